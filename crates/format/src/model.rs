@@ -1,0 +1,1382 @@
+//! Parsing an ONNX `ModelProto` into an index of graphs, nodes and tensors.
+//!
+//! The parser walks the wire format directly (see [`crate::wire`]) and keeps
+//! byte offsets instead of copies: a tensor's payload is a range of the mapped
+//! file (or of an external data file), never a `Vec`. Fields the parser does not
+//! need are skipped, not dropped: the file's bytes stay the single source of
+//! truth, and writing goes through [`crate::write`], which patches them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use memmap2::Mmap;
+
+use crate::dtype::{DataType, TypedField};
+use crate::error::{FormatError, Result};
+use crate::wire::{self, Field, FieldReader, WireError, WireType};
+
+/// Deepest nesting of graphs (main graph = depth 0) the parser accepts.
+pub const MAX_GRAPH_DEPTH: usize = 64;
+
+/// Index of a graph in [`Model::graphs`].
+pub type GraphId = usize;
+/// Index of a node in [`Model::nodes`].
+pub type NodeId = usize;
+/// Index of a tensor in [`Model::tensors`].
+pub type TensorId = usize;
+
+/// A length-delimited field that encloses something of interest: the
+/// messages whose length prefixes must be rewritten when their content changes size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Container {
+    pub start: u64,
+    pub len_start: u64,
+    pub value_start: u64,
+    pub end: u64,
+}
+
+impl From<&Field> for Container {
+    fn from(f: &Field) -> Self {
+        Container { start: f.start, len_start: f.len_start, value_start: f.value_start, end: f.end }
+    }
+}
+
+/// One step of a [`Locator`]: the `index`-th occurrence of field `field` in the parent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Step {
+    pub field: u32,
+    pub index: u32,
+}
+
+/// The structural path from the top-level `ModelProto` to a `TensorProto`,
+/// independent of names (which may repeat across scopes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Locator(pub Vec<Step>);
+
+impl std::fmt::Display for Locator {
+    /// `field.index` steps joined by `/`, e.g. `7.0/5.3` (initializer 3 of the main graph).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            write!(f, "{}.{}", s.field, s.index)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Locator {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty locator".into());
+        }
+        let mut steps = Vec::new();
+        for part in s.split('/') {
+            let (a, b) = part.split_once('.').ok_or_else(|| format!("locator step '{part}' is not FIELD.INDEX"))?;
+            let field: u32 = a.parse().map_err(|_| format!("locator step '{part}' has a bad field number"))?;
+            let index: u32 = b.parse().map_err(|_| format!("locator step '{part}' has a bad index"))?;
+            steps.push(Step { field, index });
+        }
+        if steps.len() > 4 * MAX_GRAPH_DEPTH + 8 {
+            return Err("locator is too long".into());
+        }
+        Ok(Locator(steps))
+    }
+}
+
+/// What kind of graph a [`Graph`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphKind {
+    /// `ModelProto.graph`.
+    Main,
+    /// A graph-valued attribute of a node (`If` branches, `Loop`/`Scan` bodies, ...).
+    Subgraph { node: NodeId, attribute: String },
+    /// The body of a model-local `FunctionProto`.
+    Function { domain: String, name: String },
+    /// `TrainingInfoProto.initialization` or `.algorithm`.
+    Training { index: usize, part: &'static str },
+}
+
+/// A graph (or function body) and what it defines.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub id: GraphId,
+    /// The graph whose names are visible inside this one.
+    pub parent: Option<GraphId>,
+    pub kind: GraphKind,
+    pub name: String,
+    /// Human-readable path, e.g. `main/If_0.then_branch`.
+    pub path: String,
+    pub depth: usize,
+    pub nodes: Vec<NodeId>,
+    pub initializers: Vec<TensorId>,
+    /// `(values, indices)` tensors of each sparse initializer.
+    pub sparse_initializers: Vec<(TensorId, Option<TensorId>)>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// A node attribute that holds tensors or graphs (other attributes are not indexed).
+#[derive(Debug, Clone)]
+pub struct Attribute {
+    pub name: String,
+    pub tensors: Vec<TensorId>,
+    pub graphs: Vec<GraphId>,
+}
+
+/// A node of some graph.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: NodeId,
+    pub graph: GraphId,
+    pub name: String,
+    pub op_type: String,
+    pub domain: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attributes: Vec<Attribute>,
+}
+
+impl Node {
+    /// Whether the node belongs to the default ONNX domain.
+    pub fn is_onnx(&self) -> bool {
+        self.domain.is_empty() || self.domain == "ai.onnx"
+    }
+    /// A label for messages: the node name, or `#index` when it has none.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            format!("#{} ({})", self.id, self.op_type)
+        } else {
+            format!("{} ({})", self.name, self.op_type)
+        }
+    }
+}
+
+/// Where a tensor sits in the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Initializer,
+    SparseValues,
+    SparseIndices,
+    /// A tensor-valued attribute of a node (`Constant.value` among others).
+    Attribute { node: NodeId, attribute: String },
+}
+
+impl Origin {
+    /// Stable short name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::Initializer => "initializer",
+            Origin::SparseValues => "sparse_values",
+            Origin::SparseIndices => "sparse_indices",
+            Origin::Attribute { .. } => "attribute",
+        }
+    }
+}
+
+/// Where a tensor's element bytes are stored.
+#[derive(Debug, Clone)]
+pub enum TensorData {
+    /// `raw_data`: the element bytes are `range` of the model file.
+    Raw { range: Range<u64> },
+    /// `float_data` or `double_data`: little-endian values in one or more file
+    /// ranges whose concatenation is the `raw_data` layout.
+    Fixed { field: TypedField, segments: Vec<Range<u64>> },
+    /// `int32_data`, `int64_data` or `uint64_data`: varints. `fields` are the whole
+    /// field occurrences (tag included). `canonical` is true when re-encoding the
+    /// decoded values as one packed field gives back exactly the stored bytes.
+    Varint { field: TypedField, fields: Vec<Range<u64>>, count: u64, canonical: bool },
+    /// External data: `range` of the side file [`Model::external_files`]`[file]`.
+    External { file: usize, range: Range<u64> },
+    /// `string_data` (not weights).
+    Strings { count: u64 },
+    /// No data at all (a tensor with zero elements).
+    Empty,
+}
+
+impl TensorData {
+    /// Stable short name of the storage kind.
+    pub fn storage_name(&self) -> &'static str {
+        match self {
+            TensorData::Raw { .. } => "raw_data",
+            TensorData::Fixed { field, .. } | TensorData::Varint { field, .. } => field.name(),
+            TensorData::External { .. } => "external",
+            TensorData::Strings { .. } => "string_data",
+            TensorData::Empty => "empty",
+        }
+    }
+}
+
+/// One `TensorProto` found anywhere in the model.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub id: TensorId,
+    pub name: String,
+    pub data_type: DataType,
+    pub dims: Vec<u64>,
+    pub numel: u64,
+    /// Length of the element bytes in `raw_data` layout.
+    pub nbytes: u64,
+    pub origin: Origin,
+    /// The graph whose scope the tensor belongs to.
+    pub graph: GraphId,
+    pub locator: Locator,
+    /// Enclosing length-delimited fields, outermost first; the last one is the
+    /// `TensorProto` field itself.
+    pub ancestors: Vec<Container>,
+    pub data: TensorData,
+}
+
+/// An `opset_import` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opset {
+    pub domain: String,
+    pub version: i64,
+}
+
+/// A top-level `metadata_props` entry.
+#[derive(Debug, Clone)]
+pub struct MetadataEntry {
+    pub key: String,
+    pub value: String,
+    /// The whole field (tag included) in the model file.
+    pub range: Range<u64>,
+}
+
+/// An external data file referenced by at least one tensor.
+#[derive(Debug)]
+pub struct ExternalFile {
+    /// The `location` string as written in the model.
+    pub location: String,
+    /// The resolved path (inside the model's directory).
+    pub path: PathBuf,
+    pub size: u64,
+    pub tensors: Vec<TensorId>,
+    map: OnceLock<std::result::Result<Mmap, String>>,
+}
+
+impl ExternalFile {
+    /// The mapped bytes of the file.
+    pub fn bytes(&self) -> Result<&[u8]> {
+        let m = self.map.get_or_init(|| {
+            let f = File::open(&self.path).map_err(|e| e.to_string())?;
+            // SAFETY: the map is read-only; the file is expected not to change while
+            // the model is open (the same contract as every mmap-based model loader).
+            let m = unsafe { Mmap::map(&f) }.map_err(|e| e.to_string())?;
+            if m.len() as u64 != self.size {
+                return Err(format!("size changed from {} to {} bytes while open", self.size, m.len()));
+            }
+            Ok(m)
+        });
+        match m {
+            Ok(m) => Ok(&m[..]),
+            Err(e) => Err(FormatError::Io { path: self.path.clone(), source: std::io::Error::other(e.clone()) }),
+        }
+    }
+}
+
+/// Holds the model bytes: a read-only map of the file or an owned buffer.
+enum Backing {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+/// A parsed ONNX model.
+pub struct Model {
+    backing: Backing,
+    /// The file the model was read from, if any.
+    pub path: Option<PathBuf>,
+    /// The directory external data is resolved against.
+    pub dir: Option<PathBuf>,
+    pub ir_version: Option<i64>,
+    pub producer_name: String,
+    pub producer_version: String,
+    pub domain: String,
+    pub model_version: Option<i64>,
+    pub opsets: Vec<Opset>,
+    pub metadata: Vec<MetadataEntry>,
+    pub graphs: Vec<Graph>,
+    pub nodes: Vec<Node>,
+    pub tensors: Vec<Tensor>,
+    pub external_files: Vec<ExternalFile>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("bytes", &self.bytes().len())
+            .field("graphs", &self.graphs.len())
+            .field("nodes", &self.nodes.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Maps `path` and parses it. External data is resolved against the file's directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let io = |e| FormatError::Io { path: path.to_path_buf(), source: e };
+        let file = File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(FormatError::Io { path: path.to_path_buf(), source: std::io::Error::other("not a regular file") });
+        }
+        let backing = if meta.len() == 0 {
+            Backing::Owned(Vec::new())
+        } else {
+            // SAFETY: read-only map; the file must not be truncated while the model is
+            // open. All access goes through bounds-checked slices of the map.
+            Backing::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
+        };
+        let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
+        Model::parse(backing, Some(path.to_path_buf()), dir)
+    }
+
+    /// Parses model bytes held in memory. `dir` is where external data lives
+    /// (`None` refuses external data).
+    pub fn from_vec(bytes: Vec<u8>, dir: Option<PathBuf>) -> Result<Model> {
+        Model::parse(Backing::Owned(bytes), None, dir)
+    }
+
+    /// The model file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.backing {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+
+    fn parse(backing: Backing, path: Option<PathBuf>, dir: Option<PathBuf>) -> Result<Model> {
+        let mut model = Model {
+            backing,
+            path,
+            dir,
+            ir_version: None,
+            producer_name: String::new(),
+            producer_version: String::new(),
+            domain: String::new(),
+            model_version: None,
+            opsets: Vec::new(),
+            metadata: Vec::new(),
+            graphs: Vec::new(),
+            nodes: Vec::new(),
+            tensors: Vec::new(),
+            external_files: Vec::new(),
+        };
+        let mut header = Header::default();
+        let mut p = Parser {
+            buf: match &model.backing {
+                Backing::Mapped(m) => &m[..],
+                Backing::Owned(v) => &v[..],
+            },
+            graphs: Vec::new(),
+            nodes: Vec::new(),
+            tensors: Vec::new(),
+            pending_external: Vec::new(),
+        };
+        let top = p.parse_model(&mut header)?;
+        let Parser { graphs, nodes, tensors, pending_external, .. } = p;
+        model.ir_version = header.ir_version;
+        model.producer_name = header.producer_name;
+        model.producer_version = header.producer_version;
+        model.domain = header.domain;
+        model.model_version = header.model_version;
+        model.opsets = header.opsets;
+        model.metadata = header.metadata;
+        model.graphs = graphs;
+        model.nodes = nodes;
+        model.tensors = tensors;
+        if !top {
+            return Err(FormatError::NoGraph);
+        }
+        model.resolve_external(pending_external)?;
+        model.check_duplicates()?;
+        Ok(model)
+    }
+
+    /// The element bytes of a tensor in `raw_data` layout (little-endian).
+    /// Borrowed where the bytes are stored contiguously, decoded otherwise.
+    pub fn tensor_bytes(&self, id: TensorId) -> Result<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        let t = self.tensors.get(id).ok_or_else(|| FormatError::Invalid(format!("no tensor #{id}")))?;
+        let buf = self.bytes();
+        let slice = |r: &Range<u64>| -> Result<&[u8]> {
+            buf.get(r.start as usize..r.end as usize)
+                .ok_or_else(|| FormatError::Invalid(format!("tensor '{}': range {r:?} outside the model", t.name)))
+        };
+        match &t.data {
+            TensorData::Raw { range } => Ok(Cow::Borrowed(slice(range)?)),
+            TensorData::Fixed { segments, .. } => {
+                if segments.len() == 1 {
+                    return Ok(Cow::Borrowed(slice(&segments[0])?));
+                }
+                let mut out = Vec::with_capacity(t.nbytes as usize);
+                for s in segments {
+                    out.extend_from_slice(slice(s)?);
+                }
+                Ok(Cow::Owned(out))
+            }
+            TensorData::Varint { fields, .. } => Ok(Cow::Owned(decode_varint_tensor(buf, t, fields)?)),
+            TensorData::External { file, range } => {
+                let f = &self.external_files[*file];
+                let b = f.bytes()?;
+                Ok(Cow::Borrowed(b.get(range.start as usize..range.end as usize).ok_or_else(|| {
+                    FormatError::ExternalRange {
+                        tensor: t.name.clone(),
+                        location: f.location.clone(),
+                        reason: "file changed size".into(),
+                    }
+                })?))
+            }
+            TensorData::Strings { .. } | TensorData::Empty => Ok(Cow::Borrowed(&[])),
+        }
+    }
+
+    /// Finds a tensor by its structural locator.
+    pub fn tensor_by_locator(&self, loc: &Locator) -> Option<&Tensor> {
+        self.tensors.iter().find(|t| &t.locator == loc)
+    }
+
+    /// The top-level metadata value for `key`, if present (the last one wins, as in protobuf maps).
+    pub fn metadata_value(&self, key: &str) -> Option<&MetadataEntry> {
+        self.metadata.iter().rev().find(|m| m.key == key)
+    }
+
+    fn resolve_external(&mut self, pending: Vec<PendingExternal>) -> Result<()> {
+        let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        for pe in pending {
+            let tensor_name = self.tensors[pe.tensor].name.clone();
+            let Some(dir) = self.dir.clone() else {
+                return Err(FormatError::ExternalPath {
+                    tensor: tensor_name,
+                    location: pe.location,
+                    reason: "the model has no directory to resolve it against".into(),
+                });
+            };
+            let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+            let idx = match by_path.get(&path) {
+                Some(&i) => i,
+                None => {
+                    let meta = std::fs::metadata(&path).map_err(|e| FormatError::Io { path: path.clone(), source: e })?;
+                    self.external_files.push(ExternalFile {
+                        location: pe.location.clone(),
+                        path: path.clone(),
+                        size: meta.len(),
+                        tensors: Vec::new(),
+                        map: OnceLock::new(),
+                    });
+                    by_path.insert(path, self.external_files.len() - 1);
+                    self.external_files.len() - 1
+                }
+            };
+            let file = &mut self.external_files[idx];
+            let t = &mut self.tensors[pe.tensor];
+            let range_err = |reason: String| FormatError::ExternalRange {
+                tensor: t.name.clone(),
+                location: pe.location.clone(),
+                reason,
+            };
+            let offset = match &pe.offset {
+                None => 0,
+                Some(s) => parse_decimal(s).ok_or_else(|| range_err(format!("offset '{s}' is not a non-negative integer")))?,
+            };
+            let length = match &pe.length {
+                None => file.size.checked_sub(offset).ok_or_else(|| {
+                    range_err(format!("offset {offset} is past the end of the {}-byte file", file.size))
+                })?,
+                Some(s) => parse_decimal(s).ok_or_else(|| range_err(format!("length '{s}' is not a non-negative integer")))?,
+            };
+            let end = offset.checked_add(length).ok_or_else(|| range_err("offset + length overflows".into()))?;
+            if end > file.size {
+                return Err(range_err(format!(
+                    "bytes [{offset}, {end}) are past the end of the {}-byte file",
+                    file.size
+                )));
+            }
+            if length != t.nbytes {
+                return Err(FormatError::DataLength {
+                    tensor: t.name.clone(),
+                    field: "external data length",
+                    expected: t.nbytes,
+                    actual: length,
+                    unit: "bytes",
+                });
+            }
+            file.tensors.push(t.id);
+            t.data = TensorData::External { file: idx, range: offset..end };
+        }
+        Ok(())
+    }
+
+    fn check_duplicates(&self) -> Result<()> {
+        for g in &self.graphs {
+            let mut seen: HashMap<&str, &'static str> = HashMap::new();
+            let mut names: Vec<(&str, &'static str)> = Vec::new();
+            names.extend(g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), "initializer")));
+            names.extend(g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), "sparse initializer")));
+            for &n in &g.nodes {
+                names.extend(self.nodes[n].outputs.iter().map(|o| (o.as_str(), "node output")));
+            }
+            for (name, what) in names {
+                if !name.is_empty() && seen.insert(name, what).is_some() {
+                    return Err(FormatError::DuplicateName { name: name.to_string(), graph: g.path.clone(), what });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Resolves an external-data `location` inside `dir`, refusing absolute paths,
+/// `..` components and symlinks that lead outside `dir`.
+pub fn resolve_location(dir: &Path, location: &str, tensor: &str) -> Result<PathBuf> {
+    let refuse = |reason: &str| FormatError::ExternalPath {
+        tensor: tensor.to_string(),
+        location: location.to_string(),
+        reason: reason.to_string(),
+    };
+    if location.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if location.contains('\0') {
+        return Err(refuse("it contains a NUL byte"));
+    }
+    let rel = Path::new(location);
+    if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
+        return Err(refuse("absolute paths are not allowed"));
+    }
+    if location.len() >= 2 && location.as_bytes()[1] == b':' {
+        return Err(refuse("drive-letter paths are not allowed"));
+    }
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
+            _ => return Err(refuse("'..' and root components would leave the model's directory")),
+        }
+    }
+    if location.split(['/', '\\']).any(|p| p == "..") {
+        return Err(refuse("'..' would leave the model's directory"));
+    }
+    let joined = dir.join(rel);
+    let canon_dir = dir.canonicalize().map_err(|e| FormatError::Io { path: dir.to_path_buf(), source: e })?;
+    let canon = match joined.canonicalize() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FormatError::ExternalMissing {
+                tensor: tensor.to_string(),
+                location: location.to_string(),
+                path: joined,
+            })
+        }
+        Err(e) => return Err(FormatError::Io { path: joined, source: e }),
+    };
+    if !canon.starts_with(&canon_dir) {
+        return Err(refuse("it resolves (through a symlink) to a file outside the model's directory"));
+    }
+    let meta = std::fs::metadata(&canon).map_err(|e| FormatError::Io { path: canon.clone(), source: e })?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    Ok(canon)
+}
+
+/// Decodes a varint-stored tensor into `raw_data` layout.
+pub(crate) fn decode_varint_tensor(buf: &[u8], t: &Tensor, fields: &[Range<u64>]) -> Result<Vec<u8>> {
+    let width = t.data_type.bytes_per_typed_value() as usize;
+    let mut out = Vec::with_capacity(t.nbytes as usize);
+    for r in fields {
+        let mut reader = FieldReader::new(buf, r.clone()).map_err(|e| wire_err(e, &t.name))?;
+        while let Some(f) = reader.next_field().map_err(|e| wire_err(e, &t.name))? {
+            let mut push = |v: u64| out.extend_from_slice(&v.to_le_bytes()[..width]);
+            match f.wire {
+                WireType::Varint => push(f.scalar),
+                WireType::Len => {
+                    wire::for_each_packed_varint(buf, f.value_range(), push).map_err(|e| wire_err(e, &t.name))?
+                }
+                _ => {}
+            }
+        }
+    }
+    // Sub-byte types: the last byte may be padding beyond nbytes only if counts disagree,
+    // which parsing already rejected.
+    out.truncate(t.nbytes as usize);
+    Ok(out)
+}
+
+/// Encodes `raw_data`-layout bytes as the payload of a packed varint field
+/// (without tag and length), following the ONNX typed-field rules for `dtype`.
+pub fn encode_varint_payload(dtype: DataType, field: TypedField, bytes: &[u8]) -> Vec<u8> {
+    let width = dtype.bytes_per_typed_value() as usize;
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for chunk in bytes.chunks(width.max(1)) {
+        let mut le = [0u8; 8];
+        le[..chunk.len()].copy_from_slice(chunk);
+        let raw = u64::from_le_bytes(le);
+        let v = if dtype.is_signed_int() && width < 8 {
+            // Sign-extend from the element width, then encode as int32/int64 does (64-bit two's complement).
+            let shift = 64 - 8 * width as u32;
+            (((raw << shift) as i64) >> shift) as u64
+        } else {
+            raw
+        };
+        let _ = field;
+        wire::put_varint(&mut out, v);
+    }
+    out
+}
+
+fn wire_err(e: WireError, context: &str) -> FormatError {
+    match e {
+        WireError::Truncated { at } => FormatError::Truncated { at, context: context.to_string() },
+        WireError::Malformed { at, reason } => {
+            FormatError::Malformed { at, context: context.to_string(), reason: reason.to_string() }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Header {
+    ir_version: Option<i64>,
+    producer_name: String,
+    producer_version: String,
+    domain: String,
+    model_version: Option<i64>,
+    opsets: Vec<Opset>,
+    metadata: Vec<MetadataEntry>,
+}
+
+struct PendingExternal {
+    tensor: TensorId,
+    location: String,
+    offset: Option<String>,
+    length: Option<String>,
+}
+
+struct Parser<'a> {
+    buf: &'a [u8],
+    graphs: Vec<Graph>,
+    nodes: Vec<Node>,
+    tensors: Vec<Tensor>,
+    pending_external: Vec<PendingExternal>,
+}
+
+/// Per-field occurrence counter used to build locators.
+#[derive(Default)]
+struct Occurrences(HashMap<u32, u32>);
+
+impl Occurrences {
+    fn next(&mut self, field: u32) -> u32 {
+        let c = self.0.entry(field).or_insert(0);
+        let v = *c;
+        *c += 1;
+        v
+    }
+}
+
+/// Where we are, for locators, length-prefix rewriting and error messages.
+#[derive(Clone)]
+struct Path2 {
+    steps: Vec<Step>,
+    ancestors: Vec<Container>,
+    context: String,
+}
+
+impl Path2 {
+    fn child(&self, f: &Field, index: u32, context: String) -> Path2 {
+        let mut steps = self.steps.clone();
+        steps.push(Step { field: f.number, index });
+        let mut ancestors = self.ancestors.clone();
+        ancestors.push(Container::from(f));
+        Path2 { steps, ancestors, context }
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn reader(&self, range: Range<u64>, ctx: &str) -> Result<FieldReader<'a>> {
+        FieldReader::new(self.buf, range).map_err(|e| wire_err(e, ctx))
+    }
+
+    fn next(&self, r: &mut FieldReader<'a>, ctx: &str) -> Result<Option<Field>> {
+        r.next_field().map_err(|e| wire_err(e, ctx))
+    }
+
+    fn string(&self, f: &Field, ctx: &str, what: &str) -> Result<String> {
+        self.expect(f, WireType::Len, ctx, what)?;
+        let bytes = &self.buf[f.value_start as usize..f.end as usize];
+        std::str::from_utf8(bytes).map(str::to_string).map_err(|_| FormatError::Malformed {
+            at: f.value_start,
+            context: ctx.to_string(),
+            reason: format!("{what} is not valid UTF-8"),
+        })
+    }
+
+    fn expect(&self, f: &Field, wire: WireType, ctx: &str, what: &str) -> Result<()> {
+        if f.wire != wire {
+            return Err(FormatError::Malformed {
+                at: f.start,
+                context: ctx.to_string(),
+                reason: format!("{what} (field {}) has wire type {:?}, expected {:?}", f.number, f.wire, wire),
+            });
+        }
+        Ok(())
+    }
+
+    fn varint_field(&self, f: &Field, ctx: &str, what: &str) -> Result<u64> {
+        self.expect(f, WireType::Varint, ctx, what)?;
+        Ok(f.scalar)
+    }
+
+    /// Returns whether a graph was found.
+    fn parse_model(&mut self, model: &mut Header) -> Result<bool> {
+        let ctx = "ModelProto";
+        let mut r = self.reader(0..self.buf.len() as u64, ctx)?;
+        let root = Path2 { steps: Vec::new(), ancestors: Vec::new(), context: "model".into() };
+        let mut occ = Occurrences::default();
+        let mut graph_field: Option<(Field, u32)> = None;
+        let mut functions = Vec::new();
+        let mut training = Vec::new();
+        while let Some(f) = self.next(&mut r, ctx)? {
+            let idx = occ.next(f.number);
+            match f.number {
+                1 => model.ir_version = Some(self.varint_field(&f, ctx, "ir_version")? as i64),
+                2 => model.producer_name = self.string(&f, ctx, "producer_name")?,
+                3 => model.producer_version = self.string(&f, ctx, "producer_version")?,
+                4 => model.domain = self.string(&f, ctx, "domain")?,
+                5 => model.model_version = Some(self.varint_field(&f, ctx, "model_version")? as i64),
+                7 => {
+                    self.expect(&f, WireType::Len, ctx, "graph")?;
+                    if graph_field.is_some() {
+                        return Err(FormatError::Malformed {
+                            at: f.start,
+                            context: ctx.into(),
+                            reason: "the graph field appears twice".into(),
+                        });
+                    }
+                    graph_field = Some((f, idx));
+                }
+                8 => {
+                    self.expect(&f, WireType::Len, ctx, "opset_import")?;
+                    let mut op = Opset { domain: String::new(), version: 0 };
+                    let c = "ModelProto.opset_import";
+                    let mut rr = self.reader(f.value_range(), c)?;
+                    while let Some(g) = self.next(&mut rr, c)? {
+                        match g.number {
+                            1 => op.domain = self.string(&g, c, "domain")?,
+                            2 => op.version = self.varint_field(&g, c, "version")? as i64,
+                            _ => {}
+                        }
+                    }
+                    model.opsets.push(op);
+                }
+                14 => {
+                    self.expect(&f, WireType::Len, ctx, "metadata_props")?;
+                    let (key, value) = self.string_pair(&f, "ModelProto.metadata_props")?;
+                    model.metadata.push(MetadataEntry { key, value, range: f.range() });
+                }
+                20 => {
+                    self.expect(&f, WireType::Len, ctx, "training_info")?;
+                    training.push((f, idx));
+                }
+                25 => {
+                    self.expect(&f, WireType::Len, ctx, "functions")?;
+                    functions.push((f, idx));
+                }
+                _ => {}
+            }
+        }
+        let Some((gf, gidx)) = graph_field else {
+            return Ok(false);
+        };
+        let path = root.child(&gf, gidx, "graph main".into());
+        self.parse_graph(&gf, &path, None, GraphKind::Main, 0, "main".into())?;
+        let main = 0;
+        for (f, idx) in functions {
+            self.parse_function(&f, &root.child(&f, idx, format!("function #{idx}")), idx)?;
+        }
+        for (n, (f, idx)) in training.into_iter().enumerate() {
+            let tpath = root.child(&f, idx, format!("training_info #{n}"));
+            let c = "TrainingInfoProto";
+            let mut rr = self.reader(f.value_range(), c)?;
+            let mut occ2 = Occurrences::default();
+            while let Some(g) = self.next(&mut rr, c)? {
+                let i2 = occ2.next(g.number);
+                let part = match g.number {
+                    1 => "initialization",
+                    2 => "algorithm",
+                    _ => continue,
+                };
+                self.expect(&g, WireType::Len, c, part)?;
+                let p = tpath.child(&g, i2, format!("training_info #{n} {part}"));
+                self.parse_graph(
+                    &g,
+                    &p,
+                    Some(main),
+                    GraphKind::Training { index: n, part },
+                    1,
+                    format!("training{n}.{part}"),
+                )?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn string_pair(&self, f: &Field, ctx: &str) -> Result<(String, String)> {
+        let mut key = String::new();
+        let mut value = String::new();
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
+            match g.number {
+                1 => key = self.string(&g, ctx, "key")?,
+                2 => value = self.string(&g, ctx, "value")?,
+                _ => {}
+            }
+        }
+        Ok((key, value))
+    }
+
+    fn new_graph(&mut self, parent: Option<GraphId>, kind: GraphKind, depth: usize, path: String) -> GraphId {
+        let id = self.graphs.len();
+        self.graphs.push(Graph {
+            id,
+            parent,
+            kind,
+            name: String::new(),
+            path,
+            depth,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            sparse_initializers: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        });
+        id
+    }
+
+    fn parse_function(&mut self, f: &Field, path: &Path2, idx: u32) -> Result<()> {
+        let ctx = format!("function #{idx}");
+        // First pass for the name, so the graph path reads well.
+        let mut name = String::new();
+        let mut domain = String::new();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            match g.number {
+                1 => name = self.string(&g, &ctx, "name")?,
+                10 => domain = self.string(&g, &ctx, "domain")?,
+                _ => {}
+            }
+        }
+        let gid = self.new_graph(None, GraphKind::Function { domain: domain.clone(), name: name.clone() }, 0, {
+            if domain.is_empty() {
+                format!("function:{name}")
+            } else {
+                format!("function:{domain}.{name}")
+            }
+        });
+        self.graphs[gid].name = name;
+        let mut occ = Occurrences::default();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            let i = occ.next(g.number);
+            match g.number {
+                4 => {
+                    let s = self.string(&g, &ctx, "input")?;
+                    self.graphs[gid].inputs.push(s);
+                }
+                5 => {
+                    let s = self.string(&g, &ctx, "output")?;
+                    self.graphs[gid].outputs.push(s);
+                }
+                7 => {
+                    self.expect(&g, WireType::Len, &ctx, "node")?;
+                    let p = path.child(&g, i, format!("{ctx} node #{i}"));
+                    self.parse_node(&g, &p, gid, 0)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_graph(
+        &mut self,
+        f: &Field,
+        path: &Path2,
+        parent: Option<GraphId>,
+        kind: GraphKind,
+        depth: usize,
+        gpath: String,
+    ) -> Result<GraphId> {
+        if depth > MAX_GRAPH_DEPTH {
+            return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: path.context.clone() });
+        }
+        let gid = self.new_graph(parent, kind, depth, gpath.clone());
+        let ctx = format!("graph {gpath}");
+        let mut occ = Occurrences::default();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            let i = occ.next(g.number);
+            match g.number {
+                1 => {
+                    self.expect(&g, WireType::Len, &ctx, "node")?;
+                    let p = path.child(&g, i, format!("{ctx} node #{i}"));
+                    self.parse_node(&g, &p, gid, depth)?;
+                }
+                2 => {
+                    let s = self.string(&g, &ctx, "name")?;
+                    self.graphs[gid].name = s;
+                }
+                5 => {
+                    self.expect(&g, WireType::Len, &ctx, "initializer")?;
+                    let p = path.child(&g, i, format!("{ctx} initializer #{i}"));
+                    let t = self.parse_tensor(&g, &p, gid, Origin::Initializer)?;
+                    self.graphs[gid].initializers.push(t);
+                }
+                15 => {
+                    self.expect(&g, WireType::Len, &ctx, "sparse_initializer")?;
+                    let p = path.child(&g, i, format!("{ctx} sparse_initializer #{i}"));
+                    let pair = self.parse_sparse(&g, &p, gid, None)?;
+                    self.graphs[gid].sparse_initializers.push(pair);
+                }
+                11 | 12 => {
+                    self.expect(&g, WireType::Len, &ctx, "value info")?;
+                    let mut name = String::new();
+                    let mut r3 = self.reader(g.value_range(), &ctx)?;
+                    while let Some(h) = self.next(&mut r3, &ctx)? {
+                        if h.number == 1 {
+                            name = self.string(&h, &ctx, "value info name")?;
+                        }
+                    }
+                    if g.number == 11 {
+                        self.graphs[gid].inputs.push(name);
+                    } else {
+                        self.graphs[gid].outputs.push(name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(gid)
+    }
+
+    fn parse_sparse(
+        &mut self,
+        f: &Field,
+        path: &Path2,
+        gid: GraphId,
+        attr: Option<(NodeId, &str)>,
+    ) -> Result<(TensorId, Option<TensorId>)> {
+        let ctx = path.context.clone();
+        let mut values = None;
+        let mut indices = None;
+        let mut occ = Occurrences::default();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            let i = occ.next(g.number);
+            match g.number {
+                1 | 2 => {
+                    self.expect(&g, WireType::Len, &ctx, "sparse tensor part")?;
+                    let (origin, what) =
+                        if g.number == 1 { (Origin::SparseValues, "values") } else { (Origin::SparseIndices, "indices") };
+                    let origin = match attr {
+                        Some((node, name)) => Origin::Attribute { node, attribute: format!("{name}.{what}") },
+                        None => origin,
+                    };
+                    let p = path.child(&g, i, format!("{ctx} {what}"));
+                    let t = self.parse_tensor(&g, &p, gid, origin)?;
+                    if g.number == 1 {
+                        values = Some(t);
+                    } else {
+                        indices = Some(t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let values = values.ok_or_else(|| FormatError::Malformed {
+            at: f.start,
+            context: ctx.clone(),
+            reason: "sparse tensor has no values".into(),
+        })?;
+        Ok((values, indices))
+    }
+
+    fn parse_node(&mut self, f: &Field, path: &Path2, gid: GraphId, depth: usize) -> Result<()> {
+        let nid = self.nodes.len();
+        self.nodes.push(Node {
+            id: nid,
+            graph: gid,
+            name: String::new(),
+            op_type: String::new(),
+            domain: String::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            attributes: Vec::new(),
+        });
+        self.graphs[gid].nodes.push(nid);
+        let ctx0 = path.context.clone();
+        // First pass: identity, for readable contexts below.
+        let mut rr = self.reader(f.value_range(), &ctx0)?;
+        while let Some(g) = self.next(&mut rr, &ctx0)? {
+            match g.number {
+                1 => {
+                    let s = self.string(&g, &ctx0, "input")?;
+                    self.nodes[nid].inputs.push(s);
+                }
+                2 => {
+                    let s = self.string(&g, &ctx0, "output")?;
+                    self.nodes[nid].outputs.push(s);
+                }
+                3 => self.nodes[nid].name = self.string(&g, &ctx0, "name")?,
+                4 => self.nodes[nid].op_type = self.string(&g, &ctx0, "op_type")?,
+                7 => self.nodes[nid].domain = self.string(&g, &ctx0, "domain")?,
+                _ => {}
+            }
+        }
+        let gpath = self.graphs[gid].path.clone();
+        let ctx = format!("graph {gpath} > node {}", self.nodes[nid].label());
+        let mut occ = Occurrences::default();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            let i = occ.next(g.number);
+            if g.number == 5 {
+                self.expect(&g, WireType::Len, &ctx, "attribute")?;
+                let p = path.child(&g, i, ctx.clone());
+                self.parse_attribute(&g, &p, gid, nid, depth, &gpath)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_attribute(
+        &mut self,
+        f: &Field,
+        path: &Path2,
+        gid: GraphId,
+        nid: NodeId,
+        depth: usize,
+        gpath: &str,
+    ) -> Result<()> {
+        let ctx0 = path.context.clone();
+        let mut name = String::new();
+        let mut rr = self.reader(f.value_range(), &ctx0)?;
+        let mut interesting = false;
+        while let Some(g) = self.next(&mut rr, &ctx0)? {
+            match g.number {
+                1 => name = self.string(&g, &ctx0, "attribute name")?,
+                5 | 6 | 10 | 11 | 22 | 23 => interesting = true,
+                _ => {}
+            }
+        }
+        if !interesting {
+            return Ok(());
+        }
+        let ctx = format!("{ctx0} > attribute '{name}'");
+        let mut attr = Attribute { name: name.clone(), tensors: Vec::new(), graphs: Vec::new() };
+        let mut occ = Occurrences::default();
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        let node_label = self.nodes[nid].name.clone();
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            let i = occ.next(g.number);
+            match g.number {
+                5 | 10 => {
+                    self.expect(&g, WireType::Len, &ctx, "tensor")?;
+                    let p = path.child(&g, i, ctx.clone());
+                    let t =
+                        self.parse_tensor(&g, &p, gid, Origin::Attribute { node: nid, attribute: name.clone() })?;
+                    attr.tensors.push(t);
+                }
+                22 | 23 => {
+                    self.expect(&g, WireType::Len, &ctx, "sparse tensor")?;
+                    let p = path.child(&g, i, ctx.clone());
+                    let (v, ix) = self.parse_sparse(&g, &p, gid, Some((nid, &name)))?;
+                    attr.tensors.push(v);
+                    attr.tensors.extend(ix);
+                }
+                6 | 11 => {
+                    self.expect(&g, WireType::Len, &ctx, "graph")?;
+                    if depth + 1 > MAX_GRAPH_DEPTH {
+                        return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: ctx.clone() });
+                    }
+                    let label = if node_label.is_empty() { format!("#{nid}") } else { node_label.clone() };
+                    let sub = if g.number == 6 { format!("{gpath}/{label}.{name}") } else { format!("{gpath}/{label}.{name}[{i}]") };
+                    let p = path.child(&g, i, format!("graph {sub}"));
+                    let sg = self.parse_graph(
+                        &g,
+                        &p,
+                        Some(gid),
+                        GraphKind::Subgraph { node: nid, attribute: name.clone() },
+                        depth + 1,
+                        sub,
+                    )?;
+                    attr.graphs.push(sg);
+                }
+                _ => {}
+            }
+        }
+        self.nodes[nid].attributes.push(attr);
+        Ok(())
+    }
+
+    fn parse_tensor(&mut self, f: &Field, path: &Path2, gid: GraphId, origin: Origin) -> Result<TensorId> {
+        let ctx = path.context.clone();
+        let mut name = String::new();
+        let mut dims: Vec<i64> = Vec::new();
+        let mut data_type: Option<i64> = None;
+        let mut raw: Option<Range<u64>> = None;
+        let mut fixed: Vec<(TypedField, Range<u64>)> = Vec::new();
+        let mut varints: Vec<(TypedField, Range<u64>)> = Vec::new();
+        let mut strings: u64 = 0;
+        let mut ext_entries: Vec<(String, String)> = Vec::new();
+        let mut location_external = false;
+        let mut rr = self.reader(f.value_range(), &ctx)?;
+        while let Some(g) = self.next(&mut rr, &ctx)? {
+            match g.number {
+                1 => match g.wire {
+                    WireType::Varint => dims.push(g.scalar as i64),
+                    WireType::Len => wire::for_each_packed_varint(self.buf, g.value_range(), |v| dims.push(v as i64))
+                        .map_err(|e| wire_err(e, &ctx))?,
+                    _ => self.expect(&g, WireType::Varint, &ctx, "dims")?,
+                },
+                2 => data_type = Some(self.varint_field(&g, &ctx, "data_type")? as i64),
+                8 => name = self.string(&g, &ctx, "name")?,
+                9 => {
+                    self.expect(&g, WireType::Len, &ctx, "raw_data")?;
+                    raw = Some(g.value_range());
+                }
+                4 | 10 => {
+                    let tf = TypedField::from_number(g.number).unwrap_or(TypedField::Float);
+                    let (w, size) = if g.number == 4 { (WireType::Fixed32, 4) } else { (WireType::Fixed64, 8) };
+                    if g.wire == WireType::Len {
+                        if (g.end - g.value_start) % size != 0 {
+                            return Err(FormatError::Malformed {
+                                at: g.start,
+                                context: ctx.clone(),
+                                reason: format!("packed {} length is not a multiple of {size}", tf.name()),
+                            });
+                        }
+                        if g.end > g.value_start {
+                            fixed.push((tf, g.value_range()));
+                        }
+                    } else {
+                        self.expect(&g, w, &ctx, tf.name())?;
+                        fixed.push((tf, g.value_range()));
+                    }
+                }
+                5 | 7 | 11 => {
+                    let tf = TypedField::from_number(g.number).unwrap_or(TypedField::Int32);
+                    match g.wire {
+                        WireType::Varint => varints.push((tf, g.range())),
+                        WireType::Len => {
+                            // Validate the packed varints now, so later decoding cannot fail.
+                            wire::for_each_packed_varint(self.buf, g.value_range(), |_| {})
+                                .map_err(|e| wire_err(e, &ctx))?;
+                            varints.push((tf, g.range()));
+                        }
+                        _ => self.expect(&g, WireType::Varint, &ctx, tf.name())?,
+                    }
+                }
+                6 => {
+                    self.expect(&g, WireType::Len, &ctx, "string_data")?;
+                    strings += 1;
+                }
+                13 => {
+                    self.expect(&g, WireType::Len, &ctx, "external_data")?;
+                    ext_entries.push(self.string_pair(&g, &ctx)?);
+                }
+                14 => location_external = self.varint_field(&g, &ctx, "data_location")? == 1,
+                _ => {}
+            }
+        }
+        let tname = if name.is_empty() { ctx.clone() } else { name.clone() };
+        let dt_code = data_type.unwrap_or(0);
+        let data_type = i32::try_from(dt_code)
+            .ok()
+            .and_then(DataType::from_i32)
+            .ok_or_else(|| FormatError::UnknownDataType { tensor: tname.clone(), data_type: dt_code })?;
+        let mut udims = Vec::with_capacity(dims.len());
+        for &d in &dims {
+            let u = u64::try_from(d).map_err(|_| FormatError::NegativeDim { tensor: tname.clone(), dim: d })?;
+            udims.push(u);
+        }
+        let overflow = || FormatError::DimOverflow { tensor: tname.clone(), dims: udims.clone() };
+        let numel = udims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(overflow)?;
+        let nbytes = data_type.byte_len(numel).ok_or_else(overflow)?;
+        if nbytes > i64::MAX as u64 {
+            return Err(overflow());
+        }
+
+        let mut kinds = Vec::new();
+        if raw.is_some() {
+            kinds.push("raw_data");
+        }
+        if location_external {
+            kinds.push("external");
+        }
+        for (tf, _) in fixed.iter().chain(varints.iter()) {
+            if !kinds.contains(&tf.name()) {
+                kinds.push(tf.name());
+            }
+        }
+        if strings > 0 {
+            kinds.push("string_data");
+        }
+        if kinds.len() > 1 {
+            return Err(FormatError::Malformed {
+                at: f.start,
+                context: ctx.clone(),
+                reason: format!("tensor '{tname}' stores its data in more than one way: {}", kinds.join(", ")),
+            });
+        }
+        let expected_field = data_type.typed_field();
+        let data = if location_external {
+            let mut location = None;
+            let mut offset = None;
+            let mut length = None;
+            for (k, v) in ext_entries {
+                match k.as_str() {
+                    "location" => location = Some(v),
+                    "offset" => offset = Some(v),
+                    "length" => length = Some(v),
+                    _ => {}
+                }
+            }
+            let location = location.ok_or_else(|| FormatError::ExternalPath {
+                tensor: tname.clone(),
+                location: String::new(),
+                reason: "data_location is EXTERNAL but there is no 'location' entry".into(),
+            })?;
+            self.pending_external.push(PendingExternal { tensor: self.tensors.len(), location, offset, length });
+            TensorData::Empty
+        } else if let Some(r) = raw {
+            if data_type == DataType::String {
+                return Err(FormatError::Malformed {
+                    at: f.start,
+                    context: ctx.clone(),
+                    reason: format!("STRING tensor '{tname}' uses raw_data"),
+                });
+            }
+            let actual = r.end - r.start;
+            if actual != nbytes {
+                return Err(FormatError::DataLength {
+                    tensor: tname.clone(),
+                    field: "raw_data",
+                    expected: nbytes,
+                    actual,
+                    unit: "bytes",
+                });
+            }
+            TensorData::Raw { range: r }
+        } else if let Some((tf, _)) = fixed.first() {
+            let tf = *tf;
+            if tf != expected_field {
+                return Err(wrong_field(&tname, tf, data_type));
+            }
+            let size = if tf == TypedField::Float { 4 } else { 8 };
+            let segments: Vec<Range<u64>> = fixed.into_iter().map(|(_, r)| r).collect();
+            let actual: u64 = segments.iter().map(|r| (r.end - r.start) / size).sum();
+            let expected = data_type.typed_count(numel).ok_or_else(overflow)?;
+            if actual != expected {
+                return Err(FormatError::DataLength { tensor: tname.clone(), field: tf.name(), expected, actual, unit: "values" });
+            }
+            TensorData::Fixed { field: tf, segments }
+        } else if let Some((tf, _)) = varints.first() {
+            let tf = *tf;
+            if tf != expected_field {
+                return Err(wrong_field(&tname, tf, data_type));
+            }
+            let mut count = 0u64;
+            for (_, r) in &varints {
+                let mut rr = self.reader(r.clone(), &ctx)?;
+                while let Some(h) = self.next(&mut rr, &ctx)? {
+                    match h.wire {
+                        WireType::Varint => count += 1,
+                        _ => wire::for_each_packed_varint(self.buf, h.value_range(), |_| count += 1)
+                            .map_err(|e| wire_err(e, &ctx))?,
+                    }
+                }
+            }
+            let expected = data_type.typed_count(numel).ok_or_else(overflow)?;
+            if count != expected {
+                return Err(FormatError::DataLength { tensor: tname.clone(), field: tf.name(), expected, actual: count, unit: "values" });
+            }
+            let fields: Vec<Range<u64>> = varints.into_iter().map(|(_, r)| r).collect();
+            TensorData::Varint { field: tf, fields, count, canonical: false }
+        } else if strings > 0 {
+            if data_type != DataType::String {
+                return Err(wrong_field(&tname, TypedField::String, data_type));
+            }
+            if strings != numel {
+                return Err(FormatError::DataLength {
+                    tensor: tname.clone(),
+                    field: "string_data",
+                    expected: numel,
+                    actual: strings,
+                    unit: "values",
+                });
+            }
+            TensorData::Strings { count: strings }
+        } else {
+            if nbytes != 0 || (data_type == DataType::String && numel != 0) {
+                return Err(FormatError::DataLength {
+                    tensor: tname.clone(),
+                    field: "tensor data",
+                    expected: nbytes.max(numel),
+                    actual: 0,
+                    unit: "bytes",
+                });
+            }
+            TensorData::Empty
+        };
+        let id = self.tensors.len();
+        let mut tensor = Tensor {
+            id,
+            name,
+            data_type,
+            dims: udims,
+            numel,
+            nbytes,
+            origin,
+            graph: gid,
+            locator: Locator(path.steps.clone()),
+            ancestors: path.ancestors.clone(),
+            data,
+        };
+        if let TensorData::Varint { field, fields, .. } = &tensor.data {
+            let canonical = fields.len() == 1 && {
+                let plain = decode_varint_tensor(self.buf, &tensor, fields)?;
+                let payload = encode_varint_payload(tensor.data_type, *field, &plain);
+                let mut full = Vec::with_capacity(payload.len() + 8);
+                wire::put_len_field(&mut full, field.number(), &payload);
+                let r = &fields[0];
+                self.buf.get(r.start as usize..r.end as usize) == Some(&full[..])
+            };
+            if let TensorData::Varint { canonical: c, .. } = &mut tensor.data {
+                *c = canonical;
+            }
+        }
+        self.tensors.push(tensor);
+        Ok(id)
+    }
+}
+
+fn wrong_field(tensor: &str, tf: TypedField, dt: DataType) -> FormatError {
+    FormatError::Malformed {
+        at: 0,
+        context: format!("tensor '{tensor}'"),
+        reason: format!("{} cannot hold data_type {dt}", tf.name()),
+    }
+}

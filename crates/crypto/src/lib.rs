@@ -1,1 +1,84 @@
-//! onnx-protect-crypto
+//! Cryptographic core of `onnx-protect` (file format version 1).
+//!
+//! Everything secret flows from one 256-bit [`MasterKey`] (random, from a key
+//! file or environment variable, or from a passphrase via Argon2id with
+//! [`KdfParams`]). For each encrypted file a fresh 32-byte salt
+//! ([`random_salt`]) feeds HKDF-SHA256 to give that file's [`SessionKeys`]:
+//!
+//! * one AES-256-CTR [`Keystream`] per tensor (stream id), applied whole-byte
+//!   ([`Keystream::apply`]) or restricted to chosen bits of each element
+//!   ([`Keystream::apply_masked`]), serially or on the rayon pool;
+//! * a MAC key for HMAC-SHA256 ([`Mac`]) over the file's protected data;
+//! * a 16-byte key check value to reject a wrong master key early.
+//!
+//! [`Checksum`] is a keyless SHA-256 for integrity checks.
+//!
+//! Invariants kept throughout: secret keys are wiped on drop and never
+//! appear in `Debug` output or errors; all offsets and parameters coming from
+//! files are range-checked and reported as [`CryptoError`], never panics;
+//! the library never prints.
+//!
+//! ```
+//! use onnx_protect_crypto::{random_salt, MasterKey, SessionKeys};
+//!
+//! let master = MasterKey::generate()?;
+//! let salt = random_salt()?; // stored in the file header
+//! let keys = SessionKeys::derive(&master, &salt);
+//!
+//! // Encrypt a tensor's bytes (stream id 7), then decrypt them again.
+//! let original = b"raw fp32 tensor bytes...".to_vec();
+//! let mut data = original.clone();
+//! keys.keystream(7).apply(0, &mut data)?;
+//! assert_ne!(data, original);
+//! keys.keystream(7).apply(0, &mut data)?;
+//! assert_eq!(data, original);
+//!
+//! // Only sign + mantissa bits of fp32 elements; exponents stay readable.
+//! let fp32_mask = [0xFF, 0xFF, 0x7F, 0x80];
+//! keys.keystream(8).apply_masked(0, &mut data, &fp32_mask)?;
+//! for (new, old) in data.iter().zip(&original).skip(3).step_by(4) {
+//!     assert_eq!(new & 0x7F, old & 0x7F);
+//! }
+//!
+//! // Authenticate, and check the key on the reading side.
+//! let mut mac = keys.mac();
+//! mac.update(&data);
+//! let tag = mac.finalize();
+//! let reader = SessionKeys::derive(&master, &salt);
+//! assert!(reader.key_check_matches(&keys.key_check()));
+//! let mut check = reader.mac();
+//! check.update(&data);
+//! assert!(check.verify(&tag));
+//! # Ok::<(), onnx_protect_crypto::CryptoError>(())
+//! ```
+
+mod digest;
+mod error;
+mod keystream;
+mod master;
+mod session;
+
+#[cfg(test)]
+mod kat_tests;
+
+pub use digest::{Checksum, Mac};
+pub use error::CryptoError;
+pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
+pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN};
+pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
+
+/// Length of the master key, tensor keys and the MAC key, in bytes.
+pub const KEY_LEN: usize = 32;
+/// Length of the per-encryption HKDF salt, in bytes.
+pub const SALT_LEN: usize = 32;
+/// Length of the key check value, in bytes.
+pub const KEY_CHECK_LEN: usize = 16;
+/// Length of an HMAC-SHA256 tag, in bytes.
+pub const MAC_LEN: usize = 32;
+
+/// Fills `buf` from the operating system's random number generator.
+fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::getrandom(buf).map_err(|e| CryptoError::Rng {
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,296 @@
+//! AES-256-CTR keystreams, with whole-byte and bit-masked application.
+
+use core::fmt;
+
+use aes::cipher::{KeyInit, StreamCipher, StreamCipherSeek};
+use aes::Aes256;
+use ctr::cipher::InnerIvInit;
+use rayon::prelude::*;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::{CryptoError, KEY_LEN};
+
+/// AES block size; keystream blocks and parallel split points are aligned to it.
+const BLOCK_LEN: usize = 16;
+
+/// Longest element mask accepted by the masked operations.
+pub const MAX_MASK_LEN: usize = 256;
+
+/// Size of the scratch buffers used by masked application. Two such buffers
+/// live on the stack per call; nothing is heap-allocated.
+const MASK_CHUNK: usize = 8 * 1024;
+
+/// Size of the pieces handed to rayon workers by the parallel operations.
+/// A multiple of [`BLOCK_LEN`], so every split falls on a block boundary.
+const PAR_PIECE: usize = 1024 * 1024;
+
+type Aes256Ctr = ctr::Ctr128BE<Aes256>;
+
+/// The AES-256-CTR keystream of one tensor.
+///
+/// The counter block starts at 16 zero bytes and the whole block is
+/// incremented as one 128-bit big-endian integer, so keystream byte `o` is
+/// `AES_K(u128_be(o / 16))[o % 16]`. Every method takes an absolute keystream
+/// offset, so data may be processed in any order and in any pieces.
+///
+/// A (key, IV) pair is never reused: each tensor key is unique to
+/// (master key, salt, stream id), the salt is fresh per encryption, and the
+/// IV is fixed.
+///
+/// Applying is its own inverse (XOR), so the same calls encrypt and decrypt.
+/// The expanded AES key is wiped on drop and never printed.
+#[derive(Clone)]
+pub struct Keystream {
+    cipher: Aes256,
+}
+
+// The only field is `aes::Aes256`, which wipes its round keys on drop (aes's
+// `zeroize` feature is enabled in Cargo.toml).
+impl ZeroizeOnDrop for Keystream {}
+
+impl fmt::Debug for Keystream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keystream([redacted])")
+    }
+}
+
+impl Keystream {
+    /// Builds the keystream for a raw tensor key. The caller wipes `key`.
+    pub(crate) fn new(key: &[u8; KEY_LEN]) -> Keystream {
+        Keystream {
+            cipher: Aes256::new(key.into()),
+        }
+    }
+
+    /// A CTR cipher positioned at keystream byte `offset`.
+    fn ctr_at(&self, offset: u64, len: usize) -> Result<Aes256Ctr, CryptoError> {
+        let iv = [0u8; BLOCK_LEN];
+        let core = ctr::CtrCore::inner_iv_init(self.cipher.clone(), &iv.into());
+        let mut ctr = Aes256Ctr::from_core(core);
+        ctr.try_seek(offset)
+            .map_err(|_| CryptoError::KeystreamRange { offset, len })?;
+        Ok(ctr)
+    }
+
+    /// XORs `data` in place with keystream bytes `[offset, offset + data.len())`.
+    ///
+    /// Errors with [`CryptoError::KeystreamRange`] if that range does not fit
+    /// in a `u64` offset; `data` is then left untouched.
+    pub fn apply(&self, offset: u64, data: &mut [u8]) -> Result<(), CryptoError> {
+        check_range(offset, data.len())?;
+        let mut ctr = self.ctr_at(offset, data.len())?;
+        ctr.try_apply_keystream(data)
+            .map_err(|_| CryptoError::KeystreamRange {
+                offset,
+                len: data.len(),
+            })
+    }
+
+    /// XORs each `data[i]` with `keystream[offset + i] & mask[(offset + i) % mask.len()]`.
+    ///
+    /// `mask` is the bit pattern of one element in its little-endian byte
+    /// order (fp32 sign+mantissa `[0xFF, 0xFF, 0x7F, 0x80]`, fp16
+    /// `[0xFF, 0x83]`, bf16 `[0x7F, 0x80]`, 8-bit `[0xFF]`); it is indexed by
+    /// absolute keystream offset, so offset 0 must be the start of an element.
+    /// Bits outside the mask are never changed. Like `apply`, this is its own
+    /// inverse.
+    ///
+    /// Errors: [`CryptoError::InvalidMask`] for an empty mask or one longer
+    /// than [`MAX_MASK_LEN`]; [`CryptoError::KeystreamRange`] as for `apply`.
+    /// On error `data` is untouched.
+    pub fn apply_masked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+        check_mask(mask)?;
+        check_range(offset, data.len())?;
+        self.apply_masked_unchecked(offset, data, mask)
+    }
+
+    /// Body of `apply_masked`; the caller has validated `mask` and the range.
+    fn apply_masked_unchecked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut ctr = self.ctr_at(offset, data.len())?;
+        // Chunk length is a multiple of both the mask length and the block
+        // length, so the mask phase is identical at the start of every chunk
+        // and the CTR cipher never has to carry a partial block between chunks.
+        let period = lcm(mask.len(), BLOCK_LEN);
+        let chunk_len = MASK_CHUNK - MASK_CHUNK % period;
+        let mut tile = [0u8; MASK_CHUNK];
+        let mut ks = [0u8; MASK_CHUNK];
+        // `mask.len()` is in 1..=MAX_MASK_LEN, so this cast and modulo are safe.
+        let phase = (offset % mask.len() as u64) as usize;
+        let tile_len = chunk_len.min(data.len());
+        for (i, t) in tile[..tile_len].iter_mut().enumerate() {
+            *t = mask[(phase + i) % mask.len()];
+        }
+        for piece in data.chunks_mut(chunk_len) {
+            let n = piece.len();
+            let ks = &mut ks[..n];
+            ks.fill(0);
+            ctr.try_apply_keystream(ks)
+                .map_err(|_| CryptoError::KeystreamRange {
+                    offset,
+                    len: n,
+                })?;
+            xor_and(piece, ks, &tile[..n]);
+        }
+        ks.zeroize();
+        Ok(())
+    }
+
+    /// Same result as [`Keystream::apply`], computed on the rayon thread pool.
+    ///
+    /// Large buffers are split at absolute keystream offsets that are
+    /// multiples of 1 MiB (hence block aligned); each piece seeks its own
+    /// cipher. Small buffers are processed on the calling thread.
+    pub fn apply_par(&self, offset: u64, data: &mut [u8]) -> Result<(), CryptoError> {
+        self.apply_par_in_pieces(offset, data, PAR_PIECE)
+    }
+
+    /// Same result as [`Keystream::apply_masked`], computed on the rayon
+    /// thread pool, split as in [`Keystream::apply_par`].
+    pub fn apply_masked_par(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+        self.apply_masked_par_in_pieces(offset, data, mask, PAR_PIECE)
+    }
+
+    /// `apply_par` with an explicit piece size (a positive multiple of 16),
+    /// so tests can cross piece boundaries with small buffers.
+    pub(crate) fn apply_par_in_pieces(&self, offset: u64, data: &mut [u8], piece: usize) -> Result<(), CryptoError> {
+        check_range(offset, data.len())?;
+        for_each_piece(offset, data, piece, |o, d| {
+            let mut ctr = self.ctr_at(o, d.len())?;
+            ctr.try_apply_keystream(d)
+                .map_err(|_| CryptoError::KeystreamRange { offset: o, len: d.len() })
+        })
+    }
+
+    /// `apply_masked_par` with an explicit piece size (a positive multiple of 16).
+    pub(crate) fn apply_masked_par_in_pieces(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        mask: &[u8],
+        piece: usize,
+    ) -> Result<(), CryptoError> {
+        check_mask(mask)?;
+        check_range(offset, data.len())?;
+        for_each_piece(offset, data, piece, |o, d| self.apply_masked_unchecked(o, d, mask))
+    }
+}
+
+/// `data[i] ^= ks[i] & mask[i]` for equal-length slices, eight bytes at a time.
+fn xor_and(data: &mut [u8], ks: &[u8], mask: &[u8]) {
+    let mut d8 = data.chunks_exact_mut(8);
+    let mut k8 = ks.chunks_exact(8);
+    let mut m8 = mask.chunks_exact(8);
+    for ((d, k), m) in (&mut d8).zip(&mut k8).zip(&mut m8) {
+        let word = |s: &[u8]| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(s);
+            u64::from_ne_bytes(b)
+        };
+        let out = word(d) ^ (word(k) & word(m));
+        d.copy_from_slice(&out.to_ne_bytes());
+    }
+    for ((d, k), m) in d8
+        .into_remainder()
+        .iter_mut()
+        .zip(k8.remainder())
+        .zip(m8.remainder())
+    {
+        *d ^= k & m;
+    }
+}
+
+/// Splits `data` (which starts at keystream offset `offset`) at absolute
+/// offsets that are multiples of `piece` and runs `f(piece_offset, piece)` on
+/// the rayon pool. Buffers no longer than one piece run on this thread.
+///
+/// Preconditions: `piece` is a positive multiple of 16 and
+/// `offset + data.len()` fits in a `u64` (checked by the caller).
+fn for_each_piece<F>(offset: u64, data: &mut [u8], piece: usize, f: F) -> Result<(), CryptoError>
+where
+    F: Fn(u64, &mut [u8]) -> Result<(), CryptoError> + Sync,
+{
+    if piece == 0 || data.len() <= piece {
+        return f(offset, data);
+    }
+    let piece_u64 = piece as u64;
+    // Bytes until the next multiple of `piece` (0 if already on one).
+    let head_len = ((piece_u64 - offset % piece_u64) % piece_u64) as usize;
+    let total = data.len();
+    let head_len = head_len.min(total);
+    let (head, tail) = data.split_at_mut(head_len);
+    let tail_start = offset
+        .checked_add(head_len as u64)
+        .ok_or(CryptoError::KeystreamRange { offset, len: total })?;
+    let (head_result, tail_result) = rayon::join(
+        || f(offset, head),
+        || {
+            tail.par_chunks_mut(piece).enumerate().try_for_each(|(i, p)| {
+                let start = (i as u64)
+                    .checked_mul(piece_u64)
+                    .and_then(|rel| tail_start.checked_add(rel))
+                    .ok_or(CryptoError::KeystreamRange { offset: tail_start, len: p.len() })?;
+                f(start, p)
+            })
+        },
+    );
+    head_result?;
+    tail_result
+}
+
+/// Ensures `[offset, offset + len)` is addressable with `u64` offsets.
+fn check_range(offset: u64, len: usize) -> Result<(), CryptoError> {
+    u64::try_from(len)
+        .ok()
+        .and_then(|l| offset.checked_add(l))
+        .map(|_| ())
+        .ok_or(CryptoError::KeystreamRange { offset, len })
+}
+
+fn check_mask(mask: &[u8]) -> Result<(), CryptoError> {
+    if mask.is_empty() || mask.len() > MAX_MASK_LEN {
+        return Err(CryptoError::InvalidMask {
+            len: mask.len(),
+            max: MAX_MASK_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Least common multiple; callers pass `a` in 1..=MAX_MASK_LEN and `b = 16`,
+/// so the result is at most 4096 and no overflow is possible.
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
+}
+
+/// Low-level AES-256-CTR: XORs `data` with the keystream starting at byte
+/// `offset`, where the counter block for keystream block `n` is
+/// `initial_counter + n` as a 128-bit big-endian integer (wrapping mod 2^128).
+///
+/// This is the primitive behind [`Keystream`] (which uses a zero initial
+/// counter); it is public so the NIST SP 800-38A known-answer tests can run
+/// against it. Errors with [`CryptoError::KeystreamRange`] if
+/// `offset + data.len()` overflows a `u64`.
+pub fn aes256_ctr_xor(
+    key: &[u8; KEY_LEN],
+    initial_counter: &[u8; 16],
+    offset: u64,
+    data: &mut [u8],
+) -> Result<(), CryptoError> {
+    check_range(offset, data.len())?;
+    let len = data.len();
+    let range_err = || CryptoError::KeystreamRange { offset, len };
+    let core = ctr::CtrCore::inner_iv_init(Aes256::new(key.into()), initial_counter.into());
+    let mut ctr = Aes256Ctr::from_core(core);
+    ctr.try_seek(offset).map_err(|_| range_err())?;
+    ctr.try_apply_keystream(data).map_err(|_| range_err())
+}

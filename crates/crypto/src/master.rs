@@ -1,0 +1,253 @@
+//! The master key and the passphrase KDF parameters.
+
+use core::fmt;
+
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::{fill_random, CryptoError, KEY_LEN};
+
+/// Domain-separation label hashed in front of the key for [`MasterKey::fingerprint`].
+pub const FINGERPRINT_LABEL: &[u8] = b"onnx-protect/v1/fingerprint";
+
+/// Length of the Argon2id salt stored in [`KdfParams`].
+pub const KDF_SALT_LEN: usize = 16;
+
+/// The 256-bit master key from which all per-file keys are derived.
+///
+/// Invariants: the bytes are wiped when the value is dropped, and neither
+/// `Debug` nor any error ever shows them. The only ways to see the key are
+/// [`MasterKey::to_hex`] (for writing a key file) and the one-way
+/// [`MasterKey::fingerprint`].
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey([redacted])")
+    }
+}
+
+impl MasterKey {
+    /// Draws a fresh key from the operating system's random number generator.
+    pub fn generate() -> Result<MasterKey, CryptoError> {
+        let mut key = MasterKey {
+            bytes: [0u8; KEY_LEN],
+        };
+        fill_random(&mut key.bytes)?;
+        Ok(key)
+    }
+
+    /// Wraps existing key bytes. The caller's copy is not wiped (it was passed
+    /// by value, so the caller should zeroize its own source if it has one).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> MasterKey {
+        MasterKey { bytes }
+    }
+
+    /// Parses the contents of a key file.
+    ///
+    /// Accepted forms:
+    /// * exactly 32 bytes: the raw key;
+    /// * 64 hex digits (either case), optionally surrounded by ASCII
+    ///   whitespace such as a trailing newline.
+    ///
+    /// Anything else is rejected with [`CryptoError::KeyFileLength`] or
+    /// [`CryptoError::KeyFileNotHex`]; the error never contains file bytes.
+    pub fn parse_key_file(contents: &[u8]) -> Result<MasterKey, CryptoError> {
+        if let Ok(raw) = <[u8; KEY_LEN]>::try_from(contents) {
+            return Ok(MasterKey::from_bytes(raw));
+        }
+        let trimmed = contents.trim_ascii();
+        if trimmed.len() != 2 * KEY_LEN {
+            return Err(CryptoError::KeyFileLength {
+                found: contents.len(),
+            });
+        }
+        // Offset of `trimmed` inside `contents`, so positions refer to the file.
+        let lead = contents.len() - contents.trim_ascii_start().len();
+        decode_hex_key(trimmed)
+            .map_err(|i| CryptoError::KeyFileNotHex { position: lead + i })
+    }
+
+    /// Reads the key from environment variable `var`, which must hold 64 hex
+    /// digits (either case, surrounding whitespace ignored).
+    pub fn from_env(var: &str) -> Result<MasterKey, CryptoError> {
+        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing {
+            var: var.to_owned(),
+        })?;
+        let value = Zeroizing::new(value.into_string().map_err(|os| {
+            // Wipe the rejected value as well; it may still be key material.
+            drop(Zeroizing::new(os.into_encoded_bytes()));
+            CryptoError::EnvKeyNotUnicode {
+                var: var.to_owned(),
+            }
+        })?);
+        let trimmed = value.trim_ascii();
+        if trimmed.len() != 2 * KEY_LEN {
+            return Err(CryptoError::EnvKeyLength {
+                var: var.to_owned(),
+                found: trimmed.chars().count(),
+            });
+        }
+        decode_hex_key(trimmed.as_bytes()).map_err(|position| CryptoError::EnvKeyNotHex {
+            var: var.to_owned(),
+            position,
+        })
+    }
+
+    /// Derives a key from a passphrase with Argon2id (version 0x13), using
+    /// `params` (validated first) and a 32-byte output.
+    ///
+    /// Deterministic: the same passphrase and params always give the same key.
+    pub fn from_passphrase(passphrase: &[u8], params: &KdfParams) -> Result<MasterKey, CryptoError> {
+        params.validate()?;
+        if passphrase.is_empty() {
+            return Err(CryptoError::EmptyPassphrase);
+        }
+        let argon_params = argon2::Params::new(
+            params.m_cost_kib,
+            params.t_cost,
+            params.p_cost,
+            Some(KEY_LEN),
+        )
+        .map_err(|e| CryptoError::Kdf {
+            reason: e.to_string(),
+        })?;
+        let argon = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon_params,
+        );
+        let mut key = MasterKey {
+            bytes: [0u8; KEY_LEN],
+        };
+        argon
+            .hash_password_into(passphrase, &params.salt, &mut key.bytes)
+            .map_err(|e| CryptoError::Kdf {
+                reason: e.to_string(),
+            })?;
+        Ok(key)
+    }
+
+    /// The key as 64 lowercase hex digits, in a buffer wiped on drop.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.bytes))
+    }
+
+    /// A non-secret 8-byte identifier for telling keys apart in logs:
+    /// the first 8 bytes of SHA-256(`"onnx-protect/v1/fingerprint"` || key).
+    ///
+    /// It reveals nothing useful about the key but is also far too short to
+    /// serve as a key check; use [`crate::SessionKeys::key_check`] for that.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let digest = Sha256::new()
+            .chain_update(FINGERPRINT_LABEL)
+            .chain_update(self.bytes)
+            .finalize();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&digest[..8]);
+        out
+    }
+
+    /// The raw key bytes, for the key derivation in this crate only.
+    pub(crate) fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+}
+
+/// Decodes exactly 64 hex digits into a key. On failure returns the index
+/// (within `hex_digits`) of the first non-hex character; never its value.
+///
+/// Precondition: `hex_digits.len() == 2 * KEY_LEN`.
+fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
+    if let Some(bad) = hex_digits.iter().position(|c| !c.is_ascii_hexdigit()) {
+        return Err(bad);
+    }
+    let mut key = MasterKey {
+        bytes: [0u8; KEY_LEN],
+    };
+    // Every character was checked above and the length is 2 * KEY_LEN, so the
+    // decoder cannot fail; map its error anyway rather than panicking.
+    hex::decode_to_slice(hex_digits, &mut key.bytes).map_err(|_| 0usize)?;
+    Ok(key)
+}
+
+/// Argon2id parameters for [`MasterKey::from_passphrase`].
+///
+/// These are stored (unencrypted) alongside protected files, so values read
+/// back must pass [`KdfParams::validate`] before use; `from_passphrase` does
+/// this itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Argon2 salt; fresh random bytes per passphrase-protected file.
+    pub salt: [u8; KDF_SALT_LEN],
+    /// Memory cost in KiB.
+    pub m_cost_kib: u32,
+    /// Number of passes.
+    pub t_cost: u32,
+    /// Degree of parallelism (lanes).
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// Default memory cost: 64 MiB.
+    pub const DEFAULT_M_COST_KIB: u32 = 65_536;
+    /// Default number of passes.
+    pub const DEFAULT_T_COST: u32 = 3;
+    /// Default parallelism.
+    pub const DEFAULT_P_COST: u32 = 1;
+
+    /// Smallest accepted memory cost (KiB); Argon2 also requires at least 8 KiB per lane.
+    pub const MIN_M_COST_KIB: u32 = 8;
+    /// Largest accepted memory cost (KiB): 1 GiB.
+    pub const MAX_M_COST_KIB: u32 = 1_048_576;
+    /// Smallest accepted pass count.
+    pub const MIN_T_COST: u32 = 1;
+    /// Largest accepted pass count.
+    pub const MAX_T_COST: u32 = 64;
+    /// Smallest accepted parallelism.
+    pub const MIN_P_COST: u32 = 1;
+    /// Largest accepted parallelism.
+    pub const MAX_P_COST: u32 = 16;
+
+    /// Default costs with a fresh random salt.
+    pub fn new_random() -> Result<KdfParams, CryptoError> {
+        let mut salt = [0u8; KDF_SALT_LEN];
+        fill_random(&mut salt)?;
+        Ok(KdfParams {
+            salt,
+            m_cost_kib: Self::DEFAULT_M_COST_KIB,
+            t_cost: Self::DEFAULT_T_COST,
+            p_cost: Self::DEFAULT_P_COST,
+        })
+    }
+
+    /// Rejects hostile or nonsensical values (e.g. read from a tampered file)
+    /// before they can make Argon2 allocate or loop excessively.
+    ///
+    /// Accepted: `t_cost` in 1..=64, `p_cost` in 1..=16, and `m_cost_kib` in
+    /// `8 * p_cost ..= 1_048_576` (Argon2 needs at least 8 KiB per lane).
+    /// The error names the first offending field.
+    pub fn validate(&self) -> Result<(), CryptoError> {
+        check_range("t_cost", self.t_cost, Self::MIN_T_COST, Self::MAX_T_COST)?;
+        check_range("p_cost", self.p_cost, Self::MIN_P_COST, Self::MAX_P_COST)?;
+        // p_cost <= 16 here, so this cannot overflow.
+        let min_m = Self::MIN_M_COST_KIB.max(8 * self.p_cost);
+        check_range("m_cost_kib", self.m_cost_kib, min_m, Self::MAX_M_COST_KIB)
+    }
+}
+
+fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<(), CryptoError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(CryptoError::KdfParam {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
+}

@@ -1,1 +1,13 @@
-//! onnx-protect-core
+//! The facade applications use: inspect, encrypt, decrypt and verify ONNX models.
+//!
+//! ```
+//! use onnx_protect_core::inspect::inspect;
+//! use onnx_protect_format::Model;
+//! # let bytes = onnx_protect_format::testutil::tiny_model();
+//! let model = Model::from_vec(bytes, None)?;
+//! let report = inspect(&model);
+//! assert_eq!(report.weights.count, 1);
+//! # Ok::<(), onnx_protect_format::FormatError>(())
+//! ```
+
+pub mod inspect;

@@ -16,6 +16,7 @@ use memmap2::Mmap;
 
 use crate::dtype::{DataType, TypedField};
 use crate::error::{FormatError, Result};
+use crate::progress::{NoProgress, Progress};
 use crate::wire::{self, Field, FieldReader, WireError, WireType};
 
 /// Deepest nesting of graphs (main graph = depth 0) the parser accepts.
@@ -321,6 +322,11 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Maps `path` and parses it. External data is resolved against the file's directory.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        Model::open_with_progress(path, &NoProgress)
+    }
+
+    /// [`Model::open`], reporting parse progress in bytes of the model file.
+    pub fn open_with_progress(path: impl AsRef<Path>, progress: &dyn Progress) -> Result<Model> {
         let path = path.as_ref();
         let io = |e| FormatError::Io { path: path.to_path_buf(), source: e };
         let file = File::open(path).map_err(io)?;
@@ -336,13 +342,13 @@ impl Model {
             Backing::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
-        Model::parse(backing, Some(path.to_path_buf()), dir)
+        Model::parse(backing, Some(path.to_path_buf()), dir, progress)
     }
 
     /// Parses model bytes held in memory. `dir` is where external data lives
     /// (`None` refuses external data).
     pub fn from_vec(bytes: Vec<u8>, dir: Option<PathBuf>) -> Result<Model> {
-        Model::parse(Backing::Owned(bytes), None, dir)
+        Model::parse(Backing::Owned(bytes), None, dir, &NoProgress)
     }
 
     /// The model file's bytes.
@@ -353,7 +359,7 @@ impl Model {
         }
     }
 
-    fn parse(backing: Backing, path: Option<PathBuf>, dir: Option<PathBuf>) -> Result<Model> {
+    fn parse(backing: Backing, path: Option<PathBuf>, dir: Option<PathBuf>, progress: &dyn Progress) -> Result<Model> {
         let mut model = Model {
             backing,
             path,
@@ -380,8 +386,11 @@ impl Model {
             nodes: Vec::new(),
             tensors: Vec::new(),
             pending_external: Vec::new(),
+            progress,
         };
+        progress.start("parse", p.buf.len() as u64);
         let top = p.parse_model(&mut header)?;
+        progress.finish();
         let Parser { graphs, nodes, tensors, pending_external, .. } = p;
         model.ir_version = header.ir_version;
         model.producer_name = header.producer_name;
@@ -668,6 +677,7 @@ struct PendingExternal {
 
 struct Parser<'a> {
     buf: &'a [u8],
+    progress: &'a dyn Progress,
     graphs: Vec<Graph>,
     nodes: Vec<Node>,
     tensors: Vec<Tensor>,
@@ -1341,6 +1351,7 @@ impl<'a> Parser<'a> {
             }
             TensorData::Empty
         };
+        self.progress.set(f.end);
         let id = self.tensors.len();
         let mut tensor = Tensor {
             id,

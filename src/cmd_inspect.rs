@@ -1,0 +1,31 @@
+//! `onnx-protect inspect MODEL [--json]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use onnx_protect_format::Model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to inspect.
+    model: PathBuf,
+    /// Print the machine-readable report (schema in docs/inspect-json.md).
+    #[arg(long)]
+    json: bool,
+    /// Never draw a progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let bar = crate::progress::Bar::new(a.quiet);
+    let model = Model::open_with_progress(&a.model, &bar).with_context(|| format!("{}", a.model.display()))?;
+    let report = onnx_protect_core::inspect::inspect(&model);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(crate::exit::OK))
+}

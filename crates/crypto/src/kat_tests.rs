@@ -4,6 +4,8 @@
 //! wiring — HKDF extract/expand, the MAC key, tensor keys — that the public
 //! API deliberately does not expose.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::BTreeMap;
 
 use crate::session::{hkdf_expand, hkdf_extract, tensor_key};
@@ -67,7 +69,13 @@ fn nist_ctr_aes256_at_unaligned_offsets_matches_vector() {
         // range that crosses from block 2 into block 3.
         for (start, end) in [(24, 64), (20, 50), (31, 33), (63, 64)] {
             let mut data = input[start..end].to_vec();
-            aes256_ctr_xor(&array(r, "key"), &array(r, "counter"), start as u64, &mut data).unwrap();
+            aes256_ctr_xor(
+                &array(r, "key"),
+                &array(r, "counter"),
+                start as u64,
+                &mut data,
+            )
+            .unwrap();
             assert_eq!(data, output[start..end], "{} [{start}, {end})", r["case"]);
         }
     }
@@ -119,6 +127,7 @@ fn rfc4231_cases_2_and_6_prove_hmac_sha256_wiring() {
 fn derivation_v1_vectors_are_unchanged() {
     let records = load("derivation-v1.txt");
     let r = &records[0];
+    assert_eq!(r["case"], "derivation-v1");
     let master = MasterKey::from_bytes(array(r, "master"));
     let salt: [u8; 32] = array(r, "salt");
     let keys = SessionKeys::derive(&master, &salt);
@@ -139,4 +148,20 @@ fn derivation_v1_vectors_are_unchanged() {
     let mut direct = [0u8; 32];
     aes256_ctr_xor(&array(r, "tensor-key-0"), &[0u8; 16], 0, &mut direct).unwrap();
     assert_eq!(direct, stream);
+}
+
+#[test]
+fn passphrase_v1_vector_is_unchanged() {
+    let records = load("derivation-v1.txt");
+    let r = &records[1];
+    assert_eq!(r["case"], "passphrase-v1");
+    let number = |name: &str| u32::from_be_bytes(array(r, name));
+    let params = crate::KdfParams {
+        salt: array(r, "kdf-salt"),
+        m_cost_kib: number("m-cost-kib"),
+        t_cost: number("t-cost"),
+        p_cost: number("p-cost"),
+    };
+    let key = MasterKey::from_passphrase(&bytes(r, "passphrase"), &params).unwrap();
+    assert_eq!(key.as_bytes(), &array::<32>(r, "master"));
 }

@@ -98,14 +98,24 @@ impl Keystream {
     /// Errors: [`CryptoError::InvalidMask`] for an empty mask or one longer
     /// than [`MAX_MASK_LEN`]; [`CryptoError::KeystreamRange`] as for `apply`.
     /// On error `data` is untouched.
-    pub fn apply_masked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+    pub fn apply_masked(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        mask: &[u8],
+    ) -> Result<(), CryptoError> {
         check_mask(mask)?;
         check_range(offset, data.len())?;
         self.apply_masked_unchecked(offset, data, mask)
     }
 
     /// Body of `apply_masked`; the caller has validated `mask` and the range.
-    fn apply_masked_unchecked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+    fn apply_masked_unchecked(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        mask: &[u8],
+    ) -> Result<(), CryptoError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -128,10 +138,7 @@ impl Keystream {
             let ks = &mut ks[..n];
             ks.fill(0);
             ctr.try_apply_keystream(ks)
-                .map_err(|_| CryptoError::KeystreamRange {
-                    offset,
-                    len: n,
-                })?;
+                .map_err(|_| CryptoError::KeystreamRange { offset, len: n })?;
             xor_and(piece, ks, &tile[..n]);
         }
         ks.zeroize();
@@ -149,18 +156,31 @@ impl Keystream {
 
     /// Same result as [`Keystream::apply_masked`], computed on the rayon
     /// thread pool, split as in [`Keystream::apply_par`].
-    pub fn apply_masked_par(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
+    pub fn apply_masked_par(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        mask: &[u8],
+    ) -> Result<(), CryptoError> {
         self.apply_masked_par_in_pieces(offset, data, mask, PAR_PIECE)
     }
 
     /// `apply_par` with an explicit piece size (a positive multiple of 16),
     /// so tests can cross piece boundaries with small buffers.
-    pub(crate) fn apply_par_in_pieces(&self, offset: u64, data: &mut [u8], piece: usize) -> Result<(), CryptoError> {
+    pub(crate) fn apply_par_in_pieces(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        piece: usize,
+    ) -> Result<(), CryptoError> {
         check_range(offset, data.len())?;
         for_each_piece(offset, data, piece, |o, d| {
             let mut ctr = self.ctr_at(o, d.len())?;
             ctr.try_apply_keystream(d)
-                .map_err(|_| CryptoError::KeystreamRange { offset: o, len: d.len() })
+                .map_err(|_| CryptoError::KeystreamRange {
+                    offset: o,
+                    len: d.len(),
+                })
         })
     }
 
@@ -174,7 +194,9 @@ impl Keystream {
     ) -> Result<(), CryptoError> {
         check_mask(mask)?;
         check_range(offset, data.len())?;
-        for_each_piece(offset, data, piece, |o, d| self.apply_masked_unchecked(o, d, mask))
+        for_each_piece(offset, data, piece, |o, d| {
+            self.apply_masked_unchecked(o, d, mask)
+        })
     }
 }
 
@@ -227,13 +249,18 @@ where
     let (head_result, tail_result) = rayon::join(
         || f(offset, head),
         || {
-            tail.par_chunks_mut(piece).enumerate().try_for_each(|(i, p)| {
-                let start = (i as u64)
-                    .checked_mul(piece_u64)
-                    .and_then(|rel| tail_start.checked_add(rel))
-                    .ok_or(CryptoError::KeystreamRange { offset: tail_start, len: p.len() })?;
-                f(start, p)
-            })
+            tail.par_chunks_mut(piece)
+                .enumerate()
+                .try_for_each(|(i, p)| {
+                    let start = (i as u64)
+                        .checked_mul(piece_u64)
+                        .and_then(|rel| tail_start.checked_add(rel))
+                        .ok_or(CryptoError::KeystreamRange {
+                            offset: tail_start,
+                            len: p.len(),
+                        })?;
+                    f(start, p)
+                })
         },
     );
     head_result?;
@@ -293,4 +320,75 @@ pub fn aes256_ctr_xor(
     let mut ctr = Aes256Ctr::from_core(core);
     ctr.try_seek(offset).map_err(|_| range_err())?;
     ctr.try_apply_keystream(data).map_err(|_| range_err())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn keystream(seed: u8) -> Keystream {
+        Keystream::new(&[seed; KEY_LEN])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// With tiny pieces, the parallel paths cross many piece boundaries,
+        /// including a partial head piece, and must still equal the serial ones.
+        #[test]
+        fn parallel_with_small_pieces_equals_serial(
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            offset in 0u64..100_000,
+            piece_blocks in 1usize..20,
+            mask in proptest::collection::vec(any::<u8>(), 1..9),
+        ) {
+            let ks = keystream(3);
+            let piece = piece_blocks * BLOCK_LEN;
+
+            let mut serial = data.clone();
+            ks.apply(offset, &mut serial).unwrap();
+            let mut parallel = data.clone();
+            ks.apply_par_in_pieces(offset, &mut parallel, piece).unwrap();
+            prop_assert_eq!(&parallel, &serial);
+
+            let mut serial = data.clone();
+            ks.apply_masked(offset, &mut serial, &mask).unwrap();
+            let mut parallel = data.clone();
+            ks.apply_masked_par_in_pieces(offset, &mut parallel, &mask, piece).unwrap();
+            prop_assert_eq!(&parallel, &serial);
+        }
+    }
+
+    #[test]
+    fn masked_chunk_length_is_multiple_of_mask_and_block() {
+        for m in 1..=MAX_MASK_LEN {
+            let period = lcm(m, BLOCK_LEN);
+            let chunk = MASK_CHUNK - MASK_CHUNK % period;
+            assert!(
+                chunk > 0 && chunk % m == 0 && chunk % BLOCK_LEN == 0,
+                "mask length {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn masked_application_across_many_internal_chunks_equals_bytewise_definition() {
+        // Longer than several MASK_CHUNKs, with a mask length (3) that does
+        // not divide the chunk size, starting at an unaligned offset.
+        let ks = keystream(9);
+        let mask = [0xF0, 0x0F, 0xAA];
+        let offset = 5u64;
+        let mut data: Vec<u8> = (0..3 * MASK_CHUNK + 77).map(|i| (i * 31) as u8).collect();
+        let original = data.clone();
+        ks.apply_masked(offset, &mut data, &mask).unwrap();
+
+        let mut stream = vec![0u8; data.len()];
+        ks.apply(offset, &mut stream).unwrap();
+        for i in 0..data.len() {
+            let m = mask[(offset as usize + i) % mask.len()];
+            assert_eq!(data[i], original[i] ^ (stream[i] & m), "byte {i}");
+        }
+    }
 }

@@ -67,8 +67,7 @@ impl MasterKey {
         }
         // Offset of `trimmed` inside `contents`, so positions refer to the file.
         let lead = contents.len() - contents.trim_ascii_start().len();
-        decode_hex_key(trimmed)
-            .map_err(|i| CryptoError::KeyFileNotHex { position: lead + i })
+        decode_hex_key(trimmed).map_err(|i| CryptoError::KeyFileNotHex { position: lead + i })
     }
 
     /// Reads the key from environment variable `var`, which must hold 64 hex
@@ -101,7 +100,10 @@ impl MasterKey {
     /// `params` (validated first) and a 32-byte output.
     ///
     /// Deterministic: the same passphrase and params always give the same key.
-    pub fn from_passphrase(passphrase: &[u8], params: &KdfParams) -> Result<MasterKey, CryptoError> {
+    pub fn from_passphrase(
+        passphrase: &[u8],
+        params: &KdfParams,
+    ) -> Result<MasterKey, CryptoError> {
         params.validate()?;
         if passphrase.is_empty() {
             return Err(CryptoError::EmptyPassphrase);

@@ -7,7 +7,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{fill_random, CryptoError, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN};
+use crate::{
+    fill_random, CryptoError, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN,
+};
 
 /// HKDF-Expand `info` prefix for tensor keys; the stream id follows as 8 bytes big-endian.
 pub const TENSOR_KEY_LABEL: &[u8] = b"onnx-protect/v1/tensor";

@@ -1,5 +1,7 @@
 //! End-to-end tests of the library crates and the `onnx-protect` binary.
 
 mod cli;
+mod corpus;
 mod fixtures;
+mod malformed;
 mod util;

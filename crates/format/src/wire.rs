@@ -129,6 +129,13 @@ impl<'a> FieldReader<'a> {
             2 => {
                 let len = self.varint()?;
                 let value_start = self.pos as u64;
+                if len > (self.end - self.pos) as u64 && self.end < self.buf.len() {
+                    // The file goes on: the length lies about its enclosing message.
+                    return Err(WireError::Malformed {
+                        at: start,
+                        reason: "length prefix runs past the end of the enclosing message",
+                    });
+                }
                 self.take(len)?;
                 return Ok(Some(Field {
                     number,

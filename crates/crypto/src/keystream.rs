@@ -4,7 +4,10 @@ use core::fmt;
 
 use aes::cipher::{KeyInit, StreamCipher, StreamCipherSeek};
 use aes::Aes256;
-use ctr::cipher::InnerIvInit;
+use ctr::cipher::inout::InOutBuf;
+use ctr::cipher::typenum::U16;
+use ctr::cipher::{InnerIvInit, StreamCipherCore, StreamCipherSeekCore};
+use ctr::{Ctr128BE, CtrCore};
 use rayon::prelude::*;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -24,7 +27,7 @@ const MASK_CHUNK: usize = 8 * 1024;
 /// A multiple of [`BLOCK_LEN`], so every split falls on a block boundary.
 const PAR_PIECE: usize = 1024 * 1024;
 
-type Aes256Ctr = ctr::Ctr128BE<Aes256>;
+type Aes256Ctr = Ctr128BE<Aes256>;
 
 /// The AES-256-CTR keystream of one tensor.
 ///
@@ -65,7 +68,7 @@ impl Keystream {
     /// A CTR cipher positioned at keystream byte `offset`.
     fn ctr_at(&self, offset: u64, len: usize) -> Result<Aes256Ctr, CryptoError> {
         let iv = [0u8; BLOCK_LEN];
-        let core = ctr::CtrCore::inner_iv_init(self.cipher.clone(), &iv.into());
+        let core = CtrCore::inner_iv_init(self.cipher.clone(), &iv.into());
         let mut ctr = Aes256Ctr::from_core(core);
         ctr.try_seek(offset)
             .map_err(|_| CryptoError::KeystreamRange { offset, len })?;
@@ -119,30 +122,54 @@ impl Keystream {
         if data.is_empty() {
             return Ok(());
         }
-        let mut ctr = self.ctr_at(offset, data.len())?;
+        // Keystream is generated a whole block at a time straight into `ks`
+        // (no zero-fill, no extra XOR pass). `ks[0]` is keystream byte `base`,
+        // the start of the block holding `offset`; the first `skip` bytes of
+        // the first chunk lie before `offset` and are not used.
+        let skip = (offset % BLOCK_LEN as u64) as usize;
+        let base = offset - skip as u64;
+        let mut core = self.core_at_block(base / BLOCK_LEN as u64);
+
         // Chunk length is a multiple of both the mask length and the block
-        // length, so the mask phase is identical at the start of every chunk
-        // and the CTR cipher never has to carry a partial block between chunks.
+        // length, so every chunk starts on a block boundary and with the same
+        // mask phase: one tile of mask bytes serves all chunks.
         let period = lcm(mask.len(), BLOCK_LEN);
         let chunk_len = MASK_CHUNK - MASK_CHUNK % period;
         let mut tile = [0u8; MASK_CHUNK];
         let mut ks = [0u8; MASK_CHUNK];
         // `mask.len()` is in 1..=MAX_MASK_LEN, so this cast and modulo are safe.
-        let phase = (offset % mask.len() as u64) as usize;
-        let tile_len = chunk_len.min(data.len());
+        let phase = (base % mask.len() as u64) as usize;
+        let tile_len = chunk_len.min(skip + data.len());
         for (i, t) in tile[..tile_len].iter_mut().enumerate() {
             *t = mask[(phase + i) % mask.len()];
         }
-        for piece in data.chunks_mut(chunk_len) {
-            let n = piece.len();
-            let ks = &mut ks[..n];
-            ks.fill(0);
-            ctr.try_apply_keystream(ks)
-                .map_err(|_| CryptoError::KeystreamRange { offset, len: n })?;
-            xor_and(piece, ks, &tile[..n]);
+
+        let mut lead = skip;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = (chunk_len - lead).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(n);
+            // Whole blocks covering ks[lead .. lead + n]; at most chunk_len bytes.
+            let ks_len = (lead + n).div_ceil(BLOCK_LEN) * BLOCK_LEN;
+            let buf: InOutBuf<'_, '_, u8> = (&mut ks[..ks_len]).into();
+            let (mut blocks, _) = buf.into_chunks::<U16>();
+            // Block positions stay below 2^60 (offsets are u64), far from the
+            // 2^128 counter limit that `write_keystream_blocks` leaves unchecked.
+            core.write_keystream_blocks(blocks.get_out());
+            xor_and(piece, &ks[lead..lead + n], &tile[lead..lead + n]);
+            rest = tail;
+            lead = 0;
         }
         ks.zeroize();
         Ok(())
+    }
+
+    /// The CTR core positioned at keystream block `block`.
+    fn core_at_block(&self, block: u64) -> CtrCore<Aes256, ctr::flavors::Ctr128BE> {
+        let iv = [0u8; BLOCK_LEN];
+        let mut core = CtrCore::inner_iv_init(self.cipher.clone(), &iv.into());
+        core.set_block_pos(u128::from(block));
+        core
     }
 
     /// Same result as [`Keystream::apply`], computed on the rayon thread pool.
@@ -200,26 +227,10 @@ impl Keystream {
     }
 }
 
-/// `data[i] ^= ks[i] & mask[i]` for equal-length slices, eight bytes at a time.
+/// `data[i] ^= ks[i] & mask[i]` for equal-length slices (a plain loop the
+/// compiler vectorizes).
 fn xor_and(data: &mut [u8], ks: &[u8], mask: &[u8]) {
-    let mut d8 = data.chunks_exact_mut(8);
-    let mut k8 = ks.chunks_exact(8);
-    let mut m8 = mask.chunks_exact(8);
-    for ((d, k), m) in (&mut d8).zip(&mut k8).zip(&mut m8) {
-        let word = |s: &[u8]| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(s);
-            u64::from_ne_bytes(b)
-        };
-        let out = word(d) ^ (word(k) & word(m));
-        d.copy_from_slice(&out.to_ne_bytes());
-    }
-    for ((d, k), m) in d8
-        .into_remainder()
-        .iter_mut()
-        .zip(k8.remainder())
-        .zip(m8.remainder())
-    {
+    for ((d, k), m) in data.iter_mut().zip(ks).zip(mask) {
         *d ^= k & m;
     }
 }
@@ -316,7 +327,7 @@ pub fn aes256_ctr_xor(
     check_range(offset, data.len())?;
     let len = data.len();
     let range_err = || CryptoError::KeystreamRange { offset, len };
-    let core = ctr::CtrCore::inner_iv_init(Aes256::new(key.into()), initial_counter.into());
+    let core = CtrCore::inner_iv_init(Aes256::new(key.into()), initial_counter.into());
     let mut ctr = Aes256Ctr::from_core(core);
     ctr.try_seek(offset).map_err(|_| range_err())?;
     ctr.try_apply_keystream(data).map_err(|_| range_err())

@@ -52,6 +52,9 @@
 //! # Ok::<(), onnx_protect_crypto::CryptoError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod digest;
 mod error;
 mod keystream;

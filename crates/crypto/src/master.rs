@@ -49,7 +49,8 @@ impl MasterKey {
     /// Parses the contents of a key file.
     ///
     /// Accepted forms:
-    /// * exactly 32 bytes: the raw key;
+    /// * exactly 32 bytes: the raw key (a 32-byte file is always taken as
+    ///   raw, even if its bytes happen to be printable);
     /// * 64 hex digits (either case), optionally surrounded by ASCII
     ///   whitespace such as a trailing newline.
     ///

@@ -1,5 +1,6 @@
 //! Exit codes (normative list in `docs/cli.md`).
 
+use onnx_protect_core::protect::CoreError;
 use onnx_protect_format::FormatError;
 
 /// Success.
@@ -12,11 +13,36 @@ pub const USAGE: u8 = 2;
 /// The input model (or its external data) is invalid or unsafe to read.
 pub const BAD_MODEL: u8 = 3;
 
+/// The key is wrong, missing or unreadable.
+pub const KEY: u8 = 4;
+/// Integrity failure: the manifest or encrypted bytes were modified.
+pub const MODIFIED: u8 = 5;
+/// The model is in the wrong state (already protected, not protected, unknown format version).
+pub const STATE: u8 = 6;
+/// The policy file or an override is invalid.
+pub const POLICY: u8 = 7;
+
 /// Maps an error to its exit code.
 pub fn code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<FormatError>().is_some() {
             return BAD_MODEL;
+        }
+        if cause.downcast_ref::<onnx_protect_crypto::CryptoError>().is_some() {
+            return KEY;
+        }
+        if cause.downcast_ref::<onnx_protect_select::PolicyError>().is_some() {
+            return POLICY;
+        }
+        if let Some(c) = cause.downcast_ref::<CoreError>() {
+            return match c.kind() {
+                "wrong_key" | "key" => KEY,
+                "modified" | "bad_manifest" => MODIFIED,
+                "already_protected" | "not_protected" | "unsupported_version" => STATE,
+                "policy" => POLICY,
+                "io" | "output" => FAILURE,
+                _ => BAD_MODEL,
+            };
         }
     }
     FAILURE
@@ -25,6 +51,13 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
 /// An optional hint line for the user.
 pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<CoreError>() {
+            match c.kind() {
+                "wrong_key" => return Some("check that this is the key (or passphrase) the model was encrypted with"),
+                "already_protected" => return Some("decrypt the model first, or keep the original unprotected copy"),
+                _ => {}
+            }
+        }
         if let Some(f) = cause.downcast_ref::<FormatError>() {
             return match f.kind() {
                 "external_path" => Some("external data must be a plain file inside the model's directory"),

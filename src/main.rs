@@ -4,7 +4,9 @@
 //! exit codes (see `docs/cli.md`).
 
 mod cmd_inspect;
+mod cmd_protect;
 mod exit;
+mod keys;
 mod progress;
 
 use std::process::ExitCode;
@@ -22,12 +24,24 @@ struct Cli {
 enum Command {
     /// Summarise a model: versions, operators, weights and where they are stored.
     Inspect(cmd_inspect::Args),
+    /// Write a new random 256-bit key file.
+    Keygen(cmd_protect::KeygenArgs),
+    /// Encrypt selected weights of a model (policy: docs/policy.md).
+    Encrypt(cmd_protect::EncryptArgs),
+    /// Verify and decrypt a protected model, restoring the original bytes.
+    Decrypt(cmd_protect::DecryptArgs),
+    /// Check a protected model: its checksum without a key, its MAC with one.
+    Verify(cmd_protect::VerifyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),
+        Command::Keygen(a) => cmd_protect::keygen(a),
+        Command::Encrypt(a) => cmd_protect::encrypt(a),
+        Command::Decrypt(a) => cmd_protect::decrypt(a),
+        Command::Verify(a) => cmd_protect::verify(a),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,231 @@
-//! onnx-protect-select
+//! Which tensors, and which byte ranges of them, to encrypt: a pure,
+//! deterministic function of the model and a [`Policy`], independent of any key.
+//!
+//! For each weight (see `onnx_protect_format::discover`) the policy entry of its
+//! first user's operator type gives a *coefficient* `c`, a *mode* and a split.
+//! The tensor's element bytes (raw_data layout, storage order) are split into
+//! `n` subsequences — by default slices along the first dimension — and
+//! `k = min(n, max(1, ⌈c·n⌉))` of them are chosen (none when `c = 0`), at the
+//! evenly spread positions `⌊j·n/k⌋` for `j = 0..k`. `c·n` is computed exactly on
+//! the coefficient in parts per million: `⌈c_ppm·n / 10^6⌉`. The normative text
+//! is in `docs/format.md` ("Selection").
+//!
+//! ```
+//! use onnx_protect_format::{discover, Model};
+//! use onnx_protect_select::{select, Policy};
+//! # let bytes = onnx_protect_format::testutil::tiny_model();
+//! let model = Model::from_vec(bytes, None)?;
+//! let plan = select(&model, &discover(&model), &Policy::default());
+//! assert_eq!(plan.chosen.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod policy;
+
+pub use policy::{Mode, OpRule, Policy, PolicyError, Split};
+
+use onnx_protect_format::{DataType, Model, TensorData, TensorId, Weight};
+
+/// One tensor chosen for encryption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub tensor: TensorId,
+    pub op_type: String,
+    pub role: String,
+    pub mode: Mode,
+    /// Number of subsequences the tensor was split into.
+    pub subsequences: u64,
+    /// Indices of the chosen subsequences, ascending.
+    pub chosen: Vec<u64>,
+    /// Byte ranges `[begin, end)` of the element bytes to encrypt: sorted,
+    /// disjoint, non-adjacent (adjacent chosen subsequences are merged).
+    pub spans: Vec<(u64, u64)>,
+}
+
+impl Chosen {
+    /// Total bytes to encrypt.
+    pub fn bytes(&self) -> u64 {
+        self.spans.iter().map(|(a, b)| b - a).sum()
+    }
+}
+
+/// A weight the policy wanted but that cannot be encrypted, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub tensor: TensorId,
+    pub reason: String,
+}
+
+/// The result of selection.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// In tensor order (the order tensors appear in the model).
+    pub chosen: Vec<Chosen>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Selection {
+    /// Total bytes to encrypt.
+    pub fn bytes(&self) -> u64 {
+        self.chosen.iter().map(Chosen::bytes).sum()
+    }
+}
+
+/// Number of chosen subsequences out of `n` for a coefficient in parts per million.
+pub fn chosen_count(coefficient_ppm: u32, n: u64) -> u64 {
+    if coefficient_ppm == 0 || n == 0 {
+        return 0;
+    }
+    let k = (u128::from(coefficient_ppm) * u128::from(n)).div_ceil(1_000_000);
+    (k as u64).clamp(1, n)
+}
+
+/// Evenly spread positions `⌊j·n/k⌋`, `j = 0..k`.
+pub fn spread_positions(n: u64, k: u64) -> Vec<u64> {
+    (0..k).map(|j| ((u128::from(j) * u128::from(n)) / u128::from(k)) as u64).collect()
+}
+
+/// Byte boundaries of `n` subsequences of a tensor: `bounds[i]..bounds[i+1]` is
+/// subsequence `i`. Returns `None` when the tensor cannot be split that way.
+pub fn subsequence_bounds(dtype: DataType, dims: &[u64], numel: u64, split: Split) -> Option<Vec<u64>> {
+    let bits = dtype.bits();
+    if bits == 0 || numel == 0 {
+        return None;
+    }
+    let nbytes = dtype.byte_len(numel)?;
+    let n = match split {
+        Split::FirstDim => match dims.first() {
+            Some(&d0) if d0 > 0 && dims.len() > 1 => {
+                let row_bits = (numel / d0).checked_mul(bits)?;
+                if row_bits % 8 != 0 {
+                    1
+                } else {
+                    d0
+                }
+            }
+            _ => 1,
+        },
+        Split::Count(c) => {
+            // Element-aligned chunks; sub-byte types are split on whole bytes.
+            let units = if bits < 8 { nbytes } else { numel };
+            c.clamp(1, units.max(1))
+        }
+    };
+    let unit_bytes = if bits < 8 { 1 } else { bits / 8 };
+    let units = nbytes / unit_bytes;
+    let mut b = Vec::with_capacity(n as usize + 1);
+    for i in 0..=n {
+        let u = (u128::from(i) * u128::from(units) / u128::from(n)) as u64;
+        b.push(u * unit_bytes);
+    }
+    if let Some(last) = b.last_mut() {
+        *last = nbytes;
+    }
+    Some(b)
+}
+
+/// Chooses what to encrypt. Deterministic; depends only on the model and the policy.
+pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
+    let mut sel = Selection::default();
+    for w in weights {
+        let t = &model.tensors[w.tensor];
+        let Some(first) = w.uses.first() else { continue };
+        let Some(rule) = policy.rule_for(&first.op_type) else { continue };
+        // The tensor is encrypted once, under the rule of its first user whose role the rule covers.
+        let Some(u) = w.uses.iter().find(|u| {
+            policy.rule_for(&u.op_type).is_some_and(|r| r.covers(u.role, u.kind))
+        }) else {
+            continue;
+        };
+        let rule = policy.rule_for(&u.op_type).unwrap_or(rule);
+        let ppm = rule.coefficient_ppm();
+        if ppm == 0 {
+            continue;
+        }
+        let skip = |reason: &str| Skipped { tensor: t.id, reason: reason.to_string() };
+        match &t.data {
+            TensorData::Strings { .. } => {
+                sel.skipped.push(skip("string tensors are not weights"));
+                continue;
+            }
+            TensorData::Empty => continue,
+            TensorData::Varint { canonical: false, .. } => {
+                sel.skipped.push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));
+                continue;
+            }
+            _ => {}
+        }
+        if rule.mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
+            sel.skipped.push(skip("no format-preserving mask for its data type"));
+            continue;
+        }
+        let Some(bounds) = subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else { continue };
+        let n = (bounds.len() - 1) as u64;
+        let k = chosen_count(ppm, n);
+        let positions = spread_positions(n, k);
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for &p in &positions {
+            let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
+            if a == b {
+                continue;
+            }
+            match spans.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => spans.push((a, b)),
+            }
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        sel.chosen.push(Chosen {
+            tensor: t.id,
+            op_type: u.op_type.clone(),
+            role: u.role.to_string(),
+            mode: rule.mode,
+            subsequences: n,
+            chosen: positions,
+            spans,
+        });
+    }
+    sel.chosen.sort_by_key(|c| c.tensor);
+    sel
+}
+
+pub use policy::fp_mask;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_rounds_up_and_keeps_at_least_one() {
+        assert_eq!(chosen_count(0, 64), 0);
+        assert_eq!(chosen_count(1, 64), 1);
+        assert_eq!(chosen_count(100_000, 64), 7); // 6.4 → 7
+        assert_eq!(chosen_count(250_000, 64), 16);
+        assert_eq!(chosen_count(1_000_000, 64), 64);
+    }
+
+    #[test]
+    fn positions_spread_evenly() {
+        assert_eq!(spread_positions(10, 3), vec![0, 3, 6]);
+        assert_eq!(spread_positions(4, 4), vec![0, 1, 2, 3]);
+        assert_eq!(spread_positions(64, 1), vec![0]);
+    }
+
+    #[test]
+    fn first_dim_split_gives_rows() {
+        let b = subsequence_bounds(DataType::Float, &[4, 3], 12, Split::FirstDim).unwrap();
+        assert_eq!(b, vec![0, 12, 24, 36, 48]);
+        let v = subsequence_bounds(DataType::Float, &[5], 5, Split::FirstDim).unwrap();
+        assert_eq!(v, vec![0, 20]);
+        let c = subsequence_bounds(DataType::Float16, &[7], 7, Split::Count(3)).unwrap();
+        assert_eq!(c, vec![0, 4, 8, 14]);
+    }
+
+    #[test]
+    fn odd_int4_rows_fall_back_to_one_subsequence() {
+        let b = subsequence_bounds(DataType::Int4, &[3, 3], 9, Split::FirstDim).unwrap();
+        assert_eq!(b, vec![0, 5]);
+    }
+}

@@ -1,0 +1,948 @@
+//! Encrypting, decrypting and verifying models (format version 1, `docs/format.md`).
+//!
+//! Encryption runs in two passes over the chosen byte ranges only:
+//! 1. (parallel) each range is read, encrypted into a scratch buffer and hashed in
+//!    fixed-size chunks; the chunk digests and the manifest feed the MAC and the
+//!    keyless checksum;
+//! 2. (streaming) the output is written as the input with the ranges encrypted in
+//!    place and the manifest appended as a top-level `metadata_props` entry.
+//!
+//! Decryption verifies the key check value and the MAC over the ciphertext before
+//! writing anything, then writes the input with the ranges decrypted and the
+//! manifest entry removed, which gives back the original file byte for byte.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use onnx_protect_crypto::{
+    random_salt, Checksum, CryptoError, KdfParams, Keystream, MasterKey, SessionKeys, KDF_SALT_LEN,
+};
+use onnx_protect_format::model::{encode_varint_payload, MetadataEntry};
+use onnx_protect_format::write::{metadata_field, Content, Edit, Plan};
+use onnx_protect_format::{
+    discover, wire, DataType, FormatError, Locator, Model, NoProgress, Progress, Tensor, TensorData,
+};
+use onnx_protect_proto::v1 as pb;
+use onnx_protect_proto::Message;
+use onnx_protect_select::{fp_mask, select, Mode, Policy, PolicyError, Selection};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// The `metadata_props` key of a format-1 manifest.
+pub const METADATA_KEY: &str = "onnx-protect/v1";
+/// Every key this project writes starts with this prefix.
+pub const METADATA_PREFIX: &str = "onnx-protect/";
+/// The format version written into [`pb::Manifest::format_version`].
+pub const FORMAT_VERSION: u32 = 1;
+/// Ciphertext is hashed in chunks of this many bytes (per tensor) for the MAC.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+/// Domain-separation labels of the integrity computation.
+pub const CHUNK_LABEL: &[u8] = b"onnx-protect/v1/chunk";
+pub const MAC_INPUT_LABEL: &[u8] = b"onnx-protect/v1/mac-input";
+pub const CHECKSUM_LABEL: &[u8] = b"onnx-protect/v1/checksum";
+
+/// What went wrong. Decryption failures are deliberately coarse: a wrong key and
+/// modified bytes are told apart, but never *which* byte of ciphertext changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("the model is already protected by onnx-protect (metadata key '{key}'); decrypt it first")]
+    AlreadyProtected { key: String },
+    #[error("the model is not protected by onnx-protect (no '{METADATA_KEY}' metadata entry)")]
+    NotProtected,
+    #[error("the model was protected with format '{key}', which this version does not support")]
+    UnsupportedVersion { key: String },
+    #[error("the protection manifest is invalid: {0}")]
+    BadManifest(String),
+    #[error("wrong key: the key check value does not match this model")]
+    WrongKey,
+    #[error("modified: {0}")]
+    Modified(String),
+    #[error("{0}")]
+    Key(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Output(String),
+}
+
+impl CoreError {
+    /// Stable short name of the error kind (used in JSON output and exit codes).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CoreError::Format(e) => e.kind(),
+            CoreError::Crypto(_) => "key",
+            CoreError::Policy(_) => "policy",
+            CoreError::AlreadyProtected { .. } => "already_protected",
+            CoreError::NotProtected => "not_protected",
+            CoreError::UnsupportedVersion { .. } => "unsupported_version",
+            CoreError::BadManifest(_) => "bad_manifest",
+            CoreError::WrongKey => "wrong_key",
+            CoreError::Modified(_) => "modified",
+            CoreError::Key(_) => "key",
+            CoreError::Write { .. } => "io",
+            CoreError::Output(_) => "output",
+        }
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Where the master key comes from.
+pub enum KeySource {
+    /// A 256-bit key (key file, environment variable, ...).
+    Key(MasterKey),
+    /// A passphrase, stretched with Argon2id; the parameters live in the manifest.
+    Passphrase(Zeroizing<Vec<u8>>),
+}
+
+impl KeySource {
+    fn master_for_encrypt(&self) -> Result<(MasterKey, Option<KdfParams>)> {
+        match self {
+            KeySource::Key(k) => Ok((k.clone(), None)),
+            KeySource::Passphrase(p) => {
+                let params = KdfParams::new_random()?;
+                Ok((MasterKey::from_passphrase(p, &params)?, Some(params)))
+            }
+        }
+    }
+
+    fn master_for_decrypt(&self, kdf: Option<&pb::KdfParams>) -> Result<MasterKey> {
+        match (self, kdf) {
+            (KeySource::Key(k), None) => Ok(k.clone()),
+            (KeySource::Key(_), Some(_)) => {
+                Err(CoreError::Key("this model was protected with a passphrase; give the passphrase, not a key".into()))
+            }
+            (KeySource::Passphrase(_), None) => {
+                Err(CoreError::Key("this model was protected with a key file; give the key, not a passphrase".into()))
+            }
+            (KeySource::Passphrase(p), Some(k)) => {
+                if k.algorithm != "argon2id" {
+                    return Err(CoreError::BadManifest(format!("unknown KDF '{}'", k.algorithm)));
+                }
+                let salt: [u8; KDF_SALT_LEN] = k
+                    .salt
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| CoreError::BadManifest("KDF salt has the wrong length".into()))?;
+                let params = KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost };
+                Ok(MasterKey::from_passphrase(p, &params)?)
+            }
+        }
+    }
+}
+
+/// One encrypted tensor, as reported to callers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorSummary {
+    pub name: String,
+    pub locator: String,
+    pub op_type: String,
+    pub role: String,
+    pub data_type: String,
+    pub storage: String,
+    pub mode: String,
+    pub nbytes: u64,
+    pub encrypted_bytes: u64,
+    pub subsequences: u64,
+    pub chosen: u64,
+    pub spans: Vec<(u64, u64)>,
+}
+
+/// What `encrypt` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EncryptReport {
+    pub input: String,
+    pub output: String,
+    pub weight_bytes: u64,
+    pub encrypted_bytes: u64,
+    pub tensors: Vec<TensorSummary>,
+    pub skipped: Vec<(String, String)>,
+    pub external_files: Vec<String>,
+}
+
+/// What `decrypt` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecryptReport {
+    pub input: String,
+    pub output: String,
+    pub tensors: usize,
+    pub decrypted_bytes: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub input: String,
+    /// `"checksum"` without a key, `"mac"` with one.
+    pub check: &'static str,
+    pub tensors: usize,
+    pub encrypted_bytes: u64,
+}
+
+/// A parsed, validated manifest and where it sits in the model.
+pub struct Protected {
+    pub entry: MetadataEntry,
+    pub envelope: pb::Envelope,
+    pub manifest: pb::Manifest,
+    /// For each manifest tensor (same order): the model tensor and its spans.
+    pub targets: Vec<Target>,
+}
+
+/// A manifest tensor matched to the model.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub tensor: usize,
+    pub stream_id: u64,
+    pub mode: Mode,
+    pub spans: Vec<(u64, u64)>,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn storage_code(t: &Tensor) -> pb::Storage {
+    match &t.data {
+        TensorData::Raw { .. } => pb::Storage::RawData,
+        TensorData::Fixed { field, .. } | TensorData::Varint { field, .. } => match field.name() {
+            "float_data" => pb::Storage::FloatData,
+            "double_data" => pb::Storage::DoubleData,
+            "int32_data" => pb::Storage::Int32Data,
+            "int64_data" => pb::Storage::Int64Data,
+            _ => pb::Storage::Uint64Data,
+        },
+        TensorData::External { .. } => pb::Storage::External,
+        _ => pb::Storage::Unspecified,
+    }
+}
+
+/// Finds the onnx-protect metadata entry, refusing unknown versions and duplicates.
+pub fn find_manifest_entry(model: &Model) -> Result<Option<MetadataEntry>> {
+    let ours: Vec<&MetadataEntry> = model.metadata.iter().filter(|m| m.key.starts_with(METADATA_PREFIX)).collect();
+    match ours.as_slice() {
+        [] => Ok(None),
+        [one] if one.key == METADATA_KEY => Ok(Some((*one).clone())),
+        [one] => Err(CoreError::UnsupportedVersion { key: one.key.clone() }),
+        _ => Err(CoreError::BadManifest("more than one onnx-protect metadata entry".into())),
+    }
+}
+
+/// Reads and validates the manifest of a protected model.
+pub fn read_protected(model: &Model) -> Result<Protected> {
+    let entry = find_manifest_entry(model)?.ok_or(CoreError::NotProtected)?;
+    let raw = b64()
+        .decode(entry.value.as_bytes())
+        .map_err(|e| CoreError::BadManifest(format!("metadata value is not base64: {e}")))?;
+    let envelope =
+        pb::Envelope::decode(raw.as_slice()).map_err(|e| CoreError::BadManifest(format!("envelope: {e}")))?;
+    let manifest = pb::Manifest::decode(envelope.manifest.as_slice())
+        .map_err(|e| CoreError::BadManifest(format!("manifest: {e}")))?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(CoreError::UnsupportedVersion { key: format!("{METADATA_KEY} format_version {}", manifest.format_version) });
+    }
+    let bad = |s: String| CoreError::BadManifest(s);
+    if manifest.salt.len() != 32 || manifest.key_check.len() != 16 {
+        return Err(bad("salt or key check value has the wrong length".into()));
+    }
+    if envelope.mac.len() != 32 || envelope.checksum.len() != 32 {
+        return Err(bad("MAC or checksum has the wrong length".into()));
+    }
+    if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
+        return Err(bad(format!("chunk size {} is out of range", manifest.chunk_size)));
+    }
+    let by_locator: HashMap<&Locator, usize> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
+    let mut seen_streams = std::collections::HashSet::new();
+    let mut seen_tensors = std::collections::HashSet::new();
+    let mut targets = Vec::with_capacity(manifest.tensors.len());
+    for e in &manifest.tensors {
+        let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
+        let &tid = by_locator
+            .get(&loc)
+            .ok_or_else(|| CoreError::Modified(format!("tensor '{}' at {} is not in the model", e.name, e.locator)))?;
+        let t = &model.tensors[tid];
+        if t.name != e.name || t.data_type.to_i32() != e.data_type || t.nbytes != e.nbytes || storage_code(t) as i32 != e.storage {
+            return Err(CoreError::Modified(format!(
+                "tensor at {} does not match the manifest (name, type, size or storage changed)",
+                e.locator
+            )));
+        }
+        if !seen_streams.insert(e.stream_id) || !seen_tensors.insert(tid) {
+            return Err(bad(format!("tensor '{}' or its stream id appears twice", e.name)));
+        }
+        let mode = match pb::Mode::try_from(e.mode) {
+            Ok(pb::Mode::Ctr) => Mode::Ctr,
+            Ok(pb::Mode::FormatPreserving) => Mode::Fp,
+            _ => return Err(bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode))),
+        };
+        if e.spans.len() % 2 != 0 || e.spans.is_empty() {
+            return Err(bad(format!("tensor '{}': spans must be non-empty [begin, end) pairs", e.name)));
+        }
+        let spans: Vec<(u64, u64)> = e.spans.chunks(2).map(|c| (c[0], c[1])).collect();
+        let mut prev_end = None;
+        let elem = (t.data_type.bits() / 8).max(1);
+        for &(a, b) in &spans {
+            if a >= b || b > t.nbytes || prev_end.is_some_and(|p| a <= p) {
+                return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
+            }
+            if mode == Mode::Fp && (a % elem != 0 || b % elem != 0) {
+                return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
+            }
+            prev_end = Some(b);
+        }
+        if let TensorData::Varint { canonical: false, .. } | TensorData::Strings { .. } | TensorData::Empty = t.data {
+            return Err(CoreError::Modified(format!("tensor '{}' changed its storage", e.name)));
+        }
+        if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
+            return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
+        }
+        targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans });
+    }
+    Ok(Protected { entry, envelope, manifest, targets })
+}
+
+/// Maps a logical byte range of a tensor to ranges of the file that holds it:
+/// `(file range, logical start)` pieces, in order.
+fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
+    match &t.data {
+        TensorData::Raw { range } | TensorData::External { range, .. } => {
+            vec![(range.start + a..range.start + b, a)]
+        }
+        TensorData::Fixed { segments, .. } => {
+            let mut out = Vec::new();
+            let mut logical = 0u64;
+            for s in segments {
+                let len = s.end - s.start;
+                let (lo, hi) = (logical.max(a), (logical + len).min(b));
+                if lo < hi {
+                    out.push((s.start + (lo - logical)..s.start + (hi - logical), lo));
+                }
+                logical += len;
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Applies the keystream of `target` to `data`, which holds logical bytes starting at `offset`.
+fn apply(ks: &Keystream, mode: Mode, dtype: DataType, offset: u64, data: &mut [u8], parallel: bool) -> Result<()> {
+    match mode {
+        Mode::Ctr => {
+            if parallel {
+                ks.apply_par(offset, data)?
+            } else {
+                ks.apply(offset, data)?
+            }
+        }
+        Mode::Fp => {
+            let mask = fp_mask(dtype).ok_or_else(|| CoreError::BadManifest(format!("no mask for {dtype}")))?;
+            if parallel {
+                ks.apply_masked_par(offset, data, mask)?
+            } else {
+                ks.apply_masked(offset, data, mask)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
+struct ChunkJob {
+    target: usize,
+    index: u64,
+    /// Logical sub-ranges making up this chunk.
+    parts: Vec<(u64, u64)>,
+}
+
+fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
+    let mut jobs = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let mut current = ChunkJob { target: ti, index: 0, parts: Vec::new() };
+        let mut fill = 0u64;
+        for &(a, b) in &t.spans {
+            let mut pos = a;
+            while pos < b {
+                let take = (b - pos).min(chunk - fill);
+                current.parts.push((pos, pos + take));
+                fill += take;
+                pos += take;
+                if fill == chunk {
+                    let next = ChunkJob { target: ti, index: current.index + 1, parts: Vec::new() };
+                    jobs.push(std::mem::replace(&mut current, next));
+                    fill = 0;
+                }
+            }
+        }
+        if !current.parts.is_empty() {
+            jobs.push(current);
+        }
+    }
+    jobs
+}
+
+/// Chunk digests of the ciphertext. `encrypt_with` is `Some` when the model holds
+/// plaintext (encryption): each chunk is encrypted in a scratch buffer before hashing.
+fn leaf_digests(
+    model: &Model,
+    targets: &[Target],
+    chunk: u64,
+    encrypt_with: Option<&SessionKeys>,
+) -> Result<Vec<[u8; 32]>> {
+    // Varint tensors are decoded once, up front (they are small typed-field tensors).
+    let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
+    for t in targets {
+        if let TensorData::Varint { .. } = model.tensors[t.tensor].data {
+            decoded.insert(t.tensor, model.tensor_bytes(t.tensor)?.into_owned());
+        }
+    }
+    let streams: Vec<Keystream> = match encrypt_with {
+        Some(keys) => targets.iter().map(|t| keys.keystream(t.stream_id)).collect(),
+        None => Vec::new(),
+    };
+    let jobs = chunk_jobs(targets, chunk);
+    jobs.par_iter()
+        .map(|job| -> Result<[u8; 32]> {
+            let target = &targets[job.target];
+            let t = &model.tensors[target.tensor];
+            let whole: Cow<[u8]> = match decoded.get(&target.tensor) {
+                Some(v) => Cow::Borrowed(v.as_slice()),
+                None => model.tensor_bytes(t.id)?,
+            };
+            let mut h = Sha256::new();
+            h.update(CHUNK_LABEL);
+            h.update(target.stream_id.to_be_bytes());
+            h.update(job.index.to_be_bytes());
+            let mut buf = Vec::new();
+            for &(a, b) in &job.parts {
+                let src = whole
+                    .get(a as usize..b as usize)
+                    .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                match streams.get(job.target) {
+                    Some(ks) => {
+                        buf.clear();
+                        buf.extend_from_slice(src);
+                        apply(ks, target.mode, t.data_type, a, &mut buf, false)?;
+                        h.update(&buf);
+                    }
+                    None => h.update(src),
+                }
+            }
+            Ok(h.finalize().into())
+        })
+        .collect()
+}
+
+fn mac_and_checksum(keys: Option<&SessionKeys>, manifest: &[u8], leaves: &[[u8; 32]]) -> (Option<[u8; 32]>, [u8; 32]) {
+    let mut c = Checksum::new();
+    c.update(CHECKSUM_LABEL);
+    c.update(&(manifest.len() as u64).to_be_bytes());
+    c.update(manifest);
+    let mut m = keys.map(|k| {
+        let mut m = k.mac();
+        m.update(MAC_INPUT_LABEL);
+        m.update(&(manifest.len() as u64).to_be_bytes());
+        m.update(manifest);
+        m
+    });
+    for l in leaves {
+        c.update(l);
+        if let Some(m) = m.as_mut() {
+            m.update(l);
+        }
+    }
+    (m.map(|m| m.finalize()), c.finalize())
+}
+
+/// Output files staged in temp files next to their destinations; nothing is
+/// visible until [`Staged::commit`], and dropping it removes every temp file.
+struct Staged {
+    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl Staged {
+    fn new() -> Staged {
+        Staged { files: Vec::new() }
+    }
+
+    fn create(&mut self, dest: &Path) -> Result<usize> {
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".onnx-protect-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
+        self.files.push((tmp, dest.to_path_buf()));
+        Ok(self.files.len() - 1)
+    }
+
+    fn file(&mut self, i: usize) -> &mut std::fs::File {
+        self.files[i].0.as_file_mut()
+    }
+
+    /// Syncs and renames every file; the last one staged (the model) is renamed last.
+    fn commit(self) -> Result<()> {
+        for (tmp, dest) in &self.files {
+            tmp.as_file().sync_all().map_err(|e| CoreError::Write { path: dest.clone(), source: e })?;
+        }
+        for (tmp, dest) in self.files {
+            tmp.persist(&dest).map_err(|e| CoreError::Write { path: dest.clone(), source: e.error })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the output location and returns whether external side files must be written.
+fn check_output(model: &Model, input: &Path, output: &Path, in_place: bool) -> Result<()> {
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same && !in_place {
+        return Err(CoreError::Output(format!(
+            "output {} is the input; pass --in-place to overwrite it",
+            output.display()
+        )));
+    }
+    if !model.external_files.is_empty() && !in_place {
+        let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let in_dir = model.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&in_dir), std::fs::canonicalize(out_dir)) {
+            if a == b {
+                return Err(CoreError::Output(format!(
+                    "the model keeps external data in {}; write the output to another directory (or use --in-place)",
+                    a.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A same-length patch of an external file.
+struct ExtPatch {
+    range: Range<u64>,
+    target: usize,
+    logical: u64,
+}
+
+/// Writes every external file of the model next to `output`, with patches applied.
+#[allow(clippy::too_many_arguments)]
+fn stage_external(
+    model: &Model,
+    output: &Path,
+    targets: &[Target],
+    streams: &[Keystream],
+    staged: &mut Staged,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let mut patches: BTreeMap<usize, Vec<ExtPatch>> = BTreeMap::new();
+    for (ti, target) in targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        if let TensorData::External { file, .. } = &t.data {
+            for &(a, b) in &target.spans {
+                for (range, logical) in file_pieces(t, a, b) {
+                    patches.entry(*file).or_default().push(ExtPatch { range, target: ti, logical });
+                }
+            }
+        }
+    }
+    let mut written = Vec::new();
+    for (fi, f) in model.external_files.iter().enumerate() {
+        let dest = out_dir.join(&f.location);
+        let src = f.bytes()?;
+        let idx = staged.create(&dest)?;
+        let mut list = patches.remove(&fi).unwrap_or_default();
+        list.sort_by_key(|p| p.range.start);
+        progress.start("external", src.len() as u64);
+        let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
+        let io = |e| CoreError::Write { path: dest.clone(), source: e };
+        let mut pos = 0u64;
+        let mut buf = Vec::new();
+        for p in &list {
+            w.write_all(&src[pos as usize..p.range.start as usize]).map_err(io)?;
+            let target = &targets[p.target];
+            let t = &model.tensors[target.tensor];
+            let mut at = p.range.start;
+            while at < p.range.end {
+                let n = (p.range.end - at).min(8 << 20);
+                buf.clear();
+                buf.extend_from_slice(&src[at as usize..(at + n) as usize]);
+                apply(&streams[p.target], target.mode, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
+                w.write_all(&buf).map_err(io)?;
+                at += n;
+            }
+            pos = p.range.end;
+            progress.set(pos);
+        }
+        w.write_all(&src[pos as usize..]).map_err(io)?;
+        w.flush().map_err(io)?;
+        progress.finish();
+        written.push(dest.display().to_string());
+    }
+    Ok(written)
+}
+
+/// Builds the edit list for the model file itself: in-place transforms for
+/// raw/typed fixed-width data, re-encoded fields for varint data.
+fn model_edits(
+    model: &Model,
+    targets: &[Target],
+    streams: &[Keystream],
+    extra: Vec<Edit>,
+) -> Result<Vec<Edit>> {
+    let mut edits = extra;
+    for (ti, target) in targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        match &t.data {
+            TensorData::Raw { .. } | TensorData::Fixed { .. } => {
+                for &(a, b) in &target.spans {
+                    for (range, logical) in file_pieces(t, a, b) {
+                        edits.push(Edit {
+                            range,
+                            content: Content::Transform { tag: ti, logical_start: logical },
+                            ancestors: Vec::new(),
+                        });
+                    }
+                }
+            }
+            TensorData::Varint { field, fields, .. } => {
+                let mut bytes = model.tensor_bytes(t.id)?.into_owned();
+                for &(a, b) in &target.spans {
+                    apply(&streams[ti], target.mode, t.data_type, a, &mut bytes[a as usize..b as usize], false)?;
+                }
+                let payload = encode_varint_payload(t.data_type, *field, &bytes);
+                let mut full = Vec::with_capacity(payload.len() + 12);
+                wire::put_len_field(&mut full, field.number(), &payload);
+                for (i, r) in fields.iter().enumerate() {
+                    edits.push(Edit {
+                        range: r.clone(),
+                        content: Content::Bytes(if i == 0 { std::mem::take(&mut full) } else { Vec::new() }),
+                        ancestors: t.ancestors.clone(),
+                    });
+                }
+            }
+            TensorData::External { .. } => {}
+            _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to encrypt", t.name))),
+        }
+    }
+    Ok(edits)
+}
+
+fn write_model(
+    model: &Model,
+    plan: &Plan,
+    targets: &[Target],
+    streams: &[Keystream],
+    staged: &mut Staged,
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let idx = staged.create(output)?;
+    progress.start("write", plan.output_len());
+    let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
+    let mut err: Option<CoreError> = None;
+    let mut written = 0u64;
+    plan.write(model.bytes(), &mut w, &mut |tag, logical, chunk| {
+        let target = &targets[tag];
+        let t = &model.tensors[target.tensor];
+        written += chunk.len() as u64;
+        if let Err(e) = apply(&streams[tag], target.mode, t.data_type, logical, chunk, true) {
+            err = Some(e);
+            return Err(FormatError::Invalid("keystream failed".into()));
+        }
+        Ok(())
+    })
+    .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
+    w.flush().map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    let _ = written;
+    progress.finish();
+    Ok(())
+}
+
+/// Options of [`encrypt`].
+pub struct EncryptOptions<'a> {
+    pub policy: &'a Policy,
+    pub in_place: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Encrypts `input` into `output` (atomically; external side files next to it).
+pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptions) -> Result<EncryptReport> {
+    let model = Model::open_with_progress(input, opts.progress)?;
+    if let Some(m) = model.metadata.iter().find(|m| m.key.starts_with(METADATA_PREFIX)) {
+        return Err(CoreError::AlreadyProtected { key: m.key.clone() });
+    }
+    check_output(&model, input, output, opts.in_place)?;
+    let weights = discover(&model);
+    let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
+    let selection = select(&model, &weights, opts.policy);
+    let (master, kdf) = key.master_for_encrypt()?;
+    let salt = random_salt()?;
+    let keys = SessionKeys::derive(&master, &salt);
+    let (manifest, targets) = build_manifest(&model, &selection, &keys, &salt, kdf.as_ref(), opts.policy);
+    let manifest_bytes = manifest.encode_to_vec();
+    let leaves = leaf_digests(&model, &targets, CHUNK_SIZE, Some(&keys))?;
+    let (mac, checksum) = mac_and_checksum(Some(&keys), &manifest_bytes, &leaves);
+    let envelope = pb::Envelope {
+        manifest: manifest_bytes,
+        mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
+        checksum: checksum.to_vec(),
+    };
+    let value = b64().encode(envelope.encode_to_vec());
+    let streams: Vec<Keystream> = targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
+    let edits = model_edits(&model, &targets, &streams, Vec::new())?;
+    let plan = Plan::new(model.bytes().len() as u64, edits, metadata_field(METADATA_KEY, &value))?;
+    let mut staged = Staged::new();
+    let external = stage_external(&model, output, &targets, &streams, &mut staged, opts.progress)?;
+    write_model(&model, &plan, &targets, &streams, &mut staged, output, opts.progress)?;
+    staged.commit()?;
+    let tensors = summaries(&model, &manifest, &targets);
+    Ok(EncryptReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        weight_bytes,
+        encrypted_bytes: selection.bytes(),
+        tensors,
+        skipped: selection
+            .skipped
+            .iter()
+            .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
+            .collect(),
+        external_files: external,
+    })
+}
+
+fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<TensorSummary> {
+    manifest
+        .tensors
+        .iter()
+        .zip(targets)
+        .map(|(e, t)| {
+            let tensor = &model.tensors[t.tensor];
+            TensorSummary {
+                name: e.name.clone(),
+                locator: e.locator.clone(),
+                op_type: e.op_type.clone(),
+                role: e.role.clone(),
+                data_type: tensor.data_type.name().to_string(),
+                storage: tensor.data.storage_name().to_string(),
+                mode: t.mode.name().to_string(),
+                nbytes: e.nbytes,
+                encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
+                subsequences: e.subsequences,
+                chosen: e.chosen,
+                spans: t.spans.clone(),
+            }
+        })
+        .collect()
+}
+
+fn build_manifest(
+    model: &Model,
+    selection: &Selection,
+    keys: &SessionKeys,
+    salt: &[u8; 32],
+    kdf: Option<&KdfParams>,
+    policy: &Policy,
+) -> (pb::Manifest, Vec<Target>) {
+    let mut entries = Vec::new();
+    let mut targets = Vec::new();
+    for (i, c) in selection.chosen.iter().enumerate() {
+        let t = &model.tensors[c.tensor];
+        let (loc, off) = match &t.data {
+            TensorData::External { file, range } => (model.external_files[*file].location.clone(), range.start),
+            _ => (String::new(), 0),
+        };
+        entries.push(pb::TensorEntry {
+            stream_id: i as u64,
+            locator: t.locator.to_string(),
+            name: t.name.clone(),
+            data_type: t.data_type.to_i32(),
+            storage: storage_code(t) as i32,
+            nbytes: t.nbytes,
+            mode: match c.mode {
+                Mode::Ctr => pb::Mode::Ctr as i32,
+                Mode::Fp => pb::Mode::FormatPreserving as i32,
+            },
+            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            op_type: c.op_type.clone(),
+            role: c.role.clone(),
+            subsequences: c.subsequences,
+            chosen: c.chosen.len() as u64,
+            external_location: loc,
+            external_offset: off,
+        });
+        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone() });
+    }
+    let manifest = pb::Manifest {
+        format_version: FORMAT_VERSION,
+        salt: salt.to_vec(),
+        key_check: keys.key_check().to_vec(),
+        kdf: kdf.map(|k| pb::KdfParams {
+            algorithm: "argon2id".into(),
+            salt: k.salt.to_vec(),
+            m_cost_kib: k.m_cost_kib,
+            t_cost: k.t_cost,
+            p_cost: k.p_cost,
+        }),
+        tensors: entries,
+        tool: format!("onnx-protect {}", env!("CARGO_PKG_VERSION")),
+        policy_summary: policy.summary(),
+        chunk_size: CHUNK_SIZE,
+    };
+    (manifest, targets)
+}
+
+/// Checks the key and the MAC of a protected model; returns the session keys.
+fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
+    let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
+    let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
+    let keys = SessionKeys::derive(&master, &salt);
+    if !keys.key_check_matches(&p.manifest.key_check) {
+        return Err(CoreError::WrongKey);
+    }
+    let leaves = leaf_digests(model, &p.targets, p.manifest.chunk_size, None)?;
+    let mut mac = keys.mac();
+    mac.update(MAC_INPUT_LABEL);
+    mac.update(&(p.envelope.manifest.len() as u64).to_be_bytes());
+    mac.update(&p.envelope.manifest);
+    for l in &leaves {
+        mac.update(l);
+    }
+    if !mac.verify(&p.envelope.mac) {
+        return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
+    }
+    Ok(keys)
+}
+
+/// Options of [`decrypt`].
+pub struct DecryptOptions<'a> {
+    pub in_place: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Verifies and decrypts `input` into `output`, restoring the original bytes.
+pub fn decrypt(input: &Path, output: &Path, key: &KeySource, opts: &DecryptOptions) -> Result<DecryptReport> {
+    let model = Model::open_with_progress(input, opts.progress)?;
+    let p = read_protected(&model)?;
+    check_output(&model, input, output, opts.in_place)?;
+    let keys = authenticate(&model, &p, key)?;
+    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
+    let remove = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let edits = model_edits(&model, &p.targets, &streams, vec![remove])?;
+    let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
+    let mut staged = Staged::new();
+    stage_external(&model, output, &p.targets, &streams, &mut staged, opts.progress)?;
+    write_model(&model, &plan, &p.targets, &streams, &mut staged, output, opts.progress)?;
+    staged.commit()?;
+    Ok(DecryptReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        tensors: p.targets.len(),
+        decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+    })
+}
+
+/// Decrypts a protected model into memory: the returned bytes are the original
+/// model file. Only the encrypted ranges are touched after the copy.
+pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
+    let p = read_protected(model)?;
+    if p.targets.iter().any(|t| matches!(model.tensors[t.tensor].data, TensorData::External { .. })) {
+        return Err(CoreError::Output(
+            "the model keeps encrypted weights in external files; use decrypt_external_to_memory".into(),
+        ));
+    }
+    let keys = authenticate(model, &p, key)?;
+    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
+    let remove = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let edits = model_edits(model, &p.targets, &streams, vec![remove])?;
+    let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
+    let mut out = Vec::with_capacity(plan.output_len() as usize);
+    let mut err = None;
+    plan.write(model.bytes(), &mut out, &mut |tag, logical, chunk| {
+        let target = &p.targets[tag];
+        let t = &model.tensors[target.tensor];
+        apply(&streams[tag], target.mode, t.data_type, logical, chunk, true).map_err(|e| {
+            err = Some(e);
+            FormatError::Invalid("keystream failed".into())
+        })
+    })
+    .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
+    Ok(out)
+}
+
+/// Verifies a protected model: with a key, the key check and the MAC; without,
+/// the manifest's form and the keyless checksum of the encrypted bytes.
+pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) -> Result<VerifyReport> {
+    let model = Model::open_with_progress(input, progress)?;
+    let p = read_protected(&model)?;
+    let check = match key {
+        Some(k) => {
+            authenticate(&model, &p, k)?;
+            "mac"
+        }
+        None => {
+            let leaves = leaf_digests(&model, &p.targets, p.manifest.chunk_size, None)?;
+            let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
+            if checksum.as_slice() != p.envelope.checksum.as_slice() {
+                return Err(CoreError::Modified("the checksum of the manifest and the encrypted bytes does not match".into()));
+            }
+            "checksum"
+        }
+    };
+    Ok(VerifyReport {
+        input: input.display().to_string(),
+        check,
+        tensors: p.targets.len(),
+        encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+    })
+}
+
+/// A description of what a protected model has encrypted (for `inspect`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProtectionInfo {
+    pub key: String,
+    pub format_version: u32,
+    pub tool: String,
+    pub passphrase: bool,
+    pub policy_summary: String,
+    pub encrypted_bytes: u64,
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// Reads the protection manifest, if any, for display.
+pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
+    if find_manifest_entry(model)?.is_none() {
+        return Ok(None);
+    }
+    let p = read_protected(model)?;
+    let tensors = summaries(model, &p.manifest, &p.targets);
+    Ok(Some(ProtectionInfo {
+        key: p.entry.key.clone(),
+        format_version: p.manifest.format_version,
+        tool: p.manifest.tool.clone(),
+        passphrase: p.manifest.kdf.is_some(),
+        policy_summary: p.manifest.policy_summary.clone(),
+        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        tensors,
+    }))
+}
+
+/// Used by tests and `NoProgress` callers.
+pub fn no_progress() -> &'static dyn Progress {
+    &NoProgress
+}

@@ -1,0 +1,375 @@
+//! Encryption policies: per operator type, a coefficient, a mode and a split.
+//!
+//! The TOML form is documented in `docs/policy.md`.
+
+use std::collections::BTreeMap;
+
+use onnx_protect_format::{discover::roles, DataType, WeightKind};
+use serde::Deserialize;
+
+/// How an operator's weights are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// AES-256-CTR over every bit.
+    Ctr,
+    /// Keystream on sign and mantissa bits only (floats), every bit (8-bit integers).
+    #[serde(alias = "format-preserving", alias = "format_preserving")]
+    Fp,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ctr => "ctr",
+            Mode::Fp => "fp",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "ctr" => Some(Mode::Ctr),
+            "fp" | "format-preserving" | "format_preserving" => Some(Mode::Fp),
+            _ => None,
+        }
+    }
+}
+
+/// How a weight's element bytes are split into subsequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One subsequence per index of the first dimension (rows, output channels).
+    FirstDim,
+    /// This many element-aligned, near-equal chunks.
+    Count(u64),
+}
+
+/// The bits the format-preserving mode may change, per little-endian byte of one
+/// element; `None` for types it does not support.
+pub fn fp_mask(dtype: DataType) -> Option<&'static [u8]> {
+    use DataType::*;
+    Some(match dtype {
+        Float | Complex64 => &[0xFF, 0xFF, 0x7F, 0x80],
+        Double | Complex128 => &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x80],
+        Float16 => &[0xFF, 0x83],
+        Bfloat16 => &[0x7F, 0x80],
+        Float8E4M3Fn | Float8E4M3Fnuz => &[0x87],
+        Float8E5M2 | Float8E5M2Fnuz => &[0x83],
+        Float4E2M1 => &[0x99],
+        Bool => &[0x01],
+        Uint8 | Int8 | Uint4 | Int4 | Uint2 | Int2 => &[0xFF],
+        Uint16 | Int16 => &[0xFF, 0xFF],
+        Int32 | Uint32 => &[0xFF; 4],
+        Int64 | Uint64 => &[0xFF; 8],
+        String | Float8E8M0 => return None,
+    })
+}
+
+/// The policy for one operator type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpRule {
+    /// Fraction of the weight bytes to encrypt, in [0, 1].
+    pub coefficient: f64,
+    pub mode: Mode,
+    pub split: Split,
+    /// Role names to encrypt; `None` means the main and bias roles of the operator
+    /// (and every role of normalisation operators).
+    pub roles: Option<Vec<String>>,
+}
+
+impl OpRule {
+    /// The coefficient in parts per million, rounded to nearest.
+    pub fn coefficient_ppm(&self) -> u32 {
+        (self.coefficient.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
+    }
+
+    /// Whether this rule encrypts a weight in `role` of kind `kind`.
+    pub fn covers(&self, role: &str, kind: WeightKind) -> bool {
+        match &self.roles {
+            Some(r) => r.iter().any(|x| x == role),
+            None => matches!(kind, WeightKind::Main | WeightKind::Bias | WeightKind::Norm),
+        }
+    }
+}
+
+/// Maps operator types to rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub rules: BTreeMap<String, OpRule>,
+}
+
+/// Every operator type weight discovery knows.
+pub const KNOWN_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "Gather",
+    "BatchNormalization",
+    "LayerNormalization",
+    "InstanceNormalization",
+];
+
+/// Default coefficient of the built-in policy (see docs/policy.md for the reasons).
+pub const DEFAULT_COEFFICIENT: f64 = 0.25;
+
+impl Default for Policy {
+    /// Every known operator type, coefficient [`DEFAULT_COEFFICIENT`], format-preserving mode,
+    /// first-dimension split, main + bias (+ normalisation) roles.
+    fn default() -> Self {
+        let rules = KNOWN_OPS
+            .iter()
+            .map(|op| {
+                (
+                    op.to_string(),
+                    OpRule { coefficient: DEFAULT_COEFFICIENT, mode: Mode::Fp, split: Split::FirstDim, roles: None },
+                )
+            })
+            .collect();
+        Policy { rules }
+    }
+}
+
+/// A policy file or override that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("policy: {0}")]
+    Toml(String),
+    #[error("policy: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileForm {
+    version: u32,
+    #[serde(default)]
+    defaults: Option<RuleForm>,
+    /// `true` (default) starts from the built-in rules; `false` starts empty.
+    #[serde(default = "yes")]
+    inherit_builtin: bool,
+    #[serde(default)]
+    ops: BTreeMap<String, RuleForm>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RuleForm {
+    coefficient: Option<f64>,
+    mode: Option<Mode>,
+    /// "first-dim" or a positive integer.
+    subsequences: Option<toml::Value>,
+    roles: Option<Vec<String>>,
+}
+
+fn parse_split(v: &toml::Value, op: &str) -> Result<Split, PolicyError> {
+    match v {
+        toml::Value::String(s) if s == "first-dim" => Ok(Split::FirstDim),
+        toml::Value::Integer(n) if *n >= 1 => Ok(Split::Count(*n as u64)),
+        _ => Err(PolicyError::Invalid(format!("ops.{op}.subsequences must be \"first-dim\" or an integer ≥ 1"))),
+    }
+}
+
+fn check_coefficient(c: f64, at: &str) -> Result<f64, PolicyError> {
+    if !(0.0..=1.0).contains(&c) || c.is_nan() {
+        return Err(PolicyError::Invalid(format!("{at}: coefficient {c} is outside [0, 1]")));
+    }
+    Ok(c)
+}
+
+fn check_op(op: &str) -> Result<(), PolicyError> {
+    if !KNOWN_OPS.contains(&op) {
+        return Err(PolicyError::Invalid(format!(
+            "unknown operator type '{op}' (known: {})",
+            KNOWN_OPS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn check_roles(op: &str, r: &[String]) -> Result<(), PolicyError> {
+    let known: Vec<&str> = roles(op).iter().map(|(_, n, _)| *n).collect();
+    for x in r {
+        if !known.contains(&x.as_str()) {
+            return Err(PolicyError::Invalid(format!("ops.{op}: unknown role '{x}' (known: {})", known.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// The rule for `op_type`, if the policy covers it.
+    pub fn rule_for(&self, op_type: &str) -> Option<&OpRule> {
+        self.rules.get(op_type)
+    }
+
+    /// Parses a TOML policy file (format in docs/policy.md).
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let f: FileForm = toml::from_str(text).map_err(|e| PolicyError::Toml(e.message().to_string()))?;
+        if f.version != 1 {
+            return Err(PolicyError::Invalid(format!("version {} is not supported (expected 1)", f.version)));
+        }
+        let mut p = if f.inherit_builtin { Policy::default() } else { Policy { rules: BTreeMap::new() } };
+        if let Some(d) = &f.defaults {
+            if d.roles.is_some() {
+                return Err(PolicyError::Invalid("defaults cannot set roles (they differ per operator)".into()));
+            }
+            for r in p.rules.values_mut() {
+                if let Some(c) = d.coefficient {
+                    r.coefficient = check_coefficient(c, "defaults")?;
+                }
+                if let Some(m) = d.mode {
+                    r.mode = m;
+                }
+                if let Some(s) = &d.subsequences {
+                    r.split = parse_split(s, "defaults")?;
+                }
+            }
+        }
+        for (op, form) in f.ops {
+            check_op(&op)?;
+            let base = p.rules.get(&op).cloned().unwrap_or(OpRule {
+                coefficient: DEFAULT_COEFFICIENT,
+                mode: Mode::Fp,
+                split: Split::FirstDim,
+                roles: None,
+            });
+            let mut r = base;
+            if let Some(c) = form.coefficient {
+                r.coefficient = check_coefficient(c, &format!("ops.{op}"))?;
+            }
+            if let Some(m) = form.mode {
+                r.mode = m;
+            }
+            if let Some(s) = &form.subsequences {
+                r.split = parse_split(s, &op)?;
+            }
+            if let Some(roles) = form.roles {
+                check_roles(&op, &roles)?;
+                r.roles = Some(roles);
+            }
+            p.rules.insert(op, r);
+        }
+        Ok(p)
+    }
+
+    /// Applies a command-line override `OP=VALUE` of `what` (`coefficient`, `mode`, `subsequences`).
+    pub fn apply_override(&mut self, what: &str, spec: &str) -> Result<(), PolicyError> {
+        let (op, value) = spec
+            .split_once('=')
+            .ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected OP=VALUE")))?;
+        let ops: Vec<String> =
+            if op == "*" { self.rules.keys().cloned().collect() } else { check_op(op).map(|_| vec![op.to_string()])? };
+        for op in ops {
+            let r = self.rules.entry(op.clone()).or_insert(OpRule {
+                coefficient: DEFAULT_COEFFICIENT,
+                mode: Mode::Fp,
+                split: Split::FirstDim,
+                roles: None,
+            });
+            match what {
+                "coefficient" => {
+                    let c: f64 = value
+                        .parse()
+                        .map_err(|_| PolicyError::Invalid(format!("--coefficient {spec}: '{value}' is not a number")))?;
+                    r.coefficient = check_coefficient(c, &format!("--coefficient {op}"))?;
+                }
+                "mode" => {
+                    r.mode = Mode::parse(value)
+                        .ok_or_else(|| PolicyError::Invalid(format!("--mode {spec}: mode must be ctr or fp")))?;
+                }
+                "subsequences" => {
+                    r.split = if value == "first-dim" {
+                        Split::FirstDim
+                    } else {
+                        match value.parse::<u64>() {
+                            Ok(n) if n >= 1 => Split::Count(n),
+                            _ => {
+                                return Err(PolicyError::Invalid(format!(
+                                    "--subsequences {spec}: expected first-dim or an integer ≥ 1"
+                                )))
+                            }
+                        }
+                    }
+                }
+                _ => return Err(PolicyError::Invalid(format!("unknown override {what}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-line description stored in the manifest.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (op, r) in &self.rules {
+            let split = match r.split {
+                Split::FirstDim => "rows".to_string(),
+                Split::Count(n) => n.to_string(),
+            };
+            parts.push(format!("{op}:{}:{}:{split}", r.coefficient, r.mode.name()));
+        }
+        parts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_covers_every_known_operator() {
+        let p = Policy::default();
+        for op in KNOWN_OPS {
+            assert!(p.rule_for(op).is_some(), "{op}");
+        }
+    }
+
+    #[test]
+    fn toml_overrides_one_operator() {
+        let p = Policy::from_toml(
+            "version = 1\n[ops.Conv]\ncoefficient = 0.1\nmode = \"ctr\"\nsubsequences = 8\nroles = [\"W\"]\n",
+        )
+        .unwrap();
+        let c = p.rule_for("Conv").unwrap();
+        assert_eq!((c.coefficient, c.mode, c.split), (0.1, Mode::Ctr, Split::Count(8)));
+        assert_eq!(p.rule_for("MatMul").unwrap().coefficient, DEFAULT_COEFFICIENT);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_a_reason() {
+        for (text, needle) in [
+            ("version = 2", "version 2"),
+            ("version = 1\n[ops.Conv]\ncoefficient = 1.5", "outside [0, 1]"),
+            ("version = 1\n[ops.Frobnicate]\ncoefficient = 0.1", "unknown operator"),
+            ("version = 1\n[ops.Conv]\nroles = [\"Q\"]", "unknown role"),
+            ("version = 1\n[ops.Conv]\nmode = \"xor\"", "policy"),
+            ("version = 1\nbogus = 3", "policy"),
+            ("not toml at all [", "policy"),
+        ] {
+            let e = Policy::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn overrides_parse() {
+        let mut p = Policy::default();
+        p.apply_override("coefficient", "Conv=0.1").unwrap();
+        p.apply_override("mode", "MatMul=ctr").unwrap();
+        assert_eq!(p.rule_for("Conv").unwrap().coefficient, 0.1);
+        assert_eq!(p.rule_for("MatMul").unwrap().mode, Mode::Ctr);
+        assert!(p.apply_override("coefficient", "Conv").is_err());
+        assert!(p.apply_override("mode", "Conv=rot13").is_err());
+    }
+}

@@ -109,8 +109,13 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
-    let r = protect::encrypt(&a.input, &output, &key, &EncryptOptions { policy: &policy, in_place: a.in_place, progress: &bar })
-        .with_context(|| format!("encrypt {}", a.input.display()))?;
+    let r = protect::encrypt(
+        &a.input,
+        &output,
+        &key,
+        &EncryptOptions { policy: &policy, in_place: a.in_place, progress: &bar },
+    )
+    .with_context(|| format!("encrypt {}", a.input.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -180,7 +185,8 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        let how = if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
+        let how =
+            if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
         println!("ok: {how}; {} tensors, {} encrypted bytes", r.tensors, r.encrypted_bytes);
     }
     Ok(ExitCode::SUCCESS)

@@ -25,8 +25,11 @@ pub const POLICY: u8 = 7;
 /// Maps an error to its exit code.
 pub fn code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<FormatError>().is_some() {
-            return BAD_MODEL;
+        if cause.downcast_ref::<crate::keys::KeyFileError>().is_some() {
+            return KEY;
+        }
+        if let Some(f) = cause.downcast_ref::<FormatError>() {
+            return if f.kind() == "io" { FAILURE } else { BAD_MODEL };
         }
         if cause.downcast_ref::<onnx_protect_crypto::CryptoError>().is_some() {
             return KEY;

@@ -7,6 +7,11 @@ use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::MasterKey;
 use zeroize::Zeroizing;
 
+/// A key or passphrase that could not be read (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyFileError(pub String);
+
 #[derive(clap::Args, Default)]
 pub struct KeyArgs {
     /// Key file: 32 raw bytes or 64 hex digits (as written by `keygen`).
@@ -40,9 +45,10 @@ impl KeyArgs {
         }
         if let Some(p) = &self.key_file {
             let bytes = Zeroizing::new(
-                std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?,
+                std::fs::read(p).map_err(|e| KeyFileError(format!("cannot read key file {}: {e}", p.display())))?,
             );
-            let key = MasterKey::parse_key_file(&bytes).with_context(|| format!("key file {}", p.display()))?;
+            let key = MasterKey::parse_key_file(&bytes)
+                .map_err(|e| KeyFileError(format!("key file {}: {e}", p.display())))?;
             return Ok(Some(KeySource::Key(key)));
         }
         if let Some(v) = &self.key_env {
@@ -54,7 +60,8 @@ impl KeyArgs {
         }
         if let Some(p) = &self.passphrase_file {
             let text = Zeroizing::new(
-                std::fs::read(p).with_context(|| format!("cannot read passphrase file {}", p.display()))?,
+                std::fs::read(p)
+                    .map_err(|e| KeyFileError(format!("cannot read passphrase file {}: {e}", p.display())))?,
             );
             let line = text.split(|&b| b == b'\n').next().unwrap_or(&[]);
             let line = line.strip_suffix(b"\r").unwrap_or(line);

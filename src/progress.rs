@@ -28,7 +28,9 @@ impl Progress for Bar {
             return;
         }
         let pb = ProgressBar::new(total);
-        if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        {
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());

@@ -52,8 +52,12 @@ fn corpus_parses_round_trips_and_matches_onnx_python() {
         if exp["node_count"].as_u64() != Some(report.node_count as u64) {
             failures.push(format!("{file}: node_count {} vs {}", exp["node_count"], report.node_count));
         }
-        let want_ops: BTreeMap<String, u64> =
-            exp["op_counts"].as_object().expect("op_counts").iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect();
+        let want_ops: BTreeMap<String, u64> = exp["op_counts"]
+            .as_object()
+            .expect("op_counts")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
         let mut got_ops = BTreeMap::new();
         for (k, v) in &report.op_types {
             *got_ops.entry(k.rsplit(':').next().unwrap_or(k).to_string()).or_insert(0u64) += *v as u64;
@@ -97,5 +101,48 @@ fn corpus_parses_round_trips_and_matches_onnx_python() {
         }
     }
     assert!(compared_models > 1800 && compared_tensors > 5000, "{compared_models} models, {compared_tensors} tensors");
-    assert!(failures.is_empty(), "{} of {} corpus models failed:\n{}", failures.len(), lines.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus models failed:\n{}",
+        failures.len(),
+        lines.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
+    use onnx_protect_core::protect::{decrypt_to_vec, encrypt, EncryptOptions, KeySource};
+    let lines = lines();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([5; 32]));
+    let mut all = onnx_protect_select::Policy::default();
+    all.apply_override("coefficient", "*=1").expect("override");
+    let (mut encrypted, mut failures) = (0usize, Vec::new());
+    for (i, exp) in lines.iter().enumerate() {
+        let file = exp["file"].as_str().expect("file");
+        let path = root().join("corpus/data").join(file);
+        let out = dir.path().join(format!("{i}.onnx"));
+        let policy = if i % 2 == 0 { &all } else { &onnx_protect_select::Policy::default() };
+        let opts = EncryptOptions { policy, in_place: false, progress: &onnx_protect_format::NoProgress };
+        let report = match encrypt(&path, &out, &key, &opts) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{file}: encrypt: {e}"));
+                continue;
+            }
+        };
+        if !report.tensors.is_empty() {
+            encrypted += 1;
+        }
+        let m = Model::open(&out).expect("reopen");
+        match decrypt_to_vec(&m, &key) {
+            Ok(v) if v == std::fs::read(&path).expect("read") => {}
+            Ok(_) => failures.push(format!("{file}: decrypted bytes differ")),
+            Err(e) => failures.push(format!("{file}: decrypt: {e}")),
+        }
+        let _ = std::fs::remove_file(&out);
+    }
+    assert!(encrypted >= 40, "only {encrypted} corpus models had weights to encrypt");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

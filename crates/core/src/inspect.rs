@@ -247,11 +247,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "model        {}", self.file.as_deref().unwrap_or("<memory>"));
         let _ = writeln!(s, "size         {} ({} bytes)", human(self.file_bytes), self.file_bytes);
-        let _ = writeln!(
-            s,
-            "ir_version   {}",
-            self.ir_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-        );
+        let _ = writeln!(s, "ir_version   {}", self.ir_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()));
         let opsets: Vec<String> = self
             .opsets
             .iter()

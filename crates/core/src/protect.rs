@@ -63,7 +63,7 @@ pub enum CoreError {
     NotProtected,
     #[error("the model was protected with format '{key}', which this version does not support")]
     UnsupportedVersion { key: String },
-    #[error("the protection manifest is invalid: {0}")]
+    #[error("modified: the protection manifest is invalid: {0}")]
     BadManifest(String),
     #[error("wrong key: the key check value does not match this model")]
     WrongKey,
@@ -71,7 +71,7 @@ pub enum CoreError {
     Modified(String),
     #[error("{0}")]
     Key(String),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Output(String),
@@ -250,7 +250,9 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     let manifest = pb::Manifest::decode(envelope.manifest.as_slice())
         .map_err(|e| CoreError::BadManifest(format!("manifest: {e}")))?;
     if manifest.format_version != FORMAT_VERSION {
-        return Err(CoreError::UnsupportedVersion { key: format!("{METADATA_KEY} format_version {}", manifest.format_version) });
+        return Err(CoreError::UnsupportedVersion {
+            key: format!("{METADATA_KEY} format_version {}", manifest.format_version),
+        });
     }
     let bad = |s: String| CoreError::BadManifest(s);
     if manifest.salt.len() != 32 || manifest.key_check.len() != 16 {
@@ -272,7 +274,11 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
             .get(&loc)
             .ok_or_else(|| CoreError::Modified(format!("tensor '{}' at {} is not in the model", e.name, e.locator)))?;
         let t = &model.tensors[tid];
-        if t.name != e.name || t.data_type.to_i32() != e.data_type || t.nbytes != e.nbytes || storage_code(t) as i32 != e.storage {
+        if t.name != e.name
+            || t.data_type.to_i32() != e.data_type
+            || t.nbytes != e.nbytes
+            || storage_code(t) as i32 != e.storage
+        {
             return Err(CoreError::Modified(format!(
                 "tensor at {} does not match the manifest (name, type, size or storage changed)",
                 e.locator
@@ -294,7 +300,10 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
         let elem = (t.data_type.bits() / 8).max(1);
         for &(a, b) in &spans {
             if a >= b || b > t.nbytes || prev_end.is_some_and(|p| a <= p) {
-                return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
+                return Err(bad(format!(
+                    "tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds",
+                    e.name
+                )));
             }
             if mode == Mode::Fp && (a % elem != 0 || b % elem != 0) {
                 return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
@@ -598,12 +607,7 @@ fn stage_external(
 
 /// Builds the edit list for the model file itself: in-place transforms for
 /// raw/typed fixed-width data, re-encoded fields for varint data.
-fn model_edits(
-    model: &Model,
-    targets: &[Target],
-    streams: &[Keystream],
-    extra: Vec<Edit>,
-) -> Result<Vec<Edit>> {
+fn model_edits(model: &Model, targets: &[Target], streams: &[Keystream], extra: Vec<Edit>) -> Result<Vec<Edit>> {
     let mut edits = extra;
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
@@ -717,11 +721,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         weight_bytes,
         encrypted_bytes: selection.bytes(),
         tensors,
-        skipped: selection
-            .skipped
-            .iter()
-            .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
-            .collect(),
+        skipped: selection.skipped.iter().map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone())).collect(),
         external_files: external,
     })
 }
@@ -826,6 +826,11 @@ fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<Session
     if !mac.verify(&p.envelope.mac) {
         return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
     }
+    // The checksum is keyless and not a security check, but a changed byte in it is still a change.
+    let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
+    if checksum.as_slice() != p.envelope.checksum.as_slice() {
+        return Err(CoreError::Modified("the stored checksum does not match".into()));
+    }
     Ok(keys)
 }
 
@@ -899,7 +904,9 @@ pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) ->
             let leaves = leaf_digests(&model, &p.targets, p.manifest.chunk_size, None)?;
             let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
             if checksum.as_slice() != p.envelope.checksum.as_slice() {
-                return Err(CoreError::Modified("the checksum of the manifest and the encrypted bytes does not match".into()));
+                return Err(CoreError::Modified(
+                    "the checksum of the manifest and the encrypted bytes does not match".into(),
+                ));
             }
             "checksum"
         }

@@ -15,10 +15,7 @@ const FP32_MASK: [u8; 4] = [0xFF, 0xFF, 0x7F, 0x80];
 /// One measured operation on the whole buffer.
 type Op<'a> = Box<dyn Fn(&mut [u8]) -> Result<(), CryptoError> + 'a>;
 
-fn median_gbps(
-    buf: &mut [u8],
-    op: impl Fn(&mut [u8]) -> Result<(), CryptoError>,
-) -> Result<f64, CryptoError> {
+fn median_gbps(buf: &mut [u8], op: impl Fn(&mut [u8]) -> Result<(), CryptoError>) -> Result<f64, CryptoError> {
     let mut rates = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let start = Instant::now();
@@ -36,23 +33,12 @@ fn main() -> Result<(), CryptoError> {
     let ks: Keystream = keys.keystream(0);
     let mut buf: Vec<u8> = (0..SIZE).map(|i| i as u8).collect();
 
-    println!(
-        "buffer {} MiB, {} runs, median GB/s, {} rayon threads",
-        SIZE >> 20,
-        RUNS,
-        rayon::current_num_threads()
-    );
+    println!("buffer {} MiB, {} runs, median GB/s, {} rayon threads", SIZE >> 20, RUNS, rayon::current_num_threads());
     let rows: [(&str, Op<'_>); 4] = [
         ("apply (serial)", Box::new(|b| ks.apply(0, b))),
         ("apply_par", Box::new(|b| ks.apply_par(0, b))),
-        (
-            "apply_masked fp32 (serial)",
-            Box::new(|b| ks.apply_masked(0, b, &FP32_MASK)),
-        ),
-        (
-            "apply_masked_par fp32",
-            Box::new(|b| ks.apply_masked_par(0, b, &FP32_MASK)),
-        ),
+        ("apply_masked fp32 (serial)", Box::new(|b| ks.apply_masked(0, b, &FP32_MASK))),
+        ("apply_masked_par fp32", Box::new(|b| ks.apply_masked_par(0, b, &FP32_MASK))),
     ];
     for (name, op) in &rows {
         let rate = median_gbps(&mut buf, op)?;

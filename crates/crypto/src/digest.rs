@@ -31,8 +31,7 @@ impl Mac {
         // HMAC accepts keys of every length (long keys are hashed, short ones
         // padded), so this constructor's error case is unreachable and does
         // not depend on input.
-        let inner = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
-            .expect("HMAC accepts keys of any length");
+        let inner = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
         Mac { inner }
     }
 

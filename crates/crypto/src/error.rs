@@ -100,9 +100,7 @@ pub enum CryptoError {
 
     /// A keystream range `[offset, offset + len)` does not fit in the
     /// keystream (offset arithmetic would overflow).
-    #[error(
-        "keystream range of {len} bytes at offset {offset} lies beyond the end of the keystream"
-    )]
+    #[error("keystream range of {len} bytes at offset {offset} lies beyond the end of the keystream")]
     KeystreamRange {
         /// Requested starting offset.
         offset: u64,

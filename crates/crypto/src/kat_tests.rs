@@ -69,13 +69,7 @@ fn nist_ctr_aes256_at_unaligned_offsets_matches_vector() {
         // range that crosses from block 2 into block 3.
         for (start, end) in [(24, 64), (20, 50), (31, 33), (63, 64)] {
             let mut data = input[start..end].to_vec();
-            aes256_ctr_xor(
-                &array(r, "key"),
-                &array(r, "counter"),
-                start as u64,
-                &mut data,
-            )
-            .unwrap();
+            aes256_ctr_xor(&array(r, "key"), &array(r, "counter"), start as u64, &mut data).unwrap();
             assert_eq!(data, output[start..end], "{} [{start}, {end})", r["case"]);
         }
     }

@@ -60,9 +60,7 @@ impl fmt::Debug for Keystream {
 impl Keystream {
     /// Builds the keystream for a raw tensor key. The caller wipes `key`.
     pub(crate) fn new(key: &[u8; KEY_LEN]) -> Keystream {
-        Keystream {
-            cipher: Aes256::new(key.into()),
-        }
+        Keystream { cipher: Aes256::new(key.into()) }
     }
 
     /// A CTR cipher positioned at keystream byte `offset`.
@@ -70,8 +68,7 @@ impl Keystream {
         let iv = [0u8; BLOCK_LEN];
         let core = CtrCore::inner_iv_init(self.cipher.clone(), &iv.into());
         let mut ctr = Aes256Ctr::from_core(core);
-        ctr.try_seek(offset)
-            .map_err(|_| CryptoError::KeystreamRange { offset, len })?;
+        ctr.try_seek(offset).map_err(|_| CryptoError::KeystreamRange { offset, len })?;
         Ok(ctr)
     }
 
@@ -82,11 +79,7 @@ impl Keystream {
     pub fn apply(&self, offset: u64, data: &mut [u8]) -> Result<(), CryptoError> {
         check_range(offset, data.len())?;
         let mut ctr = self.ctr_at(offset, data.len())?;
-        ctr.try_apply_keystream(data)
-            .map_err(|_| CryptoError::KeystreamRange {
-                offset,
-                len: data.len(),
-            })
+        ctr.try_apply_keystream(data).map_err(|_| CryptoError::KeystreamRange { offset, len: data.len() })
     }
 
     /// XORs each `data[i]` with `keystream[offset + i] & mask[(offset + i) % mask.len()]`.
@@ -101,24 +94,14 @@ impl Keystream {
     /// Errors: [`CryptoError::InvalidMask`] for an empty mask or one longer
     /// than [`MAX_MASK_LEN`]; [`CryptoError::KeystreamRange`] as for `apply`.
     /// On error `data` is untouched.
-    pub fn apply_masked(
-        &self,
-        offset: u64,
-        data: &mut [u8],
-        mask: &[u8],
-    ) -> Result<(), CryptoError> {
+    pub fn apply_masked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
         check_mask(mask)?;
         check_range(offset, data.len())?;
         self.apply_masked_unchecked(offset, data, mask)
     }
 
     /// Body of `apply_masked`; the caller has validated `mask` and the range.
-    fn apply_masked_unchecked(
-        &self,
-        offset: u64,
-        data: &mut [u8],
-        mask: &[u8],
-    ) -> Result<(), CryptoError> {
+    fn apply_masked_unchecked(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -183,31 +166,17 @@ impl Keystream {
 
     /// Same result as [`Keystream::apply_masked`], computed on the rayon
     /// thread pool, split as in [`Keystream::apply_par`].
-    pub fn apply_masked_par(
-        &self,
-        offset: u64,
-        data: &mut [u8],
-        mask: &[u8],
-    ) -> Result<(), CryptoError> {
+    pub fn apply_masked_par(&self, offset: u64, data: &mut [u8], mask: &[u8]) -> Result<(), CryptoError> {
         self.apply_masked_par_in_pieces(offset, data, mask, PAR_PIECE)
     }
 
     /// `apply_par` with an explicit piece size (a positive multiple of 16),
     /// so tests can cross piece boundaries with small buffers.
-    pub(crate) fn apply_par_in_pieces(
-        &self,
-        offset: u64,
-        data: &mut [u8],
-        piece: usize,
-    ) -> Result<(), CryptoError> {
+    pub(crate) fn apply_par_in_pieces(&self, offset: u64, data: &mut [u8], piece: usize) -> Result<(), CryptoError> {
         check_range(offset, data.len())?;
         for_each_piece(offset, data, piece, |o, d| {
             let mut ctr = self.ctr_at(o, d.len())?;
-            ctr.try_apply_keystream(d)
-                .map_err(|_| CryptoError::KeystreamRange {
-                    offset: o,
-                    len: d.len(),
-                })
+            ctr.try_apply_keystream(d).map_err(|_| CryptoError::KeystreamRange { offset: o, len: d.len() })
         })
     }
 
@@ -221,9 +190,7 @@ impl Keystream {
     ) -> Result<(), CryptoError> {
         check_mask(mask)?;
         check_range(offset, data.len())?;
-        for_each_piece(offset, data, piece, |o, d| {
-            self.apply_masked_unchecked(o, d, mask)
-        })
+        for_each_piece(offset, data, piece, |o, d| self.apply_masked_unchecked(o, d, mask))
     }
 }
 
@@ -254,24 +221,17 @@ where
     let total = data.len();
     let head_len = head_len.min(total);
     let (head, tail) = data.split_at_mut(head_len);
-    let tail_start = offset
-        .checked_add(head_len as u64)
-        .ok_or(CryptoError::KeystreamRange { offset, len: total })?;
+    let tail_start = offset.checked_add(head_len as u64).ok_or(CryptoError::KeystreamRange { offset, len: total })?;
     let (head_result, tail_result) = rayon::join(
         || f(offset, head),
         || {
-            tail.par_chunks_mut(piece)
-                .enumerate()
-                .try_for_each(|(i, p)| {
-                    let start = (i as u64)
-                        .checked_mul(piece_u64)
-                        .and_then(|rel| tail_start.checked_add(rel))
-                        .ok_or(CryptoError::KeystreamRange {
-                            offset: tail_start,
-                            len: p.len(),
-                        })?;
-                    f(start, p)
-                })
+            tail.par_chunks_mut(piece).enumerate().try_for_each(|(i, p)| {
+                let start = (i as u64)
+                    .checked_mul(piece_u64)
+                    .and_then(|rel| tail_start.checked_add(rel))
+                    .ok_or(CryptoError::KeystreamRange { offset: tail_start, len: p.len() })?;
+                f(start, p)
+            })
         },
     );
     head_result?;
@@ -289,10 +249,7 @@ fn check_range(offset: u64, len: usize) -> Result<(), CryptoError> {
 
 fn check_mask(mask: &[u8]) -> Result<(), CryptoError> {
     if mask.is_empty() || mask.len() > MAX_MASK_LEN {
-        return Err(CryptoError::InvalidMask {
-            len: mask.len(),
-            max: MAX_MASK_LEN,
-        });
+        return Err(CryptoError::InvalidMask { len: mask.len(), max: MAX_MASK_LEN });
     }
     Ok(())
 }
@@ -377,10 +334,7 @@ mod tests {
         for m in 1..=MAX_MASK_LEN {
             let period = lcm(m, BLOCK_LEN);
             let chunk = MASK_CHUNK - MASK_CHUNK % period;
-            assert!(
-                chunk > 0 && chunk % m == 0 && chunk % BLOCK_LEN == 0,
-                "mask length {m}"
-            );
+            assert!(chunk > 0 && chunk % m == 0 && chunk % BLOCK_LEN == 0, "mask length {m}");
         }
     }
 

@@ -81,7 +81,5 @@ pub const MAC_LEN: usize = 32;
 
 /// Fills `buf` from the operating system's random number generator.
 fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
-    getrandom::getrandom(buf).map_err(|e| CryptoError::Rng {
-        reason: e.to_string(),
-    })
+    getrandom::getrandom(buf).map_err(|e| CryptoError::Rng { reason: e.to_string() })
 }

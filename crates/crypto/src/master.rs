@@ -33,9 +33,7 @@ impl fmt::Debug for MasterKey {
 impl MasterKey {
     /// Draws a fresh key from the operating system's random number generator.
     pub fn generate() -> Result<MasterKey, CryptoError> {
-        let mut key = MasterKey {
-            bytes: [0u8; KEY_LEN],
-        };
+        let mut key = MasterKey { bytes: [0u8; KEY_LEN] };
         fill_random(&mut key.bytes)?;
         Ok(key)
     }
@@ -62,9 +60,7 @@ impl MasterKey {
         }
         let trimmed = contents.trim_ascii();
         if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::KeyFileLength {
-                found: contents.len(),
-            });
+            return Err(CryptoError::KeyFileLength { found: contents.len() });
         }
         // Offset of `trimmed` inside `contents`, so positions refer to the file.
         let lead = contents.len() - contents.trim_ascii_start().len();
@@ -74,63 +70,36 @@ impl MasterKey {
     /// Reads the key from environment variable `var`, which must hold 64 hex
     /// digits (either case, surrounding whitespace ignored).
     pub fn from_env(var: &str) -> Result<MasterKey, CryptoError> {
-        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing {
-            var: var.to_owned(),
-        })?;
+        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing { var: var.to_owned() })?;
         let value = Zeroizing::new(value.into_string().map_err(|os| {
             // Wipe the rejected value as well; it may still be key material.
             drop(Zeroizing::new(os.into_encoded_bytes()));
-            CryptoError::EnvKeyNotUnicode {
-                var: var.to_owned(),
-            }
+            CryptoError::EnvKeyNotUnicode { var: var.to_owned() }
         })?);
         let trimmed = value.trim_ascii();
         if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::EnvKeyLength {
-                var: var.to_owned(),
-                found: trimmed.chars().count(),
-            });
+            return Err(CryptoError::EnvKeyLength { var: var.to_owned(), found: trimmed.chars().count() });
         }
-        decode_hex_key(trimmed.as_bytes()).map_err(|position| CryptoError::EnvKeyNotHex {
-            var: var.to_owned(),
-            position,
-        })
+        decode_hex_key(trimmed.as_bytes())
+            .map_err(|position| CryptoError::EnvKeyNotHex { var: var.to_owned(), position })
     }
 
     /// Derives a key from a passphrase with Argon2id (version 0x13), using
     /// `params` (validated first) and a 32-byte output.
     ///
     /// Deterministic: the same passphrase and params always give the same key.
-    pub fn from_passphrase(
-        passphrase: &[u8],
-        params: &KdfParams,
-    ) -> Result<MasterKey, CryptoError> {
+    pub fn from_passphrase(passphrase: &[u8], params: &KdfParams) -> Result<MasterKey, CryptoError> {
         params.validate()?;
         if passphrase.is_empty() {
             return Err(CryptoError::EmptyPassphrase);
         }
-        let argon_params = argon2::Params::new(
-            params.m_cost_kib,
-            params.t_cost,
-            params.p_cost,
-            Some(KEY_LEN),
-        )
-        .map_err(|e| CryptoError::Kdf {
-            reason: e.to_string(),
-        })?;
-        let argon = argon2::Argon2::new(
-            argon2::Algorithm::Argon2id,
-            argon2::Version::V0x13,
-            argon_params,
-        );
-        let mut key = MasterKey {
-            bytes: [0u8; KEY_LEN],
-        };
+        let argon_params = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(KEY_LEN))
+            .map_err(|e| CryptoError::Kdf { reason: e.to_string() })?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+        let mut key = MasterKey { bytes: [0u8; KEY_LEN] };
         argon
             .hash_password_into(passphrase, &params.salt, &mut key.bytes)
-            .map_err(|e| CryptoError::Kdf {
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| CryptoError::Kdf { reason: e.to_string() })?;
         Ok(key)
     }
 
@@ -145,10 +114,7 @@ impl MasterKey {
     /// It reveals nothing useful about the key but is also far too short to
     /// serve as a key check; use [`crate::SessionKeys::key_check`] for that.
     pub fn fingerprint(&self) -> [u8; 8] {
-        let digest = Sha256::new()
-            .chain_update(FINGERPRINT_LABEL)
-            .chain_update(self.bytes)
-            .finalize();
+        let digest = Sha256::new().chain_update(FINGERPRINT_LABEL).chain_update(self.bytes).finalize();
         let mut out = [0u8; 8];
         out.copy_from_slice(&digest[..8]);
         out
@@ -168,9 +134,7 @@ fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
     if let Some(bad) = hex_digits.iter().position(|c| !c.is_ascii_hexdigit()) {
         return Err(bad);
     }
-    let mut key = MasterKey {
-        bytes: [0u8; KEY_LEN],
-    };
+    let mut key = MasterKey { bytes: [0u8; KEY_LEN] };
     // Every character was checked above and the length is 2 * KEY_LEN, so the
     // decoder cannot fail; map its error anyway rather than panicking.
     hex::decode_to_slice(hex_digits, &mut key.bytes).map_err(|_| 0usize)?;
@@ -246,11 +210,6 @@ fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<()
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(CryptoError::KdfParam {
-            field,
-            value,
-            min,
-            max,
-        })
+        Err(CryptoError::KdfParam { field, value, min, max })
     }
 }

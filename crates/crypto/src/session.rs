@@ -7,9 +7,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{
-    fill_random, CryptoError, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN,
-};
+use crate::{fill_random, CryptoError, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN};
 
 /// HKDF-Expand `info` prefix for tensor keys; the stream id follows as 8 bytes big-endian.
 pub const TENSOR_KEY_LABEL: &[u8] = b"onnx-protect/v1/tensor";
@@ -123,7 +121,6 @@ pub(crate) fn hkdf_expand<const N: usize>(prk: &[u8; 32], info: &[&[u8]]) -> [u8
     const { assert!(N <= 255 * 32, "HKDF-SHA256 output is limited to 8160 bytes") };
     let hk = Hkdf::<Sha256>::from_prk(prk).expect("a 32-byte PRK is always accepted");
     let mut okm = [0u8; N];
-    hk.expand_multi_info(info, &mut okm)
-        .expect("output length is checked at compile time");
+    hk.expand_multi_info(info, &mut okm).expect("output length is checked at compile time");
     okm
 }

@@ -3,8 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use onnx_protect_crypto::{
-    aes256_ctr_xor, random_salt, Checksum, CryptoError, KdfParams, MasterKey, SessionKeys,
-    KEY_CHECK_LEN,
+    aes256_ctr_xor, random_salt, Checksum, CryptoError, KdfParams, MasterKey, SessionKeys, KEY_CHECK_LEN,
 };
 
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -21,12 +20,7 @@ fn stream_prefix(keys: &SessionKeys, id: u64) -> [u8; 64] {
 
 /// Cheap Argon2id parameters so the tests stay fast.
 fn small_params(salt_byte: u8) -> KdfParams {
-    KdfParams {
-        salt: [salt_byte; 16],
-        m_cost_kib: 64,
-        t_cost: 1,
-        p_cost: 1,
-    }
+    KdfParams { salt: [salt_byte; 16], m_cost_kib: 64, t_cost: 1, p_cost: 1 }
 }
 
 #[test]
@@ -44,11 +38,7 @@ fn different_stream_ids_give_different_keystreams() {
     let ids = [0, 1, 2, 255, 256, 1 << 32, u64::MAX];
     for (i, x) in ids.iter().enumerate() {
         for y in &ids[i + 1..] {
-            assert_ne!(
-                stream_prefix(&keys, *x),
-                stream_prefix(&keys, *y),
-                "ids {x} and {y}"
-            );
+            assert_ne!(stream_prefix(&keys, *x), stream_prefix(&keys, *y), "ids {x} and {y}");
         }
     }
 }
@@ -115,8 +105,7 @@ fn mac_detects_changed_data_and_wrong_tags() {
 #[test]
 fn checksum_is_sha256_and_incremental() {
     // FIPS 180-2 example: SHA-256("abc").
-    let expected =
-        hex::decode("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").unwrap();
+    let expected = hex::decode("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").unwrap();
     let mut whole = Checksum::new();
     whole.update(b"abc");
     assert_eq!(whole.finalize().to_vec(), expected);
@@ -155,10 +144,7 @@ fn aes256_ctr_xor_rejects_offset_overflow() {
     let mut buf = [0u8; 2];
     assert_eq!(
         aes256_ctr_xor(&[0; 32], &[0; 16], u64::MAX, &mut buf),
-        Err(CryptoError::KeystreamRange {
-            offset: u64::MAX,
-            len: 2
-        })
+        Err(CryptoError::KeystreamRange { offset: u64::MAX, len: 2 })
     );
 }
 
@@ -219,44 +205,24 @@ fn from_env_reads_hex_and_reports_missing_or_invalid_values() {
     // Each case uses its own variable so parallel tests cannot interfere.
     let var = "ONNX_PROTECT_CRYPTO_TEST_KEY_OK";
     std::env::set_var(var, format!("{}\n", KEY_HEX.to_uppercase()));
-    assert_eq!(
-        MasterKey::from_env(var).unwrap().fingerprint(),
-        test_key().fingerprint()
-    );
+    assert_eq!(MasterKey::from_env(var).unwrap().fingerprint(), test_key().fingerprint());
 
     let missing = "ONNX_PROTECT_CRYPTO_TEST_KEY_MISSING";
     std::env::remove_var(missing);
     let err = MasterKey::from_env(missing).unwrap_err();
-    assert_eq!(
-        err,
-        CryptoError::EnvKeyMissing {
-            var: missing.into()
-        }
-    );
+    assert_eq!(err, CryptoError::EnvKeyMissing { var: missing.into() });
     assert!(err.to_string().contains("is not set"));
 
     let short = "ONNX_PROTECT_CRYPTO_TEST_KEY_SHORT";
     std::env::set_var(short, &KEY_HEX[..40]);
     let err = MasterKey::from_env(short).unwrap_err();
-    assert_eq!(
-        err,
-        CryptoError::EnvKeyLength {
-            var: short.into(),
-            found: 40
-        }
-    );
+    assert_eq!(err, CryptoError::EnvKeyLength { var: short.into(), found: 40 });
     assert!(!err.to_string().contains(&KEY_HEX[..20]));
 
     let bad = "ONNX_PROTECT_CRYPTO_TEST_KEY_NOT_HEX";
     std::env::set_var(bad, format!("{}z", &KEY_HEX[..63]));
     let err = MasterKey::from_env(bad).unwrap_err();
-    assert_eq!(
-        err,
-        CryptoError::EnvKeyNotHex {
-            var: bad.into(),
-            position: 63
-        }
-    );
+    assert_eq!(err, CryptoError::EnvKeyNotHex { var: bad.into(), position: 63 });
 }
 
 #[test]
@@ -264,9 +230,7 @@ fn to_hex_round_trips_through_parse_key_file() {
     let key = MasterKey::generate().unwrap();
     let hex = key.to_hex();
     assert_eq!(hex.len(), 64);
-    assert!(hex
-        .bytes()
-        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    assert!(hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
     let back = MasterKey::parse_key_file(hex.as_bytes()).unwrap();
     assert_eq!(back.fingerprint(), key.fingerprint());
     assert_eq!(test_key().to_hex().as_str(), KEY_HEX);
@@ -278,10 +242,7 @@ fn generated_keys_and_salts_differ() {
     let b = MasterKey::generate().unwrap();
     assert_ne!(a.fingerprint(), b.fingerprint());
     assert_ne!(random_salt().unwrap(), random_salt().unwrap());
-    assert_ne!(
-        KdfParams::new_random().unwrap().salt,
-        KdfParams::new_random().unwrap().salt
-    );
+    assert_ne!(KdfParams::new_random().unwrap().salt, KdfParams::new_random().unwrap().salt);
 }
 
 #[test]
@@ -311,85 +272,18 @@ fn kdf_defaults_are_valid() {
 #[test]
 fn kdf_params_validate_rejects_each_hostile_field() {
     let cases = [
-        (
-            "m_cost_kib",
-            KdfParams {
-                m_cost_kib: 0,
-                ..small_params(0)
-            },
-        ),
-        (
-            "m_cost_kib",
-            KdfParams {
-                m_cost_kib: 7,
-                ..small_params(0)
-            },
-        ),
-        (
-            "m_cost_kib",
-            KdfParams {
-                m_cost_kib: 1_048_577,
-                ..small_params(0)
-            },
-        ),
-        (
-            "m_cost_kib",
-            KdfParams {
-                m_cost_kib: u32::MAX,
-                ..small_params(0)
-            },
-        ),
+        ("m_cost_kib", KdfParams { m_cost_kib: 0, ..small_params(0) }),
+        ("m_cost_kib", KdfParams { m_cost_kib: 7, ..small_params(0) }),
+        ("m_cost_kib", KdfParams { m_cost_kib: 1_048_577, ..small_params(0) }),
+        ("m_cost_kib", KdfParams { m_cost_kib: u32::MAX, ..small_params(0) }),
         // Argon2 needs 8 KiB per lane.
-        (
-            "m_cost_kib",
-            KdfParams {
-                m_cost_kib: 31,
-                p_cost: 4,
-                ..small_params(0)
-            },
-        ),
-        (
-            "t_cost",
-            KdfParams {
-                t_cost: 0,
-                ..small_params(0)
-            },
-        ),
-        (
-            "t_cost",
-            KdfParams {
-                t_cost: 65,
-                ..small_params(0)
-            },
-        ),
-        (
-            "t_cost",
-            KdfParams {
-                t_cost: u32::MAX,
-                ..small_params(0)
-            },
-        ),
-        (
-            "p_cost",
-            KdfParams {
-                p_cost: 0,
-                ..small_params(0)
-            },
-        ),
-        (
-            "p_cost",
-            KdfParams {
-                p_cost: 17,
-                ..small_params(0)
-            },
-        ),
-        (
-            "p_cost",
-            KdfParams {
-                p_cost: u32::MAX,
-                ..small_params(0)
-            },
-        ),
+        ("m_cost_kib", KdfParams { m_cost_kib: 31, p_cost: 4, ..small_params(0) }),
+        ("t_cost", KdfParams { t_cost: 0, ..small_params(0) }),
+        ("t_cost", KdfParams { t_cost: 65, ..small_params(0) }),
+        ("t_cost", KdfParams { t_cost: u32::MAX, ..small_params(0) }),
+        ("p_cost", KdfParams { p_cost: 0, ..small_params(0) }),
+        ("p_cost", KdfParams { p_cost: 17, ..small_params(0) }),
+        ("p_cost", KdfParams { p_cost: u32::MAX, ..small_params(0) }),
     ];
     for (field, params) in cases {
         let err = params.validate().unwrap_err();
@@ -414,21 +308,11 @@ fn from_passphrase_is_deterministic_for_fixed_params() {
     assert_ne!(a.fingerprint(), other_pass.fingerprint());
     let other_salt = MasterKey::from_passphrase(b"correct horse", &small_params(2)).unwrap();
     assert_ne!(a.fingerprint(), other_salt.fingerprint());
-    let other_cost = MasterKey::from_passphrase(
-        b"correct horse",
-        &KdfParams {
-            t_cost: 2,
-            ..params
-        },
-    )
-    .unwrap();
+    let other_cost = MasterKey::from_passphrase(b"correct horse", &KdfParams { t_cost: 2, ..params }).unwrap();
     assert_ne!(a.fingerprint(), other_cost.fingerprint());
 }
 
 #[test]
 fn from_passphrase_rejects_an_empty_passphrase() {
-    assert_eq!(
-        MasterKey::from_passphrase(b"", &small_params(1)).unwrap_err(),
-        CryptoError::EmptyPassphrase
-    );
+    assert_eq!(MasterKey::from_passphrase(b"", &small_params(1)).unwrap_err(), CryptoError::EmptyPassphrase);
 }

@@ -12,11 +12,7 @@ fn keystream(key_seed: u8, id: u64) -> Keystream {
 
 /// Offsets anywhere in the u64 range that still leave room for `max_len` bytes.
 fn offset_strategy(max_len: u64) -> impl Strategy<Value = u64> {
-    prop_oneof![
-        0u64..10_000,
-        0..=u64::MAX - max_len,
-        Just(u64::MAX - max_len)
-    ]
+    prop_oneof![0u64..10_000, 0..=u64::MAX - max_len, Just(u64::MAX - max_len)]
 }
 
 /// Sorted cut points inside `0..=len`.
@@ -165,20 +161,11 @@ fn keystream_end_exactly_at_u64_max_is_accepted() {
 fn offset_overflow_is_an_error_and_leaves_data_untouched() {
     let ks = keystream(0, 0);
     let mut buf = [7u8; 11];
-    let expected = CryptoError::KeystreamRange {
-        offset: u64::MAX - 10,
-        len: 11,
-    };
+    let expected = CryptoError::KeystreamRange { offset: u64::MAX - 10, len: 11 };
     assert_eq!(ks.apply(u64::MAX - 10, &mut buf), Err(expected.clone()));
     assert_eq!(ks.apply_par(u64::MAX - 10, &mut buf), Err(expected.clone()));
-    assert_eq!(
-        ks.apply_masked(u64::MAX - 10, &mut buf, &[0xFF]),
-        Err(expected.clone())
-    );
-    assert_eq!(
-        ks.apply_masked_par(u64::MAX - 10, &mut buf, &[0xFF]),
-        Err(expected)
-    );
+    assert_eq!(ks.apply_masked(u64::MAX - 10, &mut buf, &[0xFF]), Err(expected.clone()));
+    assert_eq!(ks.apply_masked_par(u64::MAX - 10, &mut buf, &[0xFF]), Err(expected));
     assert_eq!(buf, [7u8; 11]);
 }
 
@@ -188,23 +175,13 @@ fn empty_or_overlong_mask_is_rejected() {
     let mut buf = [1u8; 4];
     for len in [0, MAX_MASK_LEN + 1] {
         let mask = vec![0xFF; len];
-        let err = CryptoError::InvalidMask {
-            len,
-            max: MAX_MASK_LEN,
-        };
+        let err = CryptoError::InvalidMask { len, max: MAX_MASK_LEN };
         assert_eq!(ks.apply_masked(0, &mut buf, &mask), Err(err.clone()));
         assert_eq!(ks.apply_masked_par(0, &mut buf, &mask), Err(err));
     }
     assert_eq!(buf, [1u8; 4]);
-    let msg = CryptoError::InvalidMask {
-        len: 0,
-        max: MAX_MASK_LEN,
-    }
-    .to_string();
-    assert_eq!(
-        msg,
-        "element mask must be 1 to 256 bytes long; found 0 bytes"
-    );
+    let msg = CryptoError::InvalidMask { len: 0, max: MAX_MASK_LEN }.to_string();
+    assert_eq!(msg, "element mask must be 1 to 256 bytes long; found 0 bytes");
 }
 
 #[test]
@@ -223,20 +200,14 @@ fn fp32_mask_keeps_exponents_and_restores_values_exactly() {
     let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mask = [0xFF, 0xFF, 0x7F, 0x80];
     ks.apply_masked(0, &mut bytes, &mask).unwrap();
-    let scrambled: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let scrambled: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     for (s, v) in scrambled.iter().zip(&values) {
         let exponent = |x: f32| (x.to_bits() >> 23) & 0xFF;
         assert_eq!(exponent(*s), exponent(*v));
     }
     assert_ne!(scrambled, values);
     ks.apply_masked(0, &mut bytes, &mask).unwrap();
-    let restored: Vec<u32> = bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let restored: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let original: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
     assert_eq!(restored, original);
 }

@@ -201,8 +201,7 @@ impl DataType {
             String => 0,
             Uint2 | Int2 => 2,
             Uint4 | Int4 | Float4E2M1 => 4,
-            Uint8 | Int8 | Bool | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2 | Float8E5M2Fnuz
-            | Float8E8M0 => 8,
+            Uint8 | Int8 | Bool | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2 | Float8E5M2Fnuz | Float8E8M0 => 8,
             Uint16 | Int16 | Float16 | Bfloat16 => 16,
             Float | Int32 | Uint32 => 32,
             Int64 | Uint64 | Double | Complex64 => 64,
@@ -265,8 +264,17 @@ impl DataType {
         use DataType::*;
         matches!(
             self,
-            Float | Double | Float16 | Bfloat16 | Complex64 | Complex128 | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2
-                | Float8E5M2Fnuz | Float4E2M1
+            Float
+                | Double
+                | Float16
+                | Bfloat16
+                | Complex64
+                | Complex128
+                | Float8E4M3Fn
+                | Float8E4M3Fnuz
+                | Float8E5M2
+                | Float8E5M2Fnuz
+                | Float4E2M1
         )
     }
 }

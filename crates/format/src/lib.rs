@@ -36,5 +36,5 @@ pub mod write;
 pub use discover::{discover, Weight, WeightKind, WeightUse};
 pub use dtype::{DataType, TypedField};
 pub use error::{FormatError, Result};
-pub use progress::{NoProgress, Progress};
 pub use model::{Container, Locator, Model, Origin, Tensor, TensorData, TensorId};
+pub use progress::{NoProgress, Progress};

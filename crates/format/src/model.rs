@@ -165,7 +165,10 @@ pub enum Origin {
     SparseValues,
     SparseIndices,
     /// A tensor-valued attribute of a node (`Constant.value` among others).
-    Attribute { node: NodeId, attribute: String },
+    Attribute {
+        node: NodeId,
+        attribute: String,
+    },
 }
 
 impl Origin {
@@ -332,7 +335,10 @@ impl Model {
         let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
-            return Err(FormatError::Io { path: path.to_path_buf(), source: std::io::Error::other("not a regular file") });
+            return Err(FormatError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("not a regular file"),
+            });
         }
         let backing = if meta.len() == 0 {
             Backing::Owned(Vec::new())
@@ -473,7 +479,8 @@ impl Model {
             let idx = match by_path.get(&path) {
                 Some(&i) => i,
                 None => {
-                    let meta = std::fs::metadata(&path).map_err(|e| FormatError::Io { path: path.clone(), source: e })?;
+                    let meta =
+                        std::fs::metadata(&path).map_err(|e| FormatError::Io { path: path.clone(), source: e })?;
                     self.external_files.push(ExternalFile {
                         location: pe.location.clone(),
                         path: path.clone(),
@@ -494,13 +501,17 @@ impl Model {
             };
             let offset = match &pe.offset {
                 None => 0,
-                Some(s) => parse_decimal(s).ok_or_else(|| range_err(format!("offset '{s}' is not a non-negative integer")))?,
+                Some(s) => {
+                    parse_decimal(s).ok_or_else(|| range_err(format!("offset '{s}' is not a non-negative integer")))?
+                }
             };
             let length = match &pe.length {
                 None => file.size.checked_sub(offset).ok_or_else(|| {
                     range_err(format!("offset {offset} is past the end of the {}-byte file", file.size))
                 })?,
-                Some(s) => parse_decimal(s).ok_or_else(|| range_err(format!("length '{s}' is not a non-negative integer")))?,
+                Some(s) => {
+                    parse_decimal(s).ok_or_else(|| range_err(format!("length '{s}' is not a non-negative integer")))?
+                }
             };
             let end = offset.checked_add(length).ok_or_else(|| range_err("offset + length overflows".into()))?;
             if end > file.size {
@@ -529,7 +540,9 @@ impl Model {
             let mut seen: HashMap<&str, &'static str> = HashMap::new();
             let mut names: Vec<(&str, &'static str)> = Vec::new();
             names.extend(g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), "initializer")));
-            names.extend(g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), "sparse initializer")));
+            names.extend(
+                g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), "sparse initializer")),
+            );
             for &n in &g.nodes {
                 names.extend(self.nodes[n].outputs.iter().map(|o| (o.as_str(), "node output")));
             }
@@ -999,8 +1012,11 @@ impl<'a> Parser<'a> {
             match g.number {
                 1 | 2 => {
                     self.expect(&g, WireType::Len, &ctx, "sparse tensor part")?;
-                    let (origin, what) =
-                        if g.number == 1 { (Origin::SparseValues, "values") } else { (Origin::SparseIndices, "indices") };
+                    let (origin, what) = if g.number == 1 {
+                        (Origin::SparseValues, "values")
+                    } else {
+                        (Origin::SparseIndices, "indices")
+                    };
                     let origin = match attr {
                         Some((node, name)) => Origin::Attribute { node, attribute: format!("{name}.{what}") },
                         None => origin,
@@ -1105,8 +1121,7 @@ impl<'a> Parser<'a> {
                 5 | 10 => {
                     self.expect(&g, WireType::Len, &ctx, "tensor")?;
                     let p = path.child(&g, i, ctx.clone());
-                    let t =
-                        self.parse_tensor(&g, &p, gid, Origin::Attribute { node: nid, attribute: name.clone() })?;
+                    let t = self.parse_tensor(&g, &p, gid, Origin::Attribute { node: nid, attribute: name.clone() })?;
                     attr.tensors.push(t);
                 }
                 22 | 23 => {
@@ -1122,7 +1137,11 @@ impl<'a> Parser<'a> {
                         return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: ctx.clone() });
                     }
                     let label = if node_label.is_empty() { format!("#{nid}") } else { node_label.clone() };
-                    let sub = if g.number == 6 { format!("{gpath}/{label}.{name}") } else { format!("{gpath}/{label}.{name}[{i}]") };
+                    let sub = if g.number == 6 {
+                        format!("{gpath}/{label}.{name}")
+                    } else {
+                        format!("{gpath}/{label}.{name}[{i}]")
+                    };
                     let p = path.child(&g, i, format!("graph {sub}"));
                     let sg = self.parse_graph(
                         &g,
@@ -1300,7 +1319,13 @@ impl<'a> Parser<'a> {
             let actual: u64 = segments.iter().map(|r| (r.end - r.start) / size).sum();
             let expected = data_type.typed_count(numel).ok_or_else(overflow)?;
             if actual != expected {
-                return Err(FormatError::DataLength { tensor: tname.clone(), field: tf.name(), expected, actual, unit: "values" });
+                return Err(FormatError::DataLength {
+                    tensor: tname.clone(),
+                    field: tf.name(),
+                    expected,
+                    actual,
+                    unit: "values",
+                });
             }
             TensorData::Fixed { field: tf, segments }
         } else if let Some((tf, _)) = varints.first() {
@@ -1321,7 +1346,13 @@ impl<'a> Parser<'a> {
             }
             let expected = data_type.typed_count(numel).ok_or_else(overflow)?;
             if count != expected {
-                return Err(FormatError::DataLength { tensor: tname.clone(), field: tf.name(), expected, actual: count, unit: "values" });
+                return Err(FormatError::DataLength {
+                    tensor: tname.clone(),
+                    field: tf.name(),
+                    expected,
+                    actual: count,
+                    unit: "values",
+                });
             }
             let fields: Vec<Range<u64>> = varints.into_iter().map(|(_, r)| r).collect();
             TensorData::Varint { field: tf, fields, count, canonical: false }

@@ -164,11 +164,7 @@ impl<'a> FieldReader<'a> {
 }
 
 /// Decodes a packed run of varints in `buf[range]`, calling `f` for each value.
-pub fn for_each_packed_varint(
-    buf: &[u8],
-    range: Range<u64>,
-    mut f: impl FnMut(u64),
-) -> Result<(), WireError> {
+pub fn for_each_packed_varint(buf: &[u8], range: Range<u64>, mut f: impl FnMut(u64)) -> Result<(), WireError> {
     let mut r = FieldReader::new(buf, range)?;
     while r.pos < r.end {
         f(r.varint()?);

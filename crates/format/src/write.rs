@@ -18,6 +18,10 @@ use crate::error::{FormatError, Result};
 use crate::model::Container;
 use crate::wire;
 
+/// Transforms a chunk of a [`Content::Transform`] edit in place:
+/// `(tag, logical offset of the chunk, chunk)`.
+pub type Transform<'a> = dyn FnMut(usize, u64, &mut [u8]) -> Result<()> + 'a;
+
 /// What replaces an edited range.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -88,11 +92,8 @@ impl Plan {
         let mut header_deltas: Vec<(Container, i64)> = Vec::new();
         let mut prefix_edits = Vec::new();
         for (c, content_delta) in order {
-            let inner: i64 = header_deltas
-                .iter()
-                .filter(|(k, _)| c.value_start <= k.start && k.end <= c.end)
-                .map(|(_, d)| *d)
-                .sum();
+            let inner: i64 =
+                header_deltas.iter().filter(|(k, _)| c.value_start <= k.start && k.end <= c.end).map(|(_, d)| *d).sum();
             let d = content_delta + inner;
             if d == 0 {
                 continue;
@@ -140,12 +141,7 @@ impl Plan {
 
     /// Streams the output to `out`. `src` must be the bytes the plan was made for.
     /// `transform(tag, logical_offset, chunk)` changes a chunk of a `Transform` edit in place.
-    pub fn write<W: Write>(
-        &self,
-        src: &[u8],
-        out: &mut W,
-        transform: &mut dyn FnMut(usize, u64, &mut [u8]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn write<W: Write>(&self, src: &[u8], out: &mut W, transform: &mut Transform<'_>) -> Result<()> {
         if src.len() as u64 != self.src_len {
             return Err(FormatError::Invalid("source length changed".into()));
         }
@@ -179,11 +175,7 @@ impl Plan {
 
     /// Applies an in-place plan to `dst`, a buffer holding a copy of the source
     /// (extended by the appended bytes on return). Only edited bytes are touched.
-    pub fn apply_in_place(
-        &self,
-        dst: &mut Vec<u8>,
-        transform: &mut dyn FnMut(usize, u64, &mut [u8]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn apply_in_place(&self, dst: &mut Vec<u8>, transform: &mut Transform<'_>) -> Result<()> {
         if !self.is_in_place() {
             return Err(FormatError::Invalid("plan changes lengths; it cannot be applied in place".into()));
         }

@@ -16,5 +16,9 @@ fn generated_code_is_current() {
         std::fs::write(&checked_in, &fresh).unwrap();
     }
     let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
-    assert!(current == fresh, "{} is stale: run UPDATE_GENERATED=1 cargo test -p onnx-protect-proto", checked_in.display());
+    assert!(
+        current == fresh,
+        "{} is stale: run UPDATE_GENERATED=1 cargo test -p onnx-protect-proto",
+        checked_in.display()
+    );
 }

@@ -132,9 +132,8 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
         let Some(first) = w.uses.first() else { continue };
         let Some(rule) = policy.rule_for(&first.op_type) else { continue };
         // The tensor is encrypted once, under the rule of its first user whose role the rule covers.
-        let Some(u) = w.uses.iter().find(|u| {
-            policy.rule_for(&u.op_type).is_some_and(|r| r.covers(u.role, u.kind))
-        }) else {
+        let Some(u) = w.uses.iter().find(|u| policy.rule_for(&u.op_type).is_some_and(|r| r.covers(u.role, u.kind)))
+        else {
             continue;
         };
         let rule = policy.rule_for(&u.op_type).unwrap_or(rule);
@@ -150,7 +149,8 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             }
             TensorData::Empty => continue,
             TensorData::Varint { canonical: false, .. } => {
-                sel.skipped.push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));
+                sel.skipped
+                    .push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));
                 continue;
             }
             _ => {}

@@ -72,7 +72,7 @@ pub struct OpRule {
     pub mode: Mode,
     pub split: Split,
     /// Role names to encrypt; `None` means the main and bias roles of the operator
-    /// (and every role of normalisation operators).
+    /// and the normalisation roles except `input_var`.
     pub roles: Option<Vec<String>>,
 }
 
@@ -86,7 +86,9 @@ impl OpRule {
     pub fn covers(&self, role: &str, kind: WeightKind) -> bool {
         match &self.roles {
             Some(r) => r.iter().any(|x| x == role),
-            None => matches!(kind, WeightKind::Main | WeightKind::Bias | WeightKind::Norm),
+            // A running variance must stay positive: flipping its sign bit (as the
+            // format-preserving mode may) turns the layer's output into NaN.
+            None => matches!(kind, WeightKind::Main | WeightKind::Bias | WeightKind::Norm) && role != "input_var",
         }
     }
 }
@@ -190,10 +192,7 @@ fn check_coefficient(c: f64, at: &str) -> Result<f64, PolicyError> {
 
 fn check_op(op: &str) -> Result<(), PolicyError> {
     if !KNOWN_OPS.contains(&op) {
-        return Err(PolicyError::Invalid(format!(
-            "unknown operator type '{op}' (known: {})",
-            KNOWN_OPS.join(", ")
-        )));
+        return Err(PolicyError::Invalid(format!("unknown operator type '{op}' (known: {})", KNOWN_OPS.join(", "))));
     }
     Ok(())
 }
@@ -266,11 +265,13 @@ impl Policy {
 
     /// Applies a command-line override `OP=VALUE` of `what` (`coefficient`, `mode`, `subsequences`).
     pub fn apply_override(&mut self, what: &str, spec: &str) -> Result<(), PolicyError> {
-        let (op, value) = spec
-            .split_once('=')
-            .ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected OP=VALUE")))?;
-        let ops: Vec<String> =
-            if op == "*" { self.rules.keys().cloned().collect() } else { check_op(op).map(|_| vec![op.to_string()])? };
+        let (op, value) =
+            spec.split_once('=').ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected OP=VALUE")))?;
+        let ops: Vec<String> = if op == "*" {
+            self.rules.keys().cloned().collect()
+        } else {
+            check_op(op).map(|_| vec![op.to_string()])?
+        };
         for op in ops {
             let r = self.rules.entry(op.clone()).or_insert(OpRule {
                 coefficient: DEFAULT_COEFFICIENT,
@@ -280,9 +281,9 @@ impl Policy {
             });
             match what {
                 "coefficient" => {
-                    let c: f64 = value
-                        .parse()
-                        .map_err(|_| PolicyError::Invalid(format!("--coefficient {spec}: '{value}' is not a number")))?;
+                    let c: f64 = value.parse().map_err(|_| {
+                        PolicyError::Invalid(format!("--coefficient {spec}: '{value}' is not a number"))
+                    })?;
                     r.coefficient = check_coefficient(c, &format!("--coefficient {op}"))?;
                 }
                 "mode" => {

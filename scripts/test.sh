@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's whole test suite, from a fresh clone: installs the Python test
+# dependencies, fetches the ONNX backend corpus, runs the Rust tests (unit,
+# doc, integration, corpus) and the onnxruntime cross-checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== python test dependencies"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+echo "== corpus"
+bash scripts/fetch-corpus.sh
+echo "== cargo test"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+echo "== onnxruntime cross-checks"
+cargo build --quiet
+python3 -m pytest -q tests/python

@@ -1,0 +1,315 @@
+//! encrypt → decrypt restores every model byte for byte; failures are refused
+//! with their own error, a non-zero exit, and no output file.
+
+use std::path::{Path, PathBuf};
+
+use onnx_protect_core::protect::{
+    decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
+};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_select::Policy;
+
+use crate::util::{copy_fixture, fixture_models, root, run};
+
+fn key(b: u8) -> KeySource {
+    KeySource::Key(MasterKey::from_bytes([b; 32]))
+}
+
+fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
+    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, progress: &NoProgress })
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+}
+
+fn policies() -> Vec<(&'static str, Policy)> {
+    let mut ctr = Policy::default();
+    ctr.apply_override("mode", "*=ctr").unwrap();
+    ctr.apply_override("coefficient", "*=1").unwrap();
+    let mut split = Policy::default();
+    split.apply_override("subsequences", "*=5").unwrap();
+    split.apply_override("coefficient", "*=0.5").unwrap();
+    vec![("default", Policy::default()), ("ctr-all", ctr), ("fp-5-way", split)]
+}
+
+#[test]
+fn every_fixture_round_trips_in_every_mode() {
+    for model in fixture_models() {
+        for (name, policy) in policies() {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("enc.onnx");
+            enc(&model, &out, &key(7), &policy);
+            let protected = std::fs::read(&out).unwrap();
+            assert_ne!(protected, std::fs::read(&model).unwrap(), "{} {name}: nothing changed", model.display());
+            verify(&out, None, &NoProgress).unwrap();
+            verify(&out, Some(&key(7)), &NoProgress).unwrap();
+            let back = dir.path().join("dec").join("model.onnx");
+            onnx_protect_core::protect::decrypt(
+                &out,
+                &back,
+                &key(7),
+                &DecryptOptions { in_place: false, progress: &NoProgress },
+            )
+            .unwrap();
+            assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{} {name}", model.display());
+            for f in Model::open(&model).unwrap().external_files.iter() {
+                let restored = dir.path().join("dec").join(&f.location);
+                assert_eq!(std::fs::read(&restored).unwrap(), std::fs::read(&f.path).unwrap(), "{}", f.location);
+            }
+        }
+    }
+}
+
+#[test]
+fn encrypted_models_keep_every_non_encrypted_byte_and_existing_metadata() {
+    let model = root().join("fixtures/models/metadata_unknown/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    enc(&model, &out, &key(1), &Policy::default());
+    let a = std::fs::read(&model).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    // Same length up to the appended manifest entry; differences only inside encrypted spans.
+    assert!(b.len() > a.len());
+    let m = Model::open(&out).unwrap();
+    let p = read_protected(&m).unwrap();
+    let mut allowed = vec![false; a.len()];
+    for t in &p.targets {
+        let tensor = &m.tensors[t.tensor];
+        if let onnx_protect_format::TensorData::Raw { range } = &tensor.data {
+            for &(x, y) in &t.spans {
+                for i in range.start + x..range.start + y {
+                    allowed[i as usize] = true;
+                }
+            }
+        }
+    }
+    for i in 0..a.len() {
+        if a[i] != b[i] {
+            assert!(allowed[i], "byte {i} changed outside an encrypted span");
+        }
+    }
+    let before = Model::open(&model).unwrap();
+    let keys_before: Vec<_> = before.metadata.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+    let keys_after: Vec<_> =
+        m.metadata.iter().filter(|e| e.key != "onnx-protect/v1").map(|e| (e.key.clone(), e.value.clone())).collect();
+    assert_eq!(keys_before, keys_after);
+}
+
+#[test]
+fn the_same_model_and_key_never_reuse_a_keystream() {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    enc(&model, &a, &key(3), &Policy::default());
+    enc(&model, &b, &key(3), &Policy::default());
+    let (ma, mb) = (Model::open(&a).unwrap(), Model::open(&b).unwrap());
+    let (pa, pb) = (read_protected(&ma).unwrap(), read_protected(&mb).unwrap());
+    assert_ne!(pa.manifest.salt, pb.manifest.salt, "salt must be fresh per encryption");
+    // Same positions, different ciphertext: XOR of the two ciphertexts is the XOR of
+    // two keystreams, which must not be zero anywhere a span is long enough to tell.
+    assert_eq!(pa.manifest.tensors.len(), pb.manifest.tensors.len());
+    for (ta, tb) in pa.targets.iter().zip(&pb.targets) {
+        assert_eq!(ta.spans, tb.spans);
+        let ca = ma.tensor_bytes(ta.tensor).unwrap();
+        let cb = mb.tensor_bytes(tb.tensor).unwrap();
+        let &(x, y) = ta.spans.first().unwrap();
+        assert_ne!(&ca[x as usize..y as usize], &cb[x as usize..y as usize]);
+    }
+    // Within one file, every tensor has its own stream id.
+    let mut ids: Vec<u64> = pa.targets.iter().map(|t| t.stream_id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), pa.targets.len());
+}
+
+#[test]
+fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
+    let model = root().join("fixtures/models/fp16/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"correct horse battery staple".to_vec()));
+    enc(&model, &out, &pass, &Policy::default());
+    let m = Model::open(&out).unwrap();
+    let p = read_protected(&m).unwrap();
+    let kdf = p.manifest.kdf.as_ref().expect("kdf params stored");
+    assert_eq!(kdf.algorithm, "argon2id");
+    assert_eq!(decrypt_to_vec(&m, &pass).unwrap(), std::fs::read(&model).unwrap());
+    let wrong = KeySource::Passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
+    assert_eq!(decrypt_to_vec(&m, &wrong).unwrap_err().kind(), "wrong_key");
+}
+
+fn protected_fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let keyfile = dir.join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.join("enc.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--key-file",
+        keyfile.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    (out, keyfile)
+}
+
+fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {
+    let (got, out, err) = run(args);
+    assert_eq!(got, code, "{args:?}: stdout {out} stderr {err}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with("error: ") && first.contains(needle), "{args:?}: {err}");
+    assert!(!no_output.exists(), "{args:?} left {}", no_output.display());
+    let leftovers: Vec<_> = std::fs::read_dir(no_output.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".onnx-protect-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left behind");
+}
+
+#[test]
+fn a_wrong_key_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, _) = protected_fixture(dir.path());
+    let other = dir.path().join("other.key");
+    run(&["keygen", "-o", other.to_str().unwrap()]);
+    let out = dir.path().join("out.onnx");
+    let args = ["decrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", other.to_str().unwrap()];
+    assert_refused(&args, 4, "wrong key", &out);
+}
+
+#[test]
+fn a_flipped_byte_in_a_span_is_refused_as_modified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, keyfile) = protected_fixture(dir.path());
+    let m = Model::open(&enc).unwrap();
+    let p = read_protected(&m).unwrap();
+    let t = &m.tensors[p.targets[0].tensor];
+    let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
+    let at = (range.start + p.targets[0].spans[0].0) as usize;
+    drop(m);
+    let mut bytes = std::fs::read(&enc).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&enc, &bytes).unwrap();
+    let out = dir.path().join("out.onnx");
+    let args = ["decrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    assert_refused(&args, 5, "modified", &out);
+    let (code, _, err) = run(&["verify", enc.to_str().unwrap()]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("modified"));
+}
+
+#[test]
+fn a_flipped_byte_in_the_manifest_is_refused_as_modified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, keyfile) = protected_fixture(dir.path());
+    let m = Model::open(&enc).unwrap();
+    let entry = m.metadata.iter().find(|e| e.key == "onnx-protect/v1").unwrap().clone();
+    drop(m);
+    let original = std::fs::read(&enc).unwrap();
+    // Try several positions inside the base64 value; each must be refused.
+    let value_start = entry.range.end as usize - entry.value.len();
+    for offset in [4usize, 40, 77, entry.value.len() / 2, entry.value.len() - 3] {
+        let mut bytes = original.clone();
+        let at = value_start + offset;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&enc, &bytes).unwrap();
+        let out = dir.path().join("out.onnx");
+        let args =
+            ["decrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+        let (code, _, err) = run(&args);
+        assert!(code == 5 || code == 4, "offset {offset}: exit {code}: {err}");
+        assert!(err.contains("modified") || err.contains("wrong key"), "offset {offset}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn a_truncated_protected_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, keyfile) = protected_fixture(dir.path());
+    let bytes = std::fs::read(&enc).unwrap();
+    std::fs::write(&enc, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("out.onnx");
+    let args = ["decrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    assert_refused(&args, 3, "truncated", &out);
+}
+
+#[test]
+fn encrypting_a_protected_model_again_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, keyfile) = protected_fixture(dir.path());
+    let out = dir.path().join("twice.onnx");
+    let args = ["encrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    assert_refused(&args, 6, "already protected", &out);
+}
+
+#[test]
+fn a_bad_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let keyfile = dir.path().join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "version = 1\n[ops.Conv]\ncoefficient = 2.0\n").unwrap();
+    let out = dir.path().join("out.onnx");
+    let m = model.to_str().unwrap();
+    let (o, k, p) = (out.to_str().unwrap(), keyfile.to_str().unwrap(), policy.to_str().unwrap());
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--policy", p], 7, "policy", &out);
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--coefficient", "Conv=abc"], 7, "not a number", &out);
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--mode", "Conv=rot13"], 7, "ctr or fp", &out);
+}
+
+#[test]
+fn an_unreadable_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let out = dir.path().join("out.onnx");
+    let missing = dir.path().join("nope.key");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", missing.to_str().unwrap()], 4, "key file", &out);
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, b"abc").unwrap();
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", short.to_str().unwrap()], 4, "key file", &out);
+}
+
+#[test]
+fn the_input_is_never_changed_and_external_outputs_need_another_directory() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let keyfile = dir.path().join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let before: Vec<Vec<u8>> =
+        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+    let out = dir.path().join("enc.onnx");
+    let (m, o, k) = (model.to_str().unwrap(), out.to_str().unwrap(), keyfile.to_str().unwrap());
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", k], 1, "another directory", &out);
+    let (code, _, err) = run(&["encrypt", m, "-o", m, "--key-file", k]);
+    assert_ne!(code, 0, "{err}");
+    let after: Vec<Vec<u8>> =
+        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+    assert_eq!(before, after);
+    // --in-place is the explicit way to overwrite, and decrypt --in-place restores.
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(dir.path().join("weights.bin")).unwrap(), before[1]);
+    let (code, _, err) = run(&["decrypt", m, "--in-place", "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    let restored: Vec<Vec<u8>> =
+        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+    assert_eq!(before, restored);
+}
+
+#[test]
+fn decrypt_to_memory_equals_the_original() {
+    for model in fixture_models() {
+        if !Model::open(&model).unwrap().external_files.is_empty() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("enc.onnx");
+        enc(&model, &out, &key(9), &Policy::default());
+        let m = Model::open(&out).unwrap();
+        assert_eq!(decrypt_to_vec(&m, &key(9)).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
+    }
+}

@@ -32,6 +32,11 @@ pub struct Report {
     pub weights: WeightSummary,
     pub external_files: Vec<ExternalReport>,
     pub metadata_keys: Vec<String>,
+    /// What onnx-protect encrypted, when the model carries a manifest (`null` otherwise).
+    pub protection: Option<crate::protect::ProtectionInfo>,
+    /// Why the manifest could not be read, when it is present but invalid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protection_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,6 +189,10 @@ pub fn inspect(model: &Model) -> Report {
             uses: uses_of.remove(&t.id).unwrap_or_default(),
         })
         .collect();
+    let (protection, protection_error) = match crate::protect::protection_info(model) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     Report {
         schema: SCHEMA,
         file: model.path.as_ref().map(|p| p.display().to_string()),
@@ -222,6 +231,8 @@ pub fn inspect(model: &Model) -> Report {
             })
             .collect(),
         metadata_keys: model.metadata.iter().map(|m| m.key.clone()).collect(),
+        protection,
+        protection_error,
     }
 }
 
@@ -284,6 +295,38 @@ impl Report {
         let _ = writeln!(s, "\nmetadata_props keys {}", self.metadata_keys.len());
         for k in &self.metadata_keys {
             let _ = writeln!(s, "  {k}");
+        }
+        if let Some(e) = &self.protection_error {
+            let _ = writeln!(s, "\nprotection   INVALID: {e}");
+        }
+        if let Some(p) = &self.protection {
+            let pct =
+                if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
+            let _ = writeln!(
+                s,
+                "\nprotection   {} ({}), {} tensors, {} encrypted ({pct:.2}% of weight bytes){}",
+                p.key,
+                p.tool,
+                p.tensors.len(),
+                human(p.encrypted_bytes),
+                if p.passphrase { ", passphrase key" } else { "" }
+            );
+            for t in &p.tensors {
+                let spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
+                let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
+                let _ = writeln!(
+                    s,
+                    "  {:<28} {:<8} {:<4} {}/{} subseq, {} of {} bytes at {}{more}",
+                    t.name,
+                    t.op_type,
+                    t.mode,
+                    t.chosen,
+                    t.subsequences,
+                    t.encrypted_bytes,
+                    t.nbytes,
+                    spans.join(" ")
+                );
+            }
         }
         s
     }

@@ -23,9 +23,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let model = Model::open_with_progress(&a.model, &bar).with_context(|| format!("{}", a.model.display()))?;
     let report = onnx_protect_core::inspect::inspect(&model);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", report.to_text());
+        crate::output::emit(report.to_text().trim_end())?;
     }
     Ok(ExitCode::from(crate::exit::OK))
 }

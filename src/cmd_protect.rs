@@ -37,9 +37,9 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     f.sync_all()?;
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     if a.json {
-        println!("{}", serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp}));
+        crate::output::emit(&serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp}).to_string())?;
     } else {
-        println!("wrote key {} (fingerprint {fp})", a.output.display());
+        crate::output::emit(&format!("wrote key {} (fingerprint {fp})", a.output.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -117,18 +117,18 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("encrypt {}", a.input.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
     } else {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-        println!(
+        crate::output::emit(&format!(
             "encrypted {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}",
             r.encrypted_bytes,
             r.tensors.len(),
             r.weight_bytes,
             r.output
-        );
+        ))?;
         for (name, why) in &r.skipped {
-            println!("  skipped {name}: {why}");
+            crate::output::emit(&format!("  skipped {name}: {why}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -159,9 +159,9 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let r = protect::decrypt(&a.input, &output, &key, &DecryptOptions { in_place: a.in_place, progress: &bar })
         .with_context(|| format!("decrypt {}", a.input.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
     } else {
-        println!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output);
+        crate::output::emit(&format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -183,11 +183,11 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let bar = Bar::new(a.quiet);
     let r = protect::verify(&a.input, key.as_ref(), &bar).with_context(|| format!("verify {}", a.input.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
     } else {
         let how =
             if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
-        println!("ok: {how}; {} tensors, {} encrypted bytes", r.tensors, r.encrypted_bytes);
+        crate::output::emit(&format!("ok: {how}; {} tensors, {} encrypted bytes", r.tensors, r.encrypted_bytes))?;
     }
     Ok(ExitCode::SUCCESS)
 }

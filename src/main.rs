@@ -7,6 +7,7 @@ mod cmd_inspect;
 mod cmd_protect;
 mod exit;
 mod keys;
+mod output;
 mod progress;
 
 use std::process::ExitCode;

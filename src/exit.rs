@@ -21,6 +21,8 @@ pub const MODIFIED: u8 = 5;
 pub const STATE: u8 = 6;
 /// The policy file or an override is invalid.
 pub const POLICY: u8 = 7;
+/// `check`: a model fails the CI gate (not protected, or weaker than the policy asks).
+pub const GATE: u8 = 8;
 
 /// Maps an error to its exit code.
 pub fn code_for(e: &anyhow::Error) -> u8 {

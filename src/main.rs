@@ -3,8 +3,11 @@
 //! This binary is the only place that prints, draws progress bars and chooses
 //! exit codes (see `docs/cli.md`).
 
+mod cmd_batch;
+mod cmd_check;
 mod cmd_inspect;
 mod cmd_protect;
+mod cmd_rekey;
 mod exit;
 mod keys;
 mod output;
@@ -33,6 +36,12 @@ enum Command {
     Decrypt(cmd_protect::DecryptArgs),
     /// Check a protected model: its checksum without a key, its MAC with one.
     Verify(cmd_protect::VerifyArgs),
+    /// Re-encrypt a protected model under a new key (verifies the old key and MAC first).
+    Rekey(cmd_rekey::Args),
+    /// Encrypt, decrypt, rekey or verify many models: parallel, resumable, shardable (docs/batch.md).
+    Batch(Box<cmd_batch::Args>),
+    /// CI gate: fail unless every model is protected, intact and as strong as a policy asks (docs/ci.md).
+    Check(cmd_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,9 @@ fn main() -> ExitCode {
         Command::Encrypt(a) => cmd_protect::encrypt(a),
         Command::Decrypt(a) => cmd_protect::decrypt(a),
         Command::Verify(a) => cmd_protect::verify(a),
+        Command::Rekey(a) => cmd_rekey::run(a),
+        Command::Batch(a) => cmd_batch::run(*a),
+        Command::Check(a) => cmd_check::run(a),
     };
     match result {
         Ok(code) => code,

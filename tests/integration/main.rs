@@ -1,8 +1,10 @@
 //! End-to-end tests of the library crates and the `onnx-protect` binary.
 
+mod batch;
 mod cli;
 mod corpus;
 mod fixtures;
 mod malformed;
 mod protect;
+mod rekey_check;
 mod util;

@@ -10,5 +10,7 @@
 //! # Ok::<(), onnx_protect_format::FormatError>(())
 //! ```
 
+pub mod check;
 pub mod inspect;
 pub mod protect;
+pub mod rekey;

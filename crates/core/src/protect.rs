@@ -108,7 +108,7 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    fn master_for_encrypt(&self) -> Result<(MasterKey, Option<KdfParams>)> {
+    pub(crate) fn master_for_encrypt(&self) -> Result<(MasterKey, Option<KdfParams>)> {
         match self {
             KeySource::Key(k) => Ok((k.clone(), None)),
             KeySource::Passphrase(p) => {
@@ -118,7 +118,7 @@ impl KeySource {
         }
     }
 
-    fn master_for_decrypt(&self, kdf: Option<&pb::KdfParams>) -> Result<MasterKey> {
+    pub(crate) fn master_for_decrypt(&self, kdf: Option<&pb::KdfParams>) -> Result<MasterKey> {
         match (self, kdf) {
             (KeySource::Key(k), None) => Ok(k.clone()),
             (KeySource::Key(_), Some(_)) => {
@@ -209,7 +209,7 @@ pub struct Target {
     pub spans: Vec<(u64, u64)>,
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
+pub(crate) fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
@@ -323,7 +323,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
 
 /// Maps a logical byte range of a tensor to ranges of the file that holds it:
 /// `(file range, logical start)` pieces, in order.
-fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
+pub(crate) fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
     match &t.data {
         TensorData::Raw { range } | TensorData::External { range, .. } => {
             vec![(range.start + a..range.start + b, a)]
@@ -346,7 +346,14 @@ fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
 }
 
 /// Applies the keystream of `target` to `data`, which holds logical bytes starting at `offset`.
-fn apply(ks: &Keystream, mode: Mode, dtype: DataType, offset: u64, data: &mut [u8], parallel: bool) -> Result<()> {
+pub(crate) fn apply(
+    ks: &Keystream,
+    mode: Mode,
+    dtype: DataType,
+    offset: u64,
+    data: &mut [u8],
+    parallel: bool,
+) -> Result<()> {
     match mode {
         Mode::Ctr => {
             if parallel {
@@ -368,14 +375,14 @@ fn apply(ks: &Keystream, mode: Mode, dtype: DataType, offset: u64, data: &mut [u
 }
 
 /// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
-struct ChunkJob {
-    target: usize,
-    index: u64,
+pub(crate) struct ChunkJob {
+    pub(crate) target: usize,
+    pub(crate) index: u64,
     /// Logical sub-ranges making up this chunk.
-    parts: Vec<(u64, u64)>,
+    pub(crate) parts: Vec<(u64, u64)>,
 }
 
-fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
+pub(crate) fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
     let mut jobs = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let mut current = ChunkJob { target: ti, index: 0, parts: Vec::new() };
@@ -403,7 +410,7 @@ fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
 
 /// Chunk digests of the ciphertext. `encrypt_with` is `Some` when the model holds
 /// plaintext (encryption): each chunk is encrypted in a scratch buffer before hashing.
-fn leaf_digests(
+pub(crate) fn leaf_digests(
     model: &Model,
     targets: &[Target],
     chunk: u64,
@@ -453,7 +460,11 @@ fn leaf_digests(
         .collect()
 }
 
-fn mac_and_checksum(keys: Option<&SessionKeys>, manifest: &[u8], leaves: &[[u8; 32]]) -> (Option<[u8; 32]>, [u8; 32]) {
+pub(crate) fn mac_and_checksum(
+    keys: Option<&SessionKeys>,
+    manifest: &[u8],
+    leaves: &[[u8; 32]],
+) -> (Option<[u8; 32]>, [u8; 32]) {
     let mut c = Checksum::new();
     c.update(CHECKSUM_LABEL);
     c.update(&(manifest.len() as u64).to_be_bytes());
@@ -476,16 +487,16 @@ fn mac_and_checksum(keys: Option<&SessionKeys>, manifest: &[u8], leaves: &[[u8; 
 
 /// Output files staged in temp files next to their destinations; nothing is
 /// visible until [`Staged::commit`], and dropping it removes every temp file.
-struct Staged {
+pub(crate) struct Staged {
     files: Vec<(tempfile::NamedTempFile, PathBuf)>,
 }
 
 impl Staged {
-    fn new() -> Staged {
+    pub(crate) fn new() -> Staged {
         Staged { files: Vec::new() }
     }
 
-    fn create(&mut self, dest: &Path) -> Result<usize> {
+    pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
         let tmp = tempfile::Builder::new()
@@ -497,12 +508,12 @@ impl Staged {
         Ok(self.files.len() - 1)
     }
 
-    fn file(&mut self, i: usize) -> &mut std::fs::File {
+    pub(crate) fn file(&mut self, i: usize) -> &mut std::fs::File {
         self.files[i].0.as_file_mut()
     }
 
     /// Syncs and renames every file; the last one staged (the model) is renamed last.
-    fn commit(self) -> Result<()> {
+    pub(crate) fn commit(self) -> Result<()> {
         for (tmp, dest) in &self.files {
             tmp.as_file().sync_all().map_err(|e| CoreError::Write { path: dest.clone(), source: e })?;
         }
@@ -514,7 +525,7 @@ impl Staged {
 }
 
 /// Checks the output location and returns whether external side files must be written.
-fn check_output(model: &Model, input: &Path, output: &Path, in_place: bool) -> Result<()> {
+pub(crate) fn check_output(model: &Model, input: &Path, output: &Path, in_place: bool) -> Result<()> {
     let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

@@ -1,0 +1,323 @@
+//! The CI gate behind `onnx-protect check`: is a model protected, and at least
+//! as strongly as a policy asks?
+//!
+//! Selection is key-independent and a protected model keeps the structure of
+//! the original (names, types, shapes, storage), so running
+//! [`onnx_protect_select::select`] on the *protected* model gives exactly what
+//! the policy would have encrypted in the original. Every tensor of that
+//! selection must then appear in the manifest:
+//!
+//! * with at least as many encrypted bytes as the policy selects for it (the same
+//!   rounding as selection: `⌈c·n⌉` subsequences), or, with
+//!   [`CheckOptions::strict_spans`], with spans that contain every selected span;
+//! * in a mode at least as strong: `ctr` (every bit) is stronger than `fp`
+//!   (sign and mantissa bits only), so `ctr` satisfies an `fp` requirement and
+//!   `fp` fails a `ctr` requirement.
+//!
+//! Integrity is checked without a key: the manifest must be well formed and
+//! match the model, and the keyless checksum must match the ciphertext.
+//!
+//! The check never fails as a function: every problem becomes a [`Failure`] in
+//! the returned [`ModelCheck`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use onnx_protect_format::{discover, Model, Progress};
+use onnx_protect_select::{select, Mode, Policy};
+
+use crate::protect::{
+    find_manifest_entry, leaf_digests, mac_and_checksum, read_protected, CoreError, Protected, METADATA_PREFIX,
+};
+
+/// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
+pub mod reasons {
+    /// The model file cannot be read or parsed.
+    pub const BAD_MODEL: &str = "bad_model";
+    /// The model carries an onnx-protect entry of a format version this tool does not know.
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    /// The model has no protection manifest.
+    pub const NOT_PROTECTED: &str = "not_protected";
+    /// The manifest is invalid or does not match the model, or the checksum of the ciphertext does not match.
+    pub const MODIFIED: &str = "modified";
+    /// The policy covers an operator type whose weights the model has, but none of them is encrypted.
+    pub const OP_NOT_COVERED: &str = "op_not_covered";
+    /// A tensor the policy selects is not encrypted (its operator type is otherwise covered).
+    pub const TENSOR_NOT_ENCRYPTED: &str = "tensor_not_encrypted";
+    /// A tensor is encrypted, but less of it than the policy's coefficient selects.
+    pub const COEFFICIENT_BELOW_POLICY: &str = "coefficient_below_policy";
+    /// A tensor is encrypted in a weaker mode than the policy asks (`fp` where `ctr` is asked).
+    pub const MODE_WEAKER: &str = "mode_weaker";
+}
+
+/// What the gate requires.
+pub struct CheckOptions<'a> {
+    /// Compare the protection with this policy; `None` checks only protection and integrity.
+    pub policy: Option<&'a Policy>,
+    /// Fail an unprotected model even when no policy is given.
+    pub require_encrypted: bool,
+    /// Require the encrypted spans to contain the policy's spans, not only as many bytes.
+    pub strict_spans: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// One reason a model fails the gate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    /// One of [`reasons`].
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
+    pub detail: String,
+}
+
+/// Per operator type of the policy: what it asks and what the model has.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpCoverage {
+    pub op_type: String,
+    pub coefficient: f64,
+    pub mode: &'static str,
+    /// Tensors the policy selects for this operator type.
+    pub tensors: usize,
+    /// Of those, tensors present in the manifest.
+    pub tensors_encrypted: usize,
+    /// Element bytes of the selected tensors.
+    pub weight_bytes: u64,
+    /// Bytes the policy would encrypt.
+    pub required_bytes: u64,
+    /// Bytes the manifest encrypts in those tensors.
+    pub encrypted_bytes: u64,
+    /// `encrypted_bytes / weight_bytes` (0 when there are no weight bytes).
+    pub encrypted_fraction: f64,
+    pub passed: bool,
+}
+
+/// The verdict for one model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelCheck {
+    pub path: String,
+    pub passed: bool,
+    pub protected: bool,
+    /// `"checksum"` when the keyless checksum was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<&'static str>,
+    pub tensors: usize,
+    pub encrypted_bytes: u64,
+    pub failures: Vec<Failure>,
+    /// Empty without a policy.
+    pub ops: Vec<OpCoverage>,
+}
+
+fn failure(reason: &'static str, detail: impl Into<String>) -> Failure {
+    Failure { reason, op_type: None, tensor: None, detail: detail.into() }
+}
+
+fn mode_rank(m: Mode) -> u8 {
+    match m {
+        Mode::Fp => 1,
+        Mode::Ctr => 2,
+    }
+}
+
+fn error_reason(e: &CoreError) -> &'static str {
+    match e.kind() {
+        "bad_manifest" | "modified" => reasons::MODIFIED,
+        "unsupported_version" => reasons::UNSUPPORTED_VERSION,
+        "not_protected" => reasons::NOT_PROTECTED,
+        _ => reasons::BAD_MODEL,
+    }
+}
+
+/// Whether every span of `need` lies inside one span of `have` (both sorted and disjoint).
+fn spans_contain(have: &[(u64, u64)], need: &[(u64, u64)]) -> bool {
+    need.iter().all(|&(a, b)| have.iter().any(|&(x, y)| x <= a && b <= y))
+}
+
+/// Checks one model file (see the module documentation).
+pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
+    let mut out = ModelCheck {
+        path: path.display().to_string(),
+        passed: false,
+        protected: false,
+        integrity: None,
+        tensors: 0,
+        encrypted_bytes: 0,
+        failures: Vec::new(),
+        ops: Vec::new(),
+    };
+    let model = match Model::open_with_progress(path, opts.progress) {
+        Ok(m) => m,
+        Err(e) => {
+            out.failures.push(failure(reasons::BAD_MODEL, e.to_string()));
+            return out;
+        }
+    };
+    check_opened(&model, opts, &mut out);
+    out.passed = out.failures.is_empty();
+    out
+}
+
+fn check_opened(model: &Model, opts: &CheckOptions, out: &mut ModelCheck) {
+    let protected = match find_manifest_entry(model) {
+        Ok(Some(_)) => match read_protected(model) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                out.protected = true;
+                out.failures.push(failure(error_reason(&e), e.to_string()));
+                return;
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            out.protected = model.metadata.iter().any(|m| m.key.starts_with(METADATA_PREFIX));
+            out.failures.push(failure(error_reason(&e), e.to_string()));
+            return;
+        }
+    };
+    if let Some(p) = &protected {
+        out.protected = true;
+        out.tensors = p.targets.len();
+        out.encrypted_bytes = p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
+        match checksum_matches(model, p) {
+            Ok(true) => out.integrity = Some("checksum"),
+            Ok(false) => out.failures.push(failure(
+                reasons::MODIFIED,
+                "the checksum of the manifest and the encrypted bytes does not match",
+            )),
+            Err(e) => out.failures.push(failure(error_reason(&e), e.to_string())),
+        }
+    }
+    let Some(policy) = opts.policy else {
+        if protected.is_none() && opts.require_encrypted {
+            out.failures.push(failure(reasons::NOT_PROTECTED, "the model has no onnx-protect manifest"));
+        }
+        return;
+    };
+    compare_with_policy(model, protected.as_ref(), policy, opts, out);
+}
+
+fn checksum_matches(model: &Model, p: &Protected) -> Result<bool, CoreError> {
+    let leaves = leaf_digests(model, &p.targets, p.manifest.chunk_size, None)?;
+    let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
+    Ok(checksum.as_slice() == p.envelope.checksum.as_slice())
+}
+
+fn compare_with_policy(
+    model: &Model,
+    protected: Option<&Protected>,
+    policy: &Policy,
+    opts: &CheckOptions,
+    out: &mut ModelCheck,
+) {
+    let weights = discover(model);
+    let required = select(model, &weights, policy);
+    let have: HashMap<usize, &crate::protect::Target> =
+        protected.map(|p| p.targets.iter().map(|t| (t.tensor, t)).collect()).unwrap_or_default();
+    if protected.is_none() && (opts.require_encrypted || !required.chosen.is_empty()) {
+        out.failures.push(failure(
+            reasons::NOT_PROTECTED,
+            format!(
+                "the model has no onnx-protect manifest; the policy selects {} bytes in {} tensors",
+                required.bytes(),
+                required.chosen.len()
+            ),
+        ));
+    }
+    let mut ops: BTreeMap<String, OpCoverage> = BTreeMap::new();
+    let mut tensor_failures: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
+    for c in &required.chosen {
+        let t = &model.tensors[c.tensor];
+        let rule = policy.rule_for(&c.op_type);
+        let cov = ops.entry(c.op_type.clone()).or_insert_with(|| OpCoverage {
+            op_type: c.op_type.clone(),
+            coefficient: rule.map(|r| r.coefficient).unwrap_or(0.0),
+            mode: c.mode.name(),
+            tensors: 0,
+            tensors_encrypted: 0,
+            weight_bytes: 0,
+            required_bytes: 0,
+            encrypted_bytes: 0,
+            encrypted_fraction: 0.0,
+            passed: true,
+        });
+        cov.tensors += 1;
+        cov.weight_bytes += t.nbytes;
+        cov.required_bytes += c.bytes();
+        let fail = |reason: &'static str, detail: String| Failure {
+            reason,
+            op_type: Some(c.op_type.clone()),
+            tensor: Some(t.name.clone()),
+            detail,
+        };
+        let list = tensor_failures.entry(c.op_type.clone()).or_default();
+        let Some(target) = have.get(&c.tensor) else {
+            list.push(fail(
+                reasons::TENSOR_NOT_ENCRYPTED,
+                format!("the policy selects {} of its {} bytes; none is encrypted", c.bytes(), t.nbytes),
+            ));
+            continue;
+        };
+        cov.tensors_encrypted += 1;
+        let enc: u64 = target.spans.iter().map(|(a, b)| b - a).sum();
+        cov.encrypted_bytes += enc;
+        if enc < c.bytes() {
+            list.push(fail(
+                reasons::COEFFICIENT_BELOW_POLICY,
+                format!("{enc} of {} bytes are encrypted; the policy selects {}", t.nbytes, c.bytes()),
+            ));
+        } else if opts.strict_spans && !spans_contain(&target.spans, &c.spans) {
+            list.push(fail(
+                reasons::COEFFICIENT_BELOW_POLICY,
+                format!("the encrypted spans {:?} do not contain the policy's spans {:?}", target.spans, c.spans),
+            ));
+        }
+        if mode_rank(target.mode) < mode_rank(c.mode) {
+            list.push(fail(
+                reasons::MODE_WEAKER,
+                format!("encrypted in mode {}; the policy asks for {}", target.mode.name(), c.mode.name()),
+            ));
+        }
+    }
+    for (op, cov) in ops.iter_mut() {
+        cov.encrypted_fraction =
+            if cov.weight_bytes > 0 { cov.encrypted_bytes as f64 / cov.weight_bytes as f64 } else { 0.0 };
+        let list = tensor_failures.remove(op).unwrap_or_default();
+        cov.passed = list.is_empty();
+        if protected.is_none() {
+            continue;
+        }
+        if cov.tensors_encrypted == 0 {
+            out.failures.push(Failure {
+                reason: reasons::OP_NOT_COVERED,
+                op_type: Some(op.clone()),
+                tensor: None,
+                detail: format!(
+                    "the policy covers {op} (coefficient {}, mode {}), but none of its {} selected tensors is encrypted",
+                    cov.coefficient, cov.mode, cov.tensors
+                ),
+            });
+        } else {
+            out.failures.extend(list);
+        }
+    }
+    out.ops = ops.into_values().collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_containment() {
+        assert!(spans_contain(&[(0, 10), (20, 30)], &[(0, 4), (22, 30)]));
+        assert!(!spans_contain(&[(0, 10), (20, 30)], &[(8, 12)]));
+        assert!(spans_contain(&[(0, 10)], &[]));
+    }
+
+    #[test]
+    fn ctr_is_stronger_than_fp() {
+        assert!(mode_rank(Mode::Ctr) > mode_rank(Mode::Fp));
+    }
+}

@@ -1,0 +1,134 @@
+//! `check`: the CI gate (docs/ci.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
+
+use crate::cmd_protect::load_policy;
+use crate::exit;
+use crate::progress::Bar;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The models to check.
+    #[arg(required = true, value_name = "MODEL")]
+    models: Vec<PathBuf>,
+    /// Require at least the protection this TOML policy (docs/policy.md) would give.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Require at least the protection of the built-in default policy.
+    #[arg(long, conflicts_with = "policy")]
+    builtin_policy: bool,
+    /// Override a coefficient of the required policy: OP=VALUE (OP may be `*`). Repeatable.
+    #[arg(long, value_name = "OP=C")]
+    coefficient: Vec<String>,
+    /// Override a mode of the required policy: OP=ctr|fp. Repeatable.
+    #[arg(long, value_name = "OP=MODE")]
+    mode: Vec<String>,
+    /// Override the split of the required policy: OP=first-dim|N. Repeatable.
+    #[arg(long, value_name = "OP=N")]
+    subsequences: Vec<String>,
+    /// Fail a model that is not protected (implied for models a policy selects weights in).
+    #[arg(long)]
+    require_encrypted: bool,
+    /// Require the encrypted spans to contain the policy's spans, not just as many bytes.
+    #[arg(long)]
+    strict_spans: bool,
+    /// Print the verdicts as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// The exit code of a set of verdicts: modified beats unreadable beats any other gate failure.
+fn code_of(results: &[ModelCheck]) -> u8 {
+    let has = |r: &str| results.iter().flat_map(|m| &m.failures).any(|f| f.reason == r);
+    if results.iter().all(|m| m.passed) {
+        exit::OK
+    } else if has(reasons::MODIFIED) {
+        exit::MODIFIED
+    } else if has(reasons::BAD_MODEL) {
+        exit::BAD_MODEL
+    } else {
+        exit::GATE
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let use_policy = a.policy.is_some()
+        || a.builtin_policy
+        || !a.coefficient.is_empty()
+        || !a.mode.is_empty()
+        || !a.subsequences.is_empty();
+    let policy =
+        if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
+    let bar = Bar::new(a.quiet);
+    let opts = CheckOptions {
+        policy: policy.as_ref(),
+        require_encrypted: a.require_encrypted,
+        strict_spans: a.strict_spans,
+        progress: &bar,
+    };
+    let results: Vec<ModelCheck> = a.models.iter().map(|m| check_model(m, &opts)).collect();
+    let code = code_of(&results);
+    let failed = results.iter().filter(|m| !m.passed).count();
+    if a.json {
+        let doc = serde_json::json!({
+            "passed": failed == 0,
+            "exit_code": code,
+            "policy": policy.as_ref().map(|p| p.summary()),
+            "require_encrypted": a.require_encrypted,
+            "models": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for m in &results {
+            print_text(m);
+        }
+    }
+    if failed > 0 {
+        let mut why: Vec<&str> = results.iter().flat_map(|m| &m.failures).map(|f| f.reason).collect();
+        why.sort_unstable();
+        why.dedup();
+        eprintln!("error: check failed for {failed} of {} models ({})", results.len(), why.join(", "));
+    }
+    Ok(ExitCode::from(code))
+}
+
+fn print_text(m: &ModelCheck) {
+    let verdict = if m.passed { "PASS" } else { "FAIL" };
+    let state = if !m.protected {
+        "not protected".to_string()
+    } else {
+        let integrity = if m.integrity.is_some() { "checksum ok" } else { "checksum not verified" };
+        format!("protected, {integrity}, {} tensors, {} encrypted bytes", m.tensors, m.encrypted_bytes)
+    };
+    println!("{verdict} {}: {state}", m.path);
+    for op in &m.ops {
+        println!(
+            "  {}: policy {} {} -> {:.2}% of {} weight bytes encrypted ({}/{} tensors){}",
+            op.op_type,
+            op.coefficient,
+            op.mode,
+            100.0 * op.encrypted_fraction,
+            op.weight_bytes,
+            op.tensors_encrypted,
+            op.tensors,
+            if op.passed { "" } else { " FAIL" }
+        );
+    }
+    for f in &m.failures {
+        let mut at = Vec::new();
+        if let Some(op) = &f.op_type {
+            at.push(op.as_str());
+        }
+        if let Some(t) = &f.tensor {
+            at.push(t.as_str());
+        }
+        let at = if at.is_empty() { String::new() } else { format!(" [{}]", at.join(" ")) };
+        println!("  {}{at}: {}", f.reason, f.detail);
+    }
+}

@@ -1,0 +1,1 @@
+//! rekey and check

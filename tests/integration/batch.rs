@@ -1,1 +1,367 @@
-//! batch
+//! `batch`: every output mirrors its input path, shards split the list exactly,
+//! a killed run resumes and skips finished files, and failures are reported
+//! per file with a non-zero exit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use onnx_protect_core::protect::{decrypt_to_vec, verify, KeySource};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{Model, NoProgress};
+
+use crate::util::{bin, fixture_models, root, run};
+
+/// Copies every fixture folder to `dir/<case>/`, plus `copies` extra copies of
+/// small single-file fixtures under `dir/bulk/<n>/<case>.onnx`. Returns the relative paths of the models.
+fn make_tree(dir: &Path, copies: usize) -> Vec<String> {
+    let mut rels = Vec::new();
+    for m in fixture_models() {
+        let case = m.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let dest = dir.join(&case);
+        std::fs::create_dir_all(&dest).unwrap();
+        for e in std::fs::read_dir(m.parent().unwrap()).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+            }
+        }
+        rels.push(format!("{case}/model.onnx"));
+    }
+    let small: Vec<PathBuf> = ["cnn_torch", "fp16", "roles_mix", "typed_fields"]
+        .iter()
+        .map(|c| root().join("fixtures/models").join(c))
+        .collect();
+    for n in 0..copies {
+        let src = &small[n % small.len()];
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let dest = dir.join("bulk").join(format!("{n:02}"));
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::copy(src.join("model.onnx"), dest.join(format!("{name}.onnx"))).unwrap();
+        rels.push(format!("bulk/{n:02}/{name}.onnx"));
+    }
+    rels.sort();
+    rels
+}
+
+fn keygen(path: &Path) {
+    let (code, _, err) = run(&["keygen", "-o", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}
+
+fn read_key(path: &Path) -> KeySource {
+    let bytes = std::fs::read(path).unwrap();
+    KeySource::Key(MasterKey::parse_key_file(&bytes).unwrap())
+}
+
+/// The report lines of a run, as (path, status, whole line).
+fn report(path: &Path) -> Vec<(String, String, serde_json::Value)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            (v["path"].as_str().unwrap().to_string(), v["status"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+/// Every input file (models and side files) under `src` equals the same relative file under `dst`.
+fn assert_same_tree(src: &Path, dst: &Path, rels: &[String]) {
+    for rel in rels {
+        let a = src.join(rel);
+        assert_eq!(std::fs::read(dst.join(rel)).unwrap(), std::fs::read(&a).unwrap(), "{rel}");
+        for f in Model::open(&a).unwrap().external_files.iter() {
+            let r = Path::new(rel).parent().unwrap().join(&f.location);
+            assert_eq!(std::fs::read(dst.join(&r)).unwrap(), std::fs::read(src.join(&r)).unwrap(), "{}", r.display());
+        }
+    }
+}
+
+#[test]
+fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let rels = make_tree(&src, 4);
+    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
+    keygen(&k1);
+    keygen(&k2);
+    let (s, k1s, k2s) = (src.to_str().unwrap(), k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (enc, re, dec) = (dir.path().join("enc"), dir.path().join("re"), dir.path().join("dec"));
+    let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
+    let rep = dir.path().join("r.jsonl");
+    let rp = rep.to_str().unwrap();
+    let (code, out, err) =
+        run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s, "-j", "2", "--report", rp]);
+    assert_eq!(code, 0, "{out} {err}");
+    let lines = report(&rep);
+    assert_eq!(lines.iter().map(|l| l.0.clone()).collect::<Vec<_>>(), {
+        let mut v = rels.clone();
+        v.sort();
+        lines.iter().map(|l| l.0.clone()).filter(|p| v.contains(p)).collect::<Vec<_>>()
+    });
+    assert_eq!(lines.len(), rels.len());
+    for (path, status, v) in &lines {
+        assert_eq!(status, "ok", "{path}: {v}");
+        assert!(v["input_bytes"].as_u64().unwrap() > 0 && v["output_bytes"].as_u64().unwrap() > 0);
+        assert!(v["seconds"].as_f64().is_some());
+        assert!(v["error"].is_null());
+    }
+    let ext = enc.join("external_data/weights.bin");
+    assert!(ext.exists(), "external data mirrored next to its model");
+    assert_ne!(std::fs::read(&ext).unwrap(), std::fs::read(src.join("external_data/weights.bin")).unwrap());
+    for rel in &rels {
+        verify(&enc.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap();
+    }
+    let (code, out, err) =
+        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s, "-j", "2"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains(&format!("{} ok, 0 skipped, 0 failed", rels.len())), "{out}");
+    let (code, out, err) = run(&["batch", "verify", "--dir", r, "--key-file", k2s, "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out.lines().count(), rels.len());
+    let (code, _, err) = run(&["batch", "verify", "--dir", r, "--key-file", k1s]);
+    assert_eq!(code, 4, "every file fails with a wrong key: {err}");
+    let (code, out, err) = run(&["batch", "decrypt", "--dir", r, "--out-dir", d, "--key-file", k2s]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_same_tree(&src, &dec, &rels);
+    // The state directory is never taken for input.
+    let (code, out, err) = run(&["batch", "verify", "--dir", e]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{} files", rels.len())), "{out}");
+}
+
+#[test]
+fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let rels = make_tree(&src, 9);
+    let key = dir.path().join("k.key");
+    keygen(&key);
+    for by in ["index", "hash"] {
+        let out = dir.path().join(format!("out-{by}"));
+        let n = 3;
+        let children: Vec<_> = (0..n)
+            .map(|i| {
+                let rep = dir.path().join(format!("{by}-{i}.jsonl"));
+                let child = Command::new(bin())
+                    .args(["batch", "encrypt", "--dir", src.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+                    .args(["--key-file", key.to_str().unwrap(), "--jobs", "1", "--shard", &format!("{i}/{n}")])
+                    .args(["--shard-by", by, "--report", rep.to_str().unwrap()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (child, rep)
+            })
+            .collect();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut sizes = Vec::new();
+        for (child, rep) in children {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let lines = report(&rep);
+            sizes.push(lines.len());
+            for (path, status, _) in lines {
+                assert_eq!(status, "ok");
+                *seen.entry(path).or_default() += 1;
+            }
+        }
+        assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), rels, "{by}: the shards together cover the list");
+        assert!(seen.values().all(|&c| c == 1), "{by}: a file was processed twice: {seen:?}");
+        if by == "index" {
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        }
+        // A shard is deterministic: the same shard again finds all its files finished.
+        let (code, stdout, err) = run(&[
+            "batch",
+            "encrypt",
+            "--dir",
+            src.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--shard",
+            "1/3",
+            "--shard-by",
+            by,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            stdout.contains(&format!("{} files (shard 1/3 of {}): 0 ok, {} skipped", sizes[1], rels.len(), sizes[1])),
+            "{stdout}"
+        );
+    }
+    // Bad shard specifications are refused before anything runs.
+    for bad in ["3/3", "1", "a/3", "0/0"] {
+        let (code, _, err) = run(&["batch", "verify", "--dir", src.to_str().unwrap(), "--shard", bad]);
+        assert_eq!(code, 1, "{bad}: {err}");
+        assert!(err.starts_with("error: --shard"), "{err}");
+    }
+}
+
+#[test]
+fn a_killed_batch_resumes_and_skips_finished_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let rels = make_tree(&src, 40 - fixture_models().len());
+    assert_eq!(rels.len(), 40);
+    let out = dir.path().join("out");
+    let rep1 = dir.path().join("run1.jsonl");
+    // A passphrase makes every file cost one Argon2id derivation, so the run is slow enough to interrupt.
+    let spawn = |rep: &Path, jobs: &str| {
+        Command::new(bin())
+            .args(["batch", "encrypt", "--dir", src.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+            .args(["--passphrase-env", "OP_TEST_PASS", "--jobs", jobs, "--report", rep.to_str().unwrap()])
+            .env("OP_TEST_PASS", "batch test passphrase")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&rep1, "1");
+    let t0 = Instant::now();
+    while report(&rep1).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the batch ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = report(&rep1);
+    assert!(first.len() < rels.len(), "killed mid-way: {} of {} reported", first.len(), rels.len());
+    let finished: BTreeSet<String> = first.iter().filter(|l| l.1 == "ok").map(|l| l.0.clone()).collect();
+    assert!(finished.len() >= 3);
+    // Whatever the kill interrupted, every output present is complete: it parses and its checksum holds.
+    for rel in &rels {
+        let p = out.join(rel);
+        if p.exists() {
+            verify(&p, None, &NoProgress).unwrap_or_else(|e| panic!("{rel}: partial output: {e}"));
+        }
+    }
+    // The re-run finishes the job and skips what was finished.
+    let rep2 = dir.path().join("run2.jsonl");
+    let o = spawn(&rep2, "2").wait_with_output().unwrap();
+    assert!(o.status.success());
+    let second = report(&rep2);
+    assert_eq!(second.iter().map(|l| l.0.clone()).collect::<BTreeSet<_>>(), rels.iter().cloned().collect());
+    for (path, status, v) in &second {
+        let want = if finished.contains(path) { "skipped" } else { "ok" };
+        assert_eq!(status, want, "{path}: {v}");
+    }
+    // Every output decrypts to its original.
+    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"batch test passphrase".to_vec()));
+    let dec = dir.path().join("dec");
+    let (code, stdout, err) = {
+        let o = Command::new(bin())
+            .args(["batch", "decrypt", "--dir", out.to_str().unwrap(), "--out-dir", dec.to_str().unwrap()])
+            .args(["--passphrase-env", "OP_TEST_PASS", "--jobs", "2"])
+            .env("OP_TEST_PASS", "batch test passphrase")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{stdout} {err}");
+    assert_same_tree(&src, &dec, &rels);
+    let one = Model::open(out.join(&rels[0])).unwrap();
+    if one.external_files.is_empty() {
+        assert_eq!(decrypt_to_vec(&one, &pass).unwrap(), std::fs::read(src.join(&rels[0])).unwrap());
+    }
+}
+
+#[test]
+fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    let cnn = root().join("fixtures/models/cnn_torch/model.onnx");
+    let fp16 = root().join("fixtures/models/fp16/model.onnx");
+    std::fs::copy(&cnn, src.join("a/one.onnx")).unwrap();
+    std::fs::copy(&cnn, src.join("two.onnx")).unwrap();
+    std::fs::copy(&fp16, src.join("three.onnx")).unwrap();
+    std::fs::copy(root().join("fixtures/malformed/garbage.onnx"), src.join("bad.onnx")).unwrap();
+    let key = dir.path().join("k.key");
+    keygen(&key);
+    let out = dir.path().join("out");
+    // A list file: relative entries, a comment, a blank line and a missing file.
+    let list = dir.path().join("models.txt");
+    std::fs::write(&list, "# models\na/one.onnx\n\ntwo.onnx\nthree.onnx\nbad.onnx\nmissing.onnx\n").unwrap();
+    let rep = dir.path().join("r.jsonl");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "batch",
+            "encrypt",
+            "--list",
+            list.to_str().unwrap(),
+            "--base",
+            src.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run_v = |v: Vec<String>| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+    let status = || report(&rep).into_iter().map(|(p, s, _)| (p, s)).collect::<BTreeMap<_, _>>();
+    let (code, stdout, err) = run_v(args(&[]));
+    assert_eq!(code, 1, "two failures of different kinds exit 1: {stdout} {err}");
+    assert!(err.starts_with("error: batch encrypt: 2 of 5 files failed (see the report)"), "{err}");
+    assert!(stdout.contains("failed bad.onnx: "), "{stdout}");
+    let s = status();
+    assert_eq!(s["a/one.onnx"], "ok");
+    assert_eq!(s["bad.onnx"], "failed");
+    assert_eq!(s["missing.onnx"], "failed");
+    let bad = report(&rep).into_iter().find(|l| l.0 == "bad.onnx").unwrap().2;
+    assert_eq!(bad["exit_code"], 3);
+    assert!(bad["error"].as_str().unwrap().len() > 5);
+    assert!(out.join("a/one.onnx").exists() && !out.join("bad.onnx").exists());
+    // Fix the list; replace one input and damage one output: exactly those two are redone.
+    std::fs::write(&list, "a/one.onnx\ntwo.onnx\nthree.onnx\n").unwrap();
+    std::fs::copy(&fp16, src.join("two.onnx")).unwrap();
+    let mut damaged = std::fs::read(out.join("three.onnx")).unwrap();
+    damaged.truncate(damaged.len() - 1);
+    std::fs::write(out.join("three.onnx"), &damaged).unwrap();
+    let (code, stdout, err) = run_v(args(&[]));
+    assert_eq!(code, 0, "{stdout} {err}");
+    let s = status();
+    assert_eq!(s["a/one.onnx"], "skipped");
+    assert_eq!(s["two.onnx"], "ok");
+    assert_eq!(s["three.onnx"], "ok");
+    let k = read_key(&key);
+    for (name, orig) in [("two.onnx", &fp16), ("three.onnx", &fp16), ("a/one.onnx", &cnn)] {
+        let m = Model::open(out.join(name)).unwrap();
+        assert_eq!(decrypt_to_vec(&m, &k).unwrap(), std::fs::read(orig).unwrap(), "{name}");
+    }
+    // Another key or policy is other settings: nothing is skipped. --force redoes everything too.
+    let (code, _, err) = run_v(args(&["--coefficient", "*=0.5"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(status().values().all(|s| s == "ok"));
+    let (code, _, err) = run_v(args(&["--coefficient", "*=0.5", "--force"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(status().values().all(|s| s == "ok"));
+    // Usage mistakes are refused before any work.
+    let (code, _, err) =
+        run(&["batch", "decrypt", "--dir", src.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: batch decrypt needs --out-dir"), "{err}");
+    let s = src.to_str().unwrap();
+    let (code, _, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", s, "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--out-dir is the input directory"), "{err}");
+}

@@ -1,1 +1,419 @@
-//! rekey and check
+//! `rekey` keeps the key-independent positions, draws a fresh salt and refuses a
+//! wrong key or a modified model before writing anything; `check` passes a
+//! model protected as the policy asks and fails each kind of weaker protection.
+
+use std::path::{Path, PathBuf};
+
+use onnx_protect_core::protect::{decrypt, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
+use onnx_protect_core::rekey::{rekey, RekeyOptions};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_select::Policy;
+use zeroize::Zeroizing;
+
+use crate::util::{copy_fixture, fixture_models, root, run};
+
+fn key(b: u8) -> KeySource {
+    KeySource::Key(MasterKey::from_bytes([b; 32]))
+}
+
+fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
+    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, progress: &NoProgress })
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+}
+
+fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::protect::Result<()> {
+    rekey(input, output, old, new, &RekeyOptions { in_place: false, progress: &NoProgress }).map(|_| ())
+}
+
+fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::protect::Result<()> {
+    decrypt(input, output, k, &DecryptOptions { in_place: false, progress: &NoProgress }).map(|_| ())
+}
+
+/// Every file of `dir` whose name starts with the temp-file prefix (none if `dir` does not exist).
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".onnx-protect-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn ctr_all() -> Policy {
+    let mut p = Policy::default();
+    p.apply_override("mode", "*=ctr").unwrap();
+    p.apply_override("coefficient", "*=1").unwrap();
+    p
+}
+
+#[test]
+fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
+    for model in fixture_models() {
+        for (name, policy) in [("default", Policy::default()), ("ctr-all", ctr_all())] {
+            let dir = tempfile::tempdir().unwrap();
+            let a = dir.path().join("a").join("model.onnx");
+            let b = dir.path().join("b").join("model.onnx");
+            enc(&model, &a, &key(1), &policy);
+            rk(&a, &b, &key(1), &key(2)).unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
+            let (ma, mb) = (Model::open(&a).unwrap(), Model::open(&b).unwrap());
+            let (pa, pb) = (read_protected(&ma).unwrap(), read_protected(&mb).unwrap());
+            // Key-independent positions: every tensor entry is identical (locators, spans, modes, stream ids).
+            assert_eq!(pa.manifest.tensors, pb.manifest.tensors, "{} {name}", model.display());
+            assert_eq!(pa.manifest.chunk_size, pb.manifest.chunk_size);
+            assert_eq!(pa.manifest.policy_summary, pb.manifest.policy_summary);
+            assert_eq!(
+                pa.targets.iter().map(|t| (t.tensor, t.stream_id, t.mode, t.spans.clone())).collect::<Vec<_>>(),
+                pb.targets.iter().map(|t| (t.tensor, t.stream_id, t.mode, t.spans.clone())).collect::<Vec<_>>()
+            );
+            assert_ne!(pa.manifest.salt, pb.manifest.salt, "salt must be fresh");
+            assert_ne!(pa.manifest.key_check, pb.manifest.key_check);
+            // The ciphertext changed wherever a span is long enough to tell.
+            for (ta, tb) in pa.targets.iter().zip(&pb.targets) {
+                let (ca, cb) = (ma.tensor_bytes(ta.tensor).unwrap(), mb.tensor_bytes(tb.tensor).unwrap());
+                let &(x, y) = ta.spans.iter().max_by_key(|(x, y)| y - x).unwrap();
+                if y - x >= 8 {
+                    assert_ne!(&ca[x as usize..y as usize], &cb[x as usize..y as usize], "{}", ta.tensor);
+                }
+            }
+            drop((ma, mb));
+            // The old key no longer opens the rekeyed model; the new key restores the original bytes.
+            let out = dir.path().join("old").join("model.onnx");
+            assert_eq!(dec(&b, &out, &key(1)).unwrap_err().kind(), "wrong_key");
+            assert!(!out.exists());
+            let back = dir.path().join("dec").join("model.onnx");
+            dec(&b, &back, &key(2)).unwrap();
+            assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{} {name}", model.display());
+            for f in Model::open(&model).unwrap().external_files.iter() {
+                let restored = dir.path().join("dec").join(&f.location);
+                assert_eq!(std::fs::read(&restored).unwrap(), std::fs::read(&f.path).unwrap(), "{}", f.location);
+            }
+        }
+    }
+}
+
+#[test]
+fn rekey_switches_between_passphrases_and_keys() {
+    let model = root().join("fixtures/models/fp16/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let pass = KeySource::Passphrase(Zeroizing::new(b"old passphrase".to_vec()));
+    let (a, b, c) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"), dir.path().join("c.onnx"));
+    enc(&model, &a, &pass, &Policy::default());
+    rk(&a, &b, &pass, &key(5)).unwrap();
+    let mb = Model::open(&b).unwrap();
+    assert!(read_protected(&mb).unwrap().manifest.kdf.is_none(), "a key needs no KDF parameters");
+    let new_pass = KeySource::Passphrase(Zeroizing::new(b"new passphrase".to_vec()));
+    rk(&b, &c, &key(5), &new_pass).unwrap();
+    let mc = Model::open(&c).unwrap();
+    let pc = read_protected(&mc).unwrap();
+    assert_eq!(pc.manifest.kdf.as_ref().map(|k| k.algorithm.as_str()), Some("argon2id"));
+    assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &new_pass).unwrap(), std::fs::read(&model).unwrap());
+    assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &pass).unwrap_err().kind(), "wrong_key");
+}
+
+/// A protected copy of cnn_torch and two key files, made with the CLI.
+fn cli_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let (old, new) = (dir.join("old.key"), dir.join("new.key"));
+    for k in [&old, &new] {
+        let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let enc = dir.join("enc.onnx");
+    let (code, _, err) =
+        run(&["encrypt", model.to_str().unwrap(), "-o", enc.to_str().unwrap(), "--key-file", old.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    (enc, old, new)
+}
+
+#[test]
+fn rekey_cli_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, old, new) = cli_setup(dir.path());
+    let out = dir.path().join("re.onnx");
+    let (e, o, k, n) = (enc.to_str().unwrap(), out.to_str().unwrap(), old.to_str().unwrap(), new.to_str().unwrap());
+    let (code, stdout, err) = run(&["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["tensors"], 9);
+    let back = dir.path().join("back.onnx");
+    let (code, _, err) = run(&["decrypt", o, "-o", back.to_str().unwrap(), "--key-file", n]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(root().join("fixtures/models/cnn_torch/model.onnx")).unwrap()
+    );
+    // The new key comes from an environment variable just as well.
+    let hex = std::fs::read_to_string(&new).unwrap();
+    let out2 = dir.path().join("re2.onnx");
+    let st = std::process::Command::new(crate::util::bin())
+        .args(["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n, "--new-key-env", "OP_TEST_NEW_KEY"])
+        .env("OP_TEST_NEW_KEY", hex.trim())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // No new key, or two new keys: usage errors.
+    let (code, _, err) = run(&["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: a new key is required"), "{err}");
+}
+
+fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {
+    let (got, out, err) = run(args);
+    assert_eq!(got, code, "{args:?}: stdout {out} stderr {err}");
+    assert!(out.is_empty(), "{args:?}: printed {out}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with("error: ") && first.contains(needle), "{args:?}: {err}");
+    assert!(!no_output.exists(), "{args:?} left {}", no_output.display());
+    assert!(temp_files(no_output.parent().unwrap()).is_empty(), "temp files left behind");
+}
+
+#[test]
+fn rekey_refuses_a_wrong_old_key_and_a_tampered_model_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, old, new) = cli_setup(dir.path());
+    let out = dir.path().join("out").join("re.onnx");
+    let (e, o, k, n) = (enc.to_str().unwrap(), out.to_str().unwrap(), old.to_str().unwrap(), new.to_str().unwrap());
+    // Wrong old key (the new key given as the old one).
+    assert_refused(&["rekey", e, "-o", o, "--key-file", n, "--new-key-file", k], 4, "wrong key", &out);
+    // One flipped ciphertext bit inside an encrypted span.
+    let m = Model::open(&enc).unwrap();
+    let p = read_protected(&m).unwrap();
+    let t = &m.tensors[p.targets[2].tensor];
+    let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
+    let at = (range.start + p.targets[2].spans[0].0 + 1) as usize;
+    drop(m);
+    let original = std::fs::read(&enc).unwrap();
+    let mut bytes = original.clone();
+    bytes[at] ^= 0x40;
+    std::fs::write(&enc, &bytes).unwrap();
+    assert_refused(&["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n], 5, "modified", &out);
+    // In place: the tampered input stays exactly as it was.
+    let (code, _, err) = run(&["rekey", e, "--in-place", "--key-file", k, "--new-key-file", n]);
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(std::fs::read(&enc).unwrap(), bytes);
+    assert!(temp_files(dir.path()).is_empty());
+    // Not protected at all.
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    assert_refused(
+        &["rekey", plain.to_str().unwrap(), "-o", o, "--key-file", k, "--new-key-file", n],
+        6,
+        "not protected",
+        &out,
+    );
+}
+
+#[test]
+fn rekey_in_place_rewrites_external_data_too() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let names = ["model.onnx", "weights.bin", "extra.bin"];
+    let read_all = || names.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect::<Vec<_>>();
+    let original = read_all();
+    let keys = tempfile::tempdir().unwrap();
+    let (old, new) = (keys.path().join("old.key"), keys.path().join("new.key"));
+    run(&["keygen", "-o", old.to_str().unwrap()]);
+    run(&["keygen", "-o", new.to_str().unwrap()]);
+    let (m, k, n) = (model.to_str().unwrap(), old.to_str().unwrap(), new.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    let encrypted = read_all();
+    assert_ne!(encrypted[1], original[1], "weights.bin holds encrypted spans");
+    let (code, _, err) = run(&["rekey", m, "--in-place", "--key-file", k, "--new-key-file", n]);
+    assert_eq!(code, 0, "{err}");
+    let rekeyed = read_all();
+    assert_ne!(rekeyed[1], encrypted[1], "the external ciphertext was re-encrypted");
+    assert_eq!(rekeyed[1].len(), encrypted[1].len());
+    let (code, _, err) = run(&["decrypt", m, "--in-place", "--key-file", k]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = run(&["decrypt", m, "--in-place", "--key-file", n]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read_all(), original);
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+// ---------------------------------------------------------------- check
+
+/// Encrypts cnn_torch with the given extra CLI policy options; returns the protected path.
+fn protect_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let keyfile = dir.join("k.key");
+    if !keyfile.exists() {
+        run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    }
+    let out = dir.join(name);
+    let mut args =
+        vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
+/// Runs `check --json` and returns (exit code, parsed document, stderr).
+fn check_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut full = vec!["check", "--json"];
+    full.extend_from_slice(args);
+    let (code, out, err) = run(&full);
+    let doc = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{full:?}: {e}: {out} {err}"));
+    (code, doc, err)
+}
+
+fn reasons(doc: &serde_json::Value, model: usize) -> Vec<(String, String, String)> {
+    doc["models"][model]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+            (s("reason"), s("op_type"), s("tensor"))
+        })
+        .collect()
+}
+
+#[test]
+fn check_passes_a_model_protected_as_the_policy_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = protect_with(dir.path(), "default.onnx", &[]);
+    let ctr = protect_with(dir.path(), "ctr.onnx", &["--mode", "*=ctr", "--coefficient", "*=0.5"]);
+    let (ps, cs) = (p.to_str().unwrap(), ctr.to_str().unwrap());
+    let (code, doc, err) = check_json(&[ps, cs, "--builtin-policy", "--require-encrypted"]);
+    assert_eq!(code, 0, "{doc} {err}");
+    assert_eq!(doc["passed"], true);
+    for m in 0..2 {
+        assert_eq!(doc["models"][m]["passed"], true);
+        assert_eq!(doc["models"][m]["integrity"], "checksum");
+        assert!(reasons(&doc, m).is_empty());
+        let ops: Vec<&str> =
+            doc["models"][m]["ops"].as_array().unwrap().iter().map(|o| o["op_type"].as_str().unwrap()).collect();
+        assert_eq!(ops, ["BatchNormalization", "Conv", "Gemm"]);
+    }
+    assert!(err.is_empty(), "{err}");
+    // A policy file asking exactly for what was used passes; text output names the verdict.
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "version = 1\n[defaults]\ncoefficient = 0.5\nmode = \"ctr\"\n").unwrap();
+    let (code, out, err) = run(&["check", cs, "--policy", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.starts_with("PASS "), "{out}");
+    // Without a policy, a protected model with an intact checksum passes, and so does an
+    // unprotected one unless --require-encrypted is given.
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    let (code, _, err) = run(&["check", ps, plain.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_fails_an_unprotected_model() {
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = plain.to_str().unwrap();
+    let (code, doc, err) = check_json(&[m, "--require-encrypted"]);
+    assert_eq!(code, 8, "{doc}");
+    assert_eq!(doc["passed"], false);
+    assert_eq!(reasons(&doc, 0), [("not_protected".into(), String::new(), String::new())]);
+    assert!(err.starts_with("error: check failed for 1 of 1 models (not_protected)"), "{err}");
+    // A policy that selects weights in the model implies that it must be protected.
+    let (code, doc, _) = check_json(&[m, "--builtin-policy"]);
+    assert_eq!(code, 8);
+    assert_eq!(reasons(&doc, 0)[0].0, "not_protected");
+    // Text output, exit code and one error line.
+    let (code, out, err) = run(&["check", m, "--require-encrypted"]);
+    assert_eq!(code, 8);
+    assert!(out.starts_with("FAIL "), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn check_fails_a_coefficient_below_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = protect_with(dir.path(), "low.onnx", &["--coefficient", "Conv=0.1"]);
+    let (code, doc, _) = check_json(&[p.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc}");
+    // conv1.weight has 8 rows: 0.25 selects 2 of them, 0.1 selected 1. conv2.weight (4 rows) needs 1 either way.
+    assert_eq!(reasons(&doc, 0), [("coefficient_below_policy".into(), "Conv".into(), "conv1.weight".into())]);
+    let conv = doc["models"][0]["ops"].as_array().unwrap().iter().find(|o| o["op_type"] == "Conv").unwrap().clone();
+    assert_eq!(conv["passed"], false);
+    assert!(conv["encrypted_bytes"].as_u64().unwrap() < conv["required_bytes"].as_u64().unwrap());
+    // The same model passes a policy that asks for 0.1 on Conv.
+    let (code, doc, _) = check_json(&[p.to_str().unwrap(), "--builtin-policy", "--coefficient", "Conv=0.1"]);
+    assert_eq!(code, 0, "{doc}");
+}
+
+#[test]
+fn check_fails_a_weaker_mode_but_accepts_a_stronger_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp = protect_with(dir.path(), "fp.onnx", &[]);
+    let (code, doc, _) = check_json(&[fp.to_str().unwrap(), "--builtin-policy", "--mode", "Gemm=ctr"]);
+    assert_eq!(code, 8, "{doc}");
+    let r = reasons(&doc, 0);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r.iter().all(|(reason, op, _)| reason == "mode_weaker" && op == "Gemm"), "{r:?}");
+    // ctr where fp is asked is stronger, so it passes.
+    let ctr = protect_with(dir.path(), "ctr.onnx", &["--mode", "*=ctr"]);
+    let (code, doc, _) = check_json(&[ctr.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 0, "{doc}");
+}
+
+#[test]
+fn check_fails_an_op_type_that_is_not_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = protect_with(dir.path(), "nogemm.onnx", &["--coefficient", "Gemm=0"]);
+    let (code, doc, _) = check_json(&[p.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc}");
+    assert_eq!(reasons(&doc, 0), [("op_not_covered".into(), "Gemm".into(), String::new())]);
+}
+
+#[test]
+fn check_fails_a_selected_tensor_that_is_not_encrypted_and_strict_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the Gemm weight (role B), split in two halves of which the first is encrypted.
+    let used = dir.path().join("used.toml");
+    std::fs::write(&used, "version = 1\n[ops.Gemm]\nroles = [\"B\"]\ncoefficient = 0.5\nsubsequences = 2\n").unwrap();
+    let p = protect_with(dir.path(), "gemm_w.onnx", &["--policy", used.to_str().unwrap()]);
+    let ps = p.to_str().unwrap();
+    // The built-in policy also selects the Gemm bias (role C).
+    let (code, doc, _) = check_json(&[ps, "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc}");
+    assert_eq!(reasons(&doc, 0), [("tensor_not_encrypted".into(), "Gemm".into(), "fc.bias".into())]);
+    // Against the weight-only policy with rows (0.25 of 10 rows = rows 0, 3, 6): the first half
+    // (rows 0-4) is more bytes, so it passes by amount, but it does not contain row 6.
+    let rows = dir.path().join("rows.toml");
+    std::fs::write(&rows, "version = 1\n[ops.Gemm]\nroles = [\"B\"]\n").unwrap();
+    let (code, doc, _) = check_json(&[ps, "--policy", rows.to_str().unwrap()]);
+    assert_eq!(code, 0, "{doc}");
+    let (code, doc, _) = check_json(&[ps, "--policy", rows.to_str().unwrap(), "--strict-spans"]);
+    assert_eq!(code, 8, "{doc}");
+    assert_eq!(reasons(&doc, 0), [("coefficient_below_policy".into(), "Gemm".into(), "fc.weight".into())]);
+}
+
+#[test]
+fn check_fails_a_model_whose_ciphertext_no_longer_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = protect_with(dir.path(), "enc.onnx", &[]);
+    let ok = protect_with(dir.path(), "ok.onnx", &["--coefficient", "Gemm=0"]);
+    let m = Model::open(&p).unwrap();
+    let pr = read_protected(&m).unwrap();
+    let t = &m.tensors[pr.targets[0].tensor];
+    let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
+    let at = (range.start + pr.targets[0].spans[0].0) as usize;
+    drop(m);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&p, &bytes).unwrap();
+    let (code, doc, err) = check_json(&[p.to_str().unwrap()]);
+    assert_eq!(code, 5, "{doc}");
+    assert_eq!(reasons(&doc, 0)[0].0, "modified");
+    assert!(err.contains("modified"), "{err}");
+    // Modified beats a weaker-protection failure of another model in the exit code.
+    let (code, doc, _) = check_json(&[ok.to_str().unwrap(), p.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 5, "{doc}");
+    assert_eq!(reasons(&doc, 0)[0].0, "op_not_covered");
+    // A broken file is a bad model (exit 3); a bad policy exits 7.
+    let garbage = root().join("fixtures/malformed/garbage.onnx");
+    let (code, doc, _) = check_json(&[garbage.to_str().unwrap()]);
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(reasons(&doc, 0)[0].0, "bad_model");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = 1\n[ops.Conv]\ncoefficient = 3\n").unwrap();
+    let (code, out, err) = run(&["check", ok.to_str().unwrap(), "--policy", bad.to_str().unwrap()]);
+    assert_eq!(code, 7, "{out} {err}");
+    assert!(out.is_empty());
+}

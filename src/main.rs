@@ -8,6 +8,7 @@ mod cmd_check;
 mod cmd_inspect;
 mod cmd_protect;
 mod cmd_rekey;
+mod cmd_transform;
 mod exit;
 mod keys;
 mod output;
@@ -42,6 +43,10 @@ enum Command {
     Batch(Box<cmd_batch::Args>),
     /// CI gate: fail unless every model is protected, intact and as strong as a policy asks (docs/ci.md).
     Check(cmd_check::Args),
+    /// Apply (or undo) a key-derived block-wise transform to images or .npy tensors (docs/transforms.md).
+    TransformInput(cmd_transform::TransformInputArgs),
+    /// Rewrite a patch-embedding model (ConvMixer, ViT) to work only on key-transformed inputs.
+    EncryptPatchEmbedding(cmd_transform::EncryptPatchEmbeddingArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,8 @@ fn main() -> ExitCode {
         Command::Rekey(a) => cmd_rekey::run(a),
         Command::Batch(a) => cmd_batch::run(*a),
         Command::Check(a) => cmd_check::run(a),
+        Command::TransformInput(a) => cmd_transform::transform_input(a),
+        Command::EncryptPatchEmbedding(a) => cmd_transform::encrypt_patch_embedding_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,74 @@
+//! The crate's error type.
+//!
+//! No variant carries key material or anything derived from it (permutations,
+//! flip masks, FFX tables): only shapes, names, positions and parameters.
+
+use std::path::PathBuf;
+
+use onnx_protect_crypto::CryptoError;
+use onnx_protect_format::FormatError;
+
+/// Everything that can go wrong when transforming inputs or a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransformError {
+    /// The requested transform is not valid (block size, no transform chosen, bad range, ...).
+    #[error("invalid transform: {0}")]
+    Spec(String),
+    /// The input tensor or image does not fit the transform (shape, layout, channels).
+    #[error("{0}")]
+    Shape(String),
+    /// A value lies outside the declared value range (needed by neg/pos flip and FFX).
+    #[error("value {value} at element {index} is outside the declared range [{lo}, {hi}]")]
+    OutOfRange { index: usize, value: f64, lo: f64, hi: f64 },
+    /// A `.npy` file that this crate cannot read.
+    #[error("npy: {0}")]
+    Npy(String),
+    /// An image that cannot be decoded or encoded.
+    #[error("image: {0}")]
+    Image(String),
+    /// Reading or writing a file failed.
+    #[error("cannot access {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The model has no patch-embedding layer the transform can be absorbed into.
+    #[error("no patch-embedding layer: {0}")]
+    NoPatchEmbedding(String),
+    /// The requested input transform cannot be absorbed into this model.
+    #[error("cannot absorb the transform: {0}")]
+    CannotAbsorb(String),
+    /// The model uses something this implementation does not handle.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// The model is in the wrong state (already transformed, or encrypted).
+    #[error("{0}")]
+    State(String),
+    /// The model could not be parsed or written.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A key-derivation or keystream failure.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl TransformError {
+    /// A short, stable identifier of the error kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::Spec(_) => "spec",
+            TransformError::Shape(_) => "shape",
+            TransformError::OutOfRange { .. } => "out_of_range",
+            TransformError::Npy(_) => "npy",
+            TransformError::Image(_) => "image",
+            TransformError::Io { .. } => "io",
+            TransformError::NoPatchEmbedding(_) => "no_patch_embedding",
+            TransformError::CannotAbsorb(_) => "cannot_absorb",
+            TransformError::Unsupported(_) => "unsupported",
+            TransformError::State(_) => "state",
+            TransformError::Format(_) => "format",
+            TransformError::Crypto(_) => "crypto",
+        }
+    }
+}
+
+/// Result with [`TransformError`].
+pub type Result<T, E = TransformError> = std::result::Result<T, E>;

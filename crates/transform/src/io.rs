@@ -1,0 +1,219 @@
+//! Reading and writing images (PNG, JPEG) and `.npy` tensors as [`Images`],
+//! and atomic file output.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::block::{Images, Layout, Samples};
+use crate::error::{Result, TransformError};
+use crate::npy::{self, NpyArray};
+
+/// A supported file type, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Npy,
+    Png,
+    Jpeg,
+}
+
+impl FileKind {
+    /// The kind of `path` from its extension (`.npy`, `.png`, `.jpg`/`.jpeg`).
+    pub fn of(path: &Path) -> Result<FileKind> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+        match ext.as_str() {
+            "npy" => Ok(FileKind::Npy),
+            "png" => Ok(FileKind::Png),
+            "jpg" | "jpeg" => Ok(FileKind::Jpeg),
+            _ => Err(TransformError::Spec(format!(
+                "{}: unknown file type (use .npy, .png, .jpg or .jpeg)",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Whether this is an image format (not a tensor).
+    pub fn is_image(self) -> bool {
+        !matches!(self, FileKind::Npy)
+    }
+}
+
+/// Images read from a file, with what is needed to write them back in the same form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub images: Images,
+    pub kind: FileKind,
+    /// The `.npy` shape as stored (rank 2, 3 or 4); empty for image files.
+    pub npy_shape: Vec<usize>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransformError + '_ {
+    move |source| TransformError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads `path`. `.npy` arrays are interpreted with `layout`: rank 4 is `NCHW`/`NHWC`,
+/// rank 3 one `CHW`/`HWC` image, rank 2 one single-channel `HW` image. Image files are
+/// 8-bit gray, gray+alpha, RGB or RGBA (stored `NHWC` with `N = 1`).
+pub fn load(path: &Path, layout: Layout) -> Result<Loaded> {
+    let kind = FileKind::of(path)?;
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    match kind {
+        FileKind::Npy => {
+            let a = npy::read(&bytes)?;
+            let s = &a.shape;
+            let (n, c, h, w) = match (s.len(), layout) {
+                (4, Layout::Nchw) => (s[0], s[1], s[2], s[3]),
+                (4, Layout::Nhwc) => (s[0], s[3], s[1], s[2]),
+                (3, Layout::Nchw) => (1, s[0], s[1], s[2]),
+                (3, Layout::Nhwc) => (1, s[2], s[0], s[1]),
+                (2, _) => (1, 1, s[0], s[1]),
+                (r, _) => {
+                    return Err(TransformError::Shape(format!(
+                        "{}: a rank-{r} array is not a batch of images (need rank 2, 3 or 4)",
+                        path.display()
+                    )))
+                }
+            };
+            let layout = if s.len() == 2 { Layout::Nchw } else { layout };
+            let images = Images { n, c, h, w, layout, data: a.data };
+            images.validate()?;
+            Ok(Loaded { images, kind, npy_shape: a.shape })
+        }
+        FileKind::Png | FileKind::Jpeg => {
+            let img = image::load_from_memory(&bytes)
+                .map_err(|e| TransformError::Image(format!("{}: {e}", path.display())))?;
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            let (c, data) = match img {
+                image::DynamicImage::ImageLuma8(b) => (1, b.into_raw()),
+                image::DynamicImage::ImageLumaA8(b) => (2, b.into_raw()),
+                image::DynamicImage::ImageRgb8(b) => (3, b.into_raw()),
+                image::DynamicImage::ImageRgba8(b) => (4, b.into_raw()),
+                other => {
+                    return Err(TransformError::Image(format!(
+                        "{}: {:?} images are not supported; convert to 8 bits per channel or use .npy",
+                        path.display(),
+                        other.color()
+                    )))
+                }
+            };
+            let images = Images { n: 1, c, h, w, layout: Layout::Nhwc, data: Samples::U8(data) };
+            images.validate()?;
+            Ok(Loaded { images, kind, npy_shape: Vec::new() })
+        }
+    }
+}
+
+/// Encodes `loaded` for `path` (whose extension chooses the format) and writes it atomically.
+/// `.npy` output keeps the input's shape and element type; image output needs
+/// one 8-bit image (JPEG: gray or RGB only; JPEG is lossy, quality 95).
+pub fn save(path: &Path, loaded: &Loaded) -> Result<()> {
+    let kind = FileKind::of(path)?;
+    let im = &loaded.images;
+    let bytes = match kind {
+        FileKind::Npy => {
+            let shape = if loaded.npy_shape.is_empty() {
+                match im.layout {
+                    Layout::Nchw => vec![im.n, im.c, im.h, im.w],
+                    Layout::Nhwc => vec![im.n, im.h, im.w, im.c],
+                }
+            } else {
+                loaded.npy_shape.clone()
+            };
+            npy::write(&NpyArray { shape, data: im.data.clone() })?
+        }
+        FileKind::Png | FileKind::Jpeg => encode_image(im, kind)?,
+    };
+    write_atomic(path, |f| f.write_all(&bytes))
+}
+
+fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
+    use image::ImageEncoder;
+    let Samples::U8(data) = &im.data else {
+        return Err(TransformError::Image(format!(
+            "{} data cannot be written as an image; use .npy",
+            im.data.type_name()
+        )));
+    };
+    if im.n != 1 {
+        return Err(TransformError::Image(format!("{} images cannot be written to one image file; use .npy", im.n)));
+    }
+    let color = match im.c {
+        1 => image::ExtendedColorType::L8,
+        2 => image::ExtendedColorType::La8,
+        3 => image::ExtendedColorType::Rgb8,
+        4 => image::ExtendedColorType::Rgba8,
+        c => return Err(TransformError::Image(format!("{c}-channel data cannot be written as an image"))),
+    };
+    // Image encoders want interleaved (HWC) pixels.
+    let hwc: Vec<u8> = match im.layout {
+        Layout::Nhwc => data.clone(),
+        Layout::Nchw => {
+            let mut v = vec![0u8; data.len()];
+            for c in 0..im.c {
+                for p in 0..im.h * im.w {
+                    v[p * im.c + c] = data[c * im.h * im.w + p];
+                }
+            }
+            v
+        }
+    };
+    let (w, h) = (
+        u32::try_from(im.w).map_err(|_| TransformError::Image("image too wide".into()))?,
+        u32::try_from(im.h).map_err(|_| TransformError::Image("image too tall".into()))?,
+    );
+    let mut out = Vec::new();
+    let res = match kind {
+        FileKind::Jpeg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95).write_image(&hwc, w, h, color)
+        }
+        _ => image::codecs::png::PngEncoder::new(&mut out).write_image(&hwc, w, h, color),
+    };
+    res.map_err(|e| TransformError::Image(e.to_string()))?;
+    Ok(out)
+}
+
+/// Writes a file atomically: into a temporary file in the destination's directory,
+/// flushed to disk, then renamed over the destination.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let err = |source| TransformError::Io { path: path.to_path_buf(), source };
+    let mut tmp = tempfile::Builder::new().prefix(".onnx-protect-").tempfile_in(&dir).map_err(err)?;
+    fill(tmp.as_file_mut()).map_err(err)?;
+    tmp.as_file_mut().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_keeps_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        let data: Vec<u8> = (0..4 * 6 * 3).map(|i| (i * 7) as u8).collect();
+        let im = Images { n: 1, c: 3, h: 4, w: 6, layout: Layout::Nhwc, data: Samples::U8(data) };
+        let l = Loaded { images: im, kind: FileKind::Png, npy_shape: vec![] };
+        save(&p, &l).unwrap();
+        assert_eq!(load(&p, Layout::Nchw).unwrap(), l);
+    }
+
+    #[test]
+    fn npy_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        let a = NpyArray { shape: vec![2, 4, 6, 3], data: Samples::F32(vec![0.5; 144]) };
+        std::fs::write(&p, npy::write(&a).unwrap()).unwrap();
+        let l = load(&p, Layout::Nhwc).unwrap();
+        assert_eq!((l.images.n, l.images.c, l.images.h, l.images.w), (2, 3, 4, 6));
+        let l = load(&p, Layout::Nchw).unwrap();
+        assert_eq!((l.images.n, l.images.c, l.images.h, l.images.w), (2, 4, 6, 3));
+        save(&dir.path().join("b.npy"), &l).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("b.npy")).unwrap(), std::fs::read(&p).unwrap());
+        assert!(FileKind::of(Path::new("x.bmp")).is_err());
+    }
+}

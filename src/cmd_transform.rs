@@ -1,0 +1,204 @@
+//! `transform-input` and `encrypt-patch-embedding` (key-transformed inputs, docs/transforms.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use onnx_protect_core::protect::KeySource;
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::Model;
+use onnx_protect_transform::io::{self, FileKind};
+use onnx_protect_transform::{
+    encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange,
+};
+
+use crate::keys::{KeyArgs, KeyFileError};
+
+/// The transforms and the block size, shared by both commands.
+#[derive(clap::Args)]
+pub struct TransformFlags {
+    /// Block size M: images are cut into M×M blocks (for a model: its patch size).
+    #[arg(long, value_name = "M")]
+    block: usize,
+    /// Shuffle the M·M·C values of every block with one key-derived permutation.
+    #[arg(long)]
+    shuffle: bool,
+    /// Negative/positive flip (x → lo+hi−x) at key-chosen block positions.
+    #[arg(long)]
+    negpos: bool,
+    /// FFX format-preserving encryption of 8-bit values (inputs only; cannot be absorbed by a model).
+    #[arg(long)]
+    ffx: bool,
+    /// Scramble the order of the blocks (for models with a position embedding, e.g. ViT).
+    #[arg(long)]
+    scramble_blocks: bool,
+}
+
+impl TransformFlags {
+    fn spec(&self) -> TransformSpec {
+        TransformSpec {
+            block: self.block,
+            shuffle: self.shuffle,
+            negpos: self.negpos,
+            ffx: self.ffx,
+            scramble_blocks: self.scramble_blocks,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TransformInputArgs {
+    /// Input: a .npy tensor (uint8, float32 or float64) or a .png/.jpg image.
+    input: PathBuf,
+    /// Output: .npy, .png or .jpg (JPEG is lossy, so its transform cannot be undone exactly).
+    output: PathBuf,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    flags: TransformFlags,
+    /// Undo the transform instead of applying it.
+    #[arg(long)]
+    inverse: bool,
+    /// Layout of a .npy tensor: nchw (rank 4, or chw for rank 3) or nhwc (hwc).
+    #[arg(long, default_value = "nchw", value_name = "LAYOUT")]
+    layout: String,
+    /// Value range LO,HI of the data, e.g. 0,1 (needed for float data with --negpos or --ffx; 8-bit data: 0,255).
+    #[arg(long, value_name = "LO,HI")]
+    range: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EncryptPatchEmbeddingArgs {
+    /// The trained model (its patch embedding is a Conv with kernel = stride).
+    model: PathBuf,
+    /// Where to write the transformed model.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    flags: TransformFlags,
+    /// Value range LO,HI of the model input, e.g. 0,1 (required with --negpos).
+    #[arg(long, value_name = "LO,HI")]
+    range: Option<String>,
+    /// The patch-embedding Conv node's name, when several Convs read the input.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The master key; transforms need a key, not a passphrase (it would need a stored salt).
+fn master_key(k: &KeyArgs) -> Result<MasterKey> {
+    match k.required()? {
+        KeySource::Key(key) => Ok(key),
+        KeySource::Passphrase(_) => Err(KeyFileError(
+            "input transforms need a key (--key-file or --key-env), not a passphrase: they are deterministic \
+             and have no place to store a passphrase salt"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+fn parse_range(s: &Option<String>) -> Result<Option<ValueRange>> {
+    Ok(match s {
+        Some(s) => Some(s.parse::<ValueRange>()?),
+        None => None,
+    })
+}
+
+pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
+    let spec = a.flags.spec();
+    spec.validate()?;
+    let layout: Layout = a.layout.parse()?;
+    let range = parse_range(&a.range)?;
+    let out_kind = FileKind::of(&a.output)?;
+    let key = master_key(&a.key)?;
+    let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
+    let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
+    transform_images(&key, &spec, &mut loaded.images, range, dir).with_context(|| format!("{}", a.input.display()))?;
+    io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
+    let im = &loaded.images;
+    let fp = hex_fp(&key);
+    if a.json {
+        let v = serde_json::json!({
+            "input": a.input.display().to_string(),
+            "output": a.output.display().to_string(),
+            "direction": if a.inverse { "inverse" } else { "forward" },
+            "images": im.n, "channels": im.c, "height": im.h, "width": im.w,
+            "dtype": im.data.type_name(),
+            "block": spec.block,
+            "transforms": spec.names(),
+            "key_fingerprint": fp,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} {} → {} ({} image(s), {}×{}×{} {}, {}×{} blocks: {}; key {fp})",
+            if a.inverse { "restored" } else { "transformed" },
+            a.input.display(),
+            a.output.display(),
+            im.n,
+            im.c,
+            im.h,
+            im.w,
+            im.data.type_name(),
+            spec.block,
+            spec.block,
+            spec.names().join(", "),
+        );
+    }
+    if out_kind == FileKind::Jpeg {
+        eprintln!("warning: JPEG is lossy; the transform of a JPEG output cannot be undone exactly (use .png or .npy)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_fp(key: &MasterKey) -> String {
+    key.fingerprint().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitCode> {
+    let opts = PatchOptions { spec: a.flags.spec(), range: parse_range(&a.range)?, node: a.node.clone() };
+    opts.spec.validate()?;
+    let key = master_key(&a.key)?;
+    let model = Model::open(&a.model).with_context(|| format!("{}", a.model.display()))?;
+    let report =
+        encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let r = &report.record;
+        println!("wrote {}", a.output.display());
+        println!(
+            "  patch embedding {} (weight {}{})",
+            r.patch_embedding,
+            report.weight,
+            match (&report.bias, report.bias_added) {
+                (Some(b), true) => format!(", bias {b} added"),
+                (Some(b), false) => format!(", bias {b}"),
+                (None, _) => String::new(),
+            }
+        );
+        if !report.normalisation.is_empty() {
+            println!("  normalisation {}", report.normalisation.join(" → "));
+        }
+        if let Some(p) = &r.position_embedding {
+            println!("  position embedding {p} ({} blocks)", r.blocks.unwrap_or(0));
+        }
+        println!(
+            "  transforms {} on {}×{} blocks of input '{}' ({} channels)",
+            r.transforms.join(", "),
+            r.block,
+            r.block,
+            r.input,
+            r.channels
+        );
+        println!("  key fingerprint {}", r.key_fingerprint);
+        println!("inputs must be prepared with: {}", r.command_hint());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -7,4 +7,5 @@ mod fixtures;
 mod malformed;
 mod protect;
 mod rekey_check;
+mod transform;
 mod util;

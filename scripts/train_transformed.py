@@ -38,6 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "fixtures" / "digits"
 RIGHT_KEY = "6f6e6e782d70726f746563742d747261696e2d7472616e73666f726d65642d31"
 WRONG_KEY = "77726f6e672d6b65792d77726f6e672d6b65792d77726f6e672d6b65792d3232"
+WRONG_KEYS = 20  # wrong keys per configuration: WRONG_KEY with its last byte replaced by 0..19
 DEFAULT_CONFIGS = [
     "2:--shuffle",
     "2:--negpos",
@@ -130,6 +131,7 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "debug" / "onnx-protect"))
     ap.add_argument("--config", action="append", help="BLOCK:FLAGS, e.g. '2:--shuffle --negpos' (repeatable)")
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--wrong-keys", type=int, default=WRONG_KEYS, help="number of wrong keys to try")
     a = ap.parse_args()
     configs = a.config or DEFAULT_CONFIGS
 
@@ -140,9 +142,13 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
-        right, wrong = tmp / "right.key", tmp / "wrong.key"
+        right = tmp / "right.key"
         right.write_text(RIGHT_KEY + "\n")
-        wrong.write_text(WRONG_KEY + "\n")
+        wrongs = []
+        for i in range(a.wrong_keys):
+            w = tmp / f"wrong{i}.key"
+            w.write_text(WRONG_KEY[:-2] + f"{i:02x}" + "\n")
+            wrongs.append(w)
 
         t0 = time.time()
         base = train(x_tr, y_tr, a.epochs)
@@ -156,21 +162,23 @@ def main():
             t0 = time.time()
             tr = cli_transform(a.bin, right, x_tr, block, flags, tmp)
             te_right = cli_transform(a.bin, right, x_te, block, flags, tmp)
-            te_wrong = cli_transform(a.bin, wrong, x_te, block, flags, tmp)
             ref = check_reference(RIGHT_KEY, x_te, block, flags, te_right)
             model = train(tr, y_tr, a.epochs)
             acc_right = accuracy(model, te_right, y_te)
-            acc_wrong = accuracy(model, te_wrong, y_te)
+            wrong = [accuracy(model, cli_transform(a.bin, w, x_te, block, flags, tmp), y_te) for w in wrongs]
+            acc_wrong = (float(np.mean(wrong)), min(wrong), max(wrong))
             acc_plain = accuracy(model, x_te, y_te)
-            print(f"block {block} {' '.join(flags)}: right key {acc_right:.4f}  wrong key {acc_wrong:.4f}  "
-                  f"plain {acc_plain:.4f}  (reference.py {ref}; {time.time() - t0:.0f}s)", flush=True)
+            print(f"block {block} {' '.join(flags)}: right key {acc_right:.4f}  wrong keys mean {acc_wrong[0]:.4f} "
+                  f"(min {acc_wrong[1]:.4f}, max {acc_wrong[2]:.4f}, {len(wrong)} keys)  plain {acc_plain:.4f}  "
+                  f"(reference.py {ref}; {time.time() - t0:.0f}s)", flush=True)
             rows.append((" ".join(flags), block, acc_right, acc_wrong, acc_plain, ref))
 
-    print("\n| transforms | M | right key | wrong key | plain images |")
+    print("\n| transforms | M | right key | wrong keys: mean (min–max) | plain images |")
     print("| --- | --- | --- | --- | --- |")
     for name, block, r, w, p, _ in rows:
-        fmt = (lambda v: "-" if v is None else f"{v:.4f}")
-        print(f"| {name} | {block} | {r:.4f} | {fmt(w)} | {fmt(p)} |")
+        ws = "-" if w is None else f"{w[0]:.4f} ({w[1]:.4f}–{w[2]:.4f})"
+        ps = "-" if p is None else f"{p:.4f}"
+        print(f"| {name} | {block} | {r:.4f} | {ws} | {ps} |")
 
 
 if __name__ == "__main__":

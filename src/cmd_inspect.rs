@@ -27,5 +27,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         crate::output::emit(report.to_text().trim_end())?;
     }
+    if !a.json {
+        crate::cmd_transform::inspect_section(&model)?;
+    }
     Ok(ExitCode::from(crate::exit::OK))
 }

@@ -8,8 +8,9 @@ use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_transform::io::{self, FileKind};
+use onnx_protect_transform::patch::TransformRecord;
 use onnx_protect_transform::{
-    encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange,
+    encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange, METADATA_KEY,
 };
 
 use crate::keys::{KeyArgs, KeyFileError};
@@ -134,9 +135,9 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
             "transforms": spec.names(),
             "key_fingerprint": fp,
         });
-        println!("{v}");
+        crate::output::emit(&v.to_string())?;
     } else {
-        println!(
+        crate::output::emit(&format!(
             "{} {} → {} ({} image(s), {}×{}×{} {}, {}×{} blocks: {}; key {fp})",
             if a.inverse { "restored" } else { "transformed" },
             a.input.display(),
@@ -149,7 +150,7 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
             spec.block,
             spec.block,
             spec.names().join(", "),
-        );
+        ))?;
     }
     if out_kind == FileKind::Jpeg {
         eprintln!("warning: JPEG is lossy; the transform of a JPEG output cannot be undone exactly (use .png or .npy)");
@@ -169,36 +170,54 @@ pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitC
     let report =
         encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let r = &report.record;
-        println!("wrote {}", a.output.display());
-        println!(
-            "  patch embedding {} (weight {}{})",
-            r.patch_embedding,
-            report.weight,
-            match (&report.bias, report.bias_added) {
-                (Some(b), true) => format!(", bias {b} added"),
-                (Some(b), false) => format!(", bias {b}"),
-                (None, _) => String::new(),
-            }
-        );
+        let mut t = format!("wrote {}\n", a.output.display());
+        let bias = match (&report.bias, report.bias_added) {
+            (Some(b), true) => format!(", bias {b} added"),
+            (Some(b), false) => format!(", bias {b}"),
+            (None, _) => String::new(),
+        };
+        t += &format!("  patch embedding {} (weight {}{bias})\n", r.patch_embedding, report.weight);
         if !report.normalisation.is_empty() {
-            println!("  normalisation {}", report.normalisation.join(" → "));
+            t += &format!("  normalisation {}\n", report.normalisation.join(" → "));
         }
-        if let Some(p) = &r.position_embedding {
-            println!("  position embedding {p} ({} blocks)", r.blocks.unwrap_or(0));
-        }
-        println!(
-            "  transforms {} on {}×{} blocks of input '{}' ({} channels)",
-            r.transforms.join(", "),
-            r.block,
-            r.block,
-            r.input,
-            r.channels
-        );
-        println!("  key fingerprint {}", r.key_fingerprint);
-        println!("inputs must be prepared with: {}", r.command_hint());
+        t += &record_lines(r);
+        t += &format!("inputs must be prepared with: {}", r.command_hint());
+        crate::output::emit(&t)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lines that describe a recorded transform (shared with `inspect`).
+fn record_lines(r: &TransformRecord) -> String {
+    let mut t = String::new();
+    if let Some(p) = &r.position_embedding {
+        t += &format!("  position embedding {p} ({} blocks)\n", r.blocks.unwrap_or(0));
+    }
+    t += &format!(
+        "  transforms {} on {}×{} blocks of input '{}' ({} channels, {})\n",
+        r.transforms.join(", "),
+        r.block,
+        r.block,
+        r.input,
+        r.channels,
+        r.layout
+    );
+    if let Some([lo, hi]) = r.range {
+        t += &format!("  value range [{lo}, {hi}]\n");
+    }
+    t += &format!("  key fingerprint {}\n", r.key_fingerprint);
+    t
+}
+
+/// For `inspect`: a section describing the model's input transform, if it has one.
+pub fn inspect_section(model: &Model) -> Result<()> {
+    let Some(r) = TransformRecord::from_model(model)? else { return Ok(()) };
+    let mut t = format!("\ninput transform ({METADATA_KEY}): inputs must be key-transformed\n");
+    t += &format!("  patch embedding {}\n", r.patch_embedding);
+    t += &record_lines(&r);
+    t += &format!("  prepare inputs with: {}", r.command_hint());
+    crate::output::emit(&t)
 }

@@ -39,6 +39,14 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<onnx_protect_select::PolicyError>().is_some() {
             return POLICY;
         }
+        if let Some(t) = cause.downcast_ref::<onnx_protect_transform::TransformError>() {
+            return match t.kind() {
+                "state" => STATE,
+                "format" => BAD_MODEL,
+                "crypto" => KEY,
+                _ => FAILURE,
+            };
+        }
         if let Some(c) = cause.downcast_ref::<CoreError>() {
             return match c.kind() {
                 "wrong_key" | "key" => KEY,

@@ -223,6 +223,15 @@ fn refusals_name_the_reason_and_write_nothing() {
         assert!(err.contains(needle), "{model} {extra:?}: {err}");
         assert!(!out.exists());
     }
+    // An encrypted model is refused (its weights are ciphertext), with the state exit code.
+    let enc = dir.path().join("encrypted.onnx");
+    let m = digits("convmixer.onnx");
+    let (code, _, err) = run(&["encrypt", s(&m), "-o", s(&enc), "--key-file", s(&key), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        run(&["encrypt-patch-embedding", s(&enc), "-o", s(&out), "--key-file", s(&key), "--block", "2", "--shuffle"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("decrypt it first"), "{err}");
     // A passphrase is refused: the transform must be reproducible from the key alone.
     let pass = dir.path().join("pass.txt");
     std::fs::write(&pass, "correct horse\n").expect("write");

@@ -206,7 +206,10 @@ def test_already_transformed_is_refused(keys, tmp_path):
         "--shuffle")
     r = run("encrypt-patch-embedding", once, "-o", tmp_path / "twice.onnx", "--key-file", key, "--block", 2,
             "--shuffle", ok=False)
-    assert r.returncode != 0 and "already" in r.stderr
+    assert r.returncode == 6 and "already" in r.stderr, (r.returncode, r.stderr)
+    shown = run("inspect", once).stdout
+    assert "input transform (onnx-protect/input-transform/v1)" in shown, shown
+    assert "prepare inputs with: onnx-protect transform-input --block 2 --shuffle --layout nchw" in shown, shown
 
 
 @pytest.mark.parametrize("flags,layout,dtype", [

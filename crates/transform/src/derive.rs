@@ -341,6 +341,24 @@ mod tests {
         assert!((0..=255u8).any(|x| f.encrypt(0, x) != f.encrypt(1, x)));
     }
 
+    /// Known-answer values from fixtures/transform/reference.py (an independent
+    /// implementation of docs/transforms.md) for the key 00112233…eeff (twice).
+    #[test]
+    fn known_answers() {
+        let k = MasterKey::parse_key_file(b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();
+        let sub = subkey(&k, SHUFFLE_LABEL, 2, 1).unwrap();
+        assert_eq!(hex::encode(&sub[..]), "5e0748e443dc6105757a9466bf898a7178ed5bde148f70ee4236a52e1b308e84");
+        assert_eq!(*shuffle_permutation(&k, 2, 1).unwrap(), vec![2, 0, 3, 1]);
+        assert_eq!(*shuffle_permutation(&k, 2, 3).unwrap(), vec![8, 7, 5, 9, 10, 0, 6, 4, 11, 2, 1, 3]);
+        assert_eq!(*negpos_mask(&k, 2, 3).unwrap(), vec![0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(*block_permutation(&k, 2, 16).unwrap(), vec![1, 15, 0, 3, 5, 9, 8, 7, 11, 14, 10, 13, 6, 12, 4, 2]);
+        let f = Ffx::derive(&k, 2, 3).unwrap();
+        let p0: Vec<u8> = (0..16).map(|x| f.encrypt(0, x)).collect();
+        assert_eq!(p0, vec![178, 128, 30, 140, 32, 59, 198, 184, 148, 209, 93, 40, 195, 73, 150, 222]);
+        let p11: Vec<u8> = (0..16).map(|x| f.encrypt(11, x)).collect();
+        assert_eq!(p11, vec![7, 96, 110, 228, 33, 16, 49, 184, 165, 152, 8, 138, 118, 108, 135, 120]);
+    }
+
     #[test]
     fn bad_sizes_are_refused() {
         assert!(shuffle_permutation(&key(1), 0, 3).is_err());

@@ -37,8 +37,12 @@ use crate::error::{Result, TransformError};
 
 /// The `metadata_props` key under which the transform's parameters are recorded.
 pub const METADATA_KEY: &str = "onnx-protect/input-transform/v1";
-/// The `metadata_props` key of an encrypted model (see the crate `onnx-protect-core`).
-const ENCRYPTED_KEY: &str = "onnx-protect/v1";
+
+/// Whether a metadata key is the manifest of an encrypted model: `onnx-protect/v`
+/// followed by decimal digits (docs/format.md).
+fn is_manifest_key(key: &str) -> bool {
+    key.strip_prefix("onnx-protect/v").is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// What to absorb, and where.
 #[derive(Debug, Clone, Default)]
@@ -146,7 +150,7 @@ pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptio
             "the model already carries an input transform ('{METADATA_KEY}'); start from the original model"
         )));
     }
-    if model.metadata_value(ENCRYPTED_KEY).is_some() {
+    if model.metadata.iter().any(|m| is_manifest_key(&m.key)) {
         return Err(TransformError::State(
             "the model's weights are encrypted by onnx-protect; decrypt it first".into(),
         ));

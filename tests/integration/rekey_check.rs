@@ -417,3 +417,61 @@ fn check_fails_a_model_whose_ciphertext_no_longer_matches() {
     assert_eq!(code, 7, "{out} {err}");
     assert!(out.is_empty());
 }
+
+/// Over the ONNX backend corpus (see `corpus.rs`): every protected model passes `check`
+/// against the policy it was encrypted with, even with strict spans (so selection run on
+/// the protected model finds exactly what was encrypted), and rekey → decrypt restores it.
+#[test]
+fn corpus_models_pass_check_and_rekey_round_trips() {
+    use onnx_protect_core::check::{check_model, CheckOptions};
+    use onnx_protect_core::protect::decrypt_to_vec;
+    let path = root().join("corpus/expected.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!("{} is missing: run scripts/fetch-corpus.sh (the README's test command does)", path.display())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Policy::default();
+    all.apply_override("coefficient", "*=1").unwrap();
+    all.apply_override("mode", "*=ctr").unwrap();
+    let (mut encrypted, mut failures) = (0usize, Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = v["file"].as_str().unwrap();
+        let input = root().join("corpus/data").join(file);
+        let policy = if i % 2 == 0 { all.clone() } else { Policy::default() };
+        let (a, b) = (dir.path().join(format!("{i}a.onnx")), dir.path().join(format!("{i}b.onnx")));
+        if let Err(e) =
+            encrypt(&input, &a, &key(5), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
+        {
+            failures.push(format!("{file}: encrypt: {e}"));
+            continue;
+        }
+        let opts =
+            CheckOptions { policy: Some(&policy), require_encrypted: true, strict_spans: true, progress: &NoProgress };
+        let verdict = check_model(&a, &opts);
+        if !verdict.passed {
+            failures.push(format!("{file}: check: {:?}", verdict.failures));
+        }
+        if verdict.tensors > 0 {
+            encrypted += 1;
+        }
+        if let Err(e) = rk(&a, &b, &key(5), &key(6)) {
+            failures.push(format!("{file}: rekey: {e}"));
+            continue;
+        }
+        if !check_model(&b, &opts).passed {
+            failures.push(format!("{file}: check after rekey"));
+        }
+        let m = Model::open(&b).unwrap();
+        match decrypt_to_vec(&m, &key(6)) {
+            Ok(bytes) if bytes == std::fs::read(&input).unwrap() => {}
+            Ok(_) => failures.push(format!("{file}: rekeyed model decrypts to other bytes")),
+            Err(e) => failures.push(format!("{file}: decrypt after rekey: {e}")),
+        }
+        drop(m);
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+    }
+    assert!(encrypted >= 40, "only {encrypted} corpus models had weights to encrypt");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -203,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_is_read_and_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jpg");
+        let data: Vec<u8> = (0..16 * 16).map(|i| (i % 16 * 16) as u8).collect();
+        let im = Images { n: 1, c: 1, h: 16, w: 16, layout: Layout::Nchw, data: Samples::U8(data.clone()) };
+        save(&p, &Loaded { images: im, kind: FileKind::Jpeg, npy_shape: vec![] }).unwrap();
+        let back = load(&p, Layout::Nchw).unwrap();
+        assert_eq!((back.images.n, back.images.c, back.images.h, back.images.w), (1, 1, 16, 16));
+        let Samples::U8(v) = back.images.data else { panic!("8-bit") };
+        assert!(v.iter().zip(&data).all(|(a, b)| a.abs_diff(*b) < 24));
+        // Alpha cannot go to JPEG; float data cannot go to an image.
+        let rgba = Images { n: 1, c: 4, h: 2, w: 2, layout: Layout::Nhwc, data: Samples::U8(vec![0; 16]) };
+        assert!(save(&p, &Loaded { images: rgba, kind: FileKind::Png, npy_shape: vec![] }).is_err());
+        let f = Images { n: 1, c: 1, h: 2, w: 2, layout: Layout::Nhwc, data: Samples::F32(vec![0.0; 4]) };
+        assert!(save(&dir.path().join("f.png"), &Loaded { images: f, kind: FileKind::Npy, npy_shape: vec![] }).is_err());
+    }
+
+    #[test]
     fn npy_layouts() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.npy");

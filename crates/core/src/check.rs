@@ -7,12 +7,12 @@
 //! the policy would have encrypted in the original. Every tensor of that
 //! selection must then appear in the manifest:
 //!
-//! * with at least as many encrypted bytes as the policy selects for it (the same
-//!   rounding as selection: `⌈c·n⌉` subsequences), or, with
+//! * with at least as many encrypted bytes as the chosen number of subsequences
+//!   holds (the same rounding as selection: `k = ⌈c·n⌉` of `n`; when the
+//!   subsequences differ in size, the `k` smallest), or, with
 //!   [`CheckOptions::strict_spans`], with spans that contain every selected span;
-//! * in a mode at least as strong: `ctr` (every bit) is stronger than `fp`
-//!   (sign and mantissa bits only), so `ctr` satisfies an `fp` requirement and
-//!   `fp` fails a `ctr` requirement.
+//! * in a mode at least as strong: `ctr` (every bit) meets any requirement; any
+//!   other mode meets only itself, so `fp` fails a `ctr` requirement.
 //!
 //! Integrity is checked without a key: the manifest must be well formed and
 //! match the model, and the keyless checksum must match the ciphertext.
@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use onnx_protect_format::{discover, Model, Progress};
-use onnx_protect_select::{select, Mode, Policy};
+use onnx_protect_select::{select, subsequence_bounds, Mode, Policy, Split};
 
 use crate::protect::{
     find_manifest_entry, leaf_digests, mac_and_checksum, read_protected, CoreError, Protected, METADATA_PREFIX,
@@ -114,11 +114,20 @@ fn failure(reason: &'static str, detail: impl Into<String>) -> Failure {
     Failure { reason, op_type: None, tensor: None, detail: detail.into() }
 }
 
-fn mode_rank(m: Mode) -> u8 {
-    match m {
-        Mode::Fp => 1,
-        Mode::Ctr => 2,
-    }
+/// Whether a tensor encrypted in mode `actual` meets a policy asking for `required`:
+/// `ctr` encrypts every bit and meets any requirement; any other mode only itself.
+fn mode_satisfies(actual: Mode, required: Mode) -> bool {
+    actual == required || actual == Mode::Ctr
+}
+
+/// The fewest bytes any choice of `k` of the tensor's subsequences under `rule` can have:
+/// the sum of the `k` smallest. This does not depend on *which* subsequences a policy
+/// picks, so it holds even when the choice depends on the (now encrypted) values.
+fn min_bytes(t: &onnx_protect_format::Tensor, split: Split, k: usize) -> Option<u64> {
+    let bounds = subsequence_bounds(t.data_type, &t.dims, t.numel, split)?;
+    let mut sizes: Vec<u64> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+    sizes.sort_unstable();
+    Some(sizes.iter().take(k).sum())
 }
 
 fn error_reason(e: &CoreError) -> &'static str {
@@ -244,7 +253,14 @@ fn compare_with_policy(
         });
         cov.tensors += 1;
         cov.weight_bytes += t.nbytes;
-        cov.required_bytes += c.bytes();
+        // What the policy asks for in this tensor: with strict spans, exactly its spans;
+        // otherwise as many bytes as its chosen number of subsequences must hold.
+        let required = if opts.strict_spans {
+            c.bytes()
+        } else {
+            rule.and_then(|r| min_bytes(t, r.split, c.chosen.len())).unwrap_or(c.bytes()).min(c.bytes())
+        };
+        cov.required_bytes += required;
         let fail = |reason: &'static str, detail: String| Failure {
             reason,
             op_type: Some(c.op_type.clone()),
@@ -255,17 +271,17 @@ fn compare_with_policy(
         let Some(target) = have.get(&c.tensor) else {
             list.push(fail(
                 reasons::TENSOR_NOT_ENCRYPTED,
-                format!("the policy selects {} of its {} bytes; none is encrypted", c.bytes(), t.nbytes),
+                format!("the policy selects {} of its {} bytes; none is encrypted", required, t.nbytes),
             ));
             continue;
         };
         cov.tensors_encrypted += 1;
         let enc: u64 = target.spans.iter().map(|(a, b)| b - a).sum();
         cov.encrypted_bytes += enc;
-        if enc < c.bytes() {
+        if enc < required {
             list.push(fail(
                 reasons::COEFFICIENT_BELOW_POLICY,
-                format!("{enc} of {} bytes are encrypted; the policy selects {}", t.nbytes, c.bytes()),
+                format!("{enc} of {} bytes are encrypted; the policy selects {required}", t.nbytes),
             ));
         } else if opts.strict_spans && !spans_contain(&target.spans, &c.spans) {
             list.push(fail(
@@ -273,7 +289,7 @@ fn compare_with_policy(
                 format!("the encrypted spans {:?} do not contain the policy's spans {:?}", target.spans, c.spans),
             ));
         }
-        if mode_rank(target.mode) < mode_rank(c.mode) {
+        if !mode_satisfies(target.mode, c.mode) {
             list.push(fail(
                 reasons::MODE_WEAKER,
                 format!("encrypted in mode {}; the policy asks for {}", target.mode.name(), c.mode.name()),
@@ -318,6 +334,8 @@ mod tests {
 
     #[test]
     fn ctr_is_stronger_than_fp() {
-        assert!(mode_rank(Mode::Ctr) > mode_rank(Mode::Fp));
+        assert!(mode_satisfies(Mode::Ctr, Mode::Fp));
+        assert!(mode_satisfies(Mode::Fp, Mode::Fp));
+        assert!(!mode_satisfies(Mode::Fp, Mode::Ctr));
     }
 }

@@ -244,11 +244,44 @@ fn piece_from(src: &[u8], pos: u64) -> &[u8] {
     src.get(pos as usize..).unwrap_or(&[])
 }
 
+/// Refuses a manifest or envelope that sets fields this module does not know how to
+/// carry over to a new key (for example access tiers with their own key checks and
+/// MACs), rather than writing a model whose new envelope would lack them.
+#[allow(clippy::needless_update)] // `..Default::default()` stands for fields added after this was written.
+fn refuse_unknown_fields(p: &Protected) -> Result<()> {
+    let m = &p.manifest;
+    let known = pb::Manifest {
+        format_version: m.format_version,
+        salt: m.salt.clone(),
+        key_check: m.key_check.clone(),
+        kdf: m.kdf.clone(),
+        tensors: m.tensors.clone(),
+        tool: m.tool.clone(),
+        policy_summary: m.policy_summary.clone(),
+        chunk_size: m.chunk_size,
+        ..Default::default()
+    };
+    let e = &p.envelope;
+    let known_envelope = pb::Envelope {
+        manifest: e.manifest.clone(),
+        mac: e.mac.clone(),
+        checksum: e.checksum.clone(),
+        ..Default::default()
+    };
+    if known != *m || known_envelope != *e {
+        return Err(CoreError::UnsupportedVersion {
+            key: format!("{METADATA_KEY} with manifest fields that rekey cannot carry over (such as access tiers)"),
+        });
+    }
+    Ok(())
+}
+
 /// Re-encrypts the protected model `input` under `new` into `output`.
 ///
 /// The old key must pass the key check and the MAC before anything is written;
 /// a wrong key gives [`CoreError::WrongKey`], a modified model [`CoreError::Modified`]
 /// (or [`CoreError::BadManifest`]), and in either case no output file appears.
+#[allow(clippy::needless_update)] // `..Default::default()` stands for fields added after this was written.
 pub fn rekey(
     input: &Path,
     output: &Path,
@@ -258,6 +291,7 @@ pub fn rekey(
 ) -> Result<RekeyReport> {
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
+    refuse_unknown_fields(&p)?;
     check_output(&model, input, output, opts.in_place)?;
     let old_master = old.master_for_decrypt(p.manifest.kdf.as_ref())?;
     let old_salt: [u8; 32] =
@@ -293,6 +327,7 @@ pub fn rekey(
         m_cost_kib: k.m_cost_kib,
         t_cost: k.t_cost,
         p_cost: k.p_cost,
+        ..Default::default()
     });
     manifest.tool = format!("onnx-protect {}", env!("CARGO_PKG_VERSION"));
     let manifest_bytes = manifest.encode_to_vec();
@@ -301,6 +336,7 @@ pub fn rekey(
         manifest: manifest_bytes,
         mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
         checksum: checksum.to_vec(),
+        ..Default::default()
     };
     let value = b64().encode(envelope.encode_to_vec());
     let edits = edits(&model, &p, &pairs, metadata_field(METADATA_KEY, &value))?;

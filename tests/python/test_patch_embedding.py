@@ -221,8 +221,10 @@ def test_already_transformed_is_refused(keys, tmp_path):
 def test_cli_equals_the_reference_implementation(flags, layout, dtype, keys, tmp_path):
     """fixtures/transform/reference.py, written from docs/transforms.md, gives the CLI's bytes."""
     pytest.importorskip("cryptography")
-    sys.path.insert(0, str(SYNTH))
-    import reference  # noqa: E402
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("onnx_protect_transform_reference", SYNTH / "reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
 
     key, _ = keys
     rng = np.random.default_rng(3)

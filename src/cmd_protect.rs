@@ -139,13 +139,19 @@ pub struct DecryptArgs {
     /// The protected model.
     input: PathBuf,
     /// Where to write the restored model.
-    #[arg(short, long, required_unless_present = "in_place")]
+    #[arg(short, long, required_unless_present_any = ["in_place", "stdout"])]
     output: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
+    /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
+    #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
+    stdout: bool,
+    /// With --stdout: write this external data file (by its location) instead of the model.
+    #[arg(long, value_name = "LOCATION", requires = "stdout")]
+    external: Option<String>,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -154,6 +160,9 @@ pub struct DecryptArgs {
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
+    if a.stdout {
+        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.external.as_deref());
+    }
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
     let r = protect::decrypt(&a.input, &output, &key, &DecryptOptions { in_place: a.in_place, progress: &bar })

@@ -8,6 +8,9 @@ mod cmd_check;
 mod cmd_inspect;
 mod cmd_protect;
 mod cmd_rekey;
+mod cmd_run;
+#[cfg(feature = "tract")]
+mod cmd_assess;
 mod cmd_transform;
 mod exit;
 mod keys;
@@ -43,6 +46,12 @@ enum Command {
     Batch(Box<cmd_batch::Args>),
     /// CI gate: fail unless every model is protected, intact and as strong as a policy asks (docs/ci.md).
     Check(cmd_check::Args),
+    /// Run a model in tract, decrypted in memory with the key, or as it is without one.
+    #[cfg(feature = "tract")]
+    Run(cmd_run::Args),
+    /// How strong is the protection? Original, no key, two key-less attacks, decrypted: one table.
+    #[cfg(feature = "tract")]
+    Assess(cmd_assess::Args),
     /// Apply (or undo) a key-derived block-wise transform to images or .npy tensors (docs/transforms.md).
     TransformInput(cmd_transform::TransformInputArgs),
     /// Rewrite a patch-embedding model (ConvMixer, ViT) to work only on key-transformed inputs.
@@ -60,6 +69,10 @@ fn main() -> ExitCode {
         Command::Rekey(a) => cmd_rekey::run(a),
         Command::Batch(a) => cmd_batch::run(*a),
         Command::Check(a) => cmd_check::run(a),
+        #[cfg(feature = "tract")]
+        Command::Run(a) => cmd_run::run(a),
+        #[cfg(feature = "tract")]
+        Command::Assess(a) => cmd_assess::run(a),
         Command::TransformInput(a) => cmd_transform::transform_input(a),
         Command::EncryptPatchEmbedding(a) => cmd_transform::encrypt_patch_embedding_cmd(a),
     };

@@ -7,5 +7,6 @@ mod fixtures;
 mod malformed;
 mod protect;
 mod rekey_check;
+mod runtime;
 mod transform;
 mod util;

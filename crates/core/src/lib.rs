@@ -12,5 +12,6 @@
 
 pub mod check;
 pub mod inspect;
+pub mod memory;
 pub mod protect;
 pub mod rekey;

@@ -618,7 +618,12 @@ fn stage_external(
 
 /// Builds the edit list for the model file itself: in-place transforms for
 /// raw/typed fixed-width data, re-encoded fields for varint data.
-fn model_edits(model: &Model, targets: &[Target], streams: &[Keystream], extra: Vec<Edit>) -> Result<Vec<Edit>> {
+pub(crate) fn model_edits(
+    model: &Model,
+    targets: &[Target],
+    streams: &[Keystream],
+    extra: Vec<Edit>,
+) -> Result<Vec<Edit>> {
     let mut edits = extra;
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
@@ -819,7 +824,7 @@ fn build_manifest(
 }
 
 /// Checks the key and the MAC of a protected model; returns the session keys.
-fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
+pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
     let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
     let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
     let keys = SessionKeys::derive(&master, &salt);

@@ -1,0 +1,525 @@
+//! Decrypting a protected model into memory, without plaintext touching the disk.
+//!
+//! [`decrypt_in_memory`] returns a [`DecryptedModel`] that derefs to the original
+//! model file's bytes, ready for a runtime that loads models from memory
+//! (onnxruntime's session-from-bytes, `CreateSessionFromArray` in C, or tract).
+//!
+//! # Cost
+//!
+//! The cost grows with the number of *encrypted* bytes, not with the model size:
+//!
+//! 1. the model is indexed in place (a read-only map; only protobuf headers are read);
+//! 2. the key check value and the MAC over the manifest and the ciphertext are
+//!    verified (this reads the encrypted spans only);
+//! 3. the file is mapped a second time, **privately copy-on-write**
+//!    (`MAP_PRIVATE`). Only the encrypted spans are decrypted in place in that
+//!    map: the kernel copies just the pages they touch into private memory; every
+//!    other page stays shared with the page cache;
+//! 4. the manifest is the last top-level field of a protected file (`encrypt`
+//!    appends it), so the original model is the prefix of the map that ends where
+//!    the manifest entry starts: nothing has to move.
+//!
+//! When that is not possible — a tensor stored as varints whose re-encoding changes
+//! length, a manifest entry that is not the last field, or a model that was not
+//! read from a file — the model is decrypted into an owned buffer instead
+//! ([`Method::Copied`]), which costs one copy of the model.
+//!
+//! External data files are handled the same way: each side file is mapped
+//! copy-on-write and only its encrypted spans are patched. The buffers are
+//! returned by `location` in [`DecryptedModel::external`], which is what
+//! onnxruntime needs to take external initializers from memory.
+//!
+//! # Secrets in memory
+//!
+//! Decrypted pages are private anonymous memory. On Linux they are excluded from
+//! core dumps (`MADV_DONTDUMP`), and the decrypted spans are overwritten with
+//! zeros when the value is dropped (an owned buffer is zeroed whole). Like any
+//! process memory they can still reach swap; lock the pages (or disable swap)
+//! where that matters.
+//!
+//! The file must not be modified in place while the model is being decrypted or
+//! while the result is alive (the usual contract of memory-mapped loaders).
+//! Files replaced by a rename are detected, and the ciphertext in the private map
+//! is checked against the authenticated ciphertext before it is decrypted.
+//!
+//! # Example
+//!
+//! ```
+//! use onnx_protect_core::memory::{decrypt_in_memory, Method};
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+//! use onnx_protect_crypto::MasterKey;
+//! use onnx_protect_format::NoProgress;
+//! use onnx_protect_select::Policy;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let (plain, protected) = (dir.path().join("model.onnx"), dir.path().join("protected.onnx"));
+//! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
+//! let key = KeySource::Key(MasterKey::from_bytes([7; 32]));
+//! let policy = Policy::default();
+//! encrypt(&plain, &protected, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })?;
+//!
+//! let model = decrypt_in_memory(&protected, &key)?;
+//! assert_eq!(&model[..], &std::fs::read(&plain)?[..]); // byte-identical to the original
+//! assert_eq!(model.method(), Method::Mapped); // patched in a private map, not copied
+//! // Hand `&model[..]` to a runtime that loads models from memory.
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::{Deref, Range};
+use std::path::Path;
+
+use memmap2::{MmapMut, MmapOptions};
+use onnx_protect_crypto::Keystream;
+use onnx_protect_format::write::{Content, Edit, Plan};
+use onnx_protect_format::{FormatError, Model, TensorData};
+use rayon::prelude::*;
+use zeroize::Zeroize;
+
+use crate::protect::{apply, authenticate, file_pieces, model_edits, read_protected, CoreError, KeySource, Result};
+
+/// Spans at least this long are decrypted on all cores.
+const PARALLEL_SPAN: usize = 1 << 20;
+
+/// How a buffer was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A private copy-on-write map of the file, patched in place: only the pages
+    /// that hold encrypted bytes were copied.
+    Mapped,
+    /// An owned buffer holding a full copy (the fallback).
+    Copied,
+}
+
+enum Backing {
+    Map(MmapMut),
+    Owned(Vec<u8>),
+}
+
+/// Decrypted bytes held in memory (a patched private map or an owned buffer).
+///
+/// Derefs to `&[u8]`. Plaintext spans are zeroed when it is dropped.
+pub struct DecryptedBytes {
+    backing: Backing,
+    len: usize,
+    /// Ranges that hold decrypted plaintext (wiped on drop, for maps).
+    plaintext: Vec<Range<usize>>,
+}
+
+impl DecryptedBytes {
+    /// How the buffer was produced.
+    pub fn method(&self) -> Method {
+        match self.backing {
+            Backing::Map(_) => Method::Mapped,
+            Backing::Owned(_) => Method::Copied,
+        }
+    }
+
+    /// Copies the bytes into a new `Vec` (for APIs that need owned bytes).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.deref().to_vec()
+    }
+
+    fn owned(v: Vec<u8>) -> DecryptedBytes {
+        let len = v.len();
+        DecryptedBytes { backing: Backing::Owned(v), len, plaintext: Vec::new() }
+    }
+}
+
+impl Deref for DecryptedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.backing {
+            Backing::Map(m) => &m[..self.len],
+            Backing::Owned(v) => &v[..self.len],
+        }
+    }
+}
+
+impl AsRef<[u8]> for DecryptedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for DecryptedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptedBytes").field("len", &self.len).field("method", &self.method()).finish()
+    }
+}
+
+impl Drop for DecryptedBytes {
+    fn drop(&mut self) {
+        match &mut self.backing {
+            Backing::Map(m) => {
+                for r in &self.plaintext {
+                    if let Some(s) = m.get_mut(r.clone()) {
+                        s.zeroize();
+                    }
+                }
+            }
+            Backing::Owned(v) => v.zeroize(),
+        }
+    }
+}
+
+/// A protected model decrypted into memory.
+///
+/// Derefs to the original model file's bytes. External data files, if the model
+/// has any, are in [`DecryptedModel::external`], keyed by their `location`.
+#[derive(Debug)]
+pub struct DecryptedModel {
+    model: DecryptedBytes,
+    external: BTreeMap<String, DecryptedBytes>,
+    tensors: usize,
+    decrypted_bytes: u64,
+}
+
+impl DecryptedModel {
+    /// The original model file's bytes.
+    pub fn bytes(&self) -> &DecryptedBytes {
+        &self.model
+    }
+
+    /// How the model bytes were produced.
+    pub fn method(&self) -> Method {
+        self.model.method()
+    }
+
+    /// Every external data file of the model, decrypted, keyed by the `location`
+    /// string written in the model (empty for a self-contained model).
+    pub fn external(&self) -> &BTreeMap<String, DecryptedBytes> {
+        &self.external
+    }
+
+    /// Splits the result into the model bytes and the external files.
+    pub fn into_parts(self) -> (DecryptedBytes, BTreeMap<String, DecryptedBytes>) {
+        (self.model, self.external)
+    }
+
+    /// Number of encrypted tensors that were decrypted.
+    pub fn tensors(&self) -> usize {
+        self.tensors
+    }
+
+    /// Number of bytes that were decrypted.
+    pub fn decrypted_bytes(&self) -> u64 {
+        self.decrypted_bytes
+    }
+}
+
+impl Deref for DecryptedModel {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.model
+    }
+}
+
+impl AsRef<[u8]> for DecryptedModel {
+    fn as_ref(&self) -> &[u8] {
+        &self.model
+    }
+}
+
+/// Verifies and decrypts the protected model at `path` into memory.
+///
+/// The key check value and the MAC are verified before anything is decrypted, so
+/// a wrong key gives [`CoreError::WrongKey`] and modified bytes
+/// [`CoreError::Modified`], exactly as with [`crate::protect::decrypt`].
+pub fn decrypt_in_memory(path: &Path, key: &KeySource) -> Result<DecryptedModel> {
+    let file = open(path)?;
+    let model = Model::open(path)?;
+    let id_before = file_id(&file, path)?;
+    let id_now = file_id(&open(path)?, path)?;
+    if id_before != id_now {
+        return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
+    }
+    decrypt_opened(&model, Some(file), key)
+}
+
+/// [`decrypt_in_memory`] for a model that is already open. A model read from a
+/// file (`Model::open`) is mapped again copy-on-write; a model parsed from memory
+/// (`Model::from_vec`) is decrypted into an owned copy.
+pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<DecryptedModel> {
+    let file = match &model.path {
+        Some(p) => Some(open(p)?),
+        None => None,
+    };
+    decrypt_opened(model, file, key)
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))
+}
+
+#[cfg(unix)]
+fn file_id(f: &File, path: &Path) -> Result<(u64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
+    Ok((m.dev(), m.ino(), m.len()))
+}
+
+#[cfg(not(unix))]
+fn file_id(f: &File, path: &Path) -> Result<(u64, u64, u64)> {
+    let m = f.metadata().map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
+    Ok((0, 0, m.len()))
+}
+
+/// Maps `file` privately copy-on-write; `None` if the map is not the expected length.
+fn map_copy(file: &File, expect_len: usize, path: &Path) -> Result<Option<MmapMut>> {
+    if expect_len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: a private (MAP_PRIVATE) mapping: writes go to private copies of the
+    // touched pages and never reach the file. The file must not be truncated while
+    // mapped (the same contract as `Model::open`); every access is a bounds-checked
+    // slice, and the length is checked against the length that was parsed.
+    let map = unsafe { MmapOptions::new().map_copy(file) }
+        .map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
+    if map.len() != expect_len {
+        return Ok(None);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Best effort: keep decrypted pages out of core dumps.
+        let _ = map.advise(memmap2::Advice::DontDump);
+    }
+    Ok(Some(map))
+}
+
+/// One same-length patch of a buffer.
+struct Patch<'a> {
+    range: Range<u64>,
+    what: PatchKind<'a>,
+}
+
+enum PatchKind<'a> {
+    /// Decrypt with target `tag`'s keystream; `logical` is the tensor offset of the first byte.
+    Decrypt { tag: usize, logical: u64 },
+    /// Replace with these bytes (same length).
+    Bytes(&'a [u8]),
+}
+
+/// Checks that `buf` still holds the authenticated bytes of `reference` in every
+/// decrypted range, then applies the patches in parallel.
+fn patch(
+    model: &Model,
+    targets: &[crate::protect::Target],
+    streams: &[Keystream],
+    buf: &mut [u8],
+    reference: &[u8],
+    patches: &[Patch<'_>],
+) -> Result<()> {
+    // Split the buffer into disjoint mutable pieces, one per patch (patches are sorted and disjoint).
+    let mut pieces: Vec<(&mut [u8], &Patch)> = Vec::with_capacity(patches.len());
+    let mut rest: &mut [u8] = buf;
+    let mut offset = 0u64;
+    for p in patches {
+        if p.range.start < offset || p.range.end < p.range.start {
+            return Err(CoreError::Format(FormatError::Invalid("patches overlap".into())));
+        }
+        let skip = (p.range.start - offset) as usize;
+        let len = (p.range.end - p.range.start) as usize;
+        if skip + len > rest.len() {
+            return Err(CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range))));
+        }
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+        let (piece, tail) = tail.split_at_mut(len);
+        pieces.push((piece, p));
+        rest = tail;
+        offset = p.range.end;
+    }
+    pieces.into_par_iter().try_for_each(|(piece, p)| -> Result<()> {
+        match p.what {
+            PatchKind::Bytes(b) => piece.copy_from_slice(b),
+            PatchKind::Decrypt { tag, logical } => {
+                let authentic = reference.get(p.range.start as usize..p.range.end as usize);
+                if authentic != Some(&*piece) {
+                    return Err(CoreError::Modified("the file changed while it was being decrypted".into()));
+                }
+                let target = &targets[tag];
+                let t = &model.tensors[target.tensor];
+                apply(&streams[tag], target.mode, t.data_type, logical, piece, piece.len() >= PARALLEL_SPAN)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
+    patches.iter().map(|p| p.range.start as usize..p.range.end as usize).collect()
+}
+
+fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
+    let p = read_protected(model)?;
+    let keys = authenticate(model, &p, key)?;
+    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
+    let src = model.bytes();
+    let edits = model_edits(model, &p.targets, &streams, Vec::new())?;
+    let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
+    let entry_is_last = p.entry.range.end == src.len() as u64;
+
+    // The fast path: patch a private map and cut the manifest entry off the end.
+    let mut mapped = None;
+    if let (Some(file), true, true) = (&file, entry_is_last, plan.is_in_place()) {
+        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+        if let Some(mut map) = map_copy(file, src.len(), path)? {
+            let patches: Vec<Patch> = plan
+                .edits()
+                .map(|(r, c)| Patch {
+                    range: r.clone(),
+                    what: match c {
+                        Content::Transform { tag, logical_start } => {
+                            PatchKind::Decrypt { tag: *tag, logical: *logical_start }
+                        }
+                        Content::Bytes(b) => PatchKind::Bytes(b),
+                    },
+                })
+                .collect();
+            patch(model, &p.targets, &streams, &mut map, src, &patches)?;
+            let plaintext = plaintext_ranges(&patches);
+            mapped = Some(DecryptedBytes { backing: Backing::Map(map), len: p.entry.range.start as usize, plaintext });
+        }
+    }
+    let model_bytes = match mapped {
+        Some(m) => m,
+        None => {
+            // The fallback: stream the plan (with the entry removed) into an owned buffer.
+            let remove =
+                Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+            let mut all = edits;
+            all.push(remove);
+            let plan = Plan::new(src.len() as u64, all, Vec::new())?;
+            let mut out = Vec::with_capacity(plan.output_len() as usize);
+            let mut err = None;
+            plan.write(src, &mut out, &mut |tag, logical, chunk| {
+                let target = &p.targets[tag];
+                let t = &model.tensors[target.tensor];
+                apply(&streams[tag], target.mode, t.data_type, logical, chunk, chunk.len() >= PARALLEL_SPAN).map_err(
+                    |e| {
+                        err = Some(e);
+                        FormatError::Invalid("keystream failed".into())
+                    },
+                )
+            })
+            .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
+            DecryptedBytes::owned(out)
+        }
+    };
+
+    // External data files: one private map (or copy) each, patched in place.
+    let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
+    for (ti, target) in p.targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        if let TensorData::External { file, .. } = &t.data {
+            for &(a, b) in &target.spans {
+                for (range, logical) in file_pieces(t, a, b) {
+                    per_file
+                        .entry(*file)
+                        .or_default()
+                        .push(Patch { range, what: PatchKind::Decrypt { tag: ti, logical } });
+                }
+            }
+        }
+    }
+    let mut external = BTreeMap::new();
+    for (fi, f) in model.external_files.iter().enumerate() {
+        let reference = f.bytes()?;
+        let mut patches = per_file.remove(&fi).unwrap_or_default();
+        patches.sort_by_key(|p| p.range.start);
+        let handle = open(&f.path)?;
+        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
+            Some(mut map) => {
+                patch(model, &p.targets, &streams, &mut map, reference, &patches)?;
+                let len = map.len();
+                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
+            }
+            None => {
+                let mut v = reference.to_vec();
+                patch(model, &p.targets, &streams, &mut v, reference, &patches)?;
+                DecryptedBytes::owned(v)
+            }
+        };
+        external.insert(f.location.clone(), bytes);
+    }
+    Ok(DecryptedModel {
+        model: model_bytes,
+        external,
+        tensors: p.targets.len(),
+        decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protect::{encrypt, EncryptOptions};
+    use onnx_protect_crypto::MasterKey;
+    use onnx_protect_format::NoProgress;
+    use onnx_protect_select::Policy;
+
+    fn protect(dir: &Path, mode: &str) -> (std::path::PathBuf, std::path::PathBuf, KeySource) {
+        let plain = dir.join("plain.onnx");
+        std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
+        let out = dir.join("protected.onnx");
+        let key = KeySource::Key(MasterKey::from_bytes([3; 32]));
+        let mut policy = Policy::default();
+        policy.apply_override("mode", &format!("*={mode}")).unwrap();
+        encrypt(&plain, &out, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
+            .unwrap();
+        (plain, out, key)
+    }
+
+    #[test]
+    fn mapped_result_is_the_original_and_the_file_is_untouched() {
+        for mode in ["ctr", "fp"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (plain, protected, key) = protect(dir.path(), mode);
+            let before = std::fs::read(&protected).unwrap();
+            let m = decrypt_in_memory(&protected, &key).unwrap();
+            assert_eq!(m.method(), Method::Mapped);
+            assert_eq!(&m[..], &std::fs::read(&plain).unwrap()[..]);
+            assert!(m.decrypted_bytes() > 0 && m.tensors() > 0);
+            drop(m);
+            assert_eq!(std::fs::read(&protected).unwrap(), before, "the file must never be written");
+        }
+    }
+
+    #[test]
+    fn model_from_memory_falls_back_to_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, protected, key) = protect(dir.path(), "ctr");
+        let model = Model::from_vec(std::fs::read(&protected).unwrap(), None).unwrap();
+        let m = decrypt_model_in_memory(&model, &key).unwrap();
+        assert_eq!(m.method(), Method::Copied);
+        assert_eq!(&m[..], &std::fs::read(&plain).unwrap()[..]);
+    }
+
+    #[test]
+    fn wrong_key_and_unprotected_models_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, protected, _) = protect(dir.path(), "fp");
+        let wrong = KeySource::Key(MasterKey::from_bytes([4; 32]));
+        assert!(matches!(decrypt_in_memory(&protected, &wrong), Err(CoreError::WrongKey)));
+        assert!(matches!(decrypt_in_memory(&plain, &wrong), Err(CoreError::NotProtected)));
+    }
+
+    #[test]
+    fn a_flipped_ciphertext_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, protected, key) = protect(dir.path(), "ctr");
+        let model = Model::open(&protected).unwrap();
+        let p = read_protected(&model).unwrap();
+        let t = &model.tensors[p.targets[0].tensor];
+        let (range, _) = file_pieces(t, p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
+        drop(model);
+        let mut bytes = std::fs::read(&protected).unwrap();
+        bytes[range.start as usize] ^= 1;
+        std::fs::write(&protected, bytes).unwrap();
+        assert!(matches!(decrypt_in_memory(&protected, &key), Err(CoreError::Modified(_))));
+    }
+}

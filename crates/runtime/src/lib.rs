@@ -1,0 +1,50 @@
+//! Running protected ONNX models with the pure-Rust [tract] runtime, and
+//! measuring how strong their protection is.
+//!
+//! * [`engine`]: load model bytes held in memory (external data from buffers),
+//!   optimise for input shapes, run; operators tract lacks are named in
+//!   [`RuntimeError::UnsupportedOps`].
+//! * [`npy`]: a small `.npy` reader and writer for inputs and outputs.
+//! * [`attack`]: what a key-less attacker can rebuild from the public manifest
+//!   (encrypted spans set to zero, or to the tensor's mean).
+//! * [`assess`]: the five-variant report behind `onnx-protect assess`.
+//!
+//! This crate is the only one in the workspace that depends on tract; the
+//! `onnx-protect` binary uses it behind its default `tract` feature.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use onnx_protect_core::memory::decrypt_in_memory;
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+//! use onnx_protect_crypto::MasterKey;
+//! use onnx_protect_runtime::engine::{run_once, External};
+//! use onnx_protect_runtime::npy::{Dtype, NpyArray};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let (plain, protected) = (dir.path().join("m.onnx"), dir.path().join("p.onnx"));
+//! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
+//! let key = KeySource::Key(MasterKey::from_bytes([1; 32]));
+//! let policy = onnx_protect_select::Policy::default();
+//! let opts = EncryptOptions { policy: &policy, in_place: false, progress: &onnx_protect_format::NoProgress };
+//! encrypt(&plain, &protected, &key, &opts)?;
+//!
+//! // Decrypt in memory and run: no plaintext file is written.
+//! let model = decrypt_in_memory(&protected, &key)?;
+//! let x = NpyArray::new(Dtype::F32, vec![1, 2], [1.0f32, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect())?;
+//! let outputs = run_once(&model, &External::new(), &BTreeMap::from([("x".to_string(), x)]))?;
+//! let (name, y) = &outputs[0];
+//! assert_eq!((name.as_str(), y.to_f64()), ("y", vec![5.0, 7.0, 9.0])); // x · W with the original W
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [tract]: https://github.com/sonos/tract
+
+pub mod assess;
+pub mod attack;
+pub mod engine;
+pub mod error;
+pub mod npy;
+
+pub use error::{Result, RuntimeError};

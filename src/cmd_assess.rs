@@ -1,0 +1,133 @@
+//! `assess`: how strong is a model's protection? Five variants, one table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use onnx_protect_runtime::assess::{assess, AssessOptions, AssessReport, InputSource};
+use onnx_protect_runtime::npy::NpyArray;
+
+use crate::cmd_run::lift;
+use crate::keys::KeyArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The unprotected model.
+    original: PathBuf,
+    /// The same model, protected.
+    protected: PathBuf,
+    /// Key of the protected model, for the `decrypted` variant (skipped without a key).
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Inputs: a directory of NAME.npy files (one per model input), or one .npy file for a one-input model.
+    #[arg(long, value_name = "DIR|FILE.npy", conflicts_with = "random")]
+    inputs: Option<PathBuf>,
+    /// Run N random samples (floats uniform in [0, 1)) instead of given inputs [default: 100].
+    #[arg(long, value_name = "N")]
+    random: Option<usize>,
+    /// Seed of --random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Integer class labels, one per sample (.npy), to report accuracy.
+    #[arg(long, value_name = "FILE.npy")]
+    labels: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_inputs(path: &std::path::Path) -> Result<BTreeMap<String, NpyArray>> {
+    let mut map = BTreeMap::new();
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            map.insert(name, NpyArray::read(&p).map_err(lift)?);
+        }
+        if map.is_empty() {
+            bail!("{} holds no .npy files", path.display());
+        }
+    } else {
+        map.insert(String::new(), NpyArray::read(path).map_err(lift)?);
+    }
+    Ok(map)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.1}%", 100.0 * x)).unwrap_or_else(|| "-".into())
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// The report as a text table.
+fn table(r: &AssessReport) -> String {
+    let mut s = format!(
+        "original  {}\nprotected {} ({} of {} weight bytes encrypted in {} tensors, {:.2}%)\n{} samples ({}), output '{}'\n\n",
+        r.original,
+        r.protected,
+        r.encrypted_bytes,
+        r.weight_bytes,
+        r.encrypted_tensors,
+        if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 },
+        r.samples,
+        r.inputs,
+        r.output
+    );
+    s.push_str(&format!(
+        "{:<10} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
+        "variant", "agreement", "accuracy", "mean dist", "max dist", "non-finite", "what"
+    ));
+    for v in &r.variants {
+        if v.status == "ok" {
+            s.push_str(&format!(
+                "{:<10} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
+                v.variant,
+                pct(v.agreement),
+                pct(v.accuracy),
+                num(v.mean_distance),
+                num(v.max_distance),
+                pct(v.non_finite),
+                v.description
+            ));
+        } else {
+            s.push_str(&format!("{:<10} {:>9}  {}\n", v.variant, v.status, v.error.clone().unwrap_or_default()));
+        }
+        for n in &v.notes {
+            s.push_str(&format!("{:<10} note: {n}\n", ""));
+        }
+    }
+    s.push_str(
+        "\nagreement: top-1 equals the original's; dist: Euclidean distance of each sample's output to the \
+         original's (over finite rows)",
+    );
+    s
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let key = a.key.source()?;
+    let inputs = match (&a.inputs, a.random) {
+        (Some(p), _) => InputSource::Arrays(read_inputs(p)?),
+        (None, Some(0)) => bail!("--random needs at least one sample"),
+        (None, n) => InputSource::Random { n: n.unwrap_or(100), seed: a.seed },
+    };
+    let labels = match &a.labels {
+        Some(p) => Some(NpyArray::read(p).and_then(|l| l.to_labels()).map_err(lift)?),
+        None => None,
+    };
+    let report = assess(&a.original, &a.protected, &AssessOptions { key: key.as_ref(), inputs, labels })
+        .map_err(lift)
+        .with_context(|| format!("assess {}", a.protected.display()))?;
+    if a.json {
+        crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
+    } else {
+        crate::output::emit(&table(&report))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

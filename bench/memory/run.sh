@@ -21,7 +21,8 @@ BIN="$ROOT/target/release/onnx-protect"
 EXAMPLE="$ROOT/target/release/examples/decrypt_in_memory"
 
 cd "$ROOT"
-cargo build --release -q --bin onnx-protect
+# The runtime (tract) is not needed here: build without it.
+cargo build --release -q --bin onnx-protect --no-default-features
 cargo build --release -q -p onnx-protect-core --example decrypt_in_memory
 
 mkdir -p "$DATA"

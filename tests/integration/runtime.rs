@@ -53,7 +53,7 @@ fn every_fixture_decrypts_in_memory_byte_identically() {
             }
             // The same through an already-open model.
             let m = Model::open(&enc).unwrap();
-            assert!(&decrypt_model_in_memory(&m, &key()).unwrap()[..] == &d[..]);
+            assert!(decrypt_model_in_memory(&m, &key()).unwrap()[..] == d[..]);
             drop(d);
             assert!(std::fs::read(&enc).unwrap() == before, "decrypting in memory must not write the file");
         }
@@ -268,8 +268,8 @@ mod with_tract {
         assert_eq!(v[4]["max_distance"], 0.0);
         // Raw CTR ciphertext read as floats: NaN/Inf or huge values, no useful predictions.
         assert!(acc(1) < 0.5, "no key: {}", acc(1));
-        for i in 0..5 {
-            assert_eq!(v[i]["status"], "ok", "{}", v[i]);
+        for x in v {
+            assert_eq!(x["status"], "ok", "{x}");
         }
         // The text table.
         let (code, out, err) =

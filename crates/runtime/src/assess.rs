@@ -217,11 +217,13 @@ fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray], n: usize) ->
             }
             chunk.push(c);
         }
-        if !plans.contains_key(&run_len) {
-            let shapes: Vec<(Dtype, Vec<usize>)> = chunk.iter().map(|a| (a.dtype, a.shape.clone())).collect();
-            plans.insert(run_len, loaded.prepare(&shapes)?);
-        }
-        let plan = plans.get(&run_len).ok_or_else(|| RuntimeError::Input("no plan".into()))?;
+        let plan = match plans.entry(run_len) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let shapes: Vec<(Dtype, Vec<usize>)> = chunk.iter().map(|a| (a.dtype, a.shape.clone())).collect();
+                e.insert(loaded.prepare(&shapes)?)
+            }
+        };
         let refs: Vec<&NpyArray> = chunk.iter().collect();
         let outputs = plan.run(&refs)?;
         let (oname, first) = outputs.into_iter().next().ok_or_else(|| RuntimeError::Tract("no outputs".into()))?;

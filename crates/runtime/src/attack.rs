@@ -228,8 +228,8 @@ mod tests {
     #[test]
     fn mean_of_clear_elements_skips_the_spans() {
         let v: Vec<u8> = [1.0f32, 100.0, 100.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(clear_mean(DataType::Float, &v, &[4..12]), Some(2.0));
-        assert_eq!(clear_mean(DataType::Float, &v, &[0..16]), None);
+        assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(4..12))), Some(2.0));
+        assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(0..16))), None);
         assert_eq!(element_spans(&[(5, 9)], 4, 16), vec![4..12]);
         assert_eq!(encode(DataType::Uint8, 2.6), Some(vec![3]));
     }

@@ -17,12 +17,14 @@ pub struct KeygenArgs {
     /// Where to write the new key (64 hex digits and a newline, mode 0600). Refuses to overwrite.
     #[arg(short, long)]
     output: PathBuf,
+    /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    tiers: u32,
     #[arg(long)]
     json: bool,
 }
 
-pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
-    let key = MasterKey::generate()?;
+fn write_key_file(path: &std::path::Path, key: &MasterKey) -> Result<()> {
     let hex = key.to_hex();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -31,16 +33,79 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&a.output).with_context(|| format!("cannot create key file {}", a.output.display()))?;
+    let mut f = opts.open(path).with_context(|| format!("cannot create key file {}", path.display()))?;
     f.write_all(hex.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
+    Ok(())
+}
+
+fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(format!(".tier{t}"));
+    PathBuf::from(s)
+}
+
+pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
+        bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
+    }
+    let key = MasterKey::generate()?;
+    let paths: Vec<PathBuf> = (1..a.tiers).map(|t| tier_path(&a.output, t)).collect();
+    for p in paths.iter().chain(std::iter::once(&a.output)) {
+        if p.exists() {
+            bail!("{} exists; keygen never overwrites a key", p.display());
+        }
+    }
+    write_key_file(&a.output, &key)?;
+    let mut k = key.clone();
+    for t in (1..a.tiers).rev() {
+        k = k.tier_down();
+        write_key_file(&tier_path(&a.output, t), &k)?;
+    }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     if a.json {
-        crate::output::emit(&serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp}).to_string())?;
+        crate::output::emit(
+            &serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp}).to_string(),
+        )?;
     } else {
         crate::output::emit(&format!("wrote key {} (fingerprint {fp})", a.output.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct DeriveTierKeyArgs {
+    /// The key of tier FROM.
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
+    /// The tier of the given key.
+    #[arg(long)]
+    from: u32,
+    /// The (lower) tier whose key to write.
+    #[arg(long)]
+    tier: u32,
+    /// Where to write the derived key.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// `derive-tier-key`: the key of a lower tier, derived one way from a higher one.
+pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
+    if a.tier == 0 || a.tier > a.from {
+        bail!("--tier must be between 1 and --from ({}): a key only yields lower tiers", a.from);
+    }
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&a.key_file)
+            .map_err(|e| crate::keys::KeyFileError(format!("cannot read key file {}: {e}", a.key_file.display())))?,
+    );
+    let mut k = MasterKey::parse_key_file(&bytes)
+        .map_err(|e| crate::keys::KeyFileError(format!("key file {}: {e}", a.key_file.display())))?;
+    for _ in a.tier..a.from {
+        k = k.tier_down();
+    }
+    write_key_file(&a.output, &k)?;
+    crate::output::emit(&format!("wrote the tier-{} key {}", a.tier, a.output.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -65,6 +130,18 @@ pub struct EncryptArgs {
     /// Override the split: OP=first-dim|N. Repeatable.
     #[arg(long, value_name = "OP=N")]
     subsequences: Vec<String>,
+    /// Override the selection rule: OP=even|l1|l2|sample-l1|sample-l2. Repeatable.
+    #[arg(long, value_name = "OP=RULE")]
+    selection: Vec<String>,
+    /// Public seed of the sample-* selection rules.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Split the encrypted set into N nested access tiers by importance.
+    #[arg(long, value_name = "N")]
+    tiers: Option<u32>,
+    /// Share of the encrypted bytes per tier, least important first, e.g. 0.5,0.3,0.2.
+    #[arg(long, value_name = "S1,S2,...", value_delimiter = ',')]
+    tier_shares: Option<Vec<f64>>,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
@@ -105,7 +182,20 @@ fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) 
 }
 
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
-    let policy = load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?;
+    let mut policy = load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?;
+    for s in &a.selection {
+        policy.apply_override("selection", s)?;
+    }
+    if let Some(seed) = a.seed {
+        policy.seed = seed;
+    }
+    if let Some(t) = a.tiers {
+        policy.set_tiers(t)?;
+    }
+    if let Some(s) = &a.tier_shares {
+        policy.set_tier_shares(s)?;
+        policy.shares()?;
+    }
     let key = a.key.required()?;
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
@@ -146,6 +236,9 @@ pub struct DecryptArgs {
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
+    /// Tiered models: decrypt tiers up to T only (default: the key's own tier).
+    #[arg(long, value_name = "T")]
+    tier: Option<u32>,
     /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
     #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
     stdout: bool,
@@ -165,12 +258,21 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     }
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
-    let r = protect::decrypt(&a.input, &output, &key, &DecryptOptions { in_place: a.in_place, progress: &bar })
-        .with_context(|| format!("decrypt {}", a.input.display()))?;
+    let r = protect::decrypt_tier(
+        &a.input,
+        &output,
+        &key,
+        a.tier,
+        &DecryptOptions { in_place: a.in_place, progress: &bar },
+    )
+    .with_context(|| format!("decrypt {}", a.input.display()))?;
     if a.json {
         crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
     } else {
-        crate::output::emit(&format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output))?;
+        crate::output::emit(&format!(
+            "decrypted {} bytes in {} tensors -> {}",
+            r.decrypted_bytes, r.tensors, r.output
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,5 +8,6 @@ mod malformed;
 mod protect;
 mod rekey_check;
 mod runtime;
+mod tiers;
 mod transform;
 mod util;

@@ -258,7 +258,7 @@ fn a_bad_policy_is_refused() {
     let (o, k, p) = (out.to_str().unwrap(), keyfile.to_str().unwrap(), policy.to_str().unwrap());
     assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--policy", p], 7, "policy", &out);
     assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--coefficient", "Conv=abc"], 7, "not a number", &out);
-    assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--mode", "Conv=rot13"], 7, "ctr or fp", &out);
+    assert_refused(&["encrypt", m, "-o", o, "--key-file", k, "--mode", "Conv=rot13"], 7, "ctr, fp or dp", &out);
 }
 
 #[test]

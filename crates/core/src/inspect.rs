@@ -311,12 +311,16 @@ impl Report {
                 human(p.encrypted_bytes),
                 if p.passphrase { ", passphrase key" } else { "" }
             );
+            if p.tiers > 1 {
+                let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
+            }
             for t in &p.tensors {
                 let spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
                 let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
+                let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
                 let _ = writeln!(
                     s,
-                    "  {:<28} {:<8} {:<4} {}/{} subseq, {} of {} bytes at {}{more}",
+                    "  {:<28} {:<8} {:<4}{tier} {}/{} subseq, {} of {} bytes at {}{more}",
                     t.name,
                     t.op_type,
                     t.mode,

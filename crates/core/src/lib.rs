@@ -13,5 +13,6 @@
 pub mod check;
 pub mod inspect;
 pub mod memory;
+mod permute;
 pub mod protect;
 pub mod rekey;

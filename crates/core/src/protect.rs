@@ -158,6 +158,8 @@ pub struct TensorSummary {
     pub subsequences: u64,
     pub chosen: u64,
     pub spans: Vec<(u64, u64)>,
+    /// Access tier (0: untiered).
+    pub tier: u32,
 }
 
 /// What `encrypt` did.
@@ -207,6 +209,8 @@ pub struct Target {
     pub stream_id: u64,
     pub mode: Mode,
     pub spans: Vec<(u64, u64)>,
+    /// Access tier (1..=tiers), or 0 in an untiered manifest.
+    pub tier: u32,
 }
 
 pub(crate) fn b64() -> base64::engine::GeneralPurpose {
@@ -228,9 +232,24 @@ fn storage_code(t: &Tensor) -> pb::Storage {
     }
 }
 
+/// Whether a metadata key names an onnx-protect manifest: `onnx-protect/v` followed
+/// by decimal digits and nothing else (docs/format.md §1). Other keys in the
+/// `onnx-protect/` namespace (such as input-transform records) are not manifests.
+pub fn is_manifest_key(key: &str) -> bool {
+    key.strip_prefix("onnx-protect/v").is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub(crate) fn mode_to_pb(m: Mode) -> i32 {
+    match m {
+        Mode::Ctr => pb::Mode::Ctr as i32,
+        Mode::Fp => pb::Mode::FormatPreserving as i32,
+        Mode::Dp => pb::Mode::DistributionPreserving as i32,
+    }
+}
+
 /// Finds the onnx-protect metadata entry, refusing unknown versions and duplicates.
 pub fn find_manifest_entry(model: &Model) -> Result<Option<MetadataEntry>> {
-    let ours: Vec<&MetadataEntry> = model.metadata.iter().filter(|m| m.key.starts_with(METADATA_PREFIX)).collect();
+    let ours: Vec<&MetadataEntry> = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).collect();
     match ours.as_slice() {
         [] => Ok(None),
         [one] if one.key == METADATA_KEY => Ok(Some((*one).clone())),
@@ -258,7 +277,20 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     if manifest.salt.len() != 32 || manifest.key_check.len() != 16 {
         return Err(bad("salt or key check value has the wrong length".into()));
     }
-    if envelope.mac.len() != 32 || envelope.checksum.len() != 32 {
+    let tiers = manifest.tiers;
+    if tiers > 1 {
+        if tiers > onnx_protect_select::MAX_TIERS
+            || manifest.tier_key_checks.len() != tiers as usize
+            || manifest.tier_key_checks.iter().any(|k| k.len() != 16)
+            || envelope.tier_macs.len() != tiers as usize
+            || envelope.tier_macs.iter().any(|m| m.len() != 32)
+            || envelope.tier_checksums.len() != tiers as usize
+            || envelope.tier_checksums.iter().any(|m| m.len() != 32)
+            || envelope.restored_tiers >= tiers
+        {
+            return Err(bad("tier key checks, MACs or checksums are missing or have the wrong length".into()));
+        }
+    } else if envelope.mac.len() != 32 || envelope.checksum.len() != 32 || envelope.restored_tiers != 0 {
         return Err(bad("MAC or checksum has the wrong length".into()));
     }
     if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
@@ -267,6 +299,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     let by_locator: HashMap<&Locator, usize> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
     let mut seen_streams = std::collections::HashSet::new();
     let mut seen_tensors = std::collections::HashSet::new();
+    let mut spans_of: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
     let mut targets = Vec::with_capacity(manifest.tensors.len());
     for e in &manifest.tensors {
         let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
@@ -284,12 +317,17 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
                 e.locator
             )));
         }
-        if !seen_streams.insert(e.stream_id) || !seen_tensors.insert(tid) {
+        let tier_ok = if tiers > 1 { (1..=tiers).contains(&e.tier) } else { e.tier == 0 };
+        if !tier_ok {
+            return Err(bad(format!("tensor '{}' has tier {} in a manifest with {tiers} tiers", e.name, e.tier)));
+        }
+        if !seen_streams.insert(e.stream_id) || !seen_tensors.insert((tid, e.tier)) {
             return Err(bad(format!("tensor '{}' or its stream id appears twice", e.name)));
         }
         let mode = match pb::Mode::try_from(e.mode) {
             Ok(pb::Mode::Ctr) => Mode::Ctr,
             Ok(pb::Mode::FormatPreserving) => Mode::Fp,
+            Ok(pb::Mode::DistributionPreserving) => Mode::Dp,
             _ => return Err(bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode))),
         };
         if e.spans.len() % 2 != 0 || e.spans.is_empty() {
@@ -299,13 +337,15 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
         let mut prev_end = None;
         let elem = (t.data_type.bits() / 8).max(1);
         for &(a, b) in &spans {
-            if a >= b || b > t.nbytes || prev_end.is_some_and(|p| a <= p) {
+            // Spans may touch only in dp mode, where each span is one permutation unit.
+            let overlaps = prev_end.is_some_and(|p| if mode == Mode::Dp { a < p } else { a <= p });
+            if a >= b || b > t.nbytes || overlaps {
                 return Err(bad(format!(
                     "tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds",
                     e.name
                 )));
             }
-            if mode == Mode::Fp && (a % elem != 0 || b % elem != 0) {
+            if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
                 return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
             }
             prev_end = Some(b);
@@ -316,7 +356,16 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
         if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
             return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
         }
-        targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans });
+        if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+            return Err(bad(format!("tensor '{}': dp mode needs whole-byte elements", e.name)));
+        }
+        let all = spans_of.entry(tid).or_default();
+        all.extend(spans.iter().copied());
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[1].0 < w[0].1) {
+            return Err(bad(format!("tensor '{}': spans of different tiers overlap", e.name)));
+        }
+        targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans, tier: e.tier });
     }
     Ok(Protected { entry, envelope, manifest, targets })
 }
@@ -361,6 +410,11 @@ pub(crate) fn apply(
             } else {
                 ks.apply(offset, data)?
             }
+        }
+        Mode::Dp => {
+            return Err(CoreError::Output(
+                "the distribution-preserving mode permutes whole spans; it cannot be applied chunk by chunk".into(),
+            ))
         }
         Mode::Fp => {
             let mask = fp_mask(dtype).ok_or_else(|| CoreError::BadManifest(format!("no mask for {dtype}")))?;
@@ -408,33 +462,42 @@ pub(crate) fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
     jobs
 }
 
-/// Chunk digests of the ciphertext. `encrypt_with` is `Some` when the model holds
-/// plaintext (encryption): each chunk is encrypted in a scratch buffer before hashing.
-pub(crate) fn leaf_digests(
+/// Where the bytes hashed for a target's leaves come from.
+pub(crate) enum LeafSrc<'a> {
+    /// The element bytes as stored in the file (ciphertext).
+    File,
+    /// The stored bytes are plaintext: XOR this keystream before hashing.
+    Xor(&'a Keystream),
+    /// The whole ciphertext element bytes of the tensor, computed beforehand.
+    Bytes(&'a [u8]),
+}
+
+/// Chunk digests of the ciphertext, in chunk-job order (§7 of docs/format.md).
+pub(crate) fn leaf_digests_ext(
     model: &Model,
     targets: &[Target],
     chunk: u64,
-    encrypt_with: Option<&SessionKeys>,
+    sources: &[LeafSrc],
 ) -> Result<Vec<[u8; 32]>> {
-    // Varint tensors are decoded once, up front (they are small typed-field tensors).
+    // Varint tensors read from the file are decoded once, up front.
     let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
-    for t in targets {
-        if let TensorData::Varint { .. } = model.tensors[t.tensor].data {
+    for (i, t) in targets.iter().enumerate() {
+        if let (TensorData::Varint { .. }, Some(LeafSrc::File | LeafSrc::Xor(_))) =
+            (&model.tensors[t.tensor].data, sources.get(i))
+        {
             decoded.insert(t.tensor, model.tensor_bytes(t.tensor)?.into_owned());
         }
     }
-    let streams: Vec<Keystream> = match encrypt_with {
-        Some(keys) => targets.iter().map(|t| keys.keystream(t.stream_id)).collect(),
-        None => Vec::new(),
-    };
     let jobs = chunk_jobs(targets, chunk);
     jobs.par_iter()
         .map(|job| -> Result<[u8; 32]> {
             let target = &targets[job.target];
             let t = &model.tensors[target.tensor];
-            let whole: Cow<[u8]> = match decoded.get(&target.tensor) {
-                Some(v) => Cow::Borrowed(v.as_slice()),
-                None => model.tensor_bytes(t.id)?,
+            let src = sources.get(job.target).unwrap_or(&LeafSrc::File);
+            let whole: Cow<[u8]> = match (src, decoded.get(&target.tensor)) {
+                (LeafSrc::Bytes(b), _) => Cow::Borrowed(b),
+                (_, Some(v)) => Cow::Borrowed(v.as_slice()),
+                _ => model.tensor_bytes(t.id)?,
             };
             let mut h = Sha256::new();
             h.update(CHUNK_LABEL);
@@ -442,17 +505,17 @@ pub(crate) fn leaf_digests(
             h.update(job.index.to_be_bytes());
             let mut buf = Vec::new();
             for &(a, b) in &job.parts {
-                let src = whole
+                let part = whole
                     .get(a as usize..b as usize)
                     .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
-                match streams.get(job.target) {
-                    Some(ks) => {
+                match src {
+                    LeafSrc::Xor(ks) => {
                         buf.clear();
-                        buf.extend_from_slice(src);
+                        buf.extend_from_slice(part);
                         apply(ks, target.mode, t.data_type, a, &mut buf, false)?;
                         h.update(&buf);
                     }
-                    None => h.update(src),
+                    _ => h.update(part),
                 }
             }
             Ok(h.finalize().into())
@@ -551,6 +614,101 @@ pub(crate) fn check_output(model: &Model, input: &Path, output: &Path, in_place:
     Ok(())
 }
 
+/// The MAC (when `keys` is given) and the keyless checksum of one tier (§11 of
+/// docs/format.md): like [`mac_and_checksum`], with `u32be(tier)` after the manifest
+/// and only that tier's leaves.
+pub(crate) fn tier_seal(
+    keys: Option<&SessionKeys>,
+    manifest: &[u8],
+    tier: u32,
+    leaves: &[[u8; 32]],
+) -> (Option<[u8; 32]>, [u8; 32]) {
+    let mut c = Checksum::new();
+    c.update(CHECKSUM_LABEL);
+    c.update(&(manifest.len() as u64).to_be_bytes());
+    c.update(manifest);
+    c.update(&tier.to_be_bytes());
+    let mut m = keys.map(|k| {
+        let mut m = k.mac();
+        m.update(MAC_INPUT_LABEL);
+        m.update(&(manifest.len() as u64).to_be_bytes());
+        m.update(manifest);
+        m.update(&tier.to_be_bytes());
+        m
+    });
+    for l in leaves {
+        c.update(l);
+        if let Some(m) = m.as_mut() {
+            m.update(l);
+        }
+    }
+    (m.map(|m| m.finalize()), c.finalize())
+}
+
+/// The leaves of each tier (index `tier − 1`), from leaves in chunk-job order.
+fn leaves_by_tier(targets: &[Target], chunk: u64, leaves: &[[u8; 32]], tiers: u32) -> Vec<Vec<[u8; 32]>> {
+    let mut out = vec![Vec::new(); tiers as usize];
+    for (job, leaf) in chunk_jobs(targets, chunk).iter().zip(leaves) {
+        let t = targets[job.target].tier.max(1) as usize;
+        if let Some(v) = out.get_mut(t - 1) {
+            v.push(*leaf);
+        }
+    }
+    out
+}
+
+/// What happens to one target while an output is written.
+pub(crate) enum Action {
+    /// Leave the stored bytes as they are.
+    Skip,
+    /// XOR this keystream, chunk by chunk.
+    Xor(Box<Keystream>),
+    /// Replace the element bytes by these (the whole tensor, transformed beforehand):
+    /// varint-stored tensors and the distribution-preserving mode.
+    Bytes(Vec<u8>),
+}
+
+/// The whole element bytes of a target's tensor with its spans encrypted
+/// (`decrypting = false`) or decrypted.
+pub(crate) fn transform_tensor(model: &Model, target: &Target, ks: &Keystream, decrypting: bool) -> Result<Vec<u8>> {
+    let t = &model.tensors[target.tensor];
+    let mut bytes = model.tensor_bytes(t.id)?.into_owned();
+    let elem = (t.data_type.bits() / 8).max(1) as usize;
+    for &(a, b) in &target.spans {
+        let span = bytes
+            .get_mut(a as usize..b as usize)
+            .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+        if target.mode == Mode::Dp {
+            crate::permute::permute_span(ks, a, span, elem, decrypting)?;
+        } else {
+            apply(ks, target.mode, t.data_type, a, span, false)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Chooses the [`Action`] of every target; `None` streams are skipped.
+pub(crate) fn prepare(
+    model: &Model,
+    targets: &[Target],
+    streams: Vec<Option<Keystream>>,
+    decrypting: bool,
+) -> Result<Vec<Action>> {
+    targets
+        .iter()
+        .zip(streams)
+        .map(|(target, ks)| {
+            let Some(ks) = ks else { return Ok(Action::Skip) };
+            let varint = matches!(model.tensors[target.tensor].data, TensorData::Varint { .. });
+            if varint || target.mode == Mode::Dp {
+                Ok(Action::Bytes(transform_tensor(model, target, &ks, decrypting)?))
+            } else {
+                Ok(Action::Xor(Box::new(ks)))
+            }
+        })
+        .collect()
+}
+
 /// A same-length patch of an external file.
 struct ExtPatch {
     range: Range<u64>,
@@ -558,13 +716,12 @@ struct ExtPatch {
     logical: u64,
 }
 
-/// Writes every external file of the model next to `output`, with patches applied.
-#[allow(clippy::too_many_arguments)]
+/// Writes every external file of the model next to `output`, with the actions applied.
 fn stage_external(
     model: &Model,
     output: &Path,
     targets: &[Target],
-    streams: &[Keystream],
+    actions: &[Action],
     staged: &mut Staged,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
@@ -572,6 +729,9 @@ fn stage_external(
     let mut patches: BTreeMap<usize, Vec<ExtPatch>> = BTreeMap::new();
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
+        if matches!(actions[ti], Action::Skip) {
+            continue;
+        }
         if let TensorData::External { file, .. } = &t.data {
             for &(a, b) in &target.spans {
                 for (range, logical) in file_pieces(t, a, b) {
@@ -596,14 +756,25 @@ fn stage_external(
             w.write_all(&src[pos as usize..p.range.start as usize]).map_err(io)?;
             let target = &targets[p.target];
             let t = &model.tensors[target.tensor];
-            let mut at = p.range.start;
-            while at < p.range.end {
-                let n = (p.range.end - at).min(8 << 20);
-                buf.clear();
-                buf.extend_from_slice(&src[at as usize..(at + n) as usize]);
-                apply(&streams[p.target], target.mode, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
-                w.write_all(&buf).map_err(io)?;
-                at += n;
+            match &actions[p.target] {
+                Action::Bytes(bytes) => {
+                    let lo = p.logical as usize;
+                    let hi = lo + (p.range.end - p.range.start) as usize;
+                    let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
+                    w.write_all(piece).map_err(io)?;
+                }
+                Action::Xor(ks) => {
+                    let mut at = p.range.start;
+                    while at < p.range.end {
+                        let n = (p.range.end - at).min(8 << 20);
+                        buf.clear();
+                        buf.extend_from_slice(&src[at as usize..(at + n) as usize]);
+                        apply(ks, target.mode, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
+                        w.write_all(&buf).map_err(io)?;
+                        at += n;
+                    }
+                }
+                Action::Skip => w.write_all(&src[p.range.start as usize..p.range.end as usize]).map_err(io)?,
             }
             pos = p.range.end;
             progress.set(pos);
@@ -616,19 +787,17 @@ fn stage_external(
     Ok(written)
 }
 
-/// Builds the edit list for the model file itself: in-place transforms for
-/// raw/typed fixed-width data, re-encoded fields for varint data.
-pub(crate) fn model_edits(
-    model: &Model,
-    targets: &[Target],
-    streams: &[Keystream],
-    extra: Vec<Edit>,
-) -> Result<Vec<Edit>> {
+/// The edit list for the model file itself, from the targets' actions.
+pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], extra: Vec<Edit>) -> Result<Vec<Edit>> {
     let mut edits = extra;
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
-        match &t.data {
-            TensorData::Raw { .. } | TensorData::Fixed { .. } => {
+        let action = &actions[ti];
+        if matches!(action, Action::Skip) {
+            continue;
+        }
+        match (&t.data, action) {
+            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_)) => {
                 for &(a, b) in &target.spans {
                     for (range, logical) in file_pieces(t, a, b) {
                         edits.push(Edit {
@@ -639,12 +808,19 @@ pub(crate) fn model_edits(
                     }
                 }
             }
-            TensorData::Varint { field, fields, .. } => {
-                let mut bytes = model.tensor_bytes(t.id)?.into_owned();
+            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Bytes(bytes)) => {
                 for &(a, b) in &target.spans {
-                    apply(&streams[ti], target.mode, t.data_type, a, &mut bytes[a as usize..b as usize], false)?;
+                    for (range, logical) in file_pieces(t, a, b) {
+                        let lo = logical as usize;
+                        let hi = lo + (range.end - range.start) as usize;
+                        let piece =
+                            bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
+                        edits.push(Edit { range, content: Content::Bytes(piece.to_vec()), ancestors: Vec::new() });
+                    }
                 }
-                let payload = encode_varint_payload(t.data_type, *field, &bytes);
+            }
+            (TensorData::Varint { field, fields, .. }, Action::Bytes(bytes)) => {
+                let payload = encode_varint_payload(t.data_type, *field, bytes);
                 let mut full = Vec::with_capacity(payload.len() + 12);
                 wire::put_len_field(&mut full, field.number(), &payload);
                 for (i, r) in fields.iter().enumerate() {
@@ -655,18 +831,34 @@ pub(crate) fn model_edits(
                     });
                 }
             }
-            TensorData::External { .. } => {}
-            _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to encrypt", t.name))),
+            (TensorData::External { .. }, _) => {}
+            _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to transform", t.name))),
         }
     }
     Ok(edits)
+}
+
+/// Builds the edit list for the model file itself: in-place transforms for
+/// raw/typed fixed-width data, re-encoded fields for varint data. XOR modes only
+/// (the distribution-preserving mode needs [`prepare`] and [`edits_for`]).
+pub(crate) fn model_edits(
+    model: &Model,
+    targets: &[Target],
+    streams: &[Keystream],
+    extra: Vec<Edit>,
+) -> Result<Vec<Edit>> {
+    if targets.iter().any(|t| t.mode == Mode::Dp) {
+        return Err(CoreError::Output("the distribution-preserving mode is not supported here".into()));
+    }
+    let actions = prepare(model, targets, streams.iter().cloned().map(Some).collect(), false)?;
+    edits_for(model, targets, &actions, extra)
 }
 
 fn write_model(
     model: &Model,
     plan: &Plan,
     targets: &[Target],
-    streams: &[Keystream],
+    actions: &[Action],
     staged: &mut Staged,
     output: &Path,
     progress: &dyn Progress,
@@ -675,12 +867,11 @@ fn write_model(
     progress.start("write", plan.output_len());
     let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
     let mut err: Option<CoreError> = None;
-    let mut written = 0u64;
     plan.write(model.bytes(), &mut w, &mut |tag, logical, chunk| {
         let target = &targets[tag];
         let t = &model.tensors[target.tensor];
-        written += chunk.len() as u64;
-        if let Err(e) = apply(&streams[tag], target.mode, t.data_type, logical, chunk, true) {
+        let Action::Xor(ks) = &actions[tag] else { return Ok(()) };
+        if let Err(e) = apply(ks, target.mode, t.data_type, logical, chunk, true) {
             err = Some(e);
             return Err(FormatError::Invalid("keystream failed".into()));
         }
@@ -688,7 +879,6 @@ fn write_model(
     })
     .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
     w.flush().map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
-    let _ = written;
     progress.finish();
     Ok(())
 }
@@ -700,35 +890,72 @@ pub struct EncryptOptions<'a> {
     pub progress: &'a dyn Progress,
 }
 
+/// Tier keys `K_1 ..= K_top` from the key of tier `top` (index `t − 1`).
+pub(crate) fn tier_keys(key: &MasterKey, top: u32) -> Vec<MasterKey> {
+    let mut keys = vec![key.clone()];
+    for _ in 1..top {
+        let next = keys.last().map(MasterKey::tier_down).unwrap_or_else(|| key.clone());
+        keys.push(next);
+    }
+    keys.reverse();
+    keys
+}
+
 /// Encrypts `input` into `output` (atomically; external side files next to it).
 pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptions) -> Result<EncryptReport> {
     let model = Model::open_with_progress(input, opts.progress)?;
-    if let Some(m) = model.metadata.iter().find(|m| m.key.starts_with(METADATA_PREFIX)) {
+    if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     check_output(&model, input, output, opts.in_place)?;
+    let tiers = opts.policy.tiers.max(1);
+    opts.policy.shares()?;
     let weights = discover(&model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let selection = select(&model, &weights, opts.policy);
     let (master, kdf) = key.master_for_encrypt()?;
     let salt = random_salt()?;
-    let keys = SessionKeys::derive(&master, &salt);
-    let (manifest, targets) = build_manifest(&model, &selection, &keys, &salt, kdf.as_ref(), opts.policy);
+    let sessions: Vec<SessionKeys> = tier_keys(&master, tiers).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+    let top = sessions.last().ok_or_else(|| CoreError::Output("no tier keys".into()))?;
+    let (manifest, targets) = build_manifest(&model, &selection, &sessions, &salt, kdf.as_ref(), opts.policy);
     let manifest_bytes = manifest.encode_to_vec();
-    let leaves = leaf_digests(&model, &targets, CHUNK_SIZE, Some(&keys))?;
-    let (mac, checksum) = mac_and_checksum(Some(&keys), &manifest_bytes, &leaves);
-    let envelope = pb::Envelope {
-        manifest: manifest_bytes,
-        mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
-        checksum: checksum.to_vec(),
+    let streams: Vec<Option<Keystream>> =
+        targets.iter().map(|t| Some(sessions[t.tier.max(1) as usize - 1].keystream(t.stream_id))).collect();
+    let actions = prepare(&model, &targets, streams, false)?;
+    let sources: Vec<LeafSrc> = actions
+        .iter()
+        .map(|a| match a {
+            Action::Xor(ks) => LeafSrc::Xor(ks),
+            Action::Bytes(b) => LeafSrc::Bytes(b),
+            Action::Skip => LeafSrc::File,
+        })
+        .collect();
+    let leaves = leaf_digests_ext(&model, &targets, CHUNK_SIZE, &sources)?;
+    let envelope = if tiers > 1 {
+        let by_tier = leaves_by_tier(&targets, CHUNK_SIZE, &leaves, tiers);
+        let mut env = pb::Envelope { manifest: Vec::new(), ..Default::default() };
+        for (i, l) in by_tier.iter().enumerate() {
+            let (mac, sum) = tier_seal(Some(&sessions[i]), &manifest_bytes, i as u32 + 1, l);
+            env.tier_macs.push(mac.map(|m| m.to_vec()).unwrap_or_default());
+            env.tier_checksums.push(sum.to_vec());
+        }
+        env.manifest = manifest_bytes;
+        env
+    } else {
+        let (mac, checksum) = mac_and_checksum(Some(top), &manifest_bytes, &leaves);
+        pb::Envelope {
+            manifest: manifest_bytes,
+            mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
+            checksum: checksum.to_vec(),
+            ..Default::default()
+        }
     };
     let value = b64().encode(envelope.encode_to_vec());
-    let streams: Vec<Keystream> = targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
-    let edits = model_edits(&model, &targets, &streams, Vec::new())?;
+    let edits = edits_for(&model, &targets, &actions, Vec::new())?;
     let plan = Plan::new(model.bytes().len() as u64, edits, metadata_field(METADATA_KEY, &value))?;
     let mut staged = Staged::new();
-    let external = stage_external(&model, output, &targets, &streams, &mut staged, opts.progress)?;
-    write_model(&model, &plan, &targets, &streams, &mut staged, output, opts.progress)?;
+    let external = stage_external(&model, output, &targets, &actions, &mut staged, opts.progress)?;
+    write_model(&model, &plan, &targets, &actions, &mut staged, output, opts.progress)?;
     staged.commit()?;
     let tensors = summaries(&model, &manifest, &targets);
     Ok(EncryptReport {
@@ -762,6 +989,7 @@ fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<
                 subsequences: e.subsequences,
                 chosen: e.chosen,
                 spans: t.spans.clone(),
+                tier: t.tier,
             }
         })
         .collect()
@@ -770,11 +998,12 @@ fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<
 fn build_manifest(
     model: &Model,
     selection: &Selection,
-    keys: &SessionKeys,
+    sessions: &[SessionKeys],
     salt: &[u8; 32],
     kdf: Option<&KdfParams>,
     policy: &Policy,
 ) -> (pb::Manifest, Vec<Target>) {
+    let tiered = sessions.len() > 1;
     let mut entries = Vec::new();
     let mut targets = Vec::new();
     for (i, c) in selection.chosen.iter().enumerate() {
@@ -783,6 +1012,7 @@ fn build_manifest(
             TensorData::External { file, range } => (model.external_files[*file].location.clone(), range.start),
             _ => (String::new(), 0),
         };
+        let tier = if tiered { c.tier } else { 0 };
         entries.push(pb::TensorEntry {
             stream_id: i as u64,
             locator: t.locator.to_string(),
@@ -790,10 +1020,7 @@ fn build_manifest(
             data_type: t.data_type.to_i32(),
             storage: storage_code(t) as i32,
             nbytes: t.nbytes,
-            mode: match c.mode {
-                Mode::Ctr => pb::Mode::Ctr as i32,
-                Mode::Fp => pb::Mode::FormatPreserving as i32,
-            },
+            mode: mode_to_pb(c.mode),
             spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
             op_type: c.op_type.clone(),
             role: c.role.clone(),
@@ -801,13 +1028,15 @@ fn build_manifest(
             chosen: c.chosen.len() as u64,
             external_location: loc,
             external_offset: off,
+            tier,
         });
-        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone() });
+        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone(), tier });
     }
+    let top_check = sessions.last().map(|s| s.key_check().to_vec()).unwrap_or_default();
     let manifest = pb::Manifest {
         format_version: FORMAT_VERSION,
         salt: salt.to_vec(),
-        key_check: keys.key_check().to_vec(),
+        key_check: top_check,
         kdf: kdf.map(|k| pb::KdfParams {
             algorithm: "argon2id".into(),
             salt: k.salt.to_vec(),
@@ -819,35 +1048,124 @@ fn build_manifest(
         tool: format!("onnx-protect {}", env!("CARGO_PKG_VERSION")),
         policy_summary: policy.summary(),
         chunk_size: CHUNK_SIZE,
+        tiers: if tiered { sessions.len() as u32 } else { 0 },
+        tier_key_checks: if tiered { sessions.iter().map(|s| s.key_check().to_vec()).collect() } else { Vec::new() },
     };
     (manifest, targets)
 }
 
-/// Checks the key and the MAC of a protected model; returns the session keys.
-pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
+/// The keys a caller holds for a protected model, after every check they allow.
+pub(crate) struct Unlocked {
+    /// The tier of the given key (the number of tiers for the top key; 0 when untiered).
+    pub key_tier: u32,
+    /// The keystream of each target the key can decrypt (same order as the targets).
+    pub streams: Vec<Option<Keystream>>,
+}
+
+/// Checks the key, then every MAC and checksum the key allows (§7, §11 of docs/format.md).
+pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Unlocked> {
     let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
     let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
-    let keys = SessionKeys::derive(&master, &salt);
-    if !keys.key_check_matches(&p.manifest.key_check) {
+    let chunk = p.manifest.chunk_size;
+    let tiers = p.manifest.tiers;
+    if tiers <= 1 {
+        let keys = SessionKeys::derive(&master, &salt);
+        if !keys.key_check_matches(&p.manifest.key_check) {
+            return Err(CoreError::WrongKey);
+        }
+        let leaves = leaf_digests_ext(model, &p.targets, chunk, &[])?;
+        let (mac, checksum) = mac_and_checksum(Some(&keys), &p.envelope.manifest, &leaves);
+        if !mac.is_some_and(|m| bool::from(subtle_eq(&m, &p.envelope.mac))) {
+            return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
+        }
+        if checksum.as_slice() != p.envelope.checksum.as_slice() {
+            return Err(CoreError::Modified("the stored checksum does not match".into()));
+        }
+        let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
+        return Ok(Unlocked { key_tier: 0, streams });
+    }
+    // Which tier is this key? Compare its key check value with every tier's.
+    let given = SessionKeys::derive(&master, &salt);
+    let mut key_tier = 0;
+    for (i, kc) in p.manifest.tier_key_checks.iter().enumerate() {
+        if given.key_check_matches(kc) {
+            key_tier = i as u32 + 1;
+        }
+    }
+    if key_tier == 0 {
         return Err(CoreError::WrongKey);
     }
-    let leaves = leaf_digests(model, &p.targets, p.manifest.chunk_size, None)?;
-    let mut mac = keys.mac();
-    mac.update(MAC_INPUT_LABEL);
-    mac.update(&(p.envelope.manifest.len() as u64).to_be_bytes());
-    mac.update(&p.envelope.manifest);
-    for l in &leaves {
-        mac.update(l);
+    let sessions: Vec<SessionKeys> =
+        tier_keys(&master, key_tier).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+    let restored = p.envelope.restored_tiers;
+    let streams: Vec<Option<Keystream>> = p
+        .targets
+        .iter()
+        .map(|t| (t.tier <= key_tier).then(|| sessions[t.tier as usize - 1].keystream(t.stream_id)))
+        .collect();
+    // Restored tiers hold plaintext: re-encrypt them to check their MACs.
+    let pre: Vec<Option<Vec<u8>>> = p
+        .targets
+        .iter()
+        .zip(&streams)
+        .map(|(t, ks)| match ks {
+            Some(ks)
+                if t.tier <= restored
+                    && (t.mode == Mode::Dp || matches!(model.tensors[t.tensor].data, TensorData::Varint { .. })) =>
+            {
+                transform_tensor(model, t, ks, false).map(Some)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let sources: Vec<LeafSrc> = p
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match (&pre[i], &streams[i]) {
+            (Some(b), _) => LeafSrc::Bytes(b),
+            (None, Some(ks)) if t.tier <= restored => LeafSrc::Xor(ks),
+            _ => LeafSrc::File,
+        })
+        .collect();
+    let leaves = leaf_digests_ext(model, &p.targets, chunk, &sources)?;
+    let by_tier = leaves_by_tier(&p.targets, chunk, &leaves, tiers);
+    for t in 1..=tiers {
+        let i = t as usize - 1;
+        let keys = (t <= key_tier).then(|| &sessions[i]);
+        if keys.is_none() && t <= restored {
+            continue; // plaintext of a tier above this key: nothing this key can check
+        }
+        let (mac, sum) = tier_seal(keys, &p.envelope.manifest, t, &by_tier[i]);
+        if let Some(mac) = mac {
+            if !bool::from(subtle_eq(&mac, &p.envelope.tier_macs[i])) {
+                return Err(CoreError::Modified(format!("the MAC of tier {t} does not match")));
+            }
+        }
+        if sum.as_slice() != p.envelope.tier_checksums[i].as_slice() {
+            return Err(CoreError::Modified(format!("the checksum of tier {t} does not match")));
+        }
     }
-    if !mac.verify(&p.envelope.mac) {
-        return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
+    Ok(Unlocked { key_tier, streams })
+}
+
+fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    if a.len() != b.len() {
+        return subtle::Choice::from(0);
     }
-    // The checksum is keyless and not a security check, but a changed byte in it is still a change.
-    let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
-    if checksum.as_slice() != p.envelope.checksum.as_slice() {
-        return Err(CoreError::Modified("the stored checksum does not match".into()));
+    a.ct_eq(b)
+}
+
+/// Checks the key and the MAC of an untiered protected model; returns the session keys.
+pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
+    if p.manifest.tiers > 1 {
+        return Err(CoreError::Output("this operation does not support tiered models yet".into()));
     }
-    Ok(keys)
+    unlock(model, p, key)?;
+    let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
+    let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
+    Ok(SessionKeys::derive(&master, &salt))
 }
 
 /// Options of [`decrypt`].
@@ -856,30 +1174,93 @@ pub struct DecryptOptions<'a> {
     pub progress: &'a dyn Progress,
 }
 
+/// The decryption to perform: which targets, and what becomes of the manifest entry.
+struct Restore {
+    actions: Vec<Action>,
+    /// Replacement of the manifest entry (empty: remove it).
+    entry: Vec<u8>,
+    tier: u32,
+}
+
+fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
+    let unlocked = unlock(model, p, key)?;
+    let tiers = p.manifest.tiers;
+    let restored = p.envelope.restored_tiers;
+    let (upto, full) = if tiers > 1 {
+        let upto = tier.unwrap_or(unlocked.key_tier);
+        if upto > unlocked.key_tier {
+            return Err(CoreError::Key(format!(
+                "this key is for tier {}; it cannot decrypt tier {upto}",
+                unlocked.key_tier
+            )));
+        }
+        if upto <= restored {
+            return Err(CoreError::Output(format!("tiers up to {restored} are already decrypted in this model")));
+        }
+        (upto, upto == tiers)
+    } else {
+        if tier.is_some_and(|t| t != 1) {
+            return Err(CoreError::Output("this model has no tiers; omit --tier".into()));
+        }
+        (0, true)
+    };
+    let streams: Vec<Option<Keystream>> = p
+        .targets
+        .iter()
+        .zip(unlocked.streams)
+        .map(|(t, ks)| if tiers <= 1 || (t.tier > restored && t.tier <= upto) { ks } else { None })
+        .collect();
+    let actions = prepare(model, &p.targets, streams, true)?;
+    let entry = if full {
+        Vec::new()
+    } else {
+        let mut env = p.envelope.clone();
+        env.restored_tiers = upto;
+        metadata_field(METADATA_KEY, &b64().encode(env.encode_to_vec()))
+    };
+    Ok(Restore { actions, entry, tier: upto })
+}
+
 /// Verifies and decrypts `input` into `output`, restoring the original bytes.
 pub fn decrypt(input: &Path, output: &Path, key: &KeySource, opts: &DecryptOptions) -> Result<DecryptReport> {
+    decrypt_tier(input, output, key, None, opts)
+}
+
+/// Like [`decrypt`], for tiered models up to tier `tier` (default: the key's own
+/// tier). Decrypting below the top tier writes a valid model whose higher tiers
+/// stay encrypted, with the manifest recording which tiers are restored.
+pub fn decrypt_tier(
+    input: &Path,
+    output: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    opts: &DecryptOptions,
+) -> Result<DecryptReport> {
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
     check_output(&model, input, output, opts.in_place)?;
-    let keys = authenticate(&model, &p, key)?;
-    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
-    let remove = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let edits = model_edits(&model, &p.targets, &streams, vec![remove])?;
+    let r = plan_restore(&model, &p, key, tier)?;
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
+    let edits = edits_for(&model, &p.targets, &r.actions, vec![entry])?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
     let mut staged = Staged::new();
-    stage_external(&model, output, &p.targets, &streams, &mut staged, opts.progress)?;
-    write_model(&model, &plan, &p.targets, &streams, &mut staged, output, opts.progress)?;
+    stage_external(&model, output, &p.targets, &r.actions, &mut staged, opts.progress)?;
+    write_model(&model, &plan, &p.targets, &r.actions, &mut staged, output, opts.progress)?;
     staged.commit()?;
+    let done: Vec<&Target> =
+        p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
+    let _ = r.tier;
     Ok(DecryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
-        tensors: p.targets.len(),
-        decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        tensors: done.len(),
+        decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
     })
 }
 
 /// Decrypts a protected model into memory: the returned bytes are the original
-/// model file. Only the encrypted ranges are touched after the copy.
+/// model file (for a tiered model with a lower-tier key: the model with the key's
+/// tiers restored). Only the encrypted ranges are touched after the copy.
 pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
     let p = read_protected(model)?;
     if p.targets.iter().any(|t| matches!(model.tensors[t.tensor].data, TensorData::External { .. })) {
@@ -887,17 +1268,17 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
             "the model keeps encrypted weights in external files; use decrypt_external_to_memory".into(),
         ));
     }
-    let keys = authenticate(model, &p, key)?;
-    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
-    let remove = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let edits = model_edits(model, &p.targets, &streams, vec![remove])?;
+    let r = plan_restore(model, &p, key, None)?;
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
+    let edits = edits_for(model, &p.targets, &r.actions, vec![entry])?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
     let mut out = Vec::with_capacity(plan.output_len() as usize);
     let mut err = None;
     plan.write(model.bytes(), &mut out, &mut |tag, logical, chunk| {
         let target = &p.targets[tag];
         let t = &model.tensors[target.tensor];
-        apply(&streams[tag], target.mode, t.data_type, logical, chunk, true).map_err(|e| {
+        let Action::Xor(ks) = &r.actions[tag] else { return Ok(()) };
+        apply(ks, target.mode, t.data_type, logical, chunk, true).map_err(|e| {
             err = Some(e);
             FormatError::Invalid("keystream failed".into())
         })
@@ -906,23 +1287,34 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Verifies a protected model: with a key, the key check and the MAC; without,
-/// the manifest's form and the keyless checksum of the encrypted bytes.
+/// Verifies a protected model: with a key, the key check and the MACs the key
+/// allows; without, the manifest's form and the keyless checksums of the encrypted bytes.
 pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) -> Result<VerifyReport> {
     let model = Model::open_with_progress(input, progress)?;
     let p = read_protected(&model)?;
     let check = match key {
         Some(k) => {
-            authenticate(&model, &p, k)?;
+            unlock(&model, &p, k)?;
             "mac"
         }
         None => {
-            let leaves = leaf_digests(&model, &p.targets, p.manifest.chunk_size, None)?;
-            let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
-            if checksum.as_slice() != p.envelope.checksum.as_slice() {
-                return Err(CoreError::Modified(
-                    "the checksum of the manifest and the encrypted bytes does not match".into(),
-                ));
+            let leaves = leaf_digests_ext(&model, &p.targets, p.manifest.chunk_size, &[])?;
+            if p.manifest.tiers > 1 {
+                let by_tier = leaves_by_tier(&p.targets, p.manifest.chunk_size, &leaves, p.manifest.tiers);
+                for t in p.envelope.restored_tiers + 1..=p.manifest.tiers {
+                    let i = t as usize - 1;
+                    let (_, sum) = tier_seal(None, &p.envelope.manifest, t, &by_tier[i]);
+                    if sum.as_slice() != p.envelope.tier_checksums[i].as_slice() {
+                        return Err(CoreError::Modified(format!("the checksum of tier {t} does not match")));
+                    }
+                }
+            } else {
+                let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, &leaves);
+                if checksum.as_slice() != p.envelope.checksum.as_slice() {
+                    return Err(CoreError::Modified(
+                        "the checksum of the manifest and the encrypted bytes does not match".into(),
+                    ));
+                }
             }
             "checksum"
         }
@@ -944,6 +1336,10 @@ pub struct ProtectionInfo {
     pub passphrase: bool,
     pub policy_summary: String,
     pub encrypted_bytes: u64,
+    /// Number of access tiers (0: untiered).
+    pub tiers: u32,
+    /// Tiers already decrypted in this file.
+    pub restored_tiers: u32,
     pub tensors: Vec<TensorSummary>,
 }
 
@@ -961,6 +1357,8 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         passphrase: p.manifest.kdf.is_some(),
         policy_summary: p.manifest.policy_summary.clone(),
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        tiers: p.manifest.tiers,
+        restored_tiers: p.envelope.restored_tiers,
         tensors,
     }))
 }

@@ -67,7 +67,7 @@ mod kat_tests;
 pub use digest::{Checksum, Mac};
 pub use error::CryptoError;
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
-pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN};
+pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
 
 /// Length of the master key, tensor keys and the MAC key, in bytes.

@@ -7,6 +7,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{fill_random, CryptoError, KEY_LEN};
 
+/// HKDF salt of the tier-down step.
+pub const TIER_SALT: &[u8] = b"onnx-protect/v1/tier-salt";
+/// HKDF info of the tier-down step.
+pub const TIER_DOWN_LABEL: &[u8] = b"onnx-protect/v1/tier-down";
+
 /// Domain-separation label hashed in front of the key for [`MasterKey::fingerprint`].
 pub const FINGERPRINT_LABEL: &[u8] = b"onnx-protect/v1/fingerprint";
 
@@ -118,6 +123,20 @@ impl MasterKey {
         let mut out = [0u8; 8];
         out.copy_from_slice(&digest[..8]);
         out
+    }
+
+    /// The key of the access tier below this one (docs/format.md §11):
+    /// `HKDF-SHA256(salt = "onnx-protect/v1/tier-salt", IKM = this key,
+    /// info = "onnx-protect/v1/tier-down", 32 bytes)`. The step is one way: the
+    /// key of a tier yields every lower tier's key, never a higher one.
+    pub fn tier_down(&self) -> MasterKey {
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(TIER_SALT), &self.bytes);
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so this cannot fail.
+        if hk.expand(TIER_DOWN_LABEL, out.as_mut()).is_err() {
+            out.zeroize();
+        }
+        MasterKey { bytes: *out }
     }
 
     /// The raw key bytes, for the key derivation in this crate only.

@@ -20,9 +20,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod importance;
 mod policy;
 
-pub use policy::{Mode, OpRule, Policy, PolicyError, Split};
+pub use importance::Norm;
+pub use policy::{Mode, OpRule, Policy, PolicyError, Rank, Split, MAX_TIERS};
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, Weight};
 
@@ -37,9 +39,12 @@ pub struct Chosen {
     pub subsequences: u64,
     /// Indices of the chosen subsequences, ascending.
     pub chosen: Vec<u64>,
-    /// Byte ranges `[begin, end)` of the element bytes to encrypt: sorted,
-    /// disjoint, non-adjacent (adjacent chosen subsequences are merged).
+    /// Byte ranges `[begin, end)` of the element bytes to encrypt: sorted and
+    /// disjoint; adjacent chosen subsequences are merged except in dp mode, where
+    /// each span is one subsequence (the unit the permutation acts on).
     pub spans: Vec<(u64, u64)>,
+    /// Access tier (1 = least important share; 1 when the policy has no tiers).
+    pub tier: u32,
 }
 
 impl Chosen {
@@ -124,19 +129,36 @@ pub fn subsequence_bounds(dtype: DataType, dims: &[u64], numel: u64, split: Spli
     Some(b)
 }
 
+/// One chosen subsequence before tiers are assigned.
+struct Piece {
+    tensor_index: usize,
+    range: (u64, u64),
+    /// Importance relative to the tensor's mean subsequence importance.
+    relative: f64,
+}
+
 /// Chooses what to encrypt. Deterministic; depends only on the model and the policy.
+///
+/// With `policy.tiers > 1`, the chosen subsequences of all tensors are ranked by
+/// their importance relative to their own tensor (L2 score ÷ the tensor's mean
+/// L2 score; 1 for types without a numeric reading), least important first, and cut
+/// into tiers holding the policy's shares of the encrypted bytes. A tensor then
+/// appears once per tier it has subsequences in.
 pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     let mut sel = Selection::default();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut heads: Vec<Chosen> = Vec::new();
     for w in weights {
         let t = &model.tensors[w.tensor];
-        let Some(first) = w.uses.first() else { continue };
-        let Some(rule) = policy.rule_for(&first.op_type) else { continue };
+        if w.uses.is_empty() {
+            continue;
+        }
         // The tensor is encrypted once, under the rule of its first user whose role the rule covers.
         let Some(u) = w.uses.iter().find(|u| policy.rule_for(&u.op_type).is_some_and(|r| r.covers(u.role, u.kind)))
         else {
             continue;
         };
-        let rule = policy.rule_for(&u.op_type).unwrap_or(rule);
+        let Some(rule) = policy.rule_for(&u.op_type) else { continue };
         let ppm = rule.coefficient_ppm();
         if ppm == 0 {
             continue;
@@ -153,41 +175,141 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
                     .push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));
                 continue;
             }
+            TensorData::Varint { .. }
+                if t.ancestors.iter().any(|c| {
+                    c.value_start - c.len_start != onnx_protect_format::wire::varint_len(c.end - c.value_start) as u64
+                }) =>
+            {
+                sel.skipped.push(skip(
+                    "a length prefix around it is not canonical, so re-encoding it could not restore the file byte for byte",
+                ));
+                continue;
+            }
             _ => {}
         }
         if rule.mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
             sel.skipped.push(skip("no format-preserving mask for its data type"));
             continue;
         }
+        if rule.mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+            sel.skipped.push(skip("the distribution-preserving mode needs whole-byte elements"));
+            continue;
+        }
         let Some(bounds) = subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else { continue };
         let n = (bounds.len() - 1) as u64;
         let k = chosen_count(ppm, n);
-        let positions = spread_positions(n, k);
-        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let needs_scores = rule.rank != Rank::Even || policy.tiers > 1;
+        let scores = if needs_scores {
+            let norm = match rule.rank {
+                Rank::Top(n) | Rank::Sample(n) => n,
+                Rank::Even => Norm::L2,
+            };
+            model.tensor_bytes(t.id).ok().and_then(|b| importance::scores(t.data_type, &b, &bounds, norm))
+        } else {
+            None
+        };
+        let positions = match (rule.rank, &scores) {
+            (Rank::Top(_), Some(sc)) => importance::top_k(sc, k as usize),
+            (Rank::Sample(_), Some(sc)) => {
+                importance::weighted_sample(sc, k as usize, policy.seed, &t.locator.to_string())
+            }
+            _ => spread_positions(n, k),
+        };
+        let mean = scores.as_ref().map(|sc| sc.iter().sum::<f64>() / sc.len().max(1) as f64).unwrap_or(0.0);
+        let head_index = heads.len();
         for &p in &positions {
             let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
             if a == b {
                 continue;
             }
-            match spans.last_mut() {
-                Some(last) if last.1 == a => last.1 = b,
-                _ => spans.push((a, b)),
-            }
+            let relative = match &scores {
+                Some(sc) if mean > 0.0 => sc[p as usize] / mean,
+                _ => 1.0,
+            };
+            pieces.push(Piece { tensor_index: head_index, range: (a, b), relative });
         }
-        if spans.is_empty() {
-            continue;
-        }
-        sel.chosen.push(Chosen {
+        heads.push(Chosen {
             tensor: t.id,
             op_type: u.op_type.clone(),
             role: u.role.to_string(),
             mode: rule.mode,
             subsequences: n,
             chosen: positions,
-            spans,
+            spans: Vec::new(),
+            tier: 1,
         });
     }
-    sel.chosen.sort_by_key(|c| c.tensor);
+    // Tier of each piece.
+    let tiers = policy.tiers.max(1);
+    let mut tier_of = vec![1u32; pieces.len()];
+    if tiers > 1 {
+        let shares = policy.shares().unwrap_or_else(|_| vec![1.0 / f64::from(tiers); tiers as usize]);
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        order.sort_by(|&a, &b| {
+            pieces[a]
+                .relative
+                .total_cmp(&pieces[b].relative)
+                .then(pieces[a].tensor_index.cmp(&pieces[b].tensor_index))
+                .then(pieces[a].range.0.cmp(&pieces[b].range.0))
+        });
+        let total: u64 = pieces.iter().map(|p| p.range.1 - p.range.0).sum();
+        let mut bounds = Vec::with_capacity(shares.len());
+        let mut acc = 0.0;
+        for s in &shares {
+            acc += s;
+            bounds.push((acc * total as f64).round() as u64);
+        }
+        let mut done = 0u64;
+        for &i in &order {
+            // A piece belongs to the first tier whose cumulative byte bound it starts before.
+            let t = bounds.iter().position(|&b| done < b).unwrap_or(shares.len() - 1) as u32 + 1;
+            tier_of[i] = t;
+            done += pieces[i].range.1 - pieces[i].range.0;
+        }
+    }
+    // A varint-stored tensor is rewritten as a whole field, so it must sit in a
+    // single tier: the highest of its pieces'.
+    for (hi, head) in heads.iter().enumerate() {
+        if matches!(model.tensors[head.tensor].data, TensorData::Varint { .. }) {
+            let top = pieces.iter().zip(&tier_of).filter(|(p, _)| p.tensor_index == hi).map(|(_, &t)| t).max();
+            if let Some(top) = top {
+                for (p, t) in pieces.iter().zip(tier_of.iter_mut()) {
+                    if p.tensor_index == hi {
+                        *t = top;
+                    }
+                }
+            }
+        }
+    }
+    // Build one Chosen per (tensor, tier), merging adjacent ranges except in dp mode.
+    let mut out: Vec<Chosen> = Vec::new();
+    for (hi, head) in heads.iter().enumerate() {
+        for tier in 1..=tiers {
+            let mut spans: Vec<(u64, u64)> = Vec::new();
+            let mut ranges: Vec<(u64, u64)> = pieces
+                .iter()
+                .zip(&tier_of)
+                .filter(|(p, &t)| p.tensor_index == hi && t == tier)
+                .map(|(p, _)| p.range)
+                .collect();
+            ranges.sort_unstable();
+            for (a, b) in ranges {
+                match spans.last_mut() {
+                    Some(last) if last.1 == a && head.mode != Mode::Dp => last.1 = b,
+                    _ => spans.push((a, b)),
+                }
+            }
+            if spans.is_empty() {
+                continue;
+            }
+            let mut c = head.clone();
+            c.spans = spans;
+            c.tier = tier;
+            out.push(c);
+        }
+    }
+    out.sort_by_key(|c| (c.tensor, c.tier));
+    sel.chosen = out;
     sel
 }
 

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use onnx_protect_format::{discover::roles, DataType, WeightKind};
+
+use crate::importance::Norm;
 use serde::Deserialize;
 
 /// How an operator's weights are encrypted.
@@ -16,6 +18,43 @@ pub enum Mode {
     /// Keystream on sign and mantissa bits only (floats), every bit (8-bit integers).
     #[serde(alias = "format-preserving", alias = "format_preserving")]
     Fp,
+    /// Keyed permutation of the elements inside each chosen subsequence: the
+    /// encrypted values are the layer's own values (docs/format.md §5).
+    #[serde(alias = "distribution-preserving", alias = "distribution_preserving")]
+    Dp,
+}
+
+/// How the chosen subsequences of a weight are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rank {
+    /// Evenly spread positions `⌊j·n/k⌋` (the patent's rule).
+    Even,
+    /// The `k` most important subsequences by a norm.
+    Top(Norm),
+    /// `k` subsequences drawn with probability ∝ importance from the policy's public seed.
+    Sample(Norm),
+}
+
+impl Rank {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rank::Even => "even",
+            Rank::Top(Norm::L1) => "l1",
+            Rank::Top(Norm::L2) => "l2",
+            Rank::Sample(Norm::L1) => "sample-l1",
+            Rank::Sample(Norm::L2) => "sample-l2",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Rank> {
+        Some(match s {
+            "even" => Rank::Even,
+            "l1" => Rank::Top(Norm::L1),
+            "l2" => Rank::Top(Norm::L2),
+            "sample-l1" => Rank::Sample(Norm::L1),
+            "sample-l2" => Rank::Sample(Norm::L2),
+            _ => return None,
+        })
+    }
 }
 
 impl Mode {
@@ -23,12 +62,14 @@ impl Mode {
         match self {
             Mode::Ctr => "ctr",
             Mode::Fp => "fp",
+            Mode::Dp => "dp",
         }
     }
     pub fn parse(s: &str) -> Option<Mode> {
         match s {
             "ctr" => Some(Mode::Ctr),
             "fp" | "format-preserving" | "format_preserving" => Some(Mode::Fp),
+            "dp" | "distribution-preserving" | "distribution_preserving" => Some(Mode::Dp),
             _ => None,
         }
     }
@@ -74,9 +115,22 @@ pub struct OpRule {
     /// Role names to encrypt; `None` means the main and bias roles of the operator
     /// and the normalisation roles except `input_var`.
     pub roles: Option<Vec<String>>,
+    /// How the chosen subsequences are picked.
+    pub rank: Rank,
 }
 
 impl OpRule {
+    /// The built-in rule.
+    pub fn builtin() -> OpRule {
+        OpRule {
+            coefficient: DEFAULT_COEFFICIENT,
+            mode: DEFAULT_MODE,
+            split: Split::FirstDim,
+            roles: None,
+            rank: Rank::Even,
+        }
+    }
+
     /// The coefficient in parts per million, rounded to nearest.
     pub fn coefficient_ppm(&self) -> u32 {
         (self.coefficient.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
@@ -97,7 +151,17 @@ impl OpRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub rules: BTreeMap<String, OpRule>,
+    /// Public seed of the `sample-*` selections.
+    pub seed: u64,
+    /// Number of nested access tiers (1 = no tiers).
+    pub tiers: u32,
+    /// Share of the encrypted bytes in each tier, least important first (sums to 1);
+    /// `None` means equal shares.
+    pub tier_shares: Option<Vec<f64>>,
 }
+
+/// Most tiers a policy may ask for.
+pub const MAX_TIERS: u32 = 16;
 
 /// Every operator type weight discovery knows.
 pub const KNOWN_OPS: &[&str] = &[
@@ -121,20 +185,15 @@ pub const KNOWN_OPS: &[&str] = &[
 /// Default coefficient of the built-in policy (see docs/policy.md for the reasons).
 pub const DEFAULT_COEFFICIENT: f64 = 0.25;
 
+/// Default mode of the built-in policy.
+pub const DEFAULT_MODE: Mode = Mode::Fp;
+
 impl Default for Policy {
     /// Every known operator type, coefficient [`DEFAULT_COEFFICIENT`], format-preserving mode,
     /// first-dimension split, main + bias (+ normalisation) roles.
     fn default() -> Self {
-        let rules = KNOWN_OPS
-            .iter()
-            .map(|op| {
-                (
-                    op.to_string(),
-                    OpRule { coefficient: DEFAULT_COEFFICIENT, mode: Mode::Fp, split: Split::FirstDim, roles: None },
-                )
-            })
-            .collect();
-        Policy { rules }
+        let rules = KNOWN_OPS.iter().map(|op| (op.to_string(), OpRule::builtin())).collect();
+        Policy { rules, seed: 0, tiers: 1, tier_shares: None }
     }
 }
 
@@ -159,6 +218,12 @@ struct FileForm {
     inherit_builtin: bool,
     #[serde(default)]
     ops: BTreeMap<String, RuleForm>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    tiers: Option<u32>,
+    #[serde(default)]
+    tier_shares: Option<Vec<f64>>,
 }
 
 fn yes() -> bool {
@@ -173,6 +238,7 @@ struct RuleForm {
     /// "first-dim" or a positive integer.
     subsequences: Option<toml::Value>,
     roles: Option<Vec<String>>,
+    selection: Option<String>,
 }
 
 fn parse_split(v: &toml::Value, op: &str) -> Result<Split, PolicyError> {
@@ -181,6 +247,12 @@ fn parse_split(v: &toml::Value, op: &str) -> Result<Split, PolicyError> {
         toml::Value::Integer(n) if *n >= 1 => Ok(Split::Count(*n as u64)),
         _ => Err(PolicyError::Invalid(format!("ops.{op}.subsequences must be \"first-dim\" or an integer ≥ 1"))),
     }
+}
+
+fn parse_rank(s: &str, at: &str) -> Result<Rank, PolicyError> {
+    Rank::parse(s).ok_or_else(|| {
+        PolicyError::Invalid(format!("{at}: selection '{s}' must be even, l1, l2, sample-l1 or sample-l2"))
+    })
 }
 
 fn check_coefficient(c: f64, at: &str) -> Result<f64, PolicyError> {
@@ -219,7 +291,17 @@ impl Policy {
         if f.version != 1 {
             return Err(PolicyError::Invalid(format!("version {} is not supported (expected 1)", f.version)));
         }
-        let mut p = if f.inherit_builtin { Policy::default() } else { Policy { rules: BTreeMap::new() } };
+        let mut p =
+            if f.inherit_builtin { Policy::default() } else { Policy { rules: BTreeMap::new(), ..Policy::default() } };
+        if let Some(seed) = f.seed {
+            p.seed = seed;
+        }
+        if let Some(t) = f.tiers {
+            p.set_tiers(t)?;
+        }
+        if let Some(shares) = f.tier_shares {
+            p.set_tier_shares(&shares)?;
+        }
         if let Some(d) = &f.defaults {
             if d.roles.is_some() {
                 return Err(PolicyError::Invalid("defaults cannot set roles (they differ per operator)".into()));
@@ -234,17 +316,17 @@ impl Policy {
                 if let Some(s) = &d.subsequences {
                     r.split = parse_split(s, "defaults")?;
                 }
+                if let Some(s) = &d.selection {
+                    r.rank = parse_rank(s, "defaults")?;
+                }
             }
         }
         for (op, form) in f.ops {
             check_op(&op)?;
-            let base = p.rules.get(&op).cloned().unwrap_or(OpRule {
-                coefficient: DEFAULT_COEFFICIENT,
-                mode: Mode::Fp,
-                split: Split::FirstDim,
-                roles: None,
-            });
-            let mut r = base;
+            let mut r = p.rules.get(&op).cloned().unwrap_or_else(OpRule::builtin);
+            if let Some(s) = &form.selection {
+                r.rank = parse_rank(s, &format!("ops.{op}"))?;
+            }
             if let Some(c) = form.coefficient {
                 r.coefficient = check_coefficient(c, &format!("ops.{op}"))?;
             }
@@ -273,12 +355,7 @@ impl Policy {
             check_op(op).map(|_| vec![op.to_string()])?
         };
         for op in ops {
-            let r = self.rules.entry(op.clone()).or_insert(OpRule {
-                coefficient: DEFAULT_COEFFICIENT,
-                mode: Mode::Fp,
-                split: Split::FirstDim,
-                roles: None,
-            });
+            let r = self.rules.entry(op.clone()).or_insert_with(OpRule::builtin);
             match what {
                 "coefficient" => {
                     let c: f64 = value.parse().map_err(|_| {
@@ -288,8 +365,9 @@ impl Policy {
                 }
                 "mode" => {
                     r.mode = Mode::parse(value)
-                        .ok_or_else(|| PolicyError::Invalid(format!("--mode {spec}: mode must be ctr or fp")))?;
+                        .ok_or_else(|| PolicyError::Invalid(format!("--mode {spec}: mode must be ctr, fp or dp")))?;
                 }
+                "selection" => r.rank = parse_rank(value, &format!("--selection {op}"))?,
                 "subsequences" => {
                     r.split = if value == "first-dim" {
                         Split::FirstDim
@@ -310,6 +388,34 @@ impl Policy {
         Ok(())
     }
 
+    /// Sets the number of tiers (1 ..= MAX_TIERS).
+    pub fn set_tiers(&mut self, t: u32) -> Result<(), PolicyError> {
+        if t == 0 || t > MAX_TIERS {
+            return Err(PolicyError::Invalid(format!("tiers must be between 1 and {MAX_TIERS}, not {t}")));
+        }
+        self.tiers = t;
+        Ok(())
+    }
+
+    /// Sets the tier shares (positive, summing to 1 within 1e-6, one per tier).
+    pub fn set_tier_shares(&mut self, shares: &[f64]) -> Result<(), PolicyError> {
+        let sum: f64 = shares.iter().sum();
+        if shares.is_empty() || shares.iter().any(|s| !s.is_finite() || *s <= 0.0) || (sum - 1.0).abs() > 1e-6 {
+            return Err(PolicyError::Invalid("tier shares must be positive and sum to 1".into()));
+        }
+        self.tier_shares = Some(shares.to_vec());
+        Ok(())
+    }
+
+    /// The shares per tier, least important first.
+    pub fn shares(&self) -> Result<Vec<f64>, PolicyError> {
+        match &self.tier_shares {
+            Some(s) if s.len() as u32 == self.tiers => Ok(s.clone()),
+            Some(s) => Err(PolicyError::Invalid(format!("{} tier shares given for {} tiers", s.len(), self.tiers))),
+            None => Ok(vec![1.0 / f64::from(self.tiers); self.tiers as usize]),
+        }
+    }
+
     /// A one-line description stored in the manifest.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
@@ -318,9 +424,16 @@ impl Policy {
                 Split::FirstDim => "rows".to_string(),
                 Split::Count(n) => n.to_string(),
             };
-            parts.push(format!("{op}:{}:{}:{split}", r.coefficient, r.mode.name()));
+            parts.push(format!("{op}:{}:{}:{split}:{}", r.coefficient, r.mode.name(), r.rank.name()));
         }
-        parts.join(",")
+        let mut s = parts.join(",");
+        if self.tiers > 1 {
+            s.push_str(&format!(";tiers={}", self.tiers));
+        }
+        if self.rules.values().any(|r| matches!(r.rank, Rank::Sample(_))) {
+            s.push_str(&format!(";seed={}", self.seed));
+        }
+        s
     }
 }
 

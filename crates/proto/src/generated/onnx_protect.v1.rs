@@ -54,6 +54,9 @@ pub struct TensorEntry {
     pub external_location: ::prost::alloc::string::String,
     #[prost(uint64, tag = "14")]
     pub external_offset: u64,
+    /// Access tier whose keys encrypt this entry (1..=Manifest.tiers); 0 when untiered.
+    #[prost(uint32, tag = "15")]
+    pub tier: u32,
 }
 /// The key-independent description of what is encrypted, and how to undo it.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -80,6 +83,12 @@ pub struct Manifest {
     /// Chunk size used to hash ciphertext for the MAC and checksum (bytes).
     #[prost(uint64, tag = "8")]
     pub chunk_size: u64,
+    /// Number of nested access tiers (0 or 1: untiered).
+    #[prost(uint32, tag = "9")]
+    pub tiers: u32,
+    /// Key check value of each tier, tier 1 first (16 bytes each); only when tiers > 1.
+    #[prost(bytes = "vec", repeated, tag = "10")]
+    pub tier_key_checks: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 /// What is stored (base64) in metadata_props under the key "onnx-protect/v1".
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -87,12 +96,21 @@ pub struct Envelope {
     /// an encoded Manifest; MAC and checksum cover these exact bytes
     #[prost(bytes = "vec", tag = "1")]
     pub manifest: ::prost::alloc::vec::Vec<u8>,
-    /// 32 bytes HMAC-SHA256
+    /// 32 bytes HMAC-SHA256 (untiered)
     #[prost(bytes = "vec", tag = "2")]
     pub mac: ::prost::alloc::vec::Vec<u8>,
-    /// 32 bytes SHA-256 (keyless)
+    /// 32 bytes SHA-256, keyless (untiered)
     #[prost(bytes = "vec", tag = "3")]
     pub checksum: ::prost::alloc::vec::Vec<u8>,
+    /// Tiered manifests: one MAC and one checksum per tier, tier 1 first.
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub tier_macs: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub tier_checksums: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Tiers 1..=restored_tiers are already decrypted (plaintext) in this file.
+    /// Not authenticated (see docs/format.md §11).
+    #[prost(uint32, tag = "6")]
+    pub restored_tiers: u32,
 }
 /// How the encrypted bytes of a tensor were transformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -102,8 +120,10 @@ pub enum Mode {
     /// AES-256-CTR keystream XORed into every bit.
     Ctr = 1,
     /// Keystream XORed into the sign and mantissa bits only (exponent kept) for
-    /// floating-point types, into every bit for 8-bit integers (see docs/format.md).
+    /// floating-point types, into every bit for integer types (see docs/format.md §5).
     FormatPreserving = 2,
+    /// A keyed permutation of the elements inside each span (docs/format.md §5).
+    DistributionPreserving = 3,
 }
 impl Mode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -115,6 +135,7 @@ impl Mode {
             Self::Unspecified => "MODE_UNSPECIFIED",
             Self::Ctr => "MODE_CTR",
             Self::FormatPreserving => "MODE_FORMAT_PRESERVING",
+            Self::DistributionPreserving => "MODE_DISTRIBUTION_PRESERVING",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -123,6 +144,7 @@ impl Mode {
             "MODE_UNSPECIFIED" => Some(Self::Unspecified),
             "MODE_CTR" => Some(Self::Ctr),
             "MODE_FORMAT_PRESERVING" => Some(Self::FormatPreserving),
+            "MODE_DISTRIBUTION_PRESERVING" => Some(Self::DistributionPreserving),
             _ => None,
         }
     }

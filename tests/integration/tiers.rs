@@ -1,0 +1,192 @@
+//! Importance-driven selection, the distribution-preserving mode and access tiers.
+
+use std::path::Path;
+
+use onnx_protect_core::protect::{
+    decrypt, decrypt_tier, decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
+};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_select::Policy;
+
+use crate::util::{fixture_models, root, run};
+
+fn key(b: u8) -> MasterKey {
+    MasterKey::from_bytes([b; 32])
+}
+
+fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
+    encrypt(
+        input,
+        output,
+        &KeySource::Key(k.clone()),
+        &EncryptOptions { policy, in_place: false, progress: &NoProgress },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+}
+
+fn dopts() -> DecryptOptions<'static> {
+    DecryptOptions { in_place: false, progress: &NoProgress }
+}
+
+#[test]
+fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
+    let mut policy = Policy::default();
+    policy.apply_override("mode", "*=dp").unwrap();
+    policy.apply_override("selection", "*=l1").unwrap();
+    policy.apply_override("coefficient", "*=0.5").unwrap();
+    policy.set_tiers(3).unwrap();
+    for model in fixture_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("enc.onnx");
+        enc(&model, &out, &key(4), &policy);
+        verify(&out, None, &NoProgress).unwrap();
+        let back = dir.path().join("dec").join("model.onnx");
+        decrypt(&out, &back, &KeySource::Key(key(4)), &dopts()).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
+    }
+}
+
+#[test]
+fn dp_mode_keeps_each_span_a_permutation_of_its_values() {
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    let mut policy = Policy::default();
+    policy.apply_override("mode", "*=dp").unwrap();
+    enc(&model, &out, &key(1), &policy);
+    let (plain, protected) = (Model::open(&model).unwrap(), Model::open(&out).unwrap());
+    let p = read_protected(&protected).unwrap();
+    let mut changed = 0;
+    for t in &p.targets {
+        let a = plain.tensor_bytes(t.tensor).unwrap();
+        let b = protected.tensor_bytes(t.tensor).unwrap();
+        for &(x, y) in &t.spans {
+            let (sa, sb) = (&a[x as usize..y as usize], &b[x as usize..y as usize]);
+            let mut va: Vec<&[u8]> = sa.chunks(4).collect();
+            let mut vb: Vec<&[u8]> = sb.chunks(4).collect();
+            changed += usize::from(va != vb);
+            va.sort();
+            vb.sort();
+            assert_eq!(va, vb, "span [{x},{y}) of a tensor is not a permutation");
+        }
+    }
+    assert!(changed > 0);
+}
+
+#[test]
+fn importance_selection_picks_the_largest_rows() {
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    let mut policy = Policy::default();
+    policy.apply_override("selection", "*=l1").unwrap();
+    policy.apply_override("coefficient", "*=0.1").unwrap();
+    enc(&model, &out, &key(2), &policy);
+    let plain = Model::open(&model).unwrap();
+    let protected = Model::open(&out).unwrap();
+    let p = read_protected(&protected).unwrap();
+    let t = p.targets.iter().find(|t| plain.tensors[t.tensor].dims.len() == 2).expect("a matrix");
+    let tensor = &plain.tensors[t.tensor];
+    let bytes = plain.tensor_bytes(t.tensor).unwrap();
+    let row = (tensor.nbytes / tensor.dims[0]) as usize;
+    let l1 = |i: usize| -> f32 {
+        bytes[i * row..(i + 1) * row].chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs()).sum()
+    };
+    let chosen: Vec<usize> = t.spans.iter().flat_map(|&(a, b)| (a as usize / row)..(b as usize / row)).collect();
+    let min_chosen = chosen.iter().map(|&i| l1(i)).fold(f32::INFINITY, f32::min);
+    let max_other = (0..tensor.dims[0] as usize).filter(|i| !chosen.contains(i)).map(l1).fold(0.0, f32::max);
+    assert!(min_chosen >= max_other, "chosen rows {chosen:?}: {min_chosen} < {max_other}");
+}
+
+#[test]
+fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
+    let model = root().join("fixtures/digits/cnn.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    let mut policy = Policy::default();
+    policy.set_tiers(3).unwrap();
+    let top = key(8);
+    enc(&model, &out, &top, &policy);
+    let k2 = top.tier_down();
+    let k1 = k2.tier_down();
+    let m = Model::open(&out).unwrap();
+    let p = read_protected(&m).unwrap();
+    assert_eq!(p.manifest.tiers, 3);
+    for t in 1..=3 {
+        assert!(p.targets.iter().any(|x| x.tier == t), "tier {t} is empty");
+    }
+    // Tier 1 key: restores tier 1 only; the result is a valid, still-protected model.
+    let t1 = dir.path().join("t1").join("m.onnx");
+    decrypt(&out, &t1, &KeySource::Key(k1.clone()), &dopts()).unwrap();
+    let m1 = Model::open(&t1).unwrap();
+    let p1 = read_protected(&m1).unwrap();
+    assert_eq!(p1.envelope.restored_tiers, 1);
+    // A tier-1 key cannot decrypt tier 2.
+    let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::Key(k1.clone()), Some(2), &dopts())
+        .unwrap_err();
+    assert_eq!(e.kind(), "key");
+    // The tier-2 key continues from the tier-1 result; the top key finishes: the original.
+    let t2 = dir.path().join("t2").join("m.onnx");
+    decrypt(&t1, &t2, &KeySource::Key(k2.clone()), &dopts()).unwrap();
+    verify(&t2, Some(&KeySource::Key(k2)), &NoProgress).unwrap();
+    verify(&t2, None, &NoProgress).unwrap();
+    let full = dir.path().join("full").join("m.onnx");
+    decrypt(&t2, &full, &KeySource::Key(top.clone()), &dopts()).unwrap();
+    assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&model).unwrap());
+    // The top key alone restores everything in one step, also in memory.
+    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(top)).unwrap(), std::fs::read(&model).unwrap());
+    // An unrelated key is a wrong key.
+    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(key(9))).unwrap_err().kind(), "wrong_key");
+}
+
+#[test]
+fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.onnx");
+    let mut policy = Policy::default();
+    policy.set_tiers(2).unwrap();
+    let top = key(3);
+    enc(&model, &out, &top, &policy);
+    let t1 = dir.path().join("t1").join("m.onnx");
+    decrypt(&out, &t1, &KeySource::Key(top.tier_down()), &dopts()).unwrap();
+    let m = Model::open(&t1).unwrap();
+    let p = read_protected(&m).unwrap();
+    let target = p.targets.iter().find(|t| t.tier == 1).unwrap();
+    let onnx_protect_format::TensorData::Raw { range } = &m.tensors[target.tensor].data else { panic!() };
+    let at = (range.start + target.spans[0].0) as usize;
+    drop(m);
+    let mut bytes = std::fs::read(&t1).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&t1, &bytes).unwrap();
+    let e = verify(&t1, Some(&KeySource::Key(top)), &NoProgress).unwrap_err();
+    assert_eq!(e.kind(), "modified");
+}
+
+#[test]
+fn keygen_tiers_and_derive_tier_key_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let derived = dir.path().join("d.key");
+    let (code, _, err) = run(&[
+        "derive-tier-key",
+        "--key-file",
+        k.to_str().unwrap(),
+        "--from",
+        "3",
+        "--tier",
+        "1",
+        "-o",
+        derived.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut tier1 = k.as_os_str().to_owned();
+    tier1.push(".tier1");
+    assert_eq!(std::fs::read(&derived).unwrap(), std::fs::read(&tier1).unwrap());
+    let (code, _, _) =
+        run(&["derive-tier-key", "--key-file", k.to_str().unwrap(), "--from", "1", "--tier", "2", "-o", "/tmp/x"]);
+    assert_ne!(code, 0, "a key must not yield a higher tier");
+}

@@ -123,9 +123,20 @@ impl Keystream {
         // `mask.len()` is in 1..=MAX_MASK_LEN, so this cast and modulo are safe.
         let phase = (base % mask.len() as u64) as usize;
         let tile_len = chunk_len.min(skip + data.len());
-        for (i, t) in tile[..tile_len].iter_mut().enumerate() {
+        // One mask period by index, then doubling copies: each copy starts at a
+        // multiple of the period, so the phase is kept (and no division per byte).
+        let first = mask.len().min(tile_len);
+        for (i, t) in tile[..first].iter_mut().enumerate() {
             *t = mask[(phase + i) % mask.len()];
         }
+        let mut filled = first;
+        while filled < tile_len {
+            let n = filled.min(tile_len - filled);
+            tile.copy_within(0..n, filled);
+            filled += n;
+        }
+        let used = tile_len.div_ceil(BLOCK_LEN) * BLOCK_LEN;
+        let total = skip + data.len();
 
         let mut lead = skip;
         let mut rest = data;
@@ -143,7 +154,10 @@ impl Keystream {
             rest = tail;
             lead = 0;
         }
-        ks.zeroize();
+        // Only the bytes written hold keystream: the first chunk covers at most `used`
+        // bytes, and later chunks (when there are any) fill whole chunks.
+        let written = if total > chunk_len { chunk_len } else { used.min(MASK_CHUNK) };
+        ks[..written].zeroize();
         Ok(())
     }
 

@@ -20,8 +20,9 @@
 //!    the manifest entry starts: nothing has to move.
 //!
 //! When that is not possible — a tensor stored as varints whose re-encoding changes
-//! length, a manifest entry that is not the last field, or a model that was not
-//! read from a file — the model is decrypted into an owned buffer instead
+//! length, a manifest entry that is not the last field, a model that was not
+//! read from a file, the distribution-preserving mode (whole-span permutations) or a
+//! model with access tiers — the model is decrypted into an owned buffer instead
 //! ([`Method::Copied`]), which costs one copy of the model.
 //!
 //! External data files are handled the same way: each side file is mapped
@@ -356,6 +357,17 @@ fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
 
 fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
     let p = read_protected(model)?;
+    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode == onnx_protect_select::Mode::Dp) {
+        // Access tiers and the distribution-preserving mode (whole-span permutations) are
+        // restored by the general decryption path, into a copy.
+        let bytes = crate::protect::decrypt_to_vec(model, key)?;
+        return Ok(DecryptedModel {
+            model: DecryptedBytes::owned(bytes),
+            external: BTreeMap::new(),
+            tensors: p.targets.len(),
+            decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        });
+    }
     let keys = authenticate(model, &p, key)?;
     let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
     let src = model.bytes();
@@ -476,12 +488,13 @@ mod tests {
 
     #[test]
     fn mapped_result_is_the_original_and_the_file_is_untouched() {
-        for mode in ["ctr", "fp"] {
+        for mode in ["ctr", "fp", "dp"] {
             let dir = tempfile::tempdir().unwrap();
             let (plain, protected, key) = protect(dir.path(), mode);
             let before = std::fs::read(&protected).unwrap();
             let m = decrypt_in_memory(&protected, &key).unwrap();
-            assert_eq!(m.method(), Method::Mapped);
+            let want = if mode == "dp" { Method::Copied } else { Method::Mapped };
+            assert_eq!(m.method(), want, "{mode}");
             assert_eq!(&m[..], &std::fs::read(&plain).unwrap()[..]);
             assert!(m.decrypted_bytes() > 0 && m.tensors() > 0);
             drop(m);

@@ -349,10 +349,10 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
         assert_eq!(decrypt_to_vec(&m, &k).unwrap(), std::fs::read(orig).unwrap(), "{name}");
     }
     // Another key or policy is other settings: nothing is skipped. --force redoes everything too.
-    let (code, _, err) = run_v(args(&["--coefficient", "*=0.5"]));
+    let (code, _, err) = run_v(args(&["--coefficient", "*=0.3"]));
     assert_eq!(code, 0, "{err}");
     assert!(status().values().all(|s| s == "ok"));
-    let (code, _, err) = run_v(args(&["--coefficient", "*=0.5", "--force"]));
+    let (code, _, err) = run_v(args(&["--coefficient", "*=0.3", "--force"]));
     assert_eq!(code, 0, "{err}");
     assert!(status().values().all(|s| s == "ok"));
     // Usage mistakes are refused before any work.

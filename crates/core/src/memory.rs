@@ -80,7 +80,7 @@ use onnx_protect_format::{FormatError, Model, TensorData};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::protect::{apply, authenticate, file_pieces, model_edits, read_protected, CoreError, KeySource, Result};
+use crate::protect::{apply, authenticate, model_edits, read_protected, CoreError, KeySource, Result};
 
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
@@ -429,7 +429,7 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         let t = &model.tensors[target.tensor];
         if let TensorData::External { file, .. } = &t.data {
             for &(a, b) in &target.spans {
-                for (range, logical) in file_pieces(t, a, b) {
+                for (range, logical) in t.file_pieces(a, b) {
                     per_file
                         .entry(*file)
                         .or_default()
@@ -528,7 +528,7 @@ mod tests {
         let model = Model::open(&protected).unwrap();
         let p = read_protected(&model).unwrap();
         let t = &model.tensors[p.targets[0].tensor];
-        let (range, _) = file_pieces(t, p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
+        let (range, _) = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
         drop(model);
         let mut bytes = std::fs::read(&protected).unwrap();
         bytes[range.start as usize] ^= 1;

@@ -21,11 +21,9 @@ use base64::Engine;
 use onnx_protect_crypto::{
     random_salt, Checksum, CryptoError, KdfParams, Keystream, MasterKey, SessionKeys, KDF_SALT_LEN,
 };
-use onnx_protect_format::model::{encode_varint_payload, MetadataEntry};
+use onnx_protect_format::model::MetadataEntry;
 use onnx_protect_format::write::{metadata_field, Content, Edit, Plan};
-use onnx_protect_format::{
-    discover, wire, DataType, FormatError, Locator, Model, NoProgress, Progress, Tensor, TensorData,
-};
+use onnx_protect_format::{discover, DataType, FormatError, Locator, Model, NoProgress, Progress, Tensor, TensorData};
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 use onnx_protect_select::{fp_mask, select, Mode, Policy, PolicyError, Selection};
@@ -370,30 +368,6 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     Ok(Protected { entry, envelope, manifest, targets })
 }
 
-/// Maps a logical byte range of a tensor to ranges of the file that holds it:
-/// `(file range, logical start)` pieces, in order.
-pub(crate) fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
-    match &t.data {
-        TensorData::Raw { range } | TensorData::External { range, .. } => {
-            vec![(range.start + a..range.start + b, a)]
-        }
-        TensorData::Fixed { segments, .. } => {
-            let mut out = Vec::new();
-            let mut logical = 0u64;
-            for s in segments {
-                let len = s.end - s.start;
-                let (lo, hi) = (logical.max(a), (logical + len).min(b));
-                if lo < hi {
-                    out.push((s.start + (lo - logical)..s.start + (hi - logical), lo));
-                }
-                logical += len;
-            }
-            out
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// Applies the keystream of `target` to `data`, which holds logical bytes starting at `offset`.
 pub(crate) fn apply(
     ks: &Keystream,
@@ -734,7 +708,7 @@ fn stage_external(
         }
         if let TensorData::External { file, .. } = &t.data {
             for &(a, b) in &target.spans {
-                for (range, logical) in file_pieces(t, a, b) {
+                for (range, logical) in t.file_pieces(a, b) {
                     patches.entry(*file).or_default().push(ExtPatch { range, target: ti, logical });
                 }
             }
@@ -799,7 +773,7 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
         match (&t.data, action) {
             (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_)) => {
                 for &(a, b) in &target.spans {
-                    for (range, logical) in file_pieces(t, a, b) {
+                    for (range, logical) in t.file_pieces(a, b) {
                         edits.push(Edit {
                             range,
                             content: Content::Transform { tag: ti, logical_start: logical },
@@ -810,7 +784,7 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
             }
             (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Bytes(bytes)) => {
                 for &(a, b) in &target.spans {
-                    for (range, logical) in file_pieces(t, a, b) {
+                    for (range, logical) in t.file_pieces(a, b) {
                         let lo = logical as usize;
                         let hi = lo + (range.end - range.start) as usize;
                         let piece =
@@ -819,17 +793,8 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
                     }
                 }
             }
-            (TensorData::Varint { field, fields, .. }, Action::Bytes(bytes)) => {
-                let payload = encode_varint_payload(t.data_type, *field, bytes);
-                let mut full = Vec::with_capacity(payload.len() + 12);
-                wire::put_len_field(&mut full, field.number(), &payload);
-                for (i, r) in fields.iter().enumerate() {
-                    edits.push(Edit {
-                        range: r.clone(),
-                        content: Content::Bytes(if i == 0 { std::mem::take(&mut full) } else { Vec::new() }),
-                        ancestors: t.ancestors.clone(),
-                    });
-                }
+            (TensorData::Varint { .. }, Action::Bytes(bytes)) => {
+                edits.extend(t.varint_edits(bytes));
             }
             (TensorData::External { .. }, _) => {}
             _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to transform", t.name))),

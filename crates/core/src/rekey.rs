@@ -24,9 +24,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use onnx_protect_crypto::{random_salt, Keystream, SessionKeys};
-use onnx_protect_format::model::encode_varint_payload;
 use onnx_protect_format::write::{metadata_field, Content, Edit, Plan};
-use onnx_protect_format::{wire, FormatError, Model, Progress, TensorData};
+use onnx_protect_format::{FormatError, Model, Progress, TensorData};
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 use rayon::prelude::*;
@@ -34,8 +33,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    apply, b64, check_output, chunk_jobs, file_pieces, mac_and_checksum, read_protected, CoreError, KeySource,
-    Protected, Result, Staged, Target, CHUNK_LABEL, MAC_INPUT_LABEL, METADATA_KEY,
+    apply, b64, check_output, chunk_jobs, mac_and_checksum, read_protected, CoreError, KeySource, Protected, Result,
+    Staged, Target, CHUNK_LABEL, MAC_INPUT_LABEL, METADATA_KEY,
 };
 
 /// Options of [`rekey`].
@@ -142,7 +141,7 @@ fn edits(model: &Model, p: &Protected, pairs: &[Pair], new_entry: Vec<u8>) -> Re
         match &t.data {
             TensorData::Raw { .. } | TensorData::Fixed { .. } => {
                 for &(a, b) in &target.spans {
-                    for (range, logical) in file_pieces(t, a, b) {
+                    for (range, logical) in t.file_pieces(a, b) {
                         edits.push(Edit {
                             range,
                             content: Content::Transform { tag: ti, logical_start: logical },
@@ -151,7 +150,7 @@ fn edits(model: &Model, p: &Protected, pairs: &[Pair], new_entry: Vec<u8>) -> Re
                     }
                 }
             }
-            TensorData::Varint { field, fields, .. } => {
+            TensorData::Varint { .. } => {
                 let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
                 for &(a, b) in &target.spans {
                     let chunk = bytes
@@ -159,16 +158,7 @@ fn edits(model: &Model, p: &Protected, pairs: &[Pair], new_entry: Vec<u8>) -> Re
                         .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
                     reapply(&pairs[ti], target, model, a, chunk, false)?;
                 }
-                let payload = encode_varint_payload(t.data_type, *field, &bytes);
-                let mut full = Vec::with_capacity(payload.len() + 12);
-                wire::put_len_field(&mut full, field.number(), &payload);
-                for (i, r) in fields.iter().enumerate() {
-                    edits.push(Edit {
-                        range: r.clone(),
-                        content: Content::Bytes(if i == 0 { std::mem::take(&mut full) } else { Vec::new() }),
-                        ancestors: t.ancestors.clone(),
-                    });
-                }
+                edits.extend(t.varint_edits(&bytes));
             }
             TensorData::External { .. } => {}
             _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no encrypted data", t.name))),
@@ -193,7 +183,7 @@ fn stage_external(
         let t = &model.tensors[target.tensor];
         if let TensorData::External { file, .. } = &t.data {
             for &(a, b) in &target.spans {
-                for (range, logical) in file_pieces(t, a, b) {
+                for (range, logical) in t.file_pieces(a, b) {
                     patches.entry(*file).or_default().push((range, ti, logical));
                 }
             }

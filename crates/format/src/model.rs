@@ -236,6 +236,53 @@ pub struct Tensor {
     pub data: TensorData,
 }
 
+impl Tensor {
+    /// Maps the logical byte range `[a, b)` of the element bytes to ranges of the
+    /// file that holds them (the model, or the external file): `(file range, logical
+    /// start)` pieces in order. Empty for varint, string and empty storage, whose
+    /// element bytes are not stored as such.
+    pub fn file_pieces(&self, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
+        match &self.data {
+            TensorData::Raw { range } | TensorData::External { range, .. } => {
+                vec![(range.start + a..range.start + b, a)]
+            }
+            TensorData::Fixed { segments, .. } => {
+                let mut out = Vec::new();
+                let mut logical = 0u64;
+                for s in segments {
+                    let len = s.end - s.start;
+                    let (lo, hi) = (logical.max(a), (logical + len).min(b));
+                    if lo < hi {
+                        out.push((s.start + (lo - logical)..s.start + (hi - logical), lo));
+                    }
+                    logical += len;
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Edits that store `bytes` (new element bytes, `raw_data` layout) into a
+    /// varint-stored tensor: one packed field replaces the first occurrence, the
+    /// others are removed, and enclosing length prefixes follow. Empty for other storage.
+    pub fn varint_edits(&self, bytes: &[u8]) -> Vec<crate::write::Edit> {
+        let TensorData::Varint { field, fields, .. } = &self.data else { return Vec::new() };
+        let payload = encode_varint_payload(self.data_type, *field, bytes);
+        let mut full = Vec::with_capacity(payload.len() + 12);
+        wire::put_len_field(&mut full, field.number(), &payload);
+        fields
+            .iter()
+            .enumerate()
+            .map(|(i, r)| crate::write::Edit {
+                range: r.clone(),
+                content: crate::write::Content::Bytes(if i == 0 { std::mem::take(&mut full) } else { Vec::new() }),
+                ancestors: self.ancestors.clone(),
+            })
+            .collect()
+    }
+}
+
 /// An `opset_import` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opset {

@@ -15,9 +15,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use onnx_protect_core::protect::read_protected;
-use onnx_protect_format::model::encode_varint_payload;
 use onnx_protect_format::write::{Content, Edit, Plan};
-use onnx_protect_format::{wire, DataType, Model, Tensor, TensorData};
+use onnx_protect_format::{DataType, Model, TensorData};
 
 use crate::error::{Result, RuntimeError};
 
@@ -115,27 +114,6 @@ fn clear_mean(dt: DataType, bytes: &[u8], spans: &[Range<usize>]) -> Option<f64>
     Some(sum / n as f64)
 }
 
-/// `(file range, logical start)` pieces of a tensor's logical range `[a, b)`.
-fn file_pieces(t: &Tensor, a: u64, b: u64) -> Vec<(Range<u64>, u64)> {
-    match &t.data {
-        TensorData::Raw { range } | TensorData::External { range, .. } => vec![(range.start + a..range.start + b, a)],
-        TensorData::Fixed { segments, .. } => {
-            let mut out = Vec::new();
-            let mut logical = 0u64;
-            for s in segments {
-                let len = s.end - s.start;
-                let (lo, hi) = (logical.max(a), (logical + len).min(b));
-                if lo < hi {
-                    out.push((s.start + (lo - logical)..s.start + (hi - logical), lo));
-                }
-                logical += len;
-            }
-            out
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// Builds the attacker's model from a protected model: the encrypted spans listed
 /// in its (public) manifest are overwritten according to `fill`.
 pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
@@ -172,7 +150,7 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
         match &t.data {
             TensorData::Raw { .. } | TensorData::Fixed { .. } => {
                 for s in &spans {
-                    for (range, logical) in file_pieces(t, s.start as u64, s.end as u64) {
+                    for (range, logical) in t.file_pieces(s.start as u64, s.end as u64) {
                         let from = logical as usize;
                         let len = (range.end - range.start) as usize;
                         edits.push(Edit {
@@ -183,17 +161,8 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
                     }
                 }
             }
-            TensorData::Varint { field, fields, .. } => {
-                let payload = encode_varint_payload(t.data_type, *field, &bytes);
-                let mut full = Vec::with_capacity(payload.len() + 12);
-                wire::put_len_field(&mut full, field.number(), &payload);
-                for (i, r) in fields.iter().enumerate() {
-                    edits.push(Edit {
-                        range: r.clone(),
-                        content: Content::Bytes(if i == 0 { std::mem::take(&mut full) } else { Vec::new() }),
-                        ancestors: t.ancestors.clone(),
-                    });
-                }
+            TensorData::Varint { .. } => {
+                edits.extend(t.varint_edits(&bytes));
             }
             TensorData::External { file, .. } => {
                 let loc = &protected.external_files[*file].location;
@@ -201,7 +170,7 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
                     .get_mut(loc)
                     .ok_or_else(|| RuntimeError::Input(format!("external file '{loc}' is missing")))?;
                 for s in &spans {
-                    for (range, logical) in file_pieces(t, s.start as u64, s.end as u64) {
+                    for (range, logical) in t.file_pieces(s.start as u64, s.end as u64) {
                         let from = logical as usize;
                         let len = (range.end - range.start) as usize;
                         let dst = buf.get_mut(range.start as usize..range.end as usize).ok_or_else(|| {

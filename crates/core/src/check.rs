@@ -26,7 +26,7 @@ use std::path::Path;
 use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Mode, Policy, Split};
 
-use crate::protect::{find_manifest_entry, read_protected, verify, CoreError, Protected, METADATA_PREFIX};
+use crate::protect::{find_manifest_entry, is_manifest_key, read_protected, verify, CoreError, Protected};
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -178,7 +178,7 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
         },
         Ok(None) => None,
         Err(e) => {
-            out.protected = model.metadata.iter().any(|m| m.key.starts_with(METADATA_PREFIX));
+            out.protected = model.metadata.iter().any(|m| is_manifest_key(&m.key));
             out.failures.push(failure(error_reason(&e), e.to_string()));
             return;
         }

@@ -422,6 +422,7 @@ class Manifest:
     entries: list[Entry]
     chunk_size: int
     tool: str = ""
+    leaf_hash: int = 0  # §7: 0 = SHA-256, 1 = BLAKE3
 
 
 def parse_manifest(m: bytes) -> Manifest:
@@ -464,7 +465,9 @@ def parse_manifest(m: bytes) -> Manifest:
             mode=get_uint(tb, tff, 7),
             spans=[(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)],
         ))
-    man = Manifest(m, version, salt, kcv, kdf, entries, get_uint(m, f, 8), get_str(m, f, 6))
+    man = Manifest(m, version, salt, kcv, kdf, entries, get_uint(m, f, 8), get_str(m, f, 6), get_uint(m, f, 11))
+    if man.leaf_hash not in LEAF_HASHES:
+        raise Malformed(f"unknown leaf_hash {man.leaf_hash}")
     if len(man.salt) != 32:
         raise Malformed(f"salt is {len(man.salt)} bytes, not 32")
     if len(man.key_check) != 16:
@@ -689,13 +692,23 @@ def check_spans(entry: Entry):
 # §7 integrity.
 
 
-def leaves(located: list[Located], chunk_size: int) -> bytes:
+def _blake3(data: bytes) -> bytes:
+    import blake3  # PyPI `blake3`, only needed for manifests with leaf_hash = 1
+
+    return blake3.blake3(data).digest()
+
+
+LEAF_HASHES = {0: lambda data: hashlib.sha256(data).digest(), 1: _blake3}
+
+
+def leaves(located: list[Located], chunk_size: int, leaf_hash: int) -> bytes:
+    h = LEAF_HASHES[leaf_hash]
     out = []
     for loc in located:
         c = b"".join(loc.element_bytes[b:e] for b, e in loc.entry.spans)
         s = u64be(loc.entry.stream_id)
         for j, off in enumerate(range(0, len(c), chunk_size)):
-            out.append(hashlib.sha256(LABEL_CHUNK + s + u64be(j) + c[off:off + chunk_size]).digest())
+            out.append(h(LABEL_CHUNK + s + u64be(j) + c[off:off + chunk_size]))
     return b"".join(out)
 
 
@@ -801,7 +814,7 @@ def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes 
     if not hmac.compare_digest(hkdf_expand(prk, LABEL_KCV, 16), man.key_check):
         raise WrongKey()
     k_mac = hkdf_expand(prk, LABEL_MAC, 32)
-    L = leaves(located, man.chunk_size)
+    L = leaves(located, man.chunk_size, man.leaf_hash)
     M = man.raw
     msg = u64be(len(M)) + M + L
     if not hmac.compare_digest(hmac.new(k_mac, LABEL_MAC_INPUT + msg, hashlib.sha256).digest(), mac):

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use onnx_protect_crypto::{
-    random_salt, Checksum, CryptoError, KdfParams, Keystream, MasterKey, SessionKeys, KDF_SALT_LEN,
+    random_salt, Checksum, CryptoError, KdfParams, Keystream, Leaf, LeafHash, MasterKey, SessionKeys, KDF_SALT_LEN,
 };
 use onnx_protect_format::model::MetadataEntry;
 use onnx_protect_format::write::{metadata_field, Content, Edit, Plan};
@@ -28,7 +28,6 @@ use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 use onnx_protect_select::{fp_mask, select, Mode, Policy, PolicyError, Selection};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// The `metadata_props` key of a format-1 manifest.
@@ -39,8 +38,10 @@ pub const METADATA_PREFIX: &str = "onnx-protect/";
 pub const FORMAT_VERSION: u32 = 1;
 /// Ciphertext is hashed in chunks of this many bytes (per tensor) for the MAC.
 pub const CHUNK_SIZE: u64 = 4 << 20;
+/// The leaf hash new manifests are written with (§7 of docs/format.md).
+pub const LEAF_HASH: LeafHash = LeafHash::Blake3;
 /// Domain-separation labels of the integrity computation.
-pub const CHUNK_LABEL: &[u8] = b"onnx-protect/v1/chunk";
+pub use onnx_protect_crypto::CHUNK_LABEL;
 pub const MAC_INPUT_LABEL: &[u8] = b"onnx-protect/v1/mac-input";
 pub const CHECKSUM_LABEL: &[u8] = b"onnx-protect/v1/checksum";
 
@@ -198,6 +199,8 @@ pub struct Protected {
     pub manifest: pb::Manifest,
     /// For each manifest tensor (same order): the model tensor and its spans.
     pub targets: Vec<Target>,
+    /// The hash of the ciphertext chunks (`Manifest.leaf_hash`).
+    pub leaf_hash: LeafHash,
 }
 
 /// A manifest tensor matched to the model.
@@ -235,6 +238,13 @@ fn storage_code(t: &Tensor) -> pb::Storage {
 /// `onnx-protect/` namespace (such as input-transform records) are not manifests.
 pub fn is_manifest_key(key: &str) -> bool {
     key.strip_prefix("onnx-protect/v").is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub(crate) fn leaf_hash_to_pb(h: LeafHash) -> i32 {
+    match h {
+        LeafHash::Sha256 => pb::LeafHash::Sha256 as i32,
+        LeafHash::Blake3 => pb::LeafHash::Blake3 as i32,
+    }
 }
 
 pub(crate) fn mode_to_pb(m: Mode) -> i32 {
@@ -291,6 +301,11 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     } else if envelope.mac.len() != 32 || envelope.checksum.len() != 32 || envelope.restored_tiers != 0 {
         return Err(bad("MAC or checksum has the wrong length".into()));
     }
+    let leaf_hash = match pb::LeafHash::try_from(manifest.leaf_hash) {
+        Ok(pb::LeafHash::Sha256) => LeafHash::Sha256,
+        Ok(pb::LeafHash::Blake3) => LeafHash::Blake3,
+        Err(_) => return Err(bad(format!("unknown leaf hash {}", manifest.leaf_hash))),
+    };
     if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
         return Err(bad(format!("chunk size {} is out of range", manifest.chunk_size)));
     }
@@ -365,7 +380,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
         }
         targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans, tier: e.tier });
     }
-    Ok(Protected { entry, envelope, manifest, targets })
+    Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
 }
 
 /// Applies the keystream of `target` to `data`, which holds logical bytes starting at `offset`.
@@ -451,6 +466,7 @@ pub(crate) fn leaf_digests_ext(
     model: &Model,
     targets: &[Target],
     chunk: u64,
+    hash: LeafHash,
     sources: &[LeafSrc],
 ) -> Result<Vec<[u8; 32]>> {
     // Varint tensors read from the file are decoded once, up front.
@@ -473,10 +489,7 @@ pub(crate) fn leaf_digests_ext(
                 (_, Some(v)) => Cow::Borrowed(v.as_slice()),
                 _ => model.tensor_bytes(t.id)?,
             };
-            let mut h = Sha256::new();
-            h.update(CHUNK_LABEL);
-            h.update(target.stream_id.to_be_bytes());
-            h.update(job.index.to_be_bytes());
+            let mut h = Leaf::new(hash, target.stream_id, job.index);
             let mut buf = Vec::new();
             for &(a, b) in &job.parts {
                 let part = whole
@@ -895,7 +908,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
             Action::Skip => LeafSrc::File,
         })
         .collect();
-    let leaves = leaf_digests_ext(&model, &targets, CHUNK_SIZE, &sources)?;
+    let leaves = leaf_digests_ext(&model, &targets, CHUNK_SIZE, LEAF_HASH, &sources)?;
     let envelope = if tiers > 1 {
         let by_tier = leaves_by_tier(&targets, CHUNK_SIZE, &leaves, tiers);
         let mut env = pb::Envelope { manifest: Vec::new(), ..Default::default() };
@@ -1013,6 +1026,7 @@ fn build_manifest(
         tool: format!("onnx-protect {}", env!("CARGO_PKG_VERSION")),
         policy_summary: policy.summary(),
         chunk_size: CHUNK_SIZE,
+        leaf_hash: leaf_hash_to_pb(LEAF_HASH),
         tiers: if tiered { sessions.len() as u32 } else { 0 },
         tier_key_checks: if tiered { sessions.iter().map(|s| s.key_check().to_vec()).collect() } else { Vec::new() },
     };
@@ -1038,7 +1052,7 @@ pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Un
         if !keys.key_check_matches(&p.manifest.key_check) {
             return Err(CoreError::WrongKey);
         }
-        let leaves = leaf_digests_ext(model, &p.targets, chunk, &[])?;
+        let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &[])?;
         let (mac, checksum) = mac_and_checksum(Some(&keys), &p.envelope.manifest, &leaves);
         if !mac.is_some_and(|m| bool::from(subtle_eq(&m, &p.envelope.mac))) {
             return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
@@ -1093,7 +1107,7 @@ pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Un
             _ => LeafSrc::File,
         })
         .collect();
-    let leaves = leaf_digests_ext(model, &p.targets, chunk, &sources)?;
+    let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &sources)?;
     let by_tier = leaves_by_tier(&p.targets, chunk, &leaves, tiers);
     for t in 1..=tiers {
         let i = t as usize - 1;
@@ -1263,7 +1277,7 @@ pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) ->
             "mac"
         }
         None => {
-            let leaves = leaf_digests_ext(&model, &p.targets, p.manifest.chunk_size, &[])?;
+            let leaves = leaf_digests_ext(&model, &p.targets, p.manifest.chunk_size, p.leaf_hash, &[])?;
             if p.manifest.tiers > 1 {
                 let by_tier = leaves_by_tier(&p.targets, p.manifest.chunk_size, &leaves, p.manifest.tiers);
                 for t in p.envelope.restored_tiers + 1..=p.manifest.tiers {
@@ -1331,4 +1345,58 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
 /// Used by tests and `NoProgress` callers.
 pub fn no_progress() -> &'static dyn Progress {
     &NoProgress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protect_format::testutil::tiny_model;
+
+    fn protected_tiny(dir: &Path) -> (PathBuf, KeySource) {
+        let plain = dir.join("plain.onnx");
+        std::fs::write(&plain, tiny_model()).unwrap();
+        let out = dir.join("protected.onnx");
+        let key = KeySource::Key(MasterKey::from_bytes([9; 32]));
+        let policy = Policy::default();
+        encrypt(&plain, &out, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
+            .unwrap();
+        (out, key)
+    }
+
+    /// The protected model with its manifest's `leaf_hash` replaced (the MAC is not recomputed).
+    fn with_leaf_hash(path: &Path, value: i32) -> Model {
+        let model = Model::open(path).unwrap();
+        let p = read_protected(&model).unwrap();
+        let mut manifest = p.manifest.clone();
+        manifest.leaf_hash = value;
+        let envelope = pb::Envelope { manifest: manifest.encode_to_vec(), ..p.envelope.clone() };
+        let entry = metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec()));
+        let bytes = model.bytes();
+        let r = p.entry.range.clone();
+        let out = [&bytes[..r.start as usize], &entry[..], &bytes[r.end as usize..]].concat();
+        Model::from_vec(out, None).unwrap()
+    }
+
+    #[test]
+    fn new_manifests_use_blake3_leaves_and_the_choice_is_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = protected_tiny(dir.path());
+        let model = Model::open(&path).unwrap();
+        let p = read_protected(&model).unwrap();
+        assert_eq!(p.leaf_hash, LeafHash::Blake3);
+        assert_eq!(p.manifest.leaf_hash, pb::LeafHash::Blake3 as i32);
+        assert!(decrypt_to_vec(&model, &key).is_ok());
+        // Downgrading the manifest to SHA-256 leaves is caught by the MAC.
+        let downgraded = with_leaf_hash(&path, pb::LeafHash::Sha256 as i32);
+        assert_eq!(read_protected(&downgraded).unwrap().leaf_hash, LeafHash::Sha256);
+        assert!(matches!(decrypt_to_vec(&downgraded, &key), Err(CoreError::Modified(_))));
+    }
+
+    #[test]
+    fn an_unknown_leaf_hash_is_a_bad_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = protected_tiny(dir.path());
+        let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
+        assert!(matches!(&err, CoreError::BadManifest(m) if m.contains("unknown leaf hash 7")), "{err}");
+    }
 }

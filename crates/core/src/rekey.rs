@@ -23,18 +23,17 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use onnx_protect_crypto::{random_salt, Keystream, SessionKeys};
+use onnx_protect_crypto::{random_salt, Keystream, Leaf, LeafHash, SessionKeys};
 use onnx_protect_format::write::{metadata_field, Content, Edit, Plan};
 use onnx_protect_format::{FormatError, Model, Progress, TensorData};
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    apply, b64, check_output, chunk_jobs, mac_and_checksum, read_protected, CoreError, KeySource, Protected, Result,
-    Staged, Target, CHUNK_LABEL, MAC_INPUT_LABEL, METADATA_KEY,
+    apply, b64, check_output, chunk_jobs, leaf_hash_to_pb, mac_and_checksum, read_protected, CoreError, KeySource,
+    Protected, Result, Staged, Target, LEAF_HASH, MAC_INPUT_LABEL, METADATA_KEY,
 };
 
 /// Options of [`rekey`].
@@ -72,7 +71,14 @@ fn reapply(pair: &Pair, target: &Target, model: &Model, offset: u64, data: &mut 
 }
 
 /// Chunk digests of the old ciphertext and of the new ciphertext, in one read pass.
-fn digests(model: &Model, targets: &[Target], pairs: &[Pair], chunk: u64) -> Result<Vec<([u8; 32], [u8; 32])>> {
+/// The old leaves use the model's leaf hash; the new ones [`LEAF_HASH`], which the new manifest records.
+fn digests(
+    model: &Model,
+    targets: &[Target],
+    pairs: &[Pair],
+    chunk: u64,
+    old_hash: LeafHash,
+) -> Result<Vec<([u8; 32], [u8; 32])>> {
     let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
     for t in targets {
         if let TensorData::Varint { .. } = model.tensors[t.tensor].data {
@@ -88,14 +94,8 @@ fn digests(model: &Model, targets: &[Target], pairs: &[Pair], chunk: u64) -> Res
                 Some(v) => std::borrow::Cow::Borrowed(v.as_slice()),
                 None => model.tensor_bytes(t.id)?,
             };
-            let start = |h: &mut Sha256| {
-                h.update(CHUNK_LABEL);
-                h.update(target.stream_id.to_be_bytes());
-                h.update(job.index.to_be_bytes());
-            };
-            let (mut old_h, mut new_h) = (Sha256::new(), Sha256::new());
-            start(&mut old_h);
-            start(&mut new_h);
+            let mut old_h = Leaf::new(old_hash, target.stream_id, job.index);
+            let mut new_h = Leaf::new(LEAF_HASH, target.stream_id, job.index);
             let mut buf = Zeroizing::new(Vec::new());
             for &(a, b) in &job.parts {
                 let src = whole
@@ -249,6 +249,7 @@ fn refuse_unknown_fields(p: &Protected) -> Result<()> {
         tool: m.tool.clone(),
         policy_summary: m.policy_summary.clone(),
         chunk_size: m.chunk_size,
+        leaf_hash: m.leaf_hash,
         ..Default::default()
     };
     let e = &p.envelope;
@@ -303,7 +304,7 @@ pub fn rekey(
         .collect();
 
     opts.progress.start("verify", 0);
-    let leaves = digests(&model, &p.targets, &pairs, p.manifest.chunk_size)?;
+    let leaves = digests(&model, &p.targets, &pairs, p.manifest.chunk_size, p.leaf_hash)?;
     opts.progress.finish();
     let (old_leaves, new_leaves): (Vec<[u8; 32]>, Vec<[u8; 32]>) = leaves.into_iter().unzip();
     verify_old(&p, &old_keys, &old_leaves)?;
@@ -320,6 +321,7 @@ pub fn rekey(
         ..Default::default()
     });
     manifest.tool = format!("onnx-protect {}", env!("CARGO_PKG_VERSION"));
+    manifest.leaf_hash = leaf_hash_to_pb(LEAF_HASH);
     let manifest_bytes = manifest.encode_to_vec();
     let (mac, checksum) = mac_and_checksum(Some(&new_keys), &manifest_bytes, &new_leaves);
     let envelope = pb::Envelope {

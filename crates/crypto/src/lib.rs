@@ -64,7 +64,7 @@ mod session;
 #[cfg(test)]
 mod kat_tests;
 
-pub use digest::{Checksum, Mac};
+pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};

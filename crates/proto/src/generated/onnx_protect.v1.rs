@@ -89,6 +89,9 @@ pub struct Manifest {
     /// Key check value of each tier, tier 1 first (16 bytes each); only when tiers > 1.
     #[prost(bytes = "vec", repeated, tag = "10")]
     pub tier_key_checks: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// The leaf hash of §7. Readers MUST refuse a value they do not know.
+    #[prost(enumeration = "LeafHash", tag = "11")]
+    pub leaf_hash: i32,
 }
 /// What is stored (base64) in metadata_props under the key "onnx-protect/v1".
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -190,6 +193,35 @@ impl Storage {
             "STORAGE_DOUBLE_DATA" => Some(Self::DoubleData),
             "STORAGE_UINT64_DATA" => Some(Self::Uint64Data),
             "STORAGE_EXTERNAL" => Some(Self::External),
+            _ => None,
+        }
+    }
+}
+/// The hash of each ciphertext chunk ("leaf") that the MAC and checksum cover (docs/format.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum LeafHash {
+    /// SHA-256; the only leaf hash of the first release of format 1.
+    Sha256 = 0,
+    /// BLAKE3 (32-byte output); written by onnx-protect since 0.1.0 for speed.
+    Blake3 = 1,
+}
+impl LeafHash {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Sha256 => "LEAF_HASH_SHA256",
+            Self::Blake3 => "LEAF_HASH_BLAKE3",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "LEAF_HASH_SHA256" => Some(Self::Sha256),
+            "LEAF_HASH_BLAKE3" => Some(Self::Blake3),
             _ => None,
         }
     }

@@ -505,7 +505,7 @@ pub(crate) fn leaf_digests_ext(
                     _ => h.update(part),
                 }
             }
-            Ok(h.finalize().into())
+            Ok(h.finalize())
         })
         .collect()
 }

@@ -107,7 +107,7 @@ fn digests(
                 reapply(&pairs[job.target], target, model, a, &mut buf, false)?;
                 new_h.update(buf.as_slice());
             }
-            Ok((old_h.finalize().into(), new_h.finalize().into()))
+            Ok((old_h.finalize(), new_h.finalize()))
         })
         .collect()
 }

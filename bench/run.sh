@@ -84,7 +84,7 @@ case_cmd() {
         s_dec_default)    CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
-        s_python)         CMD=("$PY" "$REPO/bench/python_baseline.py" "$S" "$O" --coefficient 0.25 --mode fp) ;;
+        s_python)         CMD=("$PY" "$REPO/bench/python_baseline.py" "$S" "$O" --coefficient 0.5 --mode ctr) ;;
         e_cp)             CMD=(cp -r "$E" "$O") ;;
         e_cp_sync)        CMD=(sh -c 'cp -r "$0" "$1" && sync "$1"/*' "$E" "$O") ;;
         e_enc_default)    CMD=("$BIN" encrypt "$E/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
@@ -215,10 +215,10 @@ except (FileNotFoundError, ValueError):
 MiB = 1 << 20
 names = {
     "cp": "cp", "cp_sync": "cp + sync (fsync)", "openssl": "openssl enc -aes-256-ctr (whole file)",
-    "enc_default": "onnx-protect encrypt (default: 0.25, fp)", "enc_c0.05": "onnx-protect encrypt *=0.05",
+    "enc_default": "onnx-protect encrypt (default: 0.5, ctr)", "enc_c0.05": "onnx-protect encrypt *=0.05",
     "enc_c1": "onnx-protect encrypt *=1", "dec_default": "onnx-protect decrypt (default)",
     "dec_c0.05": "onnx-protect decrypt *=0.05", "dec_c1": "onnx-protect decrypt *=1",
-    "python": "python onnx.load + XOR + onnx.save (0.25, fp)",
+    "python": "python onnx.load + XOR + onnx.save (0.5, ctr)",
 }
 for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "external-data model (folder)")):
     gc = [c for c in cases if c.startswith(g + "_")]

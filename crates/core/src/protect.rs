@@ -451,6 +451,43 @@ pub(crate) fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
     jobs
 }
 
+/// Releases (see [`onnx_protect_format::model::ExternalFile::release`]) the file pages of an
+/// external tensor's chunk job when the job is done, so hashing a file of any size keeps
+/// only the chunks in flight resident.
+struct ReleaseOnDrop<'a> {
+    file: Option<&'a onnx_protect_format::model::ExternalFile>,
+    ranges: Vec<Range<u64>>,
+}
+
+impl<'a> ReleaseOnDrop<'a> {
+    fn for_job(model: &'a Model, t: &Tensor, job: &ChunkJob) -> ReleaseOnDrop<'a> {
+        match &t.data {
+            TensorData::External { file, range } => {
+                // The hull of the parts, widened by the kernel's fault-around window
+                // (pages next to a faulting address are mapped with it: 64 KiB by default).
+                const AROUND: u64 = 64 << 10;
+                let lo = job.parts.first().map_or(0, |p| p.0);
+                let hi = job.parts.last().map_or(0, |p| p.1);
+                ReleaseOnDrop {
+                    file: model.external_files.get(*file),
+                    ranges: vec![(range.start + lo).saturating_sub(AROUND)..range.start + hi + AROUND],
+                }
+            }
+            _ => ReleaseOnDrop { file: None, ranges: Vec::new() },
+        }
+    }
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.file {
+            for r in self.ranges.drain(..) {
+                f.release(r);
+            }
+        }
+    }
+}
+
 /// Where the bytes hashed for a target's leaves come from.
 pub(crate) enum LeafSrc<'a> {
     /// The element bytes as stored in the file (ciphertext).
@@ -490,6 +527,7 @@ pub(crate) fn leaf_digests_ext(
                 _ => model.tensor_bytes(t.id)?,
             };
             let mut h = Leaf::new(hash, target.stream_id, job.index);
+            let _release = ReleaseOnDrop::for_job(model, t, job);
             let mut buf = Vec::new();
             for &(a, b) in &job.parts {
                 let part = whole
@@ -703,6 +741,32 @@ struct ExtPatch {
     logical: u64,
 }
 
+/// Input bytes released at a time while an external file is streamed.
+pub(crate) const RELEASE_STEP: u64 = 64 << 20;
+
+/// Writes `src[from..to]` to `w` in pieces of at most [`RELEASE_STEP`] bytes, releasing
+/// the input pages up to each piece's start once more than a step is pending.
+pub(crate) fn copy_releasing(
+    w: &mut impl Write,
+    file: &onnx_protect_format::model::ExternalFile,
+    src: &[u8],
+    from: u64,
+    to: u64,
+    released: &mut u64,
+) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(RELEASE_STEP);
+        w.write_all(&src[at as usize..(at + n) as usize])?;
+        at += n;
+        if at - *released >= RELEASE_STEP {
+            file.release(*released..at);
+            *released = at;
+        }
+    }
+    Ok(())
+}
+
 /// Writes every external file of the model next to `output`, with the actions applied.
 fn stage_external(
     model: &Model,
@@ -739,8 +803,12 @@ fn stage_external(
         let io = |e| CoreError::Write { path: dest.clone(), source: e };
         let mut pos = 0u64;
         let mut buf = Vec::new();
+        // Bytes of the input before `released` have been copied and are released from
+        // the resident set every RELEASE_STEP bytes (the output goes through the
+        // BufWriter to the page cache, which the process does not hold).
+        let mut released = 0u64;
         for p in &list {
-            w.write_all(&src[pos as usize..p.range.start as usize]).map_err(io)?;
+            copy_releasing(&mut w, f, src, pos, p.range.start, &mut released).map_err(io)?;
             let target = &targets[p.target];
             let t = &model.tensors[target.tensor];
             match &actions[p.target] {
@@ -759,6 +827,10 @@ fn stage_external(
                         apply(ks, target.mode, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
                         w.write_all(&buf).map_err(io)?;
                         at += n;
+                        if at - released >= RELEASE_STEP {
+                            f.release(released..at);
+                            released = at;
+                        }
                     }
                 }
                 Action::Skip => w.write_all(&src[p.range.start as usize..p.range.end as usize]).map_err(io)?,
@@ -766,8 +838,9 @@ fn stage_external(
             pos = p.range.end;
             progress.set(pos);
         }
-        w.write_all(&src[pos as usize..]).map_err(io)?;
+        copy_releasing(&mut w, f, src, pos, src.len() as u64, &mut released).map_err(io)?;
         w.flush().map_err(io)?;
+        f.release(released..src.len() as u64);
         progress.finish();
         written.push(dest.display().to_string());
     }

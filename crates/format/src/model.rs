@@ -329,6 +329,33 @@ impl ExternalFile {
             Err(e) => Err(FormatError::Io { path: self.path.clone(), source: std::io::Error::other(e.clone()) }),
         }
     }
+
+    /// Tells the kernel that this process is done with `range` of the file for now:
+    /// the pages inside it stop counting toward the process's resident set (they stay
+    /// in the page cache and fault back in, unchanged, if read again). Streaming a
+    /// file of any size through [`ExternalFile::bytes`] and releasing what was read
+    /// keeps the peak RSS bounded. A no-op before the file is mapped, on non-Unix
+    /// systems, and for pages only partly inside `range`.
+    pub fn release(&self, range: Range<u64>) {
+        #[cfg(unix)]
+        if let Some(Ok(m)) = self.map.get() {
+            const PAGE: u64 = 4096;
+            let start = range.start.div_ceil(PAGE) * PAGE;
+            let end = (range.end.min(m.len() as u64) / PAGE) * PAGE;
+            if start < end {
+                // SAFETY: `Mmap::map` maps the file shared and read-only. MADV_DONTNEED on
+                // such a mapping only drops this process's page-table entries: the next
+                // read of an address in the range faults the same page back in from the
+                // page cache or the file, so every existing `&[u8]` into the map keeps
+                // seeing the same bytes (given the contract of `bytes`: the file does not
+                // change while the model is open). Nothing is written through the map.
+                // The advice is a hint; an error only means the pages stay resident.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+                };
+            }
+        }
+    }
 }
 
 /// Holds the model bytes: a read-only map of the file or an owned buffer.

@@ -456,7 +456,7 @@ pub(crate) fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
 /// only the chunks in flight resident.
 struct ReleaseOnDrop<'a> {
     file: Option<&'a onnx_protect_format::model::ExternalFile>,
-    ranges: Vec<Range<u64>>,
+    range: Range<u64>,
 }
 
 impl<'a> ReleaseOnDrop<'a> {
@@ -470,10 +470,10 @@ impl<'a> ReleaseOnDrop<'a> {
                 let hi = job.parts.last().map_or(0, |p| p.1);
                 ReleaseOnDrop {
                     file: model.external_files.get(*file),
-                    ranges: vec![(range.start + lo).saturating_sub(AROUND)..range.start + hi + AROUND],
+                    range: (range.start + lo).saturating_sub(AROUND)..range.start + hi + AROUND,
                 }
             }
-            _ => ReleaseOnDrop { file: None, ranges: Vec::new() },
+            _ => ReleaseOnDrop { file: None, range: 0..0 },
         }
     }
 }
@@ -481,9 +481,7 @@ impl<'a> ReleaseOnDrop<'a> {
 impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(f) = self.file {
-            for r in self.ranges.drain(..) {
-                f.release(r);
-            }
+            f.release(self.range.clone());
         }
     }
 }

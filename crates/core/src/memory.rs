@@ -305,8 +305,9 @@ enum PatchKind<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Checks that `buf` still holds the authenticated bytes of `reference` in every
-/// decrypted range, then applies the patches in parallel.
+/// Applies the patches to `buf` in parallel: a decrypted range becomes the
+/// authenticated ciphertext of `reference` (the bytes the MAC was checked over)
+/// with the keystream applied.
 fn patch(
     model: &Model,
     targets: &[crate::protect::Target],
@@ -338,10 +339,13 @@ fn patch(
         match p.what {
             PatchKind::Bytes(b) => piece.copy_from_slice(b),
             PatchKind::Decrypt { tag, logical } => {
-                let authentic = reference.get(p.range.start as usize..p.range.end as usize);
-                if authentic != Some(&*piece) {
-                    return Err(CoreError::Modified("the file changed while it was being decrypted".into()));
-                }
+                // The ciphertext comes from `reference`, the map that was hashed for the MAC,
+                // not from the private map. Writing first also means each page of the private
+                // map takes one copy-on-write fault, not a read fault and then a write fault.
+                let authentic = reference.get(p.range.start as usize..p.range.end as usize).ok_or_else(|| {
+                    CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
+                })?;
+                piece.copy_from_slice(authentic);
                 let target = &targets[tag];
                 let t = &model.tensors[target.tensor];
                 apply(&streams[tag], target.mode, t.data_type, logical, piece, piece.len() >= PARALLEL_SPAN)?;

@@ -496,6 +496,9 @@ pub(crate) enum LeafSrc<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Parts shorter than this are gathered before they are hashed.
+const GATHER: usize = 64 << 10;
+
 /// Chunk digests of the ciphertext, in chunk-job order (§7 of docs/format.md).
 pub(crate) fn leaf_digests_ext(
     model: &Model,
@@ -526,6 +529,9 @@ pub(crate) fn leaf_digests_ext(
             };
             let mut h = Leaf::new(hash, target.stream_id, job.index);
             let _release = ReleaseOnDrop::for_job(model, t, job);
+            // Small parts (single rows of a few KiB) are gathered into `buf` first: the
+            // hash is several times faster on long inputs (BLAKE3 hashes 1 KiB blocks
+            // side by side in SIMD lanes).
             let mut buf = Vec::new();
             for &(a, b) in &job.parts {
                 let part = whole
@@ -533,14 +539,23 @@ pub(crate) fn leaf_digests_ext(
                     .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
                 match src {
                     LeafSrc::Xor(ks) => {
-                        buf.clear();
+                        let at = buf.len();
                         buf.extend_from_slice(part);
-                        apply(ks, target.mode, t.data_type, a, &mut buf, false)?;
-                        h.update(&buf);
+                        apply(ks, target.mode, t.data_type, a, &mut buf[at..], false)?;
                     }
-                    _ => h.update(part),
+                    _ if part.len() >= GATHER => {
+                        h.update(&buf);
+                        buf.clear();
+                        h.update(part);
+                    }
+                    _ => buf.extend_from_slice(part),
+                }
+                if buf.len() >= GATHER {
+                    h.update(&buf);
+                    buf.clear();
                 }
             }
+            h.update(&buf);
             Ok(h.finalize())
         })
         .collect()

@@ -155,7 +155,7 @@ struct Record {
     version: u32,
     op: String,
     settings: String,
-    input_sha256: String,
+    input_blake3: String,
     input_bytes: u64,
     outputs: Vec<OutputRecord>,
 }
@@ -165,7 +165,7 @@ struct OutputRecord {
     /// Relative to the output root, `/` separators.
     path: String,
     bytes: u64,
-    sha256: String,
+    blake3: String,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -318,9 +318,12 @@ struct Outcome {
     error: Option<anyhow::Error>,
 }
 
-fn sha256_file(path: &Path) -> Result<(u64, String)> {
+/// The version of [`Record`]; records of other versions are not trusted (the file is redone).
+const RECORD_VERSION: u32 = 2;
+
+fn blake3_file(path: &Path) -> Result<(u64, String)> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut c = Checksum::new();
+    let mut c = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
@@ -331,13 +334,14 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
         c.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((n, hex(&c.finalize())))
+    Ok((n, hex(c.finalize().as_bytes())))
 }
 
-/// SHA-256 over the model file and its external data files (in model order), each
-/// preceded by its location and length.
+/// BLAKE3 over the model file and its external data files (in model order), each
+/// preceded by its location and length. External files are hashed in pieces whose
+/// pages are released afterwards, so the resident set stays small.
 fn input_digest(model: &Model) -> Result<(u64, String)> {
-    let mut c = Checksum::new();
+    let mut c = blake3::Hasher::new();
     let bytes = model.bytes();
     let mut total = bytes.len() as u64;
     c.update(&(bytes.len() as u64).to_be_bytes());
@@ -348,9 +352,14 @@ fn input_digest(model: &Model) -> Result<(u64, String)> {
         c.update(&(f.location.len() as u64).to_be_bytes());
         c.update(f.location.as_bytes());
         c.update(&(b.len() as u64).to_be_bytes());
-        c.update(b);
+        let mut at = 0;
+        for piece in b.chunks(64 << 20) {
+            c.update(piece);
+            f.release(at as u64..(at + piece.len()) as u64);
+            at += piece.len();
+        }
     }
-    Ok((total, hex(&c.finalize())))
+    Ok((total, hex(c.finalize().as_bytes())))
 }
 
 fn record_path(out_dir: &Path, rel: &str) -> PathBuf {
@@ -394,13 +403,13 @@ fn rel_of(out_dir: &Path, p: &Path) -> Result<String> {
 /// Whether a previous run finished this file with the same settings and input.
 fn finished(out_dir: &Path, rel: &str, op: Op, settings: &str, digest: &str) -> bool {
     let Some(r) = read_record(&record_path(out_dir, rel)) else { return false };
-    r.version == 1
+    r.version == RECORD_VERSION
         && r.op == op.name()
         && r.settings == settings
-        && r.input_sha256 == digest
+        && r.input_blake3 == digest
         && r.outputs.iter().all(|o| {
             let p = out_dir.join(&o.path);
-            matches!(sha256_file(&p), Ok((n, d)) if n == o.bytes && d == o.sha256)
+            matches!(blake3_file(&p), Ok((n, d)) if n == o.bytes && d == o.blake3)
         })
 }
 
@@ -488,15 +497,15 @@ impl Job {
         }
         let mut records = Vec::new();
         for p in &outputs {
-            let (bytes, sha256) = sha256_file(p)?;
+            let (bytes, blake3) = blake3_file(p)?;
             o.output_bytes += bytes;
-            records.push(OutputRecord { path: rel_of(out_dir, p)?, bytes, sha256 });
+            records.push(OutputRecord { path: rel_of(out_dir, p)?, bytes, blake3 });
         }
         let record = Record {
-            version: 1,
+            version: RECORD_VERSION,
             op: self.op.name().to_string(),
             settings: self.settings.clone(),
-            input_sha256: digest,
+            input_blake3: digest,
             input_bytes,
             outputs: records,
         };

@@ -40,8 +40,9 @@
 //!
 //! The file must not be modified in place while the model is being decrypted or
 //! while the result is alive (the usual contract of memory-mapped loaders).
-//! Files replaced by a rename are detected, and the ciphertext in the private map
-//! is checked against the authenticated ciphertext before it is decrypted.
+//! Files replaced by a rename are detected, and every decrypted range of the
+//! private map is written from the mapped bytes that the MAC was checked over
+//! (then decrypted in place), not read back from the private map.
 //!
 //! # Example
 //!

@@ -4,13 +4,16 @@
 # doc, integration, corpus) and the onnxruntime cross-checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== python test dependencies"
+step() { echo "== $*   [${SECONDS}s so far]"; }
+step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-echo "== corpus"
+step "corpus"
 bash scripts/fetch-corpus.sh
-echo "== cargo test"
+step "cargo test"
 cargo test --workspace --all-targets
+step "cargo test --doc"
 cargo test --workspace --doc
-echo "== onnxruntime cross-checks"
+step "onnxruntime cross-checks"
 cargo build --quiet
 python3 -m pytest -q tests/python
+step "done"

@@ -672,7 +672,8 @@ pub(crate) fn transform_span(
     if target.mode == Mode::Dp {
         crate::permute::permute_span(ks, a, span, (dtype.bits() / 8).max(1) as usize, decrypting)
     } else {
-        apply(ks, target.mode, dtype, a, span, false)
+        // Large spans on the thread pool; small ones stay on this thread.
+        apply(ks, target.mode, dtype, a, span, true)
     }
 }
 

@@ -396,14 +396,16 @@ fn batch_rekey_handles_tiered_and_dp_models() {
     let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
     // A tier-1 key: every file fails (the untiered one with a wrong key), nothing is written.
     let low = format!("{k1s}.tier1");
-    let (code, out, err) = run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", &low, "--new-key-file", k2s]);
+    let (code, out, err) =
+        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", &low, "--new-key-file", k2s]);
     assert_ne!(code, 0, "{out} {err}");
     assert!(out.contains("0 ok, 0 skipped, 3 failed"), "{out}");
     assert!(out.contains("top-tier key"), "{out}");
     for (rel, _) in &rels {
         assert!(!re.join(rel).exists(), "{rel} written with a lower-tier key");
     }
-    let (code, out, err) = run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s]);
+    let (code, out, err) =
+        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("3 ok, 0 skipped, 0 failed"), "{out}");
     let (code, _, err) = run(&["batch", "verify", "--dir", r, "--key-file", k1s]);

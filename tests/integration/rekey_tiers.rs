@@ -76,8 +76,13 @@ fn every_fixture_rekeys_with_tiers_and_the_dp_mode() {
         for model in fixture_models() {
             let dir = tempfile::tempdir().unwrap();
             let (a, b) = (dir.path().join("a").join("model.onnx"), dir.path().join("b").join("model.onnx"));
-            encrypt(&model, &a, &src(&key(1)), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-                .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
+            encrypt(
+                &model,
+                &a,
+                &src(&key(1)),
+                &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress },
+            )
+            .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
             rekey(&a, &b, &src(&key(1)), &src(&key(2)), &RekeyOptions { in_place: false, progress: &NoProgress })
                 .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
             let what = format!("{} {name}", model.display());
@@ -234,7 +239,12 @@ fn rekey_refuses_a_lower_tier_key_without_writing() {
         assert!(temp_files(d).is_empty());
     }
     // An unrelated key is a wrong key, as ever.
-    assert_refused(&["rekey", &s(&enc), "-o", &s(&out), "--key-file", &new, "--new-key-file", &top], 4, "wrong key", &out);
+    assert_refused(
+        &["rekey", &s(&enc), "-o", &s(&out), "--key-file", &new, "--new-key-file", &top],
+        4,
+        "wrong key",
+        &out,
+    );
     // The top key works.
     ok(&["rekey", &s(&enc), "-o", &s(&out), "--key-file", &top, "--new-key-file", &new]);
 }

@@ -647,7 +647,14 @@ pub(crate) enum Action {
 impl Action {
     /// Applies a chunk-by-chunk action to `data`, logical bytes of `target` starting at
     /// `offset`; the other actions leave it as it is.
-    fn apply_chunk(&self, target: &Target, dtype: DataType, offset: u64, data: &mut [u8], parallel: bool) -> Result<()> {
+    fn apply_chunk(
+        &self,
+        target: &Target,
+        dtype: DataType,
+        offset: u64,
+        data: &mut [u8],
+        parallel: bool,
+    ) -> Result<()> {
         match self {
             Action::Xor(ks) => apply(ks, target.mode, dtype, offset, data, parallel),
             Action::Reencrypt(pair) => {
@@ -678,7 +685,12 @@ pub(crate) fn transform_span(
 }
 
 /// The span of `target` at `(a, b)` inside the whole element bytes `bytes`.
-pub(crate) fn span_mut<'a>(model: &Model, target: &Target, bytes: &'a mut [u8], (a, b): (u64, u64)) -> Result<&'a mut [u8]> {
+pub(crate) fn span_mut<'a>(
+    model: &Model,
+    target: &Target,
+    bytes: &'a mut [u8],
+    (a, b): (u64, u64),
+) -> Result<&'a mut [u8]> {
     bytes
         .get_mut(a as usize..b as usize)
         .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", model.tensors[target.tensor].name)))

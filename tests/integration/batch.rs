@@ -365,3 +365,58 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
     assert_eq!(code, 1);
     assert!(err.contains("--out-dir is the input directory"), "{err}");
 }
+
+/// `batch rekey` re-encrypts tiered and dp models (external data included) under the
+/// new top key; the key of a lower tier fails every file and writes nothing.
+#[test]
+fn batch_rekey_handles_tiered_and_dp_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
+    for k in [&k1, &k2] {
+        let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (k1s, k2s) = (k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (enc, re, dec) = (dir.path().join("enc"), dir.path().join("re"), dir.path().join("dec"));
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("tiered", "cnn_torch", &["--tiers", "3", "--mode", "*=dp"]),
+        ("dp", "fp16", &["--mode", "*=dp"]),
+        ("ext", "external_data", &["--tiers", "3", "--mode", "*=fp"]),
+    ];
+    let mut rels = Vec::new();
+    for (name, fixture, extra) in cases {
+        let model = root().join("fixtures/models").join(fixture).join("model.onnx");
+        let out = enc.join(name).join("model.onnx");
+        let mut args = vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", k1s];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        rels.push((format!("{name}/model.onnx"), model));
+    }
+    let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
+    // A tier-1 key: every file fails (the untiered one with a wrong key), nothing is written.
+    let low = format!("{k1s}.tier1");
+    let (code, out, err) =
+        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", &low, "--new-key-file", k2s]);
+    assert_ne!(code, 0, "{out} {err}");
+    assert!(out.contains("0 ok, 0 skipped, 3 failed"), "{out}");
+    assert!(out.contains("top-tier key"), "{out}");
+    for (rel, _) in &rels {
+        assert!(!re.join(rel).exists(), "{rel} written with a lower-tier key");
+    }
+    let (code, out, err) =
+        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("3 ok, 0 skipped, 0 failed"), "{out}");
+    let (code, _, err) = run(&["batch", "verify", "--dir", r, "--key-file", k1s]);
+    assert_eq!(code, 4, "the old key no longer opens any file: {err}");
+    let (code, out, err) = run(&["batch", "decrypt", "--dir", r, "--out-dir", d, "--key-file", k2s]);
+    assert_eq!(code, 0, "{out} {err}");
+    for (rel, model) in &rels {
+        assert_eq!(std::fs::read(dec.join(rel)).unwrap(), std::fs::read(model).unwrap(), "{rel}");
+        for f in Model::open(model).unwrap().external_files.iter() {
+            let got = dec.join(rel).parent().unwrap().join(&f.location);
+            assert_eq!(std::fs::read(got).unwrap(), std::fs::read(&f.path).unwrap(), "{rel} {}", f.location);
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod fixtures;
 mod malformed;
 mod protect;
 mod rekey_check;
+mod rekey_tiers;
 mod runtime;
 mod tiers;
 mod transform;

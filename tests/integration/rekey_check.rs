@@ -31,7 +31,7 @@ fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::protect
 }
 
 /// Every file of `dir` whose name starts with the temp-file prefix (none if `dir` does not exist).
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries
         .filter_map(|e| e.ok())
@@ -158,7 +158,7 @@ fn rekey_cli_round_trip() {
     assert!(err.starts_with("error: a new key is required"), "{err}");
 }
 
-fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {
+pub(crate) fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {
     let (got, out, err) = run(args);
     assert_eq!(got, code, "{args:?}: stdout {out} stderr {err}");
     assert!(out.is_empty(), "{args:?}: printed {out}");

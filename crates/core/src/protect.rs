@@ -704,6 +704,60 @@ pub(crate) enum Action {
     /// Replace the element bytes by these (the whole tensor, transformed beforehand):
     /// varint-stored tensors and the distribution-preserving mode.
     Bytes(Vec<u8>),
+    /// Re-encryption (`rekey`): XOR the old keystream, then the new one, chunk by chunk.
+    Reencrypt(Box<(Keystream, Keystream)>),
+}
+
+impl Action {
+    /// Applies a chunk-by-chunk action to `data`, logical bytes of `target` starting at
+    /// `offset`; the other actions leave it as it is.
+    fn apply_chunk(
+        &self,
+        target: &Target,
+        dtype: DataType,
+        offset: u64,
+        data: &mut [u8],
+        parallel: bool,
+    ) -> Result<()> {
+        match self {
+            Action::Xor(ks) => apply(ks, target.mode, dtype, offset, data, parallel),
+            Action::Reencrypt(pair) => {
+                apply(&pair.0, target.mode, dtype, offset, data, parallel)?;
+                apply(&pair.1, target.mode, dtype, offset, data, parallel)
+            }
+            Action::Skip | Action::Bytes(_) => Ok(()),
+        }
+    }
+}
+
+/// Encrypts (`decrypting = false`) or decrypts one span of `target` in place: `span`
+/// holds its element bytes, which start at element-byte offset `a`.
+pub(crate) fn transform_span(
+    ks: &Keystream,
+    target: &Target,
+    dtype: DataType,
+    a: u64,
+    span: &mut [u8],
+    decrypting: bool,
+) -> Result<()> {
+    if target.mode == Mode::Dp {
+        crate::permute::permute_span(ks, a, span, (dtype.bits() / 8).max(1) as usize, decrypting)
+    } else {
+        // Large spans on the thread pool; small ones stay on this thread.
+        apply(ks, target.mode, dtype, a, span, true)
+    }
+}
+
+/// The span of `target` at `(a, b)` inside the whole element bytes `bytes`.
+pub(crate) fn span_mut<'a>(
+    model: &Model,
+    target: &Target,
+    bytes: &'a mut [u8],
+    (a, b): (u64, u64),
+) -> Result<&'a mut [u8]> {
+    bytes
+        .get_mut(a as usize..b as usize)
+        .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", model.tensors[target.tensor].name)))
 }
 
 /// The whole element bytes of a target's tensor with its spans encrypted
@@ -711,16 +765,8 @@ pub(crate) enum Action {
 pub(crate) fn transform_tensor(model: &Model, target: &Target, ks: &Keystream, decrypting: bool) -> Result<Vec<u8>> {
     let t = &model.tensors[target.tensor];
     let mut bytes = model.tensor_bytes(t.id)?.into_owned();
-    let elem = (t.data_type.bits() / 8).max(1) as usize;
     for &(a, b) in &target.spans {
-        let span = bytes
-            .get_mut(a as usize..b as usize)
-            .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
-        if target.mode == Mode::Dp {
-            crate::permute::permute_span(ks, a, span, elem, decrypting)?;
-        } else {
-            apply(ks, target.mode, t.data_type, a, span, false)?;
-        }
+        transform_span(ks, target, t.data_type, a, span_mut(model, target, &mut bytes, (a, b))?, decrypting)?;
     }
     Ok(bytes)
 }
@@ -831,13 +877,13 @@ fn stage_external(
                     let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
                     w.write_all(piece).map_err(io)?;
                 }
-                Action::Xor(ks) => {
+                action @ (Action::Xor(_) | Action::Reencrypt(_)) => {
                     let mut at = p.range.start;
                     while at < p.range.end {
                         let n = (p.range.end - at).min(8 << 20);
                         buf.clear();
                         buf.extend_from_slice(&src[at as usize..(at + n) as usize]);
-                        apply(ks, target.mode, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
+                        action.apply_chunk(target, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
                         w.write_all(&buf).map_err(io)?;
                         at += n;
                         if at - released >= RELEASE_STEP {
@@ -870,7 +916,7 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
             continue;
         }
         match (&t.data, action) {
-            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_)) => {
+            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_) | Action::Reencrypt(_)) => {
                 for &(a, b) in &target.spans {
                     for (range, logical) in t.file_pieces(a, b) {
                         edits.push(Edit {
@@ -934,8 +980,7 @@ fn write_model(
     plan.write(model.bytes(), &mut w, &mut |tag, logical, chunk| {
         let target = &targets[tag];
         let t = &model.tensors[target.tensor];
-        let Action::Xor(ks) = &actions[tag] else { return Ok(()) };
-        if let Err(e) = apply(ks, target.mode, t.data_type, logical, chunk, true) {
+        if let Err(e) = actions[tag].apply_chunk(target, t.data_type, logical, chunk, true) {
             err = Some(e);
             return Err(FormatError::Invalid("keystream failed".into()));
         }
@@ -945,6 +990,76 @@ fn write_model(
     w.flush().map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     progress.finish();
     Ok(())
+}
+
+/// Writes `output` and the external data files next to it, with the targets' actions
+/// applied, `extra` edits of the model file and `append` appended to it. Every file is
+/// staged and renamed into place only when all of them are complete. Returns the
+/// external data files written.
+pub(crate) fn write_outputs(
+    model: &Model,
+    targets: &[Target],
+    actions: &[Action],
+    extra: Vec<Edit>,
+    append: Vec<u8>,
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let edits = edits_for(model, targets, actions, extra)?;
+    let plan = Plan::new(model.bytes().len() as u64, edits, append)?;
+    let mut staged = Staged::new();
+    let external = stage_external(model, output, targets, actions, &mut staged, progress)?;
+    write_model(model, &plan, targets, actions, &mut staged, output, progress)?;
+    staged.commit()?;
+    Ok(external)
+}
+
+/// The envelope of a manifest (§7, §11 of docs/format.md): the MAC and checksum over
+/// `leaves` (in chunk-job order of `targets`), per tier when `sessions` holds more than
+/// one tier's keys (index `tier − 1`).
+pub(crate) fn seal(
+    sessions: &[SessionKeys],
+    targets: &[Target],
+    chunk: u64,
+    manifest: Vec<u8>,
+    leaves: &[[u8; 32]],
+) -> Result<pb::Envelope> {
+    let top = sessions.last().ok_or_else(|| CoreError::Output("no tier keys".into()))?;
+    if sessions.len() > 1 {
+        let by_tier = leaves_by_tier(targets, chunk, leaves, sessions.len() as u32);
+        let mut env = pb::Envelope { manifest: Vec::new(), ..Default::default() };
+        for (i, l) in by_tier.iter().enumerate() {
+            let (mac, sum) = tier_seal(Some(&sessions[i]), &manifest, i as u32 + 1, l);
+            env.tier_macs.push(mac.map(|m| m.to_vec()).unwrap_or_default());
+            env.tier_checksums.push(sum.to_vec());
+        }
+        env.manifest = manifest;
+        Ok(env)
+    } else {
+        let (mac, checksum) = mac_and_checksum(Some(top), &manifest, leaves);
+        Ok(pb::Envelope {
+            manifest,
+            mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
+            checksum: checksum.to_vec(),
+            ..Default::default()
+        })
+    }
+}
+
+/// The manifest form of Argon2id parameters.
+pub(crate) fn kdf_to_pb(k: &KdfParams) -> pb::KdfParams {
+    pb::KdfParams {
+        algorithm: "argon2id".into(),
+        salt: k.salt.to_vec(),
+        m_cost_kib: k.m_cost_kib,
+        t_cost: k.t_cost,
+        p_cost: k.p_cost,
+    }
+}
+
+/// The `tool` field of a manifest written by this version.
+pub(crate) fn tool_name() -> String {
+    format!("onnx-protect {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Options of [`encrypt`].
@@ -980,7 +1095,6 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
     let (master, kdf) = key.master_for_encrypt()?;
     let salt = random_salt()?;
     let sessions: Vec<SessionKeys> = tier_keys(&master, tiers).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
-    let top = sessions.last().ok_or_else(|| CoreError::Output("no tier keys".into()))?;
     let (manifest, targets) = build_manifest(&model, &selection, &sessions, &salt, kdf.as_ref(), opts.policy);
     let manifest_bytes = manifest.encode_to_vec();
     let streams: Vec<Option<Keystream>> =
@@ -991,36 +1105,14 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         .map(|a| match a {
             Action::Xor(ks) => LeafSrc::Xor(ks),
             Action::Bytes(b) => LeafSrc::Bytes(b),
-            Action::Skip => LeafSrc::File,
+            Action::Skip | Action::Reencrypt(_) => LeafSrc::File,
         })
         .collect();
     let leaves = leaf_digests_ext(&model, &targets, CHUNK_SIZE, LEAF_HASH, &sources)?;
-    let envelope = if tiers > 1 {
-        let by_tier = leaves_by_tier(&targets, CHUNK_SIZE, &leaves, tiers);
-        let mut env = pb::Envelope { manifest: Vec::new(), ..Default::default() };
-        for (i, l) in by_tier.iter().enumerate() {
-            let (mac, sum) = tier_seal(Some(&sessions[i]), &manifest_bytes, i as u32 + 1, l);
-            env.tier_macs.push(mac.map(|m| m.to_vec()).unwrap_or_default());
-            env.tier_checksums.push(sum.to_vec());
-        }
-        env.manifest = manifest_bytes;
-        env
-    } else {
-        let (mac, checksum) = mac_and_checksum(Some(top), &manifest_bytes, &leaves);
-        pb::Envelope {
-            manifest: manifest_bytes,
-            mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
-            checksum: checksum.to_vec(),
-            ..Default::default()
-        }
-    };
+    let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, &leaves)?;
     let value = b64().encode(envelope.encode_to_vec());
-    let edits = edits_for(&model, &targets, &actions, Vec::new())?;
-    let plan = Plan::new(model.bytes().len() as u64, edits, metadata_field(METADATA_KEY, &value))?;
-    let mut staged = Staged::new();
-    let external = stage_external(&model, output, &targets, &actions, &mut staged, opts.progress)?;
-    write_model(&model, &plan, &targets, &actions, &mut staged, output, opts.progress)?;
-    staged.commit()?;
+    let append = metadata_field(METADATA_KEY, &value);
+    let external = write_outputs(&model, &targets, &actions, Vec::new(), append, output, opts.progress)?;
     let tensors = summaries(&model, &manifest, &targets);
     Ok(EncryptReport {
         input: input.display().to_string(),
@@ -1101,15 +1193,9 @@ fn build_manifest(
         format_version: FORMAT_VERSION,
         salt: salt.to_vec(),
         key_check: top_check,
-        kdf: kdf.map(|k| pb::KdfParams {
-            algorithm: "argon2id".into(),
-            salt: k.salt.to_vec(),
-            m_cost_kib: k.m_cost_kib,
-            t_cost: k.t_cost,
-            p_cost: k.p_cost,
-        }),
+        kdf: kdf.map(kdf_to_pb),
         tensors: entries,
-        tool: format!("onnx-protect {}", env!("CARGO_PKG_VERSION")),
+        tool: tool_name(),
         policy_summary: policy.summary(),
         chunk_size: CHUNK_SIZE,
         leaf_hash: leaf_hash_to_pb(LEAF_HASH),
@@ -1306,12 +1392,7 @@ pub fn decrypt_tier(
     check_output(&model, input, output, opts.in_place)?;
     let r = plan_restore(&model, &p, key, tier)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
-    let edits = edits_for(&model, &p.targets, &r.actions, vec![entry])?;
-    let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
-    let mut staged = Staged::new();
-    stage_external(&model, output, &p.targets, &r.actions, &mut staged, opts.progress)?;
-    write_model(&model, &plan, &p.targets, &r.actions, &mut staged, output, opts.progress)?;
-    staged.commit()?;
+    write_outputs(&model, &p.targets, &r.actions, vec![entry], Vec::new(), output, opts.progress)?;
     let done: Vec<&Target> =
         p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
     let _ = r.tier;
@@ -1342,8 +1423,7 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
     plan.write(model.bytes(), &mut out, &mut |tag, logical, chunk| {
         let target = &p.targets[tag];
         let t = &model.tensors[target.tensor];
-        let Action::Xor(ks) = &r.actions[tag] else { return Ok(()) };
-        apply(ks, target.mode, t.data_type, logical, chunk, true).map_err(|e| {
+        r.actions[tag].apply_chunk(target, t.data_type, logical, chunk, true).map_err(|e| {
             err = Some(e);
             FormatError::Invalid("keystream failed".into())
         })

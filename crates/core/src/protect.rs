@@ -771,7 +771,8 @@ fn stage_external(
         let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
         let io = |e| CoreError::Write { path: dest.clone(), source: e };
         let mut pos = 0u64;
-        let mut buf = Vec::new();
+        // Between the two keystreams of a re-encryption it holds plaintext: wiped on drop.
+        let mut buf = Zeroizing::new(Vec::new());
         for p in &list {
             w.write_all(&src[pos as usize..p.range.start as usize]).map_err(io)?;
             let target = &targets[p.target];

@@ -861,7 +861,8 @@ fn stage_external(
         let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
         let io = |e| CoreError::Write { path: dest.clone(), source: e };
         let mut pos = 0u64;
-        let mut buf = Vec::new();
+        // Between the two keystreams of a re-encryption it holds plaintext: wiped on drop.
+        let mut buf = Zeroizing::new(Vec::new());
         // Bytes of the input before `released` have been copied and are released from
         // the resident set every RELEASE_STEP bytes (the output goes through the
         // BufWriter to the page cache, which the process does not hold).

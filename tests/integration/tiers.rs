@@ -190,3 +190,60 @@ fn keygen_tiers_and_derive_tier_key_agree() {
         run(&["derive-tier-key", "--key-file", k.to_str().unwrap(), "--from", "1", "--tier", "2", "-o", "/tmp/x"]);
     assert_ne!(code, 0, "a key must not yield a higher tier");
 }
+
+#[test]
+fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let cli_encrypt = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend(["--key-file", k.to_str().unwrap(), "--json"]);
+        args.extend(extra);
+        let r = run(&args);
+        (r, out)
+    };
+    let modes = |json: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["tensors"].as_array().unwrap().iter().map(|t| t["mode"].as_str().unwrap().to_string()).collect()
+    };
+    // Untiered, the built-in mode is ctr; with tiers it is fp.
+    let ((code, out, err), _) = cli_encrypt("plain.onnx", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(modes(&out).iter().all(|m| m == "ctr"), "{out}");
+    let ((code, out, err), _) = cli_encrypt("tiered.onnx", &["--tiers", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let m = modes(&out);
+    assert!(!m.is_empty() && m.iter().all(|m| m == "fp"), "{out}");
+    // An explicit ctr on a selected operator with tiers: one line, exit 7, nothing written.
+    for spec in ["*=ctr", "Gemm=ctr"] {
+        let ((code, out, err), path) = cli_encrypt("ctr.onnx", &["--tiers", "3", "--mode", spec]);
+        assert_eq!(code, 7, "{spec}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("access tiers need the fp or dp mode") && err.contains("--mode '*=fp'"), "{err}");
+        assert!(!path.exists());
+    }
+    // ctr for an operator the model does not have encrypts nothing with ctr: accepted.
+    let ((code, out, err), _) = cli_encrypt("lstm.onnx", &["--tiers", "2", "--mode", "LSTM=ctr"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(modes(&out).iter().all(|m| m == "fp"), "{out}");
+    // dp with tiers is accepted; ctr without tiers still is.
+    let ((code, _, err), _) = cli_encrypt("dp.onnx", &["--tiers", "2", "--mode", "*=dp"]);
+    assert_eq!(code, 0, "{err}");
+    let ((code, _, err), _) = cli_encrypt("ctr1.onnx", &["--mode", "*=ctr"]);
+    assert_eq!(code, 0, "{err}");
+    // The library refuses it the same way (policy error), also from a policy file.
+    let policy = Policy::from_toml("version = 1\ntiers = 2\n[defaults]\nmode = \"ctr\"\n").unwrap();
+    let e = encrypt(
+        &model,
+        &dir.path().join("lib.onnx"),
+        &KeySource::Key(key(1)),
+        &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), "policy", "{e}");
+}

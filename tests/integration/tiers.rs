@@ -311,10 +311,15 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     assert_eq!((t3["agreement"].as_f64(), t3["max_distance"].as_f64()), (Some(1.0), Some(0.0)));
     assert_eq!(acc(&top, "tier_3"), acc(&top, "original"));
     assert_eq!(row(&top, "decrypted")["agreement"].as_f64(), Some(1.0));
-    // With l1 selection, fp and half the bytes, each tier restores service clearly
-    // (24 fresh keys: no key 0.02-0.15, tier 1 0.17-0.59, tier 2 0.54-0.81, tier 3 0.985).
+    // Accuracy rises with the tier, but adjacent tiers can swap for some keys: over 60
+    // fresh keys with these settings (docs/protection-tiers.md, "Three tiers, cnn"), no key
+    // -> tier 1 and tier 1 -> tier 2 were each negative at least once (down to -0.054).
+    // What held with a wide margin for every key: no key -> tier 2 rose by at least 0.32
+    // (mean 0.57), tier 2 -> tier 3 by at least 0.19 (mean 0.31), and every partial tier
+    // stayed below the original. Only that is asserted.
     let ladder: Vec<f64> = ["no_key", "tier_1", "tier_2", "tier_3"].iter().map(|n| acc(&top, n)).collect();
-    assert!(ladder.windows(2).all(|w| w[0] <= w[1]), "accuracy per tier is not monotone: {ladder:?}");
+    assert!(ladder[0] < ladder[2] && ladder[2] < ladder[3], "accuracy does not rise with the tier: {ladder:?}");
+    assert!(ladder[..3].iter().all(|&a| a < ladder[3]), "a partial tier is as good as the original: {ladder:?}");
 
     // The tier-2 key: tiers 1 and 2 only; tier 2 is what `decrypted` gives with this key,
     // and tier 1 is the same model as with the top key.

@@ -1,4 +1,5 @@
-//! `assess`: how strong is a model's protection? Five variants, one table.
+//! `assess`: how strong is a model's protection? Five variants (plus one per access
+//! tier the key reaches, for a tiered model), one table.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ pub struct Args {
     original: PathBuf,
     /// The same model, protected.
     protected: PathBuf,
-    /// Key of the protected model, for the `decrypted` variant (skipped without a key).
+    /// Key of the protected model, for the `decrypted` variant (skipped without a key). For a
+    /// tiered model, the key of tier T also adds the rows tier_1 .. tier_T.
     #[command(flatten)]
     key: KeyArgs,
     /// Inputs: a directory of NAME.npy files (one per model input), or one .npy file for a one-input model.
@@ -80,6 +82,16 @@ fn table(r: &AssessReport) -> String {
         r.inputs,
         r.output
     );
+    if let Some(tiers) = r.tiers {
+        let key = match r.key_tier {
+            Some(t) => format!("key of tier {t}"),
+            None => "no key: no tier rows".into(),
+        };
+        let restored = r.restored_tiers.unwrap_or(0);
+        let restored =
+            if restored > 0 { format!(", tiers 1-{restored} already decrypted in the file") } else { String::new() };
+        s.insert_str(s.len() - 1, &format!("{tiers} access tiers ({key}{restored})\n"));
+    }
     s.push_str(&format!(
         "{:<10} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
         "variant", "agreement", "accuracy", "mean dist", "max dist", "non-finite", "what"

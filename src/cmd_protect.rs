@@ -124,7 +124,7 @@ pub struct EncryptArgs {
     /// Override a coefficient: OP=VALUE in [0, 1] (OP may be `*`). Repeatable.
     #[arg(long, value_name = "OP=C")]
     coefficient: Vec<String>,
-    /// Override a mode: OP=ctr|fp. Repeatable.
+    /// Override a mode: OP=ctr|fp|dp. Repeatable. With --tiers N > 1 the default is fp and ctr is refused.
     #[arg(long, value_name = "OP=MODE")]
     mode: Vec<String>,
     /// Override the split: OP=first-dim|N. Repeatable.
@@ -136,7 +136,7 @@ pub struct EncryptArgs {
     /// Public seed of the sample-* selection rules.
     #[arg(long)]
     seed: Option<u64>,
-    /// Split the encrypted set into N nested access tiers by importance.
+    /// Split the encrypted set into N nested access tiers by importance (N > 1: default mode fp; ctr refused).
     #[arg(long, value_name = "N")]
     tiers: Option<u32>,
     /// Share of the encrypted bytes per tier, least important first, e.g. 0.5,0.3,0.2.

@@ -55,7 +55,7 @@ enum Command {
     /// Run a model in tract, decrypted in memory with the key, or as it is without one.
     #[cfg(feature = "tract")]
     Run(cmd_run::Args),
-    /// How strong is the protection? Original, no key, two key-less attacks, decrypted: one table.
+    /// How strong is the protection? Original, no key, two key-less attacks, decrypted, each access tier: one table.
     #[cfg(feature = "tract")]
     Assess(cmd_assess::Args),
 }

@@ -270,6 +270,10 @@ mod with_tract {
         assert!(acc(1) < 0.5, "no key: {}", acc(1));
         for x in v {
             assert_eq!(x["status"], "ok", "{x}");
+            assert!(x.get("tier").is_none(), "no tier field on an untiered model: {x}");
+        }
+        for field in ["tiers", "restored_tiers", "key_tier"] {
+            assert!(r.get(field).is_none(), "{field} on an untiered model");
         }
         // The text table.
         let (code, out, err) =

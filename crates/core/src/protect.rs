@@ -1093,6 +1093,15 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
     let weights = discover(&model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let selection = select(&model, &weights, opts.policy);
+    if tiers > 1 {
+        if let Some(c) = selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
+            return Err(CoreError::Policy(PolicyError::Invalid(format!(
+                "access tiers need the fp or dp mode, but '{}' ({} {}) would be encrypted with ctr, which gives NaN \
+                 outputs at every partial tier; use --mode '*=fp' or --mode '*=dp'",
+                model.tensors[c.tensor].name, c.op_type, c.role
+            ))));
+        }
+    }
     let (master, kdf) = key.master_for_encrypt()?;
     let salt = random_salt()?;
     let sessions: Vec<SessionKeys> = tier_keys(&master, tiers).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
@@ -1409,13 +1418,21 @@ pub fn decrypt_tier(
 /// model file (for a tiered model with a lower-tier key: the model with the key's
 /// tiers restored). Only the encrypted ranges are touched after the copy.
 pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
+    decrypt_tier_to_vec(model, key, None)
+}
+
+/// Like [`decrypt_to_vec`], for tiered models up to tier `tier` (default: the key's
+/// own tier), as [`decrypt_tier`] does to a file: below the top tier the result is a
+/// valid model whose higher tiers stay encrypted, with its manifest recording the
+/// restored tiers.
+pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<Vec<u8>> {
     let p = read_protected(model)?;
     if p.targets.iter().any(|t| matches!(model.tensors[t.tensor].data, TensorData::External { .. })) {
         return Err(CoreError::Output(
             "the model keeps encrypted weights in external files; use decrypt_external_to_memory".into(),
         ));
     }
-    let r = plan_restore(model, &p, key, None)?;
+    let r = plan_restore(model, &p, key, tier)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
     let edits = edits_for(model, &p.targets, &r.actions, vec![entry])?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
@@ -1431,6 +1448,13 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
     })
     .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
     Ok(out)
+}
+
+/// The access tier of `key` for a protected model, after the key check and every
+/// MAC the key allows: the number of tiers for the top key, 0 for an untiered model.
+pub fn key_tier(model: &Model, key: &KeySource) -> Result<u32> {
+    let p = read_protected(model)?;
+    Ok(unlock(model, &p, key)?.key_tier)
 }
 
 /// Verifies a protected model: with a key, the key check and the MACs the key

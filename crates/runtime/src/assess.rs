@@ -1,5 +1,6 @@
-//! How strong is a model's protection? Five variants of a protected model run on
-//! the same inputs and are compared with the original.
+//! How strong is a model's protection? Five variants of a protected model (and,
+//! for a tiered model with a key, one per reachable access tier) run on the same
+//! inputs and are compared with the original.
 //!
 //! | variant | what it is | needs the key |
 //! | --- | --- | --- |
@@ -8,6 +9,14 @@
 //! | `zero_fill` | the manifest's public spans set to zero ([`Fill::Zero`]) | no |
 //! | `mean_fill` | the spans set to each tensor's mean of its clear elements ([`Fill::Mean`]) | no |
 //! | `decrypted` | decrypted in memory with the key | yes |
+//! | `tier_1` … `tier_T` | tiered models only: decrypted in memory up to tier `t`, higher tiers still encrypted | the key of tier `T` ≥ `t` |
+//!
+//! A model protected with `N > 1` access tiers gets one `tier_t` variant per tier
+//! the given key reaches (`t = 1 ..= T` for the key of tier `T`; tiers already
+//! restored in the file are left out: they are the `no_key` row). They follow the
+//! five variants above; `tier_T` is the same model as `decrypted`, and `tier_N`
+//! (top key) is the original. Without a key, or for an untiered model, there are
+//! no tier rows.
 //!
 //! For each variant: top-1 agreement with the original, accuracy (with labels),
 //! mean and max output distance, and the fraction of non-finite outputs. The
@@ -18,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use onnx_protect_core::memory::decrypt_in_memory;
-use onnx_protect_core::protect::{read_protected, KeySource};
+use onnx_protect_core::protect::{decrypt_tier_to_vec, key_tier, read_protected, KeySource};
 use onnx_protect_format::{discover, Model};
 
 use crate::attack::{repair, Fill};
@@ -52,8 +61,12 @@ pub struct AssessOptions<'a> {
 /// The results of one variant.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VariantReport {
-    pub variant: &'static str,
-    pub description: &'static str,
+    /// One of [`VARIANTS`], or `tier_<t>` for a tier row.
+    pub variant: String,
+    pub description: String,
+    /// The tier a `tier_<t>` row is decrypted up to (absent on the other rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u32>,
     /// `ok`, `failed` (see `error`) or `skipped` (the `decrypted` variant without a key).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,7 +102,32 @@ pub struct AssessReport {
     pub encrypted_tensors: usize,
     /// The policy recorded in the manifest.
     pub policy: String,
+    /// Number of access tiers (absent for an untiered model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<u32>,
+    /// Tiers already decrypted in the protected file (absent for an untiered model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_tiers: Option<u32>,
+    /// The tier of the given key (absent without a key or for an untiered model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_tier: Option<u32>,
     pub variants: Vec<VariantReport>,
+}
+
+fn blank(variant: String, description: String, tier: Option<u32>) -> VariantReport {
+    VariantReport {
+        variant,
+        description,
+        tier,
+        status: "ok",
+        error: None,
+        agreement: None,
+        accuracy: None,
+        mean_distance: None,
+        max_distance: None,
+        non_finite: None,
+        notes: Vec::new(),
+    }
 }
 
 fn describe(v: &str) -> &'static str {
@@ -286,7 +324,8 @@ fn externals(model: &Model) -> Result<BTreeMap<String, &[u8]>> {
     Ok(m)
 }
 
-/// Runs the five variants on the same inputs and compares them with the original.
+/// Runs the five variants (and the tier rows of a tiered model) on the same inputs
+/// and compares them with the original.
 pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result<AssessReport> {
     let orig = Model::open(original)?;
     let prot = Model::open(protected)?;
@@ -309,18 +348,7 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
 
     let mut variants = Vec::new();
     for name in VARIANTS {
-        let mut v = VariantReport {
-            variant: name,
-            description: describe(name),
-            status: "ok",
-            error: None,
-            agreement: None,
-            accuracy: None,
-            mean_distance: None,
-            max_distance: None,
-            non_finite: None,
-            notes: Vec::new(),
-        };
+        let mut v = blank(name.to_string(), describe(name).to_string(), None);
         let rows: Result<Option<Vec<Vec<f64>>>> = match name {
             "original" => Ok(Some(reference.clone())),
             "no_key" => externals(&prot).and_then(|e| run_rows(prot.bytes(), &e, &inputs, n)).map(|r| Some(r.1)),
@@ -359,6 +387,34 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
         }
         variants.push(v);
     }
+
+    // Tiered models: one row per tier the key reaches, each decrypted in memory.
+    let tiers = p.manifest.tiers;
+    let restored = p.envelope.restored_tiers;
+    let mut key_tier_of = None;
+    if let (true, Some(key)) = (tiers > 1, opts.key) {
+        let top = key_tier(&prot, key)?;
+        key_tier_of = Some(top);
+        for t in restored + 1..=top {
+            let what = if t == tiers {
+                format!("decrypted in memory up to tier {t} of {tiers} (all tiers: the original)")
+            } else {
+                format!("decrypted in memory up to tier {t} of {tiers} (tiers above stay encrypted)")
+            };
+            let mut v = blank(format!("tier_{t}"), what, Some(t));
+            let rows = decrypt_tier_to_vec(&prot, key, Some(t))
+                .map_err(RuntimeError::from)
+                .and_then(|d| externals(&prot).and_then(|e| run_rows(&d, &e, &inputs, n)));
+            match rows {
+                Ok((_, rows)) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
+                Err(e) => {
+                    v.status = "failed";
+                    v.error = Some(e.to_string());
+                }
+            }
+            variants.push(v);
+        }
+    }
     Ok(AssessReport {
         original: original.display().to_string(),
         protected: protected.display().to_string(),
@@ -370,6 +426,9 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
         encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
         encrypted_tensors: p.targets.len(),
         policy: p.manifest.policy_summary.clone(),
+        tiers: (tiers > 1).then_some(tiers),
+        restored_tiers: (tiers > 1).then_some(restored),
+        key_tier: key_tier_of,
         variants,
     })
 }
@@ -388,18 +447,7 @@ mod tests {
     #[test]
     fn metrics_of_identical_and_broken_rows() {
         let reference = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
-        let mut v = VariantReport {
-            variant: "x",
-            description: "",
-            status: "ok",
-            error: None,
-            agreement: None,
-            accuracy: None,
-            mean_distance: None,
-            max_distance: None,
-            non_finite: None,
-            notes: vec![],
-        };
+        let mut v = blank("x".into(), String::new(), None);
         metrics(&mut v, &reference, &reference, Some(&[0, 0]));
         assert_eq!(
             (v.agreement, v.accuracy, v.mean_distance, v.non_finite),

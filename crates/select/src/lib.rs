@@ -163,6 +163,7 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
         if ppm == 0 {
             continue;
         }
+        let mode = policy.mode_of(rule);
         let skip = |reason: &str| Skipped { tensor: t.id, reason: reason.to_string() };
         match &t.data {
             TensorData::Strings { .. } => {
@@ -187,11 +188,11 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             }
             _ => {}
         }
-        if rule.mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
+        if mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
             sel.skipped.push(skip("no format-preserving mask for its data type"));
             continue;
         }
-        if rule.mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+        if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
             sel.skipped.push(skip("the distribution-preserving mode needs whole-byte elements"));
             continue;
         }
@@ -232,7 +233,7 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             tensor: t.id,
             op_type: u.op_type.clone(),
             role: u.role.to_string(),
-            mode: rule.mode,
+            mode,
             subsequences: n,
             chosen: positions,
             spans: Vec::new(),

@@ -110,7 +110,13 @@ pub fn fp_mask(dtype: DataType) -> Option<&'static [u8]> {
 pub struct OpRule {
     /// Fraction of the weight bytes to encrypt, in [0, 1].
     pub coefficient: f64,
+    /// The mode; when [`OpRule::mode_set`] is false this is the built-in default and
+    /// [`Policy::mode_of`] gives the mode actually used.
     pub mode: Mode,
+    /// Whether `mode` was set by a policy file or an override. A rule that keeps the
+    /// built-in default follows the tier count: [`DEFAULT_MODE`] untiered,
+    /// [`DEFAULT_TIERED_MODE`] with access tiers.
+    pub mode_set: bool,
     pub split: Split,
     /// Role names to encrypt; `None` means the main and bias roles of the operator
     /// and the normalisation roles except `input_var`.
@@ -125,6 +131,7 @@ impl OpRule {
         OpRule {
             coefficient: DEFAULT_COEFFICIENT,
             mode: DEFAULT_MODE,
+            mode_set: false,
             split: Split::FirstDim,
             roles: None,
             rank: Rank::Even,
@@ -200,6 +207,16 @@ pub const DEFAULT_COEFFICIENT: f64 = 0.5;
 /// format-preserving mode's stealth buys nothing against an attacker who reads the
 /// manifest. Use `fp` where a protected model must still produce finite outputs.
 pub const DEFAULT_MODE: Mode = Mode::Ctr;
+
+/// Default mode of the built-in policy when the policy has access tiers (`tiers > 1`):
+/// format-preserving.
+///
+/// A tier that is still encrypted in `ctr` mode turns its weights into random floats
+/// (huge exponents, NaN), so every partial tier gives NaN outputs and the tiers grade
+/// nothing (docs/protection-tiers.md). `fp` (and `dp`) keep the values finite, and the
+/// service level rises with each tier. An explicit `ctr` with tiers is refused at
+/// encryption.
+pub const DEFAULT_TIERED_MODE: Mode = Mode::Fp;
 
 impl Default for Policy {
     /// Every known operator type, coefficient [`DEFAULT_COEFFICIENT`], mode [`DEFAULT_MODE`],
@@ -293,6 +310,17 @@ fn check_roles(op: &str, r: &[String]) -> Result<(), PolicyError> {
 }
 
 impl Policy {
+    /// The mode a rule encrypts with under this policy: its own if it was set, else the
+    /// built-in default for the policy's tier count ([`DEFAULT_MODE`] untiered,
+    /// [`DEFAULT_TIERED_MODE`] with `tiers > 1`).
+    pub fn mode_of(&self, rule: &OpRule) -> Mode {
+        if !rule.mode_set && self.tiers > 1 {
+            DEFAULT_TIERED_MODE
+        } else {
+            rule.mode
+        }
+    }
+
     /// The rule for `op_type`, if the policy covers it.
     pub fn rule_for(&self, op_type: &str) -> Option<&OpRule> {
         self.rules.get(op_type)
@@ -325,6 +353,7 @@ impl Policy {
                 }
                 if let Some(m) = d.mode {
                     r.mode = m;
+                    r.mode_set = true;
                 }
                 if let Some(s) = &d.subsequences {
                     r.split = parse_split(s, "defaults")?;
@@ -345,6 +374,7 @@ impl Policy {
             }
             if let Some(m) = form.mode {
                 r.mode = m;
+                r.mode_set = true;
             }
             if let Some(s) = &form.subsequences {
                 r.split = parse_split(s, &op)?;
@@ -379,6 +409,7 @@ impl Policy {
                 "mode" => {
                     r.mode = Mode::parse(value)
                         .ok_or_else(|| PolicyError::Invalid(format!("--mode {spec}: mode must be ctr, fp or dp")))?;
+                    r.mode_set = true;
                 }
                 "selection" => r.rank = parse_rank(value, &format!("--selection {op}"))?,
                 "subsequences" => {
@@ -437,7 +468,7 @@ impl Policy {
                 Split::FirstDim => "rows".to_string(),
                 Split::Count(n) => n.to_string(),
             };
-            parts.push(format!("{op}:{}:{}:{split}:{}", r.coefficient, r.mode.name(), r.rank.name()));
+            parts.push(format!("{op}:{}:{}:{split}:{}", r.coefficient, self.mode_of(r).name(), r.rank.name()));
         }
         let mut s = parts.join(",");
         if self.tiers > 1 {
@@ -487,6 +518,23 @@ mod tests {
             let e = Policy::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_default_mode_follows_the_tier_count_but_a_set_mode_does_not() {
+        let mut p = Policy::default();
+        let conv = |p: &Policy| p.mode_of(p.rule_for("Conv").unwrap());
+        assert_eq!(conv(&p), DEFAULT_MODE);
+        p.set_tiers(3).unwrap();
+        assert_eq!(conv(&p), DEFAULT_TIERED_MODE);
+        assert!(p.summary().contains("Conv:0.5:fp:"), "{}", p.summary());
+        p.apply_override("mode", "Conv=ctr").unwrap();
+        assert_eq!(conv(&p), Mode::Ctr);
+        assert_eq!(p.mode_of(p.rule_for("Gemm").unwrap()), DEFAULT_TIERED_MODE);
+        let f = Policy::from_toml("version = 1\ntiers = 2\n[defaults]\nmode = \"dp\"\n").unwrap();
+        assert_eq!(conv(&f), Mode::Dp);
+        let f = Policy::from_toml("version = 1\ntiers = 2\n[ops.Gemm]\nmode = \"ctr\"\n").unwrap();
+        assert_eq!((conv(&f), f.mode_of(f.rule_for("Gemm").unwrap())), (Mode::Fp, Mode::Ctr));
     }
 
     #[test]

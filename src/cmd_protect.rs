@@ -240,7 +240,8 @@ pub struct DecryptArgs {
     #[arg(long, value_name = "T")]
     tier: Option<u32>,
     /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
-    #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
+    /// (Not with --tier: the in-memory path decrypts every tier the key reaches.)
+    #[arg(long, conflicts_with_all = ["output", "in_place", "json", "tier"])]
     stdout: bool,
     /// With --stdout: write this external data file (by its location) instead of the model.
     #[arg(long, value_name = "LOCATION", requires = "stdout")]

@@ -101,6 +101,13 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
         .unwrap();
     assert_ne!(st.code(), Some(0));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 0);
+    // --tier cannot be honoured by the in-memory path: a usage error, not silently ignored.
+    let out = std::process::Command::new(crate::util::bin())
+        .args(["decrypt", enc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout", "--tier", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
 }
 
 #[cfg(feature = "tract")]

@@ -14,6 +14,9 @@ cargo test --workspace --all-targets
 step "cargo test --doc"
 cargo test --workspace --doc
 step "onnxruntime cross-checks"
-cargo build --quiet
+# The binary the Python tests run. Built with the same targets (so the same feature
+# resolution) as `cargo test` above: a plain `cargo build` resolves dependency
+# features without the dev-dependencies and rebuilt part of the tree (~4 min here).
+cargo build --quiet --workspace --all-targets
 python3 -m pytest -q tests/python
 step "done"

@@ -313,3 +313,19 @@ fn decrypt_to_memory_equals_the_original() {
         assert_eq!(decrypt_to_vec(&m, &key(9)).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
     }
 }
+
+#[test]
+fn inspect_names_the_leaf_hash_of_new_and_older_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (new, _) = protected_fixture(dir.path());
+    let old = root().join("fixtures/vectors/cnn_torch_fp/protected.onnx");
+    for (path, want) in [(new, "blake3"), (old, "sha256")] {
+        let (code, out, err) = run(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["protection"]["leaf_hash"], want, "{}", path.display());
+        let (code, text, err) = run(&["inspect", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(text.contains(&format!("HMAC-SHA256 over {} chunk hashes", want.to_uppercase())), "{text}");
+    }
+}

@@ -311,6 +311,7 @@ impl Report {
                 human(p.encrypted_bytes),
                 if p.passphrase { ", passphrase key" } else { "" }
             );
+            let _ = writeln!(s, "  integrity    HMAC-SHA256 over {} chunk hashes", p.leaf_hash.to_uppercase());
             if p.tiers > 1 {
                 let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
             }

@@ -1510,6 +1510,8 @@ pub struct ProtectionInfo {
     pub tiers: u32,
     /// Tiers already decrypted in this file.
     pub restored_tiers: u32,
+    /// The hash of the ciphertext chunks under the MAC (`"sha256"` or `"blake3"`, docs/format.md §7).
+    pub leaf_hash: &'static str,
     pub tensors: Vec<TensorSummary>,
 }
 
@@ -1529,6 +1531,10 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
         tiers: p.manifest.tiers,
         restored_tiers: p.envelope.restored_tiers,
+        leaf_hash: match p.leaf_hash {
+            LeafHash::Sha256 => "sha256",
+            LeafHash::Blake3 => "blake3",
+        },
         tensors,
     }))
 }

@@ -566,22 +566,37 @@ pub(crate) fn mac_and_checksum(
     manifest: &[u8],
     leaves: &[[u8; 32]],
 ) -> (Option<[u8; 32]>, [u8; 32]) {
+    mac_and_checksum_of(keys, manifest, None, leaves)
+}
+
+/// The MAC (when `keys` is given) and the keyless checksum over the manifest, then
+/// `u32be(tier)` for a tier's seal (§11), then the leaves (§7 of docs/format.md).
+fn mac_and_checksum_of(
+    keys: Option<&SessionKeys>,
+    manifest: &[u8],
+    tier: Option<u32>,
+    leaves: &[[u8; 32]],
+) -> (Option<[u8; 32]>, [u8; 32]) {
     let mut c = Checksum::new();
     c.update(CHECKSUM_LABEL);
-    c.update(&(manifest.len() as u64).to_be_bytes());
-    c.update(manifest);
     let mut m = keys.map(|k| {
         let mut m = k.mac();
         m.update(MAC_INPUT_LABEL);
-        m.update(&(manifest.len() as u64).to_be_bytes());
-        m.update(manifest);
         m
     });
-    for l in leaves {
-        c.update(l);
+    let mut both = |data: &[u8]| {
+        c.update(data);
         if let Some(m) = m.as_mut() {
-            m.update(l);
+            m.update(data);
         }
+    };
+    both(&(manifest.len() as u64).to_be_bytes());
+    both(manifest);
+    if let Some(t) = tier {
+        both(&t.to_be_bytes());
+    }
+    for l in leaves {
+        both(l);
     }
     (m.map(|m| m.finalize()), c.finalize())
 }
@@ -661,26 +676,7 @@ pub(crate) fn tier_seal(
     tier: u32,
     leaves: &[[u8; 32]],
 ) -> (Option<[u8; 32]>, [u8; 32]) {
-    let mut c = Checksum::new();
-    c.update(CHECKSUM_LABEL);
-    c.update(&(manifest.len() as u64).to_be_bytes());
-    c.update(manifest);
-    c.update(&tier.to_be_bytes());
-    let mut m = keys.map(|k| {
-        let mut m = k.mac();
-        m.update(MAC_INPUT_LABEL);
-        m.update(&(manifest.len() as u64).to_be_bytes());
-        m.update(manifest);
-        m.update(&tier.to_be_bytes());
-        m
-    });
-    for l in leaves {
-        c.update(l);
-        if let Some(m) = m.as_mut() {
-            m.update(l);
-        }
-    }
-    (m.map(|m| m.finalize()), c.finalize())
+    mac_and_checksum_of(keys, manifest, Some(tier), leaves)
 }
 
 /// The leaves of each tier (index `tier − 1`), from leaves in chunk-job order.

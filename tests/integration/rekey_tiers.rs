@@ -60,12 +60,14 @@ fn assert_positions_kept(before: &Path, after: &Path) {
     for (a, b) in pa.envelope.tier_macs.iter().zip(&pb.envelope.tier_macs) {
         assert_ne!(a, b, "every tier's MAC is recomputed");
     }
-    // The stored bytes of some encrypted span changed (a dp span of equal values may not).
-    let changed = pa.targets.iter().any(|t| {
+    // The stored bytes of some encrypted span changed. Only ctr/fp spans count: two keys can
+    // give a short dp span (a few elements) the same permutation by chance.
+    let streamed: Vec<_> = pa.targets.iter().filter(|t| t.mode != onnx_protect_select::Mode::Dp).collect();
+    let changed = streamed.iter().any(|t| {
         let (x, y) = (ma.tensor_bytes(t.tensor).unwrap(), mb.tensor_bytes(t.tensor).unwrap());
         t.spans.iter().any(|&(a, b)| x[a as usize..b as usize] != y[a as usize..b as usize])
     });
-    assert!(pa.targets.is_empty() || changed, "no encrypted span changed");
+    assert!(streamed.is_empty() || changed, "no encrypted ctr/fp span changed");
 }
 
 /// Library level, over every fixture (external data and varint storage included):

@@ -16,3 +16,4 @@ pub mod memory;
 mod permute;
 pub mod protect;
 pub mod rekey;
+mod writer;

@@ -1,19 +1,17 @@
 //! Encrypting, decrypting and verifying models (format version 1, `docs/format.md`).
 //!
-//! Encryption runs in two passes over the chosen byte ranges only:
-//! 1. (parallel) each range is read, encrypted into a scratch buffer and hashed in
-//!    fixed-size chunks; the chunk digests and the manifest feed the MAC and the
-//!    keyless checksum;
-//! 2. (streaming) the output is written as the input with the ranges encrypted in
-//!    place and the manifest appended as a top-level `metadata_props` entry.
+//! Encryption makes one pass (see [`crate::writer`]): the chosen byte ranges are
+//! read, encrypted in a buffer, hashed in fixed-size chunks and written at their
+//! offsets of the output, in parallel, while the unchanged bytes are copied inside
+//! the kernel; the chunk digests and the manifest then feed the MAC and the keyless
+//! checksum, and the manifest is appended as a top-level `metadata_props` entry.
 //!
 //! Decryption verifies the key check value and the MAC over the ciphertext before
 //! writing anything, then writes the input with the ranges decrypted and the
 //! manifest entry removed, which gives back the original file byte for byte.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Write};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +27,8 @@ use onnx_protect_proto::Message;
 use onnx_protect_select::{fp_mask, select, Mode, Policy, PolicyError, Selection};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
+
+use crate::writer::Leaves;
 
 /// The `metadata_props` key of a format-1 manifest.
 pub const METADATA_KEY: &str = "onnx-protect/v1";
@@ -454,13 +454,13 @@ pub(crate) fn chunk_jobs(targets: &[Target], chunk: u64) -> Vec<ChunkJob> {
 /// Releases (see [`onnx_protect_format::model::ExternalFile::release`]) the file pages of an
 /// external tensor's chunk job when the job is done, so hashing a file of any size keeps
 /// only the chunks in flight resident.
-struct ReleaseOnDrop<'a> {
+pub(crate) struct ReleaseOnDrop<'a> {
     file: Option<&'a onnx_protect_format::model::ExternalFile>,
     range: Range<u64>,
 }
 
 impl<'a> ReleaseOnDrop<'a> {
-    fn for_job(model: &'a Model, t: &Tensor, job: &ChunkJob) -> ReleaseOnDrop<'a> {
+    pub(crate) fn for_job(model: &'a Model, t: &Tensor, job: &ChunkJob) -> ReleaseOnDrop<'a> {
         match &t.data {
             TensorData::External { file, range } => {
                 // The hull of the parts, widened by the kernel's fault-around window
@@ -624,8 +624,8 @@ impl Staged {
         Ok(self.files.len() - 1)
     }
 
-    pub(crate) fn file(&mut self, i: usize) -> &mut std::fs::File {
-        self.files[i].0.as_file_mut()
+    pub(crate) fn file_ref(&self, i: usize) -> &std::fs::File {
+        self.files[i].0.as_file()
     }
 
     /// Syncs and renames every file; the last one staged (the model) is renamed last.
@@ -707,7 +707,7 @@ pub(crate) enum Action {
 impl Action {
     /// Applies a chunk-by-chunk action to `data`, logical bytes of `target` starting at
     /// `offset`; the other actions leave it as it is.
-    fn apply_chunk(
+    pub(crate) fn apply_chunk(
         &self,
         target: &Target,
         dtype: DataType,
@@ -789,120 +789,6 @@ pub(crate) fn prepare(
         .collect()
 }
 
-/// A same-length patch of an external file.
-struct ExtPatch {
-    range: Range<u64>,
-    target: usize,
-    logical: u64,
-}
-
-/// Input bytes released at a time while an external file is streamed.
-pub(crate) const RELEASE_STEP: u64 = 64 << 20;
-
-/// Writes `src[from..to]` to `w` in pieces of at most [`RELEASE_STEP`] bytes, releasing
-/// the input pages up to each piece's start once more than a step is pending.
-pub(crate) fn copy_releasing(
-    w: &mut impl Write,
-    file: &onnx_protect_format::model::ExternalFile,
-    src: &[u8],
-    from: u64,
-    to: u64,
-    released: &mut u64,
-) -> std::io::Result<()> {
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(RELEASE_STEP);
-        w.write_all(&src[at as usize..(at + n) as usize])?;
-        at += n;
-        if at - *released >= RELEASE_STEP {
-            file.release(*released..at);
-            *released = at;
-        }
-    }
-    Ok(())
-}
-
-/// Writes every external file of the model next to `output`, with the actions applied.
-fn stage_external(
-    model: &Model,
-    output: &Path,
-    targets: &[Target],
-    actions: &[Action],
-    staged: &mut Staged,
-    progress: &dyn Progress,
-) -> Result<Vec<String>> {
-    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let mut patches: BTreeMap<usize, Vec<ExtPatch>> = BTreeMap::new();
-    for (ti, target) in targets.iter().enumerate() {
-        let t = &model.tensors[target.tensor];
-        if matches!(actions[ti], Action::Skip) {
-            continue;
-        }
-        if let TensorData::External { file, .. } = &t.data {
-            for &(a, b) in &target.spans {
-                for (range, logical) in t.file_pieces(a, b) {
-                    patches.entry(*file).or_default().push(ExtPatch { range, target: ti, logical });
-                }
-            }
-        }
-    }
-    let mut written = Vec::new();
-    for (fi, f) in model.external_files.iter().enumerate() {
-        let dest = out_dir.join(&f.location);
-        let src = f.bytes()?;
-        let idx = staged.create(&dest)?;
-        let mut list = patches.remove(&fi).unwrap_or_default();
-        list.sort_by_key(|p| p.range.start);
-        progress.start("external", src.len() as u64);
-        let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
-        let io = |e| CoreError::Write { path: dest.clone(), source: e };
-        let mut pos = 0u64;
-        // Between the two keystreams of a re-encryption it holds plaintext: wiped on drop.
-        let mut buf = Zeroizing::new(Vec::new());
-        // Bytes of the input before `released` have been copied and are released from
-        // the resident set every RELEASE_STEP bytes (the output goes through the
-        // BufWriter to the page cache, which the process does not hold).
-        let mut released = 0u64;
-        for p in &list {
-            copy_releasing(&mut w, f, src, pos, p.range.start, &mut released).map_err(io)?;
-            let target = &targets[p.target];
-            let t = &model.tensors[target.tensor];
-            match &actions[p.target] {
-                Action::Bytes(bytes) => {
-                    let lo = p.logical as usize;
-                    let hi = lo + (p.range.end - p.range.start) as usize;
-                    let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
-                    w.write_all(piece).map_err(io)?;
-                }
-                action @ (Action::Xor(_) | Action::Reencrypt(_)) => {
-                    let mut at = p.range.start;
-                    while at < p.range.end {
-                        let n = (p.range.end - at).min(8 << 20);
-                        buf.clear();
-                        buf.extend_from_slice(&src[at as usize..(at + n) as usize]);
-                        action.apply_chunk(target, t.data_type, p.logical + (at - p.range.start), &mut buf, true)?;
-                        w.write_all(&buf).map_err(io)?;
-                        at += n;
-                        if at - released >= RELEASE_STEP {
-                            f.release(released..at);
-                            released = at;
-                        }
-                    }
-                }
-                Action::Skip => w.write_all(&src[p.range.start as usize..p.range.end as usize]).map_err(io)?,
-            }
-            pos = p.range.end;
-            progress.set(pos);
-        }
-        copy_releasing(&mut w, f, src, pos, src.len() as u64, &mut released).map_err(io)?;
-        w.flush().map_err(io)?;
-        f.release(released..src.len() as u64);
-        progress.finish();
-        written.push(dest.display().to_string());
-    }
-    Ok(written)
-}
-
 /// The edit list for the model file itself, from the targets' actions.
 pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], extra: Vec<Edit>) -> Result<Vec<Edit>> {
     let mut edits = extra;
@@ -961,34 +847,6 @@ pub(crate) fn model_edits(
     edits_for(model, targets, &actions, extra)
 }
 
-fn write_model(
-    model: &Model,
-    plan: &Plan,
-    targets: &[Target],
-    actions: &[Action],
-    staged: &mut Staged,
-    output: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let idx = staged.create(output)?;
-    progress.start("write", plan.output_len());
-    let mut w = BufWriter::with_capacity(1 << 20, staged.file(idx));
-    let mut err: Option<CoreError> = None;
-    plan.write(model.bytes(), &mut w, &mut |tag, logical, chunk| {
-        let target = &targets[tag];
-        let t = &model.tensors[target.tensor];
-        if let Err(e) = actions[tag].apply_chunk(target, t.data_type, logical, chunk, true) {
-            err = Some(e);
-            return Err(FormatError::Invalid("keystream failed".into()));
-        }
-        Ok(())
-    })
-    .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
-    w.flush().map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
-    progress.finish();
-    Ok(())
-}
-
 /// Writes `output` and the external data files next to it, with the targets' actions
 /// applied, `extra` edits of the model file and `append` appended to it. Every file is
 /// staged and renamed into place only when all of them are complete. Returns the
@@ -1002,13 +860,7 @@ pub(crate) fn write_outputs(
     output: &Path,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
-    let edits = edits_for(model, targets, actions, extra)?;
-    let plan = Plan::new(model.bytes().len() as u64, edits, append)?;
-    let mut staged = Staged::new();
-    let external = stage_external(model, output, targets, actions, &mut staged, progress)?;
-    write_model(model, &plan, targets, actions, &mut staged, output, progress)?;
-    staged.commit()?;
-    Ok(external)
+    crate::writer::write_outputs_with(model, targets, actions, extra, None, |_| Ok(append), output, progress)
 }
 
 /// The envelope of a manifest (§7, §11 of docs/format.md): the MAC and checksum over
@@ -1106,19 +958,21 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
     let streams: Vec<Option<Keystream>> =
         targets.iter().map(|t| Some(sessions[t.tier.max(1) as usize - 1].keystream(t.stream_id))).collect();
     let actions = prepare(&model, &targets, streams, false)?;
-    let sources: Vec<LeafSrc> = actions
-        .iter()
-        .map(|a| match a {
-            Action::Xor(ks) => LeafSrc::Xor(ks),
-            Action::Bytes(b) => LeafSrc::Bytes(b),
-            Action::Skip | Action::Reencrypt(_) => LeafSrc::File,
-        })
-        .collect();
-    let leaves = leaf_digests_ext(&model, &targets, CHUNK_SIZE, LEAF_HASH, &sources)?;
-    let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, &leaves)?;
-    let value = b64().encode(envelope.encode_to_vec());
-    let append = metadata_field(METADATA_KEY, &value);
-    let external = write_outputs(&model, &targets, &actions, Vec::new(), append, output, opts.progress)?;
+    // One pass: the ciphertext is hashed as it is written; the manifest entry, sealed
+    // over those leaves, is appended last.
+    let external = crate::writer::write_outputs_with(
+        &model,
+        &targets,
+        &actions,
+        Vec::new(),
+        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH }),
+        |leaves| {
+            let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, leaves)?;
+            Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
+        },
+        output,
+        opts.progress,
+    )?;
     let tensors = summaries(&model, &manifest, &targets);
     Ok(EncryptReport {
         input: input.display().to_string(),

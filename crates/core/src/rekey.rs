@@ -10,19 +10,22 @@
 //!    the one key whose lower tier keys re-encrypt every tier. Nothing has been
 //!    written yet, so a wrong key or a modified model leaves no output at all;
 //! 2. derive the new session keys (one per tier, the new key being the top-tier
-//!    key), then, one tensor at a time, build the new ciphertext in memory — span by
-//!    span, decrypted with the old keystream (for `dp`: un-permuted) and encrypted
-//!    with the new one (permuted) — and hash it into the new MACs and checksums;
-//! 3. the output is streamed like an encryption: `ctr`/`fp` ranges pass through "old
-//!    keystream, then new keystream" in chunks, `dp` and varint-stored tensors are
-//!    written from their new ciphertext, the manifest entry is replaced in place,
+//!    key); `dp` and varint-stored tensors get their new ciphertext in memory, one
+//!    tensor at a time — span by span, decrypted with the old keystream (un-permuted)
+//!    and encrypted with the new one (permuted);
+//! 3. the output is written in one pass like an encryption ([`crate::writer`]):
+//!    `ctr`/`fp` ranges pass through "old keystream, then new keystream" in a buffer
+//!    and are hashed as they are written, the other tensors are written from their new
+//!    ciphertext, unchanged bytes are copied, the old manifest entry is removed and
+//!    the new one, sealed over the new leaves, appended (where `encrypt` puts it);
 //!    external data files are written next to the output, and every file is staged
 //!    and renamed into place only when all of them are complete.
 //!
-//! Plaintext exists only in memory, one span at a time. In a model whose lower tiers
+//! Plaintext exists only in memory (a worker's buffer is wiped after each run). In a model whose lower tiers
 //! were already decrypted (`Envelope.restored_tiers`), those tiers stay plaintext and
 //! their MACs are recomputed over their encryption under the new keys.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -35,10 +38,11 @@ use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    b64, check_output, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut, tier_keys,
-    tool_name, transform_span, unlock, write_outputs, Action, CoreError, KeySource, LeafSrc, Protected, Result,
-    LEAF_HASH, METADATA_KEY,
+    b64, check_output, chunk_jobs, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut,
+    tier_keys, tool_name, transform_span, unlock, Action, CoreError, KeySource, LeafSrc, Protected, Result, LEAF_HASH,
+    METADATA_KEY,
 };
+use crate::writer::{write_outputs_with, Leaves};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -151,52 +155,75 @@ pub fn rekey(
     manifest.leaf_hash = leaf_hash_to_pb(LEAF_HASH);
     let manifest_bytes = manifest.encode_to_vec();
 
-    // One tensor at a time: its new ciphertext, hashed; kept for the write only where
-    // it cannot be streamed (dp, varint storage).
-    opts.progress.start("rekey", p.targets.len() as u64);
+    // Streamed targets (ctr, fp) are re-encrypted as they are written, and their new
+    // ciphertext is hashed on the way; dp and varint-stored targets are transformed
+    // whole beforehand, one tensor at a time.
     let chunk = p.manifest.chunk_size;
-    let mut leaves = Vec::new();
     let mut actions = Vec::with_capacity(p.targets.len());
-    for (i, (target, old_ks)) in p.targets.iter().zip(unlocked.streams).enumerate() {
+    // Leaves of restored tiers: over the plaintext's encryption under the new keys (§11).
+    let mut restored_leaves: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
+    for (ti, (target, old_ks)) in p.targets.iter().zip(unlocked.streams).enumerate() {
         let old_ks = old_ks.ok_or_else(|| CoreError::Key("the old key cannot decrypt every tier".into()))?;
         let new_ks = sessions[target.tier.max(1) as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
         // Restored tiers hold plaintext, which stays plaintext.
         let plaintext = target.tier > 0 && target.tier <= restored;
-        let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
-        for &span in &target.spans {
-            let s = span_mut(&model, target, &mut bytes, span)?;
-            if !plaintext {
-                transform_span(&old_ks, target, t.data_type, span.0, s, true)?;
-            }
-            transform_span(&new_ks, target, t.data_type, span.0, s, false)?;
-        }
-        leaves.extend(leaf_digests_ext(
-            &model,
-            std::slice::from_ref(target),
-            chunk,
-            LEAF_HASH,
-            &[LeafSrc::Bytes(&bytes)],
-        )?);
         actions.push(if plaintext {
+            let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
+            for &span in &target.spans {
+                transform_span(
+                    &new_ks,
+                    target,
+                    t.data_type,
+                    span.0,
+                    span_mut(&model, target, &mut bytes, span)?,
+                    false,
+                )?;
+            }
+            let leaves =
+                leaf_digests_ext(&model, std::slice::from_ref(target), chunk, LEAF_HASH, &[LeafSrc::Bytes(&bytes)])?;
+            restored_leaves.insert(ti, leaves);
             Action::Skip
         } else if target.mode == Mode::Dp || matches!(t.data, TensorData::Varint { .. }) {
+            let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
+            for &span in &target.spans {
+                let s = span_mut(&model, target, &mut bytes, span)?;
+                transform_span(&old_ks, target, t.data_type, span.0, s, true)?;
+                transform_span(&new_ks, target, t.data_type, span.0, s, false)?;
+            }
             Action::Bytes(std::mem::take(&mut *bytes))
         } else {
             Action::Reencrypt(Box::new((old_ks, new_ks)))
         });
-        opts.progress.set(i as u64 + 1);
     }
-    opts.progress.finish();
-    let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, &leaves)?;
-    envelope.restored_tiers = restored;
-    let value = b64().encode(envelope.encode_to_vec());
-    let entry = Edit {
-        range: p.entry.range.clone(),
-        content: Content::Bytes(metadata_field(METADATA_KEY, &value)),
-        ancestors: Vec::new(),
-    };
-    let external = write_outputs(&model, &p.targets, &actions, vec![entry], Vec::new(), output, opts.progress)?;
+    // The old entry is removed and the new one, sealed over the leaves of the written
+    // ciphertext, appended (where encrypt puts it).
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let external = write_outputs_with(
+        &model,
+        &p.targets,
+        &actions,
+        vec![entry],
+        Some(Leaves { chunk, hash: LEAF_HASH }),
+        |written| {
+            let mut leaves = written.to_vec();
+            if !restored_leaves.is_empty() {
+                let mut next: HashMap<usize, usize> = HashMap::new();
+                for (leaf, job) in leaves.iter_mut().zip(chunk_jobs(&p.targets, chunk)) {
+                    if let Some(l) = restored_leaves.get(&job.target) {
+                        let i = next.entry(job.target).or_default();
+                        *leaf = *l.get(*i).ok_or_else(|| CoreError::Output("internal: leaf count differs".into()))?;
+                        *i += 1;
+                    }
+                }
+            }
+            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, &leaves)?;
+            envelope.restored_tiers = restored;
+            Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
+        },
+        output,
+        opts.progress,
+    )?;
     Ok(RekeyReport {
         input: input.display().to_string(),
         output: output.display().to_string(),

@@ -308,12 +308,22 @@ pub struct ExternalFile {
     pub path: PathBuf,
     pub size: u64,
     pub tensors: Vec<TensorId>,
-    map: OnceLock<std::result::Result<Mmap, String>>,
+    map: OnceLock<std::result::Result<(File, Mmap), String>>,
 }
 
 impl ExternalFile {
     /// The mapped bytes of the file.
     pub fn bytes(&self) -> Result<&[u8]> {
+        self.opened().map(|(_, m)| &m[..])
+    }
+
+    /// The open file behind [`ExternalFile::bytes`] (for positional reads and
+    /// in-kernel copies of the same bytes).
+    pub fn file(&self) -> Result<&File> {
+        self.opened().map(|(f, _)| f)
+    }
+
+    fn opened(&self) -> Result<&(File, Mmap)> {
         let m = self.map.get_or_init(|| {
             let f = File::open(&self.path).map_err(|e| e.to_string())?;
             // SAFETY: the map is read-only; the file is expected not to change while
@@ -322,10 +332,10 @@ impl ExternalFile {
             if m.len() as u64 != self.size {
                 return Err(format!("size changed from {} to {} bytes while open", self.size, m.len()));
             }
-            Ok(m)
+            Ok((f, m))
         });
         match m {
-            Ok(m) => Ok(&m[..]),
+            Ok(m) => Ok(m),
             Err(e) => Err(FormatError::Io { path: self.path.clone(), source: std::io::Error::other(e.clone()) }),
         }
     }
@@ -338,7 +348,7 @@ impl ExternalFile {
     /// systems, and for pages only partly inside `range`.
     pub fn release(&self, range: Range<u64>) {
         #[cfg(unix)]
-        if let Some(Ok(m)) = self.map.get() {
+        if let Some(Ok((_, m))) = self.map.get() {
             const PAGE: u64 = 4096;
             let start = range.start.div_ceil(PAGE) * PAGE;
             let end = (range.end.min(m.len() as u64) / PAGE) * PAGE;
@@ -367,6 +377,8 @@ enum Backing {
 /// A parsed ONNX model.
 pub struct Model {
     backing: Backing,
+    /// The open model file when the bytes are mapped from it.
+    file: Option<File>,
     /// The file the model was read from, if any.
     pub path: Option<PathBuf>,
     /// The directory external data is resolved against.
@@ -422,13 +434,23 @@ impl Model {
             Backing::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
-        Model::parse(backing, Some(path.to_path_buf()), dir, progress)
+        let mut model = Model::parse(backing, Some(path.to_path_buf()), dir, progress)?;
+        if matches!(model.backing, Backing::Mapped(_)) {
+            model.file = Some(file);
+        }
+        Ok(model)
     }
 
     /// Parses model bytes held in memory. `dir` is where external data lives
     /// (`None` refuses external data).
     pub fn from_vec(bytes: Vec<u8>, dir: Option<PathBuf>) -> Result<Model> {
         Model::parse(Backing::Owned(bytes), None, dir, &NoProgress)
+    }
+
+    /// The open file that [`Model::bytes`] maps (`None` for models held in memory):
+    /// for positional reads and in-kernel copies of the same bytes.
+    pub fn source_file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 
     /// The model file's bytes.
@@ -442,6 +464,7 @@ impl Model {
     fn parse(backing: Backing, path: Option<PathBuf>, dir: Option<PathBuf>, progress: &dyn Progress) -> Result<Model> {
         let mut model = Model {
             backing,
+            file: None,
             path,
             dir,
             ir_version: None,

@@ -1,0 +1,725 @@
+//! Writing an output (the model file and its external data files) in one pass.
+//!
+//! The output is the input with some ranges changed. It is cut into work items that
+//! run in parallel and write at their own offsets of the staged files:
+//!
+//! * **runs**: stretches of the input holding the bytes of a chunk job (§7 of
+//!   docs/format.md) that is encrypted, decrypted or re-encrypted here, together with
+//!   the short unchanged gaps between its spans. A run is read with one positional
+//!   read, transformed in a buffer, hashed (when leaves are asked for: the hash sees
+//!   exactly the bytes that are written) and written with one positional write;
+//! * **puts**: new bytes of the edit plan (a re-encoded varint tensor, a replaced or
+//!   removed manifest entry, length prefixes, spans transformed beforehand);
+//! * **copies**: everything else, copied inside the kernel with `copy_file_range`
+//!   (falling back to writes from the mapped input where the kernel or the file
+//!   systems refuse), so unchanged bytes never pass through this process.
+//!
+//! When leaves are asked for, the appended bytes (the new manifest entry) are built
+//! from them once every item is done and written last, so encrypting reads and
+//! writes each byte once.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use onnx_protect_crypto::{Leaf, LeafHash};
+use onnx_protect_format::model::ExternalFile;
+use onnx_protect_format::write::{Content, Edit, Plan};
+use onnx_protect_format::{Model, Progress, TensorData};
+use rayon::prelude::*;
+use zeroize::Zeroize;
+
+use crate::protect::{chunk_jobs, edits_for, Action, ChunkJob, CoreError, ReleaseOnDrop, Result, Staged, Target};
+
+/// Spans of one chunk job closer than this are read and written together with the gap
+/// between them (fewer system calls; the gap bytes are copied through the buffer).
+const MERGE_GAP: u64 = 64 << 10;
+/// A run stops growing at this size (bounds the buffer of each worker).
+const RUN_MAX: u64 = 8 << 20;
+/// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
+const COPY_STEP: u64 = 32 << 20;
+/// Small pieces are gathered up to this size before they are hashed.
+const GATHER: usize = 64 << 10;
+
+/// How the leaves of the written ciphertext are computed.
+#[derive(Clone, Copy)]
+pub(crate) struct Leaves {
+    pub(crate) chunk: u64,
+    pub(crate) hash: LeafHash,
+}
+
+/// One output file and where its bytes come from.
+struct Stream<'a> {
+    /// The source bytes, mapped.
+    map: &'a [u8],
+    /// The source file (positional reads, in-kernel copies); `None`: from `map` only.
+    src: Option<&'a File>,
+    /// The external data file behind `map`, whose pages are released after fallback reads.
+    ext: Option<&'a ExternalFile>,
+    dst: &'a File,
+    path: PathBuf,
+    /// `(source end of an edit, output − source offset after it)`, in file order.
+    shifts: Vec<(u64, i64)>,
+}
+
+impl Stream<'_> {
+    /// The output offset of source byte `src` (outside length-changing edits).
+    fn out_at(&self, src: u64) -> u64 {
+        let i = self.shifts.partition_point(|s| s.0 <= src);
+        let d = if i == 0 { 0 } else { self.shifts[i - 1].1 };
+        src.wrapping_add_signed(d)
+    }
+
+    fn write_err(&self, e: std::io::Error) -> CoreError {
+        CoreError::Write { path: self.path.clone(), source: e }
+    }
+
+    fn read_err(&self, e: std::io::Error) -> CoreError {
+        let path = self.ext.map(|f| f.path.clone()).unwrap_or_else(|| PathBuf::from("<input>"));
+        CoreError::Format(onnx_protect_format::FormatError::Io { path, source: e })
+    }
+
+    /// Reads `range` of the source into `buf`.
+    fn read(&self, range: Range<u64>, buf: &mut [u8]) -> Result<()> {
+        match self.src {
+            Some(f) => read_at(f, buf, range.start).map_err(|e| self.read_err(e)),
+            None => {
+                let s = self
+                    .map
+                    .get(range.start as usize..range.end as usize)
+                    .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))?;
+                buf.copy_from_slice(s);
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `range` of the source unchanged to its output offset.
+    fn copy(&self, range: Range<u64>) -> Result<()> {
+        let out = self.out_at(range.start);
+        let mut done = 0u64;
+        if let Some(src) = self.src {
+            done = copy_in_kernel(src, self.dst, range.start, out, range.end - range.start)
+                .map_err(|e| self.read_err(e))?;
+        }
+        let rest = range.start + done..range.end;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let mut at = rest.start;
+        while at < rest.end {
+            let n = (rest.end - at).min(8 << 20);
+            let s = self
+                .map
+                .get(at as usize..(at + n) as usize)
+                .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))?;
+            write_at(self.dst, s, out + (at - range.start)).map_err(|e| self.write_err(e))?;
+            if let Some(f) = self.ext {
+                f.release(at..at + n);
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// A stretch of one source file rewritten through a buffer: the pieces of a chunk job
+/// inside it, as `(source range, logical offset)`.
+struct Run {
+    range: Range<u64>,
+    pieces: Vec<(Range<u64>, u64)>,
+}
+
+enum Item<'a> {
+    Copy {
+        stream: usize,
+        range: Range<u64>,
+    },
+    Put {
+        stream: usize,
+        out: u64,
+        bytes: &'a [u8],
+    },
+    /// Chunk job `job`: its runs are rewritten in `stream` (none: hashed only).
+    Job {
+        job: usize,
+        stream: usize,
+        runs: Vec<Run>,
+    },
+}
+
+impl Item<'_> {
+    fn out_bytes(&self) -> u64 {
+        match self {
+            Item::Copy { range, .. } => range.end - range.start,
+            Item::Put { bytes, .. } => bytes.len() as u64,
+            Item::Job { runs, .. } => runs.iter().map(|r| r.range.end - r.range.start).sum(),
+        }
+    }
+}
+
+thread_local! {
+    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Writes `output` and the external data files next to it: the input with the targets'
+/// actions applied, `extra` edits of the model file, and the bytes `append` returns
+/// appended to the model file. `append` receives the leaves of the written bytes of
+/// every target in chunk-job order when `leaves` is given (else an empty slice).
+/// Every file is staged and renamed into place only when all are complete. Returns
+/// the external data files written.
+#[allow(clippy::too_many_arguments)] // three callers, each passing all of them
+pub(crate) fn write_outputs_with(
+    model: &Model,
+    targets: &[Target],
+    actions: &[Action],
+    extra: Vec<Edit>,
+    leaves: Option<Leaves>,
+    append: impl FnOnce(&[[u8; 32]]) -> Result<Vec<u8>>,
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let edits = edits_for(model, targets, actions, extra)?;
+    let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
+    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+
+    let mut staged = Staged::new();
+    let mut external = Vec::new();
+    for f in &model.external_files {
+        let dest = out_dir.join(&f.location);
+        staged.create(&dest)?;
+        external.push(dest);
+    }
+    // The model file is staged last, so it is renamed into place last.
+    let model_stream = staged.create(output)?;
+
+    let mut streams: Vec<Stream> = Vec::with_capacity(model_stream + 1);
+    for (i, f) in model.external_files.iter().enumerate() {
+        streams.push(Stream {
+            map: f.bytes()?,
+            src: Some(f.file()?),
+            ext: Some(f),
+            dst: staged.file_ref(i),
+            path: external[i].clone(),
+            shifts: Vec::new(),
+        });
+    }
+    let mut items: Vec<Item> = Vec::new();
+    // Ranges of each stream's source written by puts and runs; the rest is copied.
+    let mut covered: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
+
+    // Every range of each stream's source that an edit, a put or a piece writes (a run
+    // may take in the gap between two pieces only if nothing else lies in it).
+    let mut occupied: Vec<Vec<(u64, u64)>> = vec![Vec::new(); model_stream + 1];
+    // The model file: puts for the plan's new bytes; transforms are done by the jobs.
+    let mut shifts = Vec::new();
+    let mut delta = 0i64;
+    for (r, c) in plan.edits() {
+        occupied[model_stream].push((r.start, r.end));
+        if let Content::Bytes(b) = c {
+            let out = r.start.wrapping_add_signed(delta);
+            delta += b.len() as i64 - (r.end - r.start) as i64;
+            shifts.push((r.end, delta));
+            covered[model_stream].push(r.clone());
+            if !b.is_empty() {
+                items.push(Item::Put { stream: model_stream, out, bytes: b });
+            }
+        }
+    }
+    streams.push(Stream {
+        map: model.bytes(),
+        src: model.source_file(),
+        ext: None,
+        dst: staged.file_ref(model_stream),
+        path: output.to_path_buf(),
+        shifts,
+    });
+
+    // External files: transformed-beforehand spans are puts.
+    for (ti, target) in targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        if let (TensorData::External { file, .. }, Action::Bytes(bytes)) = (&t.data, &actions[ti]) {
+            for &(a, b) in &target.spans {
+                for (range, logical) in t.file_pieces(a, b) {
+                    let lo = logical as usize;
+                    let hi = lo + (range.end - range.start) as usize;
+                    let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
+                    covered[*file].push(range.clone());
+                    occupied[*file].push((range.start, range.end));
+                    items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
+                }
+            }
+        }
+    }
+
+    for (ti, target) in targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        if let (TensorData::External { file, .. }, Action::Xor(_) | Action::Reencrypt(_)) = (&t.data, &actions[ti]) {
+            for &(a, b) in &target.spans {
+                occupied[*file].extend(t.file_pieces(a, b).into_iter().map(|(r, _)| (r.start, r.end)));
+            }
+        }
+    }
+    for o in &mut occupied {
+        o.sort_unstable();
+    }
+
+    // Chunk jobs: rewritten through a buffer (XOR actions) or only hashed.
+    let jobs = chunk_jobs(targets, leaves.map_or(crate::protect::CHUNK_SIZE, |l| l.chunk));
+    for (ji, job) in jobs.iter().enumerate() {
+        let target = &targets[job.target];
+        let t = &model.tensors[target.tensor];
+        let stream = match &t.data {
+            TensorData::External { file, .. } => *file,
+            _ => model_stream,
+        };
+        match &actions[job.target] {
+            Action::Xor(_) | Action::Reencrypt(_) => {
+                let runs = runs_of(t, job, &occupied[stream]);
+                covered[stream].extend(runs.iter().map(|r| r.range.clone()));
+                items.push(Item::Job { job: ji, stream, runs });
+            }
+            Action::Bytes(_) | Action::Skip if leaves.is_some() => {
+                items.push(Item::Job { job: ji, stream, runs: Vec::new() })
+            }
+            Action::Bytes(_) | Action::Skip => {}
+        }
+    }
+
+    // Copies: the complement of what is covered, per stream.
+    for (si, cov) in covered.iter_mut().enumerate() {
+        cov.sort_by_key(|r| (r.start, r.end));
+        let len = streams[si].map.len() as u64;
+        let mut pos = 0u64;
+        for r in cov.iter() {
+            if r.start < pos || r.end > len {
+                return Err(CoreError::Output(format!(
+                    "internal: overlapping or out-of-bounds writes at {r:?} of {}",
+                    streams[si].path.display()
+                )));
+            }
+            push_copies(&mut items, si, pos..r.start);
+            pos = r.end;
+        }
+        push_copies(&mut items, si, pos..len);
+    }
+    // File order per stream, so the two workers each walk a stretch of a file.
+    items.sort_by_key(|it| match it {
+        Item::Copy { stream, range } => (*stream, range.start),
+        Item::Put { stream, out, .. } => (*stream, *out),
+        Item::Job { stream, runs, .. } => (*stream, runs.first().map_or(0, |r| r.range.start)),
+    });
+
+    let total: u64 = items.iter().map(Item::out_bytes).sum();
+    progress.start("write", total);
+    let done = AtomicU64::new(0);
+    let shown = Mutex::new(0u64);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Option<(usize, [u8; 32])>> = items
+        .par_iter()
+        .with_max_len(1)
+        .map(|item| -> Result<Option<(usize, [u8; 32])>> {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let r = run_item(model, targets, actions, &jobs, &streams, leaves, item);
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            let now = done.fetch_add(item.out_bytes(), Ordering::Relaxed) + item.out_bytes();
+            if let Ok(mut s) = shown.lock() {
+                if now > *s {
+                    *s = now;
+                    progress.set(now);
+                }
+            }
+            r
+        })
+        .collect::<Result<_>>()?;
+    progress.finish();
+
+    let mut leaf_list = Vec::new();
+    if leaves.is_some() {
+        leaf_list = vec![[0u8; 32]; jobs.len()];
+        let mut seen = vec![false; jobs.len()];
+        for (ji, leaf) in results.into_iter().flatten() {
+            leaf_list[ji] = leaf;
+            seen[ji] = true;
+        }
+        if seen.iter().any(|s| !s) {
+            return Err(CoreError::Output("internal: a chunk of ciphertext was not hashed".into()));
+        }
+    }
+    let tail = append(&leaf_list)?;
+    let m = &streams[model_stream];
+    write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
+    drop(streams);
+    staged.commit()?;
+    Ok(external.iter().map(|p| p.display().to_string()).collect())
+}
+
+fn push_copies(items: &mut Vec<Item>, stream: usize, range: Range<u64>) {
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(COPY_STEP);
+        items.push(Item::Copy { stream, range: at..at + n });
+        at += n;
+    }
+}
+
+/// The runs of a chunk job: its file pieces, merged across gaps of at most
+/// [`MERGE_GAP`] bytes that nothing in `occupied` (every written range of the file,
+/// sorted) touches.
+fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u64)]) -> Vec<Run> {
+    // Whether the first written range at or after `from` is `next` itself.
+    let free_until = |from: u64, next: &Range<u64>| {
+        let i = occupied.partition_point(|o| o.0 < from);
+        occupied.get(i) == Some(&(next.start, next.end))
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    for &(a, b) in &job.parts {
+        for (range, logical) in t.file_pieces(a, b) {
+            match runs.last_mut() {
+                Some(r)
+                    if range.start >= r.range.end
+                        && range.start - r.range.end <= MERGE_GAP
+                        && range.end - r.range.start <= RUN_MAX
+                        && free_until(r.range.end, &range) =>
+                {
+                    r.range.end = range.end;
+                    r.pieces.push((range, logical));
+                }
+                _ => runs.push(Run { range: range.clone(), pieces: vec![(range, logical)] }),
+            }
+        }
+    }
+    runs
+}
+
+fn run_item(
+    model: &Model,
+    targets: &[Target],
+    actions: &[Action],
+    jobs: &[ChunkJob],
+    streams: &[Stream],
+    leaves: Option<Leaves>,
+    item: &Item,
+) -> Result<Option<(usize, [u8; 32])>> {
+    match item {
+        Item::Copy { stream, range } => {
+            streams[*stream].copy(range.clone())?;
+            Ok(None)
+        }
+        Item::Put { stream, out, bytes } => {
+            let s = &streams[*stream];
+            write_at(s.dst, bytes, *out).map_err(|e| s.write_err(e))?;
+            Ok(None)
+        }
+        Item::Job { job, stream, runs } => {
+            let job_ref = &jobs[*job];
+            let target = &targets[job_ref.target];
+            let t = &model.tensors[target.tensor];
+            let action = &actions[job_ref.target];
+            let mut leaf = leaves.map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
+            if runs.is_empty() {
+                // Hash only: the bytes the output holds for this job.
+                if let Some(h) = leaf.as_mut() {
+                    let _release = ReleaseOnDrop::for_job(model, t, job_ref);
+                    let whole = match action {
+                        Action::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+                        _ => model.tensor_bytes(t.id)?,
+                    };
+                    for &(a, b) in &job_ref.parts {
+                        let part = whole
+                            .get(a as usize..b as usize)
+                            .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                        h.update(part);
+                    }
+                }
+                return Ok(leaf.map(|h| (*job, h.finalize())));
+            }
+            let s = &streams[*stream];
+            BUFFERS.with(|cell| -> Result<()> {
+                let mut guard = cell.borrow_mut();
+                let (buf, gather) = &mut *guard;
+                for run in runs {
+                    let len = (run.range.end - run.range.start) as usize;
+                    buf.resize(len, 0);
+                    s.read(run.range.clone(), &mut buf[..len])?;
+                    for (range, logical) in &run.pieces {
+                        let lo = (range.start - run.range.start) as usize;
+                        let hi = (range.end - run.range.start) as usize;
+                        action.apply_chunk(target, t.data_type, *logical, &mut buf[lo..hi], false)?;
+                        if let Some(h) = leaf.as_mut() {
+                            if hi - lo >= GATHER {
+                                h.update(gather);
+                                gather.clear();
+                                h.update(&buf[lo..hi]);
+                            } else {
+                                gather.extend_from_slice(&buf[lo..hi]);
+                                if gather.len() >= GATHER {
+                                    h.update(gather);
+                                    gather.clear();
+                                }
+                            }
+                        }
+                    }
+                    write_at(s.dst, &buf[..len], s.out_at(run.range.start)).map_err(|e| s.write_err(e))?;
+                    if matches!(action, Action::Reencrypt(_)) {
+                        // Between its two keystreams the buffer held plaintext.
+                        buf[..len].zeroize();
+                    }
+                }
+                if let Some(h) = leaf.as_mut() {
+                    h.update(gather);
+                    gather.clear();
+                }
+                Ok(())
+            })?;
+            Ok(leaf.map(|h| (*job, h.finalize())))
+        }
+    }
+}
+
+/// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel. Returns
+/// how many bytes were copied before the kernel refused (0 where it cannot do it at
+/// all); the caller writes the rest itself.
+/// Set once `copy_file_range` has refused a whole range: the rest of the process
+/// writes unchanged bytes itself.
+static NO_KERNEL_COPY: AtomicBool = AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+fn copy_in_kernel(src: &File, dst: &File, from: u64, to: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    if NO_KERNEL_COPY.load(Ordering::Relaxed) {
+        return Ok(0);
+    }
+    let (mut off_in, mut off_out) = (from as libc::loff_t, to as libc::loff_t);
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration of the call (borrowed
+        // `File`s); the offsets are valid pointers to local variables, which the call
+        // advances; no user memory is read or written.
+        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, want, 0) };
+        if n < 0 {
+            // EXDEV (across file systems on older kernels), ENOSYS, EOPNOTSUPP, EINVAL
+            // (special files): not possible here; the caller writes the bytes itself.
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if left == len {
+                NO_KERNEL_COPY.store(true, Ordering::Relaxed);
+            }
+            break;
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("file ends before byte {}", from + len),
+            ));
+        }
+        left -= n as u64;
+    }
+    Ok(len - left)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn copy_in_kernel(_src: &File, _dst: &File, _from: u64, _to: u64, _len: u64) -> std::io::Result<u64> {
+    Ok(0)
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, off)
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+}
+
+#[cfg(windows)]
+fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_write(buf, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_read(buf, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protect::{apply, leaf_digests_ext, LeafSrc};
+    use onnx_protect_crypto::{MasterKey, SessionKeys};
+    use onnx_protect_format::testutil::{float_tensor, model_with_graph, node};
+    use onnx_protect_format::wire::put_len_field;
+    use onnx_protect_format::write::metadata_field;
+    use onnx_protect_select::Mode;
+
+    /// A model with a 512×256 and a 64×64 FLOAT initializer in `raw_data`.
+    fn model_file(dir: &Path) -> PathBuf {
+        let big: Vec<f32> = (0..512 * 256).map(|i| (i as f32).sin()).collect();
+        let small: Vec<f32> = (0..64 * 64).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let mut g = Vec::new();
+        put_len_field(&mut g, 1, &node("MatMul", &["x", "A"], &["h"], "mm1"));
+        put_len_field(&mut g, 1, &node("MatMul", &["h", "B"], &["y"], "mm2"));
+        put_len_field(&mut g, 2, b"g");
+        put_len_field(&mut g, 5, &float_tensor("A", &[512, 256], &big));
+        put_len_field(&mut g, 5, &float_tensor("B", &[64, 64], &small));
+        let path = dir.join("m.onnx");
+        std::fs::write(&path, model_with_graph(&g)).unwrap();
+        path
+    }
+
+    fn tensor(model: &Model, name: &str) -> usize {
+        model.tensors.iter().position(|t| t.name == name).unwrap()
+    }
+
+    /// Three targets: two interleaved on the rows of `A` (every other row, and one row
+    /// in four of the others: the gaps of the first are partly written by the
+    /// second), and all of `B` in the format-preserving mode.
+    fn targets(model: &Model) -> Vec<Target> {
+        let a = tensor(model, "A");
+        let row = 256 * 4;
+        let even = (0..512).step_by(2).map(|r| (r * row, (r + 1) * row)).collect();
+        let odd = (1..512).step_by(4).map(|r| (r * row, (r + 1) * row)).collect();
+        vec![
+            Target { tensor: a, stream_id: 1, mode: Mode::Ctr, spans: even, tier: 0 },
+            Target { tensor: a, stream_id: 2, mode: Mode::Ctr, spans: odd, tier: 0 },
+            Target { tensor: tensor(model, "B"), stream_id: 3, mode: Mode::Fp, spans: vec![(0, 64 * 64 * 4)], tier: 0 },
+        ]
+    }
+
+    /// The same output, written by the reference streaming writer ([`Plan::write`]).
+    fn reference(
+        model: &Model,
+        targets: &[Target],
+        streams: &[onnx_protect_crypto::Keystream],
+        extra: Vec<Edit>,
+        chunk: u64,
+    ) -> Vec<u8> {
+        let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
+        let sources: Vec<LeafSrc> = streams.iter().map(LeafSrc::Xor).collect();
+        let leaves = leaf_digests_ext(model, targets, chunk, LeafHash::Blake3, &sources).unwrap();
+        let plan =
+            Plan::new(model.bytes().len() as u64, edits_for(model, targets, &actions, extra).unwrap(), leaves.concat())
+                .unwrap();
+        let mut out = Vec::new();
+        plan.write(model.bytes(), &mut out, &mut |tag, logical, chunk| {
+            let t = &targets[tag];
+            apply(&streams[tag], t.mode, model.tensors[t.tensor].data_type, logical, chunk, false)
+                .map_err(|_| onnx_protect_format::FormatError::Invalid("keystream".into()))
+        })
+        .unwrap();
+        out
+    }
+
+    fn one_pass(
+        model: &Model,
+        targets: &[Target],
+        streams: &[onnx_protect_crypto::Keystream],
+        extra: Vec<Edit>,
+        chunk: u64,
+        out: &Path,
+    ) -> Vec<u8> {
+        let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
+        let leaves = Some(Leaves { chunk, hash: LeafHash::Blake3 });
+        write_outputs_with(
+            model,
+            targets,
+            &actions,
+            extra,
+            leaves,
+            |l| Ok(l.concat()),
+            out,
+            &onnx_protect_format::NoProgress,
+        )
+        .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn one_pass_output_equals_the_reference_writer_with_and_without_kernel_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::open(model_file(dir.path())).unwrap();
+        let targets = targets(&model);
+        let keys = SessionKeys::derive(&MasterKey::from_bytes([7; 32]), &[9; 32]);
+        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+        // Small chunks: many jobs per target, runs cut at chunk boundaries.
+        for chunk in [4096u64, 1 << 20] {
+            let want = reference(&model, &targets, &streams, Vec::new(), chunk);
+            assert_ne!(&want[..model.bytes().len()], model.bytes());
+            assert_eq!(one_pass(&model, &targets, &streams, Vec::new(), chunk, &dir.path().join("a.onnx")), want);
+        }
+        // A top-level field inserted before everything shifts every output offset.
+        let insert = || {
+            vec![Edit {
+                range: 0..0,
+                content: Content::Bytes(metadata_field("k", "some value")),
+                ancestors: Vec::new(),
+            }]
+        };
+        let want = reference(&model, &targets, &streams, insert(), 4096);
+        assert_eq!(one_pass(&model, &targets, &streams, insert(), 4096, &dir.path().join("b.onnx")), want);
+        // Without copy_file_range (as on kernels or file systems that refuse it): the
+        // same bytes. The switch is process-wide; other tests only get slower.
+        NO_KERNEL_COPY.store(true, Ordering::Relaxed);
+        let got = one_pass(&model, &targets, &streams, insert(), 4096, &dir.path().join("c.onnx"));
+        NO_KERNEL_COPY.store(false, Ordering::Relaxed);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_run_takes_in_a_gap_only_when_nothing_else_is_written_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::open(model_file(dir.path())).unwrap();
+        let targets = targets(&model);
+        let t = &model.tensors[targets[0].tensor];
+        let jobs = chunk_jobs(&targets[..1], 1 << 20);
+        let piece = |r: u64| t.file_pieces(r * 1024, (r + 1) * 1024)[0].0.clone();
+        // Only the even rows written: the gaps (odd rows, 1 KiB) are taken in.
+        let alone: Vec<(u64, u64)> = (0..512).step_by(2).map(&piece).map(|r| (r.start, r.end)).collect();
+        let runs = runs_of(t, &jobs[0], &alone);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].range, piece(0).start..piece(510).end);
+        // Rows 1, 5, 9, … belong to another target: a run ends before each of them.
+        let mut both = alone.clone();
+        both.extend((1..512).step_by(4).map(&piece).map(|r| (r.start, r.end)));
+        both.sort_unstable();
+        let runs = runs_of(t, &jobs[0], &both);
+        // [0], [2 4], [6 8], …, [506 508], [510]: rows 3, 7, … are free gaps.
+        assert_eq!(runs.len(), 129);
+        assert_eq!(runs[0].range, piece(0));
+        for (i, run) in runs.iter().enumerate().take(128).skip(1) {
+            let first = 4 * i as u64 - 2;
+            assert_eq!(run.range, piece(first).start..piece(first + 2).end);
+            assert_eq!(run.pieces.len(), 2);
+        }
+        assert_eq!(runs[128].range, piece(510));
+    }
+}

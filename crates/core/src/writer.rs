@@ -1,18 +1,24 @@
 //! Writing an output (the model file and its external data files) in one pass.
 //!
-//! The output is the input with some ranges changed. It is cut into work items that
-//! run in parallel and write at their own offsets of the staged files:
+//! The output is the input with some ranges changed. It is cut into work items:
 //!
 //! * **runs**: stretches of the input holding the bytes of a chunk job (§7 of
 //!   docs/format.md) that is encrypted, decrypted or re-encrypted here, together with
-//!   the short unchanged gaps between its spans. A run is read with one positional
-//!   read, transformed in a buffer, hashed (when leaves are asked for: the hash sees
-//!   exactly the bytes that are written) and written with one positional write;
+//!   the short unchanged gaps between its spans. Worker threads (rayon) read a run
+//!   with one positional read, transform it in a pooled buffer and hash it (when
+//!   leaves are asked for: the hash sees exactly the bytes that are written);
 //! * **puts**: new bytes of the edit plan (a re-encoded varint tensor, a replaced or
 //!   removed manifest entry, length prefixes, spans transformed beforehand);
 //! * **copies**: everything else, copied inside the kernel with `copy_file_range`
 //!   (falling back to writes from the mapped input where the kernel or the file
 //!   systems refuse), so unchanged bytes never pass through this process.
+//!
+//! One writer thread does every write: the finished runs as they arrive (through a
+//! short queue, which bounds the buffers in flight), and the copies and puts while no
+//! run is waiting. Writes to one file from several threads only contend for its
+//! lock (measured: the waiting thread spins in the kernel). Every 64 MiB the writer
+//! starts the writeback of what it wrote, so the fsync of the commit finds little
+//! left to do.
 //!
 //! When leaves are asked for, the appended bytes (the new manifest entry) are built
 //! from them once every item is done and written last, so encrypting reads and
@@ -22,7 +28,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use onnx_protect_crypto::{Leaf, LeafHash};
@@ -40,7 +46,7 @@ const MERGE_GAP: u64 = 64 << 10;
 /// A run stops growing at this size (bounds the buffer of each worker).
 const RUN_MAX: u64 = 8 << 20;
 /// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
-const COPY_STEP: u64 = 32 << 20;
+const COPY_STEP: u64 = 8 << 20;
 /// Small pieces are gathered up to this size before they are hashed.
 const GATHER: usize = 64 << 10;
 
@@ -162,7 +168,42 @@ impl Item<'_> {
 }
 
 thread_local! {
-    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Small pieces of ciphertext gathered before they are hashed.
+    static GATHER_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads a run into `buf`, applies the action to its pieces and feeds them to `leaf`.
+#[allow(clippy::too_many_arguments)]
+fn transform_run(
+    s: &Stream,
+    run: &Run,
+    buf: &mut [u8],
+    action: &Action,
+    target: &Target,
+    dtype: onnx_protect_format::DataType,
+    leaf: &mut Option<Leaf>,
+    gather: &mut Vec<u8>,
+) -> Result<()> {
+    s.read(run.range.clone(), buf)?;
+    for (range, logical) in &run.pieces {
+        let lo = (range.start - run.range.start) as usize;
+        let hi = (range.end - run.range.start) as usize;
+        action.apply_chunk(target, dtype, *logical, &mut buf[lo..hi], false)?;
+        if let Some(h) = leaf.as_mut() {
+            if hi - lo >= GATHER {
+                h.update(gather);
+                gather.clear();
+                h.update(&buf[lo..hi]);
+            } else {
+                gather.extend_from_slice(&buf[lo..hi]);
+                if gather.len() >= GATHER {
+                    h.update(gather);
+                    gather.clear();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `output` and the external data files next to it: the input with the targets'
@@ -315,30 +356,42 @@ pub(crate) fn write_outputs_with(
 
     let total: u64 = items.iter().map(Item::out_bytes).sum();
     progress.start("write", total);
-    let done = AtomicU64::new(0);
-    let shown = Mutex::new(0u64);
     let failed = AtomicBool::new(false);
-    let results: Vec<Option<(usize, [u8; 32])>> = items
-        .par_iter()
-        .with_max_len(1)
-        .map(|item| -> Result<Option<(usize, [u8; 32])>> {
-            if failed.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            let r = run_item(model, targets, actions, &jobs, &streams, leaves, item);
-            if r.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            let now = done.fetch_add(item.out_bytes(), Ordering::Relaxed) + item.out_bytes();
-            if let Ok(mut s) = shown.lock() {
-                if now > *s {
-                    *s = now;
-                    progress.set(now);
-                }
-            }
-            r
+    let pool = Pool::default();
+    // The writer copies and puts on its own whenever no run is waiting; the workers
+    // only read, transform and hash runs.
+    let (job_items, own): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|it| matches!(it, Item::Job { .. }));
+    let own: Vec<Op> = own
+        .into_iter()
+        .filter_map(|it| match it {
+            Item::Copy { stream, range } => Some(Op::Copy { stream, range }),
+            Item::Put { stream, out, bytes } => Some(Op::Put { stream, out, bytes }),
+            Item::Job { .. } => None,
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(QUEUE);
+    let (results, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &failed, progress));
+        let results = job_items
+            .par_iter()
+            .with_max_len(1)
+            .map(|item| -> Result<Option<(usize, [u8; 32])>> {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let r = run_item(model, targets, actions, &jobs, &streams, leaves, &pool, &tx, item);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .collect::<Result<Vec<_>>>();
+        drop(tx);
+        let written = writer.join().unwrap_or_else(|_| Err(CoreError::Output("the writer thread panicked".into())));
+        (results, written)
+    });
+    let results = results?;
+    written?;
     progress.finish();
 
     let mut leaf_list = Vec::new();
@@ -380,8 +433,15 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
         occupied.get(i) == Some(&(next.start, next.end))
     };
     let mut runs: Vec<Run> = Vec::new();
-    for &(a, b) in &job.parts {
-        for (range, logical) in t.file_pieces(a, b) {
+    // Pieces longer than a run are cut (a manifest's chunk size bounds nothing here).
+    let pieces = job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).flat_map(|(range, logical)| {
+        (range.start..range.end).step_by(RUN_MAX as usize).map(move |at| {
+            let end = (at + RUN_MAX).min(range.end);
+            (at..end, logical + (at - range.start))
+        })
+    });
+    {
+        for (range, logical) in pieces {
             match runs.last_mut() {
                 Some(r)
                     if range.start >= r.range.end
@@ -399,23 +459,156 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
     runs
 }
 
-fn run_item(
+/// Work items wait for the writer in a queue of this many.
+const QUEUE: usize = 4;
+
+/// A write, done by the one writer thread (parallel writes to one file only contend
+/// for its lock).
+enum Op<'a> {
+    Copy {
+        stream: usize,
+        range: Range<u64>,
+    },
+    Put {
+        stream: usize,
+        out: u64,
+        bytes: &'a [u8],
+    },
+    /// `len` bytes of a pooled buffer, wiped after the write when `wipe` is set.
+    Buf {
+        stream: usize,
+        out: u64,
+        buf: Vec<u8>,
+        len: usize,
+        wipe: bool,
+    },
+}
+
+/// Run buffers ([`RUN_MAX`] bytes each), reused across runs and threads.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_else(|| vec![0u8; RUN_MAX as usize])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(buf);
+        }
+    }
+}
+
+/// The writer thread: performs the queued writes in arrival order, reports progress,
+/// and after the first error only drains the queue (so no worker blocks on it).
+fn write_ops(
+    rx: std::sync::mpsc::Receiver<Op>,
+    own: Vec<Op>,
+    streams: &[Stream],
+    pool: &Pool,
+    failed: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    use std::sync::mpsc::TryRecvError;
+    let mut first_err = None;
+    let mut done = 0u64;
+    let mut flushed = 0u64;
+    let mut own = own.into_iter();
+    loop {
+        // Runs first (they hold buffers and keep the workers going), then own work.
+        let op = match rx.try_recv() {
+            Ok(op) => op,
+            Err(TryRecvError::Empty) => match own.next() {
+                Some(op) => op,
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+            },
+            Err(TryRecvError::Disconnected) => match own.next() {
+                Some(op) => op,
+                None => break,
+            },
+        };
+        if first_err.is_some() {
+            if let Op::Buf { buf, .. } = op {
+                pool.give(buf);
+            }
+            continue;
+        }
+        let r = match op {
+            Op::Copy { stream, range } => {
+                done += range.end - range.start;
+                streams[stream].copy(range)
+            }
+            Op::Put { stream, out, bytes } => {
+                done += bytes.len() as u64;
+                let s = &streams[stream];
+                write_at(s.dst, bytes, out).map_err(|e| s.write_err(e))
+            }
+            Op::Buf { stream, out, mut buf, len, wipe } => {
+                done += len as u64;
+                let s = &streams[stream];
+                let r = write_at(s.dst, &buf[..len], out).map_err(|e| s.write_err(e));
+                if wipe {
+                    buf[..len].zeroize();
+                }
+                pool.give(buf);
+                r
+            }
+        };
+        if let Err(e) = r {
+            failed.store(true, Ordering::Relaxed);
+            first_err = Some(e);
+        }
+        if done - flushed >= WRITEBACK_STEP {
+            flushed = done;
+            for s in streams {
+                start_writeback(s.dst);
+            }
+        }
+        progress.set(done);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Dirty pages are handed to the disk every this many bytes written, so the final
+/// `fsync` finds little left to do.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Starts writeback of the dirty pages of `f` without waiting for it.
+#[cfg(target_os = "linux")]
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is open for the duration of the call; no memory is passed. The
+    // call only schedules writeback; an error is harmless (the commit's fsync does it).
+    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_f: &File) {}
+
+#[allow(clippy::too_many_arguments)]
+fn run_item<'a>(
     model: &Model,
     targets: &[Target],
     actions: &[Action],
     jobs: &[ChunkJob],
     streams: &[Stream],
     leaves: Option<Leaves>,
-    item: &Item,
+    pool: &Pool,
+    tx: &std::sync::mpsc::SyncSender<Op<'a>>,
+    item: &Item<'a>,
 ) -> Result<Option<(usize, [u8; 32])>> {
+    let send = |op: Op<'a>| tx.send(op).map_err(|_| CoreError::Output("the writer thread stopped".into()));
     match item {
         Item::Copy { stream, range } => {
-            streams[*stream].copy(range.clone())?;
+            send(Op::Copy { stream: *stream, range: range.clone() })?;
             Ok(None)
         }
         Item::Put { stream, out, bytes } => {
-            let s = &streams[*stream];
-            write_at(s.dst, bytes, *out).map_err(|e| s.write_err(e))?;
+            send(Op::Put { stream: *stream, out: *out, bytes })?;
             Ok(None)
         }
         Item::Job { job, stream, runs } => {
@@ -442,39 +635,27 @@ fn run_item(
                 return Ok(leaf.map(|h| (*job, h.finalize())));
             }
             let s = &streams[*stream];
-            BUFFERS.with(|cell| -> Result<()> {
-                let mut guard = cell.borrow_mut();
-                let (buf, gather) = &mut *guard;
+            let wipe = matches!(action, Action::Reencrypt(_));
+            GATHER_BUF.with(|cell| -> Result<()> {
+                let mut gather = cell.borrow_mut();
                 for run in runs {
                     let len = (run.range.end - run.range.start) as usize;
-                    buf.resize(len, 0);
-                    s.read(run.range.clone(), &mut buf[..len])?;
-                    for (range, logical) in &run.pieces {
-                        let lo = (range.start - run.range.start) as usize;
-                        let hi = (range.end - run.range.start) as usize;
-                        action.apply_chunk(target, t.data_type, *logical, &mut buf[lo..hi], false)?;
-                        if let Some(h) = leaf.as_mut() {
-                            if hi - lo >= GATHER {
-                                h.update(gather);
-                                gather.clear();
-                                h.update(&buf[lo..hi]);
-                            } else {
-                                gather.extend_from_slice(&buf[lo..hi]);
-                                if gather.len() >= GATHER {
-                                    h.update(gather);
-                                    gather.clear();
-                                }
-                            }
+                    let mut buf = pool.take();
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    let r = transform_run(s, run, &mut buf[..len], action, target, t.data_type, &mut leaf, &mut gather);
+                    if let Err(e) = r {
+                        if wipe {
+                            buf[..len].zeroize();
                         }
+                        pool.give(buf);
+                        return Err(e);
                     }
-                    write_at(s.dst, &buf[..len], s.out_at(run.range.start)).map_err(|e| s.write_err(e))?;
-                    if matches!(action, Action::Reencrypt(_)) {
-                        // Between its two keystreams the buffer held plaintext.
-                        buf[..len].zeroize();
-                    }
+                    send(Op::Buf { stream: *stream, out: s.out_at(run.range.start), buf, len, wipe })?;
                 }
                 if let Some(h) = leaf.as_mut() {
-                    h.update(gather);
+                    h.update(&gather);
                     gather.clear();
                 }
                 Ok(())

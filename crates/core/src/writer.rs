@@ -474,14 +474,21 @@ enum Op<'a> {
         out: u64,
         bytes: &'a [u8],
     },
-    /// `len` bytes of a pooled buffer, wiped after the write when `wipe` is set.
+    /// Segments of a pooled buffer (the runs of one chunk job), wiped after the
+    /// writes when `wipe` is set.
     Buf {
         stream: usize,
-        out: u64,
         buf: Vec<u8>,
-        len: usize,
+        segments: Vec<Segment>,
         wipe: bool,
     },
+}
+
+/// Bytes `start .. start + len` of an [`Op::Buf`] buffer go to output offset `out`.
+struct Segment {
+    out: u64,
+    start: usize,
+    len: usize,
 }
 
 /// Run buffers ([`RUN_MAX`] bytes each), reused across runs and threads.
@@ -547,12 +554,19 @@ fn write_ops(
                 let s = &streams[stream];
                 write_at(s.dst, bytes, out).map_err(|e| s.write_err(e))
             }
-            Op::Buf { stream, out, mut buf, len, wipe } => {
-                done += len as u64;
+            Op::Buf { stream, mut buf, segments, wipe } => {
                 let s = &streams[stream];
-                let r = write_at(s.dst, &buf[..len], out).map_err(|e| s.write_err(e));
+                let mut r = Ok(());
+                for g in &segments {
+                    done += g.len as u64;
+                    r = write_at(s.dst, &buf[g.start..g.start + g.len], g.out).map_err(|e| s.write_err(e));
+                    if r.is_err() {
+                        break;
+                    }
+                }
                 if wipe {
-                    buf[..len].zeroize();
+                    let used = segments.last().map_or(0, |g| g.start + g.len);
+                    buf[..used].zeroize();
                 }
                 pool.give(buf);
                 r
@@ -638,21 +652,45 @@ fn run_item<'a>(
             let wipe = matches!(action, Action::Reencrypt(_));
             GATHER_BUF.with(|cell| -> Result<()> {
                 let mut gather = cell.borrow_mut();
+                // Runs are packed into one buffer until it is full: one hand-over to the
+                // writer per buffer, however small the runs.
+                let mut buf = pool.take();
+                let mut segments: Vec<Segment> = Vec::new();
+                let mut used = 0usize;
                 for run in runs {
                     let len = (run.range.end - run.range.start) as usize;
-                    let mut buf = pool.take();
+                    if used + len > buf.len() && !segments.is_empty() {
+                        let full = std::mem::replace(&mut buf, pool.take());
+                        send(Op::Buf { stream: *stream, buf: full, segments: std::mem::take(&mut segments), wipe })?;
+                        used = 0;
+                    }
                     if buf.len() < len {
                         buf.resize(len, 0);
                     }
-                    let r = transform_run(s, run, &mut buf[..len], action, target, t.data_type, &mut leaf, &mut gather);
+                    let r = transform_run(
+                        s,
+                        run,
+                        &mut buf[used..used + len],
+                        action,
+                        target,
+                        t.data_type,
+                        &mut leaf,
+                        &mut gather,
+                    );
                     if let Err(e) = r {
                         if wipe {
-                            buf[..len].zeroize();
+                            buf[..used + len].zeroize();
                         }
                         pool.give(buf);
                         return Err(e);
                     }
-                    send(Op::Buf { stream: *stream, out: s.out_at(run.range.start), buf, len, wipe })?;
+                    segments.push(Segment { out: s.out_at(run.range.start), start: used, len });
+                    used += len;
+                }
+                if segments.is_empty() {
+                    pool.give(buf);
+                } else {
+                    send(Op::Buf { stream: *stream, buf, segments, wipe })?;
                 }
                 if let Some(h) = leaf.as_mut() {
                     h.update(&gather);

@@ -268,16 +268,18 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             done += pieces[i].range.1 - pieces[i].range.0;
         }
     }
+    // The pieces of each tensor (indices into `pieces`).
+    let mut of_head: Vec<Vec<usize>> = vec![Vec::new(); heads.len()];
+    for (i, p) in pieces.iter().enumerate() {
+        of_head[p.tensor_index].push(i);
+    }
     // A varint-stored tensor is rewritten as a whole field, so it must sit in a
     // single tier: the highest of its pieces'.
     for (hi, head) in heads.iter().enumerate() {
         if matches!(model.tensors[head.tensor].data, TensorData::Varint { .. }) {
-            let top = pieces.iter().zip(&tier_of).filter(|(p, _)| p.tensor_index == hi).map(|(_, &t)| t).max();
-            if let Some(top) = top {
-                for (p, t) in pieces.iter().zip(tier_of.iter_mut()) {
-                    if p.tensor_index == hi {
-                        *t = top;
-                    }
+            if let Some(top) = of_head[hi].iter().map(|&i| tier_of[i]).max() {
+                for &i in &of_head[hi] {
+                    tier_of[i] = top;
                 }
             }
         }
@@ -287,12 +289,8 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     for (hi, head) in heads.iter().enumerate() {
         for tier in 1..=tiers {
             let mut spans: Vec<(u64, u64)> = Vec::new();
-            let mut ranges: Vec<(u64, u64)> = pieces
-                .iter()
-                .zip(&tier_of)
-                .filter(|(p, &t)| p.tensor_index == hi && t == tier)
-                .map(|(p, _)| p.range)
-                .collect();
+            let mut ranges: Vec<(u64, u64)> =
+                of_head[hi].iter().filter(|&&i| tier_of[i] == tier).map(|&i| pieces[i].range).collect();
             ranges.sort_unstable();
             for (a, b) in ranges {
                 match spans.last_mut() {

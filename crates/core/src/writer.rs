@@ -73,6 +73,8 @@ struct Stream<'a> {
     ext: Option<&'a ExternalFile>,
     dst: &'a File,
     path: PathBuf,
+    /// The source's path (for errors).
+    src_path: PathBuf,
     /// `(source end of an edit, output − source offset after it)`, in file order.
     shifts: Vec<(u64, i64)>,
 }
@@ -90,7 +92,7 @@ impl Stream<'_> {
     }
 
     fn read_err(&self, e: std::io::Error) -> CoreError {
-        let path = self.ext.map(|f| f.path.clone()).unwrap_or_else(|| PathBuf::from("<input>"));
+        let path = self.src_path.clone();
         CoreError::Format(onnx_protect_format::FormatError::Io { path, source: e })
     }
 
@@ -249,6 +251,7 @@ pub(crate) fn write_outputs_with(
             map: f.bytes()?,
             src: Some(f.file()?),
             ext: Some(f),
+            src_path: f.path.clone(),
             dst: staged.file_ref(i),
             path: external[i].clone(),
             shifts: Vec::new(),
@@ -280,6 +283,7 @@ pub(crate) fn write_outputs_with(
         map: model.bytes(),
         src: model.source_file(),
         ext: None,
+        src_path: model.path.clone().unwrap_or_else(|| PathBuf::from("<model in memory>")),
         dst: staged.file_ref(model_stream),
         path: output.to_path_buf(),
         shifts,

@@ -417,6 +417,25 @@ pub(crate) fn apply(
     Ok(())
 }
 
+/// Like [`apply`] (one thread), from `src` into `dst` (same length): in one pass over
+/// both for `ctr`; the format-preserving mode copies first.
+pub(crate) fn apply_b2b(
+    ks: &Keystream,
+    mode: Mode,
+    dtype: DataType,
+    offset: u64,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<()> {
+    if mode == Mode::Ctr {
+        ks.apply_b2b(offset, src, dst)?;
+        Ok(())
+    } else {
+        dst.copy_from_slice(src);
+        apply(ks, mode, dtype, offset, dst, false)
+    }
+}
+
 /// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
 pub(crate) struct ChunkJob {
     pub(crate) target: usize,
@@ -722,6 +741,31 @@ impl Action {
                 apply(&pair.1, target.mode, dtype, offset, data, parallel)
             }
             Action::Skip | Action::Bytes(_) => Ok(()),
+        }
+    }
+}
+
+impl Action {
+    /// [`Action::apply_chunk`] (on this thread) from `src` into `dst`, which have the
+    /// same length; actions that change nothing chunk by chunk copy `src`.
+    pub(crate) fn apply_chunk_b2b(
+        &self,
+        target: &Target,
+        dtype: DataType,
+        offset: u64,
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<()> {
+        match self {
+            Action::Xor(ks) => apply_b2b(ks, target.mode, dtype, offset, src, dst),
+            Action::Reencrypt(pair) => {
+                apply_b2b(&pair.0, target.mode, dtype, offset, src, dst)?;
+                apply(&pair.1, target.mode, dtype, offset, dst, false)
+            }
+            Action::Skip | Action::Bytes(_) => {
+                dst.copy_from_slice(src);
+                Ok(())
+            }
         }
     }
 }

@@ -4,27 +4,30 @@
 //!
 //! * **runs**: stretches of the input holding the bytes of a chunk job (§7 of
 //!   docs/format.md) that is encrypted, decrypted or re-encrypted here, together with
-//!   the short unchanged gaps between its spans. Worker threads (rayon) read a run
-//!   with one positional read, transform it in a pooled buffer and hash it (when
-//!   leaves are asked for: the hash sees exactly the bytes that are written);
+//!   the unchanged gaps between its spans (up to 8 MiB a run). Worker threads (rayon)
+//!   transform each span straight from the read-only map into a pooled buffer (for
+//!   `ctr`, keystream XOR source in one pass, no copy first) and hash the result when
+//!   leaves are asked for (the hash sees exactly the bytes that are written);
 //! * **puts**: new bytes of the edit plan (a re-encoded varint tensor, a replaced or
 //!   removed manifest entry, length prefixes, spans transformed beforehand);
-//! * **copies**: everything else, copied inside the kernel with `copy_file_range`
-//!   (falling back to writes from the mapped input where the kernel or the file
-//!   systems refuse), so unchanged bytes never pass through this process.
+//! * **copies**: the stretches between runs, copied inside the kernel with
+//!   `copy_file_range` (falling back to writes from the map where the kernel or the
+//!   file systems refuse), so they never pass through this process.
 //!
-//! One writer thread does every write: the finished runs as they arrive (through a
-//! short queue, which bounds the buffers in flight), and the copies and puts while no
-//! run is waiting. Writes to one file from several threads only contend for its
-//! lock (measured: the waiting thread spins in the kernel). Every 64 MiB the writer
-//! starts the writeback of what it wrote, so the fsync of the commit finds little
-//! left to do.
+//! One writer thread does every write: each finished run with one `pwritev` whose
+//! pieces alternate between the buffer (the spans) and the map (the gaps), so an
+//! unchanged byte is copied once, by the kernel, straight into the output; and, while
+//! no run is waiting, the copies and puts. Runs reach it through a short queue, which
+//! bounds the buffers in flight. Writes to one file from several threads only contend
+//! for its lock (measured: the waiting thread spins in the kernel). After each run the
+//! writer releases the run's pages of the map (`MADV_DONTNEED`), so the resident set
+//! stays small whatever the size of the model, and every 64 MiB it starts the
+//! writeback of what it wrote, so the fsync of the commit finds little left to do.
 //!
 //! When leaves are asked for, the appended bytes (the new manifest entry) are built
 //! from them once every item is done and written last, so encrypting reads and
 //! writes each byte once.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -53,8 +56,6 @@ const MERGE_GAP: u64 = RUN_MAX;
 const RUN_MAX: u64 = 8 << 20;
 /// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
 const COPY_STEP: u64 = 8 << 20;
-/// Small pieces are gathered up to this size before they are hashed.
-const GATHER: usize = 64 << 10;
 
 /// How the leaves of the written ciphertext are computed.
 #[derive(Clone, Copy)]
@@ -69,8 +70,10 @@ struct Stream<'a> {
     map: &'a [u8],
     /// The source file (positional reads, in-kernel copies); `None`: from `map` only.
     src: Option<&'a File>,
-    /// The external data file behind `map`, whose pages are released after fallback reads.
+    /// The external data file behind `map`, whose pages are released once written.
     ext: Option<&'a ExternalFile>,
+    /// The model, when `map` is the model file's (its pages are released once written).
+    model: Option<&'a Model>,
     dst: &'a File,
     path: PathBuf,
     /// The source's path (for errors).
@@ -96,18 +99,23 @@ impl Stream<'_> {
         CoreError::Format(onnx_protect_format::FormatError::Io { path, source: e })
     }
 
-    /// Reads `range` of the source into `buf`.
-    fn read(&self, range: Range<u64>, buf: &mut [u8]) -> Result<()> {
-        match self.src {
-            Some(f) => read_at(f, buf, range.start).map_err(|e| self.read_err(e)),
-            None => {
-                let s = self
-                    .map
-                    .get(range.start as usize..range.end as usize)
-                    .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))?;
-                buf.copy_from_slice(s);
-                Ok(())
-            }
+    /// The bytes of `range` of the source.
+    fn slice(&self, range: Range<u64>) -> Result<&[u8]> {
+        self.map
+            .get(range.start as usize..range.end as usize)
+            .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))
+    }
+
+    /// Drops this process's mapping of the source pages of `range` (with the kernel's
+    /// fault-around window on each side), so streaming a file of any size keeps the
+    /// resident set small; the pages stay in the page cache.
+    fn release(&self, range: Range<u64>) {
+        const AROUND: u64 = 64 << 10;
+        let wide = range.start.saturating_sub(AROUND)..range.end + AROUND;
+        match (self.ext, self.model) {
+            (Some(f), _) => f.release(wide),
+            (None, Some(m)) => m.release(wide),
+            (None, None) => {}
         }
     }
 
@@ -175,45 +183,6 @@ impl Item<'_> {
     }
 }
 
-thread_local! {
-    /// Small pieces of ciphertext gathered before they are hashed.
-    static GATHER_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Reads a run into `buf`, applies the action to its pieces and feeds them to `leaf`.
-#[allow(clippy::too_many_arguments)]
-fn transform_run(
-    s: &Stream,
-    run: &Run,
-    buf: &mut [u8],
-    action: &Action,
-    target: &Target,
-    dtype: onnx_protect_format::DataType,
-    leaf: &mut Option<Leaf>,
-    gather: &mut Vec<u8>,
-) -> Result<()> {
-    s.read(run.range.clone(), buf)?;
-    for (range, logical) in &run.pieces {
-        let lo = (range.start - run.range.start) as usize;
-        let hi = (range.end - run.range.start) as usize;
-        action.apply_chunk(target, dtype, *logical, &mut buf[lo..hi], false)?;
-        if let Some(h) = leaf.as_mut() {
-            if hi - lo >= GATHER {
-                h.update(gather);
-                gather.clear();
-                h.update(&buf[lo..hi]);
-            } else {
-                gather.extend_from_slice(&buf[lo..hi]);
-                if gather.len() >= GATHER {
-                    h.update(gather);
-                    gather.clear();
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Writes `output` and the external data files next to it: the input with the targets'
 /// actions applied, `extra` edits of the model file, and the bytes `append` returns
 /// appended to the model file. `append` receives the leaves of the written bytes of
@@ -251,6 +220,7 @@ pub(crate) fn write_outputs_with(
             map: f.bytes()?,
             src: Some(f.file()?),
             ext: Some(f),
+            model: None,
             src_path: f.path.clone(),
             dst: staged.file_ref(i),
             path: external[i].clone(),
@@ -283,6 +253,7 @@ pub(crate) fn write_outputs_with(
         map: model.bytes(),
         src: model.source_file(),
         ext: None,
+        model: Some(model),
         src_path: model.path.clone().unwrap_or_else(|| PathBuf::from("<model in memory>")),
         dst: staged.file_ref(model_stream),
         path: output.to_path_buf(),
@@ -484,21 +455,23 @@ enum Op<'a> {
         out: u64,
         bytes: &'a [u8],
     },
-    /// Segments of a pooled buffer (the runs of one chunk job), wiped after the
+    /// Runs of one chunk job: their spans' new bytes are in a pooled buffer, the rest
+    /// of each run is written from the source map. The buffer is wiped after the
     /// writes when `wipe` is set.
     Buf {
         stream: usize,
         buf: Vec<u8>,
-        segments: Vec<Segment>,
+        runs: Vec<RunOut<'a>>,
         wipe: bool,
     },
 }
 
-/// Bytes `start .. start + len` of an [`Op::Buf`] buffer go to output offset `out`.
-struct Segment {
+/// A run in an [`Op::Buf`]: its pieces' bytes start at `buf_start` of the buffer, one
+/// after the other, and the run goes to output offset `out`.
+struct RunOut<'a> {
+    run: &'a Run,
+    buf_start: usize,
     out: u64,
-    start: usize,
-    len: usize,
 }
 
 /// Run buffers ([`RUN_MAX`] bytes each), reused across runs and threads.
@@ -564,18 +537,22 @@ fn write_ops(
                 let s = &streams[stream];
                 write_at(s.dst, bytes, out).map_err(|e| s.write_err(e))
             }
-            Op::Buf { stream, mut buf, segments, wipe } => {
+            Op::Buf { stream, mut buf, runs, wipe } => {
                 let s = &streams[stream];
                 let mut r = Ok(());
-                for g in &segments {
-                    done += g.len as u64;
-                    r = write_at(s.dst, &buf[g.start..g.start + g.len], g.out).map_err(|e| s.write_err(e));
+                let mut used = 0usize;
+                for ro in &runs {
+                    done += ro.run.range.end - ro.run.range.start;
+                    r = write_run(s, &buf, ro);
+                    s.release(ro.run.range.clone());
+                    used = used.max(
+                        ro.buf_start + ro.run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum::<usize>(),
+                    );
                     if r.is_err() {
                         break;
                     }
                 }
                 if wipe {
-                    let used = segments.last().map_or(0, |g| g.start + g.len);
                     buf[..used].zeroize();
                 }
                 pool.give(buf);
@@ -623,7 +600,7 @@ fn run_item<'a>(
     leaves: Option<Leaves>,
     pool: &Pool,
     tx: &std::sync::mpsc::SyncSender<Op<'a>>,
-    item: &Item<'a>,
+    item: &'a Item<'a>,
 ) -> Result<Option<(usize, [u8; 32])>> {
     let send = |op: Op<'a>| tx.send(op).map_err(|_| CoreError::Output("the writer thread stopped".into()));
     match item {
@@ -660,54 +637,55 @@ fn run_item<'a>(
             }
             let s = &streams[*stream];
             let wipe = matches!(action, Action::Reencrypt(_));
-            GATHER_BUF.with(|cell| -> Result<()> {
-                let mut gather = cell.borrow_mut();
-                // Runs are packed into one buffer until it is full: one hand-over to the
-                // writer per buffer, however small the runs.
-                let mut buf = pool.take();
-                let mut segments: Vec<Segment> = Vec::new();
-                let mut used = 0usize;
-                for run in runs {
-                    let len = (run.range.end - run.range.start) as usize;
-                    if used + len > buf.len() && !segments.is_empty() {
-                        let full = std::mem::replace(&mut buf, pool.take());
-                        send(Op::Buf { stream: *stream, buf: full, segments: std::mem::take(&mut segments), wipe })?;
-                        used = 0;
-                    }
-                    if buf.len() < len {
-                        buf.resize(len, 0);
-                    }
-                    let r = transform_run(
-                        s,
-                        run,
-                        &mut buf[used..used + len],
-                        action,
-                        target,
-                        t.data_type,
-                        &mut leaf,
-                        &mut gather,
-                    );
-                    if let Err(e) = r {
-                        if wipe {
-                            buf[..used + len].zeroize();
-                        }
-                        pool.give(buf);
-                        return Err(e);
-                    }
-                    segments.push(Segment { out: s.out_at(run.range.start), start: used, len });
-                    used += len;
+            // Runs are packed into one buffer until it is full: one hand-over to the
+            // writer per buffer, however small the runs. Only the pieces' bytes go into
+            // the buffer (encrypted straight from the map); the gaps between them are
+            // written from the map by the writer.
+            let mut buf = pool.take();
+            let mut outs: Vec<RunOut> = Vec::new();
+            let mut used = 0usize;
+            let fail = |buf: Vec<u8>, used: usize, e: CoreError| {
+                let mut buf = buf;
+                if wipe {
+                    let end = used.min(buf.len());
+                    buf[..end].zeroize();
                 }
-                if segments.is_empty() {
-                    pool.give(buf);
-                } else {
-                    send(Op::Buf { stream: *stream, buf, segments, wipe })?;
+                pool.give(buf);
+                Err(e)
+            };
+            for run in runs {
+                let len: usize = run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum();
+                if used + len > buf.len() && !outs.is_empty() {
+                    let full = std::mem::replace(&mut buf, pool.take());
+                    send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
+                    used = 0;
+                }
+                if buf.len() < used + len {
+                    buf.resize(used + len, 0);
+                }
+                let start = used;
+                for (range, logical) in &run.pieces {
+                    let n = (range.end - range.start) as usize;
+                    let src = match s.slice(range.clone()) {
+                        Ok(src) => src,
+                        Err(e) => return fail(buf, used, e),
+                    };
+                    if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, &mut buf[used..used + n])
+                    {
+                        return fail(buf, used + n, e);
+                    }
+                    used += n;
                 }
                 if let Some(h) = leaf.as_mut() {
-                    h.update(&gather);
-                    gather.clear();
+                    h.update(&buf[start..used]);
                 }
-                Ok(())
-            })?;
+                outs.push(RunOut { run, buf_start: start, out: s.out_at(run.range.start) });
+            }
+            if outs.is_empty() {
+                pool.give(buf);
+            } else {
+                send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
+            }
             Ok(leaf.map(|h| (*job, h.finalize())))
         }
     }
@@ -716,6 +694,78 @@ fn run_item<'a>(
 /// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel. Returns
 /// how many bytes were copied before the kernel refused (0 where it cannot do it at
 /// all); the caller writes the rest itself.
+/// Writes one run: the gaps from the source map, the pieces from `buf`.
+fn write_run(s: &Stream, buf: &[u8], ro: &RunOut) -> Result<()> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * ro.run.pieces.len());
+    let mut pos = ro.run.range.start;
+    let mut at = ro.buf_start;
+    for (range, _) in &ro.run.pieces {
+        if pos < range.start {
+            parts.push(s.slice(pos..range.start)?);
+        }
+        let n = (range.end - range.start) as usize;
+        parts.push(&buf[at..at + n]);
+        at += n;
+        pos = range.end;
+    }
+    if pos < ro.run.range.end {
+        parts.push(s.slice(pos..ro.run.range.end)?);
+    }
+    write_parts_at(s.dst, &parts, ro.out).map_err(|e| s.write_err(e))
+}
+
+/// Writes `parts` one after the other at `off`: with `pwritev`, 1024 at a time.
+#[cfg(target_os = "linux")]
+fn write_parts_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+        .collect();
+    let mut first = 0usize;
+    while first < iov.len() {
+        let count = (iov.len() - first).min(1024) as libc::c_int;
+        // SAFETY: each iovec points into a live `&[u8]` of `parts` (advanced only within
+        // it below) and is only read by the kernel; `f` is open for the call.
+        let n = unsafe { libc::pwritev(f.as_raw_fd(), iov[first..].as_ptr(), count, off as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize;
+        off += n as u64;
+        while n > 0 {
+            let v = &mut iov[first];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                first += 1;
+            } else {
+                // SAFETY: `n < iov_len`, so the advanced pointer stays inside the same slice.
+                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_parts_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()> {
+    for p in parts {
+        write_at(f, p, off)?;
+        off += p.len() as u64;
+    }
+    Ok(())
+}
+
 /// Set once `copy_file_range` has refused a whole range: the rest of the process
 /// writes unchanged bytes itself.
 static NO_KERNEL_COPY: AtomicBool = AtomicBool::new(false);
@@ -767,11 +817,6 @@ fn write_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(f, buf, off)
 }
 
-#[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
-}
-
 #[cfg(windows)]
 fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
     use std::os::windows::fs::FileExt;
@@ -781,20 +826,6 @@ fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         buf = &buf[n..];
-        off += n as u64;
-    }
-    Ok(())
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_read(buf, off)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf = &mut buf[n..];
         off += n as u64;
     }
     Ok(())
@@ -950,5 +981,20 @@ mod tests {
             assert_eq!(run.pieces.len(), 2);
         }
         assert_eq!(runs[128].range, piece(510));
+    }
+
+    #[test]
+    fn parts_are_written_in_order_past_the_iovec_limit() {
+        // 3000 parts (more than the 1024 iovecs of one pwritev), some empty.
+        let data: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; (i % 7) as usize]).collect();
+        let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parts");
+        let f = File::create(&path).unwrap();
+        write_at(&f, b"head", 0).unwrap();
+        write_parts_at(&f, &parts, 4).unwrap();
+        let mut want = b"head".to_vec();
+        want.extend(data.concat());
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }

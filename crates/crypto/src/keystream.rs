@@ -82,6 +82,19 @@ impl Keystream {
         ctr.try_apply_keystream(data).map_err(|_| CryptoError::KeystreamRange { offset, len: data.len() })
     }
 
+    /// Writes `src` XOR keystream bytes `[offset, offset + src.len())` into `dst`, in
+    /// one pass over both (no copy of `src` first): the same bytes as copying `src`
+    /// into `dst` and calling [`Keystream::apply`] on it.
+    ///
+    /// # Panics
+    /// If `src` and `dst` differ in length.
+    pub fn apply_b2b(&self, offset: u64, src: &[u8], dst: &mut [u8]) -> Result<(), CryptoError> {
+        assert_eq!(src.len(), dst.len(), "apply_b2b: source and destination differ in length");
+        check_range(offset, src.len())?;
+        let mut ctr = self.ctr_at(offset, src.len())?;
+        ctr.apply_keystream_b2b(src, dst).map_err(|_| CryptoError::KeystreamRange { offset, len: src.len() })
+    }
+
     /// XORs each `data[i]` with `keystream[offset + i] & mask[(offset + i) % mask.len()]`.
     ///
     /// `mask` is the bit pattern of one element in its little-endian byte
@@ -308,6 +321,19 @@ pub fn aes256_ctr_xor(
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_b2b_equals_copy_then_apply() {
+        let ks = Keystream::new(&[0x42; KEY_LEN]);
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for (offset, len) in [(0u64, 0usize), (0, 1), (5, 16), (15, 17), (16, 4096), (1 << 40, 4999), (3, 5000)] {
+            let mut want = src[..len].to_vec();
+            ks.apply(offset, &mut want).unwrap();
+            let mut got = vec![0u8; len];
+            ks.apply_b2b(offset, &src[..len], &mut got).unwrap();
+            assert_eq!(got, want, "offset {offset} len {len}");
+        }
+    }
     use proptest::prelude::*;
 
     fn keystream(seed: u8) -> Keystream {

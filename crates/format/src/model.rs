@@ -347,25 +347,35 @@ impl ExternalFile {
     /// keeps the peak RSS bounded. A no-op before the file is mapped, on non-Unix
     /// systems, and for pages only partly inside `range`.
     pub fn release(&self, range: Range<u64>) {
-        #[cfg(unix)]
         if let Some(Ok((_, m))) = self.map.get() {
-            const PAGE: u64 = 4096;
-            let start = range.start.div_ceil(PAGE) * PAGE;
-            let end = (range.end.min(m.len() as u64) / PAGE) * PAGE;
-            if start < end {
-                // SAFETY: `Mmap::map` maps the file shared and read-only. MADV_DONTNEED on
-                // such a mapping only drops this process's page-table entries: the next
-                // read of an address in the range faults the same page back in from the
-                // page cache or the file, so every existing `&[u8]` into the map keeps
-                // seeing the same bytes (given the contract of `bytes`: the file does not
-                // change while the model is open). Nothing is written through the map.
-                // The advice is a hint; an error only means the pages stay resident.
-                let _ = unsafe {
-                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
-                };
-            }
+            release_pages(m, range);
         }
     }
+}
+
+/// `MADV_DONTNEED` on the whole pages of `range` of a shared read-only file map (see
+/// [`ExternalFile::release`]); a no-op on non-Unix systems.
+fn release_pages(m: &Mmap, range: Range<u64>) {
+    #[cfg(unix)]
+    {
+        const PAGE: u64 = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = (range.end.min(m.len() as u64) / PAGE) * PAGE;
+        if start < end {
+            // SAFETY: `Mmap::map` maps the file shared and read-only. MADV_DONTNEED on
+            // such a mapping only drops this process's page-table entries: the next
+            // read of an address in the range faults the same page back in from the
+            // page cache or the file, so every existing `&[u8]` into the map keeps
+            // seeing the same bytes (given the contract of `bytes`: the file does not
+            // change while the model is open). Nothing is written through the map.
+            // The advice is a hint; an error only means the pages stay resident.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (m, range);
 }
 
 /// Holds the model bytes: a read-only map of the file or an owned buffer.
@@ -451,6 +461,15 @@ impl Model {
     /// for positional reads and in-kernel copies of the same bytes.
     pub fn source_file(&self) -> Option<&File> {
         self.file.as_ref()
+    }
+
+    /// Drops this process's mapping of the whole pages inside `range` of the model
+    /// file (as [`ExternalFile::release`] does for external data): they fault back in,
+    /// unchanged, if read again. A no-op for models held in memory.
+    pub fn release(&self, range: Range<u64>) {
+        if let Backing::Mapped(m) = &self.backing {
+            release_pages(m, range);
+        }
     }
 
     /// The model file's bytes.

@@ -68,7 +68,7 @@ pub(crate) struct Leaves {
 struct Stream<'a> {
     /// The source bytes, mapped.
     map: &'a [u8],
-    /// The source file (positional reads, in-kernel copies); `None`: from `map` only.
+    /// The source file, for in-kernel copies; `None`: everything comes from `map`.
     src: Option<&'a File>,
     /// The external data file behind `map`, whose pages are released once written.
     ext: Option<&'a ExternalFile>,
@@ -134,14 +134,8 @@ impl Stream<'_> {
         let mut at = rest.start;
         while at < rest.end {
             let n = (rest.end - at).min(8 << 20);
-            let s = self
-                .map
-                .get(at as usize..(at + n) as usize)
-                .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))?;
-            write_at(self.dst, s, out + (at - range.start)).map_err(|e| self.write_err(e))?;
-            if let Some(f) = self.ext {
-                f.release(at..at + n);
-            }
+            write_at(self.dst, self.slice(at..at + n)?, out + (at - range.start)).map_err(|e| self.write_err(e))?;
+            self.release(at..at + n);
             at += n;
         }
         Ok(())
@@ -155,31 +149,16 @@ struct Run {
     pieces: Vec<(Range<u64>, u64)>,
 }
 
-enum Item<'a> {
-    Copy {
-        stream: usize,
-        range: Range<u64>,
-    },
-    Put {
-        stream: usize,
-        out: u64,
-        bytes: &'a [u8],
-    },
-    /// Chunk job `job`: its runs are rewritten in `stream` (none: hashed only).
-    Job {
-        job: usize,
-        stream: usize,
-        runs: Vec<Run>,
-    },
+/// Chunk job `job`: its runs are rewritten in `stream` (none: hashed only).
+struct JobItem {
+    job: usize,
+    stream: usize,
+    runs: Vec<Run>,
 }
 
-impl Item<'_> {
+impl JobItem {
     fn out_bytes(&self) -> u64 {
-        match self {
-            Item::Copy { range, .. } => range.end - range.start,
-            Item::Put { bytes, .. } => bytes.len() as u64,
-            Item::Job { runs, .. } => runs.iter().map(|r| r.range.end - r.range.start).sum(),
-        }
+        self.runs.iter().map(|r| r.range.end - r.range.start).sum()
     }
 }
 
@@ -227,7 +206,9 @@ pub(crate) fn write_outputs_with(
             shifts: Vec::new(),
         });
     }
-    let mut items: Vec<Item> = Vec::new();
+    // The writer's own work (copies, puts) and the workers' (chunk jobs).
+    let mut own: Vec<Op> = Vec::new();
+    let mut job_items: Vec<JobItem> = Vec::new();
     // Ranges of each stream's source written by puts and runs; the rest is copied.
     let mut covered: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
 
@@ -245,7 +226,7 @@ pub(crate) fn write_outputs_with(
             shifts.push((r.end, delta));
             covered[model_stream].push(r.clone());
             if !b.is_empty() {
-                items.push(Item::Put { stream: model_stream, out, bytes: b });
+                own.push(Op::Put { stream: model_stream, out, bytes: b });
             }
         }
     }
@@ -271,7 +252,7 @@ pub(crate) fn write_outputs_with(
                     let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
                     covered[*file].push(range.clone());
                     occupied[*file].push((range.start, range.end));
-                    items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
+                    own.push(Op::Put { stream: *file, out: range.start, bytes: piece });
                 }
             }
         }
@@ -302,10 +283,10 @@ pub(crate) fn write_outputs_with(
             Action::Xor(_) | Action::Reencrypt(_) => {
                 let runs = runs_of(t, job, &occupied[stream]);
                 covered[stream].extend(runs.iter().map(|r| r.range.clone()));
-                items.push(Item::Job { job: ji, stream, runs });
+                job_items.push(JobItem { job: ji, stream, runs });
             }
             Action::Bytes(_) | Action::Skip if leaves.is_some() => {
-                items.push(Item::Job { job: ji, stream, runs: Vec::new() })
+                job_items.push(JobItem { job: ji, stream, runs: Vec::new() })
             }
             Action::Bytes(_) | Action::Skip => {}
         }
@@ -323,33 +304,34 @@ pub(crate) fn write_outputs_with(
                     streams[si].path.display()
                 )));
             }
-            push_copies(&mut items, si, pos..r.start);
+            push_copies(&mut own, si, pos..r.start);
             pos = r.end;
         }
-        push_copies(&mut items, si, pos..len);
+        push_copies(&mut own, si, pos..len);
     }
-    // File order per stream, so the two workers each walk a stretch of a file.
-    items.sort_by_key(|it| match it {
-        Item::Copy { stream, range } => (*stream, range.start),
-        Item::Put { stream, out, .. } => (*stream, *out),
-        Item::Job { stream, runs, .. } => (*stream, runs.first().map_or(0, |r| r.range.start)),
+    // File order per stream, so the two workers each walk a stretch of a file and the
+    // writer copies in file order.
+    job_items.sort_by_key(|j| (j.stream, j.runs.first().map_or(0, |r| r.range.start)));
+    own.sort_by_key(|op| match op {
+        Op::Copy { stream, range } => (*stream, range.start),
+        Op::Put { stream, out, .. } => (*stream, *out),
+        Op::Buf { stream, .. } => (*stream, 0),
     });
 
-    let total: u64 = items.iter().map(Item::out_bytes).sum();
+    let total: u64 = job_items.iter().map(JobItem::out_bytes).sum::<u64>()
+        + own
+            .iter()
+            .map(|op| match op {
+                Op::Copy { range, .. } => range.end - range.start,
+                Op::Put { bytes, .. } => bytes.len() as u64,
+                Op::Buf { .. } => 0, // only workers send buffers
+            })
+            .sum::<u64>();
     progress.start("write", total);
     let failed = AtomicBool::new(false);
     let pool = Pool::default();
     // The writer copies and puts on its own whenever no run is waiting; the workers
-    // only read, transform and hash runs.
-    let (job_items, own): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|it| matches!(it, Item::Job { .. }));
-    let own: Vec<Op> = own
-        .into_iter()
-        .filter_map(|it| match it {
-            Item::Copy { stream, range } => Some(Op::Copy { stream, range }),
-            Item::Put { stream, out, bytes } => Some(Op::Put { stream, out, bytes }),
-            Item::Job { .. } => None,
-        })
-        .collect();
+    // only transform and hash runs.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(QUEUE);
     let (results, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &failed, progress));
@@ -360,7 +342,7 @@ pub(crate) fn write_outputs_with(
                 if failed.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
-                let r = run_item(model, targets, actions, &jobs, &streams, leaves, &pool, &tx, item);
+                let r = run_job(model, targets, actions, &jobs, &streams, leaves, &pool, &tx, item);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -395,11 +377,11 @@ pub(crate) fn write_outputs_with(
     Ok(external.iter().map(|p| p.display().to_string()).collect())
 }
 
-fn push_copies(items: &mut Vec<Item>, stream: usize, range: Range<u64>) {
+fn push_copies(own: &mut Vec<Op>, stream: usize, range: Range<u64>) {
     let mut at = range.start;
     while at < range.end {
         let n = (range.end - at).min(COPY_STEP);
-        items.push(Item::Copy { stream, range: at..at + n });
+        own.push(Op::Copy { stream, range: at..at + n });
         at += n;
     }
 }
@@ -421,20 +403,18 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
             (at..end, logical + (at - range.start))
         })
     });
-    {
-        for (range, logical) in pieces {
-            match runs.last_mut() {
-                Some(r)
-                    if range.start >= r.range.end
-                        && range.start - r.range.end <= MERGE_GAP
-                        && range.end - r.range.start <= RUN_MAX
-                        && free_until(r.range.end, &range) =>
-                {
-                    r.range.end = range.end;
-                    r.pieces.push((range, logical));
-                }
-                _ => runs.push(Run { range: range.clone(), pieces: vec![(range, logical)] }),
+    for (range, logical) in pieces {
+        match runs.last_mut() {
+            Some(r)
+                if range.start >= r.range.end
+                    && range.start - r.range.end <= MERGE_GAP
+                    && range.end - r.range.start <= RUN_MAX
+                    && free_until(r.range.end, &range) =>
+            {
+                r.range.end = range.end;
+                r.pieces.push((range, logical));
             }
+            _ => runs.push(Run { range: range.clone(), pieces: vec![(range, logical)] }),
         }
     }
     runs
@@ -466,11 +446,12 @@ enum Op<'a> {
     },
 }
 
-/// A run in an [`Op::Buf`]: its pieces' bytes start at `buf_start` of the buffer, one
-/// after the other, and the run goes to output offset `out`.
+/// A run in an [`Op::Buf`]: its pieces' bytes are `buf[buf_start..buf_start + len]`,
+/// one after the other, and the run goes to output offset `out`.
 struct RunOut<'a> {
     run: &'a Run,
     buf_start: usize,
+    len: usize,
     out: u64,
 }
 
@@ -545,9 +526,7 @@ fn write_ops(
                     done += ro.run.range.end - ro.run.range.start;
                     r = write_run(s, &buf, ro);
                     s.release(ro.run.range.clone());
-                    used = used.max(
-                        ro.buf_start + ro.run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum::<usize>(),
-                    );
+                    used = used.max(ro.buf_start + ro.len);
                     if r.is_err() {
                         break;
                     }
@@ -590,8 +569,9 @@ fn start_writeback(f: &File) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_f: &File) {}
 
+/// A worker's part of a chunk job: transform and hash its runs, hand them to the writer.
 #[allow(clippy::too_many_arguments)]
-fn run_item<'a>(
+fn run_job<'a>(
     model: &Model,
     targets: &[Target],
     actions: &[Action],
@@ -600,100 +580,85 @@ fn run_item<'a>(
     leaves: Option<Leaves>,
     pool: &Pool,
     tx: &std::sync::mpsc::SyncSender<Op<'a>>,
-    item: &'a Item<'a>,
+    item: &'a JobItem,
 ) -> Result<Option<(usize, [u8; 32])>> {
     let send = |op: Op<'a>| tx.send(op).map_err(|_| CoreError::Output("the writer thread stopped".into()));
-    match item {
-        Item::Copy { stream, range } => {
-            send(Op::Copy { stream: *stream, range: range.clone() })?;
-            Ok(None)
-        }
-        Item::Put { stream, out, bytes } => {
-            send(Op::Put { stream: *stream, out: *out, bytes })?;
-            Ok(None)
-        }
-        Item::Job { job, stream, runs } => {
-            let job_ref = &jobs[*job];
-            let target = &targets[job_ref.target];
-            let t = &model.tensors[target.tensor];
-            let action = &actions[job_ref.target];
-            let mut leaf = leaves.map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
-            if runs.is_empty() {
-                // Hash only: the bytes the output holds for this job.
-                if let Some(h) = leaf.as_mut() {
-                    let _release = ReleaseOnDrop::for_job(model, t, job_ref);
-                    let whole = match action {
-                        Action::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
-                        _ => model.tensor_bytes(t.id)?,
-                    };
-                    for &(a, b) in &job_ref.parts {
-                        let part = whole
-                            .get(a as usize..b as usize)
-                            .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
-                        h.update(part);
-                    }
-                }
-                return Ok(leaf.map(|h| (*job, h.finalize())));
-            }
-            let s = &streams[*stream];
-            let wipe = matches!(action, Action::Reencrypt(_));
-            // Runs are packed into one buffer until it is full: one hand-over to the
-            // writer per buffer, however small the runs. Only the pieces' bytes go into
-            // the buffer (encrypted straight from the map); the gaps between them are
-            // written from the map by the writer.
-            let mut buf = pool.take();
-            let mut outs: Vec<RunOut> = Vec::new();
-            let mut used = 0usize;
-            let fail = |buf: Vec<u8>, used: usize, e: CoreError| {
-                let mut buf = buf;
-                if wipe {
-                    let end = used.min(buf.len());
-                    buf[..end].zeroize();
-                }
-                pool.give(buf);
-                Err(e)
+    let JobItem { job, stream, runs } = item;
+    let job_ref = &jobs[*job];
+    let target = &targets[job_ref.target];
+    let t = &model.tensors[target.tensor];
+    let action = &actions[job_ref.target];
+    let mut leaf = leaves.map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
+    if runs.is_empty() {
+        // Hash only: the bytes the output holds for this job.
+        if let Some(h) = leaf.as_mut() {
+            let _release = ReleaseOnDrop::for_job(model, t, job_ref);
+            let whole = match action {
+                Action::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+                _ => model.tensor_bytes(t.id)?,
             };
-            for run in runs {
-                let len: usize = run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum();
-                if used + len > buf.len() && !outs.is_empty() {
-                    let full = std::mem::replace(&mut buf, pool.take());
-                    send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
-                    used = 0;
-                }
-                if buf.len() < used + len {
-                    buf.resize(used + len, 0);
-                }
-                let start = used;
-                for (range, logical) in &run.pieces {
-                    let n = (range.end - range.start) as usize;
-                    let src = match s.slice(range.clone()) {
-                        Ok(src) => src,
-                        Err(e) => return fail(buf, used, e),
-                    };
-                    if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, &mut buf[used..used + n])
-                    {
-                        return fail(buf, used + n, e);
-                    }
-                    used += n;
-                }
-                if let Some(h) = leaf.as_mut() {
-                    h.update(&buf[start..used]);
-                }
-                outs.push(RunOut { run, buf_start: start, out: s.out_at(run.range.start) });
+            for &(a, b) in &job_ref.parts {
+                let part = whole
+                    .get(a as usize..b as usize)
+                    .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                h.update(part);
             }
-            if outs.is_empty() {
-                pool.give(buf);
-            } else {
-                send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
-            }
-            Ok(leaf.map(|h| (*job, h.finalize())))
         }
+        return Ok(leaf.map(|h| (*job, h.finalize())));
     }
+    let s = &streams[*stream];
+    let wipe = matches!(action, Action::Reencrypt(_));
+    // Runs are packed into one buffer until it is full: one hand-over to the
+    // writer per buffer, however small the runs. Only the pieces' bytes go into
+    // the buffer (encrypted straight from the map); the gaps between them are
+    // written from the map by the writer.
+    let mut buf = pool.take();
+    let mut outs: Vec<RunOut> = Vec::new();
+    let mut used = 0usize;
+    let fail = |buf: Vec<u8>, used: usize, e: CoreError| {
+        let mut buf = buf;
+        if wipe {
+            let end = used.min(buf.len());
+            buf[..end].zeroize();
+        }
+        pool.give(buf);
+        Err(e)
+    };
+    for run in runs {
+        let len: usize = run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum();
+        if used + len > buf.len() && !outs.is_empty() {
+            let full = std::mem::replace(&mut buf, pool.take());
+            send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
+            used = 0;
+        }
+        if buf.len() < used + len {
+            buf.resize(used + len, 0);
+        }
+        let start = used;
+        for (range, logical) in &run.pieces {
+            let n = (range.end - range.start) as usize;
+            let src = match s.slice(range.clone()) {
+                Ok(src) => src,
+                Err(e) => return fail(buf, used, e),
+            };
+            if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, &mut buf[used..used + n]) {
+                return fail(buf, used + n, e);
+            }
+            used += n;
+        }
+        if let Some(h) = leaf.as_mut() {
+            h.update(&buf[start..used]);
+        }
+        outs.push(RunOut { run, buf_start: start, len, out: s.out_at(run.range.start) });
+    }
+    if outs.is_empty() {
+        pool.give(buf);
+    } else {
+        send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
+    }
+    Ok(leaf.map(|h| (*job, h.finalize())))
 }
 
-/// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel. Returns
-/// how many bytes were copied before the kernel refused (0 where it cannot do it at
-/// all); the caller writes the rest itself.
 /// Writes one run: the gaps from the source map, the pieces from `buf`.
 fn write_run(s: &Stream, buf: &[u8], ro: &RunOut) -> Result<()> {
     let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * ro.run.pieces.len());
@@ -770,6 +735,9 @@ fn write_parts_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()
 /// writes unchanged bytes itself.
 static NO_KERNEL_COPY: AtomicBool = AtomicBool::new(false);
 
+/// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel. Returns
+/// how many bytes were copied before the kernel refused (0 where it cannot do it at
+/// all); the caller writes the rest itself.
 #[cfg(target_os = "linux")]
 fn copy_in_kernel(src: &File, dst: &File, from: u64, to: u64, len: u64) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;

@@ -743,9 +743,7 @@ impl Action {
             Action::Skip | Action::Bytes(_) => Ok(()),
         }
     }
-}
 
-impl Action {
     /// [`Action::apply_chunk`] (on this thread) from `src` into `dst`, which have the
     /// same length; actions that change nothing chunk by chunk copy `src`.
     pub(crate) fn apply_chunk_b2b(

@@ -39,8 +39,8 @@ use zeroize::Zeroizing;
 
 use crate::protect::{
     b64, check_output, chunk_jobs, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut,
-    tier_keys, tool_name, transform_span, unlock, Action, CoreError, KeySource, LeafSrc, Protected, Result, LEAF_HASH,
-    METADATA_KEY,
+    tier_keys, tool_name, transform_span, transform_tensor, unlock, Action, CoreError, KeySource, LeafSrc, Protected,
+    Result, LEAF_HASH, METADATA_KEY,
 };
 use crate::writer::{write_outputs_with, Leaves};
 
@@ -169,17 +169,8 @@ pub fn rekey(
         // Restored tiers hold plaintext, which stays plaintext.
         let plaintext = target.tier > 0 && target.tier <= restored;
         actions.push(if plaintext {
-            let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
-            for &span in &target.spans {
-                transform_span(
-                    &new_ks,
-                    target,
-                    t.data_type,
-                    span.0,
-                    span_mut(&model, target, &mut bytes, span)?,
-                    false,
-                )?;
-            }
+            // The file's bytes of a restored tier are plaintext already (nothing to wipe).
+            let bytes = transform_tensor(&model, target, &new_ks, false)?;
             let leaves =
                 leaf_digests_ext(&model, std::slice::from_ref(target), chunk, LEAF_HASH, &[LeafSrc::Bytes(&bytes)])?;
             restored_leaves.insert(ti, leaves);

@@ -240,8 +240,7 @@ pub struct DecryptArgs {
     #[arg(long, value_name = "T")]
     tier: Option<u32>,
     /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
-    /// (Not with --tier: the in-memory path decrypts every tier the key reaches.)
-    #[arg(long, conflicts_with_all = ["output", "in_place", "json", "tier"])]
+    #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
     stdout: bool,
     /// With --stdout: write this external data file (by its location) instead of the model.
     #[arg(long, value_name = "LOCATION", requires = "stdout")]
@@ -255,7 +254,7 @@ pub struct DecryptArgs {
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
     if a.stdout {
-        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.external.as_deref());
+        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, a.external.as_deref());
     }
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);

@@ -6,15 +6,21 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use onnx_protect_core::memory::decrypt_in_memory;
-use onnx_protect_core::protect::KeySource;
+use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
+use onnx_protect_core::protect::{CoreError, KeySource};
+use onnx_protect_format::Model;
 
 /// Writes the model decrypted in memory (or one of its external data files) to
 /// standard output, which must be a pipe or a socket: plaintext never goes to a file.
-pub fn decrypt_to_stdout(input: &Path, key: &KeySource, external: Option<&str>) -> Result<ExitCode> {
+/// `tier`: tiered models decrypted up to that tier only (default: the key's own tier).
+pub fn decrypt_to_stdout(input: &Path, key: &KeySource, tier: Option<u32>, external: Option<&str>) -> Result<ExitCode> {
     let out = std::io::stdout();
     refuse_files_and_terminals(&out)?;
-    let d = decrypt_in_memory(input, key).with_context(|| format!("decrypt {}", input.display()))?;
+    let d = match tier {
+        None => decrypt_in_memory(input, key),
+        Some(t) => Model::open(input).map_err(CoreError::from).and_then(|m| decrypt_tier_in_memory(&m, key, Some(t))),
+    }
+    .with_context(|| format!("decrypt {}", input.display()))?;
     let bytes: &[u8] = match external {
         None => &d,
         Some(loc) => match d.external().get(loc) {

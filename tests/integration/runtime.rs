@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, Method};
-use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory, Method};
+use onnx_protect_core::protect::{decrypt_tier, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
@@ -77,6 +77,79 @@ fn external_data_fixture_is_patched_in_private_maps() {
     }
 }
 
+/// Access tiers and the distribution-preserving mode with encrypted weights in external
+/// files: in memory, each tier gives the same model and side files as `decrypt --tier`
+/// writes to disk, and the top key gives back the original files.
+#[test]
+fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
+    let model = root().join("fixtures/models/external_data/model.onnx");
+    let (_g, copy) = copy_fixture(&model);
+    let original = Model::open(&copy).unwrap();
+    let mut tiered = policy("fp", "0.5");
+    tiered.set_tiers(3).unwrap();
+    for (name, p) in [("tiers", tiered), ("dp", policy("dp", "0.5"))] {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = protect(&copy, dir.path(), &p);
+        let m = Model::open(&enc).unwrap();
+        let tiers = read_protected(&m).unwrap().manifest.tiers;
+        assert!(
+            read_protected(&m)
+                .unwrap()
+                .targets
+                .iter()
+                .any(|t| matches!(m.tensors[t.tensor].data, onnx_protect_format::TensorData::External { .. })),
+            "{name}: no external tensor is encrypted"
+        );
+        // The top key: the original model and side files.
+        let d = decrypt_in_memory(&enc, &key()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(&d[..] == std::fs::read(&copy).unwrap().as_slice(), "{name}");
+        assert_eq!(d.external().len(), original.external_files.len(), "{name}");
+        for f in &original.external_files {
+            assert!(
+                &d.external()[&f.location][..] == std::fs::read(&f.path).unwrap().as_slice(),
+                "{name} {}",
+                f.location
+            );
+        }
+        // Every tier: the same bytes as the files `decrypt --tier` writes.
+        for t in 1..=tiers.max(1) {
+            let tier = (tiers > 1).then_some(t);
+            let mem = decrypt_tier_in_memory(&m, &key(), tier).unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
+            let out = dir.path().join(format!("t{t}")).join("model.onnx");
+            decrypt_tier(&enc, &out, &key(), tier, &DecryptOptions { in_place: false, progress: &NoProgress }).unwrap();
+            assert!(&mem[..] == std::fs::read(&out).unwrap().as_slice(), "{name} tier {t}");
+            for f in &original.external_files {
+                let disk = std::fs::read(out.parent().unwrap().join(&f.location)).unwrap();
+                assert!(mem.external()[&f.location][..] == disk[..], "{name} tier {t} {}", f.location);
+            }
+        }
+        // A wrong key, and a flipped byte of an encrypted span in a side file.
+        let wrong = KeySource::Key(MasterKey::from_bytes([1; 32]));
+        assert_eq!(decrypt_tier_in_memory(&m, &wrong, None).unwrap_err().kind(), "wrong_key", "{name}");
+        let p = read_protected(&m).unwrap();
+        let (target, file, at) = p
+            .targets
+            .iter()
+            .find_map(|t| match &m.tensors[t.tensor].data {
+                onnx_protect_format::TensorData::External { file, .. } => {
+                    let (range, _) = m.tensors[t.tensor].file_pieces(t.spans[0].0, t.spans[0].1).into_iter().next()?;
+                    Some((t.tensor, *file, range.start))
+                }
+                _ => None,
+            })
+            .unwrap();
+        let side = m.external_files[file].path.clone();
+        drop((m, p, d));
+        let mut bytes = std::fs::read(&side).unwrap();
+        bytes[at as usize] ^= 0x10;
+        std::fs::write(&side, &bytes).unwrap();
+        let m = Model::open(&enc).unwrap();
+        let e = decrypt_tier_in_memory(&m, &key(), None).unwrap_err();
+        assert_eq!(e.kind(), "modified", "{name}: tensor {target}: {e}");
+        assert_eq!(decrypt_in_memory(&enc, &key()).unwrap_err().kind(), "modified", "{name}");
+    }
+}
+
 #[test]
 fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,12 +174,57 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
         .unwrap();
     assert_ne!(st.code(), Some(0));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 0);
-    // --tier cannot be honoured by the in-memory path: a usage error, not silently ignored.
+    // --tier 1 of an untiered model is the whole model.
     let out = std::process::Command::new(crate::util::bin())
         .args(["decrypt", enc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout", "--tier", "1"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == std::fs::read(&model).unwrap());
+    // A tiered model: --tier gives what `decrypt --tier -o FILE` writes; a tier above the
+    // key's is a key error (exit 4) with nothing written.
+    let mut tiered = policy("fp", "0.5");
+    tiered.set_tiers(2).unwrap();
+    let tdir = dir.path().join("tiered");
+    let tenc = protect(&model, &tdir, &tiered);
+    let file = tdir.join("t1").join("m.onnx");
+    let (code, _, err) = run(&[
+        "decrypt",
+        tenc.to_str().unwrap(),
+        "--key-file",
+        k.to_str().unwrap(),
+        "--tier",
+        "1",
+        "-o",
+        file.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = std::process::Command::new(crate::util::bin())
+        .args(["decrypt", tenc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout", "--tier", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == std::fs::read(&file).unwrap());
+    assert!(out.stdout != std::fs::read(&model).unwrap(), "tier 1 of 2 is not the whole model");
+    let k1 = dir.path().join("k1.key");
+    let (code, _, err) = run(&[
+        "derive-tier-key",
+        "--key-file",
+        k.to_str().unwrap(),
+        "--from",
+        "2",
+        "--tier",
+        "1",
+        "-o",
+        k1.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = std::process::Command::new(crate::util::bin())
+        .args(["decrypt", tenc.to_str().unwrap(), "--key-file", k1.to_str().unwrap(), "--stdout", "--tier", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty());
 }
 
@@ -191,12 +309,13 @@ mod with_tract {
         assert!(out.contains("logits float32 [16, 10]"), "{out}");
     }
 
+    /// `run` on encrypted external data: plain XOR modes (patched private maps), the
+    /// distribution-preserving mode and access tiers (the general path) alike.
     #[test]
     fn run_on_external_data_uses_the_in_memory_side_files() {
         let model = root().join("fixtures/models/external_data/model.onnx");
         let (_g, copy) = copy_fixture(&model);
         let dir = tempfile::tempdir().unwrap();
-        let enc = protect(&copy, dir.path(), &policy("ctr", "1"));
         let k = write_key(dir.path());
         // The input `x` is [1, 3, 8, 8] float32 (see fixtures/models/README.md).
         let shape = vec![1usize, 3, 8, 8];
@@ -205,21 +324,48 @@ mod with_tract {
         let x = dir.path().join("x.npy");
         NpyArray::new(onnx_protect_runtime::npy::Dtype::F32, shape, data).unwrap().write(&x).unwrap();
         let input = format!("x={}", x.display());
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let a = dir.path().join("a");
         json(&["run", copy.to_str().unwrap(), "-i", &input, "--output-dir", a.to_str().unwrap(), "--json"]);
-        let d = json(&[
-            "run",
-            enc.to_str().unwrap(),
-            "--key-file",
-            k.to_str().unwrap(),
-            "-i",
-            &input,
-            "--output-dir",
-            b.to_str().unwrap(),
-            "--json",
-        ]);
-        assert_eq!(d["weights"], "decrypted");
-        assert!(std::fs::read(a.join("y.npy")).unwrap() == std::fs::read(b.join("y.npy")).unwrap());
+        let mut tiered = policy("fp", "0.5");
+        tiered.set_tiers(2).unwrap();
+        for (name, p) in [("ctr", policy("ctr", "1")), ("dp", policy("dp", "0.5")), ("tiers", tiered)] {
+            let sub = dir.path().join(name);
+            let enc = protect(&copy, &sub, &p);
+            let b = sub.join("b");
+            let d = json(&[
+                "run",
+                enc.to_str().unwrap(),
+                "--key-file",
+                k.to_str().unwrap(),
+                "-i",
+                &input,
+                "--output-dir",
+                b.to_str().unwrap(),
+                "--json",
+            ]);
+            assert_eq!(d["weights"], "decrypted", "{name}");
+            assert!(std::fs::read(a.join("y.npy")).unwrap() == std::fs::read(b.join("y.npy")).unwrap(), "{name}");
+            if name == "tiers" {
+                // `assess` decrypts each tier in memory, side files included.
+                let r = json(&[
+                    "assess",
+                    copy.to_str().unwrap(),
+                    enc.to_str().unwrap(),
+                    "--key-file",
+                    k.to_str().unwrap(),
+                    "--inputs",
+                    x.to_str().unwrap(),
+                    "--json",
+                ]);
+                let rows = r["variants"].as_array().unwrap();
+                for t in ["tier_1", "tier_2"] {
+                    let v = rows.iter().find(|v| v["variant"] == t).unwrap_or_else(|| panic!("no {t} row: {r}"));
+                    assert_eq!(v["status"], "ok", "{v}");
+                }
+                let top = rows.iter().find(|v| v["variant"] == "tier_2").unwrap();
+                assert_eq!((top["agreement"].as_f64(), top["max_distance"].as_f64()), (Some(1.0), Some(0.0)));
+            }
+        }
     }
 
     #[test]

@@ -24,11 +24,13 @@
 //! read from a file, the distribution-preserving mode (whole-span permutations) or a
 //! model with access tiers — the model is decrypted into an owned buffer instead
 //! ([`Method::Copied`]), which costs one copy of the model.
+//! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does.
 //!
-//! External data files are handled the same way: each side file is mapped
-//! copy-on-write and only its encrypted spans are patched. The buffers are
-//! returned by `location` in [`DecryptedModel::external`], which is what
-//! onnxruntime needs to take external initializers from memory.
+//! External data files are handled the same way, in every mode and for tiered
+//! models too: each side file is mapped copy-on-write and only its encrypted spans
+//! are patched. The buffers are returned by `location` in
+//! [`DecryptedModel::external`], which is what onnxruntime needs to take external
+//! initializers from memory.
 //!
 //! # Secrets in memory
 //!
@@ -81,7 +83,10 @@ use onnx_protect_format::{FormatError, Model, TensorData};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::protect::{apply, authenticate, model_edits, read_protected, CoreError, KeySource, Result};
+use crate::protect::{
+    apply, authenticate, model_edits, plan_restore, read_protected, restored_model_bytes, Action, CoreError, KeySource,
+    Protected, Result,
+};
 
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
@@ -306,13 +311,24 @@ enum PatchKind<'a> {
     Bytes(&'a [u8]),
 }
 
+/// What the encrypted spans of one target become in memory.
+enum SpanSource<'a> {
+    /// Left as they are (a tier the key does not reach, or one already restored).
+    Keep,
+    /// The stored ciphertext with this keystream applied.
+    Decrypt(&'a Keystream),
+    /// The tensor's whole element bytes, restored beforehand (the
+    /// distribution-preserving mode, varint-stored tensors).
+    Bytes(&'a [u8]),
+}
+
 /// Applies the patches to `buf` in parallel: a decrypted range becomes the
 /// authenticated ciphertext of `reference` (the bytes the MAC was checked over)
-/// with the keystream applied.
+/// with the keystream of `sources[tag]` applied.
 fn patch(
     model: &Model,
     targets: &[crate::protect::Target],
-    streams: &[Keystream],
+    sources: &[SpanSource<'_>],
     buf: &mut [u8],
     reference: &[u8],
     patches: &[Patch<'_>],
@@ -346,10 +362,13 @@ fn patch(
                 let authentic = reference.get(p.range.start as usize..p.range.end as usize).ok_or_else(|| {
                     CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
                 })?;
+                let SpanSource::Decrypt(ks) = sources[tag] else {
+                    return Err(CoreError::Output("internal: a decrypt patch for a target without a keystream".into()));
+                };
                 piece.copy_from_slice(authentic);
                 let target = &targets[tag];
                 let t = &model.tensors[target.tensor];
-                apply(&streams[tag], target.mode, t.data_type, logical, piece, piece.len() >= PARALLEL_SPAN)?;
+                apply(ks, target.mode, t.data_type, logical, piece, piece.len() >= PARALLEL_SPAN)?;
             }
         }
         Ok(())
@@ -360,21 +379,103 @@ fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
     patches.iter().map(|p| p.range.start as usize..p.range.end as usize).collect()
 }
 
+/// Every external data file of `model`, with the encrypted spans of each target
+/// restored from `sources`: one private copy-on-write map (or an owned copy) per file.
+fn external_patched(
+    model: &Model,
+    targets: &[crate::protect::Target],
+    sources: &[SpanSource<'_>],
+) -> Result<BTreeMap<String, DecryptedBytes>> {
+    let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
+    for (ti, target) in targets.iter().enumerate() {
+        let t = &model.tensors[target.tensor];
+        let TensorData::External { file, .. } = &t.data else { continue };
+        for &(a, b) in &target.spans {
+            for (range, logical) in t.file_pieces(a, b) {
+                let what = match sources[ti] {
+                    SpanSource::Keep => continue,
+                    SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
+                    SpanSource::Bytes(whole) => {
+                        let lo = logical as usize;
+                        let hi = lo + (range.end - range.start) as usize;
+                        PatchKind::Bytes(
+                            whole
+                                .get(lo..hi)
+                                .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?,
+                        )
+                    }
+                };
+                per_file.entry(*file).or_default().push(Patch { range, what });
+            }
+        }
+    }
+    let mut external = BTreeMap::new();
+    for (fi, f) in model.external_files.iter().enumerate() {
+        let reference = f.bytes()?;
+        let mut patches = per_file.remove(&fi).unwrap_or_default();
+        patches.sort_by_key(|p| p.range.start);
+        let handle = open(&f.path)?;
+        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
+            Some(mut map) => {
+                patch(model, targets, sources, &mut map, reference, &patches)?;
+                let len = map.len();
+                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
+            }
+            None => {
+                let mut v = reference.to_vec();
+                patch(model, targets, sources, &mut v, reference, &patches)?;
+                DecryptedBytes::owned(v)
+            }
+        };
+        external.insert(f.location.clone(), bytes);
+    }
+    Ok(external)
+}
+
+/// Decrypts a protected model that is already open into memory, for tiered models
+/// up to tier `tier` (default: the key's own tier), as `decrypt --tier` does to a
+/// file: below the top tier the model bytes are a valid model whose higher tiers stay
+/// encrypted, with the manifest recording the restored tiers.
+///
+/// The model bytes are always a copy ([`Method::Copied`]); external data files are
+/// private copy-on-write maps patched in place, as with [`decrypt_in_memory`]. The key
+/// check value and every MAC the key allows are verified before anything is decrypted.
+pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
+    let p = read_protected(model)?;
+    restore_copied(model, &p, key, tier)
+}
+
+/// The general in-memory decryption (access tiers, the distribution-preserving mode).
+fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
+    let r = plan_restore(model, p, key, tier)?;
+    let bytes = restored_model_bytes(model, p, &r)?;
+    let sources: Vec<SpanSource> = r
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
+            Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
+            Action::Skip => Ok(SpanSource::Keep),
+            Action::Reencrypt(_) => Err(CoreError::Output("internal: re-encryption while decrypting".into())),
+        })
+        .collect::<Result<_>>()?;
+    let external = external_patched(model, &p.targets, &sources)?;
+    let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
+    let (tensors, decrypted_bytes) =
+        done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
+    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes })
+}
+
 fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
     let p = read_protected(model)?;
     if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode == onnx_protect_select::Mode::Dp) {
         // Access tiers and the distribution-preserving mode (whole-span permutations) are
-        // restored by the general decryption path, into a copy.
-        let bytes = crate::protect::decrypt_to_vec(model, key)?;
-        return Ok(DecryptedModel {
-            model: DecryptedBytes::owned(bytes),
-            external: BTreeMap::new(),
-            tensors: p.targets.len(),
-            decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
-        });
+        // restored by the general decryption path, into copies.
+        return restore_copied(model, &p, key, None);
     }
     let keys = authenticate(model, &p, key)?;
     let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
+    let sources: Vec<SpanSource> = streams.iter().map(SpanSource::Decrypt).collect();
     let src = model.bytes();
     let edits = model_edits(model, &p.targets, &streams, Vec::new())?;
     let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
@@ -397,7 +498,7 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
                     },
                 })
                 .collect();
-            patch(model, &p.targets, &streams, &mut map, src, &patches)?;
+            patch(model, &p.targets, &sources, &mut map, src, &patches)?;
             let plaintext = plaintext_ranges(&patches);
             mapped = Some(DecryptedBytes { backing: Backing::Map(map), len: p.entry.range.start as usize, plaintext });
         }
@@ -428,41 +529,7 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         }
     };
 
-    // External data files: one private map (or copy) each, patched in place.
-    let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
-    for (ti, target) in p.targets.iter().enumerate() {
-        let t = &model.tensors[target.tensor];
-        if let TensorData::External { file, .. } = &t.data {
-            for &(a, b) in &target.spans {
-                for (range, logical) in t.file_pieces(a, b) {
-                    per_file
-                        .entry(*file)
-                        .or_default()
-                        .push(Patch { range, what: PatchKind::Decrypt { tag: ti, logical } });
-                }
-            }
-        }
-    }
-    let mut external = BTreeMap::new();
-    for (fi, f) in model.external_files.iter().enumerate() {
-        let reference = f.bytes()?;
-        let mut patches = per_file.remove(&fi).unwrap_or_default();
-        patches.sort_by_key(|p| p.range.start);
-        let handle = open(&f.path)?;
-        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
-            Some(mut map) => {
-                patch(model, &p.targets, &streams, &mut map, reference, &patches)?;
-                let len = map.len();
-                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
-            }
-            None => {
-                let mut v = reference.to_vec();
-                patch(model, &p.targets, &streams, &mut v, reference, &patches)?;
-                DecryptedBytes::owned(v)
-            }
-        };
-        external.insert(f.location.clone(), bytes);
-    }
+    let external = external_patched(model, &p.targets, &sources)?;
     Ok(DecryptedModel {
         model: model_bytes,
         external,

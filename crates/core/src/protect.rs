@@ -1228,14 +1228,15 @@ pub struct DecryptOptions<'a> {
 }
 
 /// The decryption to perform: which targets, and what becomes of the manifest entry.
-struct Restore {
-    actions: Vec<Action>,
+pub(crate) struct Restore {
+    pub(crate) actions: Vec<Action>,
     /// Replacement of the manifest entry (empty: remove it).
-    entry: Vec<u8>,
+    pub(crate) entry: Vec<u8>,
     tier: u32,
 }
 
-fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
+/// Checks the key (and every MAC it allows) and chooses what decryption up to `tier` does.
+pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
     let unlocked = unlock(model, p, key)?;
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
@@ -1321,10 +1322,17 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
     let p = read_protected(model)?;
     if p.targets.iter().any(|t| matches!(model.tensors[t.tensor].data, TensorData::External { .. })) {
         return Err(CoreError::Output(
-            "the model keeps encrypted weights in external files; use decrypt_external_to_memory".into(),
+            "the model keeps encrypted weights in external files; decrypt it with memory::decrypt_tier_in_memory"
+                .into(),
         ));
     }
     let r = plan_restore(model, &p, key, tier)?;
+    restored_model_bytes(model, &p, &r)
+}
+
+/// The model file's bytes with the actions of `r` applied and its manifest entry
+/// replaced (or removed); external data files are not touched.
+pub(crate) fn restored_model_bytes(model: &Model, p: &Protected, r: &Restore) -> Result<Vec<u8>> {
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
     let edits = edits_for(model, &p.targets, &r.actions, vec![entry])?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;

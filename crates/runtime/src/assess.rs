@@ -26,8 +26,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use onnx_protect_core::memory::decrypt_in_memory;
-use onnx_protect_core::protect::{decrypt_tier_to_vec, key_tier, read_protected, KeySource};
+use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
+use onnx_protect_core::protect::{key_tier, read_protected, KeySource};
 use onnx_protect_format::{discover, Model};
 
 use crate::attack::{repair, Fill};
@@ -402,9 +402,10 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
                 format!("decrypted in memory up to tier {t} of {tiers} (tiers above stay encrypted)")
             };
             let mut v = blank(format!("tier_{t}"), what, Some(t));
-            let rows = decrypt_tier_to_vec(&prot, key, Some(t))
-                .map_err(RuntimeError::from)
-                .and_then(|d| externals(&prot).and_then(|e| run_rows(&d, &e, &inputs, n)));
+            let rows = decrypt_tier_in_memory(&prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
+                let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
+                run_rows(&d, &ext, &inputs, n)
+            });
             match rows {
                 Ok((_, rows)) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
                 Err(e) => {

@@ -31,7 +31,7 @@ use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::cmd_protect::load_policy;
+use crate::cmd_protect::PolicyArgs;
 use crate::cmd_rekey::NewKeyArgs;
 use crate::exit;
 use crate::keys::KeyArgs;
@@ -89,18 +89,9 @@ pub struct Args {
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
-    /// For encrypt: a TOML policy file (docs/policy.md); the built-in default otherwise.
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
-    /// For encrypt: override a coefficient, OP=VALUE. Repeatable.
-    #[arg(long, value_name = "OP=C")]
-    coefficient: Vec<String>,
-    /// For encrypt: override a mode, OP=ctr|fp. Repeatable.
-    #[arg(long, value_name = "OP=MODE")]
-    mode: Vec<String>,
-    /// For encrypt: override the split, OP=first-dim|N. Repeatable.
-    #[arg(long, value_name = "OP=N")]
-    subsequences: Vec<String>,
+    /// For encrypt: the policy (the same options as `encrypt`).
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Files processed at the same time (default: the number of CPUs).
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
@@ -552,19 +543,13 @@ fn progress_bar(quiet: bool, files: usize) -> Option<ProgressBar> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let op = a.op;
-    let has_policy_opts =
-        a.policy.is_some() || !a.coefficient.is_empty() || !a.mode.is_empty() || !a.subsequences.is_empty();
-    if op != Op::Encrypt && has_policy_opts {
-        bail!("--policy, --coefficient, --mode and --subsequences apply to batch encrypt only");
+    if op != Op::Encrypt && a.policy.any() {
+        bail!("the policy options (--policy, --coefficient, --mode, --subsequences, --selection, --seed, --tiers, --tier-shares) apply to batch encrypt only");
     }
     if op != Op::Rekey && a.new_key.any() {
         bail!("--new-key-* options apply to batch rekey only");
     }
-    let policy = if op == Op::Encrypt {
-        Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?)
-    } else {
-        None
-    };
+    let policy = if op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match op {
         Op::Verify => a.key.source()?,
         _ => Some(a.key.required()?),

@@ -420,3 +420,73 @@ fn batch_rekey_handles_tiered_and_dp_models() {
         }
     }
 }
+
+/// `batch encrypt` takes the same policy options as `encrypt` (tiers, selection, seed,
+/// shares): each output's manifest records the policy `encrypt` records; the other
+/// operations refuse them.
+#[test]
+fn batch_encrypt_takes_the_policy_options_of_encrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut rels = Vec::new();
+    for case in ["cnn_torch", "external_data"] {
+        let from = root().join("fixtures/models").join(case);
+        std::fs::create_dir_all(src.join(case)).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), src.join(case).join(e.file_name())).unwrap();
+        }
+        rels.push(format!("{case}/model.onnx"));
+    }
+    let k = dir.path().join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let policy: &[&str] = &["--tiers", "2", "--tier-shares", "0.7,0.3", "--selection", "*=sample-l1", "--seed", "5"];
+    let (s, ks) = (src.to_str().unwrap(), k.to_str().unwrap());
+    let enc = dir.path().join("enc");
+    let mut args = vec!["batch", "encrypt", "--dir", s, "--out-dir", enc.to_str().unwrap(), "--key-file", ks];
+    args.extend_from_slice(policy);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out} {err}");
+    for rel in &rels {
+        let single = dir.path().join("single").join(rel);
+        let (input, output) = (src.join(rel), single.clone());
+        let mut args = vec!["encrypt", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--key-file", ks, "-q"];
+        args.extend_from_slice(policy);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        let summary = |p: &Path| {
+            let m = Model::open(p).unwrap();
+            let p = onnx_protect_core::protect::read_protected(&m).unwrap();
+            (
+                p.manifest.tiers,
+                p.manifest.policy_summary.clone(),
+                p.targets.iter().map(|t| t.spans.clone()).collect::<Vec<_>>(),
+            )
+        };
+        let (batch, one) = (summary(&enc.join(rel)), summary(&single));
+        assert_eq!(batch.0, 2, "{rel}");
+        assert!(
+            batch.1.contains(":sample-l1") && batch.1.ends_with(";tiers=2;shares=0.7,0.3;seed=5"),
+            "{rel}: {}",
+            batch.1
+        );
+        assert_eq!(batch, one, "{rel}: batch and encrypt chose differently");
+    }
+    let dec = dir.path().join("dec");
+    let (code, out, err) = run(&[
+        "batch",
+        "decrypt",
+        "--dir",
+        enc.to_str().unwrap(),
+        "--out-dir",
+        dec.to_str().unwrap(),
+        "--key-file",
+        ks,
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_same_tree(&src, &dec, &rels);
+    let (code, _, err) = run(&["batch", "verify", "--dir", enc.to_str().unwrap(), "--key-file", ks, "--tiers", "2"]);
+    assert_eq!(code, 1, "a bad combination found after parsing (docs/cli.md): {err}");
+    assert!(err.contains("batch encrypt only"), "{err}");
+}

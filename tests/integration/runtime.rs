@@ -157,13 +157,19 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
     let enc = protect(&model, dir.path(), &policy("fp", "0.25"));
     let k = dir.path().join("k.key");
     std::fs::write(&k, format!("{}\n", "09".repeat(32))).unwrap();
+    // `decrypt MODEL --key-file KEY --stdout EXTRA...` into a pipe: (exit code, stdout).
+    let piped = |model: &Path, key: &Path, extra: &[&str]| -> (Option<i32>, Vec<u8>) {
+        let out = std::process::Command::new(crate::util::bin())
+            .args(["decrypt", model.to_str().unwrap(), "--key-file", key.to_str().unwrap(), "--stdout"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), out.stdout)
+    };
     // A pipe: the decrypted model.
-    let out = std::process::Command::new(crate::util::bin())
-        .args(["decrypt", enc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == std::fs::read(&model).unwrap());
+    let (code, stdout) = piped(&enc, &k, &[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout == std::fs::read(&model).unwrap());
     // A regular file: refused, nothing written.
     let target = dir.path().join("plain.onnx");
     let f = std::fs::File::create(&target).unwrap();
@@ -175,12 +181,9 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
     assert_ne!(st.code(), Some(0));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 0);
     // --tier 1 of an untiered model is the whole model.
-    let out = std::process::Command::new(crate::util::bin())
-        .args(["decrypt", enc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout", "--tier", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == std::fs::read(&model).unwrap());
+    let (code, stdout) = piped(&enc, &k, &["--tier", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout == std::fs::read(&model).unwrap());
     // A tiered model: --tier gives what `decrypt --tier -o FILE` writes; a tier above the
     // key's is a key error (exit 4) with nothing written.
     let mut tiered = policy("fp", "0.5");
@@ -200,13 +203,10 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
         "-q",
     ]);
     assert_eq!(code, 0, "{err}");
-    let out = std::process::Command::new(crate::util::bin())
-        .args(["decrypt", tenc.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--stdout", "--tier", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == std::fs::read(&file).unwrap());
-    assert!(out.stdout != std::fs::read(&model).unwrap(), "tier 1 of 2 is not the whole model");
+    let (code, stdout) = piped(&tenc, &k, &["--tier", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout == std::fs::read(&file).unwrap());
+    assert!(stdout != std::fs::read(&model).unwrap(), "tier 1 of 2 is not the whole model");
     let k1 = dir.path().join("k1.key");
     let (code, _, err) = run(&[
         "derive-tier-key",
@@ -220,12 +220,9 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
         k1.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let out = std::process::Command::new(crate::util::bin())
-        .args(["decrypt", tenc.to_str().unwrap(), "--key-file", k1.to_str().unwrap(), "--stdout", "--tier", "2"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.is_empty());
+    let (code, stdout) = piped(&tenc, &k1, &["--tier", "2"]);
+    assert_eq!(code, Some(4));
+    assert!(stdout.is_empty());
 }
 
 #[cfg(feature = "tract")]

@@ -473,6 +473,10 @@ impl Policy {
         let mut s = parts.join(",");
         if self.tiers > 1 {
             s.push_str(&format!(";tiers={}", self.tiers));
+            if let Some(shares) = &self.tier_shares {
+                let shares: Vec<String> = shares.iter().map(f64::to_string).collect();
+                s.push_str(&format!(";shares={}", shares.join(",")));
+            }
         }
         if self.rules.values().any(|r| matches!(r.rank, Rank::Sample(_))) {
             s.push_str(&format!(";seed={}", self.seed));

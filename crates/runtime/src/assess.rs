@@ -347,6 +347,8 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     let (output, reference) = run_rows(orig.bytes(), &orig_ext, &inputs, n)?;
 
     let mut variants = Vec::new();
+    // The outputs of the model decrypted with the key: the key's own tier of a tiered model.
+    let mut decrypted_rows = None;
     for name in VARIANTS {
         let mut v = blank(name.to_string(), describe(name).to_string(), None);
         let rows: Result<Option<Vec<Vec<f64>>>> = match name {
@@ -373,7 +375,12 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
             },
         };
         match rows {
-            Ok(Some(rows)) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
+            Ok(Some(rows)) => {
+                metrics(&mut v, &rows, &reference, opts.labels.as_deref());
+                if name == "decrypted" {
+                    decrypted_rows = Some(rows);
+                }
+            }
             Ok(None) => {
                 v.status = "skipped";
                 v.error = Some("no key given".into());
@@ -402,12 +409,16 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
                 format!("decrypted in memory up to tier {t} of {tiers} (tiers above stay encrypted)")
             };
             let mut v = blank(format!("tier_{t}"), what, Some(t));
-            let rows = decrypt_tier_in_memory(&prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
-                let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
-                run_rows(&d, &ext, &inputs, n)
-            });
+            // The key's own tier is the `decrypted` variant: its outputs are reused.
+            let rows = match (t == top, &decrypted_rows) {
+                (true, Some(rows)) => Ok(rows.clone()),
+                _ => decrypt_tier_in_memory(&prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
+                    let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
+                    run_rows(&d, &ext, &inputs, n).map(|r| r.1)
+                }),
+            };
             match rows {
-                Ok((_, rows)) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
+                Ok(rows) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
                 Err(e) => {
                     v.status = "failed";
                     v.error = Some(e.to_string());

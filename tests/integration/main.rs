@@ -6,6 +6,7 @@ mod corpus;
 mod fixtures;
 mod malformed;
 mod protect;
+mod reference;
 mod rekey_check;
 mod rekey_tiers;
 mod runtime;

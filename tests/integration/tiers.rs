@@ -353,3 +353,39 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("3 access tiers (key of tier 3)") && out.contains("\ntier_3 "), "{out}");
 }
+
+/// With tiers, each manifest entry counts the subsequences of its own tier: the
+/// counts of a tensor's tiers add up to what the same policy chooses without tiers,
+/// and each matches the entry's spans (cnn's weights split into equal rows).
+#[test]
+fn each_tier_entry_counts_its_own_subsequences() {
+    let model = root().join("fixtures/digits/cnn.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy = Policy::default();
+    policy.apply_override("mode", "*=fp").unwrap();
+    policy.apply_override("coefficient", "*=0.5").unwrap();
+    let flat = dir.path().join("flat.onnx");
+    enc(&model, &flat, &key(2), &policy);
+    policy.set_tiers(3).unwrap();
+    let tiered = dir.path().join("tiered.onnx");
+    enc(&model, &tiered, &key(2), &policy);
+    let entries = |p: &Path| read_protected(&Model::open(p).unwrap()).unwrap().manifest.tensors;
+    let flat = entries(&flat);
+    let tiered = entries(&tiered);
+    let mut split = 0;
+    for f in &flat {
+        let tiers: Vec<_> = tiered.iter().filter(|e| e.name == f.name).collect();
+        assert_eq!(tiers.iter().map(|e| e.chosen).sum::<u64>(), f.chosen, "{}", f.name);
+        if tiers.len() > 1 {
+            split += 1;
+        }
+        let row = f.nbytes / f.subsequences;
+        for e in tiers {
+            let bytes: u64 = e.spans.chunks(2).map(|s| s[1] - s[0]).sum();
+            if f.nbytes % f.subsequences == 0 {
+                assert_eq!(e.chosen * row, bytes, "{} tier {}", e.name, e.tier);
+            }
+        }
+    }
+    assert!(split > 0, "no tensor was split across tiers");
+}

@@ -37,7 +37,7 @@ pub struct Chosen {
     pub mode: Mode,
     /// Number of subsequences the tensor was split into.
     pub subsequences: u64,
-    /// Indices of the chosen subsequences, ascending.
+    /// Indices of the chosen subsequences, ascending (with tiers: this tier's).
     pub chosen: Vec<u64>,
     /// Byte ranges `[begin, end)` of the element bytes to encrypt: sorted and
     /// disjoint; adjacent chosen subsequences are merged except in dp mode, where
@@ -132,6 +132,8 @@ pub fn subsequence_bounds(dtype: DataType, dims: &[u64], numel: u64, split: Spli
 /// One chosen subsequence before tiers are assigned.
 struct Piece {
     tensor_index: usize,
+    /// Index of the subsequence in its tensor.
+    position: u64,
     range: (u64, u64),
     /// Importance relative to the tensor's mean subsequence importance.
     relative: f64,
@@ -227,7 +229,7 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
                 Some(sc) if mean > 0.0 => sc[p as usize] / mean,
                 _ => 1.0,
             };
-            pieces.push(Piece { tensor_index: head_index, range: (a, b), relative });
+            pieces.push(Piece { tensor_index: head_index, position: p, range: (a, b), relative });
         }
         heads.push(Chosen {
             tensor: t.id,
@@ -304,6 +306,11 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             let mut c = head.clone();
             c.spans = spans;
             c.tier = tier;
+            if tiers > 1 {
+                // This tier's own subsequences.
+                c.chosen = of_head[hi].iter().filter(|&&i| tier_of[i] == tier).map(|&i| pieces[i].position).collect();
+                c.chosen.sort_unstable();
+            }
             out.push(c);
         }
     }

@@ -389,3 +389,50 @@ fn each_tier_entry_counts_its_own_subsequences() {
     }
     assert!(split > 0, "no tensor was split across tiers");
 }
+
+/// `check` (the CI gate) judges a tiered model by all of a tensor's tiers together:
+/// the policy it was encrypted with passes, with and without `--strict-spans`, also
+/// when the policy itself has tiers; a higher coefficient or a stronger mode fails.
+#[test]
+fn check_counts_every_tier_of_a_tensor() {
+    let model = root().join("fixtures/digits/cnn.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let enc = dir.path().join("enc.onnx");
+    let (m, e, ks) = (model.to_str().unwrap(), enc.to_str().unwrap(), k.to_str().unwrap());
+    let (code, _, err) = run(&[
+        "encrypt",
+        m,
+        "-o",
+        e,
+        "--key-file",
+        ks,
+        "--tiers",
+        "3",
+        "--mode",
+        "*=fp",
+        "--coefficient",
+        "*=0.5",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "version = 1\ntiers = 3\n[defaults]\nmode = \"fp\"\ncoefficient = 0.5\n").unwrap();
+    let p = policy.to_str().unwrap();
+    let same = ["--builtin-policy", "--mode", "*=fp", "--coefficient", "*=0.5"];
+    for (args, want) in [
+        (&same[..], 0),
+        (&[&same[..], &["--strict-spans"]].concat()[..], 0),
+        (&["--policy", p][..], 0),
+        (&["--policy", p, "--strict-spans"][..], 0),
+        (&["--builtin-policy", "--mode", "*=fp", "--coefficient", "*=0.6"][..], 8),
+        (&["--builtin-policy", "--mode", "*=ctr", "--coefficient", "*=0.5"][..], 8),
+    ] {
+        let mut all = vec!["check", e];
+        all.extend_from_slice(args);
+        let (code, out, err) = run(&all);
+        assert_eq!(code, want, "{args:?}: {out} {err}");
+    }
+}

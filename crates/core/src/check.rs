@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use onnx_protect_format::{discover, Model, Progress};
-use onnx_protect_select::{select, subsequence_bounds, Mode, Policy, Split};
+use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Split};
 
 use crate::protect::{find_manifest_entry, is_manifest_key, read_protected, verify, CoreError, Protected};
 
@@ -138,6 +138,25 @@ fn error_reason(e: &CoreError) -> &'static str {
 }
 
 /// Whether every span of `need` lies inside one span of `have` (both sorted and disjoint).
+/// The encrypted spans of one tensor (all its targets, merged) and their modes.
+struct Encrypted {
+    spans: Vec<(u64, u64)>,
+    modes: Vec<Mode>,
+}
+
+/// `spans` sorted, with overlapping and touching ranges merged.
+fn union(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
 fn spans_contain(have: &[(u64, u64)], need: &[(u64, u64)]) -> bool {
     need.iter().all(|&(a, b)| have.iter().any(|&(x, y)| x <= a && b <= y))
 }
@@ -211,8 +230,31 @@ fn compare_with_policy(
 ) {
     let weights = discover(model);
     let required = select(model, &weights, policy);
-    let have: HashMap<usize, &crate::protect::Target> =
-        protected.map(|p| p.targets.iter().map(|t| (t.tensor, t)).collect()).unwrap_or_default();
+    // What is encrypted, per tensor: a tiered model has one target per tier of a tensor.
+    let mut have: HashMap<usize, Encrypted> = HashMap::new();
+    for t in protected.map(|p| p.targets.as_slice()).unwrap_or_default() {
+        let e = have.entry(t.tensor).or_insert_with(|| Encrypted { spans: Vec::new(), modes: Vec::new() });
+        e.spans.extend(&t.spans);
+        e.modes.push(t.mode);
+    }
+    for e in have.values_mut() {
+        e.spans = union(std::mem::take(&mut e.spans));
+    }
+    // What the policy asks for, per tensor (a policy with tiers also lists a tensor once
+    // per tier; `select` sorts them by tensor).
+    let mut need: Vec<Chosen> = Vec::new();
+    for c in &required.chosen {
+        match need.last_mut() {
+            Some(n) if n.tensor == c.tensor => {
+                n.spans.extend(&c.spans);
+                n.chosen.extend(&c.chosen);
+            }
+            _ => need.push(c.clone()),
+        }
+    }
+    for n in &mut need {
+        n.spans = union(std::mem::take(&mut n.spans));
+    }
     if protected.is_none() && (opts.require_encrypted || !required.chosen.is_empty()) {
         out.failures.push(failure(
             reasons::NOT_PROTECTED,
@@ -225,7 +267,7 @@ fn compare_with_policy(
     }
     let mut ops: BTreeMap<String, OpCoverage> = BTreeMap::new();
     let mut tensor_failures: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
-    for c in &required.chosen {
+    for c in &need {
         let t = &model.tensors[c.tensor];
         let rule = policy.rule_for(&c.op_type);
         let cov = ops.entry(c.op_type.clone()).or_insert_with(|| OpCoverage {
@@ -278,10 +320,10 @@ fn compare_with_policy(
                 format!("the encrypted spans {:?} do not contain the policy's spans {:?}", target.spans, c.spans),
             ));
         }
-        if !mode_satisfies(target.mode, c.mode) {
+        if let Some(weaker) = target.modes.iter().find(|&&m| !mode_satisfies(m, c.mode)) {
             list.push(fail(
                 reasons::MODE_WEAKER,
-                format!("encrypted in mode {}; the policy asks for {}", target.mode.name(), c.mode.name()),
+                format!("encrypted in mode {}; the policy asks for {}", weaker.name(), c.mode.name()),
             ));
         }
     }
@@ -319,6 +361,12 @@ mod tests {
         assert!(spans_contain(&[(0, 10), (20, 30)], &[(0, 4), (22, 30)]));
         assert!(!spans_contain(&[(0, 10), (20, 30)], &[(8, 12)]));
         assert!(spans_contain(&[(0, 10)], &[]));
+    }
+
+    #[test]
+    fn union_merges_touching_and_overlapping_spans() {
+        assert_eq!(union(vec![(20, 30), (0, 10), (10, 12), (25, 40), (50, 60)]), vec![(0, 12), (20, 40), (50, 60)]);
+        assert_eq!(union(Vec::new()), Vec::new());
     }
 
     #[test]

@@ -325,7 +325,15 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     } else {
         let how =
             if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
-        crate::output::emit(&format!("ok: {how}; {} tensors, {} encrypted bytes", r.tensors, r.encrypted_bytes))?;
+        let restored = if r.restored_bytes > 0 {
+            format!(" ({} more in decrypted tiers, in clear)", r.restored_bytes)
+        } else {
+            String::new()
+        };
+        crate::output::emit(&format!(
+            "ok: {how}; {} tensors, {} encrypted bytes{restored}",
+            r.tensors, r.encrypted_bytes
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -122,6 +122,12 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     let m1 = Model::open(&t1).unwrap();
     let p1 = read_protected(&m1).unwrap();
     assert_eq!(p1.envelope.restored_tiers, 1);
+    // verify counts tier 1 as in clear, the others as still encrypted.
+    let r = verify(&t1, None, &NoProgress).unwrap();
+    let tier_bytes =
+        |t: u32| -> u64 { p1.targets.iter().filter(|x| x.tier == t).flat_map(|x| &x.spans).map(|(a, b)| b - a).sum() };
+    assert_eq!((r.restored_bytes, r.encrypted_bytes), (tier_bytes(1), tier_bytes(2) + tier_bytes(3)));
+    assert!(r.restored_bytes > 0);
     // A tier-1 key cannot decrypt tier 2.
     let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::Key(k1.clone()), Some(2), &dopts())
         .unwrap_err();

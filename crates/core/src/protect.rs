@@ -189,7 +189,10 @@ pub struct VerifyReport {
     /// `"checksum"` without a key, `"mac"` with one.
     pub check: &'static str,
     pub tensors: usize,
+    /// Bytes still encrypted in the file.
     pub encrypted_bytes: u64,
+    /// Bytes of the tiers already decrypted in this file (`decrypt --tier`), in clear.
+    pub restored_bytes: u64,
 }
 
 /// A parsed, validated manifest and where it sits in the model.
@@ -1389,11 +1392,15 @@ pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) ->
             "checksum"
         }
     };
+    let restored = p.envelope.restored_tiers;
+    let bytes = |t: &Target| t.spans.iter().map(|(a, b)| b - a).sum::<u64>();
+    let in_clear = |t: &&Target| t.tier > 0 && t.tier <= restored;
     Ok(VerifyReport {
         input: input.display().to_string(),
         check,
         tensors: p.targets.len(),
-        encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        encrypted_bytes: p.targets.iter().filter(|t| !in_clear(t)).map(bytes).sum(),
+        restored_bytes: p.targets.iter().filter(in_clear).map(bytes).sum(),
     })
 }
 

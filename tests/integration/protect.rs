@@ -329,3 +329,48 @@ fn inspect_names_the_leaf_hash_of_new_and_older_files() {
         assert!(text.contains(&format!("HMAC-SHA256 over {} chunk hashes", want.to_uppercase())), "{text}");
     }
 }
+
+/// Outputs that replace a file keep its permission bits (`--in-place`, side files
+/// included); new outputs get the mode any new file gets here (0666 less the umask),
+/// not the owner-only mode of a temporary file.
+#[cfg(unix)]
+#[test]
+fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let (weights, extra) = (dir.path().join("weights.bin"), dir.path().join("extra.bin"));
+    set(&model, 0o640);
+    set(&weights, 0o604);
+    set(&extra, 0o600);
+    let policy = Policy::default();
+    encrypt(&model, &model, &key(3), &EncryptOptions { policy: &policy, in_place: true, progress: &NoProgress })
+        .unwrap();
+    assert_eq!((mode(&model), mode(&weights), mode(&extra)), (0o640, 0o604, 0o600));
+    // What a new file gets in this process (umask, default ACLs).
+    let probe = dir.path().join("probe");
+    std::fs::File::create(&probe).unwrap();
+    let usual = mode(&probe);
+    let out = dir.path().join("dec").join("model.onnx");
+    onnx_protect_core::protect::decrypt(
+        &model,
+        &out,
+        &key(3),
+        &DecryptOptions { in_place: false, progress: &NoProgress },
+    )
+    .unwrap();
+    for f in [&out, &out.with_file_name("weights.bin"), &out.with_file_name("extra.bin")] {
+        assert_eq!(mode(f), usual, "{}", f.display());
+    }
+    // decrypt -o over an existing file keeps that file's mode.
+    set(&out, 0o620);
+    onnx_protect_core::protect::decrypt(
+        &model,
+        &out,
+        &key(3),
+        &DecryptOptions { in_place: false, progress: &NoProgress },
+    )
+    .unwrap();
+    assert_eq!(mode(&out), 0o620);
+}

@@ -637,10 +637,7 @@ impl Staged {
     pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".onnx-protect-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
+        let tmp = onnx_protect_format::write::temp_beside(dest)
             .map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
         self.files.push((tmp, dest.to_path_buf()));
         Ok(self.files.len() - 1)

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Range;
+use std::path::Path;
 
 use crate::error::{FormatError, Result};
 use crate::model::Container;
@@ -208,6 +209,32 @@ pub fn metadata_field(key: &str, value: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(entry.len() + 8);
     wire::put_len_field(&mut out, 14, &entry);
     out
+}
+
+/// A temporary file in `dest`'s directory, to be written and then renamed over `dest`
+/// (removed if dropped first). It has the permission bits `dest` has if it exists (a
+/// replaced file keeps its mode), else those of any new file (0666 less the umask, or
+/// what the directory's default ACL gives), as `cp` would create it.
+pub fn temp_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut b = tempfile::Builder::new();
+    b.prefix(".onnx-protect-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let existing = std::fs::metadata(dest).ok().filter(|m| m.is_file()).map(|m| m.permissions());
+        if existing.is_none() {
+            // The kernel applies the umask to the mode `open` is given.
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b.tempfile_in(dir)?;
+        if let Some(p) = existing {
+            tmp.as_file().set_permissions(p)?;
+        }
+        Ok(tmp)
+    }
+    #[cfg(not(unix))]
+    b.tempfile_in(dir)
 }
 
 #[cfg(test)]

@@ -172,14 +172,10 @@ fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
 }
 
 /// Writes a file atomically: into a temporary file in the destination's directory,
-/// flushed to disk, then renamed over the destination.
+/// flushed to disk, then renamed over the destination (whose permission bits it keeps).
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
     let err = |source| TransformError::Io { path: path.to_path_buf(), source };
-    let mut tmp = tempfile::Builder::new().prefix(".onnx-protect-").tempfile_in(&dir).map_err(err)?;
+    let mut tmp = onnx_protect_format::write::temp_beside(path).map_err(err)?;
     fill(tmp.as_file_mut()).map_err(err)?;
     tmp.as_file_mut().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;

@@ -1007,7 +1007,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         &targets,
         &actions,
         Vec::new(),
-        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH }),
+        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH, given: None }),
         |leaves| {
             let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, leaves)?;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))

@@ -38,9 +38,9 @@ use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    b64, check_output, chunk_jobs, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut,
-    tier_keys, tool_name, transform_span, transform_tensor, unlock, Action, CoreError, KeySource, LeafSrc, Protected,
-    Result, LEAF_HASH, METADATA_KEY,
+    b64, check_output, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut, tier_keys,
+    tool_name, transform_span, transform_tensor, unlock, Action, CoreError, KeySource, LeafSrc, Protected, Result,
+    LEAF_HASH, METADATA_KEY,
 };
 use crate::writer::{write_outputs_with, Leaves};
 
@@ -195,20 +195,9 @@ pub fn rekey(
         &p.targets,
         &actions,
         vec![entry],
-        Some(Leaves { chunk, hash: LEAF_HASH }),
-        |written| {
-            let mut leaves = written.to_vec();
-            if !restored_leaves.is_empty() {
-                let mut next: HashMap<usize, usize> = HashMap::new();
-                for (leaf, job) in leaves.iter_mut().zip(chunk_jobs(&p.targets, chunk)) {
-                    if let Some(l) = restored_leaves.get(&job.target) {
-                        let i = next.entry(job.target).or_default();
-                        *leaf = *l.get(*i).ok_or_else(|| CoreError::Output("internal: leaf count differs".into()))?;
-                        *i += 1;
-                    }
-                }
-            }
-            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, &leaves)?;
+        Some(Leaves { chunk, hash: LEAF_HASH, given: Some(&restored_leaves) }),
+        |leaves| {
+            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, leaves)?;
             envelope.restored_tiers = restored;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },

@@ -59,9 +59,13 @@ const COPY_STEP: u64 = 8 << 20;
 
 /// How the leaves of the written ciphertext are computed.
 #[derive(Clone, Copy)]
-pub(crate) struct Leaves {
+pub(crate) struct Leaves<'a> {
     pub(crate) chunk: u64,
     pub(crate) hash: LeafHash,
+    /// Leaves the caller computed itself, by target (in chunk order): those targets'
+    /// bytes are written but not hashed (`rekey`'s restored tiers, whose leaves are
+    /// over their encryption under the new keys, not over the plaintext written).
+    pub(crate) given: Option<&'a std::collections::HashMap<usize, Vec<[u8; 32]>>>,
 }
 
 /// One output file and where its bytes come from.
@@ -174,7 +178,7 @@ pub(crate) fn write_outputs_with(
     targets: &[Target],
     actions: &[Action],
     extra: Vec<Edit>,
-    leaves: Option<Leaves>,
+    leaves: Option<Leaves<'_>>,
     append: impl FnOnce(&[[u8; 32]]) -> Result<Vec<u8>>,
     output: &Path,
     progress: &dyn Progress,
@@ -577,7 +581,7 @@ fn run_job<'a>(
     actions: &[Action],
     jobs: &[ChunkJob],
     streams: &[Stream],
-    leaves: Option<Leaves>,
+    leaves: Option<Leaves<'_>>,
     pool: &Pool,
     tx: &std::sync::mpsc::SyncSender<Op<'a>>,
     item: &'a JobItem,
@@ -588,7 +592,15 @@ fn run_job<'a>(
     let target = &targets[job_ref.target];
     let t = &model.tensors[target.tensor];
     let action = &actions[job_ref.target];
-    let mut leaf = leaves.map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
+    let given = match leaves.and_then(|l| l.given).and_then(|g| g.get(&job_ref.target)) {
+        Some(g) => Some(
+            *g.get(job_ref.index as usize)
+                .ok_or_else(|| CoreError::Output("internal: a given leaf is missing".into()))?,
+        ),
+        None => None,
+    };
+    let mut leaf = leaves.filter(|_| given.is_none()).map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
+    let done = |leaf: Option<Leaf>| given.map(|g| (*job, g)).or_else(|| leaf.map(|h| (*job, h.finalize())));
     if runs.is_empty() {
         // Hash only: the bytes the output holds for this job.
         if let Some(h) = leaf.as_mut() {
@@ -604,7 +616,7 @@ fn run_job<'a>(
                 h.update(part);
             }
         }
-        return Ok(leaf.map(|h| (*job, h.finalize())));
+        return Ok(done(leaf));
     }
     let s = &streams[*stream];
     let wipe = matches!(action, Action::Reencrypt(_));
@@ -656,7 +668,7 @@ fn run_job<'a>(
     } else {
         send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
     }
-    Ok(leaf.map(|h| (*job, h.finalize())))
+    Ok(done(leaf))
 }
 
 /// Writes one run: the gaps from the source map, the pieces from `buf`.
@@ -876,7 +888,7 @@ mod tests {
         out: &Path,
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
-        let leaves = Some(Leaves { chunk, hash: LeafHash::Blake3 });
+        let leaves = Some(Leaves { chunk, hash: LeafHash::Blake3, given: None });
         write_outputs_with(
             model,
             targets,

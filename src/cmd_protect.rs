@@ -65,9 +65,12 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     if a.json {
-        crate::output::emit(
-            &serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp}).to_string(),
-        )?;
+        let mut j = serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp});
+        if a.tiers > 1 {
+            j["tiers"] = a.tiers.into();
+            j["tier_key_files"] = paths.iter().map(|p| p.display().to_string()).collect();
+        }
+        crate::output::emit(&j.to_string())?;
     } else {
         crate::output::emit(&format!("wrote key {} (fingerprint {fp})", a.output.display()))?;
     }
@@ -88,6 +91,8 @@ pub struct DeriveTierKeyArgs {
     /// Where to write the derived key.
     #[arg(short, long)]
     output: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 /// `derive-tier-key`: the key of a lower tier, derived one way from a higher one.
@@ -105,7 +110,15 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
         k = k.tier_down();
     }
     write_key_file(&a.output, &k)?;
-    crate::output::emit(&format!("wrote the tier-{} key {}", a.tier, a.output.display()))?;
+    if a.json {
+        let fp: String = k.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+        crate::output::emit(
+            &serde_json::json!({"key_file": a.output.display().to_string(), "tier": a.tier, "fingerprint": fp})
+                .to_string(),
+        )?;
+    } else {
+        crate::output::emit(&format!("wrote the tier-{} key {}", a.tier, a.output.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

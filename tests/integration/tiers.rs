@@ -174,10 +174,16 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
 fn keygen_tiers_and_derive_tier_key_agree() {
     let dir = tempfile::tempdir().unwrap();
     let k = dir.path().join("k.key");
-    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+    let (code, out, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3", "--json"]);
     assert_eq!(code, 0, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut tier1 = k.as_os_str().to_owned();
+    tier1.push(".tier1");
+    let tier1 = std::path::PathBuf::from(tier1);
+    assert_eq!(made["tiers"], 3);
+    assert_eq!(made["tier_key_files"][0], tier1.to_str().unwrap());
     let derived = dir.path().join("d.key");
-    let (code, _, err) = run(&[
+    let (code, out, err) = run(&[
         "derive-tier-key",
         "--key-file",
         k.to_str().unwrap(),
@@ -187,10 +193,12 @@ fn keygen_tiers_and_derive_tier_key_agree() {
         "1",
         "-o",
         derived.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
-    let mut tier1 = k.as_os_str().to_owned();
-    tier1.push(".tier1");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((d["tier"].as_u64(), d["key_file"].as_str()), (Some(1), derived.to_str()));
+    assert_ne!(d["fingerprint"], made["fingerprint"], "a tier key is another key");
     assert_eq!(std::fs::read(&derived).unwrap(), std::fs::read(&tier1).unwrap());
     let (code, _, _) =
         run(&["derive-tier-key", "--key-file", k.to_str().unwrap(), "--from", "1", "--tier", "2", "-o", "/tmp/x"]);

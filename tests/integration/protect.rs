@@ -374,3 +374,53 @@ fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
     .unwrap();
     assert_eq!(mode(&out), 0o620);
 }
+
+/// Outputs written through a symbolic link replace the file it points to and keep the
+/// link (as `cp` does; model caches link snapshots to blobs): in-place encryption must
+/// not leave the plaintext behind the link. A link to a missing file is refused. (Side
+/// files behind links that leave the model's folder are refused on reading, so here the
+/// links stay inside it.)
+#[cfg(unix)]
+#[test]
+fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let snap = dir.path().join("snap");
+    let blobs = snap.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let names = ["model.onnx", "weights.bin", "extra.bin"];
+    let mut originals = Vec::new();
+    for n in names {
+        let blob = blobs.join(format!("{n}.blob"));
+        std::fs::rename(model.with_file_name(n), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(n)).unwrap();
+        originals.push((blob.clone(), std::fs::read(&blob).unwrap()));
+    }
+    let link = snap.join("model.onnx");
+    let policy = Policy::default();
+    encrypt(&link, &link, &key(4), &EncryptOptions { policy: &policy, in_place: true, progress: &NoProgress }).unwrap();
+    for (n, (blob, plain)) in names.iter().zip(&originals) {
+        assert!(std::fs::symlink_metadata(snap.join(n)).unwrap().file_type().is_symlink(), "{n} is still a link");
+        assert_ne!(&std::fs::read(blob).unwrap(), plain, "{n}: the file behind the link was not encrypted");
+    }
+    verify(&link, Some(&key(4)), &NoProgress).unwrap();
+    onnx_protect_core::protect::decrypt(
+        &link,
+        &link,
+        &key(4),
+        &DecryptOptions { in_place: true, progress: &NoProgress },
+    )
+    .unwrap();
+    for (blob, plain) in &originals {
+        assert_eq!(&std::fs::read(blob).unwrap(), plain);
+    }
+    // A link to nothing: refused, nothing created.
+    let dangling = dir.path().join("dangling.onnx");
+    std::os::unix::fs::symlink(dir.path().join("missing.onnx"), &dangling).unwrap();
+    let cnn = root().join("fixtures/models/cnn_torch/model.onnx");
+    let e =
+        encrypt(&cnn, &dangling, &key(4), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
+            .unwrap_err();
+    let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+    assert!(why.contains("symbolic link to a missing file"), "{e}: {why}");
+    assert!(!dir.path().join("missing.onnx").exists());
+}

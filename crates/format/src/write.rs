@@ -211,6 +211,18 @@ pub fn metadata_field(key: &str, value: &str) -> Vec<u8> {
     out
 }
 
+/// Where an output named `dest` is really written: `dest` itself, or, if `dest` is a
+/// symbolic link, the file it points to (as `cp` writes through a link), so that the
+/// link stays and the file behind it is replaced. A link to a missing file is an error.
+pub fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{} is a symbolic link to a missing file", dest.display()))
+        }),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
 /// A temporary file in `dest`'s directory, to be written and then renamed over `dest`
 /// (removed if dropped first). It has the permission bits `dest` has if it exists (a
 /// replaced file keeps its mode), else those of any new file (0666 less the umask, or

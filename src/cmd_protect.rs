@@ -80,11 +80,21 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct DeriveTierKeyArgs {
     /// The key of tier FROM.
-    #[arg(long, value_name = "FILE")]
-    key_file: PathBuf,
-    /// The tier of the given key.
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"])]
+    key_file: Option<PathBuf>,
+    /// The tier of the given key (with a passphrase: the model's number of tiers).
     #[arg(long)]
-    from: u32,
+    from: Option<u32>,
+    /// Environment variable holding the passphrase a tiered model was encrypted with (needs --model).
+    #[arg(long, value_name = "VAR", conflicts_with_all = ["key_file", "passphrase_file"], requires = "model")]
+    passphrase_env: Option<String>,
+    /// File whose first line is that passphrase (needs --model).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file"], requires = "model")]
+    passphrase_file: Option<PathBuf>,
+    /// With a passphrase: the model it protects (its manifest holds the Argon2id
+    /// parameters, so the tier keys are that model's).
+    #[arg(long, value_name = "MODEL")]
+    model: Option<PathBuf>,
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
@@ -97,16 +107,39 @@ pub struct DeriveTierKeyArgs {
 
 /// `derive-tier-key`: the key of a lower tier, derived one way from a higher one.
 pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
-    if a.tier == 0 || a.tier > a.from {
-        bail!("--tier must be between 1 and --from ({}): a key only yields lower tiers", a.from);
+    let (mut k, from) = match &a.key_file {
+        Some(path) => {
+            let Some(from) = a.from else { bail!("--from is required with --key-file: the tier of that key") };
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|e| crate::keys::KeyFileError(format!("cannot read key file {}: {e}", path.display())))?,
+            );
+            let k = MasterKey::parse_key_file(&bytes)
+                .map_err(|e| crate::keys::KeyFileError(format!("key file {}: {e}", path.display())))?;
+            (k, from)
+        }
+        None => {
+            let Some(model) = &a.model else { bail!("--model is required with a passphrase") };
+            let source = crate::keys::KeyArgs {
+                key_file: None,
+                key_env: None,
+                passphrase_env: a.passphrase_env.clone(),
+                passphrase_file: a.passphrase_file.clone(),
+            }
+            .required()?;
+            let m = onnx_protect_format::Model::open(model)?;
+            let (k, tiers) =
+                protect::top_master_key(&m, &source).with_context(|| format!("passphrase for {}", model.display()))?;
+            if a.from.is_some_and(|f| f != tiers) {
+                bail!("--from must be the model's number of tiers ({tiers}) with a passphrase");
+            }
+            (k, tiers)
+        }
+    };
+    if a.tier == 0 || a.tier > from {
+        bail!("--tier must be between 1 and --from ({from}): a key only yields lower tiers");
     }
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(&a.key_file)
-            .map_err(|e| crate::keys::KeyFileError(format!("cannot read key file {}: {e}", a.key_file.display())))?,
-    );
-    let mut k = MasterKey::parse_key_file(&bytes)
-        .map_err(|e| crate::keys::KeyFileError(format!("key file {}: {e}", a.key_file.display())))?;
-    for _ in a.tier..a.from {
+    for _ in a.tier..from {
         k = k.tier_down();
     }
     write_key_file(&a.output, &k)?;

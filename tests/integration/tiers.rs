@@ -450,3 +450,62 @@ fn check_counts_every_tier_of_a_tensor() {
         assert_eq!(code, want, "{args:?}: {out} {err}");
     }
 }
+
+/// A tiered model encrypted with a passphrase: `derive-tier-key --passphrase-env
+/// --model` writes that model's tier keys, which decrypt their tiers as key files do;
+/// a wrong passphrase writes nothing, and a tier key does not open an untiered model.
+#[test]
+fn tier_keys_of_a_passphrase_model() {
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let cli = |args: &[String], pass: &str| -> (i32, String) {
+        let out = std::process::Command::new(crate::util::bin()).args(args).env("OP_TIER_PASS", pass).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let args = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let enc = d("enc.onnx");
+    let (code, err) = cli(
+        &args(&["encrypt", &s(&model), "-o", &s(&enc), "--passphrase-env", "OP_TIER_PASS", "--tiers", "2", "-q"]),
+        "tier pass",
+    );
+    assert_eq!(code, 0, "{err}");
+    let k1 = d("t1.key");
+    let derive = args(&[
+        "derive-tier-key",
+        "--passphrase-env",
+        "OP_TIER_PASS",
+        "--model",
+        &s(&enc),
+        "--tier",
+        "1",
+        "-o",
+        &s(&k1),
+    ]);
+    let (code, err) = cli(&derive, "not the pass");
+    assert_eq!(code, 4, "{err}");
+    assert!(!k1.exists(), "a wrong passphrase wrote a key");
+    let (code, err) = cli(&derive, "tier pass");
+    assert_eq!(code, 0, "{err}");
+    // Tier 1 with the key file, then the rest with the passphrase: the original.
+    let (t1, full) = (d("t1").join("m.onnx"), d("full").join("m.onnx"));
+    let (code, err) = cli(&args(&["decrypt", &s(&enc), "-o", &s(&t1), "--key-file", &s(&k1), "-q"]), "");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) =
+        cli(&args(&["decrypt", &s(&t1), "-o", &s(&full), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&model).unwrap());
+    // The tier-1 key cannot go further than tier 1.
+    let (code, _) =
+        cli(&args(&["decrypt", &s(&enc), "-o", &s(&d("x.onnx")), "--key-file", &s(&k1), "--tier", "2"]), "");
+    assert_eq!(code, 4);
+    // An untiered passphrase model still asks for the passphrase, not a key.
+    let flat = d("flat.onnx");
+    let (code, err) =
+        cli(&args(&["encrypt", &s(&model), "-o", &s(&flat), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = cli(&args(&["decrypt", &s(&flat), "-o", &s(&d("y.onnx")), "--key-file", &s(&k1)]), "");
+    assert_eq!(code, 4);
+    assert!(err.contains("give the passphrase"), "{err}");
+}

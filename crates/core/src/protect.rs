@@ -117,9 +117,13 @@ impl KeySource {
         }
     }
 
-    pub(crate) fn master_for_decrypt(&self, kdf: Option<&pb::KdfParams>) -> Result<MasterKey> {
+    /// The master key for a model whose manifest has `kdf` (a passphrase model) or not.
+    /// A key is accepted for a tiered passphrase model: it is a tier key, derived from
+    /// the passphrase's master (`derive-tier-key --passphrase-env`), checked like any key.
+    pub(crate) fn master_for_decrypt(&self, kdf: Option<&pb::KdfParams>, tiered: bool) -> Result<MasterKey> {
         match (self, kdf) {
             (KeySource::Key(k), None) => Ok(k.clone()),
+            (KeySource::Key(k), Some(_)) if tiered => Ok(k.clone()),
             (KeySource::Key(_), Some(_)) => {
                 Err(CoreError::Key("this model was protected with a passphrase; give the passphrase, not a key".into()))
             }
@@ -1120,12 +1124,16 @@ pub(crate) struct Unlocked {
 
 /// Checks the key, then every MAC and checksum the key allows (§7, §11 of docs/format.md).
 pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Unlocked> {
-    let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
+    unlock_master(model, p, &key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?)
+}
+
+/// [`unlock`] with the master key already derived (a passphrase is stretched once).
+fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
     let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
     let chunk = p.manifest.chunk_size;
     let tiers = p.manifest.tiers;
     if tiers <= 1 {
-        let keys = SessionKeys::derive(&master, &salt);
+        let keys = SessionKeys::derive(master, &salt);
         if !keys.key_check_matches(&p.manifest.key_check) {
             return Err(CoreError::WrongKey);
         }
@@ -1141,7 +1149,7 @@ pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Un
         return Ok(Unlocked { key_tier: 0, streams });
     }
     // Which tier is this key? Compare its key check value with every tier's.
-    let given = SessionKeys::derive(&master, &salt);
+    let given = SessionKeys::derive(master, &salt);
     let mut key_tier = 0;
     for (i, kc) in p.manifest.tier_key_checks.iter().enumerate() {
         if given.key_check_matches(kc) {
@@ -1152,7 +1160,7 @@ pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Un
         return Err(CoreError::WrongKey);
     }
     let sessions: Vec<SessionKeys> =
-        tier_keys(&master, key_tier).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+        tier_keys(master, key_tier).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
     let restored = p.envelope.restored_tiers;
     let streams: Vec<Option<Keystream>> = p
         .targets
@@ -1218,8 +1226,8 @@ pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Res
     if p.manifest.tiers > 1 {
         return Err(CoreError::Output("this operation does not support tiered models yet".into()));
     }
-    unlock(model, p, key)?;
-    let master = key.master_for_decrypt(p.manifest.kdf.as_ref())?;
+    let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?;
+    unlock_master(model, p, &master)?;
     let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
     Ok(SessionKeys::derive(&master, &salt))
 }
@@ -1351,6 +1359,24 @@ pub(crate) fn restored_model_bytes(model: &Model, p: &Protected, r: &Restore) ->
     })
     .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
     Ok(out)
+}
+
+/// The top-tier master key that the passphrase in `key` stands for in `model` (whose
+/// manifest holds the Argon2id parameters), after the key check and every MAC; and the
+/// model's number of tiers. Lower tier keys derive from it as from a key file's.
+/// A key file is returned as it is, after the same checks.
+pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
+    let p = read_protected(model)?;
+    let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?;
+    let unlocked = unlock_master(model, &p, &master)?;
+    let tiers = p.manifest.tiers.max(1);
+    if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
+        return Err(CoreError::Key(format!(
+            "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
+            unlocked.key_tier
+        )));
+    }
+    Ok((master, tiers))
 }
 
 /// The access tier of `key` for a protected model, after the key check and every

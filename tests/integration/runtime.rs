@@ -150,6 +150,33 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
     }
 }
 
+/// A key whose tiers are all decrypted in the file already: in memory (run, assess,
+/// --stdout) it serves the file as it is; writing a decryption of it is refused.
+#[test]
+fn a_key_with_nothing_left_to_decrypt_serves_the_file_as_it_is_in_memory() {
+    let model = root().join("fixtures/models/external_data/model.onnx");
+    let (_g, copy) = copy_fixture(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let mut tiered = policy("fp", "0.5");
+    tiered.set_tiers(3).unwrap();
+    let enc = protect(&copy, dir.path(), &tiered);
+    let KeySource::Key(top) = key() else { unreachable!() };
+    let k1 = KeySource::Key(top.tier_down().tier_down());
+    let opts = DecryptOptions { in_place: false, progress: &NoProgress };
+    let t1 = dir.path().join("t1").join("model.onnx");
+    decrypt_tier(&enc, &t1, &k1, None, &opts).unwrap();
+    let d = decrypt_in_memory(&t1, &k1).unwrap();
+    assert_eq!(d.decrypted_bytes(), 0);
+    assert!(d[..] == std::fs::read(&t1).unwrap()[..]);
+    for (loc, bytes) in d.external() {
+        assert!(bytes[..] == std::fs::read(t1.with_file_name(loc)).unwrap()[..], "{loc}");
+    }
+    let e = decrypt_tier(&t1, &dir.path().join("t1b").join("model.onnx"), &k1, None, &opts).unwrap_err();
+    assert!(e.to_string().contains("already decrypted"), "{e}");
+    // An explicit tier at or below the restored ones is refused in memory too.
+    assert!(decrypt_tier_in_memory(&Model::open(&t1).unwrap(), &k1, Some(1)).is_err());
+}
+
 #[test]
 fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
     let dir = tempfile::tempdir().unwrap();

@@ -447,7 +447,7 @@ pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>)
 
 /// The general in-memory decryption (access tiers, the distribution-preserving mode).
 fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    let r = plan_restore(model, p, key, tier)?;
+    let r = plan_restore(model, p, key, tier, true)?;
     let bytes = restored_model_bytes(model, p, &r)?;
     let sources: Vec<SpanSource> = r
         .actions

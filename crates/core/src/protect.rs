@@ -1247,10 +1247,28 @@ pub(crate) struct Restore {
 }
 
 /// Checks the key (and every MAC it allows) and chooses what decryption up to `tier` does.
-pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
+///
+/// `as_is_ok`: a key whose tiers are all decrypted in the file already (and no `tier`
+/// asked for) gives a restore that changes nothing, instead of an error; for running a
+/// model in memory, where the file as it is is what that key serves.
+pub(crate) fn plan_restore(
+    model: &Model,
+    p: &Protected,
+    key: &KeySource,
+    tier: Option<u32>,
+    as_is_ok: bool,
+) -> Result<Restore> {
     let unlocked = unlock(model, p, key)?;
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
+    if as_is_ok && tiers > 1 && tier.is_none() && unlocked.key_tier <= restored {
+        let entry = model
+            .bytes()
+            .get(p.entry.range.start as usize..p.entry.range.end as usize)
+            .ok_or_else(|| CoreError::BadManifest("manifest entry out of bounds".into()))?
+            .to_vec();
+        return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry, tier: restored });
+    }
     let (upto, full) = if tiers > 1 {
         let upto = tier.unwrap_or(unlocked.key_tier);
         if upto > unlocked.key_tier {
@@ -1304,7 +1322,7 @@ pub fn decrypt_tier(
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
     check_output(&model, input, output, opts.in_place)?;
-    let r = plan_restore(&model, &p, key, tier)?;
+    let r = plan_restore(&model, &p, key, tier, false)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
     write_outputs(&model, &p.targets, &r.actions, vec![entry], Vec::new(), output, opts.progress)?;
     let done: Vec<&Target> =
@@ -1337,7 +1355,7 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
                 .into(),
         ));
     }
-    let r = plan_restore(model, &p, key, tier)?;
+    let r = plan_restore(model, &p, key, tier, false)?;
     restored_model_bytes(model, &p, &r)
 }
 

@@ -21,6 +21,18 @@ fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
+/// Decrypts `input` into `output` (the same path with `in_place`).
+fn dec(input: &Path, output: &Path, k: &KeySource, in_place: bool) {
+    onnx_protect_core::protect::decrypt(input, output, k, &DecryptOptions { in_place, progress: &NoProgress })
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+}
+
+/// Encrypts `model` over itself.
+fn enc_in_place(model: &Path, k: &KeySource, policy: &Policy) {
+    encrypt(model, model, k, &EncryptOptions { policy, in_place: true, progress: &NoProgress })
+        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+}
+
 fn policies() -> Vec<(&'static str, Policy)> {
     let mut ctr = Policy::default();
     ctr.apply_override("mode", "*=ctr").unwrap();
@@ -43,13 +55,7 @@ fn every_fixture_round_trips_in_every_mode() {
             verify(&out, None, &NoProgress).unwrap();
             verify(&out, Some(&key(7)), &NoProgress).unwrap();
             let back = dir.path().join("dec").join("model.onnx");
-            onnx_protect_core::protect::decrypt(
-                &out,
-                &back,
-                &key(7),
-                &DecryptOptions { in_place: false, progress: &NoProgress },
-            )
-            .unwrap();
+            dec(&out, &back, &key(7), false);
             assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{} {name}", model.display());
             for f in Model::open(&model).unwrap().external_files.iter() {
                 let restored = dir.path().join("dec").join(&f.location);
@@ -345,33 +351,20 @@ fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
     set(&weights, 0o604);
     set(&extra, 0o600);
     let policy = Policy::default();
-    encrypt(&model, &model, &key(3), &EncryptOptions { policy: &policy, in_place: true, progress: &NoProgress })
-        .unwrap();
+    enc_in_place(&model, &key(3), &policy);
     assert_eq!((mode(&model), mode(&weights), mode(&extra)), (0o640, 0o604, 0o600));
     // What a new file gets in this process (umask, default ACLs).
     let probe = dir.path().join("probe");
     std::fs::File::create(&probe).unwrap();
     let usual = mode(&probe);
     let out = dir.path().join("dec").join("model.onnx");
-    onnx_protect_core::protect::decrypt(
-        &model,
-        &out,
-        &key(3),
-        &DecryptOptions { in_place: false, progress: &NoProgress },
-    )
-    .unwrap();
+    dec(&model, &out, &key(3), false);
     for f in [&out, &out.with_file_name("weights.bin"), &out.with_file_name("extra.bin")] {
         assert_eq!(mode(f), usual, "{}", f.display());
     }
     // decrypt -o over an existing file keeps that file's mode.
     set(&out, 0o620);
-    onnx_protect_core::protect::decrypt(
-        &model,
-        &out,
-        &key(3),
-        &DecryptOptions { in_place: false, progress: &NoProgress },
-    )
-    .unwrap();
+    dec(&model, &out, &key(3), false);
     assert_eq!(mode(&out), 0o620);
 }
 
@@ -397,19 +390,13 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
     }
     let link = snap.join("model.onnx");
     let policy = Policy::default();
-    encrypt(&link, &link, &key(4), &EncryptOptions { policy: &policy, in_place: true, progress: &NoProgress }).unwrap();
+    enc_in_place(&link, &key(4), &policy);
     for (n, (blob, plain)) in names.iter().zip(&originals) {
         assert!(std::fs::symlink_metadata(snap.join(n)).unwrap().file_type().is_symlink(), "{n} is still a link");
         assert_ne!(&std::fs::read(blob).unwrap(), plain, "{n}: the file behind the link was not encrypted");
     }
     verify(&link, Some(&key(4)), &NoProgress).unwrap();
-    onnx_protect_core::protect::decrypt(
-        &link,
-        &link,
-        &key(4),
-        &DecryptOptions { in_place: true, progress: &NoProgress },
-    )
-    .unwrap();
+    dec(&link, &link, &key(4), true);
     for (blob, plain) in &originals {
         assert_eq!(&std::fs::read(blob).unwrap(), plain);
     }

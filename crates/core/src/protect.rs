@@ -640,12 +640,8 @@ impl Staged {
 
     /// Stages an output for `dest` (through a symbolic link: for the file it points to).
     pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
-        let dest = onnx_protect_format::write::resolve_output(dest)
+        let (tmp, dest) = onnx_protect_format::write::staged_output(dest)
             .map_err(|e| CoreError::Write { path: dest.to_path_buf(), source: e })?;
-        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
-        let tmp = onnx_protect_format::write::temp_beside(&dest)
-            .map_err(|e| CoreError::Write { path: dir.to_path_buf(), source: e })?;
         self.files.push((tmp, dest));
         Ok(self.files.len() - 1)
     }

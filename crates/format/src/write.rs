@@ -214,7 +214,7 @@ pub fn metadata_field(key: &str, value: &str) -> Vec<u8> {
 /// Where an output named `dest` is really written: `dest` itself, or, if `dest` is a
 /// symbolic link, the file it points to (as `cp` writes through a link), so that the
 /// link stays and the file behind it is replaced. A link to a missing file is an error.
-pub fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
+fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{} is a symbolic link to a missing file", dest.display()))
@@ -223,12 +223,20 @@ pub fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
     }
 }
 
-/// A temporary file in `dest`'s directory, to be written and then renamed over `dest`
-/// (removed if dropped first). It has the permission bits `dest` has if it exists (a
-/// replaced file keeps its mode), else those of any new file (0666 less the umask, or
-/// what the directory's default ACL gives), as `cp` would create it.
-pub fn temp_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+/// Where to write an output named `dest`: a temporary file, and the path to rename it
+/// to when it is complete (it is removed if dropped first). Through a symbolic link,
+/// that path is the file the link points to ([`resolve_output`]). The temporary file
+/// sits in that path's directory (created if missing) and has the permission bits of
+/// the file it will replace, or those of any new file (0666 less the umask, or what
+/// the directory's default ACL gives), as `cp` would create it.
+pub fn staged_output(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, std::path::PathBuf)> {
+    let dest = resolve_output(dest)?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    Ok((temp_beside(&dest, dir)?, dest))
+}
+
+fn temp_beside(dest: &Path, dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let mut b = tempfile::Builder::new();
     b.prefix(".onnx-protect-").suffix(".tmp");
     #[cfg(unix)]

@@ -176,8 +176,7 @@ fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
 /// through a symbolic link, the file it points to is replaced and the link kept).
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let err = |source| TransformError::Io { path: path.to_path_buf(), source };
-    let path = &onnx_protect_format::write::resolve_output(path).map_err(err)?;
-    let mut tmp = onnx_protect_format::write::temp_beside(path).map_err(err)?;
+    let (mut tmp, path) = onnx_protect_format::write::staged_output(path).map_err(err)?;
     fill(tmp.as_file_mut()).map_err(err)?;
     tmp.as_file_mut().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;

@@ -81,7 +81,9 @@ case_cmd() {
         s_enc_default)    CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_enc_c0.05)      CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q --coefficient '*=0.05') ;;
         s_enc_c1)         CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q --coefficient '*=1') ;;
+        s_enc_sync)       CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         s_dec_default)    CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_dec_sync)       CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_python)         CMD=("$PY" "$REPO/bench/python_baseline.py" "$S" "$O" --coefficient 0.5 --mode ctr) ;;
@@ -89,14 +91,16 @@ case_cmd() {
         e_cp_sync)        CMD=(sh -c 'cp -r "$0" "$1" && sync "$1"/*' "$E" "$O") ;;
         e_enc_default)    CMD=("$BIN" encrypt "$E/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         e_enc_c1)         CMD=("$BIN" encrypt "$E/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --coefficient '*=1') ;;
+        e_enc_sync)       CMD=("$BIN" encrypt "$E/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         e_dec_default)    CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        e_dec_sync)       CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         e_dec_c1)         CMD=("$BIN" decrypt "$PREP/e_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         *) echo "unknown case $1" >&2; exit 1 ;;
     esac
 }
 
-SINGLE_CASES="s_cp s_cp_sync s_openssl s_enc_default s_enc_c0.05 s_enc_c1 s_dec_default s_dec_c0.05 s_dec_c1 s_python"
-EXT_CASES="e_cp e_cp_sync e_enc_default e_enc_c1 e_dec_default e_dec_c1"
+SINGLE_CASES="s_cp s_cp_sync s_openssl s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_python"
+EXT_CASES="e_cp e_cp_sync e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1"
 ALL=""
 if [ "$ONLY" != external ]; then
     [ -f "$S" ] || { echo "no $S: run bench/make_models.py" >&2; exit 1; }
@@ -124,10 +128,10 @@ prep() { # NAME INPUT COEFF
 }
 for c in $ALL; do
     case $c in
-        s_dec_default) prep s_default "$S" default ;;
+        s_dec_default|s_dec_sync) prep s_default "$S" default ;;
         s_dec_c0.05) prep s_c0.05 "$S" 0.05 ;;
         s_dec_c1) prep s_c1 "$S" 1 ;;
-        e_dec_default) prep e_default "$E/model.onnx" default ;;
+        e_dec_default|e_dec_sync) prep e_default "$E/model.onnx" default ;;
         e_dec_c1) prep e_c1 "$E/model.onnx" 1 ;;
     esac
 done
@@ -215,7 +219,8 @@ except (FileNotFoundError, ValueError):
 MiB = 1 << 20
 names = {
     "cp": "cp", "cp_sync": "cp + sync (fsync)", "openssl": "openssl enc -aes-256-ctr (whole file)",
-    "enc_default": "onnx-protect encrypt (default: 0.5, ctr)", "enc_c0.05": "onnx-protect encrypt *=0.05",
+    "enc_default": "onnx-protect encrypt (default: 0.5, ctr)",
+    "enc_sync": "onnx-protect encrypt --sync (durable)", "dec_sync": "onnx-protect decrypt --sync (durable)", "enc_c0.05": "onnx-protect encrypt *=0.05",
     "enc_c1": "onnx-protect encrypt *=1", "dec_default": "onnx-protect decrypt (default)",
     "dec_c0.05": "onnx-protect decrypt *=0.05", "dec_c1": "onnx-protect decrypt *=1",
     "python": "python onnx.load + XOR + onnx.save (0.5, ctr)",

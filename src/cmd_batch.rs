@@ -110,6 +110,9 @@ pub struct Args {
     /// Process every file, even those a previous run finished.
     #[arg(long)]
     force: bool,
+    /// Flush each output to the disk before renaming it into place.
+    #[arg(long)]
+    sync: bool,
     #[arg(long, short)]
     quiet: bool,
 }
@@ -297,6 +300,7 @@ struct Job {
     out_dir: Option<PathBuf>,
     settings: String,
     force: bool,
+    sync: bool,
     /// Output path → relative path of the model that writes it.
     claims: Mutex<HashMap<PathBuf, String>>,
 }
@@ -462,7 +466,7 @@ impl Job {
                     &item.input,
                     &output,
                     need(&self.key)?,
-                    &EncryptOptions { policy, in_place: false, progress: &NoProgress },
+                    &EncryptOptions { policy, in_place: false, sync: self.sync, progress: &NoProgress },
                 )?;
             }
             Op::Decrypt => {
@@ -470,7 +474,7 @@ impl Job {
                     &item.input,
                     &output,
                     need(&self.key)?,
-                    &DecryptOptions { in_place: false, progress: &NoProgress },
+                    &DecryptOptions { in_place: false, sync: self.sync, progress: &NoProgress },
                 )?;
             }
             Op::Rekey => {
@@ -479,7 +483,7 @@ impl Job {
                     &output,
                     need(&self.key)?,
                     need(&self.new_key)?,
-                    &RekeyOptions { in_place: false, progress: &NoProgress },
+                    &RekeyOptions { in_place: false, sync: self.sync, progress: &NoProgress },
                 )?;
             }
             Op::Verify => {
@@ -589,7 +593,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Op::Rekey => format!("rekey;new={}", new_key.as_ref().map(key_id).unwrap_or_default()),
         Op::Verify => format!("verify;{}", key.as_ref().map(key_id).unwrap_or_else(|| "checksum".into())),
     };
-    let job = Job { op, key, new_key, policy, out_dir, settings, force: a.force, claims: Mutex::new(HashMap::new()) };
+    let job = Job {
+        op,
+        key,
+        new_key,
+        policy,
+        out_dir,
+        settings,
+        force: a.force,
+        sync: a.sync,
+        claims: Mutex::new(HashMap::new()),
+    };
     let reporter = Reporter {
         file: match &a.report {
             Some(p) => {

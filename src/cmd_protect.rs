@@ -169,6 +169,9 @@ pub struct EncryptArgs {
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
+    /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
+    #[arg(long)]
+    sync: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -276,7 +279,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         &a.input,
         &output,
         &key,
-        &EncryptOptions { policy: &policy, in_place: a.in_place, progress: &bar },
+        &EncryptOptions { policy: &policy, in_place: a.in_place, sync: a.sync, progress: &bar },
     )
     .with_context(|| format!("encrypt {}", a.input.display()))?;
     if a.json {
@@ -309,6 +312,9 @@ pub struct DecryptArgs {
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
+    /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
+    #[arg(long)]
+    sync: bool,
     /// Tiered models: decrypt tiers up to T only (default: the key's own tier).
     #[arg(long, value_name = "T")]
     tier: Option<u32>,
@@ -336,7 +342,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         &output,
         &key,
         a.tier,
-        &DecryptOptions { in_place: a.in_place, progress: &bar },
+        &DecryptOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
     )
     .with_context(|| format!("decrypt {}", a.input.display()))?;
     if a.json {

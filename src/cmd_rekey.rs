@@ -79,6 +79,9 @@ pub struct Args {
     /// Overwrite the input (and its external data files), atomically.
     #[arg(long)]
     in_place: bool,
+    /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
+    #[arg(long)]
+    sync: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -96,8 +99,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (None, false) => bail!("give -o OUTPUT or --in-place"),
     };
     let bar = Bar::new(a.quiet);
-    let r = rekey::rekey(&a.input, &output, &old, &new, &RekeyOptions { in_place: a.in_place, progress: &bar })
-        .with_context(|| format!("rekey {}", a.input.display()))?;
+    let r = rekey::rekey(
+        &a.input,
+        &output,
+        &old,
+        &new,
+        &RekeyOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
+    )
+    .with_context(|| format!("rekey {}", a.input.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -114,8 +114,21 @@ fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
     for rel in &rels {
         verify(&enc.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap();
     }
-    let (code, out, err) =
-        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s, "-j", "2"]);
+    let (code, out, err) = run(&[
+        "batch",
+        "rekey",
+        "--dir",
+        e,
+        "--out-dir",
+        r,
+        "--key-file",
+        k1s,
+        "--new-key-file",
+        k2s,
+        "-j",
+        "2",
+        "--sync",
+    ]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains(&format!("{} ok, 0 skipped, 0 failed", rels.len())), "{out}");
     let (code, out, err) = run(&["batch", "verify", "--dir", r, "--key-file", k2s, "--json"]);

@@ -124,7 +124,7 @@ fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
         let path = root().join("corpus/data").join(file);
         let out = dir.path().join(format!("{i}.onnx"));
         let policy = if i % 2 == 0 { &all } else { &onnx_protect_select::Policy::default() };
-        let opts = EncryptOptions { policy, in_place: false, progress: &onnx_protect_format::NoProgress };
+        let opts = EncryptOptions { policy, in_place: false, sync: false, progress: &onnx_protect_format::NoProgress };
         let report = match encrypt(&path, &out, &key, &opts) {
             Ok(r) => r,
             Err(e) => {

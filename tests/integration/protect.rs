@@ -17,19 +17,24 @@ fn key(b: u8) -> KeySource {
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, progress: &NoProgress })
+    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// Decrypts `input` into `output` (the same path with `in_place`).
 fn dec(input: &Path, output: &Path, k: &KeySource, in_place: bool) {
-    onnx_protect_core::protect::decrypt(input, output, k, &DecryptOptions { in_place, progress: &NoProgress })
-        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    onnx_protect_core::protect::decrypt(
+        input,
+        output,
+        k,
+        &DecryptOptions { in_place, sync: false, progress: &NoProgress },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// Encrypts `model` over itself.
 fn enc_in_place(model: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(model, model, k, &EncryptOptions { policy, in_place: true, progress: &NoProgress })
+    encrypt(model, model, k, &EncryptOptions { policy, in_place: true, sync: false, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
 }
 
@@ -307,6 +312,33 @@ fn the_input_is_never_changed_and_external_outputs_need_another_directory() {
 }
 
 #[test]
+fn durable_outputs_with_sync_round_trip_with_their_external_files() {
+    // --sync flushes every output before it is renamed into place; the bytes are those
+    // of an ordinary run (checked by restoring the original through two durable steps).
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let keyfile = dir.path().join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let (enc, dec) = (dir.path().join("e/enc.onnx"), dir.path().join("d/model.onnx"));
+    let (m, k) = (model.to_str().unwrap(), keyfile.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "-o", enc.to_str().unwrap(), "--key-file", k, "--sync"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        run(&["decrypt", enc.to_str().unwrap(), "-o", dec.to_str().unwrap(), "--key-file", k, "--sync"]);
+    assert_eq!(code, 0, "{err}");
+    for f in ["model.onnx", "weights.bin", "extra.bin"] {
+        assert_eq!(
+            std::fs::read(dir.path().join(f)).unwrap(),
+            std::fs::read(dir.path().join("d").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_ne!(
+        std::fs::read(dir.path().join("weights.bin")).unwrap(),
+        std::fs::read(dir.path().join("e/weights.bin")).unwrap()
+    );
+}
+
+#[test]
 fn decrypt_to_memory_equals_the_original() {
     for model in fixture_models() {
         if !Model::open(&model).unwrap().external_files.is_empty() {
@@ -404,9 +436,13 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
     let dangling = dir.path().join("dangling.onnx");
     std::os::unix::fs::symlink(dir.path().join("missing.onnx"), &dangling).unwrap();
     let cnn = root().join("fixtures/models/cnn_torch/model.onnx");
-    let e =
-        encrypt(&cnn, &dangling, &key(4), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-            .unwrap_err();
+    let e = encrypt(
+        &cnn,
+        &dangling,
+        &key(4),
+        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+    )
+    .unwrap_err();
     let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
     assert!(why.contains("symbolic link to a missing file"), "{e}: {why}");
     assert!(!dir.path().join("missing.onnx").exists());

@@ -149,8 +149,13 @@ fn encrypt_changes_only_the_encrypted_data_and_one_metadata_entry() {
             policy.apply_override("coefficient", &format!("*={c}")).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("enc.onnx");
-            encrypt(&path, &out, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            encrypt(
+                &path,
+                &out,
+                &key,
+                &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
             let mut before = decode(&std::fs::read(&path).unwrap(), &what);
             let mut after = decode(&std::fs::read(&out).unwrap(), &what);
 

@@ -18,16 +18,16 @@ fn key(b: u8) -> KeySource {
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, progress: &NoProgress })
+    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::protect::Result<()> {
-    rekey(input, output, old, new, &RekeyOptions { in_place: false, progress: &NoProgress }).map(|_| ())
+    rekey(input, output, old, new, &RekeyOptions { in_place: false, sync: false, progress: &NoProgress }).map(|_| ())
 }
 
 fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::protect::Result<()> {
-    decrypt(input, output, k, &DecryptOptions { in_place: false, progress: &NoProgress }).map(|_| ())
+    decrypt(input, output, k, &DecryptOptions { in_place: false, sync: false, progress: &NoProgress }).map(|_| ())
 }
 
 /// Every file of `dir` whose name starts with the temp-file prefix (none if `dir` does not exist).
@@ -443,9 +443,12 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
         let input = root().join("corpus/data").join(file);
         let policy = if i % 2 == 0 { all.clone() } else { Policy::default() };
         let (a, b) = (dir.path().join(format!("{i}a.onnx")), dir.path().join(format!("{i}b.onnx")));
-        if let Err(e) =
-            encrypt(&input, &a, &key(5), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-        {
+        if let Err(e) = encrypt(
+            &input,
+            &a,
+            &key(5),
+            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+        ) {
             failures.push(format!("{file}: encrypt: {e}"));
             continue;
         }

@@ -24,7 +24,7 @@ fn src(k: &MasterKey) -> KeySource {
 }
 
 fn dopts() -> DecryptOptions<'static> {
-    DecryptOptions { in_place: false, progress: &NoProgress }
+    DecryptOptions { in_place: false, sync: false, progress: &NoProgress }
 }
 
 fn tiered(mode: &str, tiers: u32) -> Policy {
@@ -82,11 +82,17 @@ fn every_fixture_rekeys_with_tiers_and_the_dp_mode() {
                 &model,
                 &a,
                 &src(&key(1)),
-                &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress },
+                &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
             )
             .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
-            rekey(&a, &b, &src(&key(1)), &src(&key(2)), &RekeyOptions { in_place: false, progress: &NoProgress })
-                .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
+            rekey(
+                &a,
+                &b,
+                &src(&key(1)),
+                &src(&key(2)),
+                &RekeyOptions { in_place: false, sync: false, progress: &NoProgress },
+            )
+            .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
             let what = format!("{} {name}", model.display());
             assert_positions_kept(&a, &b);
             verify(&b, None, &NoProgress).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -258,11 +264,23 @@ fn rekey_keeps_restored_tiers_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let (enc, t1, re) = (dir.path().join("e.onnx"), dir.path().join("t1.onnx"), dir.path().join("r.onnx"));
     let policy = tiered("dp", 3);
-    encrypt(&model, &enc, &src(&key(1)), &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-        .unwrap();
+    encrypt(
+        &model,
+        &enc,
+        &src(&key(1)),
+        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+    )
+    .unwrap();
     let low = key(1).tier_down().tier_down();
     decrypt_tier(&enc, &t1, &src(&low), None, &dopts()).unwrap();
-    rekey(&t1, &re, &src(&key(1)), &src(&key(2)), &RekeyOptions { in_place: false, progress: &NoProgress }).unwrap();
+    rekey(
+        &t1,
+        &re,
+        &src(&key(1)),
+        &src(&key(2)),
+        &RekeyOptions { in_place: false, sync: false, progress: &NoProgress },
+    )
+    .unwrap();
     assert_positions_kept(&t1, &re);
     let (a, b) = (tensor_bytes(&t1), tensor_bytes(&re));
     let m = Model::open(&re).unwrap();

@@ -25,7 +25,7 @@ fn policy(mode: &str, coefficient: &str) -> Policy {
 /// Encrypts `model` into `dir/enc/<name>` (external files beside it).
 fn protect(model: &Path, dir: &Path, p: &Policy) -> PathBuf {
     let out = dir.join("enc").join(model.file_name().unwrap());
-    encrypt(model, &out, &key(), &EncryptOptions { policy: p, in_place: false, progress: &NoProgress })
+    encrypt(model, &out, &key(), &EncryptOptions { policy: p, in_place: false, sync: false, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     out
 }
@@ -116,7 +116,14 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
             let tier = (tiers > 1).then_some(t);
             let mem = decrypt_tier_in_memory(&m, &key(), tier).unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
             let out = dir.path().join(format!("t{t}")).join("model.onnx");
-            decrypt_tier(&enc, &out, &key(), tier, &DecryptOptions { in_place: false, progress: &NoProgress }).unwrap();
+            decrypt_tier(
+                &enc,
+                &out,
+                &key(),
+                tier,
+                &DecryptOptions { in_place: false, sync: false, progress: &NoProgress },
+            )
+            .unwrap();
             assert!(&mem[..] == std::fs::read(&out).unwrap().as_slice(), "{name} tier {t}");
             for f in &original.external_files {
                 let disk = std::fs::read(out.parent().unwrap().join(&f.location)).unwrap();
@@ -162,7 +169,7 @@ fn a_key_with_nothing_left_to_decrypt_serves_the_file_as_it_is_in_memory() {
     let enc = protect(&copy, dir.path(), &tiered);
     let KeySource::Key(top) = key() else { unreachable!() };
     let k1 = KeySource::Key(top.tier_down().tier_down());
-    let opts = DecryptOptions { in_place: false, progress: &NoProgress };
+    let opts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
     let t1 = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&enc, &t1, &k1, None, &opts).unwrap();
     let d = decrypt_in_memory(&t1, &k1).unwrap();

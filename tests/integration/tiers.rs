@@ -20,13 +20,13 @@ fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
         input,
         output,
         &KeySource::Key(k.clone()),
-        &EncryptOptions { policy, in_place: false, progress: &NoProgress },
+        &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 fn dopts() -> DecryptOptions<'static> {
-    DecryptOptions { in_place: false, progress: &NoProgress }
+    DecryptOptions { in_place: false, sync: false, progress: &NoProgress }
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
         &model,
         &dir.path().join("lib.onnx"),
         &KeySource::Key(key(1)),
-        &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress },
+        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
     )
     .unwrap_err();
     assert_eq!(e.kind(), "policy", "{e}");

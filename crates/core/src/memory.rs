@@ -61,7 +61,7 @@
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
 //! let key = KeySource::Key(MasterKey::from_bytes([7; 32]));
 //! let policy = Policy::default();
-//! encrypt(&plain, &protected, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })?;
+//! encrypt(&plain, &protected, &key, &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress })?;
 //!
 //! let model = decrypt_in_memory(&protected, &key)?;
 //! assert_eq!(&model[..], &std::fs::read(&plain)?[..]); // byte-identical to the original
@@ -553,8 +553,13 @@ mod tests {
         let key = KeySource::Key(MasterKey::from_bytes([3; 32]));
         let mut policy = Policy::default();
         policy.apply_override("mode", &format!("*={mode}")).unwrap();
-        encrypt(&plain, &out, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-            .unwrap();
+        encrypt(
+            &plain,
+            &out,
+            &key,
+            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+        )
+        .unwrap();
         (plain, out, key)
     }
 

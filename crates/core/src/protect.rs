@@ -650,9 +650,10 @@ impl Staged {
         self.files[i].0.as_file()
     }
 
-    /// Syncs and renames every file; the last one staged (the model) is renamed last.
-    pub(crate) fn commit(self) -> Result<()> {
-        for (tmp, dest) in &self.files {
+    /// Renames every file into place, the last one staged (the model) last; with
+    /// `durable`, flushes each to the disk (`fsync`) first.
+    pub(crate) fn commit(self, durable: bool) -> Result<()> {
+        for (tmp, dest) in self.files.iter().filter(|_| durable) {
             tmp.as_file().sync_all().map_err(|e| CoreError::Write { path: dest.clone(), source: e })?;
         }
         for (tmp, dest) in self.files {
@@ -892,22 +893,6 @@ pub(crate) fn model_edits(
     edits_for(model, targets, &actions, extra)
 }
 
-/// Writes `output` and the external data files next to it, with the targets' actions
-/// applied, `extra` edits of the model file and `append` appended to it. Every file is
-/// staged and renamed into place only when all of them are complete. Returns the
-/// external data files written.
-pub(crate) fn write_outputs(
-    model: &Model,
-    targets: &[Target],
-    actions: &[Action],
-    extra: Vec<Edit>,
-    append: Vec<u8>,
-    output: &Path,
-    progress: &dyn Progress,
-) -> Result<Vec<String>> {
-    crate::writer::write_outputs_with(model, targets, actions, extra, None, |_| Ok(append), output, progress)
-}
-
 /// The envelope of a manifest (§7, §11 of docs/format.md): the MAC and checksum over
 /// `leaves` (in chunk-job order of `targets`), per tier when `sessions` holds more than
 /// one tier's keys (index `tier − 1`).
@@ -960,6 +945,11 @@ pub(crate) fn tool_name() -> String {
 pub struct EncryptOptions<'a> {
     pub policy: &'a Policy,
     pub in_place: bool,
+    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
+    /// survives a power failure. Always done with `in_place`, whose outputs replace the
+    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
+    /// or not at all).
+    pub sync: bool,
     pub progress: &'a dyn Progress,
 }
 
@@ -1016,6 +1006,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
         output,
+        opts.in_place || opts.sync,
         opts.progress,
     )?;
     let tensors = summaries(&model, &manifest, &targets);
@@ -1231,6 +1222,11 @@ pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Res
 /// Options of [`decrypt`].
 pub struct DecryptOptions<'a> {
     pub in_place: bool,
+    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
+    /// survives a power failure. Always done with `in_place`, whose outputs replace the
+    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
+    /// or not at all).
+    pub sync: bool,
     pub progress: &'a dyn Progress,
 }
 
@@ -1320,7 +1316,19 @@ pub fn decrypt_tier(
     check_output(&model, input, output, opts.in_place)?;
     let r = plan_restore(&model, &p, key, tier, false)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
-    write_outputs(&model, &p.targets, &r.actions, vec![entry], Vec::new(), output, opts.progress)?;
+    let durable = opts.in_place || opts.sync;
+    let append = |_: &[[u8; 32]]| Ok(Vec::new());
+    crate::writer::write_outputs_with(
+        &model,
+        &p.targets,
+        &r.actions,
+        vec![entry],
+        None,
+        append,
+        output,
+        durable,
+        opts.progress,
+    )?;
     let done: Vec<&Target> =
         p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
     let _ = r.tier;
@@ -1502,8 +1510,13 @@ mod tests {
         let out = dir.join("protected.onnx");
         let key = KeySource::Key(MasterKey::from_bytes([9; 32]));
         let policy = Policy::default();
-        encrypt(&plain, &out, &key, &EncryptOptions { policy: &policy, in_place: false, progress: &NoProgress })
-            .unwrap();
+        encrypt(
+            &plain,
+            &out,
+            &key,
+            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+        )
+        .unwrap();
         (out, key)
     }
 

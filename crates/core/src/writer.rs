@@ -21,8 +21,9 @@
 //! bounds the buffers in flight. Writes to one file from several threads only contend
 //! for its lock (measured: the waiting thread spins in the kernel). After each run the
 //! writer releases the run's pages of the map (`MADV_DONTNEED`), so the resident set
-//! stays small whatever the size of the model, and every 64 MiB it starts the
-//! writeback of what it wrote, so the fsync of the commit finds little left to do.
+//! stays small whatever the size of the model, and, for a durable output, every 64 MiB
+//! it starts the writeback of what it wrote, so the fsync of the commit finds little
+//! left to do.
 //!
 //! When leaves are asked for, the appended bytes (the new manifest entry) are built
 //! from them once every item is done and written last, so encrypting reads and
@@ -170,8 +171,9 @@ impl JobItem {
 /// actions applied, `extra` edits of the model file, and the bytes `append` returns
 /// appended to the model file. `append` receives the leaves of the written bytes of
 /// every target in chunk-job order when `leaves` is given (else an empty slice).
-/// Every file is staged and renamed into place only when all are complete. Returns
-/// the external data files written.
+/// Every file is staged and renamed into place only when all are complete; with
+/// `durable`, each is flushed to the disk (`fsync`) first. Returns the external data
+/// files written.
 #[allow(clippy::too_many_arguments)] // three callers, each passing all of them
 pub(crate) fn write_outputs_with(
     model: &Model,
@@ -181,6 +183,7 @@ pub(crate) fn write_outputs_with(
     leaves: Option<Leaves<'_>>,
     append: impl FnOnce(&[[u8; 32]]) -> Result<Vec<u8>>,
     output: &Path,
+    durable: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let edits = edits_for(model, targets, actions, extra)?;
@@ -338,7 +341,7 @@ pub(crate) fn write_outputs_with(
     // only transform and hash runs.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(QUEUE);
     let (results, written) = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &failed, progress));
+        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &failed, durable, progress));
         let results = job_items
             .par_iter()
             .with_max_len(1)
@@ -377,7 +380,7 @@ pub(crate) fn write_outputs_with(
     let m = &streams[model_stream];
     write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
     drop(streams);
-    staged.commit()?;
+    staged.commit(durable)?;
     Ok(external.iter().map(|p| p.display().to_string()).collect())
 }
 
@@ -483,6 +486,7 @@ fn write_ops(
     streams: &[Stream],
     pool: &Pool,
     failed: &AtomicBool,
+    durable: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
     use std::sync::mpsc::TryRecvError;
@@ -546,7 +550,7 @@ fn write_ops(
             failed.store(true, Ordering::Relaxed);
             first_err = Some(e);
         }
-        if done - flushed >= WRITEBACK_STEP {
+        if durable && done - flushed >= WRITEBACK_STEP {
             flushed = done;
             for s in streams {
                 start_writeback(s.dst);
@@ -557,8 +561,9 @@ fn write_ops(
     first_err.map_or(Ok(()), Err)
 }
 
-/// Dirty pages are handed to the disk every this many bytes written, so the final
-/// `fsync` finds little left to do.
+/// Dirty pages of a durable output are handed to the disk every this many bytes
+/// written, so the final `fsync` finds little left to do. (Other outputs leave
+/// writeback to the kernel, as `cp` does.)
 const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// Starts writeback of the dirty pages of `f` without waiting for it.
@@ -897,6 +902,7 @@ mod tests {
             leaves,
             |l| Ok(l.concat()),
             out,
+            false,
             &onnx_protect_format::NoProgress,
         )
         .unwrap();

@@ -26,7 +26,7 @@
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
 //! let key = KeySource::Key(MasterKey::from_bytes([1; 32]));
 //! let policy = onnx_protect_select::Policy::default();
-//! let opts = EncryptOptions { policy: &policy, in_place: false, progress: &onnx_protect_format::NoProgress };
+//! let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &onnx_protect_format::NoProgress };
 //! encrypt(&plain, &protected, &key, &opts)?;
 //!
 //! // Decrypt in memory and run: no plaintext file is written.

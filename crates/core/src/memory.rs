@@ -541,26 +541,13 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protect::{encrypt, EncryptOptions};
     use onnx_protect_crypto::MasterKey;
-    use onnx_protect_format::NoProgress;
     use onnx_protect_select::Policy;
 
     fn protect(dir: &Path, mode: &str) -> (std::path::PathBuf, std::path::PathBuf, KeySource) {
-        let plain = dir.join("plain.onnx");
-        std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
-        let out = dir.join("protected.onnx");
-        let key = KeySource::Key(MasterKey::from_bytes([3; 32]));
         let mut policy = Policy::default();
         policy.apply_override("mode", &format!("*={mode}")).unwrap();
-        encrypt(
-            &plain,
-            &out,
-            &key,
-            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-        )
-        .unwrap();
-        (plain, out, key)
+        crate::protect::encrypt_tiny(dir, 3, &policy)
     }
 
     #[test]

@@ -1499,24 +1499,25 @@ pub fn no_progress() -> &'static dyn Progress {
     &NoProgress
 }
 
+/// Test helper: writes the format crate's tiny model to `dir/plain.onnx` and encrypts it
+/// to `dir/protected.onnx` with a key of `key_byte`s. Returns both paths and the key.
+#[cfg(test)]
+pub(crate) fn encrypt_tiny(dir: &Path, key_byte: u8, policy: &Policy) -> (PathBuf, PathBuf, KeySource) {
+    let plain = dir.join("plain.onnx");
+    std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
+    let out = dir.join("protected.onnx");
+    let key = KeySource::Key(MasterKey::from_bytes([key_byte; 32]));
+    let opts = EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress };
+    encrypt(&plain, &out, &key, &opts).unwrap();
+    (plain, out, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onnx_protect_format::testutil::tiny_model;
 
     fn protected_tiny(dir: &Path) -> (PathBuf, KeySource) {
-        let plain = dir.join("plain.onnx");
-        std::fs::write(&plain, tiny_model()).unwrap();
-        let out = dir.join("protected.onnx");
-        let key = KeySource::Key(MasterKey::from_bytes([9; 32]));
-        let policy = Policy::default();
-        encrypt(
-            &plain,
-            &out,
-            &key,
-            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-        )
-        .unwrap();
+        let (_, out, key) = encrypt_tiny(dir, 9, &Policy::default());
         (out, key)
     }
 

@@ -651,16 +651,49 @@ impl Staged {
     }
 
     /// Renames every file into place, the last one staged (the model) last; with
-    /// `durable`, flushes each to the disk (`fsync`) first.
+    /// `durable`, flushes each to the disk (`fsync`) first. Every file is closed, and
+    /// the close checked, before the first rename: network file systems (NFS) may
+    /// report a failed write only there, and `cp` checks it too.
     pub(crate) fn commit(self, durable: bool) -> Result<()> {
-        for (tmp, dest) in self.files.iter().filter(|_| durable) {
-            tmp.as_file().sync_all().map_err(|e| CoreError::Write { path: dest.clone(), source: e })?;
-        }
+        let mut closed = Vec::with_capacity(self.files.len());
         for (tmp, dest) in self.files {
-            tmp.persist(&dest).map_err(|e| CoreError::Write { path: dest.clone(), source: e.error })?;
+            let err = |e| CoreError::Write { path: dest.clone(), source: e };
+            if durable {
+                tmp.as_file().sync_all().map_err(err)?;
+            }
+            let (file, path) = tmp.into_parts();
+            close_checked(file).map_err(err)?;
+            closed.push((path, dest));
+        }
+        for (path, dest) in closed {
+            path.persist(&dest).map_err(|e| CoreError::Write { path: dest.clone(), source: e.error })?;
         }
         Ok(())
     }
+}
+
+/// Closes `file`, returning the error `close` reports (which dropping a `File` ignores).
+#[cfg(target_os = "linux")]
+fn close_checked(file: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken out of the `File`, so this is its only owner and it is
+    // closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    // After EINTR the descriptor is closed on Linux and the data handed over; no retry.
+    if e.kind() == std::io::ErrorKind::Interrupted {
+        return Ok(());
+    }
+    Err(e)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn close_checked(file: std::fs::File) -> std::io::Result<()> {
+    drop(file);
+    Ok(())
 }
 
 /// Checks the output location and returns whether external side files must be written.

@@ -998,6 +998,11 @@ mod tests {
         let want = reference(&model, &targets, &streams, Vec::new(), 1 << 20);
         assert_ne!(&want[..model.bytes().len()], model.bytes());
         assert_eq!(one_pass(&model, &targets, &streams, Vec::new(), 1 << 20, &dir.path().join("a.onnx")), want);
+        // With every output offset shifted by a field inserted in front.
+        let insert =
+            || vec![Edit { range: 0..0, content: Content::Bytes(metadata_field("k", "v")), ancestors: Vec::new() }];
+        let shifted = reference(&model, &targets, &streams, insert(), 1 << 20);
+        assert_eq!(one_pass(&model, &targets, &streams, insert(), 1 << 20, &dir.path().join("s.onnx")), shifted);
         // Where the kernel refuses to copy, the whole run is written from the map.
         NO_KERNEL_COPY.store(true, Ordering::Relaxed);
         let got = one_pass(&model, &targets, &streams, Vec::new(), 1 << 20, &dir.path().join("b.onnx"));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of onnx-protect builds on the single-file model: interleaved rounds of
-# encrypt (default policy and *=1) and decrypt (default), plus cp as a yardstick.
+# encrypt (default policy, *=1 and *=0.05) and decrypt (default and *=0.05), plus
+# cp as a yardstick.
 #
 #   bench/compare_bins.sh [-n RUNS] [-d DATA_DIR] NAME=BINARY [NAME=BINARY ...]
 #
@@ -29,10 +30,12 @@ first_bin=${1#*=}
 [ -f "$KEY" ] || "$first_bin" keygen -o "$KEY" >/dev/null
 rm -rf "$OUT/encin"
 "$first_bin" encrypt "$S" -o "$OUT/encin/model.onnx" --key-file "$KEY" -q >/dev/null
+rm -rf "$OUT/encin05"
+"$first_bin" encrypt "$S" -o "$OUT/encin05/model.onnx" --key-file "$KEY" -q --coefficient '*=0.05' >/dev/null
 
 printf 'bin\tcase\tround\twall_s\tcpu_s\tload1\n' >"$RES"
 for ((r = 0; r <= N; r++)); do
-    for c in cp enc_default enc_c1 dec_default; do
+    for c in cp enc_default enc_c1 enc_c005 dec_default dec_c005; do
         for nb in "$@"; do
             name=${nb%%=*}
             bin=${nb#*=}
@@ -42,7 +45,9 @@ for ((r = 0; r <= N; r++)); do
                 cp) cmd=(cp "$S" "$o"); name=cp ;;
                 enc_default) cmd=("$bin" encrypt "$S" -o "$o/model.onnx" --key-file "$KEY" -q) ;;
                 enc_c1) cmd=("$bin" encrypt "$S" -o "$o/model.onnx" --key-file "$KEY" -q --coefficient '*=1') ;;
+                enc_c005) cmd=("$bin" encrypt "$S" -o "$o/model.onnx" --key-file "$KEY" -q --coefficient '*=0.05') ;;
                 dec_default) cmd=("$bin" decrypt "$OUT/encin/model.onnx" -o "$o/model.onnx" --key-file "$KEY" -q) ;;
+                dec_c005) cmd=("$bin" decrypt "$OUT/encin05/model.onnx" -o "$o/model.onnx" --key-file "$KEY" -q) ;;
             esac
             rm -rf "$o"
             sync
@@ -50,7 +55,7 @@ for ((r = 0; r <= N; r++)); do
             t0=$(date +%s%N)
             /usr/bin/time -f '%U %S' -o "$OUT/t" "${cmd[@]}" >/dev/null
             t1=$(date +%s%N)
-            if [ "$c" = dec_default ] && ! cmp -s "$o/model.onnx" "$S"; then
+            if [[ $c == dec_* ]] && ! cmp -s "$o/model.onnx" "$S"; then
                 echo "$name: decrypt is not byte-exact" >&2
                 exit 1
             fi

@@ -18,8 +18,8 @@
 //! pieces alternate between the buffer (the spans) and the map (the gaps), so an
 //! unchanged byte is copied once, by the kernel, straight into the output (a sparse
 //! run is copied whole inside the kernel and its pieces written over it, see
-//! [`sparse`]); and, while no run is waiting, the copies and puts. Runs reach it through a short queue, which
-//! bounds the buffers in flight. Writes to one file from several threads only contend
+//! [`sparse`]); and, while no run is waiting, the copies and puts. Runs reach it
+//! through a short queue, which bounds the buffers in flight. Writes to one file from several threads only contend
 //! for its lock (measured: the waiting thread spins in the kernel). After each run the
 //! writer releases the run's pages of the map (`MADV_DONTNEED`), so the resident set
 //! stays small whatever the size of the model, and, for a durable output, every 64 MiB

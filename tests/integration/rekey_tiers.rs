@@ -27,6 +27,14 @@ fn dopts() -> DecryptOptions<'static> {
     DecryptOptions { in_place: false, sync: false, progress: &NoProgress }
 }
 
+fn eopts(policy: &Policy) -> EncryptOptions<'_> {
+    EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress }
+}
+
+fn ropts() -> RekeyOptions<'static> {
+    RekeyOptions { in_place: false, sync: false, progress: &NoProgress }
+}
+
 fn tiered(mode: &str, tiers: u32) -> Policy {
     let mut p = Policy::default();
     p.apply_override("mode", &format!("*={mode}")).unwrap();
@@ -78,21 +86,10 @@ fn every_fixture_rekeys_with_tiers_and_the_dp_mode() {
         for model in fixture_models() {
             let dir = tempfile::tempdir().unwrap();
             let (a, b) = (dir.path().join("a").join("model.onnx"), dir.path().join("b").join("model.onnx"));
-            encrypt(
-                &model,
-                &a,
-                &src(&key(1)),
-                &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-            )
-            .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
-            rekey(
-                &a,
-                &b,
-                &src(&key(1)),
-                &src(&key(2)),
-                &RekeyOptions { in_place: false, sync: false, progress: &NoProgress },
-            )
-            .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
+            encrypt(&model, &a, &src(&key(1)), &eopts(&policy))
+                .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
+            rekey(&a, &b, &src(&key(1)), &src(&key(2)), &ropts())
+                .unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
             let what = format!("{} {name}", model.display());
             assert_positions_kept(&a, &b);
             verify(&b, None, &NoProgress).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -264,23 +261,10 @@ fn rekey_keeps_restored_tiers_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let (enc, t1, re) = (dir.path().join("e.onnx"), dir.path().join("t1.onnx"), dir.path().join("r.onnx"));
     let policy = tiered("dp", 3);
-    encrypt(
-        &model,
-        &enc,
-        &src(&key(1)),
-        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap();
+    encrypt(&model, &enc, &src(&key(1)), &eopts(&policy)).unwrap();
     let low = key(1).tier_down().tier_down();
     decrypt_tier(&enc, &t1, &src(&low), None, &dopts()).unwrap();
-    rekey(
-        &t1,
-        &re,
-        &src(&key(1)),
-        &src(&key(2)),
-        &RekeyOptions { in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap();
+    rekey(&t1, &re, &src(&key(1)), &src(&key(2)), &ropts()).unwrap();
     assert_positions_kept(&t1, &re);
     let (a, b) = (tensor_bytes(&t1), tensor_bytes(&re));
     let m = Model::open(&re).unwrap();

@@ -25,6 +25,14 @@ fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
     .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
+/// A top key of three tiers, made by `keygen --tiers 3` as `dir/k.key`.
+fn tier_key_file(dir: &Path) -> std::path::PathBuf {
+    let k = dir.join("k.key");
+    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
+    assert_eq!(code, 0, "{err}");
+    k
+}
+
 fn dopts() -> DecryptOptions<'static> {
     DecryptOptions { in_place: false, sync: false, progress: &NoProgress }
 }
@@ -209,9 +217,7 @@ fn keygen_tiers_and_derive_tier_key_agree() {
 fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("k.key");
-    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
-    assert_eq!(code, 0, "{err}");
+    let k = tier_key_file(dir.path());
     let cli_encrypt = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
         let mut args = vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
@@ -269,9 +275,7 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     let model = root().join("fixtures/digits/cnn.onnx");
     let (x, y) = (root().join("fixtures/digits/test_x.npy"), root().join("fixtures/digits/test_y.npy"));
     let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("k.key");
-    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
-    assert_eq!(code, 0, "{err}");
+    let k = tier_key_file(dir.path());
     let enc = dir.path().join("enc.onnx");
     let (code, _, err) = run(&[
         "encrypt",
@@ -411,9 +415,7 @@ fn each_tier_entry_counts_its_own_subsequences() {
 fn check_counts_every_tier_of_a_tensor() {
     let model = root().join("fixtures/digits/cnn.onnx");
     let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("k.key");
-    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
-    assert_eq!(code, 0, "{err}");
+    let k = tier_key_file(dir.path());
     let enc = dir.path().join("enc.onnx");
     let (m, e, ks) = (model.to_str().unwrap(), enc.to_str().unwrap(), k.to_str().unwrap());
     let (code, _, err) = run(&[

@@ -974,6 +974,12 @@ pub(crate) fn tool_name() -> String {
     format!("onnx-protect {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Whether outputs are flushed to the disk before the rename: on request (`sync`), and
+/// always when they replace the input (`in_place`), the only copy.
+pub(crate) fn durable(in_place: bool, sync: bool) -> bool {
+    in_place || sync
+}
+
 /// Options of [`encrypt`].
 pub struct EncryptOptions<'a> {
     pub policy: &'a Policy,
@@ -1039,7 +1045,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
         output,
-        opts.in_place || opts.sync,
+        durable(opts.in_place, opts.sync),
         opts.progress,
     )?;
     let tensors = summaries(&model, &manifest, &targets);
@@ -1255,10 +1261,7 @@ pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Res
 /// Options of [`decrypt`].
 pub struct DecryptOptions<'a> {
     pub in_place: bool,
-    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
-    /// survives a power failure. Always done with `in_place`, whose outputs replace the
-    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
-    /// or not at all).
+    /// As [`EncryptOptions::sync`].
     pub sync: bool,
     pub progress: &'a dyn Progress,
 }
@@ -1349,7 +1352,7 @@ pub fn decrypt_tier(
     check_output(&model, input, output, opts.in_place)?;
     let r = plan_restore(&model, &p, key, tier, false)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
-    let durable = opts.in_place || opts.sync;
+    let durable = durable(opts.in_place, opts.sync);
     let append = |_: &[[u8; 32]]| Ok(Vec::new());
     crate::writer::write_outputs_with(
         &model,

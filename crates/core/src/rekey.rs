@@ -48,10 +48,7 @@ use crate::writer::{write_outputs_with, Leaves};
 pub struct RekeyOptions<'a> {
     /// Overwrite the input (and its external data files).
     pub in_place: bool,
-    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
-    /// survives a power failure. Always done with `in_place`, whose outputs replace the
-    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
-    /// or not at all).
+    /// As [`EncryptOptions::sync`](crate::protect::EncryptOptions::sync).
     pub sync: bool,
     pub progress: &'a dyn Progress,
 }
@@ -207,7 +204,7 @@ pub fn rekey(
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
         output,
-        opts.in_place || opts.sync,
+        crate::protect::durable(opts.in_place, opts.sync),
         opts.progress,
     )?;
     Ok(RekeyReport {

@@ -1,6 +1,6 @@
 //! Encrypting, decrypting and verifying models (format version 1, `docs/format.md`).
 //!
-//! Encryption makes one pass (see [`crate::writer`]): the chosen byte ranges are
+//! Encryption makes one pass (see the private module `writer`): the chosen byte ranges are
 //! read, encrypted in a buffer, hashed in fixed-size chunks and written at their
 //! offsets of the output, in parallel, while the unchanged bytes are copied inside
 //! the kernel; the chunk digests and the manifest then feed the MAC and the keyless

@@ -13,7 +13,7 @@
 //!    key); `dp` and varint-stored tensors get their new ciphertext in memory, one
 //!    tensor at a time — span by span, decrypted with the old keystream (un-permuted)
 //!    and encrypted with the new one (permuted);
-//! 3. the output is written in one pass like an encryption ([`crate::writer`]):
+//! 3. the output is written in one pass like an encryption (the private module `writer`):
 //!    `ctr`/`fp` ranges pass through "old keystream, then new keystream" in a buffer
 //!    and are hashed as they are written, the other tensors are written from their new
 //!    ciphertext, unchanged bytes are copied, the old manifest entry is removed and

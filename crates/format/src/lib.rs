@@ -6,7 +6,7 @@
 //! records where its bytes are: `raw_data`, a typed field, or an external data file
 //! (whose location is confined to the model's directory).
 //!
-//! [`discover`] finds the weights: constants consumed by Conv, Gemm, MatMul,
+//! [`discover()`](fn@discover) finds the weights: constants consumed by Conv, Gemm, MatMul,
 //! their quantized and recurrent relatives, embeddings and normalisation layers.
 //!
 //! [`write::Plan`] rewrites a model by editing byte ranges of the original file, so

@@ -225,7 +225,7 @@ fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
 
 /// Where to write an output named `dest`: a temporary file, and the path to rename it
 /// to when it is complete (it is removed if dropped first). Through a symbolic link,
-/// that path is the file the link points to ([`resolve_output`]). The temporary file
+/// that path is the file the link points to (see `resolve_output`). The temporary file
 /// sits in that path's directory (created if missing) and has the permission bits of
 /// the file it will replace, or those of any new file (0666 less the umask, or what
 /// the directory's default ACL gives), as `cp` would create it.

@@ -24,7 +24,9 @@ pub mod importance;
 mod policy;
 
 pub use importance::Norm;
-pub use policy::{Mode, OpRule, Policy, PolicyError, Rank, Split, MAX_TIERS};
+pub use policy::{
+    Mode, OpRule, Policy, PolicyError, Rank, Split, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_TIERED_MODE, MAX_TIERS,
+};
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, Weight};
 

@@ -145,7 +145,13 @@ check_dec() { # LABEL OUTPUT
 }
 
 # ---- timed rounds ------------------------------------------------------------
-printf 'case\tround\twall_us\tmaxrss_kib\tuser_s\tsys_s\tload1\n' >"$RES/raw.tsv"
+# Steal: time the hypervisor ran something else while one of this VM's vCPUs wanted
+# to run (the 8th number of the `cpu` line of /proc/stat, summed over the vCPUs, in
+# clock ticks). On a shared host it grows when both vCPUs are busy, so it is recorded
+# per run: a multi-threaded case can lose to `cp` for reasons outside the process.
+TICKS=$(getconf CLK_TCK)
+steal_ticks() { awk '/^cpu /{print $9}' /proc/stat; }
+printf 'case\tround\twall_us\tmaxrss_kib\tuser_s\tsys_s\tload1\tsteal_ms\n' >"$RES/raw.tsv"
 : >"$RES/checks.txt"
 echo "cases: $ALL"
 for ((r = 0; r <= N; r++)); do
@@ -154,6 +160,7 @@ for ((r = 0; r <= N; r++)); do
         rm -rf "$O"
         sync
         load1=$(cut -d' ' -f1 /proc/loadavg)
+        st0=$(steal_ticks)
         t0=$(date +%s%N)
         if ! /usr/bin/time -v -o "$RES/time.tmp" "${CMD[@]}" >/dev/null 2>"$RES/stderr.tmp"; then
             echo "FAILED: ${CMD[*]}" >&2
@@ -161,11 +168,13 @@ for ((r = 0; r <= N; r++)); do
             exit 1
         fi
         t1=$(date +%s%N)
+        st1=$(steal_ticks)
+        steal_ms=$(((st1 - st0) * 1000 / TICKS))
         rss=$(awk -F': ' '/Maximum resident set size/{print $2}' "$RES/time.tmp")
         usr=$(awk -F': ' '/User time/{print $2}' "$RES/time.tmp")
         sys=$(awk -F': ' '/System time/{print $2}' "$RES/time.tmp")
-        printf '%s\t%d\t%d\t%s\t%s\t%s\t%s\n' "$c" "$r" $(((t1 - t0) / 1000)) "$rss" "$usr" "$sys" "$load1" >>"$RES/raw.tsv"
-        printf 'round %d %-15s %7.2f s  %8d KiB  load %s\n' "$r" "$c" "$(echo "($t1 - $t0) / 1000000000" | bc -l)" "$rss" "$load1"
+        printf '%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n' "$c" "$r" $(((t1 - t0) / 1000)) "$rss" "$usr" "$sys" "$load1" "$steal_ms" >>"$RES/raw.tsv"
+        printf 'round %d %-15s %7.2f s  %8d KiB  load %s  steal %d ms\n' "$r" "$c" "$(echo "($t1 - $t0) / 1000000000" | bc -l)" "$rss" "$load1" "$steal_ms"
         if [ "$r" = "$N" ] && [[ $c == ?_dec_* ]]; then
             if check_dec "$c" "$O"; then echo "$c byte-exact: yes" >>"$RES/checks.txt"; else echo "$c byte-exact: NO" >>"$RES/checks.txt"; fi
         fi
@@ -206,9 +215,10 @@ for c in cases:
     rss = [int(r["maxrss_kib"]) for r in rs]
     cpu = [float(r["user_s"]) + float(r["sys_s"]) for r in rs]
     ld = [float(r["load1"]) for r in rs]
+    steal = [int(r.get("steal_ms") or 0) / 1e3 for r in rs]
     med[c] = statistics.median(w)
     stats[c] = dict(n=len(w), med=med[c], lo=min(w), hi=max(w), rss=max(rss), cpu=statistics.median(cpu),
-                    load=statistics.median(ld))
+                    load=statistics.median(ld), steal=statistics.median(steal))
 split = {}
 try:
     for line in open(f"{res}/rss_split.tsv"):
@@ -232,7 +242,7 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
     cp = med.get(f"{g}_cp")
     cps = med.get(f"{g}_cp_sync")
     print(f"\n== {title}: {size} bytes ({size / MiB:.0f} MiB); median of {stats[gc[0]]['n']} runs (warm-up dropped) ==")
-    hdr = f"{'command':<46} {'median s':>8} {'min-max s':>13} {'MB/s':>6} {'x cp':>6} {'x cp+sync':>9} {'cpu s':>6} {'peak RSS MiB':>12} {'RSS/size':>8} {'anon MiB':>8} {'load1':>5}"
+    hdr = f"{'command':<46} {'median s':>8} {'min-max s':>13} {'MB/s':>6} {'x cp':>6} {'x cp+sync':>9} {'cpu s':>6} {'peak RSS MiB':>12} {'RSS/size':>8} {'anon MiB':>8} {'load1':>5} {'steal s':>7}"
     print(hdr)
     print("-" * len(hdr))
     for c in gc:
@@ -244,13 +254,14 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
         print(f"{name:<46} {st['med']:8.2f} {st['lo']:6.2f}-{st['hi']:<6.2f} {size / st['med'] / 1e6:6.0f} "
               f"{st['med'] / cp if cp else float('nan'):6.2f} {st['med'] / cps if cps else float('nan'):9.2f} "
               f"{st['cpu']:6.2f} {st['rss'] / 1024:12.0f} {st['rss'] * 1024 / size:8.3f} "
-              f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f}")
+              f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f} {st['steal']:7.2f}")
     if f"{g}_python" in med and f"{g}_enc_default" in med:
         print(f"python / encrypt(default) = {med[f'{g}_python'] / med[f'{g}_enc_default']:.2f}x")
 print("\nx cp = median / median of cp (cp -r for the folder); MB/s = model bytes / median wall time;"
       "\ncpu s = median user+sys CPU seconds; peak RSS = max over the timed runs of /usr/bin/time -v;"
       "\nanon MiB = peak RssAnon of one extra sampled run (the rest of the RSS is file-backed mmap pages);"
-      "\nload1 = median 1-minute load average at the start of the runs.")
+      "\nload1 = median 1-minute load average at the start of the runs;"
+      "\nsteal s = median vCPU time taken by the hypervisor during a run, summed over the vCPUs (/proc/stat).")
 EOF
 cat "$RES/checks.txt"
 awk '{print $2}' "$RES/load.log" | sort -n | awk '{a[NR]=$1; s+=$1} END {if (NR) printf "load1 during run: min %.2f, median %.2f, max %.2f (%d samples every 5 s)\n", a[1], a[int((NR+1)/2)], a[NR], NR}' | tee -a "$RES/summary.txt"

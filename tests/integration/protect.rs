@@ -212,6 +212,48 @@ fn a_flipped_byte_in_a_span_is_refused_as_modified() {
 }
 
 #[test]
+fn modified_external_ciphertext_leaves_no_output_and_in_place_leaves_the_input() {
+    // Decryption checks the MAC after its one pass over the data, so it has written
+    // staged files by then: they must all go, and `--in-place` must not replace
+    // anything.
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let keyfile = dir.path().join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let (m, k) = (model.to_str().unwrap(), keyfile.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    let opened = Model::open(&model).unwrap();
+    let p = read_protected(&opened).unwrap();
+    let (file, at) = p
+        .targets
+        .iter()
+        .find_map(|t| match &opened.tensors[t.tensor].data {
+            onnx_protect_format::TensorData::External { file, .. } => {
+                let pieces = opened.tensors[t.tensor].file_pieces(t.spans[0].0, t.spans[0].1);
+                Some((*file, pieces.last()?.0.end - 1))
+            }
+            _ => None,
+        })
+        .expect("an encrypted span in an external file");
+    let side = opened.external_files[file].path.clone();
+    drop((p, opened));
+    let mut bytes = std::fs::read(&side).unwrap();
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(&side, &bytes).unwrap();
+    let names = ["model.onnx", "weights.bin", "extra.bin"];
+    let before: Vec<Vec<u8>> = names.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+
+    let out = dir.path().join("out/model.onnx");
+    assert_refused(&["decrypt", m, "-o", out.to_str().unwrap(), "--key-file", k], 5, "modified", &out);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in the output folder: {left:?}");
+
+    assert_refused(&["decrypt", m, "--in-place", "--key-file", k], 5, "modified", &dir.path().join("absent"));
+    let after: Vec<Vec<u8>> = names.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+    assert!(before == after, "the input changed");
+}
+
+#[test]
 fn a_flipped_byte_in_the_manifest_is_refused_as_modified() {
     let dir = tempfile::tempdir().unwrap();
     let (enc, keyfile) = protected_fixture(dir.path());

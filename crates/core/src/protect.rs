@@ -630,7 +630,7 @@ fn mac_and_checksum_of(
 /// Output files staged in temp files next to their destinations; nothing is
 /// visible until [`Staged::commit`], and dropping it removes every temp file.
 pub(crate) struct Staged {
-    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
+    files: Vec<(tempfile::NamedTempFile, PathBuf, onnx_protect_format::write::FinalMode)>,
 }
 
 impl Staged {
@@ -640,9 +640,9 @@ impl Staged {
 
     /// Stages an output for `dest` (through a symbolic link: for the file it points to).
     pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
-        let (tmp, dest) = onnx_protect_format::write::staged_output(dest)
+        let (tmp, dest, mode) = onnx_protect_format::write::staged_output(dest)
             .map_err(|e| CoreError::Write { path: dest.to_path_buf(), source: e })?;
-        self.files.push((tmp, dest));
+        self.files.push((tmp, dest, mode));
         Ok(self.files.len() - 1)
     }
 
@@ -650,14 +650,16 @@ impl Staged {
         self.files[i].0.as_file()
     }
 
-    /// Renames every file into place, the last one staged (the model) last; with
-    /// `durable`, flushes each to the disk (`fsync`) first. Every file is closed, and
-    /// the close checked, before the first rename: network file systems (NFS) may
+    /// Renames every file into place, the last one staged (the model) last, after
+    /// giving each its final permission bits (staged files are private until then);
+    /// with `durable`, flushes each to the disk (`fsync`) first. Every file is closed,
+    /// and the close checked, before the first rename: network file systems (NFS) may
     /// report a failed write only there, and `cp` checks it too.
     pub(crate) fn commit(self, durable: bool) -> Result<()> {
         let mut closed = Vec::with_capacity(self.files.len());
-        for (tmp, dest) in self.files {
+        for (tmp, dest, mode) in self.files {
             let err = |e| CoreError::Write { path: dest.clone(), source: e };
+            mode.apply(tmp.as_file()).map_err(err)?;
             if durable {
                 tmp.as_file().sync_all().map_err(err)?;
             }
@@ -1039,7 +1041,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         &targets,
         &actions,
         Vec::new(),
-        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH, given: None }),
+        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH, given: None, source: false }),
         |leaves| {
             let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, leaves)?;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
@@ -1153,24 +1155,41 @@ pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Un
     unlock_master(model, p, &key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?)
 }
 
+fn salt_of(p: &Protected) -> Result<[u8; 32]> {
+    p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))
+}
+
+/// The session keys of an untiered model, if `master` passes its key check.
+fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<SessionKeys> {
+    let keys = SessionKeys::derive(master, &salt_of(p)?);
+    if !keys.key_check_matches(&p.manifest.key_check) {
+        return Err(CoreError::WrongKey);
+    }
+    Ok(keys)
+}
+
+/// Checks the MAC and the keyless checksum of an untiered model, given the leaves of
+/// its ciphertext (§7 of docs/format.md).
+fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
+    let (mac, checksum) = mac_and_checksum(Some(keys), &p.envelope.manifest, leaves);
+    if !mac.is_some_and(|m| bool::from(subtle_eq(&m, &p.envelope.mac))) {
+        return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
+    }
+    if checksum.as_slice() != p.envelope.checksum.as_slice() {
+        return Err(CoreError::Modified("the stored checksum does not match".into()));
+    }
+    Ok(())
+}
+
 /// [`unlock`] with the master key already derived (a passphrase is stretched once).
 fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
-    let salt: [u8; 32] = p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))?;
+    let salt = salt_of(p)?;
     let chunk = p.manifest.chunk_size;
     let tiers = p.manifest.tiers;
     if tiers <= 1 {
-        let keys = SessionKeys::derive(master, &salt);
-        if !keys.key_check_matches(&p.manifest.key_check) {
-            return Err(CoreError::WrongKey);
-        }
+        let keys = untiered_keys(master, p)?;
         let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &[])?;
-        let (mac, checksum) = mac_and_checksum(Some(&keys), &p.envelope.manifest, &leaves);
-        if !mac.is_some_and(|m| bool::from(subtle_eq(&m, &p.envelope.mac))) {
-            return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
-        }
-        if checksum.as_slice() != p.envelope.checksum.as_slice() {
-            return Err(CoreError::Modified("the stored checksum does not match".into()));
-        }
+        check_untiered_seal(&keys, p, &leaves)?;
         let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
         return Ok(Unlocked { key_tier: 0, streams });
     }
@@ -1350,6 +1369,9 @@ pub fn decrypt_tier(
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
     check_output(&model, input, output, opts.in_place)?;
+    if p.manifest.tiers <= 1 && tier.is_none_or(|t| t == 1) {
+        return decrypt_untiered(&model, &p, input, output, key, opts);
+    }
     let r = plan_restore(&model, &p, key, tier, false)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
     let durable = durable(opts.in_place, opts.sync);
@@ -1368,6 +1390,49 @@ pub fn decrypt_tier(
     let done: Vec<&Target> =
         p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
     let _ = r.tier;
+    Ok(DecryptReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        tensors: done.len(),
+        decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+    })
+}
+
+/// [`decrypt`] of an untiered model in one pass: the key check comes first (a wrong
+/// key is refused before anything is written); the pass that decrypts also hashes the
+/// ciphertext it reads, and the MAC and the checksum over those leaves are checked
+/// before the output is renamed into place, so a modified model leaves no output
+/// (the staged files are removed) and the ciphertext is read once, not twice.
+fn decrypt_untiered(
+    model: &Model,
+    p: &Protected,
+    input: &Path,
+    output: &Path,
+    key: &KeySource,
+    opts: &DecryptOptions,
+) -> Result<DecryptReport> {
+    let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, p)?;
+    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
+    let actions = prepare(model, &p.targets, streams, true)?;
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let leaves = Leaves { chunk: p.manifest.chunk_size, hash: p.leaf_hash, given: None, source: true };
+    let append = |leaves: &[[u8; 32]]| {
+        check_untiered_seal(&keys, p, leaves)?;
+        Ok(Vec::new())
+    };
+    crate::writer::write_outputs_with(
+        model,
+        &p.targets,
+        &actions,
+        vec![entry],
+        Some(leaves),
+        append,
+        output,
+        durable(opts.in_place, opts.sync),
+        opts.progress,
+    )?;
+    let done: Vec<&Target> =
+        p.targets.iter().zip(&actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
     Ok(DecryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),

@@ -197,7 +197,7 @@ pub fn rekey(
         &p.targets,
         &actions,
         vec![entry],
-        Some(Leaves { chunk, hash: LEAF_HASH, given: Some(&restored_leaves) }),
+        Some(Leaves { chunk, hash: LEAF_HASH, given: Some(&restored_leaves), source: false }),
         |leaves| {
             let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, leaves)?;
             envelope.restored_tiers = restored;

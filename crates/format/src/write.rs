@@ -223,20 +223,38 @@ fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
     }
 }
 
-/// Where to write an output named `dest`: a temporary file, and the path to rename it
-/// to when it is complete (it is removed if dropped first). Through a symbolic link,
-/// that path is the file the link points to (see `resolve_output`). The temporary file
-/// sits in that path's directory (created if missing) and has the permission bits of
-/// the file it will replace, or those of any new file (0666 less the umask, or what
-/// the directory's default ACL gives), as `cp` would create it.
-pub fn staged_output(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, std::path::PathBuf)> {
+/// Where to write an output named `dest`: a temporary file, the path to rename it to
+/// when it is complete (it is removed if dropped first), and the permission bits to
+/// give it just before. Through a symbolic link, that path is the file the link points
+/// to (see `resolve_output`). The temporary file sits in that path's directory
+/// (created if missing) and can be read by its owner only while it is written, so
+/// bytes not yet checked (a decryption verifies its MAC at the end of its one pass) are
+/// never readable by others; [`FinalMode::apply`] then gives it the permission bits of
+/// the file it will replace, or those of any new file (0666 less the umask, or what the
+/// directory's default ACL gives), as `cp` would create it.
+pub fn staged_output(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, std::path::PathBuf, FinalMode)> {
     let dest = resolve_output(dest)?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    Ok((temp_beside(&dest, dir)?, dest))
+    let (tmp, mode) = temp_beside(&dest, dir)?;
+    Ok((tmp, dest, mode))
 }
 
-fn temp_beside(dest: &Path, dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+/// The permission bits a staged output gets before it is renamed into place.
+#[derive(Debug, Clone)]
+pub struct FinalMode(Option<std::fs::Permissions>);
+
+impl FinalMode {
+    /// Gives `file` (the staged output) its final permission bits.
+    pub fn apply(&self, file: &std::fs::File) -> std::io::Result<()> {
+        match &self.0 {
+            Some(p) => file.set_permissions(p.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn temp_beside(dest: &Path, dir: &Path) -> std::io::Result<(tempfile::NamedTempFile, FinalMode)> {
     let mut b = tempfile::Builder::new();
     b.prefix(".onnx-protect-").suffix(".tmp");
     #[cfg(unix)]
@@ -244,17 +262,21 @@ fn temp_beside(dest: &Path, dir: &Path) -> std::io::Result<tempfile::NamedTempFi
         use std::os::unix::fs::PermissionsExt;
         let existing = std::fs::metadata(dest).ok().filter(|m| m.is_file()).map(|m| m.permissions());
         if existing.is_none() {
-            // The kernel applies the umask to the mode `open` is given.
+            // The kernel applies the umask (or the directory's default ACL) to the mode
+            // `open` is given: the bits a new file gets, read back below.
             b.permissions(std::fs::Permissions::from_mode(0o666));
         }
         let tmp = b.tempfile_in(dir)?;
-        if let Some(p) = existing {
-            tmp.as_file().set_permissions(p)?;
-        }
-        Ok(tmp)
+        let last = match existing {
+            Some(p) => p,
+            None => tmp.as_file().metadata()?.permissions(),
+        };
+        // Owner only while it is written (still empty now).
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok((tmp, FinalMode(Some(last))))
     }
     #[cfg(not(unix))]
-    b.tempfile_in(dir)
+    Ok((b.tempfile_in(dir)?, FinalMode(None)))
 }
 
 #[cfg(test)]
@@ -322,5 +344,28 @@ mod tests {
         let e = |r: Range<u64>| Edit { range: r, content: Content::Bytes(vec![]), ancestors: vec![] };
         assert!(Plan::new(10, vec![e(0..5), e(4..6)], vec![]).is_err());
         assert!(Plan::new(10, vec![e(8..12)], vec![]).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn staged_outputs_are_private_until_they_get_their_final_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &std::fs::File| f.metadata().unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        // What a new file gets in this process (umask, default ACLs).
+        let usual = mode(&std::fs::File::create(dir.path().join("probe")).unwrap());
+        let (tmp, dest, last) = staged_output(&dir.path().join("new.onnx")).unwrap();
+        assert_eq!(dest, dir.path().join("new.onnx"));
+        assert_eq!(mode(tmp.as_file()), 0o600);
+        last.apply(tmp.as_file()).unwrap();
+        assert_eq!(mode(tmp.as_file()), usual);
+        // Replacing a file: its mode, even when it is wider than the usual one.
+        let old = dir.path().join("old.onnx");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let (tmp, _, last) = staged_output(&old).unwrap();
+        assert_eq!(mode(tmp.as_file()), 0o600);
+        last.apply(tmp.as_file()).unwrap();
+        assert_eq!(mode(tmp.as_file()), 0o664);
     }
 }

@@ -176,8 +176,9 @@ fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
 /// through a symbolic link, the file it points to is replaced and the link kept).
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let err = |source| TransformError::Io { path: path.to_path_buf(), source };
-    let (mut tmp, path) = onnx_protect_format::write::staged_output(path).map_err(err)?;
+    let (mut tmp, path, mode) = onnx_protect_format::write::staged_output(path).map_err(err)?;
     fill(tmp.as_file_mut()).map_err(err)?;
+    mode.apply(tmp.as_file()).map_err(err)?;
     tmp.as_file_mut().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())

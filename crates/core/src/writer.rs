@@ -955,6 +955,15 @@ mod tests {
         out
     }
 
+    /// The model of [`model_file`] in `dir`, its [`targets`], and their keystreams.
+    fn three_targets(dir: &Path) -> (Model, Vec<Target>, Vec<onnx_protect_crypto::Keystream>) {
+        let model = Model::open(model_file(dir)).unwrap();
+        let targets = targets(&model);
+        let keys = SessionKeys::derive(&MasterKey::from_bytes([7; 32]), &[9; 32]);
+        let streams = (1..=3).map(|i| keys.keystream(i)).collect();
+        (model, targets, streams)
+    }
+
     fn one_pass(
         model: &Model,
         targets: &[Target],
@@ -983,10 +992,7 @@ mod tests {
     #[test]
     fn one_pass_output_equals_the_reference_writer_with_and_without_kernel_copies() {
         let dir = tempfile::tempdir().unwrap();
-        let model = Model::open(model_file(dir.path())).unwrap();
-        let targets = targets(&model);
-        let keys = SessionKeys::derive(&MasterKey::from_bytes([7; 32]), &[9; 32]);
-        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+        let (model, targets, streams) = three_targets(dir.path());
         // Small chunks: many jobs per target, runs cut at chunk boundaries.
         for chunk in [4096u64, 1 << 20] {
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
@@ -1016,10 +1022,7 @@ mod tests {
         // What a decryption's pass computes for the MAC check: the leaves of the bytes
         // it reads, whatever it writes (here it encrypts, so the two differ).
         let dir = tempfile::tempdir().unwrap();
-        let model = Model::open(model_file(dir.path())).unwrap();
-        let targets = targets(&model);
-        let keys = SessionKeys::derive(&MasterKey::from_bytes([7; 32]), &[9; 32]);
-        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+        let (model, targets, streams) = three_targets(dir.path());
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         for chunk in [4096u64, 1 << 20] {
             let stored = leaf_digests_ext(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();

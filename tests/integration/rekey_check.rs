@@ -93,6 +93,40 @@ fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
 }
 
 #[test]
+fn rekey_upgrades_an_older_file_checking_its_sha256_leaves_in_the_same_pass() {
+    // The format vector has SHA-256 leaves: the pass checks them while it writes
+    // BLAKE3 leaves under the new key; a flipped bit is still refused.
+    let dir = tempfile::tempdir().unwrap();
+    let vector = root().join("fixtures/vectors/cnn_torch_fp");
+    let hex = std::fs::read_to_string(vector.join("key.hex")).unwrap();
+    let bytes: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
+    let old = KeySource::Key(MasterKey::from_bytes(bytes.try_into().unwrap()));
+    let enc = vector.join("protected.onnx");
+    let re = dir.path().join("re/model.onnx");
+    rk(&enc, &re, &old, &key(9)).unwrap();
+    let m = Model::open(&re).unwrap();
+    assert_eq!(read_protected(&m).unwrap().leaf_hash, onnx_protect_crypto::LeafHash::Blake3);
+    drop(m);
+    let out = dir.path().join("d/model.onnx");
+    dec(&re, &out, &key(9)).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(vector.join("original.onnx")).unwrap());
+
+    let m = Model::open(&enc).unwrap();
+    let p = read_protected(&m).unwrap();
+    let t = &m.tensors[p.targets[0].tensor];
+    let at = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].0.start as usize;
+    drop((p, m));
+    let mut tampered = std::fs::read(&enc).unwrap();
+    tampered[at] ^= 0x02;
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, &tampered).unwrap();
+    let re2 = dir.path().join("re2/model.onnx");
+    let e = rk(&bad, &re2, &old, &key(9)).unwrap_err();
+    assert_eq!(e.kind(), "modified", "{e}");
+    assert!(!re2.exists() && temp_files(&dir.path().join("re2")).is_empty());
+}
+
+#[test]
 fn rekey_switches_between_passphrases_and_keys() {
     let model = root().join("fixtures/models/fp16/model.onnx");
     let dir = tempfile::tempdir().unwrap();

@@ -1041,8 +1041,8 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         &targets,
         &actions,
         Vec::new(),
-        Some(Leaves { chunk: CHUNK_SIZE, hash: LEAF_HASH, given: None, source: false }),
-        |leaves| {
+        Some(Leaves { chunk: CHUNK_SIZE, written: Some(LEAF_HASH), read: None, given: None }),
+        |leaves, _| {
             let envelope = seal(&sessions, &targets, CHUNK_SIZE, manifest_bytes, leaves)?;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
@@ -1160,7 +1160,7 @@ fn salt_of(p: &Protected) -> Result<[u8; 32]> {
 }
 
 /// The session keys of an untiered model, if `master` passes its key check.
-fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<SessionKeys> {
+pub(crate) fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<SessionKeys> {
     let keys = SessionKeys::derive(master, &salt_of(p)?);
     if !keys.key_check_matches(&p.manifest.key_check) {
         return Err(CoreError::WrongKey);
@@ -1170,7 +1170,7 @@ fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<SessionKeys> {
 
 /// Checks the MAC and the keyless checksum of an untiered model, given the leaves of
 /// its ciphertext (§7 of docs/format.md).
-fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
+pub(crate) fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
     let (mac, checksum) = mac_and_checksum(Some(keys), &p.envelope.manifest, leaves);
     if !mac.is_some_and(|m| bool::from(subtle_eq(&m, &p.envelope.mac))) {
         return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
@@ -1375,7 +1375,7 @@ pub fn decrypt_tier(
     let r = plan_restore(&model, &p, key, tier, false)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
     let durable = durable(opts.in_place, opts.sync);
-    let append = |_: &[[u8; 32]]| Ok(Vec::new());
+    let append = |_: &[[u8; 32]], _: &[[u8; 32]]| Ok(Vec::new());
     crate::writer::write_outputs_with(
         &model,
         &p.targets,
@@ -1415,9 +1415,9 @@ fn decrypt_untiered(
     let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
     let actions = prepare(model, &p.targets, streams, true)?;
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let leaves = Leaves { chunk: p.manifest.chunk_size, hash: p.leaf_hash, given: None, source: true };
-    let append = |leaves: &[[u8; 32]]| {
-        check_untiered_seal(&keys, p, leaves)?;
+    let leaves = Leaves { chunk: p.manifest.chunk_size, written: None, read: Some(p.leaf_hash), given: None };
+    let append = |_: &[[u8; 32]], read: &[[u8; 32]]| {
+        check_untiered_seal(&keys, p, read)?;
         Ok(Vec::new())
     };
     crate::writer::write_outputs_with(

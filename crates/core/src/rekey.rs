@@ -5,10 +5,12 @@
 //! salt, the key check values and the KDF parameters. It handles every mode
 //! (`ctr`, `fp`, `dp`) and tiered models (docs/format.md §11). The procedure:
 //!
-//! 1. read and validate the manifest; check the old key's key check value and every
-//!    MAC and checksum (as `decrypt` does). A tiered model needs its top-tier key:
-//!    the one key whose lower tier keys re-encrypt every tier. Nothing has been
-//!    written yet, so a wrong key or a modified model leaves no output at all;
+//! 1. read and validate the manifest; check the old key's key check value (nothing
+//!    has been written yet, so a wrong key leaves no output at all). A tiered model
+//!    needs its top-tier key, the one key whose lower tier keys re-encrypt every
+//!    tier, and its MACs and checksums are checked here too; an untiered model's
+//!    are checked over the leaves the pass of step 3 reads, before anything is
+//!    renamed into place (as `decrypt` does);
 //! 2. derive the new session keys (one per tier, the new key being the top-tier
 //!    key); `dp` and varint-stored tensors get their new ciphertext in memory, one
 //!    tensor at a time — span by span, decrypted with the old keystream (un-permuted)
@@ -38,9 +40,9 @@ use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    b64, check_output, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut, tier_keys,
-    tool_name, transform_span, transform_tensor, unlock, Action, CoreError, KeySource, LeafSrc, Protected, Result,
-    LEAF_HASH, METADATA_KEY,
+    b64, check_output, check_untiered_seal, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal,
+    span_mut, tier_keys, tool_name, transform_span, transform_tensor, unlock, untiered_keys, Action, CoreError,
+    KeySource, LeafSrc, Protected, Result, LEAF_HASH, METADATA_KEY,
 };
 use crate::writer::{write_outputs_with, Leaves};
 
@@ -108,8 +110,9 @@ fn refuse_unknown_fields(p: &Protected) -> Result<()> {
 
 /// Re-encrypts the protected model `input` under `new` into `output`.
 ///
-/// The old key must pass the key check and every MAC before anything is written;
-/// a wrong key gives [`CoreError::WrongKey`], a modified model [`CoreError::Modified`]
+/// The old key must pass the key check before anything is written and every MAC
+/// before any output appears; a wrong key gives [`CoreError::WrongKey`], a modified
+/// model [`CoreError::Modified`]
 /// (or [`CoreError::BadManifest`]), the key of a tier below the top of a tiered model
 /// [`CoreError::Key`], and in each case no output file appears. For a tiered model
 /// `old` and `new` are top-tier keys (`keygen --tiers N`); the new tier keys derive
@@ -127,15 +130,23 @@ pub fn rekey(
     check_output(&model, input, output, opts.in_place)?;
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
-    opts.progress.start("verify", 0);
-    let unlocked = unlock(&model, &p, old)?;
-    opts.progress.finish();
-    if tiers > 1 && unlocked.key_tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
-            unlocked.key_tier
-        )));
-    }
+    // An untiered model's old MAC is checked over the leaves the pass reads (before
+    // anything is renamed into place); a tiered one's MACs are checked first.
+    let (old_streams, old_keys) = if tiers <= 1 {
+        let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
+        (p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect(), Some(keys))
+    } else {
+        opts.progress.start("verify", 0);
+        let unlocked = unlock(&model, &p, old)?;
+        opts.progress.finish();
+        if unlocked.key_tier < tiers {
+            return Err(CoreError::Key(format!(
+                "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
+                unlocked.key_tier
+            )));
+        }
+        (unlocked.streams, None)
+    };
 
     let (new_master, kdf) = new.master_for_encrypt()?;
     let mut salt = random_salt()?;
@@ -164,7 +175,7 @@ pub fn rekey(
     let mut actions = Vec::with_capacity(p.targets.len());
     // Leaves of restored tiers: over the plaintext's encryption under the new keys (§11).
     let mut restored_leaves: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
-    for (ti, (target, old_ks)) in p.targets.iter().zip(unlocked.streams).enumerate() {
+    for (ti, (target, old_ks)) in p.targets.iter().zip(old_streams).enumerate() {
         let old_ks = old_ks.ok_or_else(|| CoreError::Key("the old key cannot decrypt every tier".into()))?;
         let new_ks = sessions[target.tier.max(1) as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
@@ -197,9 +208,17 @@ pub fn rekey(
         &p.targets,
         &actions,
         vec![entry],
-        Some(Leaves { chunk, hash: LEAF_HASH, given: Some(&restored_leaves), source: false }),
-        |leaves| {
-            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, leaves)?;
+        Some(Leaves {
+            chunk,
+            written: Some(LEAF_HASH),
+            read: old_keys.as_ref().map(|_| p.leaf_hash),
+            given: Some(&restored_leaves),
+        }),
+        |written, read| {
+            if let Some(keys) = &old_keys {
+                check_untiered_seal(keys, &p, read)?;
+            }
+            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, written)?;
             envelope.restored_tiers = restored;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },

@@ -59,19 +59,29 @@ const RUN_MAX: u64 = 8 << 20;
 /// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
 const COPY_STEP: u64 = 8 << 20;
 
-/// How the leaves of the written ciphertext are computed.
+/// Which leaves (chunk digests, §7 of docs/format.md) the pass computes.
 #[derive(Clone, Copy)]
 pub(crate) struct Leaves<'a> {
     pub(crate) chunk: u64,
-    pub(crate) hash: LeafHash,
-    /// Leaves the caller computed itself, by target (in chunk order): those targets'
-    /// bytes are written but not hashed (`rekey`'s restored tiers, whose leaves are
-    /// over their encryption under the new keys, not over the plaintext written).
+    /// Leaves of the bytes written (the ciphertext an encryption or a key rotation
+    /// writes), with this hash; `None`: not computed.
+    pub(crate) written: Option<LeafHash>,
+    /// Leaves of the bytes each chunk holds in the source (the ciphertext a decryption
+    /// or a key rotation reads), with this hash; `None`: not computed. The pass that
+    /// decrypts thus also computes what the MAC check needs.
+    pub(crate) read: Option<LeafHash>,
+    /// Written leaves the caller computed itself, by target (in chunk order): those
+    /// targets' bytes are written but not hashed (`rekey`'s restored tiers, whose
+    /// leaves are over their encryption under the new keys, not over the plaintext
+    /// written).
     pub(crate) given: Option<&'a std::collections::HashMap<usize, Vec<[u8; 32]>>>,
-    /// Hash the bytes each chunk holds in the source (the ciphertext a decryption
-    /// reads) instead of the bytes written, so the pass that decrypts also computes
-    /// what the MAC check needs.
-    pub(crate) source: bool,
+}
+
+/// The leaves of one chunk job.
+struct JobLeaves {
+    job: usize,
+    written: Option<[u8; 32]>,
+    read: Option<[u8; 32]>,
 }
 
 /// One output file and where its bytes come from.
@@ -174,8 +184,9 @@ impl JobItem {
 
 /// Writes `output` and the external data files next to it: the input with the targets'
 /// actions applied, `extra` edits of the model file, and the bytes `append` returns
-/// appended to the model file. `append` receives the leaves of the written bytes of
-/// every target in chunk-job order when `leaves` is given (else an empty slice).
+/// appended to the model file. `append` receives the leaves of the written bytes and
+/// those of the read bytes of every target in chunk-job order, as `leaves` asks for
+/// them (else empty slices); an error it returns removes every staged file.
 /// Every file is staged and renamed into place only when all are complete; with
 /// `durable`, each is flushed to the disk (`fsync`) first. Returns the external data
 /// files written.
@@ -186,7 +197,7 @@ pub(crate) fn write_outputs_with(
     actions: &[Action],
     extra: Vec<Edit>,
     leaves: Option<Leaves<'_>>,
-    append: impl FnOnce(&[[u8; 32]]) -> Result<Vec<u8>>,
+    append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
     output: &Path,
     durable: bool,
     progress: &dyn Progress,
@@ -341,7 +352,7 @@ pub(crate) fn write_outputs_with(
             .sum::<u64>();
     // Hashing the source: varint tensors are decoded once, not once per chunk job.
     let mut decoded: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::new();
-    if leaves.is_some_and(|l| l.source) {
+    if leaves.is_some_and(|l| l.read.is_some()) {
         for item in job_items.iter().filter(|j| j.runs.is_empty()) {
             let target = jobs[item.job].target;
             let t = &model.tensors[targets[target].tensor];
@@ -361,7 +372,7 @@ pub(crate) fn write_outputs_with(
         let results = job_items
             .par_iter()
             .with_max_len(1)
-            .map(|item| -> Result<Option<(usize, [u8; 32])>> {
+            .map(|item| -> Result<Option<JobLeaves>> {
                 if failed.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
@@ -380,19 +391,23 @@ pub(crate) fn write_outputs_with(
     written?;
     progress.finish();
 
-    let mut leaf_list = Vec::new();
-    if leaves.is_some() {
-        leaf_list = vec![[0u8; 32]; jobs.len()];
-        let mut seen = vec![false; jobs.len()];
-        for (ji, leaf) in results.into_iter().flatten() {
-            leaf_list[ji] = leaf;
-            seen[ji] = true;
+    let want = |h: Option<LeafHash>| if h.is_some() { jobs.len() } else { 0 };
+    let mut written = vec![None; leaves.map_or(0, |l| want(l.written))];
+    let mut read = vec![None; leaves.map_or(0, |l| want(l.read))];
+    for jl in results.into_iter().flatten() {
+        if let Some(w) = written.get_mut(jl.job) {
+            *w = jl.written;
         }
-        if seen.iter().any(|s| !s) {
-            return Err(CoreError::Output("internal: a chunk of ciphertext was not hashed".into()));
+        if let Some(r) = read.get_mut(jl.job) {
+            *r = jl.read;
         }
     }
-    let tail = append(&leaf_list)?;
+    let all = |v: Vec<Option<[u8; 32]>>| {
+        v.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| CoreError::Output("internal: a chunk of ciphertext was not hashed".into()))
+    };
+    let tail = append(&all(written)?, &all(read)?)?;
     let m = &streams[model_stream];
     write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
     drop(streams);
@@ -607,40 +622,54 @@ fn run_job<'a>(
     pool: &Pool,
     tx: &std::sync::mpsc::SyncSender<Op<'a>>,
     item: &'a JobItem,
-) -> Result<Option<(usize, [u8; 32])>> {
+) -> Result<Option<JobLeaves>> {
     let send = |op: Op<'a>| tx.send(op).map_err(|_| CoreError::Output("the writer thread stopped".into()));
     let JobItem { job, stream, runs } = item;
     let job_ref = &jobs[*job];
     let target = &targets[job_ref.target];
     let t = &model.tensors[target.tensor];
     let action = &actions[job_ref.target];
-    let given = match leaves.and_then(|l| l.given).and_then(|g| g.get(&job_ref.target)) {
+    let given = match leaves.filter(|l| l.written.is_some()).and_then(|l| l.given).and_then(|g| g.get(&job_ref.target))
+    {
         Some(g) => Some(
             *g.get(job_ref.index as usize)
                 .ok_or_else(|| CoreError::Output("internal: a given leaf is missing".into()))?,
         ),
         None => None,
     };
-    let source = leaves.is_some_and(|l| l.source);
-    let mut leaf = leaves.filter(|_| given.is_none()).map(|l| Leaf::new(l.hash, target.stream_id, job_ref.index));
-    let done = |leaf: Option<Leaf>| given.map(|g| (*job, g)).or_else(|| leaf.map(|h| (*job, h.finalize())));
+    let leaf_for = |h: LeafHash| Leaf::new(h, target.stream_id, job_ref.index);
+    let mut leaf = leaves.and_then(|l| l.written).filter(|_| given.is_none()).map(leaf_for);
+    let mut read_leaf = leaves.and_then(|l| l.read).map(leaf_for);
+    let done = |leaf: Option<Leaf>, read_leaf: Option<Leaf>| {
+        leaves.map(|_| JobLeaves {
+            job: *job,
+            written: given.or_else(|| leaf.map(Leaf::finalize)),
+            read: read_leaf.map(Leaf::finalize),
+        })
+    };
     if runs.is_empty() {
-        // Hash only: the bytes the output holds for this job.
-        if let Some(h) = leaf.as_mut() {
+        // Hash only: the bytes the source holds for this job, and those the output holds.
+        if leaf.is_some() || read_leaf.is_some() {
             let _release = ReleaseOnDrop::for_job(model, t, job_ref);
-            let whole = match (action, decoded.get(&job_ref.target)) {
-                (Action::Bytes(b), _) if !source => std::borrow::Cow::Borrowed(b.as_slice()),
-                (_, Some(d)) if source => std::borrow::Cow::Borrowed(d.as_slice()),
-                _ => model.tensor_bytes(t.id)?,
+            let stored = match decoded.get(&job_ref.target) {
+                Some(d) => std::borrow::Cow::Borrowed(d.as_slice()),
+                None => model.tensor_bytes(t.id)?,
             };
-            for &(a, b) in &job_ref.parts {
-                let part = whole
-                    .get(a as usize..b as usize)
-                    .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
-                h.update(part);
+            let out = match action {
+                Action::Bytes(b) => b.as_slice(),
+                _ => &stored,
+            };
+            for (h, whole) in [(read_leaf.as_mut(), &*stored), (leaf.as_mut(), out)] {
+                let Some(h) = h else { continue };
+                for &(a, b) in &job_ref.parts {
+                    let part = whole
+                        .get(a as usize..b as usize)
+                        .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                    h.update(part);
+                }
             }
         }
-        return Ok(done(leaf));
+        return Ok(done(leaf, read_leaf));
     }
     let s = &streams[*stream];
     let wipe = matches!(action, Action::Reencrypt(_));
@@ -671,7 +700,7 @@ fn run_job<'a>(
             buf.resize(used + len, 0);
         }
         let start = used;
-        if source {
+        if let Some(h) = read_leaf.as_mut() {
             // Gather the run's stored bytes, hash them in one piece (the hash is
             // several times faster on long inputs), then transform them in place.
             for (range, _) in &run.pieces {
@@ -682,9 +711,7 @@ fn run_job<'a>(
                 }
                 used += n;
             }
-            if let Some(h) = leaf.as_mut() {
-                h.update(&buf[start..used]);
-            }
+            h.update(&buf[start..used]);
             let mut at = start;
             for (range, logical) in &run.pieces {
                 let n = (range.end - range.start) as usize;
@@ -705,9 +732,9 @@ fn run_job<'a>(
                 }
                 used += n;
             }
-            if let Some(h) = leaf.as_mut() {
-                h.update(&buf[start..used]);
-            }
+        }
+        if let Some(h) = leaf.as_mut() {
+            h.update(&buf[start..used]);
         }
         outs.push(RunOut { run, buf_start: start, len, out: s.out_at(run.range.start) });
     }
@@ -716,7 +743,7 @@ fn run_job<'a>(
     } else {
         send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
     }
-    Ok(done(leaf))
+    Ok(done(leaf, read_leaf))
 }
 
 /// Whether a run whose pieces hold `piece_bytes` bytes in `pieces` pieces is written
@@ -973,14 +1000,14 @@ mod tests {
         out: &Path,
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
-        let leaves = Some(Leaves { chunk, hash: LeafHash::Blake3, given: None, source: false });
+        let leaves = Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: None, given: None });
         write_outputs_with(
             model,
             targets,
             &actions,
             extra,
             leaves,
-            |l| Ok(l.concat()),
+            |l, _| Ok(l.concat()),
             out,
             false,
             &onnx_protect_format::NoProgress,
@@ -1018,27 +1045,39 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_hashing_its_source_gives_the_leaves_of_the_stored_bytes() {
-        // What a decryption's pass computes for the MAC check: the leaves of the bytes
-        // it reads, whatever it writes (here it encrypts, so the two differ).
+    fn a_pass_hashes_what_it_reads_and_what_it_writes_together() {
+        // What a decryption's pass computes for the MAC check (the leaves of the bytes
+        // it reads) and what a key rotation's computes besides (the leaves of the bytes
+        // it writes): here it encrypts, so the two differ.
         let dir = tempfile::tempdir().unwrap();
         let (model, targets, streams) = three_targets(dir.path());
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         for chunk in [4096u64, 1 << 20] {
             let stored = leaf_digests_ext(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();
-            let mut got = Vec::new();
             let out = dir.path().join("s.onnx");
-            let leaves = Some(Leaves { chunk, hash: LeafHash::Blake3, given: None, source: true });
-            let append = |l: &[[u8; 32]]| {
-                got = l.to_vec();
+            let nop = &onnx_protect_format::NoProgress;
+            let mut got = Vec::new();
+            let read_only = Some(Leaves { chunk, written: None, read: Some(LeafHash::Blake3), given: None });
+            let append = |w: &[[u8; 32]], r: &[[u8; 32]]| {
+                assert!(w.is_empty());
+                got = r.to_vec();
                 Ok(Vec::new())
             };
-            let nop = &onnx_protect_format::NoProgress;
-            write_outputs_with(&model, &targets, &actions, Vec::new(), leaves, append, &out, false, nop).unwrap();
+            write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, false, nop).unwrap();
             assert_eq!(got, stored, "chunk {chunk}");
-            // The bytes written are the same as without hashing the source.
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
             assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()]);
+            // Both at once: the written leaves are appended, as the reference does.
+            let both =
+                Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: Some(LeafHash::Blake3), given: None });
+            let mut got = Vec::new();
+            let append = |w: &[[u8; 32]], r: &[[u8; 32]]| {
+                got = r.to_vec();
+                Ok(w.concat())
+            };
+            write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, false, nop).unwrap();
+            assert_eq!(got, stored, "chunk {chunk}");
+            assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}");
         }
     }
 

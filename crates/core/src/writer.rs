@@ -7,7 +7,10 @@
 //!   the unchanged gaps between its spans (up to 8 MiB a run). Worker threads (rayon)
 //!   transform each span straight from the read-only map into a pooled buffer (for
 //!   `ctr`, keystream XOR source in one pass, no copy first) and hash the result when
-//!   leaves are asked for (the hash sees exactly the bytes that are written);
+//!   written leaves are asked for (the hash sees exactly the bytes that are written).
+//!   When read leaves are asked for (decryption and key rotation check the MAC over
+//!   the ciphertext they read), a run's spans are copied into the buffer first,
+//!   hashed there and transformed in place;
 //! * **puts**: new bytes of the edit plan (a re-encoded varint tensor, a replaced or
 //!   removed manifest entry, length prefixes, spans transformed beforehand);
 //! * **copies**: the stretches between runs, copied inside the kernel with
@@ -19,16 +22,18 @@
 //! unchanged byte is copied once, by the kernel, straight into the output (a sparse
 //! run is copied whole inside the kernel and its pieces written over it, see
 //! [`sparse`]); and, while no run is waiting, the copies and puts. Runs reach it
-//! through a short queue, which bounds the buffers in flight. Writes to one file from several threads only contend
-//! for its lock (measured: the waiting thread spins in the kernel). After each run the
-//! writer releases the run's pages of the map (`MADV_DONTNEED`), so the resident set
-//! stays small whatever the size of the model, and, for a durable output, every 64 MiB
-//! it starts the writeback of what it wrote, so the fsync of the commit finds little
-//! left to do.
+//! through a short queue, which bounds the buffers in flight. Writes to one file from
+//! several threads only contend for its lock (measured: the waiting thread spins in the
+//! kernel). After each run the writer releases the run's pages of the map
+//! (`MADV_DONTNEED`), so the resident set stays small whatever the size of the model
+//! (releasing them in the workers instead was slower, docs/performance.md session 6),
+//! and, for a durable output, every 64 MiB it starts the writeback of what it wrote, so
+//! the fsync of the commit finds little left to do.
 //!
-//! When leaves are asked for, the appended bytes (the new manifest entry) are built
-//! from them once every item is done and written last, so encrypting reads and
-//! writes each byte once.
+//! Once every item is done, the caller's `append` gets the leaves: it builds the
+//! appended bytes (an encryption's new manifest entry, written last) or refuses the
+//! output (a decryption whose MAC does not match: every staged file is then removed).
+//! So encrypting and decrypting read and write each byte once.
 
 use std::fs::File;
 use std::ops::Range;

@@ -1168,6 +1168,11 @@ pub(crate) fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<Session
     Ok(keys)
 }
 
+/// The keystream of every target of an untiered model.
+pub(crate) fn untiered_streams(keys: &SessionKeys, p: &Protected) -> Vec<Option<Keystream>> {
+    p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect()
+}
+
 /// Checks the MAC and the keyless checksum of an untiered model, given the leaves of
 /// its ciphertext (§7 of docs/format.md).
 pub(crate) fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
@@ -1190,8 +1195,7 @@ fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unl
         let keys = untiered_keys(master, p)?;
         let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &[])?;
         check_untiered_seal(&keys, p, &leaves)?;
-        let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
-        return Ok(Unlocked { key_tier: 0, streams });
+        return Ok(Unlocked { key_tier: 0, streams: untiered_streams(&keys, p) });
     }
     // Which tier is this key? Compare its key check value with every tier's.
     let given = SessionKeys::derive(master, &salt);
@@ -1290,7 +1294,6 @@ pub(crate) struct Restore {
     pub(crate) actions: Vec<Action>,
     /// Replacement of the manifest entry (empty: remove it).
     pub(crate) entry: Vec<u8>,
-    tier: u32,
 }
 
 /// Checks the key (and every MAC it allows) and chooses what decryption up to `tier` does.
@@ -1314,7 +1317,7 @@ pub(crate) fn plan_restore(
             .get(p.entry.range.start as usize..p.entry.range.end as usize)
             .ok_or_else(|| CoreError::BadManifest("manifest entry out of bounds".into()))?
             .to_vec();
-        return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry, tier: restored });
+        return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry });
     }
     let (upto, full) = if tiers > 1 {
         let upto = tier.unwrap_or(unlocked.key_tier);
@@ -1348,7 +1351,7 @@ pub(crate) fn plan_restore(
         env.restored_tiers = upto;
         metadata_field(METADATA_KEY, &b64().encode(env.encode_to_vec()))
     };
-    Ok(Restore { actions, entry, tier: upto })
+    Ok(Restore { actions, entry })
 }
 
 /// Verifies and decrypts `input` into `output`, restoring the original bytes.
@@ -1369,63 +1372,37 @@ pub fn decrypt_tier(
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
     check_output(&model, input, output, opts.in_place)?;
-    if p.manifest.tiers <= 1 && tier.is_none_or(|t| t == 1) {
-        return decrypt_untiered(&model, &p, input, output, key, opts);
-    }
-    let r = plan_restore(&model, &p, key, tier, false)?;
-    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(r.entry.clone()), ancestors: Vec::new() };
-    let durable = durable(opts.in_place, opts.sync);
-    let append = |_: &[[u8; 32]], _: &[[u8; 32]]| Ok(Vec::new());
-    crate::writer::write_outputs_with(
-        &model,
-        &p.targets,
-        &r.actions,
-        vec![entry],
-        None,
-        append,
-        output,
-        durable,
-        opts.progress,
-    )?;
-    let done: Vec<&Target> =
-        p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
-    let _ = r.tier;
-    Ok(DecryptReport {
-        input: input.display().to_string(),
-        output: output.display().to_string(),
-        tensors: done.len(),
-        decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
-    })
-}
-
-/// [`decrypt`] of an untiered model in one pass: the key check comes first (a wrong
-/// key is refused before anything is written); the pass that decrypts also hashes the
-/// ciphertext it reads, and the MAC and the checksum over those leaves are checked
-/// before the output is renamed into place, so a modified model leaves no output
-/// (the staged files are removed) and the ciphertext is read once, not twice.
-fn decrypt_untiered(
-    model: &Model,
-    p: &Protected,
-    input: &Path,
-    output: &Path,
-    key: &KeySource,
-    opts: &DecryptOptions,
-) -> Result<DecryptReport> {
-    let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, p)?;
-    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
-    let actions = prepare(model, &p.targets, streams, true)?;
-    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let leaves = Leaves { chunk: p.manifest.chunk_size, written: None, read: Some(p.leaf_hash), given: None };
+    // An untiered model is decrypted in one pass: after the key check (a wrong key is
+    // refused before anything is written), the pass also hashes the ciphertext it
+    // reads, and the MAC and the checksum over those leaves are checked before the
+    // staged outputs are renamed into place (a mismatch removes them). Tiered models
+    // (several MACs, restored tiers holding plaintext) are checked first.
+    let (actions, entry, keys) = if p.manifest.tiers <= 1 && tier.is_none_or(|t| t == 1) {
+        let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
+        (prepare(&model, &p.targets, untiered_streams(&keys, &p), true)?, Vec::new(), Some(keys))
+    } else {
+        let r = plan_restore(&model, &p, key, tier, false)?;
+        (r.actions, r.entry, None)
+    };
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(entry), ancestors: Vec::new() };
+    let leaves = keys.as_ref().map(|_| Leaves {
+        chunk: p.manifest.chunk_size,
+        written: None,
+        read: Some(p.leaf_hash),
+        given: None,
+    });
     let append = |_: &[[u8; 32]], read: &[[u8; 32]]| {
-        check_untiered_seal(&keys, p, read)?;
+        if let Some(keys) = &keys {
+            check_untiered_seal(keys, &p, read)?;
+        }
         Ok(Vec::new())
     };
     crate::writer::write_outputs_with(
-        model,
+        &model,
         &p.targets,
         &actions,
         vec![entry],
-        Some(leaves),
+        leaves,
         append,
         output,
         durable(opts.in_place, opts.sync),

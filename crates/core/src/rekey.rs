@@ -41,8 +41,8 @@ use zeroize::Zeroizing;
 
 use crate::protect::{
     b64, check_output, check_untiered_seal, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal,
-    span_mut, tier_keys, tool_name, transform_span, transform_tensor, unlock, untiered_keys, Action, CoreError,
-    KeySource, LeafSrc, Protected, Result, LEAF_HASH, METADATA_KEY,
+    span_mut, tier_keys, tool_name, transform_span, transform_tensor, unlock, untiered_keys, untiered_streams, Action,
+    CoreError, KeySource, LeafSrc, Protected, Result, LEAF_HASH, METADATA_KEY,
 };
 use crate::writer::{write_outputs_with, Leaves};
 
@@ -134,7 +134,7 @@ pub fn rekey(
     // anything is renamed into place); a tiered one's MACs are checked first.
     let (old_streams, old_keys) = if tiers <= 1 {
         let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
-        (p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect(), Some(keys))
+        (untiered_streams(&keys, &p), Some(keys))
     } else {
         opts.progress.start("verify", 0);
         let unlocked = unlock(&model, &p, old)?;

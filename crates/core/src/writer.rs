@@ -656,14 +656,18 @@ fn run_job<'a>(
         // Hash only: the bytes the source holds for this job, and those the output holds.
         if leaf.is_some() || read_leaf.is_some() {
             let _release = ReleaseOnDrop::for_job(model, t, job_ref);
+            let new_bytes = match action {
+                Action::Bytes(b) if leaf.is_some() => Some(b.as_slice()),
+                _ => None,
+            };
+            // The stored bytes (a varint tensor is decoded here unless it was up
+            // front) only when a leaf needs them.
             let stored = match decoded.get(&job_ref.target) {
                 Some(d) => std::borrow::Cow::Borrowed(d.as_slice()),
-                None => model.tensor_bytes(t.id)?,
+                None if read_leaf.is_some() || new_bytes.is_none() => model.tensor_bytes(t.id)?,
+                None => std::borrow::Cow::Borrowed(&[][..]),
             };
-            let out = match action {
-                Action::Bytes(b) => b.as_slice(),
-                _ => &stored,
-            };
+            let out = new_bytes.unwrap_or(&stored);
             for (h, whole) in [(read_leaf.as_mut(), &*stored), (leaf.as_mut(), out)] {
                 let Some(h) = h else { continue };
                 for &(a, b) in &job_ref.parts {

@@ -10,6 +10,7 @@ mod reference;
 mod rekey_check;
 mod rekey_tiers;
 mod runtime;
+mod sweep;
 mod tiers;
 mod transform;
 mod util;

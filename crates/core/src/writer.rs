@@ -498,13 +498,20 @@ struct RunOut<'a> {
     out: u64,
 }
 
-/// Run buffers ([`RUN_MAX`] bytes each), reused across runs and threads.
+/// Run buffers (up to [`RUN_MAX`] bytes each), reused across runs and threads.
 #[derive(Default)]
 struct Pool(Mutex<Vec<Vec<u8>>>);
 
 impl Pool {
-    fn take(&self) -> Vec<u8> {
-        self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_else(|| vec![0u8; RUN_MAX as usize])
+    /// A buffer of at least `len` bytes: a used one (grown if need be) or a new one of
+    /// that size. (Always allocating [`RUN_MAX`] made each pass over a small model
+    /// zero 8 MiB per buffer, most of the time of decrypting a 6 KB model.)
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
     }
 
     fn give(&self, buf: Vec<u8>) {
@@ -686,7 +693,10 @@ fn run_job<'a>(
     // writer per buffer, however small the runs. Only the pieces' bytes go into
     // the buffer (encrypted straight from the map); the gaps between them are
     // written from the map by the writer.
-    let mut buf = pool.take();
+    let piece_bytes = |run: &Run| run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum::<usize>();
+    // Bytes of this job's runs not yet in a buffer: what the next buffer needs, up to a run's size.
+    let mut left: usize = runs.iter().map(piece_bytes).sum();
+    let mut buf = pool.take(left.min(RUN_MAX as usize));
     let mut outs: Vec<RunOut> = Vec::new();
     let mut used = 0usize;
     let fail = |buf: Vec<u8>, used: usize, e: CoreError| {
@@ -699,15 +709,16 @@ fn run_job<'a>(
         Err(e)
     };
     for run in runs {
-        let len: usize = run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum();
+        let len = piece_bytes(run);
         if used + len > buf.len() && !outs.is_empty() {
-            let full = std::mem::replace(&mut buf, pool.take());
+            let full = std::mem::replace(&mut buf, pool.take(left.min(RUN_MAX as usize)));
             send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
             used = 0;
         }
         if buf.len() < used + len {
             buf.resize(used + len, 0);
         }
+        left -= len;
         let start = used;
         if let Some(h) = read_leaf.as_mut() {
             // Gather the run's stored bytes, hash them in one piece (the hash is

@@ -1,0 +1,232 @@
+//! Every byte of a protected model, changed one at a time, and every truncation of it:
+//! decryption either refuses, or gives back the original with exactly that one bit
+//! changed (the byte lies outside what the MAC covers, e.g. in the graph). It never gives back
+//! other bytes than the original's, and a changed byte of ciphertext or of the manifest
+//! is always refused. Parsing and inspecting a changed unprotected model never panics.
+
+use std::ops::Range;
+
+use onnx_protect_core::inspect::inspect;
+use onnx_protect_core::memory::decrypt_model_in_memory;
+use onnx_protect_core::protect::{
+    decrypt, decrypt_tier_to_vec, decrypt_to_vec, encrypt, protection_info, read_protected, DecryptOptions,
+    EncryptOptions, KeySource,
+};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{Model, NoProgress, TensorData};
+
+use crate::util::fixture_models;
+
+fn key() -> KeySource {
+    KeySource::Key(MasterKey::from_bytes([0x5a; 32]))
+}
+
+/// Byte ranges of `bytes` (a protected model file) that a change must never get
+/// through: the ciphertext stored in the model file itself, and the manifest entry.
+fn guarded(bytes: &[u8], dir: &std::path::Path) -> Vec<Range<usize>> {
+    let model = Model::from_vec(bytes.to_vec(), Some(dir.to_path_buf())).unwrap();
+    let p = read_protected(&model).unwrap();
+    let mut out = Vec::new();
+    for t in &p.targets {
+        let tensor = &model.tensors[t.tensor];
+        match &tensor.data {
+            TensorData::Raw { .. } | TensorData::Fixed { .. } => {
+                for &(a, b) in &t.spans {
+                    out.extend(tensor.file_pieces(a, b).into_iter().map(|(r, _)| r.start as usize..r.end as usize));
+                }
+            }
+            TensorData::Varint { fields, .. } if t.spans.iter().map(|(a, b)| b - a).sum::<u64>() == tensor.nbytes => {
+                // All of it encrypted: the varints after each field's tag and length
+                // (at most 3 bytes here).
+                out.extend(fields.iter().map(|r| r.start as usize + 3..r.end as usize));
+            }
+            _ => {}
+        }
+    }
+    let entry = model.metadata.iter().find(|e| onnx_protect_core::protect::is_manifest_key(&e.key)).unwrap();
+    out.push(entry.range.end as usize - entry.value.len()..entry.range.end as usize);
+    out
+}
+
+/// Decrypts `bytes` both ways in memory: `Ok` only if both succeed with the same result.
+fn decrypt_both(bytes: Vec<u8>, dir: &std::path::Path, external: bool) -> Result<Vec<u8>, String> {
+    let model = Model::from_vec(bytes, Some(dir.to_path_buf())).map_err(|e| e.to_string())?;
+    let mapped = decrypt_model_in_memory(&model, &key()).map(|d| d.bytes().to_vec());
+    if external {
+        return mapped.map_err(|e| e.to_string());
+    }
+    let copied = decrypt_to_vec(&model, &key());
+    match (mapped, copied) {
+        (Ok(a), Ok(b)) => {
+            assert!(a == b, "the two in-memory decryptions disagree");
+            Ok(a)
+        }
+        (Err(a), Err(_)) => Err(a.to_string()),
+        (a, b) => panic!("one decryption refused, the other did not: {:?} / {:?}", a.err(), b.err()),
+    }
+}
+
+#[test]
+fn every_changed_byte_of_a_protected_model_is_refused_or_comes_back_as_it_was() {
+    let mut checked = 0usize;
+    for path in fixture_models() {
+        let ctx = path.display().to_string();
+        let (dir, _) = crate::util::copy_fixture(&path);
+        let enc_path = dir.path().join("enc.onnx");
+        let mut policy = onnx_protect_select::Policy::default();
+        // Everything the policy can take, so that most of each file is ciphertext.
+        policy.apply_override("coefficient", "*=1").unwrap();
+        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
+        encrypt(&path, &enc_path, &key(), &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let enc = std::fs::read(&enc_path).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        let external = Model::open(&path).unwrap().external_files.len() > 0;
+        // Decrypting the unchanged file gives the original (the baseline of the sweep).
+        assert!(decrypt_both(enc.clone(), dir.path(), external).unwrap() == original, "{ctx}");
+        let guard = guarded(&enc, dir.path());
+        let is_guarded = |i: usize| guard.iter().any(|r| r.contains(&i));
+        for i in 0..enc.len() {
+            let mut bytes = enc.clone();
+            bytes[i] ^= 1 << (i % 8);
+            match decrypt_both(bytes, dir.path(), external) {
+                Err(_) => {}
+                Ok(out) => {
+                    assert!(!is_guarded(i), "{ctx}: byte {i} (guarded) changed and decryption accepted it");
+                    assert_eq!(out.len(), original.len(), "{ctx}: byte {i}");
+                    // The same one-bit change, at the same offset of the original unless
+                    // a re-encoded (varint) tensor before it changed length.
+                    let diff: Vec<usize> = (0..out.len()).filter(|&j| out[j] != original[j]).collect();
+                    assert!(
+                        diff.len() == 1 && out[diff[0]] ^ original[diff[0]] == 1 << (i % 8),
+                        "{ctx}: byte {i} changed, the output differs at {diff:?}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+        // Every truncation loses (part of) the manifest: refused.
+        for n in 0..enc.len() {
+            let r = decrypt_both(enc[..n].to_vec(), dir.path(), external);
+            assert!(r.is_err(), "{ctx}: truncated to {n} bytes and accepted");
+        }
+    }
+    assert!(checked > 20_000, "only {checked} positions checked");
+}
+
+#[test]
+fn every_changed_byte_of_a_protected_file_is_refused_without_output_or_decrypted_as_it_was() {
+    // The same sweep through the file path (the one-pass writer, whose MAC check comes
+    // after it has staged the output): a refusal leaves nothing behind.
+    for name in ["cnn_torch", "typed_fields", "external_data"] {
+        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
+        // In memory where the system has a tmpfs: thousands of staged files.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        let enc_path = dir.path().join("enc.onnx");
+        let mut policy = onnx_protect_select::Policy::default();
+        policy.apply_override("coefficient", "*=1").unwrap();
+        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
+        encrypt(&path, &enc_path, &key(), &opts).unwrap();
+        let enc = std::fs::read(&enc_path).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        let guard = guarded(&enc, dir.path());
+        let out_dir = dir.path().join("out");
+        let out = out_dir.join("model.onnx");
+        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
+        for i in 0..enc.len() {
+            let mut bytes = enc.clone();
+            bytes[i] ^= 1 << (i % 8);
+            std::fs::write(&enc_path, &bytes).unwrap();
+            match decrypt(&enc_path, &out, &key(), &dopts) {
+                Err(_) => {
+                    let left: Vec<_> = std::fs::read_dir(&out_dir).map(|d| d.flatten().collect()).unwrap_or_default();
+                    assert!(left.is_empty(), "{name}: byte {i}: refused, but left {left:?}");
+                }
+                Ok(_) => {
+                    assert!(!guard.iter().any(|r| r.contains(&i)), "{name}: byte {i} (guarded) accepted");
+                    let got = std::fs::read(&out).unwrap();
+                    let diff: Vec<usize> =
+                        (0..got.len().min(original.len())).filter(|&j| got[j] != original[j]).collect();
+                    assert!(
+                        got.len() == original.len()
+                            && diff.len() == 1
+                            && got[diff[0]] ^ original[diff[0]] == 1 << (i % 8),
+                        "{name}: byte {i} changed, the output differs at {diff:?}"
+                    );
+                    std::fs::remove_dir_all(&out_dir).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_changed_byte_of_a_tiered_model_is_refused_or_comes_back_as_the_tier_gives_it() {
+    // Three tiers (dp mode, l1 selection): with the top key the original comes back,
+    // with the tier-1 key the model with tiers 2 and 3 still encrypted.
+    let top = MasterKey::from_bytes([0x3c; 32]);
+    let low = top.tier_down().tier_down();
+    let mut policy = onnx_protect_select::Policy::default();
+    policy.apply_override("mode", "*=dp").unwrap();
+    policy.apply_override("selection", "*=l1").unwrap();
+    policy.set_tiers(3).unwrap();
+    for name in ["cnn_torch", "roles_mix", "typed_fields"] {
+        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let enc_path = dir.path().join("enc.onnx");
+        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
+        encrypt(&path, &enc_path, &KeySource::Key(top.clone()), &opts).unwrap();
+        let enc = std::fs::read(&enc_path).unwrap();
+        let guard = guarded(&enc, dir.path());
+        let open = |b: Vec<u8>| Model::from_vec(b, None).map_err(|e| e.to_string());
+        let enc_with = |i: usize| {
+            let mut bytes = enc.clone();
+            bytes[i] ^= 1 << (i % 8);
+            bytes
+        };
+        for (k, label) in [(&top, "top"), (&low, "tier 1")] {
+            let ks = KeySource::Key(k.clone());
+            let want = decrypt_tier_to_vec(&open(enc.clone()).unwrap(), &ks, None).unwrap();
+            for i in 0..enc.len() {
+                let Ok(model) = open(enc_with(i)) else { continue };
+                let Ok(out) = decrypt_tier_to_vec(&model, &ks, None) else { continue };
+                if guard.iter().any(|r| r.contains(&i)) {
+                    // Only what this key cannot check: the MAC of a tier above it. The
+                    // top key still refuses the file.
+                    assert!(label != "top", "{name}, {label}: byte {i} (guarded) accepted");
+                    let top_key = KeySource::Key(top.clone());
+                    let again = decrypt_tier_to_vec(&open(enc_with(i)).unwrap(), &top_key, None);
+                    assert!(again.is_err(), "{name}: byte {i} accepted by the tier-1 key and the top key");
+                }
+                let diff: Vec<usize> = (0..out.len().min(want.len())).filter(|&j| out[j] != want[j]).collect();
+                assert!(
+                    out.len() == want.len() && diff.len() == 1 && out[diff[0]] ^ want[diff[0]] == 1 << (i % 8),
+                    "{name}, {label}: byte {i} changed, the output differs at {diff:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_changed_byte_of_an_unprotected_model_parses_or_is_refused_without_a_panic() {
+    for path in fixture_models() {
+        let original = std::fs::read(&path).unwrap();
+        let dir = path.parent().unwrap().to_path_buf();
+        for i in 0..original.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bytes = original.clone();
+                bytes[i] ^= bit;
+                if let Ok(model) = Model::from_vec(bytes, Some(dir.clone())) {
+                    let _ = inspect(&model);
+                    let _ = protection_info(&model);
+                }
+            }
+        }
+        for n in 0..original.len() {
+            if let Ok(model) = Model::from_vec(original[..n].to_vec(), Some(dir.clone())) {
+                let _ = inspect(&model);
+            }
+        }
+    }
+}

@@ -80,7 +80,7 @@ fn every_changed_byte_of_a_protected_model_is_refused_or_comes_back_as_it_was() 
         encrypt(&path, &enc_path, &key(), &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let enc = std::fs::read(&enc_path).unwrap();
         let original = std::fs::read(&path).unwrap();
-        let external = Model::open(&path).unwrap().external_files.len() > 0;
+        let external = !Model::open(&path).unwrap().external_files.is_empty();
         // Decrypting the unchanged file gives the original (the baseline of the sweep).
         assert!(decrypt_both(enc.clone(), dir.path(), external).unwrap() == original, "{ctx}");
         let guard = guarded(&enc, dir.path());

@@ -9,9 +9,10 @@ use std::ops::Range;
 use onnx_protect_core::inspect::inspect;
 use onnx_protect_core::memory::decrypt_model_in_memory;
 use onnx_protect_core::protect::{
-    decrypt, decrypt_tier_to_vec, decrypt_to_vec, encrypt, protection_info, read_protected, DecryptOptions,
+    decrypt, decrypt_tier_to_vec, decrypt_to_vec, encrypt, protection_info, read_protected, verify, DecryptOptions,
     EncryptOptions, KeySource,
 };
+use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, TensorData};
 
@@ -113,50 +114,146 @@ fn every_changed_byte_of_a_protected_model_is_refused_or_comes_back_as_it_was() 
     assert!(checked > 20_000, "only {checked} positions checked");
 }
 
-#[test]
-fn every_changed_byte_of_a_protected_file_is_refused_without_output_or_decrypted_as_it_was() {
-    // The same sweep through the file path (the one-pass writer, whose MAC check comes
-    // after it has staged the output): a refusal leaves nothing behind.
-    for name in ["cnn_torch", "typed_fields", "external_data"] {
-        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
-        // In memory where the system has a tmpfs: thousands of staged files.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
-        let enc_path = dir.path().join("enc.onnx");
-        let mut policy = onnx_protect_select::Policy::default();
-        policy.apply_override("coefficient", "*=1").unwrap();
-        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
-        encrypt(&path, &enc_path, &key(), &opts).unwrap();
-        let enc = std::fs::read(&enc_path).unwrap();
-        let original = std::fs::read(&path).unwrap();
-        let guard = guarded(&enc, dir.path());
-        let out_dir = dir.path().join("out");
-        let out = out_dir.join("model.onnx");
-        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
-        for i in 0..enc.len() {
-            let mut bytes = enc.clone();
-            bytes[i] ^= 1 << (i % 8);
-            std::fs::write(&enc_path, &bytes).unwrap();
-            match decrypt(&enc_path, &out, &key(), &dopts) {
-                Err(_) => {
-                    let left: Vec<_> = std::fs::read_dir(&out_dir).map(|d| d.flatten().collect()).unwrap_or_default();
-                    assert!(left.is_empty(), "{name}: byte {i}: refused, but left {left:?}");
-                }
-                Ok(_) => {
-                    assert!(!guard.iter().any(|r| r.contains(&i)), "{name}: byte {i} (guarded) accepted");
-                    let got = std::fs::read(&out).unwrap();
-                    let diff: Vec<usize> =
-                        (0..got.len().min(original.len())).filter(|&j| got[j] != original[j]).collect();
-                    assert!(
-                        got.len() == original.len()
-                            && diff.len() == 1
-                            && got[diff[0]] ^ original[diff[0]] == 1 << (i % 8),
-                        "{name}: byte {i} changed, the output differs at {diff:?}"
-                    );
-                    std::fs::remove_dir_all(&out_dir).unwrap();
+/// The ciphertext each external data file of the protected model `enc` holds, by the
+/// file's `location`.
+fn guarded_external(enc: &std::path::Path) -> Vec<(String, Range<usize>)> {
+    let model = Model::open(enc).unwrap();
+    let p = read_protected(&model).unwrap();
+    let mut out = Vec::new();
+    for t in &p.targets {
+        let tensor = &model.tensors[t.tensor];
+        if let TensorData::External { file, .. } = &tensor.data {
+            let location = model.external_files[*file].location.clone();
+            for &(a, b) in &t.spans {
+                for (r, _) in tensor.file_pieces(a, b) {
+                    out.push((location.clone(), r.start as usize..r.end as usize));
                 }
             }
         }
+    }
+    out
+}
+
+/// The bytes of the protected model file at `path` whose base64 characters encode
+/// `Envelope.mac` (field 2, after the manifest, field 1): the one part of the entry the
+/// keyless checksum cannot cover, since only the key can check it (docs/format.md §7).
+fn mac_in_file(path: &std::path::Path) -> Range<usize> {
+    let model = Model::open(path).unwrap();
+    let p = read_protected(&model).unwrap();
+    let m = p.envelope.manifest.len();
+    let varint_len = |mut v: usize| {
+        let mut n = 1;
+        while v >= 0x80 {
+            v >>= 7;
+            n += 1;
+        }
+        n
+    };
+    // Tag and length of the manifest, the manifest, then the MAC's tag and length.
+    let start = 1 + varint_len(m) + m + 2;
+    let value_start = p.entry.range.end as usize - p.entry.value.len();
+    value_start + start / 3 * 4..value_start + (start + 32).div_ceil(3) * 4
+}
+
+/// The files of folder `dir`, by name.
+fn folder(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `got` is `want` with exactly one bit, `bit`, changed in one file.
+fn one_bit_apart(
+    got: &std::collections::BTreeMap<String, Vec<u8>>,
+    want: &std::collections::BTreeMap<String, Vec<u8>>,
+    bit: u8,
+) -> bool {
+    if got.keys().ne(want.keys()) {
+        return false;
+    }
+    let mut diffs = got.iter().flat_map(|(name, g)| {
+        let w = &want[name];
+        let n = g.len().max(w.len());
+        (0..n).filter(move |&j| g.get(j) != w.get(j)).map(move |j| (g.get(j).copied(), w.get(j).copied()))
+    });
+    matches!((diffs.next(), diffs.next()), (Some((Some(g), Some(w))), None) if g ^ w == bit)
+}
+
+#[test]
+fn every_changed_byte_of_a_protected_folder_is_refused_without_output_or_comes_back_as_it_was() {
+    // The sweep through the file path: the one-pass writer, whose MAC check comes after
+    // it has staged the output (a refusal must leave nothing behind), and every file of
+    // the protected folder, the external data files included. Key rotation (which
+    // checks the old MAC in its pass) and `verify` with and without the key are swept
+    // at every third byte.
+    let new_key = KeySource::Key(MasterKey::from_bytes([0x77; 32]));
+    for name in ["cnn_torch", "typed_fields", "external_data"] {
+        let src = crate::util::root().join("fixtures/models").join(name);
+        let original = folder(&src);
+        let original: std::collections::BTreeMap<_, _> =
+            original.into_iter().filter(|(n, _)| n.ends_with(".onnx") || n.ends_with(".bin")).collect();
+        // In memory where the system has a tmpfs: thousands of staged files.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        let enc_dir = dir.path().join("enc");
+        let enc_path = enc_dir.join("model.onnx");
+        let mut policy = onnx_protect_select::Policy::default();
+        policy.apply_override("coefficient", "*=1").unwrap();
+        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
+        encrypt(&src.join("model.onnx"), &enc_path, &key(), &opts).unwrap();
+        let enc = folder(&enc_dir);
+        let mut guard: Vec<(String, Range<usize>)> =
+            guarded(&enc["model.onnx"], &enc_dir).into_iter().map(|r| ("model.onnx".to_string(), r)).collect();
+        guard.extend(guarded_external(&enc_path));
+        let mac_chars = mac_in_file(&enc_path);
+        let out_dir = dir.path().join("out");
+        let out = out_dir.join("model.onnx");
+        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
+        let ropts = RekeyOptions { in_place: false, sync: false, progress: &NoProgress };
+        let mut swept = 0usize;
+        for (file, bytes) in &enc {
+            for i in 0..bytes.len() {
+                let ctx = format!("{name}: byte {i} of {file}");
+                let bit = 1u8 << (i % 8);
+                let mut changed = bytes.clone();
+                changed[i] ^= bit;
+                std::fs::write(enc_dir.join(file), &changed).unwrap();
+                let is_guarded = guard.iter().any(|(f, r)| f == file && r.contains(&i));
+                match decrypt(&enc_path, &out, &key(), &dopts) {
+                    Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
+                    Ok(_) => {
+                        assert!(!is_guarded, "{ctx} (guarded) accepted");
+                        assert!(one_bit_apart(&folder(&out_dir), &original, bit), "{ctx}: not the original");
+                        std::fs::remove_dir_all(&out_dir).unwrap();
+                    }
+                }
+                if i % 3 == 0 {
+                    let keyless = verify(&enc_path, None, &NoProgress);
+                    let keyed = verify(&enc_path, Some(&key()), &NoProgress);
+                    assert!(!is_guarded || keyed.is_err(), "{ctx} (guarded) verified with the key");
+                    let keyless_blind = file == "model.onnx" && mac_chars.contains(&i);
+                    assert!(!is_guarded || keyless.is_err() || keyless_blind, "{ctx} (guarded) verified without a key");
+                    match rekey(&enc_path, &out, &key(), &new_key, &ropts) {
+                        Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: rekey refused, but left files"),
+                        Ok(_) => {
+                            assert!(!is_guarded, "{ctx} (guarded) accepted by rekey");
+                            let back = dir.path().join("back/model.onnx");
+                            decrypt(&out, &back, &new_key, &dopts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                            assert!(one_bit_apart(&folder(back.parent().unwrap()), &original, bit), "{ctx}: rekey");
+                            std::fs::remove_dir_all(&out_dir).unwrap();
+                            std::fs::remove_dir_all(back.parent().unwrap()).unwrap();
+                        }
+                    }
+                }
+                swept += 1;
+            }
+            std::fs::write(enc_dir.join(file), bytes).unwrap();
+        }
+        assert!(swept > 1000, "{name}: only {swept} bytes swept");
     }
 }
 

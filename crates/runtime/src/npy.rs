@@ -390,6 +390,32 @@ mod tests {
     }
 
     #[test]
+    fn every_changed_bit_and_every_truncation_is_read_or_refused_without_a_panic() {
+        let good = NpyArray::new(Dtype::F32, vec![2, 3], (0..24).collect()).unwrap().to_bytes();
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut b = good.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(r) = NpyArray::from_bytes(&b) {
+                    assert_eq!(r.shape.iter().product::<usize>() * r.dtype.size(), r.data.len(), "byte {i} bit {bit}");
+                    let _ = (r.summary(), r.to_f64());
+                }
+            }
+        }
+        for n in 0..good.len() {
+            assert!(NpyArray::from_bytes(&good[..n]).is_err(), "truncated to {n}");
+        }
+        for shape in ["(99999999999, 99999999999)", "(4294967296, 4294967296, 4294967296)"] {
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.extend_from_slice(&[0u8; 24]);
+            assert!(NpyArray::from_bytes(&b).is_err(), "{shape}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_files_with_a_reason() {
         let ok = NpyArray::new(Dtype::F32, vec![2], vec![0; 8]).unwrap().to_bytes();
         let replace = |from: &[u8], to: &[u8]| {

@@ -175,6 +175,34 @@ mod tests {
     }
 
     #[test]
+    fn every_changed_bit_and_every_truncation_is_read_or_refused_without_a_panic() {
+        let a = NpyArray { shape: vec![2, 3], data: Samples::F32((0..6).map(|i| i as f32).collect()) };
+        let good = write(&a).unwrap();
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut b = good.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(r) = read(&b) {
+                    assert_eq!(r.shape.iter().product::<usize>(), r.data.len(), "byte {i} bit {bit}");
+                }
+            }
+        }
+        for n in 0..good.len() {
+            assert!(read(&good[..n]).is_err(), "truncated to {n}");
+        }
+        // Shapes that lie: far more elements than bytes, and a product that overflows.
+        for shape in ["(99999999999, 99999999999)", "(4294967296, 4294967296, 4294967296)"] {
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16 + 1).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.push(b'\n');
+            b.extend_from_slice(&[0u8; 24]);
+            assert!(read(&b).is_err(), "{shape}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_input() {
         assert!(read(b"not npy").is_err());
         let a = NpyArray { shape: vec![4], data: Samples::U8(vec![1, 2, 3, 4]) };

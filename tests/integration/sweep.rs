@@ -306,6 +306,60 @@ fn every_changed_byte_of_a_tiered_model_is_refused_or_comes_back_as_the_tier_giv
 }
 
 #[test]
+fn every_changed_byte_of_a_tiered_file_is_refused_without_output_or_decrypted_as_the_tier_gives_it() {
+    // The file path of a tiered model (its MACs and checksums are checked after the
+    // pass, like an untiered one's): with the top key at every byte, with the tier-1
+    // key at every third.
+    let top = MasterKey::from_bytes([0x3c; 32]);
+    let low = top.tier_down().tier_down();
+    for (name, mode) in [("cnn_torch", "*=fp"), ("typed_fields", "*=dp")] {
+        let mut policy = onnx_protect_select::Policy::default();
+        policy.apply_override("mode", mode).unwrap();
+        policy.apply_override("selection", "*=l1").unwrap();
+        policy.set_tiers(3).unwrap();
+        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        let enc_path = dir.path().join("enc.onnx");
+        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
+        encrypt(&path, &enc_path, &KeySource::Key(top.clone()), &opts).unwrap();
+        let enc = std::fs::read(&enc_path).unwrap();
+        let guard = guarded(&enc, dir.path());
+        let out_dir = dir.path().join("out");
+        let out = out_dir.join("model.onnx");
+        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
+        for (k, label, step) in [(&top, "top", 1), (&low, "tier 1", 3)] {
+            let ks = KeySource::Key(k.clone());
+            decrypt(&enc_path, &out, &ks, &dopts).unwrap();
+            let want = folder(&out_dir);
+            std::fs::remove_dir_all(&out_dir).unwrap();
+            for i in (0..enc.len()).step_by(step) {
+                let ctx = format!("{name}, {label}: byte {i}");
+                let bit = 1u8 << (i % 8);
+                let mut changed = enc.clone();
+                changed[i] ^= bit;
+                std::fs::write(&enc_path, &changed).unwrap();
+                match decrypt(&enc_path, &out, &ks, &dopts) {
+                    Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
+                    Ok(_) => {
+                        if guard.iter().any(|r| r.contains(&i)) {
+                            // Only what this key cannot check: the MAC of a tier above it.
+                            assert!(label != "top", "{ctx} (guarded) accepted");
+                            let top_key = KeySource::Key(top.clone());
+                            let again = dir.path().join("again.onnx");
+                            assert!(decrypt(&enc_path, &again, &top_key, &dopts).is_err(), "{ctx}: top key too");
+                        }
+                        assert!(one_bit_apart(&folder(&out_dir), &want, bit), "{ctx}: not what the tier gives");
+                        std::fs::remove_dir_all(&out_dir).unwrap();
+                    }
+                }
+            }
+            std::fs::write(&enc_path, &enc).unwrap();
+        }
+    }
+}
+
+#[test]
 fn every_changed_byte_of_an_unprotected_model_parses_or_is_refused_without_a_panic() {
     for path in fixture_models() {
         let original = std::fs::read(&path).unwrap();

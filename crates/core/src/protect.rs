@@ -1188,34 +1188,15 @@ pub(crate) fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[
 
 /// [`unlock`] with the master key already derived (a passphrase is stretched once).
 fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
-    let salt = salt_of(p)?;
     let chunk = p.manifest.chunk_size;
-    let tiers = p.manifest.tiers;
-    if tiers <= 1 {
+    if p.manifest.tiers <= 1 {
         let keys = untiered_keys(master, p)?;
         let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &[])?;
         check_untiered_seal(&keys, p, &leaves)?;
         return Ok(Unlocked { key_tier: 0, streams: untiered_streams(&keys, p) });
     }
-    // Which tier is this key? Compare its key check value with every tier's.
-    let given = SessionKeys::derive(master, &salt);
-    let mut key_tier = 0;
-    for (i, kc) in p.manifest.tier_key_checks.iter().enumerate() {
-        if given.key_check_matches(kc) {
-            key_tier = i as u32 + 1;
-        }
-    }
-    if key_tier == 0 {
-        return Err(CoreError::WrongKey);
-    }
-    let sessions: Vec<SessionKeys> =
-        tier_keys(master, key_tier).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+    let TierKeys { key_tier, sessions, streams } = tier_keys_of(master, p)?;
     let restored = p.envelope.restored_tiers;
-    let streams: Vec<Option<Keystream>> = p
-        .targets
-        .iter()
-        .map(|t| (t.tier <= key_tier).then(|| sessions[t.tier as usize - 1].keystream(t.stream_id)))
-        .collect();
     // Restored tiers hold plaintext: re-encrypt them to check their MACs.
     let pre: Vec<Option<Vec<u8>>> = p
         .targets
@@ -1242,7 +1223,52 @@ fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unl
         })
         .collect();
     let leaves = leaf_digests_ext(model, &p.targets, chunk, p.leaf_hash, &sources)?;
-    let by_tier = leaves_by_tier(&p.targets, chunk, &leaves, tiers);
+    check_tier_seals(p, key_tier, &sessions, &leaves)?;
+    Ok(Unlocked { key_tier, streams })
+}
+
+/// The keys a key gives for a tiered model, before any MAC is checked.
+pub(crate) struct TierKeys {
+    /// The key's tier (1..=N).
+    key_tier: u32,
+    /// The session keys of tiers 1..=key_tier (index `tier − 1`).
+    sessions: Vec<SessionKeys>,
+    /// The keystream of each target of those tiers (same order as the targets).
+    streams: Vec<Option<Keystream>>,
+}
+
+/// Finds the tier of `master` in a tiered manifest by its key check value (none
+/// matches: "wrong key") and derives the keys of that tier and the ones below.
+fn tier_keys_of(master: &MasterKey, p: &Protected) -> Result<TierKeys> {
+    let salt = salt_of(p)?;
+    let given = SessionKeys::derive(master, &salt);
+    let mut key_tier = 0;
+    for (i, kc) in p.manifest.tier_key_checks.iter().enumerate() {
+        if given.key_check_matches(kc) {
+            key_tier = i as u32 + 1;
+        }
+    }
+    if key_tier == 0 {
+        return Err(CoreError::WrongKey);
+    }
+    let sessions: Vec<SessionKeys> =
+        tier_keys(master, key_tier).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+    let streams = p
+        .targets
+        .iter()
+        .map(|t| (t.tier <= key_tier).then(|| sessions[t.tier as usize - 1].keystream(t.stream_id)))
+        .collect();
+    Ok(TierKeys { key_tier, sessions, streams })
+}
+
+/// Checks every tier's MAC that the key of `key_tier` can check and every checksum,
+/// given the leaves of all targets in chunk-job order (for tiers restored in the file,
+/// the leaves of their plaintext encrypted again). A restored tier above the key
+/// holds plaintext this key cannot encrypt, so it is not checked (§11 of docs/format.md).
+fn check_tier_seals(p: &Protected, key_tier: u32, sessions: &[SessionKeys], leaves: &[[u8; 32]]) -> Result<()> {
+    let tiers = p.manifest.tiers;
+    let restored = p.envelope.restored_tiers;
+    let by_tier = leaves_by_tier(&p.targets, p.manifest.chunk_size, leaves, tiers);
     for t in 1..=tiers {
         let i = t as usize - 1;
         let keys = (t <= key_tier).then(|| &sessions[i]);
@@ -1259,7 +1285,7 @@ fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unl
             return Err(CoreError::Modified(format!("the checksum of tier {t} does not match")));
         }
     }
-    Ok(Unlocked { key_tier, streams })
+    Ok(())
 }
 
 fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
@@ -1308,7 +1334,12 @@ pub(crate) fn plan_restore(
     tier: Option<u32>,
     as_is_ok: bool,
 ) -> Result<Restore> {
-    let unlocked = unlock(model, p, key)?;
+    restore_for(model, p, unlock(model, p, key)?, tier, as_is_ok)
+}
+
+/// What decryption up to `tier` does with the keys `unlocked` (whose MACs the caller
+/// checks: before, or in the pass that writes).
+fn restore_for(model: &Model, p: &Protected, unlocked: Unlocked, tier: Option<u32>, as_is_ok: bool) -> Result<Restore> {
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
     if as_is_ok && tiers > 1 && tier.is_none() && unlocked.key_tier <= restored {
@@ -1354,6 +1385,16 @@ pub(crate) fn plan_restore(
     Ok(Restore { actions, entry })
 }
 
+/// What a decryption's pass still has to check once it has hashed the ciphertext.
+enum Seal {
+    /// The MAC and checksum of an untiered model, with these keys.
+    Untiered(SessionKeys),
+    /// Every tier's MAC the key can check, and every checksum.
+    Tiered(TierKeys),
+    /// Nothing: checked before the pass.
+    Checked,
+}
+
 /// Verifies and decrypts `input` into `output`, restoring the original bytes.
 pub fn decrypt(input: &Path, output: &Path, key: &KeySource, opts: &DecryptOptions) -> Result<DecryptReport> {
     decrypt_tier(input, output, key, None, opts)
@@ -1372,28 +1413,44 @@ pub fn decrypt_tier(
     let model = Model::open_with_progress(input, opts.progress)?;
     let p = read_protected(&model)?;
     check_output(&model, input, output, opts.in_place)?;
-    // An untiered model is decrypted in one pass: after the key check (a wrong key is
-    // refused before anything is written), the pass also hashes the ciphertext it
-    // reads, and the MAC and the checksum over those leaves are checked before the
-    // staged outputs are renamed into place (a mismatch removes them). Tiered models
-    // (several MACs, restored tiers holding plaintext) are checked first.
-    let (actions, entry, keys) = if p.manifest.tiers <= 1 && tier.is_none_or(|t| t == 1) {
+    // A full decryption is one pass: after the key check (a wrong key is refused before
+    // anything is written), the pass also hashes the ciphertext it reads, and the MACs
+    // and checksums over those leaves are checked before the staged outputs are renamed
+    // into place (a mismatch removes them). A partial one (a lower tier's key, or tiers
+    // already restored in the file) checks first: the pass would hash the tiers it leaves
+    // encrypted beside the ones it writes (measured slower), and the leaves of a restored
+    // tier are those of its plaintext encrypted again, which the pass does not compute.
+    let tiered = p.manifest.tiers > 1;
+    let (actions, entry, seal) = if !tiered && tier.is_none_or(|t| t == 1) {
         let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
-        (prepare(&model, &p.targets, untiered_streams(&keys, &p), true)?, Vec::new(), Some(keys))
+        (prepare(&model, &p.targets, untiered_streams(&keys, &p), true)?, Vec::new(), Seal::Untiered(keys))
+    } else if tiered {
+        let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
+        let tk = tier_keys_of(&master, &p)?;
+        if p.envelope.restored_tiers == 0 && tier.unwrap_or(tk.key_tier) == p.manifest.tiers {
+            let unlocked = Unlocked { key_tier: tk.key_tier, streams: tk.streams.clone() };
+            let r = restore_for(&model, &p, unlocked, tier, false)?;
+            (r.actions, r.entry, Seal::Tiered(tk))
+        } else {
+            let r = restore_for(&model, &p, unlock_master(&model, &p, &master)?, tier, false)?;
+            (r.actions, r.entry, Seal::Checked)
+        }
     } else {
         let r = plan_restore(&model, &p, key, tier, false)?;
-        (r.actions, r.entry, None)
+        (r.actions, r.entry, Seal::Checked)
     };
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(entry), ancestors: Vec::new() };
-    let leaves = keys.as_ref().map(|_| Leaves {
+    let leaves = (!matches!(seal, Seal::Checked)).then_some(Leaves {
         chunk: p.manifest.chunk_size,
         written: None,
         read: Some(p.leaf_hash),
         given: None,
     });
     let append = |_: &[[u8; 32]], read: &[[u8; 32]]| {
-        if let Some(keys) = &keys {
-            check_untiered_seal(keys, &p, read)?;
+        match &seal {
+            Seal::Untiered(keys) => check_untiered_seal(keys, &p, read)?,
+            Seal::Tiered(tk) => check_tier_seals(&p, tk.key_tier, &tk.sessions, read)?,
+            Seal::Checked => {}
         }
         Ok(Vec::new())
     };

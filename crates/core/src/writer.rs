@@ -460,6 +460,16 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
             _ => runs.push(Run { range: range.clone(), pieces: vec![(range, logical)] }),
         }
     }
+    // Each run also takes in the free stretch after it, up to whatever is written next
+    // (at most MERGE_GAP): so a stretch between the interleaved runs of several targets
+    // (a tiered model's rows) is written with the run before it, not copied on its own
+    // (measured: one copy_file_range per row of a tiered model).
+    for r in &mut runs {
+        let i = occupied.partition_point(|o| o.0 < r.range.end);
+        if let Some(&(next, _)) = occupied.get(i) {
+            r.range.end = next.min(r.range.end + MERGE_GAP);
+        }
+    }
     runs
 }
 
@@ -576,11 +586,16 @@ fn write_ops(
                 for ro in &runs {
                     done += ro.run.range.end - ro.run.range.start;
                     r = write_run(s, &buf, ro);
-                    s.release(ro.run.range.clone());
                     used = used.max(ro.buf_start + ro.len);
                     if r.is_err() {
                         break;
                     }
+                }
+                // One release for the stretch the buffer's runs span: each release
+                // interrupts the other cores to flush their TLBs, and a tiered model's
+                // runs are single rows (one release per row took most of the writer's time).
+                if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
+                    s.release(first.run.range.start..last.run.range.end);
                 }
                 if wipe {
                     buf[..used].zeroize();
@@ -708,9 +723,33 @@ fn run_job<'a>(
         pool.give(buf);
         Err(e)
     };
+    // Hashing (and, when the stored bytes are hashed, transforming in place) is done
+    // once per buffer, over all its runs: the hash is several times faster on long
+    // inputs, and a tiered model's runs are single rows (its tiers' spans interleave).
+    // The buffer holds the job's bytes in chunk order from its start.
+    let seal = |buf: &mut [u8], outs: &[RunOut], used: usize, read_leaf: &mut Option<Leaf>, leaf: &mut Option<Leaf>| {
+        if let Some(h) = read_leaf.as_mut() {
+            h.update(&buf[..used]);
+            for ro in outs {
+                let mut at = ro.buf_start;
+                for (range, logical) in &ro.run.pieces {
+                    let n = (range.end - range.start) as usize;
+                    action.apply_chunk(target, t.data_type, *logical, &mut buf[at..at + n], false)?;
+                    at += n;
+                }
+            }
+        }
+        if let Some(h) = leaf.as_mut() {
+            h.update(&buf[..used]);
+        }
+        Ok::<(), CoreError>(())
+    };
     for run in runs {
         let len = piece_bytes(run);
         if used + len > buf.len() && !outs.is_empty() {
+            if let Err(e) = seal(&mut buf, &outs, used, &mut read_leaf, &mut leaf) {
+                return fail(buf, used, e);
+            }
             let full = std::mem::replace(&mut buf, pool.take(left.min(RUN_MAX as usize)));
             send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
             used = 0;
@@ -720,47 +759,29 @@ fn run_job<'a>(
         }
         left -= len;
         let start = used;
-        if let Some(h) = read_leaf.as_mut() {
-            // Gather the run's stored bytes, hash them in one piece (the hash is
-            // several times faster on long inputs), then transform them in place.
-            for (range, _) in &run.pieces {
-                let n = (range.end - range.start) as usize;
-                match s.slice(range.clone()) {
-                    Ok(src) => buf[used..used + n].copy_from_slice(src),
-                    Err(e) => return fail(buf, used, e),
-                }
-                used += n;
+        for (range, logical) in &run.pieces {
+            let n = (range.end - range.start) as usize;
+            let src = match s.slice(range.clone()) {
+                Ok(src) => src,
+                Err(e) => return fail(buf, used, e),
+            };
+            let dst = &mut buf[used..used + n];
+            if read_leaf.is_some() {
+                // The stored bytes, hashed and transformed in place when the buffer is sealed.
+                dst.copy_from_slice(src);
+            } else if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, dst) {
+                return fail(buf, used + n, e);
             }
-            h.update(&buf[start..used]);
-            let mut at = start;
-            for (range, logical) in &run.pieces {
-                let n = (range.end - range.start) as usize;
-                if let Err(e) = action.apply_chunk(target, t.data_type, *logical, &mut buf[at..at + n], false) {
-                    return fail(buf, used, e);
-                }
-                at += n;
-            }
-        } else {
-            for (range, logical) in &run.pieces {
-                let n = (range.end - range.start) as usize;
-                let src = match s.slice(range.clone()) {
-                    Ok(src) => src,
-                    Err(e) => return fail(buf, used, e),
-                };
-                if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, &mut buf[used..used + n]) {
-                    return fail(buf, used + n, e);
-                }
-                used += n;
-            }
-        }
-        if let Some(h) = leaf.as_mut() {
-            h.update(&buf[start..used]);
+            used += n;
         }
         outs.push(RunOut { run, buf_start: start, len, out: s.out_at(run.range.start) });
     }
     if outs.is_empty() {
         pool.give(buf);
     } else {
+        if let Err(e) = seal(&mut buf, &outs, used, &mut read_leaf, &mut leaf) {
+            return fail(buf, used, e);
+        }
         send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
     }
     Ok(done(leaf, read_leaf))
@@ -1180,6 +1201,32 @@ mod tests {
             assert_eq!(run.pieces.len(), 2);
         }
         assert_eq!(runs[128].range, piece(510));
+    }
+
+    #[test]
+    fn a_run_takes_in_the_free_stretch_after_it_up_to_the_next_written_range() {
+        // Two targets on alternate rows of four: rows 0, 4, 8, … and 2, 6, 10, …; rows
+        // 1, 3, 5, … are written by nobody. Each run of the first target is one row (the
+        // next row it has is behind one of the second's) and takes in the free row after it.
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::open(model_file(dir.path())).unwrap();
+        let targets = targets(&model);
+        let t = &model.tensors[targets[0].tensor];
+        let piece = |r: u64| t.file_pieces(r * 1024, (r + 1) * 1024)[0].0.clone();
+        let occupied: Vec<(u64, u64)> = (0..512).step_by(2).map(&piece).map(|r| (r.start, r.end)).collect();
+        // The job's own pieces: every fourth row.
+        let job =
+            ChunkJob { target: 0, index: 0, parts: (0..512).step_by(4).map(|r| (r * 1024, (r + 1) * 1024)).collect() };
+        let runs = runs_of(t, &job, &occupied);
+        assert_eq!(runs.len(), 128);
+        for (i, run) in runs.iter().enumerate() {
+            let row = 4 * i as u64;
+            assert_eq!(run.range, piece(row).start..piece(row + 2).start, "run {i}");
+            assert_eq!(run.pieces.len(), 1);
+        }
+        // With nothing written after it, a run ends with its last piece.
+        let runs = runs_of(t, &job, &occupied[..1]);
+        assert_eq!(runs.last().unwrap().range, piece(508));
     }
 
     #[test]

@@ -56,6 +56,30 @@ fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
 }
 
 #[test]
+fn every_fixture_and_the_digit_models_round_trip_with_fp_mode_ranked_selection_and_three_tiers() {
+    // Ranked selections (the importance scores, computed on all cores) with three
+    // tiers in the format-preserving mode.
+    let models: Vec<_> = fixture_models()
+        .into_iter()
+        .chain(["cnn", "mlp", "convmixer"].iter().map(|m| root().join(format!("fixtures/digits/{m}.onnx"))))
+        .collect();
+    for selection in ["*=l2", "*=sample-l1"] {
+        let mut policy = Policy::default();
+        policy.apply_override("mode", "*=fp").unwrap();
+        policy.apply_override("selection", selection).unwrap();
+        policy.set_tiers(3).unwrap();
+        for model in &models {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("enc.onnx");
+            enc(model, &out, &key(4), &policy);
+            let back = dir.path().join("dec").join("model.onnx");
+            decrypt(&out, &back, &KeySource::Key(key(4)), &dopts()).unwrap();
+            assert!(std::fs::read(&back).unwrap() == std::fs::read(model).unwrap(), "{selection} {}", model.display());
+        }
+    }
+}
+
+#[test]
 fn dp_mode_keeps_each_span_a_permutation_of_its_values() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();

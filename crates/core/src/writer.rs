@@ -464,9 +464,11 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
     // (at most MERGE_GAP): so a stretch between the interleaved runs of several targets
     // (a tiered model's rows) is written with the run before it, not copied on its own
     // (measured: one copy_file_range per row of a tiered model).
+    // The first written range that ends after the run must start at or after its end
+    // (an edit may span several pieces, e.g. adjacent spans merged into one).
     for r in &mut runs {
-        let i = occupied.partition_point(|o| o.0 < r.range.end);
-        if let Some(&(next, _)) = occupied.get(i) {
+        let i = occupied.partition_point(|o| o.1 <= r.range.end);
+        if let Some(&(next, _)) = occupied.get(i).filter(|o| o.0 >= r.range.end) {
             r.range.end = next.min(r.range.end + MERGE_GAP);
         }
     }
@@ -1061,8 +1063,9 @@ mod tests {
     fn one_pass_output_equals_the_reference_writer_with_and_without_kernel_copies() {
         let dir = tempfile::tempdir().unwrap();
         let (model, targets, streams) = three_targets(dir.path());
-        // Small chunks: many jobs per target, runs cut at chunk boundaries.
-        for chunk in [4096u64, 1 << 20] {
+        // Small chunks: many jobs per target, runs cut at chunk boundaries (1000: inside
+        // rows, so a span is split between two jobs while one edit covers all of it).
+        for chunk in [4096u64, 1000, 1 << 20] {
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
             assert_ne!(&want[..model.bytes().len()], model.bytes());
             assert_eq!(one_pass(&model, &targets, &streams, Vec::new(), chunk, &dir.path().join("a.onnx")), want);
@@ -1227,6 +1230,14 @@ mod tests {
         // With nothing written after it, a run ends with its last piece.
         let runs = runs_of(t, &job, &occupied[..1]);
         assert_eq!(runs.last().unwrap().range, piece(508));
+        // One written range over two adjacent pieces (an edit of two merged spans): the
+        // first run does not reach past it into the second's piece (the second takes
+        // in the free stretch to the job's next piece).
+        let job = ChunkJob { target: 0, index: 0, parts: vec![(0, 1024), (1024, 2048), (4096, 5120)] };
+        let merged = [(piece(0).start, piece(1).end), (piece(4).start, piece(4).end)];
+        let runs = runs_of(t, &job, &merged);
+        let got: Vec<_> = runs.iter().map(|r| (r.range.clone(), r.pieces.len())).collect();
+        assert_eq!(got, vec![(piece(0), 1), (piece(1).start..piece(4).end, 2)]);
     }
 
     #[test]

@@ -27,55 +27,78 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
-/// Decodes element bytes (raw_data layout) into f64 values; `None` for types
-/// without a simple numeric reading (sub-byte, 8-bit floats, strings, complex).
-pub fn decode_values(dtype: DataType, bytes: &[u8]) -> Option<Vec<f64>> {
+/// Calls `f` with each value of element bytes (raw_data layout), read as f64; `None`
+/// for types without a simple numeric reading (sub-byte, 8-bit floats, strings,
+/// complex).
+fn for_each_value(dtype: DataType, bytes: &[u8], mut f: impl FnMut(f64)) -> Option<()> {
     use DataType::*;
-    let v: Vec<f64> = match dtype {
-        Float => bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        Double => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect(),
-        Float16 => bytes.chunks_exact(2).map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]]))).collect(),
+    match dtype {
+        Float => bytes.chunks_exact(4).for_each(|c| f(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))),
+        Double => {
+            bytes.chunks_exact(8).for_each(|c| f(f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])))
+        }
+        Float16 => bytes.chunks_exact(2).for_each(|c| f(f16_to_f64(u16::from_le_bytes([c[0], c[1]])))),
         Bfloat16 => bytes
             .chunks_exact(2)
-            .map(|c| f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)))
-            .collect(),
-        Int8 => bytes.iter().map(|&b| f64::from(b as i8)).collect(),
-        Uint8 => bytes.iter().map(|&b| f64::from(b)).collect(),
-        Int16 => bytes.chunks_exact(2).map(|c| f64::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
-        Uint16 => bytes.chunks_exact(2).map(|c| f64::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Int32 => bytes.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+            .for_each(|c| f(f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)))),
+        Int8 => bytes.iter().for_each(|&b| f(f64::from(b as i8))),
+        Uint8 => bytes.iter().for_each(|&b| f(f64::from(b))),
+        Int16 => bytes.chunks_exact(2).for_each(|c| f(f64::from(i16::from_le_bytes([c[0], c[1]])))),
+        Uint16 => bytes.chunks_exact(2).for_each(|c| f(f64::from(u16::from_le_bytes([c[0], c[1]])))),
+        Int32 => bytes.chunks_exact(4).for_each(|c| f(f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))),
         _ => return None,
-    };
+    }
+    Some(())
+}
+
+/// Decodes element bytes (raw_data layout) into f64 values; `None` for types
+/// without a simple numeric reading (sub-byte, 8-bit floats, strings, complex).
+#[cfg(test)]
+fn decode_values(dtype: DataType, bytes: &[u8]) -> Option<Vec<f64>> {
+    let mut v = Vec::with_capacity(bytes.len() / (dtype.bits() / 8).max(1) as usize);
+    for_each_value(dtype, bytes, |x| v.push(x))?;
     Some(v)
+}
+
+/// The importance of one subsequence's element bytes (see [`scores`]).
+fn score(dtype: DataType, bytes: &[u8], norm: Norm) -> Option<f64> {
+    // Summed in element order, as a fold from zero: the same value whatever thread
+    // computes it (selection must not depend on the machine).
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    match norm {
+        Norm::L1 => for_each_value(dtype, bytes, |x| {
+            sum += if x.is_finite() { x.abs() } else { 0.0 };
+            n += 1;
+        })?,
+        Norm::L2 => for_each_value(dtype, bytes, |x| {
+            sum += if x.is_finite() { x * x } else { 0.0 };
+            n += 1;
+        })?,
+    }
+    if n == 0 {
+        return Some(0.0);
+    }
+    let mean = sum / n as f64;
+    Some(match norm {
+        Norm::L1 => mean,
+        Norm::L2 => mean.sqrt(),
+    })
 }
 
 /// Importance score of each subsequence `bounds[i]..bounds[i+1]` (byte bounds):
 /// mean |x| for L1, sqrt(mean x²) for L2. Non-finite values count as 0.
-/// `None` when the type cannot be decoded.
+/// `None` when the type cannot be decoded. Subsequences are scored on all cores
+/// (each one's sum stays in element order, so the scores do not depend on that).
 pub fn scores(dtype: DataType, bytes: &[u8], bounds: &[u64], norm: Norm) -> Option<Vec<f64>> {
-    let elem = (dtype.bits() / 8) as usize;
-    if elem == 0 {
+    use rayon::prelude::*;
+    if (dtype.bits() / 8) == 0 {
         return None;
     }
-    let mut out = Vec::with_capacity(bounds.len().saturating_sub(1));
-    for w in bounds.windows(2) {
-        let chunk = bytes.get(w[0] as usize..w[1] as usize)?;
-        let vals = decode_values(dtype, chunk)?;
-        if vals.is_empty() {
-            out.push(0.0);
-            continue;
-        }
-        let n = vals.len() as f64;
-        let s = match norm {
-            Norm::L1 => vals.iter().map(|x| if x.is_finite() { x.abs() } else { 0.0 }).sum::<f64>() / n,
-            Norm::L2 => (vals.iter().map(|x| if x.is_finite() { x * x } else { 0.0 }).sum::<f64>() / n).sqrt(),
-        };
-        out.push(s);
-    }
-    Some(out)
+    bounds
+        .par_windows(2)
+        .with_min_len(64)
+        .map(|w| score(dtype, bytes.get(w[0] as usize..w[1] as usize)?, norm))
+        .collect()
 }
 
 /// Indices of the `k` largest scores, ties broken by the lower index; returned ascending.
@@ -139,6 +162,56 @@ mod tests {
         assert_eq!(a, weighted_sample(&s, 10, 7, "7.0/5.1"));
         assert!(a.iter().filter(|&&i| i < 10).count() >= 8, "{a:?}");
         assert_ne!(a, weighted_sample(&s, 10, 8, "7.0/5.1").into_iter().rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn scores_equal_the_plain_formula_bit_for_bit() {
+        // The formula as first written: decode, then sum with Iterator::sum, per subsequence.
+        let naive = |dtype, bytes: &[u8], bounds: &[u64], norm| -> Vec<f64> {
+            bounds
+                .windows(2)
+                .map(|w| {
+                    let vals = decode_values(dtype, &bytes[w[0] as usize..w[1] as usize]).unwrap();
+                    if vals.is_empty() {
+                        return 0.0;
+                    }
+                    let n = vals.len() as f64;
+                    match norm {
+                        Norm::L1 => vals.iter().map(|x| if x.is_finite() { x.abs() } else { 0.0 }).sum::<f64>() / n,
+                        Norm::L2 => {
+                            (vals.iter().map(|x| if x.is_finite() { x * x } else { 0.0 }).sum::<f64>() / n).sqrt()
+                        }
+                    }
+                })
+                .collect()
+        };
+        // Bytes of every kind (NaN and infinite patterns included), 1000 subsequences of
+        // uneven length, some empty.
+        let bytes: Vec<u8> = (0..64_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for dtype in [
+            DataType::Float,
+            DataType::Double,
+            DataType::Float16,
+            DataType::Bfloat16,
+            DataType::Int8,
+            DataType::Uint8,
+            DataType::Int16,
+            DataType::Uint16,
+            DataType::Int32,
+        ] {
+            let elem = dtype.bits() / 8;
+            let mut bounds = vec![0u64];
+            for i in 0..1000u64 {
+                let next = (bounds[i as usize] + (i % 9) * elem).min(bytes.len() as u64 / elem * elem);
+                bounds.push(next);
+            }
+            for norm in [Norm::L1, Norm::L2] {
+                let got = scores(dtype, &bytes, &bounds, norm).unwrap();
+                let want = naive(dtype, &bytes, &bounds, norm);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{dtype:?} {norm:?}");
+            }
+        }
     }
 
     #[test]

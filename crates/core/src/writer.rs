@@ -464,12 +464,15 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
     // (at most MERGE_GAP): so a stretch between the interleaved runs of several targets
     // (a tiered model's rows) is written with the run before it, not copied on its own
     // (measured: one copy_file_range per row of a tiered model).
-    // The first written range that ends after the run must start at or after its end
-    // (an edit may span several pieces, e.g. adjacent spans merged into one).
+    // Not when the run ends inside a written range (a span split between two chunk
+    // jobs is one edit); an insertion (an empty range) at its end stops it there.
+    // Written ranges do not overlap one another.
     for r in &mut runs {
-        let i = occupied.partition_point(|o| o.1 <= r.range.end);
-        if let Some(&(next, _)) = occupied.get(i).filter(|o| o.0 >= r.range.end) {
-            r.range.end = next.min(r.range.end + MERGE_GAP);
+        let end = r.range.end;
+        let i = occupied.partition_point(|o| o.0 < end);
+        let inside = i > 0 && occupied[i - 1].1 > end;
+        if let Some(&(next, _)) = occupied.get(i).filter(|_| !inside) {
+            r.range.end = next.min(end + MERGE_GAP);
         }
     }
     runs
@@ -1080,6 +1083,13 @@ mod tests {
         };
         let want = reference(&model, &targets, &streams, insert(), 4096);
         assert_eq!(one_pass(&model, &targets, &streams, insert(), 4096, &dir.path().join("b.onnx")), want);
+        // Bytes inserted right after a span (the end of row 2 of `A`, before the free row
+        // 3): what follows moves, so no run may carry the unchanged row across the insertion.
+        let t = &model.tensors[targets[0].tensor];
+        let at = t.file_pieces(2 * 1024, 3 * 1024)[0].0.end;
+        let inside = || vec![Edit { range: at..at, content: Content::Bytes(b"xyz".to_vec()), ancestors: Vec::new() }];
+        let want_inside = reference(&model, &targets, &streams, inside(), 4096);
+        assert_eq!(one_pass(&model, &targets, &streams, inside(), 4096, &dir.path().join("i.onnx")), want_inside);
         // Without copy_file_range (as on kernels or file systems that refuse it): the
         // same bytes. The switch is process-wide; other tests only get slower.
         NO_KERNEL_COPY.store(true, Ordering::Relaxed);
@@ -1238,6 +1248,12 @@ mod tests {
         let runs = runs_of(t, &job, &merged);
         let got: Vec<_> = runs.iter().map(|r| (r.range.clone(), r.pieces.len())).collect();
         assert_eq!(got, vec![(piece(0), 1), (piece(1).start..piece(4).end, 2)]);
+        // An insertion (an empty edit) right at a run's end: the run stops there, since
+        // what follows moves in the output.
+        let job = ChunkJob { target: 0, index: 0, parts: vec![(0, 1024)] };
+        let at = piece(0).end;
+        let runs = runs_of(t, &job, &[(piece(0).start, at), (at, at), (piece(4).start, piece(4).end)]);
+        assert_eq!(runs[0].range, piece(0));
     }
 
     #[test]

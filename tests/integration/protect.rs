@@ -489,3 +489,46 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
     assert!(why.contains("symbolic link to a missing file"), "{e}: {why}");
     assert!(!dir.path().join("missing.onnx").exists());
 }
+
+#[test]
+fn a_write_that_fails_midway_leaves_no_output_and_says_where() {
+    // The file-size limit (RLIMIT_FSIZE: `ulimit -f 2`, 1 KiB where the shell counts
+    // 512-byte blocks, 2 KiB where it counts KiB) makes a write past it fail as a full
+    // disk would (EFBIG instead of ENOSPC), in the middle of the one-pass writer's
+    // output: the 2560-byte weights.bin cannot be written whole. Each command fails with one line naming the file it
+    // could not write, exit 1, and nothing in the output folder; the inputs are unchanged.
+    if !std::path::Path::new("/bin/sh").exists() {
+        return;
+    }
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let key = dir.path().join("k.key");
+    run(&["keygen", "-o", key.to_str().unwrap()]);
+    let (m, k) = (model.to_str().unwrap(), key.to_str().unwrap());
+    let enc = dir.path().join("enc/model.onnx");
+    let (code, _, err) = run(&["encrypt", m, "-o", enc.to_str().unwrap(), "--key-file", k, "--coefficient", "*=1"]);
+    assert_eq!(code, 0, "{err}");
+    let bin = crate::util::bin();
+    let limited = |args: &[&str]| {
+        let script = "trap '' XFSZ; ulimit -f 2; exec \"$0\" \"$@\"";
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(script).arg(&bin).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let before = std::fs::read(&model).unwrap();
+    let out_dir = dir.path().join("out");
+    let cases: [(&str, &str, &str); 3] =
+        [("encrypt", m, "enc2"), ("decrypt", enc.to_str().unwrap(), "dec"), ("rekey", enc.to_str().unwrap(), "rk")];
+    for (cmd, input, sub) in cases {
+        let out = out_dir.join(sub).join("model.onnx");
+        let mut args = vec![cmd, input, "-o", out.to_str().unwrap(), "--key-file", k];
+        if cmd == "rekey" {
+            args.extend(["--new-key-file", k]);
+        }
+        let (code, err) = limited(&args);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd}: {err}");
+        assert!(err.starts_with("error: ") && err.contains("cannot write") && err.contains(sub), "{cmd}: {err}");
+        let left: Vec<_> = std::fs::read_dir(out.parent().unwrap()).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{cmd} left {left:?}");
+    }
+    assert!(std::fs::read(&model).unwrap() == before);
+}

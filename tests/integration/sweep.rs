@@ -356,6 +356,34 @@ fn every_changed_byte_of_a_tiered_file_is_refused_without_output_or_decrypted_as
             }
             std::fs::write(&enc_path, &enc).unwrap();
         }
+        // Key rotation of the tiered file (the top key; its tier MACs are checked after
+        // the pass too), every third byte: refused with nothing left, or it gives a
+        // file that decrypts under the new key to the original with that one bit changed.
+        let new_top = MasterKey::from_bytes([0x4d; 32]);
+        let ropts = RekeyOptions { in_place: false, sync: false, progress: &NoProgress };
+        let original = folder(path.parent().unwrap());
+        let original: std::collections::BTreeMap<_, _> =
+            original.into_iter().filter(|(n, _)| n.ends_with(".onnx") || n.ends_with(".bin")).collect();
+        for i in (0..enc.len()).step_by(3) {
+            let ctx = format!("{name}, rekey: byte {i}");
+            let bit = 1u8 << (i % 8);
+            let mut changed = enc.clone();
+            changed[i] ^= bit;
+            std::fs::write(&enc_path, &changed).unwrap();
+            match rekey(&enc_path, &out, &KeySource::Key(top.clone()), &KeySource::Key(new_top.clone()), &ropts) {
+                Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
+                Ok(_) => {
+                    assert!(!guard.iter().any(|r| r.contains(&i)), "{ctx} (guarded) accepted");
+                    let back = dir.path().join("back/model.onnx");
+                    decrypt(&out, &back, &KeySource::Key(new_top.clone()), &dopts)
+                        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    assert!(one_bit_apart(&folder(back.parent().unwrap()), &original, bit), "{ctx}");
+                    std::fs::remove_dir_all(&out_dir).unwrap();
+                    std::fs::remove_dir_all(back.parent().unwrap()).unwrap();
+                }
+            }
+        }
+        std::fs::write(&enc_path, &enc).unwrap();
     }
 }
 

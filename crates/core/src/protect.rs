@@ -1187,7 +1187,7 @@ pub(crate) fn check_untiered_seal(keys: &SessionKeys, p: &Protected, leaves: &[[
 }
 
 /// [`unlock`] with the master key already derived (a passphrase is stretched once).
-fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
+pub(crate) fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
     let chunk = p.manifest.chunk_size;
     if p.manifest.tiers <= 1 {
         let keys = untiered_keys(master, p)?;
@@ -1230,16 +1230,16 @@ fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unl
 /// The keys a key gives for a tiered model, before any MAC is checked.
 pub(crate) struct TierKeys {
     /// The key's tier (1..=N).
-    key_tier: u32,
+    pub(crate) key_tier: u32,
     /// The session keys of tiers 1..=key_tier (index `tier − 1`).
     sessions: Vec<SessionKeys>,
     /// The keystream of each target of those tiers (same order as the targets).
-    streams: Vec<Option<Keystream>>,
+    pub(crate) streams: Vec<Option<Keystream>>,
 }
 
 /// Finds the tier of `master` in a tiered manifest by its key check value (none
 /// matches: "wrong key") and derives the keys of that tier and the ones below.
-fn tier_keys_of(master: &MasterKey, p: &Protected) -> Result<TierKeys> {
+pub(crate) fn tier_keys_of(master: &MasterKey, p: &Protected) -> Result<TierKeys> {
     let salt = salt_of(p)?;
     let given = SessionKeys::derive(master, &salt);
     let mut key_tier = 0;
@@ -1385,14 +1385,32 @@ fn restore_for(model: &Model, p: &Protected, unlocked: Unlocked, tier: Option<u3
     Ok(Restore { actions, entry })
 }
 
-/// What a decryption's pass still has to check once it has hashed the ciphertext.
-enum Seal {
+/// What a pass that reads a model's ciphertext (decryption, key rotation) still has
+/// to check once it has hashed it.
+pub(crate) enum Seal {
     /// The MAC and checksum of an untiered model, with these keys.
     Untiered(SessionKeys),
     /// Every tier's MAC the key can check, and every checksum.
     Tiered(TierKeys),
     /// Nothing: checked before the pass.
     Checked,
+}
+
+impl Seal {
+    /// Whether the pass must compute the leaves of what it reads.
+    pub(crate) fn needs_leaves(&self) -> bool {
+        !matches!(self, Seal::Checked)
+    }
+
+    /// Checks the stored MACs and checksums against `read`, the leaves of the stored
+    /// ciphertext in chunk-job order.
+    pub(crate) fn check(&self, p: &Protected, read: &[[u8; 32]]) -> Result<()> {
+        match self {
+            Seal::Untiered(keys) => check_untiered_seal(keys, p, read),
+            Seal::Tiered(tk) => check_tier_seals(p, tk.key_tier, &tk.sessions, read),
+            Seal::Checked => Ok(()),
+        }
+    }
 }
 
 /// Verifies and decrypts `input` into `output`, restoring the original bytes.
@@ -1440,18 +1458,14 @@ pub fn decrypt_tier(
         (r.actions, r.entry, Seal::Checked)
     };
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(entry), ancestors: Vec::new() };
-    let leaves = (!matches!(seal, Seal::Checked)).then_some(Leaves {
+    let leaves = seal.needs_leaves().then_some(Leaves {
         chunk: p.manifest.chunk_size,
         written: None,
         read: Some(p.leaf_hash),
         given: None,
     });
     let append = |_: &[[u8; 32]], read: &[[u8; 32]]| {
-        match &seal {
-            Seal::Untiered(keys) => check_untiered_seal(keys, &p, read)?,
-            Seal::Tiered(tk) => check_tier_seals(&p, tk.key_tier, &tk.sessions, read)?,
-            Seal::Checked => {}
-        }
+        seal.check(&p, read)?;
         Ok(Vec::new())
     };
     crate::writer::write_outputs_with(

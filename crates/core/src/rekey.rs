@@ -8,9 +8,9 @@
 //! 1. read and validate the manifest; check the old key's key check value (nothing
 //!    has been written yet, so a wrong key leaves no output at all). A tiered model
 //!    needs its top-tier key, the one key whose lower tier keys re-encrypt every
-//!    tier, and its MACs and checksums are checked here too; an untiered model's
-//!    are checked over the leaves the pass of step 3 reads, before anything is
-//!    renamed into place (as `decrypt` does);
+//!    tier. The old MACs and checksums are checked over the leaves the pass of step 3
+//!    reads, before anything is renamed into place (as `decrypt` does); only a tiered
+//!    model with tiers already restored in the file has them checked here, first;
 //! 2. derive the new session keys (one per tier, the new key being the top-tier
 //!    key); `dp` and varint-stored tensors get their new ciphertext in memory, one
 //!    tensor at a time — span by span, decrypted with the old keystream (un-permuted)
@@ -40,9 +40,9 @@ use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::protect::{
-    b64, check_output, check_untiered_seal, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal,
-    span_mut, tier_keys, tool_name, transform_span, transform_tensor, unlock, untiered_keys, untiered_streams, Action,
-    CoreError, KeySource, LeafSrc, Protected, Result, LEAF_HASH, METADATA_KEY,
+    b64, check_output, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut, tier_keys,
+    tier_keys_of, tool_name, transform_span, transform_tensor, unlock_master, untiered_keys, untiered_streams, Action,
+    CoreError, KeySource, LeafSrc, Protected, Result, Seal, LEAF_HASH, METADATA_KEY,
 };
 use crate::writer::{write_outputs_with, Leaves};
 
@@ -130,22 +130,33 @@ pub fn rekey(
     check_output(&model, input, output, opts.in_place)?;
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
-    // An untiered model's old MAC is checked over the leaves the pass reads (before
-    // anything is renamed into place); a tiered one's MACs are checked first.
-    let (old_streams, old_keys) = if tiers <= 1 {
-        let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
-        (untiered_streams(&keys, &p), Some(keys))
-    } else {
-        opts.progress.start("verify", 0);
-        let unlocked = unlock(&model, &p, old)?;
-        opts.progress.finish();
-        if unlocked.key_tier < tiers {
+    // The old MACs are checked over the leaves the pass reads (before anything is
+    // renamed into place), as `decrypt` does; only a tiered model with tiers restored
+    // in the file is checked first (the leaves of a restored tier are those of its
+    // plaintext encrypted again).
+    let top_only = |key_tier: u32| {
+        if key_tier < tiers {
             return Err(CoreError::Key(format!(
-                "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
-                unlocked.key_tier
+                "this key is for tier {key_tier} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier"
             )));
         }
-        (unlocked.streams, None)
+        Ok(())
+    };
+    let (old_streams, old_seal) = if tiers <= 1 {
+        let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
+        (untiered_streams(&keys, &p), Seal::Untiered(keys))
+    } else {
+        let master = old.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
+        let tk = tier_keys_of(&master, &p)?;
+        top_only(tk.key_tier)?;
+        if restored == 0 {
+            (tk.streams.clone(), Seal::Tiered(tk))
+        } else {
+            opts.progress.start("verify", 0);
+            let unlocked = unlock_master(&model, &p, &master)?;
+            opts.progress.finish();
+            (unlocked.streams, Seal::Checked)
+        }
     };
 
     let (new_master, kdf) = new.master_for_encrypt()?;
@@ -211,13 +222,11 @@ pub fn rekey(
         Some(Leaves {
             chunk,
             written: Some(LEAF_HASH),
-            read: old_keys.as_ref().map(|_| p.leaf_hash),
+            read: old_seal.needs_leaves().then_some(p.leaf_hash),
             given: Some(&restored_leaves),
         }),
         |written, read| {
-            if let Some(keys) = &old_keys {
-                check_untiered_seal(keys, &p, read)?;
-            }
+            old_seal.check(&p, read)?;
             let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, written)?;
             envelope.restored_tiers = restored;
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))

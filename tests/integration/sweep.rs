@@ -49,9 +49,12 @@ fn guarded(bytes: &[u8], dir: &std::path::Path) -> Vec<Range<usize>> {
     out
 }
 
-/// Decrypts `bytes` both ways in memory: `Ok` only if both succeed with the same result.
+/// Decrypts `bytes` both ways in memory: `Ok` only if both succeed with the same result
+/// (after inspecting it).
 fn decrypt_both(bytes: Vec<u8>, dir: &std::path::Path, external: bool) -> Result<Vec<u8>, String> {
     let model = Model::from_vec(bytes, Some(dir.to_path_buf())).map_err(|e| e.to_string())?;
+    // What `inspect` shows of a changed protected model: never a panic.
+    let _ = (inspect(&model), protection_info(&model));
     let mapped = decrypt_model_in_memory(&model, &key()).map(|d| d.bytes().to_vec());
     if external {
         return mapped.map_err(|e| e.to_string());

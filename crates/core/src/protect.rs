@@ -28,7 +28,7 @@ use onnx_protect_select::{fp_mask, select, Mode, Policy, PolicyError, Selection}
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::writer::Leaves;
+use crate::writer::{Leaves, Outputs};
 
 /// The `metadata_props` key of a format-1 manifest.
 pub const METADATA_KEY: &str = "onnx-protect/v1";
@@ -1012,6 +1012,8 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     check_output(&model, input, output, opts.in_place)?;
+    // The copy of what stays unchanged starts now, beside the planning below.
+    let outputs = Outputs::stage(&model, output, true)?;
     let tiers = opts.policy.tiers.max(1);
     opts.policy.shares()?;
     let weights = discover(&model);
@@ -1047,6 +1049,7 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
         output,
+        outputs,
         durable(opts.in_place, opts.sync),
         opts.progress,
     )?;
@@ -1439,23 +1442,28 @@ pub fn decrypt_tier(
     // encrypted beside the ones it writes (measured slower), and the leaves of a restored
     // tier are those of its plaintext encrypted again, which the pass does not compute.
     let tiered = p.manifest.tiers > 1;
-    let (actions, entry, seal) = if !tiered && tier.is_none_or(|t| t == 1) {
+    // The outputs are staged, and the copy of what stays unchanged started, once the
+    // key is checked (§7 of docs/format.md: nothing is written before).
+    let stage = || Outputs::stage(&model, output, true);
+    let (actions, entry, seal, outputs) = if !tiered && tier.is_none_or(|t| t == 1) {
         let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
-        (prepare(&model, &p.targets, untiered_streams(&keys, &p), true)?, Vec::new(), Seal::Untiered(keys))
+        let outputs = stage()?;
+        (prepare(&model, &p.targets, untiered_streams(&keys, &p), true)?, Vec::new(), Seal::Untiered(keys), outputs)
     } else if tiered {
         let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
         let tk = tier_keys_of(&master, &p)?;
         if p.envelope.restored_tiers == 0 && tier.unwrap_or(tk.key_tier) == p.manifest.tiers {
             let unlocked = Unlocked { key_tier: tk.key_tier, streams: tk.streams.clone() };
+            let outputs = stage()?;
             let r = restore_for(&model, &p, unlocked, tier, false)?;
-            (r.actions, r.entry, Seal::Tiered(tk))
+            (r.actions, r.entry, Seal::Tiered(tk), outputs)
         } else {
             let r = restore_for(&model, &p, unlock_master(&model, &p, &master)?, tier, false)?;
-            (r.actions, r.entry, Seal::Checked)
+            (r.actions, r.entry, Seal::Checked, stage()?)
         }
     } else {
         let r = plan_restore(&model, &p, key, tier, false)?;
-        (r.actions, r.entry, Seal::Checked)
+        (r.actions, r.entry, Seal::Checked, stage()?)
     };
     let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(entry), ancestors: Vec::new() };
     let leaves = seal.needs_leaves().then_some(Leaves {
@@ -1476,6 +1484,7 @@ pub fn decrypt_tier(
         leaves,
         append,
         output,
+        outputs,
         durable(opts.in_place, opts.sync),
         opts.progress,
     )?;

@@ -44,7 +44,7 @@ use crate::protect::{
     tier_keys_of, tool_name, transform_span, transform_tensor, unlock_master, untiered_keys, untiered_streams, Action,
     CoreError, KeySource, LeafSrc, Protected, Result, Seal, LEAF_HASH, METADATA_KEY,
 };
-use crate::writer::{write_outputs_with, Leaves};
+use crate::writer::{write_outputs_with, Leaves, Outputs};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -159,6 +159,8 @@ pub fn rekey(
         }
     };
 
+    // The old key is checked: the outputs can be staged and their copy started.
+    let outputs = Outputs::stage(&model, output, true)?;
     let (new_master, kdf) = new.master_for_encrypt()?;
     let mut salt = random_salt()?;
     while salt.as_slice() == p.manifest.salt.as_slice() {
@@ -232,6 +234,7 @@ pub fn rekey(
             Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
         },
         output,
+        outputs,
         crate::protect::durable(opts.in_place, opts.sync),
         opts.progress,
     )?;

@@ -34,12 +34,24 @@
 //! appended bytes (an encryption's new manifest entry, written last) or refuses the
 //! output (a decryption whose MAC does not match: every staged file is then removed).
 //! So encrypting and decrypting read and write each byte once.
+//!
+//! **Patching** (the default for a file on Linux written without `--sync`): the writer
+//! thread copies *everything* but the puts inside the kernel, in file order, as `cp`
+//! does, and the workers transform each chunk job's pieces in place in a shared map of
+//! the staged output once the copy has passed them ([`Gate`]): they fault the job's
+//! pages in with one `MADV_POPULATE_WRITE` (which reports a failure as an error, not
+//! as `SIGBUS`), hash and transform the pieces there, and drop the pages again. No
+//! byte of the output passes through this process's memory on its way to the file,
+//! and nothing waits for a worker: the copy runs at `cp`'s speed on one core while the
+//! other core encrypts behind it. Measured on the 1 GiB benchmark model
+//! (docs/performance.md, session 8). A durable output keeps the buffered pass above:
+//! its writeback, started during the pass, would write every patched page twice.
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use onnx_protect_crypto::{Leaf, LeafHash};
 use onnx_protect_format::model::ExternalFile;
@@ -105,6 +117,10 @@ struct Stream<'a> {
     src_path: PathBuf,
     /// `(source end of an edit, output − source offset after it)`, in file order.
     shifts: Vec<(u64, i64)>,
+    /// The staged output mapped shared and writable, when its chunk jobs are patched
+    /// in place (see the module docs); its length is the output's without the bytes
+    /// appended at the end.
+    out_map: Option<memmap2::MmapRaw>,
 }
 
 impl Stream<'_> {
@@ -144,6 +160,51 @@ impl Stream<'_> {
         }
     }
 
+    /// The output bytes `range` of [`Stream::out_map`], to be transformed in place.
+    ///
+    /// # Safety
+    /// No other live slice from this function may overlap `range` (the workers' pieces
+    /// are disjoint), and the writer must have finished writing `range` ([`Gate`]).
+    #[allow(clippy::mut_from_ref)] // disjoint ranges of a shared map, see above
+    unsafe fn out_slice(&self, range: Range<u64>) -> Result<&mut [u8]> {
+        let m = self.out_map.as_ref().ok_or_else(|| CoreError::Output("internal: no output map".into()))?;
+        if range.start > range.end || range.end > m.len() as u64 {
+            return Err(CoreError::Output(format!("internal: patch {range:?} outside {}", self.path.display())));
+        }
+        // SAFETY: in bounds of the live map (checked above); exclusivity and the order
+        // of the writes are the caller's contract.
+        Ok(unsafe {
+            std::slice::from_raw_parts_mut(m.as_mut_ptr().add(range.start as usize), (range.end - range.start) as usize)
+        })
+    }
+
+    /// Applies `advice` to the whole pages covering (`outward`) or inside `range` of the
+    /// output map.
+    fn out_advise(&self, range: Range<u64>, advice: libc::c_int, outward: bool) -> std::io::Result<()> {
+        const PAGE: u64 = 4096;
+        let Some(m) = self.out_map.as_ref() else { return Ok(()) };
+        let (start, end) = if outward {
+            (range.start / PAGE * PAGE, range.end.div_ceil(PAGE) * PAGE)
+        } else {
+            (range.start.div_ceil(PAGE) * PAGE, range.end / PAGE * PAGE)
+        };
+        let end = end.min((m.len() as u64).div_ceil(PAGE) * PAGE);
+        if start >= end {
+            return Ok(());
+        }
+        // SAFETY: the range lies within the pages of the live map (rounded to whole
+        // pages inside its last page); MADV_POPULATE_WRITE faults the pages in as a
+        // write would (reporting failure instead of raising SIGBUS), MADV_DONTNEED on a
+        // shared file map only drops this process's page-table entries (the page cache
+        // keeps the bytes written); neither changes what the map holds.
+        let r = unsafe { libc::madvise(m.as_mut_ptr().add(start as usize).cast(), (end - start) as usize, advice) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// Copies `range` of the source unchanged to its output offset.
     fn copy(&self, range: Range<u64>) -> Result<()> {
         let out = self.out_at(range.start);
@@ -174,6 +235,13 @@ struct Run {
     pieces: Vec<(Range<u64>, u64)>,
 }
 
+impl Run {
+    /// The end of its last piece (a run may reach further, over unchanged bytes).
+    fn run_end(&self) -> u64 {
+        self.pieces.last().map_or(self.range.start, |p| p.0.end)
+    }
+}
+
 /// Chunk job `job`: its runs are rewritten in `stream` (none: hashed only).
 struct JobItem {
     job: usize,
@@ -184,6 +252,128 @@ struct JobItem {
 impl JobItem {
     fn out_bytes(&self) -> u64 {
         self.runs.iter().map(|r| r.range.end - r.range.start).sum()
+    }
+}
+
+/// The staged outputs of a pass (the external data files, then the model file, in
+/// the order of the pass's streams), and a copier that fills them from the start,
+/// unchanged, while the caller still plans what to change.
+///
+/// Planning a pass over the 1 GiB benchmark model (selection, manifest, edits, work
+/// items) takes ~60 ms on one thread, about a sixth of what `cp` takes for the whole
+/// file; the copy is the same either way (see [`write_outputs_with`]: it starts where
+/// this one stopped, and only bytes whose place in the output is already known are
+/// kept).
+pub(crate) struct Outputs {
+    // Dropped (the thread stopped) before the staged files are removed.
+    copier: Option<Copier>,
+    staged: Staged,
+    /// Destination paths of the external data files.
+    external: Vec<PathBuf>,
+    /// Whether chunk jobs may be patched in place (module docs): the kernel can, and
+    /// the output is not durable.
+    patch: bool,
+}
+
+/// The thread of the early copy: it returns where it stopped, as (stream, offset).
+struct Copier {
+    stop: std::sync::Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(usize, u64)>>,
+    stopped_at: Option<(usize, u64)>,
+}
+
+impl Copier {
+    /// Stops the copy: how many bytes from the start of each of `streams` streams'
+    /// sources are in their staged files, unchanged.
+    fn stop(mut self, streams: usize) -> Vec<u64> {
+        self.halt();
+        let (i, at) = self.stopped_at.unwrap_or((0, 0));
+        (0..streams)
+            .map(|k| {
+                if k < i {
+                    u64::MAX
+                } else if k == i {
+                    at
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.finish();
+    }
+
+    /// Waits for the copy (to its end unless stopped).
+    fn finish(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.stopped_at = h.join().ok();
+        }
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl Outputs {
+    /// Stages `output` and the external data files next to it. With `early`, and when
+    /// every source is a file, a thread starts copying them (inside the kernel) into
+    /// the staged files.
+    pub(crate) fn stage(model: &Model, output: &Path, early: bool) -> Result<Outputs> {
+        let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let mut staged = Staged::new();
+        let mut external = Vec::new();
+        for f in &model.external_files {
+            let dest = out_dir.join(&f.location);
+            staged.create(&dest)?;
+            external.push(dest);
+        }
+        // The model file is staged last, so it is renamed into place last.
+        let m = staged.create(output)?;
+        let mut outputs = Outputs { copier: None, staged, external, patch: can_patch() };
+        if early && model.source_file().is_some() && !NO_KERNEL_COPY.load(Ordering::Relaxed) {
+            // Owned descriptors for the thread; a failure only means no early copy.
+            let mut pairs = Vec::new();
+            for (i, f) in model.external_files.iter().enumerate() {
+                let (Ok(src), Ok(dst)) = (f.file().map(File::try_clone), outputs.staged.file_ref(i).try_clone()) else {
+                    return Ok(outputs);
+                };
+                let (Ok(src), Ok(len)) = (src, f.bytes().map(|b| b.len() as u64)) else { return Ok(outputs) };
+                pairs.push((src, dst, len));
+            }
+            let (Some(Ok(src)), Ok(dst)) =
+                (model.source_file().map(File::try_clone), outputs.staged.file_ref(m).try_clone())
+            else {
+                return Ok(outputs);
+            };
+            pairs.push((src, dst, model.bytes().len() as u64));
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let halt = stop.clone();
+            let handle = std::thread::spawn(move || {
+                for (i, (src, dst, len)) in pairs.iter().enumerate() {
+                    let mut at = 0u64;
+                    while at < *len {
+                        if halt.load(Ordering::Relaxed) {
+                            return (i, at);
+                        }
+                        let n = (len - at).min(COPY_STEP);
+                        match copy_in_kernel(src, dst, at, at, n) {
+                            Ok(done) if done == n => at += n,
+                            Ok(done) => return (i, at + done),
+                            Err(_) => return (i, at),
+                        }
+                    }
+                }
+                (pairs.len(), 0)
+            });
+            outputs.copier = Some(Copier { stop, handle: Some(handle), stopped_at: None });
+        }
+        Ok(outputs)
     }
 }
 
@@ -204,22 +394,16 @@ pub(crate) fn write_outputs_with(
     leaves: Option<Leaves<'_>>,
     append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
     output: &Path,
+    mut outputs: Outputs,
     durable: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let edits = edits_for(model, targets, actions, extra)?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
-    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-
-    let mut staged = Staged::new();
-    let mut external = Vec::new();
-    for f in &model.external_files {
-        let dest = out_dir.join(&f.location);
-        staged.create(&dest)?;
-        external.push(dest);
-    }
-    // The model file is staged last, so it is renamed into place last.
-    let model_stream = staged.create(output)?;
+    let model_stream = model.external_files.len();
+    let copier = outputs.copier.take();
+    let external = std::mem::take(&mut outputs.external);
+    let staged = &outputs.staged;
 
     let mut streams: Vec<Stream> = Vec::with_capacity(model_stream + 1);
     for (i, f) in model.external_files.iter().enumerate() {
@@ -232,6 +416,7 @@ pub(crate) fn write_outputs_with(
             dst: staged.file_ref(i),
             path: external[i].clone(),
             shifts: Vec::new(),
+            out_map: None,
         });
     }
     // The writer's own work (copies, puts) and the workers' (chunk jobs).
@@ -267,6 +452,7 @@ pub(crate) fn write_outputs_with(
         dst: staged.file_ref(model_stream),
         path: output.to_path_buf(),
         shifts,
+        out_map: None,
     });
 
     // External files: transformed-beforehand spans are puts.
@@ -298,7 +484,8 @@ pub(crate) fn write_outputs_with(
         o.sort_unstable();
     }
 
-    // Chunk jobs: rewritten through a buffer (XOR actions) or only hashed.
+    // Chunk jobs: rewritten through a buffer or patched (XOR actions), or only hashed.
+    let mut run_ranges: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
     let jobs = chunk_jobs(targets, leaves.map_or(crate::protect::CHUNK_SIZE, |l| l.chunk));
     for (ji, job) in jobs.iter().enumerate() {
         let target = &targets[job.target];
@@ -310,7 +497,7 @@ pub(crate) fn write_outputs_with(
         match &actions[job.target] {
             Action::Xor(_) | Action::Reencrypt(_) => {
                 let runs = runs_of(t, job, &occupied[stream]);
-                covered[stream].extend(runs.iter().map(|r| r.range.clone()));
+                run_ranges[stream].extend(runs.iter().map(|r| r.range.clone()));
                 job_items.push(JobItem { job: ji, stream, runs });
             }
             Action::Bytes(_) | Action::Skip if leaves.is_some() => {
@@ -319,6 +506,33 @@ pub(crate) fn write_outputs_with(
             Action::Bytes(_) | Action::Skip => {}
         }
     }
+
+    // Patching (module docs): a stream copied from a file, with runs to rewrite. Its
+    // runs are copied with everything else and transformed in the output map.
+    let can = !durable && outputs.patch;
+    for (si, s) in streams.iter_mut().enumerate() {
+        if can && s.src.is_some() && !run_ranges[si].is_empty() {
+            let len = if si == model_stream { plan.output_len() } else { s.map.len() as u64 };
+            s.dst.set_len(len).map_err(|e| s.write_err(e))?;
+            // A file system that cannot map the file gets the buffered pass.
+            s.out_map = memmap2::MmapRaw::map_raw(s.dst).ok();
+        }
+        if s.out_map.is_none() {
+            covered[si].append(&mut run_ranges[si]);
+        }
+    }
+
+    // What the early copy put in place: bytes up to the first edit that moves what
+    // follows it (a put of another length) are where they belong in the output, the
+    // rest is copied again.
+    let pre = copier.map_or_else(|| vec![0; streams.len()], |c| c.stop(streams.len()));
+    let moved = plan.edits().find_map(|(r, c)| match c {
+        Content::Bytes(b) if b.len() as u64 != r.end - r.start => Some(r.start),
+        _ => None,
+    });
+    let kept: Vec<u64> = (0..streams.len())
+        .map(|si| if si == model_stream { pre[si].min(moved.unwrap_or(u64::MAX)) } else { pre[si] })
+        .collect();
 
     // Copies: the complement of what is covered, per stream.
     for (si, cov) in covered.iter_mut().enumerate() {
@@ -332,10 +546,10 @@ pub(crate) fn write_outputs_with(
                     streams[si].path.display()
                 )));
             }
-            push_copies(&mut own, si, pos..r.start);
+            push_copies(&mut own, si, pos.max(kept[si]).min(r.start)..r.start);
             pos = r.end;
         }
-        push_copies(&mut own, si, pos..len);
+        push_copies(&mut own, si, pos.max(kept[si]).min(len)..len);
     }
     // File order per stream, so the two workers each walk a stretch of a file and the
     // writer copies in file order.
@@ -346,15 +560,16 @@ pub(crate) fn write_outputs_with(
         Op::Buf { stream, .. } => (*stream, 0),
     });
 
-    let total: u64 = job_items.iter().map(JobItem::out_bytes).sum::<u64>()
-        + own
-            .iter()
-            .map(|op| match op {
-                Op::Copy { range, .. } => range.end - range.start,
-                Op::Put { bytes, .. } => bytes.len() as u64,
-                Op::Buf { .. } => 0, // only workers send buffers
-            })
-            .sum::<u64>();
+    let total: u64 =
+        job_items.iter().filter(|j| streams[j.stream].out_map.is_none()).map(JobItem::out_bytes).sum::<u64>()
+            + own
+                .iter()
+                .map(|op| match op {
+                    Op::Copy { range, .. } => range.end - range.start,
+                    Op::Put { bytes, .. } => bytes.len() as u64,
+                    Op::Buf { .. } => 0, // only workers send buffers
+                })
+                .sum::<u64>();
     // Hashing the source: varint tensors are decoded once, not once per chunk job.
     let mut decoded: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::new();
     if leaves.is_some_and(|l| l.read.is_some()) {
@@ -369,11 +584,15 @@ pub(crate) fn write_outputs_with(
     progress.start("write", total);
     let failed = AtomicBool::new(false);
     let pool = Pool::default();
+    let gate = Gate::new(streams.len());
+    for (si, &k) in kept.iter().enumerate() {
+        gate.advance(si, k);
+    }
     // The writer copies and puts on its own whenever no run is waiting; the workers
     // only transform and hash runs.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(QUEUE);
     let (results, written) = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &failed, durable, progress));
+        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &gate, &failed, durable, progress));
         let results = job_items
             .par_iter()
             .with_max_len(1)
@@ -381,7 +600,9 @@ pub(crate) fn write_outputs_with(
                 if failed.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
-                let r = run_job(model, targets, actions, &jobs, &streams, leaves, &decoded, &pool, &tx, item);
+                let r = run_job(
+                    model, targets, actions, &jobs, &streams, leaves, &decoded, &pool, &gate, &failed, &tx, item,
+                );
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -413,10 +634,15 @@ pub(crate) fn write_outputs_with(
             .ok_or_else(|| CoreError::Output("internal: a chunk of ciphertext was not hashed".into()))
     };
     let tail = append(&all(written)?, &all(read)?)?;
+    for s in &mut streams {
+        s.out_map = None;
+    }
     let m = &streams[model_stream];
+    // The early copy may have gone past the end of a shorter output.
+    m.dst.set_len(plan.output_len()).map_err(|e| m.write_err(e))?;
     write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
     drop(streams);
-    staged.commit(durable)?;
+    outputs.staged.commit(durable)?;
     Ok(external.iter().map(|p| p.display().to_string()).collect())
 }
 
@@ -513,6 +739,77 @@ struct RunOut<'a> {
     out: u64,
 }
 
+/// How far the writer has copied each stream, for the workers that patch behind it.
+/// The writer does its copies in file order, so a mark of `m` means every byte below
+/// `m` that is not a put is in place.
+struct Gate {
+    /// Per stream, the mark; and whether the writer has finished its copies.
+    state: Mutex<(Vec<u64>, bool)>,
+    moved: Condvar,
+}
+
+impl Gate {
+    fn new(streams: usize) -> Gate {
+        Gate { state: Mutex::new((vec![0; streams], false)), moved: Condvar::new() }
+    }
+
+    /// The writer has copied `stream` up to source offset `end`.
+    fn advance(&self, stream: usize, end: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            if st.0[stream] < end {
+                st.0[stream] = end;
+                self.moved.notify_all();
+            }
+        }
+    }
+
+    /// The writer has no copies left (or stopped): nobody waits any longer.
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.1 = true;
+        }
+        self.moved.notify_all();
+    }
+
+    /// Waits until `stream` is copied up to `end`: `Ok(false)` if the pass failed
+    /// meanwhile, an error if the writer finished without getting there.
+    fn wait(&self, stream: usize, end: u64, failed: &AtomicBool) -> Result<bool> {
+        let lost = || CoreError::Output("internal: the writer stopped before a patched range".into());
+        let mut st = self.state.lock().map_err(|_| lost())?;
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if st.0[stream] >= end {
+                return Ok(true);
+            }
+            if st.1 {
+                return Err(lost());
+            }
+            st = self.moved.wait(st).map_err(|_| lost())?;
+        }
+    }
+}
+
+/// Whether this kernel has `MADV_POPULATE_WRITE` (Linux 5.14), without which a failed
+/// write through a map would raise `SIGBUS` instead of returning an error: probed
+/// once on an anonymous page.
+#[cfg(target_os = "linux")]
+fn can_patch() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(m) = memmap2::MmapMut::map_anon(4096) else { return false };
+        // SAFETY: one whole page of a live private anonymous map; populating it only
+        // allocates the page.
+        unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, 4096, libc::MADV_POPULATE_WRITE) == 0 }
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn can_patch() -> bool {
+    false
+}
+
 /// Run buffers (up to [`RUN_MAX`] bytes each), reused across runs and threads.
 #[derive(Default)]
 struct Pool(Mutex<Vec<Vec<u8>>>);
@@ -538,15 +835,25 @@ impl Pool {
 
 /// The writer thread: performs the queued writes in arrival order, reports progress,
 /// and after the first error only drains the queue (so no worker blocks on it).
+#[allow(clippy::too_many_arguments)] // one caller
 fn write_ops(
     rx: std::sync::mpsc::Receiver<Op>,
     own: Vec<Op>,
     streams: &[Stream],
     pool: &Pool,
+    gate: &Gate,
     failed: &AtomicBool,
     durable: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
+    // Whatever happens, the workers that wait for copies are let go.
+    struct Closing<'g>(&'g Gate);
+    impl Drop for Closing<'_> {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let closing = Closing(gate);
     use std::sync::mpsc::TryRecvError;
     let mut first_err = None;
     let mut done = 0u64;
@@ -558,17 +865,21 @@ fn write_ops(
             Ok(op) => op,
             Err(TryRecvError::Empty) => match own.next() {
                 Some(op) => op,
-                None => match rx.recv() {
-                    Ok(op) => op,
-                    Err(_) => break,
-                },
+                None => {
+                    closing.0.close();
+                    match rx.recv() {
+                        Ok(op) => op,
+                        Err(_) => break,
+                    }
+                }
             },
             Err(TryRecvError::Disconnected) => match own.next() {
                 Some(op) => op,
                 None => break,
             },
         };
-        if first_err.is_some() {
+        // After an error (the writer's or a worker's) the queue is only drained.
+        if first_err.is_some() || failed.load(Ordering::Relaxed) {
             if let Op::Buf { buf, .. } = op {
                 pool.give(buf);
             }
@@ -577,7 +888,12 @@ fn write_ops(
         let r = match op {
             Op::Copy { stream, range } => {
                 done += range.end - range.start;
-                streams[stream].copy(range)
+                let end = range.end;
+                let r = streams[stream].copy(range);
+                if r.is_ok() {
+                    gate.advance(stream, end);
+                }
+                r
             }
             Op::Put { stream, out, bytes } => {
                 done += bytes.len() as u64;
@@ -652,6 +968,8 @@ fn run_job<'a>(
     leaves: Option<Leaves<'_>>,
     decoded: &std::collections::HashMap<usize, Vec<u8>>,
     pool: &Pool,
+    gate: &Gate,
+    failed: &AtomicBool,
     tx: &std::sync::mpsc::SyncSender<Op<'a>>,
     item: &'a JobItem,
 ) -> Result<Option<JobLeaves>> {
@@ -708,6 +1026,69 @@ fn run_job<'a>(
         return Ok(done(leaf, read_leaf));
     }
     let s = &streams[*stream];
+    if s.out_map.is_some() {
+        // Patched in place once the writer's copy has passed the job (module docs).
+        let (Some(first), Some(last)) = (runs.first(), runs.last()) else { return Ok(done(leaf, read_leaf)) };
+        if !gate.wait(*stream, last.run_end(), failed)? {
+            return Ok(None);
+        }
+        // The hash is ~3× faster on long inputs than on rows of a few KiB (measured,
+        // docs/performance.md session 4), so pieces are gathered for it in small
+        // buffers that stay in the cache.
+        const GATHER: usize = 256 << 10;
+        let mut gathered = [Vec::new(), Vec::new()];
+        let mut hashers = [read_leaf.as_mut(), leaf.as_mut()];
+        let mut feed = |k: usize, bytes: &[u8], last: bool| {
+            if let Some(h) = hashers[k].as_mut() {
+                let g = &mut gathered[k];
+                if g.len() + bytes.len() > GATHER && !g.is_empty() {
+                    h.update(g);
+                    g.clear();
+                }
+                if bytes.len() >= GATHER {
+                    h.update(bytes);
+                } else {
+                    g.extend_from_slice(bytes);
+                }
+                if last && !g.is_empty() {
+                    h.update(g);
+                    g.clear();
+                }
+            }
+        };
+        for run in runs {
+            let out = s.out_at(run.range.start);
+            let at = |p: &Range<u64>| out + (p.start - run.range.start)..out + (p.end - run.range.start);
+            // The pages of pieces less than CLOSE apart are faulted in together (one
+            // call for the job at the default policy, few pages at sparse ones).
+            const CLOSE: u64 = 64 << 10;
+            let mut i = 0;
+            while i < run.pieces.len() {
+                let mut j = i + 1;
+                while j < run.pieces.len() && run.pieces[j].0.start <= run.pieces[j - 1].0.end + CLOSE {
+                    j += 1;
+                }
+                let group = at(&run.pieces[i].0).start..at(&run.pieces[j - 1].0).end;
+                s.out_advise(group, libc::MADV_POPULATE_WRITE, true).map_err(|e| s.write_err(e))?;
+                for (range, logical) in &run.pieces[i..j] {
+                    // SAFETY: pieces of chunk jobs never overlap (each is a different
+                    // part of one span, and spans are disjoint), and the gate has
+                    // passed them.
+                    let piece = unsafe { s.out_slice(at(range))? };
+                    feed(0, piece, false);
+                    action.apply_chunk(target, t.data_type, *logical, piece, false)?;
+                    feed(1, piece, false);
+                }
+                i = j;
+            }
+        }
+        feed(0, &[], true);
+        feed(1, &[], true);
+        // Only pages wholly inside the job: a page at either end may hold another job's piece.
+        let span = s.out_at(first.range.start)..s.out_at(last.range.start) + (last.run_end() - last.range.start);
+        let _ = s.out_advise(span, libc::MADV_DONTNEED, false);
+        return Ok(done(leaf, read_leaf));
+    }
     let wipe = matches!(action, Action::Reencrypt(_));
     // Runs are packed into one buffer until it is full: one hand-over to the
     // writer per buffer, however small the runs. Only the pieces' bytes go into
@@ -1037,29 +1418,54 @@ mod tests {
         (model, targets, streams)
     }
 
+    /// The ways a pass can run: (patched in place, started by an early copy that ran
+    /// to its end).
+    const WAYS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+    /// Staged outputs for `out`, taking the given way (an early copy is waited for, so
+    /// the pass finds all of it done).
+    fn outputs(model: &Model, out: &Path, (patch, early): (bool, bool)) -> Outputs {
+        let mut o = Outputs::stage(model, out, early).unwrap();
+        o.patch &= patch;
+        if let Some(c) = o.copier.as_mut() {
+            c.finish();
+        }
+        o
+    }
+
+    /// The output of one pass, the same whichever way it goes (checked here).
     fn one_pass(
         model: &Model,
         targets: &[Target],
         streams: &[onnx_protect_crypto::Keystream],
-        extra: Vec<Edit>,
+        extra: impl Fn() -> Vec<Edit>,
         chunk: u64,
         out: &Path,
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         let leaves = Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: None, given: None });
-        write_outputs_with(
-            model,
-            targets,
-            &actions,
-            extra,
-            leaves,
-            |l, _| Ok(l.concat()),
-            out,
-            false,
-            &onnx_protect_format::NoProgress,
-        )
-        .unwrap();
-        std::fs::read(out).unwrap()
+        let mut first: Option<Vec<u8>> = None;
+        for way in WAYS {
+            write_outputs_with(
+                model,
+                targets,
+                &actions,
+                extra(),
+                leaves,
+                |l, _| Ok(l.concat()),
+                out,
+                outputs(model, out, way),
+                false,
+                &onnx_protect_format::NoProgress,
+            )
+            .unwrap();
+            let got = std::fs::read(out).unwrap();
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert!(*f == got, "the pass (patched, early copy) = {way:?} wrote other bytes"),
+            }
+        }
+        first.unwrap()
     }
 
     #[test]
@@ -1071,7 +1477,7 @@ mod tests {
         for chunk in [4096u64, 1000, 1 << 20] {
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
             assert_ne!(&want[..model.bytes().len()], model.bytes());
-            assert_eq!(one_pass(&model, &targets, &streams, Vec::new(), chunk, &dir.path().join("a.onnx")), want);
+            assert_eq!(one_pass(&model, &targets, &streams, Vec::new, chunk, &dir.path().join("a.onnx")), want);
         }
         // A top-level field inserted before everything shifts every output offset.
         let insert = || {
@@ -1082,20 +1488,40 @@ mod tests {
             }]
         };
         let want = reference(&model, &targets, &streams, insert(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, insert(), 4096, &dir.path().join("b.onnx")), want);
+        assert_eq!(one_pass(&model, &targets, &streams, insert, 4096, &dir.path().join("b.onnx")), want);
         // Bytes inserted right after a span (the end of row 2 of `A`, before the free row
         // 3): what follows moves, so no run may carry the unchanged row across the insertion.
         let t = &model.tensors[targets[0].tensor];
         let at = t.file_pieces(2 * 1024, 3 * 1024)[0].0.end;
         let inside = || vec![Edit { range: at..at, content: Content::Bytes(b"xyz".to_vec()), ancestors: Vec::new() }];
         let want_inside = reference(&model, &targets, &streams, inside(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, inside(), 4096, &dir.path().join("i.onnx")), want_inside);
+        assert_eq!(one_pass(&model, &targets, &streams, inside, 4096, &dir.path().join("i.onnx")), want_inside);
         // Without copy_file_range (as on kernels or file systems that refuse it): the
         // same bytes. The switch is process-wide; other tests only get slower.
         NO_KERNEL_COPY.store(true, Ordering::Relaxed);
-        let got = one_pass(&model, &targets, &streams, insert(), 4096, &dir.path().join("c.onnx"));
+        let got = one_pass(&model, &targets, &streams, insert, 4096, &dir.path().join("c.onnx"));
         NO_KERNEL_COPY.store(false, Ordering::Relaxed);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_output_shorter_than_its_input_is_cut_to_its_length() {
+        // A decryption removes the manifest entry at the end of the file: an early copy
+        // has put the input's last bytes beyond the output's end.
+        let dir = tempfile::tempdir().unwrap();
+        let path = model_file(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len() as u64;
+        bytes.extend(metadata_field("k", &"v".repeat(5000)));
+        std::fs::write(&path, &bytes).unwrap();
+        let model = Model::open(&path).unwrap();
+        let targets = targets(&model);
+        let keys = SessionKeys::derive(&MasterKey::from_bytes([3; 32]), &[4; 32]);
+        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+        let cut =
+            || vec![Edit { range: n..bytes.len() as u64, content: Content::Bytes(Vec::new()), ancestors: Vec::new() }];
+        let want = reference(&model, &targets, &streams, cut(), 4096);
+        assert_eq!(one_pass(&model, &targets, &streams, cut, 4096, &dir.path().join("o.onnx")), want);
     }
 
     #[test]
@@ -1106,7 +1532,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (model, targets, streams) = three_targets(dir.path());
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
-        for chunk in [4096u64, 1 << 20] {
+        for (chunk, way) in [4096u64, 1 << 20].into_iter().flat_map(|c| WAYS.map(|w| (c, w))) {
             let stored = leaf_digests_ext(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();
             let out = dir.path().join("s.onnx");
             let nop = &onnx_protect_format::NoProgress;
@@ -1117,10 +1543,11 @@ mod tests {
                 got = r.to_vec();
                 Ok(Vec::new())
             };
-            write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, false, nop).unwrap();
-            assert_eq!(got, stored, "chunk {chunk}");
+            let o = outputs(&model, &out, way);
+            write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, o, false, nop).unwrap();
+            assert_eq!(got, stored, "chunk {chunk}, way {way:?}");
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
-            assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()]);
+            assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()], "way {way:?}");
             // Both at once: the written leaves are appended, as the reference does.
             let both =
                 Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: Some(LeafHash::Blake3), given: None });
@@ -1129,9 +1556,10 @@ mod tests {
                 got = r.to_vec();
                 Ok(w.concat())
             };
-            write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, false, nop).unwrap();
-            assert_eq!(got, stored, "chunk {chunk}");
-            assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}");
+            let o = outputs(&model, &out, way);
+            write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, o, false, nop).unwrap();
+            assert_eq!(got, stored, "chunk {chunk}, way {way:?}");
+            assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}, way {way:?}");
         }
     }
 
@@ -1163,15 +1591,15 @@ mod tests {
         let streams = vec![keys.keystream(1)];
         let want = reference(&model, &targets, &streams, Vec::new(), 1 << 20);
         assert_ne!(&want[..model.bytes().len()], model.bytes());
-        assert_eq!(one_pass(&model, &targets, &streams, Vec::new(), 1 << 20, &dir.path().join("a.onnx")), want);
+        assert_eq!(one_pass(&model, &targets, &streams, Vec::new, 1 << 20, &dir.path().join("a.onnx")), want);
         // With every output offset shifted by a field inserted in front.
         let insert =
             || vec![Edit { range: 0..0, content: Content::Bytes(metadata_field("k", "v")), ancestors: Vec::new() }];
         let shifted = reference(&model, &targets, &streams, insert(), 1 << 20);
-        assert_eq!(one_pass(&model, &targets, &streams, insert(), 1 << 20, &dir.path().join("s.onnx")), shifted);
+        assert_eq!(one_pass(&model, &targets, &streams, insert, 1 << 20, &dir.path().join("s.onnx")), shifted);
         // Where the kernel refuses to copy, the whole run is written from the map.
         NO_KERNEL_COPY.store(true, Ordering::Relaxed);
-        let got = one_pass(&model, &targets, &streams, Vec::new(), 1 << 20, &dir.path().join("b.onnx"));
+        let got = one_pass(&model, &targets, &streams, Vec::new, 1 << 20, &dir.path().join("b.onnx"));
         NO_KERNEL_COPY.store(false, Ordering::Relaxed);
         assert_eq!(got, want);
     }

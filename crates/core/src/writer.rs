@@ -1035,8 +1035,13 @@ fn run_job<'a>(
         // The hash is ~3× faster on long inputs than on rows of a few KiB (measured,
         // docs/performance.md session 4), so pieces are gathered for it in small
         // buffers that stay in the cache.
+        // They hold ciphertext only, and are kept by each worker thread for its next
+        // job (a fresh 256 KiB buffer is a fresh map: 64 page faults).
         const GATHER: usize = 256 << 10;
-        let mut gathered = [Vec::new(), Vec::new()];
+        thread_local! {
+            static GATHERED: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+        }
+        let mut gathered = GATHERED.with(|g| std::mem::take(&mut *g.borrow_mut()));
         let mut hashers = [read_leaf.as_mut(), leaf.as_mut()];
         let mut feed = |k: usize, bytes: &[u8], last: bool| {
             if let Some(h) = hashers[k].as_mut() {
@@ -1084,6 +1089,7 @@ fn run_job<'a>(
         }
         feed(0, &[], true);
         feed(1, &[], true);
+        GATHERED.with(|g| *g.borrow_mut() = gathered);
         // Only pages wholly inside the job: a page at either end may hold another job's piece.
         let span = s.out_at(first.range.start)..s.out_at(last.range.start) + (last.run_end() - last.range.start);
         let _ = s.out_advise(span, libc::MADV_DONTNEED, false);

@@ -234,6 +234,10 @@ fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
 /// directory's default ACL gives), as `cp` would create it.
 pub fn staged_output(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, std::path::PathBuf, FinalMode)> {
     let dest = resolve_output(dest)?;
+    // Refused now, not at the rename after the whole pass.
+    if dest.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"));
+    }
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let (tmp, mode) = temp_beside(&dest, dir)?;
@@ -347,6 +351,14 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn a_directory_is_refused_as_an_output_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = staged_output(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn staged_outputs_are_private_until_they_get_their_final_mode() {
         use std::os::unix::fs::PermissionsExt;

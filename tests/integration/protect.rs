@@ -206,6 +206,14 @@ fn a_flipped_byte_in_a_span_is_refused_as_modified() {
     let out = dir.path().join("out.onnx");
     let args = ["decrypt", enc.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
     assert_refused(&args, 5, "modified", &out);
+    // Into directories that do not exist yet: they are made for the staged output
+    // (the MAC is checked at the end of the pass) and removed again with it.
+    let nested = dir.path().join("new/sub/out.onnx");
+    let args =
+        ["decrypt", enc.to_str().unwrap(), "-o", nested.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 5, "{err}");
+    assert!(!dir.path().join("new").exists(), "a failed decryption left the directories it made");
     let (code, _, err) = run(&["verify", enc.to_str().unwrap()]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("modified"));

@@ -631,17 +631,26 @@ fn mac_and_checksum_of(
 /// visible until [`Staged::commit`], and dropping it removes every temp file.
 pub(crate) struct Staged {
     files: Vec<(tempfile::NamedTempFile, PathBuf, onnx_protect_format::write::FinalMode)>,
+    /// Directories created for the outputs, outermost first: removed again (when
+    /// empty) if the outputs are dropped, so a failed run leaves nothing behind.
+    created: Vec<PathBuf>,
 }
 
 impl Staged {
     pub(crate) fn new() -> Staged {
-        Staged { files: Vec::new() }
+        Staged { files: Vec::new(), created: Vec::new() }
     }
 
     /// Stages an output for `dest` (through a symbolic link: for the file it points to).
     pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
+        // The directories this creates (staged_output creates the missing ones).
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut missing: Vec<PathBuf> =
+            dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+        missing.reverse();
         let (tmp, dest, mode) = onnx_protect_format::write::staged_output(dest)
             .map_err(|e| CoreError::Write { path: dest.to_path_buf(), source: e })?;
+        self.created.extend(missing);
         self.files.push((tmp, dest, mode));
         Ok(self.files.len() - 1)
     }
@@ -655,9 +664,9 @@ impl Staged {
     /// with `durable`, flushes each to the disk (`fsync`) first. Every file is closed,
     /// and the close checked, before the first rename: network file systems (NFS) may
     /// report a failed write only there, and `cp` checks it too.
-    pub(crate) fn commit(self, durable: bool) -> Result<()> {
+    pub(crate) fn commit(mut self, durable: bool) -> Result<()> {
         let mut closed = Vec::with_capacity(self.files.len());
-        for (tmp, dest, mode) in self.files {
+        for (tmp, dest, mode) in std::mem::take(&mut self.files) {
             let err = |e| CoreError::Write { path: dest.clone(), source: e };
             mode.apply(tmp.as_file()).map_err(err)?;
             if durable {
@@ -669,8 +678,21 @@ impl Staged {
         }
         for (path, dest) in closed {
             path.persist(&dest).map_err(|e| CoreError::Write { path: dest.clone(), source: e.error })?;
+            // Something is in place: the directories stay.
+            self.created.clear();
         }
         Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // The temporary files first, then the directories made for them, innermost
+        // first (`remove_dir` leaves any that something else has filled meanwhile).
+        self.files.clear();
+        for d in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

@@ -178,31 +178,52 @@ impl Stream<'_> {
         })
     }
 
-    /// Applies `advice` to the whole pages covering (`outward`) or inside `range` of the
-    /// output map.
-    fn out_advise(&self, range: Range<u64>, advice: libc::c_int, outward: bool) -> std::io::Result<()> {
+    /// Faults in the whole pages covering `range` of the output map for writing
+    /// (`MADV_POPULATE_WRITE`), reporting a failure instead of raising `SIGBUS` later.
+    fn out_populate(&self, range: Range<u64>) -> std::io::Result<()> {
+        const PAGE: u64 = 4096;
+        self.out_advise(range.start / PAGE * PAGE..range.end.div_ceil(PAGE) * PAGE, Advice::PopulateWrite)
+    }
+
+    /// Drops this process's mapping of the whole pages inside `range` of the output
+    /// map (`MADV_DONTNEED`); the page cache keeps what was written. A hint: an error
+    /// only means the pages stay mapped.
+    fn out_release(&self, range: Range<u64>) {
+        const PAGE: u64 = 4096;
+        let _ = self.out_advise(range.start.div_ceil(PAGE) * PAGE..range.end / PAGE * PAGE, Advice::DontNeed);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn out_advise(&self, pages: Range<u64>, advice: Advice) -> std::io::Result<()> {
         const PAGE: u64 = 4096;
         let Some(m) = self.out_map.as_ref() else { return Ok(()) };
-        let (start, end) = if outward {
-            (range.start / PAGE * PAGE, range.end.div_ceil(PAGE) * PAGE)
-        } else {
-            (range.start.div_ceil(PAGE) * PAGE, range.end / PAGE * PAGE)
-        };
-        let end = end.min((m.len() as u64).div_ceil(PAGE) * PAGE);
-        if start >= end {
+        let end = pages.end.min((m.len() as u64).div_ceil(PAGE) * PAGE);
+        if pages.start >= end {
             return Ok(());
         }
-        // SAFETY: the range lies within the pages of the live map (rounded to whole
-        // pages inside its last page); MADV_POPULATE_WRITE faults the pages in as a
-        // write would (reporting failure instead of raising SIGBUS), MADV_DONTNEED on a
-        // shared file map only drops this process's page-table entries (the page cache
-        // keeps the bytes written); neither changes what the map holds.
-        let r = unsafe { libc::madvise(m.as_mut_ptr().add(start as usize).cast(), (end - start) as usize, advice) };
+        let advice = match advice {
+            Advice::PopulateWrite => libc::MADV_POPULATE_WRITE,
+            Advice::DontNeed => libc::MADV_DONTNEED,
+        };
+        // SAFETY: whole pages within the live map (its last page counts whole);
+        // MADV_POPULATE_WRITE faults them in as a write would (reporting failure
+        // instead of raising SIGBUS), MADV_DONTNEED on a shared file map only drops
+        // this process's page-table entries (the page cache keeps the bytes written);
+        // neither changes what the map holds.
+        let r = unsafe {
+            libc::madvise(m.as_mut_ptr().add(pages.start as usize).cast(), (end - pages.start) as usize, advice)
+        };
         if r == 0 {
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
         }
+    }
+
+    /// Never called: outputs are patched on Linux only ([`can_patch`]).
+    #[cfg(not(target_os = "linux"))]
+    fn out_advise(&self, _pages: Range<u64>, _advice: Advice) -> std::io::Result<()> {
+        Err(std::io::Error::other("patching needs Linux"))
     }
 
     /// Copies `range` of the source unchanged to its output offset.
@@ -739,6 +760,12 @@ struct RunOut<'a> {
     out: u64,
 }
 
+/// What [`Stream::out_advise`] asks of the kernel.
+enum Advice {
+    PopulateWrite,
+    DontNeed,
+}
+
 /// How far the writer has copied each stream, for the workers that patch behind it.
 /// The writer does its copies in file order, so a mark of `m` means every byte below
 /// `m` that is not a put is in place.
@@ -1074,7 +1101,7 @@ fn run_job<'a>(
                     j += 1;
                 }
                 let group = at(&run.pieces[i].0).start..at(&run.pieces[j - 1].0).end;
-                s.out_advise(group, libc::MADV_POPULATE_WRITE, true).map_err(|e| s.write_err(e))?;
+                s.out_populate(group).map_err(|e| s.write_err(e))?;
                 for (range, logical) in &run.pieces[i..j] {
                     // SAFETY: pieces of chunk jobs never overlap (each is a different
                     // part of one span, and spans are disjoint), and the gate has
@@ -1092,7 +1119,7 @@ fn run_job<'a>(
         GATHERED.with(|g| *g.borrow_mut() = gathered);
         // Only pages wholly inside the job: a page at either end may hold another job's piece.
         let span = s.out_at(first.range.start)..s.out_at(last.range.start) + (last.run_end() - last.range.start);
-        let _ = s.out_advise(span, libc::MADV_DONTNEED, false);
+        s.out_release(span);
         return Ok(done(leaf, read_leaf));
     }
     let wipe = matches!(action, Action::Reencrypt(_));

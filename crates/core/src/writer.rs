@@ -121,6 +121,8 @@ struct Stream<'a> {
     /// in place (see the module docs); its length is the output's without the bytes
     /// appended at the end.
     out_map: Option<memmap2::MmapRaw>,
+    /// See [`Outputs::overwrite`].
+    overwrite: bool,
 }
 
 impl Stream<'_> {
@@ -294,6 +296,10 @@ pub(crate) struct Outputs {
     /// Whether chunk jobs may be patched in place (module docs): the kernel can, and
     /// the output is not durable.
     patch: bool,
+    /// Whether a stretch may be copied into the output with its spans' stored bytes and
+    /// the spans written over them afterwards (the patched pass; the buffered pass's
+    /// sparse runs).
+    overwrite: bool,
 }
 
 /// The thread of the early copy: it returns where it stopped, as (stream, offset).
@@ -335,6 +341,34 @@ impl Copier {
     }
 }
 
+/// Whether every source file of `model` is on the file system of its staged output
+/// (`m`: the model file's index in `staged`, after the external files).
+#[cfg(unix)]
+fn same_file_systems(model: &Model, staged: &Staged, m: usize) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |f: &File| f.metadata().map(|md| md.dev()).ok();
+    let pairs = model
+        .external_files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.file().ok(), i))
+        .chain(std::iter::once((model.source_file(), m)));
+    let mut all = true;
+    for (src, i) in pairs {
+        let same = match src {
+            Some(src) => dev(src).is_some_and(|d| Some(d) == dev(staged.file_ref(i))),
+            None => false,
+        };
+        all &= same;
+    }
+    all
+}
+
+#[cfg(not(unix))]
+fn same_file_systems(_model: &Model, _staged: &Staged, _m: usize) -> bool {
+    false
+}
+
 impl Drop for Copier {
     fn drop(&mut self) {
         self.halt();
@@ -345,7 +379,17 @@ impl Outputs {
     /// Stages `output` and the external data files next to it. With `early`, and when
     /// every source is a file, a thread starts copying them (inside the kernel) into
     /// the staged files.
-    pub(crate) fn stage(model: &Model, output: &Path, early: bool) -> Result<Outputs> {
+    ///
+    /// `plaintext` says that the spans to be rewritten hold plaintext in the input (an
+    /// encryption). A copy of them then lands in the output's page cache until the
+    /// workers overwrite it, and the kernel may write it back to the output's disk
+    /// meanwhile (on a copy-on-write file system or a flash medium the old blocks can
+    /// outlive the overwrite). That exposes nothing new when the output is on the
+    /// input's own file system, which holds the plaintext anyway; when it is on another
+    /// one (a USB stick, a share the model is shipped from), nothing is copied before
+    /// it is encrypted: no early copy, the buffered pass, and no sparse run copied
+    /// whole.
+    pub(crate) fn stage(model: &Model, output: &Path, early: bool, plaintext: bool) -> Result<Outputs> {
         let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let mut staged = Staged::new();
         let mut external = Vec::new();
@@ -356,8 +400,9 @@ impl Outputs {
         }
         // The model file is staged last, so it is renamed into place last.
         let m = staged.create(output)?;
-        let mut outputs = Outputs { copier: None, staged, external, patch: can_patch() };
-        if early && model.source_file().is_some() && !NO_KERNEL_COPY.load(Ordering::Relaxed) {
+        let overwrite = !plaintext || same_file_systems(model, &staged, m);
+        let mut outputs = Outputs { copier: None, staged, external, patch: can_patch() && overwrite, overwrite };
+        if early && overwrite && model.source_file().is_some() && !NO_KERNEL_COPY.load(Ordering::Relaxed) {
             // Owned descriptors for the thread; a failure only means no early copy.
             let mut pairs = Vec::new();
             for (i, f) in model.external_files.iter().enumerate() {
@@ -438,6 +483,7 @@ pub(crate) fn write_outputs_with(
             path: external[i].clone(),
             shifts: Vec::new(),
             out_map: None,
+            overwrite: outputs.overwrite,
         });
     }
     // The writer's own work (copies, puts) and the workers' (chunk jobs).
@@ -474,6 +520,7 @@ pub(crate) fn write_outputs_with(
         path: output.to_path_buf(),
         shifts,
         out_map: None,
+        overwrite: outputs.overwrite,
     });
 
     // External files: transformed-beforehand spans are puts.
@@ -1088,6 +1135,9 @@ fn run_job<'a>(
                 }
             }
         };
+        // 64 KiB: a multiple of every element size, so each part starts on an element.
+        const SCRATCH: usize = 64 << 10;
+        let mut scratch = matches!(action, Action::Reencrypt(_)).then(|| zeroize::Zeroizing::new(vec![0u8; SCRATCH]));
         for run in runs {
             let out = s.out_at(run.range.start);
             let at = |p: &Range<u64>| out + (p.start - run.range.start)..out + (p.end - run.range.start);
@@ -1108,7 +1158,19 @@ fn run_job<'a>(
                     // passed them.
                     let piece = unsafe { s.out_slice(at(range))? };
                     feed(0, piece, false);
-                    action.apply_chunk(target, t.data_type, *logical, piece, false)?;
+                    if let Some(scratch) = scratch.as_mut() {
+                        // A key rotation passes through plaintext: in a wiped buffer of
+                        // this process, never in the output's pages.
+                        for (k, part) in piece.chunks_mut(scratch.len()).enumerate() {
+                            let tmp = &mut scratch[..part.len()];
+                            tmp.copy_from_slice(part);
+                            let off = *logical + (k * SCRATCH) as u64;
+                            action.apply_chunk(target, t.data_type, off, tmp, false)?;
+                            part.copy_from_slice(tmp);
+                        }
+                    } else {
+                        action.apply_chunk(target, t.data_type, *logical, piece, false)?;
+                    }
                     feed(1, piece, false);
                 }
                 i = j;
@@ -1222,7 +1284,7 @@ fn sparse(run_bytes: u64, piece_bytes: u64, pieces: u64) -> bool {
 /// (see [`sparse`]) is copied inside the kernel first and its pieces written over it.
 fn write_run(s: &Stream, buf: &[u8], ro: &RunOut) -> Result<()> {
     let run_bytes = ro.run.range.end - ro.run.range.start;
-    if let Some(src) = s.src.filter(|_| sparse(run_bytes, ro.len as u64, ro.run.pieces.len() as u64)) {
+    if let Some(src) = s.src.filter(|_| s.overwrite && sparse(run_bytes, ro.len as u64, ro.run.pieces.len() as u64)) {
         let copied = copy_in_kernel(src, s.dst, ro.run.range.start, ro.out, run_bytes).map_err(|e| s.read_err(e))?;
         if copied == run_bytes {
             let mut at = ro.buf_start;
@@ -1458,7 +1520,7 @@ mod tests {
     /// Staged outputs for `out`, taking the given way (an early copy is waited for, so
     /// the pass finds all of it done).
     fn outputs(model: &Model, out: &Path, (patch, early): (bool, bool)) -> Outputs {
-        let mut o = Outputs::stage(model, out, early).unwrap();
+        let mut o = Outputs::stage(model, out, early, true).unwrap();
         o.patch &= patch;
         if let Some(c) = o.copier.as_mut() {
             c.finish();
@@ -1535,6 +1597,41 @@ mod tests {
         let got = one_pass(&model, &targets, &streams, insert, 4096, &dir.path().join("c.onnx"));
         NO_KERNEL_COPY.store(false, Ordering::Relaxed);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn plaintext_spans_are_not_copied_to_another_file_system() {
+        // The model on tmpfs (/dev/shm), its output on the temporary directory's file
+        // system: an encryption must not copy the plaintext of its spans there.
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let other = tempfile::tempdir().unwrap();
+        let Ok(src) = tempfile::tempdir_in(shm) else {
+            eprintln!("skipped: no /dev/shm");
+            return;
+        };
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if dev(src.path()) == dev(other.path()) {
+            eprintln!("skipped: /dev/shm and the temporary directory share a file system");
+            return;
+        }
+        let model = Model::open(model_file(src.path())).unwrap();
+        let away = other.path().join("o.onnx");
+        let o = Outputs::stage(&model, &away, true, true).unwrap();
+        assert!(!o.overwrite && !o.patch && o.copier.is_none(), "plaintext copied across file systems");
+        // Ciphertext (a decryption's or a rotation's input) may be.
+        let o = Outputs::stage(&model, &away, true, false).unwrap();
+        assert!(o.overwrite && o.patch == can_patch());
+        // Beside its input, plaintext may be copied too.
+        let o = Outputs::stage(&model, &src.path().join("o.onnx"), true, true).unwrap();
+        assert!(o.overwrite && o.patch == can_patch());
+        drop(o);
+        // And the pass across file systems writes the same bytes as the reference.
+        let targets = targets(&model);
+        let keys = SessionKeys::derive(&MasterKey::from_bytes([8; 32]), &[1; 32]);
+        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+        let want = reference(&model, &targets, &streams, Vec::new(), 4096);
+        assert_eq!(one_pass(&model, &targets, &streams, Vec::new, 4096, &away), want);
     }
 
     #[test]

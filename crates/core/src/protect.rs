@@ -1034,8 +1034,10 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     check_output(&model, input, output, opts.in_place)?;
-    // The copy of what stays unchanged starts now, beside the planning below.
-    let outputs = Outputs::stage(&model, output, true, true)?;
+    // The copy of what stays unchanged starts now, beside the planning below (for the
+    // patched pass; a durable output is written by the buffered pass, which rewrites
+    // whole runs and would copy most of it twice).
+    let outputs = Outputs::stage(&model, output, !durable(opts.in_place, opts.sync), true)?;
     let tiers = opts.policy.tiers.max(1);
     opts.policy.shares()?;
     let weights = discover(&model);
@@ -1466,7 +1468,7 @@ pub fn decrypt_tier(
     let tiered = p.manifest.tiers > 1;
     // The outputs are staged, and the copy of what stays unchanged started, once the
     // key is checked (§7 of docs/format.md: nothing is written before).
-    let stage = || Outputs::stage(&model, output, true, false);
+    let stage = || Outputs::stage(&model, output, !durable(opts.in_place, opts.sync), false);
     let (actions, entry, seal, outputs) = if !tiered && tier.is_none_or(|t| t == 1) {
         let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
         let outputs = stage()?;

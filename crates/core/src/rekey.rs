@@ -160,7 +160,7 @@ pub fn rekey(
     };
 
     // The old key is checked: the outputs can be staged and their copy started.
-    let outputs = Outputs::stage(&model, output, true, false)?;
+    let outputs = Outputs::stage(&model, output, !crate::protect::durable(opts.in_place, opts.sync), false)?;
     let (new_master, kdf) = new.master_for_encrypt()?;
     let mut salt = random_salt()?;
     while salt.as_slice() == p.manifest.salt.as_slice() {

@@ -525,6 +525,59 @@ pub(crate) enum LeafSrc<'a> {
 /// Parts shorter than this are gathered before they are hashed.
 const GATHER: usize = 64 << 10;
 
+/// Feeds a leaf hash through a buffer: small parts (single rows of a few KiB) are
+/// gathered first, since the hash is several times faster on long inputs (BLAKE3
+/// hashes 1 KiB blocks side by side in SIMD lanes). Call [`Gather::flush`] before
+/// finalizing the leaf.
+pub(crate) struct Gather<'b> {
+    buf: &'b mut Vec<u8>,
+}
+
+impl<'b> Gather<'b> {
+    /// Gathers in `buf` (emptied first; its capacity is reused).
+    pub(crate) fn new(buf: &'b mut Vec<u8>) -> Gather<'b> {
+        buf.clear();
+        Gather { buf }
+    }
+
+    /// Hashes `part` (now, or once enough is gathered).
+    pub(crate) fn feed(&mut self, h: &mut Leaf, part: &[u8]) {
+        if part.len() >= GATHER {
+            self.flush(h);
+            h.update(part);
+        } else {
+            self.feed_with(h, part, |_| Ok(())).unwrap_or(());
+        }
+    }
+
+    /// Hashes `part` as `f` changes it, leaving `part` as it is.
+    pub(crate) fn feed_with(
+        &mut self,
+        h: &mut Leaf,
+        part: &[u8],
+        f: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        if self.buf.len() + part.len() > GATHER {
+            self.flush(h);
+        }
+        let at = self.buf.len();
+        self.buf.extend_from_slice(part);
+        f(&mut self.buf[at..])?;
+        if self.buf.len() >= GATHER {
+            self.flush(h);
+        }
+        Ok(())
+    }
+
+    /// Hashes what is gathered.
+    pub(crate) fn flush(&mut self, h: &mut Leaf) {
+        if !self.buf.is_empty() {
+            h.update(self.buf);
+            self.buf.clear();
+        }
+    }
+}
+
 /// Chunk digests of the ciphertext, in chunk-job order (§7 of docs/format.md).
 pub(crate) fn leaf_digests_ext(
     model: &Model,
@@ -555,33 +608,20 @@ pub(crate) fn leaf_digests_ext(
             };
             let mut h = Leaf::new(hash, target.stream_id, job.index);
             let _release = ReleaseOnDrop::for_job(model, t, job);
-            // Small parts (single rows of a few KiB) are gathered into `buf` first: the
-            // hash is several times faster on long inputs (BLAKE3 hashes 1 KiB blocks
-            // side by side in SIMD lanes).
             let mut buf = Vec::new();
+            let mut g = Gather::new(&mut buf);
             for &(a, b) in &job.parts {
                 let part = whole
                     .get(a as usize..b as usize)
                     .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
                 match src {
                     LeafSrc::Xor(ks) => {
-                        let at = buf.len();
-                        buf.extend_from_slice(part);
-                        apply(ks, target.mode, t.data_type, a, &mut buf[at..], false)?;
+                        g.feed_with(&mut h, part, |p| apply(ks, target.mode, t.data_type, a, p, false))?
                     }
-                    _ if part.len() >= GATHER => {
-                        h.update(&buf);
-                        buf.clear();
-                        h.update(part);
-                    }
-                    _ => buf.extend_from_slice(part),
-                }
-                if buf.len() >= GATHER {
-                    h.update(&buf);
-                    buf.clear();
+                    _ => g.feed(&mut h, part),
                 }
             }
-            h.update(&buf);
+            g.flush(&mut h);
             Ok(h.finalize())
         })
         .collect()

@@ -60,7 +60,9 @@ use onnx_protect_format::{Model, Progress, TensorData};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::protect::{chunk_jobs, edits_for, Action, ChunkJob, CoreError, ReleaseOnDrop, Result, Staged, Target};
+use crate::protect::{
+    chunk_jobs, edits_for, Action, ChunkJob, CoreError, Gather, ReleaseOnDrop, Result, Staged, Target,
+};
 
 /// Spans of one chunk job closer than this are read and written together with the gap
 /// between them. Measured on the 1 GiB benchmark model (docs/performance.md, run 5):
@@ -1106,35 +1108,16 @@ fn run_job<'a>(
         if !gate.wait(*stream, last.run_end(), failed)? {
             return Ok(None);
         }
-        // The hash is ~3× faster on long inputs than on rows of a few KiB (measured,
-        // docs/performance.md session 4), so pieces are gathered for it in small
-        // buffers that stay in the cache.
-        // They hold ciphertext only, and are kept by each worker thread for its next
-        // job (a fresh 256 KiB buffer is a fresh map: 64 page faults).
-        const GATHER: usize = 256 << 10;
+        // Pieces are gathered for the hash (`Gather`) in buffers kept by each worker
+        // thread for its next job (a fresh buffer is a fresh map: page faults). They
+        // hold ciphertext only.
         thread_local! {
             static GATHERED: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
         }
-        let mut gathered = GATHERED.with(|g| std::mem::take(&mut *g.borrow_mut()));
-        let mut hashers = [read_leaf.as_mut(), leaf.as_mut()];
-        let mut feed = |k: usize, bytes: &[u8], last: bool| {
-            if let Some(h) = hashers[k].as_mut() {
-                let g = &mut gathered[k];
-                if g.len() + bytes.len() > GATHER && !g.is_empty() {
-                    h.update(g);
-                    g.clear();
-                }
-                if bytes.len() >= GATHER {
-                    h.update(bytes);
-                } else {
-                    g.extend_from_slice(bytes);
-                }
-                if last && !g.is_empty() {
-                    h.update(g);
-                    g.clear();
-                }
-            }
-        };
+        let mut bufs = GATHERED.with(|g| std::mem::take(&mut *g.borrow_mut()));
+        let [read_buf, written_buf] = &mut bufs;
+        let mut read_g = read_leaf.as_mut().map(|h| (h, Gather::new(read_buf)));
+        let mut written_g = leaf.as_mut().map(|h| (h, Gather::new(written_buf)));
         // 64 KiB: a multiple of every element size, so each part starts on an element.
         const SCRATCH: usize = 64 << 10;
         let mut scratch = matches!(action, Action::Reencrypt(_)).then(|| zeroize::Zeroizing::new(vec![0u8; SCRATCH]));
@@ -1157,7 +1140,9 @@ fn run_job<'a>(
                     // part of one span, and spans are disjoint), and the gate has
                     // passed them.
                     let piece = unsafe { s.out_slice(at(range))? };
-                    feed(0, piece, false);
+                    if let Some((h, g)) = read_g.as_mut() {
+                        g.feed(h, piece);
+                    }
                     if let Some(scratch) = scratch.as_mut() {
                         // A key rotation passes through plaintext: in a wiped buffer of
                         // this process, never in the output's pages.
@@ -1171,14 +1156,17 @@ fn run_job<'a>(
                     } else {
                         action.apply_chunk(target, t.data_type, *logical, piece, false)?;
                     }
-                    feed(1, piece, false);
+                    if let Some((h, g)) = written_g.as_mut() {
+                        g.feed(h, piece);
+                    }
                 }
                 i = j;
             }
         }
-        feed(0, &[], true);
-        feed(1, &[], true);
-        GATHERED.with(|g| *g.borrow_mut() = gathered);
+        for (h, g) in [read_g.as_mut(), written_g.as_mut()].into_iter().flatten() {
+            g.flush(h);
+        }
+        GATHERED.with(|g| *g.borrow_mut() = bufs);
         // Only pages wholly inside the job: a page at either end may hold another job's piece.
         let span = s.out_at(first.range.start)..s.out_at(last.range.start) + (last.run_end() - last.range.start);
         s.out_release(span);

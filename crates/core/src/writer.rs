@@ -355,15 +355,7 @@ fn same_file_systems(model: &Model, staged: &Staged, m: usize) -> bool {
         .enumerate()
         .map(|(i, f)| (f.file().ok(), i))
         .chain(std::iter::once((model.source_file(), m)));
-    let mut all = true;
-    for (src, i) in pairs {
-        let same = match src {
-            Some(src) => dev(src).is_some_and(|d| Some(d) == dev(staged.file_ref(i))),
-            None => false,
-        };
-        all &= same;
-    }
-    all
+    pairs.into_iter().all(|(src, i)| src.and_then(dev).is_some_and(|d| Some(d) == dev(staged.file_ref(i))))
 }
 
 #[cfg(not(unix))]

@@ -424,25 +424,6 @@ pub(crate) fn apply(
     Ok(())
 }
 
-/// Like [`apply`] (one thread), from `src` into `dst` (same length): in one pass over
-/// both for `ctr`; the format-preserving mode copies first.
-pub(crate) fn apply_b2b(
-    ks: &Keystream,
-    mode: Mode,
-    dtype: DataType,
-    offset: u64,
-    src: &[u8],
-    dst: &mut [u8],
-) -> Result<()> {
-    if mode == Mode::Ctr {
-        ks.apply_b2b(offset, src, dst)?;
-        Ok(())
-    } else {
-        dst.copy_from_slice(src);
-        apply(ks, mode, dtype, offset, dst, false)
-    }
-}
-
 /// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
 pub(crate) struct ChunkJob {
     pub(crate) target: usize,
@@ -528,18 +509,13 @@ const GATHER: usize = 64 << 10;
 /// Feeds a leaf hash through a buffer: small parts (single rows of a few KiB) are
 /// gathered first, since the hash is several times faster on long inputs (BLAKE3
 /// hashes 1 KiB blocks side by side in SIMD lanes). Call [`Gather::flush`] before
-/// finalizing the leaf.
-pub(crate) struct Gather<'b> {
-    buf: &'b mut Vec<u8>,
+/// finalizing the leaf. The buffer is allocated on first use and kept for reuse.
+#[derive(Default)]
+pub(crate) struct Gather {
+    buf: Vec<u8>,
 }
 
-impl<'b> Gather<'b> {
-    /// Gathers in `buf` (emptied first; its capacity is reused).
-    pub(crate) fn new(buf: &'b mut Vec<u8>) -> Gather<'b> {
-        buf.clear();
-        Gather { buf }
-    }
-
+impl Gather {
     /// Hashes `part` (now, or once enough is gathered).
     pub(crate) fn feed(&mut self, h: &mut Leaf, part: &[u8]) {
         if part.len() >= GATHER {
@@ -572,7 +548,7 @@ impl<'b> Gather<'b> {
     /// Hashes what is gathered.
     pub(crate) fn flush(&mut self, h: &mut Leaf) {
         if !self.buf.is_empty() {
-            h.update(self.buf);
+            h.update(&self.buf);
             self.buf.clear();
         }
     }
@@ -608,8 +584,7 @@ pub(crate) fn leaf_digests_ext(
             };
             let mut h = Leaf::new(hash, target.stream_id, job.index);
             let _release = ReleaseOnDrop::for_job(model, t, job);
-            let mut buf = Vec::new();
-            let mut g = Gather::new(&mut buf);
+            let mut g = Gather::default();
             for &(a, b) in &job.parts {
                 let part = whole
                     .get(a as usize..b as usize)
@@ -844,29 +819,6 @@ impl Action {
             Action::Skip | Action::Bytes(_) => Ok(()),
         }
     }
-
-    /// [`Action::apply_chunk`] (on this thread) from `src` into `dst`, which have the
-    /// same length; actions that change nothing chunk by chunk copy `src`.
-    pub(crate) fn apply_chunk_b2b(
-        &self,
-        target: &Target,
-        dtype: DataType,
-        offset: u64,
-        src: &[u8],
-        dst: &mut [u8],
-    ) -> Result<()> {
-        match self {
-            Action::Xor(ks) => apply_b2b(ks, target.mode, dtype, offset, src, dst),
-            Action::Reencrypt(pair) => {
-                apply_b2b(&pair.0, target.mode, dtype, offset, src, dst)?;
-                apply(&pair.1, target.mode, dtype, offset, dst, false)
-            }
-            Action::Skip | Action::Bytes(_) => {
-                dst.copy_from_slice(src);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// Encrypts (`decrypting = false`) or decrypts one span of `target` in place: `span`
@@ -934,6 +886,19 @@ pub(crate) fn prepare(
 
 /// The edit list for the model file itself, from the targets' actions.
 pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], extra: Vec<Edit>) -> Result<Vec<Edit>> {
+    edits_with(model, targets, actions, extra, true)
+}
+
+/// [`edits_for`], with the in-place transforms (chunk-by-chunk actions on `raw_data` and
+/// typed fixed-width fields, which change no length) only if `transforms` is set: a
+/// writer that transforms those spans itself needs just the edits that carry bytes.
+pub(crate) fn edits_with(
+    model: &Model,
+    targets: &[Target],
+    actions: &[Action],
+    extra: Vec<Edit>,
+    transforms: bool,
+) -> Result<Vec<Edit>> {
     let mut edits = extra;
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
@@ -942,7 +907,9 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
             continue;
         }
         match (&t.data, action) {
-            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_) | Action::Reencrypt(_)) => {
+            (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_) | Action::Reencrypt(_))
+                if transforms =>
+            {
                 for &(a, b) in &target.spans {
                     for (range, logical) in t.file_pieces(a, b) {
                         edits.push(Edit {
@@ -967,7 +934,8 @@ pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], e
             (TensorData::Varint { .. }, Action::Bytes(bytes)) => {
                 edits.extend(t.varint_edits(bytes));
             }
-            (TensorData::External { .. }, _) => {}
+            (TensorData::External { .. }, _)
+            | (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_) | Action::Reencrypt(_)) => {}
             _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to transform", t.name))),
         }
     }
@@ -1074,10 +1042,8 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     check_output(&model, input, output, opts.in_place)?;
-    // The copy of what stays unchanged starts now, beside the planning below (for the
-    // patched pass; a durable output is written by the buffered pass, which rewrites
-    // whole runs and would copy most of it twice).
-    let outputs = Outputs::stage(&model, output, !durable(opts.in_place, opts.sync), true)?;
+    // Staged now, so an output that cannot be created is refused before any planning.
+    let outputs = Outputs::stage(&model, output)?;
     let tiers = opts.policy.tiers.max(1);
     opts.policy.shares()?;
     let weights = discover(&model);
@@ -1506,9 +1472,9 @@ pub fn decrypt_tier(
     // encrypted beside the ones it writes (measured slower), and the leaves of a restored
     // tier are those of its plaintext encrypted again, which the pass does not compute.
     let tiered = p.manifest.tiers > 1;
-    // The outputs are staged, and the copy of what stays unchanged started, once the
-    // key is checked (§7 of docs/format.md: nothing is written before).
-    let stage = || Outputs::stage(&model, output, !durable(opts.in_place, opts.sync), false);
+    // The outputs are staged once the key is checked (§7 of docs/format.md: nothing is
+    // written before).
+    let stage = || Outputs::stage(&model, output);
     let (actions, entry, seal, outputs) = if !tiered && tier.is_none_or(|t| t == 1) {
         let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
         let outputs = stage()?;

@@ -159,8 +159,8 @@ pub fn rekey(
         }
     };
 
-    // The old key is checked: the outputs can be staged and their copy started.
-    let outputs = Outputs::stage(&model, output, !crate::protect::durable(opts.in_place, opts.sync), false)?;
+    // The old key is checked: the outputs can be staged.
+    let outputs = Outputs::stage(&model, output)?;
     let (new_master, kdf) = new.master_for_encrypt()?;
     let mut salt = random_salt()?;
     while salt.as_slice() == p.manifest.salt.as_slice() {

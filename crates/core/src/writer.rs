@@ -1,57 +1,47 @@
 //! Writing an output (the model file and its external data files) in one pass.
 //!
-//! The output is the input with some ranges changed. It is cut into work items:
+//! The output is the input with some ranges changed. It is cut into work items, which
+//! the worker threads (rayon) take in file order:
 //!
-//! * **runs**: stretches of the input holding the bytes of a chunk job (§7 of
-//!   docs/format.md) that is encrypted, decrypted or re-encrypted here, together with
-//!   the unchanged gaps between its spans (up to 8 MiB a run). Worker threads (rayon)
-//!   transform each span straight from the read-only map into a pooled buffer (for
-//!   `ctr`, keystream XOR source in one pass, no copy first) and hash the result when
-//!   written leaves are asked for (the hash sees exactly the bytes that are written).
-//!   When read leaves are asked for (decryption and key rotation check the MAC over
-//!   the ciphertext they read), a run's spans are copied into the buffer first,
-//!   hashed there and transformed in place;
+//! * **groups**: the chunk jobs (§7 of docs/format.md) whose bytes are encrypted,
+//!   decrypted or re-encrypted here, with the stretches of the source that hold them
+//!   (**runs**: their pieces and the unchanged gaps between them). Chunk jobs whose
+//!   pieces interleave in a file (an access-tiered model's tiers share the rows of a
+//!   weight) form one group, so that one worker owns every byte of the stretch it
+//!   writes and feeds each job's hash in order; otherwise a group is one job. A worker
+//!   reads each run a window ([`WINDOW`] bytes) at a time into a buffer of its own
+//!   (`pread`), hashes the pieces' stored bytes there when read leaves are asked for
+//!   (decryption and key rotation check the MAC over the ciphertext they read),
+//!   transforms them in place, hashes the result when written leaves are asked for
+//!   (the hash sees exactly the bytes that are written) and writes the window with one
+//!   `pwrite`;
 //! * **puts**: new bytes of the edit plan (a re-encoded varint tensor, a replaced or
 //!   removed manifest entry, length prefixes, spans transformed beforehand);
-//! * **copies**: the stretches between runs, copied inside the kernel with
+//! * **copies**: the long stretches between runs, copied inside the kernel with
 //!   `copy_file_range` (falling back to writes from the map where the kernel or the
-//!   file systems refuse), so they never pass through this process.
+//!   file systems refuse), so they never pass through this process;
+//! * **hash-only jobs**: the leaves of targets whose new bytes are puts.
 //!
-//! One writer thread does every write: each finished run with one `pwritev` whose
-//! pieces alternate between the buffer (the spans) and the map (the gaps), so an
-//! unchanged byte is copied once, by the kernel, straight into the output (a sparse
-//! run is copied whole inside the kernel and its pieces written over it, see
-//! [`sparse`]); and, while no run is waiting, the copies and puts. Runs reach it
-//! through a short queue, which bounds the buffers in flight. Writes to one file from
-//! several threads only contend for its lock (measured: the waiting thread spins in the
-//! kernel). After each run the writer releases the run's pages of the map
-//! (`MADV_DONTNEED`), so the resident set stays small whatever the size of the model
-//! (releasing them in the workers instead was slower, docs/performance.md session 6),
-//! and, for a durable output, every 64 MiB it starts the writeback of what it wrote, so
-//! the fsync of the commit finds little left to do.
+//! Every output byte is written once, and the bytes of a span reach the output only
+//! after they are transformed: an encryption never puts plaintext of a span into the
+//! output's pages, a key rotation's plaintext only lives in the worker's buffer (wiped
+//! after each group), and the output is never mapped (a failed write is an error, never
+//! a `SIGBUS`). Both workers write at once: writes to one file take its lock in turn,
+//! for a few microseconds per window. The pass does not map the source either (reads
+//! are `pread`s), so the resident set is the workers' buffers whatever the size of the
+//! model. Measured against the designs it replaced in docs/performance.md (session 9).
 //!
 //! Once every item is done, the caller's `append` gets the leaves: it builds the
 //! appended bytes (an encryption's new manifest entry, written last) or refuses the
 //! output (a decryption whose MAC does not match: every staged file is then removed).
-//! So encrypting and decrypting read and write each byte once.
-//!
-//! **Patching** (the default for a file on Linux written without `--sync`): the writer
-//! thread copies *everything* but the puts inside the kernel, in file order, as `cp`
-//! does, and the workers transform each chunk job's pieces in place in a shared map of
-//! the staged output once the copy has passed them ([`Gate`]): they fault the job's
-//! pages in with one `MADV_POPULATE_WRITE` (which reports a failure as an error, not
-//! as `SIGBUS`), hash and transform the pieces there, and drop the pages again. No
-//! byte of the output passes through this process's memory on its way to the file,
-//! and nothing waits for a worker: the copy runs at `cp`'s speed on one core while the
-//! other core encrypts behind it. Measured on the 1 GiB benchmark model
-//! (docs/performance.md, session 8). A durable output keeps the buffered pass above:
-//! its writeback, started during the pass, would write every patched page twice.
+//! A durable output is handed to the disk every 64 MiB during the pass, so the fsync
+//! of the commit finds little left to do.
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use onnx_protect_crypto::{Leaf, LeafHash};
 use onnx_protect_format::model::ExternalFile;
@@ -61,22 +51,34 @@ use rayon::prelude::*;
 use zeroize::Zeroize;
 
 use crate::protect::{
-    chunk_jobs, edits_for, Action, ChunkJob, CoreError, Gather, ReleaseOnDrop, Result, Staged, Target,
+    chunk_jobs, edits_with, Action, ChunkJob, CoreError, Gather, ReleaseOnDrop, Result, Staged, Target,
 };
 
-/// Spans of one chunk job closer than this are read and written together with the gap
-/// between them. Measured on the 1 GiB benchmark model (docs/performance.md, run 5):
-/// with spans every 20th row, merging gaps up to 64 KiB left ~10,000 `copy_file_range`
-/// calls of ~76 KiB on the writer thread and took 1.56 s; merging every gap up to a
-/// run's size (the gap bytes are then read by the workers and only written by the
-/// writer, which splits the copying between the two cores) took 0.97 s. Long unchanged
-/// stretches between chunk jobs are still copied in the kernel (faster when they
-/// dominate: 0.67 s against 0.80 s when nearly nothing is encrypted).
-const MERGE_GAP: u64 = RUN_MAX;
-/// A run stops growing at this size (bounds the buffer of each worker).
-const RUN_MAX: u64 = 8 << 20;
+/// Bytes a worker reads, transforms and writes at a time. Measured with a scratch
+/// program on the 1 GiB benchmark model (docs/performance.md, session 9): 512 KiB and
+/// 1 MiB windows took the same time, 64–256 KiB windows slightly more (more calls).
+const WINDOW: usize = 512 << 10;
+
+/// Tests set a window of another size here (0: [`WINDOW`]).
+#[cfg(test)]
+static TEST_WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn window_len() -> usize {
+    #[cfg(test)]
+    if let w @ 1.. = TEST_WINDOW.load(Ordering::Relaxed) {
+        return w;
+    }
+    WINDOW
+}
+/// Pieces of a group closer than this are written together with the gap between them
+/// (through the window buffer, on both cores); longer unchanged stretches are copied
+/// inside the kernel (one core, no pass through this process).
+const MERGE_GAP: u64 = 1 << 20;
 /// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
 const COPY_STEP: u64 = 8 << 20;
+/// A copy holds its file's lock for this many bytes at a time, so a worker waiting to
+/// write a window waits ~0.1 ms at most.
+const COPY_LOCKED: u64 = 1 << 20;
 
 /// Which leaves (chunk digests, §7 of docs/format.md) the pass computes.
 #[derive(Clone, Copy)]
@@ -107,11 +109,11 @@ struct JobLeaves {
 struct Stream<'a> {
     /// The source bytes, mapped.
     map: &'a [u8],
-    /// The source file, for in-kernel copies; `None`: everything comes from `map`.
+    /// The source file, for reads and in-kernel copies; `None`: everything comes from `map`.
     src: Option<&'a File>,
-    /// The external data file behind `map`, whose pages are released once written.
+    /// The external data file behind `map`, whose pages are released once copied from.
     ext: Option<&'a ExternalFile>,
-    /// The model, when `map` is the model file's (its pages are released once written).
+    /// The model, when `map` is the model file's (its pages are released once copied from).
     model: Option<&'a Model>,
     dst: &'a File,
     path: PathBuf,
@@ -119,15 +121,18 @@ struct Stream<'a> {
     src_path: PathBuf,
     /// `(source end of an edit, output − source offset after it)`, in file order.
     shifts: Vec<(u64, i64)>,
-    /// The staged output mapped shared and writable, when its chunk jobs are patched
-    /// in place (see the module docs); its length is the output's without the bytes
-    /// appended at the end.
-    out_map: Option<memmap2::MmapRaw>,
-    /// See [`Outputs::overwrite`].
-    overwrite: bool,
+    /// Held while writing to `dst`. Writes to one file take its lock in the kernel one
+    /// at a time, and a writer that finds it taken spins there; a worker that finds
+    /// this one taken fills its next window meanwhile instead.
+    lock: Mutex<()>,
 }
 
 impl Stream<'_> {
+    /// Writes `bytes` at output offset `at`; the caller holds [`Stream::lock`].
+    fn write_locked(&self, bytes: &[u8], at: u64) -> Result<()> {
+        write_at(self.dst, bytes, at).map_err(|e| self.write_err(e))
+    }
+
     /// The output offset of source byte `src` (outside length-changing edits).
     fn out_at(&self, src: u64) -> u64 {
         let i = self.shifts.partition_point(|s| s.0 <= src);
@@ -144,11 +149,26 @@ impl Stream<'_> {
         CoreError::Format(onnx_protect_format::FormatError::Io { path, source: e })
     }
 
-    /// The bytes of `range` of the source.
+    /// The bytes of `range` of the source map.
     fn slice(&self, range: Range<u64>) -> Result<&[u8]> {
         self.map
             .get(range.start as usize..range.end as usize)
             .ok_or_else(|| self.read_err(std::io::Error::other("range beyond the end of the file")))
+    }
+
+    /// Reads `range` of the source into `buf` (of its length): from the file when there
+    /// is one (no page of the source is mapped into this process), else from the map.
+    fn read_into(&self, range: Range<u64>, buf: &mut [u8]) -> Result<()> {
+        if range.end > self.map.len() as u64 {
+            return Err(self.read_err(std::io::Error::other("range beyond the end of the file")));
+        }
+        match self.src {
+            Some(f) => read_at(f, buf, range.start).map_err(|e| self.read_err(e)),
+            None => {
+                buf.copy_from_slice(self.slice(range)?);
+                Ok(())
+            }
+        }
     }
 
     /// Drops this process's mapping of the source pages of `range` (with the kernel's
@@ -164,88 +184,30 @@ impl Stream<'_> {
         }
     }
 
-    /// The output bytes `range` of [`Stream::out_map`], to be transformed in place.
-    ///
-    /// # Safety
-    /// No other live slice from this function may overlap `range` (the workers' pieces
-    /// are disjoint), and the writer must have finished writing `range` ([`Gate`]).
-    #[allow(clippy::mut_from_ref)] // disjoint ranges of a shared map, see above
-    unsafe fn out_slice(&self, range: Range<u64>) -> Result<&mut [u8]> {
-        let m = self.out_map.as_ref().ok_or_else(|| CoreError::Output("internal: no output map".into()))?;
-        if range.start > range.end || range.end > m.len() as u64 {
-            return Err(CoreError::Output(format!("internal: patch {range:?} outside {}", self.path.display())));
-        }
-        // SAFETY: in bounds of the live map (checked above); exclusivity and the order
-        // of the writes are the caller's contract.
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(m.as_mut_ptr().add(range.start as usize), (range.end - range.start) as usize)
-        })
-    }
-
-    /// Faults in the whole pages covering `range` of the output map for writing
-    /// (`MADV_POPULATE_WRITE`), reporting a failure instead of raising `SIGBUS` later.
-    fn out_populate(&self, range: Range<u64>) -> std::io::Result<()> {
-        const PAGE: u64 = 4096;
-        self.out_advise(range.start / PAGE * PAGE..range.end.div_ceil(PAGE) * PAGE, Advice::PopulateWrite)
-    }
-
-    /// Drops this process's mapping of the whole pages inside `range` of the output
-    /// map (`MADV_DONTNEED`); the page cache keeps what was written. A hint: an error
-    /// only means the pages stay mapped.
-    fn out_release(&self, range: Range<u64>) {
-        const PAGE: u64 = 4096;
-        let _ = self.out_advise(range.start.div_ceil(PAGE) * PAGE..range.end / PAGE * PAGE, Advice::DontNeed);
-    }
-
-    #[cfg(target_os = "linux")]
-    fn out_advise(&self, pages: Range<u64>, advice: Advice) -> std::io::Result<()> {
-        const PAGE: u64 = 4096;
-        let Some(m) = self.out_map.as_ref() else { return Ok(()) };
-        let end = pages.end.min((m.len() as u64).div_ceil(PAGE) * PAGE);
-        if pages.start >= end {
-            return Ok(());
-        }
-        let advice = match advice {
-            Advice::PopulateWrite => libc::MADV_POPULATE_WRITE,
-            Advice::DontNeed => libc::MADV_DONTNEED,
-        };
-        // SAFETY: whole pages within the live map (its last page counts whole);
-        // MADV_POPULATE_WRITE faults them in as a write would (reporting failure
-        // instead of raising SIGBUS), MADV_DONTNEED on a shared file map only drops
-        // this process's page-table entries (the page cache keeps the bytes written);
-        // neither changes what the map holds.
-        let r = unsafe {
-            libc::madvise(m.as_mut_ptr().add(pages.start as usize).cast(), (end - pages.start) as usize, advice)
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-
-    /// Never called: outputs are patched on Linux only ([`can_patch`]).
-    #[cfg(not(target_os = "linux"))]
-    fn out_advise(&self, _pages: Range<u64>, _advice: Advice) -> std::io::Result<()> {
-        Err(std::io::Error::other("patching needs Linux"))
-    }
-
-    /// Copies `range` of the source unchanged to its output offset.
+    /// Copies `range` of the source unchanged to its output offset, taking the lock for
+    /// [`COPY_LOCKED`] bytes at a time.
     fn copy(&self, range: Range<u64>) -> Result<()> {
         let out = self.out_at(range.start);
         let mut done = 0u64;
         if let Some(src) = self.src {
-            done = copy_in_kernel(src, self.dst, range.start, out, range.end - range.start)
-                .map_err(|e| self.read_err(e))?;
+            let len = range.end - range.start;
+            while done < len {
+                let n = (len - done).min(COPY_LOCKED);
+                let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                let copied =
+                    copy_in_kernel(src, self.dst, range.start + done, out + done, n).map_err(|e| self.read_err(e))?;
+                done += copied;
+                if copied < n {
+                    break;
+                }
+            }
         }
-        let rest = range.start + done..range.end;
-        if rest.is_empty() {
-            return Ok(());
-        }
-        let mut at = rest.start;
-        while at < rest.end {
-            let n = (rest.end - at).min(8 << 20);
-            write_at(self.dst, self.slice(at..at + n)?, out + (at - range.start)).map_err(|e| self.write_err(e))?;
+        let mut at = range.start + done;
+        while at < range.end {
+            let n = (range.end - at).min(COPY_LOCKED);
+            let bytes = self.slice(at..at + n)?;
+            let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.write_locked(bytes, out + (at - range.start))?;
             self.release(at..at + n);
             at += n;
         }
@@ -253,137 +215,96 @@ impl Stream<'_> {
     }
 }
 
-/// A stretch of one source file rewritten through a buffer: the pieces of a chunk job
-/// inside it, as `(source range, logical offset)`.
-struct Run {
+/// A piece of a chunk job in a source file: its range, its logical offset in the
+/// target's element bytes, and the job's place in its [`Group`].
+#[derive(Clone, Debug, PartialEq)]
+struct Piece {
     range: Range<u64>,
-    pieces: Vec<(Range<u64>, u64)>,
+    logical: u64,
+    slot: usize,
 }
 
+/// A stretch of one source file written through the window buffer: the pieces inside
+/// it (in file order) and the unchanged bytes between and after them.
+#[derive(Debug)]
+struct Run {
+    range: Range<u64>,
+    pieces: Vec<Piece>,
+}
+
+#[cfg(test)]
 impl Run {
     /// The end of its last piece (a run may reach further, over unchanged bytes).
     fn run_end(&self) -> u64 {
-        self.pieces.last().map_or(self.range.start, |p| p.0.end)
+        self.pieces.last().map_or(self.range.start, |p| p.range.end)
     }
 }
 
-/// Chunk job `job`: its runs are rewritten in `stream` (none: hashed only).
-struct JobItem {
-    job: usize,
+/// A chunk job (by index) and its pieces in one file, as `(file range, logical offset)`
+/// in file order.
+type PlacedJob = (usize, Vec<(Range<u64>, u64)>);
+
+/// Chunk jobs (by index) whose pieces interleave in one stream, and the runs that hold
+/// their pieces.
+struct Group {
     stream: usize,
+    jobs: Vec<usize>,
     runs: Vec<Run>,
 }
 
-impl JobItem {
-    fn out_bytes(&self) -> u64 {
-        self.runs.iter().map(|r| r.range.end - r.range.start).sum()
-    }
+/// What a worker does.
+enum Item<'a> {
+    Copy {
+        stream: usize,
+        range: Range<u64>,
+    },
+    Put {
+        stream: usize,
+        out: u64,
+        bytes: &'a [u8],
+    },
+    Group(Group),
+    /// Hash only: the leaves of a job whose new bytes are puts (or which keeps its bytes).
+    Hash {
+        job: usize,
+    },
 }
 
-/// The staged outputs of a pass (the external data files, then the model file, in
-/// the order of the pass's streams), and a copier that fills them from the start,
-/// unchanged, while the caller still plans what to change.
-///
-/// Planning a pass over the 1 GiB benchmark model (selection, manifest, edits, work
-/// items) takes ~60 ms on one thread, about a sixth of what `cp` takes for the whole
-/// file; the copy is the same either way (see [`write_outputs_with`]: it starts where
-/// this one stopped, and only bytes whose place in the output is already known are
-/// kept).
-pub(crate) struct Outputs {
-    // Dropped (the thread stopped) before the staged files are removed.
-    copier: Option<Copier>,
-    staged: Staged,
-    /// Destination paths of the external data files.
-    external: Vec<PathBuf>,
-    /// Whether chunk jobs may be patched in place (module docs): the kernel can, and
-    /// the output is not durable.
-    patch: bool,
-    /// Whether a stretch may be copied into the output with its spans' stored bytes and
-    /// the spans written over them afterwards (the patched pass; the buffered pass's
-    /// sparse runs).
-    overwrite: bool,
-}
-
-/// The thread of the early copy: it returns where it stopped, as (stream, offset).
-struct Copier {
-    stop: std::sync::Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<(usize, u64)>>,
-    stopped_at: Option<(usize, u64)>,
-}
-
-impl Copier {
-    /// Stops the copy: how many bytes from the start of each of `streams` streams'
-    /// sources are in their staged files, unchanged.
-    fn stop(mut self, streams: usize) -> Vec<u64> {
-        self.halt();
-        let (i, at) = self.stopped_at.unwrap_or((0, 0));
-        (0..streams)
-            .map(|k| {
-                if k < i {
-                    u64::MAX
-                } else if k == i {
-                    at
-                } else {
-                    0
-                }
-            })
-            .collect()
+impl Item<'_> {
+    /// Where it lies: (stream, source offset), for the file order of the work.
+    fn key(&self) -> (usize, u64) {
+        match self {
+            Item::Copy { stream, range } => (*stream, range.start),
+            Item::Put { stream, out, .. } => (*stream, *out),
+            Item::Group(g) => (g.stream, g.runs.first().map_or(0, |r| r.range.start)),
+            Item::Hash { .. } => (0, 0),
+        }
     }
 
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.finish();
-    }
-
-    /// Waits for the copy (to its end unless stopped).
-    fn finish(&mut self) {
-        if let Some(h) = self.handle.take() {
-            self.stopped_at = h.join().ok();
+    /// Output bytes it writes (for progress).
+    fn bytes(&self) -> u64 {
+        match self {
+            Item::Copy { range, .. } => range.end - range.start,
+            Item::Put { bytes, .. } => bytes.len() as u64,
+            Item::Group(g) => g.runs.iter().map(|r| r.range.end - r.range.start).sum(),
+            Item::Hash { .. } => 0,
         }
     }
 }
 
-/// Whether every source file of `model` is on the file system of its staged output
-/// (`m`: the model file's index in `staged`, after the external files).
-#[cfg(unix)]
-fn same_file_systems(model: &Model, staged: &Staged, m: usize) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let dev = |f: &File| f.metadata().map(|md| md.dev()).ok();
-    let pairs = model
-        .external_files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.file().ok(), i))
-        .chain(std::iter::once((model.source_file(), m)));
-    pairs.into_iter().all(|(src, i)| src.and_then(dev).is_some_and(|d| Some(d) == dev(staged.file_ref(i))))
-}
-
-#[cfg(not(unix))]
-fn same_file_systems(_model: &Model, _staged: &Staged, _m: usize) -> bool {
-    false
-}
-
-impl Drop for Copier {
-    fn drop(&mut self) {
-        self.halt();
-    }
+/// The staged outputs of a pass: the external data files, then the model file, in the
+/// order of the pass's streams.
+pub(crate) struct Outputs {
+    staged: Staged,
+    /// Destination paths of the external data files.
+    external: Vec<PathBuf>,
 }
 
 impl Outputs {
-    /// Stages `output` and the external data files next to it. With `early`, and when
-    /// every source is a file, a thread starts copying them (inside the kernel) into
-    /// the staged files.
-    ///
-    /// `plaintext` says that the spans to be rewritten hold plaintext in the input (an
-    /// encryption). A copy of them then lands in the output's page cache until the
-    /// workers overwrite it, and the kernel may write it back to the output's disk
-    /// meanwhile (on a copy-on-write file system or a flash medium the old blocks can
-    /// outlive the overwrite). That exposes nothing new when the output is on the
-    /// input's own file system, which holds the plaintext anyway; when it is on another
-    /// one (a USB stick, a share the model is shipped from), nothing is copied before
-    /// it is encrypted: no early copy, the buffered pass, and no sparse run copied
-    /// whole.
-    pub(crate) fn stage(model: &Model, output: &Path, early: bool, plaintext: bool) -> Result<Outputs> {
+    /// Stages `output` and the external data files next to it (each private to its
+    /// owner until renamed into place; removed, with any directories made for them,
+    /// when dropped uncommitted).
+    pub(crate) fn stage(model: &Model, output: &Path) -> Result<Outputs> {
         let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let mut staged = Staged::new();
         let mut external = Vec::new();
@@ -393,47 +314,8 @@ impl Outputs {
             external.push(dest);
         }
         // The model file is staged last, so it is renamed into place last.
-        let m = staged.create(output)?;
-        let overwrite = !plaintext || same_file_systems(model, &staged, m);
-        let mut outputs = Outputs { copier: None, staged, external, patch: can_patch() && overwrite, overwrite };
-        if early && overwrite && model.source_file().is_some() && !NO_KERNEL_COPY.load(Ordering::Relaxed) {
-            // Owned descriptors for the thread; a failure only means no early copy.
-            let mut pairs = Vec::new();
-            for (i, f) in model.external_files.iter().enumerate() {
-                let (Ok(src), Ok(dst)) = (f.file().map(File::try_clone), outputs.staged.file_ref(i).try_clone()) else {
-                    return Ok(outputs);
-                };
-                let (Ok(src), Ok(len)) = (src, f.bytes().map(|b| b.len() as u64)) else { return Ok(outputs) };
-                pairs.push((src, dst, len));
-            }
-            let (Some(Ok(src)), Ok(dst)) =
-                (model.source_file().map(File::try_clone), outputs.staged.file_ref(m).try_clone())
-            else {
-                return Ok(outputs);
-            };
-            pairs.push((src, dst, model.bytes().len() as u64));
-            let stop = std::sync::Arc::new(AtomicBool::new(false));
-            let halt = stop.clone();
-            let handle = std::thread::spawn(move || {
-                for (i, (src, dst, len)) in pairs.iter().enumerate() {
-                    let mut at = 0u64;
-                    while at < *len {
-                        if halt.load(Ordering::Relaxed) {
-                            return (i, at);
-                        }
-                        let n = (len - at).min(COPY_STEP);
-                        match copy_in_kernel(src, dst, at, at, n) {
-                            Ok(done) if done == n => at += n,
-                            Ok(done) => return (i, at + done),
-                            Err(_) => return (i, at),
-                        }
-                    }
-                }
-                (pairs.len(), 0)
-            });
-            outputs.copier = Some(Copier { stop, handle: Some(handle), stopped_at: None });
-        }
-        Ok(outputs)
+        staged.create(output)?;
+        Ok(Outputs { staged, external })
     }
 }
 
@@ -454,16 +336,16 @@ pub(crate) fn write_outputs_with(
     leaves: Option<Leaves<'_>>,
     append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
     output: &Path,
-    mut outputs: Outputs,
+    outputs: Outputs,
     durable: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
-    let edits = edits_for(model, targets, actions, extra)?;
+    // The spans this pass transforms are not edits of the plan (they change no length):
+    // they are the groups' pieces below.
+    let edits = edits_with(model, targets, actions, extra, false)?;
     let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
     let model_stream = model.external_files.len();
-    let copier = outputs.copier.take();
-    let external = std::mem::take(&mut outputs.external);
-    let staged = &outputs.staged;
+    let Outputs { staged, external } = outputs;
 
     let mut streams: Vec<Stream> = Vec::with_capacity(model_stream + 1);
     for (i, f) in model.external_files.iter().enumerate() {
@@ -476,20 +358,16 @@ pub(crate) fn write_outputs_with(
             dst: staged.file_ref(i),
             path: external[i].clone(),
             shifts: Vec::new(),
-            out_map: None,
-            overwrite: outputs.overwrite,
+            lock: Mutex::new(()),
         });
     }
-    // The writer's own work (copies, puts) and the workers' (chunk jobs).
-    let mut own: Vec<Op> = Vec::new();
-    let mut job_items: Vec<JobItem> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
     // Ranges of each stream's source written by puts and runs; the rest is copied.
     let mut covered: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
-
     // Every range of each stream's source that an edit, a put or a piece writes (a run
     // may take in the gap between two pieces only if nothing else lies in it).
     let mut occupied: Vec<Vec<(u64, u64)>> = vec![Vec::new(); model_stream + 1];
-    // The model file: puts for the plan's new bytes; transforms are done by the jobs.
+    // The model file: puts for the plan's new bytes; transforms are done by the groups.
     let mut shifts = Vec::new();
     let mut delta = 0i64;
     for (r, c) in plan.edits() {
@@ -500,7 +378,7 @@ pub(crate) fn write_outputs_with(
             shifts.push((r.end, delta));
             covered[model_stream].push(r.clone());
             if !b.is_empty() {
-                own.push(Op::Put { stream: model_stream, out, bytes: b });
+                items.push(Item::Put { stream: model_stream, out, bytes: b });
             }
         }
     }
@@ -513,8 +391,7 @@ pub(crate) fn write_outputs_with(
         dst: staged.file_ref(model_stream),
         path: output.to_path_buf(),
         shifts,
-        out_map: None,
-        overwrite: outputs.overwrite,
+        lock: Mutex::new(()),
     });
 
     // External files: transformed-beforehand spans are puts.
@@ -528,17 +405,20 @@ pub(crate) fn write_outputs_with(
                     let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
                     covered[*file].push(range.clone());
                     occupied[*file].push((range.start, range.end));
-                    own.push(Op::Put { stream: *file, out: range.start, bytes: piece });
+                    items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
                 }
             }
         }
     }
-
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
-        if let (TensorData::External { file, .. }, Action::Xor(_) | Action::Reencrypt(_)) = (&t.data, &actions[ti]) {
+        if let Action::Xor(_) | Action::Reencrypt(_) = &actions[ti] {
+            let stream = match &t.data {
+                TensorData::External { file, .. } => *file,
+                _ => model_stream,
+            };
             for &(a, b) in &target.spans {
-                occupied[*file].extend(t.file_pieces(a, b).into_iter().map(|(r, _)| (r.start, r.end)));
+                occupied[stream].extend(t.file_pieces(a, b).into_iter().map(|(r, _)| (r.start, r.end)));
             }
         }
     }
@@ -546,55 +426,32 @@ pub(crate) fn write_outputs_with(
         o.sort_unstable();
     }
 
-    // Chunk jobs: rewritten through a buffer or patched (XOR actions), or only hashed.
-    let mut run_ranges: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
+    // Chunk jobs: written through the window buffer (chunk-by-chunk actions), or only
+    // hashed. The pieces of each job, by stream, for the groups.
     let jobs = chunk_jobs(targets, leaves.map_or(crate::protect::CHUNK_SIZE, |l| l.chunk));
+    let mut placed: Vec<Vec<PlacedJob>> = vec![Vec::new(); model_stream + 1];
     for (ji, job) in jobs.iter().enumerate() {
-        let target = &targets[job.target];
-        let t = &model.tensors[target.tensor];
+        let t = &model.tensors[targets[job.target].tensor];
         let stream = match &t.data {
             TensorData::External { file, .. } => *file,
             _ => model_stream,
         };
-        match &actions[job.target] {
-            Action::Xor(_) | Action::Reencrypt(_) => {
-                let runs = runs_of(t, job, &occupied[stream]);
-                run_ranges[stream].extend(runs.iter().map(|r| r.range.clone()));
-                job_items.push(JobItem { job: ji, stream, runs });
-            }
-            Action::Bytes(_) | Action::Skip if leaves.is_some() => {
-                job_items.push(JobItem { job: ji, stream, runs: Vec::new() })
-            }
-            Action::Bytes(_) | Action::Skip => {}
+        let pieces: Vec<(Range<u64>, u64)> = match &actions[job.target] {
+            Action::Xor(_) | Action::Reencrypt(_) => job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).collect(),
+            Action::Bytes(_) | Action::Skip => Vec::new(),
+        };
+        if !pieces.is_empty() {
+            placed[stream].push((ji, pieces));
+        } else if leaves.is_some() {
+            items.push(Item::Hash { job: ji });
         }
     }
-
-    // Patching (module docs): a stream copied from a file, with runs to rewrite. Its
-    // runs are copied with everything else and transformed in the output map.
-    let can = !durable && outputs.patch;
-    for (si, s) in streams.iter_mut().enumerate() {
-        if can && s.src.is_some() && !run_ranges[si].is_empty() {
-            let len = if si == model_stream { plan.output_len() } else { s.map.len() as u64 };
-            s.dst.set_len(len).map_err(|e| s.write_err(e))?;
-            // A file system that cannot map the file gets the buffered pass.
-            s.out_map = memmap2::MmapRaw::map_raw(s.dst).ok();
-        }
-        if s.out_map.is_none() {
-            covered[si].append(&mut run_ranges[si]);
+    for (si, jobs_here) in placed.into_iter().enumerate() {
+        for group in groups_of(si, jobs_here, &occupied[si]) {
+            covered[si].extend(group.runs.iter().map(|r| r.range.clone()));
+            items.push(Item::Group(group));
         }
     }
-
-    // What the early copy put in place: bytes up to the first edit that moves what
-    // follows it (a put of another length) are where they belong in the output, the
-    // rest is copied again.
-    let pre = copier.map_or_else(|| vec![0; streams.len()], |c| c.stop(streams.len()));
-    let moved = plan.edits().find_map(|(r, c)| match c {
-        Content::Bytes(b) if b.len() as u64 != r.end - r.start => Some(r.start),
-        _ => None,
-    });
-    let kept: Vec<u64> = (0..streams.len())
-        .map(|si| if si == model_stream { pre[si].min(moved.unwrap_or(u64::MAX)) } else { pre[si] })
-        .collect();
 
     // Copies: the complement of what is covered, per stream.
     for (si, cov) in covered.iter_mut().enumerate() {
@@ -608,75 +465,65 @@ pub(crate) fn write_outputs_with(
                     streams[si].path.display()
                 )));
             }
-            push_copies(&mut own, si, pos.max(kept[si]).min(r.start)..r.start);
+            push_copies(&mut items, si, pos..r.start);
             pos = r.end;
         }
-        push_copies(&mut own, si, pos.max(kept[si]).min(len)..len);
+        push_copies(&mut items, si, pos..len);
     }
-    // File order per stream, so the two workers each walk a stretch of a file and the
-    // writer copies in file order.
-    job_items.sort_by_key(|j| (j.stream, j.runs.first().map_or(0, |r| r.range.start)));
-    own.sort_by_key(|op| match op {
-        Op::Copy { stream, range } => (*stream, range.start),
-        Op::Put { stream, out, .. } => (*stream, *out),
-        Op::Buf { stream, .. } => (*stream, 0),
-    });
+    // File order per stream, so the two workers each walk a stretch of a file.
+    items.sort_by_key(Item::key);
 
-    let total: u64 =
-        job_items.iter().filter(|j| streams[j.stream].out_map.is_none()).map(JobItem::out_bytes).sum::<u64>()
-            + own
-                .iter()
-                .map(|op| match op {
-                    Op::Copy { range, .. } => range.end - range.start,
-                    Op::Put { bytes, .. } => bytes.len() as u64,
-                    Op::Buf { .. } => 0, // only workers send buffers
-                })
-                .sum::<u64>();
+    // Each output has its final length and its blocks from the start (the appended
+    // tail aside): the workers write anywhere in it, a full disk is refused before
+    // anything is written, and the file system allocates the blocks once instead of
+    // reserving them block by block as they are written (measured: session 9 of
+    // docs/performance.md).
+    for (si, s) in streams.iter().enumerate() {
+        let len = if si == model_stream { plan.output_len() } else { s.map.len() as u64 };
+        preallocate(s.dst, len).map_err(|e| s.write_err(e))?;
+        s.dst.set_len(len).map_err(|e| s.write_err(e))?;
+    }
+
     // Hashing the source: varint tensors are decoded once, not once per chunk job.
     let mut decoded: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::new();
     if leaves.is_some_and(|l| l.read.is_some()) {
-        for item in job_items.iter().filter(|j| j.runs.is_empty()) {
-            let target = jobs[item.job].target;
+        for item in &items {
+            let Item::Hash { job } = item else { continue };
+            let target = jobs[*job].target;
             let t = &model.tensors[targets[target].tensor];
             if matches!(t.data, TensorData::Varint { .. }) && !decoded.contains_key(&target) {
                 decoded.insert(target, model.tensor_bytes(t.id)?.into_owned());
             }
         }
     }
+    let total: u64 = items.iter().map(Item::bytes).sum();
     progress.start("write", total);
-    let failed = AtomicBool::new(false);
-    let pool = Pool::default();
-    let gate = Gate::new(streams.len());
-    for (si, &k) in kept.iter().enumerate() {
-        gate.advance(si, k);
-    }
-    // The writer copies and puts on its own whenever no run is waiting; the workers
-    // only transform and hash runs.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(QUEUE);
-    let (results, written) = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| write_ops(rx, own, &streams, &pool, &gate, &failed, durable, progress));
-        let results = job_items
-            .par_iter()
-            .with_max_len(1)
-            .map(|item| -> Result<Option<JobLeaves>> {
-                if failed.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                let r = run_job(
-                    model, targets, actions, &jobs, &streams, leaves, &decoded, &pool, &gate, &failed, &tx, item,
-                );
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                r
-            })
-            .collect::<Result<Vec<_>>>();
-        drop(tx);
-        let written = writer.join().unwrap_or_else(|_| Err(CoreError::Output("the writer thread panicked".into())));
-        (results, written)
-    });
-    let results = results?;
-    written?;
+    let ctx = Pass {
+        model,
+        targets,
+        actions,
+        jobs: &jobs,
+        streams: &streams,
+        leaves,
+        decoded: &decoded,
+        failed: AtomicBool::new(false),
+        window: window_len(),
+        tally: Tally { done: AtomicU64::new(0), marks: Mutex::new((0, 0)), durable, progress },
+    };
+    let results = items
+        .par_iter()
+        .with_max_len(1)
+        .map(|item| -> Result<Vec<JobLeaves>> {
+            if ctx.failed.load(Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            let r = ctx.run(item);
+            if r.is_err() {
+                ctx.failed.store(true, Ordering::Relaxed);
+            }
+            r
+        })
+        .collect::<Result<Vec<_>>>()?;
     progress.finish();
 
     let want = |h: Option<LeafHash>| if h.is_some() { jobs.len() } else { 0 };
@@ -696,68 +543,86 @@ pub(crate) fn write_outputs_with(
             .ok_or_else(|| CoreError::Output("internal: a chunk of ciphertext was not hashed".into()))
     };
     let tail = append(&all(written)?, &all(read)?)?;
-    for s in &mut streams {
-        s.out_map = None;
-    }
     let m = &streams[model_stream];
-    // The early copy may have gone past the end of a shorter output.
-    m.dst.set_len(plan.output_len()).map_err(|e| m.write_err(e))?;
     write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
     drop(streams);
-    outputs.staged.commit(durable)?;
+    staged.commit(durable)?;
     Ok(external.iter().map(|p| p.display().to_string()).collect())
 }
 
-fn push_copies(own: &mut Vec<Op>, stream: usize, range: Range<u64>) {
+fn push_copies(items: &mut Vec<Item>, stream: usize, range: Range<u64>) {
     let mut at = range.start;
     while at < range.end {
         let n = (range.end - at).min(COPY_STEP);
-        own.push(Op::Copy { stream, range: at..at + n });
+        items.push(Item::Copy { stream, range: at..at + n });
         at += n;
     }
 }
 
-/// The runs of a chunk job: its file pieces, merged across gaps of at most
+/// The groups of one stream's chunk jobs (`(job index, its pieces in file order)`):
+/// jobs whose file ranges overlap (pieces interleave) share a group, and each group's
+/// pieces, in file order, are cut into runs (see [`runs_of`]).
+fn groups_of(stream: usize, mut jobs: Vec<PlacedJob>, occupied: &[(u64, u64)]) -> Vec<Group> {
+    jobs.sort_by_key(|(ji, p)| (p.first().map_or(0, |r| r.0.start), *ji));
+    let mut groups: Vec<(u64, Vec<usize>, Vec<Piece>)> = Vec::new();
+    for (ji, pieces) in jobs {
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else { continue };
+        let (start, end) = (first.0.start, last.0.end);
+        let joins = groups.last().is_some_and(|g| start < g.0);
+        if !joins {
+            groups.push((0, Vec::new(), Vec::new()));
+        }
+        if let Some(g) = groups.last_mut() {
+            g.0 = g.0.max(end);
+            let slot = g.1.len();
+            g.1.push(ji);
+            g.2.extend(pieces.into_iter().map(|(range, logical)| Piece { range, logical, slot }));
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, jobs, mut pieces)| {
+            // Stable: one job's pieces keep their order (which is their file order).
+            pieces.sort_by_key(|p| p.range.start);
+            Group { stream, jobs, runs: runs_of(pieces, occupied) }
+        })
+        .collect()
+}
+
+/// The runs of a group's pieces (in file order): merged across gaps of at most
 /// [`MERGE_GAP`] bytes that nothing in `occupied` (every written range of the file,
 /// sorted) touches.
-fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u64)]) -> Vec<Run> {
-    // Whether the first written range at or after `from` is `next` itself.
-    let free_until = |from: u64, next: &Range<u64>| {
-        let i = occupied.partition_point(|o| o.0 < from);
-        occupied.get(i) == Some(&(next.start, next.end))
-    };
+fn runs_of(pieces: Vec<Piece>, occupied: &[(u64, u64)]) -> Vec<Run> {
+    // The written ranges are looked up at positions that only grow (the ends of the
+    // runs, in file order): a cursor walks them, once per loop below.
+    let start = pieces.first().map_or(0, |p| p.range.start);
+    let mut cursor = Cursor { occupied, at: occupied.partition_point(|o| o.0 < start) };
+    let mut first_at = |from: u64| cursor.first_at(from);
     let mut runs: Vec<Run> = Vec::new();
-    // Pieces longer than a run are cut (a manifest's chunk size bounds nothing here).
-    let pieces = job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).flat_map(|(range, logical)| {
-        (range.start..range.end).step_by(RUN_MAX as usize).map(move |at| {
-            let end = (at + RUN_MAX).min(range.end);
-            (at..end, logical + (at - range.start))
-        })
-    });
-    for (range, logical) in pieces {
+    for piece in pieces {
         match runs.last_mut() {
+            // The gap is taken in if the first written range after the run is this piece.
             Some(r)
-                if range.start >= r.range.end
-                    && range.start - r.range.end <= MERGE_GAP
-                    && range.end - r.range.start <= RUN_MAX
-                    && free_until(r.range.end, &range) =>
+                if piece.range.start >= r.range.end
+                    && piece.range.start - r.range.end <= MERGE_GAP
+                    && occupied.get(first_at(r.range.end)) == Some(&(piece.range.start, piece.range.end)) =>
             {
-                r.range.end = range.end;
-                r.pieces.push((range, logical));
+                r.range.end = piece.range.end;
+                r.pieces.push(piece);
             }
-            _ => runs.push(Run { range: range.clone(), pieces: vec![(range, logical)] }),
+            _ => runs.push(Run { range: piece.range.clone(), pieces: vec![piece] }),
         }
     }
     // Each run also takes in the free stretch after it, up to whatever is written next
-    // (at most MERGE_GAP): so a stretch between the interleaved runs of several targets
-    // (a tiered model's rows) is written with the run before it, not copied on its own
-    // (measured: one copy_file_range per row of a tiered model).
-    // Not when the run ends inside a written range (a span split between two chunk
-    // jobs is one edit); an insertion (an empty range) at its end stops it there.
-    // Written ranges do not overlap one another.
+    // (at most MERGE_GAP): so the unchanged rows between two chunk jobs, or between the
+    // runs of interleaved targets, are written with the run before them rather than
+    // copied one by one. Not when the run ends inside a written range (a span split
+    // between two chunk jobs is one edit); an insertion (an empty range) at its end
+    // stops it there. Written ranges do not overlap one another.
+    let mut cursor = Cursor { occupied, at: occupied.partition_point(|o| o.0 < start) };
     for r in &mut runs {
         let end = r.range.end;
-        let i = occupied.partition_point(|o| o.0 < end);
+        let i = cursor.first_at(end);
         let inside = i > 0 && occupied[i - 1].1 > end;
         if let Some(&(next, _)) = occupied.get(i).filter(|_| !inside) {
             r.range.end = next.min(end + MERGE_GAP);
@@ -766,246 +631,275 @@ fn runs_of(t: &onnx_protect_format::Tensor, job: &ChunkJob, occupied: &[(u64, u6
     runs
 }
 
-/// Work items wait for the writer in a queue of this many.
-const QUEUE: usize = 4;
-
-/// A write, done by the one writer thread (parallel writes to one file only contend
-/// for its lock).
-enum Op<'a> {
-    Copy {
-        stream: usize,
-        range: Range<u64>,
-    },
-    Put {
-        stream: usize,
-        out: u64,
-        bytes: &'a [u8],
-    },
-    /// Runs of one chunk job: their spans' new bytes are in a pooled buffer, the rest
-    /// of each run is written from the source map. The buffer is wiped after the
-    /// writes when `wipe` is set.
-    Buf {
-        stream: usize,
-        buf: Vec<u8>,
-        runs: Vec<RunOut<'a>>,
-        wipe: bool,
-    },
+/// A position in a sorted list of written ranges, moved forward only.
+struct Cursor<'a> {
+    occupied: &'a [(u64, u64)],
+    at: usize,
 }
 
-/// A run in an [`Op::Buf`]: its pieces' bytes are `buf[buf_start..buf_start + len]`,
-/// one after the other, and the run goes to output offset `out`.
-struct RunOut<'a> {
-    run: &'a Run,
-    buf_start: usize,
-    len: usize,
-    out: u64,
-}
-
-/// What [`Stream::out_advise`] asks of the kernel.
-enum Advice {
-    PopulateWrite,
-    DontNeed,
-}
-
-/// How far the writer has copied each stream, for the workers that patch behind it.
-/// The writer does its copies in file order, so a mark of `m` means every byte below
-/// `m` that is not a put is in place.
-struct Gate {
-    /// Per stream, the mark; and whether the writer has finished its copies.
-    state: Mutex<(Vec<u64>, bool)>,
-    moved: Condvar,
-}
-
-impl Gate {
-    fn new(streams: usize) -> Gate {
-        Gate { state: Mutex::new((vec![0; streams], false)), moved: Condvar::new() }
-    }
-
-    /// The writer has copied `stream` up to source offset `end`.
-    fn advance(&self, stream: usize, end: u64) {
-        if let Ok(mut st) = self.state.lock() {
-            if st.0[stream] < end {
-                st.0[stream] = end;
-                self.moved.notify_all();
-            }
+impl Cursor<'_> {
+    /// The index of the first written range starting at or after `from` (which must not
+    /// be smaller than in the call before).
+    fn first_at(&mut self, from: u64) -> usize {
+        while self.occupied.get(self.at).is_some_and(|o| o.0 < from) {
+            self.at += 1;
         }
-    }
-
-    /// The writer has no copies left (or stopped): nobody waits any longer.
-    fn close(&self) {
-        if let Ok(mut st) = self.state.lock() {
-            st.1 = true;
-        }
-        self.moved.notify_all();
-    }
-
-    /// Waits until `stream` is copied up to `end`: `Ok(false)` if the pass failed
-    /// meanwhile, an error if the writer finished without getting there.
-    fn wait(&self, stream: usize, end: u64, failed: &AtomicBool) -> Result<bool> {
-        let lost = || CoreError::Output("internal: the writer stopped before a patched range".into());
-        let mut st = self.state.lock().map_err(|_| lost())?;
-        loop {
-            if failed.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            if st.0[stream] >= end {
-                return Ok(true);
-            }
-            if st.1 {
-                return Err(lost());
-            }
-            st = self.moved.wait(st).map_err(|_| lost())?;
-        }
+        self.at
     }
 }
 
-/// Whether this kernel has `MADV_POPULATE_WRITE` (Linux 5.14), without which a failed
-/// write through a map would raise `SIGBUS` instead of returning an error: probed
-/// once on an anonymous page.
-#[cfg(target_os = "linux")]
-fn can_patch() -> bool {
-    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PROBE.get_or_init(|| {
-        let Ok(m) = memmap2::MmapMut::map_anon(4096) else { return false };
-        // SAFETY: one whole page of a live private anonymous map; populating it only
-        // allocates the page.
-        unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, 4096, libc::MADV_POPULATE_WRITE) == 0 }
-    })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn can_patch() -> bool {
-    false
-}
-
-/// Run buffers (up to [`RUN_MAX`] bytes each), reused across runs and threads.
-#[derive(Default)]
-struct Pool(Mutex<Vec<Vec<u8>>>);
-
-impl Pool {
-    /// A buffer of at least `len` bytes: a used one (grown if need be) or a new one of
-    /// that size. (Always allocating [`RUN_MAX`] made each pass over a small model
-    /// zero 8 MiB per buffer, most of the time of decrypting a 6 KB model.)
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        buf
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(buf);
-        }
-    }
-}
-
-/// The writer thread: performs the queued writes in arrival order, reports progress,
-/// and after the first error only drains the queue (so no worker blocks on it).
-#[allow(clippy::too_many_arguments)] // one caller
-fn write_ops(
-    rx: std::sync::mpsc::Receiver<Op>,
-    own: Vec<Op>,
-    streams: &[Stream],
-    pool: &Pool,
-    gate: &Gate,
-    failed: &AtomicBool,
+/// Progress and, for a durable output, writeback, shared by the workers.
+struct Tally<'p> {
+    done: AtomicU64,
+    /// (bytes reported, bytes handed to writeback)
+    marks: Mutex<(u64, u64)>,
     durable: bool,
-    progress: &dyn Progress,
-) -> Result<()> {
-    // Whatever happens, the workers that wait for copies are let go.
-    struct Closing<'g>(&'g Gate);
-    impl Drop for Closing<'_> {
-        fn drop(&mut self) {
-            self.0.close();
+    progress: &'p dyn Progress,
+}
+
+impl Tally<'_> {
+    fn add(&self, n: u64, streams: &[Stream]) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let Ok(mut m) = self.marks.lock() else { return };
+        if done > m.0 {
+            m.0 = done;
+            self.progress.set(done);
         }
-    }
-    let closing = Closing(gate);
-    use std::sync::mpsc::TryRecvError;
-    let mut first_err = None;
-    let mut done = 0u64;
-    let mut flushed = 0u64;
-    let mut own = own.into_iter();
-    loop {
-        // Runs first (they hold buffers and keep the workers going), then own work.
-        let op = match rx.try_recv() {
-            Ok(op) => op,
-            Err(TryRecvError::Empty) => match own.next() {
-                Some(op) => op,
-                None => {
-                    closing.0.close();
-                    match rx.recv() {
-                        Ok(op) => op,
-                        Err(_) => break,
-                    }
-                }
-            },
-            Err(TryRecvError::Disconnected) => match own.next() {
-                Some(op) => op,
-                None => break,
-            },
-        };
-        // After an error (the writer's or a worker's) the queue is only drained.
-        if first_err.is_some() || failed.load(Ordering::Relaxed) {
-            if let Op::Buf { buf, .. } = op {
-                pool.give(buf);
-            }
-            continue;
-        }
-        let r = match op {
-            Op::Copy { stream, range } => {
-                done += range.end - range.start;
-                let end = range.end;
-                let r = streams[stream].copy(range);
-                if r.is_ok() {
-                    gate.advance(stream, end);
-                }
-                r
-            }
-            Op::Put { stream, out, bytes } => {
-                done += bytes.len() as u64;
-                let s = &streams[stream];
-                write_at(s.dst, bytes, out).map_err(|e| s.write_err(e))
-            }
-            Op::Buf { stream, mut buf, runs, wipe } => {
-                let s = &streams[stream];
-                let mut r = Ok(());
-                let mut used = 0usize;
-                for ro in &runs {
-                    done += ro.run.range.end - ro.run.range.start;
-                    r = write_run(s, &buf, ro);
-                    used = used.max(ro.buf_start + ro.len);
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                // One release for the stretch the buffer's runs span: each release
-                // interrupts the other cores to flush their TLBs, and a tiered model's
-                // runs are single rows (one release per row took most of the writer's time).
-                if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
-                    s.release(first.run.range.start..last.run.range.end);
-                }
-                if wipe {
-                    buf[..used].zeroize();
-                }
-                pool.give(buf);
-                r
-            }
-        };
-        if let Err(e) = r {
-            failed.store(true, Ordering::Relaxed);
-            first_err = Some(e);
-        }
-        if durable && done - flushed >= WRITEBACK_STEP {
-            flushed = done;
+        if self.durable && done - m.1 >= WRITEBACK_STEP {
+            m.1 = done;
             for s in streams {
                 start_writeback(s.dst);
             }
         }
-        progress.set(done);
     }
-    first_err.map_or(Ok(()), Err)
+}
+
+/// What the workers share.
+struct Pass<'a> {
+    model: &'a Model,
+    targets: &'a [Target],
+    actions: &'a [Action],
+    jobs: &'a [ChunkJob],
+    streams: &'a [Stream<'a>],
+    leaves: Option<Leaves<'a>>,
+    decoded: &'a std::collections::HashMap<usize, Vec<u8>>,
+    failed: AtomicBool,
+    /// Bytes per window ([`WINDOW`] but in tests).
+    window: usize,
+    tally: Tally<'a>,
+}
+
+/// A job's hashes while its group is written.
+struct JobState {
+    job: usize,
+    written: Option<(Leaf, Gather)>,
+    read: Option<(Leaf, Gather)>,
+    given: Option<[u8; 32]>,
+}
+
+impl Pass<'_> {
+    fn run(&self, item: &Item) -> Result<Vec<JobLeaves>> {
+        match item {
+            Item::Copy { stream, range } => {
+                self.streams[*stream].copy(range.clone())?;
+                self.tally.add(range.end - range.start, self.streams);
+                Ok(Vec::new())
+            }
+            Item::Put { stream, out, bytes } => {
+                let s = &self.streams[*stream];
+                let _lock = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.write_locked(bytes, *out)?;
+                self.tally.add(bytes.len() as u64, self.streams);
+                Ok(Vec::new())
+            }
+            Item::Hash { job } => Ok(self.hash_only(*job)?.into_iter().collect()),
+            Item::Group(g) => {
+                thread_local! {
+                    static WINDOW_BUFS: std::cell::RefCell<[Vec<u8>; 2]> =
+                        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+                }
+                // Two window buffers per worker thread (one may wait for the file's
+                // lock while the other is filled), kept for its next group (a fresh
+                // buffer of this size is a fresh map: page faults).
+                let mut bufs = WINDOW_BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                for b in &mut bufs {
+                    b.resize(self.window, 0);
+                }
+                let r = self.write_group(g, &mut bufs);
+                // A key rotation passes through plaintext here, in no other place.
+                if g.jobs.iter().any(|&j| matches!(self.actions[self.jobs[j].target], Action::Reencrypt(_))) {
+                    bufs.iter_mut().for_each(|b| b.zeroize());
+                }
+                WINDOW_BUFS.with(|b| *b.borrow_mut() = bufs);
+                r
+            }
+        }
+    }
+
+    /// The leaves of `job` given, or the hashes to feed for it.
+    fn job_state(&self, job: usize) -> Result<JobState> {
+        let job_ref = &self.jobs[job];
+        let target = &self.targets[job_ref.target];
+        let leaves = self.leaves;
+        let given =
+            match leaves.filter(|l| l.written.is_some()).and_then(|l| l.given).and_then(|g| g.get(&job_ref.target)) {
+                Some(g) => Some(
+                    *g.get(job_ref.index as usize)
+                        .ok_or_else(|| CoreError::Output("internal: a given leaf is missing".into()))?,
+                ),
+                None => None,
+            };
+        let leaf_for = |h: LeafHash| (Leaf::new(h, target.stream_id, job_ref.index), Gather::default());
+        Ok(JobState {
+            job,
+            written: leaves.and_then(|l| l.written).filter(|_| given.is_none()).map(leaf_for),
+            read: leaves.and_then(|l| l.read).map(leaf_for),
+            given,
+        })
+    }
+
+    fn finish(&self, st: JobState) -> Option<JobLeaves> {
+        let fin = |h: Option<(Leaf, Gather)>| {
+            h.map(|(mut leaf, mut g)| {
+                g.flush(&mut leaf);
+                leaf.finalize()
+            })
+        };
+        self.leaves.map(|_| JobLeaves {
+            job: st.job,
+            written: st.given.or_else(|| fin(st.written)),
+            read: fin(st.read),
+        })
+    }
+
+    /// A job without pieces to write: the bytes the source holds for it, and those the
+    /// output holds (its new bytes are puts, or it keeps its bytes).
+    fn hash_only(&self, job: usize) -> Result<Option<JobLeaves>> {
+        let mut st = self.job_state(job)?;
+        if st.written.is_some() || st.read.is_some() {
+            let job_ref = &self.jobs[job];
+            let t = &self.model.tensors[self.targets[job_ref.target].tensor];
+            let _release = ReleaseOnDrop::for_job(self.model, t, job_ref);
+            let new_bytes = match &self.actions[job_ref.target] {
+                Action::Bytes(b) if st.written.is_some() => Some(b.as_slice()),
+                _ => None,
+            };
+            // The stored bytes (a varint tensor is decoded here unless it was up
+            // front) only when a leaf needs them.
+            let stored = match self.decoded.get(&job_ref.target) {
+                Some(d) => std::borrow::Cow::Borrowed(d.as_slice()),
+                None if st.read.is_some() || new_bytes.is_none() => self.model.tensor_bytes(t.id)?,
+                None => std::borrow::Cow::Borrowed(&[][..]),
+            };
+            let out = new_bytes.unwrap_or(&stored);
+            for (h, whole) in [(st.read.as_mut(), &*stored), (st.written.as_mut(), out)] {
+                let Some((leaf, g)) = h else { continue };
+                for &(a, b) in &job_ref.parts {
+                    let part = whole
+                        .get(a as usize..b as usize)
+                        .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                    g.feed(leaf, part);
+                }
+            }
+        }
+        Ok(self.finish(st))
+    }
+
+    /// Writes the runs of `g` window by window through `buf`, transforming and hashing
+    /// each job's pieces in file order.
+    fn write_group(&self, g: &Group, bufs: &mut [Vec<u8>; 2]) -> Result<Vec<JobLeaves>> {
+        let s = &self.streams[g.stream];
+        let [mut buf, mut spare] = bufs.each_mut().map(|b| b.as_mut_slice());
+        // A window in `spare` that waits for the file: (output offset, length).
+        let mut waiting: Option<(u64, usize)> = None;
+        // The last piece of each job: its leaves are finished there.
+        let mut last = vec![(0usize, 0usize); g.jobs.len()];
+        for (ri, run) in g.runs.iter().enumerate() {
+            for (pi, p) in run.pieces.iter().enumerate() {
+                last[p.slot] = (ri, pi);
+            }
+        }
+        let mut states: Vec<Option<JobState>> = Vec::with_capacity(g.jobs.len());
+        for &j in &g.jobs {
+            states.push(Some(self.job_state(j)?));
+        }
+        let mut done = Vec::with_capacity(g.jobs.len());
+        for (ri, run) in g.runs.iter().enumerate() {
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            let out = s.out_at(run.range.start);
+            let mut pi = 0usize;
+            let mut w0 = run.range.start;
+            while w0 < run.range.end {
+                let w1 = (w0 + buf.len() as u64).min(run.range.end);
+                let window = &mut buf[..(w1 - w0) as usize];
+                s.read_into(w0..w1, window)?;
+                while let Some(p) = run.pieces.get(pi).filter(|p| p.range.start < w1) {
+                    let (lo, hi) = (p.range.start.max(w0), p.range.end.min(w1));
+                    let part = &mut window[(lo - w0) as usize..(hi - w0) as usize];
+                    let job_ref = &self.jobs[g.jobs[p.slot]];
+                    let target = &self.targets[job_ref.target];
+                    let dtype = self.model.tensors[target.tensor].data_type;
+                    let st = states[p.slot]
+                        .as_mut()
+                        .ok_or_else(|| CoreError::Output("internal: a piece after its job's last".into()))?;
+                    if let Some((leaf, gather)) = st.read.as_mut() {
+                        gather.feed(leaf, part);
+                    }
+                    self.actions[job_ref.target].apply_chunk(
+                        target,
+                        dtype,
+                        p.logical + (lo - p.range.start),
+                        part,
+                        false,
+                    )?;
+                    if let Some((leaf, gather)) = st.written.as_mut() {
+                        gather.feed(leaf, part);
+                    }
+                    if p.range.end > w1 {
+                        break; // the rest of this piece is in the next window
+                    }
+                    if last[p.slot] == (ri, pi) {
+                        if let Some(st) = states[p.slot].take() {
+                            done.extend(self.finish(st));
+                        }
+                    }
+                    pi += 1;
+                }
+                // Written now if nobody is writing to the file; else it waits in the
+                // spare buffer while the next window is filled, unless one already waits.
+                let at = out + (w0 - run.range.start);
+                let len = (w1 - w0) as usize;
+                let lock = match s.lock.try_lock() {
+                    Ok(l) => Some(l),
+                    Err(std::sync::TryLockError::WouldBlock) if waiting.is_none() => None,
+                    Err(_) => Some(s.lock.lock().unwrap_or_else(|e| e.into_inner())),
+                };
+                match lock {
+                    Some(_lock) => {
+                        if let Some((at, n)) = waiting.take() {
+                            s.write_locked(&spare[..n], at)?;
+                            self.tally.add(n as u64, self.streams);
+                        }
+                        s.write_locked(&buf[..len], at)?;
+                        self.tally.add(len as u64, self.streams);
+                    }
+                    None => {
+                        waiting = Some((at, len));
+                        std::mem::swap(&mut buf, &mut spare);
+                    }
+                }
+                w0 = w1;
+            }
+        }
+        if let Some((at, n)) = waiting {
+            let _lock = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.write_locked(&spare[..n], at)?;
+            self.tally.add(n as u64, self.streams);
+        }
+        Ok(done)
+    }
 }
 
 /// Dirty pages of a durable output are handed to the disk every this many bytes
@@ -1025,325 +919,49 @@ fn start_writeback(f: &File) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_f: &File) {}
 
-/// A worker's part of a chunk job: transform and hash its runs, hand them to the writer.
-#[allow(clippy::too_many_arguments)]
-fn run_job<'a>(
-    model: &Model,
-    targets: &[Target],
-    actions: &[Action],
-    jobs: &[ChunkJob],
-    streams: &[Stream],
-    leaves: Option<Leaves<'_>>,
-    decoded: &std::collections::HashMap<usize, Vec<u8>>,
-    pool: &Pool,
-    gate: &Gate,
-    failed: &AtomicBool,
-    tx: &std::sync::mpsc::SyncSender<Op<'a>>,
-    item: &'a JobItem,
-) -> Result<Option<JobLeaves>> {
-    let send = |op: Op<'a>| tx.send(op).map_err(|_| CoreError::Output("the writer thread stopped".into()));
-    let JobItem { job, stream, runs } = item;
-    let job_ref = &jobs[*job];
-    let target = &targets[job_ref.target];
-    let t = &model.tensors[target.tensor];
-    let action = &actions[job_ref.target];
-    let given = match leaves.filter(|l| l.written.is_some()).and_then(|l| l.given).and_then(|g| g.get(&job_ref.target))
-    {
-        Some(g) => Some(
-            *g.get(job_ref.index as usize)
-                .ok_or_else(|| CoreError::Output("internal: a given leaf is missing".into()))?,
-        ),
-        None => None,
-    };
-    let leaf_for = |h: LeafHash| Leaf::new(h, target.stream_id, job_ref.index);
-    let mut leaf = leaves.and_then(|l| l.written).filter(|_| given.is_none()).map(leaf_for);
-    let mut read_leaf = leaves.and_then(|l| l.read).map(leaf_for);
-    let done = |leaf: Option<Leaf>, read_leaf: Option<Leaf>| {
-        leaves.map(|_| JobLeaves {
-            job: *job,
-            written: given.or_else(|| leaf.map(Leaf::finalize)),
-            read: read_leaf.map(Leaf::finalize),
-        })
-    };
-    if runs.is_empty() {
-        // Hash only: the bytes the source holds for this job, and those the output holds.
-        if leaf.is_some() || read_leaf.is_some() {
-            let _release = ReleaseOnDrop::for_job(model, t, job_ref);
-            let new_bytes = match action {
-                Action::Bytes(b) if leaf.is_some() => Some(b.as_slice()),
-                _ => None,
-            };
-            // The stored bytes (a varint tensor is decoded here unless it was up
-            // front) only when a leaf needs them.
-            let stored = match decoded.get(&job_ref.target) {
-                Some(d) => std::borrow::Cow::Borrowed(d.as_slice()),
-                None if read_leaf.is_some() || new_bytes.is_none() => model.tensor_bytes(t.id)?,
-                None => std::borrow::Cow::Borrowed(&[][..]),
-            };
-            let out = new_bytes.unwrap_or(&stored);
-            for (h, whole) in [(read_leaf.as_mut(), &*stored), (leaf.as_mut(), out)] {
-                let Some(h) = h else { continue };
-                for &(a, b) in &job_ref.parts {
-                    let part = whole
-                        .get(a as usize..b as usize)
-                        .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
-                    h.update(part);
-                }
-            }
-        }
-        return Ok(done(leaf, read_leaf));
+/// Allocates the blocks of the first `len` bytes of `f` (which then has at least that
+/// length). File systems that cannot preallocate are left to allocate as they write.
+#[cfg(target_os = "linux")]
+fn preallocate(f: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(n) = libc::off_t::try_from(len) else { return Err(std::io::ErrorKind::FileTooLarge.into()) };
+    if n == 0 {
+        return Ok(());
     }
-    let s = &streams[*stream];
-    if s.out_map.is_some() {
-        // Patched in place once the writer's copy has passed the job (module docs).
-        let (Some(first), Some(last)) = (runs.first(), runs.last()) else { return Ok(done(leaf, read_leaf)) };
-        if !gate.wait(*stream, last.run_end(), failed)? {
-            return Ok(None);
-        }
-        // Pieces are gathered for the hash (`Gather`) in buffers kept by each worker
-        // thread for its next job (a fresh buffer is a fresh map: page faults). They
-        // hold ciphertext only.
-        thread_local! {
-            static GATHERED: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
-        }
-        let mut bufs = GATHERED.with(|g| std::mem::take(&mut *g.borrow_mut()));
-        let [read_buf, written_buf] = &mut bufs;
-        let mut read_g = read_leaf.as_mut().map(|h| (h, Gather::new(read_buf)));
-        let mut written_g = leaf.as_mut().map(|h| (h, Gather::new(written_buf)));
-        // 64 KiB: a multiple of every element size, so each part starts on an element.
-        const SCRATCH: usize = 64 << 10;
-        let mut scratch = matches!(action, Action::Reencrypt(_)).then(|| zeroize::Zeroizing::new(vec![0u8; SCRATCH]));
-        for run in runs {
-            let out = s.out_at(run.range.start);
-            let at = |p: &Range<u64>| out + (p.start - run.range.start)..out + (p.end - run.range.start);
-            // The pages of pieces less than CLOSE apart are faulted in together (one
-            // call for the job at the default policy, few pages at sparse ones).
-            const CLOSE: u64 = 64 << 10;
-            let mut i = 0;
-            while i < run.pieces.len() {
-                let mut j = i + 1;
-                while j < run.pieces.len() && run.pieces[j].0.start <= run.pieces[j - 1].0.end + CLOSE {
-                    j += 1;
-                }
-                let group = at(&run.pieces[i].0).start..at(&run.pieces[j - 1].0).end;
-                s.out_populate(group).map_err(|e| s.write_err(e))?;
-                for (range, logical) in &run.pieces[i..j] {
-                    // SAFETY: pieces of chunk jobs never overlap (each is a different
-                    // part of one span, and spans are disjoint), and the gate has
-                    // passed them.
-                    let piece = unsafe { s.out_slice(at(range))? };
-                    if let Some((h, g)) = read_g.as_mut() {
-                        g.feed(h, piece);
-                    }
-                    if let Some(scratch) = scratch.as_mut() {
-                        // A key rotation passes through plaintext: in a wiped buffer of
-                        // this process, never in the output's pages.
-                        for (k, part) in piece.chunks_mut(scratch.len()).enumerate() {
-                            let tmp = &mut scratch[..part.len()];
-                            tmp.copy_from_slice(part);
-                            let off = *logical + (k * SCRATCH) as u64;
-                            action.apply_chunk(target, t.data_type, off, tmp, false)?;
-                            part.copy_from_slice(tmp);
-                        }
-                    } else {
-                        action.apply_chunk(target, t.data_type, *logical, piece, false)?;
-                    }
-                    if let Some((h, g)) = written_g.as_mut() {
-                        g.feed(h, piece);
-                    }
-                }
-                i = j;
-            }
-        }
-        for (h, g) in [read_g.as_mut(), written_g.as_mut()].into_iter().flatten() {
-            g.flush(h);
-        }
-        GATHERED.with(|g| *g.borrow_mut() = bufs);
-        // Only pages wholly inside the job: a page at either end may hold another job's piece.
-        let span = s.out_at(first.range.start)..s.out_at(last.range.start) + (last.run_end() - last.range.start);
-        s.out_release(span);
-        return Ok(done(leaf, read_leaf));
-    }
-    let wipe = matches!(action, Action::Reencrypt(_));
-    // Runs are packed into one buffer until it is full: one hand-over to the
-    // writer per buffer, however small the runs. Only the pieces' bytes go into
-    // the buffer (encrypted straight from the map); the gaps between them are
-    // written from the map by the writer.
-    let piece_bytes = |run: &Run| run.pieces.iter().map(|(p, _)| (p.end - p.start) as usize).sum::<usize>();
-    // Bytes of this job's runs not yet in a buffer: what the next buffer needs, up to a run's size.
-    let mut left: usize = runs.iter().map(piece_bytes).sum();
-    let mut buf = pool.take(left.min(RUN_MAX as usize));
-    let mut outs: Vec<RunOut> = Vec::new();
-    let mut used = 0usize;
-    let fail = |buf: Vec<u8>, used: usize, e: CoreError| {
-        let mut buf = buf;
-        if wipe {
-            let end = used.min(buf.len());
-            buf[..end].zeroize();
-        }
-        pool.give(buf);
-        Err(e)
-    };
-    // Hashing (and, when the stored bytes are hashed, transforming in place) is done
-    // once per buffer, over all its runs: the hash is several times faster on long
-    // inputs, and a tiered model's runs are single rows (its tiers' spans interleave).
-    // The buffer holds the job's bytes in chunk order from its start.
-    let seal = |buf: &mut [u8], outs: &[RunOut], used: usize, read_leaf: &mut Option<Leaf>, leaf: &mut Option<Leaf>| {
-        if let Some(h) = read_leaf.as_mut() {
-            h.update(&buf[..used]);
-            for ro in outs {
-                let mut at = ro.buf_start;
-                for (range, logical) in &ro.run.pieces {
-                    let n = (range.end - range.start) as usize;
-                    action.apply_chunk(target, t.data_type, *logical, &mut buf[at..at + n], false)?;
-                    at += n;
-                }
-            }
-        }
-        if let Some(h) = leaf.as_mut() {
-            h.update(&buf[..used]);
-        }
-        Ok::<(), CoreError>(())
-    };
-    for run in runs {
-        let len = piece_bytes(run);
-        if used + len > buf.len() && !outs.is_empty() {
-            if let Err(e) = seal(&mut buf, &outs, used, &mut read_leaf, &mut leaf) {
-                return fail(buf, used, e);
-            }
-            let full = std::mem::replace(&mut buf, pool.take(left.min(RUN_MAX as usize)));
-            send(Op::Buf { stream: *stream, buf: full, runs: std::mem::take(&mut outs), wipe })?;
-            used = 0;
-        }
-        if buf.len() < used + len {
-            buf.resize(used + len, 0);
-        }
-        left -= len;
-        let start = used;
-        for (range, logical) in &run.pieces {
-            let n = (range.end - range.start) as usize;
-            let src = match s.slice(range.clone()) {
-                Ok(src) => src,
-                Err(e) => return fail(buf, used, e),
-            };
-            let dst = &mut buf[used..used + n];
-            if read_leaf.is_some() {
-                // The stored bytes, hashed and transformed in place when the buffer is sealed.
-                dst.copy_from_slice(src);
-            } else if let Err(e) = action.apply_chunk_b2b(target, t.data_type, *logical, src, dst) {
-                return fail(buf, used + n, e);
-            }
-            used += n;
-        }
-        outs.push(RunOut { run, buf_start: start, len, out: s.out_at(run.range.start) });
-    }
-    if outs.is_empty() {
-        pool.give(buf);
-    } else {
-        if let Err(e) = seal(&mut buf, &outs, used, &mut read_leaf, &mut leaf) {
-            return fail(buf, used, e);
-        }
-        send(Op::Buf { stream: *stream, buf, runs: outs, wipe })?;
-    }
-    Ok(done(leaf, read_leaf))
-}
-
-/// Whether a run whose pieces hold `piece_bytes` bytes in `pieces` pieces is written
-/// faster by copying all of it inside the kernel and then writing the pieces over the
-/// copy than with one `pwritev` from the map and the buffer. Writes from user memory
-/// cost ~1.5× the kernel's own copy here (0.59 s against 0.40 s for 1 GiB), and the
-/// gaps of a sparse run are not yet mapped (the workers only read the pieces); each
-/// extra `pwrite` costs a few µs. Measured with a scratch program on the 1 GiB model
-/// (docs/performance.md, session 5): with a 4 KiB row in every 20, copy-then-overwrite
-/// took 0.55 s against 1.01 s; with every other row it lost.
-fn sparse(run_bytes: u64, piece_bytes: u64, pieces: u64) -> bool {
-    4 * piece_bytes + 16384 * pieces <= run_bytes
-}
-
-/// Writes one run: the gaps from the source map, the pieces from `buf`. A sparse run
-/// (see [`sparse`]) is copied inside the kernel first and its pieces written over it.
-fn write_run(s: &Stream, buf: &[u8], ro: &RunOut) -> Result<()> {
-    let run_bytes = ro.run.range.end - ro.run.range.start;
-    if let Some(src) = s.src.filter(|_| s.overwrite && sparse(run_bytes, ro.len as u64, ro.run.pieces.len() as u64)) {
-        let copied = copy_in_kernel(src, s.dst, ro.run.range.start, ro.out, run_bytes).map_err(|e| s.read_err(e))?;
-        if copied == run_bytes {
-            let mut at = ro.buf_start;
-            for (range, _) in &ro.run.pieces {
-                let n = (range.end - range.start) as usize;
-                let out = ro.out + (range.start - ro.run.range.start);
-                write_at(s.dst, &buf[at..at + n], out).map_err(|e| s.write_err(e))?;
-                at += n;
-            }
+    loop {
+        // SAFETY: `f` is open for the duration of the call; no memory is passed.
+        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, n) } == 0 {
             return Ok(());
         }
-        // The kernel refused part of it: the whole run is written below (over what was copied).
-    }
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * ro.run.pieces.len());
-    let mut pos = ro.run.range.start;
-    let mut at = ro.buf_start;
-    for (range, _) in &ro.run.pieces {
-        if pos < range.start {
-            parts.push(s.slice(pos..range.start)?);
-        }
-        let n = (range.end - range.start) as usize;
-        parts.push(&buf[at..at + n]);
-        at += n;
-        pos = range.end;
-    }
-    if pos < ro.run.range.end {
-        parts.push(s.slice(pos..ro.run.range.end)?);
-    }
-    write_parts_at(s.dst, &parts, ro.out).map_err(|e| s.write_err(e))
-}
-
-/// Writes `parts` one after the other at `off`: with `pwritev`, 1024 at a time.
-#[cfg(target_os = "linux")]
-fn write_parts_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut iov: Vec<libc::iovec> = parts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
-        .collect();
-    let mut first = 0usize;
-    while first < iov.len() {
-        let count = (iov.len() - first).min(1024) as libc::c_int;
-        // SAFETY: each iovec points into a live `&[u8]` of `parts` (advanced only within
-        // it below) and is only read by the kernel; `f` is open for the call.
-        let n = unsafe { libc::pwritev(f.as_raw_fd(), iov[first..].as_ptr(), count, off as libc::off_t) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut n = n as usize;
-        off += n as u64;
-        while n > 0 {
-            let v = &mut iov[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: `n < iov_len`, so the advanced pointer stays inside the same slice.
-                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
-                v.iov_len -= n;
-                n = 0;
-            }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
+            _ => return Err(e),
         }
     }
-    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn write_parts_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()> {
-    for p in parts {
-        write_at(f, p, off)?;
-        off += p.len() as u64;
+fn preallocate(_f: &File, _len: u64) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_read(buf, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
     }
     Ok(())
 }
@@ -1419,12 +1037,13 @@ fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protect::{apply, leaf_digests_ext, LeafSrc};
+    use crate::protect::{apply, edits_for, leaf_digests_ext, LeafSrc};
     use onnx_protect_crypto::{MasterKey, SessionKeys};
     use onnx_protect_format::testutil::{float_tensor, model_with_graph, node};
     use onnx_protect_format::wire::put_len_field;
     use onnx_protect_format::write::metadata_field;
     use onnx_protect_select::Mode;
+    use std::sync::atomic::AtomicU64;
 
     /// A model with a 512×256 and a 64×64 FLOAT initializer in `raw_data`.
     fn model_file(dir: &Path) -> PathBuf {
@@ -1493,66 +1112,52 @@ mod tests {
         (model, targets, streams)
     }
 
-    /// The ways a pass can run: (patched in place, started by an early copy that ran
-    /// to its end).
-    const WAYS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
-
-    /// Staged outputs for `out`, taking the given way (an early copy is waited for, so
-    /// the pass finds all of it done).
-    fn outputs(model: &Model, out: &Path, (patch, early): (bool, bool)) -> Outputs {
-        let mut o = Outputs::stage(model, out, early, true).unwrap();
-        o.patch &= patch;
-        if let Some(c) = o.copier.as_mut() {
-            c.finish();
-        }
-        o
+    /// Runs `f` with the window set to `len` bytes (a test switch: the pass's output
+    /// does not depend on it, so other tests running meanwhile only change speed).
+    fn with_window<T>(len: usize, f: impl FnOnce() -> T) -> T {
+        // One test at a time sets it (a pass that runs meanwhile elsewhere may take it).
+        static ONE: Mutex<()> = Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        TEST_WINDOW.store(len, Ordering::Relaxed);
+        let r = f();
+        TEST_WINDOW.store(0, Ordering::Relaxed);
+        r
     }
 
-    /// The output of one pass, the same whichever way it goes (checked here).
+    /// The output of one pass with written leaves appended (as the reference writer does).
     fn one_pass(
         model: &Model,
         targets: &[Target],
         streams: &[onnx_protect_crypto::Keystream],
-        extra: impl Fn() -> Vec<Edit>,
+        extra: Vec<Edit>,
         chunk: u64,
         out: &Path,
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         let leaves = Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: None, given: None });
-        let mut first: Option<Vec<u8>> = None;
-        for way in WAYS {
-            write_outputs_with(
-                model,
-                targets,
-                &actions,
-                extra(),
-                leaves,
-                |l, _| Ok(l.concat()),
-                out,
-                outputs(model, out, way),
-                false,
-                &onnx_protect_format::NoProgress,
-            )
+        let outputs = Outputs::stage(model, out).unwrap();
+        let nop = &onnx_protect_format::NoProgress;
+        write_outputs_with(model, targets, &actions, extra, leaves, |l, _| Ok(l.concat()), out, outputs, false, nop)
             .unwrap();
-            let got = std::fs::read(out).unwrap();
-            match &first {
-                None => first = Some(got),
-                Some(f) => assert!(*f == got, "the pass (patched, early copy) = {way:?} wrote other bytes"),
-            }
-        }
-        first.unwrap()
+        std::fs::read(out).unwrap()
     }
 
     #[test]
-    fn one_pass_output_equals_the_reference_writer_with_and_without_kernel_copies() {
+    fn one_pass_output_equals_the_reference_writer() {
         let dir = tempfile::tempdir().unwrap();
         let (model, targets, streams) = three_targets(dir.path());
+        let out = dir.path().join("a.onnx");
         // Small chunks: many jobs per target, runs cut at chunk boundaries (1000: inside
         // rows, so a span is split between two jobs while one edit covers all of it).
+        // Windows of odd sizes cut pieces anywhere, inside elements too (`B` is in the
+        // format-preserving mode, whose mask follows the element).
         for chunk in [4096u64, 1000, 1 << 20] {
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
             assert_ne!(&want[..model.bytes().len()], model.bytes());
-            assert_eq!(one_pass(&model, &targets, &streams, Vec::new, chunk, &dir.path().join("a.onnx")), want);
+            for window in [0, 1000, 4093, 65536] {
+                let got = with_window(window, || one_pass(&model, &targets, &streams, Vec::new(), chunk, &out));
+                assert!(got == want, "chunk {chunk}, window {window}");
+            }
         }
         // A top-level field inserted before everything shifts every output offset.
         let insert = || {
@@ -1563,61 +1168,102 @@ mod tests {
             }]
         };
         let want = reference(&model, &targets, &streams, insert(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, insert, 4096, &dir.path().join("b.onnx")), want);
+        assert_eq!(one_pass(&model, &targets, &streams, insert(), 4096, &out), want);
         // Bytes inserted right after a span (the end of row 2 of `A`, before the free row
         // 3): what follows moves, so no run may carry the unchanged row across the insertion.
         let t = &model.tensors[targets[0].tensor];
         let at = t.file_pieces(2 * 1024, 3 * 1024)[0].0.end;
         let inside = || vec![Edit { range: at..at, content: Content::Bytes(b"xyz".to_vec()), ancestors: Vec::new() }];
         let want_inside = reference(&model, &targets, &streams, inside(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, inside, 4096, &dir.path().join("i.onnx")), want_inside);
+        assert_eq!(one_pass(&model, &targets, &streams, inside(), 4096, &out), want_inside);
         // Without copy_file_range (as on kernels or file systems that refuse it): the
         // same bytes. The switch is process-wide; other tests only get slower.
         NO_KERNEL_COPY.store(true, Ordering::Relaxed);
-        let got = one_pass(&model, &targets, &streams, insert, 4096, &dir.path().join("c.onnx"));
+        let got = one_pass(&model, &targets, &streams, insert(), 4096, &out);
         NO_KERNEL_COPY.store(false, Ordering::Relaxed);
         assert_eq!(got, want);
     }
 
     #[test]
-    fn plaintext_spans_are_not_copied_to_another_file_system() {
-        // The model on tmpfs (/dev/shm), its output on the temporary directory's file
-        // system: an encryption must not copy the plaintext of its spans there.
-        use std::os::unix::fs::MetadataExt;
-        let shm = Path::new("/dev/shm");
-        let other = tempfile::tempdir().unwrap();
-        let Ok(src) = tempfile::tempdir_in(shm) else {
-            eprintln!("skipped: no /dev/shm");
-            return;
-        };
-        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
-        if dev(src.path()) == dev(other.path()) {
-            eprintln!("skipped: /dev/shm and the temporary directory share a file system");
-            return;
-        }
-        let model = Model::open(model_file(src.path())).unwrap();
-        let away = other.path().join("o.onnx");
-        let o = Outputs::stage(&model, &away, true, true).unwrap();
-        assert!(!o.overwrite && !o.patch && o.copier.is_none(), "plaintext copied across file systems");
-        // Ciphertext (a decryption's or a rotation's input) may be.
-        let o = Outputs::stage(&model, &away, true, false).unwrap();
-        assert!(o.overwrite && o.patch == can_patch());
-        // Beside its input, plaintext may be copied too.
-        let o = Outputs::stage(&model, &src.path().join("o.onnx"), true, true).unwrap();
-        assert!(o.overwrite && o.patch == can_patch());
-        drop(o);
-        // And the pass across file systems writes the same bytes as the reference.
-        let targets = targets(&model);
-        let keys = SessionKeys::derive(&MasterKey::from_bytes([8; 32]), &[1; 32]);
-        let streams: Vec<_> = (1..=3).map(|i| keys.keystream(i)).collect();
+    fn a_model_in_memory_is_written_from_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file_model, targets, streams) = three_targets(dir.path());
+        let model = Model::from_vec(file_model.bytes().to_vec(), None).unwrap();
+        assert!(model.source_file().is_none());
         let want = reference(&model, &targets, &streams, Vec::new(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, Vec::new, 4096, &away), want);
+        for window in [0, 4093] {
+            let got = with_window(window, || {
+                one_pass(&model, &targets, &streams, Vec::new(), 4096, &dir.path().join("m.onnx"))
+            });
+            assert!(got == want, "window {window}");
+        }
+    }
+
+    #[test]
+    fn the_output_never_holds_the_plaintext_of_an_encrypted_span() {
+        // After every write the pass reports, the staged output (and anything else in
+        // its folder) is read: no encrypted row may be there as it is in the input.
+        struct Probe<F: Fn() + Sync>(F);
+        impl<F: Fn() + Sync> onnx_protect_format::Progress for Probe<F> {
+            fn set(&self, _done: u64) {
+                (self.0)()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (model, targets, streams) = three_targets(dir.path());
+        let out_dir = dir.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        // Every encrypted row (1 KiB of `A`, 1 KiB slices of `B`) and its plaintext.
+        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+        for target in &targets {
+            let t = &model.tensors[target.tensor];
+            for &(a, b) in &target.spans {
+                for lo in (a..b).step_by(1024) {
+                    for (range, _) in t.file_pieces(lo, (lo + 1024).min(b)) {
+                        rows.push((range.start, model.bytes()[range.start as usize..range.end as usize].to_vec()));
+                    }
+                }
+            }
+        }
+        let checks = AtomicU64::new(0);
+        let check = || {
+            for e in std::fs::read_dir(&out_dir).unwrap() {
+                let bytes = std::fs::read(e.unwrap().path()).unwrap();
+                for (at, plain) in &rows {
+                    let here = bytes.get(*at as usize..*at as usize + plain.len());
+                    assert!(here != Some(plain.as_slice()), "plaintext of the row at {at} in the output");
+                }
+            }
+            checks.fetch_add(1, Ordering::Relaxed);
+        };
+        let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
+        let leaves = Some(Leaves { chunk: 4096, written: Some(LeafHash::Blake3), read: None, given: None });
+        let out = out_dir.join("o.onnx");
+        with_window(4096, || {
+            let outputs = Outputs::stage(&model, &out).unwrap();
+            let probe = Probe(check);
+            write_outputs_with(
+                &model,
+                &targets,
+                &actions,
+                Vec::new(),
+                leaves,
+                |l, _| Ok(l.concat()),
+                &out,
+                outputs,
+                false,
+                &probe,
+            )
+            .unwrap();
+        });
+        check();
+        assert!(checks.load(Ordering::Relaxed) > 100, "too few writes were checked");
+        assert_eq!(std::fs::read(&out).unwrap(), reference(&model, &targets, &streams, Vec::new(), 4096));
     }
 
     #[test]
     fn an_output_shorter_than_its_input_is_cut_to_its_length() {
-        // A decryption removes the manifest entry at the end of the file: an early copy
-        // has put the input's last bytes beyond the output's end.
+        // A decryption removes the manifest entry at the end of the file.
         let dir = tempfile::tempdir().unwrap();
         let path = model_file(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
@@ -1631,7 +1277,10 @@ mod tests {
         let cut =
             || vec![Edit { range: n..bytes.len() as u64, content: Content::Bytes(Vec::new()), ancestors: Vec::new() }];
         let want = reference(&model, &targets, &streams, cut(), 4096);
-        assert_eq!(one_pass(&model, &targets, &streams, cut, 4096, &dir.path().join("o.onnx")), want);
+        let out = dir.path().join("o.onnx");
+        // An earlier, longer file at the output path is replaced, not overwritten.
+        std::fs::write(&out, vec![1u8; bytes.len() + 10_000]).unwrap();
+        assert_eq!(one_pass(&model, &targets, &streams, cut(), 4096, &out), want);
     }
 
     #[test]
@@ -1642,7 +1291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (model, targets, streams) = three_targets(dir.path());
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
-        for (chunk, way) in [4096u64, 1 << 20].into_iter().flat_map(|c| WAYS.map(|w| (c, w))) {
+        for (chunk, window) in [4096u64, 1000, 1 << 20].into_iter().flat_map(|c| [0, 4093].map(|w| (c, w))) {
             let stored = leaf_digests_ext(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();
             let out = dir.path().join("s.onnx");
             let nop = &onnx_protect_format::NoProgress;
@@ -1653,11 +1302,14 @@ mod tests {
                 got = r.to_vec();
                 Ok(Vec::new())
             };
-            let o = outputs(&model, &out, way);
-            write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, o, false, nop).unwrap();
-            assert_eq!(got, stored, "chunk {chunk}, way {way:?}");
+            let o = Outputs::stage(&model, &out).unwrap();
+            with_window(window, || {
+                write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, o, false, nop)
+            })
+            .unwrap();
+            assert_eq!(got, stored, "chunk {chunk}, window {window}");
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
-            assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()], "way {way:?}");
+            assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()], "window {window}");
             // Both at once: the written leaves are appended, as the reference does.
             let both =
                 Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: Some(LeafHash::Blake3), given: None });
@@ -1666,63 +1318,78 @@ mod tests {
                 got = r.to_vec();
                 Ok(w.concat())
             };
-            let o = outputs(&model, &out, way);
-            write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, o, false, nop).unwrap();
-            assert_eq!(got, stored, "chunk {chunk}, way {way:?}");
-            assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}, way {way:?}");
+            let o = Outputs::stage(&model, &out).unwrap();
+            with_window(window, || {
+                write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, o, false, nop)
+            })
+            .unwrap();
+            assert_eq!(got, stored, "chunk {chunk}, window {window}");
+            assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}, window {window}");
         }
     }
 
-    #[test]
-    fn sparse_runs_are_copied_in_the_kernel_and_overwritten_with_the_same_result() {
-        // 64 rows of 16 KiB, one row in eight encrypted: each run is sparse.
-        let dir = tempfile::tempdir().unwrap();
-        let values: Vec<f32> = (0..64 * 4096).map(|i| (i as f32 * 0.001).cos()).collect();
-        let mut g = Vec::new();
-        put_len_field(&mut g, 1, &node("MatMul", &["x", "W"], &["y"], "mm"));
-        put_len_field(&mut g, 2, b"g");
-        put_len_field(&mut g, 5, &float_tensor("W", &[64, 4096], &values));
-        let path = dir.path().join("m.onnx");
-        std::fs::write(&path, model_with_graph(&g)).unwrap();
-        let model = Model::open(&path).unwrap();
-        let row = 4096 * 4;
-        let spans: Vec<(u64, u64)> = (0..64).step_by(8).map(|r| (r * row, (r + 1) * row)).collect();
-        let targets = vec![Target { tensor: tensor(&model, "W"), stream_id: 1, mode: Mode::Ctr, spans, tier: 0 }];
-        let t = &model.tensors[targets[0].tensor];
-        let occupied: Vec<(u64, u64)> =
-            targets[0].spans.iter().map(|&(a, b)| t.file_pieces(a, b)[0].0.clone()).map(|r| (r.start, r.end)).collect();
-        let runs = runs_of(t, &chunk_jobs(&targets, 1 << 20)[0], &occupied);
-        assert_eq!(runs.len(), 1);
-        assert!(runs.iter().all(|r| {
-            let piece_bytes: u64 = r.pieces.iter().map(|(p, _)| p.end - p.start).sum();
-            sparse(r.range.end - r.range.start, piece_bytes, r.pieces.len() as u64)
-        }));
-        let keys = SessionKeys::derive(&MasterKey::from_bytes([5; 32]), &[6; 32]);
-        let streams = vec![keys.keystream(1)];
-        let want = reference(&model, &targets, &streams, Vec::new(), 1 << 20);
-        assert_ne!(&want[..model.bytes().len()], model.bytes());
-        assert_eq!(one_pass(&model, &targets, &streams, Vec::new, 1 << 20, &dir.path().join("a.onnx")), want);
-        // With every output offset shifted by a field inserted in front.
-        let insert =
-            || vec![Edit { range: 0..0, content: Content::Bytes(metadata_field("k", "v")), ancestors: Vec::new() }];
-        let shifted = reference(&model, &targets, &streams, insert(), 1 << 20);
-        assert_eq!(one_pass(&model, &targets, &streams, insert, 1 << 20, &dir.path().join("s.onnx")), shifted);
-        // Where the kernel refuses to copy, the whole run is written from the map.
-        NO_KERNEL_COPY.store(true, Ordering::Relaxed);
-        let got = one_pass(&model, &targets, &streams, Vec::new, 1 << 20, &dir.path().join("b.onnx"));
-        NO_KERNEL_COPY.store(false, Ordering::Relaxed);
-        assert_eq!(got, want);
+    /// The pieces of `job` of `target` in its tensor, as one job of a group (slot 0).
+    fn pieces_of(model: &Model, target: &Target, job: &ChunkJob) -> Vec<Piece> {
+        let t = &model.tensors[target.tensor];
+        job.parts
+            .iter()
+            .flat_map(|&(a, b)| t.file_pieces(a, b))
+            .map(|(range, logical)| Piece { range, logical, slot: 0 })
+            .collect()
     }
 
     #[test]
-    fn only_few_long_pieces_make_a_run_sparse() {
-        let run = 8u64 << 20;
-        // One 4 KiB row in 20 (the 1 GiB benchmark at *=0.05): sparse.
-        assert!(sparse(run, run / 20, run / 20 / 4096));
-        // Every other row: not sparse, one pwritev is cheaper.
-        assert!(!sparse(run, run / 2, run / 2 / 4096));
-        // Few bytes in many small pieces: the pwrites would cost more than they save.
-        assert!(!sparse(run, run / 20, run / 20 / 256));
+    fn interleaved_chunk_jobs_share_a_group_and_the_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, targets, _) = three_targets(dir.path());
+        let jobs = chunk_jobs(&targets, 4096);
+        let placed: Vec<PlacedJob> = jobs
+            .iter()
+            .enumerate()
+            .map(|(ji, job)| {
+                let t = &model.tensors[targets[job.target].tensor];
+                (ji, job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).collect())
+            })
+            .collect();
+        let mut occupied: Vec<(u64, u64)> =
+            placed.iter().flat_map(|(_, p)| p.iter().map(|(r, _)| (r.start, r.end))).collect();
+        occupied.sort_unstable();
+        let hulls: Vec<(u64, u64)> =
+            placed.iter().map(|(_, p)| (p.first().unwrap().0.start, p.last().unwrap().0.end)).collect();
+        let groups = groups_of(0, placed, &occupied);
+        // Every job is in one group.
+        let mut all: Vec<usize> = groups.iter().flat_map(|g| g.jobs.iter().copied()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..jobs.len()).collect::<Vec<_>>());
+        // Groups do not overlap, and none could be split in two that do not overlap: its
+        // jobs, by start, each begin before the end of those before them.
+        let span = |g: &Group| (g.runs.first().unwrap().pieces[0].range.start, g.runs.last().unwrap().run_end());
+        assert!(groups.windows(2).all(|w| span(&w[0]).1 <= span(&w[1]).0));
+        for g in &groups {
+            let mut h: Vec<(u64, u64)> = g.jobs.iter().map(|&j| hulls[j]).collect();
+            h.sort_unstable();
+            let mut end = h[0].1;
+            for &(a, b) in &h[1..] {
+                assert!(a < end, "a group of jobs that do not overlap");
+                end = end.max(b);
+            }
+        }
+        // The two targets on the rows of `A` interleave: they share groups. `B`'s jobs
+        // follow one another: a group each.
+        assert!(groups.iter().any(|g| {
+            let t: Vec<usize> = g.jobs.iter().map(|&j| jobs[j].target).collect();
+            t.contains(&0) && t.contains(&1)
+        }));
+        assert!(groups.iter().filter(|g| g.jobs.iter().any(|&j| jobs[j].target == 2)).all(|g| g.jobs.len() == 1));
+        // Every group's pieces are in file order, each job's in its own order.
+        for g in &groups {
+            let pieces: Vec<&Piece> = g.runs.iter().flat_map(|r| &r.pieces).collect();
+            assert!(pieces.windows(2).all(|w| w[0].range.end <= w[1].range.start));
+            for slot in 0..g.jobs.len() {
+                let logical: Vec<u64> = pieces.iter().filter(|p| p.slot == slot).map(|p| p.logical).collect();
+                assert!(logical.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
     }
 
     #[test]
@@ -1735,14 +1402,14 @@ mod tests {
         let piece = |r: u64| t.file_pieces(r * 1024, (r + 1) * 1024)[0].0.clone();
         // Only the even rows written: the gaps (odd rows, 1 KiB) are taken in.
         let alone: Vec<(u64, u64)> = (0..512).step_by(2).map(&piece).map(|r| (r.start, r.end)).collect();
-        let runs = runs_of(t, &jobs[0], &alone);
+        let runs = runs_of(pieces_of(&model, &targets[0], &jobs[0]), &alone);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].range, piece(0).start..piece(510).end);
         // Rows 1, 5, 9, … belong to another target: a run ends before each of them.
         let mut both = alone.clone();
         both.extend((1..512).step_by(4).map(&piece).map(|r| (r.start, r.end)));
         both.sort_unstable();
-        let runs = runs_of(t, &jobs[0], &both);
+        let runs = runs_of(pieces_of(&model, &targets[0], &jobs[0]), &both);
         // [0], [2 4], [6 8], …, [506 508], [510]: rows 3, 7, … are free gaps.
         assert_eq!(runs.len(), 129);
         assert_eq!(runs[0].range, piece(0));
@@ -1768,7 +1435,7 @@ mod tests {
         // The job's own pieces: every fourth row.
         let job =
             ChunkJob { target: 0, index: 0, parts: (0..512).step_by(4).map(|r| (r * 1024, (r + 1) * 1024)).collect() };
-        let runs = runs_of(t, &job, &occupied);
+        let runs = runs_of(pieces_of(&model, &targets[0], &job), &occupied);
         assert_eq!(runs.len(), 128);
         for (i, run) in runs.iter().enumerate() {
             let row = 4 * i as u64;
@@ -1776,36 +1443,24 @@ mod tests {
             assert_eq!(run.pieces.len(), 1);
         }
         // With nothing written after it, a run ends with its last piece.
-        let runs = runs_of(t, &job, &occupied[..1]);
+        let runs = runs_of(pieces_of(&model, &targets[0], &job), &occupied[..1]);
         assert_eq!(runs.last().unwrap().range, piece(508));
         // One written range over two adjacent pieces (an edit of two merged spans): the
         // first run does not reach past it into the second's piece (the second takes
         // in the free stretch to the job's next piece).
         let job = ChunkJob { target: 0, index: 0, parts: vec![(0, 1024), (1024, 2048), (4096, 5120)] };
         let merged = [(piece(0).start, piece(1).end), (piece(4).start, piece(4).end)];
-        let runs = runs_of(t, &job, &merged);
+        let runs = runs_of(pieces_of(&model, &targets[0], &job), &merged);
         let got: Vec<_> = runs.iter().map(|r| (r.range.clone(), r.pieces.len())).collect();
         assert_eq!(got, vec![(piece(0), 1), (piece(1).start..piece(4).end, 2)]);
         // An insertion (an empty edit) right at a run's end: the run stops there, since
         // what follows moves in the output.
         let job = ChunkJob { target: 0, index: 0, parts: vec![(0, 1024)] };
         let at = piece(0).end;
-        let runs = runs_of(t, &job, &[(piece(0).start, at), (at, at), (piece(4).start, piece(4).end)]);
+        let runs = runs_of(
+            pieces_of(&model, &targets[0], &job),
+            &[(piece(0).start, at), (at, at), (piece(4).start, piece(4).end)],
+        );
         assert_eq!(runs[0].range, piece(0));
-    }
-
-    #[test]
-    fn parts_are_written_in_order_past_the_iovec_limit() {
-        // 3000 parts (more than the 1024 iovecs of one pwritev), some empty.
-        let data: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; (i % 7) as usize]).collect();
-        let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("parts");
-        let f = File::create(&path).unwrap();
-        write_at(&f, b"head", 0).unwrap();
-        write_parts_at(&f, &parts, 4).unwrap();
-        let mut want = b"head".to_vec();
-        want.extend(data.concat());
-        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }

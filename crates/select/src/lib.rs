@@ -121,9 +121,15 @@ pub fn subsequence_bounds(dtype: DataType, dims: &[u64], numel: u64, split: Spli
     let unit_bytes = if bits < 8 { 1 } else { bits / 8 };
     let units = nbytes / unit_bytes;
     let mut b = Vec::with_capacity(n as usize + 1);
-    for i in 0..=n {
-        let u = (u128::from(i) * u128::from(units) / u128::from(n)) as u64;
-        b.push(u * unit_bytes);
+    if units % n == 0 {
+        // Equal subsequences (rows of a first-dimension split): no division per bound.
+        let step = units / n * unit_bytes;
+        b.extend((0..=n).map(|i| i * step));
+    } else {
+        for i in 0..=n {
+            let u = (u128::from(i) * u128::from(units) / u128::from(n)) as u64;
+            b.push(u * unit_bytes);
+        }
     }
     if let Some(last) = b.last_mut() {
         *last = nbytes;

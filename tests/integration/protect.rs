@@ -502,10 +502,11 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
 #[test]
 fn a_write_that_fails_midway_leaves_no_output_and_says_where() {
     // The file-size limit (RLIMIT_FSIZE: `ulimit -f 2`, 1 KiB where the shell counts
-    // 512-byte blocks, 2 KiB where it counts KiB) makes a write past it fail as a full
-    // disk would (EFBIG instead of ENOSPC), in the middle of the one-pass writer's
-    // output: the 2560-byte weights.bin cannot be written whole. Each command fails with one line naming the file it
-    // could not write, exit 1, and nothing in the output folder; the inputs are unchanged.
+    // 512-byte blocks, 2 KiB where it counts KiB) makes the output's preallocation (or,
+    // where the file system cannot preallocate, a write of the one-pass writer) fail as
+    // a full disk would (EFBIG instead of ENOSPC): the 2560-byte weights.bin cannot be
+    // written whole. Each command fails with one line naming the file it could not
+    // write, exit 1, and nothing in the output folder; the inputs are unchanged.
     if !std::path::Path::new("/bin/sh").exists() {
         return;
     }

@@ -523,7 +523,11 @@ pub(crate) fn write_outputs_with(
             }
             r
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>();
+    // The buffers outlive the pass (the threads are the pool's) and hold the last
+    // windows: plaintext weights after a decryption. Wiped on every worker.
+    rayon::broadcast(|_| WINDOW_BUFS.with(|b| b.borrow_mut().iter_mut().for_each(|v| v.as_mut_slice().zeroize())));
+    let results = results?;
     progress.finish();
 
     let want = |h: Option<LeafHash>| if h.is_some() { jobs.len() } else { 0 };
@@ -674,6 +678,11 @@ impl Tally<'_> {
     }
 }
 
+thread_local! {
+    /// A worker thread's two window buffers ([`Pass::run`]), wiped at the end of each pass.
+    static WINDOW_BUFS: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
 /// What the workers share.
 struct Pass<'a> {
     model: &'a Model,
@@ -714,10 +723,6 @@ impl Pass<'_> {
             }
             Item::Hash { job } => Ok(self.hash_only(*job)?.into_iter().collect()),
             Item::Group(g) => {
-                thread_local! {
-                    static WINDOW_BUFS: std::cell::RefCell<[Vec<u8>; 2]> =
-                        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
-                }
                 // Two window buffers per worker thread (one may wait for the file's
                 // lock while the other is filled), kept for its next group (a fresh
                 // buffer of this size is a fresh map: page faults).
@@ -728,7 +733,7 @@ impl Pass<'_> {
                 let r = self.write_group(g, &mut bufs);
                 // A key rotation passes through plaintext here, in no other place.
                 if g.jobs.iter().any(|&j| matches!(self.actions[self.jobs[j].target], Action::Reencrypt(_))) {
-                    bufs.iter_mut().for_each(|b| b.zeroize());
+                    bufs.iter_mut().for_each(|b| b.as_mut_slice().zeroize());
                 }
                 WINDOW_BUFS.with(|b| *b.borrow_mut() = bufs);
                 r
@@ -1124,6 +1129,22 @@ mod tests {
         r
     }
 
+    /// One pass of `actions` into `out` (staged here), nothing but `extra` edited.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        model: &Model,
+        targets: &[Target],
+        actions: &[Action],
+        extra: Vec<Edit>,
+        leaves: Option<Leaves>,
+        append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        let outputs = Outputs::stage(model, out)?;
+        write_outputs_with(model, targets, actions, extra, leaves, append, out, outputs, false, progress)
+    }
+
     /// The output of one pass with written leaves appended (as the reference writer does).
     fn one_pass(
         model: &Model,
@@ -1135,9 +1156,7 @@ mod tests {
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         let leaves = Some(Leaves { chunk, written: Some(LeafHash::Blake3), read: None, given: None });
-        let outputs = Outputs::stage(model, out).unwrap();
-        let nop = &onnx_protect_format::NoProgress;
-        write_outputs_with(model, targets, &actions, extra, leaves, |l, _| Ok(l.concat()), out, outputs, false, nop)
+        pass(model, targets, &actions, extra, leaves, |l, _| Ok(l.concat()), out, &onnx_protect_format::NoProgress)
             .unwrap();
         std::fs::read(out).unwrap()
     }
@@ -1240,25 +1259,35 @@ mod tests {
         let leaves = Some(Leaves { chunk: 4096, written: Some(LeafHash::Blake3), read: None, given: None });
         let out = out_dir.join("o.onnx");
         with_window(4096, || {
-            let outputs = Outputs::stage(&model, &out).unwrap();
             let probe = Probe(check);
-            write_outputs_with(
-                &model,
-                &targets,
-                &actions,
-                Vec::new(),
-                leaves,
-                |l, _| Ok(l.concat()),
-                &out,
-                outputs,
-                false,
-                &probe,
-            )
-            .unwrap();
+            pass(&model, &targets, &actions, Vec::new(), leaves, |l, _| Ok(l.concat()), &out, &probe).unwrap();
         });
         check();
         assert!(checks.load(Ordering::Relaxed) > 100, "too few writes were checked");
         assert_eq!(std::fs::read(&out).unwrap(), reference(&model, &targets, &streams, Vec::new(), 4096));
+    }
+
+    #[test]
+    fn the_window_buffers_are_wiped_after_a_pass() {
+        // In a pool of its own (the global one is shared with other tests): after a
+        // decryption-like pass (read leaves, plaintext written), every worker's buffers
+        // hold zeros only.
+        let dir = tempfile::tempdir().unwrap();
+        let (model, targets, streams) = three_targets(dir.path());
+        let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let out = dir.path().join("w.onnx");
+        let leaves = Some(Leaves { chunk: 4096, written: None, read: Some(LeafHash::Blake3), given: None });
+        let filled = pool.install(|| {
+            let nop = &onnx_protect_format::NoProgress;
+            pass(&model, &targets, &actions, Vec::new(), leaves, |_, _| Ok(Vec::new()), &out, nop).unwrap();
+            rayon::broadcast(|_| {
+                WINDOW_BUFS
+                    .with(|b| b.borrow().iter().map(|v| (v.len(), v.iter().any(|&x| x != 0))).collect::<Vec<_>>())
+            })
+        });
+        assert!(filled.iter().flatten().any(|&(len, _)| len > 0), "no buffer was used");
+        assert!(filled.iter().flatten().all(|&(_, dirty)| !dirty), "a buffer kept bytes: {filled:?}");
     }
 
     #[test]
@@ -1302,11 +1331,7 @@ mod tests {
                 got = r.to_vec();
                 Ok(Vec::new())
             };
-            let o = Outputs::stage(&model, &out).unwrap();
-            with_window(window, || {
-                write_outputs_with(&model, &targets, &actions, Vec::new(), read_only, append, &out, o, false, nop)
-            })
-            .unwrap();
+            with_window(window, || pass(&model, &targets, &actions, Vec::new(), read_only, append, &out, nop)).unwrap();
             assert_eq!(got, stored, "chunk {chunk}, window {window}");
             let want = reference(&model, &targets, &streams, Vec::new(), chunk);
             assert_eq!(std::fs::read(&out).unwrap(), want[..model.bytes().len()], "window {window}");
@@ -1318,11 +1343,7 @@ mod tests {
                 got = r.to_vec();
                 Ok(w.concat())
             };
-            let o = Outputs::stage(&model, &out).unwrap();
-            with_window(window, || {
-                write_outputs_with(&model, &targets, &actions, Vec::new(), both, append, &out, o, false, nop)
-            })
-            .unwrap();
+            with_window(window, || pass(&model, &targets, &actions, Vec::new(), both, append, &out, nop)).unwrap();
             assert_eq!(got, stored, "chunk {chunk}, window {window}");
             assert_eq!(std::fs::read(&out).unwrap(), want, "chunk {chunk}, window {window}");
         }

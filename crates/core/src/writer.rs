@@ -526,7 +526,7 @@ pub(crate) fn write_outputs_with(
         .collect::<Result<Vec<_>>>();
     // The buffers outlive the pass (the threads are the pool's) and hold the last
     // windows: plaintext weights after a decryption. Wiped on every worker.
-    rayon::broadcast(|_| WINDOW_BUFS.with(|b| b.borrow_mut().iter_mut().for_each(|v| v.as_mut_slice().zeroize())));
+    rayon::broadcast(|_| WINDOW_BUFS.with(|b| b.borrow_mut().wipe()));
     let results = results?;
     progress.finish();
 
@@ -678,9 +678,28 @@ impl Tally<'_> {
     }
 }
 
+/// A worker thread's two window buffers ([`Pass::run`]), kept for its next group (a
+/// fresh buffer of a window's size is a fresh map: page faults), and how many bytes at
+/// the start of each may hold data since they were last wiped.
+#[derive(Default)]
+struct WindowBufs {
+    bufs: [Vec<u8>; 2],
+    dirty: usize,
+}
+
+impl WindowBufs {
+    fn wipe(&mut self) {
+        for b in &mut self.bufs {
+            let n = self.dirty.min(b.len());
+            b[..n].zeroize();
+        }
+        self.dirty = 0;
+    }
+}
+
 thread_local! {
-    /// A worker thread's two window buffers ([`Pass::run`]), wiped at the end of each pass.
-    static WINDOW_BUFS: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    static WINDOW_BUFS: std::cell::RefCell<WindowBufs> =
+        const { std::cell::RefCell::new(WindowBufs { bufs: [Vec::new(), Vec::new()], dirty: 0 }) };
 }
 
 /// What the workers share.
@@ -723,19 +742,24 @@ impl Pass<'_> {
             }
             Item::Hash { job } => Ok(self.hash_only(*job)?.into_iter().collect()),
             Item::Group(g) => {
-                // Two window buffers per worker thread (one may wait for the file's
-                // lock while the other is filled), kept for its next group (a fresh
-                // buffer of this size is a fresh map: page faults).
-                let mut bufs = WINDOW_BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-                for b in &mut bufs {
-                    b.resize(self.window, 0);
+                // Two window buffers (one may wait for the file's lock while the other
+                // is filled), as long as the group's longest run or a window.
+                let longest = g.runs.iter().map(|r| r.range.end - r.range.start).max().unwrap_or(0);
+                let need = longest.min(self.window as u64) as usize;
+                let mut wb = WINDOW_BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                for b in &mut wb.bufs {
+                    if b.len() < need {
+                        b.resize(need, 0);
+                    }
                 }
-                let r = self.write_group(g, &mut bufs);
+                wb.dirty = wb.dirty.max(need);
+                let [a, b] = &mut wb.bufs;
+                let r = self.write_group(g, [&mut a[..need], &mut b[..need]]);
                 // A key rotation passes through plaintext here, in no other place.
                 if g.jobs.iter().any(|&j| matches!(self.actions[self.jobs[j].target], Action::Reencrypt(_))) {
-                    bufs.iter_mut().for_each(|b| b.as_mut_slice().zeroize());
+                    wb.wipe();
                 }
-                WINDOW_BUFS.with(|b| *b.borrow_mut() = bufs);
+                WINDOW_BUFS.with(|b| *b.borrow_mut() = wb);
                 r
             }
         }
@@ -812,9 +836,9 @@ impl Pass<'_> {
 
     /// Writes the runs of `g` window by window through `buf`, transforming and hashing
     /// each job's pieces in file order.
-    fn write_group(&self, g: &Group, bufs: &mut [Vec<u8>; 2]) -> Result<Vec<JobLeaves>> {
+    fn write_group(&self, g: &Group, bufs: [&mut [u8]; 2]) -> Result<Vec<JobLeaves>> {
         let s = &self.streams[g.stream];
-        let [mut buf, mut spare] = bufs.each_mut().map(|b| b.as_mut_slice());
+        let [mut buf, mut spare] = bufs;
         // A window in `spare` that waits for the file: (output offset, length).
         let mut waiting: Option<(u64, usize)> = None;
         // The last piece of each job: its leaves are finished there.
@@ -1283,7 +1307,7 @@ mod tests {
             pass(&model, &targets, &actions, Vec::new(), leaves, |_, _| Ok(Vec::new()), &out, nop).unwrap();
             rayon::broadcast(|_| {
                 WINDOW_BUFS
-                    .with(|b| b.borrow().iter().map(|v| (v.len(), v.iter().any(|&x| x != 0))).collect::<Vec<_>>())
+                    .with(|b| b.borrow().bufs.iter().map(|v| (v.len(), v.iter().any(|&x| x != 0))).collect::<Vec<_>>())
             })
         });
         assert!(filled.iter().flatten().any(|&(len, _)| len > 0), "no buffer was used");

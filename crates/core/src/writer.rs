@@ -26,8 +26,9 @@
 //! after they are transformed: an encryption never puts plaintext of a span into the
 //! output's pages, a key rotation's plaintext only lives in the worker's buffer (wiped
 //! after each group), and the output is never mapped (a failed write is an error, never
-//! a `SIGBUS`). Both workers write at once: writes to one file take its lock in turn,
-//! for a few microseconds per window. The pass does not map the source either (reads
+//! a `SIGBUS`). Both workers write at once: the kernel serializes writes to one file
+//! (a lock per file; the waiting worker spins there briefly, which measured no slower
+//! than parking the window and filling the next one). The pass does not map the source either (reads
 //! are `pread`s), so the resident set is the workers' buffers whatever the size of the
 //! model. Measured against the designs it replaced in docs/performance.md (session 9).
 //!
@@ -76,9 +77,6 @@ fn window_len() -> usize {
 const MERGE_GAP: u64 = 1 << 20;
 /// Unchanged stretches are copied in pieces of at most this size (parallelism, progress).
 const COPY_STEP: u64 = 8 << 20;
-/// A copy holds its file's lock for this many bytes at a time, so a worker waiting to
-/// write a window waits ~0.1 ms at most.
-const COPY_LOCKED: u64 = 1 << 20;
 
 /// Which leaves (chunk digests, §7 of docs/format.md) the pass computes.
 #[derive(Clone, Copy)]
@@ -121,15 +119,11 @@ struct Stream<'a> {
     src_path: PathBuf,
     /// `(source end of an edit, output − source offset after it)`, in file order.
     shifts: Vec<(u64, i64)>,
-    /// Held while writing to `dst`. Writes to one file take its lock in the kernel one
-    /// at a time, and a writer that finds it taken spins there; a worker that finds
-    /// this one taken fills its next window meanwhile instead.
-    lock: Mutex<()>,
 }
 
 impl Stream<'_> {
-    /// Writes `bytes` at output offset `at`; the caller holds [`Stream::lock`].
-    fn write_locked(&self, bytes: &[u8], at: u64) -> Result<()> {
+    /// Writes `bytes` at output offset `at`.
+    fn write(&self, bytes: &[u8], at: u64) -> Result<()> {
         write_at(self.dst, bytes, at).map_err(|e| self.write_err(e))
     }
 
@@ -184,30 +178,18 @@ impl Stream<'_> {
         }
     }
 
-    /// Copies `range` of the source unchanged to its output offset, taking the lock for
-    /// [`COPY_LOCKED`] bytes at a time.
+    /// Copies `range` of the source unchanged to its output offset.
     fn copy(&self, range: Range<u64>) -> Result<()> {
         let out = self.out_at(range.start);
         let mut done = 0u64;
         if let Some(src) = self.src {
-            let len = range.end - range.start;
-            while done < len {
-                let n = (len - done).min(COPY_LOCKED);
-                let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                let copied =
-                    copy_in_kernel(src, self.dst, range.start + done, out + done, n).map_err(|e| self.read_err(e))?;
-                done += copied;
-                if copied < n {
-                    break;
-                }
-            }
+            done = copy_in_kernel(src, self.dst, range.start, out, range.end - range.start)
+                .map_err(|e| self.read_err(e))?;
         }
         let mut at = range.start + done;
         while at < range.end {
-            let n = (range.end - at).min(COPY_LOCKED);
-            let bytes = self.slice(at..at + n)?;
-            let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.write_locked(bytes, out + (at - range.start))?;
+            let n = (range.end - at).min(COPY_STEP);
+            self.write(self.slice(at..at + n)?, out + (at - range.start))?;
             self.release(at..at + n);
             at += n;
         }
@@ -358,7 +340,6 @@ pub(crate) fn write_outputs_with(
             dst: staged.file_ref(i),
             path: external[i].clone(),
             shifts: Vec::new(),
-            lock: Mutex::new(()),
         });
     }
     let mut items: Vec<Item> = Vec::new();
@@ -391,7 +372,6 @@ pub(crate) fn write_outputs_with(
         dst: staged.file_ref(model_stream),
         path: output.to_path_buf(),
         shifts,
-        lock: Mutex::new(()),
     });
 
     // External files: transformed-beforehand spans are puts.
@@ -525,8 +505,8 @@ pub(crate) fn write_outputs_with(
         })
         .collect::<Result<Vec<_>>>();
     // The buffers outlive the pass (the threads are the pool's) and hold the last
-    // windows: plaintext weights after a decryption. Wiped on every worker.
-    rayon::broadcast(|_| WINDOW_BUFS.with(|b| b.borrow_mut().wipe()));
+    // window: plaintext weights after a decryption. Wiped on every worker.
+    rayon::broadcast(|_| WINDOW_BUF.with(|b| b.borrow_mut().wipe()));
     let results = results?;
     progress.finish();
 
@@ -568,24 +548,30 @@ fn push_copies(items: &mut Vec<Item>, stream: usize, range: Range<u64>) {
 /// pieces, in file order, are cut into runs (see [`runs_of`]).
 fn groups_of(stream: usize, mut jobs: Vec<PlacedJob>, occupied: &[(u64, u64)]) -> Vec<Group> {
     jobs.sort_by_key(|(ji, p)| (p.first().map_or(0, |r| r.0.start), *ji));
-    let mut groups: Vec<(u64, Vec<usize>, Vec<Piece>)> = Vec::new();
+    /// A group being gathered: the end of its furthest piece, its jobs, their pieces.
+    #[derive(Default)]
+    struct Open {
+        end: u64,
+        jobs: Vec<usize>,
+        pieces: Vec<Piece>,
+    }
+    let mut groups: Vec<Open> = Vec::new();
     for (ji, pieces) in jobs {
         let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else { continue };
         let (start, end) = (first.0.start, last.0.end);
-        let joins = groups.last().is_some_and(|g| start < g.0);
-        if !joins {
-            groups.push((0, Vec::new(), Vec::new()));
+        if groups.last().is_none_or(|g| start >= g.end) {
+            groups.push(Open::default());
         }
         if let Some(g) = groups.last_mut() {
-            g.0 = g.0.max(end);
-            let slot = g.1.len();
-            g.1.push(ji);
-            g.2.extend(pieces.into_iter().map(|(range, logical)| Piece { range, logical, slot }));
+            g.end = g.end.max(end);
+            let slot = g.jobs.len();
+            g.jobs.push(ji);
+            g.pieces.extend(pieces.into_iter().map(|(range, logical)| Piece { range, logical, slot }));
         }
     }
     groups
         .into_iter()
-        .map(|(_, jobs, mut pieces)| {
+        .map(|Open { jobs, mut pieces, .. }| {
             // Stable: one job's pieces keep their order (which is their file order).
             pieces.sort_by_key(|p| p.range.start);
             Group { stream, jobs, runs: runs_of(pieces, occupied) }
@@ -601,7 +587,6 @@ fn runs_of(pieces: Vec<Piece>, occupied: &[(u64, u64)]) -> Vec<Run> {
     // runs, in file order): a cursor walks them, once per loop below.
     let start = pieces.first().map_or(0, |p| p.range.start);
     let mut cursor = Cursor { occupied, at: occupied.partition_point(|o| o.0 < start) };
-    let mut first_at = |from: u64| cursor.first_at(from);
     let mut runs: Vec<Run> = Vec::new();
     for piece in pieces {
         match runs.last_mut() {
@@ -609,7 +594,7 @@ fn runs_of(pieces: Vec<Piece>, occupied: &[(u64, u64)]) -> Vec<Run> {
             Some(r)
                 if piece.range.start >= r.range.end
                     && piece.range.start - r.range.end <= MERGE_GAP
-                    && occupied.get(first_at(r.range.end)) == Some(&(piece.range.start, piece.range.end)) =>
+                    && occupied.get(cursor.first_at(r.range.end)) == Some(&(piece.range.start, piece.range.end)) =>
             {
                 r.range.end = piece.range.end;
                 r.pieces.push(piece);
@@ -678,28 +663,26 @@ impl Tally<'_> {
     }
 }
 
-/// A worker thread's two window buffers ([`Pass::run`]), kept for its next group (a
-/// fresh buffer of a window's size is a fresh map: page faults), and how many bytes at
-/// the start of each may hold data since they were last wiped.
+/// A worker thread's window buffer ([`Pass::run`]), kept for its next group (a fresh
+/// buffer of a window's size is a fresh map: page faults), and how many bytes at its
+/// start may hold data since it was last wiped.
 #[derive(Default)]
-struct WindowBufs {
-    bufs: [Vec<u8>; 2],
+struct WindowBuf {
+    buf: Vec<u8>,
     dirty: usize,
 }
 
-impl WindowBufs {
+impl WindowBuf {
     fn wipe(&mut self) {
-        for b in &mut self.bufs {
-            let n = self.dirty.min(b.len());
-            b[..n].zeroize();
-        }
+        let n = self.dirty.min(self.buf.len());
+        self.buf[..n].zeroize();
         self.dirty = 0;
     }
 }
 
 thread_local! {
-    static WINDOW_BUFS: std::cell::RefCell<WindowBufs> =
-        const { std::cell::RefCell::new(WindowBufs { bufs: [Vec::new(), Vec::new()], dirty: 0 }) };
+    static WINDOW_BUF: std::cell::RefCell<WindowBuf> =
+        const { std::cell::RefCell::new(WindowBuf { buf: Vec::new(), dirty: 0 }) };
 }
 
 /// What the workers share.
@@ -734,32 +717,26 @@ impl Pass<'_> {
                 Ok(Vec::new())
             }
             Item::Put { stream, out, bytes } => {
-                let s = &self.streams[*stream];
-                let _lock = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.write_locked(bytes, *out)?;
+                self.streams[*stream].write(bytes, *out)?;
                 self.tally.add(bytes.len() as u64, self.streams);
                 Ok(Vec::new())
             }
             Item::Hash { job } => Ok(self.hash_only(*job)?.into_iter().collect()),
             Item::Group(g) => {
-                // Two window buffers (one may wait for the file's lock while the other
-                // is filled), as long as the group's longest run or a window.
+                // The window buffer, as long as the group's longest run or a window.
                 let longest = g.runs.iter().map(|r| r.range.end - r.range.start).max().unwrap_or(0);
                 let need = longest.min(self.window as u64) as usize;
-                let mut wb = WINDOW_BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-                for b in &mut wb.bufs {
-                    if b.len() < need {
-                        b.resize(need, 0);
-                    }
+                let mut wb = WINDOW_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                if wb.buf.len() < need {
+                    wb.buf.resize(need, 0);
                 }
                 wb.dirty = wb.dirty.max(need);
-                let [a, b] = &mut wb.bufs;
-                let r = self.write_group(g, [&mut a[..need], &mut b[..need]]);
+                let r = self.write_group(g, &mut wb.buf[..need]);
                 // A key rotation passes through plaintext here, in no other place.
                 if g.jobs.iter().any(|&j| matches!(self.actions[self.jobs[j].target], Action::Reencrypt(_))) {
                     wb.wipe();
                 }
-                WINDOW_BUFS.with(|b| *b.borrow_mut() = wb);
+                WINDOW_BUF.with(|b| *b.borrow_mut() = wb);
                 r
             }
         }
@@ -834,13 +811,10 @@ impl Pass<'_> {
         Ok(self.finish(st))
     }
 
-    /// Writes the runs of `g` window by window through `buf`, transforming and hashing
-    /// each job's pieces in file order.
-    fn write_group(&self, g: &Group, bufs: [&mut [u8]; 2]) -> Result<Vec<JobLeaves>> {
+    /// Writes the runs of `g` window by window through `buf` (a window is its length),
+    /// transforming and hashing each job's pieces in file order.
+    fn write_group(&self, g: &Group, buf: &mut [u8]) -> Result<Vec<JobLeaves>> {
         let s = &self.streams[g.stream];
-        let [mut buf, mut spare] = bufs;
-        // A window in `spare` that waits for the file: (output offset, length).
-        let mut waiting: Option<(u64, usize)> = None;
         // The last piece of each job: its leaves are finished there.
         let mut last = vec![(0usize, 0usize); g.jobs.len()];
         for (ri, run) in g.runs.iter().enumerate() {
@@ -896,36 +870,10 @@ impl Pass<'_> {
                     }
                     pi += 1;
                 }
-                // Written now if nobody is writing to the file; else it waits in the
-                // spare buffer while the next window is filled, unless one already waits.
-                let at = out + (w0 - run.range.start);
-                let len = (w1 - w0) as usize;
-                let lock = match s.lock.try_lock() {
-                    Ok(l) => Some(l),
-                    Err(std::sync::TryLockError::WouldBlock) if waiting.is_none() => None,
-                    Err(_) => Some(s.lock.lock().unwrap_or_else(|e| e.into_inner())),
-                };
-                match lock {
-                    Some(_lock) => {
-                        if let Some((at, n)) = waiting.take() {
-                            s.write_locked(&spare[..n], at)?;
-                            self.tally.add(n as u64, self.streams);
-                        }
-                        s.write_locked(&buf[..len], at)?;
-                        self.tally.add(len as u64, self.streams);
-                    }
-                    None => {
-                        waiting = Some((at, len));
-                        std::mem::swap(&mut buf, &mut spare);
-                    }
-                }
+                s.write(window, out + (w0 - run.range.start))?;
+                self.tally.add(w1 - w0, self.streams);
                 w0 = w1;
             }
-        }
-        if let Some((at, n)) = waiting {
-            let _lock = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.write_locked(&spare[..n], at)?;
-            self.tally.add(n as u64, self.streams);
         }
         Ok(done)
     }
@@ -1306,12 +1254,14 @@ mod tests {
             let nop = &onnx_protect_format::NoProgress;
             pass(&model, &targets, &actions, Vec::new(), leaves, |_, _| Ok(Vec::new()), &out, nop).unwrap();
             rayon::broadcast(|_| {
-                WINDOW_BUFS
-                    .with(|b| b.borrow().bufs.iter().map(|v| (v.len(), v.iter().any(|&x| x != 0))).collect::<Vec<_>>())
+                WINDOW_BUF.with(|b| {
+                    let v = &b.borrow().buf;
+                    (v.len(), v.iter().any(|&x| x != 0))
+                })
             })
         });
-        assert!(filled.iter().flatten().any(|&(len, _)| len > 0), "no buffer was used");
-        assert!(filled.iter().flatten().all(|&(_, dirty)| !dirty), "a buffer kept bytes: {filled:?}");
+        assert!(filled.iter().any(|&(len, _)| len > 0), "no buffer was used");
+        assert!(filled.iter().all(|&(_, dirty)| !dirty), "a buffer kept bytes: {filled:?}");
     }
 
     #[test]

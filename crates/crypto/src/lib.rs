@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod data_key;
 mod digest;
 mod error;
 mod keystream;
@@ -64,6 +65,9 @@ mod session;
 #[cfg(test)]
 mod kat_tests;
 
+pub use data_key::{
+    DataKey, TierKeys, V2_KEY_CHECK_LABEL, V2_MAC_LABEL, V2_PRK_SALT, V2_TENSOR_LABEL, V2_TIER_DOWN_LABEL, V2_TIER_SALT,
+};
 pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};

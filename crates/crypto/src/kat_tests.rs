@@ -180,3 +180,19 @@ fn derivation_v2_vectors_are_unchanged() {
     assert_eq!(*dk.tier_down().to_bytes(), array(r, "tier-down"));
     assert_eq!(dk.tier_down().tier_keys().key_check(), array(r, "tier-down-key-check"));
 }
+
+#[test]
+fn key_stanza_v2_vector_is_unchanged() {
+    let records = load("derivation-v2.txt");
+    let r = &records[1];
+    assert_eq!(r["case"], "key-stanza-v2");
+    let w = MasterKey::from_bytes(array(r, "wrapping-key"));
+    let salt: [u8; 16] = array(r, "stanza-salt");
+    let tier = u32::from_be_bytes(array(r, "tier"));
+    let dk = crate::DataKey::from_bytes(array(r, "data-key"));
+    let body = w.wrap_data_key(crate::WrapKind::Key, &salt, tier, &dk);
+    assert_eq!(body, bytes(r, "body"));
+    let back = w.unwrap_data_key(crate::WrapKind::Key, &salt, tier, &body).unwrap();
+    assert_eq!(*back.to_bytes(), array(r, "data-key"));
+    assert_eq!(w.fingerprint(), array(r, "label"));
+}

@@ -61,6 +61,7 @@ mod error;
 mod keystream;
 mod master;
 mod session;
+mod wrap;
 
 #[cfg(test)]
 mod kat_tests;
@@ -72,6 +73,7 @@ pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
+pub use wrap::{random_stanza_salt, WrapKind, STANZA_SALT_LEN, WRAPPED_LEN, WRAP_KEY_LABEL, WRAP_PASSPHRASE_LABEL};
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
 
 /// Length of the master key, tensor keys and the MAC key, in bytes.

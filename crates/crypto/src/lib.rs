@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod content;
 mod data_key;
 mod digest;
 mod error;
@@ -66,6 +67,10 @@ mod wrap;
 #[cfg(test)]
 mod kat_tests;
 
+pub use content::{
+    chunk_count, content_digest, envelope_checksum, leaves_of, signed_message, tier_mac, tier_mac_matches, ContentLeaf,
+    FileLeaves, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL, V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
+};
 pub use data_key::{
     DataKey, TierKeys, V2_KEY_CHECK_LABEL, V2_MAC_LABEL, V2_PRK_SALT, V2_TENSOR_LABEL, V2_TIER_DOWN_LABEL, V2_TIER_SALT,
 };

@@ -129,7 +129,7 @@ impl Recipient {
                     tier,
                     label: String::new(),
                     salt: salt.to_vec(),
-                    kdf: Some(params.clone()),
+                    kdf: Some(*params),
                     body: w.wrap_data_key(WrapKind::Passphrase, &salt, tier, data_key),
                 })
             }

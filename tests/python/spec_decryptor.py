@@ -69,8 +69,8 @@ class Malformed(Modified):
 
 
 class NotProtected(SpecError):
-    def __init__(self):
-        super().__init__("not protected: no 'onnx-protect/v1' metadata_props entry")
+    def __init__(self, detail: str = "no 'onnx-protect/v1' metadata_props entry"):
+        super().__init__(f"not protected: {detail}")
 
 
 class UnsafePath(SpecError):

@@ -191,18 +191,7 @@ def decode(name: str, buf: bytes) -> dict:
             continue
         fname, kind = schema[f.number]
         if kind == "ru64":
-            if f.wire == WT_VARINT:
-                msg[fname].append(f.value)
-            elif f.wire == WT_LEN:
-                p = f.vstart
-                while p < f.vend:
-                    try:
-                        v, p = read_varint(buf, p, f.vend)
-                    except v1.Malformed as e:
-                        raise Modified(f"{name}.{fname}: {e}") from e
-                    msg[fname].append(v)
-            else:
-                raise Modified(f"{name}.{fname}: bad wire type")
+            msg[fname].extend(_packed(buf, [f], f"{name}.{fname}", Modified))
         elif kind.startswith("rmsg:") or kind.startswith("msg:"):
             if f.wire != WT_LEN:
                 raise Modified(f"{name}.{fname}: expected a message")
@@ -446,7 +435,8 @@ def _uint(f, what) -> int:
     return f.value
 
 
-def _packed(buf, flist, what) -> list[int]:
+def _packed(buf, flist, what, error=MalformedModel) -> list[int]:
+    """Values of a repeated varint field (packed or not); `error` on bad bytes."""
     out = []
     for f in flist:
         if f.wire == WT_VARINT:
@@ -457,10 +447,10 @@ def _packed(buf, flist, what) -> list[int]:
                 try:
                     v, p = read_varint(buf, p, f.vend)
                 except v1.Malformed as e:
-                    raise MalformedModel(f"{what}: {e}") from e
+                    raise error(f"{what}: {e}") from e
                 out.append(v)
         else:
-            raise MalformedModel(f"{what}: bad wire type")
+            raise error(f"{what}: bad wire type")
     return out
 
 

@@ -1357,6 +1357,13 @@ def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, 
             raise UsageError(f"no tensor at locator {p['locator']!r}")
         if t.storage is None:
             raise UsageError(f"{t.locator} ({t.name!r}) holds no encryptable elements")
+        if t.storage == S_EXTERNAL:
+            # CHOICE: the format does not forbid tensors sharing external bytes; encrypting
+            # one of them would change the other, so this writer refuses.
+            for o in tensors:
+                if o is not t and o.ext_real == t.ext_real and o.ext_offset < t.ext_offset + t.nbytes \
+                        and t.ext_offset < o.ext_offset + o.nbytes:
+                    raise UsageError(f"{t.locator}: its external bytes overlap those of {o.locator}")
         if t.storage in VARINT_STORAGES:
             if varint_width(t.data_type) is None:
                 raise UsageError(f"{t.locator}: FLOAT6 in int32_data is never encrypted")

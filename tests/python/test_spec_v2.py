@@ -413,6 +413,42 @@ def test_key_schedule_relations():
     assert v2.keystream(keys[3].tensor_key(0), 16, 32) == v2.keystream(keys[3].tensor_key(0), 0, 32)[16:]
 
 
+DERIVATION_V2 = ROOT / "crates" / "crypto" / "tests" / "vectors" / "derivation-v2.txt"
+
+
+def derivation_v2_records():
+    recs, cur = {}, None
+    for line in DERIVATION_V2.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        k, v = (x.strip() for x in line.split("=", 1))
+        if k == "case":
+            cur = recs.setdefault(v, {})
+        else:
+            cur[k] = bytes.fromhex(v)
+    return recs
+
+
+@pytest.mark.skipif(not DERIVATION_V2.is_file(), reason="derivation-v2 vectors missing")
+def test_key_schedule_against_the_derivation_v2_vectors():
+    r = derivation_v2_records()
+    d = r["data-key-v2"]
+    k = v2.TierKeys(d["data-key"])
+    assert k.prk == d["prk"]
+    assert k.tensor_key(0) == d["tensor-key-0"] and k.tensor_key(1) == d["tensor-key-1"]
+    assert k.mac_key() == d["mac-key"] and k.kcv() == d["key-check"]
+    assert v2.keystream(k.tensor_key(0), 0, 32) == d["keystream-0"]
+    assert v2.tier_down(d["data-key"]) == d["tier-down"]
+    assert v2.TierKeys(d["tier-down"]).kcv() == d["tier-down-key-check"]
+    s = r["key-stanza-v2"]
+    tier = int.from_bytes(s["tier"], "big")
+    kek = v2.hkdf(s["stanza-salt"], s["wrapping-key"], v2.L_WRAP_KEY + struct.pack(">I", tier))
+    assert kek == s["kek"]
+    assert v2.wrap(kek, s["data-key"]) == s["body"]
+    assert v2.fingerprint(s["wrapping-key"]) == s["label"].hex()
+
+
 def test_key_stanza_label_is_the_fingerprint(tmp_path):
     p = Protected(tmp_path, "functions")
     _, _, _, r = envelope_parts(p.model)
@@ -1087,6 +1123,19 @@ def test_external_location_naming_the_model_is_refused(tmp_path):
     with pytest.raises(v2.MalformedModel, match="model file itself"):
         v2.spec_encrypt_v2(model, {}, [v2.KeyRecipient(b"k" * 32)], model_dir=str(tmp_path),
                            model_name="model.onn")
+
+
+def test_writer_refuses_tensors_sharing_external_bytes(tmp_path):
+    src = copy_case("external_data", tmp_path)
+    model = src.read_bytes()
+    ts = {t.name: t for t in v2.walk(model, v2.Files(str(tmp_path), "model.onnx"))}
+    # point mm_W (offset 512) at conv_W's bytes: offset 0
+    assert b"512" in model
+    shared = model.replace(b"512", b"000", 1)
+    assert ts["mm_W"].ext_offset == 512
+    with pytest.raises(v2.UsageError, match="overlap"):
+        v2.spec_encrypt_v2(shared, {ts["conv_W"].locator: [(0, 16)]}, [v2.KeyRecipient(b"k" * 32)],
+                           model_dir=str(tmp_path), model_name="model.onnx")
 
 
 def test_already_protected_is_refused(tmp_path):

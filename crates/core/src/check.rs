@@ -26,7 +26,9 @@ use std::path::Path;
 use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Split};
 
-use crate::protect::{find_manifest_entry, is_manifest_key, read_protected, verify, CoreError, Protected};
+use crate::error::{CoreError, ErrorKind};
+use crate::manifest::{find_manifest_entry, is_manifest_key, read_protected, Protected};
+use crate::protect::verify;
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -130,10 +132,16 @@ fn min_bytes(t: &onnx_protect_format::Tensor, split: Split, k: usize) -> Option<
 
 fn error_reason(e: &CoreError) -> &'static str {
     match e.kind() {
-        "bad_manifest" | "modified" => reasons::MODIFIED,
-        "unsupported_version" => reasons::UNSUPPORTED_VERSION,
-        "not_protected" => reasons::NOT_PROTECTED,
-        _ => reasons::BAD_MODEL,
+        ErrorKind::BadManifest | ErrorKind::Modified => reasons::MODIFIED,
+        ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
+        ErrorKind::NotProtected => reasons::NOT_PROTECTED,
+        ErrorKind::Io
+        | ErrorKind::Model(_)
+        | ErrorKind::Key
+        | ErrorKind::Policy
+        | ErrorKind::AlreadyProtected
+        | ErrorKind::WrongKey
+        | ErrorKind::Output => reasons::BAD_MODEL,
     }
 }
 

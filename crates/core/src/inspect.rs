@@ -33,7 +33,7 @@ pub struct Report {
     pub external_files: Vec<ExternalReport>,
     pub metadata_keys: Vec<String>,
     /// What onnx-protect encrypted, when the model carries a manifest (`null` otherwise).
-    pub protection: Option<crate::protect::ProtectionInfo>,
+    pub protection: Option<crate::manifest::ProtectionInfo>,
     /// Why the manifest could not be read, when it is present but invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protection_error: Option<String>,
@@ -189,7 +189,7 @@ pub fn inspect(model: &Model) -> Report {
             uses: uses_of.remove(&t.id).unwrap_or_default(),
         })
         .collect();
-    let (protection, protection_error) = match crate::protect::protection_info(model) {
+    let (protection, protection_error) = match crate::manifest::protection_info(model) {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e.to_string())),
     };

@@ -10,10 +10,20 @@
 //! # Ok::<(), onnx_protect_format::FormatError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
+mod action;
 pub mod check;
+pub mod error;
 pub mod inspect;
+pub mod keys;
+pub mod manifest;
 pub mod memory;
 mod permute;
 pub mod protect;
 pub mod rekey;
+mod restore;
+mod seal;
+mod staged;
+mod unlock;
 mod writer;

@@ -129,7 +129,6 @@ pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptio
         actions: &actions,
         extra: Vec::new(),
         leaves: Some(Leaves { chunk: CHUNK_SIZE, written: Some(LEAF_HASH), read: None, given: None }),
-        output,
         durable: durable(opts.in_place, opts.sync),
         progress: opts.progress,
     };
@@ -195,7 +194,6 @@ pub fn decrypt_tier(
         actions: &actions,
         extra: vec![entry],
         leaves,
-        output,
         durable: durable(opts.in_place, opts.sync),
         progress: opts.progress,
     };

@@ -75,7 +75,7 @@ pub struct RekeyReport {
 
 /// Refuses a manifest or envelope that sets fields this module does not know how to
 /// carry over to a new key, rather than writing a model whose new envelope would lack them.
-#[allow(clippy::needless_update)] // `..Default::default()` stands for fields added after this was written.
+#[allow(clippy::needless_update)] // `..Default::default()` stands for fields a later schema adds.
 fn refuse_unknown_fields(p: &Protected) -> Result<()> {
     let m = &p.manifest;
     let known = pb::Manifest {
@@ -156,7 +156,6 @@ pub fn rekey(
             read: pending.needs_leaves().then_some(p.leaf_hash),
             given: Some(&restored_leaves),
         }),
-        output,
         durable: durable(opts.in_place, opts.sync),
         progress: opts.progress,
     };

@@ -91,6 +91,8 @@ pub(crate) struct Outputs {
     pub(crate) staged: Staged,
     /// Destination paths of the external data files.
     pub(crate) external: Vec<PathBuf>,
+    /// Destination path of the model file.
+    pub(crate) model: PathBuf,
 }
 
 impl Outputs {
@@ -105,7 +107,7 @@ impl Outputs {
         }
         // The model file is staged last, so it is renamed into place last.
         staged.create(output)?;
-        Ok(Outputs { staged, external })
+        Ok(Outputs { staged, external, model: output.to_path_buf() })
     }
 }
 

@@ -289,8 +289,8 @@ impl Item<'_> {
     }
 }
 
-/// What one pass writes: `output` and the external data files next to it, holding the
-/// input with the targets' actions applied and `extra` edits of the model file.
+/// What one pass writes: the model file and its external data files, holding the input
+/// with the targets' actions applied and `extra` edits of the model file.
 pub(crate) struct PassSpec<'a> {
     pub(crate) model: &'a Model,
     pub(crate) targets: &'a [Target],
@@ -300,14 +300,12 @@ pub(crate) struct PassSpec<'a> {
     pub(crate) extra: Vec<Edit>,
     /// The leaves to compute; `None`: none.
     pub(crate) leaves: Option<Leaves<'a>>,
-    /// The model file's destination.
-    pub(crate) output: &'a Path,
     /// Flush every output to the disk (`fsync`) before it is renamed into place.
     pub(crate) durable: bool,
     pub(crate) progress: &'a dyn Progress,
 }
 
-/// Writes the outputs of `spec` into `outputs`, then appends to the model file the
+/// Writes the outputs of `spec` into their staged files `outputs`, then appends to the model file the
 /// bytes `append` returns. `append` receives the leaves of the written bytes and those
 /// of the read bytes of every target in chunk-job order, as `spec.leaves` asks for them
 /// (else empty slices); an error it returns removes every staged file. Every file is
@@ -318,15 +316,15 @@ pub(crate) fn write_outputs(
     outputs: Outputs,
     append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
 ) -> Result<Vec<String>> {
-    let PassSpec { model, targets, actions, extra, leaves, output, durable, progress } = spec;
+    let PassSpec { model, targets, actions, extra, leaves, durable, progress } = spec;
     // The spans this pass transforms are not edits of the plan (they change no length):
     // they are the groups' pieces.
     let plan = Plan::new(model.bytes().len() as u64, edits_with(model, targets, actions, extra, false)?, Vec::new())?;
-    let Outputs { staged, external } = outputs;
+    let Outputs { staged, external, model: output } = outputs;
     let jobs = chunk_jobs(targets, leaves.map_or(CHUNK_SIZE, |l| l.chunk));
     let mut work = Work::new(model.external_files.len() + 1);
     let shifts = work.add_plan(&plan);
-    let streams = open_streams(model, &staged, &external, output, shifts)?;
+    let streams = open_streams(model, &staged, &external, &output, shifts)?;
     work.add_external_puts(model, targets, actions)?;
     work.mark_streamed(model, targets, actions);
     work.add_groups(model, targets, actions, &jobs, leaves.is_some());
@@ -1093,7 +1091,7 @@ mod tests {
         progress: &dyn Progress,
     ) -> Result<Vec<String>> {
         let outputs = Outputs::stage(model, out)?;
-        let spec = PassSpec { model, targets, actions, extra, leaves, output: out, durable: false, progress };
+        let spec = PassSpec { model, targets, actions, extra, leaves, durable: false, progress };
         write_outputs(spec, outputs, append)
     }
 

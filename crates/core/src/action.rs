@@ -3,9 +3,11 @@
 //! permutation of whole elements (`dp`, in `permute`), or new bytes computed
 //! beforehand; and the edit list of the model file that carries them out.
 
+use std::ops::Range;
+
 use onnx_protect_crypto::Keystream;
 use onnx_protect_format::write::{Content, Edit};
-use onnx_protect_format::{DataType, Model, TensorData};
+use onnx_protect_format::{DataType, Model, Tensor, TensorData};
 use onnx_protect_select::{fp_mask, Mode};
 
 use crate::error::{CoreError, Result};
@@ -145,6 +147,21 @@ pub(crate) fn prepare(
         .collect()
 }
 
+/// The pieces of the spans of `target` (of tensor `t`) in their file, in order, each
+/// with its new bytes out of `bytes`, the whole new element bytes of the tensor.
+pub(crate) fn new_pieces<'a>(t: &Tensor, target: &Target, bytes: &'a [u8]) -> Result<Vec<(Range<u64>, &'a [u8])>> {
+    let mut out = Vec::new();
+    for &(a, b) in &target.spans {
+        for (range, logical) in t.file_pieces(a, b) {
+            let lo = logical as usize;
+            let hi = lo + (range.end - range.start) as usize;
+            let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
+            out.push((range, piece));
+        }
+    }
+    Ok(out)
+}
+
 /// The edit list for the model file itself, from the targets' actions.
 pub(crate) fn edits_for(model: &Model, targets: &[Target], actions: &[Action], extra: Vec<Edit>) -> Result<Vec<Edit>> {
     edits_with(model, targets, actions, extra, true)
@@ -182,14 +199,8 @@ pub(crate) fn edits_with(
                 }
             }
             (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Bytes(bytes)) => {
-                for &(a, b) in &target.spans {
-                    for (range, logical) in t.file_pieces(a, b) {
-                        let lo = logical as usize;
-                        let hi = lo + (range.end - range.start) as usize;
-                        let piece =
-                            bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
-                        edits.push(Edit { range, content: Content::Bytes(piece.to_vec()), ancestors: Vec::new() });
-                    }
+                for (range, piece) in new_pieces(t, target, bytes)? {
+                    edits.push(Edit { range, content: Content::Bytes(piece.to_vec()), ancestors: Vec::new() });
                 }
             }
             (TensorData::Varint { .. }, Action::Bytes(bytes)) => {

@@ -54,7 +54,7 @@ use onnx_protect_fsio::file::{copy_range, preallocate, read_exact_at, start_writ
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{edits_with, Action};
+use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
 use crate::manifest::{Target, CHUNK_SIZE};
 use crate::seal::{chunk_jobs, ChunkJob, Gather, ReleaseOnDrop};
@@ -445,16 +445,10 @@ impl<'a> Work<'a> {
         for (ti, target) in targets.iter().enumerate() {
             let t = &model.tensors[target.tensor];
             if let (TensorData::External { file, .. }, Action::Bytes(bytes)) = (&t.data, &actions[ti]) {
-                for &(a, b) in &target.spans {
-                    for (range, logical) in t.file_pieces(a, b) {
-                        let lo = logical as usize;
-                        let hi = lo + (range.end - range.start) as usize;
-                        let piece =
-                            bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
-                        self.covered[*file].push(range.clone());
-                        self.occupied[*file].push((range.start, range.end));
-                        self.items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
-                    }
+                for (range, piece) in new_pieces(t, target, bytes)? {
+                    self.covered[*file].push(range.clone());
+                    self.occupied[*file].push((range.start, range.end));
+                    self.items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
                 }
             }
         }

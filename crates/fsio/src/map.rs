@@ -17,6 +17,7 @@ use std::ops::{Deref, DerefMut, Range};
 
 /// Pages are released in whole pages of this size (the smallest page of the
 /// platforms served; a larger page size only makes a release do less).
+#[cfg(unix)]
 const PAGE: u64 = 4096;
 
 /// A shared, read-only map of a whole file.
@@ -142,25 +143,26 @@ mod tests {
     #[test]
     fn a_read_map_shows_the_file_and_still_does_after_a_release() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..5 * PAGE as usize + 123).map(|i| (i * 7 % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..5 * 4096 + 123).map(|i| (i * 7 % 251) as u8).collect();
         let (_, f) = file_with(dir.path(), &bytes);
         let map = ReadMap::new(&f).unwrap();
         assert_eq!(&map[..], &bytes[..]);
         // Released ranges fault back in unchanged; ranges past the end are cut.
         map.release(0..u64::MAX);
-        map.release(100..3 * PAGE + 7);
+        map.release(100..3 * 4096 + 7);
         assert_eq!(&map[..], &bytes[..]);
     }
 
     #[test]
     fn writes_to_a_private_map_never_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = vec![5u8; 3 * PAGE as usize];
+        const PAGE: usize = 4096;
+        let bytes = vec![5u8; 3 * PAGE];
         let (path, f) = file_with(dir.path(), &bytes);
         let mut map = PrivateMap::new(&f).unwrap();
         map.exclude_from_core_dumps();
-        map[PAGE as usize..PAGE as usize + 10].fill(9);
-        assert_eq!(map[PAGE as usize], 9);
+        map[PAGE..PAGE + 10].fill(9);
+        assert_eq!(map[PAGE], 9);
         assert_eq!(map[0], 5);
         drop(map);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);

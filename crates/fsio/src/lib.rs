@@ -7,9 +7,9 @@
 //! sound and what it does on systems without the call (non-Linux systems get the
 //! portable fallback: no preallocation, no kernel copy, no early writeback).
 //!
-//! * [`map`]: a shared read-only map of a file ([`ReadMap`]) whose pages can be
+//! * [`map`](mod@map): a shared read-only map of a file ([`ReadMap`]) whose pages can be
 //!   released from the resident set, and a private copy-on-write map ([`PrivateMap`]).
-//! * [`file`]: positional reads and writes, preallocation (`fallocate`), copies inside
+//! * [`file`](mod@file): positional reads and writes, preallocation (`fallocate`), copies inside
 //!   the kernel (`copy_file_range`), early writeback (`sync_file_range`), a checked
 //!   `close`, and the identity of an open file.
 //!

@@ -713,7 +713,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 fn error_kind(e: &anyhow::Error) -> &'static str {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<protect::CoreError>() {
-            return c.kind();
+            return c.kind().as_str();
         }
         if let Some(f) = cause.downcast_ref::<onnx_protect_format::FormatError>() {
             return f.kind();

@@ -1,6 +1,6 @@
 //! Exit codes (normative list in `docs/cli.md`).
 
-use onnx_protect_core::protect::CoreError;
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_format::FormatError;
 
 /// Success.
@@ -48,17 +48,24 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             };
         }
         if let Some(c) = cause.downcast_ref::<CoreError>() {
-            return match c.kind() {
-                "wrong_key" | "key" => KEY,
-                "modified" | "bad_manifest" => MODIFIED,
-                "already_protected" | "not_protected" | "unsupported_version" => STATE,
-                "policy" => POLICY,
-                "io" | "output" => FAILURE,
-                _ => BAD_MODEL,
-            };
+            return core_code(c.kind()).unwrap_or(FAILURE);
         }
     }
     FAILURE
+}
+
+/// The exit code of a kind of core error. Every kind is listed; `None` only for a kind
+/// a newer core adds before it is listed here (a test fails until it is).
+fn core_code(kind: ErrorKind) -> Option<u8> {
+    Some(match kind {
+        ErrorKind::WrongKey | ErrorKind::Key => KEY,
+        ErrorKind::Modified | ErrorKind::BadManifest => MODIFIED,
+        ErrorKind::AlreadyProtected | ErrorKind::NotProtected | ErrorKind::UnsupportedVersion => STATE,
+        ErrorKind::Policy => POLICY,
+        ErrorKind::Io | ErrorKind::Output => FAILURE,
+        ErrorKind::Model(_) => BAD_MODEL,
+        _ => return None,
+    })
 }
 
 /// An optional hint line for the user.
@@ -66,8 +73,12 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CoreError>() {
             match c.kind() {
-                "wrong_key" => return Some("check that this is the key (or passphrase) the model was encrypted with"),
-                "already_protected" => return Some("decrypt the model first, or keep the original unprotected copy"),
+                ErrorKind::WrongKey => {
+                    return Some("check that this is the key (or passphrase) the model was encrypted with")
+                }
+                ErrorKind::AlreadyProtected => {
+                    return Some("decrypt the model first, or keep the original unprotected copy")
+                }
                 _ => {}
             }
         }
@@ -80,4 +91,18 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_error_kind_has_an_exit_code() {
+        for kind in ErrorKind::ALL {
+            assert!(core_code(kind).is_some(), "no exit code for the core error kind {kind}");
+        }
+        assert_eq!(core_code(ErrorKind::Model("truncated")), Some(BAD_MODEL));
+        assert_eq!(core_code(ErrorKind::Io), Some(FAILURE));
+    }
 }

@@ -37,7 +37,7 @@ impl RuntimeError {
     /// Stable short name of the error kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            RuntimeError::Core(e) => e.kind(),
+            RuntimeError::Core(e) => e.kind().as_str(),
             RuntimeError::Format(e) => e.kind(),
             RuntimeError::UnsupportedOps { .. } => "unsupported_op",
             RuntimeError::Tract(_) => "runtime",

@@ -59,8 +59,8 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
 fn core_code(kind: ErrorKind) -> Option<u8> {
     Some(match kind {
         ErrorKind::WrongKey | ErrorKind::Key => KEY,
-        ErrorKind::Modified | ErrorKind::BadManifest => MODIFIED,
-        ErrorKind::AlreadyProtected | ErrorKind::NotProtected | ErrorKind::UnsupportedVersion => STATE,
+        ErrorKind::Modified | ErrorKind::BadManifest | ErrorKind::NotSigned => MODIFIED,
+        ErrorKind::AlreadyProtected | ErrorKind::NotProtected | ErrorKind::UnsupportedVersion | ErrorKind::AlreadyDecrypted => STATE,
         ErrorKind::Policy => POLICY,
         ErrorKind::Io | ErrorKind::Output => FAILURE,
         ErrorKind::Model(_) => BAD_MODEL,

@@ -132,7 +132,7 @@ fn min_bytes(t: &onnx_protect_format::Tensor, split: Split, k: usize) -> Option<
 
 fn error_reason(e: &CoreError) -> &'static str {
     match e.kind() {
-        ErrorKind::BadManifest | ErrorKind::Modified => reasons::MODIFIED,
+        ErrorKind::BadManifest | ErrorKind::Modified | ErrorKind::NotSigned => reasons::MODIFIED,
         ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
         ErrorKind::NotProtected => reasons::NOT_PROTECTED,
         ErrorKind::Io
@@ -141,6 +141,7 @@ fn error_reason(e: &CoreError) -> &'static str {
         | ErrorKind::Policy
         | ErrorKind::AlreadyProtected
         | ErrorKind::WrongKey
+        | ErrorKind::AlreadyDecrypted
         | ErrorKind::Output => reasons::BAD_MODEL,
     }
 }

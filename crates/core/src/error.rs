@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use onnx_protect_crypto::CryptoError;
 use onnx_protect_format::FormatError;
+use onnx_protect_keys::KeysError;
 use onnx_protect_select::PolicyError;
 
 /// What went wrong. Decryption failures are deliberately coarse: a wrong key and
@@ -17,16 +18,22 @@ pub enum CoreError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A recipient, identity or signing key is unusable, or a stanza asks too much.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
     #[error("the model is already protected by onnx-protect (metadata key '{key}'); decrypt it first")]
     AlreadyProtected { key: String },
-    // The key is `manifest::METADATA_KEY` (a test holds them equal).
-    #[error("the model is not protected by onnx-protect (no 'onnx-protect/v1' metadata entry)")]
+    #[error("the model is not protected by onnx-protect (no 'onnx-protect/v2' or 'onnx-protect/v1' metadata entry)")]
     NotProtected,
+    #[error("not signed by a trusted signer: {0}")]
+    NotSigned(String),
+    #[error("already decrypted for this key's tier: tiers 1 to {restored} are in clear in this file, and the key is for tier {key_tier}")]
+    AlreadyDecrypted { restored: u32, key_tier: u32 },
     #[error("the model was protected with format '{key}', which this version does not support")]
     UnsupportedVersion { key: String },
     #[error("modified: the protection manifest is invalid: {0}")]
     BadManifest(String),
-    #[error("wrong key: the key check value does not match this model")]
+    #[error("wrong key: no recipient of this model matches the key given")]
     WrongKey,
     #[error("modified: {0}")]
     Modified(String),
@@ -66,12 +73,16 @@ pub enum ErrorKind {
     Modified,
     /// The output cannot be written as asked (`"output"`).
     Output,
+    /// No signature of a trusted signer is on the model (`"not_signed"`).
+    NotSigned,
+    /// The key's tier is already decrypted in this file (`"already_decrypted"`).
+    AlreadyDecrypted,
 }
 
 impl ErrorKind {
     /// Every kind without a payload, and [`ErrorKind::Model`] once (with the payload
     /// `"invalid"`): for callers that check they map every kind.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Io,
         ErrorKind::Model("invalid"),
         ErrorKind::Key,
@@ -83,6 +94,8 @@ impl ErrorKind {
         ErrorKind::WrongKey,
         ErrorKind::Modified,
         ErrorKind::Output,
+        ErrorKind::NotSigned,
+        ErrorKind::AlreadyDecrypted,
     ];
 
     /// The stable short name of the kind (used in JSON output).
@@ -99,6 +112,8 @@ impl ErrorKind {
             ErrorKind::WrongKey => "wrong_key",
             ErrorKind::Modified => "modified",
             ErrorKind::Output => "output",
+            ErrorKind::NotSigned => "not_signed",
+            ErrorKind::AlreadyDecrypted => "already_decrypted",
         }
     }
 }
@@ -124,6 +139,10 @@ impl CoreError {
             CoreError::WrongKey => ErrorKind::WrongKey,
             CoreError::Modified(_) => ErrorKind::Modified,
             CoreError::Output(_) => ErrorKind::Output,
+            CoreError::NotSigned(_) => ErrorKind::NotSigned,
+            CoreError::AlreadyDecrypted { .. } => ErrorKind::AlreadyDecrypted,
+            CoreError::Keys(KeysError::KdfOverLimit { .. } | KeysError::BadStanza { .. }) => ErrorKind::BadManifest,
+            CoreError::Keys(_) => ErrorKind::Key,
         }
     }
 }
@@ -135,8 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_not_protected_message_names_the_manifest_key() {
-        assert!(CoreError::NotProtected.to_string().contains(&format!("'{}'", crate::manifest::METADATA_KEY)));
+    fn the_not_protected_message_names_the_manifest_keys() {
+        let m = CoreError::NotProtected.to_string();
+        assert!(m.contains(&format!("'{}'", crate::manifest::METADATA_KEY)), "{m}");
+        assert!(m.contains(&format!("'{}'", crate::envelope::METADATA_KEY_V2)), "{m}");
     }
 
     #[test]
@@ -156,6 +177,8 @@ mod tests {
             (CoreError::WrongKey, "wrong_key"),
             (CoreError::Modified("m".into()), "modified"),
             (CoreError::Output("o".into()), "output"),
+            (CoreError::NotSigned("n".into()), "not_signed"),
+            (CoreError::AlreadyDecrypted { restored: 1, key_tier: 1 }, "already_decrypted"),
         ];
         for (e, name) in cases {
             assert_eq!(e.kind().as_str(), name, "{e}");

@@ -13,12 +13,16 @@ use zeroize::Zeroizing;
 use crate::error::{CoreError, Result};
 use crate::manifest::kdf_from_pb;
 
-/// Where the master key comes from.
+/// The key material a caller gives: what a model is encrypted to, or what opens it.
+#[derive(Clone)]
 pub enum KeySource {
-    /// A 256-bit key (key file, environment variable, ...).
+    /// A 256-bit key (key file, environment variable, tier key).
     Key(MasterKey),
     /// A passphrase, stretched with Argon2id; the parameters live in the manifest.
     Passphrase(Zeroizing<Vec<u8>>),
+    /// Identities that open format-2 recipient stanzas: age X25519 identities or a key
+    /// provider (decryption only).
+    Identity(onnx_protect_keys::Identity),
 }
 
 impl KeySource {
@@ -31,6 +35,9 @@ impl KeySource {
                 let params = KdfParams::new_random()?;
                 Ok((MasterKey::from_passphrase(p, &params)?, Some(params)))
             }
+            KeySource::Identity(_) => Err(CoreError::Key(
+                "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
+            )),
         }
     }
 
@@ -48,6 +55,9 @@ impl KeySource {
                 Err(CoreError::Key("this model was protected with a key file; give the key, not a passphrase".into()))
             }
             (KeySource::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
+            (KeySource::Identity(_), _) => Err(CoreError::Key(
+                "this model is in format 1, which opens with a key file or a passphrase only".into(),
+            )),
         }
     }
 }

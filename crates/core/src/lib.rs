@@ -23,14 +23,17 @@
 #![forbid(unsafe_code)]
 
 mod action;
+pub mod envelope;
 pub mod check;
 pub mod error;
 pub mod inspect;
 pub mod keys;
 pub mod manifest;
 pub mod memory;
+mod pass;
 mod permute;
 pub mod protect;
+mod recipients;
 pub mod rekey;
 mod restore;
 mod seal;

@@ -198,7 +198,12 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
         return Err(bad(format!("chunk size {} is out of range", manifest.chunk_size)));
     }
-    let targets = match_targets(model, &manifest)?;
+    let tiers = manifest.tiers;
+    let rules = EntryRules {
+        tier_ok: Box::new(move |t| if tiers > 1 { (1..=tiers).contains(&t) } else { t == 0 }),
+        dp_min_elements: 1,
+    };
+    let targets = match_targets(model, manifest.tensors.iter().map(EntryFacts::from), &rules)?;
     Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
 }
 
@@ -239,21 +244,63 @@ fn check_seal_lengths(manifest: &pb::Manifest, envelope: &pb::Envelope) -> Resul
     Ok(())
 }
 
-/// Matches every manifest tensor to the model (§3, §5): each names a tensor of the
-/// model as it was encrypted, once per tier, with its own stream id, and spans that
-/// are in order, in bounds, aligned as the mode needs, and disjoint across tiers.
-fn match_targets(model: &Model, manifest: &pb::Manifest) -> Result<Vec<Target>> {
+/// A manifest entry's facts, whatever the format version.
+pub(crate) struct EntryFacts<'a> {
+    pub name: &'a str,
+    pub locator: &'a str,
+    pub data_type: i32,
+    pub storage: i32,
+    pub nbytes: u64,
+    pub mode: i32,
+    pub spans: &'a [u64],
+    pub tier: u32,
+    pub stream_id: u64,
+}
+
+impl<'a> From<&'a pb::TensorEntry> for EntryFacts<'a> {
+    fn from(e: &'a pb::TensorEntry) -> Self {
+        EntryFacts {
+            name: &e.name,
+            locator: &e.locator,
+            data_type: e.data_type,
+            storage: e.storage,
+            nbytes: e.nbytes,
+            mode: e.mode,
+            spans: &e.spans,
+            tier: e.tier,
+            stream_id: e.stream_id,
+        }
+    }
+}
+
+/// What a format version requires of its entries beyond the common rules.
+pub(crate) struct EntryRules {
+    /// Whether `tier` is a valid tier of the manifest.
+    pub tier_ok: Box<dyn Fn(u32) -> bool>,
+    /// The fewest elements a distribution-preserving span may have.
+    pub dp_min_elements: u64,
+}
+
+/// Matches every manifest entry to the model (§3–§6 of docs/format.md): each names a
+/// tensor of the model as it was encrypted, once per tier, with its own stream id, and
+/// spans that are in order, in bounds, aligned as the mode needs, and disjoint across
+/// tiers.
+pub(crate) fn match_targets<'a>(
+    model: &Model,
+    entries: impl Iterator<Item = EntryFacts<'a>>,
+    rules: &EntryRules,
+) -> Result<Vec<Target>> {
     let by_locator: HashMap<&Locator, usize> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
     let mut seen_streams = HashSet::new();
     let mut seen_tensors = HashSet::new();
     let mut spans_of: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
-    let mut targets = Vec::with_capacity(manifest.tensors.len());
-    for e in &manifest.tensors {
-        let tid = entry_tensor(model, &by_locator, e, manifest.tiers)?;
+    let mut targets = Vec::new();
+    for e in entries {
+        let tid = entry_tensor(model, &by_locator, &e, rules)?;
         if !seen_streams.insert(e.stream_id) || !seen_tensors.insert((tid, e.tier)) {
             return Err(bad(format!("tensor '{}' or its stream id appears twice", e.name)));
         }
-        let (mode, spans) = entry_spans(&model.tensors[tid], e)?;
+        let (mode, spans) = entry_spans(&model.tensors[tid], &e, rules)?;
         let all = spans_of.entry(tid).or_default();
         all.extend(spans.iter().copied());
         all.sort_unstable();
@@ -270,8 +317,8 @@ fn match_targets(model: &Model, manifest: &pb::Manifest) -> Result<Vec<Target>> 
 fn entry_tensor(
     model: &Model,
     by_locator: &HashMap<&Locator, usize>,
-    e: &pb::TensorEntry,
-    tiers: u32,
+    e: &EntryFacts<'_>,
+    rules: &EntryRules,
 ) -> Result<usize> {
     let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
     let &tid = by_locator
@@ -288,15 +335,14 @@ fn entry_tensor(
             e.locator
         )));
     }
-    let tier_ok = if tiers > 1 { (1..=tiers).contains(&e.tier) } else { e.tier == 0 };
-    if !tier_ok {
-        return Err(bad(format!("tensor '{}' has tier {} in a manifest with {tiers} tiers", e.name, e.tier)));
+    if !(rules.tier_ok)(e.tier) {
+        return Err(bad(format!("tensor '{}' has tier {}, which the manifest does not have", e.name, e.tier)));
     }
     Ok(tid)
 }
 
 /// The mode and the spans of a manifest entry, checked against its tensor `t`.
-fn entry_spans(t: &Tensor, e: &pb::TensorEntry) -> Result<(Mode, Vec<(u64, u64)>)> {
+fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mode, Vec<(u64, u64)>)> {
     let mode = match pb::Mode::try_from(e.mode) {
         Ok(pb::Mode::Ctr) => Mode::Ctr,
         Ok(pb::Mode::FormatPreserving) => Mode::Fp,
@@ -317,6 +363,12 @@ fn entry_spans(t: &Tensor, e: &pb::TensorEntry) -> Result<(Mode, Vec<(u64, u64)>
         }
         if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
             return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
+        }
+        if mode == Mode::Dp && (b - a) / elem < rules.dp_min_elements {
+            return Err(bad(format!(
+                "tensor '{}': permuted span [{a}, {b}) has fewer than {} elements",
+                e.name, rules.dp_min_elements
+            )));
         }
         prev_end = Some(b);
     }

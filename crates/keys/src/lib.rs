@@ -30,7 +30,7 @@ mod stanza;
 pub use error::KeysError;
 pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
 pub use stanza::{
-    check_kdf_limits, Identity, Provider, Recipient, Stanza, KIND_KEY, KIND_PASSPHRASE, KIND_X25519,
+    check_kdf_limits, passphrase_stanza, Identity, Provider, Recipient, Stanza, KIND_KEY, KIND_PASSPHRASE, KIND_X25519,
     MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, PASSPHRASE_SALT_LEN,
 };
 

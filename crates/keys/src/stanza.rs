@@ -122,16 +122,7 @@ impl Recipient {
                 })
             }
             Recipient::Passphrase { passphrase, params } => {
-                let w = MasterKey::from_passphrase(passphrase, params)?;
-                let salt = random_stanza_salt()?;
-                Ok(Stanza {
-                    kind: KIND_PASSPHRASE.into(),
-                    tier,
-                    label: String::new(),
-                    salt: salt.to_vec(),
-                    kdf: Some(*params),
-                    body: w.wrap_data_key(WrapKind::Passphrase, &salt, tier, data_key),
-                })
+                passphrase_stanza(&MasterKey::from_passphrase(passphrase, params)?, params, tier, data_key)
             }
             Recipient::X25519(r) => Ok(Stanza {
                 kind: KIND_X25519.into(),
@@ -151,6 +142,25 @@ impl Recipient {
             }),
         }
     }
+}
+
+/// A `passphrase` stanza from the passphrase's Argon2id output `stretched` (computed
+/// once by a caller that also derives tier keys from it) and the parameters it used.
+pub fn passphrase_stanza(
+    stretched: &MasterKey,
+    params: &KdfParams,
+    tier: u32,
+    data_key: &DataKey,
+) -> Result<Stanza, KeysError> {
+    let salt = random_stanza_salt()?;
+    Ok(Stanza {
+        kind: KIND_PASSPHRASE.into(),
+        tier,
+        label: String::new(),
+        salt: salt.to_vec(),
+        kdf: Some(*params),
+        body: stretched.wrap_data_key(WrapKind::Passphrase, &salt, tier, data_key),
+    })
 }
 
 /// Key material that may open stanzas.

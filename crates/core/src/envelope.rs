@@ -1,0 +1,299 @@
+//! The manifest of format version 2 (docs/format.md §1–§3, §10, §11): finding the
+//! trailing entry, decoding the envelope, header and recipient stanzas with their
+//! canonical-encoding checks, the keyless checksum, matching the header to the model,
+//! and building a new entry.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use base64::Engine;
+use onnx_protect_crypto::{envelope_checksum, KdfParams, KDF_SALT_LEN};
+use onnx_protect_format::write::metadata_field;
+use onnx_protect_format::{Model, TensorData};
+use onnx_protect_keys::Stanza;
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
+use onnx_protect_select::MAX_TIERS;
+
+use crate::error::{CoreError, Result};
+use crate::manifest::{b64, match_targets, EntryFacts, EntryRules, Target};
+
+/// The `metadata_props` key of a format-2 manifest.
+pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
+/// The format version a version-2 header records.
+pub const FORMAT_VERSION_V2: u32 = 2;
+/// The content-digest chunk size this version writes.
+pub const CONTENT_CHUNK: u64 = 4 << 20;
+/// The fewest elements a distribution-preserving span has (fewer hides too little).
+pub const DP_MIN_ELEMENTS: u64 = 16;
+/// Caps on what a header may list (a hostile file cannot make a reader do more).
+pub const MAX_ENTRIES: usize = 1 << 20;
+/// The most recipient stanzas a model may carry.
+pub const MAX_STANZAS: usize = 1024;
+/// The most signatures a model may carry.
+pub const MAX_SIGNATURES: usize = 64;
+
+/// A decoded, shape-checked version-2 entry, before it is matched to the model.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// Byte range of the whole `metadata_props` field (tag included) in the model file;
+    /// the model's content is everything before it.
+    pub entry: Range<u64>,
+    pub envelope: pb::Envelope,
+    pub header: pb::Header,
+    pub stanzas: Vec<Stanza>,
+}
+
+/// A version-2 protected model: its entry, and every header entry matched to the model.
+#[derive(Debug, Clone)]
+pub struct ProtectedV2 {
+    pub sealed: Sealed,
+    pub targets: Vec<Target>,
+}
+
+fn bad(s: impl Into<String>) -> CoreError {
+    CoreError::BadManifest(s.into())
+}
+
+fn varint_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = *bytes.get(at + i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            // Minimal: no trailing zero group (except the single byte 0).
+            if i > 0 && b == 0 {
+                return None;
+            }
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Finds a version-2 manifest entry at the very end of `bytes` without parsing the
+/// model (docs/format.md §1): `0x72 L 0x0A 0x0F "onnx-protect/v2" 0x12 L' VALUE` ending at
+/// the last byte. Returns the field's range and the value.
+pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
+    let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
+    key.extend_from_slice(METADATA_KEY_V2.as_bytes());
+    key.push(0x12);
+    // The value is base64 text, which never holds 0x0A: the last occurrence is the one.
+    let at = bytes.windows(key.len()).rposition(|w| w == key.as_slice())?;
+    let (vlen, vl) = varint_at(bytes, at + key.len())?;
+    let value_start = at + key.len() + vl;
+    if value_start as u64 + vlen != bytes.len() as u64 {
+        return None;
+    }
+    let inner = (bytes.len() - at) as u64;
+    // The field's tag and length precede the key: try each length-prefix width.
+    for w in 1..=5usize {
+        let Some(start) = at.checked_sub(w + 1) else { break };
+        if bytes[start] != 0x72 {
+            continue;
+        }
+        if varint_at(bytes, start + 1) == Some((inner, w)) {
+            let value = std::str::from_utf8(&bytes[value_start..]).ok()?;
+            return Some((start as u64..bytes.len() as u64, value));
+        }
+    }
+    None
+}
+
+/// Decodes `bytes` as `M` and refuses any encoding other than the canonical one.
+fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
+    let m = M::decode(bytes).map_err(|e| bad(format!("{what}: {e}")))?;
+    if m.encode_to_vec() != bytes {
+        return Err(bad(format!("{what} is not canonically encoded (unknown or repeated fields)")));
+    }
+    Ok(m)
+}
+
+/// Decodes and shape-checks the value of a version-2 entry found at `entry` (§2, §3,
+/// §12 step 1), and checks its keyless checksum (§10).
+pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
+    let raw = b64().decode(value.as_bytes()).map_err(|e| bad(format!("metadata value is not base64: {e}")))?;
+    if b64().encode(&raw) != value {
+        return Err(bad("metadata value is not canonical base64"));
+    }
+    let envelope: pb::Envelope = canonical(&raw, "envelope")?;
+    let header: pb::Header = canonical(&envelope.header, "header")?;
+    if header.format_version != FORMAT_VERSION_V2 {
+        return Err(CoreError::UnsupportedVersion {
+            key: format!("{METADATA_KEY_V2} format_version {}", header.format_version),
+        });
+    }
+    let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
+    check_shape(&envelope, &header, &recipients)?;
+    let mut prefix = envelope.clone();
+    prefix.checksum.clear();
+    if envelope_checksum(&prefix.encode_to_vec()).as_slice() != envelope.checksum.as_slice() {
+        return Err(CoreError::Modified("the manifest's checksum does not match".into()));
+    }
+    let stanzas = recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
+    Ok(Sealed { entry, envelope, header, stanzas })
+}
+
+fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result<()> {
+    let tiers = h.tiers;
+    if tiers == 0 || tiers > MAX_TIERS {
+        return Err(bad(format!("{tiers} tiers (1 to {MAX_TIERS} allowed)")));
+    }
+    let n = tiers as usize;
+    if h.key_checks.len() != n || h.key_checks.iter().any(|k| k.len() != 16) {
+        return Err(bad("the key check values do not match the tiers"));
+    }
+    if !h.chunk_size.is_power_of_two() || !(1 << 16..=1 << 30).contains(&h.chunk_size) {
+        return Err(bad(format!("chunk size {} is not a power of two in [2^16, 2^30]", h.chunk_size)));
+    }
+    if h.tensors.len() > MAX_ENTRIES || r.stanzas.len() > MAX_STANZAS || env.signatures.len() > MAX_SIGNATURES {
+        return Err(bad("too many entries, stanzas or signatures"));
+    }
+    if r.stanzas.is_empty() {
+        return Err(bad("no recipient stanza"));
+    }
+    if env.content_digest.len() != 32 || env.checksum.len() != 32 {
+        return Err(bad("the content digest or the checksum is not 32 bytes"));
+    }
+    if env.macs.len() != n || env.macs.iter().any(|m| m.len() != 32) {
+        return Err(bad("the MACs do not match the tiers"));
+    }
+    if env.restored_tiers >= tiers || (env.restored_tiers > 0) != (env.stored_digest.len() == 32) {
+        return Err(bad("restored tiers and the stored digest disagree"));
+    }
+    if env.restored_tiers == 0 && !env.stored_digest.is_empty() {
+        return Err(bad("a stored digest without restored tiers"));
+    }
+    let mut keys = HashSet::new();
+    for s in &env.signatures {
+        if s.public_key.len() != 32 || s.signature.len() != 64 || !keys.insert(s.public_key.clone()) {
+            return Err(bad("a signature has the wrong length or its key appears twice"));
+        }
+    }
+    for (i, s) in r.stanzas.iter().enumerate() {
+        if !(1..=tiers).contains(&s.tier) {
+            return Err(bad(format!("stanza {i} is for tier {}, which the model does not have", s.tier)));
+        }
+    }
+    Ok(())
+}
+
+fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
+    let kdf = match s.kdf {
+        None => None,
+        Some(k) => {
+            if k.algorithm != "argon2id" {
+                return Err(bad(format!("stanza {i}: unknown KDF '{}'", k.algorithm)));
+            }
+            let salt: [u8; KDF_SALT_LEN] =
+                k.salt.as_slice().try_into().map_err(|_| bad(format!("stanza {i}: KDF salt is not 16 bytes")))?;
+            Some(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
+        }
+    };
+    Ok(Stanza { kind: s.kind, tier: s.tier, label: s.label, salt: s.salt, kdf, body: s.body })
+}
+
+pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {
+    pb::Stanza {
+        kind: s.kind.clone(),
+        tier: s.tier,
+        label: s.label.clone(),
+        salt: s.salt.clone(),
+        kdf: s.kdf.as_ref().map(|k| pb::KdfParams {
+            algorithm: "argon2id".into(),
+            salt: k.salt.to_vec(),
+            m_cost_kib: k.m_cost_kib,
+            t_cost: k.t_cost,
+            p_cost: k.p_cost,
+        }),
+        body: s.body.clone(),
+    }
+}
+
+/// Matches the header to `model` (§3–§6): every entry names the tensor it was made for,
+/// varint-stored tensors are whole and in the top tier, spans of different entries never
+/// share file bytes, and the external files are those the model uses.
+pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
+    let tiers = sealed.header.tiers;
+    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), dp_min_elements: DP_MIN_ELEMENTS };
+    let facts = sealed.header.tensors.iter().map(|e| EntryFacts {
+        name: &e.name,
+        locator: &e.locator,
+        data_type: e.data_type,
+        storage: e.storage,
+        nbytes: e.nbytes,
+        mode: e.mode,
+        spans: &e.spans,
+        tier: e.tier,
+        stream_id: e.stream_id,
+    });
+    let targets = match_targets(model, facts, &rules)?;
+    let mut varint_tensors = HashSet::new();
+    for t in &targets {
+        let tensor = &model.tensors[t.tensor];
+        if matches!(tensor.data, TensorData::Varint { .. }) && (t.tier != tiers || !varint_tensors.insert(t.tensor)) {
+            return Err(bad(format!("varint-stored tensor '{}' must have one entry, in the top tier", tensor.name)));
+        }
+    }
+    check_disjoint_in_files(model, &targets)?;
+    let used: Vec<&str> = model.external_files.iter().map(|f| f.location.as_str()).collect();
+    if used != sealed.header.external_files.iter().map(String::as_str).collect::<Vec<_>>() {
+        return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
+    }
+    Ok(ProtectedV2 { sealed, targets })
+}
+
+/// Refuses spans of different entries that share bytes of a file (tensors that share
+/// external data): encrypting one would change the other.
+pub(crate) fn check_disjoint_in_files(model: &Model, targets: &[Target]) -> Result<()> {
+    let mut pieces: Vec<(Option<usize>, u64, u64)> = Vec::new();
+    for t in targets {
+        let tensor = &model.tensors[t.tensor];
+        let file = match &tensor.data {
+            TensorData::External { file, .. } => Some(*file),
+            _ => None,
+        };
+        for &(a, b) in &t.spans {
+            for (r, _) in tensor.file_pieces(a, b) {
+                pieces.push((file, r.start, r.end));
+            }
+        }
+    }
+    pieces.sort_unstable();
+    if pieces.windows(2).any(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2) {
+        return Err(bad("encrypted spans of different tensors share bytes of a file"));
+    }
+    Ok(())
+}
+
+/// The `metadata_props` field that stores `envelope`, its checksum filled in.
+pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
+    envelope.checksum.clear();
+    envelope.checksum = envelope_checksum(&envelope.encode_to_vec()).to_vec();
+    metadata_field(METADATA_KEY_V2, &b64().encode(envelope.encode_to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trailing_entry_is_found_only_at_the_very_end() {
+        let mut model = vec![0x3a, 3, 1, 2, 3];
+        let field = metadata_field(METADATA_KEY_V2, "QUJD");
+        model.extend_from_slice(&field);
+        let (range, value) = trailing_entry(&model).unwrap();
+        assert_eq!(range, 5..model.len() as u64);
+        assert_eq!(value, "QUJD");
+        let mut longer = model.clone();
+        longer.push(0);
+        assert!(trailing_entry(&longer).is_none());
+        assert!(trailing_entry(&model[..model.len() - 1]).is_none());
+        // A long value needs a two-byte length.
+        let long = "A".repeat(300);
+        let mut m2 = vec![1, 2];
+        m2.extend_from_slice(&metadata_field(METADATA_KEY_V2, &long));
+        assert_eq!(trailing_entry(&m2).unwrap().0, 2..m2.len() as u64);
+        assert!(trailing_entry(b"").is_none());
+    }
+}

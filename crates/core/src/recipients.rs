@@ -1,0 +1,122 @@
+//! A model's data keys and their recipients (docs/format.md §7, §8): wrapping a new
+//! model's data keys for everyone it is encrypted to, and opening a model's stanzas with
+//! the key material a caller gives.
+
+use onnx_protect_crypto::{DataKey, KdfParams, MasterKey, TierKeys};
+use onnx_protect_keys::{passphrase_stanza, Identity, Recipient, Stanza};
+
+use crate::envelope::Sealed;
+use crate::error::{CoreError, Result};
+use crate::keys::KeySource;
+
+/// Everyone a new model is encrypted to.
+#[derive(Clone, Default)]
+pub struct EncryptTo {
+    /// A key or passphrase. With access tiers it is the top tier's, and every lower
+    /// tier's stanza is wrapped under the key derived from it (docs/format.md App. A).
+    pub master: Option<KeySource>,
+    /// Public-key and provider recipients, each for a tier (0: the top tier).
+    pub recipients: Vec<(Recipient, u32)>,
+}
+
+impl EncryptTo {
+    /// Encrypts to one key or passphrase.
+    pub fn key(source: KeySource) -> EncryptTo {
+        EncryptTo { master: Some(source), recipients: Vec::new() }
+    }
+}
+
+/// The stanzas of a new model with data keys `data_keys` (tier 1 first).
+pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stanza>> {
+    let tiers = data_keys.len() as u32;
+    if to.master.is_none() && to.recipients.is_empty() {
+        return Err(CoreError::Key("no recipient: give a key, a passphrase or a recipient to encrypt to".into()));
+    }
+    let dk = |t: u32| &data_keys[t as usize - 1];
+    let mut stanzas = Vec::new();
+    match &to.master {
+        None => {}
+        Some(KeySource::Key(k)) => {
+            for (i, w) in tier_chain(k, tiers).into_iter().enumerate() {
+                let t = i as u32 + 1;
+                stanzas.push(Recipient::Key(w).wrap(t, dk(t))?);
+            }
+        }
+        Some(KeySource::Passphrase(p)) => {
+            let params = KdfParams::new_random()?;
+            let stretched = MasterKey::from_passphrase(p, &params)?;
+            let chain = tier_chain(&stretched, tiers);
+            for (i, w) in chain.into_iter().enumerate().take(tiers as usize - 1) {
+                let t = i as u32 + 1;
+                stanzas.push(Recipient::Key(w).wrap(t, dk(t))?);
+            }
+            stanzas.push(passphrase_stanza(&stretched, &params, tiers, dk(tiers))?);
+        }
+        Some(KeySource::Identity(_)) => {
+            return Err(CoreError::Key(
+                "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
+            ))
+        }
+    }
+    for (r, tier) in &to.recipients {
+        let t = if *tier == 0 { tiers } else { *tier };
+        if t > tiers {
+            return Err(CoreError::Key(format!("recipient {} is for tier {t}, but the model has {tiers}", r.describe())));
+        }
+        stanzas.push(r.wrap(t, dk(t))?);
+    }
+    Ok(stanzas)
+}
+
+/// Keys `K_1 ..= K_top` of the tiers below and at `key`, the key of tier `top`
+/// (docs/format.md Appendix A), tier 1 first.
+pub(crate) fn tier_chain(key: &MasterKey, top: u32) -> Vec<MasterKey> {
+    let mut keys = vec![key.clone()];
+    for _ in 1..top {
+        let next = keys.last().map(MasterKey::tier_down).unwrap_or_else(|| key.clone());
+        keys.push(next);
+    }
+    keys.reverse();
+    keys
+}
+
+/// The tiers a caller's key material opens: its own tier, and the keys of every tier
+/// at and below it (index `t − 1`).
+pub(crate) struct Opened {
+    pub tier: u32,
+    pub keys: Vec<TierKeys>,
+}
+
+impl Opened {
+    /// The keys of tier `t` (1-based), if the key reaches it.
+    pub(crate) fn tier(&self, t: u32) -> Option<&TierKeys> {
+        self.keys.get((t as usize).checked_sub(1)?)
+    }
+}
+
+/// Opens the stanza of the highest tier `key` can open; checks the key check value of
+/// that tier and every tier below (docs/format.md §7, §8). No stanza opens: "wrong key".
+pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
+    let identity = match key {
+        KeySource::Key(k) => Identity::Key(k.clone()),
+        KeySource::Passphrase(p) => Identity::Passphrase(p.clone()),
+        KeySource::Identity(i) => i.clone(),
+    };
+    let mut best: Option<(u32, DataKey)> = None;
+    for (i, s) in sealed.stanzas.iter().enumerate() {
+        if best.as_ref().is_some_and(|(t, _)| *t >= s.tier) {
+            continue;
+        }
+        if let Some(dk) = identity.unwrap(i, s)? {
+            best = Some((s.tier, dk));
+        }
+    }
+    let (tier, dk) = best.ok_or(CoreError::WrongKey)?;
+    let keys: Vec<TierKeys> = dk.chain_down(tier).iter().map(DataKey::tier_keys).collect();
+    for (i, k) in keys.iter().enumerate() {
+        if !k.key_check_matches(&sealed.header.key_checks[i]) {
+            return Err(CoreError::Modified(format!("the data key of tier {} does not match its key check", i + 1)));
+        }
+    }
+    Ok(Opened { tier, keys })
+}

@@ -116,4 +116,13 @@ pub enum CryptoError {
         /// Longest accepted mask.
         max: usize,
     },
+
+    /// A keyed shuffle was asked to permute more items than its `u32` indices allow.
+    #[error("a keyed shuffle permutes at most {max} items; asked for {len}")]
+    ShuffleTooLong {
+        /// Requested number of items.
+        len: usize,
+        /// Largest accepted number of items.
+        max: u64,
+    },
 }

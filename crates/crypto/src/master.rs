@@ -5,7 +5,7 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{fill_random, CryptoError, KEY_LEN};
+use crate::{fill_random, CryptoError, KeySchedule, KEY_LEN};
 
 /// HKDF salt of the tier-down step.
 pub const TIER_SALT: &[u8] = b"onnx-protect/v1/tier-salt";
@@ -130,12 +130,7 @@ impl MasterKey {
     /// info = "onnx-protect/v1/tier-down", 32 bytes)`. The step is one way: the
     /// key of a tier yields every lower tier's key, never a higher one.
     pub fn tier_down(&self) -> MasterKey {
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(TIER_SALT), &self.bytes);
-        let mut out = Zeroizing::new([0u8; KEY_LEN]);
-        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so this cannot fail.
-        if hk.expand(TIER_DOWN_LABEL, out.as_mut()).is_err() {
-            out.zeroize();
-        }
+        let out = KeySchedule::new(self, TIER_SALT).expand::<KEY_LEN>(&[TIER_DOWN_LABEL]);
         MasterKey { bytes: *out }
     }
 

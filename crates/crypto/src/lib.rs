@@ -64,6 +64,7 @@
 
 mod digest;
 mod error;
+mod key_file;
 mod keystream;
 mod master;
 mod schedule;
@@ -75,6 +76,7 @@ mod kat_tests;
 
 pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
+pub use key_file::{KeyFile, KeyKind, KEY_LINE_TAG, MAX_KEY_FILE_LEN, MAX_TIERS};
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
 pub use schedule::KeySchedule;

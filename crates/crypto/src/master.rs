@@ -22,8 +22,8 @@ pub const KDF_SALT_LEN: usize = 16;
 ///
 /// Invariants: the bytes are wiped when the value is dropped, and neither
 /// `Debug` nor any error ever shows them. The only ways to see the key are
-/// [`MasterKey::to_hex`] (for writing a key file) and the one-way
-/// [`MasterKey::fingerprint`].
+/// [`MasterKey::to_hex`] and [`crate::KeyFile::encode`] (for writing a key
+/// file) and the one-way [`MasterKey::fingerprint`].
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey {
     bytes: [u8; KEY_LEN],
@@ -49,27 +49,12 @@ impl MasterKey {
         MasterKey { bytes }
     }
 
-    /// Parses the contents of a key file.
-    ///
-    /// Accepted forms:
-    /// * exactly 32 bytes: the raw key (a 32-byte file is always taken as
-    ///   raw, even if its bytes happen to be printable);
-    /// * 64 hex digits (either case), optionally surrounded by ASCII
-    ///   whitespace such as a trailing newline.
-    ///
-    /// Anything else is rejected with [`CryptoError::KeyFileLength`] or
-    /// [`CryptoError::KeyFileNotHex`]; the error never contains file bytes.
+    /// Parses the contents of a key file in any of its forms and returns the
+    /// key, whatever kind of key the file says it is. See [`crate::KeyFile::parse`]
+    /// for the forms and errors, and [`crate::KeyFile::into_master`] to refuse
+    /// tier keys.
     pub fn parse_key_file(contents: &[u8]) -> Result<MasterKey, CryptoError> {
-        if let Ok(raw) = <[u8; KEY_LEN]>::try_from(contents) {
-            return Ok(MasterKey::from_bytes(raw));
-        }
-        let trimmed = contents.trim_ascii();
-        if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::KeyFileLength { found: contents.len() });
-        }
-        // Offset of `trimmed` inside `contents`, so positions refer to the file.
-        let lead = contents.len() - contents.trim_ascii_start().len();
-        decode_hex_key(trimmed).map_err(|i| CryptoError::KeyFileNotHex { position: lead + i })
+        crate::KeyFile::parse(contents).map(crate::KeyFile::into_key)
     }
 
     /// Reads the key from environment variable `var`, which must hold 64 hex
@@ -144,7 +129,7 @@ impl MasterKey {
 /// (within `hex_digits`) of the first non-hex character; never its value.
 ///
 /// Precondition: `hex_digits.len() == 2 * KEY_LEN`.
-fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
+pub(crate) fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
     if let Some(bad) = hex_digits.iter().position(|c| !c.is_ascii_hexdigit()) {
         return Err(bad);
     }

@@ -285,7 +285,7 @@ fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) 
 
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
-    let key = a.key.required()?;
+    let key = a.key.required_master()?;
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
     let r = protect::encrypt(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use onnx_protect_core::protect::KeySource;
-use onnx_protect_crypto::{KeyFile, MasterKey, MAX_KEY_FILE_LEN};
+use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
 use zeroize::Zeroizing;
 
 /// A key or passphrase that could not be read (exit code 4).
@@ -18,7 +18,7 @@ pub struct KeyArgs {
     /// Key file, as written by `keygen` or `derive-tier-key` (older files of 64 hex digits or 32 raw bytes are read too).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Environment variable holding the key as 64 hex digits.
+    /// Environment variable holding the key as 64 hex digits (or the text of a key file).
     #[arg(long, value_name = "VAR")]
     pub key_env: Option<String>,
     /// Environment variable holding a passphrase (stretched with Argon2id).
@@ -89,7 +89,20 @@ impl KeyArgs {
             return Ok(Some(KeySource::Key(key)));
         }
         if let Some(v) = &self.key_env {
-            return Ok(Some(KeySource::Key(MasterKey::from_env(v)?)));
+            // Errors about the variable name it; key-file errors get the name added.
+            let file = KeyFile::from_env(v).map_err(|e| match e {
+                CryptoError::EnvKeyMissing { .. }
+                | CryptoError::EnvKeyNotUnicode { .. }
+                | CryptoError::EnvKeyLength { .. }
+                | CryptoError::EnvKeyNotHex { .. } => anyhow::Error::new(e),
+                other => KeyFileError(format!("environment variable {v}: {other}")).into(),
+            })?;
+            let key = if master_only {
+                file.into_master().map_err(|e| KeyFileError(format!("environment variable {v}: {e}")))?
+            } else {
+                file.into_key()
+            };
+            return Ok(Some(KeySource::Key(key)));
         }
         if let Some(v) = &self.passphrase_env {
             let s = std::env::var(v).with_context(|| format!("environment variable {v} is not set"))?;

@@ -165,6 +165,34 @@ impl KeyFile {
         Ok(KeyFile { kind: KeyKind::Unlabeled, key })
     }
 
+    /// Reads a key from environment variable `var`, which holds 64 hex digits
+    /// (either case, surrounding whitespace ignored; [`KeyKind::Unlabeled`]) or
+    /// the text of a key file with a key line (as [`KeyFile::parse`] reads it, so
+    /// `VAR="$(cat KEYFILE)"` works).
+    ///
+    /// Errors: [`CryptoError::EnvKeyMissing`], [`CryptoError::EnvKeyNotUnicode`],
+    /// [`CryptoError::EnvKeyLength`], [`CryptoError::EnvKeyNotHex`], or the
+    /// key file errors of [`KeyFile::parse`] for key-file text. The value is
+    /// wiped after parsing and never appears in an error.
+    pub fn from_env(var: &str) -> Result<KeyFile, CryptoError> {
+        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing { var: var.to_owned() })?;
+        let value = Zeroizing::new(value.into_string().map_err(|os| {
+            // Wipe the rejected value as well; it may still be key material.
+            drop(Zeroizing::new(os.into_encoded_bytes()));
+            CryptoError::EnvKeyNotUnicode { var: var.to_owned() }
+        })?);
+        if value.as_bytes().windows(KEY_LINE_FAMILY.len()).any(|w| w == KEY_LINE_FAMILY) {
+            return KeyFile::parse(value.as_bytes());
+        }
+        let trimmed = value.trim_ascii();
+        if trimmed.len() != 2 * KEY_LEN {
+            return Err(CryptoError::EnvKeyLength { var: var.to_owned(), found: trimmed.chars().count() });
+        }
+        let key = decode_hex_key(trimmed.as_bytes())
+            .map_err(|position| CryptoError::EnvKeyNotHex { var: var.to_owned(), position })?;
+        Ok(KeyFile { kind: KeyKind::Unlabeled, key })
+    }
+
     /// The file's text in the typed form: one comment line (kind and
     /// fingerprint) and the key line, each ending in `\n`. The same key and
     /// kind always give the same bytes. An unlabeled key is written in the

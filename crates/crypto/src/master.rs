@@ -57,21 +57,11 @@ impl MasterKey {
         crate::KeyFile::parse(contents).map(crate::KeyFile::into_key)
     }
 
-    /// Reads the key from environment variable `var`, which must hold 64 hex
-    /// digits (either case, surrounding whitespace ignored).
+    /// Reads the key from environment variable `var`: 64 hex digits (either
+    /// case, surrounding whitespace ignored) or the text of a key file,
+    /// whatever kind of key it records. See [`crate::KeyFile::from_env`].
     pub fn from_env(var: &str) -> Result<MasterKey, CryptoError> {
-        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing { var: var.to_owned() })?;
-        let value = Zeroizing::new(value.into_string().map_err(|os| {
-            // Wipe the rejected value as well; it may still be key material.
-            drop(Zeroizing::new(os.into_encoded_bytes()));
-            CryptoError::EnvKeyNotUnicode { var: var.to_owned() }
-        })?);
-        let trimmed = value.trim_ascii();
-        if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::EnvKeyLength { var: var.to_owned(), found: trimmed.chars().count() });
-        }
-        decode_hex_key(trimmed.as_bytes())
-            .map_err(|position| CryptoError::EnvKeyNotHex { var: var.to_owned(), position })
+        crate::KeyFile::from_env(var).map(crate::KeyFile::into_key)
     }
 
     /// Derives a key from a passphrase with Argon2id (version 0x13), using

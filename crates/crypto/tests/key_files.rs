@@ -222,3 +222,23 @@ fn every_changed_bit_and_every_truncation_parses_or_errors_without_a_panic() {
     }
     assert!(good.starts_with(b"# ") && good.windows(KEY_LINE_TAG.len()).any(|w| w == KEY_LINE_TAG.as_bytes()));
 }
+
+#[test]
+fn an_environment_variable_holds_hex_or_the_text_of_a_key_file() {
+    let var = "ONNX_PROTECT_KEY_FILES_TEST_TEXT";
+    let text = KeyFile::new(KeyKind::Tier { tier: 2 }, key()).unwrap().encode();
+    std::env::set_var(var, text.as_str());
+    let file = KeyFile::from_env(var).unwrap();
+    assert_eq!((file.kind(), file.key().fingerprint()), (KeyKind::Tier { tier: 2 }, key().fingerprint()));
+    assert!(matches!(file.into_master(), Err(CryptoError::WrongKeyKind { .. })));
+    let hex = "ONNX_PROTECT_KEY_FILES_TEST_HEX";
+    std::env::set_var(hex, format!(" {KEY_HEX}\n"));
+    assert_eq!(KeyFile::from_env(hex).unwrap().kind(), KeyKind::Unlabeled);
+    let bad = "ONNX_PROTECT_KEY_FILES_TEST_BAD";
+    std::env::set_var(bad, format!("onnx-protect-key-v1 tier=0 {KEY_HEX}"));
+    assert!(matches!(KeyFile::from_env(bad), Err(CryptoError::KeyFileSyntax { line: 1, .. })));
+    // 32 characters are not a raw key in a variable.
+    let short = "ONNX_PROTECT_KEY_FILES_TEST_SHORT";
+    std::env::set_var(short, &KEY_HEX[..32]);
+    assert_eq!(KeyFile::from_env(short).err(), Some(CryptoError::EnvKeyLength { var: short.into(), found: 32 }));
+}

@@ -75,13 +75,14 @@ mod tests {
 
     #[test]
     fn big_endian_files_are_converted() {
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        let h = "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }\n";
-        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        b.extend_from_slice(h.as_bytes());
-        b.extend_from_slice(&1.5f32.to_be_bytes());
-        b.extend_from_slice(&(-2.0f32).to_be_bytes());
-        assert_eq!(read(&b).unwrap().data, Samples::F32(vec![1.5, -2.0]));
+        let a = NpyArray { shape: vec![2], data: Samples::F32(vec![1.5, -2.0]) };
+        let mut b = write(&a).unwrap();
+        let at = b.windows(3).position(|w| w == b"<f4").unwrap();
+        b[at] = b'>';
+        let n = b.len();
+        b[n - 8..n - 4].reverse();
+        b[n - 4..].reverse();
+        assert_eq!(read(&b).unwrap(), a);
     }
 
     #[test]

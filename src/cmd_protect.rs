@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
-use onnx_protect_crypto::MasterKey;
+use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 use onnx_protect_select::Policy;
 
 use crate::keys::KeyArgs;
@@ -14,7 +14,7 @@ use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {
-    /// Where to write the new key (64 hex digits and a newline, mode 0600). Refuses to overwrite.
+    /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600). Refuses to overwrite.
     #[arg(short, long)]
     output: PathBuf,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
@@ -24,8 +24,9 @@ pub struct KeygenArgs {
     json: bool,
 }
 
-fn write_key_file(path: &std::path::Path, key: &MasterKey) -> Result<()> {
-    let hex = key.to_hex();
+/// Writes a new key file (never over an existing file), readable by its owner only.
+fn write_key_file(path: &std::path::Path, kind: KeyKind, key: &MasterKey) -> Result<()> {
+    let text = KeyFile::new(kind, key.clone())?.encode();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -34,8 +35,7 @@ fn write_key_file(path: &std::path::Path, key: &MasterKey) -> Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).with_context(|| format!("cannot create key file {}", path.display()))?;
-    f.write_all(hex.as_bytes())?;
-    f.write_all(b"\n")?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
 }
@@ -47,6 +47,7 @@ fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    const { assert!(onnx_protect_select::MAX_TIERS == onnx_protect_crypto::MAX_TIERS) };
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
@@ -57,11 +58,11 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
             bail!("{} exists; keygen never overwrites a key", p.display());
         }
     }
-    write_key_file(&a.output, &key)?;
+    write_key_file(&a.output, KeyKind::Master { tiers: a.tiers }, &key)?;
     let mut k = key.clone();
     for t in (1..a.tiers).rev() {
         k = k.tier_down();
-        write_key_file(&tier_path(&a.output, t), &k)?;
+        write_key_file(&tier_path(&a.output, t), KeyKind::Tier { tier: t }, &k)?;
     }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     if a.json {
@@ -79,10 +80,11 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct DeriveTierKeyArgs {
-    /// The key of tier FROM.
+    /// A key file: a master key (`keygen --tiers N`) or the key of a tier.
     #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"])]
     key_file: Option<PathBuf>,
-    /// The tier of the given key (with a passphrase: the model's number of tiers).
+    /// The tier of the given key; needed only for key files that do not record it (older files).
+    /// With a passphrase: the model's number of tiers.
     #[arg(long)]
     from: Option<u32>,
     /// Environment variable holding the passphrase a tiered model was encrypted with (needs --model).
@@ -98,25 +100,36 @@ pub struct DeriveTierKeyArgs {
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
-    /// Where to write the derived key.
+    /// Where to write the derived key (a key file that records its tier).
     #[arg(short, long)]
     output: PathBuf,
     #[arg(long)]
     json: bool,
 }
 
+/// The tier of the key in a key file: the one it records, or `--from` for a
+/// file that records none. A `--from` that contradicts the file is an error.
+fn tier_of_key_file(path: &std::path::Path, kind: KeyKind, from: Option<u32>) -> Result<u32> {
+    match (kind.tier(), from) {
+        (Some(recorded), Some(f)) if f != recorded => {
+            bail!("key file {} holds {kind}, so it is the key of tier {recorded}, not --from {f}", path.display())
+        }
+        (Some(recorded), _) => Ok(recorded),
+        (None, Some(f)) => Ok(f),
+        (None, None) => bail!(
+            "--from is required: key file {} does not record its tier (an older key file); give the tier of that key",
+            path.display()
+        ),
+    }
+}
+
 /// `derive-tier-key`: the key of a lower tier, derived one way from a higher one.
 pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
     let (mut k, from) = match &a.key_file {
         Some(path) => {
-            let Some(from) = a.from else { bail!("--from is required with --key-file: the tier of that key") };
-            let bytes = zeroize::Zeroizing::new(
-                std::fs::read(path)
-                    .map_err(|e| crate::keys::KeyFileError(format!("cannot read key file {}: {e}", path.display())))?,
-            );
-            let k = MasterKey::parse_key_file(&bytes)
-                .map_err(|e| crate::keys::KeyFileError(format!("key file {}: {e}", path.display())))?;
-            (k, from)
+            let file = crate::keys::read_key_file(path)?;
+            let from = tier_of_key_file(path, file.kind(), a.from)?;
+            (file.into_key(), from)
         }
         None => {
             let Some(model) = &a.model else { bail!("--model is required with a passphrase") };
@@ -137,12 +150,12 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
         }
     };
     if a.tier == 0 || a.tier > from {
-        bail!("--tier must be between 1 and --from ({from}): a key only yields lower tiers");
+        bail!("--tier must be between 1 and {from} (the tier of the given key): a key only yields lower tiers");
     }
     for _ in a.tier..from {
         k = k.tier_down();
     }
-    write_key_file(&a.output, &k)?;
+    write_key_file(&a.output, KeyKind::Tier { tier: a.tier }, &k)?;
     if a.json {
         let fp: String = k.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
         crate::output::emit(
@@ -272,7 +285,7 @@ fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) 
 
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
-    let key = a.key.required()?;
+    let key = a.key.required_master()?;
     let output = output_of(&a.input, &a.output, a.in_place)?;
     let bar = Bar::new(a.quiet);
     let r = protect::encrypt(

@@ -52,7 +52,7 @@ impl NewKeyArgs {
             passphrase_env: self.new_passphrase_env.clone(),
             passphrase_file: self.new_passphrase_file.clone(),
         };
-        as_old.required().context("new key")
+        as_old.required_master().context("new key")
     }
 
     /// Whether any new-key option was given.

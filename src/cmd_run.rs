@@ -88,8 +88,8 @@ mod with_tract {
     use crate::keys::KeyArgs;
 
     /// Keeps the library's error types visible to the exit-code mapping.
-    pub fn lift(e: RuntimeError) -> anyhow::Error {
-        match e {
+    pub fn lift(e: impl Into<RuntimeError>) -> anyhow::Error {
+        match e.into() {
             RuntimeError::Core(c) => anyhow::Error::new(c),
             RuntimeError::Format(f) => anyhow::Error::new(f),
             other => anyhow::Error::new(other),

@@ -93,7 +93,7 @@ pub struct EncryptPatchEmbeddingArgs {
 
 /// The master key; transforms need a key, not a passphrase (it would need a stored salt).
 fn master_key(k: &KeyArgs) -> Result<MasterKey> {
-    match k.required()? {
+    match k.required_master()? {
         KeySource::Key(key) => Ok(key),
         KeySource::Passphrase(_) => Err(KeyFileError(
             "input transforms need a key (--key-file or --key-env), not a passphrase: they are deterministic \

@@ -4,6 +4,7 @@ mod batch;
 mod cli;
 mod corpus;
 mod fixtures;
+mod key_files;
 mod malformed;
 mod protect;
 mod reference;

@@ -890,13 +890,26 @@ def write_side_files(out_dir: str, side: dict[str, bytes]):
 
 
 def parse_key_file(data: bytes) -> bytes:
-    """Key file as written by `onnx-protect keygen`: 64 hex digits (and a newline), or 32 raw bytes."""
+    """A key file (docs/format.md, appendix): a `onnx-protect-key-v1` key line among `#` comments,
+    or the older forms, 32 raw bytes or 64 hex digits. Any kind of key is returned."""
+    if len(data) == 32:
+        return data
+    if len(data) > 4096:
+        raise SpecError("key file: larger than 4096 bytes")
+    lines = [line.strip(b" \t\r") for line in data.split(b"\n")]
+    if any(line.startswith(b"onnx-protect-key-") for line in lines):
+        keys = [line for line in lines if line and not line.startswith(b"#")]
+        if len(keys) != 1:
+            raise SpecError("key file: expected exactly one key line and comments")
+        m = re.fullmatch(rb"onnx-protect-key-v1[ \t]+(?:master[ \t]+tiers=([1-9][0-9]?)|tier=([1-9][0-9]?))"
+                         rb"[ \t]+([0-9a-fA-F]{64})", keys[0])
+        if not m or int(m.group(1) or m.group(2)) > 16:
+            raise SpecError("key file: malformed key line")
+        return bytes.fromhex(m.group(3).decode())
     text = data.strip()
     if len(text) == 64 and re.fullmatch(rb"[0-9a-fA-F]{64}", text):
         return bytes.fromhex(text.decode())
-    if len(data) == 32:
-        return data
-    raise SpecError("key file: expected 64 hex digits or 32 raw bytes")
+    raise SpecError("key file: expected a key line, 64 hex digits or 32 raw bytes")
 
 
 def main(argv=None) -> int:

@@ -2,75 +2,19 @@
 //! each span (docs/format.md §5). The encrypted values are the tensor's own values,
 //! so every statistic of a span's value multiset is unchanged.
 //!
-//! The permutation of the span starting at element-byte offset `a` is a
-//! Fisher–Yates shuffle driven by 32-bit little-endian words read from the
-//! tensor's keystream starting at byte offset `a · 2^24` (so the randomness of
-//! different spans never overlaps for tensors under 1 TiB). To draw `j` uniform in
-//! `[0, i]`: read `r`; with `m = i + 1` and `limit = 2^32 − (2^32 mod m)`, accept
-//! `j = r mod m` if `r < limit`, else read again. For `i = n−1` down to `1`: swap
-//! elements `i` and `j`.
+//! The permutation of the span starting at element-byte offset `a` is the keyed
+//! shuffle of `onnx_protect_crypto::KeyedShuffle`, reading 32-bit little-endian
+//! words from the tensor's keystream starting at byte offset `a · 2^24` (so the
+//! randomness of different spans never overlaps for tensors under 1 TiB).
+//! Encryption applies its swaps (`i = n−1` down to 1), decryption the same swaps
+//! in reverse order.
 
-use onnx_protect_crypto::Keystream;
+use onnx_protect_crypto::{CryptoError, KeyedShuffle, Keystream, WordOrder};
 
 use crate::protect::{CoreError, Result};
 
 /// Offset multiplier of the randomness of a span (see the module docs).
 pub const SPAN_STREAM_SHIFT: u32 = 24;
-
-struct Words<'a> {
-    ks: &'a Keystream,
-    next: u64,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Words<'_> {
-    fn word(&mut self) -> Result<u32> {
-        if self.pos + 4 > self.buf.len() {
-            self.buf.iter_mut().for_each(|b| *b = 0);
-            self.ks.apply(self.next, &mut self.buf)?;
-            self.next = self
-                .next
-                .checked_add(self.buf.len() as u64)
-                .ok_or_else(|| CoreError::BadManifest("permutation stream offset overflows".into()))?;
-            self.pos = 0;
-        }
-        let w = u32::from_le_bytes([
-            self.buf[self.pos],
-            self.buf[self.pos + 1],
-            self.buf[self.pos + 2],
-            self.buf[self.pos + 3],
-        ]);
-        self.pos += 4;
-        Ok(w)
-    }
-
-    fn below(&mut self, m: u32) -> Result<u32> {
-        let limit = (1u64 << 32) - ((1u64 << 32) % u64::from(m));
-        loop {
-            let r = self.word()?;
-            if u64::from(r) < limit {
-                return Ok(r % m);
-            }
-        }
-    }
-}
-
-/// The swap targets `j_i` for `i = n−1 … 1` of the span starting at `span_start`.
-fn swaps(ks: &Keystream, span_start: u64, n: usize) -> Result<Vec<u32>> {
-    if n > u32::MAX as usize {
-        return Err(CoreError::BadManifest("a distribution-preserving span has too many elements".into()));
-    }
-    let start = span_start
-        .checked_mul(1u64 << SPAN_STREAM_SHIFT)
-        .ok_or_else(|| CoreError::BadManifest("span offset too large for the distribution-preserving mode".into()))?;
-    let mut words = Words { ks, next: start, buf: vec![0u8; (4 * n + 64).min(1 << 20)], pos: usize::MAX / 2 };
-    let mut out = Vec::with_capacity(n.saturating_sub(1));
-    for i in (1..n).rev() {
-        out.push(words.below(i as u32 + 1)?);
-    }
-    Ok(out)
-}
 
 /// Permutes (`inverse = false`) or un-permutes the elements of `span`, the element
 /// bytes of one span starting at element-byte offset `span_start`.
@@ -79,8 +23,16 @@ pub fn permute_span(ks: &Keystream, span_start: u64, span: &mut [u8], elem: usiz
         return Err(CoreError::BadManifest("span is not a whole number of elements".into()));
     }
     let n = span.len() / elem;
-    let js = swaps(ks, span_start, n)?;
-    let mut swap = |i: usize, j: usize| {
+    let start = span_start
+        .checked_mul(1u64 << SPAN_STREAM_SHIFT)
+        .ok_or_else(|| CoreError::BadManifest("span offset too large for the distribution-preserving mode".into()))?;
+    let shuffle = KeyedShuffle::draw(ks, start, WordOrder::LittleEndian, n).map_err(|e| match e {
+        CryptoError::ShuffleTooLong { .. } => {
+            CoreError::BadManifest("a distribution-preserving span has too many elements".into())
+        }
+        _ => CoreError::BadManifest("permutation stream offset overflows".into()),
+    })?;
+    let mut swap = |(i, j): (usize, usize)| {
         if i != j {
             for b in 0..elem {
                 span.swap(i * elem + b, j * elem + b);
@@ -88,13 +40,9 @@ pub fn permute_span(ks: &Keystream, span_start: u64, span: &mut [u8], elem: usiz
         }
     };
     if inverse {
-        for (k, &j) in js.iter().enumerate().rev() {
-            swap(n - 1 - k, j as usize);
-        }
+        shuffle.swaps().rev().for_each(&mut swap);
     } else {
-        for (k, &j) in js.iter().enumerate() {
-            swap(n - 1 - k, j as usize);
-        }
+        shuffle.swaps().for_each(&mut swap);
     }
     Ok(())
 }
@@ -119,6 +67,30 @@ mod tests {
         assert_eq!(a, b);
         permute_span(&ks, 64, &mut data, 4, true).unwrap();
         assert_eq!(data, original);
+    }
+
+    /// Values from an independent Python implementation of docs/format.md §5
+    /// (HKDF and AES-CTR from the standard library and `cryptography`), for
+    /// master key 01×32, salt 02×32, stream 3.
+    #[test]
+    fn permutations_match_the_independent_implementation_of_the_spec() {
+        let keys = SessionKeys::derive(&MasterKey::from_bytes([1; 32]), &[2; 32]);
+        let ks = keys.keystream(3);
+        for (start, want) in [
+            (64u64, vec![0u8, 8, 2, 3, 7, 6, 4, 5, 9, 1]),
+            (
+                0,
+                vec![
+                    10, 22, 36, 14, 27, 9, 20, 16, 17, 18, 6, 19, 12, 26, 5, 3, 23, 0, 28, 29, 15, 13, 7, 35, 34, 2,
+                    21, 1, 11, 32, 8, 31, 25, 30, 24, 33, 4,
+                ],
+            ),
+        ] {
+            let n = want.len() as u8;
+            let mut data: Vec<u8> = (0..n).collect();
+            permute_span(&ks, start, &mut data, 1, false).unwrap();
+            assert_eq!(data, want, "span at {start}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use core::fmt;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::session::{hkdf_expand, hkdf_extract};
+use crate::schedule::{hkdf_expand, hkdf_extract};
 use crate::{fill_random, CryptoError, Keystream, Mac, KEY_CHECK_LEN, KEY_LEN};
 
 /// HKDF salt of the one-way step to the tier below.

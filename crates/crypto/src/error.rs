@@ -15,11 +15,11 @@ pub enum CryptoError {
         reason: String,
     },
 
-    /// A key file had neither 32 bytes nor 64 hex digits (after trimming
-    /// surrounding ASCII whitespace).
+    /// A key file is in none of the accepted forms: no key line, and neither
+    /// 32 bytes nor 64 hex digits (after trimming surrounding ASCII whitespace).
     #[error(
-        "key file must hold 32 raw bytes or 64 hex digits (optionally surrounded by whitespace); \
-         found {found} bytes"
+        "not a key file: a key file holds an `onnx-protect-key-v1` line, 64 hex digits or 32 raw bytes; \
+         found {found} bytes that are none of these"
     )]
     KeyFileLength {
         /// Total size of the key file in bytes.
@@ -27,10 +27,7 @@ pub enum CryptoError {
     },
 
     /// A key file had 64 characters (after trimming) but not all were hex digits.
-    #[error(
-        "key file must hold 32 raw bytes or 64 hex digits (optionally surrounded by whitespace); \
-         found 64 characters that are not all hex digits (first non-hex character at byte {position})"
-    )]
+    #[error("a key file of 64 characters must be 64 hex digits; the first non-hex character is at byte {position}")]
     KeyFileNotHex {
         /// Byte offset, within the whole file, of the first non-hex character.
         position: usize,
@@ -115,5 +112,55 @@ pub enum CryptoError {
         len: usize,
         /// Longest accepted mask.
         max: usize,
+    },
+
+    /// A keyed shuffle was asked to permute more items than its `u32` indices allow.
+    #[error("a keyed shuffle permutes at most {max} items; asked for {len}")]
+    ShuffleTooLong {
+        /// Requested number of items.
+        len: usize,
+        /// Largest accepted number of items.
+        max: u64,
+    },
+
+    /// A key file is larger than any key file is.
+    #[error("not a key file: it is larger than {max} bytes")]
+    KeyFileTooLarge {
+        /// Largest key file read, in bytes.
+        max: usize,
+    },
+
+    /// A key file in the typed form has a malformed line.
+    #[error("key file line {line}: {reason}")]
+    KeyFileSyntax {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A key line of a version this build does not read.
+    #[error("key file line {line}: unknown key line version (this build reads `onnx-protect-key-v1` lines)")]
+    KeyFileVersion {
+        /// 1-based line number.
+        line: usize,
+    },
+
+    /// A key file records a tier number outside 1..=max.
+    #[error("key file records tier {value}; tiers are numbered 1 to {max}")]
+    KeyKindTier {
+        /// The recorded number.
+        value: u32,
+        /// Largest tier.
+        max: u32,
+    },
+
+    /// A key of the wrong kind for its use (a tier key where a master key is needed).
+    #[error("this is {found}; {needed} is needed here")]
+    WrongKeyKind {
+        /// What the key file says the key is.
+        found: crate::KeyKind,
+        /// What the caller needs.
+        needed: &'static str,
     },
 }

@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::session::{hkdf_expand, hkdf_extract, tensor_key};
-use crate::{aes256_ctr_xor, Mac, MasterKey, SessionKeys};
+use crate::schedule::{hkdf_expand, hkdf_extract};
+use crate::session::tensor_key;
+use crate::{aes256_ctr_xor, KeySchedule, Mac, MasterKey, SessionKeys};
 
 type Record = BTreeMap<String, String>;
 
@@ -128,8 +129,10 @@ fn derivation_v1_vectors_are_unchanged() {
 
     let prk = hkdf_extract(&salt, &array::<32>(r, "master"));
     assert_eq!(prk, array(r, "prk"));
-    assert_eq!(tensor_key(&prk, 0), array(r, "tensor-key-0"));
-    assert_eq!(tensor_key(&prk, 1), array(r, "tensor-key-1"));
+    assert_eq!(KeySchedule::new(&master, &salt).prk(), prk);
+    let schedule = KeySchedule::from_prk(prk);
+    assert_eq!(tensor_key(&schedule, 0), array(r, "tensor-key-0"));
+    assert_eq!(tensor_key(&schedule, 1), array(r, "tensor-key-1"));
     assert_eq!(keys.mac_key(), array(r, "mac-key"));
     assert_eq!(keys.key_check(), array(r, "key-check"));
     assert_eq!(master.fingerprint(), array(r, "fingerprint"));

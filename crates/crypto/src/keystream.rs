@@ -31,8 +31,8 @@ const PAR_PIECE: usize = 1024 * 1024;
 /// from zero (docs/format.md §6). `ctr`'s 64-bit flavor, with a zero nonce, counts in
 /// the low 8 bytes and leaves the high 8 at zero: the same blocks for every block
 /// index below 2^64, and a keystream offset (a `u64` byte offset) never reaches
-/// block 2^60. It runs ~10% faster than the 128-bit flavor here (its counter
-/// arithmetic is cheaper), measured in docs/performance.md (session 8); the test
+/// block 2^60. Its counter arithmetic is cheaper than the 128-bit flavor's (see
+/// docs/performance.md); the test
 /// `the_64_bit_counter_flavor_gives_the_format_s_128_bit_counter_blocks` compares
 /// the two up to the last block.
 type Aes256Ctr = Ctr64BE<Aes256>;
@@ -88,6 +88,15 @@ impl Keystream {
         check_range(offset, data.len())?;
         let mut ctr = self.ctr_at(offset, data.len())?;
         ctr.try_apply_keystream(data).map_err(|_| CryptoError::KeystreamRange { offset, len: data.len() })
+    }
+
+    /// Overwrites `out` with keystream bytes `[offset, offset + out.len())`.
+    ///
+    /// Errors as [`Keystream::apply`]; `out` is then left untouched.
+    pub fn fill(&self, offset: u64, out: &mut [u8]) -> Result<(), CryptoError> {
+        check_range(offset, out.len())?;
+        out.fill(0);
+        self.apply(offset, out)
     }
 
     /// Writes `src` XOR keystream bytes `[offset, offset + src.len())` into `dst`, in

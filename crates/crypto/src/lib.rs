@@ -11,6 +11,13 @@
 //! * a MAC key for HMAC-SHA256 ([`Mac`]) over the file's protected data;
 //! * a 16-byte key check value to reject a wrong master key early.
 //!
+//! Every derivation from the master key is an HKDF-SHA256 [`KeySchedule`]
+//! (the per-file keys above, the tier-down step, the input-transform keys), and
+//! every keyed permutation is a [`KeyedShuffle`] drawn from a keystream (the
+//! distribution-preserving mode, the input transforms' permutations). Key files
+//! are read and written by [`KeyFile`], which records what kind of key a file
+//! holds.
+//!
 //! [`Checksum`] is a keyless SHA-256 for integrity checks.
 //!
 //! Invariants kept throughout: secret keys are wiped on drop and never
@@ -59,10 +66,13 @@ mod content;
 mod data_key;
 mod digest;
 mod error;
+mod key_file;
 mod keystream;
 mod master;
+mod schedule;
 mod session;
 mod wrap;
+mod shuffle;
 
 #[cfg(test)]
 mod kat_tests;
@@ -76,10 +86,13 @@ pub use data_key::{
 };
 pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
+pub use key_file::{KeyFile, KeyKind, KEY_LINE_TAG, MAX_KEY_FILE_LEN, MAX_TIERS};
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
 pub use wrap::{random_stanza_salt, WrapKind, STANZA_SALT_LEN, WRAPPED_LEN, WRAP_KEY_LABEL, WRAP_PASSPHRASE_LABEL};
+pub use schedule::KeySchedule;
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
+pub use shuffle::{KeyedShuffle, WordOrder, MAX_SHUFFLE_LEN};
 
 /// Length of the master key, tensor keys and the MAC key, in bytes.
 pub const KEY_LEN: usize = 32;

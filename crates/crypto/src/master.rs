@@ -5,7 +5,7 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{fill_random, CryptoError, KEY_LEN};
+use crate::{fill_random, CryptoError, KeySchedule, KEY_LEN};
 
 /// HKDF salt of the tier-down step.
 pub const TIER_SALT: &[u8] = b"onnx-protect/v1/tier-salt";
@@ -22,8 +22,8 @@ pub const KDF_SALT_LEN: usize = 16;
 ///
 /// Invariants: the bytes are wiped when the value is dropped, and neither
 /// `Debug` nor any error ever shows them. The only ways to see the key are
-/// [`MasterKey::to_hex`] (for writing a key file) and the one-way
-/// [`MasterKey::fingerprint`].
+/// [`MasterKey::to_hex`] and [`crate::KeyFile::encode`] (for writing a key
+/// file) and the one-way [`MasterKey::fingerprint`].
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey {
     bytes: [u8; KEY_LEN],
@@ -49,44 +49,19 @@ impl MasterKey {
         MasterKey { bytes }
     }
 
-    /// Parses the contents of a key file.
-    ///
-    /// Accepted forms:
-    /// * exactly 32 bytes: the raw key (a 32-byte file is always taken as
-    ///   raw, even if its bytes happen to be printable);
-    /// * 64 hex digits (either case), optionally surrounded by ASCII
-    ///   whitespace such as a trailing newline.
-    ///
-    /// Anything else is rejected with [`CryptoError::KeyFileLength`] or
-    /// [`CryptoError::KeyFileNotHex`]; the error never contains file bytes.
+    /// Parses the contents of a key file in any of its forms and returns the
+    /// key, whatever kind of key the file says it is. See [`crate::KeyFile::parse`]
+    /// for the forms and errors, and [`crate::KeyFile::into_master`] to refuse
+    /// tier keys.
     pub fn parse_key_file(contents: &[u8]) -> Result<MasterKey, CryptoError> {
-        if let Ok(raw) = <[u8; KEY_LEN]>::try_from(contents) {
-            return Ok(MasterKey::from_bytes(raw));
-        }
-        let trimmed = contents.trim_ascii();
-        if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::KeyFileLength { found: contents.len() });
-        }
-        // Offset of `trimmed` inside `contents`, so positions refer to the file.
-        let lead = contents.len() - contents.trim_ascii_start().len();
-        decode_hex_key(trimmed).map_err(|i| CryptoError::KeyFileNotHex { position: lead + i })
+        crate::KeyFile::parse(contents).map(crate::KeyFile::into_key)
     }
 
-    /// Reads the key from environment variable `var`, which must hold 64 hex
-    /// digits (either case, surrounding whitespace ignored).
+    /// Reads the key from environment variable `var`: 64 hex digits (either
+    /// case, surrounding whitespace ignored) or the text of a key file,
+    /// whatever kind of key it records. See [`crate::KeyFile::from_env`].
     pub fn from_env(var: &str) -> Result<MasterKey, CryptoError> {
-        let value = std::env::var_os(var).ok_or_else(|| CryptoError::EnvKeyMissing { var: var.to_owned() })?;
-        let value = Zeroizing::new(value.into_string().map_err(|os| {
-            // Wipe the rejected value as well; it may still be key material.
-            drop(Zeroizing::new(os.into_encoded_bytes()));
-            CryptoError::EnvKeyNotUnicode { var: var.to_owned() }
-        })?);
-        let trimmed = value.trim_ascii();
-        if trimmed.len() != 2 * KEY_LEN {
-            return Err(CryptoError::EnvKeyLength { var: var.to_owned(), found: trimmed.chars().count() });
-        }
-        decode_hex_key(trimmed.as_bytes())
-            .map_err(|position| CryptoError::EnvKeyNotHex { var: var.to_owned(), position })
+        crate::KeyFile::from_env(var).map(crate::KeyFile::into_key)
     }
 
     /// Derives a key from a passphrase with Argon2id (version 0x13), using
@@ -130,12 +105,7 @@ impl MasterKey {
     /// info = "onnx-protect/v1/tier-down", 32 bytes)`. The step is one way: the
     /// key of a tier yields every lower tier's key, never a higher one.
     pub fn tier_down(&self) -> MasterKey {
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(TIER_SALT), &self.bytes);
-        let mut out = Zeroizing::new([0u8; KEY_LEN]);
-        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so this cannot fail.
-        if hk.expand(TIER_DOWN_LABEL, out.as_mut()).is_err() {
-            out.zeroize();
-        }
+        let out = KeySchedule::new(self, TIER_SALT).expand::<KEY_LEN>(&[TIER_DOWN_LABEL]);
         MasterKey { bytes: *out }
     }
 
@@ -149,7 +119,7 @@ impl MasterKey {
 /// (within `hex_digits`) of the first non-hex character; never its value.
 ///
 /// Precondition: `hex_digits.len() == 2 * KEY_LEN`.
-fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
+pub(crate) fn decode_hex_key(hex_digits: &[u8]) -> Result<MasterKey, usize> {
     if let Some(bad) = hex_digits.iter().position(|c| !c.is_ascii_hexdigit()) {
         return Err(bad);
     }

@@ -1,13 +1,9 @@
 //! Per-file key schedule: HKDF-SHA256 from the master key and a per-file salt.
 
-use core::fmt;
-
-use hkdf::Hkdf;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{fill_random, CryptoError, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN};
+use crate::{fill_random, CryptoError, KeySchedule, Keystream, Mac, MasterKey, KEY_CHECK_LEN, KEY_LEN, SALT_LEN};
 
 /// HKDF-Expand `info` prefix for tensor keys; the stream id follows as 8 bytes big-endian.
 pub const TENSOR_KEY_LABEL: &[u8] = b"onnx-protect/v1/tensor";
@@ -40,13 +36,13 @@ pub fn random_salt() -> Result<[u8; SALT_LEN], CryptoError> {
 /// Tensor keys are derived on demand and live only inside a [`Keystream`].
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SessionKeys {
-    prk: [u8; 32],
+    schedule: KeySchedule,
     mac_key: [u8; KEY_LEN],
     key_check: [u8; KEY_CHECK_LEN],
 }
 
-impl fmt::Debug for SessionKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl core::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("SessionKeys([redacted])")
     }
 }
@@ -54,14 +50,12 @@ impl fmt::Debug for SessionKeys {
 impl SessionKeys {
     /// Runs the key schedule above. Infallible: all output lengths are fixed.
     pub fn derive(master: &MasterKey, salt: &[u8; SALT_LEN]) -> SessionKeys {
-        let mut keys = SessionKeys {
-            prk: hkdf_extract(salt, master.as_bytes()),
-            mac_key: [0u8; KEY_LEN],
-            key_check: [0u8; KEY_CHECK_LEN],
-        };
-        keys.mac_key = hkdf_expand(&keys.prk, &[MAC_KEY_LABEL]);
-        keys.key_check = hkdf_expand(&keys.prk, &[KEY_CHECK_LABEL]);
-        keys
+        let schedule = KeySchedule::new(master, salt);
+        SessionKeys {
+            mac_key: *schedule.expand(&[MAC_KEY_LABEL]),
+            key_check: *schedule.expand(&[KEY_CHECK_LABEL]),
+            schedule,
+        }
     }
 
     /// The 16-byte key check value stored in the file header, which lets a
@@ -80,10 +74,7 @@ impl SessionKeys {
     ///
     /// Contract: the caller gives each tensor in a file its own stream id.
     pub fn keystream(&self, stream_id: u64) -> Keystream {
-        let mut key = tensor_key(&self.prk, stream_id);
-        let ks = Keystream::new(&key);
-        key.zeroize();
-        ks
+        self.schedule.keystream(&[TENSOR_KEY_LABEL, &stream_id.to_be_bytes()])
     }
 
     /// A fresh HMAC-SHA256 computation keyed with this file's MAC key.
@@ -98,29 +89,8 @@ impl SessionKeys {
     }
 }
 
-/// Tensor key for `stream_id`: HKDF-Expand(PRK, TENSOR_KEY_LABEL || id_be64, 32).
-pub(crate) fn tensor_key(prk: &[u8; 32], stream_id: u64) -> [u8; KEY_LEN] {
-    hkdf_expand(prk, &[TENSOR_KEY_LABEL, &stream_id.to_be_bytes()])
-}
-
-/// HKDF-Extract with SHA-256. Returns the 32-byte PRK.
-pub(crate) fn hkdf_extract(salt: &[u8], ikm: &[u8]) -> [u8; 32] {
-    let (prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&prk);
-    out
-}
-
-/// HKDF-Expand with SHA-256 to a fixed `N`-byte output; `info` is the
-/// concatenation of the given parts.
-///
-/// Infallible by construction: `N <= 255 * 32` is checked at compile time and
-/// a 32-byte PRK is exactly the hash length `from_prk` requires, so the two
-/// `expect`s below can never fire (neither depends on input).
-pub(crate) fn hkdf_expand<const N: usize>(prk: &[u8; 32], info: &[&[u8]]) -> [u8; N] {
-    const { assert!(N <= 255 * 32, "HKDF-SHA256 output is limited to 8160 bytes") };
-    let hk = Hkdf::<Sha256>::from_prk(prk).expect("a 32-byte PRK is always accepted");
-    let mut okm = [0u8; N];
-    hk.expand_multi_info(info, &mut okm).expect("output length is checked at compile time");
-    okm
+/// Tensor key for `stream_id`, for the derivation known-answer test only.
+#[cfg(test)]
+pub(crate) fn tensor_key(schedule: &KeySchedule, stream_id: u64) -> [u8; KEY_LEN] {
+    *schedule.expand(&[TENSOR_KEY_LABEL, &stream_id.to_be_bytes()])
 }

@@ -170,7 +170,8 @@ fn parse_key_file_accepts_raw_hex_and_hex_with_newline() {
 fn parse_key_file_rejects_everything_else_with_the_documented_error() {
     let length_msg = |n: usize| {
         format!(
-            "key file must hold 32 raw bytes or 64 hex digits (optionally surrounded by whitespace); found {n} bytes"
+            "not a key file: a key file holds an `onnx-protect-key-v1` line, 64 hex digits or 32 raw bytes; \
+             found {n} bytes that are none of these"
         )
     };
     let bad_lengths: Vec<Vec<u8>> = vec![
@@ -196,7 +197,7 @@ fn parse_key_file_rejects_everything_else_with_the_documented_error() {
     let err = MasterKey::parse_key_file(&not_hex).unwrap_err();
     assert_eq!(err, CryptoError::KeyFileNotHex { position: 11 });
     let msg = err.to_string();
-    assert!(msg.contains("32 raw bytes or 64 hex digits"), "{msg}");
+    assert!(msg.contains("must be 64 hex digits") && msg.contains("byte 11"), "{msg}");
     assert!(!msg.contains("0102030405"), "{msg}");
 }
 

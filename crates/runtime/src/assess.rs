@@ -170,7 +170,7 @@ fn random_array(dtype: Dtype, shape: Vec<usize>, rng: &mut Rng) -> Result<NpyArr
             other => data.extend_from_slice(&k.to_le_bytes()[..other.size()]),
         }
     }
-    NpyArray::new(dtype, shape, data)
+    Ok(NpyArray::new(dtype, shape, data)?)
 }
 
 /// The inputs in model order, each `[N, ...]`.

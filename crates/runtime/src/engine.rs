@@ -356,7 +356,7 @@ fn from_tensor(t: &Tensor, name: &str) -> Result<NpyArray> {
             )))
         }
     };
-    NpyArray::new(dtype, shape, data.map_err(tract_err)?)
+    Ok(NpyArray::new(dtype, shape, data.map_err(tract_err)?)?)
 }
 
 impl Prepared {

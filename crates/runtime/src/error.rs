@@ -26,9 +26,9 @@ pub enum RuntimeError {
     /// The inputs do not fit the model.
     #[error("input: {0}")]
     Input(String),
-    /// A `.npy` file that cannot be read.
-    #[error("{path}: {reason}")]
-    Npy { path: String, reason: String },
+    /// A `.npy` file that cannot be read or written, or an array that does not fit.
+    #[error(transparent)]
+    Npy(#[from] onnx_protect_npy::NpyError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -42,7 +42,7 @@ impl RuntimeError {
             RuntimeError::UnsupportedOps { .. } => "unsupported_op",
             RuntimeError::Tract(_) => "runtime",
             RuntimeError::Input(_) => "input",
-            RuntimeError::Npy { .. } => "npy",
+            RuntimeError::Npy(_) => "npy",
             RuntimeError::Io { .. } => "io",
         }
     }

@@ -13,10 +13,8 @@
 //! with `params` = `u32be(M) || u32be(C)` for the per-block transforms and
 //! `u32be(M) || u32be(n)` for block scrambling.
 
-use hkdf::Hkdf;
-use onnx_protect_crypto::{aes256_ctr_xor, MasterKey, KEY_LEN};
-use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use onnx_protect_crypto::{KeySchedule, KeyedShuffle, Keystream, MasterKey, WordOrder};
+use zeroize::Zeroizing;
 
 use crate::error::{Result, TransformError};
 
@@ -37,87 +35,25 @@ pub const FFX_ROUNDS: usize = 10;
 /// Largest permutation this module generates (block values or blocks).
 pub const MAX_PERMUTATION_LEN: usize = 1 << 24;
 
-/// Derives the 32-byte AES key for one transform: HKDF-Expand(PRK, label || u32be(a) || u32be(b), 32).
-fn subkey(master: &MasterKey, label: &[u8], a: u32, b: u32) -> Result<Zeroizing<[u8; KEY_LEN]>> {
-    // The crypto crate exposes the key bytes only as hex (for key files); decode
-    // them into a buffer that is wiped on drop.
-    let hex_key = master.to_hex();
-    let mut ikm = Zeroizing::new([0u8; KEY_LEN]);
-    hex::decode_to_slice(hex_key.as_bytes(), &mut ikm[..])
-        .map_err(|_| TransformError::Spec("master key has an unexpected form".into()))?;
-    let hk = Hkdf::<Sha256>::new(Some(EXTRACT_SALT), &ikm[..]);
-    let mut okm = Zeroizing::new([0u8; KEY_LEN]);
-    hk.expand_multi_info(&[label, &a.to_be_bytes(), &b.to_be_bytes()], &mut okm[..])
-        .map_err(|_| TransformError::Spec("HKDF output length".into()))?;
-    Ok(okm)
+/// `S_t`: the keystream of one transform, under `K_t = HKDF-Expand(PRK, label || u32be(a) || u32be(b), 32)`.
+fn stream(master: &MasterKey, label: &[u8], a: u32, b: u32) -> Keystream {
+    KeySchedule::new(master, EXTRACT_SALT).keystream(&[label, &a.to_be_bytes(), &b.to_be_bytes()])
 }
 
-/// Reads an AES-256-CTR keystream (zero initial counter) sequentially.
-struct StreamReader {
-    key: Zeroizing<[u8; KEY_LEN]>,
-    offset: u64,
-    buf: [u8; 256],
-    pos: usize,
+/// The first `n` bytes of `S_t`, in a buffer wiped on drop.
+fn stream_bytes(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(vec![0u8; n]);
+    stream(master, label, a, b).fill(0, &mut out)?;
+    Ok(out)
 }
 
-impl Drop for StreamReader {
-    fn drop(&mut self) {
-        self.buf.zeroize();
-    }
-}
-
-impl StreamReader {
-    fn new(key: Zeroizing<[u8; KEY_LEN]>) -> StreamReader {
-        StreamReader { key, offset: 0, buf: [0u8; 256], pos: 256 }
-    }
-
-    fn fill(&mut self, out: &mut [u8]) -> Result<()> {
-        for b in out.iter_mut() {
-            if self.pos == self.buf.len() {
-                self.buf = [0u8; 256];
-                aes256_ctr_xor(&self.key, &[0u8; 16], self.offset, &mut self.buf)?;
-                self.offset += self.buf.len() as u64;
-                self.pos = 0;
-            }
-            *b = self.buf[self.pos];
-            self.pos += 1;
-        }
-        Ok(())
-    }
-
-    fn next_u32(&mut self) -> Result<u32> {
-        let mut w = [0u8; 4];
-        self.fill(&mut w)?;
-        Ok(u32::from_be_bytes(w))
-    }
-
-    /// A uniform integer in `0..bound` (`bound >= 1`) by rejection sampling of
-    /// big-endian 32-bit words: a word `r` is accepted when
-    /// `r < 2^32 - (2^32 mod bound)`, and then `r mod bound` is returned.
-    fn uniform(&mut self, bound: u32) -> Result<u32> {
-        let limit = (1u64 << 32) - ((1u64 << 32) % u64::from(bound));
-        loop {
-            let r = self.next_u32()?;
-            if u64::from(r) < limit {
-                return Ok(r % bound);
-            }
-        }
-    }
-}
-
-/// Fisher–Yates (Durstenfeld) shuffle of the identity `0..n` driven by the
-/// keystream: for `i = n-1` down to `1`, draw `j = uniform(i + 1)` and swap
-/// entries `i` and `j`.
-fn fisher_yates(stream: &mut StreamReader, n: usize) -> Result<Zeroizing<Vec<u32>>> {
+/// Fisher–Yates (Durstenfeld) shuffle of the identity `0..n` driven by big-endian
+/// words of `S_t` from its first byte (docs/transforms.md, "Permutations").
+fn permutation(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usize) -> Result<Zeroizing<Vec<u32>>> {
     if n == 0 || n > MAX_PERMUTATION_LEN {
         return Err(TransformError::Spec(format!("cannot build a permutation of {n} elements")));
     }
-    let mut a: Zeroizing<Vec<u32>> = Zeroizing::new((0..n as u32).collect());
-    for i in (1..n).rev() {
-        let j = stream.uniform(i as u32 + 1)? as usize;
-        a.swap(i, j);
-    }
-    Ok(a)
+    Ok(KeyedShuffle::draw(&stream(master, label, a, b), 0, WordOrder::BigEndian, n)?.permutation())
 }
 
 fn as_u32(x: usize, what: &str) -> Result<u32> {
@@ -139,25 +75,22 @@ fn block_len(block: usize, channels: usize) -> Result<usize> {
 /// the transformed block's value at position `p` is the plain block's value at `π[p]`.
 pub fn shuffle_permutation(master: &MasterKey, block: usize, channels: usize) -> Result<Zeroizing<Vec<u32>>> {
     let l = block_len(block, channels)?;
-    let key = subkey(master, SHUFFLE_LABEL, as_u32(block, "block size")?, as_u32(channels, "channel count")?)?;
-    fisher_yates(&mut StreamReader::new(key), l)
+    permutation(master, SHUFFLE_LABEL, as_u32(block, "block size")?, as_u32(channels, "channel count")?, l)
 }
 
 /// The neg/pos flip mask of a block: `mask[p]` is 1 when position `p` (after the
 /// shuffle) is flipped. Bit `p mod 8` (least significant first) of keystream byte `p div 8`.
 pub fn negpos_mask(master: &MasterKey, block: usize, channels: usize) -> Result<Zeroizing<Vec<u8>>> {
     let l = block_len(block, channels)?;
-    let key = subkey(master, NEGPOS_LABEL, as_u32(block, "block size")?, as_u32(channels, "channel count")?)?;
-    let mut bytes = Zeroizing::new(vec![0u8; l.div_ceil(8)]);
-    StreamReader::new(key).fill(&mut bytes)?;
+    let (a, b) = (as_u32(block, "block size")?, as_u32(channels, "channel count")?);
+    let bytes = stream_bytes(master, NEGPOS_LABEL, a, b, l.div_ceil(8))?;
     Ok(Zeroizing::new((0..l).map(|p| (bytes[p / 8] >> (p % 8)) & 1).collect()))
 }
 
 /// The block-scrambling permutation `σ` of the `n` blocks of an image (row-major
 /// block order): the transformed image's block `b` is the plain image's block `σ[b]`.
 pub fn block_permutation(master: &MasterKey, block: usize, blocks: usize) -> Result<Zeroizing<Vec<u32>>> {
-    let key = subkey(master, SCRAMBLE_LABEL, as_u32(block, "block size")?, as_u32(blocks, "block count")?)?;
-    fisher_yates(&mut StreamReader::new(key), blocks)
+    permutation(master, SCRAMBLE_LABEL, as_u32(block, "block size")?, as_u32(blocks, "block count")?, blocks)
 }
 
 /// The inverse of a permutation: `inv[perm[i]] = i`.
@@ -199,9 +132,8 @@ impl Ffx {
     /// Derives the FFX tables for `M×M×C` blocks.
     pub fn derive(master: &MasterKey, block: usize, channels: usize) -> Result<Ffx> {
         let l = block_len(block, channels)?;
-        let key = subkey(master, FFX_LABEL, as_u32(block, "block size")?, as_u32(channels, "channel count")?)?;
-        let mut round = Zeroizing::new(vec![0u8; l * FFX_ROUNDS * 16]);
-        StreamReader::new(key).fill(&mut round)?;
+        let (a, b) = (as_u32(block, "block size")?, as_u32(channels, "channel count")?);
+        let round = stream_bytes(master, FFX_LABEL, a, b, l * FFX_ROUNDS * 16)?;
         Ok(Ffx::from_round_table(&round, l))
     }
 
@@ -256,9 +188,8 @@ impl Ffx {
 /// The first `n` bytes of the keystream of one transform, for known-answer tests
 /// and cross-implementation checks. `label` is one of the `*_LABEL` constants.
 pub fn keystream_prefix(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usize) -> Result<Vec<u8>> {
-    let key = subkey(master, label, a, b)?;
     let mut out = vec![0u8; n];
-    StreamReader::new(key).fill(&mut out)?;
+    stream(master, label, a, b).fill(0, &mut out)?;
     Ok(out)
 }
 
@@ -266,6 +197,7 @@ pub fn keystream_prefix(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usi
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use onnx_protect_crypto::aes256_ctr_xor;
 
     fn key(b: u8) -> MasterKey {
         MasterKey::from_bytes([b; 32])
@@ -346,8 +278,14 @@ mod tests {
     #[test]
     fn known_answers() {
         let k = MasterKey::parse_key_file(b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();
-        let sub = subkey(&k, SHUFFLE_LABEL, 2, 1).unwrap();
-        assert_eq!(hex::encode(&sub[..]), "5e0748e443dc6105757a9466bf898a7178ed5bde148f70ee4236a52e1b308e84");
+        // K_shuffle for M = 2, C = 1: S_shuffle is AES-256-CTR under it from a zero counter block.
+        let sub: [u8; 32] = hex::decode("5e0748e443dc6105757a9466bf898a7178ed5bde148f70ee4236a52e1b308e84")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut direct = vec![0u8; 100];
+        aes256_ctr_xor(&sub, &[0u8; 16], 0, &mut direct).unwrap();
+        assert_eq!(keystream_prefix(&k, SHUFFLE_LABEL, 2, 1, 100).unwrap(), direct);
         assert_eq!(*shuffle_permutation(&k, 2, 1).unwrap(), vec![2, 0, 3, 1]);
         assert_eq!(*shuffle_permutation(&k, 2, 3).unwrap(), vec![8, 7, 5, 9, 10, 0, 6, 4, 11, 2, 1, 3]);
         assert_eq!(*negpos_mask(&k, 2, 3).unwrap(), vec![0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0]);

@@ -21,9 +21,9 @@ pub enum TransformError {
     /// A value lies outside the declared value range (needed by neg/pos flip and FFX).
     #[error("value {value} at element {index} is outside the declared range [{lo}, {hi}]")]
     OutOfRange { index: usize, value: f64, lo: f64, hi: f64 },
-    /// A `.npy` file that this crate cannot read.
+    /// A `.npy` file that this crate cannot read or write.
     #[error("npy: {0}")]
-    Npy(String),
+    Npy(#[from] onnx_protect_npy::NpyError),
     /// An image that cannot be decoded or encoded.
     #[error("image: {0}")]
     Image(String),

@@ -58,7 +58,10 @@ pub fn load(path: &Path, layout: Layout) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     match kind {
         FileKind::Npy => {
-            let a = npy::read(&bytes)?;
+            let a = npy::read(&bytes).map_err(|e| match e {
+                TransformError::Npy(e) => TransformError::Npy(e.in_file(path)),
+                other => other,
+            })?;
             let s = &a.shape;
             let (n, c, h, w) = match (s.len(), layout) {
                 (4, Layout::Nchw) => (s[0], s[1], s[2], s[3]),

@@ -3,7 +3,8 @@
 //! * [`block`]: block-wise image transforms derived from a secret key (pixel
 //!   shuffle within `M×M` blocks, negative/positive flip, FFX format-preserving
 //!   encryption of 8-bit values, block scrambling), and their inverses.
-//! * [`derive`](mod@derive): the key schedule (HKDF-SHA256 under versioned labels) and the
+//! * [`derive`](mod@derive): the key schedule (HKDF-SHA256 under versioned labels, through
+//!   `onnx_protect_crypto::KeySchedule` and `KeyedShuffle`) and the
 //!   exact algorithms that turn keystreams into permutations, masks and FFX tables.
 //! * [`patch`]: the model-side transform: rewrite a patch-embedding model's weights
 //!   so that it works on key-transformed inputs exactly as the original did on

@@ -288,6 +288,7 @@ fn key_id(k: &KeySource) -> String {
     match k {
         KeySource::Key(m) => format!("key:{}", hex(&m.fingerprint())),
         KeySource::Passphrase(_) => "passphrase".to_string(),
+        KeySource::Identity(_) => "identity".to_string(),
     }
 }
 

@@ -123,8 +123,13 @@ fn assess_runs_every_variant_of_every_zoo_model() {
     for model in models() {
         let dir = tempfile::tempdir().unwrap();
         let enc = dir.path().join("model.onnx");
-        encrypt(&model, &enc, &key, &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress })
-            .unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
+        encrypt(
+            &model,
+            &enc,
+            &key,
+            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
         let x = NpyArray::read(&model.parent().unwrap().join("ref_x.npy")).unwrap();
         let opts = AssessOptions {
             key: Some(&key),

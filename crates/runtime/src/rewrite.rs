@@ -241,10 +241,99 @@ mod tests {
         }
     }
 
+    /// A model `y = Gelu(x)` (with the `approximate` attribute when given), hand-encoded.
+    fn gelu_model(approximate: Option<&str>) -> Vec<u8> {
+        use onnx_protect_format::testutil::{model_with_graph, node};
+        use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+        let mut n = node("Gelu", &["x"], &["y"], "g");
+        if let Some(a) = approximate {
+            let mut attr = Vec::new();
+            put_len_field(&mut attr, 1, b"approximate");
+            put_len_field(&mut attr, 4, a.as_bytes());
+            put_tag(&mut attr, 20, WireType::Varint);
+            put_varint(&mut attr, AttributeType::String as u64);
+            put_len_field(&mut n, 5, &attr);
+        }
+        let mut g = Vec::new();
+        put_len_field(&mut g, 1, &n);
+        put_len_field(&mut g, 2, b"gelu");
+        for (field, name) in [(11, b"x"), (12, b"y")] {
+            let mut v = Vec::new();
+            put_len_field(&mut v, 1, name);
+            put_len_field(&mut g, field, &v);
+        }
+        model_with_graph(&g)
+    }
+
+    #[test]
+    fn gelu_runs_in_tract_with_both_approximations() {
+        use crate::engine::{run_once, External};
+        use crate::npy::{Dtype, NpyArray};
+        let x = [-3.0f32, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0];
+        // torch.nn.functional.gelu in float64, without and with approximate='tanh'.
+        let exact = [
+            -0.00404969409489031,
+            -0.15865525393145702,
+            -0.15426876936299344,
+            0.0,
+            0.34573123063700656,
+            0.841344746068543,
+            1.9544997361036416,
+            2.99595030590511,
+        ];
+        let tanh = [
+            -0.0036373920817729943,
+            -0.15880800939172324,
+            -0.15428599017485606,
+            0.0,
+            0.34571400982514394,
+            0.8411919906082768,
+            1.954597694087775,
+            2.996362607918227,
+        ];
+        for (approximate, want) in [(None, exact), (Some("none"), exact), (Some("tanh"), tanh)] {
+            let input = NpyArray::new(Dtype::F32, vec![8], x.iter().flat_map(|v| v.to_le_bytes()).collect()).unwrap();
+            let inputs = std::collections::BTreeMap::from([("x".to_string(), input)]);
+            let out = run_once(&gelu_model(approximate), &External::new(), &inputs).unwrap();
+            for (got, want) in out[0].1.to_f64().iter().zip(want) {
+                assert!((got - want).abs() <= 1e-6, "{approximate:?}: {got} vs {want}");
+            }
+        }
+    }
+
     #[test]
     fn gelu_with_an_unknown_approximation_is_refused_by_name() {
         let e = gelu(&gelu_node(Some("cubic")), &mut fresh()).unwrap_err();
         assert_eq!(e.to_string(), "tract cannot run operator Gelu (node 'g', approximate='cubic')");
+    }
+
+    #[test]
+    fn gelu_inside_a_subgraph_is_rewritten_too() {
+        let body = pb::GraphProto { node: vec![gelu_node(None)], ..Default::default() };
+        let branch = pb::AttributeProto {
+            name: "then_branch".into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(body),
+            ..Default::default()
+        };
+        let mut cond = node("If", &["c"], "z", "if".into());
+        cond.attribute.push(branch);
+        let mut outer = gelu_node(None);
+        outer.output = vec!["y2".into()];
+        let mut model = pb::ModelProto {
+            graph: Some(pb::GraphProto { node: vec![cond, outer], ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(for_tract(&mut model).unwrap(), Rewritten { gelu: 2, symbolic_dims: 0 });
+        let g = model.graph.unwrap();
+        let inner = g.node[0].attribute[0].g.as_ref().unwrap();
+        for nodes in [&g.node, &inner.node] {
+            assert!(nodes.iter().all(|n| n.op_type != "Gelu"));
+            assert!(nodes.iter().any(|n| n.op_type == "Erf"));
+        }
+        // Names made for the two rewrites do not collide.
+        let outputs: Vec<&String> = g.node.iter().chain(&inner.node).flat_map(|n| &n.output).collect();
+        assert_eq!(outputs.iter().collect::<HashSet<_>>().len(), outputs.len());
     }
 
     #[test]

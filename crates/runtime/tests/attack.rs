@@ -1,6 +1,8 @@
 //! The key-less repairs of a model with access tiers: every tier still encrypted in
 //! the file is unknown to the attacker, tiers restored in the file are plaintext.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,8 @@
 //! for the inputs `ref_x.npy` of the same folder. `assess` runs all its variants on
 //! each model.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,8 @@
 //! Every model of `fixtures/zoo` (PyTorch exports of CNN, MLP, ConvMixer, ViT,
-//! LSTM, GRU and 1-D convolution models) loads and runs in tract and gives the
-//! outputs onnxruntime gave, stored by the zoo's generators as `<model>.ref.npy`
-//! for the inputs `ref_x.npy` of the same folder. `assess` runs all its variants on
-//! each model.
+//! LSTM, GRU and 1-D convolution classifiers, and the operator probes of `ops/`)
+//! loads and runs in tract and gives the outputs onnxruntime gave, stored by the
+//! zoo's generators as `<model>.ref.npy` for the inputs `<model>.x.npy` (or the
+//! folder's `ref_x.npy`). `assess` runs all its variants on each model.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -43,6 +43,13 @@ fn models() -> Vec<PathBuf> {
     out
 }
 
+/// The inputs the reference outputs of `model` were computed on.
+fn inputs_of(model: &Path) -> NpyArray {
+    let own = model.with_extension("x.npy");
+    let path = if own.exists() { own } else { model.with_file_name("ref_x.npy") };
+    NpyArray::read(&path).unwrap()
+}
+
 fn label(model: &Path) -> String {
     let dir = model.parent().unwrap().file_name().unwrap().to_string_lossy();
     format!("{dir}/{}", model.file_name().unwrap().to_string_lossy())
@@ -79,6 +86,8 @@ fn the_zoo_covers_every_architecture() {
         "vowels/lstm.onnx",
         "vowels/gru.onnx",
         "osuleaf/conv1d.onnx",
+        "ops/instancenorm.onnx",
+        "ops/activations.onnx",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} is missing from {names:?}");
     }
@@ -90,7 +99,7 @@ fn every_zoo_model_gives_the_outputs_of_onnxruntime_in_tract() {
     for model in models() {
         let dir = model.parent().unwrap();
         let stem = model.file_stem().unwrap().to_string_lossy();
-        let x = NpyArray::read(&dir.join("ref_x.npy")).unwrap();
+        let x = inputs_of(&model);
         let want = NpyArray::read(&dir.join(format!("{stem}.ref.npy"))).unwrap();
         let bytes = std::fs::read(&model).unwrap();
         let loaded = match Loaded::new(&bytes, &External::new()) {
@@ -132,7 +141,7 @@ fn assess_runs_every_variant_of_every_zoo_model() {
             &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
         )
         .unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
-        let x = NpyArray::read(&model.parent().unwrap().join("ref_x.npy")).unwrap();
+        let x = inputs_of(&model);
         let opts = AssessOptions {
             key: Some(&key),
             inputs: InputSource::Arrays(BTreeMap::from([("input".to_string(), x)])),

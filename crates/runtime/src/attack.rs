@@ -8,8 +8,14 @@
 //! * [`Fill::Mean`]: every encrypted element becomes the mean of the *clear*
 //!   (non-encrypted) elements of the same tensor.
 //!
-//! Neither needs the key. The result is a model (and its external data files) in
-//! memory, ready to run.
+//! In a model with access tiers, the spans of every tier still encrypted in the file
+//! (every tier above `Envelope.restored_tiers`) are unknown to the attacker alike: a
+//! tensor's spans of all those tiers are filled, and only the elements outside all
+//! of them count as clear. Spans of tiers already restored in the file are
+//! plaintext and stay as they are.
+//!
+//! Neither fill needs the key. The result is a model (and its external data files)
+//! in memory, ready to run.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -80,9 +86,22 @@ fn encode(dt: DataType, v: f64) -> Option<Vec<u8>> {
     })
 }
 
-/// Element spans widened to whole elements (whole bytes for sub-byte types).
+/// Byte spans widened to whole elements (whole bytes for sub-byte types), sorted, and
+/// merged where they overlap or touch.
 fn element_spans(spans: &[(u64, u64)], elem: u64, nbytes: u64) -> Vec<Range<usize>> {
-    spans.iter().map(|&(a, b)| ((a / elem) * elem) as usize..(b.div_ceil(elem) * elem).min(nbytes) as usize).collect()
+    let mut widened: Vec<Range<usize>> = spans
+        .iter()
+        .map(|&(a, b)| ((a / elem) * elem) as usize..(b.div_ceil(elem) * elem).min(nbytes) as usize)
+        .collect();
+    widened.sort_unstable_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(widened.len());
+    for r in widened {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// The mean of the elements outside `spans`, if the type has a mean and any element is clear.
@@ -123,12 +142,17 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
     for f in &protected.external_files {
         external.insert(f.location.clone(), f.bytes()?.to_vec());
     }
+    // The spans still encrypted in the file, by tensor, all tiers together.
+    let mut encrypted: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
+    for target in p.targets.iter().filter(|t| t.tier == 0 || t.tier > p.envelope.restored_tiers) {
+        encrypted.entry(target.tensor).or_default().extend_from_slice(&target.spans);
+    }
     let mut zero_filled_instead = Vec::new();
-    for target in &p.targets {
-        let t = &protected.tensors[target.tensor];
+    for (&tensor, spans) in &encrypted {
+        let t = &protected.tensors[tensor];
         let elem = (t.data_type.bits() / 8).max(1);
         let mut bytes = protected.tensor_bytes(t.id)?.into_owned();
-        let spans = element_spans(&target.spans, elem, t.nbytes);
+        let spans = element_spans(spans, elem, t.nbytes);
         let value = match fill {
             Fill::Zero => vec![0u8; elem as usize],
             Fill::Mean => match clear_mean(t.data_type, &bytes, &spans).and_then(|m| encode(t.data_type, m)) {
@@ -200,6 +224,8 @@ mod tests {
         assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(4..12))), Some(2.0));
         assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(0..16))), None);
         assert_eq!(element_spans(&[(5, 9)], 4, 16), vec![4..12]);
+        // Spans of different tiers: sorted, and merged where whole elements overlap or touch.
+        assert_eq!(element_spans(&[(12, 14), (0, 3), (3, 5), (14, 16)], 4, 16), vec![0..8, 12..16]);
         assert_eq!(encode(DataType::Uint8, 2.6), Some(vec![3]));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The model bytes are parsed by tract from memory. Tensors kept in external data
 //! files are inlined from buffers the caller provides (keyed by `location`), so a
-//! model decrypted in memory runs without any plaintext file.
+//! model decrypted in memory runs without any plaintext file. Before tract sees the
+//! graph, [`crate::rewrite::for_tract`] replaces what tract 0.21 cannot run (`Gelu`,
+//! symbolic dimensions in `value_info`) by equivalents.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -222,6 +224,7 @@ impl Loaded {
                     });
                 }
             }
+            crate::rewrite::for_tract(&mut proto)?;
             let model = onnx.model_for_proto_model(&proto).map_err(tract_err)?;
             let missing: Vec<String> = model
                 .nodes()

@@ -4,6 +4,8 @@
 //! * [`engine`]: load model bytes held in memory (external data from buffers),
 //!   optimise for input shapes, run; operators tract lacks are named in
 //!   [`RuntimeError::UnsupportedOps`].
+//! * [`rewrite`]: in-memory rewrites of the graph for tract (`Gelu` by its
+//!   definition, symbolic `value_info` dimensions dropped).
 //! * [`npy`]: a small `.npy` reader and writer for inputs and outputs.
 //! * [`attack`]: what a key-less attacker can rebuild from the public manifest
 //!   (encrypted spans set to zero, or to the tensor's mean).
@@ -46,5 +48,6 @@ pub mod attack;
 pub mod engine;
 pub mod error;
 pub mod npy;
+pub mod rewrite;
 
 pub use error::{Result, RuntimeError};

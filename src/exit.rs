@@ -60,7 +60,10 @@ fn core_code(kind: ErrorKind) -> Option<u8> {
     Some(match kind {
         ErrorKind::WrongKey | ErrorKind::Key => KEY,
         ErrorKind::Modified | ErrorKind::BadManifest | ErrorKind::NotSigned => MODIFIED,
-        ErrorKind::AlreadyProtected | ErrorKind::NotProtected | ErrorKind::UnsupportedVersion | ErrorKind::AlreadyDecrypted => STATE,
+        ErrorKind::AlreadyProtected
+        | ErrorKind::NotProtected
+        | ErrorKind::UnsupportedVersion
+        | ErrorKind::AlreadyDecrypted => STATE,
         ErrorKind::Policy => POLICY,
         ErrorKind::Io | ErrorKind::Output => FAILURE,
         ErrorKind::Model(_) => BAD_MODEL,

@@ -213,19 +213,3 @@ pub(crate) fn edits_with(
     }
     Ok(edits)
 }
-
-/// Builds the edit list for the model file itself: in-place transforms for
-/// raw/typed fixed-width data, re-encoded fields for varint data. XOR modes only
-/// (the distribution-preserving mode needs [`prepare`] and [`edits_for`]).
-pub(crate) fn model_edits(
-    model: &Model,
-    targets: &[Target],
-    streams: &[Keystream],
-    extra: Vec<Edit>,
-) -> Result<Vec<Edit>> {
-    if targets.iter().any(|t| t.mode == Mode::Dp) {
-        return Err(CoreError::Output("the distribution-preserving mode is not supported here".into()));
-    }
-    let actions = prepare(model, targets, streams.iter().cloned().map(Some).collect(), false)?;
-    edits_for(model, targets, &actions, extra)
-}

@@ -27,8 +27,8 @@ use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Selection, Split};
 
 use crate::error::{CoreError, ErrorKind};
-use crate::manifest::{find_manifest_entry, is_manifest_key, read_protected, Protected};
-use crate::protect::verify;
+use crate::manifest::{is_manifest_key, read_protected, Target};
+use crate::protect::{manifest_version, verify};
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -195,9 +195,13 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
 }
 
 fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut ModelCheck) {
-    let protected = match find_manifest_entry(model) {
-        Ok(Some(_)) => match read_protected(model) {
-            Ok(p) => Some(p),
+    let read = |v| match v {
+        2 => crate::format2::read_v2(model).map(|p| p.targets),
+        _ => read_protected(model).map(|p| p.targets),
+    };
+    let protected = match manifest_version(model) {
+        Ok(Some(v)) => match read(v) {
+            Ok(targets) => Some(targets),
             Err(e) => {
                 out.protected = true;
                 out.failures.push(failure(error_reason(&e), e.to_string()));
@@ -211,10 +215,10 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
             return;
         }
     };
-    if let Some(p) = &protected {
+    if let Some(targets) = &protected {
         out.protected = true;
-        out.tensors = p.targets.len();
-        out.encrypted_bytes = p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
+        out.tensors = targets.len();
+        out.encrypted_bytes = targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
         // The keyless check of `onnx-protect verify`: the manifest's form and the checksum.
         match verify(path, None, opts.progress) {
             Ok(_) => out.integrity = Some("checksum"),
@@ -227,12 +231,12 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
         }
         return;
     };
-    compare_with_policy(model, protected.as_ref(), policy, opts, out);
+    compare_with_policy(model, protected.as_deref(), policy, opts, out);
 }
 
 fn compare_with_policy(
     model: &Model,
-    protected: Option<&Protected>,
+    protected: Option<&[Target]>,
     policy: &Policy,
     opts: &CheckOptions,
     out: &mut ModelCheck,
@@ -298,9 +302,9 @@ fn compare_with_policy(
 
 /// What is encrypted, per tensor, with spans merged: a tiered model has one target per
 /// tier of a tensor.
-fn encrypted_by_tensor(protected: Option<&Protected>) -> HashMap<usize, Encrypted> {
+fn encrypted_by_tensor(protected: Option<&[Target]>) -> HashMap<usize, Encrypted> {
     let mut have: HashMap<usize, Encrypted> = HashMap::new();
-    for t in protected.map(|p| p.targets.as_slice()).unwrap_or_default() {
+    for t in protected.unwrap_or_default() {
         let e = have.entry(t.tensor).or_insert_with(|| Encrypted { spans: Vec::new(), modes: Vec::new() });
         e.spans.extend(&t.spans);
         e.modes.push(t.mode);

@@ -130,7 +130,8 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     if envelope_checksum(&prefix.encode_to_vec()).as_slice() != envelope.checksum.as_slice() {
         return Err(CoreError::Modified("the manifest's checksum does not match".into()));
     }
-    let stanzas = recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
+    let stanzas =
+        recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
     Ok(Sealed { entry, envelope, header, stanzas })
 }
 

@@ -163,7 +163,7 @@ pub fn inspect(model: &Model) -> Report {
             uses: uses_of.remove(&t.id).unwrap_or_default(),
         })
         .collect();
-    let (protection, protection_error) = match crate::manifest::protection_info(model) {
+    let (protection, protection_error) = match crate::protect::protection_info(model) {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e.to_string())),
     };

@@ -6,7 +6,7 @@
 //! steps it down to the keys of the tiers below; `SessionKeys::derive` turns each
 //! with the file's salt into that tier's keystreams, MAC key and key check value.
 
-use onnx_protect_crypto::{KdfParams, MasterKey, SessionKeys};
+use onnx_protect_crypto::{MasterKey, SessionKeys};
 use onnx_protect_proto::v1 as pb;
 use zeroize::Zeroizing;
 
@@ -26,21 +26,6 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// The master key for a new manifest, and the Argon2id parameters to record in it
-    /// (fresh ones, for a passphrase).
-    pub(crate) fn master_for_encrypt(&self) -> Result<(MasterKey, Option<KdfParams>)> {
-        match self {
-            KeySource::Key(k) => Ok((k.clone(), None)),
-            KeySource::Passphrase(p) => {
-                let params = KdfParams::new_random()?;
-                Ok((MasterKey::from_passphrase(p, &params)?, Some(params)))
-            }
-            KeySource::Identity(_) => Err(CoreError::Key(
-                "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
-            )),
-        }
-    }
-
     /// The master key for a model whose manifest has `kdf` (a passphrase model) or not.
     /// A key is accepted for a tiered passphrase model: it is a tier key, derived from
     /// the passphrase's master (`derive-tier-key --passphrase-env`), checked like any key.

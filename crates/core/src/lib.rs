@@ -23,9 +23,11 @@
 #![forbid(unsafe_code)]
 
 mod action;
-pub mod envelope;
 pub mod check;
+mod content;
+pub mod envelope;
 pub mod error;
+mod format2;
 pub mod inspect;
 pub mod keys;
 pub mod manifest;
@@ -39,4 +41,3 @@ mod restore;
 mod seal;
 mod staged;
 mod unlock;
-mod writer;

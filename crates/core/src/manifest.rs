@@ -9,13 +9,13 @@
 use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
-use onnx_protect_crypto::{KdfParams, LeafHash, SessionKeys, KDF_SALT_LEN};
+use onnx_protect_crypto::{KdfParams, LeafHash, KDF_SALT_LEN};
 use onnx_protect_format::model::MetadataEntry;
 use onnx_protect_format::write::metadata_field;
 use onnx_protect_format::{Locator, Model, Tensor, TensorData};
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
-use onnx_protect_select::{fp_mask, Mode, Policy, Selection};
+use onnx_protect_select::{fp_mask, Mode};
 
 use crate::error::{CoreError, Result};
 
@@ -91,6 +91,10 @@ pub struct ProtectionInfo {
     /// The hash of the ciphertext chunks under the MAC (`"sha256"` or `"blake3"`, docs/format.md §7).
     pub leaf_hash: &'static str,
     pub tensors: Vec<TensorSummary>,
+    /// Recipient stanzas (format 2): kind, tier and public label of each.
+    pub recipients: Vec<String>,
+    /// Public keys of the signatures on the model (format 2; not verified here).
+    pub signatures: Vec<String>,
 }
 
 pub(crate) fn b64() -> base64::engine::GeneralPurpose {
@@ -117,37 +121,16 @@ fn storage_code(t: &Tensor) -> pb::Storage {
     }
 }
 
+/// The storage code of a tensor in a format-2 header (the same numbers as format 1's).
+pub(crate) fn storage_code_v2(t: &Tensor) -> i32 {
+    storage_code(t) as i32
+}
+
 /// Whether a metadata key names an onnx-protect manifest: `onnx-protect/v` followed
 /// by decimal digits and nothing else (docs/format.md §1). Other keys in the
 /// `onnx-protect/` namespace (such as input-transform records) are not manifests.
 pub fn is_manifest_key(key: &str) -> bool {
     key.strip_prefix("onnx-protect/v").is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-}
-
-pub(crate) fn leaf_hash_to_pb(h: LeafHash) -> i32 {
-    match h {
-        LeafHash::Sha256 => pb::LeafHash::Sha256 as i32,
-        LeafHash::Blake3 => pb::LeafHash::Blake3 as i32,
-    }
-}
-
-fn mode_to_pb(m: Mode) -> i32 {
-    match m {
-        Mode::Ctr => pb::Mode::Ctr as i32,
-        Mode::Fp => pb::Mode::FormatPreserving as i32,
-        Mode::Dp => pb::Mode::DistributionPreserving as i32,
-    }
-}
-
-/// The manifest form of Argon2id parameters.
-pub(crate) fn kdf_to_pb(k: &KdfParams) -> pb::KdfParams {
-    pb::KdfParams {
-        algorithm: "argon2id".into(),
-        salt: k.salt.to_vec(),
-        m_cost_kib: k.m_cost_kib,
-        t_cost: k.t_cost,
-        p_cost: k.p_cost,
-    }
 }
 
 /// The Argon2id parameters a manifest records.
@@ -384,63 +367,6 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     Ok((mode, spans))
 }
 
-/// The manifest of a new encryption of `model` (without its seals), and its targets:
-/// one entry per chosen tensor, stream ids in selection order; the key check value of
-/// the top tier's `sessions` (and, tiered, of every tier).
-pub(crate) fn build_manifest(
-    model: &Model,
-    selection: &Selection,
-    sessions: &[SessionKeys],
-    salt: &[u8; 32],
-    kdf: Option<&KdfParams>,
-    policy: &Policy,
-) -> (pb::Manifest, Vec<Target>) {
-    let tiered = sessions.len() > 1;
-    let mut entries = Vec::new();
-    let mut targets = Vec::new();
-    for (i, c) in selection.chosen.iter().enumerate() {
-        let t = &model.tensors[c.tensor];
-        let (loc, off) = match &t.data {
-            TensorData::External { file, range } => (model.external_files[*file].location.clone(), range.start),
-            _ => (String::new(), 0),
-        };
-        let tier = if tiered { c.tier } else { 0 };
-        entries.push(pb::TensorEntry {
-            stream_id: i as u64,
-            locator: t.locator.to_string(),
-            name: t.name.clone(),
-            data_type: t.data_type.to_i32(),
-            storage: storage_code(t) as i32,
-            nbytes: t.nbytes,
-            mode: mode_to_pb(c.mode),
-            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
-            op_type: c.op_type.clone(),
-            role: c.role.clone(),
-            subsequences: c.subsequences,
-            chosen: c.chosen.len() as u64,
-            external_location: loc,
-            external_offset: off,
-            tier,
-        });
-        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone(), tier });
-    }
-    let top_check = sessions.last().map(|s| s.key_check().to_vec()).unwrap_or_default();
-    let manifest = pb::Manifest {
-        format_version: FORMAT_VERSION,
-        salt: salt.to_vec(),
-        key_check: top_check,
-        kdf: kdf.map(kdf_to_pb),
-        tensors: entries,
-        tool: tool_name(),
-        policy_summary: policy.summary(),
-        chunk_size: CHUNK_SIZE,
-        leaf_hash: leaf_hash_to_pb(LEAF_HASH),
-        tiers: if tiered { sessions.len() as u32 } else { 0 },
-        tier_key_checks: if tiered { sessions.iter().map(|s| s.key_check().to_vec()).collect() } else { Vec::new() },
-    };
-    (manifest, targets)
-}
-
 /// The summary of every manifest tensor, with its target.
 pub(crate) fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<TensorSummary> {
     manifest
@@ -468,26 +394,33 @@ pub(crate) fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Targe
         .collect()
 }
 
-/// Reads the protection manifest, if any, for display.
-pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
-    if find_manifest_entry(model)?.is_none() {
-        return Ok(None);
-    }
-    let p = read_protected(model)?;
-    let tensors = summaries(model, &p.manifest, &p.targets);
-    Ok(Some(ProtectionInfo {
-        key: p.entry.key.clone(),
-        format_version: p.manifest.format_version,
-        tool: p.manifest.tool.clone(),
-        passphrase: p.manifest.kdf.is_some(),
-        policy_summary: p.manifest.policy_summary.clone(),
-        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
-        tiers: p.manifest.tiers,
-        restored_tiers: p.envelope.restored_tiers,
-        leaf_hash: match p.leaf_hash {
-            LeafHash::Sha256 => "sha256",
-            LeafHash::Blake3 => "blake3",
-        },
-        tensors,
-    }))
+/// The summary of every format-2 header entry, with its target.
+pub(crate) fn summaries_v2(
+    model: &Model,
+    header: &onnx_protect_proto::v2::Header,
+    targets: &[Target],
+) -> Vec<TensorSummary> {
+    header
+        .tensors
+        .iter()
+        .zip(targets)
+        .map(|(e, t)| {
+            let tensor = &model.tensors[t.tensor];
+            TensorSummary {
+                name: e.name.clone(),
+                locator: e.locator.clone(),
+                op_type: e.op_type.clone(),
+                role: e.role.clone(),
+                data_type: tensor.data_type.name().to_string(),
+                storage: tensor.data.storage_name().to_string(),
+                mode: t.mode.name().to_string(),
+                nbytes: e.nbytes,
+                encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
+                subsequences: e.subsequences,
+                chosen: e.chosen,
+                spans: t.spans.clone(),
+                tier: t.tier,
+            }
+        })
+        .collect()
 }

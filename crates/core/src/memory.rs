@@ -50,9 +50,8 @@
 //!
 //! ```
 //! use onnx_protect_core::memory::{decrypt_in_memory, Method};
-//! use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, KeySource};
 //! use onnx_protect_crypto::MasterKey;
-//! use onnx_protect_format::NoProgress;
 //! use onnx_protect_select::Policy;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,7 +60,7 @@
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
 //! let key = KeySource::Key(MasterKey::from_bytes([7; 32]));
 //! let policy = Policy::default();
-//! encrypt(&plain, &protected, &key, &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress })?;
+//! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!
 //! let model = decrypt_in_memory(&protected, &key)?;
 //! assert_eq!(&model[..], &std::fs::read(&plain)?[..]); // byte-identical to the original
@@ -84,12 +83,14 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{apply, model_edits, Action};
+use crate::action::{apply, edits_for, Action};
 use crate::error::{CoreError, Result};
+use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
 use crate::keys::KeySource;
 use crate::manifest::{read_protected, Protected, Target};
 use crate::restore::{plan_restore, restored_model_bytes};
 use crate::unlock::authenticate;
+use onnx_protect_keys::SignerKey;
 
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
@@ -241,13 +242,7 @@ impl AsRef<[u8]> for DecryptedModel {
 /// a wrong key gives [`CoreError::WrongKey`] and modified bytes
 /// [`CoreError::Modified`], exactly as with [`crate::protect::decrypt`].
 pub fn decrypt_in_memory(path: &Path, key: &KeySource) -> Result<DecryptedModel> {
-    let file = open(path)?;
-    let model = Model::open(path)?;
-    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
-    if id(&file)? != id(&open(path)?)? {
-        return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
-    }
-    decrypt_opened(&model, Some(file), key)
+    decrypt_signed_in_memory(path, key, None, &[])
 }
 
 /// [`decrypt_in_memory`] for a model that is already open. A model read from a
@@ -258,6 +253,9 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
         Some(p) => Some(open(p)?),
         None => None,
     };
+    if crate::protect::manifest_version(model)? == Some(2) {
+        return decrypt_v2(model, file, key, None, &[]);
+    }
     decrypt_opened(model, file, key)
 }
 
@@ -429,16 +427,65 @@ fn external_patched(
 /// private copy-on-write maps patched in place, as with [`decrypt_in_memory`]. The key
 /// check value and every MAC the key allows are verified before anything is decrypted.
 pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
+    if crate::protect::manifest_version(model)? == Some(2) {
+        return decrypt_v2(model, None, key, tier, &[]);
+    }
     let p = read_protected(model)?;
     restore_copied(model, &p, key, tier)
 }
 
-/// The general in-memory decryption (access tiers, the distribution-preserving mode).
-fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    let r = plan_restore(model, p, key, tier, true)?;
-    let bytes = restored_model_bytes(model, p, &r)?;
-    let sources: Vec<SpanSource> = r
-        .actions
+/// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
+/// (format 2), and stops at `tier` (default: the key's own).
+pub fn decrypt_signed_in_memory(
+    path: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    let file = open(path)?;
+    let model = crate::protect::open_protected(path, &onnx_protect_format::NoProgress)?;
+    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
+    if id(&file)? != id(&open(path)?)? {
+        return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
+    }
+    match crate::protect::manifest_version(&model)? {
+        Some(2) => decrypt_v2(&model, Some(file), key, tier, signers),
+        Some(_) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, Some(file), key),
+        Some(_) if signers.is_empty() => restore_copied(&model, &read_protected(&model)?, key, tier),
+        Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
+        None => Err(CoreError::NotProtected),
+    }
+}
+
+/// A format-2 model into memory: the stanza opened, the canonical digest of every
+/// covered byte, the MACs (and signers) checked, then the spans of the tiers from the
+/// file's restored ones up to `tier` decrypted into a private map (or a copy).
+fn decrypt_v2(
+    model: &Model,
+    file: Option<File>,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    let p = read_v2(model)?;
+    let opened = crate::recipients::open(&p.sealed, key)?;
+    let r = p.sealed.envelope.restored_tiers;
+    // A key whose tiers are all in clear in the file already serves the file as it is.
+    let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
+    check_seals(&p, &opened, &canonical_digest(model, &p, &opened)?, signers)?;
+    let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
+    let sources = sources_of(&actions)?;
+    let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
+    let external = external_patched(model, &p.targets, &sources)?;
+    let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
+    let (tensors, decrypted_bytes) =
+        done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
+    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes })
+}
+
+/// What each target's spans become, from its action.
+fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
+    actions
         .iter()
         .map(|a| match a {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
@@ -446,7 +493,67 @@ fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u3
             Action::Skip => Ok(SpanSource::Keep),
             Action::Reencrypt(_) => Err(CoreError::Output("internal: re-encryption while decrypting".into())),
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The model file's bytes with the targets' actions applied and the manifest entry at
+/// `entry` removed: a private copy-on-write map patched in place when the entry is the
+/// last field and no edit changes a length, else an owned copy.
+fn model_image(
+    model: &Model,
+    file: Option<&File>,
+    targets: &[Target],
+    actions: &[Action],
+    sources: &[SpanSource<'_>],
+    entry: Range<u64>,
+) -> Result<DecryptedBytes> {
+    let src = model.bytes();
+    let edits = edits_for(model, targets, actions, Vec::new())?;
+    let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
+    if let (Some(file), true, true) = (file, entry.end == src.len() as u64, plan.is_in_place()) {
+        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+        if let Some(mut map) = map_copy(file, src.len(), path)? {
+            let patches: Vec<Patch> = plan
+                .edits()
+                .map(|(r, c)| Patch {
+                    range: r.clone(),
+                    what: match c {
+                        Content::Transform { tag, logical_start } => {
+                            PatchKind::Decrypt { tag: *tag, logical: *logical_start }
+                        }
+                        Content::Bytes(b) => PatchKind::Bytes(b),
+                    },
+                })
+                .collect();
+            patch(model, targets, sources, &mut map, src, &patches)?;
+            let plaintext = plaintext_ranges(&patches);
+            return Ok(DecryptedBytes { backing: Backing::Map(map), len: entry.start as usize, plaintext });
+        }
+    }
+    // The fallback: stream the plan (with the entry removed) into an owned buffer.
+    let remove = Edit { range: entry, content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let mut all = edits;
+    all.push(remove);
+    let plan = Plan::new(src.len() as u64, all, Vec::new())?;
+    let mut out = Vec::with_capacity(plan.output_len() as usize);
+    let mut err = None;
+    plan.write(src, &mut out, &mut |tag, logical, chunk| {
+        let target = &targets[tag];
+        let t = &model.tensors[target.tensor];
+        actions[tag].apply_chunk(target, t.data_type, logical, chunk, chunk.len() >= PARALLEL_SPAN).map_err(|e| {
+            err = Some(e);
+            FormatError::Invalid("keystream failed".into())
+        })
+    })
+    .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
+    Ok(DecryptedBytes::owned(out))
+}
+
+/// The general in-memory decryption (access tiers, the distribution-preserving mode).
+fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
+    let r = plan_restore(model, p, key, tier, true)?;
+    let bytes = restored_model_bytes(model, p, &r)?;
+    let sources = sources_of(&r.actions)?;
     let external = external_patched(model, &p.targets, &sources)?;
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
@@ -462,61 +569,9 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         return restore_copied(model, &p, key, None);
     }
     let keys = authenticate(model, &p, key)?;
-    let streams: Vec<Keystream> = p.targets.iter().map(|t| keys.keystream(t.stream_id)).collect();
-    let sources: Vec<SpanSource> = streams.iter().map(SpanSource::Decrypt).collect();
-    let src = model.bytes();
-    let edits = model_edits(model, &p.targets, &streams, Vec::new())?;
-    let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
-    let entry_is_last = p.entry.range.end == src.len() as u64;
-
-    // The fast path: patch a private map and cut the manifest entry off the end.
-    let mut mapped = None;
-    if let (Some(file), true, true) = (&file, entry_is_last, plan.is_in_place()) {
-        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-        if let Some(mut map) = map_copy(file, src.len(), path)? {
-            let patches: Vec<Patch> = plan
-                .edits()
-                .map(|(r, c)| Patch {
-                    range: r.clone(),
-                    what: match c {
-                        Content::Transform { tag, logical_start } => {
-                            PatchKind::Decrypt { tag: *tag, logical: *logical_start }
-                        }
-                        Content::Bytes(b) => PatchKind::Bytes(b),
-                    },
-                })
-                .collect();
-            patch(model, &p.targets, &sources, &mut map, src, &patches)?;
-            let plaintext = plaintext_ranges(&patches);
-            mapped = Some(DecryptedBytes { backing: Backing::Map(map), len: p.entry.range.start as usize, plaintext });
-        }
-    }
-    let model_bytes = match mapped {
-        Some(m) => m,
-        None => {
-            // The fallback: stream the plan (with the entry removed) into an owned buffer.
-            let remove =
-                Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-            let mut all = edits;
-            all.push(remove);
-            let plan = Plan::new(src.len() as u64, all, Vec::new())?;
-            let mut out = Vec::with_capacity(plan.output_len() as usize);
-            let mut err = None;
-            plan.write(src, &mut out, &mut |tag, logical, chunk| {
-                let target = &p.targets[tag];
-                let t = &model.tensors[target.tensor];
-                apply(&streams[tag], target.mode, t.data_type, logical, chunk, chunk.len() >= PARALLEL_SPAN).map_err(
-                    |e| {
-                        err = Some(e);
-                        FormatError::Invalid("keystream failed".into())
-                    },
-                )
-            })
-            .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
-            DecryptedBytes::owned(out)
-        }
-    };
-
+    let actions: Vec<Action> = p.targets.iter().map(|t| Action::Xor(Box::new(keys.keystream(t.stream_id)))).collect();
+    let sources = sources_of(&actions)?;
+    let model_bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone())?;
     let external = external_patched(model, &p.targets, &sources)?;
     Ok(DecryptedModel {
         model: model_bytes,
@@ -540,13 +595,12 @@ mod tests {
 
     #[test]
     fn mapped_result_is_the_original_and_the_file_is_untouched() {
-        for mode in ["ctr", "fp", "dp"] {
+        for mode in ["ctr", "fp"] {
             let dir = tempfile::tempdir().unwrap();
             let (plain, protected, key) = protect(dir.path(), mode);
             let before = std::fs::read(&protected).unwrap();
             let m = decrypt_in_memory(&protected, &key).unwrap();
-            let want = if mode == "dp" { Method::Copied } else { Method::Mapped };
-            assert_eq!(m.method(), want, "{mode}");
+            assert_eq!(m.method(), Method::Mapped, "{mode}");
             assert_eq!(&m[..], &std::fs::read(&plain).unwrap()[..]);
             assert!(m.decrypted_bytes() > 0 && m.tensors() > 0);
             drop(m);
@@ -578,7 +632,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, protected, key) = protect(dir.path(), "ctr");
         let model = Model::open(&protected).unwrap();
-        let p = read_protected(&model).unwrap();
+        let p = read_v2(&model).unwrap();
         let t = &model.tensors[p.targets[0].tensor];
         let (range, _) = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
         drop(model);

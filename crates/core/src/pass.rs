@@ -468,8 +468,9 @@ mod tests {
         assert_eq!(leaves.input, vec![leaves_of(2, &src[..290_000], 65_536)]);
         assert_eq!(leaves.output, vec![leaves_of(2, &expect[..290_000], 65_536)]);
         let src: Vec<u8> = vec![0; 1000];
-        let plan = Plan::new(1000, vec![Edit { range: 1..2, content: Content::Bytes(vec![]), ancestors: vec![] }], vec![])
-            .unwrap();
+        let plan =
+            Plan::new(1000, vec![Edit { range: 1..2, content: Content::Bytes(vec![]), ancestors: vec![] }], vec![])
+                .unwrap();
         let out = tempfile::tempfile().unwrap();
         let release = |_: Range<u64>| {};
         let job = FileJob { src: &src, release: &release, plan, index: 0, covered_in: 1000, out: Some(&out) };

@@ -1,48 +1,48 @@
-//! Encrypting, decrypting and verifying models (format version 1, `docs/format.md`).
+//! Encrypting, decrypting and verifying models (docs/format.md).
 //!
-//! Each verb is a short pipeline over the modules of this crate:
+//! New files are written in format 2; format-1 files are still verified and decrypted
+//! (read-only). Each verb is a short pipeline:
 //!
-//! * [`encrypt`]: open the model, refuse a protected one, check and stage the
-//!   outputs, select what to encrypt (no key), derive the file's keys, build the
-//!   manifest, then one pass of the writer encrypts the chosen ranges, hashes the
-//!   ciphertext as it is written, and appends the manifest entry sealed over it
-//!   (a top-level `metadata_props` entry, last in the file).
-//! * [`decrypt`], [`decrypt_tier`]: read the manifest, check the key check value
-//!   before anything is written, then one pass writes the input with the ranges
-//!   decrypted and the manifest entry removed (or, below the top tier, updated),
-//!   checking the MAC over the ciphertext it reads before any output appears. A full
-//!   decryption gives back the original file byte for byte.
-//! * [`verify`]: the key check and the MACs with a key, the keyless checksums without.
+//! * [`encrypt`]: open the model, refuse a protected one, check and stage the outputs,
+//!   select what to encrypt (no key), draw a data key and wrap it for every recipient,
+//!   then one pass encrypts the chosen ranges and hashes every byte it writes; the
+//!   manifest entry, sealed over that digest, is appended last.
+//! * [`decrypt`], [`decrypt_tier`]: open a recipient stanza with the key, then one pass
+//!   hashes every byte it reads while it writes the decrypted output into private
+//!   staging; the output appears only if the digest, the MACs (and the signatures asked
+//!   for) match. A full decryption gives back the original file byte for byte.
+//! * [`verify`], [`verify_signed`]: the content digest without a key; with a key, the
+//!   MACs too; the signatures of trusted signers when asked.
+//! * [`sign`]: adds a publisher signature to a protected model.
 //!
-//! The key source, the error type and the manifest reader are re-exported here for
-//! callers of the verbs.
+//! The key source, the error type and the manifest readers are re-exported here.
 
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
 
-use onnx_protect_crypto::{random_salt, Keystream, MasterKey};
+use onnx_protect_crypto::LeafHash;
+use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::write::{Content, Edit};
-use onnx_protect_format::{discover, Model, NoProgress, Progress, TensorData};
-use onnx_protect_proto::Message;
-use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
+use onnx_protect_format::{Model, NoProgress, Progress};
+use onnx_protect_keys::{SignerKey, SigningKey};
+use onnx_protect_select::Policy;
 
-use crate::action::{prepare, Action};
-use crate::keys::tier_sessions;
-use crate::manifest::{build_manifest, entry_field, summaries};
-use crate::restore::{plan_restore, restore_for, restored_model_bytes};
-use crate::seal::{check_checksums, leaf_digests, seal_envelope};
+use crate::content::{plans, run_covered, transformer};
+use crate::format2::{self, open_v2, read_v2, EncryptSpec};
+use crate::pass::Hash;
+use crate::restore::{plan_restore, restored_model_bytes};
 use crate::staged::{check_output, durable, Outputs};
-use crate::unlock::{tier_keys_of, unlock, unlock_master, untiered_keys, untiered_streams, PendingCheck, Unlocked};
-use crate::writer::{write_outputs, Leaves, PassSpec};
+use crate::unlock::unlock;
 
+pub use crate::envelope::{ProtectedV2, METADATA_KEY_V2};
 pub use crate::error::{CoreError, ErrorKind, Result};
 pub use crate::keys::KeySource;
 pub use crate::manifest::{
-    find_manifest_entry, is_manifest_key, protection_info, read_protected, Protected, ProtectionInfo, Target,
-    TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL, CHUNK_SIZE, FORMAT_VERSION, LEAF_HASH, MAC_INPUT_LABEL, METADATA_KEY,
-    METADATA_PREFIX,
+    is_manifest_key, read_protected, Protected, ProtectionInfo, Target, TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL,
+    CHUNK_SIZE, FORMAT_VERSION, LEAF_HASH, MAC_INPUT_LABEL, METADATA_KEY, METADATA_PREFIX,
 };
+pub use crate::recipients::EncryptTo;
 
 /// What `encrypt` did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,6 +54,10 @@ pub struct EncryptReport {
     pub tensors: Vec<TensorSummary>,
     pub skipped: Vec<(String, String)>,
     pub external_files: Vec<String>,
+    /// Recipient stanzas written (one per recipient and tier).
+    pub recipients: usize,
+    /// Signatures written.
+    pub signatures: usize,
 }
 
 /// What `decrypt` did.
@@ -71,11 +75,15 @@ pub struct VerifyReport {
     pub input: String,
     /// `"checksum"` without a key, `"mac"` with one.
     pub check: &'static str,
+    /// The manifest's format version.
+    pub format_version: u32,
     pub tensors: usize,
     /// Bytes still encrypted in the file.
     pub encrypted_bytes: u64,
     /// Bytes of the tiers already decrypted in this file (`decrypt --tier`), in clear.
     pub restored_bytes: u64,
+    /// Trusted signers whose signatures were verified.
+    pub signers: Vec<String>,
 }
 
 /// Options of [`encrypt`].
@@ -87,7 +95,25 @@ pub struct EncryptOptions<'a> {
     /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
     /// or not at all).
     pub sync: bool,
+    /// Allow a policy that encrypts no byte of the model (refused by default).
+    pub allow_empty: bool,
+    /// Publisher keys that sign the model (docs/format.md §10).
+    pub signing_keys: &'a [SigningKey],
     pub progress: &'a dyn Progress,
+}
+
+impl<'a> EncryptOptions<'a> {
+    /// The defaults: write a new file, no signature, refuse an empty selection.
+    pub fn new(policy: &'a Policy) -> EncryptOptions<'a> {
+        EncryptOptions {
+            policy,
+            in_place: false,
+            sync: false,
+            allow_empty: false,
+            signing_keys: &[],
+            progress: &NoProgress,
+        }
+    }
 }
 
 /// Options of [`decrypt`].
@@ -95,71 +121,69 @@ pub struct DecryptOptions<'a> {
     pub in_place: bool,
     /// As [`EncryptOptions::sync`].
     pub sync: bool,
+    /// Trusted publishers: when given, a model without a valid signature of one of them
+    /// is refused.
+    pub signers: &'a [SignerKey],
     pub progress: &'a dyn Progress,
 }
 
-/// Encrypts `input` into `output` (atomically; external side files next to it).
-pub fn encrypt(input: &Path, output: &Path, key: &KeySource, opts: &EncryptOptions) -> Result<EncryptReport> {
+impl Default for DecryptOptions<'_> {
+    fn default() -> Self {
+        DecryptOptions { in_place: false, sync: false, signers: &[], progress: &NoProgress }
+    }
+}
+
+/// The format version of a model's manifest: `None` for an unprotected model.
+pub fn manifest_version(model: &Model) -> Result<Option<u32>> {
+    let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
+    match keys.as_slice() {
+        [] => Ok(None),
+        [k] if *k == METADATA_KEY_V2 => Ok(Some(2)),
+        [k] if *k == METADATA_KEY => Ok(Some(1)),
+        [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
+        _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
+    }
+}
+
+/// Opens a model file that should be protected: a file that no longer parses but ends
+/// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
+pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
+    Model::open_with_progress(input, progress).map_err(|e| format2::triage(input, e))
+}
+
+/// Encrypts `input` into `output` (atomically; external side files next to it) for the
+/// recipients in `to`.
+pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOptions) -> Result<EncryptReport> {
     let model = Model::open_with_progress(input, opts.progress)?;
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     check_output(&model, input, output, opts.in_place)?;
-    // Staged now, so an output that cannot be created is refused before any planning.
-    let outputs = Outputs::stage(&model, output)?;
-    let tiers = opts.policy.tiers.max(1);
-    opts.policy.shares()?;
-    let weights = discover(&model);
-    let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
-    let selection = select(&model, &weights, opts.policy);
-    refuse_ctr_with_tiers(&model, &selection, tiers)?;
-    let (master, kdf) = key.master_for_encrypt()?;
-    let salt = random_salt()?;
-    let sessions = tier_sessions(&master, tiers, &salt);
-    let (manifest, targets) = build_manifest(&model, &selection, &sessions, &salt, kdf.as_ref(), opts.policy);
-    let manifest_bytes = manifest.encode_to_vec();
-    let streams: Vec<Option<Keystream>> =
-        targets.iter().map(|t| Some(sessions[t.tier.max(1) as usize - 1].keystream(t.stream_id))).collect();
-    let actions = prepare(&model, &targets, streams, false)?;
-    // One pass: the ciphertext is hashed as it is written; the manifest entry, sealed
-    // over those leaves, is appended last.
-    let spec = PassSpec {
-        model: &model,
-        targets: &targets,
-        actions: &actions,
-        extra: Vec::new(),
-        leaves: Some(Leaves { chunk: CHUNK_SIZE, written: Some(LEAF_HASH), read: None, given: None }),
-        durable: durable(opts.in_place, opts.sync),
+    let spec = EncryptSpec {
+        policy: opts.policy,
+        in_place: opts.in_place,
+        sync: opts.sync,
+        allow_empty: opts.allow_empty,
+        signing_keys: opts.signing_keys,
         progress: opts.progress,
     };
-    let external = write_outputs(spec, outputs, |leaves, _| {
-        Ok(entry_field(&seal_envelope(&sessions, &targets, CHUNK_SIZE, manifest_bytes, leaves)?))
-    })?;
+    let done = format2::encrypt(&model, output, to, &spec)?;
     Ok(EncryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
-        weight_bytes,
-        encrypted_bytes: selection.bytes(),
-        tensors: summaries(&model, &manifest, &targets),
-        skipped: selection.skipped.iter().map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone())).collect(),
-        external_files: external,
+        weight_bytes: done.weight_bytes,
+        encrypted_bytes: done.selection.bytes(),
+        tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
+        skipped: done
+            .selection
+            .skipped
+            .iter()
+            .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
+            .collect(),
+        external_files: done.external,
+        recipients: done.stanzas,
+        signatures: opts.signing_keys.len(),
     })
-}
-
-/// Refuses the `ctr` mode in a tiered encryption: its keystream turns floats into NaN,
-/// so every partial tier would give NaN outputs.
-fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers: u32) -> Result<()> {
-    if tiers <= 1 {
-        return Ok(());
-    }
-    match selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
-        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
-            "access tiers need the fp or dp mode, but '{}' ({} {}) would be encrypted with ctr, which gives NaN \
-             outputs at every partial tier; use --mode '*=fp' or --mode '*=dp'",
-            model.tensors[c.tensor].name, c.op_type, c.role
-        )))),
-        None => Ok(()),
-    }
 }
 
 /// Verifies and decrypts `input` into `output`, restoring the original bytes.
@@ -169,7 +193,8 @@ pub fn decrypt(input: &Path, output: &Path, key: &KeySource, opts: &DecryptOptio
 
 /// Like [`decrypt`], for tiered models up to tier `tier` (default: the key's own
 /// tier). Decrypting below the top tier writes a valid model whose higher tiers
-/// stay encrypted, with the manifest recording which tiers are restored.
+/// stay encrypted, with the manifest recording which tiers are restored (format 2
+/// only: format-1 files are decrypted whole).
 pub fn decrypt_tier(
     input: &Path,
     output: &Path,
@@ -177,170 +202,309 @@ pub fn decrypt_tier(
     tier: Option<u32>,
     opts: &DecryptOptions,
 ) -> Result<DecryptReport> {
-    let model = Model::open_with_progress(input, opts.progress)?;
-    let p = read_protected(&model)?;
-    check_output(&model, input, output, opts.in_place)?;
-    let FileDecryption { actions, entry, pending, outputs } = plan_file_decryption(&model, &p, key, tier, output)?;
-    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(entry), ancestors: Vec::new() };
-    let leaves = pending.needs_leaves().then_some(Leaves {
-        chunk: p.manifest.chunk_size,
-        written: None,
-        read: Some(p.leaf_hash),
-        given: None,
-    });
-    let spec = PassSpec {
-        model: &model,
-        targets: &p.targets,
-        actions: &actions,
-        extra: vec![entry],
-        leaves,
-        durable: durable(opts.in_place, opts.sync),
-        progress: opts.progress,
-    };
-    write_outputs(spec, outputs, |_, read| {
-        pending.check(&p, read)?;
-        Ok(Vec::new())
-    })?;
-    let done: Vec<&Target> =
-        p.targets.iter().zip(&actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
-    Ok(DecryptReport {
+    let model = open_protected(input, opts.progress)?;
+    let report = |tensors, decrypted_bytes| DecryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
-        tensors: done.len(),
-        decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
-    })
+        tensors,
+        decrypted_bytes,
+    };
+    match manifest_version(&model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(&model)?;
+            check_output(&model, input, output, opts.in_place)?;
+            let d =
+                format2::decrypt(&model, &p, key, tier, opts.signers, output, opts.in_place, opts.sync, opts.progress)?;
+            Ok(report(d.tensors, d.decrypted_bytes))
+        }
+        Some(_) => {
+            if !opts.signers.is_empty() {
+                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+            }
+            let p = read_protected(&model)?;
+            check_output(&model, input, output, opts.in_place)?;
+            let (tensors, bytes) =
+                decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
+            Ok(report(tensors, bytes))
+        }
+    }
 }
 
-/// A decryption into a file: the targets' actions, the replacement of the manifest
-/// entry (empty: removed), what the pass still has to check, and the staged outputs.
-struct FileDecryption {
-    actions: Vec<Action>,
-    entry: Vec<u8>,
-    pending: PendingCheck,
-    outputs: Outputs,
-}
-
-/// Checks the key and plans a decryption of `p` up to `tier` into `output`; the
-/// outputs are staged once the key is checked (§7 of docs/format.md: nothing is
-/// written before).
-///
-/// A full decryption is one pass: after the key check, the pass also hashes the
-/// ciphertext it reads, and the MACs and checksums over those leaves are checked before
-/// the staged outputs are renamed into place (a mismatch removes them). A partial one
-/// (a lower tier's key, or tiers already restored in the file) checks first: its pass
-/// would have to hash the tiers it leaves encrypted beside the ones it writes, and the
-/// leaves of a restored tier are those of its plaintext encrypted again, which the pass
-/// does not compute.
-fn plan_file_decryption(
+/// A format-1 decryption: the key check and every MAC first, then one pass that writes
+/// the model with every span decrypted and the manifest entry removed. Format 1 is
+/// read-only: a decryption that would leave tiers encrypted (and so write a format-1
+/// file) is refused.
+fn decrypt_v1(
     model: &Model,
     p: &Protected,
     key: &KeySource,
     tier: Option<u32>,
     output: &Path,
-) -> Result<FileDecryption> {
-    let tiered = p.manifest.tiers > 1;
-    let stage = || Outputs::stage(model, output);
-    if !tiered && tier.is_none_or(|t| t == 1) {
-        let keys = untiered_keys(&key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, p)?;
-        let outputs = stage()?;
-        let actions = prepare(model, &p.targets, untiered_streams(&keys, p), true)?;
-        return Ok(FileDecryption { actions, entry: Vec::new(), pending: PendingCheck::Untiered(keys), outputs });
+    durable: bool,
+    progress: &dyn Progress,
+) -> Result<(usize, u64)> {
+    let r = plan_restore(model, p, key, tier, false)?;
+    if !r.entry.is_empty() {
+        return Err(CoreError::Key(
+            "format-1 files are read-only: a partial decryption would write one; decrypt with the top-tier key \
+             and encrypt again, or run the model in memory"
+                .into(),
+        ));
     }
-    if !tiered {
-        let r = plan_restore(model, p, key, tier, false)?;
-        return Ok(FileDecryption {
-            actions: r.actions,
-            entry: r.entry,
-            pending: PendingCheck::Checked,
-            outputs: stage()?,
-        });
-    }
-    let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
-    let tk = tier_keys_of(&master, p)?;
-    if p.envelope.restored_tiers == 0 && tier.unwrap_or(tk.key_tier) == p.manifest.tiers {
-        let unlocked = Unlocked { key_tier: tk.key_tier, streams: tk.streams.clone() };
-        let outputs = stage()?;
-        let r = restore_for(model, p, unlocked, tier, false)?;
-        return Ok(FileDecryption { actions: r.actions, entry: r.entry, pending: PendingCheck::Tiered(tk), outputs });
-    }
-    let r = restore_for(model, p, unlock_master(model, p, &master)?, tier, false)?;
-    Ok(FileDecryption { actions: r.actions, entry: r.entry, pending: PendingCheck::Checked, outputs: stage()? })
+    let outputs = Outputs::stage(model, output)?;
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let len = model.bytes().len() as u64;
+    let plans = plans(model, len, &p.targets, &r.actions, vec![entry])?;
+    let files = outputs.covered_files();
+    let xf = transformer(model, &p.targets, &r.actions);
+    run_covered(model, len, plans, &xf, Hash::None, CHUNK_SIZE, &files, durable, progress)?;
+    drop(files);
+    outputs.staged.commit(durable)?;
+    let done = p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, crate::action::Action::Skip));
+    Ok(done.fold((0, 0), |(n, b), (t, _)| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>())))
 }
 
 /// Decrypts a protected model into memory: the returned bytes are the original
 /// model file (for a tiered model with a lower-tier key: the model with the key's
-/// tiers restored). Only the encrypted ranges are touched after the copy.
+/// tiers restored). Models with external data need [`crate::memory`].
 pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
     decrypt_tier_to_vec(model, key, None)
 }
 
-/// Like [`decrypt_to_vec`], for tiered models up to tier `tier` (default: the key's
-/// own tier), as [`decrypt_tier`] does to a file: below the top tier the result is a
-/// valid model whose higher tiers stay encrypted, with its manifest recording the
-/// restored tiers.
+/// Like [`decrypt_to_vec`], up to tier `tier` (default: the key's own tier).
 pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<Vec<u8>> {
-    let p = read_protected(model)?;
-    if p.targets.iter().any(|t| matches!(model.tensors[t.tensor].data, TensorData::External { .. })) {
+    if !model.external_files.is_empty() {
         return Err(CoreError::Output(
-            "the model keeps encrypted weights in external files; decrypt it with memory::decrypt_tier_in_memory"
-                .into(),
+            "the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory".into(),
         ));
     }
-    let r = plan_restore(model, &p, key, tier, false)?;
-    restored_model_bytes(model, &p, &r)
-}
-
-/// The top-tier master key that the passphrase in `key` stands for in `model` (whose
-/// manifest holds the Argon2id parameters), after the key check and every MAC; and the
-/// model's number of tiers. Lower tier keys derive from it as from a key file's.
-/// A key file is returned as it is, after the same checks.
-pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
-    let p = read_protected(model)?;
-    let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?;
-    let unlocked = unlock_master(model, &p, &master)?;
-    let tiers = p.manifest.tiers.max(1);
-    if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
-            unlocked.key_tier
-        )));
+    match manifest_version(model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => Ok(crate::memory::decrypt_tier_in_memory(model, key, tier)?.bytes().to_vec()),
+        Some(_) => {
+            let p = read_protected(model)?;
+            let r = plan_restore(model, &p, key, tier, false)?;
+            restored_model_bytes(model, &p, &r)
+        }
     }
-    Ok((master, tiers))
 }
 
-/// The access tier of `key` for a protected model, after the key check and every
-/// MAC the key allows: the number of tiers for the top key, 0 for an untiered model.
+/// The top-tier key that `key` stands for in `model` (for a passphrase: its Argon2id
+/// output under the model's parameters), after every check the key allows; and the
+/// model's number of tiers. Lower tier keys derive from it as from a key file's.
+pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
+    match manifest_version(model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(model)?;
+            format2::verify(model, &p, Some(key), &[])?;
+            format2::top_key(&p, key)
+        }
+        Some(_) => {
+            let p = read_protected(model)?;
+            let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?;
+            let unlocked = crate::unlock::unlock_master(model, &p, &master)?;
+            let tiers = p.manifest.tiers.max(1);
+            if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
+                return Err(CoreError::Key(format!(
+                    "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
+                    unlocked.key_tier
+                )));
+            }
+            Ok((master, tiers))
+        }
+    }
+}
+
+/// The access tier of `key` for a protected model, after every check the key allows:
+/// the number of tiers for the top key (1 for an untiered format-2 model, 0 for an
+/// untiered format-1 model).
 pub fn key_tier(model: &Model, key: &KeySource) -> Result<u32> {
-    let p = read_protected(model)?;
-    Ok(unlock(model, &p, key)?.key_tier)
+    match manifest_version(model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(model)?;
+            format2::verify(model, &p, Some(key), &[])?;
+            Ok(crate::recipients::open(&p.sealed, key)?.tier)
+        }
+        Some(_) => {
+            let p = read_protected(model)?;
+            Ok(unlock(model, &p, key)?.key_tier)
+        }
+    }
 }
 
-/// Verifies a protected model: with a key, the key check and the MACs the key
-/// allows; without, the manifest's form and the keyless checksums of the encrypted bytes.
+/// Verifies a protected model: with a key, every MAC the key allows; without, the
+/// keyless digest (format 2) or checksums (format 1).
 pub fn verify(input: &Path, key: Option<&KeySource>, progress: &dyn Progress) -> Result<VerifyReport> {
-    let model = Model::open_with_progress(input, progress)?;
-    let p = read_protected(&model)?;
-    let check = match key {
-        Some(k) => {
-            unlock(&model, &p, k)?;
-            "mac"
-        }
-        None => {
-            let leaves = leaf_digests(&model, &p.targets, p.manifest.chunk_size, p.leaf_hash, &[])?;
-            check_checksums(&p, &leaves)?;
-            "checksum"
-        }
-    };
-    let restored = p.envelope.restored_tiers;
+    verify_signed(input, key, &[], progress)
+}
+
+/// [`verify`], also requiring a valid signature of one of `signers` (when any are given).
+pub fn verify_signed(
+    input: &Path,
+    key: Option<&KeySource>,
+    signers: &[SignerKey],
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let model = open_protected(input, progress)?;
+    let check = if key.is_some() { "mac" } else { "checksum" };
     let bytes = |t: &Target| t.spans.iter().map(|(a, b)| b - a).sum::<u64>();
-    let in_clear = |t: &&Target| t.tier > 0 && t.tier <= restored;
-    Ok(VerifyReport {
-        input: input.display().to_string(),
-        check,
-        tensors: p.targets.len(),
-        encrypted_bytes: p.targets.iter().filter(|t| !in_clear(t)).map(bytes).sum(),
-        restored_bytes: p.targets.iter().filter(in_clear).map(bytes).sum(),
+    let split = |targets: &[Target], restored: u32| {
+        let in_clear = |t: &&Target| t.tier > 0 && t.tier <= restored;
+        (targets.iter().filter(|t| !in_clear(t)).map(bytes).sum(), targets.iter().filter(in_clear).map(bytes).sum())
+    };
+    match manifest_version(&model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(&model)?;
+            format2::verify(&model, &p, key, signers)?;
+            let (encrypted_bytes, restored_bytes) = split(&p.targets, p.sealed.envelope.restored_tiers);
+            Ok(VerifyReport {
+                input: input.display().to_string(),
+                check,
+                format_version: 2,
+                tensors: p.targets.len(),
+                encrypted_bytes,
+                restored_bytes,
+                signers: signers.iter().map(SignerKey::to_text).collect(),
+            })
+        }
+        Some(_) => {
+            if !signers.is_empty() {
+                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+            }
+            let p = read_protected(&model)?;
+            match key {
+                Some(k) => {
+                    unlock(&model, &p, k)?;
+                }
+                None => {
+                    let leaves =
+                        crate::seal::leaf_digests(&model, &p.targets, p.manifest.chunk_size, p.leaf_hash, &[])?;
+                    crate::seal::check_checksums(&p, &leaves)?;
+                }
+            }
+            let (encrypted_bytes, restored_bytes) = split(&p.targets, p.envelope.restored_tiers);
+            Ok(VerifyReport {
+                input: input.display().to_string(),
+                check,
+                format_version: 1,
+                tensors: p.targets.len(),
+                encrypted_bytes,
+                restored_bytes,
+                signers: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Reads the protection manifest, if any, for display.
+pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
+    match manifest_version(model)? {
+        None => return Ok(None),
+        Some(2) => return Ok(Some(protection_info_v2(model)?)),
+        Some(_) => {}
+    }
+    let p = read_protected(model)?;
+    let tensors = crate::manifest::summaries(model, &p.manifest, &p.targets);
+    Ok(Some(ProtectionInfo {
+        key: p.entry.key.clone(),
+        format_version: p.manifest.format_version,
+        tool: p.manifest.tool.clone(),
+        passphrase: p.manifest.kdf.is_some(),
+        policy_summary: p.manifest.policy_summary.clone(),
+        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        tiers: p.manifest.tiers,
+        restored_tiers: p.envelope.restored_tiers,
+        leaf_hash: match p.leaf_hash {
+            LeafHash::Sha256 => "sha256",
+            LeafHash::Blake3 => "blake3",
+        },
+        tensors,
+        recipients: Vec::new(),
+        signatures: Vec::new(),
+    }))
+}
+
+fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
+    let p = read_v2(model)?;
+    let h = &p.sealed.header;
+    let tensors = crate::manifest::summaries_v2(model, h, &p.targets);
+    Ok(ProtectionInfo {
+        key: METADATA_KEY_V2.to_string(),
+        format_version: h.format_version,
+        tool: h.tool.clone(),
+        passphrase: p.sealed.stanzas.iter().any(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE),
+        policy_summary: h.policy_summary.clone(),
+        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        tiers: h.tiers,
+        restored_tiers: p.sealed.envelope.restored_tiers,
+        leaf_hash: "blake3",
+        tensors,
+        recipients: p
+            .sealed
+            .stanzas
+            .iter()
+            .map(|s| {
+                if s.label.is_empty() {
+                    format!("{} (tier {})", s.kind, s.tier)
+                } else {
+                    format!("{} {} (tier {})", s.kind, s.label, s.tier)
+                }
+            })
+            .collect(),
+        signatures: p
+            .sealed
+            .envelope
+            .signatures
+            .iter()
+            .filter_map(|s| <[u8; 32]>::try_from(s.public_key.as_slice()).ok())
+            .map(|k| SignerKey::from_bytes(&k).map(|k| k.to_text()).unwrap_or_else(|_| "(invalid key)".into()))
+            .collect(),
     })
+}
+
+/// What `sign` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignReport {
+    pub input: String,
+    pub output: String,
+    /// Every signer of the output model.
+    pub signers: Vec<String>,
+}
+
+/// Adds the signatures of `keys` to the format-2 model `input` (replacing an earlier
+/// signature of the same key), after checking that its content matches its manifest;
+/// writes `output` (which may be `input` with `in_place`).
+pub fn sign(
+    input: &Path,
+    output: &Path,
+    keys: &[SigningKey],
+    in_place: bool,
+    progress: &dyn Progress,
+) -> Result<SignReport> {
+    let model = open_protected(input, progress)?;
+    if manifest_version(&model)? != Some(2) {
+        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be signed".into() });
+    }
+    let (model, p) = open_v2(Ok(model), input)?;
+    check_output(&model, input, output, in_place)?;
+    format2::verify(&model, &p, None, &[])?;
+    if p.sealed.envelope.restored_tiers > 0 {
+        return Err(CoreError::Key("a partially decrypted model cannot be signed; sign the encrypted model".into()));
+    }
+    let env = format2::with_signatures(&p, keys);
+    let signers = env
+        .signatures
+        .iter()
+        .filter_map(|s| <[u8; 32]>::try_from(s.public_key.as_slice()).ok())
+        .filter_map(|k| SignerKey::from_bytes(&k).ok())
+        .map(|k| k.to_text())
+        .collect();
+    format2::rewrite_entry(&model, &p, env, output, in_place)?;
+    Ok(SignReport { input: input.display().to_string(), output: output.display().to_string(), signers })
 }
 
 /// Used by tests and `NoProgress` callers.
@@ -356,23 +520,25 @@ pub(crate) fn encrypt_tiny(dir: &Path, key_byte: u8, policy: &Policy) -> (PathBu
     std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
     let out = dir.join("protected.onnx");
     let key = KeySource::Key(MasterKey::from_bytes([key_byte; 32]));
-    let opts = EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress };
-    encrypt(&plain, &out, &key, &opts).unwrap();
+    encrypt(&plain, &out, &EncryptTo::key(key.clone()), &EncryptOptions::new(policy)).unwrap();
     (plain, out, key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::entry_field;
     use onnx_protect_crypto::LeafHash;
     use onnx_protect_proto::v1 as pb;
+    use onnx_protect_proto::Message;
 
-    fn protected_tiny(dir: &Path) -> (PathBuf, KeySource) {
-        let (_, out, key) = encrypt_tiny(dir, 9, &Policy::default());
-        (out, key)
+    fn vector(name: &str) -> (PathBuf, KeySource) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vectors").join(name);
+        let key = onnx_protect_crypto::MasterKey::parse_key_file(&std::fs::read(dir.join("key.hex")).unwrap()).unwrap();
+        (dir.join("protected.onnx"), KeySource::Key(key))
     }
 
-    /// The protected model with its manifest's `leaf_hash` replaced (the MAC is not recomputed).
+    /// A format-1 vector with its manifest's `leaf_hash` replaced (the MAC is not recomputed).
     fn with_leaf_hash(path: &Path, value: i32) -> Model {
         let model = Model::open(path).unwrap();
         let p = read_protected(&model).unwrap();
@@ -387,25 +553,34 @@ mod tests {
     }
 
     #[test]
-    fn new_manifests_use_blake3_leaves_and_the_choice_is_authenticated() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, key) = protected_tiny(dir.path());
+    fn format_1_leaf_hash_choice_is_authenticated() {
+        let (path, key) = vector("cnn_torch_ctr");
         let model = Model::open(&path).unwrap();
         let p = read_protected(&model).unwrap();
-        assert_eq!(p.leaf_hash, LeafHash::Blake3);
-        assert_eq!(p.manifest.leaf_hash, pb::LeafHash::Blake3 as i32);
         assert!(decrypt_to_vec(&model, &key).is_ok());
-        // Downgrading the manifest to SHA-256 leaves is caught by the MAC.
-        let downgraded = with_leaf_hash(&path, pb::LeafHash::Sha256 as i32);
-        assert_eq!(read_protected(&downgraded).unwrap().leaf_hash, LeafHash::Sha256);
-        assert!(matches!(decrypt_to_vec(&downgraded, &key), Err(CoreError::Modified(_))));
+        let other = match p.leaf_hash {
+            LeafHash::Sha256 => onnx_protect_proto::v1::LeafHash::Blake3 as i32,
+            LeafHash::Blake3 => onnx_protect_proto::v1::LeafHash::Sha256 as i32,
+        };
+        assert!(matches!(decrypt_to_vec(&with_leaf_hash(&path, other), &key), Err(CoreError::Modified(_))));
+        let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
+        assert!(matches!(&err, CoreError::BadManifest(m) if m.contains("unknown leaf hash 7")), "{err}");
     }
 
     #[test]
-    fn an_unknown_leaf_hash_is_a_bad_manifest() {
+    fn new_files_are_format_2_and_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, _) = protected_tiny(dir.path());
-        let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
-        assert!(matches!(&err, CoreError::BadManifest(m) if m.contains("unknown leaf hash 7")), "{err}");
+        let (plain, out, key) = encrypt_tiny(dir.path(), 9, &Policy::default());
+        let model = Model::open(&out).unwrap();
+        assert_eq!(manifest_version(&model).unwrap(), Some(2));
+        assert_eq!(decrypt_to_vec(&model, &key).unwrap(), std::fs::read(&plain).unwrap());
+        assert_eq!(key_tier(&model, &key).unwrap(), 1);
+        let back = dir.path().join("back.onnx");
+        decrypt(&out, &back, &key, &DecryptOptions::default()).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
+        let wrong = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([1; 32]));
+        assert!(matches!(decrypt_to_vec(&model, &wrong), Err(CoreError::WrongKey)));
+        verify(&out, None, &NoProgress).unwrap();
+        verify(&out, Some(&key), &NoProgress).unwrap();
     }
 }

@@ -61,7 +61,10 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
     for (r, tier) in &to.recipients {
         let t = if *tier == 0 { tiers } else { *tier };
         if t > tiers {
-            return Err(CoreError::Key(format!("recipient {} is for tier {t}, but the model has {tiers}", r.describe())));
+            return Err(CoreError::Key(format!(
+                "recipient {} is for tier {t}, but the model has {tiers}",
+                r.describe()
+            )));
         }
         stanzas.push(r.wrap(t, dk(t))?);
     }

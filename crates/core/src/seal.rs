@@ -10,7 +10,6 @@ use std::ops::Range;
 use onnx_protect_crypto::{Checksum, Keystream, Leaf, LeafHash, SessionKeys};
 use onnx_protect_format::model::ExternalFile;
 use onnx_protect_format::{Model, Tensor, TensorData};
-use onnx_protect_proto::v1 as pb;
 use rayon::prelude::*;
 
 use crate::action::apply;
@@ -262,38 +261,6 @@ fn leaves_by_tier(targets: &[Target], chunk: u64, leaves: &[[u8; 32]], tiers: u3
         }
     }
     out
-}
-
-/// The envelope of a manifest (§7, §11 of docs/format.md): the MAC and checksum over
-/// `leaves` (in chunk-job order of `targets`), per tier when `sessions` holds more than
-/// one tier's keys (index `tier − 1`).
-pub(crate) fn seal_envelope(
-    sessions: &[SessionKeys],
-    targets: &[Target],
-    chunk: u64,
-    manifest: Vec<u8>,
-    leaves: &[[u8; 32]],
-) -> Result<pb::Envelope> {
-    let top = sessions.last().ok_or_else(|| CoreError::Output("no tier keys".into()))?;
-    if sessions.len() > 1 {
-        let by_tier = leaves_by_tier(targets, chunk, leaves, sessions.len() as u32);
-        let mut env = pb::Envelope { manifest: Vec::new(), ..Default::default() };
-        for (i, l) in by_tier.iter().enumerate() {
-            let (mac, sum) = tier_seal(Some(&sessions[i]), &manifest, i as u32 + 1, l);
-            env.tier_macs.push(mac.map(|m| m.to_vec()).unwrap_or_default());
-            env.tier_checksums.push(sum.to_vec());
-        }
-        env.manifest = manifest;
-        Ok(env)
-    } else {
-        let (mac, checksum) = mac_and_checksum(Some(top), &manifest, leaves);
-        Ok(pb::Envelope {
-            manifest,
-            mac: mac.map(|m| m.to_vec()).unwrap_or_default(),
-            checksum: checksum.to_vec(),
-            ..Default::default()
-        })
-    }
 }
 
 /// Checks the MAC and the keyless checksum of an untiered model, given the leaves of

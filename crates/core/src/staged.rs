@@ -91,8 +91,6 @@ pub(crate) struct Outputs {
     pub(crate) staged: Staged,
     /// Destination paths of the external data files.
     pub(crate) external: Vec<PathBuf>,
-    /// Destination path of the model file.
-    pub(crate) model: PathBuf,
 }
 
 impl Outputs {
@@ -107,7 +105,14 @@ impl Outputs {
         }
         // The model file is staged last, so it is renamed into place last.
         staged.create(output)?;
-        Ok(Outputs { staged, external, model: output.to_path_buf() })
+        Ok(Outputs { staged, external })
+    }
+
+    /// The staged files in covered-file order (docs/format.md §9): the model, then each
+    /// external data file.
+    pub(crate) fn covered_files(&self) -> Vec<Option<&File>> {
+        let n = self.external.len();
+        std::iter::once(n).chain(0..n).map(|i| Some(self.staged.file_ref(i))).collect()
     }
 }
 

@@ -126,31 +126,3 @@ pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Res
     unlock_master(model, p, &master)?;
     Ok(SessionKeys::derive(&master, &salt_of(p)?))
 }
-
-/// What a pass that reads a model's ciphertext (decryption, key rotation) still has
-/// to check once it has hashed it.
-pub(crate) enum PendingCheck {
-    /// The MAC and checksum of an untiered model, with these keys.
-    Untiered(SessionKeys),
-    /// Every tier's MAC the key can check, and every checksum.
-    Tiered(TierKeys),
-    /// Nothing: checked before the pass.
-    Checked,
-}
-
-impl PendingCheck {
-    /// Whether the pass must compute the leaves of what it reads.
-    pub(crate) fn needs_leaves(&self) -> bool {
-        !matches!(self, PendingCheck::Checked)
-    }
-
-    /// Checks the stored MACs and checksums against `read`, the leaves of the stored
-    /// ciphertext in chunk-job order.
-    pub(crate) fn check(&self, p: &Protected, read: &[[u8; 32]]) -> Result<()> {
-        match self {
-            PendingCheck::Untiered(keys) => check_untiered(keys, p, read),
-            PendingCheck::Tiered(tk) => check_tiers(p, tk.key_tier, &tk.sessions, read),
-            PendingCheck::Checked => Ok(()),
-        }
-    }
-}

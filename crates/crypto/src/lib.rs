@@ -71,8 +71,8 @@ mod keystream;
 mod master;
 mod schedule;
 mod session;
-mod wrap;
 mod shuffle;
+mod wrap;
 
 #[cfg(test)]
 mod kat_tests;
@@ -89,10 +89,10 @@ pub use error::CryptoError;
 pub use key_file::{KeyFile, KeyKind, KEY_LINE_TAG, MAX_KEY_FILE_LEN, MAX_TIERS};
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
-pub use wrap::{random_stanza_salt, WrapKind, STANZA_SALT_LEN, WRAPPED_LEN, WRAP_KEY_LABEL, WRAP_PASSPHRASE_LABEL};
 pub use schedule::KeySchedule;
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
 pub use shuffle::{KeyedShuffle, WordOrder, MAX_SHUFFLE_LEN};
+pub use wrap::{random_stanza_salt, WrapKind, STANZA_SALT_LEN, WRAPPED_LEN, WRAP_KEY_LABEL, WRAP_PASSPHRASE_LABEL};
 
 /// Length of the master key, tensor keys and the MAC key, in bytes.
 pub const KEY_LEN: usize = 32;

@@ -62,7 +62,13 @@ fn kek(key: &MasterKey, kind: WrapKind, salt: &[u8], tier: u32) -> Zeroizing<[u8
 impl MasterKey {
     /// Wraps `data_key` (the data key of `tier`) under this key with a fresh salt
     /// drawn by the caller ([`random_stanza_salt`]). Returns the 48-byte body.
-    pub fn wrap_data_key(&self, kind: WrapKind, salt: &[u8; STANZA_SALT_LEN], tier: u32, data_key: &DataKey) -> Vec<u8> {
+    pub fn wrap_data_key(
+        &self,
+        kind: WrapKind,
+        salt: &[u8; STANZA_SALT_LEN],
+        tier: u32,
+        data_key: &DataKey,
+    ) -> Vec<u8> {
         let kek = kek(self, kind, salt, tier);
         let cipher = ChaCha20Poly1305::new(kek.as_ref().into());
         let plain = data_key.to_bytes();

@@ -51,9 +51,8 @@ impl SigningKey {
     /// A new random signing key.
     pub fn generate() -> Result<SigningKey, KeysError> {
         let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(seed.as_mut()).map_err(|e| {
-            KeysError::Crypto(onnx_protect_crypto::CryptoError::Rng { reason: e.to_string() })
-        })?;
+        getrandom::getrandom(seed.as_mut())
+            .map_err(|e| KeysError::Crypto(onnx_protect_crypto::CryptoError::Rng { reason: e.to_string() }))?;
         Ok(SigningKey(DalekSigning::from_bytes(&seed)))
     }
 
@@ -61,9 +60,9 @@ impl SigningKey {
     /// `#` comments. Errors never show the key.
     pub fn parse_file(text: &str) -> Result<SigningKey, KeysError> {
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-        let line = lines
-            .next()
-            .ok_or_else(|| KeysError::BadSigningKey("no ONNX-PROTECT-SIGNING-KEY-1 line in the signing key file".into()))?;
+        let line = lines.next().ok_or_else(|| {
+            KeysError::BadSigningKey("no ONNX-PROTECT-SIGNING-KEY-1 line in the signing key file".into())
+        })?;
         if lines.next().is_some() {
             return Err(KeysError::BadSigningKey("a signing key file holds exactly one key".into()));
         }

@@ -1,0 +1,495 @@
+//! The verbs on format 2 (docs/format.md): encrypting into it, and verifying and
+//! decrypting its files, each a pipeline over `envelope` (the manifest), `recipients`
+//! (data keys), `content` and `pass` (the bytes and their digest).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use onnx_protect_crypto::{signed_message, tier_mac, tier_mac_matches, DataKey, TierKeys};
+use onnx_protect_format::{discover, Model, Progress, TensorData};
+use onnx_protect_keys::{SignerKey, SigningKey};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
+use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
+
+use crate::action::{prepare, Action};
+use crate::content::{digest_of, plans, run_covered, stored_digest, transformed_digest, transformer};
+use crate::envelope::{
+    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, ProtectedV2,
+    CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
+};
+use crate::error::{CoreError, Result};
+use crate::keys::KeySource;
+use crate::manifest::{storage_code_v2, tool_name, Target};
+use crate::pass::Hash;
+use crate::recipients::{open, wrap_all, EncryptTo, Opened};
+use crate::staged::{durable, Outputs};
+
+/// Opens a version-2 protected model at `path`: the entry is found at the end of the
+/// file first, so a model that no longer parses but ends in a sound entry is reported as
+/// modified (its content digest no longer matches), not as an invalid model.
+pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &Path) -> Result<(Model, ProtectedV2)> {
+    match model_result {
+        Ok(model) => {
+            let p = read_v2(&model)?;
+            Ok((model, p))
+        }
+        Err(e) => Err(triage(path, e)),
+    }
+}
+
+/// The error for a model file that does not parse: "modified" when it ends in a sound
+/// version-2 entry whose content digest no longer matches, else the parser's error.
+pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
+    let Ok(bytes) = std::fs::read(path) else { return e.into() };
+    let Some((range, value)) = trailing_entry(&bytes) else { return e.into() };
+    let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
+    if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
+        let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
+        if digest_of(&[leaves]).as_slice() == sealed.envelope.content_digest.as_slice() {
+            return e.into();
+        }
+    }
+    CoreError::Modified(format!("the model no longer parses ({e}) and its content does not match its manifest"))
+}
+
+/// The version-2 manifest of an open model, matched to it.
+pub(crate) fn read_v2(model: &Model) -> Result<ProtectedV2> {
+    let (range, value) = trailing_entry(model.bytes())
+        .ok_or_else(|| CoreError::Modified("the onnx-protect/v2 entry is not the last field of the file".into()))?;
+    let last = model.metadata.iter().filter(|m| crate::manifest::is_manifest_key(&m.key)).count();
+    if last != 1 || !model.metadata.iter().any(|m| m.range == range) {
+        return Err(CoreError::Modified("more than one manifest entry, or the entry is not top-level".into()));
+    }
+    let sealed = parse_entry(value, range)?;
+    match_model(model, sealed)
+}
+
+/// Options of [`encrypt`].
+pub(crate) struct EncryptSpec<'a> {
+    pub policy: &'a Policy,
+    pub in_place: bool,
+    pub sync: bool,
+    pub allow_empty: bool,
+    pub signing_keys: &'a [SigningKey],
+    pub progress: &'a dyn Progress,
+}
+
+/// What an encryption did, for the report.
+pub(crate) struct Encrypted {
+    pub weight_bytes: u64,
+    pub selection: Selection,
+    pub header: pb::Header,
+    pub targets: Vec<Target>,
+    pub external: Vec<String>,
+    pub stanzas: usize,
+}
+
+/// Encrypts `model` (opened from `input`) into `output` in format 2.
+pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
+    let outputs = Outputs::stage(model, output)?;
+    let tiers = spec.policy.tiers.max(1);
+    spec.policy.shares()?;
+    let weights = discover(model);
+    let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
+    let mut selection = select(model, &weights, spec.policy);
+    refuse_ctr_with_tiers(model, &selection, tiers)?;
+    refuse_short_permutations(model, &selection)?;
+    if selection.bytes() == 0 && !spec.allow_empty {
+        return Err(CoreError::Policy(PolicyError::Invalid(
+            "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".into(),
+        )));
+    }
+    // Varint-stored tensors change length when encrypted: they go whole to the top tier,
+    // so a partial decryption never changes a length (docs/format.md §3).
+    for c in &mut selection.chosen {
+        if matches!(model.tensors[c.tensor].data, TensorData::Varint { .. }) {
+            c.tier = tiers;
+        }
+    }
+    let data_keys = DataKey::generate()?.chain_down(tiers);
+    let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
+    let stanzas = wrap_all(to, &data_keys)?;
+    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy);
+    check_disjoint_in_files(model, &targets)?;
+    let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
+    let actions = prepare(model, &targets, streams, false)?;
+
+    let content_len = model.bytes().len() as u64;
+    let plans = plans(model, content_len, &targets, &actions, Vec::new())?;
+    let files = outputs.covered_files();
+    let xf = transformer(model, &targets, &actions);
+    let durable = durable(spec.in_place, spec.sync);
+    let leaves =
+        run_covered(model, content_len, plans, &xf, Hash::Output, CONTENT_CHUNK, &files, durable, spec.progress)?;
+    let digest = digest_of(&leaves.output);
+    let h = header.encode_to_vec();
+    let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
+    let macs = tier_keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, &h, &r, &digest).to_vec()).collect();
+    let signatures = sign_all(spec.signing_keys, &h, &r, &digest);
+    let envelope = pb::Envelope {
+        header: h,
+        recipients: r,
+        content_digest: digest.to_vec(),
+        macs,
+        signatures,
+        ..Default::default()
+    };
+    let model_out =
+        files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+    let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
+    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
+        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
+    drop(xf);
+    drop(files);
+    outputs.staged.commit(durable)?;
+    Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
+}
+
+fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
+    let msg = signed_message(h, r, digest);
+    keys.iter()
+        .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
+        .collect()
+}
+
+/// Refuses the `ctr` mode in a tiered encryption: its keystream turns floats into NaN,
+/// so every partial tier would give NaN outputs.
+pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers: u32) -> Result<()> {
+    if tiers <= 1 {
+        return Ok(());
+    }
+    match selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
+        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
+            "access tiers need the fp or dp mode, but '{}' ({} {}) would be encrypted with ctr, which gives NaN \
+             outputs at every partial tier; use --mode '*=fp' or --mode '*=dp'",
+            model.tensors[c.tensor].name, c.op_type, c.role
+        )))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses permutations of fewer than [`DP_MIN_ELEMENTS`] elements: they hide too little
+/// (one element permuted is no change at all).
+fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
+    for c in selection.chosen.iter().filter(|c| c.mode == Mode::Dp) {
+        let t = &model.tensors[c.tensor];
+        let elem = (t.data_type.bits() / 8).max(1);
+        if let Some(&(a, b)) = c.spans.iter().find(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS) {
+            return Err(CoreError::Policy(PolicyError::Invalid(format!(
+                "the dp mode would permute {} elements of '{}' (span [{a}, {b})); it needs subsequences of at least \
+                 {DP_MIN_ELEMENTS} elements: use fewer subsequences or another mode",
+                (b - a) / elem,
+                t.name
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// The header of a new encryption and its targets: one entry per chosen tensor (per
+/// tier), stream ids in selection order.
+fn build_header(
+    model: &Model,
+    selection: &Selection,
+    tier_keys: &[TierKeys],
+    policy: &Policy,
+) -> (pb::Header, Vec<Target>) {
+    let mut entries = Vec::new();
+    let mut targets = Vec::new();
+    for (i, c) in selection.chosen.iter().enumerate() {
+        let t = &model.tensors[c.tensor];
+        let tier = c.tier.clamp(1, tier_keys.len() as u32);
+        entries.push(pb::TensorEntry {
+            stream_id: i as u64,
+            locator: t.locator.to_string(),
+            name: t.name.clone(),
+            data_type: t.data_type.to_i32(),
+            storage: storage_code_v2(t),
+            nbytes: t.nbytes,
+            mode: mode_code(c.mode),
+            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            tier,
+            op_type: c.op_type.clone(),
+            role: c.role.clone(),
+            subsequences: c.subsequences,
+            chosen: c.chosen.len() as u64,
+        });
+        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone(), tier });
+    }
+    let header = pb::Header {
+        format_version: FORMAT_VERSION_V2,
+        tiers: tier_keys.len() as u32,
+        key_checks: tier_keys.iter().map(|k| k.key_check().to_vec()).collect(),
+        tensors: entries,
+        chunk_size: CONTENT_CHUNK,
+        external_files: model.external_files.iter().map(|f| f.location.clone()).collect(),
+        tool: tool_name(),
+        policy_summary: policy.summary(),
+    };
+    (header, targets)
+}
+
+fn mode_code(m: Mode) -> i32 {
+    match m {
+        Mode::Ctr => pb::Mode::Ctr as i32,
+        Mode::Fp => pb::Mode::FormatPreserving as i32,
+        Mode::Dp => pb::Mode::DistributionPreserving as i32,
+    }
+}
+
+/// The digest of the content in canonical form (docs/format.md §11): the stored digest
+/// when no tier is restored, else the content with the restored tiers encrypted again
+/// with `opened`'s keys.
+pub(crate) fn canonical_digest(model: &Model, p: &ProtectedV2, opened: &Opened) -> Result<[u8; 32]> {
+    let r = p.sealed.envelope.restored_tiers;
+    let content_len = p.sealed.entry.start;
+    let chunk = p.sealed.header.chunk_size;
+    if r == 0 {
+        return stored_digest(model, content_len, chunk);
+    }
+    let actions = restore_actions(model, p, opened, |t| t <= r, false)?;
+    transformed_digest(model, content_len, &p.targets, &actions, chunk)
+}
+
+/// The action of every target: tiers for which `which` holds get the keystream of their
+/// tier (`decrypting` or encrypting); the others are left as they are.
+pub(crate) fn restore_actions(
+    model: &Model,
+    p: &ProtectedV2,
+    opened: &Opened,
+    which: impl Fn(u32) -> bool,
+    decrypting: bool,
+) -> Result<Vec<Action>> {
+    let streams = p
+        .targets
+        .iter()
+        .map(|t| if which(t.tier) { opened.tier(t.tier).map(|k| k.keystream(t.stream_id)) } else { None })
+        .collect();
+    prepare(model, &p.targets, streams, decrypting)
+}
+
+/// Checks `digest` (the canonical content's) against the manifest, every MAC of the
+/// tiers `opened` reaches, and the signatures of `signers` (when any are given).
+pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, digest: &[u8; 32], signers: &[SignerKey]) -> Result<()> {
+    let env = &p.sealed.envelope;
+    if digest.as_slice() != env.content_digest.as_slice() {
+        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+    }
+    for (i, k) in opened.keys.iter().enumerate() {
+        let t = i as u32 + 1;
+        if !tier_mac_matches(k, t, &env.header, &env.recipients, digest, &env.macs[i]) {
+            return Err(CoreError::Modified(format!("the MAC of tier {t} does not match")));
+        }
+    }
+    check_signatures(p, digest, signers)
+}
+
+/// Checks the signatures of `signers` over the canonical `digest`: at least one trusted
+/// signer signed, and every signature of a trusted signer verifies.
+pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[SignerKey]) -> Result<()> {
+    if signers.is_empty() {
+        return Ok(());
+    }
+    let env = &p.sealed.envelope;
+    let msg = signed_message(&env.header, &env.recipients, digest);
+    let trusted: HashSet<[u8; 32]> = signers.iter().map(SignerKey::to_bytes).collect();
+    let mut found = false;
+    for s in &env.signatures {
+        let Ok(pk) = <[u8; 32]>::try_from(s.public_key.as_slice()) else { continue };
+        if !trusted.contains(&pk) {
+            continue;
+        }
+        let key = SignerKey::from_bytes(&pk).map_err(|_| CoreError::Modified("a signer key is not valid".into()))?;
+        if !key.verify(&msg, &s.signature) {
+            return Err(CoreError::Modified(format!("the signature of {} does not verify", key.to_text())));
+        }
+        found = true;
+    }
+    if !found {
+        let names: Vec<String> = signers.iter().map(SignerKey::to_text).collect();
+        return Err(CoreError::NotSigned(format!("no signature of {} is on the model", names.join(", "))));
+    }
+    Ok(())
+}
+
+/// The tier a decryption goes to: `asked`, or the key's own; refused when the key does
+/// not reach it or the file has it already.
+pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) -> Result<u32> {
+    let r = p.sealed.envelope.restored_tiers;
+    if opened.tier <= r {
+        return Err(CoreError::AlreadyDecrypted { restored: r, key_tier: opened.tier });
+    }
+    let t = asked.unwrap_or(opened.tier);
+    if t > opened.tier || t == 0 {
+        return Err(CoreError::Key(format!(
+            "this key reaches tier {} of {}; it cannot decrypt tier {t}",
+            opened.tier, p.sealed.header.tiers
+        )));
+    }
+    if t <= r {
+        return Err(CoreError::AlreadyDecrypted { restored: r, key_tier: t });
+    }
+    Ok(t)
+}
+
+/// What a decryption did, for the report.
+pub(crate) struct Decrypted {
+    pub tensors: usize,
+    pub decrypted_bytes: u64,
+}
+
+/// Verifies and decrypts `p` (of `model`) up to `tier` into `output`.
+pub(crate) fn decrypt(
+    model: &Model,
+    p: &ProtectedV2,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+    output: &Path,
+    in_place: bool,
+    sync: bool,
+    progress: &dyn Progress,
+) -> Result<Decrypted> {
+    let opened = open(&p.sealed, key)?;
+    let top = p.sealed.header.tiers;
+    let r = p.sealed.envelope.restored_tiers;
+    let to = target_tier(p, &opened, tier)?;
+    if r > 0 {
+        // The canonical digest needs the restored tiers encrypted again: checked first.
+        check_seals(p, &opened, &canonical_digest(model, p, &opened)?, signers)?;
+    }
+    let outputs = Outputs::stage(model, output)?;
+    let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
+    let content_len = p.sealed.entry.start;
+    let plans = plans(model, content_len, &p.targets, &actions, Vec::new())?;
+    let files = outputs.covered_files();
+    let xf = transformer(model, &p.targets, &actions);
+    let full = to == top;
+    let hash = match (r == 0, full) {
+        (true, true) => Hash::Input,
+        (true, false) => Hash::Both,
+        (false, true) => Hash::None,
+        (false, false) => Hash::Output,
+    };
+    let durable = durable(in_place, sync);
+    let leaves =
+        run_covered(model, content_len, plans, &xf, hash, p.sealed.header.chunk_size, &files, durable, progress)?;
+    if r == 0 {
+        check_seals(p, &opened, &digest_of(&leaves.input), signers)?;
+    }
+    if !full {
+        let mut env = p.sealed.envelope.clone();
+        env.restored_tiers = to;
+        env.stored_digest = digest_of(&leaves.output).to_vec();
+        let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+        onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
+            .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    }
+    drop(files);
+    outputs.staged.commit(durable)?;
+    let done: Vec<&Target> =
+        p.targets.iter().zip(&actions).filter(|(_, a)| !matches!(a, Action::Skip)).map(|(t, _)| t).collect();
+    Ok(Decrypted { tensors: done.len(), decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum() })
+}
+
+/// Verifies `p` (of `model`): with a key, the canonical digest, the MACs of the tiers it
+/// reaches and the given signers; without, the digest of the content as stored and, when
+/// no tier is restored, the given signers.
+pub(crate) fn verify(model: &Model, p: &ProtectedV2, key: Option<&KeySource>, signers: &[SignerKey]) -> Result<()> {
+    let env = &p.sealed.envelope;
+    let content_len = p.sealed.entry.start;
+    let stored = stored_digest(model, content_len, p.sealed.header.chunk_size)?;
+    let expect = if env.restored_tiers > 0 { &env.stored_digest } else { &env.content_digest };
+    if stored.as_slice() != expect.as_slice() {
+        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+    }
+    match key {
+        Some(k) => {
+            let opened = open(&p.sealed, k)?;
+            let canonical = if env.restored_tiers > 0 { canonical_digest(model, p, &opened)? } else { stored };
+            check_seals(p, &opened, &canonical, signers)
+        }
+        None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
+            "the signatures of a partially decrypted model can only be checked with a key".into(),
+        )),
+        None => check_signatures(p, &stored, signers),
+    }
+}
+
+/// The top-tier key that `key` stands for (for a passphrase: its Argon2id output under
+/// the model's parameters), and the number of tiers; refused below the top tier.
+pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_crypto::MasterKey, u32)> {
+    let tiers = p.sealed.header.tiers;
+    let opened = open(&p.sealed, key)?;
+    if opened.tier < tiers {
+        return Err(CoreError::Key(format!(
+            "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
+            opened.tier
+        )));
+    }
+    match key {
+        KeySource::Key(k) => Ok((k.clone(), tiers)),
+        KeySource::Passphrase(pass) => {
+            let s = p
+                .sealed
+                .stanzas
+                .iter()
+                .find(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE && s.tier == tiers)
+                .and_then(|s| s.kdf)
+                .ok_or_else(|| CoreError::Key("the model has no passphrase stanza for its top tier".into()))?;
+            onnx_protect_keys::check_kdf_limits(&s)?;
+            Ok((onnx_protect_crypto::MasterKey::from_passphrase(pass, &s)?, tiers))
+        }
+        KeySource::Identity(_) => {
+            Err(CoreError::Key("an identity has no tier keys to derive; use a key file or a passphrase".into()))
+        }
+    }
+}
+
+/// The envelope of `p` with the signatures of `keys` added (replacing earlier ones of
+/// the same keys).
+pub(crate) fn with_signatures(p: &ProtectedV2, keys: &[SigningKey]) -> pb::Envelope {
+    let mut env = p.sealed.envelope.clone();
+    let digest: [u8; 32] = env.content_digest.as_slice().try_into().unwrap_or([0; 32]);
+    let new = sign_all(keys, &env.header, &env.recipients, &digest);
+    env.signatures.retain(|s| !new.iter().any(|n| n.public_key == s.public_key));
+    env.signatures.extend(new);
+    env
+}
+
+/// Writes `model` with its manifest entry replaced by one holding `env` (the content and
+/// the external data files unchanged) to `output`, staged and renamed into place.
+pub(crate) fn rewrite_entry(
+    model: &Model,
+    p: &ProtectedV2,
+    env: pb::Envelope,
+    output: &Path,
+    in_place: bool,
+) -> Result<()> {
+    let outputs = Outputs::stage(model, output)?;
+    let content_len = p.sealed.entry.start;
+    let none: Vec<Action> = p.targets.iter().map(|_| Action::Skip).collect();
+    let plans = plans(model, content_len, &p.targets, &none, Vec::new())?;
+    let files = outputs.covered_files();
+    let xf = transformer(model, &p.targets, &none);
+    let durable = durable(in_place, false);
+    run_covered(
+        model,
+        content_len,
+        plans,
+        &xf,
+        Hash::None,
+        p.sealed.header.chunk_size,
+        &files,
+        durable,
+        &onnx_protect_format::NoProgress,
+    )?;
+    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
+        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    drop(xf);
+    drop(files);
+    outputs.staged.commit(durable)
+}

@@ -13,7 +13,7 @@ use onnx_protect_format::{Model, NoProgress, Progress, TensorData};
 use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
 use crate::manifest::Target;
-use crate::pass::{self, FileJob, Hash, PassLeaves};
+use crate::pass::{self, FileJob, Hash, PassLeaves, Transformer};
 
 /// The plan of every covered file: index 0 the model file's first `content_len` bytes
 /// (with `extra` edits), then each external data file in the model's order.
@@ -99,7 +99,7 @@ pub(crate) fn run_covered(
     model: &Model,
     content_len: u64,
     plans: Vec<Plan>,
-    xf: &(dyn Fn(usize, u64, &mut [u8]) -> Result<()> + Sync),
+    xf: &dyn Transformer,
     hash: Hash,
     chunk: u64,
     outputs: &[Option<&File>],
@@ -121,7 +121,7 @@ pub(crate) fn run_covered(
         })
         .collect();
     let lens: Vec<u64> = jobs.iter().map(|j| j.plan.output_len()).collect();
-    pass::run(&jobs, &xf, hash, chunk, &lens, durable, progress)
+    pass::run(&jobs, xf, hash, chunk, &lens, durable, progress)
 }
 
 /// The digest of the covered files as stored (docs/format.md §9).

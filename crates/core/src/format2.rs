@@ -340,18 +340,24 @@ pub(crate) struct Decrypted {
     pub decrypted_bytes: u64,
 }
 
-/// Verifies and decrypts `p` (of `model`) up to `tier` into `output`.
+/// How [`decrypt`] decrypts: up to which tier, checking which signers, how durably.
+pub(crate) struct DecryptSpec<'a> {
+    pub tier: Option<u32>,
+    pub signers: &'a [SignerKey],
+    pub in_place: bool,
+    pub sync: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Verifies and decrypts `p` (of `model`) into `output`.
 pub(crate) fn decrypt(
     model: &Model,
     p: &ProtectedV2,
     key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
     output: &Path,
-    in_place: bool,
-    sync: bool,
-    progress: &dyn Progress,
+    spec: &DecryptSpec,
 ) -> Result<Decrypted> {
+    let DecryptSpec { tier, signers, in_place, sync, progress } = *spec;
     let opened = open(&p.sealed, key)?;
     let top = p.sealed.header.tiers;
     let r = p.sealed.envelope.restored_tiers;

@@ -136,6 +136,9 @@ fn segments(plan: &Plan, src_len: u64) -> Vec<Seg<'_>> {
     segs
 }
 
+/// The input and output leaves of one item (each when asked for).
+type ItemLeaves = (Option<[u8; 32]>, Option<[u8; 32]>);
+
 /// One leaf chunk of one file.
 struct Item {
     file: usize,
@@ -183,7 +186,7 @@ pub(crate) fn run(
     progress.start("writing", total);
     let done = AtomicU64::new(0);
     let since_writeback: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
-    let results: Vec<(Option<[u8; 32]>, Option<[u8; 32]>)> = items
+    let results: Vec<ItemLeaves> = items
         .par_iter()
         .map(|item| {
             let f = &files[item.file];
@@ -264,12 +267,7 @@ fn buffer(len: usize) -> Zeroizing<Vec<u8>> {
 }
 
 /// Makes output bytes `item.range` of one file and hashes them.
-fn output_item(
-    f: &FileJob<'_>,
-    segs: &[Seg<'_>],
-    item: &Item,
-    xf: &dyn Transformer,
-) -> Result<(Option<[u8; 32]>, Option<[u8; 32]>)> {
+fn output_item(f: &FileJob<'_>, segs: &[Seg<'_>], item: &Item, xf: &dyn Transformer) -> Result<ItemLeaves> {
     let mut leaf = ContentLeaf::new(f.index, item.index);
     let mut buf: Option<Zeroizing<Vec<u8>>> = None;
     for seg in overlapping(segs, &item.range, true) {
@@ -311,13 +309,7 @@ fn output_item(
 
 /// Reads input bytes `item.range` of one file, hashes them as stored (and, for
 /// [`Hash::Both`], as written) and writes what they become.
-fn input_item(
-    f: &FileJob<'_>,
-    segs: &[Seg<'_>],
-    item: &Item,
-    xf: &dyn Transformer,
-    hash: Hash,
-) -> Result<(Option<[u8; 32]>, Option<[u8; 32]>)> {
+fn input_item(f: &FileJob<'_>, segs: &[Seg<'_>], item: &Item, xf: &dyn Transformer, hash: Hash) -> Result<ItemLeaves> {
     let covered = item.range.start < f.covered_in;
     let mut in_leaf = (covered && hash != Hash::None).then(|| ContentLeaf::new(f.index, item.index));
     let mut out_leaf = (covered && hash == Hash::Both).then(|| ContentLeaf::new(f.index, item.index));

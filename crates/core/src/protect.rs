@@ -214,8 +214,14 @@ pub fn decrypt_tier(
         Some(2) => {
             let p = read_v2(&model)?;
             check_output(&model, input, output, opts.in_place)?;
-            let d =
-                format2::decrypt(&model, &p, key, tier, opts.signers, output, opts.in_place, opts.sync, opts.progress)?;
+            let spec = format2::DecryptSpec {
+                tier,
+                signers: opts.signers,
+                in_place: opts.in_place,
+                sync: opts.sync,
+                progress: opts.progress,
+            };
+            let d = format2::decrypt(&model, &p, key, output, &spec)?;
             Ok(report(d.tensors, d.decrypted_bytes))
         }
         Some(_) => {

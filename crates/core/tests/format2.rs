@@ -3,6 +3,8 @@
 //! loading), the edits an attacker would try are refused, and a tier key cannot forge
 //! what a higher tier accepts.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::envelope::{parse_entry, trailing_entry};

@@ -9,19 +9,39 @@ use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_select::Policy;
 
+use crate::exit::usage;
 use crate::keys::KeyArgs;
+use crate::output::OutputArgs;
 use crate::progress::Bar;
+use crate::stdio::{self, input_name, is_stdio};
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {
-    /// Where to write the new key (64 hex digits and a newline, mode 0600). Refuses to overwrite.
+    /// Where to write the new key (64 hex digits and a newline, mode 0600); `-` prints it
+    /// on standard output. Refuses to overwrite.
     #[arg(short, long)]
     output: PathBuf,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
     tiers: u32,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `keygen -o -`: the key (as a key file holds it) on standard output; the
+/// fingerprint on standard error unless `-q`.
+fn keygen_to_stdout(a: &KeygenArgs) -> Result<ExitCode> {
+    if a.tiers != 1 {
+        usage!("--tiers writes one file per tier next to OUTPUT; give -o FILE, not -o -");
+    }
+    a.out.refuse_json_with_stdout(true)?;
+    let key = MasterKey::generate()?;
+    crate::output::emit(&key.to_hex())?;
+    if !a.out.quiet {
+        let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+        eprintln!("printed a new key (fingerprint {fp})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_key_file(path: &std::path::Path, key: &MasterKey) -> Result<()> {
@@ -47,6 +67,9 @@ fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    if is_stdio(&a.output) {
+        return keygen_to_stdout(&a);
+    }
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
@@ -64,7 +87,10 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         write_key_file(&tier_path(&a.output, t), &k)?;
     }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let mut j = serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp});
         if a.tiers > 1 {
             j["tiers"] = a.tiers.into();
@@ -80,7 +106,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct DeriveTierKeyArgs {
     /// The key of tier FROM.
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"], value_parser = stdio::file_path)]
     key_file: Option<PathBuf>,
     /// The tier of the given key (with a passphrase: the model's number of tiers).
     #[arg(long)]
@@ -89,20 +115,20 @@ pub struct DeriveTierKeyArgs {
     #[arg(long, value_name = "VAR", conflicts_with_all = ["key_file", "passphrase_file"], requires = "model")]
     passphrase_env: Option<String>,
     /// File whose first line is that passphrase (needs --model).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file"], requires = "model")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file"], requires = "model", value_parser = stdio::file_path)]
     passphrase_file: Option<PathBuf>,
     /// With a passphrase: the model it protects (its manifest holds the Argon2id
     /// parameters, so the tier keys are that model's).
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", value_parser = stdio::file_path)]
     model: Option<PathBuf>,
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
     /// Where to write the derived key.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = stdio::file_path)]
     output: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// `derive-tier-key`: the key of a lower tier, derived one way from a higher one.
@@ -143,7 +169,10 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
         k = k.tier_down();
     }
     write_key_file(&a.output, &k)?;
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let fp: String = k.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
         crate::output::emit(
             &serde_json::json!({"key_file": a.output.display().to_string(), "tier": a.tier, "fingerprint": fp})
@@ -157,9 +186,10 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct EncryptArgs {
-    /// The model to protect.
+    /// The model to protect; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the protected model (external data files go next to it).
+    /// Where to write the protected model (external data files go next to it); `-` writes
+    /// it to standard output.
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -172,17 +202,15 @@ pub struct EncryptArgs {
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The policy options of `encrypt` and `batch encrypt`.
 #[derive(clap::Args)]
 pub struct PolicyArgs {
     /// A TOML policy file (docs/policy.md); the built-in default otherwise.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = stdio::file_path)]
     pub policy: Option<PathBuf>,
     /// Override a coefficient: OP=VALUE in [0, 1] (OP may be `*`). Repeatable.
     #[arg(long, value_name = "OP=C")]
@@ -260,51 +288,63 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
     Ok(p)
 }
 
-fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
+/// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
+pub fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
+    if in_place && (is_stdio(input) || output.as_deref().is_some_and(is_stdio)) {
+        usage!("--in-place rewrites a file; it cannot be used with '-'");
+    }
     match (output, in_place) {
         (Some(o), false) => Ok(o.clone()),
         (None, true) => Ok(input.to_path_buf()),
         (Some(o), true) if o == input => Ok(o.clone()),
-        (Some(_), true) => bail!("--in-place writes over the input; do not also give a different -o"),
-        (None, false) => bail!("give -o OUTPUT or --in-place"),
+        (Some(_), true) => usage!("--in-place writes over the input; do not also give a different -o"),
+        (None, false) => usage!("give -o OUTPUT or --in-place"),
     }
 }
 
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
     let key = a.key.required()?;
-    let output = output_of(&a.input, &a.output, a.in_place)?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::encrypt(
-        &a.input,
-        &output,
+    let target = output_of(&a.input, &a.output, a.in_place)?;
+    a.out.refuse_json_with_stdout(is_stdio(&target))?;
+    let input = stdio::Input::new(&a.input)?;
+    let output = stdio::Output::new(&target)?;
+    if output.is_stdout() {
+        stdio::refuse_external(input.path())?;
+    }
+    let bar = Bar::new(a.out.quiet);
+    let mut r = protect::encrypt(
+        input.path(),
+        output.path(),
         &key,
         &EncryptOptions { policy: &policy, in_place: a.in_place, sync: a.sync, progress: &bar },
     )
-    .with_context(|| format!("encrypt {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
+    .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    let to_stdout = output.is_stdout();
+    (r.input, r.output) = (a.input.display().to_string(), crate::stdio::output_name(&target));
+    output.finish()?;
+    a.out.report(&r, to_stdout, || {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-        crate::output::emit(&format!(
+        let mut t = format!(
             "encrypted {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}",
             r.encrypted_bytes,
             r.tensors.len(),
             r.weight_bytes,
             r.output
-        ))?;
+        );
         for (name, why) in &r.skipped {
-            crate::output::emit(&format!("  skipped {name}: {why}"))?;
+            t += &format!("\n  skipped {name}: {why}");
         }
-    }
+        t
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
 pub struct DecryptArgs {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the restored model.
+    /// Where to write the restored model; `-` is the same as --stdout.
     #[arg(short, long, required_unless_present_any = ["in_place", "stdout"])]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -321,60 +361,58 @@ pub struct DecryptArgs {
     /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
     #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
     stdout: bool,
-    /// With --stdout: write this external data file (by its location) instead of the model.
-    #[arg(long, value_name = "LOCATION", requires = "stdout")]
+    /// With --stdout or -o -: write this external data file (by its location) instead of the model.
+    #[arg(long, value_name = "LOCATION")]
     external: Option<String>,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
-    if a.stdout {
+    let target = if a.stdout { PathBuf::from("-") } else { output_of(&a.input, &a.output, a.in_place)? };
+    if is_stdio(&target) {
+        a.out.refuse_json_with_stdout(true)?;
         return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, a.external.as_deref());
     }
-    let output = output_of(&a.input, &a.output, a.in_place)?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::decrypt_tier(
-        &a.input,
-        &output,
+    if a.external.is_some() {
+        usage!("--external picks the file written to standard output; it needs --stdout or -o -");
+    }
+    let input = stdio::Input::new(&a.input)?;
+    let bar = Bar::new(a.out.quiet);
+    let mut r = protect::decrypt_tier(
+        input.path(),
+        &target,
         &key,
         a.tier,
         &DecryptOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
     )
-    .with_context(|| format!("decrypt {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
-        crate::output::emit(&format!(
-            "decrypted {} bytes in {} tensors -> {}",
-            r.decrypted_bytes, r.tensors, r.output
-        ))?;
-    }
+    .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
+    r.input = a.input.display().to_string();
+    a.out.report(&r, false, || {
+        format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let key = a.key.source()?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::verify(&a.input, key.as_ref(), &bar).with_context(|| format!("verify {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
+    let input = stdio::Input::new(&a.input)?;
+    let bar = Bar::new(a.out.quiet);
+    let mut r = protect::verify(input.path(), key.as_ref(), &bar)
+        .with_context(|| format!("verify {}", input_name(&a.input)))?;
+    r.input = a.input.display().to_string();
+    a.out.report(&r, false, || {
         let how =
             if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
         let restored = if r.restored_bytes > 0 {
@@ -382,10 +420,7 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         } else {
             String::new()
         };
-        crate::output::emit(&format!(
-            "ok: {how}; {} tensors, {} encrypted bytes{restored}",
-            r.tensors, r.encrypted_bytes
-        ))?;
-    }
+        format!("ok: {how}; {} tensors, {} encrypted bytes{restored}", r.tensors, r.encrypted_bytes)
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::MasterKey;
 use zeroize::Zeroizing;
@@ -12,10 +12,12 @@ use zeroize::Zeroizing;
 #[error("{0}")]
 pub struct KeyFileError(pub String);
 
+/// At most one key option: the group makes clap refuse two (exit 2).
 #[derive(clap::Args, Default)]
+#[group(id = "key", multiple = false)]
 pub struct KeyArgs {
     /// Key file: 32 raw bytes or 64 hex digits (as written by `keygen`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub key_file: Option<PathBuf>,
     /// Environment variable holding the key as 64 hex digits.
     #[arg(long, value_name = "VAR")]
@@ -24,25 +26,13 @@ pub struct KeyArgs {
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
     /// File whose first line is a passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub passphrase_file: Option<PathBuf>,
 }
 
 impl KeyArgs {
     /// The key source, or `None` if no key option was given.
     pub fn source(&self) -> Result<Option<KeySource>> {
-        let given = [
-            self.key_file.is_some(),
-            self.key_env.is_some(),
-            self.passphrase_env.is_some(),
-            self.passphrase_file.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if given > 1 {
-            bail!("give only one of --key-file, --key-env, --passphrase-env, --passphrase-file");
-        }
         if let Some(p) = &self.key_file {
             let bytes = Zeroizing::new(
                 std::fs::read(p).map_err(|e| KeyFileError(format!("cannot read key file {}: {e}", p.display())))?,
@@ -70,11 +60,13 @@ impl KeyArgs {
         Ok(None)
     }
 
-    /// The key source; an error if none was given.
+    /// The key source; a usage error if none was given.
     pub fn required(&self) -> Result<KeySource> {
         match self.source()? {
             Some(k) => Ok(k),
-            None => bail!("a key is required: give --key-file, --key-env, --passphrase-env or --passphrase-file"),
+            None => crate::exit::usage!(
+                "a key is required: give --key-file, --key-env, --passphrase-env or --passphrase-file"
+            ),
         }
     }
 }

@@ -19,13 +19,21 @@ mod exit;
 mod keys;
 mod output;
 mod progress;
+mod stdio;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "onnx-protect", version, about = "Protect ONNX models by encrypting selected weights")]
+#[command(
+    name = "onnx-protect",
+    version,
+    about = "Protect ONNX models by encrypting selected weights",
+    after_help = exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,6 +69,50 @@ enum Command {
     /// How strong is the protection? Original, no key, two key-less attacks, decrypted, each access tier: one table.
     #[cfg(feature = "tract")]
     Assess(cmd_assess::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    Completions(CompletionsArgs),
+    /// Write the manual pages (onnx-protect.1 and one per command) into a directory.
+    Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// The directory to write the pages into (created if needed); without it, the main
+    /// page goes to standard output.
+    #[arg(short, long, value_name = "DIR", value_parser = stdio::file_path)]
+    output: Option<PathBuf>,
+}
+
+/// `completions SHELL`: the script clap_complete generates from these definitions.
+fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut Cli::command(), "onnx-protect", &mut script);
+    output::emit(String::from_utf8_lossy(&script).trim_end())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `man [-o DIR]`: roff pages clap_mangen generates from these definitions.
+fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
+    let cmd = Cli::command();
+    match &a.output {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write the pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page).context("cannot render the manual page")?;
+            output::emit(String::from_utf8_lossy(&page).trim_end())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -81,6 +133,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run::run(a),
         #[cfg(feature = "tract")]
         Command::Assess(a) => cmd_assess::run(a),
+        Command::Completions(a) => completions(a),
+        Command::Man(a) => man(a),
     };
     match result {
         Ok(code) => code,

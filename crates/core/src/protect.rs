@@ -80,7 +80,7 @@ impl CoreError {
     /// Stable short name of the error kind (used in JSON output and exit codes).
     pub fn kind(&self) -> &'static str {
         match self {
-            CoreError::Format(e) => e.kind(),
+            CoreError::Format(e) => e.kind().as_str(),
             CoreError::Crypto(_) => "key",
             CoreError::Policy(_) => "policy",
             CoreError::AlreadyProtected { .. } => "already_protected",

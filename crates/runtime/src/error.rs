@@ -33,17 +33,31 @@ pub enum RuntimeError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// The kind of a [`RuntimeError`]. Exhaustive on purpose: callers that decide by kind
+/// (exit codes) must place every new kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A [`CoreError`]: its own kind tells more.
+    Core,
+    Format(onnx_protect_format::ErrorKind),
+    UnsupportedOp,
+    Runtime,
+    Input,
+    Npy,
+    Io,
+}
+
 impl RuntimeError {
-    /// Stable short name of the error kind.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RuntimeError::Core(e) => e.kind(),
-            RuntimeError::Format(e) => e.kind(),
-            RuntimeError::UnsupportedOps { .. } => "unsupported_op",
-            RuntimeError::Tract(_) => "runtime",
-            RuntimeError::Input(_) => "input",
-            RuntimeError::Npy { .. } => "npy",
-            RuntimeError::Io { .. } => "io",
+            RuntimeError::Core(_) => ErrorKind::Core,
+            RuntimeError::Format(e) => ErrorKind::Format(e.kind()),
+            RuntimeError::UnsupportedOps { .. } => ErrorKind::UnsupportedOp,
+            RuntimeError::Tract(_) => ErrorKind::Runtime,
+            RuntimeError::Input(_) => ErrorKind::Input,
+            RuntimeError::Npy { .. } => ErrorKind::Npy,
+            RuntimeError::Io { .. } => ErrorKind::Io,
         }
     }
 }

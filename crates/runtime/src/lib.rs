@@ -47,4 +47,4 @@ pub mod engine;
 pub mod error;
 pub mod npy;
 
-pub use error::{Result, RuntimeError};
+pub use error::{ErrorKind, Result, RuntimeError};

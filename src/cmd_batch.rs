@@ -265,7 +265,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Err(e);
     }
     let failed = summary.failed.len();
-    if !a.out.json && !(a.out.quiet && failed == 0) {
+    let print_summary = !a.out.json && (failed > 0 || !a.out.quiet);
+    if print_summary {
         for (rel, err) in &summary.failed {
             println!("failed {rel}: {err}");
         }

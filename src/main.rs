@@ -99,7 +99,9 @@ fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
 
 /// `man [-o DIR]`: roff pages clap_mangen generates from these definitions.
 fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Built, so both forms list the same subcommands (`help` included).
+    cmd.build();
     match &a.output {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -339,7 +339,7 @@ fn json_and_quiet_have_help_text_everywhere() {
         let lines: Vec<&str> = help.lines().collect();
         for flag in ["--json", "--quiet"] {
             let is_flag = |l: &&str| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}"));
-            if let Some(at) = lines.iter().position(|l| is_flag(l)) {
+            if let Some(at) = lines.iter().position(is_flag) {
                 // The text follows on the same line, or on the next one in clap's long layout.
                 let same = lines[at].split(flag).nth(1).unwrap_or("").trim();
                 let text = if same.is_empty() { lines.get(at + 1).map_or("", |l| l.trim()) } else { same };

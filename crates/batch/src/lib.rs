@@ -196,6 +196,14 @@ pub struct Summary {
     pub bytes_read: u64,
 }
 
+/// The files counted so far, shared by the workers.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    skipped: usize,
+    failed: Vec<(String, FileError)>,
+}
+
 /// What a worker found out about one file, failed or not.
 struct Outcome {
     output: Option<PathBuf>,
@@ -237,7 +245,7 @@ pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, Batch
     observer.start(items.len());
     let next = AtomicUsize::new(0);
     let bytes_read = AtomicU64::new(0);
-    let results: Mutex<(usize, usize, Vec<(String, FileError)>)> = Mutex::new((0, 0, Vec::new()));
+    let tally = Mutex::new(Tally::default());
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.get().min(items.len().max(1)) {
             s.spawn(|| loop {
@@ -260,16 +268,16 @@ pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, Batch
                     error: error.as_ref(),
                 });
                 bytes_read.fetch_add(o.input_bytes, Ordering::SeqCst);
-                let mut r = results.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
                 match (status, error) {
-                    (_, Some(e)) => r.2.push((item.rel.clone(), e)),
-                    (Status::Skipped, None) => r.1 += 1,
-                    (_, None) => r.0 += 1,
+                    (_, Some(e)) => t.failed.push((item.rel.clone(), e)),
+                    (Status::Skipped, None) => t.skipped += 1,
+                    (_, None) => t.ok += 1,
                 }
             });
         }
     });
-    let (ok, skipped, mut failed) = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let Tally { ok, skipped, mut failed } = tally.into_inner().unwrap_or_else(PoisonError::into_inner);
     failed.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Summary { listed, files: items.len(), ok, skipped, failed, bytes_read: bytes_read.into_inner() })
 }

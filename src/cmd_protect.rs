@@ -288,30 +288,10 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
     Ok(p)
 }
 
-/// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
-pub fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
-    if in_place && (is_stdio(input) || output.as_deref().is_some_and(is_stdio)) {
-        usage!("--in-place rewrites a file; it cannot be used with '-'");
-    }
-    match (output, in_place) {
-        (Some(o), false) => Ok(o.clone()),
-        (None, true) => Ok(input.to_path_buf()),
-        (Some(o), true) if o == input => Ok(o.clone()),
-        (Some(_), true) => usage!("--in-place writes over the input; do not also give a different -o"),
-        (None, false) => usage!("give -o OUTPUT or --in-place"),
-    }
-}
-
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
     let key = a.key.required()?;
-    let target = output_of(&a.input, &a.output, a.in_place)?;
-    a.out.refuse_json_with_stdout(is_stdio(&target))?;
-    let input = stdio::Input::new(&a.input)?;
-    let output = stdio::Output::new(&target)?;
-    if output.is_stdout() {
-        stdio::refuse_external(input.path())?;
-    }
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let bar = Bar::new(a.out.quiet);
     let mut r = protect::encrypt(
         input.path(),
@@ -321,7 +301,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
     let to_stdout = output.is_stdout();
-    (r.input, r.output) = (a.input.display().to_string(), crate::stdio::output_name(&target));
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
     a.out.report(&r, to_stdout, || {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
@@ -370,7 +350,7 @@ pub struct DecryptArgs {
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
-    let target = if a.stdout { PathBuf::from("-") } else { output_of(&a.input, &a.output, a.in_place)? };
+    let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
         a.out.refuse_json_with_stdout(true)?;
         return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, a.external.as_deref());

@@ -7,12 +7,11 @@ use anyhow::{Context, Result};
 use onnx_protect_core::protect::KeySource;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 
-use crate::cmd_protect::output_of;
 use crate::exit::usage;
 use crate::keys::KeyArgs;
 use crate::output::OutputArgs;
 use crate::progress::Bar;
-use crate::stdio::{self, input_name, is_stdio};
+use crate::stdio::{self, input_name};
 
 /// Where the new key comes from: the same choices as the old key, prefixed `--new-`;
 /// at most one (a clap group).
@@ -85,13 +84,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.key.required()?;
     let new = a.new_key.required()?;
-    let target = output_of(&a.input, &a.output, a.in_place)?;
-    a.out.refuse_json_with_stdout(is_stdio(&target))?;
-    let input = stdio::Input::new(&a.input)?;
-    let output = stdio::Output::new(&target)?;
-    if output.is_stdout() {
-        stdio::refuse_external(input.path())?;
-    }
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let bar = Bar::new(a.out.quiet);
     let mut r = rekey::rekey(
         input.path(),
@@ -102,7 +95,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )
     .with_context(|| format!("rekey {}", input_name(&a.input)))?;
     let to_stdout = output.is_stdout();
-    (r.input, r.output) = (a.input.display().to_string(), crate::stdio::output_name(&target));
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
     a.out.report(&r, to_stdout, || {
         format!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output)

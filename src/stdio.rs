@@ -28,15 +28,6 @@ pub fn input_name(p: &Path) -> String {
     }
 }
 
-/// How an output path is shown in messages: `standard output` for `-`.
-pub fn output_name(p: &Path) -> String {
-    if is_stdio(p) {
-        "standard output".into()
-    } else {
-        p.display().to_string()
-    }
-}
-
 /// clap value parser for a path where `-` means nothing: refuses it.
 pub fn file_path(s: &str) -> std::result::Result<PathBuf, String> {
     if s == "-" {
@@ -115,6 +106,15 @@ impl Output {
         &self.path
     }
 
+    /// How the output is shown in messages: its path, or `standard output`.
+    pub fn name(&self) -> String {
+        if self.is_stdout() {
+            "standard output".into()
+        } else {
+            self.path.display().to_string()
+        }
+    }
+
     /// Whether the output goes to standard output.
     pub fn is_stdout(&self) -> bool {
         self.staged.is_some()
@@ -134,6 +134,39 @@ impl Output {
             _ => Ok(()),
         }
     }
+}
+
+/// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
+pub fn output_of(input: &Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
+    if in_place && (is_stdio(input) || output.as_deref().is_some_and(is_stdio)) {
+        usage!("--in-place rewrites a file; it cannot be used with '-'");
+    }
+    match (output, in_place) {
+        (Some(o), false) => Ok(o.clone()),
+        (None, true) => Ok(input.to_path_buf()),
+        (Some(o), true) if o == input => Ok(o.clone()),
+        (Some(_), true) => usage!("--in-place writes over the input; do not also give a different -o"),
+        (None, false) => usage!("give -o OUTPUT or --in-place"),
+    }
+}
+
+/// The input and output of a command that rewrites a model (`encrypt`, `rekey`):
+/// `-o OUTPUT` or `--in-place`, either side may be `-`. `--json` is refused with
+/// `-o -`, and so is a model with external data.
+pub fn rewrite_paths(
+    input: &Path,
+    output: &Option<PathBuf>,
+    in_place: bool,
+    out: &crate::output::OutputArgs,
+) -> Result<(Input, Output)> {
+    let target = output_of(input, output, in_place)?;
+    out.refuse_json_with_stdout(is_stdio(&target))?;
+    let input = Input::new(input)?;
+    let output = Output::new(&target)?;
+    if output.is_stdout() {
+        refuse_external(input.path())?;
+    }
+    Ok((input, output))
 }
 
 /// Refuses to write a binary model to a terminal.

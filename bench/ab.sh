@@ -6,7 +6,7 @@
 #
 #   N=6 bench/ab.sh "name=command ..." "name=command ..." ...
 #
-# Session 7 of docs/performance.md used it for the tiered-model and rekey A/Bs, e.g.
+# Example: a tiered model decrypted by two builds, with cp as a yardstick:
 #   N=5 bench/ab.sh "cp=cp M O" "old=BIN_A decrypt T -o O --key-file K" "new=BIN_B decrypt T -o O --key-file K"
 N=${N:-8}
 OUT=${OUT:-/work/bench-data/out/ab.out}

@@ -35,8 +35,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "fixtures" / "digits"
 MODELS = ["cnn", "mlp", "convmixer", "vit"]
 LEVELS = ["no_key", "tier1", "tier2", "tier3", "top"]
-# dp is an extra beyond the fp/ctr brief. ctr was measured (docs/protection-tiers.md: NaN at
-# every partial tier); `encrypt --tiers` now refuses an explicit ctr, so it is no longer swept.
+# ctr is not swept: `encrypt --tiers` refuses an explicit ctr, because every partial tier
+# of a ctr model outputs NaN (docs/protection-tiers.md).
 MODES = ["fp", "dp"]
 
 

@@ -4,7 +4,7 @@
 use std::error::Error;
 
 use onnx_protect_batch::{BatchError, BatchErrorKind, FileError, FileErrorKind};
-use onnx_protect_core::protect::CoreError;
+use onnx_protect_core::error::{CoreError, ErrorKind as CoreKind};
 use onnx_protect_format::{ErrorKind as FormatKind, FormatError};
 use onnx_protect_transform::{ErrorKind as TransformKind, TransformError};
 
@@ -90,7 +90,7 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
         return Some(transform_code(t.kind()));
     }
     if let Some(c) = cause.downcast_ref::<CoreError>() {
-        return Some(core_code(c));
+        return Some(core_code(c.kind()).unwrap_or(FAILURE));
     }
     #[cfg(feature = "tract")]
     if let Some(r) = cause.downcast_ref::<onnx_protect_runtime::RuntimeError>() {
@@ -151,25 +151,26 @@ fn transform_code(k: TransformKind) -> u8 {
     }
 }
 
-fn core_code(c: &CoreError) -> u8 {
-    match c.kind() {
-        "wrong_key" | "key" => KEY,
-        "modified" | "bad_manifest" => MODIFIED,
-        "already_protected" | "not_protected" | "unsupported_version" => STATE,
-        "policy" => POLICY,
-        "io" | "output" => FAILURE,
-        _ => BAD_MODEL,
-    }
+/// The exit code of a kind of core error. Every kind is listed; `None` only for a kind
+/// a newer core adds (its kind enum is non-exhaustive) before it is listed here: a
+/// test over `ErrorKind::ALL` fails until it is.
+fn core_code(kind: CoreKind) -> Option<u8> {
+    Some(match kind {
+        CoreKind::WrongKey | CoreKind::Key => KEY,
+        CoreKind::Modified | CoreKind::BadManifest => MODIFIED,
+        CoreKind::AlreadyProtected | CoreKind::NotProtected | CoreKind::UnsupportedVersion => STATE,
+        CoreKind::Policy => POLICY,
+        CoreKind::Io | CoreKind::Output => FAILURE,
+        CoreKind::Model(f) => format_code(f),
+        _ => return None,
+    })
 }
 
 #[cfg(feature = "tract")]
 fn runtime_code(r: &onnx_protect_runtime::RuntimeError) -> Option<u8> {
-    use onnx_protect_runtime::{ErrorKind as RuntimeKind, RuntimeError};
+    use onnx_protect_runtime::ErrorKind as RuntimeKind;
     match r.kind() {
-        RuntimeKind::Core => match r {
-            RuntimeError::Core(c) => Some(core_code(c)),
-            _ => None,
-        },
+        RuntimeKind::Core(k) => core_code(k),
         RuntimeKind::Format(f) => Some(format_code(f)),
         RuntimeKind::UnsupportedOp | RuntimeKind::Runtime | RuntimeKind::Input | RuntimeKind::Npy | RuntimeKind::Io => {
             Some(FAILURE)
@@ -204,8 +205,12 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CoreError>() {
             match c.kind() {
-                "wrong_key" => return Some("check that this is the key (or passphrase) the model was encrypted with"),
-                "already_protected" => return Some("decrypt the model first, or keep the original unprotected copy"),
+                CoreKind::WrongKey => {
+                    return Some("check that this is the key (or passphrase) the model was encrypted with")
+                }
+                CoreKind::AlreadyProtected => {
+                    return Some("decrypt the model first, or keep the original unprotected copy")
+                }
                 _ => {}
             }
         }
@@ -218,4 +223,19 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_error_kind_has_an_exit_code() {
+        for kind in CoreKind::ALL {
+            assert!(core_code(kind).is_some(), "no exit code for the core error kind {kind}");
+        }
+        assert_eq!(core_code(CoreKind::Model(FormatKind::Truncated)), Some(BAD_MODEL));
+        assert_eq!(core_code(CoreKind::Model(FormatKind::Io)), Some(FAILURE));
+        assert_eq!(core_code(CoreKind::Io), Some(FAILURE));
+    }
 }

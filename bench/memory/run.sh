@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # In-memory decryption vs decrypting the whole file with `openssl enc -d`.
 #
-# Issue 4's target: for a 1 GiB model with 5% of its weight bytes encrypted,
+# The target: for a 1 GiB model with 5% of its weight bytes encrypted,
 # decrypting into memory is at least 10x faster than `openssl enc -d` of the
-# whole file. Results go to docs/performance.md ("In-memory decryption").
+# whole file. The figures are in docs/performance.md ("In-memory decryption").
 #
 #   bench/memory/run.sh [DATA_DIR]      (default /tmp/onnx-protect-bench-memory)
 #   REPEATS=5 COEFFICIENT=0.05 MODE=ctr bench/memory/run.sh

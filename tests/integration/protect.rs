@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{
     decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
 };
@@ -144,7 +145,7 @@ fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
     assert_eq!(kdf.algorithm, "argon2id");
     assert_eq!(decrypt_to_vec(&m, &pass).unwrap(), std::fs::read(&model).unwrap());
     let wrong = KeySource::Passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
-    assert_eq!(decrypt_to_vec(&m, &wrong).unwrap_err().kind(), "wrong_key");
+    assert_eq!(decrypt_to_vec(&m, &wrong).unwrap_err().kind(), ErrorKind::WrongKey);
 }
 
 fn protected_fixture(dir: &Path) -> (PathBuf, PathBuf) {

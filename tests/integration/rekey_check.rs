@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{decrypt, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
@@ -79,7 +80,7 @@ fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
             drop((ma, mb));
             // The old key no longer opens the rekeyed model; the new key restores the original bytes.
             let out = dir.path().join("old").join("model.onnx");
-            assert_eq!(dec(&b, &out, &key(1)).unwrap_err().kind(), "wrong_key");
+            assert_eq!(dec(&b, &out, &key(1)).unwrap_err().kind(), ErrorKind::WrongKey);
             assert!(!out.exists());
             let back = dir.path().join("dec").join("model.onnx");
             dec(&b, &back, &key(2)).unwrap();
@@ -122,7 +123,7 @@ fn rekey_upgrades_an_older_file_checking_its_sha256_leaves_in_the_same_pass() {
     std::fs::write(&bad, &tampered).unwrap();
     let re2 = dir.path().join("re2/model.onnx");
     let e = rk(&bad, &re2, &old, &key(9)).unwrap_err();
-    assert_eq!(e.kind(), "modified", "{e}");
+    assert_eq!(e.kind(), ErrorKind::Modified, "{e}");
     assert!(!re2.exists() && temp_files(&dir.path().join("re2")).is_empty());
 }
 
@@ -142,7 +143,7 @@ fn rekey_switches_between_passphrases_and_keys() {
     let pc = read_protected(&mc).unwrap();
     assert_eq!(pc.manifest.kdf.as_ref().map(|k| k.algorithm.as_str()), Some("argon2id"));
     assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &new_pass).unwrap(), std::fs::read(&model).unwrap());
-    assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &pass).unwrap_err().kind(), "wrong_key");
+    assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &pass).unwrap_err().kind(), ErrorKind::WrongKey);
 }
 
 /// A protected copy of cnn_torch and two key files, made with the CLI.

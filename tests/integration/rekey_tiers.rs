@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{
     decrypt_tier, decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
 };
@@ -94,7 +95,7 @@ fn every_fixture_rekeys_with_tiers_and_the_dp_mode() {
             assert_positions_kept(&a, &b);
             verify(&b, None, &NoProgress).unwrap_or_else(|e| panic!("{what}: {e}"));
             verify(&b, Some(&src(&key(2))), &NoProgress).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(verify(&b, Some(&src(&key(1))), &NoProgress).unwrap_err().kind(), "wrong_key", "{what}");
+            assert_eq!(verify(&b, Some(&src(&key(1))), &NoProgress).unwrap_err().kind(), ErrorKind::WrongKey, "{what}");
             let back = dir.path().join("dec").join("model.onnx");
             decrypt_tier(&b, &back, &src(&key(2)), None, &dopts()).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{what}");
@@ -283,6 +284,6 @@ fn rekey_keeps_restored_tiers_in_clear() {
     verify(&re, Some(&src(&new1)), &NoProgress).unwrap();
     verify(&re, Some(&src(&key(2))), &NoProgress).unwrap();
     verify(&re, None, &NoProgress).unwrap();
-    assert_eq!(verify(&re, Some(&src(&low)), &NoProgress).unwrap_err().kind(), "wrong_key");
+    assert_eq!(verify(&re, Some(&src(&low)), &NoProgress).unwrap_err().kind(), ErrorKind::WrongKey);
     assert_eq!(decrypt_to_vec(&m, &src(&key(2))).unwrap(), std::fs::read(&model).unwrap());
 }

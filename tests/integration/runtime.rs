@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory, Method};
 use onnx_protect_core::protect::{decrypt_tier, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
 use onnx_protect_crypto::MasterKey;
@@ -132,7 +133,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         }
         // A wrong key, and a flipped byte of an encrypted span in a side file.
         let wrong = KeySource::Key(MasterKey::from_bytes([1; 32]));
-        assert_eq!(decrypt_tier_in_memory(&m, &wrong, None).unwrap_err().kind(), "wrong_key", "{name}");
+        assert_eq!(decrypt_tier_in_memory(&m, &wrong, None).unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
         let p = read_protected(&m).unwrap();
         let (target, file, at) = p
             .targets
@@ -152,8 +153,8 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         std::fs::write(&side, &bytes).unwrap();
         let m = Model::open(&enc).unwrap();
         let e = decrypt_tier_in_memory(&m, &key(), None).unwrap_err();
-        assert_eq!(e.kind(), "modified", "{name}: tensor {target}: {e}");
-        assert_eq!(decrypt_in_memory(&enc, &key()).unwrap_err().kind(), "modified", "{name}");
+        assert_eq!(e.kind(), ErrorKind::Modified, "{name}: tensor {target}: {e}");
+        assert_eq!(decrypt_in_memory(&enc, &key()).unwrap_err().kind(), ErrorKind::Modified, "{name}");
     }
 }
 

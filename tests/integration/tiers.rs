@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{
     decrypt, decrypt_tier, decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
 };
@@ -163,7 +164,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     // A tier-1 key cannot decrypt tier 2.
     let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::Key(k1.clone()), Some(2), &dopts())
         .unwrap_err();
-    assert_eq!(e.kind(), "key");
+    assert_eq!(e.kind(), ErrorKind::Key);
     // The tier-2 key continues from the tier-1 result; the top key finishes: the original.
     let t2 = dir.path().join("t2").join("m.onnx");
     decrypt(&t1, &t2, &KeySource::Key(k2.clone()), &dopts()).unwrap();
@@ -175,7 +176,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     // The top key alone restores everything in one step, also in memory.
     assert_eq!(decrypt_to_vec(&m, &KeySource::Key(top)).unwrap(), std::fs::read(&model).unwrap());
     // An unrelated key is a wrong key.
-    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(key(9))).unwrap_err().kind(), "wrong_key");
+    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(key(9))).unwrap_err().kind(), ErrorKind::WrongKey);
 }
 
 #[test]
@@ -199,7 +200,7 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     bytes[at] ^= 1;
     std::fs::write(&t1, &bytes).unwrap();
     let e = verify(&t1, Some(&KeySource::Key(top)), &NoProgress).unwrap_err();
-    assert_eq!(e.kind(), "modified");
+    assert_eq!(e.kind(), ErrorKind::Modified);
 }
 
 #[test]
@@ -289,7 +290,7 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
         &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
     )
     .unwrap_err();
-    assert_eq!(e.kind(), "policy", "{e}");
+    assert_eq!(e.kind(), ErrorKind::Policy, "{e}");
 }
 
 /// `assess` on a tiered model: one row per tier the key reaches, decrypted in memory.

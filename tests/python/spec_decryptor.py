@@ -16,6 +16,9 @@ Command line::
 
     python3 spec_decryptor.py IN OUT (--key-file K | --passphrase-env VAR | --passphrase-file F)
 
+Format-2 models are decrypted by spec_v2.py (this module hands them over); its own
+command line also takes age identities, signers and partial decryption.
+
 Restored external-data files are written next to OUT under their `location`.
 
 Dependencies: the standard library and `cryptography` (AES-256, HKDF pieces
@@ -69,8 +72,8 @@ class Malformed(Modified):
 
 
 class NotProtected(SpecError):
-    def __init__(self):
-        super().__init__("not protected: no 'onnx-protect/v1' metadata_props entry")
+    def __init__(self, detail: str = "no 'onnx-protect/v1' metadata_props entry"):
+        super().__init__(f"not protected: {detail}")
 
 
 class UnsafePath(SpecError):
@@ -781,8 +784,15 @@ def _master_key(man: Manifest, key: bytes | None, passphrase: bytes | None) -> b
 
 def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes | None = None,
                 model_dir: str | None = None) -> tuple[bytes, dict[str, bytes]]:
-    """Decrypt a protected model. Returns (original model bytes, {location: restored side file})."""
+    """Decrypt a protected model. Returns (original model bytes, {location: restored side file}).
+
+    A format-2 model (an `onnx-protect/v2` entry) is handed to spec_v2.decrypt_all, whose
+    §1 rules (one manifest key at most, known versions only) apply to every model."""
     model = bytes(model_bytes)
+    import spec_v2
+
+    if spec_v2.manifest_version(model) == 2:
+        return spec_v2.decrypt_all(model, key=key, passphrase=passphrase, model_dir=model_dir)
     # 1. envelope and manifest
     env_field, env = find_envelope(model)
     ef = decode_message(env)

@@ -209,15 +209,17 @@ def replace_envelope(model, field, env):
 
 
 def test_unsupported_version_key():
+    """Format 2 §1: a single manifest key other than v1 and v2 is an unsupported version;
+    a second manifest key next to the v1 entry is "modified"."""
     vec = Vector(*next(c for c in VECTOR_CASES if c[0] == "cnn_torch_fp"))
     field, env = sd.find_envelope(vec.protected)
     import base64
 
-    model = vec.protected[:field.start] + entry_field(b"onnx-protect/v2", base64.b64encode(env))
+    model = vec.protected[:field.start] + entry_field(b"onnx-protect/v3", base64.b64encode(env))
     with pytest.raises(sd.UnsupportedVersion, match="^unsupported version"):
         sd.decrypt(model, key=vec.key)
-    with pytest.raises(sd.UnsupportedVersion):  # next to a v1 entry as well
-        sd.decrypt(vec.protected + entry_field(b"onnx-protect/v2", b"x"), key=vec.key)
+    with pytest.raises(sd.Modified, match="more than one manifest"):
+        sd.decrypt(vec.protected + entry_field(b"onnx-protect/v3", b"x"), key=vec.key)
 
 
 def test_unsupported_format_version():

@@ -94,7 +94,7 @@ impl FileError {
     /// (`wrong_key`, `modified`, `truncated`, ...), `shared_output` or `io`.
     pub fn name(&self) -> &'static str {
         match self {
-            FileError::Core(c) => c.kind(),
+            FileError::Core(c) => c.kind().as_str(),
             FileError::SharedOutput { .. } => "shared_output",
             FileError::Io { .. } => "io",
         }

@@ -24,9 +24,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use onnx_protect_format::{discover, Model, Progress};
-use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Split};
+use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Selection, Split};
 
-use crate::protect::{find_manifest_entry, is_manifest_key, read_protected, verify, CoreError, Protected};
+use crate::error::{CoreError, ErrorKind};
+use crate::manifest::{find_manifest_entry, is_manifest_key, read_protected, Protected};
+use crate::protect::verify;
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -130,10 +132,16 @@ fn min_bytes(t: &onnx_protect_format::Tensor, split: Split, k: usize) -> Option<
 
 fn error_reason(e: &CoreError) -> &'static str {
     match e.kind() {
-        "bad_manifest" | "modified" => reasons::MODIFIED,
-        "unsupported_version" => reasons::UNSUPPORTED_VERSION,
-        "not_protected" => reasons::NOT_PROTECTED,
-        _ => reasons::BAD_MODEL,
+        ErrorKind::BadManifest | ErrorKind::Modified => reasons::MODIFIED,
+        ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
+        ErrorKind::NotProtected => reasons::NOT_PROTECTED,
+        ErrorKind::Io
+        | ErrorKind::Model(_)
+        | ErrorKind::Key
+        | ErrorKind::Policy
+        | ErrorKind::AlreadyProtected
+        | ErrorKind::WrongKey
+        | ErrorKind::Output => reasons::BAD_MODEL,
     }
 }
 
@@ -230,31 +238,8 @@ fn compare_with_policy(
 ) {
     let weights = discover(model);
     let required = select(model, &weights, policy);
-    // What is encrypted, per tensor: a tiered model has one target per tier of a tensor.
-    let mut have: HashMap<usize, Encrypted> = HashMap::new();
-    for t in protected.map(|p| p.targets.as_slice()).unwrap_or_default() {
-        let e = have.entry(t.tensor).or_insert_with(|| Encrypted { spans: Vec::new(), modes: Vec::new() });
-        e.spans.extend(&t.spans);
-        e.modes.push(t.mode);
-    }
-    for e in have.values_mut() {
-        e.spans = union(std::mem::take(&mut e.spans));
-    }
-    // What the policy asks for, per tensor (a policy with tiers also lists a tensor once
-    // per tier; `select` sorts them by tensor).
-    let mut need: Vec<Chosen> = Vec::new();
-    for c in &required.chosen {
-        match need.last_mut() {
-            Some(n) if n.tensor == c.tensor => {
-                n.spans.extend(&c.spans);
-                n.chosen.extend(&c.chosen);
-            }
-            _ => need.push(c.clone()),
-        }
-    }
-    for n in &mut need {
-        n.spans = union(std::mem::take(&mut n.spans));
-    }
+    let have = encrypted_by_tensor(protected);
+    let need = required_by_tensor(&required);
     if protected.is_none() && (opts.require_encrypted || !required.chosen.is_empty()) {
         out.failures.push(failure(
             reasons::NOT_PROTECTED,
@@ -268,7 +253,6 @@ fn compare_with_policy(
     let mut ops: BTreeMap<String, OpCoverage> = BTreeMap::new();
     let mut tensor_failures: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
     for c in &need {
-        let t = &model.tensors[c.tensor];
         let rule = policy.rule_for(&c.op_type);
         let cov = ops.entry(c.op_type.clone()).or_insert_with(|| OpCoverage {
             op_type: c.op_type.clone(),
@@ -282,50 +266,9 @@ fn compare_with_policy(
             encrypted_fraction: 0.0,
             passed: true,
         });
-        cov.tensors += 1;
-        cov.weight_bytes += t.nbytes;
-        // What the policy asks for in this tensor: with strict spans, exactly its spans;
-        // otherwise as many bytes as its chosen number of subsequences must hold.
-        let required = if opts.strict_spans {
-            c.bytes()
-        } else {
-            rule.and_then(|r| min_bytes(t, r.split, c.chosen.len())).unwrap_or(c.bytes()).min(c.bytes())
-        };
-        cov.required_bytes += required;
-        let fail = |reason: &'static str, detail: String| Failure {
-            reason,
-            op_type: Some(c.op_type.clone()),
-            tensor: Some(t.name.clone()),
-            detail,
-        };
         let list = tensor_failures.entry(c.op_type.clone()).or_default();
-        let Some(target) = have.get(&c.tensor) else {
-            list.push(fail(
-                reasons::TENSOR_NOT_ENCRYPTED,
-                format!("the policy selects {} of its {} bytes; none is encrypted", required, t.nbytes),
-            ));
-            continue;
-        };
-        cov.tensors_encrypted += 1;
-        let enc: u64 = target.spans.iter().map(|(a, b)| b - a).sum();
-        cov.encrypted_bytes += enc;
-        if enc < required {
-            list.push(fail(
-                reasons::COEFFICIENT_BELOW_POLICY,
-                format!("{enc} of {} bytes are encrypted; the policy selects {required}", t.nbytes),
-            ));
-        } else if opts.strict_spans && !spans_contain(&target.spans, &c.spans) {
-            list.push(fail(
-                reasons::COEFFICIENT_BELOW_POLICY,
-                format!("the encrypted spans {:?} do not contain the policy's spans {:?}", target.spans, c.spans),
-            ));
-        }
-        if let Some(weaker) = target.modes.iter().find(|&&m| !mode_satisfies(m, c.mode)) {
-            list.push(fail(
-                reasons::MODE_WEAKER,
-                format!("encrypted in mode {}; the policy asks for {}", weaker.name(), c.mode.name()),
-            ));
-        }
+        let split = rule.map(|r| r.split);
+        compare_tensor(model, c, split, have.get(&c.tensor), opts.strict_spans, cov, list);
     }
     for (op, cov) in ops.iter_mut() {
         cov.encrypted_fraction =
@@ -350,6 +293,98 @@ fn compare_with_policy(
         }
     }
     out.ops = ops.into_values().collect();
+}
+
+/// What is encrypted, per tensor, with spans merged: a tiered model has one target per
+/// tier of a tensor.
+fn encrypted_by_tensor(protected: Option<&Protected>) -> HashMap<usize, Encrypted> {
+    let mut have: HashMap<usize, Encrypted> = HashMap::new();
+    for t in protected.map(|p| p.targets.as_slice()).unwrap_or_default() {
+        let e = have.entry(t.tensor).or_insert_with(|| Encrypted { spans: Vec::new(), modes: Vec::new() });
+        e.spans.extend(&t.spans);
+        e.modes.push(t.mode);
+    }
+    for e in have.values_mut() {
+        e.spans = union(std::mem::take(&mut e.spans));
+    }
+    have
+}
+
+/// What the policy asks for, per tensor, with spans merged (a policy with tiers also
+/// lists a tensor once per tier; `select` sorts them by tensor).
+fn required_by_tensor(required: &Selection) -> Vec<Chosen> {
+    let mut need: Vec<Chosen> = Vec::new();
+    for c in &required.chosen {
+        match need.last_mut() {
+            Some(n) if n.tensor == c.tensor => {
+                n.spans.extend(&c.spans);
+                n.chosen.extend(&c.chosen);
+            }
+            _ => need.push(c.clone()),
+        }
+    }
+    for n in &mut need {
+        n.spans = union(std::mem::take(&mut n.spans));
+    }
+    need
+}
+
+/// Compares one tensor the policy selects (`c`, whose rule splits it by `split`) with
+/// what is encrypted of it (`have`), adding it to its operator type's coverage `cov`
+/// and its failures to `list`.
+fn compare_tensor(
+    model: &Model,
+    c: &Chosen,
+    split: Option<Split>,
+    have: Option<&Encrypted>,
+    strict_spans: bool,
+    cov: &mut OpCoverage,
+    list: &mut Vec<Failure>,
+) {
+    let t = &model.tensors[c.tensor];
+    cov.tensors += 1;
+    cov.weight_bytes += t.nbytes;
+    // What the policy asks for in this tensor: with strict spans, exactly its spans;
+    // otherwise as many bytes as its chosen number of subsequences must hold.
+    let required = if strict_spans {
+        c.bytes()
+    } else {
+        split.and_then(|s| min_bytes(t, s, c.chosen.len())).unwrap_or(c.bytes()).min(c.bytes())
+    };
+    cov.required_bytes += required;
+    let fail = |reason: &'static str, detail: String| Failure {
+        reason,
+        op_type: Some(c.op_type.clone()),
+        tensor: Some(t.name.clone()),
+        detail,
+    };
+    let Some(target) = have else {
+        list.push(fail(
+            reasons::TENSOR_NOT_ENCRYPTED,
+            format!("the policy selects {} of its {} bytes; none is encrypted", required, t.nbytes),
+        ));
+        return;
+    };
+    cov.tensors_encrypted += 1;
+    let enc: u64 = target.spans.iter().map(|(a, b)| b - a).sum();
+    cov.encrypted_bytes += enc;
+    if enc < required {
+        list.push(fail(
+            reasons::COEFFICIENT_BELOW_POLICY,
+            format!("{enc} of {} bytes are encrypted; the policy selects {required}", t.nbytes),
+        ));
+    } else if strict_spans && !spans_contain(&target.spans, &c.spans) {
+        list.push(fail(
+            reasons::COEFFICIENT_BELOW_POLICY,
+            format!("the encrypted spans {:?} do not contain the policy's spans {:?}", target.spans, c.spans),
+        ));
+    }
+    if let Some(weaker) = target.modes.iter().find(|&&m| !mode_satisfies(m, c.mode)) {
+        list.push(fail(
+            reasons::MODE_WEAKER,
+            format!("encrypted in mode {}; the policy asks for {}", weaker.name(), c.mode.name()),
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub struct Report {
     pub external_files: Vec<ExternalReport>,
     pub metadata_keys: Vec<String>,
     /// What onnx-protect encrypted, when the model carries a manifest (`null` otherwise).
-    pub protection: Option<crate::protect::ProtectionInfo>,
+    pub protection: Option<crate::manifest::ProtectionInfo>,
     /// Why the manifest could not be read, when it is present but invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protection_error: Option<String>,
@@ -134,33 +134,7 @@ fn graph_kind(k: &GraphKind) -> &'static str {
 
 /// Builds the report of a parsed model.
 pub fn inspect(model: &Model) -> Report {
-    let weights = discover(model);
-    let mut uses_of: BTreeMap<usize, Vec<UseReport>> = BTreeMap::new();
-    let mut summary = WeightSummary::default();
-    for w in &weights {
-        let t = &model.tensors[w.tensor];
-        summary.count += 1;
-        summary.bytes += t.nbytes;
-        summary.by_op_type.entry(w.primary_op().to_string()).or_default().add(t.nbytes);
-        summary.by_dtype.entry(t.data_type.name().to_string()).or_default().add(t.nbytes);
-        summary.by_storage.entry(t.data.storage_name().to_string()).or_default().add(t.nbytes);
-        let kind = w.uses.first().map(|u| u.kind.name()).unwrap_or("main");
-        summary.by_kind.entry(kind.to_string()).or_default().add(t.nbytes);
-        uses_of.insert(
-            w.tensor,
-            w.uses
-                .iter()
-                .map(|u| UseReport {
-                    node: model.nodes[u.node].name.clone(),
-                    op_type: u.op_type.clone(),
-                    role: u.role,
-                    kind: u.kind.name(),
-                    input_index: u.input_index,
-                    via: u.via.iter().map(|&n| model.nodes[n].op_type.clone()).collect(),
-                })
-                .collect(),
-        );
-    }
+    let (summary, mut uses_of) = summarize_weights(model);
     let mut op_types = BTreeMap::new();
     for n in &model.nodes {
         let key = if n.is_onnx() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
@@ -189,7 +163,7 @@ pub fn inspect(model: &Model) -> Report {
             uses: uses_of.remove(&t.id).unwrap_or_default(),
         })
         .collect();
-    let (protection, protection_error) = match crate::protect::protection_info(model) {
+    let (protection, protection_error) = match crate::manifest::protection_info(model) {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -234,6 +208,37 @@ pub fn inspect(model: &Model) -> Report {
         protection,
         protection_error,
     }
+}
+
+/// The weights of `model` summed up, and the uses of each weight, by tensor id.
+fn summarize_weights(model: &Model) -> (WeightSummary, BTreeMap<usize, Vec<UseReport>>) {
+    let mut uses_of: BTreeMap<usize, Vec<UseReport>> = BTreeMap::new();
+    let mut summary = WeightSummary::default();
+    for w in &discover(model) {
+        let t = &model.tensors[w.tensor];
+        summary.count += 1;
+        summary.bytes += t.nbytes;
+        summary.by_op_type.entry(w.primary_op().to_string()).or_default().add(t.nbytes);
+        summary.by_dtype.entry(t.data_type.name().to_string()).or_default().add(t.nbytes);
+        summary.by_storage.entry(t.data.storage_name().to_string()).or_default().add(t.nbytes);
+        let kind = w.uses.first().map(|u| u.kind.name()).unwrap_or("main");
+        summary.by_kind.entry(kind.to_string()).or_default().add(t.nbytes);
+        uses_of.insert(
+            w.tensor,
+            w.uses
+                .iter()
+                .map(|u| UseReport {
+                    node: model.nodes[u.node].name.clone(),
+                    op_type: u.op_type.clone(),
+                    role: u.role,
+                    kind: u.kind.name(),
+                    input_index: u.input_index,
+                    via: u.via.iter().map(|&n| model.nodes[n].op_type.clone()).collect(),
+                })
+                .collect(),
+        );
+    }
+    (summary, uses_of)
 }
 
 fn human(n: u64) -> String {

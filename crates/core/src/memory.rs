@@ -76,17 +76,20 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::Path;
 
-use memmap2::{MmapMut, MmapOptions};
 use onnx_protect_crypto::Keystream;
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
+use onnx_protect_fsio::file::file_id;
+use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::protect::{
-    apply, authenticate, model_edits, plan_restore, read_protected, restored_model_bytes, Action, CoreError, KeySource,
-    Protected, Result,
-};
+use crate::action::{apply, model_edits, Action};
+use crate::error::{CoreError, Result};
+use crate::keys::KeySource;
+use crate::manifest::{read_protected, Protected, Target};
+use crate::restore::{plan_restore, restored_model_bytes};
+use crate::unlock::authenticate;
 
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
@@ -103,7 +106,7 @@ pub enum Method {
 }
 
 enum Backing {
-    Map(MmapMut),
+    Map(PrivateMap),
     Owned(Vec<u8>),
 }
 
@@ -240,9 +243,8 @@ impl AsRef<[u8]> for DecryptedModel {
 pub fn decrypt_in_memory(path: &Path, key: &KeySource) -> Result<DecryptedModel> {
     let file = open(path)?;
     let model = Model::open(path)?;
-    let id_before = file_id(&file, path)?;
-    let id_now = file_id(&open(path)?, path)?;
-    if id_before != id_now {
+    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
+    if id(&file)? != id(&open(path)?)? {
         return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
     }
     decrypt_opened(&model, Some(file), key)
@@ -260,41 +262,27 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
 }
 
 fn open(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))
+    File::open(path).map_err(|e| io_error(path, e))
 }
 
-#[cfg(unix)]
-fn file_id(f: &File, path: &Path) -> Result<(u64, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = f.metadata().map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
-    Ok((m.dev(), m.ino(), m.len()))
+fn io_error(path: &Path, e: std::io::Error) -> CoreError {
+    CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e })
 }
 
-#[cfg(not(unix))]
-fn file_id(f: &File, path: &Path) -> Result<(u64, u64, u64)> {
-    let m = f.metadata().map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
-    Ok((0, 0, m.len()))
-}
-
-/// Maps `file` privately copy-on-write; `None` if the map is not the expected length.
-fn map_copy(file: &File, expect_len: usize, path: &Path) -> Result<Option<MmapMut>> {
+/// Maps `file` privately copy-on-write, out of core dumps; `None` if the map is not
+/// the expected length (the file is not the one that was parsed).
+fn map_copy(file: &File, expect_len: usize, path: &Path) -> Result<Option<PrivateMap>> {
     if expect_len == 0 {
         return Ok(None);
     }
-    // SAFETY: a private (MAP_PRIVATE) mapping: writes go to private copies of the
-    // touched pages and never reach the file. The file must not be truncated while
-    // mapped (the same contract as `Model::open`); every access is a bounds-checked
-    // slice, and the length is checked against the length that was parsed.
-    let map = unsafe { MmapOptions::new().map_copy(file) }
-        .map_err(|e| CoreError::Format(FormatError::Io { path: path.to_path_buf(), source: e }))?;
+    // The file must not be truncated while mapped (the contract of `PrivateMap`, as of
+    // `Model::open`); every access is a bounds-checked slice, and the length is checked
+    // against the length that was parsed.
+    let map = PrivateMap::new(file).map_err(|e| io_error(path, e))?;
     if map.len() != expect_len {
         return Ok(None);
     }
-    #[cfg(target_os = "linux")]
-    {
-        // Best effort: keep decrypted pages out of core dumps.
-        let _ = map.advise(memmap2::Advice::DontDump);
-    }
+    map.exclude_from_core_dumps();
     Ok(Some(map))
 }
 
@@ -327,7 +315,7 @@ enum SpanSource<'a> {
 /// with the keystream of `sources[tag]` applied.
 fn patch(
     model: &Model,
-    targets: &[crate::protect::Target],
+    targets: &[Target],
     sources: &[SpanSource<'_>],
     buf: &mut [u8],
     reference: &[u8],
@@ -383,7 +371,7 @@ fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
 /// restored from `sources`: one private copy-on-write map (or an owned copy) per file.
 fn external_patched(
     model: &Model,
-    targets: &[crate::protect::Target],
+    targets: &[Target],
     sources: &[SpanSource<'_>],
 ) -> Result<BTreeMap<String, DecryptedBytes>> {
     let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();

@@ -27,24 +27,26 @@
 //! were already decrypted (`Envelope.restored_tiers`), those tiers stay plaintext and
 //! their MACs are recomputed over their encryption under the new keys.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use onnx_protect_crypto::{random_salt, SessionKeys};
-use onnx_protect_format::write::{metadata_field, Content, Edit};
+use onnx_protect_crypto::{random_salt, KdfParams, Keystream, SessionKeys};
+use onnx_protect_format::write::{Content, Edit};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
-use crate::protect::{
-    b64, check_output, kdf_to_pb, leaf_digests_ext, leaf_hash_to_pb, read_protected, seal, span_mut, tier_keys,
-    tier_keys_of, tool_name, transform_span, transform_tensor, unlock_master, untiered_keys, untiered_streams, Action,
-    CoreError, KeySource, LeafSrc, Protected, Result, Seal, LEAF_HASH, METADATA_KEY,
+use crate::action::{span_mut, transform_span, transform_tensor, Action};
+use crate::error::{CoreError, Result};
+use crate::keys::{tier_sessions, KeySource};
+use crate::manifest::{
+    entry_field, kdf_to_pb, leaf_hash_to_pb, read_protected, tool_name, Protected, LEAF_HASH, METADATA_KEY,
 };
-use crate::writer::{write_outputs_with, Leaves, Outputs};
+use crate::seal::{leaf_digests, seal_envelope, LeafSrc};
+use crate::staged::{check_output, durable, external_destinations, Outputs};
+use crate::unlock::{tier_keys_of, unlock_master, untiered_keys, untiered_streams, PendingCheck};
+use crate::writer::{write_outputs, Leaves, LeavesByTarget, PassSpec};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -73,7 +75,7 @@ pub struct RekeyReport {
 
 /// Refuses a manifest or envelope that sets fields this module does not know how to
 /// carry over to a new key, rather than writing a model whose new envelope would lack them.
-#[allow(clippy::needless_update)] // `..Default::default()` stands for fields added after this was written.
+#[allow(clippy::needless_update)] // `..Default::default()` stands for fields a later schema adds.
 fn refuse_unknown_fields(p: &Protected) -> Result<()> {
     let m = &p.manifest;
     let known = pb::Manifest {
@@ -128,37 +130,7 @@ pub fn rekey(
     let p = read_protected(&model)?;
     refuse_unknown_fields(&p)?;
     check_output(&model, input, output, opts.in_place)?;
-    let tiers = p.manifest.tiers;
-    let restored = p.envelope.restored_tiers;
-    // The old MACs are checked over the leaves the pass reads (before anything is
-    // renamed into place), as `decrypt` does; only a tiered model with tiers restored
-    // in the file is checked first (the leaves of a restored tier are those of its
-    // plaintext encrypted again).
-    let top_only = |key_tier: u32| {
-        if key_tier < tiers {
-            return Err(CoreError::Key(format!(
-                "this key is for tier {key_tier} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier"
-            )));
-        }
-        Ok(())
-    };
-    let (old_streams, old_seal) = if tiers <= 1 {
-        let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, &p)?;
-        (untiered_streams(&keys, &p), Seal::Untiered(keys))
-    } else {
-        let master = old.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
-        let tk = tier_keys_of(&master, &p)?;
-        top_only(tk.key_tier)?;
-        if restored == 0 {
-            (tk.streams.clone(), Seal::Tiered(tk))
-        } else {
-            opts.progress.start("verify", 0);
-            let unlocked = unlock_master(&model, &p, &master)?;
-            opts.progress.finish();
-            (unlocked.streams, Seal::Checked)
-        }
-    };
-
+    let (old_streams, pending) = check_old_key(&model, &p, old, opts.progress)?;
     // The old key is checked: the outputs can be staged.
     let outputs = Outputs::stage(&model, output)?;
     let (new_master, kdf) = new.master_for_encrypt()?;
@@ -166,45 +138,130 @@ pub fn rekey(
     while salt.as_slice() == p.manifest.salt.as_slice() {
         salt = random_salt()?;
     }
-    let sessions: Vec<SessionKeys> =
-        tier_keys(&new_master, tiers.max(1)).iter().map(|k| SessionKeys::derive(k, &salt)).collect();
+    let sessions = tier_sessions(&new_master, p.manifest.tiers.max(1), &salt);
+    let manifest_bytes = new_manifest(&p, &sessions, &salt, kdf.as_ref())?.encode_to_vec();
+    let (actions, restored_leaves) = rekey_actions(&model, &p, old_streams, &sessions)?;
+    // The old entry is removed and the new one, sealed over the leaves of the written
+    // ciphertext, appended (where encrypt puts it).
+    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
+    let chunk = p.manifest.chunk_size;
+    let spec = PassSpec {
+        model: &model,
+        targets: &p.targets,
+        actions: &actions,
+        extra: vec![entry],
+        leaves: Some(Leaves {
+            chunk,
+            written: Some(LEAF_HASH),
+            read: pending.needs_leaves().then_some(p.leaf_hash),
+            given: Some(&restored_leaves),
+        }),
+        durable: durable(opts.in_place, opts.sync),
+        progress: opts.progress,
+    };
+    let external = write_outputs(spec, outputs, |written, read| {
+        pending.check(&p, read)?;
+        let mut envelope = seal_envelope(&sessions, &p.targets, chunk, manifest_bytes, written)?;
+        envelope.restored_tiers = p.envelope.restored_tiers;
+        Ok(entry_field(&envelope))
+    })?;
+    Ok(RekeyReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        tensors: p.targets.len(),
+        rekeyed_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        tiers: p.manifest.tiers,
+        passphrase: kdf.is_some(),
+        external_files: external,
+    })
+}
+
+/// Checks the old key (of the top tier, for a tiered model) and returns the old
+/// keystream of every target, and what the pass still has to check. The old MACs are
+/// checked over the leaves the pass reads (before anything is renamed into place), as
+/// `decrypt` does; only a tiered model with tiers restored in the file is checked here,
+/// first (the leaves of a restored tier are those of its plaintext encrypted again).
+fn check_old_key(
+    model: &Model,
+    p: &Protected,
+    old: &KeySource,
+    progress: &dyn Progress,
+) -> Result<(Vec<Option<Keystream>>, PendingCheck)> {
+    let tiers = p.manifest.tiers;
+    if tiers <= 1 {
+        let keys = untiered_keys(&old.master_for_decrypt(p.manifest.kdf.as_ref(), false)?, p)?;
+        return Ok((untiered_streams(&keys, p), PendingCheck::Untiered(keys)));
+    }
+    let master = old.master_for_decrypt(p.manifest.kdf.as_ref(), true)?;
+    let tk = tier_keys_of(&master, p)?;
+    if tk.key_tier < tiers {
+        return Err(CoreError::Key(format!(
+            "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
+            tk.key_tier
+        )));
+    }
+    if p.envelope.restored_tiers == 0 {
+        return Ok((tk.streams.clone(), PendingCheck::Tiered(tk)));
+    }
+    progress.start("verify", 0);
+    let unlocked = unlock_master(model, p, &master)?;
+    progress.finish();
+    Ok((unlocked.streams, PendingCheck::Checked))
+}
+
+/// The manifest under the new keys `sessions` (index `tier − 1`): the old one with a
+/// new salt, key check values, KDF parameters and tool, and the current leaf hash (an
+/// older SHA-256 file is upgraded).
+fn new_manifest(
+    p: &Protected,
+    sessions: &[SessionKeys],
+    salt: &[u8; 32],
+    kdf: Option<&KdfParams>,
+) -> Result<pb::Manifest> {
     let top = sessions.last().ok_or_else(|| CoreError::Output("no tier keys".into()))?;
     let mut manifest = p.manifest.clone();
     manifest.salt = salt.to_vec();
     manifest.key_check = top.key_check().to_vec();
-    if tiers > 1 {
+    if p.manifest.tiers > 1 {
         manifest.tier_key_checks = sessions.iter().map(|s| s.key_check().to_vec()).collect();
     }
-    manifest.kdf = kdf.as_ref().map(kdf_to_pb);
+    manifest.kdf = kdf.map(kdf_to_pb);
     manifest.tool = tool_name();
-    // The new leaves are hashed with the current leaf hash (an older SHA-256 file is upgraded).
     manifest.leaf_hash = leaf_hash_to_pb(LEAF_HASH);
-    let manifest_bytes = manifest.encode_to_vec();
+    Ok(manifest)
+}
 
-    // Streamed targets (ctr, fp) are re-encrypted as they are written, and their new
-    // ciphertext is hashed on the way; dp and varint-stored targets are transformed
-    // whole beforehand, one tensor at a time.
-    let chunk = p.manifest.chunk_size;
+/// The action of every target, from its old keystream to its new one: streamed targets
+/// (ctr, fp) are re-encrypted as they are written, and their new ciphertext is hashed on
+/// the way; dp and varint-stored targets are transformed whole beforehand, one tensor at
+/// a time; restored tiers stay plaintext, and their leaves (returned by target) are those
+/// of their encryption under the new keys (§11).
+fn rekey_actions(
+    model: &Model,
+    p: &Protected,
+    old_streams: Vec<Option<Keystream>>,
+    sessions: &[SessionKeys],
+) -> Result<(Vec<Action>, LeavesByTarget)> {
+    let restored = p.envelope.restored_tiers;
     let mut actions = Vec::with_capacity(p.targets.len());
-    // Leaves of restored tiers: over the plaintext's encryption under the new keys (§11).
-    let mut restored_leaves: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
+    let mut restored_leaves = LeavesByTarget::new();
     for (ti, (target, old_ks)) in p.targets.iter().zip(old_streams).enumerate() {
         let old_ks = old_ks.ok_or_else(|| CoreError::Key("the old key cannot decrypt every tier".into()))?;
         let new_ks = sessions[target.tier.max(1) as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
-        // Restored tiers hold plaintext, which stays plaintext.
         let plaintext = target.tier > 0 && target.tier <= restored;
         actions.push(if plaintext {
             // The file's bytes of a restored tier are plaintext already (nothing to wipe).
-            let bytes = transform_tensor(&model, target, &new_ks, false)?;
+            let bytes = transform_tensor(model, target, &new_ks, false)?;
+            let chunk = p.manifest.chunk_size;
             let leaves =
-                leaf_digests_ext(&model, std::slice::from_ref(target), chunk, LEAF_HASH, &[LeafSrc::Bytes(&bytes)])?;
+                leaf_digests(model, std::slice::from_ref(target), chunk, LEAF_HASH, &[LeafSrc::Bytes(&bytes)])?;
             restored_leaves.insert(ti, leaves);
             Action::Skip
         } else if target.mode == Mode::Dp || matches!(t.data, TensorData::Varint { .. }) {
             let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
             for &span in &target.spans {
-                let s = span_mut(&model, target, &mut bytes, span)?;
+                let s = span_mut(model, target, &mut bytes, span)?;
                 transform_span(&old_ks, target, t.data_type, span.0, s, true)?;
                 transform_span(&new_ks, target, t.data_type, span.0, s, false)?;
             }
@@ -213,44 +270,10 @@ pub fn rekey(
             Action::Reencrypt(Box::new((old_ks, new_ks)))
         });
     }
-    // The old entry is removed and the new one, sealed over the leaves of the written
-    // ciphertext, appended (where encrypt puts it).
-    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let external = write_outputs_with(
-        &model,
-        &p.targets,
-        &actions,
-        vec![entry],
-        Some(Leaves {
-            chunk,
-            written: Some(LEAF_HASH),
-            read: old_seal.needs_leaves().then_some(p.leaf_hash),
-            given: Some(&restored_leaves),
-        }),
-        |written, read| {
-            old_seal.check(&p, read)?;
-            let mut envelope = seal(&sessions, &p.targets, chunk, manifest_bytes, written)?;
-            envelope.restored_tiers = restored;
-            Ok(metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec())))
-        },
-        output,
-        outputs,
-        crate::protect::durable(opts.in_place, opts.sync),
-        opts.progress,
-    )?;
-    Ok(RekeyReport {
-        input: input.display().to_string(),
-        output: output.display().to_string(),
-        tensors: p.targets.len(),
-        rekeyed_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
-        tiers,
-        passphrase: kdf.is_some(),
-        external_files: external,
-    })
+    Ok((actions, restored_leaves))
 }
 
 /// The path of each external data file `rekey`, `encrypt` or `decrypt` writes for `model` next to `output`.
 pub fn external_outputs(model: &Model, output: &Path) -> Vec<PathBuf> {
-    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    model.external_files.iter().map(|f| out_dir.join(&f.location)).collect()
+    external_destinations(model, output)
 }

@@ -26,18 +26,20 @@
 //! after they are transformed: an encryption never puts plaintext of a span into the
 //! output's pages, a key rotation's plaintext only lives in the worker's buffer (wiped
 //! after each group), and the output is never mapped (a failed write is an error, never
-//! a `SIGBUS`). Both workers write at once: the kernel serializes writes to one file
-//! (a lock per file; the waiting worker spins there briefly, which measured no slower
-//! than parking the window and filling the next one). The pass does not map the source either (reads
-//! are `pread`s), so the resident set is the workers' buffers whatever the size of the
-//! model. Measured against the designs it replaced in docs/performance.md (session 9).
+//! a `SIGBUS`). Both workers write at once (the kernel serializes writes to one file).
+//! The pass does not map the source either (reads are `pread`s), so the resident set is
+//! the workers' buffers whatever the size of the model.
 //!
 //! Once every item is done, the caller's `append` gets the leaves: it builds the
 //! appended bytes (an encryption's new manifest entry, written last) or refuses the
 //! output (a decryption whose MAC does not match: every staged file is then removed).
-//! A durable output is handed to the disk every 64 MiB during the pass, so the fsync
-//! of the commit finds little left to do.
+//! A durable output is handed to the disk every [`WRITEBACK_STEP`] bytes during the
+//! pass, so the fsync of the commit finds little left to do.
+//!
+//! The system calls (positional reads and writes, preallocation, kernel copies,
+//! writeback) are those of `onnx_protect_fsio::file`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -47,17 +49,20 @@ use std::sync::Mutex;
 use onnx_protect_crypto::{Leaf, LeafHash};
 use onnx_protect_format::model::ExternalFile;
 use onnx_protect_format::write::{Content, Edit, Plan};
-use onnx_protect_format::{Model, Progress, TensorData};
+use onnx_protect_format::{Model, Progress, Tensor, TensorData};
+use onnx_protect_fsio::file::{copy_range, preallocate, read_exact_at, start_writeback, write_all_at};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::protect::{
-    chunk_jobs, edits_with, Action, ChunkJob, CoreError, Gather, ReleaseOnDrop, Result, Staged, Target,
-};
+use crate::action::{edits_with, new_pieces, Action};
+use crate::error::{CoreError, Result};
+use crate::manifest::{Target, CHUNK_SIZE};
+use crate::seal::{chunk_jobs, ChunkJob, Gather, ReleaseOnDrop};
+use crate::staged::{Outputs, Staged};
 
-/// Bytes a worker reads, transforms and writes at a time. Measured with a scratch
-/// program on the 1 GiB benchmark model (docs/performance.md, session 9): 512 KiB and
-/// 1 MiB windows took the same time, 64–256 KiB windows slightly more (more calls).
+/// Bytes a worker reads, transforms and writes at a time. Smaller windows cost more
+/// system calls; on the 1 GiB benchmark model of docs/performance.md, windows of
+/// 512 KiB and 1 MiB take the same time.
 const WINDOW: usize = 512 << 10;
 
 /// Tests set a window of another size here (0: [`WINDOW`]).
@@ -93,7 +98,17 @@ pub(crate) struct Leaves<'a> {
     /// targets' bytes are written but not hashed (`rekey`'s restored tiers, whose
     /// leaves are over their encryption under the new keys, not over the plaintext
     /// written).
-    pub(crate) given: Option<&'a std::collections::HashMap<usize, Vec<[u8; 32]>>>,
+    pub(crate) given: Option<&'a LeavesByTarget>,
+}
+
+/// Leaves by target index, each target's in chunk order.
+pub(crate) type LeavesByTarget = HashMap<usize, Vec<[u8; 32]>>;
+
+/// The leaves a pass computed for every chunk job, in job order (each list empty unless
+/// [`Leaves`] asked for it).
+struct PassLeaves {
+    written: Vec<[u8; 32]>,
+    read: Vec<[u8; 32]>,
 }
 
 /// The leaves of one chunk job.
@@ -124,7 +139,7 @@ struct Stream<'a> {
 impl Stream<'_> {
     /// Writes `bytes` at output offset `at`.
     fn write(&self, bytes: &[u8], at: u64) -> Result<()> {
-        write_at(self.dst, bytes, at).map_err(|e| self.write_err(e))
+        write_all_at(self.dst, bytes, at).map_err(|e| self.write_err(e))
     }
 
     /// The output offset of source byte `src` (outside length-changing edits).
@@ -157,7 +172,7 @@ impl Stream<'_> {
             return Err(self.read_err(std::io::Error::other("range beyond the end of the file")));
         }
         match self.src {
-            Some(f) => read_at(f, buf, range.start).map_err(|e| self.read_err(e)),
+            Some(f) => read_exact_at(f, buf, range.start).map_err(|e| self.read_err(e)),
             None => {
                 buf.copy_from_slice(self.slice(range)?);
                 Ok(())
@@ -274,61 +289,89 @@ impl Item<'_> {
     }
 }
 
-/// The staged outputs of a pass: the external data files, then the model file, in the
-/// order of the pass's streams.
-pub(crate) struct Outputs {
-    staged: Staged,
-    /// Destination paths of the external data files.
-    external: Vec<PathBuf>,
+/// What one pass writes: the model file and its external data files, holding the input
+/// with the targets' actions applied and `extra` edits of the model file.
+pub(crate) struct PassSpec<'a> {
+    pub(crate) model: &'a Model,
+    pub(crate) targets: &'a [Target],
+    /// The action of each target (same order).
+    pub(crate) actions: &'a [Action],
+    /// Edits of the model file besides the targets' (a replaced or removed manifest entry).
+    pub(crate) extra: Vec<Edit>,
+    /// The leaves to compute; `None`: none.
+    pub(crate) leaves: Option<Leaves<'a>>,
+    /// Flush every output to the disk (`fsync`) before it is renamed into place.
+    pub(crate) durable: bool,
+    pub(crate) progress: &'a dyn Progress,
 }
 
-impl Outputs {
-    /// Stages `output` and the external data files next to it (each private to its
-    /// owner until renamed into place; removed, with any directories made for them,
-    /// when dropped uncommitted).
-    pub(crate) fn stage(model: &Model, output: &Path) -> Result<Outputs> {
-        let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let mut staged = Staged::new();
-        let mut external = Vec::new();
-        for f in &model.external_files {
-            let dest = out_dir.join(&f.location);
-            staged.create(&dest)?;
-            external.push(dest);
-        }
-        // The model file is staged last, so it is renamed into place last.
-        staged.create(output)?;
-        Ok(Outputs { staged, external })
+/// Writes the outputs of `spec` into their staged files `outputs`, then appends to the model file the
+/// bytes `append` returns. `append` receives the leaves of the written bytes and those
+/// of the read bytes of every target in chunk-job order, as `spec.leaves` asks for them
+/// (else empty slices); an error it returns removes every staged file. Every file is
+/// renamed into place only when all are complete. Returns the external data files
+/// written.
+pub(crate) fn write_outputs(
+    spec: PassSpec<'_>,
+    outputs: Outputs,
+    append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
+) -> Result<Vec<String>> {
+    let PassSpec { model, targets, actions, extra, leaves, durable, progress } = spec;
+    // The spans this pass transforms are not edits of the plan (they change no length):
+    // they are the groups' pieces.
+    let plan = Plan::new(model.bytes().len() as u64, edits_with(model, targets, actions, extra, false)?, Vec::new())?;
+    let Outputs { staged, external, model: output } = outputs;
+    let jobs = chunk_jobs(targets, leaves.map_or(CHUNK_SIZE, |l| l.chunk));
+    let mut work = Work::new(model.external_files.len() + 1);
+    let shifts = work.add_plan(&plan);
+    let streams = open_streams(model, &staged, &external, &output, shifts)?;
+    work.add_external_puts(model, targets, actions)?;
+    work.mark_streamed(model, targets, actions);
+    work.add_groups(model, targets, actions, &jobs, leaves.is_some());
+    work.add_copies(&streams)?;
+    let items = work.into_items();
+    preallocate_outputs(&streams, plan.output_len())?;
+
+    let decoded = decoded_for_read_leaves(model, targets, &jobs, &items, leaves)?;
+    let pass = Pass {
+        model,
+        targets,
+        actions,
+        jobs: &jobs,
+        streams: &streams,
+        leaves,
+        decoded: &decoded,
+        failed: AtomicBool::new(false),
+        window: window_len(),
+        tally: Tally { done: AtomicU64::new(0), marks: Mutex::new((0, 0)), durable, progress },
+    };
+    let leaves = pass.run_all(&items)?;
+
+    let tail = append(&leaves.written, &leaves.read)?;
+    streams[model.external_files.len()].write(&tail, plan.output_len())?;
+    drop(streams);
+    staged.commit(durable)?;
+    Ok(external.iter().map(|p| p.display().to_string()).collect())
+}
+
+/// The stream index of a tensor's bytes: its external data file's, or the model file's.
+fn stream_of(t: &Tensor, model_stream: usize) -> usize {
+    match &t.data {
+        TensorData::External { file, .. } => *file,
+        _ => model_stream,
     }
 }
 
-/// Writes `output` and the external data files next to it: the input with the targets'
-/// actions applied, `extra` edits of the model file, and the bytes `append` returns
-/// appended to the model file. `append` receives the leaves of the written bytes and
-/// those of the read bytes of every target in chunk-job order, as `leaves` asks for
-/// them (else empty slices); an error it returns removes every staged file.
-/// Every file is staged and renamed into place only when all are complete; with
-/// `durable`, each is flushed to the disk (`fsync`) first. Returns the external data
-/// files written.
-#[allow(clippy::too_many_arguments)] // three callers, each passing all of them
-pub(crate) fn write_outputs_with(
-    model: &Model,
-    targets: &[Target],
-    actions: &[Action],
-    extra: Vec<Edit>,
-    leaves: Option<Leaves<'_>>,
-    append: impl FnOnce(&[[u8; 32]], &[[u8; 32]]) -> Result<Vec<u8>>,
+/// The streams of a pass: each external data file into its staged output, then the
+/// model file (whose bytes move by `shifts` in the output) into the last one.
+fn open_streams<'a>(
+    model: &'a Model,
+    staged: &'a Staged,
+    external: &[PathBuf],
     output: &Path,
-    outputs: Outputs,
-    durable: bool,
-    progress: &dyn Progress,
-) -> Result<Vec<String>> {
-    // The spans this pass transforms are not edits of the plan (they change no length):
-    // they are the groups' pieces below.
-    let edits = edits_with(model, targets, actions, extra, false)?;
-    let plan = Plan::new(model.bytes().len() as u64, edits, Vec::new())?;
+    shifts: Vec<(u64, i64)>,
+) -> Result<Vec<Stream<'a>>> {
     let model_stream = model.external_files.len();
-    let Outputs { staged, external } = outputs;
-
     let mut streams: Vec<Stream> = Vec::with_capacity(model_stream + 1);
     for (i, f) in model.external_files.iter().enumerate() {
         streams.push(Stream {
@@ -342,27 +385,6 @@ pub(crate) fn write_outputs_with(
             shifts: Vec::new(),
         });
     }
-    let mut items: Vec<Item> = Vec::new();
-    // Ranges of each stream's source written by puts and runs; the rest is copied.
-    let mut covered: Vec<Vec<Range<u64>>> = vec![Vec::new(); model_stream + 1];
-    // Every range of each stream's source that an edit, a put or a piece writes (a run
-    // may take in the gap between two pieces only if nothing else lies in it).
-    let mut occupied: Vec<Vec<(u64, u64)>> = vec![Vec::new(); model_stream + 1];
-    // The model file: puts for the plan's new bytes; transforms are done by the groups.
-    let mut shifts = Vec::new();
-    let mut delta = 0i64;
-    for (r, c) in plan.edits() {
-        occupied[model_stream].push((r.start, r.end));
-        if let Content::Bytes(b) = c {
-            let out = r.start.wrapping_add_signed(delta);
-            delta += b.len() as i64 - (r.end - r.start) as i64;
-            shifts.push((r.end, delta));
-            covered[model_stream].push(r.clone());
-            if !b.is_empty() {
-                items.push(Item::Put { stream: model_stream, out, bytes: b });
-            }
-        }
-    }
     streams.push(Stream {
         map: model.bytes(),
         src: model.source_file(),
@@ -373,101 +395,164 @@ pub(crate) fn write_outputs_with(
         path: output.to_path_buf(),
         shifts,
     });
+    Ok(streams)
+}
 
-    // External files: transformed-beforehand spans are puts.
-    for (ti, target) in targets.iter().enumerate() {
-        let t = &model.tensors[target.tensor];
-        if let (TensorData::External { file, .. }, Action::Bytes(bytes)) = (&t.data, &actions[ti]) {
-            for &(a, b) in &target.spans {
-                for (range, logical) in t.file_pieces(a, b) {
-                    let lo = logical as usize;
-                    let hi = lo + (range.end - range.start) as usize;
-                    let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
-                    covered[*file].push(range.clone());
-                    occupied[*file].push((range.start, range.end));
-                    items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
+/// The work items of a pass as they are gathered, and what they write of each stream.
+struct Work<'a> {
+    items: Vec<Item<'a>>,
+    /// Per stream: the source ranges written by puts and runs; the rest is copied.
+    covered: Vec<Vec<Range<u64>>>,
+    /// Per stream: every source range that an edit, a put or a piece writes (a run may
+    /// take in the gap between two pieces only if nothing else lies in it).
+    occupied: Vec<Vec<(u64, u64)>>,
+}
+
+impl<'a> Work<'a> {
+    fn new(streams: usize) -> Work<'a> {
+        Work { items: Vec::new(), covered: vec![Vec::new(); streams], occupied: vec![Vec::new(); streams] }
+    }
+
+    /// The model file's stream (the last).
+    fn model_stream(&self) -> usize {
+        self.occupied.len() - 1
+    }
+
+    /// Puts for the new bytes of the plan of the model file (its in-place transforms
+    /// are done by the groups). Returns the model stream's shifts: `(source end of an
+    /// edit, output − source offset after it)`, in file order.
+    fn add_plan(&mut self, plan: &'a Plan) -> Vec<(u64, i64)> {
+        let ms = self.model_stream();
+        let mut shifts = Vec::new();
+        let mut delta = 0i64;
+        for (r, c) in plan.edits() {
+            self.occupied[ms].push((r.start, r.end));
+            if let Content::Bytes(b) = c {
+                let out = r.start.wrapping_add_signed(delta);
+                delta += b.len() as i64 - (r.end - r.start) as i64;
+                shifts.push((r.end, delta));
+                self.covered[ms].push(r.clone());
+                if !b.is_empty() {
+                    self.items.push(Item::Put { stream: ms, out, bytes: b });
                 }
             }
         }
+        shifts
     }
-    for (ti, target) in targets.iter().enumerate() {
-        let t = &model.tensors[target.tensor];
-        if let Action::Xor(_) | Action::Reencrypt(_) = &actions[ti] {
-            let stream = match &t.data {
-                TensorData::External { file, .. } => *file,
-                _ => model_stream,
+
+    /// Puts for the spans of external tensors transformed beforehand.
+    fn add_external_puts(&mut self, model: &Model, targets: &[Target], actions: &'a [Action]) -> Result<()> {
+        for (ti, target) in targets.iter().enumerate() {
+            let t = &model.tensors[target.tensor];
+            if let (TensorData::External { file, .. }, Action::Bytes(bytes)) = (&t.data, &actions[ti]) {
+                for (range, piece) in new_pieces(t, target, bytes)? {
+                    self.covered[*file].push(range.clone());
+                    self.occupied[*file].push((range.start, range.end));
+                    self.items.push(Item::Put { stream: *file, out: range.start, bytes: piece });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the spans transformed chunk by chunk as written, then sorts what is written.
+    fn mark_streamed(&mut self, model: &Model, targets: &[Target], actions: &[Action]) {
+        let ms = self.model_stream();
+        for (ti, target) in targets.iter().enumerate() {
+            let t = &model.tensors[target.tensor];
+            if let Action::Xor(_) | Action::Reencrypt(_) = &actions[ti] {
+                let stream = stream_of(t, ms);
+                for &(a, b) in &target.spans {
+                    self.occupied[stream].extend(t.file_pieces(a, b).into_iter().map(|(r, _)| (r.start, r.end)));
+                }
+            }
+        }
+        for o in &mut self.occupied {
+            o.sort_unstable();
+        }
+    }
+
+    /// The chunk jobs: written through the window buffer in groups (chunk-by-chunk
+    /// actions), or, when `hashed`, only hashed.
+    fn add_groups(&mut self, model: &Model, targets: &[Target], actions: &[Action], jobs: &[ChunkJob], hashed: bool) {
+        let ms = self.model_stream();
+        let mut placed: Vec<Vec<PlacedJob>> = vec![Vec::new(); ms + 1];
+        for (ji, job) in jobs.iter().enumerate() {
+            let t = &model.tensors[targets[job.target].tensor];
+            let pieces: Vec<(Range<u64>, u64)> = match &actions[job.target] {
+                Action::Xor(_) | Action::Reencrypt(_) => {
+                    job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).collect()
+                }
+                Action::Bytes(_) | Action::Skip => Vec::new(),
             };
-            for &(a, b) in &target.spans {
-                occupied[stream].extend(t.file_pieces(a, b).into_iter().map(|(r, _)| (r.start, r.end)));
+            if !pieces.is_empty() {
+                placed[stream_of(t, ms)].push((ji, pieces));
+            } else if hashed {
+                self.items.push(Item::Hash { job: ji });
+            }
+        }
+        for (si, jobs_here) in placed.into_iter().enumerate() {
+            for group in groups_of(si, jobs_here, &self.occupied[si]) {
+                self.covered[si].extend(group.runs.iter().map(|r| r.range.clone()));
+                self.items.push(Item::Group(group));
             }
         }
     }
-    for o in &mut occupied {
-        o.sort_unstable();
-    }
 
-    // Chunk jobs: written through the window buffer (chunk-by-chunk actions), or only
-    // hashed. The pieces of each job, by stream, for the groups.
-    let jobs = chunk_jobs(targets, leaves.map_or(crate::protect::CHUNK_SIZE, |l| l.chunk));
-    let mut placed: Vec<Vec<PlacedJob>> = vec![Vec::new(); model_stream + 1];
-    for (ji, job) in jobs.iter().enumerate() {
-        let t = &model.tensors[targets[job.target].tensor];
-        let stream = match &t.data {
-            TensorData::External { file, .. } => *file,
-            _ => model_stream,
-        };
-        let pieces: Vec<(Range<u64>, u64)> = match &actions[job.target] {
-            Action::Xor(_) | Action::Reencrypt(_) => job.parts.iter().flat_map(|&(a, b)| t.file_pieces(a, b)).collect(),
-            Action::Bytes(_) | Action::Skip => Vec::new(),
-        };
-        if !pieces.is_empty() {
-            placed[stream].push((ji, pieces));
-        } else if leaves.is_some() {
-            items.push(Item::Hash { job: ji });
-        }
-    }
-    for (si, jobs_here) in placed.into_iter().enumerate() {
-        for group in groups_of(si, jobs_here, &occupied[si]) {
-            covered[si].extend(group.runs.iter().map(|r| r.range.clone()));
-            items.push(Item::Group(group));
-        }
-    }
-
-    // Copies: the complement of what is covered, per stream.
-    for (si, cov) in covered.iter_mut().enumerate() {
-        cov.sort_by_key(|r| (r.start, r.end));
-        let len = streams[si].map.len() as u64;
-        let mut pos = 0u64;
-        for r in cov.iter() {
-            if r.start < pos || r.end > len {
-                return Err(CoreError::Output(format!(
-                    "internal: overlapping or out-of-bounds writes at {r:?} of {}",
-                    streams[si].path.display()
-                )));
+    /// Copies: the complement of what is covered, per stream.
+    fn add_copies(&mut self, streams: &[Stream]) -> Result<()> {
+        for (si, cov) in self.covered.iter_mut().enumerate() {
+            cov.sort_by_key(|r| (r.start, r.end));
+            let len = streams[si].map.len() as u64;
+            let mut pos = 0u64;
+            for r in cov.iter() {
+                if r.start < pos || r.end > len {
+                    return Err(CoreError::Output(format!(
+                        "internal: overlapping or out-of-bounds writes at {r:?} of {}",
+                        streams[si].path.display()
+                    )));
+                }
+                push_copies(&mut self.items, si, pos..r.start);
+                pos = r.end;
             }
-            push_copies(&mut items, si, pos..r.start);
-            pos = r.end;
+            push_copies(&mut self.items, si, pos..len);
         }
-        push_copies(&mut items, si, pos..len);
+        Ok(())
     }
-    // File order per stream, so the two workers each walk a stretch of a file.
-    items.sort_by_key(Item::key);
 
-    // Each output has its final length and its blocks from the start (the appended
-    // tail aside): the workers write anywhere in it, a full disk is refused before
-    // anything is written, and the file system allocates the blocks once instead of
-    // reserving them block by block as they are written (measured: session 9 of
-    // docs/performance.md).
+    /// The items in file order per stream, so the two workers each walk a stretch of a file.
+    fn into_items(mut self) -> Vec<Item<'a>> {
+        self.items.sort_by_key(Item::key);
+        self.items
+    }
+}
+
+/// Gives each output its final length and its blocks from the start (the appended tail
+/// aside): the workers write anywhere in it, a full disk is refused before anything is
+/// written, and the file system allocates the blocks once instead of block by block as
+/// they are written. The model file (the last stream) gets `model_len` bytes.
+fn preallocate_outputs(streams: &[Stream], model_len: u64) -> Result<()> {
+    let last = streams.len().saturating_sub(1);
     for (si, s) in streams.iter().enumerate() {
-        let len = if si == model_stream { plan.output_len() } else { s.map.len() as u64 };
+        let len = if si == last { model_len } else { s.map.len() as u64 };
         preallocate(s.dst, len).map_err(|e| s.write_err(e))?;
         s.dst.set_len(len).map_err(|e| s.write_err(e))?;
     }
+    Ok(())
+}
 
-    // Hashing the source: varint tensors are decoded once, not once per chunk job.
-    let mut decoded: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::new();
+/// The element bytes of the varint-stored targets that hash-only items read, decoded
+/// once up front rather than once per chunk job (only when read leaves are asked for).
+fn decoded_for_read_leaves(
+    model: &Model,
+    targets: &[Target],
+    jobs: &[ChunkJob],
+    items: &[Item],
+    leaves: Option<Leaves>,
+) -> Result<HashMap<usize, Vec<u8>>> {
+    let mut decoded = HashMap::new();
     if leaves.is_some_and(|l| l.read.is_some()) {
-        for item in &items {
+        for item in items {
             let Item::Hash { job } = item else { continue };
             let target = jobs[*job].target;
             let t = &model.tensors[targets[target].tensor];
@@ -476,62 +561,7 @@ pub(crate) fn write_outputs_with(
             }
         }
     }
-    let total: u64 = items.iter().map(Item::bytes).sum();
-    progress.start("write", total);
-    let ctx = Pass {
-        model,
-        targets,
-        actions,
-        jobs: &jobs,
-        streams: &streams,
-        leaves,
-        decoded: &decoded,
-        failed: AtomicBool::new(false),
-        window: window_len(),
-        tally: Tally { done: AtomicU64::new(0), marks: Mutex::new((0, 0)), durable, progress },
-    };
-    let results = items
-        .par_iter()
-        .with_max_len(1)
-        .map(|item| -> Result<Vec<JobLeaves>> {
-            if ctx.failed.load(Ordering::Relaxed) {
-                return Ok(Vec::new());
-            }
-            let r = ctx.run(item);
-            if r.is_err() {
-                ctx.failed.store(true, Ordering::Relaxed);
-            }
-            r
-        })
-        .collect::<Result<Vec<_>>>();
-    // The buffers outlive the pass (the threads are the pool's) and hold the last
-    // window: plaintext weights after a decryption. Wiped on every worker.
-    rayon::broadcast(|_| WINDOW_BUF.with(|b| b.borrow_mut().wipe()));
-    let results = results?;
-    progress.finish();
-
-    let want = |h: Option<LeafHash>| if h.is_some() { jobs.len() } else { 0 };
-    let mut written = vec![None; leaves.map_or(0, |l| want(l.written))];
-    let mut read = vec![None; leaves.map_or(0, |l| want(l.read))];
-    for jl in results.into_iter().flatten() {
-        if let Some(w) = written.get_mut(jl.job) {
-            *w = jl.written;
-        }
-        if let Some(r) = read.get_mut(jl.job) {
-            *r = jl.read;
-        }
-    }
-    let all = |v: Vec<Option<[u8; 32]>>| {
-        v.into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| CoreError::Output("internal: a chunk of ciphertext was not hashed".into()))
-    };
-    let tail = append(&all(written)?, &all(read)?)?;
-    let m = &streams[model_stream];
-    write_at(m.dst, &tail, plan.output_len()).map_err(|e| m.write_err(e))?;
-    drop(streams);
-    staged.commit(durable)?;
-    Ok(external.iter().map(|p| p.display().to_string()).collect())
+    Ok(decoded)
 }
 
 fn push_copies(items: &mut Vec<Item>, stream: usize, range: Range<u64>) {
@@ -693,7 +723,7 @@ struct Pass<'a> {
     jobs: &'a [ChunkJob],
     streams: &'a [Stream<'a>],
     leaves: Option<Leaves<'a>>,
-    decoded: &'a std::collections::HashMap<usize, Vec<u8>>,
+    decoded: &'a HashMap<usize, Vec<u8>>,
     failed: AtomicBool,
     /// Bytes per window ([`WINDOW`] but in tests).
     window: usize,
@@ -709,6 +739,55 @@ struct JobState {
 }
 
 impl Pass<'_> {
+    /// Runs every item on the thread pool (the rest are skipped once one fails), wipes
+    /// the workers' window buffers, and returns the written and the read leaves of every
+    /// chunk job as [`Pass::leaves`] asks for them (else empty).
+    fn run_all(&self, items: &[Item]) -> Result<PassLeaves> {
+        let total: u64 = items.iter().map(Item::bytes).sum();
+        self.tally.progress.start("write", total);
+        let results = items
+            .par_iter()
+            .with_max_len(1)
+            .map(|item| -> Result<Vec<JobLeaves>> {
+                if self.failed.load(Ordering::Relaxed) {
+                    return Ok(Vec::new());
+                }
+                let r = self.run(item);
+                if r.is_err() {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .collect::<Result<Vec<_>>>();
+        // The buffers outlive the pass (the threads are the pool's) and hold the last
+        // window: plaintext weights after a decryption. Wiped on every worker.
+        rayon::broadcast(|_| WINDOW_BUF.with(|b| b.borrow_mut().wipe()));
+        let results = results?;
+        self.tally.progress.finish();
+        self.collect_leaves(results)
+    }
+
+    /// The leaves of every chunk job, in job order, from the items' results.
+    fn collect_leaves(&self, results: Vec<Vec<JobLeaves>>) -> Result<PassLeaves> {
+        let want = |h: Option<LeafHash>| if h.is_some() { self.jobs.len() } else { 0 };
+        let mut written = vec![None; self.leaves.map_or(0, |l| want(l.written))];
+        let mut read = vec![None; self.leaves.map_or(0, |l| want(l.read))];
+        for jl in results.into_iter().flatten() {
+            if let Some(w) = written.get_mut(jl.job) {
+                *w = jl.written;
+            }
+            if let Some(r) = read.get_mut(jl.job) {
+                *r = jl.read;
+            }
+        }
+        let all = |v: Vec<Option<[u8; 32]>>| {
+            v.into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| CoreError::Output("internal: a chunk of ciphertext was not hashed".into()))
+        };
+        Ok(PassLeaves { written: all(written)?, read: all(read)? })
+    }
+
     fn run(&self, item: &Item) -> Result<Vec<JobLeaves>> {
         match item {
             Item::Copy { stream, range } => {
@@ -884,137 +963,29 @@ impl Pass<'_> {
 /// writeback to the kernel, as `cp` does.)
 const WRITEBACK_STEP: u64 = 64 << 20;
 
-/// Starts writeback of the dirty pages of `f` without waiting for it.
-#[cfg(target_os = "linux")]
-fn start_writeback(f: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `f` is open for the duration of the call; no memory is passed. The
-    // call only schedules writeback; an error is harmless (the commit's fsync does it).
-    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_f: &File) {}
-
-/// Allocates the blocks of the first `len` bytes of `f` (which then has at least that
-/// length). File systems that cannot preallocate are left to allocate as they write.
-#[cfg(target_os = "linux")]
-fn preallocate(f: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(n) = libc::off_t::try_from(len) else { return Err(std::io::ErrorKind::FileTooLarge.into()) };
-    if n == 0 {
-        return Ok(());
-    }
-    loop {
-        // SAFETY: `f` is open for the duration of the call; no memory is passed.
-        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, n) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
-            _ => return Err(e),
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn preallocate(_f: &File, _len: u64) -> std::io::Result<()> {
-    Ok(())
-}
-
-#[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_read(buf, off)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf = &mut buf[n..];
-        off += n as u64;
-    }
-    Ok(())
-}
-
 /// Set once `copy_file_range` has refused a whole range: the rest of the process
 /// writes unchanged bytes itself.
 static NO_KERNEL_COPY: AtomicBool = AtomicBool::new(false);
 
-/// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel. Returns
-/// how many bytes were copied before the kernel refused (0 where it cannot do it at
-/// all); the caller writes the rest itself.
-#[cfg(target_os = "linux")]
+/// Copies `len` bytes from `src` at `from` to `dst` at `to` inside the kernel, unless
+/// it refused before in this process. Returns how many bytes were copied; the caller
+/// writes the rest itself.
 fn copy_in_kernel(src: &File, dst: &File, from: u64, to: u64, len: u64) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
     if NO_KERNEL_COPY.load(Ordering::Relaxed) {
         return Ok(0);
     }
-    let (mut off_in, mut off_out) = (from as libc::loff_t, to as libc::loff_t);
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(1 << 30) as usize;
-        // SAFETY: both descriptors are open for the duration of the call (borrowed
-        // `File`s); the offsets are valid pointers to local variables, which the call
-        // advances; no user memory is read or written.
-        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, want, 0) };
-        if n < 0 {
-            // EXDEV (across file systems on older kernels), ENOSYS, EOPNOTSUPP, EINVAL
-            // (special files): not possible here; the caller writes the bytes itself.
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            if left == len {
-                NO_KERNEL_COPY.store(true, Ordering::Relaxed);
-            }
-            break;
-        }
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("file ends before byte {}", from + len),
-            ));
-        }
-        left -= n as u64;
+    let done = copy_range(src, dst, from, to, len)?;
+    if done == 0 && len > 0 {
+        NO_KERNEL_COPY.store(true, Ordering::Relaxed);
     }
-    Ok(len - left)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn copy_in_kernel(_src: &File, _dst: &File, _from: u64, _to: u64, _len: u64) -> std::io::Result<u64> {
-    Ok(0)
-}
-
-#[cfg(unix)]
-fn write_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_write(buf, off)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-        off += n as u64;
-    }
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protect::{apply, edits_for, leaf_digests_ext, LeafSrc};
+    use crate::action::{apply, edits_for};
+    use crate::seal::{leaf_digests, LeafSrc};
     use onnx_protect_crypto::{MasterKey, SessionKeys};
     use onnx_protect_format::testutil::{float_tensor, model_with_graph, node};
     use onnx_protect_format::wire::put_len_field;
@@ -1066,7 +1037,7 @@ mod tests {
     ) -> Vec<u8> {
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         let sources: Vec<LeafSrc> = streams.iter().map(LeafSrc::Xor).collect();
-        let leaves = leaf_digests_ext(model, targets, chunk, LeafHash::Blake3, &sources).unwrap();
+        let leaves = leaf_digests(model, targets, chunk, LeafHash::Blake3, &sources).unwrap();
         let plan =
             Plan::new(model.bytes().len() as u64, edits_for(model, targets, &actions, extra).unwrap(), leaves.concat())
                 .unwrap();
@@ -1114,7 +1085,8 @@ mod tests {
         progress: &dyn Progress,
     ) -> Result<Vec<String>> {
         let outputs = Outputs::stage(model, out)?;
-        write_outputs_with(model, targets, actions, extra, leaves, append, out, outputs, false, progress)
+        let spec = PassSpec { model, targets, actions, extra, leaves, durable: false, progress };
+        write_outputs(spec, outputs, append)
     }
 
     /// The output of one pass with written leaves appended (as the reference writer does).
@@ -1295,7 +1267,7 @@ mod tests {
         let (model, targets, streams) = three_targets(dir.path());
         let actions: Vec<Action> = streams.iter().map(|k| Action::Xor(Box::new(k.clone()))).collect();
         for (chunk, window) in [4096u64, 1000, 1 << 20].into_iter().flat_map(|c| [0, 4093].map(|w| (c, w))) {
-            let stored = leaf_digests_ext(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();
+            let stored = leaf_digests(&model, &targets, chunk, LeafHash::Blake3, &[]).unwrap();
             let out = dir.path().join("s.onnx");
             let nop = &onnx_protect_format::NoProgress;
             let mut got = Vec::new();

@@ -159,3 +159,40 @@ fn passphrase_v1_vector_is_unchanged() {
     let key = MasterKey::from_passphrase(&bytes(r, "passphrase"), &params).unwrap();
     assert_eq!(key.as_bytes(), &array::<32>(r, "master"));
 }
+
+#[test]
+fn derivation_v2_vectors_are_unchanged() {
+    let records = load("derivation-v2.txt");
+    let r = &records[0];
+    assert_eq!(r["case"], "data-key-v2");
+    let dk = crate::DataKey::from_bytes(array(r, "data-key"));
+    let prk = hkdf_extract(crate::V2_PRK_SALT, &array::<32>(r, "data-key"));
+    assert_eq!(prk, array(r, "prk"));
+    let tensor = |s: u64| hkdf_expand::<32>(&prk, &[crate::V2_TENSOR_LABEL, &s.to_be_bytes()]);
+    assert_eq!(tensor(0), array(r, "tensor-key-0"));
+    assert_eq!(tensor(1), array(r, "tensor-key-1"));
+    let keys = dk.tier_keys();
+    assert_eq!(keys.mac_key(), array(r, "mac-key"));
+    assert_eq!(keys.key_check(), array(r, "key-check"));
+    let mut stream = [0u8; 32];
+    keys.keystream(0).apply(0, &mut stream).unwrap();
+    assert_eq!(stream, array(r, "keystream-0"));
+    assert_eq!(*dk.tier_down().to_bytes(), array(r, "tier-down"));
+    assert_eq!(dk.tier_down().tier_keys().key_check(), array(r, "tier-down-key-check"));
+}
+
+#[test]
+fn key_stanza_v2_vector_is_unchanged() {
+    let records = load("derivation-v2.txt");
+    let r = &records[1];
+    assert_eq!(r["case"], "key-stanza-v2");
+    let w = MasterKey::from_bytes(array(r, "wrapping-key"));
+    let salt: [u8; 16] = array(r, "stanza-salt");
+    let tier = u32::from_be_bytes(array(r, "tier"));
+    let dk = crate::DataKey::from_bytes(array(r, "data-key"));
+    let body = w.wrap_data_key(crate::WrapKind::Key, &salt, tier, &dk);
+    assert_eq!(body, bytes(r, "body"));
+    let back = w.unwrap_data_key(crate::WrapKind::Key, &salt, tier, &body).unwrap();
+    assert_eq!(*back.to_bytes(), array(r, "data-key"));
+    assert_eq!(w.fingerprint(), array(r, "label"));
+}

@@ -55,20 +55,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod content;
+mod data_key;
 mod digest;
 mod error;
 mod keystream;
 mod master;
 mod session;
+mod wrap;
 
 #[cfg(test)]
 mod kat_tests;
 
+pub use content::{
+    chunk_count, content_digest, envelope_checksum, leaves_of, signed_message, tier_mac, tier_mac_matches, ContentLeaf,
+    FileLeaves, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL, V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
+};
+pub use data_key::{
+    DataKey, TierKeys, V2_KEY_CHECK_LABEL, V2_MAC_LABEL, V2_PRK_SALT, V2_TENSOR_LABEL, V2_TIER_DOWN_LABEL, V2_TIER_SALT,
+};
 pub use digest::{Checksum, Leaf, LeafHash, Mac, CHUNK_LABEL};
 pub use error::CryptoError;
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
+pub use wrap::{random_stanza_salt, WrapKind, STANZA_SALT_LEN, WRAPPED_LEN, WRAP_KEY_LABEL, WRAP_PASSPHRASE_LABEL};
 
 /// Length of the master key, tensor keys and the MAC key, in bytes.
 pub const KEY_LEN: usize = 32;

@@ -24,6 +24,8 @@
 //! # Ok::<(), onnx_protect_format::FormatError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod discover;
 pub mod dtype;
 pub mod error;

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use memmap2::Mmap;
+use onnx_protect_fsio::ReadMap;
 
 use crate::dtype::{DataType, TypedField};
 use crate::error::{FormatError, Result};
@@ -308,7 +308,7 @@ pub struct ExternalFile {
     pub path: PathBuf,
     pub size: u64,
     pub tensors: Vec<TensorId>,
-    map: OnceLock<std::result::Result<(File, Mmap), String>>,
+    map: OnceLock<std::result::Result<(File, ReadMap), String>>,
 }
 
 impl ExternalFile {
@@ -323,12 +323,12 @@ impl ExternalFile {
         self.opened().map(|(f, _)| f)
     }
 
-    fn opened(&self) -> Result<&(File, Mmap)> {
+    fn opened(&self) -> Result<&(File, ReadMap)> {
         let m = self.map.get_or_init(|| {
             let f = File::open(&self.path).map_err(|e| e.to_string())?;
-            // SAFETY: the map is read-only; the file is expected not to change while
-            // the model is open (the same contract as every mmap-based model loader).
-            let m = unsafe { Mmap::map(&f) }.map_err(|e| e.to_string())?;
+            // The file must not change while the model is open (the contract of
+            // `ReadMap`, and of every mmap-based model loader).
+            let m = ReadMap::new(&f).map_err(|e| e.to_string())?;
             if m.len() as u64 != self.size {
                 return Err(format!("size changed from {} to {} bytes while open", self.size, m.len()));
             }
@@ -348,39 +348,14 @@ impl ExternalFile {
     /// systems, and for pages only partly inside `range`.
     pub fn release(&self, range: Range<u64>) {
         if let Some(Ok((_, m))) = self.map.get() {
-            release_pages(m, range);
+            m.release(range);
         }
     }
-}
-
-/// `MADV_DONTNEED` on the whole pages of `range` of a shared read-only file map (see
-/// [`ExternalFile::release`]); a no-op on non-Unix systems.
-fn release_pages(m: &Mmap, range: Range<u64>) {
-    #[cfg(unix)]
-    {
-        const PAGE: u64 = 4096;
-        let start = range.start.div_ceil(PAGE) * PAGE;
-        let end = (range.end.min(m.len() as u64) / PAGE) * PAGE;
-        if start < end {
-            // SAFETY: `Mmap::map` maps the file shared and read-only. MADV_DONTNEED on
-            // such a mapping only drops this process's page-table entries: the next
-            // read of an address in the range faults the same page back in from the
-            // page cache or the file, so every existing `&[u8]` into the map keeps
-            // seeing the same bytes (given the contract of `bytes`: the file does not
-            // change while the model is open). Nothing is written through the map.
-            // The advice is a hint; an error only means the pages stay resident.
-            let _ = unsafe {
-                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
-            };
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (m, range);
 }
 
 /// Holds the model bytes: a read-only map of the file or an owned buffer.
 enum Backing {
-    Mapped(Mmap),
+    Mapped(ReadMap),
     Owned(Vec<u8>),
 }
 
@@ -439,9 +414,9 @@ impl Model {
         let backing = if meta.len() == 0 {
             Backing::Owned(Vec::new())
         } else {
-            // SAFETY: read-only map; the file must not be truncated while the model is
-            // open. All access goes through bounds-checked slices of the map.
-            Backing::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
+            // The file must not be truncated or written while the model is open (the
+            // contract of `ReadMap`). All access goes through bounds-checked slices.
+            Backing::Mapped(ReadMap::new(&file).map_err(io)?)
         };
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
         let mut model = Model::parse(backing, Some(path.to_path_buf()), dir, progress)?;
@@ -468,7 +443,7 @@ impl Model {
     /// unchanged, if read again. A no-op for models held in memory.
     pub fn release(&self, range: Range<u64>) {
         if let Backing::Mapped(m) = &self.backing {
-            release_pages(m, range);
+            m.release(range);
         }
     }
 

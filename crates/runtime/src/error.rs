@@ -37,8 +37,8 @@ pub enum RuntimeError {
 /// (exit codes) must place every new kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// A [`CoreError`]: its own kind tells more.
-    Core,
+    /// A [`CoreError`], with its kind.
+    Core(onnx_protect_core::error::ErrorKind),
     Format(onnx_protect_format::ErrorKind),
     UnsupportedOp,
     Runtime,
@@ -51,7 +51,7 @@ impl RuntimeError {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RuntimeError::Core(_) => ErrorKind::Core,
+            RuntimeError::Core(e) => ErrorKind::Core(e.kind()),
             RuntimeError::Format(e) => ErrorKind::Format(e.kind()),
             RuntimeError::UnsupportedOps { .. } => ErrorKind::UnsupportedOp,
             RuntimeError::Tract(_) => ErrorKind::Runtime,

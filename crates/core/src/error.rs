@@ -1,0 +1,169 @@
+//! The error type of every operation of this crate, and its kinds.
+
+use std::path::PathBuf;
+
+use onnx_protect_crypto::CryptoError;
+use onnx_protect_format::FormatError;
+use onnx_protect_select::PolicyError;
+
+/// What went wrong. Decryption failures are deliberately coarse: a wrong key and
+/// modified bytes are told apart, but never *which* byte of ciphertext changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("the model is already protected by onnx-protect (metadata key '{key}'); decrypt it first")]
+    AlreadyProtected { key: String },
+    // The key is `manifest::METADATA_KEY` (a test holds them equal).
+    #[error("the model is not protected by onnx-protect (no 'onnx-protect/v1' metadata entry)")]
+    NotProtected,
+    #[error("the model was protected with format '{key}', which this version does not support")]
+    UnsupportedVersion { key: String },
+    #[error("modified: the protection manifest is invalid: {0}")]
+    BadManifest(String),
+    #[error("wrong key: the key check value does not match this model")]
+    WrongKey,
+    #[error("modified: {0}")]
+    Modified(String),
+    #[error("{0}")]
+    Key(String),
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Output(String),
+}
+
+/// The kind of a [`CoreError`], for callers that choose what to do by kind (exit
+/// codes, JSON reports). [`ErrorKind::as_str`] gives a stable short name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Reading or writing a file failed (`"io"`).
+    Io,
+    /// The model file or its external data is invalid or unsafe to read; the payload
+    /// is the reader's own kind, [`FormatError::kind`] (`"truncated"`, ...).
+    Model(onnx_protect_format::ErrorKind),
+    /// The key is unusable or of the wrong sort for this model (`"key"`).
+    Key,
+    /// The policy or an override is invalid (`"policy"`).
+    Policy,
+    /// The model is protected already (`"already_protected"`).
+    AlreadyProtected,
+    /// The model carries no manifest (`"not_protected"`).
+    NotProtected,
+    /// The manifest is of a format version this build does not read (`"unsupported_version"`).
+    UnsupportedVersion,
+    /// The manifest is malformed (`"bad_manifest"`).
+    BadManifest,
+    /// The key check value does not match (`"wrong_key"`).
+    WrongKey,
+    /// A MAC or checksum does not match, or the model no longer matches its manifest (`"modified"`).
+    Modified,
+    /// The output cannot be written as asked (`"output"`).
+    Output,
+}
+
+impl ErrorKind {
+    /// Every kind without a payload, and [`ErrorKind::Model`] once (with the payload
+    /// `Invalid`): for callers that check they map every kind.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Io,
+        ErrorKind::Model(onnx_protect_format::ErrorKind::Invalid),
+        ErrorKind::Key,
+        ErrorKind::Policy,
+        ErrorKind::AlreadyProtected,
+        ErrorKind::NotProtected,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::BadManifest,
+        ErrorKind::WrongKey,
+        ErrorKind::Modified,
+        ErrorKind::Output,
+    ];
+
+    /// The stable short name of the kind (used in JSON output).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::Model(kind) => kind.as_str(),
+            ErrorKind::Key => "key",
+            ErrorKind::Policy => "policy",
+            ErrorKind::AlreadyProtected => "already_protected",
+            ErrorKind::NotProtected => "not_protected",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::BadManifest => "bad_manifest",
+            ErrorKind::WrongKey => "wrong_key",
+            ErrorKind::Modified => "modified",
+            ErrorKind::Output => "output",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl CoreError {
+    /// The kind of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CoreError::Format(FormatError::Io { .. }) | CoreError::Write { .. } => ErrorKind::Io,
+            CoreError::Format(e) => ErrorKind::Model(e.kind()),
+            CoreError::Crypto(_) | CoreError::Key(_) => ErrorKind::Key,
+            CoreError::Policy(_) => ErrorKind::Policy,
+            CoreError::AlreadyProtected { .. } => ErrorKind::AlreadyProtected,
+            CoreError::NotProtected => ErrorKind::NotProtected,
+            CoreError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            CoreError::BadManifest(_) => ErrorKind::BadManifest,
+            CoreError::WrongKey => ErrorKind::WrongKey,
+            CoreError::Modified(_) => ErrorKind::Modified,
+            CoreError::Output(_) => ErrorKind::Output,
+        }
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_not_protected_message_names_the_manifest_key() {
+        assert!(CoreError::NotProtected.to_string().contains(&format!("'{}'", crate::manifest::METADATA_KEY)));
+    }
+
+    #[test]
+    fn kinds_keep_their_names() {
+        let io = || std::io::Error::other("x");
+        let cases = [
+            (CoreError::Format(FormatError::Io { path: "m".into(), source: io() }), "io"),
+            (CoreError::Format(FormatError::NoGraph), "no_graph"),
+            (CoreError::Format(FormatError::Invalid("x".into())), "invalid"),
+            (CoreError::Write { path: "o".into(), source: io() }, "io"),
+            (CoreError::Key("k".into()), "key"),
+            (CoreError::Policy(PolicyError::Invalid("p".into())), "policy"),
+            (CoreError::AlreadyProtected { key: "k".into() }, "already_protected"),
+            (CoreError::NotProtected, "not_protected"),
+            (CoreError::UnsupportedVersion { key: "k".into() }, "unsupported_version"),
+            (CoreError::BadManifest("b".into()), "bad_manifest"),
+            (CoreError::WrongKey, "wrong_key"),
+            (CoreError::Modified("m".into()), "modified"),
+            (CoreError::Output("o".into()), "output"),
+        ];
+        for (e, name) in cases {
+            assert_eq!(e.kind().as_str(), name, "{e}");
+            assert!(ErrorKind::ALL.iter().any(|k| std::mem::discriminant(k) == std::mem::discriminant(&e.kind())));
+        }
+        let mut names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len(), "two kinds share a name");
+    }
+}

@@ -1,0 +1,441 @@
+//! The manifest a protected model carries (docs/format.md §1–5): its constants,
+//! reading and validating it against the model, building a new one, and the
+//! summaries reported to callers.
+//!
+//! The manifest is stored as a top-level `metadata_props` entry under
+//! [`METADATA_KEY`], whose value is the base64 of an `Envelope` holding the encoded
+//! `Manifest` and its seals (MACs and checksums, see the `seal` module).
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine;
+use onnx_protect_crypto::{KdfParams, LeafHash, SessionKeys, KDF_SALT_LEN};
+use onnx_protect_format::model::MetadataEntry;
+use onnx_protect_format::write::metadata_field;
+use onnx_protect_format::{Locator, Model, Tensor, TensorData};
+use onnx_protect_proto::v1 as pb;
+use onnx_protect_proto::Message;
+use onnx_protect_select::{fp_mask, Mode, Policy, Selection};
+
+use crate::error::{CoreError, Result};
+
+/// The `metadata_props` key of a format-1 manifest.
+pub const METADATA_KEY: &str = "onnx-protect/v1";
+/// Every key this project writes starts with this prefix.
+pub const METADATA_PREFIX: &str = "onnx-protect/";
+/// The format version written into [`pb::Manifest::format_version`].
+pub const FORMAT_VERSION: u32 = 1;
+/// Ciphertext is hashed in chunks of this many bytes (per tensor) for the MAC.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+/// The leaf hash new manifests are written with (§7 of docs/format.md).
+pub const LEAF_HASH: LeafHash = LeafHash::Blake3;
+/// Domain-separation labels of the integrity computation.
+pub use onnx_protect_crypto::CHUNK_LABEL;
+pub const MAC_INPUT_LABEL: &[u8] = b"onnx-protect/v1/mac-input";
+pub const CHECKSUM_LABEL: &[u8] = b"onnx-protect/v1/checksum";
+
+/// A parsed, validated manifest and where it sits in the model.
+pub struct Protected {
+    pub entry: MetadataEntry,
+    pub envelope: pb::Envelope,
+    pub manifest: pb::Manifest,
+    /// For each manifest tensor (same order): the model tensor and its spans.
+    pub targets: Vec<Target>,
+    /// The hash of the ciphertext chunks (`Manifest.leaf_hash`).
+    pub leaf_hash: LeafHash,
+}
+
+/// A manifest tensor matched to the model.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub tensor: usize,
+    pub stream_id: u64,
+    pub mode: Mode,
+    pub spans: Vec<(u64, u64)>,
+    /// Access tier (1..=tiers), or 0 in an untiered manifest.
+    pub tier: u32,
+}
+
+/// One encrypted tensor, as reported to callers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorSummary {
+    pub name: String,
+    pub locator: String,
+    pub op_type: String,
+    pub role: String,
+    pub data_type: String,
+    pub storage: String,
+    pub mode: String,
+    pub nbytes: u64,
+    pub encrypted_bytes: u64,
+    pub subsequences: u64,
+    pub chosen: u64,
+    pub spans: Vec<(u64, u64)>,
+    /// Access tier (0: untiered).
+    pub tier: u32,
+}
+
+/// A description of what a protected model has encrypted (for `inspect`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProtectionInfo {
+    pub key: String,
+    pub format_version: u32,
+    pub tool: String,
+    pub passphrase: bool,
+    pub policy_summary: String,
+    pub encrypted_bytes: u64,
+    /// Number of access tiers (0: untiered).
+    pub tiers: u32,
+    /// Tiers already decrypted in this file.
+    pub restored_tiers: u32,
+    /// The hash of the ciphertext chunks under the MAC (`"sha256"` or `"blake3"`, docs/format.md §7).
+    pub leaf_hash: &'static str,
+    pub tensors: Vec<TensorSummary>,
+}
+
+pub(crate) fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// The whole `metadata_props` field (tag included) that stores `envelope`.
+pub(crate) fn entry_field(envelope: &pb::Envelope) -> Vec<u8> {
+    metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec()))
+}
+
+fn storage_code(t: &Tensor) -> pb::Storage {
+    match &t.data {
+        TensorData::Raw { .. } => pb::Storage::RawData,
+        TensorData::Fixed { field, .. } | TensorData::Varint { field, .. } => match field.name() {
+            "float_data" => pb::Storage::FloatData,
+            "double_data" => pb::Storage::DoubleData,
+            "int32_data" => pb::Storage::Int32Data,
+            "int64_data" => pb::Storage::Int64Data,
+            _ => pb::Storage::Uint64Data,
+        },
+        TensorData::External { .. } => pb::Storage::External,
+        _ => pb::Storage::Unspecified,
+    }
+}
+
+/// Whether a metadata key names an onnx-protect manifest: `onnx-protect/v` followed
+/// by decimal digits and nothing else (docs/format.md §1). Other keys in the
+/// `onnx-protect/` namespace (such as input-transform records) are not manifests.
+pub fn is_manifest_key(key: &str) -> bool {
+    key.strip_prefix("onnx-protect/v").is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub(crate) fn leaf_hash_to_pb(h: LeafHash) -> i32 {
+    match h {
+        LeafHash::Sha256 => pb::LeafHash::Sha256 as i32,
+        LeafHash::Blake3 => pb::LeafHash::Blake3 as i32,
+    }
+}
+
+fn mode_to_pb(m: Mode) -> i32 {
+    match m {
+        Mode::Ctr => pb::Mode::Ctr as i32,
+        Mode::Fp => pb::Mode::FormatPreserving as i32,
+        Mode::Dp => pb::Mode::DistributionPreserving as i32,
+    }
+}
+
+/// The manifest form of Argon2id parameters.
+pub(crate) fn kdf_to_pb(k: &KdfParams) -> pb::KdfParams {
+    pb::KdfParams {
+        algorithm: "argon2id".into(),
+        salt: k.salt.to_vec(),
+        m_cost_kib: k.m_cost_kib,
+        t_cost: k.t_cost,
+        p_cost: k.p_cost,
+    }
+}
+
+/// The Argon2id parameters a manifest records.
+pub(crate) fn kdf_from_pb(k: &pb::KdfParams) -> Result<KdfParams> {
+    if k.algorithm != "argon2id" {
+        return Err(CoreError::BadManifest(format!("unknown KDF '{}'", k.algorithm)));
+    }
+    let salt: [u8; KDF_SALT_LEN] =
+        k.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("KDF salt has the wrong length".into()))?;
+    Ok(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
+}
+
+/// The `tool` field of a manifest written by this version.
+pub(crate) fn tool_name() -> String {
+    format!("onnx-protect {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The file's salt, as the key schedule takes it.
+pub(crate) fn salt_of(p: &Protected) -> Result<[u8; 32]> {
+    p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))
+}
+
+/// Finds the onnx-protect metadata entry, refusing unknown versions and duplicates.
+pub fn find_manifest_entry(model: &Model) -> Result<Option<MetadataEntry>> {
+    let ours: Vec<&MetadataEntry> = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).collect();
+    match ours.as_slice() {
+        [] => Ok(None),
+        [one] if one.key == METADATA_KEY => Ok(Some((*one).clone())),
+        [one] => Err(CoreError::UnsupportedVersion { key: one.key.clone() }),
+        _ => Err(CoreError::BadManifest("more than one onnx-protect metadata entry".into())),
+    }
+}
+
+fn bad(s: String) -> CoreError {
+    CoreError::BadManifest(s)
+}
+
+/// Reads and validates the manifest of a protected model.
+pub fn read_protected(model: &Model) -> Result<Protected> {
+    let entry = find_manifest_entry(model)?.ok_or(CoreError::NotProtected)?;
+    let (envelope, manifest) = decode_entry(&entry)?;
+    check_seal_lengths(&manifest, &envelope)?;
+    let leaf_hash = match pb::LeafHash::try_from(manifest.leaf_hash) {
+        Ok(pb::LeafHash::Sha256) => LeafHash::Sha256,
+        Ok(pb::LeafHash::Blake3) => LeafHash::Blake3,
+        Err(_) => return Err(bad(format!("unknown leaf hash {}", manifest.leaf_hash))),
+    };
+    if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
+        return Err(bad(format!("chunk size {} is out of range", manifest.chunk_size)));
+    }
+    let targets = match_targets(model, &manifest)?;
+    Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
+}
+
+/// The envelope and manifest of a manifest entry, of this format version.
+fn decode_entry(entry: &MetadataEntry) -> Result<(pb::Envelope, pb::Manifest)> {
+    let raw = b64().decode(entry.value.as_bytes()).map_err(|e| bad(format!("metadata value is not base64: {e}")))?;
+    let envelope = pb::Envelope::decode(raw.as_slice()).map_err(|e| bad(format!("envelope: {e}")))?;
+    let manifest = pb::Manifest::decode(envelope.manifest.as_slice()).map_err(|e| bad(format!("manifest: {e}")))?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(CoreError::UnsupportedVersion {
+            key: format!("{METADATA_KEY} format_version {}", manifest.format_version),
+        });
+    }
+    Ok((envelope, manifest))
+}
+
+/// The salt, the key check values and the seals (one, or one per tier) have their lengths.
+fn check_seal_lengths(manifest: &pb::Manifest, envelope: &pb::Envelope) -> Result<()> {
+    if manifest.salt.len() != 32 || manifest.key_check.len() != 16 {
+        return Err(bad("salt or key check value has the wrong length".into()));
+    }
+    let tiers = manifest.tiers;
+    if tiers > 1 {
+        if tiers > onnx_protect_select::MAX_TIERS
+            || manifest.tier_key_checks.len() != tiers as usize
+            || manifest.tier_key_checks.iter().any(|k| k.len() != 16)
+            || envelope.tier_macs.len() != tiers as usize
+            || envelope.tier_macs.iter().any(|m| m.len() != 32)
+            || envelope.tier_checksums.len() != tiers as usize
+            || envelope.tier_checksums.iter().any(|m| m.len() != 32)
+            || envelope.restored_tiers >= tiers
+        {
+            return Err(bad("tier key checks, MACs or checksums are missing or have the wrong length".into()));
+        }
+    } else if envelope.mac.len() != 32 || envelope.checksum.len() != 32 || envelope.restored_tiers != 0 {
+        return Err(bad("MAC or checksum has the wrong length".into()));
+    }
+    Ok(())
+}
+
+/// Matches every manifest tensor to the model (§3, §5): each names a tensor of the
+/// model as it was encrypted, once per tier, with its own stream id, and spans that
+/// are in order, in bounds, aligned as the mode needs, and disjoint across tiers.
+fn match_targets(model: &Model, manifest: &pb::Manifest) -> Result<Vec<Target>> {
+    let by_locator: HashMap<&Locator, usize> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
+    let mut seen_streams = HashSet::new();
+    let mut seen_tensors = HashSet::new();
+    let mut spans_of: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
+    let mut targets = Vec::with_capacity(manifest.tensors.len());
+    for e in &manifest.tensors {
+        let tid = entry_tensor(model, &by_locator, e, manifest.tiers)?;
+        if !seen_streams.insert(e.stream_id) || !seen_tensors.insert((tid, e.tier)) {
+            return Err(bad(format!("tensor '{}' or its stream id appears twice", e.name)));
+        }
+        let (mode, spans) = entry_spans(&model.tensors[tid], e)?;
+        let all = spans_of.entry(tid).or_default();
+        all.extend(spans.iter().copied());
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[1].0 < w[0].1) {
+            return Err(bad(format!("tensor '{}': spans of different tiers overlap", e.name)));
+        }
+        targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans, tier: e.tier });
+    }
+    Ok(targets)
+}
+
+/// The model tensor of a manifest entry: at its locator, with the name, type, size and
+/// storage it had, in a tier the manifest has.
+fn entry_tensor(
+    model: &Model,
+    by_locator: &HashMap<&Locator, usize>,
+    e: &pb::TensorEntry,
+    tiers: u32,
+) -> Result<usize> {
+    let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
+    let &tid = by_locator
+        .get(&loc)
+        .ok_or_else(|| CoreError::Modified(format!("tensor '{}' at {} is not in the model", e.name, e.locator)))?;
+    let t = &model.tensors[tid];
+    if t.name != e.name
+        || t.data_type.to_i32() != e.data_type
+        || t.nbytes != e.nbytes
+        || storage_code(t) as i32 != e.storage
+    {
+        return Err(CoreError::Modified(format!(
+            "tensor at {} does not match the manifest (name, type, size or storage changed)",
+            e.locator
+        )));
+    }
+    let tier_ok = if tiers > 1 { (1..=tiers).contains(&e.tier) } else { e.tier == 0 };
+    if !tier_ok {
+        return Err(bad(format!("tensor '{}' has tier {} in a manifest with {tiers} tiers", e.name, e.tier)));
+    }
+    Ok(tid)
+}
+
+/// The mode and the spans of a manifest entry, checked against its tensor `t`.
+fn entry_spans(t: &Tensor, e: &pb::TensorEntry) -> Result<(Mode, Vec<(u64, u64)>)> {
+    let mode = match pb::Mode::try_from(e.mode) {
+        Ok(pb::Mode::Ctr) => Mode::Ctr,
+        Ok(pb::Mode::FormatPreserving) => Mode::Fp,
+        Ok(pb::Mode::DistributionPreserving) => Mode::Dp,
+        _ => return Err(bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode))),
+    };
+    if e.spans.len() % 2 != 0 || e.spans.is_empty() {
+        return Err(bad(format!("tensor '{}': spans must be non-empty [begin, end) pairs", e.name)));
+    }
+    let spans: Vec<(u64, u64)> = e.spans.chunks(2).map(|c| (c[0], c[1])).collect();
+    let mut prev_end = None;
+    let elem = (t.data_type.bits() / 8).max(1);
+    for &(a, b) in &spans {
+        // Spans may touch only in dp mode, where each span is one permutation unit.
+        let overlaps = prev_end.is_some_and(|p| if mode == Mode::Dp { a < p } else { a <= p });
+        if a >= b || b > t.nbytes || overlaps {
+            return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
+        }
+        if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
+            return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
+        }
+        prev_end = Some(b);
+    }
+    if let TensorData::Varint { canonical: false, .. } | TensorData::Strings { .. } | TensorData::Empty = t.data {
+        return Err(CoreError::Modified(format!("tensor '{}' changed its storage", e.name)));
+    }
+    if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
+        return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
+    }
+    if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+        return Err(bad(format!("tensor '{}': dp mode needs whole-byte elements", e.name)));
+    }
+    Ok((mode, spans))
+}
+
+/// The manifest of a new encryption of `model` (without its seals), and its targets:
+/// one entry per chosen tensor, stream ids in selection order; the key check value of
+/// the top tier's `sessions` (and, tiered, of every tier).
+pub(crate) fn build_manifest(
+    model: &Model,
+    selection: &Selection,
+    sessions: &[SessionKeys],
+    salt: &[u8; 32],
+    kdf: Option<&KdfParams>,
+    policy: &Policy,
+) -> (pb::Manifest, Vec<Target>) {
+    let tiered = sessions.len() > 1;
+    let mut entries = Vec::new();
+    let mut targets = Vec::new();
+    for (i, c) in selection.chosen.iter().enumerate() {
+        let t = &model.tensors[c.tensor];
+        let (loc, off) = match &t.data {
+            TensorData::External { file, range } => (model.external_files[*file].location.clone(), range.start),
+            _ => (String::new(), 0),
+        };
+        let tier = if tiered { c.tier } else { 0 };
+        entries.push(pb::TensorEntry {
+            stream_id: i as u64,
+            locator: t.locator.to_string(),
+            name: t.name.clone(),
+            data_type: t.data_type.to_i32(),
+            storage: storage_code(t) as i32,
+            nbytes: t.nbytes,
+            mode: mode_to_pb(c.mode),
+            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            op_type: c.op_type.clone(),
+            role: c.role.clone(),
+            subsequences: c.subsequences,
+            chosen: c.chosen.len() as u64,
+            external_location: loc,
+            external_offset: off,
+            tier,
+        });
+        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone(), tier });
+    }
+    let top_check = sessions.last().map(|s| s.key_check().to_vec()).unwrap_or_default();
+    let manifest = pb::Manifest {
+        format_version: FORMAT_VERSION,
+        salt: salt.to_vec(),
+        key_check: top_check,
+        kdf: kdf.map(kdf_to_pb),
+        tensors: entries,
+        tool: tool_name(),
+        policy_summary: policy.summary(),
+        chunk_size: CHUNK_SIZE,
+        leaf_hash: leaf_hash_to_pb(LEAF_HASH),
+        tiers: if tiered { sessions.len() as u32 } else { 0 },
+        tier_key_checks: if tiered { sessions.iter().map(|s| s.key_check().to_vec()).collect() } else { Vec::new() },
+    };
+    (manifest, targets)
+}
+
+/// The summary of every manifest tensor, with its target.
+pub(crate) fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<TensorSummary> {
+    manifest
+        .tensors
+        .iter()
+        .zip(targets)
+        .map(|(e, t)| {
+            let tensor = &model.tensors[t.tensor];
+            TensorSummary {
+                name: e.name.clone(),
+                locator: e.locator.clone(),
+                op_type: e.op_type.clone(),
+                role: e.role.clone(),
+                data_type: tensor.data_type.name().to_string(),
+                storage: tensor.data.storage_name().to_string(),
+                mode: t.mode.name().to_string(),
+                nbytes: e.nbytes,
+                encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
+                subsequences: e.subsequences,
+                chosen: e.chosen,
+                spans: t.spans.clone(),
+                tier: t.tier,
+            }
+        })
+        .collect()
+}
+
+/// Reads the protection manifest, if any, for display.
+pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
+    if find_manifest_entry(model)?.is_none() {
+        return Ok(None);
+    }
+    let p = read_protected(model)?;
+    let tensors = summaries(model, &p.manifest, &p.targets);
+    Ok(Some(ProtectionInfo {
+        key: p.entry.key.clone(),
+        format_version: p.manifest.format_version,
+        tool: p.manifest.tool.clone(),
+        passphrase: p.manifest.kdf.is_some(),
+        policy_summary: p.manifest.policy_summary.clone(),
+        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        tiers: p.manifest.tiers,
+        restored_tiers: p.envelope.restored_tiers,
+        leaf_hash: match p.leaf_hash {
+            LeafHash::Sha256 => "sha256",
+            LeafHash::Blake3 => "blake3",
+        },
+        tensors,
+    }))
+}

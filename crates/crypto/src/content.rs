@@ -1,0 +1,180 @@
+//! The integrity values of format version 2 (docs/format.md §9, §10): the content digest
+//! over every byte of the covered files, the per-tier MACs, the signed message and the
+//! keyless checksum.
+//!
+//! ```text
+//! leaf(i, j) = BLAKE3("onnx-protect/v2/chunk" || u32be(i) || u64be(j) || chunk j of file i)
+//! D          = BLAKE3("onnx-protect/v2/content" || u32be(files)
+//!                     || for each file: u64be(len) || its leaves)
+//! T          = u64be(len H) || H || u64be(len R) || R || D
+//! MAC_t      = HMAC-SHA256(K_mac,t, "onnx-protect/v2/mac" || u32be(t) || T)
+//! signed     = "onnx-protect/v2/signature" || T
+//! checksum   = SHA-256("onnx-protect/v2/checksum" || envelope bytes before the checksum field)
+//! ```
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::TierKeys;
+
+/// Label in front of every content leaf.
+pub const CONTENT_CHUNK_LABEL: &[u8] = b"onnx-protect/v2/chunk";
+/// Label in front of the content digest.
+pub const CONTENT_LABEL: &[u8] = b"onnx-protect/v2/content";
+/// Label in front of a MAC input.
+pub const V2_MAC_INPUT_LABEL: &[u8] = b"onnx-protect/v2/mac";
+/// Label in front of a signed message.
+pub const SIGNATURE_LABEL: &[u8] = b"onnx-protect/v2/signature";
+/// Label in front of the checksum input.
+pub const V2_CHECKSUM_LABEL: &[u8] = b"onnx-protect/v2/checksum";
+
+/// An incremental content leaf: feed the chunk's bytes in order.
+#[derive(Clone)]
+pub struct ContentLeaf(blake3::Hasher);
+
+impl ContentLeaf {
+    /// Starts leaf `index` of covered file `file`.
+    pub fn new(file: u32, index: u64) -> ContentLeaf {
+        let mut h = blake3::Hasher::new();
+        h.update(CONTENT_CHUNK_LABEL);
+        h.update(&file.to_be_bytes());
+        h.update(&index.to_be_bytes());
+        ContentLeaf(h)
+    }
+
+    /// Appends bytes of the chunk.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The 32-byte leaf.
+    pub fn finalize(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
+/// One covered file's length and leaves, in chunk order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLeaves {
+    /// The file's length in bytes.
+    pub len: u64,
+    /// Its leaves, chunk 0 first.
+    pub leaves: Vec<[u8; 32]>,
+}
+
+/// The number of chunks of `chunk` bytes in a file of `len` bytes (0 for an empty file).
+pub fn chunk_count(len: u64, chunk: u64) -> u64 {
+    len.div_ceil(chunk.max(1))
+}
+
+/// The content digest `D` from every covered file's leaves (file 0 first).
+pub fn content_digest(files: &[FileLeaves]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(CONTENT_LABEL);
+    h.update(&(files.len() as u32).to_be_bytes());
+    for f in files {
+        h.update(&f.len.to_be_bytes());
+        for l in &f.leaves {
+            h.update(l);
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The leaves of covered file `file` held in memory, computed on the rayon pool.
+pub fn leaves_of(file: u32, bytes: &[u8], chunk: u64) -> FileLeaves {
+    let chunk = chunk.max(1) as usize;
+    let leaves = bytes
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(j, c)| {
+            let mut l = ContentLeaf::new(file, j as u64);
+            l.update(c);
+            l.finalize()
+        })
+        .collect();
+    FileLeaves { len: bytes.len() as u64, leaves }
+}
+
+/// `T = u64be(len H) || H || u64be(len R) || R || D`, the authenticated message.
+fn transcript(header: &[u8], recipients: &[u8], digest: &[u8; 32]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(header.len() + recipients.len() + 48);
+    t.extend_from_slice(&(header.len() as u64).to_be_bytes());
+    t.extend_from_slice(header);
+    t.extend_from_slice(&(recipients.len() as u64).to_be_bytes());
+    t.extend_from_slice(recipients);
+    t.extend_from_slice(digest);
+    t
+}
+
+/// `MAC_t` for tier `tier` with that tier's keys.
+pub fn tier_mac(keys: &TierKeys, tier: u32, header: &[u8], recipients: &[u8], digest: &[u8; 32]) -> [u8; 32] {
+    let mut mac = keys.mac();
+    mac.update(V2_MAC_INPUT_LABEL);
+    mac.update(&tier.to_be_bytes());
+    mac.update(&transcript(header, recipients, digest));
+    mac.finalize()
+}
+
+/// Whether `stored` is `MAC_t` (constant-time comparison).
+pub fn tier_mac_matches(
+    keys: &TierKeys,
+    tier: u32,
+    header: &[u8],
+    recipients: &[u8],
+    digest: &[u8; 32],
+    stored: &[u8],
+) -> bool {
+    let mut mac = keys.mac();
+    mac.update(V2_MAC_INPUT_LABEL);
+    mac.update(&tier.to_be_bytes());
+    mac.update(&transcript(header, recipients, digest));
+    mac.verify(stored)
+}
+
+/// The message a publisher signs.
+pub fn signed_message(header: &[u8], recipients: &[u8], digest: &[u8; 32]) -> Vec<u8> {
+    let mut m = SIGNATURE_LABEL.to_vec();
+    m.extend_from_slice(&transcript(header, recipients, digest));
+    m
+}
+
+/// The keyless checksum over the envelope bytes before its checksum field.
+pub fn envelope_checksum(envelope_prefix: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(V2_CHECKSUM_LABEL);
+    h.update(envelope_prefix);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_leaves_equal_one_shot_leaves() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let f = leaves_of(3, &data, 65_536);
+        assert_eq!(f.leaves.len(), 4);
+        let mut l = ContentLeaf::new(3, 1);
+        l.update(&data[65_536..100_000]);
+        l.update(&data[100_000..131_072]);
+        assert_eq!(l.finalize(), f.leaves[1]);
+        assert_eq!(chunk_count(0, 65_536), 0);
+        assert_eq!(chunk_count(65_537, 65_536), 2);
+        assert_eq!(leaves_of(0, &[], 65_536).leaves.len(), 0);
+    }
+
+    #[test]
+    fn the_digest_binds_lengths_order_and_positions() {
+        let a = leaves_of(0, b"abc", 65_536);
+        let b = leaves_of(1, b"", 65_536);
+        let d = content_digest(&[a.clone(), b.clone()]);
+        assert_ne!(d, content_digest(std::slice::from_ref(&a)));
+        assert_ne!(d, content_digest(&[b.clone(), a.clone()]));
+        assert_ne!(leaves_of(0, b"abc", 65_536), leaves_of(1, b"abc", 65_536));
+        let mut longer = a.clone();
+        longer.len += 1;
+        assert_ne!(d, content_digest(&[longer, b]));
+    }
+}

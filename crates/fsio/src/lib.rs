@@ -1,0 +1,38 @@
+//! File maps and positional file I/O behind safe functions.
+//!
+//! This crate holds every `unsafe` block and every raw system call that the model
+//! reader (`onnx-protect-format`) and the one-pass writer and in-memory decryption
+//! (`onnx-protect-core`) need, so that both of those crates can
+//! `#![forbid(unsafe_code)]`. Each function states the contract under which it is
+//! sound and what it does on systems without the call (non-Linux systems get the
+//! portable fallback: no preallocation, no kernel copy, no early writeback).
+//!
+//! * [`map`](mod@map): a shared read-only map of a file ([`ReadMap`]) whose pages can be
+//!   released from the resident set, and a private copy-on-write map ([`PrivateMap`]).
+//! * [`file`](mod@file): positional reads and writes, preallocation (`fallocate`), copies inside
+//!   the kernel (`copy_file_range`), early writeback (`sync_file_range`), a checked
+//!   `close`, and the identity of an open file.
+//!
+//! ```
+//! use onnx_protect_fsio::{file, ReadMap};
+//! # fn main() -> std::io::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("data.bin");
+//! std::fs::write(&path, b"hello, map")?;
+//! let f = std::fs::File::open(&path)?;
+//! let map = ReadMap::new(&f)?;
+//! assert_eq!(&map[..5], b"hello");
+//! let mut buf = [0u8; 3];
+//! file::read_exact_at(&f, &mut buf, 7)?;
+//! assert_eq!(&buf, b"map");
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod file;
+pub mod map;
+
+pub use file::FileId;
+pub use map::{PrivateMap, ReadMap};

@@ -1,0 +1,38 @@
+//! Key material of the onnx-protect format 2 (docs/format.md §8, §10, docs/keys.md):
+//!
+//! * [`Recipient`]s a model's data key is wrapped for (a 32-byte key, a passphrase, an
+//!   age X25519 recipient, a key [`Provider`]) and the [`Identity`]s that open the
+//!   resulting [`Stanza`]s; a wrong key finds no stanza it opens, which callers report as
+//!   "wrong key";
+//! * publisher signatures: Ed25519 [`SigningKey`]s and [`SignerKey`]s with Bech32 text forms.
+//!
+//! ```
+//! use onnx_protect_crypto::{DataKey, MasterKey};
+//! use onnx_protect_keys::{Identity, Recipient};
+//!
+//! let data_key = DataKey::generate()?;
+//! let customer = MasterKey::generate()?;
+//! let stanza = Recipient::Key(customer.clone()).wrap(1, &data_key)?;
+//! let opened = Identity::Key(customer).unwrap(0, &stanza)?.expect("the right key opens it");
+//! assert_eq!(*opened.to_bytes(), *data_key.to_bytes());
+//! let stranger = Identity::Key(MasterKey::generate()?);
+//! assert!(stranger.unwrap(0, &stanza)?.is_none());
+//! # Ok::<(), onnx_protect_keys::KeysError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod sign;
+mod stanza;
+
+pub use error::KeysError;
+pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
+pub use stanza::{
+    check_kdf_limits, Identity, Provider, Recipient, Stanza, KIND_KEY, KIND_PASSPHRASE, KIND_X25519,
+    MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, PASSPHRASE_SALT_LEN,
+};
+
+/// Re-exported so callers can generate and name age identities without depending on `age`.
+pub use age::x25519::{Identity as X25519Identity, Recipient as X25519Recipient};

@@ -1,0 +1,1560 @@
+#!/usr/bin/env python3
+"""An independent reader and writer of the onnx-protect on-model format, version 2.
+
+Written from the format-2 text of docs/format.md and proto/onnx_protect_v2.proto
+only (no Rust sources, no `onnx` or protobuf packages), reusing the wire-format
+helpers of the version-1 decryptor (spec_decryptor.py). Section numbers (§n) are
+those of the format-2 text. Where the text is silent or ambiguous, the choice made
+here is marked "CHOICE:" in a comment.
+
+Library use::
+
+    import spec_v2 as v2
+    plain, side = v2.decrypt_all(protected, key=w, model_dir=d)        # + {location: bytes}
+    plain, side = v2.decrypt_all(protected, identities=["AGE-SECRET-KEY-1..."], model_dir=d)
+    partial, side = v2.decrypt_all(protected, key=tier1_key, up_to_tier=1, model_dir=d)
+    info = v2.verify(protected, model_dir=d, signers=[pub32])           # keyless
+    prot, side = v2.spec_encrypt_v2(original, [{"locator": "7.0/5.0", "mode": "ctr",
+                                               "spans": [(0, 64)], "tier": 1}],
+                                    [v2.KeyRecipient(w)], model_dir=d)
+
+Command line: `python3 spec_v2.py decrypt|verify|encrypt ...` (see --help).
+
+Refusals raise a subclass of spec_decryptor.SpecError: WrongKey, Modified,
+UnsupportedVersion, NotProtected, MalformedModel, and NotSigned (§10 "not signed by
+a trusted signer") and AlreadyDecrypted (§11 "already decrypted for this key's
+tier"), which the format names but the error list of the brief does not.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import struct
+import sys
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import spec_age  # noqa: E402
+import spec_decryptor as v1  # noqa: E402
+from spec_decryptor import (  # noqa: E402,F401  (re-exported error classes)
+    Modified, NotProtected, SpecError, UnsupportedVersion, WrongKey,
+    WT_I32, WT_I64, WT_LEN, WT_VARINT, encode_varint, hkdf_expand, hkdf_extract, keystream,
+    parse_fields, read_varint, xor_span,
+)
+
+# --------------------------------------------------------------------------
+# Errors.
+
+
+class MalformedModel(SpecError):
+    """The model itself is invalid (§4: a tensor whose data disagrees with its dims,
+    data stored in more than one way, unsafe external data)."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__("invalid model" + (f": {detail}" if detail else ""))
+
+
+class NotSigned(SpecError):
+    def __init__(self, detail: str = ""):
+        super().__init__("not signed by a trusted signer" + (f": {detail}" if detail else ""))
+
+
+class AlreadyDecrypted(SpecError):
+    def __init__(self, detail: str = ""):
+        super().__init__("already decrypted for this key's tier" + (f": {detail}" if detail else ""))
+
+
+class UsageError(SpecError):
+    """A caller's mistake (missing key material, a bad plan for the encryptor)."""
+
+
+# --------------------------------------------------------------------------
+# Labels (§7–§10).
+
+L_TIER_SALT = b"onnx-protect/v2/tier-salt"
+L_TIER_DOWN = b"onnx-protect/v2/tier-down"
+L_DATA_KEY = b"onnx-protect/v2/data-key"
+L_TENSOR = b"onnx-protect/v2/tensor"
+L_MAC = b"onnx-protect/v2/mac"
+L_KCV = b"onnx-protect/v2/key-check"
+L_WRAP_KEY = b"onnx-protect/v2/wrap/key"
+L_WRAP_PASSPHRASE = b"onnx-protect/v2/wrap/passphrase"
+L_FINGERPRINT = b"onnx-protect/v1/fingerprint"
+L_CHUNK = b"onnx-protect/v2/chunk"
+L_CONTENT = b"onnx-protect/v2/content"
+L_SIGNATURE = b"onnx-protect/v2/signature"
+L_CHECKSUM = b"onnx-protect/v2/checksum"
+
+ENTRY_KEY = "onnx-protect/v2"
+MANIFEST_KEY_RE = re.compile(r"onnx-protect/v[0-9]+")
+SIGNER_HRP = "onnx-protect-signer"  # CHOICE: the text form of a signer is not in the format text
+
+# Argon2id caps (§8) and what onnx-protect writes.
+ARGON2_CAPS = dict(m_min=8, m_max=131072, t_min=1, t_max=6, p_min=1, p_max=4)
+ARGON2_DEFAULT = dict(m_cost_kib=65536, t_cost=3, p_cost=1)
+
+
+def u32be(v: int) -> bytes:
+    return struct.pack(">I", v)
+
+
+def u64be(v: int) -> bytes:
+    return struct.pack(">Q", v)
+
+
+# --------------------------------------------------------------------------
+# §2: the messages, a schema-driven canonical codec.
+#
+# kinds: u32, u64, i32 (int32 and enums), string, bytes, msg:NAME; "r" prefix = repeated
+# (repeated u64 is packed).
+
+SCHEMAS = {
+    "Envelope": [(1, "header", "bytes"), (2, "recipients", "bytes"), (3, "content_digest", "bytes"),
+                 (4, "macs", "rbytes"), (5, "signatures", "rmsg:Signature"), (6, "restored_tiers", "u32"),
+                 (7, "stored_digest", "bytes"), (8, "checksum", "bytes")],
+    "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
+               (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
+               (7, "tool", "string"), (8, "policy_summary", "string")],
+    "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
+                    (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
+                    (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
+                    (12, "subsequences", "u64"), (13, "chosen", "u64")],
+    "Recipients": [(1, "stanzas", "rmsg:Stanza")],
+    "Stanza": [(1, "kind", "string"), (2, "tier", "u32"), (3, "label", "string"), (4, "salt", "bytes"),
+               (5, "kdf", "msg:KdfParams"), (6, "body", "bytes")],
+    "KdfParams": [(1, "algorithm", "string"), (2, "salt", "bytes"), (3, "m_cost_kib", "u32"),
+                  (4, "t_cost", "u32"), (5, "p_cost", "u32")],
+    "Signature": [(1, "public_key", "bytes"), (2, "signature", "bytes")],
+}
+
+
+def _default(kind: str):
+    if kind.startswith("r"):
+        return []
+    if kind.startswith("msg:"):
+        return None
+    return {"u32": 0, "u64": 0, "i32": 0, "string": "", "bytes": b""}[kind]
+
+
+def new_message(message: str, /, **values) -> dict:
+    msg = {fname: _default(kind) for _, fname, kind in SCHEMAS[message]}
+    for k, v in values.items():
+        if k not in msg:
+            raise KeyError(f"{message} has no field {k}")
+        msg[k] = v
+    return msg
+
+
+def _scalar(kind: str, f, buf):
+    if kind in ("u32", "u64", "i32"):
+        if f.wire != WT_VARINT:
+            raise Modified(f"field {f.number}: expected a varint")
+        if kind == "u32":
+            return f.value & 0xFFFFFFFF
+        if kind == "i32":
+            v = f.value & 0xFFFFFFFF
+            return v - (1 << 32) if v >> 31 else v
+        return f.value
+    if f.wire != WT_LEN:
+        raise Modified(f"field {f.number}: expected length-delimited")
+    data = bytes(buf[f.vstart:f.vend])
+    if kind == "string":
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Modified(f"field {f.number}: invalid UTF-8") from e
+    return data
+
+
+def decode(name: str, buf: bytes) -> dict:
+    """Decode (leniently, as protobuf would: last value wins, unknown fields skipped);
+    `decode_canonical` then insists on the canonical bytes."""
+    schema = {num: (fname, kind) for num, fname, kind in SCHEMAS[name]}
+    msg = new_message(name)
+    try:
+        fields = parse_fields(buf)
+    except v1.Malformed as e:
+        raise Modified(f"{name}: {e}") from e
+    for f in fields:
+        if f.number not in schema:
+            continue
+        fname, kind = schema[f.number]
+        if kind == "ru64":
+            msg[fname].extend(_packed(buf, [f], f"{name}.{fname}", Modified))
+        elif kind.startswith("rmsg:") or kind.startswith("msg:"):
+            if f.wire != WT_LEN:
+                raise Modified(f"{name}.{fname}: expected a message")
+            sub = decode(kind.split(":", 1)[1], bytes(buf[f.vstart:f.vend]))
+            if kind.startswith("r"):
+                msg[fname].append(sub)
+            else:
+                msg[fname] = sub  # CHOICE: a repeated singular message is not merged (canonical check refuses it)
+        elif kind.startswith("r"):
+            msg[fname].append(_scalar(kind[1:], f, buf))
+        else:
+            msg[fname] = _scalar(kind, f, buf)
+    return msg
+
+
+def _key(num: int, wire: int) -> bytes:
+    return encode_varint((num << 3) | wire)
+
+
+def _ld(num: int, data: bytes) -> bytes:
+    return _key(num, WT_LEN) + encode_varint(len(data)) + data
+
+
+def encode(name: str, msg: dict) -> bytes:
+    """The canonical encoding (§2): ascending field numbers, defaults omitted,
+    repeated scalars packed, minimal varints."""
+    out = bytearray()
+    for num, fname, kind in SCHEMAS[name]:
+        v = msg[fname]
+        if kind in ("u32", "u64", "i32"):
+            if v:
+                out += _key(num, WT_VARINT) + encode_varint(v)
+        elif kind == "string":
+            if v:
+                out += _ld(num, v.encode("utf-8"))
+        elif kind == "bytes":
+            if v:
+                out += _ld(num, bytes(v))
+        elif kind == "ru64":
+            if v:
+                out += _ld(num, b"".join(encode_varint(x) for x in v))
+        elif kind == "rbytes":
+            for x in v:
+                out += _ld(num, bytes(x))
+        elif kind == "rstring":
+            for x in v:
+                out += _ld(num, x.encode("utf-8"))
+        elif kind.startswith("rmsg:"):
+            for x in v:
+                out += _ld(num, encode(kind[5:], x))
+        elif kind.startswith("msg:"):
+            if v is not None:
+                out += _ld(num, encode(kind[4:], v))
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+    return bytes(out)
+
+
+def decode_canonical(name: str, buf: bytes) -> dict:
+    msg = decode(name, buf)
+    if encode(name, msg) != bytes(buf):
+        raise Modified(f"{name} is not canonically encoded")
+    return msg
+
+
+# --------------------------------------------------------------------------
+# §5: data types, storage kinds, element bytes.
+
+DTYPES = dict(v1.DTYPES)
+DTYPES.update({27: ("FLOAT6E2M3", 6), 28: ("FLOAT6E3M2", 6)})
+STRING = 8
+
+S_RAW, S_FLOAT, S_INT32, S_INT64, S_DOUBLE, S_UINT64, S_EXTERNAL = 1, 2, 3, 4, 5, 6, 7
+STORAGE_NAMES = {S_RAW: "RAW_DATA", S_FLOAT: "FLOAT_DATA", S_INT32: "INT32_DATA", S_INT64: "INT64_DATA",
+                 S_DOUBLE: "DOUBLE_DATA", S_UINT64: "UINT64_DATA", S_EXTERNAL: "EXTERNAL"}
+VARINT_STORAGES = (S_INT32, S_INT64, S_UINT64)
+TP_DIMS, TP_DATA_TYPE, TP_FLOAT, TP_INT32, TP_STRING, TP_INT64 = 1, 2, 4, 5, 6, 7
+TP_NAME, TP_RAW, TP_DOUBLE, TP_UINT64, TP_EXTERNAL_DATA, TP_DATA_LOCATION = 8, 9, 10, 11, 13, 14
+TYPED_FIELDS = {TP_FLOAT: S_FLOAT, TP_INT32: S_INT32, TP_INT64: S_INT64, TP_DOUBLE: S_DOUBLE, TP_UINT64: S_UINT64}
+FIELD_OF_STORAGE = {s: f for f, s in TYPED_FIELDS.items()}
+FIELD_OF_STORAGE[S_RAW] = TP_RAW
+
+MODE_CTR, MODE_FP, MODE_DP = 1, 2, 3
+MODE_NAMES = {"ctr": MODE_CTR, "fp": MODE_FP, "dp": MODE_DP}
+SIGN_EXTENDED = {3, 5, 6, 7}  # INT8, INT16, INT32, INT64
+FLOAT6 = {27, 28}
+
+
+def typed_storage_of(data_type: int) -> int:
+    """ONNX's typed field for a data type (§5), as a STORAGE_* value; STRING gives None."""
+    if data_type in (1, 14):
+        return S_FLOAT
+    if data_type in (11, 15):
+        return S_DOUBLE
+    if data_type == 7:
+        return S_INT64
+    if data_type in (12, 13):
+        return S_UINT64
+    if data_type == STRING:
+        return None
+    return S_INT32
+
+
+def varint_width(data_type: int) -> int | None:
+    """w of §5 (element bytes per stored value); None for FLOAT6 (one 6-bit element per value)."""
+    if data_type in FLOAT6:
+        return None
+    bits = DTYPES[data_type][1]
+    if bits <= 8:
+        return 1
+    if bits == 16:
+        return 2
+    if data_type in (6, 12):
+        return 4
+    if data_type in (7, 13):
+        return 8
+    return None  # e.g. FLOAT in int32_data: not a valid pairing (refused before this is asked)
+
+
+def element_size(data_type: int) -> int:
+    return (DTYPES[data_type][1] + 7) // 8
+
+
+def nbytes_of(dims: list[int], data_type: int) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return (n * DTYPES[data_type][1] + 7) // 8
+
+
+def numel_of(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+# --------------------------------------------------------------------------
+# §4: walking the model. Tensor places, by the kind of the enclosing message.
+
+CHILDREN = {
+    "model": {7: "graph", 25: "function", 20: "training"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attr"},
+    "attr": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "function": {7: "node"},
+    "training": {1: "graph", 2: "graph"},
+}
+# CHOICE: a singular message field that occurs twice would be merged by protobuf;
+# the format does not say how to locate into a merged message, so it is refused.
+SINGULAR = {("model", 7), ("attr", 5), ("attr", 6), ("attr", 22), ("sparse", 1), ("sparse", 2),
+            ("training", 1), ("training", 2)}
+
+
+@dataclass
+class Tensor:
+    locator: str
+    chain_start: int  # offset of the TensorProto's value in the model
+    chain_end: int
+    name: str
+    data_type: int
+    dims: list[int]
+    storage: int | None  # None: no elements (or STRING)
+    nbytes: int
+    segments: list[tuple[int, int]] = field(default_factory=list)  # raw/float/double: (file offset, length)
+    varint_values: list[int] | None = None
+    ext_location: str | None = None
+    ext_real: str | None = None
+    ext_offset: int = 0
+
+
+class Files:
+    """External data files, read once, keyed by real path; every byte is kept (§9 covers whole files)."""
+
+    def __init__(self, model_dir: str | None, model_name: str | None):
+        self.model_dir = model_dir
+        self.model_real = os.path.realpath(os.path.join(model_dir, model_name)) if model_dir and model_name else None
+        self.data: dict[str, bytearray] = {}
+        self.location_of_real: dict[str, str] = {}
+
+    def resolve(self, location: str) -> str:
+        """Real path of a location (§5 safety rules), MalformedModel when unsafe."""
+        if self.model_dir is None:
+            raise UsageError(f"external data {location!r}: model_dir is needed")
+        if not location:
+            raise MalformedModel("external data location is empty")
+        if location.startswith(("/", "\\")) or os.path.isabs(location) or re.match(r"^[A-Za-z]:", location):
+            raise MalformedModel(f"external data location {location!r} is absolute")
+        # CHOICE: backslash counts as a separator too; "." components are allowed.
+        parts = re.split(r"[/\\]", location)
+        if ".." in parts:
+            raise MalformedModel(f"external data location {location!r} has a '..' component")
+        if "" in parts:
+            raise MalformedModel(f"external data location {location!r} has an empty component")
+        base = os.path.realpath(self.model_dir)
+        real = os.path.realpath(os.path.join(base, *parts))
+        if os.path.commonpath([base, real]) != base or real == base:
+            raise MalformedModel(f"external data location {location!r} leaves the model directory")
+        if self.model_real is not None and real == self.model_real:
+            raise MalformedModel(f"external data location {location!r} names the model file itself")
+        return real
+
+    def load(self, location: str, missing=MalformedModel) -> str:
+        real = self.resolve(location)
+        if real not in self.data:
+            if not os.path.isfile(real):
+                raise missing(f"external data file {location!r} missing")
+            with open(real, "rb") as fh:
+                self.data[real] = bytearray(fh.read())
+            self.location_of_real[real] = location
+        return real
+
+    def copy(self) -> "Files":
+        other = Files(self.model_dir, None)
+        other.model_real = self.model_real
+        other.data = {k: bytearray(v) for k, v in self.data.items()}
+        other.location_of_real = dict(self.location_of_real)
+        return other
+
+
+def _fields(buf, start, end, what):
+    try:
+        return parse_fields(buf, start, end)
+    except v1.Malformed as e:
+        raise MalformedModel(f"{what}: {e}") from e
+
+
+def _get_str(buf, f, what) -> str:
+    if f.wire != WT_LEN:
+        raise MalformedModel(f"{what}: expected a string")
+    try:
+        return bytes(buf[f.vstart:f.vend]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedModel(f"{what}: invalid UTF-8") from e
+
+
+def _uint(f, what) -> int:
+    if f.wire != WT_VARINT:
+        raise MalformedModel(f"{what}: expected a varint")
+    return f.value
+
+
+def _packed(buf, flist, what, error=MalformedModel) -> list[int]:
+    """Values of a repeated varint field (packed or not); `error` on bad bytes."""
+    out = []
+    for f in flist:
+        if f.wire == WT_VARINT:
+            out.append(f.value)
+        elif f.wire == WT_LEN:
+            p = f.vstart
+            while p < f.vend:
+                try:
+                    v, p = read_varint(buf, p, f.vend)
+                except v1.Malformed as e:
+                    raise error(f"{what}: {e}") from e
+                out.append(v)
+        else:
+            raise error(f"{what}: bad wire type")
+    return out
+
+
+def _i64(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tensor:
+    """Parse and validate (§4, §5) the TensorProto whose value is model[start:end]."""
+    by = {}
+    for f in _fields(model, start, end, locator):
+        by.setdefault(f.number, []).append(f)
+    name = _get_str(model, by[TP_NAME][-1], f"{locator} name") if TP_NAME in by else ""
+    data_type = _i64(_uint(by[TP_DATA_TYPE][-1], f"{locator} data_type")) if TP_DATA_TYPE in by else 0
+    if data_type not in DTYPES:
+        # CHOICE: the format gives no bits for codes 0 and > 28, so their length cannot be checked.
+        raise MalformedModel(f"{locator} ({name!r}): data_type {data_type} is not in the table of §5")
+    dims = [_i64(v) for v in _packed(model, by.get(TP_DIMS, []), f"{locator} dims")]
+    if any(d < 0 for d in dims):
+        raise MalformedModel(f"{locator} ({name!r}): negative dimension")
+    external = TP_DATA_LOCATION in by and _uint(by[TP_DATA_LOCATION][-1], f"{locator} data_location") == 1
+    present = [fno for fno in (TP_RAW, TP_FLOAT, TP_INT32, TP_STRING, TP_INT64, TP_DOUBLE, TP_UINT64) if fno in by]
+    ways = len(present) + (1 if external else 0)
+    if ways > 1:
+        raise MalformedModel(f"{locator} ({name!r}): data stored in more than one way")
+    nbytes = nbytes_of(dims, data_type) if data_type != STRING else 0
+    t = Tensor(locator, start, end, name, data_type, dims, None, nbytes)
+    if data_type == STRING:
+        # CHOICE: STRING tensors (string_data) are never encrypted and their count is not checked.
+        if present and present[0] != TP_STRING or external:
+            raise MalformedModel(f"{locator} ({name!r}): STRING tensor stores non-string data")
+        return t
+    if present == [TP_STRING]:
+        raise MalformedModel(f"{locator} ({name!r}): string_data in a non-STRING tensor")
+    if external:
+        t.storage = S_EXTERNAL
+        kv = {}
+        for f in by.get(TP_EXTERNAL_DATA, []):
+            if f.wire != WT_LEN:
+                raise MalformedModel(f"{locator}: external_data is not a message")
+            k = v = ""
+            for g in _fields(model, f.vstart, f.vend, f"{locator} external_data"):
+                if g.number == 1:
+                    k = _get_str(model, g, f"{locator} external_data key")
+                elif g.number == 2:
+                    v = _get_str(model, g, f"{locator} external_data value")
+            kv[k] = v  # CHOICE: a repeated key: the last one counts
+        if "location" not in kv:
+            raise MalformedModel(f"{locator} ({name!r}): external data without a location")
+        real = files.load(kv["location"])
+        size = len(files.data[real])
+        for k in ("offset", "length"):
+            if k in kv and not re.fullmatch(r"[0-9]+", kv[k]):
+                raise MalformedModel(f"{locator} ({name!r}): external {k} {kv[k]!r} is not decimal digits")
+        offset = int(kv.get("offset", "0"))
+        length = int(kv["length"]) if "length" in kv else size - offset
+        if offset > size or offset + length > size:
+            raise MalformedModel(f"{locator} ({name!r}): external range past the end of {kv['location']!r}")
+        if length != nbytes:
+            raise MalformedModel(f"{locator} ({name!r}): external length {length} but dims give {nbytes} bytes")
+        t.ext_location, t.ext_real, t.ext_offset = kv["location"], real, offset
+        return t
+    if not present:
+        if numel_of(dims) != 0:
+            # CHOICE: "holds no elements" read as: numel must be 0.
+            raise MalformedModel(f"{locator} ({name!r}): {numel_of(dims)} elements but no data")
+        return t
+    fno = present[0]
+    if fno == TP_RAW:
+        f = by[TP_RAW][-1]  # the last occurrence counts
+        if f.wire != WT_LEN:
+            raise MalformedModel(f"{locator}: raw_data is not length-delimited")
+        t.storage = S_RAW
+        t.segments = [(f.vstart, f.vend - f.vstart)]
+        stored = f.vend - f.vstart
+    else:
+        t.storage = TYPED_FIELDS[fno]
+        if typed_storage_of(data_type) != t.storage:
+            raise MalformedModel(f"{locator} ({name!r}): {STORAGE_NAMES[t.storage]} does not belong to "
+                                 f"data_type {DTYPES[data_type][0]}")
+        if t.storage in (S_FLOAT, S_DOUBLE):
+            width = 4 if t.storage == S_FLOAT else 8
+            unpacked = WT_I32 if width == 4 else WT_I64
+            for f in by[fno]:
+                if f.wire == WT_LEN:
+                    if (f.vend - f.vstart) % width:
+                        raise MalformedModel(f"{locator}: packed payload not a multiple of {width}")
+                    t.segments.append((f.vstart, f.vend - f.vstart))
+                elif f.wire == unpacked:
+                    t.segments.append((f.vstart, width))
+                else:
+                    raise MalformedModel(f"{locator}: typed field with a wrong wire type")
+            stored = sum(n for _, n in t.segments)
+        else:
+            t.varint_values = _packed(model, by[fno], locator)
+            w = varint_width(data_type)
+            if w is None:  # FLOAT6: one element per value
+                stored = None
+                if len(t.varint_values) != numel_of(dims):
+                    raise MalformedModel(f"{locator} ({name!r}): {len(t.varint_values)} values for "
+                                         f"{numel_of(dims)} elements")
+                return t
+            stored = len(t.varint_values) * w
+    if stored != nbytes:
+        raise MalformedModel(f"{locator} ({name!r}): stored data is {stored} bytes, dims and data_type "
+                             f"give {nbytes}")
+    return t
+
+
+def walk(model, files: Files) -> list[Tensor]:
+    """Every tensor of the model (§4 places), validated, in file order."""
+    out = []
+    stack = [("model", 0, len(model), "")]
+    while stack:
+        kind, start, end, prefix = stack.pop()
+        if kind == "tensor":
+            out.append(read_tensor(model, start, end, prefix, files))
+            continue
+        children = CHILDREN[kind]
+        counts: dict[int, int] = {}
+        todo = []
+        for f in _fields(model, start, end, prefix or "model"):
+            n = counts.get(f.number, 0)
+            counts[f.number] = n + 1
+            if f.number not in children:
+                continue
+            if f.wire != WT_LEN:
+                raise MalformedModel(f"{prefix or 'model'}: field {f.number} is not a message")
+            if (kind, f.number) in SINGULAR and n:
+                raise MalformedModel(f"{prefix or 'model'}: field {f.number} occurs more than once")
+            loc = f"{prefix}/{f.number}.{n}" if prefix else f"{f.number}.{n}"
+            todo.append((children[f.number], f.vstart, f.vend, loc))
+        stack.extend(reversed(todo))
+    return out
+
+
+def element_bytes(model, t: Tensor, files: Files) -> bytearray:
+    if t.storage == S_EXTERNAL:
+        return bytearray(files.data[t.ext_real][t.ext_offset:t.ext_offset + t.nbytes])
+    if t.storage in VARINT_STORAGES:
+        w = varint_width(t.data_type)
+        mask = (1 << (8 * w)) - 1
+        return bytearray(b"".join((v & mask).to_bytes(w, "little") for v in t.varint_values))
+    return bytearray(b"".join(bytes(model[o:o + n]) for o, n in t.segments))
+
+
+def put_element_bytes(model: bytearray, t: Tensor, files: Files, data: bytes):
+    """Write element bytes back in place (not for varint storage)."""
+    if t.storage == S_EXTERNAL:
+        files.data[t.ext_real][t.ext_offset:t.ext_offset + t.nbytes] = data
+        return
+    assert t.storage not in VARINT_STORAGES
+    pos = 0
+    for o, n in t.segments:
+        model[o:o + n] = data[pos:pos + n]
+        pos += n
+
+
+def rewrite_varint(model: bytes, locator: str, storage: int, data_type: int, data: bytes) -> bytes:
+    """§5 encoding: one packed field at the place of the first occurrence, enclosing
+    length prefixes re-encoded as minimal varints."""
+    w = varint_width(data_type)
+    payload = bytearray()
+    for i in range(0, len(data), w):
+        v = int.from_bytes(data[i:i + w], "little")
+        if data_type in SIGN_EXTENDED and v >> (8 * w - 1):
+            v -= 1 << (8 * w)
+        payload += encode_varint(v)
+    chain = v1.locate(model, v1.parse_locator(locator))
+    t = chain[-1]
+    fno = FIELD_OF_STORAGE[storage]
+    parts, placed, pos = [], False, t.vstart
+    for f in parse_fields(model, t.vstart, t.vend):
+        if f.number == fno:
+            parts.append(model[pos:f.start])
+            if not placed:
+                parts.append(_ld(fno, bytes(payload)))
+                placed = True
+            pos = f.end
+    parts.append(model[pos:t.vend])
+    body = b"".join(parts)
+    for i in reversed(range(len(chain))):
+        f = chain[i]
+        _, after_key = read_varint(model, f.start, f.vstart)
+        new_field = model[f.start:after_key] + encode_varint(len(body)) + body
+        if i == 0:
+            return model[:f.start] + new_field + model[f.end:]
+        parent = chain[i - 1]
+        body = model[parent.vstart:f.start] + new_field + model[f.end:parent.vend]
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------
+# §6: spans and modes.
+
+FP_MASKS = {code: v1.FP_MASKS[name] for code, (name, _) in DTYPES.items() if name in v1.FP_MASKS}
+
+
+def check_entry_spans(e: dict):
+    loc, mode, spans = e["locator"], e["mode"], e["spans"]
+    if len(spans) % 2:
+        raise Modified(f"{loc}: odd number of span values")
+    pairs = list(zip(spans[0::2], spans[1::2]))
+    dt = e["data_type"]
+    if mode == MODE_FP and dt not in FP_MASKS:
+        raise Modified(f"{loc}: {DTYPES[dt][0]} has no format-preserving mask")
+    if mode == MODE_DP and DTYPES[dt][1] < 8:
+        raise Modified(f"{loc}: distribution-preserving mode needs whole-byte elements")
+    esize = element_size(dt)
+    prev_end = None
+    for b, en in pairs:
+        if not b < en:
+            raise Modified(f"{loc}: empty or reversed span [{b}, {en})")
+        if en > e["nbytes"]:
+            raise Modified(f"{loc}: span [{b}, {en}) past nbytes {e['nbytes']}")
+        if prev_end is not None and (b < prev_end or (b == prev_end and mode != MODE_DP)):
+            raise Modified(f"{loc}: spans not sorted and disjoint (adjacent only in mode 3)")
+        if mode in (MODE_FP, MODE_DP) and (b % esize or en % esize):
+            raise Modified(f"{loc}: span [{b}, {en}) not aligned to {esize}-byte elements")
+        if mode == MODE_DP and (en - b) // esize < 16:
+            raise Modified(f"{loc}: span [{b}, {en}) has fewer than 16 elements")
+        prev_end = en
+    return pairs
+
+
+def dp_swaps(k_s: bytes, a: int, n: int) -> list[tuple[int, int]]:
+    """§6: the (i, j) swaps of the span starting at element-byte offset a with n elements."""
+    base = a << 24
+    words: list[int] = []
+    used = 0
+    swaps = []
+    for i in range(n - 1, 0, -1):
+        m = i + 1
+        limit = (1 << 32) - ((1 << 32) % m)
+        while True:
+            if used == len(words):
+                more = max(64, n + 16)
+                start = base + 4 * len(words)
+                words.extend(struct.unpack(f"<{more}I", keystream(k_s, start, start + 4 * more)))
+            r = words[used]
+            used += 1
+            if r < limit:
+                break
+        swaps.append((i, r % m))
+    return swaps
+
+
+def transform(elem: bytearray, entry: dict, pairs, k_s: bytes, encrypt: bool):
+    """Apply (encrypt=True) or undo the entry's mode on its spans, in place."""
+    mode = entry["mode"]
+    if mode in (MODE_CTR, MODE_FP):
+        mask = FP_MASKS[entry["data_type"]] if mode == MODE_FP else None
+        for b, en in pairs:
+            elem[b:en] = xor_span(bytes(elem[b:en]), keystream(k_s, b, en), b, mask)
+        return
+    e = element_size(entry["data_type"])
+    for a, en in pairs:
+        n = (en - a) // e
+        items = [bytes(elem[a + i * e:a + (i + 1) * e]) for i in range(n)]
+        swaps = dp_swaps(k_s, a, n)
+        for i, j in (swaps if encrypt else reversed(swaps)):
+            items[i], items[j] = items[j], items[i]
+        elem[a:en] = b"".join(items)
+
+
+# --------------------------------------------------------------------------
+# §7: keys.
+
+
+def hkdf(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def tier_down(dk: bytes) -> bytes:
+    return hkdf(L_TIER_SALT, dk, L_TIER_DOWN)
+
+
+class TierKeys:
+    def __init__(self, dk: bytes):
+        self.dk = dk
+        self.prk = hkdf_extract(L_DATA_KEY, dk)
+
+    def tensor_key(self, stream_id: int) -> bytes:
+        return hkdf_expand(self.prk, L_TENSOR + u64be(stream_id), 32)
+
+    def mac_key(self) -> bytes:
+        return hkdf_expand(self.prk, L_MAC, 32)
+
+    def kcv(self) -> bytes:
+        return hkdf_expand(self.prk, L_KCV, 16)
+
+
+def data_keys_down(dk_k: bytes, k: int) -> dict[int, TierKeys]:
+    """{t: keys of tier t} for t = k down to 1."""
+    out, dk = {}, dk_k
+    for t in range(k, 0, -1):
+        out[t] = TierKeys(dk)
+        dk = tier_down(dk)
+    return out
+
+
+def fingerprint(w: bytes) -> str:
+    return hashlib.sha256(L_FINGERPRINT + w).digest()[:8].hex()
+
+
+def argon2id(passphrase: bytes, salt: bytes, m: int, t: int, p: int) -> bytes:
+    return v1.argon2id(passphrase, salt, m, t, p)
+
+
+def argon2_within_caps(m: int, t: int, p: int) -> bool:
+    c = ARGON2_CAPS
+    return c["m_min"] <= m <= c["m_max"] and c["t_min"] <= t <= c["t_max"] and c["p_min"] <= p <= c["p_max"] \
+        and m >= 8 * p
+
+
+def wrap(kek: bytes, dk: bytes) -> bytes:
+    return ChaCha20Poly1305(kek).encrypt(bytes(12), dk, b"")
+
+
+def unwrap(kek: bytes, body: bytes) -> bytes | None:
+    try:
+        return ChaCha20Poly1305(kek).decrypt(bytes(12), body, b"")
+    except InvalidTag:
+        return None
+
+
+# --------------------------------------------------------------------------
+# §9 content digest, §10 integrity.
+
+
+def _blake3(data=b""):
+    import blake3
+
+    return blake3.blake3(data)
+
+
+def content_digest(content: bytes, ext: list[bytes], chunk_size: int) -> bytes:
+    h = _blake3(L_CONTENT + u32be(len(ext) + 1))
+    for i, data in enumerate([content, *ext]):
+        mv = memoryview(data)
+        h.update(u64be(len(mv)))
+        for j, off in enumerate(range(0, len(mv), chunk_size)):
+            h.update(_blake3(L_CHUNK + u32be(i) + u64be(j) + bytes(mv[off:off + chunk_size])).digest())
+    return h.digest()
+
+
+def mac_input(h: bytes, r: bytes, d: bytes) -> bytes:
+    return u64be(len(h)) + h + u64be(len(r)) + r + d
+
+
+def tier_mac(keys: TierKeys, t: int, T: bytes) -> bytes:
+    return hmac.new(keys.mac_key(), L_MAC + u32be(t) + T, hashlib.sha256).digest()
+
+
+def checksum_of(env_without_checksum: bytes) -> bytes:
+    return hashlib.sha256(L_CHECKSUM + env_without_checksum).digest()
+
+
+# Ed25519 strictness (§10: verify_strict semantics). OpenSSL already refuses S >= L;
+# small-order keys and R values are found by decompressing the point (RFC 8032 §5.1.3)
+# and multiplying it by the cofactor 8. This only classifies points: the signature
+# itself is verified by `cryptography`.
+_P = 2 ** 255 - 19
+_L = 2 ** 252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decompress(s: bytes):
+    y = int.from_bytes(s, "little") & ((1 << 255) - 1)
+    sign = s[31] >> 7
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P == (-u) % _P:
+        x = x * _SQRT_M1 % _P
+    elif v * x * x % _P != u:
+        return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _edwards_add(p1, p2):
+    (x1, y1), (x2, y2) = p1, p2
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + x2 * y1) * pow(1 + t, _P - 2, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
+    return x3, y3
+
+
+def is_small_order(s: bytes) -> bool:
+    pt = _decompress(s)
+    if pt is None:
+        return True  # not a point at all: refused likewise
+    for _ in range(3):
+        pt = _edwards_add(pt, pt)
+    return pt == (0, 1)
+
+
+def verify_strict(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    if is_small_order(public_key) or is_small_order(signature[:32]):
+        return False
+    if int.from_bytes(signature[32:], "little") >= _L:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def signer_string(public_key: bytes) -> str:
+    return spec_age.bech32_encode(SIGNER_HRP, public_key)
+
+
+def parse_signer(s: str) -> bytes:
+    hrp, data = spec_age.bech32_decode(s.strip())
+    if hrp != SIGNER_HRP or len(data) != 32:
+        raise UsageError(f"not an {SIGNER_HRP}1... public key")
+    return data
+
+
+# --------------------------------------------------------------------------
+# §1: the entry.
+
+
+def _entry_bytes(key: bytes, value: bytes) -> bytes:
+    body = _ld(1, key) + _ld(2, value)
+    return _ld(14, body)
+
+
+def manifest_entries(model) -> list[tuple[str, object, bytes]]:
+    """Top-level metadata_props entries whose key is a manifest key: (key, field, value)."""
+    try:
+        top = parse_fields(model)
+    except v1.Malformed as e:
+        raise MalformedModel(f"not a protobuf message: {e}") from e
+    found = []
+    for f in top:
+        if f.number != 14 or f.wire != WT_LEN:
+            continue
+        try:
+            sub = parse_fields(model, f.vstart, f.vend)
+        except v1.Malformed:
+            continue  # CHOICE: an undecodable metadata entry is content, not a manifest
+        key = value = b""
+        for g in sub:
+            if g.number == 1 and g.wire == WT_LEN:
+                key = bytes(model[g.vstart:g.vend])
+            elif g.number == 2 and g.wire == WT_LEN:
+                value = bytes(model[g.vstart:g.vend])
+        try:
+            k = key.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if MANIFEST_KEY_RE.fullmatch(k):
+            found.append((k, f, value))
+    return found
+
+
+def manifest_version(model) -> int | None:
+    """1 or 2 for a single v1/v2 manifest; None when unprotected. Raises for the other §1 refusals."""
+    found = manifest_entries(model)
+    if not found:
+        return None
+    if len(found) > 1:
+        raise Modified("more than one manifest entry (onnx-protect/vN)")
+    key = found[0][0]
+    if key == "onnx-protect/v1":
+        return 1
+    if key == ENTRY_KEY:
+        return 2
+    raise UnsupportedVersion(f"metadata key {key!r}")
+
+
+# --------------------------------------------------------------------------
+# Reading (§12).
+
+
+@dataclass
+class Opened:
+    model: bytes  # the whole protected file
+    content: bytes  # [0, entry_start)
+    env: dict
+    header: dict
+    recipients: dict
+    H: bytes
+    R: bytes
+    files: Files
+    tensors: list[Tensor] = field(default_factory=list)
+    entries: list[tuple[dict, Tensor, list]] = field(default_factory=list)  # (entry, tensor, span pairs)
+
+    @property
+    def tiers(self) -> int:
+        return self.header["tiers"]
+
+    @property
+    def restored(self) -> int:
+        return self.env["restored_tiers"]
+
+    def ext_list(self, files: Files | None = None) -> list[bytes]:
+        files = files or self.files
+        return [bytes(files.data[files.resolve(loc)]) for loc in self.header["external_files"]]
+
+    def T(self) -> bytes:
+        return mac_input(self.H, self.R, self.env["content_digest"])
+
+
+def check_header(h: dict):
+    """§3, the rules that need no model."""
+    if h["format_version"] != 2:
+        raise Modified(f"header format_version {h['format_version']}")
+    n = h["tiers"]
+    if not 1 <= n <= 16:
+        raise Modified(f"tiers {n} outside 1..=16")
+    if len(h["key_checks"]) != n or any(len(k) != 16 for k in h["key_checks"]):
+        raise Modified("key_checks: not `tiers` values of 16 bytes")
+    c = h["chunk_size"]
+    if not (1 << 16 <= c <= 1 << 30) or c & (c - 1):
+        raise Modified(f"chunk_size {c} is not a power of two in [2^16, 2^30]")
+    streams, pairs = set(), set()
+    by_locator: dict[str, list[dict]] = {}
+    for e in h["tensors"]:
+        loc = e["locator"]
+        if not 1 <= e["tier"] <= n:
+            raise Modified(f"{loc}: tier {e['tier']} outside 1..={n}")
+        if e["mode"] not in (MODE_CTR, MODE_FP, MODE_DP):
+            raise Modified(f"{loc}: mode {e['mode']}")
+        if not 1 <= e["storage"] <= 7:
+            raise Modified(f"{loc}: storage {e['storage']}")
+        if e["data_type"] not in DTYPES or e["data_type"] == STRING:
+            raise Modified(f"{loc}: data_type {e['data_type']} is never encrypted")
+        if e["stream_id"] in streams:
+            raise Modified(f"stream_id {e['stream_id']} used twice")
+        streams.add(e["stream_id"])
+        if (loc, e["tier"]) in pairs:
+            raise Modified(f"{loc}: two entries for tier {e['tier']}")
+        pairs.add((loc, e["tier"]))
+        by_locator.setdefault(loc, []).append(e)
+        check_entry_spans(e)
+    for loc, es in by_locator.items():
+        first = es[0]
+        for e in es[1:]:
+            for k in ("mode", "data_type", "storage", "nbytes"):
+                if e[k] != first[k]:
+                    raise Modified(f"{loc}: entries of one tensor disagree on {k}")
+        if first["storage"] in VARINT_STORAGES:
+            if len(es) != 1 or first["tier"] != n:
+                raise Modified(f"{loc}: a varint-stored tensor has one entry, of the top tier")
+            if first["data_type"] in FLOAT6:
+                raise Modified(f"{loc}: FLOAT6 in int32_data is never encrypted")
+        if len(es) > 1:
+            spans = sorted(p for e in es for p in zip(e["spans"][0::2], e["spans"][1::2]))
+            for (b0, e0), (b1, _) in zip(spans, spans[1:]):
+                if b1 < e0:
+                    raise Modified(f"{loc}: spans of different tiers overlap")
+
+
+def check_envelope(env: dict, h: dict, rec: dict):
+    """§12 step 1: sizes and counts."""
+    n = h["tiers"]
+    if len(env["content_digest"]) != 32 or len(env["checksum"]) != 32:
+        raise Modified("content_digest and checksum must be 32 bytes")
+    if len(env["macs"]) != n or any(len(m) != 32 for m in env["macs"]):
+        raise Modified("macs: not `tiers` values of 32 bytes")
+    keys = set()
+    for s in env["signatures"]:
+        if len(s["public_key"]) != 32 or len(s["signature"]) != 64:
+            raise Modified("signature: key must be 32 bytes and signature 64")
+        if s["public_key"] in keys:
+            raise Modified("two signatures by one public key")
+        keys.add(s["public_key"])
+    r = env["restored_tiers"]
+    if not r < n:
+        raise Modified(f"restored_tiers {r} not below tiers {n}")
+    if len(env["stored_digest"]) != (32 if r > 0 else 0):
+        raise Modified("stored_digest must be 32 bytes iff restored_tiers > 0")
+    for st in rec["stanzas"]:
+        if not 1 <= st["tier"] <= n:
+            raise Modified(f"stanza tier {st['tier']} outside 1..={n}")
+        check_stanza_shape(st)
+
+
+def check_stanza_shape(st: dict):
+    """CHOICE: stanzas of the kinds this reader knows are checked for shape (and the
+    Argon2id caps) up front, whatever key material was given; a bad one is "modified"."""
+    kind = st["kind"]
+    if kind == "key":
+        if len(st["salt"]) != 16 or st["kdf"] is not None or len(st["body"]) != 48:
+            raise Modified("key stanza: salt 16 bytes, no kdf, body 48 bytes")
+    elif kind == "passphrase":
+        k = st["kdf"]
+        if k is None or len(st["salt"]) != 16 or len(st["body"]) != 48 or st["label"]:
+            raise Modified("passphrase stanza: kdf, 16-byte salt, 48-byte body, empty label")
+        if k["algorithm"] != "argon2id" or len(k["salt"]) != 16:
+            raise Modified(f"passphrase stanza: algorithm {k['algorithm']!r} / kdf salt")
+        if not argon2_within_caps(k["m_cost_kib"], k["t_cost"], k["p_cost"]):
+            raise Modified(f"passphrase stanza: Argon2id parameters m={k['m_cost_kib']} t={k['t_cost']} "
+                           f"p={k['p_cost']} outside the caps")
+    elif kind == "x25519":
+        if st["salt"] or st["kdf"] is not None:
+            raise Modified("x25519 stanza: salt and kdf must be absent")
+
+
+def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None) -> Opened:
+    """§12 steps 1–2, plus the keyless digest of the stored content."""
+    model = bytes(model_bytes)
+    found = manifest_entries(model)
+    if not found:
+        raise NotProtected(detail=f"no {ENTRY_KEY!r} metadata_props entry")
+    if len(found) > 1:
+        raise Modified("more than one manifest entry (onnx-protect/vN)")
+    key, f, value = found[0]
+    if key != ENTRY_KEY:
+        raise UnsupportedVersion(f"metadata key {key!r}")
+    # §1: last field, encoded exactly so. CHOICE: "a varint length" read as minimal.
+    if model[f.start:] != _entry_bytes(key.encode(), value):
+        raise Modified("the manifest entry is not the last field or not encoded as §1 says")
+    try:
+        env_bytes = base64.b64decode(value, validate=True)
+    except ValueError as e:
+        raise Modified("the manifest value is not base64") from e
+    if base64.b64encode(env_bytes) != value:  # CHOICE: canonical base64 (zero padding bits)
+        raise Modified("the manifest value is not canonical base64")
+    env = decode_canonical("Envelope", env_bytes)
+    header = decode_canonical("Header", env["header"])
+    rec = decode_canonical("Recipients", env["recipients"])
+    check_header(header)
+    check_envelope(env, header, rec)
+    # step 2: checksum. Canonical encoding puts field 8 last: tag 0x42, length 32.
+    if not env_bytes.endswith(b"\x42\x20" + env["checksum"]):
+        raise Modified("checksum is not the last envelope field")
+    if not hmac.compare_digest(checksum_of(env_bytes[:-34]), env["checksum"]):
+        raise Modified("checksum mismatch")
+    op = Opened(model, model[:f.start], env, header, rec, env["header"], env["recipients"],
+                Files(model_dir, model_name))
+    # CHOICE: the stored content's digest is compared before anything parses the content,
+    # so that a changed byte is "modified" whatever it hits (and whatever the key).
+    for loc in header["external_files"]:
+        op.files.load(loc, missing=Modified)
+    want = env["stored_digest"] if op.restored else env["content_digest"]
+    if not hmac.compare_digest(content_digest(op.content, op.ext_list(), header["chunk_size"]), want):
+        raise Modified("content digest mismatch" + (" (stored_digest)" if op.restored else ""))
+    # §4: every tensor valid; §3: external_files; entries against their tensors.
+    op.tensors = walk(op.content, op.files)
+    ext_order = []
+    for t in op.tensors:
+        if t.storage == S_EXTERNAL and t.ext_location not in ext_order:
+            ext_order.append(t.ext_location)
+    if ext_order != header["external_files"]:
+        raise Modified(f"external_files {header['external_files']} but the model's external tensors use "
+                       f"{ext_order}")
+    by_loc = {t.locator: t for t in op.tensors}
+    for e in header["tensors"]:
+        t = by_loc.get(e["locator"])
+        if t is None:
+            raise Modified(f"no tensor at locator {e['locator']!r}")
+        for what, mine, theirs in (("name", t.name, e["name"]), ("data_type", t.data_type, e["data_type"]),
+                                   ("nbytes", t.nbytes, e["nbytes"]), ("storage", t.storage, e["storage"])):
+            if mine != theirs:
+                raise Modified(f"{e['locator']}: {what} {mine!r} in the model, {theirs!r} in the header")
+        if t.storage in VARINT_STORAGES and varint_width(t.data_type) is None:
+            raise Modified(f"{e['locator']}: no element bytes for this varint-stored type")
+        op.entries.append((e, t, list(zip(e["spans"][0::2], e["spans"][1::2]))))
+    return op
+
+
+def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
+                identities: list[str] | None) -> tuple[int, bytes]:
+    """§8: (tier k, DK_k) from the first stanza the key material opens."""
+    if key is None and passphrase is None and not identities:
+        raise UsageError("a key, a passphrase or an identity is needed")
+    if key is not None and len(key) != 32:
+        raise UsageError("a key is 32 bytes")
+    for st in op.recipients["stanzas"]:
+        kind, tier = st["kind"], st["tier"]
+        dk = None
+        if kind == "key" and key is not None:
+            dk = unwrap(hkdf(st["salt"], key, L_WRAP_KEY + u32be(tier)), st["body"])
+        elif kind == "passphrase" and passphrase is not None:
+            k = st["kdf"]
+            w = argon2id(passphrase, k["salt"], k["m_cost_kib"], k["t_cost"], k["p_cost"])
+            dk = unwrap(hkdf(st["salt"], w, L_WRAP_PASSPHRASE + u32be(tier)), st["body"])
+        elif kind == "x25519" and identities:
+            try:
+                dk = spec_age.decrypt(st["body"], identities)
+            except spec_age.NoIdentityMatched:
+                dk = None
+            except spec_age.AgeError as e:
+                raise Modified(f"x25519 stanza: {e}") from e
+            if dk is not None and len(dk) != 32:
+                raise Modified("x25519 stanza: the age payload is not 32 bytes")
+        if dk is not None:
+            return tier, dk  # CHOICE: the first stanza that opens, as §8 says ("in order")
+    raise WrongKey("no recipient stanza matched")
+
+
+def _canonical_state(op: Opened, keys: dict[int, TierKeys]) -> tuple[bytearray, Files]:
+    """§11: the content with the spans of tiers <= restored_tiers encrypted again."""
+    content, files = bytearray(op.content), op.files.copy()
+    for e, t, pairs in op.entries:
+        if e["tier"] <= op.restored:
+            elem = element_bytes(content, t, files)
+            transform(elem, e, pairs, keys[e["tier"]].tensor_key(e["stream_id"]), True)
+            put_element_bytes(content, t, files, bytes(elem))
+    return content, files
+
+
+def check_signatures(op: Opened, signers: list[bytes]):
+    trusted = [s for s in op.env["signatures"] if s["public_key"] in set(signers)]
+    if not trusted:
+        raise NotSigned()
+    msg = L_SIGNATURE + op.T()
+    for s in trusted:
+        if not verify_strict(s["public_key"], s["signature"], msg):
+            raise Modified(f"signature by {signer_string(s['public_key'])} does not verify")
+
+
+@dataclass
+class Unlocked:
+    op: Opened
+    tier: int
+    keys: dict[int, TierKeys]
+
+
+def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None) -> Unlocked:
+    """§12 steps 3–4."""
+    k, dk = open_stanza(op, key, passphrase, identities)
+    keys = data_keys_down(dk, k)
+    for t, tk in keys.items():
+        if not hmac.compare_digest(tk.kcv(), op.header["key_checks"][t - 1]):
+            raise Modified(f"key check value of tier {t} does not match")
+    if k <= op.restored:
+        raise AlreadyDecrypted(f"tier {k}, restored_tiers {op.restored}")
+    if op.restored:
+        content, files = _canonical_state(op, keys)
+        d = content_digest(bytes(content), op.ext_list(files), op.header["chunk_size"])
+        if not hmac.compare_digest(d, op.env["content_digest"]):
+            raise Modified("canonical content digest mismatch")
+    # (restored_tiers = 0: the stored digest was already compared with content_digest)
+    T = op.T()
+    for t in range(1, k + 1):
+        if not hmac.compare_digest(tier_mac(keys[t], t, T), op.env["macs"][t - 1]):
+            raise Modified(f"MAC of tier {t} mismatch")
+    if signers is not None:
+        check_signatures(op, signers)
+    return Unlocked(op, k, keys)
+
+
+def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes | None = None,
+                identities: list[str] | None = None, model_dir: str | None = None,
+                model_name: str | None = None, signers: list[bytes] | None = None,
+                up_to_tier: int | None = None) -> tuple[bytes, dict[str, bytes]]:
+    """Decrypt tiers restored_tiers+1 .. up_to_tier (default: the key's tier).
+    Returns (model bytes, {location: side file bytes for every external file}).
+    When the result is the top tier, it is the original model; else a partially
+    decrypted protected model (§11)."""
+    op = open_model(model_bytes, model_dir, model_name)
+    u = unlock(op, key, passphrase, identities, signers)
+    T = u.tier if up_to_tier is None else up_to_tier
+    if not op.restored < T <= u.tier:
+        raise UsageError(f"up_to_tier {T}: must be in {op.restored + 1}..={u.tier}")
+    content, files = bytearray(op.content), op.files.copy()
+    varint = []
+    for e, t, pairs in op.entries:
+        if not op.restored < e["tier"] <= T:
+            continue
+        elem = element_bytes(content, t, files)
+        transform(elem, e, pairs, u.keys[e["tier"]].tensor_key(e["stream_id"]), False)
+        if t.storage in VARINT_STORAGES:
+            varint.append((e, bytes(elem)))
+        else:
+            put_element_bytes(content, t, files, bytes(elem))
+    side = {loc: bytes(files.data[files.resolve(loc)]) for loc in op.header["external_files"]}
+    if T == op.tiers:
+        out = bytes(content)
+        for e, data in varint:
+            out = rewrite_varint(out, e["locator"], e["storage"], e["data_type"], data)
+        return out, side
+    assert not varint  # §3: varint tensors are top tier
+    env = dict(op.env)
+    env["restored_tiers"] = T
+    env["stored_digest"] = content_digest(bytes(content), list(side.values()), op.header["chunk_size"])
+    env["checksum"] = b""
+    body = encode("Envelope", env)
+    env["checksum"] = checksum_of(body)
+    value = base64.b64encode(encode("Envelope", env))
+    return bytes(content) + _entry_bytes(ENTRY_KEY.encode(), value), side
+
+
+def decrypt(model_bytes: bytes, out_dir: str | None = None, **kw) -> bytes:
+    out, side = decrypt_all(model_bytes, **kw)
+    if side:
+        if out_dir is None:
+            raise UsageError("the model has external data: pass out_dir, or use decrypt_all()")
+        v1.write_side_files(out_dir, side)
+    return out
+
+
+def verify(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None,
+           signers: list[bytes] | None = None, key=None, passphrase=None, identities=None) -> dict:
+    """Keyless verification (checksum and stored digest, and signatures when asked and
+    the file is not partially decrypted); with key material, the MACs as well."""
+    op = open_model(model_bytes, model_dir, model_name)
+    info = {"tiers": op.tiers, "restored_tiers": op.restored, "entries": len(op.entries),
+            "signers": [signer_string(s["public_key"]) for s in op.env["signatures"]]}
+    if key is not None or passphrase is not None or identities:
+        info["key_tier"] = unlock(op, key, passphrase, identities, signers).tier
+    elif signers is not None:
+        if op.restored:
+            raise UsageError("a partially decrypted file needs a key to check signatures (§12)")
+        check_signatures(op, signers)
+    return info
+
+
+# --------------------------------------------------------------------------
+# Writing.
+
+
+@dataclass
+class KeyRecipient:
+    key: bytes  # W, 32 bytes
+    tier: int | None = None  # None: the top tier
+
+
+@dataclass
+class PassphraseRecipient:
+    passphrase: bytes
+    tier: int | None = None
+    m_cost_kib: int = ARGON2_DEFAULT["m_cost_kib"]
+    t_cost: int = ARGON2_DEFAULT["t_cost"]
+    p_cost: int = ARGON2_DEFAULT["p_cost"]
+
+
+@dataclass
+class X25519Recipient:
+    recipient: str  # age1...
+    tier: int | None = None
+
+
+def make_stanza(r, tier: int, dk: bytes) -> dict:
+    if isinstance(r, KeyRecipient):
+        if len(r.key) != 32:
+            raise UsageError("a key is 32 bytes")
+        salt = os.urandom(16)
+        body = wrap(hkdf(salt, r.key, L_WRAP_KEY + u32be(tier)), dk)
+        return new_message("Stanza", kind="key", tier=tier, label=fingerprint(r.key), salt=salt, body=body)
+    if isinstance(r, PassphraseRecipient):
+        if not argon2_within_caps(r.m_cost_kib, r.t_cost, r.p_cost):
+            raise UsageError("Argon2id parameters outside the caps of §8")
+        kdf = new_message("KdfParams", algorithm="argon2id", salt=os.urandom(16), m_cost_kib=r.m_cost_kib,
+                          t_cost=r.t_cost, p_cost=r.p_cost)
+        w = argon2id(r.passphrase, kdf["salt"], r.m_cost_kib, r.t_cost, r.p_cost)
+        salt = os.urandom(16)
+        body = wrap(hkdf(salt, w, L_WRAP_PASSPHRASE + u32be(tier)), dk)
+        return new_message("Stanza", kind="passphrase", tier=tier, salt=salt, kdf=kdf, body=body)
+    if isinstance(r, X25519Recipient):
+        return new_message("Stanza", kind="x25519", tier=tier, label=r.recipient,
+                           body=spec_age.encrypt(dk, [r.recipient]))
+    raise UsageError(f"unknown recipient {r!r}")
+
+
+def _plan_items(plan, default_mode) -> list[dict]:
+    if isinstance(plan, dict):  # {locator: spans}
+        plan = [{"locator": loc, "spans": spans} for loc, spans in plan.items()]
+    out = []
+    for p in plan:
+        mode = p.get("mode", default_mode)
+        mode = MODE_NAMES[mode] if isinstance(mode, str) else int(mode)
+        spans = [x for b_e in p["spans"] for x in b_e]
+        out.append(dict(p, mode=mode, spans=spans))
+    return out
+
+
+def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, mode="ctr",
+                    chunk_size: int = 1 << 22, signing_keys: list[bytes] = (), model_dir: str | None = None,
+                    model_name: str | None = None, data_key: bytes | None = None, tool: str = "spec_v2.py",
+                    policy_summary: str = "") -> tuple[bytes, dict[str, bytes]]:
+    """Protect `original` (format 2). `plan`: {locator: [(begin, end), ...]} or a list of
+    {"locator", "spans", "mode" ("ctr"|"fp"|"dp"), "tier", "op_type", "role",
+    "subsequences", "chosen"}; one item per (tensor, tier). Recipients: KeyRecipient,
+    PassphraseRecipient, X25519Recipient (tier None = top). `signing_keys`: Ed25519
+    32-byte seeds. Returns (protected model, {location: side file bytes})."""
+    model = bytes(original)
+    if manifest_entries(model):
+        raise UsageError("the model already has a manifest key (§1)")
+    if not recipients:
+        raise UsageError("at least one recipient")
+    files = Files(model_dir, model_name)
+    tensors = walk(model, files)
+    by_loc = {t.locator: t for t in tensors}
+    ext_files = []
+    for t in tensors:
+        if t.storage == S_EXTERNAL and t.ext_location not in ext_files:
+            ext_files.append(t.ext_location)
+    entries = []
+    for sid, p in enumerate(_plan_items(plan, mode)):
+        t = by_loc.get(p["locator"])
+        if t is None:
+            raise UsageError(f"no tensor at locator {p['locator']!r}")
+        if t.storage is None:
+            raise UsageError(f"{t.locator} ({t.name!r}) holds no encryptable elements")
+        if t.storage == S_EXTERNAL:
+            # CHOICE: the format does not forbid tensors sharing external bytes; encrypting
+            # one of them would change the other, so this writer refuses.
+            for o in tensors:
+                if o is not t and o.ext_real == t.ext_real and o.ext_offset < t.ext_offset + t.nbytes \
+                        and t.ext_offset < o.ext_offset + o.nbytes:
+                    raise UsageError(f"{t.locator}: its external bytes overlap those of {o.locator}")
+        if t.storage in VARINT_STORAGES:
+            if varint_width(t.data_type) is None:
+                raise UsageError(f"{t.locator}: FLOAT6 in int32_data is never encrypted")
+            plain = element_bytes(model, t, files)
+            if rewrite_varint(model, t.locator, t.storage, t.data_type, bytes(plain)) != model:
+                raise UsageError(f"{t.locator} ({t.name!r}): the varint encoding of §5 does not reproduce "
+                                 "the stored bytes")
+        e = new_message("TensorEntry", stream_id=sid, locator=t.locator, name=t.name, data_type=t.data_type,
+                        storage=t.storage, nbytes=t.nbytes, mode=p["mode"], spans=p["spans"],
+                        tier=p.get("tier") or tiers, op_type=p.get("op_type", ""), role=p.get("role", ""),
+                        subsequences=p.get("subsequences", 0), chosen=p.get("chosen", 0))
+        entries.append((e, t))
+    header = new_message("Header", format_version=2, tiers=tiers, tensors=[e for e, _ in entries],
+                         chunk_size=chunk_size, external_files=ext_files, tool=tool, policy_summary=policy_summary)
+    dk_top = data_key if data_key is not None else os.urandom(32)
+    keys = data_keys_down(dk_top, tiers)
+    header["key_checks"] = [keys[t].kcv() for t in range(1, tiers + 1)]
+    try:
+        check_header(header)
+    except Modified as err:
+        raise UsageError(f"the plan breaks §3/§6: {err}") from err
+    # encrypt: in-place kinds first, varint re-encoding last (it moves bytes)
+    content = bytearray(model)
+    varint = []
+    for e, t in entries:
+        elem = element_bytes(content, t, files)
+        transform(elem, e, list(zip(e["spans"][0::2], e["spans"][1::2])), keys[e["tier"]].tensor_key(
+            e["stream_id"]), True)
+        if t.storage in VARINT_STORAGES:
+            varint.append((e, bytes(elem)))
+        else:
+            put_element_bytes(content, t, files, bytes(elem))
+    out = bytes(content)
+    for e, data in varint:
+        out = rewrite_varint(out, e["locator"], e["storage"], e["data_type"], data)
+    side = {loc: bytes(files.data[files.resolve(loc)]) for loc in ext_files}
+    digest = content_digest(out, list(side.values()), chunk_size)
+    stanzas = []
+    for r in recipients:
+        tier = r.tier or tiers
+        if tier not in keys:
+            raise UsageError(f"recipient tier {tier} outside 1..={tiers}")
+        stanzas.append(make_stanza(r, tier, keys[tier].dk))
+    rec = new_message("Recipients", stanzas=stanzas)
+    H, R = encode("Header", header), encode("Recipients", rec)
+    T = mac_input(H, R, digest)
+    sigs = []
+    for seed in signing_keys:
+        sk = Ed25519PrivateKey.from_private_bytes(seed)
+        pub = sk.public_key().public_bytes_raw()
+        sigs.append(new_message("Signature", public_key=pub, signature=sk.sign(L_SIGNATURE + T)))
+    env = new_message("Envelope", header=H, recipients=R, content_digest=digest,
+                      macs=[tier_mac(keys[t], t, T) for t in range(1, tiers + 1)], signatures=sigs)
+    env["checksum"] = checksum_of(encode("Envelope", env))
+    value = base64.b64encode(encode("Envelope", env))
+    return out + _entry_bytes(ENTRY_KEY.encode(), value), side
+
+
+encrypt = spec_encrypt_v2
+
+
+def encryptable(model: bytes, model_dir: str | None = None) -> list[Tensor]:
+    """Tensors that hold element bytes a format-2 entry can cover (for building plans)."""
+    out = []
+    for t in walk(model, Files(model_dir, None)):
+        if t.storage is None or t.nbytes == 0:
+            continue
+        if t.storage in VARINT_STORAGES and varint_width(t.data_type) is None:
+            continue
+        out.append(t)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Key files.
+
+
+def read_key_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return v1.parse_key_file(fh.read())
+
+
+def read_passphrase_file(path: str) -> bytes:
+    """CHOICE (the format says only "its raw bytes"): the file's first line, without the newline."""
+    with open(path, "rb") as fh:
+        return fh.read().split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def read_identity_file(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return spec_age.parse_identity_file(fh.read())
+
+
+def read_signer_file(path: str) -> bytes:
+    """A signer public key file: its first line that is not blank or a '#' comment."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return parse_signer(line)
+    raise UsageError(f"{path}: no signer key")
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def _key_material(a) -> dict:
+    kw = {}
+    if getattr(a, "key_file", None):
+        kw["key"] = read_key_file(a.key_file)
+    if getattr(a, "passphrase_file", None):
+        kw["passphrase"] = read_passphrase_file(a.passphrase_file)
+    if getattr(a, "identity", None):
+        kw["identities"] = [i for p in a.identity for i in read_identity_file(p)]
+    return kw
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def key_args(p):
+        p.add_argument("--key-file")
+        p.add_argument("--passphrase-file")
+        p.add_argument("--identity", action="append")
+        p.add_argument("--signer", action="append", help="a file holding an onnx-protect-signer1... key")
+
+    d = sub.add_parser("decrypt")
+    d.add_argument("input")
+    d.add_argument("output")
+    d.add_argument("--up-to-tier", type=int)
+    key_args(d)
+    v = sub.add_parser("verify")
+    v.add_argument("input")
+    key_args(v)
+    e = sub.add_parser("encrypt")
+    e.add_argument("input")
+    e.add_argument("output")
+    e.add_argument("--plan", help="JSON: [{locator, spans: [[b, e], ...], mode, tier}, ...]")
+    e.add_argument("--whole", choices=list(MODE_NAMES), help="encrypt every encryptable tensor whole")
+    e.add_argument("--tiers", type=int, default=1)
+    e.add_argument("--key-file", action="append", default=[], help="[TIER:]FILE, a key stanza")
+    e.add_argument("--passphrase-file")
+    e.add_argument("--recipient", action="append", default=[], help="[TIER:]age1...")
+    e.add_argument("--sign-key", action="append", default=[], help="a file with a 32-byte Ed25519 seed in hex")
+    e.add_argument("--chunk-size", type=int, default=1 << 22)
+    a = ap.parse_args(argv)
+    try:
+        model_dir = os.path.dirname(os.path.abspath(a.input))
+        with open(a.input, "rb") as fh:
+            model = fh.read()
+        if a.cmd == "encrypt":
+            if a.plan:
+                with open(a.plan, encoding="utf-8") as fh:
+                    plan = json.load(fh)
+            elif a.whole:
+                plan = [{"locator": t.locator, "mode": a.whole,
+                         "spans": [[0, t.nbytes - t.nbytes % element_size(t.data_type)]]}
+                        for t in encryptable(model, model_dir)]
+            else:
+                raise UsageError("--plan or --whole")
+            recips = []
+            for s in a.key_file:
+                tier, _, path = s.rpartition(":") if re.match(r"^[0-9]+:", s) else ("", "", s)
+                recips.append(KeyRecipient(read_key_file(path), int(tier) if tier else None))
+            if a.passphrase_file:
+                recips.append(PassphraseRecipient(read_passphrase_file(a.passphrase_file)))
+            for s in a.recipient:
+                tier, _, r = s.partition(":") if re.match(r"^[0-9]+:", s) else ("", "", s)
+                recips.append(X25519Recipient(r, int(tier) if tier else None))
+            seeds = [read_key_file(p) for p in a.sign_key]
+            out, side = spec_encrypt_v2(model, plan, recips, tiers=a.tiers, signing_keys=seeds,
+                                        model_dir=model_dir, model_name=os.path.basename(a.input),
+                                        chunk_size=a.chunk_size)
+        else:
+            kw = _key_material(a)
+            signers = [read_signer_file(p) for p in a.signer] if a.signer else None
+            if a.cmd == "verify":
+                print(json.dumps(verify(model, model_dir, os.path.basename(a.input), signers=signers, **kw)))
+                return 0
+            out, side = decrypt_all(model, model_dir=model_dir, model_name=os.path.basename(a.input),
+                                    signers=signers, up_to_tier=a.up_to_tier, **kw)
+    except (SpecError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    v1.write_side_files(os.path.dirname(os.path.abspath(a.output)), side)
+    with open(a.output, "wb") as fh:
+        fh.write(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{file_io, FileError};
 use crate::STATE_DIR;
 
-/// The version of [`Record`]; records of other versions are not trusted (the file is redone).
+/// The version of the resume records written; records of other versions are not trusted (the file is redone).
 pub const RECORD_VERSION: u32 = 2;
 
 /// A finished file's record.

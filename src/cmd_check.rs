@@ -8,15 +8,16 @@ use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
 
 use crate::cmd_protect::load_policy;
 use crate::exit;
+use crate::output::OutputArgs;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The models to check.
-    #[arg(required = true, value_name = "MODEL")]
+    #[arg(required = true, value_name = "MODEL", value_parser = crate::stdio::file_path)]
     models: Vec<PathBuf>,
     /// Require at least the protection this TOML policy (docs/policy.md) would give.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     policy: Option<PathBuf>,
     /// Require at least the protection of the built-in default policy.
     #[arg(long, conflicts_with = "policy")]
@@ -36,11 +37,8 @@ pub struct Args {
     /// Require the encrypted spans to contain the policy's spans, not just as many bytes.
     #[arg(long)]
     strict_spans: bool,
-    /// Print the verdicts as one JSON document.
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The exit code of a set of verdicts: modified beats unreadable beats any other gate failure.
@@ -65,7 +63,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         || !a.subsequences.is_empty();
     let policy =
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
-    let bar = Bar::new(a.quiet);
+    let bar = Bar::new(a.out.quiet);
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,
@@ -75,7 +73,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let results: Vec<ModelCheck> = a.models.iter().map(|m| check_model(m, &opts)).collect();
     let code = code_of(&results);
     let failed = results.iter().filter(|m| !m.passed).count();
-    if a.json {
+    if a.out.quiet {
+        // Nothing on standard output; a failure still gets its line on standard error.
+    } else if a.out.json {
         let doc = serde_json::json!({
             "passed": failed == 0,
             "exit_code": code,
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "require_encrypted": a.require_encrypted,
             "models": results,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::emit(&serde_json::to_string_pretty(&doc)?)?;
     } else {
         for m in &results {
             print_text(m);

@@ -3,18 +3,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use onnx_protect_core::protect::KeySource;
+use anyhow::{Context, Result};
+use onnx_protect_core::protect::{EncryptTo, KeySource};
 use onnx_protect_core::rekey::{self, RekeyOptions};
 
+use crate::exit::usage;
 use crate::keys::KeyArgs;
+use crate::output::OutputArgs;
 use crate::progress::Bar;
+use crate::stdio::{self, input_name};
 
-/// Where the new key comes from: the same choices as the old key, prefixed `--new-`.
+/// Where the new key comes from: the same choices as the old key, prefixed `--new-`;
+/// at most one (a clap group).
 #[derive(clap::Args, Default, Clone)]
+#[group(id = "new_key", multiple = false)]
 pub struct NewKeyArgs {
-    /// New key file: 32 raw bytes or 64 hex digits (as written by `keygen`).
-    #[arg(long, value_name = "FILE")]
+    /// New key file (as written by `keygen`; older files of 64 hex digits or 32 raw bytes are read too).
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub new_key_file: Option<PathBuf>,
     /// Environment variable holding the new key as 64 hex digits.
     #[arg(long, value_name = "VAR")]
@@ -23,34 +28,24 @@ pub struct NewKeyArgs {
     #[arg(long, value_name = "VAR")]
     pub new_passphrase_env: Option<String>,
     /// File whose first line is a new passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub new_passphrase_file: Option<PathBuf>,
 }
 
 impl NewKeyArgs {
-    /// The new key source; an error if none or more than one was given.
+    /// The new key source; a usage error if none was given.
     pub fn required(&self) -> Result<KeySource> {
-        let given = [
-            self.new_key_file.is_some(),
-            self.new_key_env.is_some(),
-            self.new_passphrase_env.is_some(),
-            self.new_passphrase_file.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        match given {
-            0 => bail!(
+        if !self.any() {
+            usage!(
                 "a new key is required: give --new-key-file, --new-key-env, --new-passphrase-env or --new-passphrase-file"
-            ),
-            1 => {}
-            _ => bail!("give only one of --new-key-file, --new-key-env, --new-passphrase-env, --new-passphrase-file"),
+            );
         }
         let as_old = KeyArgs {
             key_file: self.new_key_file.clone(),
             key_env: self.new_key_env.clone(),
             passphrase_env: self.new_passphrase_env.clone(),
             passphrase_file: self.new_passphrase_file.clone(),
+            identity: None,
         };
         as_old.required_master().context("new key")
     }
@@ -66,9 +61,10 @@ impl NewKeyArgs {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the re-encrypted model (external data files go next to it).
+    /// Where to write the re-encrypted model (external data files go next to it); `-` writes
+    /// it to standard output.
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
     /// The current key (checked, with the MAC, before anything is written).
@@ -76,41 +72,42 @@ pub struct Args {
     key: KeyArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
+    /// Public recipients of the re-encrypted model (besides the new key), as for `encrypt`.
+    #[command(flatten)]
+    recipients: crate::keys::RecipientArgs,
+    #[command(flatten)]
+    sign: crate::keys::SignArgs,
     /// Overwrite the input (and its external data files), atomically.
     #[arg(long)]
     in_place: bool,
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.key.required()?;
-    let new = a.new_key.required()?;
-    let output = match (&a.output, a.in_place) {
-        (Some(o), false) => o.clone(),
-        (None, true) => a.input.clone(),
-        (Some(o), true) if *o == a.input => o.clone(),
-        (Some(_), true) => bail!("--in-place writes over the input; do not also give a different -o"),
-        (None, false) => bail!("give -o OUTPUT or --in-place"),
-    };
-    let bar = Bar::new(a.quiet);
-    let r = rekey::rekey(
-        &a.input,
-        &output,
+    let recipients = a.recipients.recipients()?;
+    let master = if a.new_key.any() || recipients.is_empty() { Some(a.new_key.required()?) } else { None };
+    let new = EncryptTo { master, recipients };
+    let signing_keys = a.sign.keys()?;
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let bar = Bar::new(a.out.quiet);
+    let mut r = rekey::rekey(
+        input.path(),
+        output.path(),
         &old,
         &new,
-        &RekeyOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
+        &RekeyOptions { in_place: a.in_place, sync: a.sync, signing_keys: &signing_keys, progress: &bar },
     )
-    .with_context(|| format!("rekey {}", a.input.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output);
-    }
+    .with_context(|| format!("rekey {}", input_name(&a.input)))?;
+    let to_stdout = output.is_stdout();
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
+    output.finish()?;
+    a.out.report(&r, to_stdout, || {
+        format!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output)
+    })?;
     Ok(ExitCode::SUCCESS)
 }

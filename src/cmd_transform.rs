@@ -13,7 +13,9 @@ use onnx_protect_transform::{
     encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange, METADATA_KEY,
 };
 
+use crate::exit::UsageError;
 use crate::keys::{KeyArgs, KeyFileError};
+use crate::output::OutputArgs;
 
 /// The transforms and the block size, shared by both commands.
 #[derive(clap::Args)]
@@ -50,8 +52,10 @@ impl TransformFlags {
 #[derive(clap::Args)]
 pub struct TransformInputArgs {
     /// Input: a .npy tensor (uint8, float32 or float64) or a .png/.jpg image.
+    #[arg(value_parser = crate::stdio::file_path)]
     input: PathBuf,
     /// Output: .npy, .png or .jpg (JPEG is lossy, so its transform cannot be undone exactly).
+    #[arg(value_parser = crate::stdio::file_path)]
     output: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
@@ -66,16 +70,17 @@ pub struct TransformInputArgs {
     /// Value range LO,HI of the data, e.g. 0,1 (needed for float data with --negpos or --ffx; 8-bit data: 0,255).
     #[arg(long, value_name = "LO,HI")]
     range: Option<String>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 #[derive(clap::Args)]
 pub struct EncryptPatchEmbeddingArgs {
     /// The trained model (its patch embedding is a Conv with kernel = stride).
+    #[arg(value_parser = crate::stdio::file_path)]
     model: PathBuf,
     /// Where to write the transformed model.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = crate::stdio::file_path)]
     output: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
@@ -87,8 +92,8 @@ pub struct EncryptPatchEmbeddingArgs {
     /// The patch-embedding Conv node's name, when several Convs read the input.
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The master key; transforms need a key, not a passphrase (it would need a stored salt).
@@ -104,19 +109,24 @@ fn master_key(k: &KeyArgs) -> Result<MasterKey> {
     }
 }
 
+/// An error in an option's value, found after parsing: a usage error (exit 2).
+fn bad_option(e: onnx_protect_transform::TransformError) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
 fn parse_range(s: &Option<String>) -> Result<Option<ValueRange>> {
     Ok(match s {
-        Some(s) => Some(s.parse::<ValueRange>()?),
+        Some(s) => Some(s.parse::<ValueRange>().map_err(bad_option)?),
         None => None,
     })
 }
 
 pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     let spec = a.flags.spec();
-    spec.validate()?;
-    let layout: Layout = a.layout.parse()?;
+    spec.validate().map_err(bad_option)?;
+    let layout: Layout = a.layout.parse().map_err(bad_option)?;
     let range = parse_range(&a.range)?;
-    let out_kind = FileKind::of(&a.output)?;
+    let out_kind = FileKind::of(&a.output).map_err(bad_option)?;
     let key = master_key(&a.key)?;
     let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
     let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
@@ -124,7 +134,10 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
     let im = &loaded.images;
     let fp = hex_fp(&key);
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let v = serde_json::json!({
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
@@ -164,12 +177,15 @@ fn hex_fp(key: &MasterKey) -> String {
 
 pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitCode> {
     let opts = PatchOptions { spec: a.flags.spec(), range: parse_range(&a.range)?, node: a.node.clone() };
-    opts.spec.validate()?;
+    opts.spec.validate().map_err(bad_option)?;
     let key = master_key(&a.key)?;
     let model = Model::open(&a.model).with_context(|| format!("{}", a.model.display()))?;
     let report =
         encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let r = &report.record;

@@ -207,10 +207,10 @@ fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
             "{stdout}"
         );
     }
-    // Bad shard specifications are refused before anything runs.
+    // Bad shard specifications are usage errors, refused before anything runs.
     for bad in ["3/3", "1", "a/3", "0/0"] {
         let (code, _, err) = run(&["batch", "verify", "--dir", src.to_str().unwrap(), "--shard", bad]);
-        assert_eq!(code, 1, "{bad}: {err}");
+        assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.starts_with("error: --shard"), "{err}");
     }
 }
@@ -368,14 +368,14 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
     let (code, _, err) = run_v(args(&["--coefficient", "*=0.3", "--force"]));
     assert_eq!(code, 0, "{err}");
     assert!(status().values().all(|s| s == "ok"));
-    // Usage mistakes are refused before any work.
+    // Usage mistakes are refused before any work (exit 2, docs/cli.md).
     let (code, _, err) =
         run(&["batch", "decrypt", "--dir", src.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.starts_with("error: batch decrypt needs --out-dir"), "{err}");
     let s = src.to_str().unwrap();
     let (code, _, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", s, "--key-file", key.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("--out-dir is the input directory"), "{err}");
 }
 
@@ -500,6 +500,6 @@ fn batch_encrypt_takes_the_policy_options_of_encrypt() {
     assert_eq!(code, 0, "{out} {err}");
     assert_same_tree(&src, &dec, &rels);
     let (code, _, err) = run(&["batch", "verify", "--dir", enc.to_str().unwrap(), "--key-file", ks, "--tiers", "2"]);
-    assert_eq!(code, 1, "a bad combination found after parsing (docs/cli.md): {err}");
+    assert_eq!(code, 2, "a bad combination found after parsing is a usage error (docs/cli.md): {err}");
     assert!(err.contains("batch encrypt only"), "{err}");
 }

@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod conventions;
 mod corpus;
 mod fixtures;
 mod key_files;

@@ -189,8 +189,12 @@ fn rekey_cli_round_trip() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     // No new key, or two new keys: usage errors.
     let (code, _, err) = run(&["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: a new key is required"), "{err}");
+    let (code, _, err) =
+        run(&["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n, "--new-key-file", n, "--new-key-env", "V"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 pub(crate) fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {

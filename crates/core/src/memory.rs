@@ -434,6 +434,24 @@ pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>)
     restore_copied(model, &p, key, tier)
 }
 
+/// [`decrypt_tier_in_memory`] that also requires a valid signature of one of `signers`
+/// (format 2; a format-1 model is refused when signers are given).
+pub fn decrypt_model_signed_in_memory(
+    model: &Model,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    if signers.is_empty() {
+        return decrypt_tier_in_memory(model, key, tier);
+    }
+    match crate::protect::manifest_version(model)? {
+        Some(2) => decrypt_v2(model, None, key, tier, signers),
+        Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
+        None => Err(CoreError::NotProtected),
+    }
+}
+
 /// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
 /// (format 2), and stops at `tier` (default: the key's own).
 pub fn decrypt_signed_in_memory(

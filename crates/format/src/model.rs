@@ -486,7 +486,7 @@ impl Model {
             progress,
         };
         progress.start("parse", p.buf.len() as u64);
-        let top = p.parse_model(&mut header)?;
+        let top = p.parse_model(&mut header).map_err(|e| crate::sniff::explain(p.buf, e))?;
         progress.finish();
         let Parser { graphs, nodes, tensors, pending_external, .. } = p;
         model.ir_version = header.ir_version;
@@ -500,7 +500,7 @@ impl Model {
         model.nodes = nodes;
         model.tensors = tensors;
         if !top {
-            return Err(FormatError::NoGraph);
+            return Err(crate::sniff::explain(model.bytes(), FormatError::NoGraph));
         }
         model.resolve_external(pending_external)?;
         model.check_duplicates()?;
@@ -560,11 +560,7 @@ impl Model {
         for pe in pending {
             let tensor_name = self.tensors[pe.tensor].name.clone();
             let Some(dir) = self.dir.clone() else {
-                return Err(FormatError::ExternalPath {
-                    tensor: tensor_name,
-                    location: pe.location,
-                    reason: "the model has no directory to resolve it against".into(),
-                });
+                return Err(FormatError::ExternalWithoutDir { tensor: tensor_name, location: pe.location });
             };
             let path = resolve_location(&dir, &pe.location, &tensor_name)?;
             let idx = match by_path.get(&path) {

@@ -50,4 +50,4 @@ pub mod error;
 pub mod npy;
 pub mod rewrite;
 
-pub use error::{Result, RuntimeError};
+pub use error::{ErrorKind, Result, RuntimeError};

@@ -472,6 +472,52 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
     })
 }
 
+/// The key-independent facts of a protected model, whatever its format version: what is
+/// encrypted (the targets), the access tiers, those already decrypted in the file.
+#[derive(Debug, Clone)]
+pub struct ProtectionView {
+    pub format_version: u32,
+    pub targets: Vec<Target>,
+    /// Number of access tiers (0 or 1: untiered).
+    pub tiers: u32,
+    pub restored_tiers: u32,
+    pub policy_summary: String,
+}
+
+impl ProtectionView {
+    /// The targets whose spans are still encrypted in the file (every tier not restored).
+    pub fn still_encrypted(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(move |t| t.tier == 0 || t.tier > self.restored_tiers)
+    }
+}
+
+/// The [`ProtectionView`] of a protected model (its manifest validated against the model).
+pub fn protection_view(model: &Model) -> Result<ProtectionView> {
+    match manifest_version(model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(model)?;
+            Ok(ProtectionView {
+                format_version: 2,
+                tiers: p.sealed.header.tiers,
+                restored_tiers: p.sealed.envelope.restored_tiers,
+                policy_summary: p.sealed.header.policy_summary.clone(),
+                targets: p.targets,
+            })
+        }
+        Some(_) => {
+            let p = read_protected(model)?;
+            Ok(ProtectionView {
+                format_version: 1,
+                tiers: p.manifest.tiers,
+                restored_tiers: p.envelope.restored_tiers,
+                policy_summary: p.manifest.policy_summary.clone(),
+                targets: p.targets,
+            })
+        }
+    }
+}
+
 /// What `sign` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SignReport {

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
-use onnx_protect_core::protect::{key_tier, read_protected, KeySource};
+use onnx_protect_core::protect::{key_tier, protection_view, KeySource};
 use onnx_protect_format::{discover, Model};
 
 use crate::attack::{repair, Fill};
@@ -329,7 +329,7 @@ fn externals(model: &Model) -> Result<BTreeMap<String, &[u8]>> {
 pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result<AssessReport> {
     let orig = Model::open(original)?;
     let prot = Model::open(protected)?;
-    let p = read_protected(&prot)?;
+    let p = protection_view(&prot)?;
     let weight_bytes: u64 = discover(&prot).iter().map(|w| prot.tensors[w.tensor].nbytes).sum();
     let orig_ext = externals(&orig)?;
     let loaded = Loaded::new(orig.bytes(), &orig_ext)?;
@@ -396,8 +396,8 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     }
 
     // Tiered models: one row per tier the key reaches, each decrypted in memory.
-    let tiers = p.manifest.tiers;
-    let restored = p.envelope.restored_tiers;
+    let tiers = p.tiers;
+    let restored = p.restored_tiers;
     let mut key_tier_of = None;
     if let (true, Some(key)) = (tiers > 1, opts.key) {
         let top = key_tier(&prot, key)?;
@@ -437,7 +437,7 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
         weight_bytes,
         encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
         encrypted_tensors: p.targets.len(),
-        policy: p.manifest.policy_summary.clone(),
+        policy: p.policy_summary.clone(),
         tiers: (tiers > 1).then_some(tiers),
         restored_tiers: (tiers > 1).then_some(restored),
         key_tier: key_tier_of,

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use onnx_protect_core::protect::read_protected;
+use onnx_protect_core::protect::protection_view;
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{DataType, Model, TensorData};
 
@@ -136,7 +136,7 @@ fn clear_mean(dt: DataType, bytes: &[u8], spans: &[Range<usize>]) -> Option<f64>
 /// Builds the attacker's model from a protected model: the encrypted spans listed
 /// in its (public) manifest are overwritten according to `fill`.
 pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
-    let p = read_protected(protected)?;
+    let p = protection_view(protected)?;
     let mut edits: Vec<Edit> = Vec::new();
     let mut external: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for f in &protected.external_files {
@@ -144,7 +144,7 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
     }
     // The spans still encrypted in the file, by tensor, all tiers together.
     let mut encrypted: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
-    for target in p.targets.iter().filter(|t| t.tier == 0 || t.tier > p.envelope.restored_tiers) {
+    for target in p.still_encrypted() {
         encrypted.entry(target.tensor).or_default().extend_from_slice(&target.spans);
     }
     let mut zero_filled_instead = Vec::new();

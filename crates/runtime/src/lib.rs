@@ -17,7 +17,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use onnx_protect_core::memory::decrypt_in_memory;
-//! use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, KeySource};
 //! use onnx_protect_crypto::MasterKey;
 //! use onnx_protect_runtime::engine::{run_once, External};
 //! use onnx_protect_runtime::npy::{Dtype, NpyArray};
@@ -28,8 +28,7 @@
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
 //! let key = KeySource::Key(MasterKey::from_bytes([1; 32]));
 //! let policy = onnx_protect_select::Policy::default();
-//! let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &onnx_protect_format::NoProgress };
-//! encrypt(&plain, &protected, &key, &opts)?;
+//! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!
 //! // Decrypt in memory and run: no plaintext file is written.
 //! let model = decrypt_in_memory(&protected, &key)?;

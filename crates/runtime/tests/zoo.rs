@@ -9,9 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, KeySource};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::NoProgress;
 use onnx_protect_runtime::assess::{assess, AssessOptions, InputSource, VARIANTS};
 use onnx_protect_runtime::engine::{External, Loaded};
 use onnx_protect_runtime::npy::NpyArray;
@@ -134,13 +133,8 @@ fn assess_runs_every_variant_of_every_zoo_model() {
     for model in models() {
         let dir = tempfile::tempdir().unwrap();
         let enc = dir.path().join("model.onnx");
-        encrypt(
-            &model,
-            &enc,
-            &key,
-            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
+        let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
+        encrypt(&model, &enc, &EncryptTo::key(key.clone()), &opts).unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
         let x = inputs_of(&model);
         let opts = AssessOptions {
             key: Some(&key),

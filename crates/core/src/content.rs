@@ -116,7 +116,6 @@ pub(crate) fn run_covered(
             release: &releasers[i],
             plan,
             index: i as u32,
-            covered_in: sources[i].len() as u64,
             out: outputs.get(i).copied().flatten(),
         })
         .collect();

@@ -275,6 +275,11 @@ pub struct EncryptArgs {
     /// Write the model even if the policy encrypts none of its bytes (refused by default).
     #[arg(long)]
     allow_empty: bool,
+    /// `secret`: choose which subsequences are encrypted with the key (among twice as many
+    /// candidates as the policy encrypts) and seal their positions, so no key-less party can
+    /// tell which rows are encrypted. Needs the fp or dp mode and no access tiers (docs/protection.md).
+    #[arg(long, value_name = "public|secret", default_value = "public", value_parser = ["public", "secret"])]
+    positions: String,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
@@ -382,6 +387,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         in_place: a.in_place,
         sync: a.sync,
         allow_empty: a.allow_empty,
+        secret_positions: a.positions == "secret",
         signing_keys: &signing_keys,
         progress: &bar,
         ..EncryptOptions::new(&policy)

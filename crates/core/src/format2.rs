@@ -71,6 +71,9 @@ pub(crate) struct EncryptSpec<'a> {
     pub in_place: bool,
     pub sync: bool,
     pub allow_empty: bool,
+    /// Choose which subsequences are encrypted with the key and seal the spans
+    /// (docs/format.md §6): no key-less party can tell which rows are encrypted.
+    pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
     pub progress: &'a dyn Progress,
 }
@@ -94,7 +97,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, spec.policy);
     refuse_ctr_with_tiers(model, &selection, tiers)?;
-    refuse_short_permutations(model, &selection)?;
+    skip_short_permutations(model, &mut selection);
     if selection.bytes() == 0 && !spec.allow_empty {
         return Err(CoreError::Policy(PolicyError::Invalid(
             "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".into(),
@@ -109,8 +112,11 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
+    if spec.secret_positions {
+        choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys)?;
+    }
     let stanzas = wrap_all(to, &data_keys)?;
-    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy);
+    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
     let actions = prepare(model, &targets, streams, false)?;
@@ -170,22 +176,25 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
     }
 }
 
-/// Refuses permutations of fewer than [`DP_MIN_ELEMENTS`] elements: they hide too little
-/// (one element permuted is no change at all).
-fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
-    for c in selection.chosen.iter().filter(|c| c.mode == Mode::Dp) {
-        let t = &model.tensors[c.tensor];
-        let elem = (t.data_type.bits() / 8).max(1);
-        if let Some(&(a, b)) = c.spans.iter().find(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS) {
-            return Err(CoreError::Policy(PolicyError::Invalid(format!(
-                "the dp mode would permute {} elements of '{}' (span [{a}, {b})); it needs subsequences of at least \
-                 {DP_MIN_ELEMENTS} elements: use fewer subsequences or another mode",
-                (b - a) / elem,
-                t.name
-            ))));
-        }
+/// Leaves out (as skipped, with the reason) the tensors whose `dp` subsequences have
+/// fewer than [`DP_MIN_ELEMENTS`] elements: such a permutation hides too little (one
+/// element permuted is no change at all), so it is not done and not called encrypted.
+fn skip_short_permutations(model: &Model, selection: &mut Selection) {
+    let short = |c: &onnx_protect_select::Chosen| {
+        let elem = (model.tensors[c.tensor].data_type.bits() / 8).max(1);
+        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
+    };
+    let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut selection.chosen).into_iter().partition(|c| !short(c));
+    selection.chosen = keep;
+    for c in drop {
+        selection.skipped.push(onnx_protect_select::Skipped {
+            tensor: c.tensor,
+            reason: format!(
+                "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements (a shorter permutation hides \
+                 too little); use fewer subsequences or another mode"
+            ),
+        });
     }
-    Ok(())
 }
 
 /// The header of a new encryption and its targets: one entry per chosen tensor (per
@@ -195,6 +204,7 @@ fn build_header(
     selection: &Selection,
     tier_keys: &[TierKeys],
     policy: &Policy,
+    secret: bool,
 ) -> (pb::Header, Vec<Target>) {
     let mut entries = Vec::new();
     let mut targets = Vec::new();
@@ -209,7 +219,13 @@ fn build_header(
             storage: storage_code_v2(t),
             nbytes: t.nbytes,
             mode: mode_code(c.mode),
-            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            spans: if secret { Vec::new() } else { c.spans.iter().flat_map(|&(a, b)| [a, b]).collect() },
+            sealed_spans: if secret {
+                let bounds: Vec<u64> = c.spans.iter().flat_map(|&(a, b)| [a, b]).collect();
+                tier_keys[tier as usize - 1].seal_spans(i as u64, &bounds)
+            } else {
+                Vec::new()
+            },
             tier,
             op_type: c.op_type.clone(),
             role: c.role.clone(),
@@ -227,8 +243,59 @@ fn build_header(
         external_files: model.external_files.iter().map(|f| f.location.clone()).collect(),
         tool: tool_name(),
         policy_summary: policy.summary(),
+        positions: u32::from(secret),
     };
     (header, targets)
+}
+
+/// Secret positions (docs/format.md §6): for every chosen tensor, the policy's choice
+/// with twice its coefficient gives the candidates, and `k` of them (the policy's count)
+/// are chosen with the key. Refused with `ctr` (its values give the rows away) and with
+/// access tiers.
+fn choose_secret_positions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    policy: &Policy,
+    selection: &mut Selection,
+    tier_keys: &[TierKeys],
+) -> Result<()> {
+    let invalid = |m: String| CoreError::Policy(PolicyError::Invalid(m));
+    if tier_keys.len() > 1 {
+        return Err(invalid("secret positions are not available with access tiers".into()));
+    }
+    if let Some(c) = selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
+        return Err(invalid(format!(
+            "secret positions need a mode whose ciphertext looks like weights (fp or dp); '{}' would be ctr, \
+             whose values give the encrypted rows away",
+            model.tensors[c.tensor].name
+        )));
+    }
+    let mut wide = policy.clone();
+    for r in wide.rules.values_mut() {
+        r.coefficient = (r.coefficient * 2.0).min(1.0);
+    }
+    let candidates = select(model, weights, &wide);
+    for (i, c) in selection.chosen.iter_mut().enumerate() {
+        let t = &model.tensors[c.tensor];
+        let Some(rule) = policy.rule_for(&c.op_type) else { continue };
+        let Some(bounds) = onnx_protect_select::subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else {
+            continue;
+        };
+        let pool = candidates.chosen.iter().find(|w| w.tensor == c.tensor).map(|w| w.chosen.clone());
+        let pool = pool.unwrap_or_else(|| c.chosen.clone());
+        let picked = tier_keys[0].choose(i as u64, &pool, c.chosen.len());
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for &p in &picked {
+            let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
+            match spans.last_mut() {
+                Some(last) if last.1 == a && c.mode != Mode::Dp => last.1 = b,
+                _ => spans.push((a, b)),
+            }
+        }
+        c.chosen = picked;
+        c.spans = spans;
+    }
+    Ok(())
 }
 
 fn mode_code(m: Mode) -> i32 {
@@ -314,6 +381,13 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
     Ok(())
 }
 
+/// Opens a stanza with `key` and unseals the secret positions of the tiers it reaches.
+pub(crate) fn unlock(model: &Model, p: &mut ProtectedV2, key: &KeySource) -> Result<Opened> {
+    let opened = open(&p.sealed, key)?;
+    crate::envelope::unseal(model, p, &opened.keys)?;
+    Ok(opened)
+}
+
 /// The tier a decryption goes to: `asked`, or the key's own; refused when the key does
 /// not reach it or the file has it already.
 pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) -> Result<u32> {
@@ -358,7 +432,9 @@ pub(crate) fn decrypt(
     spec: &DecryptSpec,
 ) -> Result<Decrypted> {
     let DecryptSpec { tier, signers, in_place, sync, progress } = *spec;
-    let opened = open(&p.sealed, key)?;
+    let mut p = p.clone();
+    let opened = unlock(model, &mut p, key)?;
+    let p = &p;
     let top = p.sealed.header.tiers;
     let r = p.sealed.envelope.restored_tiers;
     let to = target_tier(p, &opened, tier)?;
@@ -403,7 +479,13 @@ pub(crate) fn decrypt(
 /// Verifies `p` (of `model`): with a key, the canonical digest, the MACs of the tiers it
 /// reaches and the given signers; without, the digest of the content as stored and, when
 /// no tier is restored, the given signers.
-pub(crate) fn verify(model: &Model, p: &ProtectedV2, key: Option<&KeySource>, signers: &[SignerKey]) -> Result<()> {
+/// Returns the targets it checked (with the spans unsealed for the tiers the key reaches).
+pub(crate) fn verify(
+    model: &Model,
+    p: &ProtectedV2,
+    key: Option<&KeySource>,
+    signers: &[SignerKey],
+) -> Result<Vec<Target>> {
     let env = &p.sealed.envelope;
     let content_len = p.sealed.entry.start;
     let stored = stored_digest(model, content_len, p.sealed.header.chunk_size)?;
@@ -413,14 +495,20 @@ pub(crate) fn verify(model: &Model, p: &ProtectedV2, key: Option<&KeySource>, si
     }
     match key {
         Some(k) => {
-            let opened = open(&p.sealed, k)?;
+            let mut p = p.clone();
+            let opened = unlock(model, &mut p, k)?;
+            let p = &p;
             let canonical = if env.restored_tiers > 0 { canonical_digest(model, p, &opened)? } else { stored };
-            check_seals(p, &opened, &canonical, signers)
+            check_seals(p, &opened, &canonical, signers)?;
+            Ok(p.targets.clone())
         }
         None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
             "the signatures of a partially decrypted model can only be checked with a key".into(),
         )),
-        None => check_signatures(p, &stored, signers),
+        None => {
+            check_signatures(p, &stored, signers)?;
+            Ok(p.targets.clone())
+        }
     }
 }
 

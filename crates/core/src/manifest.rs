@@ -95,6 +95,9 @@ pub struct ProtectionInfo {
     pub recipients: Vec<String>,
     /// Public keys of the signatures on the model (format 2; not verified here).
     pub signatures: Vec<String>,
+    /// `"public"`, or `"secret"` when the encrypted positions are sealed (only key
+    /// holders know them; the tensors' spans and encrypted bytes are then not shown).
+    pub positions: &'static str,
 }
 
 pub(crate) fn b64() -> base64::engine::GeneralPurpose {
@@ -185,6 +188,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     let rules = EntryRules {
         tier_ok: Box::new(move |t| if tiers > 1 { (1..=tiers).contains(&t) } else { t == 0 }),
         dp_min_elements: 1,
+        sealed: false,
     };
     let targets = match_targets(model, manifest.tensors.iter().map(EntryFacts::from), &rules)?;
     Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
@@ -262,6 +266,9 @@ pub(crate) struct EntryRules {
     pub tier_ok: Box<dyn Fn(u32) -> bool>,
     /// The fewest elements a distribution-preserving span may have.
     pub dp_min_elements: u64,
+    /// Entries may list no span: their spans are sealed (secret positions), checked
+    /// once unsealed.
+    pub sealed: bool,
 }
 
 /// Matches every manifest entry to the model (§3–§6 of docs/format.md): each names a
@@ -332,7 +339,7 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
         Ok(pb::Mode::DistributionPreserving) => Mode::Dp,
         _ => return Err(bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode))),
     };
-    if e.spans.len() % 2 != 0 || e.spans.is_empty() {
+    if e.spans.len() % 2 != 0 || (e.spans.is_empty() && !rules.sealed) {
         return Err(bad(format!("tensor '{}': spans must be non-empty [begin, end) pairs", e.name)));
     }
     let spans: Vec<(u64, u64)> = e.spans.chunks(2).map(|c| (c[0], c[1])).collect();

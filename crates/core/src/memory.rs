@@ -485,8 +485,8 @@ fn decrypt_v2(
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
-    let p = read_v2(model)?;
-    let opened = crate::recipients::open(&p.sealed, key)?;
+    let mut p = read_v2(model)?;
+    let opened = crate::format2::unlock(model, &mut p, key)?;
     let r = p.sealed.envelope.restored_tiers;
     // A key whose tiers are all in clear in the file already serves the file as it is.
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };

@@ -97,6 +97,9 @@ pub struct EncryptOptions<'a> {
     pub sync: bool,
     /// Allow a policy that encrypts no byte of the model (refused by default).
     pub allow_empty: bool,
+    /// Choose the encrypted subsequences with the key and keep the positions secret
+    /// (docs/format.md §6; fp or dp modes, no access tiers).
+    pub secret_positions: bool,
     /// Publisher keys that sign the model (docs/format.md §10).
     pub signing_keys: &'a [SigningKey],
     pub progress: &'a dyn Progress,
@@ -110,6 +113,7 @@ impl<'a> EncryptOptions<'a> {
             in_place: false,
             sync: false,
             allow_empty: false,
+            secret_positions: false,
             signing_keys: &[],
             progress: &NoProgress,
         }
@@ -164,6 +168,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         in_place: opts.in_place,
         sync: opts.sync,
         allow_empty: opts.allow_empty,
+        secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
         progress: opts.progress,
     };
@@ -365,8 +370,8 @@ pub fn verify_signed(
         None => Err(CoreError::NotProtected),
         Some(2) => {
             let p = read_v2(&model)?;
-            format2::verify(&model, &p, key, signers)?;
-            let (encrypted_bytes, restored_bytes) = split(&p.targets, p.sealed.envelope.restored_tiers);
+            let targets = format2::verify(&model, &p, key, signers)?;
+            let (encrypted_bytes, restored_bytes) = split(&targets, p.sealed.envelope.restored_tiers);
             Ok(VerifyReport {
                 input: input.display().to_string(),
                 check,
@@ -431,6 +436,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         tensors,
         recipients: Vec::new(),
         signatures: Vec::new(),
+        positions: "public",
     }))
 }
 
@@ -449,6 +455,7 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         restored_tiers: p.sealed.envelope.restored_tiers,
         leaf_hash: "blake3",
         tensors,
+        positions: if h.positions != 0 { "secret" } else { "public" },
         recipients: p
             .sealed
             .stanzas
@@ -482,6 +489,8 @@ pub struct ProtectionView {
     pub tiers: u32,
     pub restored_tiers: u32,
     pub policy_summary: String,
+    /// The positions are secret (sealed): `targets` list the tensors, without spans.
+    pub secret_positions: bool,
 }
 
 impl ProtectionView {
@@ -502,6 +511,7 @@ pub fn protection_view(model: &Model) -> Result<ProtectionView> {
                 tiers: p.sealed.header.tiers,
                 restored_tiers: p.sealed.envelope.restored_tiers,
                 policy_summary: p.sealed.header.policy_summary.clone(),
+                secret_positions: p.sealed.header.positions != 0,
                 targets: p.targets,
             })
         }
@@ -512,6 +522,7 @@ pub fn protection_view(model: &Model) -> Result<ProtectionView> {
                 tiers: p.manifest.tiers,
                 restored_tiers: p.envelope.restored_tiers,
                 policy_summary: p.manifest.policy_summary.clone(),
+                secret_positions: false,
                 targets: p.targets,
             })
         }

@@ -38,7 +38,7 @@ use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
 use crate::protect::{manifest_version, open_protected};
-use crate::recipients::{open, wrap_all, EncryptTo, Opened};
+use crate::recipients::{wrap_all, EncryptTo, Opened};
 use crate::staged::{check_output, durable, external_destinations, Outputs};
 
 /// Options of [`rekey`].
@@ -92,10 +92,10 @@ pub fn rekey(
         }
         None => return Err(CoreError::NotProtected),
     }
-    let p = read_v2(&model)?;
+    let mut p = read_v2(&model)?;
     check_output(&model, input, output, opts.in_place)?;
     let tiers = p.sealed.header.tiers;
-    let old_keys = open(&p.sealed, old)?;
+    let old_keys = crate::format2::unlock(&model, &mut p, old)?;
     if old_keys.tier < tiers {
         return Err(CoreError::Key(format!(
             "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
@@ -115,6 +115,13 @@ pub fn rekey(
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
     header.tool = tool_name();
+    if header.positions != 0 {
+        // Secret positions are sealed under the tier keys: seal them again under the new ones.
+        for (e, t) in header.tensors.iter_mut().zip(&p.targets) {
+            let bounds: Vec<u64> = t.spans.iter().flat_map(|&(a, b)| [a, b]).collect();
+            e.sealed_spans = new_keys[t.tier as usize - 1].seal_spans(t.stream_id, &bounds);
+        }
+    }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
     let plans = plans(&model, content_len, &p.targets, &actions, Vec::new())?;
     let files = outputs.covered_files();

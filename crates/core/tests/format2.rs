@@ -266,3 +266,44 @@ fn base64_encode(b: &[u8]) -> String {
     }
     s
 }
+
+#[test]
+fn secret_positions_are_sealed_and_decrypt_like_public_ones() {
+    use onnx_protect_core::protect::protection_view;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = fixture("cnn_torch").join("model.onnx");
+    let k = key(8);
+    let p = policy(&[("mode", "*=dp"), ("coefficient", "*=0.5"), ("subsequences", "*=first-dim")]);
+    let out = dir.path().join("secret.onnx");
+    let opts = EncryptOptions { secret_positions: true, ..EncryptOptions::new(&p) };
+    encrypt(&plain, &out, &EncryptTo::key(k.clone()), &opts).unwrap();
+    let model = Model::open(&out).unwrap();
+    let view = protection_view(&model).unwrap();
+    assert!(view.secret_positions);
+    assert!(view.targets.iter().all(|t| t.spans.is_empty()), "no span is public");
+    assert_eq!(decrypt_to_vec(&model, &k).unwrap(), std::fs::read(&plain).unwrap());
+    verify(&out, None, &NoProgress).unwrap();
+    verify(&out, Some(&k), &NoProgress).unwrap();
+    // Two encryptions choose different rows (the choice is keyed by each file's data key).
+    let out2 = dir.path().join("secret2.onnx");
+    encrypt(&plain, &out2, &EncryptTo::key(k.clone()), &opts).unwrap();
+    let a = std::fs::read(&out).unwrap();
+    let b = std::fs::read(&out2).unwrap();
+    let (ra, _) = trailing_entry(&a).unwrap();
+    let (rb, _) = trailing_entry(&b).unwrap();
+    let changed = |x: &[u8]| -> Vec<usize> {
+        let orig = std::fs::read(&plain).unwrap();
+        (0..orig.len()).filter(|&i| x[i] != orig[i]).collect()
+    };
+    assert_ne!(changed(&a[..ra.start as usize]), changed(&b[..rb.start as usize]), "the same rows were chosen twice");
+    // ctr is refused: its values would give the rows away.
+    let ctr = policy(&[("mode", "*=ctr")]);
+    let e = encrypt(
+        &plain,
+        &dir.path().join("x.onnx"),
+        &EncryptTo::key(k.clone()),
+        &EncryptOptions { secret_positions: true, ..EncryptOptions::new(&ctr) },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Policy);
+}

@@ -75,7 +75,95 @@ pub(crate) struct EncryptSpec<'a> {
     /// (docs/format.md §6): no key-less party can tell which rows are encrypted.
     pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
+    pub rewrite: Option<&'a Rewrite>,
     pub progress: &'a dyn Progress,
+}
+
+/// A change of the plaintext made while encrypting (a recipient's fingerprint): given a
+/// weight tensor and its element bytes, the new element bytes (same length), or `None`
+/// to leave it.
+pub type Rewrite = dyn Fn(&onnx_protect_format::Tensor, &[u8]) -> Option<Vec<u8>> + Sync;
+
+/// The actions of an encryption whose plaintext `hook` rewrites first: a rewritten target
+/// is encrypted from its new bytes; a rewritten tensor that is not a target gets a target
+/// of its own (all of its bytes, no entry in the header) that writes the new bytes.
+fn rewritten_actions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    targets: &[Target],
+    streams: Vec<Option<onnx_protect_crypto::Keystream>>,
+    hook: &Rewrite,
+) -> Result<(Vec<Target>, Vec<Action>)> {
+    let mut all = targets.to_vec();
+    let mut actions = Vec::with_capacity(targets.len());
+    let mut extra: Vec<(Target, Vec<u8>)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (target, ks) in targets.iter().zip(streams) {
+        let t = &model.tensors[target.tensor];
+        seen.insert(target.tensor);
+        let original = model.tensor_bytes(t.id)?;
+        match (hook(t, &original), ks) {
+            (Some(mut bytes), Some(ks)) => {
+                let clean = bytes.clone();
+                for &(a, b) in &target.spans {
+                    let span = crate::action::span_mut(model, target, &mut bytes, (a, b))?;
+                    crate::action::transform_span(&ks, target, t.data_type, a, span, false)?;
+                }
+                actions.push(Action::Bytes(bytes));
+                // The bytes outside the spans change too (a varint-stored tensor is
+                // rewritten whole by its own action).
+                if !matches!(t.data, TensorData::Varint { .. }) {
+                    let clear = complement(&target.spans, t.nbytes);
+                    if !clear.is_empty() {
+                        extra.push((Target { spans: clear, stream_id: u64::MAX, tier: 0, ..target.clone() }, clean));
+                    }
+                }
+            }
+            (None, ks) => actions.extend(prepare(model, std::slice::from_ref(target), vec![ks], false)?),
+            (Some(_), None) => actions.push(Action::Skip),
+        }
+    }
+    for w in weights {
+        if !seen.insert(w.tensor) {
+            continue;
+        }
+        let t = &model.tensors[w.tensor];
+        let original = model.tensor_bytes(t.id)?;
+        if let Some(bytes) = hook(t, &original) {
+            if bytes.len() as u64 != t.nbytes {
+                return Err(CoreError::Output(format!("internal: a rewrite changed the length of '{}'", t.name)));
+            }
+            all.push(Target {
+                tensor: w.tensor,
+                stream_id: u64::MAX,
+                mode: Mode::Ctr,
+                spans: vec![(0, t.nbytes)],
+                tier: 0,
+            });
+            actions.push(Action::Bytes(bytes));
+        }
+    }
+    for (t, bytes) in extra {
+        all.push(t);
+        actions.push(Action::Bytes(bytes));
+    }
+    Ok((all, actions))
+}
+
+/// The ranges of `[0, len)` outside the sorted, disjoint `spans`.
+fn complement(spans: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(a, b) in spans {
+        if at < a {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < len {
+        out.push((at, len));
+    }
+    out
 }
 
 /// What an encryption did, for the report.
@@ -119,12 +207,15 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
-    let actions = prepare(model, &targets, streams, false)?;
+    let (all_targets, actions) = match spec.rewrite {
+        None => (targets.clone(), prepare(model, &targets, streams, false)?),
+        Some(hook) => rewritten_actions(model, &weights, &targets, streams, hook)?,
+    };
 
     let content_len = model.bytes().len() as u64;
-    let plans = plans(model, content_len, &targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;
     let files = outputs.covered_files();
-    let xf = transformer(model, &targets, &actions);
+    let xf = transformer(model, &all_targets, &actions);
     let durable = durable(spec.in_place, spec.sync);
     let leaves =
         run_covered(model, content_len, plans, &xf, Hash::Output, CONTENT_CHUNK, &files, durable, spec.progress)?;
@@ -149,6 +240,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(xf);
     drop(files);
+    drop(all_targets);
     outputs.staged.commit(durable)?;
     Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
 }

@@ -37,6 +37,7 @@ use crate::unlock::unlock;
 
 pub use crate::envelope::{ProtectedV2, METADATA_KEY_V2};
 pub use crate::error::{CoreError, ErrorKind, Result};
+pub use crate::format2::Rewrite;
 pub use crate::keys::KeySource;
 pub use crate::manifest::{
     is_manifest_key, read_protected, Protected, ProtectionInfo, Target, TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL,
@@ -102,6 +103,9 @@ pub struct EncryptOptions<'a> {
     pub secret_positions: bool,
     /// Publisher keys that sign the model (docs/format.md §10).
     pub signing_keys: &'a [SigningKey],
+    /// A change of the plaintext weights made while encrypting (for example a recipient's
+    /// fingerprint); the decrypted model then holds the changed weights.
+    pub rewrite: Option<&'a crate::format2::Rewrite>,
     pub progress: &'a dyn Progress,
 }
 
@@ -115,6 +119,7 @@ impl<'a> EncryptOptions<'a> {
             allow_empty: false,
             secret_positions: false,
             signing_keys: &[],
+            rewrite: None,
             progress: &NoProgress,
         }
     }
@@ -170,6 +175,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         allow_empty: opts.allow_empty,
         secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
+        rewrite: opts.rewrite,
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;

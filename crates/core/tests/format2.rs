@@ -307,3 +307,31 @@ fn secret_positions_are_sealed_and_decrypt_like_public_ones() {
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy);
 }
+
+#[test]
+fn a_plaintext_rewrite_is_what_decryption_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = fixture("cnn_torch").join("model.onnx");
+    let k = key(6);
+    // Negate every float of every weight tensor: encrypted rows and clear rows alike.
+    let negate = |t: &onnx_protect_format::Tensor, b: &[u8]| -> Option<Vec<u8>> {
+        (t.data_type == onnx_protect_format::DataType::Float).then(|| {
+            b.chunks_exact(4).flat_map(|c| (-f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()).collect()
+        })
+    };
+    let p = policy(&[("coefficient", "*=0.5")]);
+    let out = dir.path().join("rewritten.onnx");
+    let opts = EncryptOptions { rewrite: Some(&negate), ..EncryptOptions::new(&p) };
+    encrypt(&plain, &out, &EncryptTo::key(k.clone()), &opts).unwrap();
+    let restored = Model::from_vec(decrypt_to_vec(&Model::open(&out).unwrap(), &k).unwrap(), None).unwrap();
+    let original = Model::open(&plain).unwrap();
+    let weights = onnx_protect_format::discover(&original);
+    assert!(!weights.is_empty());
+    for w in weights {
+        let t = &original.tensors[w.tensor];
+        let before = original.tensor_bytes(t.id).unwrap();
+        let after = restored.tensor_bytes(t.id).unwrap();
+        assert_eq!(after.as_ref(), negate(t, &before).unwrap().as_slice(), "{}", t.name);
+    }
+    verify(&out, Some(&k), &NoProgress).unwrap();
+}

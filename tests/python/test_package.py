@@ -29,10 +29,9 @@ EXTERNAL = ROOT / "fixtures" / "models" / "external_data"
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def cli(*args, ok=True):
+def cli(*args):
     r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True)
-    if ok:
-        assert r.returncode == 0, f"{args}: {r.stderr}"
+    assert r.returncode == 0, f"{args}: {r.stderr}"
     return r
 
 
@@ -49,23 +48,36 @@ def external_files(model_dir):
     return {f.name: f.read_bytes() for f in model_dir.iterdir() if f.suffix == ".bin"}
 
 
-@pytest.fixture
-def ext(tmp_path):
-    """The external-data fixture protected by the CLI: (plain, protected, key file)."""
+def protect_ext(tmp_path, by_cli=False):
+    """The external-data fixture protected by the package (or the CLI): (plain, protected, key file)."""
     plain = copy_model(EXTERNAL, tmp_path / "plain")
     key = tmp_path / "k.key"
-    cli("keygen", "-o", key)
     enc = tmp_path / "enc" / "model.onnx"
     enc.parent.mkdir()
-    cli("encrypt", plain, "-o", enc, "--key-file", key, "-q")
+    if by_cli:
+        cli("keygen", "-o", key)
+        cli("encrypt", plain, "-o", enc, "--key-file", key, "-q")
+    else:
+        op.keygen(key)
+        op.encrypt(plain, enc, key_file=key)
     return plain, enc, key
+
+
+@pytest.fixture
+def ext(tmp_path):
+    return protect_ext(tmp_path)
+
+
+@pytest.fixture
+def cli_ext(tmp_path):
+    return protect_ext(tmp_path, by_cli=True)
 
 
 # ---------------------------------------------------------------- round trips with the CLI
 
 
-def test_load_of_a_cli_protected_model_gives_the_original_bytes_and_external_files(ext):
-    plain, enc, key = ext
+def test_load_of_a_cli_protected_model_gives_the_original_bytes_and_external_files(cli_ext):
+    plain, enc, key = cli_ext
     with op.load(enc, key_file=key) as m:
         assert isinstance(m.model, bytes)
         assert m.model == plain.read_bytes()
@@ -78,8 +90,8 @@ def test_load_of_a_cli_protected_model_gives_the_original_bytes_and_external_fil
     assert all(b.closed for b in m.external.values()), "the with block closes every buffer"
 
 
-def test_python_decrypt_of_a_cli_protected_model_is_byte_identical(ext, tmp_path):
-    plain, enc, key = ext
+def test_python_decrypt_of_a_cli_protected_model_is_byte_identical(cli_ext, tmp_path):
+    plain, enc, key = cli_ext
     out = tmp_path / "dec" / "model.onnx"
     out.parent.mkdir()
     report = op.decrypt(enc, out, key_file=key)
@@ -110,8 +122,8 @@ def test_cli_decrypts_and_verifies_what_python_encrypted(tmp_path):
     assert all(t["mode"] == "fp" for t in info["tensors"]), info["tensors"]
 
 
-def test_verify_and_inspect_report_like_the_cli(ext):
-    _, enc, key = ext
+def test_verify_and_inspect_report_like_the_cli(cli_ext):
+    _, enc, key = cli_ext
     keyless = op.verify(enc)
     with_key = op.verify(enc, key_file=key)
     assert keyless["check"] == "checksum" and with_key["check"] == "mac"
@@ -153,17 +165,25 @@ def test_passphrases_and_age_identities(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNX_PROTECT_TEST_PASS", "correct horse")
     assert op.load(enc, passphrase_env="ONNX_PROTECT_TEST_PASS").model == original
     assert op.load(enc, identity_file=ids).model == original
-    # The CLI opens the same file with the same passphrase.
-    out = tmp_path / "dec" / "model.onnx"
-    out.parent.mkdir()
-    cli("decrypt", enc, "-o", out, "--passphrase-env", "ONNX_PROTECT_TEST_PASS", "-q")
-    assert out.read_bytes() == original
     with pytest.raises(op.WrongKey):
         op.load(enc, passphrase="wrong horse")
     other = tmp_path / "other.age"
     other.write_text(f"{x25519.Identity.generate()}\n")
     with pytest.raises(op.WrongKey):
         op.load(enc, identity_file=other)
+
+
+def test_the_cli_opens_a_python_passphrase_model(tmp_path, monkeypatch):
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, passphrase="correct horse")
+    monkeypatch.setenv("ONNX_PROTECT_TEST_PASS", "correct horse")
+    out = tmp_path / "dec" / "model.onnx"
+    out.parent.mkdir()
+    cli("decrypt", enc, "-o", out, "--passphrase-env", "ONNX_PROTECT_TEST_PASS", "-q")
+    assert out.read_bytes() == plain.read_bytes()
+    assert external_files(out.parent) == external_files(plain.parent)
 
 
 def test_key_arguments_are_checked():
@@ -275,11 +295,12 @@ def _already_decrypted(tmp_path):
     plain = copy_model(EXTERNAL, d / "plain")
     key = d / "k.key"
     op.keygen(key, tiers=2)
-    enc = d / "enc.onnx"
-    op.encrypt(plain, enc, key_file=key, tiers=2)
-    half = d / "half.onnx"
-    op.decrypt(enc, half, key_file=key, tier=1)
-    op.decrypt(half, d / "again.onnx", key_file=str(key) + ".tier1")
+    outs = {n: d / n / "model.onnx" for n in ("enc", "half", "again")}
+    for p in outs.values():
+        p.parent.mkdir()
+    op.encrypt(plain, outs["enc"], key_file=key, tiers=2)
+    op.decrypt(outs["enc"], outs["half"], key_file=key, tier=1)
+    op.decrypt(outs["half"], outs["again"], key_file=str(key) + ".tier1")
 
 
 # ---------------------------------------------------------------- tiers
@@ -303,7 +324,20 @@ def test_tiers_restore_what_each_key_reaches(tmp_path):
     same_with_top = op.load(enc, key_file=key, tier=1)
     assert same_with_top.model == low.model, "the top key stopped at tier 1 gives what the tier-1 key gives"
     assert {k: bytes(memoryview(v)) for k, v in same_with_top.external.items()} == low_files
-    # Python and the CLI write the same tier-1 file.
+    py_out = tmp_path / "py" / "model.onnx"
+    py_out.parent.mkdir()
+    op.decrypt(enc, py_out, key_file=key, tier=1)
+    assert op.load(py_out, key_file=key).model == original, "the top key finishes a tier-1 file"
+    assert op.verify(py_out)["restored_bytes"] > 0
+
+
+def test_python_and_the_cli_write_the_same_tier_1_file(tmp_path):
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    key = tmp_path / "k.key"
+    op.keygen(key, tiers=2)
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key_file=key, tiers=2)
     py_out = tmp_path / "py" / "model.onnx"
     cli_out = tmp_path / "cli" / "model.onnx"
     py_out.parent.mkdir()
@@ -312,7 +346,6 @@ def test_tiers_restore_what_each_key_reaches(tmp_path):
     cli("decrypt", enc, "-o", cli_out, "--key-file", key, "--tier", "1", "-q")
     assert py_out.read_bytes() == cli_out.read_bytes()
     assert external_files(py_out.parent) == external_files(cli_out.parent)
-    assert op.verify(py_out)["restored_bytes"] > 0
 
 
 # ---------------------------------------------------------------- onnxruntime

@@ -1,7 +1,7 @@
 """The C ABI (crates/capi) from C: examples/c/decrypt_model.c is compiled with the
 system C compiler against the checked-in header, linked to the shared and to the
-static library, and run on models protected by the CLI with every key source and
-every failure a C caller meets. examples/c/session_ctypes.py then creates an
+static library, and run on protected models (made by the package and by the CLI)
+with every key source and every failure a C caller meets. examples/c/session_ctypes.py then creates an
 onnxruntime session from bytes decrypted through the same ABI.
 
 Uses target/debug/libonnx_protect.{so,a} (built by `cargo build --workspace
@@ -56,17 +56,17 @@ def programs(tmp_path_factory):
 
 @pytest.fixture
 def protected(tmp_path):
-    """The external-data fixture protected by the CLI: (plain model, protected model, key file)."""
+    """The external-data fixture protected by the package: (plain model, protected model, key file)."""
     plain = tmp_path / "plain"
     plain.mkdir()
     for f in (ROOT / "fixtures/models/external_data").iterdir():
         if f.suffix in (".onnx", ".bin"):
             shutil.copy(f, plain / f.name)
     key = tmp_path / "k.key"
-    cli("keygen", "-o", key)
+    op.keygen(key)
     enc = tmp_path / "enc" / "model.onnx"
     enc.parent.mkdir()
-    cli("encrypt", plain / "model.onnx", "-o", enc, "--key-file", key, "-q")
+    op.encrypt(plain / "model.onnx", enc, key_file=key)
     return plain / "model.onnx", enc, key
 
 
@@ -110,7 +110,7 @@ def test_the_c_example_reports_each_failure_with_its_status(programs, protected,
     program = programs[0]
     plain, enc, key = protected
     other = tmp_path / "other.key"
-    cli("keygen", "-o", other)
+    op.keygen(other)
     cases = [
         ((enc, "--key-file", other), WRONG_KEY, "wrong key"),
         ((plain, "--key-file", key), NOT_PROTECTED, "not protected"),
@@ -133,12 +133,22 @@ def test_the_c_example_reports_each_failure_with_its_status(programs, protected,
     assert "decrypted model" not in r.stdout, "nothing is decrypted from a modified file"
 
 
-def test_the_session_step_through_ctypes_matches_the_original(protected, tmp_path):
+def test_the_c_example_opens_what_the_cli_protected(programs, tmp_path):
     digits = ROOT / "fixtures" / "digits" / "cnn.onnx"
     key = tmp_path / "d.key"
     cli("keygen", "-o", key)
     enc = tmp_path / "cnn.onnx"
     cli("encrypt", digits, "-o", enc, "--key-file", key, "-q")
+    r = run(programs[0], enc, "--key-file", key, "--compare", digits)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_session_step_through_ctypes_matches_the_original(protected, tmp_path):
+    digits = ROOT / "fixtures" / "digits" / "cnn.onnx"
+    key = tmp_path / "d.key"
+    op.keygen(key)
+    enc = tmp_path / "cnn.onnx"
+    op.encrypt(digits, enc, key_file=key)
     x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:64]
     xfile = tmp_path / "x.npy"
     np.save(xfile, x)

@@ -128,6 +128,16 @@ impl From<CoreError> for Failure {
     }
 }
 
+/// A failure about the model at `path`, whose message names the file (once).
+fn at(path: &std::path::Path, e: CoreError) -> Failure {
+    let mut f = Failure::from(e);
+    let name = path.display().to_string();
+    if !f.message.contains(&name) {
+        f.message = format!("{name}: {}", f.message);
+    }
+    f
+}
+
 fn key_failure(message: String) -> Failure {
     Failure { status: OnnxProtectStatus::Key, message }
 }
@@ -432,8 +442,10 @@ pub unsafe extern "C" fn onnx_protect_open(path: *const c_char, out: *mut *mut O
         unsafe { out_arg(out, "out") }?;
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
-        let model = protect::open_protected(&path, &NoProgress)?;
-        let info = protect::protection_info(&model)?.ok_or(CoreError::NotProtected)?;
+        let model = protect::open_protected(&path, &NoProgress).map_err(|e| at(&path, e))?;
+        let info = protect::protection_info(&model)
+            .map_err(|e| at(&path, e))?
+            .ok_or_else(|| at(&path, CoreError::NotProtected))?;
         drop(model);
         let file = OnnxProtectFile {
             path,
@@ -537,7 +549,7 @@ pub unsafe extern "C" fn onnx_protect_file_verify(
         let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
         // SAFETY: the caller's contract.
         let key = unsafe { key.as_ref() }.map(|k| &k.source);
-        protect::verify_signed(&file.path, key, &file.signers, &NoProgress)?;
+        protect::verify_signed(&file.path, key, &file.signers, &NoProgress).map_err(|e| at(&file.path, e))?;
         Ok(())
     })
 }
@@ -565,13 +577,14 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
         // SAFETY: the caller's contract.
         let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
         let tier = if tier == 0 { None } else { Some(tier) };
-        let m = decrypt_signed_in_memory(&file.path, &key.source, tier, &file.signers)?;
+        let m =
+            decrypt_signed_in_memory(&file.path, &key.source, tier, &file.signers).map_err(|e| at(&file.path, e))?;
         let (model, external) = m.into_parts();
         let external = external
             .into_iter()
             .map(|(loc, data)| {
-                let loc = CString::new(loc)
-                    .map_err(|_| Failure::argument("an external data location holds a NUL byte"))?;
+                let loc =
+                    CString::new(loc).map_err(|_| Failure::argument("an external data location holds a NUL byte"))?;
                 Ok((loc, data))
             })
             .collect::<Result<Vec<_>, Failure>>()?;

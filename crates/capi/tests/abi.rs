@@ -1,6 +1,8 @@
 //! The C ABI end to end, called as C would call it: every key source, every failure
 //! status a caller can meet, external data, and the buffers' lifetime.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::ffi::{c_char, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
@@ -66,7 +68,10 @@ fn open(path: &Path) -> Result<*mut OnnxProtectFile, OnnxProtectStatus> {
 }
 
 /// Decrypts `path` with `key`: the model bytes and each external file, copied out.
-fn decrypt(path: &Path, key: *const OnnxProtectKey) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), OnnxProtectStatus> {
+/// A decrypted model copied out of the library: its bytes and its external files by location.
+type Decrypted = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+fn decrypt(path: &Path, key: *const OnnxProtectKey) -> Result<Decrypted, OnnxProtectStatus> {
     let file = open(path)?;
     let mut model = null_mut();
     // SAFETY: handles from this library, valid output pointer.
@@ -91,8 +96,9 @@ fn decrypt(path: &Path, key: *const OnnxProtectKey) -> Result<(Vec<u8>, Vec<(Str
         let s = unsafe { onnx_protect_model_external(model, i, &mut loc, &mut data, &mut n) };
         assert_eq!(s, OnnxProtectStatus::Ok);
         // SAFETY: valid until the model is freed.
-        let (loc, data) =
-            unsafe { (CStr::from_ptr(loc).to_str().unwrap().to_string(), std::slice::from_raw_parts(data, n).to_vec()) };
+        let (loc, data) = unsafe {
+            (CStr::from_ptr(loc).to_str().unwrap().to_string(), std::slice::from_raw_parts(data, n).to_vec())
+        };
         external.push((loc, data));
     }
     // SAFETY: a live model, freed once.
@@ -100,7 +106,7 @@ fn decrypt(path: &Path, key: *const OnnxProtectKey) -> Result<(Vec<u8>, Vec<(Str
     Ok((bytes, external))
 }
 
-fn check_restored(src: &Path, got: (Vec<u8>, Vec<(String, Vec<u8>)>)) {
+fn check_restored(src: &Path, got: Decrypted) {
     assert_eq!(got.0, std::fs::read(src.join("model.onnx")).unwrap(), "the model is byte-identical");
     assert_eq!(got.1.len(), 2, "both external files");
     for (loc, data) in got.1 {
@@ -157,7 +163,10 @@ fn a_key_file_an_environment_variable_and_a_passphrase_decrypt() {
     // SAFETY: freed once; then a variable that is not set.
     unsafe {
         onnx_protect_key_free(key);
-        assert_eq!(onnx_protect_key_from_env(c"ONNX_PROTECT_CAPI_TEST_UNSET".as_ptr(), &mut key), OnnxProtectStatus::Key);
+        assert_eq!(
+            onnx_protect_key_from_env(c"ONNX_PROTECT_CAPI_TEST_UNSET".as_ptr(), &mut key),
+            OnnxProtectStatus::Key
+        );
     }
     assert!(key.is_null());
     assert!(last_error().contains("ONNX_PROTECT_CAPI_TEST_UNSET"), "{}", last_error());

@@ -4,7 +4,7 @@
 //! ([`Key`], wiped on drop). A model decrypted by [`load`] reaches Python as one
 //! `bytes` object filled in place from the decrypted map (one copy), and external
 //! data files as [`Buffer`]s: read-only views of the decrypted private maps, without
-//! any copy, zeroed by [`Buffer::close`] or when they are collected.
+//! any copy, zeroed by `Buffer.close()` or when they are collected.
 //!
 //! Errors become the exception classes below, one per `onnx_protect_core::ErrorKind`,
 //! each with the kind's stable name in its `kind` attribute. The pure-Python half
@@ -70,6 +70,10 @@ create_exception!(
 /// The Python exception for a core error: the class of its kind, the message with
 /// its causes, and `kind` set to the kind's stable name.
 fn py_err(e: CoreError) -> PyErr {
+    raise(e, None)
+}
+
+fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
     let kind = e.kind();
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -80,6 +84,11 @@ fn py_err(e: CoreError) -> PyErr {
             msg.push_str(&text);
         }
         source = s.source();
+    }
+    if let Some(name) = path.map(|p| p.display().to_string()) {
+        if !msg.contains(&name) {
+            msg = format!("{name}: {msg}");
+        }
     }
     let err = match kind {
         ErrorKind::Io => FileError::new_err(msg),
@@ -103,6 +112,11 @@ fn py_err(e: CoreError) -> PyErr {
         let _ = err.value(py).setattr("kind", kind.as_str());
     });
     err
+}
+
+/// [`py_err`] for an error about the file at `path`: the message names it (once).
+fn py_err_at(path: &Path, e: CoreError) -> PyErr {
+    raise(e, Some(path))
 }
 
 fn key_err(msg: impl Into<String>) -> PyErr {
@@ -284,7 +298,7 @@ fn encrypt(
         opts.allow_empty = allow_empty;
         protect::encrypt(&src, &dst, &to, &opts)
     });
-    to_json(&report.map_err(py_err)?)
+    to_json(&report.map_err(|e| py_err_at(&src, e))?)
 }
 
 /// Decrypts `src` into `dst` (up to `tier`); returns the report as JSON.
@@ -304,7 +318,7 @@ fn decrypt(
         let opts = DecryptOptions { signers: &trusted, ..DecryptOptions::default() };
         protect::decrypt_tier(&src, &dst, &source, tier, &opts)
     });
-    to_json(&report.map_err(py_err)?)
+    to_json(&report.map_err(|e| py_err_at(&src, e))?)
 }
 
 /// Verifies a protected model (the MACs with a key, the keyless digest without);
@@ -315,7 +329,7 @@ fn verify(py: Python<'_>, path: PathBuf, key: Option<PyRef<'_, Key>>, signers: V
     let trusted = self::signers(signers)?;
     let source = key.as_ref().map(|k| k.source.clone());
     let report = py.detach(|| protect::verify_signed(&path, source.as_ref(), &trusted, &NoProgress));
-    to_json(&report.map_err(py_err)?)
+    to_json(&report.map_err(|e| py_err_at(&path, e))?)
 }
 
 /// The `inspect --json` report of a model (docs/inspect-json.md), as JSON.
@@ -325,7 +339,7 @@ fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
         let model = Model::open(&path).map_err(CoreError::from)?;
         Ok(onnx_protect_core::inspect::inspect(&model))
     });
-    to_json(&report.map_err(py_err)?)
+    to_json(&report.map_err(|e| py_err_at(&path, e))?)
 }
 
 /// A new random master key of `tiers` access tiers, as the text of a key file.
@@ -399,7 +413,7 @@ fn write_key_file(path: &Path, text: &[u8]) -> PyResult<()> {
 }
 
 /// A read-only view of decrypted bytes held by Rust (an external data file), exposed
-/// through the buffer protocol without a copy. [`Buffer::close`] zeroes the decrypted
+/// through the buffer protocol without a copy. `close()` zeroes the decrypted
 /// bytes and releases them; it is refused while a `memoryview` of it is alive.
 #[pyclass(module = "onnx_protect")]
 pub struct Buffer {
@@ -601,7 +615,7 @@ fn load(
             let index = Model::open(&path)?;
             Ok((m, external_tensors(&index)))
         })
-        .map_err(py_err)?;
+        .map_err(|e| py_err_at(&path, e))?;
     let tensors_done = decrypted.tensors();
     let decrypted_bytes = decrypted.decrypted_bytes();
     let (model, external) = decrypted.into_parts();

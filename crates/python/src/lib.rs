@@ -1,7 +1,7 @@
 //! The native half of the Python package `onnx_protect` (`onnx_protect._native`).
 //!
 //! Every verb runs with the GIL released (`Python::detach`). Keys live in Rust
-//! ([`Key`], wiped on drop). A model decrypted by [`load`] reaches Python as one
+//! ([`Key`], wiped on drop). A model decrypted by `load` reaches Python as one
 //! `bytes` object filled in place from the decrypted map (one copy), and external
 //! data files as [`Buffer`]s: read-only views of the decrypted private maps, without
 //! any copy, zeroed by `Buffer.close()` or when they are collected.

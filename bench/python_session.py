@@ -4,16 +4,24 @@
     python3 bench/python_session.py [--runs N] [--dir DIR] [--big-mib MIB] [--json OUT]
 
 Models: every fixtures/digits model, and a generated MLP of MIB MiB of float32 weights
-in one external data file (default 544 MiB; generated once into DIR, which defaults to
+in one external data file (default 512 MiB; generated once into DIR, which defaults to
 bench-data/python-session, ignored by git). Each model is protected with the default
 policy and a key file.
 
+Variants: `plain` (onnxruntime.InferenceSession of the plain file), `plain-in-memory`
+(onnxruntime from memory: the plain model's bytes and external files, read into memory
+before the timer starts, handed over as `protected` does; what onnxruntime's in-memory
+path costs by itself), `protected`
+(onnx_protect.InferenceSession; external data handed over as whole files, which
+onnxruntime copies) and, for models with external data, `protected-initializers`
+(external initializers handed over one by one, used in place by onnxruntime).
+
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
-set (VmHWM) and its resident set before the session (VmRSS). Runs of the two variants
-are interleaved (plain, protected, plain, ...) after one warm-up run of each, so the page
-cache is warm for both; the table gives medians and the ratio protected / plain. "peak
-above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
+set (VmHWM) and its resident set before the session (VmRSS). Runs of the variants
+are interleaved (plain, protected, ..., plain, protected, ...) after one warm-up run
+of each, so the page cache is warm for all; the table gives medians and the ratio to
+`plain`. "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
 and the installed onnx_protect package.
 """
 import argparse
@@ -42,12 +50,25 @@ def status(field):
 variant, model, key = sys.argv[1:4]
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
+if variant == "plain-in-memory":
+    import os
+    import numpy as np
+    folder = os.path.dirname(model)
+    with open(model, "rb") as f:
+        model_bytes = f.read()
+    files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in os.listdir(folder) if n.endswith(".bin")}
 start_rss = status("VmRSS")
 t = time.perf_counter()
-if variant == "plain":
+if variant == "plain-in-memory":
+    if files:
+        so.add_external_initializers_from_files_in_memory(list(files), list(files.values()), [a.size for a in files.values()])
+    s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+elif variant == "plain":
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 else:
-    s = onnx_protect.InferenceSession(model, key_file=key, sess_options=so, providers=["CPUExecutionProvider"])
+    external_data = "initializers" if variant == "protected-initializers" else "files"
+    s = onnx_protect.InferenceSession(model, key_file=key, sess_options=so, providers=["CPUExecutionProvider"],
+                                      external_data=external_data)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
 """
@@ -95,7 +116,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--dir", type=pathlib.Path, default=ROOT / "bench-data" / "python-session")
-    ap.add_argument("--big-mib", type=int, default=544)
+    ap.add_argument("--big-mib", type=int, default=512)
     ap.add_argument("--json", type=pathlib.Path)
     a = ap.parse_args()
     import onnx_protect
@@ -119,12 +140,15 @@ def main():
             onnx_protect.encrypt(plain, protected, key_file=key)
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
-        runs = {"plain": [], "protected": []}
-        measure("plain", plain, key)  # warm-up (page cache, imports)
-        measure("protected", protected, key)
+        variants = ["plain", "plain-in-memory", "protected"]
+        if any(protected.parent.glob("*.bin")):
+            variants.append("protected-initializers")
+        runs = {v: [] for v in variants}
+        for v in variants:  # warm-up (page cache, imports)
+            measure(v, plain if v == "plain" else protected, key)
         for _ in range(a.runs):
-            runs["plain"].append(measure("plain", plain, key))
-            runs["protected"].append(measure("protected", protected, key))
+            for v in variants:
+                runs[v].append(measure(v, plain if v == "plain" else protected, key))
         med = {}
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
@@ -133,16 +157,17 @@ def main():
         rows.append({"model": name, "bytes": size, "encrypted_bytes": enc_bytes, "runs": a.runs, "median": med, "all": runs})
         print(f"{name}: done", file=sys.stderr)
     mib = 2**20
-    print("| model | size | encrypted | session: plain | protected | ratio | peak RSS: plain | protected | ratio | peak above start: plain | protected | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | size | encrypted | variant | session creation | ratio | peak RSS | ratio | peak above start | ratio |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        p, q = r["median"]["plain"], r["median"]["protected"]
-        print(
-            f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB "
-            f"| {p['seconds'] * 1e3:.1f} ms | {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× "
-            f"| {p['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
-            f"| {p['above_start'] / mib:.1f} MiB | {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
-        )
+        p = r["median"]["plain"]
+        for v, q in r["median"].items():
+            print(
+                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB | {v} "
+                f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× "
+                f"| {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
+                f"| {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
+            )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

@@ -612,8 +612,8 @@ fn load(
             let m = decrypt_signed_in_memory(&path, &source, tier, &trusted)?;
             // The layout of external tensors is the same in the protected and the
             // decrypted model (encryption edits bytes in place, never moves them).
-            let index = Model::open(&path)?;
-            Ok((m, external_tensors(&index)))
+            let tensors = if m.external().is_empty() { Vec::new() } else { external_tensors(&Model::open(&path)?) };
+            Ok((m, tensors))
         })
         .map_err(|e| py_err_at(&path, e))?;
     let tensors_done = decrypted.tensors();

@@ -438,3 +438,44 @@ def test_the_stub_names_every_native_name():
     assert stubbed == native
     for name in op.__all__:
         assert hasattr(op, name), name
+
+
+# ---------------------------------------------------------------- the GIL
+
+
+def test_load_lets_other_threads_run_while_it_works(tmp_path):
+    """With a switch interval far beyond the test's length, a thread waiting for the GIL
+    runs only when the main thread lets go of it: a `load` that kept the GIL would leave
+    the counter unchanged. The passphrase (Argon2id) makes the call long enough."""
+    import sys
+    import threading
+    import time
+
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, passphrase="slow to stretch")
+    key = op.Key.from_passphrase(b"slow to stretch")
+    counter, stop, started = [0], threading.Event(), threading.Event()
+
+    def spin():
+        started.set()
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)  # gives the GIL back, so the main thread can always take it again
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    t = threading.Thread(target=spin)
+    try:
+        t.start()
+        started.wait()
+        before = counter[0]
+        m = op._native.load(str(enc), key=key, tier=None, signers=[])
+        during = counter[0] - before
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+    assert m.model == plain.read_bytes()
+    assert during > 0, "another thread ran while load worked"

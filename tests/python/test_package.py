@@ -306,13 +306,19 @@ def _already_decrypted(tmp_path):
 # ---------------------------------------------------------------- tiers
 
 
-def test_tiers_restore_what_each_key_reaches(tmp_path):
+def tiered(tmp_path):
+    """The external-data fixture encrypted in 2 access tiers: (plain, protected, top key file)."""
     plain = copy_model(EXTERNAL, tmp_path / "plain")
     key = tmp_path / "k.key"
     op.keygen(key, tiers=2)
     enc = tmp_path / "enc" / "model.onnx"
     enc.parent.mkdir()
     op.encrypt(plain, enc, key_file=key, tiers=2)
+    return plain, enc, key
+
+
+def test_tiers_restore_what_each_key_reaches(tmp_path):
+    plain, enc, key = tiered(tmp_path)
     original = plain.read_bytes()
     originals = external_files(plain.parent)
     top = op.load(enc, key_file=key)
@@ -332,12 +338,7 @@ def test_tiers_restore_what_each_key_reaches(tmp_path):
 
 
 def test_python_and_the_cli_write_the_same_tier_1_file(tmp_path):
-    plain = copy_model(EXTERNAL, tmp_path / "plain")
-    key = tmp_path / "k.key"
-    op.keygen(key, tiers=2)
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key_file=key, tiers=2)
+    plain, enc, key = tiered(tmp_path)
     py_out = tmp_path / "py" / "model.onnx"
     cli_out = tmp_path / "cli" / "model.onnx"
     py_out.parent.mkdir()

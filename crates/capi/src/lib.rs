@@ -146,9 +146,11 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
+/// Records the thread's last error. During thread teardown, when the thread-local is
+/// gone, the message is dropped rather than panicking.
 fn set_last_error(message: Option<String>) {
     let c = message.map(|m| CString::new(m.replace('\0', " ")).unwrap_or_default());
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
 }
 
 /// Runs `f` with the panic boundary and the last-error bookkeeping of every call.
@@ -261,7 +263,7 @@ pub extern "C" fn onnx_protect_version() -> *const c_char {
 /// succeeded. Valid until the next `onnx_protect_*` call on this thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn onnx_protect_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |c| c.as_ptr()))
+    LAST_ERROR.try_with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |c| c.as_ptr())).unwrap_or(std::ptr::null())
 }
 
 /// The stable short name of a status (`"ok"`, `"wrong_key"`, `"modified"`, ...), as the
@@ -700,6 +702,21 @@ mod tests {
         assert!(msg.contains("boom") && msg.contains("internal error"), "{msg}");
         assert_eq!(call(|| Ok(())), OnnxProtectStatus::Ok);
         assert!(onnx_protect_last_error().is_null(), "a successful call clears the last error");
+    }
+
+    #[test]
+    fn the_last_error_belongs_to_its_thread() {
+        assert_eq!(call(|| Err(Failure::argument("main thread"))), OnnxProtectStatus::InvalidArgument);
+        let other = std::thread::spawn(|| {
+            assert!(onnx_protect_last_error().is_null(), "a new thread starts without an error");
+            assert_eq!(call(|| Err(Failure::argument("other thread"))), OnnxProtectStatus::InvalidArgument);
+            // SAFETY: a valid C string until the next call on this thread.
+            unsafe { CStr::from_ptr(onnx_protect_last_error()) }.to_str().unwrap().to_string()
+        });
+        assert_eq!(other.join().unwrap(), "other thread");
+        // SAFETY: as above.
+        let mine = unsafe { CStr::from_ptr(onnx_protect_last_error()) }.to_str().unwrap().to_string();
+        assert_eq!(mine, "main thread");
     }
 
     #[test]

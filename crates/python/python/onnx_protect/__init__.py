@@ -352,10 +352,11 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
 
     if external_data not in ("auto", "files", "initializers"):
         raise ValueError(f"external_data must be 'auto', 'files' or 'initializers', not {external_data!r}")
-    m = load(
-        path, key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file, tier=tier, signers=signers,
+    k = _required_key(
+        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+        passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    m = load(path, key=k, tier=tier, signers=signers)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     external = m.external
     mode = external_data
@@ -440,16 +441,14 @@ def export(
     kw["external_data"] = False
     if "f" in kw:
         raise TypeError("export writes to path; do not pass f")
+    k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
     fd = _memfd("onnx-protect-export")
     try:
         plain = f"/proc/self/fd/{fd}"
         program = torch.onnx.export(model, args, plain, **kw)
         del program
-        return encrypt(
-            plain, path, key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-            passphrase_env=passphrase_env, recipients=recipients, policy=policy, seed=seed,
-            tiers=tiers, tier_shares=tier_shares, **dict(overrides or {}),
-        )
+        policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
+        return encrypt(plain, path, key=k, recipients=recipients, **policy_args, **dict(overrides or {}))
     finally:
         _wipe_fd(fd)
 

@@ -381,8 +381,13 @@ def test_sessions_take_external_data_from_memory(ext, external_data):
     kept = getattr(s, "_onnx_protect_buffers", None)
     if external_data == "files":
         assert kept is None, "onnxruntime copied the files: nothing is kept"
+        # The options still point at the released files: re-creating is refused, not a crash.
+        with pytest.raises(op.OnnxProtectError, match="cannot be re-created"):
+            s.set_providers(PROVIDERS)
     else:
         assert kept is not None and not any(b.closed for b in kept.external.values())
+        s.set_providers(PROVIDERS)
+    assert s.run(None, {"x": x})[0].tobytes() == want.tobytes()
 
 
 def test_session_options_and_kwargs_reach_onnxruntime(ext):

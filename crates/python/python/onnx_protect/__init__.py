@@ -320,6 +320,36 @@ def _ort_supports_files_in_memory(ort: Any) -> bool:
     return hasattr(ort.SessionOptions, "add_external_initializers_from_files_in_memory")
 
 
+_session_classes: dict[int, type] = {}
+
+
+def _session_class(ort: Any) -> type:
+    """The ``onnxruntime.InferenceSession`` subclass that :func:`InferenceSession` returns
+    (made when onnxruntime is first imported here)."""
+    cls = _session_classes.get(id(ort))
+    if cls is None:
+
+        class ProtectedInferenceSession(ort.InferenceSession):  # type: ignore[misc, name-defined]
+            """An ``onnxruntime.InferenceSession`` of a protected model, built from memory
+            by ``onnx_protect.InferenceSession``."""
+
+            _onnx_protect_released = False
+
+            def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
+                # onnxruntime re-creates the session from the options, which still point
+                # at the external data files given from memory: released, once copied.
+                if self._onnx_protect_released:
+                    raise OnnxProtectError(
+                        "the decrypted external data of this session was zeroed and released once "
+                        "onnxruntime had copied it, so the session cannot be re-created; call "
+                        "onnx_protect.InferenceSession(..., providers=...) again instead"
+                    )
+                super().set_providers(providers, provider_options)
+
+        cls = _session_classes[id(ort)] = ProtectedInferenceSession
+    return cls
+
+
 def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     path: PathLike,
     *,
@@ -369,11 +399,12 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
         arrays = [np.frombuffer(external[n], dtype=np.uint8) for n in names]
         so.add_external_initializers_from_files_in_memory(names, arrays, [len(external[n]) for n in names])
         try:
-            session = ort.InferenceSession(m.model, so, **onnxruntime_kwargs)
+            session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
         finally:
             # onnxruntime copied the files while it created the session.
             del arrays
             m.close()
+        session._onnx_protect_released = True
         return session
     if external:
         names, values = [], []
@@ -389,7 +420,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
             names.append(t.name)
             values.append(ort.OrtValue.ortvalue_from_numpy(a))
         so.add_external_initializers(names, values)
-    session = ort.InferenceSession(m.model, so, **onnxruntime_kwargs)
+    session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
     if external:
         # add_external_initializers does not copy: the decrypted buffers must live as long as the session.
         session._onnx_protect_buffers = m  # type: ignore[attr-defined]

@@ -403,6 +403,14 @@ def test_session_options_and_kwargs_reach_onnxruntime(ext):
         op.InferenceSession(enc, key=op.new_key())
 
 
+def test_export_refuses_what_would_write_plaintext_files(tmp_path):
+    with pytest.raises(ValueError, match="external_data"):
+        op.export(None, (), tmp_path / "m.onnx", key=op.new_key(), external_data=True)
+    with pytest.raises(TypeError, match="do not pass f"):
+        op.export(None, (), tmp_path / "m.onnx", key=op.new_key(), f=str(tmp_path / "plain.onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- buffers
 
 

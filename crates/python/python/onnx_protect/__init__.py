@@ -464,14 +464,14 @@ def export(
     :func:`encrypt` (``overrides`` maps ``coefficient``/``mode``/... to values).
     torch is imported here only. Returns the encryption report.
     """
-    import torch
-
     kw = dict(torch_onnx_export_kwargs)
     if kw.get("external_data"):
         raise ValueError("export keeps the model in memory: external_data=True is not supported")
     kw["external_data"] = False
     if "f" in kw:
         raise TypeError("export writes to path; do not pass f")
+    import torch
+
     k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
     fd = _memfd("onnx-protect-export")
     try:

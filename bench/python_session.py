@@ -14,7 +14,9 @@ before the timer starts, handed over as `protected` does; what onnxruntime's in-
 path costs by itself), `protected`
 (onnx_protect.InferenceSession; external data handed over as whole files, which
 onnxruntime copies) and, for models with external data, `protected-initializers`
-(external initializers handed over one by one, used in place by onnxruntime).
+(external initializers handed over one by one, used in place by onnxruntime), and
+`load only` (`onnx_protect.load` of the protected model, no session: the decryption's
+share of `protected`).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -63,6 +65,8 @@ if variant == "plain-in-memory":
     if files:
         so.add_external_initializers_from_files_in_memory(list(files), list(files.values()), [a.size for a in files.values()])
     s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+elif variant == "load only":
+    s = onnx_protect.load(model, key_file=key)
 elif variant == "plain":
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 else:
@@ -140,15 +144,16 @@ def main():
             onnx_protect.encrypt(plain, protected, key_file=key)
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
-        variants = ["plain", "plain-in-memory", "protected"]
+        variants = ["plain", "plain-in-memory", "protected", "load only"]
         if any(protected.parent.glob("*.bin")):
             variants.append("protected-initializers")
         runs = {v: [] for v in variants}
+        model_of = {v: plain if v.startswith("plain") else protected for v in variants}
         for v in variants:  # warm-up (page cache, imports)
-            measure(v, plain if v == "plain" else protected, key)
+            measure(v, model_of[v], key)
         for _ in range(a.runs):
             for v in variants:
-                runs[v].append(measure(v, plain if v == "plain" else protected, key))
+                runs[v].append(measure(v, model_of[v], key))
         med = {}
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}

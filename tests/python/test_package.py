@@ -4,7 +4,7 @@ external data, access tiers, onnxruntime sessions from memory, and the hygiene o
 decrypted buffers. tests/python/test_package_plaintext.py checks that no plaintext
 file is left behind; tests/python/test_package_capi.py covers the C ABI.
 
-Runs the built binary (target/debug/onnx-protect, or $ONNX_PROTECT_BIN).
+Runs the built binary (target/debug/onnx-protect, built here if missing, or $ONNX_PROTECT_BIN).
 """
 import ast
 import json
@@ -30,6 +30,8 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def cli(*args):
+    if not os.path.exists(BIN) and "ONNX_PROTECT_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "-q", "--bin", "onnx-protect"], cwd=ROOT, check=True)
     r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True)
     assert r.returncode == 0, f"{args}: {r.stderr}"
     return r

@@ -31,6 +31,8 @@ IO, MALFORMED, KEY, NOT_PROTECTED, WRONG_KEY, MODIFIED, NOT_SIGNED = 2, 3, 4, 5,
 
 
 def cli(*args):
+    if not os.path.exists(BIN) and "ONNX_PROTECT_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "-q", "--bin", "onnx-protect"], cwd=ROOT, check=True)
     r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True)
     assert r.returncode == 0, f"{args}: {r.stderr}"
 

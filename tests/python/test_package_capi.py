@@ -19,22 +19,15 @@ import pytest
 from pyrage import x25519
 
 import onnx_protect as op
+from test_package import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("ONNX_PROTECT_BIN", str(ROOT / "target" / "debug" / "onnx-protect"))
 LIBDIR = ROOT / "target" / "debug"
 EXAMPLE = ROOT / "examples" / "c" / "decrypt_model.c"
 CC = os.environ.get("CC", "gcc")
 
 # OnnxProtectStatus values (crates/capi/include/onnx_protect.h).
 IO, MALFORMED, KEY, NOT_PROTECTED, WRONG_KEY, MODIFIED, NOT_SIGNED = 2, 3, 4, 5, 8, 9, 10
-
-
-def cli(*args):
-    if not os.path.exists(BIN) and "ONNX_PROTECT_BIN" not in os.environ:
-        subprocess.run(["cargo", "build", "-q", "--bin", "onnx-protect"], cwd=ROOT, check=True)
-    r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True)
-    assert r.returncode == 0, f"{args}: {r.stderr}"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@
 # test and example once (what scripts/demo.sh built is reused), and the Python
 # tests run the binary that build produced (target/debug/onnx-protect, with the
 # default features, tract included).
+# Then it builds and installs the Python package and runs the Python tests (onnxruntime
+# cross-checks, the package, the C ABI example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
@@ -19,5 +21,10 @@ cargo test --workspace
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
+step "python package (pip install ./crates/python)"
+# The package the README shows, built by maturin (a release build of the Rust crates)
+# and installed into the test interpreter; tests/python/test_package*.py import it.
+python3 -m pip install --quiet --disable-pip-version-check ./crates/python
+step "pytest"
 python3 -m pytest -q tests/python
 step "done"

@@ -22,9 +22,10 @@ step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
 step "python package (pip install ./crates/python)"
-# The package the README shows, built by maturin (a release build of the Rust crates)
-# and installed into the test interpreter; tests/python/test_package*.py import it.
-python3 -m pip install --quiet --disable-pip-version-check ./crates/python
+# The package the README shows, built by maturin and installed into the test
+# interpreter; tests/python/test_package*.py import it. Built in the dev profile here,
+# so it reuses what `cargo test` just compiled (users get the release build).
+MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
 step "pytest"
 python3 -m pytest -q tests/python
 step "done"

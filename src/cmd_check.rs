@@ -37,6 +37,11 @@ pub struct Args {
     /// Require the encrypted spans to contain the policy's spans, not just as many bytes.
     #[arg(long)]
     strict_spans: bool,
+    /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
+    #[command(flatten)]
+    key: crate::keys::KeyArgs,
+    #[command(flatten)]
+    signers: crate::keys::SignerArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -64,10 +69,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let policy =
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
     let bar = Bar::new(a.out.quiet);
+    let key = a.key.source()?;
+    let signers = a.signers.signers()?;
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,
         strict_spans: a.strict_spans,
+        key: key.as_ref(),
+        signers: &signers,
         progress: &bar,
     };
     let results: Vec<ModelCheck> = a.models.iter().map(|m| check_model(m, &opts)).collect();

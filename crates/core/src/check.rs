@@ -28,7 +28,7 @@ use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Sele
 
 use crate::error::{CoreError, ErrorKind};
 use crate::manifest::{is_manifest_key, read_protected, Target};
-use crate::protect::{manifest_version, verify};
+use crate::protect::{manifest_version, verify_signed};
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -58,6 +58,10 @@ pub struct CheckOptions<'a> {
     pub require_encrypted: bool,
     /// Require the encrypted spans to contain the policy's spans, not only as many bytes.
     pub strict_spans: bool,
+    /// Check the MACs with this key (and its secret positions), not only the keyless digest.
+    pub key: Option<&'a crate::keys::KeySource>,
+    /// Require a valid signature of one of these publishers.
+    pub signers: &'a [onnx_protect_keys::SignerKey],
     pub progress: &'a dyn Progress,
 }
 
@@ -100,7 +104,7 @@ pub struct ModelCheck {
     pub path: String,
     pub passed: bool,
     pub protected: bool,
-    /// `"checksum"` when the keyless checksum was verified.
+    /// `"checksum"` when the keyless digest was verified, `"mac"` when the MACs were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<&'static str>,
     pub tensors: usize,
@@ -219,9 +223,10 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
         out.protected = true;
         out.tensors = targets.len();
         out.encrypted_bytes = targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
-        // The keyless check of `onnx-protect verify`: the manifest's form and the checksum.
-        match verify(path, None, opts.progress) {
-            Ok(_) => out.integrity = Some("checksum"),
+        // The check of `onnx-protect verify`: without a key the manifest's form and the
+        // keyless digest, with one the MACs; the signers asked for.
+        match verify_signed(path, opts.key, opts.signers, opts.progress) {
+            Ok(_) => out.integrity = Some(if opts.key.is_some() { "mac" } else { "checksum" }),
             Err(e) => out.failures.push(failure(error_reason(&e), e.to_string())),
         }
     }

@@ -75,6 +75,12 @@ fn varint_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
 /// model (docs/format.md §1): `0x72 L 0x0A 0x0F "onnx-protect/v2" 0x12 L' VALUE` ending at
 /// the last byte. Returns the field's range and the value.
 pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
+    let (range, value) = trailing_entry_bytes(bytes)?;
+    Some((range, std::str::from_utf8(value).ok()?))
+}
+
+/// [`trailing_entry`] whatever the value's bytes are (text or not).
+pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> {
     let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
     key.extend_from_slice(METADATA_KEY_V2.as_bytes());
     key.push(0x12);
@@ -93,8 +99,7 @@ pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
             continue;
         }
         if varint_at(bytes, start + 1) == Some((inner, w)) {
-            let value = std::str::from_utf8(&bytes[value_start..]).ok()?;
-            return Some((start as u64..bytes.len() as u64, value));
+            return Some((start as u64..bytes.len() as u64, &bytes[value_start..]));
         }
     }
     None

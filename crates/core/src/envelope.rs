@@ -123,10 +123,13 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     }
     let envelope: pb::Envelope = canonical(&raw, "envelope")?;
     let header: pb::Header = canonical(&envelope.header, "header")?;
+    // The version is the entry's key; a version-2 header of another format_version
+    // breaks a header rule (§3).
     if header.format_version != FORMAT_VERSION_V2 {
-        return Err(CoreError::UnsupportedVersion {
-            key: format!("{METADATA_KEY_V2} format_version {}", header.format_version),
-        });
+        return Err(bad(format!(
+            "the header of an {METADATA_KEY_V2} entry has format_version {}",
+            header.format_version
+        )));
     }
     let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
     check_shape(&envelope, &header, &recipients)?;

@@ -276,6 +276,47 @@ fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
     }
 }
 
+/// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a
+/// header rule (docs/format.md §3): "modified", also when the checksum was recomputed,
+/// never "unsupported version" (which names a manifest key this build does not read).
+#[test]
+fn a_version_2_header_of_another_format_version_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::v2 as pb;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let mut header = sealed.header.clone();
+    header.format_version = 3;
+    let mut env: pb::Envelope = sealed.envelope.clone();
+    env.header = header.encode_to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = bytes[..range.start as usize].to_vec();
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    let path = dir.path().join("v3.onnx");
+    std::fs::write(&path, &changed).unwrap();
+    let out = dir.path().join("out.onnx");
+    for (what, r) in [
+        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{what}: {e}");
+        assert!(e.to_string().starts_with("modified"), "{what}: {e}");
+    }
+    assert!(!out.exists());
+}
+
 /// A decryption below the top tier stays a protected model (docs/format.md §11): in
 /// memory it is the same file `decrypt --tier` writes, its rewritten entry included, so
 /// the top key can finish it; a key whose tiers are all restored already gets the file

@@ -65,11 +65,17 @@ fn all_of_it() -> Policy {
     p
 }
 
-fn tiered(mode: &str) -> Policy {
+/// Three tiers, l1 selection, in `mode` (dp only where format 2 allows it) for `model`.
+fn tiered(mode: &str, model: &Path) -> Policy {
     let mut p = Policy::default();
     p.apply_override("mode", mode).unwrap();
     p.apply_override("selection", "*=l1").unwrap();
     p.set_tiers(3).unwrap();
+    if mode == "*=dp" {
+        let (p, dp) = crate::util::dp_where_possible(model, p);
+        assert!(dp > 0, "{}: no tensor in the dp mode", model.display());
+        return p;
+    }
     p
 }
 
@@ -228,7 +234,7 @@ fn every_changed_byte_of_a_tiered_model_is_refused_with_the_top_and_a_tier_1_key
     for (name, mode) in [("cnn_torch", "*=dp"), ("roles_mix", "*=fp"), ("typed_fields", "*=dp")] {
         let path = root().join("fixtures/models").join(name).join("model.onnx");
         let dir = scratch();
-        let enc = protect(&path, dir.path(), &top, &tiered(mode));
+        let enc = protect(&path, dir.path(), &top, &tiered(mode, &path));
         let out_dir = dir.path().join("out");
         let enc_dir = enc.parent().unwrap();
         sweep_folder(&format!("{name} {mode}, top key"), enc_dir, &top, &out_dir, true, true);
@@ -259,7 +265,7 @@ fn every_changed_byte_of_a_partially_decrypted_model_is_refused() {
     for (name, mode) in [("cnn_torch", "*=fp"), ("external_data", "*=dp")] {
         let path = root().join("fixtures/models").join(name).join("model.onnx");
         let dir = scratch();
-        let mut policy = tiered(mode);
+        let mut policy = tiered(mode, &path);
         policy.apply_override("coefficient", "*=0.6").unwrap();
         let enc = protect(&path, dir.path(), &top, &policy);
         let partial = dir.path().join("partial").join("model.onnx");

@@ -368,6 +368,14 @@ fn every_changed_byte_of_a_format_1_vector_is_refused_or_comes_back_as_that_chan
         guard.extend(guarded_v1_external(&model));
         drop(model);
         let want = outputs(&original);
+        let in_memory = |d: onnx_protect_core::memory::DecryptedModel| {
+            let mut got = BTreeMap::from([("model.onnx".to_string(), d[..].to_vec())]);
+            got.extend(d.external().iter().map(|(l, b)| (l.clone(), b[..].to_vec())));
+            got
+        };
+        // The baseline: the unchanged copy decrypts to the original.
+        assert!(in_memory(decrypt_in_memory(&path, &k).unwrap()) == want, "{name}");
+        let mut accepted = 0;
         for (file, bytes) in outputs(&path) {
             for i in 0..bytes.len() {
                 let ctx = format!("{name}: byte {i} of {file}");
@@ -381,15 +389,16 @@ fn every_changed_byte_of_a_format_1_vector_is_refused_or_comes_back_as_that_chan
                     Err(_) => {}
                     Ok(d) => {
                         assert!(!is_guarded, "{ctx}: the MAC covers it, but it was accepted");
-                        let mut got = BTreeMap::from([("model.onnx".to_string(), d[..].to_vec())]);
-                        got.extend(d.external().iter().map(|(l, b)| (l.clone(), b[..].to_vec())));
-                        assert!(one_bit_apart(&got, &want, bit), "{ctx}: decrypted to other bytes");
+                        assert!(one_bit_apart(&in_memory(d), &want, bit), "{ctx}: decrypted to other bytes");
+                        accepted += 1;
                     }
                 }
                 swept += 1;
             }
             std::fs::write(dir.path().join(&file), &bytes).unwrap();
         }
+        // Format 1 leaves the clear bytes unauthenticated: some change gets through.
+        assert!(accepted > 0, "{name}: every change was refused");
     }
     assert!(swept > 25_000, "only {swept} bytes swept");
 }

@@ -16,8 +16,7 @@ use crate::action::{prepare, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformed_digest, transformer};
 use crate::envelope::{
     check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
-    ProtectedV2,
-    CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
+    ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
 use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
@@ -141,8 +140,12 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         signatures,
         ..Default::default()
     };
-    let model_out =
-        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
@@ -395,7 +398,8 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out = files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out =
+            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -498,7 +502,8 @@ pub(crate) fn rewrite_entry(
         durable,
         &onnx_protect_format::NoProgress,
     )?;
-    let model_out = files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

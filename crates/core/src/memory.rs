@@ -83,7 +83,7 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{apply, edits_for, Action};
+use crate::action::{apply, edits_for, prepare, Action};
 use crate::envelope::{entry_bytes, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
@@ -620,7 +620,10 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         return restore_copied(model, &p, key, None);
     }
     let keys = authenticate(model, &p, key)?;
-    let actions: Vec<Action> = p.targets.iter().map(|t| Action::Xor(Box::new(keys.keystream(t.stream_id)))).collect();
+    // Varint-stored tensors are decrypted whole (their re-encoded fields change length);
+    // the other spans are patched with their keystream.
+    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
+    let actions = prepare(model, &p.targets, streams, true)?;
     let sources = sources_of(&actions)?;
     let model_bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone())?;
     let external = external_patched(model, &p.targets, &sources)?;

@@ -24,19 +24,19 @@ fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
 
 /// Decrypts `input` into `output` (the same path with `in_place`).
 fn dec(input: &Path, output: &Path, k: &KeySource, in_place: bool) {
-    onnx_protect_core::protect::decrypt(
-        input,
-        output,
-        k,
-        &DecryptOptions { in_place, ..DecryptOptions::default() },
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    onnx_protect_core::protect::decrypt(input, output, k, &DecryptOptions { in_place, ..DecryptOptions::default() })
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// Encrypts `model` over itself.
 fn enc_in_place(model: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(model, model, &EncryptTo::key(k.clone()), &EncryptOptions { in_place: true, ..EncryptOptions::new(policy) })
-        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    encrypt(
+        model,
+        model,
+        &EncryptTo::key(k.clone()),
+        &EncryptOptions { in_place: true, ..EncryptOptions::new(policy) },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
 }
 
 fn policies() -> Vec<(&'static str, Policy)> {

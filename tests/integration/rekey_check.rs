@@ -118,7 +118,12 @@ fn rekey_refuses_a_format_1_file_which_still_decrypts() {
     std::fs::write(&new, format!("{}\n", "09".repeat(32))).unwrap();
     let (e, o, k, n) =
         (enc.to_str().unwrap(), re.to_str().unwrap(), vector.join("key.hex"), new.to_str().unwrap().to_string());
-    assert_refused(&["rekey", e, "-o", o, "--key-file", k.to_str().unwrap(), "--new-key-file", &n], 6, "read-only", &re);
+    assert_refused(
+        &["rekey", e, "-o", o, "--key-file", k.to_str().unwrap(), "--new-key-file", &n],
+        6,
+        "read-only",
+        &re,
+    );
 
     let out = dir.path().join("d/model.onnx");
     dec(&enc, &out, &old).unwrap();

@@ -91,7 +91,8 @@ fn every_fixture_rekeys_with_tiers_and_the_dp_mode() {
     for (name, policy) in [("dp-3", tiered("dp", 3)), ("fp-3", tiered("fp", 3)), ("dp-1", tiered("dp", 1))] {
         for model in fixture_models() {
             // Format 2 permutes spans of at least 16 elements only.
-            let policy = if name.starts_with("dp") { dp_where_possible(&model, policy.clone()).0 } else { policy.clone() };
+            let policy =
+                if name.starts_with("dp") { dp_where_possible(&model, policy.clone()).0 } else { policy.clone() };
             let dir = tempfile::tempdir().unwrap();
             let (a, b) = (dir.path().join("a").join("model.onnx"), dir.path().join("b").join("model.onnx"));
             encrypt(&model, &a, &to(&key(1)), &eopts(&policy))

@@ -121,14 +121,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
             let tier = (tiers > 1).then_some(t);
             let mem = decrypt_tier_in_memory(&m, &key(), tier).unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
             let out = dir.path().join(format!("t{t}")).join("model.onnx");
-            decrypt_tier(
-                &enc,
-                &out,
-                &key(),
-                tier,
-                &DecryptOptions::default(),
-            )
-            .unwrap();
+            decrypt_tier(&enc, &out, &key(), tier, &DecryptOptions::default()).unwrap();
             assert!(&mem[..] == std::fs::read(&out).unwrap().as_slice(), "{name} tier {t}");
             for f in &original.external_files {
                 let disk = std::fs::read(out.parent().unwrap().join(&f.location)).unwrap();

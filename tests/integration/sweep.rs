@@ -126,12 +126,32 @@ fn assert_every_verb_refuses(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Pat
     if top {
         results.push(("rekey", rekey(enc, &out, k, &new_key(), &ropts()).map(|_| ())));
     }
+    // In memory from a model parsed out of a buffer (a copy, not a map); a buffer that no
+    // longer parses never reaches the decryption.
+    if let Ok(m) = Model::from_vec(std::fs::read(enc).unwrap(), enc.parent().map(Path::to_path_buf)) {
+        results.push(("decrypt_model_in_memory", decrypt_model_in_memory(&m, k).map(|_| ())));
+    }
     for (verb, r) in results {
         match r {
             Ok(()) => panic!("{ctx}: {verb} accepted the changed file"),
             Err(e) => assert!(is_refusal(&e, in_framing), "{ctx}: {verb}: {e}"),
         }
         assert!(folder(out_dir).is_empty(), "{ctx}: {verb} left {:?}", folder(out_dir).keys());
+    }
+}
+
+/// The baseline of a sweep: every verb [`assert_every_verb_refuses`] runs accepts the
+/// unchanged folder (so a refusal in the sweep is the changed byte's doing).
+fn assert_every_verb_accepts(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Path, top: bool) {
+    let out = out_dir.join("model.onnx");
+    verify(enc, None, &NoProgress).unwrap_or_else(|e| panic!("{ctx}: verify: {e}"));
+    verify(enc, Some(k), &NoProgress).unwrap_or_else(|e| panic!("{ctx}: verify --key: {e}"));
+    decrypt(enc, &out, k, &DecryptOptions::default()).unwrap_or_else(|e| panic!("{ctx}: decrypt: {e}"));
+    std::fs::remove_dir_all(out_dir).unwrap();
+    decrypt_in_memory(enc, k).unwrap_or_else(|e| panic!("{ctx}: decrypt_in_memory: {e}"));
+    if top {
+        rekey(enc, &out, k, &new_key(), &ropts()).unwrap_or_else(|e| panic!("{ctx}: rekey: {e}"));
+        std::fs::remove_dir_all(out_dir).unwrap();
     }
 }
 
@@ -152,6 +172,7 @@ fn positions(len: usize, every: bool, also: Range<usize>) -> Vec<usize> {
 /// which moves with the offset) and asserts that every verb refuses it with `k`.
 fn sweep_folder(name: &str, enc_dir: &Path, k: &KeySource, out_dir: &Path, every: bool, top: bool) -> usize {
     let enc_path = enc_dir.join("model.onnx");
+    assert_every_verb_accepts(name, &enc_path, k, out_dir, top);
     let files = folder(enc_dir);
     let model_framing = framing(&files["model.onnx"]);
     let mut swept = 0;
@@ -177,8 +198,6 @@ fn every_changed_byte_of_a_small_protected_model_is_refused_by_every_verb() {
         let name = path.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
         let dir = scratch();
         let enc = protect(&path, dir.path(), &key(), &all_of_it());
-        // The unchanged file passes every verb (the baseline of the sweep).
-        verify(&enc, Some(&key()), &NoProgress).unwrap_or_else(|e| panic!("{name}: {e}"));
         swept += sweep_folder(&name, enc.parent().unwrap(), &key(), &dir.path().join("out"), true, true);
     }
     assert!(swept > 40_000, "only {swept} bytes swept");
@@ -274,7 +293,8 @@ fn every_changed_byte_of_a_partially_decrypted_model_is_refused() {
         assert_eq!(p.restored_tiers, 1, "{name}");
         assert!(p.targets.iter().any(|t| t.tier == 1), "{name}: tier 1 holds nothing");
         let out_dir = dir.path().join("out");
-        let swept = sweep_folder(&format!("{name} {mode}, partial"), partial.parent().unwrap(), &top, &out_dir, true, false);
+        let swept =
+            sweep_folder(&format!("{name} {mode}, partial"), partial.parent().unwrap(), &top, &out_dir, true, false);
         assert!(swept > 1000, "{name}: only {swept} bytes swept");
     }
 }
@@ -319,6 +339,20 @@ fn the_binary_refuses_changed_bytes_with_exit_5_and_no_output() {
         let o = out.to_str().unwrap();
         let files = folder(enc_dir);
         let frame = framing(&files["model.onnx"]);
+        let commands: [&[&str]; 6] = [
+            &["decrypt", e, "-o", o, "--key-file", k],
+            &["decrypt", e, "--stdout", "--key-file", k],
+            &["verify", e],
+            &["verify", e, "--key-file", k],
+            &["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n],
+            &["check", e, "--require-encrypted"],
+        ];
+        // The baseline: the unchanged folder passes every command.
+        for args in commands {
+            let (code, _, err) = run(args);
+            assert_eq!(code, 0, "{name}: {args:?}: {err}");
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
         for (file, bytes) in &files {
             let mut at: Vec<usize> = (0..bytes.len()).step_by(step).collect();
             if file == "model.onnx" {
@@ -330,23 +364,13 @@ fn the_binary_refuses_changed_bytes_with_exit_5_and_no_output() {
                 changed[i] ^= 1 << (i % 8);
                 std::fs::write(enc_dir.join(file), &changed).unwrap();
                 let in_framing = file == "model.onnx" && frame.contains(&i);
-                for args in [
-                    &["decrypt", e, "-o", o, "--key-file", k][..],
-                    &["decrypt", e, "--stdout", "--key-file", k][..],
-                    &["verify", e][..],
-                    &["verify", e, "--key-file", k][..],
-                    &["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n][..],
-                    &["check", e, "--require-encrypted"][..],
-                ] {
+                for args in commands {
                     assert_cli_refuses(&ctx, args, &out_dir, in_framing);
                 }
                 swept += 1;
             }
             std::fs::write(enc_dir.join(file), bytes).unwrap();
         }
-        // The unchanged folder passes.
-        let (code, _, err) = run(&["verify", e, "--key-file", k]);
-        assert_eq!(code, 0, "{name}: {err}");
     }
     assert!(swept > 250, "only {swept} bytes swept");
 }

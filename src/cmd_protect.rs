@@ -24,12 +24,12 @@ pub struct KeygenArgs {
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
     tiers: u32,
-    /// Write an Ed25519 signing key (ONNX-PROTECT-SIGNING-KEY-1…) instead, and print its public
-    /// signer key (onnx-protect-signer1…) for `--signer`.
+    /// Write an Ed25519 signing key (ONNX-PROTECT-SIGNING-KEY-1...) instead, and print its public
+    /// signer key (onnx-protect-signer1...) for `--signer`.
     #[arg(long, conflicts_with_all = ["tiers", "recipient"])]
     signing: bool,
-    /// Write an age X25519 identity (AGE-SECRET-KEY-1…, as age-keygen writes it) instead, and print
-    /// its public recipient (age1…) for `encrypt --recipient`.
+    /// Write an age X25519 identity (AGE-SECRET-KEY-1..., as age-keygen writes it) instead, and print
+    /// its public recipient (age1...) for `encrypt --recipient`.
     #[arg(long, conflicts_with = "tiers")]
     recipient: bool,
     #[command(flatten)]

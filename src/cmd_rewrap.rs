@@ -33,7 +33,7 @@ pub struct Args {
     /// Remove the stanzas of this key file (at every tier).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     remove_key_file: Vec<PathBuf>,
-    /// Remove the stanzas with this public label: a recipient (age1…), a key fingerprint (as
+    /// Remove the stanzas with this public label: a recipient (age1...), a key fingerprint (as
     /// `inspect` lists them), a provider's label.
     #[arg(long, value_name = "LABEL")]
     remove: Vec<String>,

@@ -30,7 +30,7 @@ pub struct KeyArgs {
     /// File whose first line is a passphrase (stretched with Argon2id).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub passphrase_file: Option<PathBuf>,
-    /// age identity file (AGE-SECRET-KEY-1… lines, as age-keygen or `keygen --recipient` write them):
+    /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
     /// opens models encrypted to its X25519 recipient.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
@@ -39,7 +39,7 @@ pub struct KeyArgs {
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
 #[derive(clap::Args, Default)]
 pub struct RecipientArgs {
-    /// Encrypt to this public recipient (an age X25519 recipient, age1…); repeatable. `T:age1…` wraps
+    /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
     /// the data key of access tier T for it (default: the top tier).
     #[arg(long = "recipient", value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
@@ -108,7 +108,7 @@ impl SignArgs {
 /// Publishers whose signature a model must carry.
 #[derive(clap::Args, Default)]
 pub struct SignerArgs {
-    /// Require a valid signature of this publisher: a signer key (onnx-protect-signer1…) or a file of
+    /// Require a valid signature of this publisher: a signer key (onnx-protect-signer1...) or a file of
     /// them; repeatable (any one of them suffices).
     #[arg(long, value_name = "KEY|FILE")]
     pub signer: Vec<String>,

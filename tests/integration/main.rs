@@ -16,3 +16,4 @@ mod sweep;
 mod tiers;
 mod transform;
 mod util;
+mod vectors;

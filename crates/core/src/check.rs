@@ -186,10 +186,12 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
         failures: Vec::new(),
         ops: Vec::new(),
     };
-    let model = match Model::open_with_progress(path, opts.progress) {
+    // A protected model that no longer parses is "modified", as `verify` reports it.
+    let model = match crate::protect::open_protected(path, opts.progress) {
         Ok(m) => m,
         Err(e) => {
-            out.failures.push(failure(reasons::BAD_MODEL, e.to_string()));
+            out.protected = e.kind() == ErrorKind::Modified;
+            out.failures.push(failure(error_reason(&e), e.to_string()));
             return out;
         }
     };

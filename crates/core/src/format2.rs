@@ -15,8 +15,8 @@ use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
 use crate::action::{prepare, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformed_digest, transformer};
 use crate::envelope::{
-    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, ProtectedV2,
-    CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
+    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
+    ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
 use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
@@ -39,10 +39,15 @@ pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &P
 }
 
 /// The error for a model file that does not parse: "modified" when it ends in a sound
-/// version-2 entry whose content digest no longer matches, else the parser's error.
+/// version-2 entry whose content digest no longer matches, or in an entry whose value is
+/// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's
+/// error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
-    let Some((range, value)) = trailing_entry(&bytes) else { return e.into() };
+    let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
+    let Ok(value) = std::str::from_utf8(raw) else {
+        return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
+    };
     let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
     if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
         let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
@@ -232,8 +237,12 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         signatures,
         ..Default::default()
     };
-    let model_out =
-        files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
@@ -557,7 +566,8 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out =
+            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -672,7 +682,8 @@ pub(crate) fn rewrite_entry(
         durable,
         &onnx_protect_format::NoProgress,
     )?;
-    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

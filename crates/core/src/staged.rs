@@ -7,13 +7,13 @@
 //! input unless asked to, and are flushed to the disk before the rename when they
 //! replace it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_format::write::{staged_output, FinalMode};
 use onnx_protect_format::Model;
 
 use crate::error::{CoreError, Result};
+use crate::pass::Out;
 
 /// Output files staged in temp files next to their destinations; nothing is
 /// visible until [`Staged::commit`], and dropping it removes every temp file.
@@ -43,9 +43,9 @@ impl Staged {
         Ok(self.files.len() - 1)
     }
 
-    /// The open temporary file of output `i`.
-    pub(crate) fn file_ref(&self, i: usize) -> &File {
-        self.files[i].0.as_file()
+    /// The open temporary file of output `i`, and its destination.
+    pub(crate) fn out(&self, i: usize) -> Out<'_> {
+        Out { file: self.files[i].0.as_file(), dest: &self.files[i].1 }
     }
 
     /// Renames every file into place, the last one staged (the model) last, after
@@ -110,9 +110,9 @@ impl Outputs {
 
     /// The staged files in covered-file order (docs/format.md §9): the model, then each
     /// external data file.
-    pub(crate) fn covered_files(&self) -> Vec<Option<&File>> {
+    pub(crate) fn covered_files(&self) -> Vec<Option<Out<'_>>> {
         let n = self.external.len();
-        std::iter::once(n).chain(0..n).map(|i| Some(self.staged.file_ref(i))).collect()
+        std::iter::once(n).chain(0..n).map(|i| Some(self.staged.out(i))).collect()
     }
 }
 

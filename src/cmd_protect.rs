@@ -9,6 +9,7 @@ use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions, EncryptTo
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 use onnx_protect_select::Policy;
 
+use crate::dest::WriteArgs;
 use crate::exit::usage;
 use crate::keys::{KeyArgs, RecipientArgs, SignArgs, SignerArgs};
 use crate::output::OutputArgs;
@@ -32,8 +33,17 @@ pub struct KeygenArgs {
     /// its public recipient (age1…) for `encrypt --recipient`.
     #[arg(long, conflicts_with = "tiers")]
     recipient: bool,
+    /// Create the directory of OUTPUT (and its parents) if it is missing.
+    #[arg(long, short = 'p')]
+    mkdir: bool,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// The directory of a key file to write: it must exist, or is created with `--mkdir`.
+fn key_dir(path: &std::path::Path, mkdir: bool) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    crate::dest::mkdir_rule(dir, mkdir)
 }
 
 /// Writes `text` to a new file readable by its owner only (never over an existing file),
@@ -67,6 +77,9 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
         (text, public, "recipient")
     };
     a.out.refuse_json_with_stdout(is_stdio(&a.output))?;
+    if !is_stdio(&a.output) {
+        key_dir(&a.output, a.mkdir)?;
+    }
     write_secret_text(&a.output, &secret)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -132,6 +145,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
+    key_dir(&a.output, a.mkdir)?;
     let key = MasterKey::generate()?;
     let paths: Vec<PathBuf> = (1..a.tiers).map(|t| tier_path(&a.output, t)).collect();
     for p in paths.iter().chain(std::iter::once(&a.output)) {
@@ -184,9 +198,12 @@ pub struct DeriveTierKeyArgs {
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
-    /// Where to write the derived key (a key file that records its tier).
+    /// Where to write the derived key (a key file that records its tier). Never overwrites a file.
     #[arg(short, long, value_parser = stdio::file_path)]
     output: PathBuf,
+    /// Create the directory of OUTPUT (and its parents) if it is missing.
+    #[arg(long, short = 'p')]
+    mkdir: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -222,7 +239,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
                 key_env: None,
                 passphrase_env: a.passphrase_env.clone(),
                 passphrase_file: a.passphrase_file.clone(),
-                identity: None,
+                ..Default::default()
             }
             .required()?;
             let m = onnx_protect_format::Model::open(model)?;
@@ -240,6 +257,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
     for _ in a.tier..from {
         k = k.tier_down();
     }
+    key_dir(&a.output, a.mkdir)?;
     write_key_file(&a.output, KeyKind::Tier { tier: a.tier }, &k)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -275,12 +293,17 @@ pub struct EncryptArgs {
     /// Write the model even if the policy encrypts none of its bytes (refused by default).
     #[arg(long)]
     allow_empty: bool,
+    /// Accept a passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
+    #[command(flatten)]
+    write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -370,6 +393,9 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
     let to = EncryptTo { master: a.key.optional_master()?, recipients: a.recipients.recipients()? };
+    if let Some(m) = &to.master {
+        crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
+    }
     if to.master.is_none() && to.recipients.is_empty() {
         usage!(
             "give a key (--key-file, --key-env, --passphrase-env, --passphrase-file) or a --recipient to encrypt to"
@@ -382,6 +408,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         in_place: a.in_place,
         sync: a.sync,
         allow_empty: a.allow_empty,
+        outputs: a.write.rules(),
         signing_keys: &signing_keys,
         progress: &bar,
         ..EncryptOptions::new(&policy)
@@ -394,11 +421,14 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     a.out.report(&r, to_stdout, || {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
         let mut t = format!(
-            "encrypted {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}",
+            "protected {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}\n  {}",
             r.encrypted_bytes,
             r.tensors.len(),
             r.weight_bytes,
-            r.output
+            r.output,
+            onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(
+                &r.tensors
+            ))
         );
         for (name, why) in &r.skipped {
             t += &format!("\n  skipped {name}: {why}");
@@ -435,6 +465,8 @@ pub struct DecryptArgs {
     #[command(flatten)]
     signers: SignerArgs,
     #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -456,7 +488,13 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         &target,
         &key,
         a.tier,
-        &DecryptOptions { in_place: a.in_place, sync: a.sync, signers: &signers, progress: &bar },
+        &DecryptOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signers: &signers,
+            progress: &bar,
+        },
     )
     .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
     r.input = a.input.display().to_string();
@@ -518,6 +556,8 @@ pub struct SignArgsCmd {
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -529,7 +569,7 @@ pub fn sign(a: SignArgsCmd) -> Result<ExitCode> {
     }
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
     let bar = Bar::new(a.out.quiet);
-    let r = protect::sign(&a.input, &output, &keys, a.in_place, &bar)
+    let r = protect::sign(&a.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
         .with_context(|| format!("sign {}", a.input.display()))?;
     a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;
     Ok(ExitCode::SUCCESS)

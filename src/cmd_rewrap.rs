@@ -46,6 +46,8 @@ pub struct Args {
     #[arg(long)]
     drop_signatures: bool,
     #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -75,6 +77,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signing_keys: &signing_keys,
         drop_signatures: a.drop_signatures,
         in_place: a.in_place,
+        outputs: a.write.rules(),
         progress: &bar,
     };
     let r = rewrap(&a.input, &output, &key, &opts).with_context(|| format!("rewrap {}", a.input.display()))?;

@@ -256,6 +256,17 @@ fn human(n: u64) -> String {
     }
 }
 
+/// One line of what the bytes under a key get, for people: "1.2 KiB encrypted, 3.4 KiB
+/// sign and mantissa encrypted (exponent clear), 0 B permuted".
+pub fn protection_breakdown(by: &BTreeMap<&'static str, u64>) -> String {
+    use crate::manifest::Protection;
+    [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted]
+        .iter()
+        .map(|p| format!("{} {}", human(by.get(p.id()).copied().unwrap_or(0)), p.label()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Report {
     /// The human-readable summary printed by `inspect` without `--json`.
     pub fn to_text(&self) -> String {
@@ -309,13 +320,14 @@ impl Report {
                 if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
             let _ = writeln!(
                 s,
-                "\nprotection   {} ({}), {} tensors, {} encrypted ({pct:.2}% of weight bytes){}",
+                "\nprotection   {} ({}), {} tensors, {} under a key ({pct:.2}% of weight bytes){}",
                 p.key,
                 p.tool,
                 p.tensors.len(),
                 human(p.encrypted_bytes),
                 if p.passphrase { ", passphrase key" } else { "" }
             );
+            let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
             let _ = writeln!(s, "  integrity    HMAC-SHA256 over {} chunk hashes", p.leaf_hash.to_uppercase());
             if p.tiers > 1 {
                 let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
@@ -326,10 +338,11 @@ impl Report {
                 let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
                 let _ = writeln!(
                     s,
-                    "  {:<28} {:<8} {:<4}{tier} {}/{} subseq, {} of {} bytes at {}{more}",
+                    "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
                     t.name,
                     t.op_type,
                     t.mode,
+                    t.label,
                     t.chosen,
                     t.subsequences,
                     t.encrypted_bytes,

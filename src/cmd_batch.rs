@@ -83,9 +83,6 @@ pub struct Args {
     /// that no record of an earlier run names (regular files only).
     #[arg(long)]
     force: bool,
-    /// Create the output directory (and its parents) if it is missing.
-    #[arg(long, short = 'p')]
-    mkdir: bool,
     /// Flush each output to the disk before renaming it into place.
     #[arg(long)]
     sync: bool,
@@ -245,6 +242,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (None, None) => usage!("give --dir DIR or --list FILE"),
     };
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
+    let created = a.out_dir.as_deref().and_then(crate::dest::missing);
     let opts = Options {
         operation,
         inputs,
@@ -252,7 +250,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         jobs,
         shard,
         force: a.force,
-        make_dirs: a.mkdir,
+        make_dirs: true,
         sync: a.sync,
     };
     let file = match &a.report {
@@ -282,6 +280,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(pb) = &reporter.bar {
         pb.finish_and_clear();
     }
+    crate::dest::note_created(created, a.out.quiet);
     if let Some(e) = reporter.error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }

@@ -33,17 +33,8 @@ pub struct KeygenArgs {
     /// its public recipient (age1…) for `encrypt --recipient`.
     #[arg(long, conflicts_with = "tiers")]
     recipient: bool,
-    /// Create the directory of OUTPUT (and its parents) if it is missing.
-    #[arg(long, short = 'p')]
-    mkdir: bool,
     #[command(flatten)]
     out: OutputArgs,
-}
-
-/// The directory of a key file to write: it must exist, or is created with `--mkdir`.
-fn key_dir(path: &std::path::Path, mkdir: bool) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    crate::dest::mkdir_rule(dir, mkdir)
 }
 
 /// Writes `text` to a new file readable by its owner only (never over an existing file),
@@ -78,7 +69,7 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
     };
     a.out.refuse_json_with_stdout(is_stdio(&a.output))?;
     if !is_stdio(&a.output) {
-        key_dir(&a.output, a.mkdir)?;
+        crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     }
     write_secret_text(&a.output, &secret)?;
     if a.out.quiet {
@@ -145,7 +136,6 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
-    key_dir(&a.output, a.mkdir)?;
     let key = MasterKey::generate()?;
     let paths: Vec<PathBuf> = (1..a.tiers).map(|t| tier_path(&a.output, t)).collect();
     for p in paths.iter().chain(std::iter::once(&a.output)) {
@@ -153,6 +143,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
             bail!("{} exists; keygen never overwrites a key", p.display());
         }
     }
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Master { tiers: a.tiers }, &key)?;
     let mut k = key.clone();
     for t in (1..a.tiers).rev() {
@@ -201,9 +192,6 @@ pub struct DeriveTierKeyArgs {
     /// Where to write the derived key (a key file that records its tier). Never overwrites a file.
     #[arg(short, long, value_parser = stdio::file_path)]
     output: PathBuf,
-    /// Create the directory of OUTPUT (and its parents) if it is missing.
-    #[arg(long, short = 'p')]
-    mkdir: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -257,7 +245,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
     for _ in a.tier..from {
         k = k.tier_down();
     }
-    key_dir(&a.output, a.mkdir)?;
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Tier { tier: a.tier }, &k)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -403,6 +391,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions {
         in_place: a.in_place,
@@ -415,6 +404,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     };
     let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
         .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
@@ -482,6 +472,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         usage!("--external picks the file written to standard output; it needs --stdout or -o -");
     }
     let input = stdio::Input::new(&a.input)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&target));
     let bar = Bar::new(a.out.quiet);
     let mut r = protect::decrypt_tier(
         input.path(),
@@ -497,6 +488,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     r.input = a.input.display().to_string();
     a.out.report(&r, false, || {
         format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
@@ -568,9 +560,11 @@ pub fn sign(a: SignArgsCmd) -> Result<ExitCode> {
         usage!("give the signing key with --sign-key FILE (keygen --signing writes one)");
     }
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
     let r = protect::sign(&a.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
         .with_context(|| format!("sign {}", a.input.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }

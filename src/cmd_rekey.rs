@@ -115,6 +115,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let new = EncryptTo { master, recipients };
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let mut r = rekey::rekey(
         input.path(),
@@ -130,6 +131,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("rekey {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;

@@ -70,6 +70,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
     let opts = RewrapOptions {
         add: &add,
@@ -81,6 +82,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         progress: &bar,
     };
     let r = rewrap(&a.input, &output, &key, &opts).with_context(|| format!("rewrap {}", a.input.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || {
         format!(
             "removed {} and added {} recipient stanza(s) -> {} ({} bytes written); recipients now:\n  {}",

@@ -214,10 +214,10 @@ mod with_tract {
         let outputs =
             run_once(bytes, &external, &arrays).map_err(lift).with_context(|| format!("run {}", a.model.display()))?;
         if let Some(dir) = &a.output_dir {
-            a.write.dir(dir)?;
             for name in outputs.keys() {
                 a.write.check_file(&dir.join(format!("{}.npy", file_name(name))))?;
             }
+            crate::dest::create_dir(dir, false)?;
         }
         let mut report =
             RunReport { model: a.model.display().to_string(), weights, decrypted_bytes, outputs: Vec::new() };

@@ -138,10 +138,12 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     let out_kind = FileKind::of(&a.output).map_err(bad_option)?;
     let key = master_key(&a.key)?;
     a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
     let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
     transform_images(&key, &spec, &mut loaded.images, range, dir).with_context(|| format!("{}", a.input.display()))?;
     io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     let im = &loaded.images;
     let fp = hex_fp(&key);
     if a.out.quiet {
@@ -197,8 +199,10 @@ pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitC
         );
     }
     a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let report =
         encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
     }

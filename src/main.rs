@@ -111,17 +111,15 @@ fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
     cmd.build();
     match &a.output {
         Some(dir) => {
-            a.write.dir(dir)?;
-            let existing = std::fs::read_dir(dir)
-                .with_context(|| format!("cannot read {}", dir.display()))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .find(|p| {
-                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    n.starts_with("onnx-protect") && n.ends_with(".1")
-                });
-            if let (Some(p), false) = (existing, a.write.force) {
-                anyhow::bail!("{} exists; pass --force to replace the pages", p.display());
+            dest::create_dir(dir, false)?;
+            // The pages this writes that are there already: replaced only with --force,
+            // and only if they are regular files.
+            for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+                let p = e.with_context(|| format!("cannot read {}", dir.display()))?.path();
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if n.starts_with("onnx-protect") && n.ends_with(".1") {
+                    a.write.check_file(&p)?;
+                }
             }
             clap_mangen::generate_to(cmd, dir)
                 .with_context(|| format!("cannot write the pages into {}", dir.display()))?;

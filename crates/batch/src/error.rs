@@ -16,7 +16,7 @@ pub enum BatchError {
     #[error("the output directory {} is the input directory; write the outputs somewhere else", .dir.display())]
     OutputIsInput { dir: PathBuf },
     /// The output directory does not exist and may not be created.
-    #[error("the output directory {} does not exist; create it, or pass --mkdir", .dir.display())]
+    #[error("the output directory {} does not exist", .dir.display())]
     NoSuchOutputDir { dir: PathBuf },
     /// The directory to walk is not a directory.
     #[error("{}: not a directory", .path.display())]

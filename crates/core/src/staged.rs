@@ -215,10 +215,7 @@ pub(crate) fn check_output(
         }
     }
     if !in_place && !rules.make_dirs && !out_dir.is_dir() {
-        return Err(CoreError::Output(format!(
-            "the output directory {} does not exist; create it, or pass --mkdir",
-            out_dir.display()
-        )));
+        return Err(CoreError::Output(format!("the output directory {} does not exist", out_dir.display())));
     }
     if model.metadata.iter().all(|m| !crate::manifest::is_manifest_key(&m.key)) {
         if let Some((a, b)) = model.shared_external_bytes() {

@@ -12,6 +12,8 @@ mod reference;
 mod rekey_check;
 mod rekey_tiers;
 mod runtime;
+mod safe_checks;
+mod safe_outputs;
 mod sweep;
 mod tiers;
 mod transform;

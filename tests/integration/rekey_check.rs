@@ -26,7 +26,13 @@ fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
 }
 
 fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::protect::Result<()> {
-    let opts = RekeyOptions { in_place: false, sync: false, signing_keys: &[], progress: &NoProgress };
+    let opts = RekeyOptions {
+        in_place: false,
+        sync: false,
+        signing_keys: &[],
+        outputs: Default::default(),
+        progress: &NoProgress,
+    };
     rekey(input, output, old, &EncryptTo::key(new.clone()), &opts).map(|_| ())
 }
 
@@ -508,6 +514,7 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
             policy: Some(&policy),
             require_encrypted: true,
             strict_spans: true,
+            allow_unprotected: false,
             key: None,
             signers: &[],
             progress: &NoProgress,

@@ -38,7 +38,7 @@ fn eopts(policy: &Policy) -> EncryptOptions<'_> {
 }
 
 fn ropts() -> RekeyOptions<'static> {
-    RekeyOptions { in_place: false, sync: false, signing_keys: &[], progress: &NoProgress }
+    RekeyOptions { in_place: false, sync: false, signing_keys: &[], outputs: Default::default(), progress: &NoProgress }
 }
 
 fn tiered(mode: &str, tiers: u32) -> Policy {

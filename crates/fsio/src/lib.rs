@@ -12,6 +12,10 @@
 //! * [`file`](mod@file): positional reads and writes, preallocation (`fallocate`), copies inside
 //!   the kernel (`copy_file_range`), early writeback (`sync_file_range`), a checked
 //!   `close`, and the identity of an open file.
+//! * [`stage`](mod@stage): private staging files that become outputs only when complete
+//!   (unnamed `O_TMPFILE` files on Linux, locked named files elsewhere), published
+//!   with or without replacing the destination, and the removal of the named staging
+//!   files of dead processes.
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -33,6 +37,8 @@
 
 pub mod file;
 pub mod map;
+pub mod stage;
 
 pub use file::FileId;
 pub use map::{PrivateMap, ReadMap};
+pub use stage::Staging;

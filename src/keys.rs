@@ -278,9 +278,10 @@ pub fn prompt_passphrase(prefix: &str, confirm: bool) -> Result<Zeroizing<Vec<u8
         );
     }
     let ask = |prompt: &str| -> Result<Zeroizing<Vec<u8>>> {
-        let s =
-            rpassword::prompt_password(prompt).map_err(|e| KeyFileError(format!("cannot read the passphrase: {e}")))?;
-        Ok(Zeroizing::new(s.into_bytes()))
+        let mut line = Zeroizing::new(Vec::new());
+        onnx_protect_fsio::tty::read_hidden_line(prompt, &mut line)
+            .map_err(|e| KeyFileError(format!("cannot read the passphrase at the terminal: {e}")))?;
+        Ok(line)
     };
     let first = ask(&format!("Enter {prefix}passphrase: "))?;
     if confirm {

@@ -172,7 +172,7 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     // encrypt - -o - | decrypt - -o - restores the bytes; the summary goes to stderr.
     let (code, enc, err) = run_io(cwd, &["encrypt", "-", "-o", "-", "--key-file", s(&key)], &plain);
     assert_eq!(code, 0, "{err}");
-    assert!(err.starts_with("encrypted ") && err.trim_end().ends_with("-> standard output"), "{err}");
+    assert!(err.starts_with("protected ") && err.lines().next().unwrap().ends_with("-> standard output"), "{err}");
     let enc_path = cwd.join("enc.onnx");
     std::fs::write(&enc_path, &enc).unwrap();
     let (code, _, err) = run(&["verify", s(&enc_path), "--key-file", s(&key)]);

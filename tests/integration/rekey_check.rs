@@ -356,10 +356,12 @@ fn check_passes_a_model_protected_as_the_policy_asks() {
     let (code, out, err) = run(&["check", cs, "--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.starts_with("PASS "), "{out}");
-    // Without a policy, a protected model with an intact checksum passes, and so does an
-    // unprotected one unless --require-encrypted is given.
+    // Without a policy, a protected model with an intact checksum passes; an unprotected
+    // one fails unless --allow-unprotected is given.
     let plain = root().join("fixtures/models/cnn_torch/model.onnx");
     let (code, _, err) = run(&["check", ps, plain.to_str().unwrap()]);
+    assert_eq!(code, 8, "{err}");
+    let (code, _, err) = run(&["check", ps, plain.to_str().unwrap(), "--allow-unprotected"]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -506,15 +508,19 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
         let policy = if i % 2 == 0 { all.clone() } else { Policy::default() };
         let (a, b) = (dir.path().join(format!("{i}a.onnx")), dir.path().join(format!("{i}b.onnx")));
         let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
-        if let Err(e) = encrypt(&input, &a, &EncryptTo::key(key(5)), &opts) {
-            failures.push(format!("{file}: encrypt: {e}"));
-            continue;
-        }
+        let empty = match encrypt(&input, &a, &EncryptTo::key(key(5)), &opts) {
+            Ok(r) => r.encrypted_bytes == 0,
+            Err(e) => {
+                failures.push(format!("{file}: encrypt: {e}"));
+                continue;
+            }
+        };
+        // A model with nothing to encrypt passes only when unprotected models are allowed.
         let opts = CheckOptions {
             policy: Some(&policy),
-            require_encrypted: true,
+            require_encrypted: !empty,
             strict_spans: true,
-            allow_unprotected: false,
+            allow_unprotected: empty,
             key: None,
             signers: &[],
             progress: &NoProgress,

@@ -504,7 +504,7 @@ fn tier_keys_of_a_passphrase_model() {
     let enc = d("enc.onnx");
     let (code, err) = cli(
         &args(&["encrypt", &s(&model), "-o", &s(&enc), "--passphrase-env", "OP_TIER_PASS", "--tiers", "2", "-q"]),
-        "tier pass",
+        "tier passphrase",
     );
     assert_eq!(code, 0, "{err}");
     let k1 = d("t1.key");
@@ -522,14 +522,14 @@ fn tier_keys_of_a_passphrase_model() {
     let (code, err) = cli(&derive, "not the pass");
     assert_eq!(code, 4, "{err}");
     assert!(!k1.exists(), "a wrong passphrase wrote a key");
-    let (code, err) = cli(&derive, "tier pass");
+    let (code, err) = cli(&derive, "tier passphrase");
     assert_eq!(code, 0, "{err}");
     // Tier 1 with the key file, then the rest with the passphrase: the original.
     let (t1, full) = (d("t1").join("m.onnx"), d("full").join("m.onnx"));
     let (code, err) = cli(&args(&["decrypt", &s(&enc), "-o", &s(&t1), "--key-file", &s(&k1), "-q"]), "");
     assert_eq!(code, 0, "{err}");
     let (code, err) =
-        cli(&args(&["decrypt", &s(&t1), "-o", &s(&full), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+        cli(&args(&["decrypt", &s(&t1), "-o", &s(&full), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier passphrase");
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&model).unwrap());
     // The tier-1 key cannot go further than tier 1.
@@ -538,8 +538,10 @@ fn tier_keys_of_a_passphrase_model() {
     assert_eq!(code, 4);
     // An untiered passphrase model has a passphrase stanza only: no key opens it.
     let flat = d("flat.onnx");
-    let (code, err) =
-        cli(&args(&["encrypt", &s(&model), "-o", &s(&flat), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+    let (code, err) = cli(
+        &args(&["encrypt", &s(&model), "-o", &s(&flat), "--passphrase-env", "OP_TIER_PASS", "-q"]),
+        "tier passphrase",
+    );
     assert_eq!(code, 0, "{err}");
     let (code, err) = cli(&args(&["decrypt", &s(&flat), "-o", &s(&d("y.onnx")), "--key-file", &s(&k1)]), "");
     assert_eq!(code, 4);

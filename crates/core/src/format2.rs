@@ -190,7 +190,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, spec.policy);
     refuse_ctr_with_tiers(model, &selection, tiers)?;
-    skip_short_permutations(model, &mut selection);
+    refuse_short_permutations(model, &selection)?;
     if selection.bytes() == 0 && !spec.allow_empty {
         return Err(CoreError::Policy(PolicyError::Invalid(
             "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".into(),
@@ -277,24 +277,26 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
     }
 }
 
-/// Leaves out (as skipped, with the reason) the tensors whose `dp` subsequences have
-/// fewer than [`DP_MIN_ELEMENTS`] elements: such a permutation hides too little (one
-/// element permuted is no change at all), so it is not done and not called encrypted.
-fn skip_short_permutations(model: &Model, selection: &mut Selection) {
-    let short = |c: &onnx_protect_select::Chosen| {
+/// Refuses a policy whose `dp` subsequences have fewer than [`DP_MIN_ELEMENTS`]
+/// elements in some tensor: such a permutation hides too little (one element permuted
+/// is no change at all), so it is neither done nor called protected.
+fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
+    let short = |c: &&onnx_protect_select::Chosen| {
         let elem = (model.tensors[c.tensor].data_type.bits() / 8).max(1);
         c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
     };
-    let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut selection.chosen).into_iter().partition(|c| !short(c));
-    selection.chosen = keep;
-    for c in drop {
-        selection.skipped.push(onnx_protect_select::Skipped {
-            tensor: c.tensor,
-            reason: format!(
-                "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements (a shorter permutation hides \
-                 too little); use fewer subsequences or another mode"
-            ),
-        });
+    match selection.chosen.iter().find(short) {
+        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
+            "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements, but '{}' ({} {}, {} elements) \
+             would be cut shorter (a shorter permutation hides too little); use fewer subsequences, or another \
+             mode for it (for example --mode {}=fp)",
+            model.tensors[c.tensor].name,
+            c.op_type,
+            c.role,
+            model.tensors[c.tensor].nbytes / u64::from((model.tensors[c.tensor].data_type.bits() / 8).max(1)),
+            c.op_type
+        )))),
+        None => Ok(()),
     }
 }
 

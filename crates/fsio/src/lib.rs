@@ -16,6 +16,7 @@
 //!   (unnamed `O_TMPFILE` files on Linux, locked named files elsewhere), published
 //!   with or without replacing the destination, and the removal of the named staging
 //!   files of dead processes.
+//! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -38,6 +39,7 @@
 pub mod file;
 pub mod map;
 pub mod stage;
+pub mod tty;
 
 pub use file::FileId;
 pub use map::{PrivateMap, ReadMap};

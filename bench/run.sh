@@ -91,6 +91,7 @@ case_cmd() {
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_cat)            CMD=(sh -c 'cat "$0" > /dev/null' "$S") ;;
+        s_b3sum)          CMD=(b3sum "$S") ;;
         s_mem_default)    CMD=("$MEM" "$PREP/s_default/model.onnx" "$KEY" 1) ;;
         s_python)         CMD=("$PY" "$REPO/bench/python_baseline.py" "$S" "$O" --coefficient 0.5 --mode ctr) ;;
         e_cp)             CMD=(cp -r "$E" "$O") ;;
@@ -101,14 +102,15 @@ case_cmd() {
         e_dec_default)    CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         e_dec_sync)       CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         e_cat)            CMD=(sh -c 'cat "$0"/* > /dev/null' "$E") ;;
+        e_b3sum)          CMD=(sh -c 'b3sum "$0"/* > /dev/null' "$E") ;;
         e_mem_default)    CMD=("$MEM" "$PREP/e_default/model.onnx" "$KEY" 1) ;;
         e_dec_c1)         CMD=("$BIN" decrypt "$PREP/e_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         *) echo "unknown case $1" >&2; exit 1 ;;
     esac
 }
 
-SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_python"
-EXT_CASES="e_cp e_cp_sync e_cat e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1 e_mem_default"
+SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_python"
+EXT_CASES="e_cp e_cp_sync e_cat e_b3sum e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1 e_mem_default"
 ALL=""
 if [ "$ONLY" != external ]; then
     [ -f "$S" ] || { echo "no $S: run bench/make_models.py" >&2; exit 1; }
@@ -117,6 +119,12 @@ fi
 if [ "$ONLY" != single ]; then
     [ -f "$E/model.onnx" ] || { echo "no $E/model.onnx: run bench/make_models.py" >&2; exit 1; }
     ALL="$ALL $EXT_CASES"
+fi
+# b3sum (`cargo install b3sum`): reading the model once and hashing it with BLAKE3 on
+# every core, the yardstick of in-memory decryption with full verification.
+if ! command -v b3sum >/dev/null; then
+    echo "no b3sum on PATH (cargo install b3sum): its cases are left out" >&2
+    ALL=$(for c in $ALL; do echo "$c"; done | grep -v b3sum | tr '\n' ' ')
 fi
 if [ -n "$CASES" ]; then
     ALL=$(for c in $ALL; do echo "$c"; done | grep -E "$CASES" | tr '\n' ' ' || true)
@@ -243,6 +251,7 @@ names = {
     "dec_c0.05": "onnx-protect decrypt *=0.05", "dec_c1": "onnx-protect decrypt *=1",
     "python": "python onnx.load + XOR + onnx.save (0.5, ctr)",
     "cat": "cat > /dev/null (read once, page cache)",
+    "b3sum": "b3sum (read once + BLAKE3, all cores)",
     "mem_default": "in-memory decrypt + full verify (default)",
 }
 for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "external-data model (folder)")):
@@ -265,8 +274,9 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
               f"{st['med'] / cp if cp else float('nan'):6.2f} {st['med'] / cps if cps else float('nan'):9.2f} "
               f"{st['cpu']:6.2f} {st['rss'] / 1024:12.0f} {st['rss'] * 1024 / size:8.3f} "
               f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f} {st['steal']:7.2f}")
-    if f"{g}_cat" in med and f"{g}_mem_default" in med:
-        print(f"in-memory decrypt / cat = {med[f'{g}_mem_default'] / med[f'{g}_cat']:.2f}x")
+    for base in ("cat", "b3sum"):
+        if f"{g}_{base}" in med and f"{g}_mem_default" in med:
+            print(f"in-memory decrypt / {base} = {med[f'{g}_mem_default'] / med[f'{g}_{base}']:.2f}x")
     if f"{g}_python" in med and f"{g}_enc_default" in med:
         print(f"python / encrypt(default) = {med[f'{g}_python'] / med[f'{g}_enc_default']:.2f}x")
 print("\nx cp = median / median of cp (cp -r for the folder); MB/s = model bytes / median wall time;"

@@ -61,6 +61,9 @@ pub struct Args {
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
+    /// For encrypt and rekey: accept a (new) passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
     /// For encrypt: the policy (the same options as `encrypt`).
     #[command(flatten)]
     policy: PolicyArgs,
@@ -76,7 +79,8 @@ pub struct Args {
     /// Write one JSON line per file to this file (created or truncated).
     #[arg(long, value_name = "FILE.jsonl", value_parser = file_path)]
     report: Option<PathBuf>,
-    /// Process every file, even those a previous run finished.
+    /// Process every file, even those a previous run finished, and replace existing outputs
+    /// that no record of an earlier run names (regular files only).
     #[arg(long)]
     force: bool,
     /// Flush each output to the disk before renaming it into place.
@@ -217,9 +221,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {
         Op::Verify => a.key.source()?,
+        Op::Encrypt => {
+            let k = a.key.required_master()?;
+            crate::keys::check_new_passphrase(&k, a.allow_short_passphrase, "the passphrase")?;
+            Some(k)
+        }
         _ => Some(a.key.required()?),
     };
-    let new_key = if a.op == Op::Rekey { Some(a.new_key.required()?) } else { None };
+    let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase)?) } else { None };
     let operation = match (a.op, &key, &new_key, &policy) {
         (Op::Encrypt, Some(key), _, Some(policy)) => Operation::Encrypt { key, policy },
         (Op::Decrypt, Some(key), _, _) => Operation::Decrypt { key },
@@ -233,7 +242,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (None, None) => usage!("give --dir DIR or --list FILE"),
     };
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
-    let opts = Options { operation, inputs, out_dir: a.out_dir.clone(), jobs, shard, force: a.force, sync: a.sync };
+    let created = a.out_dir.as_deref().and_then(crate::dest::missing);
+    let opts = Options {
+        operation,
+        inputs,
+        out_dir: a.out_dir.clone(),
+        jobs,
+        shard,
+        force: a.force,
+        make_dirs: true,
+        sync: a.sync,
+    };
     let file = match &a.report {
         Some(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -261,6 +280,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(pb) = &reporter.bar {
         pb.finish_and_clear();
     }
+    crate::dest::note_created(created, a.out.quiet);
     if let Some(e) = reporter.error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }

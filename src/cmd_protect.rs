@@ -9,6 +9,7 @@ use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions, EncryptTo
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 use onnx_protect_select::Policy;
 
+use crate::dest::WriteArgs;
 use crate::exit::usage;
 use crate::keys::{KeyArgs, RecipientArgs, SignArgs, SignerArgs};
 use crate::output::OutputArgs;
@@ -24,12 +25,12 @@ pub struct KeygenArgs {
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
     tiers: u32,
-    /// Write an Ed25519 signing key (ONNX-PROTECT-SIGNING-KEY-1…) instead, and print its public
-    /// signer key (onnx-protect-signer1…) for `--signer`.
+    /// Write an Ed25519 signing key (ONNX-PROTECT-SIGNING-KEY-1...) instead, and print its public
+    /// signer key (onnx-protect-signer1...) for `--signer`.
     #[arg(long, conflicts_with_all = ["tiers", "recipient"])]
     signing: bool,
-    /// Write an age X25519 identity (AGE-SECRET-KEY-1…, as age-keygen writes it) instead, and print
-    /// its public recipient (age1…) for `encrypt --recipient`.
+    /// Write an age X25519 identity (AGE-SECRET-KEY-1..., as age-keygen writes it) instead, and print
+    /// its public recipient (age1...) for `encrypt --recipient`.
     #[arg(long, conflicts_with = "tiers")]
     recipient: bool,
     #[command(flatten)]
@@ -67,6 +68,9 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
         (text, public, "recipient")
     };
     a.out.refuse_json_with_stdout(is_stdio(&a.output))?;
+    if !is_stdio(&a.output) {
+        crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
+    }
     write_secret_text(&a.output, &secret)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -139,6 +143,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
             bail!("{} exists; keygen never overwrites a key", p.display());
         }
     }
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Master { tiers: a.tiers }, &key)?;
     let mut k = key.clone();
     for t in (1..a.tiers).rev() {
@@ -184,7 +189,7 @@ pub struct DeriveTierKeyArgs {
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
-    /// Where to write the derived key (a key file that records its tier).
+    /// Where to write the derived key (a key file that records its tier). Never overwrites a file.
     #[arg(short, long, value_parser = stdio::file_path)]
     output: PathBuf,
     #[command(flatten)]
@@ -222,7 +227,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
                 key_env: None,
                 passphrase_env: a.passphrase_env.clone(),
                 passphrase_file: a.passphrase_file.clone(),
-                identity: None,
+                ..Default::default()
             }
             .required()?;
             let m = onnx_protect_format::Model::open(model)?;
@@ -240,6 +245,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
     for _ in a.tier..from {
         k = k.tier_down();
     }
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Tier { tier: a.tier }, &k)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -280,12 +286,17 @@ pub struct EncryptArgs {
     /// tell which rows are encrypted. Needs the fp or dp mode and no access tiers (docs/protection.md).
     #[arg(long, value_name = "public|secret", default_value = "public", value_parser = ["public", "secret"])]
     positions: String,
+    /// Accept a passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
+    #[command(flatten)]
+    write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -375,6 +386,9 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
     let to = EncryptTo { master: a.key.optional_master()?, recipients: a.recipients.recipients()? };
+    if let Some(m) = &to.master {
+        crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
+    }
     if to.master.is_none() && to.recipients.is_empty() {
         usage!(
             "give a key (--key-file, --key-env, --passphrase-env, --passphrase-file) or a --recipient to encrypt to"
@@ -382,29 +396,35 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions {
         in_place: a.in_place,
         sync: a.sync,
         allow_empty: a.allow_empty,
         secret_positions: a.positions == "secret",
+        outputs: a.write.rules(),
         signing_keys: &signing_keys,
         progress: &bar,
         ..EncryptOptions::new(&policy)
     };
     let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
         .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
     a.out.report(&r, to_stdout, || {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
         let mut t = format!(
-            "encrypted {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}",
+            "protected {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}\n  {}",
             r.encrypted_bytes,
             r.tensors.len(),
             r.weight_bytes,
-            r.output
+            r.output,
+            onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(
+                &r.tensors
+            ))
         );
         for (name, why) in &r.skipped {
             t += &format!("\n  skipped {name}: {why}");
@@ -441,6 +461,8 @@ pub struct DecryptArgs {
     #[command(flatten)]
     signers: SignerArgs,
     #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -456,15 +478,23 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         usage!("--external picks the file written to standard output; it needs --stdout or -o -");
     }
     let input = stdio::Input::new(&a.input)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&target));
     let bar = Bar::new(a.out.quiet);
     let mut r = protect::decrypt_tier(
         input.path(),
         &target,
         &key,
         a.tier,
-        &DecryptOptions { in_place: a.in_place, sync: a.sync, signers: &signers, progress: &bar },
+        &DecryptOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signers: &signers,
+            progress: &bar,
+        },
     )
     .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     r.input = a.input.display().to_string();
     a.out.report(&r, false, || {
         format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
@@ -524,6 +554,8 @@ pub struct SignArgsCmd {
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -534,9 +566,11 @@ pub fn sign(a: SignArgsCmd) -> Result<ExitCode> {
         usage!("give the signing key with --sign-key FILE (keygen --signing writes one)");
     }
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
-    let r = protect::sign(&a.input, &output, &keys, a.in_place, &bar)
+    let r = protect::sign(&a.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
         .with_context(|| format!("sign {}", a.input.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -30,24 +30,35 @@ pub struct NewKeyArgs {
     /// File whose first line is a new passphrase (stretched with Argon2id).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub new_passphrase_file: Option<PathBuf>,
+    /// Type the new passphrase at a prompt, twice (standard input must be a terminal).
+    #[arg(long)]
+    pub new_passphrase: bool,
 }
 
 impl NewKeyArgs {
-    /// The new key source; a usage error if none was given.
-    pub fn required(&self) -> Result<KeySource> {
+    /// The new key source; a usage error if none was given. A new passphrase shorter
+    /// than the minimum is refused unless `allow_short` (`--allow-short-passphrase`).
+    pub fn required(&self, allow_short: bool) -> Result<KeySource> {
         if !self.any() {
             usage!(
-                "a new key is required: give --new-key-file, --new-key-env, --new-passphrase-env or --new-passphrase-file"
+                "a new key is required: give --new-key-file, --new-key-env, --new-passphrase, --new-passphrase-env or \
+                 --new-passphrase-file"
             );
         }
-        let as_old = KeyArgs {
-            key_file: self.new_key_file.clone(),
-            key_env: self.new_key_env.clone(),
-            passphrase_env: self.new_passphrase_env.clone(),
-            passphrase_file: self.new_passphrase_file.clone(),
-            identity: None,
+        let source = if self.new_passphrase {
+            KeySource::Passphrase(crate::keys::prompt_passphrase("new ", true)?)
+        } else {
+            let as_old = KeyArgs {
+                key_file: self.new_key_file.clone(),
+                key_env: self.new_key_env.clone(),
+                passphrase_env: self.new_passphrase_env.clone(),
+                passphrase_file: self.new_passphrase_file.clone(),
+                ..Default::default()
+            };
+            as_old.required_master().context("new key")?
         };
-        as_old.required_master().context("new key")
+        crate::keys::check_new_passphrase(&source, allow_short, "the new passphrase")?;
+        Ok(source)
     }
 
     /// Whether any new-key option was given.
@@ -56,6 +67,7 @@ impl NewKeyArgs {
             || self.new_key_env.is_some()
             || self.new_passphrase_env.is_some()
             || self.new_passphrase_file.is_some()
+            || self.new_passphrase
     }
 }
 
@@ -72,6 +84,9 @@ pub struct Args {
     key: KeyArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
+    /// Accept a new passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
     /// Public recipients of the re-encrypted model (besides the new key), as for `encrypt`.
     #[command(flatten)]
     recipients: crate::keys::RecipientArgs,
@@ -84,25 +99,39 @@ pub struct Args {
     #[arg(long)]
     sync: bool,
     #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.key.required()?;
     let recipients = a.recipients.recipients()?;
-    let master = if a.new_key.any() || recipients.is_empty() { Some(a.new_key.required()?) } else { None };
+    let master = if a.new_key.any() || recipients.is_empty() {
+        Some(a.new_key.required(a.allow_short_passphrase)?)
+    } else {
+        None
+    };
     let new = EncryptTo { master, recipients };
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let mut r = rekey::rekey(
         input.path(),
         output.path(),
         &old,
         &new,
-        &RekeyOptions { in_place: a.in_place, sync: a.sync, signing_keys: &signing_keys, progress: &bar },
+        &RekeyOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signing_keys: &signing_keys,
+            progress: &bar,
+        },
     )
     .with_context(|| format!("rekey {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;

@@ -33,7 +33,7 @@ pub struct Args {
     /// Remove the stanzas of this key file (at every tier).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     remove_key_file: Vec<PathBuf>,
-    /// Remove the stanzas with this public label: a recipient (age1…), a key fingerprint (as
+    /// Remove the stanzas with this public label: a recipient (age1...), a key fingerprint (as
     /// `inspect` lists them), a provider's label.
     #[arg(long, value_name = "LABEL")]
     remove: Vec<String>,
@@ -45,6 +45,8 @@ pub struct Args {
     /// Drop the signatures that the new recipient list invalidates (other signers must sign again).
     #[arg(long)]
     drop_signatures: bool,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -68,6 +70,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
     let opts = RewrapOptions {
         add: &add,
@@ -75,9 +78,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signing_keys: &signing_keys,
         drop_signatures: a.drop_signatures,
         in_place: a.in_place,
+        outputs: a.write.rules(),
         progress: &bar,
     };
     let r = rewrap(&a.input, &output, &key, &opts).with_context(|| format!("rewrap {}", a.input.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || {
         format!(
             "removed {} and added {} recipient stanza(s) -> {} ({} bytes written); recipients now:\n  {}",

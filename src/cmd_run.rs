@@ -122,6 +122,8 @@ mod with_tract {
         /// Write each output as DIR/<output name>.npy.
         #[arg(long, value_name = "DIR", value_parser = crate::stdio::file_path)]
         output_dir: Option<PathBuf>,
+        #[command(flatten)]
+        write: crate::dest::WriteArgs,
         /// Print the output summaries as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
@@ -212,7 +214,10 @@ mod with_tract {
         let outputs =
             run_once(bytes, &external, &arrays).map_err(lift).with_context(|| format!("run {}", a.model.display()))?;
         if let Some(dir) = &a.output_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for (name, _) in &outputs {
+                a.write.check_file(&dir.join(format!("{}.npy", file_name(name))))?;
+            }
+            crate::dest::create_dir(dir, false)?;
         }
         let mut report =
             RunReport { model: a.model.display().to_string(), weights, decrypted_bytes, outputs: Vec::new() };

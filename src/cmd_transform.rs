@@ -71,6 +71,8 @@ pub struct TransformInputArgs {
     #[arg(long, value_name = "LO,HI")]
     range: Option<String>,
     #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -93,11 +95,18 @@ pub struct EncryptPatchEmbeddingArgs {
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
     #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
 /// The master key; transforms need a key, not a passphrase (it would need a stored salt).
 fn master_key(k: &KeyArgs) -> Result<MasterKey> {
+    if k.passphrase {
+        return Err(
+            KeyFileError("input transforms need a key (--key-file or --key-env), not a passphrase".into()).into()
+        );
+    }
     match k.required_master()? {
         KeySource::Key(key) => Ok(key),
         KeySource::Passphrase(_) | KeySource::Identity(_) => Err(KeyFileError(
@@ -128,10 +137,13 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     let range = parse_range(&a.range)?;
     let out_kind = FileKind::of(&a.output).map_err(bad_option)?;
     let key = master_key(&a.key)?;
+    a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
     let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
     transform_images(&key, &spec, &mut loaded.images, range, dir).with_context(|| format!("{}", a.input.display()))?;
     io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     let im = &loaded.images;
     let fp = hex_fp(&key);
     if a.out.quiet {
@@ -180,8 +192,17 @@ pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitC
     opts.spec.validate().map_err(bad_option)?;
     let key = master_key(&a.key)?;
     let model = Model::open(&a.model).with_context(|| format!("{}", a.model.display()))?;
+    if std::fs::canonicalize(&a.model).ok() == std::fs::canonicalize(&a.output).ok() {
+        anyhow::bail!(
+            "the output {} is the input model; write the transformed model to another file",
+            a.output.display()
+        );
+    }
+    a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let report =
         encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
     }

@@ -30,7 +30,11 @@ pub struct KeyArgs {
     /// File whose first line is a passphrase (stretched with Argon2id).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub passphrase_file: Option<PathBuf>,
-    /// age identity file (AGE-SECRET-KEY-1… lines, as age-keygen or `keygen --recipient` write them):
+    /// Type the passphrase at a prompt (standard input must be a terminal; asked twice when it
+    /// protects a model).
+    #[arg(long)]
+    pub passphrase: bool,
+    /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
     /// opens models encrypted to its X25519 recipient.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
@@ -39,7 +43,7 @@ pub struct KeyArgs {
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
 #[derive(clap::Args, Default)]
 pub struct RecipientArgs {
-    /// Encrypt to this public recipient (an age X25519 recipient, age1…); repeatable. `T:age1…` wraps
+    /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
     /// the data key of access tier T for it (default: the top tier).
     #[arg(long = "recipient", value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
@@ -108,7 +112,7 @@ impl SignArgs {
 /// Publishers whose signature a model must carry.
 #[derive(clap::Args, Default)]
 pub struct SignerArgs {
-    /// Require a valid signature of this publisher: a signer key (onnx-protect-signer1…) or a file of
+    /// Require a valid signature of this publisher: a signer key (onnx-protect-signer1...) or a file of
     /// them; repeatable (any one of them suffices).
     #[arg(long, value_name = "KEY|FILE")]
     pub signer: Vec<String>,
@@ -171,7 +175,8 @@ impl KeyArgs {
         match source {
             Some(k) => Ok(k),
             None => crate::exit::usage!(
-                "a key is required: give --key-file, --key-env, --passphrase-env, --passphrase-file or --identity"
+                "a key is required: give --key-file, --key-env, --passphrase, --passphrase-env, --passphrase-file or \
+                 --identity"
             ),
         }
     }
@@ -206,6 +211,10 @@ impl KeyArgs {
             let s = std::env::var(v).with_context(|| format!("environment variable {v} is not set"))?;
             return Ok(Some(KeySource::Passphrase(Zeroizing::new(s.into_bytes()))));
         }
+        if self.passphrase {
+            // A new passphrase (one that protects a model) is typed twice.
+            return Ok(Some(KeySource::Passphrase(prompt_passphrase("", master_only)?)));
+        }
         if let Some(p) = &self.identity {
             if master_only {
                 return Err(KeyFileError(format!(
@@ -233,4 +242,58 @@ impl KeyArgs {
         }
         Ok(None)
     }
+}
+
+/// The shortest passphrase that protects a model without `--allow-short-passphrase`, in
+/// characters (Unicode scalar values; bytes for a passphrase that is not UTF-8).
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a passphrase shorter than [`MIN_PASSPHRASE_CHARS`] that would protect a model
+/// (`what` names it in the message), unless `allow_short`. Keys and identities pass.
+pub fn check_new_passphrase(source: &KeySource, allow_short: bool, what: &str) -> Result<(), KeyFileError> {
+    let KeySource::Passphrase(p) = source else { return Ok(()) };
+    let n = std::str::from_utf8(p).map(|s| s.chars().count()).unwrap_or(p.len());
+    if n < MIN_PASSPHRASE_CHARS && !allow_short {
+        return Err(KeyFileError(format!(
+            "{what} has {n} characters; a passphrase needs at least {MIN_PASSPHRASE_CHARS} \
+             (pass --allow-short-passphrase to use a shorter one, or use a key file: keygen)"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a passphrase at a prompt on the terminal (`/dev/tty`), without echo; with
+/// `confirm`, twice, and the two must match. Standard input must be a terminal, so a
+/// script that pipes into the command is not left waiting on a prompt it cannot see.
+/// `prefix` goes before "passphrase" in the prompt (`"new "` for rekey's new one).
+pub fn prompt_passphrase(prefix: &str, confirm: bool) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        crate::exit::usage!(
+            "--{}passphrase asks at a prompt, and standard input is not a terminal; use --{}passphrase-env VAR or \
+             --{}passphrase-file FILE",
+            flag(prefix),
+            flag(prefix),
+            flag(prefix)
+        );
+    }
+    let ask = |prompt: &str| -> Result<Zeroizing<Vec<u8>>> {
+        let mut line = Zeroizing::new(Vec::new());
+        onnx_protect_fsio::tty::read_hidden_line(prompt, &mut line)
+            .map_err(|e| KeyFileError(format!("cannot read the passphrase at the terminal: {e}")))?;
+        Ok(line)
+    };
+    let first = ask(&format!("Enter {prefix}passphrase: "))?;
+    if confirm {
+        let again = ask(&format!("Repeat the {prefix}passphrase: "))?;
+        if *again != *first {
+            return Err(KeyFileError("the two passphrases differ".into()).into());
+        }
+    }
+    Ok(first)
+}
+
+/// `new-` for the prompt prefix `new `.
+fn flag(prefix: &str) -> String {
+    prefix.trim().chars().chain((!prefix.is_empty()).then_some('-')).collect()
 }

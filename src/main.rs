@@ -16,6 +16,7 @@ mod cmd_rekey;
 mod cmd_rewrap;
 mod cmd_run;
 mod cmd_transform;
+mod dest;
 mod exit;
 mod keys;
 mod output;
@@ -88,10 +89,11 @@ struct CompletionsArgs {
 
 #[derive(clap::Args)]
 struct ManArgs {
-    /// The directory to write the pages into (created if needed); without it, the main
-    /// page goes to standard output.
+    /// The directory to write the pages into; without it, the main page goes to standard output.
     #[arg(short, long, value_name = "DIR", value_parser = stdio::file_path)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    write: dest::WriteArgs,
 }
 
 /// `completions SHELL`: the script clap_complete generates from these definitions.
@@ -109,7 +111,16 @@ fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
     cmd.build();
     match &a.output {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            dest::create_dir(dir, false)?;
+            // The pages this writes that are there already: replaced only with --force,
+            // and only if they are regular files.
+            for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+                let p = e.with_context(|| format!("cannot read {}", dir.display()))?.path();
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if n.starts_with("onnx-protect") && n.ends_with(".1") {
+                    a.write.check_file(&p)?;
+                }
+            }
             clap_mangen::generate_to(cmd, dir)
                 .with_context(|| format!("cannot write the pages into {}", dir.display()))?;
         }

@@ -172,7 +172,7 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     // encrypt - -o - | decrypt - -o - restores the bytes; the summary goes to stderr.
     let (code, enc, err) = run_io(cwd, &["encrypt", "-", "-o", "-", "--key-file", s(&key)], &plain);
     assert_eq!(code, 0, "{err}");
-    assert!(err.starts_with("encrypted ") && err.trim_end().ends_with("-> standard output"), "{err}");
+    assert!(err.starts_with("protected ") && err.lines().next().unwrap().ends_with("-> standard output"), "{err}");
     let enc_path = cwd.join("enc.onnx");
     std::fs::write(&enc_path, &enc).unwrap();
     let (code, _, err) = run(&["verify", s(&enc_path), "--key-file", s(&key)]);
@@ -190,7 +190,7 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     assert_eq!(std::fs::read(&restored).unwrap(), plain);
     let (code, out, err) = run_io(cwd, &["verify", "-", "--key-file", s(&key)], &enc);
     assert_eq!(code, 0, "{err}");
-    assert!(String::from_utf8_lossy(&out).starts_with("ok: key and MAC verified"));
+    assert!(String::from_utf8_lossy(&out).starts_with("ok: every byte and the MACs verified with the key"));
     let new_key = keygen(cwd, "new.key");
     let (code, re, err) =
         run_io(cwd, &["rekey", "-", "-o", "-", "--key-file", s(&key), "--new-key-file", s(&new_key)], &enc);
@@ -269,7 +269,7 @@ fn usage_errors_found_after_parsing_exit_2() {
     let enc = encrypt(&m, &key, dir.path(), "enc.onnx");
     let o = dir.path().join("o.onnx");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["encrypt", s(&m), "-o", s(&o)], "a key is required"),
+        (vec!["encrypt", s(&m), "-o", s(&o)], "give a key (--key-file"),
         (vec!["encrypt", s(&m), "-o", s(&o), "--key-file", s(&key), "--key-env", "V"], "cannot be used with"),
         (vec!["verify", s(&enc), "--json", "-q"], "cannot be used with"),
         (vec!["decrypt", s(&enc), "-o", s(&o), "--key-file", s(&key), "--external", "w.bin"], "--external"),

@@ -273,7 +273,7 @@ fn transform_input_round_trips_npy() {
 
 /// `transform-input` with `--key-file KEY IN OUT` and every transform, NHWC.
 fn transform_file(key: &Path, input: &Path, output: &Path, inverse: bool) {
-    let mut a = vec!["transform-input", "--key-file", s(key), s(input), s(output)];
+    let mut a = vec!["transform-input", "--key-file", s(key), s(input), s(output), "--force"];
     a.extend_from_slice(&["--block", "2", "--shuffle", "--negpos", "--ffx", "--scramble-blocks", "--layout", "nhwc"]);
     if inverse {
         a.push("--inverse");

@@ -15,6 +15,9 @@ pub enum BatchError {
     /// The output directory is the walked input directory.
     #[error("the output directory {} is the input directory; write the outputs somewhere else", .dir.display())]
     OutputIsInput { dir: PathBuf },
+    /// The output directory does not exist and may not be created.
+    #[error("the output directory {} does not exist", .dir.display())]
+    NoSuchOutputDir { dir: PathBuf },
     /// The directory to walk is not a directory.
     #[error("{}: not a directory", .path.display())]
     NotADirectory { path: PathBuf },
@@ -33,7 +36,8 @@ pub enum BatchError {
 /// (exit codes) must place every new kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BatchErrorKind {
-    /// The options cannot be used together (no output directory, output = input).
+    /// The options cannot be used together (no output directory, output = input, a
+    /// missing output directory without leave to create it).
     Options,
     /// The input list: not a directory, a bad list line, a path that cannot be used.
     Inputs,
@@ -44,7 +48,9 @@ impl BatchError {
     /// The kind of this error.
     pub fn kind(&self) -> BatchErrorKind {
         match self {
-            BatchError::NoOutputDir { .. } | BatchError::OutputIsInput { .. } => BatchErrorKind::Options,
+            BatchError::NoOutputDir { .. } | BatchError::OutputIsInput { .. } | BatchError::NoSuchOutputDir { .. } => {
+                BatchErrorKind::Options
+            }
             BatchError::NotADirectory { .. } | BatchError::List { .. } | BatchError::Path { .. } => {
                 BatchErrorKind::Inputs
             }

@@ -8,7 +8,9 @@
 //!   it. The core functions stage every output in a temporary file and rename it
 //!   into place, so each output is either absent, old or complete.
 //! * After a file's outputs are in place, a record is written atomically to
-//!   `OUT/.onnx-protect-batch/done/<relative path>.json`. A later run skips a file
+//!   `OUT/.onnx-protect-batch/done/<relative path>.json`. An output that exists is
+//!   replaced only if that record names it (an earlier run wrote it) or with
+//!   [`Options::force`]. A later run skips a file
 //!   when its record names the same operation and settings, the same BLAKE3 digest
 //!   of the input, and outputs that still exist with their recorded BLAKE3 digests.
 //! * Files run in parallel on [`Options::jobs`] worker threads; the [`Observer`]
@@ -36,6 +38,7 @@
 //!     jobs: NonZeroUsize::MIN,
 //!     shard: None,
 //!     force: false,
+//!     make_dirs: false,
 //!     sync: false,
 //! };
 //! let summary = run(&opts, &Quiet)?;
@@ -58,6 +61,7 @@ use std::time::{Duration, Instant};
 
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, KeySource};
 use onnx_protect_core::rekey::{self, RekeyOptions};
+use onnx_protect_core::OutputRules;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 
@@ -134,8 +138,14 @@ pub struct Options<'a> {
     /// Files processed at the same time.
     pub jobs: NonZeroUsize,
     pub shard: Option<Shard>,
-    /// Process every file, even those a previous run finished.
+    /// Process every file, even those a previous run finished, and replace existing
+    /// outputs that no record of an earlier run names. Without it such an output fails
+    /// its file (only regular files are ever replaced, whatever this says).
     pub force: bool,
+    /// Create the output directory (and its parents) if it is missing; without it a
+    /// missing output directory is an error. Directories below it, which mirror the
+    /// inputs' tree, are always created.
+    pub make_dirs: bool,
     /// Flush each output to the disk before renaming it into place.
     pub sync: bool,
 }
@@ -229,6 +239,9 @@ pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, Batch
         return Err(BatchError::NoOutputDir { op: opts.operation.name() });
     }
     if let Some(o) = &opts.out_dir {
+        if !o.is_dir() && !opts.make_dirs {
+            return Err(BatchError::NoSuchOutputDir { dir: o.clone() });
+        }
         std::fs::create_dir_all(o).map_err(error::batch_io("create the output directory", o))?;
         if let Inputs::Dir(d) = &opts.inputs {
             if !is_verify && std::fs::canonicalize(d).ok() == std::fs::canonicalize(o).ok() {
@@ -317,16 +330,23 @@ impl Job<'_> {
         }
         self.claim(&outputs, &item.rel)?;
         let sync = self.opts.sync;
+        // Existing outputs are replaced when an earlier run's record names them all (it
+        // wrote them), or when forced; otherwise the core refuses the first one.
+        let recorded = record::recorded_outputs(out_dir, &item.rel);
+        let force = self.opts.force || outputs.iter().filter(|p| p.exists()).all(|p| recorded.contains(p));
+        let rules = OutputRules { force, make_dirs: true };
         match self.opts.operation {
             Operation::Encrypt { key, policy } => {
-                let opts = EncryptOptions { sync, ..EncryptOptions::new(policy) };
+                let opts = EncryptOptions { sync, outputs: rules, ..EncryptOptions::new(policy) };
                 protect::encrypt(&item.input, &output, &EncryptTo::key(key.clone()), &opts)?;
             }
             Operation::Decrypt { key } => {
-                protect::decrypt(&item.input, &output, key, &DecryptOptions { sync, ..DecryptOptions::default() })?;
+                let opts = DecryptOptions { sync, outputs: rules, ..DecryptOptions::default() };
+                protect::decrypt(&item.input, &output, key, &opts)?;
             }
             Operation::Rekey { key, new_key } => {
-                let opts = RekeyOptions { in_place: false, sync, signing_keys: &[], progress: &NoProgress };
+                let opts =
+                    RekeyOptions { in_place: false, sync, outputs: rules, signing_keys: &[], progress: &NoProgress };
                 rekey::rekey(&item.input, &output, key, &EncryptTo::key(new_key.clone()), &opts)?;
             }
             Operation::Verify { key } => {

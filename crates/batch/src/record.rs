@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use onnx_protect_format::Model;
 use serde::{Deserialize, Serialize};
@@ -104,23 +103,24 @@ pub(crate) fn finished(out_dir: &Path, rel: &str, op: &str, settings: &str, dige
         })
 }
 
-/// Writes `record` to `path` atomically: a new temporary file in the same directory,
-/// flushed, then renamed into place.
+/// Writes `record` to `path` atomically: a private staging file in its directory
+/// (created if missing), flushed, then published over any older record.
 pub(crate) fn write_record(path: &Path, record: &Record) -> Result<(), FileError> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let text = serde_json::to_string(record).map_err(|e| file_io("encode", path)(std::io::Error::other(e)))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(file_io("create", dir))?;
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let tmp = dir.join(format!("{}-{}-{n}.tmp", crate::STATE_DIR_PREFIX, std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let mut out = onnx_protect_format::write::StagedOutput::new(path)?;
+        out.file_mut().write_all(text.as_bytes())?;
+        out.finish(true)?;
+        out.publish()
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        file_io("write", path)(e)
-    })
+    write().map_err(file_io("write", path))
+}
+
+/// The output paths (under `out_dir`) that the record of `rel` names, whatever its
+/// version or operation: the files an earlier batch run wrote for this model.
+pub(crate) fn recorded_outputs(out_dir: &Path, rel: &str) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(record_path(out_dir, rel)) else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    let Some(outputs) = v.get("outputs").and_then(|o| o.as_array()) else { return Vec::new() };
+    outputs.iter().filter_map(|o| o.get("path")?.as_str()).map(|p| out_dir.join(p)).collect()
 }

@@ -3,7 +3,6 @@
 //! the transformer that applies those actions, and the content digests of a protected
 //! model computed without writing (as stored, or in canonical form).
 
-use std::fs::File;
 use std::ops::Range;
 
 use onnx_protect_crypto::{content_digest, FileLeaves};
@@ -13,7 +12,7 @@ use onnx_protect_format::{Model, NoProgress, Progress, TensorData};
 use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
 use crate::manifest::Target;
-use crate::pass::{self, FileJob, Hash, PassLeaves, Transformer};
+use crate::pass::{self, FileJob, Hash, Out, PassLeaves, Transformer};
 
 /// The plan of every covered file: index 0 the model file's first `content_len` bytes
 /// (with `extra` edits), then each external data file in the model's order.
@@ -102,7 +101,7 @@ pub(crate) fn run_covered(
     xf: &dyn Transformer,
     hash: Hash,
     chunk: u64,
-    outputs: &[Option<&File>],
+    outputs: &[Option<Out<'_>>],
     durable: bool,
     progress: &dyn Progress,
 ) -> Result<PassLeaves> {

@@ -75,6 +75,12 @@ fn varint_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
 /// model (docs/format.md §1): `0x72 L 0x0A 0x0F "onnx-protect/v2" 0x12 L' VALUE` ending at
 /// the last byte. Returns the field's range and the value.
 pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
+    let (range, value) = trailing_entry_bytes(bytes)?;
+    Some((range, std::str::from_utf8(value).ok()?))
+}
+
+/// [`trailing_entry`] whatever the value's bytes are (text or not).
+pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> {
     let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
     key.extend_from_slice(METADATA_KEY_V2.as_bytes());
     key.push(0x12);
@@ -93,8 +99,7 @@ pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
             continue;
         }
         if varint_at(bytes, start + 1) == Some((inner, w)) {
-            let value = std::str::from_utf8(&bytes[value_start..]).ok()?;
-            return Some((start as u64..bytes.len() as u64, value));
+            return Some((start as u64..bytes.len() as u64, &bytes[value_start..]));
         }
     }
     None
@@ -118,10 +123,13 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     }
     let envelope: pb::Envelope = canonical(&raw, "envelope")?;
     let header: pb::Header = canonical(&envelope.header, "header")?;
+    // The version is the entry's key; a version-2 header of another format_version
+    // breaks a header rule (§3).
     if header.format_version != FORMAT_VERSION_V2 {
-        return Err(CoreError::UnsupportedVersion {
-            key: format!("{METADATA_KEY_V2} format_version {}", header.format_version),
-        });
+        return Err(bad(format!(
+            "the header of an {METADATA_KEY_V2} entry has format_version {}",
+            header.format_version
+        )));
     }
     let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
     check_shape(&envelope, &header, &recipients)?;

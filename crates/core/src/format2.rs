@@ -15,8 +15,8 @@ use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
 use crate::action::{prepare, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformed_digest, transformer};
 use crate::envelope::{
-    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, ProtectedV2,
-    CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
+    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
+    ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
 use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
@@ -39,10 +39,15 @@ pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &P
 }
 
 /// The error for a model file that does not parse: "modified" when it ends in a sound
-/// version-2 entry whose content digest no longer matches, else the parser's error.
+/// version-2 entry whose content digest no longer matches, or in an entry whose value is
+/// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's
+/// error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
-    let Some((range, value)) = trailing_entry(&bytes) else { return e.into() };
+    let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
+    let Ok(value) = std::str::from_utf8(raw) else {
+        return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
+    };
     let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
     if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
         let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
@@ -185,7 +190,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, spec.policy);
     refuse_ctr_with_tiers(model, &selection, tiers)?;
-    skip_short_permutations(model, &mut selection);
+    refuse_short_permutations(model, &selection)?;
     if selection.bytes() == 0 && !spec.allow_empty {
         return Err(CoreError::Policy(PolicyError::Invalid(
             "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".into(),
@@ -232,8 +237,12 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         signatures,
         ..Default::default()
     };
-    let model_out =
-        files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
@@ -268,24 +277,26 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
     }
 }
 
-/// Leaves out (as skipped, with the reason) the tensors whose `dp` subsequences have
-/// fewer than [`DP_MIN_ELEMENTS`] elements: such a permutation hides too little (one
-/// element permuted is no change at all), so it is not done and not called encrypted.
-fn skip_short_permutations(model: &Model, selection: &mut Selection) {
-    let short = |c: &onnx_protect_select::Chosen| {
+/// Refuses a policy whose `dp` subsequences have fewer than [`DP_MIN_ELEMENTS`]
+/// elements in some tensor: such a permutation hides too little (one element permuted
+/// is no change at all), so it is neither done nor called protected.
+fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
+    let short = |c: &&onnx_protect_select::Chosen| {
         let elem = (model.tensors[c.tensor].data_type.bits() / 8).max(1);
         c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
     };
-    let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut selection.chosen).into_iter().partition(|c| !short(c));
-    selection.chosen = keep;
-    for c in drop {
-        selection.skipped.push(onnx_protect_select::Skipped {
-            tensor: c.tensor,
-            reason: format!(
-                "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements (a shorter permutation hides \
-                 too little); use fewer subsequences or another mode"
-            ),
-        });
+    match selection.chosen.iter().find(short) {
+        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
+            "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements, but '{}' ({} {}, {} elements) \
+             would be cut shorter (a shorter permutation hides too little); use fewer subsequences, or another \
+             mode for it (for example --mode {}=fp)",
+            model.tensors[c.tensor].name,
+            c.op_type,
+            c.role,
+            model.tensors[c.tensor].nbytes / u64::from((model.tensors[c.tensor].data_type.bits() / 8).max(1)),
+            c.op_type
+        )))),
+        None => Ok(()),
     }
 }
 
@@ -557,7 +568,8 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out =
+            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -672,7 +684,8 @@ pub(crate) fn rewrite_entry(
         durable,
         &onnx_protect_format::NoProgress,
     )?;
-    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

@@ -256,6 +256,17 @@ fn human(n: u64) -> String {
     }
 }
 
+/// One line of what the bytes under a key get, for people: "1.2 KiB encrypted, 3.4 KiB
+/// sign and mantissa encrypted (exponent clear), 0 B permuted".
+pub fn protection_breakdown(by: &BTreeMap<&'static str, u64>) -> String {
+    use crate::manifest::Protection;
+    [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted]
+        .iter()
+        .map(|p| format!("{} {}", human(by.get(p.id()).copied().unwrap_or(0)), p.label()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Report {
     /// The human-readable summary printed by `inspect` without `--json`.
     pub fn to_text(&self) -> String {
@@ -310,7 +321,7 @@ impl Report {
             let amount = if p.positions == "secret" {
                 "positions secret".to_string()
             } else {
-                format!("{} encrypted ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
+                format!("{} under a key ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
             };
             let _ = writeln!(
                 s,
@@ -320,6 +331,7 @@ impl Report {
                 p.tensors.len(),
                 if p.passphrase { ", passphrase key" } else { "" }
             );
+            let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
             if p.format_version >= 2 {
                 let _ = writeln!(s, "  integrity    every byte: BLAKE3 content digest under HMAC-SHA256 (per tier) and a keyless checksum");
             } else {
@@ -351,10 +363,11 @@ impl Report {
                 let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
                 let _ = writeln!(
                     s,
-                    "  {:<28} {:<8} {:<4}{tier} {}/{} subseq, {} of {} bytes at {}{more}",
+                    "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
                     t.name,
                     t.op_type,
                     t.mode,
+                    t.label,
                     t.chosen,
                     t.subsequences,
                     t.encrypted_bytes,

@@ -42,3 +42,5 @@ pub mod rewrap;
 mod seal;
 mod staged;
 mod unlock;
+
+pub use staged::OutputRules;

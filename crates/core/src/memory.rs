@@ -75,7 +75,7 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::Path;
 
-use onnx_protect_crypto::Keystream;
+use onnx_protect_crypto::{content_digest, leaves_of, Keystream};
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
 use onnx_protect_fsio::file::file_id;
@@ -83,7 +83,8 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{apply, edits_for, Action};
+use crate::action::{apply, edits_for, prepare, Action};
+use crate::envelope::{entry_bytes, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
 use crate::keys::KeySource;
@@ -629,10 +630,42 @@ fn decrypt_v2(
             (bytes, external_patched(model, &p.targets, &sources)?)
         }
     };
+    let bytes = if to < p.sealed.header.tiers { with_partial_entry(model, &p, to, bytes, &external)? } else { bytes };
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
     Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes })
+}
+
+/// A decryption up to tier `to` below the top stays a protected model (docs/format.md
+/// §11), as `decrypt --tier` writes it: `content` (the model file's content with tiers up
+/// to `to` decrypted) followed by the entry whose envelope records `restored_tiers = to`
+/// and the digest of the new content (`external` holds its external data files).
+fn with_partial_entry(
+    model: &Model,
+    p: &ProtectedV2,
+    to: u32,
+    content: DecryptedBytes,
+    external: &BTreeMap<String, DecryptedBytes>,
+) -> Result<DecryptedBytes> {
+    let chunk = p.sealed.header.chunk_size;
+    let mut files = vec![leaves_of(0, &content, chunk)];
+    for (i, f) in model.external_files.iter().enumerate() {
+        let bytes = external
+            .get(&f.location)
+            .ok_or_else(|| CoreError::Output(format!("internal: no decrypted copy of {}", f.location)))?;
+        let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
+        files.push(leaves_of(index, bytes, chunk));
+    }
+    let mut env = p.sealed.envelope.clone();
+    env.restored_tiers = to;
+    env.stored_digest = content_digest(&files).to_vec();
+    let entry = entry_bytes(env);
+    let mut out = Vec::with_capacity(content.len() + entry.len());
+    out.extend_from_slice(&content);
+    out.extend_from_slice(&entry);
+    // `content` is dropped here, its decrypted spans wiped; `out` is wiped when dropped.
+    Ok(DecryptedBytes::owned(out))
 }
 
 /// What each target's spans become, from its action.
@@ -721,7 +754,10 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         return restore_copied(model, &p, key, None);
     }
     let keys = authenticate(model, &p, key)?;
-    let actions: Vec<Action> = p.targets.iter().map(|t| Action::Xor(Box::new(keys.keystream(t.stream_id)))).collect();
+    // Varint-stored tensors are decrypted whole (their re-encoded fields change length);
+    // the other spans are patched with their keystream.
+    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
+    let actions = prepare(model, &p.targets, streams, true)?;
     let sources = sources_of(&actions)?;
     let model_bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone())?;
     let external = external_patched(model, &p.targets, &sources)?;

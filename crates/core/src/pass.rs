@@ -27,6 +27,7 @@
 
 use std::fs::File;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves};
@@ -76,7 +77,14 @@ pub(crate) struct FileJob<'a> {
     /// (the model file's content stops before its manifest entry).
     pub index: u32,
     /// The staged output file; `None` hashes without writing.
-    pub out: Option<&'a File>,
+    pub out: Option<Out<'a>>,
+}
+
+/// A staged output file and the destination it becomes (which errors name).
+#[derive(Clone, Copy)]
+pub(crate) struct Out<'a> {
+    pub file: &'a File,
+    pub dest: &'a Path,
 }
 
 /// The leaves a pass computed, one per file in the order given.
@@ -164,7 +172,7 @@ pub(crate) fn run(
         }
         if let Some(out) = f.out {
             let len = out_len.get(i).copied().unwrap_or(0).max(f.plan.output_len());
-            preallocate(out, len).map_err(write_err)?;
+            preallocate(out.file, len).map_err(|e| write_err(out, e))?;
         }
     }
     let on_output = hash == Hash::Output;
@@ -198,7 +206,7 @@ pub(crate) fn run(
             if durable && since_writeback[item.file].fetch_add(n, Ordering::Relaxed) + n >= WRITEBACK_STEP {
                 since_writeback[item.file].store(0, Ordering::Relaxed);
                 if let Some(out) = f.out {
-                    start_writeback(out);
+                    start_writeback(out.file);
                 }
             }
             Ok(r)
@@ -229,14 +237,14 @@ pub(crate) fn run(
     Ok(leaves)
 }
 
-fn write_err(e: std::io::Error) -> CoreError {
-    CoreError::Output(format!("cannot write an output file: {e}"))
+fn write_err(out: Out<'_>, e: std::io::Error) -> CoreError {
+    CoreError::Write { path: out.dest.to_path_buf(), source: e }
 }
 
 /// Writes `data` at `offset` of the file's output, if it has one.
 fn put(f: &FileJob<'_>, data: &[u8], offset: u64) -> Result<()> {
     match f.out {
-        Some(out) => write_all_at(out, data, offset).map_err(write_err),
+        Some(out) => write_all_at(out.file, data, offset).map_err(|e| write_err(out, e)),
         None => Ok(()),
     }
 }
@@ -475,7 +483,8 @@ mod tests {
         let expect = reference(&src, &plan);
         let out = tempfile::tempfile().unwrap();
         let release = |_: Range<u64>| {};
-        let job = FileJob { src: &src, release: &release, plan, index: 2, out: Some(&out) };
+        let dest = Out { file: &out, dest: Path::new("out") };
+        let job = FileJob { src: &src, release: &release, plan, index: 2, out: Some(dest) };
         let leaves = run(&[job], &xor_tag, hash, chunk, &[0], false, &onnx_protect_format::NoProgress).unwrap();
         let mut got = Vec::new();
         use std::io::{Read, Seek};
@@ -516,7 +525,8 @@ mod tests {
                 .unwrap();
         let out = tempfile::tempfile().unwrap();
         let release = |_: Range<u64>| {};
-        let job = FileJob { src: &src, release: &release, plan, index: 0, out: Some(&out) };
+        let dest = Out { file: &out, dest: Path::new("out") };
+        let job = FileJob { src: &src, release: &release, plan, index: 0, out: Some(dest) };
         assert!(run(&[job], &xor_tag, Hash::Both, 4096, &[0], false, &onnx_protect_format::NoProgress).is_err());
     }
 

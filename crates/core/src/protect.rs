@@ -32,7 +32,7 @@ use crate::content::{plans, run_covered, transformer};
 use crate::format2::{self, open_v2, read_v2, EncryptSpec};
 use crate::pass::Hash;
 use crate::restore::{plan_restore, restored_model_bytes};
-use crate::staged::{check_output, durable, Outputs};
+use crate::staged::{check_output, durable, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{ProtectedV2, METADATA_KEY_V2};
@@ -101,6 +101,8 @@ pub struct EncryptOptions<'a> {
     /// Choose the encrypted subsequences with the key and keep the positions secret
     /// (docs/format.md §6; fp or dp modes, no access tiers).
     pub secret_positions: bool,
+    /// Whether existing outputs may be replaced and a missing output directory created.
+    pub outputs: OutputRules,
     /// Publisher keys that sign the model (docs/format.md §10).
     pub signing_keys: &'a [SigningKey],
     /// A change of the plaintext weights made while encrypting (for example a recipient's
@@ -118,6 +120,7 @@ impl<'a> EncryptOptions<'a> {
             sync: false,
             allow_empty: false,
             secret_positions: false,
+            outputs: OutputRules::default(),
             signing_keys: &[],
             rewrite: None,
             progress: &NoProgress,
@@ -130,6 +133,8 @@ pub struct DecryptOptions<'a> {
     pub in_place: bool,
     /// As [`EncryptOptions::sync`].
     pub sync: bool,
+    /// As [`EncryptOptions::outputs`].
+    pub outputs: OutputRules,
     /// Trusted publishers: when given, a model without a valid signature of one of them
     /// is refused.
     pub signers: &'a [SignerKey],
@@ -138,7 +143,13 @@ pub struct DecryptOptions<'a> {
 
 impl Default for DecryptOptions<'_> {
     fn default() -> Self {
-        DecryptOptions { in_place: false, sync: false, signers: &[], progress: &NoProgress }
+        DecryptOptions {
+            in_place: false,
+            sync: false,
+            outputs: OutputRules::default(),
+            signers: &[],
+            progress: &NoProgress,
+        }
     }
 }
 
@@ -167,7 +178,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
-    check_output(&model, input, output, opts.in_place)?;
+    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let spec = EncryptSpec {
         policy: opts.policy,
         in_place: opts.in_place,
@@ -224,7 +235,7 @@ pub fn decrypt_tier(
         None => Err(CoreError::NotProtected),
         Some(2) => {
             let p = read_v2(&model)?;
-            check_output(&model, input, output, opts.in_place)?;
+            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let spec = format2::DecryptSpec {
                 tier,
                 signers: opts.signers,
@@ -240,7 +251,7 @@ pub fn decrypt_tier(
                 return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
             }
             let p = read_protected(&model)?;
-            check_output(&model, input, output, opts.in_place)?;
+            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let (tensors, bytes) =
                 decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
             Ok(report(tensors, bytes))
@@ -433,6 +444,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         passphrase: p.manifest.kdf.is_some(),
         policy_summary: p.manifest.policy_summary.clone(),
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
         tiers: p.manifest.tiers,
         restored_tiers: p.envelope.restored_tiers,
         leaf_hash: match p.leaf_hash {
@@ -457,6 +469,7 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         passphrase: p.sealed.stanzas.iter().any(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE),
         policy_summary: h.policy_summary.clone(),
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
         tiers: h.tiers,
         restored_tiers: p.sealed.envelope.restored_tiers,
         leaf_hash: "blake3",
@@ -546,12 +559,13 @@ pub struct SignReport {
 
 /// Adds the signatures of `keys` to the format-2 model `input` (replacing an earlier
 /// signature of the same key), after checking that its content matches its manifest;
-/// writes `output` (which may be `input` with `in_place`).
+/// writes `output` (which may be `input` with `in_place`) under `outputs`' rules.
 pub fn sign(
     input: &Path,
     output: &Path,
     keys: &[SigningKey],
     in_place: bool,
+    outputs: &OutputRules,
     progress: &dyn Progress,
 ) -> Result<SignReport> {
     let model = open_protected(input, progress)?;
@@ -559,7 +573,7 @@ pub fn sign(
         return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be signed".into() });
     }
     let (model, p) = open_v2(Ok(model), input)?;
-    check_output(&model, input, output, in_place)?;
+    check_output(&model, input, output, in_place, outputs)?;
     format2::verify(&model, &p, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(CoreError::Key("a partially decrypted model cannot be signed; sign the encrypted model".into()));

@@ -39,7 +39,7 @@ use crate::manifest::tool_name;
 use crate::pass::Hash;
 use crate::protect::{manifest_version, open_protected};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
-use crate::staged::{check_output, durable, external_destinations, Outputs};
+use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -47,6 +47,8 @@ pub struct RekeyOptions<'a> {
     pub in_place: bool,
     /// As [`EncryptOptions::sync`](crate::protect::EncryptOptions::sync).
     pub sync: bool,
+    /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
+    pub outputs: OutputRules,
     /// Publisher keys that sign the new model (the old signatures cover the old keys
     /// and are not kept).
     pub signing_keys: &'a [SigningKey],
@@ -93,7 +95,7 @@ pub fn rekey(
         None => return Err(CoreError::NotProtected),
     }
     let mut p = read_v2(&model)?;
-    check_output(&model, input, output, opts.in_place)?;
+    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
     let old_keys = crate::format2::unlock(&model, &mut p, old)?;
     if old_keys.tier < tiers {
@@ -146,7 +148,8 @@ pub fn rekey(
         ..Default::default()
     };
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

@@ -54,6 +54,8 @@ pub struct RewrapOptions<'a> {
     pub drop_signatures: bool,
     /// Rewrite the input's tail in place.
     pub in_place: bool,
+    /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
+    pub outputs: crate::staged::OutputRules,
     pub progress: &'a dyn Progress,
 }
 
@@ -103,7 +105,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let bytes_written = if opts.in_place && same_file(input, output) {
         rewrite_tail(input, &p, entry_bytes(env))?
     } else {
-        crate::staged::check_output(&model, input, output, opts.in_place)?;
+        crate::staged::check_output(&model, input, output, opts.in_place, &opts.outputs)?;
         rewrite_entry(&model, &p, env, output, opts.in_place)?;
         std::fs::metadata(output).map(|m| m.len()).unwrap_or(0)
     };

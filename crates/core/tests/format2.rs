@@ -250,6 +250,115 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     }
 }
 
+/// A protected model changed so that it no longer parses is "modified" for every reader,
+/// the CI gate included: one whose first byte changed, and one whose manifest text is no
+/// longer valid UTF-8 (the entry is still recognisable at the end of the file, and a
+/// manifest entry not encoded as docs/format.md §1 says is "modified").
+#[test]
+fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
+    use onnx_protect_core::check::{check_model, reasons, CheckOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(2);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let value_start = bytes.len() - trailing_entry(&bytes).unwrap().1.len();
+    for (what, at, bit) in [("the first byte", 0, 1u8), ("a byte of the manifest's text", value_start + 1, 0x80)] {
+        let mut b = bytes.clone();
+        b[at] ^= bit;
+        let path = dir.path().join(format!("changed-{at}.onnx"));
+        std::fs::write(&path, &b).unwrap();
+        assert!(Model::open(&path).is_err(), "{what}: the changed model still parses");
+        assert_every_verb_refuses(&path, &k, what);
+        let opts = CheckOptions {
+            policy: None,
+            require_encrypted: true,
+            strict_spans: false,
+            allow_unprotected: false,
+            key: None,
+            signers: &[],
+            progress: &NoProgress,
+        };
+        let c = check_model(&path, &opts);
+        assert!(!c.passed && c.protected, "{what}: {c:?}");
+        assert_eq!(c.failures[0].reason, reasons::MODIFIED, "{what}: {:?}", c.failures);
+    }
+}
+
+/// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a
+/// header rule (docs/format.md §3): "modified", also when the checksum was recomputed,
+/// never "unsupported version" (which names a manifest key this build does not read).
+#[test]
+fn a_version_2_header_of_another_format_version_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::v2 as pb;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let mut header = sealed.header.clone();
+    header.format_version = 3;
+    let mut env: pb::Envelope = sealed.envelope.clone();
+    env.header = header.encode_to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = bytes[..range.start as usize].to_vec();
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    let path = dir.path().join("v3.onnx");
+    std::fs::write(&path, &changed).unwrap();
+    let out = dir.path().join("out.onnx");
+    for (what, r) in [
+        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{what}: {e}");
+        assert!(e.to_string().starts_with("modified"), "{what}: {e}");
+    }
+    assert!(!out.exists());
+}
+
+/// A decryption below the top tier stays a protected model (docs/format.md §11): in
+/// memory it is the same file `decrypt --tier` writes, its rewritten entry included, so
+/// the top key can finish it; a key whose tiers are all restored already gets the file
+/// as it is.
+#[test]
+fn a_partial_decryption_in_memory_is_the_file_decrypt_tier_writes() {
+    use onnx_protect_core::memory::decrypt_tier_in_memory;
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::from_bytes([6; 32]);
+    let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
+    p.set_tiers(3).unwrap();
+    let protected = protect(dir.path(), "external_data", &p, &KeySource::Key(master.clone()));
+    let k1 = KeySource::Key(master.tier_down().tier_down());
+    let out = dir.path().join("t1").join("model.onnx");
+    decrypt_tier(&protected, &out, &k1, None, &DecryptOptions::default()).unwrap();
+    let mem = decrypt_tier_in_memory(&Model::open(&protected).unwrap(), &k1, None).unwrap();
+    assert!(mem[..] == std::fs::read(&out).unwrap()[..], "the model file");
+    assert_eq!(mem.external().len(), 2);
+    for (loc, b) in mem.external() {
+        assert!(b[..] == std::fs::read(out.with_file_name(loc)).unwrap()[..], "{loc}");
+    }
+    let mem = decrypt_in_memory(&protected, &k1).unwrap();
+    assert!(mem[..] == std::fs::read(&out).unwrap()[..], "the model file, from the path");
+    // The partial file is still protected, and the top key restores the original from it.
+    verify(&out, None, &NoProgress).unwrap();
+    let top = KeySource::Key(master);
+    let full = decrypt_in_memory(&out, &top).unwrap();
+    assert!(full[..] == std::fs::read(fixture("external_data").join("model.onnx")).unwrap()[..]);
+    // Nothing left for the tier-1 key: the file as it is.
+    let same = decrypt_in_memory(&out, &k1).unwrap();
+    assert_eq!(same.decrypted_bytes(), 0);
+    assert!(same[..] == std::fs::read(&out).unwrap()[..]);
+}
+
 fn base64_encode(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();

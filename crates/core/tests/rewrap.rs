@@ -29,7 +29,15 @@ fn protect(dir: &Path, to: &EncryptTo, policy: &Policy) -> PathBuf {
 }
 
 fn opts<'a>(add: &'a EncryptTo, remove: &'a [Remove]) -> RewrapOptions<'a> {
-    RewrapOptions { add, remove, signing_keys: &[], drop_signatures: false, in_place: true, progress: &NoProgress }
+    RewrapOptions {
+        add,
+        remove,
+        signing_keys: &[],
+        drop_signatures: false,
+        in_place: true,
+        outputs: Default::default(),
+        progress: &NoProgress,
+    }
 }
 
 fn content(path: &Path) -> Vec<u8> {
@@ -80,7 +88,7 @@ fn signatures_are_renewed_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = protect(dir.path(), &EncryptTo::key(key(1)), &Policy::default());
     let publisher = SigningKey::generate().unwrap();
-    sign(&path, &path, std::slice::from_ref(&publisher), true, &NoProgress).unwrap();
+    sign(&path, &path, std::slice::from_ref(&publisher), true, &Default::default(), &NoProgress).unwrap();
     let signer = [publisher.public()];
     verify_signed(&path, None, &signer, &NoProgress).unwrap();
     let add = EncryptTo::key(key(3));

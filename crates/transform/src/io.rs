@@ -198,16 +198,17 @@ fn encode_image(_path: &Path, im: &Images, kind: FileKind) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a file atomically: into a temporary file in the destination's directory,
-/// flushed to disk, then renamed over the destination (whose permission bits it keeps;
-/// through a symbolic link, the file it points to is replaced and the link kept).
+/// Writes a file atomically: into a private staging file in the destination's
+/// directory (unnamed on Linux), flushed to disk, then published under its name,
+/// replacing a regular file that was there (whose permission bits it keeps; through a
+/// symbolic link, the file it points to is replaced and the link kept). A destination
+/// that is not a regular file (a device, a FIFO, a socket) is refused.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let err = |source| TransformError::Io { path: path.to_path_buf(), source };
-    let (mut tmp, path, mode) = onnx_protect_format::write::staged_output(path).map_err(err)?;
-    fill(tmp.as_file_mut()).map_err(err)?;
-    mode.apply(tmp.as_file()).map_err(err)?;
-    tmp.as_file_mut().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
+    let mut out = onnx_protect_format::write::StagedOutput::new(path).map_err(err)?;
+    fill(out.file_mut()).map_err(err)?;
+    out.finish(true).map_err(err)?;
+    out.publish().map_err(err)?;
     Ok(())
 }
 

@@ -26,7 +26,8 @@ use onnx_protect_format::{DataType, Model, TensorId};
 use serde::Serialize;
 
 use crate::error::{Result, TraceError};
-use crate::plan::{decode_float, decode_int8, is_marked_float, plan, tensor_key, Planned};
+use crate::ledger::Ledger;
+use crate::plan::{decode_float, decode_int8, is_marked_float, plan, tensor_key, weights_digest, Planned};
 use crate::secret::{FingerprintKey, RecipientId};
 
 /// Default bound on the probability that a trace names a recipient for a copy that is
@@ -126,8 +127,10 @@ pub struct TensorCounts {
 /// What a trace found.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceReport {
-    /// The fingerprint key's public fingerprint.
+    /// The fingerprint secret's key ID.
     pub key_id: String,
+    /// The original's weights digest.
+    pub original: String,
     /// Number of recipients tested.
     pub recipients: usize,
     /// The false-positive probability the threshold was chosen for.
@@ -158,6 +161,7 @@ pub struct Tracer<'a> {
     key: &'a FingerprintKey,
     recipients: Vec<RecipientId>,
     planned: Vec<Planned>,
+    digest: String,
 }
 
 impl<'a> Tracer<'a> {
@@ -173,7 +177,23 @@ impl<'a> Tracer<'a> {
         if unique.is_empty() {
             return Err(TraceError::Parameter("no recipient to test".into()));
         }
-        Ok(Tracer { original, key, recipients: unique, planned: plan(original)? })
+        let planned = plan(original)?;
+        let digest = weights_digest(original, &planned)?;
+        Ok(Tracer { original, key, recipients: unique, planned, digest })
+    }
+
+    /// A tracer for the recipients `ledger` records for `original` and `key`. Errors
+    /// when the ledger has none (a wrong secret, ledger or original).
+    pub fn for_ledger(original: &'a Model, key: &'a FingerprintKey, ledger: &Ledger) -> Result<Tracer<'a>> {
+        let planned = plan(original)?;
+        let digest = weights_digest(original, &planned)?;
+        let recipients = ledger.recipients(&key.key_id(), &digest)?;
+        Ok(Tracer { original, key, recipients, planned, digest })
+    }
+
+    /// The original's weights digest.
+    pub fn original_digest(&self) -> &str {
+        &self.digest
     }
 
     /// The original's planned tensors.
@@ -189,7 +209,8 @@ impl<'a> Tracer<'a> {
     /// The original's values of a planned tensor.
     pub fn original_values(&self, p: &Planned) -> Result<Vec<f64>> {
         let t = &self.original.tensors[p.tensor];
-        let bytes = self.original.tensor_bytes(t.id).map_err(TraceError::model(format!("original tensor '{}'", t.name)))?;
+        let bytes =
+            self.original.tensor_bytes(t.id).map_err(TraceError::model(format!("original tensor '{}'", t.name)))?;
         decode_float(t.data_type, &bytes)
             .ok_or_else(|| TraceError::Parameter(format!("original tensor '{}' is not a float tensor", t.name)))
     }
@@ -274,7 +295,8 @@ impl<'a> Tracer<'a> {
         let z = |dot: f64| if norm2 > 0.0 { dot / norm2.sqrt() } else { 0.0 };
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| z(dots[b]).total_cmp(&z(dots[a])).then(a.cmp(&b)));
-        let score = |i: usize| Score { recipient: self.recipients[i].to_string(), z: z(dots[i]), bound: bound(n, z(dots[i])) };
+        let score =
+            |i: usize| Score { recipient: self.recipients[i].to_string(), z: z(dots[i]), bound: bound(n, z(dots[i])) };
         let scores: Vec<Score> = order.iter().map(|&i| score(i)).collect();
         let t = threshold(n, p);
         let best_i = order[0];
@@ -289,6 +311,7 @@ impl<'a> Tracer<'a> {
             .collect();
         Ok(TraceReport {
             key_id: self.key.key_id(),
+            original: self.digest.clone(),
             recipients: n,
             false_positive: p,
             threshold: t,
@@ -389,7 +412,8 @@ fn dequantize(q: &[f64], dims: &[u64], scales: &[f64], zero_points: &[f64]) -> O
 /// the one closer to the original wins — a choice made from the suspect and the original
 /// alone, so it keeps the bound.
 fn orient(values: Vec<f64>, sdims: &[u64], odims: &[u64], original: &[f64], quantized: bool) -> Option<Matched> {
-    let (plain, flipped) = if quantized { (How::Dequantized, How::DequantizedTransposed) } else { (How::Name, How::Transposed) };
+    let (plain, flipped) =
+        if quantized { (How::Dequantized, How::DequantizedTransposed) } else { (How::Name, How::Transposed) };
     let reversed = sdims.len() == 2 && odims.len() == 2 && sdims[0] == odims[1] && sdims[1] == odims[0];
     if !reversed {
         return Some(Matched { values, how: plain });
@@ -405,7 +429,8 @@ fn orient(values: Vec<f64>, sdims: &[u64], odims: &[u64], original: &[f64], quan
     if sdims != odims {
         return Some(Matched { values: t, how: flipped });
     }
-    let dist = |v: &[f64]| v.iter().zip(original).map(|(a, b)| (a - b) * (a - b)).filter(|x| x.is_finite()).sum::<f64>();
+    let dist =
+        |v: &[f64]| v.iter().zip(original).map(|(a, b)| (a - b) * (a - b)).filter(|x| x.is_finite()).sum::<f64>();
     if dist(&t) < dist(&values) {
         Some(Matched { values: t, how: flipped })
     } else {

@@ -31,15 +31,24 @@ pub enum TraceError {
         #[source]
         source: FormatError,
     },
-    /// The fingerprint key is not a master key, or a keystream failed.
-    #[error("fingerprint key: {0}")]
+    /// A fingerprint secret file that is not one (`what` names it; never its bytes).
+    #[error("fingerprint secret {what}: {reason}")]
+    Secret { what: String, reason: String },
+    /// The random number generator or a keystream failed.
+    #[error("fingerprint secret: {0}")]
     Key(#[source] CryptoError),
     /// A ledger line that is not a valid entry.
     #[error("ledger {path}, line {line}: {reason}")]
     LedgerEntry { path: PathBuf, line: usize, reason: String },
-    /// The ledger has no entry made with the given fingerprint key.
-    #[error("ledger {path} has no entry made with fingerprint key {key_id} ({entries} entries under other keys)")]
+    /// A ledger that cannot be used as a whole.
+    #[error("ledger {path}: {reason}")]
+    Ledger { path: PathBuf, reason: String },
+    /// The ledger has no entry made with the given fingerprint secret.
+    #[error("ledger {path} has no entry made with fingerprint secret {key_id} ({entries} entries under other secrets): wrong secret or wrong ledger")]
     LedgerEmpty { path: PathBuf, key_id: String, entries: usize },
+    /// The ledger has entries for the secret, none for this original.
+    #[error("ledger {path} has no entry for this original (weights digest {original}; {entries} entries for other models): wrong --original")]
+    LedgerNoOriginal { path: PathBuf, original: String, entries: usize },
     /// Reading or writing a file failed.
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
@@ -54,7 +63,10 @@ impl TraceError {
         move |source| TraceError::Model { what, source }
     }
 
-    pub(crate) fn io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TraceError + '_ {
+    pub(crate) fn io<'p>(
+        action: &'static str,
+        path: &'p std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> TraceError + 'p {
         move |source| TraceError::Io { action, path: path.to_path_buf(), source }
     }
 }

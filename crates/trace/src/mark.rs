@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use onnx_protect_format::{DataType, Model, Tensor, TensorId};
 
 use crate::error::{Result, TraceError};
-use crate::plan::{decode_float, encode_float, plan};
+use crate::ledger::Entry;
+use crate::plan::{decode_float, encode_float, plan, weights_digest};
 use crate::secret::{FingerprintKey, Pattern, RecipientId};
 
 /// Default strength α: each marked element moves by α times its tensor's standard
@@ -18,7 +19,7 @@ pub const MAX_ALPHA: f64 = 0.1;
 /// elements scores about `√n`; 256 elements give 16, three times the threshold.
 pub const MIN_ELEMENTS: u64 = 256;
 
-struct Entry {
+struct Marked {
     name: String,
     nbytes: u64,
     data_type: DataType,
@@ -29,14 +30,16 @@ struct Entry {
 /// The fingerprint of one recipient for one model, ready to be applied to its weights.
 ///
 /// [`Marker::rewrite`] has the shape of the encryption's plaintext rewrite hook
-/// (`onnx_protect_core::protect::Rewrite`): the patterns are derived when the marker is
+/// (`onnx_protect_core::protect::Rewrite`, docs/tracing.md §3): the patterns are derived when the marker is
 /// made, so applying them cannot fail, and a tensor the marker was not planned for (or
 /// whose name, type or length differ) is left as it is.
 pub struct Marker {
     alpha: f64,
     recipient: RecipientId,
-    entries: HashMap<TensorId, Entry>,
+    entries: HashMap<TensorId, Marked>,
     elements: u64,
+    original: String,
+    key_id: String,
     rewritten: AtomicUsize,
 }
 
@@ -48,19 +51,29 @@ impl Marker {
         check_alpha(alpha)?;
         let mut entries = HashMap::new();
         let mut elements = 0u64;
-        for p in plan(model)? {
+        let planned = plan(model)?;
+        let original = weights_digest(model, &planned)?;
+        for p in planned {
             let t = &model.tensors[p.tensor];
             let pattern = key.pattern(recipient, &p.key, p.len)?;
             elements += p.len as u64;
             entries.insert(
                 p.tensor,
-                Entry { name: t.name.clone(), nbytes: t.nbytes, data_type: t.data_type, sigma: p.sigma, pattern },
+                Marked { name: t.name.clone(), nbytes: t.nbytes, data_type: t.data_type, sigma: p.sigma, pattern },
             );
         }
         if elements < MIN_ELEMENTS {
             return Err(TraceError::TooFewWeights { elements, min: MIN_ELEMENTS });
         }
-        Ok(Marker { alpha, recipient: recipient.clone(), entries, elements, rewritten: AtomicUsize::new(0) })
+        Ok(Marker {
+            alpha,
+            recipient: recipient.clone(),
+            entries,
+            elements,
+            original,
+            key_id: key.key_id(),
+            rewritten: AtomicUsize::new(0),
+        })
     }
 
     /// The new element bytes of `t` (the same length as `bytes`), or `None` for a tensor
@@ -95,10 +108,42 @@ impl Marker {
         self.elements
     }
 
+    /// The original's [`weights_digest`].
+    pub fn original(&self) -> &str {
+        &self.original
+    }
+
+    /// The ledger entry of this fingerprint: `model` names the original for people,
+    /// `time` is in Unix seconds.
+    pub fn ledger_entry(&self, model: &str, time: u64) -> Entry {
+        Entry {
+            recipient: self.recipient.clone(),
+            key_id: self.key_id.clone(),
+            original: self.original.clone(),
+            model: one_line(model, 1024),
+            alpha: self.alpha,
+            tensors: self.entries.len() as u64,
+            elements: self.elements,
+            time,
+        }
+    }
+
     /// Number of tensors [`Marker::rewrite`] has changed so far.
     pub fn rewritten(&self) -> usize {
         self.rewritten.load(Ordering::Relaxed)
     }
+}
+
+/// `text` without control characters, cut to at most `max` bytes at a character boundary.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Checks a strength: finite, above 0, at most [`MAX_ALPHA`].

@@ -18,7 +18,12 @@ use std::collections::HashSet;
 
 use onnx_protect_format::{discover, DataType, Model, Origin, Tensor, TensorId, WeightKind};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Result, TraceError};
+
+/// Domain label of [`weights_digest`].
+pub const ORIGINAL_LABEL: &[u8] = b"onnx-protect/v1/fingerprint-original";
 
 /// A tensor that carries a fingerprint.
 #[derive(Debug, Clone)]
@@ -59,6 +64,30 @@ pub fn plan(model: &Model) -> Result<Vec<Planned>> {
         }
     }
     Ok(out)
+}
+
+/// The identity of an unmarked model as the ledger records it: SHA-256 over
+/// [`ORIGINAL_LABEL`] and, for each planned tensor in order, `u64be(len key) || key ||
+/// u32be(data type) || u64be(rank) || u64be(dim)… || u64be(len bytes) || element bytes`
+/// (little-endian `raw_data` layout), as 64 hex digits. It depends on the fingerprinted
+/// weights only, not on how the file stores them.
+pub fn weights_digest(model: &Model, planned: &[Planned]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(ORIGINAL_LABEL);
+    for p in planned {
+        let t = &model.tensors[p.tensor];
+        let bytes = model.tensor_bytes(t.id).map_err(TraceError::model(format!("tensor '{}'", t.name)))?;
+        h.update((p.key.len() as u64).to_be_bytes());
+        h.update(p.key.as_bytes());
+        h.update((t.data_type.to_i32() as u32).to_be_bytes());
+        h.update((p.dims.len() as u64).to_be_bytes());
+        for d in &p.dims {
+            h.update(d.to_be_bytes());
+        }
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// The key of a tensor: its name, or for a tensor-valued attribute (a `Constant` node's

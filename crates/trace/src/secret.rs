@@ -1,4 +1,10 @@
-//! The fingerprint key, recipient IDs and the keyed ±1 patterns (docs/tracing.md §2).
+//! The fingerprint secret, recipient IDs and the keyed ±1 patterns (docs/tracing.md §2).
+//!
+//! A fingerprint secret file is text (at most [`MAX_SECRET_FILE_LEN`] bytes): lines that
+//! are empty or start with `#` are comments, and exactly one line is
+//! `onnx-protect-fingerprint-secret-v1 <64 hex digits>` (surrounding spaces, tabs and a
+//! `\r` are ignored). It is deliberately not a key file: a decryption key given to a
+//! recipient can never be taken for the secret that marks their copy.
 //!
 //! `PRK = HKDF-Extract-SHA256(salt = "onnx-protect/v1/fingerprint-salt", fingerprint key)`;
 //! the pattern of recipient `R` over the tensor named `N` is the AES-256-CTR keystream
@@ -7,7 +13,8 @@
 //! Element `j` takes bit `j mod 8` (least significant first) of keystream byte `j div 8`:
 //! `+1` for a set bit, `−1` for a clear one.
 
-use onnx_protect_crypto::{KeyFile, KeySchedule, MasterKey};
+use onnx_protect_crypto::{KeySchedule, MasterKey};
+use zeroize::Zeroizing;
 
 use crate::error::{Result, TraceError};
 
@@ -15,6 +22,10 @@ use crate::error::{Result, TraceError};
 pub const FINGERPRINT_SALT: &[u8] = b"onnx-protect/v1/fingerprint-salt";
 /// HKDF info label of a recipient's pattern over one tensor.
 pub const PATTERN_LABEL: &[u8] = b"onnx-protect/v1/fingerprint-pattern";
+/// The first token of a fingerprint secret line.
+pub const SECRET_LINE_TAG: &str = "onnx-protect-fingerprint-secret-v1";
+/// Largest fingerprint secret file read, in bytes.
+pub const MAX_SECRET_FILE_LEN: usize = 4096;
 /// Longest recipient ID, in bytes.
 pub const MAX_RECIPIENT_ID_LEN: usize = 128;
 
@@ -34,14 +45,65 @@ impl FingerprintKey {
         FingerprintKey { schedule: KeySchedule::new(key, FINGERPRINT_SALT), id: key.fingerprint() }
     }
 
-    /// The key of a key file (`keygen`); a tier key is refused.
-    pub fn from_key_file(file: KeyFile) -> Result<FingerprintKey> {
-        let key = file.into_master().map_err(TraceError::Key)?;
-        Ok(FingerprintKey::new(&key))
+    /// A fresh secret from the operating system's random number generator.
+    pub fn generate() -> Result<(FingerprintKey, Zeroizing<String>)> {
+        let key = MasterKey::generate().map_err(TraceError::Key)?;
+        let fp = FingerprintKey::new(&key);
+        let text = format!(
+            "# onnx-protect fingerprint secret (key id {}). Keep it secret: whoever holds it can\n\
+             # find and remove recipients' fingerprints. Never give it to a recipient.\n{SECRET_LINE_TAG} {}\n",
+            fp.key_id(),
+            key.to_hex().as_str()
+        );
+        Ok((fp, Zeroizing::new(text)))
     }
 
-    /// The key's public fingerprint (16 hex digits), as `keygen` prints it and the ledger
-    /// records it. It identifies the key; it does not reveal it.
+    /// Parses the text of a fingerprint secret file (module docs). `what` names the file
+    /// in errors, which never show its bytes.
+    pub fn parse(contents: &[u8], what: &str) -> Result<FingerprintKey> {
+        let bad = |reason: &str| Err(TraceError::Secret { what: what.to_string(), reason: reason.to_string() });
+        if contents.len() > MAX_SECRET_FILE_LEN {
+            return bad("larger than 4096 bytes: not a fingerprint secret file");
+        }
+        let Ok(text) = std::str::from_utf8(contents) else {
+            return bad("not text: not a fingerprint secret file (keygen --fingerprint-secret writes one)");
+        };
+        let mut found: Option<MasterKey> = None;
+        for line in text.lines() {
+            let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with("onnx-protect-key-") {
+                return bad(
+                    "it is a decryption key file, not a fingerprint secret (keygen --fingerprint-secret writes one)",
+                );
+            }
+            let mut parts = line.split([' ', '\t']).filter(|p| !p.is_empty());
+            if parts.next() != Some(SECRET_LINE_TAG) {
+                return bad("a line is neither a comment nor an onnx-protect-fingerprint-secret-v1 line");
+            }
+            let (Some(hex_key), None) = (parts.next(), parts.next()) else {
+                return bad("the secret line must hold exactly 64 hex digits after its tag");
+            };
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            if hex_key.len() != 64 || hex::decode_to_slice(hex_key, bytes.as_mut()).is_err() {
+                return bad("the secret line must hold exactly 64 hex digits after its tag");
+            }
+            if found.is_some() {
+                return bad("more than one secret line");
+            }
+            found = Some(MasterKey::from_bytes(*bytes));
+        }
+        match found {
+            Some(key) => Ok(FingerprintKey::new(&key)),
+            None => bad("no onnx-protect-fingerprint-secret-v1 line"),
+        }
+    }
+
+    /// The secret's public key ID (16 hex digits: the first 8 bytes of
+    /// SHA-256(`"onnx-protect/v1/fingerprint"` || secret)), as `keygen` prints it and the
+    /// ledger records it. It identifies the secret; it does not reveal it.
     pub fn key_id(&self) -> String {
         hex::encode(self.id)
     }
@@ -183,6 +245,37 @@ mod tests {
         let direct: f64 = values.iter().enumerate().map(|(j, v)| v * p.sign(j)).sum();
         assert_eq!(p.dot(&values), direct);
         assert_eq!(p.dot(&values[..5]), (0..5).map(|j| values[j] * p.sign(j)).sum::<f64>());
+    }
+
+    #[test]
+    fn secret_files_round_trip_and_bad_ones_are_refused() {
+        let (k, text) = FingerprintKey::generate().unwrap();
+        let back = FingerprintKey::parse(text.as_bytes(), "s").unwrap();
+        assert_eq!(back.key_id(), k.key_id());
+        let r = RecipientId::new("a").unwrap();
+        assert_eq!(back.pattern(&r, "w", 64).unwrap().bits, k.pattern(&r, "w", 64).unwrap().bits);
+        let hexkey = "ab".repeat(32);
+        let ok = format!("# c\r\n\n  {SECRET_LINE_TAG}\t{hexkey} \r\n");
+        assert_eq!(
+            FingerprintKey::parse(ok.as_bytes(), "s").unwrap().key_id(),
+            hex::encode(MasterKey::from_bytes([0xab; 32]).fingerprint())
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "no onnx-protect-fingerprint-secret-v1 line"),
+            (format!("onnx-protect-key-v1 master tiers=1 {hexkey}\n").into_bytes(), "decryption key file"),
+            (format!("{hexkey}\n").into_bytes(), "neither a comment"),
+            (format!("{SECRET_LINE_TAG} {}\n", &hexkey[..62]).into_bytes(), "exactly 64 hex digits"),
+            (format!("{SECRET_LINE_TAG} {hexkey} x\n").into_bytes(), "exactly 64 hex digits"),
+            (format!("{SECRET_LINE_TAG} {}zz\n", &hexkey[..62]).into_bytes(), "exactly 64 hex digits"),
+            (format!("{SECRET_LINE_TAG} {hexkey}\n{SECRET_LINE_TAG} {hexkey}\n").into_bytes(), "more than one"),
+            (vec![0xff, 0xfe, 0], "not text"),
+            (vec![b'#'; 5000], "larger than 4096"),
+        ];
+        for (bytes, want) in cases {
+            let e = FingerprintKey::parse(&bytes, "secret.txt").err().unwrap().to_string();
+            assert!(e.contains(want) && e.contains("secret.txt"), "{e}");
+            assert!(!e.contains(&hexkey[..16]), "{e}");
+        }
     }
 
     #[test]

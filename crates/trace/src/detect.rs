@@ -83,6 +83,15 @@ pub struct Matched {
     pub how: How,
 }
 
+/// `log10` of [`bound`], which stays finite where the bound itself underflows to 0.
+pub fn log10_bound(recipients: usize, z: f64) -> f64 {
+    if z > 0.0 {
+        ((recipients.max(1) as f64).log10() - z * z / (2.0 * std::f64::consts::LN_10)).min(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// One recipient's score.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
@@ -92,6 +101,8 @@ pub struct Score {
     pub z: f64,
     /// [`bound`] of `z` among the ledger's recipients.
     pub bound: f64,
+    /// [`log10_bound`] of `z` among the ledger's recipients.
+    pub log10_bound: f64,
 }
 
 /// One matched tensor's share of the best recipient's score.
@@ -130,7 +141,7 @@ pub struct TraceReport {
     /// The fingerprint secret's key ID.
     pub key_id: String,
     /// The original's weights digest.
-    pub original: String,
+    pub original_digest: String,
     /// Number of recipients tested.
     pub recipients: usize,
     /// The false-positive probability the threshold was chosen for.
@@ -295,8 +306,12 @@ impl<'a> Tracer<'a> {
         let z = |dot: f64| if norm2 > 0.0 { dot / norm2.sqrt() } else { 0.0 };
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| z(dots[b]).total_cmp(&z(dots[a])).then(a.cmp(&b)));
-        let score =
-            |i: usize| Score { recipient: self.recipients[i].to_string(), z: z(dots[i]), bound: bound(n, z(dots[i])) };
+        let score = |i: usize| Score {
+            recipient: self.recipients[i].to_string(),
+            z: z(dots[i]),
+            bound: bound(n, z(dots[i])),
+            log10_bound: log10_bound(n, z(dots[i])),
+        };
         let scores: Vec<Score> = order.iter().map(|&i| score(i)).collect();
         let t = threshold(n, p);
         let best_i = order[0];
@@ -311,7 +326,7 @@ impl<'a> Tracer<'a> {
             .collect();
         Ok(TraceReport {
             key_id: self.key.key_id(),
-            original: self.digest.clone(),
+            original_digest: self.digest.clone(),
             recipients: n,
             false_positive: p,
             threshold: t,
@@ -451,6 +466,9 @@ mod tests {
         // N = 50, p = 1e-6: t = √(2·ln 5e7) ≈ 5.955.
         assert!((threshold(50, 1e-6) - 5.955).abs() < 1e-3);
         assert_eq!(bound(5, -1.0), 1.0);
+        assert!((log10_bound(50, 8.0) - bound(50, 8.0).log10()).abs() < 1e-9);
+        assert!(log10_bound(50, 100.0) < -2000.0 && bound(50, 100.0) == 0.0);
+        assert_eq!(log10_bound(50, 1.0), 0.0);
         assert_eq!(bound(5, 0.5), 1.0);
         for bad in [0.0, 1.0, -0.1, f64::NAN, f64::INFINITY] {
             assert!(check_false_positive(bad).is_err());

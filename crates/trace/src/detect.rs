@@ -4,8 +4,10 @@
 //! or as a dynamically quantised `KEY_quantized` initializer with `KEY_scale` and
 //! `KEY_zero_point`, possibly transposed), and the difference `d = suspect − original` is
 //! taken per element (non-finite differences count as 0). Each tensor's differences are
-//! divided by their root mean square, `u = d / rms(d)`, so that no tensor that changed a
-//! lot (a fine-tuned head, a pruned layer) drowns the others. For each recipient `R`
+//! divided by their typical size, the median of the non-zero `|d|`, and clipped to
+//! `[−CLIP, CLIP]` ([`CLIP`] = 3): `u = clamp(d / median|d|, ±3)`. So no tensor that
+//! changed a lot (a fine-tuned head) drowns the others, and no element that changed a lot
+//! (a pruned weight, an outlier) drowns the ±δ marks of the rest. For each recipient `R`
 //! with patterns `s`:
 //!
 //! ```text
@@ -282,14 +284,11 @@ impl<'a> Tracer<'a> {
                     }
                 })
                 .collect();
-            let sum2: f64 = d.iter().map(|x| x * x).sum();
-            if sum2 == 0.0 {
+            if !normalise(&mut d) {
                 counts.unchanged += 1;
                 per_tensor.push((pl.key.clone(), original.len() as u64, m.how, vec![0.0; n], 0.0));
                 continue;
             }
-            let rms = (sum2 / d.len() as f64).sqrt();
-            d.iter_mut().for_each(|x| *x /= rms);
             let t_norm2: f64 = d.iter().map(|x| x * x).sum();
             let mut t_dots = Vec::with_capacity(n);
             for (r, total) in self.recipients.iter().zip(dots.iter_mut()) {
@@ -340,6 +339,22 @@ impl<'a> Tracer<'a> {
             unmatched,
         })
     }
+}
+
+/// Largest `|u|` of one element, in units of its tensor's median non-zero `|d|`.
+pub const CLIP: f64 = 3.0;
+
+/// `d / median(non-zero |d|)`, clipped to `[−CLIP, CLIP]`, in place. Returns `false` (and
+/// leaves `d` all zero) when every element is 0.
+fn normalise(d: &mut [f64]) -> bool {
+    let mut mags: Vec<f64> = d.iter().map(|x| x.abs()).filter(|&x| x > 0.0).collect();
+    if mags.is_empty() {
+        return false;
+    }
+    let mid = mags.len() / 2;
+    let (_, &mut median, _) = mags.select_nth_unstable_by(mid, f64::total_cmp);
+    d.iter_mut().for_each(|x| *x = (*x / median).clamp(-CLIP, CLIP));
+    true
 }
 
 /// The suspect's tensors by key (the first of each key, in model order).
@@ -473,6 +488,16 @@ mod tests {
         for bad in [0.0, 1.0, -0.1, f64::NAN, f64::INFINITY] {
             assert!(check_false_positive(bad).is_err());
         }
+    }
+
+    #[test]
+    fn normalise_scales_by_the_median_and_clips() {
+        let mut d = [0.0, 0.002, -0.002, 0.002, -0.002, 0.5, -0.3];
+        assert!(normalise(&mut d));
+        assert_eq!(d, [0.0, 1.0, -1.0, 1.0, -1.0, CLIP, -CLIP]);
+        let mut zero = [0.0; 4];
+        assert!(!normalise(&mut zero));
+        assert_eq!(zero, [0.0; 4]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::secret::{FingerprintKey, Pattern, RecipientId};
 
 /// Default strength α: each marked element moves by α times its tensor's standard
 /// deviation (docs/tracing.md §5 has the measurements behind it).
-pub const DEFAULT_ALPHA: f64 = 0.01;
+pub const DEFAULT_ALPHA: f64 = 0.002;
 /// Largest strength accepted.
 pub const MAX_ALPHA: f64 = 0.1;
 /// Fewest elements a model must offer. An untouched copy of a model with `n` marked

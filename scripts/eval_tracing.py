@@ -25,14 +25,14 @@ who decrypts gets), then:
                                copy's outputs (not its weights)
              For each: accuracy on the test split, the score z of the true recipient(s),
              the best score of an innocent recipient, and whom trace names (threshold
-             sqrt(2 ln(50 / 1e-6)) = 5.96).
+             sqrt(2 ln(50 / 1e-6)) = 5.95).
 
 Usage (from the repository root, after `cargo build -p onnx-protect --no-default-features`):
   python3 scripts/eval_tracing.py [--bin target/debug/onnx-protect] [--models cnn mlp ...]
                                   [--json FILE]
 Needs numpy, onnx, onnxruntime and torch (fine-tuning and distillation import the model
 classes of fixtures/digits/train.py). Fixed seeds; the fingerprint secret is fresh each
-run, so scores move in their last digits. About 3 minutes on 2 cores for all four models.
+run, so scores move in their last digits. About 4 minutes on 2 cores for all four models.
 """
 
 import argparse

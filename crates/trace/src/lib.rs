@@ -3,7 +3,7 @@
 //!
 //! The publisher keeps a *fingerprint secret* and a *ledger*. Each recipient's copy of a
 //! model gets a keyed spread-spectrum mark: every element of every planned weight tensor
-//! ([`plan`]) moves by `±α·σ` (σ: the tensor's standard deviation), the signs being a
+//! ([`plan()`]) moves by `±α·σ` (σ: the tensor's standard deviation), the signs being a
 //! pseudo-random ±1 pattern derived from the secret, the recipient ID and the tensor's
 //! key ([`FingerprintKey::pattern`]). The ledger records who got a copy of which
 //! original, never the secret. Given a suspect copy, the original and the ledger,

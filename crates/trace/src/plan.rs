@@ -2,7 +2,7 @@
 //!
 //! A tensor is *planned* when all of these hold:
 //!
-//! * [`discover`] finds it as a weight whose uses are all in a `main` or `bias` role
+//! * [`discover()`] finds it as a weight whose uses are all in a `main` or `bias` role
 //!   (normalisation parameters, running statistics and quantisation scales are left
 //!   alone: a shifted running variance can turn negative);
 //! * its type is FLOAT, FLOAT16, BFLOAT16 or DOUBLE, it has at least two elements and its

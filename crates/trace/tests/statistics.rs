@@ -2,6 +2,8 @@
 //! every one of 50 recipients' copies is named, and thousands of unmarked and
 //! wrongly-marked copies name nobody.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -42,11 +42,21 @@ impl Setup {
             }
             dec = self.dir.path().join(format!("{id}.{n}.onnx"));
         }
-        let (code, _, err) = run(&[
+        let (code, _, err) = self.encrypt_for(id, input, &enc, &self.ledger);
+        assert_eq!(code, 0, "encrypt for {id}: {err}");
+        let (code, _, err) = run(&["decrypt", s(&enc), "-o", s(&dec), "--key-file", s(&self.key), "-q"]);
+        assert_eq!(code, 0, "decrypt for {id}: {err}");
+        std::fs::remove_file(enc).unwrap();
+        dec
+    }
+
+    /// `encrypt --fingerprint id -q` of `input` into `output` with `ledger`.
+    fn encrypt_for(&self, id: &str, input: &Path, output: &Path, ledger: &Path) -> (i32, String, String) {
+        run(&[
             "encrypt",
             s(input),
             "-o",
-            s(&enc),
+            s(output),
             "--key-file",
             s(&self.key),
             "--fingerprint",
@@ -54,14 +64,9 @@ impl Setup {
             "--fingerprint-secret",
             s(&self.secret),
             "--ledger",
-            s(&self.ledger),
+            s(ledger),
             "-q",
-        ]);
-        assert_eq!(code, 0, "encrypt for {id}: {err}");
-        let (code, _, err) = run(&["decrypt", s(&enc), "-o", s(&dec), "--key-file", s(&self.key), "-q"]);
-        assert_eq!(code, 0, "decrypt for {id}: {err}");
-        std::fs::remove_file(enc).unwrap();
-        dec
+        ])
     }
 
     /// `trace --json`: (exit code, the report, stderr).
@@ -76,19 +81,17 @@ impl Setup {
         ledger: &Path,
         original: &Path,
     ) -> (i32, serde_json::Value, String) {
-        let (code, out, err) = run(&[
-            "trace",
-            s(suspect),
-            "--ledger",
-            s(ledger),
-            "--fingerprint-secret",
-            s(secret),
-            "--original",
-            s(original),
-            "--json",
-        ]);
+        let (code, out, err) = trace_run(suspect, secret, ledger, original, &["--json"]);
         (code, serde_json::from_str(&out).unwrap_or(serde_json::Value::Null), err)
     }
+}
+
+/// `trace` with `extra` options: (exit code, stdout, stderr).
+fn trace_run(suspect: &Path, secret: &Path, ledger: &Path, original: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args =
+        vec!["trace", s(suspect), "--ledger", s(ledger), "--fingerprint-secret", s(secret), "--original", s(original)];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 fn one_line_error(err: &str, want: &str) {
@@ -129,16 +132,7 @@ fn trace_names_each_of_50_recipients_and_nobody_for_unmarked_copies() {
         assert_eq!(j["identical"], true);
     }
     // Text output names the recipient on its first line.
-    let (code, out, _) = run(&[
-        "trace",
-        s(&copies[7]),
-        "--ledger",
-        s(&st.ledger),
-        "--fingerprint-secret",
-        s(&st.secret),
-        "--original",
-        s(&st.original),
-    ]);
+    let (code, out, _) = trace_run(&copies[7], &st.secret, &st.ledger, &st.original, &[]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().next().unwrap(), "recipient    customer-07");
 }
@@ -200,20 +194,7 @@ fn bad_inputs_get_one_line_errors() {
     let (code, _, err) = st.trace_with(&alice, &st.secret, &bad, &st.original);
     assert_eq!(code, 1, "{err}");
     one_line_error(&err, "bad-ledger.txt, line 3: not a ledger entry");
-    let (code, _, err) = run(&[
-        "encrypt",
-        s(&st.original),
-        "-o",
-        s(&p.join("x.onnx")),
-        "--key-file",
-        s(&st.key),
-        "--fingerprint",
-        "bob",
-        "--fingerprint-secret",
-        s(&st.secret),
-        "--ledger",
-        s(&bad),
-    ]);
+    let (code, _, err) = st.encrypt_for("bob", &st.original, &p.join("x.onnx"), &bad);
     assert_eq!(code, 1, "{err}");
     one_line_error(&err, "line 3");
     assert_eq!(std::fs::read_to_string(&bad).unwrap(), text);
@@ -227,20 +208,7 @@ fn bad_inputs_get_one_line_errors() {
     assert!(err.starts_with("error: suspect") && err.contains("already protected"), "{err}");
 
     // A recipient ID outside the allowed characters; --fingerprint without a ledger.
-    let (code, _, err) = run(&[
-        "encrypt",
-        s(&st.original),
-        "-o",
-        s(&p.join("y.onnx")),
-        "--key-file",
-        s(&st.key),
-        "--fingerprint",
-        "bad id",
-        "--fingerprint-secret",
-        s(&st.secret),
-        "--ledger",
-        s(&st.ledger),
-    ]);
+    let (code, _, err) = st.encrypt_for("bad id", &st.original, &p.join("y.onnx"), &st.ledger);
     assert_eq!(code, 2, "{err}");
     one_line_error(&err, "invalid recipient ID");
     let (code, _, _) = run(&[
@@ -259,18 +227,7 @@ fn bad_inputs_get_one_line_errors() {
     assert!(!p.join("y.onnx").exists());
 
     // A false-positive probability outside (0, 1).
-    let (code, _, err) = run(&[
-        "trace",
-        s(&alice),
-        "--ledger",
-        s(&st.ledger),
-        "--fingerprint-secret",
-        s(&st.secret),
-        "--original",
-        s(&st.original),
-        "--false-positive",
-        "1.5",
-    ]);
+    let (code, _, err) = trace_run(&alice, &st.secret, &st.ledger, &st.original, &["--false-positive", "1.5"]);
     assert_eq!(code, 2, "{err}");
     one_line_error(&err, "outside (0, 1)");
 }

@@ -32,7 +32,7 @@ Usage (from the repository root, after `cargo build -p onnx-protect --no-default
                                   [--json FILE]
 Needs numpy, onnx, onnxruntime and torch (fine-tuning and distillation import the model
 classes of fixtures/digits/train.py). Fixed seeds; the fingerprint secret is fresh each
-run, so scores move in their last digits. About 4 minutes on 2 cores for all four models.
+run, so scores move in their last digits. About 2 minutes on 2 cores for all four models.
 """
 
 import argparse

@@ -16,6 +16,7 @@ mod safe_checks;
 mod safe_outputs;
 mod sweep;
 mod tiers;
+mod trace;
 mod transform;
 mod util;
 mod vectors;

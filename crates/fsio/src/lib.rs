@@ -16,6 +16,8 @@
 //!   (unnamed `O_TMPFILE` files on Linux, locked named files elsewhere), published
 //!   with or without replacing the destination, and the removal of the named staging
 //!   files of dead processes.
+//! * [`process`](mod@process): ending a child's whole process group (a key command
+//!   that timed out, with whatever it started).
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -37,6 +39,7 @@
 
 pub mod file;
 pub mod map;
+pub mod process;
 pub mod stage;
 
 pub use file::FileId;

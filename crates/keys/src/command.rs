@@ -252,24 +252,9 @@ mod tests {
         p.display().to_string()
     }
 
-    /// A provider that "wraps" by prefixing `wrap:` to the Base64 text of the key, and
-    /// checks the request.
-    const REVERSING: &str = r#"op="$2"
-while read -r line; do
-  k=${line%%=*}; v=${line#*=}
-  case "$k" in
-    protocol) [ "$v" = 1 ] || { echo "bad protocol $v" >&2; exit 9; } ;;
-    data-key|wrapped) payload="$v" ;;
-    label) label="$v" ;;
-  esac
-done
-case "$op" in
-  wrap) printf 'wrapped=%s\nlabel=%s\n' "$(printf 'wrap:%s' "$payload" | base64 -w0)" "$1" ;;
-  unwrap) [ "$label" = "$1" ] || { echo result=no-match; exit 0; }
-    printf 'data-key=%s\n' "$(printf '%s' "$payload" | base64 -d | sed 's/^wrap://')" ;;
-  *) echo "unknown operation $op" >&2; exit 2 ;;
-esac
-"#;
+    fn toy_kms() -> String {
+        format!("{}/../../fixtures/key-commands/toy-kms.sh", env!("CARGO_MANIFEST_DIR"))
+    }
 
     fn stanza_of(w: Wrapped) -> Stanza {
         Stanza { kind: KIND_COMMAND.into(), tier: 1, label: w.label, salt: Vec::new(), kdf: None, body: w.body }
@@ -277,16 +262,14 @@ esac
 
     #[test]
     fn a_working_command_wraps_and_unwraps() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = script(dir.path(), "rev.sh", REVERSING);
-        let c = KeyCommand::parse(&format!("'{s}' key-one"), DEFAULT_COMMAND_TIMEOUT).unwrap();
+        let c = KeyCommand::parse(&format!("'{}' key-one", toy_kms()), DEFAULT_COMMAND_TIMEOUT).unwrap();
         let dk = [7u8; 32];
         let w = c.wrap(1, &dk).unwrap();
-        assert_eq!(w.label, "key-one");
-        assert_eq!(w.body, format!("wrap:{}", B64.encode(dk)).into_bytes());
+        assert_eq!(w.label, "toy-kms:key-one");
+        assert_eq!(w.body, format!("key-one:1:{}", B64.encode(dk)).into_bytes());
         let stanza = stanza_of(w);
         assert_eq!(*c.unwrap(&stanza).unwrap().unwrap(), dk);
-        let other = KeyCommand::parse(&format!("'{s}' key-two"), DEFAULT_COMMAND_TIMEOUT).unwrap();
+        let other = KeyCommand::parse(&format!("{} key-two", toy_kms()), DEFAULT_COMMAND_TIMEOUT).unwrap();
         assert!(other.unwrap(&stanza).unwrap().is_none(), "another key's command answers no-match");
     }
 
@@ -314,9 +297,21 @@ esac
         let e = c.wrap(1, &[0; 32]).unwrap_err().to_string();
         assert!(e.contains("did not answer within 0.5 s and was killed"), "{e}");
         let pid = std::fs::read_to_string(&marker).unwrap();
-        let alive = Path::new(&format!("/proc/{}", pid.trim())).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default().contains(") Z ");
-        assert!(!alive, "the hanging command's child {pid} still runs");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // SIGKILL is delivered asynchronously: wait (boundedly) for the kernel to act.
+        let alive = || std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "));
+        for _ in 0..200 {
+            if !alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !alive(),
+            "the hanging command's child {} still runs: {:?}",
+            pid.trim(),
+            std::fs::read_to_string(&stat)
+        );
     }
 
     #[test]

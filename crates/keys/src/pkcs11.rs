@@ -385,11 +385,13 @@ impl Provider for Pkcs11Key {
         let mut iv = [0u8; GCM_IV_LEN];
         getrandom::getrandom(&mut iv).map_err(|e| self.uri.err(format!("no random IV: {e}")))?;
         let aad = aad(tier);
-        let mut iv_param = iv;
-        let params = GcmParams::new(&mut iv_param, &aad, ((GCM_TAG_LEN * 8) as u64).into())
-            .map_err(self.ck("AES-GCM parameters"))?;
-        let ct =
-            session.encrypt(&Mechanism::AesGcm(params), key, data_key).map_err(self.ck("C_Encrypt (CKM_AES_GCM)"))?;
+        let ct = {
+            let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG_LEN * 8) as u64).into())
+                .map_err(self.ck("AES-GCM parameters"))?;
+            session.encrypt(&Mechanism::AesGcm(params), key, data_key).map_err(self.ck("C_Encrypt (CKM_AES_GCM)"))?
+        };
+        // `iv` now holds the IV used: a token that generates GCM IVs itself writes its own
+        // into the parameters.
         if ct.len() != 32 + GCM_TAG_LEN {
             return Err(self.uri.err(format!("the token returned {} bytes of AES-GCM output, not 48", ct.len())));
         }

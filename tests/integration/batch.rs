@@ -518,8 +518,7 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     let (code, out, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s]);
     assert_eq!(code, 0, "{out} {err}");
     let rewrap = |extra: &[&str]| {
-        let mut args =
-            vec!["batch", "rewrap", "--dir", e, "--out-dir", r, "--key-file", k1s, "--add-key-file", k2s];
+        let mut args = vec!["batch", "rewrap", "--dir", e, "--out-dir", r, "--key-file", k1s, "--add-key-file", k2s];
         args.extend_from_slice(&["--remove-key-file", k1s]);
         args.extend_from_slice(extra);
         run(&args)
@@ -528,9 +527,11 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     for shard in ["0/2", "1/2"] {
         let (code, out, err) = rewrap(&["--shard", shard]);
         assert_eq!(code, 0, "{out} {err}");
-        done += out.lines().last().and_then(|l| l.split(": ").nth(1)).map_or(0, |l| {
-            l.split(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)
-        });
+        done += out
+            .lines()
+            .last()
+            .and_then(|l| l.split(": ").nth(1))
+            .map_or(0, |l| l.split(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0));
     }
     assert_eq!(done, rels.len(), "the shards cover every file once");
     let (code, out, err) = rewrap(&[]);

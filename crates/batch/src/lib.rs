@@ -62,9 +62,9 @@ use std::time::{Duration, Instant};
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, KeySource};
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
-use onnx_protect_keys::{Identity, SigningKey};
 use onnx_protect_core::OutputRules;
 use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_keys::{Identity, SigningKey};
 use onnx_protect_select::Policy;
 
 pub use error::{BatchError, BatchErrorKind, FileError, FileErrorKind};

@@ -2,6 +2,8 @@
 //! temporary directory, a key generated in it, data keys wrapped and unwrapped.
 //! Skips, saying so, only where the SoftHSM2 module or `softhsm2-util` is absent.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -201,7 +201,7 @@ def test_key_commands_and_pkcs11_keys(tmp_path, monkeypatch):
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n")
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     monkeypatch.setenv("HSM_PIN", "4321")
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "py", "--pin", "4321", "--so-pin", "1"],
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "py", "--pin", "4321", "--so-pin", "8765"],
                    check=True, capture_output=True)
     uri = f"pkcs11:token=py;object=kek?module-path={module}&pin-source=env:HSM_PIN"
     cli("keygen", "--pkcs11", uri)

@@ -27,6 +27,7 @@ pub enum Op {
     Encrypt,
     Decrypt,
     Rekey,
+    Rewrap,
     Verify,
 }
 
@@ -61,6 +62,9 @@ pub struct Args {
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
+    /// For rewrap: the recipients to add and remove, and the signatures (as for `rewrap`).
+    #[command(flatten)]
+    change: crate::cmd_rewrap::ChangeArgs,
     /// For encrypt and rekey: accept a (new) passphrase shorter than 12 characters.
     #[arg(long)]
     allow_short_passphrase: bool,
@@ -208,10 +212,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.op != Op::Rekey && a.new_key.any() {
         usage!("--new-key-* options apply to batch rekey only");
     }
+    if a.op != Op::Rewrap && a.change.any() {
+        usage!("the recipient options (--add-key-file, --recipient..., --remove..., --sign-key, --drop-signatures) apply to batch rewrap only");
+    }
     let op_name = match a.op {
         Op::Encrypt => "encrypt",
         Op::Decrypt => "decrypt",
         Op::Rekey => "rekey",
+        Op::Rewrap => "rewrap",
         Op::Verify => "verify",
     };
     if a.out_dir.is_none() && a.op != Op::Verify {
@@ -229,10 +237,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         _ => Some(a.key.required()?),
     };
     let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase)?) } else { None };
+    let change = if a.op == Op::Rewrap { Some(a.change.build()?) } else { None };
     let operation = match (a.op, &key, &new_key, &policy) {
         (Op::Encrypt, Some(key), _, Some(policy)) => Operation::Encrypt { key, policy },
         (Op::Decrypt, Some(key), _, _) => Operation::Decrypt { key },
         (Op::Rekey, Some(key), Some(new_key), _) => Operation::Rekey { key, new_key },
+        (Op::Rewrap, Some(key), _, _) => match &change {
+            Some(c) => Operation::Rewrap {
+                key,
+                add: &c.add,
+                remove: &c.remove,
+                signing_keys: &c.signing_keys,
+                drop_signatures: c.drop_signatures,
+            },
+            None => usage!("batch rewrap: nothing to change"),
+        },
         (Op::Verify, key, _, _) => Operation::Verify { key: key.as_ref() },
         _ => usage!("batch {op_name}: a key option is missing"),
     };

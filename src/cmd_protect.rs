@@ -20,8 +20,8 @@ use crate::stdio::{self, input_name, is_stdio};
 pub struct KeygenArgs {
     /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600);
     /// `-` prints it on standard output. Refuses to overwrite.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "pkcs11")]
+    output: Option<PathBuf>,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
     tiers: u32,
@@ -37,6 +37,10 @@ pub struct KeygenArgs {
     /// publisher's secret for `encrypt --fingerprint` and `trace`. Never give it to a recipient.
     #[arg(long, conflicts_with_all = ["tiers", "signing", "recipient"])]
     fingerprint_secret: bool,
+    /// Create the AES-256 key this PKCS#11 URI names in its token instead (sensitive, not extractable;
+    /// refuses if one exists), for `--recipient pkcs11:...` and `--pkcs11`. Writes no file.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["tiers", "recipient", "signing", "fingerprint_secret", "output"])]
+    pkcs11: Option<String>,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -63,7 +67,7 @@ fn write_secret_text(path: &std::path::Path, text: &str) -> Result<()> {
 
 /// `keygen --signing`, `keygen --recipient` and `keygen --fingerprint-secret`: the secret
 /// to `-o`, the public string printed (to stderr when the secret goes to stdout).
-fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
+fn keygen_public(a: &KeygenArgs, output: &std::path::Path) -> Result<ExitCode> {
     let (secret, public, what) = if a.signing {
         let k = onnx_protect_keys::SigningKey::generate()?;
         (k.to_file_text(), k.public().to_text(), "signer key")
@@ -74,11 +78,11 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
         let (text, public) = onnx_protect_keys::new_x25519_identity_file();
         (text, public, "recipient")
     };
-    a.out.refuse_json_with_stdout(is_stdio(&a.output))?;
-    if !is_stdio(&a.output) {
-        crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
+    a.out.refuse_json_with_stdout(is_stdio(output))?;
+    if !is_stdio(output) {
+        crate::dest::create_dir(crate::dest::dir_of(output), a.out.quiet)?;
     }
-    write_secret_text(&a.output, &secret)?;
+    write_secret_text(output, &secret)?;
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
     }
@@ -88,11 +92,11 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
             (_, true) => "key_id",
             _ => "recipient",
         };
-        crate::output::emit(&serde_json::json!({"file": a.output.display().to_string(), field: public}).to_string())?;
-    } else if is_stdio(&a.output) {
+        crate::output::emit(&serde_json::json!({"file": output.display().to_string(), field: public}).to_string())?;
+    } else if is_stdio(output) {
         eprintln!("{what}: {public}");
     } else {
-        crate::output::emit(&format!("wrote {} ({what} {public})", a.output.display()))?;
+        crate::output::emit(&format!("wrote {} ({what} {public})", output.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -138,42 +142,53 @@ fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
 
 pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     const { assert!(onnx_protect_select::MAX_TIERS == onnx_protect_crypto::MAX_TIERS) };
-    if a.signing || a.recipient || a.fingerprint_secret {
-        return keygen_public(&a);
+    if let Some(uri) = &a.pkcs11 {
+        let key = crate::keys::pkcs11_key(uri)?;
+        key.generate().map_err(|e| crate::keys::KeyFileError(e.to_string()))?;
+        if a.out.json {
+            crate::output::emit(&serde_json::json!({"pkcs11": key.label()}).to_string())?;
+        } else if !a.out.quiet {
+            crate::output::emit(&format!("created AES-256 key {}", key.label()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    if is_stdio(&a.output) {
+    let Some(output) = a.output.as_deref() else { usage!("keygen needs --output FILE (or -o -)") };
+    if a.signing || a.recipient || a.fingerprint_secret {
+        return keygen_public(&a, output);
+    }
+    if is_stdio(output) {
         return keygen_to_stdout(&a);
     }
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
     let key = MasterKey::generate()?;
-    let paths: Vec<PathBuf> = (1..a.tiers).map(|t| tier_path(&a.output, t)).collect();
-    for p in paths.iter().chain(std::iter::once(&a.output)) {
+    let paths: Vec<PathBuf> = (1..a.tiers).map(|t| tier_path(output, t)).collect();
+    for p in paths.iter().map(PathBuf::as_path).chain(std::iter::once(output)) {
         if p.exists() {
             bail!("{} exists; keygen never overwrites a key", p.display());
         }
     }
-    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
-    write_key_file(&a.output, KeyKind::Master { tiers: a.tiers }, &key)?;
+    crate::dest::create_dir(crate::dest::dir_of(output), a.out.quiet)?;
+    write_key_file(output, KeyKind::Master { tiers: a.tiers }, &key)?;
     let mut k = key.clone();
     for t in (1..a.tiers).rev() {
         k = k.tier_down();
-        write_key_file(&tier_path(&a.output, t), KeyKind::Tier { tier: t }, &k)?;
+        write_key_file(&tier_path(output, t), KeyKind::Tier { tier: t }, &k)?;
     }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
     }
     if a.out.json {
-        let mut j = serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp});
+        let mut j = serde_json::json!({"key_file": output.display().to_string(), "fingerprint": fp});
         if a.tiers > 1 {
             j["tiers"] = a.tiers.into();
             j["tier_key_files"] = paths.iter().map(|p| p.display().to_string()).collect();
         }
         crate::output::emit(&j.to_string())?;
     } else {
-        crate::output::emit(&format!("wrote key {} (fingerprint {fp})", a.output.display()))?;
+        crate::output::emit(&format!("wrote key {} (fingerprint {fp})", output.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

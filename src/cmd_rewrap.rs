@@ -25,6 +25,18 @@ pub struct Args {
     /// The top-tier key (or passphrase, or identity) that opens the model now.
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    change: ChangeArgs,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// What a rewrap changes: recipients added and removed, signatures renewed or dropped
+/// (shared by `rewrap` and `batch rewrap`).
+#[derive(clap::Args)]
+pub struct ChangeArgs {
     /// Add this key file as a recipient (with access tiers: its tier keys for the lower tiers).
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     add_key_file: Option<PathBuf>,
@@ -37,7 +49,7 @@ pub struct Args {
     /// `inspect` lists them), a provider's label.
     #[arg(long, value_name = "LABEL")]
     remove: Vec<String>,
-    /// Remove every stanza of this kind (key, passphrase, x25519, ...).
+    /// Remove every stanza of this kind (key, passphrase, x25519, pkcs11, command).
     #[arg(long, value_name = "KIND")]
     remove_kind: Vec<String>,
     #[command(flatten)]
@@ -45,38 +57,65 @@ pub struct Args {
     /// Drop the signatures that the new recipient list invalidates (other signers must sign again).
     #[arg(long)]
     drop_signatures: bool,
-    #[command(flatten)]
-    write: crate::dest::WriteArgs,
-    #[command(flatten)]
-    out: OutputArgs,
+}
+
+/// The recipients to add, the stanzas to remove and the signing keys of a [`ChangeArgs`].
+pub struct Change {
+    pub add: EncryptTo,
+    pub remove: Vec<Remove>,
+    pub signing_keys: Vec<onnx_protect_keys::SigningKey>,
+    pub drop_signatures: bool,
+}
+
+impl ChangeArgs {
+    /// Whether any option of the group was given.
+    pub fn any(&self) -> bool {
+        self.add_key_file.is_some()
+            || !self.add.recipient.is_empty()
+            || !self.add.recipients_file.is_empty()
+            || !self.add.recipient_command.is_empty()
+            || !self.remove_key_file.is_empty()
+            || !self.remove.is_empty()
+            || !self.remove_kind.is_empty()
+            || !self.sign.sign_key.is_empty()
+            || self.drop_signatures
+    }
+
+    /// Reads the keys and recipients; a usage error if nothing would change.
+    pub fn build(&self) -> Result<Change> {
+        let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
+        remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
+        for p in &self.remove_key_file {
+            remove.push(Remove::Key(read_key_file(p)?.into_key()));
+        }
+        let master = match &self.add_key_file {
+            Some(p) => Some(onnx_protect_core::protect::KeySource::Key(
+                read_key_file(p)?.into_master().with_context(|| format!("key file {}", p.display()))?,
+            )),
+            None => None,
+        };
+        let add = EncryptTo { master, recipients: self.add.recipients()? };
+        if remove.is_empty() && add.master.is_none() && add.recipients.is_empty() && self.sign.sign_key.is_empty() {
+            usage!(
+                "nothing to do: give recipients to add (--add-key-file, --recipient, --recipient-command) or remove \
+                 (--remove...), or --sign-key"
+            );
+        }
+        Ok(Change { add, remove, signing_keys: self.sign.keys()?, drop_signatures: self.drop_signatures })
+    }
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let key = a.key.required()?;
-    let mut remove: Vec<Remove> = a.remove.iter().cloned().map(Remove::Label).collect();
-    remove.extend(a.remove_kind.iter().cloned().map(Remove::Kind));
-    for p in &a.remove_key_file {
-        remove.push(Remove::Key(read_key_file(p)?.into_key()));
-    }
-    let master = match &a.add_key_file {
-        Some(p) => Some(onnx_protect_core::protect::KeySource::Key(
-            read_key_file(p)?.into_master().with_context(|| format!("key file {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let add = EncryptTo { master, recipients: a.add.recipients()? };
-    if remove.is_empty() && add.master.is_none() && add.recipients.is_empty() && a.sign.sign_key.is_empty() {
-        usage!("nothing to do: give recipients to add (--add-key-file, --recipient) or remove (--remove...), or --sign-key");
-    }
-    let signing_keys = a.sign.keys()?;
+    let c = a.change.build()?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
     let opts = RewrapOptions {
-        add: &add,
-        remove: &remove,
-        signing_keys: &signing_keys,
-        drop_signatures: a.drop_signatures,
+        add: &c.add,
+        remove: &c.remove,
+        signing_keys: &c.signing_keys,
+        drop_signatures: c.drop_signatures,
         in_place: a.in_place,
         outputs: a.write.rules(),
         progress: &bar,

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
-use onnx_protect_keys::{Identity, Recipient, SignerKey, SigningKey};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT};
 use zeroize::Zeroizing;
 
 /// A key or passphrase that could not be read (exit code 4).
@@ -38,6 +41,14 @@ pub struct KeyArgs {
     /// opens models encrypted to its X25519 recipient.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
+    /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
+    /// 'pkcs11:token=T;object=LABEL?module-path=/path/module.so&pin-source=FILE' (docs/keys.md).
+    #[arg(long, value_name = "URI")]
+    pub pkcs11: Option<String>,
+    /// An external program that wraps and unwraps data keys (a cloud KMS through its CLI):
+    /// 'PROGRAM ARGS', run as PROGRAM ARGS wrap|unwrap with the protocol of docs/keys.md.
+    #[arg(long, value_name = "'PROGRAM ARGS'")]
+    pub key_command: Option<String>,
 }
 
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
@@ -50,6 +61,10 @@ pub struct RecipientArgs {
     /// File of public recipients, one per line (`#` comments, as for age -R); repeatable.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub recipients_file: Vec<PathBuf>,
+    /// Encrypt to this key command as well ('PROGRAM ARGS', docs/keys.md); repeatable. `T:'PROGRAM ARGS'`
+    /// wraps the data key of access tier T for it.
+    #[arg(long, value_name = "'PROGRAM ARGS'")]
+    pub recipient_command: Vec<String>,
 }
 
 impl RecipientArgs {
@@ -66,13 +81,37 @@ impl RecipientArgs {
                 out.push(parse_recipient(line).with_context(|| format!("recipients file {}", path.display()))?);
             }
         }
+        for c in &self.recipient_command {
+            let (tier, line) = split_tier(c)?;
+            out.push((Recipient::Provider(Arc::new(key_command(line)?)), tier));
+        }
         Ok(out)
     }
 }
 
-/// `[T:]RECIPIENT`.
-fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
-    let (tier, r) = match text.split_once(':') {
+/// The environment variable that sets how long a key command may run, in seconds.
+pub const KEY_COMMAND_TIMEOUT_ENV: &str = "ONNX_PROTECT_KEY_COMMAND_TIMEOUT";
+
+/// A key command, with the timeout of [`KEY_COMMAND_TIMEOUT_ENV`] (default 60 s).
+pub fn key_command(line: &str) -> Result<KeyCommand> {
+    let timeout = match std::env::var(KEY_COMMAND_TIMEOUT_ENV) {
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s <= 86_400.0 => Duration::from_secs_f64(s),
+            _ => crate::exit::usage!("{KEY_COMMAND_TIMEOUT_ENV}={v}: expected seconds, more than 0 and at most 86400"),
+        },
+        Err(_) => DEFAULT_COMMAND_TIMEOUT,
+    };
+    Ok(KeyCommand::parse(line, timeout).map_err(|e| KeyFileError(e.to_string()))?)
+}
+
+/// A PKCS#11 key from its URI.
+pub fn pkcs11_key(uri: &str) -> Result<Pkcs11Key> {
+    Ok(Pkcs11Key::parse(uri).map_err(|e| KeyFileError(e.to_string()))?)
+}
+
+/// `[T:]REST`: the tier (0 if none) and the rest.
+fn split_tier(text: &str) -> Result<(u32, &str)> {
+    Ok(match text.split_once(':') {
         Some((t, r)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
             let t: u32 = t.parse().map_err(|_| KeyFileError(format!("recipient {text}: bad tier")))?;
             if t == 0 || t > onnx_protect_select::MAX_TIERS {
@@ -81,7 +120,15 @@ fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
             (t, r)
         }
         _ => (0, text),
-    };
+    })
+}
+
+/// `[T:]RECIPIENT`: an age X25519 recipient or a `pkcs11:` URI.
+fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
+    let (tier, r) = split_tier(text)?;
+    if r.trim_start().starts_with("pkcs11:") {
+        return Ok((Recipient::Provider(Arc::new(pkcs11_key(r)?)), tier));
+    }
     Ok((Recipient::parse_public(r)?, tier))
 }
 
@@ -175,8 +222,8 @@ impl KeyArgs {
         match source {
             Some(k) => Ok(k),
             None => crate::exit::usage!(
-                "a key is required: give --key-file, --key-env, --passphrase, --passphrase-env, --passphrase-file or \
-                 --identity"
+                "a key is required: give --key-file, --key-env, --passphrase, --passphrase-env, --passphrase-file, \
+                 --identity, --pkcs11 or --key-command"
             ),
         }
     }
@@ -230,6 +277,12 @@ impl KeyArgs {
             let id = Identity::parse_x25519_file(&text)
                 .map_err(|e| KeyFileError(format!("identity file {}: {e}", p.display())))?;
             return Ok(Some(KeySource::Identity(id)));
+        }
+        if let Some(uri) = &self.pkcs11 {
+            return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(pkcs11_key(uri)?)))));
+        }
+        if let Some(line) = &self.key_command {
+            return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(key_command(line)?)))));
         }
         if let Some(p) = &self.passphrase_file {
             let text = Zeroizing::new(

@@ -500,3 +500,51 @@ fn batch_encrypt_takes_the_policy_options_of_encrypt() {
     assert_eq!(code, 2, "a bad combination found after parsing is a usage error (docs/cli.md): {err}");
     assert!(err.contains("batch encrypt only"), "{err}");
 }
+
+/// `batch rewrap` swaps a recipient over a fleet without touching a weight byte: two
+/// shards run separately cover every file once, a later run skips what is done, and the
+/// removed key no longer opens any model.
+#[test]
+fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let rels = make_tree(&src, 2);
+    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
+    keygen(&k1);
+    keygen(&k2);
+    let (s, k1s, k2s) = (src.to_str().unwrap(), k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (enc, re) = (dir.path().join("enc"), dir.path().join("re"));
+    let (e, r) = (enc.to_str().unwrap(), re.to_str().unwrap());
+    let (code, out, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s]);
+    assert_eq!(code, 0, "{out} {err}");
+    let rewrap = |extra: &[&str]| {
+        let mut args = vec!["batch", "rewrap", "--dir", e, "--out-dir", r, "--key-file", k1s, "--add-key-file", k2s];
+        args.extend_from_slice(&["--remove-key-file", k1s]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let mut done = 0;
+    for shard in ["0/2", "1/2"] {
+        let (code, out, err) = rewrap(&["--shard", shard]);
+        assert_eq!(code, 0, "{out} {err}");
+        done += out
+            .lines()
+            .last()
+            .and_then(|l| l.split(": ").nth(1))
+            .map_or(0, |l| l.split(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0));
+    }
+    assert_eq!(done, rels.len(), "the shards cover every file once");
+    let (code, out, err) = rewrap(&[]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains(&format!("0 ok, {} skipped, 0 failed", rels.len())), "{out}");
+    for rel in &rels {
+        let (before, after) = (std::fs::read(enc.join(rel)).unwrap(), std::fs::read(re.join(rel)).unwrap());
+        let tail = onnx_protect_core::envelope::trailing_entry(&before).unwrap().0.start as usize;
+        assert_eq!(after[..tail], before[..tail], "{rel}: no weight byte changed");
+        verify(&re.join(rel), Some(&read_key(&k2)), &NoProgress).unwrap();
+        let e = verify(&re.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap_err();
+        assert_eq!(e.kind(), onnx_protect_core::protect::ErrorKind::WrongKey, "{rel}: {e}");
+    }
+    let (code, _, err) = run(&["batch", "decrypt", "--dir", e, "--out-dir", r, "--key-file", k1s, "--remove", "x"]);
+    assert_eq!(code, 2, "recipient options belong to batch rewrap only: {err}");
+}

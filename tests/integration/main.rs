@@ -8,6 +8,7 @@ mod fixtures;
 mod key_files;
 mod malformed;
 mod protect;
+mod providers;
 mod reference;
 mod rekey_check;
 mod rekey_tiers;

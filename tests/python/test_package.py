@@ -175,6 +175,42 @@ def test_passphrases_and_age_identities(tmp_path, monkeypatch):
         op.load(enc, identity_file=other)
 
 
+def test_key_commands_and_pkcs11_keys(tmp_path, monkeypatch):
+    toy = ROOT / "fixtures" / "key-commands" / "toy-kms.sh"
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    original = plain.read_bytes()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=op.Key.from_command(f"'{toy}' kms-a"))
+    assert op.load(enc, key=op.Key.from_command(f"'{toy}' kms-a", timeout=30)).model == original
+    with pytest.raises(op.WrongKey):
+        op.load(enc, key=op.Key.from_command(f"'{toy}' kms-b"))
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\nexec sleep 300\n")
+    hang.chmod(0o755)
+    with pytest.raises(op.InvalidKey, match="did not answer within 0.5 s"):
+        op.load(enc, key=op.Key.from_command(str(hang), timeout=0.5))
+    with pytest.raises(op.InvalidKey, match="no module-path"):
+        op.Key.from_pkcs11("pkcs11:token=t;object=k")
+    module = pathlib.Path("/usr/lib/softhsm/libsofthsm2.so")
+    if not module.exists() or shutil.which("softhsm2-util") is None:
+        print("SKIPPED: SoftHSM2 is not installed; PKCS#11 from Python untested")
+        return
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    monkeypatch.setenv("HSM_PIN", "4321")
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "py", "--pin", "4321", "--so-pin", "8765"],
+                   check=True, capture_output=True)
+    uri = f"pkcs11:token=py;object=kek?module-path={module}&pin-source=env:HSM_PIN"
+    cli("keygen", "--pkcs11", uri)
+    enc2 = tmp_path / "enc2" / "model.onnx"
+    enc2.parent.mkdir()
+    op.encrypt(plain, enc2, key=op.Key.from_command(f"'{toy}' kms-a"), recipients=[uri])
+    assert op.load(enc2, key=op.Key.from_pkcs11(uri)).model == original
+
+
 def test_the_cli_opens_a_python_passphrase_model(tmp_path, monkeypatch):
     plain = copy_model(EXTERNAL, tmp_path / "plain")
     enc = tmp_path / "enc" / "model.onnx"

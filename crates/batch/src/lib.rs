@@ -1,4 +1,4 @@
-//! Encrypt, decrypt, rekey or verify many models: parallel, resumable, shardable
+//! Encrypt, decrypt, rekey, rewrap or verify many models: parallel, resumable, shardable
 //! (`docs/batch.md`).
 //!
 //! * The file list is a directory walk ([`Inputs::Dir`], every `*.onnx`) or a list
@@ -61,8 +61,10 @@ use std::time::{Duration, Instant};
 
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, KeySource};
 use onnx_protect_core::rekey::{self, RekeyOptions};
+use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
 use onnx_protect_core::OutputRules;
 use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_keys::{Identity, SigningKey};
 use onnx_protect_select::Policy;
 
 pub use error::{BatchError, BatchErrorKind, FileError, FileErrorKind};
@@ -89,6 +91,17 @@ pub enum Operation<'a> {
         key: &'a KeySource,
         new_key: &'a KeySource,
     },
+    /// Re-wraps the data keys of format-2 models (docs/keys.md): `key` (the top tier's)
+    /// opens each model; the stanzas `remove` matches are removed, the recipients of
+    /// `add` added, and the model signed with `signing_keys` (other signatures are
+    /// refused, or dropped with `drop_signatures`). No weight byte changes.
+    Rewrap {
+        key: &'a KeySource,
+        add: &'a EncryptTo,
+        remove: &'a [Remove],
+        signing_keys: &'a [SigningKey],
+        drop_signatures: bool,
+    },
     /// With a key the MAC is checked, without one the keyless checksum.
     Verify {
         key: Option<&'a KeySource>,
@@ -96,9 +109,10 @@ pub enum Operation<'a> {
 }
 
 impl Operation<'_> {
-    /// `encrypt`, `decrypt`, `rekey` or `verify`.
+    /// `encrypt`, `decrypt`, `rekey`, `rewrap` or `verify`.
     pub fn name(&self) -> &'static str {
         match self {
+            Operation::Rewrap { .. } => "rewrap",
             Operation::Encrypt { .. } => "encrypt",
             Operation::Decrypt { .. } => "decrypt",
             Operation::Rekey { .. } => "rekey",
@@ -108,13 +122,37 @@ impl Operation<'_> {
 
     /// What a resume record must match besides the input: the key fingerprint and
     /// policy summary (encrypt), the new key's fingerprint (rekey), the key's
-    /// fingerprint or `checksum` (verify); decrypt's output does not depend on the key.
+    /// fingerprint or `checksum` (verify), the recipients added and removed and the
+    /// signers (rewrap); decrypt's output does not depend on the key.
     fn settings(&self) -> String {
         match self {
             Operation::Encrypt { key, policy } => format!("encrypt;{};policy={}", key_id(key), policy.summary()),
             Operation::Decrypt { .. } => "decrypt".to_string(),
             Operation::Rekey { new_key, .. } => format!("rekey;new={}", key_id(new_key)),
             Operation::Verify { key } => format!("verify;{}", key.map(key_id).unwrap_or_else(|| "checksum".into())),
+            Operation::Rewrap { add, remove, signing_keys, drop_signatures, .. } => {
+                let added: Vec<String> = add
+                    .master
+                    .iter()
+                    .map(key_id)
+                    .chain(add.recipients.iter().map(|(r, t)| format!("{}@{t}", r.describe())))
+                    .collect();
+                let removed: Vec<String> = remove
+                    .iter()
+                    .map(|r| match r {
+                        Remove::Label(l) => format!("label:{l}"),
+                        Remove::Kind(k) => format!("kind:{k}"),
+                        Remove::Key(k) => format!("key:{}", record::hex(&k.fingerprint())),
+                    })
+                    .collect();
+                let signers: Vec<String> = signing_keys.iter().map(|k| k.public().to_text()).collect();
+                format!(
+                    "rewrap;add={};remove={};sign={};drop-signatures={drop_signatures}",
+                    added.join(","),
+                    removed.join(","),
+                    signers.join(",")
+                )
+            }
         }
     }
 }
@@ -124,6 +162,7 @@ fn key_id(k: &KeySource) -> String {
     match k {
         KeySource::Key(m) => format!("key:{}", record::hex(&m.fingerprint())),
         KeySource::Passphrase(_) => "passphrase".to_string(),
+        KeySource::Identity(Identity::Provider(p)) => format!("{}:{}", p.kind(), p.describe()),
         KeySource::Identity(_) => "identity".to_string(),
     }
 }
@@ -348,6 +387,18 @@ impl Job<'_> {
                 let opts =
                     RekeyOptions { in_place: false, sync, outputs: rules, signing_keys: &[], progress: &NoProgress };
                 rekey::rekey(&item.input, &output, key, &EncryptTo::key(new_key.clone()), &opts)?;
+            }
+            Operation::Rewrap { key, add, remove, signing_keys, drop_signatures } => {
+                let opts = RewrapOptions {
+                    add,
+                    remove,
+                    signing_keys,
+                    drop_signatures,
+                    in_place: false,
+                    outputs: rules,
+                    progress: &NoProgress,
+                };
+                rewrap::rewrap(&item.input, &output, key, &opts)?;
             }
             Operation::Verify { key } => {
                 protect::verify(&item.input, key, &NoProgress)?;

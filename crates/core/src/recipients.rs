@@ -52,6 +52,11 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
             }
             stanzas.push(passphrase_stanza(&stretched, &params, tiers, dk(tiers))?);
         }
+        // A key provider both wraps and opens: the top tier's data key is wrapped for it
+        // (the lower tiers' keys derive from it).
+        Some(KeySource::Identity(Identity::Provider(p))) => {
+            stanzas.push(Recipient::Provider(p.clone()).wrap(tiers, dk(tiers))?);
+        }
         Some(KeySource::Identity(_)) => {
             return Err(CoreError::Key(
                 "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
@@ -100,7 +105,9 @@ impl Opened {
 }
 
 /// Opens the stanza of the highest tier `key` can open; checks the key check value of
-/// that tier and every tier below (docs/format.md §7, §8). No stanza opens: "wrong key".
+/// that tier and every tier below (docs/format.md §7, §8). No stanza opens: "wrong key",
+/// or the first error of a key provider that failed (a token or command that could not
+/// answer is not a wrong key).
 pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
     let identity = match key {
         KeySource::Key(k) => Identity::Key(k.clone()),
@@ -108,15 +115,38 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
         KeySource::Identity(i) => i.clone(),
     };
     let mut best: Option<(u32, DataKey)> = None;
+    let mut provider_error = None;
     for (i, s) in sealed.stanzas.iter().enumerate() {
         if best.as_ref().is_some_and(|(t, _)| *t >= s.tier) {
             continue;
         }
-        if let Some(dk) = identity.unwrap(i, s)? {
-            best = Some((s.tier, dk));
+        match identity.unwrap(i, s) {
+            Ok(Some(dk)) => {
+                if let Identity::Provider(p) = &identity {
+                    // A provider's answer is checked here, so that a wrong answer is its
+                    // fault and not a "modified" model.
+                    let kcv = sealed.header.key_checks.get(s.tier as usize - 1);
+                    if !kcv.is_some_and(|c| dk.tier_keys().key_check_matches(c)) {
+                        return Err(CoreError::Key(format!(
+                            "key provider {}: the data key it returned for stanza {i} does not match the model's key check",
+                            p.describe()
+                        )));
+                    }
+                }
+                best = Some((s.tier, dk));
+            }
+            Ok(None) => {}
+            Err(e @ onnx_protect_keys::KeysError::Provider { .. }) => {
+                provider_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    let (tier, dk) = best.ok_or(CoreError::WrongKey)?;
+    let (tier, dk) = match (best, provider_error) {
+        (Some(b), _) => b,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => return Err(CoreError::WrongKey),
+    };
     let data_keys = dk.chain_down(tier);
     let keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     for (i, k) in keys.iter().enumerate() {

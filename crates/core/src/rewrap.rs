@@ -215,8 +215,16 @@ fn journal_path(model: &Path) -> PathBuf {
 fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     let err = |e| CoreError::Write { path: path.to_path_buf(), source: e };
     let start = p.sealed.entry.start;
-    let old = std::fs::read(path).map_err(err)?;
-    let old_tail = old.get(start as usize..).ok_or_else(|| CoreError::Modified("the file changed".into()))?;
+    // Only the tail is read: the time does not grow with the model.
+    let f = OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+    let len = f.metadata().map_err(err)?.len();
+    let tail_len = len
+        .checked_sub(start)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| CoreError::Modified("the file changed".into()))?;
+    let mut old_tail = vec![0u8; tail_len];
+    onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
+    let old_tail = old_tail.as_slice();
     let journal = journal_path(path);
     {
         let mut j = Vec::with_capacity(old_tail.len() + 32);
@@ -230,7 +238,6 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
         onnx_protect_fsio::file::write_all_at(&f, &j, 0).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
-    let f = OpenOptions::new().write(true).open(path).map_err(err)?;
     onnx_protect_fsio::file::write_all_at(&f, &entry, start).map_err(err)?;
     f.set_len(start + entry.len() as u64).map_err(err)?;
     f.sync_all().map_err(err)?;

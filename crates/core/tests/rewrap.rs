@@ -11,7 +11,9 @@ use onnx_protect_core::protect::{
 use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
-use onnx_protect_keys::{Identity, Recipient, SigningKey, X25519Identity};
+use onnx_protect_keys::{
+    Identity, KeyCommand, Provider, Recipient, SigningKey, X25519Identity, DEFAULT_COMMAND_TIMEOUT,
+};
 use onnx_protect_select::Policy;
 
 fn plain() -> PathBuf {
@@ -125,4 +127,67 @@ fn rewrap_needs_the_top_tier_key_and_refuses_a_changed_manifest() {
     let e = rewrap(&path, &path, &key(4), &opts(&add, &[])).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest | ErrorKind::WrongKey), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), changed, "nothing written");
+}
+
+fn toy_kms(name: &str) -> std::sync::Arc<dyn Provider> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/key-commands/toy-kms.sh");
+    std::sync::Arc::new(KeyCommand::parse(&format!("'{}' {name}", script.display()), DEFAULT_COMMAND_TIMEOUT).unwrap())
+}
+
+fn provider(p: std::sync::Arc<dyn Provider>) -> KeySource {
+    KeySource::Identity(Identity::Provider(p))
+}
+
+#[test]
+fn key_commands_are_added_removed_and_rotated_by_rewrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = EncryptTo { master: Some(key(1)), recipients: vec![(Recipient::Provider(toy_kms("kms-a")), 0)] };
+    let path = protect(dir.path(), &to, &Policy::default());
+    let before = content(&path);
+    let clear = std::fs::read(plain()).unwrap();
+    assert_eq!(opens(&path, &provider(toy_kms("kms-a"))).unwrap(), clear);
+    // Rotation, opened by the old provider key itself: kms-a out, kms-b in.
+    let add = EncryptTo { master: None, recipients: vec![(Recipient::Provider(toy_kms("kms-b")), 0)] };
+    let remove = [Remove::Label("toy-kms:kms-a".into())];
+    let r = rewrap(&path, &path, &provider(toy_kms("kms-a")), &opts(&add, &remove)).unwrap();
+    assert_eq!((r.removed, r.added), (1, 1));
+    assert!(r.recipients.iter().any(|d| d.starts_with("command toy-kms:kms-b")), "{:?}", r.recipients);
+    assert_eq!(content(&path), before, "no weight byte changed");
+    assert_eq!(opens(&path, &provider(toy_kms("kms-b"))).unwrap(), clear);
+    assert_eq!(opens(&path, &key(1)).unwrap(), clear, "the recipients not removed still open it");
+    assert_eq!(
+        opens(&path, &provider(toy_kms("kms-a"))).unwrap_err(),
+        ErrorKind::WrongKey,
+        "the removed provider key no longer opens it"
+    );
+    // A provider as the only key of a new model, with access tiers: it holds the top tier.
+    let mut policy = Policy::default();
+    policy.set_tiers(2).unwrap();
+    let tiered = dir.path().join("tiered.onnx");
+    encrypt(&plain(), &tiered, &EncryptTo::key(provider(toy_kms("kms-c"))), &EncryptOptions::new(&policy)).unwrap();
+    assert_eq!(opens(&tiered, &provider(toy_kms("kms-c"))).unwrap(), clear);
+}
+
+#[test]
+fn a_failing_key_command_is_its_own_error_and_a_lying_one_is_not_a_modified_model() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let to = EncryptTo { master: Some(key(1)), recipients: vec![(Recipient::Provider(toy_kms("kms-a")), 0)] };
+    let path = protect(dir.path(), &to, &Policy::default());
+    let script = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c: std::sync::Arc<dyn Provider> =
+            std::sync::Arc::new(KeyCommand::parse(&p.display().to_string(), DEFAULT_COMMAND_TIMEOUT).unwrap());
+        provider(c)
+    };
+    let failing = script("failing.sh", "echo 'kms: ThrottlingException' >&2; exit 1");
+    let e = decrypt_to_vec(&Model::open(&path).unwrap(), &failing).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Key, "{e}");
+    assert!(e.to_string().contains("exited with status 1: kms: ThrottlingException"), "{e}");
+    let lying = script("lying.sh", "echo data-key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let e = decrypt_to_vec(&Model::open(&path).unwrap(), &lying).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Key, "{e}");
+    assert!(e.to_string().contains("does not match the model's key check"), "{e}");
 }

@@ -17,6 +17,8 @@
 //!   with or without replacing the destination, and the removal of the named staging
 //!   files of dead processes.
 //! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
+//! * [`process`](mod@process): ending a child's whole process group (a key command
+//!   that timed out, with whatever it started).
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -38,6 +40,7 @@
 
 pub mod file;
 pub mod map;
+pub mod process;
 pub mod stage;
 pub mod tty;
 

@@ -61,6 +61,22 @@ pub enum KeysError {
         /// What is wrong.
         reason: String,
     },
+    /// A key command line cannot be used.
+    #[error("key command '{command}': {reason}")]
+    BadCommand {
+        /// The command line as given.
+        command: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A PKCS#11 URI cannot be used.
+    #[error("PKCS#11 URI '{uri}': {reason}")]
+    BadPkcs11Uri {
+        /// The URI, its PIN value removed.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A key provider (PKCS#11 token, external command) failed.
     #[error("key provider {provider}: {reason}")]
     Provider {

@@ -46,17 +46,26 @@ impl std::fmt::Debug for Stanza {
     }
 }
 
+/// A data key wrapped by a [`Provider`].
+#[derive(Debug, Clone)]
+pub struct Wrapped {
+    /// The stanza body.
+    pub body: Vec<u8>,
+    /// The public label of the stanza (a token URI without secrets, a KMS key name).
+    pub label: String,
+}
+
 /// A key service outside this process that wraps and unwraps data keys: a PKCS#11
 /// token, an external command (docs/keys.md).
 pub trait Provider: Send + Sync {
     /// The stanza kind this provider writes and opens.
     fn kind(&self) -> &str;
-    /// The public label written into its stanzas (a token URI without secrets, a name).
-    fn label(&self) -> String;
-    /// Wraps the 32 bytes of a data key.
-    fn wrap(&self, tier: u32, data_key: &[u8; 32]) -> Result<Vec<u8>, KeysError>;
+    /// A short public description for reports and errors (never secret).
+    fn describe(&self) -> String;
+    /// Wraps the 32 bytes of the data key of `tier`.
+    fn wrap(&self, tier: u32, data_key: &[u8; 32]) -> Result<Wrapped, KeysError>;
     /// Opens a stanza of this provider's kind: `Ok(None)` if it is not one of this
-    /// provider's (another key, another label).
+    /// provider's (another key, another label); an error if the provider failed.
     fn unwrap(&self, stanza: &Stanza) -> Result<Option<Zeroizing<[u8; 32]>>, KeysError>;
 }
 
@@ -103,7 +112,7 @@ impl Recipient {
             Recipient::Key(k) => format!("key {}", hex(&k.fingerprint())),
             Recipient::Passphrase { .. } => "passphrase".to_string(),
             Recipient::X25519(r) => r.to_string(),
-            Recipient::Provider(p) => format!("{} {}", p.kind(), p.label()),
+            Recipient::Provider(p) => format!("{} {}", p.kind(), p.describe()),
         }
     }
 
@@ -132,14 +141,17 @@ impl Recipient {
                 kdf: None,
                 body: age_wrap(r, data_key)?,
             }),
-            Recipient::Provider(p) => Ok(Stanza {
-                kind: p.kind().to_string(),
-                tier,
-                label: p.label(),
-                salt: Vec::new(),
-                kdf: None,
-                body: p.wrap(tier, &data_key.to_bytes())?,
-            }),
+            Recipient::Provider(p) => {
+                let w = p.wrap(tier, &data_key.to_bytes())?;
+                Ok(Stanza {
+                    kind: p.kind().to_string(),
+                    tier,
+                    label: w.label,
+                    salt: Vec::new(),
+                    kdf: None,
+                    body: w.body,
+                })
+            }
         }
     }
 }

@@ -19,7 +19,10 @@ use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
 use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
-use onnx_protect_keys::{Identity, Recipient, SignerKey};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey};
 use onnx_protect_select::Policy;
 use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
 use pyo3::prelude::*;
@@ -218,6 +221,27 @@ impl Key {
         Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
     }
 
+    /// A secret key in a PKCS#11 token, by its RFC 7512 URI (docs/keys.md): opens models
+    /// wrapped for it, and as `key=` of `encrypt` wraps new ones for it.
+    #[staticmethod]
+    fn from_pkcs11(uri: &str) -> PyResult<Key> {
+        let k = Pkcs11Key::parse(uri).map_err(|e| py_err(e.into()))?;
+        let what = k.label();
+        Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(k))), kind: None, what })
+    }
+
+    /// A key command, 'PROGRAM ARGS' (docs/keys.md), given `timeout` seconds per call.
+    #[staticmethod]
+    #[pyo3(signature = (command, *, timeout=60.0))]
+    fn from_command(command: &str, timeout: f64) -> PyResult<Key> {
+        if !(timeout > 0.0 && timeout <= 86_400.0) {
+            return Err(key_err(format!("timeout {timeout}: expected seconds, more than 0 and at most 86400")));
+        }
+        let c = KeyCommand::parse(command, Duration::from_secs_f64(timeout)).map_err(|e| py_err(e.into()))?;
+        let what = format!("key command '{command}'");
+        Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(c))), kind: None, what })
+    }
+
     fn __repr__(&self) -> String {
         format!("<onnx_protect.Key from {}>", self.what)
     }
@@ -289,7 +313,14 @@ fn encrypt(
     let master = key.as_ref().map(|k| k.master()).transpose()?;
     let recipients = recipients
         .iter()
-        .map(|(text, tier)| Recipient::parse_public(text).map(|r| (r, *tier)).map_err(|e| py_err(e.into())))
+        .map(|(text, tier)| {
+            let r = if text.trim_start().starts_with("pkcs11:") {
+                Pkcs11Key::parse(text).map(|k| Recipient::Provider(Arc::new(k)))
+            } else {
+                Recipient::parse_public(text)
+            };
+            r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
+        })
         .collect::<PyResult<Vec<_>>>()?;
     let to = EncryptTo { master, recipients };
     let report = py.detach(|| {

@@ -183,7 +183,8 @@ def encrypt(
     otherwise. ``overrides`` are ``coefficient``, ``mode``, ``subsequences``
     and ``selection``, as the command line's options (``mode="fp"``,
     ``coefficient={"Conv": 0.5}``, ``selection="*=l1"``). ``recipients`` are
-    age X25519 recipients (``age1...``), each optionally with its tier.
+    age X25519 recipients (``age1...``) or PKCS#11 key URIs (``pkcs11:...``), each
+    optionally with its tier.
     Returns the encryption report.
     """
     unknown = sorted(set(overrides) - set(_OVERRIDES))

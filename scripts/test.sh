@@ -12,6 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
+step "system packages (softhsm2: the PKCS#11 tests' token)"
+if ! command -v softhsm2-util >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2
+  else
+    echo "softhsm2 is missing and cannot be installed here (not root, or no apt-get): the PKCS#11 tests will skip" >&2
+  fi
+fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 step "corpus"

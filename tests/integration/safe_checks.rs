@@ -7,22 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::util::{bin, root, run};
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-fn mlp() -> PathBuf {
-    root().join("fixtures/digits/mlp.onnx")
-}
-
-fn keygen(dir: &Path) -> PathBuf {
-    let k = dir.join("key");
-    let (code, _, err) = run(&["keygen", "-o", s(&k), "-q"]);
-    assert_eq!(code, 0, "{err}");
-    k
-}
+use crate::util::{bin, keygen_in as keygen, mlp, path_str as s, run};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

@@ -11,22 +11,7 @@ use std::process::{Command, Stdio};
 use onnx_protect_format::testutil::{external_float_tensor, float_tensor, matmul_chain};
 use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
 
-use crate::util::{bin, root, run};
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-fn mlp() -> PathBuf {
-    root().join("fixtures/digits/mlp.onnx")
-}
-
-fn keygen(dir: &Path) -> PathBuf {
-    let k = dir.join("key");
-    let (code, _, err) = run(&["keygen", "-o", s(&k), "-q"]);
-    assert_eq!(code, 0, "{err}");
-    k
-}
+use crate::util::{bin, keygen_in as keygen, mlp, path_str as s, run};
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

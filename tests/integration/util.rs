@@ -129,3 +129,21 @@ pub fn dp_policy_file(dir: &Path) -> PathBuf {
     std::fs::write(&p, text).expect("write the policy");
     p
 }
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// The digits MLP fixture.
+pub fn mlp() -> PathBuf {
+    root().join("fixtures/digits/mlp.onnx")
+}
+
+/// A new key file `DIR/key`, written by `keygen`.
+pub fn keygen_in(dir: &Path) -> PathBuf {
+    let k = dir.join("key");
+    let (code, _, err) = run(&["keygen", "-o", path_str(&k), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    k
+}

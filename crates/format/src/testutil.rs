@@ -2,8 +2,8 @@
 
 use crate::wire::{put_len_field, put_tag, put_varint, WireType};
 
-/// Encodes a `TensorProto` with FLOAT `raw_data`.
-pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> Vec<u8> {
+/// The dims, FLOAT `data_type` and name fields of a `TensorProto`.
+fn float_tensor_header(name: &str, dims: &[i64]) -> Vec<u8> {
     let mut t = Vec::new();
     for &d in dims {
         put_tag(&mut t, 1, WireType::Varint);
@@ -12,6 +12,12 @@ pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> Vec<u8> {
     put_tag(&mut t, 2, WireType::Varint);
     put_varint(&mut t, 1);
     put_len_field(&mut t, 8, name.as_bytes());
+    t
+}
+
+/// Encodes a `TensorProto` with FLOAT `raw_data`.
+pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> Vec<u8> {
+    let mut t = float_tensor_header(name, dims);
     let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     put_len_field(&mut t, 9, &raw);
     t
@@ -62,14 +68,7 @@ pub fn tiny_model() -> Vec<u8> {
 /// Encodes a FLOAT `TensorProto` whose data is external: `length` bytes at `offset` of
 /// the file `location` (relative to the model's directory).
 pub fn external_float_tensor(name: &str, dims: &[i64], location: &str, offset: u64, length: u64) -> Vec<u8> {
-    let mut t = Vec::new();
-    for &d in dims {
-        put_tag(&mut t, 1, WireType::Varint);
-        put_varint(&mut t, d as u64);
-    }
-    put_tag(&mut t, 2, WireType::Varint);
-    put_varint(&mut t, 1);
-    put_len_field(&mut t, 8, name.as_bytes());
+    let mut t = float_tensor_header(name, dims);
     for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())] {
         let mut e = Vec::new();
         put_len_field(&mut e, 1, k.as_bytes());

@@ -342,7 +342,7 @@ pub struct FingerprintArgs {
     /// The ledger that records who got which copy (created if missing; appended atomically).
     #[arg(long, value_name = "LEDGER", requires = "fingerprint", value_parser = stdio::file_path)]
     pub ledger: Option<PathBuf>,
-    /// Fingerprint strength α: each marked weight moves by ±α times its tensor's standard deviation.
+    /// Fingerprint strength A: each marked weight moves by +A or -A times its tensor's standard deviation.
     #[arg(long, value_name = "ALPHA", requires = "fingerprint", default_value_t = onnx_protect_trace::DEFAULT_ALPHA)]
     pub fingerprint_strength: f64,
 }

@@ -42,7 +42,7 @@ pub struct KeyArgs {
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
     /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
-    /// 'pkcs11:token=T;object=LABEL?module-path=/path/module.so&pin-source=FILE' (docs/keys.md).
+    /// pkcs11:token=T;object=LABEL with the query module-path=... and pin-source=... (docs/keys.md).
     #[arg(long, value_name = "URI")]
     pub pkcs11: Option<String>,
     /// An external program that wraps and unwraps data keys (a cloud KMS through its CLI):

@@ -668,27 +668,50 @@ pub(crate) fn rewrite_entry(
 ) -> Result<()> {
     let outputs = Outputs::stage(model, output)?;
     let content_len = p.sealed.entry.start;
-    let none: Vec<Action> = p.targets.iter().map(|_| Action::Skip).collect();
-    let plans = plans(model, content_len, &p.targets, &none, Vec::new())?;
     let files = outputs.covered_files();
-    let xf = transformer(model, &p.targets, &none);
     let durable = durable(in_place, false);
-    run_covered(
-        model,
-        content_len,
-        plans,
-        &xf,
-        Hash::None,
-        p.sealed.header.chunk_size,
-        &files,
-        durable,
-        &onnx_protect_format::NoProgress,
-    )?;
+    if !copied_in_kernel(model, content_len, &files)? {
+        let none: Vec<Action> = p.targets.iter().map(|_| Action::Skip).collect();
+        let plans = plans(model, content_len, &p.targets, &none, Vec::new())?;
+        let xf = transformer(model, &p.targets, &none);
+        run_covered(
+            model,
+            content_len,
+            plans,
+            &xf,
+            Hash::None,
+            p.sealed.header.chunk_size,
+            &files,
+            durable,
+            &onnx_protect_format::NoProgress,
+        )?;
+    }
     let model_out =
         files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
-    drop(xf);
     drop(files);
     outputs.staged.commit(durable)
+}
+
+/// Copies every covered file unchanged (the model up to its manifest entry, each
+/// external file whole) into its staged output inside the kernel (`copy_file_range`,
+/// as `cp` does), from the very files the model was read from. `false` when the
+/// system cannot (another file system, no such call), after which the caller's pass
+/// writes every byte itself.
+fn copied_in_kernel(model: &Model, content_len: u64, files: &[Option<crate::pass::Out<'_>>]) -> Result<bool> {
+    let Some(src) = model.source_file() else { return Ok(false) };
+    let mut sources: Vec<(&std::fs::File, u64)> = vec![(src, content_len)];
+    for f in &model.external_files {
+        sources.push((f.file()?, f.size));
+    }
+    for ((file, len), out) in sources.into_iter().zip(files) {
+        let Some(out) = out else { continue };
+        let done = onnx_protect_fsio::file::copy_range(file, out.file, 0, 0, len)
+            .map_err(|e| CoreError::Write { path: out.dest.to_path_buf(), source: e })?;
+        if done != len {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -208,6 +208,25 @@ pub struct WeightUse {
 pub struct Weight {
     pub tensor: TensorId,
     pub uses: Vec<WeightUse>,
+    /// Whether it belongs to the first layer of the main graph ([`Layers`]).
+    pub first_layer: bool,
+    /// Whether it belongs to the last layer of the main graph ([`Layers`]).
+    pub last_layer: bool,
+}
+
+/// The first and last layers of a model.
+///
+/// A *layer node* is a node of the main graph with a weight in a `main` role (the
+/// kernel of a `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...).
+/// The *first layer* is every layer node that a graph input reaches through nodes
+/// that are not layer nodes; the *last layer*, every layer node that reaches a graph
+/// output that way. A layer's weights are its nodes' weights in `main` and `bias`
+/// roles, and the constant of an `Add` applied directly to a layer node's output
+/// (the bias a PyTorch export adds after `MatMul`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layers {
+    First,
+    Last,
 }
 
 impl Weight {
@@ -278,7 +297,92 @@ pub fn discover(model: &Model) -> Vec<Weight> {
     for uses in found.values_mut() {
         uses.sort_by_key(|u| (u.node, u.input_index));
     }
-    found.into_iter().map(|(tensor, uses)| Weight { tensor, uses }).collect()
+    let (first, last) = end_layers(model, &found);
+    found
+        .into_iter()
+        .map(|(tensor, uses)| Weight {
+            tensor,
+            first_layer: first.contains(&tensor),
+            last_layer: last.contains(&tensor),
+            uses,
+        })
+        .collect()
+}
+
+/// The weights of the first and of the last layer (see [`Layers`]).
+fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (HashSet<TensorId>, HashSet<TensorId>) {
+    let Some(main) = model.graphs.iter().find(|g| matches!(g.kind, crate::model::GraphKind::Main)) else {
+        return Default::default();
+    };
+    let in_main: HashSet<NodeId> = main.nodes.iter().copied().collect();
+    let layer_nodes: HashSet<NodeId> = found
+        .values()
+        .flatten()
+        .filter(|u| u.kind == WeightKind::Main && in_main.contains(&u.node))
+        .map(|u| u.node)
+        .collect();
+    let mut consumers: HashMap<&str, Vec<NodeId>> = HashMap::new();
+    let mut producer: HashMap<&str, NodeId> = HashMap::new();
+    for &n in &main.nodes {
+        for i in model.nodes[n].inputs.iter().filter(|s| !s.is_empty()) {
+            consumers.entry(i.as_str()).or_default().push(n);
+        }
+        for o in model.nodes[n].outputs.iter().filter(|s| !s.is_empty()) {
+            producer.insert(o.as_str(), n);
+        }
+    }
+    let initializers: HashSet<&str> = main.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
+    // Forward from the graph inputs, stopping at layer nodes.
+    let mut first_nodes = HashSet::new();
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut values: Vec<&str> = main.inputs.iter().map(String::as_str).filter(|i| !initializers.contains(i)).collect();
+    while let Some(v) = values.pop() {
+        for &n in consumers.get(v).into_iter().flatten() {
+            if !seen.insert(n) {
+                continue;
+            }
+            if layer_nodes.contains(&n) {
+                first_nodes.insert(n);
+            } else {
+                values.extend(model.nodes[n].outputs.iter().map(String::as_str).filter(|o| !o.is_empty()));
+            }
+        }
+    }
+    // Backward from the graph outputs, stopping at layer nodes.
+    let mut last_nodes = HashSet::new();
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut values: Vec<&str> = main.outputs.iter().map(String::as_str).collect();
+    while let Some(v) = values.pop() {
+        let Some(&n) = producer.get(v) else { continue };
+        if !seen.insert(n) {
+            continue;
+        }
+        if layer_nodes.contains(&n) {
+            last_nodes.insert(n);
+        } else {
+            values.extend(model.nodes[n].inputs.iter().map(String::as_str).filter(|i| !i.is_empty()));
+        }
+    }
+    let weights_of = |nodes: &HashSet<NodeId>| -> HashSet<TensorId> {
+        // Nodes whose Add constants count as the layer's bias: an Add fed by a layer node.
+        let adds: HashSet<NodeId> = nodes
+            .iter()
+            .flat_map(|&n| model.nodes[n].outputs.iter())
+            .flat_map(|o| consumers.get(o.as_str()).into_iter().flatten().copied())
+            .filter(|&a| model.nodes[a].op_type == "Add")
+            .collect();
+        found
+            .iter()
+            .filter(|(_, uses)| {
+                uses.iter().any(|u| {
+                    (nodes.contains(&u.node) && matches!(u.kind, WeightKind::Main | WeightKind::Bias))
+                        || (adds.contains(&u.node) && u.tensor_role == TensorRole::Bias)
+                })
+            })
+            .map(|(&t, _)| t)
+            .collect()
+    };
+    (weights_of(&first_nodes), weights_of(&last_nodes))
 }
 
 /// The role a use gives its tensor (the rules of [`TensorRole`]).

@@ -200,7 +200,7 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
         // A running variance must stay positive: a role or name rule in the format-preserving
         // mode (which may flip its sign bit) leaves it clear, as operator rules do by default.
         if mode == Mode::Fp
-            && !matches!(applied.by, Selector::Op(_) | Selector::Name(_))
+            && matches!(applied.by, Selector::Role(_) | Selector::Layer(_))
             && w.uses.iter().any(|x| x.op_type == "BatchNormalization" && x.role == "input_var")
         {
             continue;

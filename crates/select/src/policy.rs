@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use onnx_protect_format::discover::{is_role_of, roles};
-use onnx_protect_format::{DataType, Model, Origin, TensorRole, Weight, WeightKind, WeightUse};
+use onnx_protect_format::{DataType, Layers, Model, Origin, TensorRole, Weight, WeightKind, WeightUse};
 
 use crate::importance::Norm;
 use serde::Deserialize;
@@ -169,6 +169,8 @@ pub enum Selector {
     Op(String),
     /// Weights with this role in the model (`role:NAME`).
     Role(TensorRole),
+    /// Weights of the first or the last layer (`layer:first`, `layer:last`).
+    Layer(Layers),
     /// Weights whose name matches this glob (`name:GLOB`; `*` any run of characters, `?` one).
     Name(String),
 }
@@ -181,6 +183,9 @@ impl Selector {
                 let known: Vec<&str> = TensorRole::ALL.iter().map(|r| r.name()).collect();
                 PolicyError::Invalid(format!("unknown tensor role '{r}' (known: {})", known.join(", ")))
             });
+        }
+        if let Some(l) = s.strip_prefix("layer:") {
+            return layer_of(l).map(Selector::Layer);
         }
         if let Some(g) = s.strip_prefix("name:") {
             if g.is_empty() {
@@ -199,8 +204,25 @@ impl Selector {
         match self {
             Selector::Op(op) => op.clone(),
             Selector::Role(r) => format!("role:{}", r.name()),
+            Selector::Layer(l) => format!("layer:{}", layer_name(*l)),
             Selector::Name(g) => format!("name:{g}"),
         }
+    }
+}
+
+/// `first` or `last`.
+pub fn layer_name(l: Layers) -> &'static str {
+    match l {
+        Layers::First => "first",
+        Layers::Last => "last",
+    }
+}
+
+fn layer_of(s: &str) -> Result<Layers, PolicyError> {
+    match s {
+        "first" => Ok(Layers::First),
+        "last" => Ok(Layers::Last),
+        _ => Err(PolicyError::Invalid(format!("unknown layer '{s}' (known: first, last)"))),
     }
 }
 
@@ -260,7 +282,8 @@ pub struct Applied<'a> {
 /// Rules by operator type, tensor role and tensor name.
 ///
 /// A weight is encrypted under one rule: the most specific name rule whose glob matches
-/// its name; else the rule of its first use whose operator has a rule covering that
+/// its name; else the rule of its layer (first, then last) if it is in the first or
+/// last layer; else the rule of its first use whose operator has a rule covering that
 /// input; else the rule of its tensor role. A rule with coefficient 0 keeps the weight
 /// clear.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +292,8 @@ pub struct Policy {
     pub rules: BTreeMap<String, OpRule>,
     /// Rules by tensor role.
     pub role_rules: BTreeMap<TensorRole, OpRule>,
+    /// Rules for the first and last layers.
+    pub layer_rules: BTreeMap<Layers, OpRule>,
     /// Rules by tensor-name glob.
     pub name_rules: BTreeMap<String, OpRule>,
     /// Public seed of the `sample-*` selections.
@@ -336,7 +361,15 @@ impl Default for Policy {
     /// first-dimension split, main + bias (+ normalisation) roles.
     fn default() -> Self {
         let rules = KNOWN_OPS.iter().map(|op| (op.to_string(), OpRule::builtin())).collect();
-        Policy { rules, role_rules: BTreeMap::new(), name_rules: BTreeMap::new(), seed: 0, tiers: 1, tier_shares: None }
+        Policy {
+            rules,
+            role_rules: BTreeMap::new(),
+            layer_rules: BTreeMap::new(),
+            name_rules: BTreeMap::new(),
+            seed: 0,
+            tiers: 1,
+            tier_shares: None,
+        }
     }
 }
 
@@ -363,6 +396,8 @@ struct FileForm {
     ops: BTreeMap<String, RuleForm>,
     #[serde(default)]
     roles: BTreeMap<String, RuleForm>,
+    #[serde(default)]
+    layers: BTreeMap<String, RuleForm>,
     #[serde(default)]
     names: BTreeMap<String, RuleForm>,
     #[serde(default)]
@@ -486,7 +521,13 @@ impl Policy {
             if d.roles.is_some() {
                 return Err(PolicyError::Invalid("defaults cannot set roles (they differ per operator)".into()));
             }
-            for r in p.rules.values_mut().chain(p.role_rules.values_mut()).chain(p.name_rules.values_mut()) {
+            for r in p
+                .rules
+                .values_mut()
+                .chain(p.role_rules.values_mut())
+                .chain(p.layer_rules.values_mut())
+                .chain(p.name_rules.values_mut())
+            {
                 apply_form(r, d, "defaults")?;
             }
         }
@@ -508,6 +549,15 @@ impl Policy {
             let mut r = p.role_rules.get(&role).cloned().unwrap_or_else(OpRule::builtin);
             apply_form(&mut r, &form, &format!("roles.{name}"))?;
             p.role_rules.insert(role, r);
+        }
+        for (name, form) in f.layers {
+            let layer = layer_of(&name)?;
+            if form.roles.is_some() {
+                return Err(PolicyError::Invalid(format!("layers.{name}: `roles` belongs in an [ops.OP] rule")));
+            }
+            let mut r = p.layer_rules.get(&layer).cloned().unwrap_or_else(OpRule::builtin);
+            apply_form(&mut r, &form, &format!("layers.{name}"))?;
+            p.layer_rules.insert(layer, r);
         }
         for (glob, form) in f.names {
             if glob.is_empty() {
@@ -532,11 +582,17 @@ impl Policy {
             .rsplit_once('=')
             .ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected SELECTOR=VALUE")))?;
         let targets: Vec<&mut OpRule> = if sel == "*" {
-            self.rules.values_mut().chain(self.role_rules.values_mut()).chain(self.name_rules.values_mut()).collect()
+            self.rules
+                .values_mut()
+                .chain(self.role_rules.values_mut())
+                .chain(self.layer_rules.values_mut())
+                .chain(self.name_rules.values_mut())
+                .collect()
         } else {
             vec![match Selector::parse(sel)? {
                 Selector::Op(op) => self.rules.entry(op).or_insert_with(OpRule::builtin),
                 Selector::Role(r) => self.role_rules.entry(r).or_insert_with(OpRule::builtin),
+                Selector::Layer(l) => self.layer_rules.entry(l).or_insert_with(OpRule::builtin),
                 Selector::Name(g) => self.name_rules.entry(g).or_insert_with(OpRule::builtin),
             }]
         };
@@ -587,6 +643,12 @@ impl Policy {
         if let Some((glob, rule)) = named {
             return Some(Applied { rule, by: Selector::Name(glob.clone()), via: first });
         }
+        let layers = [(w.first_layer, Layers::First), (w.last_layer, Layers::Last)];
+        for (is, layer) in layers {
+            if let Some(rule) = self.layer_rules.get(&layer).filter(|_| is) {
+                return Some(Applied { rule, by: Selector::Layer(layer), via: first });
+            }
+        }
         let by_op = w.uses.iter().find_map(|u| {
             self.rules.get(&u.op_type).filter(|r| r.covers_in(&u.op_type, u.role, u.kind)).map(|r| (u, r))
         });
@@ -625,12 +687,13 @@ impl Policy {
         }
     }
 
-    /// Every rule with its selector: operator rules, then role rules, then name rules.
+    /// Every rule with its selector: operator rules, then role, layer and name rules.
     pub fn all_rules(&self) -> Vec<(Selector, &OpRule)> {
         let ops = self.rules.iter().map(|(op, r)| (Selector::Op(op.clone()), r));
         let roles = self.role_rules.iter().map(|(role, r)| (Selector::Role(*role), r));
+        let layers = self.layer_rules.iter().map(|(l, r)| (Selector::Layer(*l), r));
         let names = self.name_rules.iter().map(|(g, r)| (Selector::Name(g.clone()), r));
-        ops.chain(roles).chain(names).collect()
+        ops.chain(roles).chain(layers).chain(names).collect()
     }
 
     /// A one-line description stored in the manifest.
@@ -674,6 +737,7 @@ impl Policy {
             let header = match &sel {
                 Selector::Op(op) => format!("ops.{op}"),
                 Selector::Role(role) => format!("roles.{}", role.name()),
+                Selector::Layer(l) => format!("layers.{}", layer_name(*l)),
                 Selector::Name(g) => format!("names.{}", toml_string(g)),
             };
             s.push_str(&format!("\n[{header}]\ncoefficient = {:?}\n", r.coefficient));

@@ -163,7 +163,7 @@ fn the_clear_list_names_every_weight_left_clear_with_its_size_and_role() {
 #[test]
 fn a_policy_written_as_toml_reads_back_the_same() {
     let mut p = Policy::default();
-    for o in ["role:bias=1", "name:pos_*=1", "Add=0.25", "role:weight=0.1"] {
+    for o in ["role:bias=1", "name:pos_*=1", "Add=0.25", "role:weight=0.1", "layer:last=1"] {
         p.apply_override("coefficient", o).unwrap();
     }
     p.apply_override("selection", "role:weight=l1").unwrap();
@@ -182,6 +182,7 @@ fn selectors_are_checked() {
         ("Frobnicate=1", "unknown operator type 'Frobnicate'"),
         ("role:kernel=1", "unknown tensor role 'kernel'"),
         ("name:=1", "needs a pattern"),
+        ("layer:middle=1", "unknown layer 'middle'"),
         ("Add", "expected SELECTOR=VALUE"),
     ] {
         let e = p.apply_override("coefficient", spec).unwrap_err().to_string();
@@ -197,4 +198,34 @@ fn selectors_are_checked() {
         assert!(e.contains(needle), "{toml}: {e}");
     }
     assert!(Policy::from_toml("version = 1\n[ops.Add]\nroles = [\"input1\"]").is_ok());
+}
+
+#[test]
+fn the_first_and_last_layers_are_found_in_every_zoo_model() {
+    let expect: [(&str, &[&str], &[&str]); 6] = [
+        ("digits/cnn.onnx", &["conv1.bias", "conv1.weight"], &["fc.bias", "fc.weight"]),
+        ("digits/vit.onnx", &["patch_embed.bias", "patch_embed.weight"], &["head.bias", "head.weight"]),
+        ("vowels/vit.onnx", &["embed.bias", "val_1"], &["head.bias", "head.weight"]),
+        ("vowels/lstm.onnx", &["rnn.weight_hh_l0", "val_43", "val_66"], &["head.bias", "head.weight"]),
+        ("osuleaf/convmixer.onnx", &["patch_embed.bias", "patch_embed.weight"], &["head.bias", "head.weight"]),
+        ("vowels/mlp.onnx", &["fc1.bias", "fc1.weight"], &["fc3.bias", "fc3.weight"]),
+    ];
+    for (path, first, last) in expect {
+        let m = zoo(path);
+        let w = discover(&m);
+        let names = |f: &dyn Fn(&onnx_protect_format::Weight) -> bool| -> Vec<String> {
+            let mut v: Vec<String> = w.iter().filter(|x| f(x)).map(|x| m.tensors[x.tensor].name.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&|x| x.first_layer), first, "{path} first");
+        assert_eq!(names(&|x| x.last_layer), last, "{path} last");
+    }
+    // Addressed by `layer:first` / `layer:last`, ahead of operator rules.
+    let m = zoo("vowels/vit.onnx");
+    let c = chosen(
+        &m,
+        &run(&m, "version = 1\ninherit_builtin = false\n[layers.last]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 0\n"),
+    );
+    assert_eq!(c.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
 }

@@ -221,8 +221,10 @@ pub struct Weight {
 /// The *first layer* is every layer node that a graph input reaches through nodes
 /// that are not layer nodes; the *last layer*, every layer node that reaches a graph
 /// output that way. A layer's weights are its nodes' weights in `main` and `bias`
-/// roles, and the constant of an `Add` applied directly to a layer node's output
-/// (the bias a PyTorch export adds after `MatMul`).
+/// roles (for the first layer, not the recurrent weight `R`, which multiplies the
+/// layer's own state rather than what arrives from the inputs), and the constant of an
+/// `Add` applied directly to a layer node's output (the bias a PyTorch export adds
+/// after `MatMul`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Layers {
     First,
@@ -363,7 +365,9 @@ fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (Has
             values.extend(model.nodes[n].inputs.iter().map(String::as_str).filter(|i| !i.is_empty()));
         }
     }
-    let weights_of = |nodes: &HashSet<NodeId>| -> HashSet<TensorId> {
+    // The first layer's weights are those that multiply what arrives from the inputs:
+    // not the recurrent `R`, which multiplies the layer's own state.
+    let weights_of = |nodes: &HashSet<NodeId>, first: bool| -> HashSet<TensorId> {
         // Nodes whose Add constants count as the layer's bias: an Add fed by a layer node.
         let adds: HashSet<NodeId> = nodes
             .iter()
@@ -375,14 +379,16 @@ fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (Has
             .iter()
             .filter(|(_, uses)| {
                 uses.iter().any(|u| {
-                    (nodes.contains(&u.node) && matches!(u.kind, WeightKind::Main | WeightKind::Bias))
+                    (nodes.contains(&u.node)
+                        && matches!(u.kind, WeightKind::Main | WeightKind::Bias)
+                        && !(first && u.role == "R"))
                         || (adds.contains(&u.node) && u.tensor_role == TensorRole::Bias)
                 })
             })
             .map(|(&t, _)| t)
             .collect()
     };
-    (weights_of(&first_nodes), weights_of(&last_nodes))
+    (weights_of(&first_nodes, true), weights_of(&last_nodes, false))
 }
 
 /// The role a use gives its tensor (the rules of [`TensorRole`]).

@@ -8,8 +8,10 @@
 //!   definition, symbolic `value_info` dimensions dropped).
 //! * [`npy`]: a small `.npy` reader and writer for inputs and outputs.
 //! * [`attack`]: what a key-less attacker can rebuild from the public manifest
-//!   (encrypted spans set to zero, or to the tensor's mean).
-//! * [`assess`]: the five-variant report behind `onnx-protect assess`.
+//!   (encrypted spans set to zero, to the tensor's mean, or initialised by role).
+//! * [`bn`]: BatchNormalization re-estimation from unlabelled inputs, after a fill.
+//! * [`assess`]: the report behind `onnx-protect assess`, headed by the best
+//!   key-less attack.
 //!
 //! This crate is the only one in the workspace that depends on tract; the
 //! `onnx-protect` binary uses it behind its default `tract` feature.
@@ -17,7 +19,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use onnx_protect_core::memory::decrypt_in_memory;
-//! use onnx_protect_core::protect::{encrypt, EncryptOptions, KeySource};
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, KeySource};
 //! use onnx_protect_crypto::MasterKey;
 //! use onnx_protect_runtime::engine::{run_once, External};
 //! use onnx_protect_runtime::npy::{Dtype, NpyArray};
@@ -28,8 +30,7 @@
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
 //! let key = KeySource::Key(MasterKey::from_bytes([1; 32]));
 //! let policy = onnx_protect_select::Policy::default();
-//! let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &onnx_protect_format::NoProgress };
-//! encrypt(&plain, &protected, &key, &opts)?;
+//! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!
 //! // Decrypt in memory and run: no plaintext file is written.
 //! let model = decrypt_in_memory(&protected, &key)?;
@@ -45,6 +46,7 @@
 
 pub mod assess;
 pub mod attack;
+pub mod bn;
 pub mod engine;
 pub mod error;
 pub mod npy;

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::protect::{decrypt_tier, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
+use onnx_protect_core::protect::{
+    decrypt_tier, encrypt, protection_info, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
+};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_format::Model;
 use onnx_protect_runtime::attack::{repair, Fill};
 use onnx_protect_select::Policy;
 
@@ -22,10 +24,10 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
 
 /// Element indices covered by spans of the tiers in `tiers`, by tensor name.
 fn covered(model: &Model, tiers: &[u32]) -> BTreeMap<String, Vec<bool>> {
-    let p = read_protected(model).unwrap();
+    let p = protection_info(model).unwrap().unwrap();
     let mut out: BTreeMap<String, Vec<bool>> = BTreeMap::new();
-    for t in p.targets.iter().filter(|t| tiers.contains(&t.tier)) {
-        let tensor = &model.tensors[t.tensor];
+    for t in p.tensors.iter().filter(|t| tiers.contains(&t.tier)) {
+        let tensor = model.tensors.iter().find(|x| x.locator.to_string() == t.locator).unwrap();
         let mask = out.entry(tensor.name.clone()).or_insert_with(|| vec![false; tensor.nbytes as usize / 4]);
         for &(a, b) in &t.spans {
             for e in a / 4..b.div_ceil(4) {
@@ -68,25 +70,18 @@ fn mean_fill_of_a_tiered_model_treats_every_encrypted_tier_as_unknown() {
     policy.apply_override("coefficient", "*=0.6").unwrap();
     policy.set_tiers(3).unwrap();
     let enc = dir.path().join("enc.onnx");
-    encrypt(
-        &mlp(),
-        &enc,
-        &key,
-        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap();
+    encrypt(&mlp(), &enc, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy)).unwrap();
     let original = Model::open(mlp()).unwrap();
     let protected = Model::open(&enc).unwrap();
-    let p = read_protected(&protected).unwrap();
-    let tiers_of = |tensor: usize| p.targets.iter().filter(|t| t.tensor == tensor).count();
-    assert!(p.targets.iter().any(|t| tiers_of(t.tensor) >= 2), "no tensor has spans in two tiers");
+    let p = protection_info(&protected).unwrap().unwrap();
+    let tiers_of = |locator: &str| p.tensors.iter().filter(|t| t.locator == locator).count();
+    assert!(p.tensors.iter().any(|t| tiers_of(&t.locator) >= 2), "no tensor has spans in two tiers");
     check_mean_fill(&protected, &original, &covered(&protected, &[1, 2, 3]));
 
     // Tier 1 restored in the file: its spans are plaintext, tiers 2 and 3 are unknown.
     let t1 = dir.path().join("t1.onnx");
-    let opts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
-    decrypt_tier(&enc, &t1, &key, Some(1), &opts).unwrap();
+    decrypt_tier(&enc, &t1, &key, Some(1), &DecryptOptions::default()).unwrap();
     let restored = Model::open(&t1).unwrap();
-    assert_eq!(read_protected(&restored).unwrap().envelope.restored_tiers, 1);
+    assert_eq!(protection_info(&restored).unwrap().unwrap().restored_tiers, 1);
     check_mean_fill(&restored, &original, &covered(&restored, &[2, 3]));
 }

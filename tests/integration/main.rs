@@ -6,6 +6,7 @@ mod corpus;
 mod fixtures;
 mod key_files;
 mod malformed;
+mod policy;
 mod protect;
 mod reference;
 mod rekey_check;

@@ -12,6 +12,8 @@
 //! * [`bn`]: BatchNormalization re-estimation from unlabelled inputs, after a fill.
 //! * [`assess`]: the report behind `onnx-protect assess`, headed by the best
 //!   key-less attack.
+//! * [`search`]: the smallest policy of a family whose best key-less attack meets a
+//!   target, behind `onnx-protect policy search`.
 //!
 //! This crate is the only one in the workspace that depends on tract; the
 //! `onnx-protect` binary uses it behind its default `tract` feature.
@@ -51,5 +53,6 @@ pub mod engine;
 pub mod error;
 pub mod npy;
 pub mod rewrite;
+pub mod search;
 
 pub use error::{Result, RuntimeError};

@@ -1,31 +1,35 @@
 #!/usr/bin/env python3
-"""Measures candidate policies against the key-less attacks on the zoo models and
-writes the Pareto tables of docs/protection.md.
+"""Measures policies against the key-less attacks on the zoo models, chooses the
+built-in default, and writes the tables of docs/protection.md.
 
 For each model of fixtures/zoo (digits cnn/mlp/convmixer/vit, vowels
-lstm/gru/cnn/mlp/vit, osuleaf conv1d/convmixer/vit) and each candidate policy
-(CANDIDATES below: the policy before this study, the built-in default, and the
-candidates it was chosen from) the script runs
+lstm/gru/cnn/mlp/vit, osuleaf conv1d/convmixer/vit), with its test split as data
+and the first 256 training inputs (unlabelled) as calibration:
 
-    onnx-protect encrypt MODEL -o P --key-env KEY --policy CANDIDATE.toml -q
-    onnx-protect assess MODEL P --inputs test_x.npy --labels test_y.npy \\
-        --calibration calibration.npy --json
+1. **The family.** `onnx-protect policy search MODEL --data test.npz
+   --calibration cal.npy --all` runs every policy of the search family (the last
+   and/or first layer whole, the small roles whole, a share of every other weight's
+   rows by L1) against every key-less attack, from the positions alone.
+2. **The default.** The family point that meets the target (best key-less attack
+   within 2 points of chance) on the most models, then at the smallest mean share of
+   weight bytes, is the built-in default's shape (`crates/select`); the script reports
+   it and whether the built-in default of the binary is that point.
+3. **Real files.** The old default (every known operator type at 0.5, evenly spread
+   rows), the built-in default and each model's own smallest policy (found by the
+   search) are applied with `onnx-protect encrypt` and attacked with `onnx-protect
+   assess` on the encrypted file.
 
-and records the encrypted share of the weight bytes (every floating-point
-constant counts as a weight) and the best key-less attack: the best of running
-the file without the key and the zero-, mean- and init-fills, each also followed
-by BatchNormalization re-estimation from the calibration inputs (the first 256
-training inputs, unlabelled). The key is fixed and every attack is seeded, so the
-numbers do not change from run to run.
-
-A candidate *meets the target* on a model when its best key-less attack is within
-2 points of chance (the share of the test split's most frequent class).
+The *best key-less attack* is the best of: the file without the key, zero-, mean- and
+init-fill (init-fill is random: the mean of 5 draws, as `assess` reports it), each
+fill also followed by BatchNormalization re-estimation from the calibration inputs.
+The key is fixed and every fill is seeded; the one variable is the `no_key` row of a
+real `ctr` file, whose ciphertext comes from a fresh data key at each encryption.
 
 The tables replace the text between the GENERATED markers of docs/protection.md.
 Usage:
 
     python3 scripts/eval_policies.py [--bin target/release/onnx-protect]
-        [--models digits/cnn,...] [--candidates NAME,...] [--json results.json] [--no-write]
+        [--models digits/cnn,...] [--json results.json] [--no-write]
 """
 import argparse
 import json
@@ -55,54 +59,31 @@ KEY_HEX = "6f6e6e782d70726f746563742d6576616c756174696f6e2d6b65792d30303031"
 OLD_OPS = ["BatchNormalization", "Conv", "ConvInteger", "ConvTranspose", "GRU", "Gather", "Gemm",
            "InstanceNormalization", "LSTM", "LayerNormalization", "MatMul", "MatMulInteger",
            "QLinearConv", "QLinearMatMul", "RNN"]
+# The built-in policy before this study: every known operator type at 0.5, evenly spread rows.
+OLD_DEFAULT = "version = 1\ninherit_builtin = false\n" + "".join(
+    f"\n[ops.{op}]\ncoefficient = 0.5\n" for op in OLD_OPS)
 
 
-def rules(**sections):
-    """A policy file: `inherit_builtin = false` and one table per rule.
-
-    Each keyword is a section; its value maps rule names to dicts of settings."""
-    lines = ["version = 1", "inherit_builtin = false"]
-    for section, table in sections.items():
-        for name, settings in table.items():
-            key = f'"{name}"' if section == "names" else name
-            lines.append(f"\n[{section}.{key}]")
-            for k, v in settings.items():
-                lines.append(f"{k} = {json.dumps(v)}")
-    return "\n".join(lines) + "\n"
-
-
-WHOLE = {"coefficient": 1.0}
-SMALL = {r: WHOLE for r in ["bias", "norm", "position-embedding", "scale"]}
-
-
-def weights_at(c, selection="l1", **more):
-    return {r: {"coefficient": c, "selection": selection, **more} for r in ["weight", "recurrent", "embedding"]}
+def family_toml(label):
+    """The policy file of a family point (`last+first+small+0.1`), as `policy search` writes it."""
+    parts = label.split("+")
+    c = next((float(x) for x in parts if x not in ("last", "first", "small")), 0.0)
+    rule = 'mode = "ctr"\n'
+    text = "version = 1\ninherit_builtin = false\n"
+    for role in ("bias", "norm", "position-embedding", "scale") if "small" in parts else ():
+        text += f"\n[roles.{role}]\ncoefficient = 1.0\n{rule}"
+    if c > 0:
+        for role in ("weight", "recurrent", "embedding"):
+            text += f'\n[roles.{role}]\ncoefficient = {c}\n{rule}selection = "l1"\n'
+    for layer in ("first", "last"):
+        if layer in parts:
+            text += f"\n[layers.{layer}]\ncoefficient = 1.0\n{rule}"
+    return text
 
 
-CANDIDATES = {
-    # The built-in policy before this study: every known operator type at 0.5, evenly spread rows.
-    "old-default": rules(ops={op: {"coefficient": 0.5} for op in OLD_OPS}),
-    "head": rules(layers={"last": WHOLE}),
-    "stem": rules(layers={"first": WHOLE}),
-    "ends": rules(layers={"first": WHOLE, "last": WHOLE}),
-    "small": rules(roles=SMALL),
-    "small+ends": rules(roles=SMALL, layers={"first": WHOLE, "last": WHOLE}),
-    "x-stem+pw0": rules(layers={"first": WHOLE}, names={"blocks.0.pw.*": WHOLE}),
-    "x-stem+dw": rules(layers={"first": WHOLE}, names={"blocks.*.dw.*": WHOLE}),
-    "x-stem+bn0": rules(layers={"first": WHOLE}, names={"bn0.*": WHOLE}),
-    "x-stem+pw.25": rules(layers={"first": WHOLE}, names={"blocks.*.pw.weight": {"coefficient": 0.25, "selection": "l1"}}),
-    "x-pw0": rules(names={"blocks.0.pw.*": WHOLE}),
-    "x-pw3": rules(names={"blocks.3.pw.*": WHOLE}),
-    "x-w.1": rules(roles=weights_at(0.1)),
-    "x-w.25": rules(roles=weights_at(0.25)),
-    "x-stem+w.1": rules(layers={"first": WHOLE}, roles=weights_at(0.1)),
-    "x-stem+w.25": rules(layers={"first": WHOLE}, roles=weights_at(0.25)),
-}
-
-
-def cli(binary, *args, env=None):
+def cli(binary, *args, env=None, ok=(0,)):
     r = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
+    if r.returncode not in ok:
         sys.exit(f"{' '.join(map(str, args))}: exit {r.returncode}: {r.stderr}")
     return r.stdout
 
@@ -114,54 +95,123 @@ def data(model):
     return folder / "test_x.npy", folder / "test_y.npy", folder / "train_x.npy"
 
 
-def measure(binary, model, name, policy_text, tmp, env):
+def prepare(model, tmp):
+    """The search data (.npz) and calibration (.npy) files of a model, made once."""
     test_x, test_y, train_x = data(model)
-    cal = tmp / f"{model.replace('/', '-')}-cal.npy"
-    if not cal.exists():
+    stem = model.replace("/", "-")
+    npz, cal = tmp / f"{stem}-test.npz", tmp / f"{stem}-cal.npy"
+    if not npz.exists():
+        np.savez(npz, x=np.load(test_x), y=np.load(test_y))
         np.save(cal, np.load(train_x)[:CALIBRATION])
-    pol = tmp / f"{name}.toml"
-    pol.write_text(policy_text)
+    return npz, cal
+
+
+def curve(binary, model, tmp):
+    """The report of `policy search --all` on a model."""
+    npz, cal = prepare(model, tmp)
+    stem = model.replace("/", "-")
+    report = tmp / f"{stem}-search.json"
+    cli(binary, "policy", "search", ZOO / f"{model}.onnx", "--data", npz, "--calibration", cal, "--all",
+        "-o", tmp / f"{stem}-chosen.toml", "--report", report, "-q", ok=(0, 1))
+    return json.loads(report.read_text())
+
+
+def assess_file(binary, model, policy_text, tmp, env):
+    """Encrypts a model with a policy (None: the built-in default) and attacks the file."""
+    test_x, test_y, _ = data(model)
+    _, cal = prepare(model, tmp)
     out = tmp / "p.onnx"
     src = ZOO / f"{model}.onnx"
-    cli(binary, "encrypt", src, "-o", out, "--key-env", "ONNXP_EVAL_KEY", "--policy", pol, "-q", env=env)
+    args = ["encrypt", src, "-o", out, "--key-env", "ONNXP_EVAL_KEY", "-q"]
+    if policy_text is not None:
+        pol = tmp / "policy.toml"
+        pol.write_text(policy_text)
+        args += ["--policy", pol]
+    cli(binary, *args, env=env)
     r = json.loads(cli(binary, "assess", src, out, "--inputs", test_x, "--labels", test_y,
                        "--calibration", cal, "--json", env=env))
     out.unlink()
     by = {v["variant"]: v for v in r["variants"]}
-    best = r["best_attack"]
     return {
         "share": r["encrypted_bytes"] / r["weight_bytes"],
-        "encrypted_bytes": r["encrypted_bytes"],
-        "weight_bytes": r["weight_bytes"],
         "chance": r["chance"],
         "original": by["original"]["accuracy"],
-        "best": best["accuracy"],
-        "best_variant": best["variant"],
-        "attacks": {v: by[v]["accuracy"] for v in by if v != "original" and by[v]["status"] == "ok"},
+        "best": r["best_attack"]["accuracy"],
+        "best_variant": r["best_attack"]["variant"],
+        "no_key": by["no_key"]["accuracy"] if by["no_key"]["status"] == "ok" else None,
         "policy": r["policy"],
     }
 
 
+def meets(best, chance):
+    return best <= chance + TARGET + 1e-12
+
+
+def choose(curves):
+    """The family point meeting the target on the most models, then the smallest mean
+    share: (label, models met, mean share, max share), best first."""
+    labels = [p["label"] for p in next(iter(curves.values()))["points"]]
+    rows = []
+    for label in labels:
+        met, shares = 0, []
+        for c in curves.values():
+            p = next(p for p in c["points"] if p["label"] == label)
+            shares.append(p["share"])
+            met += bool(p["meets"])
+        rows.append((label, met, sum(shares) / len(shares), max(shares)))
+    rows.sort(key=lambda r: (-r[1], r[2], r[3]))
+    return rows
+
+
+def pareto(points):
+    """The points no other point beats on both share and best attack."""
+    out = []
+    for p in sorted(points, key=lambda p: (p["share"], p["best"]["accuracy"])):
+        if not out or p["best"]["accuracy"] < out[-1]["best"]["accuracy"]:
+            out.append(p)
+    return out
+
+
 def pct(x):
-    return f"{100 * x:.1f}"
+    return "-" if x is None else f"{100 * x:.1f}"
 
 
-def tables(results, models, names, version):
+def tables(results, models, version):
     lines = [BEGIN, ""]
     lines.append(f"Measured with `{version}` by `scripts/eval_policies.py`. *share*: encrypted share of the weight "
                  "bytes (every floating-point constant counts). *best attack*: test accuracy (%) of the best "
-                 "key-less attack and which one it was. **✓**: within 2 points of chance.")
+                 "key-less attack, and which; **✓**: within 2 points of chance.")
+    lines.append("")
+    lines.append("### The family across the zoo")
+    lines.append("")
+    lines.append("Every point of the `policy search` family, by the number of models where it meets the target, "
+                 "then by mean share (the first rows; `first`/`last`: that layer whole, `small`: biases, "
+                 "normalisation parameters, position embeddings and scales whole, a number: that share of "
+                 "every other weight's rows by L1).")
+    lines.append("")
+    lines.append(f"| policy | models meeting the target (of {len(models)}) | mean share | largest share |")
+    lines.append("|---|---|---|---|")
+    for label, met, mean, mx in results["ranking"][:12]:
+        lines.append(f"| {label} | {met} | {pct(mean)}% | {pct(mx)}% |")
     lines.append("")
     for model in models:
-        first = results[model][names[0]]
-        lines.append(f"### {model} (accuracy {pct(first['original'])}%, chance {pct(first['chance'])}%)")
+        r = results["models"][model]
+        c = r["curve"]
+        old, new = r["old_default"], r["default"]
+        lines.append(f"### {model} (accuracy {pct(old['original'])}%, chance {pct(c['chance'])}%)")
         lines.append("")
         lines.append("| policy | share | best attack | by | target |")
         lines.append("|---|---|---|---|---|")
-        for n in sorted(names, key=lambda n: (results[model][n]["share"], n)):
-            r = results[model][n]
-            ok = "✓" if r["best"] <= r["chance"] + TARGET else ""
-            lines.append(f"| {n} | {pct(r['share'])}% | {pct(r['best'])} | {r['best_variant']} | {ok} |")
+        rows = [("old default (real file)", old["share"], old["best"], old["best_variant"]),
+                ("**new default** (real file)", new["share"], new["best"], new["best_variant"])]
+        if r.get("smallest"):
+            s = r["smallest"]
+            rows.append((f"smallest found: `{s['label']}` (real file)", s["share"], s["best"], s["best_variant"]))
+        for p in pareto([p for p in c["points"] if p["best"]]):
+            rows.append((f"`{p['label']}`", p["share"], p["best"]["accuracy"], p["best"]["variant"]))
+        for name, share, best, by in rows:
+            ok = "✓" if meets(best, c["chance"]) else ""
+            lines.append(f"| {name} | {pct(share)}% | {pct(best)} | {by} | {ok} |")
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
@@ -171,34 +221,46 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.environ.get("ONNX_PROTECT_BIN", str(ROOT / "target" / "release" / "onnx-protect")))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--out", default=str(ROOT / "docs" / "protection.md"))
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-write", action="store_true", help="print the tables instead of writing them")
     args = ap.parse_args()
     models = args.models.split(",")
-    names = args.candidates.split(",")
-    for n in names:
-        if n not in CANDIDATES:
-            sys.exit(f"unknown candidate {n} (known: {', '.join(CANDIDATES)})")
     version = cli(args.bin, "--version").strip()
     env = dict(os.environ, ONNXP_EVAL_KEY=KEY_HEX)
-    results = {}
+    results = {"models": {}}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
+        curves = {}
         for model in models:
-            results[model] = {}
-            for n in names:
-                r = measure(args.bin, model, n, CANDIDATES[n], tmp, env)
-                results[model][n] = r
-                ok = "ok" if r["best"] <= r["chance"] + TARGET else "  "
-                print(f"{model:18} {n:22} share {pct(r['share']):>5}%  best {pct(r['best']):>5} "
-                      f"({r['best_variant']}) chance {pct(r['chance'])} {ok}", flush=True)
+            curves[model] = curve(args.bin, model, tmp)
+            chosen = curves[model]["chosen"]
+            label = curves[model]["points"][chosen]["label"] if chosen is not None else "none"
+            print(f"{model:18} family done ({time.time() - t0:.0f} s); smallest meeting the target: {label}",
+                  flush=True)
+        results["ranking"] = choose(curves)
+        best = results["ranking"][0]
+        print(f"default shape: {best[0]}: meets on {best[1]} of {len(models)}, mean share {pct(best[2])}%",
+              flush=True)
+        for model in models:
+            r = {"curve": curves[model]}
+            r["old_default"] = assess_file(args.bin, model, OLD_DEFAULT, tmp, env)
+            r["default"] = assess_file(args.bin, model, None, tmp, env)
+            chosen = curves[model]["chosen"]
+            if chosen is not None:
+                stem = model.replace("/", "-")
+                s = assess_file(args.bin, model, (tmp / f"{stem}-chosen.toml").read_text(), tmp, env)
+                s["label"] = curves[model]["points"][chosen]["label"]
+                r["smallest"] = s
+            results["models"][model] = r
+            print(f"{model:18} old default {pct(r['old_default']['share'])}% -> {pct(r['old_default']['best'])}; "
+                  f"default {pct(r['default']['share'])}% -> {pct(r['default']['best'])} "
+                  f"({r['default']['best_variant']})", flush=True)
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
-    text = tables(results, models, names, version)
+    text = tables(results, models, version)
     if args.no_write:
         print(text)
         return

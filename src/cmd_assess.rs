@@ -36,9 +36,12 @@ pub struct Args {
     /// after a fill (the *_fill_bn attacks); without them those attacks are skipped.
     #[arg(long, value_name = "DIR|FILE.npy")]
     calibration: Option<PathBuf>,
-    /// Seed of the init-fill draws.
+    /// Seed of the first init-fill draw.
     #[arg(long, default_value_t = 0)]
     fill_seed: u64,
+    /// Init-fill draws (seeds --fill-seed, --fill-seed + 1, ...); its rows report their mean.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fill_draws: u32,
     /// Integer class labels, one per sample (.npy), to report accuracy.
     #[arg(long, value_name = "FILE.npy")]
     labels: Option<PathBuf>,
@@ -153,7 +156,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => None,
     };
     let calibration = a.calibration.as_deref().map(read_inputs).transpose()?;
-    let opts = AssessOptions { key: key.as_ref(), inputs, labels, calibration, fill_seed: a.fill_seed };
+    let opts = AssessOptions {
+        key: key.as_ref(),
+        inputs,
+        labels,
+        calibration,
+        fill_seed: a.fill_seed,
+        fill_draws: a.fill_draws,
+    };
     let report = assess(&a.original, &a.protected, &opts)
         .map_err(lift)
         .with_context(|| format!("assess {}", a.protected.display()))?;

@@ -466,8 +466,8 @@ impl Job {
                 protect::encrypt(
                     &item.input,
                     &output,
-                    need(&self.key)?,
-                    &EncryptOptions { policy, in_place: false, sync: self.sync, progress: &NoProgress },
+                    &protect::EncryptTo::key(need(&self.key)?.clone()),
+                    &EncryptOptions { policy, in_place: false, sync: self.sync, allow_empty: false, signing_keys: &[], progress: &NoProgress },
                 )?;
             }
             Op::Decrypt => {
@@ -475,7 +475,7 @@ impl Job {
                     &item.input,
                     &output,
                     need(&self.key)?,
-                    &DecryptOptions { in_place: false, sync: self.sync, progress: &NoProgress },
+                    &DecryptOptions { in_place: false, sync: self.sync, signers: &[], progress: &NoProgress },
                 )?;
             }
             Op::Rekey => {
@@ -483,8 +483,8 @@ impl Job {
                     &item.input,
                     &output,
                     need(&self.key)?,
-                    need(&self.new_key)?,
-                    &RekeyOptions { in_place: false, sync: self.sync, progress: &NoProgress },
+                    &onnx_protect_core::protect::EncryptTo::key(need(&self.new_key)?.clone()),
+                    &RekeyOptions { in_place: false, sync: self.sync, signing_keys: &[], progress: &NoProgress },
                 )?;
             }
             Op::Verify => {

@@ -46,9 +46,16 @@ pub struct SearchArgs {
     /// `.report.json` in place of its extension].
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-    /// Seed of the init-fill draws and of the simulated ciphertext.
+    /// Seed of the first init-fill draw and simulated ciphertext.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Draws of each random attack (init-fill, simulated ciphertext); each scores their mean.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    draws: u32,
+    /// Evaluate every policy of the family with every attack (the whole curve), not only up to
+    /// the first that meets the target.
+    #[arg(long)]
+    all: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -219,7 +226,7 @@ mod with_tract {
             .map_err(lift)
             .with_context(|| format!("run {}", a.model.display()))?;
         let bar = Count::new(a.quiet);
-        let (report, policy) = run_search(&model, &bench, &SearchOptions { target, seed: a.seed, progress: &bar })
+        let (report, policy) = run_search(&model, &bench, &SearchOptions { target, seed: a.seed, draws: a.draws, exhaustive: a.all, progress: &bar })
             .map_err(lift)
             .with_context(|| format!("policy search on {}", a.model.display()))?;
         let report_path = a.report.clone().unwrap_or_else(|| a.output.with_extension("report.json"));

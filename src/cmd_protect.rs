@@ -291,8 +291,8 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let r = protect::encrypt(
         &a.input,
         &output,
-        &key,
-        &EncryptOptions { policy: &policy, in_place: a.in_place, sync: a.sync, progress: &bar },
+        &protect::EncryptTo::key(key),
+        &EncryptOptions { policy: &policy, in_place: a.in_place, sync: a.sync, allow_empty: false, signing_keys: &[], progress: &bar },
     )
     .with_context(|| format!("encrypt {}", a.input.display()))?;
     if a.json {
@@ -355,7 +355,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         &output,
         &key,
         a.tier,
-        &DecryptOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
+        &DecryptOptions { in_place: a.in_place, sync: a.sync, signers: &[], progress: &bar },
     )
     .with_context(|| format!("decrypt {}", a.input.display()))?;
     if a.json {

@@ -103,8 +103,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &a.input,
         &output,
         &old,
-        &new,
-        &RekeyOptions { in_place: a.in_place, sync: a.sync, progress: &bar },
+        &onnx_protect_core::protect::EncryptTo::key(new.clone()),
+        &RekeyOptions { in_place: a.in_place, sync: a.sync, signing_keys: &[], progress: &bar },
     )
     .with_context(|| format!("rekey {}", a.input.display()))?;
     if a.json {

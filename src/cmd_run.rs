@@ -79,7 +79,7 @@ mod with_tract {
 
     use anyhow::{bail, Context, Result};
     use onnx_protect_core::memory::decrypt_in_memory;
-    use onnx_protect_core::protect::find_manifest_entry;
+    use onnx_protect_core::protect::manifest_version;
     use onnx_protect_format::Model;
     use onnx_protect_runtime::engine::{run_once, External};
     use onnx_protect_runtime::npy::{NpyArray, Summary};
@@ -166,7 +166,7 @@ mod with_tract {
             }
         }
         let model = Model::open(&a.model).with_context(|| format!("open {}", a.model.display()))?;
-        let protected = find_manifest_entry(&model).with_context(|| format!("read {}", a.model.display()))?.is_some();
+        let protected = manifest_version(&model).with_context(|| format!("read {}", a.model.display()))?.is_some();
         let decrypted;
         let (bytes, external, weights, decrypted_bytes): (&[u8], External, &'static str, Option<u64>) = match &key {
             Some(k) => {

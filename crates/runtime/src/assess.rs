@@ -77,8 +77,12 @@ pub struct AssessOptions<'a> {
     /// Unlabelled inputs (arrays by input name, samples first) for the BatchNormalization
     /// re-estimation variants; without them those variants are skipped.
     pub calibration: Option<BTreeMap<String, NpyArray>>,
-    /// Seed of the init-fill draws.
+    /// Seed of the first init-fill draw.
     pub fill_seed: u64,
+    /// Number of init-fill draws (seeds `fill_seed`, `fill_seed + 1`, ...): the init-fill
+    /// rows report the mean over the draws, since an attacker without labels cannot tell
+    /// a lucky draw from another. At least 1.
+    pub fill_draws: u32,
 }
 
 /// The results of one variant.
@@ -510,6 +514,45 @@ impl Bench {
     fn measure(&self, v: &mut VariantReport, rows: &[Vec<f64>]) {
         metrics(v, rows, &self.reference, self.labels.as_deref());
     }
+
+    /// The metrics of several draws of a random fill: their means (the largest maximum
+    /// distance), with a note giving the draws' range.
+    fn measure_draws(&self, v: &mut VariantReport, runs: &[Vec<Vec<f64>>], seed: u64) {
+        let mut each = Vec::with_capacity(runs.len());
+        for rows in runs {
+            let mut r = blank(String::new(), String::new(), None);
+            self.measure(&mut r, rows);
+            each.push(r);
+        }
+        let mean = |f: &dyn Fn(&VariantReport) -> Option<f64>| -> Option<f64> {
+            let xs: Vec<f64> = each.iter().filter_map(f).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        };
+        v.agreement = mean(&|r| r.agreement);
+        v.accuracy = mean(&|r| r.accuracy);
+        v.mean_distance = mean(&|r| r.mean_distance);
+        v.non_finite = mean(&|r| r.non_finite);
+        v.max_distance = each.iter().filter_map(|r| r.max_distance).reduce(f64::max);
+        if each.len() > 1 {
+            let scores: Vec<f64> = each.iter().filter_map(|r| r.accuracy.or(r.agreement)).collect();
+            let (lo, hi) = scores.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let what = if self.labels.is_some() { "accuracy" } else { "agreement" };
+            v.notes.push(format!(
+                "mean of {} draws (seeds {}–{}); {what} from {:.1}% to {:.1}%",
+                each.len(),
+                seed,
+                seed.wrapping_add(each.len() as u64 - 1),
+                100.0 * lo,
+                100.0 * hi
+            ));
+        }
+    }
+}
+
+/// Marks a variant as failed with `e`.
+fn return_err(v: &mut VariantReport, e: RuntimeError) {
+    v.status = "failed";
+    v.error = Some(e.to_string());
 }
 
 /// The best of the key-less variants that ran: highest accuracy, else agreement.
@@ -539,28 +582,51 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     let mut decrypted_rows = None;
     for name in VARIANTS {
         let mut v = blank(name.to_string(), describe(name).to_string(), None);
-        let rows: Result<std::result::Result<Vec<Vec<f64>>, &str>> = match (name, fill_of(name, opts.fill_seed)) {
-            ("original", _) => Ok(Ok(bench.reference.clone())),
-            ("no_key", _) => externals(&prot).and_then(|e| bench.run(prot.bytes(), &e)).map(Ok),
-            (_, Some((fill, bn))) => bench.attack(&prot, &exposure, fill, bn).map(|r| {
-                r.map(|m| {
-                    v.notes = m.notes;
-                    m.rows
-                })
-            }),
+        let runs: Result<std::result::Result<Vec<Vec<Vec<f64>>>, &str>> = match (name, fill_of(name, 0)) {
+            ("original", _) => Ok(Ok(vec![bench.reference.clone()])),
+            ("no_key", _) => externals(&prot).and_then(|e| bench.run(prot.bytes(), &e)).map(|r| Ok(vec![r])),
+            (_, Some((fill, bn))) => {
+                let draws = if matches!(fill, Fill::Init { .. }) { opts.fill_draws.max(1) } else { 1 };
+                let mut out = Ok(Vec::new());
+                for d in 0..u64::from(draws) {
+                    let fill = fill_of(name, opts.fill_seed.wrapping_add(d)).map_or(fill, |f| f.0);
+                    match bench.attack(&prot, &exposure, fill, bn) {
+                        Ok(Ok(m)) => {
+                            for n in m.notes {
+                                if !v.notes.contains(&n) {
+                                    v.notes.push(n);
+                                }
+                            }
+                            if let Ok(all) = &mut out {
+                                all.push(m.rows);
+                            }
+                        }
+                        Ok(Err(why)) => {
+                            out = Err(why);
+                            break;
+                        }
+                        Err(e) => return_err(&mut v, e),
+                    }
+                    if v.status == "failed" {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
             _ => match opts.key {
                 None => Ok(Err("no key given")),
                 Some(key) => decrypt_in_memory(protected, key).map_err(RuntimeError::from).and_then(|d| {
                     let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
-                    bench.run(&d, &ext).map(Ok)
+                    bench.run(&d, &ext).map(|r| Ok(vec![r]))
                 }),
             },
         };
-        match rows {
-            Ok(Ok(rows)) => {
-                bench.measure(&mut v, &rows);
+        match runs {
+            _ if v.status == "failed" => {}
+            Ok(Ok(runs)) => {
+                bench.measure_draws(&mut v, &runs, opts.fill_seed);
                 if name == "decrypted" {
-                    decrypted_rows = Some(rows);
+                    decrypted_rows = runs.into_iter().next();
                 }
             }
             Ok(Err(why)) => {
@@ -569,10 +635,7 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
             }
             // A wrong key is the caller's mistake, not a property of the protection.
             Err(RuntimeError::Core(e)) if name == "decrypted" => return Err(RuntimeError::Core(e)),
-            Err(e) => {
-                v.status = "failed";
-                v.error = Some(e.to_string());
-            }
+            Err(e) => return_err(&mut v, e),
         }
         variants.push(v);
     }

@@ -13,9 +13,11 @@
 //!   BatchNormalization re-estimation when calibration inputs are given and the model
 //!   has BatchNormalization, and the file without the key, simulated as random bytes
 //!   in the encrypted spans (what AES-CTR ciphertext is without the key);
+//! * init-fill and the simulated ciphertext are random: each scores the mean of several
+//!   draws (an attacker without labels cannot tell a lucky draw);
 //! * a candidate fails as soon as one attack scores above the target, so most
-//!   failing candidates cost one run;
-//! * candidates that select exactly the same bytes as a cheaper one are skipped.
+//!   failing candidates cost one run (unless the search is exhaustive);
+//! * candidates that select exactly the same bytes as a cheaper one are not run again.
 //!
 //! Everything is deterministic: selection is key-independent, the init-fill and the
 //! simulated ciphertext are seeded, and tract runs the same way each time.
@@ -171,6 +173,10 @@ pub struct Point {
     pub same_as: Option<String>,
     /// The attacks run, in order; a failing candidate stops at the first above the target.
     pub attacks: Vec<AttackScore>,
+    /// Attacks whose model tract could not run (`variant: error`): they give the attacker
+    /// nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
     /// The best attack run.
     pub best: Option<AttackScore>,
     pub meets: Option<bool>,
@@ -195,27 +201,61 @@ pub struct SearchReport {
 /// Options of [`search`].
 pub struct SearchOptions<'a> {
     pub target: Target,
-    /// Seed of the init-fill draws and the simulated ciphertext.
+    /// Seed of the first init-fill draw and simulated ciphertext.
     pub seed: u64,
+    /// Draws of each random attack (init-fill, simulated ciphertext); its score is their
+    /// mean, as in `assess`. At least 1.
+    pub draws: u32,
+    /// Evaluate every candidate with every attack instead of stopping at the first
+    /// candidate that meets the target (the whole curve of share against attack).
+    pub exhaustive: bool,
     pub progress: &'a dyn Progress,
 }
 
-/// The attacks in the order they are tried: cheap and often strongest first.
-fn attacks(bn: bool, seed: u64) -> Vec<(&'static str, Fill, bool)> {
-    let mut a = vec![
-        ("zero_fill", Fill::Zero, false),
-        ("init_fill", Fill::Init { seed }, false),
-        ("mean_fill", Fill::Mean, false),
-    ];
+/// The attacks in the order they are tried, cheap and often strongest first: each a
+/// name, its fill for a seed, and whether BatchNormalization is re-estimated after it.
+fn attacks(bn: bool) -> Vec<(&'static str, fn(u64) -> Fill, bool)> {
+    let (zero, mean): (fn(u64) -> Fill, fn(u64) -> Fill) = (|_| Fill::Zero, |_| Fill::Mean);
+    let init: fn(u64) -> Fill = |seed| Fill::Init { seed };
+    let noise: fn(u64) -> Fill = |seed| Fill::Noise { seed };
+    let mut a = vec![("zero_fill", zero, false), ("init_fill", init, false), ("mean_fill", mean, false)];
     if bn {
-        a.extend([
-            ("init_fill_bn", Fill::Init { seed }, true),
-            ("zero_fill_bn", Fill::Zero, true),
-            ("mean_fill_bn", Fill::Mean, true),
-        ]);
+        a.extend([("init_fill_bn", init, true), ("zero_fill_bn", zero, true), ("mean_fill_bn", mean, true)]);
     }
-    a.push(("no_key", Fill::Noise { seed }, false));
+    a.push(("no_key", noise, false));
     a
+}
+
+/// What one attack gave.
+enum Outcome {
+    /// Its accuracy: the mean over the draws for a random fill.
+    Scored(f64),
+    /// It does not apply (BatchNormalization re-estimation without BatchNormalization).
+    NotApplicable,
+    /// The attacked model does not run (tract refuses it): the attacker gets nothing.
+    Failed(String),
+}
+
+fn score(
+    bench: &Bench,
+    model: &Model,
+    e: &Exposure,
+    fill: fn(u64) -> Fill,
+    bn: bool,
+    seed: u64,
+    draws: u32,
+) -> Outcome {
+    let random = matches!(fill(seed), Fill::Init { .. } | Fill::Noise { .. });
+    let n = if random { draws.max(1) } else { 1 };
+    let mut sum = 0.0;
+    for d in 0..u64::from(n) {
+        match bench.attack(model, e, fill(seed.wrapping_add(d)), bn) {
+            Ok(Ok(m)) => sum += bench.score(&m.rows),
+            Ok(Err(_)) => return Outcome::NotApplicable,
+            Err(err) => return Outcome::Failed(err.to_string()),
+        }
+    }
+    Outcome::Scored(sum / f64::from(n))
 }
 
 /// Finds the smallest policy of the family whose best key-less attack meets the target
@@ -251,20 +291,29 @@ pub fn search(model: &Model, bench: &Bench, opts: &SearchOptions) -> Result<(Sea
             status: "evaluated",
             same_as: None,
             attacks: Vec::new(),
+            failed: Vec::new(),
             best: None,
             meets: None,
         };
-        if chosen.is_some() {
+        if chosen.is_some() && !opts.exhaustive {
             point.status = "not_reached";
         } else if let Some(j) = (0..i).find(|&j| candidates[j].2 == *e) {
+            // The same bytes give the same attacks.
+            let twin = &points[j];
             point.status = "skipped";
-            point.same_as = Some(candidates[j].0.label());
+            point.same_as = Some(twin.label.clone());
+            (point.attacks, point.failed) = (twin.attacks.clone(), twin.failed.clone());
+            (point.best, point.meets) = (twin.best.clone(), twin.meets);
         } else {
             let mut meets = true;
-            for (name, fill, with_bn) in attacks(bn, opts.seed) {
-                let accuracy = match bench.attack(model, e, fill, with_bn)? {
-                    Ok(m) => bench.score(&m.rows),
-                    Err(_) => continue,
+            for (name, fill, with_bn) in attacks(bn) {
+                let accuracy = match score(bench, model, e, fill, with_bn, opts.seed, opts.draws) {
+                    Outcome::Scored(a) => a,
+                    Outcome::NotApplicable => continue,
+                    Outcome::Failed(why) => {
+                        point.failed.push(format!("{name}: {why}"));
+                        continue;
+                    }
                 };
                 let score = AttackScore { variant: name.to_string(), accuracy };
                 if point.best.as_ref().is_none_or(|b| accuracy > b.accuracy) {
@@ -273,13 +322,15 @@ pub fn search(model: &Model, bench: &Bench, opts: &SearchOptions) -> Result<(Sea
                 point.attacks.push(score);
                 if accuracy > threshold {
                     meets = false;
-                    break;
+                    if !opts.exhaustive {
+                        break;
+                    }
                 }
             }
             point.meets = Some(meets);
-            if meets {
-                chosen = Some(i);
-            }
+        }
+        if chosen.is_none() && point.meets == Some(true) {
+            chosen = Some(i);
         }
         points.push(point);
         opts.progress.set(i as u64 + 1);

@@ -144,6 +144,7 @@ fn assess_runs_every_variant_of_every_zoo_model() {
             labels: None,
             calibration: Some(x),
             fill_seed: 0,
+            fill_draws: 2,
         };
         let has_bn = std::fs::read(&model).unwrap().windows(18).any(|w| w == b"BatchNormalization");
         match assess(&model, &enc, &opts) {

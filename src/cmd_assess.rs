@@ -16,15 +16,17 @@ use crate::keys::KeyArgs;
 #[derive(clap::Args)]
 pub struct Args {
     /// The unprotected model.
+    #[arg(value_parser = crate::stdio::file_path)]
     original: PathBuf,
     /// The same model, protected.
+    #[arg(value_parser = crate::stdio::file_path)]
     protected: PathBuf,
     /// Key of the protected model, for the `decrypted` variant (skipped without a key). For a
     /// tiered model, the key of tier T also adds the rows tier_1 .. tier_T.
     #[command(flatten)]
     key: KeyArgs,
     /// Inputs: a directory of NAME.npy files (one per model input), or one .npy file for a one-input model.
-    #[arg(long, value_name = "DIR|FILE.npy", conflicts_with = "random")]
+    #[arg(long, value_name = "DIR|FILE.npy", conflicts_with = "random", value_parser = crate::stdio::file_path)]
     inputs: Option<PathBuf>,
     /// Run N random samples (floats uniform in [0, 1)) instead of given inputs [default: 100].
     #[arg(long, value_name = "N")]
@@ -43,8 +45,9 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     fill_draws: u32,
     /// Integer class labels, one per sample (.npy), to report accuracy.
-    #[arg(long, value_name = "FILE.npy")]
+    #[arg(long, value_name = "FILE.npy", value_parser = crate::stdio::file_path)]
     labels: Option<PathBuf>,
+    /// Print the report as JSON on standard output instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -148,7 +151,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let key = a.key.source()?;
     let inputs = match (&a.inputs, a.random) {
         (Some(p), _) => InputSource::Arrays(read_inputs(p)?),
-        (None, Some(0)) => bail!("--random needs at least one sample"),
+        (None, Some(0)) => crate::exit::usage!("--random needs at least one sample"),
         (None, n) => InputSource::Random { n: n.unwrap_or(100), seed: a.seed },
     };
     let labels = match &a.labels {

@@ -5,18 +5,20 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
+use onnx_protect_core::manifest::Protection;
 
 use crate::cmd_protect::load_policy;
 use crate::exit;
+use crate::output::OutputArgs;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The models to check.
-    #[arg(required = true, value_name = "MODEL")]
+    #[arg(required = true, value_name = "MODEL", value_parser = crate::stdio::file_path)]
     models: Vec<PathBuf>,
     /// Require at least the protection this TOML policy (docs/policy.md) would give.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     policy: Option<PathBuf>,
     /// Require at least the protection of the built-in default policy.
     #[arg(long, conflicts_with = "policy")]
@@ -30,17 +32,23 @@ pub struct Args {
     /// Override the split of the required policy: OP=first-dim|N. Repeatable.
     #[arg(long, value_name = "OP=N")]
     subsequences: Vec<String>,
-    /// Fail a model that is not protected (implied for models a policy selects weights in).
+    /// Require encrypted bytes in the strict sense: every bit under the keystream (ctr, and fp on
+    /// integer types); fp on floats and dp count only when the policy given asks for them.
     #[arg(long)]
     require_encrypted: bool,
+    /// Let a model without a manifest, or with nothing encrypted, pass (it fails by default).
+    #[arg(long, conflicts_with = "require_encrypted")]
+    allow_unprotected: bool,
     /// Require the encrypted spans to contain the policy's spans, not just as many bytes.
     #[arg(long)]
     strict_spans: bool,
-    /// Print the verdicts as one JSON document.
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
+    #[command(flatten)]
+    key: crate::keys::KeyArgs,
+    #[command(flatten)]
+    signers: crate::keys::SignerArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The exit code of a set of verdicts: modified beats unreadable beats any other gate failure.
@@ -65,25 +73,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
         || !a.subsequences.is_empty();
     let policy =
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
-    let bar = Bar::new(a.quiet);
+    let bar = Bar::new(a.out.quiet);
+    let key = a.key.source()?;
+    let signers = a.signers.signers()?;
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,
+        allow_unprotected: a.allow_unprotected,
         strict_spans: a.strict_spans,
+        key: key.as_ref(),
+        signers: &signers,
         progress: &bar,
     };
     let results: Vec<ModelCheck> = a.models.iter().map(|m| check_model(m, &opts)).collect();
     let code = code_of(&results);
     let failed = results.iter().filter(|m| !m.passed).count();
-    if a.json {
+    if a.out.quiet {
+        // Nothing on standard output; a failure still gets its line on standard error.
+    } else if a.out.json {
         let doc = serde_json::json!({
             "passed": failed == 0,
             "exit_code": code,
             "policy": policy.as_ref().map(|p| p.summary()),
             "require_encrypted": a.require_encrypted,
+            "allow_unprotected": a.allow_unprotected,
             "models": results,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::emit(&serde_json::to_string_pretty(&doc)?)?;
     } else {
         for m in &results {
             print_text(m);
@@ -104,17 +120,28 @@ fn print_text(m: &ModelCheck) {
         "not protected".to_string()
     } else {
         let integrity = if m.integrity.is_some() { "checksum ok" } else { "checksum not verified" };
-        format!("protected, {integrity}, {} tensors, {} encrypted bytes", m.tensors, m.encrypted_bytes)
+        let by = |p: Protection| m.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
+        format!(
+            "protected, {integrity}, {} tensors: {} bytes {}, {} bytes {}, {} bytes {}",
+            m.tensors,
+            by(Protection::Encrypted),
+            Protection::Encrypted.label(),
+            by(Protection::ExponentClear),
+            Protection::ExponentClear.label(),
+            by(Protection::Permuted),
+            Protection::Permuted.label()
+        )
     };
     println!("{verdict} {}: {state}", m.path);
     for op in &m.ops {
         println!(
-            "  {}: policy {} {} -> {:.2}% of {} weight bytes encrypted ({}/{} tensors){}",
+            "  {}: policy {} {} -> {:.2}% of {} weight bytes {} ({}/{} tensors){}",
             op.op_type,
             op.coefficient,
             op.mode,
             100.0 * op.encrypted_fraction,
             op.weight_bytes,
+            op.label,
             op.tensors_encrypted,
             op.tensors,
             if op.passed { "" } else { " FAIL" }

@@ -6,29 +6,34 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_format::Model;
 
+use crate::output::OutputArgs;
+use crate::stdio::is_stdio;
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to inspect.
+    /// The model to inspect; `-` reads it from standard input (no external data).
     model: PathBuf,
-    /// Print the machine-readable report (schema in docs/inspect-json.md).
-    #[arg(long)]
-    json: bool,
-    /// Never draw a progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    // `--json`: the report of docs/inspect-json.md; `-q`: only check that the model parses.
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let bar = crate::progress::Bar::new(a.quiet);
-    let model = Model::open_with_progress(&a.model, &bar).with_context(|| format!("{}", a.model.display()))?;
+    let model = if is_stdio(&a.model) {
+        crate::stdio::read_model()?
+    } else {
+        let bar = crate::progress::Bar::new(a.out.quiet);
+        Model::open_with_progress(&a.model, &bar).with_context(|| format!("{}", a.model.display()))?
+    };
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = onnx_protect_core::inspect::inspect(&model);
-    if a.json {
+    if a.out.json {
         crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
         crate::output::emit(report.to_text().trim_end())?;
-    }
-    if !a.json {
         crate::cmd_transform::inspect_section(&model)?;
     }
-    Ok(ExitCode::from(crate::exit::OK))
+    Ok(ExitCode::SUCCESS)
 }

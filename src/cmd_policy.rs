@@ -56,12 +56,10 @@ pub struct SearchArgs {
     /// the first that meets the target.
     #[arg(long)]
     all: bool,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -221,39 +219,49 @@ mod with_tract {
             Some(p) => arrays(p)?,
             None => head(&inputs, DEFAULT_CALIBRATION)?,
         };
+        let report_path = a.report.clone().unwrap_or_else(|| a.output.with_extension("report.json"));
+        if report_path == a.output {
+            crate::exit::usage!("--report and -o name the same file {}", a.output.display());
+        }
+        // Both outputs are checked before the search runs, so a refusal costs nothing.
+        a.write.check_file(&a.output)?;
+        a.write.check_file(&report_path)?;
+        let created = crate::dest::missing(crate::dest::dir_of(&a.output));
         let model = Model::open(&a.model).map_err(lift).with_context(|| format!("read {}", a.model.display()))?;
         let bench = Bench::new(&model, &InputSource::Arrays(inputs), Some(labels), Some(&calibration))
             .map_err(lift)
             .with_context(|| format!("run {}", a.model.display()))?;
-        let bar = Count::new(a.quiet);
-        let (report, policy) = run_search(&model, &bench, &SearchOptions { target, seed: a.seed, draws: a.draws, exhaustive: a.all, progress: &bar })
-            .map_err(lift)
-            .with_context(|| format!("policy search on {}", a.model.display()))?;
-        let report_path = a.report.clone().unwrap_or_else(|| a.output.with_extension("report.json"));
+        let bar = Count::new(a.out.quiet);
+        let (report, policy) = run_search(
+            &model,
+            &bench,
+            &SearchOptions { target, seed: a.seed, draws: a.draws, exhaustive: a.all, progress: &bar },
+        )
+        .map_err(lift)
+        .with_context(|| format!("policy search on {}", a.model.display()))?;
         write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         if let Some(p) = &policy {
             write_atomic(&a.output, p.to_toml().as_bytes())?;
         }
-        if a.json {
-            crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
-        } else {
-            crate::output::emit(&table(&a.model, &report, policy.as_ref().map(|_| a.output.as_path()), &report_path))?;
-        }
+        crate::dest::note_created(created, a.out.quiet);
+        a.out.report(&report, false, || {
+            table(&a.model, &report, policy.as_ref().map(|_| a.output.as_path()), &report_path)
+        })?;
         if policy.is_none() {
             bail!("no policy of the search family meets the target {}; see {}", a.target, report_path.display());
         }
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Writes `bytes` to `path` through a staged temporary file renamed into place.
+    /// Writes `bytes` to `path` through a private staging file published under its name.
     fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let (mut tmp, dest, mode) = onnx_protect_format::write::staged_output(path)
+        let mut out = onnx_protect_format::write::StagedOutput::new(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        tmp.write_all(bytes)
-            .and_then(|_| mode.apply(tmp.as_file()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("cannot write {}", dest.display()))?;
-        Ok(())
+        out.file_mut()
+            .write_all(bytes)
+            .and_then(|_| out.finish(false))
+            .and_then(|_| out.publish())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }

@@ -5,23 +5,102 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions, EncryptTo};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 use onnx_protect_select::Policy;
 
-use crate::keys::KeyArgs;
+use crate::dest::WriteArgs;
+use crate::exit::usage;
+use crate::keys::{KeyArgs, RecipientArgs, SignArgs, SignerArgs};
+use crate::output::OutputArgs;
 use crate::progress::Bar;
+use crate::stdio::{self, input_name, is_stdio};
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {
-    /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600). Refuses to overwrite.
+    /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600);
+    /// `-` prints it on standard output. Refuses to overwrite.
     #[arg(short, long)]
     output: PathBuf,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
     tiers: u32,
-    #[arg(long)]
-    json: bool,
+    /// Write an Ed25519 signing key (ONNX-PROTECT-SIGNING-KEY-1...) instead, and print its public
+    /// signer key (onnx-protect-signer1...) for `--signer`.
+    #[arg(long, conflicts_with_all = ["tiers", "recipient"])]
+    signing: bool,
+    /// Write an age X25519 identity (AGE-SECRET-KEY-1..., as age-keygen writes it) instead, and print
+    /// its public recipient (age1...) for `encrypt --recipient`.
+    #[arg(long, conflicts_with = "tiers")]
+    recipient: bool,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Writes `text` to a new file readable by its owner only (never over an existing file),
+/// or prints it for `-`.
+fn write_secret_text(path: &std::path::Path, text: &str) -> Result<()> {
+    if is_stdio(path) {
+        return crate::output::emit(text.trim_end());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f =
+        opts.open(path).with_context(|| format!("cannot create {} (keygen never overwrites a key)", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// `keygen --signing` and `keygen --recipient`: the secret to `-o`, the public string
+/// printed (to stderr when the secret goes to stdout).
+fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
+    let (secret, public, what) = if a.signing {
+        let k = onnx_protect_keys::SigningKey::generate()?;
+        (k.to_file_text(), k.public().to_text(), "signer key")
+    } else {
+        let (text, public) = onnx_protect_keys::new_x25519_identity_file();
+        (text, public, "recipient")
+    };
+    a.out.refuse_json_with_stdout(is_stdio(&a.output))?;
+    if !is_stdio(&a.output) {
+        crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
+    }
+    write_secret_text(&a.output, &secret)?;
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
+        let field = if a.signing { "signer" } else { "recipient" };
+        crate::output::emit(&serde_json::json!({"file": a.output.display().to_string(), field: public}).to_string())?;
+    } else if is_stdio(&a.output) {
+        eprintln!("{what}: {public}");
+    } else {
+        crate::output::emit(&format!("wrote {} ({what} {public})", a.output.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keygen -o -`: the key, as a key file holds it, on standard output; the
+/// fingerprint on standard error unless `-q`.
+fn keygen_to_stdout(a: &KeygenArgs) -> Result<ExitCode> {
+    if a.tiers != 1 {
+        usage!("--tiers writes one file per tier next to OUTPUT; give -o FILE, not -o -");
+    }
+    a.out.refuse_json_with_stdout(true)?;
+    let key = MasterKey::generate()?;
+    let text = KeyFile::new(KeyKind::Master { tiers: 1 }, key.clone())?.encode();
+    crate::output::emit(text.trim_end())?;
+    if !a.out.quiet {
+        let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+        eprintln!("printed a new key (fingerprint {fp})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes a new key file (never over an existing file), readable by its owner only.
@@ -48,6 +127,12 @@ fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
 
 pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     const { assert!(onnx_protect_select::MAX_TIERS == onnx_protect_crypto::MAX_TIERS) };
+    if a.signing || a.recipient {
+        return keygen_public(&a);
+    }
+    if is_stdio(&a.output) {
+        return keygen_to_stdout(&a);
+    }
     if a.tiers == 0 || a.tiers > onnx_protect_select::MAX_TIERS {
         bail!("--tiers must be between 1 and {}", onnx_protect_select::MAX_TIERS);
     }
@@ -58,6 +143,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
             bail!("{} exists; keygen never overwrites a key", p.display());
         }
     }
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Master { tiers: a.tiers }, &key)?;
     let mut k = key.clone();
     for t in (1..a.tiers).rev() {
@@ -65,7 +151,10 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         write_key_file(&tier_path(&a.output, t), KeyKind::Tier { tier: t }, &k)?;
     }
     let fp: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let mut j = serde_json::json!({"key_file": a.output.display().to_string(), "fingerprint": fp});
         if a.tiers > 1 {
             j["tiers"] = a.tiers.into();
@@ -81,7 +170,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct DeriveTierKeyArgs {
     /// A key file: a master key (`keygen --tiers N`) or the key of a tier.
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["passphrase_env", "passphrase_file"], value_parser = stdio::file_path)]
     key_file: Option<PathBuf>,
     /// The tier of the given key; needed only for key files that do not record it (older files).
     /// With a passphrase: the model's number of tiers.
@@ -91,20 +180,20 @@ pub struct DeriveTierKeyArgs {
     #[arg(long, value_name = "VAR", conflicts_with_all = ["key_file", "passphrase_file"], requires = "model")]
     passphrase_env: Option<String>,
     /// File whose first line is that passphrase (needs --model).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file"], requires = "model")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file"], requires = "model", value_parser = stdio::file_path)]
     passphrase_file: Option<PathBuf>,
     /// With a passphrase: the model it protects (its manifest holds the Argon2id
     /// parameters, so the tier keys are that model's).
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", value_parser = stdio::file_path)]
     model: Option<PathBuf>,
     /// The (lower) tier whose key to write.
     #[arg(long)]
     tier: u32,
-    /// Where to write the derived key (a key file that records its tier).
-    #[arg(short, long)]
+    /// Where to write the derived key (a key file that records its tier). Never overwrites a file.
+    #[arg(short, long, value_parser = stdio::file_path)]
     output: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The tier of the key in a key file: the one it records, or `--from` for a
@@ -138,6 +227,7 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
                 key_env: None,
                 passphrase_env: a.passphrase_env.clone(),
                 passphrase_file: a.passphrase_file.clone(),
+                ..Default::default()
             }
             .required()?;
             let m = onnx_protect_format::Model::open(model)?;
@@ -155,8 +245,12 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
     for _ in a.tier..from {
         k = k.tier_down();
     }
+    crate::dest::create_dir(crate::dest::dir_of(&a.output), a.out.quiet)?;
     write_key_file(&a.output, KeyKind::Tier { tier: a.tier }, &k)?;
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let fp: String = k.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
         crate::output::emit(
             &serde_json::json!({"key_file": a.output.display().to_string(), "tier": a.tier, "fingerprint": fp})
@@ -170,32 +264,48 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct EncryptArgs {
-    /// The model to protect.
+    /// The model to protect; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the protected model (external data files go next to it).
+    /// Where to write the protected model (external data files go next to it); `-` writes
+    /// it to standard output.
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
+    recipients: RecipientArgs,
+    #[command(flatten)]
+    sign: SignArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
+    /// Write the model even if the policy encrypts none of its bytes (refused by default).
+    #[arg(long)]
+    allow_empty: bool,
+    /// `secret`: choose which subsequences are encrypted with the key (among twice as many
+    /// candidates as the policy encrypts) and seal their positions, so no key-less party can
+    /// tell which rows are encrypted. Needs the fp or dp mode and no access tiers (docs/protection.md).
+    #[arg(long, value_name = "public|secret", default_value = "public", value_parser = ["public", "secret"])]
+    positions: String,
+    /// Accept a passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The policy options of `encrypt` and `batch encrypt`.
 #[derive(clap::Args)]
 pub struct PolicyArgs {
     /// A TOML policy file (docs/policy.md); the built-in default otherwise.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = stdio::file_path)]
     pub policy: Option<PathBuf>,
     /// Override a coefficient: OP=VALUE in [0, 1] (OP may be `*`). Repeatable.
     #[arg(long, value_name = "OP=C")]
@@ -273,51 +383,62 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
     Ok(p)
 }
 
-fn output_of(input: &std::path::Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
-    match (output, in_place) {
-        (Some(o), false) => Ok(o.clone()),
-        (None, true) => Ok(input.to_path_buf()),
-        (Some(o), true) if o == input => Ok(o.clone()),
-        (Some(_), true) => bail!("--in-place writes over the input; do not also give a different -o"),
-        (None, false) => bail!("give -o OUTPUT or --in-place"),
-    }
-}
-
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
-    let key = a.key.required_master()?;
-    let output = output_of(&a.input, &a.output, a.in_place)?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::encrypt(
-        &a.input,
-        &output,
-        &protect::EncryptTo::key(key),
-        &EncryptOptions { policy: &policy, in_place: a.in_place, sync: a.sync, allow_empty: false, signing_keys: &[], progress: &bar },
-    )
-    .with_context(|| format!("encrypt {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
+    let to = EncryptTo { master: a.key.optional_master()?, recipients: a.recipients.recipients()? };
+    if let Some(m) = &to.master {
+        crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
+    }
+    if to.master.is_none() && to.recipients.is_empty() {
+        usage!(
+            "give a key (--key-file, --key-env, --passphrase-env, --passphrase-file) or a --recipient to encrypt to"
+        );
+    }
+    let signing_keys = a.sign.keys()?;
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
+    let bar = Bar::new(a.out.quiet);
+    let opts = EncryptOptions {
+        in_place: a.in_place,
+        sync: a.sync,
+        allow_empty: a.allow_empty,
+        secret_positions: a.positions == "secret",
+        outputs: a.write.rules(),
+        signing_keys: &signing_keys,
+        progress: &bar,
+        ..EncryptOptions::new(&policy)
+    };
+    let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
+        .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
+    let to_stdout = output.is_stdout();
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
+    output.finish()?;
+    a.out.report(&r, to_stdout, || {
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-        crate::output::emit(&format!(
-            "encrypted {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}",
+        let mut t = format!(
+            "protected {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}\n  {}",
             r.encrypted_bytes,
             r.tensors.len(),
             r.weight_bytes,
-            r.output
-        ))?;
+            r.output,
+            onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(
+                &r.tensors
+            ))
+        );
         for (name, why) in &r.skipped {
-            crate::output::emit(&format!("  skipped {name}: {why}"))?;
+            t += &format!("\n  skipped {name}: {why}");
         }
-    }
+        t
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
 pub struct DecryptArgs {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the restored model.
+    /// Where to write the restored model; `-` is the same as --stdout.
     #[arg(short, long, required_unless_present_any = ["in_place", "stdout"])]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -334,71 +455,122 @@ pub struct DecryptArgs {
     /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
     #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
     stdout: bool,
-    /// With --stdout: write this external data file (by its location) instead of the model.
-    #[arg(long, value_name = "LOCATION", requires = "stdout")]
+    /// With --stdout or -o -: write this external data file (by its location) instead of the model.
+    #[arg(long, value_name = "LOCATION")]
     external: Option<String>,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    signers: SignerArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     let key = a.key.required()?;
-    if a.stdout {
-        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, a.external.as_deref());
+    let signers = a.signers.signers()?;
+    let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
+    if is_stdio(&target) {
+        a.out.refuse_json_with_stdout(true)?;
+        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
     }
-    let output = output_of(&a.input, &a.output, a.in_place)?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::decrypt_tier(
-        &a.input,
-        &output,
+    if a.external.is_some() {
+        usage!("--external picks the file written to standard output; it needs --stdout or -o -");
+    }
+    let input = stdio::Input::new(&a.input)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&target));
+    let bar = Bar::new(a.out.quiet);
+    let mut r = protect::decrypt_tier(
+        input.path(),
+        &target,
         &key,
         a.tier,
-        &DecryptOptions { in_place: a.in_place, sync: a.sync, signers: &[], progress: &bar },
+        &DecryptOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signers: &signers,
+            progress: &bar,
+        },
     )
-    .with_context(|| format!("decrypt {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
-        crate::output::emit(&format!(
-            "decrypted {} bytes in {} tensors -> {}",
-            r.decrypted_bytes, r.tensors, r.output
-        ))?;
-    }
+    .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
+    r.input = a.input.display().to_string();
+    a.out.report(&r, false, || {
+        format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    signers: SignerArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let key = a.key.source()?;
-    let bar = Bar::new(a.quiet);
-    let r = protect::verify(&a.input, key.as_ref(), &bar).with_context(|| format!("verify {}", a.input.display()))?;
-    if a.json {
-        crate::output::emit(&serde_json::to_string_pretty(&r)?)?;
-    } else {
+    let input = stdio::Input::new(&a.input)?;
+    let bar = Bar::new(a.out.quiet);
+    let signers = a.signers.signers()?;
+    let mut r = protect::verify_signed(input.path(), key.as_ref(), &signers, &bar)
+        .with_context(|| format!("verify {}", input_name(&a.input)))?;
+    r.input = a.input.display().to_string();
+    a.out.report(&r, false, || {
+        let how = match (r.check, r.format_version) {
+            ("mac", 2) => "every byte and the MACs verified with the key",
+            ("mac", _) => "key and MAC of the encrypted bytes verified (format 1)",
+            (_, 2) => "every byte matches the manifest's digest (keyless: detects accidents, not attacks)",
+            _ => "manifest and checksum of the encrypted bytes verified (format 1, no key given)",
+        };
         let how =
-            if r.check == "mac" { "key and MAC verified" } else { "manifest and checksum verified (no key given)" };
+            if r.signers.is_empty() { how.to_string() } else { format!("{how}; signed by {}", r.signers.join(", ")) };
         let restored = if r.restored_bytes > 0 {
             format!(" ({} more in decrypted tiers, in clear)", r.restored_bytes)
         } else {
             String::new()
         };
-        crate::output::emit(&format!(
-            "ok: {how}; {} tensors, {} encrypted bytes{restored}",
-            r.tensors, r.encrypted_bytes
-        ))?;
+        format!("ok: {how}; {} tensors, {} encrypted bytes{restored}", r.tensors, r.encrypted_bytes)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct SignArgsCmd {
+    /// The protected model (format 2).
+    input: PathBuf,
+    /// Where to write the signed model; with --in-place, the input's manifest is replaced.
+    #[arg(short, long, required_unless_present = "in_place", value_parser = crate::stdio::file_path)]
+    output: Option<PathBuf>,
+    /// Replace the input's manifest entry (only the file's tail is written... a copy is staged and renamed).
+    #[arg(long)]
+    in_place: bool,
+    #[command(flatten)]
+    sign: SignArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `sign`: adds publisher signatures to a protected model (after checking its content).
+pub fn sign(a: SignArgsCmd) -> Result<ExitCode> {
+    let keys = a.sign.keys()?;
+    if keys.is_empty() {
+        usage!("give the signing key with --sign-key FILE (keygen --signing writes one)");
     }
+    let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
+    let bar = Bar::new(a.out.quiet);
+    let r = protect::sign(&a.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
+        .with_context(|| format!("sign {}", a.input.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
+    a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,18 +3,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use onnx_protect_core::protect::KeySource;
+use anyhow::{Context, Result};
+use onnx_protect_core::protect::{EncryptTo, KeySource};
 use onnx_protect_core::rekey::{self, RekeyOptions};
 
+use crate::exit::usage;
 use crate::keys::KeyArgs;
+use crate::output::OutputArgs;
 use crate::progress::Bar;
+use crate::stdio::{self, input_name};
 
-/// Where the new key comes from: the same choices as the old key, prefixed `--new-`.
+/// Where the new key comes from: the same choices as the old key, prefixed `--new-`;
+/// at most one (a clap group).
 #[derive(clap::Args, Default, Clone)]
+#[group(id = "new_key", multiple = false)]
 pub struct NewKeyArgs {
-    /// New key file: 32 raw bytes or 64 hex digits (as written by `keygen`).
-    #[arg(long, value_name = "FILE")]
+    /// New key file (as written by `keygen`; older files of 64 hex digits or 32 raw bytes are read too).
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub new_key_file: Option<PathBuf>,
     /// Environment variable holding the new key as 64 hex digits.
     #[arg(long, value_name = "VAR")]
@@ -23,36 +28,37 @@ pub struct NewKeyArgs {
     #[arg(long, value_name = "VAR")]
     pub new_passphrase_env: Option<String>,
     /// File whose first line is a new passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub new_passphrase_file: Option<PathBuf>,
+    /// Type the new passphrase at a prompt, twice (standard input must be a terminal).
+    #[arg(long)]
+    pub new_passphrase: bool,
 }
 
 impl NewKeyArgs {
-    /// The new key source; an error if none or more than one was given.
-    pub fn required(&self) -> Result<KeySource> {
-        let given = [
-            self.new_key_file.is_some(),
-            self.new_key_env.is_some(),
-            self.new_passphrase_env.is_some(),
-            self.new_passphrase_file.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        match given {
-            0 => bail!(
-                "a new key is required: give --new-key-file, --new-key-env, --new-passphrase-env or --new-passphrase-file"
-            ),
-            1 => {}
-            _ => bail!("give only one of --new-key-file, --new-key-env, --new-passphrase-env, --new-passphrase-file"),
+    /// The new key source; a usage error if none was given. A new passphrase shorter
+    /// than the minimum is refused unless `allow_short` (`--allow-short-passphrase`).
+    pub fn required(&self, allow_short: bool) -> Result<KeySource> {
+        if !self.any() {
+            usage!(
+                "a new key is required: give --new-key-file, --new-key-env, --new-passphrase, --new-passphrase-env or \
+                 --new-passphrase-file"
+            );
         }
-        let as_old = KeyArgs {
-            key_file: self.new_key_file.clone(),
-            key_env: self.new_key_env.clone(),
-            passphrase_env: self.new_passphrase_env.clone(),
-            passphrase_file: self.new_passphrase_file.clone(),
+        let source = if self.new_passphrase {
+            KeySource::Passphrase(crate::keys::prompt_passphrase("new ", true)?)
+        } else {
+            let as_old = KeyArgs {
+                key_file: self.new_key_file.clone(),
+                key_env: self.new_key_env.clone(),
+                passphrase_env: self.new_passphrase_env.clone(),
+                passphrase_file: self.new_passphrase_file.clone(),
+                ..Default::default()
+            };
+            as_old.required_master().context("new key")?
         };
-        as_old.required_master().context("new key")
+        crate::keys::check_new_passphrase(&source, allow_short, "the new passphrase")?;
+        Ok(source)
     }
 
     /// Whether any new-key option was given.
@@ -61,14 +67,16 @@ impl NewKeyArgs {
             || self.new_key_env.is_some()
             || self.new_passphrase_env.is_some()
             || self.new_passphrase_file.is_some()
+            || self.new_passphrase
     }
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The protected model.
+    /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the re-encrypted model (external data files go next to it).
+    /// Where to write the re-encrypted model (external data files go next to it); `-` writes
+    /// it to standard output.
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
     /// The current key (checked, with the MAC, before anything is written).
@@ -76,41 +84,59 @@ pub struct Args {
     key: KeyArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
+    /// Accept a new passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
+    /// Public recipients of the re-encrypted model (besides the new key), as for `encrypt`.
+    #[command(flatten)]
+    recipients: crate::keys::RecipientArgs,
+    #[command(flatten)]
+    sign: crate::keys::SignArgs,
     /// Overwrite the input (and its external data files), atomically.
     #[arg(long)]
     in_place: bool,
     /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
     #[arg(long)]
     sync: bool,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.key.required()?;
-    let new = a.new_key.required()?;
-    let output = match (&a.output, a.in_place) {
-        (Some(o), false) => o.clone(),
-        (None, true) => a.input.clone(),
-        (Some(o), true) if *o == a.input => o.clone(),
-        (Some(_), true) => bail!("--in-place writes over the input; do not also give a different -o"),
-        (None, false) => bail!("give -o OUTPUT or --in-place"),
-    };
-    let bar = Bar::new(a.quiet);
-    let r = rekey::rekey(
-        &a.input,
-        &output,
-        &old,
-        &onnx_protect_core::protect::EncryptTo::key(new.clone()),
-        &RekeyOptions { in_place: a.in_place, sync: a.sync, signing_keys: &[], progress: &bar },
-    )
-    .with_context(|| format!("rekey {}", a.input.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let recipients = a.recipients.recipients()?;
+    let master = if a.new_key.any() || recipients.is_empty() {
+        Some(a.new_key.required(a.allow_short_passphrase)?)
     } else {
-        println!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output);
-    }
+        None
+    };
+    let new = EncryptTo { master, recipients };
+    let signing_keys = a.sign.keys()?;
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
+    let bar = Bar::new(a.out.quiet);
+    let mut r = rekey::rekey(
+        input.path(),
+        output.path(),
+        &old,
+        &new,
+        &RekeyOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signing_keys: &signing_keys,
+            progress: &bar,
+        },
+    )
+    .with_context(|| format!("rekey {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
+    let to_stdout = output.is_stdout();
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
+    output.finish()?;
+    a.out.report(&r, to_stdout, || {
+        format!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output)
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,31 +5,42 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
-use onnx_protect_core::protect::{CoreError, KeySource};
-use onnx_protect_format::Model;
+use anyhow::{Context, Result};
+use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory};
+use onnx_protect_core::protect::KeySource;
+use onnx_protect_keys::SignerKey;
+
+use crate::stdio::{input_name, is_stdio};
 
 /// Writes the model decrypted in memory (or one of its external data files) to
 /// standard output, which must be a pipe or a socket: plaintext never goes to a file.
+/// `input` `-` is a model read from standard input into memory.
 /// `tier`: tiered models decrypted up to that tier only (default: the key's own tier).
-pub fn decrypt_to_stdout(input: &Path, key: &KeySource, tier: Option<u32>, external: Option<&str>) -> Result<ExitCode> {
+pub fn decrypt_to_stdout(
+    input: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+    external: Option<&str>,
+) -> Result<ExitCode> {
     let out = std::io::stdout();
     refuse_files_and_terminals(&out)?;
-    let d = match tier {
-        None => decrypt_in_memory(input, key),
-        Some(t) => Model::open(input).map_err(CoreError::from).and_then(|m| decrypt_tier_in_memory(&m, key, Some(t))),
+    let d = if is_stdio(input) {
+        let model = crate::stdio::read_model()?;
+        decrypt_model_signed_in_memory(&model, key, tier, signers)
+    } else {
+        decrypt_signed_in_memory(input, key, tier, signers)
     }
-    .with_context(|| format!("decrypt {}", input.display()))?;
+    .with_context(|| format!("decrypt {}", input_name(input)))?;
     let bytes: &[u8] = match external {
         None => &d,
         Some(loc) => match d.external().get(loc) {
             Some(b) => b,
             None => {
                 let known: Vec<&str> = d.external().keys().map(String::as_str).collect();
-                bail!(
+                crate::exit::usage!(
                     "{} has no external data file '{loc}' (it has: {})",
-                    input.display(),
+                    input_name(input),
                     if known.is_empty() { "none".to_string() } else { known.join(", ") }
                 )
             }
@@ -49,12 +60,14 @@ fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
     use std::io::IsTerminal;
     use std::os::fd::AsFd;
     if out.is_terminal() {
-        bail!("--stdout writes a binary model; pipe it into a program instead of a terminal");
+        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
     }
     let fd = out.as_fd().try_clone_to_owned().context("cannot inspect standard output")?;
     let meta = std::fs::File::from(fd).metadata().context("cannot inspect standard output")?;
     if meta.is_file() {
-        bail!("--stdout refuses to write plaintext into a file; use `decrypt -o FILE` if a file is what you want");
+        crate::exit::usage!(
+            "--stdout (-o -) refuses to write plaintext into a file; use `decrypt -o FILE` if a file is what you want"
+        );
     }
     Ok(())
 }
@@ -63,7 +76,7 @@ fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
 fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
     use std::io::IsTerminal;
     if out.is_terminal() {
-        bail!("--stdout writes a binary model; pipe it into a program instead of a terminal");
+        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
     }
     Ok(())
 }
@@ -77,7 +90,7 @@ mod with_tract {
     use std::path::PathBuf;
     use std::process::ExitCode;
 
-    use anyhow::{bail, Context, Result};
+    use anyhow::{Context, Result};
     use onnx_protect_core::memory::decrypt_in_memory;
     use onnx_protect_core::protect::manifest_version;
     use onnx_protect_format::Model;
@@ -99,6 +112,7 @@ mod with_tract {
     #[derive(clap::Args)]
     pub struct Args {
         /// The model: protected (decrypted in memory with the key) or not.
+        #[arg(value_parser = crate::stdio::file_path)]
         model: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -106,8 +120,11 @@ mod with_tract {
         #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
         /// Write each output as DIR/<output name>.npy.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_parser = crate::stdio::file_path)]
         output_dir: Option<PathBuf>,
+        #[command(flatten)]
+        write: crate::dest::WriteArgs,
+        /// Print the output summaries as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     }
@@ -159,7 +176,7 @@ mod with_tract {
                 Some((name, file)) if !name.is_empty() => {
                     let arr = NpyArray::read(std::path::Path::new(file)).map_err(lift)?;
                     if arrays.insert(name.to_string(), arr).is_some() {
-                        bail!("--input {name} is given twice");
+                        crate::exit::usage!("--input {name} is given twice");
                     }
                 }
                 _ => unnamed.push(spec.clone()),
@@ -187,7 +204,7 @@ mod with_tract {
             let free: Vec<&str> =
                 loaded.inputs().iter().map(|i| i.name.as_str()).filter(|n| !arrays.contains_key(*n)).collect();
             if unnamed.len() != 1 || free.len() != 1 {
-                bail!(
+                crate::exit::usage!(
                     "give inputs as NAME=FILE.npy (the model's inputs: {})",
                     loaded.inputs().iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
                 );
@@ -197,7 +214,10 @@ mod with_tract {
         let outputs =
             run_once(bytes, &external, &arrays).map_err(lift).with_context(|| format!("run {}", a.model.display()))?;
         if let Some(dir) = &a.output_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for (name, _) in &outputs {
+                a.write.check_file(&dir.join(format!("{}.npy", file_name(name))))?;
+            }
+            crate::dest::create_dir(dir, false)?;
         }
         let mut report =
             RunReport { model: a.model.display().to_string(), weights, decrypted_bytes, outputs: Vec::new() };

@@ -13,7 +13,9 @@ use onnx_protect_transform::{
     encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange, METADATA_KEY,
 };
 
+use crate::exit::UsageError;
 use crate::keys::{KeyArgs, KeyFileError};
+use crate::output::OutputArgs;
 
 /// The transforms and the block size, shared by both commands.
 #[derive(clap::Args)]
@@ -50,8 +52,10 @@ impl TransformFlags {
 #[derive(clap::Args)]
 pub struct TransformInputArgs {
     /// Input: a .npy tensor (uint8, float32 or float64) or a .png/.jpg image.
+    #[arg(value_parser = crate::stdio::file_path)]
     input: PathBuf,
     /// Output: .npy, .png or .jpg (JPEG is lossy, so its transform cannot be undone exactly).
+    #[arg(value_parser = crate::stdio::file_path)]
     output: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
@@ -66,16 +70,19 @@ pub struct TransformInputArgs {
     /// Value range LO,HI of the data, e.g. 0,1 (needed for float data with --negpos or --ffx; 8-bit data: 0,255).
     #[arg(long, value_name = "LO,HI")]
     range: Option<String>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 #[derive(clap::Args)]
 pub struct EncryptPatchEmbeddingArgs {
     /// The trained model (its patch embedding is a Conv with kernel = stride).
+    #[arg(value_parser = crate::stdio::file_path)]
     model: PathBuf,
     /// Where to write the transformed model.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = crate::stdio::file_path)]
     output: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
@@ -87,12 +94,19 @@ pub struct EncryptPatchEmbeddingArgs {
     /// The patch-embedding Conv node's name, when several Convs read the input.
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// The master key; transforms need a key, not a passphrase (it would need a stored salt).
 fn master_key(k: &KeyArgs) -> Result<MasterKey> {
+    if k.passphrase {
+        return Err(
+            KeyFileError("input transforms need a key (--key-file or --key-env), not a passphrase".into()).into()
+        );
+    }
     match k.required_master()? {
         KeySource::Key(key) => Ok(key),
         KeySource::Passphrase(_) | KeySource::Identity(_) => Err(KeyFileError(
@@ -104,27 +118,38 @@ fn master_key(k: &KeyArgs) -> Result<MasterKey> {
     }
 }
 
+/// An error in an option's value, found after parsing: a usage error (exit 2).
+fn bad_option(e: onnx_protect_transform::TransformError) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
 fn parse_range(s: &Option<String>) -> Result<Option<ValueRange>> {
     Ok(match s {
-        Some(s) => Some(s.parse::<ValueRange>()?),
+        Some(s) => Some(s.parse::<ValueRange>().map_err(bad_option)?),
         None => None,
     })
 }
 
 pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     let spec = a.flags.spec();
-    spec.validate()?;
-    let layout: Layout = a.layout.parse()?;
+    spec.validate().map_err(bad_option)?;
+    let layout: Layout = a.layout.parse().map_err(bad_option)?;
     let range = parse_range(&a.range)?;
-    let out_kind = FileKind::of(&a.output)?;
+    let out_kind = FileKind::of(&a.output).map_err(bad_option)?;
     let key = master_key(&a.key)?;
+    a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
     let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
     transform_images(&key, &spec, &mut loaded.images, range, dir).with_context(|| format!("{}", a.input.display()))?;
     io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
     let im = &loaded.images;
     let fp = hex_fp(&key);
-    if a.json {
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         let v = serde_json::json!({
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
@@ -164,12 +189,24 @@ fn hex_fp(key: &MasterKey) -> String {
 
 pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitCode> {
     let opts = PatchOptions { spec: a.flags.spec(), range: parse_range(&a.range)?, node: a.node.clone() };
-    opts.spec.validate()?;
+    opts.spec.validate().map_err(bad_option)?;
     let key = master_key(&a.key)?;
     let model = Model::open(&a.model).with_context(|| format!("{}", a.model.display()))?;
+    if std::fs::canonicalize(&a.model).ok() == std::fs::canonicalize(&a.output).ok() {
+        anyhow::bail!(
+            "the output {} is the input model; write the transformed model to another file",
+            a.output.display()
+        );
+    }
+    a.write.check_file(&a.output)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&a.output));
     let report =
         encrypt_patch_embedding(&model, &key, &opts, &a.output).with_context(|| format!("{}", a.model.display()))?;
-    if a.json {
+    crate::dest::note_created(created, a.out.quiet);
+    if a.out.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.out.json {
         crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let r = &report.record;

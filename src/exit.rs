@@ -1,18 +1,21 @@
-//! Exit codes (normative list in `docs/cli.md`).
+//! Exit codes and hints, chosen from the typed kinds of the library errors
+//! (normative list in `docs/cli.md`, and in `--help`).
 
-use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_format::FormatError;
+use std::error::Error;
+
+use onnx_protect_batch::{BatchError, BatchErrorKind, FileError, FileErrorKind};
+use onnx_protect_core::error::{CoreError, ErrorKind as CoreKind};
+use onnx_protect_format::{ErrorKind as FormatKind, FormatError};
+use onnx_protect_transform::{ErrorKind as TransformKind, TransformError};
 
 /// Success.
 pub const OK: u8 = 0;
-/// Any failure not listed below (I/O, bad arguments found after parsing).
+/// Any failure not listed below (I/O, an error of the binary itself).
 pub const FAILURE: u8 = 1;
-/// Command-line usage error (clap's own code).
-#[allow(dead_code)]
+/// Command-line usage error: clap's own, or a bad combination or value found after parsing.
 pub const USAGE: u8 = 2;
-/// The input model (or its external data) is invalid or unsafe to read.
+/// The input model (or its external data) is invalid, unsafe to read, or not an ONNX model.
 pub const BAD_MODEL: u8 = 3;
-
 /// The key is wrong, missing or unreadable.
 pub const KEY: u8 = 4;
 /// Integrity failure: the manifest or encrypted bytes were modified.
@@ -24,51 +27,180 @@ pub const POLICY: u8 = 7;
 /// `check`: a model fails the CI gate (not protected, or weaker than the policy asks).
 pub const GATE: u8 = 8;
 
-/// Maps an error to its exit code.
+/// The exit codes as `--help` lists them (after the options). docs/cli.md has the same
+/// table; a test keeps the two equal.
+pub const HELP: &str = "\
+Exit codes:
+  0  success
+  1  any other failure (I/O, a file that cannot be read or written)
+  2  usage error: unknown option, missing argument, or a bad value or combination
+  3  bad model: not an ONNX model, damaged, or unsafe external data
+  4  key problem: wrong key, unreadable key file, missing key variable
+  5  integrity failure: the manifest or an encrypted byte was modified
+  6  wrong state: already protected, not protected, unsupported format version
+  7  invalid policy or policy override
+  8  check: a model fails the CI gate";
+
+/// A usage error found after argument parsing: a bad value or combination (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Returns early with a [`UsageError`] built like `format!`.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::exit::UsageError(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
+
+/// The exit code of an error: that of the first cause in its chain that has a typed
+/// kind; [`FAILURE`] for errors of the binary itself (I/O with context, ...).
 pub fn code_for(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if cause.downcast_ref::<crate::keys::KeyFileError>().is_some() {
-            return KEY;
+    e.chain().find_map(code_of).unwrap_or(FAILURE)
+}
+
+/// [`code_for`] of a library error.
+pub fn code_for_error(e: &(dyn Error + 'static)) -> u8 {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(code) = code_of(c) {
+            return code;
         }
-        if let Some(f) = cause.downcast_ref::<FormatError>() {
-            return if f.kind() == "io" { FAILURE } else { BAD_MODEL };
-        }
-        if cause.downcast_ref::<onnx_protect_crypto::CryptoError>().is_some() {
-            return KEY;
-        }
-        if cause.downcast_ref::<onnx_protect_select::PolicyError>().is_some() {
-            return POLICY;
-        }
-        if let Some(t) = cause.downcast_ref::<onnx_protect_transform::TransformError>() {
-            return match t.kind() {
-                "state" => STATE,
-                "format" => BAD_MODEL,
-                "crypto" => KEY,
-                _ => FAILURE,
-            };
-        }
-        if let Some(c) = cause.downcast_ref::<CoreError>() {
-            return core_code(c.kind()).unwrap_or(FAILURE);
-        }
+        cause = c.source();
     }
     FAILURE
 }
 
+/// The code of one cause, if it is one of the typed errors.
+fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
+    if cause.is::<UsageError>() {
+        return Some(USAGE);
+    }
+    if cause.is::<crate::keys::KeyFileError>() || cause.is::<onnx_protect_crypto::CryptoError>() {
+        return Some(KEY);
+    }
+    if cause.is::<onnx_protect_select::PolicyError>() {
+        return Some(POLICY);
+    }
+    if let Some(f) = cause.downcast_ref::<FormatError>() {
+        return Some(format_code(f.kind()));
+    }
+    if let Some(t) = cause.downcast_ref::<TransformError>() {
+        return Some(transform_code(t.kind()));
+    }
+    if let Some(c) = cause.downcast_ref::<CoreError>() {
+        return Some(core_code(c.kind()).unwrap_or(FAILURE));
+    }
+    #[cfg(feature = "tract")]
+    if let Some(r) = cause.downcast_ref::<onnx_protect_runtime::RuntimeError>() {
+        return runtime_code(r);
+    }
+    if let Some(b) = cause.downcast_ref::<BatchError>() {
+        return Some(match b.kind() {
+            BatchErrorKind::Options => USAGE,
+            BatchErrorKind::Inputs | BatchErrorKind::Io => FAILURE,
+        });
+    }
+    if let Some(f) = cause.downcast_ref::<FileError>() {
+        return match f.kind() {
+            // The core error is the next cause in the chain.
+            FileErrorKind::Core => None,
+            FileErrorKind::SharedOutput | FileErrorKind::Io => Some(FAILURE),
+        };
+    }
+    None
+}
+
+fn format_code(k: FormatKind) -> u8 {
+    match k {
+        FormatKind::Io => FAILURE,
+        // Only a model given as a stream (`-`) has no directory: give its path instead.
+        FormatKind::ExternalWithoutDir => USAGE,
+        FormatKind::NotOnnx
+        | FormatKind::Truncated
+        | FormatKind::Malformed
+        | FormatKind::NoGraph
+        | FormatKind::NegativeDim
+        | FormatKind::DimOverflow
+        | FormatKind::DataLength
+        | FormatKind::UnknownDataType
+        | FormatKind::TooDeep
+        | FormatKind::DuplicateName
+        | FormatKind::ExternalPath
+        | FormatKind::ExternalRange
+        | FormatKind::ExternalMissing
+        | FormatKind::Invalid => BAD_MODEL,
+    }
+}
+
+fn transform_code(k: TransformKind) -> u8 {
+    match k {
+        TransformKind::State => STATE,
+        TransformKind::Format(f) => format_code(f),
+        TransformKind::Crypto => KEY,
+        TransformKind::Spec
+        | TransformKind::Shape
+        | TransformKind::OutOfRange
+        | TransformKind::Npy
+        | TransformKind::Image
+        | TransformKind::Io
+        | TransformKind::NoPatchEmbedding
+        | TransformKind::CannotAbsorb
+        | TransformKind::Unsupported => FAILURE,
+    }
+}
+
 /// The exit code of a kind of core error. Every kind is listed; `None` only for a kind
-/// a newer core adds before it is listed here (a test fails until it is).
-fn core_code(kind: ErrorKind) -> Option<u8> {
+/// a newer core adds (its kind enum is non-exhaustive) before it is listed here: a
+/// test over `ErrorKind::ALL` fails until it is.
+fn core_code(kind: CoreKind) -> Option<u8> {
     Some(match kind {
-        ErrorKind::WrongKey | ErrorKind::Key => KEY,
-        ErrorKind::Modified | ErrorKind::BadManifest | ErrorKind::NotSigned => MODIFIED,
-        ErrorKind::AlreadyProtected
-        | ErrorKind::NotProtected
-        | ErrorKind::UnsupportedVersion
-        | ErrorKind::AlreadyDecrypted => STATE,
-        ErrorKind::Policy => POLICY,
-        ErrorKind::Io | ErrorKind::Output => FAILURE,
-        ErrorKind::Model(_) => BAD_MODEL,
+        CoreKind::WrongKey | CoreKind::Key => KEY,
+        CoreKind::Modified | CoreKind::BadManifest | CoreKind::NotSigned => MODIFIED,
+        CoreKind::AlreadyProtected
+        | CoreKind::NotProtected
+        | CoreKind::UnsupportedVersion
+        | CoreKind::AlreadyDecrypted => STATE,
+        CoreKind::Policy => POLICY,
+        CoreKind::Io | CoreKind::Output => FAILURE,
+        CoreKind::Model(f) => format_code(f),
         _ => return None,
     })
+}
+
+#[cfg(feature = "tract")]
+fn runtime_code(r: &onnx_protect_runtime::RuntimeError) -> Option<u8> {
+    use onnx_protect_runtime::ErrorKind as RuntimeKind;
+    match r.kind() {
+        RuntimeKind::Core(k) => core_code(k),
+        RuntimeKind::Format(f) => Some(format_code(f)),
+        RuntimeKind::UnsupportedOp | RuntimeKind::Runtime | RuntimeKind::Input | RuntimeKind::Npy | RuntimeKind::Io => {
+            Some(FAILURE)
+        }
+    }
+}
+
+/// The format error behind a cause, wherever a library wrapped it.
+fn format_error<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a FormatError> {
+    if let Some(f) = cause.downcast_ref::<FormatError>() {
+        return Some(f);
+    }
+    if let Some(CoreError::Format(f)) = cause.downcast_ref::<CoreError>() {
+        return Some(f);
+    }
+    if let Some(TransformError::Format(f)) = cause.downcast_ref::<TransformError>() {
+        return Some(f);
+    }
+    #[cfg(feature = "tract")]
+    {
+        use onnx_protect_runtime::RuntimeError;
+        match cause.downcast_ref::<RuntimeError>() {
+            Some(RuntimeError::Format(f)) | Some(RuntimeError::Core(CoreError::Format(f))) => return Some(f),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// An optional hint line for the user.
@@ -76,19 +208,19 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CoreError>() {
             match c.kind() {
-                ErrorKind::WrongKey => {
+                CoreKind::WrongKey => {
                     return Some("check that this is the key (or passphrase) the model was encrypted with")
                 }
-                ErrorKind::AlreadyProtected => {
+                CoreKind::AlreadyProtected => {
                     return Some("decrypt the model first, or keep the original unprotected copy")
                 }
                 _ => {}
             }
         }
-        if let Some(f) = cause.downcast_ref::<FormatError>() {
+        if let Some(f) = format_error(cause) {
             return match f.kind() {
-                "external_path" => Some("external data must be a plain file inside the model's directory"),
-                "truncated" => Some("the file is incomplete; was the download or copy interrupted?"),
+                FormatKind::ExternalPath => Some("external data must be a plain file inside the model's directory"),
+                FormatKind::Truncated => Some("the file is incomplete; was the download or copy interrupted?"),
                 _ => None,
             };
         }
@@ -102,10 +234,11 @@ mod tests {
 
     #[test]
     fn every_core_error_kind_has_an_exit_code() {
-        for kind in ErrorKind::ALL {
+        for kind in CoreKind::ALL {
             assert!(core_code(kind).is_some(), "no exit code for the core error kind {kind}");
         }
-        assert_eq!(core_code(ErrorKind::Model("truncated")), Some(BAD_MODEL));
-        assert_eq!(core_code(ErrorKind::Io), Some(FAILURE));
+        assert_eq!(core_code(CoreKind::Model(FormatKind::Truncated)), Some(BAD_MODEL));
+        assert_eq!(core_code(CoreKind::Model(FormatKind::Io)), Some(FAILURE));
+        assert_eq!(core_code(CoreKind::Io), Some(FAILURE));
     }
 }

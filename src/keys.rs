@@ -3,9 +3,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
+use onnx_protect_keys::{Identity, Recipient, SignerKey, SigningKey};
 use zeroize::Zeroizing;
 
 /// A key or passphrase that could not be read (exit code 4).
@@ -13,10 +14,12 @@ use zeroize::Zeroizing;
 #[error("{0}")]
 pub struct KeyFileError(pub String);
 
+/// At most one key option: the group makes clap refuse two (exit 2).
 #[derive(clap::Args, Default)]
+#[group(id = "key", multiple = false)]
 pub struct KeyArgs {
     /// Key file, as written by `keygen` or `derive-tier-key` (older files of 64 hex digits or 32 raw bytes are read too).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub key_file: Option<PathBuf>,
     /// Environment variable holding the key as 64 hex digits (or the text of a key file).
     #[arg(long, value_name = "VAR")]
@@ -25,8 +28,111 @@ pub struct KeyArgs {
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
     /// File whose first line is a passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub passphrase_file: Option<PathBuf>,
+    /// Type the passphrase at a prompt (standard input must be a terminal; asked twice when it
+    /// protects a model).
+    #[arg(long)]
+    pub passphrase: bool,
+    /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
+    /// opens models encrypted to its X25519 recipient.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    pub identity: Option<PathBuf>,
+}
+
+/// Public recipients a model is encrypted to, besides (or instead of) a key.
+#[derive(clap::Args, Default)]
+pub struct RecipientArgs {
+    /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
+    /// the data key of access tier T for it (default: the top tier).
+    #[arg(long = "recipient", value_name = "RECIPIENT")]
+    pub recipient: Vec<String>,
+    /// File of public recipients, one per line (`#` comments, as for age -R); repeatable.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    pub recipients_file: Vec<PathBuf>,
+}
+
+impl RecipientArgs {
+    /// The recipients given, each with its tier (0: the top tier).
+    pub fn recipients(&self) -> Result<Vec<(Recipient, u32)>> {
+        let mut out = Vec::new();
+        for r in &self.recipient {
+            out.push(parse_recipient(r)?);
+        }
+        for path in &self.recipients_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| KeyFileError(format!("cannot read recipients file {}: {e}", path.display())))?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                out.push(parse_recipient(line).with_context(|| format!("recipients file {}", path.display()))?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `[T:]RECIPIENT`.
+fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
+    let (tier, r) = match text.split_once(':') {
+        Some((t, r)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            let t: u32 = t.parse().map_err(|_| KeyFileError(format!("recipient {text}: bad tier")))?;
+            if t == 0 || t > onnx_protect_select::MAX_TIERS {
+                return Err(KeyFileError(format!("recipient {text}: tier {t} is outside 1 to 16")).into());
+            }
+            (t, r)
+        }
+        _ => (0, text),
+    };
+    Ok((Recipient::parse_public(r)?, tier))
+}
+
+/// Publisher keys that sign what a command writes.
+#[derive(clap::Args, Default)]
+pub struct SignArgs {
+    /// Sign the model with this Ed25519 signing key file (`keygen --signing`); repeatable.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    pub sign_key: Vec<PathBuf>,
+}
+
+impl SignArgs {
+    pub fn keys(&self) -> Result<Vec<SigningKey>> {
+        self.sign_key
+            .iter()
+            .map(|p| {
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| KeyFileError(format!("cannot read signing key {}: {e}", p.display())))?,
+                );
+                SigningKey::parse_file(&text)
+                    .map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
+            })
+            .collect()
+    }
+}
+
+/// Publishers whose signature a model must carry.
+#[derive(clap::Args, Default)]
+pub struct SignerArgs {
+    /// Require a valid signature of this publisher: a signer key (onnx-protect-signer1...) or a file of
+    /// them; repeatable (any one of them suffices).
+    #[arg(long, value_name = "KEY|FILE")]
+    pub signer: Vec<String>,
+}
+
+impl SignerArgs {
+    pub fn signers(&self) -> Result<Vec<SignerKey>> {
+        let mut out = Vec::new();
+        for s in &self.signer {
+            if s.trim().to_ascii_lowercase().starts_with(onnx_protect_keys::SIGNER_HRP) {
+                out.push(SignerKey::parse(s).map_err(|e| KeyFileError(format!("--signer {s}: {e}")))?);
+            } else {
+                let text = std::fs::read_to_string(s).map_err(|e| {
+                    KeyFileError(format!("--signer {s}: not a signer key, and cannot read it as a file: {e}"))
+                })?;
+                out.extend(SignerKey::parse_file(&text).map_err(|e| KeyFileError(format!("signer file {s}: {e}")))?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Reads and parses a key file (at most `MAX_KEY_FILE_LEN` bytes are read, so
@@ -59,26 +165,23 @@ impl KeyArgs {
         Self::present(self.source_of(true)?)
     }
 
+    /// The master key or passphrase, if one was given (where recipients may stand
+    /// instead of it).
+    pub fn optional_master(&self) -> Result<Option<KeySource>> {
+        self.source_of(true)
+    }
+
     fn present(source: Option<KeySource>) -> Result<KeySource> {
         match source {
             Some(k) => Ok(k),
-            None => bail!("a key is required: give --key-file, --key-env, --passphrase-env or --passphrase-file"),
+            None => crate::exit::usage!(
+                "a key is required: give --key-file, --key-env, --passphrase, --passphrase-env, --passphrase-file or \
+                 --identity"
+            ),
         }
     }
 
     fn source_of(&self, master_only: bool) -> Result<Option<KeySource>> {
-        let given = [
-            self.key_file.is_some(),
-            self.key_env.is_some(),
-            self.passphrase_env.is_some(),
-            self.passphrase_file.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if given > 1 {
-            bail!("give only one of --key-file, --key-env, --passphrase-env, --passphrase-file");
-        }
         if let Some(p) = &self.key_file {
             let file = read_key_file(p)?;
             let key = if master_only {
@@ -108,6 +211,26 @@ impl KeyArgs {
             let s = std::env::var(v).with_context(|| format!("environment variable {v} is not set"))?;
             return Ok(Some(KeySource::Passphrase(Zeroizing::new(s.into_bytes()))));
         }
+        if self.passphrase {
+            // A new passphrase (one that protects a model) is typed twice.
+            return Ok(Some(KeySource::Passphrase(prompt_passphrase("", master_only)?)));
+        }
+        if let Some(p) = &self.identity {
+            if master_only {
+                return Err(KeyFileError(format!(
+                    "{} is an identity, which opens models; to encrypt for it, give its recipient (--recipient age1…)",
+                    p.display()
+                ))
+                .into());
+            }
+            let text = Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| KeyFileError(format!("cannot read identity file {}: {e}", p.display())))?,
+            );
+            let id = Identity::parse_x25519_file(&text)
+                .map_err(|e| KeyFileError(format!("identity file {}: {e}", p.display())))?;
+            return Ok(Some(KeySource::Identity(id)));
+        }
         if let Some(p) = &self.passphrase_file {
             let text = Zeroizing::new(
                 std::fs::read(p)
@@ -119,4 +242,58 @@ impl KeyArgs {
         }
         Ok(None)
     }
+}
+
+/// The shortest passphrase that protects a model without `--allow-short-passphrase`, in
+/// characters (Unicode scalar values; bytes for a passphrase that is not UTF-8).
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a passphrase shorter than [`MIN_PASSPHRASE_CHARS`] that would protect a model
+/// (`what` names it in the message), unless `allow_short`. Keys and identities pass.
+pub fn check_new_passphrase(source: &KeySource, allow_short: bool, what: &str) -> Result<(), KeyFileError> {
+    let KeySource::Passphrase(p) = source else { return Ok(()) };
+    let n = std::str::from_utf8(p).map(|s| s.chars().count()).unwrap_or(p.len());
+    if n < MIN_PASSPHRASE_CHARS && !allow_short {
+        return Err(KeyFileError(format!(
+            "{what} has {n} characters; a passphrase needs at least {MIN_PASSPHRASE_CHARS} \
+             (pass --allow-short-passphrase to use a shorter one, or use a key file: keygen)"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a passphrase at a prompt on the terminal (`/dev/tty`), without echo; with
+/// `confirm`, twice, and the two must match. Standard input must be a terminal, so a
+/// script that pipes into the command is not left waiting on a prompt it cannot see.
+/// `prefix` goes before "passphrase" in the prompt (`"new "` for rekey's new one).
+pub fn prompt_passphrase(prefix: &str, confirm: bool) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        crate::exit::usage!(
+            "--{}passphrase asks at a prompt, and standard input is not a terminal; use --{}passphrase-env VAR or \
+             --{}passphrase-file FILE",
+            flag(prefix),
+            flag(prefix),
+            flag(prefix)
+        );
+    }
+    let ask = |prompt: &str| -> Result<Zeroizing<Vec<u8>>> {
+        let mut line = Zeroizing::new(Vec::new());
+        onnx_protect_fsio::tty::read_hidden_line(prompt, &mut line)
+            .map_err(|e| KeyFileError(format!("cannot read the passphrase at the terminal: {e}")))?;
+        Ok(line)
+    };
+    let first = ask(&format!("Enter {prefix}passphrase: "))?;
+    if confirm {
+        let again = ask(&format!("Repeat the {prefix}passphrase: "))?;
+        if *again != *first {
+            return Err(KeyFileError("the two passphrases differ".into()).into());
+        }
+    }
+    Ok(first)
+}
+
+/// `new-` for the prompt prefix `new `.
+fn flag(prefix: &str) -> String {
+    prefix.trim().chars().chain((!prefix.is_empty()).then_some('-')).collect()
 }

@@ -14,19 +14,29 @@ mod cmd_inspect;
 mod cmd_policy;
 mod cmd_protect;
 mod cmd_rekey;
+mod cmd_rewrap;
 mod cmd_run;
 mod cmd_transform;
+mod dest;
 mod exit;
 mod keys;
 mod output;
 mod progress;
+mod stdio;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "onnx-protect", version, about = "Protect ONNX models by encrypting selected weights")]
+#[command(
+    name = "onnx-protect",
+    version,
+    about = "Protect ONNX models by encrypting selected weights",
+    after_help = exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,17 +46,21 @@ struct Cli {
 enum Command {
     /// Summarise a model: versions, operators, weights and where they are stored.
     Inspect(cmd_inspect::Args),
-    /// Write a new random 256-bit key file.
+    /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing) or an age X25519 identity (--recipient).
     Keygen(cmd_protect::KeygenArgs),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
     Encrypt(cmd_protect::EncryptArgs),
     /// Verify and decrypt a protected model, restoring the original bytes.
     Decrypt(cmd_protect::DecryptArgs),
-    /// Check a protected model: its checksum without a key, its MAC with one.
+    /// Check a protected model: every byte against its digest without a key, the MACs with one, signers if asked.
     Verify(cmd_protect::VerifyArgs),
+    /// Add a publisher signature (Ed25519) to a protected model.
+    Sign(cmd_protect::SignArgsCmd),
+    /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
+    Rewrap(cmd_rewrap::Args),
     /// Write the key of a lower access tier, derived one way from a higher tier's key.
     DeriveTierKey(cmd_protect::DeriveTierKeyArgs),
-    /// Re-encrypt a protected model under a new key (verifies the old key and MAC first).
+    /// Re-encrypt a protected model under new data keys (verifies the old key and every byte first).
     Rekey(cmd_rekey::Args),
     /// Encrypt, decrypt, rekey or verify many models: parallel, resumable, shardable (docs/batch.md).
     Batch(Box<cmd_batch::Args>),
@@ -64,6 +78,62 @@ enum Command {
     Assess(cmd_assess::Args),
     /// Policies: `policy search` finds the smallest one that resists the key-less attacks on your data.
     Policy(cmd_policy::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    Completions(CompletionsArgs),
+    /// Write the manual pages (onnx-protect.1 and one per command) into a directory.
+    Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// The directory to write the pages into; without it, the main page goes to standard output.
+    #[arg(short, long, value_name = "DIR", value_parser = stdio::file_path)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    write: dest::WriteArgs,
+}
+
+/// `completions SHELL`: the script clap_complete generates from these definitions.
+fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut Cli::command(), "onnx-protect", &mut script);
+    output::emit(String::from_utf8_lossy(&script).trim_end())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `man [-o DIR]`: roff pages clap_mangen generates from these definitions.
+fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
+    let mut cmd = Cli::command();
+    // Built, so both forms list the same subcommands (`help` included).
+    cmd.build();
+    match &a.output {
+        Some(dir) => {
+            dest::create_dir(dir, false)?;
+            // The pages this writes that are there already: replaced only with --force,
+            // and only if they are regular files.
+            for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+                let p = e.with_context(|| format!("cannot read {}", dir.display()))?.path();
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if n.starts_with("onnx-protect") && n.ends_with(".1") {
+                    a.write.check_file(&p)?;
+                }
+            }
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write the pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page).context("cannot render the manual page")?;
+            output::emit(String::from_utf8_lossy(&page).trim_end())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -74,6 +144,8 @@ fn main() -> ExitCode {
         Command::Encrypt(a) => cmd_protect::encrypt(a),
         Command::Decrypt(a) => cmd_protect::decrypt(a),
         Command::Verify(a) => cmd_protect::verify(a),
+        Command::Sign(a) => cmd_protect::sign(a),
+        Command::Rewrap(a) => cmd_rewrap::run(a),
         Command::DeriveTierKey(a) => cmd_protect::derive_tier_key(a),
         Command::Rekey(a) => cmd_rekey::run(a),
         Command::Batch(a) => cmd_batch::run(*a),
@@ -85,6 +157,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "tract")]
         Command::Assess(a) => cmd_assess::run(a),
         Command::Policy(a) => cmd_policy::run(a),
+        Command::Completions(a) => completions(a),
+        Command::Man(a) => man(a),
     };
     match result {
         Ok(code) => code,

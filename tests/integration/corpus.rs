@@ -112,7 +112,7 @@ fn corpus_parses_round_trips_and_matches_onnx_python() {
 
 #[test]
 fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
-    use onnx_protect_core::protect::{decrypt_to_vec, encrypt, EncryptOptions, KeySource};
+    use onnx_protect_core::protect::{decrypt_to_vec, encrypt, EncryptOptions, EncryptTo, KeySource};
     let lines = lines();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([5; 32]));
@@ -124,8 +124,9 @@ fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
         let path = root().join("corpus/data").join(file);
         let out = dir.path().join(format!("{i}.onnx"));
         let policy = if i % 2 == 0 { &all } else { &onnx_protect_select::Policy::default() };
-        let opts = EncryptOptions { policy, in_place: false, sync: false, progress: &onnx_protect_format::NoProgress };
-        let report = match encrypt(&path, &out, &key, &opts) {
+        // Models without weights are protected too (their every byte authenticated).
+        let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(policy) };
+        let report = match encrypt(&path, &out, &EncryptTo::key(key.clone()), &opts) {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("{file}: encrypt: {e}"));

@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod conventions;
 mod corpus;
 mod fixtures;
 mod key_files;
@@ -12,7 +13,10 @@ mod reference;
 mod rekey_check;
 mod rekey_tiers;
 mod runtime;
+mod safe_checks;
+mod safe_outputs;
 mod sweep;
 mod tiers;
 mod transform;
 mod util;
+mod vectors;

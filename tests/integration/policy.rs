@@ -26,7 +26,7 @@ fn json(path: &Path) -> serde_json::Value {
 fn the_policy_found_meets_the_target_once_the_model_is_encrypted_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("cnn.toml");
-    let (code, out, err) = run(&["policy", "search", s(&cnn()), "--data", &digits("test.npz"), "-o", s(&pol), "-q"]);
+    let (code, out, err) = run(&["policy", "search", s(&cnn()), "--data", &digits("test.npz"), "-o", s(&pol)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("chosen: "), "{out}");
     let report = json(&dir.path().join("cnn.report.json"));
@@ -93,7 +93,7 @@ fn bad_search_inputs_are_refused_with_a_reason() {
     let pol = dir.path().join("p.toml");
     let model = cnn();
     let base = |extra: &[&str]| {
-        let mut a = vec!["policy", "search", s(&model), "-o", s(&pol), "-q"];
+        let mut a = vec!["policy", "search", s(&model), "-o", s(&pol)];
         a.extend_from_slice(extra);
         run(&a)
     };
@@ -125,7 +125,18 @@ fn bad_search_inputs_are_refused_with_a_reason() {
     assert!(err.contains("no policy of the search family meets the target 0"), "{err}");
     assert!(out.contains("no policy of the family meets the target"), "{out}");
     assert!(!pol.exists());
-    let report = json(&dir.path().join("p.report.json"));
+    let report_path = dir.path().join("p.report.json");
+    let report = json(&report_path);
     assert!(report["chosen"].is_null());
     assert!(report["points"].as_array().unwrap().iter().all(|p| p["meets"] != true));
+    // An existing output is replaced only with --force, and refused before the search runs.
+    let before = std::fs::read(&report_path).unwrap();
+    let (code, _, err) = base(&["--data", &digits("test.npz")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists; pass --force"), "{err}");
+    assert_eq!(std::fs::read(&report_path).unwrap(), before);
+    assert!(!pol.exists());
+    let (code, _, err) = base(&["--data", &digits("test.npz"), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(pol.exists());
 }

@@ -5,38 +5,38 @@ use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{
-    decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
+    decrypt_to_vec, encrypt, protection_view, verify, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
 };
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 
-use crate::util::{copy_fixture, fixture_models, root, run};
+use crate::util::{copy_fixture, fixture_models, manifest_of, root, run};
 
 fn key(b: u8) -> KeySource {
     KeySource::Key(MasterKey::from_bytes([b; 32]))
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress })
+    encrypt(input, output, &EncryptTo::key(k.clone()), &EncryptOptions::new(policy))
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// Decrypts `input` into `output` (the same path with `in_place`).
 fn dec(input: &Path, output: &Path, k: &KeySource, in_place: bool) {
-    onnx_protect_core::protect::decrypt(
-        input,
-        output,
-        k,
-        &DecryptOptions { in_place, sync: false, progress: &NoProgress },
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    onnx_protect_core::protect::decrypt(input, output, k, &DecryptOptions { in_place, ..DecryptOptions::default() })
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// Encrypts `model` over itself.
 fn enc_in_place(model: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(model, model, k, &EncryptOptions { policy, in_place: true, sync: false, progress: &NoProgress })
-        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    encrypt(
+        model,
+        model,
+        &EncryptTo::key(k.clone()),
+        &EncryptOptions { in_place: true, ..EncryptOptions::new(policy) },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
 }
 
 fn policies() -> Vec<(&'static str, Policy)> {
@@ -79,10 +79,12 @@ fn encrypted_models_keep_every_non_encrypted_byte_and_existing_metadata() {
     enc(&model, &out, &key(1), &Policy::default());
     let a = std::fs::read(&model).unwrap();
     let b = std::fs::read(&out).unwrap();
-    // Same length up to the appended manifest entry; differences only inside encrypted spans.
-    assert!(b.len() > a.len());
+    // The original's length, then the manifest entry, last; differences only inside
+    // encrypted spans.
+    let (entry, _) = onnx_protect_core::envelope::trailing_entry(&b).expect("the entry ends the file");
+    assert_eq!(entry.start, a.len() as u64, "the entry is appended right after the original bytes");
     let m = Model::open(&out).unwrap();
-    let p = read_protected(&m).unwrap();
+    let p = protection_view(&m).unwrap();
     let mut allowed = vec![false; a.len()];
     for t in &p.targets {
         let tensor = &m.tensors[t.tensor];
@@ -102,7 +104,7 @@ fn encrypted_models_keep_every_non_encrypted_byte_and_existing_metadata() {
     let before = Model::open(&model).unwrap();
     let keys_before: Vec<_> = before.metadata.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
     let keys_after: Vec<_> =
-        m.metadata.iter().filter(|e| e.key != "onnx-protect/v1").map(|e| (e.key.clone(), e.value.clone())).collect();
+        m.metadata.iter().filter(|e| e.key != "onnx-protect/v2").map(|e| (e.key.clone(), e.value.clone())).collect();
     assert_eq!(keys_before, keys_after);
 }
 
@@ -114,11 +116,13 @@ fn the_same_model_and_key_never_reuse_a_keystream() {
     enc(&model, &a, &key(3), &Policy::default());
     enc(&model, &b, &key(3), &Policy::default());
     let (ma, mb) = (Model::open(&a).unwrap(), Model::open(&b).unwrap());
-    let (pa, pb) = (read_protected(&ma).unwrap(), read_protected(&mb).unwrap());
-    assert_ne!(pa.manifest.salt, pb.manifest.salt, "salt must be fresh per encryption");
+    let (pa, pb) = (manifest_of(&a), manifest_of(&b));
+    // A fresh data key per encryption: its key check value and the stanza's salt differ.
+    assert_ne!(pa.sealed.header.key_checks, pb.sealed.header.key_checks, "the data key must be fresh");
+    assert_ne!(pa.sealed.stanzas[0].salt, pb.sealed.stanzas[0].salt, "the stanza salt must be fresh");
     // Same positions, different ciphertext: XOR of the two ciphertexts is the XOR of
     // two keystreams, which must not be zero anywhere a span is long enough to tell.
-    assert_eq!(pa.manifest.tensors.len(), pb.manifest.tensors.len());
+    assert_eq!(pa.sealed.header.tensors.len(), pb.sealed.header.tensors.len());
     for (ta, tb) in pa.targets.iter().zip(&pb.targets) {
         assert_eq!(ta.spans, tb.spans);
         let ca = ma.tensor_bytes(ta.tensor).unwrap();
@@ -128,6 +132,7 @@ fn the_same_model_and_key_never_reuse_a_keystream() {
     }
     // Within one file, every tensor has its own stream id.
     let mut ids: Vec<u64> = pa.targets.iter().map(|t| t.stream_id).collect();
+    ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), pa.targets.len());
 }
@@ -140,9 +145,14 @@ fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
     let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"correct horse battery staple".to_vec()));
     enc(&model, &out, &pass, &Policy::default());
     let m = Model::open(&out).unwrap();
-    let p = read_protected(&m).unwrap();
-    let kdf = p.manifest.kdf.as_ref().expect("kdf params stored");
-    assert_eq!(kdf.algorithm, "argon2id");
+    let p = manifest_of(&out);
+    // One passphrase stanza (for the top and only tier) with its Argon2id parameters:
+    // the cost onnx-protect writes (docs/format.md §8).
+    let stanzas: Vec<_> = p.sealed.stanzas.iter().filter(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE).collect();
+    assert_eq!(stanzas.len(), 1);
+    let kdf = stanzas[0].kdf.as_ref().expect("kdf params stored");
+    assert_eq!((kdf.m_cost_kib, kdf.t_cost, kdf.p_cost), (65536, 3, 1));
+    assert_eq!(stanzas[0].label, "", "a passphrase stanza names no recipient");
     assert_eq!(decrypt_to_vec(&m, &pass).unwrap(), std::fs::read(&model).unwrap());
     let wrong = KeySource::Passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
     assert_eq!(decrypt_to_vec(&m, &wrong).unwrap_err().kind(), ErrorKind::WrongKey);
@@ -198,7 +208,7 @@ fn a_flipped_byte_in_a_span_is_refused_as_modified() {
     let dir = tempfile::tempdir().unwrap();
     let (enc, keyfile) = protected_fixture(dir.path());
     let m = Model::open(&enc).unwrap();
-    let p = read_protected(&m).unwrap();
+    let p = protection_view(&m).unwrap();
     let t = &m.tensors[p.targets[0].tensor];
     let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
     let at = (range.start + p.targets[0].spans[0].0) as usize;
@@ -234,7 +244,7 @@ fn modified_external_ciphertext_leaves_no_output_and_in_place_leaves_the_input()
     let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
     assert_eq!(code, 0, "{err}");
     let opened = Model::open(&model).unwrap();
-    let p = read_protected(&opened).unwrap();
+    let p = protection_view(&opened).unwrap();
     let (file, at) = p
         .targets
         .iter()
@@ -268,7 +278,7 @@ fn a_flipped_byte_in_the_manifest_is_refused_as_modified() {
     let dir = tempfile::tempdir().unwrap();
     let (enc, keyfile) = protected_fixture(dir.path());
     let m = Model::open(&enc).unwrap();
-    let entry = m.metadata.iter().find(|e| e.key == "onnx-protect/v1").unwrap().clone();
+    let entry = m.metadata.iter().find(|e| e.key == "onnx-protect/v2").unwrap().clone();
     drop(m);
     let original = std::fs::read(&enc).unwrap();
     // Try several positions inside the base64 value; each must be refused.
@@ -416,7 +426,12 @@ fn inspect_names_the_leaf_hash_of_new_and_older_files() {
         assert_eq!(doc["protection"]["leaf_hash"], want, "{}", path.display());
         let (code, text, err) = run(&["inspect", path.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
-        assert!(text.contains(&format!("HMAC-SHA256 over {} chunk hashes", want.to_uppercase())), "{text}");
+        let line = if want == "blake3" {
+            "every byte: BLAKE3 content digest under HMAC-SHA256 (per tier)".to_string()
+        } else {
+            format!("HMAC-SHA256 over {} chunk hashes", want.to_uppercase())
+        };
+        assert!(text.contains(&line), "{text}");
     }
 }
 
@@ -446,9 +461,16 @@ fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
     for f in [&out, &out.with_file_name("weights.bin"), &out.with_file_name("extra.bin")] {
         assert_eq!(mode(f), usual, "{}", f.display());
     }
-    // decrypt -o over an existing file keeps that file's mode.
+    // decrypt -o over an existing file (with force) keeps that file's mode.
     set(&out, 0o620);
-    dec(&model, &out, &key(3), false);
+    let force = onnx_protect_core::OutputRules { force: true, make_dirs: false };
+    onnx_protect_core::protect::decrypt(
+        &model,
+        &out,
+        &key(3),
+        &onnx_protect_core::protect::DecryptOptions { outputs: force, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(mode(&out), 0o620);
 }
 
@@ -488,15 +510,9 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
     let dangling = dir.path().join("dangling.onnx");
     std::os::unix::fs::symlink(dir.path().join("missing.onnx"), &dangling).unwrap();
     let cnn = root().join("fixtures/models/cnn_torch/model.onnx");
-    let e = encrypt(
-        &cnn,
-        &dangling,
-        &key(4),
-        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap_err();
+    let e = encrypt(&cnn, &dangling, &EncryptTo::key(key(4)), &EncryptOptions::new(&policy)).unwrap_err();
     let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
-    assert!(why.contains("symbolic link to a missing file"), "{e}: {why}");
+    assert!(format!("{e}: {why}").contains("symbolic link to a missing file"), "{e}: {why}");
     assert!(!dir.path().join("missing.onnx").exists());
 }
 

@@ -7,9 +7,9 @@
 //! into owned messages and drops nothing, which is right for a cross-check and wrong
 //! for the product (docs/architecture.md, "Parsing ONNX").
 
-use onnx_protect_core::protect::{encrypt, read_protected, EncryptOptions, KeySource, METADATA_KEY};
+use onnx_protect_core::protect::{encrypt, protection_view, EncryptOptions, EncryptTo, KeySource, METADATA_KEY_V2};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
+use onnx_protect_format::{Model, Origin, TensorData};
 use onnx_protect_select::Policy;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
 
@@ -147,26 +147,22 @@ fn encrypt_changes_only_the_encrypted_data_and_one_metadata_entry() {
             let mut policy = Policy::default();
             policy.apply_override("mode", &format!("*={mode}")).unwrap();
             policy.apply_override("coefficient", &format!("*={c}")).unwrap();
+            let policy = if mode == "dp" { crate::util::dp_where_possible(&path, policy).0 } else { policy };
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("enc.onnx");
-            encrypt(
-                &path,
-                &out,
-                &key,
-                &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-            )
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            encrypt(&path, &out, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             let mut before = decode(&std::fs::read(&path).unwrap(), &what);
             let mut after = decode(&std::fs::read(&out).unwrap(), &what);
 
             // One entry more, last, under the namespaced key; the others kept in order.
             let entry = after.metadata_props.pop().unwrap_or_else(|| panic!("{what}: no metadata"));
-            assert_eq!(entry.key, METADATA_KEY, "{what}");
+            assert_eq!(entry.key, METADATA_KEY_V2, "{what}");
             assert_eq!(after.metadata_props, before.metadata_props, "{what}");
 
             // Tensors whose data changed are exactly the encrypted ones stored in the model file.
             let protected = Model::open(&out).unwrap();
-            let p = read_protected(&protected).unwrap();
+            let p = protection_view(&protected).unwrap();
             let in_file = p
                 .targets
                 .iter()

@@ -5,30 +5,39 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
-use onnx_protect_core::protect::{decrypt, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
+use onnx_protect_core::protect::{
+    decrypt, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
+};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 use zeroize::Zeroizing;
 
-use crate::util::{copy_fixture, fixture_models, root, run};
+use crate::util::{copy_fixture, fixture_models, manifest_of, root, run};
 
 fn key(b: u8) -> KeySource {
     KeySource::Key(MasterKey::from_bytes([b; 32]))
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
-    encrypt(input, output, k, &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress })
+    encrypt(input, output, &EncryptTo::key(k.clone()), &EncryptOptions::new(policy))
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::protect::Result<()> {
-    rekey(input, output, old, new, &RekeyOptions { in_place: false, sync: false, progress: &NoProgress }).map(|_| ())
+    let opts = RekeyOptions {
+        in_place: false,
+        sync: false,
+        signing_keys: &[],
+        outputs: Default::default(),
+        progress: &NoProgress,
+    };
+    rekey(input, output, old, &EncryptTo::key(new.clone()), &opts).map(|_| ())
 }
 
 fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::protect::Result<()> {
-    decrypt(input, output, k, &DecryptOptions { in_place: false, sync: false, progress: &NoProgress }).map(|_| ())
+    decrypt(input, output, k, &DecryptOptions::default()).map(|_| ())
 }
 
 /// Every file of `dir` whose name starts with the temp-file prefix (none if `dir` does not exist).
@@ -49,7 +58,7 @@ fn ctr_all() -> Policy {
 }
 
 #[test]
-fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
+fn rekey_keeps_positions_draws_a_fresh_data_key_and_restores_under_the_new_key() {
     for model in fixture_models() {
         for (name, policy) in [("default", Policy::default()), ("ctr-all", ctr_all())] {
             let dir = tempfile::tempdir().unwrap();
@@ -58,17 +67,21 @@ fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
             enc(&model, &a, &key(1), &policy);
             rk(&a, &b, &key(1), &key(2)).unwrap_or_else(|e| panic!("{} {name}: {e}", model.display()));
             let (ma, mb) = (Model::open(&a).unwrap(), Model::open(&b).unwrap());
-            let (pa, pb) = (read_protected(&ma).unwrap(), read_protected(&mb).unwrap());
+            let (pa, pb) = (manifest_of(&a), manifest_of(&b));
+            let (ha, hb) = (&pa.sealed.header, &pb.sealed.header);
             // Key-independent positions: every tensor entry is identical (locators, spans, modes, stream ids).
-            assert_eq!(pa.manifest.tensors, pb.manifest.tensors, "{} {name}", model.display());
-            assert_eq!(pa.manifest.chunk_size, pb.manifest.chunk_size);
-            assert_eq!(pa.manifest.policy_summary, pb.manifest.policy_summary);
+            assert_eq!(ha.tensors, hb.tensors, "{} {name}", model.display());
+            assert_eq!((ha.tiers, ha.chunk_size, &ha.external_files), (hb.tiers, hb.chunk_size, &hb.external_files));
+            assert_eq!(ha.policy_summary, hb.policy_summary);
             assert_eq!(
                 pa.targets.iter().map(|t| (t.tensor, t.stream_id, t.mode, t.spans.clone())).collect::<Vec<_>>(),
                 pb.targets.iter().map(|t| (t.tensor, t.stream_id, t.mode, t.spans.clone())).collect::<Vec<_>>()
             );
-            assert_ne!(pa.manifest.salt, pb.manifest.salt, "salt must be fresh");
-            assert_ne!(pa.manifest.key_check, pb.manifest.key_check);
+            // A fresh data key: a new key check value, a new stanza, new MACs and digest.
+            assert_ne!(ha.key_checks, hb.key_checks, "the data key must be fresh");
+            assert_ne!(pa.sealed.stanzas[0].body, pb.sealed.stanzas[0].body);
+            assert_ne!(pa.sealed.envelope.macs, pb.sealed.envelope.macs);
+            assert_ne!(pa.sealed.envelope.content_digest, pb.sealed.envelope.content_digest);
             // The ciphertext changed wherever a span is long enough to tell.
             for (ta, tb) in pa.targets.iter().zip(&pb.targets) {
                 let (ca, cb) = (ma.tensor_bytes(ta.tensor).unwrap(), mb.tensor_bytes(tb.tensor).unwrap());
@@ -93,27 +106,37 @@ fn rekey_keeps_positions_draws_a_fresh_salt_and_restores_under_the_new_key() {
     }
 }
 
+/// Format 1 is read-only: `rekey` refuses a format-1 file (decrypt it and encrypt it
+/// again) without writing anything, through the library and the CLI; the file still
+/// decrypts exactly, and a flipped ciphertext bit in it is still refused.
 #[test]
-fn rekey_upgrades_an_older_file_checking_its_sha256_leaves_in_the_same_pass() {
-    // The format vector has SHA-256 leaves: the pass checks them while it writes
-    // BLAKE3 leaves under the new key; a flipped bit is still refused.
+fn rekey_refuses_a_format_1_file_which_still_decrypts() {
     let dir = tempfile::tempdir().unwrap();
     let vector = root().join("fixtures/vectors/cnn_torch_fp");
-    let hex = std::fs::read_to_string(vector.join("key.hex")).unwrap();
-    let bytes: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
-    let old = KeySource::Key(MasterKey::from_bytes(bytes.try_into().unwrap()));
+    let old = KeySource::Key(MasterKey::parse_key_file(&std::fs::read(vector.join("key.hex")).unwrap()).unwrap());
     let enc = vector.join("protected.onnx");
     let re = dir.path().join("re/model.onnx");
-    rk(&enc, &re, &old, &key(9)).unwrap();
-    let m = Model::open(&re).unwrap();
-    assert_eq!(read_protected(&m).unwrap().leaf_hash, onnx_protect_crypto::LeafHash::Blake3);
-    drop(m);
-    let out = dir.path().join("d/model.onnx");
-    dec(&re, &out, &key(9)).unwrap();
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(vector.join("original.onnx")).unwrap());
+    let e = rk(&enc, &re, &old, &key(9)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsupportedVersion, "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    assert!(!re.exists() && temp_files(&dir.path().join("re")).is_empty());
+    let new = dir.path().join("new.key");
+    std::fs::write(&new, format!("{}\n", "09".repeat(32))).unwrap();
+    let (e, o, k, n) =
+        (enc.to_str().unwrap(), re.to_str().unwrap(), vector.join("key.hex"), new.to_str().unwrap().to_string());
+    assert_refused(
+        &["rekey", e, "-o", o, "--key-file", k.to_str().unwrap(), "--new-key-file", &n],
+        6,
+        "read-only",
+        &re,
+    );
 
+    let out = dir.path().join("d/model.onnx");
+    dec(&enc, &out, &old).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(vector.join("original.onnx")).unwrap());
     let m = Model::open(&enc).unwrap();
-    let p = read_protected(&m).unwrap();
+    let p = protection_view(&m).unwrap();
+    assert_eq!(p.format_version, 1);
     let t = &m.tensors[p.targets[0].tensor];
     let at = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].0.start as usize;
     drop((p, m));
@@ -121,10 +144,9 @@ fn rekey_upgrades_an_older_file_checking_its_sha256_leaves_in_the_same_pass() {
     tampered[at] ^= 0x02;
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, &tampered).unwrap();
-    let re2 = dir.path().join("re2/model.onnx");
-    let e = rk(&bad, &re2, &old, &key(9)).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Modified, "{e}");
-    assert!(!re2.exists() && temp_files(&dir.path().join("re2")).is_empty());
+    let out2 = dir.path().join("d2/model.onnx");
+    assert_eq!(dec(&bad, &out2, &old).unwrap_err().kind(), ErrorKind::Modified);
+    assert!(!out2.exists() && temp_files(&dir.path().join("d2")).is_empty());
 }
 
 #[test]
@@ -135,13 +157,14 @@ fn rekey_switches_between_passphrases_and_keys() {
     let (a, b, c) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"), dir.path().join("c.onnx"));
     enc(&model, &a, &pass, &Policy::default());
     rk(&a, &b, &pass, &key(5)).unwrap();
-    let mb = Model::open(&b).unwrap();
-    assert!(read_protected(&mb).unwrap().manifest.kdf.is_none(), "a key needs no KDF parameters");
+    let kinds = |p: &Path| manifest_of(p).sealed.stanzas.iter().map(|s| (s.kind.clone(), s.kdf.is_some())).collect();
+    let k: Vec<(String, bool)> = kinds(&b);
+    assert_eq!(k, [("key".to_string(), false)], "a key needs no KDF parameters");
     let new_pass = KeySource::Passphrase(Zeroizing::new(b"new passphrase".to_vec()));
     rk(&b, &c, &key(5), &new_pass).unwrap();
     let mc = Model::open(&c).unwrap();
-    let pc = read_protected(&mc).unwrap();
-    assert_eq!(pc.manifest.kdf.as_ref().map(|k| k.algorithm.as_str()), Some("argon2id"));
+    let k: Vec<(String, bool)> = kinds(&c);
+    assert_eq!(k, [("passphrase".to_string(), true)], "a passphrase stanza with its Argon2id parameters");
     assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &new_pass).unwrap(), std::fs::read(&model).unwrap());
     assert_eq!(onnx_protect_core::protect::decrypt_to_vec(&mc, &pass).unwrap_err().kind(), ErrorKind::WrongKey);
 }
@@ -189,8 +212,12 @@ fn rekey_cli_round_trip() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     // No new key, or two new keys: usage errors.
     let (code, _, err) = run(&["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: a new key is required"), "{err}");
+    let (code, _, err) =
+        run(&["rekey", o, "-o", out2.to_str().unwrap(), "--key-file", n, "--new-key-file", n, "--new-key-env", "V"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 pub(crate) fn assert_refused(args: &[&str], code: i32, needle: &str, no_output: &Path) {
@@ -213,7 +240,7 @@ fn rekey_refuses_a_wrong_old_key_and_a_tampered_model_without_writing() {
     assert_refused(&["rekey", e, "-o", o, "--key-file", n, "--new-key-file", k], 4, "wrong key", &out);
     // One flipped ciphertext bit inside an encrypted span.
     let m = Model::open(&enc).unwrap();
-    let p = read_protected(&m).unwrap();
+    let p = protection_view(&m).unwrap();
     let t = &m.tensors[p.targets[2].tensor];
     let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
     let at = (range.start + p.targets[2].spans[0].0 + 1) as usize;
@@ -329,10 +356,12 @@ fn check_passes_a_model_protected_as_the_policy_asks() {
     let (code, out, err) = run(&["check", cs, "--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.starts_with("PASS "), "{out}");
-    // Without a policy, a protected model with an intact checksum passes, and so does an
-    // unprotected one unless --require-encrypted is given.
+    // Without a policy, a protected model with an intact checksum passes; an unprotected
+    // one fails unless --allow-unprotected is given.
     let plain = root().join("fixtures/models/cnn_torch/model.onnx");
     let (code, _, err) = run(&["check", ps, plain.to_str().unwrap()]);
+    assert_eq!(code, 8, "{err}");
+    let (code, _, err) = run(&["check", ps, plain.to_str().unwrap(), "--allow-unprotected"]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -428,7 +457,7 @@ fn check_fails_a_model_whose_ciphertext_no_longer_matches() {
     let p = protect_with(dir.path(), "enc.onnx", &[]);
     let ok = protect_with(dir.path(), "ok.onnx", &["--coefficient", "Gemm=0"]);
     let m = Model::open(&p).unwrap();
-    let pr = read_protected(&m).unwrap();
+    let pr = protection_view(&m).unwrap();
     let t = &m.tensors[pr.targets[0].tensor];
     let onnx_protect_format::TensorData::Raw { range } = &t.data else { panic!("raw") };
     let at = (range.start + pr.targets[0].spans[0].0) as usize;
@@ -478,17 +507,24 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
         let input = root().join("corpus/data").join(file);
         let policy = if i % 2 == 0 { all.clone() } else { Policy::default() };
         let (a, b) = (dir.path().join(format!("{i}a.onnx")), dir.path().join(format!("{i}b.onnx")));
-        if let Err(e) = encrypt(
-            &input,
-            &a,
-            &key(5),
-            &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-        ) {
-            failures.push(format!("{file}: encrypt: {e}"));
-            continue;
-        }
-        let opts =
-            CheckOptions { policy: Some(&policy), require_encrypted: true, strict_spans: true, progress: &NoProgress };
+        let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
+        let empty = match encrypt(&input, &a, &EncryptTo::key(key(5)), &opts) {
+            Ok(r) => r.encrypted_bytes == 0,
+            Err(e) => {
+                failures.push(format!("{file}: encrypt: {e}"));
+                continue;
+            }
+        };
+        // A model with nothing to encrypt passes only when unprotected models are allowed.
+        let opts = CheckOptions {
+            policy: Some(&policy),
+            require_encrypted: !empty,
+            strict_spans: true,
+            allow_unprotected: empty,
+            key: None,
+            signers: &[],
+            progress: &NoProgress,
+        };
         let verdict = check_model(&a, &opts);
         if !verdict.passed {
             failures.push(format!("{file}: check: {:?}", verdict.failures));

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory, Method};
-use onnx_protect_core::protect::{decrypt_tier, encrypt, read_protected, DecryptOptions, EncryptOptions, KeySource};
+use onnx_protect_core::protect::{
+    decrypt_tier, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
+};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_format::Model;
 use onnx_protect_select::Policy;
 
 use crate::util::{copy_fixture, fixture_models, root, run};
@@ -26,7 +28,7 @@ fn policy(mode: &str, coefficient: &str) -> Policy {
 /// Encrypts `model` into `dir/enc/<name>` (external files beside it).
 fn protect(model: &Path, dir: &Path, p: &Policy) -> PathBuf {
     let out = dir.join("enc").join(model.file_name().unwrap());
-    encrypt(model, &out, &key(), &EncryptOptions { policy: p, in_place: false, sync: false, progress: &NoProgress })
+    encrypt(model, &out, &EncryptTo::key(key()), &EncryptOptions::new(p))
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     out
 }
@@ -88,13 +90,15 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
     let original = Model::open(&copy).unwrap();
     let mut tiered = policy("fp", "0.5");
     tiered.set_tiers(3).unwrap();
-    for (name, p) in [("tiers", tiered), ("dp", policy("dp", "0.5"))] {
+    let (dp, with_dp) = crate::util::dp_where_possible(&copy, policy("dp", "0.5"));
+    assert!(with_dp > 0);
+    for (name, p) in [("tiers", tiered), ("dp", dp)] {
         let dir = tempfile::tempdir().unwrap();
         let enc = protect(&copy, dir.path(), &p);
         let m = Model::open(&enc).unwrap();
-        let tiers = read_protected(&m).unwrap().manifest.tiers;
+        let tiers = protection_view(&m).unwrap().tiers;
         assert!(
-            read_protected(&m)
+            protection_view(&m)
                 .unwrap()
                 .targets
                 .iter()
@@ -117,14 +121,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
             let tier = (tiers > 1).then_some(t);
             let mem = decrypt_tier_in_memory(&m, &key(), tier).unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
             let out = dir.path().join(format!("t{t}")).join("model.onnx");
-            decrypt_tier(
-                &enc,
-                &out,
-                &key(),
-                tier,
-                &DecryptOptions { in_place: false, sync: false, progress: &NoProgress },
-            )
-            .unwrap();
+            decrypt_tier(&enc, &out, &key(), tier, &DecryptOptions::default()).unwrap();
             assert!(&mem[..] == std::fs::read(&out).unwrap().as_slice(), "{name} tier {t}");
             for f in &original.external_files {
                 let disk = std::fs::read(out.parent().unwrap().join(&f.location)).unwrap();
@@ -134,7 +131,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         // A wrong key, and a flipped byte of an encrypted span in a side file.
         let wrong = KeySource::Key(MasterKey::from_bytes([1; 32]));
         assert_eq!(decrypt_tier_in_memory(&m, &wrong, None).unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
-        let p = read_protected(&m).unwrap();
+        let p = protection_view(&m).unwrap();
         let (target, file, at) = p
             .targets
             .iter()
@@ -170,7 +167,7 @@ fn a_key_with_nothing_left_to_decrypt_serves_the_file_as_it_is_in_memory() {
     let enc = protect(&copy, dir.path(), &tiered);
     let KeySource::Key(top) = key() else { unreachable!() };
     let k1 = KeySource::Key(top.tier_down().tier_down());
-    let opts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
+    let opts = DecryptOptions::default();
     let t1 = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&enc, &t1, &k1, None, &opts).unwrap();
     let d = decrypt_in_memory(&t1, &k1).unwrap();
@@ -360,7 +357,8 @@ mod with_tract {
         json(&["run", copy.to_str().unwrap(), "-i", &input, "--output-dir", a.to_str().unwrap(), "--json"]);
         let mut tiered = policy("fp", "0.5");
         tiered.set_tiers(2).unwrap();
-        for (name, p) in [("ctr", policy("ctr", "1")), ("dp", policy("dp", "0.5")), ("tiers", tiered)] {
+        let (dp, _) = crate::util::dp_where_possible(&copy, policy("dp", "0.5"));
+        for (name, p) in [("ctr", policy("ctr", "1")), ("dp", dp), ("tiers", tiered)] {
             let sub = dir.path().join(name);
             let enc = protect(&copy, &sub, &p);
             let b = sub.join("b");

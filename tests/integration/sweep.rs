@@ -1,165 +1,86 @@
-//! Every byte of a protected model, changed one at a time, and every truncation of it:
-//! decryption either refuses, or gives back the original with exactly that one bit
-//! changed (the byte lies outside what the MAC covers, e.g. in the graph). It never gives back
-//! other bytes than the original's, and a changed byte of ciphertext or of the manifest
-//! is always refused. Parsing and inspecting a changed unprotected model never panics.
+//! Format 2 authenticates every byte (docs/format.md §9, §10): each byte of a protected
+//! model, and of its external data files, changed in turn is refused by every verb that
+//! reads it — decrypt, verify without and with a key, rekey and in-memory decryption,
+//! through the library and through the binary — as "modified" (exit 5), and nothing is
+//! written. The same holds for tiered models with the top key and with a tier-1 key, and
+//! for a partially decrypted file. Every truncation is refused. Parsing and inspecting a
+//! changed unprotected model never panics.
+//!
+//! The small fixtures are swept at every byte; the digit models (60 to 180 KiB) at one
+//! byte in every 4 KiB page and at every byte of their manifest entry. The binary, a
+//! process per verb and byte, is swept at a subsample.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
+use onnx_protect_core::envelope::trailing_entry;
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::inspect::inspect;
-use onnx_protect_core::memory::decrypt_model_in_memory;
+use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory};
 use onnx_protect_core::protect::{
-    decrypt, decrypt_tier_to_vec, decrypt_to_vec, encrypt, protection_info, read_protected, verify, DecryptOptions,
-    EncryptOptions, KeySource,
+    decrypt, decrypt_tier, protection_info, verify, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
 };
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::{Model, NoProgress, TensorData};
+use onnx_protect_format::{Model, NoProgress};
+use onnx_protect_select::Policy;
 
-use crate::util::fixture_models;
+use crate::util::{fixture_models, root, run};
 
 fn key() -> KeySource {
     KeySource::Key(MasterKey::from_bytes([0x5a; 32]))
 }
 
-/// Byte ranges of `bytes` (a protected model file) that a change must never get
-/// through: the ciphertext stored in the model file itself, and the manifest entry.
-fn guarded(bytes: &[u8], dir: &std::path::Path) -> Vec<Range<usize>> {
-    let model = Model::from_vec(bytes.to_vec(), Some(dir.to_path_buf())).unwrap();
-    let p = read_protected(&model).unwrap();
-    let mut out = Vec::new();
-    for t in &p.targets {
-        let tensor = &model.tensors[t.tensor];
-        match &tensor.data {
-            TensorData::Raw { .. } | TensorData::Fixed { .. } => {
-                for &(a, b) in &t.spans {
-                    out.extend(tensor.file_pieces(a, b).into_iter().map(|(r, _)| r.start as usize..r.end as usize));
-                }
-            }
-            TensorData::Varint { fields, .. } if t.spans.iter().map(|(a, b)| b - a).sum::<u64>() == tensor.nbytes => {
-                // All of it encrypted: the varints after each field's tag and length
-                // (at most 3 bytes here).
-                out.extend(fields.iter().map(|r| r.start as usize + 3..r.end as usize));
-            }
-            _ => {}
-        }
-    }
-    let entry = model.metadata.iter().find(|e| onnx_protect_core::protect::is_manifest_key(&e.key)).unwrap();
-    out.push(entry.range.end as usize - entry.value.len()..entry.range.end as usize);
+fn new_key() -> EncryptTo {
+    EncryptTo::key(KeySource::Key(MasterKey::from_bytes([0x77; 32])))
+}
+
+fn ropts() -> RekeyOptions<'static> {
+    RekeyOptions { in_place: false, sync: false, signing_keys: &[], outputs: Default::default(), progress: &NoProgress }
+}
+
+/// A scratch folder, in memory where the system has a tmpfs (thousands of staged files).
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap()
+}
+
+/// Encrypts fixture `model` (with its side files) into `dir/enc/model.onnx` under `k`.
+fn protect(model: &Path, dir: &Path, k: &KeySource, policy: &Policy) -> PathBuf {
+    let out = dir.join("enc").join("model.onnx");
+    encrypt_to(model, &out, k, policy);
     out
 }
 
-/// Decrypts `bytes` both ways in memory: `Ok` only if both succeed with the same result
-/// (after inspecting it).
-fn decrypt_both(bytes: Vec<u8>, dir: &std::path::Path, external: bool) -> Result<Vec<u8>, String> {
-    let model = Model::from_vec(bytes, Some(dir.to_path_buf())).map_err(|e| e.to_string())?;
-    // What `inspect` shows of a changed protected model: never a panic.
-    let _ = (inspect(&model), protection_info(&model));
-    let mapped = decrypt_model_in_memory(&model, &key()).map(|d| d.bytes().to_vec());
-    if external {
-        return mapped.map_err(|e| e.to_string());
-    }
-    let copied = decrypt_to_vec(&model, &key());
-    match (mapped, copied) {
-        (Ok(a), Ok(b)) => {
-            assert!(a == b, "the two in-memory decryptions disagree");
-            Ok(a)
-        }
-        (Err(a), Err(_)) => Err(a.to_string()),
-        (a, b) => panic!("one decryption refused, the other did not: {:?} / {:?}", a.err(), b.err()),
-    }
+fn encrypt_to(model: &Path, out: &Path, k: &KeySource, policy: &Policy) {
+    onnx_protect_core::protect::encrypt(model, out, &EncryptTo::key(k.clone()), &EncryptOptions::new(policy))
+        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
 }
 
-#[test]
-fn every_changed_byte_of_a_protected_model_is_refused_or_comes_back_as_it_was() {
-    let mut checked = 0usize;
-    for path in fixture_models() {
-        let ctx = path.display().to_string();
-        let (dir, _) = crate::util::copy_fixture(&path);
-        let enc_path = dir.path().join("enc.onnx");
-        let mut policy = onnx_protect_select::Policy::default();
-        // Everything the policy can take, so that most of each file is ciphertext.
-        policy.apply_override("coefficient", "*=1").unwrap();
-        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
-        encrypt(&path, &enc_path, &key(), &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let enc = std::fs::read(&enc_path).unwrap();
-        let original = std::fs::read(&path).unwrap();
-        let external = !Model::open(&path).unwrap().external_files.is_empty();
-        // Decrypting the unchanged file gives the original (the baseline of the sweep).
-        assert!(decrypt_both(enc.clone(), dir.path(), external).unwrap() == original, "{ctx}");
-        let guard = guarded(&enc, dir.path());
-        let is_guarded = |i: usize| guard.iter().any(|r| r.contains(&i));
-        for i in 0..enc.len() {
-            let mut bytes = enc.clone();
-            bytes[i] ^= 1 << (i % 8);
-            match decrypt_both(bytes, dir.path(), external) {
-                Err(_) => {}
-                Ok(out) => {
-                    assert!(!is_guarded(i), "{ctx}: byte {i} (guarded) changed and decryption accepted it");
-                    assert_eq!(out.len(), original.len(), "{ctx}: byte {i}");
-                    // The same one-bit change, at the same offset of the original unless
-                    // a re-encoded (varint) tensor before it changed length.
-                    let diff: Vec<usize> = (0..out.len()).filter(|&j| out[j] != original[j]).collect();
-                    assert!(
-                        diff.len() == 1 && out[diff[0]] ^ original[diff[0]] == 1 << (i % 8),
-                        "{ctx}: byte {i} changed, the output differs at {diff:?}"
-                    );
-                }
-            }
-            checked += 1;
-        }
-        // Every truncation loses (part of) the manifest: refused.
-        for n in 0..enc.len() {
-            let r = decrypt_both(enc[..n].to_vec(), dir.path(), external);
-            assert!(r.is_err(), "{ctx}: truncated to {n} bytes and accepted");
-        }
+/// Every policy choice the sweep needs encrypts as much of each file as it can.
+fn all_of_it() -> Policy {
+    let mut p = Policy::default();
+    p.apply_override("coefficient", "*=1").unwrap();
+    p
+}
+
+/// Three tiers, l1 selection, in `mode` (dp only where format 2 allows it) for `model`.
+fn tiered(mode: &str, model: &Path) -> Policy {
+    let mut p = Policy::default();
+    p.apply_override("mode", mode).unwrap();
+    p.apply_override("selection", "*=l1").unwrap();
+    p.set_tiers(3).unwrap();
+    if mode == "*=dp" {
+        let (p, dp) = crate::util::dp_where_possible(model, p);
+        assert!(dp > 0, "{}: no tensor in the dp mode", model.display());
+        return p;
     }
-    assert!(checked > 20_000, "only {checked} positions checked");
+    p
 }
 
-/// The ciphertext each external data file of the protected model `enc` holds, by the
-/// file's `location`.
-fn guarded_external(enc: &std::path::Path) -> Vec<(String, Range<usize>)> {
-    let model = Model::open(enc).unwrap();
-    let p = read_protected(&model).unwrap();
-    let mut out = Vec::new();
-    for t in &p.targets {
-        let tensor = &model.tensors[t.tensor];
-        if let TensorData::External { file, .. } = &tensor.data {
-            let location = model.external_files[*file].location.clone();
-            for &(a, b) in &t.spans {
-                for (r, _) in tensor.file_pieces(a, b) {
-                    out.push((location.clone(), r.start as usize..r.end as usize));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The bytes of the protected model file at `path` whose base64 characters encode
-/// `Envelope.mac` (field 2, after the manifest, field 1): the one part of the entry the
-/// keyless checksum cannot cover, since only the key can check it (docs/format.md §7).
-fn mac_in_file(path: &std::path::Path) -> Range<usize> {
-    let model = Model::open(path).unwrap();
-    let p = read_protected(&model).unwrap();
-    let m = p.envelope.manifest.len();
-    let varint_len = |mut v: usize| {
-        let mut n = 1;
-        while v >= 0x80 {
-            v >>= 7;
-            n += 1;
-        }
-        n
-    };
-    // Tag and length of the manifest, the manifest, then the MAC's tag and length.
-    let start = 1 + varint_len(m) + m + 2;
-    let value_start = p.entry.range.end as usize - p.entry.value.len();
-    value_start + start / 3 * 4..value_start + (start + 32).div_ceil(3) * 4
-}
-
-/// The files of folder `dir`, by name.
-fn folder(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+/// The files of folder `dir`, by name (empty if it does not exist).
+fn folder(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -169,225 +90,289 @@ fn folder(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> 
         .unwrap_or_default()
 }
 
-/// Whether `got` is `want` with exactly one bit, `bit`, changed in one file.
-fn one_bit_apart(
-    got: &std::collections::BTreeMap<String, Vec<u8>>,
-    want: &std::collections::BTreeMap<String, Vec<u8>>,
-    bit: u8,
-) -> bool {
-    if got.keys().ne(want.keys()) {
-        return false;
+/// The bytes of a protected model file that frame its manifest entry (the field's tag
+/// and length, the key `onnx-protect/v2`, the value's tag and length): changed, the file
+/// no longer ends in an entry, so it reads as unprotected, of an unknown version or as
+/// an invalid model rather than as a modified one.
+fn framing(model_file: &[u8]) -> Range<usize> {
+    let (entry, value) = trailing_entry(model_file).expect("a format-2 entry ends the file");
+    entry.start as usize..model_file.len() - value.len()
+}
+
+/// Whether `e` is the refusal a changed byte must get: "modified" (a changed manifest is
+/// "modified" too), or, for a byte of the entry's framing, any refusal of the file as
+/// not (or no longer) protected — never "wrong key", never a success.
+fn is_refusal(e: &CoreError, in_framing: bool) -> bool {
+    match e.kind() {
+        ErrorKind::Modified | ErrorKind::BadManifest => true,
+        ErrorKind::NotProtected | ErrorKind::UnsupportedVersion | ErrorKind::Model(_) => in_framing,
+        _ => false,
     }
-    let mut diffs = got.iter().flat_map(|(name, g)| {
-        let w = &want[name];
-        let n = g.len().max(w.len());
-        (0..n).filter(move |&j| g.get(j) != w.get(j)).map(move |j| (g.get(j).copied(), w.get(j).copied()))
-    });
-    matches!((diffs.next(), diffs.next()), (Some((Some(g), Some(w))), None) if g ^ w == bit)
+}
+
+/// Runs every library verb on the protected model at `enc` (its side files beside it)
+/// with key `k`, writing into `out_dir`; each must refuse as [`is_refusal`] says and
+/// leave `out_dir` empty. `keyed` adds the verbs that need the key's stanza (every verb
+/// but keyless verify); `top` adds rekey, which needs the top tier's key.
+fn assert_every_verb_refuses(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Path, in_framing: bool, top: bool) {
+    let out = out_dir.join("model.onnx");
+    let dopts = DecryptOptions::default();
+    let mut results: Vec<(&str, Result<(), CoreError>)> = vec![
+        ("verify", verify(enc, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(enc, Some(k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(enc, &out, k, &dopts).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(enc, k).map(|_| ())),
+    ];
+    if top {
+        results.push(("rekey", rekey(enc, &out, k, &new_key(), &ropts()).map(|_| ())));
+    }
+    // In memory from a model parsed out of a buffer (a copy, not a map); a buffer that no
+    // longer parses never reaches the decryption.
+    if let Ok(m) = Model::from_vec(std::fs::read(enc).unwrap(), enc.parent().map(Path::to_path_buf)) {
+        results.push(("decrypt_model_in_memory", decrypt_model_in_memory(&m, k).map(|_| ())));
+    }
+    for (verb, r) in results {
+        match r {
+            Ok(()) => panic!("{ctx}: {verb} accepted the changed file"),
+            Err(e) => assert!(is_refusal(&e, in_framing), "{ctx}: {verb}: {e}"),
+        }
+        assert!(folder(out_dir).is_empty(), "{ctx}: {verb} left {:?}", folder(out_dir).keys());
+    }
+}
+
+/// The baseline of a sweep: every verb [`assert_every_verb_refuses`] runs accepts the
+/// unchanged folder (so a refusal in the sweep is the changed byte's doing).
+fn assert_every_verb_accepts(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Path, top: bool) {
+    let out = out_dir.join("model.onnx");
+    verify(enc, None, &NoProgress).unwrap_or_else(|e| panic!("{ctx}: verify: {e}"));
+    verify(enc, Some(k), &NoProgress).unwrap_or_else(|e| panic!("{ctx}: verify --key: {e}"));
+    decrypt(enc, &out, k, &DecryptOptions::default()).unwrap_or_else(|e| panic!("{ctx}: decrypt: {e}"));
+    std::fs::remove_dir_all(out_dir).unwrap();
+    decrypt_in_memory(enc, k).unwrap_or_else(|e| panic!("{ctx}: decrypt_in_memory: {e}"));
+    if top {
+        rekey(enc, &out, k, &new_key(), &ropts()).unwrap_or_else(|e| panic!("{ctx}: rekey: {e}"));
+        std::fs::remove_dir_all(out_dir).unwrap();
+    }
+}
+
+/// The positions a sweep changes in a file of `len` bytes: all of them, or one in every
+/// 4 KiB page (at an offset that moves from page to page) and every byte of `also`.
+fn positions(len: usize, every: bool, also: Range<usize>) -> Vec<usize> {
+    if every {
+        return (0..len).collect();
+    }
+    let mut v: Vec<usize> = (0..len.div_ceil(4096)).map(|p| (p * 4096 + (p * 1531) % 4096).min(len - 1)).collect();
+    v.extend(also);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Changes each position of each file of the protected folder `enc_dir` in turn (one bit,
+/// which moves with the offset) and asserts that every verb refuses it with `k`.
+fn sweep_folder(name: &str, enc_dir: &Path, k: &KeySource, out_dir: &Path, every: bool, top: bool) -> usize {
+    let enc_path = enc_dir.join("model.onnx");
+    assert_every_verb_accepts(name, &enc_path, k, out_dir, top);
+    let files = folder(enc_dir);
+    let model_framing = framing(&files["model.onnx"]);
+    let mut swept = 0;
+    for (file, bytes) in &files {
+        let also = if file == "model.onnx" { model_framing.start..bytes.len() } else { 0..0 };
+        for i in positions(bytes.len(), every, also) {
+            let mut changed = bytes.clone();
+            changed[i] ^= 1 << (i % 8);
+            std::fs::write(enc_dir.join(file), &changed).unwrap();
+            let in_framing = file == "model.onnx" && model_framing.contains(&i);
+            assert_every_verb_refuses(&format!("{name}: byte {i} of {file}"), &enc_path, k, out_dir, in_framing, top);
+            swept += 1;
+        }
+        std::fs::write(enc_dir.join(file), bytes).unwrap();
+    }
+    swept
 }
 
 #[test]
-fn every_changed_byte_of_a_protected_folder_is_refused_without_output_or_comes_back_as_it_was() {
-    // The sweep through the file path: the one-pass writer, whose MAC check comes after
-    // it has staged the output (a refusal must leave nothing behind), and every file of
-    // the protected folder, the external data files included. Key rotation (which
-    // checks the old MAC in its pass) and `verify` with and without the key are swept
-    // at every third byte.
-    let new_key = KeySource::Key(MasterKey::from_bytes([0x77; 32]));
-    for name in ["cnn_torch", "typed_fields", "external_data"] {
-        let src = crate::util::root().join("fixtures/models").join(name);
-        let original = folder(&src);
-        let original: std::collections::BTreeMap<_, _> =
-            original.into_iter().filter(|(n, _)| n.ends_with(".onnx") || n.ends_with(".bin")).collect();
-        // In memory where the system has a tmpfs: thousands of staged files.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
-        let enc_dir = dir.path().join("enc");
-        let enc_path = enc_dir.join("model.onnx");
-        let mut policy = onnx_protect_select::Policy::default();
-        policy.apply_override("coefficient", "*=1").unwrap();
-        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
-        encrypt(&src.join("model.onnx"), &enc_path, &key(), &opts).unwrap();
-        let enc = folder(&enc_dir);
-        let mut guard: Vec<(String, Range<usize>)> =
-            guarded(&enc["model.onnx"], &enc_dir).into_iter().map(|r| ("model.onnx".to_string(), r)).collect();
-        guard.extend(guarded_external(&enc_path));
-        let mac_chars = mac_in_file(&enc_path);
+fn every_changed_byte_of_a_small_protected_model_is_refused_by_every_verb() {
+    let mut swept = 0usize;
+    for path in fixture_models() {
+        let name = path.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let dir = scratch();
+        let enc = protect(&path, dir.path(), &key(), &all_of_it());
+        swept += sweep_folder(&name, enc.parent().unwrap(), &key(), &dir.path().join("out"), true, true);
+    }
+    assert!(swept > 40_000, "only {swept} bytes swept");
+}
+
+#[test]
+fn every_truncation_of_a_protected_model_is_refused() {
+    for path in fixture_models() {
+        let ctx = path.display().to_string();
+        let dir = scratch();
+        let enc = protect(&path, dir.path(), &key(), &all_of_it());
+        let bytes = std::fs::read(&enc).unwrap();
+        let probe = dir.path().join("enc").join("probe.onnx");
+        for n in (0..bytes.len()).rev() {
+            // In memory, from a parsed model (when the prefix still parses at all)...
+            if let Ok(model) = Model::from_vec(bytes[..n].to_vec(), Some(dir.path().join("enc"))) {
+                let _ = (inspect(&model), protection_info(&model));
+                let e = decrypt_model_in_memory(&model, &key()).err();
+                assert!(e.is_some_and(|e| e.kind() != ErrorKind::WrongKey), "{ctx}: truncated to {n} bytes");
+            }
+            // ...and from the file (every 7th length: a truncation of the entry, and of
+            // the content before it).
+            if n % 7 == 0 {
+                std::fs::write(&probe, &bytes[..n]).unwrap();
+                let e = decrypt_in_memory(&probe, &key()).err();
+                assert!(e.is_some_and(|e| e.kind() != ErrorKind::WrongKey), "{ctx}: file truncated to {n} bytes");
+                assert!(verify(&probe, None, &NoProgress).is_err(), "{ctx}: verify, truncated to {n} bytes");
+            }
+        }
+    }
+}
+
+#[test]
+fn one_byte_in_every_page_of_the_digit_models_is_refused_by_every_verb() {
+    let mut swept = 0usize;
+    for m in ["cnn", "mlp", "convmixer", "vit"] {
+        let path = root().join(format!("fixtures/digits/{m}.onnx"));
+        let dir = scratch();
+        let enc = dir.path().join("enc").join("model.onnx");
+        encrypt_to(&path, &enc, &key(), &Policy::default());
+        swept += sweep_folder(m, enc.parent().unwrap(), &key(), &dir.path().join("out"), false, true);
+    }
+    assert!(swept > 100, "only {swept} bytes swept");
+}
+
+#[test]
+fn every_changed_byte_of_a_tiered_model_is_refused_with_the_top_and_a_tier_1_key() {
+    // Three tiers (l1 selection): the top key checks every tier's MAC, the tier-1 key
+    // the MAC of tier 1, which covers every byte too (docs/format.md §10).
+    let top = MasterKey::from_bytes([0x3c; 32]);
+    let low = KeySource::Key(top.tier_down().tier_down());
+    let top = KeySource::Key(top);
+    for (name, mode) in [("cnn_torch", "*=dp"), ("roles_mix", "*=fp"), ("typed_fields", "*=dp")] {
+        let path = root().join("fixtures/models").join(name).join("model.onnx");
+        let dir = scratch();
+        let enc = protect(&path, dir.path(), &top, &tiered(mode, &path));
         let out_dir = dir.path().join("out");
+        let enc_dir = enc.parent().unwrap();
+        sweep_folder(&format!("{name} {mode}, top key"), enc_dir, &top, &out_dir, true, true);
+        sweep_folder(&format!("{name} {mode}, tier-1 key"), enc_dir, &low, &out_dir, true, false);
+        // The tier-1 key's own decryption in memory, of the same changed bytes.
+        let bytes = std::fs::read(&enc).unwrap();
+        let frame = framing(&bytes);
+        for i in (0..bytes.len()).step_by(3) {
+            let mut changed = bytes.clone();
+            changed[i] ^= 1 << (i % 8);
+            let Ok(model) = Model::from_vec(changed, None) else { continue };
+            match decrypt_tier_in_memory(&model, &low, None) {
+                Ok(_) => panic!("{name}: byte {i}: the tier-1 key decrypted a changed file in memory"),
+                Err(e) => assert!(is_refusal(&e, frame.contains(&i)), "{name}: byte {i}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_changed_byte_of_a_partially_decrypted_model_is_refused() {
+    // Tier 1 decrypted in the file (`restored_tiers` = 1): the keyless check is the
+    // stored digest, the top key's the digest of the content with tier 1 encrypted
+    // again (docs/format.md §11), and both see every byte.
+    let top = MasterKey::from_bytes([0x3c; 32]);
+    let low = KeySource::Key(top.tier_down().tier_down());
+    let top = KeySource::Key(top);
+    for (name, mode) in [("cnn_torch", "*=fp"), ("external_data", "*=dp")] {
+        let path = root().join("fixtures/models").join(name).join("model.onnx");
+        let dir = scratch();
+        let mut policy = tiered(mode, &path);
+        policy.apply_override("coefficient", "*=0.6").unwrap();
+        let enc = protect(&path, dir.path(), &top, &policy);
+        let partial = dir.path().join("partial").join("model.onnx");
+        decrypt_tier(&enc, &partial, &low, None, &DecryptOptions::default()).unwrap();
+        let p = onnx_protect_core::protect::protection_view(&Model::open(&partial).unwrap()).unwrap();
+        assert_eq!(p.restored_tiers, 1, "{name}");
+        assert!(p.targets.iter().any(|t| t.tier == 1), "{name}: tier 1 holds nothing");
+        let out_dir = dir.path().join("out");
+        let swept =
+            sweep_folder(&format!("{name} {mode}, partial"), partial.parent().unwrap(), &top, &out_dir, true, false);
+        assert!(swept > 1000, "{name}: only {swept} bytes swept");
+    }
+}
+
+/// Runs the binary with `args`; it must exit 5 with an error line naming "modified" and
+/// write nothing into `out_dir`. `framing` bytes may instead be refused as a bad model
+/// (3), a model in the wrong state (6), or, by `check`, a model that is not protected (8).
+fn assert_cli_refuses(ctx: &str, args: &[&str], out_dir: &Path, in_framing: bool) {
+    let (code, stdout, err) = run(args);
+    let first = err.lines().next().unwrap_or("");
+    if in_framing && [3, 6, 8].contains(&code) {
+        assert!(first.starts_with("error: "), "{ctx}: {args:?}: {err}");
+    } else {
+        assert_eq!(code, 5, "{ctx}: {args:?}: {stdout} {err}");
+        assert!(first.starts_with("error: ") && first.contains("modified"), "{ctx}: {args:?}: {err}");
+    }
+    // Only `check` prints its verdict (FAIL) on standard output.
+    assert!(stdout.is_empty() || args[0] == "check", "{ctx}: {args:?} printed {stdout}");
+    assert!(folder(out_dir).is_empty(), "{ctx}: {args:?} left {:?}", folder(out_dir).keys());
+}
+
+#[test]
+fn the_binary_refuses_changed_bytes_with_exit_5_and_no_output() {
+    // Every verb of the binary on a subsample of the bytes of cnn_torch and of the
+    // external-data folder: decrypt to a file, to standard output (in memory), verify
+    // without and with the key, rekey, and the CI gate.
+    let dir = scratch();
+    let keyfile = dir.path().join("k.key");
+    std::fs::write(&keyfile, format!("{}\n", "5a".repeat(32))).unwrap();
+    let newkey = dir.path().join("n.key");
+    std::fs::write(&newkey, format!("{}\n", "77".repeat(32))).unwrap();
+    let (k, n) = (keyfile.to_str().unwrap(), newkey.to_str().unwrap());
+    let mut swept = 0;
+    for (name, step) in [("cnn_torch", 37), ("external_data", 23)] {
+        let src = root().join("fixtures/models").join(name).join("model.onnx");
+        let case = dir.path().join(name);
+        let enc = protect(&src, &case, &key(), &all_of_it());
+        let enc_dir = enc.parent().unwrap();
+        let e = enc.to_str().unwrap();
+        let out_dir = case.join("out");
         let out = out_dir.join("model.onnx");
-        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
-        let ropts = RekeyOptions { in_place: false, sync: false, progress: &NoProgress };
-        let mut swept = 0usize;
-        for (file, bytes) in &enc {
-            for i in 0..bytes.len() {
+        let o = out.to_str().unwrap();
+        let files = folder(enc_dir);
+        let frame = framing(&files["model.onnx"]);
+        let commands: [&[&str]; 6] = [
+            &["decrypt", e, "-o", o, "--key-file", k],
+            &["decrypt", e, "--stdout", "--key-file", k],
+            &["verify", e],
+            &["verify", e, "--key-file", k],
+            &["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n],
+            &["check", e, "--require-encrypted"],
+        ];
+        // The baseline: the unchanged folder passes every command.
+        for args in commands {
+            let (code, _, err) = run(args);
+            assert_eq!(code, 0, "{name}: {args:?}: {err}");
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
+        for (file, bytes) in &files {
+            let mut at: Vec<usize> = (0..bytes.len()).step_by(step).collect();
+            if file == "model.onnx" {
+                at.extend([frame.start, frame.end - 1, frame.end, bytes.len() - 1]);
+            }
+            for i in at {
                 let ctx = format!("{name}: byte {i} of {file}");
-                let bit = 1u8 << (i % 8);
                 let mut changed = bytes.clone();
-                changed[i] ^= bit;
+                changed[i] ^= 1 << (i % 8);
                 std::fs::write(enc_dir.join(file), &changed).unwrap();
-                let is_guarded = guard.iter().any(|(f, r)| f == file && r.contains(&i));
-                match decrypt(&enc_path, &out, &key(), &dopts) {
-                    Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
-                    Ok(_) => {
-                        assert!(!is_guarded, "{ctx} (guarded) accepted");
-                        assert!(one_bit_apart(&folder(&out_dir), &original, bit), "{ctx}: not the original");
-                        std::fs::remove_dir_all(&out_dir).unwrap();
-                    }
-                }
-                if i % 3 == 0 {
-                    let keyless = verify(&enc_path, None, &NoProgress);
-                    let keyed = verify(&enc_path, Some(&key()), &NoProgress);
-                    assert!(!is_guarded || keyed.is_err(), "{ctx} (guarded) verified with the key");
-                    let keyless_blind = file == "model.onnx" && mac_chars.contains(&i);
-                    assert!(!is_guarded || keyless.is_err() || keyless_blind, "{ctx} (guarded) verified without a key");
-                    match rekey(&enc_path, &out, &key(), &new_key, &ropts) {
-                        Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: rekey refused, but left files"),
-                        Ok(_) => {
-                            assert!(!is_guarded, "{ctx} (guarded) accepted by rekey");
-                            let back = dir.path().join("back/model.onnx");
-                            decrypt(&out, &back, &new_key, &dopts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                            assert!(one_bit_apart(&folder(back.parent().unwrap()), &original, bit), "{ctx}: rekey");
-                            std::fs::remove_dir_all(&out_dir).unwrap();
-                            std::fs::remove_dir_all(back.parent().unwrap()).unwrap();
-                        }
-                    }
+                let in_framing = file == "model.onnx" && frame.contains(&i);
+                for args in commands {
+                    assert_cli_refuses(&ctx, args, &out_dir, in_framing);
                 }
                 swept += 1;
             }
             std::fs::write(enc_dir.join(file), bytes).unwrap();
         }
-        assert!(swept > 1000, "{name}: only {swept} bytes swept");
     }
-}
-
-#[test]
-fn every_changed_byte_of_a_tiered_model_is_refused_or_comes_back_as_the_tier_gives_it() {
-    // Three tiers (dp mode, l1 selection): with the top key the original comes back,
-    // with the tier-1 key the model with tiers 2 and 3 still encrypted.
-    let top = MasterKey::from_bytes([0x3c; 32]);
-    let low = top.tier_down().tier_down();
-    let mut policy = onnx_protect_select::Policy::default();
-    policy.apply_override("mode", "*=dp").unwrap();
-    policy.apply_override("selection", "*=l1").unwrap();
-    policy.set_tiers(3).unwrap();
-    for name in ["cnn_torch", "roles_mix", "typed_fields"] {
-        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
-        let dir = tempfile::tempdir().unwrap();
-        let enc_path = dir.path().join("enc.onnx");
-        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
-        encrypt(&path, &enc_path, &KeySource::Key(top.clone()), &opts).unwrap();
-        let enc = std::fs::read(&enc_path).unwrap();
-        let guard = guarded(&enc, dir.path());
-        let open = |b: Vec<u8>| Model::from_vec(b, None).map_err(|e| e.to_string());
-        let enc_with = |i: usize| {
-            let mut bytes = enc.clone();
-            bytes[i] ^= 1 << (i % 8);
-            bytes
-        };
-        for (k, label) in [(&top, "top"), (&low, "tier 1")] {
-            let ks = KeySource::Key(k.clone());
-            let want = decrypt_tier_to_vec(&open(enc.clone()).unwrap(), &ks, None).unwrap();
-            for i in 0..enc.len() {
-                let Ok(model) = open(enc_with(i)) else { continue };
-                let Ok(out) = decrypt_tier_to_vec(&model, &ks, None) else { continue };
-                if guard.iter().any(|r| r.contains(&i)) {
-                    // Only what this key cannot check: the MAC of a tier above it. The
-                    // top key still refuses the file.
-                    assert!(label != "top", "{name}, {label}: byte {i} (guarded) accepted");
-                    let top_key = KeySource::Key(top.clone());
-                    let again = decrypt_tier_to_vec(&open(enc_with(i)).unwrap(), &top_key, None);
-                    assert!(again.is_err(), "{name}: byte {i} accepted by the tier-1 key and the top key");
-                }
-                let diff: Vec<usize> = (0..out.len().min(want.len())).filter(|&j| out[j] != want[j]).collect();
-                assert!(
-                    out.len() == want.len() && diff.len() == 1 && out[diff[0]] ^ want[diff[0]] == 1 << (i % 8),
-                    "{name}, {label}: byte {i} changed, the output differs at {diff:?}"
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn every_changed_byte_of_a_tiered_file_is_refused_without_output_or_decrypted_as_the_tier_gives_it() {
-    // The file path of a tiered model (its MACs and checksums are checked after the
-    // pass, like an untiered one's): with the top key at every byte, with the tier-1
-    // key at every third.
-    let top = MasterKey::from_bytes([0x3c; 32]);
-    let low = top.tier_down().tier_down();
-    for (name, mode) in [("cnn_torch", "*=fp"), ("typed_fields", "*=dp")] {
-        let mut policy = onnx_protect_select::Policy::default();
-        policy.apply_override("mode", mode).unwrap();
-        policy.apply_override("selection", "*=l1").unwrap();
-        policy.set_tiers(3).unwrap();
-        let path = crate::util::root().join("fixtures/models").join(name).join("model.onnx");
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
-        let enc_path = dir.path().join("enc.onnx");
-        let opts = EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress };
-        encrypt(&path, &enc_path, &KeySource::Key(top.clone()), &opts).unwrap();
-        let enc = std::fs::read(&enc_path).unwrap();
-        let guard = guarded(&enc, dir.path());
-        let out_dir = dir.path().join("out");
-        let out = out_dir.join("model.onnx");
-        let dopts = DecryptOptions { in_place: false, sync: false, progress: &NoProgress };
-        for (k, label, step) in [(&top, "top", 1), (&low, "tier 1", 3)] {
-            let ks = KeySource::Key(k.clone());
-            decrypt(&enc_path, &out, &ks, &dopts).unwrap();
-            let want = folder(&out_dir);
-            std::fs::remove_dir_all(&out_dir).unwrap();
-            for i in (0..enc.len()).step_by(step) {
-                let ctx = format!("{name}, {label}: byte {i}");
-                let bit = 1u8 << (i % 8);
-                let mut changed = enc.clone();
-                changed[i] ^= bit;
-                std::fs::write(&enc_path, &changed).unwrap();
-                match decrypt(&enc_path, &out, &ks, &dopts) {
-                    Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
-                    Ok(_) => {
-                        if guard.iter().any(|r| r.contains(&i)) {
-                            // Only what this key cannot check: the MAC of a tier above it.
-                            assert!(label != "top", "{ctx} (guarded) accepted");
-                            let top_key = KeySource::Key(top.clone());
-                            let again = dir.path().join("again.onnx");
-                            assert!(decrypt(&enc_path, &again, &top_key, &dopts).is_err(), "{ctx}: top key too");
-                        }
-                        assert!(one_bit_apart(&folder(&out_dir), &want, bit), "{ctx}: not what the tier gives");
-                        std::fs::remove_dir_all(&out_dir).unwrap();
-                    }
-                }
-            }
-            std::fs::write(&enc_path, &enc).unwrap();
-        }
-        // Key rotation of the tiered file (the top key; its tier MACs are checked after
-        // the pass too), every third byte: refused with nothing left, or it gives a
-        // file that decrypts under the new key to the original with that one bit changed.
-        let new_top = MasterKey::from_bytes([0x4d; 32]);
-        let ropts = RekeyOptions { in_place: false, sync: false, progress: &NoProgress };
-        let original = folder(path.parent().unwrap());
-        let original: std::collections::BTreeMap<_, _> =
-            original.into_iter().filter(|(n, _)| n.ends_with(".onnx") || n.ends_with(".bin")).collect();
-        for i in (0..enc.len()).step_by(3) {
-            let ctx = format!("{name}, rekey: byte {i}");
-            let bit = 1u8 << (i % 8);
-            let mut changed = enc.clone();
-            changed[i] ^= bit;
-            std::fs::write(&enc_path, &changed).unwrap();
-            match rekey(&enc_path, &out, &KeySource::Key(top.clone()), &KeySource::Key(new_top.clone()), &ropts) {
-                Err(_) => assert!(folder(&out_dir).is_empty(), "{ctx}: refused, but left files behind"),
-                Ok(_) => {
-                    assert!(!guard.iter().any(|r| r.contains(&i)), "{ctx} (guarded) accepted");
-                    let back = dir.path().join("back/model.onnx");
-                    decrypt(&out, &back, &KeySource::Key(new_top.clone()), &dopts)
-                        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                    assert!(one_bit_apart(&folder(back.parent().unwrap()), &original, bit), "{ctx}");
-                    std::fs::remove_dir_all(&out_dir).unwrap();
-                    std::fs::remove_dir_all(back.parent().unwrap()).unwrap();
-                }
-            }
-        }
-        std::fs::write(&enc_path, &enc).unwrap();
-    }
+    assert!(swept > 250, "only {swept} bytes swept");
 }
 
 #[test]

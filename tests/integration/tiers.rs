@@ -4,26 +4,22 @@ use std::path::Path;
 
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::protect::{
-    decrypt, decrypt_tier, decrypt_to_vec, encrypt, read_protected, verify, DecryptOptions, EncryptOptions, KeySource,
+    decrypt, decrypt_tier, decrypt_to_vec, encrypt, protection_view, verify, DecryptOptions, EncryptOptions, EncryptTo,
+    KeySource,
 };
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 
-use crate::util::{fixture_models, root, run};
+use crate::util::{dp_policy_file, dp_where_possible, fixture_models, manifest_of, root, run};
 
 fn key(b: u8) -> MasterKey {
     MasterKey::from_bytes([b; 32])
 }
 
 fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
-    encrypt(
-        input,
-        output,
-        &KeySource::Key(k.clone()),
-        &EncryptOptions { policy, in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    encrypt(input, output, &EncryptTo::key(KeySource::Key(k.clone())), &EncryptOptions::new(policy))
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
 /// A top key of three tiers, made by `keygen --tiers 3` as `dir/k.key`.
@@ -35,7 +31,7 @@ fn tier_key_file(dir: &Path) -> std::path::PathBuf {
 }
 
 fn dopts() -> DecryptOptions<'static> {
-    DecryptOptions { in_place: false, sync: false, progress: &NoProgress }
+    DecryptOptions::default()
 }
 
 #[test]
@@ -45,7 +41,11 @@ fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
     policy.apply_override("selection", "*=l1").unwrap();
     policy.apply_override("coefficient", "*=0.5").unwrap();
     policy.set_tiers(3).unwrap();
+    let mut with_dp = 0;
     for model in fixture_models() {
+        // Format 2 permutes spans of at least 16 elements only.
+        let (policy, dp) = dp_where_possible(&model, policy.clone());
+        with_dp += usize::from(dp > 0);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("enc.onnx");
         enc(&model, &out, &key(4), &policy);
@@ -54,6 +54,7 @@ fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
         decrypt(&out, &back, &KeySource::Key(key(4)), &dopts()).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
     }
+    assert!(with_dp >= 8, "only {with_dp} fixtures have a tensor in the dp mode");
 }
 
 #[test]
@@ -87,9 +88,11 @@ fn dp_mode_keeps_each_span_a_permutation_of_its_values() {
     let out = dir.path().join("enc.onnx");
     let mut policy = Policy::default();
     policy.apply_override("mode", "*=dp").unwrap();
+    let (policy, dp) = dp_where_possible(&model, policy);
+    assert!(dp >= 3, "{dp} tensors in the dp mode");
     enc(&model, &out, &key(1), &policy);
     let (plain, protected) = (Model::open(&model).unwrap(), Model::open(&out).unwrap());
-    let p = read_protected(&protected).unwrap();
+    let p = protection_view(&protected).unwrap();
     let mut changed = 0;
     for t in &p.targets {
         let a = plain.tensor_bytes(t.tensor).unwrap();
@@ -118,7 +121,7 @@ fn importance_selection_picks_the_largest_rows() {
     enc(&model, &out, &key(2), &policy);
     let plain = Model::open(&model).unwrap();
     let protected = Model::open(&out).unwrap();
-    let p = read_protected(&protected).unwrap();
+    let p = protection_view(&protected).unwrap();
     let t = p.targets.iter().find(|t| plain.tensors[t.tensor].dims.len() == 2).expect("a matrix");
     let tensor = &plain.tensors[t.tensor];
     let bytes = plain.tensor_bytes(t.tensor).unwrap();
@@ -144,8 +147,8 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     let k2 = top.tier_down();
     let k1 = k2.tier_down();
     let m = Model::open(&out).unwrap();
-    let p = read_protected(&m).unwrap();
-    assert_eq!(p.manifest.tiers, 3);
+    let p = protection_view(&m).unwrap();
+    assert_eq!(p.tiers, 3);
     for t in 1..=3 {
         assert!(p.targets.iter().any(|x| x.tier == t), "tier {t} is empty");
     }
@@ -153,8 +156,8 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     let t1 = dir.path().join("t1").join("m.onnx");
     decrypt(&out, &t1, &KeySource::Key(k1.clone()), &dopts()).unwrap();
     let m1 = Model::open(&t1).unwrap();
-    let p1 = read_protected(&m1).unwrap();
-    assert_eq!(p1.envelope.restored_tiers, 1);
+    let p1 = protection_view(&m1).unwrap();
+    assert_eq!(p1.restored_tiers, 1);
     // verify counts tier 1 as in clear, the others as still encrypted.
     let r = verify(&t1, None, &NoProgress).unwrap();
     let tier_bytes =
@@ -191,7 +194,7 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     let t1 = dir.path().join("t1").join("m.onnx");
     decrypt(&out, &t1, &KeySource::Key(top.tier_down()), &dopts()).unwrap();
     let m = Model::open(&t1).unwrap();
-    let p = read_protected(&m).unwrap();
+    let p = protection_view(&m).unwrap();
     let target = p.targets.iter().find(|t| t.tier == 1).unwrap();
     let onnx_protect_format::TensorData::Raw { range } = &m.tensors[target.tensor].data else { panic!() };
     let at = (range.start + target.spans[0].0) as usize;
@@ -201,6 +204,11 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     std::fs::write(&t1, &bytes).unwrap();
     let e = verify(&t1, Some(&KeySource::Key(top)), &NoProgress).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Modified);
+    // Format 2 covers every byte of the partially decrypted file without a key too (its
+    // stored digest), and the tier-1 key's own MAC catches it as well.
+    assert_eq!(verify(&t1, None, &NoProgress).unwrap_err().kind(), ErrorKind::Modified);
+    let low = KeySource::Key(key(3).tier_down());
+    assert_eq!(verify(&t1, Some(&low), &NoProgress).unwrap_err().kind(), ErrorKind::Modified);
 }
 
 #[test]
@@ -276,20 +284,21 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     let ((code, out, err), _) = cli_encrypt("lstm.onnx", &["--tiers", "2", "--mode", "LSTM=ctr"]);
     assert_eq!(code, 0, "{err}");
     assert!(modes(&out).iter().all(|m| m == "fp"), "{out}");
-    // dp with tiers is accepted; ctr without tiers still is.
-    let ((code, _, err), _) = cli_encrypt("dp.onnx", &["--tiers", "2", "--mode", "*=dp"]);
+    // dp with tiers is accepted (where its spans hold 16 elements or more: not on the
+    // biases, docs/format.md §6); ctr without tiers still is.
+    let dp = dp_policy_file(dir.path());
+    let ((code, out, err), _) = cli_encrypt("dp.onnx", &["--tiers", "2", "--policy", dp.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    assert!(modes(&out).iter().all(|m| m == "dp"), "{out}");
+    let ((code, _, err), _) = cli_encrypt("dp-short.onnx", &["--tiers", "2", "--mode", "*=dp"]);
+    assert_eq!(code, 7, "the biases' 10-element permutations are refused: {err}");
+    assert!(err.contains("at least 16 elements"), "{err}");
     let ((code, _, err), _) = cli_encrypt("ctr1.onnx", &["--mode", "*=ctr"]);
     assert_eq!(code, 0, "{err}");
     // The library refuses it the same way (policy error), also from a policy file.
     let policy = Policy::from_toml("version = 1\ntiers = 2\n[defaults]\nmode = \"ctr\"\n").unwrap();
-    let e = encrypt(
-        &model,
-        &dir.path().join("lib.onnx"),
-        &KeySource::Key(key(1)),
-        &EncryptOptions { policy: &policy, in_place: false, sync: false, progress: &NoProgress },
-    )
-    .unwrap_err();
+    let to = EncryptTo::key(KeySource::Key(key(1)));
+    let e = encrypt(&model, &dir.path().join("lib.onnx"), &to, &EncryptOptions::new(&policy)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy, "{e}");
 }
 
@@ -336,7 +345,17 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     let row = |r: &serde_json::Value, name: &str| -> serde_json::Value {
         r["variants"].as_array().unwrap().iter().find(|v| v["variant"] == name).unwrap().clone()
     };
-    let base = ["original", "no_key", "zero_fill", "mean_fill", "decrypted"];
+    let base = [
+        "original",
+        "no_key",
+        "zero_fill",
+        "mean_fill",
+        "init_fill",
+        "zero_fill_bn",
+        "mean_fill_bn",
+        "init_fill_bn",
+        "decrypted",
+    ];
 
     // The top key: tiers 1..3; the top tier is the original.
     let top = assess(Some(&k));
@@ -412,7 +431,7 @@ fn each_tier_entry_counts_its_own_subsequences() {
     policy.set_tiers(3).unwrap();
     let tiered = dir.path().join("tiered.onnx");
     enc(&model, &tiered, &key(2), &policy);
-    let entries = |p: &Path| read_protected(&Model::open(p).unwrap()).unwrap().manifest.tensors;
+    let entries = |p: &Path| manifest_of(p).sealed.header.tensors;
     let flat = entries(&flat);
     let tiered = entries(&tiered);
     let mut split = 0;
@@ -495,7 +514,7 @@ fn tier_keys_of_a_passphrase_model() {
     let enc = d("enc.onnx");
     let (code, err) = cli(
         &args(&["encrypt", &s(&model), "-o", &s(&enc), "--passphrase-env", "OP_TIER_PASS", "--tiers", "2", "-q"]),
-        "tier pass",
+        "tier passphrase",
     );
     assert_eq!(code, 0, "{err}");
     let k1 = d("t1.key");
@@ -513,26 +532,29 @@ fn tier_keys_of_a_passphrase_model() {
     let (code, err) = cli(&derive, "not the pass");
     assert_eq!(code, 4, "{err}");
     assert!(!k1.exists(), "a wrong passphrase wrote a key");
-    let (code, err) = cli(&derive, "tier pass");
+    let (code, err) = cli(&derive, "tier passphrase");
     assert_eq!(code, 0, "{err}");
     // Tier 1 with the key file, then the rest with the passphrase: the original.
     let (t1, full) = (d("t1").join("m.onnx"), d("full").join("m.onnx"));
     let (code, err) = cli(&args(&["decrypt", &s(&enc), "-o", &s(&t1), "--key-file", &s(&k1), "-q"]), "");
     assert_eq!(code, 0, "{err}");
     let (code, err) =
-        cli(&args(&["decrypt", &s(&t1), "-o", &s(&full), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+        cli(&args(&["decrypt", &s(&t1), "-o", &s(&full), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier passphrase");
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&model).unwrap());
     // The tier-1 key cannot go further than tier 1.
     let (code, _) =
         cli(&args(&["decrypt", &s(&enc), "-o", &s(&d("x.onnx")), "--key-file", &s(&k1), "--tier", "2"]), "");
     assert_eq!(code, 4);
-    // An untiered passphrase model still asks for the passphrase, not a key.
+    // An untiered passphrase model has a passphrase stanza only: no key opens it.
     let flat = d("flat.onnx");
-    let (code, err) =
-        cli(&args(&["encrypt", &s(&model), "-o", &s(&flat), "--passphrase-env", "OP_TIER_PASS", "-q"]), "tier pass");
+    let (code, err) = cli(
+        &args(&["encrypt", &s(&model), "-o", &s(&flat), "--passphrase-env", "OP_TIER_PASS", "-q"]),
+        "tier passphrase",
+    );
     assert_eq!(code, 0, "{err}");
     let (code, err) = cli(&args(&["decrypt", &s(&flat), "-o", &s(&d("y.onnx")), "--key-file", &s(&k1)]), "");
     assert_eq!(code, 4);
-    assert!(err.contains("give the passphrase"), "{err}");
+    assert!(err.contains("wrong key: no recipient"), "{err}");
+    assert!(!d("y.onnx").exists());
 }

@@ -252,7 +252,7 @@ fn refusals_name_the_reason_and_write_nothing() {
 }
 
 #[test]
-fn transform_input_round_trips_npy_and_png() {
+fn transform_input_round_trips_npy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, wrong) = key_files(dir.path());
     // u8 NHWC tensor, every transform.
@@ -262,23 +262,32 @@ fn transform_input_round_trips_npy_and_png() {
     std::fs::write(&src, onnx_protect_transform::npy::write(&arr).expect("npy")).expect("write");
     let enc = dir.path().join("enc.npy");
     let back = dir.path().join("back.npy");
-    let flags = ["--block", "2", "--shuffle", "--negpos", "--ffx", "--scramble-blocks", "--layout", "nhwc"];
-    let t = |k: &Path, i: &Path, o: &Path, inv: bool| {
-        let mut a = vec!["transform-input", "--key-file", s(k), s(i), s(o)];
-        a.extend_from_slice(&flags);
-        if inv {
-            a.push("--inverse");
-        }
-        let (code, _, err) = run(&a);
-        assert_eq!(code, 0, "{err}");
-    };
+    let t = transform_file;
     t(&key, &src, &enc, false);
     assert_ne!(std::fs::read(&enc).expect("enc"), std::fs::read(&src).expect("src"));
     t(&key, &enc, &back, true);
     assert_eq!(std::fs::read(&back).expect("back"), std::fs::read(&src).expect("src"));
     t(&wrong, &enc, &back, true);
     assert_ne!(std::fs::read(&back).expect("back"), std::fs::read(&src).expect("src"));
+}
 
+/// `transform-input` with `--key-file KEY IN OUT` and every transform, NHWC.
+fn transform_file(key: &Path, input: &Path, output: &Path, inverse: bool) {
+    let mut a = vec!["transform-input", "--key-file", s(key), s(input), s(output), "--force"];
+    a.extend_from_slice(&["--block", "2", "--shuffle", "--negpos", "--ffx", "--scramble-blocks", "--layout", "nhwc"]);
+    if inverse {
+        a.push("--inverse");
+    }
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+#[cfg(feature = "image")]
+fn transform_input_round_trips_png() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, _) = key_files(dir.path());
+    let t = transform_file;
     // An RGB PNG: the same transform as on the equivalent NHWC tensor.
     let png = dir.path().join("x.png");
     let first = tio::Loaded {
@@ -304,6 +313,21 @@ fn transform_input_round_trips_npy_and_png() {
     let png_back = dir.path().join("back.png");
     t(&key, &png_enc, &png_back, true);
     assert_eq!(tio::load(&png_back, Layout::Nhwc).expect("decode").images, first.images);
+}
+
+/// Without the `image` feature (`--no-default-features`), PNG and JPEG are refused
+/// with a message that says so, before anything is written.
+#[test]
+#[cfg(not(feature = "image"))]
+fn transform_input_without_the_image_feature_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, _) = key_files(dir.path());
+    let x = root().join("fixtures/digits/test_x.npy");
+    let out = dir.path().join("x.png");
+    let (code, _, err) = run(&["transform-input", s(&x), s(&out), "--key-file", s(&key), "--block", "2", "--shuffle"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`image` feature"), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

@@ -49,3 +49,83 @@ pub fn copy_fixture(model: &Path) -> (tempfile::TempDir, PathBuf) {
     let p = dir.path().join(model.file_name().expect("name"));
     (dir, p)
 }
+
+/// The format-2 manifest of an open protected model, decoded and matched to the model
+/// (panics on a model without a sound one).
+pub fn manifest_v2(model: &onnx_protect_format::Model) -> onnx_protect_core::protect::ProtectedV2 {
+    use onnx_protect_core::envelope::{match_model, parse_entry, trailing_entry};
+    let (range, value) = trailing_entry(model.bytes()).expect("a format-2 entry ends the file");
+    match_model(model, parse_entry(value, range).expect("a sound entry")).expect("the entry matches the model")
+}
+
+/// The format-2 manifest of the protected model file at `path`.
+pub fn manifest_of(path: &Path) -> onnx_protect_core::protect::ProtectedV2 {
+    manifest_v2(&onnx_protect_format::Model::open(path).expect("the model opens"))
+}
+
+/// Fewest elements format 2 allows in a distribution-preserving span (docs/format.md §6).
+pub const DP_MIN_ELEMENTS: u64 = 16;
+
+/// `policy` made acceptable to format 2's distribution-preserving mode on `model`: an
+/// operator whose chosen dp spans hold fewer than 16 elements (a bias, a row of a small
+/// kernel) is split into one subsequence per tensor instead of one per row, and the roles
+/// whose tensors are still too small are left out of the policy. A model with no tensor
+/// large enough gets `policy` in the fp mode instead. Returns the policy and how many
+/// tensors it encrypts with dp.
+pub fn dp_where_possible(model: &Path, policy: onnx_protect_select::Policy) -> (onnx_protect_select::Policy, usize) {
+    use onnx_protect_select::{select, Mode, Split};
+    let m = onnx_protect_format::Model::open(model).expect("the model opens");
+    let weights = onnx_protect_format::discover(&m);
+    let original = policy.clone();
+    let mut policy = policy;
+    for round in 0..8 {
+        let selection = select(&m, &weights, &policy);
+        let short: Vec<(String, String)> = selection
+            .chosen
+            .iter()
+            .filter(|c| c.mode == Mode::Dp)
+            .filter(|c| {
+                let elem = (m.tensors[c.tensor].data_type.bits() / 8).max(1);
+                c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
+            })
+            .map(|c| (c.op_type.clone(), c.role.clone()))
+            .collect();
+        if short.is_empty() {
+            let dp = selection.chosen.iter().filter(|c| c.mode == Mode::Dp).count();
+            if dp == 0 {
+                let mut fp = original;
+                fp.apply_override("mode", "*=fp").expect("a valid override");
+                return (fp, 0);
+            }
+            return (policy, dp);
+        }
+        for (op, role) in short {
+            let chosen_roles: Vec<String> =
+                selection.chosen.iter().filter(|c| c.op_type == op).map(|c| c.role.clone()).collect();
+            let rule = policy.rules.get_mut(&op).expect("a rule of the policy chose it");
+            if round == 0 {
+                rule.split = Split::Count(1);
+            } else {
+                let mut roles = rule.roles.clone().unwrap_or(chosen_roles);
+                roles.retain(|r| *r != role);
+                roles.sort_unstable();
+                roles.dedup();
+                rule.roles = Some(roles);
+            }
+        }
+    }
+    panic!("{}: no dp policy found", model.display());
+}
+
+/// Writes `dir/dp.toml`, a policy for the binary that uses the distribution-preserving
+/// mode on cnn_torch, fp16 and the digit mlp where format 2 allows it (spans of at least
+/// 16 elements): on the Conv and Gemm weights, whose rows are long enough, and on MatMul
+/// weights as one span each (fp16's rows hold 4 elements); the biases are left out and
+/// BatchNormalization (8 elements per tensor) takes fp.
+pub fn dp_policy_file(dir: &Path) -> PathBuf {
+    let p = dir.join("dp.toml");
+    let text = "version = 1\n[defaults]\nmode = \"dp\"\n[ops.Conv]\nroles = [\"W\"]\n[ops.Gemm]\nroles = [\"B\"]\n\
+                [ops.MatMul]\nroles = [\"B\"]\nsubsequences = 1\n[ops.BatchNormalization]\nmode = \"fp\"\n";
+    std::fs::write(&p, text).expect("write the policy");
+    p
+}

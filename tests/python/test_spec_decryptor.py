@@ -1,8 +1,10 @@
-"""The independent decryptor (spec_decryptor.py, written from docs/format.md alone)
-against the known-answer vectors in fixtures/vectors/ and against live output of
-the onnx-protect binary (target/debug/onnx-protect, or $ONNX_PROTECT_BIN).
+"""The independent readers written from docs/format.md alone: the format-1 decryptor
+(spec_decryptor.py) against the format-1 known-answer vectors in fixtures/vectors/,
+and the format-2 reader (spec_v2.py) against live output of the onnx-protect binary
+(target/debug/onnx-protect, or $ONNX_PROTECT_BIN), which writes format 2 only.
 
-Needs `cryptography` (AES, Argon2id) and numpy; no onnx or protobuf packages.
+Needs `cryptography` (AES, Argon2id, ChaCha20-Poly1305), `blake3` and numpy; no onnx or
+protobuf packages.
 """
 import hashlib
 import os
@@ -19,6 +21,7 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import spec_decryptor as sd  # noqa: E402
+import spec_v2 as v2  # noqa: E402
 
 ROOT = HERE.parents[1]
 VECTORS = ROOT / "fixtures" / "vectors"
@@ -38,11 +41,12 @@ def sha256(p):
 
 
 def read_vectors():
-    """Parse the `expect:` lines of fixtures/vectors/README.md."""
+    """Parse the `expect:` lines of the format-1 vectors in fixtures/vectors/README.md
+    (the format-2 vectors, `*_v2_*`, are test_spec_v2.py's)."""
     cases = []
     for line in (VECTORS / "README.md").read_text().splitlines():
         m = re.fullmatch(r"expect: (\S+)((?: \S+=[0-9a-f]{64})+)", line)
-        if m:
+        if m and "_v2_" not in m.group(1):
             files = dict(kv.split("=") for kv in m.group(2).split())
             cases.append((m.group(1), files))
     return cases
@@ -337,7 +341,12 @@ def test_key_derivation_vectors():
 
 
 # --------------------------------------------------------------------------
-# live round trips with the binary
+# live round trips with the binary: it writes format 2, read by spec_v2.py
+
+
+def v2_entries(model):
+    """The (entry, tensor, span pairs) of a format-2 model, checked keyless (§12 steps 1-2)."""
+    return v2.open_model(model).entries
 
 
 @needs_bin
@@ -356,16 +365,16 @@ def test_live_round_trip(model, mode, coefficient, tmp_path):
     run_bin(*args)
     key = sd.parse_key_file((tmp_path / "k").read_bytes())
     protected = (out / "model.onnx").read_bytes()
-    restored, side = sd.decrypt_all(protected, key=key, model_dir=str(out))
+    assert v2.manifest_version(protected) == 2
+    info = v2.verify(protected, model_dir=str(out))  # keyless: checksum and content digest
+    assert info["tiers"] == 1 and info["restored_tiers"] == 0
+    restored, side = v2.decrypt_all(protected, key=key, model_dir=str(out))
     assert restored == model.read_bytes()
-    # every side file of the original comes back: restored by us, or copied unchanged by the encryptor
+    # format 2 covers every external data file: each one comes back from the reader
     originals = {f.name: f.read_bytes() for f in model.parent.iterdir() if f.suffix == ".bin"}
-    assert set(side) <= set(originals)
-    for name, data in originals.items():
-        got = side[name] if name in side else (out / name).read_bytes()
-        assert got == data, name
-    with pytest.raises(sd.WrongKey):
-        sd.decrypt_all(protected, key=wrong_key(key), model_dir=str(out))
+    assert side == originals
+    with pytest.raises(v2.WrongKey):
+        v2.decrypt_all(protected, key=wrong_key(key), model_dir=str(out))
 
 
 @needs_bin
@@ -376,12 +385,15 @@ def test_live_passphrase_round_trip(tmp_path):
                         "--passphrase-env", "SPEC_TEST_PASSPHRASE", "-q"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     protected = (tmp_path / "p.onnx").read_bytes()
-    man = manifest_of(protected)
-    assert man.kdf is not None and man.kdf["algorithm"] == "argon2id" and len(man.kdf["salt"]) == 16
-    out = sd.decrypt(protected, passphrase="correct horse battery staple ü".encode())
+    stanzas = v2.open_model(protected).recipients["stanzas"]
+    assert [s["kind"] for s in stanzas] == ["passphrase"] and stanzas[0]["label"] == ""
+    kdf = stanzas[0]["kdf"]
+    assert kdf["algorithm"] == "argon2id" and len(kdf["salt"]) == 16
+    assert (kdf["m_cost_kib"], kdf["t_cost"], kdf["p_cost"]) == (65536, 3, 1)
+    out = v2.decrypt(protected, passphrase="correct horse battery staple ü".encode())
     assert out == model.read_bytes()
-    with pytest.raises(sd.WrongKey):
-        sd.decrypt(protected, passphrase=b"correct horse battery staple")
+    with pytest.raises(v2.WrongKey):
+        v2.decrypt(protected, passphrase=b"correct horse battery staple")
 
 
 # Synthetic models: every varint storage and element width (§4), including
@@ -453,15 +465,16 @@ def test_live_varint_storage(dtype, mode, coefficient, tmp_path):
     run_bin("encrypt", tmp_path / "m.onnx", "-o", tmp_path / "p.onnx", "--key-file", tmp_path / "k",
             "--mode", f"*={mode}", "--coefficient", f"*={coefficient}", "-q")
     protected = (tmp_path / "p.onnx").read_bytes()
-    man = manifest_of(protected)
-    assert len(man.entries) == 1 and man.entries[0].storage in sd.VARINT_STORAGES
+    entries = v2_entries(protected)
+    assert len(entries) == 1 and entries[0][0]["storage"] in v2.VARINT_STORAGES
+    assert entries[0][0]["tier"] == 1  # the top (and only) tier, §3
     key = sd.parse_key_file((tmp_path / "k").read_bytes())
-    assert sd.decrypt(protected, key=key) == model
+    assert v2.decrypt(protected, key=key) == model
 
 
 @needs_bin
 def test_live_multi_chunk(tmp_path):
-    """§7 with more than one chunk: a 5 MiB tensor against the 4 MiB chunk_size the CLI uses."""
+    """§9 with more than one chunk: a 5 MiB tensor against the 4 MiB chunk_size the CLI uses."""
     rng = random.Random(7)
     dims = [2, 655363]
     raw = rng.randbytes(dims[0] * dims[1] * 4)
@@ -474,14 +487,19 @@ def test_live_multi_chunk(tmp_path):
     run_bin("encrypt", tmp_path / "m.onnx", "-o", tmp_path / "p.onnx", "--key-file", tmp_path / "k",
             "--mode", "*=ctr", "--coefficient", "*=1", "-q")
     protected = (tmp_path / "p.onnx").read_bytes()
-    man = manifest_of(protected)
-    assert sum(e - b for b, e in man.entries[0].spans) > man.chunk_size, "test needs more than one chunk"
+    op = v2.open_model(protected)
+    chunk = op.header["chunk_size"]
+    assert len(op.content) > chunk, "test needs more than one chunk"
+    (e, _, pairs), = op.entries
+    assert sum(b - a for a, b in pairs) > chunk
     key = sd.parse_key_file((tmp_path / "k").read_bytes())
-    assert sd.decrypt(protected, key=key) == model
-    # a flip in the second chunk is caught
+    assert v2.decrypt(protected, key=key) == model
+    # a flip in the second chunk is caught, with and without the key
     t = sd.locate(protected, sd.parse_locator("7.0/5.0"))[-1]
     f = sd.decode_message(protected[t.vstart:t.vend])[9][0]
     bad = bytearray(protected)
-    bad[t.vstart + f.vstart + man.chunk_size + 100] ^= 0x80
-    with pytest.raises(sd.Modified):
-        sd.decrypt(bytes(bad), key=key)
+    bad[t.vstart + f.vstart + chunk + 100] ^= 0x80
+    with pytest.raises(v2.Modified):
+        v2.decrypt(bytes(bad), key=key)
+    with pytest.raises(v2.Modified):
+        v2.verify(bytes(bad))

@@ -17,6 +17,12 @@
 //! Integrity is checked without a key: the manifest must be well formed and
 //! match the model, and the keyless checksum must match the ciphertext.
 //!
+//! Whatever the policy, a model fails when it is not protected (unless
+//! [`CheckOptions::allow_unprotected`]) or when nothing in it is still encrypted. With
+//! [`CheckOptions::require_encrypted`], only bytes whose every bit is under the keystream
+//! ([`Protection::Encrypted`]: `ctr`, and `fp` on integer types) count as encrypted,
+//! unless the policy given accepts `fp` (then float `fp` bytes count) or `dp`.
+//!
 //! The check never fails as a function: every problem becomes a [`Failure`] in
 //! the returned [`ModelCheck`].
 
@@ -27,8 +33,8 @@ use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Selection, Split};
 
 use crate::error::{CoreError, ErrorKind};
-use crate::manifest::{is_manifest_key, read_protected, Target};
-use crate::protect::{manifest_version, verify};
+use crate::manifest::{is_manifest_key, Protection, Target};
+use crate::protect::{manifest_version, protection_view, verify_signed, ProtectionView};
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -38,6 +44,9 @@ pub mod reasons {
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
     /// The model has no protection manifest.
     pub const NOT_PROTECTED: &str = "not_protected";
+    /// The model has a manifest, but no byte that counts as encrypted: none at all under
+    /// a key, or (with `--require-encrypted`) only bytes of modes the policy does not accept.
+    pub const NOTHING_ENCRYPTED: &str = "nothing_encrypted";
     /// The manifest is invalid or does not match the model, or the checksum of the ciphertext does not match.
     pub const MODIFIED: &str = "modified";
     /// The policy covers an operator type whose weights the model has, but none of them is encrypted.
@@ -54,10 +63,18 @@ pub mod reasons {
 pub struct CheckOptions<'a> {
     /// Compare the protection with this policy; `None` checks only protection and integrity.
     pub policy: Option<&'a Policy>,
-    /// Fail an unprotected model even when no policy is given.
+    /// Require encrypted bytes in the strict sense: every bit under the keystream
+    /// ([`Protection::Encrypted`]), or a mode the policy accepts (`fp`, `dp`).
     pub require_encrypted: bool,
+    /// Let a model without a manifest (or with nothing encrypted) pass; by default it
+    /// fails. A policy that selects weights still fails it.
+    pub allow_unprotected: bool,
     /// Require the encrypted spans to contain the policy's spans, not only as many bytes.
     pub strict_spans: bool,
+    /// Check the MACs with this key (and its secret positions), not only the keyless digest.
+    pub key: Option<&'a crate::keys::KeySource>,
+    /// Require a valid signature of one of these publishers.
+    pub signers: &'a [onnx_protect_keys::SignerKey],
     pub progress: &'a dyn Progress,
 }
 
@@ -79,6 +96,8 @@ pub struct OpCoverage {
     pub op_type: String,
     pub coefficient: f64,
     pub mode: &'static str,
+    /// What that mode does to this operator type's weights, in words ([`Protection::label`]).
+    pub label: &'static str,
     /// Tensors the policy selects for this operator type.
     pub tensors: usize,
     /// Of those, tensors present in the manifest.
@@ -100,11 +119,15 @@ pub struct ModelCheck {
     pub path: String,
     pub passed: bool,
     pub protected: bool,
-    /// `"checksum"` when the keyless checksum was verified.
+    /// `"checksum"` when the keyless digest was verified, `"mac"` when the MACs were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<&'static str>,
     pub tensors: usize,
+    /// Bytes the manifest lists under any mode (see `bytes_by_protection`).
     pub encrypted_bytes: u64,
+    /// The bytes still under a key in the file (tiers decrypted in it excluded), per kind
+    /// of protection: `encrypted`, `exponent_clear`, `permuted`.
+    pub bytes_by_protection: BTreeMap<&'static str, u64>,
     pub failures: Vec<Failure>,
     /// Empty without a policy.
     pub ops: Vec<OpCoverage>,
@@ -179,13 +202,16 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
         integrity: None,
         tensors: 0,
         encrypted_bytes: 0,
+        bytes_by_protection: BTreeMap::new(),
         failures: Vec::new(),
         ops: Vec::new(),
     };
-    let model = match Model::open_with_progress(path, opts.progress) {
+    // A protected model that no longer parses is "modified", as `verify` reports it.
+    let model = match crate::protect::open_protected(path, opts.progress) {
         Ok(m) => m,
         Err(e) => {
-            out.failures.push(failure(reasons::BAD_MODEL, e.to_string()));
+            out.protected = e.kind() == ErrorKind::Modified;
+            out.failures.push(failure(error_reason(&e), e.to_string()));
             return out;
         }
     };
@@ -195,13 +221,9 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
 }
 
 fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut ModelCheck) {
-    let read = |v| match v {
-        2 => crate::format2::read_v2(model).map(|p| p.targets),
-        _ => read_protected(model).map(|p| p.targets),
-    };
-    let protected = match manifest_version(model) {
-        Ok(Some(v)) => match read(v) {
-            Ok(targets) => Some(targets),
+    let view = match manifest_version(model) {
+        Ok(Some(_)) => match protection_view(model) {
+            Ok(v) => Some(v),
             Err(e) => {
                 out.protected = true;
                 out.failures.push(failure(error_reason(&e), e.to_string()));
@@ -215,23 +237,81 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
             return;
         }
     };
-    if let Some(targets) = &protected {
-        out.protected = true;
-        out.tensors = targets.len();
-        out.encrypted_bytes = targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
-        // The keyless check of `onnx-protect verify`: the manifest's form and the checksum.
-        match verify(path, None, opts.progress) {
-            Ok(_) => out.integrity = Some("checksum"),
-            Err(e) => out.failures.push(failure(error_reason(&e), e.to_string())),
+    match &view {
+        Some(v) => {
+            out.protected = true;
+            out.tensors = v.targets.len();
+            out.encrypted_bytes = v.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
+            out.bytes_by_protection = still_encrypted_by_protection(model, v);
+            // The check of `onnx-protect verify`: without a key the manifest's form and the
+            // keyless digest, with one the MACs; the signers asked for.
+            match verify_signed(path, opts.key, opts.signers, opts.progress) {
+                Ok(_) => out.integrity = Some(if opts.key.is_some() { "mac" } else { "checksum" }),
+                Err(e) => out.failures.push(failure(error_reason(&e), e.to_string())),
+            }
+            check_encrypted_bytes(opts, out);
         }
+        None if !opts.allow_unprotected => {
+            out.failures.push(failure(
+                reasons::NOT_PROTECTED,
+                "the model has no onnx-protect manifest (pass --allow-unprotected to let such models pass)",
+            ));
+        }
+        None => {}
     }
-    let Some(policy) = opts.policy else {
-        if protected.is_none() && opts.require_encrypted {
-            out.failures.push(failure(reasons::NOT_PROTECTED, "the model has no onnx-protect manifest"));
+    if let Some(policy) = opts.policy {
+        compare_with_policy(model, view.as_ref().map(|v| v.targets.as_slice()), policy, opts, out);
+    }
+}
+
+/// Bytes still under a key in the file (tiers not decrypted in it), per kind of protection.
+fn still_encrypted_by_protection(model: &Model, v: &ProtectionView) -> BTreeMap<&'static str, u64> {
+    let mut by: BTreeMap<&'static str, u64> =
+        [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted].iter().map(|p| (p.id(), 0)).collect();
+    for t in v.still_encrypted() {
+        let kind = Protection::of(t.mode, model.tensors[t.tensor].data_type);
+        *by.entry(kind.id()).or_default() += t.spans.iter().map(|(a, b)| b - a).sum::<u64>();
+    }
+    by
+}
+
+/// The modes a policy asks for (rules with a coefficient above 0).
+fn accepted_modes(policy: &Policy) -> Vec<Mode> {
+    policy.rules.values().filter(|r| r.coefficient > 0.0).map(|r| policy.mode_of(r)).collect()
+}
+
+/// Fails a protected model with nothing encrypted: no byte under a key at all (unless
+/// unprotected models are allowed), or, with `require_encrypted`, no byte that counts:
+/// fully encrypted bytes, and `fp`/`dp` bytes only if the policy asks for those modes.
+fn check_encrypted_bytes(opts: &CheckOptions, out: &mut ModelCheck) {
+    let get = |p: Protection| out.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
+    let (full, fp, dp) = (get(Protection::Encrypted), get(Protection::ExponentClear), get(Protection::Permuted));
+    if full + fp + dp == 0 {
+        if !opts.allow_unprotected || opts.require_encrypted {
+            out.failures.push(failure(
+                reasons::NOTHING_ENCRYPTED,
+                "the model has a manifest, but no byte of it is encrypted in this file",
+            ));
         }
         return;
-    };
-    compare_with_policy(model, protected.as_deref(), policy, opts, out);
+    }
+    if !opts.require_encrypted {
+        return;
+    }
+    let accepted = opts.policy.map(accepted_modes).unwrap_or_default();
+    let counted =
+        full + if accepted.contains(&Mode::Fp) { fp } else { 0 } + if accepted.contains(&Mode::Dp) { dp } else { 0 };
+    if counted == 0 {
+        out.failures.push(failure(
+            reasons::NOTHING_ENCRYPTED,
+            format!(
+                "no byte is encrypted (every bit under the keystream): {fp} bytes are {} and {dp} {}, which count \
+                 only when the policy given asks for fp or dp",
+                Protection::ExponentClear.label(),
+                Protection::Permuted.label()
+            ),
+        ));
+    }
 }
 
 fn compare_with_policy(
@@ -245,7 +325,7 @@ fn compare_with_policy(
     let required = select(model, &weights, policy);
     let have = encrypted_by_tensor(protected);
     let need = required_by_tensor(&required);
-    if protected.is_none() && (opts.require_encrypted || !required.chosen.is_empty()) {
+    if protected.is_none() && opts.allow_unprotected && !required.chosen.is_empty() {
         out.failures.push(failure(
             reasons::NOT_PROTECTED,
             format!(
@@ -263,6 +343,7 @@ fn compare_with_policy(
             op_type: c.op_type.clone(),
             coefficient: rule.map(|r| r.coefficient).unwrap_or(0.0),
             mode: c.mode.name(),
+            label: Protection::of(c.mode, model.tensors[c.tensor].data_type).label(),
             tensors: 0,
             tensors_encrypted: 0,
             weight_bytes: 0,

@@ -3,7 +3,6 @@
 //! the transformer that applies those actions, and the content digests of a protected
 //! model computed without writing (as stored, or in canonical form).
 
-use std::fs::File;
 use std::ops::Range;
 
 use onnx_protect_crypto::{content_digest, FileLeaves};
@@ -13,7 +12,7 @@ use onnx_protect_format::{Model, NoProgress, Progress, TensorData};
 use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
 use crate::manifest::Target;
-use crate::pass::{self, FileJob, Hash, PassLeaves};
+use crate::pass::{self, FileJob, Hash, Out, PassLeaves, Transformer};
 
 /// The plan of every covered file: index 0 the model file's first `content_len` bytes
 /// (with `extra` edits), then each external data file in the model's order.
@@ -99,10 +98,10 @@ pub(crate) fn run_covered(
     model: &Model,
     content_len: u64,
     plans: Vec<Plan>,
-    xf: &(dyn Fn(usize, u64, &mut [u8]) -> Result<()> + Sync),
+    xf: &dyn Transformer,
     hash: Hash,
     chunk: u64,
-    outputs: &[Option<&File>],
+    outputs: &[Option<Out<'_>>],
     durable: bool,
     progress: &dyn Progress,
 ) -> Result<PassLeaves> {
@@ -116,12 +115,11 @@ pub(crate) fn run_covered(
             release: &releasers[i],
             plan,
             index: i as u32,
-            covered_in: sources[i].len() as u64,
             out: outputs.get(i).copied().flatten(),
         })
         .collect();
     let lens: Vec<u64> = jobs.iter().map(|j| j.plan.output_len()).collect();
-    pass::run(&jobs, &xf, hash, chunk, &lens, durable, progress)
+    pass::run(&jobs, xf, hash, chunk, &lens, durable, progress)
 }
 
 /// The digest of the covered files as stored (docs/format.md §9).

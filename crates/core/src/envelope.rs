@@ -75,6 +75,12 @@ fn varint_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
 /// model (docs/format.md §1): `0x72 L 0x0A 0x0F "onnx-protect/v2" 0x12 L' VALUE` ending at
 /// the last byte. Returns the field's range and the value.
 pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
+    let (range, value) = trailing_entry_bytes(bytes)?;
+    Some((range, std::str::from_utf8(value).ok()?))
+}
+
+/// [`trailing_entry`] whatever the value's bytes are (text or not).
+pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> {
     let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
     key.extend_from_slice(METADATA_KEY_V2.as_bytes());
     key.push(0x12);
@@ -93,8 +99,7 @@ pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
             continue;
         }
         if varint_at(bytes, start + 1) == Some((inner, w)) {
-            let value = std::str::from_utf8(&bytes[value_start..]).ok()?;
-            return Some((start as u64..bytes.len() as u64, value));
+            return Some((start as u64..bytes.len() as u64, &bytes[value_start..]));
         }
     }
     None
@@ -118,10 +123,13 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     }
     let envelope: pb::Envelope = canonical(&raw, "envelope")?;
     let header: pb::Header = canonical(&envelope.header, "header")?;
+    // The version is the entry's key; a version-2 header of another format_version
+    // breaks a header rule (§3).
     if header.format_version != FORMAT_VERSION_V2 {
-        return Err(CoreError::UnsupportedVersion {
-            key: format!("{METADATA_KEY_V2} format_version {}", header.format_version),
-        });
+        return Err(bad(format!(
+            "the header of an {METADATA_KEY_V2} entry has format_version {}",
+            header.format_version
+        )));
     }
     let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
     check_shape(&envelope, &header, &recipients)?;
@@ -216,7 +224,25 @@ pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {
 /// share file bytes, and the external files are those the model uses.
 pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
     let tiers = sealed.header.tiers;
-    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), dp_min_elements: DP_MIN_ELEMENTS };
+    let secret = match sealed.header.positions {
+        0 => false,
+        1 => true,
+        n => return Err(bad(format!("unknown positions mode {n}"))),
+    };
+    for e in &sealed.header.tensors {
+        if secret == e.sealed_spans.is_empty() || (secret && !e.spans.is_empty()) {
+            return Err(bad(format!(
+                "tensor '{}': its spans must be {}",
+                e.name,
+                if secret { "sealed" } else { "public" }
+            )));
+        }
+    }
+    let rules = EntryRules {
+        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
+        dp_min_elements: DP_MIN_ELEMENTS,
+        sealed: secret,
+    };
     let facts = sealed.header.tensors.iter().map(|e| EntryFacts {
         name: &e.name,
         locator: &e.locator,
@@ -242,6 +268,51 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
         return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
     }
     Ok(ProtectedV2 { sealed, targets })
+}
+
+/// Unseals the spans of every entry of the tiers `keys` reach (index `t − 1`; secret
+/// positions, docs/format.md §6) and checks them against the model as public spans are
+/// checked; entries of higher tiers keep no spans. A no-op for public positions.
+pub(crate) fn unseal(model: &Model, p: &mut ProtectedV2, keys: &[onnx_protect_crypto::TierKeys]) -> Result<()> {
+    if p.sealed.header.positions == 0 {
+        return Ok(());
+    }
+    let reach = keys.len() as u32;
+    let mut opened: Vec<(usize, Vec<u64>)> = Vec::new();
+    for (i, e) in p.sealed.header.tensors.iter().enumerate() {
+        if e.tier > reach {
+            continue;
+        }
+        let spans = keys[e.tier as usize - 1]
+            .unseal_spans(e.stream_id, &e.sealed_spans)
+            .ok_or_else(|| CoreError::Modified(format!("the sealed positions of tensor '{}' do not open", e.name)))?;
+        opened.push((i, spans));
+    }
+    let tiers = p.sealed.header.tiers;
+    let rules = EntryRules {
+        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
+        dp_min_elements: DP_MIN_ELEMENTS,
+        sealed: false,
+    };
+    let facts = opened.iter().map(|(i, spans)| {
+        let e = &p.sealed.header.tensors[*i];
+        EntryFacts {
+            name: &e.name,
+            locator: &e.locator,
+            data_type: e.data_type,
+            storage: e.storage,
+            nbytes: e.nbytes,
+            mode: e.mode,
+            spans,
+            tier: e.tier,
+            stream_id: e.stream_id,
+        }
+    });
+    let targets = match_targets(model, facts, &rules)?;
+    for ((i, _), t) in opened.iter().zip(targets) {
+        p.targets[*i] = t;
+    }
+    check_disjoint_in_files(model, &p.targets)
 }
 
 /// Refuses spans of different entries that share bytes of a file (tensors that share

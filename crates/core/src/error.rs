@@ -54,7 +54,7 @@ pub enum ErrorKind {
     Io,
     /// The model file or its external data is invalid or unsafe to read; the payload
     /// is the reader's own kind, [`FormatError::kind`] (`"truncated"`, ...).
-    Model(&'static str),
+    Model(onnx_protect_format::ErrorKind),
     /// The key is unusable or of the wrong sort for this model (`"key"`).
     Key,
     /// The policy or an override is invalid (`"policy"`).
@@ -81,10 +81,10 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind without a payload, and [`ErrorKind::Model`] once (with the payload
-    /// `"invalid"`): for callers that check they map every kind.
+    /// `Invalid`): for callers that check they map every kind.
     pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Io,
-        ErrorKind::Model("invalid"),
+        ErrorKind::Model(onnx_protect_format::ErrorKind::Invalid),
         ErrorKind::Key,
         ErrorKind::Policy,
         ErrorKind::AlreadyProtected,
@@ -102,7 +102,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Io => "io",
-            ErrorKind::Model(kind) => kind,
+            ErrorKind::Model(kind) => kind.as_str(),
             ErrorKind::Key => "key",
             ErrorKind::Policy => "policy",
             ErrorKind::AlreadyProtected => "already_protected",

@@ -15,8 +15,8 @@ use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
 use crate::action::{prepare, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformed_digest, transformer};
 use crate::envelope::{
-    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, ProtectedV2,
-    CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
+    check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
+    ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
 use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
@@ -39,10 +39,15 @@ pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &P
 }
 
 /// The error for a model file that does not parse: "modified" when it ends in a sound
-/// version-2 entry whose content digest no longer matches, else the parser's error.
+/// version-2 entry whose content digest no longer matches, or in an entry whose value is
+/// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's
+/// error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
-    let Some((range, value)) = trailing_entry(&bytes) else { return e.into() };
+    let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
+    let Ok(value) = std::str::from_utf8(raw) else {
+        return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
+    };
     let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
     if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
         let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
@@ -71,8 +76,99 @@ pub(crate) struct EncryptSpec<'a> {
     pub in_place: bool,
     pub sync: bool,
     pub allow_empty: bool,
+    /// Choose which subsequences are encrypted with the key and seal the spans
+    /// (docs/format.md §6): no key-less party can tell which rows are encrypted.
+    pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
+    pub rewrite: Option<&'a Rewrite>,
     pub progress: &'a dyn Progress,
+}
+
+/// A change of the plaintext made while encrypting (a recipient's fingerprint): given a
+/// weight tensor and its element bytes, the new element bytes (same length), or `None`
+/// to leave it.
+pub type Rewrite = dyn Fn(&onnx_protect_format::Tensor, &[u8]) -> Option<Vec<u8>> + Sync;
+
+/// The actions of an encryption whose plaintext `hook` rewrites first: a rewritten target
+/// is encrypted from its new bytes; a rewritten tensor that is not a target gets a target
+/// of its own (all of its bytes, no entry in the header) that writes the new bytes.
+fn rewritten_actions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    targets: &[Target],
+    streams: Vec<Option<onnx_protect_crypto::Keystream>>,
+    hook: &Rewrite,
+) -> Result<(Vec<Target>, Vec<Action>)> {
+    let mut all = targets.to_vec();
+    let mut actions = Vec::with_capacity(targets.len());
+    let mut extra: Vec<(Target, Vec<u8>)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (target, ks) in targets.iter().zip(streams) {
+        let t = &model.tensors[target.tensor];
+        seen.insert(target.tensor);
+        let original = model.tensor_bytes(t.id)?;
+        match (hook(t, &original), ks) {
+            (Some(mut bytes), Some(ks)) => {
+                let clean = bytes.clone();
+                for &(a, b) in &target.spans {
+                    let span = crate::action::span_mut(model, target, &mut bytes, (a, b))?;
+                    crate::action::transform_span(&ks, target, t.data_type, a, span, false)?;
+                }
+                actions.push(Action::Bytes(bytes));
+                // The bytes outside the spans change too (a varint-stored tensor is
+                // rewritten whole by its own action).
+                if !matches!(t.data, TensorData::Varint { .. }) {
+                    let clear = complement(&target.spans, t.nbytes);
+                    if !clear.is_empty() {
+                        extra.push((Target { spans: clear, stream_id: u64::MAX, tier: 0, ..target.clone() }, clean));
+                    }
+                }
+            }
+            (None, ks) => actions.extend(prepare(model, std::slice::from_ref(target), vec![ks], false)?),
+            (Some(_), None) => actions.push(Action::Skip),
+        }
+    }
+    for w in weights {
+        if !seen.insert(w.tensor) {
+            continue;
+        }
+        let t = &model.tensors[w.tensor];
+        let original = model.tensor_bytes(t.id)?;
+        if let Some(bytes) = hook(t, &original) {
+            if bytes.len() as u64 != t.nbytes {
+                return Err(CoreError::Output(format!("internal: a rewrite changed the length of '{}'", t.name)));
+            }
+            all.push(Target {
+                tensor: w.tensor,
+                stream_id: u64::MAX,
+                mode: Mode::Ctr,
+                spans: vec![(0, t.nbytes)],
+                tier: 0,
+            });
+            actions.push(Action::Bytes(bytes));
+        }
+    }
+    for (t, bytes) in extra {
+        all.push(t);
+        actions.push(Action::Bytes(bytes));
+    }
+    Ok((all, actions))
+}
+
+/// The ranges of `[0, len)` outside the sorted, disjoint `spans`.
+fn complement(spans: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(a, b) in spans {
+        if at < a {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < len {
+        out.push((at, len));
+    }
+    out
 }
 
 /// What an encryption did, for the report.
@@ -109,16 +205,22 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
+    if spec.secret_positions {
+        choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys)?;
+    }
     let stanzas = wrap_all(to, &data_keys)?;
-    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy);
+    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
-    let actions = prepare(model, &targets, streams, false)?;
+    let (all_targets, actions) = match spec.rewrite {
+        None => (targets.clone(), prepare(model, &targets, streams, false)?),
+        Some(hook) => rewritten_actions(model, &weights, &targets, streams, hook)?,
+    };
 
     let content_len = model.bytes().len() as u64;
-    let plans = plans(model, content_len, &targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;
     let files = outputs.covered_files();
-    let xf = transformer(model, &targets, &actions);
+    let xf = transformer(model, &all_targets, &actions);
     let durable = durable(spec.in_place, spec.sync);
     let leaves =
         run_covered(model, content_len, plans, &xf, Hash::Output, CONTENT_CHUNK, &files, durable, spec.progress)?;
@@ -135,14 +237,19 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         signatures,
         ..Default::default()
     };
-    let model_out =
-        files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(xf);
     drop(files);
+    drop(all_targets);
     outputs.staged.commit(durable)?;
     Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
 }
@@ -170,22 +277,27 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
     }
 }
 
-/// Refuses permutations of fewer than [`DP_MIN_ELEMENTS`] elements: they hide too little
-/// (one element permuted is no change at all).
+/// Refuses a policy whose `dp` subsequences have fewer than [`DP_MIN_ELEMENTS`]
+/// elements in some tensor: such a permutation hides too little (one element permuted
+/// is no change at all), so it is neither done nor called protected.
 fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
-    for c in selection.chosen.iter().filter(|c| c.mode == Mode::Dp) {
-        let t = &model.tensors[c.tensor];
-        let elem = (t.data_type.bits() / 8).max(1);
-        if let Some(&(a, b)) = c.spans.iter().find(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS) {
-            return Err(CoreError::Policy(PolicyError::Invalid(format!(
-                "the dp mode would permute {} elements of '{}' (span [{a}, {b})); it needs subsequences of at least \
-                 {DP_MIN_ELEMENTS} elements: use fewer subsequences or another mode",
-                (b - a) / elem,
-                t.name
-            ))));
-        }
+    let short = |c: &&onnx_protect_select::Chosen| {
+        let elem = (model.tensors[c.tensor].data_type.bits() / 8).max(1);
+        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
+    };
+    match selection.chosen.iter().find(short) {
+        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
+            "the dp mode needs subsequences of at least {DP_MIN_ELEMENTS} elements, but '{}' ({} {}, {} elements) \
+             would be cut shorter (a shorter permutation hides too little); use fewer subsequences, or another \
+             mode for it (for example --mode {}=fp)",
+            model.tensors[c.tensor].name,
+            c.op_type,
+            c.role,
+            model.tensors[c.tensor].nbytes / u64::from((model.tensors[c.tensor].data_type.bits() / 8).max(1)),
+            c.op_type
+        )))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The header of a new encryption and its targets: one entry per chosen tensor (per
@@ -195,6 +307,7 @@ fn build_header(
     selection: &Selection,
     tier_keys: &[TierKeys],
     policy: &Policy,
+    secret: bool,
 ) -> (pb::Header, Vec<Target>) {
     let mut entries = Vec::new();
     let mut targets = Vec::new();
@@ -209,7 +322,13 @@ fn build_header(
             storage: storage_code_v2(t),
             nbytes: t.nbytes,
             mode: mode_code(c.mode),
-            spans: c.spans.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            spans: if secret { Vec::new() } else { c.spans.iter().flat_map(|&(a, b)| [a, b]).collect() },
+            sealed_spans: if secret {
+                let bounds: Vec<u64> = c.spans.iter().flat_map(|&(a, b)| [a, b]).collect();
+                tier_keys[tier as usize - 1].seal_spans(i as u64, &bounds)
+            } else {
+                Vec::new()
+            },
             tier,
             op_type: c.op_type.clone(),
             role: c.role.clone(),
@@ -227,8 +346,59 @@ fn build_header(
         external_files: model.external_files.iter().map(|f| f.location.clone()).collect(),
         tool: tool_name(),
         policy_summary: policy.summary(),
+        positions: u32::from(secret),
     };
     (header, targets)
+}
+
+/// Secret positions (docs/format.md §6): for every chosen tensor, the policy's choice
+/// with twice its coefficient gives the candidates, and `k` of them (the policy's count)
+/// are chosen with the key. Refused with `ctr` (its values give the rows away) and with
+/// access tiers.
+fn choose_secret_positions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    policy: &Policy,
+    selection: &mut Selection,
+    tier_keys: &[TierKeys],
+) -> Result<()> {
+    let invalid = |m: String| CoreError::Policy(PolicyError::Invalid(m));
+    if tier_keys.len() > 1 {
+        return Err(invalid("secret positions are not available with access tiers".into()));
+    }
+    if let Some(c) = selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
+        return Err(invalid(format!(
+            "secret positions need a mode whose ciphertext looks like weights (fp or dp); '{}' would be ctr, \
+             whose values give the encrypted rows away",
+            model.tensors[c.tensor].name
+        )));
+    }
+    let mut wide = policy.clone();
+    for r in wide.rules.values_mut() {
+        r.coefficient = (r.coefficient * 2.0).min(1.0);
+    }
+    let candidates = select(model, weights, &wide);
+    for (i, c) in selection.chosen.iter_mut().enumerate() {
+        let t = &model.tensors[c.tensor];
+        let Some(rule) = policy.rule_for(&c.op_type) else { continue };
+        let Some(bounds) = onnx_protect_select::subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else {
+            continue;
+        };
+        let pool = candidates.chosen.iter().find(|w| w.tensor == c.tensor).map(|w| w.chosen.clone());
+        let pool = pool.unwrap_or_else(|| c.chosen.clone());
+        let picked = tier_keys[0].choose(i as u64, &pool, c.chosen.len());
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for &p in &picked {
+            let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
+            match spans.last_mut() {
+                Some(last) if last.1 == a && c.mode != Mode::Dp => last.1 = b,
+                _ => spans.push((a, b)),
+            }
+        }
+        c.chosen = picked;
+        c.spans = spans;
+    }
+    Ok(())
 }
 
 fn mode_code(m: Mode) -> i32 {
@@ -314,6 +484,13 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
     Ok(())
 }
 
+/// Opens a stanza with `key` and unseals the secret positions of the tiers it reaches.
+pub(crate) fn unlock(model: &Model, p: &mut ProtectedV2, key: &KeySource) -> Result<Opened> {
+    let opened = open(&p.sealed, key)?;
+    crate::envelope::unseal(model, p, &opened.keys)?;
+    Ok(opened)
+}
+
 /// The tier a decryption goes to: `asked`, or the key's own; refused when the key does
 /// not reach it or the file has it already.
 pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) -> Result<u32> {
@@ -340,19 +517,27 @@ pub(crate) struct Decrypted {
     pub decrypted_bytes: u64,
 }
 
-/// Verifies and decrypts `p` (of `model`) up to `tier` into `output`.
+/// How [`decrypt`] decrypts: up to which tier, checking which signers, how durably.
+pub(crate) struct DecryptSpec<'a> {
+    pub tier: Option<u32>,
+    pub signers: &'a [SignerKey],
+    pub in_place: bool,
+    pub sync: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Verifies and decrypts `p` (of `model`) into `output`.
 pub(crate) fn decrypt(
     model: &Model,
     p: &ProtectedV2,
     key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
     output: &Path,
-    in_place: bool,
-    sync: bool,
-    progress: &dyn Progress,
+    spec: &DecryptSpec,
 ) -> Result<Decrypted> {
-    let opened = open(&p.sealed, key)?;
+    let DecryptSpec { tier, signers, in_place, sync, progress } = *spec;
+    let mut p = p.clone();
+    let opened = unlock(model, &mut p, key)?;
+    let p = &p;
     let top = p.sealed.header.tiers;
     let r = p.sealed.envelope.restored_tiers;
     let to = target_tier(p, &opened, tier)?;
@@ -383,7 +568,8 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out =
+            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -397,7 +583,13 @@ pub(crate) fn decrypt(
 /// Verifies `p` (of `model`): with a key, the canonical digest, the MACs of the tiers it
 /// reaches and the given signers; without, the digest of the content as stored and, when
 /// no tier is restored, the given signers.
-pub(crate) fn verify(model: &Model, p: &ProtectedV2, key: Option<&KeySource>, signers: &[SignerKey]) -> Result<()> {
+/// Returns the targets it checked (with the spans unsealed for the tiers the key reaches).
+pub(crate) fn verify(
+    model: &Model,
+    p: &ProtectedV2,
+    key: Option<&KeySource>,
+    signers: &[SignerKey],
+) -> Result<Vec<Target>> {
     let env = &p.sealed.envelope;
     let content_len = p.sealed.entry.start;
     let stored = stored_digest(model, content_len, p.sealed.header.chunk_size)?;
@@ -407,14 +599,20 @@ pub(crate) fn verify(model: &Model, p: &ProtectedV2, key: Option<&KeySource>, si
     }
     match key {
         Some(k) => {
-            let opened = open(&p.sealed, k)?;
+            let mut p = p.clone();
+            let opened = unlock(model, &mut p, k)?;
+            let p = &p;
             let canonical = if env.restored_tiers > 0 { canonical_digest(model, p, &opened)? } else { stored };
-            check_seals(p, &opened, &canonical, signers)
+            check_seals(p, &opened, &canonical, signers)?;
+            Ok(p.targets.clone())
         }
         None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
             "the signatures of a partially decrypted model can only be checked with a key".into(),
         )),
-        None => check_signatures(p, &stored, signers),
+        None => {
+            check_signatures(p, &stored, signers)?;
+            Ok(p.targets.clone())
+        }
     }
 }
 
@@ -486,7 +684,8 @@ pub(crate) fn rewrite_entry(
         durable,
         &onnx_protect_format::NoProgress,
     )?;
-    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

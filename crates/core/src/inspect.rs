@@ -256,6 +256,17 @@ fn human(n: u64) -> String {
     }
 }
 
+/// One line of what the bytes under a key get, for people: "1.2 KiB encrypted, 3.4 KiB
+/// sign and mantissa encrypted (exponent clear), 0 B permuted".
+pub fn protection_breakdown(by: &BTreeMap<&'static str, u64>) -> String {
+    use crate::manifest::Protection;
+    [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted]
+        .iter()
+        .map(|p| format!("{} {}", human(by.get(p.id()).copied().unwrap_or(0)), p.label()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Report {
     /// The human-readable summary printed by `inspect` without `--json`.
     pub fn to_text(&self) -> String {
@@ -307,29 +318,56 @@ impl Report {
         if let Some(p) = &self.protection {
             let pct =
                 if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
+            let amount = if p.positions == "secret" {
+                "positions secret".to_string()
+            } else {
+                format!("{} under a key ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
+            };
             let _ = writeln!(
                 s,
-                "\nprotection   {} ({}), {} tensors, {} encrypted ({pct:.2}% of weight bytes){}",
+                "\nprotection   {} ({}), {} tensors, {amount}{}",
                 p.key,
                 p.tool,
                 p.tensors.len(),
-                human(p.encrypted_bytes),
                 if p.passphrase { ", passphrase key" } else { "" }
             );
-            let _ = writeln!(s, "  integrity    HMAC-SHA256 over {} chunk hashes", p.leaf_hash.to_uppercase());
+            let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
+            if p.format_version >= 2 {
+                let _ = writeln!(s, "  integrity    every byte: BLAKE3 content digest under HMAC-SHA256 (per tier) and a keyless checksum");
+            } else {
+                let _ = writeln!(
+                    s,
+                    "  integrity    HMAC-SHA256 over {} chunk hashes of the encrypted bytes",
+                    p.leaf_hash.to_uppercase()
+                );
+            }
+            if p.positions == "secret" {
+                let _ =
+                    writeln!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
+            }
+            for r in &p.recipients {
+                let _ = writeln!(s, "  recipient    {r}");
+            }
+            for k in &p.signatures {
+                let _ = writeln!(s, "  signed by    {k} (not verified: use verify --signer)");
+            }
             if p.tiers > 1 {
                 let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
             }
             for t in &p.tensors {
-                let spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
+                let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
+                if p.positions == "secret" {
+                    spans = vec!["(secret)".into()];
+                }
                 let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
                 let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
                 let _ = writeln!(
                     s,
-                    "  {:<28} {:<8} {:<4}{tier} {}/{} subseq, {} of {} bytes at {}{more}",
+                    "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
                     t.name,
                     t.op_type,
                     t.mode,
+                    t.label,
                     t.chosen,
                     t.subsequences,
                     t.encrypted_bytes,

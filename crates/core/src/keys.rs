@@ -63,3 +63,30 @@ fn tier_keys(key: &MasterKey, top: u32) -> Vec<MasterKey> {
 pub(crate) fn tier_sessions(key: &MasterKey, top: u32, salt: &[u8; 32]) -> Vec<SessionKeys> {
     tier_keys(key, top).iter().map(|k| SessionKeys::derive(k, salt)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_1_argon2_parameters_over_the_caps_are_refused_before_argon2_runs() {
+        let pass = KeySource::Passphrase(Zeroizing::new(b"a long enough passphrase".to_vec()));
+        let kdf = |m_cost_kib, t_cost, p_cost| pb::KdfParams {
+            algorithm: "argon2id".into(),
+            salt: vec![3; 16],
+            m_cost_kib,
+            t_cost,
+            p_cost,
+        };
+        // The file: 1 GiB and 64 passes (minutes and 1 GiB per attempt if it ran).
+        for (m, t, p, field) in
+            [(1_048_576, 64, 1, "t_cost"), (1_048_576, 3, 1, "m_cost_kib"), (65_536, 3, 16, "p_cost")]
+        {
+            let e =
+                pass.master_for_decrypt(Some(&kdf(m, t, p)), false).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(field) && e.contains("outside the allowed range"), "{m} {t} {p}: {e}");
+        }
+        // At the caps it runs (kept small here: m = 32 KiB, t = 6, p = 4 are within them).
+        assert!(pass.master_for_decrypt(Some(&kdf(32, 6, 4)), false).is_ok());
+    }
+}

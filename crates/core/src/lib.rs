@@ -38,6 +38,9 @@ pub mod protect;
 mod recipients;
 pub mod rekey;
 mod restore;
+pub mod rewrap;
 mod seal;
 mod staged;
 mod unlock;
+
+pub use staged::OutputRules;

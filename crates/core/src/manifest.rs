@@ -56,6 +56,65 @@ pub struct Target {
     pub tier: u32,
 }
 
+/// What a mode does to the bytes of a tensor, as reports name it: only bytes whose
+/// every bit is XORed with the keystream are "encrypted".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protection {
+    /// Every bit under the keystream: `ctr`, and `fp` on types whose format-preserving
+    /// mask covers every bit (integers, BOOL).
+    Encrypted,
+    /// `fp` on floating-point types: sign and mantissa under the keystream, the exponent
+    /// (the magnitude, within a factor of 2) in clear.
+    ExponentClear,
+    /// `dp`: the values are the layer's own, in a keyed order.
+    Permuted,
+}
+
+impl Protection {
+    /// What `mode` does to elements of `dtype`.
+    pub fn of(mode: Mode, dtype: onnx_protect_format::DataType) -> Protection {
+        match mode {
+            Mode::Ctr => Protection::Encrypted,
+            Mode::Dp => Protection::Permuted,
+            Mode::Fp => match fp_mask(dtype) {
+                Some(m) if m.iter().all(|&b| b == 0xFF) || dtype == onnx_protect_format::DataType::Bool => {
+                    Protection::Encrypted
+                }
+                _ => Protection::ExponentClear,
+            },
+        }
+    }
+
+    /// The stable identifier used in JSON: `encrypted`, `exponent_clear`, `permuted`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Protection::Encrypted => "encrypted",
+            Protection::ExponentClear => "exponent_clear",
+            Protection::Permuted => "permuted",
+        }
+    }
+
+    /// The words reports use: "encrypted", "sign and mantissa encrypted, exponent
+    /// clear", "permuted".
+    pub fn label(self) -> &'static str {
+        match self {
+            Protection::Encrypted => "encrypted",
+            Protection::ExponentClear => "sign and mantissa encrypted, exponent clear",
+            Protection::Permuted => "permuted",
+        }
+    }
+}
+
+/// Bytes per kind of protection (JSON keys: [`Protection::id`]), every kind present.
+pub fn bytes_by_protection(tensors: &[TensorSummary]) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut out: std::collections::BTreeMap<&'static str, u64> =
+        [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted].iter().map(|p| (p.id(), 0)).collect();
+    for t in tensors {
+        *out.entry(t.protection).or_default() += t.encrypted_bytes;
+    }
+    out
+}
+
 /// One encrypted tensor, as reported to callers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TensorSummary {
@@ -66,7 +125,12 @@ pub struct TensorSummary {
     pub data_type: String,
     pub storage: String,
     pub mode: String,
+    /// What the mode does to these bytes: [`Protection::id`].
+    pub protection: &'static str,
+    /// The same in words: [`Protection::label`].
+    pub label: &'static str,
     pub nbytes: u64,
+    /// Bytes under the mode (whatever it is: see `protection`).
     pub encrypted_bytes: u64,
     pub subsequences: u64,
     pub chosen: u64,
@@ -83,7 +147,10 @@ pub struct ProtectionInfo {
     pub tool: String,
     pub passphrase: bool,
     pub policy_summary: String,
+    /// Bytes under any mode (see `bytes_by_protection` for what each mode hides).
     pub encrypted_bytes: u64,
+    /// Those bytes per kind of protection ([`bytes_by_protection`]).
+    pub bytes_by_protection: std::collections::BTreeMap<&'static str, u64>,
     /// Number of access tiers (0: untiered).
     pub tiers: u32,
     /// Tiers already decrypted in this file.
@@ -95,6 +162,9 @@ pub struct ProtectionInfo {
     pub recipients: Vec<String>,
     /// Public keys of the signatures on the model (format 2; not verified here).
     pub signatures: Vec<String>,
+    /// `"public"`, or `"secret"` when the encrypted positions are sealed (only key
+    /// holders know them; the tensors' spans and encrypted bytes are then not shown).
+    pub positions: &'static str,
 }
 
 pub(crate) fn b64() -> base64::engine::GeneralPurpose {
@@ -185,6 +255,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     let rules = EntryRules {
         tier_ok: Box::new(move |t| if tiers > 1 { (1..=tiers).contains(&t) } else { t == 0 }),
         dp_min_elements: 1,
+        sealed: false,
     };
     let targets = match_targets(model, manifest.tensors.iter().map(EntryFacts::from), &rules)?;
     Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
@@ -262,6 +333,9 @@ pub(crate) struct EntryRules {
     pub tier_ok: Box<dyn Fn(u32) -> bool>,
     /// The fewest elements a distribution-preserving span may have.
     pub dp_min_elements: u64,
+    /// Entries may list no span: their spans are sealed (secret positions), checked
+    /// once unsealed.
+    pub sealed: bool,
 }
 
 /// Matches every manifest entry to the model (§3–§6 of docs/format.md): each names a
@@ -332,7 +406,7 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
         Ok(pb::Mode::DistributionPreserving) => Mode::Dp,
         _ => return Err(bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode))),
     };
-    if e.spans.len() % 2 != 0 || e.spans.is_empty() {
+    if e.spans.len() % 2 != 0 || (e.spans.is_empty() && !rules.sealed) {
         return Err(bad(format!("tensor '{}': spans must be non-empty [begin, end) pairs", e.name)));
     }
     let spans: Vec<(u64, u64)> = e.spans.chunks(2).map(|c| (c[0], c[1])).collect();
@@ -383,6 +457,8 @@ pub(crate) fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Targe
                 data_type: tensor.data_type.name().to_string(),
                 storage: tensor.data.storage_name().to_string(),
                 mode: t.mode.name().to_string(),
+                protection: Protection::of(t.mode, tensor.data_type).id(),
+                label: Protection::of(t.mode, tensor.data_type).label(),
                 nbytes: e.nbytes,
                 encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
                 subsequences: e.subsequences,
@@ -414,6 +490,8 @@ pub(crate) fn summaries_v2(
                 data_type: tensor.data_type.name().to_string(),
                 storage: tensor.data.storage_name().to_string(),
                 mode: t.mode.name().to_string(),
+                protection: Protection::of(t.mode, tensor.data_type).id(),
+                label: Protection::of(t.mode, tensor.data_type).label(),
                 nbytes: e.nbytes,
                 encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
                 subsequences: e.subsequences,

@@ -75,7 +75,7 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::Path;
 
-use onnx_protect_crypto::Keystream;
+use onnx_protect_crypto::{content_digest, leaves_of, Keystream};
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
 use onnx_protect_fsio::file::file_id;
@@ -83,7 +83,8 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{apply, edits_for, Action};
+use crate::action::{apply, edits_for, prepare, Action};
+use crate::envelope::{entry_bytes, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
 use crate::keys::KeySource;
@@ -372,6 +373,35 @@ fn external_patched(
     targets: &[Target],
     sources: &[SpanSource<'_>],
 ) -> Result<BTreeMap<String, DecryptedBytes>> {
+    let mut per_file = external_patches(model, targets, sources)?;
+    let mut external = BTreeMap::new();
+    for (fi, f) in model.external_files.iter().enumerate() {
+        let reference = f.bytes()?;
+        let patches = per_file.remove(&fi).unwrap_or_default();
+        let handle = open(&f.path)?;
+        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
+            Some(mut map) => {
+                patch(model, targets, sources, &mut map, reference, &patches)?;
+                let len = map.len();
+                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
+            }
+            None => {
+                let mut v = reference.to_vec();
+                patch(model, targets, sources, &mut v, reference, &patches)?;
+                DecryptedBytes::owned(v)
+            }
+        };
+        external.insert(f.location.clone(), bytes);
+    }
+    Ok(external)
+}
+
+/// The patches of each external data file (by index), sorted.
+fn external_patches<'s>(
+    model: &Model,
+    targets: &[Target],
+    sources: &'s [SpanSource<'_>],
+) -> Result<BTreeMap<usize, Vec<Patch<'s>>>> {
     let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
     for (ti, target) in targets.iter().enumerate() {
         let t = &model.tensors[target.tensor];
@@ -395,27 +425,124 @@ fn external_patched(
             }
         }
     }
+    for patches in per_file.values_mut() {
+        patches.sort_by_key(|p| p.range.start);
+    }
+    Ok(per_file)
+}
+
+/// Hashes the first `hashed` bytes of `reference` into the content leaves of covered
+/// file `index` (chunks of `chunk` bytes) and applies `patches` to `buf`, a private copy
+/// of `reference`, one chunk per worker: every byte is read once, and a decrypted range
+/// is written from the bytes that were hashed.
+#[allow(clippy::too_many_arguments)] // the file, its patches and where its leaves go
+fn hash_and_patch(
+    model: &Model,
+    targets: &[Target],
+    sources: &[SpanSource<'_>],
+    buf: &mut [u8],
+    reference: &[u8],
+    patches: &[Patch<'_>],
+    index: u32,
+    hashed: u64,
+    chunk: u64,
+) -> Result<onnx_protect_crypto::FileLeaves> {
+    let c = chunk.max(4096) as usize;
+    let leaves = buf
+        .par_chunks_mut(c)
+        .enumerate()
+        .map(|(j, out)| -> Result<Option<[u8; 32]>> {
+            let start = (j * c) as u64;
+            let end = start + out.len() as u64;
+            let first = patches.partition_point(|p| p.range.end <= start);
+            for p in patches[first..].iter().take_while(|p| p.range.start < end) {
+                let lo = p.range.start.max(start);
+                let hi = p.range.end.min(end);
+                let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
+                let off = lo - p.range.start;
+                match p.what {
+                    PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
+                    PatchKind::Decrypt { tag, logical } => {
+                        dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
+                            CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
+                        })?);
+                        let SpanSource::Decrypt(ks) = sources[tag] else {
+                            return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
+                        };
+                        let target = &targets[tag];
+                        apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
+                    }
+                }
+            }
+            if start >= hashed {
+                return Ok(None);
+            }
+            let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
+            leaf.update(&reference[start as usize..end.min(hashed) as usize]);
+            Ok(Some(leaf.finalize()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(onnx_protect_crypto::FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
+}
+
+/// The one-read path of a format-2 model with no tier restored in the file, read from a
+/// file, whose decryption changes no length: the model and each external file are mapped
+/// privately copy-on-write, hashed and patched in one parallel pass, and released only if
+/// the digest, the MACs and the signers asked for match (else every patched range is
+/// wiped). `None` when the path does not apply.
+fn decrypt_v2_fused(
+    model: &Model,
+    file: Option<&File>,
+    p: &crate::envelope::ProtectedV2,
+    actions: &[Action],
+    sources: &[SpanSource<'_>],
+    check: impl FnOnce(&[u8; 32]) -> Result<()>,
+) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
+    let src = model.bytes();
+    let Some(file) = file else { return Ok(None) };
+    let edits = edits_for(model, &p.targets, actions, Vec::new())?;
+    let plan = Plan::new(src.len() as u64, edits, Vec::new())?;
+    if p.sealed.envelope.restored_tiers != 0 || !plan.is_in_place() || p.sealed.entry.end != src.len() as u64 {
+        return Ok(None);
+    }
+    let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+    let Some(mut map) = map_copy(file, src.len(), path)? else { return Ok(None) };
+    let patches: Vec<Patch> = plan
+        .edits()
+        .map(|(r, c)| Patch {
+            range: r.clone(),
+            what: match c {
+                Content::Transform { tag, logical_start } => PatchKind::Decrypt { tag: *tag, logical: *logical_start },
+                Content::Bytes(b) => PatchKind::Bytes(b),
+            },
+        })
+        .collect();
+    let chunk = p.sealed.header.chunk_size;
+    let mut leaves = Vec::with_capacity(1 + model.external_files.len());
+    let first = hash_and_patch(model, &p.targets, sources, &mut map, src, &patches, 0, p.sealed.entry.start, chunk);
+    let model_bytes = DecryptedBytes {
+        backing: Backing::Map(map),
+        len: p.sealed.entry.start as usize,
+        plaintext: plaintext_ranges(&patches),
+    };
+    leaves.push(first?);
+    let mut per_file = external_patches(model, &p.targets, sources)?;
     let mut external = BTreeMap::new();
     for (fi, f) in model.external_files.iter().enumerate() {
         let reference = f.bytes()?;
-        let mut patches = per_file.remove(&fi).unwrap_or_default();
-        patches.sort_by_key(|p| p.range.start);
+        let patches = per_file.remove(&fi).unwrap_or_default();
         let handle = open(&f.path)?;
-        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
-            Some(mut map) => {
-                patch(model, targets, sources, &mut map, reference, &patches)?;
-                let len = map.len();
-                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
-            }
-            None => {
-                let mut v = reference.to_vec();
-                patch(model, targets, sources, &mut v, reference, &patches)?;
-                DecryptedBytes::owned(v)
-            }
-        };
-        external.insert(f.location.clone(), bytes);
+        let Some(mut map) = map_copy(&handle, reference.len(), &f.path)? else { return Ok(None) };
+        let l = hash_and_patch(model, &p.targets, sources, &mut map, reference, &patches, fi as u32 + 1, f.size, chunk);
+        let len = map.len();
+        external.insert(
+            f.location.clone(),
+            DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) },
+        );
+        leaves.push(l?);
     }
-    Ok(external)
+    check(&onnx_protect_crypto::content_digest(&leaves))?;
+    Ok(Some((model_bytes, external)))
 }
 
 /// Decrypts a protected model that is already open into memory, for tiered models
@@ -432,6 +559,24 @@ pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>)
     }
     let p = read_protected(model)?;
     restore_copied(model, &p, key, tier)
+}
+
+/// [`decrypt_tier_in_memory`] that also requires a valid signature of one of `signers`
+/// (format 2; a format-1 model is refused when signers are given).
+pub fn decrypt_model_signed_in_memory(
+    model: &Model,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    if signers.is_empty() {
+        return decrypt_tier_in_memory(model, key, tier);
+    }
+    match crate::protect::manifest_version(model)? {
+        Some(2) => decrypt_v2(model, None, key, tier, signers),
+        Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
+        None => Err(CoreError::NotProtected),
+    }
 }
 
 /// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
@@ -467,20 +612,60 @@ fn decrypt_v2(
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
-    let p = read_v2(model)?;
-    let opened = crate::recipients::open(&p.sealed, key)?;
+    let mut p = read_v2(model)?;
+    let opened = crate::format2::unlock(model, &mut p, key)?;
     let r = p.sealed.envelope.restored_tiers;
     // A key whose tiers are all in clear in the file already serves the file as it is.
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
-    check_seals(&p, &opened, &canonical_digest(model, &p, &opened)?, signers)?;
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
     let sources = sources_of(&actions)?;
-    let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
-    let external = external_patched(model, &p.targets, &sources)?;
+    let fused = decrypt_v2_fused(model, file.as_ref(), &p, &actions, &sources, |digest| {
+        check_seals(&p, &opened, digest, signers)
+    })?;
+    let (bytes, external) = match fused {
+        Some(done) => done,
+        None => {
+            check_seals(&p, &opened, &canonical_digest(model, &p, &opened)?, signers)?;
+            let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
+            (bytes, external_patched(model, &p.targets, &sources)?)
+        }
+    };
+    let bytes = if to < p.sealed.header.tiers { with_partial_entry(model, &p, to, bytes, &external)? } else { bytes };
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
     Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes })
+}
+
+/// A decryption up to tier `to` below the top stays a protected model (docs/format.md
+/// §11), as `decrypt --tier` writes it: `content` (the model file's content with tiers up
+/// to `to` decrypted) followed by the entry whose envelope records `restored_tiers = to`
+/// and the digest of the new content (`external` holds its external data files).
+fn with_partial_entry(
+    model: &Model,
+    p: &ProtectedV2,
+    to: u32,
+    content: DecryptedBytes,
+    external: &BTreeMap<String, DecryptedBytes>,
+) -> Result<DecryptedBytes> {
+    let chunk = p.sealed.header.chunk_size;
+    let mut files = vec![leaves_of(0, &content, chunk)];
+    for (i, f) in model.external_files.iter().enumerate() {
+        let bytes = external
+            .get(&f.location)
+            .ok_or_else(|| CoreError::Output(format!("internal: no decrypted copy of {}", f.location)))?;
+        let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
+        files.push(leaves_of(index, bytes, chunk));
+    }
+    let mut env = p.sealed.envelope.clone();
+    env.restored_tiers = to;
+    env.stored_digest = content_digest(&files).to_vec();
+    let entry = entry_bytes(env);
+    let mut out = Vec::with_capacity(content.len() + entry.len());
+    out.extend_from_slice(&content);
+    out.extend_from_slice(&entry);
+    // `content` is dropped here, its decrypted spans wiped; `out` is wiped when dropped.
+    Ok(DecryptedBytes::owned(out))
 }
 
 /// What each target's spans become, from its action.
@@ -569,7 +754,10 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         return restore_copied(model, &p, key, None);
     }
     let keys = authenticate(model, &p, key)?;
-    let actions: Vec<Action> = p.targets.iter().map(|t| Action::Xor(Box::new(keys.keystream(t.stream_id)))).collect();
+    // Varint-stored tensors are decrypted whole (their re-encoded fields change length);
+    // the other spans are patched with their keystream.
+    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
+    let actions = prepare(model, &p.targets, streams, true)?;
     let sources = sources_of(&actions)?;
     let model_bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone())?;
     let external = external_patched(model, &p.targets, &sources)?;

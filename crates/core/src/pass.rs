@@ -27,6 +27,7 @@
 
 use std::fs::File;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves};
@@ -72,13 +73,18 @@ pub(crate) struct FileJob<'a> {
     pub release: &'a (dyn Fn(Range<u64>) + Sync),
     /// The edits that turn the input into the output.
     pub plan: Plan,
-    /// Covered file index of its leaves (docs/format.md §9).
-    pub index: u32,
-    /// Input bytes `[0, covered_in)` are hashed with [`Hash::Input`] and [`Hash::Both`]
+    /// Covered file index of its leaves (docs/format.md §9); every byte of `src` is covered
     /// (the model file's content stops before its manifest entry).
-    pub covered_in: u64,
+    pub index: u32,
     /// The staged output file; `None` hashes without writing.
-    pub out: Option<&'a File>,
+    pub out: Option<Out<'a>>,
+}
+
+/// A staged output file and the destination it becomes (which errors name).
+#[derive(Clone, Copy)]
+pub(crate) struct Out<'a> {
+    pub file: &'a File,
+    pub dest: &'a Path,
 }
 
 /// The leaves a pass computed, one per file in the order given.
@@ -136,6 +142,9 @@ fn segments(plan: &Plan, src_len: u64) -> Vec<Seg<'_>> {
     segs
 }
 
+/// The input and output leaves of one item (each when asked for).
+type ItemLeaves = (Option<[u8; 32]>, Option<[u8; 32]>);
+
 /// One leaf chunk of one file.
 struct Item {
     file: usize,
@@ -163,7 +172,7 @@ pub(crate) fn run(
         }
         if let Some(out) = f.out {
             let len = out_len.get(i).copied().unwrap_or(0).max(f.plan.output_len());
-            preallocate(out, len).map_err(write_err)?;
+            preallocate(out.file, len).map_err(|e| write_err(out, e))?;
         }
     }
     let on_output = hash == Hash::Output;
@@ -183,7 +192,7 @@ pub(crate) fn run(
     progress.start("writing", total);
     let done = AtomicU64::new(0);
     let since_writeback: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
-    let results: Vec<(Option<[u8; 32]>, Option<[u8; 32]>)> = items
+    let results: Vec<ItemLeaves> = items
         .par_iter()
         .map(|item| {
             let f = &files[item.file];
@@ -197,7 +206,7 @@ pub(crate) fn run(
             if durable && since_writeback[item.file].fetch_add(n, Ordering::Relaxed) + n >= WRITEBACK_STEP {
                 since_writeback[item.file].store(0, Ordering::Relaxed);
                 if let Some(out) = f.out {
-                    start_writeback(out);
+                    start_writeback(out.file);
                 }
             }
             Ok(r)
@@ -216,11 +225,11 @@ pub(crate) fn run(
         let covered_items = items[at..at + n].iter().zip(these);
         if matches!(hash, Hash::Input | Hash::Both) {
             let leaves_in: Vec<[u8; 32]> = covered_items.clone().filter_map(|(_, r)| r.0).collect();
-            leaves.input.push(FileLeaves { len: f.covered_in.min(f.src.len() as u64), leaves: leaves_in });
+            leaves.input.push(FileLeaves { len: f.src.len() as u64, leaves: leaves_in });
         }
         if matches!(hash, Hash::Output | Hash::Both) {
             let leaves_out: Vec<[u8; 32]> = covered_items.filter_map(|(_, r)| r.1).collect();
-            let len = if hash == Hash::Both { f.covered_in.min(f.src.len() as u64) } else { f.plan.output_len() };
+            let len = if hash == Hash::Both { f.src.len() as u64 } else { f.plan.output_len() };
             leaves.output.push(FileLeaves { len, leaves: leaves_out });
         }
         at += n;
@@ -228,14 +237,14 @@ pub(crate) fn run(
     Ok(leaves)
 }
 
-fn write_err(e: std::io::Error) -> CoreError {
-    CoreError::Output(format!("cannot write an output file: {e}"))
+fn write_err(out: Out<'_>, e: std::io::Error) -> CoreError {
+    CoreError::Write { path: out.dest.to_path_buf(), source: e }
 }
 
 /// Writes `data` at `offset` of the file's output, if it has one.
 fn put(f: &FileJob<'_>, data: &[u8], offset: u64) -> Result<()> {
     match f.out {
-        Some(out) => write_all_at(out, data, offset).map_err(write_err),
+        Some(out) => write_all_at(out.file, data, offset).map_err(|e| write_err(out, e)),
         None => Ok(()),
     }
 }
@@ -258,116 +267,158 @@ fn overlapping<'s, 'p>(segs: &'s [Seg<'p>], range: &Range<u64>, on_output: bool)
     }
 }
 
-/// A worker's buffer for transformed bytes; wiped when dropped.
-fn buffer(len: usize) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(vec![0u8; len.min(WINDOW)])
+/// Output stretches at least this long that need no transform are written straight from
+/// the input (or from new bytes), not through the window.
+const DIRECT: usize = 256 << 10;
+
+/// What an item writes, gathered into windows: consecutive output bytes are collected
+/// in a buffer of [`WINDOW`] bytes (wiped when dropped: it may hold plaintext) and
+/// written with one positional write, so rows of a few KiB do not cost a system call
+/// each; the bytes are hashed, in output order, as they are written.
+struct Sink<'f, 'a> {
+    f: &'f FileJob<'a>,
+    buf: Zeroizing<Vec<u8>>,
+    len: usize,
+    /// Output offset of `buf[0]`.
+    start: u64,
+    leaf: Option<ContentLeaf>,
+}
+
+impl<'f, 'a> Sink<'f, 'a> {
+    fn new(f: &'f FileJob<'a>, capacity: usize, leaf: Option<ContentLeaf>) -> Self {
+        Sink { f, buf: Zeroizing::new(vec![0u8; capacity.clamp(1, WINDOW)]), len: 0, start: 0, leaf }
+    }
+
+    /// Continues at output offset `at` (flushing first if that is not where the window ends).
+    fn seek(&mut self, at: u64) -> Result<()> {
+        if at != self.start + self.len as u64 {
+            self.flush()?;
+            self.start = at;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.len > 0 {
+            let data = &self.buf[..self.len];
+            if let Some(l) = &mut self.leaf {
+                l.update(data);
+            }
+            put(self.f, data, self.start)?;
+            self.start += self.len as u64;
+            self.len = 0;
+        }
+        Ok(())
+    }
+
+    /// Bytes that are written as they are, at output offset `at`.
+    fn bytes(&mut self, at: u64, mut data: &[u8]) -> Result<()> {
+        self.seek(at)?;
+        if data.len() >= DIRECT {
+            self.flush()?;
+            if let Some(l) = &mut self.leaf {
+                l.update(data);
+            }
+            put(self.f, data, self.start)?;
+            self.start += data.len() as u64;
+            return Ok(());
+        }
+        while !data.is_empty() {
+            let n = data.len().min(self.buf.len() - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+            if self.len == self.buf.len() {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `src`, transformed as edit `tag` from logical offset `logical`, at output offset `at`.
+    fn transformed(
+        &mut self,
+        at: u64,
+        mut src: &[u8],
+        tag: usize,
+        mut logical: u64,
+        xf: &dyn Transformer,
+    ) -> Result<()> {
+        self.seek(at)?;
+        while !src.is_empty() {
+            let n = src.len().min(self.buf.len() - self.len);
+            let window = &mut self.buf[self.len..self.len + n];
+            window.copy_from_slice(&src[..n]);
+            xf.apply(tag, logical, window)?;
+            self.len += n;
+            src = &src[n..];
+            logical += n as u64;
+            if self.len == self.buf.len() {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Option<[u8; 32]>> {
+        self.flush()?;
+        Ok(self.leaf.take().map(|l| l.finalize()))
+    }
 }
 
 /// Makes output bytes `item.range` of one file and hashes them.
-fn output_item(
-    f: &FileJob<'_>,
-    segs: &[Seg<'_>],
-    item: &Item,
-    xf: &dyn Transformer,
-) -> Result<(Option<[u8; 32]>, Option<[u8; 32]>)> {
-    let mut leaf = ContentLeaf::new(f.index, item.index);
-    let mut buf: Option<Zeroizing<Vec<u8>>> = None;
+fn output_item(f: &FileJob<'_>, segs: &[Seg<'_>], item: &Item, xf: &dyn Transformer) -> Result<ItemLeaves> {
+    let size = (item.range.end - item.range.start) as usize;
+    let mut sink = Sink::new(f, size, Some(ContentLeaf::new(f.index, item.index)));
     for seg in overlapping(segs, &item.range, true) {
         let lo = seg.out.start.max(item.range.start);
         let hi = seg.out.end.min(item.range.end);
         let delta = lo - seg.out.start;
         match seg.kind {
-            Kind::Copy => {
-                let data = src_slice(f, seg.src.start + delta..seg.src.start + delta + (hi - lo))?;
-                leaf.update(data);
-                put(f, data, lo)?;
-            }
-            Kind::Bytes(b) => {
-                let data = &b[delta as usize..(hi - seg.out.start) as usize];
-                leaf.update(data);
-                put(f, data, lo)?;
-            }
+            Kind::Copy => sink.bytes(lo, src_slice(f, seg.src.start + delta..seg.src.start + delta + (hi - lo))?)?,
+            Kind::Bytes(b) => sink.bytes(lo, &b[delta as usize..(hi - seg.out.start) as usize])?,
             Kind::Transform { tag, logical } => {
-                let buf = buf.get_or_insert_with(|| buffer((item.range.end - item.range.start) as usize));
-                let mut at = lo;
-                while at < hi {
-                    let n = ((hi - at) as usize).min(buf.len());
-                    let off = at - seg.out.start;
-                    let window = &mut buf[..n];
-                    window.copy_from_slice(src_slice(f, seg.src.start + off..seg.src.start + off + n as u64)?);
-                    xf.apply(tag, logical + off, window)?;
-                    leaf.update(window);
-                    put(f, window, at)?;
-                    at += n as u64;
-                }
+                let src = src_slice(f, seg.src.start + delta..seg.src.start + delta + (hi - lo))?;
+                sink.transformed(lo, src, tag, logical + delta, xf)?
             }
         }
     }
+    let leaf = sink.finish()?;
     if let Some(src) = source_span(segs, &item.range) {
         (f.release)(src);
     }
-    Ok((None, Some(leaf.finalize())))
+    Ok((None, leaf))
 }
 
 /// Reads input bytes `item.range` of one file, hashes them as stored (and, for
 /// [`Hash::Both`], as written) and writes what they become.
-fn input_item(
-    f: &FileJob<'_>,
-    segs: &[Seg<'_>],
-    item: &Item,
-    xf: &dyn Transformer,
-    hash: Hash,
-) -> Result<(Option<[u8; 32]>, Option<[u8; 32]>)> {
-    let covered = item.range.start < f.covered_in;
-    let mut in_leaf = (covered && hash != Hash::None).then(|| ContentLeaf::new(f.index, item.index));
-    let mut out_leaf = (covered && hash == Hash::Both).then(|| ContentLeaf::new(f.index, item.index));
-    let hashed_end = f.covered_in;
-    let feed = |leaf: &mut Option<ContentLeaf>, at: u64, data: &[u8]| {
-        if let Some(l) = leaf {
-            let n = (hashed_end.saturating_sub(at) as usize).min(data.len());
-            l.update(&data[..n]);
-        }
-    };
-    let mut buf: Option<Zeroizing<Vec<u8>>> = None;
+fn input_item(f: &FileJob<'_>, segs: &[Seg<'_>], item: &Item, xf: &dyn Transformer, hash: Hash) -> Result<ItemLeaves> {
+    let mut in_leaf = (hash != Hash::None).then(|| ContentLeaf::new(f.index, item.index));
+    let out_leaf = (hash == Hash::Both).then(|| ContentLeaf::new(f.index, item.index));
+    if let Some(l) = &mut in_leaf {
+        l.update(src_slice(f, item.range.clone())?);
+    }
+    let size = (item.range.end - item.range.start) as usize;
+    let mut sink = Sink::new(f, size, out_leaf);
     for seg in overlapping(segs, &item.range, false) {
         let lo = seg.src.start.max(item.range.start);
         let hi = seg.src.end.min(item.range.end);
         let delta = lo - seg.src.start;
         match seg.kind {
-            Kind::Copy => {
-                let data = src_slice(f, lo..hi)?;
-                feed(&mut in_leaf, lo, data);
-                feed(&mut out_leaf, lo, data);
-                put(f, data, seg.out.start + delta)?;
-            }
+            Kind::Copy => sink.bytes(seg.out.start + delta, src_slice(f, lo..hi)?)?,
             Kind::Bytes(b) => {
-                feed(&mut in_leaf, lo, src_slice(f, lo..hi)?);
                 if b.len() as u64 == seg.src.end - seg.src.start {
-                    let data = &b[delta as usize..(hi - seg.src.start) as usize];
-                    feed(&mut out_leaf, lo, data);
-                    put(f, data, seg.out.start + delta)?;
+                    sink.bytes(seg.out.start + delta, &b[delta as usize..(hi - seg.src.start) as usize])?;
                 }
             }
             Kind::Transform { tag, logical } => {
-                let buf = buf.get_or_insert_with(|| buffer((item.range.end - item.range.start) as usize));
-                let mut at = lo;
-                while at < hi {
-                    let n = ((hi - at) as usize).min(buf.len());
-                    let data = src_slice(f, at..at + n as u64)?;
-                    feed(&mut in_leaf, at, data);
-                    let off = at - seg.src.start;
-                    let window = &mut buf[..n];
-                    window.copy_from_slice(data);
-                    xf.apply(tag, logical + off, window)?;
-                    feed(&mut out_leaf, at, window);
-                    put(f, window, seg.out.start + off)?;
-                    at += n as u64;
-                }
+                sink.transformed(seg.out.start + delta, src_slice(f, lo..hi)?, tag, logical + delta, xf)?
             }
         }
     }
+    let out = sink.finish()?;
     (f.release)(item.range.clone());
-    Ok((in_leaf.map(|l| l.finalize()), out_leaf.map(|l| l.finalize())))
+    Ok((in_leaf.map(|l| l.finalize()), out))
 }
 
 /// New bytes whose length differs from what they replace: written once, after the items
@@ -432,7 +483,8 @@ mod tests {
         let expect = reference(&src, &plan);
         let out = tempfile::tempfile().unwrap();
         let release = |_: Range<u64>| {};
-        let job = FileJob { src: &src, release: &release, plan, index: 2, covered_in: 290_000, out: Some(&out) };
+        let dest = Out { file: &out, dest: Path::new("out") };
+        let job = FileJob { src: &src, release: &release, plan, index: 2, out: Some(dest) };
         let leaves = run(&[job], &xor_tag, hash, chunk, &[0], false, &onnx_protect_format::NoProgress).unwrap();
         let mut got = Vec::new();
         use std::io::{Read, Seek};
@@ -457,7 +509,7 @@ mod tests {
     fn input_leaves_are_those_of_the_covered_input() {
         for chunk in [4096, 65_536, 1 << 20] {
             let (_, src, leaves) = run_one(Hash::Input, chunk, edits());
-            assert_eq!(leaves.input, vec![leaves_of(2, &src[..290_000], chunk)], "chunk {chunk}");
+            assert_eq!(leaves.input, vec![leaves_of(2, &src, chunk)], "chunk {chunk}");
         }
     }
 
@@ -465,15 +517,16 @@ mod tests {
     fn both_sides_hash_when_no_length_changes() {
         let same: Vec<Edit> = edits().into_iter().take(3).collect();
         let (expect, src, leaves) = run_one(Hash::Both, 65_536, same);
-        assert_eq!(leaves.input, vec![leaves_of(2, &src[..290_000], 65_536)]);
-        assert_eq!(leaves.output, vec![leaves_of(2, &expect[..290_000], 65_536)]);
+        assert_eq!(leaves.input, vec![leaves_of(2, &src, 65_536)]);
+        assert_eq!(leaves.output, vec![leaves_of(2, &expect, 65_536)]);
         let src: Vec<u8> = vec![0; 1000];
         let plan =
             Plan::new(1000, vec![Edit { range: 1..2, content: Content::Bytes(vec![]), ancestors: vec![] }], vec![])
                 .unwrap();
         let out = tempfile::tempfile().unwrap();
         let release = |_: Range<u64>| {};
-        let job = FileJob { src: &src, release: &release, plan, index: 0, covered_in: 1000, out: Some(&out) };
+        let dest = Out { file: &out, dest: Path::new("out") };
+        let job = FileJob { src: &src, release: &release, plan, index: 0, out: Some(dest) };
         assert!(run(&[job], &xor_tag, Hash::Both, 4096, &[0], false, &onnx_protect_format::NoProgress).is_err());
     }
 

@@ -32,11 +32,12 @@ use crate::content::{plans, run_covered, transformer};
 use crate::format2::{self, open_v2, read_v2, EncryptSpec};
 use crate::pass::Hash;
 use crate::restore::{plan_restore, restored_model_bytes};
-use crate::staged::{check_output, durable, Outputs};
+use crate::staged::{check_output, durable, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{ProtectedV2, METADATA_KEY_V2};
 pub use crate::error::{CoreError, ErrorKind, Result};
+pub use crate::format2::Rewrite;
 pub use crate::keys::KeySource;
 pub use crate::manifest::{
     is_manifest_key, read_protected, Protected, ProtectionInfo, Target, TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL,
@@ -97,8 +98,16 @@ pub struct EncryptOptions<'a> {
     pub sync: bool,
     /// Allow a policy that encrypts no byte of the model (refused by default).
     pub allow_empty: bool,
+    /// Choose the encrypted subsequences with the key and keep the positions secret
+    /// (docs/format.md §6; fp or dp modes, no access tiers).
+    pub secret_positions: bool,
+    /// Whether existing outputs may be replaced and a missing output directory created.
+    pub outputs: OutputRules,
     /// Publisher keys that sign the model (docs/format.md §10).
     pub signing_keys: &'a [SigningKey],
+    /// A change of the plaintext weights made while encrypting (for example a recipient's
+    /// fingerprint); the decrypted model then holds the changed weights.
+    pub rewrite: Option<&'a crate::format2::Rewrite>,
     pub progress: &'a dyn Progress,
 }
 
@@ -110,7 +119,10 @@ impl<'a> EncryptOptions<'a> {
             in_place: false,
             sync: false,
             allow_empty: false,
+            secret_positions: false,
+            outputs: OutputRules::default(),
             signing_keys: &[],
+            rewrite: None,
             progress: &NoProgress,
         }
     }
@@ -121,6 +133,8 @@ pub struct DecryptOptions<'a> {
     pub in_place: bool,
     /// As [`EncryptOptions::sync`].
     pub sync: bool,
+    /// As [`EncryptOptions::outputs`].
+    pub outputs: OutputRules,
     /// Trusted publishers: when given, a model without a valid signature of one of them
     /// is refused.
     pub signers: &'a [SignerKey],
@@ -129,7 +143,13 @@ pub struct DecryptOptions<'a> {
 
 impl Default for DecryptOptions<'_> {
     fn default() -> Self {
-        DecryptOptions { in_place: false, sync: false, signers: &[], progress: &NoProgress }
+        DecryptOptions {
+            in_place: false,
+            sync: false,
+            outputs: OutputRules::default(),
+            signers: &[],
+            progress: &NoProgress,
+        }
     }
 }
 
@@ -158,13 +178,15 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
-    check_output(&model, input, output, opts.in_place)?;
+    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let spec = EncryptSpec {
         policy: opts.policy,
         in_place: opts.in_place,
         sync: opts.sync,
         allow_empty: opts.allow_empty,
+        secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
+        rewrite: opts.rewrite,
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
@@ -213,9 +235,15 @@ pub fn decrypt_tier(
         None => Err(CoreError::NotProtected),
         Some(2) => {
             let p = read_v2(&model)?;
-            check_output(&model, input, output, opts.in_place)?;
-            let d =
-                format2::decrypt(&model, &p, key, tier, opts.signers, output, opts.in_place, opts.sync, opts.progress)?;
+            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+            let spec = format2::DecryptSpec {
+                tier,
+                signers: opts.signers,
+                in_place: opts.in_place,
+                sync: opts.sync,
+                progress: opts.progress,
+            };
+            let d = format2::decrypt(&model, &p, key, output, &spec)?;
             Ok(report(d.tensors, d.decrypted_bytes))
         }
         Some(_) => {
@@ -223,7 +251,7 @@ pub fn decrypt_tier(
                 return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
             }
             let p = read_protected(&model)?;
-            check_output(&model, input, output, opts.in_place)?;
+            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let (tensors, bytes) =
                 decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
             Ok(report(tensors, bytes))
@@ -359,8 +387,8 @@ pub fn verify_signed(
         None => Err(CoreError::NotProtected),
         Some(2) => {
             let p = read_v2(&model)?;
-            format2::verify(&model, &p, key, signers)?;
-            let (encrypted_bytes, restored_bytes) = split(&p.targets, p.sealed.envelope.restored_tiers);
+            let targets = format2::verify(&model, &p, key, signers)?;
+            let (encrypted_bytes, restored_bytes) = split(&targets, p.sealed.envelope.restored_tiers);
             Ok(VerifyReport {
                 input: input.display().to_string(),
                 check,
@@ -416,6 +444,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         passphrase: p.manifest.kdf.is_some(),
         policy_summary: p.manifest.policy_summary.clone(),
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
         tiers: p.manifest.tiers,
         restored_tiers: p.envelope.restored_tiers,
         leaf_hash: match p.leaf_hash {
@@ -425,6 +454,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         tensors,
         recipients: Vec::new(),
         signatures: Vec::new(),
+        positions: "public",
     }))
 }
 
@@ -439,10 +469,12 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         passphrase: p.sealed.stanzas.iter().any(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE),
         policy_summary: h.policy_summary.clone(),
         encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
+        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
         tiers: h.tiers,
         restored_tiers: p.sealed.envelope.restored_tiers,
         leaf_hash: "blake3",
         tensors,
+        positions: if h.positions != 0 { "secret" } else { "public" },
         recipients: p
             .sealed
             .stanzas
@@ -466,6 +498,56 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
     })
 }
 
+/// The key-independent facts of a protected model, whatever its format version: what is
+/// encrypted (the targets), the access tiers, those already decrypted in the file.
+#[derive(Debug, Clone)]
+pub struct ProtectionView {
+    pub format_version: u32,
+    pub targets: Vec<Target>,
+    /// Number of access tiers (0 or 1: untiered).
+    pub tiers: u32,
+    pub restored_tiers: u32,
+    pub policy_summary: String,
+    /// The positions are secret (sealed): `targets` list the tensors, without spans.
+    pub secret_positions: bool,
+}
+
+impl ProtectionView {
+    /// The targets whose spans are still encrypted in the file (every tier not restored).
+    pub fn still_encrypted(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(move |t| t.tier == 0 || t.tier > self.restored_tiers)
+    }
+}
+
+/// The [`ProtectionView`] of a protected model (its manifest validated against the model).
+pub fn protection_view(model: &Model) -> Result<ProtectionView> {
+    match manifest_version(model)? {
+        None => Err(CoreError::NotProtected),
+        Some(2) => {
+            let p = read_v2(model)?;
+            Ok(ProtectionView {
+                format_version: 2,
+                tiers: p.sealed.header.tiers,
+                restored_tiers: p.sealed.envelope.restored_tiers,
+                policy_summary: p.sealed.header.policy_summary.clone(),
+                secret_positions: p.sealed.header.positions != 0,
+                targets: p.targets,
+            })
+        }
+        Some(_) => {
+            let p = read_protected(model)?;
+            Ok(ProtectionView {
+                format_version: 1,
+                tiers: p.manifest.tiers,
+                restored_tiers: p.envelope.restored_tiers,
+                policy_summary: p.manifest.policy_summary.clone(),
+                secret_positions: false,
+                targets: p.targets,
+            })
+        }
+    }
+}
+
 /// What `sign` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SignReport {
@@ -477,12 +559,13 @@ pub struct SignReport {
 
 /// Adds the signatures of `keys` to the format-2 model `input` (replacing an earlier
 /// signature of the same key), after checking that its content matches its manifest;
-/// writes `output` (which may be `input` with `in_place`).
+/// writes `output` (which may be `input` with `in_place`) under `outputs`' rules.
 pub fn sign(
     input: &Path,
     output: &Path,
     keys: &[SigningKey],
     in_place: bool,
+    outputs: &OutputRules,
     progress: &dyn Progress,
 ) -> Result<SignReport> {
     let model = open_protected(input, progress)?;
@@ -490,7 +573,7 @@ pub fn sign(
         return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be signed".into() });
     }
     let (model, p) = open_v2(Ok(model), input)?;
-    check_output(&model, input, output, in_place)?;
+    check_output(&model, input, output, in_place, outputs)?;
     format2::verify(&model, &p, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(CoreError::Key("a partially decrypted model cannot be signed; sign the encrypted model".into()));

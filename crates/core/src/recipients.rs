@@ -88,6 +88,8 @@ pub(crate) fn tier_chain(key: &MasterKey, top: u32) -> Vec<MasterKey> {
 pub(crate) struct Opened {
     pub tier: u32,
     pub keys: Vec<TierKeys>,
+    /// The data keys of tiers `1 ..= tier` (for wrapping them again).
+    pub data_keys: Vec<DataKey>,
 }
 
 impl Opened {
@@ -115,11 +117,12 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
         }
     }
     let (tier, dk) = best.ok_or(CoreError::WrongKey)?;
-    let keys: Vec<TierKeys> = dk.chain_down(tier).iter().map(DataKey::tier_keys).collect();
+    let data_keys = dk.chain_down(tier);
+    let keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     for (i, k) in keys.iter().enumerate() {
         if !k.key_check_matches(&sealed.header.key_checks[i]) {
             return Err(CoreError::Modified(format!("the data key of tier {} does not match its key check", i + 1)));
         }
     }
-    Ok(Opened { tier, keys })
+    Ok(Opened { tier, keys, data_keys })
 }

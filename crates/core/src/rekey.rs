@@ -38,8 +38,8 @@ use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
 use crate::protect::{manifest_version, open_protected};
-use crate::recipients::{open, wrap_all, EncryptTo, Opened};
-use crate::staged::{check_output, durable, external_destinations, Outputs};
+use crate::recipients::{wrap_all, EncryptTo, Opened};
+use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -47,6 +47,8 @@ pub struct RekeyOptions<'a> {
     pub in_place: bool,
     /// As [`EncryptOptions::sync`](crate::protect::EncryptOptions::sync).
     pub sync: bool,
+    /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
+    pub outputs: OutputRules,
     /// Publisher keys that sign the new model (the old signatures cover the old keys
     /// and are not kept).
     pub signing_keys: &'a [SigningKey],
@@ -92,10 +94,10 @@ pub fn rekey(
         }
         None => return Err(CoreError::NotProtected),
     }
-    let p = read_v2(&model)?;
-    check_output(&model, input, output, opts.in_place)?;
+    let mut p = read_v2(&model)?;
+    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
-    let old_keys = open(&p.sealed, old)?;
+    let old_keys = crate::format2::unlock(&model, &mut p, old)?;
     if old_keys.tier < tiers {
         return Err(CoreError::Key(format!(
             "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
@@ -115,6 +117,13 @@ pub fn rekey(
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
     header.tool = tool_name();
+    if header.positions != 0 {
+        // Secret positions are sealed under the tier keys: seal them again under the new ones.
+        for (e, t) in header.tensors.iter_mut().zip(&p.targets) {
+            let bounds: Vec<u64> = t.spans.iter().flat_map(|&(a, b)| [a, b]).collect();
+            e.sealed_spans = new_keys[t.tier as usize - 1].seal_spans(t.stream_id, &bounds);
+        }
+    }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
     let plans = plans(&model, content_len, &p.targets, &actions, Vec::new())?;
     let files = outputs.covered_files();
@@ -139,7 +148,8 @@ pub fn rekey(
         ..Default::default()
     };
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    let model_out = files.first().copied().flatten().ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out =
+        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

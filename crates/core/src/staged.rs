@@ -1,24 +1,52 @@
-//! Output files that appear whole or not at all.
+//! Output files that appear whole or not at all, and the rules every output obeys.
 //!
 //! Every output (the model file and its external data files) is written to a private
-//! temporary file next to its destination and renamed into place only when all of
-//! them are complete, the model file last; a failure at any point removes every
-//! temporary file and every directory made for them. Outputs never overwrite the
-//! input unless asked to, and are flushed to the disk before the rename when they
-//! replace it.
+//! staging file in its destination's directory ([`StagedOutput`]: mode 0600 from its
+//! creation, unnamed on Linux so that a killed process leaves nothing) and published
+//! under its name only when all of them are complete, the model file last; a failure
+//! at any point drops every staging file and removes every directory made for them.
+//!
+//! Before anything is staged, [`check_output`] applies the rules of [`OutputRules`]:
+//! only regular files are ever replaced (never a device such as `/dev/null`, a FIFO or
+//! a socket), an existing output only with `force` (or `in_place`), a missing output
+//! directory is created only with `make_dirs`, no two outputs are the same file, no
+//! output is an input file unless `in_place`, and a model whose tensors share bytes of
+//! an external file is never encrypted.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use onnx_protect_format::write::{staged_output, FinalMode};
+use onnx_protect_format::write::{check_destination, Destination, StagedOutput};
 use onnx_protect_format::Model;
 
 use crate::error::{CoreError, Result};
+use crate::pass::Out;
 
-/// Output files staged in temp files next to their destinations; nothing is
-/// visible until [`Staged::commit`], and dropping it removes every temp file.
+/// How a command may treat the places it writes its outputs to (the model file and its
+/// external data files). The default refuses to replace an existing file and creates a
+/// missing output directory (a program names its paths itself; the command line asks
+/// for `--mkdir`, so that a mistyped directory is not created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputRules {
+    /// Replace outputs that exist. Only regular files are ever replaced: a device, a
+    /// FIFO or a socket is refused whatever this says. Writing `in_place` replaces the
+    /// input without it.
+    pub force: bool,
+    /// Create the output's directory, and its parents, when it is missing. Directories
+    /// that external data locations name inside the output's directory (`sub/w.bin`)
+    /// are part of the output and always created.
+    pub make_dirs: bool,
+}
+
+impl Default for OutputRules {
+    fn default() -> Self {
+        OutputRules { force: false, make_dirs: true }
+    }
+}
+
+/// Output files staged next to their destinations; nothing is visible until
+/// [`Staged::commit`], and dropping it leaves nothing.
 pub(crate) struct Staged {
-    files: Vec<(tempfile::NamedTempFile, PathBuf, FinalMode)>,
+    files: Vec<StagedOutput>,
     /// Directories created for the outputs, outermost first: removed again (when
     /// empty) if the outputs are dropped, so a failed run leaves nothing behind.
     created: Vec<PathBuf>,
@@ -31,42 +59,36 @@ impl Staged {
 
     /// Stages an output for `dest` (through a symbolic link: for the file it points to).
     pub(crate) fn create(&mut self, dest: &Path) -> Result<usize> {
-        // The directories this creates (staged_output creates the missing ones).
+        // The directories this creates (StagedOutput::new creates the missing ones).
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut missing: Vec<PathBuf> =
             dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
         missing.reverse();
-        let (tmp, dest, mode) =
-            staged_output(dest).map_err(|e| CoreError::Write { path: dest.to_path_buf(), source: e })?;
+        let out = StagedOutput::new(dest).map_err(|e| CoreError::Write { path: dest.to_path_buf(), source: e })?;
         self.created.extend(missing);
-        self.files.push((tmp, dest, mode));
+        self.files.push(out);
         Ok(self.files.len() - 1)
     }
 
-    /// The open temporary file of output `i`.
-    pub(crate) fn file_ref(&self, i: usize) -> &File {
-        self.files[i].0.as_file()
+    /// The open staging file of output `i`, and its destination.
+    pub(crate) fn out(&self, i: usize) -> Out<'_> {
+        Out { file: self.files[i].file(), dest: self.files[i].dest() }
     }
 
-    /// Renames every file into place, the last one staged (the model) last, after
-    /// giving each its final permission bits (staged files are private until then);
-    /// with `durable`, flushes each to the disk (`fsync`) first. Every file is closed,
-    /// and the close checked, before the first rename: network file systems (NFS) may
-    /// report a failed write only there, and `cp` checks it too.
+    /// Publishes every file, the last one staged (the model) last, after giving each
+    /// its final permission bits (staged files are private until then); with `durable`,
+    /// flushes each to the disk (`fsync`) first. Every writer is closed, and the close
+    /// checked, before the first file is published: network file systems (NFS) may
+    /// report a failed write only there, and `cp` checks it too. A destination that had
+    /// no file when staging began is never replaced by one that appeared meanwhile.
     pub(crate) fn commit(mut self, durable: bool) -> Result<()> {
-        let mut closed = Vec::with_capacity(self.files.len());
-        for (tmp, dest, mode) in std::mem::take(&mut self.files) {
-            let err = |e| CoreError::Write { path: dest.clone(), source: e };
-            mode.apply(tmp.as_file()).map_err(err)?;
-            if durable {
-                tmp.as_file().sync_all().map_err(err)?;
-            }
-            let (file, path) = tmp.into_parts();
-            onnx_protect_fsio::file::close_checked(file).map_err(err)?;
-            closed.push((path, dest));
+        for f in &mut self.files {
+            let dest = f.dest().to_path_buf();
+            f.finish(durable).map_err(|e| CoreError::Write { path: dest, source: e })?;
         }
-        for (path, dest) in closed {
-            path.persist(&dest).map_err(|e| CoreError::Write { path: dest.clone(), source: e.error })?;
+        for f in std::mem::take(&mut self.files) {
+            let dest = f.dest().to_path_buf();
+            f.publish().map_err(|e| CoreError::Write { path: dest, source: e })?;
             // Something is in place: the directories stay.
             self.created.clear();
         }
@@ -76,7 +98,7 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        // The temporary files first, then the directories made for them, innermost
+        // The staging files first, then the directories made for them, innermost
         // first (`remove_dir` leaves any that something else has filled meanwhile).
         self.files.clear();
         for d in self.created.iter().rev() {
@@ -95,24 +117,23 @@ pub(crate) struct Outputs {
 
 impl Outputs {
     /// Stages `output` and the external data files next to it (each private to its
-    /// owner until renamed into place; removed, with any directories made for them,
-    /// when dropped uncommitted).
+    /// owner until published; nothing is left when dropped uncommitted).
     pub(crate) fn stage(model: &Model, output: &Path) -> Result<Outputs> {
         let mut staged = Staged::new();
         let external = external_destinations(model, output);
         for dest in &external {
             staged.create(dest)?;
         }
-        // The model file is staged last, so it is renamed into place last.
+        // The model file is staged last, so it is published last.
         staged.create(output)?;
         Ok(Outputs { staged, external })
     }
 
     /// The staged files in covered-file order (docs/format.md §9): the model, then each
     /// external data file.
-    pub(crate) fn covered_files(&self) -> Vec<Option<&File>> {
+    pub(crate) fn covered_files(&self) -> Vec<Option<Out<'_>>> {
         let n = self.external.len();
-        std::iter::once(n).chain(0..n).map(|i| Some(self.staged.file_ref(i))).collect()
+        std::iter::once(n).chain(0..n).map(|i| Some(self.staged.out(i))).collect()
     }
 }
 
@@ -123,9 +144,54 @@ pub(crate) fn external_destinations(model: &Model, output: &Path) -> Vec<PathBuf
     model.external_files.iter().map(|f| out_dir.join(&f.location)).collect()
 }
 
-/// Refuses an output location that would overwrite the input without `in_place`, or
-/// put the external data files of the output over those of the input.
-pub(crate) fn check_output(model: &Model, input: &Path, output: &Path, in_place: bool) -> Result<()> {
+/// Which file a path names, for telling two outputs (or an output and an input) apart:
+/// an existing file by its device and inode (hard links and case-insensitive names
+/// included), a new one by its canonical directory and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileKey {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn key_of_existing(path: &Path) -> Option<FileKey> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileKey::Inode(m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        std::fs::canonicalize(path).ok().map(FileKey::Path)
+    }
+}
+
+fn key_of(d: &Destination) -> FileKey {
+    if d.exists {
+        if let Some(k) = key_of_existing(&d.path) {
+            return k;
+        }
+    }
+    let dir = d.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    FileKey::Path(d.path.file_name().map(|n| dir.join(n)).unwrap_or(dir))
+}
+
+/// Refuses, before anything is written, an output that would break a rule of
+/// [`OutputRules`] or overwrite data (see the module documentation): the input
+/// without `in_place`; the external data files of the output over those of the input;
+/// a destination that is not a regular file; an existing file without `force`; a
+/// missing output directory without `make_dirs`; an external data location that would
+/// be written over the output model or over another output; for a model about to be
+/// encrypted (no manifest), tensors that share bytes of an external file.
+pub(crate) fn check_output(
+    model: &Model,
+    input: &Path,
+    output: &Path,
+    in_place: bool,
+    rules: &OutputRules,
+) -> Result<()> {
     let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -136,8 +202,8 @@ pub(crate) fn check_output(model: &Model, input: &Path, output: &Path, in_place:
             output.display()
         )));
     }
+    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !model.external_files.is_empty() && !in_place {
-        let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let in_dir = model.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&in_dir), std::fs::canonicalize(out_dir)) {
             if a == b {
@@ -147,6 +213,51 @@ pub(crate) fn check_output(model: &Model, input: &Path, output: &Path, in_place:
                 )));
             }
         }
+    }
+    if !in_place && !rules.make_dirs && !out_dir.is_dir() {
+        return Err(CoreError::Output(format!("the output directory {} does not exist", out_dir.display())));
+    }
+    if model.metadata.iter().all(|m| !crate::manifest::is_manifest_key(&m.key)) {
+        if let Some((a, b)) = model.shared_external_bytes() {
+            return Err(CoreError::Output(format!(
+                "tensors '{}' and '{}' share bytes of an external data file: encrypting one would change the other",
+                model.tensors[a].name, model.tensors[b].name
+            )));
+        }
+    }
+    // Every destination: what it is now, and which file it names.
+    let locations = model.external_files.iter().map(|f| format!("external data file '{}'", f.location));
+    let names: Vec<String> = locations.chain(std::iter::once("output model".to_string())).collect();
+    let mut dests = external_destinations(model, output);
+    dests.push(output.to_path_buf());
+    let mut keys: Vec<(FileKey, &str)> = Vec::with_capacity(dests.len());
+    let inputs: Vec<FileKey> = std::iter::once(input.to_path_buf())
+        .chain(model.external_files.iter().map(|f| f.path.clone()))
+        .filter_map(|p| key_of_existing(&p))
+        .collect();
+    for (path, name) in dests.iter().zip(&names) {
+        let d = check_destination(path)
+            .map_err(|e| CoreError::Output(format!("cannot write the {name} to {}: {e}", path.display())))?;
+        if d.exists && !in_place && !rules.force {
+            return Err(CoreError::Output(format!(
+                "{} exists; pass --force to replace it (the {name})",
+                path.display()
+            )));
+        }
+        let key = key_of(&d);
+        if let Some((_, other)) = keys.iter().find(|(k, _)| *k == key) {
+            return Err(CoreError::Output(format!(
+                "the {name} and the {other} would both be written to {}",
+                d.path.display()
+            )));
+        }
+        if !in_place && inputs.contains(&key) {
+            return Err(CoreError::Output(format!(
+                "the {name} would be written over a file of the input model ({})",
+                d.path.display()
+            )));
+        }
+        keys.push((key, name));
     }
     Ok(())
 }

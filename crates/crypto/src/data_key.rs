@@ -31,6 +31,13 @@ pub const V2_TENSOR_LABEL: &[u8] = b"onnx-protect/v2/tensor";
 pub const V2_MAC_LABEL: &[u8] = b"onnx-protect/v2/mac";
 /// HKDF-Expand `info` of the key check value.
 pub const V2_KEY_CHECK_LABEL: &[u8] = b"onnx-protect/v2/key-check";
+/// HKDF-Expand `info` of the key that seals secret positions.
+pub const V2_POSITIONS_LABEL: &[u8] = b"onnx-protect/v2/positions";
+/// HKDF-Expand `info` of the key that chooses secret positions (informational: readers
+/// never need it).
+pub const V2_CHOICE_LABEL: &[u8] = b"onnx-protect/v2/choice";
+/// Associated data of sealed positions.
+pub const V2_POSITIONS_AAD: &[u8] = b"onnx-protect/v2/positions";
 
 /// The 32-byte data key of one access tier of one protected model.
 ///
@@ -139,6 +146,60 @@ impl TierKeys {
     pub(crate) fn mac_key(&self) -> [u8; KEY_LEN] {
         self.mac_key
     }
+
+    /// Seals the spans of stream `stream_id` (secret positions, docs/format.md §6):
+    /// ChaCha20-Poly1305 under `HKDF-Expand(PRK_t, "onnx-protect/v2/positions", 32)`, nonce
+    /// `4 zero bytes || u64be(stream_id)`, associated data `"onnx-protect/v2/positions"`,
+    /// plaintext the span bounds as consecutive `u64be` values.
+    pub fn seal_spans(&self, stream_id: u64, bounds: &[u64]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = Zeroizing::new(hkdf_expand::<KEY_LEN>(&self.prk, &[V2_POSITIONS_LABEL]));
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.as_ref().into());
+        let plain: Vec<u8> = bounds.iter().flat_map(|b| b.to_be_bytes()).collect();
+        let nonce = positions_nonce(stream_id);
+        // Encryption fails only for messages over 256 GiB.
+        cipher.encrypt(&nonce.into(), Payload { msg: &plain, aad: V2_POSITIONS_AAD }).unwrap_or_default()
+    }
+
+    /// Opens sealed spans; `None` if they were not sealed by this tier's key for `stream_id`.
+    pub fn unseal_spans(&self, stream_id: u64, sealed: &[u8]) -> Option<Vec<u64>> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = Zeroizing::new(hkdf_expand::<KEY_LEN>(&self.prk, &[V2_POSITIONS_LABEL]));
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.as_ref().into());
+        let plain =
+            cipher.decrypt(&positions_nonce(stream_id).into(), Payload { msg: sealed, aad: V2_POSITIONS_AAD }).ok()?;
+        if plain.len() % 8 != 0 {
+            return None;
+        }
+        Some(plain.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+    }
+
+    /// Keyed scores for choosing secret positions: `k` of the `candidates` (subsequence
+    /// indices) of stream `stream_id`, those with the smallest
+    /// `HMAC-SHA256(HKDF-Expand(PRK_t, "onnx-protect/v2/choice"), u64be(stream) || u64be(i))`.
+    /// Returned sorted ascending. Nobody without the key can tell which were chosen.
+    pub fn choose(&self, stream_id: u64, candidates: &[u64], k: usize) -> Vec<u64> {
+        let key = Zeroizing::new(hkdf_expand::<KEY_LEN>(&self.prk, &[V2_CHOICE_LABEL]));
+        let mut scored: Vec<([u8; 32], u64)> = candidates
+            .iter()
+            .map(|&i| {
+                let mut m = Mac::with_key(key.as_ref());
+                m.update(&stream_id.to_be_bytes());
+                m.update(&i.to_be_bytes());
+                (m.finalize(), i)
+            })
+            .collect();
+        scored.sort_unstable();
+        let mut chosen: Vec<u64> = scored.into_iter().take(k).map(|(_, i)| i).collect();
+        chosen.sort_unstable();
+        chosen
+    }
+}
+
+fn positions_nonce(stream_id: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&stream_id.to_be_bytes());
+    n
 }
 
 #[cfg(test)]
@@ -160,6 +221,24 @@ mod tests {
         assert_eq!(*chain[2].to_bytes(), *k.to_bytes());
         assert_eq!(*chain[1].to_bytes(), *k.tier_down().to_bytes());
         assert_eq!(*chain[0].to_bytes(), *k.tier_down().tier_down().to_bytes());
+    }
+
+    #[test]
+    fn sealed_spans_open_with_their_tier_and_stream_only() {
+        let a = DataKey::from_bytes([1; 32]).tier_keys();
+        let b = DataKey::from_bytes([2; 32]).tier_keys();
+        let sealed = a.seal_spans(7, &[0, 16, 64, 128]);
+        assert_eq!(a.unseal_spans(7, &sealed), Some(vec![0, 16, 64, 128]));
+        assert_eq!(a.unseal_spans(8, &sealed), None);
+        assert_eq!(b.unseal_spans(7, &sealed), None);
+        let mut changed = sealed.clone();
+        changed[0] ^= 1;
+        assert_eq!(a.unseal_spans(7, &changed), None);
+        let chosen = a.choose(7, &[1, 3, 5, 7, 9, 11], 3);
+        assert_eq!(chosen.len(), 3);
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(chosen, a.choose(7, &[1, 3, 5, 7, 9, 11], 3), "deterministic");
+        assert_ne!(a.choose(7, &(0..64).collect::<Vec<_>>(), 8), b.choose(7, &(0..64).collect::<Vec<_>>(), 8));
     }
 
     #[test]

@@ -157,16 +157,17 @@ impl KdfParams {
 
     /// Smallest accepted memory cost (KiB); Argon2 also requires at least 8 KiB per lane.
     pub const MIN_M_COST_KIB: u32 = 8;
-    /// Largest accepted memory cost (KiB): 1 GiB.
-    pub const MAX_M_COST_KIB: u32 = 1_048_576;
+    /// Largest accepted memory cost (KiB): 128 MiB, twice the default (docs/format.md §8:
+    /// a file cannot make a reader spend much more than an encryption did).
+    pub const MAX_M_COST_KIB: u32 = 131_072;
     /// Smallest accepted pass count.
     pub const MIN_T_COST: u32 = 1;
-    /// Largest accepted pass count.
-    pub const MAX_T_COST: u32 = 64;
+    /// Largest accepted pass count: twice the default.
+    pub const MAX_T_COST: u32 = 6;
     /// Smallest accepted parallelism.
     pub const MIN_P_COST: u32 = 1;
     /// Largest accepted parallelism.
-    pub const MAX_P_COST: u32 = 16;
+    pub const MAX_P_COST: u32 = 4;
 
     /// Default costs with a fresh random salt.
     pub fn new_random() -> Result<KdfParams, CryptoError> {
@@ -183,13 +184,15 @@ impl KdfParams {
     /// Rejects hostile or nonsensical values (e.g. read from a tampered file)
     /// before they can make Argon2 allocate or loop excessively.
     ///
-    /// Accepted: `t_cost` in 1..=64, `p_cost` in 1..=16, and `m_cost_kib` in
-    /// `8 * p_cost ..= 1_048_576` (Argon2 needs at least 8 KiB per lane).
+    /// Accepted: `t_cost` in 1..=6, `p_cost` in 1..=4, and `m_cost_kib` in
+    /// `8 * p_cost ..= 131_072` (Argon2 needs at least 8 KiB per lane): at most twice
+    /// the memory and passes of the defaults, so a hostile file costs a reader at most
+    /// a few seconds and 128 MiB per attempt, and is refused before any of it.
     /// The error names the first offending field.
     pub fn validate(&self) -> Result<(), CryptoError> {
         check_range("t_cost", self.t_cost, Self::MIN_T_COST, Self::MAX_T_COST)?;
         check_range("p_cost", self.p_cost, Self::MIN_P_COST, Self::MAX_P_COST)?;
-        // p_cost <= 16 here, so this cannot overflow.
+        // p_cost <= 4 here, so this cannot overflow.
         let min_m = Self::MIN_M_COST_KIB.max(8 * self.p_cost);
         check_range("m_cost_kib", self.m_cost_kib, min_m, Self::MAX_M_COST_KIB)
     }
@@ -200,5 +203,29 @@ fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<()
         Ok(())
     } else {
         Err(CryptoError::KdfParam { field, value, min, max })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(m_cost_kib: u32, t_cost: u32, p_cost: u32) -> KdfParams {
+        KdfParams { salt: [7; KDF_SALT_LEN], m_cost_kib, t_cost, p_cost }
+    }
+
+    #[test]
+    fn argon2_parameters_over_the_caps_are_refused_before_any_work() {
+        // 1 GiB and 64 passes: minutes of work per attempt if it ran.
+        let e = MasterKey::from_passphrase(b"passphrase", &params(1_048_576, 64, 1)).err();
+        assert!(matches!(e, Some(CryptoError::KdfParam { field: "t_cost", value: 64, max: 6, .. })), "{e:?}");
+        let e = params(131_073, 3, 1).validate().unwrap_err();
+        assert!(matches!(e, CryptoError::KdfParam { field: "m_cost_kib", max: 131_072, .. }), "{e:?}");
+        let e = params(65_536, 3, 5).validate().unwrap_err();
+        assert!(matches!(e, CryptoError::KdfParam { field: "p_cost", max: 4, .. }), "{e:?}");
+        assert!(params(8, 1, 2).validate().is_err(), "m < 8p");
+        // The caps themselves and the defaults pass.
+        params(131_072, 6, 4).validate().unwrap();
+        KdfParams::new_random().unwrap().validate().unwrap();
     }
 }

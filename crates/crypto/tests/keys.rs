@@ -262,7 +262,7 @@ fn kdf_defaults_are_valid() {
     assert_eq!((p.m_cost_kib, p.t_cost, p.p_cost), (65_536, 3, 1));
     p.validate().unwrap();
     let mut edge = small_params(0);
-    for (m, t, pc) in [(8, 1, 1), (1_048_576, 64, 16), (128, 64, 16)] {
+    for (m, t, pc) in [(8, 1, 1), (131_072, 6, 4), (32, 6, 4)] {
         edge.m_cost_kib = m;
         edge.t_cost = t;
         edge.p_cost = pc;
@@ -275,15 +275,17 @@ fn kdf_params_validate_rejects_each_hostile_field() {
     let cases = [
         ("m_cost_kib", KdfParams { m_cost_kib: 0, ..small_params(0) }),
         ("m_cost_kib", KdfParams { m_cost_kib: 7, ..small_params(0) }),
-        ("m_cost_kib", KdfParams { m_cost_kib: 1_048_577, ..small_params(0) }),
+        ("m_cost_kib", KdfParams { m_cost_kib: 131_073, ..small_params(0) }),
+        ("m_cost_kib", KdfParams { m_cost_kib: 1_048_576, ..small_params(0) }),
         ("m_cost_kib", KdfParams { m_cost_kib: u32::MAX, ..small_params(0) }),
         // Argon2 needs 8 KiB per lane.
         ("m_cost_kib", KdfParams { m_cost_kib: 31, p_cost: 4, ..small_params(0) }),
         ("t_cost", KdfParams { t_cost: 0, ..small_params(0) }),
-        ("t_cost", KdfParams { t_cost: 65, ..small_params(0) }),
+        ("t_cost", KdfParams { t_cost: 7, ..small_params(0) }),
+        ("t_cost", KdfParams { t_cost: 64, ..small_params(0) }),
         ("t_cost", KdfParams { t_cost: u32::MAX, ..small_params(0) }),
         ("p_cost", KdfParams { p_cost: 0, ..small_params(0) }),
-        ("p_cost", KdfParams { p_cost: 17, ..small_params(0) }),
+        ("p_cost", KdfParams { p_cost: 5, ..small_params(0) }),
         ("p_cost", KdfParams { p_cost: u32::MAX, ..small_params(0) }),
     ];
     for (field, params) in cases {

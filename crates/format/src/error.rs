@@ -11,6 +11,10 @@ use std::path::PathBuf;
 pub enum FormatError {
     #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The bytes are not an ONNX model at all (empty, text, an image, an archive,
+    /// random bytes): said in words rather than as a protobuf decoding failure.
+    #[error("not an ONNX model: {reason}")]
+    NotOnnx { reason: String },
     #[error("truncated protobuf: input ends inside a field at byte {at} (in {context})")]
     Truncated { at: u64, context: String },
     #[error("malformed protobuf at byte {at} (in {context}): {reason}")]
@@ -35,29 +39,89 @@ pub enum FormatError {
     ExternalRange { tensor: String, location: String, reason: String },
     #[error("tensor '{tensor}': external data file '{location}' does not exist (looked for {path})")]
     ExternalMissing { tensor: String, location: String, path: PathBuf },
+    /// A model given as bytes (no directory, e.g. read from a pipe) refers to external data.
+    #[error(
+        "tensor '{tensor}' keeps its data in the external file '{location}', which cannot be found for a \
+         model given as a stream of bytes; give the model's path instead"
+    )]
+    ExternalWithoutDir { tensor: String, location: String },
     #[error("{0}")]
     Invalid(String),
 }
 
-impl FormatError {
-    /// A short, stable identifier of the error kind (`truncated`, `malformed`, ...),
-    /// used in JSON output and in the table of expected errors of the hostile fixtures.
-    pub fn kind(&self) -> &'static str {
+/// The kind of a [`FormatError`], for callers that decide by kind (exit codes,
+/// JSON reports). Exhaustive on purpose: a new kind must be placed by every caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Io,
+    NotOnnx,
+    Truncated,
+    Malformed,
+    NoGraph,
+    NegativeDim,
+    DimOverflow,
+    DataLength,
+    UnknownDataType,
+    TooDeep,
+    DuplicateName,
+    ExternalPath,
+    ExternalRange,
+    ExternalMissing,
+    ExternalWithoutDir,
+    Invalid,
+}
+
+impl ErrorKind {
+    /// A short, stable identifier (`truncated`, `not_onnx`, ...), used in JSON output
+    /// and in the table of expected errors of the hostile fixtures.
+    pub fn as_str(self) -> &'static str {
         match self {
-            FormatError::Io { .. } => "io",
-            FormatError::Truncated { .. } => "truncated",
-            FormatError::Malformed { .. } => "malformed",
-            FormatError::NoGraph => "no_graph",
-            FormatError::NegativeDim { .. } => "negative_dim",
-            FormatError::DimOverflow { .. } => "dim_overflow",
-            FormatError::DataLength { .. } => "data_length",
-            FormatError::UnknownDataType { .. } => "unknown_data_type",
-            FormatError::TooDeep { .. } => "too_deep",
-            FormatError::DuplicateName { .. } => "duplicate_name",
-            FormatError::ExternalPath { .. } => "external_path",
-            FormatError::ExternalRange { .. } => "external_range",
-            FormatError::ExternalMissing { .. } => "external_missing",
-            FormatError::Invalid(_) => "invalid",
+            ErrorKind::Io => "io",
+            ErrorKind::NotOnnx => "not_onnx",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::NoGraph => "no_graph",
+            ErrorKind::NegativeDim => "negative_dim",
+            ErrorKind::DimOverflow => "dim_overflow",
+            ErrorKind::DataLength => "data_length",
+            ErrorKind::UnknownDataType => "unknown_data_type",
+            ErrorKind::TooDeep => "too_deep",
+            ErrorKind::DuplicateName => "duplicate_name",
+            ErrorKind::ExternalPath => "external_path",
+            ErrorKind::ExternalRange => "external_range",
+            ErrorKind::ExternalMissing => "external_missing",
+            ErrorKind::ExternalWithoutDir => "external_without_dir",
+            ErrorKind::Invalid => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FormatError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FormatError::Io { .. } => ErrorKind::Io,
+            FormatError::NotOnnx { .. } => ErrorKind::NotOnnx,
+            FormatError::Truncated { .. } => ErrorKind::Truncated,
+            FormatError::Malformed { .. } => ErrorKind::Malformed,
+            FormatError::NoGraph => ErrorKind::NoGraph,
+            FormatError::NegativeDim { .. } => ErrorKind::NegativeDim,
+            FormatError::DimOverflow { .. } => ErrorKind::DimOverflow,
+            FormatError::DataLength { .. } => ErrorKind::DataLength,
+            FormatError::UnknownDataType { .. } => ErrorKind::UnknownDataType,
+            FormatError::TooDeep { .. } => ErrorKind::TooDeep,
+            FormatError::DuplicateName { .. } => ErrorKind::DuplicateName,
+            FormatError::ExternalPath { .. } => ErrorKind::ExternalPath,
+            FormatError::ExternalRange { .. } => ErrorKind::ExternalRange,
+            FormatError::ExternalMissing { .. } => ErrorKind::ExternalMissing,
+            FormatError::ExternalWithoutDir { .. } => ErrorKind::ExternalWithoutDir,
+            FormatError::Invalid(_) => ErrorKind::Invalid,
         }
     }
 }

@@ -31,12 +31,13 @@ pub mod dtype;
 pub mod error;
 pub mod model;
 pub mod progress;
+pub mod sniff;
 pub mod testutil;
 pub mod wire;
 pub mod write;
 
 pub use discover::{discover, Layers, TensorRole, Weight, WeightKind, WeightUse};
 pub use dtype::{DataType, TypedField};
-pub use error::{FormatError, Result};
+pub use error::{ErrorKind, FormatError, Result};
 pub use model::{Container, Locator, Model, Origin, Tensor, TensorData, TensorId};
 pub use progress::{NoProgress, Progress};

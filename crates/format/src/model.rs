@@ -486,7 +486,7 @@ impl Model {
             progress,
         };
         progress.start("parse", p.buf.len() as u64);
-        let top = p.parse_model(&mut header)?;
+        let top = p.parse_model(&mut header).map_err(|e| crate::sniff::explain(p.buf, e))?;
         progress.finish();
         let Parser { graphs, nodes, tensors, pending_external, .. } = p;
         model.ir_version = header.ir_version;
@@ -500,7 +500,7 @@ impl Model {
         model.nodes = nodes;
         model.tensors = tensors;
         if !top {
-            return Err(FormatError::NoGraph);
+            return Err(crate::sniff::explain(model.bytes(), FormatError::NoGraph));
         }
         model.resolve_external(pending_external)?;
         model.check_duplicates()?;
@@ -557,16 +557,26 @@ impl Model {
 
     fn resolve_external(&mut self, pending: Vec<PendingExternal>) -> Result<()> {
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        // The model file itself, as external data paths are resolved (canonical).
+        let model_file = match (&self.path, pending.is_empty()) {
+            (Some(p), false) => std::fs::canonicalize(p).ok(),
+            _ => None,
+        };
         for pe in pending {
             let tensor_name = self.tensors[pe.tensor].name.clone();
             let Some(dir) = self.dir.clone() else {
+                return Err(FormatError::ExternalWithoutDir { tensor: tensor_name, location: pe.location });
+            };
+            let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+            if model_file.as_ref() == Some(&path) {
+                // Its bytes would be read as weights, and writing the side file next to
+                // an output would overwrite the output model.
                 return Err(FormatError::ExternalPath {
                     tensor: tensor_name,
                     location: pe.location,
-                    reason: "the model has no directory to resolve it against".into(),
+                    reason: "it names the model file itself".into(),
                 });
-            };
-            let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+            }
             let idx = match by_path.get(&path) {
                 Some(&i) => i,
                 None => {
@@ -624,6 +634,33 @@ impl Model {
             t.data = TensorData::External { file: idx, range: offset..end };
         }
         Ok(())
+    }
+
+    /// The first two tensors (by id) whose external data share bytes of one file, if
+    /// any: encrypting one of them would change the other, so such a model is never
+    /// encrypted. Empty ranges share nothing.
+    pub fn shared_external_bytes(&self) -> Option<(TensorId, TensorId)> {
+        let mut pieces: Vec<(usize, u64, u64, TensorId)> = self
+            .tensors
+            .iter()
+            .filter_map(|t| match &t.data {
+                TensorData::External { file, range } if range.start < range.end => {
+                    Some((*file, range.start, range.end, t.id))
+                }
+                _ => None,
+            })
+            .collect();
+        pieces.sort_unstable();
+        // The piece reaching furthest so far in the current file, to compare with the next.
+        let mut reach: Option<(usize, u64, TensorId)> = None;
+        for &(file, start, end, id) in &pieces {
+            match reach {
+                Some((f, e, other)) if f == file && start < e => return Some((other.min(id), other.max(id))),
+                Some((f, e, _)) if f == file && e >= end => {}
+                _ => reach = Some((file, end, id)),
+            }
+        }
+        None
     }
 
     fn check_duplicates(&self) -> Result<()> {
@@ -1511,5 +1548,59 @@ fn wrong_field(tensor: &str, tf: TypedField, dt: DataType) -> FormatError {
         at: 0,
         context: format!("tensor '{tensor}'"),
         reason: format!("{} cannot hold data_type {dt}", tf.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{external_float_tensor, float_tensor, matmul_chain};
+
+    #[cfg(unix)]
+    #[test]
+    fn a_location_that_names_the_model_file_itself_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // The model's bytes would be taken for weights: a tensor of 16 bytes at offset 0.
+        let bytes = matmul_chain(&[external_float_tensor("W0", &[2, 2], "self.onnx", 0, 16)]);
+        std::fs::write(dir.path().join("self.onnx"), &bytes).unwrap();
+        let Err(e) = Model::open(dir.path().join("self.onnx")) else { panic!("accepted") };
+        assert!(e.to_string().contains("names the model file itself"), "{e}");
+        // The same through "./" and through a symbolic link.
+        let bytes = matmul_chain(&[external_float_tensor("W0", &[2, 2], "./link.onnx", 0, 16)]);
+        std::fs::write(dir.path().join("m.onnx"), &bytes).unwrap();
+        std::os::unix::fs::symlink("m.onnx", dir.path().join("link.onnx")).unwrap();
+        let Err(e) = Model::open(dir.path().join("m.onnx")) else { panic!("accepted") };
+        assert!(e.to_string().contains("names the model file itself"), "{e}");
+    }
+
+    #[test]
+    fn tensors_sharing_bytes_of_an_external_file_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.bin"), vec![0u8; 64]).unwrap();
+        std::fs::write(dir.path().join("v.bin"), vec![0u8; 64]).unwrap();
+        let open = |tensors: &[Vec<u8>]| {
+            std::fs::write(dir.path().join("m.onnx"), matmul_chain(tensors)).unwrap();
+            Model::open(dir.path().join("m.onnx")).unwrap()
+        };
+        // Disjoint (touching) ranges, and the same range in two files: nothing shared.
+        let m = open(&[
+            external_float_tensor("W0", &[2, 2], "w.bin", 0, 16),
+            external_float_tensor("W1", &[2, 2], "w.bin", 16, 16),
+            external_float_tensor("W2", &[2, 2], "v.bin", 0, 16),
+            float_tensor("W3", &[2, 2], &[1.0; 4]),
+        ]);
+        assert_eq!(m.shared_external_bytes(), None);
+        // One byte in common, and a range inside a longer one listed before it.
+        let m = open(&[
+            external_float_tensor("W0", &[2, 2], "w.bin", 0, 16),
+            external_float_tensor("W1", &[2, 2], "w.bin", 15, 16),
+        ]);
+        assert_eq!(m.shared_external_bytes(), Some((0, 1)));
+        let m = open(&[
+            external_float_tensor("W0", &[4, 4], "w.bin", 0, 64),
+            external_float_tensor("W1", &[2, 2], "v.bin", 0, 16),
+            external_float_tensor("W2", &[2, 2], "w.bin", 40, 16),
+        ]);
+        assert_eq!(m.shared_external_bytes(), Some((0, 2)));
     }
 }

@@ -58,3 +58,50 @@ pub fn tiny_model() -> Vec<u8> {
     put_len_field(&mut g, 12, &vo);
     model_with_graph(&g)
 }
+
+/// Encodes a FLOAT `TensorProto` whose data is external: `length` bytes at `offset` of
+/// the file `location` (relative to the model's directory).
+pub fn external_float_tensor(name: &str, dims: &[i64], location: &str, offset: u64, length: u64) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        put_tag(&mut t, 1, WireType::Varint);
+        put_varint(&mut t, d as u64);
+    }
+    put_tag(&mut t, 2, WireType::Varint);
+    put_varint(&mut t, 1);
+    put_len_field(&mut t, 8, name.as_bytes());
+    for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())] {
+        let mut e = Vec::new();
+        put_len_field(&mut e, 1, k.as_bytes());
+        put_len_field(&mut e, 2, v.as_bytes());
+        put_len_field(&mut t, 13, &e);
+    }
+    put_tag(&mut t, 14, WireType::Varint);
+    put_varint(&mut t, 1);
+    t
+}
+
+/// A model `y = x · W_0 · W_1 · …`: one `MatMul` per initializer, in order (each an
+/// encoded `TensorProto`, for example from [`float_tensor`] or [`external_float_tensor`],
+/// named `W{i}`).
+pub fn matmul_chain(initializers: &[Vec<u8>]) -> Vec<u8> {
+    let mut g = Vec::new();
+    let names: Vec<String> = (0..initializers.len()).map(|i| format!("W{i}")).collect();
+    let values: Vec<String> =
+        (0..=initializers.len()).map(|i| if i == 0 { "x".into() } else { format!("h{i}") }).collect();
+    for (i, w) in names.iter().enumerate() {
+        let out = if i + 1 == names.len() { "y" } else { values[i + 1].as_str() };
+        put_len_field(&mut g, 1, &node("MatMul", &[values[i].as_str(), w], &[out], &format!("mm{i}")));
+    }
+    put_len_field(&mut g, 2, b"chain");
+    for t in initializers {
+        put_len_field(&mut g, 5, t);
+    }
+    let mut vi = Vec::new();
+    put_len_field(&mut vi, 1, b"x");
+    put_len_field(&mut g, 11, &vi);
+    let mut vo = Vec::new();
+    put_len_field(&mut vo, 1, b"y");
+    put_len_field(&mut g, 12, &vo);
+    model_with_graph(&g)
+}

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{FormatError, Result};
 use crate::model::Container;
@@ -211,76 +211,168 @@ pub fn metadata_field(key: &str, value: &str) -> Vec<u8> {
     out
 }
 
-/// Where an output named `dest` is really written: `dest` itself, or, if `dest` is a
-/// symbolic link, the file it points to (as `cp` writes through a link), so that the
-/// link stays and the file behind it is replaced. A link to a missing file is an error.
-fn resolve_output(dest: &Path) -> std::io::Result<std::path::PathBuf> {
-    match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{} is a symbolic link to a missing file", dest.display()))
-        }),
-        _ => Ok(dest.to_path_buf()),
-    }
-}
-
-/// Where to write an output named `dest`: a temporary file, the path to rename it to
-/// when it is complete (it is removed if dropped first), and the permission bits to
-/// give it just before. Through a symbolic link, that path is the file the link points
-/// to (see `resolve_output`). The temporary file sits in that path's directory
-/// (created if missing) and can be read by its owner only while it is written, so
-/// bytes not yet checked (a decryption verifies its MAC at the end of its one pass) are
-/// never readable by others; [`FinalMode::apply`] then gives it the permission bits of
-/// the file it will replace, or those of any new file (0666 less the umask, or what the
-/// directory's default ACL gives), as `cp` would create it.
-pub fn staged_output(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, std::path::PathBuf, FinalMode)> {
-    let dest = resolve_output(dest)?;
-    // Refused now, not at the rename after the whole pass.
-    if dest.is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"));
-    }
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let (tmp, mode) = temp_beside(&dest, dir)?;
-    Ok((tmp, dest, mode))
-}
-
-/// The permission bits a staged output gets before it is renamed into place.
+/// What a destination path holds before an output is written there.
 #[derive(Debug, Clone)]
-pub struct FinalMode(Option<std::fs::Permissions>);
+pub struct Destination {
+    /// Where the output is really written: the path itself, or, if it is a symbolic
+    /// link, the file it points to (as `cp` writes through a link), so that the link
+    /// stays and the file behind it is replaced.
+    pub path: PathBuf,
+    /// Whether a regular file is there now (writing replaces it).
+    pub exists: bool,
+}
 
-impl FinalMode {
-    /// Gives `file` (the staged output) its final permission bits.
-    pub fn apply(&self, file: &std::fs::File) -> std::io::Result<()> {
-        match &self.0 {
-            Some(p) => file.set_permissions(p.clone()),
-            None => Ok(()),
+/// How a file that is not a regular file is named in messages.
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_socket() {
+            return "a socket";
         }
     }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
-fn temp_beside(dest: &Path, dir: &Path) -> std::io::Result<(tempfile::NamedTempFile, FinalMode)> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(".onnx-protect-").suffix(".tmp");
+/// Checks the destination of an output before anything is written: it may be missing
+/// or a regular file (directly or through a symbolic link), never anything else. A
+/// character or block device (such as `/dev/null`), a FIFO, a socket or a directory is
+/// refused, and so is a symbolic link to a missing file: only regular files are ever
+/// replaced.
+pub fn check_destination(dest: &Path) -> std::io::Result<Destination> {
+    let path = match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{} is a symbolic link to a missing file", dest.display()))
+        })?,
+        _ => dest.to_path_buf(),
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(Destination { path, exists: true }),
+        Ok(m) if m.is_dir() => Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory")),
+        Ok(m) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "is {}, not a regular file; only regular files are replaced (to stream an output, write it to \
+                 standard output)",
+                kind_of(&m)
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Destination { path, exists: false }),
+        Err(e) => Err(e),
+    }
+}
+
+/// An output being written: a private staging file in its destination's directory
+/// ([`onnx_protect_fsio::Staging`]: mode 0600 from its creation, unnamed on Linux, so
+/// a killed process leaves nothing), published under the destination's name only by
+/// [`StagedOutput::publish`]. Bytes not yet checked (a decryption verifies its MAC at
+/// the end of its one pass) are never readable by others. Just before it is published
+/// it gets the permission bits of the file it replaces, or those of any new file (0666
+/// less the umask), as `cp` creates it. Dropped unpublished, it leaves nothing.
+pub struct StagedOutput {
+    staging: onnx_protect_fsio::Staging,
+    dest: PathBuf,
+    /// The permission bits it gets before it is published.
+    mode: Option<std::fs::Permissions>,
+    /// Whether a file was at the destination when staging began; if not, publishing
+    /// never replaces one that appeared meanwhile.
+    replace: bool,
+}
+
+impl StagedOutput {
+    /// Stages an output for `dest` (through a symbolic link: for the file it points to;
+    /// see [`check_destination`], whose refusals apply). Missing directories on the way
+    /// to it are created. Named staging files of dead processes in that directory are
+    /// removed first (once per process and directory).
+    pub fn new(dest: &Path) -> std::io::Result<StagedOutput> {
+        let Destination { path, exists } = check_destination(dest)?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        onnx_protect_fsio::stage::remove_stale_once(dir);
+        let mode = if exists { Some(std::fs::metadata(&path)?.permissions()) } else { new_file_permissions() };
+        let staging = onnx_protect_fsio::Staging::new(dir)?;
+        Ok(StagedOutput { staging, dest: path, mode, replace: exists })
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &std::fs::File {
+        self.staging.file()
+    }
+
+    /// The file being written, for `std::io::Write`.
+    pub fn file_mut(&mut self) -> &mut std::fs::File {
+        self.staging.file_mut()
+    }
+
+    /// Where it will be published (a symbolic link resolved).
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Readies the file for publishing: gives it its final permission bits, flushes it
+    /// to the disk with `durable` (`fsync`), and closes the descriptor that wrote it,
+    /// checking the error `close` reports (network file systems may report a failed
+    /// write only there).
+    pub fn finish(&mut self, durable: bool) -> std::io::Result<()> {
+        if let Some(p) = &self.mode {
+            self.staging.file().set_permissions(p.clone())?;
+        }
+        if durable {
+            self.staging.file().sync_all()?;
+        }
+        self.staging.close_writer()
+    }
+
+    /// Publishes the file under its destination's name, atomically: a rename over the
+    /// file that was there when staging began, or, when there was none, a link that
+    /// never replaces a file that appeared meanwhile. Anything but a regular file found
+    /// there now is refused.
+    pub fn publish(self) -> std::io::Result<()> {
+        if self.replace {
+            match std::fs::symlink_metadata(&self.dest) {
+                Ok(m) if !m.is_file() => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("became {} while the output was written; it is not replaced", kind_of(&m)),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        self.staging.publish(&self.dest, self.replace).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::new(e.kind(), "a file appeared there while the output was written; it is not replaced")
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// The permission bits of a new file (0666 less the umask): `None` where the system has
+/// no such bits.
+fn new_file_permissions() -> Option<std::fs::Permissions> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let existing = std::fs::metadata(dest).ok().filter(|m| m.is_file()).map(|m| m.permissions());
-        if existing.is_none() {
-            // The kernel applies the umask (or the directory's default ACL) to the mode
-            // `open` is given: the bits a new file gets, read back below.
-            b.permissions(std::fs::Permissions::from_mode(0o666));
-        }
-        let tmp = b.tempfile_in(dir)?;
-        let last = match existing {
-            Some(p) => p,
-            None => tmp.as_file().metadata()?.permissions(),
-        };
-        // Owner only while it is written (still empty now).
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        Ok((tmp, FinalMode(Some(last))))
+        Some(std::fs::Permissions::from_mode(onnx_protect_fsio::stage::new_file_mode()))
     }
     #[cfg(not(unix))]
-    Ok((b.tempfile_in(dir)?, FinalMode(None)))
+    None
 }
 
 #[cfg(test)]
@@ -354,30 +446,72 @@ mod tests {
     #[test]
     fn a_directory_is_refused_as_an_output_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let e = staged_output(dir.path()).unwrap_err();
+        let e = StagedOutput::new(dir.path()).err().unwrap();
         assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn devices_fifos_and_sockets_are_never_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let link = dir.path().join("null-link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for (p, what) in [
+            (Path::new("/dev/null"), "a character device"),
+            (fifo.as_path(), "a FIFO"),
+            (sock.as_path(), "a socket"),
+            (link.as_path(), "a character device"),
+        ] {
+            let e = StagedOutput::new(p).err().unwrap();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{}", p.display());
+            assert!(e.to_string().contains(what), "{}: {e}", p.display());
+        }
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    }
+
+    #[cfg(unix)]
     #[test]
     fn staged_outputs_are_private_until_they_get_their_final_mode() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |f: &std::fs::File| f.metadata().unwrap().permissions().mode() & 0o777;
         let dir = tempfile::tempdir().unwrap();
-        // What a new file gets in this process (umask, default ACLs).
+        // What a new file gets in this process (umask).
         let usual = mode(&std::fs::File::create(dir.path().join("probe")).unwrap());
-        let (tmp, dest, last) = staged_output(&dir.path().join("new.onnx")).unwrap();
-        assert_eq!(dest, dir.path().join("new.onnx"));
-        assert_eq!(mode(tmp.as_file()), 0o600);
-        last.apply(tmp.as_file()).unwrap();
-        assert_eq!(mode(tmp.as_file()), usual);
+        let mut out = StagedOutput::new(&dir.path().join("new.onnx")).unwrap();
+        assert_eq!(out.dest(), dir.path().join("new.onnx"));
+        assert_eq!(mode(out.file()), 0o600);
+        out.finish(false).unwrap();
+        assert_eq!(mode(out.file()), usual);
+        out.publish().unwrap();
         // Replacing a file: its mode, even when it is wider than the usual one.
         let old = dir.path().join("old.onnx");
         std::fs::write(&old, b"x").unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let (tmp, _, last) = staged_output(&old).unwrap();
-        assert_eq!(mode(tmp.as_file()), 0o600);
-        last.apply(tmp.as_file()).unwrap();
-        assert_eq!(mode(tmp.as_file()), 0o664);
+        let mut out = StagedOutput::new(&old).unwrap();
+        assert_eq!(mode(out.file()), 0o600);
+        out.file_mut().write_all(b"y").unwrap();
+        out.finish(true).unwrap();
+        assert_eq!(mode(out.file()), 0o664);
+        out.publish().unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"y");
+    }
+
+    #[test]
+    fn a_file_that_appears_while_a_new_output_is_written_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.onnx");
+        let mut out = StagedOutput::new(&dest).unwrap();
+        out.file_mut().write_all(b"mine").unwrap();
+        std::fs::write(&dest, b"theirs").unwrap();
+        out.finish(false).unwrap();
+        let e = out.publish().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"theirs");
     }
 }

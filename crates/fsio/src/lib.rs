@@ -12,6 +12,11 @@
 //! * [`file`](mod@file): positional reads and writes, preallocation (`fallocate`), copies inside
 //!   the kernel (`copy_file_range`), early writeback (`sync_file_range`), a checked
 //!   `close`, and the identity of an open file.
+//! * [`stage`](mod@stage): private staging files that become outputs only when complete
+//!   (unnamed `O_TMPFILE` files on Linux, locked named files elsewhere), published
+//!   with or without replacing the destination, and the removal of the named staging
+//!   files of dead processes.
+//! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -33,6 +38,9 @@
 
 pub mod file;
 pub mod map;
+pub mod stage;
+pub mod tty;
 
 pub use file::FileId;
 pub use map::{PrivateMap, ReadMap};
+pub use stage::Staging;

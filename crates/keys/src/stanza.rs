@@ -237,6 +237,20 @@ impl Identity {
     }
 }
 
+/// A new age X25519 identity: the text of its identity file (as `age-keygen` writes it:
+/// comments with the public recipient, then the `AGE-SECRET-KEY-1…` line) and its public
+/// recipient (`age1…`).
+pub fn new_x25519_identity_file() -> (Zeroizing<String>, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    let text = Zeroizing::new(format!(
+        "# onnx-protect X25519 identity (age format); keep it secret\n# public key: {public}\n{}\n",
+        id.to_string().expose_secret()
+    ));
+    (text, public)
+}
+
 /// Refuses Argon2id parameters above the reader caps before any work is done.
 pub fn check_kdf_limits(kdf: &KdfParams) -> Result<(), KeysError> {
     if kdf.m_cost_kib > MAX_KDF_M_COST_KIB || kdf.t_cost > MAX_KDF_T_COST || kdf.p_cost > MAX_KDF_P_COST {

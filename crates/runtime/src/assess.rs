@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
-use onnx_protect_core::protect::{key_tier, protection_info, KeySource};
+use onnx_protect_core::protect::{key_tier, protection_view, KeySource};
 use onnx_protect_format::{discover, Model};
 
 use crate::attack::{repair_exposed, Exposure, Fill};
@@ -572,7 +572,7 @@ pub fn best_attack(variants: &[VariantReport]) -> Option<BestAttack> {
 pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result<AssessReport> {
     let orig = Model::open(original)?;
     let prot = Model::open(protected)?;
-    let info = protection_info(&prot)?.ok_or(onnx_protect_core::protect::CoreError::NotProtected)?;
+    let p = protection_view(&prot)?;
     let exposure = Exposure::of_protected(&prot)?;
     let weight_bytes: u64 = discover(&prot).iter().map(|w| prot.tensors[w.tensor].nbytes).sum();
     let bench = Bench::new(&orig, &opts.inputs, opts.labels.clone(), opts.calibration.as_ref())?;
@@ -641,8 +641,8 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     }
 
     // Tiered models: one row per tier the key reaches, each decrypted in memory.
-    let tiers = info.tiers;
-    let restored = info.restored_tiers;
+    let tiers = p.tiers;
+    let restored = p.restored_tiers;
     let mut key_tier_of = None;
     if let (true, Some(key)) = (tiers > 1, opts.key) {
         let top = key_tier(&prot, key)?;
@@ -683,9 +683,9 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
         calibration_samples: bench.calibration_samples(),
         best_attack: best_attack(&variants),
         weight_bytes,
-        encrypted_bytes: info.encrypted_bytes,
-        encrypted_tensors: info.tensors.len(),
-        policy: info.policy_summary.clone(),
+        encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        encrypted_tensors: p.targets.len(),
+        policy: p.policy_summary.clone(),
         tiers: (tiers > 1).then_some(tiers),
         restored_tiers: (tiers > 1).then_some(restored),
         key_tier: key_tier_of,

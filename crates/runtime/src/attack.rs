@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use onnx_protect_core::protect::protection_info;
+use onnx_protect_core::protect::protection_view;
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{discover, DataType, Model, TensorData, TensorId, TensorRole, Weight};
 use onnx_protect_select::Selection;
@@ -72,15 +72,10 @@ pub struct Exposure {
 impl Exposure {
     /// The spans a protected model's manifest lists for the tiers still encrypted in it.
     pub fn of_protected(protected: &Model) -> Result<Exposure> {
-        let info = protection_info(protected)?.ok_or(onnx_protect_core::protect::CoreError::NotProtected)?;
-        let by_locator: BTreeMap<String, TensorId> =
-            protected.tensors.iter().map(|t| (t.locator.to_string(), t.id)).collect();
+        let p = protection_view(protected)?;
         let mut spans: BTreeMap<TensorId, Vec<(u64, u64)>> = BTreeMap::new();
-        for t in info.tensors.iter().filter(|t| t.tier == 0 || t.tier > info.restored_tiers) {
-            let id = by_locator.get(&t.locator).ok_or_else(|| {
-                RuntimeError::Input(format!("manifest tensor '{}' ({}) is not in the model", t.name, t.locator))
-            })?;
-            spans.entry(*id).or_default().extend_from_slice(&t.spans);
+        for t in p.still_encrypted() {
+            spans.entry(t.tensor).or_default().extend_from_slice(&t.spans);
         }
         Ok(Exposure { spans })
     }

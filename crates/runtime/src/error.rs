@@ -33,17 +33,31 @@ pub enum RuntimeError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// The kind of a [`RuntimeError`]. Exhaustive on purpose: callers that decide by kind
+/// (exit codes) must place every new kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A [`CoreError`], with its kind.
+    Core(onnx_protect_core::error::ErrorKind),
+    Format(onnx_protect_format::ErrorKind),
+    UnsupportedOp,
+    Runtime,
+    Input,
+    Npy,
+    Io,
+}
+
 impl RuntimeError {
-    /// Stable short name of the error kind.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RuntimeError::Core(e) => e.kind().as_str(),
-            RuntimeError::Format(e) => e.kind(),
-            RuntimeError::UnsupportedOps { .. } => "unsupported_op",
-            RuntimeError::Tract(_) => "runtime",
-            RuntimeError::Input(_) => "input",
-            RuntimeError::Npy(_) => "npy",
-            RuntimeError::Io { .. } => "io",
+            RuntimeError::Core(e) => ErrorKind::Core(e.kind()),
+            RuntimeError::Format(e) => ErrorKind::Format(e.kind()),
+            RuntimeError::UnsupportedOps { .. } => ErrorKind::UnsupportedOp,
+            RuntimeError::Tract(_) => ErrorKind::Runtime,
+            RuntimeError::Input(_) => ErrorKind::Input,
+            RuntimeError::Npy(_) => ErrorKind::Npy,
+            RuntimeError::Io { .. } => ErrorKind::Io,
         }
     }
 }

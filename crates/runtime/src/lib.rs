@@ -55,4 +55,4 @@ pub mod npy;
 pub mod rewrite;
 pub mod search;
 
-pub use error::{Result, RuntimeError};
+pub use error::{ErrorKind, Result, RuntimeError};

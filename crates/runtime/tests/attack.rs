@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::protect::{
-    decrypt_tier, encrypt, protection_info, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
+    decrypt_tier, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
 };
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
@@ -24,10 +24,10 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
 
 /// Element indices covered by spans of the tiers in `tiers`, by tensor name.
 fn covered(model: &Model, tiers: &[u32]) -> BTreeMap<String, Vec<bool>> {
-    let p = protection_info(model).unwrap().unwrap();
+    let p = protection_view(model).unwrap();
     let mut out: BTreeMap<String, Vec<bool>> = BTreeMap::new();
-    for t in p.tensors.iter().filter(|t| tiers.contains(&t.tier)) {
-        let tensor = model.tensors.iter().find(|x| x.locator.to_string() == t.locator).unwrap();
+    for t in p.targets.iter().filter(|t| tiers.contains(&t.tier)) {
+        let tensor = &model.tensors[t.tensor];
         let mask = out.entry(tensor.name.clone()).or_insert_with(|| vec![false; tensor.nbytes as usize / 4]);
         for &(a, b) in &t.spans {
             for e in a / 4..b.div_ceil(4) {
@@ -73,15 +73,16 @@ fn mean_fill_of_a_tiered_model_treats_every_encrypted_tier_as_unknown() {
     encrypt(&mlp(), &enc, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy)).unwrap();
     let original = Model::open(mlp()).unwrap();
     let protected = Model::open(&enc).unwrap();
-    let p = protection_info(&protected).unwrap().unwrap();
-    let tiers_of = |locator: &str| p.tensors.iter().filter(|t| t.locator == locator).count();
-    assert!(p.tensors.iter().any(|t| tiers_of(&t.locator) >= 2), "no tensor has spans in two tiers");
+    let p = protection_view(&protected).unwrap();
+    let tiers_of = |tensor: usize| p.targets.iter().filter(|t| t.tensor == tensor).count();
+    assert!(p.targets.iter().any(|t| tiers_of(t.tensor) >= 2), "no tensor has spans in two tiers");
     check_mean_fill(&protected, &original, &covered(&protected, &[1, 2, 3]));
 
     // Tier 1 restored in the file: its spans are plaintext, tiers 2 and 3 are unknown.
     let t1 = dir.path().join("t1.onnx");
-    decrypt_tier(&enc, &t1, &key, Some(1), &DecryptOptions::default()).unwrap();
+    let opts = DecryptOptions::default();
+    decrypt_tier(&enc, &t1, &key, Some(1), &opts).unwrap();
     let restored = Model::open(&t1).unwrap();
-    assert_eq!(protection_info(&restored).unwrap().unwrap().restored_tiers, 1);
+    assert_eq!(protection_view(&restored).unwrap().restored_tiers, 1);
     check_mean_fill(&restored, &original, &covered(&restored, &[2, 3]));
 }

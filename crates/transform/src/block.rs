@@ -509,6 +509,7 @@ impl Sample for f64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     fn key(b: u8) -> MasterKey {
         MasterKey::from_bytes([b; 32])
@@ -623,7 +624,7 @@ mod tests {
         assert!(a.iter().zip(b).all(|(u, v)| (u - v).abs() < 1e-12));
         let mut bad = Images { data: Samples::F64(vec![1.5; 16]), ..plain };
         let e = transform_images(&key(2), &spec, &mut bad, r, Direction::Forward).unwrap_err();
-        assert_eq!(e.kind(), "out_of_range");
+        assert_eq!(e.kind(), ErrorKind::OutOfRange);
     }
 
     #[test]
@@ -645,9 +646,15 @@ mod tests {
     fn shape_errors() {
         let spec = TransformSpec { block: 3, shuffle: true, ..Default::default() };
         let mut x = u8_images(Layout::Nchw);
-        assert_eq!(transform_images(&key(1), &spec, &mut x, None, Direction::Forward).unwrap_err().kind(), "shape");
+        assert_eq!(
+            transform_images(&key(1), &spec, &mut x, None, Direction::Forward).unwrap_err().kind(),
+            ErrorKind::Shape
+        );
         let none = TransformSpec { block: 2, ..Default::default() };
-        assert_eq!(transform_images(&key(1), &none, &mut x, None, Direction::Forward).unwrap_err().kind(), "spec");
+        assert_eq!(
+            transform_images(&key(1), &none, &mut x, None, Direction::Forward).unwrap_err().kind(),
+            ErrorKind::Spec
+        );
         assert!("0;1".parse::<ValueRange>().is_err());
         assert!("1,0".parse::<ValueRange>().is_err());
         assert_eq!("0, 255".parse::<ValueRange>().unwrap(), ValueRange::U8);

@@ -50,22 +50,61 @@ pub enum TransformError {
     Crypto(#[from] CryptoError),
 }
 
-impl TransformError {
-    /// A short, stable identifier of the error kind.
-    pub fn kind(&self) -> &'static str {
+/// The kind of a [`TransformError`]. Exhaustive on purpose: callers that decide by
+/// kind (exit codes) must place every new kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Spec,
+    Shape,
+    OutOfRange,
+    Npy,
+    Image,
+    Io,
+    NoPatchEmbedding,
+    CannotAbsorb,
+    Unsupported,
+    State,
+    /// The model could not be parsed or written: the format error's own kind.
+    Format(onnx_protect_format::ErrorKind),
+    Crypto,
+}
+
+impl ErrorKind {
+    /// A short, stable identifier of the kind (`spec`, `shape`, ..., `format` for every format kind).
+    pub fn as_str(self) -> &'static str {
         match self {
-            TransformError::Spec(_) => "spec",
-            TransformError::Shape(_) => "shape",
-            TransformError::OutOfRange { .. } => "out_of_range",
-            TransformError::Npy(_) => "npy",
-            TransformError::Image(_) => "image",
-            TransformError::Io { .. } => "io",
-            TransformError::NoPatchEmbedding(_) => "no_patch_embedding",
-            TransformError::CannotAbsorb(_) => "cannot_absorb",
-            TransformError::Unsupported(_) => "unsupported",
-            TransformError::State(_) => "state",
-            TransformError::Format(_) => "format",
-            TransformError::Crypto(_) => "crypto",
+            ErrorKind::Spec => "spec",
+            ErrorKind::Shape => "shape",
+            ErrorKind::OutOfRange => "out_of_range",
+            ErrorKind::Npy => "npy",
+            ErrorKind::Image => "image",
+            ErrorKind::Io => "io",
+            ErrorKind::NoPatchEmbedding => "no_patch_embedding",
+            ErrorKind::CannotAbsorb => "cannot_absorb",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::State => "state",
+            ErrorKind::Format(_) => "format",
+            ErrorKind::Crypto => "crypto",
+        }
+    }
+}
+
+impl TransformError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TransformError::Spec(_) => ErrorKind::Spec,
+            TransformError::Shape(_) => ErrorKind::Shape,
+            TransformError::OutOfRange { .. } => ErrorKind::OutOfRange,
+            TransformError::Npy(_) => ErrorKind::Npy,
+            TransformError::Image(_) => ErrorKind::Image,
+            TransformError::Io { .. } => ErrorKind::Io,
+            TransformError::NoPatchEmbedding(_) => ErrorKind::NoPatchEmbedding,
+            TransformError::CannotAbsorb(_) => ErrorKind::CannotAbsorb,
+            TransformError::Unsupported(_) => ErrorKind::Unsupported,
+            TransformError::State(_) => ErrorKind::State,
+            TransformError::Format(e) => ErrorKind::Format(e.kind()),
+            TransformError::Crypto(_) => ErrorKind::Crypto,
         }
     }
 }

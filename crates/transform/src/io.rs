@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::block::{Images, Layout, Samples};
+use crate::block::{Images, Layout};
 use crate::error::{Result, TransformError};
 use crate::npy::{self, NpyArray};
 
@@ -81,28 +81,45 @@ pub fn load(path: &Path, layout: Layout) -> Result<Loaded> {
             images.validate()?;
             Ok(Loaded { images, kind, npy_shape: a.shape })
         }
-        FileKind::Png | FileKind::Jpeg => {
-            let img = image::load_from_memory(&bytes)
-                .map_err(|e| TransformError::Image(format!("{}: {e}", path.display())))?;
-            let (w, h) = (img.width() as usize, img.height() as usize);
-            let (c, data) = match img {
-                image::DynamicImage::ImageLuma8(b) => (1, b.into_raw()),
-                image::DynamicImage::ImageLumaA8(b) => (2, b.into_raw()),
-                image::DynamicImage::ImageRgb8(b) => (3, b.into_raw()),
-                image::DynamicImage::ImageRgba8(b) => (4, b.into_raw()),
-                other => {
-                    return Err(TransformError::Image(format!(
-                        "{}: {:?} images are not supported; convert to 8 bits per channel or use .npy",
-                        path.display(),
-                        other.color()
-                    )))
-                }
-            };
-            let images = Images { n: 1, c, h, w, layout: Layout::Nhwc, data: Samples::U8(data) };
-            images.validate()?;
-            Ok(Loaded { images, kind, npy_shape: Vec::new() })
-        }
+        FileKind::Png | FileKind::Jpeg => decode_image(path, &bytes, kind),
     }
+}
+
+/// The error for PNG or JPEG files in a build without the `image` feature.
+#[cfg(not(feature = "image"))]
+fn no_image_support(path: &Path) -> TransformError {
+    TransformError::Image(format!(
+        "{}: this build reads and writes only .npy (PNG and JPEG need the `image` feature, on by default)",
+        path.display()
+    ))
+}
+
+#[cfg(not(feature = "image"))]
+fn decode_image(path: &Path, _bytes: &[u8], _kind: FileKind) -> Result<Loaded> {
+    Err(no_image_support(path))
+}
+
+#[cfg(feature = "image")]
+fn decode_image(path: &Path, bytes: &[u8], kind: FileKind) -> Result<Loaded> {
+    use crate::block::Samples;
+    let img = image::load_from_memory(bytes).map_err(|e| TransformError::Image(format!("{}: {e}", path.display())))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (c, data) = match img {
+        image::DynamicImage::ImageLuma8(b) => (1, b.into_raw()),
+        image::DynamicImage::ImageLumaA8(b) => (2, b.into_raw()),
+        image::DynamicImage::ImageRgb8(b) => (3, b.into_raw()),
+        image::DynamicImage::ImageRgba8(b) => (4, b.into_raw()),
+        other => {
+            return Err(TransformError::Image(format!(
+                "{}: {:?} images are not supported; convert to 8 bits per channel or use .npy",
+                path.display(),
+                other.color()
+            )))
+        }
+    };
+    let images = Images { n: 1, c, h, w, layout: Layout::Nhwc, data: Samples::U8(data) };
+    images.validate()?;
+    Ok(Loaded { images, kind, npy_shape: Vec::new() })
 }
 
 /// Encodes `loaded` for `path` (whose extension chooses the format) and writes it atomically.
@@ -123,12 +140,19 @@ pub fn save(path: &Path, loaded: &Loaded) -> Result<()> {
             };
             npy::write(&NpyArray { shape, data: im.data.clone() })?
         }
-        FileKind::Png | FileKind::Jpeg => encode_image(im, kind)?,
+        FileKind::Png | FileKind::Jpeg => encode_image(path, im, kind)?,
     };
     write_atomic(path, |f| f.write_all(&bytes))
 }
 
-fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
+#[cfg(not(feature = "image"))]
+fn encode_image(path: &Path, _im: &Images, _kind: FileKind) -> Result<Vec<u8>> {
+    Err(no_image_support(path))
+}
+
+#[cfg(feature = "image")]
+fn encode_image(_path: &Path, im: &Images, kind: FileKind) -> Result<Vec<u8>> {
+    use crate::block::Samples;
     use image::ImageEncoder;
     let Samples::U8(data) = &im.data else {
         return Err(TransformError::Image(format!(
@@ -174,16 +198,17 @@ fn encode_image(im: &Images, kind: FileKind) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a file atomically: into a temporary file in the destination's directory,
-/// flushed to disk, then renamed over the destination (whose permission bits it keeps;
-/// through a symbolic link, the file it points to is replaced and the link kept).
+/// Writes a file atomically: into a private staging file in the destination's
+/// directory (unnamed on Linux), flushed to disk, then published under its name,
+/// replacing a regular file that was there (whose permission bits it keeps; through a
+/// symbolic link, the file it points to is replaced and the link kept). A destination
+/// that is not a regular file (a device, a FIFO, a socket) is refused.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let err = |source| TransformError::Io { path: path.to_path_buf(), source };
-    let (mut tmp, path, mode) = onnx_protect_format::write::staged_output(path).map_err(err)?;
-    fill(tmp.as_file_mut()).map_err(err)?;
-    mode.apply(tmp.as_file()).map_err(err)?;
-    tmp.as_file_mut().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
+    let mut out = onnx_protect_format::write::StagedOutput::new(path).map_err(err)?;
+    fill(out.file_mut()).map_err(err)?;
+    out.finish(true).map_err(err)?;
+    out.publish().map_err(err)?;
     Ok(())
 }
 
@@ -191,8 +216,10 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::i
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::block::Samples;
 
     #[test]
+    #[cfg(feature = "image")]
     fn png_round_trip_keeps_pixels() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.png");
@@ -204,6 +231,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "image")]
     fn jpeg_is_read_and_written() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.jpg");
@@ -219,6 +247,18 @@ mod tests {
         assert!(save(&p, &Loaded { images: rgba, kind: FileKind::Png, npy_shape: vec![] }).is_err());
         let f = Images { n: 1, c: 1, h: 2, w: 2, layout: Layout::Nhwc, data: Samples::F32(vec![0.0; 4]) };
         assert!(save(&dir.path().join("f.png"), &Loaded { images: f, kind: FileKind::Npy, npy_shape: vec![] }).is_err());
+    }
+
+    #[test]
+    #[cfg(not(feature = "image"))]
+    fn images_are_refused_without_the_image_feature() {
+        let im = Images { n: 1, c: 1, h: 2, w: 2, layout: Layout::Nhwc, data: Samples::U8(vec![0; 4]) };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        let e = save(&p, &Loaded { images: im, kind: FileKind::Png, npy_shape: vec![] }).unwrap_err();
+        assert!(e.to_string().contains("`image` feature"), "{e}");
+        std::fs::write(&p, b"\x89PNG\r\n\x1a\n").unwrap();
+        assert!(load(&p, Layout::Nhwc).unwrap_err().to_string().contains("`image` feature"));
     }
 
     #[test]

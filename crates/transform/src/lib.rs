@@ -23,5 +23,5 @@ pub mod npy;
 pub mod patch;
 
 pub use block::{transform_images, Direction, Images, KeyedTransform, Layout, Samples, TransformSpec, ValueRange};
-pub use error::{Result, TransformError};
+pub use error::{ErrorKind, Result, TransformError};
 pub use patch::{encrypt_patch_embedding, PatchOptions, PatchReport, METADATA_KEY};

@@ -51,6 +51,10 @@ pub struct TensorEntry {
     pub subsequences: u64,
     #[prost(uint64, tag = "13")]
     pub chosen: u64,
+    /// With secret positions (Header.positions = 1): the spans, encrypted with the key of
+    /// the entry's tier (docs/format.md §6); `spans` is then empty.
+    #[prost(bytes = "vec", tag = "14")]
+    pub sealed_spans: ::prost::alloc::vec::Vec<u8>,
 }
 /// What is encrypted and how: authenticated by every MAC and signature.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -76,6 +80,9 @@ pub struct Header {
     pub tool: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]
     pub policy_summary: ::prost::alloc::string::String,
+    /// 0: the spans are public; 1: secret positions (each entry's spans are sealed).
+    #[prost(uint32, tag = "9")]
+    pub positions: u32,
 }
 /// One wrapped data key (docs/format.md §8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,181 @@
+"""Cost of `onnx_protect.InferenceSession` (protected model, decrypted in memory) against
+`onnxruntime.InferenceSession` (the plain file), side by side.
+
+    python3 bench/python_session.py [--runs N] [--dir DIR] [--big-mib MIB] [--json OUT]
+
+Models: every fixtures/digits model, and a generated MLP of MIB MiB of float32 weights
+in one external data file (default 512 MiB; generated once into DIR, which defaults to
+bench-data/python-session, ignored by git). Each model is protected with the default
+policy and a key file.
+
+Variants: `plain` (onnxruntime.InferenceSession of the plain file), `plain-in-memory`
+(onnxruntime from memory: the plain model's bytes and external files, read into memory
+before the timer starts, handed over as `protected` does; what onnxruntime's in-memory
+path costs by itself), `protected`
+(onnx_protect.InferenceSession; external data handed over as whole files, which
+onnxruntime copies) and, for models with external data, `protected-initializers`
+(external initializers handed over one by one, used in place by onnxruntime), and
+`load only` (`onnx_protect.load` of the protected model, no session: the decryption's
+share of `protected`).
+
+Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
+then times the session creation alone (`time.perf_counter`) and reads its peak resident
+set (VmHWM) and its resident set before the session (VmRSS). Runs of the variants
+are interleaved (plain, protected, ..., plain, protected, ...) after one warm-up run
+of each, so the page cache is warm for all; the table gives medians and the ratio to
+`plain`. "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
+and the installed onnx_protect package.
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+import onnxruntime as ort
+import onnx_protect
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+variant, model, key = sys.argv[1:4]
+so = ort.SessionOptions()
+so.intra_op_num_threads = 1
+if variant == "plain-in-memory":
+    import os
+    import numpy as np
+    folder = os.path.dirname(model)
+    with open(model, "rb") as f:
+        model_bytes = f.read()
+    files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in os.listdir(folder) if n.endswith(".bin")}
+start_rss = status("VmRSS")
+t = time.perf_counter()
+if variant == "plain-in-memory":
+    if files:
+        so.add_external_initializers_from_files_in_memory(list(files), list(files.values()), [a.size for a in files.values()])
+    s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+elif variant == "load only":
+    s = onnx_protect.load(model, key_file=key)
+elif variant == "plain":
+    s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+else:
+    external_data = "initializers" if variant == "protected-initializers" else "files"
+    s = onnx_protect.InferenceSession(model, key_file=key, sess_options=so, providers=["CPUExecutionProvider"],
+                                      external_data=external_data)
+seconds = time.perf_counter() - t
+print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
+"""
+
+
+def big_model(path, mib):
+    """An MLP whose MatMul weights (float32, MIB MiB in all) live in one external file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = 4096
+    layer_bytes = width * width * 4
+    layers = max(1, (mib << 20) // layer_bytes)
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    prev = "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width), dtype=np.float32) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
+        prev = f"r{i}"
+        del w
+    graph = helper.make_graph(
+        nodes, "big_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=1024)
+    return layers * layer_bytes
+
+
+def measure(variant, model, key):
+    r = subprocess.run([sys.executable, "-c", CHILD, variant, str(model), str(key)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--dir", type=pathlib.Path, default=ROOT / "bench-data" / "python-session")
+    ap.add_argument("--big-mib", type=int, default=512)
+    ap.add_argument("--json", type=pathlib.Path)
+    a = ap.parse_args()
+    import onnx_protect
+
+    a.dir.mkdir(parents=True, exist_ok=True)
+    key = a.dir / "bench.key"
+    if not key.exists():
+        onnx_protect.keygen(key)
+    models = [(p.stem, p) for p in sorted((ROOT / "fixtures" / "digits").glob("*.onnx"))]
+    big = a.dir / "big" / "model.onnx"
+    if not big.exists():
+        t = time.perf_counter()
+        n = big_model(big, a.big_mib)
+        print(f"generated {big} ({n / 2**20:.0f} MiB of weights) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    models.append((f"mlp {a.big_mib} MiB, external data", big))
+    rows = []
+    for name, plain in models:
+        protected = a.dir / "protected" / plain.parent.name / plain.name
+        if not protected.exists():
+            protected.parent.mkdir(parents=True, exist_ok=True)
+            onnx_protect.encrypt(plain, protected, key_file=key)
+        enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
+        size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
+        variants = ["plain", "plain-in-memory", "protected", "load only"]
+        if any(protected.parent.glob("*.bin")):
+            variants.append("protected-initializers")
+        runs = {v: [] for v in variants}
+        model_of = {v: plain if v.startswith("plain") else protected for v in variants}
+        for v in variants:  # warm-up (page cache, imports)
+            measure(v, model_of[v], key)
+        for _ in range(a.runs):
+            for v in variants:
+                runs[v].append(measure(v, model_of[v], key))
+        med = {}
+        for v, rs in runs.items():
+            m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
+            m["above_start"] = statistics.median(r["peak_rss"] - r["start_rss"] for r in rs)
+            med[v] = m
+        rows.append({"model": name, "bytes": size, "encrypted_bytes": enc_bytes, "runs": a.runs, "median": med, "all": runs})
+        print(f"{name}: done", file=sys.stderr)
+    mib = 2**20
+    print("| model | size | encrypted | variant | session creation | ratio | peak RSS | ratio | peak above start | ratio |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        p = r["median"]["plain"]
+        for v, q in r["median"].items():
+            print(
+                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB | {v} "
+                f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× "
+                f"| {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
+                f"| {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
+            )
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

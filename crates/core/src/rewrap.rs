@@ -1,0 +1,243 @@
+//! Rotation by re-wrapping (docs/keys.md): adding and removing the recipients of a
+//! format-2 model without touching a weight byte.
+//!
+//! The data keys stay; only the recipient stanzas change, and with them the MACs (which
+//! cover the stanzas), the checksum and the signatures. [`rewrap`] needs the top-tier
+//! key (every tier's MAC is recomputed). It authenticates what it keeps before it writes:
+//! the checksum and every MAC over the stored header, stanzas and content digest. It does
+//! not hash the content (its digest is authenticated, and every reader checks the content
+//! against it), so with `in_place` on a model whose manifest entry is the last field, it
+//! rewrites only the file's tail and its time does not grow with the model.
+//!
+//! A removed recipient's key no longer opens the model. Removal does not take away a data
+//! key that recipient may already have extracted: for that, re-encrypt (`rekey`).
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use onnx_protect_crypto::{tier_mac, MasterKey};
+use onnx_protect_format::Progress;
+use onnx_protect_keys::{SigningKey, Stanza};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
+
+use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
+use crate::error::{CoreError, Result};
+use crate::format2::{check_seals, read_v2, rewrite_entry};
+use crate::keys::KeySource;
+use crate::protect::{manifest_version, open_protected};
+use crate::recipients::{open, tier_chain, EncryptTo, Opened};
+
+/// Which stanzas to remove.
+#[derive(Debug, Clone)]
+pub enum Remove {
+    /// Stanzas whose public label is this (a key fingerprint, an `age1…` recipient, a
+    /// provider's label).
+    Label(String),
+    /// The stanzas of this key at every tier (its fingerprint, and the fingerprints of
+    /// the tier keys derived from it).
+    Key(MasterKey),
+    /// Every stanza of this kind (`key`, `passphrase`, `x25519`, ...).
+    Kind(String),
+}
+
+/// Options of [`rewrap`].
+pub struct RewrapOptions<'a> {
+    /// Recipients to add (their tiers as in `encrypt`).
+    pub add: &'a EncryptTo,
+    /// Stanzas to remove (applied before adding).
+    pub remove: &'a [Remove],
+    /// Publisher keys that sign the result.
+    pub signing_keys: &'a [SigningKey],
+    /// Drop the signatures of other signers (they cover the old stanzas and no longer
+    /// verify); without it, a signed model is refused unless every signer re-signs.
+    pub drop_signatures: bool,
+    /// Rewrite the input's tail in place.
+    pub in_place: bool,
+    /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
+    pub outputs: crate::staged::OutputRules,
+    pub progress: &'a dyn Progress,
+}
+
+/// What [`rewrap`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RewrapReport {
+    pub input: String,
+    pub output: String,
+    pub removed: usize,
+    pub added: usize,
+    /// Recipient stanzas of the result (kind, label and tier).
+    pub recipients: Vec<String>,
+    /// Bytes written: the new tail in place, or the whole output.
+    pub bytes_written: u64,
+}
+
+/// Re-wraps the data keys of `input` for a new recipient list, writing `output`.
+pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<RewrapReport> {
+    let model = open_protected(input, opts.progress)?;
+    if manifest_version(&model)? != Some(2) {
+        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be re-wrapped".into() });
+    }
+    let p = read_v2(&model)?;
+    let tiers = p.sealed.header.tiers;
+    let opened = open(&p.sealed, key)?;
+    if opened.tier < tiers {
+        return Err(CoreError::Key(format!(
+            "this key is for tier {} of {tiers}; rewrap needs the top-tier key to renew every tier's MAC",
+            opened.tier
+        )));
+    }
+    let digest: [u8; 32] = p
+        .sealed
+        .envelope
+        .content_digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::BadManifest("content digest".into()))?;
+    // What is kept is authenticated first: the header, the stanzas and the stored digest.
+    check_seals(&p, &opened, &digest, &[])?;
+    let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
+    if stanzas.is_empty() {
+        return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
+    }
+    let env = new_envelope(&p, &opened, &stanzas, &digest, opts)?;
+    let recipients = stanzas.iter().map(describe).collect();
+    let bytes_written = if opts.in_place && same_file(input, output) {
+        rewrite_tail(input, &p, entry_bytes(env))?
+    } else {
+        crate::staged::check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+        rewrite_entry(&model, &p, env, output, opts.in_place)?;
+        std::fs::metadata(output).map(|m| m.len()).unwrap_or(0)
+    };
+    Ok(RewrapReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        removed,
+        added,
+        recipients,
+        bytes_written,
+    })
+}
+
+fn describe(s: &Stanza) -> String {
+    if s.label.is_empty() {
+        format!("{} (tier {})", s.kind, s.tier)
+    } else {
+        format!("{} {} (tier {})", s.kind, s.label, s.tier)
+    }
+}
+
+/// The kept stanzas (those no `remove` matches) and the new ones; with the counts.
+fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(Vec<Stanza>, usize, usize)> {
+    let tiers = p.sealed.header.tiers;
+    let mut labels: Vec<String> = Vec::new();
+    for r in opts.remove {
+        if let Remove::Key(k) = r {
+            labels.extend(tier_chain(k, tiers).iter().map(|t| hex(&t.fingerprint())));
+        }
+    }
+    let matches = |s: &Stanza| {
+        opts.remove.iter().any(|r| match r {
+            Remove::Label(l) => &s.label == l,
+            Remove::Kind(k) => &s.kind == k,
+            Remove::Key(_) => s.kind == onnx_protect_keys::KIND_KEY && labels.contains(&s.label),
+        })
+    };
+    let before = p.sealed.stanzas.len();
+    let mut stanzas: Vec<Stanza> = p.sealed.stanzas.iter().filter(|s| !matches(s)).cloned().collect();
+    let removed = before - stanzas.len();
+    if removed == 0 && !opts.remove.is_empty() {
+        return Err(CoreError::Key("no recipient of the model matches what should be removed".into()));
+    }
+    let data_keys: Vec<onnx_protect_crypto::DataKey> = opened.data_keys.clone();
+    let add = if opts.add.master.is_none() && opts.add.recipients.is_empty() {
+        Vec::new()
+    } else {
+        crate::recipients::wrap_all(opts.add, &data_keys)?
+    };
+    let added = add.len();
+    stanzas.extend(add);
+    Ok((stanzas, removed, added))
+}
+
+/// The envelope with the new stanzas: MACs renewed for every tier, signatures renewed or
+/// dropped as asked, no restored tiers kept otherwise.
+fn new_envelope(
+    p: &ProtectedV2,
+    opened: &Opened,
+    stanzas: &[Stanza],
+    digest: &[u8; 32],
+    opts: &RewrapOptions,
+) -> Result<pb::Envelope> {
+    let mut env = p.sealed.envelope.clone();
+    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
+    env.macs = opened
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| tier_mac(k, i as u32 + 1, &env.header, &env.recipients, digest).to_vec())
+        .collect();
+    let renewed: Vec<Vec<u8>> = opts.signing_keys.iter().map(|k| k.public().to_bytes().to_vec()).collect();
+    let stale: Vec<&pb::Signature> = env.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).collect();
+    if !stale.is_empty() && !opts.drop_signatures {
+        return Err(CoreError::NotSigned(format!(
+            "the model carries {} signature(s) that cover the old recipients; re-sign with their keys or drop them",
+            stale.len()
+        )));
+    }
+    let msg = onnx_protect_crypto::signed_message(&env.header, &env.recipients, digest);
+    env.signatures = opts
+        .signing_keys
+        .iter()
+        .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
+        .collect();
+    Ok(env)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The journal kept beside a model while its tail is rewritten in place: the offset of
+/// the old entry and its bytes, so an interrupted rewrite can be undone by hand
+/// (docs/keys.md).
+fn journal_path(model: &Path) -> PathBuf {
+    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    model.with_file_name(format!(".{name}.onnx-protect-tail"))
+}
+
+/// Replaces the manifest entry at the end of `path` by `entry`: the old tail is saved to
+/// a journal (flushed), the new one written and the file cut to its end (flushed), then
+/// the journal removed. Returns the bytes written to the model.
+fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
+    let err = |e| CoreError::Write { path: path.to_path_buf(), source: e };
+    let start = p.sealed.entry.start;
+    let old = std::fs::read(path).map_err(err)?;
+    let old_tail = old.get(start as usize..).ok_or_else(|| CoreError::Modified("the file changed".into()))?;
+    let journal = journal_path(path);
+    {
+        let mut j = Vec::with_capacity(old_tail.len() + 32);
+        j.extend_from_slice(format!("onnx-protect-tail-v1 {start}\n").as_bytes());
+        j.extend_from_slice(old_tail);
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&journal)
+            .map_err(|e| CoreError::Write { path: journal.clone(), source: e })?;
+        onnx_protect_fsio::file::write_all_at(&f, &j, 0).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    let f = OpenOptions::new().write(true).open(path).map_err(err)?;
+    onnx_protect_fsio::file::write_all_at(&f, &entry, start).map_err(err)?;
+    f.set_len(start + entry.len() as u64).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::remove_file(&journal).map_err(err)?;
+    Ok(entry.len() as u64)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,500 @@
+"""Protected ONNX models where they run: decrypt in memory, build onnxruntime
+sessions, export PyTorch models straight into protected files.
+
+Every function takes the key in one of these keyword arguments (exactly one):
+
+* ``key``: a :class:`Key`, or bytes (32 raw bytes, 64 hex digits, or the text
+  of a key file, as :func:`new_key` returns);
+* ``key_file``: a key file written by ``keygen``;
+* ``key_env``: the name of an environment variable holding a key;
+* ``passphrase``: a passphrase (``str`` or bytes);
+* ``passphrase_env``: the name of an environment variable holding one;
+* ``identity_file``: a file of age X25519 identities (``AGE-SECRET-KEY-1...``).
+
+Errors are :class:`OnnxProtectError` subclasses, one per kind (``WrongKey``,
+``Modified``, ``NotProtected``, ``MalformedModel``, ...); ``err.kind`` is the
+kind's stable name, as in the command line's JSON output. See docs/python.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+
+from . import _native
+from ._native import (
+    AlreadyDecrypted,
+    AlreadyProtected,
+    BadManifest,
+    Buffer,
+    DecryptedModel,
+    ExternalTensor,
+    FileError,
+    InvalidKey,
+    InvalidPolicy,
+    Key,
+    MalformedModel,
+    Modified,
+    NotProtected,
+    NotSigned,
+    OnnxProtectError,
+    OutputError,
+    UnsupportedVersion,
+    WrongKey,
+)
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__version__ = _native.__version__
+
+__all__ = [
+    "AlreadyDecrypted",
+    "AlreadyProtected",
+    "BadManifest",
+    "Buffer",
+    "DecryptedModel",
+    "ExternalTensor",
+    "FileError",
+    "InferenceSession",
+    "InvalidKey",
+    "InvalidPolicy",
+    "Key",
+    "MalformedModel",
+    "Modified",
+    "NotProtected",
+    "NotSigned",
+    "OnnxProtectError",
+    "OutputError",
+    "UnsupportedVersion",
+    "WrongKey",
+    "decrypt",
+    "encrypt",
+    "export",
+    "inspect",
+    "keygen",
+    "load",
+    "new_key",
+    "verify",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+BytesLike = Union[bytes, bytearray, memoryview]
+#: An override value: ``"OP=VALUE"``, a value for every operator (``0.5``, ``"fp"``),
+#: a mapping operator -> value, or a sequence of ``"OP=VALUE"`` strings.
+Override = Union[str, float, int, Mapping[str, Any], Sequence[str]]
+
+_OVERRIDES = ("coefficient", "mode", "subsequences", "selection")
+
+
+def _key(
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    identity_file: PathLike | None = None,
+) -> Key | None:
+    """The one key given, as a :class:`Key`; ``None`` if none was given."""
+    given = {
+        name: value
+        for name, value in (
+            ("key", key),
+            ("key_file", key_file),
+            ("key_env", key_env),
+            ("passphrase", passphrase),
+            ("passphrase_env", passphrase_env),
+            ("identity_file", identity_file),
+        )
+        if value is not None
+    }
+    if len(given) > 1:
+        raise ValueError(f"give only one of key, key_file, key_env, passphrase, passphrase_env, identity_file (got {', '.join(given)})")
+    if key is not None:
+        if isinstance(key, Key):
+            return key
+        if isinstance(key, (bytes, bytearray, memoryview)):
+            return Key.from_bytes(bytes(key))
+        raise TypeError(f"key must be an onnx_protect.Key or bytes, not {type(key).__name__} (a path goes in key_file=)")
+    if key_file is not None:
+        return Key.from_file(os.fspath(key_file))
+    if key_env is not None:
+        return Key.from_env(key_env)
+    if passphrase is not None:
+        if isinstance(passphrase, str):
+            return Key.from_passphrase(passphrase.encode())
+        return Key.from_passphrase(bytes(passphrase))
+    if passphrase_env is not None:
+        return Key.from_passphrase_env(passphrase_env)
+    if identity_file is not None:
+        return Key.from_identity_file(os.fspath(identity_file))
+    return None
+
+
+def _required_key(**kw: Any) -> Key:
+    k = _key(**kw)
+    if k is None:
+        raise ValueError("a key is required: give key, key_file, key_env, passphrase, passphrase_env or identity_file")
+    return k
+
+
+def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
+    """``(what, "OP=VALUE")`` pairs for one override argument."""
+    if isinstance(value, str):
+        return [(what, value if "=" in value else f"*={value}")]
+    if isinstance(value, bool):
+        raise TypeError(f"{what}: expected a number, a string, a mapping or a list, not a bool")
+    if isinstance(value, (int, float)):
+        return [(what, f"*={value!r}")]
+    if isinstance(value, Mapping):
+        return [(what, f"{op}={v}") for op, v in value.items()]
+    if isinstance(value, Iterable):
+        out: list[tuple[str, str]] = []
+        for item in value:
+            if not isinstance(item, str) or "=" not in item:
+                raise TypeError(f"{what}: a list must hold 'OP=VALUE' strings, got {item!r}")
+            out.append((what, item))
+        return out
+    raise TypeError(f"{what}: unsupported value {value!r}")
+
+
+def encrypt(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    recipients: Sequence[str | tuple[str, int]] = (),
+    policy: PathLike | None = None,
+    seed: int | None = None,
+    tiers: int | None = None,
+    tier_shares: Sequence[float] | None = None,
+    allow_empty: bool = False,
+    **overrides: Override,
+) -> dict[str, Any]:
+    """Encrypts the model ``src`` into ``dst`` (external data files next to it).
+
+    ``policy`` is a TOML policy file (docs/policy.md); the built-in default
+    otherwise. ``overrides`` are ``coefficient``, ``mode``, ``subsequences``
+    and ``selection``, as the command line's options (``mode="fp"``,
+    ``coefficient={"Conv": 0.5}``, ``selection="*=l1"``). ``recipients`` are
+    age X25519 recipients (``age1...``), each optionally with its tier.
+    Returns the encryption report.
+    """
+    unknown = sorted(set(overrides) - set(_OVERRIDES))
+    if unknown:
+        raise TypeError(f"unknown argument(s) {', '.join(unknown)}; overrides are {', '.join(_OVERRIDES)}")
+    k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
+    specs: list[tuple[str, str]] = []
+    for what in _OVERRIDES:
+        if what in overrides:
+            specs += _override_specs(what, overrides[what])
+    recips = [(r, 0) if isinstance(r, str) else (str(r[0]), int(r[1])) for r in recipients]
+    report = _native.encrypt(
+        os.fspath(src),
+        os.fspath(dst),
+        key=k,
+        recipients=recips,
+        policy_file=None if policy is None else os.fspath(policy),
+        overrides=specs,
+        seed=seed,
+        tiers=tiers,
+        tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
+        allow_empty=allow_empty,
+    )
+    return json.loads(report)
+
+
+def decrypt(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    identity_file: PathLike | None = None,
+    tier: int | None = None,
+    signers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Verifies and decrypts ``src`` into the file ``dst`` (for a tiered model, up to
+    ``tier``; default: the key's own tier). ``signers`` are trusted publishers
+    (``onnx-protect-signer1...``): when given, a model without a valid signature of
+    one of them is refused. Returns the decryption report."""
+    k = _required_key(
+        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+        passphrase_env=passphrase_env, identity_file=identity_file,
+    )
+    return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
+
+
+def verify(
+    path: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    identity_file: PathLike | None = None,
+    signers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Verifies a protected model: with a key, every MAC the key allows; without,
+    the keyless content digest. Raises on failure; returns the report."""
+    k = _key(
+        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+        passphrase_env=passphrase_env, identity_file=identity_file,
+    )
+    return json.loads(_native.verify(os.fspath(path), key=k, signers=list(signers)))
+
+
+def inspect(path: PathLike) -> dict[str, Any]:
+    """The report of ``onnx-protect inspect --json`` (docs/inspect-json.md)."""
+    return json.loads(_native.inspect(os.fspath(path)))
+
+
+def keygen(path: PathLike, *, tiers: int = 1) -> dict[str, Any]:
+    """Writes a new key file (mode 0600; never over an existing file). With
+    ``tiers > 1`` also the keys of the lower tiers, ``PATH.tier1`` ... Returns
+    the key file's path, fingerprint and tier key files."""
+    return json.loads(_native.keygen(os.fspath(path), tiers=tiers))
+
+
+def new_key(*, tiers: int = 1) -> bytes:
+    """A new random master key, as the text of a key file (usable as ``key=``)."""
+    return _native.new_key(tiers=tiers)
+
+
+def load(
+    path: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    identity_file: PathLike | None = None,
+    tier: int | None = None,
+    signers: Sequence[str] = (),
+) -> DecryptedModel:
+    """Decrypts the protected model at ``path`` into memory; nothing is written.
+
+    Returns a :class:`DecryptedModel`: ``.model`` is the original model file as
+    ``bytes``; ``.external`` maps each external data ``location`` to a read-only
+    :class:`Buffer`; ``.close()`` (or ``with``) zeroes the buffers. The GIL is
+    released while the model is verified and decrypted.
+    """
+    k = _required_key(
+        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+        passphrase_env=passphrase_env, identity_file=identity_file,
+    )
+    return _native.load(os.fspath(path), key=k, tier=tier, signers=list(signers))
+
+
+# numpy dtype names of the ONNX element types that numpy has.
+_NUMPY_DTYPES = {
+    "FLOAT": "float32",
+    "UINT8": "uint8",
+    "INT8": "int8",
+    "UINT16": "uint16",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "FLOAT16": "float16",
+    "DOUBLE": "float64",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "COMPLEX64": "complex64",
+    "COMPLEX128": "complex128",
+}
+
+
+def _ort_supports_files_in_memory(ort: Any) -> bool:
+    return hasattr(ort.SessionOptions, "add_external_initializers_from_files_in_memory")
+
+
+_session_classes: dict[int, type] = {}
+
+
+def _session_class(ort: Any) -> type:
+    """The ``onnxruntime.InferenceSession`` subclass that :func:`InferenceSession` returns
+    (made when onnxruntime is first imported here)."""
+    cls = _session_classes.get(id(ort))
+    if cls is None:
+
+        class ProtectedInferenceSession(ort.InferenceSession):  # type: ignore[misc, name-defined]
+            """An ``onnxruntime.InferenceSession`` of a protected model, built from memory
+            by ``onnx_protect.InferenceSession``."""
+
+            _onnx_protect_released = False
+
+            def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
+                # onnxruntime re-creates the session from the options, which still point
+                # at the external data files given from memory: released, once copied.
+                if self._onnx_protect_released:
+                    raise OnnxProtectError(
+                        "the decrypted external data of this session was zeroed and released once "
+                        "onnxruntime had copied it, so the session cannot be re-created; call "
+                        "onnx_protect.InferenceSession(..., providers=...) again instead"
+                    )
+                super().set_providers(providers, provider_options)
+
+        cls = _session_classes[id(ort)] = ProtectedInferenceSession
+    return cls
+
+
+def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
+    path: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    identity_file: PathLike | None = None,
+    tier: int | None = None,
+    signers: Sequence[str] = (),
+    sess_options: onnxruntime.SessionOptions | None = None,
+    external_data: str = "auto",
+    **onnxruntime_kwargs: Any,
+) -> onnxruntime.InferenceSession:
+    """An ``onnxruntime.InferenceSession`` of the protected model at ``path``,
+    built from memory: no plaintext file is written.
+
+    External data reaches onnxruntime from memory too: whole files by location
+    (``SessionOptions.add_external_initializers_from_files_in_memory``, onnxruntime
+    >= 1.24.1, which copies them while it creates the session; the decrypted
+    buffers are zeroed right after), or one initializer at a time
+    (``SessionOptions.add_external_initializers``, onnxruntime 1.15 to 1.24.0; the
+    buffers then live as long as the session). ``external_data`` chooses: ``"auto"``, ``"files"`` or
+    ``"initializers"``. ``sess_options`` is extended in place with the external
+    initializers. Other keyword arguments (``providers``, ...) go to onnxruntime.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    if external_data not in ("auto", "files", "initializers"):
+        raise ValueError(f"external_data must be 'auto', 'files' or 'initializers', not {external_data!r}")
+    k = _required_key(
+        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+        passphrase_env=passphrase_env, identity_file=identity_file,
+    )
+    m = load(path, key=k, tier=tier, signers=signers)
+    so = sess_options if sess_options is not None else ort.SessionOptions()
+    external = m.external
+    mode = external_data
+    if mode == "auto":
+        mode = "files" if _ort_supports_files_in_memory(ort) else "initializers"
+    if external and mode == "files":
+        if not _ort_supports_files_in_memory(ort):
+            raise OnnxProtectError(f"onnxruntime {ort.__version__} has no add_external_initializers_from_files_in_memory (1.24.1+)")
+        names = list(external)
+        arrays = [np.frombuffer(external[n], dtype=np.uint8) for n in names]
+        so.add_external_initializers_from_files_in_memory(names, arrays, [len(external[n]) for n in names])
+        try:
+            session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
+        finally:
+            # onnxruntime copied the files while it created the session.
+            del arrays
+            m.close()
+        session._onnx_protect_released = True
+        return session
+    if external:
+        names, values = [], []
+        for t in m.external_tensors:
+            dtype = _NUMPY_DTYPES.get(t.data_type)
+            if dtype is None:
+                raise OnnxProtectError(
+                    f"external initializer {t.name!r} is {t.data_type}, which numpy cannot hold; "
+                    "use onnxruntime >= 1.24.1 (external_data='files')"
+                )
+            count = t.length // np.dtype(dtype).itemsize
+            a = np.frombuffer(external[t.location], dtype=dtype, count=count, offset=t.offset).reshape(tuple(t.dims))
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(a))
+        so.add_external_initializers(names, values)
+    session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
+    if external:
+        # add_external_initializers does not copy: the decrypted buffers must live as long as the session.
+        session._onnx_protect_buffers = m  # type: ignore[attr-defined]
+    else:
+        m.close()
+    return session
+
+
+def _memfd(name: str) -> int:
+    """An anonymous in-memory file (no directory entry anywhere)."""
+    if not hasattr(os, "memfd_create"):
+        raise OnnxProtectError("export needs os.memfd_create (Linux) to keep the plaintext model off the disk")
+    return os.memfd_create(name, getattr(os, "MFD_CLOEXEC", 0))
+
+
+def export(
+    model: Any,
+    args: Any,
+    path: PathLike,
+    *,
+    key: Key | BytesLike | None = None,
+    key_file: PathLike | None = None,
+    key_env: str | None = None,
+    passphrase: str | BytesLike | None = None,
+    passphrase_env: str | None = None,
+    recipients: Sequence[str | tuple[str, int]] = (),
+    policy: PathLike | None = None,
+    seed: int | None = None,
+    tiers: int | None = None,
+    tier_shares: Sequence[float] | None = None,
+    overrides: Mapping[str, Override] | None = None,
+    **torch_onnx_export_kwargs: Any,
+) -> dict[str, Any]:
+    """Exports the PyTorch ``model`` with ``torch.onnx.export`` and writes it
+    protected to ``path``; no plaintext model is ever written to a file system.
+
+    The exporter writes into an anonymous in-memory file (``memfd_create``), which
+    is encrypted into ``path`` and then zeroed and closed. The whole model is kept
+    in that one file (``external_data=False`` is passed unless you pass it), so
+    models over 2 GiB cannot be exported this way. Policy arguments are those of
+    :func:`encrypt` (``overrides`` maps ``coefficient``/``mode``/... to values).
+    torch is imported here only. Returns the encryption report.
+    """
+    kw = dict(torch_onnx_export_kwargs)
+    if kw.get("external_data"):
+        raise ValueError("export keeps the model in memory: external_data=True is not supported")
+    kw["external_data"] = False
+    if "f" in kw:
+        raise TypeError("export writes to path; do not pass f")
+    import torch
+
+    k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
+    fd = _memfd("onnx-protect-export")
+    try:
+        plain = f"/proc/self/fd/{fd}"
+        program = torch.onnx.export(model, args, plain, **kw)
+        del program
+        policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
+        return encrypt(plain, path, key=k, recipients=recipients, **policy_args, **dict(overrides or {}))
+    finally:
+        _wipe_fd(fd)
+
+
+def _wipe_fd(fd: int) -> None:
+    """Overwrites the in-memory file with zeros, frees it and closes it."""
+    try:
+        size = os.fstat(fd).st_size
+        zeros = bytes(min(size, 1 << 20))
+        done = 0
+        while done < size:
+            n = os.pwrite(fd, zeros[: min(len(zeros), size - done)], done)
+            if n <= 0:
+                break
+            done += n
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

@@ -1,0 +1,693 @@
+//! The native half of the Python package `onnx_protect` (`onnx_protect._native`).
+//!
+//! Every verb runs with the GIL released (`Python::detach`). Keys live in Rust
+//! ([`Key`], wiped on drop). A model decrypted by `load` reaches Python as one
+//! `bytes` object filled in place from the decrypted map (one copy), and external
+//! data files as [`Buffer`]s: read-only views of the decrypted private maps, without
+//! any copy, zeroed by `Buffer.close()` or when they are collected.
+//!
+//! Errors become the exception classes below, one per `onnx_protect_core::ErrorKind`,
+//! each with the kind's stable name in its `kind` attribute. The pure-Python half
+//! (`python/onnx_protect/__init__.py`) adds the onnxruntime session and the PyTorch
+//! export on top.
+
+use std::ffi::c_int;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
+use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
+use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
+use onnx_protect_keys::{Identity, Recipient, SignerKey};
+use onnx_protect_select::Policy;
+use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use pyo3::{create_exception, ffi};
+use zeroize::Zeroizing;
+
+create_exception!(onnx_protect, OnnxProtectError, PyException, "Base class of every onnx-protect error.");
+create_exception!(onnx_protect, FileError, OnnxProtectError, "Reading or writing a file failed (kind `io`).");
+create_exception!(
+    onnx_protect,
+    MalformedModel,
+    OnnxProtectError,
+    "The model or its external data is invalid or unsafe to read (kind: the reader's own, e.g. `truncated`)."
+);
+create_exception!(onnx_protect, InvalidKey, OnnxProtectError, "The key is unusable or of the wrong sort (kind `key`).");
+create_exception!(
+    onnx_protect,
+    InvalidPolicy,
+    OnnxProtectError,
+    "The policy or an override is invalid (kind `policy`)."
+);
+create_exception!(onnx_protect, AlreadyProtected, OnnxProtectError, "The model is protected already.");
+create_exception!(onnx_protect, NotProtected, OnnxProtectError, "The model carries no onnx-protect manifest.");
+create_exception!(
+    onnx_protect,
+    UnsupportedVersion,
+    OnnxProtectError,
+    "The manifest's format version is not read here."
+);
+create_exception!(onnx_protect, BadManifest, OnnxProtectError, "The protection manifest is malformed.");
+create_exception!(onnx_protect, WrongKey, OnnxProtectError, "No recipient of the model matches the key given.");
+create_exception!(
+    onnx_protect,
+    Modified,
+    OnnxProtectError,
+    "A MAC, digest or checksum does not match: the model changed after it was protected."
+);
+create_exception!(onnx_protect, OutputError, OnnxProtectError, "The output cannot be written as asked.");
+create_exception!(onnx_protect, NotSigned, OnnxProtectError, "No valid signature of a trusted signer is on the model.");
+create_exception!(
+    onnx_protect,
+    AlreadyDecrypted,
+    OnnxProtectError,
+    "The key's tiers are already in clear in this file."
+);
+
+/// The Python exception for a core error: the class of its kind, the message with
+/// its causes, and `kind` set to the kind's stable name.
+fn py_err(e: CoreError) -> PyErr {
+    raise(e, None)
+}
+
+fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
+    let kind = e.kind();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    if let Some(name) = path.map(|p| p.display().to_string()) {
+        if !msg.contains(&name) {
+            msg = format!("{name}: {msg}");
+        }
+    }
+    let err = match kind {
+        ErrorKind::Io => FileError::new_err(msg),
+        ErrorKind::Model(_) => MalformedModel::new_err(msg),
+        ErrorKind::Key => InvalidKey::new_err(msg),
+        ErrorKind::Policy => InvalidPolicy::new_err(msg),
+        ErrorKind::AlreadyProtected => AlreadyProtected::new_err(msg),
+        ErrorKind::NotProtected => NotProtected::new_err(msg),
+        ErrorKind::UnsupportedVersion => UnsupportedVersion::new_err(msg),
+        ErrorKind::BadManifest => BadManifest::new_err(msg),
+        ErrorKind::WrongKey => WrongKey::new_err(msg),
+        ErrorKind::Modified => Modified::new_err(msg),
+        ErrorKind::Output => OutputError::new_err(msg),
+        ErrorKind::NotSigned => NotSigned::new_err(msg),
+        ErrorKind::AlreadyDecrypted => AlreadyDecrypted::new_err(msg),
+        _ => OnnxProtectError::new_err(msg),
+    };
+    Python::attach(|py| {
+        // Setting an attribute on a fresh exception instance cannot fail in practice;
+        // if it did, the exception is still raised, without `kind`.
+        let _ = err.value(py).setattr("kind", kind.as_str());
+    });
+    err
+}
+
+/// [`py_err`] for an error about the file at `path`: the message names it (once).
+fn py_err_at(path: &Path, e: CoreError) -> PyErr {
+    raise(e, Some(path))
+}
+
+fn key_err(msg: impl Into<String>) -> PyErr {
+    py_err(CoreError::Key(msg.into()))
+}
+
+/// Key material held in Rust, wiped when the object is collected.
+///
+/// Made by the class methods; the `key=`/`key_file=`/... arguments of the module's
+/// functions build one. No method returns the secret.
+#[pyclass(module = "onnx_protect", frozen)]
+pub struct Key {
+    source: KeySource,
+    /// What a key file said about its key (`None` for passphrases, identities and raw bytes).
+    kind: Option<KeyKind>,
+    what: String,
+}
+
+impl Key {
+    /// The source where a master key is needed (encryption): tier keys are refused.
+    fn master(&self) -> PyResult<KeySource> {
+        if let Some(KeyKind::Tier { tier }) = self.kind {
+            return Err(key_err(format!(
+                "{} holds the key of access tier {tier}; encrypting needs a master key",
+                self.what
+            )));
+        }
+        Ok(self.source.clone())
+    }
+
+    fn from_key_file(file: KeyFile, what: String) -> Key {
+        let kind = Some(file.kind());
+        Key { source: KeySource::Key(file.into_key()), kind, what }
+    }
+}
+
+/// Reads at most `MAX_KEY_FILE_LEN + 1` bytes of `path` into wiped memory.
+fn read_secret_file(path: &Path, what: &str) -> PyResult<Zeroizing<Vec<u8>>> {
+    let cannot = |e: std::io::Error| key_err(format!("cannot read {what} {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    Ok(bytes)
+}
+
+#[pymethods]
+impl Key {
+    /// A key from bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Key> {
+        let file = KeyFile::parse(data).map_err(|e| key_err(format!("key bytes: {e}")))?;
+        Ok(Key::from_key_file(file, "the key bytes".into()))
+    }
+
+    /// A key file written by `keygen` (or 64 hex digits, or 32 raw bytes).
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Key> {
+        let bytes = read_secret_file(&path, "key file")?;
+        let file = KeyFile::parse(&bytes).map_err(|e| key_err(format!("key file {}: {e}", path.display())))?;
+        Ok(Key::from_key_file(file, format!("key file {}", path.display())))
+    }
+
+    /// A key in an environment variable: 64 hex digits or the text of a key file.
+    #[staticmethod]
+    fn from_env(var: &str) -> PyResult<Key> {
+        let file = KeyFile::from_env(var).map_err(|e| key_err(format!("environment variable {var}: {e}")))?;
+        Ok(Key::from_key_file(file, format!("environment variable {var}")))
+    }
+
+    /// A passphrase (stretched with Argon2id, parameters in the model).
+    #[staticmethod]
+    fn from_passphrase(passphrase: &[u8]) -> PyResult<Key> {
+        if passphrase.is_empty() {
+            return Err(key_err("the passphrase is empty"));
+        }
+        Ok(Key {
+            source: KeySource::Passphrase(Zeroizing::new(passphrase.to_vec())),
+            kind: None,
+            what: "the passphrase".into(),
+        })
+    }
+
+    /// A passphrase held in an environment variable.
+    #[staticmethod]
+    fn from_passphrase_env(var: &str) -> PyResult<Key> {
+        let value = std::env::var_os(var).ok_or_else(|| key_err(format!("environment variable {var} is not set")))?;
+        let value = Zeroizing::new(value.into_encoded_bytes());
+        Key::from_passphrase(&value)
+    }
+
+    /// age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen` writes them).
+    #[staticmethod]
+    fn from_identity_file(path: PathBuf) -> PyResult<Key> {
+        let bytes = read_secret_file(&path, "identity file")?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| key_err(format!("identity file {} is not UTF-8 text", path.display())))?;
+        let id =
+            Identity::parse_x25519_file(text).map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
+        Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<onnx_protect.Key from {}>", self.what)
+    }
+}
+
+/// Parses trusted signer keys (`onnx-protect-signer1...`).
+fn signers(texts: Vec<String>) -> PyResult<Vec<SignerKey>> {
+    texts.iter().map(|t| SignerKey::parse(t).map_err(|e| key_err(format!("signer {t}: {e}")))).collect()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| PyValueError::new_err(format!("cannot serialise the report: {e}")))
+}
+
+/// The policy: a TOML file (or the built-in default), then the overrides in order
+/// (`what` is `coefficient`, `mode`, `subsequences` or `selection`, `spec` is `OP=VALUE`),
+/// then the seed, tiers and tier shares; as the command line builds it.
+fn build_policy(
+    policy_file: Option<PathBuf>,
+    overrides: Vec<(String, String)>,
+    seed: Option<u64>,
+    tiers: Option<u32>,
+    tier_shares: Option<Vec<f64>>,
+) -> Result<Policy, CoreError> {
+    let mut policy = match &policy_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| CoreError::Format(onnx_protect_format::FormatError::Io { path: p.clone(), source: e }))?;
+            Policy::from_toml(&text).map_err(|e| {
+                CoreError::Policy(onnx_protect_select::PolicyError::Invalid(format!("{}: {e}", p.display())))
+            })?
+        }
+        None => Policy::default(),
+    };
+    for (what, spec) in &overrides {
+        policy.apply_override(what, spec)?;
+    }
+    if let Some(s) = seed {
+        policy.seed = s;
+    }
+    if let Some(t) = tiers {
+        policy.set_tiers(t)?;
+    }
+    if let Some(s) = &tier_shares {
+        policy.set_tier_shares(s)?;
+        policy.shares()?;
+    }
+    Ok(policy)
+}
+
+/// Encrypts `src` into `dst`; returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
+    seed=None, tiers=None, tier_shares=None, allow_empty=false))]
+#[allow(clippy::too_many_arguments)]
+fn encrypt(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    key: Option<PyRef<'_, Key>>,
+    recipients: Vec<(String, u32)>,
+    policy_file: Option<PathBuf>,
+    overrides: Vec<(String, String)>,
+    seed: Option<u64>,
+    tiers: Option<u32>,
+    tier_shares: Option<Vec<f64>>,
+    allow_empty: bool,
+) -> PyResult<String> {
+    let master = key.as_ref().map(|k| k.master()).transpose()?;
+    let recipients = recipients
+        .iter()
+        .map(|(text, tier)| Recipient::parse_public(text).map(|r| (r, *tier)).map_err(|e| py_err(e.into())))
+        .collect::<PyResult<Vec<_>>>()?;
+    let to = EncryptTo { master, recipients };
+    let report = py.detach(|| {
+        let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares)?;
+        let mut opts = EncryptOptions::new(&policy);
+        opts.allow_empty = allow_empty;
+        protect::encrypt(&src, &dst, &to, &opts)
+    });
+    to_json(&report.map_err(|e| py_err_at(&src, e))?)
+}
+
+/// Decrypts `src` into `dst` (up to `tier`); returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, key, tier=None, signers=Vec::new()))]
+fn decrypt(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    key: PyRef<'_, Key>,
+    tier: Option<u32>,
+    signers: Vec<String>,
+) -> PyResult<String> {
+    let trusted = self::signers(signers)?;
+    let source = key.source.clone();
+    let report = py.detach(|| {
+        let opts = DecryptOptions { signers: &trusted, ..DecryptOptions::default() };
+        protect::decrypt_tier(&src, &dst, &source, tier, &opts)
+    });
+    to_json(&report.map_err(|e| py_err_at(&src, e))?)
+}
+
+/// Verifies a protected model (the MACs with a key, the keyless digest without);
+/// returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (path, *, key=None, signers=Vec::new()))]
+fn verify(py: Python<'_>, path: PathBuf, key: Option<PyRef<'_, Key>>, signers: Vec<String>) -> PyResult<String> {
+    let trusted = self::signers(signers)?;
+    let source = key.as_ref().map(|k| k.source.clone());
+    let report = py.detach(|| protect::verify_signed(&path, source.as_ref(), &trusted, &NoProgress));
+    to_json(&report.map_err(|e| py_err_at(&path, e))?)
+}
+
+/// The `inspect --json` report of a model (docs/inspect-json.md), as JSON.
+#[pyfunction]
+fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    let report = py.detach(|| {
+        let model = Model::open(&path).map_err(CoreError::from)?;
+        Ok(onnx_protect_core::inspect::inspect(&model))
+    });
+    to_json(&report.map_err(|e| py_err_at(&path, e))?)
+}
+
+/// A new random master key of `tiers` access tiers, as the text of a key file.
+fn new_key_text(tiers: u32) -> PyResult<(MasterKey, Zeroizing<String>)> {
+    if tiers == 0 || tiers > onnx_protect_crypto::MAX_TIERS {
+        return Err(PyValueError::new_err(format!("tiers must be between 1 and {}", onnx_protect_crypto::MAX_TIERS)));
+    }
+    let key = MasterKey::generate().map_err(|e| py_err(e.into()))?;
+    let file = KeyFile::new(KeyKind::Master { tiers }, key.clone()).map_err(|e| py_err(e.into()))?;
+    Ok((key, file.encode()))
+}
+
+/// A new master key as the text of a key file (accepted by `key=`).
+#[pyfunction]
+#[pyo3(signature = (*, tiers=1))]
+fn new_key(py: Python<'_>, tiers: u32) -> PyResult<Py<PyBytes>> {
+    let (_, text) = new_key_text(tiers)?;
+    Ok(PyBytes::new(py, text.as_bytes()).unbind())
+}
+
+/// Writes a new key file (mode 0600, never over an existing file) and, with
+/// `tiers > 1`, the keys of tiers 1..tiers-1 next to it (`PATH.tier1`, ...), as
+/// `onnx-protect keygen` does. Returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (path, *, tiers=1))]
+fn keygen(path: PathBuf, tiers: u32) -> PyResult<String> {
+    let (key, text) = new_key_text(tiers)?;
+    let tier_path = |t: u32| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".tier{t}"));
+        PathBuf::from(s)
+    };
+    let lower: Vec<PathBuf> = (1..tiers).map(tier_path).collect();
+    for p in lower.iter().chain(std::iter::once(&path)) {
+        if p.exists() {
+            return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", p.display()))));
+        }
+    }
+    write_key_file(&path, text.as_bytes())?;
+    let mut k = key.clone();
+    for t in (1..tiers).rev() {
+        k = k.tier_down();
+        let file = KeyFile::new(KeyKind::Tier { tier: t }, k.clone()).map_err(|e| py_err(e.into()))?;
+        write_key_file(&tier_path(t), file.encode().as_bytes())?;
+    }
+    let fingerprint: String = key.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+    let report = serde_json::json!({
+        "key_file": path.display().to_string(),
+        "fingerprint": fingerprint,
+        "tiers": tiers,
+        "tier_key_files": lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+    });
+    to_json(&report)
+}
+
+fn write_key_file(path: &Path, text: &[u8]) -> PyResult<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let write = || -> std::io::Result<()> {
+        let mut f = opts.open(path)?;
+        f.write_all(text)?;
+        f.sync_all()
+    };
+    write().map_err(|e| py_err(CoreError::Write { path: path.to_path_buf(), source: e }))
+}
+
+/// A read-only view of decrypted bytes held by Rust (an external data file), exposed
+/// through the buffer protocol without a copy. `close()` zeroes the decrypted
+/// bytes and releases them; it is refused while a `memoryview` of it is alive.
+#[pyclass(module = "onnx_protect")]
+pub struct Buffer {
+    data: Option<DecryptedBytes>,
+    exports: usize,
+}
+
+#[pymethods]
+impl Buffer {
+    fn __len__(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// Whether the bytes were released.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.data.is_none()
+    }
+
+    /// Zeroes and releases the decrypted bytes (idempotent).
+    fn close(&mut self) -> PyResult<()> {
+        if self.exports > 0 {
+            return Err(PyBufferError::new_err(format!(
+                "{} view(s) of this buffer are still alive (release the memoryviews and arrays first)",
+                self.exports
+            )));
+        }
+        self.data = None;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.data {
+            Some(d) => format!("<onnx_protect.Buffer {} bytes>", d.len()),
+            None => "<onnx_protect.Buffer closed>".into(),
+        }
+    }
+
+    /// # Safety
+    /// Called by the interpreter with a valid `view` to fill, as the buffer protocol says.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("no view to fill"));
+        }
+        if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("decrypted buffers are read-only"));
+        }
+        let mut me = slf.borrow_mut();
+        let (ptr, len) = match &me.data {
+            Some(d) => (d.as_ptr(), d.len()),
+            None => return Err(PyBufferError::new_err("the buffer is closed")),
+        };
+        let len = isize::try_from(len).map_err(|_| PyBufferError::new_err("buffer too large"))?;
+        me.exports += 1;
+        drop(me);
+        // SAFETY: `view` is non-null and owned by the caller for the duration of the
+        // export; the bytes stay put while `exports > 0` (close() refuses, and the
+        // object cannot be collected while `view.obj` holds a reference to it).
+        unsafe {
+            (*view).obj = slf.into_any().into_ptr();
+            (*view).buf = ptr as *mut std::ffi::c_void;
+            (*view).len = len;
+            (*view).readonly = 1;
+            (*view).itemsize = 1;
+            (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
+                c"B".as_ptr() as *mut std::ffi::c_char
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape =
+                if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND { &mut (*view).len } else { std::ptr::null_mut() };
+            (*view).strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
+                &mut (*view).itemsize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by the interpreter once per successful `__getbuffer__`.
+    unsafe fn __releasebuffer__(mut slf: PyRefMut<'_, Self>, _view: *mut ffi::Py_buffer) {
+        slf.exports = slf.exports.saturating_sub(1);
+    }
+}
+
+/// Where one external initializer's bytes are: for runtimes that take initializers
+/// one by one (onnxruntime before 1.24.1).
+#[pyclass(module = "onnx_protect", frozen, get_all)]
+pub struct ExternalTensor {
+    /// The initializer's name.
+    name: String,
+    /// The ONNX element type's name (`FLOAT`, `INT64`, ...).
+    data_type: String,
+    dims: Vec<u64>,
+    /// The external file (`location` as written in the model).
+    location: String,
+    /// Byte offset of the tensor in that file.
+    offset: u64,
+    /// Byte length.
+    length: u64,
+}
+
+#[pymethods]
+impl ExternalTensor {
+    fn __repr__(&self) -> String {
+        format!(
+            "<onnx_protect.ExternalTensor {} {} {:?} in {} at {}+{}>",
+            self.name, self.data_type, self.dims, self.location, self.offset, self.length
+        )
+    }
+}
+
+/// A protected model decrypted in memory: `model` (bytes), `external` (location →
+/// [`Buffer`]), `external_tensors` (where each external initializer lies).
+#[pyclass(module = "onnx_protect")]
+pub struct DecryptedModel {
+    model: Option<Py<PyBytes>>,
+    external: Vec<(String, Py<Buffer>)>,
+    #[pyo3(get)]
+    external_tensors: Vec<Py<ExternalTensor>>,
+    /// Number of tensors that were decrypted.
+    #[pyo3(get)]
+    tensors: usize,
+    /// Number of bytes that were decrypted.
+    #[pyo3(get)]
+    decrypted_bytes: u64,
+}
+
+#[pymethods]
+impl DecryptedModel {
+    /// The original model file's bytes (for a lower-tier key: with that key's tiers restored).
+    #[getter]
+    fn model(&self, py: Python<'_>) -> PyResult<Py<PyBytes>> {
+        self.model.as_ref().map(|b| b.clone_ref(py)).ok_or_else(|| PyValueError::new_err("the model is closed"))
+    }
+
+    /// Every external data file, decrypted, by the `location` written in the model.
+    #[getter]
+    fn external<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (loc, buf) in &self.external {
+            d.set_item(loc, buf.clone_ref(py))?;
+        }
+        Ok(d)
+    }
+
+    /// Drops this object's reference to the model bytes and closes every external
+    /// buffer (zeroing it). Fails, changing nothing, while views of a buffer are alive.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        for (_, b) in &self.external {
+            if b.borrow(py).exports > 0 {
+                return Err(PyBufferError::new_err(
+                    "views of an external buffer are still alive (release the memoryviews and arrays first)",
+                ));
+            }
+        }
+        for (_, b) in &self.external {
+            b.borrow_mut(py).close()?;
+        }
+        self.model = None;
+        Ok(())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&mut self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+}
+
+/// Decrypts the protected model at `path` into memory (no plaintext on disk), with
+/// the GIL released while it works.
+#[pyfunction]
+#[pyo3(signature = (path, *, key, tier=None, signers=Vec::new()))]
+fn load(
+    py: Python<'_>,
+    path: PathBuf,
+    key: PyRef<'_, Key>,
+    tier: Option<u32>,
+    signers: Vec<String>,
+) -> PyResult<DecryptedModel> {
+    let trusted = self::signers(signers)?;
+    let source = key.source.clone();
+    drop(key);
+    let (decrypted, tensors) = py
+        .detach(|| -> Result<_, CoreError> {
+            let m = decrypt_signed_in_memory(&path, &source, tier, &trusted)?;
+            // The layout of external tensors is the same in the protected and the
+            // decrypted model (encryption edits bytes in place, never moves them).
+            let tensors = if m.external().is_empty() { Vec::new() } else { external_tensors(&Model::open(&path)?) };
+            Ok((m, tensors))
+        })
+        .map_err(|e| py_err_at(&path, e))?;
+    let tensors_done = decrypted.tensors();
+    let decrypted_bytes = decrypted.decrypted_bytes();
+    let (model, external) = decrypted.into_parts();
+    let bytes = copy_to_bytes(py, &model)?;
+    drop(model);
+    let external = external
+        .into_iter()
+        .map(|(loc, data)| Ok((loc, Py::new(py, Buffer { data: Some(data), exports: 0 })?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let external_tensors = tensors.into_iter().map(|t| Py::new(py, t)).collect::<PyResult<Vec<_>>>()?;
+    Ok(DecryptedModel { model: Some(bytes), external, external_tensors, tensors: tensors_done, decrypted_bytes })
+}
+
+/// One `bytes` object holding `src`, filled in place (one allocation, one copy), with
+/// the GIL released during the copy.
+fn copy_to_bytes(py: Python<'_>, src: &DecryptedBytes) -> PyResult<Py<PyBytes>> {
+    let src: &[u8] = src;
+    let b = PyBytes::new_with(py, src.len(), |buf| {
+        py.detach(|| buf.copy_from_slice(src));
+        Ok(())
+    })?;
+    Ok(b.unbind())
+}
+
+fn external_tensors(model: &Model) -> Vec<ExternalTensor> {
+    model
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.origin, Origin::Initializer))
+        .filter_map(|t| match &t.data {
+            TensorData::External { file, range } => Some(ExternalTensor {
+                name: t.name.clone(),
+                data_type: t.data_type.name().to_string(),
+                dims: t.dims.clone(),
+                location: model.external_files.get(*file)?.location.clone(),
+                offset: range.start,
+                length: range.end - range.start,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The native module `onnx_protect._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Key>()?;
+    m.add_class::<Buffer>()?;
+    m.add_class::<ExternalTensor>()?;
+    m.add_class::<DecryptedModel>()?;
+    m.add_function(wrap_pyfunction!(encrypt, m)?)?;
+    m.add_function(wrap_pyfunction!(decrypt, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(new_key, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
+    m.add("FileError", py.get_type::<FileError>())?;
+    m.add("MalformedModel", py.get_type::<MalformedModel>())?;
+    m.add("InvalidKey", py.get_type::<InvalidKey>())?;
+    m.add("InvalidPolicy", py.get_type::<InvalidPolicy>())?;
+    m.add("AlreadyProtected", py.get_type::<AlreadyProtected>())?;
+    m.add("NotProtected", py.get_type::<NotProtected>())?;
+    m.add("UnsupportedVersion", py.get_type::<UnsupportedVersion>())?;
+    m.add("BadManifest", py.get_type::<BadManifest>())?;
+    m.add("WrongKey", py.get_type::<WrongKey>())?;
+    m.add("Modified", py.get_type::<Modified>())?;
+    m.add("OutputError", py.get_type::<OutputError>())?;
+    m.add("NotSigned", py.get_type::<NotSigned>())?;
+    m.add("AlreadyDecrypted", py.get_type::<AlreadyDecrypted>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

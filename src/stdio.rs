@@ -1,0 +1,191 @@
+//! `-` as a path: standard input or standard output.
+//!
+//! Commands that accept `-` read the whole model from standard input into memory
+//! (a stream has no directory, so a model with external data is refused) or write
+//! their output model to standard output. Every other path option refuses `-`
+//! when the arguments are parsed, so no command ever creates a file named `-`
+//! (`./-` still names one).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use onnx_protect_format::Model;
+
+use crate::exit::usage;
+
+/// The path `-`.
+pub fn is_stdio(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+/// How a path is shown in messages: `standard input` for `-`.
+pub fn input_name(p: &Path) -> String {
+    if is_stdio(p) {
+        "standard input".into()
+    } else {
+        p.display().to_string()
+    }
+}
+
+/// clap value parser for a path where `-` means nothing: refuses it.
+pub fn file_path(s: &str) -> std::result::Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
+            "'-' (standard input or output) is not accepted here; give a file name (./- names a file called '-')"
+                .into(),
+        );
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// The whole of standard input; refused when it is a terminal.
+pub fn read_stdin() -> Result<Vec<u8>> {
+    let mut input = std::io::stdin().lock();
+    if input.is_terminal() {
+        usage!("'-' reads a model from standard input, which is a terminal; pipe or redirect a model into it");
+    }
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes).context("cannot read standard input")?;
+    Ok(bytes)
+}
+
+/// The model on standard input, parsed from memory (external data is refused: a
+/// stream has no directory to find it in).
+pub fn read_model() -> Result<Model> {
+    let bytes = read_stdin()?;
+    Model::from_vec(bytes, None).context("standard input")
+}
+
+/// A model to read: the path itself, or standard input staged in a private temporary
+/// directory ($TMPDIR, mode 0700) for the library calls that take a path. The staged
+/// copy is removed when this value is dropped.
+pub struct Input {
+    path: PathBuf,
+    _staged: Option<tempfile::TempDir>,
+}
+
+impl Input {
+    /// `p`, or for `-` standard input staged as a file.
+    pub fn new(p: &Path) -> Result<Input> {
+        if !is_stdio(p) {
+            return Ok(Input { path: p.to_path_buf(), _staged: None });
+        }
+        let model = read_model()?;
+        let dir = tempfile::tempdir().context("cannot create a temporary directory for standard input")?;
+        let path = dir.path().join("stdin.onnx");
+        std::fs::write(&path, model.bytes())
+            .with_context(|| format!("cannot stage standard input in {}", path.display()))?;
+        Ok(Input { path, _staged: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Where a command writes its output model: the path itself, or for `-` a file in a
+/// private temporary directory that [`Output::finish`] copies to standard output.
+pub struct Output {
+    path: PathBuf,
+    staged: Option<tempfile::TempDir>,
+}
+
+impl Output {
+    /// `p`, or for `-` a staged file (standard output must not be a terminal).
+    pub fn new(p: &Path) -> Result<Output> {
+        if !is_stdio(p) {
+            return Ok(Output { path: p.to_path_buf(), staged: None });
+        }
+        refuse_terminal()?;
+        let dir = tempfile::tempdir().context("cannot create a temporary directory for the output")?;
+        Ok(Output { path: dir.path().join("stdout.onnx"), staged: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How the output is shown in messages: its path, or `standard output`.
+    pub fn name(&self) -> String {
+        if self.is_stdout() {
+            "standard output".into()
+        } else {
+            self.path.display().to_string()
+        }
+    }
+
+    /// Whether the output goes to standard output.
+    pub fn is_stdout(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// Copies a staged output to standard output (a closed pipe is not an error).
+    pub fn finish(self) -> Result<()> {
+        if self.staged.is_none() {
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        let mut out = std::io::stdout().lock();
+        match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(e).context("cannot write to standard output"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
+pub fn output_of(input: &Path, output: &Option<PathBuf>, in_place: bool) -> Result<PathBuf> {
+    if in_place && (is_stdio(input) || output.as_deref().is_some_and(is_stdio)) {
+        usage!("--in-place rewrites a file; it cannot be used with '-'");
+    }
+    match (output, in_place) {
+        (Some(o), false) => Ok(o.clone()),
+        (None, true) => Ok(input.to_path_buf()),
+        (Some(o), true) if o == input => Ok(o.clone()),
+        (Some(_), true) => usage!("--in-place writes over the input; do not also give a different -o"),
+        (None, false) => usage!("give -o OUTPUT or --in-place"),
+    }
+}
+
+/// The input and output of a command that rewrites a model (`encrypt`, `rekey`):
+/// `-o OUTPUT` or `--in-place`, either side may be `-`. `--json` is refused with
+/// `-o -`, and so is a model with external data.
+pub fn rewrite_paths(
+    input: &Path,
+    output: &Option<PathBuf>,
+    in_place: bool,
+    out: &crate::output::OutputArgs,
+) -> Result<(Input, Output)> {
+    let target = output_of(input, output, in_place)?;
+    out.refuse_json_with_stdout(is_stdio(&target))?;
+    let input = Input::new(input)?;
+    let output = Output::new(&target)?;
+    if output.is_stdout() {
+        refuse_external(input.path())?;
+    }
+    Ok((input, output))
+}
+
+/// Refuses to write a binary model to a terminal.
+pub fn refuse_terminal() -> Result<()> {
+    if std::io::stdout().is_terminal() {
+        usage!("'-o -' writes a binary model to standard output, which is a terminal; pipe or redirect it");
+    }
+    Ok(())
+}
+
+/// A model given as `-` that has external data cannot be written to standard output.
+pub fn refuse_external(input: &Path) -> Result<()> {
+    let model = Model::open(input).with_context(|| format!("{}", input.display()))?;
+    if let Some(f) = model.external_files.first() {
+        usage!(
+            "{} keeps tensors in external data files ('{}'), which cannot be written to standard output; give -o FILE",
+            input.display(),
+            f.location
+        );
+    }
+    Ok(())
+}

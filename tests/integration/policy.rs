@@ -140,3 +140,46 @@ fn bad_search_inputs_are_refused_with_a_reason() {
     assert_eq!(code, 0, "{err}");
     assert!(pol.exists());
 }
+
+#[test]
+fn encrypt_lists_every_weight_left_clear_and_counts_it_in_the_denominator() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    assert_eq!(run(&["keygen", "-o", s(&key)]).0, 0);
+    let vit = root().join("fixtures/zoo/digits/vit.onnx");
+    // Only the Linear weights of MatMul/Gemm: the position embedding, the biases added
+    // after a MatMul and the LayerNorm parameters stay clear.
+    let pol = dir.path().join("p.toml");
+    std::fs::write(&pol, "version = 1\ninherit_builtin = false\n\n[roles.weight]\ncoefficient = 0.5\n").unwrap();
+    let enc = dir.path().join("enc.onnx");
+    let (code, out, err) =
+        run(&["encrypt", s(&vit), "-o", s(&enc), "--key-file", s(&key), "--policy", s(&pol), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clear = r["clear"].as_array().unwrap();
+    let names: Vec<&str> = clear.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(names.iter().any(|n| n.contains("pos")), "no position embedding among the clear weights: {names:?}");
+    let roles: Vec<&str> = clear.iter().map(|c| c["role"].as_str().unwrap()).collect();
+    for role in ["bias", "norm", "position-embedding"] {
+        assert!(roles.contains(&role), "no clear weight of role {role}: {roles:?}");
+    }
+    // The denominator is every weight: the tensors with encrypted bytes plus the clear ones.
+    let touched: u64 = r["tensors"].as_array().unwrap().iter().map(|t| t["nbytes"].as_u64().unwrap()).sum();
+    let clear_bytes: u64 = clear.iter().map(|c| c["bytes"].as_u64().unwrap()).sum();
+    assert!(clear_bytes > 0);
+    assert_eq!(r["weight_bytes"].as_u64().unwrap(), touched + clear_bytes);
+    // Every floating-point tensor stored in the file is one or the other.
+    let model = onnx_protect_format::Model::open(&vit).unwrap();
+    let float_bytes: u64 = model.tensors.iter().filter(|t| t.data_type.is_float()).map(|t| t.nbytes).sum();
+    assert_eq!(float_bytes, r["weight_bytes"].as_u64().unwrap());
+
+    // The text report names each clear weight with its size and the share they make.
+    let enc2 = dir.path().join("enc2.onnx");
+    let (code, out, err) = run(&["encrypt", s(&vit), "-o", s(&enc2), "--key-file", s(&key), "--policy", s(&pol)]);
+    assert_eq!(code, 0, "{err}");
+    let pct = 100.0 * clear_bytes as f64 / r["weight_bytes"].as_u64().unwrap() as f64;
+    assert!(out.contains(&format!("left clear: {} weights, {clear_bytes} bytes ({pct:.2}%", clear.len())), "{out}");
+    for c in clear {
+        assert!(out.contains(&format!("    {} {} bytes", c["name"].as_str().unwrap(), c["bytes"])), "{out}");
+    }
+}

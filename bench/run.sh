@@ -31,6 +31,9 @@ while getopts "n:d:o:c:h" opt; do
     esac
 done
 BIN=${BIN:-$REPO/target/release/onnx-protect}
+# In-memory decryption with full verification (every byte hashed, MAC checked), then
+# the plaintext wiped: crates/core/examples/decrypt_in_memory.rs.
+MEM=${MEM:-$REPO/target/release/examples/decrypt_in_memory}
 PY=${PYTHON:-python3}
 S=$DATA/single/model.onnx
 E=$DATA/external
@@ -42,6 +45,7 @@ OSSL_K=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 OSSL_IV=00000000000000000000000000000000
 
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release" >&2; exit 1; }
+[ -x "$MEM" ] || { echo "no $MEM: run cargo build --release -p onnx-protect-core --example decrypt_in_memory" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "no /usr/bin/time: apt-get install -y time" >&2; exit 1; }
 mkdir -p "$RES" "$OUT" "$PREP"
 
@@ -86,6 +90,9 @@ case_cmd() {
         s_dec_sync)       CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_cat)            CMD=(sh -c 'cat "$0" > /dev/null' "$S") ;;
+        s_b3sum)          CMD=(b3sum "$S") ;;
+        s_mem_default)    CMD=("$MEM" "$PREP/s_default/model.onnx" "$KEY" 1) ;;
         s_python)         CMD=("$PY" "$REPO/bench/python_baseline.py" "$S" "$O" --coefficient 0.5 --mode ctr) ;;
         e_cp)             CMD=(cp -r "$E" "$O") ;;
         e_cp_sync)        CMD=(sh -c 'cp -r "$0" "$1" && sync "$1"/*' "$E" "$O") ;;
@@ -94,13 +101,16 @@ case_cmd() {
         e_enc_sync)       CMD=("$BIN" encrypt "$E/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         e_dec_default)    CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         e_dec_sync)       CMD=("$BIN" decrypt "$PREP/e_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
+        e_cat)            CMD=(sh -c 'cat "$0"/* > /dev/null' "$E") ;;
+        e_b3sum)          CMD=(sh -c 'b3sum "$0"/* > /dev/null' "$E") ;;
+        e_mem_default)    CMD=("$MEM" "$PREP/e_default/model.onnx" "$KEY" 1) ;;
         e_dec_c1)         CMD=("$BIN" decrypt "$PREP/e_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         *) echo "unknown case $1" >&2; exit 1 ;;
     esac
 }
 
-SINGLE_CASES="s_cp s_cp_sync s_openssl s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_python"
-EXT_CASES="e_cp e_cp_sync e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1"
+SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_python"
+EXT_CASES="e_cp e_cp_sync e_cat e_b3sum e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1 e_mem_default"
 ALL=""
 if [ "$ONLY" != external ]; then
     [ -f "$S" ] || { echo "no $S: run bench/make_models.py" >&2; exit 1; }
@@ -109,6 +119,12 @@ fi
 if [ "$ONLY" != single ]; then
     [ -f "$E/model.onnx" ] || { echo "no $E/model.onnx: run bench/make_models.py" >&2; exit 1; }
     ALL="$ALL $EXT_CASES"
+fi
+# b3sum (`cargo install b3sum`): reading the model once and hashing it with BLAKE3 on
+# every core, the yardstick of in-memory decryption with full verification.
+if ! command -v b3sum >/dev/null; then
+    echo "no b3sum on PATH (cargo install b3sum): its cases are left out" >&2
+    ALL=$(for c in $ALL; do echo "$c"; done | grep -v b3sum | tr '\n' ' ')
 fi
 if [ -n "$CASES" ]; then
     ALL=$(for c in $ALL; do echo "$c"; done | grep -E "$CASES" | tr '\n' ' ' || true)
@@ -128,10 +144,10 @@ prep() { # NAME INPUT COEFF
 }
 for c in $ALL; do
     case $c in
-        s_dec_default|s_dec_sync) prep s_default "$S" default ;;
+        s_dec_default|s_dec_sync|s_mem_default) prep s_default "$S" default ;;
         s_dec_c0.05) prep s_c0.05 "$S" 0.05 ;;
         s_dec_c1) prep s_c1 "$S" 1 ;;
-        e_dec_default|e_dec_sync) prep e_default "$E/model.onnx" default ;;
+        e_dec_default|e_dec_sync|e_mem_default) prep e_default "$E/model.onnx" default ;;
         e_dec_c1) prep e_c1 "$E/model.onnx" 1 ;;
     esac
 done
@@ -185,7 +201,7 @@ done
 # ---- RSS split (one untimed run per onnx-protect case) ---------------------------
 : >"$RES/rss_split.tsv"
 for c in $ALL; do
-    case $c in ?_enc_*|?_dec_*) ;; *) continue ;; esac
+    case $c in ?_enc_*|?_dec_*|?_mem_*) ;; *) continue ;; esac
     case_cmd "$c"
     rm -rf "$O"
     sync
@@ -234,6 +250,9 @@ names = {
     "enc_c1": "onnx-protect encrypt *=1", "dec_default": "onnx-protect decrypt (default)",
     "dec_c0.05": "onnx-protect decrypt *=0.05", "dec_c1": "onnx-protect decrypt *=1",
     "python": "python onnx.load + XOR + onnx.save (0.5, ctr)",
+    "cat": "cat > /dev/null (read once, page cache)",
+    "b3sum": "b3sum (read once + BLAKE3, all cores)",
+    "mem_default": "in-memory decrypt + full verify (default)",
 }
 for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "external-data model (folder)")):
     gc = [c for c in cases if c.startswith(g + "_")]
@@ -255,6 +274,9 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
               f"{st['med'] / cp if cp else float('nan'):6.2f} {st['med'] / cps if cps else float('nan'):9.2f} "
               f"{st['cpu']:6.2f} {st['rss'] / 1024:12.0f} {st['rss'] * 1024 / size:8.3f} "
               f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f} {st['steal']:7.2f}")
+    for base in ("cat", "b3sum"):
+        if f"{g}_{base}" in med and f"{g}_mem_default" in med:
+            print(f"in-memory decrypt / {base} = {med[f'{g}_mem_default'] / med[f'{g}_{base}']:.2f}x")
     if f"{g}_python" in med and f"{g}_enc_default" in med:
         print(f"python / encrypt(default) = {med[f'{g}_python'] / med[f'{g}_enc_default']:.2f}x")
 print("\nx cp = median / median of cp (cp -r for the folder); MB/s = model bytes / median wall time;"

@@ -33,6 +33,10 @@ pub struct KeygenArgs {
     /// its public recipient (age1...) for `encrypt --recipient`.
     #[arg(long, conflicts_with = "tiers")]
     recipient: bool,
+    /// Write a fingerprint secret (onnx-protect-fingerprint-secret-v1, docs/tracing.md) instead: the
+    /// publisher's secret for `encrypt --fingerprint` and `trace`. Never give it to a recipient.
+    #[arg(long, conflicts_with_all = ["tiers", "signing", "recipient"])]
+    fingerprint_secret: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -57,12 +61,15 @@ fn write_secret_text(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `keygen --signing` and `keygen --recipient`: the secret to `-o`, the public string
-/// printed (to stderr when the secret goes to stdout).
+/// `keygen --signing`, `keygen --recipient` and `keygen --fingerprint-secret`: the secret
+/// to `-o`, the public string printed (to stderr when the secret goes to stdout).
 fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
     let (secret, public, what) = if a.signing {
         let k = onnx_protect_keys::SigningKey::generate()?;
         (k.to_file_text(), k.public().to_text(), "signer key")
+    } else if a.fingerprint_secret {
+        let (k, text) = onnx_protect_trace::FingerprintKey::generate()?;
+        (text, k.key_id(), "fingerprint secret, key id")
     } else {
         let (text, public) = onnx_protect_keys::new_x25519_identity_file();
         (text, public, "recipient")
@@ -76,7 +83,11 @@ fn keygen_public(a: &KeygenArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.out.json {
-        let field = if a.signing { "signer" } else { "recipient" };
+        let field = match (a.signing, a.fingerprint_secret) {
+            (true, _) => "signer",
+            (_, true) => "key_id",
+            _ => "recipient",
+        };
         crate::output::emit(&serde_json::json!({"file": a.output.display().to_string(), field: public}).to_string())?;
     } else if is_stdio(&a.output) {
         eprintln!("{what}: {public}");
@@ -127,7 +138,7 @@ fn tier_path(base: &std::path::Path, t: u32) -> PathBuf {
 
 pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     const { assert!(onnx_protect_select::MAX_TIERS == onnx_protect_crypto::MAX_TIERS) };
-    if a.signing || a.recipient {
+    if a.signing || a.recipient || a.fingerprint_secret {
         return keygen_public(&a);
     }
     if is_stdio(&a.output) {
@@ -296,9 +307,92 @@ pub struct EncryptArgs {
     #[arg(long)]
     sync: bool,
     #[command(flatten)]
+    fingerprint: FingerprintArgs,
+    #[command(flatten)]
     write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// `encrypt --fingerprint ID`: a recipient's copy (docs/tracing.md).
+#[derive(clap::Args)]
+pub struct FingerprintArgs {
+    /// Embed recipient ID's fingerprint in the weights, so a leaked decrypted copy can be traced
+    /// to ID (docs/tracing.md). Needs --fingerprint-secret and --ledger.
+    #[arg(long, value_name = "ID", requires_all = ["fingerprint_secret", "ledger"])]
+    pub fingerprint: Option<String>,
+    /// The publisher's fingerprint secret (keygen --fingerprint-secret).
+    #[arg(long, value_name = "FILE", requires = "fingerprint", value_parser = stdio::file_path)]
+    pub fingerprint_secret: Option<PathBuf>,
+    /// The ledger that records who got which copy (created if missing; appended atomically).
+    #[arg(long, value_name = "LEDGER", requires = "fingerprint", value_parser = stdio::file_path)]
+    pub ledger: Option<PathBuf>,
+    /// Fingerprint strength α: each marked weight moves by ±α times its tensor's standard deviation.
+    #[arg(long, value_name = "ALPHA", requires = "fingerprint", default_value_t = onnx_protect_trace::DEFAULT_ALPHA)]
+    pub fingerprint_strength: f64,
+}
+
+/// What `encrypt --fingerprint` embedded.
+#[derive(serde::Serialize)]
+struct FingerprintReport {
+    recipient: String,
+    key_id: String,
+    ledger: String,
+    /// Whether the ledger already had this recipient's entry for this original.
+    already_recorded: bool,
+    alpha: f64,
+    tensors: usize,
+    elements: u64,
+}
+
+#[derive(serde::Serialize)]
+struct EncryptOutput {
+    #[serde(flatten)]
+    report: protect::EncryptReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<FingerprintReport>,
+}
+
+/// Reads a fingerprint secret file.
+pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_trace::FingerprintKey> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read fingerprint secret {}", path.display()))?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.take(onnx_protect_trace::secret::MAX_SECRET_FILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read fingerprint secret {}", path.display()))?;
+    Ok(onnx_protect_trace::FingerprintKey::parse(&bytes, &path.display().to_string())?)
+}
+
+/// The marker of `encrypt --fingerprint`, with its ledger entry written.
+fn prepare_fingerprint(
+    a: &FingerprintArgs,
+    input: &std::path::Path,
+    name: &str,
+) -> Result<Option<(std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport)>> {
+    let (Some(id), Some(secret), Some(ledger)) = (&a.fingerprint, &a.fingerprint_secret, &a.ledger) else {
+        return Ok(None);
+    };
+    let recipient = onnx_protect_trace::RecipientId::new(id)?;
+    let key = read_fingerprint_secret(secret)?;
+    let model = onnx_protect_format::Model::open(input)?;
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+        return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() }.into());
+    }
+    let marker = onnx_protect_trace::Marker::new(&model, &key, &recipient, a.fingerprint_strength)
+        .with_context(|| format!("fingerprint {name}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let added = onnx_protect_trace::ledger::append(ledger, &marker.ledger_entry(name, now))?;
+    let report = FingerprintReport {
+        recipient: recipient.to_string(),
+        key_id: key.key_id(),
+        ledger: ledger.display().to_string(),
+        already_recorded: added == onnx_protect_trace::Appended::AlreadyRecorded,
+        alpha: marker.alpha(),
+        tensors: marker.tensors(),
+        elements: marker.elements(),
+    };
+    Ok(Some((std::sync::Arc::new(marker), report)))
 }
 
 /// The policy options of `encrypt` and `batch encrypt`.
@@ -396,9 +490,16 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let fingerprint = prepare_fingerprint(&a.fingerprint, input.path(), &input_name(&a.input))?;
+    // The hook type is `'static`: it owns a handle on the marker.
+    let rewrite = fingerprint.as_ref().map(|(m, _)| {
+        let m = std::sync::Arc::clone(m);
+        move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
+    });
     let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions {
+        rewrite: rewrite.as_ref().map(|f| f as &protect::Rewrite),
         in_place: a.in_place,
         sync: a.sync,
         allow_empty: a.allow_empty,
@@ -410,11 +511,35 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     };
     let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
         .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    if let Some((m, _)) = &fingerprint {
+        if m.rewritten() != m.tensors() {
+            bail!(
+                "internal: the fingerprint changed {} of {} planned tensors of {}",
+                m.rewritten(),
+                m.tensors(),
+                input_name(&a.input)
+            );
+        }
+    }
     crate::dest::note_created(created, a.out.quiet);
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
+    let fp = fingerprint.map(|(_, f)| f);
+    let fp_text = fp.as_ref().map(|f| {
+        format!(
+            "\n  fingerprint of {}: {} elements in {} tensors (strength {}), ledger {}{}",
+            f.recipient,
+            f.elements,
+            f.tensors,
+            f.alpha,
+            f.ledger,
+            if f.already_recorded { " (already recorded)" } else { "" }
+        )
+    });
+    let r = EncryptOutput { report: r, fingerprint: fp };
     a.out.report(&r, to_stdout, || {
+        let r = &r.report;
         let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
         let mut t = format!(
             "protected {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}\n  {}",
@@ -437,7 +562,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
                 t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
             }
         }
-        t
+        t + fp_text.as_deref().unwrap_or("")
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,8 @@ pub const STATE: u8 = 6;
 pub const POLICY: u8 = 7;
 /// `check`: a model fails the CI gate (not protected, or weaker than the policy asks).
 pub const GATE: u8 = 8;
+/// `trace`: no recipient's fingerprint reaches the threshold.
+pub const NOT_TRACED: u8 = 9;
 
 /// The exit codes as `--help` lists them (after the options). docs/cli.md has the same
 /// table; a test keeps the two equal.
@@ -39,7 +41,8 @@ Exit codes:
   5  integrity failure: the manifest or an encrypted byte was modified
   6  wrong state: already protected, not protected, unsupported format version
   7  invalid policy or policy override
-  8  check: a model fails the CI gate";
+  8  check: a model fails the CI gate
+  9  trace: no recipient's fingerprint found";
 
 /// A usage error found after argument parsing: a bad value or combination (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,9 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     if let Some(r) = cause.downcast_ref::<onnx_protect_runtime::RuntimeError>() {
         return runtime_code(r);
     }
+    if let Some(t) = cause.downcast_ref::<onnx_protect_trace::TraceError>() {
+        return Some(trace_code(t));
+    }
     if let Some(b) = cause.downcast_ref::<BatchError>() {
         return Some(match b.kind() {
             BatchErrorKind::Options => USAGE,
@@ -131,6 +137,17 @@ fn format_code(k: FormatKind) -> u8 {
         | FormatKind::ExternalRange
         | FormatKind::ExternalMissing
         | FormatKind::Invalid => BAD_MODEL,
+    }
+}
+
+fn trace_code(e: &onnx_protect_trace::TraceError) -> u8 {
+    use onnx_protect_trace::TraceError as T;
+    match e {
+        T::Secret { .. } | T::Key(_) | T::LedgerEmpty { .. } => KEY,
+        T::Model { source, .. } => format_code(source.kind()),
+        T::NoCommonWeights { .. } => BAD_MODEL,
+        T::RecipientId { .. } | T::Parameter(_) => USAGE,
+        _ => FAILURE,
     }
 }
 

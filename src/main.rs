@@ -16,6 +16,7 @@ mod cmd_protect;
 mod cmd_rekey;
 mod cmd_rewrap;
 mod cmd_run;
+mod cmd_trace;
 mod cmd_transform;
 mod dest;
 mod exit;
@@ -46,7 +47,7 @@ struct Cli {
 enum Command {
     /// Summarise a model: versions, operators, weights and where they are stored.
     Inspect(cmd_inspect::Args),
-    /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing) or an age X25519 identity (--recipient).
+    /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing), an age X25519 identity (--recipient) or a fingerprint secret (--fingerprint-secret).
     Keygen(cmd_protect::KeygenArgs),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
     Encrypt(cmd_protect::EncryptArgs),
@@ -70,6 +71,8 @@ enum Command {
     TransformInput(cmd_transform::TransformInputArgs),
     /// Rewrite a patch-embedding model (ConvMixer, ViT) to work only on key-transformed inputs.
     EncryptPatchEmbedding(cmd_transform::EncryptPatchEmbeddingArgs),
+    /// Name the recipient whose fingerprinted copy a suspect model is (docs/tracing.md).
+    Trace(cmd_trace::Args),
     /// Run a model in tract, decrypted in memory with the key, or as it is without one.
     #[cfg(feature = "tract")]
     Run(cmd_run::Args),
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd_check::run(a),
         Command::TransformInput(a) => cmd_transform::transform_input(a),
         Command::EncryptPatchEmbedding(a) => cmd_transform::encrypt_patch_embedding_cmd(a),
+        Command::Trace(a) => cmd_trace::run(a),
         #[cfg(feature = "tract")]
         Command::Run(a) => cmd_run::run(a),
         #[cfg(feature = "tract")]

@@ -311,7 +311,7 @@ fn every_exit_code_is_listed_in_help_and_in_docs_cli_md() {
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
-    let all: Vec<u8> = (0..=8).collect();
+    let all: Vec<u8> = (0..=9).collect();
     assert_eq!(listed, all, "{help}");
     assert_eq!(documented_exit_codes(), all);
 }

@@ -17,6 +17,7 @@ mod safe_checks;
 mod safe_outputs;
 mod sweep;
 mod tiers;
+mod trace;
 mod transform;
 mod util;
 mod vectors;

@@ -393,7 +393,7 @@ fn an_external_location_is_never_written_over_the_model_or_another_output() {
 
     // 3. Two locations that name one file in the output directory (a symbolic link there).
     let two = src.join("two.onnx");
-    std::fs::write(&src.join("v.bin"), &bytes).unwrap();
+    std::fs::write(src.join("v.bin"), &bytes).unwrap();
     std::fs::write(
         &two,
         matmul_chain(&[

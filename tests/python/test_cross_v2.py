@@ -114,8 +114,10 @@ def test_the_independent_reader_decrypts_what_the_binary_protected(case, mode, t
     r = run("encrypt", src, "-o", out, "--key-file", k, "--mode", f"*={mode}", "--coefficient", "*=0.6",
             "--sign-key", sk, ok=False)
     if r.returncode != 0:
-        assert "0 bytes" in r.stderr, r.stderr
-        pytest.skip(f"{case}: the policy encrypts nothing in mode {mode}")
+        # Refused policies: nothing to encrypt, or dp spans under 16 elements (the dp
+        # vectors of fixtures/vectors cover that mode for the independent reader).
+        assert "0 bytes" in r.stderr or "at least 16 elements" in r.stderr, r.stderr
+        pytest.skip(f"{case}: the policy is refused in mode {mode}")
     key = v2.read_key_file(str(k))
     signer = v2.parse_signer(next(line.split()[-1] for line in sk.read_text().splitlines() if "public key" in line))
     back, side = v2.decrypt_all(out.read_bytes(), key=key, model_dir=str(out.parent), model_name="model.onnx",

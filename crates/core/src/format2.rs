@@ -281,9 +281,9 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
 /// elements in some tensor: such a permutation hides too little (one element permuted
 /// is no change at all), so it is neither done nor called protected.
 fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
+    let elem = |c: &onnx_protect_select::Chosen| (model.tensors[c.tensor].data_type.bits() / 8).max(1);
     let short = |c: &&onnx_protect_select::Chosen| {
-        let elem = (model.tensors[c.tensor].data_type.bits() / 8).max(1);
-        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem < DP_MIN_ELEMENTS)
+        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < DP_MIN_ELEMENTS)
     };
     match selection.chosen.iter().find(short) {
         Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
@@ -293,7 +293,7 @@ fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()>
             model.tensors[c.tensor].name,
             c.op_type,
             c.role,
-            model.tensors[c.tensor].nbytes / u64::from((model.tensors[c.tensor].data_type.bits() / 8).max(1)),
+            model.tensors[c.tensor].nbytes / elem(c),
             c.op_type
         )))),
         None => Ok(()),

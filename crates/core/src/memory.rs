@@ -6,31 +6,23 @@
 //!
 //! # Cost
 //!
-//! The cost grows with the number of *encrypted* bytes, not with the model size:
+//! Format 2 (every byte authenticated): the model file and each external data file
+//! are copied once into a private anonymous map (transparent huge pages where the
+//! system gives them) while every byte is hashed and the encrypted spans are
+//! decrypted in place, in one parallel pass over content chunks; the bytes are
+//! handed out only after the content digest, the MACs and any required signature
+//! match (otherwise the decrypted spans are wiped first). The manifest entry is the
+//! file's last top-level field, so the original model is the prefix of the buffer.
+//! A model whose decryption changes a length (varint-stored tensors) or that has
+//! tiers restored in the file is rebuilt in an owned buffer ([`Method::Copied`]).
 //!
-//! 1. the model is indexed in place (a read-only map; only protobuf headers are read);
-//! 2. the key check value and the MAC over the manifest and the ciphertext are
-//!    verified (this reads the encrypted spans only);
-//! 3. the file is mapped a second time, **privately copy-on-write**
-//!    (`MAP_PRIVATE`). Only the encrypted spans are decrypted in place in that
-//!    map: the kernel copies just the pages they touch into private memory; every
-//!    other page stays shared with the page cache;
-//! 4. the manifest is the last top-level field of a protected file (`encrypt`
-//!    appends it), so the original model is the prefix of the map that ends where
-//!    the manifest entry starts: nothing has to move.
+//! Format 1 (read-only): the key check and the MAC over the encrypted spans are
+//! verified, and the file is mapped privately copy-on-write (`MAP_PRIVATE`) so that
+//! only the pages the encrypted spans touch are copied.
 //!
-//! When that is not possible — a tensor stored as varints whose re-encoding changes
-//! length, a manifest entry that is not the last field, a model that was not
-//! read from a file, the distribution-preserving mode (whole-span permutations) or a
-//! model with access tiers — the model is decrypted into an owned buffer instead
-//! ([`Method::Copied`]), which costs one copy of the model.
-//! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does.
-//!
-//! External data files are handled the same way, in every mode and for tiered
-//! models too: each side file is mapped copy-on-write and only its encrypted spans
-//! are patched. The buffers are returned by `location` in
-//! [`DecryptedModel::external`], which is what onnxruntime needs to take external
-//! initializers from memory.
+//! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does. The
+//! external data buffers are returned by `location` in [`DecryptedModel::external`],
+//! which is what onnxruntime needs to take external initializers from memory.
 //!
 //! # Secrets in memory
 //!
@@ -100,8 +92,9 @@ const PARALLEL_SPAN: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// A private copy-on-write map of the file, patched in place: only the pages
-    /// that hold encrypted bytes were copied.
+    /// A private map patched in place: an anonymous copy of the file (format 2), or a
+    /// copy-on-write map of it in which only the pages holding encrypted bytes were
+    /// copied (format 1).
     Mapped,
     /// An owned buffer holding a full copy (the fallback).
     Copied,
@@ -246,9 +239,9 @@ pub fn decrypt_in_memory(path: &Path, key: &KeySource) -> Result<DecryptedModel>
     decrypt_signed_in_memory(path, key, None, &[])
 }
 
-/// [`decrypt_in_memory`] for a model that is already open. A model read from a
-/// file (`Model::open`) is mapped again copy-on-write; a model parsed from memory
-/// (`Model::from_vec`) is decrypted into an owned copy.
+/// [`decrypt_in_memory`] for a model that is already open, read from a file
+/// (`Model::open`) or parsed from memory (`Model::from_vec`); see the module
+/// documentation for how each format is copied.
 pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<DecryptedModel> {
     let file = match &model.path {
         Some(p) => Some(open(p)?),
@@ -281,6 +274,17 @@ fn map_copy(file: &File, expect_len: usize, path: &Path) -> Result<Option<Privat
     if map.len() != expect_len {
         return Ok(None);
     }
+    map.exclude_from_core_dumps();
+    Ok(Some(map))
+}
+
+/// A private anonymous buffer of `len` bytes for a copy of a file that is then patched
+/// (see [`PrivateMap::anonymous`]); left out of core dumps. `None` for an empty file.
+fn anonymous(len: usize, path: &Path) -> Result<Option<PrivateMap>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let map = PrivateMap::anonymous(len).map_err(|e| io_error(path, e))?;
     map.exclude_from_core_dumps();
     Ok(Some(map))
 }
@@ -446,6 +450,7 @@ fn hash_and_patch(
     index: u32,
     hashed: u64,
     chunk: u64,
+    fill: bool,
 ) -> Result<onnx_protect_crypto::FileLeaves> {
     let c = chunk.max(4096) as usize;
     let leaves = buf
@@ -454,6 +459,11 @@ fn hash_and_patch(
         .map(|(j, out)| -> Result<Option<[u8; 32]>> {
             let start = (j * c) as u64;
             let end = start + out.len() as u64;
+            if fill {
+                out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
+                    CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
+                })?);
+            }
             let first = patches.partition_point(|p| p.range.end <= start);
             for p in patches[first..].iter().take_while(|p| p.range.start < end) {
                 let lo = p.range.start.max(start);
@@ -463,9 +473,11 @@ fn hash_and_patch(
                 match p.what {
                     PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
                     PatchKind::Decrypt { tag, logical } => {
-                        dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
-                            CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
-                        })?);
+                        if !fill {
+                            dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
+                                CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
+                            })?);
+                        }
                         let SpanSource::Decrypt(ks) = sources[tag] else {
                             return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
                         };
@@ -485,28 +497,27 @@ fn hash_and_patch(
     Ok(onnx_protect_crypto::FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
 }
 
-/// The one-read path of a format-2 model with no tier restored in the file, read from a
-/// file, whose decryption changes no length: the model and each external file are mapped
-/// privately copy-on-write, hashed and patched in one parallel pass, and released only if
+/// The one-read path of a format-2 model with no tier restored in the file, whose
+/// decryption changes no length: the model and each external file are copied into
+/// private anonymous buffers (huge pages where the system gives them), hashed and
+/// patched in one parallel pass, and released only if
 /// the digest, the MACs and the signers asked for match (else every patched range is
 /// wiped). `None` when the path does not apply.
 fn decrypt_v2_fused(
     model: &Model,
-    file: Option<&File>,
     p: &crate::envelope::ProtectedV2,
     actions: &[Action],
     sources: &[SpanSource<'_>],
     check: impl FnOnce(&[u8; 32]) -> Result<()>,
 ) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
     let src = model.bytes();
-    let Some(file) = file else { return Ok(None) };
     let edits = edits_for(model, &p.targets, actions, Vec::new())?;
     let plan = Plan::new(src.len() as u64, edits, Vec::new())?;
     if p.sealed.envelope.restored_tiers != 0 || !plan.is_in_place() || p.sealed.entry.end != src.len() as u64 {
         return Ok(None);
     }
     let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-    let Some(mut map) = map_copy(file, src.len(), path)? else { return Ok(None) };
+    let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
     let patches: Vec<Patch> = plan
         .edits()
         .map(|(r, c)| Patch {
@@ -519,7 +530,8 @@ fn decrypt_v2_fused(
         .collect();
     let chunk = p.sealed.header.chunk_size;
     let mut leaves = Vec::with_capacity(1 + model.external_files.len());
-    let first = hash_and_patch(model, &p.targets, sources, &mut map, src, &patches, 0, p.sealed.entry.start, chunk);
+    let first =
+        hash_and_patch(model, &p.targets, sources, &mut map, src, &patches, 0, p.sealed.entry.start, chunk, true);
     let model_bytes = DecryptedBytes {
         backing: Backing::Map(map),
         len: p.sealed.entry.start as usize,
@@ -531,9 +543,19 @@ fn decrypt_v2_fused(
     for (fi, f) in model.external_files.iter().enumerate() {
         let reference = f.bytes()?;
         let patches = per_file.remove(&fi).unwrap_or_default();
-        let handle = open(&f.path)?;
-        let Some(mut map) = map_copy(&handle, reference.len(), &f.path)? else { return Ok(None) };
-        let l = hash_and_patch(model, &p.targets, sources, &mut map, reference, &patches, fi as u32 + 1, f.size, chunk);
+        let Some(mut map) = anonymous(reference.len(), &f.path)? else { return Ok(None) };
+        let l = hash_and_patch(
+            model,
+            &p.targets,
+            sources,
+            &mut map,
+            reference,
+            &patches,
+            fi as u32 + 1,
+            f.size,
+            chunk,
+            true,
+        );
         let len = map.len();
         external.insert(
             f.location.clone(),
@@ -619,9 +641,7 @@ fn decrypt_v2(
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
     let sources = sources_of(&actions)?;
-    let fused = decrypt_v2_fused(model, file.as_ref(), &p, &actions, &sources, |digest| {
-        check_seals(&p, &opened, digest, signers)
-    })?;
+    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_seals(&p, &opened, digest, signers))?;
     let (bytes, external) = match fused {
         Some(done) => done,
         None => {
@@ -797,12 +817,12 @@ mod tests {
     }
 
     #[test]
-    fn model_from_memory_falls_back_to_a_copy() {
+    fn a_model_parsed_from_memory_takes_the_one_pass_copy_too() {
         let dir = tempfile::tempdir().unwrap();
         let (plain, protected, key) = protect(dir.path(), "ctr");
         let model = Model::from_vec(std::fs::read(&protected).unwrap(), None).unwrap();
         let m = decrypt_model_in_memory(&model, &key).unwrap();
-        assert_eq!(m.method(), Method::Copied);
+        assert_eq!(m.method(), Method::Mapped);
         assert_eq!(&m[..], &std::fs::read(&plain).unwrap()[..]);
     }
 

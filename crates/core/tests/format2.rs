@@ -382,7 +382,7 @@ fn secret_positions_are_sealed_and_decrypt_like_public_ones() {
     let dir = tempfile::tempdir().unwrap();
     let plain = fixture("cnn_torch").join("model.onnx");
     let k = key(8);
-    let p = policy(&[("mode", "*=dp"), ("coefficient", "*=0.5"), ("subsequences", "*=first-dim")]);
+    let p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.5"), ("subsequences", "*=first-dim")]);
     let out = dir.path().join("secret.onnx");
     let opts = EncryptOptions { secret_positions: true, ..EncryptOptions::new(&p) };
     encrypt(&plain, &out, &EncryptTo::key(k.clone()), &opts).unwrap();

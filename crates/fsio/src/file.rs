@@ -172,6 +172,34 @@ pub fn close_checked(file: File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Waits for and takes an exclusive advisory lock (`flock`) on `file`, held until every
+/// descriptor of this open file is closed. Returns `Ok(false)` without a lock where the
+/// file system or the system has no such locks (`ENOLCK`, `EOPNOTSUPP`, non-Unix):
+/// callers that need mutual exclusion then rely on their own atomic rename alone.
+#[cfg(unix)]
+pub fn lock_exclusive(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor belongs to `file`, borrowed (open) for the whole call;
+        // no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOLCK | libc::EOPNOTSUPP) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// No advisory locks on this system: `Ok(false)`.
+#[cfg(not(unix))]
+pub fn lock_exclusive(_file: &File) -> std::io::Result<bool> {
+    Ok(false)
+}
+
 /// The identity of an open file: its device, inode and length. Two opens of one path
 /// that give different identities saw different files (the path was replaced, for
 /// example by a rename, or the file changed length). Where the system has no inode

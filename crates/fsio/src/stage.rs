@@ -396,7 +396,10 @@ fn umask() -> u32 {
     let old = unsafe { libc::umask(0o077) };
     // SAFETY: as above; this restores the original mask.
     unsafe { libc::umask(old) };
-    u32::from(old) & 0o777
+    // `mode_t` is `u32` on Linux and narrower on some other systems.
+    #[allow(clippy::useless_conversion)]
+    let old = u32::from(old);
+    old & 0o777
 }
 
 #[cfg(test)]
@@ -488,7 +491,7 @@ mod tests {
         std::fs::write(dir.path().join("model.onnx"), b"m").unwrap();
         std::fs::create_dir(dir.path().join(format!("{PREFIX}dir{SUFFIX}"))).unwrap();
         let removed = remove_stale(dir.path()).unwrap();
-        assert_eq!(removed, [dead.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&dead));
         assert!(!dead.exists());
         assert!(live.name().unwrap().exists());
         let mut left = entries(dir.path());
@@ -539,7 +542,7 @@ mod tests {
         assert!(path.exists());
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(remove_stale(dir.path()).unwrap(), [path.clone()]);
+        assert_eq!(remove_stale(dir.path()).unwrap(), std::slice::from_ref(&path));
         assert!(!path.exists());
     }
 

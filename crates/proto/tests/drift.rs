@@ -11,8 +11,8 @@ fn check(proto: &str, generated: &str) {
     let fresh = std::fs::read_to_string(out.path().join(generated)).expect("generated");
     let checked_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/generated").join(generated);
     if std::env::var_os("UPDATE_GENERATED").is_some() {
-        std::fs::create_dir_all(checked_in.parent().unwrap()).unwrap();
-        std::fs::write(&checked_in, &fresh).unwrap();
+        std::fs::create_dir_all(checked_in.parent().expect("a parent")).expect("create the directory");
+        std::fs::write(&checked_in, &fresh).expect("write the generated code");
     }
     let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
     assert!(

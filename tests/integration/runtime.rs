@@ -19,7 +19,7 @@ fn key() -> KeySource {
 }
 
 fn policy(mode: &str, coefficient: &str) -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("mode", &format!("*={mode}")).unwrap();
     p.apply_override("coefficient", &format!("*={coefficient}")).unwrap();
     p

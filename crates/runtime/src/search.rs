@@ -86,6 +86,7 @@ impl Knobs {
         let whole = OpRule { coefficient: 1.0, ..ctr_rule() };
         let mut p = Policy::default();
         p.rules.clear();
+        p.layer_rules.clear();
         if self.last_layer {
             p.layer_rules.insert(Layers::Last, whole.clone());
         }
@@ -214,10 +215,14 @@ pub struct SearchOptions<'a> {
 
 /// The attacks in the order they are tried, cheap and often strongest first: each a
 /// name, its fill for a seed, and whether BatchNormalization is re-estimated after it.
-fn attacks(bn: bool) -> Vec<(&'static str, fn(u64) -> Fill, bool)> {
-    let (zero, mean): (fn(u64) -> Fill, fn(u64) -> Fill) = (|_| Fill::Zero, |_| Fill::Mean);
-    let init: fn(u64) -> Fill = |seed| Fill::Init { seed };
-    let noise: fn(u64) -> Fill = |seed| Fill::Noise { seed };
+/// A fill for a seed.
+type FillOf = fn(u64) -> Fill;
+
+fn attacks(bn: bool) -> Vec<(&'static str, FillOf, bool)> {
+    let zero: FillOf = |_| Fill::Zero;
+    let mean: FillOf = |_| Fill::Mean;
+    let init: FillOf = |seed| Fill::Init { seed };
+    let noise: FillOf = |seed| Fill::Noise { seed };
     let mut a = vec![("zero_fill", zero, false), ("init_fill", init, false), ("mean_fill", mean, false)];
     if bn {
         a.extend([("init_fill_bn", init, true), ("zero_fill_bn", zero, true), ("mean_fill_bn", mean, true)]);
@@ -240,7 +245,7 @@ fn score(
     bench: &Bench,
     model: &Model,
     e: &Exposure,
-    fill: fn(u64) -> Fill,
+    fill: FillOf,
     bn: bool,
     seed: u64,
     draws: u32,

@@ -499,7 +499,7 @@ def main():
                   f"{100 * scratch_best:5.1f}", flush=True)
             for name in args.policies.split(","):
                 enc = tmp / "p.onnx"
-                cmd = ["encrypt", src, "-o", enc, "--key-env", "ONNXP_EVAL_KEY", "-q"]
+                cmd = ["encrypt", src, "-o", enc, "--key-env", "ONNXP_EVAL_KEY", "-q", "--force"]
                 if name != "default":
                     pol = tmp / "policy.toml"
                     pol.write_text(ep.OLD_DEFAULT if name == "old-default" else ep.family_toml(name))

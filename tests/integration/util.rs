@@ -136,7 +136,7 @@ pub fn dp_policy_file(dir: &Path) -> PathBuf {
 /// Half of every weight's rows, evenly spread, for every known operator type, and no
 /// layer rule: the previous built-in policy (as a file: [`half_policy_file`]). Tests of
 /// the file format and its round trips use it so that every fixture has encrypted bytes
-/// in every kind of tensor (the built-in policy encrypts only the last layer).
+/// in every kind of tensor (the built-in policy encrypts only the first and last layers).
 pub fn half_policy() -> onnx_protect_select::Policy {
     let mut p = onnx_protect_select::Policy::default();
     p.apply_override("coefficient", "*=0.5").expect("a valid override");

@@ -241,15 +241,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn score(
-    bench: &Bench,
-    model: &Model,
-    e: &Exposure,
-    fill: FillOf,
-    bn: bool,
-    seed: u64,
-    draws: u32,
-) -> Outcome {
+fn score(bench: &Bench, model: &Model, e: &Exposure, fill: FillOf, bn: bool, seed: u64, draws: u32) -> Outcome {
     let random = matches!(fill(seed), Fill::Init { .. } | Fill::Noise { .. });
     let n = if random { draws.max(1) } else { 1 };
     let mut sum = 0.0;

@@ -1,5 +1,6 @@
-//! `assess`: how strong is a model's protection? Five variants (plus one per access
-//! tier the key reaches, for a tiered model), one table.
+//! `assess`: how strong is a model's protection? The original, the key-less attacks
+//! and the decrypted model (plus one row per access tier the key reaches, for a tiered
+//! model), one table headed by the best key-less attack.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +34,16 @@ pub struct Args {
     /// Seed of --random.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Unlabelled inputs (same layout as --inputs) for re-estimating every BatchNormalization
+    /// after a fill (the *_fill_bn attacks); without them those attacks are skipped.
+    #[arg(long, value_name = "DIR|FILE.npy")]
+    calibration: Option<PathBuf>,
+    /// Seed of the first init-fill draw.
+    #[arg(long, default_value_t = 0)]
+    fill_seed: u64,
+    /// Init-fill draws (seeds --fill-seed, --fill-seed + 1, ...); its rows report their mean.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fill_draws: u32,
     /// Integer class labels, one per sample (.npy), to report accuracy.
     #[arg(long, value_name = "FILE.npy", value_parser = crate::stdio::file_path)]
     labels: Option<PathBuf>,
@@ -95,14 +106,25 @@ fn table(r: &AssessReport) -> String {
             if restored > 0 { format!(", tiers 1-{restored} already decrypted in the file") } else { String::new() };
         s.insert_str(s.len() - 1, &format!("{tiers} access tiers ({key}{restored})\n"));
     }
+    match &r.best_attack {
+        Some(b) => {
+            let chance = r.chance.map(|c| format!(" (chance {})", pct(Some(c)))).unwrap_or_default();
+            let score = match b.accuracy {
+                Some(a) => format!("accuracy {}{chance}, agreement {}", pct(Some(a)), pct(b.agreement)),
+                None => format!("agreement {}", pct(b.agreement)),
+            };
+            s.push_str(&format!("best key-less attack: {}, {score}\n\n", b.variant));
+        }
+        None => s.push_str("best key-less attack: none ran\n\n"),
+    }
     s.push_str(&format!(
-        "{:<10} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
+        "{:<12} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
         "variant", "agreement", "accuracy", "mean dist", "max dist", "non-finite", "what"
     ));
     for v in &r.variants {
         if v.status == "ok" {
             s.push_str(&format!(
-                "{:<10} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
+                "{:<12} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
                 v.variant,
                 pct(v.agreement),
                 pct(v.accuracy),
@@ -112,10 +134,10 @@ fn table(r: &AssessReport) -> String {
                 v.description
             ));
         } else {
-            s.push_str(&format!("{:<10} {:>9}  {}\n", v.variant, v.status, v.error.clone().unwrap_or_default()));
+            s.push_str(&format!("{:<12} {:>9}  {}\n", v.variant, v.status, v.error.clone().unwrap_or_default()));
         }
         for n in &v.notes {
-            s.push_str(&format!("{:<10} note: {n}\n", ""));
+            s.push_str(&format!("{:<12} note: {n}\n", ""));
         }
     }
     s.push_str(
@@ -136,7 +158,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(p) => Some(NpyArray::read(p).and_then(|l| l.to_labels()).map_err(lift)?),
         None => None,
     };
-    let report = assess(&a.original, &a.protected, &AssessOptions { key: key.as_ref(), inputs, labels })
+    let calibration = a.calibration.as_deref().map(read_inputs).transpose()?;
+    let opts = AssessOptions {
+        key: key.as_ref(),
+        inputs,
+        labels,
+        calibration,
+        fill_seed: a.fill_seed,
+        fill_draws: a.fill_draws,
+    };
+    let report = assess(&a.original, &a.protected, &opts)
         .map_err(lift)
         .with_context(|| format!("assess {}", a.protected.display()))?;
     if a.json {

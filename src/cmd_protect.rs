@@ -569,6 +569,14 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         for (name, why) in &r.skipped {
             t += &format!("\n  skipped {name}: {why}");
         }
+        if !r.clear.is_empty() {
+            let bytes: u64 = r.clear.iter().map(|c| c.bytes).sum();
+            let pct = if r.weight_bytes > 0 { 100.0 * bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
+            t += &format!("\n  left clear: {} weights, {bytes} bytes ({pct:.2}% of the weight bytes):", r.clear.len());
+            for c in &r.clear {
+                t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
+            }
+        }
         t + fp_text.as_deref().unwrap_or("")
     })?;
     Ok(ExitCode::SUCCESS)

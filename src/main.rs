@@ -11,6 +11,7 @@ mod cmd_assess;
 mod cmd_batch;
 mod cmd_check;
 mod cmd_inspect;
+mod cmd_policy;
 mod cmd_protect;
 mod cmd_rekey;
 mod cmd_rewrap;
@@ -75,9 +76,11 @@ enum Command {
     /// Run a model in tract, decrypted in memory with the key, or as it is without one.
     #[cfg(feature = "tract")]
     Run(cmd_run::Args),
-    /// How strong is the protection? Original, no key, two key-less attacks, decrypted, each access tier: one table.
+    /// How strong is the protection? Original, the key-less attacks, decrypted, each access tier: one table.
     #[cfg(feature = "tract")]
     Assess(cmd_assess::Args),
+    /// Policies: `policy search` finds the smallest one that resists the key-less attacks on your data.
+    Policy(cmd_policy::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
     Completions(CompletionsArgs),
     /// Write the manual pages (onnx-protect.1 and one per command) into a directory.
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run::run(a),
         #[cfg(feature = "tract")]
         Command::Assess(a) => cmd_assess::run(a),
+        Command::Policy(a) => cmd_policy::run(a),
         Command::Completions(a) => completions(a),
         Command::Man(a) => man(a),
     };

@@ -92,8 +92,22 @@ fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
     let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
     let rep = dir.path().join("r.jsonl");
     let rp = rep.to_str().unwrap();
-    let (code, out, err) =
-        run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s, "-j", "2", "--report", rp]);
+    let (code, out, err) = run(&[
+        "batch",
+        "encrypt",
+        "--dir",
+        s,
+        "--out-dir",
+        e,
+        "--key-file",
+        k1s,
+        "-j",
+        "2",
+        "--report",
+        rp,
+        "--coefficient",
+        "*=0.5",
+    ]);
     assert_eq!(code, 0, "{out} {err}");
     let lines = report(&rep);
     assert_eq!(lines.iter().map(|l| l.0.clone()).collect::<Vec<_>>(), {
@@ -159,7 +173,16 @@ fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
             .map(|i| {
                 let rep = dir.path().join(format!("{by}-{i}.jsonl"));
                 let child = Command::new(bin())
-                    .args(["batch", "encrypt", "--dir", src.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+                    .args([
+                        "batch",
+                        "encrypt",
+                        "--dir",
+                        src.to_str().unwrap(),
+                        "--out-dir",
+                        out.to_str().unwrap(),
+                        "--coefficient",
+                        "*=0.5",
+                    ])
                     .args(["--key-file", key.to_str().unwrap(), "--jobs", "1", "--shard", &format!("{i}/{n}")])
                     .args(["--shard-by", by, "--report", rep.to_str().unwrap()])
                     .stdout(Stdio::null())
@@ -200,6 +223,8 @@ fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
             "1/3",
             "--shard-by",
             by,
+            "--coefficient",
+            "*=0.5",
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(
@@ -226,7 +251,16 @@ fn a_killed_batch_resumes_and_skips_finished_files() {
     // A passphrase makes every file cost one Argon2id derivation, so the run is slow enough to interrupt.
     let spawn = |rep: &Path, jobs: &str| {
         Command::new(bin())
-            .args(["batch", "encrypt", "--dir", src.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+            .args([
+                "batch",
+                "encrypt",
+                "--dir",
+                src.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+                "--coefficient",
+                "*=0.5",
+            ])
             .args(["--passphrase-env", "OP_TEST_PASS", "--jobs", jobs, "--report", rep.to_str().unwrap()])
             .env("OP_TEST_PASS", "batch test passphrase")
             .stdout(Stdio::null())
@@ -395,7 +429,7 @@ fn batch_rekey_handles_tiered_and_dp_models() {
     let cases: [(&str, &str, &[&str]); 3] = [
         ("tiered", "cnn_torch", &["--tiers", "3", "--policy", dp.to_str().unwrap()]),
         ("dp", "fp16", &["--policy", dp.to_str().unwrap()]),
-        ("ext", "external_data", &["--tiers", "3", "--mode", "*=fp"]),
+        ("ext", "external_data", &["--tiers", "3", "--mode", "*=fp", "--coefficient", "*=0.5"]),
     ];
     let mut rels = Vec::new();
     for (name, fixture, extra) in cases {
@@ -458,14 +492,35 @@ fn batch_encrypt_takes_the_policy_options_of_encrypt() {
     let policy: &[&str] = &["--tiers", "2", "--tier-shares", "0.7,0.3", "--selection", "*=sample-l1", "--seed", "5"];
     let (s, ks) = (src.to_str().unwrap(), k.to_str().unwrap());
     let enc = dir.path().join("enc");
-    let mut args = vec!["batch", "encrypt", "--dir", s, "--out-dir", enc.to_str().unwrap(), "--key-file", ks];
+    let mut args = vec![
+        "batch",
+        "encrypt",
+        "--dir",
+        s,
+        "--out-dir",
+        enc.to_str().unwrap(),
+        "--key-file",
+        ks,
+        "--coefficient",
+        "*=0.5",
+    ];
     args.extend_from_slice(policy);
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{out} {err}");
     for rel in &rels {
         let single = dir.path().join("single").join(rel);
         let (input, output) = (src.join(rel), single.clone());
-        let mut args = vec!["encrypt", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--key-file", ks, "-q"];
+        let mut args = vec![
+            "encrypt",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--key-file",
+            ks,
+            "-q",
+            "--coefficient",
+            "*=0.5",
+        ];
         args.extend_from_slice(policy);
         let (code, _, err) = run(&args);
         assert_eq!(code, 0, "{err}");

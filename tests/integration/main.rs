@@ -7,6 +7,7 @@ mod corpus;
 mod fixtures;
 mod key_files;
 mod malformed;
+mod policy;
 mod protect;
 mod providers;
 mod reference;

@@ -40,13 +40,13 @@ fn enc_in_place(model: &Path, k: &KeySource, policy: &Policy) {
 }
 
 fn policies() -> Vec<(&'static str, Policy)> {
-    let mut ctr = Policy::default();
+    let mut ctr = crate::util::half_policy();
     ctr.apply_override("mode", "*=ctr").unwrap();
     ctr.apply_override("coefficient", "*=1").unwrap();
-    let mut split = Policy::default();
+    let mut split = crate::util::half_policy();
     split.apply_override("subsequences", "*=5").unwrap();
     split.apply_override("coefficient", "*=0.5").unwrap();
-    vec![("default", Policy::default()), ("ctr-all", ctr), ("fp-5-way", split)]
+    vec![("default", crate::util::half_policy()), ("ctr-all", ctr), ("fp-5-way", split)]
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn encrypted_models_keep_every_non_encrypted_byte_and_existing_metadata() {
     let model = root().join("fixtures/models/metadata_unknown/model.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    enc(&model, &out, &key(1), &Policy::default());
+    enc(&model, &out, &key(1), &crate::util::half_policy());
     let a = std::fs::read(&model).unwrap();
     let b = std::fs::read(&out).unwrap();
     // The original's length, then the manifest entry, last; differences only inside
@@ -113,8 +113,8 @@ fn the_same_model_and_key_never_reuse_a_keystream() {
     let model = root().join("fixtures/models/cnn_torch/model.onnx");
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
-    enc(&model, &a, &key(3), &Policy::default());
-    enc(&model, &b, &key(3), &Policy::default());
+    enc(&model, &a, &key(3), &crate::util::half_policy());
+    enc(&model, &b, &key(3), &crate::util::half_policy());
     let (ma, mb) = (Model::open(&a).unwrap(), Model::open(&b).unwrap());
     let (pa, pb) = (manifest_of(&a), manifest_of(&b));
     // A fresh data key per encryption: its key check value and the stanza's salt differ.
@@ -143,7 +143,7 @@ fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
     let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"correct horse battery staple".to_vec()));
-    enc(&model, &out, &pass, &Policy::default());
+    enc(&model, &out, &pass, &crate::util::half_policy());
     let m = Model::open(&out).unwrap();
     let p = manifest_of(&out);
     // One passphrase stanza (for the top and only tier) with its Argon2id parameters:
@@ -241,7 +241,7 @@ fn modified_external_ciphertext_leaves_no_output_and_in_place_leaves_the_input()
     let keyfile = dir.path().join("k.key");
     run(&["keygen", "-o", keyfile.to_str().unwrap()]);
     let (m, k) = (model.to_str().unwrap(), keyfile.to_str().unwrap());
-    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");
     let opened = Model::open(&model).unwrap();
     let p = protection_view(&opened).unwrap();
@@ -363,7 +363,7 @@ fn the_input_is_never_changed_and_external_outputs_need_another_directory() {
         ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
     assert_eq!(before, after);
     // --in-place is the explicit way to overwrite, and decrypt --in-place restores.
-    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(dir.path().join("weights.bin")).unwrap(), before[1]);
     let (code, _, err) = run(&["decrypt", m, "--in-place", "--key-file", k]);
@@ -382,7 +382,8 @@ fn durable_outputs_with_sync_round_trip_with_their_external_files() {
     run(&["keygen", "-o", keyfile.to_str().unwrap()]);
     let (enc, dec) = (dir.path().join("e/enc.onnx"), dir.path().join("d/model.onnx"));
     let (m, k) = (model.to_str().unwrap(), keyfile.to_str().unwrap());
-    let (code, _, err) = run(&["encrypt", m, "-o", enc.to_str().unwrap(), "--key-file", k, "--sync"]);
+    let (code, _, err) =
+        run(&["encrypt", m, "-o", enc.to_str().unwrap(), "--key-file", k, "--sync", "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) =
         run(&["decrypt", enc.to_str().unwrap(), "-o", dec.to_str().unwrap(), "--key-file", k, "--sync"]);
@@ -408,7 +409,7 @@ fn decrypt_to_memory_equals_the_original() {
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("enc.onnx");
-        enc(&model, &out, &key(9), &Policy::default());
+        enc(&model, &out, &key(9), &crate::util::half_policy());
         let m = Model::open(&out).unwrap();
         assert_eq!(decrypt_to_vec(&m, &key(9)).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
     }
@@ -449,7 +450,7 @@ fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
     set(&model, 0o640);
     set(&weights, 0o604);
     set(&extra, 0o600);
-    let policy = Policy::default();
+    let policy = crate::util::half_policy();
     enc_in_place(&model, &key(3), &policy);
     assert_eq!((mode(&model), mode(&weights), mode(&extra)), (0o640, 0o604, 0o600));
     // What a new file gets in this process (umask, default ACLs).
@@ -495,7 +496,7 @@ fn in_place_through_symbolic_links_replaces_the_files_behind_them() {
         originals.push((blob.clone(), std::fs::read(&blob).unwrap()));
     }
     let link = snap.join("model.onnx");
-    let policy = Policy::default();
+    let policy = crate::util::half_policy();
     enc_in_place(&link, &key(4), &policy);
     for (n, (blob, plain)) in names.iter().zip(&originals) {
         assert!(std::fs::symlink_metadata(snap.join(n)).unwrap().file_type().is_symlink(), "{n} is still a link");

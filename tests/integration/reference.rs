@@ -10,7 +10,6 @@
 use onnx_protect_core::protect::{encrypt, protection_view, EncryptOptions, EncryptTo, KeySource, METADATA_KEY_V2};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, Origin, TensorData};
-use onnx_protect_select::Policy;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
 
 use crate::util::{fixture_models, root};
@@ -144,7 +143,7 @@ fn encrypt_changes_only_the_encrypted_data_and_one_metadata_entry() {
     for path in models() {
         for (mode, c) in [("ctr", "0.5"), ("fp", "1"), ("dp", "0.3")] {
             let what = format!("{} {mode} {c}", path.display());
-            let mut policy = Policy::default();
+            let mut policy = crate::util::half_policy();
             policy.apply_override("mode", &format!("*={mode}")).unwrap();
             policy.apply_override("coefficient", &format!("*={c}")).unwrap();
             let policy = if mode == "dp" { crate::util::dp_where_possible(&path, policy).0 } else { policy };

@@ -51,7 +51,7 @@ pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn ctr_all() -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("mode", "*=ctr").unwrap();
     p.apply_override("coefficient", "*=1").unwrap();
     p
@@ -60,7 +60,7 @@ fn ctr_all() -> Policy {
 #[test]
 fn rekey_keeps_positions_draws_a_fresh_data_key_and_restores_under_the_new_key() {
     for model in fixture_models() {
-        for (name, policy) in [("default", Policy::default()), ("ctr-all", ctr_all())] {
+        for (name, policy) in [("default", crate::util::half_policy()), ("ctr-all", ctr_all())] {
             let dir = tempfile::tempdir().unwrap();
             let a = dir.path().join("a").join("model.onnx");
             let b = dir.path().join("b").join("model.onnx");
@@ -155,7 +155,7 @@ fn rekey_switches_between_passphrases_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let pass = KeySource::Passphrase(Zeroizing::new(b"old passphrase".to_vec()));
     let (a, b, c) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"), dir.path().join("c.onnx"));
-    enc(&model, &a, &pass, &Policy::default());
+    enc(&model, &a, &pass, &crate::util::half_policy());
     rk(&a, &b, &pass, &key(5)).unwrap();
     let kinds = |p: &Path| manifest_of(p).sealed.stanzas.iter().map(|s| (s.kind.clone(), s.kdf.is_some())).collect();
     let k: Vec<(String, bool)> = kinds(&b);
@@ -178,8 +178,16 @@ fn cli_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         assert_eq!(code, 0, "{err}");
     }
     let enc = dir.join("enc.onnx");
-    let (code, _, err) =
-        run(&["encrypt", model.to_str().unwrap(), "-o", enc.to_str().unwrap(), "--key-file", old.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "encrypt",
+        model.to_str().unwrap(),
+        "-o",
+        enc.to_str().unwrap(),
+        "--key-file",
+        old.to_str().unwrap(),
+        "--coefficient",
+        "*=0.5",
+    ]);
     assert_eq!(code, 0, "{err}");
     (enc, old, new)
 }
@@ -276,7 +284,7 @@ fn rekey_in_place_rewrites_external_data_too() {
     run(&["keygen", "-o", old.to_str().unwrap()]);
     run(&["keygen", "-o", new.to_str().unwrap()]);
     let (m, k, n) = (model.to_str().unwrap(), old.to_str().unwrap(), new.to_str().unwrap());
-    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k]);
+    let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");
     let encrypted = read_all();
     assert_ne!(encrypted[1], original[1], "weights.bin holds encrypted spans");
@@ -295,7 +303,22 @@ fn rekey_in_place_rewrites_external_data_too() {
 
 // ---------------------------------------------------------------- check
 
-/// Encrypts cnn_torch with the given extra CLI policy options; returns the protected path.
+/// The check tests measure against the previous built-in policy (every known operator at
+/// 0.5, [`crate::util::half_policy`]): `--builtin-policy` in [`check_json`] and the
+/// starting point of [`protect_with`] stand for it.
+fn half_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let p = crate::util::half_policy_file(d.path());
+        (d, p)
+    })
+    .1
+    .clone()
+}
+
+/// Encrypts cnn_torch with the given extra CLI policy options (on top of the previous
+/// built-in policy unless they give a --policy); returns the protected path.
 fn protect_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let model = root().join("fixtures/models/cnn_torch/model.onnx");
     let keyfile = dir.join("k.key");
@@ -303,8 +326,12 @@ fn protect_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         run(&["keygen", "-o", keyfile.to_str().unwrap()]);
     }
     let out = dir.join(name);
+    let half = half_file();
     let mut args =
         vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", keyfile.to_str().unwrap()];
+    if !extra.contains(&"--policy") {
+        args.extend(["--policy", half.to_str().unwrap()]);
+    }
     args.extend_from_slice(extra);
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{args:?}: {err}");
@@ -313,8 +340,14 @@ fn protect_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 
 /// Runs `check --json` and returns (exit code, parsed document, stderr).
 fn check_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let half = half_file();
     let mut full = vec!["check", "--json"];
-    full.extend_from_slice(args);
+    for a in args {
+        match *a {
+            "--builtin-policy" => full.extend(["--policy", half.to_str().unwrap()]),
+            a => full.push(a),
+        }
+    }
     let (code, out, err) = run(&full);
     let doc = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{full:?}: {e}: {out} {err}"));
     (code, doc, err)
@@ -330,6 +363,23 @@ fn reasons(doc: &serde_json::Value, model: usize) -> Vec<(String, String, String
             (s("reason"), s("op_type"), s("tensor"))
         })
         .collect()
+}
+
+#[test]
+fn check_passes_a_model_protected_with_the_builtin_policy_against_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let (key, out) = (dir.path().join("k.key"), dir.path().join("e.onnx"));
+    run(&["keygen", "-o", key.to_str().unwrap()]);
+    let (code, _, err) =
+        run(&["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // Not through check_json: the real built-in policy (the last layer whole).
+    let (code, doc, err) = run(&["check", "--json", out.to_str().unwrap(), "--builtin-policy", "--require-encrypted"]);
+    assert_eq!(code, 0, "{doc} {err}");
+    // The previous built-in policy asks for more: half of the Conv rows are missing.
+    let (code, doc, _) = check_json(&[out.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc}");
 }
 
 #[test]
@@ -433,7 +483,10 @@ fn check_fails_a_selected_tensor_that_is_not_encrypted_and_strict_spans() {
     let dir = tempfile::tempdir().unwrap();
     // Only the Gemm weight (role B), split in two halves of which the first is encrypted.
     let used = dir.path().join("used.toml");
-    std::fs::write(&used, "version = 1\n[ops.Gemm]\nroles = [\"B\"]\ncoefficient = 0.5\nsubsequences = 2\n").unwrap();
+    let mut p = crate::util::half_policy();
+    p.apply_override("subsequences", "Gemm=2").unwrap();
+    p.rules.get_mut("Gemm").unwrap().roles = Some(vec!["B".into()]);
+    std::fs::write(&used, p.to_toml()).unwrap();
     let p = protect_with(dir.path(), "gemm_w.onnx", &["--policy", used.to_str().unwrap()]);
     let ps = p.to_str().unwrap();
     // The built-in policy also selects the Gemm bias (role C).
@@ -443,7 +496,8 @@ fn check_fails_a_selected_tensor_that_is_not_encrypted_and_strict_spans() {
     // Against the weight-only policy with rows (0.25 of 10 rows = rows 0, 3, 6): the first half
     // (rows 0-4) is more bytes, so it passes by amount, but it does not contain row 6.
     let rows = dir.path().join("rows.toml");
-    std::fs::write(&rows, "version = 1\n[ops.Gemm]\nroles = [\"B\"]\n").unwrap();
+    std::fs::write(&rows, "version = 1\ninherit_builtin = false\n[ops.Gemm]\nroles = [\"B\"]\ncoefficient = 0.5\n")
+        .unwrap();
     let (code, doc, _) = check_json(&[ps, "--policy", rows.to_str().unwrap()]);
     assert_eq!(code, 0, "{doc}");
     let (code, doc, _) = check_json(&[ps, "--policy", rows.to_str().unwrap(), "--strict-spans"]);
@@ -497,7 +551,7 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
         panic!("{} is missing: run scripts/fetch-corpus.sh (the README's test command does)", path.display())
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut all = Policy::default();
+    let mut all = crate::util::half_policy();
     all.apply_override("coefficient", "*=1").unwrap();
     all.apply_override("mode", "*=ctr").unwrap();
     let (mut encrypted, mut failures) = (0usize, Vec::new());
@@ -505,7 +559,7 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let file = v["file"].as_str().unwrap();
         let input = root().join("corpus/data").join(file);
-        let policy = if i % 2 == 0 { all.clone() } else { Policy::default() };
+        let policy = if i % 2 == 0 { all.clone() } else { crate::util::half_policy() };
         let (a, b) = (dir.path().join(format!("{i}a.onnx")), dir.path().join(format!("{i}b.onnx")));
         let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
         let empty = match encrypt(&input, &a, &EncryptTo::key(key(5)), &opts) {

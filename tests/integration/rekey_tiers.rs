@@ -42,7 +42,7 @@ fn ropts() -> RekeyOptions<'static> {
 }
 
 fn tiered(mode: &str, tiers: u32) -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("mode", &format!("*={mode}")).unwrap();
     p.apply_override("coefficient", "*=0.5").unwrap();
     p.set_tiers(tiers).unwrap();

@@ -19,7 +19,7 @@ fn key() -> KeySource {
 }
 
 fn policy(mode: &str, coefficient: &str) -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("mode", &format!("*={mode}")).unwrap();
     p.apply_override("coefficient", &format!("*={coefficient}")).unwrap();
     p
@@ -421,7 +421,7 @@ mod with_tract {
     }
 
     #[test]
-    fn assess_reports_five_variants_with_accuracy() {
+    fn assess_reports_every_variant_with_accuracy_and_the_best_attack() {
         let dir = tempfile::tempdir().unwrap();
         let enc = protect(&digits("cnn"), dir.path(), &policy("ctr", "0.2"));
         let k = write_key(dir.path());
@@ -442,19 +442,39 @@ mod with_tract {
         assert_eq!(r["samples"], 540);
         let v = r["variants"].as_array().unwrap();
         let names: Vec<&str> = v.iter().map(|v| v["variant"].as_str().unwrap()).collect();
-        assert_eq!(names, ["original", "no_key", "zero_fill", "mean_fill", "decrypted"]);
+        assert_eq!(
+            names,
+            [
+                "original",
+                "no_key",
+                "zero_fill",
+                "mean_fill",
+                "init_fill",
+                "zero_fill_bn",
+                "mean_fill_bn",
+                "init_fill_bn",
+                "decrypted"
+            ]
+        );
         let acc = |i: usize| v[i]["accuracy"].as_f64().unwrap();
         assert!(acc(0) > 0.9, "the original is a good classifier");
         assert_eq!(v[0]["agreement"], 1.0);
-        assert_eq!(v[4]["agreement"], 1.0);
-        assert_eq!(acc(4), acc(0));
-        assert_eq!(v[4]["max_distance"], 0.0);
+        assert_eq!(v[8]["agreement"], 1.0);
+        assert_eq!(acc(8), acc(0));
+        assert_eq!(v[8]["max_distance"], 0.0);
         // Raw CTR ciphertext read as floats: NaN/Inf or huge values, no useful predictions.
         assert!(acc(1) < 0.5, "no key: {}", acc(1));
         for x in v {
-            assert_eq!(x["status"], "ok", "{x}");
+            let bn = x["variant"].as_str().unwrap().ends_with("_bn");
+            assert_eq!(x["status"], if bn { "skipped" } else { "ok" }, "{x}");
             assert!(x.get("tier").is_none(), "no tier field on an untiered model: {x}");
         }
+        // The headline: the best of the key-less variants, with chance.
+        let best = &r["best_attack"];
+        let keyless = (1..8).filter(|&i| v[i]["status"] == "ok").map(acc).fold(0.0, f64::max);
+        assert_eq!(best["accuracy"].as_f64().unwrap(), keyless);
+        assert!(["no_key", "zero_fill", "mean_fill", "init_fill"].contains(&best["variant"].as_str().unwrap()));
+        assert!((r["chance"].as_f64().unwrap() - 55.0 / 540.0).abs() < 1e-9, "{}", r["chance"]);
         for field in ["tiers", "restored_tiers", "key_tier"] {
             assert!(r.get(field).is_none(), "{field} on an untiered model");
         }
@@ -462,8 +482,9 @@ mod with_tract {
         let (code, out, err) =
             run(&["assess", digits("cnn").to_str().unwrap(), enc.to_str().unwrap(), "--random", "20"]);
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("zero_fill") && out.contains("mean_fill"), "{out}");
-        assert!(out.contains("decrypted    skipped"), "{out}");
+        assert!(out.contains("zero_fill") && out.contains("init_fill"), "{out}");
+        assert!(out.contains("best key-less attack: "), "{out}");
+        assert!(out.contains("decrypted      skipped"), "{out}");
     }
 
     #[test]

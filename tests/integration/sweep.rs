@@ -60,14 +60,14 @@ fn encrypt_to(model: &Path, out: &Path, k: &KeySource, policy: &Policy) {
 
 /// Every policy choice the sweep needs encrypts as much of each file as it can.
 fn all_of_it() -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("coefficient", "*=1").unwrap();
     p
 }
 
 /// Three tiers, l1 selection, in `mode` (dp only where format 2 allows it) for `model`.
 fn tiered(mode: &str, model: &Path) -> Policy {
-    let mut p = Policy::default();
+    let mut p = crate::util::half_policy();
     p.apply_override("mode", mode).unwrap();
     p.apply_override("selection", "*=l1").unwrap();
     p.set_tiers(3).unwrap();
@@ -237,7 +237,7 @@ fn one_byte_in_every_page_of_the_digit_models_is_refused_by_every_verb() {
         let path = root().join(format!("fixtures/digits/{m}.onnx"));
         let dir = scratch();
         let enc = dir.path().join("enc").join("model.onnx");
-        encrypt_to(&path, &enc, &key(), &Policy::default());
+        encrypt_to(&path, &enc, &key(), &crate::util::half_policy());
         swept += sweep_folder(m, enc.parent().unwrap(), &key(), &dir.path().join("out"), false, true);
     }
     assert!(swept > 100, "only {swept} bytes swept");

@@ -36,7 +36,7 @@ fn dopts() -> DecryptOptions<'static> {
 
 #[test]
 fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.apply_override("mode", "*=dp").unwrap();
     policy.apply_override("selection", "*=l1").unwrap();
     policy.apply_override("coefficient", "*=0.5").unwrap();
@@ -66,7 +66,7 @@ fn every_fixture_and_the_digit_models_round_trip_with_fp_mode_ranked_selection_a
         .chain(["cnn", "mlp", "convmixer"].iter().map(|m| root().join(format!("fixtures/digits/{m}.onnx"))))
         .collect();
     for selection in ["*=l2", "*=sample-l1"] {
-        let mut policy = Policy::default();
+        let mut policy = crate::util::half_policy();
         policy.apply_override("mode", "*=fp").unwrap();
         policy.apply_override("selection", selection).unwrap();
         policy.set_tiers(3).unwrap();
@@ -86,7 +86,7 @@ fn dp_mode_keeps_each_span_a_permutation_of_its_values() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.apply_override("mode", "*=dp").unwrap();
     let (policy, dp) = dp_where_possible(&model, policy);
     assert!(dp >= 3, "{dp} tensors in the dp mode");
@@ -115,7 +115,7 @@ fn importance_selection_picks_the_largest_rows() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.apply_override("selection", "*=l1").unwrap();
     policy.apply_override("coefficient", "*=0.1").unwrap();
     enc(&model, &out, &key(2), &policy);
@@ -140,7 +140,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     let model = root().join("fixtures/digits/cnn.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.set_tiers(3).unwrap();
     let top = key(8);
     enc(&model, &out, &top, &policy);
@@ -187,7 +187,7 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.set_tiers(2).unwrap();
     let top = key(3);
     enc(&model, &out, &top, &policy);
@@ -271,8 +271,9 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     assert_eq!(code, 0, "{err}");
     let m = modes(&out);
     assert!(!m.is_empty() && m.iter().all(|m| m == "fp"), "{out}");
-    // An explicit ctr on a selected operator with tiers: one line, exit 7, nothing written.
-    for spec in ["*=ctr", "Gemm=ctr"] {
+    // An explicit ctr on a selecting rule with tiers (the built-in policy selects by the
+    // last-layer rule): one line, exit 7, nothing written.
+    for spec in ["*=ctr", "layer:last=ctr"] {
         let ((code, out, err), path) = cli_encrypt("ctr.onnx", &["--tiers", "3", "--mode", spec]);
         assert_eq!(code, 7, "{spec}: {err}");
         assert!(out.is_empty(), "{out}");
@@ -345,7 +346,17 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     let row = |r: &serde_json::Value, name: &str| -> serde_json::Value {
         r["variants"].as_array().unwrap().iter().find(|v| v["variant"] == name).unwrap().clone()
     };
-    let base = ["original", "no_key", "zero_fill", "mean_fill", "decrypted"];
+    let base = [
+        "original",
+        "no_key",
+        "zero_fill",
+        "mean_fill",
+        "init_fill",
+        "zero_fill_bn",
+        "mean_fill_bn",
+        "init_fill_bn",
+        "decrypted",
+    ];
 
     // The top key: tiers 1..3; the top tier is the original.
     let top = assess(Some(&k));
@@ -413,7 +424,7 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
 fn each_tier_entry_counts_its_own_subsequences() {
     let model = root().join("fixtures/digits/cnn.onnx");
     let dir = tempfile::tempdir().unwrap();
-    let mut policy = Policy::default();
+    let mut policy = crate::util::half_policy();
     policy.apply_override("mode", "*=fp").unwrap();
     policy.apply_override("coefficient", "*=0.5").unwrap();
     let flat = dir.path().join("flat.onnx");

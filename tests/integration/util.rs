@@ -124,8 +124,11 @@ pub fn dp_where_possible(model: &Path, policy: onnx_protect_select::Policy) -> (
 /// BatchNormalization (8 elements per tensor) takes fp.
 pub fn dp_policy_file(dir: &Path) -> PathBuf {
     let p = dir.join("dp.toml");
-    let text = "version = 1\n[defaults]\nmode = \"dp\"\n[ops.Conv]\nroles = [\"W\"]\n[ops.Gemm]\nroles = [\"B\"]\n\
-                [ops.MatMul]\nroles = [\"B\"]\nsubsequences = 1\n[ops.BatchNormalization]\nmode = \"fp\"\n";
+    let text = "version = 1\ninherit_builtin = false\n\
+                [ops.Conv]\ncoefficient = 0.5\nmode = \"dp\"\nroles = [\"W\"]\n\
+                [ops.Gemm]\ncoefficient = 0.5\nmode = \"dp\"\nroles = [\"B\"]\n\
+                [ops.MatMul]\ncoefficient = 0.5\nmode = \"dp\"\nroles = [\"B\"]\nsubsequences = 1\n\
+                [ops.BatchNormalization]\ncoefficient = 0.5\nmode = \"fp\"\n";
     std::fs::write(&p, text).expect("write the policy");
     p
 }
@@ -146,4 +149,22 @@ pub fn keygen_in(dir: &Path) -> PathBuf {
     let (code, _, err) = run(&["keygen", "-o", path_str(&k), "-q"]);
     assert_eq!(code, 0, "{err}");
     k
+}
+
+/// Half of every weight's rows, evenly spread, for every known operator type, and no
+/// layer rule: the previous built-in policy (as a file: [`half_policy_file`]). Tests of
+/// the file format and its round trips use it so that every fixture has encrypted bytes
+/// in every kind of tensor (the built-in policy encrypts only the first and last layers).
+pub fn half_policy() -> onnx_protect_select::Policy {
+    let mut p = onnx_protect_select::Policy::default();
+    p.apply_override("coefficient", "*=0.5").expect("a valid override");
+    p.layer_rules.clear();
+    p
+}
+
+/// [`half_policy`] as a policy file.
+pub fn half_policy_file(dir: &Path) -> PathBuf {
+    let path = dir.join("half.toml");
+    std::fs::write(&path, half_policy().to_toml()).expect("the policy file is written");
+    path
 }

@@ -136,7 +136,8 @@ def test_the_independent_reader_opens_the_binarys_tiers_and_recipients(tmp_path)
     run("keygen", "--recipient", "-o", ident)
     recipient = next(line.split()[-1] for line in ident.read_text().splitlines() if "public key" in line)
     out = tmp_path / "enc.onnx"
-    run("encrypt", src, "-o", out, "--key-file", k, "--tiers", "3", "--mode", "*=fp", "--recipient", f"2:{recipient}")
+    run("encrypt", src, "-o", out, "--key-file", k, "--tiers", "3", "--mode", "*=fp", "--coefficient", "*=0.5",
+        "--recipient", f"2:{recipient}")
     model = out.read_bytes()
     top = v2.read_key_file(str(k))
     assert v2.decrypt_all(model, key=top)[0] == src.read_bytes()

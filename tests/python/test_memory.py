@@ -54,7 +54,7 @@ def protect(model, tmp_path, mode="ctr", coefficient=None):
     key = tmp_path / "k.key"
     run("keygen", "-o", key)
     enc = out / model.name
-    args = ["encrypt", src / model.name, "-o", enc, "--key-file", key, "--mode", f"*={mode}", "-q"]
+    args = ["encrypt", src / model.name, "-o", enc, "--key-file", key, "--mode", f"*={mode}", "--coefficient", "*=0.5", "-q"]
     if coefficient is not None:
         args += ["--coefficient", f"*={coefficient}"]
     run(*args)

@@ -67,7 +67,7 @@ def test_protected_model_loads_and_decrypted_outputs_are_bit_identical(model, mo
     key = tmp_path / "k.key"
     run("keygen", "-o", key)
     enc = enc_dir / original.name
-    run("encrypt", original, "-o", enc, "--key-file", key, "--mode", f"*={mode}", "-q")
+    run("encrypt", original, "-o", enc, "--key-file", key, "--mode", f"*={mode}", "--coefficient", "*=0.5", "-q")
     # The protected model is still a model onnxruntime accepts and runs.
     protected = ort.InferenceSession(str(enc), providers=["CPUExecutionProvider"])
     f = feeds(protected)
@@ -87,7 +87,7 @@ def test_format_preserving_mode_keeps_outputs_finite(model, tmp_path):
     key = tmp_path / "k.key"
     run("keygen", "-o", key)
     enc = tmp_path / "enc.onnx"
-    run("encrypt", model, "-o", enc, "--key-file", key, "--mode", "*=fp", "-q")
+    run("encrypt", model, "-o", enc, "--key-file", key, "--mode", "*=fp", "--coefficient", "*=0.5", "-q")
     x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:64]
     s = ort.InferenceSession(str(enc), providers=["CPUExecutionProvider"])
     y = s.run(None, {s.get_inputs()[0].name: x})[0]

@@ -359,7 +359,7 @@ def test_live_round_trip(model, mode, coefficient, tmp_path):
     out.mkdir()
     run_bin("keygen", "-o", tmp_path / "k")
     args = ["encrypt", src / "model.onnx", "-o", out / "model.onnx", "--key-file", tmp_path / "k",
-            "--mode", f"*={mode}", "-q"]
+            "--mode", f"*={mode}", "--coefficient", "*=0.5", "-q"]
     if coefficient:
         args += ["--coefficient", f"*={coefficient}"]
     run_bin(*args)
@@ -382,7 +382,7 @@ def test_live_passphrase_round_trip(tmp_path):
     model = ROOT / "fixtures" / "models" / "rnn" / "model.onnx"
     env = dict(os.environ, SPEC_TEST_PASSPHRASE="correct horse battery staple ü")
     r = subprocess.run([BIN, "encrypt", str(model), "-o", str(tmp_path / "p.onnx"),
-                        "--passphrase-env", "SPEC_TEST_PASSPHRASE", "-q"], capture_output=True, text=True, env=env)
+                        "--passphrase-env", "SPEC_TEST_PASSPHRASE", "--coefficient", "*=0.5", "-q"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     protected = (tmp_path / "p.onnx").read_bytes()
     stanzas = v2.open_model(protected).recipients["stanzas"]

@@ -275,9 +275,9 @@ fn still_encrypted_by_protection(model: &Model, v: &ProtectionView) -> BTreeMap<
     by
 }
 
-/// The modes a policy asks for (rules with a coefficient above 0).
+/// The modes a policy asks for (rules of any kind with a coefficient above 0).
 fn accepted_modes(policy: &Policy) -> Vec<Mode> {
-    policy.rules.values().filter(|r| r.coefficient > 0.0).map(|r| policy.mode_of(r)).collect()
+    policy.all_rules().into_iter().filter(|(_, r)| r.coefficient > 0.0).map(|(_, r)| policy.mode_of(r)).collect()
 }
 
 /// Fails a protected model with nothing encrypted: no byte under a key at all (unless
@@ -338,7 +338,9 @@ fn compare_with_policy(
     let mut ops: BTreeMap<String, OpCoverage> = BTreeMap::new();
     let mut tensor_failures: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
     for c in &need {
-        let rule = policy.rule_for(&c.op_type);
+        // The rule that chose the tensor (an operator, role, layer or name rule).
+        let rules = policy.all_rules();
+        let rule = rules.iter().find(|(sel, _)| sel.text() == c.rule).map(|(_, r)| *r).or(policy.rule_for(&c.op_type));
         let cov = ops.entry(c.op_type.clone()).or_insert_with(|| OpCoverage {
             op_type: c.op_type.clone(),
             coefficient: rule.map(|r| r.coefficient).unwrap_or(0.0),

@@ -373,15 +373,17 @@ fn choose_secret_positions(
             model.tensors[c.tensor].name
         )));
     }
+    // Every kind of rule is widened: a weight may be chosen by its operator, its role,
+    // its layer or its name.
     let mut wide = policy.clone();
-    for r in wide.rules.values_mut() {
+    let rules = wide.rules.values_mut().chain(wide.role_rules.values_mut());
+    for r in rules.chain(wide.layer_rules.values_mut()).chain(wide.name_rules.values_mut()) {
         r.coefficient = (r.coefficient * 2.0).min(1.0);
     }
     let candidates = select(model, weights, &wide);
     for (i, c) in selection.chosen.iter_mut().enumerate() {
         let t = &model.tensors[c.tensor];
-        let Some(rule) = policy.rule_for(&c.op_type) else { continue };
-        let Some(bounds) = onnx_protect_select::subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else {
+        let Some(bounds) = onnx_protect_select::subsequence_bounds(t.data_type, &t.dims, t.numel, c.split) else {
             continue;
         };
         let pool = candidates.chosen.iter().find(|w| w.tensor == c.tensor).map(|w| w.chosen.clone());

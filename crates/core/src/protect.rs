@@ -54,11 +54,26 @@ pub struct EncryptReport {
     pub encrypted_bytes: u64,
     pub tensors: Vec<TensorSummary>,
     pub skipped: Vec<(String, String)>,
+    /// Every weight with no encrypted byte, in model order. Their bytes are part of
+    /// `weight_bytes`, the denominator of the encrypted share.
+    pub clear: Vec<ClearTensor>,
     pub external_files: Vec<String>,
     /// Recipient stanzas written (one per recipient and tier).
     pub recipients: usize,
     /// Signatures written.
     pub signatures: usize,
+}
+
+/// A weight `encrypt` left wholly clear.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClearTensor {
+    pub name: String,
+    /// Its element bytes.
+    pub bytes: u64,
+    /// The operator type of its first use.
+    pub op_type: String,
+    /// Its role ([`onnx_protect_format::TensorRole`]), as policies name it.
+    pub role: &'static str,
 }
 
 /// What `decrypt` did.
@@ -201,6 +216,17 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
             .skipped
             .iter()
             .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
+            .collect(),
+        clear: done
+            .selection
+            .clear
+            .iter()
+            .map(|c| ClearTensor {
+                name: model.tensors[c.tensor].name.clone(),
+                bytes: c.nbytes,
+                op_type: c.op_type.clone(),
+                role: c.tensor_role.name(),
+            })
             .collect(),
         external_files: done.external,
         recipients: done.stanzas,

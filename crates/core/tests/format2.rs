@@ -444,3 +444,63 @@ fn a_plaintext_rewrite_is_what_decryption_restores() {
     }
     verify(&out, Some(&k), &NoProgress).unwrap();
 }
+
+#[test]
+fn secret_positions_are_keyed_for_weights_chosen_by_role_layer_or_name() {
+    use onnx_protect_core::protect::{decrypt, DecryptOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let plain = fixture("cnn_torch").join("model.onnx");
+    let k = key(9);
+    // No operator rule: every weight is chosen by its role, its layer or its name.
+    let text = "version = 1\ninherit_builtin = false\n\n[roles.weight]\ncoefficient = 0.25\nmode = \"fp\"\n\
+                selection = \"l1\"\n\n[layers.last]\ncoefficient = 0.25\nmode = \"fp\"\n";
+    let p = Policy::from_toml(text).unwrap();
+    let public = dir.path().join("public.onnx");
+    encrypt(&plain, &public, &EncryptTo::key(k.clone()), &EncryptOptions::new(&p)).unwrap();
+    let opts = EncryptOptions { secret_positions: true, ..EncryptOptions::new(&p) };
+    let orig = Model::open(&plain).unwrap();
+    // The elements the stored file changes, by tensor (fp changes every chosen element).
+    let changed = |path: &std::path::Path| -> Vec<(String, Vec<usize>)> {
+        let m = Model::open(path).unwrap();
+        let mut out = Vec::new();
+        for t in &orig.tensors {
+            let (a, b) = (orig.tensor_bytes(t.id).unwrap(), m.tensor_bytes(t.id).unwrap());
+            let idx: Vec<usize> =
+                a.chunks(4).zip(b.chunks(4)).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i).collect();
+            if !idx.is_empty() {
+                out.push((t.name.clone(), idx));
+            }
+        }
+        out
+    };
+    let public_changed = changed(&public);
+    assert!(!public_changed.is_empty());
+    // Over a few encryptions, every tensor gets rows other than the public choice's.
+    let mut differs: std::collections::BTreeSet<String> = Default::default();
+    for i in 0..4 {
+        let out = dir.path().join(format!("secret{i}.onnx"));
+        encrypt(&plain, &out, &EncryptTo::key(k.clone()), &opts).unwrap();
+        let back = dir.path().join(format!("back{i}.onnx"));
+        decrypt(&out, &back, &k, &DecryptOptions::default()).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
+        let got = changed(&out);
+        assert_eq!(
+            got.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            public_changed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "the same tensors"
+        );
+        for ((name, a), (_, b)) in got.iter().zip(&public_changed) {
+            if a != b {
+                differs.insert(name.clone());
+            }
+        }
+    }
+    // Tensors encrypted whole (a bias is one subsequence) have nothing to choose.
+    let partial: std::collections::BTreeSet<String> = public_changed
+        .iter()
+        .filter(|(n, idx)| orig.tensors.iter().any(|t| &t.name == n && (idx.len() as u64) < t.numel))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(partial.len() >= 3, "{partial:?}");
+    assert_eq!(differs, partial, "some tensors kept the public positions");
+}

@@ -2,12 +2,28 @@
 //!
 //! A *constant* is an initializer, a sparse initializer, or the `value` tensor of a
 //! `Constant` node, found by name in the node's graph or any enclosing graph
-//! (innermost scope first). A constant passed through `DequantizeLinear`, `Cast`,
-//! `Transpose`, `Reshape`, `Identity`, `Squeeze`, `Unsqueeze` or `Flatten`
-//! (their data input) is still that constant. A *weight* is a constant that an
-//! operator in the role table below consumes in a weight role.
+//! (innermost scope first). A constant passed through a *pass-through* operator is
+//! still that constant: its data input flows to the output rearranged, converted
+//! or cut, never combined with other values. The pass-through operators and their
+//! data inputs are `DequantizeLinear`, `Cast`, `Transpose`, `Reshape`, `Identity`,
+//! `Squeeze`, `Unsqueeze`, `Flatten`, `Slice`, `Split`, `Expand`, `Tile` (input 0)
+//! and `Concat` (every input). So a recurrent weight `R` that an exporter builds at
+//! run time from a constant with `Slice`, `Concat` and `Unsqueeze` is that constant.
+//!
+//! A *weight* is a constant that an operator consumes, other than through a
+//! pass-through operator, and that is either
+//!
+//! * in a weight role of the role table ([`roles`]): the kernel of a `Conv`, the `B`
+//!   of a `Gemm`, the `R` of an `LSTM`, ... (any element type), or
+//! * a floating-point tensor, in any input of any operator (the bias a PyTorch
+//!   export adds with `Add`, a position embedding, a scale fed to `Mul`, ...); its
+//!   use has [`WeightKind::Other`] and the input's generic role name `input<i>`.
+//!
+//! Integer constants outside the role table (shapes, axes, indices) are not weights.
+//! Every weight also gets a [`TensorRole`]: what it is for in the model, derived
+//! from the operator and input that consume it (see [`TensorRole`] for the rules).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::{GraphId, Model, NodeId, Origin, TensorId};
 
@@ -23,6 +39,8 @@ pub enum WeightKind {
     Norm,
     /// Quantisation scales and zero points.
     Quant,
+    /// A floating-point constant in an input the role table does not name.
+    Other,
 }
 
 impl WeightKind {
@@ -32,7 +50,69 @@ impl WeightKind {
             WeightKind::Bias => "bias",
             WeightKind::Norm => "norm",
             WeightKind::Quant => "quant",
+            WeightKind::Other => "other",
         }
+    }
+}
+
+/// What a weight is for in the model, whatever operator consumes it. Policies can
+/// address weights by it (`[roles.NAME]`, `--coefficient role:NAME=C`).
+///
+/// | role | the constant is |
+/// | --- | --- |
+/// | `weight` | the main operand of `Conv`, `ConvTranspose`, `Gemm`, `MatMul` and their quantized forms |
+/// | `embedding` | the table of a `Gather` |
+/// | `recurrent` | the `W` or `R` of an `LSTM`, `GRU` or `RNN` |
+/// | `bias` | a bias input (`Conv`/`ConvTranspose` `B`, `Gemm` `C`, recurrent `B`, `QLinearConv` `B`), or a constant of more than one element fed to `Add` or `Sub` with at most one dimension above 1 (a PyTorch Linear bias after `MatMul`) |
+/// | `position-embedding` | a constant fed to `Add` with two or more dimensions above 1 (`[1, T, D]`: added to a token sequence) |
+/// | `norm` | a parameter of `BatchNormalization`, `LayerNormalization`, `InstanceNormalization`, `GroupNormalization` or `RMSNormalization` |
+/// | `scale` | a constant fed to `Mul` or `Div` |
+/// | `quant` | a quantisation scale or zero point |
+/// | `other` | any other floating-point constant |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TensorRole {
+    Weight,
+    Embedding,
+    Recurrent,
+    Bias,
+    PositionEmbedding,
+    Norm,
+    Scale,
+    Quant,
+    Other,
+}
+
+impl TensorRole {
+    /// Every role, in documentation order.
+    pub const ALL: [TensorRole; 9] = [
+        TensorRole::Weight,
+        TensorRole::Embedding,
+        TensorRole::Recurrent,
+        TensorRole::Bias,
+        TensorRole::PositionEmbedding,
+        TensorRole::Norm,
+        TensorRole::Scale,
+        TensorRole::Quant,
+        TensorRole::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorRole::Weight => "weight",
+            TensorRole::Embedding => "embedding",
+            TensorRole::Recurrent => "recurrent",
+            TensorRole::Bias => "bias",
+            TensorRole::PositionEmbedding => "position-embedding",
+            TensorRole::Norm => "norm",
+            TensorRole::Scale => "scale",
+            TensorRole::Quant => "quant",
+            TensorRole::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TensorRole> {
+        TensorRole::ALL.into_iter().find(|r| r.name() == s)
     }
 }
 
@@ -58,16 +138,54 @@ pub fn roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {
         "Gather" => &[(0, "data", Main)],
         "BatchNormalization" => &[(1, "scale", Norm), (2, "B", Norm), (3, "input_mean", Norm), (4, "input_var", Norm)],
         "LayerNormalization" | "InstanceNormalization" => &[(1, "scale", Norm), (2, "B", Norm)],
+        "GroupNormalization" => &[(1, "scale", Norm), (2, "bias", Norm)],
+        "RMSNormalization" => &[(1, "scale", Norm)],
         _ => &[],
     }
 }
 
+/// The generic role name of input `index` (`input0`, `input1`, ...; `input` past 15), used
+/// for inputs the role table does not name.
+pub fn generic_role(index: usize) -> &'static str {
+    const NAMES: [&str; 16] = [
+        "input0", "input1", "input2", "input3", "input4", "input5", "input6", "input7", "input8", "input9", "input10",
+        "input11", "input12", "input13", "input14", "input15",
+    ];
+    NAMES.get(index).copied().unwrap_or("input")
+}
+
+/// Whether `role` names an input of `op_type`: a role of its table, or a generic name.
+pub fn is_role_of(op_type: &str, role: &str) -> bool {
+    roles(op_type).iter().any(|(_, n, _)| *n == role) || role == "input" || (0..16).any(|i| generic_role(i) == role)
+}
+
 /// Operators whose first input passes a constant through to their output.
 pub fn is_passthrough(op_type: &str) -> bool {
-    matches!(
-        op_type,
-        "DequantizeLinear" | "Cast" | "Transpose" | "Reshape" | "Identity" | "Squeeze" | "Unsqueeze" | "Flatten"
-    )
+    op_type == "Concat"
+        || matches!(
+            op_type,
+            "DequantizeLinear"
+                | "Cast"
+                | "Transpose"
+                | "Reshape"
+                | "Identity"
+                | "Squeeze"
+                | "Unsqueeze"
+                | "Flatten"
+                | "Slice"
+                | "Split"
+                | "Expand"
+                | "Tile"
+        )
+}
+
+/// The data inputs of a pass-through node: every input of `Concat`, else the first.
+fn data_inputs(op_type: &str, n_inputs: usize) -> std::ops::Range<usize> {
+    if op_type == "Concat" {
+        0..n_inputs
+    } else {
+        0..n_inputs.min(1)
+    }
 }
 
 /// One use of a weight by an operator.
@@ -75,11 +193,14 @@ pub fn is_passthrough(op_type: &str) -> bool {
 pub struct WeightUse {
     pub node: NodeId,
     pub op_type: String,
+    /// The input's role name in the operator ([`roles`]), or its generic name ([`generic_role`]).
     pub role: &'static str,
     pub kind: WeightKind,
     pub input_index: usize,
     /// Pass-through nodes between the constant and this node, nearest the constant first.
     pub via: Vec<NodeId>,
+    /// What the weight is for, judged from this use.
+    pub tensor_role: TensorRole,
 }
 
 /// A constant tensor consumed as a weight, with all its users.
@@ -87,12 +208,44 @@ pub struct WeightUse {
 pub struct Weight {
     pub tensor: TensorId,
     pub uses: Vec<WeightUse>,
+    /// Whether it belongs to the first layer of the main graph ([`Layers`]).
+    pub first_layer: bool,
+    /// Whether it belongs to the last layer of the main graph ([`Layers`]).
+    pub last_layer: bool,
+}
+
+/// The first and last layers of a model.
+///
+/// A *layer node* is a node of the main graph with a weight in a `main` role (the
+/// kernel of a `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...).
+/// The *first layer* is every layer node that a graph input reaches through nodes
+/// that are not layer nodes; the *last layer*, every layer node that reaches a graph
+/// output that way. A layer's weights are its nodes' weights in `main` and `bias`
+/// roles (for the first layer, not the recurrent weight `R`, which multiplies the
+/// layer's own state rather than what arrives from the inputs), and the constant of an
+/// `Add` applied directly to a layer node's output (the bias a PyTorch export adds
+/// after `MatMul`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layers {
+    First,
+    Last,
 }
 
 impl Weight {
     /// The operator type the weight is attributed to in per-op summaries: its first user.
     pub fn primary_op(&self) -> &str {
         self.uses.first().map(|u| u.op_type.as_str()).unwrap_or("")
+    }
+
+    /// The weight's role in the model: that of its first use in a named (table) role,
+    /// else that of its first use.
+    pub fn tensor_role(&self) -> TensorRole {
+        self.uses
+            .iter()
+            .find(|u| u.kind != WeightKind::Other)
+            .or_else(|| self.uses.first())
+            .map(|u| u.tensor_role)
+            .unwrap_or(TensorRole::Other)
     }
 }
 
@@ -103,29 +256,164 @@ enum Def {
 }
 
 /// Finds every weight in the model. Each tensor appears once, with all its uses in
-/// graph order.
+/// graph order (one use per consuming node and input, whatever the number of paths).
 pub fn discover(model: &Model) -> Vec<Weight> {
     let scopes: Vec<HashMap<&str, Def>> = model.graphs.iter().map(|g| scope_of(model, g.id)).collect();
     let mut found: BTreeMap<TensorId, Vec<WeightUse>> = BTreeMap::new();
+    let record = |found: &mut BTreeMap<TensorId, Vec<WeightUse>>, node: NodeId, idx: usize, only_new: bool| {
+        let n = &model.nodes[node];
+        let Some(name) = n.inputs.get(idx).filter(|s| !s.is_empty()) else { return };
+        let table = if n.is_onnx() { roles(&n.op_type) } else { &[] };
+        let named = table.iter().find(|(i, _, _)| *i == idx);
+        for (tensor, via) in resolve_all(model, &scopes, n.graph, name) {
+            let t = &model.tensors[tensor];
+            let (role, kind) = match named {
+                Some(&(_, role, kind)) => (role, kind),
+                None if t.data_type.is_float() => (generic_role(idx), WeightKind::Other),
+                None => continue,
+            };
+            let uses = found.entry(tensor).or_default();
+            if (only_new && !uses.is_empty()) || uses.iter().any(|u| u.node == node && u.input_index == idx) {
+                continue;
+            }
+            let tensor_role = role_of(model, n.is_onnx(), &n.op_type, kind, tensor);
+            uses.push(WeightUse { node, op_type: n.op_type.clone(), role, kind, input_index: idx, via, tensor_role });
+        }
+    };
     for node in &model.nodes {
-        if !node.is_onnx() {
+        if node.op_type == "Constant" || (node.is_onnx() && is_passthrough(&node.op_type)) {
             continue;
         }
-        for &(idx, role, kind) in roles(&node.op_type) {
-            let Some(name) = node.inputs.get(idx).filter(|n| !n.is_empty()) else { continue };
-            if let Some((tensor, via)) = resolve(model, &scopes, node.graph, name, 0) {
-                found.entry(tensor).or_default().push(WeightUse {
-                    node: node.id,
-                    op_type: node.op_type.clone(),
-                    role,
-                    kind,
-                    input_index: idx,
-                    via,
-                });
+        for idx in 0..node.inputs.len() {
+            record(&mut found, node.id, idx, false);
+        }
+    }
+    // Constants that only pass-through nodes consume (a dead branch, a graph output):
+    // still weights, used by the first such node.
+    for node in model.nodes.iter().filter(|n| n.is_onnx() && is_passthrough(&n.op_type)) {
+        for idx in data_inputs(&node.op_type, node.inputs.len()) {
+            record(&mut found, node.id, idx, true);
+        }
+    }
+    found.retain(|_, uses| !uses.is_empty());
+    for uses in found.values_mut() {
+        uses.sort_by_key(|u| (u.node, u.input_index));
+    }
+    let (first, last) = end_layers(model, &found);
+    found
+        .into_iter()
+        .map(|(tensor, uses)| Weight {
+            tensor,
+            first_layer: first.contains(&tensor),
+            last_layer: last.contains(&tensor),
+            uses,
+        })
+        .collect()
+}
+
+/// The weights of the first and of the last layer (see [`Layers`]).
+fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (HashSet<TensorId>, HashSet<TensorId>) {
+    let Some(main) = model.graphs.iter().find(|g| matches!(g.kind, crate::model::GraphKind::Main)) else {
+        return Default::default();
+    };
+    let in_main: HashSet<NodeId> = main.nodes.iter().copied().collect();
+    let layer_nodes: HashSet<NodeId> = found
+        .values()
+        .flatten()
+        .filter(|u| u.kind == WeightKind::Main && in_main.contains(&u.node))
+        .map(|u| u.node)
+        .collect();
+    let mut consumers: HashMap<&str, Vec<NodeId>> = HashMap::new();
+    let mut producer: HashMap<&str, NodeId> = HashMap::new();
+    for &n in &main.nodes {
+        for i in model.nodes[n].inputs.iter().filter(|s| !s.is_empty()) {
+            consumers.entry(i.as_str()).or_default().push(n);
+        }
+        for o in model.nodes[n].outputs.iter().filter(|s| !s.is_empty()) {
+            producer.insert(o.as_str(), n);
+        }
+    }
+    let initializers: HashSet<&str> = main.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
+    // Forward from the graph inputs, stopping at layer nodes.
+    let mut first_nodes = HashSet::new();
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut values: Vec<&str> = main.inputs.iter().map(String::as_str).filter(|i| !initializers.contains(i)).collect();
+    while let Some(v) = values.pop() {
+        for &n in consumers.get(v).into_iter().flatten() {
+            if !seen.insert(n) {
+                continue;
+            }
+            if layer_nodes.contains(&n) {
+                first_nodes.insert(n);
+            } else {
+                values.extend(model.nodes[n].outputs.iter().map(String::as_str).filter(|o| !o.is_empty()));
             }
         }
     }
-    found.into_iter().map(|(tensor, uses)| Weight { tensor, uses }).collect()
+    // Backward from the graph outputs, stopping at layer nodes.
+    let mut last_nodes = HashSet::new();
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut values: Vec<&str> = main.outputs.iter().map(String::as_str).collect();
+    while let Some(v) = values.pop() {
+        let Some(&n) = producer.get(v) else { continue };
+        if !seen.insert(n) {
+            continue;
+        }
+        if layer_nodes.contains(&n) {
+            last_nodes.insert(n);
+        } else {
+            values.extend(model.nodes[n].inputs.iter().map(String::as_str).filter(|i| !i.is_empty()));
+        }
+    }
+    // The first layer's weights are those that multiply what arrives from the inputs:
+    // not the recurrent `R`, which multiplies the layer's own state.
+    let weights_of = |nodes: &HashSet<NodeId>, first: bool| -> HashSet<TensorId> {
+        // Nodes whose Add constants count as the layer's bias: an Add fed by a layer node.
+        let adds: HashSet<NodeId> = nodes
+            .iter()
+            .flat_map(|&n| model.nodes[n].outputs.iter())
+            .flat_map(|o| consumers.get(o.as_str()).into_iter().flatten().copied())
+            .filter(|&a| model.nodes[a].op_type == "Add")
+            .collect();
+        found
+            .iter()
+            .filter(|(_, uses)| {
+                uses.iter().any(|u| {
+                    (nodes.contains(&u.node)
+                        && matches!(u.kind, WeightKind::Main | WeightKind::Bias)
+                        && !(first && u.role == "R"))
+                        || (adds.contains(&u.node) && u.tensor_role == TensorRole::Bias)
+                })
+            })
+            .map(|(&t, _)| t)
+            .collect()
+    };
+    (weights_of(&first_nodes, true), weights_of(&last_nodes, false))
+}
+
+/// The role a use gives its tensor (the rules of [`TensorRole`]).
+fn role_of(model: &Model, onnx: bool, op: &str, kind: WeightKind, tensor: TensorId) -> TensorRole {
+    match kind {
+        WeightKind::Main => match op {
+            "Gather" => TensorRole::Embedding,
+            "LSTM" | "GRU" | "RNN" => TensorRole::Recurrent,
+            _ => TensorRole::Weight,
+        },
+        WeightKind::Bias => TensorRole::Bias,
+        WeightKind::Norm => TensorRole::Norm,
+        WeightKind::Quant => TensorRole::Quant,
+        WeightKind::Other if !onnx => TensorRole::Other,
+        WeightKind::Other => {
+            let t = &model.tensors[tensor];
+            let wide = t.dims.iter().filter(|&&d| d > 1).count();
+            match op {
+                "Add" if wide >= 2 => TensorRole::PositionEmbedding,
+                "Add" | "Sub" if t.numel > 1 => TensorRole::Bias,
+                "Mul" | "Div" => TensorRole::Scale,
+                _ => TensorRole::Other,
+            }
+        }
+    }
 }
 
 fn scope_of(model: &Model, gid: GraphId) -> HashMap<&str, Def> {
@@ -147,44 +435,179 @@ fn scope_of(model: &Model, gid: GraphId) -> HashMap<&str, Def> {
     m
 }
 
-/// Resolves `name` as seen from graph `gid` to a constant tensor, following pass-through nodes.
-fn resolve(
-    model: &Model,
-    scopes: &[HashMap<&str, Def>],
-    gid: GraphId,
-    name: &str,
-    depth: usize,
-) -> Option<(TensorId, Vec<NodeId>)> {
-    if depth > 16 {
-        return None;
+/// Most nodes one resolution walks through (a hostile graph cannot make it slow).
+const MAX_WALK: usize = 4096;
+
+/// Every constant that reaches value `name`, as seen from graph `gid`, through
+/// pass-through nodes: `(tensor, the pass-through nodes on the first path found,
+/// nearest the constant first)`, each tensor once.
+fn resolve_all(model: &Model, scopes: &[HashMap<&str, Def>], gid: GraphId, name: &str) -> Vec<(TensorId, Vec<NodeId>)> {
+    let mut out: Vec<(TensorId, Vec<NodeId>)> = Vec::new();
+    let mut seen_nodes: HashSet<NodeId> = HashSet::new();
+    // (value name, graph it is seen from, pass-through nodes from it to the consumer)
+    let mut stack: Vec<(&str, GraphId, Vec<NodeId>)> = vec![(name, gid, Vec::new())];
+    while let Some((name, gid, path)) = stack.pop() {
+        let Some(def) = lookup(model, scopes, gid, name) else { continue };
+        let tensor = match def {
+            Def::Tensor(t) => Some(t),
+            Def::Node(n) => {
+                let node = &model.nodes[n];
+                if !node.is_onnx() {
+                    None
+                } else if node.op_type == "Constant" {
+                    let t = node.attributes.iter().find(|a| a.name == "value" || a.name == "sparse_value");
+                    let t = t.and_then(|a| a.tensors.first().copied());
+                    debug_assert!(t.is_none_or(|t| matches!(model.tensors[t].origin, Origin::Attribute { .. })));
+                    t
+                } else {
+                    if is_passthrough(&node.op_type) && seen_nodes.len() < MAX_WALK && seen_nodes.insert(n) {
+                        // Pushed in reverse so that inputs are visited in order.
+                        for i in data_inputs(&node.op_type, node.inputs.len()).rev() {
+                            if let Some(input) = node.inputs.get(i).filter(|s| !s.is_empty()) {
+                                let mut p = Vec::with_capacity(path.len() + 1);
+                                p.push(n);
+                                p.extend_from_slice(&path);
+                                stack.push((input.as_str(), node.graph, p));
+                            }
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(t) = tensor {
+            if !out.iter().any(|(x, _)| *x == t) {
+                out.push((t, path));
+            }
+        }
     }
+    out
+}
+
+/// What `name` is, as seen from graph `gid` (innermost scope first).
+fn lookup(model: &Model, scopes: &[HashMap<&str, Def>], gid: GraphId, name: &str) -> Option<Def> {
     let mut g = Some(gid);
     while let Some(id) = g {
         if let Some(def) = scopes[id].get(name) {
-            return match *def {
-                Def::Tensor(t) => Some((t, Vec::new())),
-                Def::Node(n) => {
-                    let node = &model.nodes[n];
-                    if !node.is_onnx() {
-                        return None;
-                    }
-                    if node.op_type == "Constant" {
-                        let t = node.attributes.iter().find(|a| a.name == "value" || a.name == "sparse_value")?;
-                        let tensor = *t.tensors.first()?;
-                        debug_assert!(matches!(model.tensors[tensor].origin, Origin::Attribute { .. }));
-                        Some((tensor, Vec::new()))
-                    } else if is_passthrough(&node.op_type) {
-                        let input = node.inputs.first().filter(|s| !s.is_empty())?;
-                        let (t, mut via) = resolve(model, scopes, node.graph, input, depth + 1)?;
-                        via.push(n);
-                        Some((t, via))
-                    } else {
-                        None
-                    }
-                }
-            };
+            return Some(*def);
         }
         g = model.graphs[id].parent;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{float_tensor, model_with_graph, node};
+    use crate::wire::put_len_field;
+
+    fn model(nodes: &[Vec<u8>], tensors: &[Vec<u8>]) -> Model {
+        let mut g = Vec::new();
+        for n in nodes {
+            put_len_field(&mut g, 1, n);
+        }
+        put_len_field(&mut g, 2, b"g");
+        for t in tensors {
+            put_len_field(&mut g, 5, t);
+        }
+        Model::from_vec(model_with_graph(&g), None).unwrap()
+    }
+
+    fn by_name(m: &Model) -> BTreeMap<String, Weight> {
+        discover(m).into_iter().map(|w| (m.tensors[w.tensor].name.clone(), w)).collect()
+    }
+
+    #[test]
+    fn a_recurrent_weight_built_with_slice_and_concat_is_its_constant() {
+        let m = model(
+            &[
+                node("Slice", &["R0", "s0", "e0"], &["r_a"], "sa"),
+                node("Slice", &["R0", "s1", "e1"], &["r_b"], "sb"),
+                node("Concat", &["r_b", "r_a"], &["r_cat"], "cat"),
+                node("Unsqueeze", &["r_cat", "ax"], &["r"], "un"),
+                node("LSTM", &["x", "W0", "r", "B0"], &["y"], "lstm"),
+            ],
+            &[
+                float_tensor("R0", &[8, 2], &[0.5; 16]),
+                float_tensor("W0", &[1, 8, 3], &[0.1; 24]),
+                float_tensor("B0", &[1, 16], &[0.0; 16]),
+            ],
+        );
+        let w = by_name(&m);
+        let r = &w["R0"];
+        assert_eq!(r.uses.len(), 1, "one use whatever the number of paths");
+        let u = &r.uses[0];
+        assert_eq!(
+            (u.op_type.as_str(), u.role, u.kind, u.tensor_role),
+            ("LSTM", "R", WeightKind::Main, TensorRole::Recurrent)
+        );
+        let via: Vec<&str> = u.via.iter().map(|&n| m.nodes[n].op_type.as_str()).collect();
+        assert_eq!(via, ["Slice", "Concat", "Unsqueeze"]);
+        assert_eq!(w["W0"].tensor_role(), TensorRole::Recurrent);
+        assert_eq!(w["B0"].tensor_role(), TensorRole::Bias);
+    }
+
+    #[test]
+    fn float_constants_of_any_operator_get_a_role_by_structure() {
+        let m = model(
+            &[
+                node("MatMul", &["x", "Wm"], &["h0"], "mm"),
+                node("Add", &["h0", "bias"], &["h1"], "add_bias"),
+                node("Add", &["h1", "pos"], &["h2"], "add_pos"),
+                node("Mul", &["h2", "gamma"], &["h3"], "mul"),
+                node("Add", &["h3", "eps"], &["h4"], "add_eps"),
+                node("Pow", &["h4", "two"], &["y"], "pow"),
+            ],
+            &[
+                float_tensor("Wm", &[4, 4], &[1.0; 16]),
+                float_tensor("bias", &[4], &[1.0; 4]),
+                float_tensor("pos", &[1, 3, 4], &[1.0; 12]),
+                float_tensor("gamma", &[4], &[1.0; 4]),
+                float_tensor("eps", &[], &[1e-5]),
+                float_tensor("two", &[1], &[2.0]),
+            ],
+        );
+        let w = by_name(&m);
+        let role = |n: &str| w[n].tensor_role();
+        assert_eq!(role("Wm"), TensorRole::Weight);
+        assert_eq!(role("bias"), TensorRole::Bias);
+        assert_eq!(role("pos"), TensorRole::PositionEmbedding);
+        assert_eq!(role("gamma"), TensorRole::Scale);
+        assert_eq!(role("eps"), TensorRole::Other);
+        assert_eq!(role("two"), TensorRole::Other);
+        let u = &w["bias"].uses[0];
+        assert_eq!((u.op_type.as_str(), u.role, u.kind), ("Add", "input1", WeightKind::Other));
+    }
+
+    #[test]
+    fn integer_constants_outside_the_role_table_are_not_weights() {
+        let mut shape = Vec::new();
+        put_len_field(&mut shape, 8, b"shape");
+        shape.extend_from_slice(&[0x08, 0x01, 0x10, 0x07]); // dims [1], data_type INT64
+        put_len_field(&mut shape, 9, &2i64.to_le_bytes());
+        let m = model(&[node("Reshape", &["x", "shape"], &["y"], "r")], &[shape]);
+        assert!(discover(&m).is_empty());
+    }
+
+    #[test]
+    fn a_constant_only_a_pass_through_consumes_is_still_found() {
+        let m = model(&[node("Concat", &["x", "tok"], &["y"], "cat")], &[float_tensor("tok", &[1, 4], &[0.0; 4])]);
+        let w = by_name(&m);
+        let u = &w["tok"].uses[0];
+        assert_eq!((u.op_type.as_str(), u.role, u.tensor_role), ("Concat", "input1", TensorRole::Other));
+    }
+
+    #[test]
+    fn cycles_of_pass_through_nodes_end() {
+        let m = model(
+            &[
+                node("Identity", &["b"], &["a"], "i1"),
+                node("Identity", &["a"], &["b"], "i2"),
+                node("MatMul", &["x", "a"], &["y"], "mm"),
+            ],
+            &[],
+        );
+        assert!(discover(&m).is_empty());
+    }
 }

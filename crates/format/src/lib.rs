@@ -36,7 +36,7 @@ pub mod testutil;
 pub mod wire;
 pub mod write;
 
-pub use discover::{discover, Weight, WeightKind, WeightUse};
+pub use discover::{discover, Layers, TensorRole, Weight, WeightKind, WeightUse};
 pub use dtype::{DataType, TypedField};
 pub use error::{ErrorKind, FormatError, Result};
 pub use model::{Container, Locator, Model, Origin, Tensor, TensorData, TensorId};

@@ -1,6 +1,6 @@
-//! How strong is a model's protection? Five variants of a protected model (and,
-//! for a tiered model with a key, one per reachable access tier) run on the same
-//! inputs and are compared with the original.
+//! How strong is a model's protection? Variants of a protected model (and, for a
+//! tiered model with a key, one per reachable access tier) run on the same inputs
+//! and are compared with the original.
 //!
 //! | variant | what it is | needs the key |
 //! | --- | --- | --- |
@@ -8,20 +8,24 @@
 //! | `no_key` | the protected file run as it is: what a copier gets | no |
 //! | `zero_fill` | the manifest's public spans set to zero ([`Fill::Zero`]) | no |
 //! | `mean_fill` | the spans set to each tensor's mean of its clear elements ([`Fill::Mean`]) | no |
+//! | `init_fill` | the spans set as an attacker would initialise them, by tensor role ([`Fill::Init`]) | no |
+//! | `zero_fill_bn`, `mean_fill_bn`, `init_fill_bn` | the fill, then every BatchNormalization's statistics re-estimated from unlabelled calibration inputs ([`crate::bn`]); only with calibration inputs and a model with BatchNormalization | no |
 //! | `decrypted` | decrypted in memory with the key | yes |
 //! | `tier_1` … `tier_T` | tiered models only: decrypted in memory up to tier `t`, higher tiers still encrypted | the key of tier `T` ≥ `t` |
 //!
 //! A model protected with `N > 1` access tiers gets one `tier_t` variant per tier
 //! the given key reaches (`t = 1 ..= T` for the key of tier `T`; tiers already
 //! restored in the file are left out: they are the `no_key` row). They follow the
-//! five variants above; `tier_T` is the same model as `decrypted`, and `tier_N`
+//! variants above; `tier_T` is the same model as `decrypted`, and `tier_N`
 //! (top key) is the original. Without a key, or for an untiered model, there are
 //! no tier rows.
 //!
 //! For each variant: top-1 agreement with the original, accuracy (with labels),
 //! mean and max output distance, and the fraction of non-finite outputs. The
 //! comparison uses the model's first output, read as `[N, ...]` (one row per
-//! sample; top-1 is the arg-max of a row).
+//! sample; top-1 is the arg-max of a row). The report's headline is the best
+//! key-less attack ([`KEYLESS`]): the one with the highest accuracy (with labels)
+//! or agreement (without), first in table order on a tie.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,16 +34,30 @@ use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
 use onnx_protect_core::protect::{key_tier, protection_view, KeySource};
 use onnx_protect_format::{discover, Model};
 
-use crate::attack::{repair, Fill};
-use crate::engine::{Dim, External, Loaded, Prepared};
+use crate::attack::{repair_exposed, Exposure, Fill};
+use crate::engine::{parse_proto, Dim, External, Loaded, Prepared};
 use crate::error::{Result, RuntimeError};
 use crate::npy::{Dtype, NpyArray};
 
 /// Largest batch run at once when the model's batch dimension is free.
 const MAX_BATCH: usize = 512;
 
-/// The five variants, in report order.
-pub const VARIANTS: [&str; 5] = ["original", "no_key", "zero_fill", "mean_fill", "decrypted"];
+/// The variants, in report order (tier rows follow).
+pub const VARIANTS: [&str; 9] = [
+    "original",
+    "no_key",
+    "zero_fill",
+    "mean_fill",
+    "init_fill",
+    "zero_fill_bn",
+    "mean_fill_bn",
+    "init_fill_bn",
+    "decrypted",
+];
+
+/// The key-less variants: what anyone with the file and no key can get.
+pub const KEYLESS: [&str; 7] =
+    ["no_key", "zero_fill", "mean_fill", "init_fill", "zero_fill_bn", "mean_fill_bn", "init_fill_bn"];
 
 /// Where the inputs come from.
 pub enum InputSource {
@@ -56,6 +74,15 @@ pub struct AssessOptions<'a> {
     pub inputs: InputSource,
     /// One integer class label per sample.
     pub labels: Option<Vec<i64>>,
+    /// Unlabelled inputs (arrays by input name, samples first) for the BatchNormalization
+    /// re-estimation variants; without them those variants are skipped.
+    pub calibration: Option<BTreeMap<String, NpyArray>>,
+    /// Seed of the first init-fill draw.
+    pub fill_seed: u64,
+    /// Number of init-fill draws (seeds `fill_seed`, `fill_seed + 1`, ...): the init-fill
+    /// rows report the mean over the draws, since an attacker without labels cannot tell
+    /// a lucky draw from another. At least 1.
+    pub fill_draws: u32,
 }
 
 /// The results of one variant.
@@ -67,7 +94,8 @@ pub struct VariantReport {
     /// The tier a `tier_<t>` row is decrypted up to (absent on the other rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<u32>,
-    /// `ok`, `failed` (see `error`) or `skipped` (the `decrypted` variant without a key).
+    /// `ok`, `failed` (see `error`) or `skipped` (see `error`: no key, no calibration
+    /// inputs, no BatchNormalization).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -81,9 +109,18 @@ pub struct VariantReport {
     pub max_distance: Option<f64>,
     /// Fraction of output elements that are NaN or infinite.
     pub non_finite: Option<f64>,
-    /// Tensors mean-fill zero-filled instead (no clear element, or a type without a mean).
+    /// What a fill could not do as described (a tensor without a clear element, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// The strongest key-less attack of a report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BestAttack {
+    /// One of [`KEYLESS`].
+    pub variant: String,
+    pub accuracy: Option<f64>,
+    pub agreement: Option<f64>,
 }
 
 /// The report of [`assess`].
@@ -97,6 +134,15 @@ pub struct AssessReport {
     /// `"arrays"` or `"random"`.
     pub inputs: &'static str,
     pub labels: bool,
+    /// The share of the most frequent label (what always answering one class gets);
+    /// absent without labels.
+    pub chance: Option<f64>,
+    /// Calibration samples of the BatchNormalization re-estimation (0: none given).
+    pub calibration_samples: usize,
+    /// The best key-less attack (absent when every key-less variant failed).
+    pub best_attack: Option<BestAttack>,
+    /// Bytes of every weight (every floating-point constant and every constant in a
+    /// weight role; `onnx_protect_format::discover`).
     pub weight_bytes: u64,
     pub encrypted_bytes: u64,
     pub encrypted_tensors: usize,
@@ -136,25 +182,28 @@ fn describe(v: &str) -> &'static str {
         "no_key" => "the protected file as it is (a copier without the key)",
         "zero_fill" => "attacker: encrypted spans (public positions) set to zero",
         "mean_fill" => "attacker: encrypted spans set to the tensor's mean of its clear elements",
+        "init_fill" => "attacker: encrypted spans initialised by role (norm scales 1, biases 0, others N(0, σ of the clear elements))",
+        "zero_fill_bn" => "attacker: zero-fill, then BatchNormalization statistics re-estimated from unlabelled inputs",
+        "mean_fill_bn" => "attacker: mean-fill, then BatchNormalization statistics re-estimated from unlabelled inputs",
+        "init_fill_bn" => "attacker: init-fill, then BatchNormalization statistics re-estimated from unlabelled inputs",
         _ => "decrypted in memory with the key",
     }
 }
 
-/// A splitmix64 generator: deterministic random inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// The fill of an attack variant and whether it re-estimates BatchNormalization.
+fn fill_of(variant: &str, seed: u64) -> Option<(Fill, bool)> {
+    Some(match variant {
+        "zero_fill" => (Fill::Zero, false),
+        "mean_fill" => (Fill::Mean, false),
+        "init_fill" => (Fill::Init { seed }, false),
+        "zero_fill_bn" => (Fill::Zero, true),
+        "mean_fill_bn" => (Fill::Mean, true),
+        "init_fill_bn" => (Fill::Init { seed }, true),
+        _ => return None,
+    })
 }
+
+use crate::attack::Rng;
 
 fn random_array(dtype: Dtype, shape: Vec<usize>, rng: &mut Rng) -> Result<NpyArray> {
     let n: usize = shape.iter().product();
@@ -230,19 +279,25 @@ fn batch_size(loaded: &Loaded, n: usize) -> usize {
     n.clamp(1, MAX_BATCH)
 }
 
-/// Runs a model on all samples in batches; returns the first output's rows as `f64`.
-fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray], n: usize) -> Result<(String, Vec<Vec<f64>>)> {
-    let loaded = Loaded::new(model, external)?;
-    let b = batch_size(&loaded, n);
+/// Runs `loaded` on every sample of `inputs` (one array per model input, samples
+/// first) in batches, and calls `each` with the number of real samples in the batch,
+/// the number of rows run, and the batch's outputs. A model with a fixed batch gets full batches: the last one
+/// is padded with its last sample, and only its first `real` rows are samples. `optimize`:
+/// whether tract optimises the plan (worth it unless the model runs only once).
+pub(crate) fn run_batches(
+    loaded: &Loaded,
+    inputs: &[NpyArray],
+    optimize: bool,
+    mut each: impl FnMut(usize, usize, Vec<(String, NpyArray)>) -> Result<()>,
+) -> Result<()> {
+    let n = inputs.first().and_then(|a| a.shape.first().copied()).unwrap_or(0);
+    let b = batch_size(loaded, n);
+    let fixed = loaded.inputs().iter().any(|i| matches!(i.dims.first(), Some(Dim::Fixed(_))));
     let mut plans: BTreeMap<usize, Prepared> = BTreeMap::new();
-    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(n);
-    let mut name = String::new();
     let mut from = 0;
     while from < n {
         let to = (from + b).min(n);
-        // A model with a fixed batch gets full batches: the last one is padded with its last sample.
-        let run_len =
-            if loaded.inputs().iter().any(|i| matches!(i.dims.first(), Some(Dim::Fixed(_)))) { b } else { to - from };
+        let run_len = if fixed { b } else { to - from };
         let mut chunk = Vec::with_capacity(inputs.len());
         for a in inputs {
             let mut c = a.rows(from, to)?;
@@ -259,11 +314,21 @@ fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray], n: usize) ->
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
                 let shapes: Vec<(Dtype, Vec<usize>)> = chunk.iter().map(|a| (a.dtype, a.shape.clone())).collect();
-                e.insert(loaded.prepare(&shapes)?)
+                e.insert(loaded.prepare_with(&shapes, optimize)?)
             }
         };
         let refs: Vec<&NpyArray> = chunk.iter().collect();
-        let outputs = plan.run(&refs)?;
+        each(to - from, run_len, plan.run(&refs)?)?;
+        from = to;
+    }
+    Ok(())
+}
+
+/// Runs a model on all samples; returns the first output's name and rows as `f64`.
+fn run_rows_loaded(loaded: &Loaded, inputs: &[NpyArray]) -> Result<(String, Vec<Vec<f64>>)> {
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    let mut name = String::new();
+    run_batches(loaded, inputs, true, |real, run_len, outputs| {
         let (oname, first) = outputs.into_iter().next().ok_or_else(|| RuntimeError::Tract("no outputs".into()))?;
         name = oname;
         if first.shape.first() != Some(&run_len) {
@@ -274,10 +339,15 @@ fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray], n: usize) ->
         }
         let values = first.to_f64();
         let width = values.len() / run_len.max(1);
-        rows.extend(values.chunks(width.max(1)).take(to - from).map(|r| r.to_vec()));
-        from = to;
-    }
+        rows.extend(values.chunks(width.max(1)).take(real).map(|r| r.to_vec()));
+        Ok(())
+    })?;
     Ok((name, rows))
+}
+
+/// Runs model bytes on all samples; returns the first output's name and rows as `f64`.
+fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray]) -> Result<(String, Vec<Vec<f64>>)> {
+    run_rows_loaded(&Loaded::new(model, external)?, inputs)
 }
 
 fn argmax(row: &[f64]) -> Option<usize> {
@@ -316,7 +386,7 @@ fn metrics(v: &mut VariantReport, rows: &[Vec<f64>], reference: &[Vec<f64>], lab
     }
 }
 
-fn externals(model: &Model) -> Result<BTreeMap<String, &[u8]>> {
+pub(crate) fn externals(model: &Model) -> Result<BTreeMap<String, &[u8]>> {
     let mut m = BTreeMap::new();
     for f in &model.external_files {
         m.insert(f.location.clone(), f.bytes()?);
@@ -324,73 +394,248 @@ fn externals(model: &Model) -> Result<BTreeMap<String, &[u8]>> {
     Ok(m)
 }
 
-/// Runs the five variants (and the tier rows of a tiered model) on the same inputs
-/// and compares them with the original.
+/// The data attacks are measured on: the inputs, the original model's outputs for
+/// them, the labels and the calibration inputs.
+pub struct Bench {
+    inputs: Vec<NpyArray>,
+    input_kind: &'static str,
+    labels: Option<Vec<i64>>,
+    calibration: Option<Vec<NpyArray>>,
+    /// The name of the output compared.
+    pub output: String,
+    reference: Vec<Vec<f64>>,
+}
+
+/// The result of running one model variant.
+pub struct Measured {
+    pub rows: Vec<Vec<f64>>,
+    pub notes: Vec<String>,
+}
+
+impl Bench {
+    /// Runs `original` on the inputs. `calibration`, if given, must hold an array for
+    /// each model input.
+    pub fn new(
+        original: &Model,
+        inputs: &InputSource,
+        labels: Option<Vec<i64>>,
+        calibration: Option<&BTreeMap<String, NpyArray>>,
+    ) -> Result<Bench> {
+        let ext = externals(original)?;
+        let loaded = Loaded::new(original.bytes(), &ext)?;
+        let (inputs, input_kind) = gather_inputs(&loaded, inputs)?;
+        let n = inputs.first().and_then(|a| a.shape.first().copied()).unwrap_or(0);
+        if n == 0 {
+            return Err(RuntimeError::Input("no samples to run".into()));
+        }
+        if let Some(l) = &labels {
+            if l.len() != n {
+                return Err(RuntimeError::Input(format!("{} labels for {n} samples", l.len())));
+            }
+        }
+        let calibration = match calibration {
+            Some(c) => {
+                let (arrays, _) = gather_inputs(&loaded, &InputSource::Arrays(c.clone()))
+                    .map_err(|e| RuntimeError::Input(format!("calibration inputs: {e}")))?;
+                if arrays.first().and_then(|a| a.shape.first()).is_none_or(|&k| k == 0) {
+                    return Err(RuntimeError::Input("calibration inputs: no samples".into()));
+                }
+                Some(arrays)
+            }
+            None => None,
+        };
+        let (output, reference) = run_rows_loaded(&loaded, &inputs)?;
+        Ok(Bench { inputs, input_kind, labels, calibration, output, reference })
+    }
+
+    /// Number of samples.
+    pub fn samples(&self) -> usize {
+        self.reference.len()
+    }
+
+    /// Number of calibration samples (0 without calibration inputs).
+    pub fn calibration_samples(&self) -> usize {
+        self.calibration.as_ref().and_then(|c| c.first()).and_then(|a| a.shape.first().copied()).unwrap_or(0)
+    }
+
+    /// The share of the most frequent label, if there are labels.
+    pub fn chance(&self) -> Option<f64> {
+        let labels = self.labels.as_ref()?;
+        let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+        for &l in labels {
+            *counts.entry(l).or_default() += 1;
+        }
+        Some(counts.values().copied().max().unwrap_or(0) as f64 / labels.len().max(1) as f64)
+    }
+
+    /// Runs a model (bytes and external files) on the inputs.
+    pub fn run(&self, model: &[u8], external: &External) -> Result<Vec<Vec<f64>>> {
+        Ok(run_rows(model, external, &self.inputs)?.1)
+    }
+
+    /// Runs the attack `fill` (then, with `bn`, BatchNormalization re-estimation) on the
+    /// spans `exposure` of `model`. `Ok(None)` with the reason when the attack does not
+    /// apply: `bn` without calibration inputs or for a model without BatchNormalization.
+    pub fn attack(
+        &self,
+        model: &Model,
+        exposure: &Exposure,
+        fill: Fill,
+        bn: bool,
+    ) -> Result<std::result::Result<Measured, &'static str>> {
+        let calibration = match (bn, &self.calibration) {
+            (true, None) => return Ok(Err("no calibration inputs given")),
+            (true, Some(c)) => Some(c),
+            (false, _) => None,
+        };
+        let r = repair_exposed(model, exposure, fill)?;
+        let ext: External = r.external.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
+        let rows = match calibration {
+            None => self.run(&r.model, &ext)?,
+            Some(c) => {
+                let mut proto = parse_proto(&r.model)?;
+                if crate::bn::reestimate(&mut proto, &ext, c)? == 0 {
+                    return Ok(Err("the model has no BatchNormalization"));
+                }
+                run_rows_loaded(&Loaded::from_proto(proto, &ext)?, &self.inputs)?.1
+            }
+        };
+        Ok(Ok(Measured { rows, notes: r.notes }))
+    }
+
+    /// The accuracy (with labels) or agreement (without) of `rows`: what the best
+    /// attack is judged by.
+    pub fn score(&self, rows: &[Vec<f64>]) -> f64 {
+        let mut v = blank(String::new(), String::new(), None);
+        metrics(&mut v, rows, &self.reference, self.labels.as_deref());
+        v.accuracy.or(v.agreement).unwrap_or(0.0)
+    }
+
+    fn measure(&self, v: &mut VariantReport, rows: &[Vec<f64>]) {
+        metrics(v, rows, &self.reference, self.labels.as_deref());
+    }
+
+    /// The metrics of several draws of a random fill: their means (the largest maximum
+    /// distance), with a note giving the draws' range.
+    fn measure_draws(&self, v: &mut VariantReport, runs: &[Vec<Vec<f64>>], seed: u64) {
+        let mut each = Vec::with_capacity(runs.len());
+        for rows in runs {
+            let mut r = blank(String::new(), String::new(), None);
+            self.measure(&mut r, rows);
+            each.push(r);
+        }
+        let mean = |f: &dyn Fn(&VariantReport) -> Option<f64>| -> Option<f64> {
+            let xs: Vec<f64> = each.iter().filter_map(f).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        };
+        v.agreement = mean(&|r| r.agreement);
+        v.accuracy = mean(&|r| r.accuracy);
+        v.mean_distance = mean(&|r| r.mean_distance);
+        v.non_finite = mean(&|r| r.non_finite);
+        v.max_distance = each.iter().filter_map(|r| r.max_distance).reduce(f64::max);
+        if each.len() > 1 {
+            let scores: Vec<f64> = each.iter().filter_map(|r| r.accuracy.or(r.agreement)).collect();
+            let (lo, hi) = scores.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let what = if self.labels.is_some() { "accuracy" } else { "agreement" };
+            v.notes.push(format!(
+                "mean of {} draws (seeds {}–{}); {what} from {:.1}% to {:.1}%",
+                each.len(),
+                seed,
+                seed.wrapping_add(each.len() as u64 - 1),
+                100.0 * lo,
+                100.0 * hi
+            ));
+        }
+    }
+}
+
+/// Marks a variant as failed with `e`.
+fn return_err(v: &mut VariantReport, e: RuntimeError) {
+    v.status = "failed";
+    v.error = Some(e.to_string());
+}
+
+/// The best of the key-less variants that ran: highest accuracy, else agreement.
+pub fn best_attack(variants: &[VariantReport]) -> Option<BestAttack> {
+    let mut best: Option<(&VariantReport, f64)> = None;
+    for v in variants.iter().filter(|v| v.status == "ok" && KEYLESS.contains(&v.variant.as_str())) {
+        let score = v.accuracy.or(v.agreement).unwrap_or(0.0);
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((v, score));
+        }
+    }
+    best.map(|(v, _)| BestAttack { variant: v.variant.clone(), accuracy: v.accuracy, agreement: v.agreement })
+}
+
+/// Runs the variants (and the tier rows of a tiered model) on the same inputs and
+/// compares them with the original.
 pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result<AssessReport> {
     let orig = Model::open(original)?;
     let prot = Model::open(protected)?;
     let p = protection_view(&prot)?;
+    let exposure = Exposure::of_protected(&prot)?;
     let weight_bytes: u64 = discover(&prot).iter().map(|w| prot.tensors[w.tensor].nbytes).sum();
-    let orig_ext = externals(&orig)?;
-    let loaded = Loaded::new(orig.bytes(), &orig_ext)?;
-    let (inputs, input_kind) = gather_inputs(&loaded, &opts.inputs)?;
-    drop(loaded);
-    let n = inputs.first().and_then(|a| a.shape.first().copied()).unwrap_or(0);
-    if n == 0 {
-        return Err(RuntimeError::Input("no samples to run".into()));
-    }
-    if let Some(l) = &opts.labels {
-        if l.len() != n {
-            return Err(RuntimeError::Input(format!("{} labels for {n} samples", l.len())));
-        }
-    }
-    let (output, reference) = run_rows(orig.bytes(), &orig_ext, &inputs, n)?;
+    let bench = Bench::new(&orig, &opts.inputs, opts.labels.clone(), opts.calibration.as_ref())?;
 
     let mut variants = Vec::new();
     // The outputs of the model decrypted with the key: the key's own tier of a tiered model.
     let mut decrypted_rows = None;
     for name in VARIANTS {
         let mut v = blank(name.to_string(), describe(name).to_string(), None);
-        let rows: Result<Option<Vec<Vec<f64>>>> = match name {
-            "original" => Ok(Some(reference.clone())),
-            "no_key" => externals(&prot).and_then(|e| run_rows(prot.bytes(), &e, &inputs, n)).map(|r| Some(r.1)),
-            "zero_fill" | "mean_fill" => {
-                let fill = if name == "zero_fill" { Fill::Zero } else { Fill::Mean };
-                repair(&prot, fill).and_then(|r| {
-                    v.notes = r
-                        .zero_filled_instead
-                        .iter()
-                        .map(|t| format!("{t}: every element is encrypted, no clear mean; zero-filled"))
-                        .collect();
-                    let ext: External = r.external.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
-                    run_rows(&r.model, &ext, &inputs, n).map(|r| Some(r.1))
-                })
+        let runs: Result<std::result::Result<Vec<Vec<Vec<f64>>>, &str>> = match (name, fill_of(name, 0)) {
+            ("original", _) => Ok(Ok(vec![bench.reference.clone()])),
+            ("no_key", _) => externals(&prot).and_then(|e| bench.run(prot.bytes(), &e)).map(|r| Ok(vec![r])),
+            (_, Some((fill, bn))) => {
+                let draws = if matches!(fill, Fill::Init { .. }) { opts.fill_draws.max(1) } else { 1 };
+                let mut out = Ok(Vec::new());
+                for d in 0..u64::from(draws) {
+                    let fill = fill_of(name, opts.fill_seed.wrapping_add(d)).map_or(fill, |f| f.0);
+                    match bench.attack(&prot, &exposure, fill, bn) {
+                        Ok(Ok(m)) => {
+                            for n in m.notes {
+                                if !v.notes.contains(&n) {
+                                    v.notes.push(n);
+                                }
+                            }
+                            if let Ok(all) = &mut out {
+                                all.push(m.rows);
+                            }
+                        }
+                        Ok(Err(why)) => {
+                            out = Err(why);
+                            break;
+                        }
+                        Err(e) => return_err(&mut v, e),
+                    }
+                    if v.status == "failed" {
+                        break;
+                    }
+                }
+                Ok(out)
             }
             _ => match opts.key {
-                None => Ok(None),
+                None => Ok(Err("no key given")),
                 Some(key) => decrypt_in_memory(protected, key).map_err(RuntimeError::from).and_then(|d| {
                     let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
-                    run_rows(&d, &ext, &inputs, n).map(|r| Some(r.1))
+                    bench.run(&d, &ext).map(|r| Ok(vec![r]))
                 }),
             },
         };
-        match rows {
-            Ok(Some(rows)) => {
-                metrics(&mut v, &rows, &reference, opts.labels.as_deref());
+        match runs {
+            _ if v.status == "failed" => {}
+            Ok(Ok(runs)) => {
+                bench.measure_draws(&mut v, &runs, opts.fill_seed);
                 if name == "decrypted" {
-                    decrypted_rows = Some(rows);
+                    decrypted_rows = runs.into_iter().next();
                 }
             }
-            Ok(None) => {
+            Ok(Err(why)) => {
                 v.status = "skipped";
-                v.error = Some("no key given".into());
+                v.error = Some(why.into());
             }
             // A wrong key is the caller's mistake, not a property of the protection.
             Err(RuntimeError::Core(e)) if name == "decrypted" => return Err(RuntimeError::Core(e)),
-            Err(e) => {
-                v.status = "failed";
-                v.error = Some(e.to_string());
-            }
+            Err(e) => return_err(&mut v, e),
         }
         variants.push(v);
     }
@@ -414,11 +659,11 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
                 (true, Some(rows)) => Ok(rows.clone()),
                 _ => decrypt_tier_in_memory(&prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
                     let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
-                    run_rows(&d, &ext, &inputs, n).map(|r| r.1)
+                    bench.run(&d, &ext)
                 }),
             };
             match rows {
-                Ok(rows) => metrics(&mut v, &rows, &reference, opts.labels.as_deref()),
+                Ok(rows) => bench.measure(&mut v, &rows),
                 Err(e) => {
                     v.status = "failed";
                     v.error = Some(e.to_string());
@@ -430,10 +675,13 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     Ok(AssessReport {
         original: original.display().to_string(),
         protected: protected.display().to_string(),
-        output,
-        samples: n,
-        inputs: input_kind,
+        output: bench.output.clone(),
+        samples: bench.samples(),
+        inputs: bench.input_kind,
         labels: opts.labels.is_some(),
+        chance: bench.chance(),
+        calibration_samples: bench.calibration_samples(),
+        best_attack: best_attack(&variants),
         weight_bytes,
         encrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
         encrypted_tensors: p.targets.len(),

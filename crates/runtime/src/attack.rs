@@ -1,20 +1,29 @@
 //! What an attacker without the key can build from a protected model.
 //!
 //! The manifest of a protected model is public: it lists which tensors are
-//! encrypted and which byte spans of each. An attacker who copies the file can
-//! therefore overwrite exactly those spans. Two such repairs are simulated here:
+//! encrypted and which byte spans of each (an [`Exposure`]). An attacker who copies
+//! the file can therefore overwrite exactly those spans. The repairs simulated here:
 //!
 //! * [`Fill::Zero`]: every encrypted element becomes zero;
 //! * [`Fill::Mean`]: every encrypted element becomes the mean of the *clear*
-//!   (non-encrypted) elements of the same tensor.
+//!   (non-encrypted) elements of the same tensor;
+//! * [`Fill::Init`]: what an attacker who knows the architecture would initialise
+//!   the element with, by the tensor's role ([`init_value`]): normalisation scales
+//!   and running variances 1, normalisation biases and running means 0, `scale`
+//!   constants 1, biases 0 when wholly encrypted, and every other element a draw
+//!   from N(0, σ) with σ the standard deviation of the tensor's clear elements
+//!   (seeded, so the same seed gives the same model);
+//! * [`Fill::Noise`]: random bytes, which is what AES-CTR ciphertext is to anyone
+//!   without the key (the `no_key` view of a `ctr` policy, for simulations that
+//!   encrypt nothing).
 //!
 //! In a model with access tiers, the spans of every tier still encrypted in the file
-//! (every tier above `Envelope.restored_tiers`) are unknown to the attacker alike: a
+//! (every tier above the restored ones) are unknown to the attacker alike: a
 //! tensor's spans of all those tiers are filled, and only the elements outside all
 //! of them count as clear. Spans of tiers already restored in the file are
 //! plaintext and stay as they are.
 //!
-//! Neither fill needs the key. The result is a model (and its external data files)
+//! No fill needs the key. The result is a model (and its external data files)
 //! in memory, ready to run.
 
 use std::collections::BTreeMap;
@@ -22,7 +31,8 @@ use std::ops::Range;
 
 use onnx_protect_core::protect::protection_view;
 use onnx_protect_format::write::{Content, Edit, Plan};
-use onnx_protect_format::{DataType, Model, TensorData};
+use onnx_protect_format::{discover, DataType, Model, TensorData, TensorId, TensorRole, Weight};
+use onnx_protect_select::Selection;
 
 use crate::error::{Result, RuntimeError};
 
@@ -34,6 +44,55 @@ pub enum Fill {
     Zero,
     /// The mean of the tensor's clear elements.
     Mean,
+    /// The value an attacker would initialise the element with ([`init_value`]).
+    Init { seed: u64 },
+    /// Uniformly random bytes (the look of AES-CTR ciphertext without the key).
+    Noise { seed: u64 },
+}
+
+impl Fill {
+    /// `zero`, `mean`, `init` or `noise`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fill::Zero => "zero",
+            Fill::Mean => "mean",
+            Fill::Init { .. } => "init",
+            Fill::Noise { .. } => "noise",
+        }
+    }
+}
+
+/// The encrypted (unknown) byte spans of each tensor, as an attacker sees them:
+/// `[begin, end)` offsets into the tensor's element bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exposure {
+    pub spans: BTreeMap<TensorId, Vec<(u64, u64)>>,
+}
+
+impl Exposure {
+    /// The spans a protected model's manifest lists for the tiers still encrypted in it.
+    pub fn of_protected(protected: &Model) -> Result<Exposure> {
+        let p = protection_view(protected)?;
+        let mut spans: BTreeMap<TensorId, Vec<(u64, u64)>> = BTreeMap::new();
+        for t in p.still_encrypted() {
+            spans.entry(t.tensor).or_default().extend_from_slice(&t.spans);
+        }
+        Ok(Exposure { spans })
+    }
+
+    /// The spans a selection would encrypt (every tier).
+    pub fn of_selection(selection: &Selection) -> Exposure {
+        let mut spans: BTreeMap<TensorId, Vec<(u64, u64)>> = BTreeMap::new();
+        for c in &selection.chosen {
+            spans.entry(c.tensor).or_default().extend_from_slice(&c.spans);
+        }
+        Exposure { spans }
+    }
+
+    /// Total bytes of the spans.
+    pub fn bytes(&self) -> u64 {
+        self.spans.values().flatten().map(|(a, b)| b.saturating_sub(*a)).sum()
+    }
 }
 
 /// A model rebuilt by an attacker: the model file's bytes and its external files.
@@ -42,8 +101,9 @@ pub struct Repaired {
     pub model: Vec<u8>,
     /// External data files by `location` (all of them, patched where needed).
     pub external: BTreeMap<String, Vec<u8>>,
-    /// Tensors zero-filled by [`Fill::Mean`]: no clear element, or a type without a mean.
-    pub zero_filled_instead: Vec<String>,
+    /// What the fill could not do as described, one line per tensor (for example a
+    /// mean-fill of a tensor without a clear element, which is zero-filled instead).
+    pub notes: Vec<String>,
 }
 
 /// Elements as `f64` and back, for the types a mean makes sense for.
@@ -104,19 +164,21 @@ fn element_spans(spans: &[(u64, u64)], elem: u64, nbytes: u64) -> Vec<Range<usiz
     merged
 }
 
-/// The mean of the elements outside `spans`, if the type has a mean and any element is clear.
-fn clear_mean(dt: DataType, bytes: &[u8], spans: &[Range<usize>]) -> Option<f64> {
+/// Count, mean and population standard deviation of the finite elements outside
+/// `spans`, if the type has a numeric reading and any element is clear.
+fn clear_stats(dt: DataType, bytes: &[u8], spans: &[Range<usize>]) -> Option<(u64, f64, f64)> {
     let elem = (dt.bits() / 8) as usize;
     if elem == 0 || dt.bits() % 8 != 0 {
         return None;
     }
-    let (mut sum, mut n) = (0.0f64, 0u64);
+    let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0u64);
     let mut pos = 0usize;
     let mut add = |from: usize, to: usize| -> Option<()> {
         for c in bytes.get(from..to)?.chunks_exact(elem) {
             let v = decode(dt, c)?;
             if v.is_finite() {
                 sum += v;
+                sq += v * v;
                 n += 1;
             }
         }
@@ -130,45 +192,201 @@ fn clear_mean(dt: DataType, bytes: &[u8], spans: &[Range<usize>]) -> Option<f64>
     if n == 0 {
         return None;
     }
-    Some(sum / n as f64)
+    let mean = sum / n as f64;
+    Some((n, mean, (sq / n as f64 - mean * mean).max(0.0).sqrt()))
+}
+
+/// A splitmix64 generator: deterministic draws without a dependency.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit();
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// A generator for one tensor: the seed and the tensor's name, so draws do not
+    /// depend on which other tensors are filled.
+    fn for_tensor(seed: u64, name: &str) -> Rng {
+        let mut h = Rng(seed ^ 0x6F6E_6E78_2D70_726F);
+        let mut acc = h.next();
+        for b in name.bytes() {
+            acc = Rng(acc ^ u64::from(b)).next();
+        }
+        Rng(acc ^ h.next())
+    }
+}
+
+/// What init-fill puts in an encrypted element of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InitValue {
+    /// This constant.
+    Constant(f64),
+    /// A draw from N(0, σ).
+    Normal(f64),
+}
+
+/// The init-fill rule for a tensor: `stats` are (count, mean, σ) of its clear
+/// elements, if any.
+///
+/// | tensor | value |
+/// | --- | --- |
+/// | normalisation scale (`scale` input of BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization, RMSNormalization) or running variance (`input_var`) | 1 |
+/// | normalisation bias or running mean | 0 |
+/// | role `scale` (a constant fed to `Mul`/`Div`) | 1 |
+/// | with two or more clear elements | N(0, σ of the clear elements) |
+/// | role `weight` or `recurrent`, no clear element | N(0, 1/√(3·fan_in)): the spread of PyTorch's default uniform initialisation; fan_in is the product of the dimensions after the first for `Conv`/`Gemm`/recurrent, the second-last dimension for `MatMul` |
+/// | role `embedding`, no clear element | N(0, 1) (PyTorch's `nn.Embedding`) |
+/// | role `position-embedding`, no clear element | N(0, 0.02) (the usual truncated-normal initialisation) |
+/// | anything else, no clear element | 0 |
+pub fn init_value(model: &Model, weight: Option<&Weight>, stats: Option<(u64, f64, f64)>) -> InitValue {
+    let Some(w) = weight else {
+        return match stats {
+            Some((n, _, s)) if n >= 2 => InitValue::Normal(s),
+            _ => InitValue::Constant(0.0),
+        };
+    };
+    let norm = w.uses.iter().find(|u| u.kind == onnx_protect_format::WeightKind::Norm);
+    if let Some(u) = norm {
+        return InitValue::Constant(if matches!(u.role, "scale" | "input_var") { 1.0 } else { 0.0 });
+    }
+    let role = w.tensor_role();
+    if role == TensorRole::Scale {
+        return InitValue::Constant(1.0);
+    }
+    if let Some((n, _, s)) = stats {
+        if n >= 2 {
+            return InitValue::Normal(s);
+        }
+    }
+    let t = &model.tensors[w.tensor];
+    match role {
+        TensorRole::Weight | TensorRole::Recurrent => {
+            let matmul = w.uses.first().is_some_and(|u| u.op_type == "MatMul");
+            let fan_in = if matmul && t.dims.len() >= 2 {
+                t.dims[t.dims.len() - 2]
+            } else if t.dims.len() >= 2 {
+                t.dims[1..].iter().product::<u64>()
+            } else {
+                t.numel
+            };
+            if w.uses.first().is_some_and(|u| matches!(u.op_type.as_str(), "LSTM" | "GRU" | "RNN")) {
+                // W and R are [directions, gates·H, in]: PyTorch draws U(±1/√H).
+                let gates: u64 = match w.primary_op() {
+                    "LSTM" => 4,
+                    "GRU" => 3,
+                    _ => 1,
+                };
+                let h = t.dims.get(1).copied().unwrap_or(1) / gates;
+                return InitValue::Normal(1.0 / (3.0 * h.max(1) as f64).sqrt());
+            }
+            InitValue::Normal(1.0 / (3.0 * fan_in.max(1) as f64).sqrt())
+        }
+        TensorRole::Embedding => InitValue::Normal(1.0),
+        TensorRole::PositionEmbedding => InitValue::Normal(0.02),
+        _ => InitValue::Constant(0.0),
+    }
 }
 
 /// Builds the attacker's model from a protected model: the encrypted spans listed
 /// in its (public) manifest are overwritten according to `fill`.
 pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
-    let p = protection_view(protected)?;
+    repair_exposed(protected, &Exposure::of_protected(protected)?, fill)
+}
+
+/// Builds the attacker's model from `model` (a protected model, or the original for a
+/// simulation: the clear elements are the same) with the spans of `exposure` filled.
+pub fn repair_exposed(model: &Model, exposure: &Exposure, fill: Fill) -> Result<Repaired> {
     let mut edits: Vec<Edit> = Vec::new();
     let mut external: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for f in &protected.external_files {
+    for f in &model.external_files {
         external.insert(f.location.clone(), f.bytes()?.to_vec());
     }
-    // The spans still encrypted in the file, by tensor, all tiers together.
-    let mut encrypted: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
-    for target in p.still_encrypted() {
-        encrypted.entry(target.tensor).or_default().extend_from_slice(&target.spans);
-    }
-    let mut zero_filled_instead = Vec::new();
-    for (&tensor, spans) in &encrypted {
-        let t = &protected.tensors[tensor];
+    let weights: BTreeMap<TensorId, Weight> = match fill {
+        Fill::Init { .. } => discover(model).into_iter().map(|w| (w.tensor, w)).collect(),
+        _ => BTreeMap::new(),
+    };
+    let mut notes = Vec::new();
+    for (&tensor, spans) in &exposure.spans {
+        let t = model
+            .tensors
+            .get(tensor)
+            .ok_or_else(|| RuntimeError::Input(format!("tensor #{tensor} is not in the model")))?;
         let elem = (t.data_type.bits() / 8).max(1);
-        let mut bytes = protected.tensor_bytes(t.id)?.into_owned();
+        let mut bytes = model.tensor_bytes(t.id)?.into_owned();
         let spans = element_spans(spans, elem, t.nbytes);
-        let value = match fill {
-            Fill::Zero => vec![0u8; elem as usize],
-            Fill::Mean => match clear_mean(t.data_type, &bytes, &spans).and_then(|m| encode(t.data_type, m)) {
-                Some(v) => v,
+        if let Some(s) = spans.iter().find(|s| s.end > bytes.len()) {
+            return Err(RuntimeError::Input(format!(
+                "tensor '{}': span {s:?} is outside its {} bytes",
+                t.name, t.nbytes
+            )));
+        }
+        let regions: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.end)).collect();
+        let constant = |value: Vec<u8>, bytes: &mut Vec<u8>| {
+            for &(a, b) in &regions {
+                for (i, x) in bytes[a..b].iter_mut().enumerate() {
+                    *x = value[i % value.len()];
+                }
+            }
+        };
+        match fill {
+            Fill::Zero => constant(vec![0u8; elem as usize], &mut bytes),
+            Fill::Mean => match clear_stats(t.data_type, &bytes, &spans).and_then(|(_, m, _)| encode(t.data_type, m)) {
+                Some(v) => constant(v, &mut bytes),
                 None => {
-                    zero_filled_instead.push(t.name.clone());
-                    vec![0u8; elem as usize]
+                    notes.push(format!("{}: every element is encrypted, no clear mean; zero-filled", t.name));
+                    constant(vec![0u8; elem as usize], &mut bytes)
                 }
             },
-        };
-        for s in &spans {
-            let region = bytes.get_mut(s.clone()).ok_or_else(|| {
-                RuntimeError::Input(format!("tensor '{}': span {s:?} is outside its {} bytes", t.name, t.nbytes))
-            })?;
-            for (i, b) in region.iter_mut().enumerate() {
-                *b = value[i % value.len()];
+            Fill::Noise { seed } => {
+                let mut rng = Rng::for_tensor(seed, &t.name);
+                for &(a, b) in &regions {
+                    for x in &mut bytes[a..b] {
+                        *x = rng.next() as u8;
+                    }
+                }
+            }
+            Fill::Init { seed } => {
+                let stats = clear_stats(t.data_type, &bytes, &spans);
+                match init_value(model, weights.get(&tensor), stats) {
+                    InitValue::Constant(v) => match encode(t.data_type, v) {
+                        Some(v) => constant(v, &mut bytes),
+                        None => {
+                            notes.push(format!(
+                                "{}: type {} has no numeric fill; zero-filled",
+                                t.name,
+                                t.data_type.name()
+                            ));
+                            constant(vec![0u8; elem as usize], &mut bytes)
+                        }
+                    },
+                    InitValue::Normal(sigma) => {
+                        let mut rng = Rng::for_tensor(seed, &t.name);
+                        let e = elem as usize;
+                        for &(a, b) in &regions {
+                            for c in bytes[a..b].chunks_exact_mut(e) {
+                                let v = encode(t.data_type, sigma * rng.normal()).unwrap_or_else(|| vec![0u8; e]);
+                                c.copy_from_slice(&v[..e]);
+                            }
+                        }
+                    }
+                }
             }
         }
         match &t.data {
@@ -189,7 +407,7 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
                 edits.extend(t.varint_edits(&bytes));
             }
             TensorData::External { file, .. } => {
-                let loc = &protected.external_files[*file].location;
+                let loc = &model.external_files[*file].location;
                 let buf = external
                     .get_mut(loc)
                     .ok_or_else(|| RuntimeError::Input(format!("external file '{loc}' is missing")))?;
@@ -207,11 +425,11 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
             _ => {}
         }
     }
-    let src = protected.bytes();
+    let src = model.bytes();
     let plan = Plan::new(src.len() as u64, edits, Vec::new())?;
-    let mut model = Vec::with_capacity(plan.output_len() as usize);
-    plan.write(src, &mut model, &mut |_, _, _| Ok(()))?;
-    Ok(Repaired { model, external, zero_filled_instead })
+    let mut out = Vec::with_capacity(plan.output_len() as usize);
+    plan.write(src, &mut out, &mut |_, _, _| Ok(()))?;
+    Ok(Repaired { model: out, external, notes })
 }
 
 #[cfg(test)]
@@ -219,13 +437,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mean_of_clear_elements_skips_the_spans() {
+    fn stats_of_clear_elements_skip_the_spans() {
         let v: Vec<u8> = [1.0f32, 100.0, 100.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(4..12))), Some(2.0));
-        assert_eq!(clear_mean(DataType::Float, &v, std::slice::from_ref(&(0..16))), None);
+        assert_eq!(clear_stats(DataType::Float, &v, std::slice::from_ref(&(4..12))), Some((2, 2.0, 1.0)));
+        assert_eq!(clear_stats(DataType::Float, &v, std::slice::from_ref(&(0..16))), None);
         assert_eq!(element_spans(&[(5, 9)], 4, 16), vec![4..12]);
         // Spans of different tiers: sorted, and merged where whole elements overlap or touch.
         assert_eq!(element_spans(&[(12, 14), (0, 3), (3, 5), (14, 16)], 4, 16), vec![0..8, 12..16]);
         assert_eq!(encode(DataType::Uint8, 2.6), Some(vec![3]));
+    }
+
+    #[test]
+    fn normal_draws_have_the_asked_spread_and_repeat_with_the_seed() {
+        let draw = |seed| {
+            let mut r = Rng::for_tensor(seed, "w");
+            (0..20_000).map(|_| r.normal()).collect::<Vec<f64>>()
+        };
+        let a = draw(1);
+        assert_eq!(a, draw(1));
+        assert_ne!(a, draw(2));
+        let mean = a.iter().sum::<f64>() / a.len() as f64;
+        let sd = (a.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / a.len() as f64).sqrt();
+        assert!(mean.abs() < 0.03 && (sd - 1.0).abs() < 0.03, "mean {mean}, sd {sd}");
     }
 }

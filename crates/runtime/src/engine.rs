@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use tract_onnx::pb;
+pub use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{Result, RuntimeError};
@@ -199,12 +199,21 @@ fn io_info(v: &pb::ValueInfoProto) -> InputInfo {
     InputInfo { name: v.name.clone(), dtype, dims }
 }
 
+/// Parses model bytes into tract's protobuf message.
+pub fn parse_proto(model: &[u8]) -> Result<pb::ModelProto> {
+    guarded("reading the model", || tract_onnx::onnx().proto_model_for_read(&mut &model[..]).map_err(tract_err))
+}
+
 impl Loaded {
     /// Parses model bytes; tensors stored externally are taken from `external`.
     pub fn new(model: &[u8], external: &External) -> Result<Loaded> {
+        Loaded::from_proto(parse_proto(model)?, external)
+    }
+
+    /// [`Loaded::new`] for a model already parsed (and perhaps changed) as a protobuf message.
+    pub fn from_proto(mut proto: pb::ModelProto, external: &External) -> Result<Loaded> {
         guarded("loading the model", || {
             let onnx = tract_onnx::onnx();
-            let mut proto = onnx.proto_model_for_read(&mut &model[..]).map_err(tract_err)?;
             let graph = proto.graph.as_mut().ok_or_else(|| RuntimeError::Tract("the model has no graph".into()))?;
             inline_graph(graph, external)?;
             let init: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -250,6 +259,12 @@ impl Loaded {
 
     /// Optimises the model for inputs of these types and shapes (in input order).
     pub fn prepare(&self, shapes: &[(Dtype, Vec<usize>)]) -> Result<Prepared> {
+        self.prepare_with(shapes, true)
+    }
+
+    /// [`Loaded::prepare`], with tract's optimisation passes only when `optimize`: a
+    /// model run once on few samples is ready sooner without them.
+    pub fn prepare_with(&self, shapes: &[(Dtype, Vec<usize>)], optimize: bool) -> Result<Prepared> {
         if shapes.len() != self.inputs.len() {
             return Err(RuntimeError::Input(format!(
                 "the model has {} inputs ({}), {} given",
@@ -285,7 +300,8 @@ impl Loaded {
             for (ix, (dt, shape)) in shapes.iter().enumerate() {
                 model.set_input_fact(ix, InferenceFact::dt_shape(datum_of(*dt), shape.clone())).map_err(tract_err)?;
             }
-            let plan = model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)?;
+            let typed = if optimize { model.into_optimized() } else { model.into_typed() }.map_err(tract_err)?;
+            let plan = typed.into_runnable().map_err(tract_err)?;
             let inputs = self.inputs.iter().zip(shapes).map(|(i, (dt, s))| (i.name.clone(), *dt, s.clone())).collect();
             Ok(Prepared { plan, inputs, outputs: self.outputs.clone() })
         })

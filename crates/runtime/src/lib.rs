@@ -8,8 +8,12 @@
 //!   definition, symbolic `value_info` dimensions dropped).
 //! * [`npy`]: a small `.npy` reader and writer for inputs and outputs.
 //! * [`attack`]: what a key-less attacker can rebuild from the public manifest
-//!   (encrypted spans set to zero, or to the tensor's mean).
-//! * [`assess`]: the five-variant report behind `onnx-protect assess`.
+//!   (encrypted spans set to zero, to the tensor's mean, or initialised by role).
+//! * [`bn`]: BatchNormalization re-estimation from unlabelled inputs, after a fill.
+//! * [`assess`]: the report behind `onnx-protect assess`, headed by the best
+//!   key-less attack.
+//! * [`search`]: the smallest policy of a family whose best key-less attack meets a
+//!   target, behind `onnx-protect policy search`.
 //!
 //! This crate is the only one in the workspace that depends on tract; the
 //! `onnx-protect` binary uses it behind its default `tract` feature.
@@ -44,9 +48,11 @@
 
 pub mod assess;
 pub mod attack;
+pub mod bn;
 pub mod engine;
 pub mod error;
 pub mod npy;
 pub mod rewrite;
+pub mod search;
 
 pub use error::{ErrorKind, Result, RuntimeError};

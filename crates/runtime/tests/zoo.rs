@@ -2,7 +2,8 @@
 //! LSTM, GRU and 1-D convolution classifiers, and the operator probes of `ops/`)
 //! loads and runs in tract and gives the outputs onnxruntime gave, stored by the
 //! zoo's generators as `<model>.ref.npy` for the inputs `<model>.x.npy` (or the
-//! folder's `ref_x.npy`). `assess` runs all its variants on each model.
+//! folder's `ref_x.npy`). `assess` runs all its variants on each model (the
+//! BatchNormalization re-estimations wherever the model has a BatchNormalization).
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -133,24 +134,36 @@ fn assess_runs_every_variant_of_every_zoo_model() {
     for model in models() {
         let dir = tempfile::tempdir().unwrap();
         let enc = dir.path().join("model.onnx");
+        // Operator probes without weights encrypt nothing; the variants still run.
         let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
         encrypt(&model, &enc, &EncryptTo::key(key.clone()), &opts).unwrap_or_else(|e| panic!("{}: {e}", label(&model)));
-        let x = inputs_of(&model);
+        let x = BTreeMap::from([("input".to_string(), inputs_of(&model))]);
         let opts = AssessOptions {
             key: Some(&key),
-            inputs: InputSource::Arrays(BTreeMap::from([("input".to_string(), x)])),
+            inputs: InputSource::Arrays(x.clone()),
             labels: None,
+            calibration: Some(x),
+            fill_seed: 0,
+            fill_draws: 2,
         };
+        let has_bn = std::fs::read(&model).unwrap().windows(18).any(|w| w == b"BatchNormalization");
         match assess(&model, &enc, &opts) {
             Ok(r) => {
                 let names: Vec<&str> = r.variants.iter().map(|v| v.variant.as_str()).collect();
                 assert_eq!(names, VARIANTS, "{}", label(&model));
                 for v in &r.variants {
-                    if v.status != "ok" {
+                    let bn_skipped = v.variant.ends_with("_bn") && !has_bn && v.status == "skipped";
+                    // Random ciphertext in place of a weight may stop tract from loading the
+                    // file at all: the copier gets nothing, which is a result, not a failure.
+                    let no_key_refused = v.variant == "no_key" && v.status == "failed";
+                    if v.status != "ok" && !bn_skipped && !no_key_refused {
                         failures.push(format!("{} {}: {:?}", label(&model), v.variant, v.error));
                     }
                 }
-                let decrypted = &r.variants[4];
+                if r.best_attack.is_none() {
+                    failures.push(format!("{}: no best attack", label(&model)));
+                }
+                let decrypted = r.variants.iter().find(|v| v.variant == "decrypted").unwrap();
                 if decrypted.agreement != Some(1.0) || decrypted.max_distance != Some(0.0) {
                     failures.push(format!("{}: decrypted differs from the original: {decrypted:?}", label(&model)));
                 }

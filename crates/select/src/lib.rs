@@ -21,14 +21,17 @@
 //! ```
 
 pub mod importance;
+mod onnx_ops;
 mod policy;
 
 pub use importance::Norm;
+pub use onnx_ops::ONNX_OPS;
 pub use policy::{
-    Mode, OpRule, Policy, PolicyError, Rank, Split, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_TIERED_MODE, MAX_TIERS,
+    glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank, Selector, Split, DEFAULT_COEFFICIENT,
+    DEFAULT_MODE, DEFAULT_TIERED_MODE, MAX_TIERS,
 };
 
-use onnx_protect_format::{DataType, Model, TensorData, TensorId, Weight};
+use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};
 
 /// One tensor chosen for encryption.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,12 @@ pub struct Chosen {
     pub tensor: TensorId,
     pub op_type: String,
     pub role: String,
+    /// The tensor's role in the model.
+    pub tensor_role: TensorRole,
+    /// The selector of the rule that chose it: an operator type, `role:NAME` or `name:GLOB`.
+    pub rule: String,
+    /// The split of that rule.
+    pub split: Split,
     pub mode: Mode,
     /// Number of subsequences the tensor was split into.
     pub subsequences: u64,
@@ -63,18 +72,39 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// A weight left wholly clear: no byte of it is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clear {
+    pub tensor: TensorId,
+    /// Its element bytes.
+    pub nbytes: u64,
+    /// The operator type of its first use.
+    pub op_type: String,
+    pub tensor_role: TensorRole,
+}
+
 /// The result of selection.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     /// In tensor order (the order tensors appear in the model).
     pub chosen: Vec<Chosen>,
     pub skipped: Vec<Skipped>,
+    /// Every weight (every floating-point constant the model consumes, and every
+    /// constant in a weight role of an operator) with no encrypted byte, in tensor
+    /// order; skipped weights are here too. The encrypted share of a model is
+    /// `bytes()` over the bytes of `chosen` tensors plus those of `clear`.
+    pub clear: Vec<Clear>,
 }
 
 impl Selection {
     /// Total bytes to encrypt.
     pub fn bytes(&self) -> u64 {
         self.chosen.iter().map(Chosen::bytes).sum()
+    }
+
+    /// Total bytes of the weights left wholly clear.
+    pub fn clear_bytes(&self) -> u64 {
+        self.clear.iter().map(|c| c.nbytes).sum()
     }
 }
 
@@ -160,20 +190,21 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     let mut heads: Vec<Chosen> = Vec::new();
     for w in weights {
         let t = &model.tensors[w.tensor];
-        if w.uses.is_empty() {
-            continue;
-        }
-        // The tensor is encrypted once, under the rule of its first user whose role the rule covers.
-        let Some(u) = w.uses.iter().find(|u| policy.rule_for(&u.op_type).is_some_and(|r| r.covers(u.role, u.kind)))
-        else {
-            continue;
-        };
-        let Some(rule) = policy.rule_for(&u.op_type) else { continue };
+        let Some(applied) = policy.rule_for_weight(model, w) else { continue };
+        let (rule, u) = (applied.rule, applied.via);
         let ppm = rule.coefficient_ppm();
         if ppm == 0 {
             continue;
         }
         let mode = policy.mode_of(rule);
+        // A running variance must stay positive: a role or name rule in the format-preserving
+        // mode (which may flip its sign bit) leaves it clear, as operator rules do by default.
+        if mode == Mode::Fp
+            && matches!(applied.by, Selector::Role(_) | Selector::Layer(_))
+            && w.uses.iter().any(|x| x.op_type == "BatchNormalization" && x.role == "input_var")
+        {
+            continue;
+        }
         let skip = |reason: &str| Skipped { tensor: t.id, reason: reason.to_string() };
         match &t.data {
             TensorData::Strings { .. } => {
@@ -243,6 +274,9 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             tensor: t.id,
             op_type: u.op_type.clone(),
             role: u.role.to_string(),
+            tensor_role: w.tensor_role(),
+            rule: applied.by.text(),
+            split: rule.split,
             mode,
             subsequences: n,
             chosen: positions,
@@ -324,6 +358,18 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     }
     out.sort_by_key(|c| (c.tensor, c.tier));
     sel.chosen = out;
+    let encrypted: std::collections::HashSet<TensorId> = sel.chosen.iter().map(|c| c.tensor).collect();
+    sel.clear = weights
+        .iter()
+        .filter(|w| !encrypted.contains(&w.tensor))
+        .map(|w| Clear {
+            tensor: w.tensor,
+            nbytes: model.tensors[w.tensor].nbytes,
+            op_type: w.primary_op().to_string(),
+            tensor_role: w.tensor_role(),
+        })
+        .collect();
+    sel.clear.sort_by_key(|c| c.tensor);
     sel
 }
 

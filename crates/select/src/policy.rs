@@ -1,10 +1,12 @@
-//! Encryption policies: per operator type, a coefficient, a mode and a split.
+//! Encryption policies: rules by operator type, by tensor role and by tensor name,
+//! each a coefficient, a mode, a split and a selection rank.
 //!
 //! The TOML form is documented in `docs/policy.md`.
 
 use std::collections::BTreeMap;
 
-use onnx_protect_format::{discover::roles, DataType, WeightKind};
+use onnx_protect_format::discover::{is_role_of, roles};
+use onnx_protect_format::{DataType, Layers, Model, Origin, TensorRole, Weight, WeightKind, WeightUse};
 
 use crate::importance::Norm;
 use serde::Deserialize;
@@ -143,21 +145,157 @@ impl OpRule {
         (self.coefficient.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
     }
 
-    /// Whether this rule encrypts a weight in `role` of kind `kind`.
-    pub fn covers(&self, role: &str, kind: WeightKind) -> bool {
+    /// Whether this rule, as the rule of operator type `op`, encrypts a weight in input
+    /// role `role` of kind `kind`.
+    pub fn covers_in(&self, op: &str, role: &str, kind: WeightKind) -> bool {
         match &self.roles {
             Some(r) => r.iter().any(|x| x == role),
             // A running variance must stay positive: flipping its sign bit (as the
-            // format-preserving mode may) turns the layer's output into NaN.
-            None => matches!(kind, WeightKind::Main | WeightKind::Bias | WeightKind::Norm) && role != "input_var",
+            // format-preserving mode may) turns the layer's output into NaN. Inputs the
+            // role table does not name are covered for operators without a table (Add, Mul, ...).
+            None => match kind {
+                WeightKind::Main | WeightKind::Bias | WeightKind::Norm => role != "input_var",
+                WeightKind::Other => roles(op).is_empty(),
+                WeightKind::Quant => false,
+            },
         }
     }
 }
 
-/// Maps operator types to rules.
+/// What a rule applies to: an operator type, a tensor role, or tensor names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Selector {
+    /// Weights consumed by this operator type (any ONNX operator type).
+    Op(String),
+    /// Weights with this role in the model (`role:NAME`).
+    Role(TensorRole),
+    /// Weights of the first or the last layer (`layer:first`, `layer:last`).
+    Layer(Layers),
+    /// Weights whose name matches this glob (`name:GLOB`; `*` any run of characters, `?` one).
+    Name(String),
+}
+
+impl Selector {
+    /// Parses `OP`, `role:NAME` or `name:GLOB`.
+    pub fn parse(s: &str) -> Result<Selector, PolicyError> {
+        if let Some(r) = s.strip_prefix("role:") {
+            return TensorRole::parse(r).map(Selector::Role).ok_or_else(|| {
+                let known: Vec<&str> = TensorRole::ALL.iter().map(|r| r.name()).collect();
+                PolicyError::Invalid(format!("unknown tensor role '{r}' (known: {})", known.join(", ")))
+            });
+        }
+        if let Some(l) = s.strip_prefix("layer:") {
+            return layer_of(l).map(Selector::Layer);
+        }
+        if let Some(g) = s.strip_prefix("name:") {
+            if g.is_empty() {
+                return Err(PolicyError::Invalid(
+                    "name: needs a pattern, e.g. name:pos_embed or 'name:blocks.*.ln1.*'".into(),
+                ));
+            }
+            return Ok(Selector::Name(g.to_string()));
+        }
+        check_op(s)?;
+        Ok(Selector::Op(s.to_string()))
+    }
+
+    /// The text form: `Conv`, `role:bias`, `name:pos_*`.
+    pub fn text(&self) -> String {
+        match self {
+            Selector::Op(op) => op.clone(),
+            Selector::Role(r) => format!("role:{}", r.name()),
+            Selector::Layer(l) => format!("layer:{}", layer_name(*l)),
+            Selector::Name(g) => format!("name:{g}"),
+        }
+    }
+}
+
+/// `first` or `last`.
+pub fn layer_name(l: Layers) -> &'static str {
+    match l {
+        Layers::First => "first",
+        Layers::Last => "last",
+    }
+}
+
+fn layer_of(s: &str) -> Result<Layers, PolicyError> {
+    match s {
+        "first" => Ok(Layers::First),
+        "last" => Ok(Layers::Last),
+        _ => Err(PolicyError::Invalid(format!("unknown layer '{s}' (known: first, last)"))),
+    }
+}
+
+/// Whether `name` matches `pattern`: `*` matches any run of characters (also none), `?`
+/// exactly one, every other character itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0usize, 0usize);
+    // Position after the last `*` seen, and the name position it was tried at.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == n[ni])) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi + 1, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The name a weight is matched by: the tensor's name, or for an unnamed `Constant`
+/// value, the node's first output.
+pub fn weight_name<'m>(model: &'m Model, w: &Weight) -> &'m str {
+    let t = &model.tensors[w.tensor];
+    match &t.origin {
+        Origin::Attribute { node, .. } if t.name.is_empty() => {
+            model.nodes[*node].outputs.first().map(String::as_str).unwrap_or("")
+        }
+        _ => &t.name,
+    }
+}
+
+/// How specific a glob is: its literal characters (more first), then the text.
+fn specificity(pattern: &str) -> (std::cmp::Reverse<usize>, &str) {
+    (std::cmp::Reverse(pattern.chars().filter(|&c| c != '*' && c != '?').count()), pattern)
+}
+
+/// The rule a policy applies to one weight, and why.
+#[derive(Debug, Clone)]
+pub struct Applied<'a> {
+    pub rule: &'a OpRule,
+    /// The rule's selector: the operator type, `role:NAME` or `name:GLOB`.
+    pub by: Selector,
+    /// The use the weight is reported under: the covering use for an operator rule,
+    /// else the weight's first use.
+    pub via: &'a WeightUse,
+}
+
+/// Rules by operator type, tensor role and tensor name.
+///
+/// A weight is encrypted under one rule: the most specific name rule whose glob matches
+/// its name; else the rule of its layer (first, then last) if it is in the first or
+/// last layer; else the rule of its first use whose operator has a rule covering that
+/// input; else the rule of its tensor role. A rule with coefficient 0 keeps the weight
+/// clear.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// Rules by operator type.
     pub rules: BTreeMap<String, OpRule>,
+    /// Rules by tensor role.
+    pub role_rules: BTreeMap<TensorRole, OpRule>,
+    /// Rules for the first and last layers.
+    pub layer_rules: BTreeMap<Layers, OpRule>,
+    /// Rules by tensor-name glob.
+    pub name_rules: BTreeMap<String, OpRule>,
     /// Public seed of the `sample-*` selections.
     pub seed: u64,
     /// Number of nested access tiers (1 = no tiers).
@@ -189,15 +327,24 @@ pub const KNOWN_OPS: &[&str] = &[
     "InstanceNormalization",
 ];
 
-/// Default coefficient of the built-in policy: half of each weight's bytes.
-///
-/// Chosen from the digits measurements in docs/protection.md. The encrypted positions
-/// are public, so the attack that matters is the key-less one that zero- or mean-fills
-/// them. With evenly spread rows that attack still kept 63% (CNN) and 73% (MLP) of the
-/// test accuracy at 0.2, and 23% / 51% at 0.5, the smallest measured volume where it
-/// dropped clearly on every model. Decryption cost grows with this number (see
-/// docs/performance.md); lower it per model when load time matters more.
+/// Coefficient of a rule that a policy file or an override adds without giving one
+/// (the built-in policy lists every known operator type, at coefficient 0: see
+/// [`Policy::default`]). `--coefficient '*=0.5'` on the built-in policy gives the
+/// previous built-in policy, half of every weight's rows evenly spread.
 pub const DEFAULT_COEFFICIENT: f64 = 0.5;
+
+/// The built-in policy encrypts the weights of the first and of the last layer whole,
+/// and nothing else.
+///
+/// Chosen by measurement (docs/protection.md): over the zoo models, it is the policy of
+/// the `policy search` family that keeps the best key-less attack (the file without the
+/// key, zero-, mean- and init-fill, each with BatchNormalization re-estimation) within 2
+/// points of chance on the most models at the smallest share; the last layer alone
+/// missed on the digits ConvMixer and ViT. Half of every weight's rows, the previous
+/// built-in policy, did not get there either. The first layer also makes fine-tuning
+/// with a little labelled data save the attacker much less than the last layer alone.
+/// Its cost is the first layer's size: most of an MLP's bytes.
+pub const DEFAULT_LAYER_COEFFICIENT: f64 = 1.0;
 
 /// Default mode of the built-in policy: AES-CTR over every bit.
 ///
@@ -219,11 +366,23 @@ pub const DEFAULT_MODE: Mode = Mode::Ctr;
 pub const DEFAULT_TIERED_MODE: Mode = Mode::Fp;
 
 impl Default for Policy {
-    /// Every known operator type, coefficient [`DEFAULT_COEFFICIENT`], mode [`DEFAULT_MODE`],
-    /// first-dimension split, main + bias (+ normalisation) roles.
+    /// The built-in policy: the weights of the first and the last layer whole
+    /// ([`DEFAULT_LAYER_COEFFICIENT`]), mode [`DEFAULT_MODE`], first-dimension split, evenly
+    /// spread; every known operator type listed at coefficient 0, so that
+    /// `--coefficient OP=C` and `'*=C'` reach them.
     fn default() -> Self {
-        let rules = KNOWN_OPS.iter().map(|op| (op.to_string(), OpRule::builtin())).collect();
-        Policy { rules, seed: 0, tiers: 1, tier_shares: None }
+        let clear = OpRule { coefficient: 0.0, ..OpRule::builtin() };
+        let rules = KNOWN_OPS.iter().map(|op| (op.to_string(), clear.clone())).collect();
+        let whole = OpRule { coefficient: DEFAULT_LAYER_COEFFICIENT, ..OpRule::builtin() };
+        Policy {
+            rules,
+            role_rules: BTreeMap::new(),
+            layer_rules: BTreeMap::from([(Layers::First, whole.clone()), (Layers::Last, whole)]),
+            name_rules: BTreeMap::new(),
+            seed: 0,
+            tiers: 1,
+            tier_shares: None,
+        }
     }
 }
 
@@ -248,6 +407,12 @@ struct FileForm {
     inherit_builtin: bool,
     #[serde(default)]
     ops: BTreeMap<String, RuleForm>,
+    #[serde(default)]
+    roles: BTreeMap<String, RuleForm>,
+    #[serde(default)]
+    layers: BTreeMap<String, RuleForm>,
+    #[serde(default)]
+    names: BTreeMap<String, RuleForm>,
     #[serde(default)]
     seed: Option<u64>,
     #[serde(default)]
@@ -293,18 +458,40 @@ fn check_coefficient(c: f64, at: &str) -> Result<f64, PolicyError> {
 }
 
 fn check_op(op: &str) -> Result<(), PolicyError> {
-    if !KNOWN_OPS.contains(&op) {
-        return Err(PolicyError::Invalid(format!("unknown operator type '{op}' (known: {})", KNOWN_OPS.join(", "))));
+    if crate::onnx_ops::ONNX_OPS.binary_search(&op).is_err() {
+        return Err(PolicyError::Invalid(format!(
+            "unknown operator type '{op}' (an ONNX operator type such as Conv or Add; role:NAME for a tensor role, \
+             name:GLOB for tensor names)"
+        )));
     }
     Ok(())
 }
 
 fn check_roles(op: &str, r: &[String]) -> Result<(), PolicyError> {
-    let known: Vec<&str> = roles(op).iter().map(|(_, n, _)| *n).collect();
     for x in r {
-        if !known.contains(&x.as_str()) {
+        if !is_role_of(op, x) {
+            let mut known: Vec<&str> = roles(op).iter().map(|(_, n, _)| *n).collect();
+            known.push("input0 … input15");
             return Err(PolicyError::Invalid(format!("ops.{op}: unknown role '{x}' (known: {})", known.join(", "))));
         }
+    }
+    Ok(())
+}
+
+/// Applies the fields of a rule form other than `roles` to `r`.
+fn apply_form(r: &mut OpRule, form: &RuleForm, at: &str) -> Result<(), PolicyError> {
+    if let Some(s) = &form.selection {
+        r.rank = parse_rank(s, at)?;
+    }
+    if let Some(c) = form.coefficient {
+        r.coefficient = check_coefficient(c, at)?;
+    }
+    if let Some(m) = form.mode {
+        r.mode = m;
+        r.mode_set = true;
+    }
+    if let Some(s) = &form.subsequences {
+        r.split = parse_split(s, at)?;
     }
     Ok(())
 }
@@ -332,8 +519,11 @@ impl Policy {
         if f.version != 1 {
             return Err(PolicyError::Invalid(format!("version {} is not supported (expected 1)", f.version)));
         }
-        let mut p =
-            if f.inherit_builtin { Policy::default() } else { Policy { rules: BTreeMap::new(), ..Policy::default() } };
+        let mut p = if f.inherit_builtin {
+            Policy::default()
+        } else {
+            Policy { rules: BTreeMap::new(), layer_rules: BTreeMap::new(), ..Policy::default() }
+        };
         if let Some(seed) = f.seed {
             p.seed = seed;
         }
@@ -347,71 +537,96 @@ impl Policy {
             if d.roles.is_some() {
                 return Err(PolicyError::Invalid("defaults cannot set roles (they differ per operator)".into()));
             }
-            for r in p.rules.values_mut() {
-                if let Some(c) = d.coefficient {
-                    r.coefficient = check_coefficient(c, "defaults")?;
-                }
-                if let Some(m) = d.mode {
-                    r.mode = m;
-                    r.mode_set = true;
-                }
-                if let Some(s) = &d.subsequences {
-                    r.split = parse_split(s, "defaults")?;
-                }
-                if let Some(s) = &d.selection {
-                    r.rank = parse_rank(s, "defaults")?;
-                }
+            for r in p
+                .rules
+                .values_mut()
+                .chain(p.role_rules.values_mut())
+                .chain(p.layer_rules.values_mut())
+                .chain(p.name_rules.values_mut())
+            {
+                apply_form(r, d, "defaults")?;
             }
         }
         for (op, form) in f.ops {
             check_op(&op)?;
             let mut r = p.rules.get(&op).cloned().unwrap_or_else(OpRule::builtin);
-            if let Some(s) = &form.selection {
-                r.rank = parse_rank(s, &format!("ops.{op}"))?;
-            }
-            if let Some(c) = form.coefficient {
-                r.coefficient = check_coefficient(c, &format!("ops.{op}"))?;
-            }
-            if let Some(m) = form.mode {
-                r.mode = m;
-                r.mode_set = true;
-            }
-            if let Some(s) = &form.subsequences {
-                r.split = parse_split(s, &op)?;
-            }
+            apply_form(&mut r, &form, &format!("ops.{op}"))?;
             if let Some(roles) = form.roles {
                 check_roles(&op, &roles)?;
                 r.roles = Some(roles);
             }
             p.rules.insert(op, r);
         }
+        for (name, form) in f.roles {
+            let Selector::Role(role) = Selector::parse(&format!("role:{name}"))? else { unreachable!() };
+            if form.roles.is_some() {
+                return Err(PolicyError::Invalid(format!("roles.{name}: `roles` belongs in an [ops.OP] rule")));
+            }
+            let mut r = p.role_rules.get(&role).cloned().unwrap_or_else(OpRule::builtin);
+            apply_form(&mut r, &form, &format!("roles.{name}"))?;
+            p.role_rules.insert(role, r);
+        }
+        for (name, form) in f.layers {
+            let layer = layer_of(&name)?;
+            if form.roles.is_some() {
+                return Err(PolicyError::Invalid(format!("layers.{name}: `roles` belongs in an [ops.OP] rule")));
+            }
+            let mut r = p.layer_rules.get(&layer).cloned().unwrap_or_else(OpRule::builtin);
+            apply_form(&mut r, &form, &format!("layers.{name}"))?;
+            p.layer_rules.insert(layer, r);
+        }
+        for (glob, form) in f.names {
+            if glob.is_empty() {
+                return Err(PolicyError::Invalid("names: a pattern must not be empty".into()));
+            }
+            if form.roles.is_some() {
+                return Err(PolicyError::Invalid(format!("names.\"{glob}\": `roles` belongs in an [ops.OP] rule")));
+            }
+            let mut r = p.name_rules.get(&glob).cloned().unwrap_or_else(OpRule::builtin);
+            apply_form(&mut r, &form, &format!("names.\"{glob}\""))?;
+            p.name_rules.insert(glob, r);
+        }
         Ok(p)
     }
 
-    /// Applies a command-line override `OP=VALUE` of `what` (`coefficient`, `mode`, `subsequences`).
+    /// Applies a command-line override `SELECTOR=VALUE` of `what` (`coefficient`, `mode`,
+    /// `subsequences`, `selection`). The selector is `*` (every rule of the policy), an
+    /// operator type, `role:NAME` or `name:GLOB` ([`Selector::parse`]); a rule it names
+    /// that the policy lacks is added, starting from the built-in rule.
     pub fn apply_override(&mut self, what: &str, spec: &str) -> Result<(), PolicyError> {
-        let (op, value) =
-            spec.split_once('=').ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected OP=VALUE")))?;
-        let ops: Vec<String> = if op == "*" {
-            self.rules.keys().cloned().collect()
+        let (sel, value) = spec
+            .rsplit_once('=')
+            .ok_or_else(|| PolicyError::Invalid(format!("--{what} {spec}: expected SELECTOR=VALUE")))?;
+        let targets: Vec<&mut OpRule> = if sel == "*" {
+            self.rules
+                .values_mut()
+                .chain(self.role_rules.values_mut())
+                .chain(self.layer_rules.values_mut())
+                .chain(self.name_rules.values_mut())
+                .collect()
         } else {
-            check_op(op).map(|_| vec![op.to_string()])?
+            vec![match Selector::parse(sel)? {
+                Selector::Op(op) => self.rules.entry(op).or_insert_with(OpRule::builtin),
+                Selector::Role(r) => self.role_rules.entry(r).or_insert_with(OpRule::builtin),
+                Selector::Layer(l) => self.layer_rules.entry(l).or_insert_with(OpRule::builtin),
+                Selector::Name(g) => self.name_rules.entry(g).or_insert_with(OpRule::builtin),
+            }]
         };
-        for op in ops {
-            let r = self.rules.entry(op.clone()).or_insert_with(OpRule::builtin);
+        let at = format!("--{what} {sel}");
+        for r in targets {
             match what {
                 "coefficient" => {
                     let c: f64 = value.parse().map_err(|_| {
                         PolicyError::Invalid(format!("--coefficient {spec}: '{value}' is not a number"))
                     })?;
-                    r.coefficient = check_coefficient(c, &format!("--coefficient {op}"))?;
+                    r.coefficient = check_coefficient(c, &at)?;
                 }
                 "mode" => {
                     r.mode = Mode::parse(value)
                         .ok_or_else(|| PolicyError::Invalid(format!("--mode {spec}: mode must be ctr, fp or dp")))?;
                     r.mode_set = true;
                 }
-                "selection" => r.rank = parse_rank(value, &format!("--selection {op}"))?,
+                "selection" => r.rank = parse_rank(value, &at)?,
                 "subsequences" => {
                     r.split = if value == "first-dim" {
                         Split::FirstDim
@@ -430,6 +645,34 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// The rule this policy applies to weight `w` of `model`, if any (see [`Policy`]).
+    pub fn rule_for_weight<'a>(&'a self, model: &Model, w: &'a Weight) -> Option<Applied<'a>> {
+        let first = w.uses.first()?;
+        let name = weight_name(model, w);
+        let named = self
+            .name_rules
+            .iter()
+            .filter(|(g, _)| glob_match(g, name))
+            .min_by(|a, b| specificity(a.0).cmp(&specificity(b.0)));
+        if let Some((glob, rule)) = named {
+            return Some(Applied { rule, by: Selector::Name(glob.clone()), via: first });
+        }
+        let layers = [(w.first_layer, Layers::First), (w.last_layer, Layers::Last)];
+        for (is, layer) in layers {
+            if let Some(rule) = self.layer_rules.get(&layer).filter(|_| is) {
+                return Some(Applied { rule, by: Selector::Layer(layer), via: first });
+            }
+        }
+        let by_op = w.uses.iter().find_map(|u| {
+            self.rules.get(&u.op_type).filter(|r| r.covers_in(&u.op_type, u.role, u.kind)).map(|r| (u, r))
+        });
+        if let Some((u, rule)) = by_op {
+            return Some(Applied { rule, by: Selector::Op(u.op_type.clone()), via: u });
+        }
+        let role = w.tensor_role();
+        self.role_rules.get(&role).map(|rule| Applied { rule, by: Selector::Role(role), via: first })
     }
 
     /// Sets the number of tiers (1 ..= MAX_TIERS).
@@ -460,15 +703,25 @@ impl Policy {
         }
     }
 
+    /// Every rule with its selector: operator rules, then role, layer and name rules.
+    pub fn all_rules(&self) -> Vec<(Selector, &OpRule)> {
+        let ops = self.rules.iter().map(|(op, r)| (Selector::Op(op.clone()), r));
+        let roles = self.role_rules.iter().map(|(role, r)| (Selector::Role(*role), r));
+        let layers = self.layer_rules.iter().map(|(l, r)| (Selector::Layer(*l), r));
+        let names = self.name_rules.iter().map(|(g, r)| (Selector::Name(g.clone()), r));
+        ops.chain(roles).chain(layers).chain(names).collect()
+    }
+
     /// A one-line description stored in the manifest.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        for (op, r) in &self.rules {
+        for (sel, r) in self.all_rules() {
             let split = match r.split {
                 Split::FirstDim => "rows".to_string(),
                 Split::Count(n) => n.to_string(),
             };
-            parts.push(format!("{op}:{}:{}:{split}:{}", r.coefficient, self.mode_of(r).name(), r.rank.name()));
+            let sel = sel.text();
+            parts.push(format!("{sel}:{}:{}:{split}:{}", r.coefficient, self.mode_of(r).name(), r.rank.name()));
         }
         let mut s = parts.join(",");
         if self.tiers > 1 {
@@ -478,11 +731,62 @@ impl Policy {
                 s.push_str(&format!(";shares={}", shares.join(",")));
             }
         }
-        if self.rules.values().any(|r| matches!(r.rank, Rank::Sample(_))) {
+        if self.all_rules().iter().any(|(_, r)| matches!(r.rank, Rank::Sample(_))) {
             s.push_str(&format!(";seed={}", self.seed));
         }
         s
     }
+
+    /// The policy as a TOML file that [`Policy::from_toml`] reads back as this policy
+    /// (`inherit_builtin = false`, every rule written out).
+    pub fn to_toml(&self) -> String {
+        let mut s = String::from("version = 1\ninherit_builtin = false\n");
+        s.push_str(&format!("seed = {}\n", self.seed));
+        if self.tiers > 1 {
+            s.push_str(&format!("tiers = {}\n", self.tiers));
+        }
+        if let Some(shares) = &self.tier_shares {
+            let shares: Vec<String> = shares.iter().map(|x| format!("{x:?}")).collect();
+            s.push_str(&format!("tier_shares = [{}]\n", shares.join(", ")));
+        }
+        for (sel, r) in self.all_rules() {
+            let header = match &sel {
+                Selector::Op(op) => format!("ops.{op}"),
+                Selector::Role(role) => format!("roles.{}", role.name()),
+                Selector::Layer(l) => format!("layers.{}", layer_name(*l)),
+                Selector::Name(g) => format!("names.{}", toml_string(g)),
+            };
+            s.push_str(&format!("\n[{header}]\ncoefficient = {:?}\n", r.coefficient));
+            if r.mode_set {
+                s.push_str(&format!("mode = \"{}\"\n", r.mode.name()));
+            }
+            match r.split {
+                Split::FirstDim => s.push_str("subsequences = \"first-dim\"\n"),
+                Split::Count(n) => s.push_str(&format!("subsequences = {n}\n")),
+            }
+            s.push_str(&format!("selection = \"{}\"\n", r.rank.name()));
+            if let Some(roles) = &r.roles {
+                let roles: Vec<String> = roles.iter().map(|x| toml_string(x)).collect();
+                s.push_str(&format!("roles = [{}]\n", roles.join(", ")));
+            }
+        }
+        s
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -505,7 +809,36 @@ mod tests {
         .unwrap();
         let c = p.rule_for("Conv").unwrap();
         assert_eq!((c.coefficient, c.mode, c.split), (0.1, Mode::Ctr, Split::Count(8)));
-        assert_eq!(p.rule_for("MatMul").unwrap().coefficient, DEFAULT_COEFFICIENT);
+        // The built-in policy's other rules are kept: operators at 0, the last layer whole.
+        assert_eq!(p.rule_for("MatMul").unwrap().coefficient, 0.0);
+        assert_eq!(p.layer_rules[&Layers::Last].coefficient, DEFAULT_LAYER_COEFFICIENT);
+        assert_eq!(p.layer_rules[&Layers::First].coefficient, DEFAULT_LAYER_COEFFICIENT);
+        // Without inheriting, only the rules of the file.
+        let q = Policy::from_toml(
+            "version = 1
+inherit_builtin = false
+[ops.Conv]
+coefficient = 0.1
+",
+        )
+        .unwrap();
+        assert_eq!((q.rules.len(), q.layer_rules.len(), q.role_rules.len()), (1, 0, 0));
+        assert_eq!(q.rule_for("Conv").unwrap().coefficient, 0.1);
+    }
+
+    #[test]
+    fn the_default_is_the_first_and_last_layers_whole_and_star_reaches_every_operator() {
+        let p = Policy::default();
+        assert!(p.rules.values().all(|r| r.coefficient == 0.0));
+        assert_eq!(p.layer_rules.len(), 2);
+        for l in [Layers::First, Layers::Last] {
+            let r = &p.layer_rules[&l];
+            assert_eq!((r.coefficient, r.mode, r.split, r.rank), (1.0, Mode::Ctr, Split::FirstDim, Rank::Even));
+        }
+        // '*=0.5' gives every known operator half of its rows, as the previous default did.
+        let mut q = Policy::default();
+        q.apply_override("coefficient", "*=0.5").unwrap();
+        assert!(KNOWN_OPS.iter().all(|op| q.rule_for(op).unwrap().coefficient == 0.5));
     }
 
     #[test]
@@ -531,7 +864,9 @@ mod tests {
         assert_eq!(conv(&p), DEFAULT_MODE);
         p.set_tiers(3).unwrap();
         assert_eq!(conv(&p), DEFAULT_TIERED_MODE);
-        assert!(p.summary().contains("Conv:0.5:fp:"), "{}", p.summary());
+        assert!(p.summary().contains("Conv:0:fp:"), "{}", p.summary());
+        assert!(p.summary().contains("layer:first:1:fp:"), "{}", p.summary());
+        assert!(p.summary().contains("layer:last:1:fp:"), "{}", p.summary());
         p.apply_override("mode", "Conv=ctr").unwrap();
         assert_eq!(conv(&p), Mode::Ctr);
         assert_eq!(p.mode_of(p.rule_for("Gemm").unwrap()), DEFAULT_TIERED_MODE);

@@ -1,0 +1,231 @@
+//! Every floating-point tensor of the zoo's PyTorch exports can be reached by a policy,
+//! and whatever a policy leaves clear is listed with its size.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use onnx_protect_format::{discover, Model, TensorRole};
+use onnx_protect_select::{select, Policy, Selection};
+
+fn zoo(path: &str) -> Model {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/zoo").join(path);
+    Model::open(&p).unwrap()
+}
+
+fn float_bytes(m: &Model) -> u64 {
+    m.tensors.iter().filter(|t| t.data_type.is_float()).map(|t| t.nbytes).sum()
+}
+
+fn run(m: &Model, toml: &str) -> Selection {
+    select(m, &discover(m), &Policy::from_toml(toml).unwrap())
+}
+
+/// Tensor name → bytes chosen.
+fn chosen(m: &Model, s: &Selection) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for c in &s.chosen {
+        *out.entry(m.tensors[c.tensor].name.clone()).or_default() += c.bytes();
+    }
+    out
+}
+
+const ZOO: [&str; 12] = [
+    "digits/cnn.onnx",
+    "digits/mlp.onnx",
+    "digits/convmixer.onnx",
+    "digits/vit.onnx",
+    "vowels/lstm.onnx",
+    "vowels/gru.onnx",
+    "vowels/cnn.onnx",
+    "vowels/mlp.onnx",
+    "vowels/vit.onnx",
+    "osuleaf/conv1d.onnx",
+    "osuleaf/convmixer.onnx",
+    "osuleaf/vit.onnx",
+];
+
+#[test]
+fn every_float_byte_of_every_zoo_model_is_a_weight() {
+    for path in ZOO {
+        let m = zoo(path);
+        let w: u64 = discover(&m).iter().map(|w| m.tensors[w.tensor].nbytes).sum();
+        assert_eq!(w, float_bytes(&m), "{path}");
+    }
+}
+
+#[test]
+fn chosen_and_clear_bytes_add_up_to_every_weight_byte() {
+    for path in ZOO {
+        let m = zoo(path);
+        for toml in
+            ["version = 1", "version = 1\n[roles.bias]\ncoefficient = 1\n", "version = 1\n[defaults]\ncoefficient = 0"]
+        {
+            let s = run(&m, toml);
+            let mut tensors: Vec<usize> = s.chosen.iter().map(|c| c.tensor).collect();
+            tensors.dedup();
+            let chosen_tensor_bytes: u64 = tensors.iter().map(|&t| m.tensors[t].nbytes).sum();
+            assert_eq!(chosen_tensor_bytes + s.clear_bytes(), float_bytes(&m), "{path} {toml}");
+            assert!(s.clear.iter().all(|c| !tensors.contains(&c.tensor)), "{path}");
+        }
+    }
+}
+
+#[test]
+fn the_recurrent_weight_an_exporter_slices_is_covered() {
+    for path in ["vowels/lstm.onnx", "vowels/gru.onnx"] {
+        let m = zoo(path);
+        let s =
+            run(&m, "version = 1\ninherit_builtin = false\n[ops.LSTM]\ncoefficient = 1\n[ops.GRU]\ncoefficient = 1\n");
+        let c = chosen(&m, &s);
+        let r = m.tensors.iter().find(|t| t.name == "rnn.weight_hh_l0").unwrap();
+        assert_eq!(c.get("rnn.weight_hh_l0"), Some(&r.nbytes), "{path}: {c:?}");
+        let rec: u64 = s.chosen.iter().map(|c| c.bytes()).sum();
+        // W, R and B: everything but the head and the initial state's zero.
+        assert!(rec as f64 > 0.9 * float_bytes(&m) as f64, "{path}: {rec} of {}", float_bytes(&m));
+        let r = s.chosen.iter().find(|c| m.tensors[c.tensor].name == "rnn.weight_hh_l0").unwrap();
+        let op = if path.contains("gru") { "GRU" } else { "LSTM" };
+        assert_eq!((r.op_type.as_str(), r.role.as_str(), r.tensor_role), (op, "R", TensorRole::Recurrent));
+    }
+}
+
+#[test]
+fn add_biases_and_the_position_embedding_are_reachable_by_role_op_and_name() {
+    let m = zoo("vowels/vit.onnx");
+    let base = "version = 1\ninherit_builtin = false\n";
+    let pos = chosen(&m, &run(&m, &format!("{base}[roles.position-embedding]\ncoefficient = 1\n")));
+    assert_eq!(pos.keys().collect::<Vec<_>>(), ["pos_embed"]);
+    assert_eq!(pos["pos_embed"], 29 * 48 * 4);
+
+    let bias = chosen(&m, &run(&m, &format!("{base}[roles.bias]\ncoefficient = 1\n")));
+    for name in
+        ["embed.bias", "blocks.0.attn.in_proj_bias", "blocks.1.fc2.bias", "blocks.0.attn.out_proj.bias", "head.bias"]
+    {
+        assert!(bias.contains_key(name), "{name}: {bias:?}");
+    }
+    assert!(!bias.contains_key("pos_embed") && !bias.contains_key("blocks.0.ln1.bias"), "{bias:?}");
+
+    // An operator rule on Add reaches both the Linear biases it adds and the position embedding.
+    let add = chosen(&m, &run(&m, &format!("{base}[ops.Add]\ncoefficient = 1\n")));
+    assert!(
+        add.contains_key("pos_embed") && add.contains_key("embed.bias") && !add.contains_key("head.bias"),
+        "{add:?}"
+    );
+    let mut p = Policy::from_toml(base).unwrap();
+    p.apply_override("coefficient", "Add=1").unwrap();
+    assert_eq!(chosen(&m, &select(&m, &discover(&m), &p)), add);
+
+    let norms = chosen(&m, &run(&m, &format!("{base}[names.\"blocks.*.ln?.*\"]\ncoefficient = 1\n")));
+    assert_eq!(norms.len(), 8, "{norms:?}");
+    assert!(norms.keys().all(|k| k.starts_with("blocks.") && k.contains(".ln")), "{norms:?}");
+}
+
+#[test]
+fn the_most_specific_rule_wins() {
+    let m = zoo("vowels/vit.onnx");
+    // A name rule beats an operator rule, which beats a role rule.
+    let s = run(
+        &m,
+        "version = 1\ninherit_builtin = false\n[roles.bias]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 0\n\
+         [names.\"*\"]\ncoefficient = 0\n[names.\"head.*\"]\ncoefficient = 1\n",
+    );
+    let c = chosen(&m, &s);
+    assert_eq!(c.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+    let rules: Vec<&str> = s.chosen.iter().map(|c| c.rule.as_str()).collect();
+    assert_eq!(rules, ["name:head.*", "name:head.*"]);
+    let s =
+        run(&m, "version = 1\ninherit_builtin = false\n[roles.bias]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 0\n");
+    let c = chosen(&m, &s);
+    assert!(!c.contains_key("head.bias") && c.contains_key("embed.bias"), "{c:?}");
+}
+
+#[test]
+fn the_clear_list_names_every_weight_left_clear_with_its_size_and_role() {
+    let m = zoo("vowels/vit.onnx");
+    let s =
+        run(&m, "version = 1\ninherit_builtin = false\n[ops.MatMul]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 1\n");
+    let clear: BTreeMap<String, (u64, TensorRole, String)> = s
+        .clear
+        .iter()
+        .map(|c| (m.tensors[c.tensor].name.clone(), (c.nbytes, c.tensor_role, c.op_type.clone())))
+        .collect();
+    assert_eq!(clear["pos_embed"], (29 * 48 * 4, TensorRole::PositionEmbedding, "Add".to_string()));
+    assert_eq!(clear["embed.bias"], (48 * 4, TensorRole::Bias, "Add".to_string()));
+    assert_eq!(clear["blocks.0.ln1.weight"], (48 * 4, TensorRole::Norm, "LayerNormalization".to_string()));
+    assert_eq!(clear["val_74"], (4, TensorRole::Scale, "Mul".to_string()));
+    // Gemm's C is covered by the Gemm rule: not clear.
+    assert!(!clear.contains_key("head.bias") && !clear.contains_key("val_6"), "{clear:?}");
+    let names: Vec<&String> = clear.keys().collect();
+    assert_eq!(names.len(), s.clear.len(), "each tensor once");
+}
+
+#[test]
+fn a_policy_written_as_toml_reads_back_the_same() {
+    let mut p = Policy::default();
+    for o in ["role:bias=1", "name:pos_*=1", "Add=0.25", "role:weight=0.1", "layer:last=1"] {
+        p.apply_override("coefficient", o).unwrap();
+    }
+    p.apply_override("selection", "role:weight=l1").unwrap();
+    p.apply_override("mode", "name:pos_*=fp").unwrap();
+    p.apply_override("subsequences", "Gemm=4").unwrap();
+    p.seed = 7;
+    let back = Policy::from_toml(&p.to_toml()).unwrap();
+    assert_eq!(back, p, "{}", p.to_toml());
+    assert_eq!(back.summary(), p.summary());
+}
+
+#[test]
+fn selectors_are_checked() {
+    let mut p = Policy::default();
+    for (spec, needle) in [
+        ("Frobnicate=1", "unknown operator type 'Frobnicate'"),
+        ("role:kernel=1", "unknown tensor role 'kernel'"),
+        ("name:=1", "needs a pattern"),
+        ("layer:middle=1", "unknown layer 'middle'"),
+        ("Add", "expected SELECTOR=VALUE"),
+    ] {
+        let e = p.apply_override("coefficient", spec).unwrap_err().to_string();
+        assert!(e.contains(needle), "{spec}: {e}");
+    }
+    for (toml, needle) in [
+        ("version = 1\n[roles.kernel]\ncoefficient = 1", "unknown tensor role"),
+        ("version = 1\n[roles.bias]\nroles = [\"B\"]", "belongs in an [ops.OP] rule"),
+        ("version = 1\n[names.\"x\"]\ncoefficient = 2", "outside [0, 1]"),
+        ("version = 1\n[ops.Add]\nroles = [\"Q\"]", "unknown role 'Q'"),
+    ] {
+        let e = Policy::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml}: {e}");
+    }
+    assert!(Policy::from_toml("version = 1\n[ops.Add]\nroles = [\"input1\"]").is_ok());
+}
+
+#[test]
+fn the_first_and_last_layers_are_found_in_every_zoo_model() {
+    let expect: [(&str, &[&str], &[&str]); 6] = [
+        ("digits/cnn.onnx", &["conv1.bias", "conv1.weight"], &["fc.bias", "fc.weight"]),
+        ("digits/vit.onnx", &["patch_embed.bias", "patch_embed.weight"], &["head.bias", "head.weight"]),
+        ("vowels/vit.onnx", &["embed.bias", "val_1"], &["head.bias", "head.weight"]),
+        ("vowels/lstm.onnx", &["val_43", "val_66"], &["head.bias", "head.weight"]),
+        ("osuleaf/convmixer.onnx", &["patch_embed.bias", "patch_embed.weight"], &["head.bias", "head.weight"]),
+        ("vowels/mlp.onnx", &["fc1.bias", "fc1.weight"], &["fc3.bias", "fc3.weight"]),
+    ];
+    for (path, first, last) in expect {
+        let m = zoo(path);
+        let w = discover(&m);
+        let names = |f: &dyn Fn(&onnx_protect_format::Weight) -> bool| -> Vec<String> {
+            let mut v: Vec<String> = w.iter().filter(|x| f(x)).map(|x| m.tensors[x.tensor].name.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&|x| x.first_layer), first, "{path} first");
+        assert_eq!(names(&|x| x.last_layer), last, "{path} last");
+    }
+    // Addressed by `layer:first` / `layer:last`, ahead of operator rules.
+    let m = zoo("vowels/vit.onnx");
+    let c = chosen(
+        &m,
+        &run(&m, "version = 1\ninherit_builtin = false\n[layers.last]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 0\n"),
+    );
+    assert_eq!(c.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+}

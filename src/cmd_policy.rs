@@ -1,0 +1,267 @@
+//! `policy search`: the smallest policy whose best key-less attack meets a target on
+//! the user's labelled data (library: `onnx_protect_runtime::search`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Find the smallest policy whose best key-less attack meets a target on labelled data,
+    /// evaluated in tract; write it as a policy file with a report of every point tried.
+    Search(SearchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// The unprotected model.
+    model: PathBuf,
+    /// Labelled data: a .npz with the labels in `y` (or `labels`) and the inputs in `x` (one-input
+    /// model) or one array per model input, named as the input; or a .npy of inputs with --labels.
+    #[arg(long, value_name = "VAL.npz|X.npy")]
+    data: PathBuf,
+    /// Integer class labels (.npy), with a .npy --data.
+    #[arg(long, value_name = "Y.npy")]
+    labels: Option<PathBuf>,
+    /// The largest accuracy the best key-less attack may reach: `chance+D` (chance is the share of
+    /// the most frequent label), `chance`, or an accuracy in [0, 1].
+    #[arg(long, default_value = "chance+0.02")]
+    target: String,
+    /// Unlabelled inputs for the BatchNormalization re-estimation attacks (same layout as --data
+    /// without labels) [default: the first 256 samples of --data].
+    #[arg(long, value_name = "CAL.npz|CAL.npy")]
+    calibration: Option<PathBuf>,
+    /// Where to write the chosen policy (TOML).
+    #[arg(short, long, value_name = "POLICY.toml")]
+    output: PathBuf,
+    /// Where to write the report of every point tried (JSON) [default: the output path with
+    /// `.report.json` in place of its extension].
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Seed of the first init-fill draw and simulated ciphertext.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Draws of each random attack (init-fill, simulated ciphertext); each scores their mean.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    draws: u32,
+    /// Evaluate every policy of the family with every attack (the whole curve), not only up to
+    /// the first that meets the target.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.command {
+        Command::Search(s) => search(s),
+    }
+}
+
+#[cfg(not(feature = "tract"))]
+fn search(_: SearchArgs) -> Result<ExitCode> {
+    bail!("policy search runs models in tract: build onnx-protect with its default `tract` feature")
+}
+
+#[cfg(feature = "tract")]
+use with_tract::search;
+
+#[cfg(feature = "tract")]
+mod with_tract {
+    use super::*;
+
+    use onnx_protect_format::{Model, Progress};
+    use onnx_protect_runtime::assess::{Bench, InputSource};
+    use onnx_protect_runtime::npy::{read_npz, NpyArray};
+    use onnx_protect_runtime::search::{search as run_search, SearchOptions, SearchReport, Target};
+
+    use crate::cmd_run::lift;
+
+    /// Samples of --data used for calibration when --calibration is not given.
+    const DEFAULT_CALIBRATION: usize = 256;
+
+    /// A counting progress bar (`policies 12/63`), drawn only on a terminal.
+    struct Count(Option<indicatif::ProgressBar>);
+
+    impl Count {
+        fn new(quiet: bool) -> Count {
+            use std::io::IsTerminal;
+            Count((!quiet && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::hidden))
+        }
+    }
+
+    impl Progress for Count {
+        fn start(&self, what: &str, total: u64) {
+            if let Some(pb) = &self.0 {
+                pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                pb.set_length(total);
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}") {
+                    pb.set_style(style.progress_chars("=> "));
+                }
+                pb.set_message(what.to_string());
+            }
+        }
+        fn set(&self, done: u64) {
+            if let Some(pb) = &self.0 {
+                pb.set_position(done);
+            }
+        }
+        fn finish(&self) {
+            if let Some(pb) = &self.0 {
+                pb.finish_and_clear();
+            }
+        }
+    }
+
+    /// Arrays of a .npz (by name) or one .npy (under the empty name).
+    fn arrays(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
+        if path.extension().is_some_and(|e| e == "npz") {
+            let all = read_npz(path).map_err(lift)?;
+            if all.is_empty() {
+                bail!("{} holds no arrays", path.display());
+            }
+            Ok(all.into_iter().collect())
+        } else {
+            Ok(BTreeMap::from([(String::new(), NpyArray::read(path).map_err(lift)?)]))
+        }
+    }
+
+    /// The inputs and labels of --data (and --labels).
+    fn labelled(data: &Path, labels: Option<&Path>) -> Result<(BTreeMap<String, NpyArray>, Vec<i64>)> {
+        let mut inputs = arrays(data)?;
+        let y = match labels {
+            Some(p) => NpyArray::read(p).map_err(lift)?,
+            None => {
+                let key = ["y", "labels"].into_iter().find(|k| inputs.contains_key(*k));
+                match key.and_then(|k| inputs.remove(k)) {
+                    Some(y) => y,
+                    None => bail!(
+                        "{}: no labels: give a .npz with an array `y` (or `labels`), or --labels Y.npy",
+                        data.display()
+                    ),
+                }
+            }
+        };
+        if inputs.is_empty() {
+            bail!("{}: no input arrays besides the labels", data.display());
+        }
+        let y = y.to_labels().map_err(lift).context("labels")?;
+        Ok((inputs, y))
+    }
+
+    /// The first `n` samples of every array.
+    fn head(arrays: &BTreeMap<String, NpyArray>, n: usize) -> Result<BTreeMap<String, NpyArray>> {
+        let mut out = BTreeMap::new();
+        for (k, a) in arrays {
+            let rows = a.shape.first().copied().unwrap_or(0).min(n);
+            out.insert(k.clone(), a.rows(0, rows).map_err(lift)?);
+        }
+        Ok(out)
+    }
+
+    fn pct(x: f64) -> String {
+        format!("{:.1}%", 100.0 * x)
+    }
+
+    fn table(model: &Path, r: &SearchReport, written: Option<&Path>, report: &Path) -> String {
+        let mut s = format!(
+            "model     {}\ndata      {} samples, chance {}; calibration {} samples\ntarget    best key-less attack at most {}\n\n",
+            model.display(),
+            r.samples,
+            pct(r.chance),
+            r.calibration_samples,
+            pct(r.threshold)
+        );
+        s.push_str(&format!("{:<24} {:>7} {:>10}  {:<14} {}\n", "policy", "share", "best", "attack", "result"));
+        for p in r.points.iter().filter(|p| p.status != "not_reached") {
+            let (best, attack) = match &p.best {
+                Some(b) => (pct(b.accuracy), b.variant.as_str()),
+                None => ("-".into(), "-"),
+            };
+            let result = match (p.status, p.meets) {
+                ("skipped", _) => format!("same bytes as {}", p.same_as.as_deref().unwrap_or("?")),
+                (_, Some(true)) => "meets the target".into(),
+                _ => "above the target".into(),
+            };
+            s.push_str(&format!("{:<24} {:>7} {:>10}  {:<14} {result}\n", p.label, pct(p.share), best, attack));
+        }
+        match (r.chosen, written) {
+            (Some(i), Some(w)) => {
+                let p = &r.points[i];
+                s.push_str(&format!(
+                    "\nchosen: {} ({} of the weight bytes), written to {}\n",
+                    p.label,
+                    pct(p.share),
+                    w.display()
+                ));
+            }
+            _ => s.push_str("\nno policy of the family meets the target\n"),
+        }
+        s.push_str(&format!("report: {}", report.display()));
+        s
+    }
+
+    pub fn search(a: SearchArgs) -> Result<ExitCode> {
+        let target = Target::parse(&a.target)
+            .with_context(|| format!("--target '{}': expected chance, chance+D or an accuracy in [0, 1]", a.target))?;
+        let (inputs, labels) = labelled(&a.data, a.labels.as_deref())?;
+        let calibration = match &a.calibration {
+            Some(p) => arrays(p)?,
+            None => head(&inputs, DEFAULT_CALIBRATION)?,
+        };
+        let report_path = a.report.clone().unwrap_or_else(|| a.output.with_extension("report.json"));
+        if report_path == a.output {
+            crate::exit::usage!("--report and -o name the same file {}", a.output.display());
+        }
+        // Both outputs are checked before the search runs, so a refusal costs nothing.
+        a.write.check_file(&a.output)?;
+        a.write.check_file(&report_path)?;
+        let created = crate::dest::missing(crate::dest::dir_of(&a.output));
+        let model = Model::open(&a.model).map_err(lift).with_context(|| format!("read {}", a.model.display()))?;
+        let bench = Bench::new(&model, &InputSource::Arrays(inputs), Some(labels), Some(&calibration))
+            .map_err(lift)
+            .with_context(|| format!("run {}", a.model.display()))?;
+        let bar = Count::new(a.out.quiet);
+        let (report, policy) = run_search(
+            &model,
+            &bench,
+            &SearchOptions { target, seed: a.seed, draws: a.draws, exhaustive: a.all, progress: &bar },
+        )
+        .map_err(lift)
+        .with_context(|| format!("policy search on {}", a.model.display()))?;
+        write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        if let Some(p) = &policy {
+            write_atomic(&a.output, p.to_toml().as_bytes())?;
+        }
+        crate::dest::note_created(created, a.out.quiet);
+        a.out.report(&report, false, || {
+            table(&a.model, &report, policy.as_ref().map(|_| a.output.as_path()), &report_path)
+        })?;
+        if policy.is_none() {
+            bail!("no policy of the search family meets the target {}; see {}", a.target, report_path.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Writes `bytes` to `path` through a private staging file published under its name.
+    fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let mut out = onnx_protect_format::write::StagedOutput::new(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        out.file_mut()
+            .write_all(bytes)
+            .and_then(|_| out.finish(false))
+            .and_then(|_| out.publish())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}

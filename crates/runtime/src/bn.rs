@@ -22,7 +22,7 @@ use crate::npy::{Dtype, NpyArray};
 ///
 /// When the calibration set fits the model's batch dimension, every layer is measured
 /// in one run of the model with its layers in training mode
-/// ([`crate::rewrite::batch_statistics`]) on the whole set as one batch; otherwise one
+/// (`rewrite::batch_statistics`) on the whole set as one batch; otherwise one
 /// layer at a time ([`reestimate_in_turn`]). Both give the same statistics.
 pub fn reestimate(proto: &mut pb::ModelProto, external: &External, calibration: &[NpyArray]) -> Result<usize> {
     let mut probe = proto.clone();

@@ -367,7 +367,7 @@ pub const DEFAULT_TIERED_MODE: Mode = Mode::Fp;
 
 impl Default for Policy {
     /// The built-in policy: the weights of the first and the last layer whole
-    /// ([`DEFAULT_LAYER_COEFFICIENT`]), mode [`DEFAULT_MODE`], first-dimension split, evenly
+    /// (`DEFAULT_LAYER_COEFFICIENT`), mode [`DEFAULT_MODE`], first-dimension split, evenly
     /// spread; every known operator type listed at coefficient 0, so that
     /// `--coefficient OP=C` and `'*=C'` reach them.
     fn default() -> Self {

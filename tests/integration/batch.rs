@@ -570,7 +570,8 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     let (s, k1s, k2s) = (src.to_str().unwrap(), k1.to_str().unwrap(), k2.to_str().unwrap());
     let (enc, re) = (dir.path().join("enc"), dir.path().join("re"));
     let (e, r) = (enc.to_str().unwrap(), re.to_str().unwrap());
-    let (code, out, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s]);
+    let (code, out, err) =
+        run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{out} {err}");
     let rewrap = |extra: &[&str]| {
         let mut args = vec!["batch", "rewrap", "--dir", e, "--out-dir", r, "--key-file", k1s, "--add-key-file", k2s];

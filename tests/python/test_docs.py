@@ -80,8 +80,12 @@ def help_text(*args):
     return subprocess.run([binary(), *args, "--help"], capture_output=True, text=True, check=True).stdout
 
 
-def commands():
-    text = help_text().split("Commands:")[1].split("Options:")[0]
+def commands(*parent):
+    """The subcommands a help text lists (`policy`'s `search` under `policy`, and so on)."""
+    text = help_text(*parent)
+    if "Commands:" not in text:
+        return []
+    text = text.split("Commands:")[1].split("Options:")[0]
     return [m.group(1) for m in re.finditer(r"^  ([a-z][a-z-]*)\s", text, re.M) if m.group(1) != "help"]
 
 
@@ -97,10 +101,11 @@ def test_cli_md_documents_every_option_and_only_those():
     listed = set()
     for cmd in commands():
         assert f"`{cmd}`" in cli or f"## `{cmd}" in cli, f"docs/cli.md does not document `{cmd}`"
-        opts = options(help_text(cmd))
-        listed |= opts
-        missing = sorted(o for o in opts if o not in documented)
-        assert not missing, f"docs/cli.md does not document {missing} of `{cmd}`"
+        for path in [(cmd,)] + [(cmd, sub) for sub in commands(cmd)]:
+            opts = options(help_text(*path))
+            listed |= opts
+            missing = sorted(o for o in opts if o not in documented)
+            assert not missing, f"docs/cli.md does not document {missing} of `{' '.join(path)}`"
     if {"run", "assess"} <= set(commands()):
         stale = sorted(documented - listed - {"--version"})
         assert not stale, f"docs/cli.md documents options the binary does not have: {stale}"

@@ -26,6 +26,14 @@ seeds are fixed and PyTorch runs single-threaded with deterministic kernels.
 
     python3 scripts/finetune_study.py [--bin target/release/onnx-protect]
         [--models digits/cnn,...] [--policies NAME,...] [--json results.json]
+    python3 scripts/finetune_study.py --secret C [--models ...]
+
+With `--secret C` the policies are replaced by two encryptions of C of every weight's rows
+by L1 in `dp` (`fp` for weights whose rows are under 16 elements), as
+scripts/eval_secret_positions.py makes them: with public positions the attacker resets
+exactly the encrypted elements; with `--positions secret` the attacker starts from the
+stored file and resets what it must guess, the 2·C·n rows of largest stored L1 of every
+encrypted tensor (the candidate pool), then fine-tunes.
 """
 import argparse
 import json
@@ -468,6 +476,33 @@ def best_over_lrs(make, x, y, xt, yt):
     return max(accs.values()), accs
 
 
+def secret_positions(args, model, src, tmp, env, data, scratch_best, model_name):
+    """Fine-tuning gap with public and with secret positions (see `--secret`)."""
+    import eval_secret_positions as sp
+    x, y, xt, yt = data
+    out = {}
+    for secret in (False, True):
+        stored, truth = sp.encrypt(args.bin, src, "dp", args.secret, secret, tmp, env)
+        rows = sp.pool_guess(stored, truth, args.secret) if secret else truth
+        start_model = onnx.load(tmp / "p.onnx") if secret else model
+        masks = {}
+        for t in start_model.graph.initializer:
+            if t.name in rows and t.data_type == 1:
+                shape = tuple(t.dims) if t.dims else (1,)
+                r = rows[t.name]
+                full = np.broadcast_to(r.reshape(-1, *([1] * (len(shape) - 1))), shape) if len(shape) >= 2 \
+                    else np.ones(shape, bool)
+                masks[t.name] = np.ascontiguousarray(full).reshape(-1)
+        ft_best, ft_accs = best_over_lrs(
+            lambda: attacker_start(start_model, masks, torch.Generator().manual_seed(SEED)), x, y, xt, yt)
+        start = accuracy(attacker_start(start_model, masks, torch.Generator().manual_seed(SEED)), xt, yt)
+        label = "secret" if secret else "public"
+        out[label] = {"start": start, "finetuned": ft_best, "finetuned_by_lr": ft_accs, "gap": ft_best - scratch_best}
+        print(f"{model_name:18} dp {args.secret:.2f} {label:7} start {100 * start:5.1f}  "
+              f"fine-tuned {100 * ft_best:5.1f}  gap {100 * (ft_best - scratch_best):+5.1f}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.environ.get("ONNX_PROTECT_BIN", str(ROOT / "target" / "release" / "onnx-protect")))
@@ -475,6 +510,7 @@ def main():
     ap.add_argument("--policies", default="default,1",
                     help="comma-separated: default (built-in), old-default, or family points (last+first+small+0.1)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--secret", type=float, help="compare public and secret positions at this share (dp)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -497,6 +533,10 @@ def main():
                                    "scratch_by_lr": scratch_accs, "policies": {}}
             print(f"{model_name:18} original {100 * full:5.1f}  scratch on {len(y)} samples "
                   f"{100 * scratch_best:5.1f}", flush=True)
+            if args.secret is not None:
+                results[model_name]["secret"] = secret_positions(
+                    args, model, src, tmp, env, (x, y, xt, yt), scratch_best, model_name)
+                continue
             for name in args.policies.split(","):
                 enc = tmp / "p.onnx"
                 cmd = ["encrypt", src, "-o", enc, "--key-env", "ONNXP_EVAL_KEY", "-q", "--force"]

@@ -46,18 +46,7 @@ pub struct Rewritten {
 
 /// Rewrites `model` in place so that tract can load and run it (see the module docs).
 pub fn for_tract(model: &mut pb::ModelProto) -> Result<Rewritten> {
-    let mut taken = HashSet::new();
-    if let Some(g) = &model.graph {
-        collect_names(g, &mut taken);
-    }
-    let opset = model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
-        .unwrap_or(1);
-    let mut ctx = Ctx { taken, next: 0, opset, done: Rewritten::default() };
+    let mut ctx = Ctx::of(model);
     if let Some(g) = &mut model.graph {
         rewrite_graph(g, &mut ctx)?;
     }
@@ -86,6 +75,24 @@ struct Ctx {
     /// Version of the default (`ai.onnx`) operator set.
     opset: i64,
     done: Rewritten,
+}
+
+impl Ctx {
+    /// A context for rewriting `model`: every name it uses taken, its default-domain opset.
+    fn of(model: &pb::ModelProto) -> Ctx {
+        let mut taken = HashSet::new();
+        if let Some(g) = &model.graph {
+            collect_names(g, &mut taken);
+        }
+        let opset = model
+            .opset_import
+            .iter()
+            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .max()
+            .unwrap_or(1);
+        Ctx { taken, next: 0, opset, done: Rewritten::default() }
+    }
 }
 
 impl Ctx {
@@ -352,18 +359,7 @@ pub(crate) struct BatchStatistics {
 /// calibration inputs, the outputs are the statistics each layer would be given by
 /// re-estimating the layers one after the other in graph order.
 pub(crate) fn batch_statistics(model: &mut pb::ModelProto) -> Result<Vec<BatchStatistics>> {
-    let mut taken = HashSet::new();
-    if let Some(g) = &model.graph {
-        collect_names(g, &mut taken);
-    }
-    let opset = model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
-        .unwrap_or(1);
-    let mut ctx = Ctx { taken, next: 0, opset, done: Rewritten::default() };
+    let mut ctx = Ctx::of(model);
     let Some(g) = model.graph.as_mut() else { return Ok(Vec::new()) };
     let nodes = std::mem::take(&mut g.node);
     let mut out = Vec::with_capacity(nodes.len());

@@ -316,66 +316,74 @@ impl Report {
             let _ = writeln!(s, "\nprotection   INVALID: {e}");
         }
         if let Some(p) = &self.protection {
-            let pct =
-                if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
-            let amount = if p.positions == "secret" {
-                "positions secret".to_string()
-            } else {
-                format!("{} under a key ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
-            };
-            let _ = writeln!(
-                s,
-                "\nprotection   {} ({}), {} tensors, {amount}{}",
-                p.key,
-                p.tool,
-                p.tensors.len(),
-                if p.passphrase { ", passphrase key" } else { "" }
-            );
-            let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
-            if p.format_version >= 2 {
-                let _ = writeln!(s, "  integrity    every byte: BLAKE3 content digest under HMAC-SHA256 (per tier) and a keyless checksum");
-            } else {
-                let _ = writeln!(
-                    s,
-                    "  integrity    HMAC-SHA256 over {} chunk hashes of the encrypted bytes",
-                    p.leaf_hash.to_uppercase()
-                );
-            }
-            if p.positions == "secret" {
-                let _ =
-                    writeln!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
-            }
-            for r in &p.recipients {
-                let _ = writeln!(s, "  recipient    {r}");
-            }
-            for k in &p.signatures {
-                let _ = writeln!(s, "  signed by    {k} (not verified: use verify --signer)");
-            }
-            if p.tiers > 1 {
-                let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
-            }
-            for t in &p.tensors {
-                let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
-                if p.positions == "secret" {
-                    spans = vec!["(secret)".into()];
-                }
-                let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
-                let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
-                let _ = writeln!(
-                    s,
-                    "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
-                    t.name,
-                    t.op_type,
-                    t.mode,
-                    t.label,
-                    t.chosen,
-                    t.subsequences,
-                    t.encrypted_bytes,
-                    t.nbytes,
-                    spans.join(" ")
-                );
-            }
+            self.protection_text(p, &mut s);
         }
         s
+    }
+
+    /// The protection section of [`Report::to_text`].
+    fn protection_text(&self, p: &crate::manifest::ProtectionInfo, s: &mut String) {
+        use std::fmt::Write;
+        let pct =
+            if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
+        let amount = if p.positions == "secret" {
+            "positions secret".to_string()
+        } else {
+            format!("{} under a key ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
+        };
+        let _ = writeln!(
+            s,
+            "\nprotection   {} ({}), {} tensors, {amount}{}",
+            p.key,
+            p.tool,
+            p.tensors.len(),
+            if p.passphrase { ", passphrase key" } else { "" }
+        );
+        let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
+        if p.format_version >= 2 {
+            let _ = writeln!(
+                s,
+                "  integrity    every byte: BLAKE3 content digest under HMAC-SHA256 (per tier) and a keyless checksum"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  integrity    HMAC-SHA256 over {} chunk hashes of the encrypted bytes",
+                p.leaf_hash.to_uppercase()
+            );
+        }
+        if p.positions == "secret" {
+            let _ = writeln!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
+        }
+        for r in &p.recipients {
+            let _ = writeln!(s, "  recipient    {r}");
+        }
+        for k in &p.signatures {
+            let _ = writeln!(s, "  signed by    {k} (not verified: use verify --signer)");
+        }
+        if p.tiers > 1 {
+            let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
+        }
+        for t in &p.tensors {
+            let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
+            if p.positions == "secret" {
+                spans = vec!["(secret)".into()];
+            }
+            let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
+            let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
+            let _ = writeln!(
+                s,
+                "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
+                t.name,
+                t.op_type,
+                t.mode,
+                t.label,
+                t.chosen,
+                t.subsequences,
+                t.encrypted_bytes,
+                t.nbytes,
+                spans.join(" ")
+            );
+        }
     }
 }

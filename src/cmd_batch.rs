@@ -205,7 +205,8 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
     Some(pb)
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+/// Refuses the options of another operation (a usage error).
+fn refuse_other_operations_options(a: &Args) -> Result<()> {
     if a.op != Op::Encrypt && a.policy.any() {
         usage!("the policy options (--policy, --coefficient, --mode, --subsequences, --selection, --seed, --tiers, --tier-shares) apply to batch encrypt only");
     }
@@ -215,6 +216,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.op != Op::Rewrap && a.change.any() {
         usage!("the recipient options (--add-key-file, --recipient..., --remove..., --sign-key, --drop-signatures) apply to batch rewrap only");
     }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    refuse_other_operations_options(&a)?;
     let op_name = match a.op {
         Op::Encrypt => "encrypt",
         Op::Decrypt => "decrypt",
@@ -303,6 +309,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(e) = reporter.error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }
+    summarize(&a, op_name, shard, &summary)
+}
+
+/// Prints the failed files and the summary line, and chooses the exit code: the failed
+/// files' common code, else the generic failure.
+fn summarize(a: &Args, op_name: &str, shard: Option<Shard>, summary: &onnx_protect_batch::Summary) -> Result<ExitCode> {
     let failed = summary.failed.len();
     let print_summary = !a.out.json && (failed > 0 || !a.out.quiet);
     if print_summary {

@@ -51,7 +51,8 @@ pub struct Args {
     out: OutputArgs,
 }
 
-/// The exit code of a set of verdicts: modified beats unreadable beats any other gate failure.
+/// The exit code of a set of verdicts: modified beats unreadable beats a key problem beats
+/// any other gate failure.
 fn code_of(results: &[ModelCheck]) -> u8 {
     let has = |r: &str| results.iter().flat_map(|m| &m.failures).any(|f| f.reason == r);
     if results.iter().all(|m| m.passed) {
@@ -60,6 +61,8 @@ fn code_of(results: &[ModelCheck]) -> u8 {
         exit::MODIFIED
     } else if has(reasons::BAD_MODEL) {
         exit::BAD_MODEL
+    } else if has(reasons::WRONG_KEY) {
+        exit::KEY
     } else {
         exit::GATE
     }
@@ -119,7 +122,13 @@ fn print_text(m: &ModelCheck) {
     let state = if !m.protected {
         "not protected".to_string()
     } else {
-        let integrity = if m.integrity.is_some() { "checksum ok" } else { "checksum not verified" };
+        let integrity = match m.integrity {
+            Some("mac") => "checksum and MACs ok",
+            Some("mac+signature") => "checksum, MACs and signature ok",
+            Some("checksum+signature") => "checksum and signature ok",
+            Some(_) => "checksum ok",
+            None => "integrity not verified",
+        };
         let by = |p: Protection| m.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
         format!(
             "protected, {integrity}, {} tensors: {} bytes {}, {} bytes {}, {} bytes {}",

@@ -506,6 +506,30 @@ fn check_fails_a_selected_tensor_that_is_not_encrypted_and_strict_spans() {
 }
 
 #[test]
+fn check_names_what_it_verified_and_a_wrong_key_is_a_key_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = protect_with(dir.path(), "e.onnx", &[]);
+    let (p, key) = (p.to_str().unwrap(), dir.path().join("k.key"));
+    let (code, out, err) = run(&["check", p]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("PASS {p}: protected, checksum ok,")), "{out}");
+    let (code, out, err) = run(&["check", p, "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("protected, checksum and MACs ok,"), "{out}");
+    let (code, doc, _) = check_json(&[p, "--key-file", key.to_str().unwrap()]);
+    assert_eq!((code, doc["models"][0]["integrity"].as_str()), (0, Some("mac")), "{doc}");
+    // A key that opens no stanza is a key problem (exit 4), not a damaged model.
+    let other = dir.path().join("other.key");
+    run(&["keygen", "-o", other.to_str().unwrap()]);
+    let (code, doc, err) = check_json(&[p, "--key-file", other.to_str().unwrap()]);
+    assert_eq!(code, 4, "{doc}");
+    assert_eq!(reasons(&doc, 0)[0].0, "wrong_key", "{doc}");
+    assert!(err.contains("(wrong_key)"), "{err}");
+    let (_, out, _) = run(&["check", p, "--key-file", other.to_str().unwrap()]);
+    assert!(out.contains("protected, integrity not verified,"), "{out}");
+}
+
+#[test]
 fn check_fails_a_model_whose_ciphertext_no_longer_matches() {
     let dir = tempfile::tempdir().unwrap();
     let p = protect_with(dir.path(), "enc.onnx", &[]);

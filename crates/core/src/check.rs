@@ -49,6 +49,8 @@ pub mod reasons {
     pub const NOTHING_ENCRYPTED: &str = "nothing_encrypted";
     /// The manifest is invalid or does not match the model, or the checksum of the ciphertext does not match.
     pub const MODIFIED: &str = "modified";
+    /// The key given opens no recipient stanza of the model, or does not reach what is asked.
+    pub const WRONG_KEY: &str = "wrong_key";
     /// The policy covers an operator type whose weights the model has, but none of them is encrypted.
     pub const OP_NOT_COVERED: &str = "op_not_covered";
     /// A tensor the policy selects is not encrypted (its operator type is otherwise covered).
@@ -119,7 +121,8 @@ pub struct ModelCheck {
     pub path: String,
     pub passed: bool,
     pub protected: bool,
-    /// `"checksum"` when the keyless digest was verified, `"mac"` when the MACs were.
+    /// What was verified: `"checksum"` (the keyless digest of every byte), `"mac"` (also
+    /// the MACs the key reaches), each followed by `+signature` when trusted signers were checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<&'static str>,
     pub tensors: usize,
@@ -158,12 +161,11 @@ fn error_reason(e: &CoreError) -> &'static str {
         ErrorKind::BadManifest | ErrorKind::Modified | ErrorKind::NotSigned => reasons::MODIFIED,
         ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
         ErrorKind::NotProtected => reasons::NOT_PROTECTED,
+        ErrorKind::WrongKey | ErrorKind::Key => reasons::WRONG_KEY,
         ErrorKind::Io
         | ErrorKind::Model(_)
-        | ErrorKind::Key
         | ErrorKind::Policy
         | ErrorKind::AlreadyProtected
-        | ErrorKind::WrongKey
         | ErrorKind::AlreadyDecrypted
         | ErrorKind::Output => reasons::BAD_MODEL,
     }
@@ -246,7 +248,14 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
             // The check of `onnx-protect verify`: without a key the manifest's form and the
             // keyless digest, with one the MACs; the signers asked for.
             match verify_signed(path, opts.key, opts.signers, opts.progress) {
-                Ok(_) => out.integrity = Some(if opts.key.is_some() { "mac" } else { "checksum" }),
+                Ok(_) => {
+                    out.integrity = Some(match (opts.key.is_some(), opts.signers.is_empty()) {
+                        (true, true) => "mac",
+                        (true, false) => "mac+signature",
+                        (false, true) => "checksum",
+                        (false, false) => "checksum+signature",
+                    })
+                }
                 Err(e) => out.failures.push(failure(error_reason(&e), e.to_string())),
             }
             check_encrypted_bytes(opts, out);

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Options, Shard, ShardBy};
+use onnx_protect_format::write::check_destination;
 use serde::Serialize;
 
 use crate::cmd_protect::PolicyArgs;
@@ -80,7 +81,8 @@ pub struct Args {
     /// How files are assigned to shards.
     #[arg(long, value_enum, default_value = "index")]
     shard_by: ShardByArg,
-    /// Write one JSON line per file to this file (created or truncated).
+    /// Write one JSON line per file to this file (created, or replacing the report of an
+    /// earlier run; any other existing file only with --force).
     #[arg(long, value_name = "FILE.jsonl", value_parser = file_path)]
     report: Option<PathBuf>,
     /// Process every file, even those a previous run finished, and replace existing outputs
@@ -93,6 +95,34 @@ pub struct Args {
     // `--json`: the report lines on standard output instead of the summary.
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// Creates the report file, or truncates an existing one that is a report of an earlier
+/// run (its first line is a report line). Any other existing file is replaced only with
+/// `--force`, and a device, FIFO or socket never.
+fn open_report(p: &Path, force: bool) -> Result<File> {
+    let d = check_destination(p).with_context(|| format!("cannot write report {}", p.display()))?;
+    if d.exists && !force && !is_report(p) {
+        usage!("--report {}: the file exists and is not a batch report; pass --force to replace it", p.display());
+    }
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    File::create(p).with_context(|| format!("cannot create report {}", p.display()))
+}
+
+/// Whether `p` is empty or starts with a line this command writes to a report.
+fn is_report(p: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(f) = File::open(p) else { return false };
+    let mut first = String::new();
+    // A report line is short; a file whose first 64 KiB hold no newline is not one.
+    match std::io::BufReader::new(f.take(64 << 10)).read_line(&mut first) {
+        Ok(0) => true,
+        Ok(_) => serde_json::from_str::<serde_json::Value>(&first)
+            .is_ok_and(|v| ["path", "op", "status", "exit_code"].iter().all(|k| v.get(k).is_some())),
+        Err(_) => false,
+    }
 }
 
 /// Parses `I/N`.
@@ -279,12 +309,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         sync: a.sync,
     };
     let file = match &a.report {
-        Some(p) => {
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            Some(Mutex::new(File::create(p).with_context(|| format!("cannot create report {}", p.display()))?))
-        }
+        Some(p) => Some(Mutex::new(open_report(p, a.force)?)),
         None => None,
     };
     let reporter = Reporter {

@@ -1,11 +1,10 @@
 //! `policy search`: the smallest policy whose best key-less attack meets a target on
 //! the user's labelled data (library: `onnx_protect_runtime::search`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -79,6 +78,10 @@ use with_tract::search;
 #[cfg(feature = "tract")]
 mod with_tract {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use anyhow::Context;
 
     use onnx_protect_format::{Model, Progress};
     use onnx_protect_runtime::assess::{Bench, InputSource};

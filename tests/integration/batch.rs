@@ -604,3 +604,31 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     let (code, _, err) = run(&["batch", "decrypt", "--dir", e, "--out-dir", r, "--key-file", k1s, "--remove", "x"]);
     assert_eq!(code, 2, "recipient options belong to batch rewrap only: {err}");
 }
+
+#[test]
+fn a_report_replaces_only_an_earlier_report_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(root().join("fixtures/models/cnn_torch/model.onnx"), src.join("m.onnx")).unwrap();
+    let key = dir.path().join("k.key");
+    keygen(&key);
+    let rep = dir.path().join("notes.txt");
+    std::fs::write(&rep, "my notes\n").unwrap();
+    let out = dir.path().join("enc");
+    let (s, o, k, r) = (src.to_str().unwrap(), out.to_str().unwrap(), key.to_str().unwrap(), rep.to_str().unwrap());
+    let args = ["batch", "encrypt", "--dir", s, "--out-dir", o, "--key-file", k, "--report", r];
+    let forced = [&args[..], &["--force"]].concat();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a batch report"), "{err}");
+    assert_eq!(std::fs::read_to_string(&rep).unwrap(), "my notes\n", "a file that is not a report is kept");
+    assert!(!out.exists(), "refused before any work");
+    // With --force it is replaced; then the report of that run may be replaced by the next.
+    let (code, _, err) = run(&forced);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report(&rep).len(), 1);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report(&rep)[0].1, "skipped", "{:?}", report(&rep));
+}

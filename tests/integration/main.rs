@@ -5,6 +5,7 @@ mod cli;
 mod conventions;
 mod corpus;
 mod fixtures;
+mod float6;
 mod key_files;
 mod malformed;
 mod policy;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// An ONNX element type this crate understands (values 1..=26 of
+/// An ONNX element type this crate understands (values 1..=28 of
 /// `TensorProto.DataType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(into = "&'static str")]
@@ -33,6 +33,8 @@ pub enum DataType {
     Float8E8M0,
     Uint2,
     Int2,
+    Float6E2M3,
+    Float6E3M2,
 }
 
 /// Which typed `TensorProto` field carries a type's values when `raw_data` is not used.
@@ -124,6 +126,8 @@ impl DataType {
             24 => Float8E8M0,
             25 => Uint2,
             26 => Int2,
+            27 => Float6E2M3,
+            28 => Float6E3M2,
             _ => return None,
         })
     }
@@ -158,6 +162,8 @@ impl DataType {
             Float8E8M0 => 24,
             Uint2 => 25,
             Int2 => 26,
+            Float6E2M3 => 27,
+            Float6E3M2 => 28,
         }
     }
 
@@ -191,6 +197,8 @@ impl DataType {
             Float8E8M0 => "FLOAT8E8M0",
             Uint2 => "UINT2",
             Int2 => "INT2",
+            Float6E2M3 => "FLOAT6E2M3",
+            Float6E3M2 => "FLOAT6E3M2",
         }
     }
 
@@ -201,6 +209,7 @@ impl DataType {
             String => 0,
             Uint2 | Int2 => 2,
             Uint4 | Int4 | Float4E2M1 => 4,
+            Float6E2M3 | Float6E3M2 => 6,
             Uint8 | Int8 | Bool | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2 | Float8E5M2Fnuz | Float8E8M0 => 8,
             Uint16 | Int16 | Float16 | Bfloat16 => 16,
             Float | Int32 | Uint32 => 32,
@@ -243,11 +252,13 @@ impl DataType {
         }
     }
 
-    /// Bytes of `raw_data` layout that one varint value of the typed field stands for.
+    /// Bytes of `raw_data` layout that one varint value of the typed field stands for; 0
+    /// for the 6-bit types, whose `int32_data` values (one element each) map to no whole bytes.
     pub fn bytes_per_typed_value(self) -> u64 {
         use DataType::*;
         match self {
             Uint4 | Int4 | Float4E2M1 | Uint2 | Int2 => 1,
+            Float6E2M3 | Float6E3M2 => 0,
             Complex64 => 4,
             Complex128 => 8,
             _ => self.bits() / 8,
@@ -275,6 +286,8 @@ impl DataType {
                 | Float8E5M2
                 | Float8E5M2Fnuz
                 | Float4E2M1
+                | Float6E2M3
+                | Float6E3M2
         )
     }
 }
@@ -297,12 +310,12 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for v in 1..=26 {
+        for v in 1..=28 {
             let d = DataType::from_i32(v).unwrap();
             assert_eq!(d.to_i32(), v);
         }
         assert!(DataType::from_i32(0).is_none());
-        assert!(DataType::from_i32(27).is_none());
+        assert!(DataType::from_i32(29).is_none());
         assert!(DataType::from_i32(-1).is_none());
     }
 
@@ -310,6 +323,8 @@ mod tests {
     fn sub_byte_types_pack() {
         assert_eq!(DataType::Int4.byte_len(3), Some(2));
         assert_eq!(DataType::Uint2.byte_len(5), Some(2));
+        assert_eq!(DataType::Float6E2M3.byte_len(5), Some(4));
+        assert_eq!(DataType::Float6E3M2.byte_len(4), Some(3));
         assert_eq!(DataType::Float.byte_len(u64::MAX), None);
     }
 }

@@ -1526,7 +1526,8 @@ impl<'a> Parser<'a> {
             data,
         };
         if let TensorData::Varint { field, fields, .. } = &tensor.data {
-            let canonical = fields.len() == 1 && {
+            // The 6-bit types' values map to no whole bytes: never encrypted, never canonical.
+            let canonical = fields.len() == 1 && tensor.data_type.bytes_per_typed_value() > 0 && {
                 let plain = decode_varint_tensor(self.buf, &tensor, fields)?;
                 let payload = encode_varint_payload(tensor.data_type, *field, &plain);
                 let mut full = Vec::with_capacity(payload.len() + 8);

@@ -212,6 +212,10 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
                 continue;
             }
             TensorData::Empty => continue,
+            TensorData::Varint { .. } if t.data_type.bytes_per_typed_value() == 0 => {
+                sel.skipped.push(skip("its 6-bit elements stored one per int32_data value have no byte layout"));
+                continue;
+            }
             TensorData::Varint { canonical: false, .. } => {
                 sel.skipped
                     .push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));

@@ -103,7 +103,7 @@ pub fn fp_mask(dtype: DataType) -> Option<&'static [u8]> {
         Uint16 | Int16 => &[0xFF, 0xFF],
         Int32 | Uint32 => &[0xFF; 4],
         Int64 | Uint64 => &[0xFF; 8],
-        String | Float8E8M0 => return None,
+        String | Float8E8M0 | Float6E2M3 | Float6E3M2 => return None,
     })
 }
 

@@ -44,7 +44,8 @@ KEY=$DATA/bench.key
 OSSL_K=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 OSSL_IV=00000000000000000000000000000000
 # The "default" cases encrypt half of every weight's rows in ctr mode (`*=0.5`), the
-# reference point of every figure in docs/performance.md whatever the built-in policy is.
+# reference point kept whatever the built-in policy is; the "builtin" cases pass no
+# policy option (the built-in policy of the build under test).
 HALF=(--coefficient '*=0.5' --mode '*=ctr')
 
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release" >&2; exit 1; }
@@ -90,6 +91,9 @@ case_cmd() {
         s_enc_c1)         CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q --coefficient '*=1') ;;
         s_enc_sync)       CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q --sync "${HALF[@]}") ;;
         s_dec_default)    CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_enc_builtin)    CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_dec_builtin)    CMD=("$BIN" decrypt "$PREP/s_builtin/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_mem_builtin)    CMD=("$MEM" "$PREP/s_builtin/model.onnx" "$KEY" 1) ;;
         s_dec_sync)       CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
@@ -112,7 +116,7 @@ case_cmd() {
     esac
 }
 
-SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_python"
+SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_enc_builtin s_dec_builtin s_mem_builtin s_python"
 EXT_CASES="e_cp e_cp_sync e_cat e_b3sum e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1 e_mem_default"
 ALL=""
 if [ "$ONLY" != external ]; then
@@ -140,6 +144,8 @@ prep() { # NAME INPUT COEFF
         rm -rf "$d"
         if [ "$3" = default ]; then
             "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q "${HALF[@]}" >/dev/null
+        elif [ "$3" = builtin ]; then
+            "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q >/dev/null
         else
             "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q --coefficient "*=$3" >/dev/null
         fi
@@ -148,6 +154,7 @@ prep() { # NAME INPUT COEFF
 for c in $ALL; do
     case $c in
         s_dec_default|s_dec_sync|s_mem_default) prep s_default "$S" default ;;
+        s_dec_builtin|s_mem_builtin) prep s_builtin "$S" builtin ;;
         s_dec_c0.05) prep s_c0.05 "$S" 0.05 ;;
         s_dec_c1) prep s_c1 "$S" 1 ;;
         e_dec_default|e_dec_sync|e_mem_default) prep e_default "$E/model.onnx" default ;;
@@ -256,6 +263,9 @@ names = {
     "cat": "cat > /dev/null (read once, page cache)",
     "b3sum": "b3sum (read once + BLAKE3, all cores)",
     "mem_default": "in-memory decrypt + full verify (*=0.5)",
+    "enc_builtin": "onnx-protect encrypt (built-in policy)",
+    "dec_builtin": "onnx-protect decrypt (built-in policy)",
+    "mem_builtin": "in-memory decrypt + full verify (built-in)",
 }
 for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "external-data model (folder)")):
     gc = [c for c in cases if c.startswith(g + "_")]
@@ -277,9 +287,10 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
               f"{st['med'] / cp if cp else float('nan'):6.2f} {st['med'] / cps if cps else float('nan'):9.2f} "
               f"{st['cpu']:6.2f} {st['rss'] / 1024:12.0f} {st['rss'] * 1024 / size:8.3f} "
               f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f} {st['steal']:7.2f}")
-    for base in ("cat", "b3sum"):
-        if f"{g}_{base}" in med and f"{g}_mem_default" in med:
-            print(f"in-memory decrypt / {base} = {med[f'{g}_mem_default'] / med[f'{g}_{base}']:.2f}x")
+    for pol in ("default", "builtin"):
+        for base in ("cat", "b3sum"):
+            if f"{g}_{base}" in med and f"{g}_mem_{pol}" in med:
+                print(f"in-memory decrypt ({pol}) / {base} = {med[f'{g}_mem_{pol}'] / med[f'{g}_{base}']:.2f}x")
     if f"{g}_python" in med and f"{g}_enc_default" in med:
         print(f"python / encrypt(default) = {med[f'{g}_python'] / med[f'{g}_enc_default']:.2f}x")
 print("\nx cp = median / median of cp (cp -r for the folder); MB/s = model bytes / median wall time;"

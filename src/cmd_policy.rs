@@ -76,7 +76,7 @@ fn search(_: SearchArgs) -> Result<ExitCode> {
 use with_tract::search;
 
 #[cfg(feature = "tract")]
-mod with_tract {
+pub(crate) mod with_tract {
     use super::*;
     use std::collections::BTreeMap;
     use std::path::Path;
@@ -127,7 +127,7 @@ mod with_tract {
     }
 
     /// Arrays of a .npz (by name) or one .npy (under the empty name).
-    fn arrays(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
+    pub(crate) fn arrays(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
         if path.extension().is_some_and(|e| e == "npz") {
             let all = read_npz(path).map_err(lift)?;
             if all.is_empty() {

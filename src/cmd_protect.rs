@@ -345,6 +345,11 @@ pub struct FingerprintArgs {
     /// Fingerprint strength A: each marked weight moves by +A or -A times its tensor's standard deviation.
     #[arg(long, value_name = "ALPHA", requires = "fingerprint", default_value_t = onnx_protect_trace::DEFAULT_ALPHA)]
     pub fingerprint_strength: f64,
+    /// Inputs (.npy, or .npz by input name) on which the marked copy must predict exactly the
+    /// original's top-1 classes: the first of up to 64 variants of the mark that changes none
+    /// is used (needs the tract feature).
+    #[arg(long, value_name = "DATA", requires = "fingerprint", value_parser = stdio::file_path)]
+    pub fingerprint_check: Option<PathBuf>,
 }
 
 /// What `encrypt --fingerprint` embedded.
@@ -358,6 +363,11 @@ struct FingerprintReport {
     alpha: f64,
     tensors: usize,
     elements: u64,
+    /// The variant of the recipient's mark (0 unless --fingerprint-check chose another).
+    variant: u32,
+    /// With --fingerprint-check: the samples checked and the variants tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked: Option<crate::fingerprint_check::Checked>,
 }
 
 #[derive(serde::Serialize)]
@@ -394,8 +404,18 @@ fn prepare_fingerprint(
     if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() }.into());
     }
-    let marker = onnx_protect_trace::Marker::new(&model, &key, &recipient, a.fingerprint_strength)
-        .with_context(|| format!("fingerprint {name}"))?;
+    let (marker, checked) = match &a.fingerprint_check {
+        None => (
+            onnx_protect_trace::Marker::new(&model, &key, &recipient, a.fingerprint_strength)
+                .with_context(|| format!("fingerprint {name}"))?,
+            None,
+        ),
+        Some(data) => {
+            let (m, c) = crate::fingerprint_check::choose(&model, &key, &recipient, a.fingerprint_strength, data)
+                .with_context(|| format!("fingerprint {name}"))?;
+            (m, Some(c))
+        }
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let added = onnx_protect_trace::ledger::append(ledger, &marker.ledger_entry(name, now))?;
     let report = FingerprintReport {
@@ -406,6 +426,8 @@ fn prepare_fingerprint(
         alpha: marker.alpha(),
         tensors: marker.tensors(),
         elements: marker.elements(),
+        variant: marker.variant(),
+        checked,
     };
     Ok(Some((std::sync::Arc::new(marker), report)))
 }
@@ -543,11 +565,18 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let fp = fingerprint.map(|(_, f)| f);
     let fp_text = fp.as_ref().map(|f| {
         format!(
-            "\n  fingerprint of {}: {} elements in {} tensors (strength {}), ledger {}{}",
+            "\n  fingerprint of {}: {} elements in {} tensors (strength {}{}), ledger {}{}",
             f.recipient,
             f.elements,
             f.tensors,
             f.alpha,
+            match &f.checked {
+                Some(c) => format!(
+                    ", variant {}: no top-1 class changed on {} samples, {} variants tried",
+                    f.variant, c.samples, c.tried
+                ),
+                None => String::new(),
+            },
             f.ledger,
             if f.already_recorded { " (already recorded)" } else { "" }
         )

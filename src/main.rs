@@ -20,6 +20,7 @@ mod cmd_trace;
 mod cmd_transform;
 mod dest;
 mod exit;
+mod fingerprint_check;
 mod keys;
 mod output;
 mod progress;

@@ -231,3 +231,94 @@ fn bad_inputs_get_one_line_errors() {
     assert_eq!(code, 2, "{err}");
     one_line_error(&err, "outside (0, 1)");
 }
+
+/// The top-1 class of every sample of `model` on `data`, through `run`.
+#[cfg(feature = "tract")]
+fn classes(model: &Path, data: &Path, dir: &Path) -> Vec<usize> {
+    let out = dir.join(model.file_stem().unwrap());
+    let (code, _, err) = run(&["run", s(model), "-i", s(data), "--output-dir", s(&out), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    let file = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let a = onnx_protect_runtime::npy::NpyArray::read(&file).unwrap();
+    let width = *a.shape.last().unwrap();
+    a.to_f64().chunks(width).map(|row| row.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0).collect()
+}
+
+#[cfg(feature = "tract")]
+#[test]
+fn fingerprint_check_picks_a_variant_that_changes_no_prediction_and_trace_follows_it() {
+    let st = setup();
+    // A fixed secret, so the variants chosen are the same on every run.
+    std::fs::write(&st.secret, format!("onnx-protect-fingerprint-secret-v1 {}\n", "5a".repeat(32))).unwrap();
+    let data = root().join("fixtures/digits/test_x.npy");
+    let base = classes(&st.original, &data, st.dir.path());
+    let mut variants = Vec::new();
+    for id in ["ann", "bob", "cid"] {
+        let enc = st.dir.path().join(format!("{id}.protected.onnx"));
+        let dec = st.dir.path().join(format!("{id}.onnx"));
+        let (code, out, err) = run(&[
+            "encrypt",
+            s(&st.original),
+            "-o",
+            s(&enc),
+            "--key-file",
+            s(&st.key),
+            "--fingerprint",
+            id,
+            "--fingerprint-secret",
+            s(&st.secret),
+            "--ledger",
+            s(&st.ledger),
+            "--fingerprint-strength",
+            "0.02",
+            "--fingerprint-check",
+            s(&data),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let (v, tried) =
+            (j["fingerprint"]["variant"].as_u64().unwrap(), j["fingerprint"]["checked"]["tried"].as_u64().unwrap());
+        assert_eq!((v + 1, j["fingerprint"]["checked"]["samples"].as_u64()), (tried, Some(540)), "{j}");
+        variants.push(v);
+        let (code, _, err) = run(&["decrypt", s(&enc), "-o", s(&dec), "--key-file", s(&st.key), "-q"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(classes(&dec, &data, st.dir.path()), base, "{id}: the chosen variant changes no prediction");
+        let (code, t, err) = st.trace(&dec);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(t["recipient"], id, "{t}");
+        assert_eq!(t["matches"].as_array().unwrap().len(), 1, "{t}");
+    }
+    // At this strength most variants move some sample: the check did choose.
+    assert!(variants.iter().any(|&v| v > 0), "{variants:?}");
+    let ledger = std::fs::read_to_string(&st.ledger).unwrap();
+    for (id, v) in ["ann", "bob", "cid"].iter().zip(&variants) {
+        let line = ledger.lines().find(|l| l.contains(&format!("\"recipient\":\"{id}\""))).unwrap();
+        assert_eq!(line.contains(&format!("\"variant\":{v}")), *v > 0, "{line}");
+    }
+    // When no variant keeps every prediction, nothing is written and the ledger is unchanged.
+    let before = std::fs::read_to_string(&st.ledger).unwrap();
+    let out = st.dir.path().join("never.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        s(&st.original),
+        "-o",
+        s(&out),
+        "--key-file",
+        s(&st.key),
+        "--fingerprint",
+        "dee",
+        "--fingerprint-secret",
+        s(&st.secret),
+        "--ledger",
+        s(&st.ledger),
+        "--fingerprint-strength",
+        "0.1",
+        "--fingerprint-check",
+        s(&data),
+    ]);
+    assert_ne!(code, 0);
+    one_line_error(&err, "variants of the mark changes the top-1 class");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_to_string(&st.ledger).unwrap(), before);
+}

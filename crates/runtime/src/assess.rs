@@ -468,6 +468,12 @@ impl Bench {
         Some(counts.values().copied().max().unwrap_or(0) as f64 / labels.len().max(1) as f64)
     }
 
+    /// How many samples of `rows` (as [`Bench::run`] returns them) have a top-1 class other
+    /// than the original model's.
+    pub fn changed(&self, rows: &[Vec<f64>]) -> usize {
+        rows.iter().zip(&self.reference).filter(|(a, b)| argmax(a) != argmax(b)).count()
+    }
+
     /// Runs a model (bytes and external files) on the inputs.
     pub fn run(&self, model: &[u8], external: &External) -> Result<Vec<Vec<f64>>> {
         Ok(run_rows(model, external, &self.inputs)?.1)

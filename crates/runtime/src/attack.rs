@@ -313,11 +313,7 @@ pub fn repair(protected: &Model, fill: Fill) -> Result<Repaired> {
 /// Builds the attacker's model from `model` (a protected model, or the original for a
 /// simulation: the clear elements are the same) with the spans of `exposure` filled.
 pub fn repair_exposed(model: &Model, exposure: &Exposure, fill: Fill) -> Result<Repaired> {
-    let mut edits: Vec<Edit> = Vec::new();
-    let mut external: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for f in &model.external_files {
-        external.insert(f.location.clone(), f.bytes()?.to_vec());
-    }
+    let mut out = TensorEdits::new(model)?;
     let weights: BTreeMap<TensorId, Weight> = match fill {
         Fill::Init { .. } => discover(model).into_iter().map(|w| (w.tensor, w)).collect(),
         _ => BTreeMap::new(),
@@ -389,13 +385,42 @@ pub fn repair_exposed(model: &Model, exposure: &Exposure, fill: Fill) -> Result<
                 }
             }
         }
+        out.put(t, &bytes, &spans)?;
+    }
+    Ok(Repaired { notes, ..out.finish()? })
+}
+
+/// A copy of a model (and its external data files) in memory with some tensors'
+/// element bytes replaced, whatever their storage: `raw_data` or a fixed typed field
+/// patched in place, varint fields re-encoded, external ranges patched in their file.
+pub struct TensorEdits<'m> {
+    model: &'m Model,
+    edits: Vec<Edit>,
+    external: BTreeMap<String, Vec<u8>>,
+}
+
+impl<'m> TensorEdits<'m> {
+    /// Starts from `model` as it is (its external files copied into memory).
+    pub fn new(model: &'m Model) -> Result<TensorEdits<'m>> {
+        let mut external = BTreeMap::new();
+        for f in &model.external_files {
+            external.insert(f.location.clone(), f.bytes()?.to_vec());
+        }
+        Ok(TensorEdits { model, edits: Vec::new(), external })
+    }
+
+    /// Gives `t` the element bytes `bytes` (its whole new content, `raw_data` layout);
+    /// only the byte ranges `spans` of it change (a varint-stored tensor is re-encoded
+    /// whole).
+    pub fn put(&mut self, t: &onnx_protect_format::Tensor, bytes: &[u8], spans: &[Range<usize>]) -> Result<()> {
+        let model = self.model;
         match &t.data {
             TensorData::Raw { .. } | TensorData::Fixed { .. } => {
-                for s in &spans {
+                for s in spans {
                     for (range, logical) in t.file_pieces(s.start as u64, s.end as u64) {
                         let from = logical as usize;
                         let len = (range.end - range.start) as usize;
-                        edits.push(Edit {
+                        self.edits.push(Edit {
                             range,
                             content: Content::Bytes(bytes[from..from + len].to_vec()),
                             ancestors: Vec::new(),
@@ -404,14 +429,15 @@ pub fn repair_exposed(model: &Model, exposure: &Exposure, fill: Fill) -> Result<
                 }
             }
             TensorData::Varint { .. } => {
-                edits.extend(t.varint_edits(&bytes));
+                self.edits.extend(t.varint_edits(bytes));
             }
             TensorData::External { file, .. } => {
                 let loc = &model.external_files[*file].location;
-                let buf = external
+                let buf = self
+                    .external
                     .get_mut(loc)
                     .ok_or_else(|| RuntimeError::Input(format!("external file '{loc}' is missing")))?;
-                for s in &spans {
+                for s in spans {
                     for (range, logical) in t.file_pieces(s.start as u64, s.end as u64) {
                         let from = logical as usize;
                         let len = (range.end - range.start) as usize;
@@ -424,12 +450,17 @@ pub fn repair_exposed(model: &Model, exposure: &Exposure, fill: Fill) -> Result<
             }
             _ => {}
         }
+        Ok(())
     }
-    let src = model.bytes();
-    let plan = Plan::new(src.len() as u64, edits, Vec::new())?;
-    let mut out = Vec::with_capacity(plan.output_len() as usize);
-    plan.write(src, &mut out, &mut |_, _, _| Ok(()))?;
-    Ok(Repaired { model: out, external, notes })
+
+    /// The model's bytes with every edit applied, and its external files (no notes).
+    pub fn finish(self) -> Result<Repaired> {
+        let src = self.model.bytes();
+        let plan = Plan::new(src.len() as u64, self.edits, Vec::new())?;
+        let mut out = Vec::with_capacity(plan.output_len() as usize);
+        plan.write(src, &mut out, &mut |_, _, _| Ok(()))?;
+        Ok(Repaired { model: out, external: self.external, notes: Vec::new() })
+    }
 }
 
 #[cfg(test)]

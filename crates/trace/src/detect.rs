@@ -28,7 +28,7 @@ use onnx_protect_format::{DataType, Model, TensorId};
 use serde::Serialize;
 
 use crate::error::{Result, TraceError};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Mark};
 use crate::plan::{decode_float, decode_int8, is_marked_float, plan, tensor_key, weights_digest, Planned};
 use crate::secret::{FingerprintKey, RecipientId};
 
@@ -172,7 +172,7 @@ pub struct TraceReport {
 pub struct Tracer<'a> {
     original: &'a Model,
     key: &'a FingerprintKey,
-    recipients: Vec<RecipientId>,
+    recipients: Vec<Mark>,
     planned: Vec<Planned>,
     digest: String,
 }
@@ -181,10 +181,16 @@ impl<'a> Tracer<'a> {
     /// A tracer for copies of `original` marked with `key` for one of `recipients`
     /// (duplicates are tested once).
     pub fn new(original: &'a Model, key: &'a FingerprintKey, recipients: &[RecipientId]) -> Result<Tracer<'a>> {
-        let mut unique: Vec<RecipientId> = Vec::with_capacity(recipients.len());
-        for r in recipients {
-            if !unique.contains(r) {
-                unique.push(r.clone());
+        let marks: Vec<Mark> = recipients.iter().cloned().map(Mark::from).collect();
+        Tracer::for_marks(original, key, &marks)
+    }
+
+    /// A tracer for the given marks (recipients and variants; duplicates are tested once).
+    pub fn for_marks(original: &'a Model, key: &'a FingerprintKey, marks: &[Mark]) -> Result<Tracer<'a>> {
+        let mut unique: Vec<Mark> = Vec::with_capacity(marks.len());
+        for m in marks {
+            if !unique.contains(m) {
+                unique.push(m.clone());
             }
         }
         if unique.is_empty() {
@@ -214,8 +220,8 @@ impl<'a> Tracer<'a> {
         &self.planned
     }
 
-    /// The recipients tested.
-    pub fn recipients(&self) -> &[RecipientId] {
+    /// The marks tested.
+    pub fn recipients(&self) -> &[Mark] {
         &self.recipients
     }
 
@@ -292,7 +298,7 @@ impl<'a> Tracer<'a> {
             let t_norm2: f64 = d.iter().map(|x| x * x).sum();
             let mut t_dots = Vec::with_capacity(n);
             for (r, total) in self.recipients.iter().zip(dots.iter_mut()) {
-                let dot = self.key.pattern(r, &pl.key, d.len())?.dot(&d);
+                let dot = self.key.pattern_variant(&r.recipient, r.variant, &pl.key, d.len())?.dot(&d);
                 *total += dot;
                 t_dots.push(dot);
             }
@@ -306,7 +312,7 @@ impl<'a> Tracer<'a> {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| z(dots[b]).total_cmp(&z(dots[a])).then(a.cmp(&b)));
         let score = |i: usize| Score {
-            recipient: self.recipients[i].to_string(),
+            recipient: self.recipients[i].recipient.to_string(),
             z: z(dots[i]),
             bound: bound(n, z(dots[i])),
             log10_bound: log10_bound(n, z(dots[i])),

@@ -42,6 +42,8 @@ pub const MAX_LEDGER_LEN: u64 = 1 << 30;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub recipient: RecipientId,
+    /// The variant of the recipient's mark (0 unless `--fingerprint-check` chose another).
+    pub variant: u32,
     /// The fingerprint secret's key ID (16 hex digits).
     pub key_id: String,
     /// The original's [`weights_digest`](crate::weights_digest) (64 hex digits).
@@ -61,6 +63,8 @@ pub struct Entry {
 struct Line {
     v: u32,
     recipient: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    variant: u32,
     key_id: String,
     original: String,
     model: String,
@@ -68,6 +72,10 @@ struct Line {
     tensors: u64,
     elements: u64,
     time: u64,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -80,6 +88,7 @@ impl Entry {
         let line = Line {
             v: LEDGER_VERSION,
             recipient: self.recipient.to_string(),
+            variant: self.variant,
             key_id: self.key_id.clone(),
             original: self.original.clone(),
             model: self.model.clone(),
@@ -114,6 +123,7 @@ impl Entry {
         }
         Ok(Entry {
             recipient,
+            variant: l.variant,
             key_id: l.key_id,
             original: l.original,
             model: l.model,
@@ -124,10 +134,28 @@ impl Entry {
         })
     }
 
-    /// Whether `other` records the same fingerprint (same recipient, secret and original:
-    /// the same patterns).
+    /// Whether `other` records the same fingerprint (same recipient, variant, secret and
+    /// original: the same patterns).
     pub fn same_mark(&self, other: &Entry) -> bool {
-        self.recipient == other.recipient && self.key_id == other.key_id && self.original == other.original
+        self.mark() == other.mark() && self.key_id == other.key_id && self.original == other.original
+    }
+
+    /// The recipient and the variant of their mark.
+    pub fn mark(&self) -> Mark {
+        Mark { recipient: self.recipient.clone(), variant: self.variant }
+    }
+}
+
+/// One recipient's mark: whose it is and which variant of their patterns it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mark {
+    pub recipient: RecipientId,
+    pub variant: u32,
+}
+
+impl From<RecipientId> for Mark {
+    fn from(recipient: RecipientId) -> Mark {
+        Mark { recipient, variant: 0 }
     }
 }
 
@@ -145,9 +173,9 @@ impl Ledger {
         Ok(Ledger { path: path.to_path_buf(), entries: parse(&bytes, path)? })
     }
 
-    /// The recipients of the entries made with secret `key_id` for the original
-    /// `original`, each once, in ledger order. Errors when there is none.
-    pub fn recipients(&self, key_id: &str, original: &str) -> Result<Vec<RecipientId>> {
+    /// The marks of the entries made with secret `key_id` for the original `original`,
+    /// each once, in ledger order. Errors when there is none.
+    pub fn recipients(&self, key_id: &str, original: &str) -> Result<Vec<Mark>> {
         let with_key: Vec<&Entry> = self.entries.iter().filter(|e| e.key_id == key_id).collect();
         if with_key.is_empty() {
             return Err(TraceError::LedgerEmpty {
@@ -156,10 +184,10 @@ impl Ledger {
                 entries: self.entries.len(),
             });
         }
-        let mut out: Vec<RecipientId> = Vec::new();
+        let mut out: Vec<Mark> = Vec::new();
         for e in with_key.iter().filter(|e| e.original == original) {
-            if !out.contains(&e.recipient) {
-                out.push(e.recipient.clone());
+            if !out.contains(&e.mark()) {
+                out.push(e.mark());
             }
         }
         if out.is_empty() {
@@ -280,6 +308,7 @@ mod tests {
     fn entry(r: &str) -> Entry {
         Entry {
             recipient: RecipientId::new(r).unwrap(),
+            variant: 0,
             key_id: "0123456789abcdef".into(),
             original: "ab".repeat(32),
             model: "m.onnx".into(),
@@ -297,6 +326,12 @@ mod tests {
         // Unknown fields are ignored.
         let extra = e.to_line().replacen('{', "{\"note\":\"x\",", 1);
         assert_eq!(Entry::parse(&extra).unwrap(), e);
+        // Variant 0 is not written; another variant is, and is another mark.
+        assert!(!e.to_line().contains("variant"));
+        let v = Entry { variant: 3, ..e.clone() };
+        assert!(v.to_line().contains("\"variant\":3"));
+        assert_eq!(Entry::parse(&v.to_line()).unwrap(), v);
+        assert!(!v.same_mark(&e));
     }
 
     #[test]
@@ -375,9 +410,12 @@ mod tests {
         other_key.key_id = "fedcba9876543210".into();
         let mut other_model = entry("y");
         other_model.original = "cd".repeat(32);
-        let l = Ledger { path: "l".into(), entries: vec![entry("a"), other_key, other_model, entry("b"), entry("a")] };
+        let a2 = Entry { variant: 2, ..entry("a") };
+        let l =
+            Ledger { path: "l".into(), entries: vec![entry("a"), other_key, other_model, entry("b"), entry("a"), a2] };
         let r = l.recipients("0123456789abcdef", &"ab".repeat(32)).unwrap();
-        assert_eq!(r.iter().map(RecipientId::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        let names: Vec<(&str, u32)> = r.iter().map(|m| (m.recipient.as_str(), m.variant)).collect();
+        assert_eq!(names, [("a", 0), ("b", 0), ("a", 2)]);
         assert!(matches!(l.recipients("1111111111111111", &"ab".repeat(32)), Err(TraceError::LedgerEmpty { .. })));
         assert!(matches!(l.recipients("0123456789abcdef", &"ee".repeat(32)), Err(TraceError::LedgerNoOriginal { .. })));
     }

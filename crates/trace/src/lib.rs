@@ -40,7 +40,7 @@ pub mod secret;
 
 pub use detect::{bound, threshold, How, Matched, Score, TensorScore, TraceReport, Tracer, DEFAULT_FALSE_POSITIVE};
 pub use error::{Result, TraceError};
-pub use ledger::{Appended, Entry, Ledger};
+pub use ledger::{Appended, Entry, Ledger, Mark};
 pub use mark::{Marker, DEFAULT_ALPHA, MAX_ALPHA, MIN_ELEMENTS};
 pub use plan::{plan, weights_digest, Planned};
 pub use secret::{FingerprintKey, RecipientId};

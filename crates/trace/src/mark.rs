@@ -36,6 +36,7 @@ struct Marked {
 pub struct Marker {
     alpha: f64,
     recipient: RecipientId,
+    variant: u32,
     entries: HashMap<TensorId, Marked>,
     elements: u64,
     original: String,
@@ -48,6 +49,18 @@ impl Marker {
     /// (0 < α ≤ [`MAX_ALPHA`]). Errors when the model offers fewer than
     /// [`MIN_ELEMENTS`] elements.
     pub fn new(model: &Model, key: &FingerprintKey, recipient: &RecipientId, alpha: f64) -> Result<Marker> {
+        Marker::with_variant(model, key, recipient, 0, alpha)
+    }
+
+    /// As [`Marker::new`], with the patterns of variant `variant` of the recipient's mark
+    /// ([`FingerprintKey::pattern_variant`]).
+    pub fn with_variant(
+        model: &Model,
+        key: &FingerprintKey,
+        recipient: &RecipientId,
+        variant: u32,
+        alpha: f64,
+    ) -> Result<Marker> {
         check_alpha(alpha)?;
         let mut entries = HashMap::new();
         let mut elements = 0u64;
@@ -55,7 +68,7 @@ impl Marker {
         let original = weights_digest(model, &planned)?;
         for p in planned {
             let t = &model.tensors[p.tensor];
-            let pattern = key.pattern(recipient, &p.key, p.len)?;
+            let pattern = key.pattern_variant(recipient, variant, &p.key, p.len)?;
             elements += p.len as u64;
             entries.insert(
                 p.tensor,
@@ -68,6 +81,7 @@ impl Marker {
         Ok(Marker {
             alpha,
             recipient: recipient.clone(),
+            variant,
             entries,
             elements,
             original,
@@ -79,18 +93,29 @@ impl Marker {
     /// The new element bytes of `t` (the same length as `bytes`), or `None` for a tensor
     /// that carries no fingerprint.
     pub fn rewrite(&self, t: &Tensor, bytes: &[u8]) -> Option<Vec<u8>> {
+        let out = self.marked(t, bytes)?;
+        self.rewritten.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+
+    /// What [`Marker::rewrite`] returns, without counting it in [`Marker::rewritten`] (for
+    /// a trial run of the marked model).
+    pub fn marked(&self, t: &Tensor, bytes: &[u8]) -> Option<Vec<u8>> {
         let e = self.entries.get(&t.id)?;
         if e.name != t.name || e.data_type != t.data_type || e.nbytes != bytes.len() as u64 {
             return None;
         }
-        let out = mark_bytes(t.data_type, bytes, e.sigma, &e.pattern, self.alpha)?;
-        self.rewritten.fetch_add(1, Ordering::Relaxed);
-        Some(out)
+        mark_bytes(t.data_type, bytes, e.sigma, &e.pattern, self.alpha)
     }
 
     /// The recipient.
     pub fn recipient(&self) -> &RecipientId {
         &self.recipient
+    }
+
+    /// The variant of the recipient's mark.
+    pub fn variant(&self) -> u32 {
+        self.variant
     }
 
     /// The strength α.
@@ -118,6 +143,7 @@ impl Marker {
     pub fn ledger_entry(&self, model: &str, time: u64) -> Entry {
         Entry {
             recipient: self.recipient.clone(),
+            variant: self.variant,
             key_id: self.key_id.clone(),
             original: self.original.clone(),
             model: one_line(model, 1024),

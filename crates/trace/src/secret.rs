@@ -9,7 +9,8 @@
 //! `PRK = HKDF-Extract-SHA256(salt = "onnx-protect/v1/fingerprint-salt", fingerprint key)`;
 //! the pattern of recipient `R` over the tensor named `N` is the AES-256-CTR keystream
 //! (zero initial counter block) under `HKDF-Expand(PRK, info, 32)` with
-//! `info = "onnx-protect/v1/fingerprint-pattern" || u32be(len R) || R || u32be(len N) || N`.
+//! `info = "onnx-protect/v1/fingerprint-pattern" || u32be(len R) || R || u32be(len N) || N`,
+//! followed by `u32be(v)` for a variant `v > 0` (variant 0 has no suffix).
 //! Element `j` takes bit `j mod 8` (least significant first) of keystream byte `j div 8`:
 //! `+1` for a set bit, `−1` for a clear one.
 
@@ -108,15 +109,25 @@ impl FingerprintKey {
         hex::encode(self.id)
     }
 
-    /// The pattern of `recipient` over `len` elements of the tensor named `tensor`.
+    /// The pattern of `recipient` over `len` elements of the tensor named `tensor`
+    /// (variant 0).
     pub fn pattern(&self, recipient: &RecipientId, tensor: &str, len: usize) -> Result<Pattern> {
+        self.pattern_variant(recipient, 0, tensor, len)
+    }
+
+    /// The pattern of variant `variant` of `recipient`'s mark over `len` elements of the
+    /// tensor named `tensor`. Variants are independent patterns for the same recipient,
+    /// among which `encrypt --fingerprint-check` picks one that changes no prediction.
+    pub fn pattern_variant(&self, recipient: &RecipientId, variant: u32, tensor: &str, len: usize) -> Result<Pattern> {
         let (r, n) = (recipient.as_str().as_bytes(), tensor.as_bytes());
         let len32 = |b: &[u8]| u32::try_from(b.len()).map(u32::to_be_bytes);
         let (rl, nl) = match (len32(r), len32(n)) {
             (Ok(rl), Ok(nl)) => (rl, nl),
             _ => return Err(TraceError::Parameter(format!("tensor name of {} bytes is too long", n.len()))),
         };
-        let stream = self.schedule.keystream(&[PATTERN_LABEL, &rl, r, &nl, n]);
+        let v = variant.to_be_bytes();
+        let suffix: &[u8] = if variant == 0 { &[] } else { &v };
+        let stream = self.schedule.keystream(&[PATTERN_LABEL, &rl, r, &nl, n, suffix]);
         let mut bits = vec![0u8; len.div_ceil(8)];
         stream.fill(0, &mut bits).map_err(TraceError::Key)?;
         Ok(Pattern { bits, len })
@@ -225,6 +236,11 @@ mod tests {
         assert_ne!(p(&key(1), &a, "w"), p(&key(2), &a, "w"));
         assert_ne!(p(&key(1), &a, "w"), p(&key(1), &b, "w"));
         assert_ne!(p(&key(1), &a, "w"), p(&key(1), &a, "v"));
+        // Variant 0 is the plain pattern; every other variant is another pattern.
+        let v = |n: u32| key(1).pattern_variant(&a, n, "w", 1000).unwrap().bits;
+        assert_eq!(v(0), p(&key(1), &a, "w"));
+        assert_ne!(v(1), v(0));
+        assert_ne!(v(1), v(2));
         // The length prefixes keep (ID "ab", tensor "c") apart from (ID "a", tensor "bc").
         let ab = RecipientId::new("ab").unwrap();
         assert_ne!(p(&key(1), &ab, "c"), p(&key(1), &a, "bc"));

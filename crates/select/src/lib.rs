@@ -193,7 +193,7 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
         let Some(applied) = policy.rule_for_weight(model, w) else { continue };
         let (rule, u) = (applied.rule, applied.via);
         let ppm = rule.coefficient_ppm();
-        if ppm == 0 {
+        if ppm == 0 || matches!(t.data, TensorData::Empty) {
             continue;
         }
         let mode = policy.mode_of(rule);
@@ -205,75 +205,11 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
         {
             continue;
         }
-        let skip = |reason: &str| Skipped { tensor: t.id, reason: reason.to_string() };
-        match &t.data {
-            TensorData::Strings { .. } => {
-                sel.skipped.push(skip("string tensors are not weights"));
-                continue;
-            }
-            TensorData::Empty => continue,
-            TensorData::Varint { .. } if t.data_type.bytes_per_typed_value() == 0 => {
-                sel.skipped.push(skip("its 6-bit elements stored one per int32_data value have no byte layout"));
-                continue;
-            }
-            TensorData::Varint { canonical: false, .. } => {
-                sel.skipped
-                    .push(skip("its typed-field encoding is not canonical, so it could not be restored byte for byte"));
-                continue;
-            }
-            TensorData::Varint { .. }
-                if t.ancestors.iter().any(|c| {
-                    c.value_start - c.len_start != onnx_protect_format::wire::varint_len(c.end - c.value_start) as u64
-                }) =>
-            {
-                sel.skipped.push(skip(
-                    "a length prefix around it is not canonical, so re-encoding it could not restore the file byte for byte",
-                ));
-                continue;
-            }
-            _ => {}
-        }
-        if mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
-            sel.skipped.push(skip("no format-preserving mask for its data type"));
+        if let Some(reason) = unencryptable(t, mode) {
+            sel.skipped.push(Skipped { tensor: t.id, reason: reason.to_string() });
             continue;
         }
-        if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
-            sel.skipped.push(skip("the distribution-preserving mode needs whole-byte elements"));
-            continue;
-        }
-        let Some(bounds) = subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split) else { continue };
-        let n = (bounds.len() - 1) as u64;
-        let k = chosen_count(ppm, n);
-        let needs_scores = rule.rank != Rank::Even || policy.tiers > 1;
-        let scores = if needs_scores {
-            let norm = match rule.rank {
-                Rank::Top(n) | Rank::Sample(n) => n,
-                Rank::Even => Norm::L2,
-            };
-            model.tensor_bytes(t.id).ok().and_then(|b| importance::scores(t.data_type, &b, &bounds, norm))
-        } else {
-            None
-        };
-        let positions = match (rule.rank, &scores) {
-            (Rank::Top(_), Some(sc)) => importance::top_k(sc, k as usize),
-            (Rank::Sample(_), Some(sc)) => {
-                importance::weighted_sample(sc, k as usize, policy.seed, &t.locator.to_string())
-            }
-            _ => spread_positions(n, k),
-        };
-        let mean = scores.as_ref().map(|sc| sc.iter().sum::<f64>() / sc.len().max(1) as f64).unwrap_or(0.0);
-        let head_index = heads.len();
-        for &p in &positions {
-            let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
-            if a == b {
-                continue;
-            }
-            let relative = match &scores {
-                Some(sc) if mean > 0.0 => sc[p as usize] / mean,
-                _ => 1.0,
-            };
-            pieces.push(Piece { tensor_index: head_index, position: p, range: (a, b), relative });
-        }
+        let Some((subsequences, chosen)) = pick(model, t, rule, policy, heads.len(), &mut pieces) else { continue };
         heads.push(Chosen {
             tensor: t.id,
             op_type: u.op_type.clone(),
@@ -282,13 +218,119 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             rule: applied.by.text(),
             split: rule.split,
             mode,
-            subsequences: n,
-            chosen: positions,
+            subsequences,
+            chosen,
             spans: Vec::new(),
             tier: 1,
         });
     }
-    // Tier of each piece.
+    // The pieces of each tensor (indices into `pieces`).
+    let mut of_head: Vec<Vec<usize>> = vec![Vec::new(); heads.len()];
+    for (i, p) in pieces.iter().enumerate() {
+        of_head[p.tensor_index].push(i);
+    }
+    let tier_of = tiers_of_pieces(model, &heads, &pieces, &of_head, policy);
+    let mut out = per_tier(&heads, &pieces, &of_head, &tier_of, policy.tiers.max(1));
+    out.sort_by_key(|c| (c.tensor, c.tier));
+    sel.chosen = out;
+    let encrypted: std::collections::HashSet<TensorId> = sel.chosen.iter().map(|c| c.tensor).collect();
+    sel.clear = weights
+        .iter()
+        .filter(|w| !encrypted.contains(&w.tensor))
+        .map(|w| Clear {
+            tensor: w.tensor,
+            nbytes: model.tensors[w.tensor].nbytes,
+            op_type: w.primary_op().to_string(),
+            tensor_role: w.tensor_role(),
+        })
+        .collect();
+    sel.clear.sort_by_key(|c| c.tensor);
+    sel
+}
+
+/// Why a tensor cannot be encrypted in `mode` as it is stored, if it cannot.
+fn unencryptable(t: &onnx_protect_format::Tensor, mode: Mode) -> Option<&'static str> {
+    let prefix_not_canonical = |t: &onnx_protect_format::Tensor| {
+        t.ancestors
+            .iter()
+            .any(|c| c.value_start - c.len_start != onnx_protect_format::wire::varint_len(c.end - c.value_start) as u64)
+    };
+    match &t.data {
+        TensorData::Strings { .. } => return Some("string tensors are not weights"),
+        TensorData::Varint { .. } if t.data_type.bytes_per_typed_value() == 0 => {
+            return Some("its 6-bit elements stored one per int32_data value have no byte layout")
+        }
+        TensorData::Varint { canonical: false, .. } => {
+            return Some("its typed-field encoding is not canonical, so it could not be restored byte for byte")
+        }
+        TensorData::Varint { .. } if prefix_not_canonical(t) => return Some(
+            "a length prefix around it is not canonical, so re-encoding it could not restore the file byte for byte",
+        ),
+        _ => {}
+    }
+    if mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
+        return Some("no format-preserving mask for its data type");
+    }
+    if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+        return Some("the distribution-preserving mode needs whole-byte elements");
+    }
+    None
+}
+
+/// Picks the subsequences of tensor `t` that `rule` encrypts, pushing one [`Piece`] per
+/// non-empty one (tagged `head_index`). Returns the number of subsequences and the
+/// positions chosen; `None` when the tensor cannot be split as the rule asks.
+fn pick(
+    model: &Model,
+    t: &onnx_protect_format::Tensor,
+    rule: &policy::OpRule,
+    policy: &Policy,
+    head_index: usize,
+    pieces: &mut Vec<Piece>,
+) -> Option<(u64, Vec<u64>)> {
+    let bounds = subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split)?;
+    let n = (bounds.len() - 1) as u64;
+    let k = chosen_count(rule.coefficient_ppm(), n);
+    let needs_scores = rule.rank != Rank::Even || policy.tiers > 1;
+    let scores = if needs_scores {
+        let norm = match rule.rank {
+            Rank::Top(n) | Rank::Sample(n) => n,
+            Rank::Even => Norm::L2,
+        };
+        model.tensor_bytes(t.id).ok().and_then(|b| importance::scores(t.data_type, &b, &bounds, norm))
+    } else {
+        None
+    };
+    let positions = match (rule.rank, &scores) {
+        (Rank::Top(_), Some(sc)) => importance::top_k(sc, k as usize),
+        (Rank::Sample(_), Some(sc)) => importance::weighted_sample(sc, k as usize, policy.seed, &t.locator.to_string()),
+        _ => spread_positions(n, k),
+    };
+    let mean = scores.as_ref().map(|sc| sc.iter().sum::<f64>() / sc.len().max(1) as f64).unwrap_or(0.0);
+    for &p in &positions {
+        let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
+        if a == b {
+            continue;
+        }
+        let relative = match &scores {
+            Some(sc) if mean > 0.0 => sc[p as usize] / mean,
+            _ => 1.0,
+        };
+        pieces.push(Piece { tensor_index: head_index, position: p, range: (a, b), relative });
+    }
+    Some((n, positions))
+}
+
+/// The access tier of each piece: with several tiers, the pieces from least to most
+/// important fill the tiers' byte shares in order; a varint-stored tensor, rewritten as
+/// a whole field, sits whole in the highest tier of its pieces.
+fn tiers_of_pieces(
+    model: &Model,
+    heads: &[Chosen],
+    pieces: &[Piece],
+    of_head: &[Vec<usize>],
+    policy: &Policy,
+) -> Vec<u32> {
     let tiers = policy.tiers.max(1);
     let mut tier_of = vec![1u32; pieces.len()];
     if tiers > 1 {
@@ -316,13 +358,6 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             done += pieces[i].range.1 - pieces[i].range.0;
         }
     }
-    // The pieces of each tensor (indices into `pieces`).
-    let mut of_head: Vec<Vec<usize>> = vec![Vec::new(); heads.len()];
-    for (i, p) in pieces.iter().enumerate() {
-        of_head[p.tensor_index].push(i);
-    }
-    // A varint-stored tensor is rewritten as a whole field, so it must sit in a
-    // single tier: the highest of its pieces'.
     for (hi, head) in heads.iter().enumerate() {
         if matches!(model.tensors[head.tensor].data, TensorData::Varint { .. }) {
             if let Some(top) = of_head[hi].iter().map(|&i| tier_of[i]).max() {
@@ -332,14 +367,19 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             }
         }
     }
-    // Build one Chosen per (tensor, tier), merging adjacent ranges except in dp mode.
+    tier_of
+}
+
+/// One [`Chosen`] per (tensor, tier) that has pieces, adjacent ranges merged except in
+/// dp mode (where each piece is one permutation unit).
+fn per_tier(heads: &[Chosen], pieces: &[Piece], of_head: &[Vec<usize>], tier_of: &[u32], tiers: u32) -> Vec<Chosen> {
     let mut out: Vec<Chosen> = Vec::new();
     for (hi, head) in heads.iter().enumerate() {
         for tier in 1..=tiers {
-            let mut spans: Vec<(u64, u64)> = Vec::new();
-            let mut ranges: Vec<(u64, u64)> =
-                of_head[hi].iter().filter(|&&i| tier_of[i] == tier).map(|&i| pieces[i].range).collect();
+            let mine: Vec<usize> = of_head[hi].iter().copied().filter(|&i| tier_of[i] == tier).collect();
+            let mut ranges: Vec<(u64, u64)> = mine.iter().map(|&i| pieces[i].range).collect();
             ranges.sort_unstable();
+            let mut spans: Vec<(u64, u64)> = Vec::new();
             for (a, b) in ranges {
                 match spans.last_mut() {
                     Some(last) if last.1 == a && head.mode != Mode::Dp => last.1 = b,
@@ -354,27 +394,13 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             c.tier = tier;
             if tiers > 1 {
                 // This tier's own subsequences.
-                c.chosen = of_head[hi].iter().filter(|&&i| tier_of[i] == tier).map(|&i| pieces[i].position).collect();
+                c.chosen = mine.iter().map(|&i| pieces[i].position).collect();
                 c.chosen.sort_unstable();
             }
             out.push(c);
         }
     }
-    out.sort_by_key(|c| (c.tensor, c.tier));
-    sel.chosen = out;
-    let encrypted: std::collections::HashSet<TensorId> = sel.chosen.iter().map(|c| c.tensor).collect();
-    sel.clear = weights
-        .iter()
-        .filter(|w| !encrypted.contains(&w.tensor))
-        .map(|w| Clear {
-            tensor: w.tensor,
-            nbytes: model.tensors[w.tensor].nbytes,
-            op_type: w.primary_op().to_string(),
-            tensor_role: w.tensor_role(),
-        })
-        .collect();
-    sel.clear.sort_by_key(|c| c.tensor);
-    sel
+    out
 }
 
 pub use policy::fp_mask;

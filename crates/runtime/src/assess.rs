@@ -573,6 +573,77 @@ pub fn best_attack(variants: &[VariantReport]) -> Option<BestAttack> {
     best.map(|(v, _)| BestAttack { variant: v.variant.clone(), accuracy: v.accuracy, agreement: v.agreement })
 }
 
+/// The runs of one attack variant: `fill` (with BatchNormalization re-estimation when
+/// `bn`), drawn `opts.fill_draws` times for the seeded init fill. Notes go to `v`; an
+/// error marks `v` failed. `Err(why)` when the attack does not apply.
+fn attack_draws(
+    bench: &Bench,
+    prot: &Model,
+    exposure: &Exposure,
+    name: &str,
+    (fill, bn): (Fill, bool),
+    opts: &AssessOptions,
+    v: &mut VariantReport,
+) -> std::result::Result<Vec<Vec<Vec<f64>>>, &'static str> {
+    let draws = if matches!(fill, Fill::Init { .. }) { opts.fill_draws.max(1) } else { 1 };
+    let mut out = Vec::new();
+    for d in 0..u64::from(draws) {
+        let fill = fill_of(name, opts.fill_seed.wrapping_add(d)).map_or(fill, |f| f.0);
+        match bench.attack(prot, exposure, fill, bn) {
+            Ok(Ok(m)) => {
+                for n in m.notes {
+                    if !v.notes.contains(&n) {
+                        v.notes.push(n);
+                    }
+                }
+                out.push(m.rows);
+            }
+            Ok(Err(why)) => return Err(why),
+            Err(e) => return_err(v, e),
+        }
+        if v.status == "failed" {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One variant per tier `restored + 1 ..= top` of a tiered model (of `tiers`), each
+/// decrypted in memory with `key`; the key's own tier reuses the outputs of `decrypted`.
+fn tier_variants(
+    bench: &Bench,
+    prot: &Model,
+    key: &KeySource,
+    (restored, top, tiers): (u32, u32, u32),
+    decrypted: Option<&Vec<Vec<f64>>>,
+) -> Vec<VariantReport> {
+    let mut variants = Vec::new();
+    for t in restored + 1..=top {
+        let what = if t == tiers {
+            format!("decrypted in memory up to tier {t} of {tiers} (all tiers: the original)")
+        } else {
+            format!("decrypted in memory up to tier {t} of {tiers} (tiers above stay encrypted)")
+        };
+        let mut v = blank(format!("tier_{t}"), what, Some(t));
+        let rows = match (t == top, decrypted) {
+            (true, Some(rows)) => Ok(rows.clone()),
+            _ => decrypt_tier_in_memory(prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
+                let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
+                bench.run(&d, &ext)
+            }),
+        };
+        match rows {
+            Ok(rows) => bench.measure(&mut v, &rows),
+            Err(e) => {
+                v.status = "failed";
+                v.error = Some(e.to_string());
+            }
+        }
+        variants.push(v);
+    }
+    variants
+}
+
 /// Runs the variants (and the tier rows of a tiered model) on the same inputs and
 /// compares them with the original.
 pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result<AssessReport> {
@@ -591,34 +662,7 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
         let runs: Result<std::result::Result<Vec<Vec<Vec<f64>>>, &str>> = match (name, fill_of(name, 0)) {
             ("original", _) => Ok(Ok(vec![bench.reference.clone()])),
             ("no_key", _) => externals(&prot).and_then(|e| bench.run(prot.bytes(), &e)).map(|r| Ok(vec![r])),
-            (_, Some((fill, bn))) => {
-                let draws = if matches!(fill, Fill::Init { .. }) { opts.fill_draws.max(1) } else { 1 };
-                let mut out = Ok(Vec::new());
-                for d in 0..u64::from(draws) {
-                    let fill = fill_of(name, opts.fill_seed.wrapping_add(d)).map_or(fill, |f| f.0);
-                    match bench.attack(&prot, &exposure, fill, bn) {
-                        Ok(Ok(m)) => {
-                            for n in m.notes {
-                                if !v.notes.contains(&n) {
-                                    v.notes.push(n);
-                                }
-                            }
-                            if let Ok(all) = &mut out {
-                                all.push(m.rows);
-                            }
-                        }
-                        Ok(Err(why)) => {
-                            out = Err(why);
-                            break;
-                        }
-                        Err(e) => return_err(&mut v, e),
-                    }
-                    if v.status == "failed" {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
+            (_, Some((fill, bn))) => Ok(attack_draws(&bench, &prot, &exposure, name, (fill, bn), opts, &mut v)),
             _ => match opts.key {
                 None => Ok(Err("no key given")),
                 Some(key) => decrypt_in_memory(protected, key).map_err(RuntimeError::from).and_then(|d| {
@@ -647,36 +691,12 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
     }
 
     // Tiered models: one row per tier the key reaches, each decrypted in memory.
-    let tiers = p.tiers;
-    let restored = p.restored_tiers;
+    let (tiers, restored) = (p.tiers, p.restored_tiers);
     let mut key_tier_of = None;
     if let (true, Some(key)) = (tiers > 1, opts.key) {
         let top = key_tier(&prot, key)?;
         key_tier_of = Some(top);
-        for t in restored + 1..=top {
-            let what = if t == tiers {
-                format!("decrypted in memory up to tier {t} of {tiers} (all tiers: the original)")
-            } else {
-                format!("decrypted in memory up to tier {t} of {tiers} (tiers above stay encrypted)")
-            };
-            let mut v = blank(format!("tier_{t}"), what, Some(t));
-            // The key's own tier is the `decrypted` variant: its outputs are reused.
-            let rows = match (t == top, &decrypted_rows) {
-                (true, Some(rows)) => Ok(rows.clone()),
-                _ => decrypt_tier_in_memory(&prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
-                    let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
-                    bench.run(&d, &ext)
-                }),
-            };
-            match rows {
-                Ok(rows) => bench.measure(&mut v, &rows),
-                Err(e) => {
-                    v.status = "failed";
-                    v.error = Some(e.to_string());
-                }
-            }
-            variants.push(v);
-        }
+        variants.extend(tier_variants(&bench, &prot, key, (restored, top, tiers), decrypted_rows.as_ref()));
     }
     Ok(AssessReport {
         original: original.display().to_string(),

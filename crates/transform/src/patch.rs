@@ -141,8 +141,9 @@ pub fn encrypt_patch_embedding(
     Ok(report)
 }
 
-/// Computes the edit plan of [`encrypt_patch_embedding`] without writing anything.
-pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptions) -> Result<(Plan, PatchReport)> {
+/// The request's own checks: a valid spec, a model that carries neither a transform nor
+/// encrypted weights, an affine transform, and the input range the neg/pos flip needs.
+fn check_patch_request(model: &Model, opts: &PatchOptions) -> Result<Option<ValueRange>> {
     let spec = opts.spec;
     spec.validate()?;
     if model.metadata_value(METADATA_KEY).is_some() {
@@ -160,38 +161,31 @@ pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptio
             "FFX is not affine, so no change of weights can undo it; train on FFX-transformed inputs instead".into(),
         ));
     }
-    let range = match (spec.negpos, opts.range) {
-        (true, None) => {
-            return Err(TransformError::Spec(
-                "the neg/pos flip needs the model input's value range (e.g. --range 0,1)".into(),
-            ))
-        }
-        (_, r) => r,
-    };
-    if let Some(r) = range {
+    if spec.negpos && opts.range.is_none() {
+        return Err(TransformError::Spec(
+            "the neg/pos flip needs the model input's value range (e.g. --range 0,1)".into(),
+        ));
+    }
+    if let Some(r) = opts.range {
         r.validate()?;
     }
+    Ok(opts.range)
+}
 
-    let g = Graph::new(model)?;
-    let pe = g.find_patch_embedding(spec.block, opts.node.as_deref())?;
-    let m = spec.block;
-    let wt = &model.tensors[pe.weight];
-    let (o_ch, c_ch) = (wt.dims[0] as usize, wt.dims[1] as usize);
-    let w = read_f32(model, pe.weight)?;
-    let bias = match pe.bias {
-        Some(b) => Some(read_f32(model, b)?),
-        None => None,
-    };
-
-    // Position embedding (only needed, and only looked for, with block scrambling).
-    let pos = if spec.scramble_blocks { Some(g.find_position_embedding(&pe, o_ch)?) } else { None };
-    let blocks = pos.as_ref().map_or(0, |p| p.tokens);
-    let kt = KeyedTransform::derive(master, &spec, c_ch, blocks)?;
-
-    // New weight columns and bias.
+/// The patch-embedding weight `w` ([o, c, m, m]) rewritten so that, on transformed
+/// inputs, it computes what `w` computed on the original ones: each column moves to its
+/// shuffled place, is rescaled by the normalisation's per-channel scale `a` and negated
+/// where the flip mask flips. Also returns the per-output-channel bias change that
+/// absorbs the normalisation's offset `b` and the flip's `lo + hi` (`lohi`).
+fn absorb(
+    w: &[f32],
+    affine: &Affine,
+    kt: &KeyedTransform,
+    (o_ch, c_ch, m): (usize, usize, usize),
+    lohi: f64,
+) -> (Vec<f32>, Vec<f64>) {
     let l = m * m * c_ch;
-    let lohi = range.map_or(0.0, |r| r.lo + r.hi);
-    let (a, b) = (&pe.affine.a, &pe.affine.b);
+    let (a, b) = (&affine.a, &affine.b);
     let chan = |p: usize| p % c_ch;
     let widx = |o: usize, p: usize| {
         let (i, j, c) = (p / (m * c_ch), (p / c_ch) % m, p % c_ch);
@@ -214,6 +208,48 @@ pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptio
         }
         delta[o] = before - after;
     }
+    (w_new, delta)
+}
+
+/// The position embedding `v` (`tokens` × `d`, token-major or not) with token `j` taking
+/// the row of token `sigma[j]`.
+fn reorder_tokens(v: &[f32], sigma: &[u32], tokens: usize, d: usize, token_major: bool) -> Vec<f32> {
+    let mut nv = vec![0f32; v.len()];
+    for j in 0..tokens {
+        let src = sigma[j] as usize;
+        for k in 0..d {
+            if token_major {
+                nv[j * d + k] = v[src * d + k];
+            } else {
+                nv[k * tokens + j] = v[k * tokens + src];
+            }
+        }
+    }
+    nv
+}
+
+/// Computes the edit plan of [`encrypt_patch_embedding`] without writing anything.
+pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptions) -> Result<(Plan, PatchReport)> {
+    let spec = opts.spec;
+    let range = check_patch_request(model, opts)?;
+
+    let g = Graph::new(model)?;
+    let pe = g.find_patch_embedding(spec.block, opts.node.as_deref())?;
+    let m = spec.block;
+    let wt = &model.tensors[pe.weight];
+    let (o_ch, c_ch) = (wt.dims[0] as usize, wt.dims[1] as usize);
+    let w = read_f32(model, pe.weight)?;
+    let bias = match pe.bias {
+        Some(b) => Some(read_f32(model, b)?),
+        None => None,
+    };
+
+    // Position embedding (only needed, and only looked for, with block scrambling).
+    let pos = if spec.scramble_blocks { Some(g.find_position_embedding(&pe, o_ch)?) } else { None };
+    let blocks = pos.as_ref().map_or(0, |p| p.tokens);
+    let kt = KeyedTransform::derive(master, &spec, c_ch, blocks)?;
+
+    let (w_new, delta) = absorb(&w, &pe.affine, &kt, (o_ch, c_ch, m), range.map_or(0.0, |r| r.lo + r.hi));
     let needs_bias = delta.iter().any(|&d| d != 0.0);
 
     let mut edits = Vec::new();
@@ -236,19 +272,7 @@ pub fn plan_patch_embedding(model: &Model, master: &MasterKey, opts: &PatchOptio
         _ => {}
     }
     if let (Some(p), Some(sigma)) = (&pos, kt.block_order()) {
-        let v = read_f32(model, p.tensor)?;
-        let mut nv = vec![0f32; v.len()];
-        let (t, d) = (p.tokens, o_ch);
-        for j in 0..t {
-            let src = sigma[j] as usize;
-            for k in 0..d {
-                if p.token_major {
-                    nv[j * d + k] = v[src * d + k];
-                } else {
-                    nv[k * t + j] = v[k * t + src];
-                }
-            }
-        }
+        let nv = reorder_tokens(&read_f32(model, p.tensor)?, sigma, p.tokens, o_ch, p.token_major);
         edits.extend(tensor_edits(model, p.tensor, &f32_bytes(&nv))?);
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Measures how strong the protection is on the digits models and writes the
-tables of docs/protection.md.
+"""Measures how strong spread-row policies are on the digits models (the summary in
+docs/protection.md, "Spread rows of every weight") and prints the tables.
 
 For each model in fixtures/digits (cnn, mlp, convmixer, vit), each mode (ctr, fp)
 and each coefficient of a sweep, plus the default policy, the script runs
@@ -13,11 +13,11 @@ the key, the protected file without the key, and the two key-less attacks that u
 the public positions from the manifest (zero-fill and mean-fill). Every protected
 model is made with a fresh key; with --repeats R each cell is the mean over R keys.
 
-The tables replace the text between the GENERATED markers of docs/protection.md
-(the rest of the file, written by hand, is kept). Usage:
+The tables (Markdown) go to standard output, or with --out FILE replace the text
+between the GENERATED markers of FILE. Usage:
 
     python3 scripts/eval_protection.py [--bin target/release/onnx-protect] [--repeats 3]
-        [--coefficients 0.005,0.01,0.02,0.05,0.1,0.2] [--out docs/protection.md] [--json results.json]
+        [--coefficients 0.005,0.01,0.02,0.05,0.1,0.2] [--out FILE] [--json results.json]
 """
 import argparse
 import json
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--coefficients", default="0.005,0.01,0.02,0.05,0.1,0.2")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "protection.md"))
+    ap.add_argument("--out", help="a Markdown file whose GENERATED block the tables replace")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     coefficients = [float(c) for c in args.coefficients.split(",")]
@@ -143,6 +143,9 @@ def main():
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
     text = tables(results, models, coefficients, args.repeats, version)
+    if not args.out:
+        print(text)
+        return
     out = pathlib.Path(args.out)
     doc = out.read_text() if out.exists() else f"# Protection strength\n\n{BEGIN}\n{END}\n"
     if BEGIN not in doc or END not in doc:

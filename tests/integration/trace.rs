@@ -69,6 +69,24 @@ impl Setup {
         ])
     }
 
+    /// `encrypt --fingerprint id --fingerprint-strength strength --fingerprint-check data`
+    /// of the original into `output`, with `extra` options.
+    #[cfg(feature = "tract")]
+    fn encrypt_checked(
+        &self,
+        id: &str,
+        output: &Path,
+        strength: &str,
+        data: &Path,
+        extra: &[&str],
+    ) -> (i32, String, String) {
+        let mut args = vec!["encrypt", s(&self.original), "-o", s(output), "--key-file", s(&self.key)];
+        args.extend(["--fingerprint", id, "--fingerprint-secret", s(&self.secret), "--ledger", s(&self.ledger)]);
+        args.extend(["--fingerprint-strength", strength, "--fingerprint-check", s(data)]);
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
     /// `trace --json`: (exit code, the report, stderr).
     fn trace(&self, suspect: &Path) -> (i32, serde_json::Value, String) {
         self.trace_with(suspect, &self.secret, &self.ledger, &self.original)
@@ -256,25 +274,7 @@ fn fingerprint_check_picks_a_variant_that_changes_no_prediction_and_trace_follow
     for id in ["ann", "bob", "cid"] {
         let enc = st.dir.path().join(format!("{id}.protected.onnx"));
         let dec = st.dir.path().join(format!("{id}.onnx"));
-        let (code, out, err) = run(&[
-            "encrypt",
-            s(&st.original),
-            "-o",
-            s(&enc),
-            "--key-file",
-            s(&st.key),
-            "--fingerprint",
-            id,
-            "--fingerprint-secret",
-            s(&st.secret),
-            "--ledger",
-            s(&st.ledger),
-            "--fingerprint-strength",
-            "0.02",
-            "--fingerprint-check",
-            s(&data),
-            "--json",
-        ]);
+        let (code, out, err) = st.encrypt_checked(id, &enc, "0.02", &data, &["--json"]);
         assert_eq!(code, 0, "{err}");
         let j: serde_json::Value = serde_json::from_str(&out).unwrap();
         let (v, tried) =
@@ -299,24 +299,7 @@ fn fingerprint_check_picks_a_variant_that_changes_no_prediction_and_trace_follow
     // When no variant keeps every prediction, nothing is written and the ledger is unchanged.
     let before = std::fs::read_to_string(&st.ledger).unwrap();
     let out = st.dir.path().join("never.onnx");
-    let (code, _, err) = run(&[
-        "encrypt",
-        s(&st.original),
-        "-o",
-        s(&out),
-        "--key-file",
-        s(&st.key),
-        "--fingerprint",
-        "dee",
-        "--fingerprint-secret",
-        s(&st.secret),
-        "--ledger",
-        s(&st.ledger),
-        "--fingerprint-strength",
-        "0.1",
-        "--fingerprint-check",
-        s(&data),
-    ]);
+    let (code, _, err) = st.encrypt_checked("dee", &out, "0.1", &data, &[]);
     assert_ne!(code, 0);
     one_line_error(&err, "variants of the mark changes the top-1 class");
     assert!(!out.exists());

@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let d = decrypt_in_memory(&model, &key)?;
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "decrypt_in_memory {secs:.4} s method={:?} model_bytes={} decrypted_bytes={} external_files={}",
+            "decrypt_in_memory {secs:.6} s method={:?} model_bytes={} decrypted_bytes={} external_files={}",
             d.method(),
             d.len(),
             d.decrypted_bytes(),

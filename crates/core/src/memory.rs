@@ -289,6 +289,9 @@ fn anonymous(len: usize, path: &Path) -> Result<Option<PrivateMap>> {
     Ok(Some(map))
 }
 
+/// Files up to this many bytes are hashed and patched without the thread pool.
+const SMALL: usize = 4 << 20;
+
 /// One same-length patch of a buffer.
 struct Patch<'a> {
     range: Range<u64>,
@@ -453,47 +456,50 @@ fn hash_and_patch(
     fill: bool,
 ) -> Result<onnx_protect_crypto::FileLeaves> {
     let c = chunk.max(4096) as usize;
-    let leaves = buf
-        .par_chunks_mut(c)
-        .enumerate()
-        .map(|(j, out)| -> Result<Option<[u8; 32]>> {
-            let start = (j * c) as u64;
-            let end = start + out.len() as u64;
-            if fill {
-                out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
-                    CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
-                })?);
-            }
-            let first = patches.partition_point(|p| p.range.end <= start);
-            for p in patches[first..].iter().take_while(|p| p.range.start < end) {
-                let lo = p.range.start.max(start);
-                let hi = p.range.end.min(end);
-                let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
-                let off = lo - p.range.start;
-                match p.what {
-                    PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
-                    PatchKind::Decrypt { tag, logical } => {
-                        if !fill {
-                            dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
-                                CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
-                            })?);
-                        }
-                        let SpanSource::Decrypt(ks) = sources[tag] else {
-                            return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
-                        };
-                        let target = &targets[tag];
-                        apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
+    let work = |(j, out): (usize, &mut [u8])| -> Result<Option<[u8; 32]>> {
+        let start = (j * c) as u64;
+        let end = start + out.len() as u64;
+        if fill {
+            out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
+                CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
+            })?);
+        }
+        let first = patches.partition_point(|p| p.range.end <= start);
+        for p in patches[first..].iter().take_while(|p| p.range.start < end) {
+            let lo = p.range.start.max(start);
+            let hi = p.range.end.min(end);
+            let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
+            let off = lo - p.range.start;
+            match p.what {
+                PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
+                PatchKind::Decrypt { tag, logical } => {
+                    if !fill {
+                        dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
+                            CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
+                        })?);
                     }
+                    let SpanSource::Decrypt(ks) = sources[tag] else {
+                        return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
+                    };
+                    let target = &targets[tag];
+                    apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
                 }
             }
-            if start >= hashed {
-                return Ok(None);
-            }
-            let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
-            leaf.update(&reference[start as usize..end.min(hashed) as usize]);
-            Ok(Some(leaf.finalize()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        }
+        if start >= hashed {
+            return Ok(None);
+        }
+        let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
+        leaf.update(&reference[start as usize..end.min(hashed) as usize]);
+        Ok(Some(leaf.finalize()))
+    };
+    // A small file is done on this thread: waking the pool costs more than it saves
+    // (and its first use starts the pool's threads).
+    let leaves = if buf.len() <= SMALL {
+        buf.chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
+    } else {
+        buf.par_chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
+    };
     Ok(onnx_protect_crypto::FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
 }
 

@@ -160,16 +160,36 @@ impl std::fmt::Debug for DecryptedBytes {
 impl Drop for DecryptedBytes {
     fn drop(&mut self) {
         match &mut self.backing {
-            Backing::Map(m) => {
-                for r in &self.plaintext {
-                    if let Some(s) = m.get_mut(r.clone()) {
-                        s.zeroize();
-                    }
-                }
-            }
+            Backing::Map(m) => wipe(m, &self.plaintext),
             Backing::Owned(v) => v.zeroize(),
         }
     }
+}
+
+/// Zeroes the `ranges` of `buf`: on the thread pool when they hold more than [`SMALL`]
+/// bytes and are sorted, disjoint and inside `buf` (as the patches they come from are),
+/// else on this thread, range by range.
+fn wipe(buf: &mut [u8], ranges: &[Range<usize>]) {
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    let ordered = ranges.windows(2).all(|w| w[0].end <= w[1].start)
+        && ranges.iter().all(|r| r.start <= r.end && r.end <= buf.len());
+    if total <= SMALL || !ordered {
+        for r in ranges {
+            if let Some(s) = buf.get_mut(r.clone()) {
+                s.zeroize();
+            }
+        }
+        return;
+    }
+    let mut pieces = Vec::with_capacity(ranges.len());
+    let (mut rest, mut offset) = (buf, 0usize);
+    for r in ranges {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - offset);
+        let (piece, tail) = tail.split_at_mut(r.end - r.start);
+        pieces.push(piece);
+        (rest, offset) = (tail, r.end);
+    }
+    pieces.into_par_iter().for_each(|p| p.par_chunks_mut(1 << 20).for_each(|c| c.zeroize()));
 }
 
 /// A protected model decrypted into memory.
@@ -800,6 +820,20 @@ mod tests {
     use super::*;
     use onnx_protect_crypto::MasterKey;
     use onnx_protect_select::Policy;
+
+    #[test]
+    fn wipe_zeroes_exactly_the_ranges_in_parallel_and_in_order() {
+        let n = 3 * SMALL;
+        let ranges = vec![0..10, 4096..SMALL + 1, SMALL + 1..2 * SMALL, n - 7..n];
+        for given in [ranges.clone(), ranges.iter().rev().cloned().collect(), vec![5..20, 10..30, n..n + 1]] {
+            let mut buf = vec![0xA5u8; n];
+            wipe(&mut buf, &given);
+            for (i, &b) in buf.iter().enumerate() {
+                let inside = given.iter().any(|r| r.contains(&i));
+                assert_eq!(b == 0, inside, "byte {i} with ranges {given:?}");
+            }
+        }
+    }
 
     fn protect(dir: &Path, mode: &str) -> (std::path::PathBuf, std::path::PathBuf, KeySource) {
         let mut policy = Policy::default();

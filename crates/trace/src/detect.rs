@@ -137,6 +137,22 @@ pub struct TensorCounts {
     pub unchanged: usize,
 }
 
+impl TensorCounts {
+    /// Counts one matched tensor, found as `how` says.
+    fn count(&mut self, how: How) {
+        self.matched += 1;
+        match how {
+            How::Name => self.by_name += 1,
+            How::Transposed => self.transposed += 1,
+            How::Dequantized => self.dequantized += 1,
+            How::DequantizedTransposed => {
+                self.dequantized += 1;
+                self.transposed += 1;
+            }
+        }
+    }
+}
+
 /// What a trace found.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceReport {
@@ -266,16 +282,7 @@ impl<'a> Tracer<'a> {
                 unmatched.push(pl.key.clone());
                 continue;
             }
-            counts.matched += 1;
-            match m.how {
-                How::Name => counts.by_name += 1,
-                How::Transposed => counts.transposed += 1,
-                How::Dequantized => counts.dequantized += 1,
-                How::DequantizedTransposed => {
-                    counts.dequantized += 1;
-                    counts.transposed += 1;
-                }
-            }
+            counts.count(m.how);
             elements += original.len() as u64;
             let mut d: Vec<f64> = m
                 .values

@@ -493,3 +493,56 @@ fn completions_and_man_pages_cover_every_command() {
         assert!(o.status.success() && o.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// The `: `-separated parts of an error line, none of which may repeat.
+fn assert_each_cause_once(err: &str) {
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+    let parts: Vec<&str> = line["error: ".len()..].split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "'{p}' is said twice in: {line}");
+    }
+}
+
+#[test]
+fn an_error_says_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.npy");
+    std::fs::write(&junk, b"not an array").unwrap();
+    let missing = dir.path().join("missing.npy");
+    let key = keygen(dir.path(), "k.key");
+    let secret = dir.path().join("fp.secret");
+    assert_eq!(run(&["keygen", "--fingerprint-secret", "-o", s(&secret), "-q"]).0, 0);
+    let cnn = model("cnn_torch");
+    let out = dir.path().join("out.onnx");
+    let mut cases: Vec<Vec<&str>> = vec![
+        vec!["trace", s(&cnn), "--ledger", s(&missing), "--fingerprint-secret", s(&secret), "--original", s(&cnn)],
+        vec!["transform-input", s(&missing), s(&out), "--key-file", s(&key), "--block", "4", "--shuffle"],
+        vec!["decrypt", s(&missing), "-o", s(&out), "--key-file", s(&key)],
+    ];
+    if cfg!(feature = "tract") {
+        for data in [&junk, &missing] {
+            cases.push(vec!["run", s(&cnn), "-i", s(data)]);
+            cases.push(vec![
+                "encrypt",
+                s(&cnn),
+                "-o",
+                s(&out),
+                "--key-file",
+                s(&key),
+                "--fingerprint",
+                "r",
+                "--fingerprint-secret",
+                s(&secret),
+                "--ledger",
+                s(&missing),
+                "--fingerprint-check",
+                s(data),
+            ]);
+        }
+    }
+    for args in cases {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_each_cause_once(&err);
+    }
+}

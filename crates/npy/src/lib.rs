@@ -39,29 +39,31 @@ pub const MAX_DIMS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NpyError {
-    /// The file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    /// The file could not be read or written. (The causes of this and the next two
+    /// variants are part of their messages, not error sources, so a chain of causes
+    /// says each thing once.)
+    #[error("cannot access {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A problem inside a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {problem}")]
     InFile {
         /// The file.
         path: PathBuf,
         /// The problem.
-        source: Box<NpyError>,
+        problem: Box<NpyError>,
     },
     /// A problem inside a member of a `.npz` archive.
-    #[error("member {member:?}: {source}")]
+    #[error("member {member:?}: {problem}")]
     InMember {
         /// The member's name in the archive.
         member: String,
         /// The problem.
-        source: Box<NpyError>,
+        problem: Box<NpyError>,
     },
     /// The file does not start with the `.npy` magic.
     #[error("not a .npy file (bad magic)")]
@@ -115,7 +117,7 @@ impl NpyError {
     pub fn in_file(self, path: &Path) -> NpyError {
         match self {
             e @ (NpyError::Io { .. } | NpyError::InFile { .. }) => e,
-            e => NpyError::InFile { path: path.to_path_buf(), source: Box::new(e) },
+            e => NpyError::InFile { path: path.to_path_buf(), problem: Box::new(e) },
         }
     }
 }
@@ -280,7 +282,7 @@ impl NpyArray {
 
     /// Reads a `.npy` file; errors name the file.
     pub fn read(path: &Path) -> Result<NpyArray> {
-        let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| NpyError::Io { path: path.to_path_buf(), error })?;
         NpyArray::from_vec(bytes).map_err(|e| e.in_file(path))
     }
 
@@ -320,7 +322,7 @@ impl NpyArray {
     /// Writes the array as a `.npy` file.
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })
+        std::fs::write(path, bytes).map_err(|error| NpyError::Io { path: path.to_path_buf(), error })
     }
 
     /// Every element as `f64` (booleans as 0/1; 64-bit integers rounded).

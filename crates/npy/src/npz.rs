@@ -18,7 +18,7 @@ pub const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Reads every array of the `.npz` file `path`, in archive order; errors name the file.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
-    let file = std::fs::File::open(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|error| NpyError::Io { path: path.to_path_buf(), error })?;
     read_npz_from(std::io::BufReader::new(file)).map_err(|e| e.in_file(path))
 }
 
@@ -41,7 +41,7 @@ fn read_npz_from<R: Read + Seek>(reader: R) -> Result<Vec<(String, NpyArray)>> {
         let member = archive.by_index(i).map_err(zip_err)?;
         let name = member.name().to_string();
         let in_member =
-            |e: NpyError| NpyError::InMember { member: name.chars().take(80).collect(), source: Box::new(e) };
+            |e: NpyError| NpyError::InMember { member: name.chars().take(80).collect(), problem: Box::new(e) };
         let Some(array_name) = name.strip_suffix(".npy") else {
             return Err(in_member(NpyError::Npz("not a .npy member".into())));
         };

@@ -29,8 +29,9 @@ pub enum RuntimeError {
     /// A `.npy` file that cannot be read or written, or an array that does not fit.
     #[error(transparent)]
     Npy(#[from] onnx_protect_npy::NpyError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (The I/O error is part of the message, not a source: a chain says it once.)
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// The kind of a [`RuntimeError`]. Exhaustive on purpose: callers that decide by kind

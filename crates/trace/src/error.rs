@@ -50,8 +50,9 @@ pub enum TraceError {
     #[error("ledger {path} has no entry for this original (weights digest {original}; {entries} entries for other models): wrong --original")]
     LedgerNoOriginal { path: PathBuf, original: String, entries: usize },
     /// Reading or writing a file failed.
-    #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// (The I/O error is part of the message, not a source: a chain says it once.)
+    #[error("cannot {action} {path}: {error}")]
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
 }
 
 /// The crate's result type.
@@ -67,6 +68,6 @@ impl TraceError {
         action: &'static str,
         path: &'p std::path::Path,
     ) -> impl FnOnce(std::io::Error) -> TraceError + 'p {
-        move |source| TraceError::Io { action, path: path.to_path_buf(), source }
+        move |error| TraceError::Io { action, path: path.to_path_buf(), error }
     }
 }

@@ -28,8 +28,9 @@ pub enum TransformError {
     #[error("image: {0}")]
     Image(String),
     /// Reading or writing a file failed.
-    #[error("cannot access {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (The I/O error is part of the message, not a source: a chain says it once.)
+    #[error("cannot access {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// The model has no patch-embedding layer the transform can be absorbed into.
     #[error("no patch-embedding layer: {0}")]
     NoPatchEmbedding(String),

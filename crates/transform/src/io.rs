@@ -47,7 +47,7 @@ pub struct Loaded {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransformError + '_ {
-    move |source| TransformError::Io { path: path.to_path_buf(), source }
+    move |error| TransformError::Io { path: path.to_path_buf(), error }
 }
 
 /// Reads `path`. `.npy` arrays are interpreted with `layout`: rank 4 is `NCHW`/`NHWC`,
@@ -204,7 +204,7 @@ fn encode_image(_path: &Path, im: &Images, kind: FileKind) -> Result<Vec<u8>> {
 /// symbolic link, the file it points to is replaced and the link kept). A destination
 /// that is not a regular file (a device, a FIFO, a socket) is refused.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
-    let err = |source| TransformError::Io { path: path.to_path_buf(), source };
+    let err = |error| TransformError::Io { path: path.to_path_buf(), error };
     let mut out = onnx_protect_format::write::StagedOutput::new(path).map_err(err)?;
     fill(out.file_mut()).map_err(err)?;
     out.finish(true).map_err(err)?;

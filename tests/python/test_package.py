@@ -531,3 +531,41 @@ def test_load_lets_other_threads_run_while_it_works(tmp_path):
         sys.setswitchinterval(old)
     assert m.model == plain.read_bytes()
     assert during > 0, "another thread ran while load worked"
+
+
+def test_encrypt_with_a_fingerprint_is_traced_to_its_recipient(tmp_path):
+    model = ROOT / "fixtures" / "digits" / "cnn.onnx"
+    secret = tmp_path / "fp.secret"
+    info = op.fingerprint_secret(secret)
+    assert len(info["key_id"]) == 16 and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    with pytest.raises(op.OutputError, match="never overwrites"):
+        op.fingerprint_secret(secret)
+    key, ledger = op.new_key(), tmp_path / "ledger.txt"
+    copies = {}
+    for rid in ("ann", "bob"):
+        enc, dec = tmp_path / f"{rid}.protected.onnx", tmp_path / f"{rid}.onnx"
+        r = op.encrypt(model, enc, key=key, fingerprint=rid, fingerprint_secret=secret, ledger=ledger)
+        assert (r["fingerprint"]["recipient"], r["fingerprint"]["variant"]) == (rid, 0)
+        assert r["fingerprint"]["tensors"] > 0 and r["fingerprint"]["alpha"] == 0.002
+        op.decrypt(enc, dec, key=key)
+        copies[rid] = dec
+    assert dec.read_bytes() != model.read_bytes(), "the decrypted copy carries the mark"
+    assert sum(line.startswith("{") for line in ledger.read_text().splitlines()) == 2
+    for rid, copy in copies.items():
+        t = json.loads(cli("trace", copy, "--ledger", ledger, "--fingerprint-secret", secret, "--original", model,
+                           "--json").stdout)
+        assert t["recipient"] == rid and len(t["matches"]) == 1, t
+    out = tmp_path / "x.onnx"
+    with pytest.raises(TypeError, match="go together"):
+        op.encrypt(model, out, key=key, fingerprint="ann")
+    with pytest.raises(ValueError, match="recipient"):
+        op.encrypt(model, out, key=key, fingerprint="a b", fingerprint_secret=secret, ledger=ledger)
+    key_file = tmp_path / "k.key"
+    op.keygen(key_file)
+    with pytest.raises(op.InvalidKey):
+        op.encrypt(model, out, key=key, fingerprint="cid", fingerprint_secret=key_file, ledger=ledger)
+    with pytest.raises(op.AlreadyProtected):
+        op.encrypt(copies["ann"].with_name("ann.protected.onnx"), out, key=key, fingerprint="cid",
+                   fingerprint_secret=secret, ledger=ledger)
+    assert not out.exists()
+    assert sum(line.startswith("{") for line in ledger.read_text().splitlines()) == 2, "no entry for a refused copy"

@@ -292,10 +292,53 @@ fn build_policy(
     Ok(policy)
 }
 
-/// Encrypts `src` into `dst`; returns the report as JSON.
+/// A trace error as the package's exceptions: a bad recipient ID or strength is a
+/// `ValueError`, a secret file that is not one an `InvalidKey`, a ledger problem a
+/// `FileError`, a model that cannot carry a mark a `MalformedModel`.
+fn trace_err(e: onnx_protect_trace::TraceError) -> PyErr {
+    use onnx_protect_trace::TraceError as T;
+    match e {
+        T::RecipientId { .. } | T::Parameter(_) => PyValueError::new_err(e.to_string()),
+        T::Secret { .. } | T::Key(_) => py_err(CoreError::Key(e.to_string())),
+        T::Model { source, .. } => py_err(CoreError::Format(source)),
+        T::TooFewWeights { .. } | T::NoCommonWeights { .. } => {
+            py_err(CoreError::Format(onnx_protect_format::FormatError::Invalid(e.to_string())))
+        }
+        _ => FileError::new_err(e.to_string()),
+    }
+}
+
+/// The marker of recipient `id`'s fingerprint over the model at `src`, with its ledger
+/// entry written (as `encrypt --fingerprint` does; docs/tracing.md).
+fn fingerprint_marker(
+    src: &Path,
+    id: &str,
+    secret: &Path,
+    ledger: &Path,
+    alpha: f64,
+) -> PyResult<onnx_protect_trace::Marker> {
+    use onnx_protect_trace::{ledger::append, secret::MAX_SECRET_FILE_LEN, FingerprintKey, Marker, RecipientId};
+    let recipient = RecipientId::new(id).map_err(trace_err)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(secret)
+        .and_then(|f| f.take(MAX_SECRET_FILE_LEN as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| FileError::new_err(format!("cannot read fingerprint secret {}: {e}", secret.display())))?;
+    let key = FingerprintKey::parse(&bytes, &secret.display().to_string()).map_err(trace_err)?;
+    let model = Model::open(src).map_err(|e| py_err_at(src, CoreError::Format(e)))?;
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+        return Err(py_err_at(src, CoreError::AlreadyProtected { key: m.key.clone() }));
+    }
+    let marker = Marker::new(&model, &key, &recipient, alpha).map_err(trace_err)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    append(ledger, &marker.ledger_entry(&src.display().to_string(), now)).map_err(trace_err)?;
+    Ok(marker)
+}
+
+/// Encrypts `src` into `dst`; returns the report as JSON. `fingerprint` is
+/// (recipient ID, fingerprint secret file, ledger, strength).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
-    seed=None, tiers=None, tier_shares=None, allow_empty=false))]
+    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None))]
 #[allow(clippy::too_many_arguments)]
 fn encrypt(
     py: Python<'_>,
@@ -309,6 +352,7 @@ fn encrypt(
     tiers: Option<u32>,
     tier_shares: Option<Vec<f64>>,
     allow_empty: bool,
+    fingerprint: Option<(String, PathBuf, PathBuf, f64)>,
 ) -> PyResult<String> {
     let master = key.as_ref().map(|k| k.master()).transpose()?;
     let recipients = recipients
@@ -323,13 +367,56 @@ fn encrypt(
         })
         .collect::<PyResult<Vec<_>>>()?;
     let to = EncryptTo { master, recipients };
+    let marker = match &fingerprint {
+        Some((id, secret, ledger, alpha)) => {
+            Some(Arc::new(py.detach(|| fingerprint_marker(&src, id, secret, ledger, *alpha))?))
+        }
+        None => None,
+    };
+    // The hook type is `'static`: it owns a handle on the marker.
+    let hook = marker.as_ref().map(|m| {
+        let m = Arc::clone(m);
+        move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
+    });
     let report = py.detach(|| {
         let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares)?;
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
+        opts.rewrite = hook.as_ref().map(|f| f as &protect::Rewrite);
         protect::encrypt(&src, &dst, &to, &opts)
     });
-    to_json(&report.map_err(|e| py_err_at(&src, e))?)
+    let mut report = serde_json::to_value(report.map_err(|e| py_err_at(&src, e))?)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    if let (Some(m), Some((_, _, ledger, _))) = (&marker, &fingerprint) {
+        if m.rewritten() != m.tensors() {
+            return Err(py_err(CoreError::Output(format!(
+                "internal: the fingerprint changed {} of {} planned tensors",
+                m.rewritten(),
+                m.tensors()
+            ))));
+        }
+        report["fingerprint"] = serde_json::json!({
+            "recipient": m.recipient().to_string(),
+            "ledger": ledger.display().to_string(),
+            "alpha": m.alpha(),
+            "tensors": m.tensors(),
+            "elements": m.elements(),
+            "variant": m.variant(),
+        });
+    }
+    to_json(&report)
+}
+
+/// Writes a new fingerprint secret file (mode 0600, never over an existing file), as
+/// `onnx-protect keygen --fingerprint-secret` does; returns its path and key ID as JSON.
+#[pyfunction]
+fn fingerprint_secret(path: PathBuf) -> PyResult<String> {
+    if path.exists() {
+        return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", path.display()))));
+    }
+    let (key, text) = onnx_protect_trace::FingerprintKey::generate().map_err(trace_err)?;
+    write_key_file(&path, text.as_bytes())?;
+    to_json(&serde_json::json!({"secret_file": path.display().to_string(), "key_id": key.key_id()}))
 }
 
 /// Decrypts `src` into `dst` (up to `tier`); returns the report as JSON.
@@ -703,6 +790,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(fingerprint_secret, m)?)?;
     m.add_function(wrap_pyfunction!(new_key, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;

@@ -73,6 +73,7 @@ __all__ = [
     "decrypt",
     "encrypt",
     "export",
+    "fingerprint_secret",
     "inspect",
     "keygen",
     "load",
@@ -175,6 +176,10 @@ def encrypt(
     tiers: int | None = None,
     tier_shares: Sequence[float] | None = None,
     allow_empty: bool = False,
+    fingerprint: str | None = None,
+    fingerprint_secret: PathLike | None = None,
+    ledger: PathLike | None = None,
+    fingerprint_strength: float = 0.002,
     **overrides: Override,
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
@@ -185,6 +190,10 @@ def encrypt(
     ``coefficient={"Conv": 0.5}``, ``selection="*=l1"``). ``recipients`` are
     age X25519 recipients (``age1...``) or PKCS#11 key URIs (``pkcs11:...``), each
     optionally with its tier.
+    ``fingerprint="ID"`` (with ``fingerprint_secret`` and ``ledger``) makes recipient
+    ID's copy, as ``encrypt --fingerprint`` does (docs/tracing.md): a keyed mark of
+    strength ``fingerprint_strength`` in the weights, recorded in the ledger; the
+    report gains ``"fingerprint"``. (``--fingerprint-check`` is command-line only.)
     Returns the encryption report.
     """
     unknown = sorted(set(overrides) - set(_OVERRIDES))
@@ -196,6 +205,11 @@ def encrypt(
         if what in overrides:
             specs += _override_specs(what, overrides[what])
     recips = [(r, 0) if isinstance(r, str) else (str(r[0]), int(r[1])) for r in recipients]
+    mark = None
+    if fingerprint is not None or fingerprint_secret is not None or ledger is not None:
+        if fingerprint is None or fingerprint_secret is None or ledger is None:
+            raise TypeError("fingerprint, fingerprint_secret and ledger go together")
+        mark = (str(fingerprint), os.fspath(fingerprint_secret), os.fspath(ledger), float(fingerprint_strength))
     report = _native.encrypt(
         os.fspath(src),
         os.fspath(dst),
@@ -207,8 +221,17 @@ def encrypt(
         tiers=tiers,
         tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
         allow_empty=allow_empty,
+        fingerprint=mark,
     )
     return json.loads(report)
+
+
+def fingerprint_secret(path: PathLike) -> dict[str, Any]:
+    """Writes a new fingerprint secret file (mode 0600; never over an existing file), as
+    ``onnx-protect keygen --fingerprint-secret`` does: the publisher's secret for
+    ``encrypt(..., fingerprint=...)`` and ``onnx-protect trace``. Never give it to a
+    recipient. Returns the file's path and key ID."""
+    return json.loads(_native.fingerprint_secret(os.fspath(path)))
 
 
 def decrypt(

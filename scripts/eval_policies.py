@@ -188,53 +188,38 @@ def pct(x):
 
 
 def tables(results, models, version):
+    def cell(share, best, by):
+        return f"{pct(share)}% → {pct(best)} ({by}){' ✓' if meets(best, chance) else ''}"
+
     lines = [BEGIN, ""]
-    lines.append(f"Measured with `{version}` by `scripts/eval_policies.py`. *share*: encrypted share of the weight "
-                 "bytes (every floating-point constant counts). *best attack*: test accuracy (%) of the best "
-                 "key-less attack, and which; **✓**: within 2 points of chance.")
+    lines.append(f"Measured with `{version}` by `scripts/eval_policies.py`. Cells: encrypted share of the weight "
+                 "bytes (every floating-point constant counts) → test accuracy (%) of the best key-less attack "
+                 "(which); **✓**: within 2 points of chance. `first`/`last`: that layer whole; `small`: biases, "
+                 "normalisation parameters, position embeddings and scales whole; a number: that share of every "
+                 "other weight's rows by L1.")
     lines.append("")
-    lines.append("### The family across the zoo")
-    lines.append("")
-    lines.append("Every point of the `policy search` family, by the number of models where it meets the target, "
-                 "then by mean share (the first rows; `first`/`last`: that layer whole, `small`: biases, "
-                 "normalisation parameters, position embeddings and scales whole, a number: that share of "
-                 "every other weight's rows by L1).")
-    lines.append("")
-    lines.append(f"| policy | models meeting the target (of {len(results['curved'])}) | mean share | largest share |")
+    lines.append(f"| family point | models meeting the target (of {len(results['curved'])}) | mean share | largest share |")
     lines.append("|---|---|---|---|")
-    for label, met, mean, mx in results["ranking"][:12]:
+    for label, met, mean, mx in results["ranking"][:6]:
         lines.append(f"| {label} | {met} | {pct(mean)}% | {pct(mx)}% |")
     lines.append("")
-    missing = [m for m in models if m not in results["curved"]]
-    if missing:
-        lines.append(f"Measured on real files only, without the family curve (its BatchNormalization re-estimation "
-                     f"and long inputs make `--all` take tens of minutes): {', '.join(missing)}.")
-        lines.append("")
+    lines.append("| model (accuracy, chance) | old default | **built-in** | smallest found | other points no point beats on share and attack |")
+    lines.append("|---|---|---|---|---|")
     for model in models:
         r = results["models"][model]
         c = r["curve"]
         old, new = r["old_default"], r["default"]
         chance = old["chance"]
-        lines.append(f"### {model} (accuracy {pct(old['original'])}%, chance {pct(chance)}%)")
-        lines.append("")
-        lines.append("| policy | share | best attack | by | target |")
-        lines.append("|---|---|---|---|---|")
-        rows = [("old default (real file)", old["share"], old["best"], old["best_variant"]),
-                ("**new default** (real file)", new["share"], new["best"], new["best_variant"])]
-        if r.get("smallest"):
-            s = r["smallest"]
-            rows.append((f"smallest found: `{s['label']}` (real file)", s["share"], s["best"], s["best_variant"]))
-        for p in pareto([p for p in c["points"] if p["best"]]) if c else []:
-            rows.append((f"`{p['label']}`", p["share"], p["best"]["accuracy"], p["best"]["variant"]))
-        if not c:
-            rows.append(("(family not measured: see the note above)", None, None, ""))
-        for name, share, best, by in rows:
-            if best is None:
-                lines.append(f"| {name} | | | | |")
-                continue
-            ok = "✓" if meets(best, chance) else ""
-            lines.append(f"| {name} | {pct(share)}% | {pct(best)} | {by} | {ok} |")
-        lines.append("")
+        small = r.get("smallest")
+        found = f"`{small['label']}`: {cell(small['share'], small['best'], small['best_variant'])}" if small else ""
+        others = "; ".join(f"`{p['label']}` {cell(p['share'], p['best']['accuracy'], p['best']['variant'])}"
+                           for p in pareto([p for p in c["points"] if p["best"]])) if c else "family not measured (`--no-family`)"
+        lines.append(f"| {model} ({pct(old['original'])}, {pct(chance)}) | {cell(old['share'], old['best'], old['best_variant'])} "
+                     f"| {cell(new['share'], new['best'], new['best_variant'])} | {found} | {others} |")
+    lines.append("")
+    lines.append("Old default and built-in policy and the smallest point found: real files under `assess`; other "
+                 "points: `policy search --all` from the positions.")
+    lines.append("")
     lines.append(END)
     return "\n".join(lines)
 

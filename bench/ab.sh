@@ -2,14 +2,14 @@
 # Interleaved A/B of arbitrary commands: every round runs each command once (the
 # first round is a warm-up and is dropped); prints the median wall seconds, median
 # user+sys CPU seconds and median steal (vCPU time the hypervisor took) per command.
-# Before each run, OUT (default /work/bench-data/out/ab.out) is removed and `sync` run.
+# Before each run, OUT (default bench-data/out/ab.out in the checkout) is removed and `sync` run.
 #
 #   N=6 bench/ab.sh "name=command ..." "name=command ..." ...
 #
 # Example: a tiered model decrypted by two builds, with cp as a yardstick:
 #   N=5 bench/ab.sh "cp=cp M O" "old=BIN_A decrypt T -o O --key-file K" "new=BIN_B decrypt T -o O --key-file K"
 N=${N:-8}
-OUT=${OUT:-/work/bench-data/out/ab.out}
+OUT=${OUT:-$(cd "$(dirname "$0")/.." && pwd)/bench-data/out/ab.out}
 declare -a names cmds
 for a in "$@"; do names+=("${a%%=*}"); cmds+=("${a#*=}"); done
 TSV=/tmp/ab-$$.tsv; : > $TSV

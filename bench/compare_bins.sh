@@ -12,7 +12,7 @@
 # build must read the same format (a check that a candidate stays compatible).
 set -euo pipefail
 N=5
-DATA=/work/bench-data
+DATA=$(cd "$(dirname "$0")/.." && pwd)/bench-data
 while getopts "n:d:" opt; do
     case $opt in
         n) N=$OPTARG ;;

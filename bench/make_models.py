@@ -12,12 +12,13 @@
 The graphs are valid ONNX (onnx.checker passes, shape inference included) but are
 not meant to be run. Usage:
 
-  python3 bench/make_models.py [--out /work/bench-data] [--single-blocks 18]
+  python3 bench/make_models.py [--out bench-data] [--single-blocks 18]
                                [--ext-blocks 16] [--only single|external]
 """
 
 import argparse
 import os
+import pathlib
 import shutil
 import sys
 import time
@@ -209,7 +210,7 @@ def du(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/work/bench-data")
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "bench-data"))
     ap.add_argument("--only", choices=["single", "external"])
     ap.add_argument("--single-blocks", type=int, default=18, help="d=1024, ffn=4096, vocab=32000: ~1 GiB at 18")
     ap.add_argument("--ext-blocks", type=int, default=16, help="d=2048, ffn=8192, vocab=32000: ~3.3 GiB at 16")

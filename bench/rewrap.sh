@@ -4,7 +4,7 @@
 #   bench/rewrap.sh [-n RUNS] [MODEL...]
 #
 # Default models: fixtures/models/cnn_torch/model.onnx and the 1 GiB bench model
-# /work/bench-data/single/model.onnx. Every model is first copied to a temporary
+# bench-data/single/model.onnx. Every model is first copied to a temporary
 # directory (the original is never modified) and, if it is not protected yet,
 # encrypted there with a fresh key. Then, in RUNS+1 interleaved rounds (the first is a
 # warm-up and dropped), each round times, per model:
@@ -25,7 +25,7 @@ while getopts "n:h" opt; do
 done
 shift $((OPTIND - 1))
 MODELS=("$@")
-[ ${#MODELS[@]} -gt 0 ] || MODELS=("$REPO/fixtures/models/cnn_torch/model.onnx" /work/bench-data/single/model.onnx)
+[ ${#MODELS[@]} -gt 0 ] || MODELS=("$REPO/fixtures/models/cnn_torch/model.onnx" "$REPO/bench-data/single/model.onnx")
 BIN=${BIN:-$REPO/target/release/onnx-protect}
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p onnx-protect" >&2; exit 1; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/rewrap-bench.XXXXXX")

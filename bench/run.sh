@@ -3,7 +3,7 @@
 #
 #   bench/run.sh [-n RUNS] [-d DATA_DIR] [-o single|external] [-c CASE_REGEX]
 #
-# Needs the models of bench/make_models.py in DATA_DIR (default /work/bench-data)
+# Needs the models of bench/make_models.py in DATA_DIR (default bench-data in the checkout)
 # and a release build (cargo build --release). Every case runs RUNS+1 times; the
 # first run is a warm-up and is dropped (the page cache stays warm: nothing is
 # dropped from it). Cases are interleaved in rounds (round r runs every case once)
@@ -18,7 +18,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 N=5
-DATA=/work/bench-data
+DATA=$REPO/bench-data
 ONLY=""
 CASES=""
 while getopts "n:d:o:c:h" opt; do

@@ -25,7 +25,7 @@ reported too. An extra "relative" feature set divides each feature by the median
 of the same feature over the rows of its tensor (a detector that compares a row
 with its siblings).
 
-Usage: python3 scripts/eval_detectability.py [--bin PATH] [--json /work/bench-data/detectability.json]
+Usage: python3 scripts/eval_detectability.py [--bin PATH] [--json bench-data/detectability.json]
 """
 import argparse
 import json
@@ -142,9 +142,9 @@ def auc_cv(X, y, kind, seed=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", default="/work/target-lead/debug/onnx-protect")
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "onnx-protect"))
     ap.add_argument("--coefficient", type=float, default=0.2)
-    ap.add_argument("--json", default="/work/bench-data/detectability.json")
+    ap.add_argument("--json", default=str(ROOT / "bench-data" / "detectability.json"))
     args = ap.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="detect-"))
     origs = {m: onnx.load(str(DIGITS / f"{m}.onnx")) for m in MODELS}

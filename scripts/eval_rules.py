@@ -24,8 +24,8 @@ over the repeats.
 
 Usage:
     python3 scripts/eval_rules.py [--bin PATH] [--repeats 3] [--coefficients 0.05,0.2]
-        [--json /work/bench-data/rules.json] [--markdown FILE]
-    python3 scripts/eval_rules.py --tables-from /work/bench-data/rules.json
+        [--json bench-data/rules.json] [--markdown FILE]
+    python3 scripts/eval_rules.py --tables-from bench-data/rules.json
 """
 import argparse
 import itertools
@@ -152,13 +152,13 @@ def markdown(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", default=os.environ.get("ONNX_PROTECT_BIN", "/work/target-lead/debug/onnx-protect"))
+    ap.add_argument("--bin", default=os.environ.get("ONNX_PROTECT_BIN", str(ROOT / "target" / "release" / "onnx-protect")))
     ap.add_argument("--repeats", type=int, default=3, help="fresh keys per cell (mean, min, max reported)")
     ap.add_argument("--coefficients", default="0.05,0.2")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--json", default="/work/bench-data/rules.json")
+    ap.add_argument("--json", default=str(ROOT / "bench-data" / "rules.json"))
     ap.add_argument("--markdown", help="also write the tables (markdown) here")
     ap.add_argument("--tables-from", metavar="JSON", help="only print the tables of an earlier run's JSON")
     args = ap.parse_args()

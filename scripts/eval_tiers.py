@@ -16,7 +16,7 @@ accuracy and, byte for byte, the original file). A second sweep tries unequal
 tier shares on one model (--shares-model) to look for evenly spaced levels.
 
 Usage:
-    python3 scripts/eval_tiers.py [--bin PATH] [--repeats R] [--json /work/bench-data/tiers.json]
+    python3 scripts/eval_tiers.py [--bin PATH] [--repeats R] [--json bench-data/tiers.json]
 """
 import argparse
 import itertools
@@ -126,9 +126,9 @@ def mean_nf(rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", default="/work/target-lead/debug/onnx-protect")
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "onnx-protect"))
     ap.add_argument("--repeats", type=int, default=1, help="fresh keys per cell (mean reported)")
-    ap.add_argument("--json", default="/work/bench-data/tiers.json")
+    ap.add_argument("--json", default=str(ROOT / "bench-data" / "tiers.json"))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--shares-model", default="cnn")
     ap.add_argument("--skip-shares", action="store_true")

@@ -1,6 +1,6 @@
 //! `encrypt --fingerprint-check DATA`: among the variants of a recipient's mark, the first
 //! that changes no top-1 class of the original model on the publisher's inputs
-//! (docs/tracing.md §3). Each variant is an independent pattern, so a sample close to a
+//! (docs/tracing.md §2). Each variant is an independent pattern, so a sample close to a
 //! decision boundary that one variant moves across is left alone by most others.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Tracing a suspect copy back to a recipient (docs/tracing.md §4).
+//! Tracing a suspect copy back to a recipient (docs/tracing.md §3).
 //!
 //! For every planned tensor of the original the suspect's counterpart is found (by key,
 //! or as a dynamically quantised `KEY_quantized` initializer with `KEY_scale` and

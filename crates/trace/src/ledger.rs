@@ -1,4 +1,4 @@
-//! The ledger: which recipient got a fingerprinted copy of which model (docs/tracing.md §5).
+//! The ledger: which recipient got a fingerprinted copy of which model (docs/tracing.md §4).
 //!
 //! A ledger is a UTF-8 text file the publisher keeps. Lines that are empty or start with
 //! `#` are comments; every other line is one entry, a JSON object on one line:

@@ -1,4 +1,4 @@
-//! Embedding a recipient's fingerprint: `w' = w + α·σ·s` (docs/tracing.md §3).
+//! Embedding a recipient's fingerprint: `w' = w + α·σ·s` (docs/tracing.md §2).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +30,7 @@ struct Marked {
 /// The fingerprint of one recipient for one model, ready to be applied to its weights.
 ///
 /// [`Marker::rewrite`] has the shape of the encryption's plaintext rewrite hook
-/// (`onnx_protect_core::protect::Rewrite`, docs/tracing.md §3): the patterns are derived when the marker is
+/// (`onnx_protect_core::protect::Rewrite`, docs/tracing.md §2): the patterns are derived when the marker is
 /// made, so applying them cannot fail, and a tensor the marker was not planned for (or
 /// whose name, type or length differ) is left as it is.
 pub struct Marker {

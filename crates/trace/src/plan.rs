@@ -1,4 +1,4 @@
-//! Which weights carry a fingerprint, and their element values (docs/tracing.md §3).
+//! Which weights carry a fingerprint, and their element values (docs/tracing.md §2).
 //!
 //! A tensor is *planned* when all of these hold:
 //!

@@ -1,4 +1,4 @@
-//! The fingerprint secret, recipient IDs and the keyed ±1 patterns (docs/tracing.md §2).
+//! The fingerprint secret, recipient IDs and the keyed ±1 patterns (docs/tracing.md §1).
 //!
 //! A fingerprint secret file is text (at most [`MAX_SECRET_FILE_LEN`] bytes): lines that
 //! are empty or start with `#` are comments, and exactly one line is

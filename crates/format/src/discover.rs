@@ -216,11 +216,14 @@ pub struct Weight {
 
 /// The first and last layers of a model.
 ///
-/// A *layer node* is a node of the main graph with a weight in a `main` role (the
-/// kernel of a `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...).
-/// The *first layer* is every layer node that a graph input reaches through nodes
-/// that are not layer nodes; the *last layer*, every layer node that reaches a graph
-/// output that way. A layer's weights are its nodes' weights in `main` and `bias`
+/// A *layer node* is a node of the main graph, or of a subgraph inside it (`If`
+/// branches, `Loop` and `Scan` bodies), with a weight in a `main` role (the kernel of a
+/// `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...). The *first
+/// layer* is every layer node that a main graph input reaches through nodes that are not
+/// layer nodes; the *last layer*, every layer node that reaches a main graph output that
+/// way. Data flows into a subgraph through the names it reads from enclosing graphs and
+/// through its inputs (fed by what its node reads), and out of it through its outputs
+/// (its node's outputs). A layer's weights are its nodes' weights in `main` and `bias`
 /// roles (for the first layer, not the recurrent weight `R`, which multiplies the
 /// layer's own state rather than what arrives from the inputs), and the constant of an
 /// `Add` applied directly to a layer node's output (the bias a PyTorch export adds
@@ -311,68 +314,234 @@ pub fn discover(model: &Model) -> Vec<Weight> {
         .collect()
 }
 
+/// Where a value comes from, in the graph that defines it.
+#[derive(Clone, Copy)]
+enum Src {
+    Node(NodeId),
+    /// A formal input of the graph.
+    Input,
+    /// An initializer (or sparse initializer) of the graph.
+    Constant,
+}
+
+/// A value, named as the graph that defines it.
+type Value<'a> = (GraphId, &'a str);
+
+/// The data flow of the main graph and every subgraph inside it (`If` branches, `Loop`
+/// and `Scan` bodies), with names resolved through the scopes.
+struct Flow<'a> {
+    model: &'a Model,
+    /// Whether each graph is the main graph or nested in it.
+    in_tree: Vec<bool>,
+    /// Per graph: what each name it defines is.
+    defs: Vec<HashMap<&'a str, Src>>,
+    /// The nodes reading each value.
+    consumers: HashMap<Value<'a>, Vec<NodeId>>,
+    /// The node outputs each value is, as a subgraph's output: `(node, output index)`.
+    output_of: HashMap<Value<'a>, Vec<(NodeId, usize)>>,
+}
+
+impl<'a> Flow<'a> {
+    fn new(model: &'a Model) -> Self {
+        let in_tree = (0..model.graphs.len())
+            .map(|g| {
+                let mut g = g;
+                // Nesting is limited when the model is read; the bound only guards a cycle.
+                for _ in 0..=crate::model::MAX_GRAPH_DEPTH + 1 {
+                    match model.graphs[g].kind {
+                        crate::model::GraphKind::Main => return true,
+                        crate::model::GraphKind::Subgraph { node, .. } => g = model.nodes[node].graph,
+                        _ => return false,
+                    }
+                }
+                false
+            })
+            .collect::<Vec<_>>();
+        let defs = model
+            .graphs
+            .iter()
+            .map(|g| {
+                let mut m: HashMap<&str, Src> = g.inputs.iter().map(|i| (i.as_str(), Src::Input)).collect();
+                for &t in g.initializers.iter().chain(g.sparse_initializers.iter().map(|(v, _)| v)) {
+                    m.insert(model.tensors[t].name.as_str(), Src::Constant);
+                }
+                for &n in &g.nodes {
+                    for o in model.nodes[n].outputs.iter().filter(|o| !o.is_empty()) {
+                        m.insert(o.as_str(), Src::Node(n));
+                    }
+                }
+                m
+            })
+            .collect();
+        let mut flow = Flow { model, in_tree, defs, consumers: HashMap::new(), output_of: HashMap::new() };
+        for g in model.graphs.iter().filter(|g| flow.in_tree[g.id]) {
+            for &n in &g.nodes {
+                for i in model.nodes[n].inputs.iter().filter(|i| !i.is_empty()) {
+                    if let Some((v, _)) = flow.resolve(g.id, i) {
+                        flow.consumers.entry(v).or_default().push(n);
+                    }
+                }
+            }
+            if let crate::model::GraphKind::Subgraph { node, .. } = g.kind {
+                for (k, o) in g.outputs.iter().enumerate() {
+                    let owner = &model.nodes[node];
+                    let Some(j) = owner_output(&owner.op_type, k).filter(|&j| j < owner.outputs.len()) else { continue };
+                    if let Some((v, _)) = flow.resolve(g.id, o) {
+                        flow.output_of.entry(v).or_default().push((node, j));
+                    }
+                }
+            }
+        }
+        flow
+    }
+
+    /// The value `name` means in graph `g`, and where it comes from.
+    fn resolve(&self, g: GraphId, name: &'a str) -> Option<(Value<'a>, Src)> {
+        let mut at = Some(g);
+        while let Some(id) = at {
+            if let Some(&src) = self.defs[id].get(name) {
+                return Some(((id, name), src));
+            }
+            at = self.model.graphs[id].parent;
+        }
+        None
+    }
+
+    fn subgraphs(&self, n: NodeId) -> impl Iterator<Item = GraphId> + '_ {
+        self.model.nodes[n].attributes.iter().flat_map(|a| a.graphs.iter().copied())
+    }
+
+    fn outputs(&self, n: NodeId) -> impl Iterator<Item = Value<'a>> + 'a {
+        let node = &self.model.nodes[n];
+        node.outputs.iter().filter(|o| !o.is_empty()).map(move |o| (node.graph, o.as_str()))
+    }
+
+    /// Forward from the main graph's inputs, stopping at layer nodes: the layer nodes
+    /// reached. A node with subgraphs passes each input it reads to the subgraph input at
+    /// the same position, and its outputs are reached only through its subgraphs'
+    /// outputs; `Shape` and `Size` read no values.
+    fn first(&self, layer_nodes: &HashSet<NodeId>, main: GraphId) -> HashSet<NodeId> {
+        let mut found = HashSet::new();
+        let mut seen: HashSet<Value> = HashSet::new();
+        let mut work: Vec<Value> = (self.model.graphs[main].inputs.iter())
+            .filter(|i| matches!(self.defs[main].get(i.as_str()), Some(Src::Input)))
+            .map(|i| (main, i.as_str()))
+            .collect();
+        while let Some(v) = work.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            for &(owner, j) in self.output_of.get(&v).into_iter().flatten() {
+                let node = &self.model.nodes[owner];
+                work.extend(node.outputs.get(j).filter(|o| !o.is_empty()).map(|o| (node.graph, o.as_str())));
+            }
+            for &n in self.consumers.get(&v).into_iter().flatten() {
+                let node = &self.model.nodes[n];
+                if layer_nodes.contains(&n) {
+                    found.insert(n);
+                    continue;
+                }
+                if node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size") {
+                    continue;
+                }
+                let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
+                if subgraphs.is_empty() {
+                    work.extend(self.outputs(n));
+                    continue;
+                }
+                for (k, i) in node.inputs.iter().enumerate() {
+                    if self.resolve(node.graph, i).is_some_and(|(w, _)| w == v) {
+                        for &s in &subgraphs {
+                            work.extend(self.model.graphs[s].inputs.get(k).map(|i| (s, i.as_str())));
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Backward from the main graph's outputs, stopping at layer nodes: the layer nodes
+    /// reached. An output of a node with subgraphs leads to the subgraph outputs that
+    /// make it (not to the node's condition or trip count), a subgraph input to the node
+    /// input at the same position; `Shape` and `Size` read no values.
+    fn last(&self, layer_nodes: &HashSet<NodeId>, main: GraphId) -> HashSet<NodeId> {
+        let mut found = HashSet::new();
+        let mut seen: HashSet<Value> = HashSet::new();
+        let mut work: Vec<(GraphId, &str)> = self.model.graphs[main].outputs.iter().map(|o| (main, o.as_str())).collect();
+        while let Some((g, name)) = work.pop() {
+            let Some((v, src)) = self.resolve(g, name) else { continue };
+            if !seen.insert(v) {
+                continue;
+            }
+            match src {
+                Src::Node(n) if layer_nodes.contains(&n) => {
+                    found.insert(n);
+                }
+                Src::Node(n) => {
+                    let node = &self.model.nodes[n];
+                    let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
+                    if node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size") {
+                        continue;
+                    }
+                    if subgraphs.is_empty() {
+                        work.extend(node.inputs.iter().filter(|i| !i.is_empty()).map(|i| (node.graph, i.as_str())));
+                        continue;
+                    }
+                    let j = node.outputs.iter().position(|o| o == name);
+                    for s in subgraphs {
+                        let outputs = &self.model.graphs[s].outputs;
+                        let made_by = outputs.iter().enumerate().filter(|&(k, _)| owner_output(&node.op_type, k) == j);
+                        work.extend(made_by.map(|(_, o)| (s, o.as_str())));
+                    }
+                }
+                Src::Input => {
+                    if let crate::model::GraphKind::Subgraph { node, .. } = self.model.graphs[v.0].kind {
+                        let owner = &self.model.nodes[node];
+                        let k = self.model.graphs[v.0].inputs.iter().position(|i| i == name);
+                        let input = k.and_then(|k| owner.inputs.get(k)).filter(|i| !i.is_empty());
+                        work.extend(input.map(|i| (owner.graph, i.as_str())));
+                    }
+                }
+                Src::Constant => {}
+            }
+        }
+        found
+    }
+}
+
+/// Which output of a node with subgraphs the subgraph output `k` is: the same position,
+/// except in a `Loop` body, whose first output is the loop condition.
+fn owner_output(op_type: &str, k: usize) -> Option<usize> {
+    if op_type == "Loop" {
+        k.checked_sub(1)
+    } else {
+        Some(k)
+    }
+}
+
 /// The weights of the first and of the last layer (see [`Layers`]).
 fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (HashSet<TensorId>, HashSet<TensorId>) {
     let Some(main) = model.graphs.iter().find(|g| matches!(g.kind, crate::model::GraphKind::Main)) else {
         return Default::default();
     };
-    let in_main: HashSet<NodeId> = main.nodes.iter().copied().collect();
+    let flow = Flow::new(model);
     let layer_nodes: HashSet<NodeId> = found
         .values()
         .flatten()
-        .filter(|u| u.kind == WeightKind::Main && in_main.contains(&u.node))
+        .filter(|u| u.kind == WeightKind::Main && flow.in_tree[model.nodes[u.node].graph])
         .map(|u| u.node)
         .collect();
-    let mut consumers: HashMap<&str, Vec<NodeId>> = HashMap::new();
-    let mut producer: HashMap<&str, NodeId> = HashMap::new();
-    for &n in &main.nodes {
-        for i in model.nodes[n].inputs.iter().filter(|s| !s.is_empty()) {
-            consumers.entry(i.as_str()).or_default().push(n);
-        }
-        for o in model.nodes[n].outputs.iter().filter(|s| !s.is_empty()) {
-            producer.insert(o.as_str(), n);
-        }
-    }
-    let initializers: HashSet<&str> = main.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
-    // Forward from the graph inputs, stopping at layer nodes.
-    let mut first_nodes = HashSet::new();
-    let mut seen: HashSet<NodeId> = HashSet::new();
-    let mut values: Vec<&str> = main.inputs.iter().map(String::as_str).filter(|i| !initializers.contains(i)).collect();
-    while let Some(v) = values.pop() {
-        for &n in consumers.get(v).into_iter().flatten() {
-            if !seen.insert(n) {
-                continue;
-            }
-            if layer_nodes.contains(&n) {
-                first_nodes.insert(n);
-            } else {
-                values.extend(model.nodes[n].outputs.iter().map(String::as_str).filter(|o| !o.is_empty()));
-            }
-        }
-    }
-    // Backward from the graph outputs, stopping at layer nodes.
-    let mut last_nodes = HashSet::new();
-    let mut seen: HashSet<NodeId> = HashSet::new();
-    let mut values: Vec<&str> = main.outputs.iter().map(String::as_str).collect();
-    while let Some(v) = values.pop() {
-        let Some(&n) = producer.get(v) else { continue };
-        if !seen.insert(n) {
-            continue;
-        }
-        if layer_nodes.contains(&n) {
-            last_nodes.insert(n);
-        } else {
-            values.extend(model.nodes[n].inputs.iter().map(String::as_str).filter(|i| !i.is_empty()));
-        }
-    }
+    let first_nodes = flow.first(&layer_nodes, main.id);
+    let last_nodes = flow.last(&layer_nodes, main.id);
     // The first layer's weights are those that multiply what arrives from the inputs:
     // not the recurrent `R`, which multiplies the layer's own state.
     let weights_of = |nodes: &HashSet<NodeId>, first: bool| -> HashSet<TensorId> {
         // Nodes whose Add constants count as the layer's bias: an Add fed by a layer node.
         let adds: HashSet<NodeId> = nodes
             .iter()
-            .flat_map(|&n| model.nodes[n].outputs.iter())
-            .flat_map(|o| consumers.get(o.as_str()).into_iter().flatten().copied())
+            .flat_map(|&n| flow.outputs(n))
+            .flat_map(|v| flow.consumers.get(&v).into_iter().flatten().copied())
             .filter(|&a| model.nodes[a].op_type == "Add")
             .collect();
         found
@@ -516,6 +685,85 @@ mod tests {
 
     fn by_name(m: &Model) -> BTreeMap<String, Weight> {
         discover(m).into_iter().map(|w| (m.tensors[w.tensor].name.clone(), w)).collect()
+    }
+
+    /// A `GraphProto` of `nodes` with the given input and output names.
+    fn graph(name: &str, nodes: &[Vec<u8>], inputs: &[&str], outputs: &[&str], tensors: &[Vec<u8>]) -> Vec<u8> {
+        let mut g = Vec::new();
+        for n in nodes {
+            put_len_field(&mut g, 1, n);
+        }
+        put_len_field(&mut g, 2, name.as_bytes());
+        for t in tensors {
+            put_len_field(&mut g, 5, t);
+        }
+        for (field, names) in [(11, inputs), (12, outputs)] {
+            for v in names {
+                let mut vi = Vec::new();
+                put_len_field(&mut vi, 1, v.as_bytes());
+                put_len_field(&mut g, field, &vi);
+            }
+        }
+        g
+    }
+
+    /// `node` with graph attributes (`AttributeProto.g`, type GRAPH).
+    fn with_graphs(mut n: Vec<u8>, graphs: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        for (name, g) in graphs {
+            let mut a = Vec::new();
+            put_len_field(&mut a, 1, name.as_bytes());
+            put_len_field(&mut a, 6, g);
+            crate::wire::put_tag(&mut a, 20, crate::wire::WireType::Varint);
+            crate::wire::put_varint(&mut a, 5);
+            put_len_field(&mut n, 5, &a);
+        }
+        n
+    }
+
+    #[test]
+    fn end_layers_follow_data_into_subgraphs_and_not_through_shapes() {
+        // x -> MatMul(W0) -> MatMul(W1) -> Reshape(to Shape(x)) -> If(c) { MatMul(Wt) | Loop { MatMul(Wl) } } -> y
+        let then_branch = graph("then", &[node("MatMul", &["r", "Wt"], &["ot"], "mt")], &[], &["ot"], &[]);
+        let body = graph(
+            "body",
+            &[
+                node("Identity", &["cond_in"], &["cond_out"], "keep"),
+                node("MatMul", &["carried", "Wl"], &["next"], "ml"),
+            ],
+            &["i", "cond_in", "carried"],
+            &["cond_out", "next"],
+            &[float_tensor("Wl", &[2, 2], &[1.0; 4])],
+        );
+        let else_branch = graph(
+            "else",
+            &[with_graphs(node("Loop", &["", "", "r"], &["oe"], "loop"), &[("body", body)])],
+            &[],
+            &["oe"],
+            &[],
+        );
+        let main = graph(
+            "main",
+            &[
+                node("MatMul", &["x", "W0"], &["h"], "m0"),
+                node("MatMul", &["h", "W1"], &["h1"], "m1"),
+                node("Shape", &["x"], &["sx"], "shape"),
+                node("Reshape", &["h1", "sx"], &["r"], "reshape"),
+                with_graphs(node("If", &["c"], &["y"], "if"), &[("then_branch", then_branch), ("else_branch", else_branch)]),
+            ],
+            &["x", "c"],
+            &["y"],
+            &[
+                float_tensor("W0", &[2, 2], &[1.0; 4]),
+                float_tensor("W1", &[2, 2], &[1.0; 4]),
+                float_tensor("Wt", &[2, 2], &[1.0; 4]),
+            ],
+        );
+        let m = Model::from_vec(model_with_graph(&main), None).unwrap();
+        let w = by_name(&m);
+        let first: Vec<&str> = w.iter().filter(|(_, w)| w.first_layer).map(|(n, _)| n.as_str()).collect();
+        let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(first, ["W0"], "Shape(x) carries no values to the layers after the Reshape");
+        assert_eq!(last, ["Wl", "Wt"], "both branches make y; the Loop's output is its body's");
     }
 
     #[test]

@@ -291,9 +291,22 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     let ((code, out, err), _) = cli_encrypt("dp.onnx", &["--tiers", "2", "--policy", dp.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(modes(&out).iter().all(|m| m == "dp"), "{out}");
-    let ((code, _, err), _) = cli_encrypt("dp-short.onnx", &["--tiers", "2", "--mode", "*=dp"]);
-    assert_eq!(code, 7, "the biases' 10-element permutations are refused: {err}");
-    assert!(err.contains("at least 16 elements"), "{err}");
+    // A tensor too small to permute (the 10-element bias) stays clear, listed as skipped;
+    // rows shorter than 16 elements are permuted in chunks of 16 elements or more.
+    let ((code, out, err), _) = cli_encrypt("dp-short.onnx", &["--tiers", "2", "--mode", "*=dp"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{out}");
+    assert!(skipped[0][1].as_str().unwrap().contains("at least 16 elements"), "{out}");
+    let spans = v["tensors"].as_array().unwrap().iter().flat_map(|t| t["spans"].as_array().unwrap().clone());
+    let lengths: Vec<u64> = spans.map(|s| s[1].as_u64().unwrap() - s[0].as_u64().unwrap()).collect();
+    assert!(!lengths.is_empty() && lengths.iter().all(|&l| l >= 16 * 4), "{lengths:?}");
+    // An explicit split into shorter subsequences is refused.
+    let ((code, _, err), path) =
+        cli_encrypt("dp-split.onnx", &["--tiers", "2", "--mode", "*=dp", "--subsequences", "*=1000"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("at least 16 elements") && !path.exists(), "{err}");
     let ((code, _, err), _) = cli_encrypt("ctr1.onnx", &["--mode", "*=ctr"]);
     assert_eq!(code, 0, "{err}");
     // The library refuses it the same way (policy error), also from a policy file.

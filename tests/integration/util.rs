@@ -66,12 +66,12 @@ pub fn manifest_of(path: &Path) -> onnx_protect_core::protect::ProtectedV2 {
 /// Fewest elements format 2 allows in a distribution-preserving span (docs/format.md §6).
 pub const DP_MIN_ELEMENTS: u64 = 16;
 
-/// `policy` made acceptable to format 2's distribution-preserving mode on `model`: an
-/// operator whose chosen dp spans hold fewer than 16 elements (a bias, a row of a small
-/// kernel) is split into one subsequence per tensor instead of one per row, and the roles
-/// whose tensors are still too small are left out of the policy. A model with no tensor
-/// large enough gets `policy` in the fp mode instead. Returns the policy and how many
-/// tensors it encrypts with dp.
+/// `policy` made acceptable to format 2's distribution-preserving mode on `model`. Selection
+/// already permutes short rows in chunks of 16 elements and skips smaller tensors; for an
+/// explicit split that still gives shorter dp spans, the operator is split into one
+/// subsequence per tensor, and roles still too small are left out of the policy. A model
+/// with no tensor large enough gets `policy` in the fp mode instead. Returns the policy and
+/// how many tensors it encrypts with dp.
 pub fn dp_where_possible(model: &Path, policy: onnx_protect_select::Policy) -> (onnx_protect_select::Policy, usize) {
     use onnx_protect_select::{select, Mode, Split};
     let m = onnx_protect_format::Model::open(model).expect("the model opens");

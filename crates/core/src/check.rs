@@ -364,7 +364,7 @@ fn compare_with_policy(
             passed: true,
         });
         let list = tensor_failures.entry(c.op_type.clone()).or_default();
-        let split = rule.map(|r| r.split);
+        let split = rule.map(|_| c.split);
         compare_tensor(model, c, split, have.get(&c.tensor), opts.strict_spans, cov, list);
     }
     for (op, cov) in ops.iter_mut() {

@@ -25,7 +25,7 @@ pub const FORMAT_VERSION_V2: u32 = 2;
 /// The content-digest chunk size this version writes.
 pub const CONTENT_CHUNK: u64 = 4 << 20;
 /// The fewest elements a distribution-preserving span has (fewer hides too little).
-pub const DP_MIN_ELEMENTS: u64 = 16;
+pub use onnx_protect_select::DP_MIN_ELEMENTS;
 /// Caps on what a header may list (a hostile file cannot make a reader do more).
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// The most recipient stanzas a model may carry.

@@ -385,7 +385,9 @@ impl<'a> Flow<'a> {
             if let crate::model::GraphKind::Subgraph { node, .. } = g.kind {
                 for (k, o) in g.outputs.iter().enumerate() {
                     let owner = &model.nodes[node];
-                    let Some(j) = owner_output(&owner.op_type, k).filter(|&j| j < owner.outputs.len()) else { continue };
+                    let Some(j) = owner_output(&owner.op_type, k).filter(|&j| j < owner.outputs.len()) else {
+                        continue;
+                    };
                     if let Some((v, _)) = flow.resolve(g.id, o) {
                         flow.output_of.entry(v).or_default().push((node, j));
                     }
@@ -468,7 +470,8 @@ impl<'a> Flow<'a> {
     fn last(&self, layer_nodes: &HashSet<NodeId>, main: GraphId) -> HashSet<NodeId> {
         let mut found = HashSet::new();
         let mut seen: HashSet<Value> = HashSet::new();
-        let mut work: Vec<(GraphId, &str)> = self.model.graphs[main].outputs.iter().map(|o| (main, o.as_str())).collect();
+        let mut work: Vec<(GraphId, &str)> =
+            self.model.graphs[main].outputs.iter().map(|o| (main, o.as_str())).collect();
         while let Some((g, name)) = work.pop() {
             let Some((v, src)) = self.resolve(g, name) else { continue };
             if !seen.insert(v) {
@@ -748,7 +751,10 @@ mod tests {
                 node("MatMul", &["h", "W1"], &["h1"], "m1"),
                 node("Shape", &["x"], &["sx"], "shape"),
                 node("Reshape", &["h1", "sx"], &["r"], "reshape"),
-                with_graphs(node("If", &["c"], &["y"], "if"), &[("then_branch", then_branch), ("else_branch", else_branch)]),
+                with_graphs(
+                    node("If", &["c"], &["y"], "if"),
+                    &[("then_branch", then_branch), ("else_branch", else_branch)],
+                ),
             ],
             &["x", "c"],
             &["y"],

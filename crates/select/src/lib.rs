@@ -117,6 +117,22 @@ pub fn chosen_count(coefficient_ppm: u32, n: u64) -> u64 {
     (k as u64).clamp(1, n)
 }
 
+/// Fewest elements a distribution-preserving subsequence holds: a shorter permutation
+/// hides too little.
+pub const DP_MIN_ELEMENTS: u64 = 16;
+
+/// The split a rule's subsequences get in `mode`: in the distribution-preserving mode, a
+/// first-dimension split whose rows hold fewer than [`DP_MIN_ELEMENTS`] elements becomes
+/// `⌊numel / 16⌋` near-equal chunks (so each holds 16 elements or more).
+pub fn effective_split(dims: &[u64], numel: u64, split: Split, mode: Mode) -> Split {
+    match (mode, split, dims.first()) {
+        (Mode::Dp, Split::FirstDim, Some(&d0)) if d0 > 0 && dims.len() > 1 && numel / d0 < DP_MIN_ELEMENTS => {
+            Split::Count((numel / DP_MIN_ELEMENTS).max(1))
+        }
+        _ => split,
+    }
+}
+
 /// Evenly spread positions `⌊j·n/k⌋`, `j = 0..k`.
 pub fn spread_positions(n: u64, k: u64) -> Vec<u64> {
     (0..k).map(|j| ((u128::from(j) * u128::from(n)) / u128::from(k)) as u64).collect()
@@ -209,14 +225,17 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             sel.skipped.push(Skipped { tensor: t.id, reason: reason.to_string() });
             continue;
         }
-        let Some((subsequences, chosen)) = pick(model, t, rule, policy, heads.len(), &mut pieces) else { continue };
+        let split = effective_split(&t.dims, t.numel, rule.split, mode);
+        let Some((subsequences, chosen)) = pick(model, t, rule, split, policy, heads.len(), &mut pieces) else {
+            continue;
+        };
         heads.push(Chosen {
             tensor: t.id,
             op_type: u.op_type.clone(),
             role: u.role.to_string(),
             tensor_role: w.tensor_role(),
             rule: applied.by.text(),
-            split: rule.split,
+            split,
             mode,
             subsequences,
             chosen,
@@ -274,6 +293,9 @@ fn unencryptable(t: &onnx_protect_format::Tensor, mode: Mode) -> Option<&'static
     if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
         return Some("the distribution-preserving mode needs whole-byte elements");
     }
+    if mode == Mode::Dp && t.numel < DP_MIN_ELEMENTS {
+        return Some("the distribution-preserving mode needs at least 16 elements to permute");
+    }
     None
 }
 
@@ -284,11 +306,12 @@ fn pick(
     model: &Model,
     t: &onnx_protect_format::Tensor,
     rule: &policy::OpRule,
+    split: Split,
     policy: &Policy,
     head_index: usize,
     pieces: &mut Vec<Piece>,
 ) -> Option<(u64, Vec<u64>)> {
-    let bounds = subsequence_bounds(t.data_type, &t.dims, t.numel, rule.split)?;
+    let bounds = subsequence_bounds(t.data_type, &t.dims, t.numel, split)?;
     let n = (bounds.len() - 1) as u64;
     let k = chosen_count(rule.coefficient_ppm(), n);
     let needs_scores = rule.rank != Rank::Even || policy.tiers > 1;
@@ -423,6 +446,20 @@ mod tests {
         assert_eq!(spread_positions(10, 3), vec![0, 3, 6]);
         assert_eq!(spread_positions(4, 4), vec![0, 1, 2, 3]);
         assert_eq!(spread_positions(64, 1), vec![0]);
+    }
+
+    #[test]
+    fn dp_rows_under_16_elements_become_chunks_of_16_or_more() {
+        // 16 rows of 9 elements: 9 chunks of 16.
+        assert_eq!(effective_split(&[16, 1, 3, 3], 144, Split::FirstDim, Mode::Dp), Split::Count(9));
+        let b = subsequence_bounds(DataType::Float, &[16, 1, 3, 3], 144, Split::Count(9)).unwrap();
+        assert!(b.windows(2).all(|w| (w[1] - w[0]) / 4 >= DP_MIN_ELEMENTS), "{b:?}");
+        // Rows long enough, other modes and explicit counts keep their split.
+        assert_eq!(effective_split(&[4, 16], 64, Split::FirstDim, Mode::Dp), Split::FirstDim);
+        assert_eq!(effective_split(&[16, 9], 144, Split::FirstDim, Mode::Fp), Split::FirstDim);
+        assert_eq!(effective_split(&[16, 9], 144, Split::Count(16), Mode::Dp), Split::Count(16));
+        // 17 elements in rows of one: one chunk holding all of them.
+        assert_eq!(effective_split(&[17, 1], 17, Split::FirstDim, Mode::Dp), Split::Count(1));
     }
 
     #[test]

@@ -98,7 +98,21 @@ fn check_fails_unprotected_and_empty_models_unless_allowed() {
     let args = ["encrypt", s(&mlp), "-o", s(&empty), "--key-file", s(&key), "--coefficient", "*=0"];
     let (code, _, err) = run(&args);
     assert_eq!(code, 7, "{err}");
+    assert!(err.contains("raise a coefficient"), "{err}");
     assert!(!empty.exists());
+    // A model without weights (its parameters in attribute lists, say) is told so.
+    let weightless = dir.path().join("weightless.onnx");
+    let mut g = Vec::new();
+    onnx_protect_format::wire::put_len_field(
+        &mut g,
+        1,
+        &onnx_protect_format::testutil::node("Relu", &["x"], &["y"], "relu"),
+    );
+    std::fs::write(&weightless, onnx_protect_format::testutil::model_with_graph(&g)).unwrap();
+    let out = dir.path().join("weightless.enc.onnx");
+    let (code, _, err) = run(&["encrypt", s(&weightless), "-o", s(&out), "--key-file", s(&key)]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("the model has no weights to encrypt") && !out.exists(), "{err}");
     let (code, _, err) = run(&[&args[..], &["--allow-empty"]].concat());
     assert_eq!(code, 0, "{err}");
     // ... and check fails the result (protected, 0 bytes encrypted).

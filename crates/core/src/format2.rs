@@ -192,9 +192,23 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     refuse_ctr_with_tiers(model, &selection, tiers)?;
     refuse_short_permutations(model, &selection)?;
     if selection.bytes() == 0 && !spec.allow_empty {
-        return Err(CoreError::Policy(PolicyError::Invalid(
-            "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".into(),
-        )));
+        let why = if weights.is_empty() {
+            "the model has no weights to encrypt: no operator reads a floating-point constant tensor or a \
+             weight input (parameters kept in node attribute lists, as the ai.onnx.ml tree, linear and SVM \
+             operators keep them, are not encrypted)"
+                .to_string()
+        } else if let Some(s) = selection.skipped.first() {
+            format!(
+                "the policy encrypts 0 bytes of this model: the {} weight(s) it selects cannot be encrypted so \
+                 ('{}': {}); choose another mode, or allow it explicitly",
+                selection.skipped.len(),
+                model.tensors[s.tensor].name,
+                s.reason
+            )
+        } else {
+            "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".to_string()
+        };
+        return Err(CoreError::Policy(PolicyError::Invalid(why)));
     }
     // Varint-stored tensors change length when encrypted: they go whole to the top tier,
     // so a partial decryption never changes a length (docs/format.md §3).

@@ -57,6 +57,9 @@ fn not_onnx_reason(buf: &[u8]) -> Option<String> {
     if buf.len() > 8 && buf[8] == b'{' && buf[..8].iter().skip(4).all(|&b| b == 0) {
         return Some("it is a safetensors file".into());
     }
+    if buf.get(4..8) == Some(b"ORTM") {
+        return Some("it is an onnxruntime ORT-format model (protect the .onnx it was converted from)".into());
+    }
     if buf.get(4..8) == Some(b"TFL3") {
         return Some("it is a TensorFlow Lite model".into());
     }
@@ -123,6 +126,7 @@ mod tests {
         assert!(reason(b"PK\x03\x04\x14\0\0\0").unwrap().contains("ZIP"));
         assert!(reason(b"\x93NUMPY\x01\0v\0{'descr'").unwrap().contains("NumPy"));
         assert!(reason(b"\x58\0\0\0\0\0\0\0{\"__metadata__\"").unwrap().contains("safetensors"));
+        assert!(reason(b"\x14\0\0\0ORTM\x0c\0\x10\0").unwrap().contains("ORT-format"));
     }
 
     #[test]

@@ -218,7 +218,8 @@ pub struct Weight {
 ///
 /// A *layer node* is a node of the main graph, or of a subgraph inside it (`If`
 /// branches, `Loop` and `Scan` bodies), with a weight in a `main` role (the kernel of a
-/// `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...). The *first
+/// `Conv`, the constant operand of a `MatMul`, the `W` of an `LSTM`, ...), or a call of a
+/// model-local function that passes such a weight to its body. The *first
 /// layer* is every layer node that a main graph input reaches through nodes that are not
 /// layer nodes; the *last layer*, every layer node that reaches a main graph output that
 /// way. Data flows into a subgraph through the names it reads from enclosing graphs and
@@ -262,13 +263,14 @@ enum Def {
 /// graph order (one use per consuming node and input, whatever the number of paths).
 pub fn discover(model: &Model) -> Vec<Weight> {
     let scopes: Vec<HashMap<&str, Def>> = model.graphs.iter().map(|g| scope_of(model, g.id)).collect();
+    let calls = Calls::new(model);
     let mut found: BTreeMap<TensorId, Vec<WeightUse>> = BTreeMap::new();
     let record = |found: &mut BTreeMap<TensorId, Vec<WeightUse>>, node: NodeId, idx: usize, only_new: bool| {
         let n = &model.nodes[node];
         let Some(name) = n.inputs.get(idx).filter(|s| !s.is_empty()) else { return };
         let table = if n.is_onnx() { roles(&n.op_type) } else { &[] };
         let named = table.iter().find(|(i, _, _)| *i == idx);
-        for (tensor, via) in resolve_all(model, &scopes, n.graph, name) {
+        for (tensor, via) in resolve_all(model, &scopes, &calls, n.graph, name) {
             let t = &model.tensors[tensor];
             let (role, kind) = match named {
                 Some(&(_, role, kind)) => (role, kind),
@@ -284,7 +286,8 @@ pub fn discover(model: &Model) -> Vec<Weight> {
         }
     };
     for node in &model.nodes {
-        if node.op_type == "Constant" || (node.is_onnx() && is_passthrough(&node.op_type)) {
+        // A call of a model-local function is followed into its body instead.
+        if node.op_type == "Constant" || (node.is_onnx() && is_passthrough(&node.op_type)) || calls.is_call(node.id) {
             continue;
         }
         for idx in 0..node.inputs.len() {
@@ -302,7 +305,7 @@ pub fn discover(model: &Model) -> Vec<Weight> {
     for uses in found.values_mut() {
         uses.sort_by_key(|u| (u.node, u.input_index));
     }
-    let (first, last) = end_layers(model, &found);
+    let (first, last) = end_layers(model, &found, &calls);
     found
         .into_iter()
         .map(|(tensor, uses)| Weight {
@@ -524,17 +527,26 @@ fn owner_output(op_type: &str, k: usize) -> Option<usize> {
 }
 
 /// The weights of the first and of the last layer (see [`Layers`]).
-fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (HashSet<TensorId>, HashSet<TensorId>) {
+fn end_layers(
+    model: &Model,
+    found: &BTreeMap<TensorId, Vec<WeightUse>>,
+    calls: &Calls,
+) -> (HashSet<TensorId>, HashSet<TensorId>) {
     let Some(main) = model.graphs.iter().find(|g| matches!(g.kind, crate::model::GraphKind::Main)) else {
         return Default::default();
     };
     let flow = Flow::new(model);
-    let layer_nodes: HashSet<NodeId> = found
-        .values()
-        .flatten()
-        .filter(|u| u.kind == WeightKind::Main && flow.in_tree[model.nodes[u.node].graph])
-        .map(|u| u.node)
-        .collect();
+    // The node of the main graph (or a subgraph in it) a use stands for: its own node, or
+    // for a use inside a model-local function, the call in the main tree that passes the
+    // weight in.
+    let anchor = |u: &WeightUse| -> Option<NodeId> {
+        if flow.in_tree[model.nodes[u.node].graph] {
+            return Some(u.node);
+        }
+        u.via.iter().copied().find(|&n| flow.in_tree[model.nodes[n].graph] && calls.is_call(n))
+    };
+    let layer_nodes: HashSet<NodeId> =
+        found.values().flatten().filter(|u| u.kind == WeightKind::Main).filter_map(anchor).collect();
     let first_nodes = flow.first(&layer_nodes, main.id);
     let last_nodes = flow.last(&layer_nodes, main.id);
     // The first layer's weights are those that multiply what arrives from the inputs:
@@ -551,8 +563,11 @@ fn end_layers(model: &Model, found: &BTreeMap<TensorId, Vec<WeightUse>>) -> (Has
             .iter()
             .filter(|(_, uses)| {
                 uses.iter().any(|u| {
-                    (nodes.contains(&u.node)
-                        && matches!(u.kind, WeightKind::Main | WeightKind::Bias)
+                    let at = anchor(u);
+                    // Inside a function, a bias is any constant in a bias role (an `Add`).
+                    let called = at.is_some_and(|a| a != u.node) && u.tensor_role == TensorRole::Bias;
+                    (at.is_some_and(|a| nodes.contains(&a))
+                        && (matches!(u.kind, WeightKind::Main | WeightKind::Bias) || called)
                         && !(first && u.role == "R"))
                         || (adds.contains(&u.node) && u.tensor_role == TensorRole::Bias)
                 })
@@ -607,19 +622,98 @@ fn scope_of(model: &Model, gid: GraphId) -> HashMap<&str, Def> {
     m
 }
 
+/// The calls of each model-local function, to follow a function's formal inputs to the
+/// values its callers pass.
+struct Calls<'a> {
+    model: &'a Model,
+    /// Function body graph by `(domain, name)`.
+    functions: HashMap<(&'a str, &'a str), GraphId>,
+    /// Call nodes by the function body graph they call.
+    calls: HashMap<GraphId, Vec<NodeId>>,
+}
+
+impl<'a> Calls<'a> {
+    fn new(model: &'a Model) -> Self {
+        let functions: HashMap<(&str, &str), GraphId> = model
+            .graphs
+            .iter()
+            .filter_map(|g| match &g.kind {
+                crate::model::GraphKind::Function { domain, name } => Some(((domain.as_str(), name.as_str()), g.id)),
+                _ => None,
+            })
+            .collect();
+        let mut calls: HashMap<GraphId, Vec<NodeId>> = HashMap::new();
+        if !functions.is_empty() {
+            for n in model.nodes.iter().filter(|n| !n.is_onnx()) {
+                if let Some(&f) = functions.get(&(n.domain.as_str(), n.op_type.as_str())) {
+                    calls.entry(f).or_default().push(n.id);
+                }
+            }
+        }
+        Calls { model, functions, calls }
+    }
+
+    /// The function body a graph belongs to (the graph itself, or the body its scopes end in).
+    fn body_of(&self, gid: GraphId) -> Option<GraphId> {
+        let mut g = gid;
+        for _ in 0..=crate::model::MAX_GRAPH_DEPTH + 1 {
+            match self.model.graphs[g].parent {
+                Some(p) => g = p,
+                None => break,
+            }
+        }
+        matches!(self.model.graphs[g].kind, crate::model::GraphKind::Function { .. }).then_some(g)
+    }
+
+    /// For `name` seen from `gid`, when it is formal input `k` of the function body `gid`
+    /// is in: each call of that function and the value it passes as input `k`.
+    fn arguments(&self, gid: GraphId, name: &str) -> Vec<(NodeId, &'a str)> {
+        let Some(body) = self.body_of(gid) else { return Vec::new() };
+        let Some(k) = self.model.graphs[body].inputs.iter().position(|i| i == name) else { return Vec::new() };
+        let calls = self.calls.get(&body).map(Vec::as_slice).unwrap_or(&[]);
+        calls
+            .iter()
+            .filter_map(|&c| self.model.nodes[c].inputs.get(k).filter(|i| !i.is_empty()).map(|i| (c, i.as_str())))
+            .collect()
+    }
+
+    /// Whether node `n` calls a model-local function.
+    fn is_call(&self, n: NodeId) -> bool {
+        let node = &self.model.nodes[n];
+        !node.is_onnx() && self.functions.contains_key(&(node.domain.as_str(), node.op_type.as_str()))
+    }
+}
+
 /// Most nodes one resolution walks through (a hostile graph cannot make it slow).
 const MAX_WALK: usize = 4096;
 
 /// Every constant that reaches value `name`, as seen from graph `gid`, through
 /// pass-through nodes: `(tensor, the pass-through nodes on the first path found,
 /// nearest the constant first)`, each tensor once.
-fn resolve_all(model: &Model, scopes: &[HashMap<&str, Def>], gid: GraphId, name: &str) -> Vec<(TensorId, Vec<NodeId>)> {
+fn resolve_all<'a>(
+    model: &'a Model,
+    scopes: &[HashMap<&str, Def>],
+    calls: &Calls<'a>,
+    gid: GraphId,
+    name: &'a str,
+) -> Vec<(TensorId, Vec<NodeId>)> {
     let mut out: Vec<(TensorId, Vec<NodeId>)> = Vec::new();
     let mut seen_nodes: HashSet<NodeId> = HashSet::new();
     // (value name, graph it is seen from, pass-through nodes from it to the consumer)
     let mut stack: Vec<(&str, GraphId, Vec<NodeId>)> = vec![(name, gid, Vec::new())];
     while let Some((name, gid, path)) = stack.pop() {
-        let Some(def) = lookup(model, scopes, gid, name) else { continue };
+        let Some(def) = lookup(model, scopes, gid, name) else {
+            // A formal input of a model-local function: what each call passes in.
+            for (call, input) in calls.arguments(gid, name) {
+                if seen_nodes.len() < MAX_WALK && seen_nodes.insert(call) {
+                    let mut p = Vec::with_capacity(path.len() + 1);
+                    p.push(call);
+                    p.extend_from_slice(&path);
+                    stack.push((input, model.nodes[call].graph, p));
+                }
+            }
+            continue;
+        };
         let tensor = match def {
             Def::Tensor(t) => Some(t),
             Def::Node(n) => {
@@ -770,6 +864,51 @@ mod tests {
         let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
         assert_eq!(first, ["W0"], "Shape(x) carries no values to the layers after the Reshape");
         assert_eq!(last, ["Wl", "Wt"], "both branches make y; the Loop's output is its body's");
+    }
+
+    #[test]
+    fn weights_passed_to_a_local_function_are_found_through_its_body() {
+        // main: x -> local.Dense(x, W, B) -> local.Dense(h, W2, B2) -> y; Dense(x, w, b) = MatMul(x, w) + b
+        let mut f = Vec::new();
+        put_len_field(&mut f, 1, b"Dense");
+        for i in ["x", "w", "b"] {
+            put_len_field(&mut f, 4, i.as_bytes());
+        }
+        put_len_field(&mut f, 5, b"y");
+        put_len_field(&mut f, 7, &node("MatMul", &["x", "w"], &["t"], "mm"));
+        put_len_field(&mut f, 7, &node("Add", &["t", "b"], &["y"], "add"));
+        put_len_field(&mut f, 10, b"local");
+        let call = |inputs: &[&str], out: &str, name: &str| {
+            let mut n = node("Dense", inputs, &[out], name);
+            put_len_field(&mut n, 7, b"local");
+            n
+        };
+        let main = graph(
+            "main",
+            &[call(&["x", "W", "B"], "h", "d1"), call(&["h", "W2", "B2"], "y", "d2")],
+            &["x"],
+            &["y"],
+            &[
+                float_tensor("W", &[2, 2], &[1.0; 4]),
+                float_tensor("B", &[2], &[0.5; 2]),
+                float_tensor("W2", &[2, 2], &[1.0; 4]),
+                float_tensor("B2", &[2], &[0.5; 2]),
+            ],
+        );
+        let mut m = model_with_graph(&main);
+        put_len_field(&mut m, 25, &f);
+        let m = Model::from_vec(m, None).unwrap();
+        let w = by_name(&m);
+        assert_eq!(w.len(), 4);
+        let u = &w["W"].uses;
+        assert_eq!(u.len(), 1, "the body's MatMul, not the call: {u:?}");
+        assert_eq!((u[0].op_type.as_str(), u[0].role, u[0].kind), ("MatMul", "B", WeightKind::Main));
+        assert_eq!(m.nodes[u[0].via[0]].name, "d1", "the call is on the way");
+        assert_eq!(w["W2"].uses[0].via.iter().map(|&n| m.nodes[n].name.as_str()).collect::<Vec<_>>(), ["d2"]);
+        assert_eq!(w["B"].tensor_role(), TensorRole::Bias);
+        let first: Vec<&str> = w.iter().filter(|(_, w)| w.first_layer).map(|(n, _)| n.as_str()).collect();
+        let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
+        assert_eq!((first, last), (vec!["B", "W"], vec!["B2", "W2"]));
     }
 
     #[test]

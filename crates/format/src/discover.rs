@@ -165,6 +165,7 @@ pub fn is_passthrough(op_type: &str) -> bool {
         || matches!(
             op_type,
             "DequantizeLinear"
+                | "QuantizeLinear"
                 | "Cast"
                 | "Transpose"
                 | "Reshape"
@@ -909,6 +910,25 @@ mod tests {
         let first: Vec<&str> = w.iter().filter(|(_, w)| w.first_layer).map(|(n, _)| n.as_str()).collect();
         let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
         assert_eq!((first, last), (vec!["B", "W"], vec!["B2", "W2"]));
+    }
+
+    #[test]
+    fn a_float_weight_quantized_in_the_graph_is_the_convolution_s() {
+        // What onnxruntime's static quantizer writes when it keeps float weights:
+        // W -> QuantizeLinear -> DequantizeLinear -> Conv.
+        let m = model(
+            &[
+                node("QuantizeLinear", &["W", "s", "z"], &["Wq"], "q"),
+                node("DequantizeLinear", &["Wq", "s", "z"], &["Wd"], "dq"),
+                node("Conv", &["x", "Wd"], &["y"], "conv"),
+            ],
+            &[float_tensor("W", &[2, 1, 1, 1], &[0.5, -0.5]), float_tensor("s", &[], &[0.1])],
+        );
+        let w = by_name(&m);
+        let u = &w["W"].uses[0];
+        assert_eq!((u.op_type.as_str(), u.role, u.kind), ("Conv", "W", WeightKind::Main));
+        let via: Vec<&str> = u.via.iter().map(|&n| m.nodes[n].op_type.as_str()).collect();
+        assert_eq!(via, ["QuantizeLinear", "DequantizeLinear"]);
     }
 
     #[test]

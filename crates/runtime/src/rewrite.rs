@@ -7,6 +7,9 @@
 //!   symbol, and a symbol does not unify with the concrete input shapes
 //!   [`Loaded::prepare`](crate::engine::Loaded::prepare) sets, so inference failed
 //!   ("Failed analyse for node … Reshape"). Fixed dimensions stay.
+//! * **Symbolic dimensions of graph inputs and outputs** keep their meaning, but a
+//!   name tract cannot read as a symbol (`DynamicDimension.0`, `height / 32`) is
+//!   renamed to one it can, the same name to the same symbol.
 //! * **`Gelu`** (opset 20), which tract 0.21 lacks, becomes the subgraph of its
 //!   definition: `0.5·x·(1 + erf(x/√2))`, or with `approximate = "tanh"`
 //!   `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
@@ -42,6 +45,8 @@ pub struct Rewritten {
     pub instance_norm: usize,
     /// Symbolic dimensions removed from `value_info` entries.
     pub symbolic_dims: usize,
+    /// Symbolic dimensions of inputs and outputs renamed to names tract reads.
+    pub renamed_symbols: usize,
 }
 
 /// Rewrites `model` in place so that tract can load and run it (see the module docs).
@@ -74,6 +79,8 @@ struct Ctx {
     next: u64,
     /// Version of the default (`ai.onnx`) operator set.
     opset: i64,
+    /// Dimension names renamed so far, and what to.
+    symbols: std::collections::HashMap<String, String>,
     done: Rewritten,
 }
 
@@ -91,7 +98,7 @@ impl Ctx {
             .map(|o| o.version)
             .max()
             .unwrap_or(1);
-        Ctx { taken, next: 0, opset, done: Rewritten::default() }
+        Ctx { taken, next: 0, opset, symbols: Default::default(), done: Rewritten::default() }
     }
 }
 
@@ -111,6 +118,9 @@ impl Ctx {
 fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
     for v in &mut g.value_info {
         ctx.done.symbolic_dims += forget_symbols(v);
+    }
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        ctx.done.renamed_symbols += rename_symbols(v, &mut ctx.symbols);
     }
 
     let nodes = std::mem::take(&mut g.node);
@@ -153,6 +163,31 @@ fn forget_symbols(v: &mut pb::ValueInfoProto) -> usize {
         if matches!(d.value, Some(DimValue::DimParam(_))) {
             d.value = None;
             n += 1;
+        }
+    }
+    n
+}
+
+/// Renames the symbolic dimensions of a value that are not identifiers (letters, digits
+/// and `_`, not starting with a digit) to `onnx_protect_sym_K`, one name per distinct
+/// symbol; returns how many dimensions were renamed.
+fn rename_symbols(v: &mut pb::ValueInfoProto, symbols: &mut std::collections::HashMap<String, String>) -> usize {
+    let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+        return 0;
+    };
+    let Some(shape) = &mut t.shape else { return 0 };
+    let readable = |p: &str| {
+        p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut n = 0;
+    for d in &mut shape.dim {
+        if let Some(DimValue::DimParam(p)) = &mut d.value {
+            if !readable(p) {
+                let k = symbols.len();
+                *p = symbols.entry(p.clone()).or_insert_with(|| format!("onnx_protect_sym_{k}")).clone();
+                n += 1;
+            }
         }
     }
     n
@@ -427,7 +462,7 @@ mod tests {
 
     fn fresh() -> Ctx {
         let taken = ["x", "y", "g"].iter().map(|s| s.to_string()).collect();
-        Ctx { taken, next: 0, opset: 20, done: Rewritten::default() }
+        Ctx { taken, next: 0, opset: 20, symbols: Default::default(), done: Rewritten::default() }
     }
 
     #[test]
@@ -677,5 +712,43 @@ mod tests {
         let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.unwrap().value else { unreachable!() };
         let dims: Vec<_> = t.shape.unwrap().dim.into_iter().map(|d| d.value).collect();
         assert_eq!(dims, vec![None, Some(DimValue::DimValue(128))]);
+    }
+
+    #[test]
+    fn unreadable_input_symbols_are_renamed_alike_and_readable_ones_kept() {
+        let dim = |p: &str| pb::tensor_shape_proto::Dimension {
+            value: Some(DimValue::DimParam(p.into())),
+            ..Default::default()
+        };
+        let value = |dims: Vec<pb::tensor_shape_proto::Dimension>| pb::ValueInfoProto {
+            name: "v".into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto { dim: dims }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let names = |v: pb::ValueInfoProto| -> Vec<String> {
+            let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.unwrap().value else { unreachable!() };
+            t.shape
+                .unwrap()
+                .dim
+                .into_iter()
+                .map(|d| match d.value {
+                    Some(DimValue::DimParam(p)) => p,
+                    _ => String::new(),
+                })
+                .collect()
+        };
+        let mut symbols = Default::default();
+        let mut a = value(vec![dim("DynamicDimension.0"), dim("batch_size"), dim("h / 32")]);
+        let mut b = value(vec![dim("DynamicDimension.0")]);
+        assert_eq!(rename_symbols(&mut a, &mut symbols), 2);
+        assert_eq!(rename_symbols(&mut b, &mut symbols), 1);
+        assert_eq!(names(a), ["onnx_protect_sym_0", "batch_size", "onnx_protect_sym_1"]);
+        assert_eq!(names(b), ["onnx_protect_sym_0"], "the same name, the same symbol");
     }
 }

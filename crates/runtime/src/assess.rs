@@ -20,7 +20,8 @@
 //! (top key) is the original. Without a key, or for an untiered model, there are
 //! no tier rows.
 //!
-//! For each variant: top-1 agreement with the original, accuracy (with labels),
+//! For each variant: top-1 agreement with the original (for an output of one value
+//! per sample, the class is 1 when the value is above 0.5), accuracy (with labels),
 //! mean and max output distance, and the fraction of non-finite outputs. The
 //! comparison uses the model's first output, read as `[N, ...]` (one row per
 //! sample; top-1 is the arg-max of a row). The report's headline is the best
@@ -350,9 +351,15 @@ fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray]) -> Result<(S
     run_rows_loaded(&Loaded::new(model, external)?, inputs)
 }
 
+/// The class a sample's output row stands for: the index of its largest value, or for a
+/// row of one value (a binary classifier's probability) 1 when it is above 0.5, else 0;
+/// none for a row with a non-finite value.
 fn argmax(row: &[f64]) -> Option<usize> {
     if row.iter().any(|v| !v.is_finite()) || row.is_empty() {
         return None;
+    }
+    if let [p] = row {
+        return Some(usize::from(*p > 0.5));
     }
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
@@ -728,6 +735,8 @@ mod tests {
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), Some(1));
         assert_eq!(argmax(&[0.1, f64::NAN, 0.2]), None);
         assert_eq!(argmax(&[]), None);
+        // One value per sample: a probability of class 1.
+        assert_eq!((argmax(&[0.7]), argmax(&[0.2]), argmax(&[f64::INFINITY])), (Some(1), Some(0), None));
     }
 
     #[test]

@@ -191,3 +191,25 @@ fn encrypt_lists_every_weight_left_clear_and_counts_it_in_the_denominator() {
         assert!(out.contains(&format!("    {} {} bytes", c["name"].as_str().unwrap(), c["bytes"])), "{out}");
     }
 }
+
+/// The built-in policy finds the first and last layers inside `If` branches: a model whose
+/// every weight sits in a subgraph (as Silero VAD's do) gets its branch weights encrypted,
+/// and decrypts to the original byte for byte.
+#[test]
+fn the_built_in_policy_reaches_layers_inside_if_branches() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/models/if_constants/model.onnx");
+    let key = dir.path().join("k.key");
+    assert_eq!(run(&["keygen", "-o", s(&key), "-q"]).0, 0);
+    let out = dir.path().join("p.onnx");
+    let (code, text, err) = run(&["encrypt", s(&model), "-o", s(&out), "--key-file", s(&key), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for branch_weight in ["then_W", "else_W"] {
+        assert!(names.contains(&branch_weight), "{branch_weight} in {names:?}");
+    }
+    let back = dir.path().join("back.onnx");
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&back), "--key-file", s(&key), "-q"]).0, 0);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap());
+}

@@ -118,6 +118,59 @@ impl TensorRole {
 
 /// `(input index, role name, kind)` for each weight input of an ONNX operator.
 pub fn roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {
+    match onnx_roles(op_type) {
+        [] => contrib_roles(op_type),
+        table => table,
+    }
+}
+
+/// The role table of an operator of `domain`: the default domain's, onnxruntime's
+/// `com.microsoft` contrib operators', none for other domains.
+pub fn roles_in(domain: &str, op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {
+    match domain {
+        "" | "ai.onnx" => onnx_roles(op_type),
+        "com.microsoft" => contrib_roles(op_type),
+        _ => &[],
+    }
+}
+
+/// The weight inputs of onnxruntime's `com.microsoft` operators that carry weights
+/// (as its transformer optimizer and its 4-bit and 8-bit quantizers write them).
+fn contrib_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {
+    use WeightKind::*;
+    match op_type {
+        "MatMulNBits" => &[(1, "B", Main), (2, "scales", Quant), (3, "zero_points", Quant), (5, "bias", Bias)],
+        "MatMulBnb4" => &[(1, "B", Main), (2, "absmax", Quant)],
+        "GatherBlockQuantized" => &[(0, "data", Main), (2, "scales", Quant), (3, "zero_points", Quant)],
+        "DynamicQuantizeMatMul" => {
+            &[(1, "B", Main), (2, "b_scale", Quant), (3, "b_zero_point", Quant), (4, "bias", Bias)]
+        }
+        "MatMulIntegerToFloat" => {
+            &[(1, "B", Main), (3, "b_scale", Quant), (5, "b_zero_point", Quant), (6, "bias", Bias)]
+        }
+        "FusedMatMul" => &[(0, "A", Main), (1, "B", Main)],
+        "FusedConv" => &[(1, "W", Main), (2, "B", Bias)],
+        "FusedGemm" => &[(1, "B", Main), (2, "C", Bias)],
+        "QGemm" => &[(3, "B", Main), (4, "b_scale", Quant), (5, "b_zero_point", Quant), (6, "C", Bias)],
+        "Attention" => &[(1, "weights", Main), (2, "bias", Bias)],
+        "QAttention" => {
+            &[(1, "weight", Main), (2, "bias", Bias), (4, "weight_scale", Quant), (7, "weight_zero_point", Quant)]
+        }
+        "EmbedLayerNormalization" => &[
+            (2, "word_embedding", Main),
+            (3, "position_embedding", Main),
+            (4, "segment_embedding", Main),
+            (5, "gamma", Norm),
+            (6, "beta", Norm),
+        ],
+        "SkipLayerNormalization" => &[(2, "gamma", Norm), (3, "beta", Norm), (4, "bias", Bias)],
+        "BiasGelu" | "FastGelu" => &[(1, "bias", Bias)],
+        _ => &[],
+    }
+}
+
+/// The weight inputs of default-domain operators.
+fn onnx_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {
     use WeightKind::*;
     match op_type {
         "Conv" | "ConvTranspose" => &[(1, "W", Main), (2, "B", Bias)],
@@ -269,7 +322,7 @@ pub fn discover(model: &Model) -> Vec<Weight> {
     let record = |found: &mut BTreeMap<TensorId, Vec<WeightUse>>, node: NodeId, idx: usize, only_new: bool| {
         let n = &model.nodes[node];
         let Some(name) = n.inputs.get(idx).filter(|s| !s.is_empty()) else { return };
-        let table = if n.is_onnx() { roles(&n.op_type) } else { &[] };
+        let table = roles_in(&n.domain, &n.op_type);
         let named = table.iter().find(|(i, _, _)| *i == idx);
         for (tensor, via) in resolve_all(model, &scopes, &calls, n.graph, name) {
             let t = &model.tensors[tensor];
@@ -583,7 +636,7 @@ fn end_layers(
 fn role_of(model: &Model, onnx: bool, op: &str, kind: WeightKind, tensor: TensorId) -> TensorRole {
     match kind {
         WeightKind::Main => match op {
-            "Gather" => TensorRole::Embedding,
+            "Gather" | "GatherBlockQuantized" | "EmbedLayerNormalization" => TensorRole::Embedding,
             "LSTM" | "GRU" | "RNN" => TensorRole::Recurrent,
             _ => TensorRole::Weight,
         },
@@ -929,6 +982,35 @@ mod tests {
         assert_eq!((u.op_type.as_str(), u.role, u.kind), ("Conv", "W", WeightKind::Main));
         let via: Vec<&str> = u.via.iter().map(|&n| m.nodes[n].op_type.as_str()).collect();
         assert_eq!(via, ["QuantizeLinear", "DequantizeLinear"]);
+    }
+
+    #[test]
+    fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
+        let ms = |op: &str, inputs: &[&str], out: &str| {
+            let mut n = node(op, inputs, &[out], out);
+            put_len_field(&mut n, 7, b"com.microsoft");
+            n
+        };
+        let mut packed = Vec::new();
+        crate::wire::put_tag(&mut packed, 1, crate::wire::WireType::Varint);
+        crate::wire::put_varint(&mut packed, 4);
+        crate::wire::put_tag(&mut packed, 2, crate::wire::WireType::Varint);
+        crate::wire::put_varint(&mut packed, 2); // UINT8
+        put_len_field(&mut packed, 8, b"Wq");
+        put_len_field(&mut packed, 9, &[1, 2, 3, 4]);
+        let m = model(
+            &[
+                ms("MatMulNBits", &["x", "Wq", "scales"], "h"),
+                node("Attention", &["h", "K", "V"], &["y"], "onnx_attention"),
+            ],
+            &[packed, float_tensor("scales", &[1], &[0.1]), float_tensor("K", &[2, 2], &[1.0; 4])],
+        );
+        let w = by_name(&m);
+        let u = &w["Wq"].uses[0];
+        assert_eq!((u.op_type.as_str(), u.role, u.kind), ("MatMulNBits", "B", WeightKind::Main));
+        assert_eq!(w["scales"].uses[0].kind, WeightKind::Quant);
+        // The default domain's Attention reads activations: its K is a generic input.
+        assert_eq!(w["K"].uses[0].kind, WeightKind::Other);
     }
 
     #[test]

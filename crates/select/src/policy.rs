@@ -325,6 +325,20 @@ pub const KNOWN_OPS: &[&str] = &[
     "BatchNormalization",
     "LayerNormalization",
     "InstanceNormalization",
+    // onnxruntime's com.microsoft operators that carry weights.
+    "MatMulNBits",
+    "MatMulBnb4",
+    "GatherBlockQuantized",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "FusedMatMul",
+    "FusedConv",
+    "FusedGemm",
+    "QGemm",
+    "Attention",
+    "QAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
 ];
 
 /// Coefficient of a rule that a policy file or an override adds without giving one
@@ -458,7 +472,7 @@ fn check_coefficient(c: f64, at: &str) -> Result<f64, PolicyError> {
 }
 
 fn check_op(op: &str) -> Result<(), PolicyError> {
-    if crate::onnx_ops::ONNX_OPS.binary_search(&op).is_err() {
+    if crate::onnx_ops::ONNX_OPS.binary_search(&op).is_err() && !KNOWN_OPS.contains(&op) {
         return Err(PolicyError::Invalid(format!(
             "unknown operator type '{op}' (an ONNX operator type such as Conv or Add; role:NAME for a tensor role, \
              name:GLOB for tensor names)"

@@ -307,10 +307,15 @@ impl Weight {
     }
 }
 
+/// What a name is in the graph that defines it.
 #[derive(Clone, Copy)]
 enum Def {
+    /// An initializer or sparse initializer.
     Tensor(TensorId),
+    /// A node's output.
     Node(NodeId),
+    /// A formal input of the graph (a function's, a subgraph's or the model's).
+    Input,
 }
 
 /// Finds every weight in the model. Each tensor appears once, with all its uses in
@@ -359,7 +364,7 @@ pub fn discover(model: &Model) -> Vec<Weight> {
     for uses in found.values_mut() {
         uses.sort_by_key(|u| (u.node, u.input_index));
     }
-    let (first, last) = end_layers(model, &found, &calls);
+    let (first, last) = end_layers(model, &scopes, &found, &calls);
     found
         .into_iter()
         .map(|(tensor, uses)| Weight {
@@ -371,16 +376,6 @@ pub fn discover(model: &Model) -> Vec<Weight> {
         .collect()
 }
 
-/// Where a value comes from, in the graph that defines it.
-#[derive(Clone, Copy)]
-enum Src {
-    Node(NodeId),
-    /// A formal input of the graph.
-    Input,
-    /// An initializer (or sparse initializer) of the graph.
-    Constant,
-}
-
 /// A value, named as the graph that defines it.
 type Value<'a> = (GraphId, &'a str);
 
@@ -388,10 +383,10 @@ type Value<'a> = (GraphId, &'a str);
 /// and `Scan` bodies), with names resolved through the scopes.
 struct Flow<'a> {
     model: &'a Model,
+    /// Per graph: what each name it defines is ([`scope_of`]).
+    scopes: &'a [HashMap<&'a str, Def>],
     /// Whether each graph is the main graph or nested in it.
     in_tree: Vec<bool>,
-    /// Per graph: what each name it defines is.
-    defs: Vec<HashMap<&'a str, Src>>,
     /// The nodes reading each value.
     consumers: HashMap<Value<'a>, Vec<NodeId>>,
     /// The node outputs each value is, as a subgraph's output: `(node, output index)`.
@@ -399,7 +394,7 @@ struct Flow<'a> {
 }
 
 impl<'a> Flow<'a> {
-    fn new(model: &'a Model) -> Self {
+    fn new(model: &'a Model, scopes: &'a [HashMap<&'a str, Def>]) -> Self {
         let in_tree = (0..model.graphs.len())
             .map(|g| {
                 let mut g = g;
@@ -414,23 +409,7 @@ impl<'a> Flow<'a> {
                 false
             })
             .collect::<Vec<_>>();
-        let defs = model
-            .graphs
-            .iter()
-            .map(|g| {
-                let mut m: HashMap<&str, Src> = g.inputs.iter().map(|i| (i.as_str(), Src::Input)).collect();
-                for &t in g.initializers.iter().chain(g.sparse_initializers.iter().map(|(v, _)| v)) {
-                    m.insert(model.tensors[t].name.as_str(), Src::Constant);
-                }
-                for &n in &g.nodes {
-                    for o in model.nodes[n].outputs.iter().filter(|o| !o.is_empty()) {
-                        m.insert(o.as_str(), Src::Node(n));
-                    }
-                }
-                m
-            })
-            .collect();
-        let mut flow = Flow { model, in_tree, defs, consumers: HashMap::new(), output_of: HashMap::new() };
+        let mut flow = Flow { model, scopes, in_tree, consumers: HashMap::new(), output_of: HashMap::new() };
         for g in model.graphs.iter().filter(|g| flow.in_tree[g.id]) {
             for &n in &g.nodes {
                 for i in model.nodes[n].inputs.iter().filter(|i| !i.is_empty()) {
@@ -454,16 +433,9 @@ impl<'a> Flow<'a> {
         flow
     }
 
-    /// The value `name` means in graph `g`, and where it comes from.
-    fn resolve(&self, g: GraphId, name: &'a str) -> Option<(Value<'a>, Src)> {
-        let mut at = Some(g);
-        while let Some(id) = at {
-            if let Some(&src) = self.defs[id].get(name) {
-                return Some(((id, name), src));
-            }
-            at = self.model.graphs[id].parent;
-        }
-        None
+    /// The value `name` means in graph `g`, and what it is.
+    fn resolve(&self, g: GraphId, name: &'a str) -> Option<(Value<'a>, Def)> {
+        lookup(self.model, self.scopes, g, name).map(|(id, def)| ((id, name), def))
     }
 
     fn subgraphs(&self, n: NodeId) -> impl Iterator<Item = GraphId> + '_ {
@@ -483,7 +455,7 @@ impl<'a> Flow<'a> {
         let mut found = HashSet::new();
         let mut seen: HashSet<Value> = HashSet::new();
         let mut work: Vec<Value> = (self.model.graphs[main].inputs.iter())
-            .filter(|i| matches!(self.defs[main].get(i.as_str()), Some(Src::Input)))
+            .filter(|i| matches!(self.scopes[main].get(i.as_str()), Some(Def::Input)))
             .map(|i| (main, i.as_str()))
             .collect();
         while let Some(v) = work.pop() {
@@ -500,7 +472,7 @@ impl<'a> Flow<'a> {
                     found.insert(n);
                     continue;
                 }
-                if node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size") {
+                if reads_no_values(node) {
                     continue;
                 }
                 let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
@@ -535,15 +507,15 @@ impl<'a> Flow<'a> {
                 continue;
             }
             match src {
-                Src::Node(n) if layer_nodes.contains(&n) => {
+                Def::Node(n) if layer_nodes.contains(&n) => {
                     found.insert(n);
                 }
-                Src::Node(n) => {
+                Def::Node(n) => {
                     let node = &self.model.nodes[n];
-                    let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
-                    if node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size") {
+                    if reads_no_values(node) {
                         continue;
                     }
+                    let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
                     if subgraphs.is_empty() {
                         work.extend(node.inputs.iter().filter(|i| !i.is_empty()).map(|i| (node.graph, i.as_str())));
                         continue;
@@ -555,7 +527,7 @@ impl<'a> Flow<'a> {
                         work.extend(made_by.map(|(_, o)| (s, o.as_str())));
                     }
                 }
-                Src::Input => {
+                Def::Input => {
                     if let crate::model::GraphKind::Subgraph { node, .. } = self.model.graphs[v.0].kind {
                         let owner = &self.model.nodes[node];
                         let k = self.model.graphs[v.0].inputs.iter().position(|i| i == name);
@@ -563,11 +535,16 @@ impl<'a> Flow<'a> {
                         work.extend(input.map(|i| (owner.graph, i.as_str())));
                     }
                 }
-                Src::Constant => {}
+                Def::Tensor(_) => {}
             }
         }
         found
     }
+}
+
+/// Whether a node reads only the shapes of its inputs (`Shape`, `Size`), no values.
+fn reads_no_values(node: &crate::model::Node) -> bool {
+    node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size")
 }
 
 /// Which output of a node with subgraphs the subgraph output `k` is: the same position,
@@ -581,15 +558,16 @@ fn owner_output(op_type: &str, k: usize) -> Option<usize> {
 }
 
 /// The weights of the first and of the last layer (see [`Layers`]).
-fn end_layers(
-    model: &Model,
+fn end_layers<'a>(
+    model: &'a Model,
+    scopes: &'a [HashMap<&'a str, Def>],
     found: &BTreeMap<TensorId, Vec<WeightUse>>,
     calls: &Calls,
 ) -> (HashSet<TensorId>, HashSet<TensorId>) {
     let Some(main) = model.graphs.iter().find(|g| matches!(g.kind, crate::model::GraphKind::Main)) else {
         return Default::default();
     };
-    let flow = Flow::new(model);
+    let flow = Flow::new(model, scopes);
     // The node of the main graph (or a subgraph in it) a use stands for: its own node, or
     // for a use inside a model-local function, the call in the main tree that passes the
     // weight in.
@@ -659,7 +637,7 @@ fn role_of(model: &Model, onnx: bool, op: &str, kind: WeightKind, tensor: Tensor
 
 fn scope_of(model: &Model, gid: GraphId) -> HashMap<&str, Def> {
     let g = &model.graphs[gid];
-    let mut m = HashMap::new();
+    let mut m: HashMap<&str, Def> = g.inputs.iter().map(|i| (i.as_str(), Def::Input)).collect();
     for &n in &g.nodes {
         for o in &model.nodes[n].outputs {
             if !o.is_empty() {
@@ -755,20 +733,21 @@ fn resolve_all<'a>(
     let mut seen_nodes: HashSet<NodeId> = HashSet::new();
     // (value name, graph it is seen from, pass-through nodes from it to the consumer)
     let mut stack: Vec<(&str, GraphId, Vec<NodeId>)> = vec![(name, gid, Vec::new())];
+    // The path of a value read through node `n` on the way to `path`'s consumer.
+    let through =
+        |n: NodeId, path: &[NodeId]| -> Vec<NodeId> { std::iter::once(n).chain(path.iter().copied()).collect() };
     while let Some((name, gid, path)) = stack.pop() {
-        let Some(def) = lookup(model, scopes, gid, name) else {
-            // A formal input of a model-local function: what each call passes in.
-            for (call, input) in calls.arguments(gid, name) {
-                if seen_nodes.len() < MAX_WALK && seen_nodes.insert(call) {
-                    let mut p = Vec::with_capacity(path.len() + 1);
-                    p.push(call);
-                    p.extend_from_slice(&path);
-                    stack.push((input, model.nodes[call].graph, p));
-                }
-            }
-            continue;
-        };
+        let Some((_, def)) = lookup(model, scopes, gid, name) else { continue };
         let tensor = match def {
+            Def::Input => {
+                // A formal input of a model-local function: what each call passes in.
+                for (call, input) in calls.arguments(gid, name) {
+                    if seen_nodes.len() < MAX_WALK && seen_nodes.insert(call) {
+                        stack.push((input, model.nodes[call].graph, through(call, &path)));
+                    }
+                }
+                None
+            }
             Def::Tensor(t) => Some(t),
             Def::Node(n) => {
                 let node = &model.nodes[n];
@@ -784,10 +763,7 @@ fn resolve_all<'a>(
                         // Pushed in reverse so that inputs are visited in order.
                         for i in data_inputs(&node.op_type, node.inputs.len()).rev() {
                             if let Some(input) = node.inputs.get(i).filter(|s| !s.is_empty()) {
-                                let mut p = Vec::with_capacity(path.len() + 1);
-                                p.push(n);
-                                p.extend_from_slice(&path);
-                                stack.push((input.as_str(), node.graph, p));
+                                stack.push((input.as_str(), node.graph, through(n, &path)));
                             }
                         }
                     }
@@ -804,12 +780,13 @@ fn resolve_all<'a>(
     out
 }
 
-/// What `name` is, as seen from graph `gid` (innermost scope first).
-fn lookup(model: &Model, scopes: &[HashMap<&str, Def>], gid: GraphId, name: &str) -> Option<Def> {
+/// What `name` is, as seen from graph `gid` (innermost scope first), and the graph that
+/// defines it.
+fn lookup(model: &Model, scopes: &[HashMap<&str, Def>], gid: GraphId, name: &str) -> Option<(GraphId, Def)> {
     let mut g = Some(gid);
     while let Some(id) = g {
         if let Some(def) = scopes[id].get(name) {
-            return Some(*def);
+            return Some((id, *def));
         }
         g = model.graphs[id].parent;
     }
@@ -832,6 +809,12 @@ mod tests {
             put_len_field(&mut g, 5, t);
         }
         Model::from_vec(model_with_graph(&g), None).unwrap()
+    }
+
+    /// The names of the first layer's weights and of the last layer's, sorted.
+    fn end_layer_names(w: &BTreeMap<String, Weight>) -> (Vec<&str>, Vec<&str>) {
+        let names = |f: fn(&Weight) -> bool| w.iter().filter(|(_, w)| f(w)).map(|(n, _)| n.as_str()).collect();
+        (names(|w| w.first_layer), names(|w| w.last_layer))
     }
 
     fn by_name(m: &Model) -> BTreeMap<String, Weight> {
@@ -914,8 +897,7 @@ mod tests {
         );
         let m = Model::from_vec(model_with_graph(&main), None).unwrap();
         let w = by_name(&m);
-        let first: Vec<&str> = w.iter().filter(|(_, w)| w.first_layer).map(|(n, _)| n.as_str()).collect();
-        let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
+        let (first, last) = end_layer_names(&w);
         assert_eq!(first, ["W0"], "Shape(x) carries no values to the layers after the Reshape");
         assert_eq!(last, ["Wl", "Wt"], "both branches make y; the Loop's output is its body's");
     }
@@ -960,8 +942,7 @@ mod tests {
         assert_eq!(m.nodes[u[0].via[0]].name, "d1", "the call is on the way");
         assert_eq!(w["W2"].uses[0].via.iter().map(|&n| m.nodes[n].name.as_str()).collect::<Vec<_>>(), ["d2"]);
         assert_eq!(w["B"].tensor_role(), TensorRole::Bias);
-        let first: Vec<&str> = w.iter().filter(|(_, w)| w.first_layer).map(|(n, _)| n.as_str()).collect();
-        let last: Vec<&str> = w.iter().filter(|(_, w)| w.last_layer).map(|(n, _)| n.as_str()).collect();
+        let (first, last) = end_layer_names(&w);
         assert_eq!((first, last), (vec!["B", "W"], vec!["B2", "W2"]));
     }
 

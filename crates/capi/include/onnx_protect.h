@@ -9,7 +9,7 @@
 
 // What a call did. `ONNX_PROTECT_STATUS_OK` is 0; every other value is a failure,
 // described by `onnx_protect_last_error()`. The kinds after `INVALID_ARGUMENT` are
-// those of the library's error kinds (docs/cli.md, "Exit codes and error kinds").
+// those of the library's error kinds (docs/cli.md, "Exit codes").
 typedef enum OnnxProtectStatus {
   // Success.
   ONNX_PROTECT_STATUS_OK = 0,

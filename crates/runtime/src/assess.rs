@@ -21,7 +21,8 @@
 //! no tier rows.
 //!
 //! For each variant: top-1 agreement with the original (for an output of one value
-//! per sample, the class is 1 when the value is above 0.5), accuracy (with labels),
+//! per sample, the class is 1 when the value is above 0.5, or above 0 when the
+//! original's values leave [0, 1], i.e. are logits), accuracy (with labels),
 //! mean and max output distance, and the fraction of non-finite outputs. The
 //! comparison uses the model's first output, read as `[N, ...]` (one row per
 //! sample; top-1 is the arg-max of a row). The report's headline is the best
@@ -351,15 +352,27 @@ fn run_rows(model: &[u8], external: &External, inputs: &[NpyArray]) -> Result<(S
     run_rows_loaded(&Loaded::new(model, external)?, inputs)
 }
 
+/// Where a one-value output row turns into class 1, from the original model's rows: 0.5
+/// when every finite value of them lies in [0, 1] (a binary classifier's probability),
+/// else 0 (a logit).
+fn binary_cut(reference: &[Vec<f64>]) -> f64 {
+    let probabilities = reference.iter().flatten().filter(|v| v.is_finite()).all(|v| (0.0..=1.0).contains(v));
+    if probabilities {
+        0.5
+    } else {
+        0.0
+    }
+}
+
 /// The class a sample's output row stands for: the index of its largest value, or for a
-/// row of one value (a binary classifier's probability) 1 when it is above 0.5, else 0;
-/// none for a row with a non-finite value.
-fn argmax(row: &[f64]) -> Option<usize> {
+/// row of one value 1 when it is above `cut` ([`binary_cut`]), else 0; none for a row
+/// with a non-finite value.
+fn argmax(row: &[f64], cut: f64) -> Option<usize> {
     if row.iter().any(|v| !v.is_finite()) || row.is_empty() {
         return None;
     }
     if let [p] = row {
-        return Some(usize::from(*p > 0.5));
+        return Some(usize::from(*p > cut));
     }
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
@@ -372,10 +385,15 @@ fn argmax(row: &[f64]) -> Option<usize> {
 
 fn metrics(v: &mut VariantReport, rows: &[Vec<f64>], reference: &[Vec<f64>], labels: Option<&[i64]>) {
     let n = rows.len().max(1) as f64;
-    let agree = rows.iter().zip(reference).filter(|(a, b)| argmax(a).is_some() && argmax(a) == argmax(b)).count();
+    let cut = binary_cut(reference);
+    let agree = rows
+        .iter()
+        .zip(reference)
+        .filter(|(a, b)| argmax(a, cut).is_some() && argmax(a, cut) == argmax(b, cut))
+        .count();
     v.agreement = Some(agree as f64 / n);
     v.accuracy = labels
-        .map(|l| rows.iter().zip(l).filter(|(r, &y)| argmax(r).is_some_and(|c| c as i64 == y)).count() as f64 / n);
+        .map(|l| rows.iter().zip(l).filter(|(r, &y)| argmax(r, cut).is_some_and(|c| c as i64 == y)).count() as f64 / n);
     let mut dists = Vec::new();
     let (mut bad, mut total) = (0usize, 0usize);
     for (a, b) in rows.iter().zip(reference) {
@@ -478,7 +496,8 @@ impl Bench {
     /// How many samples of `rows` (as [`Bench::run`] returns them) have a top-1 class other
     /// than the original model's.
     pub fn changed(&self, rows: &[Vec<f64>]) -> usize {
-        rows.iter().zip(&self.reference).filter(|(a, b)| argmax(a) != argmax(b)).count()
+        let cut = binary_cut(&self.reference);
+        rows.iter().zip(&self.reference).filter(|(a, b)| argmax(a, cut) != argmax(b, cut)).count()
     }
 
     /// Runs a model (bytes and external files) on the inputs.
@@ -732,11 +751,27 @@ mod tests {
 
     #[test]
     fn argmax_refuses_non_finite_rows() {
-        assert_eq!(argmax(&[0.1, 0.7, 0.2]), Some(1));
-        assert_eq!(argmax(&[0.1, f64::NAN, 0.2]), None);
-        assert_eq!(argmax(&[]), None);
-        // One value per sample: a probability of class 1.
-        assert_eq!((argmax(&[0.7]), argmax(&[0.2]), argmax(&[f64::INFINITY])), (Some(1), Some(0), None));
+        assert_eq!(argmax(&[0.1, 0.7, 0.2], 0.5), Some(1));
+        assert_eq!(argmax(&[0.1, f64::NAN, 0.2], 0.5), None);
+        assert_eq!(argmax(&[], 0.5), None);
+        // One value per sample: class 1 above the cut.
+        assert_eq!((argmax(&[0.7], 0.5), argmax(&[0.2], 0.5), argmax(&[f64::INFINITY], 0.5)), (Some(1), Some(0), None));
+        assert_eq!((argmax(&[0.2], 0.0), argmax(&[-0.2], 0.0)), (Some(1), Some(0)));
+    }
+
+    #[test]
+    fn one_value_outputs_are_probabilities_only_when_the_original_stays_in_0_1() {
+        let probabilities = vec![vec![0.9], vec![0.1], vec![f64::NAN], vec![1.0]];
+        assert_eq!(binary_cut(&probabilities), 0.5);
+        let logits = vec![vec![2.3], vec![-1.7], vec![0.4]];
+        assert_eq!(binary_cut(&logits), 0.0);
+        // A logit model: 0.3 and 0.4 are both class 1, -0.1 class 0, so one sample of three
+        // changed class; a probability cut of 0.5 would have called all three class 0.
+        let mut v = blank("x".into(), String::new(), None);
+        let reference = vec![vec![0.3], vec![-0.2], vec![-5.0]];
+        metrics(&mut v, &[vec![0.4], vec![-0.1], vec![0.2]], &reference, Some(&[1, 0, 0]));
+        assert_eq!(v.accuracy, Some(2.0 / 3.0));
+        assert_eq!(v.agreement, Some(2.0 / 3.0));
     }
 
     #[test]

@@ -148,6 +148,15 @@ fn contrib_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] 
         "MatMulIntegerToFloat" => {
             &[(1, "B", Main), (3, "b_scale", Quant), (5, "b_zero_point", Quant), (6, "bias", Bias)]
         }
+        "DynamicQuantizeLSTM" => &[
+            (1, "W", Main),
+            (2, "R", Main),
+            (3, "B", Bias),
+            (8, "W_scale", Quant),
+            (9, "W_zero_point", Quant),
+            (10, "R_scale", Quant),
+            (11, "R_zero_point", Quant),
+        ],
         "FusedMatMul" => &[(0, "A", Main), (1, "B", Main)],
         "FusedConv" => &[(1, "W", Main), (2, "B", Bias)],
         "FusedGemm" => &[(1, "B", Main), (2, "C", Bias)],
@@ -450,7 +459,8 @@ impl<'a> Flow<'a> {
     /// Forward from the main graph's inputs, stopping at layer nodes: the layer nodes
     /// reached. A node with subgraphs passes each input it reads to the subgraph input at
     /// the same position, and its outputs are reached only through its subgraphs'
-    /// outputs; `Shape` and `Size` read no values.
+    /// outputs; `Shape` and `Size` read no values, and a `DynamicQuantizeLinear` passes
+    /// values on through its quantized output only ([`value_outputs`]).
     fn first(&self, layer_nodes: &HashSet<NodeId>, main: GraphId) -> HashSet<NodeId> {
         let mut found = HashSet::new();
         let mut seen: HashSet<Value> = HashSet::new();
@@ -477,7 +487,8 @@ impl<'a> Flow<'a> {
                 }
                 let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
                 if subgraphs.is_empty() {
-                    work.extend(self.outputs(n));
+                    let carried = node.outputs.iter().take(value_outputs(node));
+                    work.extend(carried.filter(|o| !o.is_empty()).map(|o| (node.graph, o.as_str())));
                     continue;
                 }
                 for (k, i) in node.inputs.iter().enumerate() {
@@ -495,7 +506,8 @@ impl<'a> Flow<'a> {
     /// Backward from the main graph's outputs, stopping at layer nodes: the layer nodes
     /// reached. An output of a node with subgraphs leads to the subgraph outputs that
     /// make it (not to the node's condition or trip count), a subgraph input to the node
-    /// input at the same position; `Shape` and `Size` read no values.
+    /// input at the same position; `Shape` and `Size` read no values, and a
+    /// `DynamicQuantizeLinear`'s scale and zero point lead nowhere ([`value_outputs`]).
     fn last(&self, layer_nodes: &HashSet<NodeId>, main: GraphId) -> HashSet<NodeId> {
         let mut found = HashSet::new();
         let mut seen: HashSet<Value> = HashSet::new();
@@ -512,7 +524,8 @@ impl<'a> Flow<'a> {
                 }
                 Def::Node(n) => {
                     let node = &self.model.nodes[n];
-                    if reads_no_values(node) {
+                    let position = node.outputs.iter().position(|o| o == name);
+                    if reads_no_values(node) || position.is_some_and(|j| j >= value_outputs(node)) {
                         continue;
                     }
                     let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
@@ -545,6 +558,18 @@ impl<'a> Flow<'a> {
 /// Whether a node reads only the shapes of its inputs (`Shape`, `Size`), no values.
 fn reads_no_values(node: &crate::model::Node) -> bool {
     node.is_onnx() && matches!(node.op_type.as_str(), "Shape" | "Size")
+}
+
+/// How many of a node's first outputs carry its inputs' values on to later layers: all,
+/// except for `DynamicQuantizeLinear`, whose scale and zero point (outputs 1 and 2) are
+/// statistics of its whole input that the quantized layer after it multiplies back in
+/// (`onnxruntime.quantization.quantize_dynamic`), not a path from one layer to the next.
+fn value_outputs(node: &crate::model::Node) -> usize {
+    if node.is_onnx() && node.op_type == "DynamicQuantizeLinear" {
+        1
+    } else {
+        usize::MAX
+    }
 }
 
 /// Which output of a node with subgraphs the subgraph output `k` is: the same position,
@@ -615,7 +640,7 @@ fn role_of(model: &Model, onnx: bool, op: &str, kind: WeightKind, tensor: Tensor
     match kind {
         WeightKind::Main => match op {
             "Gather" | "GatherBlockQuantized" | "EmbedLayerNormalization" => TensorRole::Embedding,
-            "LSTM" | "GRU" | "RNN" => TensorRole::Recurrent,
+            "LSTM" | "GRU" | "RNN" | "DynamicQuantizeLSTM" => TensorRole::Recurrent,
             _ => TensorRole::Weight,
         },
         WeightKind::Bias => TensorRole::Bias,
@@ -903,6 +928,44 @@ mod tests {
     }
 
     #[test]
+    fn a_dynamically_quantized_chain_has_one_first_and_one_last_layer() {
+        // As quantize_dynamic writes a layer: x -> DynamicQuantizeLinear -> (q, s, z);
+        // ConvInteger(q, Wk, z) -> Cast -> Mul(Mul(s, Wk_scale)) -> next layer. The input's
+        // scale reaches every later layer's Mul, its data only the first ConvInteger.
+        let mut nodes = Vec::new();
+        let mut inits = Vec::new();
+        let mut prev = "x".to_string();
+        for k in 0..3 {
+            let (q, s, z) = (format!("q{k}"), format!("s{k}"), format!("z{k}"));
+            let (w, ws, c, f, sc, out) = (
+                format!("W{k}"),
+                format!("W{k}_scale"),
+                format!("c{k}"),
+                format!("f{k}"),
+                format!("sc{k}"),
+                format!("h{k}"),
+            );
+            nodes.push(node("DynamicQuantizeLinear", &[&prev], &[&q, &s, &z], &format!("dq{k}")));
+            nodes.push(node("ConvInteger", &[&q, &w, &z], &[&c], &format!("conv{k}")));
+            nodes.push(node("Cast", &[&c], &[&f], &format!("cast{k}")));
+            nodes.push(node("Mul", &[&s, &ws], &[&sc], &format!("scale{k}")));
+            nodes.push(node("Mul", &[&f, &sc], &[&out], &format!("out{k}")));
+            inits.push(float_tensor(&w, &[2, 1, 1, 1], &[1.0, -1.0]));
+            inits.push(float_tensor(&ws, &[], &[0.5]));
+            prev = out;
+        }
+        let main = graph("main", &nodes, &["x"], &[&prev], &inits);
+        let m = Model::from_vec(model_with_graph(&main), None).unwrap();
+        let w = by_name(&m);
+        let (first, last) = end_layer_names(&w);
+        assert_eq!(
+            (first, last),
+            (vec!["W0"], vec!["W2"]),
+            "the scale path of DynamicQuantizeLinear is not a layer path"
+        );
+    }
+
+    #[test]
     fn weights_passed_to_a_local_function_are_found_through_its_body() {
         // main: x -> local.Dense(x, W, B) -> local.Dense(h, W2, B2) -> y; Dense(x, w, b) = MatMul(x, w) + b
         let mut f = Vec::new();
@@ -983,8 +1046,17 @@ mod tests {
             &[
                 ms("MatMulNBits", &["x", "Wq", "scales"], "h"),
                 node("Attention", &["h", "K", "V"], &["y"], "onnx_attention"),
+                ms("DynamicQuantizeLSTM", &["x", "Wl", "Rl", "Bl", "", "", "", "", "Wls"], "l"),
             ],
-            &[packed, float_tensor("scales", &[1], &[0.1]), float_tensor("K", &[2, 2], &[1.0; 4])],
+            &[
+                packed,
+                float_tensor("scales", &[1], &[0.1]),
+                float_tensor("K", &[2, 2], &[1.0; 4]),
+                float_tensor("Wl", &[1, 2, 8], &[0.5; 16]),
+                float_tensor("Rl", &[1, 2, 8], &[0.5; 16]),
+                float_tensor("Bl", &[1, 16], &[0.0; 16]),
+                float_tensor("Wls", &[1], &[0.1]),
+            ],
         );
         let w = by_name(&m);
         let u = &w["Wq"].uses[0];
@@ -992,6 +1064,20 @@ mod tests {
         assert_eq!(w["scales"].uses[0].kind, WeightKind::Quant);
         // The default domain's Attention reads activations: its K is a generic input.
         assert_eq!(w["K"].uses[0].kind, WeightKind::Other);
+        // quantize_dynamic's LSTM keeps int8 W and R with their scales.
+        let roles: Vec<_> = ["Wl", "Rl", "Bl", "Wls"]
+            .iter()
+            .map(|n| (w[*n].uses[0].role, w[*n].uses[0].kind, w[*n].uses[0].tensor_role))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("W", WeightKind::Main, TensorRole::Recurrent),
+                ("R", WeightKind::Main, TensorRole::Recurrent),
+                ("B", WeightKind::Bias, TensorRole::Bias),
+                ("W_scale", WeightKind::Quant, TensorRole::Quant)
+            ]
+        );
     }
 
     #[test]

@@ -330,6 +330,7 @@ pub const KNOWN_OPS: &[&str] = &[
     "MatMulBnb4",
     "GatherBlockQuantized",
     "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
     "MatMulIntegerToFloat",
     "FusedMatMul",
     "FusedConv",

@@ -2,8 +2,9 @@
 run in a child process whose TMPDIR is a fresh directory. A watcher thread polls that
 directory and the output directory during every step and keeps a copy of every file it
 sees; after each step the set of files under TMPDIR must be what the imports of torch
-and onnxruntime left there before the first step, and afterwards no file seen at any
-time may contain the plaintext of an encrypted tensor. The export test needs torch
+and onnxruntime (and a first export of an unrelated module into memory) left there
+before the first step, and afterwards no file seen at any time may contain the
+plaintext of an encrypted tensor. The export test needs torch
 (an optional dependency; it is skipped where torch is not installed).
 """
 import json
@@ -29,7 +30,14 @@ import onnx_protect as op
 
 mode, out_dir, ext_protected, ext_key, cnn_protected, cnn_key = sys.argv[1:7]
 if mode == "export":
+    import io
     import torch
+    # Both exporters once, on an unrelated module and into memory, before the baseline:
+    # torch writes files of its own under TMPDIR on first use (a template of
+    # torch.distributed's remote modules), which are not ours to account for.
+    warm = torch.nn.Linear(2, 2).eval()
+    torch.onnx.export(warm, (torch.zeros(1, 2),), dynamo=True)
+    torch.onnx.export(warm, (torch.zeros(1, 2),), io.BytesIO(), dynamo=False)
 tmp = os.environ["TMPDIR"]
 seen = {}          # path -> contents, every version seen
 stop = threading.Event()

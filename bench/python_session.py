@@ -11,7 +11,9 @@ policy and a key file.
 Variants: `plain` (onnxruntime.InferenceSession of the plain file), `plain-in-memory`
 (onnxruntime from memory: the plain model's bytes and external files, read into memory
 before the timer starts, handed over as `protected` does; what onnxruntime's in-memory
-path costs by itself), `protected`
+path costs by itself), for models with external data `plain-in-memory-initializers`
+(the same plain weights handed over as one OrtValue per initializer, as
+`protected-initializers` does; the bench model's weights are float32), `protected`
 (onnx_protect.InferenceSession; external data handed over as whole files, which
 onnxruntime copies) and, for models with external data, `protected-initializers`
 (external initializers handed over one by one, used in place by onnxruntime), and
@@ -52,18 +54,28 @@ def status(field):
 variant, model, key = sys.argv[1:4]
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
-if variant == "plain-in-memory":
+if variant.startswith("plain-in-memory"):
     import os
     import numpy as np
+    import onnx
     folder = os.path.dirname(model)
     with open(model, "rb") as f:
         model_bytes = f.read()
     files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in os.listdir(folder) if n.endswith(".bin")}
+    arrays = {}
+    for t in onnx.load_model_from_string(model_bytes).graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        if "location" in info:
+            off, n = int(info.get("offset", 0)), int(info["length"])
+            arrays[t.name] = files[info["location"]][off:off + n].view(np.float32).reshape(tuple(t.dims))
 start_rss = status("VmRSS")
 t = time.perf_counter()
 if variant == "plain-in-memory":
     if files:
         so.add_external_initializers_from_files_in_memory(list(files), list(files.values()), [a.size for a in files.values()])
+    s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+elif variant == "plain-in-memory-initializers":
+    so.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
     s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 elif variant == "load only":
     s = onnx_protect.load(model, key_file=key)
@@ -146,7 +158,7 @@ def main():
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
         variants = ["plain", "plain-in-memory", "protected", "load only"]
         if any(protected.parent.glob("*.bin")):
-            variants.append("protected-initializers")
+            variants += ["plain-in-memory-initializers", "protected-initializers"]
         runs = {v: [] for v in variants}
         model_of = {v: plain if v.startswith("plain") else protected for v in variants}
         for v in variants:  # warm-up (page cache, imports)

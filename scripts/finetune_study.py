@@ -25,7 +25,7 @@ Needs torch (not part of the CLI or its tests). Deterministic for a given machin
 seeds are fixed and PyTorch runs single-threaded with deterministic kernels.
 
     python3 scripts/finetune_study.py [--bin target/release/onnx-protect]
-        [--models digits/cnn,...] [--policies NAME,...] [--json results.json]
+        [--models digits/cnn,...] [--model-file NAME=PATH]... [--policies NAME,...] [--json results.json]
     python3 scripts/finetune_study.py --secret C [--models ...]
 
 With `--secret C` the policies are replaced by two encryptions of C of every weight's rows
@@ -506,7 +506,9 @@ def secret_positions(args, model, src, tmp, env, data, scratch_best, model_name)
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.environ.get("ONNX_PROTECT_BIN", str(ROOT / "target" / "release" / "onnx-protect")))
-    ap.add_argument("--models", default=",".join(ep.MODELS))
+    ap.add_argument("--models", help="comma-separated zoo models (default: all, or none with --model-file)")
+    ap.add_argument("--model-file", action="append", default=[], metavar="NAME=PATH",
+                    help="a model outside the zoo; NAME's first part names its data set (digits/deep-cnn=FILE)")
     ap.add_argument("--policies", default="default,1",
                     help="comma-separated: default (built-in), old-default, or family points (last+first+small+0.1)")
     ap.add_argument("--json", help="write the results here")
@@ -518,8 +520,10 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
-        for model_name in args.models.split(","):
-            src = ep.ZOO / f"{model_name}.onnx"
+        files = dict(f.split("=", 1) for f in args.model_file)
+        names = args.models.split(",") if args.models else ([] if files else ep.MODELS)
+        for model_name in names + list(files):
+            src = pathlib.Path(files[model_name]) if model_name in files else ep.ZOO / f"{model_name}.onnx"
             test_x, test_y, train_x = ep.data(model_name)
             train_y = train_x.with_name("train_y.npy")
             xt, yt = np.load(test_x), np.load(test_y)

@@ -49,8 +49,10 @@ pub struct Prepared {
     outputs: Vec<String>,
 }
 
+/// A tract error with its chain of causes (`{:#}`: "outer: cause: root cause"), so the
+/// message names what tract could not do, not only where.
 fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
-    let msg = e.to_string();
+    let msg = format!("{e:#}");
     match unimplemented_in(&msg) {
         Some(op) => RuntimeError::UnsupportedOps { ops: vec![op] },
         None => RuntimeError::Tract(msg),

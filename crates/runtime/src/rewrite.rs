@@ -20,6 +20,15 @@
 //!   (`ReduceMean`, in the form of the model's opset), scaled and shifted per
 //!   channel, and given back its shape. PyTorch exports `GroupNorm` through it.
 //!
+//! * **`Gemm` and `LayerNormalization` on `float16` or `bfloat16`**, which tract 0.21
+//!   computes in `float32` and then refuses ("Output mismatch after rewiring expansion
+//!   … expected F16 got F32"), run on their inputs cast to `float32`, and the result is
+//!   cast back to the type of the first input (`CastLike`). A node is taken for such when
+//!   it reads a value of its graph known to be `float16` or `bfloat16` without type
+//!   inference (an initializer, a `Constant`, a `Cast` to it, and what `Identity` and
+//!   the reshaping operators make of one), as every `Gemm` and `LayerNormalization` of
+//!   a model converted to `float16` does.
+//!
 //! Float constants are `float32` scalars cast to the input's type with `CastLike`, so
 //! `float16` and `double` inputs keep their type. The rewrites apply to the main
 //! graph and to every subgraph (`If`, `Loop`, `Scan` bodies). `LayerNormalization`,
@@ -43,6 +52,8 @@ pub struct Rewritten {
     pub mish: usize,
     /// `InstanceNormalization` nodes replaced by their definition.
     pub instance_norm: usize,
+    /// `float16`/`bfloat16` `Gemm` and `LayerNormalization` nodes run in `float32`.
+    pub half_in_float32: usize,
     /// Symbolic dimensions removed from `value_info` entries.
     pub symbolic_dims: usize,
     /// Symbolic dimensions of inputs and outputs renamed to names tract reads.
@@ -123,6 +134,7 @@ fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
         ctx.done.renamed_symbols += rename_symbols(v, &mut ctx.symbols);
     }
 
+    let half = half_constants(g);
     let nodes = std::mem::take(&mut g.node);
     let mut out = Vec::with_capacity(nodes.len());
     for mut n in nodes {
@@ -145,11 +157,65 @@ fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
                 out.extend(instance_norm(&n, ctx)?);
                 ctx.done.instance_norm += 1;
             }
+            "Gemm" | "LayerNormalization" if standard && n.input.iter().any(|i| half.contains(i)) => {
+                out.extend(in_float32(&n, ctx)?);
+                ctx.done.half_in_float32 += 1;
+            }
             _ => out.push(n),
         }
     }
     g.node = out;
     Ok(())
+}
+
+/// The values of `g` known to be `float16` or `bfloat16` without type inference: its
+/// initializers and `Constant`s of those types, the outputs of `Cast`s to them, and
+/// what `Identity`, `Reshape`, `Transpose`, `Squeeze`, `Unsqueeze` and `Flatten` make
+/// of such a value (the PyTorch exporter shares equal initializers through `Identity`).
+fn half_constants(g: &pb::GraphProto) -> HashSet<String> {
+    use pb::tensor_proto::DataType;
+    let half_type = |d: i64| d == DataType::Float16 as i64 || d == DataType::Bfloat16 as i64;
+    let half = |t: &pb::TensorProto| half_type(i64::from(t.data_type));
+    let mut names: HashSet<String> = g.initializer.iter().filter(|t| half(t)).map(|t| t.name.clone()).collect();
+    for n in g.node.iter().filter(|n| n.domain.is_empty() || n.domain == "ai.onnx") {
+        let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+        let made_half = match n.op_type.as_str() {
+            "Constant" => attr("value").and_then(|a| a.t.as_ref()).is_some_and(half),
+            "Cast" => attr("to").is_some_and(|a| half_type(a.i)),
+            "Identity" | "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "Flatten" => {
+                n.input.first().is_some_and(|i| names.contains(i))
+            }
+            _ => false,
+        };
+        if made_half {
+            names.extend(n.output.iter().cloned());
+        }
+    }
+    names
+}
+
+/// `n` on its inputs cast to `float32`, its first output cast back to the type of its
+/// first input; its other outputs (a `LayerNormalization`'s mean and inverse standard
+/// deviation, in the stash type) keep their names.
+fn in_float32(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::NodeProto>> {
+    let label = if n.name.is_empty() { n.output.first().cloned().unwrap_or_default() } else { n.name.clone() };
+    let (Some(first), Some(y)) =
+        (n.input.first().filter(|i| !i.is_empty()), n.output.first().filter(|o| !o.is_empty()))
+    else {
+        return Err(RuntimeError::UnsupportedOps {
+            ops: vec![format!("{} (node '{label}', no data input or output)", n.op_type)],
+        });
+    };
+    let mut e = Emit { ctx, base: label, nodes: Vec::new() };
+    let mut inner = n.clone();
+    for i in inner.input.iter_mut().filter(|i| !i.is_empty()) {
+        *i = e.cast_to_float32(i);
+    }
+    let result = e.ctx.fresh(&e.base);
+    inner.output[0] = result.clone();
+    e.nodes.push(inner);
+    e.op_to("CastLike", &[&result, first], y);
+    Ok(e.nodes)
 }
 
 /// Turns the symbolic dimensions of a value's shape into unknown ones; returns how many.
@@ -245,6 +311,17 @@ impl Emit<'_> {
             ..Default::default()
         });
         self.op("CastLike", &[&f, like])
+    }
+
+    /// `Cast(x, to = FLOAT)`.
+    fn cast_to_float32(&mut self, x: &str) -> String {
+        let out = self.op("Cast", &[x]);
+        let to =
+            pb::AttributeProto { i: pb::tensor_proto::DataType::Float as i64, ..attribute("to", AttributeType::Int) };
+        if let Some(n) = self.nodes.last_mut() {
+            n.attribute.push(to);
+        }
+        out
     }
 
     /// A 1-D `int64` constant.
@@ -646,6 +723,99 @@ mod tests {
             let got = run_f32(&model, vec![1, c, l], &x[..c * l]);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-5, "opset {opset} rank {rank:?} batch 1 element {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// A float16 model of `nodes` with float16 initializers (name, dims, values) and a
+    /// float16 input `x`, output `y`.
+    fn half_model(nodes: &[Vec<u8>], weights: &[(&str, &[i64], &[f32])]) -> Vec<u8> {
+        use onnx_protect_format::testutil::model_with_graph;
+        use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+        let mut g = Vec::new();
+        for n in nodes {
+            put_len_field(&mut g, 1, n);
+        }
+        put_len_field(&mut g, 2, b"half");
+        for (name, dims, values) in weights {
+            let mut t = Vec::new();
+            for &d in *dims {
+                put_tag(&mut t, 1, WireType::Varint);
+                put_varint(&mut t, d as u64);
+            }
+            put_tag(&mut t, 2, WireType::Varint);
+            put_varint(&mut t, 10); // FLOAT16
+            put_len_field(&mut t, 8, name.as_bytes());
+            let raw: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+            put_len_field(&mut t, 9, &raw);
+            put_len_field(&mut g, 5, &t);
+        }
+        for (field, name) in [(11, b"x"), (12, b"y")] {
+            let mut v = Vec::new();
+            put_len_field(&mut v, 1, name);
+            put_len_field(&mut g, field, &v);
+        }
+        model_with_graph(&g)
+    }
+
+    /// Runs `model` in tract on the float16 array `x` of `shape`; returns `y`.
+    fn run_f16(model: &[u8], shape: Vec<usize>, x: &[f32]) -> Vec<f64> {
+        use crate::engine::{run_once, External};
+        use crate::npy::{Dtype, NpyArray};
+        let bytes = x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let input = NpyArray::new(Dtype::F16, shape, bytes).unwrap();
+        let inputs = std::collections::BTreeMap::from([("x".to_string(), input)]);
+        let out = run_once(model, &External::new(), &inputs).unwrap();
+        assert_eq!(out[0].1.dtype, Dtype::F16, "the output keeps the model's type");
+        out[0].1.to_f64()
+    }
+
+    #[test]
+    fn float16_gemm_and_layer_norm_run_in_tract_in_float32() {
+        use onnx_protect_format::testutil::node;
+        use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+        let f16 = |v: f32| f64::from(half::f16::from_f32(v));
+        let int_attr = |name: &str, v: u64| {
+            let mut a = Vec::new();
+            put_len_field(&mut a, 1, name.as_bytes());
+            put_tag(&mut a, 3, WireType::Varint);
+            put_varint(&mut a, v);
+            put_tag(&mut a, 20, WireType::Varint);
+            put_varint(&mut a, AttributeType::Int as u64);
+            a
+        };
+        // y = x · Wᵀ + B, W [3, 4], x [2, 4].
+        let x = [0.5f32, -1.0, 2.0, 0.25, 1.5, 0.0, -0.75, 3.0];
+        let w = [0.1f32, 0.2, -0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0, -1.1, 1.2];
+        let b = [0.05f32, -0.25, 1.0];
+        let mut gemm = node("Gemm", &["x", "W", "B"], &["y"], "gemm");
+        put_len_field(&mut gemm, 5, &int_attr("transB", 1));
+        let model = half_model(&[gemm], &[("W", &[3, 4], &w), ("B", &[3], &b)]);
+        let got = run_f16(&model, vec![2, 4], &x);
+        for r in 0..2 {
+            for o in 0..3 {
+                let want = (0..4).map(|k| f16(x[r * 4 + k]) * f16(w[o * 4 + k])).sum::<f64>() + f16(b[o]);
+                let g = got[r * 3 + o];
+                assert!((g - want).abs() <= 1e-2 * want.abs().max(1.0), "gemm [{r}, {o}]: {g} vs {want}");
+            }
+        }
+        // y = LayerNormalization(x, S, B) over the last axis, S reached through an Identity
+        // as the PyTorch exporter shares equal initializers.
+        let s = [1.0f32, 0.5, 2.0, -1.0];
+        let ln = node("LayerNormalization", &["x", "S", "LB"], &["y"], "ln");
+        let model = half_model(
+            &[node("Identity", &["S0"], &["S"], "share"), ln],
+            &[("S0", &[4], &s), ("LB", &[4], &[0.0, 0.1, 0.2, 0.3])],
+        );
+        let got = run_f16(&model, vec![2, 4], &x);
+        for r in 0..2 {
+            let v: Vec<f64> = x[r * 4..][..4].iter().map(|&v| f16(v)).collect();
+            let mean = v.iter().sum::<f64>() / 4.0;
+            let sd = (v.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 4.0 + 1e-5).sqrt();
+            for k in 0..4 {
+                let want = (v[k] - mean) / sd * f16(s[k]) + f16([0.0, 0.1, 0.2, 0.3][k]);
+                let g = got[r * 4 + k];
+                assert!((g - want).abs() <= 1e-2 * want.abs().max(1.0), "layer norm [{r}, {k}]: {g} vs {want}");
             }
         }
     }

@@ -31,9 +31,9 @@
 //!
 //! Float constants are `float32` scalars cast to the input's type with `CastLike`, so
 //! `float16` and `double` inputs keep their type. The rewrites apply to the main
-//! graph and to every subgraph (`If`, `Loop`, `Scan` bodies). `LayerNormalization`,
-//! `LSTM`, `GRU` and the attention of exported transformers (`MatMul`, `Softmax`,
-//! `Transpose`) are operators tract runs as they are.
+//! graph and to every subgraph (`If`, `Loop`, `Scan` bodies). `LayerNormalization` (in
+//! `float32`), `LSTM`, `GRU` and the attention of exported transformers (`MatMul`,
+//! `Softmax`, `Transpose`) are operators tract runs as they are.
 
 use std::collections::HashSet;
 

@@ -64,7 +64,7 @@ pub struct Rewritten {
 pub fn for_tract(model: &mut pb::ModelProto) -> Result<Rewritten> {
     let mut ctx = Ctx::of(model);
     if let Some(g) = &mut model.graph {
-        rewrite_graph(g, &mut ctx)?;
+        rewrite_graph(g, &mut ctx, &HashSet::new())?;
     }
     Ok(ctx.done)
 }
@@ -126,7 +126,9 @@ impl Ctx {
     }
 }
 
-fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
+/// Rewrites `g` and its subgraphs; `outer_half` are the half-precision values of the
+/// enclosing graphs ([`half_constants`]) that `g` can read.
+fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx, outer_half: &HashSet<String>) -> Result<()> {
     for v in &mut g.value_info {
         ctx.done.symbolic_dims += forget_symbols(v);
     }
@@ -134,13 +136,13 @@ fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
         ctx.done.renamed_symbols += rename_symbols(v, &mut ctx.symbols);
     }
 
-    let half = half_constants(g);
+    let half = half_constants(g, outer_half);
     let nodes = std::mem::take(&mut g.node);
     let mut out = Vec::with_capacity(nodes.len());
     for mut n in nodes {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                rewrite_graph(sub, ctx)?;
+                rewrite_graph(sub, ctx, &half)?;
             }
         }
         let standard = n.domain.is_empty() || n.domain == "ai.onnx";
@@ -168,15 +170,21 @@ fn rewrite_graph(g: &mut pb::GraphProto, ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The values of `g` known to be `float16` or `bfloat16` without type inference: its
+/// The values `g` can read that are known to be `float16` or `bfloat16` without type
+/// inference: those of the enclosing graphs (`outer`) that `g` does not shadow, its
 /// initializers and `Constant`s of those types, the outputs of `Cast`s to them, and
 /// what `Identity`, `Reshape`, `Transpose`, `Squeeze`, `Unsqueeze` and `Flatten` make
 /// of such a value (the PyTorch exporter shares equal initializers through `Identity`).
-fn half_constants(g: &pb::GraphProto) -> HashSet<String> {
+fn half_constants(g: &pb::GraphProto, outer: &HashSet<String>) -> HashSet<String> {
     use pb::tensor_proto::DataType;
     let half_type = |d: i64| d == DataType::Float16 as i64 || d == DataType::Bfloat16 as i64;
     let half = |t: &pb::TensorProto| half_type(i64::from(t.data_type));
-    let mut names: HashSet<String> = g.initializer.iter().filter(|t| half(t)).map(|t| t.name.clone()).collect();
+    let local: HashSet<&str> = (g.input.iter().map(|v| v.name.as_str()))
+        .chain(g.initializer.iter().map(|t| t.name.as_str()))
+        .chain(g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)))
+        .collect();
+    let mut names: HashSet<String> = outer.iter().filter(|n| !local.contains(n.as_str())).cloned().collect();
+    names.extend(g.initializer.iter().filter(|t| half(t)).map(|t| t.name.clone()));
     for n in g.node.iter().filter(|n| n.domain.is_empty() || n.domain == "ai.onnx") {
         let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
         let made_half = match n.op_type.as_str() {
@@ -853,6 +861,45 @@ mod tests {
         // Names made for the two rewrites do not collide.
         let outputs: Vec<&String> = g.node.iter().chain(&inner.node).flat_map(|n| &n.output).collect();
         assert_eq!(outputs.iter().collect::<HashSet<_>>().len(), outputs.len());
+    }
+
+    #[test]
+    fn a_branch_gemm_on_an_outer_float16_weight_runs_in_float32_and_a_shadowing_name_is_not_half() {
+        let half_w = pb::TensorProto {
+            name: "W".into(),
+            dims: vec![2, 2],
+            data_type: pb::tensor_proto::DataType::Float16 as i32,
+            raw_data: vec![0; 8],
+            ..Default::default()
+        };
+        let branch = |name: &str, body: pb::GraphProto| pb::AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(body),
+            ..Default::default()
+        };
+        let then_body =
+            pb::GraphProto { node: vec![node("Gemm", &["x", "W"], "t", "g1".into())], ..Default::default() };
+        // The else branch defines its own float32 W, which hides the outer one.
+        let own_w = pb::TensorProto { name: "W".into(), data_type: 1, ..half_w.clone() };
+        let else_body = pb::GraphProto {
+            node: vec![node("Gemm", &["x", "W"], "e", "g2".into())],
+            initializer: vec![own_w],
+            ..Default::default()
+        };
+        let mut cond = node("If", &["c"], "z", "if".into());
+        cond.attribute.extend([branch("then_branch", then_body), branch("else_branch", else_body)]);
+        let mut model = pb::ModelProto {
+            graph: Some(pb::GraphProto { node: vec![cond], initializer: vec![half_w], ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(for_tract(&mut model).unwrap(), Rewritten { half_in_float32: 1, ..Default::default() });
+        let g = model.graph.unwrap();
+        let ops = |k: usize| -> Vec<String> {
+            g.node[0].attribute[k].g.as_ref().unwrap().node.iter().map(|n| n.op_type.clone()).collect()
+        };
+        assert_eq!(ops(0), ["Cast", "Cast", "Gemm", "CastLike"]);
+        assert_eq!(ops(1), ["Gemm"]);
     }
 
     #[test]

@@ -383,9 +383,10 @@ fn argmax(row: &[f64], cut: f64) -> Option<usize> {
     Some(best)
 }
 
-fn metrics(v: &mut VariantReport, rows: &[Vec<f64>], reference: &[Vec<f64>], labels: Option<&[i64]>) {
+/// Agreement with `reference`, accuracy against `labels`, distances and the non-finite
+/// share of `rows`; `cut` reads one-value rows ([`argmax`]).
+fn metrics(v: &mut VariantReport, rows: &[Vec<f64>], reference: &[Vec<f64>], cut: f64, labels: Option<&[i64]>) {
     let n = rows.len().max(1) as f64;
-    let cut = binary_cut(reference);
     let agree = rows
         .iter()
         .zip(reference)
@@ -429,6 +430,8 @@ pub struct Bench {
     /// The name of the output compared.
     pub output: String,
     reference: Vec<Vec<f64>>,
+    /// Where a one-value output turns into class 1 ([`binary_cut`] of `reference`).
+    cut: f64,
 }
 
 /// The result of running one model variant.
@@ -470,7 +473,8 @@ impl Bench {
             None => None,
         };
         let (output, reference) = run_rows_loaded(&loaded, &inputs)?;
-        Ok(Bench { inputs, input_kind, labels, calibration, output, reference })
+        let cut = binary_cut(&reference);
+        Ok(Bench { inputs, input_kind, labels, calibration, output, reference, cut })
     }
 
     /// Number of samples.
@@ -496,8 +500,7 @@ impl Bench {
     /// How many samples of `rows` (as [`Bench::run`] returns them) have a top-1 class other
     /// than the original model's.
     pub fn changed(&self, rows: &[Vec<f64>]) -> usize {
-        let cut = binary_cut(&self.reference);
-        rows.iter().zip(&self.reference).filter(|(a, b)| argmax(a, cut) != argmax(b, cut)).count()
+        rows.iter().zip(&self.reference).filter(|(a, b)| argmax(a, self.cut) != argmax(b, self.cut)).count()
     }
 
     /// Runs a model (bytes and external files) on the inputs.
@@ -539,12 +542,12 @@ impl Bench {
     /// attack is judged by.
     pub fn score(&self, rows: &[Vec<f64>]) -> f64 {
         let mut v = blank(String::new(), String::new(), None);
-        metrics(&mut v, rows, &self.reference, self.labels.as_deref());
+        metrics(&mut v, rows, &self.reference, self.cut, self.labels.as_deref());
         v.accuracy.or(v.agreement).unwrap_or(0.0)
     }
 
     fn measure(&self, v: &mut VariantReport, rows: &[Vec<f64>]) {
-        metrics(v, rows, &self.reference, self.labels.as_deref());
+        metrics(v, rows, &self.reference, self.cut, self.labels.as_deref());
     }
 
     /// The metrics of several draws of a random fill: their means (the largest maximum
@@ -769,7 +772,7 @@ mod tests {
         // changed class; a probability cut of 0.5 would have called all three class 0.
         let mut v = blank("x".into(), String::new(), None);
         let reference = vec![vec![0.3], vec![-0.2], vec![-5.0]];
-        metrics(&mut v, &[vec![0.4], vec![-0.1], vec![0.2]], &reference, Some(&[1, 0, 0]));
+        metrics(&mut v, &[vec![0.4], vec![-0.1], vec![0.2]], &reference, binary_cut(&reference), Some(&[1, 0, 0]));
         assert_eq!(v.accuracy, Some(2.0 / 3.0));
         assert_eq!(v.agreement, Some(2.0 / 3.0));
     }
@@ -778,12 +781,12 @@ mod tests {
     fn metrics_of_identical_and_broken_rows() {
         let reference = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
         let mut v = blank("x".into(), String::new(), None);
-        metrics(&mut v, &reference, &reference, Some(&[0, 0]));
+        metrics(&mut v, &reference, &reference, binary_cut(&reference), Some(&[0, 0]));
         assert_eq!(
             (v.agreement, v.accuracy, v.mean_distance, v.non_finite),
             (Some(1.0), Some(0.5), Some(0.0), Some(0.0))
         );
-        metrics(&mut v, &[vec![f64::NAN, 0.0], vec![1.0, 0.0]], &reference, None);
+        metrics(&mut v, &[vec![f64::NAN, 0.0], vec![1.0, 0.0]], &reference, binary_cut(&reference), None);
         assert_eq!((v.agreement, v.non_finite), (Some(0.0), Some(0.25)));
         assert_eq!(v.max_distance, Some(2f64.sqrt()));
     }

@@ -206,7 +206,7 @@ fn half_constants(g: &pb::GraphProto, outer: &HashSet<String>) -> HashSet<String
 /// first input; its other outputs (a `LayerNormalization`'s mean and inverse standard
 /// deviation, in the stash type) keep their names.
 fn in_float32(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::NodeProto>> {
-    let label = if n.name.is_empty() { n.output.first().cloned().unwrap_or_default() } else { n.name.clone() };
+    let label = label_of(n);
     let (Some(first), Some(y)) =
         (n.input.first().filter(|i| !i.is_empty()), n.output.first().filter(|o| !o.is_empty()))
     else {
@@ -358,10 +358,19 @@ impl Emit<'_> {
     }
 }
 
+/// How errors and new names call a node: its name, else its first output.
+fn label_of(n: &pb::NodeProto) -> String {
+    if n.name.is_empty() {
+        n.output.first().cloned().unwrap_or_default()
+    } else {
+        n.name.clone()
+    }
+}
+
 /// Checks a node's arity and attributes; returns its label (name, else first output),
 /// its inputs and its output.
 fn parts<'n>(n: &'n pb::NodeProto, inputs: usize, attributes: &[&str]) -> Result<(String, Vec<&'n str>, &'n str)> {
-    let label = if n.name.is_empty() { n.output.first().cloned().unwrap_or_default() } else { n.name.clone() };
+    let label = label_of(n);
     let refuse =
         |why: String| RuntimeError::UnsupportedOps { ops: vec![format!("{} (node '{label}', {why})", n.op_type)] };
     let ins: Vec<&str> = n.input.iter().map(String::as_str).collect();
@@ -636,6 +645,17 @@ mod tests {
         a
     }
 
+    fn int_attr(name: &str, value: u64) -> Vec<u8> {
+        use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+        let mut a = Vec::new();
+        put_len_field(&mut a, 1, name.as_bytes());
+        put_tag(&mut a, 3, WireType::Varint);
+        put_varint(&mut a, value);
+        put_tag(&mut a, 20, WireType::Varint);
+        put_varint(&mut a, AttributeType::Int as u64);
+        a
+    }
+
     fn float_attr(name: &str, value: f32) -> Vec<u8> {
         use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
         let mut a = Vec::new();
@@ -781,17 +801,8 @@ mod tests {
     #[test]
     fn float16_gemm_and_layer_norm_run_in_tract_in_float32() {
         use onnx_protect_format::testutil::node;
-        use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+        use onnx_protect_format::wire::put_len_field;
         let f16 = |v: f32| f64::from(half::f16::from_f32(v));
-        let int_attr = |name: &str, v: u64| {
-            let mut a = Vec::new();
-            put_len_field(&mut a, 1, name.as_bytes());
-            put_tag(&mut a, 3, WireType::Varint);
-            put_varint(&mut a, v);
-            put_tag(&mut a, 20, WireType::Varint);
-            put_varint(&mut a, AttributeType::Int as u64);
-            a
-        };
         // y = x · Wᵀ + B, W [3, 4], x [2, 4].
         let x = [0.5f32, -1.0, 2.0, 0.25, 1.5, 0.0, -0.75, 3.0];
         let w = [0.1f32, 0.2, -0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0, -1.1, 1.2];

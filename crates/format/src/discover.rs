@@ -451,9 +451,11 @@ impl<'a> Flow<'a> {
         self.model.nodes[n].attributes.iter().flat_map(|a| a.graphs.iter().copied())
     }
 
+    /// The outputs of `n` that carry its inputs' values on ([`value_outputs`]).
     fn outputs(&self, n: NodeId) -> impl Iterator<Item = Value<'a>> + 'a {
         let node = &self.model.nodes[n];
-        node.outputs.iter().filter(|o| !o.is_empty()).map(move |o| (node.graph, o.as_str()))
+        let carried = node.outputs.iter().take(value_outputs(node));
+        carried.filter(|o| !o.is_empty()).map(move |o| (node.graph, o.as_str()))
     }
 
     /// Forward from the main graph's inputs, stopping at layer nodes: the layer nodes
@@ -487,8 +489,7 @@ impl<'a> Flow<'a> {
                 }
                 let subgraphs: Vec<GraphId> = self.subgraphs(n).collect();
                 if subgraphs.is_empty() {
-                    let carried = node.outputs.iter().take(value_outputs(node));
-                    work.extend(carried.filter(|o| !o.is_empty()).map(|o| (node.graph, o.as_str())));
+                    work.extend(self.outputs(n));
                     continue;
                 }
                 for (k, i) in node.inputs.iter().enumerate() {

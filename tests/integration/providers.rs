@@ -95,13 +95,13 @@ fn key_commands_encrypt_open_and_rotate_on_the_command_line() {
 
 #[test]
 fn failing_hanging_and_garbage_key_commands_exit_4_with_the_reason_and_write_nothing() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Run through `sh`: a file just written is not executed itself (a concurrent fork in
+    // another test thread can hold its write descriptor, and exec fails with ETXTBSY).
     let script = |name: &str, body: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p.display().to_string()
+        format!("sh '{}'", p.display())
     };
     let cases = [
         (script("fail.sh", "echo 'denied by policy' >&2; exit 7"), "exited with status 7: denied by policy"),

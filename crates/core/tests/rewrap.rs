@@ -170,16 +170,15 @@ fn key_commands_are_added_removed_and_rotated_by_rewrap() {
 
 #[test]
 fn a_failing_key_command_is_its_own_error_and_a_lying_one_is_not_a_modified_model() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let to = EncryptTo { master: Some(key(1)), recipients: vec![(Recipient::Provider(toy_kms("kms-a")), 0)] };
     let path = protect(dir.path(), &to, &Policy::default());
     let script = |name: &str, body: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Run through `sh`, so the file just written is not executed itself (ETXTBSY).
         let c: std::sync::Arc<dyn Provider> =
-            std::sync::Arc::new(KeyCommand::parse(&p.display().to_string(), DEFAULT_COMMAND_TIMEOUT).unwrap());
+            std::sync::Arc::new(KeyCommand::parse(&format!("sh '{}'", p.display()), DEFAULT_COMMAND_TIMEOUT).unwrap());
         provider(c)
     };
     let failing = script("failing.sh", "echo 'kms: ThrottlingException' >&2; exit 1");

@@ -4,8 +4,8 @@
 //! cargo run --release -p onnx-protect-core --example decrypt_in_memory -- MODEL KEY_FILE [REPEATS]
 //! ```
 //!
-//! Prints one line per run: seconds to decrypt into memory (open, index, verify the
-//! key and the MAC, map copy-on-write, patch), the method, and the bytes decrypted.
+//! Prints one line per run: seconds to decrypt into memory (open, index, hash every
+//! byte, decrypt the spans, check the digest and the MACs), the method, and the bytes decrypted.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -48,7 +48,7 @@ fn stream_bytes(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usize) -> R
 }
 
 /// Fisher–Yates (Durstenfeld) shuffle of the identity `0..n` driven by big-endian
-/// words of `S_t` from its first byte (docs/transforms.md, "Permutations").
+/// words of `S_t` from its first byte (docs/transforms.md, "Key schedule (version 1)").
 fn permutation(master: &MasterKey, label: &[u8], a: u32, b: u32, n: usize) -> Result<Zeroizing<Vec<u32>>> {
     if n == 0 || n > MAX_PERMUTATION_LEN {
         return Err(TransformError::Spec(format!("cannot build a permutation of {n} elements")));

@@ -278,6 +278,10 @@ fn usage_errors_found_after_parsing_exit_2() {
         (vec!["batch", "verify", "--dir", s(dir.path()), "--jobs", "0"], "--jobs"),
         (vec!["transform-input", "a.npy", "b.npy", "--key-file", s(&key), "--block", "0", "--shuffle"], "block size"),
         (vec!["transform-input", "a.npy", "b.txt", "--key-file", s(&key), "--block", "2", "--shuffle"], "b.txt"),
+        (
+            vec!["encrypt-patch-embedding", s(&m), "-o", s(&o), "--key-file", s(&key), "--block", "2", "--ffx"],
+            "--ffx cannot be used with encrypt-patch-embedding",
+        ),
     ];
     for (args, needle) in cases {
         let (code, out, err) = run(&args);

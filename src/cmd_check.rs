@@ -26,7 +26,7 @@ pub struct Args {
     /// Override a coefficient of the required policy: OP=VALUE (OP may be `*`). Repeatable.
     #[arg(long, value_name = "OP=C")]
     coefficient: Vec<String>,
-    /// Override a mode of the required policy: OP=ctr|fp. Repeatable.
+    /// Override a mode of the required policy: OP=ctr|fp|dp (a tensor encrypted in ctr meets any mode). Repeatable.
     #[arg(long, value_name = "OP=MODE")]
     mode: Vec<String>,
     /// Override the split of the required policy: OP=first-dim|N. Repeatable.

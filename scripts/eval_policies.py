@@ -178,12 +178,30 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def provenance():
+    """The build and machine the figures come from: the commit (with `+changes` when tracked
+    files other than the output differ from it), the CPU model and the number of cores."""
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    changed = [l for l in git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if not l.endswith("docs/protection.md")]
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"commit {commit}{'+changes' if changed else ''}, {cpu}, {os.cpu_count()} cores"
+
+
 def tables(results, models, version):
     def cell(share, best, by):
         return f"{pct(share)}% → {pct(best)} ({by}){' ✓' if meets(best, chance) else ''}"
 
     lines = [BEGIN, ""]
-    lines.append(f"Measured with `{version}` by `scripts/eval_policies.py`. Cells: encrypted share of the weight "
+    lines.append(f"Measured with `{version}` ({provenance()}) by `scripts/eval_policies.py`. Cells: encrypted share of the weight "
                  "bytes (every floating-point constant counts) → test accuracy (%) of the best key-less attack "
                  "(which); **✓**: within 2 points of chance. `first`/`last`: that layer whole; `small`: biases, "
                  "normalisation parameters, position embeddings and scales whole; a number: that share of every "

@@ -196,12 +196,12 @@ def provenance():
     return f"commit {commit}{'+changes' if changed else ''}, {cpu}, {os.cpu_count()} cores"
 
 
-def tables(results, models, version):
+def tables(results, models, version, measured_on):
     def cell(share, best, by):
         return f"{pct(share)}% → {pct(best)} ({by}){' ✓' if meets(best, chance) else ''}"
 
     lines = [BEGIN, ""]
-    lines.append(f"Measured with `{version}` ({provenance()}) by `scripts/eval_policies.py`. Cells: encrypted share of the weight "
+    lines.append(f"Measured with `{version}` ({measured_on}) by `scripts/eval_policies.py`. Cells: encrypted share of the weight "
                  "bytes (every floating-point constant counts) → test accuracy (%) of the best key-less attack "
                  "(which); **✓**: within 2 points of chance. `first`/`last`: that layer whole; `small`: biases, "
                  "normalisation parameters, position embeddings and scales whole; a number: that share of every "
@@ -247,6 +247,7 @@ def main():
     args = ap.parse_args()
     models = args.models.split(",")
     version = cli(args.bin, "--version").strip()
+    measured_on = provenance()  # before measuring: the tree the binary was built from
     env = dict(os.environ, ONNXP_EVAL_KEY=KEY_HEX)
     results = {"models": {}}
     t0 = time.time()
@@ -284,7 +285,7 @@ def main():
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
-    text = tables(results, models, version)
+    text = tables(results, models, version, measured_on)
     if args.no_write:
         print(text)
         return

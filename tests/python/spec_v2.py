@@ -98,7 +98,7 @@ L_CHECKSUM = b"onnx-protect/v2/checksum"
 
 ENTRY_KEY = "onnx-protect/v2"
 MANIFEST_KEY_RE = re.compile(r"onnx-protect/v[0-9]+")
-SIGNER_HRP = "onnx-protect-signer"  # CHOICE: the text form of a signer is not in the format text
+SIGNER_HRP = "onnx-protect-signer"  # the text form of a signer key (format.md, appendix A)
 
 # Argon2id caps (§8) and what onnx-protect writes.
 ARGON2_CAPS = dict(m_min=8, m_max=131072, t_min=1, t_max=6, p_min=1, p_max=4)
@@ -1148,7 +1148,7 @@ def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
             if dk is not None and len(dk) != 32:
                 raise Modified("x25519 stanza: the age payload is not 32 bytes")
         if dk is not None:
-            return tier, dk  # CHOICE: the first stanza that opens, as §8 says ("in order")
+            return tier, dk  # CHOICE: the first stanza that opens (§8 recommends, not requires, the highest tier)
     raise WrongKey("no recipient stanza matched")
 
 

@@ -189,15 +189,8 @@ fn hex_fp(key: &MasterKey) -> String {
 
 pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitCode> {
     let opts = PatchOptions { spec: a.flags.spec(), range: parse_range(&a.range)?, node: a.node.clone() };
-    opts.spec.validate().map_err(bad_option)?;
-    if opts.spec.ffx {
-        return Err(UsageError(
-            "--ffx cannot be used with encrypt-patch-embedding: FFX is not affine, so no change of weights \
-             can undo it (train on FFX-transformed inputs instead)"
-                .into(),
-        )
-        .into());
-    }
+    // Everything the options alone decide is a usage error (exit 2), found before the model is read.
+    opts.validate().map_err(bad_option)?;
     let key = master_key(&a.key)?;
     let model = Model::open(&a.model).with_context(|| format!("{}", a.model.display()))?;
     if std::fs::canonicalize(&a.model).ok() == std::fs::canonicalize(&a.output).ok() {

@@ -280,7 +280,11 @@ fn usage_errors_found_after_parsing_exit_2() {
         (vec!["transform-input", "a.npy", "b.txt", "--key-file", s(&key), "--block", "2", "--shuffle"], "b.txt"),
         (
             vec!["encrypt-patch-embedding", s(&m), "-o", s(&o), "--key-file", s(&key), "--block", "2", "--ffx"],
-            "--ffx cannot be used with encrypt-patch-embedding",
+            "FFX is not affine",
+        ),
+        (
+            vec!["encrypt-patch-embedding", s(&m), "-o", s(&o), "--key-file", s(&key), "--block", "2", "--negpos"],
+            "value range",
         ),
     ];
     for (args, needle) in cases {

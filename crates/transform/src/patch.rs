@@ -54,6 +54,29 @@ pub struct PatchOptions {
     pub node: Option<String>,
 }
 
+impl PatchOptions {
+    /// The checks that need no model: a valid spec, an affine transform (FFX cannot be
+    /// absorbed), and the input range the neg/pos flip needs.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        if self.spec.ffx {
+            return Err(TransformError::CannotAbsorb(
+                "FFX is not affine, so no change of weights can undo it; train on FFX-transformed inputs instead"
+                    .into(),
+            ));
+        }
+        if self.spec.negpos && self.range.is_none() {
+            return Err(TransformError::Spec(
+                "the neg/pos flip needs the model input's value range (e.g. --range 0,1)".into(),
+            ));
+        }
+        if let Some(r) = self.range {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
 /// The record stored as JSON under [`METADATA_KEY`]: what an input must go through.
 /// It holds no secret (the key fingerprint is a one-way 8-byte identifier).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,11 +164,10 @@ pub fn encrypt_patch_embedding(
     Ok(report)
 }
 
-/// The request's own checks: a valid spec, a model that carries neither a transform nor
-/// encrypted weights, an affine transform, and the input range the neg/pos flip needs.
+/// The request's own checks ([`PatchOptions::validate`]) and a model that carries
+/// neither a transform nor encrypted weights.
 fn check_patch_request(model: &Model, opts: &PatchOptions) -> Result<Option<ValueRange>> {
-    let spec = opts.spec;
-    spec.validate()?;
+    opts.validate()?;
     if model.metadata_value(METADATA_KEY).is_some() {
         return Err(TransformError::State(format!(
             "the model already carries an input transform ('{METADATA_KEY}'); start from the original model"
@@ -155,19 +177,6 @@ fn check_patch_request(model: &Model, opts: &PatchOptions) -> Result<Option<Valu
         return Err(TransformError::State(
             "the model's weights are encrypted by onnx-protect; decrypt it first".into(),
         ));
-    }
-    if spec.ffx {
-        return Err(TransformError::CannotAbsorb(
-            "FFX is not affine, so no change of weights can undo it; train on FFX-transformed inputs instead".into(),
-        ));
-    }
-    if spec.negpos && opts.range.is_none() {
-        return Err(TransformError::Spec(
-            "the neg/pos flip needs the model input's value range (e.g. --range 0,1)".into(),
-        ));
-    }
-    if let Some(r) = opts.range {
-        r.validate()?;
     }
     Ok(opts.range)
 }

@@ -16,7 +16,7 @@ use onnx_protect_proto::Message;
 use onnx_protect_select::MAX_TIERS;
 
 use crate::error::{CoreError, Result};
-use crate::manifest::{b64, match_targets, EntryFacts, EntryRules, Target};
+use crate::manifest::{b64, is_manifest_key, match_targets, EntryFacts, EntryRules, Target, METADATA_KEY};
 
 /// The `metadata_props` key of a format-2 manifest.
 pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
@@ -343,6 +343,18 @@ pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
     envelope.checksum.clear();
     envelope.checksum = envelope_checksum(&envelope.encode_to_vec()).to_vec();
     metadata_field(METADATA_KEY_V2, &b64().encode(envelope.encode_to_vec()))
+}
+
+/// The format version of a model's manifest: `None` for an unprotected model.
+pub fn manifest_version(model: &Model) -> Result<Option<u32>> {
+    let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
+    match keys.as_slice() {
+        [] => Ok(None),
+        [k] if *k == METADATA_KEY_V2 => Ok(Some(2)),
+        [k] if *k == METADATA_KEY => Ok(Some(1)),
+        [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
+        _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,12 @@ pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &P
     }
 }
 
+/// Opens a model file that should be protected: a file that no longer parses but ends
+/// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
+pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
+    Model::open_with_progress(input, progress).map_err(|e| triage(input, e))
+}
+
 /// The error for a model file that does not parse: "modified" when it ends in a sound
 /// version-2 entry whose content digest no longer matches, or in an entry whose value is
 /// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's

@@ -267,7 +267,7 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
         Some(p) => Some(open(p)?),
         None => None,
     };
-    if crate::protect::manifest_version(model)? == Some(2) {
+    if crate::envelope::manifest_version(model)? == Some(2) {
         return decrypt_v2(model, file, key, None, &[]);
     }
     decrypt_opened(model, file, key)
@@ -602,7 +602,7 @@ fn decrypt_v2_fused(
 /// private copy-on-write maps patched in place, as with [`decrypt_in_memory`]. The key
 /// check value and every MAC the key allows are verified before anything is decrypted.
 pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    if crate::protect::manifest_version(model)? == Some(2) {
+    if crate::envelope::manifest_version(model)? == Some(2) {
         return decrypt_v2(model, None, key, tier, &[]);
     }
     let p = read_protected(model)?;
@@ -620,7 +620,7 @@ pub fn decrypt_model_signed_in_memory(
     if signers.is_empty() {
         return decrypt_tier_in_memory(model, key, tier);
     }
-    match crate::protect::manifest_version(model)? {
+    match crate::envelope::manifest_version(model)? {
         Some(2) => decrypt_v2(model, None, key, tier, signers),
         Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
         None => Err(CoreError::NotProtected),
@@ -636,12 +636,12 @@ pub fn decrypt_signed_in_memory(
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
     let file = open(path)?;
-    let model = crate::protect::open_protected(path, &onnx_protect_format::NoProgress)?;
+    let model = crate::format2::open_protected(path, &onnx_protect_format::NoProgress)?;
     let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
     if id(&file)? != id(&open(path)?)? {
         return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
     }
-    match crate::protect::manifest_version(&model)? {
+    match crate::envelope::manifest_version(&model)? {
         Some(2) => decrypt_v2(&model, Some(file), key, tier, signers),
         Some(_) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, Some(file), key),
         Some(_) if signers.is_empty() => restore_copied(&model, &read_protected(&model)?, key, tier),

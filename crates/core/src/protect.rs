@@ -35,9 +35,9 @@ use crate::restore::{plan_restore, restored_model_bytes};
 use crate::staged::{check_output, durable, OutputRules, Outputs};
 use crate::unlock::unlock;
 
-pub use crate::envelope::{ProtectedV2, METADATA_KEY_V2};
+pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
 pub use crate::error::{CoreError, ErrorKind, Result};
-pub use crate::format2::Rewrite;
+pub use crate::format2::{open_protected, Rewrite};
 pub use crate::keys::KeySource;
 pub use crate::manifest::{
     is_manifest_key, read_protected, Protected, ProtectionInfo, Target, TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL,
@@ -166,24 +166,6 @@ impl Default for DecryptOptions<'_> {
             progress: &NoProgress,
         }
     }
-}
-
-/// The format version of a model's manifest: `None` for an unprotected model.
-pub fn manifest_version(model: &Model) -> Result<Option<u32>> {
-    let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
-    match keys.as_slice() {
-        [] => Ok(None),
-        [k] if *k == METADATA_KEY_V2 => Ok(Some(2)),
-        [k] if *k == METADATA_KEY => Ok(Some(1)),
-        [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
-        _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
-    }
-}
-
-/// Opens a model file that should be protected: a file that no longer parses but ends
-/// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
-pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
-    Model::open_with_progress(input, progress).map_err(|e| format2::triage(input, e))
 }
 
 /// Encrypts `input` into `output` (atomically; external side files next to it) for the

@@ -29,7 +29,7 @@ export function keyOf(dir) {
 
 /** The onnx-protect binary the Rust build made (ONNX_PROTECT_BIN, else target/debug). */
 export function binary() {
-  const b = process.env.ONNX_PROTECT_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, "target"), "debug/onnx-protect");
+  const b = path.resolve(ROOT, process.env.ONNX_PROTECT_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? "target", "debug/onnx-protect"));
   return fs.existsSync(b) ? b : null;
 }
 

@@ -68,26 +68,48 @@ export class Keystream {
     return new Keystream(key);
   }
 
-  /** XORs `k(o)` for `o` in `[offset, offset + data.length)` into `data`, in place. */
+  /** XORs `k(o)` for `o` in `[offset, offset + data.length)` into `data`, in place: the
+   * AES-CTR encryption of the data itself (no keystream buffer), in pieces. */
   async xor(offset: number, data: Uint8Array): Promise<void> {
-    const ks = await this.bytes(offset, data.length);
-    xorInto(data, ks);
+    const piece = 64 << 20;
+    for (let done = 0; done < data.length; done += piece) {
+      const at = offset + done;
+      const part = data.subarray(done, Math.min(done + piece, data.length));
+      const skip = at % 16;
+      let input: Uint8Array = part;
+      if (skip) {
+        input = new Uint8Array(skip + part.length);
+        input.set(part, skip);
+      } else if (!(part.buffer instanceof ArrayBuffer)) {
+        input = part.slice();
+      }
+      const out = new Uint8Array(await subtle.encrypt({ name: "AES-CTR", counter: counterBlock(BigInt(at - skip) / 16n), length: 128 }, this.key, input as Uint8Array<ArrayBuffer>));
+      part.set(skip ? out.subarray(skip) : out);
+    }
   }
 
   /** XORs `k(o) AND mask[o mod len(mask)]` into `data` (the format-preserving mode). */
   async xorMasked(offset: number, data: Uint8Array, mask: Uint8Array): Promise<void> {
     const ks = await this.bytes(offset, data.length);
     const m = mask.length;
-    if (m === 1) {
-      const b = mask[0];
-      for (let i = 0; i < data.length; i++) data[i] ^= ks[i] & b;
-      return;
+    // The mask repeated over 8 bytes from `offset`'s phase, as two little-endian words.
+    const pat = new Uint8Array(8);
+    for (let i = 0; i < 8; i++) pat[i] = mask[(offset + i) % m];
+    const aligned = data.byteOffset % 4 === 0 && ks.byteOffset % 4 === 0 && 8 % m === 0;
+    let i = 0;
+    if (aligned) {
+      const w = (data.length >>> 3) * 2;
+      const d32 = new Uint32Array(data.buffer, data.byteOffset, w);
+      const k32 = new Uint32Array(ks.buffer, ks.byteOffset, w);
+      const pv = new DataView(pat.buffer);
+      const m0 = pv.getUint32(0, true), m1 = pv.getUint32(4, true);
+      for (let k = 0; k < w; k += 2) {
+        d32[k] ^= k32[k] & m0;
+        d32[k + 1] ^= k32[k + 1] & m1;
+      }
+      i = w * 4;
     }
-    let j = offset % m;
-    for (let i = 0; i < data.length; i++) {
-      data[i] ^= ks[i] & mask[j];
-      if (++j === m) j = 0;
-    }
+    for (; i < data.length; i++) data[i] ^= ks[i] & mask[(offset + i) % m];
   }
 
   /** `k(o)` for `o` in `[offset, offset + n)` (a `bigint` offset may pass 2^53). */
@@ -104,11 +126,7 @@ export class Keystream {
     while (done < n) {
       const want = Math.min(piece, n - done + (first ? skip : 0));
       const zeros = new Uint8Array(Math.ceil(want / 16) * 16);
-      const c = new Uint8Array(16);
-      const cv = new DataView(c.buffer);
-      cv.setBigUint64(0, (blockAt >> 64n) & 0xffffffffffffffffn);
-      cv.setBigUint64(8, blockAt & 0xffffffffffffffffn);
-      const ks = new Uint8Array(await subtle.encrypt({ name: "AES-CTR", counter: c, length: 128 }, this.key, zeros));
+      const ks = new Uint8Array(await subtle.encrypt({ name: "AES-CTR", counter: counterBlock(blockAt), length: 128 }, this.key, zeros));
       const from = first ? skip : 0;
       const take = Math.min(want - from, n - done);
       out.set(ks.subarray(from, from + take), done);
@@ -118,6 +136,15 @@ export class Keystream {
     }
     return out;
   }
+}
+
+/** The 16-byte big-endian counter block of block number `n`. */
+function counterBlock(n: bigint): Uint8Array<ArrayBuffer> {
+  const c = new Uint8Array(16);
+  const v = new DataView(c.buffer);
+  v.setBigUint64(0, (n >> 64n) & 0xffffffffffffffffn);
+  v.setBigUint64(8, n & 0xffffffffffffffffn);
+  return c;
 }
 
 /** `a ^= b` for two equal-length byte arrays, a word at a time where aligned. */

@@ -42,7 +42,10 @@ impl BundleError {
     pub fn is_verification_failure(&self) -> bool {
         matches!(
             self,
-            BundleError::Invalid { .. } | BundleError::KeyMismatch | BundleError::BadSignature | BundleError::Mismatch { .. }
+            BundleError::Invalid { .. }
+                | BundleError::KeyMismatch
+                | BundleError::BadSignature
+                | BundleError::Mismatch { .. }
         )
     }
 }

@@ -73,7 +73,10 @@ impl PrivateKey {
     /// `openssl ecparam -genkey` writes it). `name` is used in errors.
     pub fn from_pem(text: &str, name: &str) -> Result<PrivateKey, BundleError> {
         if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
-            return Err(key_error(name, "an encrypted private key; decrypt it first (openssl pkey -in KEY -out PLAIN)"));
+            return Err(key_error(
+                name,
+                "an encrypted private key; decrypt it first (openssl pkey -in KEY -out PLAIN)",
+            ));
         }
         if let Some(block) = pem_block(text, "PRIVATE KEY") {
             if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&block) {
@@ -139,7 +142,8 @@ impl PrivateKey {
 impl PublicKey {
     /// Parses a public key in PEM (`PUBLIC KEY`, SubjectPublicKeyInfo).
     pub fn from_pem(text: &str, name: &str) -> Result<PublicKey, BundleError> {
-        let block = pem_block(text, "PUBLIC KEY").ok_or_else(|| key_error(name, "no PEM public key (-----BEGIN PUBLIC KEY-----)"))?;
+        let block = pem_block(text, "PUBLIC KEY")
+            .ok_or_else(|| key_error(name, "no PEM public key (-----BEGIN PUBLIC KEY-----)"))?;
         if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(&block) {
             return Ok(PublicKey::P256(k));
         }

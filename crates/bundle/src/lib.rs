@@ -48,7 +48,9 @@ use std::path::Path;
 
 pub use error::BundleError;
 pub use keys::{Curve, PrivateKey, PublicKey};
-pub use manifest::{hash_model, HashType, ModelManifest, Resource, GIT_PATHS};
+pub use manifest::{
+    compare, default_ignored, hash_files, hash_model, relative_inside, HashType, ModelManifest, Resource, GIT_PATHS,
+};
 
 /// The bundle's media type.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -190,7 +192,8 @@ fn verified_payload(bundle: &Value, key: &PublicKey) -> Result<Vec<u8>> {
 
 /// The manifest a verified statement holds, after its own consistency checks.
 fn signed_manifest(payload: &[u8]) -> Result<(ModelManifest, bool)> {
-    let st: Value = serde_json::from_slice(payload).map_err(|e| BundleError::invalid("payload", &format!("not JSON ({e})")))?;
+    let st: Value =
+        serde_json::from_slice(payload).map_err(|e| BundleError::invalid("payload", &format!("not JSON ({e})")))?;
     if text(&st, "_type")? != STATEMENT_TYPE {
         return Err(BundleError::invalid("payload._type", "not an in-toto Statement v1"));
     }
@@ -203,7 +206,8 @@ fn signed_manifest(payload: &[u8]) -> Result<(ModelManifest, bool)> {
         return Err(BundleError::invalid("subject", &format!("{} subjects, expected 1", subjects.len())));
     };
     let name = text(subject, "name")?.to_string();
-    let root = hex::decode(text(subject, "digest.sha256")?).map_err(|_| BundleError::invalid("subject.digest.sha256", "not hex"))?;
+    let root = hex::decode(text(subject, "digest.sha256")?)
+        .map_err(|_| BundleError::invalid("subject.digest.sha256", "not hex"))?;
     let ser = field(&st, "predicate.serialization")?;
     let method = text(ser, "method")?;
     if method != "files" {
@@ -220,13 +224,21 @@ fn signed_manifest(payload: &[u8]) -> Result<(ModelManifest, bool)> {
             .map(|p| p.as_str().map(str::to_string).ok_or_else(|| BundleError::invalid("ignore_paths", "not a string")))
             .collect::<Result<Vec<_>>>()?,
     };
-    let list = field(&st, "predicate.resources")?.as_array().ok_or_else(|| BundleError::invalid("predicate.resources", "not a list"))?;
+    let list = field(&st, "predicate.resources")?
+        .as_array()
+        .ok_or_else(|| BundleError::invalid("predicate.resources", "not a list"))?;
     let mut resources = Vec::with_capacity(list.len());
     for (i, r) in list.iter().enumerate() {
         let at = |f: &str| format!("predicate.resources[{i}].{f}");
-        let alg = r.get("algorithm").and_then(Value::as_str).ok_or_else(|| BundleError::invalid(&at("algorithm"), "missing"))?;
+        let alg = r
+            .get("algorithm")
+            .and_then(Value::as_str)
+            .ok_or_else(|| BundleError::invalid(&at("algorithm"), "missing"))?;
         if alg != hash.name() {
-            return Err(BundleError::invalid(&at("algorithm"), &format!("'{alg}', the serialization says '{}'", hash.name())));
+            return Err(BundleError::invalid(
+                &at("algorithm"),
+                &format!("'{alg}', the serialization says '{}'", hash.name()),
+            ));
         }
         let name = r.get("name").and_then(Value::as_str).ok_or_else(|| BundleError::invalid(&at("name"), "missing"))?;
         manifest::check_resource_name(name).map_err(|why| BundleError::invalid(&at("name"), why))?;
@@ -244,22 +256,29 @@ fn signed_manifest(payload: &[u8]) -> Result<(ModelManifest, bool)> {
     Ok((ModelManifest { name, hash, resources, ignore_paths }, symlinks))
 }
 
+/// Checks a bundle's signature with the signer's public key and the consistency of the
+/// statement it signs; returns the signed manifest (to [`compare`] with the model's files).
+pub fn open_bundle(bundle_json: &str, key: &PublicKey) -> Result<ModelManifest> {
+    if bundle_json.len() > MAX_BUNDLE_BYTES {
+        return Err(BundleError::invalid("bundle", "larger than 64 MiB"));
+    }
+    let bundle: Value =
+        serde_json::from_str(bundle_json).map_err(|e| BundleError::invalid("bundle", &format!("not JSON ({e})")))?;
+    let payload = verified_payload(&bundle, key)?;
+    Ok(signed_manifest(&payload)?.0)
+}
+
 /// Verifies the bundle `bundle_json` for the model at `model` (file or directory) with the
 /// signer's public key: the signature over the statement, the statement's consistency,
 /// then every file of the model against it (none missing, none extra, none changed).
 /// `bundle_path`, when the bundle sits inside the model's directory, is not a model file.
 pub fn verify(model: &Path, bundle_json: &str, key: &PublicKey, bundle_path: Option<&Path>) -> Result<Verified> {
-    if bundle_json.len() > MAX_BUNDLE_BYTES {
-        return Err(BundleError::invalid("bundle", "larger than 64 MiB"));
-    }
-    let bundle: Value = serde_json::from_str(bundle_json).map_err(|e| BundleError::invalid("bundle", &format!("not JSON ({e})")))?;
-    let payload = verified_payload(&bundle, key)?;
-    let (signed, _symlinks) = signed_manifest(&payload)?;
+    let signed = open_bundle(bundle_json, key)?;
     let mut ignored = signed.ignore_paths.clone();
     if let Some(extra) = manifest::relative_inside(model, bundle_path)? {
         ignored.push(extra);
     }
     let actual = hash_model(model, signed.hash, &ignored)?;
-    manifest::compare(&signed, &actual)?;
+    compare(&signed, &actual)?;
     Ok(Verified { model_name: signed.name, resources: signed.resources.len(), hash: signed.hash })
 }

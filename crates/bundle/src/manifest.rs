@@ -111,8 +111,9 @@ fn name_of(model: &Path) -> String {
     }
 }
 
-/// `inner` as a `/`-separated path relative to the directory `model`, when it lies inside it.
-pub(crate) fn relative_inside(model: &Path, inner: Option<&Path>) -> Result<Option<String>, BundleError> {
+/// `inner` as a `/`-separated path relative to the directory `model`, when it lies inside it
+/// (`None` for a model file).
+pub fn relative_inside(model: &Path, inner: Option<&Path>) -> Result<Option<String>, BundleError> {
     let Some(inner) = inner else { return Ok(None) };
     if !model.is_dir() {
         return Ok(None);
@@ -121,12 +122,15 @@ pub(crate) fn relative_inside(model: &Path, inner: Option<&Path>) -> Result<Opti
     let parent = inner.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Ok(parent) = std::fs::canonicalize(parent) else { return Ok(None) };
     let full = parent.join(inner.file_name().unwrap_or_default());
-    Ok(full.strip_prefix(&dir).ok().map(|r| r.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")))
+    Ok(full
+        .strip_prefix(&dir)
+        .ok()
+        .map(|r| r.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")))
 }
 
 /// What a signature leaves out of a directory: git's files, and the bundle itself when it
 /// is written inside.
-pub(crate) fn default_ignored(model: &Path, bundle: Option<&Path>) -> Result<Vec<String>, BundleError> {
+pub fn default_ignored(model: &Path, bundle: Option<&Path>) -> Result<Vec<String>, BundleError> {
     if !model.is_dir() {
         return Ok(Vec::new());
     }
@@ -156,7 +160,10 @@ pub fn hash_model(model: &Path, hash: HashType, ignore: &[String]) -> Result<Mod
     } else if meta.is_dir() {
         walk(model, model, hash, ignore, &mut resources, 0)?;
     } else {
-        return Err(BundleError::NotAModelFile { path: model.to_path_buf(), reason: "is neither a file nor a directory" });
+        return Err(BundleError::NotAModelFile {
+            path: model.to_path_buf(),
+            reason: "is neither a file nor a directory",
+        });
     }
     let resources = resources.into_iter().map(|(name, digest)| Resource { name, digest }).collect();
     Ok(ModelManifest { name: name_of(model), hash, resources, ignore_paths: ignore.to_vec() })
@@ -171,10 +178,16 @@ fn walk(
     depth: usize,
 ) -> Result<(), BundleError> {
     if depth > 64 {
-        return Err(BundleError::NotAModelFile { path: dir.to_path_buf(), reason: "nests more than 64 directories deep" });
+        return Err(BundleError::NotAModelFile {
+            path: dir.to_path_buf(),
+            reason: "nests more than 64 directories deep",
+        });
     }
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(|e| io(dir, e))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(|e| io(dir, e))?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io(dir, e))?;
     entries.sort();
     for path in entries {
         let rel_path = path.strip_prefix(root).unwrap_or(&path);
@@ -205,8 +218,29 @@ fn walk(
     Ok(())
 }
 
+/// The manifest of a set of files of one directory, named by their `/`-separated paths
+/// relative to it (a model file and its external data files); `name` is the model's name.
+/// A file that does not exist is left out (a comparison then reports it missing).
+pub fn hash_files(dir: &Path, names: &[String], hash: HashType, name: &str) -> Result<ModelManifest, BundleError> {
+    let mut resources = BTreeMap::new();
+    for n in names {
+        check_resource_name(n).map_err(|why| BundleError::invalid(n, why))?;
+        let path = n.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
+        let meta = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(|e| io(&path, e))?,
+        };
+        if !meta.is_file() {
+            return Err(BundleError::NotAModelFile { path, reason: "is not a regular file" });
+        }
+        resources.insert(n.clone(), hash_file(&path, hash)?);
+    }
+    let resources = resources.into_iter().map(|(name, digest)| Resource { name, digest }).collect();
+    Ok(ModelManifest { name: name.to_string(), hash, resources, ignore_paths: Vec::new() })
+}
+
 /// Every file of `signed` is in `actual` with the same digest, and no other.
-pub(crate) fn compare(signed: &ModelManifest, actual: &ModelManifest) -> Result<(), BundleError> {
+pub fn compare(signed: &ModelManifest, actual: &ModelManifest) -> Result<(), BundleError> {
     let want: BTreeMap<&str, &[u8]> = signed.resources.iter().map(|r| (r.name.as_str(), r.digest.as_slice())).collect();
     let have: BTreeMap<&str, &[u8]> = actual.resources.iter().map(|r| (r.name.as_str(), r.digest.as_slice())).collect();
     if want.len() != signed.resources.len() {

@@ -2,7 +2,7 @@
 
 import { InvalidModel } from "./errors.js";
 import {
-  concat, decodeUtf8, encodeVarint, Field, key, modelFields, readVarint, WT_I32, WT_I64, WT_LEN, WT_VARINT,
+  concat, copyOf, decodeUtf8, encodeVarint, Field, key, modelFields, readVarint, WT_I32, WT_I64, WT_LEN, WT_VARINT,
 } from "./wire.js";
 
 /** Bits per element of every data type code (§5); STRING (8) has none. */
@@ -285,7 +285,7 @@ export function walk(buf: Uint8Array, external: ExternalFiles | null): Tensor[] 
 export function elementBytes(buf: Uint8Array, t: Tensor, external: ExternalFiles): Uint8Array {
   if (t.storage === S_EXTERNAL) {
     const d = external.get(t.external!.location)!;
-    return d.slice(t.external!.offset, t.external!.offset + t.nbytes);
+    return copyOf(d, t.external!.offset, t.external!.offset + t.nbytes);
   }
   if (t.storage !== null && VARINT_STORAGES.has(t.storage)) {
     const w = varintWidth(t.dataType)!;

@@ -19,8 +19,8 @@ import {
   VARINT_STORAGES, varintWidth, walk,
 } from "./model.js";
 import {
-  bytesEqual, concat, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
-  readSmallVarint, WT_LEN,
+  bytesEqual, concat, copyOf, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
+  plain, readSmallVarint, WT_LEN,
 } from "./wire.js";
 
 export const ENTRY_KEY = "onnx-protect/v2";
@@ -352,7 +352,7 @@ function leaves(b3: Blake3, i: number, data: Uint8Array, chunk: number): Uint8Ar
 /** The external data files a protected model's header lists (§3), each location checked
  * as §5 says; for a caller that must fetch them before [`open`]. */
 export function externalFilesOf(model: Uint8Array): string[] {
-  const [, value] = findEntry(model);
+  const [, value] = findEntry(plain(model));
   const env = decodeCanonical("Envelope", b64decode(value));
   const header = decodeCanonical("Header", env.header);
   for (const loc of header.external_files as string[]) {
@@ -369,13 +369,14 @@ export function externalFilesOf(model: Uint8Array): string[] {
 
 function toMap(ext: ReadOptions["externalData"]): ExternalFiles {
   if (!ext) return new Map();
-  if (ext instanceof Map) return ext;
-  return new Map(Object.entries(ext));
+  const entries = ext instanceof Map ? [...ext] : Object.entries(ext);
+  return new Map(entries.map(([k, v]) => [k, plain(v)]));
 }
 
 /** §12 steps 1–3 with the keyless digest: the entry, its messages and rules, the checksum,
  * the digest of the stored content, the model matched to the header. */
-export async function open(model: Uint8Array, externalData?: ReadOptions["externalData"]): Promise<Opened> {
+export async function open(input: Uint8Array, externalData?: ReadOptions["externalData"]): Promise<Opened> {
+  const model = plain(input);
   const [entryStart, value] = findEntry(model);
   const envBytes = b64decode(value);
   const env = decodeCanonical("Envelope", envBytes);
@@ -586,9 +587,9 @@ export function checkSignatures(op: Opened, signers: string[]): void {
 async function transformed(
   op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean,
 ): Promise<[Uint8Array, Map<string, Uint8Array>, number, number]> {
-  let content: Uint8Array = op.content.slice();
+  let content = copyOf(op.content);
   const ext = new Map<string, Uint8Array>();
-  for (const loc of op.header.external_files as string[]) ext.set(loc, op.external.get(loc)!.slice());
+  for (const loc of op.header.external_files as string[]) ext.set(loc, copyOf(op.external.get(loc)!));
   const varint: Array<[Tensor, Uint8Array]> = [];
   let tensors = 0, bytes = 0;
   for (const { e, tensor: t, spans } of op.entries) {

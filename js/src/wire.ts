@@ -99,6 +99,19 @@ export function parseFields(buf: Uint8Array, start = 0, end = buf.length): Field
   return out;
 }
 
+/** A plain `Uint8Array` over the same bytes (a Node `Buffer`'s `slice` shares memory, a
+ * `Uint8Array`'s copies: every input is seen as the latter). */
+export function plain(b: Uint8Array): Uint8Array {
+  return Object.getPrototypeOf(b) === Uint8Array.prototype ? b : new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+/** A copy of `b[start, end)`. */
+export function copyOf(b: Uint8Array, start = 0, end = b.length): Uint8Array {
+  const out = new Uint8Array(end - start);
+  out.set(b.subarray(start, end));
+  return out;
+}
+
 export function concat(parts: Uint8Array[]): Uint8Array {
   let n = 0;
   for (const p of parts) n += p.length;

@@ -221,7 +221,16 @@ pub fn verify_bundle(model: &Path, bundle: &Path, key: &PublicKey) -> Result<Mod
         ignore.push(b);
     }
     let signed_names: Vec<String> = signed.resources.iter().map(|r| r.name.clone()).collect();
-    let actual = match model_files(model)? {
+    let files = model_files(model)?;
+    if signed_names == ["."] && files.is_some() {
+        return Err(onnx_protect_bundle::BundleError::Mismatch {
+            missing: Vec::new(),
+            extra: vec!["the model's external data files (the bundle signs the model file alone; sign its directory, or sign with `onnx-protect bundle sign`)".into()],
+            changed: Vec::new(),
+        }
+        .into());
+    }
+    let actual = match files {
         Some((dir, names, name)) => onnx_protect_bundle::hash_files(&dir, &names, signed.hash, &name)?,
         // A model file that no longer opens (an external data file gone): the files the
         // bundle names are checked one by one, so the missing one is named.

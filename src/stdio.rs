@@ -82,8 +82,8 @@ impl Input {
     /// `bytes` staged as a private file under `tmp`.
     fn staged(bytes: &[u8], tmp: &Path) -> Result<Input> {
         onnx_protect_fsio::stage::remove_stale_once(tmp);
-        let mut staged = Staging::new(tmp)
-            .with_context(|| format!("cannot stage standard input in {}", tmp.display()))?;
+        let mut staged =
+            Staging::new(tmp).with_context(|| format!("cannot stage standard input in {}", tmp.display()))?;
         staged
             .file_mut()
             .write_all(bytes)

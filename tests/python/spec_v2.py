@@ -1057,6 +1057,24 @@ def check_stanza_shape(st: dict):
     elif kind == "x25519":
         if st["salt"] or st["kdf"] is not None:
             raise Modified("x25519 stanza: salt and kdf must be absent")
+        check_age_body(st["body"])
+
+
+def check_age_body(body: bytes):
+    """§8: at most 1024 bytes; among the header lines one X25519 stanza and at most one
+    other (age's grease)."""
+    if len(body) > 1024:
+        raise Modified(f"x25519 stanza: an age body of {len(body)} bytes")
+    x25519 = other = 0
+    for line in body.split(b"\n")[1:]:
+        if line.startswith(b"---"):
+            break
+        if line.startswith(b"-> X25519 "):
+            x25519 += 1
+        elif line.startswith(b"-> "):
+            other += 1
+    if x25519 != 1 or other > 1:
+        raise Modified(f"x25519 stanza: {x25519} X25519 and {other} other age stanzas")
 
 
 def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None) -> Opened:

@@ -486,6 +486,21 @@ def test_x25519_recipient(tmp_path):
         p.decrypt(identities=[other])
 
 
+def test_an_age_body_of_many_stanzas_or_many_bytes_is_modified_without_a_key(tmp_path):
+    ident, recip = spec_age.generate_identity()
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.X25519Recipient(recip)])
+    body = envelope_parts(p.model)[3]["stanzas"][0]["body"]
+    lines = body.split(b"\n")
+    stanza = lines[1:3]  # "-> X25519 SHARE" and its body line
+    many = b"\n".join([lines[0]] + stanza * 3 + lines[3:])
+    for bad in (many, body + b"A" * 1024):
+        forged = reseal(p.model, recipients=lambda rr, b=bad: rr["stanzas"][0].update(body=b))
+        with pytest.raises(v2.Modified, match="x25519"):
+            v2.verify(forged, model_dir=str(p.dir))
+        with pytest.raises(v2.Modified, match="x25519"):
+            p.decrypt(forged, identities=[ident])
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

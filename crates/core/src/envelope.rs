@@ -199,7 +199,9 @@ fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
             Some(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
         }
     };
-    Ok(Stanza { kind: s.kind, tier: s.tier, label: s.label, salt: s.salt, kdf, body: s.body })
+    let stanza = Stanza { kind: s.kind, tier: s.tier, label: s.label, salt: s.salt, kdf, body: s.body };
+    stanza.check(i).map_err(|e| bad(e.to_string()))?;
+    Ok(stanza)
 }
 
 pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {

@@ -16,6 +16,10 @@ pub const KIND_PASSPHRASE: &str = "passphrase";
 /// Stanza kind of an age X25519 recipient.
 pub const KIND_X25519: &str = "x25519";
 
+/// The largest body of an `x25519` stanza (an age file of one X25519 stanza, age's grease
+/// stanza and a 32-byte payload is under 500 bytes).
+pub const MAX_X25519_BODY: usize = 1024;
+
 /// The largest Argon2id memory cost (KiB) a reader accepts: twice what onnx-protect writes.
 pub const MAX_KDF_M_COST_KIB: u32 = 131_072;
 /// The largest Argon2id pass count a reader accepts: twice what onnx-protect writes.
@@ -38,6 +42,48 @@ pub struct Stanza {
     pub kdf: Option<KdfParams>,
     /// The wrapped data key.
     pub body: Vec<u8>,
+}
+
+impl Stanza {
+    /// Checks what docs/format.md §8 requires of a stanza of a kind this crate knows,
+    /// without a key (stanzas of other kinds are not examined): `index` is its place in
+    /// the list, for the message.
+    pub fn check(&self, index: usize) -> Result<(), KeysError> {
+        let bad = |reason: String| KeysError::BadStanza { index, kind: self.kind.clone(), reason };
+        if self.kind == KIND_X25519 {
+            check_age_body(&self.body).map_err(bad)?;
+        }
+        Ok(())
+    }
+}
+
+/// The age file of an `x25519` stanza (docs/format.md §8): at most [`MAX_X25519_BODY`]
+/// bytes, and among its header lines (those after the first, up to the first that starts
+/// with `---`) exactly one that starts with `-> X25519 ` and at most one other that starts
+/// with `-> ` (age's grease stanza). Base64 stanza bodies never start with `-`, so these
+/// lines are exactly the stanzas.
+fn check_age_body(body: &[u8]) -> Result<(), String> {
+    if body.len() > MAX_X25519_BODY {
+        return Err(format!("its age file has {} bytes ({MAX_X25519_BODY} at most)", body.len()));
+    }
+    let (mut x25519, mut other) = (0usize, 0usize);
+    for line in body.split(|&b| b == b'\n').skip(1) {
+        if line.starts_with(b"---") {
+            break;
+        }
+        if line.starts_with(b"-> X25519 ") {
+            x25519 += 1;
+        } else if line.starts_with(b"-> ") {
+            other += 1;
+        }
+    }
+    if x25519 != 1 || other > 1 {
+        return Err(format!(
+            "its age header has {x25519} X25519 stanzas and {other} others (one X25519 stanza and at most one \
+             other, age's grease, allowed)"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Stanza {
@@ -294,7 +340,9 @@ fn age_wrap(r: &age::x25519::Recipient, data_key: &DataKey) -> Result<Vec<u8>, K
 /// Opens an age body with any of `ids`; `None` if none matches or the body is not a
 /// well-formed age file of exactly 32 bytes of payload.
 fn age_unwrap(ids: &[age::x25519::Identity], body: &[u8]) -> Option<DataKey> {
-    let dec = age::Decryptor::new(body).ok()?;
+    // A buffered reader: the age crate reads an unbuffered header byte by byte and
+    // parses it again after each read.
+    let dec = age::Decryptor::new_buffered(body).ok()?;
     if dec.is_scrypt() {
         return None;
     }

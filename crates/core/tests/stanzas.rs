@@ -1,0 +1,107 @@
+//! Recipient stanzas are hostile input (docs/format.md §8): what a stanza of each kind may
+//! hold is checked on every read, with or without a key, before any key work is done, and
+//! the work a reader does per file is bounded.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use std::path::{Path, PathBuf};
+
+use onnx_protect_core::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
+use onnx_protect_core::protect::{
+    decrypt, encrypt, verify, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource,
+};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::NoProgress;
+use onnx_protect_keys::{Identity, Recipient, X25519Identity};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
+use onnx_protect_select::Policy;
+
+fn plain() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/cnn_torch/model.onnx")
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// `bytes` (a protected model) with its stanzas changed by `f` and the keyless checksum
+/// recomputed, so that only the stanza rules can refuse it without a key.
+fn with_stanzas(bytes: &[u8], f: impl FnOnce(&mut Vec<pb::Stanza>)) -> Vec<u8> {
+    let (range, value) = trailing_entry(bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let mut recipients = pb::Recipients::decode(sealed.envelope.recipients.as_slice()).unwrap();
+    f(&mut recipients.stanzas);
+    let mut env = sealed.envelope.clone();
+    env.recipients = recipients.encode_to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut out = bytes[..range.start as usize].to_vec();
+    out.extend_from_slice(&onnx_protect_format::write::metadata_field(METADATA_KEY_V2, &b64(&env.encode_to_vec())));
+    out
+}
+
+/// A model encrypted to a key and to an X25519 recipient, and that identity.
+fn protect_x25519(dir: &Path) -> (PathBuf, KeySource, KeySource) {
+    let id = X25519Identity::generate();
+    let to = EncryptTo {
+        master: Some(KeySource::Key(MasterKey::from_bytes([5; 32]))),
+        recipients: vec![(Recipient::X25519(id.to_public()), 0)],
+    };
+    let out = dir.join("model.onnx");
+    encrypt(&plain(), &out, &to, &EncryptOptions::new(&Policy::default())).unwrap();
+    (out, KeySource::Key(MasterKey::from_bytes([5; 32])), KeySource::Identity(Identity::X25519(vec![id])))
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Every reader refuses `path` as modified, with or without a key, and writes nothing.
+fn every_reader_refuses(path: &Path, keys: &[&KeySource], what: &str) {
+    let e = verify(path, None, &NoProgress).expect_err(what);
+    assert!(e.to_string().starts_with("modified"), "{what}: keyless verify: {e}");
+    assert!(matches!(e.kind(), ErrorKind::BadManifest | ErrorKind::Modified), "{what}: {e}");
+    for k in keys {
+        let out = path.with_file_name("out.onnx");
+        let e = decrypt(path, &out, k, &DecryptOptions::default()).expect_err(what);
+        assert!(e.to_string().starts_with("modified"), "{what}: decrypt: {e}");
+        assert!(!out.exists());
+    }
+}
+
+/// An age body is one X25519 stanza and age's grease stanza, at most 1024 bytes: a body
+/// of many X25519 stanzas (whose opening cost grows with their square in the `age`
+/// crate's unbuffered reader) or a huge one is modified, keyless too.
+#[test]
+fn an_age_body_of_many_stanzas_or_many_bytes_is_modified_before_any_key_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key, identity) = protect_x25519(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let many = with_stanzas(&bytes, |stanzas| {
+        let s = stanzas.iter_mut().find(|s| s.kind == "x25519").unwrap();
+        let text = s.body.clone();
+        let header_end = text.windows(4).position(|w| w == b"\n---").unwrap() + 1;
+        let first = text.windows(3).position(|w| w == b"-> ").unwrap();
+        let stanza_end = first + text[first..].windows(2).position(|w| w == b"\n-").unwrap() + 1;
+        let mut body = text[..stanza_end].to_vec();
+        for _ in 0..2000 {
+            body.extend_from_slice(&text[first..stanza_end]);
+        }
+        body.extend_from_slice(&text[header_end..]);
+        s.body = body;
+    });
+    every_reader_refuses(&write(dir.path(), "many.onnx", &many), &[&key, &identity], "2001 X25519 stanzas");
+    let huge = with_stanzas(&bytes, |stanzas| {
+        let s = stanzas.iter_mut().find(|s| s.kind == "x25519").unwrap();
+        s.body.resize(2 << 20, b'A');
+    });
+    every_reader_refuses(&write(dir.path(), "huge.onnx", &huge), &[&key, &identity], "a 2 MiB age body");
+    // Written as onnx-protect writes them, with age's grease stanza, they open.
+    let out = dir.path().join("restored.onnx");
+    decrypt(&path, &out, &identity, &DecryptOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(plain()).unwrap());
+}

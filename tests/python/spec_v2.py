@@ -1036,6 +1036,11 @@ def check_envelope(env: dict, h: dict, rec: dict):
         if not 1 <= st["tier"] <= n:
             raise Modified(f"stanza tier {st['tier']} outside 1..={n}")
         check_stanza_shape(st)
+    if len(h["tensors"]) > 1 << 20 or not 1 <= len(rec["stanzas"]) <= 1024 or len(env["signatures"]) > 64:
+        raise Modified("too many entries, signatures, or stanzas (or none)")
+    for kind in ("passphrase", "pkcs11", "command"):
+        if sum(st["kind"] == kind for st in rec["stanzas"]) > 8:
+            raise Modified(f"more than 8 {kind} stanzas")
 
 
 def check_stanza_shape(st: dict):

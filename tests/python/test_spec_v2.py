@@ -501,6 +501,20 @@ def test_an_age_body_of_many_stanzas_or_many_bytes_is_modified_without_a_key(tmp
             p.decrypt(forged, identities=[ident])
 
 
+def test_at_most_eight_stanzas_of_each_costly_kind(tmp_path):
+    k = os.urandom(32)
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.KeyRecipient(k)])
+    for kind, body in (("pkcs11", bytes(60)), ("command", b"wrapped")):
+        for n, ok in ((8, True), (9, False)):
+            forged = reseal(p.model, recipients=lambda rr, n=n, kind=kind, body=body: rr["stanzas"].extend(
+                v2.new_message("Stanza", kind=kind, tier=1, body=body) for _ in range(n)))
+            if ok:
+                v2.verify(forged, model_dir=str(p.dir))
+            else:
+                with pytest.raises(v2.Modified, match=f"8 {kind}"):
+                    v2.verify(forged, model_dir=str(p.dir))
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

@@ -138,8 +138,9 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     if envelope_checksum(&prefix.encode_to_vec()).as_slice() != envelope.checksum.as_slice() {
         return Err(CoreError::Modified("the manifest's checksum does not match".into()));
     }
-    let stanzas =
+    let stanzas: Vec<Stanza> =
         recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
+    onnx_protect_keys::check_stanzas(&stanzas).map_err(|e| bad(e.to_string()))?;
     Ok(Sealed { entry, envelope, header, stanzas })
 }
 
@@ -199,9 +200,7 @@ fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
             Some(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
         }
     };
-    let stanza = Stanza { kind: s.kind, tier: s.tier, label: s.label, salt: s.salt, kdf, body: s.body };
-    stanza.check(i).map_err(|e| bad(e.to_string()))?;
-    Ok(stanza)
+    Ok(Stanza { kind: s.kind, tier: s.tier, label: s.label, salt: s.salt, kdf, body: s.body })
 }
 
 pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {

@@ -229,6 +229,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys)?;
     }
     let stanzas = wrap_all(to, &data_keys)?;
+    crate::recipients::check_new(&stanzas)?;
     let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();

@@ -114,6 +114,7 @@ pub fn rekey(
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let new_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     let stanzas = wrap_all(new, &data_keys)?;
+    crate::recipients::check_new(&stanzas)?;
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
     header.tool = tool_name();

@@ -100,6 +100,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     if stanzas.is_empty() {
         return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
     }
+    crate::recipients::check_new(&stanzas)?;
     let env = new_envelope(&p, &opened, &stanzas, &digest, opts)?;
     let recipients = stanzas.iter().map(describe).collect();
     let bytes_written = if opts.in_place && same_file(input, output) {

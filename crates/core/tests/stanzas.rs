@@ -105,3 +105,65 @@ fn an_age_body_of_many_stanzas_or_many_bytes_is_modified_before_any_key_work() {
     decrypt(&path, &out, &identity, &DecryptOptions::default()).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(plain()).unwrap());
 }
+
+/// A stanza of `kind` for tier 1 with the right shape for its kind.
+fn junk(kind: &str, i: usize) -> pb::Stanza {
+    let mut s = pb::Stanza { kind: kind.into(), tier: 1, body: vec![i as u8; 48], ..Default::default() };
+    match kind {
+        "passphrase" => {
+            s.salt = vec![1; 16];
+            s.kdf = Some(pb::KdfParams {
+                algorithm: "argon2id".into(),
+                salt: vec![2; 16],
+                m_cost_kib: 64,
+                t_cost: 1,
+                p_cost: 1,
+            });
+        }
+        "pkcs11" => s.body = vec![i as u8; 60],
+        _ => s.label = "victim-key".into(),
+    }
+    s
+}
+
+/// A file holds at most eight stanzas of each kind whose every try costs seconds
+/// (`passphrase`: Argon2id; `pkcs11`, `command`: a token or a program): more is modified,
+/// keyless too, before any of them is tried.
+#[test]
+fn at_most_eight_stanzas_of_each_costly_kind_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key, _) = protect_x25519(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    for kind in ["passphrase", "pkcs11", "command"] {
+        let eight = with_stanzas(&bytes, |st| st.extend((0..8).map(|i| junk(kind, i))));
+        let p = write(dir.path(), &format!("{kind}-8.onnx"), &eight);
+        verify(&p, None, &NoProgress).unwrap_or_else(|e| panic!("eight {kind} stanzas: {e}"));
+        let nine = with_stanzas(&bytes, |st| st.extend((0..9).map(|i| junk(kind, i))));
+        every_reader_refuses(&write(dir.path(), &format!("{kind}-9.onnx"), &nine), &[&key], kind);
+    }
+}
+
+/// A key command that fails (an error, not "not mine") is not run again for the next
+/// stanza of its kind: junk stanzas under a victim's label cost one run, not one each.
+#[cfg(unix)]
+#[test]
+fn a_failing_key_command_is_run_once_whatever_the_number_of_command_stanzas() {
+    use onnx_protect_keys::{KeyCommand, DEFAULT_COMMAND_TIMEOUT};
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, _) = protect_x25519(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let runs = dir.path().join("runs");
+    let script = dir.path().join("kms.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho run >> '{}'\ncat >/dev/null\necho 'AccessDenied' >&2\nexit 1\n", runs.display()),
+    )
+    .unwrap();
+    let cmd = KeyCommand::parse(&format!("sh '{}'", script.display()), DEFAULT_COMMAND_TIMEOUT).unwrap();
+    let id = KeySource::Identity(Identity::Provider(std::sync::Arc::new(cmd)));
+    let three = with_stanzas(&bytes, |st| st.extend((0..3).map(|i| junk("command", i))));
+    let p = write(dir.path(), "three.onnx", &three);
+    let e = decrypt(&p, &dir.path().join("out.onnx"), &id, &DecryptOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("AccessDenied"), "{e}");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "the command ran more than once");
+}

@@ -20,6 +20,33 @@ pub const KIND_X25519: &str = "x25519";
 /// stanza and a 32-byte payload is under 500 bytes).
 pub const MAX_X25519_BODY: usize = 1024;
 
+/// The most stanzas a file may hold of each kind whose every try is costly
+/// ([`costly_kind`]).
+pub const MAX_COSTLY_STANZAS: usize = 8;
+
+/// Whether trying a stanza of `kind` costs seconds: Argon2id (`passphrase`), a token
+/// (`pkcs11`) or a program (`command`). A file holds at most [`MAX_COSTLY_STANZAS`] of
+/// each such kind (docs/format.md §8).
+pub fn costly_kind(kind: &str) -> bool {
+    kind == KIND_PASSPHRASE || kind == crate::KIND_PKCS11 || kind == crate::KIND_COMMAND
+}
+
+/// Checks a stanza list as docs/format.md §8 requires without a key: each stanza of a kind
+/// this crate knows ([`Stanza::check`]), and at most [`MAX_COSTLY_STANZAS`] of each costly
+/// kind.
+pub fn check_stanzas(stanzas: &[Stanza]) -> Result<(), KeysError> {
+    for (i, s) in stanzas.iter().enumerate() {
+        s.check(i)?;
+    }
+    for kind in [KIND_PASSPHRASE, crate::KIND_PKCS11, crate::KIND_COMMAND] {
+        let count = stanzas.iter().filter(|s| s.kind == kind).count();
+        if count > MAX_COSTLY_STANZAS {
+            return Err(KeysError::TooManyStanzas { kind: kind.to_string(), count, max: MAX_COSTLY_STANZAS });
+        }
+    }
+    Ok(())
+}
+
 /// The largest Argon2id memory cost (KiB) a reader accepts: twice what onnx-protect writes.
 pub const MAX_KDF_M_COST_KIB: u32 = 131_072;
 /// The largest Argon2id pass count a reader accepts: twice what onnx-protect writes.

@@ -12,8 +12,7 @@
 //! A removed recipient's key no longer opens the model. Removal does not take away a data
 //! key that recipient may already have extracted: for that, re-encrypt (`rekey`).
 
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use onnx_protect_crypto::{tier_mac, MasterKey};
 use onnx_protect_format::Progress;
@@ -24,6 +23,7 @@ use onnx_protect_proto::Message;
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{check_seals, read_v2, rewrite_entry};
+pub use crate::journal::Recovery;
 use crate::keys::KeySource;
 use crate::protect::{manifest_version, open_protected};
 use crate::recipients::{open, tier_chain, EncryptTo, Opened};
@@ -70,10 +70,17 @@ pub struct RewrapReport {
     pub recipients: Vec<String>,
     /// Bytes written: the new tail in place, or the whole output.
     pub bytes_written: u64,
+    /// What became of an earlier in-place rewrite of the model that a crash interrupted
+    /// (finished or undone before this one started).
+    pub recovered: Recovery,
 }
 
 /// Re-wraps the data keys of `input` for a new recipient list, writing `output`.
 pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<RewrapReport> {
+    // An in-place rewrite of this model that a crash interrupted is finished (or undone)
+    // first: the model is read as that rewrite left it.
+    let recovered =
+        if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
     let model = open_protected(input, opts.progress)?;
     if manifest_version(&model)? != Some(2) {
         return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be re-wrapped".into() });
@@ -117,6 +124,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         added,
         recipients,
         bytes_written,
+        recovered,
     })
 }
 
@@ -202,22 +210,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The journal kept beside a model while its tail is rewritten in place: the offset of
-/// the old entry and its bytes, so an interrupted rewrite can be undone by hand
-/// (docs/keys.md).
-fn journal_path(model: &Path) -> PathBuf {
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    model.with_file_name(format!(".{name}.onnx-protect-tail"))
-}
-
-/// Replaces the manifest entry at the end of `path` by `entry`: the old tail is saved to
-/// a journal (flushed), the new one written and the file cut to its end (flushed), then
-/// the journal removed. Returns the bytes written to the model.
+/// Replaces the manifest entry at the end of `path` (read as `p`) by `entry`, through the
+/// journal of [`crate::journal`]. Returns the bytes written to the model.
 fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     let err = |e| CoreError::Write { path: path.to_path_buf(), source: e };
     let start = p.sealed.entry.start;
     // Only the tail is read: the time does not grow with the model.
-    let f = OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+    let f = std::fs::File::open(path).map_err(err)?;
     let len = f.metadata().map_err(err)?.len();
     let tail_len = len
         .checked_sub(start)
@@ -225,24 +224,7 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
         .ok_or_else(|| CoreError::Modified("the file changed".into()))?;
     let mut old_tail = vec![0u8; tail_len];
     onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
-    let old_tail = old_tail.as_slice();
-    let journal = journal_path(path);
-    {
-        let mut j = Vec::with_capacity(old_tail.len() + 32);
-        j.extend_from_slice(format!("onnx-protect-tail-v1 {start}\n").as_bytes());
-        j.extend_from_slice(old_tail);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&journal)
-            .map_err(|e| CoreError::Write { path: journal.clone(), source: e })?;
-        onnx_protect_fsio::file::write_all_at(&f, &j, 0).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    onnx_protect_fsio::file::write_all_at(&f, &entry, start).map_err(err)?;
-    f.set_len(start + entry.len() as u64).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::remove_file(&journal).map_err(err)?;
+    crate::journal::rewrite_tail(path, start, &old_tail, &entry)?;
     Ok(entry.len() as u64)
 }
 

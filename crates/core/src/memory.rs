@@ -202,9 +202,21 @@ pub struct DecryptedModel {
     external: BTreeMap<String, DecryptedBytes>,
     tensors: usize,
     decrypted_bytes: u64,
+    format_version: u32,
 }
 
 impl DecryptedModel {
+    /// The format version of the protected model.
+    pub fn format_version(&self) -> u32 {
+        self.format_version
+    }
+
+    /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 model: its
+    /// clear bytes were not authenticated.
+    pub fn warning(&self) -> Option<&'static str> {
+        crate::protect::warning_for(self.format_version)
+    }
+
     /// The original model file's bytes.
     pub fn bytes(&self) -> &DecryptedBytes {
         &self.model
@@ -680,7 +692,7 @@ fn decrypt_v2(
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes })
+    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version: 2 })
 }
 
 /// A decryption up to tier `to` below the top stays a protected model (docs/format.md
@@ -789,7 +801,7 @@ fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u3
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes })
+    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes, format_version: 1 })
 }
 
 fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
@@ -812,6 +824,7 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         external,
         tensors: p.targets.len(),
         decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        format_version: 1,
     })
 }
 

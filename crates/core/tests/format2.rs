@@ -273,6 +273,7 @@ fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
             policy: None,
             require_encrypted: true,
             strict_spans: false,
+            allow_format_1: false,
             allow_unprotected: false,
             key: None,
             signers: &[],

@@ -515,6 +515,17 @@ def test_at_most_eight_stanzas_of_each_costly_kind(tmp_path):
                     v2.verify(forged, model_dir=str(p.dir))
 
 
+def test_an_external_file_of_another_length_is_modified_before_it_is_read(tmp_path, monkeypatch):
+    p = Protected(tmp_path, "external_data")
+    assert envelope_parts(p.model)[2]["external_sizes"]
+    side = p.dir / envelope_parts(p.model)[2]["external_files"][0]
+    with open(side, "r+b") as fh:
+        fh.truncate(1 << 40)  # sparse
+    monkeypatch.setattr(v2.Files, "load", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(v2.Modified, match="bytes; the header records"):
+        v2.verify(p.model, model_dir=str(p.dir), model_name="model.onnx")
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

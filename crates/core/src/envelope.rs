@@ -162,6 +162,9 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     if r.stanzas.is_empty() {
         return Err(bad("no recipient stanza"));
     }
+    if !h.external_sizes.is_empty() && h.external_sizes.len() != h.external_files.len() {
+        return Err(bad("the header records the sizes of some external data files but not of all"));
+    }
     if env.content_digest.len() != 32 || env.checksum.len() != 32 {
         return Err(bad("the content digest or the checksum is not 32 bytes"));
     }
@@ -224,6 +227,7 @@ pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {
 /// varint-stored tensors are whole and in the top tier, spans of different entries never
 /// share file bytes, and the external files are those the model uses.
 pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
+    check_external_sizes(model, &sealed.header)?;
     let tiers = sealed.header.tiers;
     let secret = match sealed.header.positions {
         0 => false,
@@ -269,6 +273,25 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
         return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
     }
     Ok(ProtectedV2 { sealed, targets })
+}
+
+/// Compares each external data file's length with the one the header records (files
+/// written before the lengths were recorded have none), before anything reads the files
+/// (docs/format.md §3): a file grown or cut is refused at once, however large.
+fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
+    for (i, &expected) in h.external_sizes.iter().enumerate() {
+        let location = h.external_files.get(i).map(String::as_str).unwrap_or("");
+        let actual = model.external_files.iter().find(|f| f.location == location).map(|f| f.size);
+        match actual {
+            Some(actual) if actual != expected => {
+                return Err(CoreError::Modified(format!(
+                    "external data file '{location}' is {actual} bytes; the header records {expected}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Unseals the spans of every entry of the tiers `keys` reach (index `t − 1`; secret

@@ -78,7 +78,7 @@ use zeroize::Zeroize;
 use crate::action::{apply, edits_for, prepare, Action};
 use crate::envelope::{entry_bytes, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
+use crate::format2::{canonical_digest, check_digest, check_seals, read_v2, restore_actions, target_tier};
 use crate::keys::KeySource;
 use crate::manifest::{read_protected, Protected, Target};
 use crate::restore::{plan_restore, restored_model_bytes};
@@ -679,11 +679,12 @@ fn decrypt_v2(
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
     let sources = sources_of(&actions)?;
-    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_seals(&p, &opened, digest, signers))?;
+    check_seals(&p, &opened, signers)?;
+    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_digest(&p, digest))?;
     let (bytes, external) = match fused {
         Some(done) => done,
         None => {
-            check_seals(&p, &opened, &canonical_digest(model, &p, &opened)?, signers)?;
+            check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
             let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
             (bytes, external_patched(model, &p.targets, &sources)?)
         }

@@ -102,7 +102,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         .try_into()
         .map_err(|_| CoreError::BadManifest("content digest".into()))?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.
-    check_seals(&p, &opened, &digest, &[])?;
+    check_seals(&p, &opened, &[])?;
     let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
     if stanzas.is_empty() {
         return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));

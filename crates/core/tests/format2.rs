@@ -123,6 +123,35 @@ fn external_data_files_are_covered_byte_by_byte() {
     }
 }
 
+/// Each external data file's length is recorded in the header and compared before the
+/// file is read: a file grown to 1 TiB (sparse) is refused at once by every reader, with
+/// or without a key, and its length is named.
+#[test]
+fn an_external_file_of_another_length_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(3);
+    let protected = protect(dir.path(), "external_data", &Policy::default(), &k);
+    let side = protected.with_file_name("weights.bin");
+    let len = std::fs::metadata(&side).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&side).unwrap().set_len(1 << 40).unwrap();
+    let out = dir.path().join("out").join("model.onnx");
+    for (what, r) in [
+        ("verify", verify(&protected, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&protected, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&protected, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&protected, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("weights.bin") && m.contains(&len.to_string()) && m.contains(&(1u64 << 40).to_string()),
+            "{what}: {m}"
+        );
+    }
+    assert!(!out.exists());
+}
+
 /// The byte offset in the file of element `index` (f32) of tensor `name`.
 fn element_offset(model: &Model, name: &str, index: usize) -> usize {
     let t = model.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"));

@@ -1069,6 +1069,11 @@ def check_stanza_shape(st: dict):
         if st["salt"] or st["kdf"] is not None:
             raise Modified("x25519 stanza: salt and kdf must be absent")
         check_age_body(st["body"])
+    elif kind == "command":
+        label = st["label"]
+        if len(label.encode()) > 512 or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"
+                                            for c in label):
+            raise Modified("command stanza: a label over 512 bytes or with a control character or line break")
 
 
 def check_age_body(body: bytes):

@@ -45,23 +45,23 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 }
 
 /// The error for a model file that does not parse: "modified" when it ends in a sound
-/// version-2 entry whose content digest no longer matches, or in an entry whose value is
-/// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's
-/// error.
+/// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
+/// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
+/// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
+/// be read) the parser's error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
+    if e.kind() == onnx_protect_format::ErrorKind::Io {
+        return e.into();
+    }
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
     let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
     let Ok(value) = std::str::from_utf8(raw) else {
         return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
     };
-    let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
-    if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
-        let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
-        if digest_of(&[leaves]).as_slice() == sealed.envelope.content_digest.as_slice() {
-            return e.into();
-        }
+    if parse_entry(value, range).is_err() {
+        return e.into();
     }
-    CoreError::Modified(format!("the model no longer parses ({e}) and its content does not match its manifest"))
+    CoreError::Modified(format!("the model no longer parses under its manifest ({e})"))
 }
 
 /// The version-2 manifest of an open model, matched to it.

@@ -156,6 +156,11 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
                 provider_error = Some(e);
                 break;
             }
+            // A stanza of the key's kind that is not as its kind requires: modified.
+            Err(
+                e
+                @ (onnx_protect_keys::KeysError::BadStanza { .. } | onnx_protect_keys::KeysError::KdfOverLimit { .. }),
+            ) => return Err(CoreError::BadManifest(e.to_string())),
             Err(e) => return Err(e.into()),
         }
     }

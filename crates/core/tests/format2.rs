@@ -314,6 +314,71 @@ fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
     }
 }
 
+fn field(number: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put = |mut v: u64| loop {
+        if v < 0x80 {
+            out.push(v as u8);
+            break;
+        }
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    };
+    put(u64::from(number << 3 | 2));
+    put(value.len() as u64);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A model whose graphs nest `depth` levels (an `If` node's `then_branch` in each).
+fn deep_model(depth: usize) -> Vec<u8> {
+    let mut graph = Vec::new();
+    for _ in 0..depth {
+        let attr = [field(1, b"then_branch"), vec![0xa0, 0x01, 5], field(6, &graph)].concat();
+        let node = [field(4, b"If"), field(5, &attr)].concat();
+        graph = field(1, &node);
+    }
+    [vec![0x08, 8], field(7, &graph)].concat()
+}
+
+/// Under a sound version-2 entry, a model the parser refuses (graphs nested 100 deep, the
+/// content digest computed for it) is "modified", not an invalid model (docs/format.md §4).
+#[test]
+fn a_model_too_deep_under_a_sound_entry_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range).unwrap();
+    let content = deep_model(100);
+    let mut env = sealed.envelope.clone();
+    let leaves = onnx_protect_crypto::leaves_of(0, &content, sealed.header.chunk_size);
+    env.content_digest = onnx_protect_crypto::content_digest(&[leaves]).to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = content;
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    let path = dir.path().join("deep.onnx");
+    std::fs::write(&path, &changed).unwrap();
+    assert!(Model::open(&path).is_err());
+    let out = dir.path().join("out.onnx");
+    for (what, r) in [
+        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
+    }
+}
+
 /// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a
 /// header rule (docs/format.md §3): "modified", also when the checksum was recomputed,
 /// never "unsupported version" (which names a manifest key this build does not read).

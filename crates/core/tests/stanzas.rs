@@ -167,3 +167,58 @@ fn a_failing_key_command_is_run_once_whatever_the_number_of_command_stanzas() {
     assert!(e.to_string().contains("AccessDenied"), "{e}");
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "the command ran more than once");
 }
+
+/// Stanzas that break their kind's rules are "modified" for every reader, keyless too
+/// (docs/format.md §8): a passphrase stanza with Argon2id's `m < 8p`, a command label with
+/// a line break of any kind (VT, NEL, U+2028) or over 512 bytes.
+#[test]
+fn stanzas_breaking_their_kinds_rules_are_modified_keyless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key, _) = protect_x25519(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"a passphrase".to_vec()));
+    let mut cases: Vec<(String, pb::Stanza, Vec<&KeySource>)> = Vec::new();
+    let mut small_m = junk("passphrase", 0);
+    if let Some(k) = small_m.kdf.as_mut() {
+        (k.m_cost_kib, k.p_cost) = (16, 4);
+    }
+    cases.push(("m < 8p".into(), small_m, vec![&key, &pass]));
+    for label in ["a\u{0b}b".to_string(), "a\u{85}b".into(), "a\u{2028}b".into(), "x".repeat(513)] {
+        let mut s = junk("command", 0);
+        s.label = label.clone();
+        cases.push((format!("command label {:?}", &label[..label.len().min(8)]), s, vec![&key]));
+    }
+    for (what, stanza, keys) in cases {
+        let changed = with_stanzas(&bytes, |st| st.push(stanza));
+        every_reader_refuses(&write(dir.path(), "changed.onnx", &changed), &keys, &what);
+    }
+}
+
+/// An age body that opens for the identity but holds no 32-byte data key is "modified",
+/// not a wrong key (docs/format.md §8).
+#[test]
+fn an_age_payload_other_than_32_bytes_is_modified() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let id = X25519Identity::generate();
+    let to = EncryptTo {
+        master: Some(KeySource::Key(MasterKey::from_bytes([5; 32]))),
+        recipients: vec![(Recipient::X25519(id.to_public()), 0)],
+    };
+    let path = dir.path().join("model.onnx");
+    encrypt(&plain(), &path, &to, &EncryptOptions::new(&Policy::default())).unwrap();
+    let identity = KeySource::Identity(Identity::X25519(vec![id.clone()]));
+    let bytes = std::fs::read(&path).unwrap();
+    for len in [31usize, 33] {
+        let recipient = id.to_public();
+        let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient)).unwrap();
+        let mut body = Vec::new();
+        let mut w = enc.wrap_output(&mut body).unwrap();
+        w.write_all(&vec![7u8; len]).unwrap();
+        w.finish().unwrap();
+        let changed = with_stanzas(&bytes, |st| st.iter_mut().find(|s| s.kind == "x25519").unwrap().body = body);
+        let p = write(dir.path(), "changed.onnx", &changed);
+        let e = decrypt(&p, &dir.path().join("out.onnx"), &identity, &DecryptOptions::default()).unwrap_err();
+        assert!(e.to_string().starts_with("modified"), "{len} bytes: {e}");
+    }
+}

@@ -77,8 +77,15 @@ impl Stanza {
     /// the list, for the message.
     pub fn check(&self, index: usize) -> Result<(), KeysError> {
         let bad = |reason: String| KeysError::BadStanza { index, kind: self.kind.clone(), reason };
-        if self.kind == KIND_X25519 {
-            check_age_body(&self.body).map_err(bad)?;
+        match self.kind.as_str() {
+            KIND_X25519 => check_age_body(&self.body).map_err(bad)?,
+            KIND_PASSPHRASE => {
+                let kdf = self.kdf.as_ref().ok_or_else(|| bad("it has no Argon2id parameters".into()))?;
+                check_kdf_limits(kdf)?;
+                kdf.validate().map_err(|e| bad(e.to_string()))?;
+            }
+            crate::KIND_COMMAND => crate::command::check_label(&self.label).map_err(bad)?,
+            _ => {}
         }
         Ok(())
     }
@@ -316,7 +323,7 @@ impl Identity {
                 let w = MasterKey::from_passphrase(p, kdf)?;
                 Ok(w.unwrap_data_key(WrapKind::Passphrase, &stanza.salt, stanza.tier, &stanza.body))
             }
-            Identity::X25519(ids) => Ok(age_unwrap(ids, &stanza.body)),
+            Identity::X25519(ids) => age_unwrap(ids, &stanza.body).map_err(|r| bad(&r)),
             Identity::Provider(p) => Ok(p.unwrap(stanza)?.map(|b| DataKey::from_bytes(*b))),
         }
     }
@@ -364,20 +371,28 @@ fn age_wrap(r: &age::x25519::Recipient, data_key: &DataKey) -> Result<Vec<u8>, K
     Ok(out)
 }
 
-/// Opens an age body with any of `ids`; `None` if none matches or the body is not a
-/// well-formed age file of exactly 32 bytes of payload.
-fn age_unwrap(ids: &[age::x25519::Identity], body: &[u8]) -> Option<DataKey> {
+/// Opens an age body with any of `ids`: `Ok(None)` if none matches or the body is not a
+/// well-formed age file for them; an error (the reason) if it opens but its payload is not
+/// exactly 32 bytes, which only a modified stanza holds (docs/format.md §8).
+fn age_unwrap(ids: &[age::x25519::Identity], body: &[u8]) -> Result<Option<DataKey>, String> {
     // A buffered reader: the age crate reads an unbuffered header byte by byte and
     // parses it again after each read.
-    let dec = age::Decryptor::new_buffered(body).ok()?;
+    let Ok(dec) = age::Decryptor::new_buffered(body) else { return Ok(None) };
     if dec.is_scrypt() {
-        return None;
+        return Ok(None);
     }
-    let mut reader = dec.decrypt(ids.iter().map(|i| i as &dyn age::Identity)).ok()?;
+    let Ok(mut reader) = dec.decrypt(ids.iter().map(|i| i as &dyn age::Identity)) else { return Ok(None) };
     let mut plain = Zeroizing::new(Vec::with_capacity(33));
-    reader.by_ref().take(33).read_to_end(&mut plain).ok()?;
-    let bytes: [u8; 32] = plain.as_slice().try_into().ok()?;
-    Some(DataKey::from_bytes(bytes))
+    if reader.by_ref().take(33).read_to_end(&mut plain).is_err() {
+        return Ok(None);
+    }
+    let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+        format!(
+            "its age payload is {} bytes, not 32",
+            if plain.len() > 32 { "more than 32".into() } else { plain.len().to_string() }
+        )
+    })?;
+    Ok(Some(DataKey::from_bytes(bytes)))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -1050,8 +1050,9 @@ def check_envelope(env: dict, h: dict, rec: dict):
 
 
 def check_stanza_shape(st: dict):
-    """CHOICE: stanzas of the kinds this reader knows are checked for shape (and the
-    Argon2id caps) up front, whatever key material was given; a bad one is "modified"."""
+    """§8: stanzas of the kinds the format defines are checked for shape (and the Argon2id
+    caps) up front, whatever key material was given; a bad one is "modified". A stanza of
+    another kind is skipped whole (its kdf, salt and body not examined)."""
     kind = st["kind"]
     if kind == "key":
         if len(st["salt"]) != 16 or st["kdf"] is not None or len(st["body"]) != 48:
@@ -1069,7 +1070,12 @@ def check_stanza_shape(st: dict):
         if st["salt"] or st["kdf"] is not None:
             raise Modified("x25519 stanza: salt and kdf must be absent")
         check_age_body(st["body"])
+    elif kind == "pkcs11":
+        if st["salt"] or st["kdf"] is not None or len(st["body"]) != 60:
+            raise Modified("pkcs11 stanza: salt and kdf absent, body 60 bytes")
     elif kind == "command":
+        if st["salt"] or st["kdf"] is not None or not 1 <= len(st["body"]) <= 16384:
+            raise Modified("command stanza: salt and kdf absent, body 1 to 16384 bytes")
         label = st["label"]
         if len(label.encode()) > 512 or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"
                                             for c in label):

@@ -526,6 +526,21 @@ def test_an_external_file_of_another_length_is_modified_before_it_is_read(tmp_pa
         v2.verify(p.model, model_dir=str(p.dir), model_name="model.onnx")
 
 
+def test_known_stanza_kinds_have_their_shape_and_unknown_kinds_are_skipped_whole(tmp_path):
+    k = os.urandom(32)
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.KeyRecipient(k)])
+    bad_kdf = v2.new_message("KdfParams", algorithm="scrypt", salt=b"x")
+    for st, ok in ((v2.new_message("Stanza", kind="pkcs11", tier=1, body=bytes(48)), False),
+                   (v2.new_message("Stanza", kind="command", tier=1, body=b"w", kdf=bad_kdf), False),
+                   (v2.new_message("Stanza", kind="future", tier=1, body=b"w", salt=b"s", kdf=bad_kdf), True)):
+        forged = reseal(p.model, recipients=lambda rr, st=st: rr["stanzas"].append(st))
+        if ok:
+            v2.verify(forged, model_dir=str(p.dir))
+        else:
+            with pytest.raises(v2.Modified):
+                v2.verify(forged, model_dir=str(p.dir))
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

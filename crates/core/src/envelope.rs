@@ -42,6 +42,9 @@ pub struct Sealed {
     pub envelope: pb::Envelope,
     pub header: pb::Header,
     pub stanzas: Vec<Stanza>,
+    /// The stanzas as stored (same order), for writing them again unchanged: a stanza of a
+    /// kind this build does not know is skipped whole, its fields not examined.
+    pub raw_stanzas: Vec<pb::Stanza>,
 }
 
 /// A version-2 protected model: its entry, and every header entry matched to the model.
@@ -139,9 +142,9 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
         return Err(CoreError::Modified("the manifest's checksum does not match".into()));
     }
     let stanzas: Vec<Stanza> =
-        recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
+        recipients.stanzas.iter().enumerate().map(|(i, s)| stanza_from_pb(i, s.clone())).collect::<Result<_>>()?;
     onnx_protect_keys::check_stanzas(&stanzas).map_err(|e| bad(e.to_string()))?;
-    Ok(Sealed { entry, envelope, header, stanzas })
+    Ok(Sealed { entry, envelope, header, stanzas, raw_stanzas: recipients.stanzas })
 }
 
 fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result<()> {
@@ -191,9 +194,18 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     Ok(())
 }
 
+/// A stored stanza as the key material sees it (docs/format.md §8): a `kdf` is read on a
+/// `passphrase` stanza, refused on the other kinds the format defines, and not examined on
+/// a kind it does not define (such a stanza is skipped whole).
 fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
     let kdf = match s.kdf {
         None => None,
+        Some(_) if s.kind != onnx_protect_keys::KIND_PASSPHRASE => {
+            if onnx_protect_keys::is_known_kind(&s.kind) {
+                return Err(bad(format!("stanza {i}: a {} stanza has no kdf", s.kind)));
+            }
+            None
+        }
         Some(k) => {
             if k.algorithm != "argon2id" {
                 return Err(bad(format!("stanza {i}: unknown KDF '{}'", k.algorithm)));

@@ -107,9 +107,10 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     if stanzas.is_empty() {
         return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
     }
-    crate::recipients::check_new(&stanzas)?;
+    let parsed: Vec<Stanza> = stanzas.iter().map(|(s, _)| s.clone()).collect();
+    crate::recipients::check_new(&parsed)?;
     let env = new_envelope(&p, &opened, &stanzas, &digest, opts)?;
-    let recipients = stanzas.iter().map(describe).collect();
+    let recipients = parsed.iter().map(describe).collect();
     let bytes_written = if opts.in_place && same_file(input, output) {
         rewrite_tail(input, &p, entry_bytes(env))?
     } else {
@@ -136,8 +137,14 @@ fn describe(s: &Stanza) -> String {
     }
 }
 
-/// The kept stanzas (those no `remove` matches) and the new ones; with the counts.
-fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(Vec<Stanza>, usize, usize)> {
+/// The kept stanzas (those no `remove` matches, each with its encoding as stored: a stanza
+/// of a kind this build does not know is kept byte for byte) and the new ones; with the
+/// counts.
+fn new_stanzas(
+    p: &ProtectedV2,
+    opened: &Opened,
+    opts: &RewrapOptions,
+) -> Result<(Vec<(Stanza, pb::Stanza)>, usize, usize)> {
     let tiers = p.sealed.header.tiers;
     let mut labels: Vec<String> = Vec::new();
     for r in opts.remove {
@@ -153,7 +160,14 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         })
     };
     let before = p.sealed.stanzas.len();
-    let mut stanzas: Vec<Stanza> = p.sealed.stanzas.iter().filter(|s| !matches(s)).cloned().collect();
+    let mut stanzas: Vec<(Stanza, pb::Stanza)> = p
+        .sealed
+        .stanzas
+        .iter()
+        .zip(&p.sealed.raw_stanzas)
+        .filter(|(s, _)| !matches(s))
+        .map(|(s, raw)| (s.clone(), raw.clone()))
+        .collect();
     let removed = before - stanzas.len();
     if removed == 0 && !opts.remove.is_empty() {
         return Err(CoreError::Key("no recipient of the model matches what should be removed".into()));
@@ -165,7 +179,10 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         crate::recipients::wrap_all(opts.add, &data_keys)?
     };
     let added = add.len();
-    stanzas.extend(add);
+    stanzas.extend(add.into_iter().map(|s| {
+        let raw = stanza_to_pb(&s);
+        (s, raw)
+    }));
     Ok((stanzas, removed, added))
 }
 
@@ -174,12 +191,12 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
 fn new_envelope(
     p: &ProtectedV2,
     opened: &Opened,
-    stanzas: &[Stanza],
+    stanzas: &[(Stanza, pb::Stanza)],
     digest: &[u8; 32],
     opts: &RewrapOptions,
 ) -> Result<pb::Envelope> {
     let mut env = p.sealed.envelope.clone();
-    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
+    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(|(_, raw)| raw.clone()).collect() }.encode_to_vec();
     env.macs = opened
         .keys
         .iter()

@@ -379,6 +379,39 @@ fn a_model_too_deep_under_a_sound_entry_is_modified() {
     }
 }
 
+/// Two signatures with one public key are "modified" without a key and without asking for
+/// signers (docs/format.md §10), even when one of them verifies.
+#[test]
+fn two_signatures_of_one_key_are_modified_keyless() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let signer = onnx_protect_keys::SigningKey::generate().unwrap();
+    let out = dir.path().join("enc").join("model.onnx");
+    let p = Policy::default();
+    let mut opts = EncryptOptions::new(&p);
+    let signers = [signer];
+    opts.signing_keys = &signers;
+    encrypt(&fixture("cnn_torch").join("model.onnx"), &out, &EncryptTo::key(k.clone()), &opts).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let mut env = parse_entry(value, range.clone()).unwrap().envelope;
+    let mut twin = env.signatures[0].clone();
+    twin.signature[0] ^= 1;
+    env.signatures.push(twin);
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = bytes[..range.start as usize].to_vec();
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    std::fs::write(&out, &changed).unwrap();
+    let e = verify(&out, None, &NoProgress).unwrap_err();
+    assert!(e.to_string().starts_with("modified"), "{e}");
+}
+
 /// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a
 /// header rule (docs/format.md §3): "modified", also when the checksum was recomputed,
 /// never "unsupported version" (which names a manifest key this build does not read).

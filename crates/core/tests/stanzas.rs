@@ -222,3 +222,92 @@ fn an_age_payload_other_than_32_bytes_is_modified() {
         assert!(e.to_string().starts_with("modified"), "{len} bytes: {e}");
     }
 }
+
+/// Every stanza of a kind the format defines is checked for the shape of its kind without
+/// a key (docs/format.md §8), and a stanza of an unknown kind is skipped whole: whatever
+/// its salt, `kdf` or body, it is neither checked nor changed by a rewrap.
+#[test]
+fn known_kinds_have_their_shape_and_unknown_kinds_are_skipped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key, _) = protect_x25519(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let kdf = |algorithm: &str| {
+        Some(pb::KdfParams { algorithm: algorithm.into(), salt: vec![2; 16], m_cost_kib: 64, t_cost: 1, p_cost: 1 })
+    };
+    let base = |kind: &str| junk(kind, 0);
+    let with = |kind: &str, f: &dyn Fn(&mut pb::Stanza)| {
+        let mut s = base(kind);
+        f(&mut s);
+        s
+    };
+    let bad = [
+        ("key salt of 15 bytes", with("key", &|s| s.salt = vec![1; 15])),
+        ("key with kdf", with("key", &|s| (s.salt, s.kdf) = (vec![1; 16], kdf("argon2id")))),
+        ("key body of 47 bytes", with("key", &|s| (s.salt, s.body) = (vec![1; 16], vec![0; 47]))),
+        ("passphrase with a label", with("passphrase", &|s| s.label = "x".into())),
+        ("passphrase body of 49 bytes", with("passphrase", &|s| s.body = vec![0; 49])),
+        ("passphrase kdf salt of 8 bytes", with("passphrase", &|s| s.kdf.as_mut().unwrap().salt = vec![0; 8])),
+        ("pkcs11 body of 48 bytes", with("pkcs11", &|s| s.body = vec![0; 48])),
+        ("pkcs11 with a salt", with("pkcs11", &|s| s.salt = vec![0; 16])),
+        ("command body empty", with("command", &|s| s.body = Vec::new())),
+        ("command body of 16385 bytes", with("command", &|s| s.body = vec![0; 16385])),
+        ("command with kdf", with("command", &|s| s.kdf = kdf("argon2id"))),
+        ("x25519 with a salt", with("x25519", &|s| s.salt = vec![0; 16])),
+    ];
+    for (what, stanza) in bad {
+        let changed = with_stanzas(&bytes, |st| st.push(stanza));
+        every_reader_refuses(&write(dir.path(), "changed.onnx", &changed), &[&key], what);
+    }
+    // An unknown kind with a KDF of its own: skipped by every reader, kept byte for byte.
+    let future = pb::Stanza {
+        kind: "future".into(),
+        tier: 1,
+        salt: vec![9; 3],
+        kdf: kdf("scrypt"),
+        body: vec![1, 2, 3],
+        label: "\u{0b}".into(),
+    };
+    let changed = with_stanzas(&bytes, |st| st.push(future.clone()));
+    let p = write(dir.path(), "future.onnx", &changed);
+    verify(&p, None, &NoProgress).unwrap();
+    // A key holder re-MACs the file with it; a rewrap then keeps it byte for byte.
+    let sealed_with_mac = remac(&changed, 5);
+    let p = write(dir.path(), "future-mac.onnx", &sealed_with_mac);
+    verify(&p, Some(&key), &NoProgress).unwrap();
+    use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
+    let remove = [Remove::Kind("x25519".into())];
+    let opts = RewrapOptions {
+        add: &EncryptTo::default(),
+        remove: &remove,
+        signing_keys: &[],
+        drop_signatures: false,
+        in_place: false,
+        outputs: Default::default(),
+        progress: &NoProgress,
+    };
+    let out = dir.path().join("rewrapped").join("model.onnx");
+    rewrap(&p, &out, &key, &opts).unwrap();
+    let after = std::fs::read(&out).unwrap();
+    let (range, value) = trailing_entry(&after).unwrap();
+    let env = parse_entry(value, range).unwrap().envelope;
+    let kept = pb::Recipients::decode(env.recipients.as_slice()).unwrap();
+    assert!(kept.stanzas.contains(&future), "{:?}", kept.stanzas);
+    assert!(kept.stanzas.iter().all(|s| s.kind != "x25519"));
+}
+
+/// `bytes` with its (single-tier) MAC recomputed with the data key the key stanza of
+/// key `[b; 32]` wraps: what a key holder can do.
+fn remac(bytes: &[u8], b: u8) -> Vec<u8> {
+    let (range, value) = trailing_entry(bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let id = Identity::Key(MasterKey::from_bytes([b; 32]));
+    let dk = sealed.stanzas.iter().enumerate().find_map(|(i, s)| id.unwrap(i, s).ok().flatten()).unwrap();
+    let mut env = sealed.envelope.clone();
+    let digest: [u8; 32] = env.content_digest.as_slice().try_into().unwrap();
+    env.macs[0] = onnx_protect_crypto::tier_mac(&dk.tier_keys(), 1, &env.header, &env.recipients, &digest).to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut out = bytes[..range.start as usize].to_vec();
+    out.extend_from_slice(&onnx_protect_format::write::metadata_field(METADATA_KEY_V2, &b64(&env.encode_to_vec())));
+    out
+}

@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use onnx_protect_crypto::{random_stanza_salt, DataKey, KdfParams, MasterKey, WrapKind, KDF_SALT_LEN};
+use onnx_protect_crypto::{
+    random_stanza_salt, DataKey, KdfParams, MasterKey, WrapKind, KDF_SALT_LEN, STANZA_SALT_LEN, WRAPPED_LEN,
+};
 use zeroize::Zeroizing;
 
 use crate::error::KeysError;
@@ -23,6 +25,12 @@ pub const MAX_X25519_BODY: usize = 1024;
 /// The most stanzas a file may hold of each kind whose every try is costly
 /// ([`costly_kind`]).
 pub const MAX_COSTLY_STANZAS: usize = 8;
+
+/// Whether `kind` is one of the stanza kinds docs/format.md §8 defines (`key`,
+/// `passphrase`, `x25519`, `pkcs11`, `command`); a reader skips any other kind whole.
+pub fn is_known_kind(kind: &str) -> bool {
+    [KIND_KEY, KIND_PASSPHRASE, KIND_X25519, crate::KIND_PKCS11, crate::KIND_COMMAND].contains(&kind)
+}
 
 /// Whether trying a stanza of `kind` costs seconds: Argon2id (`passphrase`), a token
 /// (`pkcs11`) or a program (`command`). A file holds at most [`MAX_COSTLY_STANZAS`] of
@@ -77,14 +85,51 @@ impl Stanza {
     /// the list, for the message.
     pub fn check(&self, index: usize) -> Result<(), KeysError> {
         let bad = |reason: String| KeysError::BadStanza { index, kind: self.kind.clone(), reason };
+        let salt = |want: usize| {
+            if self.salt.len() == want {
+                Ok(())
+            } else {
+                Err(bad(format!("its salt has {} bytes, not {want}", self.salt.len())))
+            }
+        };
+        let body = |min: usize, max: usize| {
+            if (min..=max).contains(&self.body.len()) {
+                Ok(())
+            } else if min == max {
+                Err(bad(format!("its body has {} bytes, not {min}", self.body.len())))
+            } else {
+                Err(bad(format!("its body has {} bytes ({min} to {max} allowed)", self.body.len())))
+            }
+        };
+        // A `kdf` on a kind other than `passphrase` is refused where the stanza is decoded.
         match self.kind.as_str() {
-            KIND_X25519 => check_age_body(&self.body).map_err(bad)?,
+            KIND_KEY => {
+                salt(STANZA_SALT_LEN)?;
+                body(WRAPPED_LEN, WRAPPED_LEN)?;
+            }
             KIND_PASSPHRASE => {
+                salt(STANZA_SALT_LEN)?;
+                body(WRAPPED_LEN, WRAPPED_LEN)?;
+                if !self.label.is_empty() {
+                    return Err(bad("its label is not empty".into()));
+                }
                 let kdf = self.kdf.as_ref().ok_or_else(|| bad("it has no Argon2id parameters".into()))?;
                 check_kdf_limits(kdf)?;
                 kdf.validate().map_err(|e| bad(e.to_string()))?;
             }
-            crate::KIND_COMMAND => crate::command::check_label(&self.label).map_err(bad)?,
+            KIND_X25519 => {
+                salt(0)?;
+                check_age_body(&self.body).map_err(bad)?;
+            }
+            crate::KIND_PKCS11 => {
+                salt(0)?;
+                body(crate::pkcs11::BODY_LEN, crate::pkcs11::BODY_LEN)?;
+            }
+            crate::KIND_COMMAND => {
+                salt(0)?;
+                body(1, crate::MAX_WRAPPED_LEN)?;
+                crate::command::check_label(&self.label).map_err(bad)?;
+            }
             _ => {}
         }
         Ok(())

@@ -379,6 +379,40 @@ fn a_model_too_deep_under_a_sound_entry_is_modified() {
     }
 }
 
+/// A locator is written exactly as docs/format.md §4 gives it: one with a leading zero
+/// (`7.0/05.0`), a sign or an empty number names no tensor, even where its value would.
+#[test]
+fn a_locator_not_written_exactly_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::v2 as pb;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let original = sealed.header.tensors[0].locator.clone();
+    let (head, last) = original.rsplit_once('.').unwrap();
+    for changed_locator in [format!("{head}.0{last}"), format!("{head}.+{last}"), format!("0{original}")] {
+        let mut header: pb::Header = sealed.header.clone();
+        header.tensors[0].locator = changed_locator.clone();
+        let mut env = sealed.envelope.clone();
+        env.header = header.encode_to_vec();
+        env.checksum.clear();
+        env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+        let mut changed = bytes[..range.start as usize].to_vec();
+        changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+            METADATA_KEY_V2,
+            &base64_encode(&env.encode_to_vec()),
+        ));
+        let path = dir.path().join("changed.onnx");
+        std::fs::write(&path, &changed).unwrap();
+        let e = verify(&path, None, &NoProgress).unwrap_err();
+        assert!(e.to_string().starts_with("modified"), "{changed_locator}: {e}");
+    }
+}
+
 /// Two signatures with one public key are "modified" without a key and without asking for
 /// signers (docs/format.md §10), even when one of them verifies.
 #[test]

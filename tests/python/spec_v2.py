@@ -890,6 +890,34 @@ def _entry_bytes(key: bytes, value: bytes) -> bytes:
     return _ld(14, body)
 
 
+def _varint(b: bytes, at: int) -> tuple[int, int] | None:
+    """A minimal varint at `at`: (value, length), or None."""
+    v = 0
+    for i in range(10):
+        if at + i >= len(b):
+            return None
+        c = b[at + i]
+        v |= (c & 0x7F) << (7 * i)
+        if not c & 0x80:
+            return (v, i + 1) if i == 0 or c else None
+    return None
+
+
+def find_entry(model: bytes) -> tuple[int, bytes] | None:
+    """§1: the entry at the end of the file without parsing the model: (entry_start, value)."""
+    k = b"\x0a\x0f" + ENTRY_KEY.encode() + b"\x12"
+    a = model.rfind(k)
+    if a < 0:
+        return None
+    lv = _varint(model, a + len(k))
+    if lv is None or a + len(k) + lv[1] + lv[0] != len(model):
+        return None
+    prefix = b"\x72" + encode_varint(len(model) - a)
+    if a < len(prefix) or model[a - len(prefix):a] != prefix:
+        return None
+    return a - len(prefix), model[a + len(k) + lv[1]:]
+
+
 def manifest_entries(model) -> list[tuple[str, object, bytes]]:
     """Top-level metadata_props entries whose key is a manifest key: (key, field, value)."""
     try:
@@ -1111,7 +1139,7 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     if key != ENTRY_KEY:
         raise UnsupportedVersion(f"metadata key {key!r}")
     # §1: last field, encoded exactly so. CHOICE: "a varint length" read as minimal.
-    if model[f.start:] != _entry_bytes(key.encode(), value):
+    if model[f.start:] != _entry_bytes(key.encode(), value) or find_entry(model) != (f.start, value):
         raise Modified("the manifest entry is not the last field or not encoded as §1 says")
     try:
         env_bytes = base64.b64decode(value, validate=True)

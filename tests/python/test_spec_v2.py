@@ -541,6 +541,19 @@ def test_known_stanza_kinds_have_their_shape_and_unknown_kinds_are_skipped_whole
                 v2.verify(forged, model_dir=str(p.dir))
 
 
+def test_the_entry_is_found_by_the_search_of_section_1():
+    key = b"onnx-protect/v2"
+    for n in (4, 10, 1269, 200000):  # value lengths whose varints hold 0x0A or not, one to three bytes
+        value = b"Q" * n
+        model = b"\x0a\x0a\x0a\x3a\x00" + v2._entry_bytes(key, value)
+        assert v2.find_entry(model) == (5, value)
+        assert v2.find_entry(model + b"\x00") is None
+        # A field length that is not a minimal varint: no entry.
+        body = v2._ld(1, key) + v2._ld(2, value)
+        assert v2.find_entry(b"\x72" + v2.encode_varint(len(body)) + body) == (0, value)
+        assert v2.find_entry(b"\x72" + nonminimal_varint(len(body)) + body) is None
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

@@ -82,30 +82,26 @@ pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
     Some((range, std::str::from_utf8(value).ok()?))
 }
 
-/// [`trailing_entry`] whatever the value's bytes are (text or not).
+/// [`trailing_entry`] whatever the value's bytes are (text or not), by the search of
+/// docs/format.md §1: the last occurrence of `0x0A 0x0F "onnx-protect/v2" 0x12`, a
+/// minimal varint `L'` after it and `L'` bytes to the end of the file, and before it `0x72`
+/// and the minimal varint of the byte count from that occurrence to the end.
 pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> {
     let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
     key.extend_from_slice(METADATA_KEY_V2.as_bytes());
     key.push(0x12);
-    // The value is base64 text, which never holds 0x0A: the last occurrence is the one.
+    // The value is base64 text, which never holds 0x0A, and the varint before it never
+    // ends in 0x0A followed by 0x0F: the last occurrence is the entry's key.
     let at = bytes.windows(key.len()).rposition(|w| w == key.as_slice())?;
     let (vlen, vl) = varint_at(bytes, at + key.len())?;
     let value_start = at + key.len() + vl;
     if value_start as u64 + vlen != bytes.len() as u64 {
         return None;
     }
-    let inner = (bytes.len() - at) as u64;
-    // The field's tag and length precede the key: try each length-prefix width.
-    for w in 1..=5usize {
-        let Some(start) = at.checked_sub(w + 1) else { break };
-        if bytes[start] != 0x72 {
-            continue;
-        }
-        if varint_at(bytes, start + 1) == Some((inner, w)) {
-            return Some((start as u64..bytes.len() as u64, &bytes[value_start..]));
-        }
-    }
-    None
+    let mut prefix = vec![0x72];
+    onnx_protect_format::wire::put_varint(&mut prefix, (bytes.len() - at) as u64);
+    let start = at.checked_sub(prefix.len())?;
+    (bytes[start..at] == prefix[..]).then(|| (start as u64..bytes.len() as u64, &bytes[value_start..]))
 }
 
 /// Decodes `bytes` as `M` and refuses any encoding other than the canonical one.
@@ -415,5 +411,19 @@ mod tests {
         m2.extend_from_slice(&metadata_field(METADATA_KEY_V2, &long));
         assert_eq!(trailing_entry(&m2).unwrap().0, 2..m2.len() as u64);
         assert!(trailing_entry(b"").is_none());
+        // A field length whose varint holds 0x0A (1290 = 0x8A 0x0A) and a value length of
+        // ten (0x0A): found all the same.
+        for value_len in [1290 - 19 - 2, 10] {
+            let mut m3 = vec![0x0A, 0x0A, 0x0A];
+            let field = metadata_field(METADATA_KEY_V2, &"B".repeat(value_len));
+            m3.extend_from_slice(&field);
+            assert_eq!(trailing_entry(&m3).unwrap().0, 3..m3.len() as u64, "{value_len}");
+        }
+        // A prefix that is not minimal is not the entry.
+        let mut m4 = vec![1];
+        m4.push(0x72);
+        m4.extend_from_slice(&[0x80 | (field.len() as u8 - 2), 0x00]);
+        m4.extend_from_slice(&field[2..]);
+        assert!(trailing_entry(&m4).is_none());
     }
 }

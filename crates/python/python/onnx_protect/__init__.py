@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
@@ -223,7 +224,10 @@ def encrypt(
         allow_empty=allow_empty,
         fingerprint=mark,
     )
-    return json.loads(report)
+    report = json.loads(report)
+    for w in report.get("warnings", ()):
+        warnings.warn(w, UserWarning, stacklevel=2)
+    return report
 
 
 def fingerprint_secret(path: PathLike) -> dict[str, Any]:

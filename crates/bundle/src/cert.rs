@@ -28,7 +28,7 @@ use const_oid::db::rfc5280 as ext_oid;
 use const_oid::db::rfc5912::{ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512};
 use const_oid::ObjectIdentifier;
 use sha2::Digest;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::{Decode, DecodePem, Encode};
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use x509_cert::Certificate;
 
@@ -47,10 +47,24 @@ fn cert_error(path: &str, reason: impl Into<String>) -> BundleError {
 }
 
 impl Certificates {
-    /// Every `CERTIFICATE` block of a PEM text (at least one). `name` is used in errors.
+    /// Every `CERTIFICATE` block of a PEM text (at least one; text between blocks, such as
+    /// the comments of a CA bundle, is skipped). `name` is used in errors.
     pub fn from_pem(text: &[u8], name: &str) -> Result<Certificates, BundleError> {
-        let certs = Certificate::load_pem_chain(text)
-            .map_err(|e| cert_error(name, format!("not a PEM X.509 certificate list ({e})")))?;
+        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+        const END: &str = "-----END CERTIFICATE-----";
+        let text = String::from_utf8_lossy(text);
+        let mut certs = Vec::new();
+        let mut rest = text.as_ref();
+        while let Some(a) = rest.find(BEGIN) {
+            let n = certs.len() + 1;
+            let b = rest[a..].find(END).ok_or_else(|| cert_error(name, format!("certificate {n}: no {END} line")))?
+                + a
+                + END.len();
+            let cert = Certificate::from_pem(&rest[a..b])
+                .map_err(|e| cert_error(name, format!("certificate {n}: not a PEM X.509 certificate ({e})")))?;
+            certs.push(cert);
+            rest = &rest[b..];
+        }
         if certs.is_empty() {
             return Err(cert_error(name, "no PEM certificate (-----BEGIN CERTIFICATE-----)"));
         }
@@ -134,7 +148,12 @@ fn signed_by(child: &Certificate, issuer: &Certificate) -> Result<bool, String> 
         ECDSA_WITH_SHA_256 => sha2::Sha256::digest(&tbs).to_vec(),
         ECDSA_WITH_SHA_384 => sha2::Sha384::digest(&tbs).to_vec(),
         ECDSA_WITH_SHA_512 => sha2::Sha512::digest(&tbs).to_vec(),
-        other => return Err(format!("{}: signature algorithm {other} (this verifier reads ECDSA with SHA-2)", subject(child))),
+        other => {
+            return Err(format!(
+                "{}: signature algorithm {other} (this verifier reads ECDSA with SHA-2)",
+                subject(child)
+            ))
+        }
     };
     let Some(sig) = child.signature.as_bytes() else {
         return Ok(false);
@@ -172,7 +191,11 @@ fn check_common(c: &Certificate, at: u64) -> Result<(), String> {
             return Err(format!("{} has name constraints, which this verifier does not enforce", subject(c)));
         }
         if e.critical && !PROCESSED.contains(&e.extn_id) {
-            return Err(format!("{} has a critical extension {} this verifier does not process", subject(c), e.extn_id));
+            return Err(format!(
+                "{} has a critical extension {} this verifier does not process",
+                subject(c),
+                e.extn_id
+            ));
         }
     }
     Ok(())
@@ -198,7 +221,10 @@ fn check_issuer(c: &Certificate, at: u64, below: usize) -> Result<(), String> {
         Some(bc) if bc.ca => {
             if let Some(n) = bc.path_len_constraint {
                 if below > usize::from(n) {
-                    return Err(format!("{} allows {n} intermediate certificate(s) below it, the path has {below}", subject(c)));
+                    return Err(format!(
+                        "{} allows {n} intermediate certificate(s) below it, the path has {below}",
+                        subject(c)
+                    ));
                 }
             }
         }
@@ -239,9 +265,10 @@ fn find_issuer<'a>(child: &Certificate, candidates: &'a [Certificate]) -> Result
 /// Validates the bundle's `chain` (leaf first) against the `trusted` certificates, as the
 /// module documentation says; returns the leaf's key.
 pub fn validate(chain: &Certificates, trusted: &Certificates) -> Result<PublicKey, BundleError> {
-    let leaf = chain.0.first().ok_or_else(|| {
-        BundleError::invalid("verificationMaterial.x509CertificateChain.certificates", "empty")
-    })?;
+    let leaf = chain
+        .0
+        .first()
+        .ok_or_else(|| BundleError::invalid("verificationMaterial.x509CertificateChain.certificates", "empty"))?;
     let at = leaf.tbs_certificate.validity.not_before.to_unix_duration().as_secs();
     check_common(leaf, at).map_err(untrusted)?;
     check_leaf_usage(leaf).map_err(untrusted)?;

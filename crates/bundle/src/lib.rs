@@ -146,8 +146,7 @@ pub fn sign_manifest_with(manifest: &ModelManifest, key: &PrivateKey, chain: Opt
                     reason: "its public key is not the private key's".into(),
                 });
             }
-            let certs: Vec<Value> =
-                chain.to_der_list()?.iter().map(|d| json!({"rawBytes": b64().encode(d)})).collect();
+            let certs: Vec<Value> = chain.to_der_list()?.iter().map(|d| json!({"rawBytes": b64().encode(d)})).collect();
             json!({"x509CertificateChain": {"certificates": certs}, "tlogEntries": []})
         }
     };
@@ -220,7 +219,10 @@ fn bundle_chain(bundle: &Value) -> Result<Certificates> {
     let ders = list
         .iter()
         .enumerate()
-        .map(|(i, c)| base64_field(c, "rawBytes").map_err(|_| BundleError::invalid(&format!("{CHAIN_FIELD}[{i}].rawBytes"), "missing or not base64")))
+        .map(|(i, c)| {
+            base64_field(c, "rawBytes")
+                .map_err(|_| BundleError::invalid(&format!("{CHAIN_FIELD}[{i}].rawBytes"), "missing or not base64"))
+        })
         .collect::<Result<Vec<_>>>()?;
     Certificates::from_der_list(&ders, CHAIN_FIELD)
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::cert::Certificates;
 use crate::error::BundleError;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::Trust;
 use crate::manifest::{compare, default_ignored, hash_files, hash_model, relative_inside, HashType, ModelManifest};
+use crate::Trust;
 
 /// Where a model's bundle lives unless told: `MODEL.sig` beside a file (so that several
 /// models of one directory each have theirs), `model.sig` inside a directory

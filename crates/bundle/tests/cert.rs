@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests may unwrap
 //! Bundles signed with a certificate chain (tests/data/certs, made by its make.py): the
 //! chain is carried and validated; every byte of it is authenticated; untrusted chains,
 //! leaves not for signing and leaves issued outside their issuer's validity are refused.

@@ -17,6 +17,11 @@
 //!   the `resources`: one `{name, algorithm, digest}` per file, sorted by name; a
 //!   directory's files by their path relative to it (`/`-separated), a single file as `.`.
 //!
+//! In the certificate flow, `verificationMaterial.x509CertificateChain` carries the signing
+//! certificate and its chain instead of the hint ([`sign_manifest_with`]); a verifier that
+//! trusts certificates ([`Trust::Certificates`]) validates that chain (module `cert`) and
+//! checks the signature with the signing certificate's key.
+//!
 //! [`sign`] writes such a bundle; [`verify`] checks one (ours or `model-signing`'s) against
 //! a model on disk. Every field of a bundle is hostile input: each refusal is a typed
 //! [`BundleError`] naming the field. Curves and signatures come from RustCrypto (`p256`,

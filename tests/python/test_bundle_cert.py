@@ -103,6 +103,7 @@ def pki(tmp_path_factory):
 
 
 # (leaf, chain certificates in the bundle): the cases both verifiers accept, then refuse.
+# Trusted certificates: root.pem alone.
 ACCEPTED = [("leaf", ["inter"]), ("leaf384", ["inter"]), ("codesigner", ["inter"]), ("expired", ["inter"]),
             ("leaf", ["inter", "root"])]
 REFUSED = [("stranger", ["other-inter"]), ("stranger", ["other-inter", "other-root"]), ("leaf", []),
@@ -187,6 +188,10 @@ def test_certificate_bundles_verify_both_ways_and_are_refused_by_both(pki, model
             r = ours_verify(model, sig, [pki.cert("other-root")])
             assert r.returncode == 5 and "not trusted" in r.stderr, r.stderr
             assert theirs_verify(model, sig, [pki.cert("other-root")]) is not None
+            # Trusting the intermediate alone: refused by both (the path must reach a root).
+            r = ours_verify(model, sig, [pki.cert("inter")])
+            assert r.returncode == 5 and "not trusted" in r.stderr, r.stderr
+            assert theirs_verify(model, sig, [pki.cert("inter")]) is not None
     for i, (leaf, chain) in enumerate(REFUSED):
         sig = tmp_path / f"bad{i}.sig"
         sign(model, pki, leaf, chain, sig)

@@ -8,9 +8,10 @@
 //! checks, as model-signing 1.1.1 does (OpenSSL's path validation, then its own key-usage
 //! check):
 //!
-//! * a path from the leaf to a trusted certificate through the bundle's other certificates:
-//!   each certificate's issuer name is the next one's subject and its signature verifies with
-//!   the next one's key (ECDSA P-256 or P-384, with SHA-256, SHA-384 or SHA-512);
+//! * a path from the leaf to a self-signed trusted certificate through the bundle's other
+//!   certificates and the trusted ones: each certificate's issuer name is the next one's
+//!   subject and its signature verifies with the next one's key (ECDSA P-256 or P-384, with
+//!   SHA-256, SHA-384 or SHA-512);
 //! * every certificate of the path valid at the verification time, which is the leaf's
 //!   `notBefore` (model-signing's choice: a bundle carries no trusted signing time, so a leaf
 //!   that has expired since still verifies);
@@ -276,21 +277,29 @@ pub fn validate(chain: &Certificates, trusted: &Certificates) -> Result<PublicKe
     let rest = &chain.0[1..];
     let mut current = leaf;
     for below in 0..MAX_PATH - 1 {
-        if let Some(anchor) = find_issuer(current, &trusted.0).map_err(untrusted)? {
-            check_issuer(anchor, at, below).map_err(untrusted)?;
-            return Ok(key);
-        }
-        let next = find_issuer(current, rest).map_err(untrusted)?.ok_or_else(|| {
-            untrusted(format!(
-                "no trusted certificate and no certificate of the bundle issued {} (its issuer: '{}')",
-                subject(current),
-                current.tbs_certificate.issuer
-            ))
-        })?;
-        if std::ptr::eq(next, current) || next.tbs_certificate.subject == next.tbs_certificate.issuer {
+        let (next, is_trusted) = match find_issuer(current, &trusted.0).map_err(untrusted)? {
+            Some(t) => (t, true),
+            None => (
+                find_issuer(current, rest).map_err(untrusted)?.ok_or_else(|| {
+                    untrusted(format!(
+                        "no trusted certificate and no certificate of the bundle issued {} (its issuer: '{}')",
+                        subject(current),
+                        current.tbs_certificate.issuer
+                    ))
+                })?,
+                false,
+            ),
+        };
+        // The path ends at a self-issued certificate, which must be a trusted one (as
+        // OpenSSL without partial chains: a trusted intermediate still needs its root).
+        let top = next.tbs_certificate.subject == next.tbs_certificate.issuer;
+        if top && !is_trusted {
             return Err(untrusted(format!("the chain ends at {}, which is not a trusted certificate", subject(next))));
         }
         check_issuer(next, at, below).map_err(untrusted)?;
+        if top {
+            return Ok(key);
+        }
         current = next;
     }
     Err(untrusted(format!("no trusted certificate within {MAX_PATH} certificates of the leaf")))

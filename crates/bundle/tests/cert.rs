@@ -62,6 +62,9 @@ fn a_chain_to_a_trusted_root_verifies_and_others_are_refused() {
     // The leaf's key alone also verifies it (the chain is then not read).
     open_bundle_with(&bundle, Trust::Key(&key("leaf").public())).unwrap();
     assert!(untrusted(&bundle, &["other-root"]).contains("no trusted certificate"));
+    // A trusted intermediate alone is not enough: the path must reach a trusted root.
+    assert!(untrusted(&bundle, &["inter"]).contains("issued 'CN=inter'"));
+    open_bundle_with(&sign("leaf", &[]), Trust::Certificates(&certs(&["inter", "root"]))).unwrap();
     // Without its intermediate; a leaf under another root; the other root in the bundle.
     assert!(untrusted(&sign("leaf", &[]), &["root"]).contains("'CN=inter'"));
     untrusted(&sign("stranger", &[]), &["root"]);

@@ -30,6 +30,8 @@ use pyo3::types::{PyBytes, PyDict};
 use pyo3::{create_exception, ffi};
 use zeroize::Zeroizing;
 
+mod session;
+
 create_exception!(onnx_protect, OnnxProtectError, PyException, "Base class of every onnx-protect error.");
 create_exception!(onnx_protect, FileError, OnnxProtectError, "Reading or writing a file failed (kind `io`).");
 create_exception!(
@@ -132,7 +134,7 @@ fn key_err(msg: impl Into<String>) -> PyErr {
 /// functions build one. No method returns the secret.
 #[pyclass(module = "onnx_protect", frozen)]
 pub struct Key {
-    source: KeySource,
+    pub(crate) source: KeySource,
     /// What a key file said about its key (`None` for passphrases, identities and raw bytes).
     kind: Option<KeyKind>,
     what: String,
@@ -793,6 +795,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_secret, m)?)?;
     m.add_function(wrap_pyfunction!(new_key, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(session::session_model, m)?)?;
+    m.add_class::<session::SessionModel>()?;
+    m.add_class::<session::TensorView>()?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("MalformedModel", py.get_type::<MalformedModel>())?;

@@ -181,6 +181,7 @@ def encrypt(
     fingerprint_secret: PathLike | None = None,
     ledger: PathLike | None = None,
     fingerprint_strength: float = 0.002,
+    allow_short_passphrase: bool = False,
     **overrides: Override,
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
@@ -195,7 +196,8 @@ def encrypt(
     ID's copy, as ``encrypt --fingerprint`` does (docs/tracing.md): a keyed mark of
     strength ``fingerprint_strength`` in the weights, recorded in the ledger; the
     report gains ``"fingerprint"``. (``--fingerprint-check`` is command-line only.)
-    Returns the encryption report.
+    A passphrase shorter than 12 characters is refused (as by the command line) unless
+    ``allow_short_passphrase``. Returns the encryption report.
     """
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
@@ -223,6 +225,7 @@ def encrypt(
         tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
         allow_empty=allow_empty,
         fingerprint=mark,
+        allow_short_passphrase=allow_short_passphrase,
     )
     return json.loads(report)
 
@@ -627,6 +630,7 @@ def export(
     tiers: int | None = None,
     tier_shares: Sequence[float] | None = None,
     overrides: Mapping[str, Override] | None = None,
+    allow_short_passphrase: bool = False,
     **torch_onnx_export_kwargs: Any,
 ) -> dict[str, Any]:
     """Exports the PyTorch ``model`` with ``torch.onnx.export`` and writes it
@@ -648,13 +652,25 @@ def export(
     import torch
 
     k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
+    policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
+    if k is not None:
+        # Checks the key (and the passphrase's length) before torch runs.
+        _native.check_encrypt_key(key=k, allow_short_passphrase=allow_short_passphrase)
     fd = _memfd("onnx-protect-export")
+    plain = f"/proc/self/fd/{fd}"
     try:
-        plain = f"/proc/self/fd/{fd}"
         program = torch.onnx.export(model, args, plain, **kw)
         del program
-        policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
-        return encrypt(plain, path, key=k, recipients=recipients, **policy_args, **dict(overrides or {}))
+        try:
+            return encrypt(
+                plain, path, key=k, recipients=recipients, allow_short_passphrase=allow_short_passphrase,
+                **policy_args, **dict(overrides or {}),
+            )
+        except OnnxProtectError as e:
+            # The exported model has no name of its own: never show the memfd's.
+            err = type(e)(str(e).replace(plain, "the model exported by torch"))
+            err.kind = getattr(e, "kind", None)
+            raise err.with_traceback(e.__traceback__) from None
     finally:
         _wipe_fd(fd)
 

@@ -7,8 +7,8 @@
 # test and example once (what scripts/demo.sh built is reused), and the Python
 # tests run the binary that build produced (target/debug/onnx-protect, with the
 # default features, tract included).
-# Then it builds and installs the Python package and runs the Python tests (onnxruntime
-# cross-checks, the package, the C ABI example).
+# Then it builds the Python package's wheel, installs it and runs the Python tests
+# (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
@@ -30,11 +30,15 @@ cargo test --workspace
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
-step "python package (pip install ./crates/python)"
-# The package the README shows, built by maturin and installed into the test
-# interpreter; tests/python/test_package*.py import it. Built in the dev profile here,
-# so it reuses what `cargo test` just compiled (users get the release build).
-MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
+step "python package (wheel and sdist: scripts/build-wheel.sh --dev --sdist)"
+# The wheel the README shows (abi3, manylinux-audited, twine-checked), built by maturin in
+# the dev profile so it reuses what `cargo test` just compiled (users get the release
+# build), and installed into the test interpreter; tests/python/test_package*.py import
+# it, and tests/python/test_wheel.py installs it again into a fresh venv without Rust.
+bash scripts/build-wheel.sh --dev --sdist
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  "${CARGO_TARGET_DIR:-target}"/wheels/onnx_protect-*.whl
+export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels
 step "pytest"
 python3 -m pytest -q tests/python
 step "done"

@@ -26,6 +26,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 step "corpus"
 bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"
+# crates/ort's tests open the libonnxruntime of the onnxruntime wheel installed above:
+# here a missing library is a failure, not a skip.
+export ONNX_PROTECT_REQUIRE_ORT=1
 cargo test --workspace
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect

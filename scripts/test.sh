@@ -23,6 +23,14 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
 fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
+# torch for Linux x86-64 brings its CUDA libraries (about 4 GB). To use the CPU-only build,
+# install it first from PyTorch's CPU index (README); an installed torch is kept.
+if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
+  echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
+else
+  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-torch.txt
+fi
 step "corpus"
 bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"

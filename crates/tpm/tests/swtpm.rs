@@ -5,6 +5,7 @@
 //! swtpm) makes its absence a failure.
 
 #![cfg(feature = "tss")]
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

@@ -9,7 +9,10 @@ use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT};
+use onnx_protect_keys::{
+    Identity, KeyCommand, Pkcs11Key, PluginIdentity, PluginPrompt, PluginRecipient, Recipient, SignerKey, SigningKey,
+    DEFAULT_COMMAND_TIMEOUT,
+};
 use zeroize::Zeroizing;
 
 /// A key or passphrase that could not be read (exit code 4).
@@ -37,8 +40,9 @@ pub struct KeyArgs {
     /// protects a model).
     #[arg(long)]
     pub passphrase: bool,
-    /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
-    /// opens models encrypted to its X25519 recipient.
+    /// Identity file: age X25519 identities (AGE-SECRET-KEY-1..., age-keygen, `keygen --recipient`), an age
+    /// plugin's identities (AGE-PLUGIN-NAME-1..., run through age-plugin-NAME), or a TPM key file
+    /// (`keygen --tpm`, reached through ONNX_PROTECT_TPM_TCTI): opens models encrypted to its recipient.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
     /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
@@ -54,8 +58,9 @@ pub struct KeyArgs {
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
 #[derive(clap::Args, Default)]
 pub struct RecipientArgs {
-    /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
-    /// the data key of access tier T for it (default: the top tier).
+    /// Encrypt to this public recipient: an age X25519 recipient (age1...), an age plugin recipient
+    /// (age1NAME1..., through age-plugin-NAME), a TPM recipient (onnx-protect-tpm1..., no TPM needed) or a
+    /// pkcs11: URI; repeatable. `T:RECIPIENT` wraps the data key of access tier T for it (default: the top tier).
     #[arg(long = "recipient", value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
     /// File of public recipients, one per line (`#` comments, as for age -R); repeatable.
@@ -123,13 +128,69 @@ fn split_tier(text: &str) -> Result<(u32, &str)> {
     })
 }
 
-/// `[T:]RECIPIENT`: an age X25519 recipient or a `pkcs11:` URI.
+/// `[T:]RECIPIENT`: an age X25519 recipient, an age plugin recipient (`age1NAME1…`), a TPM
+/// recipient (`onnx-protect-tpm1…`) or a `pkcs11:` URI.
 fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
     let (tier, r) = split_tier(text)?;
-    if r.trim_start().starts_with("pkcs11:") {
+    let t = r.trim();
+    if t.starts_with("pkcs11:") {
         return Ok((Recipient::Provider(Arc::new(pkcs11_key(r)?)), tier));
     }
+    if t.to_ascii_lowercase().starts_with(onnx_protect_tpm::TPM_RECIPIENT_HRP) {
+        let key = onnx_protect_tpm::TpmRecipient::parse(t).map_err(|e| KeyFileError(e.to_string()))?;
+        return Ok((Recipient::Provider(Arc::new(onnx_protect_tpm::TpmRecipientProvider(key))), tier));
+    }
+    if onnx_protect_keys::is_plugin_recipient(t) {
+        let p = PluginRecipient::parse(t, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
+        return Ok((Recipient::Provider(Arc::new(p)), tier));
+    }
     Ok((Recipient::parse_public(r)?, tier))
+}
+
+/// How age plugins reach the person: messages on standard error; a PIN at a no-echo prompt
+/// on the terminal when standard input is one, else none (the plugin then fails).
+struct TerminalPrompt;
+
+impl PluginPrompt for TerminalPrompt {
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn secret(&self, description: &str) -> Option<Zeroizing<String>> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        let mut line = Zeroizing::new(Vec::new());
+        onnx_protect_fsio::tty::read_hidden_line(&format!("{description}: "), &mut line).ok()?;
+        String::from_utf8(line.to_vec()).ok().map(Zeroizing::new)
+    }
+}
+
+/// The prompt given to age plugins.
+pub fn plugin_prompt() -> Arc<dyn PluginPrompt> {
+    Arc::new(TerminalPrompt)
+}
+
+/// The identity an `--identity` file holds: age X25519 identities (`AGE-SECRET-KEY-1…`),
+/// the identities of one age plugin (`AGE-PLUGIN-NAME-1…`) or a TPM key
+/// (`onnx-protect-tpm-key-v1`, reached through `ONNX_PROTECT_TPM_TCTI`).
+fn parse_identity_file(path: &Path, text: &str) -> Result<Identity> {
+    let named = |e: &dyn std::fmt::Display| KeyFileError(format!("identity file {}: {e}", path.display()));
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    if lines.iter().any(|l| l.starts_with(onnx_protect_tpm::TPM_KEY_TAG)) {
+        let key = onnx_protect_tpm::TpmKeyFile::parse(text.as_bytes()).map_err(|e| named(&e))?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        return Ok(Identity::Provider(Arc::new(onnx_protect_tpm::TpmIdentity::new(key, &tcti))));
+    }
+    if lines.iter().any(|l| l.to_ascii_uppercase().starts_with("AGE-PLUGIN-")) {
+        let mut ids = PluginIdentity::parse_file(text, plugin_prompt()).map_err(|e| named(&e))?;
+        if ids.len() != 1 {
+            return Err(named(&"identities of several plugins: give one plugin's identities per file").into());
+        }
+        return Ok(Identity::Provider(Arc::new(ids.remove(0))));
+    }
+    Ok(Identity::parse_x25519_file(text).map_err(|e| named(&e))?)
 }
 
 /// Publisher keys that sign what a command writes.
@@ -274,9 +335,7 @@ impl KeyArgs {
                 std::fs::read_to_string(p)
                     .map_err(|e| KeyFileError(format!("cannot read identity file {}: {e}", p.display())))?,
             );
-            let id = Identity::parse_x25519_file(&text)
-                .map_err(|e| KeyFileError(format!("identity file {}: {e}", p.display())))?;
-            return Ok(Some(KeySource::Identity(id)));
+            return Ok(Some(KeySource::Identity(parse_identity_file(p, &text)?)));
         }
         if let Some(uri) = &self.pkcs11 {
             return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(pkcs11_key(uri)?)))));

@@ -141,6 +141,11 @@ fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The TSS 2.0 libraries print their own log lines on standard error; errors here are one
+    // line. Set before any thread starts.
+    if cfg!(feature = "tpm") && std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),

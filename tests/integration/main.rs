@@ -4,6 +4,7 @@ mod batch;
 mod cli;
 mod conventions;
 mod corpus;
+mod device_keys;
 mod fixtures;
 mod float6;
 mod key_files;

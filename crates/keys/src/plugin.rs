@@ -99,8 +99,9 @@ impl PluginRecipient {
 }
 
 fn provider_err(name: &str, e: &dyn std::fmt::Display) -> KeysError {
-    // age's messages span lines (a hint follows); reports and errors are one line.
-    let text = e.to_string();
+    // age's messages span lines (a hint follows) and wrap names in Unicode isolation marks
+    // (U+2068, U+2069); reports and errors are one plain line.
+    let text: String = e.to_string().chars().filter(|c| !matches!(c, '\u{2068}' | '\u{2069}')).collect();
     let reason = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
     KeysError::Provider { provider: format!("age-plugin-{name}"), reason }
 }

@@ -21,12 +21,35 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
     echo "softhsm2 is missing and cannot be installed here (not root, or no apt-get): the PKCS#11 tests will skip" >&2
   fi
 fi
+step "system packages (swtpm, libtss2-dev: the TPM tests)"
+# swtpm is the software TPM the TPM tests start on local ports (each its own state);
+# libtss2-dev is the TSS 2.0 the cargo features tss/tpm link to.
+if ! command -v swtpm >/dev/null 2>&1 || ! pkg-config --exists tss2-esys 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools libtss2-dev pkg-config
+  fi
+fi
+if command -v swtpm >/dev/null 2>&1 && pkg-config --exists tss2-esys 2>/dev/null; then
+  TPM_TESTS=1
+else
+  TPM_TESTS=0
+  echo "swtpm or libtss2-dev is missing and cannot be installed here (not root, or no apt-get): the TPM tests will skip" >&2
+fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 step "corpus"
 bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"
-cargo test --workspace
+# The test plugin age-plugin-onnxtest is a binary of the workspace: its absence is a failure.
+ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace
+if [ "$TPM_TESTS" = 1 ]; then
+  step "TPM: onnx-protect-tpm against swtpm (feature tss); the binary with feature tpm"
+  # The Python tests below then run a binary with TPM support (tests/python/test_tpm_cli.py).
+  export ONNX_PROTECT_REQUIRE_SWTPM=1
+  cargo test -p onnx-protect-tpm --features tss
+  cargo build --features tpm --bin onnx-protect
+fi
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }

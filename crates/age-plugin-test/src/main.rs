@@ -16,6 +16,8 @@
 //! device: the secret is in the identity string. Its stanzas are X25519 stanzas tagged
 //! `onnxtest`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::str::FromStr;

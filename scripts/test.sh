@@ -44,11 +44,15 @@ step "cargo test --workspace (unit, integration, corpus and doc tests)"
 # The test plugin age-plugin-onnxtest is a binary of the workspace: its absence is a failure.
 ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace
 if [ "$TPM_TESTS" = 1 ]; then
-  step "TPM: onnx-protect-tpm against swtpm (feature tss); the binary with feature tpm"
-  # The Python tests below then run a binary with TPM support (tests/python/test_tpm_cli.py).
+  step "TPM: onnx-protect-tpm against swtpm (feature tss); the binary and the C ABI with feature tpm"
+  # The Python tests below then run a binary and a libonnx_protect with TPM support
+  # (tests/python/test_tpm_cli.py, test_package_device_keys.py).
   export ONNX_PROTECT_REQUIRE_SWTPM=1
   cargo test -p onnx-protect-tpm --features tss
-  cargo build --features tpm --bin onnx-protect
+  cargo build -p onnx-protect -p onnx-protect-capi --features onnx-protect/tpm,onnx-protect-capi/tpm
+  PACKAGE_FEATURES=" --features tpm"
+else
+  PACKAGE_FEATURES=""
 fi
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
@@ -57,7 +61,9 @@ step "python package (pip install ./crates/python)"
 # The package the README shows, built by maturin and installed into the test
 # interpreter; tests/python/test_package*.py import it. Built in the dev profile here,
 # so it reuses what `cargo test` just compiled (users get the release build).
-MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
+# With the TPM tests, the package is built with the feature tpm (TPM key files as identities).
+MATURIN_PEP517_ARGS="--profile dev$PACKAGE_FEATURES" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
 step "pytest"
+export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
 python3 -m pytest -q tests/python
 step "done"

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use onnx_protect_keys::{
-    Identity, KeyCommand, Pkcs11Key, PluginIdentity, PluginPrompt, PluginRecipient, Recipient, SignerKey, SigningKey,
-    DEFAULT_COMMAND_TIMEOUT,
+    Identity, KeyCommand, Pkcs11Key, PluginPrompt, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT,
 };
 use zeroize::Zeroizing;
 
@@ -132,19 +131,8 @@ fn split_tier(text: &str) -> Result<(u32, &str)> {
 /// recipient (`onnx-protect-tpm1…`) or a `pkcs11:` URI.
 fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
     let (tier, r) = split_tier(text)?;
-    let t = r.trim();
-    if t.starts_with("pkcs11:") {
-        return Ok((Recipient::Provider(Arc::new(pkcs11_key(r)?)), tier));
-    }
-    if t.to_ascii_lowercase().starts_with(onnx_protect_tpm::TPM_RECIPIENT_HRP) {
-        let key = onnx_protect_tpm::TpmRecipient::parse(t).map_err(|e| KeyFileError(e.to_string()))?;
-        return Ok((Recipient::Provider(Arc::new(onnx_protect_tpm::TpmRecipientProvider(key))), tier));
-    }
-    if onnx_protect_keys::is_plugin_recipient(t) {
-        let p = PluginRecipient::parse(t, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
-        return Ok((Recipient::Provider(Arc::new(p)), tier));
-    }
-    Ok((Recipient::parse_public(r)?, tier))
+    let recipient = onnx_protect_tpm::parse_recipient(r, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
+    Ok((recipient, tier))
 }
 
 /// How age plugins reach the person: messages on standard error; a PIN at a no-echo prompt
@@ -176,21 +164,8 @@ pub fn plugin_prompt() -> Arc<dyn PluginPrompt> {
 /// the identities of one age plugin (`AGE-PLUGIN-NAME-1…`) or a TPM key
 /// (`onnx-protect-tpm-key-v1`, reached through `ONNX_PROTECT_TPM_TCTI`).
 fn parse_identity_file(path: &Path, text: &str) -> Result<Identity> {
-    let named = |e: &dyn std::fmt::Display| KeyFileError(format!("identity file {}: {e}", path.display()));
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    if lines.iter().any(|l| l.starts_with(onnx_protect_tpm::TPM_KEY_TAG)) {
-        let key = onnx_protect_tpm::TpmKeyFile::parse(text.as_bytes()).map_err(|e| named(&e))?;
-        let tcti = onnx_protect_tpm::tcti_from_env();
-        return Ok(Identity::Provider(Arc::new(onnx_protect_tpm::TpmIdentity::new(key, &tcti))));
-    }
-    if lines.iter().any(|l| l.to_ascii_uppercase().starts_with("AGE-PLUGIN-")) {
-        let mut ids = PluginIdentity::parse_file(text, plugin_prompt()).map_err(|e| named(&e))?;
-        if ids.len() != 1 {
-            return Err(named(&"identities of several plugins: give one plugin's identities per file").into());
-        }
-        return Ok(Identity::Provider(Arc::new(ids.remove(0))));
-    }
-    Ok(Identity::parse_x25519_file(text).map_err(|e| named(&e))?)
+    onnx_protect_tpm::parse_identity_file(text, &onnx_protect_tpm::tcti_from_env(), plugin_prompt())
+        .map_err(|e| KeyFileError(format!("identity file {}: {e}", path.display())).into())
 }
 
 /// Publisher keys that sign what a command writes.

@@ -26,7 +26,7 @@ use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, CoreError, ErrorKind, KeySource};
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
-use onnx_protect_keys::{Identity, SignerKey};
+use onnx_protect_keys::SignerKey;
 use zeroize::Zeroizing;
 
 /// What a call did. `ONNX_PROTECT_STATUS_OK` is 0; every other value is a failure,
@@ -383,8 +383,10 @@ pub unsafe extern "C" fn onnx_protect_key_from_passphrase(
     })
 }
 
-/// age X25519 identities from a file (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
-/// writes them).
+/// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+/// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+/// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
+/// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
 ///
 /// # Safety
 /// `path` is a NUL-terminated string; `out` is valid for a pointer write.
@@ -401,7 +403,8 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
         let bytes = read_secret(&path, "identity file")?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_failure(format!("identity file {} is not UTF-8 text", path.display())))?;
-        let id = Identity::parse_x25519_file(text)
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
             .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source: KeySource::Identity(id) }) };

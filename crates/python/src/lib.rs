@@ -22,7 +22,7 @@ use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey};
+use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, SignerKey};
 use onnx_protect_select::Policy;
 use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
 use pyo3::prelude::*;
@@ -210,14 +210,19 @@ impl Key {
         Key::from_passphrase(&value)
     }
 
-    /// age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen` writes them).
+    /// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+    /// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+    /// `age-plugin-NAME`, which gets no answer if it asks for a PIN), or a TPM key file
+    /// (`keygen --tpm`; the TPM named by `ONNX_PROTECT_TPM_TCTI`; needs a build with the
+    /// feature `tpm`).
     #[staticmethod]
     fn from_identity_file(path: PathBuf) -> PyResult<Key> {
         let bytes = read_secret_file(&path, "identity file")?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_err(format!("identity file {} is not UTF-8 text", path.display())))?;
-        let id =
-            Identity::parse_x25519_file(text).map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, Arc::new(onnx_protect_keys::NoPrompt))
+            .map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
         Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
     }
 
@@ -358,11 +363,7 @@ fn encrypt(
     let recipients = recipients
         .iter()
         .map(|(text, tier)| {
-            let r = if text.trim_start().starts_with("pkcs11:") {
-                Pkcs11Key::parse(text).map(|k| Recipient::Provider(Arc::new(k)))
-            } else {
-                Recipient::parse_public(text)
-            };
+            let r = onnx_protect_tpm::parse_recipient(text, Arc::new(onnx_protect_keys::NoPrompt));
             r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
         })
         .collect::<PyResult<Vec<_>>>()?;

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod any;
 #[cfg(feature = "tss")]
 mod device;
 mod error;
@@ -32,6 +33,7 @@ mod keyfile;
 mod provider;
 mod recipient;
 
+pub use any::{parse_identity_file, parse_recipient};
 #[cfg(feature = "tss")]
 pub use device::Tpm;
 pub use error::TpmError;

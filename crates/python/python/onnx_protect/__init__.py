@@ -9,7 +9,11 @@ Every function takes the key in one of these keyword arguments (exactly one):
 * ``key_env``: the name of an environment variable holding a key;
 * ``passphrase``: a passphrase (``str`` or bytes);
 * ``passphrase_env``: the name of an environment variable holding one;
-* ``identity_file``: a file of age X25519 identities (``AGE-SECRET-KEY-1...``).
+* ``identity_file``: an identity file: age X25519 identities (``AGE-SECRET-KEY-1...``),
+  one age plugin's identities (``AGE-PLUGIN-NAME-1...``, run through the program
+  ``age-plugin-NAME`` on ``PATH``; a plugin that asks for a PIN gets no answer), or a
+  TPM key file of ``onnx-protect keygen --tpm`` (the TPM named by
+  ``ONNX_PROTECT_TPM_TCTI``; needs a package built with the cargo feature ``tpm``).
 
 Errors are :class:`OnnxProtectError` subclasses, one per kind (``WrongKey``,
 ``Modified``, ``NotProtected``, ``MalformedModel``, ...); ``err.kind`` is the
@@ -188,8 +192,9 @@ def encrypt(
     otherwise. ``overrides`` are ``coefficient``, ``mode``, ``subsequences``
     and ``selection``, as the command line's options (``mode="fp"``,
     ``coefficient={"Conv": 0.5}``, ``selection="*=l1"``). ``recipients`` are
-    age X25519 recipients (``age1...``) or PKCS#11 key URIs (``pkcs11:...``), each
-    optionally with its tier.
+    age X25519 recipients (``age1...``), age plugin recipients (``age1NAME1...``),
+    TPM recipients (``onnx-protect-tpm1...``, wrapped for with no TPM at hand) or
+    PKCS#11 key URIs (``pkcs11:...``), each optionally with its tier.
     ``fingerprint="ID"`` (with ``fingerprint_secret`` and ``ledger``) makes recipient
     ID's copy, as ``encrypt --fingerprint`` does (docs/tracing.md): a keyed mark of
     strength ``fingerprint_strength`` in the weights, recorded in the ledger; the

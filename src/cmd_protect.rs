@@ -11,7 +11,7 @@ use onnx_protect_select::Policy;
 
 use crate::dest::WriteArgs;
 use crate::exit::usage;
-use crate::keys::{KeyArgs, RecipientArgs, SignArgs, SignerArgs};
+use crate::keys::{KeyArgs, LicenceArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs, SignerArgs};
 use crate::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name, is_stdio};
@@ -336,6 +336,8 @@ pub struct EncryptArgs {
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
+    licence_authority: LicenceAuthorityArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
     /// Write the model even if the policy encrypts none of its bytes (refused by default).
     #[arg(long)]
@@ -576,6 +578,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         secret_positions: a.positions == "secret",
         outputs: a.write.rules(),
         signing_keys: &signing_keys,
+        licence: a.licence_authority.requirement()?,
         progress: &bar,
         ..EncryptOptions::new(&policy)
     };
@@ -653,6 +656,8 @@ pub struct DecryptArgs {
     output: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    licence: LicenceArgs,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
@@ -677,7 +682,7 @@ pub struct DecryptArgs {
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
-    let key = a.key.required()?;
+    let key = a.licence.apply(a.key.required()?)?;
     let signers = a.signers.signers()?;
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
@@ -720,13 +725,15 @@ pub struct VerifyArgs {
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
+    licence: LicenceArgs,
+    #[command(flatten)]
     signers: SignerArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let key = a.key.source()?;
+    let key = a.key.source()?.map(|k| a.licence.apply(k)).transpose()?;
     let input = stdio::Input::new(&a.input)?;
     let bar = Bar::new(a.out.quiet);
     let signers = a.signers.signers()?;

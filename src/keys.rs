@@ -54,6 +54,61 @@ pub struct KeyArgs {
     pub key_command: Option<String>,
 }
 
+/// The licence a model needs to open (docs/shipping.md#licences).
+#[derive(clap::Args, Default)]
+pub struct LicenceArgs {
+    /// A licence (onnx-protect-licence-v1 text signed by the publisher) for a model encrypted with
+    /// --licence-authority: checked against the model, the recipient that opens it and the time.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    pub licence: Option<PathBuf>,
+    /// The file recording the latest time a licence check saw (detects a clock set back); default
+    /// $ONNX_PROTECT_LICENCE_CLOCK, else $XDG_STATE_HOME or ~/.local/state /onnx-protect/licence-clock.
+    #[arg(long, value_name = "FILE", requires = "licence")]
+    pub licence_clock: Option<PathBuf>,
+}
+
+impl LicenceArgs {
+    /// `key` with the licence, if one was given.
+    pub fn apply(&self, key: KeySource) -> Result<KeySource> {
+        let Some(path) = &self.licence else { return Ok(key) };
+        let unreadable = |e: std::io::Error| onnx_protect_licence::LicenceError::Malformed {
+            line: 0,
+            reason: format!("cannot read {}: {e}", path.display()),
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(onnx_protect_licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
+            .map_err(unreadable)?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        onnx_protect_tpm::with_licence(key, &text, self.licence_clock.as_deref(), &tcti)
+            .with_context(|| format!("licence {}", path.display()))
+    }
+}
+
+/// Who may open a model, recorded at encryption (docs/shipping.md#licences).
+#[derive(clap::Args, Default)]
+pub struct LicenceAuthorityArgs {
+    /// Opening the model will need a licence signed by this publisher key (onnx-protect-signer1...,
+    /// `keygen --signing`); recorded in the manifest, covered by its MACs and signatures.
+    #[arg(long, value_name = "SIGNER")]
+    pub licence_authority: Option<String>,
+    /// A model id that licences may name (model: id:ID), recorded with --licence-authority.
+    #[arg(long, value_name = "ID", requires = "licence_authority")]
+    pub model_id: Option<String>,
+}
+
+impl LicenceAuthorityArgs {
+    /// The requirement to record, if any.
+    pub fn requirement(&self) -> Result<Option<onnx_protect_core::licence::LicenceRequirement>> {
+        let Some(text) = &self.licence_authority else { return Ok(None) };
+        let authority = SignerKey::parse(text.trim()).map_err(|e| KeyFileError(format!("--licence-authority: {e}")))?;
+        if let Some(id) = &self.model_id {
+            onnx_protect_core::licence::check_model_id(id)?;
+        }
+        Ok(Some(onnx_protect_core::licence::LicenceRequirement { authority, model_id: self.model_id.clone() }))
+    }
+}
+
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
 #[derive(clap::Args, Default)]
 pub struct RecipientArgs {
@@ -178,18 +233,17 @@ pub struct SignArgs {
 
 impl SignArgs {
     pub fn keys(&self) -> Result<Vec<SigningKey>> {
-        self.sign_key
-            .iter()
-            .map(|p| {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(p)
-                        .map_err(|e| KeyFileError(format!("cannot read signing key {}: {e}", p.display())))?,
-                );
-                SigningKey::parse_file(&text)
-                    .map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
-            })
-            .collect()
+        self.sign_key.iter().map(|p| read_signing_key(p)).collect()
     }
+}
+
+/// A signing key file (`keygen --signing`).
+pub fn read_signing_key(p: &Path) -> Result<SigningKey> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(p)
+            .map_err(|e| KeyFileError(format!("cannot read signing key {}: {e}", p.display())))?,
+    );
+    SigningKey::parse_file(&text).map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
 }
 
 /// Publishers whose signature a model must carry.

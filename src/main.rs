@@ -12,6 +12,7 @@ mod cmd_batch;
 mod cmd_bundle;
 mod cmd_check;
 mod cmd_inspect;
+mod cmd_licence;
 mod cmd_policy;
 mod cmd_protect;
 mod cmd_rekey;
@@ -59,6 +60,8 @@ enum Command {
     Verify(cmd_protect::VerifyArgs),
     /// Add a publisher signature (Ed25519) to a protected model.
     Sign(cmd_protect::SignArgsCmd),
+    /// Signed licences for models encrypted with --licence-authority: issue (docs/shipping.md).
+    Licence(cmd_licence::Args),
     /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
     Bundle(cmd_bundle::Args),
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd_protect::verify(a),
         Command::Sign(a) => cmd_protect::sign(a),
         Command::Bundle(a) => cmd_bundle::run(a),
+        Command::Licence(a) => cmd_licence::run(a),
         Command::Rewrap(a) => cmd_rewrap::run(a),
         Command::DeriveTierKey(a) => cmd_protect::derive_tier_key(a),
         Command::Rekey(a) => cmd_rekey::run(a),

@@ -107,10 +107,25 @@ pub struct ClockFile {
     path: PathBuf,
 }
 
+/// The environment variable naming the state file.
+pub const CLOCK_STATE_ENV: &str = "ONNX_PROTECT_LICENCE_CLOCK";
+
 impl ClockFile {
     /// The state at `path` (its directory is created, mode 0700, when first written).
     pub fn new(path: &Path) -> ClockFile {
         ClockFile { path: path.to_path_buf() }
+    }
+
+    /// The user's state file: `$ONNX_PROTECT_LICENCE_CLOCK` if set, else
+    /// `$XDG_STATE_HOME/onnx-protect/licence-clock`, else
+    /// `$HOME/.local/state/onnx-protect/licence-clock`; `None` without any of them.
+    pub fn default_path() -> Option<PathBuf> {
+        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(p) = var(CLOCK_STATE_ENV) {
+            return Some(p);
+        }
+        let state = var("XDG_STATE_HOME").or_else(|| var("HOME").map(|h| h.join(".local/state")))?;
+        Some(state.join("onnx-protect").join("licence-clock"))
     }
 
     /// [`ClockState::advance`] on the recorded state, then records it. A missing file is a

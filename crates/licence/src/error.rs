@@ -13,6 +13,12 @@ pub enum LicenceError {
         /// What is wrong.
         reason: String,
     },
+    /// The model needs a licence of its authority and none was given.
+    #[error("licence required: this model opens only with a licence signed by {authority}, and none was given")]
+    Missing {
+        /// The model's licence authority (`onnx-protect-signer1…`).
+        authority: String,
+    },
     /// The signature does not verify, or it is from another authority than the model's.
     #[error("licence: bad signature: {reason}")]
     BadSignature {

@@ -41,7 +41,7 @@ mod eval;
 mod text;
 mod time;
 
-pub use clock::{ClockFile, ClockState, TpmReading, CLOCK_STATE_TAG, SET_BACK_TOLERANCE};
+pub use clock::{ClockFile, ClockState, TpmReading, CLOCK_STATE_ENV, CLOCK_STATE_TAG, SET_BACK_TOLERANCE};
 pub use error::LicenceError;
 pub use eval::{evaluate, Grant, ModelFacts, Opener};
 pub use text::{

@@ -1,7 +1,11 @@
 //! Every recipient string and identity file the loaders accept, in one place: the binary,
 //! the Python package and the C ABI parse them alike.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::licence::{ClockFile, Licence, LicenceCheck, TpmReading};
 
 use onnx_protect_keys::{Identity, KeysError, Pkcs11Key, PluginIdentity, PluginPrompt, PluginRecipient, Recipient};
 
@@ -43,4 +47,24 @@ pub fn parse_identity_file(text: &str, tcti: &str, prompt: Arc<dyn PluginPrompt>
         return Ok(Identity::Provider(Arc::new(ids.remove(0))));
     }
     Identity::parse_x25519_file(text)
+}
+
+/// `key` with the licence `text` (docs/shipping.md#licences): the clock state at `clock`,
+/// else [`ClockFile::default_path`]; with a TPM identity (and TPM support built), the
+/// TPM's clock read through `tcti` for the TPM anchor (none if it cannot be read).
+pub fn with_licence(
+    key: KeySource,
+    text: &[u8],
+    clock: Option<&Path>,
+    tcti: &str,
+) -> Result<KeySource, onnx_protect_core::licence::LicenceError> {
+    let licence = Licence::parse(text)?;
+    let tpm = match key.without_licence() {
+        KeySource::Identity(Identity::Provider(p)) if p.kind() == crate::KIND_TPM => {
+            crate::read_clock(tcti).ok().map(|c| TpmReading { clock_ms: c.clock_ms })
+        }
+        _ => None,
+    };
+    let clock = clock.map(Path::to_path_buf).or_else(ClockFile::default_path).map(|p| ClockFile::new(&p));
+    Ok(key.with_licence(LicenceCheck { licence, clock, tpm }))
 }

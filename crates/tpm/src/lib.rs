@@ -33,7 +33,7 @@ mod keyfile;
 mod provider;
 mod recipient;
 
-pub use any::{parse_identity_file, parse_recipient};
+pub use any::{parse_identity_file, parse_recipient, with_licence};
 #[cfg(feature = "tss")]
 pub use device::Tpm;
 pub use error::TpmError;

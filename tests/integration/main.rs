@@ -9,6 +9,7 @@ mod device_keys;
 mod fixtures;
 mod float6;
 mod key_files;
+mod licences;
 mod malformed;
 mod policy;
 mod protect;

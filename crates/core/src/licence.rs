@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use onnx_protect_keys::SignerKey;
 use onnx_protect_licence::{evaluate, ModelFacts, Opener};
-pub use onnx_protect_licence::{ClockFile, Licence, LicenceError, TpmReading};
+pub use onnx_protect_licence::{ClockFile, Licence, LicenceError, TpmReading, MAX_LICENCE_LEN};
 
 use crate::envelope::Sealed;
 use crate::error::{CoreError, Result};

@@ -15,6 +15,7 @@ use std::ffi::c_int;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
@@ -70,6 +71,45 @@ create_exception!(
     "The key's tiers are already in clear in this file."
 );
 
+create_exception!(
+    onnx_protect,
+    LicenceError,
+    OnnxProtectError,
+    "The model needs a licence of its publisher and the one given does not let it open."
+);
+create_exception!(onnx_protect, LicenceMissing, LicenceError, "The model needs a licence and none was given.");
+create_exception!(onnx_protect, LicenceMalformed, LicenceError, "The licence text is malformed or unreadable.");
+create_exception!(
+    onnx_protect,
+    LicenceBadSignature,
+    LicenceError,
+    "The licence's signature does not verify, or it is by another authority."
+);
+create_exception!(onnx_protect, LicenceExpired, LicenceError, "The licence has expired.");
+create_exception!(onnx_protect, LicenceNotYetValid, LicenceError, "The licence is not valid yet.");
+create_exception!(onnx_protect, LicenceWrongModel, LicenceError, "The licence names other models.");
+create_exception!(onnx_protect, LicenceWrongDevice, LicenceError, "The licence is for another recipient or device.");
+create_exception!(
+    onnx_protect,
+    ClockSetBack,
+    LicenceError,
+    "The system clock is behind a time already reached, or the recorded clock state is unusable."
+);
+
+fn licence_exception(kind: LicenceKind, msg: String) -> PyErr {
+    match kind {
+        LicenceKind::Missing => LicenceMissing::new_err(msg),
+        LicenceKind::Malformed => LicenceMalformed::new_err(msg),
+        LicenceKind::BadSignature => LicenceBadSignature::new_err(msg),
+        LicenceKind::Expired => LicenceExpired::new_err(msg),
+        LicenceKind::NotYetValid => LicenceNotYetValid::new_err(msg),
+        LicenceKind::WrongModel => LicenceWrongModel::new_err(msg),
+        LicenceKind::WrongDevice => LicenceWrongDevice::new_err(msg),
+        LicenceKind::Clock => ClockSetBack::new_err(msg),
+        _ => LicenceError::new_err(msg),
+    }
+}
+
 /// The Python exception for a core error: the class of its kind, the message with
 /// its causes, and `kind` set to the kind's stable name.
 fn py_err(e: CoreError) -> PyErr {
@@ -107,6 +147,7 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
         ErrorKind::Output => OutputError::new_err(msg),
         ErrorKind::NotSigned => NotSigned::new_err(msg),
         ErrorKind::AlreadyDecrypted => AlreadyDecrypted::new_err(msg),
+        ErrorKind::Licence(l) => licence_exception(l, msg),
         _ => OnnxProtectError::new_err(msg),
     };
     Python::attach(|py| {
@@ -247,6 +288,27 @@ impl Key {
         Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(c))), kind: None, what })
     }
 
+    /// This key with a licence (docs/shipping.md#licences) for a model encrypted with a
+    /// licence authority. `clock`: the file recording the latest time a licence check saw
+    /// (default `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`).
+    #[pyo3(signature = (path, *, clock=None))]
+    fn with_licence(&self, path: PathBuf, clock: Option<PathBuf>) -> PyResult<Key> {
+        let unreadable = |e: std::io::Error| {
+            py_err(CoreError::Licence(onnx_protect_core::licence::LicenceError::Malformed {
+                line: 0,
+                reason: format!("cannot read {}: {e}", path.display()),
+            }))
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(onnx_protect_core::licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
+            .map_err(unreadable)?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let source = onnx_protect_tpm::with_licence(self.source.clone(), &text, clock.as_deref(), &tcti)
+            .map_err(|e| py_err_at(&path, e.into()))?;
+        Ok(Key { source, kind: self.kind, what: format!("{} with licence {}", self.what, path.display()) })
+    }
+
     fn __repr__(&self) -> String {
         format!("<onnx_protect.Key from {}>", self.what)
     }
@@ -343,7 +405,7 @@ fn fingerprint_marker(
 /// (recipient ID, fingerprint secret file, ledger, strength).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
-    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None))]
+    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None, licence=None))]
 #[allow(clippy::too_many_arguments)]
 fn encrypt(
     py: Python<'_>,
@@ -358,8 +420,21 @@ fn encrypt(
     tier_shares: Option<Vec<f64>>,
     allow_empty: bool,
     fingerprint: Option<(String, PathBuf, PathBuf, f64)>,
+    licence: Option<(String, Option<String>)>,
 ) -> PyResult<String> {
     let master = key.as_ref().map(|k| k.master()).transpose()?;
+    // (licence authority, model id): opening will need a licence of the authority.
+    let licence = match licence {
+        None => None,
+        Some((authority, model_id)) => {
+            let authority =
+                SignerKey::parse(authority.trim()).map_err(|e| key_err(format!("licence_authority: {e}")))?;
+            if let Some(id) = &model_id {
+                onnx_protect_core::licence::check_model_id(id).map_err(py_err)?;
+            }
+            Some(onnx_protect_core::licence::LicenceRequirement { authority, model_id })
+        }
+    };
     let recipients = recipients
         .iter()
         .map(|(text, tier)| {
@@ -384,6 +459,7 @@ fn encrypt(
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
         opts.rewrite = hook.as_ref().map(|f| f as &protect::Rewrite);
+        opts.licence = licence;
         protect::encrypt(&src, &dst, &to, &opts)
     });
     let mut report = serde_json::to_value(report.map_err(|e| py_err_at(&src, e))?)
@@ -814,6 +890,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OutputError", py.get_type::<OutputError>())?;
     m.add("NotSigned", py.get_type::<NotSigned>())?;
     m.add("AlreadyDecrypted", py.get_type::<AlreadyDecrypted>())?;
+    m.add("LicenceError", py.get_type::<LicenceError>())?;
+    m.add("LicenceMissing", py.get_type::<LicenceMissing>())?;
+    m.add("LicenceMalformed", py.get_type::<LicenceMalformed>())?;
+    m.add("LicenceBadSignature", py.get_type::<LicenceBadSignature>())?;
+    m.add("LicenceExpired", py.get_type::<LicenceExpired>())?;
+    m.add("LicenceNotYetValid", py.get_type::<LicenceNotYetValid>())?;
+    m.add("LicenceWrongModel", py.get_type::<LicenceWrongModel>())?;
+    m.add("LicenceWrongDevice", py.get_type::<LicenceWrongDevice>())?;
+    m.add("ClockSetBack", py.get_type::<ClockSetBack>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

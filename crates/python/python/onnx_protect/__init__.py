@@ -15,6 +15,12 @@ Every function takes the key in one of these keyword arguments (exactly one):
   TPM key file of ``onnx-protect keygen --tpm`` (the TPM named by
   ``ONNX_PROTECT_TPM_TCTI``; needs a package built with the cargo feature ``tpm``).
 
+A model encrypted with a licence authority also needs ``licence=`` (a licence file,
+docs/shipping.md) in ``decrypt``, ``verify`` (with a key), ``load`` and
+``InferenceSession``; ``licence_clock=`` names the file that records the latest time
+seen (default ``$ONNX_PROTECT_LICENCE_CLOCK`` or ``~/.local/state/onnx-protect/licence-clock``).
+Refusals are :class:`LicenceError` subclasses (``LicenceExpired``, ``LicenceWrongDevice``, ...).
+
 Errors are :class:`OnnxProtectError` subclasses, one per kind (``WrongKey``,
 ``Modified``, ``NotProtected``, ``MalformedModel``, ...); ``err.kind`` is the
 kind's stable name, as in the command line's JSON output. See docs/python.md.
@@ -33,12 +39,21 @@ from ._native import (
     AlreadyProtected,
     BadManifest,
     Buffer,
+    ClockSetBack,
     DecryptedModel,
     ExternalTensor,
     FileError,
     InvalidKey,
     InvalidPolicy,
     Key,
+    LicenceBadSignature,
+    LicenceError,
+    LicenceExpired,
+    LicenceMalformed,
+    LicenceMissing,
+    LicenceNotYetValid,
+    LicenceWrongDevice,
+    LicenceWrongModel,
     MalformedModel,
     Modified,
     NotProtected,
@@ -59,6 +74,7 @@ __all__ = [
     "AlreadyProtected",
     "BadManifest",
     "Buffer",
+    "ClockSetBack",
     "DecryptedModel",
     "ExternalTensor",
     "FileError",
@@ -66,6 +82,14 @@ __all__ = [
     "InvalidKey",
     "InvalidPolicy",
     "Key",
+    "LicenceBadSignature",
+    "LicenceError",
+    "LicenceExpired",
+    "LicenceMalformed",
+    "LicenceMissing",
+    "LicenceNotYetValid",
+    "LicenceWrongDevice",
+    "LicenceWrongModel",
     "MalformedModel",
     "Modified",
     "NotProtected",
@@ -145,6 +169,17 @@ def _required_key(**kw: Any) -> Key:
     return k
 
 
+def _licensed(k: Key | None, licence: PathLike | None, licence_clock: PathLike | None) -> Key | None:
+    """``k`` with the licence, if one was given."""
+    if licence is None:
+        if licence_clock is not None:
+            raise ValueError("licence_clock goes with licence")
+        return k
+    if k is None:
+        raise ValueError("a licence goes with a key")
+    return k.with_licence(os.fspath(licence), clock=None if licence_clock is None else os.fspath(licence_clock))
+
+
 def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
     """``(what, "OP=VALUE")`` pairs for one override argument."""
     if isinstance(value, str):
@@ -184,9 +219,14 @@ def encrypt(
     fingerprint_secret: PathLike | None = None,
     ledger: PathLike | None = None,
     fingerprint_strength: float = 0.002,
+    licence_authority: str | None = None,
+    model_id: str | None = None,
     **overrides: Override,
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
+
+    ``licence_authority`` (``onnx-protect-signer1...``, with an optional ``model_id``)
+    records that opening the model needs a licence signed by that publisher key.
 
     ``policy`` is a TOML policy file (docs/policy.md); the built-in default
     otherwise. ``overrides`` are ``coefficient``, ``mode``, ``subsequences``
@@ -201,6 +241,8 @@ def encrypt(
     report gains ``"fingerprint"``. (``--fingerprint-check`` is command-line only.)
     Returns the encryption report.
     """
+    if model_id is not None and licence_authority is None:
+        raise TypeError("model_id goes with licence_authority")
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
         raise TypeError(f"unknown argument(s) {', '.join(unknown)}; overrides are {', '.join(_OVERRIDES)}")
@@ -227,6 +269,7 @@ def encrypt(
         tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
         allow_empty=allow_empty,
         fingerprint=mark,
+        licence=None if licence_authority is None else (licence_authority, model_id),
     )
     return json.loads(report)
 
@@ -249,6 +292,8 @@ def decrypt(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -260,6 +305,7 @@ def decrypt(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
 
 
@@ -272,6 +318,8 @@ def verify(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     signers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Verifies a protected model: with a key, every MAC the key allows; without,
@@ -280,6 +328,7 @@ def verify(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return json.loads(_native.verify(os.fspath(path), key=k, signers=list(signers)))
 
 
@@ -309,6 +358,8 @@ def load(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
 ) -> DecryptedModel:
@@ -323,6 +374,7 @@ def load(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return _native.load(os.fspath(path), key=k, tier=tier, signers=list(signers))
 
 
@@ -388,6 +440,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
     sess_options: onnxruntime.SessionOptions | None = None,
@@ -415,6 +469,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     m = load(path, key=k, tier=tier, signers=signers)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     external = m.external

@@ -193,3 +193,113 @@ def test_the_c_abi_opens_a_tpm_key_file_on_its_tpm_only(programs, tpms, tmp_path
     assert f"identical to {MODEL}" in r.stdout
     r = run(programs[0], enc, "--identity-file", key, env=dict(os.environ, ONNX_PROTECT_TPM_TCTI=b.tcti))
     assert r.returncode == KEY and "is not in this TPM" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- licences
+
+
+def _publisher(tmp_path, name="pub.sk"):
+    k = tmp_path / name
+    cli("keygen", "--signing", "-o", k, "-q")
+    public = next(line.split()[-1] for line in k.read_text().splitlines() if line.startswith("# public key:"))
+    return k, public
+
+
+def _issue(tmp_path, sk, name, *args):
+    out = tmp_path / name
+    cli("licence", "issue", "--sign-key", sk, "-o", out, "-q", *args)
+    return out
+
+
+WINDOW = ("--not-before", "2020-01-01T00:00:00Z", "--not-after", "2099-12-31T23:59:59Z")
+
+
+@pytest.fixture
+def licensed(tmp_path, monkeypatch):
+    """A model encrypted by the package with a licence authority: (plain, protected, key, sk, clock)."""
+    monkeypatch.setenv("ONNX_PROTECT_LICENCE_CLOCK", str(tmp_path / "clock"))
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    key = tmp_path / "k.key"
+    op.keygen(key)
+    sk, authority = _publisher(tmp_path)
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key_file=key, licence_authority=authority, model_id="det-v3")
+    return plain, enc, key, sk, tmp_path / "clock"
+
+
+def test_the_package_needs_a_valid_licence_and_raises_one_class_per_refusal(licensed, tmp_path):
+    plain, enc, key, sk, clock = licensed
+    with pytest.raises(op.LicenceMissing) as e:
+        op.load(enc, key_file=key)
+    assert e.value.kind == "licence_missing"
+    ok = _issue(tmp_path, sk, "ok.lic", "--model", "id:det-v3", "--recipient", "any", *WINDOW)
+    with op.load(enc, key_file=key, licence=ok) as m:
+        assert m.model == plain.read_bytes()
+    assert op.verify(enc, key_file=key, licence=ok)["check"] == "mac"
+    cases = [
+        (op.LicenceExpired, ["--model", "id:det-v3", "--recipient", "any",
+                             "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"]),
+        (op.LicenceNotYetValid, ["--model", "id:det-v3", "--recipient", "any",
+                                 "--not-before", "2098-01-01T00:00:00Z", "--not-after", "2099-01-01T00:00:00Z"]),
+        (op.LicenceWrongModel, ["--model", "id:other", "--recipient", "any", *WINDOW]),
+        (op.LicenceWrongDevice, ["--model", "id:det-v3", "--recipient", "key 0000000000000000", *WINDOW]),
+    ]
+    out = tmp_path / "out.onnx"
+    for i, (cls, args) in enumerate(cases):
+        lic = _issue(tmp_path, sk, f"{i}.lic", *args)
+        with pytest.raises(cls):
+            op.load(enc, key_file=key, licence=lic)
+        with pytest.raises(cls):
+            op.decrypt(enc, out, key_file=key, licence=lic)
+        assert not out.exists()
+    other_sk, _ = _publisher(tmp_path, "other.sk")
+    other = _issue(tmp_path, other_sk, "other.lic", "--model", "id:det-v3", "--recipient", "any", *WINDOW)
+    with pytest.raises(op.LicenceBadSignature):
+        op.load(enc, key_file=key, licence=other)
+    bad = tmp_path / "bad.lic"
+    bad.write_bytes(ok.read_bytes().replace(b"any", b"anx"))
+    with pytest.raises(op.LicenceError):
+        op.load(enc, key_file=key, licence=bad)
+    clock.write_text("onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n")
+    with pytest.raises(op.ClockSetBack):
+        op.load(enc, key_file=key, licence=ok)
+    # Every licence error is an OnnxProtectError; a licence alone is not a key.
+    assert issubclass(op.LicenceExpired, op.LicenceError) and issubclass(op.LicenceError, op.OnnxProtectError)
+    with pytest.raises(ValueError):
+        op.load(enc, licence=ok)
+
+
+def test_the_c_abi_needs_a_valid_licence(programs, licensed, tmp_path):  # noqa: F811
+    plain, enc, key, sk, _ = licensed
+    r = run(programs[0], enc, "--key-file", key)
+    assert r.returncode == 14 and "licence required" in r.stderr, r.stderr
+    ok = _issue(tmp_path, sk, "ok.lic", "--model-of", enc, "--recipient", "any", *WINDOW)
+    r = run(programs[0], enc, "--key-file", key, "--licence", ok, "--compare", plain)
+    assert r.returncode == 0, r.stderr
+    assert f"identical to {plain}" in r.stdout
+    expired = _issue(tmp_path, sk, "old.lic", "--model-of", enc, "--recipient", "any",
+                     "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z")
+    r = run(programs[0], enc, "--key-file", key, "--licence", expired)
+    assert r.returncode == 16 and "expired" in r.stderr, r.stderr
+    device = _issue(tmp_path, sk, "dev.lic", "--model-of", enc, "--recipient", "tpm onnx-protect-tpm1x", *WINDOW)
+    r = run(programs[0], enc, "--key-file", key, "--licence", device)
+    assert r.returncode == 19, r.stderr
+
+
+def test_a_licence_for_one_tpm_device_opens_on_that_tpm(tpms, tmp_path, monkeypatch):
+    a = tpms("a")
+    monkeypatch.setenv("ONNX_PROTECT_LICENCE_CLOCK", str(tmp_path / "clock"))
+    key = tmp_path / "device.tpmkey"
+    recipient = tpm_key(a.tcti, key)
+    sk, authority = _publisher(tmp_path)
+    enc = tmp_path / "p.onnx"
+    cli("encrypt", MODEL, "-o", enc, "--recipient", recipient, "--licence-authority", authority, "-q")
+    lic = _issue(tmp_path, sk, "dev.lic", "--model-of", enc, "--recipient", f"tpm {recipient}", *WINDOW)
+    out = tmp_path / "out.onnx"
+    r = subprocess.run([BIN, "decrypt", str(enc), "-o", str(out), "--identity", str(key), "--licence", str(lic), "-q"],
+                       capture_output=True, text=True, env=dict(os.environ, ONNX_PROTECT_TPM_TCTI=a.tcti))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == MODEL.read_bytes()
+    # The check recorded the TPM's clock as an anchor beside the high-water mark.
+    assert "tpm: " in (tmp_path / "clock").read_text()

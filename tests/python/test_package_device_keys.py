@@ -259,8 +259,14 @@ def test_the_package_needs_a_valid_licence_and_raises_one_class_per_refusal(lice
         op.load(enc, key_file=key, licence=other)
     bad = tmp_path / "bad.lic"
     bad.write_bytes(ok.read_bytes().replace(b"any", b"anx"))
-    with pytest.raises(op.LicenceError):
+    with pytest.raises(op.LicenceBadSignature):
         op.load(enc, key_file=key, licence=bad)
+    bad.write_bytes(b"not a licence\n")
+    with pytest.raises(op.LicenceMalformed) as e:
+        op.load(enc, key_file=key, licence=bad)
+    assert e.value.kind == "licence_malformed"
+    with pytest.raises(op.LicenceMalformed):
+        op.load(enc, key_file=key, licence=tmp_path / "missing.lic")
     clock.write_text("onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n")
     with pytest.raises(op.ClockSetBack):
         op.load(enc, key_file=key, licence=ok)

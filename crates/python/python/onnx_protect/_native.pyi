@@ -99,6 +99,31 @@ class DecryptedModel:
     def __enter__(self) -> DecryptedModel: ...
     def __exit__(self, *args: object) -> bool: ...
 
+class TensorView:
+    """A read-only buffer over one decrypted tensor's bytes, held in Rust."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
+class SessionModel:
+    """A protected model decrypted for an onnxruntime session."""
+
+    @property
+    def shared(self) -> list[tuple[str, str, list[int], TensorView]]: ...
+    @property
+    def unshared_initializers(self) -> list[str]: ...
+    def graph(self, *, share: bool) -> bytes: ...
+    def release(self) -> None: ...
+
+def check_encrypt_key(*, key: Key, allow_short_passphrase: bool = False) -> None: ...
+def session_model(
+    source: str | bytes,
+    *,
+    key: Key,
+    tier: int | None = None,
+    signers: list[str] = ...,
+    share: bool = True,
+) -> SessionModel: ...
 def encrypt(
     src: str,
     dst: str,
@@ -112,6 +137,7 @@ def encrypt(
     tier_shares: list[float] | None = None,
     allow_empty: bool = False,
     fingerprint: tuple[str, str, str, float] | None = None,
+    allow_short_passphrase: bool = False,
     licence: tuple[str, str | None] | None = None,
 ) -> str: ...
 def decrypt(src: str, dst: str, *, key: Key, tier: int | None = None, signers: list[str] = ...) -> str: ...

@@ -87,6 +87,7 @@ pub(crate) struct EncryptSpec<'a> {
     pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
     pub rewrite: Option<&'a Rewrite>,
+    pub licence: Option<&'a crate::licence::LicenceRequirement>,
     pub progress: &'a dyn Progress,
 }
 
@@ -230,7 +231,8 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let stanzas = wrap_all(to, &data_keys)?;
     crate::recipients::check_new(&stanzas)?;
-    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
+    let (header, targets) =
+        build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
     let (all_targets, actions) = match spec.rewrite {
@@ -329,7 +331,9 @@ fn build_header(
     tier_keys: &[TierKeys],
     policy: &Policy,
     secret: bool,
+    licence: Option<&crate::licence::LicenceRequirement>,
 ) -> (pb::Header, Vec<Target>) {
+    let (licence_authority, model_id) = crate::licence::header_fields(licence);
     let mut entries = Vec::new();
     let mut targets = Vec::new();
     for (i, c) in selection.chosen.iter().enumerate() {
@@ -370,6 +374,8 @@ fn build_header(
         positions: u32::from(secret),
         // The external files are written with their lengths unchanged.
         external_sizes: model.external_files.iter().map(|f| f.size).collect(),
+        licence_authority,
+        model_id,
     };
     (header, targets)
 }
@@ -674,7 +680,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
             opened.tier
         )));
     }
-    match key {
+    match key.without_licence() {
         KeySource::Key(k) => Ok((k.clone(), tiers)),
         KeySource::Passphrase(pass) => {
             let s = p
@@ -687,7 +693,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
             onnx_protect_keys::check_kdf_limits(&s)?;
             Ok((onnx_protect_crypto::MasterKey::from_passphrase(pass, &s)?, tiers))
         }
-        KeySource::Identity(_) => {
+        KeySource::Identity(_) | KeySource::Licensed(..) => {
             Err(CoreError::Key("an identity has no tier keys to derive; use a key file or a passphrase".into()))
         }
     }

@@ -87,6 +87,14 @@ pub struct Header {
     /// files written before it was recorded).
     #[prost(uint64, repeated, tag = "10")]
     pub external_sizes: ::prost::alloc::vec::Vec<u64>,
+    /// Field 11 is reserved for another use.
+    /// The publisher's licence authority: empty, or a 32-byte Ed25519 public key; when set,
+    /// opening a stanza needs a licence signed by it (docs/format.md Appendix C).
+    #[prost(bytes = "vec", tag = "12")]
+    pub licence_authority: ::prost::alloc::vec::Vec<u8>,
+    /// The publisher's model id, named by licences (`model: id:…`); empty if none.
+    #[prost(string, tag = "13")]
+    pub model_id: ::prost::alloc::string::String,
 }
 /// One wrapped data key (docs/format.md §8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -170,6 +170,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let report = assess(&a.original, &a.protected, &opts)
         .map_err(lift)
         .with_context(|| format!("assess {}", a.protected.display()))?;
+    let version = onnx_protect_format::Model::open(&a.protected)
+        .ok()
+        .and_then(|m| onnx_protect_core::protect::manifest_version(&m).ok().flatten());
+    if let Some(w) = version.and_then(onnx_protect_core::protect::warning_for) {
+        eprintln!("warning: {w}");
+    }
     if a.json {
         crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
     } else {

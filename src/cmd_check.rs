@@ -42,6 +42,9 @@ pub struct Args {
     /// Require the encrypted spans to contain the policy's spans, not just as many bytes.
     #[arg(long)]
     strict_spans: bool,
+    /// Let a format-1 model pass (only its encrypted spans are authenticated); it fails by default.
+    #[arg(long = "allow-format-1")]
+    allow_format_1: bool,
     /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
     #[command(flatten)]
     key: crate::keys::KeyArgs,
@@ -84,6 +87,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         require_encrypted: a.require_encrypted,
         allow_unprotected: a.allow_unprotected,
         strict_spans: a.strict_spans,
+        allow_format_1: a.allow_format_1,
         key: key.as_ref(),
         signers: &signers,
         progress: &bar,
@@ -142,6 +146,9 @@ fn print_text(m: &ModelCheck) {
         )
     };
     println!("{verdict} {}: {state}", m.path);
+    if let Some(w) = m.warning {
+        println!("  warning: {w}");
+    }
     for op in &m.ops {
         println!(
             "  {}: policy {} {} -> {:.2}% of {} weight bytes {} ({}/{} tensors){}",

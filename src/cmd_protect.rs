@@ -673,6 +673,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
     crate::dest::note_created(created, a.out.quiet);
     r.input = a.input.display().to_string();
+    a.out.warn(r.warning);
     a.out.report(&r, false, || {
         format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
     })?;
@@ -699,6 +700,7 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let mut r = protect::verify_signed(input.path(), key.as_ref(), &signers, &bar)
         .with_context(|| format!("verify {}", input_name(&a.input)))?;
     r.input = a.input.display().to_string();
+    a.out.warn(r.warning);
     a.out.report(&r, false, || {
         let how = match (r.check, r.format_version) {
             ("mac", 2) => "every byte and the MACs verified with the key",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use onnx_protect_core::protect::EncryptTo;
-use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
+use onnx_protect_core::rewrap::{rewrap, Recovery, Remove, RewrapOptions};
 
 use crate::exit::usage;
 use crate::keys::{read_key_file, KeyArgs, RecipientArgs, SignArgs};
@@ -123,8 +123,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let r = rewrap(&a.input, &output, &key, &opts).with_context(|| format!("rewrap {}", a.input.display()))?;
     crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || {
+        let recovered = match r.recovered {
+            Recovery::Nothing => "",
+            Recovery::RolledForward => "finished an earlier in-place rewrap that was interrupted; ",
+            Recovery::RolledBack => "undid an earlier in-place rewrap that was interrupted before it began; ",
+        };
         format!(
-            "removed {} and added {} recipient stanza(s) -> {} ({} bytes written); recipients now:\n  {}",
+            "{recovered}removed {} and added {} recipient stanza(s) -> {} ({} bytes written); recipients now:\n  {}",
             r.removed,
             r.added,
             r.output,

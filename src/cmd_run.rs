@@ -32,6 +32,9 @@ pub fn decrypt_to_stdout(
         decrypt_signed_in_memory(input, key, tier, signers)
     }
     .with_context(|| format!("decrypt {}", input_name(input)))?;
+    if let Some(w) = d.warning() {
+        eprintln!("warning: {w}");
+    }
     let bytes: &[u8] = match external {
         None => &d,
         Some(loc) => match d.external().get(loc) {
@@ -188,6 +191,9 @@ mod with_tract {
         let (bytes, external, weights, decrypted_bytes): (&[u8], External, &'static str, Option<u64>) = match &key {
             Some(k) => {
                 decrypted = decrypt_in_memory(&a.model, k).with_context(|| format!("decrypt {}", a.model.display()))?;
+                if let Some(w) = decrypted.warning() {
+                    eprintln!("warning: {w}");
+                }
                 let ext: External = decrypted.external().iter().map(|(n, b)| (n.clone(), &b[..])).collect();
                 (&decrypted, ext, "decrypted", Some(decrypted.decrypted_bytes()))
             }

@@ -35,6 +35,14 @@ impl OutputArgs {
         }
     }
 
+    /// Prints `warning: W` on standard error for a library's warning `w` (format 1's
+    /// partial authentication), unless `-q`.
+    pub fn warn(&self, w: Option<&str>) {
+        if let (Some(w), false) = (w, self.quiet) {
+            eprintln!("warning: {w}");
+        }
+    }
+
     /// A usage error when `--json` is given while standard output carries a model.
     pub fn refuse_json_with_stdout(&self, stdout_taken: bool) -> anyhow::Result<()> {
         if self.json && stdout_taken {

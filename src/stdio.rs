@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use onnx_protect_format::Model;
+use onnx_protect_fsio::Staging;
 
 use crate::exit::usage;
 
@@ -57,12 +58,15 @@ pub fn read_model() -> Result<Model> {
     Model::from_vec(bytes, None).context("standard input")
 }
 
-/// A model to read: the path itself, or standard input staged in a private temporary
-/// directory ($TMPDIR, mode 0700) for the library calls that take a path. The staged
-/// copy is removed when this value is dropped.
+/// A model to read: the path itself, or standard input staged under `$TMPDIR` for the
+/// library calls that take a path. The staged copy is an output staging file
+/// ([`onnx_protect_fsio::Staging`]): mode 0600 from the system call that creates it,
+/// without a name where the system allows (Linux), so that nothing is left even when the
+/// process is killed; elsewhere a named file that is removed when this value is dropped,
+/// or by the next run after a crash.
 pub struct Input {
     path: PathBuf,
-    _staged: Option<tempfile::TempDir>,
+    _staged: Option<Staging>,
 }
 
 impl Input {
@@ -72,11 +76,19 @@ impl Input {
             return Ok(Input { path: p.to_path_buf(), _staged: None });
         }
         let model = read_model()?;
-        let dir = tempfile::tempdir().context("cannot create a temporary directory for standard input")?;
-        let path = dir.path().join("stdin.onnx");
-        std::fs::write(&path, model.bytes())
-            .with_context(|| format!("cannot stage standard input in {}", path.display()))?;
-        Ok(Input { path, _staged: Some(dir) })
+        Input::staged(model.bytes(), &std::env::temp_dir())
+    }
+
+    /// `bytes` staged as a private file under `tmp`.
+    fn staged(bytes: &[u8], tmp: &Path) -> Result<Input> {
+        onnx_protect_fsio::stage::remove_stale_once(tmp);
+        let mut staged =
+            Staging::new(tmp).with_context(|| format!("cannot stage standard input in {}", tmp.display()))?;
+        staged
+            .file_mut()
+            .write_all(bytes)
+            .with_context(|| format!("cannot stage standard input in {}", tmp.display()))?;
+        Ok(Input { path: staged.path(), _staged: Some(staged) })
     }
 
     pub fn path(&self) -> &Path {
@@ -98,7 +110,7 @@ impl Output {
             return Ok(Output { path: p.to_path_buf(), staged: None });
         }
         refuse_terminal()?;
-        let dir = tempfile::tempdir().context("cannot create a temporary directory for the output")?;
+        let dir = private_tempdir().context("cannot create a temporary directory for the output")?;
         Ok(Output { path: dir.path().join("stdout.onnx"), staged: Some(dir) })
     }
 
@@ -134,6 +146,18 @@ impl Output {
             _ => Ok(()),
         }
     }
+}
+
+/// A temporary directory under `$TMPDIR` that only its owner can enter (mode 0700 from
+/// its creation), for an output written to standard output.
+fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    b.prefix(".onnx-protect-").tempdir()
 }
 
 /// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
@@ -188,4 +212,44 @@ pub fn refuse_external(input: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path(), std::fs::symlink_metadata(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// The plaintext model of `encrypt -` is staged as outputs are: a file private to its
+    /// owner from the system call that creates it, without a name where the system
+    /// allows (so that a killed process leaves nothing), and gone once dropped.
+    #[test]
+    fn standard_input_is_staged_privately_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = b"the plaintext model".to_vec();
+        let input = Input::staged(&bytes, tmp.path()).unwrap();
+        assert_eq!(std::fs::read(input.path()).unwrap(), bytes);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(input.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the staged copy of standard input has mode {mode:o}");
+            for (path, meta) in entries(tmp.path()) {
+                assert!(meta.is_file(), "{} is not a private file", path.display());
+                assert_eq!(meta.permissions().mode() & 0o077, 0, "{} is readable by others", path.display());
+            }
+        }
+        #[cfg(target_os = "linux")]
+        assert!(entries(tmp.path()).is_empty(), "the staged copy has a name: {:?}", entries(tmp.path()));
+        drop(input);
+        assert!(entries(tmp.path()).is_empty());
+    }
 }

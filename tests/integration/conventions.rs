@@ -9,11 +9,15 @@ use std::process::{Command, Stdio};
 
 use crate::util::{bin, root, run};
 
-/// Runs the binary in `cwd` with `stdin` piped in: (exit code, stdout bytes, stderr).
+/// Runs the binary in `cwd` with `stdin` piped in and `$TMPDIR` set to `cwd/.tmp`:
+/// (exit code, stdout bytes, stderr).
 fn run_io(cwd: &Path, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let tmp = cwd.join(".tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut child = Command::new(bin())
         .args(args)
         .current_dir(cwd)
+        .env("TMPDIR", &tmp)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -206,6 +210,9 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     let names: Vec<String> =
         std::fs::read_dir(cwd).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(!names.contains(&"-".to_string()), "a file named '-' was created: {names:?}");
+    // Standard input and output were staged under $TMPDIR and nothing of them is left.
+    let left: Vec<_> = std::fs::read_dir(cwd.join(".tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "staged copies left in $TMPDIR: {left:?}");
 }
 
 #[test]

@@ -598,6 +598,7 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
             policy: Some(&policy),
             require_encrypted: !empty,
             strict_spans: true,
+            allow_format_1: false,
             allow_unprotected: empty,
             key: None,
             signers: &[],

@@ -408,3 +408,41 @@ fn every_changed_byte_of_a_format_1_vector_is_refused_or_comes_back_as_that_chan
     }
     assert!(swept > 25_000, "only {swept} bytes swept");
 }
+
+/// Format 1 authenticates only the encrypted spans: every command that reads a format-1
+/// file says so, and the CI gate refuses one unless told to let it pass.
+#[test]
+fn every_use_of_a_format_1_file_says_only_its_encrypted_spans_are_authenticated() {
+    const WARNING: &str = "format 1: only encrypted spans authenticated";
+    let case = vectors().join("cnn_torch_ctr");
+    let (protected, _) = models_of(&case);
+    let p = protected.to_str().unwrap();
+    let key = case.join("key.hex");
+    let k = key.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let o = out.to_str().unwrap();
+    for args in [
+        vec!["decrypt", p, "-o", o, "--key-file", k],
+        vec!["verify", p],
+        vec!["verify", p, "--key-file", k],
+        vec!["check", p, "--allow-format-1"],
+        vec!["inspect", p],
+    ] {
+        let (code, stdout, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("warning: {WARNING}")) || stdout.contains(WARNING),
+            "{args:?}: no warning in\n{stdout}\n{err}"
+        );
+    }
+    let (code, stdout, err) = run(&["verify", p, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["warning"], WARNING);
+    // The gate: a format-1 file fails unless allowed.
+    let (code, stdout, _) = run(&["check", p, "--json"]);
+    assert_eq!(code, 8, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["models"][0]["failures"][0]["reason"], "format_1", "{stdout}");
+}

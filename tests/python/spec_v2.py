@@ -125,7 +125,7 @@ SCHEMAS = {
                  (7, "stored_digest", "bytes"), (8, "checksum", "bytes")],
     "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
                (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
-               (7, "tool", "string"), (8, "policy_summary", "string")],
+               (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64")],
     "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
                     (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
                     (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
@@ -500,8 +500,10 @@ def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tens
             kv[k] = v  # CHOICE: a repeated key: the last one counts
         if "location" not in kv:
             raise MalformedModel(f"{locator} ({name!r}): external data without a location")
-        real = files.load(kv["location"])
-        size = len(files.data[real])
+        real = files.resolve(kv["location"])
+        if not os.path.isfile(real):
+            raise MalformedModel(f"external data file {kv['location']!r} missing")
+        size = len(files.data[real]) if real in files.data else os.path.getsize(real)
         for k in ("offset", "length"):
             if k in kv and not re.fullmatch(r"[0-9]+", kv[k]):
                 raise MalformedModel(f"{locator} ({name!r}): external {k} {kv[k]!r} is not decimal digits")
@@ -589,6 +591,7 @@ def walk(model, files: Files) -> list[Tensor]:
 
 def element_bytes(model, t: Tensor, files: Files) -> bytearray:
     if t.storage == S_EXTERNAL:
+        files.load(t.ext_location)
         return bytearray(files.data[t.ext_real][t.ext_offset:t.ext_offset + t.nbytes])
     if t.storage in VARINT_STORAGES:
         w = varint_width(t.data_type)
@@ -600,6 +603,7 @@ def element_bytes(model, t: Tensor, files: Files) -> bytearray:
 def put_element_bytes(model: bytearray, t: Tensor, files: Files, data: bytes):
     """Write element bytes back in place (not for varint storage)."""
     if t.storage == S_EXTERNAL:
+        files.load(t.ext_location)
         files.data[t.ext_real][t.ext_offset:t.ext_offset + t.nbytes] = data
         return
     assert t.storage not in VARINT_STORAGES
@@ -886,6 +890,34 @@ def _entry_bytes(key: bytes, value: bytes) -> bytes:
     return _ld(14, body)
 
 
+def _varint(b: bytes, at: int) -> tuple[int, int] | None:
+    """A minimal varint at `at`: (value, length), or None."""
+    v = 0
+    for i in range(10):
+        if at + i >= len(b):
+            return None
+        c = b[at + i]
+        v |= (c & 0x7F) << (7 * i)
+        if not c & 0x80:
+            return (v, i + 1) if i == 0 or c else None
+    return None
+
+
+def find_entry(model: bytes) -> tuple[int, bytes] | None:
+    """§1: the entry at the end of the file without parsing the model: (entry_start, value)."""
+    k = b"\x0a\x0f" + ENTRY_KEY.encode() + b"\x12"
+    a = model.rfind(k)
+    if a < 0:
+        return None
+    lv = _varint(model, a + len(k))
+    if lv is None or a + len(k) + lv[1] + lv[0] != len(model):
+        return None
+    prefix = b"\x72" + encode_varint(len(model) - a)
+    if a < len(prefix) or model[a - len(prefix):a] != prefix:
+        return None
+    return a - len(prefix), model[a + len(k) + lv[1]:]
+
+
 def manifest_entries(model) -> list[tuple[str, object, bytes]]:
     """Top-level metadata_props entries whose key is a manifest key: (key, field, value)."""
     try:
@@ -1036,11 +1068,19 @@ def check_envelope(env: dict, h: dict, rec: dict):
         if not 1 <= st["tier"] <= n:
             raise Modified(f"stanza tier {st['tier']} outside 1..={n}")
         check_stanza_shape(st)
+    if h["external_sizes"] and len(h["external_sizes"]) != len(h["external_files"]):
+        raise Modified("external_sizes: not one value per external file")
+    if len(h["tensors"]) > 1 << 20 or not 1 <= len(rec["stanzas"]) <= 1024 or len(env["signatures"]) > 64:
+        raise Modified("too many entries, signatures, or stanzas (or none)")
+    for kind in ("passphrase", "pkcs11", "command"):
+        if sum(st["kind"] == kind for st in rec["stanzas"]) > 8:
+            raise Modified(f"more than 8 {kind} stanzas")
 
 
 def check_stanza_shape(st: dict):
-    """CHOICE: stanzas of the kinds this reader knows are checked for shape (and the
-    Argon2id caps) up front, whatever key material was given; a bad one is "modified"."""
+    """§8: stanzas of the kinds the format defines are checked for shape (and the Argon2id
+    caps) up front, whatever key material was given; a bad one is "modified". A stanza of
+    another kind is skipped whole (its kdf, salt and body not examined)."""
     kind = st["kind"]
     if kind == "key":
         if len(st["salt"]) != 16 or st["kdf"] is not None or len(st["body"]) != 48:
@@ -1057,10 +1097,38 @@ def check_stanza_shape(st: dict):
     elif kind == "x25519":
         if st["salt"] or st["kdf"] is not None:
             raise Modified("x25519 stanza: salt and kdf must be absent")
+        check_age_body(st["body"])
+    elif kind == "pkcs11":
+        if st["salt"] or st["kdf"] is not None or len(st["body"]) != 60:
+            raise Modified("pkcs11 stanza: salt and kdf absent, body 60 bytes")
+    elif kind == "command":
+        if st["salt"] or st["kdf"] is not None or not 1 <= len(st["body"]) <= 16384:
+            raise Modified("command stanza: salt and kdf absent, body 1 to 16384 bytes")
+        label = st["label"]
+        if len(label.encode()) > 512 or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"
+                                            for c in label):
+            raise Modified("command stanza: a label over 512 bytes or with a control character or line break")
+
+
+def check_age_body(body: bytes):
+    """§8: at most 1024 bytes; among the header lines one X25519 stanza and at most one
+    other (age's grease)."""
+    if len(body) > 1024:
+        raise Modified(f"x25519 stanza: an age body of {len(body)} bytes")
+    x25519 = other = 0
+    for line in body.split(b"\n")[1:]:
+        if line.startswith(b"---"):
+            break
+        if line.startswith(b"-> X25519 "):
+            x25519 += 1
+        elif line.startswith(b"-> "):
+            other += 1
+    if x25519 != 1 or other > 1:
+        raise Modified(f"x25519 stanza: {x25519} X25519 and {other} other age stanzas")
 
 
 def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None) -> Opened:
-    """§12 steps 1–2, plus the keyless digest of the stored content."""
+    """§12 steps 1–3 and the keyless half of step 6: the digest of the content as stored."""
     model = bytes(model_bytes)
     found = manifest_entries(model)
     if not found:
@@ -1071,7 +1139,7 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     if key != ENTRY_KEY:
         raise UnsupportedVersion(f"metadata key {key!r}")
     # §1: last field, encoded exactly so. CHOICE: "a varint length" read as minimal.
-    if model[f.start:] != _entry_bytes(key.encode(), value):
+    if model[f.start:] != _entry_bytes(key.encode(), value) or find_entry(model) != (f.start, value):
         raise Modified("the manifest entry is not the last field or not encoded as §1 says")
     try:
         env_bytes = base64.b64decode(value, validate=True)
@@ -1091,15 +1159,17 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
         raise Modified("checksum mismatch")
     op = Opened(model, model[:f.start], env, header, rec, env["header"], env["recipients"],
                 Files(model_dir, model_name))
-    # CHOICE: the stored content's digest is compared before anything parses the content,
-    # so that a changed byte is "modified" whatever it hits (and whatever the key).
-    for loc in header["external_files"]:
-        op.files.load(loc, missing=Modified)
-    want = env["stored_digest"] if op.restored else env["content_digest"]
-    if not hmac.compare_digest(content_digest(op.content, op.ext_list(), header["chunk_size"]), want):
-        raise Modified("content digest mismatch" + (" (stored_digest)" if op.restored else ""))
-    # §4: every tensor valid; §3: external_files; entries against their tensors.
-    op.tensors = walk(op.content, op.files)
+    # §3: each external file's recorded length (absent in older files) before it is read.
+    for loc, size in zip(header["external_files"], header["external_sizes"]):
+        real = op.files.resolve(loc)
+        if os.path.isfile(real) and os.path.getsize(real) != size:
+            raise Modified(f"external data file {loc!r} is {os.path.getsize(real)} bytes; the header records {size}")
+    # §12 step 3: the model parses and matches the header (a failure under a sound entry is
+    # "modified"), before any external file is read.
+    try:
+        op.tensors = walk(op.content, op.files)
+    except MalformedModel as e:
+        raise Modified(f"the model no longer parses: {e}") from e
     ext_order = []
     for t in op.tensors:
         if t.storage == S_EXTERNAL and t.ext_location not in ext_order:
@@ -1119,6 +1189,12 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
         if t.storage in VARINT_STORAGES and varint_width(t.data_type) is None:
             raise Modified(f"{e['locator']}: no element bytes for this varint-stored type")
         op.entries.append((e, t, list(zip(e["spans"][0::2], e["spans"][1::2]))))
+    # §12 step 6, keyless: the digest of the files as stored (the key's checks come later).
+    for loc in header["external_files"]:
+        op.files.load(loc, missing=Modified)
+    want = env["stored_digest"] if op.restored else env["content_digest"]
+    if not hmac.compare_digest(content_digest(op.content, op.ext_list(), header["chunk_size"]), want):
+        raise Modified("content digest mismatch" + (" (stored_digest)" if op.restored else ""))
     return op
 
 
@@ -1376,8 +1452,10 @@ def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, 
                         tier=p.get("tier") or tiers, op_type=p.get("op_type", ""), role=p.get("role", ""),
                         subsequences=p.get("subsequences", 0), chosen=p.get("chosen", 0))
         entries.append((e, t))
+    ext_sizes = [os.path.getsize(files.resolve(loc)) for loc in ext_files]
     header = new_message("Header", format_version=2, tiers=tiers, tensors=[e for e, _ in entries],
-                         chunk_size=chunk_size, external_files=ext_files, tool=tool, policy_summary=policy_summary)
+                         chunk_size=chunk_size, external_files=ext_files, tool=tool, policy_summary=policy_summary,
+                         external_sizes=ext_sizes)
     dk_top = data_key if data_key is not None else os.urandom(32)
     keys = data_keys_down(dk_top, tiers)
     header["key_checks"] = [keys[t].kcv() for t in range(1, tiers + 1)]
@@ -1399,7 +1477,7 @@ def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, 
     out = bytes(content)
     for e, data in varint:
         out = rewrite_varint(out, e["locator"], e["storage"], e["data_type"], data)
-    side = {loc: bytes(files.data[files.resolve(loc)]) for loc in ext_files}
+    side = {loc: bytes(files.data[files.load(loc)]) for loc in ext_files}
     digest = content_digest(out, list(side.values()), chunk_size)
     stanzas = []
     for r in recipients:

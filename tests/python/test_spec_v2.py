@@ -486,6 +486,74 @@ def test_x25519_recipient(tmp_path):
         p.decrypt(identities=[other])
 
 
+def test_an_age_body_of_many_stanzas_or_many_bytes_is_modified_without_a_key(tmp_path):
+    ident, recip = spec_age.generate_identity()
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.X25519Recipient(recip)])
+    body = envelope_parts(p.model)[3]["stanzas"][0]["body"]
+    lines = body.split(b"\n")
+    stanza = lines[1:3]  # "-> X25519 SHARE" and its body line
+    many = b"\n".join([lines[0]] + stanza * 3 + lines[3:])
+    for bad in (many, body + b"A" * 1024):
+        forged = reseal(p.model, recipients=lambda rr, b=bad: rr["stanzas"][0].update(body=b))
+        with pytest.raises(v2.Modified, match="x25519"):
+            v2.verify(forged, model_dir=str(p.dir))
+        with pytest.raises(v2.Modified, match="x25519"):
+            p.decrypt(forged, identities=[ident])
+
+
+def test_at_most_eight_stanzas_of_each_costly_kind(tmp_path):
+    k = os.urandom(32)
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.KeyRecipient(k)])
+    for kind, body in (("pkcs11", bytes(60)), ("command", b"wrapped")):
+        for n, ok in ((8, True), (9, False)):
+            forged = reseal(p.model, recipients=lambda rr, n=n, kind=kind, body=body: rr["stanzas"].extend(
+                v2.new_message("Stanza", kind=kind, tier=1, body=body) for _ in range(n)))
+            if ok:
+                v2.verify(forged, model_dir=str(p.dir))
+            else:
+                with pytest.raises(v2.Modified, match=f"8 {kind}"):
+                    v2.verify(forged, model_dir=str(p.dir))
+
+
+def test_an_external_file_of_another_length_is_modified_before_it_is_read(tmp_path, monkeypatch):
+    p = Protected(tmp_path, "external_data")
+    assert envelope_parts(p.model)[2]["external_sizes"]
+    side = p.dir / envelope_parts(p.model)[2]["external_files"][0]
+    with open(side, "r+b") as fh:
+        fh.truncate(1 << 40)  # sparse
+    monkeypatch.setattr(v2.Files, "load", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(v2.Modified, match="bytes; the header records"):
+        v2.verify(p.model, model_dir=str(p.dir), model_name="model.onnx")
+
+
+def test_known_stanza_kinds_have_their_shape_and_unknown_kinds_are_skipped_whole(tmp_path):
+    k = os.urandom(32)
+    p = Protected(tmp_path, "quant_uint8", recipients=[v2.KeyRecipient(k)])
+    bad_kdf = v2.new_message("KdfParams", algorithm="scrypt", salt=b"x")
+    for st, ok in ((v2.new_message("Stanza", kind="pkcs11", tier=1, body=bytes(48)), False),
+                   (v2.new_message("Stanza", kind="command", tier=1, body=b"w", kdf=bad_kdf), False),
+                   (v2.new_message("Stanza", kind="future", tier=1, body=b"w", salt=b"s", kdf=bad_kdf), True)):
+        forged = reseal(p.model, recipients=lambda rr, st=st: rr["stanzas"].append(st))
+        if ok:
+            v2.verify(forged, model_dir=str(p.dir))
+        else:
+            with pytest.raises(v2.Modified):
+                v2.verify(forged, model_dir=str(p.dir))
+
+
+def test_the_entry_is_found_by_the_search_of_section_1():
+    key = b"onnx-protect/v2"
+    for n in (4, 10, 1269, 200000):  # value lengths whose varints hold 0x0A or not, one to three bytes
+        value = b"Q" * n
+        model = b"\x0a\x0a\x0a\x3a\x00" + v2._entry_bytes(key, value)
+        assert v2.find_entry(model) == (5, value)
+        assert v2.find_entry(model + b"\x00") is None
+        # A field length that is not a minimal varint: no entry.
+        body = v2._ld(1, key) + v2._ld(2, value)
+        assert v2.find_entry(b"\x72" + v2.encode_varint(len(body)) + body) == (0, value)
+        assert v2.find_entry(b"\x72" + nonminimal_varint(len(body)) + body) is None
+
+
 def test_several_recipients_each_open(tmp_path):
     ident, recip = spec_age.generate_identity()
     k = os.urandom(32)

@@ -44,6 +44,9 @@ pub mod reasons {
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
     /// The model has no protection manifest.
     pub const NOT_PROTECTED: &str = "not_protected";
+    /// The model is in format 1, whose MAC covers only the encrypted spans (unless
+    /// [`CheckOptions::allow_format_1`](super::CheckOptions::allow_format_1)).
+    pub const FORMAT_1: &str = "format_1";
     /// The model has a manifest, but no byte that counts as encrypted: none at all under
     /// a key, or (with `--require-encrypted`) only bytes of modes the policy does not accept.
     pub const NOTHING_ENCRYPTED: &str = "nothing_encrypted";
@@ -73,6 +76,9 @@ pub struct CheckOptions<'a> {
     pub allow_unprotected: bool,
     /// Require the encrypted spans to contain the policy's spans, not only as many bytes.
     pub strict_spans: bool,
+    /// Let a format-1 model pass (its MAC covers only the encrypted spans: a changed clear
+    /// byte goes unnoticed); by default it fails with [`reasons::FORMAT_1`].
+    pub allow_format_1: bool,
     /// Check the MACs with this key (and its secret positions), not only the keyless digest.
     pub key: Option<&'a crate::keys::KeySource>,
     /// Require a valid signature of one of these publishers.
@@ -134,6 +140,9 @@ pub struct ModelCheck {
     pub failures: Vec<Failure>,
     /// Empty without a policy.
     pub ops: Vec<OpCoverage>,
+    /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
 }
 
 fn failure(reason: &'static str, detail: impl Into<String>) -> Failure {
@@ -207,6 +216,7 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
         bytes_by_protection: BTreeMap::new(),
         failures: Vec::new(),
         ops: Vec::new(),
+        warning: None,
     };
     // A protected model that no longer parses is "modified", as `verify` reports it.
     let model = match crate::protect::open_protected(path, opts.progress) {
@@ -242,6 +252,16 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
     match &view {
         Some(v) => {
             out.protected = true;
+            out.warning = crate::protect::warning_for(v.format_version);
+            if v.format_version == 1 && !opts.allow_format_1 {
+                out.failures.push(failure(
+                    reasons::FORMAT_1,
+                    format!(
+                        "{} (a changed clear byte goes unnoticed; pass --allow-format-1 to let such models pass)",
+                        crate::protect::FORMAT_1_WARNING
+                    ),
+                ));
+            }
             out.tensors = v.targets.len();
             out.encrypted_bytes = v.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
             out.bytes_by_protection = still_encrypted_by_protection(model, v);

@@ -42,6 +42,9 @@ pub struct Sealed {
     pub envelope: pb::Envelope,
     pub header: pb::Header,
     pub stanzas: Vec<Stanza>,
+    /// The stanzas as stored (same order), for writing them again unchanged: a stanza of a
+    /// kind this build does not know is skipped whole, its fields not examined.
+    pub raw_stanzas: Vec<pb::Stanza>,
 }
 
 /// A version-2 protected model: its entry, and every header entry matched to the model.
@@ -79,30 +82,26 @@ pub fn trailing_entry(bytes: &[u8]) -> Option<(Range<u64>, &str)> {
     Some((range, std::str::from_utf8(value).ok()?))
 }
 
-/// [`trailing_entry`] whatever the value's bytes are (text or not).
+/// [`trailing_entry`] whatever the value's bytes are (text or not), by the search of
+/// docs/format.md §1: the last occurrence of `0x0A 0x0F "onnx-protect/v2" 0x12`, a
+/// minimal varint `L'` after it and `L'` bytes to the end of the file, and before it `0x72`
+/// and the minimal varint of the byte count from that occurrence to the end.
 pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> {
     let mut key = vec![0x0A, METADATA_KEY_V2.len() as u8];
     key.extend_from_slice(METADATA_KEY_V2.as_bytes());
     key.push(0x12);
-    // The value is base64 text, which never holds 0x0A: the last occurrence is the one.
+    // The value is base64 text, which never holds 0x0A, and the varint before it never
+    // ends in 0x0A followed by 0x0F: the last occurrence is the entry's key.
     let at = bytes.windows(key.len()).rposition(|w| w == key.as_slice())?;
     let (vlen, vl) = varint_at(bytes, at + key.len())?;
     let value_start = at + key.len() + vl;
     if value_start as u64 + vlen != bytes.len() as u64 {
         return None;
     }
-    let inner = (bytes.len() - at) as u64;
-    // The field's tag and length precede the key: try each length-prefix width.
-    for w in 1..=5usize {
-        let Some(start) = at.checked_sub(w + 1) else { break };
-        if bytes[start] != 0x72 {
-            continue;
-        }
-        if varint_at(bytes, start + 1) == Some((inner, w)) {
-            return Some((start as u64..bytes.len() as u64, &bytes[value_start..]));
-        }
-    }
-    None
+    let mut prefix = vec![0x72];
+    onnx_protect_format::wire::put_varint(&mut prefix, (bytes.len() - at) as u64);
+    let start = at.checked_sub(prefix.len())?;
+    (bytes[start..at] == prefix[..]).then(|| (start as u64..bytes.len() as u64, &bytes[value_start..]))
 }
 
 /// Decodes `bytes` as `M` and refuses any encoding other than the canonical one.
@@ -138,9 +137,10 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     if envelope_checksum(&prefix.encode_to_vec()).as_slice() != envelope.checksum.as_slice() {
         return Err(CoreError::Modified("the manifest's checksum does not match".into()));
     }
-    let stanzas =
-        recipients.stanzas.into_iter().enumerate().map(|(i, s)| stanza_from_pb(i, s)).collect::<Result<_>>()?;
-    Ok(Sealed { entry, envelope, header, stanzas })
+    let stanzas: Vec<Stanza> =
+        recipients.stanzas.iter().enumerate().map(|(i, s)| stanza_from_pb(i, s.clone())).collect::<Result<_>>()?;
+    onnx_protect_keys::check_stanzas(&stanzas).map_err(|e| bad(e.to_string()))?;
+    Ok(Sealed { entry, envelope, header, stanzas, raw_stanzas: recipients.stanzas })
 }
 
 fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result<()> {
@@ -160,6 +160,9 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     }
     if r.stanzas.is_empty() {
         return Err(bad("no recipient stanza"));
+    }
+    if !h.external_sizes.is_empty() && h.external_sizes.len() != h.external_files.len() {
+        return Err(bad("the header records the sizes of some external data files but not of all"));
     }
     if env.content_digest.len() != 32 || env.checksum.len() != 32 {
         return Err(bad("the content digest or the checksum is not 32 bytes"));
@@ -187,9 +190,18 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     Ok(())
 }
 
+/// A stored stanza as the key material sees it (docs/format.md §8): a `kdf` is read on a
+/// `passphrase` stanza, refused on the other kinds the format defines, and not examined on
+/// a kind it does not define (such a stanza is skipped whole).
 fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
     let kdf = match s.kdf {
         None => None,
+        Some(_) if s.kind != onnx_protect_keys::KIND_PASSPHRASE => {
+            if onnx_protect_keys::is_known_kind(&s.kind) {
+                return Err(bad(format!("stanza {i}: a {} stanza has no kdf", s.kind)));
+            }
+            None
+        }
         Some(k) => {
             if k.algorithm != "argon2id" {
                 return Err(bad(format!("stanza {i}: unknown KDF '{}'", k.algorithm)));
@@ -223,6 +235,7 @@ pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {
 /// varint-stored tensors are whole and in the top tier, spans of different entries never
 /// share file bytes, and the external files are those the model uses.
 pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
+    check_external_sizes(model, &sealed.header)?;
     let tiers = sealed.header.tiers;
     let secret = match sealed.header.positions {
         0 => false,
@@ -268,6 +281,25 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
         return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
     }
     Ok(ProtectedV2 { sealed, targets })
+}
+
+/// Compares each external data file's length with the one the header records (files
+/// written before the lengths were recorded have none), before anything reads the files
+/// (docs/format.md §3): a file grown or cut is refused at once, however large.
+fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
+    for (i, &expected) in h.external_sizes.iter().enumerate() {
+        let location = h.external_files.get(i).map(String::as_str).unwrap_or("");
+        let actual = model.external_files.iter().find(|f| f.location == location).map(|f| f.size);
+        match actual {
+            Some(actual) if actual != expected => {
+                return Err(CoreError::Modified(format!(
+                    "external data file '{location}' is {actual} bytes; the header records {expected}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Unseals the spans of every entry of the tiers `keys` reach (index `t − 1`; secret
@@ -379,5 +411,19 @@ mod tests {
         m2.extend_from_slice(&metadata_field(METADATA_KEY_V2, &long));
         assert_eq!(trailing_entry(&m2).unwrap().0, 2..m2.len() as u64);
         assert!(trailing_entry(b"").is_none());
+        // A field length whose varint holds 0x0A (1290 = 0x8A 0x0A) and a value length of
+        // ten (0x0A): found all the same.
+        for value_len in [1290 - 19 - 2, 10] {
+            let mut m3 = vec![0x0A, 0x0A, 0x0A];
+            let field = metadata_field(METADATA_KEY_V2, &"B".repeat(value_len));
+            m3.extend_from_slice(&field);
+            assert_eq!(trailing_entry(&m3).unwrap().0, 3..m3.len() as u64, "{value_len}");
+        }
+        // A prefix that is not minimal is not the entry.
+        let mut m4 = vec![1];
+        m4.push(0x72);
+        m4.extend_from_slice(&[0x80 | (field.len() as u8 - 2), 0x00]);
+        m4.extend_from_slice(&field[2..]);
+        assert!(trailing_entry(&m4).is_none());
     }
 }

@@ -45,23 +45,23 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 }
 
 /// The error for a model file that does not parse: "modified" when it ends in a sound
-/// version-2 entry whose content digest no longer matches, or in an entry whose value is
-/// not text (a manifest entry not encoded as docs/format.md §1 says); else the parser's
-/// error.
+/// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
+/// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
+/// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
+/// be read) the parser's error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
+    if e.kind() == onnx_protect_format::ErrorKind::Io {
+        return e.into();
+    }
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
     let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
     let Ok(value) = std::str::from_utf8(raw) else {
         return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
     };
-    let Ok(sealed) = parse_entry(value, range.clone()) else { return e.into() };
-    if sealed.envelope.restored_tiers == 0 && sealed.header.external_files.is_empty() {
-        let leaves = onnx_protect_crypto::leaves_of(0, &bytes[..range.start as usize], sealed.header.chunk_size);
-        if digest_of(&[leaves]).as_slice() == sealed.envelope.content_digest.as_slice() {
-            return e.into();
-        }
+    if parse_entry(value, range).is_err() {
+        return e.into();
     }
-    CoreError::Modified(format!("the model no longer parses ({e}) and its content does not match its manifest"))
+    CoreError::Modified(format!("the model no longer parses under its manifest ({e})"))
 }
 
 /// The version-2 manifest of an open model, matched to it.
@@ -229,6 +229,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys)?;
     }
     let stanzas = wrap_all(to, &data_keys)?;
+    crate::recipients::check_new(&stanzas)?;
     let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
@@ -367,6 +368,8 @@ fn build_header(
         tool: tool_name(),
         policy_summary: policy.summary(),
         positions: u32::from(secret),
+        // The external files are written with their lengths unchanged.
+        external_sizes: model.external_files.iter().map(|f| f.size).collect(),
     };
     (header, targets)
 }
@@ -462,20 +465,34 @@ pub(crate) fn restore_actions(
     prepare(model, &p.targets, streams, decrypting)
 }
 
-/// Checks `digest` (the canonical content's) against the manifest, every MAC of the
-/// tiers `opened` reaches, and the signatures of `signers` (when any are given).
-pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, digest: &[u8; 32], signers: &[SignerKey]) -> Result<()> {
+/// Checks every MAC of the tiers `opened` reaches and the signatures of `signers` (when
+/// any are given) over the header, the recipients and the recorded content digest
+/// (docs/format.md §10). They need no content byte, so they are checked before the content
+/// is read: what the header says of it (the external files' lengths) is then authentic.
+pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, signers: &[SignerKey]) -> Result<()> {
     let env = &p.sealed.envelope;
-    if digest.as_slice() != env.content_digest.as_slice() {
-        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
-    }
+    let recorded = recorded_digest(p)?;
     for (i, k) in opened.keys.iter().enumerate() {
         let t = i as u32 + 1;
-        if !tier_mac_matches(k, t, &env.header, &env.recipients, digest, &env.macs[i]) {
+        if !tier_mac_matches(k, t, &env.header, &env.recipients, &recorded, &env.macs[i]) {
             return Err(CoreError::Modified(format!("the MAC of tier {t} does not match")));
         }
     }
-    check_signatures(p, digest, signers)
+    check_signatures(p, &recorded, signers)
+}
+
+/// The content digest the envelope records (32 bytes: checked when it was parsed).
+pub(crate) fn recorded_digest(p: &ProtectedV2) -> Result<[u8; 32]> {
+    p.sealed.envelope.content_digest.as_slice().try_into().map_err(|_| CoreError::BadManifest("content digest".into()))
+}
+
+/// Compares `digest`, the content's in canonical form (docs/format.md §11), with the one
+/// the envelope records.
+pub(crate) fn check_digest(p: &ProtectedV2, digest: &[u8; 32]) -> Result<()> {
+    if digest.as_slice() != p.sealed.envelope.content_digest.as_slice() {
+        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+    }
+    Ok(())
 }
 
 /// Checks the signatures of `signers` over the canonical `digest`: at least one trusted
@@ -563,9 +580,10 @@ pub(crate) fn decrypt(
     let top = p.sealed.header.tiers;
     let r = p.sealed.envelope.restored_tiers;
     let to = target_tier(p, &opened, tier)?;
+    check_seals(p, &opened, signers)?;
     if r > 0 {
         // The canonical digest needs the restored tiers encrypted again: checked first.
-        check_seals(p, &opened, &canonical_digest(model, p, &opened)?, signers)?;
+        check_digest(p, &canonical_digest(model, p, &opened)?)?;
     }
     let outputs = Outputs::stage(model, output)?;
     let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
@@ -584,7 +602,7 @@ pub(crate) fn decrypt(
     let leaves =
         run_covered(model, content_len, plans, &xf, hash, p.sealed.header.chunk_size, &files, durable, progress)?;
     if r == 0 {
-        check_seals(p, &opened, &digest_of(&leaves.input), signers)?;
+        check_digest(p, &digest_of(&leaves.input))?;
     }
     if !full {
         let mut env = p.sealed.envelope.clone();
@@ -602,9 +620,10 @@ pub(crate) fn decrypt(
     Ok(Decrypted { tensors: done.len(), decrypted_bytes: done.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum() })
 }
 
-/// Verifies `p` (of `model`): with a key, the canonical digest, the MACs of the tiers it
-/// reaches and the given signers; without, the digest of the content as stored and, when
-/// no tier is restored, the given signers.
+/// Verifies `p` (of `model`): with a key, the MACs of the tiers it reaches and the given
+/// signers (before any content byte is read), then the digest of the content as stored and
+/// in canonical form; without, the given signers (when no tier is restored) and the digest
+/// of the content as stored.
 /// Returns the targets it checked (with the spans unsealed for the tiers the key reaches).
 pub(crate) fn verify(
     model: &Model,
@@ -613,26 +632,32 @@ pub(crate) fn verify(
     signers: &[SignerKey],
 ) -> Result<Vec<Target>> {
     let env = &p.sealed.envelope;
-    let content_len = p.sealed.entry.start;
-    let stored = stored_digest(model, content_len, p.sealed.header.chunk_size)?;
-    let expect = if env.restored_tiers > 0 { &env.stored_digest } else { &env.content_digest };
-    if stored.as_slice() != expect.as_slice() {
-        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
-    }
+    let stored_matches = || -> Result<()> {
+        let stored = stored_digest(model, p.sealed.entry.start, p.sealed.header.chunk_size)?;
+        let expect = if env.restored_tiers > 0 { &env.stored_digest } else { &env.content_digest };
+        if stored.as_slice() != expect.as_slice() {
+            return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+        }
+        Ok(())
+    };
     match key {
         Some(k) => {
             let mut p = p.clone();
             let opened = unlock(model, &mut p, k)?;
             let p = &p;
-            let canonical = if env.restored_tiers > 0 { canonical_digest(model, p, &opened)? } else { stored };
-            check_seals(p, &opened, &canonical, signers)?;
+            check_seals(p, &opened, signers)?;
+            stored_matches()?;
+            if env.restored_tiers > 0 {
+                check_digest(p, &canonical_digest(model, p, &opened)?)?;
+            }
             Ok(p.targets.clone())
         }
         None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
             "the signatures of a partially decrypted model can only be checked with a key".into(),
         )),
         None => {
-            check_signatures(p, &stored, signers)?;
+            check_signatures(p, &recorded_digest(p)?, signers)?;
+            stored_matches()?;
             Ok(p.targets.clone())
         }
     }

@@ -340,6 +340,9 @@ impl Report {
             if p.passphrase { ", passphrase key" } else { "" }
         );
         let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
+        if let Some(w) = p.warning {
+            let _ = writeln!(s, "  warning: {w}");
+        }
         if p.format_version >= 2 {
             let _ = writeln!(
                 s,

@@ -25,10 +25,12 @@
 mod action;
 pub mod check;
 mod content;
+mod crash;
 pub mod envelope;
 pub mod error;
 mod format2;
 pub mod inspect;
+mod journal;
 pub mod keys;
 pub mod manifest;
 pub mod memory;

@@ -78,7 +78,7 @@ use zeroize::Zeroize;
 use crate::action::{apply, edits_for, prepare, Action};
 use crate::envelope::{entry_bytes, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{canonical_digest, check_seals, read_v2, restore_actions, target_tier};
+use crate::format2::{canonical_digest, check_digest, check_seals, read_v2, restore_actions, target_tier};
 use crate::keys::KeySource;
 use crate::manifest::{read_protected, Protected, Target};
 use crate::restore::{plan_restore, restored_model_bytes};
@@ -202,9 +202,21 @@ pub struct DecryptedModel {
     external: BTreeMap<String, DecryptedBytes>,
     tensors: usize,
     decrypted_bytes: u64,
+    format_version: u32,
 }
 
 impl DecryptedModel {
+    /// The format version of the protected model.
+    pub fn format_version(&self) -> u32 {
+        self.format_version
+    }
+
+    /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 model: its
+    /// clear bytes were not authenticated.
+    pub fn warning(&self) -> Option<&'static str> {
+        crate::protect::warning_for(self.format_version)
+    }
+
     /// The original model file's bytes.
     pub fn bytes(&self) -> &DecryptedBytes {
         &self.model
@@ -667,11 +679,12 @@ fn decrypt_v2(
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
     let sources = sources_of(&actions)?;
-    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_seals(&p, &opened, digest, signers))?;
+    check_seals(&p, &opened, signers)?;
+    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_digest(&p, digest))?;
     let (bytes, external) = match fused {
         Some(done) => done,
         None => {
-            check_seals(&p, &opened, &canonical_digest(model, &p, &opened)?, signers)?;
+            check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
             let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
             (bytes, external_patched(model, &p.targets, &sources)?)
         }
@@ -680,7 +693,7 @@ fn decrypt_v2(
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes })
+    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version: 2 })
 }
 
 /// A decryption up to tier `to` below the top stays a protected model (docs/format.md
@@ -789,7 +802,7 @@ fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u3
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
         done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes })
+    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes, format_version: 1 })
 }
 
 fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
@@ -812,6 +825,7 @@ fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<
         external,
         tensors: p.targets.len(),
         decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        format_version: 1,
     })
 }
 

@@ -45,6 +45,15 @@ pub use crate::manifest::{
 };
 pub use crate::recipients::EncryptTo;
 
+/// What every use of a format-1 file reports (docs/format.md Appendix B): its MAC covers
+/// the manifest and the encrypted spans, not the clear bytes.
+pub const FORMAT_1_WARNING: &str = "format 1: only encrypted spans authenticated";
+
+/// [`FORMAT_1_WARNING`] for a file of format `version`, else nothing.
+pub fn warning_for(version: u32) -> Option<&'static str> {
+    (version == 1).then_some(FORMAT_1_WARNING)
+}
+
 /// What `encrypt` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EncryptReport {
@@ -83,6 +92,11 @@ pub struct DecryptReport {
     pub output: String,
     pub tensors: usize,
     pub decrypted_bytes: u64,
+    /// The manifest's format version.
+    pub format_version: u32,
+    /// [`FORMAT_1_WARNING`] for a format-1 file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
 }
 
 /// What `verify` found.
@@ -100,6 +114,9 @@ pub struct VerifyReport {
     pub restored_bytes: u64,
     /// Trusted signers whose signatures were verified.
     pub signers: Vec<String>,
+    /// [`FORMAT_1_WARNING`] for a format-1 file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
 }
 
 /// Options of [`encrypt`].
@@ -233,11 +250,13 @@ pub fn decrypt_tier(
     opts: &DecryptOptions,
 ) -> Result<DecryptReport> {
     let model = open_protected(input, opts.progress)?;
-    let report = |tensors, decrypted_bytes| DecryptReport {
+    let report = |tensors, decrypted_bytes, format_version| DecryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         tensors,
         decrypted_bytes,
+        format_version,
+        warning: warning_for(format_version),
     };
     match manifest_version(&model)? {
         None => Err(CoreError::NotProtected),
@@ -252,7 +271,7 @@ pub fn decrypt_tier(
                 progress: opts.progress,
             };
             let d = format2::decrypt(&model, &p, key, output, &spec)?;
-            Ok(report(d.tensors, d.decrypted_bytes))
+            Ok(report(d.tensors, d.decrypted_bytes, 2))
         }
         Some(_) => {
             if !opts.signers.is_empty() {
@@ -262,7 +281,7 @@ pub fn decrypt_tier(
             check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let (tensors, bytes) =
                 decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
-            Ok(report(tensors, bytes))
+            Ok(report(tensors, bytes, 1))
         }
     }
 }
@@ -405,6 +424,7 @@ pub fn verify_signed(
                 encrypted_bytes,
                 restored_bytes,
                 signers: signers.iter().map(SignerKey::to_text).collect(),
+                warning: None,
             })
         }
         Some(_) => {
@@ -431,6 +451,7 @@ pub fn verify_signed(
                 encrypted_bytes,
                 restored_bytes,
                 signers: Vec::new(),
+                warning: Some(FORMAT_1_WARNING),
             })
         }
     }
@@ -463,6 +484,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         recipients: Vec::new(),
         signatures: Vec::new(),
         positions: "public",
+        warning: Some(FORMAT_1_WARNING),
     }))
 }
 
@@ -483,6 +505,7 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         leaf_hash: "blake3",
         tensors,
         positions: if h.positions != 0 { "secret" } else { "public" },
+        warning: None,
         recipients: p
             .sealed
             .stanzas

@@ -76,6 +76,20 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
     Ok(stanzas)
 }
 
+/// Refuses a stanza list a reader would refuse (docs/format.md §3, §8), before it is
+/// written: 1 to [`MAX_STANZAS`](crate::envelope::MAX_STANZAS) stanzas, each as its kind
+/// requires, at most eight of each costly kind.
+pub(crate) fn check_new(stanzas: &[Stanza]) -> Result<()> {
+    if stanzas.is_empty() || stanzas.len() > crate::envelope::MAX_STANZAS {
+        return Err(CoreError::Key(format!(
+            "{} recipient stanzas (1 to {} allowed)",
+            stanzas.len(),
+            crate::envelope::MAX_STANZAS
+        )));
+    }
+    onnx_protect_keys::check_stanzas(stanzas).map_err(|e| CoreError::Key(e.to_string()))
+}
+
 /// Keys `K_1 ..= K_top` of the tiers below and at `key`, the key of tier `top`
 /// (docs/format.md Appendix A), tier 1 first.
 pub(crate) fn tier_chain(key: &MasterKey, top: u32) -> Vec<MasterKey> {
@@ -136,9 +150,17 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
                 best = Some((s.tier, dk));
             }
             Ok(None) => {}
+            // A provider that failed (not "not mine") is not asked again: junk stanzas
+            // cannot make it run once each (docs/format.md §8).
             Err(e @ onnx_protect_keys::KeysError::Provider { .. }) => {
-                provider_error.get_or_insert(e);
+                provider_error = Some(e);
+                break;
             }
+            // A stanza of the key's kind that is not as its kind requires: modified.
+            Err(
+                e
+                @ (onnx_protect_keys::KeysError::BadStanza { .. } | onnx_protect_keys::KeysError::KdfOverLimit { .. }),
+            ) => return Err(CoreError::BadManifest(e.to_string())),
             Err(e) => return Err(e.into()),
         }
     }

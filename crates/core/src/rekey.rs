@@ -33,7 +33,7 @@ use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_seals, read_v2};
+use crate::format2::{check_digest, check_seals, read_v2};
 use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
@@ -108,15 +108,18 @@ pub fn rekey(
         return Err(CoreError::Key("tiers of this model are decrypted in the file; decrypt it whole first".into()));
     }
     let content_len = p.sealed.entry.start;
-    check_seals(&p, &old_keys, &stored_digest(&model, content_len, p.sealed.header.chunk_size)?, &[])?;
+    check_seals(&p, &old_keys, &[])?;
+    check_digest(&p, &stored_digest(&model, content_len, p.sealed.header.chunk_size)?)?;
 
     let outputs = Outputs::stage(&model, output)?;
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let new_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     let stanzas = wrap_all(new, &data_keys)?;
+    crate::recipients::check_new(&stanzas)?;
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
     header.tool = tool_name();
+    header.external_sizes = model.external_files.iter().map(|f| f.size).collect();
     if header.positions != 0 {
         // Secret positions are sealed under the tier keys: seal them again under the new ones.
         for (e, t) in header.tensors.iter_mut().zip(&p.targets) {

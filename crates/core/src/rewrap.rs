@@ -12,8 +12,7 @@
 //! A removed recipient's key no longer opens the model. Removal does not take away a data
 //! key that recipient may already have extracted: for that, re-encrypt (`rekey`).
 
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use onnx_protect_crypto::{tier_mac, MasterKey};
 use onnx_protect_format::Progress;
@@ -24,6 +23,7 @@ use onnx_protect_proto::Message;
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{check_seals, read_v2, rewrite_entry};
+pub use crate::journal::Recovery;
 use crate::keys::KeySource;
 use crate::protect::{manifest_version, open_protected};
 use crate::recipients::{open, tier_chain, EncryptTo, Opened};
@@ -70,10 +70,17 @@ pub struct RewrapReport {
     pub recipients: Vec<String>,
     /// Bytes written: the new tail in place, or the whole output.
     pub bytes_written: u64,
+    /// What became of an earlier in-place rewrite of the model that a crash interrupted
+    /// (finished or undone before this one started).
+    pub recovered: Recovery,
 }
 
 /// Re-wraps the data keys of `input` for a new recipient list, writing `output`.
 pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<RewrapReport> {
+    // An in-place rewrite of this model that a crash interrupted is finished (or undone)
+    // first: the model is read as that rewrite left it.
+    let recovered =
+        if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
     let model = open_protected(input, opts.progress)?;
     if manifest_version(&model)? != Some(2) {
         return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be re-wrapped".into() });
@@ -95,13 +102,15 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         .try_into()
         .map_err(|_| CoreError::BadManifest("content digest".into()))?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.
-    check_seals(&p, &opened, &digest, &[])?;
+    check_seals(&p, &opened, &[])?;
     let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
     if stanzas.is_empty() {
         return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
     }
+    let parsed: Vec<Stanza> = stanzas.iter().map(|(s, _)| s.clone()).collect();
+    crate::recipients::check_new(&parsed)?;
     let env = new_envelope(&p, &opened, &stanzas, &digest, opts)?;
-    let recipients = stanzas.iter().map(describe).collect();
+    let recipients = parsed.iter().map(describe).collect();
     let bytes_written = if opts.in_place && same_file(input, output) {
         rewrite_tail(input, &p, entry_bytes(env))?
     } else {
@@ -116,6 +125,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         added,
         recipients,
         bytes_written,
+        recovered,
     })
 }
 
@@ -127,8 +137,14 @@ fn describe(s: &Stanza) -> String {
     }
 }
 
-/// The kept stanzas (those no `remove` matches) and the new ones; with the counts.
-fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(Vec<Stanza>, usize, usize)> {
+/// The kept stanzas (those no `remove` matches, each with its encoding as stored: a stanza
+/// of a kind this build does not know is kept byte for byte) and the new ones; with the
+/// counts.
+fn new_stanzas(
+    p: &ProtectedV2,
+    opened: &Opened,
+    opts: &RewrapOptions,
+) -> Result<(Vec<(Stanza, pb::Stanza)>, usize, usize)> {
     let tiers = p.sealed.header.tiers;
     let mut labels: Vec<String> = Vec::new();
     for r in opts.remove {
@@ -144,7 +160,14 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         })
     };
     let before = p.sealed.stanzas.len();
-    let mut stanzas: Vec<Stanza> = p.sealed.stanzas.iter().filter(|s| !matches(s)).cloned().collect();
+    let mut stanzas: Vec<(Stanza, pb::Stanza)> = p
+        .sealed
+        .stanzas
+        .iter()
+        .zip(&p.sealed.raw_stanzas)
+        .filter(|(s, _)| !matches(s))
+        .map(|(s, raw)| (s.clone(), raw.clone()))
+        .collect();
     let removed = before - stanzas.len();
     if removed == 0 && !opts.remove.is_empty() {
         return Err(CoreError::Key("no recipient of the model matches what should be removed".into()));
@@ -156,7 +179,10 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         crate::recipients::wrap_all(opts.add, &data_keys)?
     };
     let added = add.len();
-    stanzas.extend(add);
+    stanzas.extend(add.into_iter().map(|s| {
+        let raw = stanza_to_pb(&s);
+        (s, raw)
+    }));
     Ok((stanzas, removed, added))
 }
 
@@ -165,12 +191,12 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
 fn new_envelope(
     p: &ProtectedV2,
     opened: &Opened,
-    stanzas: &[Stanza],
+    stanzas: &[(Stanza, pb::Stanza)],
     digest: &[u8; 32],
     opts: &RewrapOptions,
 ) -> Result<pb::Envelope> {
     let mut env = p.sealed.envelope.clone();
-    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
+    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(|(_, raw)| raw.clone()).collect() }.encode_to_vec();
     env.macs = opened
         .keys
         .iter()
@@ -201,22 +227,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The journal kept beside a model while its tail is rewritten in place: the offset of
-/// the old entry and its bytes, so an interrupted rewrite can be undone by hand
-/// (docs/keys.md).
-fn journal_path(model: &Path) -> PathBuf {
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    model.with_file_name(format!(".{name}.onnx-protect-tail"))
-}
-
-/// Replaces the manifest entry at the end of `path` by `entry`: the old tail is saved to
-/// a journal (flushed), the new one written and the file cut to its end (flushed), then
-/// the journal removed. Returns the bytes written to the model.
+/// Replaces the manifest entry at the end of `path` (read as `p`) by `entry`, through the
+/// journal of [`crate::journal`]. Returns the bytes written to the model.
 fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     let err = |e| CoreError::Write { path: path.to_path_buf(), source: e };
     let start = p.sealed.entry.start;
     // Only the tail is read: the time does not grow with the model.
-    let f = OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+    let f = std::fs::File::open(path).map_err(err)?;
     let len = f.metadata().map_err(err)?.len();
     let tail_len = len
         .checked_sub(start)
@@ -224,24 +241,7 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
         .ok_or_else(|| CoreError::Modified("the file changed".into()))?;
     let mut old_tail = vec![0u8; tail_len];
     onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
-    let old_tail = old_tail.as_slice();
-    let journal = journal_path(path);
-    {
-        let mut j = Vec::with_capacity(old_tail.len() + 32);
-        j.extend_from_slice(format!("onnx-protect-tail-v1 {start}\n").as_bytes());
-        j.extend_from_slice(old_tail);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&journal)
-            .map_err(|e| CoreError::Write { path: journal.clone(), source: e })?;
-        onnx_protect_fsio::file::write_all_at(&f, &j, 0).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    onnx_protect_fsio::file::write_all_at(&f, &entry, start).map_err(err)?;
-    f.set_len(start + entry.len() as u64).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::remove_file(&journal).map_err(err)?;
+    crate::journal::rewrite_tail(path, start, &old_tail, &entry)?;
     Ok(entry.len() as u64)
 }
 

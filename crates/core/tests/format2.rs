@@ -123,6 +123,35 @@ fn external_data_files_are_covered_byte_by_byte() {
     }
 }
 
+/// Each external data file's length is recorded in the header and compared before the
+/// file is read: a file grown to 1 TiB (sparse) is refused at once by every reader, with
+/// or without a key, and its length is named.
+#[test]
+fn an_external_file_of_another_length_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(3);
+    let protected = protect(dir.path(), "external_data", &Policy::default(), &k);
+    let side = protected.with_file_name("weights.bin");
+    let len = std::fs::metadata(&side).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&side).unwrap().set_len(1 << 40).unwrap();
+    let out = dir.path().join("out").join("model.onnx");
+    for (what, r) in [
+        ("verify", verify(&protected, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&protected, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&protected, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&protected, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("weights.bin") && m.contains(&len.to_string()) && m.contains(&(1u64 << 40).to_string()),
+            "{what}: {m}"
+        );
+    }
+    assert!(!out.exists());
+}
+
 /// The byte offset in the file of element `index` (f32) of tensor `name`.
 fn element_offset(model: &Model, name: &str, index: usize) -> usize {
     let t = model.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"));
@@ -273,6 +302,7 @@ fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
             policy: None,
             require_encrypted: true,
             strict_spans: false,
+            allow_format_1: false,
             allow_unprotected: false,
             key: None,
             signers: &[],
@@ -282,6 +312,138 @@ fn a_protected_model_that_no_longer_parses_is_modified_for_every_reader() {
         assert!(!c.passed && c.protected, "{what}: {c:?}");
         assert_eq!(c.failures[0].reason, reasons::MODIFIED, "{what}: {:?}", c.failures);
     }
+}
+
+fn field(number: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put = |mut v: u64| loop {
+        if v < 0x80 {
+            out.push(v as u8);
+            break;
+        }
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    };
+    put(u64::from(number << 3 | 2));
+    put(value.len() as u64);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A model whose graphs nest `depth` levels (an `If` node's `then_branch` in each).
+fn deep_model(depth: usize) -> Vec<u8> {
+    let mut graph = Vec::new();
+    for _ in 0..depth {
+        let attr = [field(1, b"then_branch"), vec![0xa0, 0x01, 5], field(6, &graph)].concat();
+        let node = [field(4, b"If"), field(5, &attr)].concat();
+        graph = field(1, &node);
+    }
+    [vec![0x08, 8], field(7, &graph)].concat()
+}
+
+/// Under a sound version-2 entry, a model the parser refuses (graphs nested 100 deep, the
+/// content digest computed for it) is "modified", not an invalid model (docs/format.md §4).
+#[test]
+fn a_model_too_deep_under_a_sound_entry_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range).unwrap();
+    let content = deep_model(100);
+    let mut env = sealed.envelope.clone();
+    let leaves = onnx_protect_crypto::leaves_of(0, &content, sealed.header.chunk_size);
+    env.content_digest = onnx_protect_crypto::content_digest(&[leaves]).to_vec();
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = content;
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    let path = dir.path().join("deep.onnx");
+    std::fs::write(&path, &changed).unwrap();
+    assert!(Model::open(&path).is_err());
+    let out = dir.path().join("out.onnx");
+    for (what, r) in [
+        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
+        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
+    }
+}
+
+/// A locator is written exactly as docs/format.md §4 gives it: one with a leading zero
+/// (`7.0/05.0`), a sign or an empty number names no tensor, even where its value would.
+#[test]
+fn a_locator_not_written_exactly_is_modified() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::v2 as pb;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
+    let bytes = std::fs::read(&protected).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range.clone()).unwrap();
+    let original = sealed.header.tensors[0].locator.clone();
+    let (head, last) = original.rsplit_once('.').unwrap();
+    for changed_locator in [format!("{head}.0{last}"), format!("{head}.+{last}"), format!("0{original}")] {
+        let mut header: pb::Header = sealed.header.clone();
+        header.tensors[0].locator = changed_locator.clone();
+        let mut env = sealed.envelope.clone();
+        env.header = header.encode_to_vec();
+        env.checksum.clear();
+        env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+        let mut changed = bytes[..range.start as usize].to_vec();
+        changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+            METADATA_KEY_V2,
+            &base64_encode(&env.encode_to_vec()),
+        ));
+        let path = dir.path().join("changed.onnx");
+        std::fs::write(&path, &changed).unwrap();
+        let e = verify(&path, None, &NoProgress).unwrap_err();
+        assert!(e.to_string().starts_with("modified"), "{changed_locator}: {e}");
+    }
+}
+
+/// Two signatures with one public key are "modified" without a key and without asking for
+/// signers (docs/format.md §10), even when one of them verifies.
+#[test]
+fn two_signatures_of_one_key_are_modified_keyless() {
+    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(4);
+    let signer = onnx_protect_keys::SigningKey::generate().unwrap();
+    let out = dir.path().join("enc").join("model.onnx");
+    let p = Policy::default();
+    let mut opts = EncryptOptions::new(&p);
+    let signers = [signer];
+    opts.signing_keys = &signers;
+    encrypt(&fixture("cnn_torch").join("model.onnx"), &out, &EncryptTo::key(k.clone()), &opts).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let mut env = parse_entry(value, range.clone()).unwrap().envelope;
+    let mut twin = env.signatures[0].clone();
+    twin.signature[0] ^= 1;
+    env.signatures.push(twin);
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let mut changed = bytes[..range.start as usize].to_vec();
+    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
+        METADATA_KEY_V2,
+        &base64_encode(&env.encode_to_vec()),
+    ));
+    std::fs::write(&out, &changed).unwrap();
+    let e = verify(&out, None, &NoProgress).unwrap_err();
+    assert!(e.to_string().starts_with("modified"), "{e}");
 }
 
 /// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a

@@ -79,8 +79,8 @@ impl std::str::FromStr for Locator {
         let mut steps = Vec::new();
         for part in s.split('/') {
             let (a, b) = part.split_once('.').ok_or_else(|| format!("locator step '{part}' is not FIELD.INDEX"))?;
-            let field: u32 = a.parse().map_err(|_| format!("locator step '{part}' has a bad field number"))?;
-            let index: u32 = b.parse().map_err(|_| format!("locator step '{part}' has a bad index"))?;
+            let field = locator_number(a).ok_or_else(|| format!("locator step '{part}' has a bad field number"))?;
+            let index = locator_number(b).ok_or_else(|| format!("locator step '{part}' has a bad index"))?;
             steps.push(Step { field, index });
         }
         if steps.len() > 4 * MAX_GRAPH_DEPTH + 8 {
@@ -88,6 +88,13 @@ impl std::str::FromStr for Locator {
         }
         Ok(Locator(steps))
     }
+}
+
+/// A number of a locator step as [`Locator`]'s `Display` writes it: decimal digits only,
+/// no leading zero (but `0` itself), no sign; `None` for anything else.
+fn locator_number(s: &str) -> Option<u32> {
+    let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
 }
 
 /// What kind of graph a [`Graph`] is.
@@ -1595,6 +1602,15 @@ fn wrong_field(tensor: &str, tf: TypedField, dt: DataType) -> FormatError {
 mod tests {
     use super::*;
     use crate::testutil::{external_float_tensor, float_tensor, matmul_chain};
+
+    #[test]
+    fn locators_parse_only_as_they_are_written() {
+        let l: Locator = "7.0/5.10/0.0".parse().unwrap();
+        assert_eq!(l.to_string(), "7.0/5.10/0.0");
+        for bad in ["7.0/05.0", "07.0", "7.00", "7.+1", "7.-1", "7.", ".0", "7.0/", "7.0 ", "7.4294967296"] {
+            assert!(bad.parse::<Locator>().is_err(), "{bad}");
+        }
+    }
 
     #[cfg(unix)]
     #[test]

@@ -31,3 +31,22 @@ pub fn kill_group(pgid: u32) -> std::io::Result<()> {
 pub fn kill_group(_pgid: u32) -> std::io::Result<()> {
     Ok(())
 }
+
+/// Ends this process at once with `SIGKILL`, as `kill -9` would: no destructor, no
+/// buffered write, no clean-up runs. For tests that check what a killed process leaves.
+#[cfg(unix)]
+pub fn kill_this_process() -> ! {
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process; it
+    // targets this process only (getpid() > 0).
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    // SIGKILL cannot be caught; this is not reached.
+    std::process::abort()
+}
+
+/// Ends this process at once (`abort`: no destructor or clean-up runs).
+#[cfg(not(unix))]
+pub fn kill_this_process() -> ! {
+    std::process::abort()
+}

@@ -131,6 +131,21 @@ impl Staging {
         self.name.as_deref()
     }
 
+    /// A path that opens this very file while it is alive: its name, or for an unnamed
+    /// file `/proc/self/fd/N` (this process's descriptor), for a reader that takes a path.
+    pub fn path(&self) -> PathBuf {
+        match &self.name {
+            Some(name) => name.clone(),
+            #[cfg(unix)]
+            None => {
+                use std::os::fd::AsRawFd;
+                PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            }
+            #[cfg(not(unix))]
+            None => self.dir.clone(),
+        }
+    }
+
     /// The open file.
     pub fn file(&self) -> &File {
         &self.file
@@ -437,6 +452,15 @@ mod tests {
         s.publish(&dest, false).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
         assert_eq!(entries(dir.path()), ["out.bin"]);
+    }
+
+    #[test]
+    fn the_path_of_a_staging_file_opens_it_named_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        for mut s in [Staging::new(dir.path()).unwrap(), Staging::named(dir.path()).unwrap()] {
+            s.file_mut().write_all(b"staged").unwrap();
+            assert_eq!(std::fs::read(s.path()).unwrap(), b"staged", "{s:?}");
+        }
     }
 
     #[test]

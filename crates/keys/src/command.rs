@@ -183,6 +183,25 @@ impl KeyCommand {
     }
 }
 
+/// Whether `c` is a control character or a line break in any convention: U+0000–U+001F,
+/// U+007F–U+009F (with VT, FF and NEL), U+2028 and U+2029 (docs/format.md §8).
+pub(crate) fn is_label_control(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Checks a `command` stanza's label (docs/format.md §8): at most [`MAX_LABEL_LEN`]
+/// bytes, no control character or line break ([`is_label_control`]), so that it is one
+/// line of the request a key command reads.
+pub(crate) fn check_label(label: &str) -> Result<(), String> {
+    if label.len() > MAX_LABEL_LEN {
+        return Err(format!("its label has {} bytes ({MAX_LABEL_LEN} at most)", label.len()));
+    }
+    if label.chars().any(is_label_control) {
+        return Err("its label has a control character or a line break".into());
+    }
+    Ok(())
+}
+
 fn last_line(stderr: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
     let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
@@ -209,17 +228,18 @@ impl Provider for KeyCommand {
             return Err(self.err(format!("its wrapped key has {} bytes (1 to {MAX_WRAPPED_LEN} allowed)", body.len())));
         }
         let label = self.field(&fields, "label").unwrap_or("").to_string();
-        if label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
-            return Err(self.err(format!("its label is longer than {MAX_LABEL_LEN} bytes or has control characters")));
-        }
+        check_label(&label).map_err(|r| self.err(r))?;
         Ok(Wrapped { body: body.to_vec(), label })
     }
 
     fn unwrap(&self, stanza: &Stanza) -> Result<Option<Zeroizing<[u8; 32]>>, KeysError> {
+        // A label that could break the request's lines never reaches the command (readers
+        // refuse such a stanza before, as modified).
+        check_label(&stanza.label).map_err(|r| self.err(format!("not asked: the stanza is modified ({r})")))?;
         let request = format!(
             "protocol={COMMAND_PROTOCOL}\ntier={}\nlabel={}\nwrapped={}\n",
             stanza.tier,
-            stanza.label.replace(['\n', '\r'], " "),
+            stanza.label,
             B64.encode(&stanza.body)
         );
         let out = self.run("unwrap", request.as_bytes())?;

@@ -61,6 +61,16 @@ pub enum KeysError {
         /// What is wrong.
         reason: String,
     },
+    /// A stanza list holds more stanzas of a costly kind than a file may.
+    #[error("{count} recipient stanzas of kind '{kind}' ({max} at most: each try costs seconds)")]
+    TooManyStanzas {
+        /// The kind.
+        kind: String,
+        /// How many there are.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
     /// A key command line cannot be used.
     #[error("key command '{command}': {reason}")]
     BadCommand {

@@ -37,8 +37,9 @@ pub use error::KeysError;
 pub use pkcs11::{Pkcs11Key, Pkcs11Uri, KIND_PKCS11};
 pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
 pub use stanza::{
-    check_kdf_limits, new_x25519_identity_file, passphrase_stanza, Identity, Provider, Recipient, Stanza, Wrapped,
-    KIND_KEY, KIND_PASSPHRASE, KIND_X25519, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, PASSPHRASE_SALT_LEN,
+    check_kdf_limits, check_stanzas, costly_kind, is_known_kind, new_x25519_identity_file, passphrase_stanza, Identity,
+    Provider, Recipient, Stanza, Wrapped, KIND_KEY, KIND_PASSPHRASE, KIND_X25519, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST,
+    MAX_KDF_T_COST, MAX_X25519_BODY, PASSPHRASE_SALT_LEN,
 };
 
 /// Re-exported so callers can generate and name age identities without depending on `age`.

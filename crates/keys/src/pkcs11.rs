@@ -28,7 +28,7 @@ use crate::stanza::{Provider, Stanza, Wrapped};
 pub const KIND_PKCS11: &str = "pkcs11";
 const GCM_IV_LEN: usize = 12;
 const GCM_TAG_LEN: usize = 16;
-const BODY_LEN: usize = GCM_IV_LEN + 32 + GCM_TAG_LEN;
+pub(crate) const BODY_LEN: usize = GCM_IV_LEN + 32 + GCM_TAG_LEN;
 const AAD_PREFIX: &[u8] = b"onnx-protect/v2/wrap/pkcs11";
 
 /// Where the PIN comes from.

@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use onnx_protect_crypto::{random_stanza_salt, DataKey, KdfParams, MasterKey, WrapKind, KDF_SALT_LEN};
+use onnx_protect_crypto::{
+    random_stanza_salt, DataKey, KdfParams, MasterKey, WrapKind, KDF_SALT_LEN, STANZA_SALT_LEN, WRAPPED_LEN,
+};
 use zeroize::Zeroizing;
 
 use crate::error::KeysError;
@@ -15,6 +17,43 @@ pub const KIND_KEY: &str = "key";
 pub const KIND_PASSPHRASE: &str = "passphrase";
 /// Stanza kind of an age X25519 recipient.
 pub const KIND_X25519: &str = "x25519";
+
+/// The largest body of an `x25519` stanza (an age file of one X25519 stanza, age's grease
+/// stanza and a 32-byte payload is under 500 bytes).
+pub const MAX_X25519_BODY: usize = 1024;
+
+/// The most stanzas a file may hold of each kind whose every try is costly
+/// ([`costly_kind`]).
+pub const MAX_COSTLY_STANZAS: usize = 8;
+
+/// Whether `kind` is one of the stanza kinds docs/format.md §8 defines (`key`,
+/// `passphrase`, `x25519`, `pkcs11`, `command`); a reader skips any other kind whole.
+pub fn is_known_kind(kind: &str) -> bool {
+    [KIND_KEY, KIND_PASSPHRASE, KIND_X25519, crate::KIND_PKCS11, crate::KIND_COMMAND].contains(&kind)
+}
+
+/// Whether trying a stanza of `kind` costs seconds: Argon2id (`passphrase`), a token
+/// (`pkcs11`) or a program (`command`). A file holds at most [`MAX_COSTLY_STANZAS`] of
+/// each such kind (docs/format.md §8).
+pub fn costly_kind(kind: &str) -> bool {
+    kind == KIND_PASSPHRASE || kind == crate::KIND_PKCS11 || kind == crate::KIND_COMMAND
+}
+
+/// Checks a stanza list as docs/format.md §8 requires without a key: each stanza of a kind
+/// this crate knows ([`Stanza::check`]), and at most [`MAX_COSTLY_STANZAS`] of each costly
+/// kind.
+pub fn check_stanzas(stanzas: &[Stanza]) -> Result<(), KeysError> {
+    for (i, s) in stanzas.iter().enumerate() {
+        s.check(i)?;
+    }
+    for kind in [KIND_PASSPHRASE, crate::KIND_PKCS11, crate::KIND_COMMAND] {
+        let count = stanzas.iter().filter(|s| s.kind == kind).count();
+        if count > MAX_COSTLY_STANZAS {
+            return Err(KeysError::TooManyStanzas { kind: kind.to_string(), count, max: MAX_COSTLY_STANZAS });
+        }
+    }
+    Ok(())
+}
 
 /// The largest Argon2id memory cost (KiB) a reader accepts: twice what onnx-protect writes.
 pub const MAX_KDF_M_COST_KIB: u32 = 131_072;
@@ -38,6 +77,92 @@ pub struct Stanza {
     pub kdf: Option<KdfParams>,
     /// The wrapped data key.
     pub body: Vec<u8>,
+}
+
+impl Stanza {
+    /// Checks what docs/format.md §8 requires of a stanza of a kind this crate knows,
+    /// without a key (stanzas of other kinds are not examined): `index` is its place in
+    /// the list, for the message.
+    pub fn check(&self, index: usize) -> Result<(), KeysError> {
+        let bad = |reason: String| KeysError::BadStanza { index, kind: self.kind.clone(), reason };
+        let salt = |want: usize| {
+            if self.salt.len() == want {
+                Ok(())
+            } else {
+                Err(bad(format!("its salt has {} bytes, not {want}", self.salt.len())))
+            }
+        };
+        let body = |min: usize, max: usize| {
+            if (min..=max).contains(&self.body.len()) {
+                Ok(())
+            } else if min == max {
+                Err(bad(format!("its body has {} bytes, not {min}", self.body.len())))
+            } else {
+                Err(bad(format!("its body has {} bytes ({min} to {max} allowed)", self.body.len())))
+            }
+        };
+        // A `kdf` on a kind other than `passphrase` is refused where the stanza is decoded.
+        match self.kind.as_str() {
+            KIND_KEY => {
+                salt(STANZA_SALT_LEN)?;
+                body(WRAPPED_LEN, WRAPPED_LEN)?;
+            }
+            KIND_PASSPHRASE => {
+                salt(STANZA_SALT_LEN)?;
+                body(WRAPPED_LEN, WRAPPED_LEN)?;
+                if !self.label.is_empty() {
+                    return Err(bad("its label is not empty".into()));
+                }
+                let kdf = self.kdf.as_ref().ok_or_else(|| bad("it has no Argon2id parameters".into()))?;
+                check_kdf_limits(kdf)?;
+                kdf.validate().map_err(|e| bad(e.to_string()))?;
+            }
+            KIND_X25519 => {
+                salt(0)?;
+                check_age_body(&self.body).map_err(bad)?;
+            }
+            crate::KIND_PKCS11 => {
+                salt(0)?;
+                body(crate::pkcs11::BODY_LEN, crate::pkcs11::BODY_LEN)?;
+            }
+            crate::KIND_COMMAND => {
+                salt(0)?;
+                body(1, crate::MAX_WRAPPED_LEN)?;
+                crate::command::check_label(&self.label).map_err(bad)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The age file of an `x25519` stanza (docs/format.md §8): at most [`MAX_X25519_BODY`]
+/// bytes, and among its header lines (those after the first, up to the first that starts
+/// with `---`) exactly one that starts with `-> X25519 ` and at most one other that starts
+/// with `-> ` (age's grease stanza). Base64 stanza bodies never start with `-`, so these
+/// lines are exactly the stanzas.
+fn check_age_body(body: &[u8]) -> Result<(), String> {
+    if body.len() > MAX_X25519_BODY {
+        return Err(format!("its age file has {} bytes ({MAX_X25519_BODY} at most)", body.len()));
+    }
+    let (mut x25519, mut other) = (0usize, 0usize);
+    for line in body.split(|&b| b == b'\n').skip(1) {
+        if line.starts_with(b"---") {
+            break;
+        }
+        if line.starts_with(b"-> X25519 ") {
+            x25519 += 1;
+        } else if line.starts_with(b"-> ") {
+            other += 1;
+        }
+    }
+    if x25519 != 1 || other > 1 {
+        return Err(format!(
+            "its age header has {x25519} X25519 stanzas and {other} others (one X25519 stanza and at most one \
+             other, age's grease, allowed)"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Stanza {
@@ -243,7 +368,7 @@ impl Identity {
                 let w = MasterKey::from_passphrase(p, kdf)?;
                 Ok(w.unwrap_data_key(WrapKind::Passphrase, &stanza.salt, stanza.tier, &stanza.body))
             }
-            Identity::X25519(ids) => Ok(age_unwrap(ids, &stanza.body)),
+            Identity::X25519(ids) => age_unwrap(ids, &stanza.body).map_err(|r| bad(&r)),
             Identity::Provider(p) => Ok(p.unwrap(stanza)?.map(|b| DataKey::from_bytes(*b))),
         }
     }
@@ -291,18 +416,28 @@ fn age_wrap(r: &age::x25519::Recipient, data_key: &DataKey) -> Result<Vec<u8>, K
     Ok(out)
 }
 
-/// Opens an age body with any of `ids`; `None` if none matches or the body is not a
-/// well-formed age file of exactly 32 bytes of payload.
-fn age_unwrap(ids: &[age::x25519::Identity], body: &[u8]) -> Option<DataKey> {
-    let dec = age::Decryptor::new(body).ok()?;
+/// Opens an age body with any of `ids`: `Ok(None)` if none matches or the body is not a
+/// well-formed age file for them; an error (the reason) if it opens but its payload is not
+/// exactly 32 bytes, which only a modified stanza holds (docs/format.md §8).
+fn age_unwrap(ids: &[age::x25519::Identity], body: &[u8]) -> Result<Option<DataKey>, String> {
+    // A buffered reader: the age crate reads an unbuffered header byte by byte and
+    // parses it again after each read.
+    let Ok(dec) = age::Decryptor::new_buffered(body) else { return Ok(None) };
     if dec.is_scrypt() {
-        return None;
+        return Ok(None);
     }
-    let mut reader = dec.decrypt(ids.iter().map(|i| i as &dyn age::Identity)).ok()?;
+    let Ok(mut reader) = dec.decrypt(ids.iter().map(|i| i as &dyn age::Identity)) else { return Ok(None) };
     let mut plain = Zeroizing::new(Vec::with_capacity(33));
-    reader.by_ref().take(33).read_to_end(&mut plain).ok()?;
-    let bytes: [u8; 32] = plain.as_slice().try_into().ok()?;
-    Some(DataKey::from_bytes(bytes))
+    if reader.by_ref().take(33).read_to_end(&mut plain).is_err() {
+        return Ok(None);
+    }
+    let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+        format!(
+            "its age payload is {} bytes, not 32",
+            if plain.len() > 32 { "more than 32".into() } else { plain.len().to_string() }
+        )
+    })?;
+    Ok(Some(DataKey::from_bytes(bytes)))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -734,6 +734,12 @@ fn load(
             Ok((m, tensors))
         })
         .map_err(|e| py_err_at(&path, e))?;
+    if let Some(w) = decrypted.warning() {
+        // Python's warnings machinery: shown once per call site by default, or turned into
+        // an error with `warnings.simplefilter("error")`.
+        let msg = std::ffi::CString::new(w).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyUserWarning>(), &msg, 1)?;
+    }
     let tensors_done = decrypted.tensors();
     let decrypted_bytes = decrypted.decrypted_bytes();
     let (model, external) = decrypted.into_parts();

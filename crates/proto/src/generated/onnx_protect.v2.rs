@@ -83,6 +83,10 @@ pub struct Header {
     /// 0: the spans are public; 1: secret positions (each entry's spans are sealed).
     #[prost(uint32, tag = "9")]
     pub positions: u32,
+    /// The byte length of each external data file, in the order of external_files (empty in
+    /// files written before it was recorded).
+    #[prost(uint64, repeated, tag = "10")]
+    pub external_sizes: ::prost::alloc::vec::Vec<u64>,
 }
 /// One wrapped data key (docs/format.md §8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

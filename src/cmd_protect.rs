@@ -324,9 +324,30 @@ pub struct EncryptArgs {
     #[command(flatten)]
     fingerprint: FingerprintArgs,
     #[command(flatten)]
+    lock: LockArgs,
+    #[command(flatten)]
     write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// `encrypt --lock-outputs`: outputs readable only with a key (docs/protection.md).
+#[derive(clap::Args)]
+pub struct LockArgs {
+    /// Lock the class order of the output layer (a classifier's final Gemm/MatMul, optionally
+    /// + Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
+    /// order, so the model run without the key reports wrong classes; run, the Python session,
+    /// the C library and decrypt undo it with the key. With --fingerprint, each recipient's copy
+    /// gets its own order, which trace reads.
+    #[arg(long)]
+    pub lock_outputs: bool,
+    /// With --lock-outputs: the name of the output layer's Gemm or MatMul, for a model with several.
+    #[arg(long, value_name = "NODE", requires = "lock_outputs")]
+    pub lock_node: Option<String>,
+    /// With --lock-outputs: encrypt no weight (the labels alone are locked; the model then runs
+    /// anywhere without a loader, and only its answers need the key).
+    #[arg(long, requires = "lock_outputs")]
+    pub clear_weights: bool,
 }
 
 /// `encrypt --fingerprint ID`: a recipient's copy (docs/tracing.md).
@@ -378,6 +399,11 @@ struct EncryptOutput {
     fingerprint: Option<FingerprintReport>,
 }
 
+/// The locked outputs of a report, as `name (kind)`.
+fn r_outputs(l: &onnx_protect_core::lock::LockReport) -> Vec<String> {
+    l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect()
+}
+
 /// Reads a fingerprint secret file.
 pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_trace::FingerprintKey> {
     use std::io::Read;
@@ -392,9 +418,11 @@ pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_tr
 /// The marker of `encrypt --fingerprint`, with its ledger entry written.
 fn prepare_fingerprint(
     a: &FingerprintArgs,
+    lock: &LockArgs,
     input: &std::path::Path,
     name: &str,
-) -> Result<Option<(std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport)>> {
+) -> Result<Option<(std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport, Option<onnx_protect_lock::LockSeed>)>>
+{
     let (Some(id), Some(secret), Some(ledger)) = (&a.fingerprint, &a.fingerprint_secret, &a.ledger) else {
         return Ok(None);
     };
@@ -417,7 +445,18 @@ fn prepare_fingerprint(
         }
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let added = onnx_protect_trace::ledger::append(ledger, &marker.ledger_entry(name, now))?;
+    let mut entry = marker.ledger_entry(name, now);
+    // A recipient's label lock is keyed by the fingerprint secret, so trace can recompute it.
+    let seed = if lock.lock_outputs {
+        let layer = onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
+            .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
+            .with_context(|| format!("encrypt {name}"))?;
+        entry.lock = layer.classes as u64;
+        Some(key.lock_seed(&recipient, marker.original())?)
+    } else {
+        None
+    };
+    let added = onnx_protect_trace::ledger::append(ledger, &entry)?;
     let report = FingerprintReport {
         recipient: recipient.to_string(),
         key_id: key.key_id(),
@@ -429,7 +468,7 @@ fn prepare_fingerprint(
         variant: marker.variant(),
         checked,
     };
-    Ok(Some((std::sync::Arc::new(marker), report)))
+    Ok(Some((std::sync::Arc::new(marker), report, seed)))
 }
 
 /// The policy options of `encrypt` and `batch encrypt`.
@@ -527,9 +566,14 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
-    let fingerprint = prepare_fingerprint(&a.fingerprint, input.path(), &input_name(&a.input))?;
+    let mut fingerprint = prepare_fingerprint(&a.fingerprint, &a.lock, input.path(), &input_name(&a.input))?;
+    let lock = a.lock.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
+        node: a.lock.lock_node.clone(),
+        seed: fingerprint.as_mut().and_then(|f| f.2.take()),
+        only: a.lock.clear_weights,
+    });
     // The hook type is `'static`: it owns a handle on the marker.
-    let rewrite = fingerprint.as_ref().map(|(m, _)| {
+    let rewrite = fingerprint.as_ref().map(|(m, _, _)| {
         let m = std::sync::Arc::clone(m);
         move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
     });
@@ -541,6 +585,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         sync: a.sync,
         allow_empty: a.allow_empty,
         secret_positions: a.positions == "secret",
+        lock: lock.as_ref(),
         outputs: a.write.rules(),
         signing_keys: &signing_keys,
         progress: &bar,
@@ -548,7 +593,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     };
     let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
         .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
-    if let Some((m, _)) = &fingerprint {
+    if let Some((m, _, _)) = &fingerprint {
         if m.rewritten() != m.tensors() {
             bail!(
                 "internal: the fingerprint changed {} of {} planned tensors of {}",
@@ -562,7 +607,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
-    let fp = fingerprint.map(|(_, f)| f);
+    let fp = fingerprint.map(|(_, f, _)| f);
     let fp_text = fp.as_ref().map(|f| {
         format!(
             "\n  fingerprint of {}: {} elements in {} tensors (strength {}{}), ledger {}{}",
@@ -605,6 +650,17 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
             for c in &r.clear {
                 t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
             }
+        }
+        if let Some(l) = &r.lock {
+            let outs: Vec<String> = r_outputs(l);
+            t += &format!(
+                "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
+                l.classes,
+                l.node,
+                l.tensors.join(", "),
+                outs.join(", "),
+                if l.only { "; weights left in clear" } else { "" }
+            );
         }
         t + fp_text.as_deref().unwrap_or("")
     })?;

@@ -43,6 +43,9 @@ pub enum CoreError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Output(String),
+    /// The model's outputs cannot be locked (`encrypt --lock-outputs`): what was found.
+    #[error("cannot lock the outputs: {0}")]
+    Lock(String),
 }
 
 /// The kind of a [`CoreError`], for callers that choose what to do by kind (exit
@@ -131,7 +134,7 @@ impl CoreError {
             CoreError::Format(FormatError::Io { .. }) | CoreError::Write { .. } => ErrorKind::Io,
             CoreError::Format(e) => ErrorKind::Model(e.kind()),
             CoreError::Crypto(_) | CoreError::Key(_) => ErrorKind::Key,
-            CoreError::Policy(_) => ErrorKind::Policy,
+            CoreError::Policy(_) | CoreError::Lock(_) => ErrorKind::Policy,
             CoreError::AlreadyProtected { .. } => ErrorKind::AlreadyProtected,
             CoreError::NotProtected => ErrorKind::NotProtected,
             CoreError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,

@@ -71,6 +71,9 @@ pub struct EncryptReport {
     pub recipients: usize,
     /// Signatures written.
     pub signatures: usize,
+    /// The label lock, if the outputs were locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::lock::LockReport>,
 }
 
 /// A weight `encrypt` left wholly clear.
@@ -140,6 +143,9 @@ pub struct EncryptOptions<'a> {
     /// A change of the plaintext weights made while encrypting (for example a recipient's
     /// fingerprint); the decrypted model then holds the changed weights.
     pub rewrite: Option<&'a crate::format2::Rewrite>,
+    /// Lock the class order of the output layer (`--lock-outputs`, docs/format.md §15);
+    /// a full decryption restores it.
+    pub lock: Option<&'a crate::lock::LockOutputs>,
     pub progress: &'a dyn Progress,
 }
 
@@ -155,6 +161,7 @@ impl<'a> EncryptOptions<'a> {
             outputs: OutputRules::default(),
             signing_keys: &[],
             rewrite: None,
+            lock: None,
             progress: &NoProgress,
         }
     }
@@ -201,6 +208,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
         rewrite: opts.rewrite,
+        lock: opts.lock,
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
@@ -230,6 +238,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
+        lock: done.lock,
     })
 }
 
@@ -484,6 +493,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         recipients: Vec::new(),
         signatures: Vec::new(),
         positions: "public",
+        label_lock: None,
         warning: Some(FORMAT_1_WARNING),
     }))
 }
@@ -505,6 +515,7 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         leaf_hash: "blake3",
         tensors,
         positions: if h.positions != 0 { "secret" } else { "public" },
+        label_lock: crate::lock::info(model, h)?,
         warning: None,
         recipients: p
             .sealed

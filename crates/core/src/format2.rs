@@ -112,6 +112,8 @@ fn rewritten_actions(
 ) -> Result<(Vec<Target>, Vec<Action>)> {
     let mut all = targets.to_vec();
     let mut actions = Vec::with_capacity(targets.len());
+    // The clear bytes of each rewritten tensor and the spans of all its entries (one per
+    // tier): the bytes outside every span are written by one target of its own.
     let mut extra: Vec<(Target, Vec<u8>)> = Vec::new();
     let mut seen = HashSet::new();
     for (target, ks) in targets.iter().zip(streams) {
@@ -129,9 +131,12 @@ fn rewritten_actions(
                 // The bytes outside the spans change too (a varint-stored tensor is
                 // rewritten whole by its own action).
                 if !matches!(t.data, TensorData::Varint { .. }) {
-                    let clear = complement(&target.spans, t.nbytes);
-                    if !clear.is_empty() {
-                        extra.push((Target { spans: clear, stream_id: u64::MAX, tier: 0, ..target.clone() }, clean));
+                    match extra.iter_mut().find(|(x, _)| x.tensor == target.tensor) {
+                        Some((x, _)) => x.spans.extend_from_slice(&target.spans),
+                        None => extra.push((
+                            Target { spans: target.spans.clone(), stream_id: u64::MAX, tier: 0, ..target.clone() },
+                            clean,
+                        )),
                     }
                 }
             }
@@ -153,9 +158,13 @@ fn rewritten_actions(
             actions.push(Action::Bytes(bytes));
         }
     }
-    for (t, bytes) in extra {
-        all.push(t);
-        actions.push(Action::Bytes(bytes));
+    for (mut t, bytes) in extra {
+        t.spans.sort_unstable();
+        t.spans = complement(&t.spans, model.tensors[t.tensor].nbytes);
+        if !t.spans.is_empty() {
+            all.push(t);
+            actions.push(Action::Bytes(bytes));
+        }
     }
     Ok((all, actions))
 }

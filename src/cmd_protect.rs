@@ -432,6 +432,15 @@ fn prepare_fingerprint(
     if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() }.into());
     }
+    // A model that cannot be locked is refused before anything is marked or recorded.
+    let layer = match lock.lock_outputs {
+        true => Some(
+            onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
+                .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
+                .with_context(|| format!("encrypt {name}"))?,
+        ),
+        false => None,
+    };
     let (marker, checked) = match &a.fingerprint_check {
         None => (
             onnx_protect_trace::Marker::new(&model, &key, &recipient, a.fingerprint_strength)
@@ -447,14 +456,12 @@ fn prepare_fingerprint(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut entry = marker.ledger_entry(name, now);
     // A recipient's label lock is keyed by the fingerprint secret, so trace can recompute it.
-    let seed = if lock.lock_outputs {
-        let layer = onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
-            .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
-            .with_context(|| format!("encrypt {name}"))?;
-        entry.lock = layer.classes as u64;
-        Some(key.lock_seed(&recipient, marker.original())?)
-    } else {
-        None
+    let seed = match layer {
+        Some(layer) => {
+            entry.lock = layer.classes as u64;
+            Some(key.lock_seed(&recipient, marker.original())?)
+        }
+        None => None,
     };
     let added = onnx_protect_trace::ledger::append(ledger, &entry)?;
     let report = FingerprintReport {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_bundle::{Curve, HashType, ModelManifest, PrivateKey, PublicKey};
+use onnx_protect_bundle::{Curve, ModelManifest, PrivateKey, PublicKey};
 
 use crate::exit::usage;
 use crate::output::OutputArgs;
@@ -79,18 +79,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 }
 
-/// Where a model's bundle lives unless told: `MODEL.sig` beside a file (so several models
-/// of one directory each have theirs), `model.sig` inside a directory (model_signing's
-/// default name).
-pub fn default_bundle(model: &Path) -> PathBuf {
-    if model.is_dir() {
-        model.join("model.sig")
-    } else {
-        let mut name = model.file_name().unwrap_or_default().to_os_string();
-        name.push(".sig");
-        model.with_file_name(name)
-    }
-}
+pub use onnx_protect_bundle::default_bundle;
 
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
@@ -102,40 +91,6 @@ pub fn read_private(path: &Path) -> Result<PrivateKey> {
 
 pub fn read_public(path: &Path) -> Result<PublicKey> {
     Ok(PublicKey::from_pem(&read_text(path)?, &path.display().to_string())?)
-}
-
-/// The files a bundle of `model` covers: a directory's files; a model file with its external
-/// data files (named relative to its directory); any other file alone (`.`).
-fn model_files(model: &Path) -> Result<Option<(PathBuf, Vec<String>, String)>> {
-    if !model.is_file() {
-        return Ok(None);
-    }
-    let Ok(m) = onnx_protect_format::Model::open(model) else { return Ok(None) };
-    if m.external_files.is_empty() {
-        return Ok(None);
-    }
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut names = vec![name.clone()];
-    names.extend(m.external_files.iter().map(|f| f.location.replace('\\', "/")));
-    Ok(Some((crate::dest::dir_of(model).to_path_buf(), names, name)))
-}
-
-/// The manifest of `model` as a bundle covers it (see [`model_files`]).
-fn manifest_of(
-    model: &Path,
-    bundle: Option<&Path>,
-    hash: HashType,
-    ignore: Option<&[String]>,
-) -> Result<ModelManifest> {
-    Ok(match model_files(model)? {
-        Some((dir, names, name)) => onnx_protect_bundle::hash_files(&dir, &names, hash, &name)?,
-        None => match ignore {
-            Some(i) => onnx_protect_bundle::hash_model(model, hash, i)?,
-            None => {
-                onnx_protect_bundle::hash_model(model, hash, &onnx_protect_bundle::default_ignored(model, bundle)?)?
-            }
-        },
-    })
 }
 
 /// Writes `text` to `path` through a staged file renamed into place (replacing a file only
@@ -182,12 +137,10 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 fn sign(a: SignArgs) -> Result<ExitCode> {
     let key = read_private(&a.key)?;
     let output = a.output.clone().unwrap_or_else(|| default_bundle(&a.model));
-    let manifest = manifest_of(&a.model, Some(&output), HashType::Sha256, None)
-        .with_context(|| format!("sign {}", a.model.display()))?;
-    let bundle = onnx_protect_bundle::sign_manifest(&manifest, &key)?;
     let created = crate::dest::missing(crate::dest::dir_of(&output));
-    std::fs::create_dir_all(crate::dest::dir_of(&output)).ok();
-    write_atomic(&output, &bundle, &a.write, false)?;
+    crate::dest::create_dir(crate::dest::dir_of(&output), true)?;
+    let manifest = onnx_protect_bundle::sign_model(&a.model, &key, &output, a.write.force)
+        .with_context(|| format!("sign {}", a.model.display()))?;
     crate::dest::note_created(created, a.out.quiet);
     let report = serde_json::json!({"model": a.model.display().to_string(), "bundle": output.display().to_string(), "files": manifest.resources.len(), "public_key_hint": key.public().hint()});
     a.out.report(&report, false, || format!("signed {} -> {}", a.model.display(), output.display()))?;
@@ -212,34 +165,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Verifies the bundle at `bundle` for `model` with `key`: its signature, then every file
-/// it covers (none missing, none extra, none changed). Returns the signed manifest.
+/// Verifies the bundle at `bundle` for `model` with `key` ([`onnx_protect_bundle::verify_model`]).
 pub fn verify_bundle(model: &Path, bundle: &Path, key: &PublicKey) -> Result<ModelManifest> {
-    let signed = onnx_protect_bundle::open_bundle(&read_text(bundle)?, key)?;
-    let mut ignore = signed.ignore_paths.clone();
-    if let Some(b) = onnx_protect_bundle::relative_inside(model, Some(bundle))? {
-        ignore.push(b);
-    }
-    let signed_names: Vec<String> = signed.resources.iter().map(|r| r.name.clone()).collect();
-    let files = model_files(model)?;
-    if signed_names == ["."] && files.is_some() {
-        return Err(onnx_protect_bundle::BundleError::Mismatch {
-            missing: Vec::new(),
-            extra: vec!["the model's external data files (the bundle signs the model file alone; sign its directory, or sign with `onnx-protect bundle sign`)".into()],
-            changed: Vec::new(),
-        }
-        .into());
-    }
-    let actual = match files {
-        Some((dir, names, name)) => onnx_protect_bundle::hash_files(&dir, &names, signed.hash, &name)?,
-        // A model file that no longer opens (an external data file gone): the files the
-        // bundle names are checked one by one, so the missing one is named.
-        None if model.is_file() && signed_names != ["."] => {
-            let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            onnx_protect_bundle::hash_files(crate::dest::dir_of(model), &signed_names, signed.hash, &name)?
-        }
-        None => manifest_of(model, Some(bundle), signed.hash, Some(&ignore))?,
-    };
-    onnx_protect_bundle::compare(&signed, &actual)?;
-    Ok(signed)
+    Ok(onnx_protect_bundle::verify_model(model, bundle, key)?)
 }

@@ -126,8 +126,8 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     }
     if let Some(f) = cause.downcast_ref::<FileError>() {
         return match f.kind() {
-            // The core error is the next cause in the chain.
-            FileErrorKind::Core => None,
+            // The core (or bundle) error is the next cause in the chain.
+            FileErrorKind::Core | FileErrorKind::Bundle => None,
             FileErrorKind::SharedOutput | FileErrorKind::Io => Some(FAILURE),
         };
     }

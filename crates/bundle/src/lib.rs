@@ -40,6 +40,7 @@
 mod error;
 mod keys;
 mod manifest;
+mod model;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -51,6 +52,7 @@ pub use keys::{Curve, PrivateKey, PublicKey};
 pub use manifest::{
     compare, default_ignored, hash_files, hash_model, relative_inside, HashType, ModelManifest, Resource, GIT_PATHS,
 };
+pub use model::{default_bundle, model_files, model_manifest, sign_model, verify_model, write_bundle};
 
 /// The bundle's media type.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests may unwrap
 //! Signing and verifying bundles, and every way a bundle or a model can be wrong.
 
 use std::path::Path;
@@ -169,7 +170,8 @@ fn malformed_bundles_are_refused_with_the_field_named() {
         assert!(invalid(&e, field), "{field}: {e}");
     }
     // The statement's rules, with a valid signature over the changed statement.
-    let st_cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut Value)>;
+    let st_cases: Vec<(Change, &str)> = vec![
         (Box::new(|s| s["_type"] = "x".into()), "_type"),
         (
             Box::new(|s| {

@@ -278,7 +278,7 @@ def measure_lock(model, orig_path, locked_path, trials, seeds):
 def measure_weights(binary, model, src, tmp, env):
     _, _, xte, yte = data(model)
     out = tmp / "weights.onnx"
-    cli(binary, "encrypt", src, "-o", out, "--key-env", "ONNXP_EVAL_KEY", "-q", env=env)
+    cli(binary, "encrypt", src, "-o", out, "--key-env", "ONNXP_EVAL_KEY", "-q", "--force", env=env)
     with np.errstate(invalid="ignore"):
         logits = run(session(str(out)), xte)[0]
     no_key = float((logits.argmax(1) == yte).mean())

@@ -399,9 +399,29 @@ struct EncryptOutput {
     fingerprint: Option<FingerprintReport>,
 }
 
-/// The locked outputs of a report, as `name (kind)`.
-fn r_outputs(l: &onnx_protect_core::lock::LockReport) -> Vec<String> {
-    l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect()
+impl LockArgs {
+    /// The lock asked for, keyed by `seed` (a recipient's) or a fresh one.
+    fn request(&self, seed: Option<onnx_protect_lock::LockSeed>) -> Option<onnx_protect_core::lock::LockOutputs> {
+        self.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
+            node: self.lock_node.clone(),
+            seed,
+            only: self.clear_weights,
+        })
+    }
+}
+
+/// The line of `encrypt`'s report on the label lock, if any.
+fn lock_text(lock: Option<&onnx_protect_core::lock::LockReport>) -> String {
+    let Some(l) = lock else { return String::new() };
+    let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+    format!(
+        "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
+        l.classes,
+        l.node,
+        l.tensors.join(", "),
+        outs.join(", "),
+        if l.only { "; weights left in clear" } else { "" }
+    )
 }
 
 /// Reads a fingerprint secret file.
@@ -574,11 +594,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let mut fingerprint = prepare_fingerprint(&a.fingerprint, &a.lock, input.path(), &input_name(&a.input))?;
-    let lock = a.lock.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
-        node: a.lock.lock_node.clone(),
-        seed: fingerprint.as_mut().and_then(|f| f.2.take()),
-        only: a.lock.clear_weights,
-    });
+    let lock = a.lock.request(fingerprint.as_mut().and_then(|f| f.2.take()));
     // The hook type is `'static`: it owns a handle on the marker.
     let rewrite = fingerprint.as_ref().map(|(m, _, _)| {
         let m = std::sync::Arc::clone(m);
@@ -658,17 +674,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
                 t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
             }
         }
-        if let Some(l) = &r.lock {
-            let outs: Vec<String> = r_outputs(l);
-            t += &format!(
-                "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
-                l.classes,
-                l.node,
-                l.tensors.join(", "),
-                outs.join(", "),
-                if l.only { "; weights left in clear" } else { "" }
-            );
-        }
+        t += &lock_text(r.lock.as_ref());
         t + fp_text.as_deref().unwrap_or("")
     })?;
     Ok(ExitCode::SUCCESS)

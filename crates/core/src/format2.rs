@@ -169,6 +169,37 @@ fn rewritten_actions(
     Ok((all, actions))
 }
 
+/// The targets and actions of an encryption: the plaintext rewritten first (`rewrite`,
+/// then the lock of `planned`, whose tensors get their locked bytes), then encrypted.
+fn encrypt_actions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    targets: &[Target],
+    streams: Vec<Option<onnx_protect_crypto::Keystream>>,
+    planned: Option<&crate::lock::Planned>,
+    rewrite: Option<&Rewrite>,
+) -> Result<(Vec<Target>, Vec<Action>)> {
+    let mut rewritten: Vec<onnx_protect_format::TensorId> = weights.iter().map(|w| w.tensor).collect();
+    let locked = match planned {
+        Some(p) => {
+            rewritten.extend(p.layer.tensors.iter().map(|l| l.tensor));
+            Some(crate::lock::locked_bytes(model, p, rewrite)?)
+        }
+        None => None,
+    };
+    let with_lock = |t: &onnx_protect_format::Tensor, b: &[u8]| -> Option<Vec<u8>> {
+        match locked.as_ref().and_then(|m| m.get(&t.id)) {
+            Some(bytes) => Some(bytes.clone()),
+            None => rewrite.and_then(|h| h(t, b)),
+        }
+    };
+    let hook: Option<&Hook<'_>> = if locked.is_some() { Some(&with_lock) } else { rewrite.map(|h| h as &Hook) };
+    match hook {
+        None => Ok((targets.to_vec(), prepare(model, targets, streams, false)?)),
+        Some(hook) => rewritten_actions(model, &rewritten, targets, streams, hook),
+    }
+}
+
 /// The ranges of `[0, len)` outside the sorted, disjoint `spans`.
 pub(crate) fn complement(spans: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -254,28 +285,10 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let (mut header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
-    let mut rewritten: Vec<onnx_protect_format::TensorId> = weights.iter().map(|w| w.tensor).collect();
-    let locked = match &planned {
-        Some(p) => {
-            header.label_lock = Some(crate::lock::header_lock(model, p, &tier_keys[0]));
-            rewritten.extend(p.layer.tensors.iter().map(|l| l.tensor));
-            Some(crate::lock::locked_bytes(model, p, spec.rewrite)?)
-        }
-        None => None,
-    };
-    // The lock's tensors get their locked bytes (a fingerprint, if any, applied first);
-    // the other tensors go through `spec.rewrite`.
-    let with_lock = |t: &onnx_protect_format::Tensor, b: &[u8]| -> Option<Vec<u8>> {
-        match locked.as_ref().and_then(|m| m.get(&t.id)) {
-            Some(bytes) => Some(bytes.clone()),
-            None => spec.rewrite.and_then(|h| h(t, b)),
-        }
-    };
-    let hook: Option<&Hook<'_>> = if locked.is_some() { Some(&with_lock) } else { spec.rewrite.map(|h| h as &Hook) };
-    let (all_targets, actions) = match hook {
-        None => (targets.clone(), prepare(model, &targets, streams, false)?),
-        Some(hook) => rewritten_actions(model, &rewritten, &targets, streams, hook)?,
-    };
+    if let Some(p) = &planned {
+        header.label_lock = Some(crate::lock::header_lock(model, p, &tier_keys[0]));
+    }
+    let (all_targets, actions) = encrypt_actions(model, &weights, &targets, streams, planned.as_ref(), spec.rewrite)?;
 
     let content_len = model.bytes().len() as u64;
     let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;

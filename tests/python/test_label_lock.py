@@ -43,7 +43,7 @@ def lock(tmp_path, src, *extra):
     if not key.exists():
         op.keygen(key)
     out = tmp_path / f"locked{len(extra)}.onnx"
-    cli("encrypt", src, "-o", out, "--key-file", key, "--lock-outputs", "-q", *extra)
+    cli("encrypt", src, "-o", out, "--key-file", key, "--lock-outputs", "-q", "--force", *extra)
     return out, key
 
 

@@ -334,8 +334,8 @@ pub struct EncryptArgs {
 /// `encrypt --lock-outputs`: outputs readable only with a key (docs/protection.md).
 #[derive(clap::Args)]
 pub struct LockArgs {
-    /// Lock the class order of the output layer (a classifier's final Gemm/MatMul, optionally
-    /// + Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
+    /// Lock the class order of the output layer (a classifier's final Gemm or MatMul, with an
+    /// optional Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
     /// order, so the model run without the key reports wrong classes; run, the Python session,
     /// the C library and decrypt undo it with the key. With --fingerprint, each recipient's copy
     /// gets its own order, which trace reads.
@@ -435,14 +435,18 @@ pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_tr
     Ok(onnx_protect_trace::FingerprintKey::parse(&bytes, &path.display().to_string())?)
 }
 
+/// What `encrypt --fingerprint` prepared: the marker, its report and, with
+/// `--lock-outputs`, the recipient's lock seed.
+type Fingerprinting =
+    (std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport, Option<onnx_protect_lock::LockSeed>);
+
 /// The marker of `encrypt --fingerprint`, with its ledger entry written.
 fn prepare_fingerprint(
     a: &FingerprintArgs,
     lock: &LockArgs,
     input: &std::path::Path,
     name: &str,
-) -> Result<Option<(std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport, Option<onnx_protect_lock::LockSeed>)>>
-{
+) -> Result<Option<Fingerprinting>> {
     let (Some(id), Some(secret), Some(ledger)) = (&a.fingerprint, &a.fingerprint_secret, &a.ledger) else {
         return Ok(None);
     };

@@ -52,7 +52,7 @@ enum Command {
     /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing), an age X25519 identity (--recipient) or a fingerprint secret (--fingerprint-secret).
     Keygen(cmd_protect::KeygenArgs),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
-    Encrypt(cmd_protect::EncryptArgs),
+    Encrypt(Box<cmd_protect::EncryptArgs>),
     /// Verify and decrypt a protected model, restoring the original bytes.
     Decrypt(cmd_protect::DecryptArgs),
     /// Check a protected model: every byte against its digest without a key, the MACs with one, signers if asked.
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Keygen(a) => cmd_protect::keygen(a),
-        Command::Encrypt(a) => cmd_protect::encrypt(a),
+        Command::Encrypt(a) => cmd_protect::encrypt(*a),
         Command::Decrypt(a) => cmd_protect::decrypt(a),
         Command::Verify(a) => cmd_protect::verify(a),
         Command::Sign(a) => cmd_protect::sign(a),

@@ -74,6 +74,9 @@ pub struct EncryptReport {
     /// The label lock, if the outputs were locked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<crate::lock::LockReport>,
+    /// Warnings about the protection itself (a policy that leaves weights clear on a model
+    /// family where that was measured not to hold against re-learning).
+    pub warnings: Vec<String>,
 }
 
 /// A weight `encrypt` left wholly clear.
@@ -212,11 +215,20 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
+    let encrypted_bytes = done.selection.bytes();
+    let warnings = onnx_protect_select::risk::relearning_warning(
+        &model,
+        &onnx_protect_format::discover(&model),
+        done.weight_bytes.saturating_sub(encrypted_bytes),
+        done.weight_bytes,
+    )
+    .into_iter()
+    .collect();
     Ok(EncryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         weight_bytes: done.weight_bytes,
-        encrypted_bytes: done.selection.bytes(),
+        encrypted_bytes,
         tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
         skipped: done
             .selection
@@ -239,6 +251,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
         lock: done.lock,
+        warnings,
     })
 }
 

@@ -359,9 +359,30 @@ pub struct EncryptArgs {
     #[command(flatten)]
     fingerprint: FingerprintArgs,
     #[command(flatten)]
+    lock: LockArgs,
+    #[command(flatten)]
     write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// `encrypt --lock-outputs`: outputs readable only with a key (docs/protection.md).
+#[derive(clap::Args)]
+pub struct LockArgs {
+    /// Lock the class order of the output layer (a classifier's final Gemm or MatMul, with an
+    /// optional Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
+    /// order, so the model run without the key reports wrong classes; run, the Python session,
+    /// the C library and decrypt undo it with the key. With --fingerprint, each recipient's copy
+    /// gets its own order, which trace reads.
+    #[arg(long)]
+    pub lock_outputs: bool,
+    /// With --lock-outputs: the name of the output layer's Gemm or MatMul, for a model with several.
+    #[arg(long, value_name = "NODE", requires = "lock_outputs")]
+    pub lock_node: Option<String>,
+    /// With --lock-outputs: encrypt no weight (the labels alone are locked; the model then runs
+    /// anywhere without a loader, and only its answers need the key).
+    #[arg(long, requires = "lock_outputs")]
+    pub clear_weights: bool,
 }
 
 /// `encrypt --fingerprint ID`: a recipient's copy (docs/tracing.md).
@@ -413,6 +434,31 @@ struct EncryptOutput {
     fingerprint: Option<FingerprintReport>,
 }
 
+impl LockArgs {
+    /// The lock asked for, keyed by `seed` (a recipient's) or a fresh one.
+    fn request(&self, seed: Option<onnx_protect_lock::LockSeed>) -> Option<onnx_protect_core::lock::LockOutputs> {
+        self.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
+            node: self.lock_node.clone(),
+            seed,
+            only: self.clear_weights,
+        })
+    }
+}
+
+/// The line of `encrypt`'s report on the label lock, if any.
+fn lock_text(lock: Option<&onnx_protect_core::lock::LockReport>) -> String {
+    let Some(l) = lock else { return String::new() };
+    let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+    format!(
+        "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
+        l.classes,
+        l.node,
+        l.tensors.join(", "),
+        outs.join(", "),
+        if l.only { "; weights left in clear" } else { "" }
+    )
+}
+
 /// Reads a fingerprint secret file.
 pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_trace::FingerprintKey> {
     use std::io::Read;
@@ -424,12 +470,18 @@ pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_tr
     Ok(onnx_protect_trace::FingerprintKey::parse(&bytes, &path.display().to_string())?)
 }
 
+/// What `encrypt --fingerprint` prepared: the marker, its report and, with
+/// `--lock-outputs`, the recipient's lock seed.
+type Fingerprinting =
+    (std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport, Option<onnx_protect_lock::LockSeed>);
+
 /// The marker of `encrypt --fingerprint`, with its ledger entry written.
 fn prepare_fingerprint(
     a: &FingerprintArgs,
+    lock: &LockArgs,
     input: &std::path::Path,
     name: &str,
-) -> Result<Option<(std::sync::Arc<onnx_protect_trace::Marker>, FingerprintReport)>> {
+) -> Result<Option<Fingerprinting>> {
     let (Some(id), Some(secret), Some(ledger)) = (&a.fingerprint, &a.fingerprint_secret, &a.ledger) else {
         return Ok(None);
     };
@@ -439,6 +491,15 @@ fn prepare_fingerprint(
     if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() }.into());
     }
+    // A model that cannot be locked is refused before anything is marked or recorded.
+    let layer = match lock.lock_outputs {
+        true => Some(
+            onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
+                .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
+                .with_context(|| format!("encrypt {name}"))?,
+        ),
+        false => None,
+    };
     let (marker, checked) = match &a.fingerprint_check {
         None => (
             onnx_protect_trace::Marker::new(&model, &key, &recipient, a.fingerprint_strength)
@@ -452,7 +513,16 @@ fn prepare_fingerprint(
         }
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let added = onnx_protect_trace::ledger::append(ledger, &marker.ledger_entry(name, now))?;
+    let mut entry = marker.ledger_entry(name, now);
+    // A recipient's label lock is keyed by the fingerprint secret, so trace can recompute it.
+    let seed = match layer {
+        Some(layer) => {
+            entry.lock = layer.classes as u64;
+            Some(key.lock_seed(&recipient, marker.original())?)
+        }
+        None => None,
+    };
+    let added = onnx_protect_trace::ledger::append(ledger, &entry)?;
     let report = FingerprintReport {
         recipient: recipient.to_string(),
         key_id: key.key_id(),
@@ -464,7 +534,7 @@ fn prepare_fingerprint(
         variant: marker.variant(),
         checked,
     };
-    Ok(Some((std::sync::Arc::new(marker), report)))
+    Ok(Some((std::sync::Arc::new(marker), report, seed)))
 }
 
 /// The policy options of `encrypt` and `batch encrypt`.
@@ -562,9 +632,10 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     }
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
-    let fingerprint = prepare_fingerprint(&a.fingerprint, input.path(), &input_name(&a.input))?;
+    let mut fingerprint = prepare_fingerprint(&a.fingerprint, &a.lock, input.path(), &input_name(&a.input))?;
+    let lock = a.lock.request(fingerprint.as_mut().and_then(|f| f.2.take()));
     // The hook type is `'static`: it owns a handle on the marker.
-    let rewrite = fingerprint.as_ref().map(|(m, _)| {
+    let rewrite = fingerprint.as_ref().map(|(m, _, _)| {
         let m = std::sync::Arc::clone(m);
         move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
     });
@@ -576,6 +647,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         sync: a.sync,
         allow_empty: a.allow_empty,
         secret_positions: a.positions == "secret",
+        lock: lock.as_ref(),
         outputs: a.write.rules(),
         signing_keys: &signing_keys,
         licence: a.licence_authority.requirement()?,
@@ -584,7 +656,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     };
     let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
         .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
-    if let Some((m, _)) = &fingerprint {
+    if let Some((m, _, _)) = &fingerprint {
         if m.rewritten() != m.tensors() {
             bail!(
                 "internal: the fingerprint changed {} of {} planned tensors of {}",
@@ -598,7 +670,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let to_stdout = output.is_stdout();
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
-    let fp = fingerprint.map(|(_, f)| f);
+    let fp = fingerprint.map(|(_, f, _)| f);
     let fp_text = fp.as_ref().map(|f| {
         format!(
             "\n  fingerprint of {}: {} elements in {} tensors (strength {}{}), ledger {}{}",
@@ -645,6 +717,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
                 t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
             }
         }
+        t += &lock_text(r.lock.as_ref());
         t + fp_text.as_deref().unwrap_or("")
     })?;
     Ok(ExitCode::SUCCESS)

@@ -46,9 +46,18 @@ struct TraceOutput<'a> {
 }
 
 /// Opens a model that must not be protected (a protected suspect is decrypted first);
-/// `role` says which one in errors.
-fn open_plain(path: &Path, role: &str) -> Result<Model> {
+/// `role` says which one in errors. With `clear_ok`, a protected model whose weights are
+/// all in clear (a label-locked copy, `encrypt --lock-outputs --clear-weights`) is read as
+/// it is stored: that is the model its recipient runs.
+fn open_plain(path: &Path, role: &str, clear_ok: bool) -> Result<Model> {
     let model = Model::open(path).with_context(|| format!("{role} {}", path.display()))?;
+    if clear_ok {
+        let info = onnx_protect_core::protect::protection_info(&model)
+            .with_context(|| format!("{role} {}", path.display()))?;
+        if info.is_some_and(|i| i.format_version == 2 && i.tensors.is_empty() && i.label_lock.is_some()) {
+            return Ok(model);
+        }
+    }
     if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() })
             .with_context(|| format!("{role} {}", path.display()));
@@ -60,8 +69,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     onnx_protect_trace::detect::check_false_positive(a.false_positive)?;
     let key = crate::cmd_protect::read_fingerprint_secret(&a.fingerprint_secret)?;
     let ledger = Ledger::read(&a.ledger)?;
-    let original = open_plain(&a.original, "original")?;
-    let suspect = open_plain(&a.suspect, "suspect")?;
+    let original = open_plain(&a.original, "original", false)?;
+    let suspect = open_plain(&a.suspect, "suspect", true)?;
     let tracer =
         Tracer::for_ledger(&original, &key, &ledger).with_context(|| format!("original {}", a.original.display()))?;
     let report = tracer.trace(&suspect, a.false_positive).with_context(|| format!("trace {}", a.suspect.display()))?;

@@ -189,6 +189,10 @@ function checkHeader(h: Message): void {
   if (c < 1n << 16n || c > 1n << 30n || (c & (c - 1n)) !== 0n) throw new Modified(`chunk_size ${c} is not a power of two in [2^16, 2^30]`);
   if (h.tensors.length > MAX_ENTRIES) throw new Modified("too many entries");
   if (h.positions !== 0 && h.positions !== 1) throw new Modified(`positions ${h.positions}`);
+  // A label lock (format.md §15) and a licence authority (Appendix C) change what a reader
+  // must do before it returns a model; this package does neither, so it refuses such files.
+  if (h.label_lock.length) throw new UnsupportedVersion("the model's outputs are label-locked (format.md §15), which this package does not read");
+  if (h.licence_authority.length || h.model_id.length) throw new UnsupportedVersion("the model needs a licence (format.md Appendix C), which this package does not check");
   if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
     throw new Modified("external_sizes does not hold one length per external file");
   }

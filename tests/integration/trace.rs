@@ -305,3 +305,79 @@ fn fingerprint_check_picks_a_variant_that_changes_no_prediction_and_trace_follow
     assert!(!out.exists());
     assert_eq!(std::fs::read_to_string(&st.ledger).unwrap(), before);
 }
+
+#[test]
+fn label_locked_copies_name_their_recipient_from_the_class_order_and_the_marks() {
+    let st = setup();
+    let ids: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+    let mut copies = Vec::new();
+    for id in &ids {
+        let out = st.dir.path().join(format!("{id}.locked.onnx"));
+        let (k, o, sec, led) = (s(&st.key), s(&st.original), s(&st.secret), s(&st.ledger));
+        let (code, _, err) = run(&[
+            "encrypt",
+            o,
+            "-o",
+            s(&out),
+            "--key-file",
+            k,
+            "--fingerprint",
+            id,
+            "--fingerprint-secret",
+            sec,
+            "--ledger",
+            led,
+            "--lock-outputs",
+            "--clear-weights",
+            "-q",
+        ]);
+        assert_eq!(code, 0, "{id}: {err}");
+        copies.push(out);
+    }
+    let ledger = std::fs::read_to_string(&st.ledger).unwrap();
+    assert_eq!(ledger.lines().filter(|l| l.contains("\"lock\":10")).count(), ids.len(), "{ledger}");
+    for (id, copy) in ids.iter().zip(&copies) {
+        // The copy as the recipient got it: it runs anywhere without a key.
+        let (code, j, err) = st.trace(copy);
+        assert_eq!(code, 0, "{id}: {err}");
+        assert_eq!(j["recipient"], id.as_str(), "{j}");
+        let order = &j["order"];
+        assert_eq!(order["recovered"], true, "{j}");
+        // The order matches this recipient's alone (all 10 classes agree); with 10 classes
+        // its bound N/!C (8/1334961) is above the default 1e-6, so the marks name it.
+        assert_eq!(order["matches"], serde_json::json!([id]), "{j}");
+        assert_eq!(order["scores"][0]["agreements"], 10, "{j}");
+        assert_eq!(order["locked_recipients"], ids.len(), "{j}");
+        // Its decryption is unlocked and still names the recipient by its marks.
+        let dec = st.dir.path().join(format!("{id}.dec.onnx"));
+        let (code, _, err) = run(&["decrypt", s(copy), "-o", s(&dec), "--key-file", s(&st.key), "-q"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, j, err) = st.trace(&dec);
+        assert_eq!(code, 0, "{id} decrypted: {err}");
+        assert_eq!(j["recipient"], id.as_str(), "{j}");
+    }
+    // The lock of a model whose output layer cannot be found is refused in one line,
+    // before the ledger records anything.
+    let before = std::fs::read_to_string(&st.ledger).unwrap();
+    let bad = root().join("fixtures/lock/no_head_conv/model.onnx");
+    let out = st.dir.path().join("bad.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        s(&bad),
+        "-o",
+        s(&out),
+        "--key-file",
+        s(&st.key),
+        "--fingerprint",
+        "x",
+        "--fingerprint-secret",
+        s(&st.secret),
+        "--ledger",
+        s(&st.ledger),
+        "--lock-outputs",
+    ]);
+    assert_ne!(code, 0);
+    one_line_error(&err, "Conv");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_to_string(&st.ledger).unwrap(), before);
+}

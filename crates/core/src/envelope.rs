@@ -289,6 +289,7 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
     if used != sealed.header.external_files.iter().map(String::as_str).collect::<Vec<_>>() {
         return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
     }
+    crate::lock::read(model, &sealed.header)?;
     Ok(ProtectedV2 { sealed, targets })
 }
 

@@ -47,6 +47,9 @@ pub enum CoreError {
     /// The model needs a licence, and the one given (if any) does not let it open.
     #[error(transparent)]
     Licence(#[from] LicenceError),
+    /// The model's outputs cannot be locked (`encrypt --lock-outputs`): what was found.
+    #[error("cannot lock the outputs: {0}")]
+    Lock(String),
 }
 
 /// Why a licence did not let a model open ([`ErrorKind::Licence`]).
@@ -205,7 +208,7 @@ impl CoreError {
             CoreError::Format(FormatError::Io { .. }) | CoreError::Write { .. } => ErrorKind::Io,
             CoreError::Format(e) => ErrorKind::Model(e.kind()),
             CoreError::Crypto(_) | CoreError::Key(_) => ErrorKind::Key,
-            CoreError::Policy(_) => ErrorKind::Policy,
+            CoreError::Policy(_) | CoreError::Lock(_) => ErrorKind::Policy,
             CoreError::AlreadyProtected { .. } => ErrorKind::AlreadyProtected,
             CoreError::NotProtected => ErrorKind::NotProtected,
             CoreError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,

@@ -88,6 +88,8 @@ pub(crate) struct EncryptSpec<'a> {
     pub signing_keys: &'a [SigningKey],
     pub rewrite: Option<&'a Rewrite>,
     pub licence: Option<&'a crate::licence::LicenceRequirement>,
+    /// Lock the class order of the output layer (docs/format.md §15).
+    pub lock: Option<&'a crate::lock::LockOutputs>,
     pub progress: &'a dyn Progress,
 }
 
@@ -96,18 +98,23 @@ pub(crate) struct EncryptSpec<'a> {
 /// to leave it.
 pub type Rewrite = dyn Fn(&onnx_protect_format::Tensor, &[u8]) -> Option<Vec<u8>> + Sync;
 
+/// A [`Rewrite`] that may borrow.
+type Hook<'h> = dyn Fn(&onnx_protect_format::Tensor, &[u8]) -> Option<Vec<u8>> + Sync + 'h;
+
 /// The actions of an encryption whose plaintext `hook` rewrites first: a rewritten target
 /// is encrypted from its new bytes; a rewritten tensor that is not a target gets a target
 /// of its own (all of its bytes, no entry in the header) that writes the new bytes.
 fn rewritten_actions(
     model: &Model,
-    weights: &[onnx_protect_format::discover::Weight],
+    weights: &[onnx_protect_format::TensorId],
     targets: &[Target],
     streams: Vec<Option<onnx_protect_crypto::Keystream>>,
-    hook: &Rewrite,
+    hook: &Hook<'_>,
 ) -> Result<(Vec<Target>, Vec<Action>)> {
     let mut all = targets.to_vec();
     let mut actions = Vec::with_capacity(targets.len());
+    // The clear bytes of each rewritten tensor and the spans of all its entries (one per
+    // tier): the bytes outside every span are written by one target of its own.
     let mut extra: Vec<(Target, Vec<u8>)> = Vec::new();
     let mut seen = HashSet::new();
     for (target, ks) in targets.iter().zip(streams) {
@@ -125,9 +132,12 @@ fn rewritten_actions(
                 // The bytes outside the spans change too (a varint-stored tensor is
                 // rewritten whole by its own action).
                 if !matches!(t.data, TensorData::Varint { .. }) {
-                    let clear = complement(&target.spans, t.nbytes);
-                    if !clear.is_empty() {
-                        extra.push((Target { spans: clear, stream_id: u64::MAX, tier: 0, ..target.clone() }, clean));
+                    match extra.iter_mut().find(|(x, _)| x.tensor == target.tensor) {
+                        Some((x, _)) => x.spans.extend_from_slice(&target.spans),
+                        None => extra.push((
+                            Target { spans: target.spans.clone(), stream_id: u64::MAX, tier: 0, ..target.clone() },
+                            clean,
+                        )),
                     }
                 }
             }
@@ -135,35 +145,64 @@ fn rewritten_actions(
             (Some(_), None) => actions.push(Action::Skip),
         }
     }
-    for w in weights {
-        if !seen.insert(w.tensor) {
+    for &w in weights {
+        if !seen.insert(w) {
             continue;
         }
-        let t = &model.tensors[w.tensor];
+        let t = &model.tensors[w];
         let original = model.tensor_bytes(t.id)?;
         if let Some(bytes) = hook(t, &original) {
             if bytes.len() as u64 != t.nbytes {
                 return Err(CoreError::Output(format!("internal: a rewrite changed the length of '{}'", t.name)));
             }
-            all.push(Target {
-                tensor: w.tensor,
-                stream_id: u64::MAX,
-                mode: Mode::Ctr,
-                spans: vec![(0, t.nbytes)],
-                tier: 0,
-            });
+            all.push(Target { tensor: w, stream_id: u64::MAX, mode: Mode::Ctr, spans: vec![(0, t.nbytes)], tier: 0 });
             actions.push(Action::Bytes(bytes));
         }
     }
-    for (t, bytes) in extra {
-        all.push(t);
-        actions.push(Action::Bytes(bytes));
+    for (mut t, bytes) in extra {
+        t.spans.sort_unstable();
+        t.spans = complement(&t.spans, model.tensors[t.tensor].nbytes);
+        if !t.spans.is_empty() {
+            all.push(t);
+            actions.push(Action::Bytes(bytes));
+        }
     }
     Ok((all, actions))
 }
 
+/// The targets and actions of an encryption: the plaintext rewritten first (`rewrite`,
+/// then the lock of `planned`, whose tensors get their locked bytes), then encrypted.
+fn encrypt_actions(
+    model: &Model,
+    weights: &[onnx_protect_format::discover::Weight],
+    targets: &[Target],
+    streams: Vec<Option<onnx_protect_crypto::Keystream>>,
+    planned: Option<&crate::lock::Planned>,
+    rewrite: Option<&Rewrite>,
+) -> Result<(Vec<Target>, Vec<Action>)> {
+    let mut rewritten: Vec<onnx_protect_format::TensorId> = weights.iter().map(|w| w.tensor).collect();
+    let locked = match planned {
+        Some(p) => {
+            rewritten.extend(p.layer.tensors.iter().map(|l| l.tensor));
+            Some(crate::lock::locked_bytes(model, p, rewrite)?)
+        }
+        None => None,
+    };
+    let with_lock = |t: &onnx_protect_format::Tensor, b: &[u8]| -> Option<Vec<u8>> {
+        match locked.as_ref().and_then(|m| m.get(&t.id)) {
+            Some(bytes) => Some(bytes.clone()),
+            None => rewrite.and_then(|h| h(t, b)),
+        }
+    };
+    let hook: Option<&Hook<'_>> = if locked.is_some() { Some(&with_lock) } else { rewrite.map(|h| h as &Hook) };
+    match hook {
+        None => Ok((targets.to_vec(), prepare(model, targets, streams, false)?)),
+        Some(hook) => rewritten_actions(model, &rewritten, targets, streams, hook),
+    }
+}
+
 /// The ranges of `[0, len)` outside the sorted, disjoint `spans`.
-fn complement(spans: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+pub(crate) fn complement(spans: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut at = 0;
     for &(a, b) in spans {
@@ -186,19 +225,32 @@ pub(crate) struct Encrypted {
     pub targets: Vec<Target>,
     pub external: Vec<String>,
     pub stanzas: usize,
+    pub lock: Option<crate::lock::LockReport>,
 }
 
 /// Encrypts `model` (opened from `input`) into `output` in format 2.
 pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
+    // The lock is planned first: a model that cannot be locked is refused before any output exists.
+    let planned = spec.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
+    let lock_only = spec.lock.is_some_and(|l| l.only);
     let outputs = Outputs::stage(model, output)?;
     let tiers = spec.policy.tiers.max(1);
     spec.policy.shares()?;
     let weights = discover(model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, spec.policy);
+    if lock_only {
+        // The labels alone are locked: every weight stays clear.
+        for c in selection.chosen.drain(..) {
+            let t = &model.tensors[c.tensor];
+            let (op_type, tensor_role) = (c.op_type, c.tensor_role);
+            selection.clear.push(onnx_protect_select::Clear { tensor: t.id, nbytes: t.nbytes, op_type, tensor_role });
+        }
+        selection.clear.sort_by_key(|c| c.tensor);
+    }
     refuse_ctr_with_tiers(model, &selection, tiers)?;
     refuse_short_permutations(model, &selection)?;
-    if selection.bytes() == 0 && !spec.allow_empty {
+    if selection.bytes() == 0 && !spec.allow_empty && !lock_only {
         let why = if weights.is_empty() {
             "the model has no weights to encrypt: no operator reads a floating-point constant tensor or a \
              weight input (parameters kept in node attribute lists, as the ai.onnx.ml tree, linear and SVM \
@@ -231,14 +283,14 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let stanzas = wrap_all(to, &data_keys)?;
     crate::recipients::check_new(&stanzas)?;
-    let (header, targets) =
+    let (mut header, targets) =
         build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence);
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
-    let (all_targets, actions) = match spec.rewrite {
-        None => (targets.clone(), prepare(model, &targets, streams, false)?),
-        Some(hook) => rewritten_actions(model, &weights, &targets, streams, hook)?,
-    };
+    if let Some(p) = &planned {
+        header.label_lock = Some(crate::lock::header_lock(model, p, &tier_keys[0]));
+    }
+    let (all_targets, actions) = encrypt_actions(model, &weights, &targets, streams, planned.as_ref(), spec.rewrite)?;
 
     let content_len = model.bytes().len() as u64;
     let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;
@@ -274,7 +326,8 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     drop(files);
     drop(all_targets);
     outputs.staged.commit(durable)?;
-    Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
+    let lock = planned.as_ref().map(|p| crate::lock::report(model, p, lock_only));
+    Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len(), lock })
 }
 
 fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
@@ -376,6 +429,7 @@ fn build_header(
         external_sizes: model.external_files.iter().map(|f| f.size).collect(),
         licence_authority,
         model_id,
+        label_lock: None,
     };
     (header, targets)
 }
@@ -556,6 +610,26 @@ pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) 
     Ok(t)
 }
 
+/// The targets and actions of a decryption, extended in a full decryption of a
+/// label-locked model to restore the class order (docs/format.md §15), so the output is
+/// the original; a partial decryption keeps the lock, as it keeps the manifest.
+pub(crate) fn with_unlock(
+    model: &Model,
+    p: &ProtectedV2,
+    opened: &Opened,
+    full: bool,
+    actions: Vec<Action>,
+) -> Result<(Vec<Target>, Vec<Action>)> {
+    match (full, crate::lock::read(model, &p.sealed.header)?) {
+        (true, Some(lock)) => {
+            let tier1 = opened.tier(1).ok_or_else(|| CoreError::Output("internal: no tier-1 key".into()))?;
+            let perm = crate::lock::permutation(&lock, tier1)?;
+            crate::lock::unlock_targets(model, &p.targets, actions, &lock, &perm)
+        }
+        _ => Ok((p.targets.clone(), actions)),
+    }
+}
+
 /// What a decryption did, for the report.
 pub(crate) struct Decrypted {
     pub tensors: usize,
@@ -591,13 +665,14 @@ pub(crate) fn decrypt(
         // The canonical digest needs the restored tiers encrypted again: checked first.
         check_digest(p, &canonical_digest(model, p, &opened)?)?;
     }
-    let outputs = Outputs::stage(model, output)?;
-    let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
-    let content_len = p.sealed.entry.start;
-    let plans = plans(model, content_len, &p.targets, &actions, Vec::new())?;
-    let files = outputs.covered_files();
-    let xf = transformer(model, &p.targets, &actions);
     let full = to == top;
+    let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
+    let (targets, actions) = with_unlock(model, p, &opened, full, actions)?;
+    let outputs = Outputs::stage(model, output)?;
+    let content_len = p.sealed.entry.start;
+    let plans = plans(model, content_len, &targets, &actions, Vec::new())?;
+    let files = outputs.covered_files();
+    let xf = transformer(model, &targets, &actions);
     let hash = match (r == 0, full) {
         (true, true) => Hash::Input,
         (true, false) => Hash::Both,

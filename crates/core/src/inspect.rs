@@ -355,6 +355,18 @@ impl Report {
                 p.leaf_hash.to_uppercase()
             );
         }
+        if let Some(l) = &p.label_lock {
+            let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+            let _ = writeln!(
+                s,
+                "  label lock   {} classes of {} in a keyed order ({}); outputs {} need the key{}",
+                l.classes,
+                l.node,
+                l.tensors.join(", "),
+                outs.join(", "),
+                if l.only { "; weights in clear" } else { "" }
+            );
+        }
         if p.positions == "secret" {
             let _ = writeln!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
         }

@@ -33,6 +33,7 @@ pub mod inspect;
 mod journal;
 pub mod keys;
 pub mod licence;
+pub mod lock;
 pub mod manifest;
 pub mod memory;
 mod pass;

@@ -165,6 +165,9 @@ pub struct ProtectionInfo {
     /// `"public"`, or `"secret"` when the encrypted positions are sealed (only key
     /// holders know them; the tensors' spans and encrypted bytes are then not shown).
     pub positions: &'static str,
+    /// The label lock (`encrypt --lock-outputs`, format 2), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_lock: Option<crate::lock::LockReport>,
     /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<&'static str>,

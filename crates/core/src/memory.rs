@@ -678,15 +678,20 @@ fn decrypt_v2(
     // A key whose tiers are all in clear in the file already serves the file as it is.
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
-    let sources = sources_of(&actions)?;
     check_seals(&p, &opened, signers)?;
-    let fused = decrypt_v2_fused(model, &p, &actions, &sources, |digest| check_digest(&p, digest))?;
+    // A full decryption of a label-locked model restores the class order too.
+    let full = to == p.sealed.header.tiers;
+    let (targets, actions) = crate::format2::with_unlock(model, &p, &opened, full, actions)?;
+    let sources = sources_of(&actions)?;
+    let image = ProtectedV2 { sealed: p.sealed.clone(), targets };
+    let fused = decrypt_v2_fused(model, &image, &actions, &sources, |digest| check_digest(&p, digest))?;
     let (bytes, external) = match fused {
         Some(done) => done,
         None => {
             check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
-            let bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.sealed.entry.clone())?;
-            (bytes, external_patched(model, &p.targets, &sources)?)
+            let t = &image.targets;
+            let bytes = model_image(model, file.as_ref(), t, &actions, &sources, p.sealed.entry.clone())?;
+            (bytes, external_patched(model, t, &sources)?)
         }
     };
     let bytes = if to < p.sealed.header.tiers { with_partial_entry(model, &p, to, bytes, &external)? } else { bytes };

@@ -71,6 +71,9 @@ pub struct EncryptReport {
     pub recipients: usize,
     /// Signatures written.
     pub signatures: usize,
+    /// The label lock, if the outputs were locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::lock::LockReport>,
     /// Warnings about the protection itself (a policy that leaves weights clear on a model
     /// family where that was measured not to hold against re-learning).
     pub warnings: Vec<String>,
@@ -145,6 +148,9 @@ pub struct EncryptOptions<'a> {
     pub rewrite: Option<&'a crate::format2::Rewrite>,
     /// Opening the model will need a licence of this authority (docs/shipping.md#licences).
     pub licence: Option<crate::licence::LicenceRequirement>,
+    /// Lock the class order of the output layer (`--lock-outputs`, docs/format.md §15);
+    /// a full decryption restores it.
+    pub lock: Option<&'a crate::lock::LockOutputs>,
     pub progress: &'a dyn Progress,
 }
 
@@ -161,6 +167,7 @@ impl<'a> EncryptOptions<'a> {
             signing_keys: &[],
             rewrite: None,
             licence: None,
+            lock: None,
             progress: &NoProgress,
         }
     }
@@ -208,6 +215,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         signing_keys: opts.signing_keys,
         rewrite: opts.rewrite,
         licence: opts.licence.as_ref(),
+        lock: opts.lock,
         progress: opts.progress,
     };
     if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
@@ -249,6 +257,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
+        lock: done.lock,
         warnings,
     })
 }
@@ -504,6 +513,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
         recipients: Vec::new(),
         signatures: Vec::new(),
         positions: "public",
+        label_lock: None,
         warning: Some(FORMAT_1_WARNING),
     }))
 }
@@ -525,6 +535,7 @@ fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
         leaf_hash: "blake3",
         tensors,
         positions: if h.positions != 0 { "secret" } else { "public" },
+        label_lock: crate::lock::info(model, h)?,
         warning: None,
         recipients: p
             .sealed

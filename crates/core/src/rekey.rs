@@ -127,6 +127,12 @@ pub fn rekey(
             e.sealed_spans = new_keys[t.tier as usize - 1].seal_spans(t.stream_id, &bounds);
         }
     }
+    if let (Some(lock), Some(label_lock)) = (crate::lock::read(&model, &header)?, header.label_lock.as_mut()) {
+        // The seed of a label lock is sealed under the tier-1 key: sealed again under the
+        // new one (the class order, and so the stored bytes, stay as they are).
+        let old1 = old_keys.tier(1).ok_or_else(|| CoreError::Key("the old key cannot open tier 1".into()))?;
+        label_lock.sealed_seed = crate::lock::reseal(&lock, old1, &new_keys[0])?;
+    }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
     let plans = plans(&model, content_len, &p.targets, &actions, Vec::new())?;
     let files = outputs.covered_files();

@@ -38,6 +38,8 @@ pub const V2_POSITIONS_LABEL: &[u8] = b"onnx-protect/v2/positions";
 pub const V2_CHOICE_LABEL: &[u8] = b"onnx-protect/v2/choice";
 /// Associated data of sealed positions.
 pub const V2_POSITIONS_AAD: &[u8] = b"onnx-protect/v2/positions";
+/// HKDF-Expand `info` of the key that seals a label lock's seed, and its associated data.
+pub const V2_LABEL_LOCK_LABEL: &[u8] = b"onnx-protect/v2/label-lock";
 
 /// The 32-byte data key of one access tier of one protected model.
 ///
@@ -174,6 +176,29 @@ impl TierKeys {
         Some(plain.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect())
     }
 
+    /// Seals a label lock's 32-byte seed (docs/format.md §15): ChaCha20-Poly1305 under
+    /// `HKDF-Expand(PRK_1, "onnx-protect/v2/label-lock", 32)`, a zero nonce (the key seals
+    /// one message: every encryption draws a new data key), associated data
+    /// `"onnx-protect/v2/label-lock"`. 48 bytes.
+    pub fn seal_lock_seed(&self, seed: &[u8; KEY_LEN]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = Zeroizing::new(hkdf_expand::<KEY_LEN>(&self.prk, &[V2_LABEL_LOCK_LABEL]));
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.as_ref().into());
+        // Encryption fails only for messages over 256 GiB.
+        cipher.encrypt(&[0u8; 12].into(), Payload { msg: seed, aad: V2_LABEL_LOCK_LABEL }).unwrap_or_default()
+    }
+
+    /// Opens a sealed lock seed; `None` if it was not sealed by this tier's key.
+    pub fn unseal_lock_seed(&self, sealed: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = Zeroizing::new(hkdf_expand::<KEY_LEN>(&self.prk, &[V2_LABEL_LOCK_LABEL]));
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.as_ref().into());
+        let plain =
+            Zeroizing::new(cipher.decrypt(&[0u8; 12].into(), Payload { msg: sealed, aad: V2_LABEL_LOCK_LABEL }).ok()?);
+        let seed: [u8; KEY_LEN] = plain.as_slice().try_into().ok()?;
+        Some(Zeroizing::new(seed))
+    }
+
     /// Keyed scores for choosing secret positions: `k` of the `candidates` (subsequence
     /// indices) of stream `stream_id`, those with the smallest
     /// `HMAC-SHA256(HKDF-Expand(PRK_t, "onnx-protect/v2/choice"), u64be(stream) || u64be(i))`.
@@ -239,6 +264,25 @@ mod tests {
         assert!(chosen.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(chosen, a.choose(7, &[1, 3, 5, 7, 9, 11], 3), "deterministic");
         assert_ne!(a.choose(7, &(0..64).collect::<Vec<_>>(), 8), b.choose(7, &(0..64).collect::<Vec<_>>(), 8));
+    }
+
+    #[test]
+    fn a_sealed_lock_seed_opens_with_its_tier_key_only_and_every_byte_is_authenticated() {
+        let a = DataKey::from_bytes([1; 32]).tier_keys();
+        let b = DataKey::from_bytes([2; 32]).tier_keys();
+        let seed = [0x5Au8; 32];
+        let sealed = a.seal_lock_seed(&seed);
+        assert_eq!(sealed.len(), 48);
+        assert_eq!(a.unseal_lock_seed(&sealed).as_deref(), Some(&seed));
+        assert!(b.unseal_lock_seed(&sealed).is_none());
+        for i in 0..sealed.len() {
+            let mut changed = sealed.clone();
+            changed[i] ^= 0x10;
+            assert!(a.unseal_lock_seed(&changed).is_none(), "byte {i}");
+        }
+        assert!(a.unseal_lock_seed(&sealed[..47]).is_none());
+        // Not the positions key: a seed sealed as positions does not open.
+        assert!(a.unseal_lock_seed(&a.seal_spans(0, &[1, 2, 3, 4])).is_none());
     }
 
     #[test]

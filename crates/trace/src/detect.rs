@@ -27,8 +27,11 @@ use std::collections::HashMap;
 use onnx_protect_format::{DataType, Model, TensorId};
 use serde::Serialize;
 
+use onnx_protect_lock::{ClassPermutation, OutputLayer};
+
 use crate::error::{Result, TraceError};
 use crate::ledger::{Ledger, Mark};
+use crate::order::{float_layer, recover_order, unpermute, OrderReport};
 use crate::plan::{decode_float, decode_int8, is_marked_float, plan, tensor_key, weights_digest, Planned};
 use crate::secret::{FingerprintKey, RecipientId};
 
@@ -182,6 +185,10 @@ pub struct TraceReport {
     pub best_by_tensor: Vec<TensorScore>,
     /// Keys of the planned tensors the suspect does not hold.
     pub unmatched: Vec<String>,
+    /// What the suspect's class order says, when the ledger records label-locked copies of
+    /// the original (docs/tracing.md §7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderReport>,
 }
 
 /// Traces suspects against one original model and the recipients of a ledger.
@@ -191,6 +198,8 @@ pub struct Tracer<'a> {
     recipients: Vec<Mark>,
     planned: Vec<Planned>,
     digest: String,
+    /// The original's output layer and the class orders of the label-locked recipients.
+    locks: Option<(OutputLayer, Vec<(String, ClassPermutation)>)>,
 }
 
 impl<'a> Tracer<'a> {
@@ -214,7 +223,37 @@ impl<'a> Tracer<'a> {
         }
         let planned = plan(original)?;
         let digest = weights_digest(original, &planned)?;
-        Ok(Tracer { original, key, recipients: unique, planned, digest })
+        Ok(Tracer { original, key, recipients: unique, planned, digest, locks: None })
+    }
+
+    /// Also tests the class orders of `locked` recipients' label-locked copies
+    /// ([`FingerprintKey::lock_seed`]). Errors when the original has no float output layer
+    /// of `classes` classes to lock.
+    pub fn with_locks(mut self, locked: &[(RecipientId, u64)]) -> Result<Tracer<'a>> {
+        if locked.is_empty() {
+            return Ok(self);
+        }
+        let Some(layer) = float_layer(self.original)? else {
+            return Err(TraceError::Lock(
+                "the ledger records label-locked copies, but the original has no output layer with float weights \
+                 to read a class order from: wrong --original?"
+                    .into(),
+            ));
+        };
+        let mut orders = Vec::with_capacity(locked.len());
+        for (r, classes) in locked {
+            if *classes != layer.classes as u64 {
+                return Err(TraceError::Lock(format!(
+                    "the ledger records a lock of {classes} classes for '{r}', the original's output layer has {}",
+                    layer.classes
+                )));
+            }
+            let seed = self.key.lock_seed(r, &self.digest)?;
+            let perm = ClassPermutation::derive(&seed, layer.classes).map_err(|e| TraceError::Lock(e.to_string()))?;
+            orders.push((r.to_string(), perm));
+        }
+        self.locks = Some((layer, orders));
+        Ok(self)
     }
 
     /// A tracer for the recipients `ledger` records for `original` and `key`. Errors
@@ -223,7 +262,8 @@ impl<'a> Tracer<'a> {
         let planned = plan(original)?;
         let digest = weights_digest(original, &planned)?;
         let recipients = ledger.recipients(&key.key_id(), &digest)?;
-        Ok(Tracer { original, key, recipients, planned, digest })
+        let locked = ledger.locks(&key.key_id(), &digest);
+        Tracer { original, key, recipients, planned, digest, locks: None }.with_locks(&locked)
     }
 
     /// The original's weights digest.
@@ -250,10 +290,37 @@ impl<'a> Tracer<'a> {
             .ok_or_else(|| TraceError::Parameter(format!("original tensor '{}' is not a float tensor", t.name)))
     }
 
-    /// Traces the model `suspect` with false-positive probability `p`.
+    /// Traces the model `suspect` with false-positive probability `p`. With label-locked
+    /// recipients, the suspect's class order is read first, compared with theirs, and
+    /// undone in the layer's tensors before their marks are scored.
     pub fn trace(&self, suspect: &Model, p: f64) -> Result<TraceReport> {
         let index = SuspectIndex::new(suspect);
-        self.trace_with(|planned, original| index.find(planned, original), p)
+        let Some((layer, orders)) = &self.locks else {
+            return self.trace_with(|planned, original| index.find(planned, original), p);
+        };
+        let weight = layer.tensors.first().map(|t| (t.tensor, t.axis));
+        let mut order = None;
+        if let Some(pl) = self.planned.iter().find(|pl| Some(pl.tensor) == weight.map(|w| w.0)) {
+            let original = self.original_values(pl)?;
+            if let (Some(m), Some((_, axis))) = (index.find(pl, &original)?, weight) {
+                order = recover_order(&original, &m.values, &pl.dims, axis);
+            }
+        }
+        let mut report = self.trace_with(
+            |pl, original| {
+                let m = index.find(pl, original)?;
+                let locked = layer.tensors.iter().find(|t| t.tensor == pl.tensor);
+                Ok(match (m, locked, &order) {
+                    (Some(m), Some(t), Some(o)) => unpermute(&m.values, &pl.dims, t.axis, o)
+                        .map(|values| Matched { values, how: m.how })
+                        .or(Some(m)),
+                    (m, _, _) => m,
+                })
+            },
+            p,
+        )?;
+        report.order = Some(OrderReport::new(layer.classes, order.as_ref(), orders, p));
+        Ok(report)
     }
 
     /// Traces a suspect given tensor by tensor: `suspect(planned, original values)` returns
@@ -350,6 +417,7 @@ impl<'a> Tracer<'a> {
             identical: norm2 == 0.0,
             best_by_tensor,
             unmatched,
+            order: None,
         })
     }
 }

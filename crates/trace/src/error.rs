@@ -49,6 +49,9 @@ pub enum TraceError {
     /// The ledger has entries for the secret, none for this original.
     #[error("ledger {path} has no entry for this original (weights digest {original}; {entries} entries for other models): wrong --original")]
     LedgerNoOriginal { path: PathBuf, original: String, entries: usize },
+    /// The ledger's label locks do not fit the original.
+    #[error("label lock: {0}")]
+    Lock(String),
     /// Reading or writing a file failed.
     /// (The I/O error is part of the message, not a source: a chain says it once.)
     #[error("cannot {action} {path}: {error}")]

@@ -57,6 +57,9 @@ pub struct Entry {
     pub elements: u64,
     /// When the entry was written, in Unix seconds.
     pub time: u64,
+    /// The number of classes of the copy's label lock (`encrypt --lock-outputs`), keyed by
+    /// [`FingerprintKey::lock_seed`](crate::FingerprintKey::lock_seed); 0 for a copy without.
+    pub lock: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,9 +75,15 @@ struct Line {
     tensors: u64,
     elements: u64,
     time: u64,
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    lock: u64,
 }
 
 fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero64(v: &u64) -> bool {
     *v == 0
 }
 
@@ -96,6 +105,7 @@ impl Entry {
             tensors: self.tensors,
             elements: self.elements,
             time: self.time,
+            lock: self.lock,
         };
         // Serialising a struct of strings and numbers cannot fail; an empty line would
         // be refused by `append`'s own check.
@@ -131,13 +141,17 @@ impl Entry {
             tensors: l.tensors,
             elements: l.elements,
             time: l.time,
+            lock: l.lock,
         })
     }
 
     /// Whether `other` records the same fingerprint (same recipient, variant, secret and
-    /// original: the same patterns).
+    /// original: the same patterns) and the same label lock.
     pub fn same_mark(&self, other: &Entry) -> bool {
-        self.mark() == other.mark() && self.key_id == other.key_id && self.original == other.original
+        self.mark() == other.mark()
+            && self.key_id == other.key_id
+            && self.original == other.original
+            && self.lock == other.lock
     }
 
     /// The recipient and the variant of their mark.
@@ -198,6 +212,20 @@ impl Ledger {
             });
         }
         Ok(out)
+    }
+}
+
+impl Ledger {
+    /// The recipients whose copies of `original` were label-locked under secret `key_id`,
+    /// each once, in ledger order, with the number of classes recorded.
+    pub fn locks(&self, key_id: &str, original: &str) -> Vec<(RecipientId, u64)> {
+        let mut out: Vec<(RecipientId, u64)> = Vec::new();
+        for e in self.entries.iter().filter(|e| e.key_id == key_id && e.original == original && e.lock > 0) {
+            if !out.iter().any(|(r, c)| *r == e.recipient && *c == e.lock) {
+                out.push((e.recipient.clone(), e.lock));
+            }
+        }
+        out
     }
 }
 
@@ -316,6 +344,7 @@ mod tests {
             tensors: 3,
             elements: 1000,
             time: 1,
+            lock: 0,
         }
     }
 
@@ -330,6 +359,12 @@ mod tests {
         assert!(!e.to_line().contains("variant"));
         let v = Entry { variant: 3, ..e.clone() };
         assert!(v.to_line().contains("\"variant\":3"));
+        // A lock of 0 classes (none) is not written; a lock is, and is another record.
+        assert!(!e.to_line().contains("lock"));
+        let l = Entry { lock: 10, ..e.clone() };
+        assert!(l.to_line().contains("\"lock\":10"));
+        assert_eq!(Entry::parse(&l.to_line()).unwrap(), l);
+        assert!(!l.same_mark(&e));
         assert_eq!(Entry::parse(&v.to_line()).unwrap(), v);
         assert!(!v.same_mark(&e));
     }

@@ -35,6 +35,7 @@ pub mod detect;
 pub mod error;
 pub mod ledger;
 pub mod mark;
+pub mod order;
 pub mod plan;
 pub mod secret;
 
@@ -42,5 +43,6 @@ pub use detect::{bound, threshold, How, Matched, Score, TensorScore, TraceReport
 pub use error::{Result, TraceError};
 pub use ledger::{Appended, Entry, Ledger, Mark};
 pub use mark::{Marker, DEFAULT_ALPHA, MAX_ALPHA, MIN_ELEMENTS};
+pub use order::{OrderReport, OrderScore};
 pub use plan::{plan, weights_digest, Planned};
 pub use secret::{FingerprintKey, RecipientId};

@@ -151,6 +151,7 @@ impl Marker {
             tensors: self.entries.len() as u64,
             elements: self.elements,
             time,
+            lock: 0,
         }
     }
 

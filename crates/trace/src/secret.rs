@@ -23,6 +23,8 @@ use crate::error::{Result, TraceError};
 pub const FINGERPRINT_SALT: &[u8] = b"onnx-protect/v1/fingerprint-salt";
 /// HKDF info label of a recipient's pattern over one tensor.
 pub const PATTERN_LABEL: &[u8] = b"onnx-protect/v1/fingerprint-pattern";
+/// HKDF info label of a recipient's label-lock seed (docs/tracing.md §7).
+pub const LOCK_SEED_LABEL: &[u8] = b"onnx-protect/v1/fingerprint-lock-seed";
 /// The first token of a fingerprint secret line.
 pub const SECRET_LINE_TAG: &str = "onnx-protect-fingerprint-secret-v1";
 /// Largest fingerprint secret file read, in bytes.
@@ -131,6 +133,26 @@ impl FingerprintKey {
         let mut bits = vec![0u8; len.div_ceil(8)];
         stream.fill(0, &mut bits).map_err(TraceError::Key)?;
         Ok(Pattern { bits, len })
+    }
+}
+
+impl FingerprintKey {
+    /// The label-lock seed of `recipient`'s copy of the original whose
+    /// [`weights_digest`](crate::weights_digest) is `original` (64 hex digits): the first 32
+    /// bytes of the AES-256-CTR keystream under `HKDF-Expand(PRK, info, 32)`, `info =
+    /// "onnx-protect/v1/fingerprint-lock-seed" || u32be(len R) || R || digest` (the digest's
+    /// 32 bytes). Each recipient's copy of each model gets its own class order, which
+    /// [`trace`](crate::Tracer::trace) recomputes from the secret.
+    pub fn lock_seed(&self, recipient: &RecipientId, original: &str) -> Result<onnx_protect_lock::LockSeed> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(original, &mut digest)
+            .map_err(|_| TraceError::Parameter(format!("weights digest '{original}' is not 64 hex digits")))?;
+        let r = recipient.as_str().as_bytes();
+        let rl = u32::try_from(r.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let stream = self.schedule.keystream(&[LOCK_SEED_LABEL, &rl, r, &digest]);
+        let mut seed = Zeroizing::new([0u8; onnx_protect_lock::SEED_LEN]);
+        stream.fill(0, seed.as_mut()).map_err(TraceError::Key)?;
+        Ok(onnx_protect_lock::LockSeed::from_bytes(*seed))
     }
 }
 
@@ -292,6 +314,27 @@ mod tests {
             assert!(e.contains(want) && e.contains("secret.txt"), "{e}");
             assert!(!e.contains(&hexkey[..16]), "{e}");
         }
+    }
+
+    #[test]
+    fn lock_seeds_follow_the_documented_schedule() {
+        let secret = MasterKey::from_bytes([3; 32]);
+        let k = FingerprintKey::new(&secret);
+        let (alice, bob) = (RecipientId::new("alice").unwrap(), RecipientId::new("bob").unwrap());
+        let digest = "ab".repeat(32);
+        let seed = k.lock_seed(&alice, &digest).unwrap();
+        let ks = KeySchedule::new(&secret, b"onnx-protect/v1/fingerprint-salt").keystream(&[
+            b"onnx-protect/v1/fingerprint-lock-seed",
+            &5u32.to_be_bytes(),
+            b"alice",
+            &[0xab; 32],
+        ]);
+        let mut expected = [0u8; 32];
+        ks.fill(0, &mut expected).unwrap();
+        assert_eq!(seed.as_bytes(), &expected);
+        assert_ne!(k.lock_seed(&bob, &digest).unwrap().as_bytes(), seed.as_bytes());
+        assert_ne!(k.lock_seed(&alice, &"cd".repeat(32)).unwrap().as_bytes(), seed.as_bytes());
+        assert!(k.lock_seed(&alice, "abc").is_err());
     }
 
     #[test]

@@ -87,7 +87,9 @@ pub struct Header {
     /// files written before it was recorded).
     #[prost(uint64, repeated, tag = "10")]
     pub external_sizes: ::prost::alloc::vec::Vec<u64>,
-    /// Field 11 is reserved for another use.
+    /// The key-locked class order of the output layer, if any (docs/format.md §15).
+    #[prost(message, optional, tag = "11")]
+    pub label_lock: ::core::option::Option<LabelLock>,
     /// The publisher's licence authority: empty, or a 32-byte Ed25519 public key; when set,
     /// opening a stanza needs a licence signed by it (docs/format.md Appendix C).
     #[prost(bytes = "vec", tag = "12")]
@@ -95,6 +97,47 @@ pub struct Header {
     /// The publisher's model id, named by licences (`model: id:…`); empty if none.
     #[prost(string, tag = "13")]
     pub model_id: ::prost::alloc::string::String,
+}
+/// A tensor whose slices along `axis` are the classes, stored in locked order.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LockedTensor {
+    #[prost(string, tag = "1")]
+    pub locator: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(int32, tag = "3")]
+    pub data_type: i32,
+    #[prost(uint64, repeated, tag = "4")]
+    pub dims: ::prost::alloc::vec::Vec<u64>,
+    #[prost(uint32, tag = "5")]
+    pub axis: u32,
+    /// Informational: "weight", "bias", "scale" or "zero_point".
+    #[prost(string, tag = "6")]
+    pub part: ::prost::alloc::string::String,
+}
+/// A main graph output that the lock changes.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LockedOutput {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(enumeration = "OutputKind", tag = "2")]
+    pub kind: i32,
+}
+/// The label lock: the output layer's classes stored in a keyed order.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LabelLock {
+    #[prost(uint32, tag = "1")]
+    pub classes: u32,
+    /// The 32-byte lock seed, sealed with the tier-1 data key (48 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub sealed_seed: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    pub tensors: ::prost::alloc::vec::Vec<LockedTensor>,
+    #[prost(message, repeated, tag = "4")]
+    pub outputs: ::prost::alloc::vec::Vec<LockedOutput>,
+    /// Informational: the output layer's node.
+    #[prost(string, tag = "5")]
+    pub node: ::prost::alloc::string::String,
 }
 /// One wrapped data key (docs/format.md §8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -232,6 +275,38 @@ impl Storage {
             "STORAGE_DOUBLE_DATA" => Some(Self::DoubleData),
             "STORAGE_UINT64_DATA" => Some(Self::Uint64Data),
             "STORAGE_EXTERNAL" => Some(Self::External),
+            _ => None,
+        }
+    }
+}
+/// How a locked graph output is read in true class order (docs/format.md §15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum OutputKind {
+    Unspecified = 0,
+    /// Values whose last dimension holds the classes innermost.
+    Scores = 1,
+    /// Indices into such a last dimension.
+    Indices = 2,
+}
+impl OutputKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "OUTPUT_KIND_UNSPECIFIED",
+            Self::Scores => "OUTPUT_KIND_SCORES",
+            Self::Indices => "OUTPUT_KIND_INDICES",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "OUTPUT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "OUTPUT_KIND_SCORES" => Some(Self::Scores),
+            "OUTPUT_KIND_INDICES" => Some(Self::Indices),
             _ => None,
         }
     }

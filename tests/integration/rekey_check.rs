@@ -421,8 +421,7 @@ fn check_passes_a_model_protected_as_the_policy_asks() {
     }
     assert!(err.is_empty(), "{err}");
     // A policy file asking exactly for what was used passes; text output names the verdict.
-    let policy = dir.path().join("p.toml");
-    std::fs::write(&policy, "version = 1\n[defaults]\ncoefficient = 0.5\nmode = \"ctr\"\n").unwrap();
+    let policy = half_file();
     let (code, out, err) = run(&["check", cs, "--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.starts_with("PASS "), "{out}");

@@ -32,7 +32,7 @@ pub fn journal_path(file: &Path) -> PathBuf {
     file.with_file_name(format!(".{name}.onnx-protect-tail"))
 }
 
-/// What [`recover`] did.
+/// What `recover` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Recovery {

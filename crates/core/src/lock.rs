@@ -4,11 +4,11 @@
 //! signatures) says which tensors are locked, and a full decryption puts every class
 //! slice back, giving the original bytes.
 //!
-//! * encrypting: [`plan`] finds the layer and draws (or takes) the seed, [`locked_bytes`]
+//! * encrypting: `plan` finds the layer and draws (or takes) the seed, `locked_bytes`
 //!   gives the new element bytes of its tensors (after any other rewrite, such as a
-//!   fingerprint), [`header_lock`] the header field;
+//!   fingerprint), `header_lock` the header field;
 //! * reading: [`read`] checks the header field against the model (every reader, no key),
-//!   [`permutation`] opens the seed, [`unlock_targets`] turns a decryption's actions into
+//!   [`permutation`] opens the seed, `unlock_targets` turns a decryption's actions into
 //!   ones that also restore the class order.
 
 use std::collections::{HashMap, HashSet};

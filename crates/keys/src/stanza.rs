@@ -33,14 +33,14 @@ pub fn is_known_kind(kind: &str) -> bool {
 }
 
 /// Whether trying a stanza of `kind` costs seconds: Argon2id (`passphrase`), a token
-/// (`pkcs11`) or a program (`command`). A file holds at most [`MAX_COSTLY_STANZAS`] of
+/// (`pkcs11`) or a program (`command`). A file holds at most `MAX_COSTLY_STANZAS` of
 /// each such kind (docs/format.md §8).
 pub fn costly_kind(kind: &str) -> bool {
     kind == KIND_PASSPHRASE || kind == crate::KIND_PKCS11 || kind == crate::KIND_COMMAND
 }
 
 /// Checks a stanza list as docs/format.md §8 requires without a key: each stanza of a kind
-/// this crate knows ([`Stanza::check`]), and at most [`MAX_COSTLY_STANZAS`] of each costly
+/// this crate knows ([`Stanza::check`]), and at most `MAX_COSTLY_STANZAS` of each costly
 /// kind.
 pub fn check_stanzas(stanzas: &[Stanza]) -> Result<(), KeysError> {
     for (i, s) in stanzas.iter().enumerate() {

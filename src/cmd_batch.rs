@@ -30,6 +30,8 @@ pub enum Op {
     Rekey,
     Rewrap,
     Verify,
+    /// Write an OpenSSF model-signing bundle beside each model (MODEL.sig), with --bundle-key.
+    Sign,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,9 +57,13 @@ pub struct Args {
     /// (default: the current directory).
     #[arg(long, value_name = "DIR", requires = "list", value_parser = file_path)]
     base: Option<PathBuf>,
-    /// Output root: each model goes to OUT/<its path relative to DIR or BASE>. Not needed for verify.
+    /// Output root: each model goes to OUT/<its path relative to DIR or BASE>. Not needed for verify;
+    /// not used by sign.
     #[arg(long, value_name = "OUT", value_parser = file_path)]
     out_dir: Option<PathBuf>,
+    /// sign: the ECDSA private key (PEM) the bundles are signed with.
+    #[arg(long, value_name = "KEY.pem", value_parser = file_path)]
+    bundle_key: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     /// For rekey: the new key.
@@ -257,14 +263,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Op::Rekey => "rekey",
         Op::Rewrap => "rewrap",
         Op::Verify => "verify",
+        Op::Sign => "sign",
     };
-    if a.out_dir.is_none() && a.op != Op::Verify {
+    if a.out_dir.is_none() && a.op != Op::Verify && a.op != Op::Sign {
         usage!("batch {op_name} needs --out-dir");
     }
+    if a.op == Op::Sign {
+        if a.out_dir.is_some() {
+            usage!("batch sign writes each bundle beside its model; --out-dir does not apply");
+        }
+        if a.bundle_key.is_none() {
+            usage!("batch sign needs --bundle-key KEY.pem (an ECDSA private key, `bundle keygen` writes one)");
+        }
+    }
+    let bundle_key = a.bundle_key.as_deref().map(crate::cmd_bundle::read_private).transpose()?;
     let shard = a.shard.as_deref().map(|s| parse_shard(s, a.shard_by)).transpose()?;
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {
-        Op::Verify => a.key.source()?,
+        Op::Verify | Op::Sign => a.key.source()?,
         Op::Encrypt => {
             let k = a.key.required_master()?;
             crate::keys::check_new_passphrase(&k, a.allow_short_passphrase, "the passphrase")?;
@@ -289,6 +305,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             None => usage!("batch rewrap: nothing to change"),
         },
         (Op::Verify, key, _, _) => Operation::Verify { key: key.as_ref() },
+        (Op::Sign, _, _, _) => match &bundle_key {
+            Some(key) => Operation::SignBundle { key },
+            None => usage!("batch sign needs --bundle-key"),
+        },
         _ => usage!("batch {op_name}: a key option is missing"),
     };
     let inputs = match (&a.dir, &a.list) {

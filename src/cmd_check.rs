@@ -54,6 +54,68 @@ pub struct Args {
     out: OutputArgs,
 }
 
+/// Whether a `--signer` value names a PEM public key file (an ECDSA signer of bundles).
+fn is_pem_file(s: &str) -> bool {
+    std::fs::read_to_string(s).is_ok_and(|t| t.contains("-----BEGIN PUBLIC KEY-----"))
+}
+
+/// The gate for one model. With PEM signers, a bundle beside the model (MODEL.sig, else
+/// model.sig in its directory) that one of them verifies meets the signature requirement;
+/// otherwise the in-model signature of an Ed25519 signer must (when any is given).
+fn check_one(
+    model: &std::path::Path,
+    opts: &CheckOptions,
+    bundle_signers: &[onnx_protect_bundle::PublicKey],
+) -> ModelCheck {
+    if bundle_signers.is_empty() {
+        return check_model(model, opts);
+    }
+    let bundle = bundle_beside(model, bundle_signers);
+    let none: [onnx_protect_keys::SignerKey; 0] = [];
+    let in_model = CheckOptions { signers: if bundle.is_ok() { &none } else { opts.signers }, ..*opts };
+    let mut r = check_model(model, &in_model);
+    match bundle {
+        Ok(_) => {
+            r.integrity = Some(match r.integrity {
+                Some("mac") => "mac+bundle",
+                Some(_) => "checksum+bundle",
+                None => "bundle",
+            })
+        }
+        Err(e) if opts.signers.is_empty() => {
+            r.passed = false;
+            r.failures.push(onnx_protect_core::check::Failure {
+                reason: onnx_protect_core::check::reasons::MODIFIED,
+                op_type: None,
+                tensor: None,
+                detail: format!("{e:#}"),
+            });
+        }
+        Err(_) => {}
+    }
+    r
+}
+
+/// The bundle beside `model` verified by one of `signers`: its path.
+fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::PublicKey]) -> Result<PathBuf> {
+    let candidates = [crate::cmd_bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        anyhow::bail!(
+            "no signature bundle beside the model ({} or {})",
+            candidates[0].display(),
+            candidates[1].display()
+        );
+    };
+    let mut last = None;
+    for key in signers {
+        match crate::cmd_bundle::verify_bundle(model, path, key) {
+            Ok(_) => return Ok(path.to_path_buf()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(|e| e.context(format!("bundle {}", path.display()))).unwrap_or_else(|| anyhow::anyhow!("no signer")))
+}
+
 /// The exit code of a set of verdicts: modified beats unreadable beats a key problem beats
 /// any other gate failure.
 fn code_of(results: &[ModelCheck]) -> u8 {
@@ -81,7 +143,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
     let bar = Bar::new(a.out.quiet);
     let key = a.key.source()?;
-    let signers = a.signers.signers()?;
+    let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
+    let signers = crate::keys::SignerArgs { signer: ed25519 }.signers()?;
+    let bundle_signers =
+        pem.iter().map(|p| crate::cmd_bundle::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,
@@ -92,7 +157,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signers: &signers,
         progress: &bar,
     };
-    let results: Vec<ModelCheck> = a.models.iter().map(|m| check_model(m, &opts)).collect();
+    let results: Vec<ModelCheck> = a.models.iter().map(|m| check_one(m, &opts, &bundle_signers)).collect();
     let code = code_of(&results);
     let failed = results.iter().filter(|m| !m.passed).count();
     if a.out.quiet {
@@ -130,6 +195,8 @@ fn print_text(m: &ModelCheck) {
             Some("mac") => "checksum and MACs ok",
             Some("mac+signature") => "checksum, MACs and signature ok",
             Some("checksum+signature") => "checksum and signature ok",
+            Some("mac+bundle") => "checksum, MACs and signature bundle ok",
+            Some("checksum+bundle") => "checksum and signature bundle ok",
             Some(_) => "checksum ok",
             None => "integrity not verified",
         };

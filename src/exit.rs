@@ -57,6 +57,19 @@ macro_rules! usage {
 }
 pub(crate) use usage;
 
+/// A bundle's verification failure is an integrity failure; an unusable key a key
+/// problem; a model path that is a link or a special file a bad model.
+fn bundle_code(e: &onnx_protect_bundle::BundleError) -> u8 {
+    use onnx_protect_bundle::BundleError as B;
+    match e {
+        _ if e.is_verification_failure() => MODIFIED,
+        B::Key { .. } => KEY,
+        B::Unsupported(_) => STATE,
+        B::NotAModelFile { .. } => BAD_MODEL,
+        _ => FAILURE,
+    }
+}
+
 /// The exit code of an error: that of the first cause in its chain that has a typed
 /// kind; [`FAILURE`] for errors of the binary itself (I/O with context, ...).
 pub fn code_for(e: &anyhow::Error) -> u8 {
@@ -99,6 +112,9 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     if let Some(r) = cause.downcast_ref::<onnx_protect_runtime::RuntimeError>() {
         return runtime_code(r);
     }
+    if let Some(b) = cause.downcast_ref::<onnx_protect_bundle::BundleError>() {
+        return Some(bundle_code(b));
+    }
     if let Some(t) = cause.downcast_ref::<onnx_protect_trace::TraceError>() {
         return Some(trace_code(t));
     }
@@ -110,8 +126,8 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     }
     if let Some(f) = cause.downcast_ref::<FileError>() {
         return match f.kind() {
-            // The core error is the next cause in the chain.
-            FileErrorKind::Core => None,
+            // The core (or bundle) error is the next cause in the chain.
+            FileErrorKind::Core | FileErrorKind::Bundle => None,
             FileErrorKind::SharedOutput | FileErrorKind::Io => Some(FAILURE),
         };
     }

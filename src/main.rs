@@ -9,6 +9,7 @@
 #[cfg(feature = "tract")]
 mod cmd_assess;
 mod cmd_batch;
+mod cmd_bundle;
 mod cmd_check;
 mod cmd_inspect;
 mod cmd_policy;
@@ -58,6 +59,8 @@ enum Command {
     Verify(cmd_protect::VerifyArgs),
     /// Add a publisher signature (Ed25519) to a protected model.
     Sign(cmd_protect::SignArgsCmd),
+    /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
+    Bundle(cmd_bundle::Args),
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
     Rewrap(cmd_rewrap::Args),
     /// Write the key of a lower access tier, derived one way from a higher tier's key.
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
         Command::Decrypt(a) => cmd_protect::decrypt(a),
         Command::Verify(a) => cmd_protect::verify(a),
         Command::Sign(a) => cmd_protect::sign(a),
+        Command::Bundle(a) => cmd_bundle::run(a),
         Command::Rewrap(a) => cmd_rewrap::run(a),
         Command::DeriveTierKey(a) => cmd_protect::derive_tier_key(a),
         Command::Rekey(a) => cmd_rekey::run(a),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the library crates and the `onnx-protect` binary.
 
 mod batch;
+mod bundle;
 mod cli;
 mod conventions;
 mod corpus;

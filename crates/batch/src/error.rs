@@ -15,6 +15,9 @@ pub enum BatchError {
     /// The output directory is the walked input directory.
     #[error("the output directory {} is the input directory; write the outputs somewhere else", .dir.display())]
     OutputIsInput { dir: PathBuf },
+    /// An operation that writes beside each model was given an output directory.
+    #[error("batch {op} writes beside each model; --out-dir does not apply")]
+    OutputDirNotUsed { op: &'static str },
     /// The output directory does not exist and may not be created.
     #[error("the output directory {} does not exist", .dir.display())]
     NoSuchOutputDir { dir: PathBuf },
@@ -48,9 +51,10 @@ impl BatchError {
     /// The kind of this error.
     pub fn kind(&self) -> BatchErrorKind {
         match self {
-            BatchError::NoOutputDir { .. } | BatchError::OutputIsInput { .. } | BatchError::NoSuchOutputDir { .. } => {
-                BatchErrorKind::Options
-            }
+            BatchError::NoOutputDir { .. }
+            | BatchError::OutputIsInput { .. }
+            | BatchError::NoSuchOutputDir { .. }
+            | BatchError::OutputDirNotUsed { .. } => BatchErrorKind::Options,
             BatchError::NotADirectory { .. } | BatchError::List { .. } | BatchError::Path { .. } => {
                 BatchErrorKind::Inputs
             }
@@ -75,6 +79,9 @@ pub enum FileError {
     /// (The I/O error is part of the message, not a source: a report line is one line.)
     #[error("cannot {action} {}: {error}", .path.display())]
     Io { action: &'static str, path: PathBuf, error: std::io::Error },
+    /// Signing the model (a bundle beside it) failed.
+    #[error("{0}")]
+    Bundle(#[from] onnx_protect_bundle::BundleError),
 }
 
 /// The kind of a [`FileError`]. Exhaustive on purpose.
@@ -84,6 +91,8 @@ pub enum FileErrorKind {
     Core,
     SharedOutput,
     Io,
+    /// A [`onnx_protect_bundle::BundleError`] (its source).
+    Bundle,
 }
 
 impl FileError {
@@ -93,6 +102,7 @@ impl FileError {
             FileError::Core(_) => FileErrorKind::Core,
             FileError::SharedOutput { .. } => FileErrorKind::SharedOutput,
             FileError::Io { .. } => FileErrorKind::Io,
+            FileError::Bundle(_) => FileErrorKind::Bundle,
         }
     }
 
@@ -103,6 +113,7 @@ impl FileError {
             FileError::Core(c) => c.kind().as_str(),
             FileError::SharedOutput { .. } => "shared_output",
             FileError::Io { .. } => "io",
+            FileError::Bundle(_) => "bundle",
         }
     }
 }

@@ -106,6 +106,12 @@ pub enum Operation<'a> {
     Verify {
         key: Option<&'a KeySource>,
     },
+    /// Writes an OpenSSF model-signing bundle beside each model (`MODEL.sig`, covering the
+    /// model file and its external data files; docs/signing.md), replacing an older one only
+    /// with `force`. No output directory.
+    SignBundle {
+        key: &'a onnx_protect_bundle::PrivateKey,
+    },
 }
 
 impl Operation<'_> {
@@ -117,6 +123,7 @@ impl Operation<'_> {
             Operation::Decrypt { .. } => "decrypt",
             Operation::Rekey { .. } => "rekey",
             Operation::Verify { .. } => "verify",
+            Operation::SignBundle { .. } => "sign",
         }
     }
 
@@ -130,6 +137,7 @@ impl Operation<'_> {
             Operation::Decrypt { .. } => "decrypt".to_string(),
             Operation::Rekey { new_key, .. } => format!("rekey;new={}", key_id(new_key)),
             Operation::Verify { key } => format!("verify;{}", key.map(key_id).unwrap_or_else(|| "checksum".into())),
+            Operation::SignBundle { key } => format!("sign;{}", key.public().hint()),
             Operation::Rewrap { add, remove, signing_keys, drop_signatures, .. } => {
                 let added: Vec<String> = add
                     .master
@@ -273,9 +281,12 @@ struct Job<'a> {
 /// if the options or the list cannot be used; a file that fails is reported in
 /// [`Summary::failed`] and the others still run.
 pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, BatchError> {
-    let is_verify = matches!(opts.operation, Operation::Verify { .. });
-    if opts.out_dir.is_none() && !is_verify {
+    let in_place = matches!(opts.operation, Operation::Verify { .. } | Operation::SignBundle { .. });
+    if opts.out_dir.is_none() && !in_place {
         return Err(BatchError::NoOutputDir { op: opts.operation.name() });
+    }
+    if opts.out_dir.is_some() && matches!(opts.operation, Operation::SignBundle { .. }) {
+        return Err(BatchError::OutputDirNotUsed { op: "sign" });
     }
     if let Some(o) = &opts.out_dir {
         if !o.is_dir() && !opts.make_dirs {
@@ -283,7 +294,7 @@ pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, Batch
         }
         std::fs::create_dir_all(o).map_err(error::batch_io("create the output directory", o))?;
         if let Inputs::Dir(d) = &opts.inputs {
-            if !is_verify && std::fs::canonicalize(d).ok() == std::fs::canonicalize(o).ok() {
+            if !in_place && std::fs::canonicalize(d).ok() == std::fs::canonicalize(o).ok() {
                 return Err(BatchError::OutputIsInput { dir: o.clone() });
             }
         }
@@ -342,12 +353,27 @@ impl Job<'_> {
             // No resume records without an output directory, so no need to hash the whole input.
             o.input_bytes = model.bytes().len() as u64 + model.external_files.iter().map(|f| f.size).sum::<u64>();
             drop(model);
-            let Operation::Verify { key } = self.opts.operation else {
-                // `run` refuses every other operation without an output directory.
-                let op = self.opts.operation.name();
-                return Err(CoreError::Output(format!("batch {op} needs an output directory")).into());
-            };
-            protect::verify(&item.input, key, &NoProgress)?;
+            match self.opts.operation {
+                Operation::Verify { key } => {
+                    protect::verify(&item.input, key, &NoProgress)?;
+                }
+                Operation::SignBundle { key } => {
+                    let bundle = onnx_protect_bundle::default_bundle(&item.input);
+                    o.output = Some(bundle.clone());
+                    // A bundle this key signed, which still verifies, is kept (a re-run skips it).
+                    if !self.opts.force
+                        && onnx_protect_bundle::verify_model(&item.input, &bundle, &key.public()).is_ok()
+                    {
+                        return Ok(Status::Skipped);
+                    }
+                    onnx_protect_bundle::sign_model(&item.input, key, &bundle, self.opts.force)?;
+                }
+                _ => {
+                    // `run` refuses every other operation without an output directory.
+                    let op = self.opts.operation.name();
+                    return Err(CoreError::Output(format!("batch {op} needs an output directory")).into());
+                }
+            }
             return Ok(Status::Ok);
         };
         let (input_bytes, digest) = record::input_digest(&model)?;
@@ -402,6 +428,12 @@ impl Job<'_> {
             }
             Operation::Verify { key } => {
                 protect::verify(&item.input, key, &NoProgress)?;
+            }
+            Operation::SignBundle { .. } => {
+                return Err(CoreError::Output(
+                    "batch sign writes beside each model; it takes no output directory".into(),
+                )
+                .into())
             }
         }
         let mut records = Vec::new();

@@ -137,6 +137,9 @@ fn describe(s: &Stanza) -> String {
     }
 }
 
+/// Each stanza with its encoding as stored.
+type StanzaPairs = Vec<(Stanza, pb::Stanza)>;
+
 /// The kept stanzas (those no `remove` matches, each with its encoding as stored: a stanza
 /// of a kind this build does not know is kept byte for byte) and the new ones; with the
 /// counts.
@@ -144,7 +147,7 @@ fn new_stanzas(
     p: &ProtectedV2,
     opened: &Opened,
     opts: &RewrapOptions,
-) -> Result<(Vec<(Stanza, pb::Stanza)>, usize, usize)> {
+) -> Result<(StanzaPairs, usize, usize)> {
     let tiers = p.sealed.header.tiers;
     let mut labels: Vec<String> = Vec::new();
     for r in opts.remove {

@@ -1,0 +1,526 @@
+"""An ONNX graph as a trainable PyTorch module, for the training attacks of
+:mod:`onnx_protect.assess`.
+
+Every floating-point constant of the main graph with more than one element (an
+initializer or a ``Constant`` node's value) becomes a parameter, addressed by its
+locator (docs/format.md §4: ``7.0/5.K`` for initializer K, ``7.0/1.N/5.A/5.0`` for
+the value of node N's attribute A); ``BatchNormalization`` running statistics become
+buffers; every other constant stays constant. The graph runs with PyTorch operators.
+
+What is covered is listed in :data:`SUPPORTED_OPS`: the operators of feed-forward and
+convolutional networks, transformers (attention written out with MatMul/Softmax, or
+``LayerNormalization``/``Gelu``), and forward ``LSTM``/``GRU`` layers, in the default
+domain. A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
+other domains, several data inputs, or an operator outside that list is refused
+before anything is trained (:class:`Unsupported`, naming every offending operator).
+
+``onnx2torch`` (1.5) was not used: it converts none of the zoo's exports (opset 18+
+``Reshape``, ``ReduceMean``, ``Gelu``). :func:`check` compares this interpreter with
+onnxruntime on the user's own inputs before any result is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}
+NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
+PASS_THROUGH = {
+    "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
+    "Expand", "Tile", "Concat",
+}
+
+
+class Unsupported(ValueError):
+    """The model cannot be run as a trainable PyTorch module (the message says why)."""
+
+
+def attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def ints(t: torch.Tensor) -> list[int]:
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+class Constant:
+    """One floating-point constant of the graph: where it is and how it is used."""
+
+    def __init__(self, locator: str, name: str, array: np.ndarray):
+        self.locator = locator
+        self.name = name
+        self.array = array
+        self.users: list[tuple[str, int]] = []  # (op_type, input index), through pass-throughs
+        self.gemm_trans_b = True  # transB of the first Gemm reading it as B
+        self.key = ""
+
+
+class TorchGraph(torch.nn.Module):
+    """Runs the main graph of an ONNX model with PyTorch operators (module docs)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        super().__init__()
+        refuse_unsupported(model)
+        g = model.graph
+        self.graph = g
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+        init_names = {t.name for t in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in init_names]
+        self.constants: dict[str, Constant] = {}  # locator -> constant
+        self.by_value: dict[str, str] = {}  # value name -> locator (float constants)
+        self.fixed: dict[str, torch.Tensor] = {}  # value name -> non-float or scalar constant
+        stats = {n.input[i] for n in g.node if n.op_type == "BatchNormalization" for i in (3, 4) if len(n.input) > i}
+        self.params = torch.nn.ParameterDict()
+        self.stat_names: dict[str, str] = {}
+        # BatchNormalization statistics (value names) that stay as stored in training mode.
+        self.frozen_stats: set[str] = set()
+        for k, t in enumerate(g.initializer):
+            self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
+        for n_idx, node in enumerate(g.node):
+            if node.op_type != "Constant":
+                continue
+            for a_idx, a in enumerate(node.attribute):
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    self._add(f"7.0/1.{n_idx}/5.{a_idx}/5.0", node.output[0], a.t, node.output[0] in stats)
+        self._resolve_users()
+
+    def _add(self, locator: str, value: str, t: onnx.TensorProto, is_stat: bool) -> None:
+        a = numpy_helper.to_array(t).copy()
+        if t.data_type in FLOAT_TYPES:
+            a = a.astype(np.float32)
+            c = Constant(locator, t.name or value, a)
+            key = f"c{len(self.constants)}"
+            tensor = torch.from_numpy(np.ascontiguousarray(a))
+            if is_stat:
+                self.register_buffer(key, tensor)
+                self.stat_names[locator] = key
+            elif a.size > 1:
+                self.params[key] = torch.nn.Parameter(tensor)
+            else:
+                self.fixed[value] = tensor
+                return
+            c.key = key
+            self.constants[locator] = c
+            self.by_value[value] = locator
+        else:
+            self.fixed[value] = torch.from_numpy(np.ascontiguousarray(a))
+
+    def _resolve_users(self) -> None:
+        consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
+        for n in self.graph.node:
+            for i, x in enumerate(n.input):
+                consumers.setdefault(x, []).append((n.op_type, i, n))
+        for value, locator in self.by_value.items():
+            seen, stack, users = set(), [value], []
+            while stack:
+                v = stack.pop()
+                for op, i, n in consumers.get(v, []):
+                    if op in PASS_THROUGH and (op == "Concat" or i == 0):
+                        if id(n) not in seen:
+                            seen.add(id(n))
+                            stack.extend(n.output)
+                    else:
+                        if op == "Gemm" and i == 1 and not users:
+                            self.constants[locator].gemm_trans_b = bool(attrs(n).get("transB", 0))
+                        users.append((op, i))
+            self.constants[locator].users = users
+
+    def tensor(self, locator: str) -> torch.Tensor:
+        """The parameter or buffer of a constant."""
+        key = self.constants[locator].key
+        return self.params[key] if key in self.params else getattr(self, key)
+
+    def is_stat(self, locator: str) -> bool:
+        return locator in self.stat_names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env: dict[str, torch.Tensor] = {self.inputs[0]: x}
+
+        def get(name: str) -> torch.Tensor:
+            if name in env:
+                return env[name]
+            if name in self.by_value:
+                return self.tensor(self.by_value[name])
+            return self.fixed[name]
+
+        for node in self.graph.node:
+            if node.op_type == "Constant":
+                if node.output[0] in self.by_value or node.output[0] in self.fixed:
+                    continue
+                env[node.output[0]] = constant_node(node)
+                continue
+            ins = [get(i) if i else None for i in node.input]
+            training = self.training
+            if node.op_type == "BatchNormalization" and node.input[3] in self.frozen_stats:
+                training = False
+            outs = run_op(node.op_type, ins, attrs(node), training, self.opset)
+            for name, v in zip(node.output, outs):
+                if name:
+                    env[name] = v
+        return env[self.graph.output[0].name]
+
+
+def constant_node(node: onnx.NodeProto) -> torch.Tensor:
+    a = node.attribute[0]
+    if a.name == "value":
+        return torch.from_numpy(numpy_helper.to_array(a.t).copy())
+    v = onnx.helper.get_attribute_value(a)
+    dtype = torch.float32 if a.name.startswith("value_float") else torch.int64
+    return torch.tensor(v, dtype=dtype)
+
+
+def refuse_unsupported(model: onnx.ModelProto) -> None:
+    g = model.graph
+    problems = []
+    if model.functions:
+        problems.append("model-local functions")
+    bad = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                  for n in g.node
+                  if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS})
+    if bad:
+        problems.append("operators " + ", ".join(bad))
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        problems.append("subgraphs")
+    init_names = {t.name for t in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in init_names]
+    if len(inputs) != 1:
+        problems.append(f"{len(inputs)} data inputs (one is supported)")
+    if g.sparse_initializer:
+        problems.append("sparse initializers")
+    if problems:
+        raise Unsupported("training attacks cannot run this model: " + "; ".join(problems)
+                          + f" (supported operators: {', '.join(sorted(SUPPORTED_OPS))})")
+
+
+def _pads(x: torch.Tensor, a: dict, nd: int, value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Applies asymmetric ONNX pads itself; returns the symmetric remainder (zero)."""
+    pads = a.get("pads", [0] * (2 * nd))
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise Unsupported(f"auto_pad {a['auto_pad']}")
+    if pads[:nd] == pads[nd:]:
+        return x, list(pads[:nd])
+    spec: list[int] = []
+    for i in reversed(range(nd)):
+        spec += [pads[i], pads[nd + i]]
+    return F.pad(x, spec, value=value), [0] * nd
+
+
+def conv(x, w, b, a):
+    nd = w.dim() - 2
+    x, pad = _pads(x, a, nd)
+    f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return f(x, w, b, stride=a.get("strides", [1] * nd), padding=pad,
+             dilation=a.get("dilations", [1] * nd), groups=a.get("group", 1))
+
+
+def pool(kind, x, a):
+    k = a["kernel_shape"]
+    nd = len(k)
+    x, pad = _pads(x, a, nd, value=-math.inf if kind == "max" else 0.0)
+    stride = a.get("strides", [1] * nd)
+    ceil = bool(a.get("ceil_mode", 0))
+    if kind == "max":
+        f = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+        return f(x, k, stride=stride, padding=pad, ceil_mode=ceil, dilation=a.get("dilations", [1] * nd))
+    f = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    return f(x, k, stride=stride, padding=pad, ceil_mode=ceil,
+             count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+def recurrent(kind, ins, a):
+    x, w, r = ins[0], ins[1], ins[2]
+    b = ins[3] if len(ins) > 3 else None
+    if a.get("direction", "forward") != "forward" or a.get("layout", 0) != 0 or len(ins) > 4 and ins[4] is not None:
+        raise Unsupported(f"{kind}: only forward, layout 0, without sequence_lens")
+    if kind == "LSTM" and len(ins) > 7 and ins[7] is not None:
+        raise Unsupported("LSTM: peepholes")
+    hs = a["hidden_size"]
+    batch = x.shape[1]
+    h = ins[5][0] if len(ins) > 5 and ins[5] is not None else x.new_zeros(batch, hs)
+    c = ins[6][0] if len(ins) > 6 and ins[6] is not None else x.new_zeros(batch, hs)
+    w, r = w[0], r[0]
+    g = 4 if kind == "LSTM" else 3
+    wb, rb = (b[0][: g * hs], b[0][g * hs:]) if b is not None else (x.new_zeros(g * hs), x.new_zeros(g * hs))
+    ys = []
+    for t in range(x.shape[0]):
+        xw = x[t] @ w.t() + wb
+        if kind == "LSTM":
+            z = xw + h @ r.t() + rb
+            i, o, f, cc = z.split(hs, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cc)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            xz, xr, xh = xw.split(hs, dim=1)
+            rz, rr, rh = r.split(hs, dim=0)
+            bz, br, bh = rb.split(hs)
+            zt = torch.sigmoid(xz + h @ rz.t() + bz)
+            rt = torch.sigmoid(xr + h @ rr.t() + br)
+            if a.get("linear_before_reset", 0):
+                ht = torch.tanh(xh + rt * (h @ rh.t() + bh))
+            else:
+                ht = torch.tanh(xh + (rt * h) @ rh.t() + bh)
+            h = (1 - zt) * ht + zt * h
+        ys.append(h)
+    return [torch.stack(ys).unsqueeze(1), h.unsqueeze(0), c.unsqueeze(0)]
+
+
+def _axes(ins, a, idx=1):
+    if len(ins) > idx and ins[idx] is not None:
+        return ints(ins[idx])
+    return a.get("axes")
+
+
+def reduce(op, ins, a):
+    x = ins[0]
+    axes = _axes(ins, a)
+    keep = bool(a.get("keepdims", 1))
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.dim()))
+    f = {"ReduceMean": torch.mean, "ReduceSum": torch.sum}.get(op)
+    if f is not None:
+        return f(x, dim=axes, keepdim=keep)
+    y = x
+    for ax in sorted((ax % x.dim() for ax in axes), reverse=True):
+        y = (y.amax if op == "ReduceMax" else y.amin)(dim=ax, keepdim=keep)
+    return y
+
+
+def _slice(ins):
+    x = ins[0]
+    starts, ends = ints(ins[1]), ints(ins[2])
+    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+    steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    idx = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st <= 0:
+            raise Unsupported("Slice with a negative step")
+        n = x.shape[ax]
+        s = max(min(s + n if s < 0 else s, n), 0)
+        e = max(min(e + n if e < 0 else e, n), 0)
+        idx[ax] = slice(s, e, st)
+    return x[tuple(idx)]
+
+
+def _softmax(f, x, a, opset):
+    axis = a.get("axis", -1 if opset >= 13 else 1)
+    if opset >= 13:
+        return f(x, dim=axis)
+    shape = x.shape
+    return f(x.reshape(int(np.prod(shape[:axis])), -1), dim=1).reshape(shape)
+
+
+def _split(ins, a, n_out):
+    x = ins[0]
+    axis = a.get("axis", 0)
+    sizes = ints(ins[1]) if len(ins) > 1 and ins[1] is not None else a.get("split")
+    if not sizes:
+        n = a.get("num_outputs", n_out)
+        size = -(-x.shape[axis] // n)
+        sizes = [min(size, x.shape[axis] - i * size) for i in range(n)]
+    return list(torch.split(x, sizes, dim=axis))
+
+
+def _cast(x, to):
+    dtype = {
+        onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float32,
+        onnx.TensorProto.DOUBLE: torch.float32, onnx.TensorProto.BFLOAT16: torch.float32,
+        onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int64,
+        onnx.TensorProto.BOOL: torch.bool,
+    }.get(to)
+    if dtype is None:
+        raise Unsupported(f"Cast to data type {to}")
+    return x.to(dtype)
+
+
+def _binary(op):
+    return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
+            "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "Max": torch.maximum,
+            "Min": torch.minimum}[op]
+
+
+UNARY = {
+    "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf, "Sqrt": torch.sqrt,
+    "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs, "Reciprocal": torch.reciprocal,
+    "Softplus": F.softplus, "Softsign": F.softsign, "Sin": torch.sin, "Cos": torch.cos,
+    "Identity": lambda x: x, "Dropout": lambda x: x, "Not": torch.logical_not, "Floor": torch.floor,
+    "Ceil": torch.ceil, "HardSwish": F.hardswish, "Mish": F.mish,
+}
+
+
+def _norm(op, ins, a, training):
+    x = ins[0]
+    eps = a.get("epsilon", 1e-5)
+    if op == "BatchNormalization":
+        return F.batch_norm(x, ins[3], ins[4], ins[1], ins[2], training=training,
+                            momentum=1 - a.get("momentum", 0.9), eps=eps)
+    if op == "LayerNormalization":
+        axis = a.get("axis", -1) % x.dim()
+        return F.layer_norm(x, x.shape[axis:], ins[1], ins[2] if len(ins) > 2 else None, eps)
+    if op == "InstanceNormalization":
+        return F.instance_norm(x, weight=ins[1], bias=ins[2], eps=eps)
+    groups = a["num_groups"]
+    y = F.group_norm(x, groups, eps=eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    scale, bias = ins[1], ins[2]
+    if scale.numel() == groups != x.shape[1]:  # opset 18-20: one scale per group
+        scale = scale.repeat_interleave(x.shape[1] // groups)
+        bias = bias.repeat_interleave(x.shape[1] // groups)
+    return y * scale.reshape(shape) + bias.reshape(shape)
+
+
+def _shape_ops(op, ins, a):
+    x = ins[0]
+    if op == "Reshape":
+        shape = ints(ins[1])
+        shape = [x.shape[i] if s == 0 and not a.get("allowzero", 0) else s for i, s in enumerate(shape)]
+        return x.reshape(shape)
+    if op == "Flatten":
+        ax = a.get("axis", 1) % max(x.dim(), 1)
+        return x.reshape(int(np.prod(x.shape[:ax])), -1)
+    if op == "Transpose":
+        return x.permute(*a.get("perm", list(range(x.dim()))[::-1]))
+    if op == "Shape":
+        shape = list(x.shape)
+        return torch.tensor(shape[a.get("start", 0):a.get("end", len(shape))], dtype=torch.int64)
+    if op == "Squeeze":
+        axes = _axes(ins, a)
+        if not axes:
+            return x.squeeze()
+        for ax in sorted((ax % x.dim() for ax in axes), reverse=True):
+            x = x.squeeze(ax)
+        return x
+    if op == "Unsqueeze":
+        axes = _axes(ins, a)
+        rank = x.dim() + len(axes)
+        for ax in sorted(ax % rank for ax in axes):
+            x = x.unsqueeze(ax)
+        return x
+    if op == "Expand":
+        return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(ints(ins[1]))))
+    if op == "Tile":
+        return x.repeat(*ints(ins[1]))
+    if op == "Concat":
+        return torch.cat([t for t in ins if t is not None], dim=a["axis"])
+    if op == "Gather":
+        ax = a.get("axis", 0) % x.dim()
+        i = ins[1].long()
+        i = torch.where(i < 0, i + x.shape[ax], i)
+        if i.dim() == 0:
+            return x.select(ax, int(i))
+        return torch.index_select(x, ax, i.reshape(-1)).reshape(x.shape[:ax] + i.shape + x.shape[ax + 1:])
+    if op == "Slice":
+        return _slice(ins)
+    if op == "ConstantOfShape":
+        value = a.get("value")
+        fill = torch.from_numpy(numpy_helper.to_array(value).copy()) if value is not None else torch.zeros(1)
+        return fill.reshape(()).expand(*ints(x)).clone()
+    if op == "Range":
+        return torch.arange(ins[0].item(), ins[1].item(), ins[2].item())
+    raise Unsupported(op)
+
+
+SHAPE_OPS = {"Reshape", "Flatten", "Transpose", "Shape", "Squeeze", "Unsqueeze", "Expand", "Tile", "Concat",
+             "Gather", "Slice", "ConstantOfShape", "Range"}
+
+
+def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
+    if op == "Conv":
+        return [conv(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a)]
+    if op == "Gemm":
+        A = ins[0].t() if a.get("transA", 0) else ins[0]
+        B = ins[1].t() if a.get("transB", 0) else ins[1]
+        y = a.get("alpha", 1.0) * (A @ B)
+        if len(ins) > 2 and ins[2] is not None:
+            y = y + a.get("beta", 1.0) * ins[2]
+        return [y]
+    if op == "MatMul":
+        return [ins[0] @ ins[1]]
+    if op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Max", "Min"):
+        return [_binary(op)(ins[0], ins[1])]
+    if op in UNARY:
+        return [UNARY[op](ins[0])]
+    if op == "LeakyRelu":
+        return [F.leaky_relu(ins[0], a.get("alpha", 0.01))]
+    if op == "HardSigmoid":
+        return [torch.clamp(a.get("alpha", 0.2) * ins[0] + a.get("beta", 0.5), 0, 1)]
+    if op == "Elu":
+        return [F.elu(ins[0], a.get("alpha", 1.0))]
+    if op == "Gelu":
+        return [F.gelu(ins[0], approximate=a.get("approximate", "none"))]
+    if op == "Clip":
+        lo = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("min")
+        hi = ins[2] if len(ins) > 2 and ins[2] is not None else a.get("max")
+        return [torch.clamp(ins[0], lo, hi)]
+    if op == "Where":
+        return [torch.where(ins[0].bool(), ins[1], ins[2])]
+    if op == "Softmax":
+        return [_softmax(F.softmax, ins[0], a, opset)]
+    if op == "LogSoftmax":
+        return [_softmax(F.log_softmax, ins[0], a, opset)]
+    if op in NORM_OPS:
+        return [_norm(op, ins, a, training)]
+    if op == "MaxPool":
+        return [pool("max", ins[0], a)]
+    if op == "AveragePool":
+        return [pool("avg", ins[0], a)]
+    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+        dims = list(range(2, ins[0].dim()))
+        return [ins[0].mean(dim=dims, keepdim=True) if op == "GlobalAveragePool"
+                else ins[0].amax(dim=dims, keepdim=True)]
+    if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+        return [reduce(op, ins, a)]
+    if op == "Split":
+        return _split(ins, a, a.get("num_outputs", 0) or len(ins))
+    if op == "Cast":
+        return [_cast(ins[0], a["to"])]
+    if op in SHAPE_OPS:
+        return [_shape_ops(op, ins, a)]
+    if op in ("LSTM", "GRU"):
+        return recurrent(op, ins, a)
+    raise Unsupported(op)
+
+
+SUPPORTED_OPS = frozenset(
+    {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Max", "Min",
+     "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
+     "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
+     "ReduceMin", "Split", "Cast", "LSTM", "GRU", "Constant"}
+    | set(UNARY) | NORM_OPS | SHAPE_OPS)
+
+
+def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> float:
+    """Runs the model in this interpreter and in onnxruntime on ``x``; raises
+    :class:`Unsupported` when they differ by more than ``tolerance`` (relative to the
+    largest output), returns the difference otherwise."""
+    import onnxruntime as ort
+
+    m = TorchGraph(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    m.eval()
+    with torch.no_grad():
+        got = m(torch.from_numpy(x)).numpy()
+    if got.shape != want.shape:
+        raise Unsupported(f"the PyTorch interpreter's output has shape {got.shape}, onnxruntime's {want.shape}")
+    err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+    if not err <= tolerance:
+        raise Unsupported(f"the PyTorch interpreter differs from onnxruntime by {err:.2e} on this model")
+    return err

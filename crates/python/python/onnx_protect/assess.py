@@ -1,0 +1,548 @@
+"""Training attacks on a protected model: what does the protected file save an
+attacker who has some labelled data?
+
+The positions of the encrypted elements are public (``inspect``), and the graph and
+every clear weight are in the file. :func:`attack` runs, on the attacker's labelled
+data at several sizes, the training attacks an attacker actually runs, and the
+reference they must beat:
+
+* ``relearn``: every encrypted element is reset with PyTorch's default
+  initialisation of its layer (drawn from a generator independent of any training
+  seed), then only the encrypted elements are trained, every clear weight and every
+  clear normalisation statistic frozen as stored;
+* ``finetune``: the same reset, then every parameter is trained;
+* ``scratch``: the same graph with every parameter freshly initialised, trained on
+  the same data with the same budget.
+
+Each run uses AdamW with a one-cycle schedule for ``steps`` steps; its learning rate
+is chosen on a held-out fifth of the attacker's own data (never the test data), then
+the run is repeated on all of the attacker's data with that rate. Each data size is
+drawn ``seeds`` times (stratified, at least one sample per class). The headline is the
+**gap over scratch**: the best attack's mean test accuracy minus scratch's, in points,
+at the worst data size. A protection holds when the gap is at most ``target`` (2
+points by default).
+
+Needs ``torch`` and ``onnx`` (``pip install 'onnx-protect[torch]'``). Which models are
+covered: :mod:`onnx_protect._torch_graph`. Command line::
+
+    python3 -m onnx_protect.assess PROTECTED.onnx --data train.npz --test test.npz [--json OUT]
+    python3 -m onnx_protect.assess --search MODEL.onnx --data train.npz --test test.npz
+
+``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs) and ``y`` (integer
+labels). See docs/protection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+try:
+    import onnx
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:  # pragma: no cover - import guard
+    raise ImportError("onnx_protect.assess needs torch and onnx: pip install 'onnx-protect[torch]'") from e
+
+from . import _torch_graph as tg
+
+SIZES = (0.01, 0.05, 0.10)
+SEEDS = 3
+STEPS = 300
+BATCH = 32
+LRS = (1e-3, 3e-3, 1e-2)
+WEIGHT_DECAY = 1e-4
+TARGET = 0.02
+ATTACKS = ("relearn", "finetune")
+ELEMENT_BYTES = {"FLOAT": 4, "FLOAT16": 2, "BFLOAT16": 2, "DOUBLE": 8}
+# Reset draws are offset from the data draws so that no seed is shared with anything
+# the model was trained from.
+RESET_SEED_BASE = 7_919_000
+
+
+class AttackError(ValueError):
+    """The training attacks cannot run on this model or data (the message says why)."""
+
+
+# ---------------------------------------------------------------- positions
+
+
+def encrypted_masks(info: dict, graph: tg.TorchGraph) -> dict[str, np.ndarray]:
+    """locator -> boolean mask of the encrypted elements, from ``inspect``'s report."""
+    prot = info.get("protection")
+    if not prot:
+        raise AttackError("the model is not protected: nothing to attack")
+    if prot.get("positions") != "public":
+        raise AttackError("the positions are sealed (--positions secret): these attacks need public positions")
+    out: dict[str, np.ndarray] = {}
+    for t in prot["tensors"]:
+        size = ELEMENT_BYTES.get(t["data_type"])
+        c = graph.constants.get(t["locator"])
+        if size is None or c is None:
+            raise AttackError(
+                f"encrypted tensor {t['name']!r} ({t['data_type']}, {t['locator']}) is not a floating-point "
+                "constant of the main graph: training attacks cover float weights only")
+        mask = out.get(t["locator"], np.zeros(c.array.size, dtype=bool))
+        for a, b in t["spans"]:
+            mask[a // size:-(-b // size)] = True
+        out[t["locator"]] = mask
+    return out
+
+
+def weight_share(info: dict) -> float:
+    """Encrypted share of the floating-point constant bytes (docs/protection.md)."""
+    total = sum(t.get("nbytes", 0) for t in info.get("tensors", []) if t.get("data_type") in ELEMENT_BYTES) or 1
+    enc = sum(t["encrypted_bytes"] for t in info["protection"]["tensors"])
+    return min(1.0, enc / total)
+
+
+# ---------------------------------------------------------------- initialisation
+
+
+def _fan_in(shape: Sequence[int], c: tg.Constant) -> int | None:
+    op, idx = c.users[0] if c.users else ("", 0)
+    if op == "Gemm" and idx == 1 and len(shape) == 2:
+        return int(shape[1] if c.gemm_trans_b else shape[0])
+    if op == "Conv" and idx == 1 and len(shape) >= 2:
+        return int(np.prod(shape[1:]))
+    if op == "MatMul" and len(shape) >= 2:
+        return int(shape[-2])
+    return None
+
+
+def _bias_fans(model: onnx.ModelProto) -> dict[str, int]:
+    """value name of a layer's bias -> fan-in of its layer (Conv/Gemm input 2, the Add
+    after a MatMul with a constant weight)."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    out = {}
+    for n in model.graph.node:
+        w = shapes.get(n.input[1]) if len(n.input) > 1 else None
+        if w is None or len(w) < 2:
+            continue
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
+            trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+            fan = w[0] if n.op_type == "Gemm" and not trans_b else int(np.prod(w[1:]))
+            out[n.input[2]] = fan
+        if n.op_type == "MatMul":
+            for add in consumers.get(n.output[0], []):
+                if add.op_type == "Add":
+                    other = add.input[1] if add.input[0] == n.output[0] else add.input[0]
+                    out[other] = w[-2]
+    return out
+
+
+def default_init(graph: tg.TorchGraph, bias_fans: dict[str, int], locator: str, gen: torch.Generator) -> torch.Tensor:
+    """A fresh value of a constant as PyTorch initialises the layer that uses it."""
+    c = graph.constants[locator]
+    t = graph.tensor(locator)
+    shape = list(t.shape)
+    users = c.users
+    for op, idx in users:
+        if op in tg.NORM_OPS:
+            return torch.full_like(t, 1.0 if idx in (1, 4) else 0.0)
+    if graph.is_stat(locator):
+        return torch.zeros_like(t)
+    first = users[0] if users else ("", 0)
+    if first[0] in ("LSTM", "GRU"):
+        gates = 4 if first[0] == "LSTM" else 3
+        per = shape[-1] // (2 * gates) if first[1] == 3 else shape[-2] // gates
+        bound = 1 / math.sqrt(max(per, 1))
+        return (torch.rand(t.shape, generator=gen) * 2 - 1) * bound
+    fan = next((bias_fans[v] for v, loc in graph.by_value.items() if loc == locator and v in bias_fans), None)
+    if fan:
+        return (torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan)
+    if any(op in ("Mul", "Div") for op, _ in users):
+        return torch.ones_like(t)
+    fan = _fan_in(shape, c)
+    if fan:
+        # Kaiming-uniform with a = sqrt(5), PyTorch's Conv/Linear default: bound 1/sqrt(fan_in).
+        return (torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan)
+    if first[0] == "Gather" and first[1] == 0:
+        return torch.randn(t.shape, generator=gen)
+    if first[0] == "Add" and sum(1 for d in shape if d > 1) >= 2:
+        return (torch.randn(t.shape, generator=gen) * 0.02).clamp(-0.04, 0.04)
+    return torch.zeros_like(t)
+
+
+# ---------------------------------------------------------------- runs
+
+
+class Setup:
+    """The model, its masks and the data of one attack study."""
+
+    def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray]):
+        self.model = model
+        self.masks = masks
+        self.bias_fans = _bias_fans(model)
+
+    def fresh(self) -> tg.TorchGraph:
+        return tg.TorchGraph(self.model)
+
+    def reset(self, gen: torch.Generator) -> tg.TorchGraph:
+        """The protected model with every encrypted element reset."""
+        g = self.fresh()
+        with torch.no_grad():
+            for loc, mask in self.masks.items():
+                t = g.tensor(loc)
+                m = torch.from_numpy(mask.reshape(tuple(t.shape)))
+                t.copy_(torch.where(m, default_init(g, self.bias_fans, loc, gen), t))
+        return g
+
+    def scratch(self, gen: torch.Generator) -> tg.TorchGraph:
+        g = self.fresh()
+        with torch.no_grad():
+            for loc in g.constants:
+                g.tensor(loc).copy_(default_init(g, self.bias_fans, loc, gen))
+        return g
+
+
+def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.nn.Parameter]:
+    """Freezes every clear element: returns the parameters to train, with gradient
+    hooks that zero the clear elements of partly encrypted tensors. Clear BN
+    statistics stay as stored (their layers run in inference mode)."""
+    params = []
+    for p in g.params.values():
+        p.requires_grad_(False)
+    clear_stats = set()
+    for loc in g.stat_names:
+        if loc not in masks:
+            clear_stats.add(loc)
+    g.frozen_stats = {v for v, loc in g.by_value.items() if loc in clear_stats}
+    for loc, mask in masks.items():
+        if g.is_stat(loc):
+            continue
+        p = g.tensor(loc)
+        p.requires_grad_(True)
+        if not mask.all():
+            keep = torch.from_numpy(mask.reshape(tuple(p.shape))).to(p.dtype)
+            p.register_hook(lambda grad, keep=keep: grad * keep)
+        params.append(p)
+    return params
+
+
+def accuracy(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> float:
+    g.eval()
+    with torch.no_grad():
+        out = []
+        for i in range(0, len(x), 512):
+            out.append(g(torch.from_numpy(x[i:i + 512])).argmax(-1).numpy())
+    return float((np.concatenate(out) == y).mean())
+
+
+def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int) -> tg.TorchGraph:
+    if not params:
+        return g
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    batch = min(BATCH, len(xt))
+    g.train()
+    step = 0
+    while step < steps:
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt) - batch + 1, batch):
+            if step == steps:
+                break
+            idx = perm[i:i + batch]
+            loss = F.cross_entropy(g(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    g.eval()
+    return g
+
+
+def draw(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A stratified draw of ``fraction`` of the indices, at least one per class."""
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False).tolist())
+    return np.sort(np.array(keep))
+
+
+def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, steps, rng) -> dict:
+    """LR chosen on a held-out fifth of (x, y), then retrained on all of it."""
+    n = len(y)
+    order = rng.permutation(n)
+    n_val = max(1, n // 5)
+    val, fit = order[:n_val], order[n_val:]
+    if len(fit) == 0:
+        fit = val
+    by_lr = {}
+    for lr in lrs:
+        g, params = make()
+        train(g, params, x[fit], y[fit], lr, steps, seed=int(rng.integers(2**31)))
+        by_lr[lr] = accuracy(g, x[val], y[val])
+    best = max(lrs, key=lambda lr: (by_lr[lr], -lr))
+    g, params = make()
+    train(g, params, x, y, best, steps, seed=int(rng.integers(2**31)))
+    return {"accuracy": accuracy(g, xt, yt), "lr": best, "validation": {str(k): v for k, v in by_lr.items()}}
+
+
+def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+           sizes: Sequence[float] = SIZES, seeds: int = SEEDS, steps: int = STEPS, lrs: Sequence[float] = LRS,
+           attacks: Sequence[str] = ATTACKS, target: float = TARGET, check: bool = True,
+           scratch_cache: dict | None = None,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs the training attacks on a protected model (module docs) and returns the
+    report: per data size the mean test accuracy of scratch and each attack, the best
+    attack and its gap over scratch; the headline gap; the encrypted byte share.
+
+    Scratch does not depend on what is encrypted: ``scratch_cache`` (a dict, filled
+    here) lets several protected copies of one model share its runs."""
+    from . import inspect as _inspect
+
+    torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
+    x, x_test = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(x_test, dtype=np.float32)
+    y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
+    if len(x) != len(y) or len(x_test) != len(y_test) or len(y) == 0 or len(y_test) == 0:
+        raise AttackError("data and labels differ in length, or are empty")
+    unknown = set(attacks) - set(ATTACKS)
+    if unknown:
+        raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
+    info = _inspect(protected)
+    model = onnx.load(os.fspath(protected))
+    graph = tg.TorchGraph(model)
+    masks = encrypted_masks(info, graph)
+    if check:
+        zero = _zero_filled(model, graph, masks)
+        tg.check(zero, x_test[:64])
+    setup = Setup(model, masks)
+    report: dict[str, Any] = {
+        "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
+        "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
+        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "sizes": []}
+    for fraction in sizes:
+        row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [],
+                               **{a: [] for a in attacks}}
+        for s in range(seeds):
+            rng = np.random.default_rng(1_000 + s)
+            idx = draw(y, fraction, rng)
+            xs, ys = x[idx], y[idx]
+            row["samples"].append(int(len(idx)))
+            reset_gen = lambda: torch.Generator().manual_seed(RESET_SEED_BASE + s)  # noqa: E731
+            row["start"].append(accuracy(setup.reset(reset_gen()), x_test, y_test))
+
+            def scratch():
+                g = setup.scratch(reset_gen())
+                return g, list(g.params.values())
+
+            def relearn():
+                g = setup.reset(reset_gen())
+                return g, _relearn_only(g, masks)
+
+            def finetune():
+                g = setup.reset(reset_gen())
+                return g, list(g.params.values())
+
+            makers = {"scratch": scratch, "relearn": relearn, "finetune": finetune}
+            for name in ("scratch", *attacks):
+                cache_key = (fraction, s, steps, tuple(lrs))
+                if name == "scratch" and scratch_cache is not None and cache_key in scratch_cache:
+                    row[name].append(scratch_cache[cache_key])
+                    continue
+                r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s))
+                if name == "scratch" and scratch_cache is not None:
+                    scratch_cache[cache_key] = r["accuracy"]
+                row[name].append(r["accuracy"])
+                if progress:
+                    progress(f"{fraction:.0%} seed {s}: {name} {100 * r['accuracy']:.1f}% (lr {r['lr']:g})")
+        mean = {k: float(np.mean(row[k])) for k in ("start", "scratch", *attacks)}
+        best = max(attacks, key=lambda a: mean[a])
+        row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"])
+        report["sizes"].append(row)
+    worst = max(report["sizes"], key=lambda r: r["gap"])
+    report["gap"] = worst["gap"]
+    report["worst_fraction"] = worst["fraction"]
+    report["holds"] = bool(report["gap"] <= target)
+    return report
+
+
+def _zero_filled(model: onnx.ModelProto, graph: tg.TorchGraph, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model with every encrypted element 0 and no manifest, for
+    checking the interpreter against onnxruntime on finite weights."""
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.metadata_props[:]
+    m.metadata_props.extend(p for p in model.metadata_props if not p.key.startswith("onnx-protect/v"))
+    for loc, mask in masks.items():
+        tensor = _tensor_at(m, loc)
+        a = numpy_helper.to_array(tensor).copy()
+        flat = a.reshape(-1)
+        flat[mask] = 0
+        tensor.CopyFrom(numpy_helper.from_array(a, tensor.name))
+    return m
+
+
+def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
+    steps = [tuple(int(v) for v in s.split(".")) for s in locator.split("/")]
+    if steps[0] != (7, 0):
+        raise AttackError(f"locator {locator} is not in the main graph")
+    if len(steps) == 2 and steps[1][0] == 5:
+        return m.graph.initializer[steps[1][1]]
+    if len(steps) == 4 and steps[1][0] == 1 and steps[2][0] == 5 and steps[3] == (5, 0):
+        return m.graph.node[steps[1][1]].attribute[steps[2][1]].t
+    raise AttackError(f"locator {locator} is not an initializer or a Constant value")
+
+
+# ---------------------------------------------------------------- policy search
+
+# Candidate policies, cheapest first (docs/policy.md). Each is TOML for `encrypt --policy`.
+_ROLES_ALL = ("weight", "recurrent", "embedding", "bias", "norm", "position-embedding", "scale", "other")
+
+
+def policy_toml(point: str) -> str:
+    """The TOML of a search point: ``last``, ``first``, ``small`` (biases, normalisation
+    parameters, position embeddings, scales), a share of every other weight's rows
+    (``0.25``), ``weights`` (every main weight whole) or ``all`` (every floating-point
+    constant whole), joined by ``+``."""
+    parts = point.split("+")
+    text = 'version = 1\ninherit_builtin = false\n\n[defaults]\nmode = "ctr"\n'
+    roles: dict[str, float] = {}
+    if "all" in parts:
+        roles = {r: 1.0 for r in _ROLES_ALL}
+    if "small" in parts:
+        roles.update({r: 1.0 for r in ("bias", "norm", "position-embedding", "scale")})
+    if "weights" in parts:
+        roles.update({r: 1.0 for r in ("weight", "recurrent", "embedding")})
+    share = next((float(p) for p in parts if p.replace(".", "", 1).isdigit()), None)
+    if share is not None:
+        for r in ("weight", "recurrent", "embedding"):
+            roles.setdefault(r, share)
+    for r, c in roles.items():
+        extra = '\nselection = "l1"' if c < 1 else ""
+        text += f"\n[roles.{r}]\ncoefficient = {c}{extra}\n"
+    for layer in ("first", "last"):
+        if layer in parts:
+            text += f"\n[layers.{layer}]\ncoefficient = 1.0\n"
+    return text
+
+
+SEARCH = ("last+first", "last+first+small", "last+first+small+0.25", "last+first+small+0.5", "weights+small",
+          "all")
+
+
+def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
+                  target: float = TARGET, progress: Callable[[str], None] | None = None,
+                  **kwargs) -> dict[str, Any]:
+    """Encrypts the plain ``model`` with each search point (cheapest first, a throwaway
+    key), runs :func:`attack` on it, and returns every point's report and the first
+    that holds (``chosen``, ``None`` if none does)."""
+    from . import encrypt, new_key
+
+    results = []
+    chosen = None
+    kwargs.setdefault("scratch_cache", {})
+    with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
+        key = new_key()
+        for point in points:
+            pol = os.path.join(d, "policy.toml")
+            with open(pol, "w") as f:
+                f.write(policy_toml(point))
+            out = os.path.join(d, "protected.onnx")
+            if os.path.exists(out):
+                os.remove(out)
+            encrypt(model, out, key=key, policy=pol)
+            r = attack(out, x, y, x_test, y_test, target=target, progress=progress, **kwargs)
+            r["point"] = point
+            r["policy"] = policy_toml(point)
+            results.append(r)
+            if progress:
+                progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points")
+            if r["holds"]:
+                chosen = point
+                break
+    return {"chosen": chosen, "points": results, "target": target}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["x"], z["y"]
+    except (OSError, KeyError, ValueError) as e:
+        raise AttackError(f"{path}: not an .npz file with arrays x and y ({e})") from e
+
+
+def _summary(r: dict) -> str:
+    lines = [f"encrypted share {100 * r['share']:.2f}% of the weight bytes; test chance {100 * r['chance']:.1f}%"]
+    lines.append("data     samples  scratch  " + "  ".join(f"{a:>8}" for a in r["sizes"][0]["mean"]
+                                                        if a not in ("scratch", "start")) + "  best-gap")
+    for row in r["sizes"]:
+        attacks = [a for a in row["mean"] if a not in ("scratch", "start")]
+        lines.append(f"{row['fraction']:>5.0%}  {int(np.mean(row['samples'])):>8}  {100 * row['mean']['scratch']:6.1f}%  "
+                     + "  ".join(f"{100 * row['mean'][a]:7.1f}%" for a in attacks)
+                     + f"  {100 * row['gap']:+6.1f} ({row['best_attack']})")
+    verdict = "holds" if r["holds"] else "does NOT hold"
+    lines.append(f"gap over scratch: {100 * r['gap']:+.1f} points at {r['worst_fraction']:.0%} of the data: "
+                 f"the protection {verdict} (target: at most {100 * r['target']:.0f} points)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m onnx_protect.assess", description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="the protected model (with --search: the plain model)")
+    ap.add_argument("--data", required=True, help="the attacker's labelled data: .npz with x and y")
+    ap.add_argument("--test", required=True, help="labelled test data: .npz with x and y")
+    ap.add_argument("--sizes", default=",".join(str(s) for s in SIZES), help="fractions of --data (default 0.01,0.05,0.1)")
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--target", type=float, default=TARGET, help="largest acceptable gap (default 0.02)")
+    ap.add_argument("--search", action="store_true", help="find the cheapest search point that holds")
+    ap.add_argument("--json", help="write the report here ('-': standard output)")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        sizes = [float(s) for s in args.sizes.split(",")]
+        if not all(0 < s <= 1 for s in sizes) or args.seeds < 1 or args.steps < 1:
+            raise AttackError("--sizes must be in (0, 1]; --seeds and --steps at least 1")
+        x, y = _load_npz(args.data)
+        xt, yt = _load_npz(args.test)
+        say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+        kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say)
+        if args.search:
+            r = policy_search(args.model, x, y, xt, yt, **kw)
+            text = "\n\n".join(f"{p['point']}:\n{_summary(p)}" for p in r["points"])
+            text += f"\n\nchosen: {r['chosen'] or 'none of the points holds'}"
+            if r["chosen"]:
+                text += "\n" + r["points"][-1]["policy"]
+        else:
+            r = attack(args.model, x, y, xt, yt, **kw)
+            text = _summary(r)
+    except (AttackError, tg.Unsupported, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json == "-":
+        print(json.dumps(r, indent=1))
+    else:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+        print(text)
+    if args.search:
+        return 0 if r["chosen"] else 3
+    return 0 if r["holds"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

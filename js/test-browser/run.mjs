@@ -1,0 +1,119 @@
+// The browser test: headless Chromium (the system's, driven by playwright-core; no browser
+// download) loads a page served on localhost that fetches protected models, decrypts them
+// and runs them in onnxruntime-web (WebAssembly); outputs are compared with onnxruntime-node
+// on the plain models. Skips, with a message, where Chromium or the binary is missing.
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+
+import * as ortNode from "onnxruntime-node";
+import { chromium } from "playwright-core";
+
+import { binary, readNpy, ROOT, run, tempDir } from "../test/util.mjs";
+
+const JS = path.join(ROOT, "js");
+const CHROMIUM = process.env.CHROMIUM ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => fs.existsSync(p));
+const BIN = binary();
+if (!CHROMIUM || !BIN) {
+  console.log(`SKIP browser test: ${!CHROMIUM ? "no Chromium (apt-get install chromium, or set CHROMIUM)" : "no onnx-protect binary"}`);
+  process.exit(0);
+}
+
+const work = tempDir();
+const files = new Map(); // URL path -> file
+const TYPES = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".html": "text/html", ".json": "application/json" };
+
+function serve(req, res) {
+  const url = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  // The files the cases name, and what js/dist and js/node_modules hold (nothing above them).
+  let file = files.get(url);
+  for (const [prefix, dir] of [["/js/dist/", path.join(JS, "dist")], ["/node_modules/", path.join(JS, "node_modules")]]) {
+    if (!file && url.startsWith(prefix)) {
+      const f = path.resolve(dir, url.slice(prefix.length));
+      if (f.startsWith(dir + path.sep)) file = f;
+    }
+  }
+  if (!file || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+    res.writeHead(404).end();
+    return;
+  }
+  res.writeHead(200, { "content-type": TYPES[path.extname(file)] ?? "application/octet-stream" });
+  fs.createReadStream(file).pipe(res);
+}
+
+async function cases() {
+  const key = path.join(work, "model.key");
+  run(BIN, ["keygen", "-o", key, "-q"]);
+  files.set("/model.key", key);
+  const zoo = path.join(ROOT, "fixtures/zoo");
+  const out = [];
+  for (const [name, src, xfile, policy] of [
+    ["digits-vit", path.join(zoo, "digits/vit.onnx"), path.join(zoo, "digits/ref_x.npy"), []],
+    ["vowels-lstm", path.join(zoo, "vowels/lstm.onnx"), path.join(zoo, "vowels/ref_x.npy"), ["--coefficient", "*=1"]],
+    ["osuleaf-convmixer", path.join(zoo, "osuleaf/convmixer.onnx"), path.join(zoo, "osuleaf/ref_x.npy"), ["--mode", "*=fp"]],
+  ]) {
+    const dir = path.join(work, name);
+    fs.mkdirSync(dir);
+    run(BIN, ["encrypt", src, "-o", path.join(dir, "model.onnx"), "--key-file", key, "-q", ...policy]);
+    files.set(`/${name}/model.onnx`, path.join(dir, "model.onnx"));
+    files.set(`/${name}/original.onnx`, src);
+    const x = readNpy(xfile);
+    const plain = await ortNode.InferenceSession.create(src);
+    const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", x.data, x.shape) }))[plain.outputNames[0]].data;
+    out.push({ name, c: { model: `/${name}/model.onnx`, original: `/${name}/original.onnx`, key: "/model.key", input: { data: Array.from(x.data), shape: x.shape } }, want });
+  }
+  // A model with external data.
+  const src = path.join(ROOT, "fixtures/models/external_data/model.onnx");
+  const dir = path.join(work, "external");
+  fs.mkdirSync(dir);
+  run(BIN, ["encrypt", src, "-o", path.join(dir, "model.onnx"), "--key-file", key, "-q", "--coefficient", "*=1"]);
+  files.set("/external/model.onnx", path.join(dir, "model.onnx"));
+  files.set("/external/original.onnx", src);
+  const external = {};
+  for (const f of fs.readdirSync(dir).filter((f) => f !== "model.onnx")) {
+    files.set(`/external/${f}`, path.join(dir, f));
+    external[f] = `/external/${f}`;
+  }
+  const plain = await ortNode.InferenceSession.create(src);
+  const meta = plain.inputMetadata[0];
+  const shape = meta.shape.map((s) => (typeof s === "number" ? s : 1));
+  const data = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, k) => Math.sin(k));
+  const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", data, shape) }))[plain.outputNames[0]].data;
+  out.push({ name: "external-data", c: { model: "/external/model.onnx", original: "/external/original.onnx", key: "/model.key", external, input: { data: Array.from(data), shape } }, want });
+  return out;
+}
+
+files.set("/", path.join(JS, "test-browser/page.html"));
+const server = http.createServer(serve);
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const port = server.address().port;
+let failed = 0;
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+  // playwright-core starts it with a new, empty profile of its own.
+});
+try {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.log(`page error: ${e.message}`));
+  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.waitForFunction(() => window.ready === true, null, { timeout: 60000 });
+  for (const { name, c, want } of await cases()) {
+    const r = await page.evaluate((c) => window.runCase(c), c);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.output[i] - want[i]) / Math.max(1, Math.abs(want[i])));
+    const ok = r.sameBytes && r.output.length === want.length && worst <= 1e-4 && r.refused === "modified";
+    if (!ok) failed++;
+    console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}`);
+  }
+} finally {
+  await browser.close();
+  server.close();
+  fs.rmSync(work, { recursive: true, force: true });
+}
+if (failed) {
+  console.log(`${failed} browser case(s) failed`);
+  process.exit(1);
+}
+console.log("browser: every case passed");

@@ -1,0 +1,92 @@
+// Protected copies of the digits and zoo models, made by the onnx-protect binary, decrypt
+// byte for byte and run in onnxruntime-node with the plain model's outputs.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+
+import * as ort from "onnxruntime-node";
+
+import { createSession, decrypt } from "../dist/index.js";
+import { readModelFiles } from "../dist/node.js";
+import { binary, readNpy, ROOT, run, tempDir } from "./util.mjs";
+
+const BIN = binary();
+const ZOO = path.join(ROOT, "fixtures/zoo");
+const MODELS = [
+  ...["cnn", "mlp", "convmixer", "vit"].map((m) => ({ file: path.join(ROOT, "fixtures/digits", `${m}.onnx`), x: path.join(ZOO, "digits/ref_x.npy") })),
+  ...["cnn", "mlp", "convmixer", "vit"].map((m) => ({ file: path.join(ZOO, "digits", `${m}.onnx`), x: path.join(ZOO, "digits/ref_x.npy"), ref: path.join(ZOO, "digits", `${m}.ref.npy`) })),
+  ...["lstm", "gru", "cnn", "mlp", "vit"].map((m) => ({ file: path.join(ZOO, "vowels", `${m}.onnx`), x: path.join(ZOO, "vowels/ref_x.npy"), ref: path.join(ZOO, "vowels", `${m}.ref.npy`) })),
+  ...["conv1d", "convmixer", "vit"].map((m) => ({ file: path.join(ZOO, "osuleaf", `${m}.onnx`), x: path.join(ZOO, "osuleaf/ref_x.npy"), ref: path.join(ZOO, "osuleaf", `${m}.ref.npy`) })),
+];
+const POLICIES = { builtin: [], all: ["--coefficient", "*=1"], fp: ["--coefficient", "*=0.5", "--mode", "*=fp"] };
+
+async function outputs(session, x) {
+  const name = session.inputNames[0];
+  const out = await session.run({ [name]: new ort.Tensor("float32", x.data, x.shape) });
+  return out[session.outputNames[0]].data;
+}
+
+const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
+
+test("digits and zoo models: decrypted byte for byte, same outputs in onnxruntime-node", { skip }, async () => {
+  const dir = tempDir();
+  const key = path.join(dir, "model.key");
+  run(BIN, ["keygen", "-o", key, "-q"]);
+  const keyText = fs.readFileSync(key, "utf8");
+  try {
+    for (const m of MODELS) {
+      const x = readNpy(m.x);
+      const plain = await ort.InferenceSession.create(m.file);
+      const want = await outputs(plain, x);
+      if (m.ref) {
+        const ref = readNpy(m.ref).data;
+        for (let i = 0; i < ref.length; i++) assert.ok(Math.abs(ref[i] - want[i]) <= 1e-4 * Math.max(1, Math.abs(ref[i])), `${m.file}: onnxruntime-node and onnxruntime differ`);
+      }
+      for (const [pname, args] of Object.entries(POLICIES)) {
+        const out = path.join(dir, `p-${pname}.onnx`);
+        run(BIN, ["encrypt", m.file, "-o", out, "--key-file", key, "-q", "--force", ...args]);
+        const { model, externalData } = await readModelFiles(out);
+        const d = await decrypt(model, { key: keyText, externalData });
+        assert.ok(Buffer.compare(Buffer.from(d.model), fs.readFileSync(m.file)) === 0, `${m.file} ${pname}: not byte-identical`);
+        const { session } = await createSession(ort, model, { key: keyText, externalData });
+        const got = await outputs(session, x);
+        assert.deepEqual(Array.from(got), Array.from(want), `${m.file} ${pname}: outputs differ`);
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a model with external data: decrypted with its side files, run from memory", { skip }, async () => {
+  const src = path.join(ROOT, "fixtures/models/external_data/model.onnx");
+  const dir = tempDir();
+  try {
+    const key = path.join(dir, "k.key");
+    run(BIN, ["keygen", "-o", key, "-q"]);
+    const outDir = path.join(dir, "out");
+    fs.mkdirSync(outDir);
+    run(BIN, ["encrypt", src, "-o", path.join(outDir, "model.onnx"), "--key-file", key, "-q", "--coefficient", "*=1"]);
+    const { model, externalData } = await readModelFiles(path.join(outDir, "model.onnx"));
+    assert.ok(externalData.size > 0);
+    const d = await decrypt(model, { key: fs.readFileSync(key, "utf8"), externalData });
+    assert.ok(Buffer.compare(Buffer.from(d.model), fs.readFileSync(src)) === 0);
+    for (const [loc, data] of d.externalData) {
+      assert.ok(Buffer.compare(Buffer.from(data), fs.readFileSync(path.join(path.dirname(src), loc))) === 0, loc);
+    }
+    const plain = await ort.InferenceSession.create(src);
+    const { session } = await createSession(ort, model, { key: fs.readFileSync(key, "utf8"), externalData });
+    const feeds = {};
+    for (const [i, name] of plain.inputNames.entries()) {
+      const meta = plain.inputMetadata[i];
+      const shape = meta.shape.map((s) => (typeof s === "number" ? s : 1));
+      const n = shape.reduce((a, b) => a * b, 1);
+      feeds[name] = new ort.Tensor("float32", Float32Array.from({ length: n }, (_, k) => Math.sin(k)), shape);
+    }
+    const a = await plain.run(feeds), b = await session.run(feeds);
+    for (const o of plain.outputNames) assert.deepEqual(Array.from(b[o].data), Array.from(a[o].data), o);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

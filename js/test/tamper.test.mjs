@@ -1,0 +1,65 @@
+// A one-byte change anywhere (the model's content, its manifest entry, an external data
+// file) is refused, with and without the key; nothing is returned.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+
+import { decrypt, verify, OnnxProtectError } from "../dist/index.js";
+import { readModelFiles } from "../dist/node.js";
+import { keyOf, vectors } from "./util.mjs";
+
+/** Positions to change: every byte of the last `tail` bytes (the entry), and `n` more
+ * spread evenly over the rest. */
+function positions(len, tail, n) {
+  const out = new Set();
+  const rest = Math.max(0, len - tail);
+  for (let i = rest; i < len; i++) out.add(i);
+  for (let k = 0; k < n && rest > 0; k++) out.add(Math.floor((k * rest) / n));
+  return [...out];
+}
+
+async function refused(p) {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof OnnxProtectError, `not a typed refusal: ${e}`);
+    return e.kind;
+  }
+  assert.fail("a changed byte was accepted");
+}
+
+for (const name of ["cnn_torch_v2_ctr", "fp16_v2_fp_signed", "external_data_v2_ctr", "cnn_torch_v2_dp"]) {
+  test(`${name}: every changed byte is refused, with the key and without`, async () => {
+    const v = vectors().find((x) => x.name === name);
+    const { model, externalData } = await readModelFiles(v.protected);
+    const key = keyOf(v.dir);
+    const entryLen = 4096;
+    const kinds = new Map();
+    for (const i of positions(model.length, entryLen, 300)) {
+      const changed = Uint8Array.from(model);
+      changed[i] ^= 0x01;
+      for (const p of [decrypt(changed, { ...key, externalData }), verify(changed, { externalData })]) {
+        const k = await refused(p);
+        kinds.set(k, (kinds.get(k) ?? 0) + 1);
+      }
+    }
+    for (const [loc, data] of externalData) {
+      for (const i of positions(data.length, 0, 200)) {
+        const changed = new Map(externalData);
+        const d = Uint8Array.from(data);
+        d[i] ^= 0x01;
+        changed.set(loc, d);
+        assert.equal(await refused(decrypt(model, { ...key, externalData: changed })), "modified", `${loc} byte ${i}`);
+        assert.equal(await refused(verify(model, { externalData: changed })), "modified", `${loc} byte ${i}`);
+      }
+      // A file grown or cut by a byte is refused too.
+      for (const d of [data.subarray(0, data.length - 1), new Uint8Array([...data, 0])]) {
+        const changed = new Map(externalData);
+        changed.set(loc, d);
+        await refused(decrypt(model, { ...key, externalData: changed }));
+      }
+    }
+    assert.ok(kinds.get("modified") > 0, JSON.stringify([...kinds]));
+  });
+}

@@ -1,0 +1,57 @@
+// Shared by the tests: paths, the vectors, the onnx-protect binary, .npy files.
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const VECTORS = path.join(ROOT, "fixtures/vectors");
+
+/** The format-2 vector cases: folder, protected path, original path, external dirs. */
+export function vectors() {
+  return fs.readdirSync(VECTORS).filter((d) => d.includes("_v2_")).sort().map((name) => {
+    const dir = path.join(VECTORS, name);
+    const ext = fs.existsSync(path.join(dir, "protected"));
+    return {
+      name, dir, ext,
+      protected: ext ? path.join(dir, "protected/model.onnx") : path.join(dir, "protected.onnx"),
+      original: ext ? path.join(dir, "original/model.onnx") : path.join(dir, "original.onnx"),
+    };
+  });
+}
+
+/** The key material of a vector case (its key, else its passphrase). */
+export function keyOf(dir) {
+  if (fs.existsSync(path.join(dir, "key.hex"))) return { key: fs.readFileSync(path.join(dir, "key.hex"), "utf8") };
+  return { passphrase: fs.readFileSync(path.join(dir, "passphrase.txt"), "utf8").split(/\r?\n/)[0] };
+}
+
+/** The onnx-protect binary the Rust build made (ONNX_PROTECT_BIN, else target/debug). */
+export function binary() {
+  const b = path.resolve(ROOT, process.env.ONNX_PROTECT_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? "target", "debug/onnx-protect"));
+  return fs.existsSync(b) ? b : null;
+}
+
+export function run(bin, args) {
+  return execFileSync(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
+}
+
+export function tempDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "onnx-protect-js-"));
+}
+
+/** A float32 or int64 .npy file: { shape, data } (little-endian, C order). */
+export function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hlen = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + hlen).toString("latin1");
+  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+  const body = b.subarray(10 + hlen);
+  const copy = new Uint8Array(body.length);
+  copy.set(body);
+  if (descr === "<f4") return { shape, data: new Float32Array(copy.buffer) };
+  if (descr === "<i8") return { shape, data: new BigInt64Array(copy.buffer) };
+  throw new Error(`${file}: dtype ${descr}`);
+}

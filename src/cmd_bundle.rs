@@ -1,0 +1,171 @@
+//! `bundle keygen|sign|verify`: OpenSSF model-signing bundles (docs/signing.md), for any
+//! model file or directory, protected or not (library: `onnx_protect_bundle`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use onnx_protect_bundle::{Curve, ModelManifest, PrivateKey, PublicKey};
+
+use crate::exit::usage;
+use crate::output::OutputArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Write an ECDSA private key (PKCS#8 PEM, mode 0600) and its public key (PEM).
+    Keygen(KeygenArgs),
+    /// Sign a model file or directory: a Sigstore bundle that `model_signing verify key` checks.
+    Sign(SignArgs),
+    /// Verify a model against a bundle (ours or model_signing's) with the signer's public key.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// The private key to write (never replaces a file).
+    #[arg(short, long, value_parser = crate::stdio::file_path)]
+    output: PathBuf,
+    /// Where to write the public key [default: the private key's path with `.pub.pem`].
+    #[arg(long, value_parser = crate::stdio::file_path)]
+    public: Option<PathBuf>,
+    /// The curve: p256 (ECDSA with SHA-256) or p384 (with SHA-384).
+    #[arg(long, default_value = "p256", value_parser = ["p256", "p384"])]
+    curve: String,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SignArgs {
+    /// The model: a file, or a directory (every file under it is signed).
+    model: PathBuf,
+    /// The ECDSA private key in PEM (PKCS#8 or SEC1, as `bundle keygen` or `openssl` write it).
+    #[arg(long, value_name = "KEY.pem", value_parser = crate::stdio::file_path)]
+    key: PathBuf,
+    /// Where to write the bundle [default: MODEL.sig beside a model file, model.sig in a directory].
+    #[arg(short, long, value_parser = crate::stdio::file_path)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    write: crate::dest::WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The model: a file or a directory.
+    model: PathBuf,
+    /// The signer's public key in PEM.
+    #[arg(long, value_name = "PUB.pem", value_parser = crate::stdio::file_path)]
+    key: PathBuf,
+    /// The bundle [default: the one `bundle sign` writes, MODEL.sig or DIR/model.sig].
+    #[arg(long, value_parser = crate::stdio::file_path)]
+    bundle: Option<PathBuf>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.command {
+        Command::Keygen(k) => keygen(k),
+        Command::Sign(s) => sign(s),
+        Command::Verify(v) => verify(v),
+    }
+}
+
+pub use onnx_protect_bundle::default_bundle;
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub fn read_private(path: &Path) -> Result<PrivateKey> {
+    Ok(PrivateKey::from_pem(&read_text(path)?, &path.display().to_string())?)
+}
+
+pub fn read_public(path: &Path) -> Result<PublicKey> {
+    Ok(PublicKey::from_pem(&read_text(path)?, &path.display().to_string())?)
+}
+
+/// Writes `text` to `path` through a staged file renamed into place (replacing a file only
+/// with `--force`), readable only by its owner when `secret`.
+fn write_atomic(path: &Path, text: &str, write: &crate::dest::WriteArgs, secret: bool) -> Result<()> {
+    write.check_file(path)?;
+    let dir = crate::dest::dir_of(path);
+    let mut staged =
+        onnx_protect_fsio::stage::Staging::new(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(staged.file_mut(), text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if !secret {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = staged.file().set_permissions(std::fs::Permissions::from_mode(0o644));
+        }
+    }
+    staged.publish(path, write.force).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    let curve = Curve::parse(&a.curve).unwrap_or(Curve::P256);
+    let public_path = a.public.clone().unwrap_or_else(|| {
+        let mut p = a.output.clone().into_os_string();
+        p.push(".pub.pem");
+        PathBuf::from(p)
+    });
+    if a.output.exists() || public_path.exists() {
+        usage!("{} or {} exists; keygen never replaces a key", a.output.display(), public_path.display());
+    }
+    let key = PrivateKey::generate(curve)?;
+    let never = crate::dest::WriteArgs::default();
+    write_atomic(&a.output, &key.to_pem()?, &never, true)?;
+    write_atomic(&public_path, &key.public().to_pem(), &never, false)?;
+    let report = serde_json::json!({"key": a.output.display().to_string(), "public": public_path.display().to_string(), "curve": a.curve});
+    a.out.report(&report, false, || {
+        format!("wrote {} and its public key {}", a.output.display(), public_path.display())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(a: SignArgs) -> Result<ExitCode> {
+    let key = read_private(&a.key)?;
+    let output = a.output.clone().unwrap_or_else(|| default_bundle(&a.model));
+    let created = crate::dest::missing(crate::dest::dir_of(&output));
+    crate::dest::create_dir(crate::dest::dir_of(&output), true)?;
+    let manifest = onnx_protect_bundle::sign_model(&a.model, &key, &output, a.write.force)
+        .with_context(|| format!("sign {}", a.model.display()))?;
+    crate::dest::note_created(created, a.out.quiet);
+    let report = serde_json::json!({"model": a.model.display().to_string(), "bundle": output.display().to_string(), "files": manifest.resources.len(), "public_key_hint": key.public().hint()});
+    a.out.report(&report, false, || format!("signed {} -> {}", a.model.display(), output.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let key = read_public(&a.key)?;
+    let bundle = a.bundle.clone().unwrap_or_else(|| default_bundle(&a.model));
+    let v = verify_bundle(&a.model, &bundle, &key)
+        .with_context(|| format!("verify {} with {}", a.model.display(), bundle.display()))?;
+    let report = serde_json::json!({"model": a.model.display().to_string(), "bundle": bundle.display().to_string(), "files": v.resources.len(), "hash": v.hash.name()});
+    a.out.report(&report, false, || {
+        format!(
+            "ok: {} matches {} ({} file(s), {}, signed by the given key)",
+            a.model.display(),
+            bundle.display(),
+            v.resources.len(),
+            v.hash.name()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the bundle at `bundle` for `model` with `key` ([`onnx_protect_bundle::verify_model`]).
+pub fn verify_bundle(model: &Path, bundle: &Path, key: &PublicKey) -> Result<ModelManifest> {
+    Ok(onnx_protect_bundle::verify_model(model, bundle, key)?)
+}

@@ -31,6 +31,9 @@ pub enum CoreError {
     AlreadyDecrypted { restored: u32, key_tier: u32 },
     #[error("the model was protected with format '{key}', which this version does not support")]
     UnsupportedVersion { key: String },
+    /// An operation that rewrites the protection met a format this version only reads.
+    #[error("format {version} is read-only: a model in it cannot be {operation}; decrypt it and encrypt it again")]
+    ReadOnlyFormat { version: u32, operation: &'static str },
     #[error("modified: the protection manifest is invalid: {0}")]
     BadManifest(String),
     #[error("wrong key: no recipient of this model matches the key given")]
@@ -134,7 +137,7 @@ impl CoreError {
             CoreError::Policy(_) => ErrorKind::Policy,
             CoreError::AlreadyProtected { .. } => ErrorKind::AlreadyProtected,
             CoreError::NotProtected => ErrorKind::NotProtected,
-            CoreError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            CoreError::UnsupportedVersion { .. } | CoreError::ReadOnlyFormat { .. } => ErrorKind::UnsupportedVersion,
             CoreError::BadManifest(_) => ErrorKind::BadManifest,
             CoreError::WrongKey => ErrorKind::WrongKey,
             CoreError::Modified(_) => ErrorKind::Modified,
@@ -173,6 +176,7 @@ mod tests {
             (CoreError::AlreadyProtected { key: "k".into() }, "already_protected"),
             (CoreError::NotProtected, "not_protected"),
             (CoreError::UnsupportedVersion { key: "k".into() }, "unsupported_version"),
+            (CoreError::ReadOnlyFormat { version: 1, operation: "signed" }, "unsupported_version"),
             (CoreError::BadManifest("b".into()), "bad_manifest"),
             (CoreError::WrongKey, "wrong_key"),
             (CoreError::Modified("m".into()), "modified"),

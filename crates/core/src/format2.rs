@@ -25,19 +25,6 @@ use crate::pass::Hash;
 use crate::recipients::{open, wrap_all, EncryptTo, Opened};
 use crate::staged::{durable, Outputs};
 
-/// Opens a version-2 protected model at `path`: the entry is found at the end of the
-/// file first, so a model that no longer parses but ends in a sound entry is reported as
-/// modified (its content digest no longer matches), not as an invalid model.
-pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &Path) -> Result<(Model, ProtectedV2)> {
-    match model_result {
-        Ok(model) => {
-            let p = read_v2(&model)?;
-            Ok((model, p))
-        }
-        Err(e) => Err(triage(path, e)),
-    }
-}
-
 /// Opens a model file that should be protected: a file that no longer parses but ends
 /// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
 pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
@@ -74,6 +61,17 @@ pub(crate) fn read_v2(model: &Model) -> Result<ProtectedV2> {
     }
     let sealed = parse_entry(value, range)?;
     match_model(model, sealed)
+}
+
+/// The version-2 entry of a model that `operation` (a past participle: "signed") rewrites:
+/// a model not protected is [`CoreError::NotProtected`], one in a format only read is
+/// [`CoreError::ReadOnlyFormat`].
+pub(crate) fn writable_v2(model: &Model, operation: &'static str) -> Result<ProtectedV2> {
+    match crate::envelope::manifest_version(model)? {
+        Some(2) => read_v2(model),
+        Some(version) => Err(CoreError::ReadOnlyFormat { version, operation }),
+        None => Err(CoreError::NotProtected),
+    }
 }
 
 /// Options of [`encrypt`].
@@ -304,7 +302,7 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
 fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
     let elem = |c: &onnx_protect_select::Chosen| (model.tensors[c.tensor].data_type.bits() / 8).max(1);
     let short = |c: &&onnx_protect_select::Chosen| {
-        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < DP_MIN_ELEMENTS)
+        c.mode.whole_spans() && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < DP_MIN_ELEMENTS)
     };
     match selection.chosen.iter().find(short) {
         Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
@@ -416,7 +414,7 @@ fn choose_secret_positions(
         for &p in &picked {
             let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
             match spans.last_mut() {
-                Some(last) if last.1 == a && c.mode != Mode::Dp => last.1 = b,
+                Some(last) if last.1 == a && !c.mode.whole_spans() => last.1 = b,
                 _ => spans.push((a, b)),
             }
         }

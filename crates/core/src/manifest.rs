@@ -417,14 +417,14 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     let elem = (t.data_type.bits() / 8).max(1);
     for &(a, b) in &spans {
         // Spans may touch only in dp mode, where each span is one permutation unit.
-        let overlaps = prev_end.is_some_and(|p| if mode == Mode::Dp { a < p } else { a <= p });
+        let overlaps = prev_end.is_some_and(|p| if mode.whole_spans() { a < p } else { a <= p });
         if a >= b || b > t.nbytes || overlaps {
             return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
         }
         if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
             return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
         }
-        if mode == Mode::Dp && (b - a) / elem < rules.dp_min_elements {
+        if mode.whole_spans() && (b - a) / elem < rules.dp_min_elements {
             return Err(bad(format!(
                 "tensor '{}': permuted span [{a}, {b}) has fewer than {} elements",
                 e.name, rules.dp_min_elements
@@ -438,7 +438,7 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
         return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
     }
-    if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+    if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
         return Err(bad(format!("tensor '{}': dp mode needs whole-byte elements", e.name)));
     }
     Ok((mode, spans))

@@ -807,7 +807,7 @@ fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u3
 
 fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
     let p = read_protected(model)?;
-    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode == onnx_protect_select::Mode::Dp) {
+    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode.whole_spans()) {
         // Access tiers and the distribution-preserving mode (whole-span permutations) are
         // restored by the general decryption path, into copies.
         return restore_copied(model, &p, key, None);

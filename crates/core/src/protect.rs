@@ -29,7 +29,7 @@ use onnx_protect_keys::{SignerKey, SigningKey};
 use onnx_protect_select::Policy;
 
 use crate::content::{plans, run_covered, transformer};
-use crate::format2::{self, open_v2, read_v2, EncryptSpec};
+use crate::format2::{self, read_v2, EncryptSpec};
 use crate::pass::Hash;
 use crate::restore::{plan_restore, restored_model_bytes};
 use crate::staged::{check_output, durable, OutputRules, Outputs};
@@ -600,10 +600,7 @@ pub fn sign(
     progress: &dyn Progress,
 ) -> Result<SignReport> {
     let model = open_protected(input, progress)?;
-    if manifest_version(&model)? != Some(2) {
-        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be signed".into() });
-    }
-    let (model, p) = open_v2(Ok(model), input)?;
+    let p = crate::format2::writable_v2(&model, "signed")?;
     check_output(&model, input, output, in_place, outputs)?;
     format2::verify(&model, &p, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {

@@ -26,18 +26,17 @@ use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
-use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals, read_v2};
+use crate::format2::{check_digest, check_seals};
 use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
-use crate::protect::{manifest_version, open_protected};
+use crate::protect::open_protected;
 use crate::recipients::{wrap_all, EncryptTo, Opened};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
@@ -85,16 +84,7 @@ pub fn rekey(
     opts: &RekeyOptions,
 ) -> Result<RekeyReport> {
     let model = open_protected(input, opts.progress)?;
-    match manifest_version(&model)? {
-        Some(2) => {}
-        Some(_) => {
-            return Err(CoreError::UnsupportedVersion {
-                key: "format 1 is read-only: decrypt the model and encrypt it again".into(),
-            })
-        }
-        None => return Err(CoreError::NotProtected),
-    }
-    let mut p = read_v2(&model)?;
+    let mut p = crate::format2::writable_v2(&model, "re-keyed")?;
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
     let old_keys = crate::format2::unlock(&model, &mut p, old)?;
@@ -182,7 +172,7 @@ fn rekey_actions(model: &Model, p: &ProtectedV2, old: &Opened, new: &[TierKeys])
             .keystream(target.stream_id);
         let new_ks = new[target.tier as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
-        actions.push(if target.mode == Mode::Dp || matches!(t.data, TensorData::Varint { .. }) {
+        actions.push(if target.mode.whole_spans() || matches!(t.data, TensorData::Varint { .. }) {
             let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
             for &span in &target.spans {
                 let s = span_mut(model, target, &mut bytes, span)?;

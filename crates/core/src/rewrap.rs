@@ -22,10 +22,10 @@ use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_seals, read_v2, rewrite_entry};
+use crate::format2::{check_seals, rewrite_entry};
 pub use crate::journal::Recovery;
 use crate::keys::KeySource;
-use crate::protect::{manifest_version, open_protected};
+use crate::protect::open_protected;
 use crate::recipients::{open, tier_chain, EncryptTo, Opened};
 
 /// Which stanzas to remove.
@@ -82,10 +82,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let recovered =
         if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
     let model = open_protected(input, opts.progress)?;
-    if manifest_version(&model)? != Some(2) {
-        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be re-wrapped".into() });
-    }
-    let p = read_v2(&model)?;
+    let p = crate::format2::writable_v2(&model, "re-wrapped")?;
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
@@ -143,11 +140,7 @@ type StanzaPairs = Vec<(Stanza, pb::Stanza)>;
 /// The kept stanzas (those no `remove` matches, each with its encoding as stored: a stanza
 /// of a kind this build does not know is kept byte for byte) and the new ones; with the
 /// counts.
-fn new_stanzas(
-    p: &ProtectedV2,
-    opened: &Opened,
-    opts: &RewrapOptions,
-) -> Result<(StanzaPairs, usize, usize)> {
+fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(StanzaPairs, usize, usize)> {
     let tiers = p.sealed.header.tiers;
     let mut labels: Vec<String> = Vec::new();
     for r in opts.remove {

@@ -63,17 +63,6 @@ pub(crate) fn read_v2(model: &Model) -> Result<ProtectedV2> {
     match_model(model, sealed)
 }
 
-/// The version-2 entry of a model that `operation` (a past participle: "signed") rewrites:
-/// a model not protected is [`CoreError::NotProtected`], one in a format only read is
-/// [`CoreError::ReadOnlyFormat`].
-pub(crate) fn writable_v2(model: &Model, operation: &'static str) -> Result<ProtectedV2> {
-    match crate::envelope::manifest_version(model)? {
-        Some(2) => read_v2(model),
-        Some(version) => Err(CoreError::ReadOnlyFormat { version, operation }),
-        None => Err(CoreError::NotProtected),
-    }
-}
-
 /// Options of [`encrypt`].
 pub(crate) struct EncryptSpec<'a> {
     pub policy: &'a Policy,
@@ -246,7 +235,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let digest = digest_of(&leaves.output);
     let h = header.encode_to_vec();
     let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let macs = tier_keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, &h, &r, &digest).to_vec()).collect();
+    let macs = tier_macs(&tier_keys, &h, &r, &digest);
     let signatures = sign_all(spec.signing_keys, &h, &r, &digest);
     let envelope = pb::Envelope {
         header: h,
@@ -273,7 +262,14 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
 }
 
-fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
+/// The MAC of every tier (docs/format.md §10) over the encoded header `h`, recipients `r`
+/// and the content digest, one per key of `keys` (tier 1 first).
+pub(crate) fn tier_macs(keys: &[TierKeys], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<Vec<u8>> {
+    keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, h, r, digest).to_vec()).collect()
+}
+
+/// A signature of each of `keys` (docs/format.md §10) over the same message as the MACs.
+pub(crate) fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
     let msg = signed_message(h, r, digest);
     keys.iter()
         .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })

@@ -41,6 +41,7 @@ pub mod memory;
 mod pass;
 mod permute;
 pub mod protect;
+mod protection;
 mod recipients;
 pub mod rekey;
 mod restore;

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_crypto::{tier_mac, DataKey, TierKeys};
+use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
@@ -32,7 +32,7 @@ use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals};
+use crate::format2::{check_digest, check_seals, sign_all, tier_macs};
 use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
@@ -84,7 +84,7 @@ pub fn rekey(
     opts: &RekeyOptions,
 ) -> Result<RekeyReport> {
     let model = open_protected(input, opts.progress)?;
-    let mut p = crate::format2::writable_v2(&model, "re-keyed")?;
+    let mut p = crate::protection::Protection::writable(&model, "re-keyed")?;
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
     let old_keys = crate::format2::unlock(&model, &mut p, old)?;
@@ -127,14 +127,9 @@ pub fn rekey(
     let digest = digest_of(&leaves.output);
     let h = header.encode_to_vec();
     let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let msg = onnx_protect_crypto::signed_message(&h, &r, &digest);
     let envelope = pb::Envelope {
-        macs: new_keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, &h, &r, &digest).to_vec()).collect(),
-        signatures: opts
-            .signing_keys
-            .iter()
-            .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
-            .collect(),
+        macs: tier_macs(&new_keys, &h, &r, &digest),
+        signatures: sign_all(opts.signing_keys, &h, &r, &digest),
         header: h,
         recipients: r,
         content_digest: digest.to_vec(),

@@ -17,6 +17,7 @@ use onnx_protect_fsio::ReadMap;
 use crate::dtype::{DataType, TypedField};
 use crate::error::{FormatError, Result};
 use crate::progress::{NoProgress, Progress};
+pub use crate::wire::Container;
 use crate::wire::{self, Field, FieldReader, WireError, WireType};
 
 /// Deepest nesting of graphs (main graph = depth 0) the parser accepts.
@@ -28,22 +29,6 @@ pub type GraphId = usize;
 pub type NodeId = usize;
 /// Index of a tensor in [`Model::tensors`].
 pub type TensorId = usize;
-
-/// A length-delimited field that encloses something of interest: the
-/// messages whose length prefixes must be rewritten when their content changes size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Container {
-    pub start: u64,
-    pub len_start: u64,
-    pub value_start: u64,
-    pub end: u64,
-}
-
-impl From<&Field> for Container {
-    fn from(f: &Field) -> Self {
-        Container { start: f.start, len_start: f.len_start, value_start: f.value_start, end: f.end }
-    }
-}
 
 /// One step of a [`Locator`]: the `index`-th occurrence of field `field` in the parent message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

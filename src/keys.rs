@@ -12,10 +12,7 @@ use std::time::Duration;
 use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT};
 use zeroize::Zeroizing;
 
-/// A key or passphrase that could not be read (exit code 4).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyFileError(pub String);
+pub use crate::exit::KeyFileError;
 
 /// At most one key option: the group makes clap refuse two (exit 2).
 #[derive(clap::Args, Default)]
@@ -332,9 +329,10 @@ impl KeyArgs {
 }
 
 /// Refuses a master key recording `recorded` access tiers (`master tiers=N`) for a model
-/// of `tiers` tiers (docs/format.md Appendix A): its key would become another tier's key.
+/// of `tiers > 1` tiers (docs/format.md Appendix A): its key would become another tier's
+/// key. An untiered model takes any master key.
 pub fn check_recorded_tiers(name: &str, recorded: u32, tiers: u32) -> Result<(), KeyFileError> {
-    if recorded == tiers {
+    if recorded == tiers || tiers == 1 {
         return Ok(());
     }
     let of = |n: u32| if n == 1 { "no access tiers".to_string() } else { format!("{n} access tiers") };

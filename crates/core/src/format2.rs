@@ -18,7 +18,7 @@ use crate::envelope::{
     check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
     ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, Unsigned};
 use crate::keys::KeySource;
 use crate::manifest::{storage_code_v2, tool_name, Target};
 use crate::pass::Hash;
@@ -129,7 +129,7 @@ fn rewritten_actions(
         let original = model.tensor_bytes(t.id)?;
         if let Some(bytes) = hook(t, &original) {
             if bytes.len() as u64 != t.nbytes {
-                return Err(CoreError::Output(format!("internal: a rewrite changed the length of '{}'", t.name)));
+                return Err(CoreError::Internal(format!("a rewrite changed the length of '{}'", t.name)));
             }
             all.push(Target {
                 tensor: w.tensor,
@@ -250,7 +250,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         .copied()
         .flatten()
         .map(|o| o.file)
-        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
@@ -511,8 +511,8 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
         found = true;
     }
     if !found {
-        let names: Vec<String> = signers.iter().map(SignerKey::to_text).collect();
-        return Err(CoreError::NotSigned(format!("no signature of {} is on the model", names.join(", "))));
+        let signers = signers.iter().map(SignerKey::to_text).collect();
+        return Err(CoreError::NotSigned(Unsigned::Missing { signers }));
     }
     Ok(())
 }
@@ -533,10 +533,7 @@ pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) 
     }
     let t = asked.unwrap_or(opened.tier);
     if t > opened.tier || t == 0 {
-        return Err(CoreError::Key(format!(
-            "this key reaches tier {} of {}; it cannot decrypt tier {t}",
-            opened.tier, p.sealed.header.tiers
-        )));
+        return Err(CoreError::TierOutOfReach { key_tier: opened.tier, asked: t });
     }
     if t <= r {
         return Err(CoreError::AlreadyDecrypted { restored: r, key_tier: t });
@@ -602,8 +599,12 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out =
-            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out = files
+            .first()
+            .copied()
+            .flatten()
+            .map(|o| o.file)
+            .ok_or_else(|| CoreError::Internal("no model output".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -646,9 +647,7 @@ pub(crate) fn verify(
             }
             Ok(p.targets.clone())
         }
-        None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
-            "the signatures of a partially decrypted model can only be checked with a key".into(),
-        )),
+        None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(Unsigned::NeedsKey)),
         None => {
             check_signatures(p, &recorded_digest(p)?, signers)?;
             stored_matches()?;
@@ -663,10 +662,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
-            opened.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "deriving tier keys" });
     }
     match key {
         KeySource::Key(k) => Ok((k.clone(), tiers)),
@@ -727,8 +723,12 @@ pub(crate) fn rewrite_entry(
             &onnx_protect_format::NoProgress,
         )?;
     }
-    let model_out =
-        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(files);

@@ -77,7 +77,7 @@ use zeroize::Zeroize;
 
 use crate::action::{apply, edits_for, prepare, Action};
 use crate::envelope::{entry_bytes, ProtectedV2};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, Unsigned};
 use crate::format2::{canonical_digest, check_digest, check_seals, restore_actions, target_tier};
 use crate::keys::KeySource;
 use crate::manifest::{Protected, Target};
@@ -390,7 +390,7 @@ fn patch(
                     CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
                 })?;
                 let SpanSource::Decrypt(ks) = sources[tag] else {
-                    return Err(CoreError::Output("internal: a decrypt patch for a target without a keystream".into()));
+                    return Err(CoreError::Internal("a decrypt patch for a target without a keystream".into()));
                 };
                 piece.copy_from_slice(authentic);
                 let target = &targets[tag];
@@ -512,7 +512,7 @@ fn hash_and_patch(
                         })?);
                     }
                     let SpanSource::Decrypt(ks) = sources[tag] else {
-                        return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
+                        return Err(CoreError::Internal("a decrypt patch without a keystream".into()));
                     };
                     let target = &targets[tag];
                     apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
@@ -644,7 +644,7 @@ pub fn decrypt_model_signed_in_memory(
     }
     match Protection::of(model)? {
         Protection::V2(p) => decrypt_v2(model, p, None, key, tier, signers),
-        Protection::V1(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
+        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
     }
 }
 
@@ -666,7 +666,7 @@ pub fn decrypt_signed_in_memory(
         Protection::V2(p) => decrypt_v2(&model, p, Some(file), key, tier, signers),
         Protection::V1(p) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, &p, Some(file), key),
         Protection::V1(p) if signers.is_empty() => restore_copied(&model, &p, key, tier),
-        Protection::V1(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
+        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
     }
 }
 
@@ -720,7 +720,7 @@ fn with_partial_entry(
     for (i, f) in model.external_files.iter().enumerate() {
         let bytes = external
             .get(&f.location)
-            .ok_or_else(|| CoreError::Output(format!("internal: no decrypted copy of {}", f.location)))?;
+            .ok_or_else(|| CoreError::Internal(format!("no decrypted copy of {}", f.location)))?;
         let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
         files.push(leaves_of(index, bytes, chunk));
     }
@@ -743,7 +743,7 @@ fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
             Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
             Action::Skip => Ok(SpanSource::Keep),
-            Action::Reencrypt(_) => Err(CoreError::Output("internal: re-encryption while decrypting".into())),
+            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting".into())),
         })
         .collect()
 }

@@ -37,6 +37,7 @@ use crate::staged::{check_output, durable, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
+use crate::error::Unsigned;
 pub use crate::error::{CoreError, ErrorKind, Result};
 pub use crate::format2::{open_protected, Rewrite};
 pub use crate::keys::KeySource;
@@ -274,7 +275,7 @@ pub fn decrypt_tier(
         }
         Protection::V1(p) => {
             if !opts.signers.is_empty() {
-                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+                return Err(CoreError::NotSigned(Unsigned::Format1));
             }
             check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let (tensors, bytes) =
@@ -355,10 +356,11 @@ pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)
             let unlocked = crate::unlock::unlock_master(model, &p, &master)?;
             let tiers = p.manifest.tiers.max(1);
             if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
-                return Err(CoreError::Key(format!(
-                    "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
-                    unlocked.key_tier
-                )));
+                return Err(CoreError::NotTopKey {
+                    key_tier: unlocked.key_tier,
+                    tiers,
+                    operation: "deriving tier keys",
+                });
             }
             Ok((master, tiers))
         }
@@ -415,7 +417,7 @@ pub fn verify_signed(
         }
         Protection::V1(p) => {
             if !signers.is_empty() {
-                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+                return Err(CoreError::NotSigned(Unsigned::Format1));
             }
             match key {
                 Some(k) => {

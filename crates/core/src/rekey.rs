@@ -32,11 +32,10 @@ use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals, sign_all, tier_macs};
+use crate::format2::{check_digest, check_seals, open_protected, sign_all, tier_macs};
 use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
-use crate::protect::open_protected;
 use crate::recipients::{wrap_all, EncryptTo, Opened};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
@@ -89,10 +88,7 @@ pub fn rekey(
     let tiers = p.sealed.header.tiers;
     let old_keys = crate::format2::unlock(&model, &mut p, old)?;
     if old_keys.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
-            old_keys.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
     }
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(CoreError::Key("tiers of this model are decrypted in the file; decrypt it whole first".into()));
@@ -136,8 +132,12 @@ pub fn rekey(
         ..Default::default()
     };
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    let model_out =
-        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);

@@ -21,12 +21,11 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result};
-use crate::format2::{check_seals, rewrite_entry, sign_all, tier_macs};
+use crate::error::{CoreError, Result, Unsigned};
+use crate::format2::{check_seals, open_protected, rewrite_entry, sign_all, tier_macs};
 pub use crate::journal::Recovery;
 use crate::keys::tier_chain;
 use crate::keys::KeySource;
-use crate::protect::open_protected;
 use crate::recipients::{open, EncryptTo, Opened};
 
 /// Which stanzas to remove.
@@ -87,10 +86,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; rewrap needs the top-tier key to renew every tier's MAC",
-            opened.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "rewrap (every tier's MAC)" });
     }
     let digest: [u8; 32] = p
         .sealed
@@ -198,10 +194,7 @@ fn new_envelope(
     let renewed: Vec<Vec<u8>> = opts.signing_keys.iter().map(|k| k.public().to_bytes().to_vec()).collect();
     let stale: Vec<&pb::Signature> = env.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).collect();
     if !stale.is_empty() && !opts.drop_signatures {
-        return Err(CoreError::NotSigned(format!(
-            "the model carries {} signature(s) that cover the old recipients; re-sign with their keys or drop them",
-            stale.len()
-        )));
+        return Err(CoreError::NotSigned(Unsigned::Stale { count: stale.len() }));
     }
     env.signatures = sign_all(opts.signing_keys, &env.header, &env.recipients, digest);
     Ok(env)

@@ -130,9 +130,10 @@ fn older_key_files_are_still_read() {
     }
 }
 
-/// docs/format.md Appendix A: a master key's `tiers=N` is binding where it wraps data keys:
-/// encrypt, rekey's new key and rewrap's added key refuse another number of tiers (exit 4,
-/// one line, nothing written); an older key file, which records none, is taken as given.
+/// docs/format.md Appendix A: a master key's `tiers=N` is binding where it wraps the data keys
+/// of a tiered model: encrypt, rekey's new key and rewrap's added key refuse another number of
+/// tiers (exit 4, one line, nothing written); an untiered model takes any master key, and an
+/// older key file, which records none, is taken as given.
 #[test]
 fn a_master_key_is_used_only_for_its_recorded_number_of_tiers() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +153,6 @@ fn a_master_key_is_used_only_for_its_recorded_number_of_tiers() {
         "3 access tiers",
         "2 access tiers",
     );
-    refused(&["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k3)], "3 access tiers", "no access tiers");
     refused(
         &["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k1), "--tiers", "3"],
         "no access tiers",
@@ -160,22 +160,26 @@ fn a_master_key_is_used_only_for_its_recorded_number_of_tiers() {
     );
     assert!(!enc.exists());
 
-    ok(&["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k1), "-q"]);
+    ok(&["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k3), "--tiers", "3", "-q"]);
     let out = dir.path().join("out.onnx");
     refused(
-        &["rekey", s(&enc), "-o", s(&out), "--key-file", s(&k1), "--new-key-file", s(&k3)],
-        "3 access tiers",
+        &["rekey", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--new-key-file", s(&k1)],
         "no access tiers",
+        "3 access tiers",
     );
     refused(
-        &["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k1), "--add-key-file", s(&k3)],
-        "3 access tiers",
+        &["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--add-key-file", s(&k1)],
         "no access tiers",
+        "3 access tiers",
     );
     assert!(!out.exists());
-    let k1b = dir.path().join("k1b.key");
-    ok(&["keygen", "-o", s(&k1b)]);
-    ok(&["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k1), "--add-key-file", s(&k1b), "-q"]);
+    let k3b = dir.path().join("k3b.key");
+    ok(&["keygen", "-o", s(&k3b), "--tiers", "3"]);
+    ok(&["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--add-key-file", s(&k3b), "-q"]);
+
+    // An untiered model takes any master key.
+    let enc1 = dir.path().join("enc1.onnx");
+    ok(&["encrypt", s(&model), "-o", s(&enc1), "--key-file", s(&k3), "-q"]);
 
     // An older key file (64 hex digits) records no tiers: used as given.
     let old = dir.path().join("old.hex");

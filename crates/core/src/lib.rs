@@ -4,12 +4,14 @@
 //! into memory), [`rekey`] (key rotation by re-encryption), [`rewrap`] (adding and
 //! removing recipients), [`check`] (the CI gate) and [`inspect`].
 //!
-//! Format 2, which every encryption writes, is carried out by `format2` over the modules
-//! that each hold one of its steps: [`envelope`] (finding, decoding and building the
-//! entry), `recipients` (wrapping and opening the data keys), `action` and `permute`
-//! (what happens to a span), `content` and `pass` (the one pass that reads, transforms,
-//! hashes and writes the covered files), `staged` (outputs that appear whole or not at
-//! all) and `journal` (replacing a file's tail in place). Format 1 (docs/format.md
+//! Each verb reads a model's entry once into `protection::Protection` (format 2 or
+//! format 1) and matches on it once. Format 2, which every encryption writes, is carried
+//! out by `format2` over the modules that each hold one of its steps: [`envelope`]
+//! (finding, decoding and building the entry), `recipients` (wrapping and opening the
+//! data keys), `action` and `permute` (what happens to a span), `content` and `pass` (the
+//! one pass that reads, transforms, hashes and writes the covered files), `staged`
+//! (outputs that appear whole or not at all) and `journal` (replacing a file's tail in
+//! place). Format 1 (docs/format.md
 //! Appendix B) is read only, through [`manifest`], [`keys`] (its master key from a key or
 //! passphrase), `seal`, `unlock` and `restore`. Errors are [`error::CoreError`].
 //! This crate has no `unsafe` code: file maps and system calls are in `onnx-protect-fsio`.

@@ -1729,11 +1729,13 @@ mod tests {
                 false
             }
         };
-        let builds: [(&str, &dyn Fn(usize) -> Vec<u8>); 3] =
-            [("main", &main), ("function", &func), ("training", &train)];
-        for (what, build) in builds {
-            assert!(ok(build(MAX_GRAPH_DEPTH)), "{what} at level 64");
-            assert!(!ok(build(MAX_GRAPH_DEPTH + 1)), "{what} at level 65");
+        for (what, at_64, at_65) in [
+            ("main", main(MAX_GRAPH_DEPTH), main(MAX_GRAPH_DEPTH + 1)),
+            ("function", func(MAX_GRAPH_DEPTH), func(MAX_GRAPH_DEPTH + 1)),
+            ("training", train(MAX_GRAPH_DEPTH), train(MAX_GRAPH_DEPTH + 1)),
+        ] {
+            assert!(ok(at_64), "{what} at level 64");
+            assert!(!ok(at_65), "{what} at level 65");
         }
     }
 

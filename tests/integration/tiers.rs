@@ -252,10 +252,14 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
     let k = tier_key_file(dir.path());
+    // A master key records its number of tiers (docs/format.md Appendix A).
+    let k2 = dir.path().join("k2.key");
+    assert_eq!(run(&["keygen", "-o", k2.to_str().unwrap(), "--tiers", "2"]).0, 0);
     let cli_encrypt = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
         let mut args = vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
-        args.extend(["--key-file", k.to_str().unwrap(), "--json"]);
+        let key = if extra.windows(2).any(|w| w == ["--tiers", "2"]) { &k2 } else { &k };
+        args.extend(["--key-file", key.to_str().unwrap(), "--json"]);
         args.extend(extra);
         let r = run(&args);
         (r, out)

@@ -581,6 +581,9 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
             if f.already_recorded { " (already recorded)" } else { "" }
         )
     });
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
     let r = EncryptOutput { report: r, fingerprint: fp };
     a.out.report(&r, to_stdout, || {
         let r = &r.report;

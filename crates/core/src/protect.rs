@@ -73,6 +73,9 @@ pub struct EncryptReport {
     pub recipients: usize,
     /// Signatures written.
     pub signatures: usize,
+    /// Warnings about the protection itself (a policy that leaves weights clear on a model
+    /// family where that was measured not to hold against re-learning).
+    pub warnings: Vec<String>,
 }
 
 /// A weight `encrypt` left wholly clear.
@@ -206,11 +209,20 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
+    let encrypted_bytes = done.selection.bytes();
+    let warnings = onnx_protect_select::risk::relearning_warning(
+        &model,
+        &onnx_protect_format::discover(&model),
+        done.weight_bytes.saturating_sub(encrypted_bytes),
+        done.weight_bytes,
+    )
+    .into_iter()
+    .collect();
     Ok(EncryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         weight_bytes: done.weight_bytes,
-        encrypted_bytes: done.selection.bytes(),
+        encrypted_bytes,
         tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
         skipped: done
             .selection
@@ -232,6 +244,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
+        warnings,
     })
 }
 

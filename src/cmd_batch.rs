@@ -282,14 +282,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let key = match a.op {
         Op::Verify | Op::Sign => a.key.source()?,
         Op::Encrypt => {
-            let k = a.key.required_master()?;
+            let k = a.key.required_master_for(policy.as_ref().map_or(1, |p| p.tiers))?;
             crate::keys::check_new_passphrase(&k, a.allow_short_passphrase, "the passphrase")?;
             Some(k)
         }
         _ => Some(a.key.required()?),
     };
-    let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase)?) } else { None };
-    let change = if a.op == Op::Rewrap { Some(a.change.build()?) } else { None };
+    let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase, None)?) } else { None };
+    let change = if a.op == Op::Rewrap { Some(a.change.build(None)?) } else { None };
     let operation = match (a.op, &key, &new_key, &policy) {
         (Op::Encrypt, Some(key), _, Some(policy)) => Operation::Encrypt { key, policy },
         (Op::Decrypt, Some(key), _, _) => Operation::Decrypt { key },

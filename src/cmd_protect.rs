@@ -621,7 +621,7 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
 
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
-    let to = EncryptTo { master: a.key.optional_master()?, recipients: a.recipients.recipients()? };
+    let to = EncryptTo { master: a.key.optional_master_for(policy.tiers)?, recipients: a.recipients.recipients()? };
     if let Some(m) = &to.master {
         crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
     }

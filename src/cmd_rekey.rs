@@ -38,7 +38,9 @@ pub struct NewKeyArgs {
 impl NewKeyArgs {
     /// The new key source; a usage error if none was given. A new passphrase shorter
     /// than the minimum is refused unless `allow_short` (`--allow-short-passphrase`).
-    pub fn required(&self, allow_short: bool) -> Result<KeySource> {
+    /// With `tiers` (the model's number of access tiers), a master key recording another
+    /// number is refused.
+    pub fn required(&self, allow_short: bool, tiers: Option<u32>) -> Result<KeySource> {
         if !self.any() {
             usage!(
                 "a new key is required: give --new-key-file, --new-key-env, --new-passphrase, --new-passphrase-env or \
@@ -55,7 +57,11 @@ impl NewKeyArgs {
                 passphrase_file: self.new_passphrase_file.clone(),
                 ..Default::default()
             };
-            as_old.required_master().context("new key")?
+            match tiers {
+                Some(t) => as_old.required_master_for(t),
+                None => as_old.required_master(),
+            }
+            .context("new key")?
         };
         crate::keys::check_new_passphrase(&source, allow_short, "the new passphrase")?;
         Ok(source)
@@ -107,14 +113,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.key.required()?;
     let recipients = a.recipients.recipients()?;
+    let signing_keys = a.sign.keys()?;
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let master = if a.new_key.any() || recipients.is_empty() {
-        Some(a.new_key.required(a.allow_short_passphrase)?)
+        Some(a.new_key.required(a.allow_short_passphrase, crate::keys::model_tiers(input.path()))?)
     } else {
         None
     };
     let new = EncryptTo { master, recipients };
-    let signing_keys = a.sign.keys()?;
-    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let mut r = rekey::rekey(

@@ -8,7 +8,7 @@ use onnx_protect_core::protect::EncryptTo;
 use onnx_protect_core::rewrap::{rewrap, Recovery, Remove, RewrapOptions};
 
 use crate::exit::usage;
-use crate::keys::{read_key_file, KeyArgs, RecipientArgs, SignArgs};
+use crate::keys::{check_recorded_tiers, read_key_file, KeyArgs, RecipientArgs, SignArgs};
 use crate::output::OutputArgs;
 use crate::progress::Bar;
 
@@ -81,17 +81,25 @@ impl ChangeArgs {
             || self.drop_signatures
     }
 
-    /// Reads the keys and recipients; a usage error if nothing would change.
-    pub fn build(&self) -> Result<Change> {
+    /// Reads the keys and recipients; a usage error if nothing would change. With `tiers`
+    /// (the model's number of access tiers), a key file to add that records another
+    /// number is refused.
+    pub fn build(&self, tiers: Option<u32>) -> Result<Change> {
         let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
         remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
         for p in &self.remove_key_file {
             remove.push(Remove::Key(read_key_file(p)?.into_key()));
         }
         let master = match &self.add_key_file {
-            Some(p) => Some(onnx_protect_core::protect::KeySource::Key(
-                read_key_file(p)?.into_master().with_context(|| format!("key file {}", p.display()))?,
-            )),
+            Some(p) => {
+                let file = read_key_file(p)?;
+                if let (onnx_protect_crypto::KeyKind::Master { tiers: recorded }, Some(t)) = (file.kind(), tiers) {
+                    check_recorded_tiers(&format!("key file {}", p.display()), recorded, t)?;
+                }
+                Some(onnx_protect_core::protect::KeySource::Key(
+                    file.into_master().with_context(|| format!("key file {}", p.display()))?,
+                ))
+            }
             None => None,
         };
         let add = EncryptTo { master, recipients: self.add.recipients()? };
@@ -107,7 +115,8 @@ impl ChangeArgs {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let key = a.key.required()?;
-    let c = a.change.build()?;
+    let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.input) } else { None };
+    let c = a.change.build(tiers)?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);

@@ -70,6 +70,11 @@ Exit codes:
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A key or passphrase that could not be read (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyFileError(pub String);
+
 /// Returns early with a [`UsageError`] built like `format!`.
 macro_rules! usage {
     ($($arg:tt)*) => {
@@ -114,7 +119,7 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     if cause.is::<UsageError>() {
         return Some(USAGE);
     }
-    if cause.is::<crate::keys::KeyFileError>() || cause.is::<onnx_protect_crypto::CryptoError>() {
+    if cause.is::<KeyFileError>() || cause.is::<onnx_protect_crypto::CryptoError>() {
         return Some(KEY);
     }
     if cause.is::<onnx_protect_select::PolicyError>() {

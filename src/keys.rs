@@ -14,10 +14,7 @@ use onnx_protect_keys::{
 };
 use zeroize::Zeroizing;
 
-/// A key or passphrase that could not be read (exit code 4).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyFileError(pub String);
+pub use crate::exit::KeyFileError;
 
 /// At most one key option: the group makes clap refuse two (exit 2).
 #[derive(clap::Args, Default)]
@@ -302,12 +299,6 @@ impl KeyArgs {
         Self::present(self.source_of(true)?)
     }
 
-    /// The master key or passphrase, if one was given (where recipients may stand
-    /// instead of it).
-    pub fn optional_master(&self) -> Result<Option<KeySource>> {
-        self.source_of(true)
-    }
-
     fn present(source: Option<KeySource>) -> Result<KeySource> {
         match source {
             Some(k) => Ok(k),
@@ -315,6 +306,46 @@ impl KeyArgs {
                 "a key is required: give --key-file, --key-env, --passphrase, --passphrase-env, --passphrase-file, \
                  --identity, --pkcs11 or --key-command"
             ),
+        }
+    }
+
+    /// The master key (or passphrase) that encrypts a model of `tiers` access tiers, if one
+    /// was given (where recipients may stand instead of it): a key file or variable recording another number of tiers (`master
+    /// tiers=N`, docs/format.md Appendix A) is refused.
+    pub fn optional_master_for(&self, tiers: u32) -> Result<Option<KeySource>> {
+        if let Some(recorded) = self.recorded_tiers()? {
+            check_recorded_tiers(&self.key_name(), recorded, tiers)?;
+        }
+        self.source_of(true)
+    }
+
+    /// [`Self::optional_master_for`], an error if no key was given.
+    pub fn required_master_for(&self, tiers: u32) -> Result<KeySource> {
+        Self::present(self.optional_master_for(tiers)?)
+    }
+
+    /// The number of tiers a master key file or variable records; `None` for a tier key, a
+    /// file of the older form, a passphrase or an identity.
+    pub fn recorded_tiers(&self) -> Result<Option<u32>> {
+        let file = match (&self.key_file, &self.key_env) {
+            (Some(p), _) => read_key_file(p)?,
+            (None, Some(v)) => match KeyFile::from_env(v) {
+                Ok(f) => f,
+                Err(_) => return Ok(None), // reported by `source_of`, with its context
+            },
+            (None, None) => return Ok(None),
+        };
+        Ok(match file.kind() {
+            onnx_protect_crypto::KeyKind::Master { tiers } => Some(tiers),
+            _ => None,
+        })
+    }
+
+    fn key_name(&self) -> String {
+        match (&self.key_file, &self.key_env) {
+            (Some(p), _) => format!("key file {}", p.display()),
+            (None, Some(v)) => format!("environment variable {v}"),
+            (None, None) => "the key".into(),
         }
     }
 
@@ -383,6 +414,32 @@ impl KeyArgs {
         }
         Ok(None)
     }
+}
+
+/// Refuses a master key recording `recorded` access tiers (`master tiers=N`) for a model
+/// of `tiers > 1` tiers (docs/format.md Appendix A): its key would become another tier's
+/// key. An untiered model takes any master key.
+pub fn check_recorded_tiers(name: &str, recorded: u32, tiers: u32) -> Result<(), KeyFileError> {
+    if recorded == tiers || tiers == 1 {
+        return Ok(());
+    }
+    let of = |n: u32| if n == 1 { "no access tiers".to_string() } else { format!("{n} access tiers") };
+    Err(KeyFileError(format!(
+        "{name} is the master key of {}, and this model has {}: give a key made by `keygen{}`",
+        of(recorded),
+        of(tiers),
+        if tiers == 1 { String::new() } else { format!(" --tiers {tiers}") }
+    )))
+}
+
+/// The number of access tiers of a format-2 protected model, read without a key; `None`
+/// when it cannot be told (not protected, format 1, or an error that the command itself
+/// will report).
+pub fn model_tiers(path: &Path) -> Option<u32> {
+    use onnx_protect_core::envelope::{parse_entry, trailing_entry};
+    let model = onnx_protect_format::Model::open(path).ok()?;
+    let (range, value) = trailing_entry(model.bytes())?;
+    parse_entry(value, range).ok().map(|s| s.header.tiers)
 }
 
 /// The shortest passphrase that protects a model without `--allow-short-passphrase`, in

@@ -561,3 +561,42 @@ fn an_error_says_each_cause_once() {
         assert_each_cause_once(&err);
     }
 }
+
+/// The errors of the verbs on protected models say each cause once, and a format name in
+/// a message is a format's name (its metadata key), never a sentence.
+#[test]
+fn errors_of_protected_model_verbs_say_each_cause_once_and_name_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k.key");
+    let other = keygen(dir.path(), "other.key");
+    let cnn = model("cnn_torch");
+    let enc = encrypt(&cnn, &key, dir.path(), "enc.onnx");
+    let v1 = root().join("fixtures/vectors/cnn_torch_fp");
+    let (v1_model, v1_key) = (v1.join("protected.onnx"), v1.join("key.hex"));
+    let signing = dir.path().join("s.key");
+    assert_eq!(run(&["keygen", "--signing", "-o", s(&signing), "-q"]).0, 0);
+    let out = dir.path().join("out.onnx");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["sign", s(&cnn), "-o", s(&out), "--sign-key", s(&signing)],
+        vec!["sign", s(&v1_model), "-o", s(&out), "--sign-key", s(&signing)],
+        vec!["rewrap", s(&cnn), "-o", s(&out), "--key-file", s(&key), "--add-key-file", s(&other)],
+        vec!["rewrap", s(&v1_model), "-o", s(&out), "--key-file", s(&v1_key), "--add-key-file", s(&other)],
+        vec!["rekey", s(&cnn), "-o", s(&out), "--key-file", s(&key), "--new-key-file", s(&other)],
+        vec!["rekey", s(&v1_model), "-o", s(&out), "--key-file", s(&v1_key), "--new-key-file", s(&other)],
+        vec!["decrypt", s(&cnn), "-o", s(&out), "--key-file", s(&key)],
+        vec!["decrypt", s(&enc), "-o", s(&out), "--key-file", s(&other)],
+        vec!["verify", s(&cnn)],
+        vec!["encrypt", s(&enc), "-o", s(&out), "--key-file", s(&key)],
+        vec!["encrypt", s(&cnn), "-o", s(&out), "--key-file", s(&key), "--tiers", "2"],
+    ];
+    for args in cases {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(!out.exists(), "{args:?}");
+        assert_each_cause_once(&err);
+        if let Some(i) = err.find("format '") {
+            let name = err[i + 8..].split('\'').next().unwrap_or("");
+            assert!(name.starts_with("onnx-protect/") && !name.contains(' '), "{args:?}: {err}");
+        }
+    }
+}

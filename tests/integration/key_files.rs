@@ -130,6 +130,64 @@ fn older_key_files_are_still_read() {
     }
 }
 
+/// docs/format.md Appendix A: a master key's `tiers=N` is binding where it wraps the data keys
+/// of a tiered model: encrypt, rekey's new key and rewrap's added key refuse another number of
+/// tiers (exit 4, one line, nothing written); an untiered model takes any master key, and an
+/// older key file, which records none, is taken as given.
+#[test]
+fn a_master_key_is_used_only_for_its_recorded_number_of_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let k3 = tiers3(dir.path());
+    let k1 = dir.path().join("k1.key");
+    ok(&["keygen", "-o", s(&k1)]);
+    let model = root().join("fixtures/digits/mlp.onnx");
+    let enc = dir.path().join("enc.onnx");
+    let refused = |args: &[&str], recorded: &str, model_has: &str| {
+        let (code, err) = fails(args);
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(err.contains(&format!("is the master key of {recorded}, and this model has {model_has}")), "{err}");
+        assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{err}");
+    };
+    refused(
+        &["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k3), "--tiers", "2"],
+        "3 access tiers",
+        "2 access tiers",
+    );
+    refused(
+        &["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k1), "--tiers", "3"],
+        "no access tiers",
+        "3 access tiers",
+    );
+    assert!(!enc.exists());
+
+    ok(&["encrypt", s(&model), "-o", s(&enc), "--key-file", s(&k3), "--tiers", "3", "-q"]);
+    let out = dir.path().join("out.onnx");
+    refused(
+        &["rekey", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--new-key-file", s(&k1)],
+        "no access tiers",
+        "3 access tiers",
+    );
+    refused(
+        &["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--add-key-file", s(&k1)],
+        "no access tiers",
+        "3 access tiers",
+    );
+    assert!(!out.exists());
+    let k3b = dir.path().join("k3b.key");
+    ok(&["keygen", "-o", s(&k3b), "--tiers", "3"]);
+    ok(&["rewrap", s(&enc), "-o", s(&out), "--key-file", s(&k3), "--add-key-file", s(&k3b), "-q"]);
+
+    // An untiered model takes any master key.
+    let enc1 = dir.path().join("enc1.onnx");
+    ok(&["encrypt", s(&model), "-o", s(&enc1), "--key-file", s(&k3), "-q"]);
+
+    // An older key file (64 hex digits) records no tiers: used as given.
+    let old = dir.path().join("old.hex");
+    std::fs::write(&old, format!("{}\n", key_hex(&k3))).unwrap();
+    let enc2 = dir.path().join("enc2.onnx");
+    ok(&["encrypt", s(&model), "-o", s(&enc2), "--key-file", s(&old), "--tiers", "2", "-q"]);
+}
+
 #[test]
 fn a_tier_key_is_refused_where_a_master_key_is_needed_but_decrypts_its_tiers() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::protect::{
     decrypt, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
 };
@@ -106,6 +106,49 @@ fn rekey_keeps_positions_draws_a_fresh_data_key_and_restores_under_the_new_key()
     }
 }
 
+/// Sign, rewrap and rekey rewrite the protection: on a model not protected they say so
+/// (not a format name), on a format-1 model that the format is read-only.
+#[test]
+fn operations_that_rewrite_the_protection_name_what_they_met() {
+    use onnx_protect_core::protect::sign;
+    use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let plain = root().join("fixtures/digits/mlp.onnx");
+    let v1 = root().join("fixtures/vectors/cnn_torch_fp");
+    let k1 = KeySource::Key(MasterKey::parse_key_file(&std::fs::read(v1.join("key.hex")).unwrap()).unwrap());
+    let signer = [onnx_protect_keys::SigningKey::generate().unwrap()];
+    let out = dir.path().join("out.onnx");
+    let remove = [Remove::Kind("passphrase".into())];
+    let to = EncryptTo::default();
+    let rw = RewrapOptions {
+        add: &to,
+        remove: &remove,
+        signing_keys: &[],
+        drop_signatures: false,
+        in_place: false,
+        outputs: Default::default(),
+        progress: &NoProgress,
+    };
+    for (input, k, version) in [(plain, key(1), None), (v1.join("protected.onnx"), k1, Some(1))] {
+        let errors = [
+            ("signed", sign(&input, &out, &signer, false, &Default::default(), &NoProgress).map(|_| ())),
+            ("re-wrapped", rewrap(&input, &out, &k, &rw).map(|_| ())),
+            ("re-keyed", rk(&input, &out, &k, &key(2))),
+        ];
+        for (what, r) in errors {
+            let e = r.expect_err(what);
+            match version {
+                None => assert!(matches!(e, CoreError::NotProtected), "{what}: {e}"),
+                Some(v) => assert!(
+                    matches!(e, CoreError::ReadOnlyFormat { version, operation } if version == v && operation == what),
+                    "{what}: {e}"
+                ),
+            }
+        }
+        assert!(!out.exists());
+    }
+}
+
 /// Format 1 is read-only: `rekey` refuses a format-1 file (decrypt it and encrypt it
 /// again) without writing anything, through the library and the CLI; the file still
 /// decrypts exactly, and a flipped ciphertext bit in it is still refused.
@@ -118,7 +161,7 @@ fn rekey_refuses_a_format_1_file_which_still_decrypts() {
     let re = dir.path().join("re/model.onnx");
     let e = rk(&enc, &re, &old, &key(9)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnsupportedVersion, "{e}");
-    assert!(e.to_string().contains("read-only"), "{e}");
+    assert!(matches!(e, CoreError::ReadOnlyFormat { version: 1, operation: "re-keyed" }), "{e}");
     assert!(!re.exists() && temp_files(&dir.path().join("re")).is_empty());
     let new = dir.path().join("new.key");
     std::fs::write(&new, format!("{}\n", "09".repeat(32))).unwrap();

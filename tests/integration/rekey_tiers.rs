@@ -224,7 +224,7 @@ fn rekey_refuses_a_lower_tier_key_without_writing() {
     let d = dir.path();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     ok(&["keygen", "-o", &s(&key_path(d, "old", None)), "--tiers", "3"]);
-    ok(&["keygen", "-o", &s(&key_path(d, "new", None))]);
+    ok(&["keygen", "-o", &s(&key_path(d, "new", None)), "--tiers", "3"]);
     let enc = d.join("enc.onnx");
     let top = s(&key_path(d, "old", None));
     let dp = s(&dp_policy_file(d));

@@ -168,6 +168,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::Key(k1.clone()), Some(2), &dopts())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Key);
+    assert!(matches!(e, onnx_protect_core::error::CoreError::TierOutOfReach { key_tier: 1, asked: 2 }), "{e}");
     // The tier-2 key continues from the tier-1 result; the top key finishes: the original.
     let t2 = dir.path().join("t2").join("m.onnx");
     decrypt(&t1, &t2, &KeySource::Key(k2.clone()), &dopts()).unwrap();
@@ -251,10 +252,14 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     let model = root().join("fixtures/digits/mlp.onnx");
     let dir = tempfile::tempdir().unwrap();
     let k = tier_key_file(dir.path());
+    // A master key records its number of tiers (docs/format.md Appendix A).
+    let k2 = dir.path().join("k2.key");
+    assert_eq!(run(&["keygen", "-o", k2.to_str().unwrap(), "--tiers", "2"]).0, 0);
     let cli_encrypt = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
         let mut args = vec!["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
-        args.extend(["--key-file", k.to_str().unwrap(), "--json"]);
+        let key = if extra.windows(2).any(|w| w == ["--tiers", "2"]) { &k2 } else { &k };
+        args.extend(["--key-file", key.to_str().unwrap(), "--json"]);
         args.extend(extra);
         let r = run(&args);
         (r, out)

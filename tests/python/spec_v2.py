@@ -334,6 +334,7 @@ def numel_of(dims: list[int]) -> int:
 # --------------------------------------------------------------------------
 # §4: walking the model. Tensor places, by the kind of the enclosing message.
 
+MAX_GRAPH_DEPTH = 64  # §4
 CHILDREN = {
     "model": {7: "graph", 25: "function", 20: "training"},
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
@@ -464,6 +465,9 @@ def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tens
     """Parse and validate (§4, §5) the TensorProto whose value is model[start:end]."""
     by = {}
     for f in _fields(model, start, end, locator):
+        if f.number in (TP_FLOAT, TP_INT32, TP_INT64, TP_DOUBLE, TP_UINT64) and f.wire == WT_LEN \
+                and f.vend == f.vstart:
+            continue  # §5: a packed typed field of length 0 holds no value, stores nothing
         by.setdefault(f.number, []).append(f)
     name = _get_str(model, by[TP_NAME][-1], f"{locator} name") if TP_NAME in by else ""
     data_type = _i64(_uint(by[TP_DATA_TYPE][-1], f"{locator} data_type")) if TP_DATA_TYPE in by else 0
@@ -481,9 +485,12 @@ def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tens
     nbytes = nbytes_of(dims, data_type) if data_type != STRING else 0
     t = Tensor(locator, start, end, name, data_type, dims, None, nbytes)
     if data_type == STRING:
-        # CHOICE: STRING tensors (string_data) are never encrypted and their count is not checked.
+        # §5: STRING tensors keep one string_data value per element, nowhere else.
         if present and present[0] != TP_STRING or external:
             raise MalformedModel(f"{locator} ({name!r}): STRING tensor stores non-string data")
+        if len(by.get(TP_STRING, [])) != numel_of(dims):
+            raise MalformedModel(f"{locator} ({name!r}): {len(by.get(TP_STRING, []))} strings for "
+                                 f"{numel_of(dims)} elements")
         return t
     if present == [TP_STRING]:
         raise MalformedModel(f"{locator} ({name!r}): string_data in a non-STRING tensor")
@@ -567,12 +574,16 @@ def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tens
 def walk(model, files: Files) -> list[Tensor]:
     """Every tensor of the model (§4 places), validated, in file order."""
     out = []
-    stack = [("model", 0, len(model), "")]
+    # depth: §4's graph level of the message (the main graph and functions 0, a
+    # training_info graph 1, a graph in an attribute one below its node's graph).
+    stack = [("model", 0, len(model), "", 0)]
     while stack:
-        kind, start, end, prefix = stack.pop()
+        kind, start, end, prefix, depth = stack.pop()
         if kind == "tensor":
             out.append(read_tensor(model, start, end, prefix, files))
             continue
+        if kind == "graph" and depth > MAX_GRAPH_DEPTH:
+            raise MalformedModel(f"{prefix}: graphs nest more than {MAX_GRAPH_DEPTH} levels")
         children = CHILDREN[kind]
         counts: dict[int, int] = {}
         todo = []
@@ -586,9 +597,17 @@ def walk(model, files: Files) -> list[Tensor]:
             if (kind, f.number) in SINGULAR and n:
                 raise MalformedModel(f"{prefix or 'model'}: field {f.number} occurs more than once")
             loc = f"{prefix}/{f.number}.{n}" if prefix else f"{f.number}.{n}"
-            todo.append((children[f.number], f.vstart, f.vend, loc))
+            child = children[f.number]
+            todo.append((child, f.vstart, f.vend, loc, depth + (child == "graph" and kind != "model")))
         stack.extend(reversed(todo))
     return out
+
+
+def model_order(tensors: list[Tensor]) -> list[Tensor]:
+    """§4's model order: the main graph's tensors, then the functions', then training_info's
+    (each in file order), whatever order those fields have in the file."""
+    rank = {"7": 0, "25": 1, "20": 2}
+    return sorted(tensors, key=lambda t: rank.get(t.locator.split(".", 1)[0], 3))
 
 
 def element_bytes(model, t: Tensor, files: Files) -> bytearray:
@@ -1206,7 +1225,7 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     except MalformedModel as e:
         raise Modified(f"the model no longer parses: {e}") from e
     ext_order = []
-    for t in op.tensors:
+    for t in model_order(op.tensors):
         if t.storage == S_EXTERNAL and t.ext_location not in ext_order:
             ext_order.append(t.ext_location)
     if ext_order != header["external_files"]:
@@ -1460,7 +1479,7 @@ def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, 
     tensors = walk(model, files)
     by_loc = {t.locator: t for t in tensors}
     ext_files = []
-    for t in tensors:
+    for t in model_order(tensors):
         if t.storage == S_EXTERNAL and t.ext_location not in ext_files:
             ext_files.append(t.ext_location)
     entries = []

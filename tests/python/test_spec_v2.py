@@ -370,6 +370,35 @@ def test_raw_data_of_every_width(name, dt, bits):
         assert v2.decrypt_all(prot, key=b"s" * 32)[0] == model
 
 
+def nested_graph(levels):
+    """A GraphProto holding graphs `levels` deep below it (an If node's then_branch in each)."""
+    graph = b""
+    for _ in range(levels):
+        attr = _ld(1, b"then_branch") + _vi(20, 5) + _ld(6, graph)
+        graph = _ld(1, _ld(4, b"If") + _ld(5, attr))
+    return graph
+
+
+def test_graph_depth_is_counted_as_section_4_says():
+    """§4: the main graph and a function's nodes are at level 0, a training_info graph at
+    level 1, an attribute's graph one below; a level above 64 is an invalid model."""
+    def levels_ok(model):
+        try:
+            v2.walk(model, v2.Files(None, None))
+            return True
+        except v2.MalformedModel as e:
+            assert "64 levels" in str(e), e
+            return False
+    opset = _ld(8, _ld(1, b"") + _vi(2, 21))
+    main = lambda n: _vi(1, 10) + _ld(7, nested_graph(n)) + opset  # noqa: E731
+    if_node = lambda n: _ld(4, b"If") + _ld(5, _ld(1, b"then_branch") + _vi(20, 5) + _ld(6, nested_graph(n)))  # noqa: E731
+    func = lambda n: _vi(1, 10) + _ld(25, _ld(1, b"f") + _ld(10, b"d") + _ld(7, if_node(n))) + opset  # noqa: E731
+    train = lambda n: _vi(1, 10) + _ld(7, b"") + _ld(20, _ld(1, nested_graph(n))) + opset  # noqa: E731
+    assert levels_ok(main(64)) and not levels_ok(main(65))
+    assert levels_ok(train(63)) and not levels_ok(train(64))
+    assert levels_ok(func(63)) and not levels_ok(func(64))
+
+
 def test_float6_in_int32_data_is_never_encrypted():
     model = synth_model([("f6", 27, [8], 5, varints(range(8)))])
     assert v2.encryptable(model) == []
@@ -1070,7 +1099,7 @@ def test_authenticated_fields_changed_without_a_key_break_the_mac(tmp_path):
     for kw in (dict(header=lambda h: h.update(tool="other")),
                dict(header=lambda h: h["tensors"][0].update(op_type="Gemm")),
                dict(recipients=lambda r: r["stanzas"][0].update(label="0" * 16)),
-               dict(recipients=lambda r: r["stanzas"].append(dict(r["stanzas"][0], kind="pkcs11")))):
+               dict(recipients=lambda r: r["stanzas"].append(dict(r["stanzas"][0], kind="future-kind")))):
         with pytest.raises(v2.Modified, match="MAC"):
             p.decrypt(reseal(p.model, **kw), key=p.top)
 
@@ -1171,6 +1200,8 @@ def test_more_invalid_tensors():
         "typed-field-of-other-type": lambda: synth_model([("w", 1, [4], 5, varints([1, 2, 3, 4]))]),
         "no-data": lambda: synth_model([("w", 1, [4], 0, b"")]),
         "string-raw": lambda: synth_model([("w", 8, [4], 9, f)]),
+        "string-count": lambda: synth_model([("w", 8, [4], 6, b"a", _ld(6, b"b"))]),
+        "raw-and-packed": lambda: synth_model([("w", 1, [4], 9, f, _ld(4, f))]),
         "external-and-raw": lambda: synth_model([("w", 1, [4], 9, f, _vi(14, 1))]),
         "graph-twice": lambda: synth_model(base) + _ld(7, _ld(2, b"h")),
         "data_type-0": lambda: synth_model([("w", 0, [4], 9, f)]),
@@ -1180,6 +1211,11 @@ def test_more_invalid_tensors():
         with pytest.raises(v2.MalformedModel):
             v2.walk(make(), v2.Files(None, None))
             pytest.fail(name)
+    # §5: a packed typed field of length 0 holds no value: no second way of storing data
+    for fno in (4, 5, 7, 10, 11):
+        assert v2.walk(synth_model([("w", 1, [4], 9, f, _ld(fno, b""))]), v2.Files(None, None))[0].storage == v2.S_RAW
+    strings = synth_model([("s", 8, [2], 6, b"a", _ld(6, b"b"))])
+    assert v2.walk(strings, v2.Files(None, None))[0].storage is None
     empty = synth_model([("w", 1, [0, 4], 0, b"")])  # no data and no elements: valid, never encrypted
     assert v2.walk(empty, v2.Files(None, None))[0].storage is None
 

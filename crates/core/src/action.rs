@@ -94,7 +94,7 @@ pub(crate) fn transform_span(
     span: &mut [u8],
     decrypting: bool,
 ) -> Result<()> {
-    if target.mode == Mode::Dp {
+    if target.mode.whole_spans() {
         crate::permute::permute_span(ks, a, span, (dtype.bits() / 8).max(1) as usize, decrypting)
     } else {
         // Large spans on the thread pool; small ones stay on this thread.
@@ -138,7 +138,7 @@ pub(crate) fn prepare(
         .map(|(target, ks)| {
             let Some(ks) = ks else { return Ok(Action::Skip) };
             let varint = matches!(model.tensors[target.tensor].data, TensorData::Varint { .. });
-            if varint || target.mode == Mode::Dp {
+            if varint || target.mode.whole_spans() {
                 Ok(Action::Bytes(transform_tensor(model, target, &ks, decrypting)?))
             } else {
                 Ok(Action::Xor(Box::new(ks)))

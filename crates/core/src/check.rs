@@ -32,9 +32,10 @@ use std::path::Path;
 use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Selection, Split};
 
+use crate::envelope::manifest_version;
 use crate::error::{CoreError, ErrorKind};
 use crate::manifest::{is_manifest_key, Protection, Target};
-use crate::protect::{manifest_version, protection_view, verify_signed, ProtectionView};
+use crate::protect::{protection_view, verify_signed, ProtectionView};
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -219,7 +220,7 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
         warning: None,
     };
     // A protected model that no longer parses is "modified", as `verify` reports it.
-    let model = match crate::protect::open_protected(path, opts.progress) {
+    let model = match crate::format2::open_protected(path, opts.progress) {
         Ok(m) => m,
         Err(e) => {
             out.protected = e.kind() == ErrorKind::Modified;

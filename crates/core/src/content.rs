@@ -60,7 +60,7 @@ pub(crate) fn transformer<'a>(
     actions: &'a [Action],
 ) -> impl Fn(usize, u64, &mut [u8]) -> Result<()> + Sync + 'a {
     move |tag, logical, buf| {
-        let target = targets.get(tag).ok_or_else(|| CoreError::Output("internal: no such target".into()))?;
+        let target = targets.get(tag).ok_or_else(|| CoreError::Internal("no such target".into()))?;
         let dtype = model.tensors[target.tensor].data_type;
         actions[tag].apply_chunk(target, dtype, logical, buf, false)
     }
@@ -72,7 +72,7 @@ pub(crate) fn covered_sources(model: &Model, content_len: u64) -> Result<Vec<&[u
     let content = model
         .bytes()
         .get(..content_len as usize)
-        .ok_or_else(|| CoreError::Output("internal: content beyond the model".into()))?;
+        .ok_or_else(|| CoreError::Internal("content beyond the model".into()))?;
     let mut out = vec![content];
     for f in &model.external_files {
         out.push(f.bytes()?);

@@ -27,11 +27,14 @@ pub enum CoreError {
     #[error("the model is not protected by onnx-protect (no 'onnx-protect/v2' or 'onnx-protect/v1' metadata entry)")]
     NotProtected,
     #[error("not signed by a trusted signer: {0}")]
-    NotSigned(String),
+    NotSigned(Unsigned),
     #[error("already decrypted for this key's tier: tiers 1 to {restored} are in clear in this file, and the key is for tier {key_tier}")]
     AlreadyDecrypted { restored: u32, key_tier: u32 },
     #[error("the model was protected with format '{key}', which this version does not support")]
     UnsupportedVersion { key: String },
+    /// An operation that rewrites the protection met a format this version only reads.
+    #[error("format {version} is read-only: a model in it cannot be {operation}; decrypt it and encrypt it again")]
+    ReadOnlyFormat { version: u32, operation: &'static str },
     #[error("modified: the protection manifest is invalid: {0}")]
     BadManifest(String),
     #[error("wrong key: no recipient of this model matches the key given")]
@@ -40,6 +43,12 @@ pub enum CoreError {
     Modified(String),
     #[error("{0}")]
     Key(String),
+    /// The key opens tier `key_tier` of `tiers`, and `operation` needs the top tier's.
+    #[error("this key is for tier {key_tier} of {tiers}; {operation} needs the top-tier key (tier {tiers})")]
+    NotTopKey { key_tier: u32, tiers: u32, operation: &'static str },
+    /// The key reaches tier `key_tier`, below the tier `asked` for.
+    #[error("this key is for tier {key_tier}; it cannot decrypt tier {asked}")]
+    TierOutOfReach { key_tier: u32, asked: u32 },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
@@ -50,6 +59,41 @@ pub enum CoreError {
     /// The model's outputs cannot be locked (`encrypt --lock-outputs`): what was found.
     #[error("cannot lock the outputs: {0}")]
     Lock(String),
+    /// A broken invariant of this crate (a bug), never caused by a file or a key.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why no signature of a trusted signer stands (docs/format.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unsigned {
+    /// None of these signers (their key strings) signed the model.
+    Missing { signers: Vec<String> },
+    /// A format-1 model, which carries no signatures.
+    Format1,
+    /// A partially decrypted model: its signatures cover the canonical content, which
+    /// only a key recomputes.
+    NeedsKey,
+    /// Rewrapping would keep `count` signatures over the old recipients.
+    Stale { count: usize },
+}
+
+impl std::fmt::Display for Unsigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsigned::Missing { signers } => write!(f, "no signature of {} is on the model", signers.join(", ")),
+            Unsigned::Format1 => f.write_str("format-1 models carry no signatures"),
+            Unsigned::NeedsKey => {
+                f.write_str("the signatures of a partially decrypted model can only be checked with a key")
+            }
+            Unsigned::Stale { count } => write!(
+                f,
+                "the model carries {count} signature(s) that cover the old recipients; re-sign with their keys or \
+                 drop them"
+            ),
+        }
+    }
 }
 
 /// Why a licence did not let a model open ([`ErrorKind::Licence`]).
@@ -207,15 +251,18 @@ impl CoreError {
         match self {
             CoreError::Format(FormatError::Io { .. }) | CoreError::Write { .. } => ErrorKind::Io,
             CoreError::Format(e) => ErrorKind::Model(e.kind()),
-            CoreError::Crypto(_) | CoreError::Key(_) => ErrorKind::Key,
+            CoreError::Crypto(_)
+            | CoreError::Key(_)
+            | CoreError::NotTopKey { .. }
+            | CoreError::TierOutOfReach { .. } => ErrorKind::Key,
             CoreError::Policy(_) | CoreError::Lock(_) => ErrorKind::Policy,
             CoreError::AlreadyProtected { .. } => ErrorKind::AlreadyProtected,
             CoreError::NotProtected => ErrorKind::NotProtected,
-            CoreError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            CoreError::UnsupportedVersion { .. } | CoreError::ReadOnlyFormat { .. } => ErrorKind::UnsupportedVersion,
             CoreError::BadManifest(_) => ErrorKind::BadManifest,
             CoreError::WrongKey => ErrorKind::WrongKey,
             CoreError::Modified(_) => ErrorKind::Modified,
-            CoreError::Output(_) => ErrorKind::Output,
+            CoreError::Output(_) | CoreError::Internal(_) => ErrorKind::Output,
             CoreError::NotSigned(_) => ErrorKind::NotSigned,
             CoreError::AlreadyDecrypted { .. } => ErrorKind::AlreadyDecrypted,
             CoreError::Keys(KeysError::KdfOverLimit { .. } | KeysError::BadStanza { .. }) => ErrorKind::BadManifest,
@@ -247,15 +294,19 @@ mod tests {
             (CoreError::Format(FormatError::Invalid("x".into())), "invalid"),
             (CoreError::Write { path: "o".into(), source: io() }, "io"),
             (CoreError::Key("k".into()), "key"),
+            (CoreError::NotTopKey { key_tier: 1, tiers: 2, operation: "rekey" }, "key"),
+            (CoreError::TierOutOfReach { key_tier: 1, asked: 2 }, "key"),
             (CoreError::Policy(PolicyError::Invalid("p".into())), "policy"),
             (CoreError::AlreadyProtected { key: "k".into() }, "already_protected"),
             (CoreError::NotProtected, "not_protected"),
             (CoreError::UnsupportedVersion { key: "k".into() }, "unsupported_version"),
+            (CoreError::ReadOnlyFormat { version: 1, operation: "signed" }, "unsupported_version"),
             (CoreError::BadManifest("b".into()), "bad_manifest"),
             (CoreError::WrongKey, "wrong_key"),
             (CoreError::Modified("m".into()), "modified"),
             (CoreError::Output("o".into()), "output"),
-            (CoreError::NotSigned("n".into()), "not_signed"),
+            (CoreError::NotSigned(Unsigned::Format1), "not_signed"),
+            (CoreError::Internal("i".into()), "output"),
             (CoreError::AlreadyDecrypted { restored: 1, key_tier: 1 }, "already_decrypted"),
         ];
         for (e, name) in cases {

@@ -18,25 +18,12 @@ use crate::envelope::{
     check_disjoint_in_files, entry_bytes, match_model, parse_entry, stanza_to_pb, trailing_entry, trailing_entry_bytes,
     ProtectedV2, CONTENT_CHUNK, DP_MIN_ELEMENTS, FORMAT_VERSION_V2,
 };
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, Unsigned};
 use crate::keys::KeySource;
 use crate::manifest::{storage_code_v2, tool_name, Target};
 use crate::pass::Hash;
 use crate::recipients::{open, wrap_all, EncryptTo, Opened};
 use crate::staged::{durable, Outputs};
-
-/// Opens a version-2 protected model at `path`: the entry is found at the end of the
-/// file first, so a model that no longer parses but ends in a sound entry is reported as
-/// modified (its content digest no longer matches), not as an invalid model.
-pub(crate) fn open_v2(model_result: onnx_protect_format::Result<Model>, path: &Path) -> Result<(Model, ProtectedV2)> {
-    match model_result {
-        Ok(model) => {
-            let p = read_v2(&model)?;
-            Ok((model, p))
-        }
-        Err(e) => Err(triage(path, e)),
-    }
-}
 
 /// Opens a model file that should be protected: a file that no longer parses but ends
 /// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
@@ -153,7 +140,7 @@ fn rewritten_actions(
         let original = model.tensor_bytes(t.id)?;
         if let Some(bytes) = hook(t, &original) {
             if bytes.len() as u64 != t.nbytes {
-                return Err(CoreError::Output(format!("internal: a rewrite changed the length of '{}'", t.name)));
+                return Err(CoreError::Internal(format!("a rewrite changed the length of '{}'", t.name)));
             }
             all.push(Target { tensor: w, stream_id: u64::MAX, mode: Mode::Ctr, spans: vec![(0, t.nbytes)], tier: 0 });
             actions.push(Action::Bytes(bytes));
@@ -302,7 +289,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let digest = digest_of(&leaves.output);
     let h = header.encode_to_vec();
     let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let macs = tier_keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, &h, &r, &digest).to_vec()).collect();
+    let macs = tier_macs(&tier_keys, &h, &r, &digest);
     let signatures = sign_all(spec.signing_keys, &h, &r, &digest);
     let envelope = pb::Envelope {
         header: h,
@@ -317,7 +304,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         .copied()
         .flatten()
         .map(|o| o.file)
-        .ok_or_else(|| CoreError::Output("internal: no model output".into()))?;
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
@@ -330,7 +317,14 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len(), lock })
 }
 
-fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
+/// The MAC of every tier (docs/format.md §10) over the encoded header `h`, recipients `r`
+/// and the content digest, one per key of `keys` (tier 1 first).
+pub(crate) fn tier_macs(keys: &[TierKeys], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<Vec<u8>> {
+    keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, h, r, digest).to_vec()).collect()
+}
+
+/// A signature of each of `keys` (docs/format.md §10) over the same message as the MACs.
+pub(crate) fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
     let msg = signed_message(h, r, digest);
     keys.iter()
         .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
@@ -359,7 +353,7 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
 fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()> {
     let elem = |c: &onnx_protect_select::Chosen| (model.tensors[c.tensor].data_type.bits() / 8).max(1);
     let short = |c: &&onnx_protect_select::Chosen| {
-        c.mode == Mode::Dp && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < DP_MIN_ELEMENTS)
+        c.mode.whole_spans() && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < DP_MIN_ELEMENTS)
     };
     match selection.chosen.iter().find(short) {
         Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
@@ -476,7 +470,7 @@ fn choose_secret_positions(
         for &p in &picked {
             let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);
             match spans.last_mut() {
-                Some(last) if last.1 == a && c.mode != Mode::Dp => last.1 = b,
+                Some(last) if last.1 == a && !c.mode.whole_spans() => last.1 = b,
                 _ => spans.push((a, b)),
             }
         }
@@ -577,8 +571,8 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
         found = true;
     }
     if !found {
-        let names: Vec<String> = signers.iter().map(SignerKey::to_text).collect();
-        return Err(CoreError::NotSigned(format!("no signature of {} is on the model", names.join(", "))));
+        let signers = signers.iter().map(SignerKey::to_text).collect();
+        return Err(CoreError::NotSigned(Unsigned::Missing { signers }));
     }
     Ok(())
 }
@@ -599,10 +593,7 @@ pub(crate) fn target_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) 
     }
     let t = asked.unwrap_or(opened.tier);
     if t > opened.tier || t == 0 {
-        return Err(CoreError::Key(format!(
-            "this key reaches tier {} of {}; it cannot decrypt tier {t}",
-            opened.tier, p.sealed.header.tiers
-        )));
+        return Err(CoreError::TierOutOfReach { key_tier: opened.tier, asked: t });
     }
     if t <= r {
         return Err(CoreError::AlreadyDecrypted { restored: r, key_tier: t });
@@ -689,8 +680,12 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out =
-            files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+        let model_out = files
+            .first()
+            .copied()
+            .flatten()
+            .map(|o| o.file)
+            .ok_or_else(|| CoreError::Internal("no model output".into()))?;
         onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
             .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     }
@@ -733,9 +728,7 @@ pub(crate) fn verify(
             }
             Ok(p.targets.clone())
         }
-        None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(
-            "the signatures of a partially decrypted model can only be checked with a key".into(),
-        )),
+        None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(Unsigned::NeedsKey)),
         None => {
             check_signatures(p, &recorded_digest(p)?, signers)?;
             stored_matches()?;
@@ -750,10 +743,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
-            opened.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "deriving tier keys" });
     }
     match key.without_licence() {
         KeySource::Key(k) => Ok((k.clone(), tiers)),
@@ -814,8 +804,12 @@ pub(crate) fn rewrite_entry(
             &onnx_protect_format::NoProgress,
         )?;
     }
-    let model_out =
-        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(files);

@@ -2,7 +2,7 @@
 //! §11 and its appendix on key files and passphrases).
 //!
 //! A key reaches a keystream in this order: [`KeySource`] gives the master key (a
-//! passphrase is stretched with the manifest's Argon2id parameters); `tier_keys`
+//! passphrase is stretched with the manifest's Argon2id parameters); `tier_chain`
 //! steps it down to the keys of the tiers below; `SessionKeys::derive` turns each
 //! with the file's salt into that tier's keystreams, MAC key and key check value.
 
@@ -72,8 +72,9 @@ impl KeySource {
     }
 }
 
-/// Tier keys `K_1 ..= K_top` from the key of tier `top` (index `t − 1`).
-fn tier_keys(key: &MasterKey, top: u32) -> Vec<MasterKey> {
+/// Tier keys `K_1 ..= K_top` from the key of tier `top` (index `t − 1`; docs/format.md
+/// Appendix A), in both formats.
+pub(crate) fn tier_chain(key: &MasterKey, top: u32) -> Vec<MasterKey> {
     let mut keys = vec![key.clone()];
     for _ in 1..top {
         let next = keys.last().map(MasterKey::tier_down).unwrap_or_else(|| key.clone());
@@ -86,7 +87,7 @@ fn tier_keys(key: &MasterKey, top: u32) -> Vec<MasterKey> {
 /// The session keys of tiers `1 ..= top` of a file with `salt`, from the key of tier
 /// `top` (index `t − 1`; one entry for an untiered file, `top` = 1).
 pub(crate) fn tier_sessions(key: &MasterKey, top: u32, salt: &[u8; 32]) -> Vec<SessionKeys> {
-    tier_keys(key, top).iter().map(|k| SessionKeys::derive(k, salt)).collect()
+    tier_chain(key, top).iter().map(|k| SessionKeys::derive(k, salt)).collect()
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! The facade applications use: inspect, encrypt, decrypt and verify ONNX models.
 //!
-//! The verbs are in [`protect`] (encrypt, decrypt, verify), [`memory`] (decryption into
-//! memory), [`rekey`] (key rotation), [`check`] (the CI gate) and [`inspect`]. They are
-//! pipelines over modules that each hold one step, in the order a key and a file meet
-//! them: [`keys`] (where the master key comes from, tier keys), [`manifest`] (reading,
-//! validating and building the manifest), `seal` (leaves, MACs, checksums), `unlock`
-//! (the key check and the MACs before any output), `restore` (what a decryption up to a
-//! tier does), `action` (what happens to a span), `staged` (outputs that appear whole or
-//! not at all) and `writer` (the one pass that writes them). Errors are [`error::CoreError`].
+//! The verbs are in [`protect`] (encrypt, decrypt, verify, sign), [`memory`] (decryption
+//! into memory), [`rekey`] (key rotation by re-encryption), [`rewrap`] (adding and
+//! removing recipients), [`check`] (the CI gate) and [`inspect`].
+//!
+//! Each verb reads a model's entry once into `protection::Protection` (format 2 or
+//! format 1) and matches on it once. Format 2, which every encryption writes, is carried
+//! out by `format2` over the modules that each hold one of its steps: [`envelope`]
+//! (finding, decoding and building the entry), `recipients` (wrapping and opening the
+//! data keys), `action` and `permute` (what happens to a span), `content` and `pass` (the
+//! one pass that reads, transforms, hashes and writes the covered files), `staged`
+//! (outputs that appear whole or not at all) and `journal` (replacing a file's tail in
+//! place). Format 1 (docs/format.md
+//! Appendix B) is read only, through [`manifest`], [`keys`] (its master key from a key or
+//! passphrase), `seal`, `unlock` and `restore`. Errors are [`error::CoreError`].
 //! This crate has no `unsafe` code: file maps and system calls are in `onnx-protect-fsio`.
 //!
 //! ```
@@ -39,6 +45,7 @@ pub mod memory;
 mod pass;
 mod permute;
 pub mod protect;
+mod protection;
 mod recipients;
 pub mod rekey;
 mod restore;

@@ -420,14 +420,14 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     let elem = (t.data_type.bits() / 8).max(1);
     for &(a, b) in &spans {
         // Spans may touch only in dp mode, where each span is one permutation unit.
-        let overlaps = prev_end.is_some_and(|p| if mode == Mode::Dp { a < p } else { a <= p });
+        let overlaps = prev_end.is_some_and(|p| if mode.whole_spans() { a < p } else { a <= p });
         if a >= b || b > t.nbytes || overlaps {
             return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
         }
         if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
             return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
         }
-        if mode == Mode::Dp && (b - a) / elem < rules.dp_min_elements {
+        if mode.whole_spans() && (b - a) / elem < rules.dp_min_elements {
             return Err(bad(format!(
                 "tensor '{}': permuted span [{a}, {b}) has fewer than {} elements",
                 e.name, rules.dp_min_elements
@@ -441,42 +441,67 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
         return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
     }
-    if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+    if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
         return Err(bad(format!("tensor '{}': dp mode needs whole-byte elements", e.name)));
     }
     Ok((mode, spans))
 }
 
-/// The summary of every manifest tensor, with its target.
+/// What a manifest entry of either format records about its tensor, for its summary.
+struct Recorded<'a> {
+    name: &'a str,
+    locator: &'a str,
+    op_type: &'a str,
+    role: &'a str,
+    nbytes: u64,
+    subsequences: u64,
+    chosen: u64,
+}
+
+/// The summary of a tensor that `e` records and `t` targets.
+fn summary(model: &Model, e: Recorded, t: &Target) -> TensorSummary {
+    let tensor = &model.tensors[t.tensor];
+    TensorSummary {
+        name: e.name.to_string(),
+        locator: e.locator.to_string(),
+        op_type: e.op_type.to_string(),
+        role: e.role.to_string(),
+        data_type: tensor.data_type.name().to_string(),
+        storage: tensor.data.storage_name().to_string(),
+        mode: t.mode.name().to_string(),
+        protection: Protection::of(t.mode, tensor.data_type).id(),
+        label: Protection::of(t.mode, tensor.data_type).label(),
+        nbytes: e.nbytes,
+        encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
+        subsequences: e.subsequences,
+        chosen: e.chosen,
+        spans: t.spans.clone(),
+        tier: t.tier,
+    }
+}
+
+/// The summary of every tensor of a format-1 manifest, with its target.
 pub(crate) fn summaries(model: &Model, manifest: &pb::Manifest, targets: &[Target]) -> Vec<TensorSummary> {
     manifest
         .tensors
         .iter()
         .zip(targets)
         .map(|(e, t)| {
-            let tensor = &model.tensors[t.tensor];
-            TensorSummary {
-                name: e.name.clone(),
-                locator: e.locator.clone(),
-                op_type: e.op_type.clone(),
-                role: e.role.clone(),
-                data_type: tensor.data_type.name().to_string(),
-                storage: tensor.data.storage_name().to_string(),
-                mode: t.mode.name().to_string(),
-                protection: Protection::of(t.mode, tensor.data_type).id(),
-                label: Protection::of(t.mode, tensor.data_type).label(),
+            let recorded = Recorded {
+                name: &e.name,
+                locator: &e.locator,
+                op_type: &e.op_type,
+                role: &e.role,
                 nbytes: e.nbytes,
-                encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
                 subsequences: e.subsequences,
                 chosen: e.chosen,
-                spans: t.spans.clone(),
-                tier: t.tier,
-            }
+            };
+            summary(model, recorded, t)
         })
         .collect()
 }
 
-/// The summary of every format-2 header entry, with its target.
+/// The summary of every tensor of a format-2 header, with its target.
 pub(crate) fn summaries_v2(
     model: &Model,
     header: &onnx_protect_proto::v2::Header,
@@ -487,24 +512,16 @@ pub(crate) fn summaries_v2(
         .iter()
         .zip(targets)
         .map(|(e, t)| {
-            let tensor = &model.tensors[t.tensor];
-            TensorSummary {
-                name: e.name.clone(),
-                locator: e.locator.clone(),
-                op_type: e.op_type.clone(),
-                role: e.role.clone(),
-                data_type: tensor.data_type.name().to_string(),
-                storage: tensor.data.storage_name().to_string(),
-                mode: t.mode.name().to_string(),
-                protection: Protection::of(t.mode, tensor.data_type).id(),
-                label: Protection::of(t.mode, tensor.data_type).label(),
+            let recorded = Recorded {
+                name: &e.name,
+                locator: &e.locator,
+                op_type: &e.op_type,
+                role: &e.role,
                 nbytes: e.nbytes,
-                encrypted_bytes: t.spans.iter().map(|(a, b)| b - a).sum(),
                 subsequences: e.subsequences,
                 chosen: e.chosen,
-                spans: t.spans.clone(),
-                tier: t.tier,
-            }
+            };
+            summary(model, recorded, t)
         })
         .collect()
 }

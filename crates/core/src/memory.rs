@@ -77,10 +77,11 @@ use zeroize::Zeroize;
 
 use crate::action::{apply, edits_for, prepare, Action};
 use crate::envelope::{entry_bytes, ProtectedV2};
-use crate::error::{CoreError, Result};
-use crate::format2::{canonical_digest, check_digest, check_seals, read_v2, restore_actions, target_tier};
+use crate::error::{CoreError, Result, Unsigned};
+use crate::format2::{canonical_digest, check_digest, check_seals, restore_actions, target_tier};
 use crate::keys::KeySource;
-use crate::manifest::{read_protected, Protected, Target};
+use crate::manifest::{Protected, Target};
+use crate::protection::Protection;
 use crate::restore::{plan_restore, restored_model_bytes};
 use crate::unlock::authenticate;
 use onnx_protect_keys::SignerKey;
@@ -279,10 +280,10 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
         Some(p) => Some(open(p)?),
         None => None,
     };
-    if crate::envelope::manifest_version(model)? == Some(2) {
-        return decrypt_v2(model, file, key, None, &[]);
+    match Protection::of(model)? {
+        Protection::V2(p) => decrypt_v2(model, p, file, key, None, &[]),
+        Protection::V1(p) => decrypt_opened(model, &p, file, key),
     }
-    decrypt_opened(model, file, key)
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -389,7 +390,7 @@ fn patch(
                     CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
                 })?;
                 let SpanSource::Decrypt(ks) = sources[tag] else {
-                    return Err(CoreError::Output("internal: a decrypt patch for a target without a keystream".into()));
+                    return Err(CoreError::Internal("a decrypt patch for a target without a keystream".into()));
                 };
                 piece.copy_from_slice(authentic);
                 let target = &targets[tag];
@@ -511,7 +512,7 @@ fn hash_and_patch(
                         })?);
                     }
                     let SpanSource::Decrypt(ks) = sources[tag] else {
-                        return Err(CoreError::Output("internal: a decrypt patch without a keystream".into()));
+                        return Err(CoreError::Internal("a decrypt patch without a keystream".into()));
                     };
                     let target = &targets[tag];
                     apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
@@ -614,11 +615,20 @@ fn decrypt_v2_fused(
 /// private copy-on-write maps patched in place, as with [`decrypt_in_memory`]. The key
 /// check value and every MAC the key allows are verified before anything is decrypted.
 pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    if crate::envelope::manifest_version(model)? == Some(2) {
-        return decrypt_v2(model, None, key, tier, &[]);
+    match Protection::of(model)? {
+        Protection::V2(p) => decrypt_v2(model, p, None, key, tier, &[]),
+        Protection::V1(p) => restore_copied(model, &p, key, tier),
     }
-    let p = read_protected(model)?;
-    restore_copied(model, &p, key, tier)
+}
+
+/// [`decrypt_tier_in_memory`] of a format-2 model whose entry is read already.
+pub(crate) fn decrypt_v2_in_memory(
+    model: &Model,
+    p: ProtectedV2,
+    key: &KeySource,
+    tier: Option<u32>,
+) -> Result<DecryptedModel> {
+    decrypt_v2(model, p, None, key, tier, &[])
 }
 
 /// [`decrypt_tier_in_memory`] that also requires a valid signature of one of `signers`
@@ -632,10 +642,9 @@ pub fn decrypt_model_signed_in_memory(
     if signers.is_empty() {
         return decrypt_tier_in_memory(model, key, tier);
     }
-    match crate::envelope::manifest_version(model)? {
-        Some(2) => decrypt_v2(model, None, key, tier, signers),
-        Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
-        None => Err(CoreError::NotProtected),
+    match Protection::of(model)? {
+        Protection::V2(p) => decrypt_v2(model, p, None, key, tier, signers),
+        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
     }
 }
 
@@ -653,12 +662,11 @@ pub fn decrypt_signed_in_memory(
     if id(&file)? != id(&open(path)?)? {
         return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
     }
-    match crate::envelope::manifest_version(&model)? {
-        Some(2) => decrypt_v2(&model, Some(file), key, tier, signers),
-        Some(_) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, Some(file), key),
-        Some(_) if signers.is_empty() => restore_copied(&model, &read_protected(&model)?, key, tier),
-        Some(_) => Err(CoreError::NotSigned("format-1 models carry no signatures".into())),
-        None => Err(CoreError::NotProtected),
+    match Protection::of(&model)? {
+        Protection::V2(p) => decrypt_v2(&model, p, Some(file), key, tier, signers),
+        Protection::V1(p) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, &p, Some(file), key),
+        Protection::V1(p) if signers.is_empty() => restore_copied(&model, &p, key, tier),
+        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
     }
 }
 
@@ -667,12 +675,12 @@ pub fn decrypt_signed_in_memory(
 /// file's restored ones up to `tier` decrypted into a private map (or a copy).
 fn decrypt_v2(
     model: &Model,
+    mut p: ProtectedV2,
     file: Option<File>,
     key: &KeySource,
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
-    let mut p = read_v2(model)?;
     let opened = crate::format2::unlock(model, &mut p, key)?;
     let r = p.sealed.envelope.restored_tiers;
     // A key whose tiers are all in clear in the file already serves the file as it is.
@@ -717,7 +725,7 @@ fn with_partial_entry(
     for (i, f) in model.external_files.iter().enumerate() {
         let bytes = external
             .get(&f.location)
-            .ok_or_else(|| CoreError::Output(format!("internal: no decrypted copy of {}", f.location)))?;
+            .ok_or_else(|| CoreError::Internal(format!("no decrypted copy of {}", f.location)))?;
         let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
         files.push(leaves_of(index, bytes, chunk));
     }
@@ -740,7 +748,7 @@ fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
             Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
             Action::Skip => Ok(SpanSource::Keep),
-            Action::Reencrypt(_) => Err(CoreError::Output("internal: re-encryption while decrypting".into())),
+            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting".into())),
         })
         .collect()
 }
@@ -810,14 +818,13 @@ fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u3
     Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes, format_version: 1 })
 }
 
-fn decrypt_opened(model: &Model, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
-    let p = read_protected(model)?;
-    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode == onnx_protect_select::Mode::Dp) {
+fn decrypt_opened(model: &Model, p: &Protected, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
+    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode.whole_spans()) {
         // Access tiers and the distribution-preserving mode (whole-span permutations) are
         // restored by the general decryption path, into copies.
-        return restore_copied(model, &p, key, None);
+        return restore_copied(model, p, key, None);
     }
-    let keys = authenticate(model, &p, key)?;
+    let keys = authenticate(model, p, key)?;
     // Varint-stored tensors are decrypted whole (their re-encoded fields change length);
     // the other spans are patched with their keystream.
     let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
@@ -899,7 +906,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, protected, key) = protect(dir.path(), "ctr");
         let model = Model::open(&protected).unwrap();
-        let p = read_v2(&model).unwrap();
+        let p = crate::format2::read_v2(&model).unwrap();
         let t = &model.tensors[p.targets[0].tensor];
         let (range, _) = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
         drop(model);

@@ -11,7 +11,7 @@
 
 use onnx_protect_crypto::{CryptoError, KeyedShuffle, Keystream, WordOrder};
 
-use crate::protect::{CoreError, Result};
+use crate::error::{CoreError, Result};
 
 /// Offset multiplier of the randomness of a span (see the module docs).
 pub const SPAN_STREAM_SHIFT: u32 = 24;

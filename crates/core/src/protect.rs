@@ -29,13 +29,15 @@ use onnx_protect_keys::{SignerKey, SigningKey};
 use onnx_protect_select::Policy;
 
 use crate::content::{plans, run_covered, transformer};
-use crate::format2::{self, open_v2, read_v2, EncryptSpec};
+use crate::format2::{self, EncryptSpec};
 use crate::pass::Hash;
+use crate::protection::Protection;
 use crate::restore::{plan_restore, restored_model_bytes};
 use crate::staged::{check_output, durable, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
+use crate::error::Unsigned;
 pub use crate::error::{CoreError, ErrorKind, Result};
 pub use crate::format2::{open_protected, Rewrite};
 pub use crate::keys::KeySource;
@@ -287,10 +289,8 @@ pub fn decrypt_tier(
         format_version,
         warning: warning_for(format_version),
     };
-    match manifest_version(&model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => {
-            let p = read_v2(&model)?;
+    match Protection::of(&model)? {
+        Protection::V2(p) => {
             check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let spec = format2::DecryptSpec {
                 tier,
@@ -302,11 +302,10 @@ pub fn decrypt_tier(
             let d = format2::decrypt(&model, &p, key, output, &spec)?;
             Ok(report(d.tensors, d.decrypted_bytes, 2))
         }
-        Some(_) => {
+        Protection::V1(p) => {
             if !opts.signers.is_empty() {
-                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+                return Err(CoreError::NotSigned(Unsigned::Format1));
             }
-            let p = read_protected(&model)?;
             check_output(&model, input, output, opts.in_place, &opts.outputs)?;
             let (tensors, bytes) =
                 decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
@@ -363,11 +362,9 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
             "the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory".into(),
         ));
     }
-    match manifest_version(model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => Ok(crate::memory::decrypt_tier_in_memory(model, key, tier)?.bytes().to_vec()),
-        Some(_) => {
-            let p = read_protected(model)?;
+    match Protection::of(model)? {
+        Protection::V2(p) => Ok(crate::memory::decrypt_v2_in_memory(model, p, key, tier)?.bytes().to_vec()),
+        Protection::V1(p) => {
             let r = plan_restore(model, &p, key, tier, false)?;
             restored_model_bytes(model, &p, &r)
         }
@@ -378,23 +375,21 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
 /// output under the model's parameters), after every check the key allows; and the
 /// model's number of tiers. Lower tier keys derive from it as from a key file's.
 pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
-    match manifest_version(model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => {
-            let p = read_v2(model)?;
+    match Protection::of(model)? {
+        Protection::V2(p) => {
             format2::verify(model, &p, Some(key), &[])?;
             format2::top_key(&p, key)
         }
-        Some(_) => {
-            let p = read_protected(model)?;
+        Protection::V1(p) => {
             let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?;
             let unlocked = crate::unlock::unlock_master(model, &p, &master)?;
             let tiers = p.manifest.tiers.max(1);
             if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
-                return Err(CoreError::Key(format!(
-                    "this key is for tier {} of {tiers}; the top-tier key (tier {tiers}) is needed",
-                    unlocked.key_tier
-                )));
+                return Err(CoreError::NotTopKey {
+                    key_tier: unlocked.key_tier,
+                    tiers,
+                    operation: "deriving tier keys",
+                });
             }
             Ok((master, tiers))
         }
@@ -405,17 +400,12 @@ pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)
 /// the number of tiers for the top key (1 for an untiered format-2 model, 0 for an
 /// untiered format-1 model).
 pub fn key_tier(model: &Model, key: &KeySource) -> Result<u32> {
-    match manifest_version(model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => {
-            let p = read_v2(model)?;
+    match Protection::of(model)? {
+        Protection::V2(p) => {
             format2::verify(model, &p, Some(key), &[])?;
             Ok(crate::recipients::open(&p.sealed, key)?.tier)
         }
-        Some(_) => {
-            let p = read_protected(model)?;
-            Ok(unlock(model, &p, key)?.key_tier)
-        }
+        Protection::V1(p) => Ok(unlock(model, &p, key)?.key_tier),
     }
 }
 
@@ -439,10 +429,8 @@ pub fn verify_signed(
         let in_clear = |t: &&Target| t.tier > 0 && t.tier <= restored;
         (targets.iter().filter(|t| !in_clear(t)).map(bytes).sum(), targets.iter().filter(in_clear).map(bytes).sum())
     };
-    match manifest_version(&model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => {
-            let p = read_v2(&model)?;
+    match Protection::of(&model)? {
+        Protection::V2(p) => {
             let targets = format2::verify(&model, &p, key, signers)?;
             let (encrypted_bytes, restored_bytes) = split(&targets, p.sealed.envelope.restored_tiers);
             Ok(VerifyReport {
@@ -456,11 +444,10 @@ pub fn verify_signed(
                 warning: None,
             })
         }
-        Some(_) => {
+        Protection::V1(p) => {
             if !signers.is_empty() {
-                return Err(CoreError::NotSigned("format-1 models carry no signatures".into()));
+                return Err(CoreError::NotSigned(Unsigned::Format1));
             }
-            let p = read_protected(&model)?;
             match key {
                 Some(k) => {
                     unlock(&model, &p, k)?;
@@ -488,12 +475,11 @@ pub fn verify_signed(
 
 /// Reads the protection manifest, if any, for display.
 pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
-    match manifest_version(model)? {
+    let p = match Protection::read(model)? {
         None => return Ok(None),
-        Some(2) => return Ok(Some(protection_info_v2(model)?)),
-        Some(_) => {}
-    }
-    let p = read_protected(model)?;
+        Some(Protection::V2(p)) => return Ok(Some(protection_info_v2(model, &p)?)),
+        Some(Protection::V1(p)) => p,
+    };
     let tensors = crate::manifest::summaries(model, &p.manifest, &p.targets);
     Ok(Some(ProtectionInfo {
         key: p.entry.key.clone(),
@@ -518,8 +504,7 @@ pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
     }))
 }
 
-fn protection_info_v2(model: &Model) -> Result<ProtectionInfo> {
-    let p = read_v2(model)?;
+fn protection_info_v2(model: &Model, p: &ProtectedV2) -> Result<ProtectionInfo, CoreError> {
     let h = &p.sealed.header;
     let tensors = crate::manifest::summaries_v2(model, h, &p.targets);
     Ok(ProtectionInfo {
@@ -583,30 +568,23 @@ impl ProtectionView {
 
 /// The [`ProtectionView`] of a protected model (its manifest validated against the model).
 pub fn protection_view(model: &Model) -> Result<ProtectionView> {
-    match manifest_version(model)? {
-        None => Err(CoreError::NotProtected),
-        Some(2) => {
-            let p = read_v2(model)?;
-            Ok(ProtectionView {
-                format_version: 2,
-                tiers: p.sealed.header.tiers,
-                restored_tiers: p.sealed.envelope.restored_tiers,
-                policy_summary: p.sealed.header.policy_summary.clone(),
-                secret_positions: p.sealed.header.positions != 0,
-                targets: p.targets,
-            })
-        }
-        Some(_) => {
-            let p = read_protected(model)?;
-            Ok(ProtectionView {
-                format_version: 1,
-                tiers: p.manifest.tiers,
-                restored_tiers: p.envelope.restored_tiers,
-                policy_summary: p.manifest.policy_summary.clone(),
-                secret_positions: false,
-                targets: p.targets,
-            })
-        }
+    match Protection::of(model)? {
+        Protection::V2(p) => Ok(ProtectionView {
+            format_version: 2,
+            tiers: p.sealed.header.tiers,
+            restored_tiers: p.sealed.envelope.restored_tiers,
+            policy_summary: p.sealed.header.policy_summary.clone(),
+            secret_positions: p.sealed.header.positions != 0,
+            targets: p.targets,
+        }),
+        Protection::V1(p) => Ok(ProtectionView {
+            format_version: 1,
+            tiers: p.manifest.tiers,
+            restored_tiers: p.envelope.restored_tiers,
+            policy_summary: p.manifest.policy_summary.clone(),
+            secret_positions: false,
+            targets: p.targets,
+        }),
     }
 }
 
@@ -631,10 +609,7 @@ pub fn sign(
     progress: &dyn Progress,
 ) -> Result<SignReport> {
     let model = open_protected(input, progress)?;
-    if manifest_version(&model)? != Some(2) {
-        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be signed".into() });
-    }
-    let (model, p) = open_v2(Ok(model), input)?;
+    let p = crate::protection::Protection::writable(&model, "signed")?;
     check_output(&model, input, output, in_place, outputs)?;
     format2::verify(&model, &p, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {

@@ -7,7 +7,7 @@ use onnx_protect_keys::{passphrase_stanza, Identity, Recipient, Stanza};
 
 use crate::envelope::Sealed;
 use crate::error::{CoreError, Result};
-use crate::keys::KeySource;
+use crate::keys::{tier_chain, KeySource};
 
 /// Everyone a new model is encrypted to.
 #[derive(Clone, Default)]
@@ -88,18 +88,6 @@ pub(crate) fn check_new(stanzas: &[Stanza]) -> Result<()> {
         )));
     }
     onnx_protect_keys::check_stanzas(stanzas).map_err(|e| CoreError::Key(e.to_string()))
-}
-
-/// Keys `K_1 ..= K_top` of the tiers below and at `key`, the key of tier `top`
-/// (docs/format.md Appendix A), tier 1 first.
-pub(crate) fn tier_chain(key: &MasterKey, top: u32) -> Vec<MasterKey> {
-    let mut keys = vec![key.clone()];
-    for _ in 1..top {
-        let next = keys.last().map(MasterKey::tier_down).unwrap_or_else(|| key.clone());
-        keys.push(next);
-    }
-    keys.reverse();
-    keys
 }
 
 /// The tiers a caller's key material opens: its own tier, and the keys of every tier

@@ -21,23 +21,21 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_crypto::{tier_mac, DataKey, TierKeys};
+use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
-use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals, read_v2};
+use crate::format2::{check_digest, check_seals, open_protected, sign_all, tier_macs};
 use crate::keys::KeySource;
 use crate::manifest::tool_name;
 use crate::pass::Hash;
-use crate::protect::{manifest_version, open_protected};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
@@ -85,24 +83,12 @@ pub fn rekey(
     opts: &RekeyOptions,
 ) -> Result<RekeyReport> {
     let model = open_protected(input, opts.progress)?;
-    match manifest_version(&model)? {
-        Some(2) => {}
-        Some(_) => {
-            return Err(CoreError::UnsupportedVersion {
-                key: "format 1 is read-only: decrypt the model and encrypt it again".into(),
-            })
-        }
-        None => return Err(CoreError::NotProtected),
-    }
-    let mut p = read_v2(&model)?;
+    let mut p = crate::protection::Protection::writable(&model, "re-keyed")?;
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
     let old_keys = crate::format2::unlock(&model, &mut p, old)?;
     if old_keys.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; rekey needs the top-tier key (tier {tiers}) to re-encrypt every tier",
-            old_keys.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
     }
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(CoreError::Key("tiers of this model are decrypted in the file; decrypt it whole first".into()));
@@ -143,22 +129,21 @@ pub fn rekey(
     let digest = digest_of(&leaves.output);
     let h = header.encode_to_vec();
     let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let msg = onnx_protect_crypto::signed_message(&h, &r, &digest);
     let envelope = pb::Envelope {
-        macs: new_keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, &h, &r, &digest).to_vec()).collect(),
-        signatures: opts
-            .signing_keys
-            .iter()
-            .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
-            .collect(),
+        macs: tier_macs(&new_keys, &h, &r, &digest),
+        signatures: sign_all(opts.signing_keys, &h, &r, &digest),
         header: h,
         recipients: r,
         content_digest: digest.to_vec(),
         ..Default::default()
     };
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    let model_out =
-        files.first().copied().flatten().map(|o| o.file).ok_or_else(|| CoreError::Output("internal".into()))?;
+    let model_out = files
+        .first()
+        .copied()
+        .flatten()
+        .map(|o| o.file)
+        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
     drop(xf);
@@ -188,7 +173,7 @@ fn rekey_actions(model: &Model, p: &ProtectedV2, old: &Opened, new: &[TierKeys])
             .keystream(target.stream_id);
         let new_ks = new[target.tier as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
-        actions.push(if target.mode == Mode::Dp || matches!(t.data, TensorData::Varint { .. }) {
+        actions.push(if target.mode.whole_spans() || matches!(t.data, TensorData::Varint { .. }) {
             let mut bytes = Zeroizing::new(model.tensor_bytes(t.id)?.into_owned());
             for &span in &target.spans {
                 let s = span_mut(model, target, &mut bytes, span)?;

@@ -84,7 +84,7 @@ fn restore_bound(p: &Protected, key_tier: u32, tier: Option<u32>) -> Result<(u32
     }
     let upto = tier.unwrap_or(key_tier);
     if upto > key_tier {
-        return Err(CoreError::Key(format!("this key is for tier {key_tier}; it cannot decrypt tier {upto}")));
+        return Err(CoreError::TierOutOfReach { key_tier, asked: upto });
     }
     if upto <= restored {
         return Err(CoreError::Output(format!("tiers up to {restored} are already decrypted in this model")));

@@ -14,19 +14,19 @@
 
 use std::path::Path;
 
-use onnx_protect_crypto::{tier_mac, MasterKey};
+use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Progress;
 use onnx_protect_keys::{SigningKey, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result};
-use crate::format2::{check_seals, read_v2, rewrite_entry};
+use crate::error::{CoreError, Result, Unsigned};
+use crate::format2::{check_seals, open_protected, rewrite_entry, sign_all, tier_macs};
 pub use crate::journal::Recovery;
+use crate::keys::tier_chain;
 use crate::keys::KeySource;
-use crate::protect::{manifest_version, open_protected};
-use crate::recipients::{open, tier_chain, EncryptTo, Opened};
+use crate::recipients::{open, EncryptTo, Opened};
 
 /// Which stanzas to remove.
 #[derive(Debug, Clone)]
@@ -82,17 +82,11 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let recovered =
         if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
     let model = open_protected(input, opts.progress)?;
-    if manifest_version(&model)? != Some(2) {
-        return Err(CoreError::UnsupportedVersion { key: "only format-2 models can be re-wrapped".into() });
-    }
-    let p = read_v2(&model)?;
+    let p = crate::protection::Protection::writable(&model, "re-wrapped")?;
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
-        return Err(CoreError::Key(format!(
-            "this key is for tier {} of {tiers}; rewrap needs the top-tier key to renew every tier's MAC",
-            opened.tier
-        )));
+        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "rewrap (every tier's MAC)" });
     }
     let digest: [u8; 32] = p
         .sealed
@@ -196,26 +190,13 @@ fn new_envelope(
 ) -> Result<pb::Envelope> {
     let mut env = p.sealed.envelope.clone();
     env.recipients = pb::Recipients { stanzas: stanzas.iter().map(|(_, raw)| raw.clone()).collect() }.encode_to_vec();
-    env.macs = opened
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| tier_mac(k, i as u32 + 1, &env.header, &env.recipients, digest).to_vec())
-        .collect();
+    env.macs = tier_macs(&opened.keys, &env.header, &env.recipients, digest);
     let renewed: Vec<Vec<u8>> = opts.signing_keys.iter().map(|k| k.public().to_bytes().to_vec()).collect();
     let stale: Vec<&pb::Signature> = env.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).collect();
     if !stale.is_empty() && !opts.drop_signatures {
-        return Err(CoreError::NotSigned(format!(
-            "the model carries {} signature(s) that cover the old recipients; re-sign with their keys or drop them",
-            stale.len()
-        )));
+        return Err(CoreError::NotSigned(Unsigned::Stale { count: stale.len() }));
     }
-    let msg = onnx_protect_crypto::signed_message(&env.header, &env.recipients, digest);
-    env.signatures = opts
-        .signing_keys
-        .iter()
-        .map(|k| pb::Signature { public_key: k.public().to_bytes().to_vec(), signature: k.sign(&msg).to_vec() })
-        .collect();
+    env.signatures = sign_all(opts.signing_keys, &env.header, &env.recipients, digest);
     Ok(env)
 }
 

@@ -8,7 +8,6 @@
 
 use onnx_protect_crypto::{Keystream, MasterKey, SessionKeys};
 use onnx_protect_format::{Model, TensorData};
-use onnx_protect_select::Mode;
 
 use crate::action::transform_tensor;
 use crate::error::{CoreError, Result};
@@ -48,7 +47,7 @@ pub(crate) fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) ->
         .map(|(t, ks)| match ks {
             Some(ks)
                 if t.tier <= restored
-                    && (t.mode == Mode::Dp || matches!(model.tensors[t.tensor].data, TensorData::Varint { .. })) =>
+                    && (t.mode.whole_spans() || matches!(model.tensors[t.tensor].data, TensorData::Varint { .. })) =>
             {
                 transform_tensor(model, t, ks, false).map(Some)
             }

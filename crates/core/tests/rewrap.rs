@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::envelope::trailing_entry;
+use onnx_protect_core::error::{CoreError, Unsigned};
 use onnx_protect_core::protect::{
     decrypt_to_vec, encrypt, sign, verify_signed, EncryptOptions, EncryptTo, ErrorKind, KeySource,
 };
@@ -95,7 +96,7 @@ fn signatures_are_renewed_or_refused() {
     verify_signed(&path, None, &signer, &NoProgress).unwrap();
     let add = EncryptTo::key(key(3));
     let e = rewrap(&path, &path, &key(1), &opts(&add, &[])).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotSigned, "{e}");
+    assert!(matches!(e, CoreError::NotSigned(Unsigned::Stale { count: 1 })), "{e}");
     let mut o = opts(&add, &[]);
     let keys = [publisher];
     o.signing_keys = &keys;
@@ -104,7 +105,11 @@ fn signatures_are_renewed_or_refused() {
     let mut o = opts(&add, &[]);
     o.drop_signatures = true;
     rewrap(&path, &path, &key(1), &o).unwrap();
-    assert_eq!(verify_signed(&path, None, &signer, &NoProgress).unwrap_err().kind(), ErrorKind::NotSigned);
+    let e = verify_signed(&path, None, &signer, &NoProgress).unwrap_err();
+    assert!(
+        matches!(&e, CoreError::NotSigned(Unsigned::Missing { signers }) if signers == &[signer[0].to_text()]),
+        "{e}"
+    );
 }
 
 #[test]
@@ -116,7 +121,9 @@ fn rewrap_needs_the_top_tier_key_and_refuses_a_changed_manifest() {
     let path = protect(dir.path(), &EncryptTo::key(key(4)), &policy);
     let low = KeySource::Key(MasterKey::from_bytes([4; 32]).tier_down());
     let add = EncryptTo::key(key(5));
-    assert_eq!(rewrap(&path, &path, &low, &opts(&add, &[])).unwrap_err().kind(), ErrorKind::Key);
+    let e = rewrap(&path, &path, &low, &opts(&add, &[])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Key);
+    assert!(matches!(e, CoreError::NotTopKey { key_tier: 1, tiers: 2, .. }), "{e}");
     let bytes = std::fs::read(&path).unwrap();
     let (r, _) = trailing_entry(&bytes).unwrap();
     // Change a byte of the stanzas' region (inside the base64 value), then re-wrap: refused.

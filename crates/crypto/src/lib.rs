@@ -1,15 +1,20 @@
-//! Cryptographic core of `onnx-protect` (file format version 1).
+//! Cryptographic core of `onnx-protect`: the primitives both file format versions use.
 //!
-//! Everything secret flows from one 256-bit [`MasterKey`] (random, from a key
-//! file or environment variable, or from a passphrase via Argon2id with
-//! [`KdfParams`]). For each encrypted file a fresh 32-byte salt
-//! ([`random_salt`]) feeds HKDF-SHA256 to give that file's [`SessionKeys`]:
+//! Format 2 (docs/format.md §7–§10), which every encryption writes: a random
+//! [`DataKey`] per encryption steps down the access tiers and gives each tier its
+//! [`TierKeys`] (one AES-256-CTR [`Keystream`] per tensor stream, the MAC key, the key
+//! check value); [`WrapKind`] wraps it for `key` and `passphrase` stanzas; the content
+//! digest, MACs, signed message and checksum are in `content` ([`content_digest`],
+//! [`leaves_of`], [`envelope_checksum`]).
 //!
-//! * one AES-256-CTR [`Keystream`] per tensor (stream id), applied whole-byte
-//!   ([`Keystream::apply`]) or restricted to chosen bits of each element
-//!   ([`Keystream::apply_masked`]), serially or on the rayon pool;
-//! * a MAC key for HMAC-SHA256 ([`Mac`]) over the file's protected data;
-//! * a 16-byte key check value to reject a wrong master key early.
+//! Format 1 (docs/format.md Appendix B, read only): everything secret flows from one
+//! 256-bit [`MasterKey`] (random, from a key file or environment variable, or from a
+//! passphrase via Argon2id with [`KdfParams`]) and the file's 32-byte salt through
+//! HKDF-SHA256 to that file's [`SessionKeys`]: a keystream per tensor, applied
+//! whole-byte ([`Keystream::apply`]) or restricted to chosen bits of each element
+//! ([`Keystream::apply_masked`]), serially or on the rayon pool; a MAC key for
+//! HMAC-SHA256 ([`Mac`]); a 16-byte key check value. The [`MasterKey`] is also what
+//! key files hold in both formats (the key of a `key` stanza, the tier keys).
 //!
 //! Every derivation from the master key is an HKDF-SHA256 [`KeySchedule`]
 //! (the per-file keys above, the tier-down step, the input-transform keys), and

@@ -17,6 +17,7 @@ use onnx_protect_fsio::ReadMap;
 use crate::dtype::{DataType, TypedField};
 use crate::error::{FormatError, Result};
 use crate::progress::{NoProgress, Progress};
+pub use crate::wire::Container;
 use crate::wire::{self, Field, FieldReader, WireError, WireType};
 
 /// Deepest nesting of graphs (main graph = depth 0) the parser accepts.
@@ -28,22 +29,6 @@ pub type GraphId = usize;
 pub type NodeId = usize;
 /// Index of a tensor in [`Model::tensors`].
 pub type TensorId = usize;
-
-/// A length-delimited field that encloses something of interest: the
-/// messages whose length prefixes must be rewritten when their content changes size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Container {
-    pub start: u64,
-    pub len_start: u64,
-    pub value_start: u64,
-    pub end: u64,
-}
-
-impl From<&Field> for Container {
-    fn from(f: &Field) -> Self {
-        Container { start: f.start, len_start: f.len_start, value_start: f.value_start, end: f.end }
-    }
-}
 
 /// One step of a [`Locator`]: the `index`-th occurrence of field `field` in the parent message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1303,6 +1288,13 @@ impl<'a> Parser<'a> {
         fields.check_one_storage(f, &ctx, &tname)?;
         let len = Extent { tname: &tname, data_type, numel, nbytes, dims: &dims };
         let data = if fields.location_external {
+            if data_type == DataType::String {
+                return Err(FormatError::Malformed {
+                    at: f.start,
+                    context: ctx.clone(),
+                    reason: format!("STRING tensor '{tname}' uses external data"),
+                });
+            }
             self.pending_external_data(&tname, fields.ext_entries)?
         } else if let Some(r) = fields.raw {
             raw_data(f, &ctx, &len, r)?
@@ -1385,6 +1377,9 @@ impl<'a> Parser<'a> {
                     let tf = TypedField::from_number(g.number).unwrap_or(TypedField::Int32);
                     match g.wire {
                         WireType::Varint => t.varints.push((tf, g.range())),
+                        // A packed field of length 0 holds no value: no storage at all
+                        // (docs/format.md §5), as for `float_data` and `double_data`.
+                        WireType::Len if g.end == g.value_start => {}
                         WireType::Len => {
                             wire::for_each_packed_varint(self.buf, g.value_range(), |_| {})
                                 .map_err(|e| wire_err(e, &ctx))?;
@@ -1602,6 +1597,147 @@ fn wrong_field(tensor: &str, tf: TypedField, dt: DataType) -> FormatError {
 mod tests {
     use super::*;
     use crate::testutil::{external_float_tensor, float_tensor, matmul_chain};
+
+    use crate::wire::{put_len_field, put_tag, put_varint, WireType};
+
+    /// A FLOAT [2, 2] initializer `W0` in `raw_data`, with `extra` fields appended.
+    fn raw_with(extra: &[u8]) -> Vec<u8> {
+        let mut t = float_tensor("W0", &[2, 2], &[1.0; 4]);
+        t.extend_from_slice(extra);
+        t
+    }
+
+    fn field(number: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        put_len_field(&mut f, number, payload);
+        f
+    }
+
+    /// docs/format.md §5: a packed typed field of length 0 holds no value and is not a way
+    /// of storing data; one that holds a value is.
+    #[test]
+    fn an_empty_packed_typed_field_is_no_storage() {
+        for number in [4, 5, 7, 10, 11] {
+            let m = Model::from_vec(matmul_chain(&[raw_with(&field(number, &[]))]), None).unwrap();
+            assert!(matches!(m.tensors[0].data, TensorData::Raw { .. }), "field {number}");
+        }
+        let e = Model::from_vec(matmul_chain(&[raw_with(&field(5, &[1]))]), None).err().unwrap();
+        assert!(e.to_string().contains("more than one way"), "{e}");
+        // With no other data and no element, an empty packed field leaves the tensor empty.
+        let mut t = Vec::new();
+        put_tag(&mut t, 1, WireType::Varint);
+        put_varint(&mut t, 0);
+        put_tag(&mut t, 2, WireType::Varint);
+        put_varint(&mut t, 6);
+        put_len_field(&mut t, 8, b"W0");
+        t.extend_from_slice(&field(5, &[]));
+        let m = Model::from_vec(matmul_chain(&[t]), None).unwrap();
+        assert!(matches!(m.tensors[0].data, TensorData::Empty));
+    }
+
+    /// docs/format.md §5: external data and `raw_data` together store the data twice, and
+    /// a STRING tensor keeps its values in `string_data` only.
+    #[test]
+    fn external_with_raw_data_and_external_strings_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.bin"), [0u8; 16]).unwrap();
+        let mut t = external_float_tensor("W0", &[2, 2], "w.bin", 0, 16);
+        t.extend_from_slice(&field(9, &[0; 16]));
+        let e = Model::from_vec(matmul_chain(&[t]), Some(dir.path().to_path_buf())).err().unwrap();
+        assert!(e.to_string().contains("more than one way"), "{e}");
+        let mut s = Vec::new();
+        put_tag(&mut s, 1, WireType::Varint);
+        put_varint(&mut s, 2);
+        put_tag(&mut s, 2, WireType::Varint);
+        put_varint(&mut s, 8);
+        put_len_field(&mut s, 8, b"W0");
+        for (k, v) in [("location", "w.bin"), ("length", "0")] {
+            let mut e = Vec::new();
+            put_len_field(&mut e, 1, k.as_bytes());
+            put_len_field(&mut e, 2, v.as_bytes());
+            put_len_field(&mut s, 13, &e);
+        }
+        put_tag(&mut s, 14, WireType::Varint);
+        put_varint(&mut s, 1);
+        let e = Model::from_vec(matmul_chain(&[s]), Some(dir.path().to_path_buf())).err().unwrap();
+        assert!(e.to_string().contains("STRING"), "{e}");
+    }
+
+    /// docs/format.md §3: `external_files` is in model order: the main graph (fields in file
+    /// order, a subgraph where its attribute occurs), then the functions, then
+    /// `training_info`, whatever order these fields have in the file.
+    #[test]
+    fn external_files_are_in_model_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.bin", "b.bin"] {
+            std::fs::write(dir.path().join(f), [0u8; 16]).unwrap();
+        }
+        // A function whose Constant node holds a tensor in b.bin, written before the graph
+        // whose initializer is in a.bin.
+        let mut attr = field(1, b"value");
+        put_tag(&mut attr, 20, WireType::Varint);
+        put_varint(&mut attr, 4);
+        attr.extend_from_slice(&field(5, &external_float_tensor("c", &[2, 2], "b.bin", 0, 16)));
+        let mut n = crate::testutil::node("Constant", &[], &["c"], "k");
+        n.extend_from_slice(&field(5, &attr));
+        let mut func = field(1, b"f");
+        func.extend_from_slice(&field(7, &n));
+        func.extend_from_slice(&field(10, b"local"));
+        let graph_model = matmul_chain(&[external_float_tensor("W0", &[2, 2], "a.bin", 0, 16)]);
+        let bytes = [field(25, &func), graph_model].concat();
+        let m = Model::from_vec(bytes, Some(dir.path().to_path_buf())).unwrap();
+        let order: Vec<&str> = m.external_files.iter().map(|f| f.location.as_str()).collect();
+        assert_eq!(order, ["a.bin", "b.bin"]);
+    }
+
+    /// An `If` node whose `then_branch` is `graph`.
+    fn if_with(graph: &[u8]) -> Vec<u8> {
+        let mut attr = field(1, b"then_branch");
+        put_tag(&mut attr, 20, WireType::Varint);
+        put_varint(&mut attr, 5);
+        attr.extend_from_slice(&field(6, graph));
+        [field(4, b"If"), field(5, &attr)].concat()
+    }
+
+    /// A GraphProto with graphs `k` levels deep below it.
+    fn nested(k: usize) -> Vec<u8> {
+        (0..k).fold(Vec::new(), |g, _| field(1, &if_with(&g)))
+    }
+
+    /// docs/format.md §4: the main graph and a function's nodes are at level 0, a
+    /// `training_info` graph at level 1, an attribute's graph one below its node's graph;
+    /// a level above 64 is an invalid model.
+    #[test]
+    fn graph_depth_is_counted_as_the_spec_says() {
+        let opset = field(8, &[field(1, b""), vec![0x10, 21]].concat());
+        let model = |fields: Vec<u8>| [vec![0x08, 10], fields, opset.clone()].concat();
+        let main = |n: usize| model(field(7, &nested(n)));
+        let func = |n: usize| {
+            model(
+                [
+                    field(7, &[]),
+                    field(25, &[field(1, b"f"), field(10, b"d"), field(7, &if_with(&nested(n - 1)))].concat()),
+                ]
+                .concat(),
+            )
+        };
+        let train = |n: usize| model([field(7, &[]), field(20, &field(1, &nested(n - 1)))].concat());
+        let ok = |b: Vec<u8>| match Model::from_vec(b, None) {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(matches!(e, FormatError::TooDeep { .. }), "{e}");
+                false
+            }
+        };
+        for (what, at_64, at_65) in [
+            ("main", main(MAX_GRAPH_DEPTH), main(MAX_GRAPH_DEPTH + 1)),
+            ("function", func(MAX_GRAPH_DEPTH), func(MAX_GRAPH_DEPTH + 1)),
+            ("training", train(MAX_GRAPH_DEPTH), train(MAX_GRAPH_DEPTH + 1)),
+        ] {
+            assert!(ok(at_64), "{what} at level 64");
+            assert!(!ok(at_65), "{what} at level 65");
+        }
+    }
 
     #[test]
     fn locators_parse_only_as_they_are_written() {

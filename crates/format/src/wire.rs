@@ -205,6 +205,22 @@ pub fn put_len_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A length-delimited field that encloses something of interest: the
+/// messages whose length prefixes must be rewritten when their content changes size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Container {
+    pub start: u64,
+    pub len_start: u64,
+    pub value_start: u64,
+    pub end: u64,
+}
+
+impl From<&Field> for Container {
+    fn from(f: &Field) -> Self {
+        Container { start: f.start, len_start: f.len_start, value_start: f.value_start, end: f.end }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

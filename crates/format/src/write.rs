@@ -16,8 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{FormatError, Result};
-use crate::model::Container;
-use crate::wire;
+use crate::wire::{self, Container};
 
 /// Transforms a chunk of a [`Content::Transform`] edit in place:
 /// `(tag, logical offset of the chunk, chunk)`.

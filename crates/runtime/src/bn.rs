@@ -136,7 +136,7 @@ fn channel_stats(
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let loaded = Loaded::from_proto(probe, external)?;
     let (mut sum, mut sq, mut count): (Vec<f64>, Vec<f64>, u64) = (Vec::new(), Vec::new(), 0);
-    crate::assess::run_batches(&loaded, calibration, false, |real, _, outputs| {
+    crate::engine::run_batches(&loaded, calibration, false, |real, _, outputs| {
         let a = outputs
             .iter()
             .find(|(name, _)| name == x)

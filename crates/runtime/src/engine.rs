@@ -446,6 +446,64 @@ pub fn run_once(
     loaded.prepare(&shapes)?.run(&ordered)
 }
 
+/// Largest batch run at once when the model's batch dimension is free.
+const MAX_BATCH: usize = 512;
+
+/// The batch size to run: the model's fixed first dimension, else up to [`MAX_BATCH`].
+fn batch_size(loaded: &Loaded, n: usize) -> usize {
+    for info in loaded.inputs() {
+        if let Some(Dim::Fixed(b)) = info.dims.first() {
+            return (*b).max(1);
+        }
+    }
+    n.clamp(1, MAX_BATCH)
+}
+
+/// Runs `loaded` on every sample of `inputs` (one array per model input, samples
+/// first) in batches, and calls `each` with the number of real samples in the batch,
+/// the number of rows run, and the batch's outputs. A model with a fixed batch gets full batches: the last one
+/// is padded with its last sample, and only its first `real` rows are samples. `optimize`:
+/// whether tract optimises the plan (worth it unless the model runs only once).
+pub(crate) fn run_batches(
+    loaded: &Loaded,
+    inputs: &[NpyArray],
+    optimize: bool,
+    mut each: impl FnMut(usize, usize, Vec<(String, NpyArray)>) -> Result<()>,
+) -> Result<()> {
+    let n = inputs.first().and_then(|a| a.shape.first().copied()).unwrap_or(0);
+    let b = batch_size(loaded, n);
+    let fixed = loaded.inputs().iter().any(|i| matches!(i.dims.first(), Some(Dim::Fixed(_))));
+    let mut plans: BTreeMap<usize, Prepared> = BTreeMap::new();
+    let mut from = 0;
+    while from < n {
+        let to = (from + b).min(n);
+        let run_len = if fixed { b } else { to - from };
+        let mut chunk = Vec::with_capacity(inputs.len());
+        for a in inputs {
+            let mut c = a.rows(from, to)?;
+            if run_len > to - from {
+                let last = a.rows(to - 1, to)?;
+                for _ in 0..run_len - (to - from) {
+                    c.data.extend_from_slice(&last.data);
+                }
+                c.shape[0] = run_len;
+            }
+            chunk.push(c);
+        }
+        let plan = match plans.entry(run_len) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let shapes: Vec<(Dtype, Vec<usize>)> = chunk.iter().map(|a| (a.dtype, a.shape.clone())).collect();
+                e.insert(loaded.prepare_with(&shapes, optimize)?)
+            }
+        };
+        let refs: Vec<&NpyArray> = chunk.iter().collect();
+        each(to - from, run_len, plan.run(&refs)?)?;
+        from = to;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,10 +291,10 @@ fn unencryptable(t: &onnx_protect_format::Tensor, mode: Mode) -> Option<&'static
     if mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
         return Some("no format-preserving mask for its data type");
     }
-    if mode == Mode::Dp && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+    if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
         return Some("the distribution-preserving mode needs whole-byte elements");
     }
-    if mode == Mode::Dp && t.numel < DP_MIN_ELEMENTS {
+    if mode.whole_spans() && t.numel < DP_MIN_ELEMENTS {
         return Some("the distribution-preserving mode needs at least 16 elements to permute");
     }
     None
@@ -406,7 +406,7 @@ fn per_tier(heads: &[Chosen], pieces: &[Piece], of_head: &[Vec<usize>], tier_of:
             let mut spans: Vec<(u64, u64)> = Vec::new();
             for (a, b) in ranges {
                 match spans.last_mut() {
-                    Some(last) if last.1 == a && head.mode != Mode::Dp => last.1 = b,
+                    Some(last) if last.1 == a && !head.mode.whole_spans() => last.1 = b,
                     _ => spans.push((a, b)),
                 }
             }

@@ -75,6 +75,17 @@ impl Mode {
             _ => None,
         }
     }
+
+    /// Whether a span is transformed as a whole (dp: a permutation of its elements), not
+    /// byte by byte: a tensor in this mode is transformed in memory, whole, never streamed
+    /// chunk by chunk; each span is one unit (spans may touch and are never merged); its
+    /// elements are whole bytes and a span holds at least `DP_MIN_ELEMENTS` of them.
+    pub fn whole_spans(self) -> bool {
+        match self {
+            Mode::Ctr | Mode::Fp => false,
+            Mode::Dp => true,
+        }
+    }
 }
 
 /// How a weight's element bytes are split into subsequences.

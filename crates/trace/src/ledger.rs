@@ -128,9 +128,7 @@ impl Entry {
         if l.model.len() > 1024 || l.model.contains(['\n', '\r']) {
             return Err("model must be one line of at most 1024 bytes".into());
         }
-        if !(l.alpha.is_finite() && l.alpha > 0.0 && l.alpha <= crate::mark::MAX_ALPHA) {
-            return Err(format!("alpha {} is outside (0, {}]", l.alpha, crate::mark::MAX_ALPHA));
-        }
+        check_alpha(l.alpha).map_err(|_| format!("alpha {} is outside (0, {MAX_ALPHA}]", l.alpha))?;
         Ok(Entry {
             recipient,
             variant: l.variant,
@@ -327,6 +325,18 @@ pub fn append(path: &Path, entry: &Entry) -> Result<Appended> {
     }
     drop(lock);
     Ok(Appended::Added)
+}
+
+/// Largest fingerprint strength α accepted (a marker's and a ledger entry's).
+pub const MAX_ALPHA: f64 = 0.1;
+
+/// Checks a strength: finite, above 0, at most [`MAX_ALPHA`].
+pub fn check_alpha(alpha: f64) -> Result<()> {
+    if alpha.is_finite() && alpha > 0.0 && alpha <= MAX_ALPHA {
+        Ok(())
+    } else {
+        Err(TraceError::Parameter(format!("fingerprint strength {alpha} is outside (0, {MAX_ALPHA}]")))
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,13 @@ use onnx_protect_format::{DataType, Model, Tensor, TensorId};
 
 use crate::error::{Result, TraceError};
 use crate::ledger::Entry;
+pub use crate::ledger::{check_alpha, MAX_ALPHA};
 use crate::plan::{decode_float, encode_float, plan, weights_digest};
 use crate::secret::{FingerprintKey, Pattern, RecipientId};
 
 /// Default strength α: each marked element moves by α times its tensor's standard
 /// deviation (docs/tracing.md §5 has the measurements behind it).
 pub const DEFAULT_ALPHA: f64 = 0.002;
-/// Largest strength accepted.
-pub const MAX_ALPHA: f64 = 0.1;
 /// Fewest elements a model must offer. An untouched copy of a model with `n` marked
 /// elements scores about `√n`; 256 elements give 16, three times the threshold.
 pub const MIN_ELEMENTS: u64 = 256;
@@ -171,15 +170,6 @@ fn one_line(text: &str, max: usize) -> String {
         out.push(c);
     }
     out
-}
-
-/// Checks a strength: finite, above 0, at most [`MAX_ALPHA`].
-pub fn check_alpha(alpha: f64) -> Result<()> {
-    if alpha.is_finite() && alpha > 0.0 && alpha <= MAX_ALPHA {
-        Ok(())
-    } else {
-        Err(TraceError::Parameter(format!("fingerprint strength {alpha} is outside (0, {MAX_ALPHA}]")))
-    }
 }
 
 /// `bytes` (elements of type `dt`) with `alpha·sigma·pattern` added, each element

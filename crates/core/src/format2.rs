@@ -48,9 +48,11 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 /// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
 /// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
 /// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
-/// be read) the parser's error.
+/// be read, or whose external data file is missing: a packaging slip, not a
+/// modification) the parser's error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
-    if e.kind() == onnx_protect_format::ErrorKind::Io {
+    use onnx_protect_format::ErrorKind as K;
+    if matches!(e.kind(), K::Io | K::ExternalMissing) {
         return e.into();
     }
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
@@ -87,6 +89,9 @@ pub(crate) struct EncryptSpec<'a> {
     pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
     pub rewrite: Option<&'a Rewrite>,
+    /// The names the external data files get next to the output, when not their own
+    /// (an output in the input's directory, [`crate::staged::protected_names`]).
+    pub external_names: Option<&'a [String]>,
     pub progress: &'a dyn Progress,
 }
 
@@ -189,7 +194,8 @@ pub(crate) struct Encrypted {
 
 /// Encrypts `model` (opened from `input`) into `output` in format 2.
 pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
-    let outputs = Outputs::stage(model, output)?;
+    let relocate = relocations(model, spec.external_names)?;
+    let outputs = Outputs::stage_as(model, output, spec.external_names)?;
     let tiers = spec.policy.tiers.max(1);
     spec.policy.shares()?;
     let weights = discover(model);
@@ -230,7 +236,10 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let stanzas = wrap_all(to, &data_keys)?;
     crate::recipients::check_new(&stanzas)?;
-    let (header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
+    let (mut header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
+    if let Some(names) = spec.external_names {
+        header.original_external_files = std::mem::replace(&mut header.external_files, names.to_vec());
+    }
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
     let (all_targets, actions) = match spec.rewrite {
@@ -239,7 +248,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     };
 
     let content_len = model.bytes().len() as u64;
-    let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &all_targets, &actions, relocate)?;
     let files = outputs.covered_files();
     let xf = transformer(model, &all_targets, &actions);
     let durable = durable(spec.in_place, spec.sync);
@@ -273,6 +282,16 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     drop(all_targets);
     outputs.staged.commit(durable)?;
     Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len() })
+}
+
+/// The edits that write `names` (one per external data file, if given) as the models'
+/// external data locations (docs/format.md §3, `original_external_files`).
+pub(crate) fn relocations(model: &Model, names: Option<&[String]>) -> Result<Vec<onnx_protect_format::write::Edit>> {
+    let mut edits = Vec::new();
+    for (i, name) in names.unwrap_or_default().iter().enumerate() {
+        edits.extend(model.relocation_edits(i, name)?);
+    }
+    Ok(edits)
 }
 
 fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<pb::Signature> {
@@ -370,6 +389,7 @@ fn build_header(
         positions: u32::from(secret),
         // The external files are written with their lengths unchanged.
         external_sizes: model.external_files.iter().map(|f| f.size).collect(),
+        original_external_files: Vec::new(),
     };
     (header, targets)
 }
@@ -563,6 +583,17 @@ pub(crate) struct DecryptSpec<'a> {
     pub in_place: bool,
     pub sync: bool,
     pub progress: &'a dyn Progress,
+    /// The protected model's path and the output rules, checked again once the tier
+    /// decrypted (and so the external data files' names) is known.
+    pub input: &'a Path,
+    pub rules: &'a crate::staged::OutputRules,
+}
+
+/// The names a decryption writes the external data files under: the original ones a
+/// full decryption restores (`None`: their locations as they are).
+pub(crate) fn restored_names(p: &ProtectedV2, full: bool) -> Option<&[String]> {
+    let names = &p.sealed.header.original_external_files;
+    (full && !names.is_empty()).then_some(names.as_slice())
 }
 
 /// Verifies and decrypts `p` (of `model`) into `output`.
@@ -573,7 +604,7 @@ pub(crate) fn decrypt(
     output: &Path,
     spec: &DecryptSpec,
 ) -> Result<Decrypted> {
-    let DecryptSpec { tier, signers, in_place, sync, progress } = *spec;
+    let DecryptSpec { tier, signers, in_place, sync, progress, .. } = *spec;
     let mut p = p.clone();
     let opened = unlock(model, &mut p, key)?;
     let p = &p;
@@ -585,13 +616,15 @@ pub(crate) fn decrypt(
         // The canonical digest needs the restored tiers encrypted again: checked first.
         check_digest(p, &canonical_digest(model, p, &opened)?)?;
     }
-    let outputs = Outputs::stage(model, output)?;
+    let full = to == top;
+    let names = restored_names(p, full);
+    crate::staged::check_output_as(model, spec.input, output, in_place, spec.rules, names)?;
+    let outputs = Outputs::stage_as(model, output, names)?;
     let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
     let content_len = p.sealed.entry.start;
-    let plans = plans(model, content_len, &p.targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &p.targets, &actions, relocations(model, names)?)?;
     let files = outputs.covered_files();
     let xf = transformer(model, &p.targets, &actions);
-    let full = to == top;
     let hash = match (r == 0, full) {
         (true, true) => Hash::Input,
         (true, false) => Hash::Both,

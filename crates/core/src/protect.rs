@@ -32,7 +32,7 @@ use crate::content::{plans, run_covered, transformer};
 use crate::format2::{self, open_v2, read_v2, EncryptSpec};
 use crate::pass::Hash;
 use crate::restore::{plan_restore, restored_model_bytes};
-use crate::staged::{check_output, durable, OutputRules, Outputs};
+use crate::staged::{check_output, check_output_as, durable, protected_names, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
@@ -192,7 +192,8 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
-    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+    let names = protected_names(&model, output, opts.in_place)?;
+    check_output_as(&model, input, output, opts.in_place, &opts.outputs, names.as_deref())?;
     let spec = EncryptSpec {
         policy: opts.policy,
         in_place: opts.in_place,
@@ -201,6 +202,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
         rewrite: opts.rewrite,
+        external_names: names.as_deref(),
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
@@ -262,13 +264,22 @@ pub fn decrypt_tier(
         None => Err(CoreError::NotProtected),
         Some(2) => {
             let p = read_v2(&model)?;
-            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+            // Where a full and a partial decryption name the external files differently and
+            // the key decides which it is, the check waits for the key (format2::decrypt).
+            let top = p.sealed.header.tiers;
+            let full = top <= 1 || tier == Some(top);
+            if full || p.sealed.header.original_external_files.is_empty() || tier.is_some() {
+                let names = format2::restored_names(&p, full);
+                check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
+            }
             let spec = format2::DecryptSpec {
                 tier,
                 signers: opts.signers,
                 in_place: opts.in_place,
                 sync: opts.sync,
                 progress: opts.progress,
+                input,
+                rules: &opts.outputs,
             };
             let d = format2::decrypt(&model, &p, key, output, &spec)?;
             Ok(report(d.tensors, d.decrypted_bytes, 2))

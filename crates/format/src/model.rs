@@ -315,7 +315,20 @@ pub struct ExternalFile {
     pub path: PathBuf,
     pub size: u64,
     pub tensors: Vec<TensorId>,
+    /// Where each of its tensors writes `location`, in tensor order.
+    pub sites: Vec<LocationSite>,
     map: OnceLock<std::result::Result<(File, ReadMap), String>>,
+}
+
+/// Where a tensor's (last) `location` value is written: the `value` field of its
+/// `external_data` entry, for rewriting it under another name.
+#[derive(Debug, Clone)]
+pub struct LocationSite {
+    pub tensor: TensorId,
+    /// The whole `value` field (tag, length, string) of the `location` entry.
+    pub value: Range<u64>,
+    /// Enclosing length-delimited fields, outermost first: the tensor's, then the entry.
+    pub ancestors: Vec<Container>,
 }
 
 impl ExternalFile {
@@ -562,6 +575,41 @@ impl Model {
         self.metadata.iter().rev().find(|m| m.key == key)
     }
 
+    /// Edits that give every tensor stored in external file `file` the `location`
+    /// `name` instead of its own (the enclosing length prefixes follow). Refused when a
+    /// tensor's `location` field or a length prefix around it is not in its canonical
+    /// form: writing the old name back would not restore the bytes exactly.
+    pub fn relocation_edits(&self, file: usize, name: &str) -> Result<Vec<crate::write::Edit>> {
+        let f = self.external_files.get(file).ok_or_else(|| FormatError::Invalid(format!("no external file #{file}")))?;
+        let buf = self.bytes();
+        let field = |s: &str| {
+            let mut v = Vec::with_capacity(s.len() + 6);
+            wire::put_len_field(&mut v, 2, s.as_bytes());
+            v
+        };
+        let stored = field(&f.location);
+        let mut edits = Vec::with_capacity(f.sites.len());
+        for site in &f.sites {
+            let minimal = site.ancestors.iter().all(|c| c.value_start - c.len_start == wire::varint_len(c.end - c.value_start) as u64);
+            if !minimal || buf.get(site.value.start as usize..site.value.end as usize) != Some(&stored[..]) {
+                return Err(FormatError::Invalid(format!(
+                    "tensor '{}': its external data location '{}' is not stored in canonical form, so it cannot be \
+                     renamed and restored byte for byte",
+                    self.tensors[site.tensor].name, f.location
+                )));
+            }
+            edits.push(crate::write::Edit {
+                range: site.value.clone(),
+                content: crate::write::Content::Bytes(field(name)),
+                ancestors: site.ancestors.clone(),
+            });
+        }
+        if f.sites.len() != f.tensors.len() {
+            return Err(FormatError::Invalid(format!("external data file '{}': a tensor has no location field", f.location)));
+        }
+        Ok(edits)
+    }
+
     fn resolve_external(&mut self, pending: Vec<PendingExternal>) -> Result<()> {
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         // The model file itself, as external data paths are resolved (canonical).
@@ -594,6 +642,7 @@ impl Model {
                         path: path.clone(),
                         size: meta.len(),
                         tensors: Vec::new(),
+                        sites: Vec::new(),
                         map: OnceLock::new(),
                     });
                     by_path.insert(path, self.external_files.len() - 1);
@@ -638,6 +687,11 @@ impl Model {
                 });
             }
             file.tensors.push(t.id);
+            if let Some((entry, value)) = pe.site {
+                let mut ancestors = t.ancestors.clone();
+                ancestors.push(entry);
+                file.sites.push(LocationSite { tensor: t.id, value, ancestors });
+            }
             t.data = TensorData::External { file: idx, range: offset..end };
         }
         Ok(())
@@ -698,6 +752,35 @@ fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// Why `location` cannot name a file inside the model's directory, judged from the
+/// string alone (docs/format.md §5): empty, a NUL byte, absolute, a drive letter, or a
+/// `..` or root component. Symbolic links are [`resolve_location`]'s part.
+pub fn check_location(location: &str) -> std::result::Result<(), &'static str> {
+    if location.is_empty() {
+        return Err("it is empty");
+    }
+    if location.contains('\0') {
+        return Err("it contains a NUL byte");
+    }
+    let rel = Path::new(location);
+    if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
+        return Err("absolute paths are not allowed");
+    }
+    if location.len() >= 2 && location.as_bytes()[1] == b':' {
+        return Err("drive-letter paths are not allowed");
+    }
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
+            _ => return Err("'..' and root components would leave the model's directory"),
+        }
+    }
+    if location.split(['/', '\\']).any(|p| p == "..") {
+        return Err("'..' would leave the model's directory");
+    }
+    Ok(())
+}
+
 /// Resolves an external-data `location` inside `dir`, refusing absolute paths,
 /// `..` components and symlinks that lead outside `dir`.
 pub fn resolve_location(dir: &Path, location: &str, tensor: &str) -> Result<PathBuf> {
@@ -706,28 +789,8 @@ pub fn resolve_location(dir: &Path, location: &str, tensor: &str) -> Result<Path
         location: location.to_string(),
         reason: reason.to_string(),
     };
-    if location.is_empty() {
-        return Err(refuse("it is empty"));
-    }
-    if location.contains('\0') {
-        return Err(refuse("it contains a NUL byte"));
-    }
+    check_location(location).map_err(refuse)?;
     let rel = Path::new(location);
-    if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
-        return Err(refuse("absolute paths are not allowed"));
-    }
-    if location.len() >= 2 && location.as_bytes()[1] == b':' {
-        return Err(refuse("drive-letter paths are not allowed"));
-    }
-    for c in rel.components() {
-        match c {
-            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
-            _ => return Err(refuse("'..' and root components would leave the model's directory")),
-        }
-    }
-    if location.split(['/', '\\']).any(|p| p == "..") {
-        return Err(refuse("'..' would leave the model's directory"));
-    }
     let joined = dir.join(rel);
     let canon_dir = dir.canonicalize().map_err(|e| FormatError::Io { path: dir.to_path_buf(), source: e })?;
     let canon = match joined.canonicalize() {
@@ -821,6 +884,8 @@ struct PendingExternal {
     location: String,
     offset: Option<String>,
     length: Option<String>,
+    /// The `external_data` entry holding the location, and its `value` field.
+    site: Option<(Container, Range<u64>)>,
 }
 
 struct Parser<'a> {
@@ -993,17 +1058,26 @@ impl<'a> Parser<'a> {
     }
 
     fn string_pair(&self, f: &Field, ctx: &str) -> Result<(String, String)> {
+        self.string_pair_at(f, ctx).map(|(k, v, _)| (k, v))
+    }
+
+    /// A `StringStringEntryProto`: key, value, and the range of the (last) `value` field.
+    fn string_pair_at(&self, f: &Field, ctx: &str) -> Result<(String, String, Option<Range<u64>>)> {
         let mut key = String::new();
         let mut value = String::new();
+        let mut at = None;
         let mut rr = self.reader(f.value_range(), ctx)?;
         while let Some(g) = self.next(&mut rr, ctx)? {
             match g.number {
                 1 => key = self.string(&g, ctx, "key")?,
-                2 => value = self.string(&g, ctx, "value")?,
+                2 => {
+                    value = self.string(&g, ctx, "value")?;
+                    at = Some(g.range());
+                }
                 _ => {}
             }
         }
-        Ok((key, value))
+        Ok((key, value, at))
     }
 
     fn new_graph(&mut self, parent: Option<GraphId>, kind: GraphKind, depth: usize, path: String) -> GraphId {
@@ -1399,7 +1473,8 @@ impl<'a> Parser<'a> {
                 }
                 13 => {
                     self.expect(&g, WireType::Len, &ctx, "external_data")?;
-                    t.ext_entries.push(self.string_pair(&g, &ctx)?);
+                    let (k, v, at) = self.string_pair_at(&g, &ctx)?;
+                    t.ext_entries.push((k, v, Container::from(&g), at));
                 }
                 14 => t.location_external = self.varint_field(&g, &ctx, "data_location")? == 1,
                 _ => {}
@@ -1410,11 +1485,18 @@ impl<'a> Parser<'a> {
 
     /// An external tensor: its `location`, `offset` and `length` entries are resolved
     /// once the whole model is read.
-    fn pending_external_data(&mut self, tname: &str, entries: Vec<(String, String)>) -> Result<TensorData> {
-        let (mut location, mut offset, mut length) = (None, None, None);
-        for (k, v) in entries {
+    fn pending_external_data(
+        &mut self,
+        tname: &str,
+        entries: Vec<(String, String, Container, Option<Range<u64>>)>,
+    ) -> Result<TensorData> {
+        let (mut location, mut offset, mut length, mut site) = (None, None, None, None);
+        for (k, v, entry, at) in entries {
             match k.as_str() {
-                "location" => location = Some(v),
+                "location" => {
+                    location = Some(v);
+                    site = at.map(|r| (entry, r));
+                }
                 "offset" => offset = Some(v),
                 "length" => length = Some(v),
                 _ => {}
@@ -1425,7 +1507,7 @@ impl<'a> Parser<'a> {
             location: String::new(),
             reason: "data_location is EXTERNAL but there is no 'location' entry".into(),
         })?;
-        self.pending_external.push(PendingExternal { tensor: self.tensors.len(), location, offset, length });
+        self.pending_external.push(PendingExternal { tensor: self.tensors.len(), location, offset, length, site });
         Ok(TensorData::Empty)
     }
 
@@ -1482,7 +1564,8 @@ struct TensorFields {
     fixed: Vec<(TypedField, Range<u64>)>,
     varints: Vec<(TypedField, Range<u64>)>,
     strings: u64,
-    ext_entries: Vec<(String, String)>,
+    /// `external_data` entries: key, value, the entry field and its `value` field.
+    ext_entries: Vec<(String, String, Container, Option<Range<u64>>)>,
     location_external: bool,
 }
 

@@ -87,6 +87,13 @@ pub struct Header {
     /// files written before it was recorded).
     #[prost(uint64, repeated, tag = "10")]
     pub external_sizes: ::prost::alloc::vec::Vec<u64>,
+    /// Field 11 is reserved for the label lock.
+    /// The location each external data file had in the original model, in the order of
+    /// external_files (empty: the same names); a full decryption writes them back (§3, §12).
+    #[prost(string, repeated, tag = "12")]
+    pub original_external_files: ::prost::alloc::vec::Vec<
+        ::prost::alloc::string::String,
+    >,
 }
 /// One wrapped data key (docs/format.md §8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

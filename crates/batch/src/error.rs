@@ -146,3 +146,22 @@ pub(crate) fn batch_io(action: &'static str, path: &std::path::Path) -> impl FnO
     let path = path.to_path_buf();
     move |source| BatchError::Io { action, path, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_operating_systems_reason() {
+        let e = FileError::from(CoreError::Write {
+            path: PathBuf::from("out/model.onnx"),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        let text = e.to_string();
+        assert!(text.starts_with("cannot write out/model.onnx: "), "{text}");
+        assert!(text.contains(&std::io::Error::from_raw_os_error(28).to_string()), "{text}");
+        // A cause the message already holds is not repeated.
+        let m = FileError::from(CoreError::Modified("x".into())).to_string();
+        assert_eq!(m, "modified: x");
+    }
+}

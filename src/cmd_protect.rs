@@ -19,8 +19,9 @@ use crate::stdio::{self, input_name, is_stdio};
 #[derive(clap::Args)]
 pub struct KeygenArgs {
     /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600);
-    /// `-` prints it on standard output. Refuses to overwrite.
-    #[arg(short, long, required_unless_present = "pkcs11")]
+    /// `-` prints it on standard output. Refuses to overwrite. Without it, the key goes to standard
+    /// output (as age-keygen does) unless that is a terminal, where a secret key is not printed.
+    #[arg(short, long)]
     output: Option<PathBuf>,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -152,7 +153,16 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(output) = a.output.as_deref() else { usage!("keygen needs --output FILE (or -o -)") };
+    let output = match a.output.as_deref() {
+        Some(o) => o,
+        // A secret key on a terminal stays in its scrollback (and in screen recordings):
+        // printed there only when asked for by name (`-o -`).
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => usage!(
+            "keygen prints the new secret key on standard output, which is a terminal here; give -o FILE \
+             (or -o - to print it anyway, or redirect standard output)"
+        ),
+        None => std::path::Path::new("-"),
+    };
     if a.signing || a.recipient || a.fingerprint_secret {
         return keygen_public(&a, output);
     }

@@ -38,8 +38,8 @@ pub struct KeyArgs {
     #[arg(long)]
     pub passphrase: bool,
     /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
-    /// opens models encrypted to its X25519 recipient.
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    /// opens models encrypted to its X25519 recipient. `-i` as in age (not in `run`, where `-i` is an input).
+    #[arg(long, short = 'i', value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
     /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
     /// pkcs11:token=T;object=LABEL with the query module-path=... and pin-source=... (docs/keys.md).
@@ -56,10 +56,11 @@ pub struct KeyArgs {
 pub struct RecipientArgs {
     /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
     /// the data key of access tier T for it (default: the top tier).
-    #[arg(long = "recipient", value_name = "RECIPIENT")]
+    /// `-r` as in age.
+    #[arg(long = "recipient", short = 'r', value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
-    /// File of public recipients, one per line (`#` comments, as for age -R); repeatable.
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    /// File of public recipients, one per line (`#` comments, as for age -R); repeatable. `-R` as in age.
+    #[arg(long, short = 'R', value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub recipients_file: Vec<PathBuf>,
     /// Encrypt to this key command as well ('PROGRAM ARGS', docs/keys.md); repeatable. `T:'PROGRAM ARGS'`
     /// wraps the data key of access tier T for it.

@@ -561,3 +561,58 @@ fn an_error_says_each_cause_once() {
         assert_each_cause_once(&err);
     }
 }
+
+/// As `age-keygen`: without `-o` the key goes to standard output when that is a pipe or
+/// a file; a terminal is refused (exit 2, nothing printed) unless `-o -` asks for it.
+#[test]
+fn keygen_without_output_prints_to_a_pipe_and_refuses_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_io(dir.path(), &["keygen"], b"");
+    assert_eq!(code, 0, "{err}");
+    let key = onnx_protect_crypto::KeyFile::parse(&out).expect("a key file on stdout");
+    let fp: String = key.key().fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(err.contains(&fp), "{err}");
+    let (code, out, err) = run_io(dir.path(), &["keygen", "--recipient"], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("AGE-SECRET-KEY-1"), "{err}");
+    assert!(err.contains("recipient: age1"), "{err}");
+    // A terminal as standard output, through script(1) (util-linux).
+    let Ok(probe) = Command::new("script").arg("--version").output() else {
+        eprintln!("skipped the terminal case: script(1) is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let cmd = format!("'{}' keygen", bin().display());
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("standard output, which is a terminal"), "{text}");
+    assert!(!text.contains("onnx-protect-key-v1"), "{text}");
+}
+
+/// age's short flags: `-r` recipient, `-R` recipients file, `-i` identity.
+#[test]
+fn ages_short_flags_encrypt_and_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let id = d.join("id.txt");
+    let (code, out, err) = run(&["keygen", "--recipient", "-o", &s(&id), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recipient = r["recipient"].as_str().unwrap().to_string();
+    std::fs::write(d.join("recipients"), format!("# team\n{recipient}\n")).unwrap();
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = s(&model);
+    let (a, b) = (d.join("a.onnx"), d.join("b.onnx"));
+    let (code, _, err) = run(&["encrypt", &m, "-o", &s(&a), "-r", &recipient, "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["encrypt", &m, "-o", &s(&b), "-R", &s(&d.join("recipients")), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    for enc in [&a, &b] {
+        let back = d.join("back.onnx");
+        let (code, _, err) = run(&["decrypt", &s(enc), "-o", &s(&back), "-i", &s(&id), "--force", "-q"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap());
+    }
+}

@@ -127,6 +127,60 @@ pub struct Graph {
     pub sparse_initializers: Vec<(TensorId, Option<TensorId>)>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The declared type of each of `inputs` and `outputs` (graphs; empty for functions).
+    pub input_types: Vec<ValueType>,
+    pub output_types: Vec<ValueType>,
+}
+
+/// The declared type of a graph input or output (`ValueInfoProto.type`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ValueType {
+    /// No type given.
+    #[default]
+    Unknown,
+    /// A tensor: element type code and, if given, the shape (`None` dims: unnamed).
+    Tensor { elem_type: i32, shape: Option<Vec<Dim>> },
+    /// A sequence, map, optional or sparse tensor (`TypeProto` field number).
+    Other(u32),
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Value(i64),
+    Param(String),
+    Unknown,
+}
+
+impl std::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueType::Unknown => write!(f, "?"),
+            ValueType::Other(4) => write!(f, "sequence"),
+            ValueType::Other(5) => write!(f, "map"),
+            ValueType::Other(8) => write!(f, "sparse tensor"),
+            ValueType::Other(9) => write!(f, "optional"),
+            ValueType::Other(n) => write!(f, "type #{n}"),
+            ValueType::Tensor { elem_type, shape } => {
+                match crate::DataType::from_i32(*elem_type) {
+                    Some(t) => write!(f, "{}", t.name())?,
+                    None => write!(f, "type {elem_type}")?,
+                }
+                if let Some(dims) = shape {
+                    let d: Vec<String> = dims
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Value(v) => v.to_string(),
+                            Dim::Param(p) => p.clone(),
+                            Dim::Unknown => "?".into(),
+                        })
+                        .collect();
+                    write!(f, "[{}]", d.join(", "))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A node attribute that holds tensors or graphs (other attributes are not indexed).
@@ -1094,8 +1148,58 @@ impl<'a> Parser<'a> {
             sparse_initializers: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            input_types: Vec::new(),
+            output_types: Vec::new(),
         });
         id
+    }
+
+    /// `ValueInfoProto.type` (`TypeProto`): a tensor's element type and shape. Fields
+    /// of the wrong wire type are left out (the type is informational).
+    fn value_type(&self, f: &Field, ctx: &str) -> Result<ValueType> {
+        let mut out = ValueType::Unknown;
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
+            match (g.number, g.wire) {
+                (1, WireType::Len) => {
+                    let (mut elem_type, mut shape) = (0i32, None);
+                    let mut r2 = self.reader(g.value_range(), ctx)?;
+                    while let Some(h) = self.next(&mut r2, ctx)? {
+                        match (h.number, h.wire) {
+                            (1, WireType::Varint) => elem_type = h.scalar as i32,
+                            (2, WireType::Len) => shape = Some(self.shape(&h, ctx)?),
+                            _ => {}
+                        }
+                    }
+                    out = ValueType::Tensor { elem_type, shape };
+                }
+                (n @ (4 | 5 | 8 | 9), WireType::Len) => out = ValueType::Other(n),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// `TensorShapeProto`: its dimensions.
+    fn shape(&self, f: &Field, ctx: &str) -> Result<Vec<Dim>> {
+        let mut dims = Vec::new();
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
+            if (g.number, g.wire) != (1, WireType::Len) {
+                continue;
+            }
+            let mut d = Dim::Unknown;
+            let mut r2 = self.reader(g.value_range(), ctx)?;
+            while let Some(h) = self.next(&mut r2, ctx)? {
+                match (h.number, h.wire) {
+                    (1, WireType::Varint) => d = Dim::Value(h.scalar as i64),
+                    (2, WireType::Len) => d = Dim::Param(self.string(&h, ctx, "dim_param")?),
+                    _ => {}
+                }
+            }
+            dims.push(d);
+        }
+        Ok(dims)
     }
 
     fn parse_function(&mut self, f: &Field, path: &Path2, idx: u32) -> Result<()> {
@@ -1186,16 +1290,22 @@ impl<'a> Parser<'a> {
                 11 | 12 => {
                     self.expect(&g, WireType::Len, &ctx, "value info")?;
                     let mut name = String::new();
+                    let mut ty = ValueType::Unknown;
                     let mut r3 = self.reader(g.value_range(), &ctx)?;
                     while let Some(h) = self.next(&mut r3, &ctx)? {
                         if h.number == 1 {
                             name = self.string(&h, &ctx, "value info name")?;
+                        } else if h.number == 2 && h.wire == WireType::Len {
+                            ty = self.value_type(&h, &ctx)?;
                         }
                     }
+                    let graph = &mut self.graphs[gid];
                     if g.number == 11 {
-                        self.graphs[gid].inputs.push(name);
+                        graph.inputs.push(name);
+                        graph.input_types.push(ty);
                     } else {
-                        self.graphs[gid].outputs.push(name);
+                        graph.outputs.push(name);
+                        graph.output_types.push(ty);
                     }
                 }
                 _ => {}

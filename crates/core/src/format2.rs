@@ -192,18 +192,21 @@ pub(crate) struct Encrypted {
     pub stanzas: usize,
 }
 
-/// Encrypts `model` (opened from `input`) into `output` in format 2.
-pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
-    let relocate = relocations(model, spec.external_names)?;
-    let outputs = Outputs::stage_as(model, output, spec.external_names)?;
-    let tiers = spec.policy.tiers.max(1);
-    spec.policy.shares()?;
+/// The weights of `model`, their bytes, and what `policy` selects of them, after the
+/// refusals every encryption applies (varint-stored tensors go to the top tier).
+pub(crate) fn choose(
+    model: &Model,
+    policy: &Policy,
+    allow_empty: bool,
+) -> Result<(Vec<onnx_protect_format::discover::Weight>, u64, Selection)> {
+    let tiers = policy.tiers.max(1);
+    policy.shares()?;
     let weights = discover(model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
-    let mut selection = select(model, &weights, spec.policy);
+    let mut selection = select(model, &weights, policy);
     refuse_ctr_with_tiers(model, &selection, tiers)?;
     refuse_short_permutations(model, &selection)?;
-    if selection.bytes() == 0 && !spec.allow_empty {
+    if selection.bytes() == 0 && !allow_empty {
         let why = if weights.is_empty() {
             "the model has no weights to encrypt: no operator reads a floating-point constant tensor or a \
              weight input (parameters kept in node attribute lists, as the ai.onnx.ml tree, linear and SVM \
@@ -229,6 +232,30 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
             c.tier = tiers;
         }
     }
+    Ok((weights, weight_bytes, selection))
+}
+
+/// What an encryption of `model` under `policy` would encrypt, without a key and
+/// without writing: the header's entries as a fresh data key would give them (public
+/// positions) and the selection.
+pub(crate) fn plan(
+    model: &Model,
+    policy: &Policy,
+    allow_empty: bool,
+) -> Result<(u64, Selection, pb::Header, Vec<Target>)> {
+    let (_, weight_bytes, selection) = choose(model, policy, allow_empty)?;
+    let data_keys = DataKey::generate()?.chain_down(policy.tiers.max(1));
+    let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
+    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false);
+    Ok((weight_bytes, selection, header, targets))
+}
+
+/// Encrypts `model` (opened from `input`) into `output` in format 2.
+pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
+    let relocate = relocations(model, spec.external_names)?;
+    let outputs = Outputs::stage_as(model, output, spec.external_names)?;
+    let tiers = spec.policy.tiers.max(1);
+    let (weights, weight_bytes, mut selection) = choose(model, spec.policy, spec.allow_empty)?;
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     if spec.secret_positions {

@@ -212,26 +212,52 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         weight_bytes: done.weight_bytes,
         encrypted_bytes: done.selection.bytes(),
         tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
-        skipped: done
-            .selection
-            .skipped
-            .iter()
-            .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
-            .collect(),
-        clear: done
-            .selection
-            .clear
-            .iter()
-            .map(|c| ClearTensor {
-                name: model.tensors[c.tensor].name.clone(),
-                bytes: c.nbytes,
-                op_type: c.op_type.clone(),
-                role: c.tensor_role.name(),
-            })
-            .collect(),
+        skipped: skipped_of(&model, &done.selection),
+        clear: clear_of(&model, &done.selection),
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
+    })
+}
+
+fn skipped_of(model: &Model, selection: &onnx_protect_select::Selection) -> Vec<(String, String)> {
+    selection.skipped.iter().map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone())).collect()
+}
+
+fn clear_of(model: &Model, selection: &onnx_protect_select::Selection) -> Vec<ClearTensor> {
+    selection
+        .clear
+        .iter()
+        .map(|c| ClearTensor {
+            name: model.tensors[c.tensor].name.clone(),
+            bytes: c.nbytes,
+            op_type: c.op_type.clone(),
+            role: c.tensor_role.name(),
+        })
+        .collect()
+}
+
+/// What [`encrypt`] would do to `input` under `opts.policy` (and `opts.allow_empty`),
+/// computed without a key and without writing anything (`encrypt --dry-run`): the
+/// report of an encryption with public positions, no recipient and no output (secret
+/// positions are chosen with the key, so their rows are not known before).
+pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport> {
+    let model = Model::open_with_progress(input, opts.progress)?;
+    if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
+        return Err(CoreError::AlreadyProtected { key: m.key.clone() });
+    }
+    let (weight_bytes, selection, header, targets) = format2::plan(&model, opts.policy, opts.allow_empty)?;
+    Ok(EncryptReport {
+        input: input.display().to_string(),
+        output: String::new(),
+        weight_bytes,
+        encrypted_bytes: selection.bytes(),
+        tensors: crate::manifest::summaries_v2(&model, &header, &targets),
+        skipped: skipped_of(&model, &selection),
+        clear: clear_of(&model, &selection),
+        external_files: Vec::new(),
+        recipients: 0,
+        signatures: 0,
     })
 }
 

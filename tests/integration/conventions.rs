@@ -616,3 +616,76 @@ fn ages_short_flags_encrypt_and_decrypt() {
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap());
     }
 }
+
+/// `encrypt --dry-run` says what would be encrypted and writes nothing; the summary of the
+/// weights left clear is by operator unless `--verbose`; a tiny share under the built-in
+/// policy gets its one-line note.
+#[test]
+fn encrypt_dry_run_verbose_and_the_tiny_share_note() {
+    use onnx_protect_format::testutil::{float_tensor, matmul_chain};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big: Vec<f32> = (0..300 * 300).map(|i| (i % 7) as f32).collect();
+    let bytes = matmul_chain(&[
+        float_tensor("W0", &[2, 300], &vec![0.5; 600]),
+        float_tensor("W1", &[300, 300], &big),
+        float_tensor("W2", &[300, 300], &big),
+        float_tensor("W3", &[300, 2], &vec![0.25; 600]),
+    ]);
+    let model = d.join("m.onnx");
+    std::fs::write(&model, bytes).unwrap();
+    let m = model.to_str().unwrap();
+    let (code, out, err) = run(&["encrypt", m, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("would protect 4800 bytes in 2 tensors (0.66% of 724800 weight bytes)"), "{out}");
+    assert!(out.contains("W0 2400 of 2400 bytes") && out.contains("W3 2400 of 2400 bytes"), "{out}");
+    assert!(out.contains("left clear: 2 weights, 720000 bytes"), "{out}");
+    assert!(out.contains("MatMul 2 (720000 bytes) (--verbose lists them)"), "{out}");
+    assert!(!out.contains("\n    W1"), "{out}");
+    assert!(out.contains("note: the built-in policy encrypts the first and last layers whole"), "{out}");
+    assert!(out.contains("onnx-protect assess"), "{out}");
+    let names = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(d), ["m.onnx"], "a dry run wrote something");
+    let (code, out, err) = run(&["encrypt", m, "--dry-run", "--verbose", "--coefficient", "*=0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\n    W1 360000 bytes (MatMul B)") || !out.contains("left clear"), "{out}");
+    assert!(!out.contains("note:"), "an explicit policy gets no note: {out}");
+    let (code, out, err) = run(&["encrypt", m, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((j["dry_run"].as_bool(), j["encrypted_bytes"].as_u64()), (Some(true), Some(4800)));
+    // The same selection is what encrypt then does.
+    let key = d.join("k.key");
+    run(&["keygen", "-o", key.to_str().unwrap()]);
+    let (code, out, err) = run(&["encrypt", m, "-o", d.join("e.onnx").to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("protected 4800 bytes in 2 tensors (0.66% of 724800 weight bytes)"), "{out}");
+    assert!(out.contains("note: the built-in policy"), "{out}");
+}
+
+/// `inspect` lists the main graph's inputs and outputs with their declared types.
+#[test]
+fn inspect_shows_inputs_and_outputs() {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let (code, out, err) = run(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["inputs"], serde_json::json!([{"name": "input", "type": "FLOAT[1, 3, 16, 16]"}]));
+    assert_eq!(j["outputs"], serde_json::json!([{"name": "logits", "type": "FLOAT[1, 10]"}]));
+    let (code, out, err) = run(&["inspect", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("inputs       1\n  input") && out.contains("FLOAT[1, 3, 16, 16]"), "{out}");
+    // Untyped values and initializers listed as inputs.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.onnx");
+    let w = onnx_protect_format::testutil::float_tensor("W0", &[2, 2], &[1.0; 4]);
+    std::fs::write(&m, onnx_protect_format::testutil::matmul_chain(&[w])).unwrap();
+    let (code, out, err) = run(&["inspect", m.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["inputs"], serde_json::json!([{"name": "x", "type": "?"}]));
+}

@@ -8,17 +8,14 @@ in one external data file (default 512 MiB; generated once into DIR, which defau
 bench-data/python-session, ignored by git). Each model is protected with the default
 policy and a key file.
 
-Variants: `plain` (onnxruntime.InferenceSession of the plain file), `plain-in-memory`
-(onnxruntime from memory: the plain model's bytes and external files, read into memory
-before the timer starts, handed over as `protected` does; what onnxruntime's in-memory
-path costs by itself), for models with external data `plain-in-memory-initializers`
-(the same plain weights handed over as one OrtValue per initializer, as
-`protected-initializers` does; the bench model's weights are float32), `protected`
-(onnx_protect.InferenceSession; external data handed over as whole files, which
-onnxruntime copies) and, for models with external data, `protected-initializers`
-(external initializers handed over one by one, used in place by onnxruntime), and
-`load only` (`onnx_protect.load` of the protected model, no session: the decryption's
-share of `protected`).
+Variants: `plain` (onnxruntime.InferenceSession of the plain file: onnxruntime maps its
+external data), `plain-in-memory` (onnxruntime from memory: the plain model's bytes and
+external files, read before the timer starts, handed over with
+`add_external_initializers_from_files_in_memory`, which copies them: onnxruntime's own
+in-memory path), `protected` (onnx_protect.InferenceSession: large weights used in place,
+the default), `protected-copy` (`in_place=False`: every tensor in the graph handed over,
+which onnxruntime copies) and `load only` (`onnx_protect.load` of the protected model, no
+session: the decryption's share of `protected`).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -54,37 +51,26 @@ def status(field):
 variant, model, key = sys.argv[1:4]
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
-if variant.startswith("plain-in-memory"):
+if variant == "plain-in-memory":
     import os
     import numpy as np
-    import onnx
     folder = os.path.dirname(model)
     with open(model, "rb") as f:
         model_bytes = f.read()
     files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in os.listdir(folder) if n.endswith(".bin")}
-    arrays = {}
-    for t in onnx.load_model_from_string(model_bytes).graph.initializer:
-        info = {e.key: e.value for e in t.external_data}
-        if "location" in info:
-            off, n = int(info.get("offset", 0)), int(info["length"])
-            arrays[t.name] = files[info["location"]][off:off + n].view(np.float32).reshape(tuple(t.dims))
 start_rss = status("VmRSS")
 t = time.perf_counter()
 if variant == "plain-in-memory":
     if files:
         so.add_external_initializers_from_files_in_memory(list(files), list(files.values()), [a.size for a in files.values()])
     s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-elif variant == "plain-in-memory-initializers":
-    so.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
-    s = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 elif variant == "load only":
     s = onnx_protect.load(model, key_file=key)
 elif variant == "plain":
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 else:
-    external_data = "initializers" if variant == "protected-initializers" else "files"
-    s = onnx_protect.InferenceSession(model, key_file=key, sess_options=so, providers=["CPUExecutionProvider"],
-                                      external_data=external_data)
+    s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key,
+                                      in_place=(variant == "protected"))
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
 """
@@ -156,9 +142,7 @@ def main():
             onnx_protect.encrypt(plain, protected, key_file=key)
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
-        variants = ["plain", "plain-in-memory", "protected", "load only"]
-        if any(protected.parent.glob("*.bin")):
-            variants += ["plain-in-memory-initializers", "protected-initializers"]
+        variants = ["plain", "plain-in-memory", "protected", "protected-copy", "load only"]
         runs = {v: [] for v in variants}
         model_of = {v: plain if v.startswith("plain") else protected for v in variants}
         for v in variants:  # warm-up (page cache, imports)

@@ -47,6 +47,9 @@ OSSL_IV=00000000000000000000000000000000
 # reference point kept whatever the built-in policy is; the "builtin" cases pass no
 # policy option (the built-in policy of the build under test).
 HALF=(--coefficient '*=0.5' --mode '*=ctr')
+# The "lf" cases: the first and the last layer whole (the built-in policy before every
+# weight was encrypted by default).
+LF=(--coefficient '*=0' --coefficient layer:first=1 --coefficient layer:last=1)
 
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release" >&2; exit 1; }
 [ -x "$MEM" ] || { echo "no $MEM: run cargo build --release -p onnx-protect-core --example decrypt_in_memory" >&2; exit 1; }
@@ -94,6 +97,9 @@ case_cmd() {
         s_enc_builtin)    CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_builtin)    CMD=("$BIN" decrypt "$PREP/s_builtin/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_mem_builtin)    CMD=("$MEM" "$PREP/s_builtin/model.onnx" "$KEY" 1) ;;
+        s_enc_lf)         CMD=("$BIN" encrypt "$S" -o "$O/model.onnx" --key-file "$KEY" -q "${LF[@]}") ;;
+        s_dec_lf)         CMD=("$BIN" decrypt "$PREP/s_lf/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
+        s_mem_lf)         CMD=("$MEM" "$PREP/s_lf/model.onnx" "$KEY" 1) ;;
         s_dec_sync)       CMD=("$BIN" decrypt "$PREP/s_default/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q --sync) ;;
         s_dec_c0.05)      CMD=("$BIN" decrypt "$PREP/s_c0.05/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
         s_dec_c1)         CMD=("$BIN" decrypt "$PREP/s_c1/model.onnx" -o "$O/model.onnx" --key-file "$KEY" -q) ;;
@@ -116,7 +122,7 @@ case_cmd() {
     esac
 }
 
-SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_enc_builtin s_dec_builtin s_mem_builtin s_python"
+SINGLE_CASES="s_cp s_cp_sync s_openssl s_cat s_b3sum s_enc_default s_enc_sync s_enc_c0.05 s_enc_c1 s_dec_default s_dec_sync s_dec_c0.05 s_dec_c1 s_mem_default s_enc_builtin s_dec_builtin s_mem_builtin s_enc_lf s_dec_lf s_mem_lf s_python"
 EXT_CASES="e_cp e_cp_sync e_cat e_b3sum e_enc_default e_enc_sync e_enc_c1 e_dec_default e_dec_sync e_dec_c1 e_mem_default"
 ALL=""
 if [ "$ONLY" != external ]; then
@@ -146,6 +152,8 @@ prep() { # NAME INPUT COEFF
             "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q "${HALF[@]}" >/dev/null
         elif [ "$3" = builtin ]; then
             "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q >/dev/null
+        elif [ "$3" = lf ]; then
+            "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q "${LF[@]}" >/dev/null
         else
             "$BIN" encrypt "$2" -o "$d/model.onnx" --key-file "$KEY" -q --coefficient "*=$3" >/dev/null
         fi
@@ -155,6 +163,7 @@ for c in $ALL; do
     case $c in
         s_dec_default|s_dec_sync|s_mem_default) prep s_default "$S" default ;;
         s_dec_builtin|s_mem_builtin) prep s_builtin "$S" builtin ;;
+        s_dec_lf|s_mem_lf) prep s_lf "$S" lf ;;
         s_dec_c0.05) prep s_c0.05 "$S" 0.05 ;;
         s_dec_c1) prep s_c1 "$S" 1 ;;
         e_dec_default|e_dec_sync|e_mem_default) prep e_default "$E/model.onnx" default ;;
@@ -266,6 +275,9 @@ names = {
     "enc_builtin": "onnx-protect encrypt (built-in policy)",
     "dec_builtin": "onnx-protect decrypt (built-in policy)",
     "mem_builtin": "in-memory decrypt + full verify (built-in)",
+    "enc_lf": "onnx-protect encrypt (last+first)",
+    "dec_lf": "onnx-protect decrypt (last+first)",
+    "mem_lf": "in-memory decrypt + full verify (last+first)",
 }
 for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "external-data model (folder)")):
     gc = [c for c in cases if c.startswith(g + "_")]
@@ -287,7 +299,7 @@ for g, size, title in (("s", s_bytes, "single-file model"), ("e", e_bytes, "exte
               f"{st['med'] / cp if cp else float('nan'):6.2f} {st['med'] / cps if cps else float('nan'):9.2f} "
               f"{st['cpu']:6.2f} {st['rss'] / 1024:12.0f} {st['rss'] * 1024 / size:8.3f} "
               f"{(anon / 1024) if anon is not None else float('nan'):8.0f} {st['load']:5.2f} {st['steal']:7.2f}")
-    for pol in ("default", "builtin"):
+    for pol in ("default", "builtin", "lf"):
         for base in ("cat", "b3sum"):
             if f"{g}_{base}" in med and f"{g}_mem_{pol}" in med:
                 print(f"in-memory decrypt ({pol}) / {base} = {med[f'{g}_mem_{pol}'] / med[f'{g}_{base}']:.2f}x")

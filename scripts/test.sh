@@ -7,8 +7,8 @@
 # test and example once (what scripts/demo.sh built is reused), and the Python
 # tests run the binary that build produced (target/debug/onnx-protect, with the
 # default features, tract included).
-# Then it builds and installs the Python package and runs the Python tests (onnxruntime
-# cross-checks, the package, the C ABI example).
+# Then it builds the Python package's wheel, installs it and runs the Python tests
+# (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
@@ -23,18 +23,33 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
 fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
+# torch for Linux x86-64 brings its CUDA libraries (about 4 GB). To use the CPU-only build,
+# install it first from PyTorch's CPU index (README); an installed torch is kept.
+if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
+  echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
+else
+  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-torch.txt
+fi
 step "corpus"
 bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"
+# crates/ort's tests open the libonnxruntime of the onnxruntime wheel installed above:
+# here a missing library is a failure, not a skip.
+export ONNX_PROTECT_REQUIRE_ORT=1
 cargo test --workspace
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
-step "python package (pip install ./crates/python)"
-# The package the README shows, built by maturin and installed into the test
-# interpreter; tests/python/test_package*.py import it. Built in the dev profile here,
-# so it reuses what `cargo test` just compiled (users get the release build).
-MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --disable-pip-version-check ./crates/python
+step "python package (wheel and sdist: scripts/build-wheel.sh --dev --sdist)"
+# The wheel the README shows (abi3, manylinux-audited, twine-checked), built by maturin in
+# the dev profile so it reuses what `cargo test` just compiled (users get the release
+# build), and installed into the test interpreter; tests/python/test_package*.py import
+# it, and tests/python/test_wheel.py installs it again into a fresh venv without Rust.
+bash scripts/build-wheel.sh --dev --sdist
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  "${CARGO_TARGET_DIR:-target}"/wheels/onnx_protect-*.whl
+export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels
 step "pytest"
 python3 -m pytest -q tests/python
 step "javascript package (js/: npm ci, node tests, headless Chromium)"

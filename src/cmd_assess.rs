@@ -117,6 +117,11 @@ fn table(r: &AssessReport) -> String {
         }
         None => s.push_str("best key-less attack: none ran\n\n"),
     }
+    s.insert_str(
+        s.len() - 1,
+        "training attacks (re-learning the encrypted tensors, fine-tuning) need PyTorch: python3 -m \
+         onnx_protect.assess PROTECTED --data train.npz --test test.npz\n",
+    );
     s.push_str(&format!(
         "{:<12} {:>9} {:>9} {:>11} {:>11} {:>10}  {}\n",
         "variant", "agreement", "accuracy", "mean dist", "max dist", "non-finite", "what"

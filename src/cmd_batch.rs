@@ -233,7 +233,9 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
         return None;
     }
     let pb = ProgressBar::new(0);
-    if let Some(style) = crate::progress::style("{prefix:>8} [{bar:40}] {pos}/{len} files, {msg} {elapsed_precise} {eta}") {
+    if let Some(style) =
+        crate::progress::style("{prefix:>8} [{bar:40}] {pos}/{len} files, {msg} {elapsed_precise} {eta}")
+    {
         pb.set_style(style);
     }
     Some(pb)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_bundle::{Curve, ModelManifest, PrivateKey, PublicKey};
+use onnx_protect_bundle::{Certificates, Curve, ModelManifest, PrivateKey, PublicKey, Trust};
 
 use crate::exit::usage;
 use crate::output::OutputArgs;
@@ -22,7 +22,7 @@ enum Command {
     Keygen(KeygenArgs),
     /// Sign a model file or directory: a Sigstore bundle that `model_signing verify key` checks.
     Sign(SignArgs),
-    /// Verify a model against a bundle (ours or model_signing's) with the signer's public key.
+    /// Verify a model against a bundle (ours or model_signing's): with the signer's public key, or trusted certificates.
     Verify(VerifyArgs),
 }
 
@@ -48,6 +48,13 @@ pub struct SignArgs {
     /// The ECDSA private key in PEM (PKCS#8 or SEC1, as `bundle keygen` or `openssl` write it).
     #[arg(long, value_name = "KEY.pem", value_parser = crate::stdio::file_path)]
     key: PathBuf,
+    /// The certificate of --key in PEM: the bundle carries it and the --certificate-chain
+    /// certificates instead of a key hint, as `model_signing sign certificate` writes it.
+    #[arg(long, value_name = "CERT.pem", value_parser = crate::stdio::file_path)]
+    certificate: Option<PathBuf>,
+    /// Certificates leading from --certificate to a root, in PEM (repeatable; a file may hold several).
+    #[arg(long = "certificate-chain", value_name = "CHAIN.pem", requires = "certificate", value_parser = crate::stdio::file_path)]
+    certificate_chain: Vec<PathBuf>,
     /// Where to write the bundle [default: MODEL.sig beside a model file, model.sig in a directory].
     #[arg(short, long, value_parser = crate::stdio::file_path)]
     output: Option<PathBuf>,
@@ -62,8 +69,12 @@ pub struct VerifyArgs {
     /// The model: a file or a directory.
     model: PathBuf,
     /// The signer's public key in PEM.
-    #[arg(long, value_name = "PUB.pem", value_parser = crate::stdio::file_path)]
-    key: PathBuf,
+    #[arg(long, value_name = "PUB.pem", value_parser = crate::stdio::file_path, required_unless_present = "certificate_chain", conflicts_with = "certificate_chain")]
+    key: Option<PathBuf>,
+    /// Trusted certificates in PEM (repeatable; a file may hold several): the bundle's
+    /// certificate chain must lead from its signing certificate to one of them.
+    #[arg(long = "certificate-chain", value_name = "ROOTS.pem", value_parser = crate::stdio::file_path)]
+    certificate_chain: Vec<PathBuf>,
     /// The bundle [default: the one `bundle sign` writes, MODEL.sig or DIR/model.sig].
     #[arg(long, value_parser = crate::stdio::file_path)]
     bundle: Option<PathBuf>,
@@ -134,28 +145,64 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every certificate of the PEM files, in order.
+pub fn read_certificates(paths: &[PathBuf]) -> Result<Option<Certificates>> {
+    let mut all: Option<Certificates> = None;
+    for p in paths {
+        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let certs = Certificates::from_pem(&bytes, &p.display().to_string())?;
+        match all.as_mut() {
+            Some(a) => a.extend(certs),
+            None => all = Some(certs),
+        }
+    }
+    Ok(all)
+}
+
 fn sign(a: SignArgs) -> Result<ExitCode> {
     let key = read_private(&a.key)?;
+    let paths: Vec<PathBuf> = a.certificate.iter().chain(&a.certificate_chain).cloned().collect();
+    let chain = read_certificates(&paths)?;
+    if let (Some(chain), Some(cert)) = (&chain, &a.certificate) {
+        if chain.leaf_key(&cert.display().to_string())? != key.public() {
+            return Err(onnx_protect_bundle::BundleError::Key {
+                path: cert.display().to_string(),
+                reason: format!("its public key is not the public key of {}", a.key.display()),
+            }
+            .into());
+        }
+    }
     let output = a.output.clone().unwrap_or_else(|| default_bundle(&a.model));
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     crate::dest::create_dir(crate::dest::dir_of(&output), true)?;
-    let manifest = onnx_protect_bundle::sign_model(&a.model, &key, &output, a.write.force)
+    let manifest = onnx_protect_bundle::sign_model_with(&a.model, &key, chain.as_ref(), &output, a.write.force)
         .with_context(|| format!("sign {}", a.model.display()))?;
     crate::dest::note_created(created, a.out.quiet);
-    let report = serde_json::json!({"model": a.model.display().to_string(), "bundle": output.display().to_string(), "files": manifest.resources.len(), "public_key_hint": key.public().hint()});
+    let mut report = serde_json::json!({"model": a.model.display().to_string(), "bundle": output.display().to_string(), "files": manifest.resources.len(), "public_key_hint": key.public().hint()});
+    if let Some(chain) = &chain {
+        report["certificates"] = chain.len().into();
+        report["certificate_subject"] = chain.leaf_subject().into();
+    }
     a.out.report(&report, false, || format!("signed {} -> {}", a.model.display(), output.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let key = read_public(&a.key)?;
+    let key = a.key.as_deref().map(read_public).transpose()?;
+    let roots = read_certificates(&a.certificate_chain)?;
+    let trust = match (&key, &roots) {
+        (Some(k), _) => Trust::Key(k),
+        (None, Some(r)) => Trust::Certificates(r),
+        (None, None) => usage!("give the signer's --key or the trusted --certificate-chain"),
+    };
     let bundle = a.bundle.clone().unwrap_or_else(|| default_bundle(&a.model));
-    let v = verify_bundle(&a.model, &bundle, &key)
+    let v = onnx_protect_bundle::verify_model_with(&a.model, &bundle, trust)
         .with_context(|| format!("verify {} with {}", a.model.display(), bundle.display()))?;
+    let by = if key.is_some() { "signed by the given key" } else { "signed by a certificate the given chain trusts" };
     let report = serde_json::json!({"model": a.model.display().to_string(), "bundle": bundle.display().to_string(), "files": v.resources.len(), "hash": v.hash.name()});
     a.out.report(&report, false, || {
         format!(
-            "ok: {} matches {} ({} file(s), {}, signed by the given key)",
+            "ok: {} matches {} ({} file(s), {}, {by})",
             a.model.display(),
             bundle.display(),
             v.resources.len(),

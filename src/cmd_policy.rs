@@ -16,6 +16,10 @@ pub struct Args {
 enum Command {
     /// Find the smallest policy whose best key-less attack meets a target on labelled data,
     /// evaluated in tract; write it as a policy file with a report of every point tried.
+    ///
+    /// Only the key-less fills run here. The search against the training attacks (re-learning
+    /// the encrypted tensors, fine-tuning) needs PyTorch: python3 -m onnx_protect.assess
+    /// --search MODEL.onnx --data train.npz --test test.npz.
     Search(SearchArgs),
 }
 

@@ -542,27 +542,23 @@ fn encrypt_dry_run(a: &EncryptArgs, policy: &onnx_protect_select::Policy) -> Res
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions { allow_empty: a.allow_empty, progress: &bar, ..EncryptOptions::new(policy) };
     let r = protect::encrypt_plan(&a.input, &opts).with_context(|| format!("encrypt {}", input_name(&a.input)))?;
-    let builtin = is_builtin(policy);
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
     let r = EncryptOutput { report: r, fingerprint: None, dry_run: true };
-    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true, builtin))?;
+    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `policy` is the built-in one (no file, no override).
-fn is_builtin(policy: &onnx_protect_select::Policy) -> bool {
-    policy.summary() == onnx_protect_select::Policy::default().summary()
-}
-
-/// The share under which `encrypt` says why the built-in policy's choice is enough and
-/// how to check it.
-const SMALL_SHARE_PERCENT: f64 = 1.0;
-
 /// The text report of an encryption (or of a dry run): what was encrypted, then the weights
 /// left clear, summed by operator unless `verbose`.
-fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool, builtin: bool) -> String {
+fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool) -> String {
     let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-    let (verb, dest) =
-        if dry_run { ("would protect", " (dry run: nothing written)".to_string()) } else { ("protected", format!(" -> {}", r.output)) };
+    let (verb, dest) = if dry_run {
+        ("would protect", " (dry run: nothing written)".to_string())
+    } else {
+        ("protected", format!(" -> {}", r.output))
+    };
     let mut t = format!(
         "{verb} {} bytes in {} tensors ({pct:.2}% of {} weight bytes){dest}\n  {}",
         r.encrypted_bytes,
@@ -599,14 +595,6 @@ fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool, builti
             let parts: Vec<String> = by_op.iter().map(|(op, (n, b))| format!("{op} {n} ({b} bytes)")).collect();
             t += &format!(":\n    {} (--verbose lists them)", parts.join(", "));
         }
-    }
-    if builtin && r.weight_bytes > 0 && r.encrypted_bytes > 0 && pct < SMALL_SHARE_PERCENT {
-        t += &format!(
-            "\n  note: the built-in policy encrypts the first and last layers whole, {pct:.3}% of this model's \
-             weight bytes: without them it gives no usable output, but the other weights are in clear and a \
-             key-less attacker may train the missing layers again; measure it on your data with `onnx-protect \
-             assess` (or find a policy that holds with `onnx-protect policy search`; docs/protection.md)"
-        );
     }
     t
 }
@@ -681,11 +669,11 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
             if f.already_recorded { " (already recorded)" } else { "" }
         )
     });
-    let builtin = is_builtin(&policy);
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
     let r = EncryptOutput { report: r, fingerprint: fp, dry_run: false };
-    a.out.report(&r, to_stdout, || {
-        encrypt_text(&r.report, a.verbose, false, builtin) + fp_text.as_deref().unwrap_or("")
-    })?;
+    a.out.report(&r, to_stdout, || encrypt_text(&r.report, a.verbose, false) + fp_text.as_deref().unwrap_or(""))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -82,6 +82,10 @@ enum Command {
     #[command(mut_arg("identity", |a| a.short(None)))]
     Run(cmd_run::Args),
     /// How strong is the protection? Original, the key-less attacks, decrypted, each access tier: one table.
+    ///
+    /// The training attacks (re-learning the encrypted tensors with everything clear frozen,
+    /// fine-tuning, against training from scratch) need PyTorch: python3 -m onnx_protect.assess
+    /// PROTECTED.onnx --data train.npz --test test.npz (docs/protection.md#training-attacks).
     #[cfg(feature = "tract")]
     Assess(cmd_assess::Args),
     /// Policies: `policy search` finds the smallest one that resists the key-less attacks on your data.

@@ -189,6 +189,9 @@ function checkHeader(h: Message): void {
   if (c < 1n << 16n || c > 1n << 30n || (c & (c - 1n)) !== 0n) throw new Modified(`chunk_size ${c} is not a power of two in [2^16, 2^30]`);
   if (h.tensors.length > MAX_ENTRIES) throw new Modified("too many entries");
   if (h.positions !== 0 && h.positions !== 1) throw new Modified(`positions ${h.positions}`);
+  if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
+    throw new Modified("external_sizes does not hold one length per external file");
+  }
   const streams = new Set<bigint>();
   const pairs = new Set<string>();
   const byLocator = new Map<string, Message[]>();
@@ -277,10 +280,10 @@ function checkStanza(st: Message, i: number, tiers: number): void {
   if (!(st.tier >= 1 && st.tier <= tiers)) throw new Modified(`stanza ${i} is for tier ${st.tier}, which the model does not have`);
   const kind = st.kind as string;
   if (kind === "key") {
-    if (st.salt.length !== 16 || st.kdf !== null) throw new Modified(`stanza ${i}: a key stanza has a 16-byte salt and no kdf`);
+    if (st.salt.length !== 16 || st.kdf !== null || st.body.length !== 48) throw new Modified(`stanza ${i}: a key stanza has a 16-byte salt, a 48-byte body and no kdf`);
   } else if (kind === "passphrase") {
     const k = st.kdf;
-    if (!k || st.salt.length !== 16) throw new Modified(`stanza ${i}: a passphrase stanza has a kdf and a 16-byte salt`);
+    if (!k || st.salt.length !== 16 || st.body.length !== 48) throw new Modified(`stanza ${i}: a passphrase stanza has a kdf, a 16-byte salt and a 48-byte body`);
     if (k.algorithm !== "argon2id" || k.salt.length !== 16) throw new Modified(`stanza ${i}: kdf algorithm or salt`);
     const { m_cost_kib: m, t_cost: t, p_cost: p } = k;
     if (!(m >= 8 && m <= 131072 && t >= 1 && t <= 6 && p >= 1 && p <= 4 && m >= 8 * p)) {
@@ -402,10 +405,12 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
     if (!d) throw new UsageError(`the model keeps tensors in the external data file '${loc}', which was not given (externalData)`);
     files.push(d);
   }
-  const want = env.restored_tiers ? env.stored_digest : env.content_digest;
-  if (!constantTimeEqual(await contentDigest(files, Number(header.chunk_size)), want)) {
-    throw new Modified("the model's content does not match its manifest");
-  }
+  const sizes = header.external_sizes as bigint[];
+  sizes.forEach((n, i) => {
+    if (BigInt(files[i + 1].length) !== n) {
+      throw new Modified(`external file '${header.external_files[i]}' is ${files[i + 1].length} bytes, its header says ${n}`);
+    }
+  });
   let tensors: Tensor[];
   try {
     tensors = walk(model.subarray(0, entryStart), ext);
@@ -427,6 +432,12 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
       throw new Modified(`tensor at ${e.locator} does not match the manifest (name, type, size or storage changed)`);
     }
     entries.push({ e, tensor: t, spans: header.positions === 1 ? [] : checkSpans(e, e.spans) });
+  }
+  // §12 step 6 (keyless): the digest of the covered files as stored, once the model and
+  // every external file's length match the header.
+  const want = env.restored_tiers ? env.stored_digest : env.content_digest;
+  if (!constantTimeEqual(await contentDigest(files, Number(header.chunk_size)), want)) {
+    throw new Modified("the model's content does not match its manifest");
   }
   return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries);
 }

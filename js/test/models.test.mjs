@@ -75,6 +75,12 @@ test("a model with external data: decrypted with its side files, run from memory
     for (const [loc, data] of d.externalData) {
       assert.ok(Buffer.compare(Buffer.from(data), fs.readFileSync(path.join(path.dirname(src), loc))) === 0, loc);
     }
+    // The header records each external file's length: a file one byte longer is refused
+    // before any of its bytes is read, naming the file.
+    const [loc0, data0] = [...externalData][0];
+    const grown = new Map(externalData).set(loc0, new Uint8Array([...data0, 0]));
+    await assert.rejects(decrypt(model, { key: fs.readFileSync(key, "utf8"), externalData: grown }),
+      (e) => e.kind === "modified" && e.message.includes(`'${loc0}' is ${data0.length + 1} bytes`));
     const plain = await ort.InferenceSession.create(src);
     const { session } = await createSession(ort, model, { key: fs.readFileSync(key, "utf8"), externalData });
     const feeds = {};

@@ -29,3 +29,44 @@ fn inspect_of_a_missing_file_fails_with_one_line() {
     assert_ne!(code, 0);
     assert!(err.starts_with("error: "), "{err}");
 }
+
+/// The built-in policy encrypts every weight; a policy that leaves most of a ViT or a
+/// ResNet clear gets a one-line warning (docs/protection.md#training-attacks), a CNN none.
+#[test]
+fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    assert_eq!(run(&["keygen", "-o", key.to_str().unwrap(), "-q"]).0, 0);
+    let zoo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
+    let last_first = ["--coefficient", "*=0", "--coefficient", "layer:first=1", "--coefficient", "layer:last=1"];
+    for (model, family) in [
+        ("digits/vit", Some("vision transformer")),
+        ("families/digits-resnet", Some("residual convolutional network")),
+        ("digits/cnn", None),
+        ("digits/convmixer", None),
+    ] {
+        for partial in [true, false] {
+            let out = dir.path().join("p.onnx");
+            let _ = std::fs::remove_file(&out);
+            let src = zoo.join(format!("{model}.onnx"));
+            let mut args = vec!["encrypt", src.to_str().unwrap(), "-o", out.to_str().unwrap()];
+            args.extend(["--key-file", key.to_str().unwrap()]);
+            if partial {
+                args.extend(last_first);
+            }
+            let (code, stdout, err) = run(&args);
+            assert_eq!(code, 0, "{model}: {err}");
+            let warned = err.lines().filter(|l| l.starts_with("warning:")).collect::<Vec<_>>();
+            match (family, partial) {
+                (Some(f), true) => {
+                    assert_eq!(warned.len(), 1, "{model}: {err}");
+                    assert!(warned[0].contains(f) && warned[0].contains("training-attacks"), "{model}: {err}");
+                }
+                _ => assert!(warned.is_empty(), "{model} partial={partial}: {err}"),
+            }
+            if !partial {
+                assert!(stdout.contains("(100.00% of"), "{model}: {stdout}");
+            }
+        }
+    }
+}

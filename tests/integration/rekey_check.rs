@@ -201,7 +201,7 @@ fn rekey_cli_round_trip() {
     let (code, stdout, err) = run(&["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n, "--json"]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["tensors"], 9);
+    assert_eq!(report["tensors"], 10);
     let back = dir.path().join("back.onnx");
     let (code, _, err) = run(&["decrypt", o, "-o", back.to_str().unwrap(), "--key-file", n]);
     assert_eq!(code, 0, "{err}");
@@ -374,12 +374,32 @@ fn check_passes_a_model_protected_with_the_builtin_policy_against_it() {
     let (code, _, err) =
         run(&["encrypt", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    // Not through check_json: the real built-in policy (the last layer whole).
+    // Not through check_json: the real built-in policy (every weight whole).
     let (code, doc, err) = run(&["check", "--json", out.to_str().unwrap(), "--builtin-policy", "--require-encrypted"]);
     assert_eq!(code, 0, "{doc} {err}");
-    // The previous built-in policy asks for more: half of the Conv rows are missing.
+    // Every weight encrypted meets any smaller policy, such as half of every operator's rows.
     let (code, doc, _) = check_json(&[out.to_str().unwrap(), "--builtin-policy"]);
-    assert_eq!(code, 8, "{doc}");
+    assert_eq!(code, 0, "{doc}");
+    // A model protected with the first and last layers only misses the built-in policy.
+    let lf = dir.path().join("lf.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        model.to_str().unwrap(),
+        "-o",
+        lf.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--coefficient",
+        "*=0",
+        "--coefficient",
+        "layer:first=1",
+        "--coefficient",
+        "layer:last=1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, doc, err) = run(&["check", "--json", lf.to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc} {err}");
+    assert!(doc.contains("tensor_not_encrypted"), "{doc}");
 }
 
 #[test]

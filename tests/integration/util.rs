@@ -151,14 +151,15 @@ pub fn keygen_in(dir: &Path) -> PathBuf {
     k
 }
 
-/// Half of every weight's rows, evenly spread, for every known operator type, and no
-/// layer rule: the previous built-in policy (as a file: [`half_policy_file`]). Tests of
-/// the file format and its round trips use it so that every fixture has encrypted bytes
-/// in every kind of tensor (the built-in policy encrypts only the first and last layers).
+/// Half of every weight's rows, evenly spread, for every known operator type, and nothing
+/// else (as a file: [`half_policy_file`]). Tests of the file format and its round trips use
+/// it so that every fixture has both encrypted and clear bytes in every kind of tensor (the
+/// built-in policy encrypts every weight whole).
 pub fn half_policy() -> onnx_protect_select::Policy {
-    let mut p = onnx_protect_select::Policy::default();
-    p.apply_override("coefficient", "*=0.5").expect("a valid override");
-    p.layer_rules.clear();
+    let mut p = onnx_protect_select::Policy::empty();
+    for op in onnx_protect_select::KNOWN_OPS {
+        p.apply_override("coefficient", &format!("{op}=0.5")).expect("a valid override");
+    }
     p
 }
 

@@ -312,6 +312,9 @@ def test_every_error_kind_has_its_exception(ext, tmp_path):
     expect(op.Modified, "modified", lambda: op.load(enc, key_file=key))
     expect(op.Modified, "modified", lambda: op.verify(enc))
     expect(op.AlreadyDecrypted, "already_decrypted", lambda: _already_decrypted(tmp_path))
+    unsafe = ort.SessionOptions()
+    unsafe.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    expect(op.UnsafeSessionOptions, "unsafe_session_options", lambda: op.InferenceSession(plain, unsafe, key=other))
     named = {c.__name__ for c in cases}
     exported = {n for n in op.__all__ if isinstance(getattr(op, n), type) and issubclass(getattr(op, n), op.OnnxProtectError)}
     assert exported - {"OnnxProtectError"} == named, "every exception class is raised by some case"
@@ -408,23 +411,18 @@ def test_sessions_from_protected_digits_models_match_the_original(model, mode, t
     assert garbled.tobytes() != want.tobytes()
 
 
-@pytest.mark.parametrize("external_data", ["files", "initializers"])
-def test_sessions_take_external_data_from_memory(ext, external_data):
+def test_sessions_take_external_data_from_memory_in_place(ext):
     plain, enc, key = ext
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    s = op.InferenceSession(enc, key_file=key, providers=PROVIDERS, external_data=external_data)
+    s = op.InferenceSession(enc, key_file=key, providers=PROVIDERS)
     got = s.run(None, {"x": x})[0]
     want = ort.InferenceSession(str(plain), providers=PROVIDERS).run(None, {"x": x})[0]
     assert got.tobytes() == want.tobytes()
-    kept = getattr(s, "_onnx_protect_buffers", None)
-    if external_data == "files":
-        assert kept is None, "onnxruntime copied the files: nothing is kept"
-        # The options still point at the released files: re-creating is refused, not a crash.
-        with pytest.raises(op.OnnxProtectError, match="cannot be re-created"):
-            s.set_providers(PROVIDERS)
-    else:
-        assert kept is not None and not any(b.closed for b in kept.external.values())
-        s.set_providers(PROVIDERS)
+    sm, kept = s._onnx_protect_buffers
+    assert [name for name, *_ in sm.shared] == ["mm_W"], "the 2 KiB MatMul weight is used in place"
+    assert kept and kept[0][0].base is not None, "a view of the decrypted memory, not a copy"
+    # onnxruntime re-creates the session from the options, which still hold the views.
+    s.set_providers(PROVIDERS)
     assert s.run(None, {"x": x})[0].tobytes() == want.tobytes()
 
 
@@ -435,8 +433,6 @@ def test_session_options_and_kwargs_reach_onnxruntime(ext):
     s = op.InferenceSession(enc, key_file=key, sess_options=so, providers=PROVIDERS)
     assert s.get_providers() == PROVIDERS
     assert s.get_session_options().intra_op_num_threads == 1
-    with pytest.raises(ValueError, match="external_data"):
-        op.InferenceSession(enc, key_file=key, external_data="disk")
     with pytest.raises(op.WrongKey):
         op.InferenceSession(enc, key=op.new_key())
 

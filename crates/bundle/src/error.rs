@@ -21,6 +21,10 @@ pub enum BundleError {
     /// The bundle names another public key than the one given.
     #[error("the bundle was signed with another key than the one given (its public-key hint differs)")]
     KeyMismatch,
+    /// The bundle's certificate chain does not lead to a trusted certificate, or its
+    /// signing certificate is not usable for signing.
+    #[error("the bundle's certificate chain is not trusted: {0}")]
+    Untrusted(String),
     /// The signature does not verify with the key given.
     #[error("the bundle's signature does not verify with the key given")]
     BadSignature,
@@ -45,6 +49,7 @@ impl BundleError {
             BundleError::Invalid { .. }
                 | BundleError::KeyMismatch
                 | BundleError::BadSignature
+                | BundleError::Untrusted(_)
                 | BundleError::Mismatch { .. }
         )
     }

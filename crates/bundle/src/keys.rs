@@ -153,6 +153,31 @@ impl PublicKey {
         Err(key_error(name, "a public key that is not ECDSA P-256 or P-384"))
     }
 
+    /// A key from its SubjectPublicKeyInfo in DER (a certificate's key); `None` when it is
+    /// not ECDSA P-256 or P-384.
+    pub fn from_spki_der(der: &[u8]) -> Option<PublicKey> {
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Some(PublicKey::P256(k));
+        }
+        p384::ecdsa::VerifyingKey::from_public_key_der(der).ok().map(PublicKey::P384)
+    }
+
+    /// Whether `der` is this key's ECDSA signature of the digest `prehash` (a certificate's
+    /// signature, whose hash the certificate names).
+    pub(crate) fn verify_prehash_der(&self, prehash: &[u8], der: &[u8]) -> bool {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        match self {
+            PublicKey::P256(k) => p256::ecdsa::Signature::from_der(der).is_ok_and(|s| {
+                let s = s.normalize_s().unwrap_or(s);
+                k.verify_prehash(prehash, &s).is_ok()
+            }),
+            PublicKey::P384(k) => p384::ecdsa::Signature::from_der(der).is_ok_and(|s| {
+                let s = s.normalize_s().unwrap_or(s);
+                k.verify_prehash(prehash, &s).is_ok()
+            }),
+        }
+    }
+
     /// The key in PEM (SubjectPublicKeyInfo, LF line endings, a final newline).
     pub fn to_pem(&self) -> String {
         let pem = match self {

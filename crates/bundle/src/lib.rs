@@ -17,6 +17,11 @@
 //!   the `resources`: one `{name, algorithm, digest}` per file, sorted by name; a
 //!   directory's files by their path relative to it (`/`-separated), a single file as `.`.
 //!
+//! In the certificate flow, `verificationMaterial.x509CertificateChain` carries the signing
+//! certificate and its chain instead of the hint ([`sign_manifest_with`]); a verifier that
+//! trusts certificates ([`Trust::Certificates`]) validates that chain (module `cert`) and
+//! checks the signature with the signing certificate's key.
+//!
 //! [`sign`] writes such a bundle; [`verify`] checks one (ours or `model-signing`'s) against
 //! a model on disk. Every field of a bundle is hostile input: each refusal is a typed
 //! [`BundleError`] naming the field. Curves and signatures come from RustCrypto (`p256`,
@@ -37,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cert;
 mod error;
 mod keys;
 mod manifest;
@@ -47,12 +53,16 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+pub use cert::{Certificates, MAX_PATH};
 pub use error::BundleError;
 pub use keys::{Curve, PrivateKey, PublicKey};
 pub use manifest::{
     compare, default_ignored, hash_files, hash_model, relative_inside, HashType, ModelManifest, Resource, GIT_PATHS,
 };
-pub use model::{default_bundle, model_files, model_manifest, sign_model, verify_model, write_bundle};
+pub use model::{
+    default_bundle, model_files, model_manifest, sign_model, sign_model_with, verify_model, verify_model_with,
+    write_bundle,
+};
 
 /// The bundle's media type.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -122,11 +132,34 @@ pub fn sign(model: &Path, key: &PrivateKey, bundle_path: Option<&Path>) -> Resul
 
 /// Signs an already computed manifest.
 pub fn sign_manifest(manifest: &ModelManifest, key: &PrivateKey) -> Result<String> {
+    sign_manifest_with(manifest, key, None)
+}
+
+/// The field of a bundle that holds its certificate chain.
+pub const CHAIN_FIELD: &str = "verificationMaterial.x509CertificateChain.certificates";
+
+/// Signs an already computed manifest; with `chain` (the signing certificate of `key`
+/// first, then the certificates that lead to a root), the bundle carries the chain as
+/// `model_signing sign certificate` writes it, instead of a public-key hint.
+pub fn sign_manifest_with(manifest: &ModelManifest, key: &PrivateKey, chain: Option<&Certificates>) -> Result<String> {
+    let material = match chain {
+        None => json!({"publicKey": {"hint": key.public().hint()}, "tlogEntries": []}),
+        Some(chain) => {
+            if chain.leaf_key("the signing certificate")? != key.public() {
+                return Err(BundleError::Key {
+                    path: "the signing certificate".into(),
+                    reason: "its public key is not the private key's".into(),
+                });
+            }
+            let certs: Vec<Value> = chain.to_der_list()?.iter().map(|d| json!({"rawBytes": b64().encode(d)})).collect();
+            json!({"x509CertificateChain": {"certificates": certs}, "tlogEntries": []})
+        }
+    };
     let payload = statement(manifest);
     let sig = key.sign_der(&pae(&payload))?;
     let bundle = json!({
         "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {"publicKey": {"hint": key.public().hint()}, "tlogEntries": []},
+        "verificationMaterial": material,
         "dsseEnvelope": {
             "payload": b64().encode(&payload),
             "payloadType": PAYLOAD_TYPE,
@@ -163,17 +196,60 @@ fn base64_field(v: &Value, path: &str) -> Result<Vec<u8>> {
     b64().decode(text(v, path)?).map_err(|e| BundleError::invalid(path, &format!("not base64 ({e})")))
 }
 
-/// Checks the bundle's envelope and signature with `key`; returns the signed payload.
-fn verified_payload(bundle: &Value, key: &PublicKey) -> Result<Vec<u8>> {
+/// How a bundle's signer is trusted.
+#[derive(Debug, Clone, Copy)]
+pub enum Trust<'a> {
+    /// The signer's public key (model-signing's key flow): the bundle's hint, when present,
+    /// must name it; a certificate chain in the bundle is not read.
+    Key(&'a PublicKey),
+    /// Trusted certificates (model-signing's certificate flow): the bundle's chain must lead
+    /// from its signing certificate to one of them ([`Certificates`], module `cert`).
+    Certificates(&'a Certificates),
+}
+
+/// The certificate chain a bundle carries (leaf first).
+fn bundle_chain(bundle: &Value) -> Result<Certificates> {
+    let list = bundle.pointer("/verificationMaterial/x509CertificateChain/certificates").ok_or_else(|| {
+        let why = if bundle.pointer("/verificationMaterial/publicKey").is_some() {
+            "missing (the bundle was signed with a key, not a certificate: verify it with the signer's public key)"
+        } else {
+            "missing"
+        };
+        BundleError::invalid(CHAIN_FIELD, why)
+    })?;
+    let list = list.as_array().ok_or_else(|| BundleError::invalid(CHAIN_FIELD, "not a list"))?;
+    if list.is_empty() {
+        return Err(BundleError::invalid(CHAIN_FIELD, "empty"));
+    }
+    let ders = list
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            base64_field(c, "rawBytes")
+                .map_err(|_| BundleError::invalid(&format!("{CHAIN_FIELD}[{i}].rawBytes"), "missing or not base64"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Certificates::from_der_list(&ders, CHAIN_FIELD)
+}
+
+/// Checks the bundle's envelope and signature with the trusted signer; returns the signed
+/// payload.
+fn verified_payload(bundle: &Value, trust: Trust<'_>) -> Result<Vec<u8>> {
     let media = text(bundle, "mediaType")?;
     if media != BUNDLE_MEDIA_TYPE {
         return Err(BundleError::invalid("mediaType", &format!("'{media}', expected '{BUNDLE_MEDIA_TYPE}'")));
     }
-    if let Some(hint) = bundle.pointer("/verificationMaterial/publicKey/hint").and_then(Value::as_str) {
-        if hint != key.hint() {
-            return Err(BundleError::KeyMismatch);
+    let key = match trust {
+        Trust::Key(key) => {
+            if let Some(hint) = bundle.pointer("/verificationMaterial/publicKey/hint").and_then(Value::as_str) {
+                if hint != key.hint() {
+                    return Err(BundleError::KeyMismatch);
+                }
+            }
+            key.clone()
         }
-    }
+        Trust::Certificates(roots) => cert::validate(&bundle_chain(bundle)?, roots)?,
+    };
     let payload_type = text(bundle, "dsseEnvelope.payloadType")?;
     if payload_type != PAYLOAD_TYPE {
         return Err(BundleError::invalid("dsseEnvelope.payloadType", &format!("'{payload_type}'")));
@@ -261,12 +337,17 @@ fn signed_manifest(payload: &[u8]) -> Result<(ModelManifest, bool)> {
 /// Checks a bundle's signature with the signer's public key and the consistency of the
 /// statement it signs; returns the signed manifest (to [`compare`] with the model's files).
 pub fn open_bundle(bundle_json: &str, key: &PublicKey) -> Result<ModelManifest> {
+    open_bundle_with(bundle_json, Trust::Key(key))
+}
+
+/// [`open_bundle`] with a signer trusted by its key or by a certificate chain.
+pub fn open_bundle_with(bundle_json: &str, trust: Trust<'_>) -> Result<ModelManifest> {
     if bundle_json.len() > MAX_BUNDLE_BYTES {
         return Err(BundleError::invalid("bundle", "larger than 64 MiB"));
     }
     let bundle: Value =
         serde_json::from_str(bundle_json).map_err(|e| BundleError::invalid("bundle", &format!("not JSON ({e})")))?;
-    let payload = verified_payload(&bundle, key)?;
+    let payload = verified_payload(&bundle, trust)?;
     Ok(signed_manifest(&payload)?.0)
 }
 

@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cert::Certificates;
 use crate::error::BundleError;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::manifest::{compare, default_ignored, hash_files, hash_model, relative_inside, HashType, ModelManifest};
+use crate::Trust;
 
 /// Where a model's bundle lives unless told: `MODEL.sig` beside a file (so that several
 /// models of one directory each have theirs), `model.sig` inside a directory
@@ -57,9 +59,14 @@ pub fn model_manifest(model: &Path, bundle: Option<&Path>) -> Result<ModelManife
 /// Verifies the bundle at `bundle` for `model` with `key`: its signature, then every file
 /// it covers (none missing, none extra, none changed). Returns the signed manifest.
 pub fn verify_model(model: &Path, bundle: &Path, key: &PublicKey) -> Result<ModelManifest, BundleError> {
+    verify_model_with(model, bundle, Trust::Key(key))
+}
+
+/// [`verify_model`] with a signer trusted by its key or by a certificate chain.
+pub fn verify_model_with(model: &Path, bundle: &Path, trust: Trust<'_>) -> Result<ModelManifest, BundleError> {
     let text =
         std::fs::read_to_string(bundle).map_err(|e| BundleError::Io { path: bundle.to_path_buf(), source: e })?;
-    let signed = crate::open_bundle(&text, key)?;
+    let signed = crate::open_bundle_with(&text, trust)?;
     let signed_names: Vec<String> = signed.resources.iter().map(|r| r.name.clone()).collect();
     let files = model_files(model);
     if signed_names == ["."] && files.is_some() {
@@ -93,8 +100,20 @@ pub fn verify_model(model: &Path, bundle: &Path, key: &PublicKey) -> Result<Mode
 /// into place; an existing regular file is replaced only with `replace`). Returns the
 /// manifest signed.
 pub fn sign_model(model: &Path, key: &PrivateKey, bundle: &Path, replace: bool) -> Result<ModelManifest, BundleError> {
+    sign_model_with(model, key, None, bundle, replace)
+}
+
+/// [`sign_model`], the bundle carrying `chain` (the signing certificate of `key` first) when
+/// given ([`crate::sign_manifest_with`]).
+pub fn sign_model_with(
+    model: &Path,
+    key: &PrivateKey,
+    chain: Option<&Certificates>,
+    bundle: &Path,
+    replace: bool,
+) -> Result<ModelManifest, BundleError> {
     let manifest = model_manifest(model, Some(bundle))?;
-    let text = crate::sign_manifest(&manifest, key)?;
+    let text = crate::sign_manifest_with(&manifest, key, chain)?;
     write_bundle(bundle, &text, replace)?;
     Ok(manifest)
 }

@@ -353,7 +353,11 @@ pub unsafe extern "C" fn onnx_protect_key_from_env(
         // The variable named once: most of these errors name it already.
         let file = KeyFile::from_env(var).map_err(|e| {
             let m = e.to_string();
-            key_failure(if m.contains(&format!("variable {var}")) { m } else { format!("environment variable {var}: {m}") })
+            key_failure(if m.contains(&format!("variable {var}")) {
+                m
+            } else {
+                format!("environment variable {var}: {m}")
+            })
         })?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };

@@ -62,7 +62,8 @@ fn values(model: &Model) -> (Vec<ValueReport>, Vec<ValueReport>) {
     let Some(g) = model.graphs.iter().find(|g| g.kind == onnx_protect_format::model::GraphKind::Main) else {
         return (Vec::new(), Vec::new());
     };
-    let inits: std::collections::HashSet<&str> = g.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
+    let inits: std::collections::HashSet<&str> =
+        g.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
     let report = |names: &[String], types: &[onnx_protect_format::ValueType], skip: &dyn Fn(&str) -> bool| {
         names
             .iter()

@@ -71,6 +71,9 @@ pub struct EncryptReport {
     pub recipients: usize,
     /// Signatures written.
     pub signatures: usize,
+    /// Warnings about the protection itself (a policy that leaves weights clear on a model
+    /// family where that was measured not to hold against re-learning).
+    pub warnings: Vec<String>,
 }
 
 /// A weight `encrypt` left wholly clear.
@@ -206,17 +209,27 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         progress: opts.progress,
     };
     let done = format2::encrypt(&model, output, to, &spec)?;
+    let encrypted_bytes = done.selection.bytes();
+    let warnings = onnx_protect_select::risk::relearning_warning(
+        &model,
+        &onnx_protect_format::discover(&model),
+        done.weight_bytes.saturating_sub(encrypted_bytes),
+        done.weight_bytes,
+    )
+    .into_iter()
+    .collect();
     Ok(EncryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         weight_bytes: done.weight_bytes,
-        encrypted_bytes: done.selection.bytes(),
+        encrypted_bytes,
         tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
         skipped: skipped_of(&model, &done.selection),
         clear: clear_of(&model, &done.selection),
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
+        warnings,
     })
 }
 
@@ -247,6 +260,11 @@ pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
     let (weight_bytes, selection, header, targets) = format2::plan(&model, opts.policy, opts.allow_empty)?;
+    let clear_bytes = weight_bytes.saturating_sub(selection.bytes());
+    let weights = onnx_protect_format::discover(&model);
+    let warnings = onnx_protect_select::risk::relearning_warning(&model, &weights, clear_bytes, weight_bytes)
+        .into_iter()
+        .collect();
     Ok(EncryptReport {
         input: input.display().to_string(),
         output: String::new(),
@@ -258,6 +276,7 @@ pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport
         external_files: Vec::new(),
         recipients: 0,
         signatures: 0,
+        warnings,
     })
 }
 

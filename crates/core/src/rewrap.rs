@@ -143,11 +143,7 @@ type StanzaPairs = Vec<(Stanza, pb::Stanza)>;
 /// The kept stanzas (those no `remove` matches, each with its encoding as stored: a stanza
 /// of a kind this build does not know is kept byte for byte) and the new ones; with the
 /// counts.
-fn new_stanzas(
-    p: &ProtectedV2,
-    opened: &Opened,
-    opts: &RewrapOptions,
-) -> Result<(StanzaPairs, usize, usize)> {
+fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(StanzaPairs, usize, usize)> {
     let tiers = p.sealed.header.tiers;
     let mut labels: Vec<String> = Vec::new();
     for r in opts.remove {

@@ -181,9 +181,7 @@ pub(crate) fn protected_names(model: &Model, output: &Path, in_place: bool) -> R
         )));
     };
     let n = model.external_files.len();
-    Ok(Some(
-        (1..=n).map(|i| if n == 1 { format!("{base}.data") } else { format!("{base}.{i}.data") }).collect(),
-    ))
+    Ok(Some((1..=n).map(|i| if n == 1 { format!("{base}.data") } else { format!("{base}.{i}.data") }).collect()))
 }
 
 /// Which file a path names, for telling two outputs (or an output and an input) apart:

@@ -19,7 +19,10 @@
 //!   export adds with `Add`, a position embedding, a scale fed to `Mul`, ...); its
 //!   use has [`WeightKind::Other`] and the input's generic role name `input<i>`.
 //!
-//! Integer constants outside the role table (shapes, axes, indices) are not weights.
+//! Integer constants outside the role table (shapes, axes, indices) are not weights, nor
+//! are the floating-point inputs that only give an output's shape (a `Resize`'s `roi` and
+//! `scales`, an `Upsample`'s `scales`).
+//!
 //! Every weight also gets a [`TensorRole`]: what it is for in the model, derived
 //! from the operator and input that consume it (see [`TensorRole`] for the rules).
 
@@ -327,6 +330,11 @@ enum Def {
     Input,
 }
 
+/// Whether input `idx` of `n` is a floating-point input that only gives the output's shape.
+fn gives_a_shape(n: &crate::model::Node, idx: usize) -> bool {
+    n.is_onnx() && matches!((n.op_type.as_str(), idx), ("Resize", 1 | 2) | ("Upsample", 1))
+}
+
 /// Finds every weight in the model. Each tensor appears once, with all its uses in
 /// graph order (one use per consuming node and input, whatever the number of paths).
 pub fn discover(model: &Model) -> Vec<Weight> {
@@ -342,7 +350,7 @@ pub fn discover(model: &Model) -> Vec<Weight> {
             let t = &model.tensors[tensor];
             let (role, kind) = match named {
                 Some(&(_, role, kind)) => (role, kind),
-                None if t.data_type.is_float() => (generic_role(idx), WeightKind::Other),
+                None if t.data_type.is_float() && !gives_a_shape(n, idx) => (generic_role(idx), WeightKind::Other),
                 None => continue,
             };
             let uses = found.entry(tensor).or_default();

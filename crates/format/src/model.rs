@@ -634,7 +634,8 @@ impl Model {
     /// tensor's `location` field or a length prefix around it is not in its canonical
     /// form: writing the old name back would not restore the bytes exactly.
     pub fn relocation_edits(&self, file: usize, name: &str) -> Result<Vec<crate::write::Edit>> {
-        let f = self.external_files.get(file).ok_or_else(|| FormatError::Invalid(format!("no external file #{file}")))?;
+        let f =
+            self.external_files.get(file).ok_or_else(|| FormatError::Invalid(format!("no external file #{file}")))?;
         let buf = self.bytes();
         let field = |s: &str| {
             let mut v = Vec::with_capacity(s.len() + 6);
@@ -644,7 +645,10 @@ impl Model {
         let stored = field(&f.location);
         let mut edits = Vec::with_capacity(f.sites.len());
         for site in &f.sites {
-            let minimal = site.ancestors.iter().all(|c| c.value_start - c.len_start == wire::varint_len(c.end - c.value_start) as u64);
+            let minimal = site
+                .ancestors
+                .iter()
+                .all(|c| c.value_start - c.len_start == wire::varint_len(c.end - c.value_start) as u64);
             if !minimal || buf.get(site.value.start as usize..site.value.end as usize) != Some(&stored[..]) {
                 return Err(FormatError::Invalid(format!(
                     "tensor '{}': its external data location '{}' is not stored in canonical form, so it cannot be \
@@ -659,7 +663,10 @@ impl Model {
             });
         }
         if f.sites.len() != f.tensors.len() {
-            return Err(FormatError::Invalid(format!("external data file '{}': a tensor has no location field", f.location)));
+            return Err(FormatError::Invalid(format!(
+                "external data file '{}': a tensor has no location field",
+                f.location
+            )));
         }
         Ok(edits)
     }

@@ -30,6 +30,8 @@ use pyo3::types::{PyBytes, PyDict};
 use pyo3::{create_exception, ffi};
 use zeroize::Zeroizing;
 
+mod session;
+
 create_exception!(onnx_protect, OnnxProtectError, PyException, "Base class of every onnx-protect error.");
 create_exception!(onnx_protect, FileError, OnnxProtectError, "Reading or writing a file failed (kind `io`).");
 create_exception!(
@@ -76,6 +78,41 @@ fn py_err(e: CoreError) -> PyErr {
     raise(e, None)
 }
 
+/// The command line's wording in a library message, put as this package's arguments
+/// (a Python user has no flags to pass).
+const PYTHON_WORDING: &[(&str, &str)] = &[
+    ("; pass --in-place to overwrite it", "; write the output to another path"),
+    (" (or use --in-place)", ""),
+    ("; pass --force to replace it", "; remove it first or write to another path"),
+    ("--mode '*=fp' or --mode '*=dp'", "mode='fp' or mode='dp'"),
+    ("(for example --mode ", "(for example mode='"),
+    ("omit --tier", "omit tier"),
+    ("(--recipient)", "(recipients=)"),
+    ("keygen --fingerprint-secret writes one", "onnx_protect.fingerprint_secret() writes one"),
+    ("--coefficient ", "coefficient "),
+    ("--mode ", "mode "),
+    ("--subsequences ", "subsequences "),
+];
+
+/// `msg` with the command line's flags replaced by this package's arguments.
+fn pythonize(msg: String) -> String {
+    let mut out = msg;
+    for (cli, py) in PYTHON_WORDING {
+        if out.contains(cli) {
+            out = out.replace(cli, py);
+            if *py == "(for example mode='" {
+                // "(for example --mode OP=fp)" -> "(for example mode='OP=fp')"
+                if let Some(i) = out.find("(for example mode='") {
+                    if let Some(j) = out[i..].find(')') {
+                        out.insert(i + j, '\'');
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
     let kind = e.kind();
     let mut msg = e.to_string();
@@ -93,6 +130,7 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
             msg = format!("{name}: {msg}");
         }
     }
+    let msg = pythonize(msg);
     let err = match kind {
         ErrorKind::Io => FileError::new_err(msg),
         ErrorKind::Model(_) => MalformedModel::new_err(msg),
@@ -126,13 +164,39 @@ fn key_err(msg: impl Into<String>) -> PyErr {
     py_err(CoreError::Key(msg.into()))
 }
 
+/// The shortest passphrase that protects a model unless allowed explicitly, in
+/// characters (bytes for one that is not UTF-8): the command line's minimum.
+const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a passphrase under [`MIN_PASSPHRASE_CHARS`] that would protect a model,
+/// unless `allow_short`; keys and identities pass.
+fn check_passphrase(source: &KeySource, allow_short: bool) -> PyResult<()> {
+    let KeySource::Passphrase(p) = source else { return Ok(()) };
+    let n = std::str::from_utf8(p).map(|s| s.chars().count()).unwrap_or(p.len());
+    if n < MIN_PASSPHRASE_CHARS && !allow_short {
+        return Err(key_err(format!(
+            "the passphrase has {n} characters; a passphrase that protects a model needs at least \
+             {MIN_PASSPHRASE_CHARS} (give allow_short_passphrase=True to use it anyway, or a key from \
+             onnx_protect.keygen())"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a key for encrypting (a master key; a passphrase long enough) before work starts.
+#[pyfunction]
+#[pyo3(signature = (*, key, allow_short_passphrase=false))]
+fn check_encrypt_key(key: PyRef<'_, Key>, allow_short_passphrase: bool) -> PyResult<()> {
+    check_passphrase(&key.master()?, allow_short_passphrase)
+}
+
 /// Key material held in Rust, wiped when the object is collected.
 ///
 /// Made by the class methods; the `key=`/`key_file=`/... arguments of the module's
 /// functions build one. No method returns the secret.
 #[pyclass(module = "onnx_protect", frozen)]
 pub struct Key {
-    source: KeySource,
+    pub(crate) source: KeySource,
     /// What a key file said about its key (`None` for passphrases, identities and raw bytes).
     kind: Option<KeyKind>,
     what: String,
@@ -338,7 +402,7 @@ fn fingerprint_marker(
 /// (recipient ID, fingerprint secret file, ledger, strength).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
-    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None))]
+    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None, allow_short_passphrase=false))]
 #[allow(clippy::too_many_arguments)]
 fn encrypt(
     py: Python<'_>,
@@ -353,8 +417,12 @@ fn encrypt(
     tier_shares: Option<Vec<f64>>,
     allow_empty: bool,
     fingerprint: Option<(String, PathBuf, PathBuf, f64)>,
+    allow_short_passphrase: bool,
 ) -> PyResult<String> {
     let master = key.as_ref().map(|k| k.master()).transpose()?;
+    if let Some(m) = &master {
+        check_passphrase(m, allow_short_passphrase)?;
+    }
     let recipients = recipients
         .iter()
         .map(|(text, tier)| {
@@ -799,6 +867,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_secret, m)?)?;
     m.add_function(wrap_pyfunction!(new_key, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(check_encrypt_key, m)?)?;
+    m.add_function(wrap_pyfunction!(session::session_model, m)?)?;
+    m.add_class::<session::SessionModel>()?;
+    m.add_class::<session::TensorView>()?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("MalformedModel", py.get_type::<MalformedModel>())?;

@@ -84,9 +84,7 @@ impl Knobs {
     /// The policy of this point (`inherit_builtin = false`: nothing else is encrypted).
     pub fn policy(&self) -> Policy {
         let whole = OpRule { coefficient: 1.0, ..ctr_rule() };
-        let mut p = Policy::default();
-        p.rules.clear();
-        p.layer_rules.clear();
+        let mut p = Policy::empty();
         if self.last_layer {
             p.layer_rules.insert(Layers::Last, whole.clone());
         }

@@ -23,12 +23,13 @@
 pub mod importance;
 mod onnx_ops;
 mod policy;
+pub mod risk;
 
 pub use importance::Norm;
 pub use onnx_ops::ONNX_OPS;
 pub use policy::{
     glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank, Selector, Split, DEFAULT_COEFFICIENT,
-    DEFAULT_MODE, DEFAULT_TIERED_MODE, MAX_TIERS,
+    DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT, DEFAULT_TIERED_MODE, KNOWN_OPS, MAX_TIERS,
 };
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
@@ -68,6 +69,7 @@ __all__ = [
     "NotSigned",
     "OnnxProtectError",
     "OutputError",
+    "UnsafeSessionOptions",
     "UnsupportedVersion",
     "WrongKey",
     "decrypt",
@@ -180,6 +182,7 @@ def encrypt(
     fingerprint_secret: PathLike | None = None,
     ledger: PathLike | None = None,
     fingerprint_strength: float = 0.002,
+    allow_short_passphrase: bool = False,
     **overrides: Override,
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
@@ -194,7 +197,8 @@ def encrypt(
     ID's copy, as ``encrypt --fingerprint`` does (docs/tracing.md): a keyed mark of
     strength ``fingerprint_strength`` in the weights, recorded in the ledger; the
     report gains ``"fingerprint"``. (``--fingerprint-check`` is command-line only.)
-    Returns the encryption report.
+    A passphrase shorter than 12 characters is refused (as by the command line) unless
+    ``allow_short_passphrase``. Returns the encryption report.
     """
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
@@ -222,8 +226,12 @@ def encrypt(
         tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
         allow_empty=allow_empty,
         fingerprint=mark,
+        allow_short_passphrase=allow_short_passphrase,
     )
-    return json.loads(report)
+    report = json.loads(report)
+    for w in report.get("warnings", ()):
+        warnings.warn(w, UserWarning, stacklevel=2)
+    return report
 
 
 def fingerprint_secret(path: PathLike) -> dict[str, Any]:
@@ -339,6 +347,67 @@ _NUMPY_DTYPES = {
     "COMPLEX128": "complex128",
 }
 
+#: Providers on which shared initializers are used in place (the CPU's memory).
+_IN_PLACE_PROVIDERS = {"CPUExecutionProvider", "AzureExecutionProvider"}
+
+
+class UnsafeSessionOptions(OnnxProtectError, ValueError):
+    """Session options that would make onnxruntime write the decrypted model, its
+    weights or an execution provider's compiled copy of them to a file."""
+
+    kind = "unsafe_session_options"
+
+
+def _config_entry(so: Any, key: str) -> str:
+    try:
+        return str(so.get_session_config_entry(key))
+    except RuntimeError:  # onnxruntime raises for a key that was never set
+        return ""
+
+
+#: Provider options that make an execution provider write a compiled copy of the model
+#: (with its weights) to disk, by provider.
+_PROVIDER_CACHES = {
+    "TensorrtExecutionProvider": ("trt_engine_cache_enable", "trt_dump_ep_context_model", "trt_timing_cache_enable"),
+    "NvTensorRTRTXExecutionProvider": ("nv_dump_ep_context_model", "ep.context_enable"),
+    "OpenVINOExecutionProvider": ("cache_dir",),
+    "CoreMLExecutionProvider": ("ModelCacheDirectory",),
+    "QNNExecutionProvider": ("qnn_context_cache_enable",),
+    "MIGraphXExecutionProvider": ("migraphx_save_compiled_model",),
+}
+
+
+def _refuse_disk_writes(so: Any, providers: Any, provider_options: Any) -> None:
+    """Raises :class:`UnsafeSessionOptions` for options that write the decrypted model,
+    its initializers or an EP context to disk. Profiling (timings only) is allowed."""
+    why = []
+    if so.optimized_model_filepath:
+        why.append(f"optimized_model_filepath ({so.optimized_model_filepath!r}) saves the optimized model with its weights")
+    name = _config_entry(so, "session.optimized_model_external_initializers_file_name")
+    if name:
+        why.append(f"session.optimized_model_external_initializers_file_name ({name!r}) saves the weights")
+    if _config_entry(so, "ep.context_enable") not in ("", "0"):
+        why.append("ep.context_enable saves an EP context model (with the weights unless embedded elsewhere)")
+    path = _config_entry(so, "ep.context_file_path")
+    if path:
+        why.append(f"ep.context_file_path ({path!r}) names where an EP context model is saved")
+    pairs = []
+    for i, p in enumerate(providers or ()):
+        if isinstance(p, (tuple, list)) and len(p) == 2:
+            pairs.append((p[0], dict(p[1])))
+        elif provider_options and i < len(provider_options):
+            pairs.append((p, dict(provider_options[i])))
+    for prov, opts in pairs:
+        for k in _PROVIDER_CACHES.get(prov, ()):
+            v = opts.get(k)
+            if v not in (None, "", 0, False, "0", "false", "False"):
+                why.append(f"{prov} option {k}={v!r} writes a compiled copy of the model to disk")
+    if why:
+        raise UnsafeSessionOptions(
+            "refused: these options would make onnxruntime write the decrypted model to disk: "
+            + "; ".join(why) + " (clear them; profiling is allowed)"
+        )
+
 
 def _ort_supports_files_in_memory(ort: Any) -> bool:
     return hasattr(ort.SessionOptions, "add_external_initializers_from_files_in_memory")
@@ -368,14 +437,75 @@ def _session_class(ort: Any) -> type:
                         "onnxruntime had copied it, so the session cannot be re-created; call "
                         "onnx_protect.InferenceSession(..., providers=...) again instead"
                     )
+                _refuse_disk_writes(self._sess_options, providers, provider_options)
                 super().set_providers(providers, provider_options)
 
         cls = _session_classes[id(ort)] = ProtectedInferenceSession
     return cls
 
 
+# What this package added to each SessionOptions with add_initializer: name ->
+# (array, OrtValue). onnxruntime keeps a pointer to each OrtValue in the options (it has
+# no call to remove one), so they live as long as the options do.
+_added: Any = None
+
+
+def _added_to(so: Any) -> dict[str, tuple[Any, Any]]:
+    global _added
+    if _added is None:
+        import weakref
+
+        _added = weakref.WeakKeyDictionary()
+    return _added.setdefault(so, {})
+
+
+def _provider_names(ort: Any, providers: Any) -> list[str]:
+    if not providers:
+        return list(ort.get_available_providers())
+    return [p[0] if isinstance(p, (tuple, list)) else str(p) for p in providers]
+
+
+def _add_shared(ort: Any, np: Any, so: Any, sm: Any) -> list[Any]:
+    """Adds the shared tensors of ``sm`` to ``so`` in place (``add_initializer`` over
+    views of the decrypted memory). A name this package already added to ``so`` for
+    byte-identical data is reused (the sessions share it); for other data, refused."""
+    added = _added_to(so)
+    keep = []
+    for name, dtype, dims, view in sm.shared:
+        a = np.frombuffer(view, dtype=dtype).reshape(tuple(dims))
+        if name in added:
+            old = added[name][0]
+            if old.dtype == a.dtype and old.shape == a.shape and np.array_equal(old.view(np.uint8), a.view(np.uint8)):
+                continue
+            raise OnnxProtectError(
+                f"this SessionOptions already supplies initializer {name!r} with other data (added for another "
+                "model) and onnxruntime cannot remove it; use a new onnxruntime.SessionOptions() for this model"
+            )
+        v = ort.OrtValue.ortvalue_from_numpy(a)
+        so.add_initializer(name, v)
+        added[name] = (a, v)
+        keep.append((a, v))
+    return keep
+
+
+def _check_reuse(so: Any, names: Sequence[str]) -> None:
+    """Refuses options that already supply (for another model) an initializer this
+    model has but does not share: onnxruntime would use the stale one."""
+    added = _added.get(so, {}) if _added is not None else {}
+    stale = sorted(n for n in names if n in added)
+    if stale:
+        raise OnnxProtectError(
+            f"this SessionOptions already supplies initializer(s) {', '.join(map(repr, stale[:5]))} added for "
+            "another model, which onnxruntime would use instead of this model's (it cannot remove them); "
+            "use a new onnxruntime.SessionOptions() for this model"
+        )
+
+
 def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
-    path: PathLike,
+    path_or_bytes: PathLike | bytes,
+    sess_options: onnxruntime.SessionOptions | None = None,
+    providers: Sequence[Any] | None = None,
+    provider_options: Sequence[dict[Any, Any]] | None = None,
     *,
     key: Key | BytesLike | None = None,
     key_file: PathLike | None = None,
@@ -385,71 +515,99 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     identity_file: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
-    sess_options: onnxruntime.SessionOptions | None = None,
-    external_data: str = "auto",
+    in_place: bool | None = None,
     **onnxruntime_kwargs: Any,
 ) -> onnxruntime.InferenceSession:
-    """An ``onnxruntime.InferenceSession`` of the protected model at ``path``,
-    built from memory: no plaintext file is written.
+    """An ``onnxruntime.InferenceSession`` of the protected model ``path_or_bytes`` (a
+    path, or the protected model's bytes: external data is then looked up in the
+    current directory, as onnxruntime does), built from memory: no plaintext file is
+    written. The positional arguments are onnxruntime's; the key is one keyword
+    argument as elsewhere in this package.
 
-    External data reaches onnxruntime from memory too: whole files by location
-    (``SessionOptions.add_external_initializers_from_files_in_memory``, onnxruntime
-    >= 1.24.1, which copies them while it creates the session; the decrypted
-    buffers are zeroed right after), or one initializer at a time
-    (``SessionOptions.add_external_initializers``, onnxruntime 1.15 to 1.24.0; the
-    buffers then live as long as the session). ``external_data`` chooses: ``"auto"``, ``"files"`` or
-    ``"initializers"``. ``sess_options`` is extended in place with the external
-    initializers. Other keyword arguments (``providers``, ...) go to onnxruntime.
+    Large float ``MatMul``/``Gemm`` weights, recurrent weights and embedding tables
+    reach onnxruntime in place (``SessionOptions.add_initializer`` over views of the
+    decrypted memory, kept alive with the session and the options); every other tensor
+    is in the graph handed over as bytes, which onnxruntime copies. ``in_place``:
+    ``None`` (default) shares tensors when every provider is the CPU's, ``True``
+    always tries, ``False`` never. If onnxruntime refuses the shared graph, the session
+    is created again with every tensor in the graph. Options that would write the
+    decrypted model to disk raise :class:`UnsafeSessionOptions`. See docs/python.md.
     """
     import numpy as np
     import onnxruntime as ort
 
-    if external_data not in ("auto", "files", "initializers"):
-        raise ValueError(f"external_data must be 'auto', 'files' or 'initializers', not {external_data!r}")
     k = _required_key(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
-    m = load(path, key=k, tier=tier, signers=signers)
     so = sess_options if sess_options is not None else ort.SessionOptions()
+    _refuse_disk_writes(so, providers, provider_options)
+    if in_place is None:
+        in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
+    if isinstance(path_or_bytes, (bytearray, memoryview)):
+        path_or_bytes = bytes(path_or_bytes)
+    source = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+    try:
+        sm = _native.session_model(source, key=k, tier=tier, signers=list(signers), share=bool(in_place))
+    except MalformedModel as e:
+        if "more than a graph can hold" not in str(e):
+            raise
+        return _session_with_external_files(ort, np, source, k, tier, signers, so, providers, provider_options, onnxruntime_kwargs)
+    _check_reuse(so, sm.unshared_initializers)
+    cls = _session_class(ort)
+    keep = _add_shared(ort, np, so, sm) if sm.shared else []
+    try:
+        session = cls(sm.graph(share=bool(sm.shared)), so, providers, provider_options, **onnxruntime_kwargs)
+    except Exception:
+        if not sm.shared:
+            raise
+        # onnxruntime read a shared tensor from the graph (an optimisation this package
+        # did not foresee, or a provider that copies initializers): the reads fail
+        # (external data at "."), so build the graph with every tensor in it. The
+        # options keep the shared values, which equal the graph's.
+        session = cls(sm.graph(share=False), so, providers, provider_options, **onnxruntime_kwargs)
+    sm.release()
+    session._onnx_protect_buffers = (sm, keep)  # type: ignore[attr-defined]
+    return session
+
+
+def _session_with_external_files(
+    ort: Any, np: Any, source: Any, k: Key, tier: int | None, signers: Sequence[str], so: Any,
+    providers: Any, provider_options: Any, kwargs: dict[str, Any],
+) -> Any:
+    """A model whose external data not shared in place is over 2 GiB: the external files
+    are handed to onnxruntime from memory (copied while it creates the session)."""
+    if isinstance(source, bytes):
+        raise OnnxProtectError("a model with over 2 GiB of external data is loaded from its path, not from bytes")
+    m = load(source, key=k, tier=tier, signers=signers)
     external = m.external
-    mode = external_data
-    if mode == "auto":
-        mode = "files" if _ort_supports_files_in_memory(ort) else "initializers"
-    if external and mode == "files":
-        if not _ort_supports_files_in_memory(ort):
-            raise OnnxProtectError(f"onnxruntime {ort.__version__} has no add_external_initializers_from_files_in_memory (1.24.1+)")
+    _check_reuse(so, [t.name for t in m.external_tensors])
+    if _ort_supports_files_in_memory(ort):
         names = list(external)
         arrays = [np.frombuffer(external[n], dtype=np.uint8) for n in names]
         so.add_external_initializers_from_files_in_memory(names, arrays, [len(external[n]) for n in names])
         try:
-            session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
+            session = _session_class(ort)(m.model, so, providers, provider_options, **kwargs)
         finally:
-            # onnxruntime copied the files while it created the session.
             del arrays
-            m.close()
+            m.close()  # onnxruntime copied the files while it created the session
         session._onnx_protect_released = True
         return session
-    if external:
-        names, values = [], []
-        for t in m.external_tensors:
-            dtype = _NUMPY_DTYPES.get(t.data_type)
-            if dtype is None:
-                raise OnnxProtectError(
-                    f"external initializer {t.name!r} is {t.data_type}, which numpy cannot hold; "
-                    "use onnxruntime >= 1.24.1 (external_data='files')"
-                )
-            count = t.length // np.dtype(dtype).itemsize
-            a = np.frombuffer(external[t.location], dtype=dtype, count=count, offset=t.offset).reshape(tuple(t.dims))
-            names.append(t.name)
-            values.append(ort.OrtValue.ortvalue_from_numpy(a))
-        so.add_external_initializers(names, values)
-    session = _session_class(ort)(m.model, so, **onnxruntime_kwargs)
-    if external:
-        # add_external_initializers does not copy: the decrypted buffers must live as long as the session.
-        session._onnx_protect_buffers = m  # type: ignore[attr-defined]
-    else:
-        m.close()
+    names, values = [], []
+    for t in m.external_tensors:
+        dtype = _NUMPY_DTYPES.get(t.data_type)
+        if dtype is None:
+            raise OnnxProtectError(
+                f"external initializer {t.name!r} is {t.data_type}, which numpy cannot hold; onnxruntime >= 1.24.1 "
+                "takes whole external files from memory"
+            )
+        count = t.length // np.dtype(dtype).itemsize
+        a = np.frombuffer(external[t.location], dtype=dtype, count=count, offset=t.offset).reshape(tuple(t.dims))
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(a))
+    so.add_external_initializers(names, values)
+    session = _session_class(ort)(m.model, so, providers, provider_options, **kwargs)
+    session._onnx_protect_buffers = (m, values)  # type: ignore[attr-defined]
     return session
 
 
@@ -476,6 +634,7 @@ def export(
     tiers: int | None = None,
     tier_shares: Sequence[float] | None = None,
     overrides: Mapping[str, Override] | None = None,
+    allow_short_passphrase: bool = False,
     **torch_onnx_export_kwargs: Any,
 ) -> dict[str, Any]:
     """Exports the PyTorch ``model`` with ``torch.onnx.export`` and writes it
@@ -497,13 +656,25 @@ def export(
     import torch
 
     k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
+    policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
+    if k is not None:
+        # Checks the key (and the passphrase's length) before torch runs.
+        _native.check_encrypt_key(key=k, allow_short_passphrase=allow_short_passphrase)
     fd = _memfd("onnx-protect-export")
+    plain = f"/proc/self/fd/{fd}"
     try:
-        plain = f"/proc/self/fd/{fd}"
         program = torch.onnx.export(model, args, plain, **kw)
         del program
-        policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
-        return encrypt(plain, path, key=k, recipients=recipients, **policy_args, **dict(overrides or {}))
+        try:
+            return encrypt(
+                plain, path, key=k, recipients=recipients, allow_short_passphrase=allow_short_passphrase,
+                **policy_args, **dict(overrides or {}),
+            )
+        except OnnxProtectError as e:
+            # The exported model has no name of its own: never show the memfd's.
+            err = type(e)(str(e).replace(plain, "the model exported by torch"))
+            err.kind = getattr(e, "kind", None)
+            raise err.with_traceback(e.__traceback__) from None
     finally:
         _wipe_fd(fd)
 

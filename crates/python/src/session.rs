@@ -1,0 +1,256 @@
+//! What `onnx_protect.InferenceSession` hands to onnxruntime: the graph (a `bytes`
+//! object) and the shared initializers, each a read-only [`TensorView`] of decrypted
+//! memory held in Rust (no copy), built by `onnx_protect_session::prepare`.
+
+use std::collections::BTreeMap;
+use std::ffi::c_int;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes, Method};
+use onnx_protect_core::protect::CoreError;
+use onnx_protect_format::{DataType, Model};
+use onnx_protect_session::{prepare, Arena, Options, Source};
+use pyo3::exceptions::PyBufferError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use pyo3::{ffi, IntoPyObjectExt};
+
+use crate::{py_err, py_err_at, Key};
+
+/// The decrypted buffers that shared tensors point into; freed (and wiped) when the
+/// last [`TensorView`] and the [`SessionModel`] are gone.
+struct Held {
+    /// The index of the model, to build the graph again; dropped by `release()`.
+    index: Mutex<Option<Model>>,
+    /// The decrypted model bytes and external files. `release()` drops those that no
+    /// shared tensor points into; the others stay until the last view is gone.
+    model: Mutex<Option<DecryptedBytes>>,
+    external: Mutex<BTreeMap<String, DecryptedBytes>>,
+    arena: Arena,
+}
+
+impl Held {
+    /// Address and length of `range` of a source buffer. The buffer's heap bytes never
+    /// move and are never dropped while a view of them exists (`release()` keeps them).
+    fn slice(&self, source: &Source, range: &Range<usize>) -> Option<(*const u8, usize)> {
+        let pick = |b: &[u8]| b.get(range.clone()).map(|s| (s.as_ptr(), s.len()));
+        match source {
+            Source::Model => lock(&self.model).as_deref().and_then(pick),
+            Source::External(l) => lock(&self.external).get(l).and_then(|d| pick(d)),
+            Source::Arena => pick(self.arena.bytes()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A read-only view of one shared tensor's bytes (`raw_data` layout), exported through
+/// the buffer protocol without a copy; it keeps the decrypted buffer alive.
+#[pyclass(module = "onnx_protect", frozen)]
+pub struct TensorView {
+    held: Arc<Held>,
+    source: Source,
+    range: Range<usize>,
+}
+
+#[pymethods]
+impl TensorView {
+    fn __len__(&self) -> usize {
+        self.range.len()
+    }
+
+    /// # Safety
+    /// Called by the interpreter with a valid `view` to fill, as the buffer protocol says.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("no view to fill"));
+        }
+        if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("decrypted tensors are read-only"));
+        }
+        let me = slf.get();
+        let (ptr, len) = me
+            .held
+            .slice(&me.source, &me.range)
+            .ok_or_else(|| PyBufferError::new_err("the tensor's buffer is gone"))?;
+        let len = isize::try_from(len).map_err(|_| PyBufferError::new_err("buffer too large"))?;
+        // SAFETY: `view` is non-null and owned by the caller for the duration of the
+        // export; the bytes live in `held`, which this object (kept by `view.obj`) owns a
+        // reference to and which is never mutated.
+        unsafe {
+            (*view).obj = slf.into_any().into_ptr();
+            (*view).buf = ptr as *mut std::ffi::c_void;
+            (*view).len = len;
+            (*view).readonly = 1;
+            (*view).itemsize = 1;
+            (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
+                c"B".as_ptr() as *mut std::ffi::c_char
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape =
+                if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND { &mut (*view).len } else { std::ptr::null_mut() };
+            (*view).strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
+                &mut (*view).itemsize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by the interpreter once per successful `__getbuffer__`.
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+}
+
+/// A protected model decrypted for an onnxruntime session: `graph()` (bytes for
+/// `InferenceSession`) and `shared` (initializers to add in place).
+#[pyclass(module = "onnx_protect")]
+pub struct SessionModel {
+    held: Arc<Held>,
+    /// `(name, numpy dtype, dims, view)` of each shared tensor.
+    shared: Vec<(String, &'static str, Vec<u64>, Py<TensorView>)>,
+    /// The sources shared tensors point into (kept by `release()`).
+    used: Vec<Source>,
+    /// Names of the model's initializers (any graph) that are not shared.
+    #[pyo3(get)]
+    unshared_initializers: Vec<String>,
+}
+
+/// The numpy dtype of an element type that onnx_protect_session may share.
+fn numpy_dtype(t: DataType) -> Option<&'static str> {
+    Some(match t {
+        DataType::Float => "float32",
+        DataType::Float16 => "float16",
+        DataType::Double => "float64",
+        DataType::Int8 => "int8",
+        DataType::Uint8 => "uint8",
+        DataType::Int16 => "int16",
+        DataType::Int32 => "int32",
+        DataType::Int64 => "int64",
+        _ => return None,
+    })
+}
+
+#[pymethods]
+impl SessionModel {
+    /// `[(name, numpy dtype, dims, TensorView)]`: the initializers to add in place.
+    #[getter]
+    fn shared(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        self.shared
+            .iter()
+            .map(|(n, d, dims, v)| (n.as_str(), *d, dims.clone(), v.clone_ref(py)).into_py_any(py))
+            .collect()
+    }
+
+    /// The graph for onnxruntime: with `share`, shared tensors point at `.` (and are
+    /// added from `shared`); without, every tensor's data is in it (the fallback).
+    /// Refused after `release()`.
+    #[pyo3(signature = (*, share))]
+    fn graph(&self, py: Python<'_>, share: bool) -> PyResult<Py<PyBytes>> {
+        let held = Arc::clone(&self.held);
+        let opts = Options { share, ..Options::default() };
+        let plan = py.detach(|| -> Result<_, CoreError> {
+            let index = lock(&held.index);
+            let index = index.as_ref().ok_or_else(|| CoreError::Output("the decrypted model was released".into()))?;
+            let model = lock(&held.model);
+            let external = lock(&held.external);
+            let bytes = model.as_deref().ok_or_else(|| CoreError::Output("the decrypted model was released".into()))?;
+            Ok(prepare(index, bytes, |l| external.get(l).map(|d| &d[..]), &opts)?.graph)
+        });
+        Ok(PyBytes::new(py, &plan.map_err(py_err)?).unbind())
+    }
+
+    /// Drops (and wipes) every decrypted byte that no shared tensor points into; the
+    /// graph cannot be built again afterwards.
+    fn release(&self) {
+        *lock(&self.held.index) = None;
+        if !self.used.contains(&Source::Model) {
+            *lock(&self.held.model) = None;
+        }
+        lock(&self.held.external).retain(|l, _| self.used.contains(&Source::External(l.clone())));
+    }
+}
+
+/// Decrypts `source` (a path, or the protected model's bytes with external data
+/// resolved in the current directory, as onnxruntime does for models given as bytes)
+/// and plans the session.
+#[pyfunction]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true))]
+pub fn session_model(
+    py: Python<'_>,
+    source: Bound<'_, PyAny>,
+    key: PyRef<'_, Key>,
+    tier: Option<u32>,
+    signers: Vec<String>,
+    share: bool,
+) -> PyResult<SessionModel> {
+    let trusted = crate::signers(signers)?;
+    let key_source = key.source.clone();
+    drop(key);
+    let input: Result<Vec<u8>, PathBuf> = match source.cast::<PyBytes>() {
+        Ok(b) => Ok(b.as_bytes().to_vec()),
+        Err(_) => Err(source.extract::<PathBuf>()?),
+    };
+    let what = match &input {
+        Ok(_) => PathBuf::from("the model bytes"),
+        Err(p) => p.clone(),
+    };
+    let decrypted = py
+        .detach(|| -> Result<_, CoreError> {
+            let (index, d) = match input {
+                Err(path) => {
+                    let d = decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?;
+                    (onnx_protect_core::protect::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
+                }
+                Ok(bytes) => {
+                    let cwd = std::env::current_dir().ok();
+                    let model = Model::from_vec(bytes, cwd)?;
+                    let d = decrypt_model_signed_in_memory(&model, &key_source, tier, &trusted)?;
+                    (model, d)
+                }
+            };
+            // Encryption edits bytes in place: a mapped result has the protected file's
+            // layout. A rebuilt one is indexed anew.
+            let index =
+                if d.method() == Method::Mapped { index } else { Model::from_vec(d.to_vec(), index.dir.clone())? };
+            Ok((index, d))
+        })
+        .map_err(|e| py_err_at(&what, e))?;
+    let (index, d) = decrypted;
+    let (model_bytes, external) = d.into_parts();
+    let opts = Options { share, ..Options::default() };
+    let plan = py
+        .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
+        .map_err(|e| py_err_at(&what, CoreError::Format(e)))?;
+    let used: Vec<Source> = plan.shared.iter().map(|s| s.source.clone()).collect();
+    let shared_names: std::collections::HashSet<&str> = plan.shared.iter().map(|s| s.name.as_str()).collect();
+    let unshared_initializers = index
+        .tensors
+        .iter()
+        .filter(|t| t.origin == onnx_protect_format::Origin::Initializer && !shared_names.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    let held = Arc::new(Held {
+        index: Mutex::new(Some(index)),
+        model: Mutex::new(Some(model_bytes)),
+        external: Mutex::new(external),
+        arena: plan.arena,
+    });
+    let mut shared = Vec::with_capacity(plan.shared.len());
+    for s in plan.shared {
+        let dtype = numpy_dtype(s.data_type)
+            .ok_or_else(|| py_err(CoreError::Output(format!("internal: {} cannot be shared", s.name))))?;
+        let view = Py::new(py, TensorView { held: Arc::clone(&held), source: s.source, range: s.range })?;
+        shared.push((s.name, dtype, s.dims, view));
+    }
+    Ok(SessionModel { held, shared, used, unshared_initializers })
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the Python package onnx-protect as an abi3 wheel (CPython 3.11+, Linux) and,
+# with --sdist, a source distribution; checks them with twine and maturin's
+# manylinux audit (auditwheel show prints the result).
+#
+#   bash scripts/build-wheel.sh [--release | --dev] [--sdist] [-o DIR]
+#
+# --release (default): the wheel users install (release profile, stripped). --dev: the
+# dev profile (scripts/test.sh: it shares `cargo test`'s compiled dependencies). Both are
+# audited (maturin's --auditwheel check fails if the library links anything a manylinux
+# wheel may not; auditwheel show prints the policy). Output: DIR (default $CARGO_TARGET_DIR/wheels, else
+# target/wheels).
+# maturin, twine and auditwheel are installed into target/build-venv when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=release sdist=0 out=${CARGO_TARGET_DIR:-target}/wheels
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --release) profile=release ;;
+    --dev) profile=dev ;;
+    --sdist) sdist=1 ;;
+    -o) out=$2; shift ;;
+    *) echo "usage: $0 [--release | --dev] [--sdist] [-o DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+venv=${CARGO_TARGET_DIR:-target}/build-venv
+if [ ! -x "$venv/bin/maturin" ] || [ ! -x "$venv/bin/twine" ] || [ ! -x "$venv/bin/auditwheel" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9,<2" twine auditwheel
+fi
+mkdir -p "$out"
+rm -f "$out"/onnx_protect-*.whl "$out"/onnx_protect-*.tar.gz
+args=(build --manifest-path crates/python/Cargo.toml --out "$out" --interpreter python3 --auditwheel check)
+if [ "$profile" = release ]; then
+  args+=(--release --strip)
+else
+  args+=(--profile dev)
+fi
+"$venv/bin/maturin" "${args[@]}"
+if [ "$sdist" = 1 ]; then
+  "$venv/bin/maturin" sdist --manifest-path crates/python/Cargo.toml --out "$out"
+fi
+"$venv/bin/twine" check --strict "$out"/onnx_protect-*
+"$venv/bin/auditwheel" show "$out"/onnx_protect-*.whl
+ls -l "$out"/onnx_protect-*

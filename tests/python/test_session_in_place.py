@@ -1,0 +1,239 @@
+"""onnx_protect.InferenceSession hands large decrypted weights to onnxruntime in place
+(crates/session, docs/python.md#inferencesession): outputs equal the plain model's
+session on every fixture and zoo model, a Transpose'd external weight is right (the
+graph handed over names no ciphertext file), onnxruntime's signature and habits hold,
+and options that would write the decrypted model to disk are refused."""
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_protect as op
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CPU = ["CPUExecutionProvider"]
+MODELS = sorted(ROOT.glob("fixtures/models/*/model.onnx")) + sorted(ROOT.glob("fixtures/digits/*.onnx")) \
+    + sorted(ROOT.glob("fixtures/zoo/*/*.onnx"))
+
+
+def inputs_for(session, model):
+    """The stored inputs of a zoo model, else seeded random ones of the declared types."""
+    names = [i.name for i in session.get_inputs()]
+    for x in (model.with_name(model.stem + ".x.npy"), model.parent / "ref_x.npy", model.parent / "test_x.npy"):
+        if x.exists() and len(names) == 1:
+            return {names[0]: np.load(x)[:64]}
+    rng = np.random.default_rng(0)
+    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+    out = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 2 for d in i.shape]
+        if i.type in kinds:
+            out[i.name] = rng.standard_normal(shape).astype(kinds[i.type])
+        else:
+            ints = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+            out[i.name] = rng.integers(0, 2, shape).astype(ints[i.type])
+    return out
+
+
+def protect(model, tmp_path, key, **policy):
+    out = tmp_path / model.parent.name / model.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    op.encrypt(model, out, key=key, **policy)
+    return out
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, tmp_path):
+    key = op.new_key()
+    enc = protect(model, tmp_path, key, coefficient=1, allow_empty=True)
+    plain = ort.InferenceSession(str(model), providers=CPU)
+    feeds = inputs_for(plain, model)
+    want = plain.run(None, feeds)
+    s = op.InferenceSession(enc, key=key, providers=CPU)
+    got = s.run(None, feeds)
+    assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
+    if model.parent.name == "digits":
+        assert s._onnx_protect_buffers[0].shared, "the digits models' MatMul/Gemm weights are used in place"
+
+
+def transposed_model(folder):
+    """y = x · Transpose(W) · V, W and V float32 in an external file: onnxruntime folds
+    Transpose(W) into a constant while it optimises the graph."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((48, 32)).astype(np.float32)
+    v = rng.standard_normal((48, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "Wt"], ["h"]),
+         helper.make_node("MatMul", ["h", "V"], ["y"])],
+        "transposed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(m, str(folder / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return folder / "model.onnx"
+
+
+def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext(tmp_path, monkeypatch):
+    plain = transposed_model(tmp_path / "plain")
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key, coefficient=1)
+    assert enc.parent.joinpath("weights.bin").read_bytes() != plain.parent.joinpath("weights.bin").read_bytes()
+    x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
+    # The ciphertext file is where onnxruntime would resolve it for a model given as bytes.
+    monkeypatch.chdir(enc.parent)
+    s = op.InferenceSession(enc, key=key, providers=CPU)
+    assert s.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    sm = s._onnx_protect_buffers[0]
+    assert [name for name, *_ in sm.shared] == ["V"], "W feeds a Transpose (folded): not shared"
+    graph = onnx.load_model_from_string(s._model_bytes)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"."}, "the graph handed over names no data file, only the sentinel for V"
+
+    # What the check catches: the protected graph (naming the ciphertext file) with every
+    # decrypted tensor added as an initializer folds Transpose(W) from ciphertext.
+    m = op.load(enc, key=key)
+    files = {loc: np.frombuffer(buf, dtype=np.uint8) for loc, buf in m.external.items()}
+    so = ort.SessionOptions()
+    keep = []
+    for t in m.external_tensors:
+        a = files[t.location][t.offset:t.offset + t.length].view(np.float32).reshape(tuple(t.dims))
+        keep.append(ort.OrtValue.ortvalue_from_numpy(a))
+        so.add_initializer(t.name, keep[-1])
+    wrong = ort.InferenceSession(enc.read_bytes(), so, providers=CPU).run(None, {"x": x})[0]
+    assert wrong.tobytes() != want.tobytes()
+
+
+def test_a_graph_naming_the_sentinel_makes_onnxruntime_fail_not_guess(tmp_path):
+    """The property the design rests on: an optimiser that reads a tensor whose data is
+    at '.' gets an error, so a wrong prediction cannot give wrong outputs."""
+    model = onnx.load(str(transposed_model(tmp_path / "m")), load_external_data=False)
+    w = numpy_helper.to_array(onnx.load(str(tmp_path / "m" / "model.onnx")).graph.initializer[0])
+    for e in model.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "."
+    so = ort.SessionOptions()
+    v = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w))
+    so.add_initializer("W", v)
+    for t in model.graph.initializer[1:]:
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+        t.raw_data = np.zeros(tuple(t.dims), np.float32).tobytes()
+    with pytest.raises(Exception, match="regular file|out of bounds|model_path|read"):
+        ort.InferenceSession(model.SerializeToString(), so, providers=CPU)
+
+
+def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monkeypatch):
+    key = op.new_key()
+    model = ROOT / "fixtures" / "digits" / "mlp.onnx"
+    enc = protect(model, tmp_path, key)
+    real = op._session_class(ort)
+    calls = []
+
+    class RefusesSentinel(real):
+        def __init__(self, graph, *a, **kw):
+            calls.append(graph)
+            if len(calls) == 1:
+                raise RuntimeError("simulated: Random-access reads require a regular file: .")
+            super().__init__(graph, *a, **kw)
+
+    monkeypatch.setattr(op, "_session_class", lambda _ort: RefusesSentinel)
+    s = op.InferenceSession(enc, key=key, providers=CPU)
+    x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:32]
+    want = ort.InferenceSession(str(model), providers=CPU).run(None, {"input": x})[0]
+    assert s.run(None, {"input": x})[0].tobytes() == want.tobytes()
+    assert len(calls) == 2 and len(calls[1]) > len(calls[0]), "the second graph holds every tensor"
+
+
+def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
+    key = op.new_key()
+    src = ROOT / "fixtures" / "models" / "external_data"
+    enc = protect(src / "model.onnx", tmp_path, key)
+    plain = ort.InferenceSession(str(src / "model.onnx"), providers=CPU)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    want = plain.run(None, {"x": x})[0].tobytes()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    a = op.InferenceSession(enc, so, CPU, key=key)  # positional sess_options and providers
+    b = op.InferenceSession(enc, so, CPU, key=key)  # the same options again
+    assert a.run(None, {"x": x})[0].tobytes() == want and b.run(None, {"x": x})[0].tobytes() == want
+    assert a.get_session_options().intra_op_num_threads == 1
+    # The protected model as bytes (external data found in the current directory).
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(enc.parent)
+    try:
+        c = op.InferenceSession(enc.read_bytes(), key=key, providers=CPU)
+    finally:
+        os.chdir(cwd)
+    assert c.run(None, {"x": x})[0].tobytes() == want
+    # Options that supply another model's initializer under a name this model uses.
+    other = tmp_path / "other.onnx"
+    op.encrypt(transposed_model(tmp_path / "t"), other, key=key)
+    so2 = ort.SessionOptions()
+    op.InferenceSession(other, so2, CPU, key=key)
+    clash = tmp_path / "clash"
+    plain_clash = transposed_model(clash)
+    m = onnx.load(str(plain_clash))
+    m.graph.initializer[1].raw_data = (numpy_helper.to_array(m.graph.initializer[1]) + 1).tobytes()
+    onnx.save_model(m, str(clash / "model2.onnx"), save_as_external_data=True, location="w2.bin", size_threshold=0)
+    op.encrypt(clash / "model2.onnx", tmp_path / "clash.onnx", key=key)
+    with pytest.raises(op.OnnxProtectError, match="new onnxruntime.SessionOptions"):
+        op.InferenceSession(tmp_path / "clash.onnx", so2, CPU, key=key)
+
+
+def test_in_place_false_and_other_providers_copy(tmp_path):
+    key = op.new_key()
+    model = ROOT / "fixtures" / "digits" / "vit.onnx"
+    enc = protect(model, tmp_path, key)
+    s = op.InferenceSession(enc, key=key, providers=CPU, in_place=False)
+    assert not s._onnx_protect_buffers[0].shared
+    x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:16]
+    want = ort.InferenceSession(str(model), providers=CPU).run(None, {"input": x})[0]
+    assert s.run(None, {"input": x})[0].tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("setting", [
+    ("optimized_model_filepath", "opt.onnx"),
+    ("session.optimized_model_external_initializers_file_name", "w.bin"),
+    ("ep.context_enable", "1"),
+    ("ep.context_file_path", "ctx.onnx"),
+])
+def test_options_that_write_the_decrypted_model_are_refused(setting, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = op.new_key()
+    enc = protect(ROOT / "fixtures" / "digits" / "mlp.onnx", tmp_path, key)
+    so = ort.SessionOptions()
+    name, value = setting
+    if name == "optimized_model_filepath":
+        so.optimized_model_filepath = str(tmp_path / value)
+    else:
+        so.add_session_config_entry(name, value)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(op.UnsafeSessionOptions, match=name.split(".")[-1] if "." in name else name):
+        op.InferenceSession(enc, so, CPU, key=key)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
+    with pytest.raises(op.UnsafeSessionOptions, match="trt_engine_cache_enable"):
+        op.InferenceSession(enc, providers=[("TensorrtExecutionProvider", {"trt_engine_cache_enable": True})], key=key)
+
+
+def test_profiling_is_allowed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = op.new_key()
+    enc = protect(ROOT / "fixtures" / "digits" / "mlp.onnx", tmp_path, key)
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    s = op.InferenceSession(enc, so, CPU, key=key)
+    s.run(None, {"input": np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:1]})
+    profile = pathlib.Path(s.end_profiling())
+    assert profile.exists() and b"model_run" in profile.read_bytes()

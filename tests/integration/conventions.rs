@@ -650,7 +650,7 @@ fn encrypt_dry_run_and_verbose() {
     assert_eq!(names(d), ["m.onnx"], "a dry run wrote something");
     let (code, out, err) = run(&[&["encrypt", m, "--dry-run", "--verbose"][..], &ends].concat());
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\n    W1 360000 bytes (MatMul B)"), "{out}");
+    assert!(out.contains("\n    W1 360000 bytes (MatMul weight)"), "{out}");
     let (code, out, err) = run(&[&["encrypt", m, "--dry-run", "--json"][..], &ends].concat());
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();

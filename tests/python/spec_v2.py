@@ -1213,8 +1213,11 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     # "modified"), before any external file is read.
     try:
         op.tensors = walk(op.content, op.files)
-    except MissingFile:
-        raise
+    except MissingFile as e:
+        # A file the header lists that is not there is missing; an unlisted location is a change.
+        if any(repr(loc) in str(e) for loc in header["external_files"]):
+            raise
+        raise Modified(f"the model no longer parses: {e}") from e
     except MalformedModel as e:
         raise Modified(f"the model no longer parses: {e}") from e
     ext_order = []

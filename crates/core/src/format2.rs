@@ -52,7 +52,7 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 /// modification) the parser's error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
     use onnx_protect_format::ErrorKind as K;
-    if matches!(e.kind(), K::Io | K::ExternalMissing) {
+    if e.kind() == K::Io {
         return e.into();
     }
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
@@ -60,8 +60,13 @@ pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreEr
     let Ok(value) = std::str::from_utf8(raw) else {
         return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
     };
-    if parse_entry(value, range).is_err() {
-        return e.into();
+    let Ok(sealed) = parse_entry(value, range) else { return e.into() };
+    // A file the header lists that is not there is missing; a location the header does not
+    // list is a change of the model.
+    if let onnx_protect_format::FormatError::ExternalMissing { location, .. } = &e {
+        if sealed.header.external_files.contains(location) {
+            return e.into();
+        }
     }
     CoreError::Modified(format!("the model no longer parses under its manifest ({e})"))
 }

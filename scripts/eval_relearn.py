@@ -84,7 +84,9 @@ def measure(model, points, cache, all_points, seeds, steps):
                 onnx_protect.encrypt(src, enc, key=key, policy=pol)
                 t0 = time.time()
                 r = assess.attack(enc, x, y, xt, yt, seeds=seeds, steps=steps, scratch_cache=scratch)
-                r.update(point=point, model=model, seconds=round(time.time() - t0, 1))
+                import torch
+
+                r.update(point=point, model=model, seconds=round(time.time() - t0, 1), torch=torch.__version__)
                 path.write_text(json.dumps(r, indent=1))
             out[point] = r
             print(f"{model:28} {point:24} share {100 * r['share']:6.2f}%  gap {100 * r['gap']:+6.1f}  "
@@ -97,7 +99,10 @@ def measure(model, points, cache, all_points, seeds, steps):
 
 
 def provenance():
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    # The figures depend on the attack code (and the encryption, which is exact): name the
+    # last commit that changed it.
+    attack_code = ["crates/python/python/onnx_protect/assess.py", "crates/python/python/onnx_protect/_torch_graph.py"]
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", *attack_code], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -112,8 +117,6 @@ def provenance():
 
 def table(cache):
     """The generated block: one row per model, one column per point measured."""
-    import torch
-
     rows = []
     for fam, models in FAMILIES.items():
         for model in models:
@@ -142,11 +145,12 @@ def table(cache):
                                   f"{100 * m['start']:.1f} | {100 * m['scratch']:.1f} | {100 * m['relearn']:.1f} | "
                                   f"{100 * m['finetune']:.1f} | {100 * row['gap']:+.1f} |")
     commit, cpu, cores = provenance()
-    head = (f"Measured with `onnx_protect.assess` (commit {commit}, {cpu}, {cores} cores, torch "
-            f"{torch.__version__}) by `scripts/eval_relearn.py`. Cells: encrypted share of the weight bytes: gap of "
+    versions = sorted({json.loads(p.read_text()).get("torch", "not recorded") for p in cache.glob("*.json")})
+    head = (f"Measured with `onnx_protect.assess` (attack code of commit {commit}, {cpu}, {cores} cores, torch "
+            f"{', '.join(versions)}) by `scripts/eval_relearn.py`. Cells: encrypted share of the weight bytes: gap of "
             "the best training attack over scratch in points at 1% / 5% / 10% of the training split (mean of "
-            "three draws); **✓**: every gap at most 2 points. Blank: not measured (a cheaper point already "
-            "holds).\n\n| family | model | " + " | ".join(f"`{p}`" for p in POINTS) + " |\n|---|---|"
+            "three draws); **✓**: every gap at most 2 points. `all` is the built-in policy. Blank: not "
+            "measured.\n\n| family | model | " + " | ".join(f"`{p}`" for p in POINTS) + " |\n|---|---|"
             + "---|" * len(POINTS) + "\n")
     det_head = ("\n\nMean test accuracy (%) per point and data size (samples): `start` is the reset model before "
                 "training; `relearn` trains only the encrypted elements (clear weights and statistics frozen), "

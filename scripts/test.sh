@@ -21,6 +21,21 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
     echo "softhsm2 is missing and cannot be installed here (not root, or no apt-get): the PKCS#11 tests will skip" >&2
   fi
 fi
+step "system packages (swtpm, libtss2-dev: the TPM tests)"
+# swtpm is the software TPM the TPM tests start on local ports (each its own state);
+# libtss2-dev is the TSS 2.0 the cargo features tss/tpm link to.
+if ! command -v swtpm >/dev/null 2>&1 || ! pkg-config --exists tss2-esys 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools libtss2-dev pkg-config
+  fi
+fi
+if command -v swtpm >/dev/null 2>&1 && pkg-config --exists tss2-esys 2>/dev/null; then
+  TPM_TESTS=1
+else
+  TPM_TESTS=0
+  echo "swtpm or libtss2-dev is missing and cannot be installed here (not root, or no apt-get): the TPM tests will skip" >&2
+fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
@@ -35,9 +50,18 @@ step "corpus"
 bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"
 # crates/ort's tests open the libonnxruntime of the onnxruntime wheel installed above:
-# here a missing library is a failure, not a skip.
+# here a missing library is a failure, not a skip. The test plugin age-plugin-onnxtest is a
+# binary of the workspace: its absence is a failure.
 export ONNX_PROTECT_REQUIRE_ORT=1
-cargo test --workspace
+ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace
+if [ "$TPM_TESTS" = 1 ]; then
+  step "TPM: onnx-protect-tpm against swtpm (feature tss); the binary and the C ABI with feature tpm"
+  # The Python tests below then run a binary and a libonnx_protect with TPM support
+  # (tests/python/test_tpm_cli.py, test_package_device_keys.py).
+  export ONNX_PROTECT_REQUIRE_SWTPM=1
+  cargo test -p onnx-protect-tpm --features tss
+  cargo build -p onnx-protect -p onnx-protect-capi --features onnx-protect/tpm,onnx-protect-capi/tpm
+fi
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
@@ -50,7 +74,14 @@ bash scripts/build-wheel.sh --dev --sdist
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "${CARGO_TARGET_DIR:-target}"/wheels/onnx_protect-*.whl
 export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels
+if [ "$TPM_TESTS" = 1 ]; then
+  # With the TPM tests, the package under test is then the same build with the feature tpm
+  # (TPM key files as identities; it links the system's TSS, so it is not the wheel).
+  MATURIN_PEP517_ARGS="--profile dev --features tpm" python3 -m pip install --quiet \
+    --disable-pip-version-check --force-reinstall --no-deps ./crates/python
+fi
 step "pytest"
+export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
 python3 -m pytest -q tests/python
 step "javascript package (js/: npm ci, node tests, headless Chromium)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then

@@ -11,7 +11,7 @@ use onnx_protect_select::Policy;
 
 use crate::dest::WriteArgs;
 use crate::exit::usage;
-use crate::keys::{KeyArgs, RecipientArgs, SignArgs, SignerArgs};
+use crate::keys::{KeyArgs, LicenceArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs, SignerArgs};
 use crate::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name, is_stdio};
@@ -42,8 +42,35 @@ pub struct KeygenArgs {
     /// refuses if one exists), for `--recipient pkcs11:...` and `--pkcs11`. Writes no file.
     #[arg(long, value_name = "URI", conflicts_with_all = ["tiers", "recipient", "signing", "fingerprint_secret", "output"])]
     pkcs11: Option<String>,
+    /// Create a P-256 key inside this machine's TPM 2.0 instead (through ONNX_PROTECT_TPM_TCTI, default
+    /// device:/dev/tpmrm0), write its TPM key file (the key's TPM-wrapped blob: useless on another machine)
+    /// for `--identity`, and print its recipient (onnx-protect-tpm1...) for `encrypt --recipient`.
+    #[arg(long, conflicts_with_all = ["tiers", "recipient", "signing", "fingerprint_secret", "pkcs11"])]
+    tpm: bool,
+    /// With --tpm: also make the key persistent at this handle (0x81000000 to 0x81ffffff); the key file
+    /// then names the handle.
+    #[arg(long, value_name = "HANDLE", requires = "tpm")]
+    tpm_handle: Option<String>,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// `keygen --tpm`: the TPM key file's text and the key's recipient.
+fn tpm_key(a: &KeygenArgs) -> Result<(zeroize::Zeroizing<String>, String)> {
+    let handle = match &a.tpm_handle {
+        None => None,
+        Some(h) => match h.strip_prefix("0x").map(|d| u32::from_str_radix(d, 16)) {
+            Some(Ok(v)) if onnx_protect_tpm::check_persistent(v).is_ok() => Some(v),
+            _ => usage!("--tpm-handle {h}: expected 0x81000000 to 0x81ffffff"),
+        },
+    };
+    let tcti = onnx_protect_tpm::tcti_from_env();
+    let tpm_err = |e: onnx_protect_tpm::TpmError| crate::keys::KeyFileError(e.to_string());
+    let mut key = onnx_protect_tpm::create_key(&tcti).map_err(tpm_err)?;
+    if let Some(h) = handle {
+        key = onnx_protect_tpm::persist_key(&tcti, &key, h).map_err(tpm_err)?;
+    }
+    Ok((key.to_text(), key.recipient.to_text()))
 }
 
 /// Writes `text` to a new file readable by its owner only (never over an existing file),
@@ -75,6 +102,12 @@ fn keygen_public(a: &KeygenArgs, output: &std::path::Path) -> Result<ExitCode> {
     } else if a.fingerprint_secret {
         let (k, text) = onnx_protect_trace::FingerprintKey::generate()?;
         (text, k.key_id(), "fingerprint secret, key id")
+    } else if a.tpm {
+        if !is_stdio(output) && output.exists() {
+            bail!("{} exists; keygen never overwrites a key", output.display());
+        }
+        let (text, public) = tpm_key(a)?;
+        (text, public, "TPM recipient")
     } else {
         let (text, public) = onnx_protect_keys::new_x25519_identity_file();
         (text, public, "recipient")
@@ -163,7 +196,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         ),
         None => std::path::Path::new("-"),
     };
-    if a.signing || a.recipient || a.fingerprint_secret {
+    if a.signing || a.recipient || a.fingerprint_secret || a.tpm {
         return keygen_public(&a, output);
     }
     if is_stdio(output) {
@@ -319,6 +352,8 @@ pub struct EncryptArgs {
     recipients: RecipientArgs,
     #[command(flatten)]
     sign: SignArgs,
+    #[command(flatten)]
+    licence_authority: LicenceAuthorityArgs,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Write the model even if the policy encrypts none of its bytes (refused by default).
@@ -631,6 +666,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         secret_positions: a.positions == "secret",
         outputs: a.write.rules(),
         signing_keys: &signing_keys,
+        licence: a.licence_authority.requirement()?,
         progress: &bar,
         ..EncryptOptions::new(&policy)
     };
@@ -686,6 +722,8 @@ pub struct DecryptArgs {
     output: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    licence: LicenceArgs,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
@@ -710,7 +748,7 @@ pub struct DecryptArgs {
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
-    let key = a.key.required()?;
+    let key = a.licence.apply(a.key.required()?)?;
     let signers = a.signers.signers()?;
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
@@ -753,13 +791,15 @@ pub struct VerifyArgs {
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
+    licence: LicenceArgs,
+    #[command(flatten)]
     signers: SignerArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let key = a.key.source()?;
+    let key = a.key.source()?.map(|k| a.licence.apply(k)).transpose()?;
     let input = stdio::Input::new(&a.input)?;
     let bar = Bar::new(a.out.quiet);
     let signers = a.signers.signers()?;

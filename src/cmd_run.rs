@@ -119,6 +119,8 @@ mod with_tract {
         model: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
+        #[command(flatten)]
+        licence: crate::keys::LicenceArgs,
         /// An input array: NAME=FILE.npy (repeatable; FILE.npy alone for a one-input model).
         #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
@@ -171,7 +173,7 @@ mod with_tract {
     }
 
     pub fn run(a: Args) -> Result<ExitCode> {
-        let key = a.key.source()?;
+        let key = a.key.source()?.map(|k| a.licence.apply(k)).transpose()?;
         let mut arrays: BTreeMap<String, NpyArray> = BTreeMap::new();
         let mut unnamed = Vec::new();
         for spec in &a.inputs {

@@ -109,7 +109,7 @@ fn master_key(k: &KeyArgs) -> Result<MasterKey> {
     }
     match k.required_master()? {
         KeySource::Key(key) => Ok(key),
-        KeySource::Passphrase(_) | KeySource::Identity(_) => Err(KeyFileError(
+        KeySource::Passphrase(_) | KeySource::Identity(_) | KeySource::Licensed(..) => Err(KeyFileError(
             "input transforms need a key (--key-file or --key-env), not a passphrase: they are deterministic \
              and have no place to store a passphrase salt"
                 .into(),

@@ -28,6 +28,20 @@ pub const POLICY: u8 = 7;
 pub const GATE: u8 = 8;
 /// `trace`: no recipient's fingerprint reaches the threshold.
 pub const NOT_TRACED: u8 = 9;
+/// The model needs a licence: none given, or the licence text is malformed or unreadable.
+pub const LICENCE_MISSING: u8 = 10;
+/// The licence's signature does not verify, or it is from another authority.
+pub const LICENCE_BAD_SIGNATURE: u8 = 11;
+/// The licence has expired.
+pub const LICENCE_EXPIRED: u8 = 12;
+/// The licence is not valid yet.
+pub const LICENCE_NOT_YET_VALID: u8 = 13;
+/// The licence names other models.
+pub const LICENCE_WRONG_MODEL: u8 = 14;
+/// The licence is for another recipient or device.
+pub const LICENCE_WRONG_DEVICE: u8 = 15;
+/// The system clock is behind a time already reached (or the recorded clock state is unusable).
+pub const LICENCE_CLOCK: u8 = 16;
 
 /// The exit codes as `--help` lists them (after the options). docs/cli.md has the same
 /// table; a test keeps the two equal.
@@ -42,7 +56,14 @@ Exit codes:
   6  wrong state: already protected, not protected, unsupported format version
   7  invalid policy or policy override
   8  check: a model fails the CI gate
-  9  trace: no recipient's fingerprint found";
+  9  trace: no recipient's fingerprint found
+ 10  licence required: none given, or malformed
+ 11  licence: bad signature, or another authority's
+ 12  licence expired
+ 13  licence not yet valid
+ 14  licence for another model
+ 15  licence for another recipient or device
+ 16  licence: the clock is set back (or its recorded state is unusable)";
 
 /// A usage error found after argument parsing: a bad value or combination (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +125,9 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     }
     if let Some(t) = cause.downcast_ref::<TransformError>() {
         return Some(transform_code(t.kind()));
+    }
+    if let Some(l) = cause.downcast_ref::<onnx_protect_licence::LicenceError>() {
+        return Some(licence_code(onnx_protect_core::error::LicenceKind::of(l)));
     }
     if let Some(c) = cause.downcast_ref::<CoreError>() {
         return Some(core_code(c.kind()).unwrap_or(FAILURE));
@@ -198,8 +222,22 @@ fn core_code(kind: CoreKind) -> Option<u8> {
         CoreKind::Policy => POLICY,
         CoreKind::Io | CoreKind::Output => FAILURE,
         CoreKind::Model(f) => format_code(f),
+        CoreKind::Licence(l) => licence_code(l),
         _ => return None,
     })
+}
+
+fn licence_code(kind: onnx_protect_core::error::LicenceKind) -> u8 {
+    use onnx_protect_core::error::LicenceKind as L;
+    match kind {
+        L::BadSignature => LICENCE_BAD_SIGNATURE,
+        L::Expired => LICENCE_EXPIRED,
+        L::NotYetValid => LICENCE_NOT_YET_VALID,
+        L::WrongModel => LICENCE_WRONG_MODEL,
+        L::WrongDevice => LICENCE_WRONG_DEVICE,
+        L::Clock => LICENCE_CLOCK,
+        _ => LICENCE_MISSING,
+    }
 }
 
 #[cfg(feature = "tract")]

@@ -9,7 +9,9 @@ use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT};
+use onnx_protect_keys::{
+    Identity, KeyCommand, Pkcs11Key, PluginPrompt, Recipient, SignerKey, SigningKey, DEFAULT_COMMAND_TIMEOUT,
+};
 use zeroize::Zeroizing;
 
 /// A key or passphrase that could not be read (exit code 4).
@@ -37,8 +39,10 @@ pub struct KeyArgs {
     /// protects a model).
     #[arg(long)]
     pub passphrase: bool,
-    /// age identity file (AGE-SECRET-KEY-1... lines, as age-keygen or `keygen --recipient` write them):
-    /// opens models encrypted to its X25519 recipient. `-i` as in age (not in `run`, where `-i` is an input).
+    /// Identity file: age X25519 identities (AGE-SECRET-KEY-1..., age-keygen, `keygen --recipient`), an age
+    /// plugin's identities (AGE-PLUGIN-NAME-1..., run through age-plugin-NAME), or a TPM key file
+    /// (`keygen --tpm`, reached through ONNX_PROTECT_TPM_TCTI): opens models encrypted to its recipient.
+    /// `-i` as in age (not in `run`, where `-i` is an input).
     #[arg(long, short = 'i', value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
     /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
@@ -51,11 +55,67 @@ pub struct KeyArgs {
     pub key_command: Option<String>,
 }
 
+/// The licence a model needs to open (docs/shipping.md#licences).
+#[derive(clap::Args, Default)]
+pub struct LicenceArgs {
+    /// A licence (onnx-protect-licence-v1 text signed by the publisher) for a model encrypted with
+    /// --licence-authority: checked against the model, the recipient that opens it and the time.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    pub licence: Option<PathBuf>,
+    /// The file recording the latest time a licence check saw (detects a clock set back); default
+    /// $ONNX_PROTECT_LICENCE_CLOCK, else $XDG_STATE_HOME or ~/.local/state /onnx-protect/licence-clock.
+    #[arg(long, value_name = "FILE", requires = "licence")]
+    pub licence_clock: Option<PathBuf>,
+}
+
+impl LicenceArgs {
+    /// `key` with the licence, if one was given.
+    pub fn apply(&self, key: KeySource) -> Result<KeySource> {
+        let Some(path) = &self.licence else { return Ok(key) };
+        let unreadable = |e: std::io::Error| onnx_protect_licence::LicenceError::Malformed {
+            line: 0,
+            reason: format!("cannot read {}: {e}", path.display()),
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(onnx_protect_licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
+            .map_err(unreadable)?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        onnx_protect_tpm::with_licence(key, &text, self.licence_clock.as_deref(), &tcti)
+            .with_context(|| format!("licence {}", path.display()))
+    }
+}
+
+/// Who may open a model, recorded at encryption (docs/shipping.md#licences).
+#[derive(clap::Args, Default)]
+pub struct LicenceAuthorityArgs {
+    /// Opening the model will need a licence signed by this publisher key (onnx-protect-signer1...,
+    /// `keygen --signing`); recorded in the manifest, covered by its MACs and signatures.
+    #[arg(long, value_name = "SIGNER")]
+    pub licence_authority: Option<String>,
+    /// A model id that licences may name (model: id:ID), recorded with --licence-authority.
+    #[arg(long, value_name = "ID", requires = "licence_authority")]
+    pub model_id: Option<String>,
+}
+
+impl LicenceAuthorityArgs {
+    /// The requirement to record, if any.
+    pub fn requirement(&self) -> Result<Option<onnx_protect_core::licence::LicenceRequirement>> {
+        let Some(text) = &self.licence_authority else { return Ok(None) };
+        let authority = SignerKey::parse(text.trim()).map_err(|e| KeyFileError(format!("--licence-authority: {e}")))?;
+        if let Some(id) = &self.model_id {
+            onnx_protect_core::licence::check_model_id(id)?;
+        }
+        Ok(Some(onnx_protect_core::licence::LicenceRequirement { authority, model_id: self.model_id.clone() }))
+    }
+}
+
 /// Public recipients a model is encrypted to, besides (or instead of) a key.
 #[derive(clap::Args, Default)]
 pub struct RecipientArgs {
-    /// Encrypt to this public recipient (an age X25519 recipient, age1...); repeatable. `T:age1...` wraps
-    /// the data key of access tier T for it (default: the top tier).
+    /// Encrypt to this public recipient: an age X25519 recipient (age1...), an age plugin recipient
+    /// (age1NAME1..., through age-plugin-NAME), a TPM recipient (onnx-protect-tpm1..., no TPM needed) or a
+    /// pkcs11: URI; repeatable. `T:RECIPIENT` wraps the data key of access tier T for it (default: the top tier).
     /// `-r` as in age.
     #[arg(long = "recipient", short = 'r', value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
@@ -124,13 +184,45 @@ fn split_tier(text: &str) -> Result<(u32, &str)> {
     })
 }
 
-/// `[T:]RECIPIENT`: an age X25519 recipient or a `pkcs11:` URI.
+/// `[T:]RECIPIENT`: an age X25519 recipient, an age plugin recipient (`age1NAME1…`), a TPM
+/// recipient (`onnx-protect-tpm1…`) or a `pkcs11:` URI.
 fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
     let (tier, r) = split_tier(text)?;
-    if r.trim_start().starts_with("pkcs11:") {
-        return Ok((Recipient::Provider(Arc::new(pkcs11_key(r)?)), tier));
+    let recipient = onnx_protect_tpm::parse_recipient(r, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
+    Ok((recipient, tier))
+}
+
+/// How age plugins reach the person: messages on standard error; a PIN at a no-echo prompt
+/// on the terminal when standard input is one, else none (the plugin then fails).
+struct TerminalPrompt;
+
+impl PluginPrompt for TerminalPrompt {
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
     }
-    Ok((Recipient::parse_public(r)?, tier))
+
+    fn secret(&self, description: &str) -> Option<Zeroizing<String>> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        let mut line = Zeroizing::new(Vec::new());
+        onnx_protect_fsio::tty::read_hidden_line(&format!("{description}: "), &mut line).ok()?;
+        String::from_utf8(line.to_vec()).ok().map(Zeroizing::new)
+    }
+}
+
+/// The prompt given to age plugins.
+pub fn plugin_prompt() -> Arc<dyn PluginPrompt> {
+    Arc::new(TerminalPrompt)
+}
+
+/// The identity an `--identity` file holds: age X25519 identities (`AGE-SECRET-KEY-1…`),
+/// the identities of one age plugin (`AGE-PLUGIN-NAME-1…`) or a TPM key
+/// (`onnx-protect-tpm-key-v1`, reached through `ONNX_PROTECT_TPM_TCTI`).
+fn parse_identity_file(path: &Path, text: &str) -> Result<Identity> {
+    onnx_protect_tpm::parse_identity_file(text, &onnx_protect_tpm::tcti_from_env(), plugin_prompt())
+        .map_err(|e| KeyFileError(format!("identity file {}: {e}", path.display())).into())
 }
 
 /// Publisher keys that sign what a command writes.
@@ -143,18 +235,17 @@ pub struct SignArgs {
 
 impl SignArgs {
     pub fn keys(&self) -> Result<Vec<SigningKey>> {
-        self.sign_key
-            .iter()
-            .map(|p| {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(p)
-                        .map_err(|e| KeyFileError(format!("cannot read signing key {}: {e}", p.display())))?,
-                );
-                SigningKey::parse_file(&text)
-                    .map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
-            })
-            .collect()
+        self.sign_key.iter().map(|p| read_signing_key(p)).collect()
     }
+}
+
+/// A signing key file (`keygen --signing`).
+pub fn read_signing_key(p: &Path) -> Result<SigningKey> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(p)
+            .map_err(|e| KeyFileError(format!("cannot read signing key {}: {e}", p.display())))?,
+    );
+    SigningKey::parse_file(&text).map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
 }
 
 /// Publishers whose signature a model must carry.
@@ -275,9 +366,7 @@ impl KeyArgs {
                 std::fs::read_to_string(p)
                     .map_err(|e| KeyFileError(format!("cannot read identity file {}: {e}", p.display())))?,
             );
-            let id = Identity::parse_x25519_file(&text)
-                .map_err(|e| KeyFileError(format!("identity file {}: {e}", p.display())))?;
-            return Ok(Some(KeySource::Identity(id)));
+            return Ok(Some(KeySource::Identity(parse_identity_file(p, &text)?)));
         }
         if let Some(uri) = &self.pkcs11 {
             return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(pkcs11_key(uri)?)))));

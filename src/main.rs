@@ -12,6 +12,7 @@ mod cmd_batch;
 mod cmd_bundle;
 mod cmd_check;
 mod cmd_inspect;
+mod cmd_licence;
 mod cmd_policy;
 mod cmd_protect;
 mod cmd_rekey;
@@ -52,13 +53,15 @@ enum Command {
     /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing), an age X25519 identity (--recipient) or a fingerprint secret (--fingerprint-secret).
     Keygen(cmd_protect::KeygenArgs),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
-    Encrypt(cmd_protect::EncryptArgs),
+    Encrypt(Box<cmd_protect::EncryptArgs>),
     /// Verify and decrypt a protected model, restoring the original bytes.
     Decrypt(cmd_protect::DecryptArgs),
     /// Check a protected model: every byte against its digest without a key, the MACs with one, signers if asked.
     Verify(cmd_protect::VerifyArgs),
     /// Add a publisher signature (Ed25519) to a protected model.
     Sign(cmd_protect::SignArgsCmd),
+    /// Signed licences for models encrypted with --licence-authority: issue (docs/shipping.md).
+    Licence(cmd_licence::Args),
     /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
     Bundle(cmd_bundle::Args),
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
@@ -149,15 +152,21 @@ fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The TSS 2.0 libraries print their own log lines on standard error; errors here are one
+    // line. Set before any thread starts.
+    if cfg!(feature = "tpm") && std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Keygen(a) => cmd_protect::keygen(a),
-        Command::Encrypt(a) => cmd_protect::encrypt(a),
+        Command::Encrypt(a) => cmd_protect::encrypt(*a),
         Command::Decrypt(a) => cmd_protect::decrypt(a),
         Command::Verify(a) => cmd_protect::verify(a),
         Command::Sign(a) => cmd_protect::sign(a),
         Command::Bundle(a) => cmd_bundle::run(a),
+        Command::Licence(a) => cmd_licence::run(a),
         Command::Rewrap(a) => cmd_rewrap::run(a),
         Command::DeriveTierKey(a) => cmd_protect::derive_tier_key(a),
         Command::Rekey(a) => cmd_rekey::run(a),

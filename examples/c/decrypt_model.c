@@ -1,7 +1,7 @@
 /* Decrypts a protected ONNX model into memory with the onnx-protect C ABI.
  *
  *   decrypt_model MODEL (--key-file F | --key-env VAR | --passphrase-env VAR | --identity-file F)
- *                 [--tier T] [--signer S] [--compare ORIGINAL]
+ *                 [--licence L] [--tier T] [--signer S] [--compare ORIGINAL]
  *
  * Opens MODEL, verifies it (keyless digest, then every MAC the key allows), decrypts it
  * into memory and prints what it got. --compare checks that the decrypted bytes equal
@@ -71,7 +71,7 @@ static int same_as_file(const unsigned char *data, size_t len, const char *path)
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *key_file = NULL, *key_env = NULL, *pass_env = NULL;
-    const char *identity_file = NULL, *compare = NULL, *signer = NULL;
+    const char *identity_file = NULL, *compare = NULL, *signer = NULL, *licence = NULL;
     unsigned long tier = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -82,6 +82,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--identity-file") == 0 && v) { identity_file = v; i++; }
         else if (strcmp(a, "--compare") == 0 && v) { compare = v; i++; }
         else if (strcmp(a, "--signer") == 0 && v) { signer = v; i++; }
+        else if (strcmp(a, "--licence") == 0 && v) { licence = v; i++; }
         else if (strcmp(a, "--tier") == 0 && v) { tier = strtoul(v, NULL, 10); i++; }
         else if (a[0] != '-' && !model_path) { model_path = a; }
         else {
@@ -92,7 +93,7 @@ int main(int argc, char **argv) {
     int keys = !!key_file + !!key_env + !!pass_env + !!identity_file;
     if (!model_path || keys != 1) {
         fprintf(stderr, "usage: decrypt_model MODEL (--key-file F | --key-env VAR | --passphrase-env VAR | "
-                        "--identity-file F) [--tier T] [--signer S] [--compare ORIGINAL]\n");
+                        "--identity-file F) [--licence L] [--tier T] [--signer S] [--compare ORIGINAL]\n");
         return USAGE_ERROR;
     }
 
@@ -113,6 +114,14 @@ int main(int argc, char **argv) {
         s = onnx_protect_key_from_passphrase((const uint8_t *)pass, strlen(pass), &key);
     }
     if (s != ONNX_PROTECT_STATUS_OK) return fail("key", s);
+    if (licence) {
+        /* The same key with a licence, for a model encrypted with a licence authority. */
+        OnnxProtectKey *licensed = NULL;
+        s = onnx_protect_key_with_licence(key, licence, &licensed);
+        onnx_protect_key_free(key);
+        if (s != ONNX_PROTECT_STATUS_OK) return fail("licence", s);
+        key = licensed;
+    }
 
     OnnxProtectFile *file = NULL;
     s = onnx_protect_open(model_path, &file);

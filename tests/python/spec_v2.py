@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -131,7 +133,7 @@ SCHEMAS = {
     "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
                (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
                (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64"),
-               (12, "original_external_files", "rstring")],
+               (14, "original_external_files", "rstring")],
     "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
                     (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
                     (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
@@ -1153,6 +1155,9 @@ def check_stanza_shape(st: dict):
         if len(label.encode()) > 512 or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"
                                             for c in label):
             raise Modified("command stanza: a label over 512 bytes or with a control character or line break")
+    elif kind == "tpm":
+        if st["salt"] or st["kdf"] is not None:
+            raise Modified("tpm stanza: salt and kdf must be absent")
 
 
 def check_age_body(body: bytes):
@@ -1170,6 +1175,36 @@ def check_age_body(body: bytes):
             other += 1
     if x25519 != 1 or other > 1:
         raise Modified(f"x25519 stanza: {x25519} X25519 and {other} other age stanzas")
+
+
+TPM_HRP = "onnx-protect-tpm"
+L_WRAP_TPM = b"onnx-protect/v2/wrap/tpm"
+
+
+def tpm_recipient(d: int) -> str:
+    """Appendix A: the recipient string of the P-256 private scalar d."""
+    pub = ec.derive_private_key(d, ec.SECP256R1()).public_key()
+    return spec_age.bech32_encode(TPM_HRP, pub.public_bytes(Encoding.X962, PublicFormat.CompressedPoint))
+
+
+def open_tpm(st: dict, d: int) -> bytes | None:
+    """§8 `tpm`, with the private scalar in software (what the TPM computes inside): the
+    data key, or None if the stanza is for another key or does not open."""
+    if st["label"] != tpm_recipient(d):
+        return None  # labels pick stanzas to skip
+    body = st["body"]
+    if len(body) != 81:
+        return None  # malformed: never opens
+    e, sealed = body[:33], body[33:]
+    try:
+        e_pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), e)
+    except ValueError:
+        return None
+    priv = ec.derive_private_key(d, ec.SECP256R1())
+    z = priv.exchange(ec.ECDH(), e_pub)
+    p = priv.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+    kek = hkdf(e + p, z, L_WRAP_TPM + u32be(st["tier"]))
+    return unwrap(kek, sealed)
 
 
 def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None) -> Opened:
@@ -1249,10 +1284,10 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
 
 
 def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
-                identities: list[str] | None) -> tuple[int, bytes]:
+                identities: list[str] | None, tpm_keys: list[int] | None = None) -> tuple[int, bytes]:
     """§8: (tier k, DK_k) from the first stanza the key material opens."""
-    if key is None and passphrase is None and not identities:
-        raise UsageError("a key, a passphrase or an identity is needed")
+    if key is None and passphrase is None and not identities and not tpm_keys:
+        raise UsageError("a key, a passphrase, an identity or a TPM key is needed")
     if key is not None and len(key) != 32:
         raise UsageError("a key is 32 bytes")
     for st in op.recipients["stanzas"]:
@@ -1273,6 +1308,8 @@ def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
                 raise Modified(f"x25519 stanza: {e}") from e
             if dk is not None and len(dk) != 32:
                 raise Modified("x25519 stanza: the age payload is not 32 bytes")
+        elif kind == "tpm" and tpm_keys:
+            dk = next((k for k in (open_tpm(st, d) for d in tpm_keys) if k is not None), None)
         if dk is not None:
             return tier, dk  # CHOICE: the first stanza that opens (§8 recommends, not requires, the highest tier)
     raise WrongKey("no recipient stanza matched")
@@ -1306,9 +1343,9 @@ class Unlocked:
     keys: dict[int, TierKeys]
 
 
-def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None) -> Unlocked:
+def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None, tpm_keys=None) -> Unlocked:
     """§12 steps 3–4."""
-    k, dk = open_stanza(op, key, passphrase, identities)
+    k, dk = open_stanza(op, key, passphrase, identities, tpm_keys)
     keys = data_keys_down(dk, k)
     for t, tk in keys.items():
         if not hmac.compare_digest(tk.kcv(), op.header["key_checks"][t - 1]):
@@ -1333,13 +1370,13 @@ def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None)
 def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes | None = None,
                 identities: list[str] | None = None, model_dir: str | None = None,
                 model_name: str | None = None, signers: list[bytes] | None = None,
-                up_to_tier: int | None = None) -> tuple[bytes, dict[str, bytes]]:
+                up_to_tier: int | None = None, tpm_keys: list[int] | None = None) -> tuple[bytes, dict[str, bytes]]:
     """Decrypt tiers restored_tiers+1 .. up_to_tier (default: the key's tier).
     Returns (model bytes, {location: side file bytes for every external file}).
     When the result is the top tier, it is the original model; else a partially
     decrypted protected model (§11)."""
     op = open_model(model_bytes, model_dir, model_name)
-    u = unlock(op, key, passphrase, identities, signers)
+    u = unlock(op, key, passphrase, identities, signers, tpm_keys)
     T = u.tier if up_to_tier is None else up_to_tier
     if not op.restored < T <= u.tier:
         raise UsageError(f"up_to_tier {T}: must be in {op.restored + 1}..={u.tier}")
@@ -1387,14 +1424,14 @@ def decrypt(model_bytes: bytes, out_dir: str | None = None, **kw) -> bytes:
 
 
 def verify(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None,
-           signers: list[bytes] | None = None, key=None, passphrase=None, identities=None) -> dict:
+           signers: list[bytes] | None = None, key=None, passphrase=None, identities=None, tpm_keys=None) -> dict:
     """Keyless verification (checksum and stored digest, and signatures when asked and
     the file is not partially decrypted); with key material, the MACs as well."""
     op = open_model(model_bytes, model_dir, model_name)
     info = {"tiers": op.tiers, "restored_tiers": op.restored, "entries": len(op.entries),
             "signers": [signer_string(s["public_key"]) for s in op.env["signatures"]]}
-    if key is not None or passphrase is not None or identities:
-        info["key_tier"] = unlock(op, key, passphrase, identities, signers).tier
+    if key is not None or passphrase is not None or identities or tpm_keys:
+        info["key_tier"] = unlock(op, key, passphrase, identities, signers, tpm_keys).tier
     elif signers is not None:
         if op.restored:
             raise UsageError("a partially decrypted file needs a key to check signatures (§12)")

@@ -42,8 +42,14 @@ def programs(tmp_path_factory):
         [CC, *flags, str(EXAMPLE), "-L", str(LIBDIR), "-lonnx_protect", f"-Wl,-rpath,{LIBDIR}", "-o", str(shared)],
         check=True,
     )
+    # A library built with the feature tpm (scripts/test.sh, with swtpm) also needs the
+    # system's TSS 2.0 libraries when linked statically; unused ones are dropped (--as-needed).
+    tss = subprocess.run(["pkg-config", "--libs", "tss2-esys", "tss2-tctildr", "tss2-mu", "tss2-sys"],
+                         capture_output=True, text=True) if shutil.which("pkg-config") else None
+    tss_libs = tss.stdout.split() if tss is not None and tss.returncode == 0 else []
     subprocess.run(
-        [CC, *flags, str(EXAMPLE), str(LIBDIR / "libonnx_protect.a"), "-lpthread", "-ldl", "-lm", "-o", str(static)],
+        [CC, *flags, str(EXAMPLE), str(LIBDIR / "libonnx_protect.a"), "-lpthread", "-ldl", "-lm", *tss_libs,
+         "-o", str(static)],
         check=True,
     )
     return shared, static

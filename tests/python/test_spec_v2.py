@@ -1285,6 +1285,8 @@ class V2Vector:
             if (d / "passphrase.txt").is_file() else None
         self.identities = v2.read_identity_file(str(d / "identity.txt")) if (d / "identity.txt").is_file() else None
         self.signer = v2.read_signer_file(str(d / "signer.pub")) if (d / "signer.pub").is_file() else None
+        # A TPM recipient's private scalar (what the TPM holds), 64 hex digits.
+        self.tpm = int((d / "tpm.hex").read_text().strip(), 16) if (d / "tpm.hex").is_file() else None
         self.tier_keys = {int(m.group(1)): v2.read_key_file(str(f)) for f in d.iterdir()
                           if (m := re.fullmatch(r"tier([0-9]+)\.hex", f.name))}
         self.partials = {int(m.group(1)): f for f in d.iterdir()
@@ -1298,6 +1300,8 @@ class V2Vector:
             out.append(("passphrase.txt", dict(passphrase=self.passphrase)))
         if self.identities:
             out.append(("identity.txt", dict(identities=self.identities)))
+        if self.tpm is not None:
+            out.append(("tpm.hex", dict(tpm_keys=[self.tpm])))
         return out
 
     def side(self, which):
@@ -1366,6 +1370,8 @@ def test_v2_vector_wrong_material_is_wrong_key(v2vec):
             bad = dict(key=flip(kw["key"], 0))
         elif "passphrase" in kw:
             bad = dict(passphrase=kw["passphrase"] + b"x")
+        elif "tpm_keys" in kw:
+            bad = dict(tpm_keys=[kw["tpm_keys"][0] + 1])
         else:
             bad = dict(identities=[spec_age.generate_identity()[0]])
         with pytest.raises(v2.WrongKey):
@@ -1417,3 +1423,22 @@ def test_v2_vector_every_byte_flip_is_refused_keyless(v2vec):
     for i in range(0, len(model), step):
         with pytest.raises(REFUSALS):
             v2.verify(flip(model, i), model_dir=model_dir)
+
+
+def test_tpm_stanza_opens_with_its_scalar_only_and_every_body_byte_counts():
+    """§8 `tpm`: the vector's stanza, under the private scalar in software (the TPM's role)."""
+    d = VECTORS / "cnn_torch_v2_tpm"
+    if not d.is_dir():
+        pytest.skip("no tpm vector")
+    vec = V2Vector(d)
+    op = v2.open_model(vec.protected)
+    st = next(s for s in op.recipients["stanzas"] if s["kind"] == "tpm")
+    assert st["label"] == v2.tpm_recipient(vec.tpm)
+    assert len(st["body"]) == 81
+    assert v2.open_tpm(st, vec.tpm) is not None
+    assert v2.open_tpm(st, vec.tpm + 1) is None, "another key: its label differs, skipped"
+    for i in range(len(st["body"])):
+        changed = dict(st, body=flip(st["body"], i))
+        assert v2.open_tpm(changed, vec.tpm) is None, f"body byte {i}"
+    assert v2.open_tpm(dict(st, tier=st["tier"] + 1), vec.tpm) is None, "the tier is bound"
+

@@ -167,11 +167,11 @@ impl Operation<'_> {
 
 /// A key as a resume record names it: its fingerprint, or `passphrase` or `identity`.
 fn key_id(k: &KeySource) -> String {
-    match k {
+    match k.without_licence() {
         KeySource::Key(m) => format!("key:{}", record::hex(&m.fingerprint())),
         KeySource::Passphrase(_) => "passphrase".to_string(),
         KeySource::Identity(Identity::Provider(p)) => format!("{}:{}", p.kind(), p.describe()),
-        KeySource::Identity(_) => "identity".to_string(),
+        KeySource::Identity(_) | KeySource::Licensed(..) => "identity".to_string(),
     }
 }
 

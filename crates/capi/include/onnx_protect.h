@@ -39,6 +39,20 @@ typedef enum OnnxProtectStatus {
   ONNX_PROTECT_STATUS_OTHER = 12,
   // A panic inside the library was caught; the library is still usable.
   ONNX_PROTECT_STATUS_PANIC = 13,
+  // The model needs a licence: none was given, or it is malformed or unreadable.
+  ONNX_PROTECT_STATUS_LICENCE_MISSING = 14,
+  // The licence's signature does not verify, or it is by another authority.
+  ONNX_PROTECT_STATUS_LICENCE_BAD_SIGNATURE = 15,
+  // The licence has expired.
+  ONNX_PROTECT_STATUS_LICENCE_EXPIRED = 16,
+  // The licence is not valid yet.
+  ONNX_PROTECT_STATUS_LICENCE_NOT_YET_VALID = 17,
+  // The licence names other models.
+  ONNX_PROTECT_STATUS_LICENCE_WRONG_MODEL = 18,
+  // The licence is for another recipient or device.
+  ONNX_PROTECT_STATUS_LICENCE_WRONG_DEVICE = 19,
+  // The system clock is behind a time already reached (or the recorded clock state is unusable).
+  ONNX_PROTECT_STATUS_LICENCE_CLOCK = 20,
 } OnnxProtectStatus;
 
 // A protected model file that was opened and found protected.
@@ -96,13 +110,26 @@ enum OnnxProtectStatus onnx_protect_key_from_passphrase(const uint8_t *data,
                                                         size_t len,
                                                         struct OnnxProtectKey **out);
 
-// age X25519 identities from a file (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
-// writes them).
+// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
+// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
 //
 // # Safety
 // `path` is a NUL-terminated string; `out` is valid for a pointer write.
 enum OnnxProtectStatus onnx_protect_key_from_identity_file(const char *path,
                                                            struct OnnxProtectKey **out);
+
+// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
+// licence authority: the licence file at `licence_path`; the latest time a check saw is
+// recorded in `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`.
+//
+// # Safety
+// `key` is a key from this library; `licence_path` a NUL-terminated string; `out` valid
+// for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_with_licence(const struct OnnxProtectKey *key,
+                                                     const char *licence_path,
+                                                     struct OnnxProtectKey **out);
 
 // Releases a key, zeroing it. `NULL` is accepted.
 //

@@ -19,14 +19,16 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString, OsStr};
+use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
+use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, CoreError, ErrorKind, KeySource};
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
-use onnx_protect_keys::{Identity, SignerKey};
+use onnx_protect_keys::SignerKey;
 use zeroize::Zeroizing;
 
 /// What a call did. `ONNX_PROTECT_STATUS_OK` is 0; every other value is a failure,
@@ -63,6 +65,20 @@ pub enum OnnxProtectStatus {
     Other = 12,
     /// A panic inside the library was caught; the library is still usable.
     Panic = 13,
+    /// The model needs a licence: none was given, or it is malformed or unreadable.
+    LicenceMissing = 14,
+    /// The licence's signature does not verify, or it is by another authority.
+    LicenceBadSignature = 15,
+    /// The licence has expired.
+    LicenceExpired = 16,
+    /// The licence is not valid yet.
+    LicenceNotYetValid = 17,
+    /// The licence names other models.
+    LicenceWrongModel = 18,
+    /// The licence is for another recipient or device.
+    LicenceWrongDevice = 19,
+    /// The system clock is behind a time already reached (or the recorded clock state is unusable).
+    LicenceClock = 20,
 }
 
 /// Key material: a 32-byte key, a passphrase or age identities. Zeroed when freed.
@@ -112,6 +128,15 @@ impl From<CoreError> for Failure {
             ErrorKind::Modified => OnnxProtectStatus::Modified,
             ErrorKind::NotSigned => OnnxProtectStatus::NotSigned,
             ErrorKind::Output => OnnxProtectStatus::Output,
+            ErrorKind::Licence(l) => match l {
+                LicenceKind::BadSignature => OnnxProtectStatus::LicenceBadSignature,
+                LicenceKind::Expired => OnnxProtectStatus::LicenceExpired,
+                LicenceKind::NotYetValid => OnnxProtectStatus::LicenceNotYetValid,
+                LicenceKind::WrongModel => OnnxProtectStatus::LicenceWrongModel,
+                LicenceKind::WrongDevice => OnnxProtectStatus::LicenceWrongDevice,
+                LicenceKind::Clock => OnnxProtectStatus::LicenceClock,
+                _ => OnnxProtectStatus::LicenceMissing,
+            },
             _ => OnnxProtectStatus::Other,
         };
         let mut message = e.to_string();
@@ -391,8 +416,10 @@ pub unsafe extern "C" fn onnx_protect_key_from_passphrase(
     })
 }
 
-/// age X25519 identities from a file (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
-/// writes them).
+/// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+/// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+/// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
+/// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
 ///
 /// # Safety
 /// `path` is a NUL-terminated string; `out` is valid for a pointer write.
@@ -409,10 +436,49 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
         let bytes = read_secret(&path, "identity file")?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_failure(format!("identity file {} is not UTF-8 text", path.display())))?;
-        let id = Identity::parse_x25519_file(text)
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
             .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source: KeySource::Identity(id) }) };
+        Ok(())
+    })
+}
+
+/// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
+/// licence authority: the licence file at `licence_path`; the latest time a check saw is
+/// recorded in `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`.
+///
+/// # Safety
+/// `key` is a key from this library; `licence_path` a NUL-terminated string; `out` valid
+/// for a pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn onnx_protect_key_with_licence(
+    key: *const OnnxProtectKey,
+    licence_path: *const c_char,
+    out: *mut *mut OnnxProtectKey,
+) -> OnnxProtectStatus {
+    call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(out, "out") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
+        // SAFETY: the caller's contract.
+        let path = unsafe { path_arg(licence_path, "licence_path") }?;
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(onnx_protect_core::licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
+            .map_err(|e| {
+                CoreError::Licence(onnx_protect_core::licence::LicenceError::Malformed {
+                    line: 0,
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })
+            })?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let source = onnx_protect_tpm::with_licence(key.source.clone(), &text, None, &tcti)
+            .map_err(|e| Failure::from(CoreError::from(e)))?;
+        // SAFETY: `out` was checked.
+        unsafe { put(out, OnnxProtectKey { source }) };
         Ok(())
     })
 }
@@ -431,7 +497,6 @@ pub unsafe extern "C" fn onnx_protect_key_free(key: *mut OnnxProtectKey) {
 
 /// Reads a small secret file (key or identities) into wiped memory.
 fn read_secret(path: &std::path::Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    use std::io::Read;
     let cannot = |e: std::io::Error| key_failure(format!("cannot read {what} {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
     let mut bytes = Zeroizing::new(Vec::new());

@@ -170,7 +170,7 @@ fn error_reason(e: &CoreError) -> &'static str {
         ErrorKind::BadManifest | ErrorKind::Modified | ErrorKind::NotSigned => reasons::MODIFIED,
         ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
         ErrorKind::NotProtected => reasons::NOT_PROTECTED,
-        ErrorKind::WrongKey | ErrorKind::Key => reasons::WRONG_KEY,
+        ErrorKind::WrongKey | ErrorKind::Key | ErrorKind::Licence(_) => reasons::WRONG_KEY,
         ErrorKind::Io
         | ErrorKind::Model(_)
         | ErrorKind::Policy

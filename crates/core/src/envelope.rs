@@ -164,6 +164,15 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     if !h.external_sizes.is_empty() && h.external_sizes.len() != h.external_files.len() {
         return Err(bad("the header records the sizes of some external data files but not of all"));
     }
+    if !h.licence_authority.is_empty() && h.licence_authority.len() != 32 {
+        return Err(bad("the licence authority is not 32 bytes"));
+    }
+    if h.licence_authority.is_empty() && !h.model_id.is_empty() {
+        return Err(bad("a model id without a licence authority"));
+    }
+    if h.model_id.len() > crate::licence::MAX_MODEL_ID_LEN {
+        return Err(bad("a model id over 1024 bytes"));
+    }
     check_original_names(h).map_err(bad)?;
     if env.content_digest.len() != 32 || env.checksum.len() != 32 {
         return Err(bad("the content digest or the checksum is not 32 bytes"));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use onnx_protect_crypto::CryptoError;
 use onnx_protect_format::FormatError;
 use onnx_protect_keys::KeysError;
+use onnx_protect_licence::LicenceError;
 use onnx_protect_select::PolicyError;
 
 /// What went wrong. Decryption failures are deliberately coarse: a wrong key and
@@ -43,6 +44,74 @@ pub enum CoreError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Output(String),
+    /// The model needs a licence, and the one given (if any) does not let it open.
+    #[error(transparent)]
+    Licence(#[from] LicenceError),
+}
+
+/// Why a licence did not let a model open ([`ErrorKind::Licence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LicenceKind {
+    /// The model needs a licence and none was given (`"licence_missing"`).
+    Missing,
+    /// The licence text is malformed (`"licence_malformed"`).
+    Malformed,
+    /// The signature does not verify, or is by another authority (`"licence_bad_signature"`).
+    BadSignature,
+    /// The validity window has ended (`"licence_expired"`).
+    Expired,
+    /// The validity window has not started (`"licence_not_yet_valid"`).
+    NotYetValid,
+    /// The licence names other models (`"licence_wrong_model"`).
+    WrongModel,
+    /// The licence is for other recipients or devices (`"licence_wrong_device"`).
+    WrongDevice,
+    /// The system clock is behind a time already reached, or the recorded clock state
+    /// cannot be used (`"licence_clock"`).
+    Clock,
+}
+
+impl LicenceKind {
+    /// Every kind.
+    pub const ALL: [LicenceKind; 8] = [
+        LicenceKind::Missing,
+        LicenceKind::Malformed,
+        LicenceKind::BadSignature,
+        LicenceKind::Expired,
+        LicenceKind::NotYetValid,
+        LicenceKind::WrongModel,
+        LicenceKind::WrongDevice,
+        LicenceKind::Clock,
+    ];
+
+    /// The kind of a licence error.
+    pub fn of(e: &LicenceError) -> LicenceKind {
+        match e {
+            LicenceError::Missing { .. } => LicenceKind::Missing,
+            LicenceError::BadSignature { .. } => LicenceKind::BadSignature,
+            LicenceError::WrongModel { .. } => LicenceKind::WrongModel,
+            LicenceError::WrongDevice { .. } => LicenceKind::WrongDevice,
+            LicenceError::NotYetValid { .. } => LicenceKind::NotYetValid,
+            LicenceError::Expired { .. } => LicenceKind::Expired,
+            LicenceError::ClockSetBack { .. } | LicenceError::State { .. } => LicenceKind::Clock,
+            _ => LicenceKind::Malformed,
+        }
+    }
+
+    /// The stable short name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LicenceKind::Missing => "licence_missing",
+            LicenceKind::Malformed => "licence_malformed",
+            LicenceKind::BadSignature => "licence_bad_signature",
+            LicenceKind::Expired => "licence_expired",
+            LicenceKind::NotYetValid => "licence_not_yet_valid",
+            LicenceKind::WrongModel => "licence_wrong_model",
+            LicenceKind::WrongDevice => "licence_wrong_device",
+            LicenceKind::Clock => "licence_clock",
+        }
+    }
 }
 
 /// The kind of a [`CoreError`], for callers that choose what to do by kind (exit
@@ -77,12 +146,15 @@ pub enum ErrorKind {
     NotSigned,
     /// The key's tier is already decrypted in this file (`"already_decrypted"`).
     AlreadyDecrypted,
+    /// A licence does not let the model open; the payload says why ([`LicenceKind::as_str`]).
+    Licence(LicenceKind),
 }
 
 impl ErrorKind {
-    /// Every kind without a payload, and [`ErrorKind::Model`] once (with the payload
-    /// `Invalid`): for callers that check they map every kind.
-    pub const ALL: [ErrorKind; 13] = [
+    /// Every kind without a payload, [`ErrorKind::Model`] once (with the payload
+    /// `Invalid`) and [`ErrorKind::Licence`] once (`Missing`; [`LicenceKind::ALL`] lists
+    /// its payloads): for callers that check they map every kind.
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Io,
         ErrorKind::Model(onnx_protect_format::ErrorKind::Invalid),
         ErrorKind::Key,
@@ -96,6 +168,7 @@ impl ErrorKind {
         ErrorKind::Output,
         ErrorKind::NotSigned,
         ErrorKind::AlreadyDecrypted,
+        ErrorKind::Licence(LicenceKind::Missing),
     ];
 
     /// The stable short name of the kind (used in JSON output).
@@ -114,6 +187,7 @@ impl ErrorKind {
             ErrorKind::Output => "output",
             ErrorKind::NotSigned => "not_signed",
             ErrorKind::AlreadyDecrypted => "already_decrypted",
+            ErrorKind::Licence(kind) => kind.as_str(),
         }
     }
 }
@@ -143,6 +217,7 @@ impl CoreError {
             CoreError::AlreadyDecrypted { .. } => ErrorKind::AlreadyDecrypted,
             CoreError::Keys(KeysError::KdfOverLimit { .. } | KeysError::BadStanza { .. }) => ErrorKind::BadManifest,
             CoreError::Keys(_) => ErrorKind::Key,
+            CoreError::Licence(e) => ErrorKind::Licence(LicenceKind::of(e)),
         }
     }
 }

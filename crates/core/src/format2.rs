@@ -94,6 +94,7 @@ pub(crate) struct EncryptSpec<'a> {
     pub secret_positions: bool,
     pub signing_keys: &'a [SigningKey],
     pub rewrite: Option<&'a Rewrite>,
+    pub licence: Option<&'a crate::licence::LicenceRequirement>,
     /// The names the external data files get next to the output, when not their own
     /// (an output in the input's directory, [`crate::staged::protected_names`]).
     pub external_names: Option<&'a [String]>,
@@ -251,7 +252,7 @@ pub(crate) fn plan(
     let (_, weight_bytes, selection) = choose(model, policy, allow_empty)?;
     let data_keys = DataKey::generate()?.chain_down(policy.tiers.max(1));
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
-    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false);
+    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false, None);
     Ok((weight_bytes, selection, header, targets))
 }
 
@@ -268,7 +269,8 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     let stanzas = wrap_all(to, &data_keys)?;
     crate::recipients::check_new(&stanzas)?;
-    let (mut header, targets) = build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions);
+    let (mut header, targets) =
+        build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence);
     if let Some(names) = spec.external_names {
         header.original_external_files = std::mem::replace(&mut header.external_files, names.to_vec());
     }
@@ -380,7 +382,9 @@ fn build_header(
     tier_keys: &[TierKeys],
     policy: &Policy,
     secret: bool,
+    licence: Option<&crate::licence::LicenceRequirement>,
 ) -> (pb::Header, Vec<Target>) {
+    let (licence_authority, model_id) = crate::licence::header_fields(licence);
     let mut entries = Vec::new();
     let mut targets = Vec::new();
     for (i, c) in selection.chosen.iter().enumerate() {
@@ -421,6 +425,8 @@ fn build_header(
         positions: u32::from(secret),
         // The external files are written with their lengths unchanged.
         external_sizes: model.external_files.iter().map(|f| f.size).collect(),
+        licence_authority,
+        model_id,
         original_external_files: Vec::new(),
     };
     (header, targets)
@@ -739,7 +745,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
             opened.tier
         )));
     }
-    match key {
+    match key.without_licence() {
         KeySource::Key(k) => Ok((k.clone(), tiers)),
         KeySource::Passphrase(pass) => {
             let s = p
@@ -752,7 +758,7 @@ pub(crate) fn top_key(p: &ProtectedV2, key: &KeySource) -> Result<(onnx_protect_
             onnx_protect_keys::check_kdf_limits(&s)?;
             Ok((onnx_protect_crypto::MasterKey::from_passphrase(pass, &s)?, tiers))
         }
-        KeySource::Identity(_) => {
+        KeySource::Identity(_) | KeySource::Licensed(..) => {
             Err(CoreError::Key("an identity has no tier keys to derive; use a key file or a passphrase".into()))
         }
     }

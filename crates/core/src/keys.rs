@@ -23,9 +23,33 @@ pub enum KeySource {
     /// Identities that open format-2 recipient stanzas: age X25519 identities or a key
     /// provider (decryption only).
     Identity(onnx_protect_keys::Identity),
+    /// A key with the licence a model needs to open (docs/shipping.md#licences); a model
+    /// that names no licence authority opens with the key alone.
+    Licensed(Box<KeySource>, std::sync::Arc<crate::licence::LicenceCheck>),
 }
 
 impl KeySource {
+    /// This key with `licence`.
+    pub fn with_licence(self, licence: crate::licence::LicenceCheck) -> KeySource {
+        KeySource::Licensed(Box::new(self.without_licence().clone()), std::sync::Arc::new(licence))
+    }
+
+    /// The key material without its licence.
+    pub fn without_licence(&self) -> &KeySource {
+        match self {
+            KeySource::Licensed(k, _) => k.without_licence(),
+            k => k,
+        }
+    }
+
+    /// The licence given with the key, if any.
+    pub fn licence(&self) -> Option<&crate::licence::LicenceCheck> {
+        match self {
+            KeySource::Licensed(_, l) => Some(l),
+            _ => None,
+        }
+    }
+
     /// The master key for a model whose manifest has `kdf` (a passphrase model) or not.
     /// A key is accepted for a tiered passphrase model: it is a tier key, derived from
     /// the passphrase's master (`derive-tier-key --passphrase-env`), checked like any key.
@@ -40,6 +64,7 @@ impl KeySource {
                 Err(CoreError::Key("this model was protected with a key file; give the key, not a passphrase".into()))
             }
             (KeySource::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
+            (KeySource::Licensed(k, _), _) => k.master_for_decrypt(kdf, tiered),
             (KeySource::Identity(_), _) => Err(CoreError::Key(
                 "this model is in format 1, which opens with a key file or a passphrase only".into(),
             )),

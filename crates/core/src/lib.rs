@@ -32,6 +32,7 @@ mod format2;
 pub mod inspect;
 mod journal;
 pub mod keys;
+pub mod licence;
 pub mod manifest;
 pub mod memory;
 mod pass;

@@ -143,6 +143,8 @@ pub struct EncryptOptions<'a> {
     /// A change of the plaintext weights made while encrypting (for example a recipient's
     /// fingerprint); the decrypted model then holds the changed weights.
     pub rewrite: Option<&'a crate::format2::Rewrite>,
+    /// Opening the model will need a licence of this authority (docs/shipping.md#licences).
+    pub licence: Option<crate::licence::LicenceRequirement>,
     pub progress: &'a dyn Progress,
 }
 
@@ -158,6 +160,7 @@ impl<'a> EncryptOptions<'a> {
             outputs: OutputRules::default(),
             signing_keys: &[],
             rewrite: None,
+            licence: None,
             progress: &NoProgress,
         }
     }
@@ -205,9 +208,13 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         secret_positions: opts.secret_positions,
         signing_keys: opts.signing_keys,
         rewrite: opts.rewrite,
+        licence: opts.licence.as_ref(),
         external_names: names.as_deref(),
         progress: opts.progress,
     };
+    if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
+        crate::licence::check_model_id(id)?;
+    }
     let done = format2::encrypt(&model, output, to, &spec)?;
     let encrypted_bytes = done.selection.bytes();
     let warnings = onnx_protect_select::risk::relearning_warning(

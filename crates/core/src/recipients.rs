@@ -57,7 +57,7 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
         Some(KeySource::Identity(Identity::Provider(p))) => {
             stanzas.push(Recipient::Provider(p.clone()).wrap(tiers, dk(tiers))?);
         }
-        Some(KeySource::Identity(_)) => {
+        Some(KeySource::Identity(_) | KeySource::Licensed(..)) => {
             return Err(CoreError::Key(
                 "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
             ))
@@ -123,12 +123,14 @@ impl Opened {
 /// or the first error of a key provider that failed (a token or command that could not
 /// answer is not a wrong key).
 pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
-    let identity = match key {
+    let identity = match key.without_licence() {
         KeySource::Key(k) => Identity::Key(k.clone()),
         KeySource::Passphrase(p) => Identity::Passphrase(p.clone()),
         KeySource::Identity(i) => i.clone(),
+        KeySource::Licensed(..) => return Err(CoreError::Key("internal: a licence inside a licence".into())),
     };
     let mut best: Option<(u32, DataKey)> = None;
+    let mut opener = 0;
     let mut provider_error = None;
     for (i, s) in sealed.stanzas.iter().enumerate() {
         if best.as_ref().is_some_and(|(t, _)| *t >= s.tier) {
@@ -148,6 +150,7 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
                     }
                 }
                 best = Some((s.tier, dk));
+                opener = i;
             }
             Ok(None) => {}
             // A provider that failed (not "not mine") is not asked again: junk stanzas
@@ -169,12 +172,18 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
         (None, Some(e)) => return Err(e.into()),
         (None, None) => return Err(CoreError::WrongKey),
     };
-    let data_keys = dk.chain_down(tier);
+    let mut data_keys = dk.chain_down(tier);
     let keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     for (i, k) in keys.iter().enumerate() {
         if !k.key_check_matches(&sealed.header.key_checks[i]) {
             return Err(CoreError::Modified(format!("the data key of tier {} does not match its key check", i + 1)));
         }
     }
+    // A model with a licence authority opens only as far as a valid licence grants.
+    let by = &sealed.stanzas[opener];
+    let tier = crate::licence::granted_tier(sealed, key.licence(), (&by.kind, &by.label), tier)?;
+    let mut keys = keys;
+    keys.truncate(tier as usize);
+    data_keys.truncate(tier as usize);
     Ok(Opened { tier, keys, data_keys })
 }

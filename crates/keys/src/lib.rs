@@ -26,6 +26,7 @@
 mod command;
 mod error;
 mod pkcs11;
+mod plugin;
 mod sign;
 mod stanza;
 
@@ -35,6 +36,9 @@ pub use command::{
 };
 pub use error::KeysError;
 pub use pkcs11::{Pkcs11Key, Pkcs11Uri, KIND_PKCS11};
+pub use plugin::{
+    is_plugin_recipient, NoPrompt, PluginIdentity, PluginPrompt, PluginRecipient, KIND_AGE_PLUGIN, MAX_PLUGIN_BODY,
+};
 pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
 pub use stanza::{
     check_kdf_limits, check_stanzas, costly_kind, is_known_kind, new_x25519_identity_file, passphrase_stanza, Identity,

@@ -15,6 +15,7 @@ use std::ffi::c_int;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
@@ -22,7 +23,7 @@ use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, Recipient, SignerKey};
+use onnx_protect_keys::{Identity, KeyCommand, Pkcs11Key, SignerKey};
 use onnx_protect_select::Policy;
 use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
 use pyo3::prelude::*;
@@ -71,6 +72,45 @@ create_exception!(
     OnnxProtectError,
     "The key's tiers are already in clear in this file."
 );
+
+create_exception!(
+    onnx_protect,
+    LicenceError,
+    OnnxProtectError,
+    "The model needs a licence of its publisher and the one given does not let it open."
+);
+create_exception!(onnx_protect, LicenceMissing, LicenceError, "The model needs a licence and none was given.");
+create_exception!(onnx_protect, LicenceMalformed, LicenceError, "The licence text is malformed or unreadable.");
+create_exception!(
+    onnx_protect,
+    LicenceBadSignature,
+    LicenceError,
+    "The licence's signature does not verify, or it is by another authority."
+);
+create_exception!(onnx_protect, LicenceExpired, LicenceError, "The licence has expired.");
+create_exception!(onnx_protect, LicenceNotYetValid, LicenceError, "The licence is not valid yet.");
+create_exception!(onnx_protect, LicenceWrongModel, LicenceError, "The licence names other models.");
+create_exception!(onnx_protect, LicenceWrongDevice, LicenceError, "The licence is for another recipient or device.");
+create_exception!(
+    onnx_protect,
+    ClockSetBack,
+    LicenceError,
+    "The system clock is behind a time already reached, or the recorded clock state is unusable."
+);
+
+fn licence_exception(kind: LicenceKind, msg: String) -> PyErr {
+    match kind {
+        LicenceKind::Missing => LicenceMissing::new_err(msg),
+        LicenceKind::Malformed => LicenceMalformed::new_err(msg),
+        LicenceKind::BadSignature => LicenceBadSignature::new_err(msg),
+        LicenceKind::Expired => LicenceExpired::new_err(msg),
+        LicenceKind::NotYetValid => LicenceNotYetValid::new_err(msg),
+        LicenceKind::WrongModel => LicenceWrongModel::new_err(msg),
+        LicenceKind::WrongDevice => LicenceWrongDevice::new_err(msg),
+        LicenceKind::Clock => ClockSetBack::new_err(msg),
+        _ => LicenceError::new_err(msg),
+    }
+}
 
 /// The Python exception for a core error: the class of its kind, the message with
 /// its causes, and `kind` set to the kind's stable name.
@@ -145,6 +185,7 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
         ErrorKind::Output => OutputError::new_err(msg),
         ErrorKind::NotSigned => NotSigned::new_err(msg),
         ErrorKind::AlreadyDecrypted => AlreadyDecrypted::new_err(msg),
+        ErrorKind::Licence(l) => licence_exception(l, msg),
         _ => OnnxProtectError::new_err(msg),
     };
     Python::attach(|py| {
@@ -274,14 +315,19 @@ impl Key {
         Key::from_passphrase(&value)
     }
 
-    /// age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen` writes them).
+    /// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+    /// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+    /// `age-plugin-NAME`, which gets no answer if it asks for a PIN), or a TPM key file
+    /// (`keygen --tpm`; the TPM named by `ONNX_PROTECT_TPM_TCTI`; needs a build with the
+    /// feature `tpm`).
     #[staticmethod]
     fn from_identity_file(path: PathBuf) -> PyResult<Key> {
         let bytes = read_secret_file(&path, "identity file")?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_err(format!("identity file {} is not UTF-8 text", path.display())))?;
-        let id =
-            Identity::parse_x25519_file(text).map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, Arc::new(onnx_protect_keys::NoPrompt))
+            .map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
         Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
     }
 
@@ -304,6 +350,27 @@ impl Key {
         let c = KeyCommand::parse(command, Duration::from_secs_f64(timeout)).map_err(|e| py_err(e.into()))?;
         let what = format!("key command '{command}'");
         Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(c))), kind: None, what })
+    }
+
+    /// This key with a licence (docs/shipping.md#licences) for a model encrypted with a
+    /// licence authority. `clock`: the file recording the latest time a licence check saw
+    /// (default `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`).
+    #[pyo3(signature = (path, *, clock=None))]
+    fn with_licence(&self, path: PathBuf, clock: Option<PathBuf>) -> PyResult<Key> {
+        let unreadable = |e: std::io::Error| {
+            py_err(CoreError::Licence(onnx_protect_core::licence::LicenceError::Malformed {
+                line: 0,
+                reason: format!("cannot read {}: {e}", path.display()),
+            }))
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(onnx_protect_core::licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
+            .map_err(unreadable)?;
+        let tcti = onnx_protect_tpm::tcti_from_env();
+        let source = onnx_protect_tpm::with_licence(self.source.clone(), &text, clock.as_deref(), &tcti)
+            .map_err(|e| py_err_at(&path, e.into()))?;
+        Ok(Key { source, kind: self.kind, what: format!("{} with licence {}", self.what, path.display()) })
     }
 
     fn __repr__(&self) -> String {
@@ -402,7 +469,8 @@ fn fingerprint_marker(
 /// (recipient ID, fingerprint secret file, ledger, strength).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
-    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None, allow_short_passphrase=false))]
+    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None, allow_short_passphrase=false,
+    licence=None))]
 #[allow(clippy::too_many_arguments)]
 fn encrypt(
     py: Python<'_>,
@@ -418,19 +486,28 @@ fn encrypt(
     allow_empty: bool,
     fingerprint: Option<(String, PathBuf, PathBuf, f64)>,
     allow_short_passphrase: bool,
+    licence: Option<(String, Option<String>)>,
 ) -> PyResult<String> {
     let master = key.as_ref().map(|k| k.master()).transpose()?;
     if let Some(m) = &master {
         check_passphrase(m, allow_short_passphrase)?;
     }
+    // (licence authority, model id): opening will need a licence of the authority.
+    let licence = match licence {
+        None => None,
+        Some((authority, model_id)) => {
+            let authority =
+                SignerKey::parse(authority.trim()).map_err(|e| key_err(format!("licence_authority: {e}")))?;
+            if let Some(id) = &model_id {
+                onnx_protect_core::licence::check_model_id(id).map_err(py_err)?;
+            }
+            Some(onnx_protect_core::licence::LicenceRequirement { authority, model_id })
+        }
+    };
     let recipients = recipients
         .iter()
         .map(|(text, tier)| {
-            let r = if text.trim_start().starts_with("pkcs11:") {
-                Pkcs11Key::parse(text).map(|k| Recipient::Provider(Arc::new(k)))
-            } else {
-                Recipient::parse_public(text)
-            };
+            let r = onnx_protect_tpm::parse_recipient(text, Arc::new(onnx_protect_keys::NoPrompt));
             r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -451,6 +528,7 @@ fn encrypt(
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
         opts.rewrite = hook.as_ref().map(|f| f as &protect::Rewrite);
+        opts.licence = licence;
         protect::encrypt(&src, &dst, &to, &opts)
     });
     let mut report = serde_json::to_value(report.map_err(|e| py_err_at(&src, e))?)
@@ -885,6 +963,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OutputError", py.get_type::<OutputError>())?;
     m.add("NotSigned", py.get_type::<NotSigned>())?;
     m.add("AlreadyDecrypted", py.get_type::<AlreadyDecrypted>())?;
+    m.add("LicenceError", py.get_type::<LicenceError>())?;
+    m.add("LicenceMissing", py.get_type::<LicenceMissing>())?;
+    m.add("LicenceMalformed", py.get_type::<LicenceMalformed>())?;
+    m.add("LicenceBadSignature", py.get_type::<LicenceBadSignature>())?;
+    m.add("LicenceExpired", py.get_type::<LicenceExpired>())?;
+    m.add("LicenceNotYetValid", py.get_type::<LicenceNotYetValid>())?;
+    m.add("LicenceWrongModel", py.get_type::<LicenceWrongModel>())?;
+    m.add("LicenceWrongDevice", py.get_type::<LicenceWrongDevice>())?;
+    m.add("ClockSetBack", py.get_type::<ClockSetBack>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -87,10 +87,17 @@ pub struct Header {
     /// files written before it was recorded).
     #[prost(uint64, repeated, tag = "10")]
     pub external_sizes: ::prost::alloc::vec::Vec<u64>,
-    /// Field 11 is reserved for the label lock.
+    /// Field 11 is reserved for another use.
+    /// The publisher's licence authority: empty, or a 32-byte Ed25519 public key; when set,
+    /// opening a stanza needs a licence signed by it (docs/format.md Appendix C).
+    #[prost(bytes = "vec", tag = "12")]
+    pub licence_authority: ::prost::alloc::vec::Vec<u8>,
+    /// The publisher's model id, named by licences (`model: id:…`); empty if none.
+    #[prost(string, tag = "13")]
+    pub model_id: ::prost::alloc::string::String,
     /// The location each external data file had in the original model, in the order of
     /// external_files (empty: the same names); a full decryption writes them back (§3, §12).
-    #[prost(string, repeated, tag = "12")]
+    #[prost(string, repeated, tag = "14")]
     pub original_external_files: ::prost::alloc::vec::Vec<
         ::prost::alloc::string::String,
     >,

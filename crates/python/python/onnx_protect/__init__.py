@@ -9,7 +9,17 @@ Every function takes the key in one of these keyword arguments (exactly one):
 * ``key_env``: the name of an environment variable holding a key;
 * ``passphrase``: a passphrase (``str`` or bytes);
 * ``passphrase_env``: the name of an environment variable holding one;
-* ``identity_file``: a file of age X25519 identities (``AGE-SECRET-KEY-1...``).
+* ``identity_file``: an identity file: age X25519 identities (``AGE-SECRET-KEY-1...``),
+  one age plugin's identities (``AGE-PLUGIN-NAME-1...``, run through the program
+  ``age-plugin-NAME`` on ``PATH``; a plugin that asks for a PIN gets no answer), or a
+  TPM key file of ``onnx-protect keygen --tpm`` (the TPM named by
+  ``ONNX_PROTECT_TPM_TCTI``; needs a package built with the cargo feature ``tpm``).
+
+A model encrypted with a licence authority also needs ``licence=`` (a licence file,
+docs/shipping.md) in ``decrypt``, ``verify`` (with a key), ``load`` and
+``InferenceSession``; ``licence_clock=`` names the file that records the latest time
+seen (default ``$ONNX_PROTECT_LICENCE_CLOCK`` or ``~/.local/state/onnx-protect/licence-clock``).
+Refusals are :class:`LicenceError` subclasses (``LicenceExpired``, ``LicenceWrongDevice``, ...).
 
 Errors are :class:`OnnxProtectError` subclasses, one per kind (``WrongKey``,
 ``Modified``, ``NotProtected``, ``MalformedModel``, ...); ``err.kind`` is the
@@ -30,12 +40,21 @@ from ._native import (
     AlreadyProtected,
     BadManifest,
     Buffer,
+    ClockSetBack,
     DecryptedModel,
     ExternalTensor,
     FileError,
     InvalidKey,
     InvalidPolicy,
     Key,
+    LicenceBadSignature,
+    LicenceError,
+    LicenceExpired,
+    LicenceMalformed,
+    LicenceMissing,
+    LicenceNotYetValid,
+    LicenceWrongDevice,
+    LicenceWrongModel,
     MalformedModel,
     Modified,
     NotProtected,
@@ -56,6 +75,7 @@ __all__ = [
     "AlreadyProtected",
     "BadManifest",
     "Buffer",
+    "ClockSetBack",
     "DecryptedModel",
     "ExternalTensor",
     "FileError",
@@ -63,6 +83,14 @@ __all__ = [
     "InvalidKey",
     "InvalidPolicy",
     "Key",
+    "LicenceBadSignature",
+    "LicenceError",
+    "LicenceExpired",
+    "LicenceMalformed",
+    "LicenceMissing",
+    "LicenceNotYetValid",
+    "LicenceWrongDevice",
+    "LicenceWrongModel",
     "MalformedModel",
     "Modified",
     "NotProtected",
@@ -143,6 +171,17 @@ def _required_key(**kw: Any) -> Key:
     return k
 
 
+def _licensed(k: Key | None, licence: PathLike | None, licence_clock: PathLike | None) -> Key | None:
+    """``k`` with the licence, if one was given."""
+    if licence is None:
+        if licence_clock is not None:
+            raise ValueError("licence_clock goes with licence")
+        return k
+    if k is None:
+        raise ValueError("a licence goes with a key")
+    return k.with_licence(os.fspath(licence), clock=None if licence_clock is None else os.fspath(licence_clock))
+
+
 def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
     """``(what, "OP=VALUE")`` pairs for one override argument."""
     if isinstance(value, str):
@@ -183,16 +222,22 @@ def encrypt(
     ledger: PathLike | None = None,
     fingerprint_strength: float = 0.002,
     allow_short_passphrase: bool = False,
+    licence_authority: str | None = None,
+    model_id: str | None = None,
     **overrides: Override,
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
+
+    ``licence_authority`` (``onnx-protect-signer1...``, with an optional ``model_id``)
+    records that opening the model needs a licence signed by that publisher key.
 
     ``policy`` is a TOML policy file (docs/policy.md); the built-in default
     otherwise. ``overrides`` are ``coefficient``, ``mode``, ``subsequences``
     and ``selection``, as the command line's options (``mode="fp"``,
     ``coefficient={"Conv": 0.5}``, ``selection="*=l1"``). ``recipients`` are
-    age X25519 recipients (``age1...``) or PKCS#11 key URIs (``pkcs11:...``), each
-    optionally with its tier.
+    age X25519 recipients (``age1...``), age plugin recipients (``age1NAME1...``),
+    TPM recipients (``onnx-protect-tpm1...``, wrapped for with no TPM at hand) or
+    PKCS#11 key URIs (``pkcs11:...``), each optionally with its tier.
     ``fingerprint="ID"`` (with ``fingerprint_secret`` and ``ledger``) makes recipient
     ID's copy, as ``encrypt --fingerprint`` does (docs/tracing.md): a keyed mark of
     strength ``fingerprint_strength`` in the weights, recorded in the ledger; the
@@ -200,6 +245,8 @@ def encrypt(
     A passphrase shorter than 12 characters is refused (as by the command line) unless
     ``allow_short_passphrase``. Returns the encryption report.
     """
+    if model_id is not None and licence_authority is None:
+        raise TypeError("model_id goes with licence_authority")
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
         raise TypeError(f"unknown argument(s) {', '.join(unknown)}; overrides are {', '.join(_OVERRIDES)}")
@@ -227,6 +274,7 @@ def encrypt(
         allow_empty=allow_empty,
         fingerprint=mark,
         allow_short_passphrase=allow_short_passphrase,
+        licence=None if licence_authority is None else (licence_authority, model_id),
     )
     report = json.loads(report)
     for w in report.get("warnings", ()):
@@ -252,6 +300,8 @@ def decrypt(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -263,6 +313,7 @@ def decrypt(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
 
 
@@ -275,6 +326,8 @@ def verify(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     signers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Verifies a protected model: with a key, every MAC the key allows; without,
@@ -283,6 +336,7 @@ def verify(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return json.loads(_native.verify(os.fspath(path), key=k, signers=list(signers)))
 
 
@@ -312,6 +366,8 @@ def load(
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
 ) -> DecryptedModel:
@@ -326,6 +382,7 @@ def load(
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     return _native.load(os.fspath(path), key=k, tier=tier, signers=list(signers))
 
 
@@ -513,6 +570,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     passphrase: str | BytesLike | None = None,
     passphrase_env: str | None = None,
     identity_file: PathLike | None = None,
+    licence: PathLike | None = None,
+    licence_clock: PathLike | None = None,
     tier: int | None = None,
     signers: Sequence[str] = (),
     in_place: bool | None = None,
@@ -540,6 +599,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
         key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
         passphrase_env=passphrase_env, identity_file=identity_file,
     )
+    k = _licensed(k, licence, licence_clock)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     _refuse_disk_writes(so, providers, provider_options)
     if in_place is None:

@@ -1,0 +1,120 @@
+//! Licences when a model opens (docs/shipping.md#licences, docs/format.md Appendix C): a
+//! model whose header names a licence authority opens, for every operation that opens a
+//! stanza (decrypt, load, verify with a key, rekey, rewrap), only with a licence of that
+//! authority valid for the model, the stanza that opened it and the time; it grants the
+//! tiers the licence names, at most.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use onnx_protect_keys::SignerKey;
+use onnx_protect_licence::{evaluate, ModelFacts, Opener};
+pub use onnx_protect_licence::{ClockFile, Licence, LicenceError, TpmReading, MAX_LICENCE_LEN};
+
+use crate::envelope::Sealed;
+use crate::error::{CoreError, Result};
+
+/// The longest model id recorded in a header.
+pub const MAX_MODEL_ID_LEN: usize = 1024;
+
+/// What a model records at encryption: opening it will need a licence of `authority`.
+#[derive(Debug, Clone)]
+pub struct LicenceRequirement {
+    /// The publisher's signer key that signs licences.
+    pub authority: SignerKey,
+    /// A model id licences may name (`model: id:…`), besides the content digest.
+    pub model_id: Option<String>,
+}
+
+/// What a loader gives with its key: the licence, and how the time is told.
+#[derive(Clone)]
+pub struct LicenceCheck {
+    /// The licence (parsed, not yet verified).
+    pub licence: Licence,
+    /// The recorded high-water mark (and TPM anchor) that detects a clock set back; `None`:
+    /// the system clock alone.
+    pub clock: Option<ClockFile>,
+    /// A reading of the TPM's clock, for the TPM anchor.
+    pub tpm: Option<TpmReading>,
+}
+
+/// Checks a model id: 1 to [`MAX_MODEL_ID_LEN`] bytes, printable, no surrounding spaces (a
+/// licence line must be able to name it).
+pub fn check_model_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_MODEL_ID_LEN
+        && id.trim() == id
+        && !id.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Key(format!(
+            "model id {id:?}: 1 to {MAX_MODEL_ID_LEN} bytes of printable text without surrounding spaces"
+        )))
+    }
+}
+
+/// The requirement a header records, if any (its shape checked when the header was read).
+pub(crate) fn requirement(sealed: &Sealed) -> Result<Option<LicenceRequirement>> {
+    let h = &sealed.header;
+    if h.licence_authority.is_empty() {
+        return Ok(None);
+    }
+    let bytes: [u8; 32] = h
+        .licence_authority
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::BadManifest("the licence authority is not 32 bytes".into()))?;
+    let authority = SignerKey::from_bytes(&bytes)
+        .map_err(|_| CoreError::BadManifest("the licence authority is not an Ed25519 public key".into()))?;
+    let model_id = (!h.model_id.is_empty()).then(|| h.model_id.clone());
+    Ok(Some(LicenceRequirement { authority, model_id }))
+}
+
+/// The header fields of a requirement.
+pub(crate) fn header_fields(req: Option<&LicenceRequirement>) -> (Vec<u8>, String) {
+    match req {
+        None => (Vec::new(), String::new()),
+        Some(r) => (r.authority.to_bytes().to_vec(), r.model_id.clone().unwrap_or_default()),
+    }
+}
+
+/// The highest tier the model opens to, `tier` being what the key reaches through the
+/// stanza (`kind`, `label`): `tier` for a model without a licence authority; otherwise
+/// what a valid licence grants, at most `tier`.
+pub(crate) fn granted_tier(
+    sealed: &Sealed,
+    check: Option<&LicenceCheck>,
+    opener: (&str, &str),
+    tier: u32,
+) -> Result<u32> {
+    let Some(req) = requirement(sealed)? else { return Ok(tier) };
+    let Some(check) = check else {
+        return Err(LicenceError::Missing { authority: req.authority.to_text() }.into());
+    };
+    let digest: [u8; 32] = sealed
+        .envelope
+        .content_digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::BadManifest("the content digest is not 32 bytes".into()))?;
+    let facts = ModelFacts { authority: req.authority, content_digest: digest, model_id: req.model_id };
+    // The signature and the names first: a licence for another model or device does not
+    // move the recorded clock.
+    let opener = Opener { kind: opener.0, label: opener.1 };
+    let system = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    evaluate(&check.licence, &facts, opener, check.licence.terms.not_before)?;
+    let now = match &check.clock {
+        Some(c) => c.check(system, check.tpm)?,
+        None => system,
+    };
+    let grant = evaluate(&check.licence, &facts, opener, now)?;
+    Ok(tier.min(grant.tiers))
+}
+
+/// The content digest and licence requirement of the protected (format 2) model at
+/// `path`: what a publisher's licence names (`model: digest:…`, `model: id:…`).
+pub fn licence_facts(path: &std::path::Path) -> Result<([u8; 32], Option<LicenceRequirement>)> {
+    let model = crate::format2::open_protected(path, &onnx_protect_format::NoProgress)?;
+    let p = crate::format2::read_v2(&model)?;
+    Ok((crate::format2::recorded_digest(&p)?, requirement(&p.sealed)?))
+}

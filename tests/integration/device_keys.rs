@@ -1,0 +1,179 @@
+//! Keys on customers' machines, on the command line: age plugin recipients and identities
+//! through `age-plugin-onnxtest` (crates/age-plugin-test, built by `cargo test --workspace`
+//! next to the binary), and TPM recipients, which wrap without a TPM. Opening through a TPM
+//! needs the binary's feature `tpm` and swtpm: tests/python/test_tpm_cli.py.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{bin, root};
+
+fn model() -> PathBuf {
+    root().join("fixtures/models/cnn_torch/model.onnx")
+}
+
+fn plugin() -> Option<PathBuf> {
+    let p = bin().parent().expect("a directory").join("age-plugin-onnxtest");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("ONNX_PROTECT_REQUIRE_TEST_PLUGIN").as_deref() != Ok("1"),
+        "{} is missing: cargo build -p onnx-protect-age-plugin-test",
+        p.display()
+    );
+    eprintln!("{} is missing (cargo build -p onnx-protect-age-plugin-test): plugin tests skipped", p.display());
+    None
+}
+
+/// `PATH` with the test plugin's directory first.
+fn path_with(plugin: &Path) -> String {
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![plugin.parent().expect("a directory").to_path_buf()];
+    dirs.extend(std::env::split_paths(&old));
+    std::env::join_paths(dirs).expect("a PATH").into_string().expect("UTF-8")
+}
+
+fn run(args: &[&str], path: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.args(args);
+    if let Some(p) = path {
+        c.env("PATH", p);
+    }
+    let out = c.output().expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// (recipient, identity file) of a new test device in `mode`.
+fn device(plugin: &Path, dir: &Path, mode: &str) -> (String, PathBuf) {
+    let out = Command::new(plugin).args(["--keygen", mode]).output().expect("plugin runs");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let r = text.lines().next().and_then(|l| l.strip_prefix("# recipient: ")).expect("a recipient").to_string();
+    let f = dir.join(format!("{mode}.identity"));
+    std::fs::write(&f, text).expect("write");
+    (r, f)
+}
+
+#[test]
+fn a_model_for_an_age_plugin_recipient_opens_with_its_identity_only() {
+    let Some(plugin) = plugin() else { return };
+    let path = path_with(&plugin);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, id) = device(&plugin, dir.path(), "ok");
+    let protected = dir.path().join("p.onnx");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&protected), "--recipient", &r], Some(&path));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(&["inspect", s(&protected)], None);
+    assert!(out.contains(&format!("age-plugin {r}")), "{out}");
+    let plain = dir.path().join("plain.onnx");
+    let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&plain), "--identity", s(&id)], Some(&path));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+
+    // Another device of that plugin: wrong key (exit 4), nothing written.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let (_, other) = device(&plugin, elsewhere.path(), "ok");
+    let out2 = dir.path().join("x.onnx");
+    let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&out2), "--identity", s(&other)], Some(&path));
+    assert_eq!(code, 4, "{err}");
+    assert!(!out2.exists());
+}
+
+#[test]
+fn a_failing_dying_or_missing_plugin_is_exit_4_with_its_reason_and_writes_nothing() {
+    let Some(plugin) = plugin() else { return };
+    let path = path_with(&plugin);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _) = device(&plugin, dir.path(), "ok");
+    let protected = dir.path().join("p.onnx");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&protected), "--recipient", &r], Some(&path));
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("out.onnx");
+    for (mode, want) in [("refuse", "PIN blocked"), ("die", "age-plugin-onnxtest"), ("pin", "no PIN")] {
+        let (_, id) = device(&plugin, dir.path(), mode);
+        let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&out), "--identity", s(&id)], Some(&path));
+        assert_eq!(code, 4, "{mode}: {err}");
+        assert!(err.contains(want) && err.lines().count() == 1, "{mode}: {err}");
+        assert!(!out.exists(), "{mode}");
+    }
+    // The plugin missing from PATH, to open and to encrypt.
+    let (_, id) = device(&plugin, dir.path(), "ok");
+    let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&out), "--identity", s(&id)], Some("/nonexistent"));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("Could not find 'age-plugin-onnxtest' on the PATH"), "{err}");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&out), "--recipient", &r], Some("/nonexistent"));
+    assert_eq!(code, 4, "{err}");
+    assert!(!out.exists());
+    // A refusing recipient: encrypt fails, nothing written.
+    let (bad_r, _) = device(&plugin, dir.path(), "refuse");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&out), "--recipient", &bad_r], Some(&path));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("refuses to wrap"), "{err}");
+    assert!(!out.exists());
+}
+
+/// The TPM recipient of tests: the P-256 generator point (private key 1), so the test can
+/// check the stanza opens to the data key without a TPM.
+const TPM_RECIPIENT: &str = "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u";
+
+#[test]
+fn a_tpm_recipient_is_wrapped_for_without_a_tpm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let protected = dir.path().join("p.onnx");
+    let key = crate::util::keygen_in(dir.path());
+    let (code, _, err) =
+        run(&["encrypt", s(&model()), "-o", s(&protected), "--key-file", s(&key), "--recipient", TPM_RECIPIENT], None);
+    assert_eq!(code, 0, "{err}");
+    let m = crate::util::manifest_of(&protected);
+    let st = m.sealed.stanzas.iter().find(|s| s.kind == "tpm").expect("a tpm stanza");
+    assert_eq!(st.label, TPM_RECIPIENT);
+    assert_eq!(st.body.len(), onnx_protect_tpm::TPM_BODY_LEN);
+    // With private key 1, the ECDH of the ephemeral point E is E itself: its x coordinate.
+    let r = onnx_protect_tpm::TpmRecipient::parse(TPM_RECIPIENT).expect("a recipient");
+    let opened = r.open(st.tier, &st.body, |x, _| Ok(zeroize::Zeroizing::new(*x))).expect("well-formed");
+    assert!(opened.is_some(), "the stanza opens under the recipient's private key");
+    // Bad recipient strings: exit 4 naming the problem.
+    let mut typo = TPM_RECIPIENT.to_string();
+    typo.pop();
+    typo.push('q');
+    let (code, _, err) =
+        run(&["encrypt", s(&model()), "-o", s(&dir.path().join("y.onnx")), "--recipient", &typo], None);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not a TPM recipient"), "{err}");
+}
+
+#[test]
+fn a_tpm_key_file_without_tpm_support_or_tpm_is_exit_4() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let protected = dir.path().join("p.onnx");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&protected), "--recipient", TPM_RECIPIENT], None);
+    assert_eq!(code, 0, "{err}");
+    let key_file = dir.path().join("device.tpmkey");
+    std::fs::write(
+        &key_file,
+        format!("# a key at a persistent handle\nonnx-protect-tpm-key-v1 {TPM_RECIPIENT} persistent 0x81000001\n"),
+    )
+    .expect("write");
+    let out = dir.path().join("o.onnx");
+    let mut c = Command::new(bin());
+    c.args(["decrypt", s(&protected), "-o", s(&out), "--identity", s(&key_file)]);
+    // A TCTI where no TPM listens (builds with TPM support), or no support (without).
+    c.env("ONNX_PROTECT_TPM_TCTI", "swtpm:host=127.0.0.1,port=9");
+    let o = c.output().expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("built without TPM support") || err.contains("cannot reach the TPM"), "{err}");
+    assert!(!out.exists());
+    std::fs::write(&key_file, "onnx-protect-tpm-key-v1 nonsense\n").expect("write");
+    let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&out), "--identity", s(&key_file)], None);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("TPM key file line 1: field 2"), "{err}");
+}

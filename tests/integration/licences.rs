@@ -1,0 +1,248 @@
+//! Signed licences on the command line: `encrypt --licence-authority` records the publisher's
+//! key in the header (authenticated), `licence issue` signs licences, and `decrypt` and
+//! `verify` refuse without a valid one, each refusal with its exit code and nothing written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{bin, keygen_in, root};
+
+fn model() -> PathBuf {
+    root().join("fixtures/models/cnn_torch/model.onnx")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Runs the binary with the licence clock state in `dir`.
+fn run(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("ONNX_PROTECT_LICENCE_CLOCK", dir.join("clock"))
+        .output()
+        .expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// (signing key file, its public signer string).
+fn publisher(dir: &Path, name: &str) -> (PathBuf, String) {
+    let k = dir.join(name);
+    let (code, err) = run(dir, &["keygen", "--signing", "-o", s(&k), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&k).expect("read");
+    let public = text.lines().find_map(|l| l.strip_prefix("# public key: ")).expect("a public key line");
+    (k, public.to_string())
+}
+
+fn issue(dir: &Path, key: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let mut args = vec!["licence", "issue", "--sign-key", s(key), "-o", s(&out), "-q"];
+    args.extend_from_slice(extra);
+    let (code, err) = run(dir, &args);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+const WINDOW: [&str; 4] = ["--not-before", "2020-01-01T00:00:00Z", "--not-after", "2099-12-31T23:59:59Z"];
+
+#[test]
+fn a_licensed_model_opens_only_with_a_valid_licence_and_each_refusal_has_its_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = keygen_in(d);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let p = d.join("p.onnx");
+    let (code, err) = run(
+        d,
+        &[
+            "encrypt",
+            s(&model()),
+            "-o",
+            s(&p),
+            "--key-file",
+            s(&key),
+            "--licence-authority",
+            &authority,
+            "--model-id",
+            "det-v3",
+            "-q",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = d.join("out.onnx");
+    let decrypt = |licence: Option<&Path>| {
+        let mut args = vec!["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "-q"];
+        if let Some(l) = licence {
+            args.extend_from_slice(&["--licence", s(l)]);
+        }
+        run(d, &args)
+    };
+    // No licence: exit 10, nothing written; keyless verification still works.
+    let (code, err) = decrypt(None);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("licence required") && err.contains(&authority), "{err}");
+    assert!(!out.exists());
+    assert_eq!(run(d, &["verify", s(&p), "-q"]).0, 0);
+    assert_eq!(run(d, &["verify", s(&p), "--key-file", s(&key), "-q"]).0, 10);
+
+    let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let (code, err) = decrypt(Some(&ok));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(model()).expect("read"));
+    std::fs::remove_file(&out).expect("remove");
+    assert_eq!(run(d, &["verify", s(&p), "--key-file", s(&key), "--licence", s(&ok), "-q"]).0, 0);
+    // By content digest, for the key's stanza only.
+    let label = format!(
+        "key {}",
+        onnx_protect_crypto::KeyFile::parse(&std::fs::read(&key).expect("read"))
+            .map(|f| hex_fp(&f.into_key()))
+            .expect("key")
+    );
+    let by_digest = issue(d, &pk, "digest.lic", &[&["--model-of", s(&p), "--recipient", &label][..], &WINDOW].concat());
+    let (code, err) = decrypt(Some(&by_digest));
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&out).expect("remove");
+
+    let refusals: [(&str, Vec<&str>, i32, &str); 4] = [
+        (
+            "expired.lic",
+            vec![
+                "--model",
+                "id:det-v3",
+                "--recipient",
+                "any",
+                "--not-before",
+                "2020-01-01T00:00:00Z",
+                "--not-after",
+                "2021-01-01T00:00:00Z",
+            ],
+            12,
+            "expired",
+        ),
+        (
+            "future.lic",
+            vec![
+                "--model",
+                "id:det-v3",
+                "--recipient",
+                "any",
+                "--not-before",
+                "2098-01-01T00:00:00Z",
+                "--not-after",
+                "2099-01-01T00:00:00Z",
+            ],
+            13,
+            "not yet valid",
+        ),
+        ("model.lic", [&["--model", "id:other", "--recipient", "any"][..], &WINDOW].concat(), 14, "wrong model"),
+        (
+            "device.lic",
+            [&["--model", "id:det-v3", "--recipient", "key 0000000000000000"][..], &WINDOW].concat(),
+            15,
+            "wrong device",
+        ),
+    ];
+    for (name, args, want, what) in refusals {
+        let l = issue(d, &pk, name, &args);
+        let (code, err) = decrypt(Some(&l));
+        assert_eq!(code, want, "{name}: {err}");
+        assert!(err.contains(what) && err.lines().count() == 1, "{name}: {err}");
+        assert!(!out.exists(), "{name}");
+    }
+    // Another publisher's licence, and every byte of a valid one changed: refused (11, or 10
+    // where the change breaks the text's form), never opened.
+    let (other_pk, _) = publisher(d, "other.sk");
+    let other =
+        issue(d, &other_pk, "other.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let (code, err) = decrypt(Some(&other));
+    assert_eq!(code, 11, "{err}");
+    let text = std::fs::read(&ok).expect("read");
+    let bad = d.join("bad.lic");
+    for i in 0..text.len() {
+        let mut t = text.clone();
+        t[i] ^= 0x01;
+        std::fs::write(&bad, &t).expect("write");
+        let (code, err) = decrypt(Some(&bad));
+        assert!(code == 11 || code == 10, "byte {i}: exit {code}: {err}");
+        assert!(!out.exists(), "byte {i}");
+    }
+    // A clock set back below the recorded high-water mark: 16.
+    let clock = d.join("clock");
+    std::fs::write(&clock, "onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n").expect("write");
+    let (code, err) = decrypt(Some(&ok));
+    assert_eq!(code, 16, "{err}");
+    assert!(err.contains("clock"), "{err}");
+    assert!(!out.exists());
+}
+
+fn hex_fp(k: &onnx_protect_crypto::MasterKey) -> String {
+    k.fingerprint().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = d.join("k.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&key), "--tiers", "2", "-q"]).0, 0);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let p = d.join("p.onnx");
+    let (code, err) = run(
+        d,
+        &[
+            "encrypt",
+            s(&model()),
+            "-o",
+            s(&p),
+            "--key-file",
+            s(&key),
+            "--tiers",
+            "2",
+            "--mode",
+            "*=fp",
+            "--licence-authority",
+            &authority,
+            "-q",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let one =
+        issue(d, &pk, "one.lic", &[&["--model-of", s(&p), "--recipient", "any", "--tiers", "1"][..], &WINDOW].concat());
+    let out = d.join("out.onnx");
+    // The key reaches tier 2; the licence grants tier 1: asking for tier 2 is refused,
+    // the default decrypts tier 1 only (the model keeps its tier-2 weights encrypted).
+    let (code, err) =
+        run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "--tier", "2", "-q"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, err) = run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(&out).expect("read"), std::fs::read(model()).expect("read"));
+    // The authority is part of the authenticated header: a model whose recorded authority
+    // is replaced (another publisher's key, same length) no longer verifies.
+    let bytes = std::fs::read(&p).expect("read");
+    let m = crate::util::manifest_of(&p);
+    let auth = m.sealed.header.licence_authority.clone();
+    assert_eq!(auth.len(), 32);
+    let (_, other) = publisher(d, "other.sk");
+    let other = onnx_protect_keys::SignerKey::parse(&other).expect("signer").to_bytes();
+    // The header is inside the base64 entry: re-encode it with the changed key.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut header = m.sealed.header.clone();
+    header.licence_authority = other.to_vec();
+    let mut env = m.sealed.envelope.clone();
+    env.header = onnx_protect_proto::Message::encode_to_vec(&header);
+    let old_value = b64.encode(onnx_protect_proto::Message::encode_to_vec(&m.sealed.envelope)).into_bytes();
+    let new_value = b64.encode(onnx_protect_proto::Message::encode_to_vec(&env)).into_bytes();
+    assert_eq!(old_value.len(), new_value.len());
+    let at = bytes.windows(old_value.len()).position(|w| w == old_value.as_slice()).expect("the entry");
+    let mut changed = bytes.clone();
+    changed[at..at + new_value.len()].copy_from_slice(&new_value);
+    let q = d.join("q.onnx");
+    std::fs::write(&q, &changed).expect("write");
+    let (code, err) = run(d, &["verify", s(&q), "-q"]);
+    assert_eq!(code, 5, "{err}");
+    let (code, err) = run(d, &["decrypt", s(&q), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "-q"]);
+    assert_eq!(code, 5, "{err}");
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar};
 use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Options, Shard, ShardBy};
 use onnx_protect_format::write::check_destination;
 use serde::Serialize;
@@ -233,10 +233,10 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
         return None;
     }
     let pb = ProgressBar::new(0);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} files, {msg} {elapsed_precise} eta {eta}")
+    if let Some(style) =
+        crate::progress::style("{prefix:>8} [{bar:40}] {pos}/{len} files, {msg} {elapsed_precise} {eta}")
     {
-        pb.set_style(style.progress_chars("=> "));
+        pb.set_style(style);
     }
     Some(pb)
 }

@@ -239,6 +239,8 @@ fn print_text(m: &ModelCheck) {
             at.push(t.as_str());
         }
         let at = if at.is_empty() { String::new() } else { format!(" [{}]", at.join(" ")) };
-        println!("  {}{at}: {}", f.reason, f.detail);
+        // A library message that starts with the reason already ("modified: ...") says it once.
+        let detail = f.detail.strip_prefix(f.reason).and_then(|d| d.strip_prefix(": ")).unwrap_or(&f.detail);
+        println!("  {}{at}: {detail}", f.reason);
     }
 }

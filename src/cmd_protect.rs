@@ -19,8 +19,9 @@ use crate::stdio::{self, input_name, is_stdio};
 #[derive(clap::Args)]
 pub struct KeygenArgs {
     /// Where to write the new key (a key file that records its kind, docs/format.md appendix; mode 0600);
-    /// `-` prints it on standard output. Refuses to overwrite.
-    #[arg(short, long, required_unless_present = "pkcs11")]
+    /// `-` prints it on standard output. Refuses to overwrite. Without it, the key goes to standard
+    /// output (as age-keygen does) unless that is a terminal, where a secret key is not printed.
+    #[arg(short, long)]
     output: Option<PathBuf>,
     /// Also write the keys of tiers 1..N-1 next to it (OUTPUT.tier1, ...); OUTPUT is the tier-N key.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -185,7 +186,16 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(output) = a.output.as_deref() else { usage!("keygen needs --output FILE (or -o -)") };
+    let output = match a.output.as_deref() {
+        Some(o) => o,
+        // A secret key on a terminal stays in its scrollback (and in screen recordings):
+        // printed there only when asked for by name (`-o -`).
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => usage!(
+            "keygen prints the new secret key on standard output, which is a terminal here; give -o FILE \
+             (or -o - to print it anyway, or redirect standard output)"
+        ),
+        None => std::path::Path::new("-"),
+    };
     if a.signing || a.recipient || a.fingerprint_secret || a.tpm {
         return keygen_public(&a, output);
     }
@@ -325,10 +335,17 @@ pub fn derive_tier_key(a: DeriveTierKeyArgs) -> Result<ExitCode> {
 pub struct EncryptArgs {
     /// The model to protect; `-` reads it from standard input (no external data).
     input: PathBuf,
-    /// Where to write the protected model (external data files go next to it); `-` writes
-    /// it to standard output.
-    #[arg(short, long, required_unless_present = "in_place")]
+    /// Where to write the protected model (external data files go next to it, under names of
+    /// their own when it is the input's directory); `-` writes it to standard output.
+    #[arg(short, long, required_unless_present_any = ["in_place", "dry_run"])]
     output: Option<PathBuf>,
+    /// Show what would be encrypted and its share of the weight bytes, and write nothing (no key
+    /// needed; with --positions secret the rows are chosen with the key, so they are not shown).
+    #[arg(long, conflicts_with_all = ["output", "in_place"])]
+    dry_run: bool,
+    /// List every weight left clear (by default, a summary by operator).
+    #[arg(long, short)]
+    verbose: bool,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
@@ -432,6 +449,9 @@ struct EncryptOutput {
     report: protect::EncryptReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<FingerprintReport>,
+    /// `--dry-run`: nothing was written (`output` is empty).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
 }
 
 impl LockArgs {
@@ -619,8 +639,79 @@ pub fn load_policy(path: Option<&PathBuf>, coeff: &[String], mode: &[String], su
     Ok(p)
 }
 
+/// `encrypt --dry-run`: the selection and its share, nothing written.
+fn encrypt_dry_run(a: &EncryptArgs, policy: &onnx_protect_select::Policy) -> Result<ExitCode> {
+    if is_stdio(&a.input) {
+        usage!("--dry-run reads the model from a file; give its path instead of -");
+    }
+    if a.lock.lock_outputs {
+        usage!("--dry-run plans the weights' encryption only; run it without --lock-outputs");
+    }
+    let bar = Bar::new(a.out.quiet);
+    let opts = EncryptOptions { allow_empty: a.allow_empty, progress: &bar, ..EncryptOptions::new(policy) };
+    let r = protect::encrypt_plan(&a.input, &opts).with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
+    let r = EncryptOutput { report: r, fingerprint: None, dry_run: true };
+    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text report of an encryption (or of a dry run): what was encrypted, then the weights
+/// left clear, summed by operator unless `verbose`.
+fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool) -> String {
+    let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
+    let (verb, dest) = if dry_run {
+        ("would protect", " (dry run: nothing written)".to_string())
+    } else {
+        ("protected", format!(" -> {}", r.output))
+    };
+    let mut t = format!(
+        "{verb} {} bytes in {} tensors ({pct:.2}% of {} weight bytes){dest}\n  {}",
+        r.encrypted_bytes,
+        r.tensors.len(),
+        r.weight_bytes,
+        onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(&r.tensors))
+    );
+    if dry_run || verbose {
+        for e in &r.tensors {
+            t += &format!(
+                "\n  {} {} of {} bytes ({} {}, {})",
+                e.name, e.encrypted_bytes, e.nbytes, e.op_type, e.role, e.mode
+            );
+        }
+    }
+    for (name, why) in &r.skipped {
+        t += &format!("\n  skipped {name}: {why}");
+    }
+    if !r.clear.is_empty() {
+        let bytes: u64 = r.clear.iter().map(|c| c.bytes).sum();
+        let share = if r.weight_bytes > 0 { 100.0 * bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
+        t += &format!("\n  left clear: {} weights, {bytes} bytes ({share:.2}% of the weight bytes)", r.clear.len());
+        if verbose {
+            t += ":";
+            for c in &r.clear {
+                t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
+            }
+        } else {
+            let mut by_op: std::collections::BTreeMap<&str, (usize, u64)> = std::collections::BTreeMap::new();
+            for c in &r.clear {
+                let e = by_op.entry(c.op_type.as_str()).or_default();
+                *e = (e.0 + 1, e.1 + c.bytes);
+            }
+            let parts: Vec<String> = by_op.iter().map(|(op, (n, b))| format!("{op} {n} ({b} bytes)")).collect();
+            t += &format!(":\n    {} (--verbose lists them)", parts.join(", "));
+        }
+    }
+    t + &lock_text(r.lock.as_ref())
+}
+
 pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let policy = a.policy.build()?;
+    if a.dry_run {
+        return encrypt_dry_run(&a, &policy);
+    }
     let to = EncryptTo { master: a.key.optional_master_for(policy.tiers)?, recipients: a.recipients.recipients()? };
     if let Some(m) = &to.master {
         crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
@@ -692,34 +783,8 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     for w in &r.warnings {
         a.out.warn(Some(w));
     }
-    let r = EncryptOutput { report: r, fingerprint: fp };
-    a.out.report(&r, to_stdout, || {
-        let r = &r.report;
-        let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-        let mut t = format!(
-            "protected {} bytes in {} tensors ({pct:.2}% of {} weight bytes) -> {}\n  {}",
-            r.encrypted_bytes,
-            r.tensors.len(),
-            r.weight_bytes,
-            r.output,
-            onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(
-                &r.tensors
-            ))
-        );
-        for (name, why) in &r.skipped {
-            t += &format!("\n  skipped {name}: {why}");
-        }
-        if !r.clear.is_empty() {
-            let bytes: u64 = r.clear.iter().map(|c| c.bytes).sum();
-            let pct = if r.weight_bytes > 0 { 100.0 * bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
-            t += &format!("\n  left clear: {} weights, {bytes} bytes ({pct:.2}% of the weight bytes):", r.clear.len());
-            for c in &r.clear {
-                t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
-            }
-        }
-        t += &lock_text(r.lock.as_ref());
-        t + fp_text.as_deref().unwrap_or("")
-    })?;
+    let r = EncryptOutput { report: r, fingerprint: fp, dry_run: false };
+    a.out.report(&r, to_stdout, || encrypt_text(&r.report, a.verbose, false) + fp_text.as_deref().unwrap_or(""))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -39,7 +39,8 @@ pub struct KeyArgs {
     /// Identity file: age X25519 identities (AGE-SECRET-KEY-1..., age-keygen, `keygen --recipient`), an age
     /// plugin's identities (AGE-PLUGIN-NAME-1..., run through age-plugin-NAME), or a TPM key file
     /// (`keygen --tpm`, reached through ONNX_PROTECT_TPM_TCTI): opens models encrypted to its recipient.
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    /// `-i` as in age (not in `run`, where `-i` is an input).
+    #[arg(long, short = 'i', value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub identity: Option<PathBuf>,
     /// A secret key in a PKCS#11 token (HSM), as an RFC 7512 URI:
     /// pkcs11:token=T;object=LABEL with the query module-path=... and pin-source=... (docs/keys.md).
@@ -112,10 +113,11 @@ pub struct RecipientArgs {
     /// Encrypt to this public recipient: an age X25519 recipient (age1...), an age plugin recipient
     /// (age1NAME1..., through age-plugin-NAME), a TPM recipient (onnx-protect-tpm1..., no TPM needed) or a
     /// pkcs11: URI; repeatable. `T:RECIPIENT` wraps the data key of access tier T for it (default: the top tier).
-    #[arg(long = "recipient", value_name = "RECIPIENT")]
+    /// `-r` as in age.
+    #[arg(long = "recipient", short = 'r', value_name = "RECIPIENT")]
     pub recipient: Vec<String>,
-    /// File of public recipients, one per line (`#` comments, as for age -R); repeatable.
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    /// File of public recipients, one per line (`#` comments, as for age -R); repeatable. `-R` as in age.
+    #[arg(long, short = 'R', value_name = "FILE", value_parser = crate::stdio::file_path)]
     pub recipients_file: Vec<PathBuf>,
     /// Encrypt to this key command as well ('PROGRAM ARGS', docs/keys.md); repeatable. `T:'PROGRAM ARGS'`
     /// wraps the data key of access tier T for it.

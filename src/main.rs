@@ -82,6 +82,7 @@ enum Command {
     Trace(cmd_trace::Args),
     /// Run a model in tract, decrypted in memory with the key, or as it is without one.
     #[cfg(feature = "tract")]
+    #[command(mut_arg("identity", |a| a.short(None)))]
     Run(cmd_run::Args),
     /// How strong is the protection? Original, the key-less attacks, decrypted, each access tier: one table.
     ///

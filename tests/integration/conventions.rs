@@ -600,3 +600,129 @@ fn errors_of_protected_model_verbs_say_each_cause_once_and_name_formats() {
         }
     }
 }
+
+/// As `age-keygen`: without `-o` the key goes to standard output when that is a pipe or
+/// a file; a terminal is refused (exit 2, nothing printed) unless `-o -` asks for it.
+#[test]
+fn keygen_without_output_prints_to_a_pipe_and_refuses_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_io(dir.path(), &["keygen"], b"");
+    assert_eq!(code, 0, "{err}");
+    let key = onnx_protect_crypto::KeyFile::parse(&out).expect("a key file on stdout");
+    let fp: String = key.key().fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(err.contains(&fp), "{err}");
+    let (code, out, err) = run_io(dir.path(), &["keygen", "--recipient"], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("AGE-SECRET-KEY-1"), "{err}");
+    assert!(err.contains("recipient: age1"), "{err}");
+    // A terminal as standard output, through script(1) (util-linux).
+    let Ok(probe) = Command::new("script").arg("--version").output() else {
+        eprintln!("skipped the terminal case: script(1) is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let cmd = format!("'{}' keygen", bin().display());
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("standard output, which is a terminal"), "{text}");
+    assert!(!text.contains("onnx-protect-key-v1"), "{text}");
+}
+
+/// age's short flags: `-r` recipient, `-R` recipients file, `-i` identity.
+#[test]
+fn ages_short_flags_encrypt_and_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let id = d.join("id.txt");
+    let (code, out, err) = run(&["keygen", "--recipient", "-o", &s(&id), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recipient = r["recipient"].as_str().unwrap().to_string();
+    std::fs::write(d.join("recipients"), format!("# team\n{recipient}\n")).unwrap();
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = s(&model);
+    let (a, b) = (d.join("a.onnx"), d.join("b.onnx"));
+    let (code, _, err) = run(&["encrypt", &m, "-o", &s(&a), "-r", &recipient, "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["encrypt", &m, "-o", &s(&b), "-R", &s(&d.join("recipients")), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    for enc in [&a, &b] {
+        let back = d.join("back.onnx");
+        let (code, _, err) = run(&["decrypt", &s(enc), "-o", &s(&back), "-i", &s(&id), "--force", "-q"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap());
+    }
+}
+
+/// `encrypt --dry-run` says what would be encrypted and writes nothing; the summary of the
+/// weights left clear is by operator unless `--verbose`.
+#[test]
+fn encrypt_dry_run_and_verbose() {
+    use onnx_protect_format::testutil::{float_tensor, matmul_chain};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big: Vec<f32> = (0..300 * 300).map(|i| (i % 7) as f32).collect();
+    let bytes = matmul_chain(&[
+        float_tensor("W0", &[2, 300], &vec![0.5; 600]),
+        float_tensor("W1", &[300, 300], &big),
+        float_tensor("W2", &[300, 300], &big),
+        float_tensor("W3", &[300, 2], &vec![0.25; 600]),
+    ]);
+    let model = d.join("m.onnx");
+    std::fs::write(&model, bytes).unwrap();
+    let m = model.to_str().unwrap();
+    let ends = ["--coefficient", "name:W1=0", "--coefficient", "name:W2=0"];
+    let (code, out, err) = run(&[&["encrypt", m, "--dry-run"][..], &ends].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("would protect 4800 bytes in 2 tensors (0.66% of 724800 weight bytes)"), "{out}");
+    assert!(out.contains("W0 2400 of 2400 bytes") && out.contains("W3 2400 of 2400 bytes"), "{out}");
+    assert!(out.contains("left clear: 2 weights, 720000 bytes"), "{out}");
+    assert!(out.contains("MatMul 2 (720000 bytes) (--verbose lists them)"), "{out}");
+    assert!(!out.contains("\n    W1"), "{out}");
+    let names = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(d), ["m.onnx"], "a dry run wrote something");
+    let (code, out, err) = run(&[&["encrypt", m, "--dry-run", "--verbose"][..], &ends].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\n    W1 360000 bytes (MatMul weight)"), "{out}");
+    let (code, out, err) = run(&[&["encrypt", m, "--dry-run", "--json"][..], &ends].concat());
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((j["dry_run"].as_bool(), j["encrypted_bytes"].as_u64()), (Some(true), Some(4800)));
+    // The same selection is what encrypt then does.
+    let key = d.join("k.key");
+    run(&["keygen", "-o", key.to_str().unwrap()]);
+    let e = d.join("e.onnx");
+    let (code, out, err) =
+        run(&[&["encrypt", m, "-o", e.to_str().unwrap(), "--key-file", key.to_str().unwrap()][..], &ends].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("protected 4800 bytes in 2 tensors (0.66% of 724800 weight bytes)"), "{out}");
+}
+
+/// `inspect` lists the main graph's inputs and outputs with their declared types.
+#[test]
+fn inspect_shows_inputs_and_outputs() {
+    let model = root().join("fixtures/models/cnn_torch/model.onnx");
+    let (code, out, err) = run(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["inputs"], serde_json::json!([{"name": "input", "type": "FLOAT[1, 3, 16, 16]"}]));
+    assert_eq!(j["outputs"], serde_json::json!([{"name": "logits", "type": "FLOAT[1, 10]"}]));
+    let (code, out, err) = run(&["inspect", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("inputs       1\n  input") && out.contains("FLOAT[1, 3, 16, 16]"), "{out}");
+    // Untyped values and initializers listed as inputs.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.onnx");
+    let w = onnx_protect_format::testutil::float_tensor("W0", &[2, 2], &[1.0; 4]);
+    std::fs::write(&m, onnx_protect_format::testutil::matmul_chain(&[w])).unwrap();
+    let (code, out, err) = run(&["inspect", m.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["inputs"], serde_json::json!([{"name": "x", "type": "?"}]));
+}

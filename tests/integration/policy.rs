@@ -181,9 +181,10 @@ fn encrypt_lists_every_weight_left_clear_and_counts_it_in_the_denominator() {
     let float_bytes: u64 = model.tensors.iter().filter(|t| t.data_type.is_float()).map(|t| t.nbytes).sum();
     assert_eq!(float_bytes, r["weight_bytes"].as_u64().unwrap());
 
-    // The text report names each clear weight with its size and the share they make.
+    // The text report with --verbose names each clear weight with its size and the share they make.
     let enc2 = dir.path().join("enc2.onnx");
-    let (code, out, err) = run(&["encrypt", s(&vit), "-o", s(&enc2), "--key-file", s(&key), "--policy", s(&pol)]);
+    let (code, out, err) =
+        run(&["encrypt", s(&vit), "-o", s(&enc2), "--key-file", s(&key), "--policy", s(&pol), "--verbose"]);
     assert_eq!(code, 0, "{err}");
     let pct = 100.0 * clear_bytes as f64 / r["weight_bytes"].as_u64().unwrap() as f64;
     assert!(out.contains(&format!("left clear: {} weights, {clear_bytes} bytes ({pct:.2}%", clear.len())), "{out}");

@@ -347,30 +347,152 @@ fn an_unreadable_key_file_is_refused() {
     assert_refused(&["encrypt", m, "-o", o, "--key-file", short.to_str().unwrap()], 4, "key file", &out);
 }
 
+const EXT_FILES: [&str; 3] = ["model.onnx", "weights.bin", "extra.bin"];
+
+fn read_all(dir: &Path, names: &[&str]) -> Vec<Vec<u8>> {
+    names.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect()
+}
+
 #[test]
-fn the_input_is_never_changed_and_external_outputs_need_another_directory() {
+fn the_input_is_never_changed_and_in_place_restores_external_data() {
     let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
     let keyfile = dir.path().join("k.key");
     run(&["keygen", "-o", keyfile.to_str().unwrap()]);
-    let before: Vec<Vec<u8>> =
-        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
-    let out = dir.path().join("enc.onnx");
-    let (m, o, k) = (model.to_str().unwrap(), out.to_str().unwrap(), keyfile.to_str().unwrap());
-    assert_refused(&["encrypt", m, "-o", o, "--key-file", k], 1, "another directory", &out);
+    let before = read_all(dir.path(), &EXT_FILES);
+    let (m, k) = (model.to_str().unwrap(), keyfile.to_str().unwrap());
     let (code, _, err) = run(&["encrypt", m, "-o", m, "--key-file", k]);
     assert_ne!(code, 0, "{err}");
-    let after: Vec<Vec<u8>> =
-        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
-    assert_eq!(before, after);
+    assert_eq!(before, read_all(dir.path(), &EXT_FILES));
     // --in-place is the explicit way to overwrite, and decrypt --in-place restores.
     let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(dir.path().join("weights.bin")).unwrap(), before[1]);
     let (code, _, err) = run(&["decrypt", m, "--in-place", "--key-file", k]);
     assert_eq!(code, 0, "{err}");
-    let restored: Vec<Vec<u8>> =
-        ["model.onnx", "weights.bin", "extra.bin"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
-    assert_eq!(before, restored);
+    assert_eq!(before, read_all(dir.path(), &EXT_FILES));
+}
+
+/// model.onnx → model.enc.onnx in one folder: the protected copy's external data files get
+/// names of their own (recorded in the header), the originals are untouched, and a full
+/// decryption writes the original names and bytes back.
+#[test]
+fn external_data_encrypted_into_the_same_folder_gets_its_own_names_and_decrypts_back() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let d = dir.path();
+    let keyfile = d.join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let before = read_all(d, &EXT_FILES);
+    let enc = d.join("model.enc.onnx");
+    let (m, e, k) = (model.to_str().unwrap(), enc.to_str().unwrap(), keyfile.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "-o", e, "--key-file", k, "--coefficient", "*=0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(before, read_all(d, &EXT_FILES), "the input changed");
+    let mine = ["model.enc.onnx.1.data", "model.enc.onnx.2.data"];
+    let p = manifest_of(&enc);
+    assert_eq!(p.sealed.header.external_files, mine);
+    assert_eq!(p.sealed.header.original_external_files, ["weights.bin", "extra.bin"]);
+    // The protected model names its own files, as any ONNX loader reads them.
+    let protected = Model::open(&enc).unwrap();
+    let locations: Vec<&str> = protected.external_files.iter().map(|f| f.location.as_str()).collect();
+    assert_eq!(locations, mine);
+    assert_ne!(std::fs::read(d.join(mine[0])).unwrap(), before[1]);
+    let (code, _, err) = run(&["verify", e]);
+    assert_eq!(code, 0, "{err}");
+    // In memory too: the original model bytes, the data under the original names.
+    let key =
+        KeySource::Key(onnx_protect_crypto::KeyFile::parse(&std::fs::read(&keyfile).unwrap()).unwrap().into_key());
+    let mem = onnx_protect_core::memory::decrypt_in_memory(&enc, &key).unwrap();
+    assert_eq!(&mem[..], &before[0][..]);
+    let names: Vec<&str> = mem.external().keys().map(String::as_str).collect();
+    assert_eq!(names, ["extra.bin", "weights.bin"]);
+    assert_eq!(&mem.external()["weights.bin"][..], &before[1][..]);
+
+    // Decrypting next to the originals refuses to replace them; elsewhere it restores all.
+    let (code, _, err) = run(&["decrypt", e, "-o", d.join("again.onnx").to_str().unwrap(), "--key-file", k]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("weights.bin exists; pass --force"), "{err}");
+    for f in EXT_FILES {
+        std::fs::remove_file(d.join(f)).unwrap();
+    }
+    let (code, _, err) = run(&["decrypt", e, "-o", m, "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(before, read_all(d, &EXT_FILES), "not restored byte for byte");
+    // In place cannot give the files their original names: refused, nothing changed.
+    let prot_before = read_all(d, &["model.enc.onnx", mine[0], mine[1]]);
+    let (code, _, err) = run(&["decrypt", e, "--in-place", "--key-file", k, "--force"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--in-place cannot"), "{err}");
+    assert_eq!(prot_before, read_all(d, &["model.enc.onnx", mine[0], mine[1]]));
+}
+
+/// The protected copy's data files are authenticated under their names: a missing
+/// (renamed) one is reported as missing, a changed, swapped or renamed-and-relinked
+/// one as modified; nothing is written.
+#[test]
+fn renamed_or_changed_data_files_of_a_same_folder_copy_are_refused() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let d = dir.path();
+    let keyfile = d.join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let enc = d.join("model.enc.onnx");
+    let (m, e, k) = (model.to_str().unwrap(), enc.to_str().unwrap(), keyfile.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "-o", e, "--key-file", k, "--coefficient", "*=0.5"]);
+    assert_eq!(code, 0, "{err}");
+    let out = d.join("out").join("model.onnx");
+    let o = out.to_str().unwrap();
+    let (one, two) = (d.join("model.enc.onnx.1.data"), d.join("model.enc.onnx.2.data"));
+    // Renamed away: missing, named, exit 3 (a packaging slip, not an attack).
+    std::fs::rename(&one, d.join("moved.data")).unwrap();
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 3, "'model.enc.onnx.1.data' does not exist", &out);
+    assert_refused(&["verify", e], 3, "does not exist", &out);
+    std::fs::rename(d.join("moved.data"), &one).unwrap();
+    let (a, b) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+    // Swapped: the lengths no longer match the header.
+    std::fs::write(&one, &b).unwrap();
+    std::fs::write(&two, &a).unwrap();
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 5, "modified", &out);
+    // One byte changed.
+    let mut changed = a.clone();
+    changed[7] ^= 1;
+    std::fs::write(&one, &changed).unwrap();
+    std::fs::write(&two, &b).unwrap();
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 5, "modified", &out);
+    // The model's location rewritten to the original name (and the file copied there):
+    // the header's names no longer match the model.
+    std::fs::write(&one, &a).unwrap();
+    let bytes = std::fs::read(&enc).unwrap();
+    let from = b"model.enc.onnx.1.data";
+    let to = b"model.enc.onnx.1.datb";
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    let mut edited = bytes.clone();
+    edited[at..at + from.len()].copy_from_slice(to);
+    std::fs::write(&enc, &edited).unwrap();
+    std::fs::copy(&one, d.join("model.enc.onnx.1.datb")).unwrap();
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 5, "modified", &out);
+    std::fs::write(&enc, &bytes).unwrap();
+    let (code, _, err) = run(&["decrypt", e, "-o", o, "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A protected model whose external data file is missing (the usual layout, another
+/// folder) is a missing file, exit 3, named; not "modified".
+#[test]
+fn a_missing_external_data_file_is_missing_not_modified() {
+    let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
+    let keyfile = dir.path().join("k.key");
+    run(&["keygen", "-o", keyfile.to_str().unwrap()]);
+    let enc_dir = dir.path().join("enc");
+    let enc = enc_dir.join("model.onnx");
+    let (m, e, k) = (model.to_str().unwrap(), enc.to_str().unwrap(), keyfile.to_str().unwrap());
+    let (code, _, err) = run(&["encrypt", m, "-o", e, "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(enc_dir.join("extra.bin")).unwrap();
+    let out = dir.path().join("dec").join("model.onnx");
+    let o = out.to_str().unwrap();
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 3, "external data file 'extra.bin' does not exist", &out);
+    let (code, stdout, err) = run(&["check", e]);
+    assert_ne!(code, 0, "{stdout}{err}");
+    assert!(!stdout.contains("modified: modified"), "{stdout}");
 }
 
 #[test]

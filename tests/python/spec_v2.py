@@ -67,6 +67,11 @@ class MalformedModel(SpecError):
         super().__init__("invalid model" + (f": {detail}" if detail else ""))
 
 
+class MissingFile(MalformedModel):
+    """An external data file the model names does not exist: a missing file, never
+    "modified" (a packaging slip, not a change of what was protected)."""
+
+
 class NotSigned(SpecError):
     def __init__(self, detail: str = ""):
         super().__init__("not signed by a trusted signer" + (f": {detail}" if detail else ""))
@@ -127,7 +132,8 @@ SCHEMAS = {
                  (7, "stored_digest", "bytes"), (8, "checksum", "bytes")],
     "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
                (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
-               (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64")],
+               (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64"),
+               (14, "original_external_files", "rstring")],
     "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
                     (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
                     (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
@@ -402,7 +408,8 @@ class Files:
         real = self.resolve(location)
         if real not in self.data:
             if not os.path.isfile(real):
-                raise missing(f"external data file {location!r} missing")
+                raise (MissingFile if not os.path.lexists(real) else missing)(
+                    f"external data file {location!r} missing")
             with open(real, "rb") as fh:
                 self.data[real] = bytearray(fh.read())
             self.location_of_real[real] = location
@@ -511,7 +518,8 @@ def read_tensor(model, start: int, end: int, locator: str, files: Files) -> Tens
             raise MalformedModel(f"{locator} ({name!r}): external data without a location")
         real = files.resolve(kv["location"])
         if not os.path.isfile(real):
-            raise MalformedModel(f"external data file {kv['location']!r} missing")
+            raise (MissingFile if not os.path.lexists(real) else MalformedModel)(
+                f"external data file {kv['location']!r} missing")
         size = len(files.data[real]) if real in files.data else os.path.getsize(real)
         for k in ("offset", "length"):
             if k in kv and not re.fullmatch(r"[0-9]+", kv[k]):
@@ -657,6 +665,33 @@ def rewrite_varint(model: bytes, locator: str, storage: int, data_type: int, dat
             pos = f.end
     parts.append(model[pos:t.vend])
     body = b"".join(parts)
+    for i in reversed(range(len(chain))):
+        f = chain[i]
+        _, after_key = read_varint(model, f.start, f.vstart)
+        new_field = model[f.start:after_key] + encode_varint(len(body)) + body
+        if i == 0:
+            return model[:f.start] + new_field + model[f.end:]
+        parent = chain[i - 1]
+        body = model[parent.vstart:f.start] + new_field + model[f.end:parent.vend]
+    raise AssertionError("unreachable")
+
+
+def rewrite_location(model: bytes, locator: str, name: str) -> bytes:
+    """§12 step 7: the last `value` field of the tensor's last `location` entry becomes
+    0x12, the minimal varint of len(name), name; enclosing length prefixes minimal."""
+    chain = v1.locate(model, v1.parse_locator(locator))
+    t = chain[-1]
+    entry = None
+    for f in parse_fields(model, t.vstart, t.vend):
+        if f.number == TP_EXTERNAL_DATA:
+            fs = parse_fields(model, f.vstart, f.vend)
+            keys = [_get_str(model, g, "key") for g in fs if g.number == 1]
+            if keys and keys[-1] == "location":
+                entry = (f, fs)
+    f, fs = entry
+    value = [g for g in fs if g.number == 2][-1]
+    body = model[f.vstart:value.start] + _ld(2, name.encode()) + model[value.end:f.vend]
+    chain = chain + [f]
     for i in reversed(range(len(chain))):
         f = chain[i]
         _, after_key = read_varint(model, f.start, f.vstart)
@@ -1091,6 +1126,16 @@ def check_envelope(env: dict, h: dict, rec: dict):
         check_stanza_shape(st)
     if h["external_sizes"] and len(h["external_sizes"]) != len(h["external_files"]):
         raise Modified("external_sizes: not one value per external file")
+    names = h["original_external_files"]
+    if names and len(names) != len(h["external_files"]):
+        raise Modified("original_external_files: not one name per external file")
+    if len(set(names)) != len(names):
+        raise Modified("original_external_files: a name occurs twice")
+    for name in names:
+        parts = re.split(r"[/\\]", name)
+        if (not name or "\0" in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
+                or ".." in parts or "" in parts):
+            raise Modified(f"original_external_files: {name!r} is not a location §5 allows")
     if len(h["tensors"]) > 1 << 20 or not 1 <= len(rec["stanzas"]) <= 1024 or len(env["signatures"]) > 64:
         raise Modified("too many entries, signatures, or stanzas (or none)")
     for kind in ("passphrase", "pkcs11", "command"):
@@ -1222,6 +1267,11 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     # "modified"), before any external file is read.
     try:
         op.tensors = walk(op.content, op.files)
+    except MissingFile as e:
+        # A file the header lists that is not there is missing; an unlisted location is a change.
+        if any(repr(loc) in str(e) for loc in header["external_files"]):
+            raise
+        raise Modified(f"the model no longer parses: {e}") from e
     except MalformedModel as e:
         raise Modified(f"the model no longer parses: {e}") from e
     ext_order = []
@@ -1245,7 +1295,7 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
         op.entries.append((e, t, list(zip(e["spans"][0::2], e["spans"][1::2]))))
     # §12 step 6, keyless: the digest of the files as stored (the key's checks come later).
     for loc in header["external_files"]:
-        op.files.load(loc, missing=Modified)
+        op.files.load(loc, missing=MissingFile)
     want = env["stored_digest"] if op.restored else env["content_digest"]
     if not hmac.compare_digest(content_digest(op.content, op.ext_list(), header["chunk_size"]), want):
         raise Modified("content digest mismatch" + (" (stored_digest)" if op.restored else ""))
@@ -1365,6 +1415,12 @@ def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes 
         out = bytes(content)
         for e, data in varint:
             out = rewrite_varint(out, e["locator"], e["storage"], e["data_type"], data)
+        # §12 step 7: the original names of the external files, when the header records them.
+        names = dict(zip(op.header["external_files"], op.header["original_external_files"]))
+        if names:
+            for t in [t for t in op.tensors if t.storage == S_EXTERNAL]:
+                out = rewrite_location(out, t.locator, names[t.ext_location])
+            side = {names[loc]: data for loc, data in side.items()}
         return out, side
     assert not varint  # §3: varint tensors are top tier
     env = dict(op.env)

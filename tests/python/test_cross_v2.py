@@ -128,6 +128,37 @@ def test_the_independent_reader_decrypts_what_the_binary_protected(case, mode, t
     v2.verify(out.read_bytes(), model_dir=str(out.parent), model_name="model.onnx")
 
 
+@pytest.mark.parametrize("mode", ["ctr", "fp"])
+def test_the_independent_reader_restores_the_names_of_a_same_folder_copy(mode, tmp_path):
+    """model.onnx -> model.enc.onnx in one folder: the binary names the protected copy's
+    files itself (Header.original_external_files); the reader writes the original names
+    and bytes back, and refuses the copy once a data file is renamed or changed."""
+    src = t2.copy_case("external_data", tmp_path / "src")
+    k = tmp_path / "k.key"
+    run("keygen", "-o", k)
+    out = src.parent / "model.enc.onnx"
+    run("encrypt", src, "-o", out, "--key-file", k, "--mode", f"*={mode}", "--coefficient", "*=0.6")
+    key = v2.read_key_file(str(k))
+    kw = dict(key=key, model_dir=str(src.parent), model_name=out.name)
+    op = v2.open_model(out.read_bytes(), str(src.parent), out.name)
+    assert op.header["external_files"] == ["model.enc.onnx.1.data", "model.enc.onnx.2.data"]
+    assert op.header["original_external_files"] == ["weights.bin", "extra.bin"]
+    back, side = v2.decrypt_all(out.read_bytes(), **kw)
+    assert back == src.read_bytes()
+    assert sorted(side) == ["extra.bin", "weights.bin"]
+    for loc, data in side.items():
+        assert data == (src.parent / loc).read_bytes(), loc
+    one = src.parent / "model.enc.onnx.1.data"
+    one.rename(src.parent / "moved.data")
+    with pytest.raises(v2.MissingFile):
+        v2.decrypt_all(out.read_bytes(), **kw)
+    (src.parent / "moved.data").rename(one)
+    data = one.read_bytes()
+    one.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    with pytest.raises(v2.Modified):
+        v2.decrypt_all(out.read_bytes(), **kw)
+
+
 def test_the_independent_reader_opens_the_binarys_tiers_and_recipients(tmp_path):
     src = t2.copy_case("cnn_torch", tmp_path / "src")
     k = tmp_path / "k.key"

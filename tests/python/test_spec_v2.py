@@ -831,7 +831,7 @@ def test_every_side_file_byte_flip_is_refused(tmp_path):
         with pytest.raises(v2.Modified):
             p.decrypt(key=p.top)
         path.unlink()
-        with pytest.raises(v2.Modified, match="missing"):
+        with pytest.raises(v2.MissingFile, match="missing"):
             p.decrypt(key=p.top)
         path.write_bytes(data)
     assert p.decrypt(key=p.top)[0] == p.original

@@ -69,8 +69,9 @@ impl BatchError {
 pub enum FileError {
     /// Opening, encrypting, decrypting, re-keying or verifying the model failed.
     /// The [`CoreError`] is also this error's source, so callers that walk the
-    /// source chain find it.
-    #[error("{0}")]
+    /// source chain find it. The message carries the causes too (the operating
+    /// system's reason for a failed write, as the single-file commands print it).
+    #[error("{}", with_causes(.0))]
     Core(#[from] CoreError),
     /// Another model of the same run writes this output (models that share external data files).
     #[error("{} is also written by {other} (models that share external data files are not supported)", .path.display())]
@@ -82,6 +83,22 @@ pub enum FileError {
     /// Signing the model (a bundle beside it) failed.
     #[error("{0}")]
     Bundle(#[from] onnx_protect_bundle::BundleError),
+}
+
+/// `e` and each cause in its source chain that it does not already say, joined by ": "
+/// (a report line is one line).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// The kind of a [`FileError`]. Exhaustive on purpose.
@@ -128,4 +145,23 @@ pub(crate) fn file_io(action: &'static str, path: &std::path::Path) -> impl FnOn
 pub(crate) fn batch_io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BatchError {
     let path = path.to_path_buf();
     move |source| BatchError::Io { action, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_operating_systems_reason() {
+        let e = FileError::from(CoreError::Write {
+            path: PathBuf::from("out/model.onnx"),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        let text = e.to_string();
+        assert!(text.starts_with("cannot write out/model.onnx: "), "{text}");
+        assert!(text.contains(&std::io::Error::from_raw_os_error(28).to_string()), "{text}");
+        // A cause the message already holds is not repeated.
+        let m = FileError::from(CoreError::Modified("x".into())).to_string();
+        assert_eq!(m, "modified: x");
+    }
 }

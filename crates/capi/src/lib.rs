@@ -375,7 +375,15 @@ pub unsafe extern "C" fn onnx_protect_key_from_env(
         unsafe { out_arg(out, "out") }?;
         // SAFETY: the caller's contract.
         let var = unsafe { str_arg(name, "name") }?;
-        let file = KeyFile::from_env(var).map_err(|e| key_failure(format!("environment variable {var}: {e}")))?;
+        // The variable named once: most of these errors name it already.
+        let file = KeyFile::from_env(var).map_err(|e| {
+            let m = e.to_string();
+            key_failure(if m.contains(&format!("variable {var}")) {
+                m
+            } else {
+                format!("environment variable {var}: {m}")
+            })
+        })?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };
         Ok(())

@@ -170,6 +170,8 @@ fn a_key_file_an_environment_variable_and_a_passphrase_decrypt() {
     }
     assert!(key.is_null());
     assert!(last_error().contains("ONNX_PROTECT_CAPI_TEST_UNSET"), "{}", last_error());
+    // The variable is named once, not "environment variable V: environment variable V ...".
+    assert_eq!(last_error().matches("ONNX_PROTECT_CAPI_TEST_UNSET").count(), 1, "{}", last_error());
 
     let dir2 = tempfile::tempdir().unwrap();
     let pass = b"correct horse battery staple";

@@ -173,6 +173,7 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     if h.model_id.len() > crate::licence::MAX_MODEL_ID_LEN {
         return Err(bad("a model id over 1024 bytes"));
     }
+    check_original_names(h).map_err(bad)?;
     if env.content_digest.len() != 32 || env.checksum.len() != 32 {
         return Err(bad("the content digest or the checksum is not 32 bytes"));
     }
@@ -291,6 +292,26 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
     }
     crate::lock::read(model, &sealed.header)?;
     Ok(ProtectedV2 { sealed, targets })
+}
+
+/// `original_external_files` (docs/format.md §3): empty, or one name per external data
+/// file, each a location §5 allows, no two alike.
+fn check_original_names(h: &pb::Header) -> std::result::Result<(), String> {
+    let names = &h.original_external_files;
+    if names.is_empty() {
+        return Ok(());
+    }
+    if names.len() != h.external_files.len() {
+        return Err("the header records the original names of some external data files but not of all".into());
+    }
+    for (i, n) in names.iter().enumerate() {
+        onnx_protect_format::model::check_location(n)
+            .map_err(|why| format!("the original name '{n}' of an external data file is refused: {why}"))?;
+        if names[..i].contains(n) {
+            return Err(format!("two external data files have the original name '{n}'"));
+        }
+    }
+    Ok(())
 }
 
 /// Compares each external data file's length with the one the header records (files

@@ -35,9 +35,11 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 /// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
 /// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
 /// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
-/// be read) the parser's error.
+/// be read, or whose external data file is missing: a packaging slip, not a
+/// modification) the parser's error.
 pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreError {
-    if e.kind() == onnx_protect_format::ErrorKind::Io {
+    use onnx_protect_format::ErrorKind as K;
+    if e.kind() == K::Io {
         return e.into();
     }
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
@@ -45,8 +47,13 @@ pub(crate) fn triage(path: &Path, e: onnx_protect_format::FormatError) -> CoreEr
     let Ok(value) = std::str::from_utf8(raw) else {
         return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
     };
-    if parse_entry(value, range).is_err() {
-        return e.into();
+    let Ok(sealed) = parse_entry(value, range) else { return e.into() };
+    // A file the header lists that is not there is missing; a location the header does not
+    // list is a change of the model.
+    if let onnx_protect_format::FormatError::ExternalMissing { location, .. } = &e {
+        if sealed.header.external_files.contains(location) {
+            return e.into();
+        }
     }
     CoreError::Modified(format!("the model no longer parses under its manifest ({e})"))
 }
@@ -77,6 +84,9 @@ pub(crate) struct EncryptSpec<'a> {
     pub licence: Option<&'a crate::licence::LicenceRequirement>,
     /// Lock the class order of the output layer (docs/format.md §15).
     pub lock: Option<&'a crate::lock::LockOutputs>,
+    /// The names the external data files get next to the output, when not their own
+    /// (an output in the input's directory, [`crate::staged::protected_names`]).
+    pub external_names: Option<&'a [String]>,
     pub progress: &'a dyn Progress,
 }
 
@@ -215,19 +225,21 @@ pub(crate) struct Encrypted {
     pub lock: Option<crate::lock::LockReport>,
 }
 
-/// Encrypts `model` (opened from `input`) into `output` in format 2.
-pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
-    // The lock is planned first: a model that cannot be locked is refused before any output exists.
-    let planned = spec.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
-    let lock_only = spec.lock.is_some_and(|l| l.only);
-    let outputs = Outputs::stage(model, output)?;
-    let tiers = spec.policy.tiers.max(1);
-    spec.policy.shares()?;
+/// The weights of `model`, their bytes, and what `policy` selects of them, after the
+/// refusals every encryption applies (varint-stored tensors go to the top tier). With
+/// `lock_only` every weight stays clear (the labels alone are locked).
+pub(crate) fn choose(
+    model: &Model,
+    policy: &Policy,
+    allow_empty: bool,
+    lock_only: bool,
+) -> Result<(Vec<onnx_protect_format::discover::Weight>, u64, Selection)> {
+    let tiers = policy.tiers.max(1);
+    policy.shares()?;
     let weights = discover(model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
-    let mut selection = select(model, &weights, spec.policy);
+    let mut selection = select(model, &weights, policy);
     if lock_only {
-        // The labels alone are locked: every weight stays clear.
         for c in selection.chosen.drain(..) {
             let t = &model.tensors[c.tensor];
             let (op_type, tensor_role) = (c.op_type, c.tensor_role);
@@ -237,7 +249,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     }
     refuse_ctr_with_tiers(model, &selection, tiers)?;
     refuse_short_permutations(model, &selection)?;
-    if selection.bytes() == 0 && !spec.allow_empty && !lock_only {
+    if selection.bytes() == 0 && !allow_empty && !lock_only {
         let why = if weights.is_empty() {
             "the model has no weights to encrypt: no operator reads a floating-point constant tensor or a \
              weight input (parameters kept in node attribute lists, as the ai.onnx.ml tree, linear and SVM \
@@ -263,6 +275,33 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
             c.tier = tiers;
         }
     }
+    Ok((weights, weight_bytes, selection))
+}
+
+/// What an encryption of `model` under `policy` would encrypt, without a key and
+/// without writing: the header's entries as a fresh data key would give them (public
+/// positions) and the selection.
+pub(crate) fn plan(
+    model: &Model,
+    policy: &Policy,
+    allow_empty: bool,
+) -> Result<(u64, Selection, pb::Header, Vec<Target>)> {
+    let (_, weight_bytes, selection) = choose(model, policy, allow_empty, false)?;
+    let data_keys = DataKey::generate()?.chain_down(policy.tiers.max(1));
+    let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
+    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false, None);
+    Ok((weight_bytes, selection, header, targets))
+}
+
+/// Encrypts `model` (opened from `input`) into `output` in format 2.
+pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
+    // The lock is planned first: a model that cannot be locked is refused before any output exists.
+    let planned = spec.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
+    let lock_only = spec.lock.is_some_and(|l| l.only);
+    let relocate = relocations(model, spec.external_names)?;
+    let outputs = Outputs::stage_as(model, output, spec.external_names)?;
+    let tiers = spec.policy.tiers.max(1);
+    let (weights, weight_bytes, mut selection) = choose(model, spec.policy, spec.allow_empty, lock_only)?;
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     if spec.secret_positions {
@@ -272,6 +311,9 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     crate::recipients::check_new(&stanzas)?;
     let (mut header, targets) =
         build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence);
+    if let Some(names) = spec.external_names {
+        header.original_external_files = std::mem::replace(&mut header.external_files, names.to_vec());
+    }
     check_disjoint_in_files(model, &targets)?;
     let streams = targets.iter().map(|t| Some(tier_keys[t.tier as usize - 1].keystream(t.stream_id))).collect();
     if let Some(p) = &planned {
@@ -280,7 +322,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     let (all_targets, actions) = encrypt_actions(model, &weights, &targets, streams, planned.as_ref(), spec.rewrite)?;
 
     let content_len = model.bytes().len() as u64;
-    let plans = plans(model, content_len, &all_targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &all_targets, &actions, relocate)?;
     let files = outputs.covered_files();
     let xf = transformer(model, &all_targets, &actions);
     let durable = durable(spec.in_place, spec.sync);
@@ -321,6 +363,16 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
 /// and the content digest, one per key of `keys` (tier 1 first).
 pub(crate) fn tier_macs(keys: &[TierKeys], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<Vec<u8>> {
     keys.iter().enumerate().map(|(i, k)| tier_mac(k, i as u32 + 1, h, r, digest).to_vec()).collect()
+}
+
+/// The edits that write `names` (one per external data file, if given) as the models'
+/// external data locations (docs/format.md §3, `original_external_files`).
+pub(crate) fn relocations(model: &Model, names: Option<&[String]>) -> Result<Vec<onnx_protect_format::write::Edit>> {
+    let mut edits = Vec::new();
+    for (i, name) in names.unwrap_or_default().iter().enumerate() {
+        edits.extend(model.relocation_edits(i, name)?);
+    }
+    Ok(edits)
 }
 
 /// A signature of each of `keys` (docs/format.md §10) over the same message as the MACs.
@@ -424,6 +476,7 @@ fn build_header(
         licence_authority,
         model_id,
         label_lock: None,
+        original_external_files: Vec::new(),
     };
     (header, targets)
 }
@@ -634,6 +687,17 @@ pub(crate) struct DecryptSpec<'a> {
     pub in_place: bool,
     pub sync: bool,
     pub progress: &'a dyn Progress,
+    /// The protected model's path and the output rules, checked again once the tier
+    /// decrypted (and so the external data files' names) is known.
+    pub input: &'a Path,
+    pub rules: &'a crate::staged::OutputRules,
+}
+
+/// The names a decryption writes the external data files under: the original ones a
+/// full decryption restores (`None`: their locations as they are).
+pub(crate) fn restored_names(p: &ProtectedV2, full: bool) -> Option<&[String]> {
+    let names = &p.sealed.header.original_external_files;
+    (full && !names.is_empty()).then_some(names.as_slice())
 }
 
 /// Verifies and decrypts `p` (of `model`) into `output`.
@@ -644,7 +708,7 @@ pub(crate) fn decrypt(
     output: &Path,
     spec: &DecryptSpec,
 ) -> Result<Decrypted> {
-    let DecryptSpec { tier, signers, in_place, sync, progress } = *spec;
+    let DecryptSpec { tier, signers, in_place, sync, progress, .. } = *spec;
     let mut p = p.clone();
     let opened = unlock(model, &mut p, key)?;
     let p = &p;
@@ -657,11 +721,13 @@ pub(crate) fn decrypt(
         check_digest(p, &canonical_digest(model, p, &opened)?)?;
     }
     let full = to == top;
+    let names = restored_names(p, full);
+    crate::staged::check_output_as(model, spec.input, output, in_place, spec.rules, names)?;
+    let outputs = Outputs::stage_as(model, output, names)?;
     let actions = restore_actions(model, p, &opened, |t| t > r && t <= to, true)?;
     let (targets, actions) = with_unlock(model, p, &opened, full, actions)?;
-    let outputs = Outputs::stage(model, output)?;
     let content_len = p.sealed.entry.start;
-    let plans = plans(model, content_len, &targets, &actions, Vec::new())?;
+    let plans = plans(model, content_len, &targets, &actions, relocations(model, names)?)?;
     let files = outputs.covered_files();
     let xf = transformer(model, &targets, &actions);
     let hash = match (r == 0, full) {

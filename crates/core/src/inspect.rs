@@ -27,6 +27,9 @@ pub struct Report {
     /// Nodes per operator, over every graph (subgraphs and function bodies included).
     /// Keys are `op_type` for the default domain and `domain:op_type` otherwise.
     pub op_types: BTreeMap<String, usize>,
+    /// The main graph's inputs (initializers listed as inputs left out) and outputs.
+    pub inputs: Vec<ValueReport>,
+    pub outputs: Vec<ValueReport>,
     pub graphs: Vec<GraphReport>,
     pub tensors: Vec<TensorReport>,
     pub weights: WeightSummary,
@@ -43,6 +46,36 @@ pub struct Report {
 pub struct OpsetReport {
     pub domain: String,
     pub version: i64,
+}
+
+/// A graph input or output: its name and declared type (`float32[1, 3, N, 224]`, `?`).
+#[derive(Debug, Serialize)]
+pub struct ValueReport {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub value_type: String,
+}
+
+/// The main graph's inputs (without initializers that older models list as inputs)
+/// and outputs.
+fn values(model: &Model) -> (Vec<ValueReport>, Vec<ValueReport>) {
+    let Some(g) = model.graphs.iter().find(|g| g.kind == onnx_protect_format::model::GraphKind::Main) else {
+        return (Vec::new(), Vec::new());
+    };
+    let inits: std::collections::HashSet<&str> =
+        g.initializers.iter().map(|&t| model.tensors[t].name.as_str()).collect();
+    let report = |names: &[String], types: &[onnx_protect_format::ValueType], skip: &dyn Fn(&str) -> bool| {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !skip(n))
+            .map(|(i, n)| ValueReport {
+                name: n.clone(),
+                value_type: types.get(i).map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+            })
+            .collect()
+    };
+    (report(&g.inputs, &g.input_types, &|n| inits.contains(n)), report(&g.outputs, &g.output_types, &|_| false))
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +173,7 @@ pub fn inspect(model: &Model) -> Report {
         let key = if n.is_onnx() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
         *op_types.entry(key).or_insert(0) += 1;
     }
+    let (inputs, outputs) = values(model);
     let tensors = model
         .tensors
         .iter()
@@ -179,6 +213,8 @@ pub fn inspect(model: &Model) -> Report {
         opsets: model.opsets.iter().map(|o| OpsetReport { domain: o.domain.clone(), version: o.version }).collect(),
         node_count: model.nodes.len(),
         op_types,
+        inputs,
+        outputs,
         graphs: model
             .graphs
             .iter()
@@ -282,6 +318,12 @@ impl Report {
             .collect();
         let _ = writeln!(s, "opsets       {}", opsets.join(", "));
         let _ = writeln!(s, "producer     {} {}", self.producer_name, self.producer_version);
+        for (label, values) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            let _ = writeln!(s, "{label:<12} {}", values.len());
+            for v in values {
+                let _ = writeln!(s, "  {:<40} {}", v.name, v.value_type);
+            }
+        }
         let _ = writeln!(s, "\nnodes        {} in {} graph(s)", self.node_count, self.graphs.len());
         for (op, n) in &self.op_types {
             let _ = writeln!(s, "  {op:<28} {n}");

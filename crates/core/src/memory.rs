@@ -687,21 +687,33 @@ fn decrypt_v2(
     let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
     let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
     check_seals(&p, &opened, signers)?;
-    // A full decryption of a label-locked model restores the class order too.
+    // A full decryption of a label-locked model restores the class order too; one of a
+    // model whose external files were renamed writes the original names back
+    // (docs/format.md §12 step 7): lengths change, so no fused pass.
     let full = to == p.sealed.header.tiers;
     let (targets, actions) = crate::format2::with_unlock(model, &p, &opened, full, actions)?;
     let sources = sources_of(&actions)?;
     let image = ProtectedV2 { sealed: p.sealed.clone(), targets };
-    let fused = decrypt_v2_fused(model, &image, &actions, &sources, |digest| check_digest(&p, digest))?;
-    let (bytes, external) = match fused {
+    let names = crate::format2::restored_names(&p, full);
+    let fused = match names {
+        None => decrypt_v2_fused(model, &image, &actions, &sources, |digest| check_digest(&p, digest))?,
+        Some(_) => None,
+    };
+    let (bytes, mut external) = match fused {
         Some(done) => done,
         None => {
             check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
-            let t = &image.targets;
-            let bytes = model_image(model, file.as_ref(), t, &actions, &sources, p.sealed.entry.clone())?;
+            let renames = crate::format2::relocations(model, names)?;
+            let (t, entry) = (&image.targets, p.sealed.entry.clone());
+            let bytes = model_image(model, file.as_ref(), t, &actions, &sources, entry, renames)?;
             (bytes, external_patched(model, t, &sources)?)
         }
     };
+    for (f, name) in model.external_files.iter().zip(names.unwrap_or_default()) {
+        if let Some(b) = external.remove(&f.location) {
+            external.insert(name.clone(), b);
+        }
+    }
     let bytes = if to < p.sealed.header.tiers { with_partial_entry(model, &p, to, bytes, &external)? } else { bytes };
     let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
     let (tensors, decrypted_bytes) =
@@ -763,9 +775,10 @@ fn model_image(
     actions: &[Action],
     sources: &[SpanSource<'_>],
     entry: Range<u64>,
+    extra: Vec<Edit>,
 ) -> Result<DecryptedBytes> {
     let src = model.bytes();
-    let edits = edits_for(model, targets, actions, Vec::new())?;
+    let edits = edits_for(model, targets, actions, extra)?;
     let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
     if let (Some(file), true, true) = (file, entry.end == src.len() as u64, plan.is_in_place()) {
         let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
@@ -830,7 +843,8 @@ fn decrypt_opened(model: &Model, p: &Protected, file: Option<File>, key: &KeySou
     let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
     let actions = prepare(model, &p.targets, streams, true)?;
     let sources = sources_of(&actions)?;
-    let model_bytes = model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone())?;
+    let model_bytes =
+        model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone(), Vec::new())?;
     let external = external_patched(model, &p.targets, &sources)?;
     Ok(DecryptedModel {
         model: model_bytes,

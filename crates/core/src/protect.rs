@@ -33,7 +33,7 @@ use crate::format2::{self, EncryptSpec};
 use crate::pass::Hash;
 use crate::protection::Protection;
 use crate::restore::{plan_restore, restored_model_bytes};
-use crate::staged::{check_output, durable, OutputRules, Outputs};
+use crate::staged::{check_output, check_output_as, durable, protected_names, OutputRules, Outputs};
 use crate::unlock::unlock;
 
 pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
@@ -207,7 +207,8 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
-    check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+    let names = protected_names(&model, output, opts.in_place)?;
+    check_output_as(&model, input, output, opts.in_place, &opts.outputs, names.as_deref())?;
     let spec = EncryptSpec {
         policy: opts.policy,
         in_place: opts.in_place,
@@ -218,6 +219,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         rewrite: opts.rewrite,
         licence: opts.licence.as_ref(),
         lock: opts.lock,
+        external_names: names.as_deref(),
         progress: opts.progress,
     };
     if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
@@ -239,28 +241,61 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         weight_bytes: done.weight_bytes,
         encrypted_bytes,
         tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
-        skipped: done
-            .selection
-            .skipped
-            .iter()
-            .map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone()))
-            .collect(),
-        clear: done
-            .selection
-            .clear
-            .iter()
-            .map(|c| ClearTensor {
-                name: model.tensors[c.tensor].name.clone(),
-                bytes: c.nbytes,
-                op_type: c.op_type.clone(),
-                role: c.tensor_role.name(),
-            })
-            .collect(),
+        skipped: skipped_of(&model, &done.selection),
+        clear: clear_of(&model, &done.selection),
         external_files: done.external,
         recipients: done.stanzas,
         signatures: opts.signing_keys.len(),
         lock: done.lock,
         warnings,
+    })
+}
+
+fn skipped_of(model: &Model, selection: &onnx_protect_select::Selection) -> Vec<(String, String)> {
+    selection.skipped.iter().map(|s| (model.tensors[s.tensor].name.clone(), s.reason.clone())).collect()
+}
+
+fn clear_of(model: &Model, selection: &onnx_protect_select::Selection) -> Vec<ClearTensor> {
+    selection
+        .clear
+        .iter()
+        .map(|c| ClearTensor {
+            name: model.tensors[c.tensor].name.clone(),
+            bytes: c.nbytes,
+            op_type: c.op_type.clone(),
+            role: c.tensor_role.name(),
+        })
+        .collect()
+}
+
+/// What [`encrypt`] would do to `input` under `opts.policy` (and `opts.allow_empty`),
+/// computed without a key and without writing anything (`encrypt --dry-run`): the
+/// report of an encryption with public positions, no recipient and no output (secret
+/// positions are chosen with the key, so their rows are not known before).
+pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport> {
+    let model = Model::open_with_progress(input, opts.progress)?;
+    if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
+        return Err(CoreError::AlreadyProtected { key: m.key.clone() });
+    }
+    let (weight_bytes, selection, header, targets) = format2::plan(&model, opts.policy, opts.allow_empty)?;
+    let clear_bytes = weight_bytes.saturating_sub(selection.bytes());
+    let weights = onnx_protect_format::discover(&model);
+    let warnings = onnx_protect_select::risk::relearning_warning(&model, &weights, clear_bytes, weight_bytes)
+        .into_iter()
+        .collect();
+    Ok(EncryptReport {
+        input: input.display().to_string(),
+        output: String::new(),
+        weight_bytes,
+        encrypted_bytes: selection.bytes(),
+        tensors: crate::manifest::summaries_v2(&model, &header, &targets),
+        skipped: skipped_of(&model, &selection),
+        clear: clear_of(&model, &selection),
+        external_files: Vec::new(),
+        recipients: 0,
+        signatures: 0,
+        warnings,
+        lock: None,
     })
 }
 
@@ -291,13 +326,22 @@ pub fn decrypt_tier(
     };
     match Protection::of(&model)? {
         Protection::V2(p) => {
-            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+            // Where a full and a partial decryption name the external files differently and
+            // the key decides which it is, the check waits for the key (format2::decrypt).
+            let top = p.sealed.header.tiers;
+            let full = top <= 1 || tier == Some(top);
+            if full || p.sealed.header.original_external_files.is_empty() || tier.is_some() {
+                let names = format2::restored_names(&p, full);
+                check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
+            }
             let spec = format2::DecryptSpec {
                 tier,
                 signers: opts.signers,
                 in_place: opts.in_place,
                 sync: opts.sync,
                 progress: opts.progress,
+                input,
+                rules: &opts.outputs,
             };
             let d = format2::decrypt(&model, &p, key, output, &spec)?;
             Ok(report(d.tensors, d.decrypted_bytes, 2))

@@ -119,8 +119,14 @@ impl Outputs {
     /// Stages `output` and the external data files next to it (each private to its
     /// owner until published; nothing is left when dropped uncommitted).
     pub(crate) fn stage(model: &Model, output: &Path) -> Result<Outputs> {
+        Outputs::stage_as(model, output, None)
+    }
+
+    /// [`Outputs::stage`], the external data files under `names` (one per file) instead
+    /// of their locations.
+    pub(crate) fn stage_as(model: &Model, output: &Path, names: Option<&[String]>) -> Result<Outputs> {
         let mut staged = Staged::new();
-        let external = external_destinations(model, output);
+        let external = destinations_as(model, output, names);
         for dest in &external {
             staged.create(dest)?;
         }
@@ -140,8 +146,42 @@ impl Outputs {
 /// The path of each external data file of `model` when the model is written to
 /// `output`: its `location`, in the output's directory.
 pub(crate) fn external_destinations(model: &Model, output: &Path) -> Vec<PathBuf> {
+    destinations_as(model, output, None)
+}
+
+/// [`external_destinations`] under `names` (one per external data file), if given.
+fn destinations_as(model: &Model, output: &Path, names: Option<&[String]>) -> Vec<PathBuf> {
     let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    model.external_files.iter().map(|f| out_dir.join(&f.location)).collect()
+    match names {
+        Some(names) => names.iter().map(|n| out_dir.join(n)).collect(),
+        None => model.external_files.iter().map(|f| out_dir.join(&f.location)).collect(),
+    }
+}
+
+/// The names the external data files of `model` (about to be encrypted from `input`
+/// into `output`) get next to the output: `None` (their own) unless the output goes
+/// into the input's directory (without `in_place`), where the protected copy's files
+/// need names of their own: `OUTPUT.data` for one file, `OUTPUT.1.data`, `OUTPUT.2.data`,
+/// ... for several (docs/format.md §3, `original_external_files`).
+pub(crate) fn protected_names(model: &Model, output: &Path, in_place: bool) -> Result<Option<Vec<String>>> {
+    if model.external_files.is_empty() || in_place {
+        return Ok(None);
+    }
+    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let in_dir = model.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    match (std::fs::canonicalize(&in_dir), std::fs::canonicalize(out_dir)) {
+        (Ok(a), Ok(b)) if a == b => {}
+        _ => return Ok(None),
+    }
+    let Some(base) = output.file_name().and_then(|n| n.to_str()) else {
+        return Err(CoreError::Output(format!(
+            "the output name {} is not UTF-8, so its external data files cannot be named after it; write the \
+             output to another directory",
+            output.display()
+        )));
+    };
+    let n = model.external_files.len();
+    Ok(Some((1..=n).map(|i| if n == 1 { format!("{base}.data") } else { format!("{base}.{i}.data") }).collect()))
 }
 
 /// Which file a path names, for telling two outputs (or an output and an input) apart:
@@ -192,6 +232,19 @@ pub(crate) fn check_output(
     in_place: bool,
     rules: &OutputRules,
 ) -> Result<()> {
+    check_output_as(model, input, output, in_place, rules, None)
+}
+
+/// [`check_output`] for external data files written under `names` (one per file) next
+/// to the output instead of their own locations.
+pub(crate) fn check_output_as(
+    model: &Model,
+    input: &Path,
+    output: &Path,
+    in_place: bool,
+    rules: &OutputRules,
+    names: Option<&[String]>,
+) -> Result<()> {
     let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -203,7 +256,16 @@ pub(crate) fn check_output(
         )));
     }
     let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !model.external_files.is_empty() && !in_place {
+    if let (true, Some(n)) = (in_place, names) {
+        let pairs: Vec<String> =
+            model.external_files.iter().zip(n).map(|(f, n)| format!("'{}' as '{n}'", f.location)).collect();
+        return Err(CoreError::Output(format!(
+            "the external data files would be written under other names ({}), which --in-place cannot do; write \
+             the output to a new file",
+            pairs.join(", ")
+        )));
+    }
+    if !model.external_files.is_empty() && !in_place && names.is_none() {
         let in_dir = model.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&in_dir), std::fs::canonicalize(out_dir)) {
             if a == b {
@@ -226,9 +288,13 @@ pub(crate) fn check_output(
         }
     }
     // Every destination: what it is now, and which file it names.
-    let locations = model.external_files.iter().map(|f| format!("external data file '{}'", f.location));
+    let mut dests = destinations_as(model, output, names);
+    let labels: Vec<&str> = match names {
+        Some(n) => n.iter().map(String::as_str).collect(),
+        None => model.external_files.iter().map(|f| f.location.as_str()).collect(),
+    };
+    let locations = labels.iter().map(|l| format!("external data file '{l}'"));
     let names: Vec<String> = locations.chain(std::iter::once("output model".to_string())).collect();
-    let mut dests = external_destinations(model, output);
     dests.push(output.to_path_buf());
     let mut keys: Vec<(FileKey, &str)> = Vec::with_capacity(dests.len());
     let inputs: Vec<FileKey> = std::iter::once(input.to_path_buf())

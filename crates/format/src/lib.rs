@@ -39,5 +39,5 @@ pub mod write;
 pub use discover::{discover, Layers, TensorRole, Weight, WeightKind, WeightUse};
 pub use dtype::{DataType, TypedField};
 pub use error::{ErrorKind, FormatError, Result};
-pub use model::{Container, Locator, Model, Origin, Tensor, TensorData, TensorId};
+pub use model::{Container, Dim, LocationSite, Locator, Model, Origin, Tensor, TensorData, TensorId, ValueType};
 pub use progress::{NoProgress, Progress};

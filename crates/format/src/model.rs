@@ -112,6 +112,60 @@ pub struct Graph {
     pub sparse_initializers: Vec<(TensorId, Option<TensorId>)>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The declared type of each of `inputs` and `outputs` (graphs; empty for functions).
+    pub input_types: Vec<ValueType>,
+    pub output_types: Vec<ValueType>,
+}
+
+/// The declared type of a graph input or output (`ValueInfoProto.type`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ValueType {
+    /// No type given.
+    #[default]
+    Unknown,
+    /// A tensor: element type code and, if given, the shape (`None` dims: unnamed).
+    Tensor { elem_type: i32, shape: Option<Vec<Dim>> },
+    /// A sequence, map, optional or sparse tensor (`TypeProto` field number).
+    Other(u32),
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Value(i64),
+    Param(String),
+    Unknown,
+}
+
+impl std::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueType::Unknown => write!(f, "?"),
+            ValueType::Other(4) => write!(f, "sequence"),
+            ValueType::Other(5) => write!(f, "map"),
+            ValueType::Other(8) => write!(f, "sparse tensor"),
+            ValueType::Other(9) => write!(f, "optional"),
+            ValueType::Other(n) => write!(f, "type #{n}"),
+            ValueType::Tensor { elem_type, shape } => {
+                match crate::DataType::from_i32(*elem_type) {
+                    Some(t) => write!(f, "{}", t.name())?,
+                    None => write!(f, "type {elem_type}")?,
+                }
+                if let Some(dims) = shape {
+                    let d: Vec<String> = dims
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Value(v) => v.to_string(),
+                            Dim::Param(p) => p.clone(),
+                            Dim::Unknown => "?".into(),
+                        })
+                        .collect();
+                    write!(f, "[{}]", d.join(", "))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A node attribute that holds tensors or graphs (other attributes are not indexed).
@@ -300,7 +354,20 @@ pub struct ExternalFile {
     pub path: PathBuf,
     pub size: u64,
     pub tensors: Vec<TensorId>,
+    /// Where each of its tensors writes `location`, in tensor order.
+    pub sites: Vec<LocationSite>,
     map: OnceLock<std::result::Result<(File, ReadMap), String>>,
+}
+
+/// Where a tensor's (last) `location` value is written: the `value` field of its
+/// `external_data` entry, for rewriting it under another name.
+#[derive(Debug, Clone)]
+pub struct LocationSite {
+    pub tensor: TensorId,
+    /// The whole `value` field (tag, length, string) of the `location` entry.
+    pub value: Range<u64>,
+    /// Enclosing length-delimited fields, outermost first: the tensor's, then the entry.
+    pub ancestors: Vec<Container>,
 }
 
 impl ExternalFile {
@@ -547,6 +614,48 @@ impl Model {
         self.metadata.iter().rev().find(|m| m.key == key)
     }
 
+    /// Edits that give every tensor stored in external file `file` the `location`
+    /// `name` instead of its own (the enclosing length prefixes follow). Refused when a
+    /// tensor's `location` field or a length prefix around it is not in its canonical
+    /// form: writing the old name back would not restore the bytes exactly.
+    pub fn relocation_edits(&self, file: usize, name: &str) -> Result<Vec<crate::write::Edit>> {
+        let f =
+            self.external_files.get(file).ok_or_else(|| FormatError::Invalid(format!("no external file #{file}")))?;
+        let buf = self.bytes();
+        let field = |s: &str| {
+            let mut v = Vec::with_capacity(s.len() + 6);
+            wire::put_len_field(&mut v, 2, s.as_bytes());
+            v
+        };
+        let stored = field(&f.location);
+        let mut edits = Vec::with_capacity(f.sites.len());
+        for site in &f.sites {
+            let minimal = site
+                .ancestors
+                .iter()
+                .all(|c| c.value_start - c.len_start == wire::varint_len(c.end - c.value_start) as u64);
+            if !minimal || buf.get(site.value.start as usize..site.value.end as usize) != Some(&stored[..]) {
+                return Err(FormatError::Invalid(format!(
+                    "tensor '{}': its external data location '{}' is not stored in canonical form, so it cannot be \
+                     renamed and restored byte for byte",
+                    self.tensors[site.tensor].name, f.location
+                )));
+            }
+            edits.push(crate::write::Edit {
+                range: site.value.clone(),
+                content: crate::write::Content::Bytes(field(name)),
+                ancestors: site.ancestors.clone(),
+            });
+        }
+        if f.sites.len() != f.tensors.len() {
+            return Err(FormatError::Invalid(format!(
+                "external data file '{}': a tensor has no location field",
+                f.location
+            )));
+        }
+        Ok(edits)
+    }
+
     fn resolve_external(&mut self, pending: Vec<PendingExternal>) -> Result<()> {
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         // The model file itself, as external data paths are resolved (canonical).
@@ -579,6 +688,7 @@ impl Model {
                         path: path.clone(),
                         size: meta.len(),
                         tensors: Vec::new(),
+                        sites: Vec::new(),
                         map: OnceLock::new(),
                     });
                     by_path.insert(path, self.external_files.len() - 1);
@@ -623,6 +733,11 @@ impl Model {
                 });
             }
             file.tensors.push(t.id);
+            if let Some((entry, value)) = pe.site {
+                let mut ancestors = t.ancestors.clone();
+                ancestors.push(entry);
+                file.sites.push(LocationSite { tensor: t.id, value, ancestors });
+            }
             t.data = TensorData::External { file: idx, range: offset..end };
         }
         Ok(())
@@ -683,6 +798,35 @@ fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// Why `location` cannot name a file inside the model's directory, judged from the
+/// string alone (docs/format.md §5): empty, a NUL byte, absolute, a drive letter, or a
+/// `..` or root component. Symbolic links are [`resolve_location`]'s part.
+pub fn check_location(location: &str) -> std::result::Result<(), &'static str> {
+    if location.is_empty() {
+        return Err("it is empty");
+    }
+    if location.contains('\0') {
+        return Err("it contains a NUL byte");
+    }
+    let rel = Path::new(location);
+    if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
+        return Err("absolute paths are not allowed");
+    }
+    if location.len() >= 2 && location.as_bytes()[1] == b':' {
+        return Err("drive-letter paths are not allowed");
+    }
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
+            _ => return Err("'..' and root components would leave the model's directory"),
+        }
+    }
+    if location.split(['/', '\\']).any(|p| p == "..") {
+        return Err("'..' would leave the model's directory");
+    }
+    Ok(())
+}
+
 /// Resolves an external-data `location` inside `dir`, refusing absolute paths,
 /// `..` components and symlinks that lead outside `dir`.
 pub fn resolve_location(dir: &Path, location: &str, tensor: &str) -> Result<PathBuf> {
@@ -691,28 +835,8 @@ pub fn resolve_location(dir: &Path, location: &str, tensor: &str) -> Result<Path
         location: location.to_string(),
         reason: reason.to_string(),
     };
-    if location.is_empty() {
-        return Err(refuse("it is empty"));
-    }
-    if location.contains('\0') {
-        return Err(refuse("it contains a NUL byte"));
-    }
+    check_location(location).map_err(refuse)?;
     let rel = Path::new(location);
-    if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
-        return Err(refuse("absolute paths are not allowed"));
-    }
-    if location.len() >= 2 && location.as_bytes()[1] == b':' {
-        return Err(refuse("drive-letter paths are not allowed"));
-    }
-    for c in rel.components() {
-        match c {
-            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
-            _ => return Err(refuse("'..' and root components would leave the model's directory")),
-        }
-    }
-    if location.split(['/', '\\']).any(|p| p == "..") {
-        return Err(refuse("'..' would leave the model's directory"));
-    }
     let joined = dir.join(rel);
     let canon_dir = dir.canonicalize().map_err(|e| FormatError::Io { path: dir.to_path_buf(), source: e })?;
     let canon = match joined.canonicalize() {
@@ -806,6 +930,8 @@ struct PendingExternal {
     location: String,
     offset: Option<String>,
     length: Option<String>,
+    /// The `external_data` entry holding the location, and its `value` field.
+    site: Option<(Container, Range<u64>)>,
 }
 
 struct Parser<'a> {
@@ -978,17 +1104,26 @@ impl<'a> Parser<'a> {
     }
 
     fn string_pair(&self, f: &Field, ctx: &str) -> Result<(String, String)> {
+        self.string_pair_at(f, ctx).map(|(k, v, _)| (k, v))
+    }
+
+    /// A `StringStringEntryProto`: key, value, and the range of the (last) `value` field.
+    fn string_pair_at(&self, f: &Field, ctx: &str) -> Result<(String, String, Option<Range<u64>>)> {
         let mut key = String::new();
         let mut value = String::new();
+        let mut at = None;
         let mut rr = self.reader(f.value_range(), ctx)?;
         while let Some(g) = self.next(&mut rr, ctx)? {
             match g.number {
                 1 => key = self.string(&g, ctx, "key")?,
-                2 => value = self.string(&g, ctx, "value")?,
+                2 => {
+                    value = self.string(&g, ctx, "value")?;
+                    at = Some(g.range());
+                }
                 _ => {}
             }
         }
-        Ok((key, value))
+        Ok((key, value, at))
     }
 
     fn new_graph(&mut self, parent: Option<GraphId>, kind: GraphKind, depth: usize, path: String) -> GraphId {
@@ -1005,8 +1140,58 @@ impl<'a> Parser<'a> {
             sparse_initializers: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            input_types: Vec::new(),
+            output_types: Vec::new(),
         });
         id
+    }
+
+    /// `ValueInfoProto.type` (`TypeProto`): a tensor's element type and shape. Fields
+    /// of the wrong wire type are left out (the type is informational).
+    fn value_type(&self, f: &Field, ctx: &str) -> Result<ValueType> {
+        let mut out = ValueType::Unknown;
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
+            match (g.number, g.wire) {
+                (1, WireType::Len) => {
+                    let (mut elem_type, mut shape) = (0i32, None);
+                    let mut r2 = self.reader(g.value_range(), ctx)?;
+                    while let Some(h) = self.next(&mut r2, ctx)? {
+                        match (h.number, h.wire) {
+                            (1, WireType::Varint) => elem_type = h.scalar as i32,
+                            (2, WireType::Len) => shape = Some(self.shape(&h, ctx)?),
+                            _ => {}
+                        }
+                    }
+                    out = ValueType::Tensor { elem_type, shape };
+                }
+                (n @ (4 | 5 | 8 | 9), WireType::Len) => out = ValueType::Other(n),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// `TensorShapeProto`: its dimensions.
+    fn shape(&self, f: &Field, ctx: &str) -> Result<Vec<Dim>> {
+        let mut dims = Vec::new();
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
+            if (g.number, g.wire) != (1, WireType::Len) {
+                continue;
+            }
+            let mut d = Dim::Unknown;
+            let mut r2 = self.reader(g.value_range(), ctx)?;
+            while let Some(h) = self.next(&mut r2, ctx)? {
+                match (h.number, h.wire) {
+                    (1, WireType::Varint) => d = Dim::Value(h.scalar as i64),
+                    (2, WireType::Len) => d = Dim::Param(self.string(&h, ctx, "dim_param")?),
+                    _ => {}
+                }
+            }
+            dims.push(d);
+        }
+        Ok(dims)
     }
 
     fn parse_function(&mut self, f: &Field, path: &Path2, idx: u32) -> Result<()> {
@@ -1097,16 +1282,22 @@ impl<'a> Parser<'a> {
                 11 | 12 => {
                     self.expect(&g, WireType::Len, &ctx, "value info")?;
                     let mut name = String::new();
+                    let mut ty = ValueType::Unknown;
                     let mut r3 = self.reader(g.value_range(), &ctx)?;
                     while let Some(h) = self.next(&mut r3, &ctx)? {
                         if h.number == 1 {
                             name = self.string(&h, &ctx, "value info name")?;
+                        } else if h.number == 2 && h.wire == WireType::Len {
+                            ty = self.value_type(&h, &ctx)?;
                         }
                     }
+                    let graph = &mut self.graphs[gid];
                     if g.number == 11 {
-                        self.graphs[gid].inputs.push(name);
+                        graph.inputs.push(name);
+                        graph.input_types.push(ty);
                     } else {
-                        self.graphs[gid].outputs.push(name);
+                        graph.outputs.push(name);
+                        graph.output_types.push(ty);
                     }
                 }
                 _ => {}
@@ -1394,7 +1585,8 @@ impl<'a> Parser<'a> {
                 }
                 13 => {
                     self.expect(&g, WireType::Len, &ctx, "external_data")?;
-                    t.ext_entries.push(self.string_pair(&g, &ctx)?);
+                    let (k, v, at) = self.string_pair_at(&g, &ctx)?;
+                    t.ext_entries.push((k, v, Container::from(&g), at));
                 }
                 14 => t.location_external = self.varint_field(&g, &ctx, "data_location")? == 1,
                 _ => {}
@@ -1405,11 +1597,18 @@ impl<'a> Parser<'a> {
 
     /// An external tensor: its `location`, `offset` and `length` entries are resolved
     /// once the whole model is read.
-    fn pending_external_data(&mut self, tname: &str, entries: Vec<(String, String)>) -> Result<TensorData> {
-        let (mut location, mut offset, mut length) = (None, None, None);
-        for (k, v) in entries {
+    fn pending_external_data(
+        &mut self,
+        tname: &str,
+        entries: Vec<(String, String, Container, Option<Range<u64>>)>,
+    ) -> Result<TensorData> {
+        let (mut location, mut offset, mut length, mut site) = (None, None, None, None);
+        for (k, v, entry, at) in entries {
             match k.as_str() {
-                "location" => location = Some(v),
+                "location" => {
+                    location = Some(v);
+                    site = at.map(|r| (entry, r));
+                }
                 "offset" => offset = Some(v),
                 "length" => length = Some(v),
                 _ => {}
@@ -1420,7 +1619,7 @@ impl<'a> Parser<'a> {
             location: String::new(),
             reason: "data_location is EXTERNAL but there is no 'location' entry".into(),
         })?;
-        self.pending_external.push(PendingExternal { tensor: self.tensors.len(), location, offset, length });
+        self.pending_external.push(PendingExternal { tensor: self.tensors.len(), location, offset, length, site });
         Ok(TensorData::Empty)
     }
 
@@ -1477,7 +1676,8 @@ struct TensorFields {
     fixed: Vec<(TypedField, Range<u64>)>,
     varints: Vec<(TypedField, Range<u64>)>,
     strings: u64,
-    ext_entries: Vec<(String, String)>,
+    /// `external_data` entries: key, value, the entry field and its `value` field.
+    ext_entries: Vec<(String, String, Container, Option<Range<u64>>)>,
     location_external: bool,
 }
 

@@ -420,6 +420,19 @@ impl Policy {
     }
 }
 
+/// A TOML error as "line L, column C: message" (1-based, columns in characters) when
+/// the parser says where it is.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span().and_then(|r| text.get(..r.start)) {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {}", e.message().trim_end())
+        }
+        None => e.message().trim_end().to_string(),
+    }
+}
+
 /// A policy file or override that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -549,7 +562,7 @@ impl Policy {
 
     /// Parses a TOML policy file (format in docs/policy.md).
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let f: FileForm = toml::from_str(text).map_err(|e| PolicyError::Toml(e.message().to_string()))?;
+        let f: FileForm = toml::from_str(text).map_err(|e| PolicyError::Toml(toml_message(text, &e)))?;
         if f.version != 1 {
             return Err(PolicyError::Invalid(format!("version {} is not supported (expected 1)", f.version)));
         }
@@ -841,6 +854,14 @@ mod tests {
         let mut q = Policy::default();
         q.apply_override("coefficient", "*=0.5").unwrap();
         assert!(q.role_rules.values().all(|r| r.coefficient == 0.5));
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_its_line_and_column() {
+        let e = Policy::from_toml("version = 1\n[ops.Conv]\ncoefficient = = 0.1\n").unwrap_err().to_string();
+        assert!(e.starts_with("policy: line 3, column 15: "), "{e}");
+        let e = Policy::from_toml("version = 1\n[ops.Conv]\ncoefficient = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3, column "), "{e}");
     }
 
     #[test]

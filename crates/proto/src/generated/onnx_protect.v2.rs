@@ -97,6 +97,12 @@ pub struct Header {
     /// The publisher's model id, named by licences (`model: id:…`); empty if none.
     #[prost(string, tag = "13")]
     pub model_id: ::prost::alloc::string::String,
+    /// The location each external data file had in the original model, in the order of
+    /// external_files (empty: the same names); a full decryption writes them back (§3, §12).
+    #[prost(string, repeated, tag = "14")]
+    pub original_external_files: ::prost::alloc::vec::Vec<
+        ::prost::alloc::string::String,
+    >,
 }
 /// A tensor whose slices along `axis` are the classes, stored in locked order.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -63,17 +63,19 @@ if [ "$TPM_TESTS" = 1 ]; then
   cargo build -p onnx-protect -p onnx-protect-capi --features onnx-protect/tpm,onnx-protect-capi/tpm
 fi
 step "onnxruntime cross-checks"
-export ONNX_PROTECT_BIN=${CARGO_TARGET_DIR:-target}/debug/onnx-protect
+export ONNX_PROTECT_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/onnx-protect")
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
 step "python package (wheel and sdist: scripts/build-wheel.sh --dev --sdist)"
 # The wheel the README shows (abi3, manylinux-audited, twine-checked), built by maturin in
 # the dev profile so it reuses what `cargo test` just compiled (users get the release
 # build), and installed into the test interpreter; tests/python/test_package*.py import
 # it, and tests/python/test_wheel.py installs it again into a fresh venv without Rust.
-bash scripts/build-wheel.sh --dev --sdist
+# A folder of its own: the TPM build below goes through maturin's PEP 517 backend,
+# which leaves its (non-manylinux) wheel in target/wheels.
+export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels-test
+bash scripts/build-wheel.sh --dev --sdist -o "$ONNX_PROTECT_WHEEL_DIR"
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
-  "${CARGO_TARGET_DIR:-target}"/wheels/onnx_protect-*.whl
-export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels
+  "$ONNX_PROTECT_WHEEL_DIR"/onnx_protect-*.whl
 if [ "$TPM_TESTS" = 1 ]; then
   # With the TPM tests, the package under test is then the same build with the feature tpm
   # (TPM key files as identities; it links the system's TSS, so it is not the wheel).

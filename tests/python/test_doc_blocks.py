@@ -42,7 +42,7 @@ ALL = [(doc, *b) for doc in DOCS for b in blocks(doc)]
 
 def binary_dir():
     exe = os.environ.get("ONNX_PROTECT_BIN") or str(ROOT / "target" / "debug" / "onnx-protect")
-    return str(pathlib.Path(exe).parent)
+    return str(pathlib.Path(exe).resolve().parent)
 
 
 def test_few_blocks_are_not_run_and_each_says_why():

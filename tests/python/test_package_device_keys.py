@@ -19,7 +19,7 @@ import pytest
 
 import onnx_protect as op
 from test_package import BIN, cli, copy_model, EXTERNAL
-from test_package_capi import KEY, LIBDIR, programs, run  # noqa: F401 (programs: a fixture)
+from test_package_capi import CC, EXAMPLE, KEY, LIBDIR, programs, run  # noqa: F401 (programs: a fixture)
 from test_tpm_cli import SwTpm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -179,7 +179,24 @@ def test_the_package_opens_a_tpm_key_file_on_its_tpm_only(tpms, tmp_path, monkey
     assert not out.exists()
 
 
-def test_the_c_abi_opens_a_tpm_key_file_on_its_tpm_only(programs, tpms, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def tpm_program(tmp_path_factory):
+    """The C example linked to a copy of libonnx_protect built with the cargo feature tpm
+    (a copy: other tests build target/debug's library again with the default features)."""
+    if shutil.which("pkg-config") is None or subprocess.run(["pkg-config", "--exists", "tss2-esys"]).returncode:
+        require("ONNX_PROTECT_REQUIRE_SWTPM", "libtss2-dev is missing: libonnx_protect cannot have the feature tpm")
+    subprocess.run(["cargo", "build", "-q", "-p", "onnx-protect-capi", "--features", "tpm"], cwd=ROOT, check=True)
+    out = tmp_path_factory.mktemp("ctpm")
+    shutil.copy(LIBDIR / "libonnx_protect.so", out / "libonnx_protect.so")
+    program = out / "decrypt_model"
+    flags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(ROOT / "crates/capi/include")]
+    subprocess.run([CC, *flags, str(EXAMPLE), "-L", str(out), "-lonnx_protect", f"-Wl,-rpath,{out}", "-o", str(program)],
+                   check=True)
+    return program
+
+
+def test_the_c_abi_opens_a_tpm_key_file_on_its_tpm_only(tpm_program, tpms, tmp_path):
+    programs = (tpm_program,)
     a, b = tpms("a"), tpms("b")
     key = tmp_path / "device.tpmkey"
     recipient = tpm_key(a.tcti, key)
@@ -188,7 +205,7 @@ def test_the_c_abi_opens_a_tpm_key_file_on_its_tpm_only(programs, tpms, tmp_path
     r = run(programs[0], enc, "--identity-file", key, "--compare", MODEL,
             env=dict(os.environ, ONNX_PROTECT_TPM_TCTI=a.tcti))
     if "built without TPM support" in r.stderr:
-        require("ONNX_PROTECT_REQUIRE_SWTPM", f"{LIBDIR}/libonnx_protect.so was built without the cargo feature tpm")
+        pytest.fail(f"{tpm_program} is linked to a library without the cargo feature tpm")
     assert r.returncode == 0, r.stderr
     assert f"identical to {MODEL}" in r.stdout
     r = run(programs[0], enc, "--identity-file", key, env=dict(os.environ, ONNX_PROTECT_TPM_TCTI=b.tcti))

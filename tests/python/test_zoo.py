@@ -15,7 +15,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ZOO = ROOT / "fixtures" / "zoo"
 ROW = re.compile(
-    r"^\| (?P<ds>\w+) \| (?P<model>\w+) \| (?P<params>[\d,]+) \| (?P<bytes>[\d,]+) \| "
+    r"^\| (?P<ds>\w+) \| (?P<model>[\w-]+) \| (?P<params>[\d,]+) \| (?P<bytes>[\d,]+) \| "
     r"(?P<acc>[01]\.\d{4}) \((?P<correct>\d+)/(?P<n>\d+)\) \| (?P<chance>[01]\.\d{4}) \| (?P<opset>\d+) \|")
 
 
@@ -25,8 +25,11 @@ def rows():
     return out
 
 
-def split(ds):
-    """The test split of a data set: in its zoo folder, or in fixtures/<ds> (digits)."""
+def split(ds, model=""):
+    """The test split of a data set: in its zoo folder, or in fixtures/<ds> (digits). The
+    models of `families/` are named after their data set (`digits-resnet`)."""
+    if ds == "families":
+        ds = model.split("-")[0]
     for d in (ZOO / ds, ROOT / "fixtures" / ds):
         if (d / "test_x.npy").exists():
             return np.load(d / "test_x.npy"), np.load(d / "test_y.npy")
@@ -42,7 +45,7 @@ def test_every_zoo_classifier_has_a_row():
 @pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r['ds']}/{r['model']}")
 def test_onnxruntime_accuracy_is_the_table_s(row):
     path = ZOO / row["ds"] / f"{row['model']}.onnx"
-    x, y = split(row["ds"])
+    x, y = split(row["ds"], row["model"])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -2,7 +2,8 @@
 
 import { InvalidModel } from "./errors.js";
 import {
-  concat, copyOf, decodeUtf8, encodeVarint, Field, key, modelFields, readVarint, WT_I32, WT_I64, WT_LEN, WT_VARINT,
+  concat, copyOf, decodeUtf8, encodeUtf8, encodeVarint, Field, lengthDelimited, modelFields, readVarint, WT_I32, WT_I64, WT_LEN,
+  WT_VARINT,
 } from "./wire.js";
 
 /** Bits per element of every data type code (§5); STRING (8) has none. */
@@ -88,6 +89,7 @@ export type ExternalFiles = Map<string, Uint8Array>;
 /** Refuses a `location` that is not a plain relative path inside the model's directory (§5). */
 export function checkLocation(location: string): void {
   if (!location) throw new InvalidModel("external data location is empty");
+  if (location.includes("\0")) throw new InvalidModel(`external data location '${location.replace(/\0/g, "\\0")}' contains a NUL character`);
   if (/^[/\\]/.test(location) || /^[A-Za-z]:/.test(location)) throw new InvalidModel(`external data location '${location}' is absolute`);
   const parts = location.split(/[/\\]/);
   if (parts.includes("..")) throw new InvalidModel(`external data location '${location}' has a '..' component`);
@@ -315,9 +317,19 @@ export function elementViews(buf: Uint8Array, t: Tensor, external: ExternalFiles
   return out;
 }
 
-/** §5: the model with a varint-stored tensor's values replaced by `data` (one packed field
- * at the first occurrence's place, the enclosing length prefixes re-encoded). */
-export function rewriteVarint(buf: Uint8Array, t: Tensor, data: Uint8Array): Uint8Array {
+/** A change of the bytes `[start, end)` of the message at the end of `chain` (the whole
+ * model for an empty chain) to `bytes`; [`applyEdits`] re-encodes the length prefixes of
+ * `chain`. */
+export interface Edit {
+  chain: Field[];
+  start: number;
+  end: number;
+  bytes: Uint8Array;
+}
+
+/** §5: a varint-stored tensor's values replaced by `data`: one packed field at the first
+ * occurrence's place, the other occurrences removed. */
+export function varintEdits(buf: Uint8Array, t: Tensor, data: Uint8Array): Edit[] {
   const w = varintWidth(t.dataType)!;
   const values: Uint8Array[] = [];
   for (let i = 0; i < data.length; i += w) {
@@ -327,47 +339,64 @@ export function rewriteVarint(buf: Uint8Array, t: Tensor, data: Uint8Array): Uin
     values.push(encodeVarint(v));
   }
   const fno = FIELD_OF_STORAGE[t.storage!];
-  // Located again: an earlier rewrite may have moved the tensor and its enclosing fields.
-  const chain = locate(buf, t.locator);
-  const self = chain[chain.length - 1];
-  const parts: Uint8Array[] = [];
-  let placed = false;
-  let pos = self.vstart;
+  const self = t.chain[t.chain.length - 1];
+  const edits: Edit[] = [];
   for (const f of modelFields(buf, self.vstart, self.vend, t.locator)) {
     if (f.number !== fno) continue;
-    parts.push(buf.subarray(pos, f.start));
-    if (!placed) {
-      const payload = concat(values);
-      parts.push(concat([key(fno, WT_LEN), encodeVarint(payload.length), payload]));
-      placed = true;
-    }
-    pos = f.vend;
+    const bytes = edits.length ? new Uint8Array(0) : lengthDelimited(fno, concat(values));
+    edits.push({ chain: t.chain, start: f.start, end: f.vend, bytes });
   }
-  parts.push(buf.subarray(pos, self.vend));
-  let body = concat(parts);
-  for (let i = chain.length - 1; i >= 0; i--) {
-    const f = chain[i];
-    const [, afterKey] = readVarint(buf, f.start, f.vstart);
-    const field = concat([buf.subarray(f.start, afterKey), encodeVarint(body.length), body]);
-    if (i === 0) return concat([buf.subarray(0, f.start), field, buf.subarray(f.vend)]);
-    const parent = chain[i - 1];
-    body = concat([buf.subarray(parent.vstart, f.start), field, buf.subarray(f.vend, parent.vend)]);
-  }
-  throw new Error("unreachable");
+  return edits;
 }
 
-/** The chain of length-delimited fields from the top-level message to the message at
- * `locator` (§4). */
-export function locate(buf: Uint8Array, locator: string): Field[] {
-  const chain: Field[] = [];
-  let start = 0, end = buf.length;
-  for (const step of locator.split("/")) {
-    const [num, idx] = step.split(".").map(Number);
-    let seen = 0;
-    const hit = modelFields(buf, start, end, locator).find((f) => f.number === num && seen++ === idx);
-    if (!hit || hit.wire !== WT_LEN) throw new InvalidModel(`no message at ${locator}`);
-    chain.push(hit);
-    [start, end] = [hit.vstart, hit.vend];
+/** §12 step 7: an external tensor's `location` value written as `name`: the last `value`
+ * field of its last `external_data` entry keyed `location` becomes `0x12`, the minimal
+ * varint of the name's length, the name. */
+export function locationEdit(buf: Uint8Array, t: Tensor, name: string): Edit {
+  const self = t.chain[t.chain.length - 1];
+  let entry: Field | null = null;
+  for (const f of modelFields(buf, self.vstart, self.vend, t.locator)) {
+    if (f.number !== TP.externalData || f.wire !== WT_LEN) continue;
+    const keys = modelFields(buf, f.vstart, f.vend, t.locator).filter((g) => g.number === 1);
+    if (keys.length && decodeUtf8(buf.subarray(keys[keys.length - 1].vstart, keys[keys.length - 1].vend)) === "location") entry = f;
   }
-  return chain;
+  const values = entry ? modelFields(buf, entry.vstart, entry.vend, t.locator).filter((g) => g.number === 2) : [];
+  if (!entry || !values.length) throw new InvalidModel(`${t.locator}: external data without a location`);
+  const value = values[values.length - 1];
+  return { chain: [...t.chain, entry], start: value.start, end: value.vend, bytes: lengthDelimited(2, encodeUtf8(name)) };
+}
+
+/** The model with every edit made (edits never overlap), each length prefix enclosing an
+ * edit re-encoded as a minimal varint, every other byte as it was. One pass. */
+export function applyEdits(buf: Uint8Array, edits: Edit[]): Uint8Array {
+  return edits.length ? concat(emit(buf, 0, buf.length, 0, edits)) : buf;
+}
+
+function emit(buf: Uint8Array, s: number, e: number, depth: number, edits: Edit[]): Uint8Array[] {
+  // Each edit as seen at this level: its own range (depth reached), else the field holding it.
+  const items = edits.map((ed) => (depth < ed.chain.length
+    ? { start: ed.chain[depth].start, end: ed.chain[depth].vend, field: ed.chain[depth], ed }
+    : { start: ed.start, end: ed.end, field: null, ed }));
+  items.sort((a, b) => a.start - b.start || a.end - b.end);
+  const parts: Uint8Array[] = [];
+  let pos = s;
+  for (let i = 0; i < items.length;) {
+    const it = items[i];
+    if (it.start < pos) throw new Error("overlapping model edits");
+    parts.push(buf.subarray(pos, it.start));
+    if (it.field === null) {
+      parts.push(it.ed.bytes);
+      i++;
+    } else {
+      const f = it.field;
+      const group: Edit[] = [];
+      for (; i < items.length && items[i].field !== null && items[i].start === f.start; i++) group.push(items[i].ed);
+      const body = concat(emit(buf, f.vstart, f.vend, depth + 1, group));
+      const [, afterKey] = readVarint(buf, f.start, f.vstart);
+      parts.push(buf.subarray(f.start, afterKey), encodeVarint(body.length), body);
+    }
+    pos = it.end;
+  }
+  parts.push(buf.subarray(pos, e));
+  return parts;
 }

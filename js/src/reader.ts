@@ -15,8 +15,8 @@ import {
 } from "./crypto.js";
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
 import {
-  BITS, checkLocation, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, rewriteVarint, STRING, Tensor,
-  VARINT_STORAGES, varintWidth, walk,
+  applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, locationEdit, STRING,
+  Tensor, VARINT_STORAGES, varintEdits, varintWidth, walk,
 } from "./model.js";
 import {
   bytesEqual, concat, copyOf, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
@@ -196,6 +196,7 @@ function checkHeader(h: Message): void {
   if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
     throw new Modified("external_sizes does not hold one length per external file");
   }
+  checkOriginalNames(h);
   const streams = new Set<bigint>();
   const pairs = new Set<string>();
   const byLocator = new Map<string, Message[]>();
@@ -230,6 +231,25 @@ function checkHeader(h: Message): void {
       if (es.length !== 1 || first.tier !== n) throw new Modified(`${loc}: a varint-stored tensor has one entry, of the top tier`);
       if (varintWidth(first.data_type) === null) throw new Modified(`${loc}: FLOAT6 in int32_data is never encrypted`);
     }
+  }
+}
+
+/** §3: `original_external_files` is empty or names each external file once, each name a
+ * location §5 allows. */
+function checkOriginalNames(h: Message): void {
+  const names = h.original_external_files as string[];
+  if (names.length && names.length !== h.external_files.length) {
+    throw new Modified(`original_external_files holds ${names.length} names for ${h.external_files.length} external files`);
+  }
+  const seen = new Set<string>();
+  for (const name of names) {
+    try {
+      checkLocation(name);
+    } catch (e) {
+      throw new Modified(`original_external_files: ${(e as Error).message}`);
+    }
+    if (seen.has(name)) throw new Modified(`original_external_files: the name '${name}' occurs twice`);
+    seen.add(name);
   }
 }
 
@@ -598,14 +618,15 @@ export function checkSignatures(op: Opened, signers: string[]): void {
 // ---------------------------------------------------------------- §6 transforms
 
 /** The content and external files with the spans of tiers `which` encrypted
- * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting. */
+ * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting, and with
+ * `rename` (location → original name, §12 step 7) every external tensor's location. */
 async function transformed(
-  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean,
+  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, rename?: Map<string, string>,
 ): Promise<[Uint8Array, Map<string, Uint8Array>, number, number]> {
   let content = copyOf(op.content);
   const ext = new Map<string, Uint8Array>();
   for (const loc of op.header.external_files as string[]) ext.set(loc, copyOf(op.external.get(loc)!));
-  const varint: Array<[Tensor, Uint8Array]> = [];
+  const edits: Edit[] = [];
   let tensors = 0, bytes = 0;
   for (const { e, tensor: t, spans } of op.entries) {
     if (!which(e.tier)) continue;
@@ -615,7 +636,7 @@ async function transformed(
     if (t.storage !== null && VARINT_STORAGES.has(t.storage) || e.mode === MODE_DP) {
       const elem = elementBytes(content, t, ext);
       await transformElements(elem, e, spans, ks, encrypt);
-      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) varint.push([t, elem]);
+      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) edits.push(...varintEdits(content, t, elem));
       else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
       continue;
     }
@@ -628,8 +649,9 @@ async function transformed(
       }
     }
   }
-  // Varint-stored tensors change length: rewritten last, each located again.
-  for (const [t, data] of varint) content = rewriteVarint(content, t, data);
+  // Varint-stored tensors and renamed locations change lengths: rewritten last, in one pass.
+  if (rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, rename.get(t.external.location)!));
+  content = applyEdits(content, edits);
   return [content, ext, tensors, bytes];
 }
 
@@ -706,8 +728,15 @@ export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Dec
   const to = opts.tier ?? u.tier;
   if (!Number.isInteger(to) || to < 1 || to > u.tier) throw new UsageError(`this key reaches tier ${u.tier} of ${op.tiers}; it cannot decrypt tier ${to}`);
   if (to <= op.restored) throw new AlreadyDecrypted(`tiers 1 to ${op.restored} are in clear in this file`);
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false);
-  if (to === op.tiers) return { model: content, externalData: ext, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };
+  // §12 step 7: a full decryption gives the external files their original names back.
+  const names = op.header.original_external_files as string[];
+  const locations = op.header.external_files as string[];
+  const rename = to === op.tiers && names.length ? new Map(locations.map((l, i) => [l, names[i]])) : undefined;
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, rename);
+  if (to === op.tiers) {
+    const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
+    return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };
+  }
   // §11: a partial decryption stays a protected model, its entry rewritten.
   const files = [content, ...(op.header.external_files as string[]).map((l) => ext.get(l)!)];
   const env = { ...op.env, restored_tiers: to, stored_digest: await contentDigest(files, Number(op.header.chunk_size)), checksum: new Uint8Array(0) };

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
+import { fileURLToPath } from "node:url";
 
 import * as ort from "onnxruntime-node";
 
@@ -18,14 +19,18 @@ import { binary, ROOT, run, tempDir } from "./util.mjs";
 const BIN = binary();
 const SRC = path.join(ROOT, "fixtures/models/external_data");
 const ORIGINAL_NAMES = ["weights.bin", "extra.bin"];
+const HERE = path.dirname(fileURLToPath(import.meta.url));
 const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
 
-/** The external-data fixture copied into a fresh folder, and a protected copy written into
- * that same folder (`encryptArgs` added). */
-function sameFolder(encryptArgs = [], keygenArgs = []) {
+/** An external-data model (`model.onnx` and `names` of `src`) copied into a fresh folder,
+ * and a protected copy written into that same folder (`encryptArgs` added). */
+function sameFolder(encryptArgs = [], keygenArgs = [], src = SRC, names = ORIGINAL_NAMES) {
   const dir = tempDir();
-  for (const f of ["model.onnx", ...ORIGINAL_NAMES]) fs.copyFileSync(path.join(SRC, f), path.join(dir, f));
+  for (const f of ["model.onnx", ...names]) {
+    fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  }
   const key = path.join(dir, "k.key");
   run(BIN, ["keygen", "-o", key, "-q", ...keygenArgs]);
   const prot = path.join(dir, "model.protected.onnx");
@@ -83,6 +88,23 @@ test("same folder: the original model and files come back under their original n
     for (const o of plain.outputNames) assert.deepEqual(Array.from(b[o].data), Array.from(a[o].data), o);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("same folder: external tensors in nested graphs, and varint-stored tensors beside them, come back byte for byte", { skip }, async () => {
+  // js/test/fixtures/make_external.py wrote these models.
+  for (const [name, names] of [["nested_external", ["data/a.bin", "b.bin"]], ["fp16_external", ["fp16.bin"]]]) {
+    const { dir, key, prot } = sameFolder([], [], path.join(HERE, "fixtures", name), names);
+    try {
+      const { model, externalData } = await readModelFiles(prot);
+      assert.ok([...externalData.keys()].every((l) => !names.includes(l)), name);
+      const d = await decrypt(model, { key: fs.readFileSync(key, "utf8"), externalData });
+      assert.ok(same(d.model, fs.readFileSync(path.join(dir, "model.onnx"))), `${name}: model bytes differ from the original`);
+      assert.deepEqual([...d.externalData.keys()], names);
+      for (const [loc, data] of d.externalData) assert.ok(same(data, fs.readFileSync(path.join(dir, loc))), `${name}: ${loc} differs`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   }
 });
 

@@ -62,24 +62,35 @@ async function cases() {
     const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", x.data, x.shape) }))[plain.outputNames[0]].data;
     out.push({ name, c: { model: `/${name}/model.onnx`, original: `/${name}/original.onnx`, key: "/model.key", input: { data: Array.from(x.data), shape: x.shape } }, want });
   }
-  // A model with external data.
-  const src = path.join(ROOT, "fixtures/models/external_data/model.onnx");
-  const dir = path.join(work, "external");
-  fs.mkdirSync(dir);
-  run(BIN, ["encrypt", src, "-o", path.join(dir, "model.onnx"), "--key-file", key, "-q", "--coefficient", "*=1"]);
-  files.set("/external/model.onnx", path.join(dir, "model.onnx"));
-  files.set("/external/original.onnx", src);
-  const external = {};
-  for (const f of fs.readdirSync(dir).filter((f) => f !== "model.onnx")) {
-    files.set(`/external/${f}`, path.join(dir, f));
-    external[f] = `/external/${f}`;
-  }
+  // A model with external data, protected into another folder and into its own (where the
+  // protected files get names of their own and the header records the original ones).
+  const srcDir = path.join(ROOT, "fixtures/models/external_data");
+  const src = path.join(srcDir, "model.onnx");
   const plain = await ortNode.InferenceSession.create(src);
   const meta = plain.inputMetadata[0];
   const shape = meta.shape.map((s) => (typeof s === "number" ? s : 1));
   const data = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, k) => Math.sin(k));
   const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", data, shape) }))[plain.outputNames[0]].data;
-  out.push({ name: "external-data", c: { model: "/external/model.onnx", original: "/external/original.onnx", key: "/model.key", external, input: { data: Array.from(data), shape } }, want });
+  for (const [name, sameFolder] of [["external", false], ["external-same-folder", true]]) {
+    const dir = path.join(work, name);
+    fs.mkdirSync(dir);
+    let input = src, output = path.join(dir, "model.onnx");
+    if (sameFolder) {
+      for (const f of ["model.onnx", "weights.bin", "extra.bin"]) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
+      input = path.join(dir, "model.onnx");
+      output = path.join(dir, "model.protected.onnx");
+    }
+    const before = new Set(fs.readdirSync(dir));
+    run(BIN, ["encrypt", input, "-o", output, "--key-file", key, "-q", "--coefficient", "*=1"]);
+    files.set(`/${name}/model.onnx`, output);
+    files.set(`/${name}/original.onnx`, src);
+    const external = {};
+    for (const f of fs.readdirSync(dir).filter((f) => !before.has(f) && f !== path.basename(output))) {
+      files.set(`/${name}/${f}`, path.join(dir, f));
+      external[f] = `/${name}/${f}`;
+    }
+    out.push({ name, c: { model: `/${name}/model.onnx`, original: `/${name}/original.onnx`, key: "/model.key", external, input: { data: Array.from(data), shape } }, want, names: ["weights.bin", "extra.bin"] });
+  }
   return out;
 }
 
@@ -99,13 +110,15 @@ try {
   page.on("pageerror", (e) => console.log(`page error: ${e.message}`));
   await page.goto(`http://127.0.0.1:${port}/`);
   await page.waitForFunction(() => window.ready === true, null, { timeout: 60000 });
-  for (const { name, c, want } of await cases()) {
+  for (const { name, c, want, names } of await cases()) {
     const r = await page.evaluate((c) => window.runCase(c), c);
     let worst = 0;
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.output[i] - want[i]) / Math.max(1, Math.abs(want[i])));
-    const ok = r.sameBytes && r.output.length === want.length && worst <= 1e-4 && r.refused === "modified";
+    // The external data files come back under the original model's names.
+    const sameNames = !names || r.names.join("\0") === names.join("\0");
+    const ok = r.sameBytes && sameNames && r.output.length === want.length && worst <= 1e-4 && r.refused === "modified";
     if (!ok) failed++;
-    console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}`);
+    console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}${names ? `, side files ${r.names.join(", ")}` : ""}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}`);
   }
 } finally {
   await browser.close();

@@ -56,6 +56,8 @@ export interface ReadOptions extends KeyMaterial {
 /** A decrypted model: the original model file and its external data files. */
 export interface Decrypted {
   model: Uint8Array;
+  /** By the locations `model` names: after a full decryption, the original model's names
+   * (`Header.original_external_files` when the header records them, §12 step 7). */
   externalData: Map<string, Uint8Array>;
   /** The tier the result is decrypted to (the number of tiers: the original model). */
   tier: number;

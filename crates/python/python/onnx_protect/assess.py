@@ -14,6 +14,10 @@ reference they must beat:
 * ``scratch``: the same graph with every parameter freshly initialised, trained on
   the same data with the same budget.
 
+One-element float constants (an attention scale, an epsilon) are fixed values of the
+graph; one that the file encrypts is unknown without the key, so it is reset (1 where
+it multiplies) and trained like a weight, by the attacks and by scratch alike.
+
 Each run uses AdamW with a one-cycle schedule for ``steps`` steps; its learning rate
 is chosen on a held-out fifth of the attacker's own data (never the test data), then
 the run is repeated on all of the attacker's data with that rate. Each data size is
@@ -188,7 +192,9 @@ class Setup:
         self.bias_fans = _bias_fans(model)
 
     def fresh(self) -> tg.TorchGraph:
-        return tg.TorchGraph(self.model)
+        """The protected model: its encrypted one-element constants (an attention scale)
+        are parameters the attacker resets and trains, as every encrypted weight."""
+        return tg.TorchGraph(self.model, trainable=frozenset(self.masks))
 
     def reset(self, gen: torch.Generator) -> tg.TorchGraph:
         """The protected model with every encrypted element reset."""
@@ -201,6 +207,9 @@ class Setup:
         return g
 
     def scratch(self, gen: torch.Generator) -> tg.TorchGraph:
+        """The architecture trained from scratch: every weight reset. A one-element
+        constant the file encrypts (an attention scale) is not known without the key:
+        reset and trained as in the attacks; the other ones stay as stored."""
         g = self.fresh()
         with torch.no_grad():
             for loc in g.constants:
@@ -318,12 +327,15 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
     info = _inspect(protected)
     model = onnx.load(os.fspath(protected))
-    graph = tg.TorchGraph(model)
+    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
+    graph = tg.TorchGraph(model, trainable=encrypted)
     masks = encrypted_masks(info, graph)
     if check:
         zero = _zero_filled(model, graph, masks)
         tg.check(zero, x_test[:64])
     setup = Setup(model, masks)
+    # Scratch depends on the model and on which of its one-element constants are encrypted.
+    scalars = tuple(sorted(loc for loc, c in graph.constants.items() if c.array.size == 1))
     report: dict[str, Any] = {
         "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
         "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
@@ -353,7 +365,7 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
 
             makers = {"scratch": scratch, "relearn": relearn, "finetune": finetune}
             for name in ("scratch", *attacks):
-                cache_key = (fraction, s, steps, tuple(lrs))
+                cache_key = (fraction, s, steps, tuple(lrs), scalars)
                 if name == "scratch" and scratch_cache is not None and cache_key in scratch_cache:
                     row[name].append(scratch_cache[cache_key])
                     continue

@@ -339,7 +339,8 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
     report: dict[str, Any] = {
         "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
         "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
-        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "sizes": []}
+        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
+        "sizes": []}
     for fraction in sizes:
         row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [],
                                **{a: [] for a in attacks}}

@@ -157,8 +157,7 @@ def table(cache):
     cpu, cores = provenance()
     results = [json.loads(p.read_text()) for p in cache.glob("*.json")]
     versions = sorted({r.get("torch", "not recorded") for r in results})
-    # Results measured before the attack code was recorded per result: fb9e74b.
-    commits = sorted({r.get("attack_code", "fb9e74b") for r in results})
+    commits = sorted({r.get("attack_code", "not recorded") for r in results})
     head = (f"Measured with `onnx_protect.assess` (attack code of commit {', '.join(commits)}, {cpu}, {cores} cores, torch "
             f"{', '.join(versions)}) by `scripts/eval_relearn.py`. Cells: encrypted share of the weight bytes: gap of "
             "the best training attack over scratch in points at 1% / 5% / 10% of the training split (mean of "

@@ -65,6 +65,7 @@ def test_relearning_recovers_a_vit_with_only_its_end_layers_encrypted(tmp_path, 
     # The attacks work: the best is far above scratch, and the headline says the policy fails.
     assert best - base > 0.08, row
     assert r["gap"] > 0.08 and not r["holds"], r["gap"]
+    assert row["reused"] == [], row
 
 
 def test_the_built_in_policy_leaves_the_attacks_nothing_over_scratch(tmp_path, data, scratch):
@@ -75,3 +76,17 @@ def test_the_built_in_policy_leaves_the_attacks_nothing_over_scratch(tmp_path, d
     # by a scale read from the ciphertext (it learns as well as the attacks do).
     assert float(np.mean(row["scratch"])) > 0.3, row
     assert r["gap"] <= assess.TARGET and r["holds"], row
+    # Every weight encrypted: the attacks start from scratch's state, so its run is reused.
+    assert row["reused"] == ["relearn", "finetune"], row
+
+
+def test_a_reused_run_is_the_run_it_replaces(tmp_path, data, monkeypatch):
+    """The attacks' runs reused from scratch's (same start state) give what running them gives."""
+    enc = protect(tmp_path)
+    small = dict(sizes=(0.02,), seeds=1, steps=20, lrs=(3e-3,))
+    reused = assess.attack(enc, *data, **small)
+    monkeypatch.setattr(assess, "start_state", lambda *a, **k: None)
+    ran = assess.attack(enc, *data, **small)
+    assert reused["sizes"][0]["reused"] == ["relearn", "finetune"] and ran["sizes"][0]["reused"] == []
+    for name in ("scratch", "relearn", "finetune"):
+        assert reused["sizes"][0][name] == ran["sizes"][0][name], name

@@ -76,7 +76,8 @@ def measure(model, points, cache, all_points, seeds, steps):
                 r = json.loads(path.read_text())
                 for row in r["sizes"]:
                     for s, acc in enumerate(row["scratch"]):
-                        scratch[(row["fraction"], s, r["steps"], tuple(r["lrs"]))] = acc
+                        key = (row["fraction"], s, r["steps"], tuple(r["lrs"]), tuple(r.get("scalars", ())))
+                        scratch[key] = acc
             else:
                 pol = pathlib.Path(d) / "policy.toml"
                 pol.write_text(assess.policy_toml(point))
@@ -86,7 +87,8 @@ def measure(model, points, cache, all_points, seeds, steps):
                 r = assess.attack(enc, x, y, xt, yt, seeds=seeds, steps=steps, scratch_cache=scratch)
                 import torch
 
-                r.update(point=point, model=model, seconds=round(time.time() - t0, 1), torch=torch.__version__)
+                r.update(point=point, model=model, seconds=round(time.time() - t0, 1), torch=torch.__version__,
+                         attack_code=attack_commit())
                 path.write_text(json.dumps(r, indent=1))
             out[point] = r
             print(f"{model:28} {point:24} share {100 * r['share']:6.2f}%  gap {100 * r['gap']:+6.1f}  "
@@ -98,12 +100,20 @@ def measure(model, points, cache, all_points, seeds, steps):
     return model, out
 
 
-def provenance():
-    # The figures depend on the attack code (and the encryption, which is exact): name the
-    # last commit that changed it.
-    attack_code = ["crates/python/python/onnx_protect/assess.py", "crates/python/python/onnx_protect/_torch_graph.py"]
-    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", *attack_code], cwd=ROOT, capture_output=True,
+ATTACK_CODE = ["crates/python/python/onnx_protect/assess.py", "crates/python/python/onnx_protect/_torch_graph.py"]
+
+
+def attack_commit():
+    """The figures depend on the attack code (the encryption is exact): the last commit that
+    changed it, marked when the working tree changes it further."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "log", "-1", "--format=%h", "--", *ATTACK_CODE], capture_output=True,
                             text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *ATTACK_CODE]).returncode != 0
+    return commit + (" with local changes" if dirty else "")
+
+
+def provenance():
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in open("/proc/cpuinfo"):
@@ -112,7 +122,7 @@ def provenance():
                 break
     except OSError:
         pass
-    return commit, cpu, os.cpu_count()
+    return cpu, os.cpu_count()
 
 
 def table(cache):
@@ -144,9 +154,11 @@ def table(cache):
                     detail.append(f"| {model} | {point} | {row['fraction']:.0%} ({int(np.mean(row['samples']))}) | "
                                   f"{100 * m['start']:.1f} | {100 * m['scratch']:.1f} | {100 * m['relearn']:.1f} | "
                                   f"{100 * m['finetune']:.1f} | {100 * row['gap']:+.1f} |")
-    commit, cpu, cores = provenance()
-    versions = sorted({json.loads(p.read_text()).get("torch", "not recorded") for p in cache.glob("*.json")})
-    head = (f"Measured with `onnx_protect.assess` (attack code of commit {commit}, {cpu}, {cores} cores, torch "
+    cpu, cores = provenance()
+    results = [json.loads(p.read_text()) for p in cache.glob("*.json")]
+    versions = sorted({r.get("torch", "not recorded") for r in results})
+    commits = sorted({r.get("attack_code", "not recorded") for r in results})
+    head = (f"Measured with `onnx_protect.assess` (attack code of commit {', '.join(commits)}, {cpu}, {cores} cores, torch "
             f"{', '.join(versions)}) by `scripts/eval_relearn.py`. Cells: encrypted share of the weight bytes: gap of "
             "the best training attack over scratch in points at 1% / 5% / 10% of the training split (mean of "
             "three draws); **✓**: every gap at most 2 points. `all` is the built-in policy. Blank: not "

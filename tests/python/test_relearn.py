@@ -3,8 +3,9 @@
 Encrypting only the first and the last layer (the policy ``last+first``) leaves the
 attention blocks clear: re-learning the two encrypted layers from a few labelled
 images, everything else frozen, beats training the same graph from scratch by far
-(docs/protection.md#training-attacks). (The built-in policy also encrypts the ViT's
-`Constant` values, which these attacks do not yet train: they refuse that file.)
+(docs/protection.md#training-attacks). The built-in policy encrypts every weight whole,
+the one-element attention scale included: the attacks then start where scratch starts
+and gain nothing over it.
 
 Small budgets on fixed seeds so that the test runs in about a minute on one core: one
 data size (5% of the training split, 63 images), two draws, 150 steps, one learning
@@ -64,3 +65,28 @@ def test_relearning_recovers_a_vit_with_only_its_end_layers_encrypted(tmp_path, 
     # The attacks work: the best is far above scratch, and the headline says the policy fails.
     assert best - base > 0.08, row
     assert r["gap"] > 0.08 and not r["holds"], r["gap"]
+    assert row["reused"] == [], row
+
+
+def test_the_built_in_policy_leaves_the_attacks_nothing_over_scratch(tmp_path, data, scratch):
+    r = assess.attack(protect(tmp_path), *data, scratch_cache=scratch, **dict(BUDGET, seeds=1))
+    assert r["share"] == 1.0, r["share"]
+    row = r["sizes"][0]
+    # The encrypted attention scale is unknown to scratch too: scratch is not handicapped
+    # by a scale read from the ciphertext (it learns as well as the attacks do).
+    assert float(np.mean(row["scratch"])) > 0.3, row
+    assert r["gap"] <= assess.TARGET and r["holds"], row
+    # Every weight encrypted: the attacks start from scratch's state, so its run is reused.
+    assert row["reused"] == ["relearn", "finetune"], row
+
+
+def test_a_reused_run_is_the_run_it_replaces(tmp_path, data, monkeypatch):
+    """The attacks' runs reused from scratch's (same start state) give what running them gives."""
+    enc = protect(tmp_path)
+    small = dict(sizes=(0.02,), seeds=1, steps=20, lrs=(3e-3,))
+    reused = assess.attack(enc, *data, **small)
+    monkeypatch.setattr(assess, "start_state", lambda *a, **k: None)
+    ran = assess.attack(enc, *data, **small)
+    assert reused["sizes"][0]["reused"] == ["relearn", "finetune"] and ran["sizes"][0]["reused"] == []
+    for name in ("scratch", "relearn", "finetune"):
+        assert reused["sizes"][0][name] == ran["sizes"][0][name], name

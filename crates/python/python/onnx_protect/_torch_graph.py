@@ -74,9 +74,12 @@ class Constant:
 class TorchGraph(torch.nn.Module):
     """Runs the main graph of an ONNX model with PyTorch operators (module docs)."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, trainable: frozenset[str] = frozenset()):
+        """``trainable``: locators of one-element float constants that become parameters
+        too (others stay fixed values: an attention scale, an epsilon)."""
         super().__init__()
         refuse_unsupported(model)
+        self.trainable = trainable
         g = model.graph
         self.graph = g
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
@@ -110,7 +113,7 @@ class TorchGraph(torch.nn.Module):
             if is_stat:
                 self.register_buffer(key, tensor)
                 self.stat_names[locator] = key
-            elif a.size > 1:
+            elif a.size > 1 or locator in self.trainable:
                 self.params[key] = torch.nn.Parameter(tensor)
             else:
                 self.fixed[value] = tensor

@@ -14,6 +14,15 @@ reference they must beat:
 * ``scratch``: the same graph with every parameter freshly initialised, trained on
   the same data with the same budget.
 
+One-element float constants (an attention scale, an epsilon) are fixed values of the
+graph; one that the file encrypts is unknown without the key, so it is reset (1 where
+it multiplies) and trained like a weight, by the attacks and by scratch alike.
+
+An attack that starts from exactly scratch's state (every parameter and statistic value,
+what trains, what is frozen: :func:`start_state`) on the same data and seeds is the same
+computation; its result is scratch's, not run again (listed in the report's ``reused``).
+With every weight encrypted the attacks start from scratch's draws.
+
 Each run uses AdamW with a one-cycle schedule for ``steps`` steps; its learning rate
 is chosen on a held-out fifth of the attacker's own data (never the test data), then
 the run is repeated on all of the attacker's data with that rate. Each data size is
@@ -35,6 +44,7 @@ labels). See docs/protection.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -188,7 +198,9 @@ class Setup:
         self.bias_fans = _bias_fans(model)
 
     def fresh(self) -> tg.TorchGraph:
-        return tg.TorchGraph(self.model)
+        """The protected model: its encrypted one-element constants (an attention scale)
+        are parameters the attacker resets and trains, as every encrypted weight."""
+        return tg.TorchGraph(self.model, trainable=frozenset(self.masks))
 
     def reset(self, gen: torch.Generator) -> tg.TorchGraph:
         """The protected model with every encrypted element reset."""
@@ -201,6 +213,9 @@ class Setup:
         return g
 
     def scratch(self, gen: torch.Generator) -> tg.TorchGraph:
+        """The architecture trained from scratch: every weight reset. A one-element
+        constant the file encrypts (an attention scale) is not known without the key:
+        reset and trained as in the attacks; the other ones stay as stored."""
         g = self.fresh()
         with torch.no_grad():
             for loc in g.constants:
@@ -230,6 +245,25 @@ def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.
             p.register_hook(lambda grad, keep=keep: grad * keep)
         params.append(p)
     return params
+
+
+def start_state(g: tg.TorchGraph, params: list, hooked: bool) -> str | None:
+    """A digest of where a run starts: every parameter and buffer value, which parameters
+    train, which statistics stay frozen. Two runs that start from the same state on the
+    same data and seeds are the same computation. ``None`` (never equal) when gradient
+    hooks train parts of tensors."""
+    if hooked:
+        return None
+    h = hashlib.sha256()
+    training = {id(p) for p in params}
+    for key, p in sorted(g.params.items()):
+        h.update(f"{key}:{id(p) in training}:{tuple(p.shape)}".encode())
+        h.update(p.detach().numpy().tobytes())
+    for key, b in sorted(g.named_buffers()):
+        h.update(f"{key}:{tuple(b.shape)}".encode())
+        h.update(b.numpy().tobytes())
+    h.update(repr(sorted(g.frozen_stats)).encode())
+    return h.hexdigest()
 
 
 def accuracy(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> float:
@@ -318,18 +352,24 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
     info = _inspect(protected)
     model = onnx.load(os.fspath(protected))
-    graph = tg.TorchGraph(model)
+    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
+    graph = tg.TorchGraph(model, trainable=encrypted)
     masks = encrypted_masks(info, graph)
     if check:
         zero = _zero_filled(model, graph, masks)
         tg.check(zero, x_test[:64])
     setup = Setup(model, masks)
+    # Relearning trains parts of partly encrypted tensors through gradient hooks.
+    partial = any(not m.all() for loc, m in masks.items() if not graph.is_stat(loc))
+    # Scratch depends on the model and on which of its one-element constants are encrypted.
+    scalars = tuple(sorted(loc for loc, c in graph.constants.items() if c.array.size == 1))
     report: dict[str, Any] = {
         "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
         "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
-        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "sizes": []}
+        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
+        "sizes": []}
     for fraction in sizes:
-        row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [],
+        row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [], "reused": [],
                                **{a: [] for a in attacks}}
         for s in range(seeds):
             rng = np.random.default_rng(1_000 + s)
@@ -352,17 +392,27 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
                 return g, list(g.params.values())
 
             makers = {"scratch": scratch, "relearn": relearn, "finetune": finetune}
+            # A run that starts from the state of one already made (every weight encrypted:
+            # the attacks start from scratch's draws) is that run: its result is reused.
+            done: dict[str, float] = {}
             for name in ("scratch", *attacks):
-                cache_key = (fraction, s, steps, tuple(lrs))
+                state = start_state(*makers[name](), hooked=name == "relearn" and partial)
+                cache_key = (fraction, s, steps, tuple(lrs), scalars)
                 if name == "scratch" and scratch_cache is not None and cache_key in scratch_cache:
-                    row[name].append(scratch_cache[cache_key])
-                    continue
-                r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s))
+                    acc = scratch_cache[cache_key]
+                elif state is not None and state in done:
+                    acc = done[state]
+                    row["reused"].append(name)
+                else:
+                    r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s))
+                    acc = r["accuracy"]
+                    if progress:
+                        progress(f"{fraction:.0%} seed {s}: {name} {100 * acc:.1f}% (lr {r['lr']:g})")
                 if name == "scratch" and scratch_cache is not None:
-                    scratch_cache[cache_key] = r["accuracy"]
-                row[name].append(r["accuracy"])
-                if progress:
-                    progress(f"{fraction:.0%} seed {s}: {name} {100 * r['accuracy']:.1f}% (lr {r['lr']:g})")
+                    scratch_cache[cache_key] = acc
+                if state is not None:
+                    done.setdefault(state, acc)
+                row[name].append(acc)
         mean = {k: float(np.mean(row[k])) for k in ("start", "scratch", *attacks)}
         best = max(attacks, key=lambda a: mean[a])
         row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"])

@@ -1,8 +1,7 @@
 // The primitives of docs/format.md §6–§10, each from a well-kept implementation:
 // AES-256-CTR from WebCrypto (`crypto.subtle`), SHA-256, HMAC and HKDF from
 // @noble/hashes, ChaCha20-Poly1305 from @noble/ciphers, Ed25519 from @noble/curves,
-// BLAKE3 and Argon2id from hash-wasm (WebAssembly), or BLAKE3 from the native
-// @napi-rs/blake-hash where Node has it. Nothing here is a primitive of its own.
+// BLAKE3 and Argon2id from hash-wasm (WebAssembly). Nothing here is a primitive of its own.
 
 import { chacha20poly1305 } from "@noble/ciphers/chacha.js";
 import { ed25519 } from "@noble/curves/ed25519.js";
@@ -168,25 +167,9 @@ export type Blake3 = (parts: Uint8Array[]) => Uint8Array;
 
 let blake3Impl: Blake3 | null = null;
 
-/** The fastest BLAKE3 this runtime offers: native in Node when @napi-rs/blake-hash is
- * installed, hash-wasm's WebAssembly otherwise (browsers). */
+/** BLAKE3 from hash-wasm's WebAssembly (Node and browsers alike). */
 export async function blake3(): Promise<Blake3> {
   if (blake3Impl) return blake3Impl;
-  const isNode = typeof process !== "undefined" && !!process.versions?.node;
-  if (isNode) {
-    try {
-      const mod = "@napi-rs/blake-hash";
-      const native = (await import(mod)) as { Blake3Hasher: new () => { update(b: Uint8Array): void; digestBuffer(): Uint8Array } };
-      blake3Impl = (parts) => {
-        const h = new native.Blake3Hasher();
-        for (const p of parts) h.update(p);
-        return new Uint8Array(h.digestBuffer());
-      };
-      return blake3Impl;
-    } catch {
-      // not installed: WebAssembly below
-    }
-  }
   const h = await createBLAKE3();
   blake3Impl = (parts) => {
     h.init();

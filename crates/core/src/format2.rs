@@ -21,7 +21,7 @@ use crate::envelope::{
 use crate::error::{CoreError, Result, Unsigned};
 use crate::keys::KeySource;
 use crate::manifest::{storage_code_v2, tool_name, Target};
-use crate::pass::Hash;
+use crate::pass::{Hash, Out};
 use crate::recipients::{open, wrap_all, EncryptTo, Opened};
 use crate::staged::{durable, Outputs};
 
@@ -341,15 +341,8 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         signatures,
         ..Default::default()
     };
-    let model_out = files
-        .first()
-        .copied()
-        .flatten()
-        .map(|o| o.file)
-        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
-        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    write_entry(&files, output, envelope, tail_at)?;
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(xf);
     drop(files);
@@ -746,14 +739,7 @@ pub(crate) fn decrypt(
         let mut env = p.sealed.envelope.clone();
         env.restored_tiers = to;
         env.stored_digest = digest_of(&leaves.output).to_vec();
-        let model_out = files
-            .first()
-            .copied()
-            .flatten()
-            .map(|o| o.file)
-            .ok_or_else(|| CoreError::Internal("no model output".into()))?;
-        onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
-            .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+        write_entry(&files, output, env, content_len)?;
     }
     drop(files);
     outputs.staged.commit(durable)?;
@@ -870,16 +856,22 @@ pub(crate) fn rewrite_entry(
             &onnx_protect_format::NoProgress,
         )?;
     }
+    write_entry(&files, output, env, content_len)?;
+    drop(files);
+    outputs.staged.commit(durable)
+}
+
+/// Writes the manifest entry of `envelope` at `at` in the model's output (the first of
+/// `files`, the outputs of a pass to `output`).
+pub(crate) fn write_entry(files: &[Option<Out<'_>>], output: &Path, envelope: pb::Envelope, at: u64) -> Result<()> {
     let model_out = files
         .first()
         .copied()
         .flatten()
         .map(|o| o.file)
         .ok_or_else(|| CoreError::Internal("no model output".into()))?;
-    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(env), content_len)
-        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
-    drop(files);
-    outputs.staged.commit(durable)
+    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), at)
+        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })
 }
 
 /// Copies every covered file unchanged (the model up to its manifest entry, each

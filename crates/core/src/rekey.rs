@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
-use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
+use crate::envelope::{stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Result};
 use crate::format2::{check_digest, check_seals, open_protected, sign_all, tier_macs};
 use crate::keys::KeySource;
@@ -138,14 +138,7 @@ pub fn rekey(
         ..Default::default()
     };
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    let model_out = files
-        .first()
-        .copied()
-        .flatten()
-        .map(|o| o.file)
-        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
-    onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), tail_at)
-        .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })?;
+    crate::format2::write_entry(&files, output, envelope, tail_at)?;
     drop(xf);
     drop(files);
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();

@@ -66,6 +66,10 @@ pub struct Args {
     bundle_key: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
+    /// For decrypt, rekey, rewrap and verify with a key: the licence models encrypted with
+    /// --licence-authority need (one licence for every model: it names them all, by id or digest).
+    #[command(flatten)]
+    licence: crate::keys::LicenceArgs,
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
@@ -246,6 +250,9 @@ fn refuse_other_operations_options(a: &Args) -> Result<()> {
     if a.op != Op::Encrypt && a.policy.any() {
         usage!("the policy options (--policy, --coefficient, --mode, --subsequences, --selection, --seed, --tiers, --tier-shares) apply to batch encrypt only");
     }
+    if matches!(a.op, Op::Encrypt | Op::Sign) && a.licence.licence.is_some() {
+        usage!("--licence applies to batch decrypt, rekey, rewrap and verify (the operations that open a model)");
+    }
     if a.op != Op::Rekey && a.new_key.any() {
         usage!("--new-key-* options apply to batch rekey only");
     }
@@ -280,13 +287,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let shard = a.shard.as_deref().map(|s| parse_shard(s, a.shard_by)).transpose()?;
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {
-        Op::Verify | Op::Sign => a.key.source()?,
+        Op::Verify => a.key.source()?.map(|k| a.licence.apply(k)).transpose()?,
+        Op::Sign => a.key.source()?,
         Op::Encrypt => {
             let k = a.key.required_master_for(policy.as_ref().map_or(1, |p| p.tiers))?;
             crate::keys::check_new_passphrase(&k, a.allow_short_passphrase, "the passphrase")?;
             Some(k)
         }
-        _ => Some(a.key.required()?),
+        Op::Decrypt | Op::Rekey | Op::Rewrap => Some(a.licence.apply(a.key.required()?)?),
     };
     let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase, None)?) } else { None };
     let change = if a.op == Op::Rewrap { Some(a.change.build(None)?) } else { None };

@@ -88,6 +88,9 @@ pub struct Args {
     /// The current key (checked, with the MAC, before anything is written).
     #[command(flatten)]
     key: KeyArgs,
+    /// The licence the current key needs for a model encrypted with --licence-authority.
+    #[command(flatten)]
+    licence: crate::keys::LicenceArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
     /// Accept a new passphrase shorter than 12 characters.
@@ -111,7 +114,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let old = a.key.required()?;
+    let old = a.licence.apply(a.key.required()?)?;
     let recipients = a.recipients.recipients()?;
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;

@@ -25,6 +25,9 @@ pub struct Args {
     /// The top-tier key (or passphrase, or identity) that opens the model now.
     #[command(flatten)]
     key: KeyArgs,
+    /// The licence the key needs for a model encrypted with --licence-authority.
+    #[command(flatten)]
+    licence: crate::keys::LicenceArgs,
     #[command(flatten)]
     change: ChangeArgs,
     #[command(flatten)]
@@ -114,7 +117,7 @@ impl ChangeArgs {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let key = a.key.required()?;
+    let key = a.licence.apply(a.key.required()?)?;
     let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.input) } else { None };
     let c = a.change.build(tiers)?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());

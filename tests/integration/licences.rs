@@ -246,3 +246,170 @@ fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
     let (code, err) = run(d, &["decrypt", s(&q), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "-q"]);
     assert_eq!(code, 5, "{err}");
 }
+
+/// Encrypts `model()` for `key` (and `extra`) under the licence authority `authority` with
+/// the model id `det-v3`, to `out`.
+fn encrypt_licensed(dir: &Path, key: &Path, authority: &str, out: &Path, extra: &[&str]) {
+    let m = model();
+    let mut args = vec!["encrypt", s(&m), "-o", s(out), "--key-file", s(key), "--licence-authority", authority];
+    args.extend_from_slice(&["--model-id", "det-v3", "-q"]);
+    args.extend_from_slice(extra);
+    let (code, err) = run(dir, &args);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn rekey_and_rewrap_open_a_licensed_model_only_with_a_licence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = keygen_in(d);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let p = d.join("p.onnx");
+    encrypt_licensed(d, &key, &authority, &p, &[]);
+    let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let expired = issue(
+        d,
+        &pk,
+        "old.lic",
+        &[
+            "--model",
+            "id:det-v3",
+            "--recipient",
+            "any",
+            "--not-before",
+            "2020-01-01T00:00:00Z",
+            "--not-after",
+            "2021-01-01T00:00:00Z",
+        ],
+    );
+    let new_key = d.join("new.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&new_key), "-q"]).0, 0);
+    let out = d.join("out.onnx");
+
+    // rekey: no licence (10), an expired one (12): nothing written; a valid one: the new
+    // model keeps the authority and opens with the new key and the licence.
+    let rekey = |licence: Option<&Path>| {
+        let mut args = vec!["rekey", s(&p), "-o", s(&out), "--key-file", s(&key), "--new-key-file", s(&new_key), "-q"];
+        if let Some(l) = licence {
+            args.extend_from_slice(&["--licence", s(l)]);
+        }
+        run(d, &args)
+    };
+    let (code, err) = rekey(None);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("licence required"), "{err}");
+    assert!(!out.exists());
+    let (code, err) = rekey(Some(&expired));
+    assert_eq!(code, 12, "{err}");
+    assert!(!out.exists());
+    let (code, err) = rekey(Some(&ok));
+    assert_eq!(code, 0, "{err}");
+    let plain = d.join("plain.onnx");
+    let decrypt = |m: &Path, k: &Path, licence: Option<&Path>| {
+        let mut args = vec!["decrypt", s(m), "-o", s(&plain), "--key-file", s(k), "-q"];
+        if let Some(l) = licence {
+            args.extend_from_slice(&["--licence", s(l)]);
+        }
+        run(d, &args)
+    };
+    assert_eq!(decrypt(&out, &new_key, None).0, 10);
+    let (code, err) = decrypt(&out, &new_key, Some(&ok));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+    std::fs::remove_file(&plain).expect("remove");
+    std::fs::remove_file(&out).expect("remove");
+
+    // rewrap: the same; the new recipient opens the result only with a licence too.
+    let rewrap = |licence: Option<&Path>| {
+        let mut args = vec!["rewrap", s(&p), "-o", s(&out), "--key-file", s(&key), "--add-key-file", s(&new_key), "-q"];
+        if let Some(l) = licence {
+            args.extend_from_slice(&["--licence", s(l)]);
+        }
+        run(d, &args)
+    };
+    let (code, err) = rewrap(None);
+    assert_eq!(code, 10, "{err}");
+    assert!(!out.exists());
+    let (code, err) = rewrap(Some(&expired));
+    assert_eq!(code, 12, "{err}");
+    assert!(!out.exists());
+    let (code, err) = rewrap(Some(&ok));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(decrypt(&out, &new_key, None).0, 10);
+    let (code, err) = decrypt(&out, &new_key, Some(&ok));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+    // A licence for another stanza than the one the key opens: refused (15).
+    let other_device = issue(
+        d,
+        &pk,
+        "dev.lic",
+        &[&["--model", "id:det-v3", "--recipient", "key 0000000000000000"][..], &WINDOW].concat(),
+    );
+    std::fs::remove_file(&out).expect("remove");
+    let (code, err) = rewrap(Some(&other_device));
+    assert_eq!(code, 15, "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_licence_granting_fewer_tiers_than_the_top_does_not_rekey_or_rewrap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = d.join("k.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&key), "--tiers", "2", "-q"]).0, 0);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let p = d.join("p.onnx");
+    encrypt_licensed(d, &key, &authority, &p, &["--tiers", "2", "--mode", "*=fp"]);
+    let one = issue(
+        d,
+        &pk,
+        "one.lic",
+        &[&["--model", "id:det-v3", "--recipient", "any", "--tiers", "1"][..], &WINDOW].concat(),
+    );
+    let new_key = d.join("new.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&new_key), "--tiers", "2", "-q"]).0, 0);
+    let out = d.join("out.onnx");
+    for args in [
+        vec!["rekey", s(&p), "-o", s(&out), "--key-file", s(&key), "--new-key-file", s(&new_key)],
+        vec!["rewrap", s(&p), "-o", s(&out), "--key-file", s(&key), "--add-key-file", s(&new_key)],
+    ] {
+        let (code, err) = run(d, &[&args[..], &["--licence", s(&one), "-q"]].concat());
+        assert_eq!(code, 4, "{}: {err}", args[0]);
+        assert!(err.contains("tier 1 of 2") && err.contains("needs the top-tier key"), "{}: {err}", args[0]);
+        assert!(!out.exists(), "{}", args[0]);
+    }
+}
+
+#[test]
+fn batch_decrypt_rekey_and_rewrap_take_the_licence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = keygen_in(d);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let models = d.join("models");
+    std::fs::create_dir(&models).expect("mkdir");
+    encrypt_licensed(d, &key, &authority, &models.join("a.onnx"), &[]);
+    let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let new_key = d.join("new.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&new_key), "-q"]).0, 0);
+    let ops: [(&str, Vec<&str>); 3] = [
+        ("decrypt", vec![]),
+        ("rekey", vec!["--new-key-file", s(&new_key)]),
+        ("rewrap", vec!["--add-key-file", s(&new_key)]),
+    ];
+    for (op, extra) in ops {
+        let out = d.join(format!("out-{op}"));
+        let base = [&["batch", op, "--dir", s(&models), "--out-dir", s(&out), "--key-file", s(&key), "-q"][..], &extra]
+            .concat();
+        let report = d.join(format!("{op}.jsonl"));
+        let (code, err) = run(d, &[&base[..], &["--report", s(&report)]].concat());
+        assert_ne!(code, 0, "{op} without a licence: {err}");
+        let lines = std::fs::read_to_string(&report).expect("the report");
+        assert!(lines.contains("licence required"), "{op}: {lines}");
+        assert!(!out.join("a.onnx").exists(), "{op}");
+        let (code, err) = run(d, &[&base[..], &["--licence", s(&ok)]].concat());
+        assert_eq!(code, 0, "{op}: {err}");
+        assert!(out.join("a.onnx").exists(), "{op}");
+    }
+}

@@ -177,3 +177,82 @@ fn a_tpm_key_file_without_tpm_support_or_tpm_is_exit_4() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("TPM key file line 1: field 2"), "{err}");
 }
+
+/// The bytes of `logits.npy` from `run MODEL` on the digits test inputs, with the key
+/// options `key` (none: the model as it is), written under `out`.
+fn logits(model: &Path, key: &[&str], out: &Path, path: Option<&str>) -> Vec<u8> {
+    let x = root().join("fixtures/digits/test_x.npy");
+    let args = [&["run", s(model), "-i", s(&x), "--output-dir", s(out), "--force"][..], key].concat();
+    let (code, _, err) = run(&args, path);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    std::fs::read(out.join("logits.npy")).expect("read the outputs")
+}
+
+/// The label lock's seed is sealed under the tier-1 data key, so every kind of recipient
+/// that opens the data key opens the lock: a key file, a passphrase, an age X25519
+/// identity and an age plugin identity (the TPM: tests/python/test_tpm_cli.py) each
+/// decrypt a locked model byte for byte and run it (`run`, in memory) with the classes in
+/// their true order, with its weights encrypted or in clear.
+#[test]
+fn a_label_locked_model_opens_and_runs_in_true_order_with_every_recipient_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let src = root().join("fixtures/digits/cnn.onnx");
+    let key = crate::util::keygen_in(d);
+    let pass = d.join("pass.txt");
+    std::fs::write(&pass, "a passphrase of some length\n").expect("write");
+    let age_id = d.join("age.identity");
+    let (code, out, err) = run(&["keygen", "--recipient", "-o", s(&age_id), "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let age: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let age = age["recipient"].as_str().expect("a recipient").to_string();
+    // (kind, encrypt options, open options, PATH)
+    let mut kinds: Vec<(&str, Vec<String>, Vec<String>, Option<String>)> = vec![
+        ("key", vec!["--key-file".into(), s(&key).into()], vec!["--key-file".into(), s(&key).into()], None),
+        (
+            "passphrase",
+            vec!["--passphrase-file".into(), s(&pass).into()],
+            vec!["--passphrase-file".into(), s(&pass).into()],
+            None,
+        ),
+        ("x25519", vec!["--recipient".into(), age], vec!["--identity".into(), s(&age_id).into()], None),
+    ];
+    if let Some(plugin) = plugin() {
+        let (r, id) = device(&plugin, d, "ok");
+        kinds.push((
+            "age-plugin",
+            vec!["--recipient".into(), r],
+            vec!["--identity".into(), s(&id).into()],
+            Some(path_with(&plugin)),
+        ));
+    }
+    let original = cfg!(feature = "tract").then(|| logits(&src, &[], &d.join("orig"), None));
+    for (kind, enc, open, path) in &kinds {
+        for extra in [&[][..], &["--clear-weights"][..]] {
+            let name = format!("{kind}{}", extra.len());
+            let locked = d.join(format!("{name}.onnx"));
+            let enc: Vec<&str> = enc.iter().map(String::as_str).collect();
+            let open: Vec<&str> = open.iter().map(String::as_str).collect();
+            let args = [&["encrypt", s(&src), "-o", s(&locked), "--lock-outputs", "-q"][..], &enc, extra].concat();
+            let (code, _, err) = run(&args, path.as_deref());
+            assert_eq!(code, 0, "{name}: {err}");
+            assert!(crate::util::manifest_of(&locked).sealed.header.label_lock.is_some(), "{name}");
+            let back = d.join(format!("{name}.back.onnx"));
+            let args = [&["decrypt", s(&locked), "-o", s(&back), "-q"][..], &open].concat();
+            let (code, _, err) = run(&args, path.as_deref());
+            assert_eq!(code, 0, "{name}: {err}");
+            assert!(
+                std::fs::read(&back).expect("read") == std::fs::read(&src).expect("read"),
+                "{name}: not byte-exact"
+            );
+            let Some(original) = &original else { continue };
+            let with_key = logits(&locked, &open, &d.join(format!("{name}.run")), path.as_deref());
+            assert!(&with_key == original, "{name}: run with the key differs from the original");
+            if !extra.is_empty() {
+                // Without the key, the locked copy runs too, with its classes out of order.
+                let without = logits(&locked, &[], &d.join(format!("{name}.nokey")), None);
+                assert!(&without != original, "{name}: the lock changed nothing");
+            }
+        }
+    }
+}

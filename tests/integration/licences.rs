@@ -413,3 +413,44 @@ fn batch_decrypt_rekey_and_rewrap_take_the_licence() {
         assert!(out.join("a.onnx").exists(), "{op}");
     }
 }
+
+/// `run` decrypts in memory through the same licence check: refused without a licence or
+/// with one for another device, nothing run; with a valid one, the original's outputs.
+#[cfg(feature = "tract")]
+#[test]
+fn run_on_a_licensed_model_needs_its_licence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = keygen_in(d);
+    let (pk, authority) = publisher(d, "pub.sk");
+    let src = root().join("fixtures/digits/cnn.onnx");
+    let p = d.join("p.onnx");
+    let (code, err) =
+        run(d, &["encrypt", s(&src), "-o", s(&p), "--key-file", s(&key), "--licence-authority", &authority, "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let x = root().join("fixtures/digits/test_x.npy");
+    let run_model = |m: &Path, out: &Path, extra: &[&str]| {
+        let args = [&["run", s(m), "-i", s(&x), "--output-dir", s(out)][..], extra].concat();
+        run(d, &args)
+    };
+    let (code, err) = run_model(&src, &d.join("orig"), &[]);
+    assert_eq!(code, 0, "{err}");
+    let out = d.join("out");
+    let (code, err) = run_model(&p, &out, &["--key-file", s(&key)]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("licence required") && !out.exists(), "{err}");
+    let device = issue(
+        d,
+        &pk,
+        "dev.lic",
+        &[&["--model-of", s(&p), "--recipient", "key 0000000000000000"][..], &WINDOW].concat(),
+    );
+    let (code, err) = run_model(&p, &out, &["--key-file", s(&key), "--licence", s(&device)]);
+    assert_eq!(code, 15, "{err}");
+    assert!(!out.exists());
+    let ok = issue(d, &pk, "ok.lic", &[&["--model-of", s(&p), "--recipient", "any"][..], &WINDOW].concat());
+    let (code, err) = run_model(&p, &out, &["--key-file", s(&key), "--licence", s(&ok)]);
+    assert_eq!(code, 0, "{err}");
+    let read = |dir: &Path| std::fs::read(dir.join("logits.npy")).expect("read the outputs");
+    assert!(read(&out) == read(&d.join("orig")), "run with the licence differs from the original");
+}

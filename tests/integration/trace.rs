@@ -87,6 +87,32 @@ impl Setup {
         run(&args)
     }
 
+    /// `encrypt --fingerprint id --lock-outputs --clear-weights` of the original, recorded
+    /// in `ledger`: the label-locked copy `id` gets.
+    fn locked_for(&self, id: &str, ledger: &Path) -> PathBuf {
+        let out = self.dir.path().join(format!("{id}.locked.onnx"));
+        let (k, o, sec) = (s(&self.key), s(&self.original), s(&self.secret));
+        let (code, _, err) = run(&[
+            "encrypt",
+            o,
+            "-o",
+            s(&out),
+            "--key-file",
+            k,
+            "--fingerprint",
+            id,
+            "--fingerprint-secret",
+            sec,
+            "--ledger",
+            s(ledger),
+            "--lock-outputs",
+            "--clear-weights",
+            "-q",
+        ]);
+        assert_eq!(code, 0, "{id}: {err}");
+        out
+    }
+
     /// `trace --json`: (exit code, the report, stderr).
     fn trace(&self, suspect: &Path) -> (i32, serde_json::Value, String) {
         self.trace_with(suspect, &self.secret, &self.ledger, &self.original)
@@ -310,30 +336,7 @@ fn fingerprint_check_picks_a_variant_that_changes_no_prediction_and_trace_follow
 fn label_locked_copies_name_their_recipient_from_the_class_order_and_the_marks() {
     let st = setup();
     let ids: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
-    let mut copies = Vec::new();
-    for id in &ids {
-        let out = st.dir.path().join(format!("{id}.locked.onnx"));
-        let (k, o, sec, led) = (s(&st.key), s(&st.original), s(&st.secret), s(&st.ledger));
-        let (code, _, err) = run(&[
-            "encrypt",
-            o,
-            "-o",
-            s(&out),
-            "--key-file",
-            k,
-            "--fingerprint",
-            id,
-            "--fingerprint-secret",
-            sec,
-            "--ledger",
-            led,
-            "--lock-outputs",
-            "--clear-weights",
-            "-q",
-        ]);
-        assert_eq!(code, 0, "{id}: {err}");
-        copies.push(out);
-    }
+    let copies: Vec<PathBuf> = ids.iter().map(|id| st.locked_for(id, &st.ledger)).collect();
     let ledger = std::fs::read_to_string(&st.ledger).unwrap();
     assert_eq!(ledger.lines().filter(|l| l.contains("\"lock\":10")).count(), ids.len(), "{ledger}");
     for (id, copy) in ids.iter().zip(&copies) {
@@ -344,8 +347,10 @@ fn label_locked_copies_name_their_recipient_from_the_class_order_and_the_marks()
         let order = &j["order"];
         assert_eq!(order["recovered"], true, "{j}");
         // The order matches this recipient's alone (all 10 classes agree); with 10 classes
-        // its bound N/!C (8/1334961) is above the default 1e-6, so the marks name it.
+        // its bound N/!C (8/1334961) is above the default 1e-6, so the order names nobody
+        // and the marks name it.
         assert_eq!(order["matches"], serde_json::json!([id]), "{j}");
+        assert_eq!(order["named"], serde_json::json!([]), "{j}");
         assert_eq!(order["scores"][0]["agreements"], 10, "{j}");
         assert_eq!(order["locked_recipients"], ids.len(), "{j}");
         // Its decryption is unlocked and still names the recipient by its marks.
@@ -380,4 +385,39 @@ fn label_locked_copies_name_their_recipient_from_the_class_order_and_the_marks()
     one_line_error(&err, "Conv");
     assert!(!out.exists());
     assert_eq!(std::fs::read_to_string(&st.ledger).unwrap(), before);
+}
+
+/// The class order alone names a recipient when its bound `N/!C` is at most the trace's
+/// false-positive probability: with one locked recipient `1/!10` (7.5e-7) is below the
+/// default 1e-6; with eight, `8/!10` (6.0e-6) is above it, and only a looser
+/// `--false-positive` names from the order. A copy locked for someone the ledger does not
+/// record matches nobody's order at any bound.
+#[test]
+fn the_class_order_names_a_recipient_only_below_the_false_positive_bound() {
+    let st = setup();
+    let alone = st.locked_for("alone", &st.ledger);
+    let outsider = st.locked_for("outsider", &st.dir.path().join("other-ledger.txt"));
+    let order = |suspect: &Path, extra: &[&str]| {
+        let (_, out, err) =
+            trace_run(suspect, &st.secret, &st.ledger, &st.original, &[&["--json"][..], extra].concat());
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        j["order"].clone()
+    };
+    let o = order(&alone, &[]);
+    assert_eq!((o["locked_recipients"].as_u64(), o["recovered"].as_bool()), (Some(1), Some(true)), "{o}");
+    assert!(o["bound"].as_f64().is_some_and(|b| b > 7.4e-7 && b < 7.5e-7), "{o}");
+    assert_eq!(o["named"], serde_json::json!(["alone"]), "{o}");
+    let o = order(&outsider, &[]);
+    assert_eq!((o["recovered"].as_bool(), o["identity"].as_bool()), (Some(true), Some(false)), "{o}");
+    assert_eq!((&o["matches"], &o["named"]), (&serde_json::json!([]), &serde_json::json!([])), "{o}");
+    for i in 0..7 {
+        st.locked_for(&format!("more-{i}"), &st.ledger);
+    }
+    let o = order(&alone, &[]);
+    assert_eq!(o["locked_recipients"], 8, "{o}");
+    assert_eq!((&o["matches"], &o["named"]), (&serde_json::json!(["alone"]), &serde_json::json!([])), "{o}");
+    let o = order(&alone, &["--false-positive", "1e-5"]);
+    assert_eq!(o["named"], serde_json::json!(["alone"]), "{o}");
+    let o = order(&outsider, &["--false-positive", "1e-5"]);
+    assert_eq!((&o["matches"], &o["named"]), (&serde_json::json!([]), &serde_json::json!([])), "{o}");
 }

@@ -96,24 +96,34 @@ fn check_one(
     r
 }
 
-/// The bundle beside `model` verified by one of `signers`: its path.
+/// The bundle beside `model` verified by one of `signers`: its path. `MODEL.sig` is tried
+/// first, then `model.sig` in the model's directory (model_signing's default name); a
+/// bundle that exists and does not verify does not stop the other from being tried.
 fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::PublicKey]) -> Result<PathBuf> {
     let candidates = [crate::cmd_bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
-    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+    let present: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();
+    if present.is_empty() {
         anyhow::bail!(
             "no signature bundle beside the model ({} or {})",
             candidates[0].display(),
             candidates[1].display()
         );
-    };
-    let mut last = None;
-    for key in signers {
-        match crate::cmd_bundle::verify_bundle(model, path, key) {
-            Ok(_) => return Ok(path.to_path_buf()),
-            Err(e) => last = Some(e),
-        }
     }
-    Err(last.map(|e| e.context(format!("bundle {}", path.display()))).unwrap_or_else(|| anyhow::anyhow!("no signer")))
+    let mut failures = Vec::new();
+    for path in present {
+        let mut last = None;
+        for key in signers {
+            match crate::cmd_bundle::verify_bundle(model, path, key) {
+                Ok(_) => return Ok(path.to_path_buf()),
+                Err(e) => last = Some(e),
+            }
+        }
+        failures.push(match last {
+            Some(e) => format!("bundle {}: {e:#}", path.display()),
+            None => format!("bundle {}: no signer", path.display()),
+        });
+    }
+    anyhow::bail!("{}", failures.join("; "))
 }
 
 /// The exit code of a set of verdicts: modified beats unreadable beats a key problem beats

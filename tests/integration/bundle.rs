@@ -90,3 +90,38 @@ fn batch_sign_writes_a_bundle_beside_every_model_and_skips_those_that_verify() {
         run(&["batch", "sign", "--dir", s(&models), "--bundle-key", &key, "--out-dir", s(&dir.path().join("o"))]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `check --signer PUB.pem` looks for `MODEL.sig`, then `model.sig` in the model's
+/// directory (model_signing's default name), and passes when either verifies; when
+/// neither does, it fails naming both.
+#[test]
+fn check_finds_the_bundle_as_model_sig_too_and_fails_when_neither_verifies() {
+    let (dir, model) = copy_fixture(&mlp());
+    let (key, public) = keygen(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (other_key, _) = keygen(other.path());
+    let beside = dir.path().join("mlp.onnx.sig");
+    let fallback = dir.path().join("model.sig");
+    let check = || run(&["check", s(&model), "--allow-unprotected", "--signer", &public]);
+    let sign = |k: &str, out: &Path| {
+        let (code, _, err) = run(&["bundle", "sign", s(&model), "--key", k, "-o", s(out), "--force", "-q"]);
+        assert_eq!(code, 0, "{err}");
+    };
+    // model.sig alone, by the key: found and verified.
+    sign(&key, &fallback);
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    // MODEL.sig by another key beside it: model.sig still verifies.
+    sign(&other_key, &beside);
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    // Neither verifies: refused (exit 5), both named.
+    sign(&other_key, &fallback);
+    let (code, out, _) = check();
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("mlp.onnx.sig") && out.contains("model.sig:"), "{out}");
+    // MODEL.sig by the key: it verifies whatever model.sig holds.
+    sign(&key, &beside);
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+}

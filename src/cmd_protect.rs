@@ -47,8 +47,9 @@ pub struct KeygenArgs {
     /// for `--identity`, and print its recipient (onnx-protect-tpm1...) for `encrypt --recipient`.
     #[arg(long, conflicts_with_all = ["tiers", "recipient", "signing", "fingerprint_secret", "pkcs11"])]
     tpm: bool,
-    /// With --tpm: also make the key persistent at this handle (0x81000000 to 0x81ffffff); the key file
-    /// then names the handle.
+    /// With --tpm: the key persistent at this handle (0x81000000 to 0x81ffffff), which the key file names:
+    /// a handle that already holds a usable key (ECC P-256, ECDH, empty authorization) names that key
+    /// and creates none; an empty one gets a new key; one holding anything else is refused.
     #[arg(long, value_name = "HANDLE", requires = "tpm")]
     tpm_handle: Option<String>,
     #[command(flatten)]
@@ -66,10 +67,18 @@ fn tpm_key(a: &KeygenArgs) -> Result<(zeroize::Zeroizing<String>, String)> {
     };
     let tcti = onnx_protect_tpm::tcti_from_env();
     let tpm_err = |e: onnx_protect_tpm::TpmError| crate::keys::KeyFileError(e.to_string());
-    let mut key = onnx_protect_tpm::create_key(&tcti).map_err(tpm_err)?;
-    if let Some(h) = handle {
-        key = onnx_protect_tpm::persist_key(&tcti, &key, h).map_err(tpm_err)?;
-    }
+    let key = match handle {
+        None => onnx_protect_tpm::create_key(&tcti).map_err(tpm_err)?,
+        Some(h) => match onnx_protect_tpm::persistent_key(&tcti, h).map_err(tpm_err)? {
+            (key, true) => key,
+            (key, false) => {
+                if !a.out.quiet {
+                    eprintln!("note: 0x{h:08x} already holds a usable key: named, not created");
+                }
+                key
+            }
+        },
+    };
     Ok((key.to_text(), key.recipient.to_text()))
 }
 

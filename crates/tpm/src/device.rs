@@ -13,17 +13,20 @@
 
 use std::str::FromStr;
 
+use p256::elliptic_curve::sec1::ToEncodedPoint;
 use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::structures::{
-    Data, EccParameter, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PcrSelectionList, Private,
-    Public, PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
+    CapabilityData, Data, EccParameter, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PcrSelectionList,
+    Private, Public, PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::tss2_esys::TPM2_HANDLE;
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
@@ -77,6 +80,78 @@ impl Tpm {
         let mut made = done.map_err(dev("TPM2_EvictControl"))?;
         let _ = self.ctx.tr_close(&mut made);
         Ok(TpmKeyFile { recipient: key.recipient.clone(), location: TpmKeyLocation::Persistent(handle) })
+    }
+
+    /// The key file of the key at the persistent `handle`, if the handle holds one:
+    /// `Ok(None)` when it is empty, [`TpmError::Unsuitable`] when it holds something this
+    /// crate cannot open models with. A usable key is an ECC NIST P-256 key that never
+    /// leaves this TPM (`fixedTPM`), for decryption and not restricted (so `TPM2_ECDH_ZGen`
+    /// accepts it), with a null or ECDH scheme and usable with an empty authorization
+    /// value; the last is proved by running ECDH with the curve's generator point, whose
+    /// result must be the key's own public point.
+    pub fn persistent(&mut self, handle: u32) -> Result<Option<TpmKeyFile>, TpmError> {
+        check_persistent(handle)?;
+        let (data, _) =
+            self.ctx.get_capability(CapabilityType::Handles, handle, 1).map_err(dev("TPM2_GetCapability (handles)"))?;
+        let held = match data {
+            CapabilityData::Handles(list) => list.into_inner().into_iter().any(|h| TPM2_HANDLE::from(h) == handle),
+            _ => false,
+        };
+        if !held {
+            return Ok(None);
+        }
+        let unsuitable = |reason: String| TpmError::Unsuitable { handle, reason };
+        let tpm_handle =
+            PersistentTpmHandle::new(handle).map(TpmHandle::Persistent).map_err(dev("a persistent handle"))?;
+        let object = self.ctx.tr_from_tpm_public(tpm_handle).map_err(dev("reading a persistent handle"))?;
+        let loaded = Loaded { handle: KeyHandle::from(object), transient: false };
+        let checked = self.check_usable(&loaded, handle).map_err(|e| match e {
+            TpmError::Device { op, reason } if op == "reading a public area" => unsuitable(reason),
+            e => e,
+        });
+        self.release(loaded);
+        let recipient = checked?;
+        Ok(Some(TpmKeyFile { recipient, location: TpmKeyLocation::Persistent(handle) }))
+    }
+
+    /// The recipient of a loaded key that passes the checks of [`Tpm::persistent`].
+    fn check_usable(&mut self, loaded: &Loaded, handle: u32) -> Result<TpmRecipient, TpmError> {
+        let unsuitable = |reason: &str| TpmError::Unsuitable { handle, reason: reason.to_string() };
+        let (public, _, _) = self.ctx.read_public(loaded.handle).map_err(dev("TPM2_ReadPublic"))?;
+        let recipient = recipient_of(&public)?;
+        let a = public.object_attributes();
+        if !a.fixed_tpm() {
+            return Err(unsuitable("it is not fixedTPM (it may exist outside this TPM)"));
+        }
+        if !a.decrypt() || a.restricted() {
+            return Err(unsuitable("it is not an unrestricted decryption key (ECDH needs one)"));
+        }
+        if !a.user_with_auth() {
+            return Err(unsuitable("it is used through a policy, not an authorization value"));
+        }
+        if let Public::Ecc { parameters, .. } = &public {
+            if !matches!(parameters.ecc_scheme(), EccScheme::EcDh(_) | EccScheme::Null) {
+                return Err(unsuitable("its scheme is not ECDH"));
+            }
+        }
+        let g = p256::AffinePoint::GENERATOR.to_encoded_point(false);
+        let (Some(gx), Some(gy)) = (g.x(), g.y()) else {
+            return Err(TpmError::Crypto("the generator point has no coordinates".into()));
+        };
+        let point = EccParameter::try_from(gx.to_vec())
+            .and_then(|px| Ok(EccPoint::new(px, EccParameter::try_from(gy.to_vec())?)))
+            .map_err(dev("an ECC point"))?;
+        let z = self.ctx.execute_with_nullauth_session(|ctx| ctx.ecdh_z_gen(loaded.handle, point)).map_err(|e| {
+            TpmError::Unsuitable {
+                handle,
+                reason: format!("TPM2_ECDH_ZGen with an empty authorization value failed ({e})"),
+            }
+        })?;
+        // d·G is the public point d·G: the same x coordinate as the key's recipient.
+        if pad32(z.x().value())?[..] != recipient.to_compressed()[1..] {
+            return Err(unsuitable("its ECDH result is not its public key's"));
+        }
+        Ok(recipient)
     }
 
     /// ECDH inside the TPM (`TPM2_ECDH_ZGen`) of `key` with the point (`x`, `y`): the

@@ -57,6 +57,15 @@ pub enum TpmError {
         /// What the TPM answered.
         reason: String,
     },
+    /// A persistent handle holds an object that cannot open models: not an ECC P-256
+    /// decryption key usable with an empty authorization value inside this TPM only.
+    #[error("the object at persistent handle 0x{handle:08x} cannot be used as an onnx-protect key: {reason}")]
+    Unsuitable {
+        /// The handle.
+        handle: u32,
+        /// What disqualifies it.
+        reason: String,
+    },
     /// A TPM command failed.
     #[error("TPM {op} failed: {reason}")]
     Device {

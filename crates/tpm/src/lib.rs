@@ -93,6 +93,28 @@ pub fn persist_key(tcti: &str, key: &TpmKeyFile, handle: u32) -> Result<TpmKeyFi
     }
 }
 
+/// The key file for the persistent `handle` (`0x81000000..=0x81FFFFFF`): the key the
+/// handle already holds, named and not created, if it is one that can open models (see
+/// [`Tpm::persistent`]; otherwise [`TpmError::Unsuitable`]), or, for an empty handle, a
+/// new key made persistent there. The flag says whether the key was created.
+pub fn persistent_key(tcti: &str, handle: u32) -> Result<(TpmKeyFile, bool), TpmError> {
+    check_persistent(handle)?;
+    #[cfg(feature = "tss")]
+    {
+        let mut tpm = Tpm::open(tcti)?;
+        if let Some(key) = tpm.persistent(handle)? {
+            return Ok((key, false));
+        }
+        let key = tpm.create_key()?;
+        Ok((tpm.persist(&key, handle)?, true))
+    }
+    #[cfg(not(feature = "tss"))]
+    {
+        let _ = tcti;
+        Err(TpmError::NotBuilt)
+    }
+}
+
 /// Reads the TPM's clock through `tcti`.
 pub fn read_clock(tcti: &str) -> Result<TpmClock, TpmError> {
     #[cfg(feature = "tss")]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use onnx_protect_keys::{Provider, Stanza};
 use onnx_protect_tpm::{
-    create_key, persist_key, read_clock, Tpm, TpmError, TpmIdentity, TpmKeyFile, TpmKeyLocation, TpmRecipient,
-    TpmRecipientProvider,
+    create_key, persist_key, persistent_key, read_clock, Tpm, TpmError, TpmIdentity, TpmKeyFile, TpmKeyLocation,
+    TpmRecipient, TpmRecipientProvider,
 };
 
 /// A running swtpm; killed (by its own pid) when dropped.
@@ -213,4 +213,112 @@ fn a_changed_blob_or_an_absent_tpm_is_a_clear_error() {
     let port = free_port_pair();
     let e = TpmIdentity::new(key, &format!("swtpm:host=127.0.0.1,port={port}")).open(1, &body).unwrap_err();
     assert!(matches!(e, TpmError::Unreachable { .. }), "{e}");
+}
+
+/// Persists, at `handle`, a primary key of the owner hierarchy made from `public` (with the
+/// authorization value `auth`): objects onnx-protect did not make.
+fn persist_primary(tcti: &str, public: tss_esapi::structures::Public, auth: Option<&[u8]>, handle: u32) {
+    use tss_esapi::handles::PersistentTpmHandle;
+    use tss_esapi::interface_types::dynamic_handles::Persistent;
+    use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+    let mut ctx = tss_esapi::Context::new(tcti.parse().unwrap()).unwrap();
+    let auth = auth.map(|a| tss_esapi::structures::Auth::try_from(a.to_vec()).unwrap());
+    let key = ctx
+        .execute_with_nullauth_session(|c| c.create_primary(Hierarchy::Owner, public, auth, None, None, None))
+        .unwrap()
+        .key_handle;
+    let persistent = Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap());
+    ctx.execute_with_nullauth_session(|c| c.evict_control(Provision::Owner, key.into(), persistent)).unwrap();
+    ctx.flush_context(key.into()).unwrap();
+}
+
+/// An ECC NIST P-256 template: for ECDH (`decrypt`, unrestricted), or with `restricted`
+/// a storage key, or with `signing` an ECDSA key.
+fn p256_template(restricted: bool, signing: bool) -> tss_esapi::structures::Public {
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::structures::{
+        EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PublicBuilder, PublicEccParametersBuilder,
+        SymmetricDefinitionObject,
+    };
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(restricted)
+        .with_decrypt(!signing)
+        .with_sign_encrypt(signing)
+        .build()
+        .unwrap();
+    let parameters = if restricted {
+        PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        )
+    } else if signing {
+        PublicEccParametersBuilder::new_unrestricted_signing_key(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        )
+    } else {
+        PublicEccParametersBuilder::new()
+            .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
+            .with_curve(EccCurve::NistP256)
+            .with_is_signing_key(false)
+            .with_is_decryption_key(true)
+            .with_restricted(false)
+            .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+    };
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(parameters.build().unwrap())
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_persistent_handle_names_a_usable_key_and_refuses_any_other_object() {
+    if !swtpm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"));
+    // An empty handle: a new key, made persistent there.
+    let (made, created) = persistent_key(&a.tcti, 0x8100_0200).unwrap();
+    assert!(created);
+    assert_eq!(made.location, TpmKeyLocation::Persistent(0x8100_0200));
+    // The same handle again: that key, named and not created.
+    let (named, created) = persistent_key(&a.tcti, 0x8100_0200).unwrap();
+    assert!(!created);
+    assert_eq!(named, made);
+    let body = named.recipient.wrap(1, &[7; 32]).unwrap();
+    assert_eq!(*TpmIdentity::new(named, &a.tcti).open(1, &body).unwrap().unwrap(), [7; 32]);
+    // A usable key onnx-protect did not make (a primary key persisted by someone else).
+    persist_primary(&a.tcti, p256_template(false, false), None, 0x8100_0201);
+    let (other, created) = persistent_key(&a.tcti, 0x8100_0201).unwrap();
+    assert!(!created);
+    assert_ne!(other.recipient, made.recipient);
+    let body = other.recipient.wrap(1, &[8; 32]).unwrap();
+    assert_eq!(*TpmIdentity::new(other, &a.tcti).open(1, &body).unwrap().unwrap(), [8; 32]);
+    // Objects that cannot open models: refused, never replaced.
+    let cases: [(u32, tss_esapi::structures::Public, Option<&[u8]>, &str); 3] = [
+        (0x8100_0202, p256_template(true, false), None, "not an unrestricted decryption key"),
+        (0x8100_0203, p256_template(false, true), None, "not an unrestricted decryption key"),
+        (0x8100_0204, p256_template(false, false), Some(b"secret"), "empty authorization value"),
+    ];
+    for (handle, template, auth, want) in cases {
+        persist_primary(&a.tcti, template, auth, handle);
+        let before = Tpm::open(&a.tcti).unwrap().persistent(handle);
+        let e = persistent_key(&a.tcti, handle).unwrap_err();
+        assert!(matches!(e, TpmError::Unsuitable { handle: h, .. } if h == handle), "{e}");
+        assert!(e.to_string().contains(want), "0x{handle:08x}: {e}");
+        assert!(matches!(before, Err(TpmError::Unsuitable { .. })), "0x{handle:08x}");
+    }
+    // A handle outside the persistent range.
+    assert!(matches!(persistent_key(&a.tcti, 0x8000_0000), Err(TpmError::BadHandle(_))));
 }

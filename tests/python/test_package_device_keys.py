@@ -293,21 +293,66 @@ def test_the_package_needs_a_valid_licence_and_raises_one_class_per_refusal(lice
         op.load(enc, licence=ok)
 
 
+def test_an_inference_session_needs_a_valid_licence(licensed, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    plain, enc, key, sk, clock = licensed
+    x = np.linspace(0, 1, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    want = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    cpu = {"providers": ["CPUExecutionProvider"], "key_file": key}
+    with pytest.raises(op.LicenceMissing):
+        op.InferenceSession(enc, **cpu)
+    ok = _issue(tmp_path, sk, "ok.lic", "--model", "id:det-v3", "--recipient", "any", *WINDOW)
+    s = op.InferenceSession(enc, licence=ok, **cpu)
+    for a, b in zip(s.run(None, {"x": x}), want):
+        np.testing.assert_array_equal(a, b)
+    cases = [
+        (op.LicenceExpired, ["--model", "id:det-v3", "--recipient", "any",
+                             "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"]),
+        (op.LicenceWrongModel, ["--model", "id:other", "--recipient", "any", *WINDOW]),
+        (op.LicenceWrongDevice, ["--model", "id:det-v3", "--recipient", "key 0000000000000000", *WINDOW]),
+    ]
+    for i, (cls, args) in enumerate(cases):
+        with pytest.raises(cls):
+            op.InferenceSession(enc, licence=_issue(tmp_path, sk, f"s{i}.lic", *args), **cpu)
+    # The clock state named by licence_clock=, set ahead: the clock is set back.
+    ahead = tmp_path / "ahead.clock"
+    ahead.write_text("onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n")
+    with pytest.raises(op.ClockSetBack):
+        op.InferenceSession(enc, licence=ok, licence_clock=ahead, **cpu)
+    # A licence without a key is refused before anything is opened.
+    with pytest.raises(ValueError):
+        op.InferenceSession(enc, licence=ok, providers=["CPUExecutionProvider"])
+
+
 def test_the_c_abi_needs_a_valid_licence(programs, licensed, tmp_path):  # noqa: F811
-    plain, enc, key, sk, _ = licensed
+    plain, enc, key, sk, clock = licensed
     r = run(programs[0], enc, "--key-file", key)
     assert r.returncode == 14 and "licence required" in r.stderr, r.stderr
     ok = _issue(tmp_path, sk, "ok.lic", "--model-of", enc, "--recipient", "any", *WINDOW)
     r = run(programs[0], enc, "--key-file", key, "--licence", ok, "--compare", plain)
     assert r.returncode == 0, r.stderr
     assert f"identical to {plain}" in r.stdout
-    expired = _issue(tmp_path, sk, "old.lic", "--model-of", enc, "--recipient", "any",
-                     "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z")
-    r = run(programs[0], enc, "--key-file", key, "--licence", expired)
-    assert r.returncode == 16 and "expired" in r.stderr, r.stderr
-    device = _issue(tmp_path, sk, "dev.lic", "--model-of", enc, "--recipient", "tpm onnx-protect-tpm1x", *WINDOW)
-    r = run(programs[0], enc, "--key-file", key, "--licence", device)
-    assert r.returncode == 19, r.stderr
+    other_sk, _ = _publisher(tmp_path, "other.sk")
+    # Every refusal has its status (crates/capi/include/onnx_protect.h), 14 to 20.
+    cases = [
+        (15, "signature", other_sk, ["--model-of", enc, "--recipient", "any", *WINDOW]),
+        (16, "expired", sk, ["--model-of", enc, "--recipient", "any",
+                             "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"]),
+        (17, "not yet valid", sk, ["--model-of", enc, "--recipient", "any",
+                                   "--not-before", "2098-01-01T00:00:00Z", "--not-after", "2099-01-01T00:00:00Z"]),
+        (18, "wrong model", sk, ["--model", "id:other", "--recipient", "any", *WINDOW]),
+        (19, "wrong device", sk, ["--model-of", enc, "--recipient", "tpm onnx-protect-tpm1x", *WINDOW]),
+    ]
+    for i, (status, what, signer, args) in enumerate(cases):
+        lic = _issue(tmp_path, signer, f"c{i}.lic", *args)
+        r = run(programs[0], enc, "--key-file", key, "--licence", lic)
+        assert r.returncode == status and what in r.stderr, (status, r.stderr)
+    # The clock state (ONNX_PROTECT_LICENCE_CLOCK) records a later time than now: 20.
+    clock.write_text("onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n")
+    r = run(programs[0], enc, "--key-file", key, "--licence", ok)
+    assert r.returncode == 20 and "clock" in r.stderr, r.stderr
 
 
 def test_a_licence_for_one_tpm_device_opens_on_that_tpm(tpms, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """OpenSSF model-signing bundles, both ways: `model_signing verify key` (the PyPI package)
 accepts the bundles `onnx-protect bundle sign` writes, and `onnx-protect bundle verify`
-accepts the bundles `model_signing sign key` writes, for a single-file and an
+accepts the bundles `model_signing sign key` writes, with P-256 and P-384 keys, for a single-file and an
 external-data model, plain and protected; a one-byte change in any file, a missing file,
 an extra file and a wrong key are refused by both.
 
@@ -64,14 +64,22 @@ def theirs_verify(model, sig, public_key, ignore_unsigned=False):
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    """A P-256 key written by `bundle keygen` and a P-384 key written by openssl (SEC1)."""
+    """(private, public) PEM files by (who made the key, curve): P-256 and P-384 keys written
+    by `bundle keygen` (PKCS#8) and by openssl (SEC1), and another `bundle keygen` key."""
     d = tmp_path_factory.mktemp("keys")
-    ours("bundle", "keygen", "-o", d / "ours.pem", "-q")
-    run(["openssl", "ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", d / "theirs.pem"])
-    run(["openssl", "ec", "-in", d / "theirs.pem", "-pubout", "-out", d / "theirs.pub.pem"])
+    out = {}
+    for curve, openssl_name in (("p256", "prime256v1"), ("p384", "secp384r1")):
+        ours("bundle", "keygen", "--curve", curve, "-o", d / f"ours-{curve}.pem", "-q")
+        out[("ours", curve)] = (d / f"ours-{curve}.pem", d / f"ours-{curve}.pem.pub.pem")
+        shown = run(["openssl", "ec", "-pubin", "-in", out[("ours", curve)][1], "-noout", "-text"]).stdout
+        assert f"ASN1 OID: {openssl_name}" in shown, shown
+        priv, pub = d / f"theirs-{curve}.pem", d / f"theirs-{curve}.pub.pem"
+        run(["openssl", "ecparam", "-name", openssl_name, "-genkey", "-noout", "-out", priv])
+        run(["openssl", "ec", "-in", priv, "-pubout", "-out", pub])
+        out[("theirs", curve)] = (priv, pub)
     ours("bundle", "keygen", "-o", d / "other.pem", "-q")
-    return {"ours": (d / "ours.pem", d / "ours.pem.pub.pem"), "theirs": (d / "theirs.pem", d / "theirs.pub.pem"),
-            "other": (d / "other.pem", d / "other.pem.pub.pem")}
+    out["other"] = (d / "other.pem", d / "other.pem.pub.pem")
+    return out
 
 
 def models(tmp: pathlib.Path):
@@ -110,10 +118,13 @@ def target_for_theirs(path: pathlib.Path) -> pathlib.Path:
     return path.parent if path.is_file() and any(p.suffix == ".bin" for p in path.parent.iterdir()) else path
 
 
+@pytest.mark.parametrize("curve", ["p256", "p384"])
 @pytest.mark.parametrize("signer", ["ours", "theirs"])
-def test_bundles_verify_both_ways_and_refuse_every_change(tmp_path, keys, signer):
+def test_bundles_verify_both_ways_and_refuse_every_change(tmp_path, keys, signer, curve):
+    """`signer` signs with a key of `curve` it made (ECDSA with SHA-256 on P-256, SHA-384 on
+    P-384); the other verifies."""
     for label, path, files, unsigned_ok in models(tmp_path / signer):
-        priv, pub = keys[signer]
+        priv, pub = keys[(signer, curve)]
         sig = tmp_path / f"{signer}-{label}.sig"
         if signer == "ours":
             ours("bundle", "sign", path, "--key", priv, "-o", sig, "-q")

@@ -232,12 +232,15 @@ fn persist_primary(tcti: &str, public: tss_esapi::structures::Public, auth: Opti
     ctx.flush_context(key.into()).unwrap();
 }
 
-/// An ECC NIST P-256 template: for ECDH (`decrypt`, unrestricted), or with `restricted`
+/// An ECC template on `curve`: for ECDH (`decrypt`, unrestricted), or with `restricted`
 /// a storage key, or with `signing` an ECDSA key.
-fn p256_template(restricted: bool, signing: bool) -> tss_esapi::structures::Public {
+fn ecc_template(
+    curve: tss_esapi::interface_types::ecc::EccCurve,
+    restricted: bool,
+    signing: bool,
+) -> tss_esapi::structures::Public {
     use tss_esapi::attributes::ObjectAttributesBuilder;
     use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-    use tss_esapi::interface_types::ecc::EccCurve;
     use tss_esapi::structures::{
         EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PublicBuilder, PublicEccParametersBuilder,
         SymmetricDefinitionObject,
@@ -253,19 +256,16 @@ fn p256_template(restricted: bool, signing: bool) -> tss_esapi::structures::Publ
         .build()
         .unwrap();
     let parameters = if restricted {
-        PublicEccParametersBuilder::new_restricted_decryption_key(
-            SymmetricDefinitionObject::AES_128_CFB,
-            EccCurve::NistP256,
-        )
+        PublicEccParametersBuilder::new_restricted_decryption_key(SymmetricDefinitionObject::AES_128_CFB, curve)
     } else if signing {
         PublicEccParametersBuilder::new_unrestricted_signing_key(
             EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-            EccCurve::NistP256,
+            curve,
         )
     } else {
         PublicEccParametersBuilder::new()
             .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
-            .with_curve(EccCurve::NistP256)
+            .with_curve(curve)
             .with_is_signing_key(false)
             .with_is_decryption_key(true)
             .with_restricted(false)
@@ -283,6 +283,8 @@ fn p256_template(restricted: bool, signing: bool) -> tss_esapi::structures::Publ
 
 #[test]
 fn a_persistent_handle_names_a_usable_key_and_refuses_any_other_object() {
+    use tss_esapi::interface_types::ecc::EccCurve;
+    const P256: EccCurve = EccCurve::NistP256;
     if !swtpm_available() {
         return;
     }
@@ -299,17 +301,18 @@ fn a_persistent_handle_names_a_usable_key_and_refuses_any_other_object() {
     let body = named.recipient.wrap(1, &[7; 32]).unwrap();
     assert_eq!(*TpmIdentity::new(named, &a.tcti).open(1, &body).unwrap().unwrap(), [7; 32]);
     // A usable key onnx-protect did not make (a primary key persisted by someone else).
-    persist_primary(&a.tcti, p256_template(false, false), None, 0x8100_0201);
+    persist_primary(&a.tcti, ecc_template(P256, false, false), None, 0x8100_0201);
     let (other, created) = persistent_key(&a.tcti, 0x8100_0201).unwrap();
     assert!(!created);
     assert_ne!(other.recipient, made.recipient);
     let body = other.recipient.wrap(1, &[8; 32]).unwrap();
     assert_eq!(*TpmIdentity::new(other, &a.tcti).open(1, &body).unwrap().unwrap(), [8; 32]);
     // Objects that cannot open models: refused, never replaced.
-    let cases: [(u32, tss_esapi::structures::Public, Option<&[u8]>, &str); 3] = [
-        (0x8100_0202, p256_template(true, false), None, "not an unrestricted decryption key"),
-        (0x8100_0203, p256_template(false, true), None, "not an unrestricted decryption key"),
-        (0x8100_0204, p256_template(false, false), Some(b"secret"), "empty authorization value"),
+    let cases: [(u32, tss_esapi::structures::Public, Option<&[u8]>, &str); 4] = [
+        (0x8100_0202, ecc_template(P256, true, false), None, "not an unrestricted decryption key"),
+        (0x8100_0203, ecc_template(P256, false, true), None, "not an unrestricted decryption key"),
+        (0x8100_0204, ecc_template(P256, false, false), Some(b"secret"), "empty authorization value"),
+        (0x8100_0205, ecc_template(EccCurve::NistP384, false, false), None, "not an ECC NIST P-256 key"),
     ];
     for (handle, template, auth, want) in cases {
         persist_primary(&a.tcti, template, auth, handle);

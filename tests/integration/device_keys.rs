@@ -256,3 +256,76 @@ fn a_label_locked_model_opens_and_runs_in_true_order_with_every_recipient_kind()
         }
     }
 }
+
+/// docs/shipping.md's rotation for a token: `rewrap` with the publisher's key file removes
+/// the old token's stanza by its label and wraps for the new token's recipient; the new
+/// identity opens the result, the old one no longer does.
+#[test]
+fn rewrap_moves_a_model_from_one_age_plugin_token_to_another() {
+    let Some(plugin) = plugin() else { return };
+    let path = path_with(&plugin);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = crate::util::keygen_in(d);
+    let (old_r, old_id) = device(&plugin, d, "ok");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let (new_r, new_id) = device(&plugin, elsewhere.path(), "ok");
+    let enc = d.join("p.onnx");
+    let (code, _, err) =
+        run(&["encrypt", s(&model()), "-o", s(&enc), "--key-file", s(&key), "--recipient", &old_r], Some(&path));
+    assert_eq!(code, 0, "{err}");
+    let rotated = d.join("r.onnx");
+    let args = ["rewrap", s(&enc), "-o", s(&rotated), "--key-file", s(&key), "--remove", &old_r, "--recipient", &new_r];
+    let (code, _, err) = run(&args, Some(&path));
+    assert_eq!(code, 0, "{err}");
+    let plain = d.join("plain.onnx");
+    let (code, _, err) = run(&["decrypt", s(&rotated), "-o", s(&plain), "--identity", s(&new_id)], Some(&path));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+    let gone = d.join("gone.onnx");
+    let (code, _, err) = run(&["decrypt", s(&rotated), "-o", s(&gone), "--identity", s(&old_id)], Some(&path));
+    assert_eq!(code, 4, "{err}");
+    assert!(!gone.exists());
+}
+
+/// Online key release (docs/shipping.md): a key command that answers while the customer's
+/// access is granted and refuses once the publisher disables it (here a wrapper of
+/// fixtures/key-commands/toy-kms.sh that refuses to unwrap while a file `disabled` exists):
+/// the next open fails with the command's reason, exit 4, nothing written; granted again,
+/// it opens.
+#[test]
+fn disabling_access_at_the_key_command_makes_the_next_open_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let disabled = d.join("disabled");
+    let wrapper = d.join("kms.sh");
+    let toy = root().join("fixtures/key-commands/toy-kms.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = unwrap ] && [ -e '{}' ]; then cat >/dev/null; echo 'AccessDenied: access to kms-a is disabled' >&2; exit 1; fi\nexec sh '{}' \"$@\"\n",
+            disabled.display(),
+            toy.display()
+        ),
+    )
+    .expect("write");
+    // Run through `sh`: a file just written is not executed itself (ETXTBSY under a fork).
+    let cmd = format!("sh '{}' kms-a", wrapper.display());
+    let enc = d.join("p.onnx");
+    let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&enc), "--key-command", &cmd, "-q"], None);
+    assert_eq!(code, 0, "{err}");
+    let out = d.join("out.onnx");
+    let open = || run(&["decrypt", s(&enc), "-o", s(&out), "--key-command", &cmd, "-q"], None);
+    let (code, _, err) = open();
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&out).expect("remove");
+    std::fs::write(&disabled, "").expect("write");
+    let (code, _, err) = open();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("access to kms-a is disabled") && err.lines().count() == 1, "{err}");
+    assert!(!out.exists());
+    std::fs::remove_file(&disabled).expect("remove");
+    let (code, _, err) = open();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(model()).expect("read"));
+}

@@ -282,6 +282,7 @@ fn rekey_and_rewrap_open_a_licensed_model_only_with_a_licence() {
             "2021-01-01T00:00:00Z",
         ],
     );
+    let by_digest = issue(d, &pk, "digest.lic", &[&["--model-of", s(&p), "--recipient", "any"][..], &WINDOW].concat());
     let new_key = d.join("new.key");
     assert_eq!(run(d, &["keygen", "-o", s(&new_key), "-q"]).0, 0);
     let out = d.join("out.onnx");
@@ -317,6 +318,10 @@ fn rekey_and_rewrap_open_a_licensed_model_only_with_a_licence() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
     std::fs::remove_file(&plain).expect("remove");
+    // Re-encrypted content has another digest: a licence naming the old file's is for
+    // another model (the model id still names both).
+    let (code, err) = decrypt(&out, &new_key, Some(&by_digest));
+    assert_eq!(code, 14, "{err}");
     std::fs::remove_file(&out).expect("remove");
 
     // rewrap: the same; the new recipient opens the result only with a licence too.
@@ -339,6 +344,10 @@ fn rekey_and_rewrap_open_a_licensed_model_only_with_a_licence() {
     let (code, err) = decrypt(&out, &new_key, Some(&ok));
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+    // Re-wrapping keeps the content and its digest: a licence naming it still opens.
+    std::fs::remove_file(&plain).expect("remove");
+    let (code, err) = decrypt(&out, &new_key, Some(&by_digest));
+    assert_eq!(code, 0, "{err}");
     // A licence for another stanza than the one the key opens: refused (15).
     let other_device = issue(
         d,

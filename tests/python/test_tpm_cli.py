@@ -276,3 +276,43 @@ def test_a_label_locked_model_for_a_tpm_opens_and_runs_in_true_order(tpms, tmp_p
         assert logits(locked, "--identity", key) == original
         if extra:
             assert logits(locked) != original, "without the key the classes are out of order"
+
+
+def test_rotating_a_licensed_model_from_one_tpm_to_another(tpms, tmp_path, monkeypatch):
+    """docs/shipping.md's rotation: the machine makes a new key; the publisher, with its own
+    key file (its stanza in the model) and a licence it issued itself, runs `rewrap --remove
+    OLD --recipient NEW`. The new TPM then opens the model with its licence; the old key no
+    longer opens it (its stanza is gone), nor does the publisher's rewrap without a licence."""
+    old_tpm, new_tpm = tpms("old"), tpms("new")
+    monkeypatch.setenv("ONNX_PROTECT_LICENCE_CLOCK", str(tmp_path / "clock"))
+    old_key, new_key = tmp_path / "old.tpmkey", tmp_path / "new.tpmkey"
+    old_r = json.loads(run(["keygen", "--tpm", "-o", old_key, "--json"], old_tpm.tcti).stdout)["recipient"]
+    new_r = json.loads(run(["keygen", "--tpm", "-o", new_key, "--json"], new_tpm.tcti).stdout)["recipient"]
+    nowhere = "swtpm:host=127.0.0.1,port=9"
+    sk = tmp_path / "pub.sk"
+    authority = json.loads(run(["keygen", "--signing", "-o", sk, "--json"], nowhere).stdout)["signer"]
+    pub_key = tmp_path / "publisher.key"
+    fp = json.loads(run(["keygen", "-o", pub_key, "--json"], nowhere).stdout)["fingerprint"]
+    enc = tmp_path / "p.onnx"
+    run(["encrypt", MODEL, "-o", enc, "--key-file", pub_key, "--recipient", old_r,
+         "--licence-authority", authority, "--model-id", "det", "-q"], nowhere)
+
+    def licence(name, recipient):
+        out = tmp_path / name
+        run(["licence", "issue", "--sign-key", sk, "--model", "id:det", "--recipient", recipient,
+             "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2099-12-31T23:59:59Z", "-o", out, "-q"], nowhere)
+        return out
+
+    rotated = tmp_path / "rotated.onnx"
+    rewrap = ["rewrap", enc, "-o", rotated, "--key-file", pub_key, "--remove", old_r, "--recipient", new_r, "-q"]
+    p = run(rewrap, nowhere, check=False)
+    assert p.returncode == 10 and not rotated.exists(), p.stderr
+    run([*rewrap, "--licence", licence("publisher.lic", f"key {fp}")], nowhere)
+    plain = tmp_path / "plain.onnx"
+    run(["decrypt", rotated, "-o", plain, "--identity", new_key, "--licence", licence("new.lic", f"tpm {new_r}"), "-q"],
+        new_tpm.tcti)
+    assert plain.read_bytes() == MODEL.read_bytes()
+    p = run(["decrypt", rotated, "-o", tmp_path / "x.onnx", "--identity", old_key,
+             "--licence", licence("old.lic", f"tpm {old_r}")], old_tpm.tcti, check=False)
+    assert p.returncode == 4 and "wrong key" in p.stderr, p.stderr
+    assert not (tmp_path / "x.onnx").exists()

@@ -188,6 +188,15 @@ fn logits(model: &Path, key: &[&str], out: &Path, path: Option<&str>) -> Vec<u8>
     std::fs::read(out.join("logits.npy")).expect("read the outputs")
 }
 
+/// One kind of recipient: its options to encrypt for it and to open with it, and the
+/// `PATH` they need.
+struct RecipientKind {
+    name: &'static str,
+    encrypt: Vec<String>,
+    open: Vec<String>,
+    path: Option<String>,
+}
+
 /// The label lock's seed is sealed under the tier-1 data key, so every kind of recipient
 /// that opens the data key opens the lock: a key file, a passphrase, an age X25519
 /// identity and an age plugin identity (the TPM: tests/python/test_tpm_cli.py) each
@@ -207,27 +216,33 @@ fn a_label_locked_model_opens_and_runs_in_true_order_with_every_recipient_kind()
     let age: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     let age = age["recipient"].as_str().expect("a recipient").to_string();
     // (kind, encrypt options, open options, PATH)
-    let mut kinds: Vec<(&str, Vec<String>, Vec<String>, Option<String>)> = vec![
-        ("key", vec!["--key-file".into(), s(&key).into()], vec!["--key-file".into(), s(&key).into()], None),
-        (
-            "passphrase",
-            vec!["--passphrase-file".into(), s(&pass).into()],
-            vec!["--passphrase-file".into(), s(&pass).into()],
-            None,
-        ),
-        ("x25519", vec!["--recipient".into(), age], vec!["--identity".into(), s(&age_id).into()], None),
+    let pair = |a: &str, b: &Path| vec![a.to_string(), s(b).to_string()];
+    let mut kinds = vec![
+        RecipientKind { name: "key", encrypt: pair("--key-file", &key), open: pair("--key-file", &key), path: None },
+        RecipientKind {
+            name: "passphrase",
+            encrypt: pair("--passphrase-file", &pass),
+            open: pair("--passphrase-file", &pass),
+            path: None,
+        },
+        RecipientKind {
+            name: "x25519",
+            encrypt: vec!["--recipient".into(), age],
+            open: pair("--identity", &age_id),
+            path: None,
+        },
     ];
     if let Some(plugin) = plugin() {
         let (r, id) = device(&plugin, d, "ok");
-        kinds.push((
-            "age-plugin",
-            vec!["--recipient".into(), r],
-            vec!["--identity".into(), s(&id).into()],
-            Some(path_with(&plugin)),
-        ));
+        kinds.push(RecipientKind {
+            name: "age-plugin",
+            encrypt: vec!["--recipient".into(), r],
+            open: pair("--identity", &id),
+            path: Some(path_with(&plugin)),
+        });
     }
     let original = cfg!(feature = "tract").then(|| logits(&src, &[], &d.join("orig"), None));
-    for (kind, enc, open, path) in &kinds {
+    for RecipientKind { name: kind, encrypt: enc, open, path } in &kinds {
         for extra in [&[][..], &["--clear-weights"][..]] {
             let name = format!("{kind}{}", extra.len());
             let locked = d.join(format!("{name}.onnx"));

@@ -100,15 +100,11 @@ impl Tpm {
         if !held {
             return Ok(None);
         }
-        let unsuitable = |reason: String| TpmError::Unsuitable { handle, reason };
         let tpm_handle =
             PersistentTpmHandle::new(handle).map(TpmHandle::Persistent).map_err(dev("a persistent handle"))?;
         let object = self.ctx.tr_from_tpm_public(tpm_handle).map_err(dev("reading a persistent handle"))?;
         let loaded = Loaded { handle: KeyHandle::from(object), transient: false };
-        let checked = self.check_usable(&loaded, handle).map_err(|e| match e {
-            TpmError::Device { op, reason } if op == "reading a public area" => unsuitable(reason),
-            e => e,
-        });
+        let checked = self.check_usable(&loaded, handle);
         self.release(loaded);
         let recipient = checked?;
         Ok(Some(TpmKeyFile { recipient, location: TpmKeyLocation::Persistent(handle) }))
@@ -118,7 +114,10 @@ impl Tpm {
     fn check_usable(&mut self, loaded: &Loaded, handle: u32) -> Result<TpmRecipient, TpmError> {
         let unsuitable = |reason: &str| TpmError::Unsuitable { handle, reason: reason.to_string() };
         let (public, _, _) = self.ctx.read_public(loaded.handle).map_err(dev("TPM2_ReadPublic"))?;
-        let recipient = recipient_of(&public)?;
+        let recipient = recipient_of(&public).map_err(|e| match e {
+            TpmError::Device { reason, .. } => TpmError::Unsuitable { handle, reason },
+            e => e,
+        })?;
         let a = public.object_attributes();
         if !a.fixed_tpm() {
             return Err(unsuitable("it is not fixedTPM (it may exist outside this TPM)"));
@@ -138,16 +137,14 @@ impl Tpm {
         let (Some(gx), Some(gy)) = (g.x(), g.y()) else {
             return Err(TpmError::Crypto("the generator point has no coordinates".into()));
         };
-        let point = EccParameter::try_from(gx.to_vec())
-            .and_then(|px| Ok(EccPoint::new(px, EccParameter::try_from(gy.to_vec())?)))
-            .map_err(dev("an ECC point"))?;
+        let point = ecc_point(gx, gy)?;
         let z = self.ctx.execute_with_nullauth_session(|ctx| ctx.ecdh_z_gen(loaded.handle, point)).map_err(|e| {
             TpmError::Unsuitable {
                 handle,
                 reason: format!("TPM2_ECDH_ZGen with an empty authorization value failed ({e})"),
             }
         })?;
-        // d·G is the public point d·G: the same x coordinate as the key's recipient.
+        // ECDH of the private key d with G is d·G, the key's own public point.
         if pad32(z.x().value())?[..] != recipient.to_compressed()[1..] {
             return Err(unsuitable("its ECDH result is not its public key's"));
         }
@@ -159,9 +156,7 @@ impl Tpm {
     /// recipient first.
     pub fn ecdh(&mut self, key: &TpmKeyFile, x: &[u8; 32], y: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, TpmError> {
         let loaded = self.load(key)?;
-        let point = EccParameter::try_from(x.to_vec())
-            .and_then(|px| Ok(EccPoint::new(px, EccParameter::try_from(y.to_vec())?)))
-            .map_err(dev("an ECC point"));
+        let point = ecc_point(x, y);
         let z = point.and_then(|p| {
             self.ctx
                 .execute_with_nullauth_session(|ctx| ctx.ecdh_z_gen(loaded.handle, p))
@@ -270,6 +265,13 @@ impl Tpm {
 struct Loaded {
     handle: KeyHandle,
     transient: bool,
+}
+
+/// The point (`x`, `y`) as the TSS takes it.
+fn ecc_point(x: &[u8], y: &[u8]) -> Result<EccPoint, TpmError> {
+    EccParameter::try_from(x.to_vec())
+        .and_then(|px| Ok(EccPoint::new(px, EccParameter::try_from(y.to_vec())?)))
+        .map_err(dev("an ECC point"))
 }
 
 /// The recipient of a TPM public area; refuses anything but an ECC NIST P-256 key.

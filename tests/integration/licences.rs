@@ -44,32 +44,29 @@ fn issue(dir: &Path, key: &Path, name: &str, extra: &[&str]) -> PathBuf {
     out
 }
 
+/// A key file in `dir`, a publisher (its signing key file and signer string) and
+/// `model()` encrypted for the key at `out`, under that publisher's licence authority with
+/// the model id `det-v3`: (key, signing key, authority).
+fn licensed(dir: &Path, out: &Path) -> (PathBuf, PathBuf, String) {
+    let key = keygen_in(dir);
+    let (pk, authority) = publisher(dir, "pub.sk");
+    let m = model();
+    let args = ["encrypt", s(&m), "-o", s(out), "--key-file", s(&key), "--licence-authority", &authority];
+    let (code, err) = run(dir, &[&args[..], &["--model-id", "det-v3", "-q"]].concat());
+    assert_eq!(code, 0, "{err}");
+    (key, pk, authority)
+}
+
 const WINDOW: [&str; 4] = ["--not-before", "2020-01-01T00:00:00Z", "--not-after", "2099-12-31T23:59:59Z"];
+/// A window that closed in 2021.
+const EXPIRED: [&str; 4] = ["--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"];
 
 #[test]
 fn a_licensed_model_opens_only_with_a_valid_licence_and_each_refusal_has_its_code() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let key = keygen_in(d);
-    let (pk, authority) = publisher(d, "pub.sk");
     let p = d.join("p.onnx");
-    let (code, err) = run(
-        d,
-        &[
-            "encrypt",
-            s(&model()),
-            "-o",
-            s(&p),
-            "--key-file",
-            s(&key),
-            "--licence-authority",
-            &authority,
-            "--model-id",
-            "det-v3",
-            "-q",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    let (key, pk, authority) = licensed(d, &p);
     let out = d.join("out.onnx");
     let decrypt = |licence: Option<&Path>| {
         let mut args = vec!["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "-q"];
@@ -105,21 +102,7 @@ fn a_licensed_model_opens_only_with_a_valid_licence_and_each_refusal_has_its_cod
     std::fs::remove_file(&out).expect("remove");
 
     let refusals: [(&str, Vec<&str>, i32, &str); 4] = [
-        (
-            "expired.lic",
-            vec![
-                "--model",
-                "id:det-v3",
-                "--recipient",
-                "any",
-                "--not-before",
-                "2020-01-01T00:00:00Z",
-                "--not-after",
-                "2021-01-01T00:00:00Z",
-            ],
-            12,
-            "expired",
-        ),
+        ("expired.lic", [&["--model", "id:det-v3", "--recipient", "any"][..], &EXPIRED].concat(), 12, "expired"),
         (
             "future.lic",
             vec![
@@ -218,6 +201,17 @@ fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
     let (code, err) = run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "-q"]);
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(&out).expect("read"), std::fs::read(model()).expect("read"));
+    // rekey and rewrap rewrite every tier's MAC: the top tier, which the licence withholds.
+    let new_key = d.join("new.key");
+    assert_eq!(run(d, &["keygen", "-o", s(&new_key), "--tiers", "2", "-q"]).0, 0);
+    let to = d.join("to.onnx");
+    for (op, new_option) in [("rekey", "--new-key-file"), ("rewrap", "--add-key-file")] {
+        let args = [op, s(&p), "-o", s(&to), "--key-file", s(&key), new_option, s(&new_key), "-q"];
+        let (code, err) = with_licence(d, &args, Some(&one));
+        assert_eq!(code, 4, "{op}: {err}");
+        assert!(err.contains("tier 1 of 2") && err.contains("needs the top-tier key"), "{op}: {err}");
+        assert!(!to.exists(), "{op}");
+    }
     // The authority is part of the authenticated header: a model whose recorded authority
     // is replaced (another publisher's key, same length) no longer verifies.
     let bytes = std::fs::read(&p).expect("read");
@@ -247,146 +241,59 @@ fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
     assert_eq!(code, 5, "{err}");
 }
 
-/// Encrypts `model()` for `key` (and `extra`) under the licence authority `authority` with
-/// the model id `det-v3`, to `out`.
-fn encrypt_licensed(dir: &Path, key: &Path, authority: &str, out: &Path, extra: &[&str]) {
-    let m = model();
-    let mut args = vec!["encrypt", s(&m), "-o", s(out), "--key-file", s(key), "--licence-authority", authority];
-    args.extend_from_slice(&["--model-id", "det-v3", "-q"]);
-    args.extend_from_slice(extra);
-    let (code, err) = run(dir, &args);
-    assert_eq!(code, 0, "{err}");
-}
-
 #[test]
 fn rekey_and_rewrap_open_a_licensed_model_only_with_a_licence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let key = keygen_in(d);
-    let (pk, authority) = publisher(d, "pub.sk");
     let p = d.join("p.onnx");
-    encrypt_licensed(d, &key, &authority, &p, &[]);
+    let (key, pk, _) = licensed(d, &p);
     let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
-    let expired = issue(
-        d,
-        &pk,
-        "old.lic",
-        &[
-            "--model",
-            "id:det-v3",
-            "--recipient",
-            "any",
-            "--not-before",
-            "2020-01-01T00:00:00Z",
-            "--not-after",
-            "2021-01-01T00:00:00Z",
-        ],
-    );
+    let expired = issue(d, &pk, "old.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &EXPIRED].concat());
     let by_digest = issue(d, &pk, "digest.lic", &[&["--model-of", s(&p), "--recipient", "any"][..], &WINDOW].concat());
     let new_key = d.join("new.key");
     assert_eq!(run(d, &["keygen", "-o", s(&new_key), "-q"]).0, 0);
     let out = d.join("out.onnx");
 
-    // rekey: no licence (10), an expired one (12): nothing written; a valid one: the new
-    // model keeps the authority and opens with the new key and the licence.
-    let rekey = |licence: Option<&Path>| {
-        let mut args = vec!["rekey", s(&p), "-o", s(&out), "--key-file", s(&key), "--new-key-file", s(&new_key), "-q"];
-        if let Some(l) = licence {
-            args.extend_from_slice(&["--licence", s(l)]);
-        }
-        run(d, &args)
-    };
-    let (code, err) = rekey(None);
-    assert_eq!(code, 10, "{err}");
-    assert!(err.contains("licence required"), "{err}");
-    assert!(!out.exists());
-    let (code, err) = rekey(Some(&expired));
-    assert_eq!(code, 12, "{err}");
-    assert!(!out.exists());
-    let (code, err) = rekey(Some(&ok));
-    assert_eq!(code, 0, "{err}");
     let plain = d.join("plain.onnx");
-    let decrypt = |m: &Path, k: &Path, licence: Option<&Path>| {
-        let mut args = vec!["decrypt", s(m), "-o", s(&plain), "--key-file", s(k), "-q"];
-        if let Some(l) = licence {
-            args.extend_from_slice(&["--licence", s(l)]);
-        }
-        run(d, &args)
-    };
-    assert_eq!(decrypt(&out, &new_key, None).0, 10);
-    let (code, err) = decrypt(&out, &new_key, Some(&ok));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
-    std::fs::remove_file(&plain).expect("remove");
-    // Re-encrypted content has another digest: a licence naming the old file's is for
-    // another model (the model id still names both).
-    let (code, err) = decrypt(&out, &new_key, Some(&by_digest));
-    assert_eq!(code, 14, "{err}");
-    std::fs::remove_file(&out).expect("remove");
-
-    // rewrap: the same; the new recipient opens the result only with a licence too.
-    let rewrap = |licence: Option<&Path>| {
-        let mut args = vec!["rewrap", s(&p), "-o", s(&out), "--key-file", s(&key), "--add-key-file", s(&new_key), "-q"];
-        if let Some(l) = licence {
-            args.extend_from_slice(&["--licence", s(l)]);
-        }
-        run(d, &args)
-    };
-    let (code, err) = rewrap(None);
-    assert_eq!(code, 10, "{err}");
-    assert!(!out.exists());
-    let (code, err) = rewrap(Some(&expired));
-    assert_eq!(code, 12, "{err}");
-    assert!(!out.exists());
-    let (code, err) = rewrap(Some(&ok));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(decrypt(&out, &new_key, None).0, 10);
-    let (code, err) = decrypt(&out, &new_key, Some(&ok));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
-    // Re-wrapping keeps the content and its digest: a licence naming it still opens.
-    std::fs::remove_file(&plain).expect("remove");
-    let (code, err) = decrypt(&out, &new_key, Some(&by_digest));
-    assert_eq!(code, 0, "{err}");
-    // A licence for another stanza than the one the key opens: refused (15).
+    // rekey and rewrap: no licence (10), an expired one (12), one for another stanza than
+    // the key's (15): nothing written; a valid one: the new model keeps the authority and
+    // opens with the new key only with a licence too. Re-wrapping keeps the content (a
+    // licence naming its digest still opens it); re-encrypting changes it (such a licence
+    // is then for another model, 14; the model id names both).
     let other_device = issue(
         d,
         &pk,
         "dev.lic",
         &[&["--model", "id:det-v3", "--recipient", "key 0000000000000000"][..], &WINDOW].concat(),
     );
-    std::fs::remove_file(&out).expect("remove");
-    let (code, err) = rewrap(Some(&other_device));
-    assert_eq!(code, 15, "{err}");
-    assert!(!out.exists());
+    for (op, new_option, digest_code) in [("rekey", "--new-key-file", 14), ("rewrap", "--add-key-file", 0)] {
+        let args = [op, s(&p), "-o", s(&out), "--key-file", s(&key), new_option, s(&new_key), "-q"];
+        for (licence, want) in [(None, 10), (Some(expired.as_path()), 12), (Some(other_device.as_path()), 15)] {
+            let (code, err) = with_licence(d, &args, licence);
+            assert_eq!(code, want, "{op}: {err}");
+            assert_eq!(err.lines().count(), 1, "{op}: {err}");
+            assert!(!out.exists(), "{op}");
+        }
+        let (code, err) = with_licence(d, &args, Some(&ok));
+        assert_eq!(code, 0, "{op}: {err}");
+        let decrypt = ["decrypt", s(&out), "-o", s(&plain), "--key-file", s(&new_key), "-q"];
+        assert_eq!(with_licence(d, &decrypt, None).0, 10, "{op}");
+        let (code, err) = with_licence(d, &decrypt, Some(&ok));
+        assert_eq!(code, 0, "{op}: {err}");
+        assert_eq!(std::fs::read(&plain).expect("read"), std::fs::read(model()).expect("read"));
+        std::fs::remove_file(&plain).expect("remove");
+        let (code, err) = with_licence(d, &decrypt, Some(&by_digest));
+        assert_eq!(code, digest_code, "{op}: {err}");
+        let _ = std::fs::remove_file(&plain);
+        std::fs::remove_file(&out).expect("remove");
+    }
 }
 
-#[test]
-fn a_licence_granting_fewer_tiers_than_the_top_does_not_rekey_or_rewrap() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let key = d.join("k.key");
-    assert_eq!(run(d, &["keygen", "-o", s(&key), "--tiers", "2", "-q"]).0, 0);
-    let (pk, authority) = publisher(d, "pub.sk");
-    let p = d.join("p.onnx");
-    encrypt_licensed(d, &key, &authority, &p, &["--tiers", "2", "--mode", "*=fp"]);
-    let one = issue(
-        d,
-        &pk,
-        "one.lic",
-        &[&["--model", "id:det-v3", "--recipient", "any", "--tiers", "1"][..], &WINDOW].concat(),
-    );
-    let new_key = d.join("new.key");
-    assert_eq!(run(d, &["keygen", "-o", s(&new_key), "--tiers", "2", "-q"]).0, 0);
-    let out = d.join("out.onnx");
-    for args in [
-        vec!["rekey", s(&p), "-o", s(&out), "--key-file", s(&key), "--new-key-file", s(&new_key)],
-        vec!["rewrap", s(&p), "-o", s(&out), "--key-file", s(&key), "--add-key-file", s(&new_key)],
-    ] {
-        let (code, err) = run(d, &[&args[..], &["--licence", s(&one), "-q"]].concat());
-        assert_eq!(code, 4, "{}: {err}", args[0]);
-        assert!(err.contains("tier 1 of 2") && err.contains("needs the top-tier key"), "{}: {err}", args[0]);
-        assert!(!out.exists(), "{}", args[0]);
+/// Runs `args`, with `--licence L` after them when given.
+fn with_licence(dir: &Path, args: &[&str], licence: Option<&Path>) -> (i32, String) {
+    match licence {
+        Some(l) => run(dir, &[args, &["--licence", s(l)]].concat()),
+        None => run(dir, args),
     }
 }
 
@@ -394,11 +301,9 @@ fn a_licence_granting_fewer_tiers_than_the_top_does_not_rekey_or_rewrap() {
 fn batch_decrypt_rekey_and_rewrap_take_the_licence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let key = keygen_in(d);
-    let (pk, authority) = publisher(d, "pub.sk");
     let models = d.join("models");
     std::fs::create_dir(&models).expect("mkdir");
-    encrypt_licensed(d, &key, &authority, &models.join("a.onnx"), &[]);
+    let (key, pk, _) = licensed(d, &models.join("a.onnx"));
     let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
     let new_key = d.join("new.key");
     assert_eq!(run(d, &["keygen", "-o", s(&new_key), "-q"]).0, 0);

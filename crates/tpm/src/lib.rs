@@ -8,8 +8,9 @@
 //!   [`TpmKeyFile`]: the key's TPM-wrapped blob or its persistent handle.
 //!
 //! Talking to a TPM needs the feature `tss` (the system's TSS 2.0 libraries, Debian
-//! `libtss2-dev`); without it, [`create_key`], [`persist_key`], [`persistent_key`], [`read_clock`] and opening
-//! a stanza return [`TpmError::NotBuilt`], while parsing and wrapping work.
+//! `libtss2-dev`); without it, [`create_key`], [`persist_key`], [`persistent_key`],
+//! [`read_clock`] and opening a stanza return [`TpmError::NotBuilt`], while parsing and
+//! wrapping work.
 //!
 //! ```
 //! use onnx_protect_tpm::TpmRecipient;

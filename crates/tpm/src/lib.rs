@@ -95,9 +95,10 @@ pub fn persist_key(tcti: &str, key: &TpmKeyFile, handle: u32) -> Result<TpmKeyFi
 }
 
 /// The key file for the persistent `handle` (`0x81000000..=0x81FFFFFF`): the key the
-/// handle already holds, named and not created, if it is one that can open models (see
-/// [`Tpm::persistent`]; otherwise [`TpmError::Unsuitable`]), or, for an empty handle, a
-/// new key made persistent there. The flag says whether the key was created.
+/// handle already holds, named and not created, if it can open models (ECC P-256,
+/// `fixedTPM`, an unrestricted ECDH decryption key usable with an empty authorization
+/// value; otherwise [`TpmError::Unsuitable`]), or, for an empty handle, a new key made
+/// persistent there. The flag says whether the key was created.
 pub fn persistent_key(tcti: &str, handle: u32) -> Result<(TpmKeyFile, bool), TpmError> {
     check_persistent(handle)?;
     #[cfg(feature = "tss")]

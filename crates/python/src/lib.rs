@@ -11,6 +11,7 @@
 //! (`python/onnx_protect/__init__.py`) adds the onnxruntime session and the PyTorch
 //! export on top.
 
+use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -855,7 +856,8 @@ fn load(
             let m = decrypt_signed_in_memory(&path, &source, tier, &trusted)?;
             // The layout of external tensors is the same in the protected and the
             // decrypted model (encryption edits bytes in place, never moves them).
-            let tensors = if m.external().is_empty() { Vec::new() } else { external_tensors(&Model::open(&path)?) };
+            let tensors =
+                if m.external().is_empty() { Vec::new() } else { external_tensors(&Model::open(&path)?, m.external()) };
             Ok((m, tensors))
         })
         .map_err(|e| py_err_at(&path, e))?;
@@ -889,7 +891,21 @@ fn copy_to_bytes(py: Python<'_>, src: &DecryptedBytes) -> PyResult<Py<PyBytes>> 
     Ok(b.unbind())
 }
 
-fn external_tensors(model: &Model) -> Vec<ExternalTensor> {
+/// The external initializers of the protected `model`, each located in its file of
+/// `decrypted`: a full decryption of a model whose external data files were renamed when
+/// it was protected into its own folder names them as the original model did
+/// (docs/format.md §3, `original_external_files`, one per file in the model's order).
+fn external_tensors(model: &Model, decrypted: &BTreeMap<String, DecryptedBytes>) -> Vec<ExternalTensor> {
+    let original = onnx_protect_core::envelope::trailing_entry(model.bytes())
+        .and_then(|(range, value)| onnx_protect_core::envelope::parse_entry(value, range).ok())
+        .map(|s| s.header.original_external_files)
+        .unwrap_or_default();
+    let location = |file: usize| {
+        let protected = &model.external_files.get(file)?.location;
+        let renamed =
+            original.get(file).filter(|name| !decrypted.contains_key(protected) && decrypted.contains_key(*name));
+        Some(renamed.unwrap_or(protected).clone())
+    };
     model
         .tensors
         .iter()
@@ -899,7 +915,7 @@ fn external_tensors(model: &Model) -> Vec<ExternalTensor> {
                 name: t.name.clone(),
                 data_type: t.data_type.name().to_string(),
                 dims: t.dims.clone(),
-                location: model.external_files.get(*file)?.location.clone(),
+                location: location(*file)?,
                 offset: range.start,
                 length: range.end - range.start,
             }),

@@ -481,8 +481,15 @@ def _session_class(ort: Any) -> type:
 
         class ProtectedInferenceSession(ort.InferenceSession):  # type: ignore[misc, name-defined]
             """An ``onnxruntime.InferenceSession`` of a protected model, built from memory
-            by ``onnx_protect.InferenceSession``."""
+            by ``onnx_protect.InferenceSession``.
 
+            ``onnx_protect_weights`` says how the decrypted weights reached onnxruntime:
+            ``"in_place"`` (the shared tensors through ``add_initializer``, the rest in the
+            graph), ``"graph"`` (every tensor in the graph: ``in_place=False``, nothing to
+            share, or onnxruntime refused the shared graph), ``"files_in_memory"`` or
+            ``"initializers"`` (the fallbacks for unshared data over 2 GiB)."""
+
+            onnx_protect_weights = "graph"
             _onnx_protect_released = False
 
             def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
@@ -616,6 +623,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     _check_reuse(so, sm.unshared_initializers)
     cls = _session_class(ort)
     keep = _add_shared(ort, np, so, sm) if sm.shared else []
+    weights = "in_place" if sm.shared else "graph"
     try:
         session = cls(sm.graph(share=bool(sm.shared)), so, providers, provider_options, **onnxruntime_kwargs)
     except Exception:
@@ -626,6 +634,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
         # (external data at "."), so build the graph with every tensor in it. The
         # options keep the shared values, which equal the graph's.
         session = cls(sm.graph(share=False), so, providers, provider_options, **onnxruntime_kwargs)
+        weights = "graph"
+    session.onnx_protect_weights = weights
     sm.release()
     session._onnx_protect_buffers = (sm, keep)  # type: ignore[attr-defined]
     return session
@@ -652,6 +662,7 @@ def _session_with_external_files(
             del arrays
             m.close()  # onnxruntime copied the files while it created the session
         session._onnx_protect_released = True
+        session.onnx_protect_weights = "files_in_memory"
         return session
     names, values = [], []
     for t in m.external_tensors:
@@ -661,13 +672,17 @@ def _session_with_external_files(
                 f"external initializer {t.name!r} is {t.data_type}, which numpy cannot hold; onnxruntime >= 1.24.1 "
                 "takes whole external files from memory"
             )
+        buf = external.get(t.location)
+        if buf is None:
+            raise OnnxProtectError(f"external initializer {t.name!r}: no decrypted data file {t.location!r}")
         count = t.length // np.dtype(dtype).itemsize
-        a = np.frombuffer(external[t.location], dtype=dtype, count=count, offset=t.offset).reshape(tuple(t.dims))
+        a = np.frombuffer(buf, dtype=dtype, count=count, offset=t.offset).reshape(tuple(t.dims))
         names.append(t.name)
         values.append(ort.OrtValue.ortvalue_from_numpy(a))
     so.add_external_initializers(names, values)
     session = _session_class(ort)(m.model, so, providers, provider_options, **kwargs)
     session._onnx_protect_buffers = (m, values)  # type: ignore[attr-defined]
+    session.onnx_protect_weights = "initializers"
     return session
 
 

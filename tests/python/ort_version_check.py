@@ -73,16 +73,20 @@ def check_refusals(protected, key, folder):
 
 
 def check_sentinel_fails(work):
-    """The graph test_ort_versions.py wrote: W, supplied with add_initializer, also has
-    its data at '.' in the graph, and constant folding reads it there. The read must
-    fail (the shared tensors' safety rests on it), not return the directory's bytes."""
+    """The graphs test_ort_versions.py wrote: with W supplied by add_initializer, the
+    control (W in the graph too) loads and runs; the same graph with W's data at '.',
+    which constant folding reads, must fail to load (the shared tensors' safety rests on
+    it), not read the directory. Returns onnxruntime's message."""
+    folder = work / "sentinel"
+    w = np.load(folder / "W.npy")
     so = ort.SessionOptions()
-    w = ort.OrtValue.ortvalue_from_numpy(np.load(work / "sentinel" / "sentinel.W.npy"))
-    so.add_initializer("W", w)
-    graph = (work / "sentinel" / "sentinel.onnx").read_bytes()
+    so.add_initializer("W", ort.OrtValue.ortvalue_from_numpy(w))
+    x = np.ones((1, 16), np.float32)
+    y = ort.InferenceSession((folder / "control.onnx").read_bytes(), so, providers=CPU).run(None, {"x": x})[0]
+    assert np.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5), "the control graph runs"
     try:
-        ort.InferenceSession(graph, so, providers=CPU)
-    except Exception as e:  # onnxruntime's own error types differ between versions
+        ort.InferenceSession((folder / "sentinel.onnx").read_bytes(), so, providers=CPU)
+    except Exception as e:  # onnxruntime's error types and messages differ between versions
         return str(e).strip().splitlines()[-1][-160:]
     raise AssertionError("onnxruntime built a session from a graph whose W is at '.'")
 

@@ -137,6 +137,37 @@ export class Keystream {
   }
 }
 
+/** The keyed Fisher–Yates shuffle of `n` items (§6 distribution-preserving mode, §15 class
+ * order): for `i = n − 1` down to 1, 32-bit words of `ks` read in order from byte `offset`
+ * (little- or big-endian) until one `r < 2^32 − (2^32 mod (i + 1))`, then `j_i = r mod (i + 1)`.
+ * Returns the swaps `[i, j_i]` in the order the shuffle applies them. */
+export async function keyedSwaps(ks: Keystream, offset: bigint, n: number, littleEndian: boolean): Promise<Array<[number, number]>> {
+  const batch = Math.max(64, n + 16);
+  let words = new Uint32Array(0);
+  let used = 0;
+  let next = offset;
+  const swaps: Array<[number, number]> = [];
+  for (let i = n - 1; i >= 1; i--) {
+    const m = i + 1;
+    const limit = 2 ** 32 - (2 ** 32 % m);
+    for (;;) {
+      if (used === words.length) {
+        const raw = await ks.bytes(next, 4 * batch);
+        next += BigInt(4 * batch);
+        const dv = new DataView(raw.buffer, raw.byteOffset, raw.length);
+        words = Uint32Array.from({ length: batch }, (_, k) => dv.getUint32(4 * k, littleEndian));
+        used = 0;
+      }
+      const r = words[used++];
+      if (r < limit) {
+        swaps.push([i, r % m]);
+        break;
+      }
+    }
+  }
+  return swaps;
+}
+
 /** The 16-byte big-endian counter block of block number `n`. */
 function counterBlock(n: bigint): Uint8Array<ArrayBuffer> {
   const c = new Uint8Array(16);

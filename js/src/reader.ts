@@ -10,12 +10,14 @@ import {
   WrongKey,
 } from "./errors.js";
 import {
-  argon2id, blake3, Blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, Keystream, label, sha256,
+  argon2id, blake3, Blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
   u32be, u64be, unwrapChaCha, verifyStrict,
 } from "./crypto.js";
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
+import { grantedTier, LicenceOptions } from "./licence.js";
+import { classOrder, HeaderLock, readLock, unlockElements } from "./lock.js";
 import {
-  applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, locationEdit, STRING,
+  applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, graphOutputs, locationEdit, STRING,
   Tensor, VARINT_STORAGES, varintEdits, varintWidth, walk,
 } from "./model.js";
 import {
@@ -32,6 +34,7 @@ const MAX_SIGNATURES = 64;
 const COSTLY = new Set(["passphrase", "pkcs11", "command"]);
 const MAX_COSTLY = 8;
 const MAX_AGE_BODY = 1024;
+const MAX_MODEL_ID_LEN = 1024;
 
 /** What opens a protected model: exactly one of these. */
 export interface KeyMaterial {
@@ -43,7 +46,7 @@ export interface KeyMaterial {
   identity?: string;
 }
 
-export interface ReadOptions extends KeyMaterial {
+export interface ReadOptions extends KeyMaterial, LicenceOptions {
   /** The model's external data files by `location` (what the model names). */
   externalData?: ExternalFiles | Record<string, Uint8Array>;
   /** Decrypt up to this tier (default: the key's own). */
@@ -83,6 +86,8 @@ export class Opened {
     readonly external: ExternalFiles,
     readonly tensors: Tensor[],
     readonly entries: Entry[],
+    /** The label lock (§15), checked against the model. */
+    readonly lock: HeaderLock | null,
   ) {}
 
   get tiers(): number {
@@ -191,10 +196,9 @@ function checkHeader(h: Message): void {
   if (c < 1n << 16n || c > 1n << 30n || (c & (c - 1n)) !== 0n) throw new Modified(`chunk_size ${c} is not a power of two in [2^16, 2^30]`);
   if (h.tensors.length > MAX_ENTRIES) throw new Modified("too many entries");
   if (h.positions !== 0 && h.positions !== 1) throw new Modified(`positions ${h.positions}`);
-  // A label lock (format.md §15) and a licence authority (Appendix C) change what a reader
-  // must do before it returns a model; this package does neither, so it refuses such files.
-  if (h.label_lock.length) throw new UnsupportedVersion("the model's outputs are label-locked (format.md §15), which this package does not read");
-  if (h.licence_authority.length || h.model_id.length) throw new UnsupportedVersion("the model needs a licence (format.md Appendix C), which this package does not check");
+  if (h.licence_authority.length !== 0 && h.licence_authority.length !== 32) throw new Modified("the licence authority is not 32 bytes");
+  if (!h.licence_authority.length && h.model_id.length) throw new Modified("a model id without a licence authority");
+  if (encodeUtf8(h.model_id).length > MAX_MODEL_ID_LEN) throw new Modified(`the model id is longer than ${MAX_MODEL_ID_LEN} bytes`);
   if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
     throw new Modified("external_sizes does not hold one length per external file");
   }
@@ -461,11 +465,18 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
   }
   // §12 step 6 (keyless): the digest of the covered files as stored, once the model and
   // every external file's length match the header.
+  let lock: HeaderLock | null;
+  try {
+    lock = readLock(header, byLoc, graphOutputs(model.subarray(0, entryStart)));
+  } catch (e) {
+    if (e instanceof OnnxProtectError && !(e instanceof Modified)) throw new Modified(`the model no longer parses (${e.message})`);
+    throw e;
+  }
   const want = env.restored_tiers ? env.stored_digest : env.content_digest;
   if (!constantTimeEqual(await contentDigest(files, Number(header.chunk_size)), want)) {
     throw new Modified("the model's content does not match its manifest");
   }
-  return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries);
+  return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries, lock);
 }
 
 // ---------------------------------------------------------------- keys (§7, §8)
@@ -497,13 +508,13 @@ function keyCount(k: KeyMaterial): number {
   return [k.key, k.passphrase, k.identity].filter((x) => x !== undefined).length;
 }
 
-/** §8: the highest tier the key material opens, and its data key. */
-async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Array]> {
+/** §8: the highest tier the key material opens, its data key and the stanza that opened. */
+async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Array, Message]> {
   if (keyCount(km) !== 1) throw new UsageError("give exactly one of key, passphrase or identity");
   const w = km.key !== undefined ? parseKey(km.key).key : null;
   const pass = km.passphrase !== undefined ? passphraseBytes(km.passphrase) : null;
   const ids = km.identity !== undefined ? parseIdentities(km.identity) : null;
-  let best: [number, Uint8Array] | null = null;
+  let best: [number, Uint8Array, Message] | null = null;
   let tries = 0;
   for (const st of op.stanzas) {
     if (best && best[0] >= st.tier) continue;
@@ -522,7 +533,7 @@ async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Ar
     }
     if (dk !== null) {
       if (dk.length !== 32) throw new Modified("a stanza's payload is not 32 bytes");
-      best = [st.tier, dk];
+      best = [st.tier, dk, st];
     }
   }
   if (!best) throw new WrongKey();
@@ -574,18 +585,23 @@ function unseal(op: Opened, keys: Map<number, TierKeys>): void {
   }
 }
 
-/** §12 steps 4–5: a stanza opened, the KCVs, the canonical digest, the MACs, the signers. */
-async function unlock(op: Opened, km: KeyMaterial, signers?: string[]): Promise<Unlocked> {
-  const [k, dk] = await openStanza(op, km);
+/** §12 steps 4–5: a stanza opened, the KCVs, the licence, the canonical digest, the MACs,
+ * the signers. */
+async function unlock(op: Opened, opts: ReadOptions): Promise<Unlocked> {
+  const [opened, dk, by] = await openStanza(op, opts);
   const keys = new Map<number, TierKeys>();
   let d = dk;
-  for (let t = k; t >= 1; t--) {
+  for (let t = opened; t >= 1; t--) {
     keys.set(t, new TierKeys(d));
     d = tierDown(d);
   }
   for (const [t, tk] of keys) {
     if (!constantTimeEqual(tk.kcv(), op.header.key_checks[t - 1])) throw new Modified(`the data key of tier ${t} does not match its key check`);
   }
+  // A model with a licence authority opens only as far as a valid licence grants.
+  const facts = { authority: op.header.licence_authority, contentDigest: op.env.content_digest, modelId: op.header.model_id };
+  const k = await grantedTier(facts, opts, { kind: by.kind, label: by.label }, opened);
+  for (let t = k + 1; t <= opened; t++) keys.delete(t);
   if (k <= op.restored) throw new AlreadyDecrypted(`tiers 1 to ${op.restored} are in clear in this file, and the key is for tier ${k}`);
   unseal(op, keys);
   if (op.restored) {
@@ -600,7 +616,7 @@ async function unlock(op: Opened, km: KeyMaterial, signers?: string[]): Promise<
     const mac = hmacSha256(keys.get(t)!.macKey(), concat([label("onnx-protect/v2/mac"), u32be(t), T]));
     if (!constantTimeEqual(mac, op.env.macs[t - 1])) throw new Modified(`the MAC of tier ${t} does not match`);
   }
-  if (signers) checkSignatures(op, signers);
+  if (opts.signers) checkSignatures(op, opts.signers);
   return { tier: k, keys };
 }
 
@@ -620,15 +636,19 @@ export function checkSignatures(op: Opened, signers: string[]): void {
 // ---------------------------------------------------------------- §6 transforms
 
 /** The content and external files with the spans of tiers `which` encrypted
- * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting, and with
- * `rename` (location → original name, §12 step 7) every external tensor's location. */
+ * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting, with
+ * `rename` (location → original name, §12 step 7) every external tensor's location, and
+ * with `unlockClasses` every locked tensor's classes in true order (§15). */
 async function transformed(
   op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, rename?: Map<string, string>,
+  unlockClasses?: { order: Uint32Array; lock: HeaderLock },
 ): Promise<[Uint8Array, Map<string, Uint8Array>, number, number]> {
   let content = copyOf(op.content);
   const ext = new Map<string, Uint8Array>();
   for (const loc of op.header.external_files as string[]) ext.set(loc, copyOf(op.external.get(loc)!));
   const edits: Edit[] = [];
+  // The element bytes of varint-stored tensors to write back (they change lengths).
+  const varints = new Map<Tensor, Uint8Array>();
   let tensors = 0, bytes = 0;
   for (const { e, tensor: t, spans } of op.entries) {
     if (!which(e.tier)) continue;
@@ -638,7 +658,7 @@ async function transformed(
     if (t.storage !== null && VARINT_STORAGES.has(t.storage) || e.mode === MODE_DP) {
       const elem = elementBytes(content, t, ext);
       await transformElements(elem, e, spans, ks, encrypt);
-      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) edits.push(...varintEdits(content, t, elem));
+      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) varints.set(t, elem);
       else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
       continue;
     }
@@ -651,6 +671,13 @@ async function transformed(
       }
     }
   }
+  for (const { tensor: t, axis } of unlockClasses?.lock.tensors ?? []) {
+    const varint = t.storage !== null && VARINT_STORAGES.has(t.storage);
+    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, unlockClasses!.order);
+    if (varint) varints.set(t, plainBytes);
+    else writeViews(elementViews(content, t, ext, 0, t.nbytes), plainBytes);
+  }
+  for (const [t, elem] of varints) edits.push(...varintEdits(content, t, elem));
   // Varint-stored tensors and renamed locations change lengths: rewritten last, in one pass.
   if (rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, rename.get(t.external.location)!));
   content = applyEdits(content, edits);
@@ -677,7 +704,8 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
   const size = elementSize(e.data_type);
   for (const [a, b] of spans) {
     const n = (b - a) / size;
-    const swaps = await dpSwaps(ks, a, n);
+    // §6: the words of the span starting at element-byte offset `a` begin at keystream byte a·2^24.
+    const swaps = await keyedSwaps(ks, BigInt(a) << 24n, n, true);
     const span = elem.subarray(a, b);
     const tmp = new Uint8Array(size);
     const order = encrypt ? swaps : swaps.slice().reverse();
@@ -690,43 +718,13 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
   }
 }
 
-/** §6: the swaps `(i, j)` of a span starting at element-byte offset `a` with `n` elements. */
-async function dpSwaps(ks: Keystream, a: number, n: number): Promise<Array<[number, number]>> {
-  const base = BigInt(a) << 24n;
-  let words = new Uint32Array(0);
-  let used = 0, fetched = 0;
-  const swaps: Array<[number, number]> = [];
-  for (let i = n - 1; i >= 1; i--) {
-    const m = i + 1;
-    const limit = 2 ** 32 - (2 ** 32 % m);
-    for (;;) {
-      if (used === words.length) {
-        const more = Math.max(64, n + 16);
-        const raw = await ks.bytes(base + BigInt(4 * fetched), 4 * more);
-        const next = new Uint32Array(words.length + more);
-        next.set(words);
-        const dv = new DataView(raw.buffer, raw.byteOffset, raw.length);
-        for (let k = 0; k < more; k++) next[words.length + k] = dv.getUint32(4 * k, true);
-        words = next;
-        fetched += more;
-      }
-      const r = words[used++];
-      if (r < limit) {
-        swaps.push([i, r % m]);
-        break;
-      }
-    }
-  }
-  return swaps;
-}
-
 // ---------------------------------------------------------------- the verbs
 
 /** Verifies and decrypts a protected model (§12). Returns the original model and its
  * external data files (below the top tier: the partially decrypted model of §11). */
 export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Decrypted> {
   const op = await open(model, opts.externalData);
-  const u = await unlock(op, opts, opts.signers);
+  const u = await unlock(op, opts);
   const to = opts.tier ?? u.tier;
   if (!Number.isInteger(to) || to < 1 || to > u.tier) throw new UsageError(`this key reaches tier ${u.tier} of ${op.tiers}; it cannot decrypt tier ${to}`);
   if (to <= op.restored) throw new AlreadyDecrypted(`tiers 1 to ${op.restored} are in clear in this file`);
@@ -734,7 +732,9 @@ export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Dec
   const names = op.header.original_external_files as string[];
   const locations = op.header.external_files as string[];
   const rename = to === op.tiers && names.length ? new Map(locations.map((l, i) => [l, names[i]])) : undefined;
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, rename);
+  // §15: a full decryption puts a label lock's classes back in true order.
+  const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, rename, unlockClasses);
   if (to === op.tiers) {
     const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
     return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };
@@ -764,7 +764,9 @@ export async function verify(model: Uint8Array, opts: ReadOptions = {}): Promise
   const op = await open(model, opts.externalData);
   const report: VerifyReport = { tiers: op.tiers, restoredTiers: op.restored, tensors: op.entries.length, signers: opts.signers ?? [] };
   if (keyCount(opts) > 0) {
-    report.keyTier = (await unlock(op, opts, opts.signers)).tier;
+    report.keyTier = (await unlock(op, opts)).tier;
+  } else if (opts.licence !== undefined) {
+    throw new UsageError("a licence goes with a key");
   } else if (opts.signers) {
     if (op.restored) throw new UsageError("the signatures of a partially decrypted model can only be checked with a key");
     checkSignatures(op, opts.signers);

@@ -31,6 +31,23 @@ for (const v of vectors()) {
   });
 }
 
+test("a key given as 32 raw bytes (a Uint8Array or a Buffer) decrypts", async () => {
+  for (const name of ["cnn_torch_v2_ctr", "external_data_v2_ctr"]) {
+    const v = vectors().find((x) => x.name === name);
+    const hex = fs.readFileSync(path.join(v.dir, "key.hex"), "utf8").trim();
+    const raw = Uint8Array.from(Buffer.from(hex, "hex"));
+    assert.equal(raw.length, 32);
+    const { model, externalData } = await readModelFiles(v.protected);
+    for (const key of [raw, Buffer.from(raw)]) {
+      const r = await decrypt(model, { key, externalData });
+      assert.ok(same(r.model, fs.readFileSync(v.original)), name);
+    }
+    // One bit of the raw key changed: a wrong key.
+    raw[31] ^= 1;
+    await assert.rejects(decrypt(model, { key: raw, externalData }), WrongKey);
+  }
+});
+
 test("tier keys decrypt up to their tier, as the partial vectors", async () => {
   const dir = path.join(VECTORS, "cnn_torch_v2_tiers");
   const model = fs.readFileSync(path.join(dir, "protected.onnx"));

@@ -10,18 +10,20 @@ import {
   WrongKey,
 } from "./errors.js";
 import {
-  argon2id, blake3, Blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
+  argon2id, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
   u32be, u64be, unwrapChaCha, verifyStrict,
 } from "./crypto.js";
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
 import { grantedTier, LicenceOptions } from "./licence.js";
 import { classOrder, HeaderLock, readLock, unlockElements } from "./lock.js";
+import { digestOfLeaves, Piece } from "./engine.js";
+import { engine } from "#engine";
 import {
   applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, graphOutputs, locationEdit, STRING,
   Tensor, VARINT_STORAGES, varintEdits, varintWidth, walk,
 } from "./model.js";
 import {
-  bytesEqual, concat, copyOf, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
+  bytesEqual, concat, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
   plain, readSmallVarint, WT_LEN,
 } from "./wire.js";
 
@@ -363,23 +365,10 @@ function checkEnvelope(env: Message, h: Message, stanzas: Message[]): void {
 
 // ---------------------------------------------------------------- §9 digest
 
+/** §9: `D` of the covered files. */
 async function contentDigest(files: Uint8Array[], chunk: number): Promise<Uint8Array> {
-  const b3 = await blake3();
-  const parts: Uint8Array[] = [label("onnx-protect/v2/content"), u32be(files.length)];
-  files.forEach((data, i) => {
-    parts.push(u64be(data.length));
-    parts.push(...leaves(b3, i, data, chunk));
-  });
-  return b3(parts);
-}
-
-function leaves(b3: Blake3, i: number, data: Uint8Array, chunk: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  const head = label("onnx-protect/v2/chunk");
-  for (let j = 0, off = 0; off < data.length; j++, off += chunk) {
-    out.push(b3([head, u32be(i), u64be(j), data.subarray(off, Math.min(off + chunk, data.length))]));
-  }
-  return out;
+  const leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+  return digestOfLeaves(files.map((f) => f.length), leaves);
 }
 
 /** The external data files a protected model's header lists (§3), each location checked
@@ -406,9 +395,22 @@ function toMap(ext: ReadOptions["externalData"]): ExternalFiles {
   return new Map(entries.map(([k, v]) => [k, plain(v)]));
 }
 
-/** §12 steps 1–3 with the keyless digest: the entry, its messages and rules, the checksum,
- * the digest of the stored content, the model matched to the header. */
+/** §12 steps 1–3 with the keyless digest (step 6 for the files as stored): the entry, its
+ * messages and rules, the checksum, the model matched to the header, the digest of the
+ * stored content. */
 export async function open(input: Uint8Array, externalData?: ReadOptions["externalData"]): Promise<Opened> {
+  const op = openManifest(input, externalData);
+  const files = [op.content, ...(op.header.external_files as string[]).map((l) => op.external.get(l)!)];
+  const want = op.restored ? op.env.stored_digest : op.env.content_digest;
+  if (!constantTimeEqual(await contentDigest(files, Number(op.header.chunk_size)), want)) {
+    throw new Modified("the model's content does not match its manifest");
+  }
+  return op;
+}
+
+/** §12 steps 1–3: the entry, its messages and rules, the checksum, the model matched to
+ * the header. The digest of the content is left to the caller. */
+function openManifest(input: Uint8Array, externalData?: ReadOptions["externalData"]): Opened {
   const model = plain(input);
   const [entryStart, value] = findEntry(model);
   const envBytes = b64decode(value);
@@ -463,18 +465,12 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
     }
     entries.push({ e, tensor: t, spans: header.positions === 1 ? [] : checkSpans(e, e.spans) });
   }
-  // §12 step 6 (keyless): the digest of the covered files as stored, once the model and
-  // every external file's length match the header.
   let lock: HeaderLock | null;
   try {
     lock = readLock(header, byLoc, graphOutputs(model.subarray(0, entryStart)));
   } catch (e) {
     if (e instanceof OnnxProtectError && !(e instanceof Modified)) throw new Modified(`the model no longer parses (${e.message})`);
     throw e;
-  }
-  const want = env.restored_tiers ? env.stored_digest : env.content_digest;
-  if (!constantTimeEqual(await contentDigest(files, Number(header.chunk_size)), want)) {
-    throw new Modified("the model's content does not match its manifest");
   }
   return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries, lock);
 }
@@ -635,51 +631,80 @@ export function checkSignatures(op: Opened, signers: string[]): void {
 
 // ---------------------------------------------------------------- §6 transforms
 
-/** The content and external files with the spans of tiers `which` encrypted
- * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting, with
- * `rename` (location → original name, §12 step 7) every external tensor's location, and
- * with `unlockClasses` every locked tensor's classes in true order (§15). */
+/** What [`transformed`] does besides the spans: with `rename` (location → original name,
+ * §12 step 7) every external tensor's location is rewritten, with `unlockClasses` every
+ * locked tensor's classes go back in true order (§15), and with `stored` the digest of the
+ * files as given must be it (§12 step 6; on a mismatch the copies are zeroed, nothing is
+ * returned). */
+interface Transform {
+  rename?: Map<string, string>;
+  unlockClasses?: { order: Uint32Array; lock: HeaderLock };
+  stored?: Uint8Array;
+}
+
+/** Copies of the content and external files with the spans of tiers `which` encrypted
+ * (`encrypt`) or decrypted, the varint-stored tensors rewritten when decrypting. The CTR and
+ * format-preserving spans of raw, float, double and external storage go to the engine as
+ * pieces of the files (copied, hashed and XORed in one pass); the others are done here. */
 async function transformed(
-  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, rename?: Map<string, string>,
-  unlockClasses?: { order: Uint32Array; lock: HeaderLock },
+  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, how: Transform = {},
 ): Promise<[Uint8Array, Map<string, Uint8Array>, number, number]> {
-  let content = copyOf(op.content);
-  const ext = new Map<string, Uint8Array>();
-  for (const loc of op.header.external_files as string[]) ext.set(loc, copyOf(op.external.get(loc)!));
-  const edits: Edit[] = [];
-  // The element bytes of varint-stored tensors to write back (they change lengths).
-  const varints = new Map<Tensor, Uint8Array>();
+  const locations = op.header.external_files as string[];
+  const files = [op.content, ...locations.map((l) => op.external.get(l)!)];
+  const fileOf = new Map(locations.map((l, i) => [l, i + 1]));
+  const pieces: Piece[][] = files.map(() => []);
+  const streamKeys: Uint8Array[] = [];
+  const elementwise: Array<{ e: Message; t: Tensor; spans: Array<[number, number]>; key: number }> = [];
   let tensors = 0, bytes = 0;
   for (const { e, tensor: t, spans } of op.entries) {
     if (!which(e.tier)) continue;
-    const ks = await Keystream.of(keys.get(e.tier)!.tensorKey(e.stream_id));
     tensors++;
     for (const [a, b] of spans) bytes += b - a;
-    if (t.storage !== null && VARINT_STORAGES.has(t.storage) || e.mode === MODE_DP) {
-      const elem = elementBytes(content, t, ext);
-      await transformElements(elem, e, spans, ks, encrypt);
-      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) varints.set(t, elem);
-      else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
+    const key = streamKeys.push(keys.get(e.tier)!.tensorKey(e.stream_id)) - 1;
+    if ((t.storage !== null && VARINT_STORAGES.has(t.storage)) || e.mode === MODE_DP) {
+      elementwise.push({ e, t, spans, key });
       continue;
     }
+    const mask = e.mode === MODE_FP ? FP_MASKS[e.data_type] : null;
+    const f = t.external ? fileOf.get(t.external.location)! : 0;
     for (const [a, b] of spans) {
-      let off = a;
-      for (const v of elementViews(content, t, ext, a, b)) {
-        if (e.mode === MODE_CTR) await ks.xor(off, v);
-        else await ks.xorMasked(off, v, FP_MASKS[e.data_type]);
-        off += v.length;
+      let stream = a;
+      for (const v of elementViews(op.model, t, op.external, a, b)) {
+        pieces[f].push({ offset: v.byteOffset - files[f].byteOffset, length: v.length, key, stream, mask });
+        stream += v.length;
       }
     }
   }
-  for (const { tensor: t, axis } of unlockClasses?.lock.tensors ?? []) {
+  for (const p of pieces) p.sort((x, y) => x.offset - y.offset);
+  const chunk = Number(op.header.chunk_size);
+  const done = await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
+  if (how.stored) {
+    const digest = await digestOfLeaves(files.map((f) => f.length), done.map((d) => d.leaves));
+    if (!constantTimeEqual(digest, how.stored)) {
+      for (const d of done) d.out.fill(0);
+      throw new Modified("the model's content does not match its manifest");
+    }
+  }
+  let content = done[0].out;
+  const ext = new Map(locations.map((l, i) => [l, done[i + 1].out]));
+  const edits: Edit[] = [];
+  // The element bytes of varint-stored tensors to write back (they change lengths).
+  const varints = new Map<Tensor, Uint8Array>();
+  for (const { e, t, spans, key } of elementwise) {
+    const elem = elementBytes(content, t, ext);
+    await transformElements(elem, e, spans, await Keystream.of(streamKeys[key]), encrypt);
+    if (t.storage !== null && VARINT_STORAGES.has(t.storage)) varints.set(t, elem);
+    else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
+  }
+  for (const { tensor: t, axis } of how.unlockClasses?.lock.tensors ?? []) {
     const varint = t.storage !== null && VARINT_STORAGES.has(t.storage);
-    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, unlockClasses!.order);
+    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, how.unlockClasses!.order);
     if (varint) varints.set(t, plainBytes);
     else writeViews(elementViews(content, t, ext, 0, t.nbytes), plainBytes);
   }
   for (const [t, elem] of varints) edits.push(...varintEdits(content, t, elem));
   // Varint-stored tensors and renamed locations change lengths: rewritten last, in one pass.
-  if (rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, rename.get(t.external.location)!));
+  if (how.rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, how.rename.get(t.external.location)!));
   content = applyEdits(content, edits);
   return [content, ext, tensors, bytes];
 }
@@ -723,7 +748,9 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
 /** Verifies and decrypts a protected model (§12). Returns the original model and its
  * external data files (below the top tier: the partially decrypted model of §11). */
 export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Decrypted> {
-  const op = await open(model, opts.externalData);
+  // Steps 4–5 (key, licence, MACs, signers) run before step 6, which the pass that decrypts
+  // does on the bytes it reads (§12 allows either order).
+  const op = openManifest(model, opts.externalData);
   const u = await unlock(op, opts);
   const to = opts.tier ?? u.tier;
   if (!Number.isInteger(to) || to < 1 || to > u.tier) throw new UsageError(`this key reaches tier ${u.tier} of ${op.tiers}; it cannot decrypt tier ${to}`);
@@ -734,7 +761,8 @@ export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Dec
   const rename = to === op.tiers && names.length ? new Map(locations.map((l, i) => [l, names[i]])) : undefined;
   // §15: a full decryption puts a label lock's classes back in true order.
   const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, rename, unlockClasses);
+  const stored = op.restored ? op.env.stored_digest : op.env.content_digest;
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored });
   if (to === op.tiers) {
     const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
     return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };

@@ -39,8 +39,8 @@ for (const name of ["cnn_torch_v2_ctr", "fp16_v2_fp_signed", "external_data_v2_c
     for (const i of positions(model.length, entryLen, 300)) {
       const changed = Uint8Array.from(model);
       changed[i] ^= 0x01;
-      for (const p of [decrypt(changed, { ...key, externalData }), verify(changed, { externalData })]) {
-        const k = await refused(p);
+      for (const call of [() => decrypt(changed, { ...key, externalData }), () => verify(changed, { externalData })]) {
+        const k = await refused(call());
         kinds.set(k, (kinds.get(k) ?? 0) + 1);
       }
     }

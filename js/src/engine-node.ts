@@ -1,0 +1,142 @@
+// `#engine` in Node: large covered files are cut into ranges of whole chunks that worker
+// threads (worker.ts, one per available core) hash, copy and decrypt in shared memory, chunk by
+// chunk; small ones stay on the calling thread. The output is a `Uint8Array` over a
+// `SharedArrayBuffer`. A file given in a `SharedArrayBuffer` (as `readModelFiles` reads it) is
+// read by the workers directly; any other is first copied into the output on this thread.
+
+import os from "node:os";
+import { Worker } from "node:worker_threads";
+
+import { Engine, Piece, portableEngine } from "./engine.js";
+import type { Task } from "./worker.js";
+
+/** Files below this size stay on the calling thread. */
+const PARALLEL_FROM = 16 << 20;
+/** Ranges per worker, so that a slow worker holds up little. */
+const RANGES_PER_WORKER = 4;
+
+type Pending = { resolve: (leaves: Uint8Array) => void; reject: (e: Error) => void };
+
+class Pool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly queue: Task[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private readonly busy = new Map<Worker, number>();
+  private next = 0;
+
+  constructor(readonly size: number) {}
+
+  private spawn(): Worker {
+    const w = new Worker(new URL("./worker.js", import.meta.url));
+    w.on("message", (m: { id: number; leaves?: Uint8Array; error?: string }) => {
+      const p = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      this.busy.delete(w);
+      if (m.error !== undefined || !m.leaves) p?.reject(new Error(`worker: ${m.error}`));
+      else p?.resolve(m.leaves);
+      this.release(w);
+    });
+    w.on("error", (e) => {
+      // The worker is gone: its task fails, a new worker takes the queue.
+      const id = this.busy.get(w);
+      this.busy.delete(w);
+      this.workers.splice(this.workers.indexOf(w), 1);
+      if (id !== undefined) {
+        this.pending.get(id)?.reject(e);
+        this.pending.delete(id);
+      }
+      this.pump();
+    });
+    this.workers.push(w);
+    return w;
+  }
+
+  private release(w: Worker): void {
+    const t = this.queue.shift();
+    if (t) this.start(w, t);
+    else {
+      this.idle.push(w);
+      // An idle pool does not keep the process alive.
+      if (!this.pending.size) for (const x of this.workers) x.unref();
+    }
+  }
+
+  private start(w: Worker, t: Task): void {
+    this.busy.set(w, t.id);
+    w.ref();
+    w.postMessage(t);
+  }
+
+  private pump(): void {
+    while (this.queue.length) {
+      const w = this.idle.pop() ?? (this.workers.length < this.size ? this.spawn() : null);
+      if (!w) return;
+      this.start(w, this.queue.shift()!);
+    }
+  }
+
+  run(t: Omit<Task, "id">): Promise<Uint8Array> {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.queue.push({ ...t, id });
+      this.pump();
+    });
+  }
+}
+
+let pool: Pool | null = null;
+function workers(): Pool {
+  return (pool ??= new Pool(Math.max(1, Math.min(16, os.availableParallelism()))));
+}
+
+/** The tasks of a file: ranges of whole chunks, each with the pieces that meet it. */
+async function spread(
+  src: Uint8Array, out: Uint8Array | null, file: number, chunk: number, pieces: Piece[], keys: Uint8Array[],
+): Promise<Uint8Array> {
+  const p = workers();
+  const chunks = Math.ceil(src.length / chunk);
+  const per = Math.max(1, Math.ceil(chunks / (p.size * RANGES_PER_WORKER)));
+  const runs: Array<Promise<Uint8Array>> = [];
+  let from = 0;
+  for (let first = 0; first < chunks; first += per) {
+    const last = Math.min(chunks, first + per);
+    const end = last * chunk;
+    // Pieces are sorted and disjoint: those starting before `end` and ending after `first * chunk`.
+    while (from < pieces.length && pieces[from].offset + pieces[from].length <= first * chunk) from++;
+    let to = from;
+    while (to < pieces.length && pieces[to].offset < end) to++;
+    const mine = pieces.slice(from, to);
+    runs.push(p.run({
+      src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset,
+      out: out ? (out.buffer as SharedArrayBuffer) : null, outOffset: out ? out.byteOffset : 0,
+      length: src.length, file, chunk, first, last, pieces: mine, keys,
+    }));
+  }
+  const parts = await Promise.all(runs);
+  const leaves = new Uint8Array(32 * chunks);
+  let at = 0;
+  for (const part of parts) {
+    leaves.set(part, at);
+    at += part.length;
+  }
+  return leaves;
+}
+
+const shared = (b: Uint8Array) => typeof SharedArrayBuffer !== "undefined" && b.buffer instanceof SharedArrayBuffer;
+
+export const engine: Engine = {
+  async leaves(file, data, chunk) {
+    // Copying a private buffer into shared memory costs about what hashing it here does.
+    if (data.length < PARALLEL_FROM || !shared(data)) return portableEngine.leaves(file, data, chunk);
+    return spread(data, null, file, chunk, [], []);
+  },
+  async copyXor(file, data, chunk, pieces, keys) {
+    if (data.length < PARALLEL_FROM) return portableEngine.copyXor(file, data, chunk, pieces, keys);
+    const out = new Uint8Array(new SharedArrayBuffer(data.length));
+    if (shared(data)) return { out, leaves: await spread(data, out, file, chunk, pieces, keys) };
+    out.set(data);
+    return { out, leaves: await spread(out, out, file, chunk, pieces, keys) };
+  },
+};

@@ -1,13 +1,15 @@
-// `#engine` in Node: large covered files are cut into ranges of whole chunks that worker
-// threads (worker.ts, one per available core) hash, copy and decrypt in shared memory, chunk by
-// chunk; small ones stay on the calling thread. The output is a `Uint8Array` over a
-// `SharedArrayBuffer`. A file given in a `SharedArrayBuffer` (as `readModelFiles` reads it) is
-// read by the workers directly; any other is first copied into the output on this thread.
+// `#engine` in Node: the leaves of large covered files are hashed by worker threads (worker.ts,
+// one per available core), ranges of whole chunks at a time, from shared memory, while this
+// thread copies the file into the result (ordinary memory, which onnxruntime-node requires)
+// with the pieces decrypted by Node's AES-256-CTR. A file given in a `SharedArrayBuffer` (as
+// `readModelFiles` reads it) is hashed where it is; any other is first copied into shared
+// memory. Small files stay on the portable engine.
 
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 
-import { Engine, Piece, portableEngine } from "./engine.js";
+import { xorStream } from "./ctr-node.js";
+import { Engine, portableEngine } from "./engine.js";
 import type { Task } from "./worker.js";
 
 /** Files below this size stay on the calling thread. */
@@ -76,6 +78,15 @@ class Pool {
     }
   }
 
+  /** Spawns the workers not yet running; they wait idle (and unreferenced). */
+  spawnAll(): void {
+    while (this.workers.length < this.size) {
+      const w = this.spawn();
+      w.unref();
+      this.idle.push(w);
+    }
+  }
+
   run(t: Omit<Task, "id">): Promise<Uint8Array> {
     const id = this.next++;
     return new Promise((resolve, reject) => {
@@ -91,28 +102,20 @@ function workers(): Pool {
   return (pool ??= new Pool(Math.max(1, Math.min(16, os.availableParallelism()))));
 }
 
-/** The tasks of a file: ranges of whole chunks, each with the pieces that meet it. */
-async function spread(
-  src: Uint8Array, out: Uint8Array | null, file: number, chunk: number, pieces: Piece[], keys: Uint8Array[],
-): Promise<Uint8Array> {
+/** Starts the worker threads ahead of a large file's hashing (while it is still being read). */
+export function startWorkers(bytes: number): void {
+  if (bytes >= PARALLEL_FROM) workers().spawnAll();
+}
+
+/** The leaves of `src` (in shared memory), ranges of whole chunks hashed by the workers. */
+async function spread(src: Uint8Array, file: number, chunk: number): Promise<Uint8Array> {
   const p = workers();
   const chunks = Math.ceil(src.length / chunk);
   const per = Math.max(1, Math.ceil(chunks / (p.size * RANGES_PER_WORKER)));
   const runs: Array<Promise<Uint8Array>> = [];
-  let from = 0;
   for (let first = 0; first < chunks; first += per) {
     const last = Math.min(chunks, first + per);
-    const end = last * chunk;
-    // Pieces are sorted and disjoint: those starting before `end` and ending after `first * chunk`.
-    while (from < pieces.length && pieces[from].offset + pieces[from].length <= first * chunk) from++;
-    let to = from;
-    while (to < pieces.length && pieces[to].offset < end) to++;
-    const mine = pieces.slice(from, to);
-    runs.push(p.run({
-      src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset,
-      out: out ? (out.buffer as SharedArrayBuffer) : null, outOffset: out ? out.byteOffset : 0,
-      length: src.length, file, chunk, first, last, pieces: mine, keys,
-    }));
+    runs.push(p.run({ src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset, length: src.length, file, chunk, first, last }));
   }
   const parts = await Promise.all(runs);
   const leaves = new Uint8Array(32 * chunks);
@@ -130,13 +133,27 @@ export const engine: Engine = {
   async leaves(file, data, chunk) {
     // Copying a private buffer into shared memory costs about what hashing it here does.
     if (data.length < PARALLEL_FROM || !shared(data)) return portableEngine.leaves(file, data, chunk);
-    return spread(data, null, file, chunk, [], []);
+    return spread(data, file, chunk);
   },
   async copyXor(file, data, chunk, pieces, keys) {
     if (data.length < PARALLEL_FROM) return portableEngine.copyXor(file, data, chunk, pieces, keys);
-    const out = new Uint8Array(new SharedArrayBuffer(data.length));
-    if (shared(data)) return { out, leaves: await spread(data, out, file, chunk, pieces, keys) };
-    out.set(data);
-    return { out, leaves: await spread(out, out, file, chunk, pieces, keys) };
+    // The workers hash the bytes as stored (a private buffer is first copied into shared
+    // memory) while this thread copies them into the result, each piece through AES-CTR.
+    let src = data;
+    if (!shared(data)) {
+      src = new Uint8Array(new SharedArrayBuffer(data.length));
+      src.set(data);
+    }
+    const hashing = spread(src, file, chunk);
+    const out = new Uint8Array(data.length);
+    let pos = 0;
+    for (const p of pieces) {
+      if (pos < p.offset) out.set(data.subarray(pos, p.offset), pos);
+      const end = p.offset + p.length;
+      xorStream(out.subarray(p.offset, end), data.subarray(p.offset, end), keys[p.key], p.stream, p.mask);
+      pos = end;
+    }
+    if (pos < data.length) out.set(data.subarray(pos), pos);
+    return { out, leaves: await hashing };
   },
 };

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
+import { startWorkers } from "./engine-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
 import { externalFilesOf } from "./reader.js";
@@ -21,6 +22,7 @@ async function readShared(file: string): Promise<Uint8Array> {
   const fh = await open(file, "r");
   try {
     const size = (await fh.stat()).size;
+    startWorkers(size);
     const out = new Uint8Array(new SharedArrayBuffer(size));
     for (let at = 0; at < size;) {
       const { bytesRead } = await fh.read(out, at, Math.min(size - at, 1 << 30), at);

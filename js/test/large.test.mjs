@@ -2,13 +2,16 @@
 // covered file): a ~70 MB model written here (a raw_data weight, a float_data weight and an
 // external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
 // format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
-// (readModelFiles) and from a private buffer alike; a changed byte is refused.
+// (readModelFiles) and from a private buffer alike, and runs in onnxruntime-node; a changed
+// byte is refused.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 
-import { decrypt, verify, Modified } from "../dist/index.js";
+import * as ort from "onnxruntime-node";
+
+import { createSession, decrypt, verify, Modified } from "../dist/index.js";
 import { readModelFiles } from "../dist/node.js";
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
 import { binary, run, tempDir } from "./util.mjs";
@@ -79,6 +82,14 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         assert.ok(same(d.model, original), `${name} ${how}: model`);
         assert.ok(same(d.externalData.get("w2.bin"), w2), `${name} ${how}: w2.bin`);
         await verify(f.model, { externalData: f.externalData });
+      }
+      if (name === "ctr") {
+        // onnxruntime-node takes the result (ordinary memory) and gives the plain model's outputs.
+        const feeds = { X: new ort.Tensor("float32", Float32Array.from({ length: 1024 }, (_, i) => Math.cos(i)), [1, 1024]) };
+        const plain = await (await ort.InferenceSession.create(src)).run(feeds);
+        const { session } = await createSession(ort, shared.model, { key: keyText, externalData: shared.externalData });
+        const got = await session.run(feeds);
+        for (const y of ["Y1", "Y2", "Y3"]) assert.deepEqual(Array.from(got[y].data), Array.from(plain[y].data), y);
       }
       // A bit changed deep in each file: refused, with the key and without.
       const model = Uint8Array.from(shared.model);

@@ -4,7 +4,8 @@ import { createCipheriv } from "node:crypto";
 
 import { xorMaskedInto } from "./crypto.js";
 
-const STEP = 1 << 20;
+// 64 KiB: below malloc's mmap threshold, so the output buffers of `update` reuse heap memory.
+const STEP = 64 << 10;
 const ZERO = new Uint8Array(STEP);
 
 function counterBlock(block: number): Uint8Array {

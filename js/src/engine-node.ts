@@ -1,19 +1,20 @@
-// `#engine` in Node: the leaves of large covered files are hashed by worker threads (worker.ts,
-// one per available core), ranges of whole chunks at a time, from shared memory, while this
-// thread copies the file into the result (ordinary memory, which onnxruntime-node requires)
-// with the pieces decrypted by Node's AES-256-CTR. A file given in a `SharedArrayBuffer` (as
-// `readModelFiles` reads it) is hashed where it is; any other is first copied into shared
-// memory. Small files stay on the portable engine.
+// `#engine` in Node: this thread copies each covered file into the result (ordinary memory,
+// which onnxruntime-node requires) with the pieces decrypted by Node's AES-256-CTR, while the
+// leaves of a large file are hashed by worker threads (worker.ts, one per available core),
+// ranges of whole chunks at a time, from shared memory: a file given in a `SharedArrayBuffer`
+// (as `readModelFiles` reads it) where it is, any other first copied there. Small files are
+// hashed on this thread. BLAKE3 from blake3-node.ts.
 
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 
+import { leavesOf } from "./blake3-node.js";
 import { xorStream } from "./ctr-node.js";
-import { Engine, portableEngine } from "./engine.js";
+import { Engine } from "./engine.js";
 import type { Task } from "./worker.js";
 
-/** Files below this size stay on the calling thread. */
-const PARALLEL_FROM = 16 << 20;
+/** Files below this size are hashed on the calling thread. */
+export const PARALLEL_FROM = 16 << 20;
 /** Ranges per worker, so that a slow worker holds up little. */
 const RANGES_PER_WORKER = 4;
 
@@ -115,7 +116,8 @@ async function spread(src: Uint8Array, file: number, chunk: number): Promise<Uin
   const runs: Array<Promise<Uint8Array>> = [];
   for (let first = 0; first < chunks; first += per) {
     const last = Math.min(chunks, first + per);
-    runs.push(p.run({ src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset, length: src.length, file, chunk, first, last }));
+    const a = first * chunk, b = Math.min(last * chunk, src.length);
+    runs.push(p.run({ src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset + a, length: b - a, file, chunk, first }));
   }
   const parts = await Promise.all(runs);
   const leaves = new Uint8Array(32 * chunks);
@@ -129,22 +131,24 @@ async function spread(src: Uint8Array, file: number, chunk: number): Promise<Uin
 
 const shared = (b: Uint8Array) => typeof SharedArrayBuffer !== "undefined" && b.buffer instanceof SharedArrayBuffer;
 
+/** The leaves of `data`: on the workers for a large file in shared memory, else here. */
+function leaves(file: number, data: Uint8Array, chunk: number): Promise<Uint8Array> {
+  if (data.length >= PARALLEL_FROM && shared(data)) return spread(data, file, chunk);
+  return leavesOf(data, file, chunk);
+}
+
 export const engine: Engine = {
-  async leaves(file, data, chunk) {
-    // Copying a private buffer into shared memory costs about what hashing it here does.
-    if (data.length < PARALLEL_FROM || !shared(data)) return portableEngine.leaves(file, data, chunk);
-    return spread(data, file, chunk);
-  },
+  leaves,
   async copyXor(file, data, chunk, pieces, keys) {
-    if (data.length < PARALLEL_FROM) return portableEngine.copyXor(file, data, chunk, pieces, keys);
-    // The workers hash the bytes as stored (a private buffer is first copied into shared
-    // memory) while this thread copies them into the result, each piece through AES-CTR.
+    // The leaves of the bytes as stored are hashed (by the workers, for a large file: a
+    // private buffer is first copied into shared memory) while this thread copies them into
+    // the result, each piece through AES-CTR.
     let src = data;
-    if (!shared(data)) {
+    if (data.length >= PARALLEL_FROM && !shared(data)) {
       src = new Uint8Array(new SharedArrayBuffer(data.length));
       src.set(data);
     }
-    const hashing = spread(src, file, chunk);
+    const hashing = leaves(file, src, chunk);
     const out = new Uint8Array(data.length);
     let pos = 0;
     for (const p of pieces) {
@@ -156,4 +160,21 @@ export const engine: Engine = {
     if (pos < data.length) out.set(data.subarray(pos), pos);
     return { out, leaves: await hashing };
   },
+  async xor(data, pieces, keys) {
+    for (const p of pieces) {
+      const view = data.subarray(p.offset, p.offset + p.length);
+      xorStream(view, view, keys[p.key], p.stream, p.mask);
+    }
+  },
 };
+
+/** The leaves of whole chunks in shared memory (`src`, from chunk `first` of covered file
+ * `file`), hashed by a worker. */
+export function hashOnWorker(src: Uint8Array, file: number, chunk: number, first: number): Promise<Uint8Array> {
+  return workers().run({ src: src.buffer as SharedArrayBuffer, srcOffset: src.byteOffset, length: src.length, file, chunk, first });
+}
+
+/** How many hashing tasks the workers can take at once. */
+export function workerCount(): number {
+  return workers().size;
+}

@@ -24,6 +24,8 @@ export interface Engine {
   /** A copy of `data` with `pieces` (sorted, disjoint) XORed in, and the leaves of `data`
    * as it was given. */
   copyXor(file: number, data: Uint8Array, chunk: number, pieces: Piece[], keys: Uint8Array[]): Promise<{ out: Uint8Array; leaves: Uint8Array }>;
+  /** `pieces` XORed into `data` in place. */
+  xor(data: Uint8Array, pieces: Piece[], keys: Uint8Array[]): Promise<void>;
 }
 
 const CHUNK_LABEL = label("onnx-protect/v2/chunk");
@@ -43,15 +45,18 @@ export const portableEngine: Engine = {
   async copyXor(file, data, chunk, pieces, keys) {
     const leaves = await portableEngine.leaves(file, data, chunk);
     const out = copyOf(data);
+    await portableEngine.xor(out, pieces, keys);
+    return { out, leaves };
+  },
+  async xor(data, pieces, keys) {
     const streams = new Map<number, Keystream>();
     for (const p of pieces) {
       let ks = streams.get(p.key);
       if (!ks) streams.set(p.key, (ks = await Keystream.of(keys[p.key])));
-      const view = out.subarray(p.offset, p.offset + p.length);
+      const view = data.subarray(p.offset, p.offset + p.length);
       if (p.mask) await ks.xorMasked(p.stream, view, p.mask);
       else await ks.xor(p.stream, view);
     }
-    return { out, leaves };
   },
 };
 

@@ -1,15 +1,18 @@
 // Node: a protected model and its external data files read from disk into memory, the
-// side files confined to the model's directory (docs/format.md §5); the licence clock state
-// file shared with onnx-protect. Nothing else is written.
+// side files confined to the model's directory (docs/format.md §5), or decrypted as they are
+// read; the licence clock state file shared with onnx-protect. Nothing else is written.
 
 import { randomBytes } from "node:crypto";
-import { mkdir, open, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { FileHandle, mkdir, open, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
-import { startWorkers } from "./engine-node.js";
+import { leavesOf } from "./blake3-node.js";
+import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./engine-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
-import { externalFilesOf } from "./reader.js";
+import { Decrypted, decryptWith, externalFilesOf, ReadOptions } from "./reader.js";
+import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
+import { concat } from "./wire.js";
 
 export interface ModelFiles {
   model: Uint8Array;
@@ -24,26 +27,66 @@ async function readShared(file: string): Promise<Uint8Array> {
     const size = (await fh.stat()).size;
     startWorkers(size);
     const out = new Uint8Array(new SharedArrayBuffer(size));
-    for (let at = 0; at < size;) {
-      const { bytesRead } = await fh.read(out, at, Math.min(size - at, 1 << 30), at);
-      if (bytesRead === 0) throw new UsageError(`${file} became shorter while it was read`);
-      at += bytesRead;
-    }
+    await readInto(fh, out, 0, size, file);
     return out;
   } finally {
     await fh.close();
   }
 }
 
-/** Reads the protected model at `file` and every external data file its header lists
- * (each under the model's directory, through no symbolic link that leaves it), into
- * shared memory. */
-export async function readModelFiles(file: string): Promise<ModelFiles> {
-  const model = await readShared(file);
+async function readInto(fh: FileHandle, out: Uint8Array, from: number, to: number, file: string): Promise<void> {
+  for (let at = from; at < to;) {
+    const { bytesRead } = await fh.read(out, at, to - at, at);
+    if (bytesRead === 0) throw new UsageError(`${file} became shorter while it was read`);
+    at += bytesRead;
+  }
+}
+
+/** The chunk size onnx-protect writes (format.md §9); a header with another is hashed again. */
+const READ_CHUNK = 4 << 20;
+
+/** A file read into ordinary memory, the leaves of its `READ_CHUNK`-byte chunks (as covered
+ * file `index`) hashed while it is read: each chunk, once read, is copied into a shared slot
+ * that a worker hashes while the next is read (small files are hashed here). */
+async function readHashing(file: string, index: number): Promise<{ bytes: Uint8Array; leaves: Promise<Uint8Array> }> {
+  const fh = await open(file, "r");
+  try {
+    const size = (await fh.stat()).size;
+    startWorkers(size);
+    const bytes = new Uint8Array(size);
+    if (size < PARALLEL_FROM) {
+      await readInto(fh, bytes, 0, size, file);
+      const leaves = await leavesOf(bytes, index, READ_CHUNK);
+      return { bytes, leaves: Promise.resolve(leaves) };
+    }
+    const free: Uint8Array[] = Array.from({ length: 2 * workerCount() + 2 }, () => new Uint8Array(new SharedArrayBuffer(READ_CHUNK)));
+    const waiting: Array<(slot: Uint8Array) => void> = [];
+    const release = (slot: Uint8Array) => (waiting.length ? waiting.shift()!(slot) : free.push(slot));
+    const parts: Array<Promise<Uint8Array>> = [];
+    for (let j = 0; j * READ_CHUNK < size; j++) {
+      const a = j * READ_CHUNK, b = Math.min(a + READ_CHUNK, size);
+      await readInto(fh, bytes, a, b, file);
+      const slot = free.pop() ?? (await new Promise<Uint8Array>((r) => waiting.push(r)));
+      slot.set(bytes.subarray(a, b));
+      const part = hashOnWorker(slot.subarray(0, b - a), index, READ_CHUNK, j);
+      parts.push(part);
+      part.then(() => release(slot), () => release(slot));
+    }
+    return { bytes, leaves: Promise.all(parts).then(concat) };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads the model at `file` with `read`, then every external data file its header lists
+ * (each under the model's directory, through no symbolic link that leaves it), as covered
+ * files 1, 2, … */
+async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: string, index: number) => Promise<T>): Promise<{ model: T; external: Map<string, T> }> {
+  const model = await read(file, 0);
   const dir = await realpath(path.dirname(file));
   const self = await realpath(file);
-  const externalData = new Map<string, Uint8Array>();
-  for (const location of externalFilesOf(model)) {
+  const external = new Map<string, T>();
+  for (const [i, location] of externalFilesOf(model.bytes).entries()) {
     const joined = path.join(dir, ...location.split(/[/\\]/));
     let real: string;
     try {
@@ -54,9 +97,36 @@ export async function readModelFiles(file: string): Promise<ModelFiles> {
     if (!real.startsWith(dir + path.sep)) throw new InvalidModel(`external data location '${location}' leaves the model's directory`);
     if (real === self) throw new InvalidModel(`external data location '${location}' names the model file itself`);
     if (!(await stat(real)).isFile()) throw new InvalidModel(`external data location '${location}' is not a file`);
-    externalData.set(location, await readShared(real));
+    external.set(location, await read(real, i + 1));
   }
-  return { model, externalData };
+  return { model, external };
+}
+
+/** Reads the protected model at `file` and every external data file its header lists
+ * (each under the model's directory, through no symbolic link that leaves it), into
+ * shared memory. */
+export async function readModelFiles(file: string): Promise<ModelFiles> {
+  const { model, external } = await readAll(file, async (f) => ({ bytes: await readShared(f) }));
+  return { model: model.bytes, externalData: new Map([...external].map(([l, e]) => [l, e.bytes])) };
+}
+
+/** `decrypt` of the protected model at `file` and its external data files (read as
+ * `readModelFiles` reads them), with less work: each file is read once into the memory the
+ * result is made in, hashed by the worker threads while it is read, and decrypted in place
+ * (the bytes as read are seen by no one before every check has passed). */
+export async function decryptFile(file: string, opts: Omit<ReadOptions, "externalData"> = {}): Promise<Decrypted> {
+  if ((opts as ReadOptions).externalData) throw new UsageError("decryptFile reads the external data files itself");
+  const { model, external } = await readAll(file, readHashing);
+  const externalData = new Map([...external].map(([l, e]) => [l, e.bytes]));
+  return decryptWith(model.bytes, { ...opts, externalData }, { chunk: READ_CHUNK, leaves: [model.leaves, ...[...external.values()].map((e) => e.leaves)] });
+}
+
+/** `createSession` from the protected model at `file` (read as `decryptFile` reads it). */
+export async function createSessionFromFile<S>(
+  ort: OrtLike<S>, file: string, opts: Omit<ReadOptions, "externalData"> = {}, sessionOptions?: Record<string, unknown>,
+): Promise<SessionResult<S>> {
+  checkSessionOptions(sessionOptions);
+  return sessionOf(ort, await decryptFile(file, opts), sessionOptions);
 }
 
 /** The state file onnx-protect keeps the latest time a licence check saw in:

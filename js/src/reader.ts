@@ -10,7 +10,7 @@ import {
   WrongKey,
 } from "./errors.js";
 import {
-  argon2id, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
+  argon2id, blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
   u32be, u64be, unwrapChaCha, verifyStrict,
 } from "./crypto.js";
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
@@ -640,6 +640,15 @@ interface Transform {
   rename?: Map<string, string>;
   unlockClasses?: { order: Uint32Array; lock: HeaderLock };
   stored?: Uint8Array;
+  owned?: Owned;
+}
+
+/** Files read for one call and seen by no one else (`decryptFile`), so decrypted in place:
+ * the leaves of each covered file, hashed from its bytes as read in chunks of `chunk` bytes
+ * (for the model file, of the whole file, its entry included). */
+export interface Owned {
+  chunk: number;
+  leaves: Array<Promise<Uint8Array>>;
 }
 
 /** Copies of the content and external files with the spans of tiers `which` encrypted
@@ -677,7 +686,8 @@ async function transformed(
   }
   for (const p of pieces) p.sort((x, y) => x.offset - y.offset);
   const chunk = Number(op.header.chunk_size);
-  const done = await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
+  const done = how.owned ? await inPlace(files, chunk, pieces, streamKeys, how.owned)
+    : await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
   if (how.stored) {
     const digest = await digestOfLeaves(files.map((f) => f.length), done.map((d) => d.leaves));
     if (!constantTimeEqual(digest, how.stored)) {
@@ -707,6 +717,23 @@ async function transformed(
   if (how.rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, how.rename.get(t.external.location)!));
   content = applyEdits(content, edits);
   return [content, ext, tensors, bytes];
+}
+
+/** [`transformed`]'s pass over files it owns: the leaves as read (the model file's cut at the
+ * end of its content: the chunk the entry starts in is hashed again, here, before any change),
+ * then the pieces XORed in place. */
+async function inPlace(files: Uint8Array[], chunk: number, pieces: Piece[][], keys: Uint8Array[], owned: Owned): Promise<Array<{ out: Uint8Array; leaves: Uint8Array }>> {
+  let leaves: Array<Uint8Array | Promise<Uint8Array>>;
+  if (owned.chunk === chunk) {
+    const content = files[0];
+    const whole = Math.floor(content.length / chunk);
+    const tail = content.length % chunk ? [(await blake3())([label("onnx-protect/v2/chunk"), u32be(0), u64be(whole), content.subarray(whole * chunk)])] : [];
+    leaves = [owned.leaves[0].then((l) => concat([l.subarray(0, 32 * whole), ...tail])), ...owned.leaves.slice(1)];
+  } else {
+    leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+  }
+  for (let i = 0; i < files.length; i++) await engine.xor(files[i], pieces[i], keys);
+  return Promise.all(files.map(async (out, i) => ({ out, leaves: await leaves[i] })));
 }
 
 function writeViews(views: Uint8Array[], data: Uint8Array): void {
@@ -748,6 +775,11 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
 /** Verifies and decrypts a protected model (§12). Returns the original model and its
  * external data files (below the top tier: the partially decrypted model of §11). */
 export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Decrypted> {
+  return decryptWith(model, opts);
+}
+
+/** [`decrypt`] of files the caller gives up (`owned`): decrypted in place. */
+export async function decryptWith(model: Uint8Array, opts: ReadOptions, owned?: Owned): Promise<Decrypted> {
   // Steps 4–5 (key, licence, MACs, signers) run before step 6, which the pass that decrypts
   // does on the bytes it reads (§12 allows either order).
   const op = openManifest(model, opts.externalData);
@@ -762,7 +794,7 @@ export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Dec
   // §15: a full decryption puts a label lock's classes back in true order.
   const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
   const stored = op.restored ? op.env.stored_digest : op.env.content_digest;
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored });
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored, owned });
   if (to === op.tiers) {
     const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
     return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };

@@ -2,8 +2,8 @@
 // covered file): a ~70 MB model written here (a raw_data weight, a float_data weight and an
 // external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
 // format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
-// (readModelFiles) and from a private buffer alike, and runs in onnxruntime-node; a changed
-// byte is refused.
+// (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
+// onnxruntime-node; a changed byte is refused.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -12,7 +12,7 @@ import { test } from "node:test";
 import * as ort from "onnxruntime-node";
 
 import { createSession, decrypt, verify, Modified } from "../dist/index.js";
-import { readModelFiles } from "../dist/node.js";
+import { createSessionFromFile, decryptFile, readModelFiles } from "../dist/node.js";
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
 import { binary, run, tempDir } from "./util.mjs";
 
@@ -83,6 +83,10 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         assert.ok(same(d.externalData.get("w2.bin"), w2), `${name} ${how}: w2.bin`);
         await verify(f.model, { externalData: f.externalData });
       }
+      // Read, hashed and decrypted in place by decryptFile.
+      const df = await decryptFile(prot, { key: keyText });
+      assert.ok(same(df.model, original), `${name} decryptFile: model`);
+      assert.ok(same(df.externalData.get("w2.bin"), w2), `${name} decryptFile: w2.bin`);
       if (name === "ctr") {
         // onnxruntime-node takes the result (ordinary memory) and gives the plain model's outputs.
         const feeds = { X: new ort.Tensor("float32", Float32Array.from({ length: 1024 }, (_, i) => Math.cos(i)), [1, 1024]) };
@@ -90,6 +94,9 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         const { session } = await createSession(ort, shared.model, { key: keyText, externalData: shared.externalData });
         const got = await session.run(feeds);
         for (const y of ["Y1", "Y2", "Y3"]) assert.deepEqual(Array.from(got[y].data), Array.from(plain[y].data), y);
+        const fromFile = (await createSessionFromFile(ort, prot, { key: keyText })).session;
+        const got2 = await fromFile.run(feeds);
+        for (const y of ["Y1", "Y2", "Y3"]) assert.deepEqual(Array.from(got2[y].data), Array.from(plain[y].data), y);
       }
       // A bit changed deep in each file: refused, with the key and without.
       const model = Uint8Array.from(shared.model);
@@ -99,6 +106,16 @@ test("large models: decrypted byte for byte through the worker threads, from sha
       await assert.rejects(decrypt(changedModel, { key: keyText, externalData: shared.externalData }), Modified);
       await assert.rejects(decrypt(model, { key: keyText, externalData: shared.externalData }), Modified);
       await assert.rejects(verify(changedModel, { externalData: shared.externalData }), Modified);
+      const changedDir = path.join(dir, `${name}-changed`);
+      fs.mkdirSync(changedDir);
+      fs.writeFileSync(path.join(changedDir, "model.onnx"), model);
+      fs.copyFileSync(path.join(outDir, "w2.bin"), path.join(changedDir, "w2.bin"));
+      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
+      fs.writeFileSync(path.join(changedDir, "model.onnx"), shared.model);
+      const w2changed = fs.readFileSync(path.join(outDir, "w2.bin"));
+      w2changed[12_345_678] ^= 2;
+      fs.writeFileSync(path.join(changedDir, "w2.bin"), w2changed);
+      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
       const data = new Uint8Array(new SharedArrayBuffer(w2.length));
       data.set(shared.externalData.get("w2.bin"));
       data[w2.length - 5] ^= 1;
@@ -112,6 +129,7 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         run(BIN, ["decrypt", prot, "-o", part, "--key-file", t1, "-q"]);
         const d = await decrypt(shared.model, { key: fs.readFileSync(t1, "utf8"), externalData: shared.externalData });
         assert.equal(d.tier, 1);
+        assert.ok(same((await decryptFile(prot, { key: fs.readFileSync(t1, "utf8") })).model, fs.readFileSync(part)), "tier 1 decryptFile");
         assert.ok(same(d.model, fs.readFileSync(part)), "tier 1: model");
         assert.ok(same(d.externalData.get("w2.bin"), fs.readFileSync(path.join(path.dirname(part), "w2.bin"))), "tier 1: w2.bin");
       }

@@ -13,10 +13,9 @@ import {
   LicenceMalformed, LicenceMissing, LicenceNotYetValid, LicenceWrongDevice, LicenceWrongModel, Modified, UsageError,
 } from "../dist/index.js";
 import { clockFile } from "../dist/node.js";
-import { sha256 } from "../dist/crypto.js";
 import { parseSigner } from "../dist/keys.js";
-import { concat, encode, encodeUtf8, lengthDelimited } from "../dist/wire.js";
-import { binary, issueLicence, publisher, recipientsOf, ROOT, run, tempDir, WINDOW } from "./util.mjs";
+import { encodeUtf8 } from "../dist/wire.js";
+import { binary, inTempDir, issueLicence, publisher, recipientsOf, resealed, ROOT, run, WINDOW } from "./util.mjs";
 
 const BIN = binary();
 const MODEL = path.join(ROOT, "fixtures/models/cnn_torch/model.onnx");
@@ -33,15 +32,20 @@ function licensed(dir, extra = [], keygen = []) {
   return { key: fs.readFileSync(key, "utf8"), pub, prot, model: fs.readFileSync(prot) };
 }
 
-/** The model with its header changed by `change`, the entry rebuilt and its checksum sealed
- * again (the MACs left as they were). */
+/** The model with its header changed by `change`, resealed (the MACs left as they were). */
 async function withHeader(model, change) {
   const op = await open(model);
-  const header = encode("Header", change({ ...op.header }));
-  const env = { ...op.env, header, checksum: new Uint8Array(0) };
-  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
-  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
-  return concat([model.subarray(0, op.entryStart), lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]))]);
+  return resealed(op, change({ ...op.header }));
+}
+
+/** In a temporary folder: the model licensed with model id det-v3, and a licence for it
+ * (any recipient, for decades). */
+function byId(fn) {
+  return inTempDir(async (dir) => {
+    const m = licensed(dir, ["--model-id", "det-v3"]);
+    const ok = issueLicence(BIN, dir, m.pub.sk, "ok.lic", ["--model", "id:det-v3", "--recipient", "any", ...WINDOW]);
+    return fn({ dir, ...m, ok });
+  });
 }
 
 /** A Web-Storage-like store in memory. */
@@ -51,9 +55,7 @@ function memoryStorage() {
 }
 
 test("a licensed model opens only with a valid licence; each refusal is its own exception", { skip }, async () => {
-  const dir = tempDir();
-  try {
-    const { key, pub, prot, model } = licensed(dir, ["--model-id", "det-v3"]);
+  await byId(async ({ dir, key, pub, prot, model, ok }) => {
     const clock = storageClock(memoryStorage());
     // No licence: refused with the authority named; keyless verification still works.
     await assert.rejects(decrypt(model, { key }), (e) => e instanceof LicenceMissing && e.kind === "licence_missing" && e.message.includes(pub.authority));
@@ -61,7 +63,6 @@ test("a licensed model opens only with a valid licence; each refusal is its own 
     await assert.rejects(verify(model, { key }), LicenceMissing);
     await assert.rejects(verify(model, { licence: "x" }), UsageError);
 
-    const ok = issueLicence(BIN, dir, pub.sk, "ok.lic", ["--model", "id:det-v3", "--recipient", "any", ...WINDOW]);
     const d = await decrypt(model, { key, licence: ok, licenceClock: clock });
     assert.ok(same(d.model, fs.readFileSync(MODEL)), "not the original");
     assert.equal((await verify(model, { key, licence: ok })).keyTier, 1);
@@ -92,19 +93,15 @@ test("a licensed model opens only with a valid licence; each refusal is its own 
     await assert.rejects(decrypt(model, { key, licence: "" }), LicenceMalformed);
     // A wrong key is a wrong key, licence or not.
     await assert.rejects(decrypt(model, { key: new Uint8Array(32).fill(9), licence: ok }), (e) => e.kind === "wrong_key");
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("every byte of a valid licence changed is refused (bad signature or malformed), never opened", { skip }, async () => {
-  const dir = tempDir();
-  try {
-    const { key, pub, model } = licensed(dir, ["--model-id", "det-v3"]);
-    const ok = encodeUtf8(issueLicence(BIN, dir, pub.sk, "ok.lic", ["--model", "id:det-v3", "--recipient", "any", ...WINDOW]));
+  await byId(async ({ key, model, ok }) => {
+    const text = encodeUtf8(ok);
     const kinds = new Map();
-    for (let i = 0; i < ok.length; i++) {
-      const t = Uint8Array.from(ok);
+    for (let i = 0; i < text.length; i++) {
+      const t = Uint8Array.from(text);
       t[i] ^= 0x01;
       try {
         await decrypt(model, { key, licence: t });
@@ -115,16 +112,11 @@ test("every byte of a valid licence changed is refused (bad signature or malform
       }
     }
     assert.ok(kinds.get("licence_bad_signature") > 0 && kinds.get("licence_malformed") > 0, JSON.stringify([...kinds]));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a clock set back below the recorded high-water mark is refused; the state file is the command line's", { skip }, async () => {
-  const dir = tempDir();
-  try {
-    const { key, pub, prot, model } = licensed(dir, ["--model-id", "det-v3"]);
-    const ok = issueLicence(BIN, dir, pub.sk, "ok.lic", ["--model", "id:det-v3", "--recipient", "any", ...WINDOW]);
+  await byId(async ({ dir, key, pub, prot, model, ok }) => {
     const state = path.join(dir, "state", "clock");
     // A first check records the time, in the form the command line reads and writes.
     const before = Math.floor(Date.now() / 1000);
@@ -150,16 +142,11 @@ test("a clock set back below the recorded high-water mark is refused; the state 
     fs.writeFileSync(state, "not a clock\n");
     await assert.rejects(decrypt(model, { key, licence: ok, licenceClock: clockFile(state) }), ClockSetBack);
     assert.equal(fs.readFileSync(state, "utf8"), "not a clock\n");
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("the caller's clock decides the window; a Web Storage store refuses a clock set back beyond 600 s", { skip }, async () => {
-  const dir = tempDir();
-  try {
-    const { key, pub, model } = licensed(dir, ["--model-id", "det-v3"]);
-    const ok = issueLicence(BIN, dir, pub.sk, "ok.lic", ["--model", "id:det-v3", "--recipient", "any", ...WINDOW]);
+  await byId(async ({ dir, key, pub, model, ok }) => {
     const at = (iso) => () => Date.parse(iso);
     await assert.rejects(decrypt(model, { key, licence: ok, now: at("2019-12-31T23:59:59Z") }), LicenceNotYetValid);
     await decrypt(model, { key, licence: ok, now: at("2020-01-01T00:00:00Z") });
@@ -179,14 +166,11 @@ test("the caller's clock decides the window; a Web Storage store refuses a clock
     await assert.rejects(decrypt(model, { key, licence: short, now: at("2049-12-31T23:54:00Z"), licenceClock }), LicenceExpired);
     storage.setItem("onnx-protect/licence-clock", "yesterday");
     await assert.rejects(decrypt(model, { key, licence: ok, now: at("2050-01-02T00:00:00Z"), licenceClock }), ClockSetBack);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a licence grants its tiers only: the same partial decryption as the command line's", { skip }, async () => {
-  const dir = tempDir();
-  try {
+  await inTempDir(async (dir) => {
     const { key, pub, prot, model } = licensed(dir, ["--tiers", "2", "--mode", "*=fp"], ["--tiers", "2"]);
     const one = issueLicence(BIN, dir, pub.sk, "one.lic", ["--model-of", prot, "--recipient", "any", "--tiers", "1", ...WINDOW]);
     await assert.rejects(decrypt(model, { key, licence: one, tier: 2 }), UsageError);
@@ -200,15 +184,11 @@ test("a licence grants its tiers only: the same partial decryption as the comman
     assert.ok(same((await decrypt(model, { key, licence: two })).model, fs.readFileSync(MODEL)));
     // The partially decrypted copy still needs a licence (its header keeps the authority).
     await assert.rejects(decrypt(d.model, { key }), LicenceMissing);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("the authority is authenticated: a header naming another publisher, with its licence, fails the MACs", { skip }, async () => {
-  const dir = tempDir();
-  try {
-    const { key, pub, model } = licensed(dir, ["--model-id", "det-v3"]);
+  await byId(async ({ dir, key, pub, model }) => {
     const other = publisher(BIN, dir, "other.sk");
     const forged = await withHeader(model, (h) => ({ ...h, licence_authority: parseSigner(other.authority) }));
     await verify(forged); // keyless: the checksum is sealed again and the content is unchanged
@@ -222,14 +202,11 @@ test("the authority is authenticated: a header naming another publisher, with it
     // A model id without an authority, or an authority of another length: modified, keyless.
     await assert.rejects(verify(await withHeader(model, (h) => ({ ...h, licence_authority: new Uint8Array(0) }))), Modified);
     await assert.rejects(verify(await withHeader(model, (h) => ({ ...h, licence_authority: new Uint8Array(31) }))), Modified);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a licence for an age recipient opens through that x25519 stanza only", { skip }, async () => {
-  const dir = tempDir();
-  try {
+  await inTempDir(async (dir) => {
     const identity = await generateX25519Identity();
     const recipient = await identityToRecipient(identity);
     const pub = publisher(BIN, dir, "pub.sk");
@@ -241,9 +218,7 @@ test("a licence for an age recipient opens through that x25519 stanza only", { s
     assert.ok(same((await decrypt(model, { identity, licence: mine })).model, fs.readFileSync(MODEL)));
     const elsewhere = issueLicence(BIN, dir, pub.sk, "else.lic", ["--model-of", prot, "--recipient", "x25519 age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq", "--recipient", "key 0123456789abcdef", ...WINDOW]);
     await assert.rejects(decrypt(model, { identity, licence: elsewhere }), (e) => e instanceof LicenceWrongDevice && e.message.includes(recipient));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("licence text is parsed strictly (Appendix C)", () => {

@@ -11,9 +11,7 @@ import * as ort from "onnxruntime-node";
 
 import { createSession, decrypt, open, verify, Modified } from "../dist/index.js";
 import { readModelFiles } from "../dist/node.js";
-import { sha256 } from "../dist/crypto.js";
-import { concat, encode, encodeUtf8, lengthDelimited } from "../dist/wire.js";
-import { binary, readNpy, ROOT, run, tempDir } from "./util.mjs";
+import { binary, inTempDir, readNpy, resealed, ROOT, run, tempDir } from "./util.mjs";
 
 const BIN = binary();
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
@@ -88,8 +86,7 @@ test("locked models decrypt to the original bytes, the same as the command line'
 });
 
 test("a locked model runs with the plain model's outputs once decrypted; a partial decryption keeps the lock", { skip }, async () => {
-  const dir = tempDir();
-  try {
+  await inTempDir(async (dir) => {
     const src = path.join(ROOT, "fixtures/digits/cnn.onnx");
     const key = path.join(dir, "k.key");
     run(BIN, ["keygen", "-o", key, "-q", "--tiers", "2"]);
@@ -111,27 +108,20 @@ test("a locked model runs with the plain model's outputs once decrypted; a parti
     assert.ok(same(p1.model, fs.readFileSync(part)));
     assert.ok((await open(p1.model)).lock);
     assert.ok(same((await decrypt(p1.model, { key: keyText })).model, fs.readFileSync(src)));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
-/** The model with its header's label lock changed by `change`, the entry rebuilt and its
- * checksum sealed again (the MACs left as they were). */
+/** The model with its header's label lock changed by `change`, resealed (the MACs left as
+ * they were). */
 async function withLock(model, change) {
   const op = await open(model);
   const lock = structuredClone(op.header.label_lock);
   change(lock);
-  const header = encode("Header", { ...op.header, label_lock: lock });
-  const env = { ...op.env, header, checksum: new Uint8Array(0) };
-  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
-  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
-  return concat([model.subarray(0, op.entryStart), lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]))]);
+  return resealed(op, { ...op.header, label_lock: lock });
 }
 
 test("a header lock that breaks §15 is refused as modified without a key; one that keeps the rules fails the MACs", { skip }, async () => {
-  const dir = tempDir();
-  try {
+  await inTempDir(async (dir) => {
     const src = path.join(ROOT, "fixtures/digits/mlp.onnx");
     const key = path.join(dir, "k.key");
     run(BIN, ["keygen", "-o", key, "-q"]);
@@ -165,7 +155,5 @@ test("a header lock that breaks §15 is refused as modified without a key; one t
       await verify(m);
       await assert.rejects(decrypt(m, { key: keyText }), (e) => e instanceof Modified && /MAC/.test(e.message));
     }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

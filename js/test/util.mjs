@@ -79,3 +79,25 @@ export function recipientsOf(bin, file) {
   const j = JSON.parse(run(bin, ["inspect", "--json", file]).toString());
   return j.protection.recipients.map((r) => r.replace(/ \(tier [0-9]+\)$/, ""));
 }
+
+/** Runs `fn(dir)` with a fresh temporary folder, removed afterwards. */
+export async function inTempDir(fn) {
+  const dir = tempDir();
+  try {
+    return await fn(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The opened protected model `op` (from `open`) with its header replaced by `header`, the
+ * manifest entry rebuilt and its checksum sealed again (the MACs left as they were). */
+export async function resealed(op, header) {
+  const { sha256 } = await import("../dist/crypto.js");
+  const { concat, encode, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
+  const env = { ...op.env, header: encode("Header", header), checksum: new Uint8Array(0) };
+  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
+  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
+  const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
+  return concat([op.model.subarray(0, op.entryStart), entry]);
+}

@@ -41,20 +41,30 @@ for m in big:"$DATA/single/model.onnx" small:"$SMALL"; do
   done
 done
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# The CPU counters of /proc/stat ("cpu" line: user nice system idle iowait irq softirq steal).
+cpu_now() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
+CPU0=$(cpu_now)
+# Runs a command, appending its CPU time (user + system seconds) to PREFIX.cpu.
+cpu() { local prefix=$1; shift; /usr/bin/time -f '%U %S' -o "$prefix.time" "$@"; awk '{print $1 + $2}' "$prefix.time" >> "$prefix.cpu"; }
 {
   echo "commit $(git rev-parse --short HEAD); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); node $(node --version); load at start $(cut -d' ' -f1-3 /proc/loadavg)"
   for pol in "${POLICIES[@]}"; do
-    : > "$W/rust.txt"; : > "$W/jsfile.txt"; : > "$W/jsmem.txt"
+    for f in rust jsfile jsmem; do : > "$W/$f.txt"; : > "$W/$f.cpu"; done
     for r in $(seq 0 "$N"); do
-      rs=$($EX "$W/big.$pol.onnx" "$W/bench.key" 1 | awk '/^decrypt_in_memory/{print $2}')
-      jf=$(node js/bench/decrypt.mjs file "$W/big.$pol.onnx" "$W/bench.key" | awk '{print $2}')
-      jm=$(node js/bench/decrypt.mjs memory "$W/big.$pol.onnx" "$W/bench.key" | awk '{print $2}')
-      [ "$r" = 0 ] && continue
+      # Each process's CPU time (user + system, all threads, start-up included) beside the
+      # time it reports.
+      rs=$(cpu "$W/rust" $EX "$W/big.$pol.onnx" "$W/bench.key" 1 | awk '/^decrypt_in_memory/{print $2}')
+      jf=$(cpu "$W/jsfile" node js/bench/decrypt.mjs file "$W/big.$pol.onnx" "$W/bench.key" | awk '{print $2}')
+      jm=$(cpu "$W/jsmem" node js/bench/decrypt.mjs memory "$W/big.$pol.onnx" "$W/bench.key" | awk '{print $2}')
+      if [ "$r" = 0 ]; then for f in rust jsfile jsmem; do : > "$W/$f.cpu"; done; continue; fi
       echo "$rs" >> "$W/rust.txt"; echo "$jf" >> "$W/jsfile.txt"; echo "$jm" >> "$W/jsmem.txt"
     done
     R=$(median < "$W/rust.txt"); F=$(median < "$W/jsfile.txt"); M=$(median < "$W/jsmem.txt")
+    RC=$(median < "$W/rust.cpu"); FC=$(median < "$W/jsfile.cpu"); MC=$(median < "$W/jsmem.cpu")
     printf '1 GiB, %s: Rust decrypt_in_memory %.3f s; Node decryptFile %.3f s (%.2fx), readModelFiles + decrypt %.3f s (%.2fx)\n' \
       "$pol" "$R" "$F" "$(echo "$F / $R" | bc -l)" "$M" "$(echo "$M / $R" | bc -l)"
+    printf '    CPU time per process: Rust %.2f s, decryptFile %.2f s (%.2fx), readModelFiles + decrypt %.2f s (%.2fx)\n' \
+      "$RC" "$FC" "$(echo "$FC / $RC" | bc -l)" "$MC" "$(echo "$MC / $RC" | bc -l)"
   done
   for pol in "${POLICIES[@]}"; do
     : > "$W/plain.txt"; : > "$W/bytes.txt"; : > "$W/prot.txt"
@@ -69,5 +79,6 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
     printf '%s MB model, %s: onnxruntime-node from the plain file %.3f s, from its bytes %.3f s, createSessionFromFile on the protected copy %.3f s; ratios %.2fx (file), %.2fx (bytes)\n' \
       "$(( $(stat -c %s "$SMALL") / 1000000 ))" "$pol" "$P" "$B" "$Q" "$(echo "$Q / $P" | bc -l)" "$(echo "$Q / $B" | bc -l)"
   done
-  echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"
+  read -r T0 S0 <<< "$CPU0"; read -r T1 S1 <<< "$(cpu_now)"
+  echo "load at end $(cut -d' ' -f1-3 /proc/loadavg); steal during the run $(echo "100 * ($S1 - $S0) / ($T1 - $T0)" | bc -l | cut -c1-4)%"
 } | tee "$W/results.txt"

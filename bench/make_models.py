@@ -12,7 +12,7 @@
 The graphs are valid ONNX (onnx.checker passes, shape inference included) but are
 not meant to be run. Usage:
 
-  python3 bench/make_models.py [--out bench-data] [--single-blocks 18]
+  python3 bench/make_models.py [--out bench-data] [--single-blocks 18] [--single-vocab 32000]
                                [--ext-blocks 16] [--only single|external]
 """
 
@@ -213,13 +213,14 @@ def main():
     ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "bench-data"))
     ap.add_argument("--only", choices=["single", "external"])
     ap.add_argument("--single-blocks", type=int, default=18, help="d=1024, ffn=4096, vocab=32000: ~1 GiB at 18")
+    ap.add_argument("--single-vocab", type=int, default=32000, help="rows of the token embedding of single/")
     ap.add_argument("--ext-blocks", type=int, default=16, help="d=2048, ffn=8192, vocab=32000: ~3.3 GiB at 16")
     ap.add_argument("--ext-files", type=int, default=4)
     args = ap.parse_args()
 
     need = 0
     if args.only in (None, "single"):
-        need += (32000 * 1024 + args.single_blocks * (4 * 1024 * 1024 + 2 * 4096 * 1024)) * 4
+        need += (args.single_vocab * 1024 + args.single_blocks * (4 * 1024 * 1024 + 2 * 4096 * 1024)) * 4
     if args.only in (None, "external"):
         need += (32000 * 2048 + args.ext_blocks * (4 * 2048 * 2048 + 2 * 8192 * 2048)) * 4
     os.makedirs(args.out, exist_ok=True)
@@ -231,7 +232,7 @@ def main():
 
     if args.only in (None, "single"):
         t0 = time.time()
-        p = build_single(os.path.join(args.out, "single"), args.single_blocks, 1024, 4096, 32000)
+        p = build_single(os.path.join(args.out, "single"), args.single_blocks, 1024, 4096, args.single_vocab)
         print(f"{p}: {du(p) / GIB:.3f} GiB ({du(p)} bytes) in {time.time() - t0:.1f} s")
     if args.only in (None, "external"):
         t0 = time.time()

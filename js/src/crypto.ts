@@ -89,26 +89,7 @@ export class Keystream {
 
   /** XORs `k(o) AND mask[o mod len(mask)]` into `data` (the format-preserving mode). */
   async xorMasked(offset: number, data: Uint8Array, mask: Uint8Array): Promise<void> {
-    const ks = await this.bytes(offset, data.length);
-    const m = mask.length;
-    // The mask repeated over 8 bytes from `offset`'s phase, as two little-endian words.
-    const pat = new Uint8Array(8);
-    for (let i = 0; i < 8; i++) pat[i] = mask[(offset + i) % m];
-    const aligned = data.byteOffset % 4 === 0 && ks.byteOffset % 4 === 0 && 8 % m === 0;
-    let i = 0;
-    if (aligned) {
-      const w = (data.length >>> 3) * 2;
-      const d32 = new Uint32Array(data.buffer, data.byteOffset, w);
-      const k32 = new Uint32Array(ks.buffer, ks.byteOffset, w);
-      const pv = new DataView(pat.buffer);
-      const m0 = pv.getUint32(0, true), m1 = pv.getUint32(4, true);
-      for (let k = 0; k < w; k += 2) {
-        d32[k] ^= k32[k] & m0;
-        d32[k + 1] ^= k32[k + 1] & m1;
-      }
-      i = w * 4;
-    }
-    for (; i < data.length; i++) data[i] ^= ks[i] & mask[(offset + i) % m];
+    xorMaskedInto(data, await this.bytes(offset, data.length), mask, offset);
   }
 
   /** `k(o)` for `o` in `[offset, offset + n)` (a `bigint` offset may pass 2^53). */
@@ -137,6 +118,37 @@ export class Keystream {
   }
 }
 
+/** The keyed Fisher–Yates shuffle of `n` items (§6 distribution-preserving mode, §15 class
+ * order): for `i = n − 1` down to 1, 32-bit words of `ks` read in order from byte `offset`
+ * (little- or big-endian) until one `r < 2^32 − (2^32 mod (i + 1))`, then `j_i = r mod (i + 1)`.
+ * Returns the swaps `[i, j_i]` in the order the shuffle applies them. */
+export async function keyedSwaps(ks: Keystream, offset: bigint, n: number, littleEndian: boolean): Promise<Array<[number, number]>> {
+  const batch = Math.max(64, n + 16);
+  let words = new Uint32Array(0);
+  let used = 0;
+  let next = offset;
+  const swaps: Array<[number, number]> = [];
+  for (let i = n - 1; i >= 1; i--) {
+    const m = i + 1;
+    const limit = 2 ** 32 - (2 ** 32 % m);
+    for (;;) {
+      if (used === words.length) {
+        const raw = await ks.bytes(next, 4 * batch);
+        next += BigInt(4 * batch);
+        const dv = new DataView(raw.buffer, raw.byteOffset, raw.length);
+        words = Uint32Array.from({ length: batch }, (_, k) => dv.getUint32(4 * k, littleEndian));
+        used = 0;
+      }
+      const r = words[used++];
+      if (r < limit) {
+        swaps.push([i, r % m]);
+        break;
+      }
+    }
+  }
+  return swaps;
+}
+
 /** The 16-byte big-endian counter block of block number `n`. */
 function counterBlock(n: bigint): Uint8Array<ArrayBuffer> {
   const c = new Uint8Array(16);
@@ -144,6 +156,33 @@ function counterBlock(n: bigint): Uint8Array<ArrayBuffer> {
   v.setBigUint64(0, (n >> 64n) & 0xffffffffffffffffn);
   v.setBigUint64(8, n & 0xffffffffffffffffn);
   return c;
+}
+
+/** `data[i] ^= ks[i] AND mask[(offset + i) mod len(mask)]`, two words at a time where the
+ * arrays are aligned and the mask's length divides 8. */
+export function xorMaskedInto(data: Uint8Array, ks: Uint8Array, mask: Uint8Array, offset: number): void {
+  const m = mask.length;
+  let i = 0;
+  if (8 % m === 0 && data.length >= 64) {
+    // The mask repeated over 8 bytes from `offset`'s phase, as two little-endian words;
+    // unaligned arrays go through aligned copies.
+    const pat = new Uint8Array(8);
+    for (let k = 0; k < 8; k++) pat[k] = mask[(offset + k) % m];
+    const d = data.byteOffset % 4 ? Uint8Array.from(data) : data;
+    const s = ks.byteOffset % 4 ? Uint8Array.from(ks.subarray(0, data.length)) : ks;
+    const w = (data.length >>> 3) * 2;
+    const d32 = new Uint32Array(d.buffer, d.byteOffset, w);
+    const k32 = new Uint32Array(s.buffer, s.byteOffset, w);
+    const pv = new DataView(pat.buffer);
+    const m0 = pv.getUint32(0, true), m1 = pv.getUint32(4, true);
+    for (let k = 0; k < w; k += 2) {
+      d32[k] ^= k32[k] & m0;
+      d32[k + 1] ^= k32[k + 1] & m1;
+    }
+    if (d !== data) data.set(d.subarray(0, w * 4));
+    i = w * 4;
+  }
+  for (; i < data.length; i++) data[i] ^= ks[i] & mask[(offset + i) % m];
 }
 
 /** `a ^= b` for two equal-length byte arrays, a word at a time where aligned. */

@@ -75,3 +75,65 @@ export class UsageError extends OnnxProtectError {
     super("usage", detail);
   }
 }
+
+/** The model needs a licence of its publisher (format.md Appendix C) and the one given,
+ * if any, does not let it open. The subclasses say why; `kind` is the command line's
+ * JSON kind (`licence_expired`, …). */
+export class LicenceError extends OnnxProtectError {}
+
+/** The model needs a licence and none was given. */
+export class LicenceMissing extends LicenceError {
+  constructor(authority: string) {
+    super("licence_missing", `licence required: this model opens only with a licence signed by ${authority}, and none was given`);
+  }
+}
+
+/** The licence text is malformed (`line` 0: the text as a whole). */
+export class LicenceMalformed extends LicenceError {
+  constructor(line: number, reason: string) {
+    super("licence_malformed", `licence line ${line}: ${reason}`);
+  }
+}
+
+/** The licence's signature does not verify, or it is by another authority than the model's. */
+export class LicenceBadSignature extends LicenceError {
+  constructor(reason: string) {
+    super("licence_bad_signature", `licence: bad signature: ${reason}`);
+  }
+}
+
+/** The licence names other models. */
+export class LicenceWrongModel extends LicenceError {
+  constructor(named: string, model: string) {
+    super("licence_wrong_model", `licence: wrong model: it names ${named}, this model is ${model}`);
+  }
+}
+
+/** The licence is for other recipients or devices than the stanza that opened the model. */
+export class LicenceWrongDevice extends LicenceError {
+  constructor(named: string, opener: string) {
+    super("licence_wrong_device", `licence: wrong device: it is for ${named}, the model was opened by ${opener}`);
+  }
+}
+
+/** The licence's validity window has not started. */
+export class LicenceNotYetValid extends LicenceError {
+  constructor(notBefore: string, now: string) {
+    super("licence_not_yet_valid", `licence: not yet valid: valid from ${notBefore}, the time is ${now}`);
+  }
+}
+
+/** The licence's validity window has ended. */
+export class LicenceExpired extends LicenceError {
+  constructor(notAfter: string, now: string) {
+    super("licence_expired", `licence: expired at ${notAfter}, the time is ${now}`);
+  }
+}
+
+/** The clock is behind a time a licence check already recorded in the caller's store, or
+ * the store could not be read or written. */
+export class ClockSetBack extends LicenceError {
+  constructor(detail: string) {
+    super("licence_clock", `licence: ${detail}`);
+  }
+}

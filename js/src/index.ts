@@ -6,7 +6,10 @@ export type { Decrypted, KeyMaterial, ReadOptions, VerifyReport } from "./reader
 export { createSession, checkSessionOptions } from "./session.js";
 export type { OrtLike, SessionResult } from "./session.js";
 export { parseKey, parseSigner, signerString } from "./keys.js";
+export { evaluateLicence, formatUtc, parseLicence, parseUtc, storageClock, LICENCE_TAG, SET_BACK_TOLERANCE } from "./licence.js";
+export type { Licence, LicenceClock, LicenceOptions, LicenceTerms, ModelFacts, ModelRef, RecipientRef } from "./licence.js";
 export {
-  AlreadyDecrypted, InvalidModel, KeyError, Modified, NotProtected, NotSigned, OnnxProtectError, UnsupportedVersion,
-  UsageError, WrongKey,
+  AlreadyDecrypted, ClockSetBack, InvalidModel, KeyError, LicenceBadSignature, LicenceError, LicenceExpired, LicenceMalformed,
+  LicenceMissing, LicenceNotYetValid, LicenceWrongDevice, LicenceWrongModel, Modified, NotProtected, NotSigned,
+  OnnxProtectError, UnsupportedVersion, UsageError, WrongKey,
 } from "./errors.js";

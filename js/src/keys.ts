@@ -1,6 +1,7 @@
 // Key material (docs/format.md Appendix A): key files and key strings, passphrases,
 // age identities and signer keys.
 
+import { ed25519 } from "@noble/curves/ed25519.js";
 import { bech32 } from "@scure/base";
 
 import { KeyError } from "./errors.js";
@@ -85,15 +86,17 @@ export function parseIdentities(text: string): string[] {
 
 const SIGNER_HRP = "onnx-protect-signer";
 
-/** The 32 bytes of a signer key string `onnx-protect-signer1…` (Appendix A). */
+/** The 32 bytes of a signer key string `onnx-protect-signer1…` (Appendix A), read in any
+ * case (as onnx-protect lower-cases it); an error unless it is a valid Ed25519 point. */
 export function parseSigner(s: string): Uint8Array {
   const t = s.trim();
   try {
-    const d = bech32.decode(t as `${string}1${string}`, 1023);
+    const d = bech32.decode(t.toLowerCase() as `${string}1${string}`, 1023);
     if (d.prefix !== SIGNER_HRP) throw new Error("prefix");
-    const bytes = bech32.fromWords(d.words);
+    const bytes = Uint8Array.from(bech32.fromWords(d.words));
     if (bytes.length !== 32) throw new Error("length");
-    return Uint8Array.from(bytes);
+    ed25519.Point.fromBytes(bytes);
+    return bytes;
   } catch {
     throw new KeyError(`'${t}' is not an ${SIGNER_HRP}1... public key`);
   }

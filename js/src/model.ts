@@ -400,3 +400,19 @@ function emit(buf: Uint8Array, s: number, e: number, depth: number, edits: Edit[
   parts.push(buf.subarray(pos, e));
   return parts;
 }
+
+/** The output names of the main graph (`ModelProto.graph` → `GraphProto.output` →
+ * `ValueInfoProto.name`). */
+export function graphOutputs(buf: Uint8Array): string[] {
+  const out: string[] = [];
+  for (const g of modelFields(buf, 0, buf.length, "model")) {
+    if (g.number !== 7 || g.wire !== WT_LEN) continue;
+    for (const o of modelFields(buf, g.vstart, g.vend, "graph")) {
+      if (o.number !== 12 || o.wire !== WT_LEN) continue;
+      let name = "";
+      for (const f of modelFields(buf, o.vstart, o.vend, "graph output")) if (f.number === 1) name = str(buf, f, "graph output name");
+      out.push(name);
+    }
+  }
+  return out;
+}

@@ -1,25 +1,92 @@
 // Node: a protected model and its external data files read from disk into memory, the
-// side files confined to the model's directory (docs/format.md §5). Nothing is written.
+// side files confined to the model's directory (docs/format.md §5), or decrypted as they are
+// read; the licence clock state file shared with onnx-protect. Nothing else is written.
 
-import { readFile, realpath, stat } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { FileHandle, mkdir, open, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
+import { leavesOf } from "./blake3-node.js";
+import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./engine-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
-import { externalFilesOf } from "./reader.js";
+import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
+import { Decrypted, decryptWith, externalFilesOf, ReadOptions } from "./reader.js";
+import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
+import { concat } from "./wire.js";
 
 export interface ModelFiles {
   model: Uint8Array;
   externalData: Map<string, Uint8Array>;
 }
 
-/** Reads the protected model at `file` and every external data file its header lists
- * (each under the model's directory, through no symbolic link that leaves it). */
-export async function readModelFiles(file: string): Promise<ModelFiles> {
-  const model = new Uint8Array(await readFile(file));
+/** A file's bytes in a `SharedArrayBuffer`, which the worker threads of `decrypt` and
+ * `verify` read without a copy. */
+async function readShared(file: string): Promise<Uint8Array> {
+  const fh = await open(file, "r");
+  try {
+    const size = (await fh.stat()).size;
+    startWorkers(size);
+    const out = new Uint8Array(new SharedArrayBuffer(size));
+    await readInto(fh, out, 0, size, file);
+    return out;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function readInto(fh: FileHandle, out: Uint8Array, from: number, to: number, file: string): Promise<void> {
+  for (let at = from; at < to;) {
+    const { bytesRead } = await fh.read(out, at, to - at, at);
+    if (bytesRead === 0) throw new UsageError(`${file} became shorter while it was read`);
+    at += bytesRead;
+  }
+}
+
+/** The chunk size onnx-protect writes (format.md §9); a header with another is hashed again. */
+const READ_CHUNK = 4 << 20;
+
+/** A file read into ordinary memory, the leaves of its `READ_CHUNK`-byte chunks (as covered
+ * file `index`) hashed while it is read: each chunk, once read, is copied into a shared slot
+ * that a worker hashes while the next is read (small files are hashed here). */
+async function readHashing(file: string, index: number): Promise<{ bytes: Uint8Array; leaves: Promise<Uint8Array> }> {
+  const fh = await open(file, "r");
+  try {
+    const size = (await fh.stat()).size;
+    startWorkers(size);
+    const bytes = new Uint8Array(size);
+    if (size < PARALLEL_FROM) {
+      await readInto(fh, bytes, 0, size, file);
+      const leaves = await leavesOf(bytes, index, READ_CHUNK);
+      return { bytes, leaves: Promise.resolve(leaves) };
+    }
+    const free: Uint8Array[] = Array.from({ length: 2 * workerCount() + 2 }, () => new Uint8Array(new SharedArrayBuffer(READ_CHUNK)));
+    const waiting: Array<(slot: Uint8Array) => void> = [];
+    const release = (slot: Uint8Array) => (waiting.length ? waiting.shift()!(slot) : free.push(slot));
+    const parts: Array<Promise<Uint8Array>> = [];
+    for (let j = 0; j * READ_CHUNK < size; j++) {
+      const a = j * READ_CHUNK, b = Math.min(a + READ_CHUNK, size);
+      await readInto(fh, bytes, a, b, file);
+      const slot = free.pop() ?? (await new Promise<Uint8Array>((r) => waiting.push(r)));
+      slot.set(bytes.subarray(a, b));
+      const part = hashOnWorker(slot.subarray(0, b - a), index, READ_CHUNK, j);
+      parts.push(part);
+      part.then(() => release(slot), () => release(slot));
+    }
+    return { bytes, leaves: Promise.all(parts).then(concat) };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads the model at `file` with `read`, then every external data file its header lists
+ * (each under the model's directory, through no symbolic link that leaves it), as covered
+ * files 1, 2, … */
+async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: string, index: number) => Promise<T>): Promise<{ model: T; external: Map<string, T> }> {
+  const model = await read(file, 0);
   const dir = await realpath(path.dirname(file));
   const self = await realpath(file);
-  const externalData = new Map<string, Uint8Array>();
-  for (const location of externalFilesOf(model)) {
+  const external = new Map<string, T>();
+  for (const [i, location] of externalFilesOf(model.bytes).entries()) {
     const joined = path.join(dir, ...location.split(/[/\\]/));
     let real: string;
     try {
@@ -30,7 +97,96 @@ export async function readModelFiles(file: string): Promise<ModelFiles> {
     if (!real.startsWith(dir + path.sep)) throw new InvalidModel(`external data location '${location}' leaves the model's directory`);
     if (real === self) throw new InvalidModel(`external data location '${location}' names the model file itself`);
     if (!(await stat(real)).isFile()) throw new InvalidModel(`external data location '${location}' is not a file`);
-    externalData.set(location, new Uint8Array(await readFile(real)));
+    external.set(location, await read(real, i + 1));
   }
-  return { model, externalData };
+  return { model, external };
+}
+
+/** Reads the protected model at `file` and every external data file its header lists
+ * (each under the model's directory, through no symbolic link that leaves it), into
+ * shared memory. */
+export async function readModelFiles(file: string): Promise<ModelFiles> {
+  const { model, external } = await readAll(file, async (f) => ({ bytes: await readShared(f) }));
+  return { model: model.bytes, externalData: new Map([...external].map(([l, e]) => [l, e.bytes])) };
+}
+
+/** `decrypt` of the protected model at `file` and its external data files (read as
+ * `readModelFiles` reads them), with less work: each file is read once into the memory the
+ * result is made in, hashed by the worker threads while it is read, and decrypted in place
+ * (the bytes as read are seen by no one before every check has passed). */
+export async function decryptFile(file: string, opts: Omit<ReadOptions, "externalData"> = {}): Promise<Decrypted> {
+  if ((opts as ReadOptions).externalData) throw new UsageError("decryptFile reads the external data files itself");
+  const { model, external } = await readAll(file, readHashing);
+  const externalData = new Map([...external].map(([l, e]) => [l, e.bytes]));
+  return decryptWith(model.bytes, { ...opts, externalData }, { chunk: READ_CHUNK, leaves: [model.leaves, ...[...external.values()].map((e) => e.leaves)] });
+}
+
+/** `createSession` from the protected model at `file` (read as `decryptFile` reads it). */
+export async function createSessionFromFile<S>(
+  ort: OrtLike<S>, file: string, opts: Omit<ReadOptions, "externalData"> = {}, sessionOptions?: Record<string, unknown>,
+): Promise<SessionResult<S>> {
+  checkSessionOptions(sessionOptions);
+  return sessionOf(ort, await decryptFile(file, opts), sessionOptions);
+}
+
+/** The state file onnx-protect keeps the latest time a licence check saw in:
+ * `$ONNX_PROTECT_LICENCE_CLOCK`, else `$XDG_STATE_HOME/onnx-protect/licence-clock`, else
+ * `$HOME/.local/state/onnx-protect/licence-clock`; `null` without any of them. */
+export function defaultClockPath(): string | null {
+  const v = (n: string) => process.env[n] || null;
+  const own = v("ONNX_PROTECT_LICENCE_CLOCK");
+  if (own) return own;
+  const state = v("XDG_STATE_HOME") ?? (v("HOME") ? path.join(v("HOME")!, ".local/state") : null);
+  return state ? path.join(state, "onnx-protect", "licence-clock") : null;
+}
+
+const CLOCK_TAG = "onnx-protect-clock-v1";
+
+/** The high-water-mark store in onnx-protect's clock state file (`onnx-protect-clock-v1`,
+ * a `high-water:` line and an optional `tpm:` anchor, which is kept as it was), shared with
+ * the command line, Python and C: a missing file is a fresh state, a malformed one an error
+ * (never silently reset). Written to a temporary file in the same directory (created mode
+ * 0700) and renamed into place. Node has no file lock: two checks at the same moment may
+ * record the earlier of their two times, never a time not seen. */
+export function clockFile(file: string | null = defaultClockPath()): LicenceClock {
+  if (!file) throw new UsageError("no licence clock state file: set ONNX_PROTECT_LICENCE_CLOCK or HOME, or name a file");
+  let anchor: string | null = null;
+  return {
+    async read() {
+      let text: string;
+      try {
+        const fh = await open(file, "r");
+        try {
+          const buf = Buffer.alloc(4097);
+          const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+          text = buf.subarray(0, bytesRead).toString("utf8");
+        } finally {
+          await fh.close();
+        }
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+        throw e;
+      }
+      const lines = text.split("\n");
+      if (lines[lines.length - 1] === "") lines.pop();
+      const high = lines[0] === CLOCK_TAG && lines[1]?.startsWith("high-water: ") ? parseUtc(lines[1].slice(12)) : null;
+      const tpm = lines[2];
+      const tpmOk = tpm === undefined || /^tpm: \S+ [0-9]+$/.test(tpm) && parseUtc(tpm.split(" ")[1]) !== null;
+      if (high === null || !tpmOk || lines.length > 3) throw new Error(`${file}: not a clock state file (malformed)`);
+      anchor = tpm ?? null;
+      return high;
+    },
+    async write(highWater: number) {
+      const dir = path.dirname(file);
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
+      try {
+        await writeFile(tmp, `${CLOCK_TAG}\nhigh-water: ${formatUtc(highWater)}\n${anchor ? `${anchor}\n` : ""}`, { mode: 0o600, flag: "wx" });
+        await rename(tmp, file);
+      } catch (e) {
+        await rm(tmp, { force: true });
+        throw e;
+      }
+    },
+  };
 }

@@ -10,16 +10,20 @@ import {
   WrongKey,
 } from "./errors.js";
 import {
-  argon2id, blake3, Blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, Keystream, label, sha256,
+  argon2id, blake3, constantTimeEqual, hkdf, hkdfExpand, hkdfExtract, hmacSha256, keyedSwaps, Keystream, label, sha256,
   u32be, u64be, unwrapChaCha, verifyStrict,
 } from "./crypto.js";
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
+import { grantedTier, LicenceOptions } from "./licence.js";
+import { classOrder, HeaderLock, readLock, unlockElements } from "./lock.js";
+import { digestOfLeaves, Piece } from "./engine.js";
+import { engine } from "#engine";
 import {
-  applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, locationEdit, STRING,
+  applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, graphOutputs, locationEdit, STRING,
   Tensor, VARINT_STORAGES, varintEdits, varintWidth, walk,
 } from "./model.js";
 import {
-  bytesEqual, concat, copyOf, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
+  bytesEqual, concat, decodeCanonical, decodeUtf8, encode, encodeUtf8, Field, lengthDelimited, Message, parseFields,
   plain, readSmallVarint, WT_LEN,
 } from "./wire.js";
 
@@ -32,6 +36,7 @@ const MAX_SIGNATURES = 64;
 const COSTLY = new Set(["passphrase", "pkcs11", "command"]);
 const MAX_COSTLY = 8;
 const MAX_AGE_BODY = 1024;
+const MAX_MODEL_ID_LEN = 1024;
 
 /** What opens a protected model: exactly one of these. */
 export interface KeyMaterial {
@@ -43,7 +48,7 @@ export interface KeyMaterial {
   identity?: string;
 }
 
-export interface ReadOptions extends KeyMaterial {
+export interface ReadOptions extends KeyMaterial, LicenceOptions {
   /** The model's external data files by `location` (what the model names). */
   externalData?: ExternalFiles | Record<string, Uint8Array>;
   /** Decrypt up to this tier (default: the key's own). */
@@ -83,6 +88,8 @@ export class Opened {
     readonly external: ExternalFiles,
     readonly tensors: Tensor[],
     readonly entries: Entry[],
+    /** The label lock (§15), checked against the model. */
+    readonly lock: HeaderLock | null,
   ) {}
 
   get tiers(): number {
@@ -191,10 +198,9 @@ function checkHeader(h: Message): void {
   if (c < 1n << 16n || c > 1n << 30n || (c & (c - 1n)) !== 0n) throw new Modified(`chunk_size ${c} is not a power of two in [2^16, 2^30]`);
   if (h.tensors.length > MAX_ENTRIES) throw new Modified("too many entries");
   if (h.positions !== 0 && h.positions !== 1) throw new Modified(`positions ${h.positions}`);
-  // A label lock (format.md §15) and a licence authority (Appendix C) change what a reader
-  // must do before it returns a model; this package does neither, so it refuses such files.
-  if (h.label_lock.length) throw new UnsupportedVersion("the model's outputs are label-locked (format.md §15), which this package does not read");
-  if (h.licence_authority.length || h.model_id.length) throw new UnsupportedVersion("the model needs a licence (format.md Appendix C), which this package does not check");
+  if (h.licence_authority.length !== 0 && h.licence_authority.length !== 32) throw new Modified("the licence authority is not 32 bytes");
+  if (!h.licence_authority.length && h.model_id.length) throw new Modified("a model id without a licence authority");
+  if (encodeUtf8(h.model_id).length > MAX_MODEL_ID_LEN) throw new Modified(`the model id is longer than ${MAX_MODEL_ID_LEN} bytes`);
   if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
     throw new Modified("external_sizes does not hold one length per external file");
   }
@@ -359,23 +365,10 @@ function checkEnvelope(env: Message, h: Message, stanzas: Message[]): void {
 
 // ---------------------------------------------------------------- §9 digest
 
+/** §9: `D` of the covered files. */
 async function contentDigest(files: Uint8Array[], chunk: number): Promise<Uint8Array> {
-  const b3 = await blake3();
-  const parts: Uint8Array[] = [label("onnx-protect/v2/content"), u32be(files.length)];
-  files.forEach((data, i) => {
-    parts.push(u64be(data.length));
-    parts.push(...leaves(b3, i, data, chunk));
-  });
-  return b3(parts);
-}
-
-function leaves(b3: Blake3, i: number, data: Uint8Array, chunk: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  const head = label("onnx-protect/v2/chunk");
-  for (let j = 0, off = 0; off < data.length; j++, off += chunk) {
-    out.push(b3([head, u32be(i), u64be(j), data.subarray(off, Math.min(off + chunk, data.length))]));
-  }
-  return out;
+  const leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+  return digestOfLeaves(files.map((f) => f.length), leaves);
 }
 
 /** The external data files a protected model's header lists (§3), each location checked
@@ -402,9 +395,22 @@ function toMap(ext: ReadOptions["externalData"]): ExternalFiles {
   return new Map(entries.map(([k, v]) => [k, plain(v)]));
 }
 
-/** §12 steps 1–3 with the keyless digest: the entry, its messages and rules, the checksum,
- * the digest of the stored content, the model matched to the header. */
+/** §12 steps 1–3 with the keyless digest (step 6 for the files as stored): the entry, its
+ * messages and rules, the checksum, the model matched to the header, the digest of the
+ * stored content. */
 export async function open(input: Uint8Array, externalData?: ReadOptions["externalData"]): Promise<Opened> {
+  const op = openManifest(input, externalData);
+  const files = [op.content, ...(op.header.external_files as string[]).map((l) => op.external.get(l)!)];
+  const want = op.restored ? op.env.stored_digest : op.env.content_digest;
+  if (!constantTimeEqual(await contentDigest(files, Number(op.header.chunk_size)), want)) {
+    throw new Modified("the model's content does not match its manifest");
+  }
+  return op;
+}
+
+/** §12 steps 1–3: the entry, its messages and rules, the checksum, the model matched to
+ * the header. The digest of the content is left to the caller. */
+function openManifest(input: Uint8Array, externalData?: ReadOptions["externalData"]): Opened {
   const model = plain(input);
   const [entryStart, value] = findEntry(model);
   const envBytes = b64decode(value);
@@ -459,13 +465,14 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
     }
     entries.push({ e, tensor: t, spans: header.positions === 1 ? [] : checkSpans(e, e.spans) });
   }
-  // §12 step 6 (keyless): the digest of the covered files as stored, once the model and
-  // every external file's length match the header.
-  const want = env.restored_tiers ? env.stored_digest : env.content_digest;
-  if (!constantTimeEqual(await contentDigest(files, Number(header.chunk_size)), want)) {
-    throw new Modified("the model's content does not match its manifest");
+  let lock: HeaderLock | null;
+  try {
+    lock = readLock(header, byLoc, graphOutputs(model.subarray(0, entryStart)));
+  } catch (e) {
+    if (e instanceof OnnxProtectError && !(e instanceof Modified)) throw new Modified(`the model no longer parses (${e.message})`);
+    throw e;
   }
-  return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries);
+  return new Opened(model, entryStart, env, header, rec.stanzas, ext, tensors, entries, lock);
 }
 
 // ---------------------------------------------------------------- keys (§7, §8)
@@ -497,13 +504,13 @@ function keyCount(k: KeyMaterial): number {
   return [k.key, k.passphrase, k.identity].filter((x) => x !== undefined).length;
 }
 
-/** §8: the highest tier the key material opens, and its data key. */
-async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Array]> {
+/** §8: the highest tier the key material opens, its data key and the stanza that opened. */
+async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Array, Message]> {
   if (keyCount(km) !== 1) throw new UsageError("give exactly one of key, passphrase or identity");
   const w = km.key !== undefined ? parseKey(km.key).key : null;
   const pass = km.passphrase !== undefined ? passphraseBytes(km.passphrase) : null;
   const ids = km.identity !== undefined ? parseIdentities(km.identity) : null;
-  let best: [number, Uint8Array] | null = null;
+  let best: [number, Uint8Array, Message] | null = null;
   let tries = 0;
   for (const st of op.stanzas) {
     if (best && best[0] >= st.tier) continue;
@@ -522,7 +529,7 @@ async function openStanza(op: Opened, km: KeyMaterial): Promise<[number, Uint8Ar
     }
     if (dk !== null) {
       if (dk.length !== 32) throw new Modified("a stanza's payload is not 32 bytes");
-      best = [st.tier, dk];
+      best = [st.tier, dk, st];
     }
   }
   if (!best) throw new WrongKey();
@@ -574,18 +581,23 @@ function unseal(op: Opened, keys: Map<number, TierKeys>): void {
   }
 }
 
-/** §12 steps 4–5: a stanza opened, the KCVs, the canonical digest, the MACs, the signers. */
-async function unlock(op: Opened, km: KeyMaterial, signers?: string[]): Promise<Unlocked> {
-  const [k, dk] = await openStanza(op, km);
+/** §12 steps 4–5: a stanza opened, the KCVs, the licence, the canonical digest, the MACs,
+ * the signers. */
+async function unlock(op: Opened, opts: ReadOptions): Promise<Unlocked> {
+  const [opened, dk, by] = await openStanza(op, opts);
   const keys = new Map<number, TierKeys>();
   let d = dk;
-  for (let t = k; t >= 1; t--) {
+  for (let t = opened; t >= 1; t--) {
     keys.set(t, new TierKeys(d));
     d = tierDown(d);
   }
   for (const [t, tk] of keys) {
     if (!constantTimeEqual(tk.kcv(), op.header.key_checks[t - 1])) throw new Modified(`the data key of tier ${t} does not match its key check`);
   }
+  // A model with a licence authority opens only as far as a valid licence grants.
+  const facts = { authority: op.header.licence_authority, contentDigest: op.env.content_digest, modelId: op.header.model_id };
+  const k = await grantedTier(facts, opts, { kind: by.kind, label: by.label }, opened);
+  for (let t = k + 1; t <= opened; t++) keys.delete(t);
   if (k <= op.restored) throw new AlreadyDecrypted(`tiers 1 to ${op.restored} are in clear in this file, and the key is for tier ${k}`);
   unseal(op, keys);
   if (op.restored) {
@@ -600,7 +612,7 @@ async function unlock(op: Opened, km: KeyMaterial, signers?: string[]): Promise<
     const mac = hmacSha256(keys.get(t)!.macKey(), concat([label("onnx-protect/v2/mac"), u32be(t), T]));
     if (!constantTimeEqual(mac, op.env.macs[t - 1])) throw new Modified(`the MAC of tier ${t} does not match`);
   }
-  if (signers) checkSignatures(op, signers);
+  if (opts.signers) checkSignatures(op, opts.signers);
   return { tier: k, keys };
 }
 
@@ -619,42 +631,109 @@ export function checkSignatures(op: Opened, signers: string[]): void {
 
 // ---------------------------------------------------------------- §6 transforms
 
-/** The content and external files with the spans of tiers `which` encrypted
- * (`encrypt`) or decrypted; the varint-stored tensors rewritten when decrypting, and with
- * `rename` (location → original name, §12 step 7) every external tensor's location. */
+/** What [`transformed`] does besides the spans: with `rename` (location → original name,
+ * §12 step 7) every external tensor's location is rewritten, with `unlockClasses` every
+ * locked tensor's classes go back in true order (§15), and with `stored` the digest of the
+ * files as given must be it (§12 step 6; on a mismatch the copies are zeroed, nothing is
+ * returned). */
+interface Transform {
+  rename?: Map<string, string>;
+  unlockClasses?: { order: Uint32Array; lock: HeaderLock };
+  stored?: Uint8Array;
+  owned?: Owned;
+}
+
+/** Files read for one call and seen by no one else (`decryptFile`), so decrypted in place:
+ * the leaves of each covered file, hashed from its bytes as read in chunks of `chunk` bytes
+ * (for the model file, of the whole file, its entry included). */
+export interface Owned {
+  chunk: number;
+  leaves: Array<Promise<Uint8Array>>;
+}
+
+/** Copies of the content and external files with the spans of tiers `which` encrypted
+ * (`encrypt`) or decrypted, the varint-stored tensors rewritten when decrypting. The CTR and
+ * format-preserving spans of raw, float, double and external storage go to the engine as
+ * pieces of the files (copied, hashed and XORed in one pass); the others are done here. */
 async function transformed(
-  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, rename?: Map<string, string>,
+  op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, how: Transform = {},
 ): Promise<[Uint8Array, Map<string, Uint8Array>, number, number]> {
-  let content = copyOf(op.content);
-  const ext = new Map<string, Uint8Array>();
-  for (const loc of op.header.external_files as string[]) ext.set(loc, copyOf(op.external.get(loc)!));
-  const edits: Edit[] = [];
+  const locations = op.header.external_files as string[];
+  const files = [op.content, ...locations.map((l) => op.external.get(l)!)];
+  const fileOf = new Map(locations.map((l, i) => [l, i + 1]));
+  const pieces: Piece[][] = files.map(() => []);
+  const streamKeys: Uint8Array[] = [];
+  const elementwise: Array<{ e: Message; t: Tensor; spans: Array<[number, number]>; key: number }> = [];
   let tensors = 0, bytes = 0;
   for (const { e, tensor: t, spans } of op.entries) {
     if (!which(e.tier)) continue;
-    const ks = await Keystream.of(keys.get(e.tier)!.tensorKey(e.stream_id));
     tensors++;
     for (const [a, b] of spans) bytes += b - a;
-    if (t.storage !== null && VARINT_STORAGES.has(t.storage) || e.mode === MODE_DP) {
-      const elem = elementBytes(content, t, ext);
-      await transformElements(elem, e, spans, ks, encrypt);
-      if (t.storage !== null && VARINT_STORAGES.has(t.storage)) edits.push(...varintEdits(content, t, elem));
-      else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
+    const key = streamKeys.push(keys.get(e.tier)!.tensorKey(e.stream_id)) - 1;
+    if ((t.storage !== null && VARINT_STORAGES.has(t.storage)) || e.mode === MODE_DP) {
+      elementwise.push({ e, t, spans, key });
       continue;
     }
+    const mask = e.mode === MODE_FP ? FP_MASKS[e.data_type] : null;
+    const f = t.external ? fileOf.get(t.external.location)! : 0;
     for (const [a, b] of spans) {
-      let off = a;
-      for (const v of elementViews(content, t, ext, a, b)) {
-        if (e.mode === MODE_CTR) await ks.xor(off, v);
-        else await ks.xorMasked(off, v, FP_MASKS[e.data_type]);
-        off += v.length;
+      let stream = a;
+      for (const v of elementViews(op.model, t, op.external, a, b)) {
+        pieces[f].push({ offset: v.byteOffset - files[f].byteOffset, length: v.length, key, stream, mask });
+        stream += v.length;
       }
     }
   }
+  for (const p of pieces) p.sort((x, y) => x.offset - y.offset);
+  const chunk = Number(op.header.chunk_size);
+  const done = how.owned ? await inPlace(files, chunk, pieces, streamKeys, how.owned)
+    : await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
+  if (how.stored) {
+    const digest = await digestOfLeaves(files.map((f) => f.length), done.map((d) => d.leaves));
+    if (!constantTimeEqual(digest, how.stored)) {
+      for (const d of done) d.out.fill(0);
+      throw new Modified("the model's content does not match its manifest");
+    }
+  }
+  let content = done[0].out;
+  const ext = new Map(locations.map((l, i) => [l, done[i + 1].out]));
+  const edits: Edit[] = [];
+  // The element bytes of varint-stored tensors to write back (they change lengths).
+  const varints = new Map<Tensor, Uint8Array>();
+  for (const { e, t, spans, key } of elementwise) {
+    const elem = elementBytes(content, t, ext);
+    await transformElements(elem, e, spans, await Keystream.of(streamKeys[key]), encrypt);
+    if (t.storage !== null && VARINT_STORAGES.has(t.storage)) varints.set(t, elem);
+    else for (const [a, b] of spans) writeViews(elementViews(content, t, ext, a, b), elem.subarray(a, b));
+  }
+  for (const { tensor: t, axis } of how.unlockClasses?.lock.tensors ?? []) {
+    const varint = t.storage !== null && VARINT_STORAGES.has(t.storage);
+    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, how.unlockClasses!.order);
+    if (varint) varints.set(t, plainBytes);
+    else writeViews(elementViews(content, t, ext, 0, t.nbytes), plainBytes);
+  }
+  for (const [t, elem] of varints) edits.push(...varintEdits(content, t, elem));
   // Varint-stored tensors and renamed locations change lengths: rewritten last, in one pass.
-  if (rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, rename.get(t.external.location)!));
+  if (how.rename) for (const t of op.tensors) if (t.external) edits.push(locationEdit(content, t, how.rename.get(t.external.location)!));
   content = applyEdits(content, edits);
   return [content, ext, tensors, bytes];
+}
+
+/** [`transformed`]'s pass over files it owns: the leaves as read (the model file's cut at the
+ * end of its content: the chunk the entry starts in is hashed again, here, before any change),
+ * then the pieces XORed in place. */
+async function inPlace(files: Uint8Array[], chunk: number, pieces: Piece[][], keys: Uint8Array[], owned: Owned): Promise<Array<{ out: Uint8Array; leaves: Uint8Array }>> {
+  let leaves: Array<Uint8Array | Promise<Uint8Array>>;
+  if (owned.chunk === chunk) {
+    const content = files[0];
+    const whole = Math.floor(content.length / chunk);
+    const tail = content.length % chunk ? [(await blake3())([label("onnx-protect/v2/chunk"), u32be(0), u64be(whole), content.subarray(whole * chunk)])] : [];
+    leaves = [owned.leaves[0].then((l) => concat([l.subarray(0, 32 * whole), ...tail])), ...owned.leaves.slice(1)];
+  } else {
+    leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+  }
+  for (let i = 0; i < files.length; i++) await engine.xor(files[i], pieces[i], keys);
+  return Promise.all(files.map(async (out, i) => ({ out, leaves: await leaves[i] })));
 }
 
 function writeViews(views: Uint8Array[], data: Uint8Array): void {
@@ -677,7 +756,8 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
   const size = elementSize(e.data_type);
   for (const [a, b] of spans) {
     const n = (b - a) / size;
-    const swaps = await dpSwaps(ks, a, n);
+    // §6: the words of the span starting at element-byte offset `a` begin at keystream byte a·2^24.
+    const swaps = await keyedSwaps(ks, BigInt(a) << 24n, n, true);
     const span = elem.subarray(a, b);
     const tmp = new Uint8Array(size);
     const order = encrypt ? swaps : swaps.slice().reverse();
@@ -690,43 +770,20 @@ async function transformElements(elem: Uint8Array, e: Message, spans: Array<[num
   }
 }
 
-/** §6: the swaps `(i, j)` of a span starting at element-byte offset `a` with `n` elements. */
-async function dpSwaps(ks: Keystream, a: number, n: number): Promise<Array<[number, number]>> {
-  const base = BigInt(a) << 24n;
-  let words = new Uint32Array(0);
-  let used = 0, fetched = 0;
-  const swaps: Array<[number, number]> = [];
-  for (let i = n - 1; i >= 1; i--) {
-    const m = i + 1;
-    const limit = 2 ** 32 - (2 ** 32 % m);
-    for (;;) {
-      if (used === words.length) {
-        const more = Math.max(64, n + 16);
-        const raw = await ks.bytes(base + BigInt(4 * fetched), 4 * more);
-        const next = new Uint32Array(words.length + more);
-        next.set(words);
-        const dv = new DataView(raw.buffer, raw.byteOffset, raw.length);
-        for (let k = 0; k < more; k++) next[words.length + k] = dv.getUint32(4 * k, true);
-        words = next;
-        fetched += more;
-      }
-      const r = words[used++];
-      if (r < limit) {
-        swaps.push([i, r % m]);
-        break;
-      }
-    }
-  }
-  return swaps;
-}
-
 // ---------------------------------------------------------------- the verbs
 
 /** Verifies and decrypts a protected model (§12). Returns the original model and its
  * external data files (below the top tier: the partially decrypted model of §11). */
 export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Decrypted> {
-  const op = await open(model, opts.externalData);
-  const u = await unlock(op, opts, opts.signers);
+  return decryptWith(model, opts);
+}
+
+/** [`decrypt`] of files the caller gives up (`owned`): decrypted in place. */
+export async function decryptWith(model: Uint8Array, opts: ReadOptions, owned?: Owned): Promise<Decrypted> {
+  // Steps 4–5 (key, licence, MACs, signers) run before step 6, which the pass that decrypts
+  // does on the bytes it reads (§12 allows either order).
+  const op = openManifest(model, opts.externalData);
+  const u = await unlock(op, opts);
   const to = opts.tier ?? u.tier;
   if (!Number.isInteger(to) || to < 1 || to > u.tier) throw new UsageError(`this key reaches tier ${u.tier} of ${op.tiers}; it cannot decrypt tier ${to}`);
   if (to <= op.restored) throw new AlreadyDecrypted(`tiers 1 to ${op.restored} are in clear in this file`);
@@ -734,7 +791,10 @@ export async function decrypt(model: Uint8Array, opts: ReadOptions): Promise<Dec
   const names = op.header.original_external_files as string[];
   const locations = op.header.external_files as string[];
   const rename = to === op.tiers && names.length ? new Map(locations.map((l, i) => [l, names[i]])) : undefined;
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, rename);
+  // §15: a full decryption puts a label lock's classes back in true order.
+  const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
+  const stored = op.restored ? op.env.stored_digest : op.env.content_digest;
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored, owned });
   if (to === op.tiers) {
     const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
     return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };
@@ -764,7 +824,9 @@ export async function verify(model: Uint8Array, opts: ReadOptions = {}): Promise
   const op = await open(model, opts.externalData);
   const report: VerifyReport = { tiers: op.tiers, restoredTiers: op.restored, tensors: op.entries.length, signers: opts.signers ?? [] };
   if (keyCount(opts) > 0) {
-    report.keyTier = (await unlock(op, opts, opts.signers)).tier;
+    report.keyTier = (await unlock(op, opts)).tier;
+  } else if (opts.licence !== undefined) {
+    throw new UsageError("a licence goes with a key");
   } else if (opts.signers) {
     if (op.restored) throw new UsageError("the signatures of a partially decrypted model can only be checked with a key");
     checkSignatures(op, opts.signers);

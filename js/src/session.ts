@@ -59,7 +59,12 @@ export async function createSession<S>(
   ort: OrtLike<S>, model: Uint8Array, opts: ReadOptions, sessionOptions?: Record<string, unknown>,
 ): Promise<SessionResult<S>> {
   checkSessionOptions(sessionOptions);
-  const d = await decrypt(model, opts);
+  return sessionOf(ort, await decrypt(model, opts), sessionOptions);
+}
+
+/** The session of a decrypted model; the decrypted buffers are zeroed once onnxruntime has
+ * taken them (whether or not it succeeded). */
+export async function sessionOf<S>(ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>): Promise<SessionResult<S>> {
   try {
     const externalData = [...d.externalData].map(([path, data]) => ({ path, data }));
     const options = externalData.length ? { ...sessionOptions, externalData } : { ...sessionOptions };

@@ -139,7 +139,8 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// `ignoreBOM`: a leading U+FEFF is a character of the string, not dropped.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const utf8enc = new TextEncoder();
 
 export function decodeUtf8(b: Uint8Array): string | null {
@@ -167,7 +168,7 @@ const SCHEMAS: Record<string, Array<[number, string, Kind]>> = {
   Header: [
     [1, "format_version", "u32"], [2, "tiers", "u32"], [3, "key_checks", "rbytes"], [4, "tensors", "rmsg:TensorEntry"],
     [5, "chunk_size", "u64"], [6, "external_files", "rstring"], [7, "tool", "string"], [8, "policy_summary", "string"],
-    [9, "positions", "u32"], [10, "external_sizes", "ru64"], [11, "label_lock", "bytes"],
+    [9, "positions", "u32"], [10, "external_sizes", "ru64"], [11, "label_lock", "msg:LabelLock"],
     [12, "licence_authority", "bytes"], [13, "model_id", "string"], [14, "original_external_files", "rstring"],
   ],
   TensorEntry: [
@@ -176,6 +177,15 @@ const SCHEMAS: Record<string, Array<[number, string, Kind]>> = {
     [10, "op_type", "string"], [11, "role", "string"], [12, "subsequences", "u64"], [13, "chosen", "u64"],
     [14, "sealed_spans", "bytes"],
   ],
+  LabelLock: [
+    [1, "classes", "u32"], [2, "sealed_seed", "bytes"], [3, "tensors", "rmsg:LockedTensor"], [4, "outputs", "rmsg:LockedOutput"],
+    [5, "node", "string"],
+  ],
+  LockedTensor: [
+    [1, "locator", "string"], [2, "name", "string"], [3, "data_type", "i32"], [4, "dims", "ru64"], [5, "axis", "u32"],
+    [6, "part", "string"],
+  ],
+  LockedOutput: [[1, "name", "string"], [2, "kind", "i32"]],
   Recipients: [[1, "stanzas", "rmsg:Stanza"]],
   Stanza: [[1, "kind", "string"], [2, "tier", "u32"], [3, "label", "string"], [4, "salt", "bytes"], [5, "kdf", "msg:KdfParams"], [6, "body", "bytes"]],
   KdfParams: [[1, "algorithm", "string"], [2, "salt", "bytes"], [3, "m_cost_kib", "u32"], [4, "t_cost", "u32"], [5, "p_cost", "u32"]],

@@ -9,7 +9,7 @@ import path from "node:path";
 import * as ortNode from "onnxruntime-node";
 import { chromium } from "playwright-core";
 
-import { binary, readNpy, ROOT, run, tempDir } from "../test/util.mjs";
+import { binary, issueLicence, publisher, readNpy, ROOT, run, tempDir, WINDOW } from "../test/util.mjs";
 
 const JS = path.join(ROOT, "js");
 const CHROMIUM = process.env.CHROMIUM ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => fs.existsSync(p));
@@ -62,6 +62,24 @@ async function cases() {
     const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", x.data, x.shape) }))[plain.outputNames[0]].data;
     out.push({ name, c: { model: `/${name}/model.onnx`, original: `/${name}/original.onnx`, key: "/model.key", input: { data: Array.from(x.data), shape: x.shape } }, want });
   }
+  // A label-locked model that needs a licence (made by the binary), its high-water mark kept
+  // in the page's localStorage.
+  {
+    const name = "digits-cnn-locked-licensed";
+    const dir = path.join(work, name);
+    fs.mkdirSync(dir);
+    const src = path.join(zoo, "digits/cnn.onnx");
+    const pub = publisher(BIN, dir, "pub.sk");
+    run(BIN, ["encrypt", src, "-o", path.join(dir, "model.onnx"), "--key-file", key, "-q", "--lock-outputs", "--licence-authority", pub.authority, "--model-id", "cnn"]);
+    issueLicence(BIN, dir, pub.sk, "model.licence", ["--model", "id:cnn", "--recipient", "any", ...WINDOW]);
+    files.set(`/${name}/model.onnx`, path.join(dir, "model.onnx"));
+    files.set(`/${name}/original.onnx`, src);
+    files.set(`/${name}/model.licence`, path.join(dir, "model.licence"));
+    const x = readNpy(path.join(zoo, "digits/ref_x.npy"));
+    const plain = await ortNode.InferenceSession.create(src);
+    const want = (await plain.run({ [plain.inputNames[0]]: new ortNode.Tensor("float32", x.data, x.shape) }))[plain.outputNames[0]].data;
+    out.push({ name, c: { model: `/${name}/model.onnx`, original: `/${name}/original.onnx`, key: "/model.key", licence: `/${name}/model.licence`, input: { data: Array.from(x.data), shape: x.shape } }, want, licensed: true });
+  }
   // A model with external data, protected into another folder and into its own (where the
   // protected files get names of their own and the header records the original ones).
   const srcDir = path.join(ROOT, "fixtures/models/external_data");
@@ -110,15 +128,20 @@ try {
   page.on("pageerror", (e) => console.log(`page error: ${e.message}`));
   await page.goto(`http://127.0.0.1:${port}/`);
   await page.waitForFunction(() => window.ready === true, null, { timeout: 60000 });
-  for (const { name, c, want, names } of await cases()) {
+  for (const { name, c, want, names, licensed } of await cases()) {
     const r = await page.evaluate((c) => window.runCase(c), c);
     let worst = 0;
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.output[i] - want[i]) / Math.max(1, Math.abs(want[i])));
     // The external data files come back under the original model's names.
     const sameNames = !names || r.names.join("\0") === names.join("\0");
-    const ok = r.sameBytes && sameNames && r.output.length === want.length && worst <= 1e-4 && r.refused === "modified";
+    // A licensed model: refused without its licence and with the page's clock set back, and
+    // the high-water mark recorded in localStorage.
+    const l = r.licenceChecks;
+    const licenceOk = !licensed || (l?.missing === "licence_missing" && l?.setBack === "licence_clock" && /^20[0-9]{2}-/.test(l?.mark ?? ""));
+    const ok = r.sameBytes && sameNames && r.output.length === want.length && worst <= 1e-4 && r.refused === "modified" && licenceOk;
     if (!ok) failed++;
-    console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}${names ? `, side files ${r.names.join(", ")}` : ""}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}`);
+    const lic = licensed ? `, without the licence ${l?.missing}, clock set back ${l?.setBack}, high-water mark ${l?.mark}` : "";
+    console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}${names ? `, side files ${r.names.join(", ")}` : ""}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}${lic}`);
   }
 } finally {
   await browser.close();

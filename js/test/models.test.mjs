@@ -13,11 +13,20 @@ import { binary, readNpy, ROOT, run, tempDir } from "./util.mjs";
 
 const BIN = binary();
 const ZOO = path.join(ROOT, "fixtures/zoo");
+const zoo = (folder, names) => names.map((m) => ({ file: path.join(ZOO, folder, `${m}.onnx`), x: path.join(ZOO, folder, "ref_x.npy"), ref: path.join(ZOO, folder, `${m}.ref.npy`) }));
+/** A folder whose models come with their own input (`NAME.x.npy`) and reference output. */
+const own = (folder) => fs.readdirSync(path.join(ZOO, folder)).filter((f) => f.endsWith(".onnx")).sort().map((f) => {
+  const m = f.slice(0, -5);
+  return { file: path.join(ZOO, folder, f), x: path.join(ZOO, folder, `${m}.x.npy`), ref: path.join(ZOO, folder, `${m}.ref.npy`) };
+});
+// The four digits models, the zoo's fourteen classifiers and its 23 operator probes.
 const MODELS = [
   ...["cnn", "mlp", "convmixer", "vit"].map((m) => ({ file: path.join(ROOT, "fixtures/digits", `${m}.onnx`), x: path.join(ZOO, "digits/ref_x.npy") })),
-  ...["cnn", "mlp", "convmixer", "vit"].map((m) => ({ file: path.join(ZOO, "digits", `${m}.onnx`), x: path.join(ZOO, "digits/ref_x.npy"), ref: path.join(ZOO, "digits", `${m}.ref.npy`) })),
-  ...["lstm", "gru", "cnn", "mlp", "vit"].map((m) => ({ file: path.join(ZOO, "vowels", `${m}.onnx`), x: path.join(ZOO, "vowels/ref_x.npy"), ref: path.join(ZOO, "vowels", `${m}.ref.npy`) })),
-  ...["conv1d", "convmixer", "vit"].map((m) => ({ file: path.join(ZOO, "osuleaf", `${m}.onnx`), x: path.join(ZOO, "osuleaf/ref_x.npy"), ref: path.join(ZOO, "osuleaf", `${m}.ref.npy`) })),
+  ...zoo("digits", ["cnn", "mlp", "convmixer", "vit"]),
+  ...zoo("vowels", ["lstm", "gru", "cnn", "mlp", "vit"]),
+  ...zoo("osuleaf", ["conv1d", "convmixer", "vit"]),
+  ...own("families"),
+  ...own("ops"),
 ];
 const POLICIES = { builtin: [], all: ["--coefficient", "*=1"], fp: ["--coefficient", "*=0.5", "--mode", "*=fp"] };
 
@@ -29,7 +38,8 @@ async function outputs(session, x) {
 
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
 
-test("digits and zoo models: decrypted byte for byte, same outputs in onnxruntime-node", { skip }, async () => {
+test("digits and zoo models (classifiers, families, operator probes): decrypted byte for byte, same outputs in onnxruntime-node", { skip }, async () => {
+  assert.equal(MODELS.length, 4 + 14 + 23);
   const dir = tempDir();
   const key = path.join(dir, "model.key");
   run(BIN, ["keygen", "-o", key, "-q"]);
@@ -45,7 +55,8 @@ test("digits and zoo models: decrypted byte for byte, same outputs in onnxruntim
       }
       for (const [pname, args] of Object.entries(POLICIES)) {
         const out = path.join(dir, `p-${pname}.onnx`);
-        run(BIN, ["encrypt", m.file, "-o", out, "--key-file", key, "-q", "--force", ...args]);
+        // --allow-empty: seven operator probes have no weight; they are authenticated all the same.
+        run(BIN, ["encrypt", m.file, "-o", out, "--key-file", key, "-q", "--force", "--allow-empty", ...args]);
         const { model, externalData } = await readModelFiles(out);
         const d = await decrypt(model, { key: keyText, externalData });
         assert.ok(Buffer.compare(Buffer.from(d.model), fs.readFileSync(m.file)) === 0, `${m.file} ${pname}: not byte-identical`);

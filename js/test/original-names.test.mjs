@@ -12,9 +12,7 @@ import * as ort from "onnxruntime-node";
 
 import { createSession, decrypt, externalFilesOf, open, verify, Modified } from "../dist/index.js";
 import { readModelFiles } from "../dist/node.js";
-import { sha256 } from "../dist/crypto.js";
-import { concat, encode, encodeUtf8, lengthDelimited } from "../dist/wire.js";
-import { binary, ROOT, run, tempDir } from "./util.mjs";
+import { binary, resealed, ROOT, run, tempDir } from "./util.mjs";
 
 const BIN = binary();
 const SRC = path.join(ROOT, "fixtures/models/external_data");
@@ -38,16 +36,11 @@ function sameFolder(encryptArgs = [], keygenArgs = [], src = SRC, names = ORIGIN
   return { dir, key, prot };
 }
 
-/** The model with its header's `original_external_files` replaced by `names`, the manifest
- * entry rebuilt and its checksum sealed again (the MACs are left as they were). */
+/** The model with its header's `original_external_files` replaced by `names`, resealed
+ * (the MACs left as they were). */
 async function withNames(model, externalData, names) {
   const op = await open(model, externalData);
-  const header = encode("Header", { ...op.header, original_external_files: names });
-  const env = { ...op.env, header, checksum: new Uint8Array(0) };
-  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
-  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
-  const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
-  return concat([model.subarray(0, op.entryStart), entry]);
+  return resealed(op, { ...op.header, original_external_files: names });
 }
 
 function feedsOf(session) {

@@ -33,8 +33,8 @@ export function binary() {
   return fs.existsSync(b) ? b : null;
 }
 
-export function run(bin, args) {
-  return execFileSync(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
+export function run(bin, args, env = {}) {
+  return execFileSync(bin, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
 }
 
 export function tempDir() {
@@ -54,4 +54,50 @@ export function readNpy(file) {
   if (descr === "<f4") return { shape, data: new Float32Array(copy.buffer) };
   if (descr === "<i8") return { shape, data: new BigInt64Array(copy.buffer) };
   throw new Error(`${file}: dtype ${descr}`);
+}
+
+/** A publisher's signing key made by the binary: { sk (path), authority (its signer string) }. */
+export function publisher(bin, dir, name) {
+  const sk = path.join(dir, name);
+  run(bin, ["keygen", "--signing", "-o", sk, "-q"]);
+  const authority = /^# public key: (\S+)$/m.exec(fs.readFileSync(sk, "utf8"))[1];
+  return { sk, authority };
+}
+
+/** A validity window that holds now and for decades. */
+export const WINDOW = ["--not-before", "2020-01-01T00:00:00Z", "--not-after", "2099-12-31T23:59:59Z"];
+
+/** A licence issued by the binary with `sk`: its text. */
+export function issueLicence(bin, dir, sk, name, args) {
+  const out = path.join(dir, name);
+  run(bin, ["licence", "issue", "--sign-key", sk, "-o", out, "-q", ...args]);
+  return fs.readFileSync(out, "utf8");
+}
+
+/** The recipients of a protected model as `inspect` lists them ('key 0123…'), by tier. */
+export function recipientsOf(bin, file) {
+  const j = JSON.parse(run(bin, ["inspect", "--json", file]).toString());
+  return j.protection.recipients.map((r) => r.replace(/ \(tier [0-9]+\)$/, ""));
+}
+
+/** Runs `fn(dir)` with a fresh temporary folder, removed afterwards. */
+export async function inTempDir(fn) {
+  const dir = tempDir();
+  try {
+    return await fn(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The opened protected model `op` (from `open`) with its header replaced by `header`, the
+ * manifest entry rebuilt and its checksum sealed again (the MACs left as they were). */
+export async function resealed(op, header) {
+  const { sha256 } = await import("../dist/crypto.js");
+  const { concat, encode, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
+  const env = { ...op.env, header: encode("Header", header), checksum: new Uint8Array(0) };
+  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
+  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
+  const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
+  return concat([op.model.subarray(0, op.entryStart), entry]);
 }

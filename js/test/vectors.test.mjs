@@ -6,7 +6,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import { decrypt, verify, WrongKey, UnsupportedVersion, NotSigned, Modified, AlreadyDecrypted, UsageError, KeyError } from "../dist/index.js";
-import { readModelFiles } from "../dist/node.js";
+import { decryptFile, readModelFiles } from "../dist/node.js";
 import { keyOf, vectors, VECTORS } from "./util.mjs";
 
 const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
@@ -22,6 +22,10 @@ for (const v of vectors()) {
     }
     const rep = await verify(model, { externalData });
     assert.equal(rep.tensors > 0, true);
+    // decryptFile: the same result, read and decrypted in place.
+    const f = await decryptFile(v.protected, keyOf(v.dir));
+    assert.ok(same(f.model, r.model), "decryptFile: model bytes differ");
+    for (const [loc, data] of f.externalData) assert.ok(same(data, r.externalData.get(loc)), `decryptFile: ${loc}`);
   });
 
   test(`vector ${v.name}: other key material is a wrong key`, async () => {
@@ -30,6 +34,23 @@ for (const v of vectors()) {
     await assert.rejects(decrypt(model, { ...other, externalData }), WrongKey);
   });
 }
+
+test("a key given as 32 raw bytes (a Uint8Array or a Buffer) decrypts", async () => {
+  for (const name of ["cnn_torch_v2_ctr", "external_data_v2_ctr"]) {
+    const v = vectors().find((x) => x.name === name);
+    const hex = fs.readFileSync(path.join(v.dir, "key.hex"), "utf8").trim();
+    const raw = Uint8Array.from(Buffer.from(hex, "hex"));
+    assert.equal(raw.length, 32);
+    const { model, externalData } = await readModelFiles(v.protected);
+    for (const key of [raw, Buffer.from(raw)]) {
+      const r = await decrypt(model, { key, externalData });
+      assert.ok(same(r.model, fs.readFileSync(v.original)), name);
+    }
+    // One bit of the raw key changed: a wrong key.
+    raw[31] ^= 1;
+    await assert.rejects(decrypt(model, { key: raw, externalData }), WrongKey);
+  }
+});
 
 test("tier keys decrypt up to their tier, as the partial vectors", async () => {
   const dir = path.join(VECTORS, "cnn_torch_v2_tiers");
@@ -48,6 +69,7 @@ test("tier keys decrypt up to their tier, as the partial vectors", async () => {
   assert.ok(same(r2.model, fs.readFileSync(path.join(dir, "partial-t2.onnx"))));
   const full = await decrypt(p1, top);
   assert.ok(same(full.model, fs.readFileSync(path.join(dir, "original.onnx"))));
+  assert.ok(same((await decryptFile(path.join(dir, "partial-t1.onnx"), top)).model, fs.readFileSync(path.join(dir, "original.onnx"))));
   await assert.rejects(decrypt(p1, { key: fs.readFileSync(path.join(dir, "tier1.hex"), "utf8") }), AlreadyDecrypted);
   await assert.rejects(decrypt(model, { key: fs.readFileSync(path.join(dir, "tier1.hex"), "utf8"), tier: 2 }), UsageError);
 });

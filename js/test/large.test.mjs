@@ -1,0 +1,140 @@
+// Models over the size from which Node spreads the work over worker threads (16 MiB per
+// covered file): a ~70 MB model written here (a raw_data weight, a float_data weight and an
+// external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
+// format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
+// (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
+// onnxruntime-node; a changed byte is refused.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+
+import * as ort from "onnxruntime-node";
+
+import { createSession, decrypt, verify, Modified } from "../dist/index.js";
+import { createSessionFromFile, decryptFile, readModelFiles } from "../dist/node.js";
+import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
+import { binary, run, tempDir } from "./util.mjs";
+
+const BIN = binary();
+const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
+const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+
+const varintField = (n, v) => concat([encodeVarint(n << 3), encodeVarint(v)]);
+const str = (n, s) => lengthDelimited(n, encodeUtf8(s));
+const packed = (n, values) => lengthDelimited(n, concat(values.map((v) => encodeVarint(v))));
+
+function floats(n, seed) {
+  const f = new Float32Array(n);
+  for (let i = 0; i < n; i++) f[i] = Math.sin(i * 0.7 + seed) * 0.05;
+  return new Uint8Array(f.buffer);
+}
+
+function valueInfo(name, dims) {
+  const shape = lengthDelimited(2, concat(dims.map((d) => lengthDelimited(1, varintField(1, d)))));
+  const tensorType = lengthDelimited(1, concat([varintField(1, 1), shape]));
+  return concat([str(1, name), lengthDelimited(2, tensorType)]);
+}
+
+/** model.onnx and w2.bin in `dir`: Y_i = MatMul(X, W_i) for a raw_data W1, an external W2
+ * and a float_data W3. */
+function writeModel(dir) {
+  const K = 1024, N = 6144, N3 = 4160;
+  const w1 = concat([packed(1, [K, N]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N, 1))]);
+  const w2data = floats(K * N, 2);
+  fs.writeFileSync(path.join(dir, "w2.bin"), w2data);
+  const entry = (k, v) => lengthDelimited(13, concat([str(1, k), str(2, v)]));
+  const w2 = concat([packed(1, [K, N]), varintField(2, 1), str(8, "W2"), entry("location", "w2.bin"), entry("offset", "0"), entry("length", String(w2data.length)), varintField(14, 1)]);
+  const w3 = concat([packed(1, [K, N3]), varintField(2, 1), lengthDelimited(4, floats(K * N3, 3)), str(8, "W3")]);
+  const node = (w, y) => lengthDelimited(1, concat([str(1, "X"), str(1, w), str(2, y), str(3, `mm_${w}`), str(4, "MatMul")]));
+  const graph = concat([
+    node("W1", "Y1"), node("W2", "Y2"), node("W3", "Y3"), str(2, "large"),
+    lengthDelimited(5, w1), lengthDelimited(5, w2), lengthDelimited(5, w3),
+    lengthDelimited(11, valueInfo("X", [1, K])),
+    lengthDelimited(12, valueInfo("Y1", [1, N])), lengthDelimited(12, valueInfo("Y2", [1, N])), lengthDelimited(12, valueInfo("Y3", [1, N3])),
+  ]);
+  const model = concat([varintField(1, 8), lengthDelimited(7, graph), lengthDelimited(8, concat([str(1, ""), varintField(2, 13)]))]);
+  fs.writeFileSync(path.join(dir, "model.onnx"), model);
+  return path.join(dir, "model.onnx");
+}
+
+test("large models: decrypted byte for byte through the worker threads, from shared or private memory; a changed byte is refused", { skip }, async () => {
+  const dir = tempDir();
+  try {
+    const srcDir = path.join(dir, "src");
+    fs.mkdirSync(srcDir);
+    const src = writeModel(srcDir);
+    assert.ok(fs.statSync(src).size > 40e6);
+    const key = path.join(dir, "k.key");
+    run(BIN, ["keygen", "-o", key, "-q", "--tiers", "2"]);
+    const keyText = fs.readFileSync(key, "utf8");
+    const original = fs.readFileSync(src), w2 = fs.readFileSync(path.join(srcDir, "w2.bin"));
+    for (const [name, args] of [["ctr", ["--coefficient", "*=1"]], ["fp-rows", ["--coefficient", "*=0.5", "--mode", "*=fp"]], ["tiers", ["--tiers", "2"]]]) {
+      const outDir = path.join(dir, name);
+      fs.mkdirSync(outDir);
+      const prot = path.join(outDir, "model.onnx");
+      run(BIN, ["encrypt", src, "-o", prot, "--key-file", key, "-q", ...args]);
+      const shared = await readModelFiles(prot);
+      assert.ok(shared.model.buffer instanceof SharedArrayBuffer);
+      const privateFiles = { model: new Uint8Array(fs.readFileSync(prot)), externalData: new Map([["w2.bin", new Uint8Array(fs.readFileSync(path.join(outDir, "w2.bin")))]]) };
+      for (const [how, f] of [["shared", shared], ["private", privateFiles]]) {
+        const d = await decrypt(f.model, { key: keyText, externalData: f.externalData });
+        assert.ok(same(d.model, original), `${name} ${how}: model`);
+        assert.ok(same(d.externalData.get("w2.bin"), w2), `${name} ${how}: w2.bin`);
+        await verify(f.model, { externalData: f.externalData });
+      }
+      // Read, hashed and decrypted in place by decryptFile.
+      const df = await decryptFile(prot, { key: keyText });
+      assert.ok(same(df.model, original), `${name} decryptFile: model`);
+      assert.ok(same(df.externalData.get("w2.bin"), w2), `${name} decryptFile: w2.bin`);
+      if (name === "ctr") {
+        // onnxruntime-node takes the result (ordinary memory) and gives the plain model's outputs.
+        const feeds = { X: new ort.Tensor("float32", Float32Array.from({ length: 1024 }, (_, i) => Math.cos(i)), [1, 1024]) };
+        const plain = await (await ort.InferenceSession.create(src)).run(feeds);
+        const { session } = await createSession(ort, shared.model, { key: keyText, externalData: shared.externalData });
+        const got = await session.run(feeds);
+        for (const y of ["Y1", "Y2", "Y3"]) assert.deepEqual(Array.from(got[y].data), Array.from(plain[y].data), y);
+        const fromFile = (await createSessionFromFile(ort, prot, { key: keyText })).session;
+        const got2 = await fromFile.run(feeds);
+        for (const y of ["Y1", "Y2", "Y3"]) assert.deepEqual(Array.from(got2[y].data), Array.from(plain[y].data), y);
+      }
+      // A bit changed deep in each file: refused, with the key and without.
+      const model = Uint8Array.from(shared.model);
+      model[30_000_000] ^= 4;
+      const changedModel = new Uint8Array(new SharedArrayBuffer(model.length));
+      changedModel.set(model);
+      await assert.rejects(decrypt(changedModel, { key: keyText, externalData: shared.externalData }), Modified);
+      await assert.rejects(decrypt(model, { key: keyText, externalData: shared.externalData }), Modified);
+      await assert.rejects(verify(changedModel, { externalData: shared.externalData }), Modified);
+      const changedDir = path.join(dir, `${name}-changed`);
+      fs.mkdirSync(changedDir);
+      fs.writeFileSync(path.join(changedDir, "model.onnx"), model);
+      fs.copyFileSync(path.join(outDir, "w2.bin"), path.join(changedDir, "w2.bin"));
+      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
+      fs.writeFileSync(path.join(changedDir, "model.onnx"), shared.model);
+      const w2changed = fs.readFileSync(path.join(outDir, "w2.bin"));
+      w2changed[12_345_678] ^= 2;
+      fs.writeFileSync(path.join(changedDir, "w2.bin"), w2changed);
+      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
+      const data = new Uint8Array(new SharedArrayBuffer(w2.length));
+      data.set(shared.externalData.get("w2.bin"));
+      data[w2.length - 5] ^= 1;
+      await assert.rejects(decrypt(shared.model, { key: keyText, externalData: new Map([["w2.bin", data]]) }), Modified);
+      await assert.rejects(verify(shared.model, { externalData: new Map([["w2.bin", data]]) }), Modified);
+      if (name === "tiers") {
+        // The tier-1 key's partial decryption: the command line's bytes.
+        const t1 = `${key}.tier1`;
+        const part = path.join(dir, "part", "model.onnx");
+        fs.mkdirSync(path.dirname(part));
+        run(BIN, ["decrypt", prot, "-o", part, "--key-file", t1, "-q"]);
+        const d = await decrypt(shared.model, { key: fs.readFileSync(t1, "utf8"), externalData: shared.externalData });
+        assert.equal(d.tier, 1);
+        assert.ok(same((await decryptFile(prot, { key: fs.readFileSync(t1, "utf8") })).model, fs.readFileSync(part)), "tier 1 decryptFile");
+        assert.ok(same(d.model, fs.readFileSync(part)), "tier 1: model");
+        assert.ok(same(d.externalData.get("w2.bin"), fs.readFileSync(path.join(path.dirname(part), "w2.bin"))), "tier 1: w2.bin");
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

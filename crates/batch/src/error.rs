@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use onnx_protect_core::protect::CoreError;
+use onnx_protect_core::error::CoreError;
 
 /// Why a batch run could not start. No file has been processed when it is returned.
 #[derive(Debug, thiserror::Error)]

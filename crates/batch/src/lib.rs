@@ -21,7 +21,7 @@
 //! ```no_run
 //! use std::num::NonZeroUsize;
 //! use onnx_protect_batch::{run, FileResult, Inputs, Observer, Operation, Options};
-//! use onnx_protect_core::protect::KeySource;
+//! use onnx_protect_core::keys::KeySource;
 //! use onnx_protect_crypto::MasterKey;
 //!
 //! struct Quiet;
@@ -59,7 +59,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, KeySource};
+use onnx_protect_core::error::CoreError;
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
 use onnx_protect_core::OutputRules;

@@ -1,7 +1,8 @@
 //! What happens to the encrypted spans of a target (docs/format.md §5, §6): a
 //! keystream XORed into every bit (`ctr`) or through a per-type mask (`fp`), a keyed
 //! permutation of whole elements (`dp`, in `permute`), or new bytes computed
-//! beforehand; and the edit list of the model file that carries them out.
+//! beforehand (a [`Rewrite`] of the plaintext among them); and the edit list of the
+//! model file that carries them out.
 
 use std::ops::Range;
 
@@ -11,7 +12,12 @@ use onnx_protect_format::{DataType, Model, Tensor, TensorData};
 use onnx_protect_select::{fp_mask, Mode};
 
 use crate::error::{CoreError, Result};
-use crate::manifest::Target;
+use crate::target::Target;
+
+/// A change of the plaintext made while encrypting (a recipient's fingerprint): given a
+/// weight tensor and its element bytes, the new element bytes (same length), or `None`
+/// to leave it.
+pub type Rewrite = dyn Fn(&Tensor, &[u8]) -> Option<Vec<u8>> + Sync;
 
 /// Applies the keystream `ks` in `mode` to `data`, which holds logical bytes of a
 /// tensor of type `dtype` starting at `offset`; `parallel` spreads it over the thread

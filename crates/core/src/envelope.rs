@@ -1,7 +1,7 @@
 //! The manifest of format version 2 (docs/format.md §1–§3, §10, §11): finding the
 //! trailing entry, decoding the envelope, header and recipient stanzas with their
-//! canonical-encoding checks, the keyless checksum, matching the header to the model,
-//! and building a new entry.
+//! canonical-encoding checks, the keyless checksum, matching the header to the model
+//! ([`read`]: §12 steps 1–3), and the bytes of a new entry.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -16,7 +16,8 @@ use onnx_protect_proto::Message;
 use onnx_protect_select::MAX_TIERS;
 
 use crate::error::{CoreError, Result};
-use crate::manifest::{b64, is_manifest_key, match_targets, EntryFacts, EntryRules, Target, METADATA_KEY};
+use crate::metadata::{b64, is_manifest_key};
+use crate::target::{check_disjoint_in_files, match_targets, EntryFacts, EntryRules, Target};
 
 /// The `metadata_props` key of a format-2 manifest.
 pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
@@ -24,14 +25,15 @@ pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
 pub const FORMAT_VERSION_V2: u32 = 2;
 /// The content-digest chunk size this version writes.
 pub const CONTENT_CHUNK: u64 = 4 << 20;
-/// The fewest elements a distribution-preserving span has (fewer hides too little).
-pub use onnx_protect_select::DP_MIN_ELEMENTS;
 /// Caps on what a header may list (a hostile file cannot make a reader do more).
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// The most recipient stanzas a model may carry.
 pub const MAX_STANZAS: usize = 1024;
 /// The most signatures a model may carry.
 pub const MAX_SIGNATURES: usize = 64;
+/// The largest encoded `Recipients` message (docs/format.md §8), refused before a stanza
+/// is decoded.
+pub const MAX_RECIPIENTS_LEN: usize = 1 << 20;
 
 /// A decoded, shape-checked version-2 entry, before it is matched to the model.
 #[derive(Debug, Clone)]
@@ -128,6 +130,12 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
         return Err(bad(format!(
             "the header of an {METADATA_KEY_V2} entry has format_version {}",
             header.format_version
+        )));
+    }
+    if envelope.recipients.len() > MAX_RECIPIENTS_LEN {
+        return Err(bad(format!(
+            "the recipients take {} bytes ({MAX_RECIPIENTS_LEN} at most)",
+            envelope.recipients.len()
         )));
     }
     let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
@@ -261,22 +269,8 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
             )));
         }
     }
-    let rules = EntryRules {
-        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
-        dp_min_elements: DP_MIN_ELEMENTS,
-        sealed: secret,
-    };
-    let facts = sealed.header.tensors.iter().map(|e| EntryFacts {
-        name: &e.name,
-        locator: &e.locator,
-        data_type: e.data_type,
-        storage: e.storage,
-        nbytes: e.nbytes,
-        mode: e.mode,
-        spans: &e.spans,
-        tier: e.tier,
-        stream_id: e.stream_id,
-    });
+    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: secret };
+    let facts = sealed.header.tensors.iter().map(|e| EntryFacts::from((e, e.spans.as_slice())));
     let targets = match_targets(model, facts, &rules)?;
     let mut varint_tensors = HashSet::new();
     for t in &targets {
@@ -352,53 +346,13 @@ pub(crate) fn unseal(model: &Model, p: &mut ProtectedV2, keys: &[onnx_protect_cr
         opened.push((i, spans));
     }
     let tiers = p.sealed.header.tiers;
-    let rules = EntryRules {
-        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
-        dp_min_elements: DP_MIN_ELEMENTS,
-        sealed: false,
-    };
-    let facts = opened.iter().map(|(i, spans)| {
-        let e = &p.sealed.header.tensors[*i];
-        EntryFacts {
-            name: &e.name,
-            locator: &e.locator,
-            data_type: e.data_type,
-            storage: e.storage,
-            nbytes: e.nbytes,
-            mode: e.mode,
-            spans,
-            tier: e.tier,
-            stream_id: e.stream_id,
-        }
-    });
+    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: false };
+    let facts = opened.iter().map(|(i, spans)| EntryFacts::from((&p.sealed.header.tensors[*i], spans.as_slice())));
     let targets = match_targets(model, facts, &rules)?;
     for ((i, _), t) in opened.iter().zip(targets) {
         p.targets[*i] = t;
     }
     check_disjoint_in_files(model, &p.targets)
-}
-
-/// Refuses spans of different entries that share bytes of a file (tensors that share
-/// external data): encrypting one would change the other.
-pub(crate) fn check_disjoint_in_files(model: &Model, targets: &[Target]) -> Result<()> {
-    let mut pieces: Vec<(Option<usize>, u64, u64)> = Vec::new();
-    for t in targets {
-        let tensor = &model.tensors[t.tensor];
-        let file = match &tensor.data {
-            TensorData::External { file, .. } => Some(*file),
-            _ => None,
-        };
-        for &(a, b) in &t.spans {
-            for (r, _) in tensor.file_pieces(a, b) {
-                pieces.push((file, r.start, r.end));
-            }
-        }
-    }
-    pieces.sort_unstable();
-    if pieces.windows(2).any(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2) {
-        return Err(bad("encrypted spans of different tensors share bytes of a file"));
-    }
-    Ok(())
 }
 
 /// The `metadata_props` field that stores `envelope`, its checksum filled in.
@@ -408,16 +362,17 @@ pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
     metadata_field(METADATA_KEY_V2, &b64().encode(envelope.encode_to_vec()))
 }
 
-/// The format version of a model's manifest: `None` for an unprotected model.
-pub fn manifest_version(model: &Model) -> Result<Option<u32>> {
-    let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
-    match keys.as_slice() {
-        [] => Ok(None),
-        [k] if *k == METADATA_KEY_V2 => Ok(Some(2)),
-        [k] if *k == METADATA_KEY => Ok(Some(1)),
-        [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
-        _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
+/// The version-2 manifest of an open model, read and matched to it (docs/format.md §12
+/// steps 1–3): the entry must be the file's last field and its only manifest entry.
+pub fn read(model: &Model) -> Result<ProtectedV2> {
+    let (range, value) = trailing_entry(model.bytes())
+        .ok_or_else(|| CoreError::Modified("the onnx-protect/v2 entry is not the last field of the file".into()))?;
+    let last = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).count();
+    if last != 1 || !model.metadata.iter().any(|m| m.range == range) {
+        return Err(CoreError::Modified("more than one manifest entry, or the entry is not top-level".into()));
     }
+    let sealed = parse_entry(value, range)?;
+    match_model(model, sealed)
 }
 
 #[cfg(test)]

@@ -1,19 +1,32 @@
 //! The facade applications use: inspect, encrypt, decrypt and verify ONNX models.
 //!
-//! The verbs are in [`protect`] (encrypt, decrypt, verify, sign), [`memory`] (decryption
-//! into memory), [`rekey`] (key rotation by re-encryption), [`rewrap`] (adding and
-//! removing recipients), [`check`] (the CI gate) and [`inspect`].
+//! A protected model's entry is read once into a [`protection::Protection`] (format 2,
+//! or the read-only format 1), whose methods are the verbs; the verbs on files are in
+//! [`protect`], [`memory`] decrypts into memory, [`rekey`] and [`rewrap`] rotate keys,
+//! [`check`] is the CI gate and [`inspect`] the summary. Every module, each one room:
 //!
-//! Each verb reads a model's entry once into `protection::Protection` (format 2 or
-//! format 1) and matches on it once. Format 2, which every encryption writes, is carried
-//! out by `format2` over the modules that each hold one of its steps: [`envelope`]
-//! (finding, decoding and building the entry), `recipients` (wrapping and opening the
-//! data keys), `action` and `permute` (what happens to a span), `content` and `pass` (the
-//! one pass that reads, transforms, hashes and writes the covered files), `staged`
-//! (outputs that appear whole or not at all) and `journal` (replacing a file's tail in
-//! place). Format 1 (docs/format.md
-//! Appendix B) is read only, through [`manifest`], [`keys`] (its master key from a key or
-//! passphrase), `seal`, `unlock` and `restore`. Errors are [`error::CoreError`].
+//! * verbs: [`protect`] (encrypt, decrypt, verify and sign files), `encrypt` (encryption
+//!   into format 2), [`memory`] (decryption into memory: the memory sink), [`rekey`],
+//!   [`rewrap`], [`check`], [`inspect`];
+//! * reading a protection: [`protection`] (the entry read once, dispatched to its
+//!   format), [`envelope`] (the format-2 entry: found, decoded, matched to the model),
+//!   `reader` (the verbs each format's reader answers), `format2` (format-2 verbs as
+//!   methods of the entry), [`format1`] (format 1, read only:
+//!   its manifest, keys, seals and restore, docs/format.md Appendix B), [`target`] (a
+//!   manifest entry matched to a tensor, the codes of modes and storages), [`summary`]
+//!   (what reports say of encrypted tensors), [`metadata`] (the keys and names a
+//!   protection goes by);
+//! * keys: [`keys`] (the key material a caller gives, tier keys), [`recipients`]
+//!   (wrapping and opening the data keys), `seal` (the MACs and signatures of a format-2
+//!   entry, made and checked in one place), [`licence`] (licences checked when a stanza
+//!   opens), [`lock`] (the label lock of the output layer);
+//! * bytes: `action` and `permute` (what a span becomes), `content` (a pass over the
+//!   covered files, described once) and `pass` (the one pass that reads, transforms,
+//!   hashes and writes), `decryption` (one decryption plan and its file sink), `staged`
+//!   (outputs that appear whole or not at all), [`journal`] (replacing a file's tail in
+//!   place, safe against a crash), `crash` (crash points for tests);
+//! * [`error`]: every error and its kind.
+//!
 //! This crate has no `unsafe` code: file maps and system calls are in `onnx-protect-fsio`.
 //!
 //! ```
@@ -32,26 +45,31 @@ mod action;
 pub mod check;
 mod content;
 mod crash;
+mod decryption;
+mod encrypt;
 pub mod envelope;
 pub mod error;
+pub mod format1;
 mod format2;
 pub mod inspect;
-mod journal;
+pub mod journal;
 pub mod keys;
 pub mod licence;
 pub mod lock;
-pub mod manifest;
 pub mod memory;
+pub mod metadata;
 mod pass;
 mod permute;
 pub mod protect;
-mod protection;
-mod recipients;
+pub mod protection;
+mod reader;
+pub mod recipients;
 pub mod rekey;
-mod restore;
 pub mod rewrap;
 mod seal;
 mod staged;
-mod unlock;
+pub mod summary;
+pub mod target;
 
+pub use action::Rewrite;
 pub use staged::OutputRules;

@@ -24,10 +24,9 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
-use crate::action::{apply, span_mut, Action};
+use crate::action::{apply, span_mut, Action, Rewrite};
 use crate::error::{CoreError, Result};
-use crate::format2::{complement, Rewrite};
-use crate::manifest::Target;
+use crate::target::{complement, Target};
 
 /// Most tensors a lock may name (a weight, two biases and their quantisation parameters
 /// need far fewer).

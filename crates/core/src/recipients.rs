@@ -4,8 +4,10 @@
 
 use onnx_protect_crypto::{DataKey, KdfParams, MasterKey, TierKeys};
 use onnx_protect_keys::{passphrase_stanza, Identity, Recipient, Stanza};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
 
-use crate::envelope::Sealed;
+use crate::envelope::{stanza_to_pb, Sealed, MAX_RECIPIENTS_LEN, MAX_STANZAS};
 use crate::error::{CoreError, Result};
 use crate::keys::{tier_chain, KeySource};
 
@@ -15,6 +17,10 @@ pub struct EncryptTo {
     /// A key or passphrase. With access tiers it is the top tier's, and every lower
     /// tier's stanza is wrapped under the key derived from it (docs/format.md App. A).
     pub master: Option<KeySource>,
+    /// The number of access tiers `master`'s key file records (`master tiers=N`,
+    /// docs/format.md Appendix A), if it records one: then a model of another number of
+    /// tiers, above one, is refused ([`check_recorded_tiers`]).
+    pub master_tiers: Option<u32>,
     /// Public-key and provider recipients, each for a tier (0: the top tier).
     pub recipients: Vec<(Recipient, u32)>,
 }
@@ -22,8 +28,24 @@ pub struct EncryptTo {
 impl EncryptTo {
     /// Encrypts to one key or passphrase.
     pub fn key(source: KeySource) -> EncryptTo {
-        EncryptTo { master: Some(source), recipients: Vec::new() }
+        EncryptTo { master: Some(source), master_tiers: None, recipients: Vec::new() }
     }
+}
+
+/// Refuses a master key that records `recorded` access tiers (`master tiers=N`) as the
+/// key of a model of `tiers > 1` tiers, unless they agree (docs/format.md Appendix A): its
+/// key would become another tier's key. An untiered model takes any master key.
+pub fn check_recorded_tiers(recorded: u32, tiers: u32) -> Result<()> {
+    if recorded == tiers || tiers == 1 {
+        return Ok(());
+    }
+    let of = |n: u32| if n == 1 { "no access tiers".to_string() } else { format!("{n} access tiers") };
+    Err(CoreError::Key(format!(
+        "the master key of {}, and this model has {}: give a key made by `keygen{}`",
+        of(recorded),
+        of(tiers),
+        if tiers == 1 { String::new() } else { format!(" --tiers {tiers}") }
+    )))
 }
 
 /// The stanzas of a new model with data keys `data_keys` (tier 1 first).
@@ -31,6 +53,9 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
     let tiers = data_keys.len() as u32;
     if to.master.is_none() && to.recipients.is_empty() {
         return Err(CoreError::Key("no recipient: give a key, a passphrase or a recipient to encrypt to".into()));
+    }
+    if let (Some(recorded), Some(_)) = (to.master_tiers, &to.master) {
+        check_recorded_tiers(recorded, tiers)?;
     }
     let dk = |t: u32| &data_keys[t as usize - 1];
     let mut stanzas = Vec::new();
@@ -77,17 +102,27 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
 }
 
 /// Refuses a stanza list a reader would refuse (docs/format.md §3, §8), before it is
-/// written: 1 to [`MAX_STANZAS`](crate::envelope::MAX_STANZAS) stanzas, each as its kind
-/// requires, at most eight of each costly kind.
+/// written: 1 to [`MAX_STANZAS`] stanzas, each as its kind requires, at most eight of
+/// each costly kind, [`MAX_RECIPIENTS_LEN`] bytes at most in all.
 pub(crate) fn check_new(stanzas: &[Stanza]) -> Result<()> {
-    if stanzas.is_empty() || stanzas.len() > crate::envelope::MAX_STANZAS {
-        return Err(CoreError::Key(format!(
-            "{} recipient stanzas (1 to {} allowed)",
-            stanzas.len(),
-            crate::envelope::MAX_STANZAS
-        )));
+    if stanzas.is_empty() || stanzas.len() > MAX_STANZAS {
+        return Err(CoreError::Key(format!("{} recipient stanzas (1 to {MAX_STANZAS} allowed)", stanzas.len())));
     }
-    onnx_protect_keys::check_stanzas(stanzas).map_err(|e| CoreError::Key(e.to_string()))
+    onnx_protect_keys::check_stanzas(stanzas).map_err(|e| CoreError::Key(e.to_string()))?;
+    let len = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encoded_len();
+    if len > MAX_RECIPIENTS_LEN {
+        return Err(CoreError::Key(format!("the recipient stanzas take {len} bytes ({MAX_RECIPIENTS_LEN} at most)")));
+    }
+    Ok(())
+}
+
+/// A stanza as reports show it: its kind, public label (if any) and tier.
+pub(crate) fn describe(s: &Stanza) -> String {
+    if s.label.is_empty() {
+        format!("{} (tier {})", s.kind, s.tier)
+    } else {
+        format!("{} {} (tier {})", s.kind, s.label, s.tier)
+    }
 }
 
 /// The tiers a caller's key material opens: its own tier, and the keys of every tier
@@ -169,7 +204,8 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
     }
     // A model with a licence authority opens only as far as a valid licence grants.
     let by = &sealed.stanzas[opener];
-    let tier = crate::licence::granted_tier(sealed, key.licence(), (&by.kind, &by.label), tier)?;
+    let digest = &sealed.envelope.content_digest;
+    let tier = crate::licence::granted_tier(&sealed.header, digest, key.licence(), (&by.kind, &by.label), tier)?;
     let mut keys = keys;
     keys.truncate(tier as usize);
     data_keys.truncate(tier as usize);

@@ -24,19 +24,19 @@ use std::path::{Path, PathBuf};
 use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
-use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
-use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
-use crate::envelope::{stanza_to_pb, ProtectedV2};
+use crate::content::{digest_of, stored_digest, Pass};
+use crate::envelope::ProtectedV2;
 use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals, open_protected, sign_all, tier_macs};
 use crate::keys::KeySource;
-use crate::manifest::tool_name;
+use crate::metadata::tool_name;
 use crate::pass::Hash;
+use crate::protection::{open_protected, Protection};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
+use crate::seal::{check_digest, check_seals, encode_recipients, seal, write_entry};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
@@ -83,10 +83,10 @@ pub fn rekey(
     opts: &RekeyOptions,
 ) -> Result<RekeyReport> {
     let model = open_protected(input, opts.progress)?;
-    let mut p = crate::protection::Protection::writable(&model, "re-keyed")?;
+    let mut p = Protection::of(&model)?.writable("re-keyed")?;
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
-    let old_keys = crate::format2::unlock(&model, &mut p, old)?;
+    let old_keys = p.unlock(&model, old)?;
     if old_keys.tier < tiers {
         return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
     }
@@ -120,34 +120,33 @@ pub fn rekey(
         label_lock.sealed_seed = crate::lock::reseal(&lock, old1, &new_keys[0])?;
     }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
-    let plans = plans(&model, content_len, &p.targets, &actions, Vec::new())?;
     let files = outputs.covered_files();
-    let xf = transformer(&model, &p.targets, &actions);
     let durable = durable(opts.in_place, opts.sync);
-    let chunk = header.chunk_size;
-    let leaves = run_covered(&model, content_len, plans, &xf, Hash::Output, chunk, &files, durable, opts.progress)?;
-    let digest = digest_of(&leaves.output);
-    let h = header.encode_to_vec();
-    let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let envelope = pb::Envelope {
-        macs: tier_macs(&new_keys, &h, &r, &digest),
-        signatures: sign_all(opts.signing_keys, &h, &r, &digest),
-        header: h,
-        recipients: r,
-        content_digest: digest.to_vec(),
-        ..Default::default()
+    let pass = Pass {
+        model: &model,
+        content_len,
+        targets: &p.targets,
+        actions: &actions,
+        extra: Vec::new(),
+        hash: Hash::Output,
+        chunk: header.chunk_size,
+        durable,
+        progress: opts.progress,
     };
+    let leaves = pass.run(&files)?;
+    let digest = digest_of(&leaves.output);
+    let envelope = seal(header.encode_to_vec(), encode_recipients(&stanzas), &digest, &new_keys, opts.signing_keys);
     let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    crate::format2::write_entry(&files, output, envelope, tail_at)?;
-    drop(xf);
+    write_entry(&files, output, envelope, tail_at)?;
     drop(files);
+    drop(actions);
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     outputs.staged.commit(durable)?;
     Ok(RekeyReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         tensors: p.targets.len(),
-        rekeyed_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        rekeyed_bytes: p.targets.iter().map(crate::target::Target::bytes).sum(),
         tiers,
         recipients: stanzas.len(),
         external_files: external,

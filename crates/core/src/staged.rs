@@ -279,7 +279,7 @@ pub(crate) fn check_output_as(
     if !in_place && !rules.make_dirs && !out_dir.is_dir() {
         return Err(CoreError::Output(format!("the output directory {} does not exist", out_dir.display())));
     }
-    if model.metadata.iter().all(|m| !crate::manifest::is_manifest_key(&m.key)) {
+    if model.metadata.iter().all(|m| !crate::metadata::is_manifest_key(&m.key)) {
         if let Some((a, b)) = model.shared_external_bytes() {
             return Err(CoreError::Output(format!(
                 "tensors '{}' and '{}' share bytes of an external data file: encrypting one would change the other",

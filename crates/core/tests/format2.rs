@@ -8,11 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::envelope::{parse_entry, trailing_entry};
+use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::decrypt_in_memory;
 use onnx_protect_core::protect::{
-    decrypt, decrypt_tier, decrypt_to_vec, encrypt, verify, CoreError, DecryptOptions, EncryptOptions, EncryptTo,
-    ErrorKind, KeySource,
+    decrypt, decrypt_tier, decrypt_to_vec, encrypt, verify, DecryptOptions, EncryptOptions,
 };
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, TensorData};
 use onnx_protect_select::Policy;
@@ -670,4 +672,55 @@ fn secret_positions_are_keyed_for_weights_chosen_by_role_layer_or_name() {
         }
     }
     assert_eq!(differs, partial, "some tensors kept the public positions");
+}
+
+/// A master key's recorded number of tiers (`master tiers=N`) binds wherever it wraps the
+/// data keys of a tiered model (docs/format.md Appendix A): encrypting with it, re-keying
+/// to it or adding it as a recipient with another number of tiers is refused, and nothing
+/// is written; an untiered model takes any master key.
+#[test]
+fn a_master_key_recording_another_number_of_tiers_wraps_no_tiered_model() {
+    use onnx_protect_core::rekey::{rekey, RekeyOptions};
+    use onnx_protect_core::rewrap::{rewrap, RewrapOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let plain = fixture("cnn_torch").join("model.onnx");
+    let mut tiered = policy(&[("mode", "*=fp")]);
+    tiered.set_tiers(3).unwrap();
+    let to =
+        |b: u8, tiers: Option<u32>| EncryptTo { master: Some(key(b)), master_tiers: tiers, recipients: Vec::new() };
+    let out = |name: &str| dir.path().join(name).join("model.onnx");
+    for recorded in [1, 2, 4] {
+        let target = out(&format!("recorded-{recorded}"));
+        let e = encrypt(&plain, &target, &to(8, Some(recorded)), &EncryptOptions::new(&tiered)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Key, "{recorded}: {e}");
+        assert!(e.to_string().contains("this model has 3 access tiers"), "{e}");
+        assert!(!target.exists(), "{recorded}");
+    }
+    encrypt(&plain, &out("three"), &to(8, Some(3)), &EncryptOptions::new(&tiered)).unwrap();
+    encrypt(&plain, &out("untiered"), &to(8, Some(2)), &EncryptOptions::new(&policy(&[]))).unwrap();
+    let opts = RekeyOptions {
+        in_place: false,
+        sync: false,
+        outputs: Default::default(),
+        signing_keys: &[],
+        progress: &NoProgress,
+    };
+    let e = rekey(&out("three"), &out("rekeyed"), &key(8), &to(9, Some(2)), &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Key, "{e}");
+    assert!(!out("rekeyed").exists());
+    let add = to(9, Some(1));
+    let ropts = RewrapOptions {
+        add: &add,
+        remove: &[],
+        signing_keys: &[],
+        drop_signatures: false,
+        in_place: false,
+        outputs: Default::default(),
+        progress: &NoProgress,
+    };
+    let e = rewrap(&out("three"), &out("rewrapped"), &key(8), &ropts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Key, "{e}");
+    assert!(!out("rewrapped").exists());
+    let add = to(9, Some(3));
+    rewrap(&out("three"), &out("rewrapped"), &key(8), &RewrapOptions { add: &add, ..ropts }).unwrap();
 }

@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes, Method};
-use onnx_protect_core::protect::{open_protected, CoreError, ErrorKind};
+use onnx_protect_core::protection::open_protected;
 use onnx_protect_format::{DataType, Model, NoProgress};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
 use ort::environment::Environment;
@@ -41,7 +42,7 @@ use ort::sys::ONNXTensorElementDataType as Elem;
 use ort::value::DynValue;
 use ort::AsPointer;
 
-pub use onnx_protect_core::protect::KeySource;
+pub use onnx_protect_core::keys::KeySource;
 pub use onnx_protect_keys::SignerKey;
 
 /// What went wrong, and where.

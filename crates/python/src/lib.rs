@@ -16,8 +16,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::LicenceKind;
+use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
-use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
 use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
 use std::sync::Arc;
@@ -255,6 +258,14 @@ impl Key {
         Ok(self.source.clone())
     }
 
+    /// The number of access tiers the key file records (`master tiers=N`), if it is one.
+    fn recorded_tiers(&self) -> Option<u32> {
+        match self.kind {
+            Some(KeyKind::Master { tiers }) => Some(tiers),
+            _ => None,
+        }
+    }
+
     fn from_key_file(file: KeyFile, what: String) -> Key {
         let kind = Some(file.kind());
         Key { source: KeySource::Key(file.into_key()), kind, what }
@@ -456,7 +467,7 @@ fn fingerprint_marker(
         .map_err(|e| FileError::new_err(format!("cannot read fingerprint secret {}: {e}", secret.display())))?;
     let key = FingerprintKey::parse(&bytes, &secret.display().to_string()).map_err(trace_err)?;
     let model = Model::open(src).map_err(|e| py_err_at(src, CoreError::Format(e)))?;
-    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::metadata::is_manifest_key(&m.key)) {
         return Err(py_err_at(src, CoreError::AlreadyProtected { key: m.key.clone() }));
     }
     let marker = Marker::new(&model, &key, &recipient, alpha).map_err(trace_err)?;
@@ -511,7 +522,7 @@ fn encrypt(
             r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
         })
         .collect::<PyResult<Vec<_>>>()?;
-    let to = EncryptTo { master, recipients };
+    let to = EncryptTo { master, master_tiers: key.as_ref().and_then(|k| k.recorded_tiers()), recipients };
     let marker = match &fingerprint {
         Some((id, secret, ledger, alpha)) => {
             Some(Arc::new(py.detach(|| fingerprint_marker(&src, id, secret, ledger, *alpha))?))
@@ -527,7 +538,7 @@ fn encrypt(
         let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares)?;
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
-        opts.rewrite = hook.as_ref().map(|f| f as &protect::Rewrite);
+        opts.rewrite = hook.as_ref().map(|f| f as &onnx_protect_core::Rewrite);
         opts.licence = licence;
         protect::encrypt(&src, &dst, &to, &opts)
     });

@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use onnx_protect_core::error::CoreError;
 use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes, Method};
-use onnx_protect_core::protect::CoreError;
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source};
 use pyo3::exceptions::PyBufferError;
@@ -188,7 +188,7 @@ pub fn session_model(
             let (index, d) = match input {
                 Err(path) => {
                     let d = decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?;
-                    (onnx_protect_core::protect::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
+                    (onnx_protect_core::protection::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
                 }
                 Ok(bytes) => {
                     let cwd = std::env::current_dir().ok();

@@ -516,7 +516,7 @@ fn prepare_fingerprint(
     let layer = match lock.lock_outputs {
         true => Some(
             onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
-                .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
+                .map_err(onnx_protect_core::error::CoreError::from)
                 .with_context(|| format!("encrypt {name}"))?,
         ),
         false => None,

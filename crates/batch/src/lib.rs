@@ -373,8 +373,10 @@ impl Job<'_> {
                 }
                 _ => {
                     // `run` refuses every other operation without an output directory.
-                    let op = self.opts.operation.name();
-                    return Err(CoreError::Output(format!("batch {op} needs an output directory")).into());
+                    return Err(CoreError::Internal(
+                        "a batch operation that writes outputs without an output directory",
+                    )
+                    .into());
                 }
             }
             return Ok(Status::Ok);
@@ -433,10 +435,8 @@ impl Job<'_> {
                 protect::verify(&item.input, key, &NoProgress)?;
             }
             Operation::SignBundle { .. } => {
-                return Err(CoreError::Output(
-                    "batch sign writes beside each model; it takes no output directory".into(),
-                )
-                .into())
+                // `run` refuses an output directory for sign.
+                return Err(CoreError::Internal("batch sign with an output directory").into());
             }
         }
         let mut records = Vec::new();

@@ -129,7 +129,8 @@ impl From<CoreError> for Failure {
             ErrorKind::WrongKey => OnnxProtectStatus::WrongKey,
             ErrorKind::Modified => OnnxProtectStatus::Modified,
             ErrorKind::NotSigned => OnnxProtectStatus::NotSigned,
-            ErrorKind::Output => OnnxProtectStatus::Output,
+            // A broken invariant keeps the status it had as an output error.
+            ErrorKind::Output | ErrorKind::Internal => OnnxProtectStatus::Output,
             ErrorKind::Licence(l) => match l {
                 LicenceKind::BadSignature => OnnxProtectStatus::LicenceBadSignature,
                 LicenceKind::Expired => OnnxProtectStatus::LicenceExpired,

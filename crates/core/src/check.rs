@@ -177,7 +177,8 @@ fn error_reason(e: &CoreError) -> &'static str {
         | ErrorKind::Policy
         | ErrorKind::AlreadyProtected
         | ErrorKind::AlreadyDecrypted
-        | ErrorKind::Output => reasons::BAD_MODEL,
+        | ErrorKind::Output
+        | ErrorKind::Internal => reasons::BAD_MODEL,
     }
 }
 

@@ -60,8 +60,8 @@ impl<'a> Pass<'a> {
         let Pass { model, content_len, targets, actions, extra, hash, chunk, durable, progress } = self;
         let plans = plans(model, content_len, targets, actions, extra)?;
         let xf = move |tag: usize, logical: u64, buf: &mut [u8]| -> Result<()> {
-            let target = targets.get(tag).ok_or_else(|| CoreError::Internal("no such target".into()))?;
-            let action = actions.get(tag).ok_or_else(|| CoreError::Internal("no such action".into()))?;
+            let target = targets.get(tag).ok_or(CoreError::Internal("a transform of no target"))?;
+            let action = actions.get(tag).ok_or(CoreError::Internal("a transform of no action"))?;
             action.apply_chunk(target, model.tensors[target.tensor].data_type, logical, buf, false)
         };
         let sources = covered_sources(model, content_len)?;
@@ -141,10 +141,7 @@ pub(crate) fn relocations(model: &Model, names: Option<&[String]>) -> Result<Vec
 /// The bytes of every covered file: the model's first `content_len` bytes, then each
 /// external data file.
 pub(crate) fn covered_sources(model: &Model, content_len: u64) -> Result<Vec<&[u8]>> {
-    let content = model
-        .bytes()
-        .get(..content_len as usize)
-        .ok_or_else(|| CoreError::Internal("content beyond the model".into()))?;
+    let content = model.bytes().get(..content_len as usize).ok_or(CoreError::Internal("content beyond the model"))?;
     let mut out = vec![content];
     for f in &model.external_files {
         out.push(f.bytes()?);

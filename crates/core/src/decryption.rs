@@ -15,7 +15,7 @@ use onnx_protect_proto::v2 as pb;
 
 use crate::action::Action;
 use crate::content::{digest_of, relocations, Pass};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Modified, Result, UnusableKey};
 use crate::pass::Hash;
 use crate::seal::write_entry;
 use crate::staged::{check_output_as, durable, OutputRules, Outputs};
@@ -99,7 +99,7 @@ impl<'m> Decryption<'m> {
                 NewEntry::Remove => Vec::new(),
                 NewEntry::Bytes(b) => b.clone(),
                 NewEntry::Restored(_) => {
-                    return Err(CoreError::Internal("a format-2 entry that is not the last field".into()))
+                    return Err(CoreError::Internal("a format-2 entry that is not the last field"))
                 }
             };
             edits.push(Edit { range: self.entry.clone(), content: Content::Bytes(content), ancestors: Vec::new() });
@@ -113,11 +113,7 @@ impl<'m> Decryption<'m> {
     /// write a format-1 file (a partial one) is refused: that format is read-only.
     pub(crate) fn write(self, sink: &FileSink<'_>) -> Result<()> {
         if self.format_version == 1 && !matches!(self.new_entry, NewEntry::Remove) {
-            return Err(CoreError::Key(
-                "format-1 files are read-only: a partial decryption would write one; decrypt with the top-tier key \
-                 and encrypt again, or run the model in memory"
-                    .into(),
-            ));
+            return Err(UnusableKey::Format1Partial.into());
         }
         let model = self.model;
         let names = self.names.as_deref();
@@ -146,7 +142,7 @@ impl<'m> Decryption<'m> {
         let leaves = pass.run(&files)?;
         if let Some(expected) = self.pending {
             if digest_of(&leaves.input) != expected {
-                return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+                return Err(Modified::Content.into());
             }
         }
         if let NewEntry::Restored(mut env) = self.new_entry {

@@ -14,7 +14,7 @@ use crate::action::{prepare, Action};
 use crate::content::{stored_digest, Pass};
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::{unseal, ProtectedV2, METADATA_KEY_V2};
-use crate::error::{CoreError, Result, Unsigned};
+use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
 use crate::keys::KeySource;
 use crate::pass::{Hash, Out};
 use crate::reader::Reader;
@@ -49,7 +49,7 @@ impl ProtectedV2 {
             let stored = stored_digest(model, self.sealed.entry.start, self.sealed.header.chunk_size)?;
             let expect = if env.restored_tiers > 0 { &env.stored_digest } else { &env.content_digest };
             if stored.as_slice() != expect.as_slice() {
-                return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+                return Err(Modified::Content.into());
             }
             Ok(())
         };
@@ -106,7 +106,7 @@ impl Reader for ProtectedV2 {
     /// The tier `key` opens, after every check it allows.
     fn key_tier(&self, model: &Model, key: &KeySource) -> Result<u32> {
         let (_, opened) = self.verify_opened(model, Some(key), &[])?;
-        opened.map(|o| o.tier).ok_or_else(|| CoreError::Internal("a key that opened nothing".into()))
+        opened.map(|o| o.tier).ok_or(CoreError::Internal("a key that opened nothing"))
     }
 
     /// The top-tier key that `key` stands for (for a passphrase: its Argon2id output under
@@ -127,13 +127,11 @@ impl Reader for ProtectedV2 {
                     .iter()
                     .find(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE && s.tier == tiers)
                     .and_then(|s| s.kdf)
-                    .ok_or_else(|| CoreError::Key("the model has no passphrase stanza for its top tier".into()))?;
+                    .ok_or(UnusableKey::NoPassphraseStanza)?;
                 onnx_protect_keys::check_kdf_limits(&s)?;
                 Ok((MasterKey::from_passphrase(pass, &s)?, tiers))
             }
-            KeySource::Identity(_) | KeySource::Licensed(..) => {
-                Err(CoreError::Key("an identity has no tier keys to derive; use a key file or a passphrase".into()))
-            }
+            KeySource::Identity(_) | KeySource::Licensed(..) => Err(UnusableKey::IdentityTierKeys.into()),
         }
     }
 
@@ -297,7 +295,7 @@ fn with_unlock(
 ) -> Result<(Vec<Target>, Vec<Action>)> {
     match (full, crate::lock::read(model, &p.sealed.header)?) {
         (true, Some(lock)) => {
-            let tier1 = opened.tier(1).ok_or_else(|| CoreError::Output("internal: no tier-1 key".into()))?;
+            let tier1 = opened.tier(1).ok_or(CoreError::Internal("a full decryption without the tier-1 key"))?;
             let perm = crate::lock::permutation(&lock, tier1)?;
             crate::lock::unlock_targets(model, &p.targets, actions, &lock, &perm)
         }

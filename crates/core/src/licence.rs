@@ -11,7 +11,7 @@ use onnx_protect_licence::{evaluate, ModelFacts, Opener};
 pub use onnx_protect_licence::{ClockFile, Licence, LicenceError, TpmReading, MAX_LICENCE_LEN};
 use onnx_protect_proto::v2 as pb;
 
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, Result, UnusableKey};
 
 /// The longest model id recorded in a header.
 pub const MAX_MODEL_ID_LEN: usize = 1024;
@@ -47,9 +47,7 @@ pub fn check_model_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(CoreError::Key(format!(
-            "model id {id:?}: 1 to {MAX_MODEL_ID_LEN} bytes of printable text without surrounding spaces"
-        )))
+        Err(UnusableKey::ModelId { id: id.to_string(), max: MAX_MODEL_ID_LEN }.into())
     }
 }
 
@@ -58,13 +56,8 @@ pub(crate) fn requirement(h: &pb::Header) -> Result<Option<LicenceRequirement>> 
     if h.licence_authority.is_empty() {
         return Ok(None);
     }
-    let bytes: [u8; 32] = h
-        .licence_authority
-        .as_slice()
-        .try_into()
-        .map_err(|_| CoreError::BadManifest("the licence authority is not 32 bytes".into()))?;
-    let authority = SignerKey::from_bytes(&bytes)
-        .map_err(|_| CoreError::BadManifest("the licence authority is not an Ed25519 public key".into()))?;
+    let bytes: [u8; 32] = h.licence_authority.as_slice().try_into().map_err(|_| BadManifest::LicenceAuthorityLength)?;
+    let authority = SignerKey::from_bytes(&bytes).map_err(|_| BadManifest::LicenceAuthorityKey)?;
     let model_id = (!h.model_id.is_empty()).then(|| h.model_id.clone());
     Ok(Some(LicenceRequirement { authority, model_id }))
 }
@@ -91,8 +84,7 @@ pub(crate) fn granted_tier(
     let Some(check) = check else {
         return Err(LicenceError::Missing { authority: req.authority.to_text() }.into());
     };
-    let digest: [u8; 32] =
-        digest.try_into().map_err(|_| CoreError::BadManifest("the content digest is not 32 bytes".into()))?;
+    let digest: [u8; 32] = digest.try_into().map_err(|_| BadManifest::DigestLength)?;
     let facts = ModelFacts { authority: req.authority, content_digest: digest, model_id: req.model_id };
     // The signature and the names first: a licence for another model or device does not
     // move the recorded clock.

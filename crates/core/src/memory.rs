@@ -87,7 +87,7 @@ use crate::action::{apply, edits_for, Action};
 use crate::content::stored_digest;
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::entry_bytes;
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, CoreError, Modified, OutputRefused, Result};
 use crate::keys::KeySource;
 use crate::protection::{open_protected, Protection};
 use crate::target::Target;
@@ -326,7 +326,7 @@ pub fn decrypt_signed_in_memory(
     let model = open_protected(path, &onnx_protect_format::NoProgress)?;
     let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
     if id(&file)? != id(&open(path)?)? {
-        return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
+        return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
     }
     load(Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?, Some(file))
 }
@@ -348,7 +348,7 @@ pub(crate) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedMod
         None => {
             if let Some(expected) = d.pending {
                 if stored_digest(model, d.content_len(), d.chunk)? != expected {
-                    return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+                    return Err(Modified::Content.into());
                 }
             }
             (patcher.model_image(&d, file.as_ref())?, patcher.external_patched()?)
@@ -438,7 +438,7 @@ fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
             Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
             Action::Skip => Ok(SpanSource::Keep),
-            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting".into())),
+            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting")),
         })
         .collect()
 }
@@ -477,7 +477,7 @@ impl Patcher<'_> {
     /// keystream from tensor offset `logical`.
     fn decrypt(&self, tag: usize, logical: u64, piece: &mut [u8], parallel: bool) -> Result<()> {
         let SpanSource::Decrypt(ks) = self.sources[tag] else {
-            return Err(CoreError::Internal("a decrypt patch for a target without a keystream".into()));
+            return Err(CoreError::Internal("a decrypt patch for a target without a keystream"));
         };
         let target = &self.targets[tag];
         apply(ks, target.mode, self.model.tensors[target.tensor].data_type, logical, piece, parallel)
@@ -592,18 +592,16 @@ impl Patcher<'_> {
             let TensorData::External { file, .. } = &t.data else { continue };
             for &(a, b) in &target.spans {
                 for (range, logical) in t.file_pieces(a, b) {
-                    let what =
-                        match self.sources[ti] {
-                            SpanSource::Keep => continue,
-                            SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
-                            SpanSource::Bytes(whole) => {
-                                let lo = logical as usize;
-                                let hi = lo + (range.end - range.start) as usize;
-                                PatchKind::Bytes(whole.get(lo..hi).ok_or_else(|| {
-                                    CoreError::BadManifest(format!("span of '{}' out of bounds", t.name))
-                                })?)
-                            }
-                        };
+                    let what = match self.sources[ti] {
+                        SpanSource::Keep => continue,
+                        SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
+                        SpanSource::Bytes(whole) => {
+                            let lo = logical as usize;
+                            let hi = lo + (range.end - range.start) as usize;
+                            let tensor = || BadManifest::SpanOutOfBounds { tensor: t.name.clone() };
+                            PatchKind::Bytes(whole.get(lo..hi).ok_or_else(tensor)?)
+                        }
+                    };
                     per_file.entry(*file).or_default().push(Patch { range, what });
                 }
             }
@@ -702,7 +700,7 @@ impl Patcher<'_> {
             leaves.push(l?);
         }
         if content_digest(&leaves) != expected {
-            return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+            return Err(Modified::Content.into());
         }
         Ok(Some((model_bytes, external)))
     }
@@ -721,10 +719,9 @@ fn with_partial_entry(
 ) -> Result<DecryptedBytes> {
     let mut files = vec![leaves_of(0, &content, chunk)];
     for (i, f) in model.external_files.iter().enumerate() {
-        let bytes = external
-            .get(&f.location)
-            .ok_or_else(|| CoreError::Internal(format!("no decrypted copy of {}", f.location)))?;
-        let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
+        let bytes =
+            external.get(&f.location).ok_or(CoreError::Internal("an external data file without its decrypted copy"))?;
+        let index = u32::try_from(i + 1).map_err(|_| BadManifest::TooManyExternalFiles)?;
         files.push(leaves_of(index, bytes, chunk));
     }
     env.stored_digest = content_digest(&files).to_vec();
@@ -808,6 +805,7 @@ mod tests {
         let mut bytes = std::fs::read(&protected).unwrap();
         bytes[range.start as usize] ^= 1;
         std::fs::write(&protected, bytes).unwrap();
-        assert!(matches!(decrypt_in_memory(&protected, &key), Err(CoreError::Modified(_))));
+        let e = decrypt_in_memory(&protected, &key).unwrap_err();
+        assert!(matches!(e, CoreError::Modified(crate::error::Modified::Content)), "{e}");
     }
 }

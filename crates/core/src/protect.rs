@@ -28,7 +28,7 @@ use onnx_protect_select::Policy;
 use crate::action::Rewrite;
 use crate::decryption::FileSink;
 use crate::encrypt::{self, EncryptSpec};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, OutputRefused, Result, UnusableKey};
 use crate::format1::warning_for;
 use crate::format2::signer_texts;
 use crate::keys::KeySource;
@@ -337,9 +337,7 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
 /// Like [`decrypt_to_vec`], up to tier `tier` (default: the key's own tier).
 pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<Vec<u8>> {
     if !model.external_files.is_empty() {
-        return Err(CoreError::Output(
-            "the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory".into(),
-        ));
+        return Err(OutputRefused::ExternalData.into());
     }
     let d = Protection::of(model)?.reader().decryption(model, key, tier, &[])?;
     Ok(crate::memory::load(d, None)?.bytes().to_vec())
@@ -433,7 +431,7 @@ pub fn sign(
     check_output(&model, input, output, in_place, outputs)?;
     p.verify_opened(&model, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {
-        return Err(CoreError::Key("a partially decrypted model cannot be signed; sign the encrypted model".into()));
+        return Err(UnusableKey::PartialSign.into());
     }
     let env = with_signatures(&p, keys)?;
     let signers = signer_texts(&env, "").into_iter().filter(|s| !s.is_empty()).collect();
@@ -461,6 +459,7 @@ pub(crate) fn encrypt_tiny(dir: &Path, key_byte: u8, policy: &Policy) -> (PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{BadManifest, Modified};
     use crate::format1::manifest::{entry_field, read_protected};
     use onnx_protect_crypto::LeafHash;
     use onnx_protect_proto::v1 as pb;
@@ -496,9 +495,10 @@ mod tests {
             LeafHash::Sha256 => onnx_protect_proto::v1::LeafHash::Blake3 as i32,
             LeafHash::Blake3 => onnx_protect_proto::v1::LeafHash::Sha256 as i32,
         };
-        assert!(matches!(decrypt_to_vec(&with_leaf_hash(&path, other), &key), Err(CoreError::Modified(_))));
+        let e = decrypt_to_vec(&with_leaf_hash(&path, other), &key).unwrap_err();
+        assert!(matches!(e, CoreError::Modified(Modified::Format1Mac)), "{e}");
         let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
-        assert!(matches!(&err, CoreError::BadManifest(m) if m.contains("unknown leaf hash 7")), "{err}");
+        assert!(matches!(&err, CoreError::BadManifest(BadManifest::LeafHash { value: 7 })), "{err}");
     }
 
     #[test]

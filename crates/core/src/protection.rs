@@ -10,7 +10,7 @@ use onnx_protect_format::{FormatError, Model, Progress};
 use onnx_protect_keys::SignerKey;
 
 use crate::envelope::{parse_entry, trailing_entry_bytes, ProtectedV2, METADATA_KEY_V2};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Modified, Result};
 use crate::format1::manifest::{read_protected, Protected, METADATA_KEY};
 use crate::keys::KeySource;
 use crate::metadata::is_manifest_key;
@@ -57,8 +57,8 @@ impl Protection {
             [] => Ok(None),
             [k] if *k == METADATA_KEY_V2 => Ok(Some(Protection::V2(crate::envelope::read(model)?))),
             [k] if *k == METADATA_KEY => Ok(Some(Protection::V1(read_protected(model)?))),
-            [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
-            _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
+            [k] => Err(CoreError::UnsupportedVersion { key: k.to_string(), format_version: None }),
+            _ => Err(Modified::TwoEntries.into()),
         }
     }
 
@@ -176,7 +176,7 @@ fn triage(path: &Path, e: FormatError) -> CoreError {
     let Ok(bytes) = std::fs::read(path) else { return e.into() };
     let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
     let Ok(value) = std::str::from_utf8(raw) else {
-        return CoreError::Modified(format!("the model no longer parses ({e}): its manifest entry is not text"));
+        return Modified::EntryNotText { cause: Box::new(e) }.into();
     };
     let Ok(sealed) = parse_entry(value, range) else { return e.into() };
     // A file the header lists that is not there is missing; a location the header does not
@@ -186,5 +186,5 @@ fn triage(path: &Path, e: FormatError) -> CoreError {
             return e.into();
         }
     }
-    CoreError::Modified(format!("the model no longer parses under its manifest ({e})"))
+    Modified::NoLongerParses { cause: Box::new(e) }.into()
 }

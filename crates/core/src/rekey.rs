@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 use crate::action::{span_mut, transform_span, Action};
 use crate::content::{digest_of, stored_digest, Pass};
 use crate::envelope::ProtectedV2;
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::KeySource;
 use crate::metadata::tool_name;
 use crate::pass::Hash;
@@ -91,7 +91,7 @@ pub fn rekey(
         return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
     }
     if p.sealed.envelope.restored_tiers > 0 {
-        return Err(CoreError::Key("tiers of this model are decrypted in the file; decrypt it whole first".into()));
+        return Err(UnusableKey::PartialRekey.into());
     }
     let content_len = p.sealed.entry.start;
     check_seals(&p, &old_keys, &[])?;
@@ -116,7 +116,7 @@ pub fn rekey(
     if let (Some(lock), Some(label_lock)) = (crate::lock::read(&model, &header)?, header.label_lock.as_mut()) {
         // The seed of a label lock is sealed under the tier-1 key: sealed again under the
         // new one (the class order, and so the stored bytes, stay as they are).
-        let old1 = old_keys.tier(1).ok_or_else(|| CoreError::Key("the old key cannot open tier 1".into()))?;
+        let old1 = old_keys.tier(1).ok_or(UnusableKey::OldKeyTier1)?;
         label_lock.sealed_seed = crate::lock::reseal(&lock, old1, &new_keys[0])?;
     }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
@@ -159,10 +159,7 @@ pub fn rekey(
 fn rekey_actions(model: &Model, p: &ProtectedV2, old: &Opened, new: &[TierKeys]) -> Result<Vec<Action>> {
     let mut actions = Vec::with_capacity(p.targets.len());
     for target in &p.targets {
-        let old_ks = old
-            .tier(target.tier)
-            .ok_or_else(|| CoreError::Key("the old key cannot decrypt every tier".into()))?
-            .keystream(target.stream_id);
+        let old_ks = old.tier(target.tier).ok_or(UnusableKey::OldKeyTiers)?.keystream(target.stream_id);
         let new_ks = new[target.tier as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
         actions.push(if target.mode.whole_spans() || matches!(t.data, TensorData::Varint { .. }) {

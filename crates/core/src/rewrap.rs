@@ -21,7 +21,7 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result, Unsigned};
+use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
 use crate::journal::Recovery;
 use crate::keys::{tier_chain, KeySource};
 use crate::protection::{open_protected, Protection};
@@ -93,7 +93,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     check_seals(&p, &opened, &[])?;
     let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
     if stanzas.is_empty() {
-        return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
+        return Err(UnusableKey::RemoveAll.into());
     }
     let parsed: Vec<Stanza> = stanzas.iter().map(|(s, _)| s.clone()).collect();
     crate::recipients::check_new(&parsed)?;
@@ -149,7 +149,7 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         .collect();
     let removed = before - stanzas.len();
     if removed == 0 && !opts.remove.is_empty() {
-        return Err(CoreError::Key("no recipient of the model matches what should be removed".into()));
+        return Err(UnusableKey::NothingToRemove.into());
     }
     let data_keys: Vec<onnx_protect_crypto::DataKey> = opened.data_keys.clone();
     let add = if opts.add.master.is_none() && opts.add.recipients.is_empty() {
@@ -202,10 +202,7 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     // Only the tail is read: the time does not grow with the model.
     let f = std::fs::File::open(path).map_err(err)?;
     let len = f.metadata().map_err(err)?.len();
-    let tail_len = len
-        .checked_sub(start)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| CoreError::Modified("the file changed".into()))?;
+    let tail_len = len.checked_sub(start).and_then(|n| usize::try_from(n).ok()).ok_or(Modified::FileChanged)?;
     let mut old_tail = vec![0u8; tail_len];
     onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
     crate::journal::rewrite_tail(path, start, &old_tail, &entry)?;

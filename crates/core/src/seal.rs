@@ -12,7 +12,7 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result, Unsigned};
+use crate::error::{BadManifest, CoreError, Modified, Result, Unsigned};
 use crate::pass::Out;
 use crate::recipients::Opened;
 
@@ -62,12 +62,7 @@ pub(crate) fn with_signatures(p: &ProtectedV2, keys: &[SigningKey]) -> Result<pb
 /// Writes the manifest entry of `envelope` at `at` in the model's output (the first of
 /// `files`, the outputs of a pass to `output`).
 pub(crate) fn write_entry(files: &[Option<Out<'_>>], output: &Path, envelope: pb::Envelope, at: u64) -> Result<()> {
-    let model_out = files
-        .first()
-        .copied()
-        .flatten()
-        .map(|o| o.file)
-        .ok_or_else(|| CoreError::Internal("no model output".into()))?;
+    let model_out = files.first().copied().flatten().map(|o| o.file).ok_or(CoreError::Internal("no model output"))?;
     onnx_protect_fsio::file::write_all_at(model_out, &entry_bytes(envelope), at)
         .map_err(|e| CoreError::Write { path: output.to_path_buf(), source: e })
 }
@@ -81,9 +76,9 @@ pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, signers: &[SignerKey
     let recorded = recorded_digest(p)?;
     for (i, k) in opened.keys.iter().enumerate() {
         let t = i as u32 + 1;
-        let mac = env.macs.get(i).ok_or_else(|| CoreError::Internal("a tier without a MAC".into()))?;
+        let mac = env.macs.get(i).ok_or(CoreError::Internal("a tier without a MAC"))?;
         if !tier_mac_matches(k, t, &env.header, &env.recipients, &recorded, mac) {
-            return Err(CoreError::Modified(format!("the MAC of tier {t} does not match")));
+            return Err(Modified::Mac { tier: t }.into());
         }
     }
     check_signatures(p, &recorded, signers)
@@ -91,14 +86,14 @@ pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, signers: &[SignerKey
 
 /// The content digest the envelope records (32 bytes: checked when it was parsed).
 pub(crate) fn recorded_digest(p: &ProtectedV2) -> Result<[u8; 32]> {
-    p.sealed.envelope.content_digest.as_slice().try_into().map_err(|_| CoreError::BadManifest("content digest".into()))
+    p.sealed.envelope.content_digest.as_slice().try_into().map_err(|_| BadManifest::DigestLength.into())
 }
 
 /// Compares `digest`, the content's in canonical form (docs/format.md §11), with the one
 /// the envelope records.
 pub(crate) fn check_digest(p: &ProtectedV2, digest: &[u8; 32]) -> Result<()> {
     if digest.as_slice() != p.sealed.envelope.content_digest.as_slice() {
-        return Err(CoreError::Modified("the model's content does not match its manifest".into()));
+        return Err(Modified::Content.into());
     }
     Ok(())
 }
@@ -118,9 +113,9 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
         if !trusted.contains(&pk) {
             continue;
         }
-        let key = SignerKey::from_bytes(&pk).map_err(|_| CoreError::Modified("a signer key is not valid".into()))?;
+        let key = SignerKey::from_bytes(&pk).map_err(|_| Modified::SignerKey)?;
         if !key.verify(&msg, &s.signature) {
-            return Err(CoreError::Modified(format!("the signature of {} does not verify", key.to_text())));
+            return Err(Modified::Signature { signer: key.to_text() }.into());
         }
         found = true;
     }

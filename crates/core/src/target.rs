@@ -9,7 +9,7 @@ use onnx_protect_format::{Locator, Model, Tensor, TensorData};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::{fp_mask, Mode};
 
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, Modified, Result};
 
 /// A manifest tensor matched to the model.
 #[derive(Debug, Clone)]
@@ -131,10 +131,6 @@ pub(crate) struct EntryRules {
     pub sealed: bool,
 }
 
-fn bad(s: String) -> CoreError {
-    CoreError::BadManifest(s)
-}
-
 /// Matches every manifest entry to the model (§3–§6 of docs/format.md): each names a
 /// tensor of the model as it was encrypted, once per tier, with its own stream id, and
 /// spans that are in order, in bounds, aligned as the mode needs, and disjoint across
@@ -152,14 +148,14 @@ pub(crate) fn match_targets<'a>(
     for e in entries {
         let tid = entry_tensor(model, &by_locator, &e, rules)?;
         if !seen_streams.insert(e.stream_id) || !seen_tensors.insert((tid, e.tier)) {
-            return Err(bad(format!("tensor '{}' or its stream id appears twice", e.name)));
+            return Err(BadManifest::TensorTwice { tensor: e.name.to_string() }.into());
         }
         let (mode, spans) = entry_spans(&model.tensors[tid], &e, rules)?;
         let all = spans_of.entry(tid).or_default();
         all.extend(spans.iter().copied());
         all.sort_unstable();
         if all.windows(2).any(|w| w[1].0 < w[0].1) {
-            return Err(bad(format!("tensor '{}': spans of different tiers overlap", e.name)));
+            return Err(BadManifest::TierOverlap { tensor: e.name.to_string() }.into());
         }
         targets.push(Target { tensor: tid, stream_id: e.stream_id, mode, spans, tier: e.tier });
     }
@@ -174,28 +170,26 @@ fn entry_tensor(
     e: &EntryFacts<'_>,
     rules: &EntryRules,
 ) -> Result<usize> {
-    let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
+    let loc: Locator = e.locator.parse().map_err(|why| BadManifest::Locator { tensor: e.name.to_string(), why })?;
     let &tid = by_locator
         .get(&loc)
-        .ok_or_else(|| CoreError::Modified(format!("tensor '{}' at {} is not in the model", e.name, e.locator)))?;
+        .ok_or_else(|| Modified::TensorMissing { tensor: e.name.to_string(), locator: e.locator.to_string() })?;
     let t = &model.tensors[tid];
     if t.name != e.name || t.data_type.to_i32() != e.data_type || t.nbytes != e.nbytes || storage_code(t) != e.storage {
-        return Err(CoreError::Modified(format!(
-            "tensor at {} does not match the manifest (name, type, size or storage changed)",
-            e.locator
-        )));
+        return Err(Modified::TensorChanged { locator: e.locator.to_string() }.into());
     }
     if !(rules.tier_ok)(e.tier) {
-        return Err(bad(format!("tensor '{}' has tier {}, which the manifest does not have", e.name, e.tier)));
+        return Err(BadManifest::UnknownTier { tensor: e.name.to_string(), tier: e.tier }.into());
     }
     Ok(tid)
 }
 
 /// The mode and the spans of a manifest entry, checked against its tensor `t`.
 fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mode, Vec<(u64, u64)>)> {
-    let mode = mode_of_code(e.mode).ok_or_else(|| bad(format!("tensor '{}' has unknown mode {}", e.name, e.mode)))?;
+    let tensor = || e.name.to_string();
+    let mode = mode_of_code(e.mode).ok_or_else(|| BadManifest::UnknownMode { tensor: tensor(), mode: e.mode })?;
     if e.spans.len() % 2 != 0 || (e.spans.is_empty() && !rules.sealed) {
-        return Err(bad(format!("tensor '{}': spans must be non-empty [begin, end) pairs", e.name)));
+        return Err(BadManifest::NoSpans { tensor: tensor() }.into());
     }
     let spans: Vec<(u64, u64)> = e.spans.chunks(2).map(|c| (c[0], c[1])).collect();
     let mut prev_end = None;
@@ -205,27 +199,24 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
         // Spans may touch only in dp mode, where each span is one permutation unit.
         let overlaps = prev_end.is_some_and(|p| if mode.whole_spans() { a < p } else { a <= p });
         if a >= b || b > t.nbytes || overlaps {
-            return Err(bad(format!("tensor '{}': span [{a}, {b}) is empty, out of order or out of bounds", e.name)));
+            return Err(BadManifest::BadSpan { tensor: tensor(), span: (a, b) }.into());
         }
         if mode != Mode::Ctr && (a % elem != 0 || b % elem != 0) {
-            return Err(bad(format!("tensor '{}': span [{a}, {b}) is not element-aligned", e.name)));
+            return Err(BadManifest::UnalignedSpan { tensor: tensor(), span: (a, b) }.into());
         }
         if mode.whole_spans() && (b - a) / elem < min_elements {
-            return Err(bad(format!(
-                "tensor '{}': permuted span [{a}, {b}) has fewer than {min_elements} elements",
-                e.name
-            )));
+            return Err(BadManifest::ShortSpan { tensor: tensor(), span: (a, b), min: min_elements }.into());
         }
         prev_end = Some(b);
     }
     if let TensorData::Varint { canonical: false, .. } | TensorData::Strings { .. } | TensorData::Empty = t.data {
-        return Err(CoreError::Modified(format!("tensor '{}' changed its storage", e.name)));
+        return Err(Modified::Storage { tensor: tensor() }.into());
     }
     if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
-        return Err(bad(format!("tensor '{}': no format-preserving mask for {}", e.name, t.data_type)));
+        return Err(BadManifest::NoFpMask { tensor: tensor(), dtype: t.data_type }.into());
     }
     if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
-        return Err(bad(format!("tensor '{}': dp mode needs whole-byte elements", e.name)));
+        return Err(BadManifest::DpElements { tensor: tensor() }.into());
     }
     Ok((mode, spans))
 }
@@ -248,7 +239,7 @@ pub(crate) fn check_disjoint_in_files(model: &Model, targets: &[Target]) -> Resu
     }
     pieces.sort_unstable();
     if pieces.windows(2).any(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2) {
-        return Err(bad("encrypted spans of different tensors share bytes of a file".into()));
+        return Err(BadManifest::SharedFileBytes.into());
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::envelope::{parse_entry, trailing_entry};
-use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind, Modified, UnusableKey};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::decrypt_in_memory;
 use onnx_protect_core::protect::{
@@ -144,12 +144,9 @@ fn an_external_file_of_another_length_is_refused_before_it_is_read() {
         ("decrypt_in_memory", decrypt_in_memory(&protected, &k).map(|_| ())),
     ] {
         let e = r.expect_err(what);
-        assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
-        let m = e.to_string();
-        assert!(
-            m.contains("weights.bin") && m.contains(&len.to_string()) && m.contains(&(1u64 << 40).to_string()),
-            "{what}: {m}"
-        );
+        let named = matches!(&e, CoreError::Modified(Modified::ExternalSize { location, actual, expected })
+            if location == "weights.bin" && *actual == 1u64 << 40 && *expected == len);
+        assert!(named, "{what}: {e}");
     }
     assert!(!out.exists());
 }
@@ -411,7 +408,7 @@ fn a_locator_not_written_exactly_is_modified() {
         let path = dir.path().join("changed.onnx");
         std::fs::write(&path, &changed).unwrap();
         let e = verify(&path, None, &NoProgress).unwrap_err();
-        assert!(e.to_string().starts_with("modified"), "{changed_locator}: {e}");
+        assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{changed_locator}: {e}");
     }
 }
 
@@ -445,7 +442,7 @@ fn two_signatures_of_one_key_are_modified_keyless() {
     ));
     std::fs::write(&out, &changed).unwrap();
     let e = verify(&out, None, &NoProgress).unwrap_err();
-    assert!(e.to_string().starts_with("modified"), "{e}");
+    assert!(matches!(e, CoreError::BadManifest(BadManifest::Signature)), "{e}");
 }
 
 /// Inside an `onnx-protect/v2` entry, a header whose `format_version` is not 2 breaks a
@@ -484,7 +481,6 @@ fn a_version_2_header_of_another_format_version_is_modified() {
     ] {
         let e = r.expect_err(what);
         assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{what}: {e}");
-        assert!(e.to_string().starts_with("modified"), "{what}: {e}");
     }
     assert!(!out.exists());
 }
@@ -692,8 +688,9 @@ fn a_master_key_recording_another_number_of_tiers_wraps_no_tiered_model() {
     for recorded in [1, 2, 4] {
         let target = out(&format!("recorded-{recorded}"));
         let e = encrypt(&plain, &target, &to(8, Some(recorded)), &EncryptOptions::new(&tiered)).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Key, "{recorded}: {e}");
-        assert!(e.to_string().contains("this model has 3 access tiers"), "{e}");
+        let refused =
+            matches!(e, CoreError::Key(UnusableKey::RecordedTiers { recorded: r, tiers: 3 }) if r == recorded);
+        assert!(refused, "{recorded}: {e}");
         assert!(!target.exists(), "{recorded}");
     }
     encrypt(&plain, &out("three"), &to(8, Some(3)), &EncryptOptions::new(&tiered)).unwrap();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
-use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{decrypt, encrypt, verify, DecryptOptions, EncryptOptions};
 use onnx_protect_core::recipients::EncryptTo;
@@ -65,12 +65,11 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// Every reader refuses `path` as modified, with or without a key, and writes nothing.
 fn every_reader_refuses(path: &Path, keys: &[&KeySource], what: &str) {
     let e = verify(path, None, &NoProgress).expect_err(what);
-    assert!(e.to_string().starts_with("modified"), "{what}: keyless verify: {e}");
-    assert!(matches!(e.kind(), ErrorKind::BadManifest | ErrorKind::Modified), "{what}: {e}");
+    assert!(matches!(e.kind(), ErrorKind::BadManifest | ErrorKind::Modified), "{what}: keyless verify: {e}");
     for k in keys {
         let out = path.with_file_name("out.onnx");
         let e = decrypt(path, &out, k, &DecryptOptions::default()).expect_err(what);
-        assert!(e.to_string().starts_with("modified"), "{what}: decrypt: {e}");
+        assert!(matches!(e.kind(), ErrorKind::BadManifest | ErrorKind::Modified), "{what}: decrypt: {e}");
         assert!(!out.exists());
     }
 }
@@ -223,7 +222,7 @@ fn an_age_payload_other_than_32_bytes_is_modified() {
         let changed = with_stanzas(&bytes, |st| st.iter_mut().find(|s| s.kind == "x25519").unwrap().body = body);
         let p = write(dir.path(), "changed.onnx", &changed);
         let e = decrypt(&p, &dir.path().join("out.onnx"), &identity, &DecryptOptions::default()).unwrap_err();
-        assert!(e.to_string().starts_with("modified"), "{len} bytes: {e}");
+        assert!(matches!(e, CoreError::BadManifest(BadManifest::Stanza { .. })), "{len} bytes: {e}");
     }
 }
 

@@ -173,7 +173,11 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
             msg = format!("{name}: {msg}");
         }
     }
-    let msg = pythonize(msg);
+    exception(kind, pythonize(msg))
+}
+
+/// The package's exception for an error of `kind`, with its message and its `kind`.
+pub(crate) fn exception(kind: ErrorKind, msg: String) -> PyErr {
     let err = match kind {
         ErrorKind::Io => FileError::new_err(msg),
         ErrorKind::Model(_) => MalformedModel::new_err(msg),
@@ -185,7 +189,8 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
         ErrorKind::BadManifest => BadManifest::new_err(msg),
         ErrorKind::WrongKey => WrongKey::new_err(msg),
         ErrorKind::Modified => Modified::new_err(msg),
-        ErrorKind::Output => OutputError::new_err(msg),
+        // A broken invariant keeps the exception it had as an output error (its `kind` tells).
+        ErrorKind::Output | ErrorKind::Internal => OutputError::new_err(msg),
         ErrorKind::NotSigned => NotSigned::new_err(msg),
         ErrorKind::AlreadyDecrypted => AlreadyDecrypted::new_err(msg),
         ErrorKind::Licence(l) => licence_exception(l, msg),
@@ -205,7 +210,7 @@ fn py_err_at(path: &Path, e: CoreError) -> PyErr {
 }
 
 fn key_err(msg: impl Into<String>) -> PyErr {
-    py_err(CoreError::Key(msg.into()))
+    exception(ErrorKind::Key, msg.into())
 }
 
 /// The shortest passphrase that protects a model unless allowed explicitly, in
@@ -441,7 +446,7 @@ fn trace_err(e: onnx_protect_trace::TraceError) -> PyErr {
     use onnx_protect_trace::TraceError as T;
     match e {
         T::RecipientId { .. } | T::Parameter(_) => PyValueError::new_err(e.to_string()),
-        T::Secret { .. } | T::Key(_) => py_err(CoreError::Key(e.to_string())),
+        T::Secret { .. } | T::Key(_) => key_err(e.to_string()),
         T::Model { source, .. } => py_err(CoreError::Format(source)),
         T::TooFewWeights { .. } | T::NoCommonWeights { .. } => {
             py_err(CoreError::Format(onnx_protect_format::FormatError::Invalid(e.to_string())))
@@ -546,11 +551,7 @@ fn encrypt(
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     if let (Some(m), Some((_, _, ledger, _))) = (&marker, &fingerprint) {
         if m.rewritten() != m.tensors() {
-            return Err(py_err(CoreError::Output(format!(
-                "internal: the fingerprint changed {} of {} planned tensors",
-                m.rewritten(),
-                m.tensors()
-            ))));
+            return Err(py_err(CoreError::Internal("the fingerprint changed another number of tensors than planned")));
         }
         report["fingerprint"] = serde_json::json!({
             "recipient": m.recipient().to_string(),
@@ -569,7 +570,7 @@ fn encrypt(
 #[pyfunction]
 fn fingerprint_secret(path: PathBuf) -> PyResult<String> {
     if path.exists() {
-        return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", path.display()))));
+        return Err(exception(ErrorKind::Output, format!("{} exists; keygen never overwrites a key", path.display())));
     }
     let (key, text) = onnx_protect_trace::FingerprintKey::generate().map_err(trace_err)?;
     write_key_file(&path, text.as_bytes())?;
@@ -650,7 +651,7 @@ fn keygen(path: PathBuf, tiers: u32) -> PyResult<String> {
     let lower: Vec<PathBuf> = (1..tiers).map(tier_path).collect();
     for p in lower.iter().chain(std::iter::once(&path)) {
         if p.exists() {
-            return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", p.display()))));
+            return Err(exception(ErrorKind::Output, format!("{} exists; keygen never overwrites a key", p.display())));
         }
     }
     write_key_file(&path, text.as_bytes())?;

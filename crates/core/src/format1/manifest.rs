@@ -13,7 +13,7 @@ use onnx_protect_format::Model;
 use onnx_protect_proto::v1 as pb;
 use onnx_protect_proto::Message;
 
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, CoreError, Result};
 use crate::metadata::{b64, is_manifest_key};
 use crate::target::{match_targets, EntryFacts, EntryRules, Target};
 
@@ -47,16 +47,15 @@ pub(crate) fn entry_field(envelope: &pb::Envelope) -> Vec<u8> {
 /// The Argon2id parameters a manifest records (B.3).
 pub(crate) fn kdf_from_pb(k: &pb::KdfParams) -> Result<KdfParams> {
     if k.algorithm != "argon2id" {
-        return Err(CoreError::BadManifest(format!("unknown KDF '{}'", k.algorithm)));
+        return Err(BadManifest::UnknownKdf { index: None, algorithm: k.algorithm.clone() }.into());
     }
-    let salt: [u8; KDF_SALT_LEN] =
-        k.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("KDF salt has the wrong length".into()))?;
+    let salt: [u8; KDF_SALT_LEN] = k.salt.as_slice().try_into().map_err(|_| BadManifest::KdfSalt { index: None })?;
     Ok(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
 }
 
 /// The file's salt, as the key schedule takes it.
 pub(crate) fn salt_of(p: &Protected) -> Result<[u8; 32]> {
-    p.manifest.salt.as_slice().try_into().map_err(|_| CoreError::BadManifest("salt".into()))
+    p.manifest.salt.as_slice().try_into().map_err(|_| BadManifest::SaltOrKeyCheck.into())
 }
 
 /// Finds the format-1 metadata entry, refusing other versions and duplicates.
@@ -65,13 +64,9 @@ fn find_manifest_entry(model: &Model) -> Result<Option<MetadataEntry>> {
     match ours.as_slice() {
         [] => Ok(None),
         [one] if one.key == METADATA_KEY => Ok(Some((*one).clone())),
-        [one] => Err(CoreError::UnsupportedVersion { key: one.key.clone() }),
-        _ => Err(CoreError::BadManifest("more than one onnx-protect metadata entry".into())),
+        [one] => Err(CoreError::UnsupportedVersion { key: one.key.clone(), format_version: None }),
+        _ => Err(BadManifest::TwoEntries.into()),
     }
-}
-
-fn bad(s: String) -> CoreError {
-    CoreError::BadManifest(s)
 }
 
 /// Reads and validates the format-1 manifest of a protected model (B.5 steps 1–2).
@@ -82,10 +77,10 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     let leaf_hash = match pb::LeafHash::try_from(manifest.leaf_hash) {
         Ok(pb::LeafHash::Sha256) => LeafHash::Sha256,
         Ok(pb::LeafHash::Blake3) => LeafHash::Blake3,
-        Err(_) => return Err(bad(format!("unknown leaf hash {}", manifest.leaf_hash))),
+        Err(_) => return Err(BadManifest::LeafHash { value: manifest.leaf_hash }.into()),
     };
     if !(4096..=(1 << 30)).contains(&manifest.chunk_size) {
-        return Err(bad(format!("chunk size {} is out of range", manifest.chunk_size)));
+        return Err(BadManifest::Format1ChunkSize { size: manifest.chunk_size }.into());
     }
     let tiers = manifest.tiers;
     let rules = EntryRules {
@@ -100,12 +95,15 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
 
 /// The envelope and manifest of a manifest entry, of this format version.
 fn decode_entry(entry: &MetadataEntry) -> Result<(pb::Envelope, pb::Manifest)> {
-    let raw = b64().decode(entry.value.as_bytes()).map_err(|e| bad(format!("metadata value is not base64: {e}")))?;
-    let envelope = pb::Envelope::decode(raw.as_slice()).map_err(|e| bad(format!("envelope: {e}")))?;
-    let manifest = pb::Manifest::decode(envelope.manifest.as_slice()).map_err(|e| bad(format!("manifest: {e}")))?;
+    let raw = b64().decode(entry.value.as_bytes()).map_err(|cause| BadManifest::NotBase64 { cause })?;
+    let envelope =
+        pb::Envelope::decode(raw.as_slice()).map_err(|cause| BadManifest::Decode { message: "envelope", cause })?;
+    let manifest = pb::Manifest::decode(envelope.manifest.as_slice())
+        .map_err(|cause| BadManifest::Decode { message: "manifest", cause })?;
     if manifest.format_version != FORMAT_VERSION {
         return Err(CoreError::UnsupportedVersion {
-            key: format!("{METADATA_KEY} format_version {}", manifest.format_version),
+            key: METADATA_KEY.to_string(),
+            format_version: Some(manifest.format_version),
         });
     }
     Ok((envelope, manifest))
@@ -114,7 +112,7 @@ fn decode_entry(entry: &MetadataEntry) -> Result<(pb::Envelope, pb::Manifest)> {
 /// The salt, the key check values and the seals (one, or one per tier) have their lengths.
 fn check_seal_lengths(manifest: &pb::Manifest, envelope: &pb::Envelope) -> Result<()> {
     if manifest.salt.len() != 32 || manifest.key_check.len() != 16 {
-        return Err(bad("salt or key check value has the wrong length".into()));
+        return Err(BadManifest::SaltOrKeyCheck.into());
     }
     let tiers = manifest.tiers;
     if tiers > 1 {
@@ -127,10 +125,10 @@ fn check_seal_lengths(manifest: &pb::Manifest, envelope: &pb::Envelope) -> Resul
             || envelope.tier_checksums.iter().any(|m| m.len() != 32)
             || envelope.restored_tiers >= tiers
         {
-            return Err(bad("tier key checks, MACs or checksums are missing or have the wrong length".into()));
+            return Err(BadManifest::TierSeals.into());
         }
     } else if envelope.mac.len() != 32 || envelope.checksum.len() != 32 || envelope.restored_tiers != 0 {
-        return Err(bad("MAC or checksum has the wrong length".into()));
+        return Err(BadManifest::Seals.into());
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use onnx_protect_format::Model;
 use super::manifest::{entry_field, Protected};
 use super::unlock::unlock;
 use crate::action::{prepare, Action};
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, CoreError, OutputRefused, Result};
 use crate::keys::KeySource;
 
 /// The decryption to perform: which targets, and what becomes of the manifest entry.
@@ -29,7 +29,7 @@ pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: 
         let entry = model
             .bytes()
             .get(p.entry.range.start as usize..p.entry.range.end as usize)
-            .ok_or_else(|| CoreError::BadManifest("manifest entry out of bounds".into()))?
+            .ok_or(BadManifest::EntryOutOfBounds)?
             .to_vec();
         return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry });
     }
@@ -58,7 +58,7 @@ fn restore_bound(p: &Protected, key_tier: u32, tier: Option<u32>) -> Result<(u32
     let restored = p.envelope.restored_tiers;
     if tiers <= 1 {
         if tier.is_some_and(|t| t != 1) {
-            return Err(CoreError::Output("this model has no tiers; omit --tier".into()));
+            return Err(OutputRefused::NoTiers.into());
         }
         return Ok((0, true));
     }

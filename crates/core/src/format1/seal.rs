@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::manifest::{Protected, CHECKSUM_LABEL, MAC_INPUT_LABEL};
 use crate::action::apply;
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, Modified, Result};
 use crate::target::Target;
 
 /// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
@@ -184,7 +184,7 @@ pub(crate) fn leaf_digests(
             for &(a, b) in &job.parts {
                 let part = whole
                     .get(a as usize..b as usize)
-                    .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?;
+                    .ok_or_else(|| BadManifest::SpanOutOfBounds { tensor: t.name.clone() })?;
                 match src {
                     LeafSrc::Xor(ks) => {
                         g.feed_with(&mut h, part, |p| apply(ks, target.mode, t.data_type, a, p, false))?
@@ -269,10 +269,10 @@ fn leaves_by_tier(targets: &[Target], chunk: u64, leaves: &[[u8; 32]], tiers: u3
 pub(crate) fn check_untiered(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
     let (mac, checksum) = mac_and_checksum(Some(keys), &p.envelope.manifest, leaves);
     if !mac.is_some_and(|m| bool::from(ct_eq(&m, &p.envelope.mac))) {
-        return Err(CoreError::Modified("the MAC over the manifest and the encrypted bytes does not match".into()));
+        return Err(Modified::Format1Mac.into());
     }
     if checksum.as_slice() != p.envelope.checksum.as_slice() {
-        return Err(CoreError::Modified("the stored checksum does not match".into()));
+        return Err(Modified::Format1Checksum { keyless: false }.into());
     }
     Ok(())
 }
@@ -296,11 +296,11 @@ pub(crate) fn check_tiers(p: &Protected, key_tier: u32, sessions: &[SessionKeys]
         let (mac, sum) = tier_seal(keys, &p.envelope.manifest, t, &by_tier[i]);
         if let Some(mac) = mac {
             if !bool::from(ct_eq(&mac, &p.envelope.tier_macs[i])) {
-                return Err(CoreError::Modified(format!("the MAC of tier {t} does not match")));
+                return Err(Modified::Mac { tier: t }.into());
             }
         }
         if sum.as_slice() != p.envelope.tier_checksums[i].as_slice() {
-            return Err(CoreError::Modified(format!("the checksum of tier {t} does not match")));
+            return Err(Modified::TierChecksum { tier: t }.into());
         }
     }
     Ok(())
@@ -314,7 +314,7 @@ pub(crate) fn check_checksums(p: &Protected, leaves: &[[u8; 32]]) -> Result<()> 
     }
     let (_, checksum) = mac_and_checksum(None, &p.envelope.manifest, leaves);
     if checksum.as_slice() != p.envelope.checksum.as_slice() {
-        return Err(CoreError::Modified("the checksum of the manifest and the encrypted bytes does not match".into()));
+        return Err(Modified::Format1Checksum { keyless: true }.into());
     }
     Ok(())
 }

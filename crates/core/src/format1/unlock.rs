@@ -10,7 +10,7 @@ use onnx_protect_proto::v1 as pb;
 use super::manifest::{kdf_from_pb, salt_of, Protected};
 use super::seal::{check_tiers, check_untiered, leaf_digests, LeafSrc};
 use crate::action::transform_tensor;
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::{tier_chain, KeySource};
 
 /// The master key `key` gives for a manifest with `kdf` (a passphrase model) or without
@@ -20,17 +20,11 @@ pub(crate) fn master_key(key: &KeySource, kdf: Option<&pb::KdfParams>, tiered: b
     match (key, kdf) {
         (KeySource::Key(k), None) => Ok(k.clone()),
         (KeySource::Key(k), Some(_)) if tiered => Ok(k.clone()),
-        (KeySource::Key(_), Some(_)) => {
-            Err(CoreError::Key("this model was protected with a passphrase; give the passphrase, not a key".into()))
-        }
-        (KeySource::Passphrase(_), None) => {
-            Err(CoreError::Key("this model was protected with a key file; give the key, not a passphrase".into()))
-        }
+        (KeySource::Key(_), Some(_)) => Err(UnusableKey::PassphraseModel.into()),
+        (KeySource::Passphrase(_), None) => Err(UnusableKey::KeyFileModel.into()),
         (KeySource::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
         (KeySource::Licensed(k, _), _) => master_key(k, kdf, tiered),
-        (KeySource::Identity(_), _) => {
-            Err(CoreError::Key("this model is in format 1, which opens with a key file or a passphrase only".into()))
-        }
+        (KeySource::Identity(_), _) => Err(UnusableKey::Format1Identity.into()),
     }
 }
 

@@ -11,17 +11,16 @@ use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{discover, Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
-use onnx_protect_proto::Message;
 use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
 
 use crate::action::{prepare, Action, Rewrite};
-use crate::content::{digest_of, relocations, Pass};
+use crate::content::{relocations, Pass};
 use crate::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};
 use crate::error::{CoreError, Result};
 use crate::metadata::tool_name;
 use crate::pass::Hash;
 use crate::recipients::{wrap_all, EncryptTo};
-use crate::seal::{encode_recipients, seal, write_entry};
+use crate::seal::write_sealed;
 use crate::staged::{durable, Outputs};
 use crate::target::{check_disjoint_in_files, complement, mode_code, storage_code, Target};
 
@@ -268,11 +267,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         durable,
         progress: spec.progress,
     };
-    let leaves = pass.run(&files)?;
-    let digest = digest_of(&leaves.output);
-    let envelope = seal(header.encode_to_vec(), encode_recipients(&stanzas), &digest, &tier_keys, spec.signing_keys);
-    let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    write_entry(&files, output, envelope, tail_at)?;
+    write_sealed(pass, &files, output, &header, &stanzas, &tier_keys, spec.signing_keys)?;
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(files);
     drop(actions);

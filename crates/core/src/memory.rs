@@ -6,23 +6,26 @@
 //!
 //! # Cost
 //!
-//! Format 2 (every byte authenticated): the model file and each external data file
-//! are copied once into a private anonymous map (transparent huge pages where the
-//! system gives them) while every byte is hashed and the encrypted spans are
-//! decrypted in place, in one parallel pass over content chunks; the bytes are
-//! handed out only after the content digest, the MACs and any required signature
-//! match (otherwise the decrypted spans are wiped first). The manifest entry is the
-//! file's last top-level field, so the original model is the prefix of the buffer.
-//! A model whose decryption changes a length (varint-stored tensors) or that has
-//! tiers restored in the file is rebuilt in an owned buffer ([`Method::Copied`]).
+//! Format 2 with no tier restored in the file (every byte authenticated): the model file
+//! and each external data file are copied once into a private anonymous map (transparent
+//! huge pages where the system gives them) while every byte is hashed and the encrypted
+//! spans are decrypted in place, in one parallel pass over content chunks; the bytes are
+//! handed out only after the content digest, the MACs and any required signature match
+//! (otherwise the decrypted spans are wiped first). The manifest entry is the file's last
+//! top-level field, so the original model is the prefix of the buffer. A decryption that
+//! changes a length (varint-stored tensors, external data files given back their
+//! original names) checks the digest first and rebuilds the model in an owned buffer
+//! ([`Method::Copied`]).
 //!
 //! Format 1 (read-only), and format 2 with tiers restored in the file: the key check and
-//! the MACs (and, for format 2, the digest) are verified first, then the file is mapped
-//! privately copy-on-write (`MAP_PRIVATE`) so that only the pages the encrypted spans
-//! touch are copied.
+//! the MACs (and, for format 2, the digest of the content as stored and in canonical
+//! form) are verified first; then a model read from a file is mapped privately
+//! copy-on-write (`MAP_PRIVATE`), so that only the pages the encrypted spans touch are
+//! copied. A decryption below the top tier ends with its manifest entry rewritten, in an
+//! owned buffer. A key whose tiers are all in clear in the file gets the file as it is.
 //!
-//! Both are the memory sink of the one [`Decryption`] a protected model's reader plans
-//! (the file sink is [`Decryption::write`]).
+//! This is the memory sink of the one decryption plan a protected model's reader makes;
+//! the other sink writes files ([`crate::protect::decrypt`]).
 //!
 //! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does. The
 //! external data buffers are returned by `location` in [`DecryptedModel::external`],

@@ -24,11 +24,10 @@ use std::path::{Path, PathBuf};
 use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
-use onnx_protect_proto::Message;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
-use crate::content::{digest_of, stored_digest, Pass};
+use crate::content::{stored_digest, Pass};
 use crate::envelope::ProtectedV2;
 use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::KeySource;
@@ -36,7 +35,7 @@ use crate::metadata::tool_name;
 use crate::pass::Hash;
 use crate::protection::{open_protected, Protection};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
-use crate::seal::{check_digest, check_seals, encode_recipients, seal, write_entry};
+use crate::seal::{check_digest, check_seals, write_sealed};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
@@ -73,7 +72,7 @@ pub struct RekeyReport {
 ///
 /// The old key must open a top-tier stanza before anything is written, and the whole
 /// model must verify; a wrong key gives [`CoreError::WrongKey`], a modified model
-/// [`CoreError::Modified`], the key of a tier below the top [`CoreError::Key`], and in
+/// [`CoreError::Modified`], the key of a tier below the top [`CoreError::NotTopKey`], and in
 /// each case no output file appears.
 pub fn rekey(
     input: &Path,
@@ -133,11 +132,7 @@ pub fn rekey(
         durable,
         progress: opts.progress,
     };
-    let leaves = pass.run(&files)?;
-    let digest = digest_of(&leaves.output);
-    let envelope = seal(header.encode_to_vec(), encode_recipients(&stanzas), &digest, &new_keys, opts.signing_keys);
-    let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    write_entry(&files, output, envelope, tail_at)?;
+    write_sealed(pass, &files, output, &header, &stanzas, &new_keys, opts.signing_keys)?;
     drop(files);
     drop(actions);
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();

@@ -11,9 +11,10 @@ use onnx_protect_keys::{SignerKey, SigningKey, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
+use crate::content::{digest_of, Pass};
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{BadManifest, CoreError, Modified, Result, Unsigned};
-use crate::pass::Out;
+use crate::pass::{Hash, Out};
 use crate::recipients::Opened;
 
 /// The encoded `Recipients` message of `stanzas`.
@@ -57,6 +58,27 @@ pub(crate) fn with_signatures(p: &ProtectedV2, keys: &[SigningKey]) -> Result<pb
     env.signatures.retain(|s| !new.iter().any(|n| n.public_key == s.public_key));
     env.signatures.extend(new);
     Ok(env)
+}
+
+/// Runs `pass` (which hashes what it writes) into `files`, the staged outputs of
+/// `output`, then writes after the model the entry of `header` and `stanzas` sealed over
+/// the digest of what was written, with the MACs of `keys` and the signatures of
+/// `signers`: how every writing of a new protection ends (docs/format.md §9, §10).
+pub(crate) fn write_sealed(
+    pass: Pass<'_>,
+    files: &[Option<Out<'_>>],
+    output: &Path,
+    header: &pb::Header,
+    stanzas: &[Stanza],
+    keys: &[TierKeys],
+    signers: &[SigningKey],
+) -> Result<()> {
+    if pass.hash != Hash::Output {
+        return Err(CoreError::Internal("a sealed pass that does not hash what it writes"));
+    }
+    let leaves = pass.run(files)?;
+    let envelope = seal(header.encode_to_vec(), encode_recipients(stanzas), &digest_of(&leaves.output), keys, signers);
+    write_entry(files, output, envelope, leaves.output.first().map(|f| f.len).unwrap_or(0))
 }
 
 /// Writes the manifest entry of `envelope` at `at` in the model's output (the first of

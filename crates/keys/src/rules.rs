@@ -176,3 +176,56 @@ fn check_age_body(body: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(kind: &str, body: usize) -> Stanza {
+        Stanza { kind: kind.into(), tier: 1, label: String::new(), salt: Vec::new(), kdf: None, body: vec![0; body] }
+    }
+
+    #[test]
+    fn every_kind_the_format_defines_is_known_and_checked_without_a_key() {
+        for kind in DEFINED_KINDS {
+            assert!(is_known_kind(kind), "{kind}");
+        }
+        assert!(!is_known_kind("future"));
+        let bad = |s: Stanza| matches!(s.check(3), Err(KeysError::BadStanza { index: 3, .. }));
+        assert!(stanza(KIND_TPM, TPM_BODY_LEN).check(0).is_ok());
+        assert!(bad(stanza(KIND_TPM, TPM_BODY_LEN - 1)) && bad(stanza(KIND_TPM, TPM_BODY_LEN + 1)));
+        assert!(bad(Stanza { salt: vec![0; 16], ..stanza(KIND_TPM, TPM_BODY_LEN) }));
+        assert!(stanza(KIND_AGE_PLUGIN, MAX_PLUGIN_BODY).check(0).is_ok());
+        assert!(bad(stanza(KIND_AGE_PLUGIN, MAX_PLUGIN_BODY + 1)));
+        assert!(bad(Stanza { salt: vec![0; 16], ..stanza(KIND_AGE_PLUGIN, 10) }));
+    }
+
+    #[test]
+    fn every_stanza_is_within_the_caps_whatever_its_kind() {
+        let bad = |s: Stanza| matches!(s.check(0), Err(KeysError::BadStanza { .. }));
+        assert!(stanza("future", MAX_STANZA_BODY_LEN).check(0).is_ok());
+        assert!(bad(stanza("future", MAX_STANZA_BODY_LEN + 1)));
+        assert!(bad(stanza(&"f".repeat(MAX_KIND_LEN + 1), 1)));
+        assert!(bad(Stanza { label: "l".repeat(MAX_STANZA_LABEL_LEN + 1), ..stanza("future", 1) }));
+    }
+
+    #[test]
+    fn at_most_eight_stanzas_of_each_costly_kind() {
+        for kind in COSTLY_KINDS {
+            assert!(costly_kind(kind));
+            let body = if kind == KIND_TPM { TPM_BODY_LEN } else { 1 };
+            let mut list: Vec<Stanza> = (0..MAX_COSTLY_STANZAS).map(|_| stanza(kind, body)).collect();
+            // Only the count matters here: shape errors of the kind are checked first.
+            let count = |list: &[Stanza]| match check_stanzas(list) {
+                Err(KeysError::TooManyStanzas { count, .. }) => Some(count),
+                _ => None,
+            };
+            assert_eq!(count(&list), None, "{kind}");
+            list.push(stanza(kind, body));
+            if kind != KIND_PASSPHRASE && kind != KIND_PKCS11 {
+                assert_eq!(count(&list), Some(MAX_COSTLY_STANZAS + 1), "{kind}");
+            }
+        }
+        assert!(!costly_kind(KIND_KEY) && !costly_kind(KIND_X25519) && !costly_kind("future"));
+    }
+}

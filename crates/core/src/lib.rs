@@ -1,33 +1,41 @@
 //! The facade applications use: inspect, encrypt, decrypt and verify ONNX models.
 //!
-//! A protected model's entry is read once into a [`protection::Protection`] (format 2,
-//! or the read-only format 1), whose methods are the verbs; the verbs on files are in
-//! [`protect`], [`memory`] decrypts into memory, [`rekey`] and [`rewrap`] rotate keys,
-//! [`check`] is the CI gate and [`inspect`] the summary. Every module, each one room:
+//! A protected model's entry is read once into a [`protection::Protection`] (format 2, or
+//! the read-only format 1) whose methods are the verbs; each format's reader answers them.
+//! The modules, one room each:
 //!
-//! * verbs: [`protect`] (encrypt, decrypt, verify and sign files), `encrypt` (encryption
-//!   into format 2), [`memory`] (decryption into memory: the memory sink), [`rekey`],
-//!   [`rewrap`], [`check`], [`inspect`];
-//! * reading a protection: [`protection`] (the entry read once, dispatched to its
-//!   format), [`envelope`] (the format-2 entry: found, decoded, matched to the model),
-//!   `reader` (the verbs each format's reader answers), `format2` (format-2 verbs as
-//!   methods of the entry), [`format1`] (format 1, read only:
-//!   its manifest, keys, seals and restore, docs/format.md Appendix B), [`target`] (a
-//!   manifest entry matched to a tensor, the codes of modes and storages), [`summary`]
-//!   (what reports say of encrypted tensors), [`metadata`] (the keys and names a
-//!   protection goes by);
-//! * keys: [`keys`] (the key material a caller gives, tier keys), [`recipients`]
-//!   (wrapping and opening the data keys), `seal` (the MACs and signatures of a format-2
-//!   entry, made and checked in one place), [`licence`] (licences checked when a stanza
-//!   opens), [`lock`] (the label lock of the output layer);
-//! * bytes: `action` and `permute` (what a span becomes), `content` (a pass over the
-//!   covered files, described once) and `pass` (the one pass that reads, transforms,
-//!   hashes and writes), `decryption` (one decryption plan and its file sink), `staged`
-//!   (outputs that appear whole or not at all), [`journal`] (replacing a file's tail in
-//!   place, safe against a crash), `crash` (crash points for tests);
+//! * [`protect`]: encrypt, decrypt, verify and sign model files;
+//! * `encrypt`: encryption into format 2 (selection, data keys, header, the pass);
+//! * [`memory`]: decryption into memory (the memory sink of a decryption);
+//! * [`rekey`]: key rotation by re-encryption;
+//! * [`rewrap`]: adding and removing recipients without touching a weight;
+//! * [`check`]: the CI gate;
+//! * [`inspect`]: the summary of a model;
+//! * [`protection`]: the entry read once, dispatched to its format's reader;
+//! * `reader`: the verbs each format's reader answers;
+//! * `format2`: the format-2 reader (verify, key tier, top key, info, decryption plan);
+//! * [`format1`]: format 1, read only (docs/format.md Appendix B);
+//! * [`envelope`]: the format-2 entry found, decoded, checked and matched to the model;
+//! * `seal`: the MACs and signatures of a format-2 entry, made and checked in one place;
+//! * [`recipients`]: wrapping the data keys for recipients, and opening stanzas;
+//! * [`keys`]: the key material a caller gives, and tier keys;
+//! * [`licence`]: licences checked when a stanza opens;
+//! * [`lock`]: the label lock of the output layer;
+//! * [`target`]: a manifest entry matched to a tensor; mode and storage codes;
+//! * [`summary`]: what reports say of encrypted tensors;
+//! * [`metadata`]: the metadata keys and names a protection goes by;
+//! * `action`: what a span becomes (a keystream, a permutation, new bytes);
+//! * `permute`: the keyed permutation of the distribution-preserving mode;
+//! * `content`: one pass over the covered files, described once;
+//! * `pass`: the pass that reads, transforms, hashes and writes;
+//! * `decryption`: one decryption plan, and its file sink;
+//! * `staged`: outputs that appear whole or not at all;
+//! * [`journal`]: replacing a file's tail in place, safe against a crash;
+//! * `crash`: crash points for tests (feature `test-hooks`);
 //! * [`error`]: every error and its kind.
 //!
-//! This crate has no `unsafe` code: file maps and system calls are in `onnx-protect-fsio`.
+//! No two modules import each other in a circle (`tests/modules.rs`). This crate has no
+//! `unsafe` code: file maps and system calls are in `onnx-protect-fsio`.
 //!
 //! ```
 //! use onnx_protect_core::inspect::inspect;

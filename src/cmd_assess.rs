@@ -175,10 +175,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let report = assess(&a.original, &a.protected, &opts)
         .map_err(lift)
         .with_context(|| format!("assess {}", a.protected.display()))?;
-    let version = onnx_protect_format::Model::open(&a.protected)
+    let protection = onnx_protect_format::Model::open(&a.protected)
         .ok()
-        .and_then(|m| onnx_protect_core::protect::manifest_version(&m).ok().flatten());
-    if let Some(w) = version.and_then(onnx_protect_core::protect::warning_for) {
+        .and_then(|m| onnx_protect_core::protection::Protection::read(&m).ok().flatten());
+    if let Some(w) = protection.and_then(|p| p.warning()) {
         eprintln!("warning: {w}");
     }
     if a.json {

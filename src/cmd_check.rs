@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
-use onnx_protect_core::manifest::Protection;
+use onnx_protect_core::summary::ProtectionKind;
 
 use crate::cmd_protect::load_policy;
 use crate::exit;
@@ -210,16 +210,16 @@ fn print_text(m: &ModelCheck) {
             Some(_) => "checksum ok",
             None => "integrity not verified",
         };
-        let by = |p: Protection| m.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
+        let by = |p: ProtectionKind| m.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
         format!(
             "protected, {integrity}, {} tensors: {} bytes {}, {} bytes {}, {} bytes {}",
             m.tensors,
-            by(Protection::Encrypted),
-            Protection::Encrypted.label(),
-            by(Protection::ExponentClear),
-            Protection::ExponentClear.label(),
-            by(Protection::Permuted),
-            Protection::Permuted.label()
+            by(ProtectionKind::Encrypted),
+            ProtectionKind::Encrypted.label(),
+            by(ProtectionKind::ExponentClear),
+            ProtectionKind::ExponentClear.label(),
+            by(ProtectionKind::Permuted),
+            ProtectionKind::Permuted.label()
         )
     };
     println!("{verdict} {}: {state}", m.path);

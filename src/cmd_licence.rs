@@ -78,7 +78,7 @@ fn models(a: &IssueArgs) -> Result<Vec<ModelRef>> {
     }
     for f in &a.model_of {
         let (digest, req) =
-            onnx_protect_core::licence::licence_facts(f).with_context(|| format!("--model-of {}", f.display()))?;
+            onnx_protect_core::protect::licence_facts(f).with_context(|| format!("--model-of {}", f.display()))?;
         if req.is_none() {
             usage!("--model-of {}: the model was encrypted without --licence-authority", f.display());
         }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions, EncryptTo};
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 use onnx_protect_select::Policy;
 
@@ -517,14 +518,14 @@ fn prepare_fingerprint(
     let recipient = onnx_protect_trace::RecipientId::new(id)?;
     let key = read_fingerprint_secret(secret)?;
     let model = onnx_protect_format::Model::open(input)?;
-    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::metadata::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() }.into());
     }
     // A model that cannot be locked is refused before anything is marked or recorded.
     let layer = match lock.lock_outputs {
         true => Some(
             onnx_protect_lock::find_output_layer(&model, lock.lock_node.as_deref())
-                .map_err(|e| onnx_protect_core::error::CoreError::Lock(e.to_string()))
+                .map_err(onnx_protect_core::error::CoreError::from)
                 .with_context(|| format!("encrypt {name}"))?,
         ),
         false => None,
@@ -681,7 +682,7 @@ fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool) -> Str
         r.encrypted_bytes,
         r.tensors.len(),
         r.weight_bytes,
-        onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::manifest::bytes_by_protection(&r.tensors))
+        onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::summary::bytes_by_protection(&r.tensors))
     );
     if dry_run || verbose {
         for e in &r.tensors {
@@ -721,7 +722,11 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     if a.dry_run {
         return encrypt_dry_run(&a, &policy);
     }
-    let to = EncryptTo { master: a.key.optional_master_for(policy.tiers)?, recipients: a.recipients.recipients()? };
+    let to = EncryptTo {
+        master: a.key.optional_master_for(policy.tiers)?,
+        recipients: a.recipients.recipients()?,
+        ..Default::default()
+    };
     if let Some(m) = &to.master {
         crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
     }
@@ -742,7 +747,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions {
-        rewrite: rewrite.as_ref().map(|f| f as &protect::Rewrite),
+        rewrite: rewrite.as_ref().map(|f| f as &onnx_protect_core::Rewrite),
         in_place: a.in_place,
         sync: a.sync,
         allow_empty: a.allow_empty,

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::protect::{EncryptTo, KeySource};
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 
 use crate::exit::usage;
@@ -123,7 +124,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let new = EncryptTo { master, recipients };
+    let new = EncryptTo { master, recipients, ..Default::default() };
     let created = crate::dest::missing(crate::dest::dir_of(output.path()));
     let bar = Bar::new(a.out.quiet);
     let mut r = rekey::rekey(

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::protect::EncryptTo;
-use onnx_protect_core::rewrap::{rewrap, Recovery, Remove, RewrapOptions};
+use onnx_protect_core::journal::Recovery;
+use onnx_protect_core::recipients::EncryptTo;
+use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 
 use crate::exit::usage;
 use crate::keys::{check_recorded_tiers, read_key_file, KeyArgs, RecipientArgs, SignArgs};
@@ -99,13 +100,13 @@ impl ChangeArgs {
                 if let (onnx_protect_crypto::KeyKind::Master { tiers: recorded }, Some(t)) = (file.kind(), tiers) {
                     check_recorded_tiers(&format!("key file {}", p.display()), recorded, t)?;
                 }
-                Some(onnx_protect_core::protect::KeySource::Key(
+                Some(onnx_protect_core::keys::KeySource::Key(
                     file.into_master().with_context(|| format!("key file {}", p.display()))?,
                 ))
             }
             None => None,
         };
-        let add = EncryptTo { master, recipients: self.add.recipients()? };
+        let add = EncryptTo { master, recipients: self.add.recipients()?, ..Default::default() };
         if remove.is_empty() && add.master.is_none() && add.recipients.is_empty() && self.sign.sign_key.is_empty() {
             usage!(
                 "nothing to do: give recipients to add (--add-key-file, --recipient, --recipient-command) or remove \

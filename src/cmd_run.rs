@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory};
-use onnx_protect_core::protect::KeySource;
 use onnx_protect_keys::SignerKey;
 
 use crate::stdio::{input_name, is_stdio};
@@ -95,7 +95,7 @@ mod with_tract {
 
     use anyhow::{Context, Result};
     use onnx_protect_core::memory::decrypt_in_memory;
-    use onnx_protect_core::protect::manifest_version;
+    use onnx_protect_core::protection::Protection;
     use onnx_protect_format::Model;
     use onnx_protect_runtime::engine::{run_once, External};
     use onnx_protect_runtime::npy::{NpyArray, Summary};
@@ -188,7 +188,7 @@ mod with_tract {
             }
         }
         let model = Model::open(&a.model).with_context(|| format!("open {}", a.model.display()))?;
-        let protected = manifest_version(&model).with_context(|| format!("read {}", a.model.display()))?.is_some();
+        let protected = Protection::read(&model).with_context(|| format!("read {}", a.model.display()))?.is_some();
         let decrypted;
         let (bytes, external, weights, decrypted_bytes): (&[u8], External, &'static str, Option<u64>) = match &key {
             Some(k) => {

@@ -58,7 +58,7 @@ fn open_plain(path: &Path, role: &str, clear_ok: bool) -> Result<Model> {
             return Ok(model);
         }
     }
-    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::metadata::is_manifest_key(&m.key)) {
         return Err(onnx_protect_core::error::CoreError::AlreadyProtected { key: m.key.clone() })
             .with_context(|| format!("{role} {}", path.display()));
     }

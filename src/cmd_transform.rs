@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::protect::KeySource;
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_transform::io::{self, FileKind};

@@ -225,7 +225,7 @@ fn core_code(kind: CoreKind) -> Option<u8> {
         | CoreKind::UnsupportedVersion
         | CoreKind::AlreadyDecrypted => STATE,
         CoreKind::Policy => POLICY,
-        CoreKind::Io | CoreKind::Output => FAILURE,
+        CoreKind::Io | CoreKind::Output | CoreKind::Internal => FAILURE,
         CoreKind::Model(f) => format_code(f),
         CoreKind::Licence(l) => licence_code(l),
         _ => return None,

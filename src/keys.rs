@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use onnx_protect_core::protect::KeySource;
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::{CryptoError, KeyFile, MAX_KEY_FILE_LEN};
 use std::sync::Arc;
 use std::time::Duration;
@@ -419,29 +419,20 @@ impl KeyArgs {
 }
 
 /// Refuses a master key recording `recorded` access tiers (`master tiers=N`) for a model
-/// of `tiers > 1` tiers (docs/format.md Appendix A): its key would become another tier's
-/// key. An untiered model takes any master key.
+/// of `tiers` tiers as core's rule does (docs/format.md Appendix A), naming the key (`name`).
 pub fn check_recorded_tiers(name: &str, recorded: u32, tiers: u32) -> Result<(), KeyFileError> {
-    if recorded == tiers || tiers == 1 {
-        return Ok(());
-    }
-    let of = |n: u32| if n == 1 { "no access tiers".to_string() } else { format!("{n} access tiers") };
-    Err(KeyFileError(format!(
-        "{name} is the master key of {}, and this model has {}: give a key made by `keygen{}`",
-        of(recorded),
-        of(tiers),
-        if tiers == 1 { String::new() } else { format!(" --tiers {tiers}") }
-    )))
+    onnx_protect_core::recipients::check_recorded_tiers(recorded, tiers)
+        .map_err(|e| KeyFileError(format!("{name} is {e}")))
 }
 
 /// The number of access tiers of a format-2 protected model, read without a key; `None`
 /// when it cannot be told (not protected, format 1, or an error that the command itself
 /// will report).
 pub fn model_tiers(path: &Path) -> Option<u32> {
-    use onnx_protect_core::envelope::{parse_entry, trailing_entry};
+    use onnx_protect_core::protection::Protection;
     let model = onnx_protect_format::Model::open(path).ok()?;
-    let (range, value) = trailing_entry(model.bytes())?;
-    parse_entry(value, range).ok().map(|s| s.header.tiers)
+    let p = Protection::read(&model).ok()??;
+    (p.format_version() == 2).then(|| p.tiers())
 }
 
 /// The shortest passphrase that protects a model without `--allow-short-passphrase`, in

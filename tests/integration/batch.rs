@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use onnx_protect_core::protect::{decrypt_to_vec, verify, KeySource};
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{decrypt_to_vec, verify};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 
@@ -599,7 +600,7 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
         assert_eq!(after[..tail], before[..tail], "{rel}: no weight byte changed");
         verify(&re.join(rel), Some(&read_key(&k2)), &NoProgress).unwrap();
         let e = verify(&re.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap_err();
-        assert_eq!(e.kind(), onnx_protect_core::protect::ErrorKind::WrongKey, "{rel}: {e}");
+        assert_eq!(e.kind(), onnx_protect_core::error::ErrorKind::WrongKey, "{rel}: {e}");
     }
     let (code, _, err) = run(&["batch", "decrypt", "--dir", e, "--out-dir", r, "--key-file", k1s, "--remove", "x"]);
     assert_eq!(code, 2, "recipient options belong to batch rewrap only: {err}");

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::protect::{
-    decrypt, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
-};
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{decrypt, encrypt, protection_view, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
@@ -25,7 +25,7 @@ fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
-fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::protect::Result<()> {
+fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::error::Result<()> {
     let opts = RekeyOptions {
         in_place: false,
         sync: false,
@@ -36,7 +36,7 @@ fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_pro
     rekey(input, output, old, &EncryptTo::key(new.clone()), &opts).map(|_| ())
 }
 
-fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::protect::Result<()> {
+fn dec(input: &Path, output: &Path, k: &KeySource) -> onnx_protect_core::error::Result<()> {
     decrypt(input, output, k, &DecryptOptions::default()).map(|_| ())
 }
 

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory, Method};
-use onnx_protect_core::protect::{
-    decrypt_tier, encrypt, protection_view, DecryptOptions, EncryptOptions, EncryptTo, KeySource,
-};
+use onnx_protect_core::protect::{decrypt_tier, encrypt, protection_view, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_select::Policy;
@@ -155,10 +155,11 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
     }
 }
 
-/// A key whose tiers are all decrypted in the file already: in memory (run, assess,
-/// --stdout) it serves the file as it is; writing a decryption of it is refused.
+/// A key whose tiers are all decrypted in the file already gets the file as it is, in
+/// memory (run, assess, --stdout) and written to a file alike; a tier asked for that the
+/// file has in clear is "already decrypted" in both.
 #[test]
-fn a_key_with_nothing_left_to_decrypt_serves_the_file_as_it_is_in_memory() {
+fn a_key_with_nothing_left_to_decrypt_gets_the_file_as_it_is_in_memory_and_on_disk() {
     let model = root().join("fixtures/models/external_data/model.onnx");
     let (_g, copy) = copy_fixture(&model);
     let dir = tempfile::tempdir().unwrap();
@@ -176,10 +177,18 @@ fn a_key_with_nothing_left_to_decrypt_serves_the_file_as_it_is_in_memory() {
     for (loc, bytes) in d.external() {
         assert!(bytes[..] == std::fs::read(t1.with_file_name(loc)).unwrap()[..], "{loc}");
     }
-    let e = decrypt_tier(&t1, &dir.path().join("t1b").join("model.onnx"), &k1, None, &opts).unwrap_err();
-    assert!(e.to_string().contains("already decrypted"), "{e}");
-    // An explicit tier at or below the restored ones is refused in memory too.
-    assert!(decrypt_tier_in_memory(&Model::open(&t1).unwrap(), &k1, Some(1)).is_err());
+    let t1b = dir.path().join("t1b").join("model.onnx");
+    let report = decrypt_tier(&t1, &t1b, &k1, None, &opts).unwrap();
+    assert_eq!(report.decrypted_bytes, 0);
+    assert!(std::fs::read(&t1b).unwrap() == std::fs::read(&t1).unwrap());
+    for loc in d.external().keys() {
+        assert!(std::fs::read(t1b.with_file_name(loc)).unwrap() == std::fs::read(t1.with_file_name(loc)).unwrap());
+    }
+    // An explicit tier at or below the restored ones is refused, in memory and on disk.
+    let e = decrypt_tier_in_memory(&Model::open(&t1).unwrap(), &k1, Some(1)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyDecrypted, "{e}");
+    let e = decrypt_tier(&t1, &dir.path().join("t1c").join("model.onnx"), &k1, Some(1), &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyDecrypted, "{e}");
 }
 
 #[test]

@@ -10,10 +10,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format1::manifest::read_protected;
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_signed_in_memory};
-use onnx_protect_core::protect::{
-    decrypt, decrypt_to_vec, protection_view, read_protected, verify, verify_signed, DecryptOptions, KeySource,
-};
+use onnx_protect_core::protect::{decrypt, decrypt_to_vec, protection_view, verify, verify_signed, DecryptOptions};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, TensorData};
@@ -273,7 +273,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
         assert_eq!(verify_signed(&protected, None, &signer, &NoProgress).unwrap_err().kind(), ErrorKind::NotSigned);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("re").join("model.onnx");
-        let new = onnx_protect_core::protect::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
+        let new = onnx_protect_core::recipients::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
         let ropts = RekeyOptions {
             in_place: false,
             sync: false,

@@ -1138,7 +1138,7 @@ def check_envelope(env: dict, h: dict, rec: dict):
             raise Modified(f"original_external_files: {name!r} is not a location §5 allows")
     if len(h["tensors"]) > 1 << 20 or not 1 <= len(rec["stanzas"]) <= 1024 or len(env["signatures"]) > 64:
         raise Modified("too many entries, signatures, or stanzas (or none)")
-    for kind in ("passphrase", "pkcs11", "command"):
+    for kind in ("passphrase", "pkcs11", "command", "age-plugin", "tpm"):
         if sum(st["kind"] == kind for st in rec["stanzas"]) > 8:
             raise Modified(f"more than 8 {kind} stanzas")
 
@@ -1148,6 +1148,8 @@ def check_stanza_shape(st: dict):
     caps) up front, whatever key material was given; a bad one is "modified". A stanza of
     another kind is skipped whole (its kdf, salt and body not examined)."""
     kind = st["kind"]
+    if len(kind.encode()) > 64 or len(st["label"].encode()) > 4096 or len(st["body"]) > 16384:
+        raise Modified(f"a {kind[:64]!r} stanza over the size caps (kind 64, label 4096, body 16384 bytes)")
     if kind == "key":
         if len(st["salt"]) != 16 or st["kdf"] is not None or len(st["body"]) != 48:
             raise Modified("key stanza: salt 16 bytes, no kdf, body 48 bytes")
@@ -1175,8 +1177,11 @@ def check_stanza_shape(st: dict):
                                             for c in label):
             raise Modified("command stanza: a label over 512 bytes or with a control character or line break")
     elif kind == "tpm":
+        if st["salt"] or st["kdf"] is not None or len(st["body"]) != 81:
+            raise Modified("tpm stanza: salt and kdf absent, body 81 bytes")
+    elif kind == "age-plugin":
         if st["salt"] or st["kdf"] is not None:
-            raise Modified("tpm stanza: salt and kdf must be absent")
+            raise Modified("age-plugin stanza: salt and kdf must be absent")
 
 
 def check_age_body(body: bytes):
@@ -1248,6 +1253,8 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
         raise Modified("the manifest value is not canonical base64")
     env = decode_canonical("Envelope", env_bytes)
     header = decode_canonical("Header", env["header"])
+    if len(env["recipients"]) > 1 << 20:  # §8: the recipient list's cap, before decoding it
+        raise Modified("the encoded Recipients message is over 1 MiB")
     rec = decode_canonical("Recipients", env["recipients"])
     check_header(header)
     check_envelope(env, header, rec)

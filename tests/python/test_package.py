@@ -249,6 +249,45 @@ def test_tier_keys_cannot_encrypt(tmp_path):
         op.encrypt(plain, tmp_path / "enc.onnx", key_file=str(key) + ".tier1")
 
 
+def test_a_master_key_recording_other_tiers_wraps_no_tiered_model(tmp_path):
+    """A master key's `tiers=N` binds where it wraps the data keys of a model of more than
+    one tier (docs/format.md Appendix A), as on the command line; an untiered model takes
+    any master key."""
+    plain = copy_model(EXTERNAL, tmp_path / "plain")
+    two, one = tmp_path / "two.key", tmp_path / "one.key"
+    op.keygen(two, tiers=2)
+    op.keygen(one)
+    for key, tiers, recorded in [(two, 3, "2 access tiers"), (one, 2, "no access tiers")]:
+        dst = tmp_path / f"{key.stem}-{tiers}" / "model.onnx"
+        dst.parent.mkdir()
+        with pytest.raises(op.InvalidKey, match=f"master key of {recorded}, and this model has {tiers} access tiers"):
+            op.encrypt(plain, dst, key_file=key, tiers=tiers)
+        assert not dst.exists()
+    for key, tiers in [(two, 2), (two, None), (one, None)]:
+        dst = tmp_path / f"ok-{key.stem}-{tiers}" / "model.onnx"
+        dst.parent.mkdir()
+        op.encrypt(plain, dst, key_file=key, tiers=tiers)
+        assert op.load(dst, key_file=key).model == plain.read_bytes()
+
+
+def test_a_key_whose_tiers_are_in_clear_gets_the_file_as_it_is(tmp_path):
+    """With no tier asked for, a key whose tiers the file has in clear already gets the
+    file as it is, written or loaded alike; asking for such a tier is AlreadyDecrypted."""
+    plain, enc, key = tiered(tmp_path)
+    half = tmp_path / "half" / "model.onnx"
+    again = tmp_path / "again" / "model.onnx"
+    half.parent.mkdir()
+    again.parent.mkdir()
+    low = str(key) + ".tier1"
+    op.decrypt(enc, half, key_file=key, tier=1)
+    op.decrypt(half, again, key_file=low)
+    assert again.read_bytes() == half.read_bytes()
+    assert external_files(again.parent) == external_files(half.parent)
+    assert op.load(half, key_file=low).model == half.read_bytes()
+    with pytest.raises(op.AlreadyDecrypted):
+        op.load(half, key_file=low, tier=1)
+
+
 def test_keygen_writes_private_files_and_never_overwrites(tmp_path):
     key = tmp_path / "k.key"
     r = op.keygen(key, tiers=3)
@@ -343,7 +382,7 @@ def _already_decrypted(tmp_path):
         p.parent.mkdir()
     op.encrypt(plain, outs["enc"], key_file=key, tiers=2)
     op.decrypt(outs["enc"], outs["half"], key_file=key, tier=1)
-    op.decrypt(outs["half"], outs["again"], key_file=str(key) + ".tier1")
+    op.decrypt(outs["half"], outs["again"], key_file=str(key) + ".tier1", tier=1)
 
 
 # ---------------------------------------------------------------- tiers

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use onnx_protect_core::protect::CoreError;
+use onnx_protect_core::error::CoreError;
 
 /// Why a batch run could not start. No file has been processed when it is returned.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ mod tests {
         assert!(text.starts_with("cannot write out/model.onnx: "), "{text}");
         assert!(text.contains(&std::io::Error::from_raw_os_error(28).to_string()), "{text}");
         // A cause the message already holds is not repeated.
-        let m = FileError::from(CoreError::Modified("x".into())).to_string();
-        assert_eq!(m, "modified: x");
+        let m = FileError::from(CoreError::Modified(onnx_protect_core::error::Modified::Checksum)).to_string();
+        assert_eq!(m, "modified: the manifest's checksum does not match");
     }
 }

@@ -21,7 +21,7 @@
 //! ```no_run
 //! use std::num::NonZeroUsize;
 //! use onnx_protect_batch::{run, FileResult, Inputs, Observer, Operation, Options};
-//! use onnx_protect_core::protect::KeySource;
+//! use onnx_protect_core::keys::KeySource;
 //! use onnx_protect_crypto::MasterKey;
 //!
 //! struct Quiet;
@@ -59,7 +59,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, KeySource};
+use onnx_protect_core::error::CoreError;
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
 use onnx_protect_core::OutputRules;
@@ -370,8 +373,10 @@ impl Job<'_> {
                 }
                 _ => {
                     // `run` refuses every other operation without an output directory.
-                    let op = self.opts.operation.name();
-                    return Err(CoreError::Output(format!("batch {op} needs an output directory")).into());
+                    return Err(CoreError::Internal(
+                        "a batch operation that writes outputs without an output directory",
+                    )
+                    .into());
                 }
             }
             return Ok(Status::Ok);
@@ -430,10 +435,8 @@ impl Job<'_> {
                 protect::verify(&item.input, key, &NoProgress)?;
             }
             Operation::SignBundle { .. } => {
-                return Err(CoreError::Output(
-                    "batch sign writes beside each model; it takes no output directory".into(),
-                )
-                .into())
+                // `run` refuses an output directory for sign.
+                return Err(CoreError::Internal("batch sign with an output directory").into());
             }
         }
         let mut records = Vec::new();

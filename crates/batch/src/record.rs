@@ -64,7 +64,7 @@ pub(crate) fn input_digest(model: &Model) -> Result<(u64, String), FileError> {
     c.update(&(bytes.len() as u64).to_be_bytes());
     c.update(bytes);
     for f in &model.external_files {
-        let b = f.bytes().map_err(onnx_protect_core::protect::CoreError::from)?;
+        let b = f.bytes().map_err(onnx_protect_core::error::CoreError::from)?;
         total += b.len() as u64;
         c.update(&(f.location.len() as u64).to_be_bytes());
         c.update(f.location.as_bytes());

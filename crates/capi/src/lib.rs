@@ -24,8 +24,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use onnx_protect_core::error::LicenceKind;
+use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
-use onnx_protect_core::protect::{self, CoreError, ErrorKind, KeySource};
+use onnx_protect_core::protect;
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::SignerKey;
@@ -127,7 +129,8 @@ impl From<CoreError> for Failure {
             ErrorKind::WrongKey => OnnxProtectStatus::WrongKey,
             ErrorKind::Modified => OnnxProtectStatus::Modified,
             ErrorKind::NotSigned => OnnxProtectStatus::NotSigned,
-            ErrorKind::Output => OnnxProtectStatus::Output,
+            // A broken invariant keeps the status it had as an output error.
+            ErrorKind::Output | ErrorKind::Internal => OnnxProtectStatus::Output,
             ErrorKind::Licence(l) => match l {
                 LicenceKind::BadSignature => OnnxProtectStatus::LicenceBadSignature,
                 LicenceKind::Expired => OnnxProtectStatus::LicenceExpired,
@@ -517,7 +520,7 @@ pub unsafe extern "C" fn onnx_protect_open(path: *const c_char, out: *mut *mut O
         unsafe { out_arg(out, "out") }?;
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
-        let model = protect::open_protected(&path, &NoProgress).map_err(|e| at(&path, e))?;
+        let model = onnx_protect_core::protection::open_protected(&path, &NoProgress).map_err(|e| at(&path, e))?;
         let info = protect::protection_info(&model)
             .map_err(|e| at(&path, e))?
             .ok_or_else(|| at(&path, CoreError::NotProtected))?;

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::decrypt_in_memory;
-use onnx_protect_core::protect::KeySource;
 use onnx_protect_crypto::MasterKey;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

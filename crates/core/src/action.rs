@@ -1,7 +1,8 @@
 //! What happens to the encrypted spans of a target (docs/format.md §5, §6): a
 //! keystream XORed into every bit (`ctr`) or through a per-type mask (`fp`), a keyed
 //! permutation of whole elements (`dp`, in `permute`), or new bytes computed
-//! beforehand; and the edit list of the model file that carries them out.
+//! beforehand (a [`Rewrite`] of the plaintext among them); and the edit list of the
+//! model file that carries them out.
 
 use std::ops::Range;
 
@@ -10,8 +11,13 @@ use onnx_protect_format::write::{Content, Edit};
 use onnx_protect_format::{DataType, Model, Tensor, TensorData};
 use onnx_protect_select::{fp_mask, Mode};
 
-use crate::error::{CoreError, Result};
-use crate::manifest::Target;
+use crate::error::{BadManifest, CoreError, Result};
+use crate::target::Target;
+
+/// A change of the plaintext made while encrypting (a recipient's fingerprint): given a
+/// weight tensor and its element bytes, the new element bytes (same length), or `None`
+/// to leave it.
+pub type Rewrite = dyn Fn(&Tensor, &[u8]) -> Option<Vec<u8>> + Sync;
 
 /// Applies the keystream `ks` in `mode` to `data`, which holds logical bytes of a
 /// tensor of type `dtype` starting at `offset`; `parallel` spreads it over the thread
@@ -32,13 +38,10 @@ pub(crate) fn apply(
                 ks.apply(offset, data)?
             }
         }
-        Mode::Dp => {
-            return Err(CoreError::Output(
-                "the distribution-preserving mode permutes whole spans; it cannot be applied chunk by chunk".into(),
-            ))
-        }
+        Mode::Dp => return Err(CoreError::Internal("the distribution-preserving mode applied chunk by chunk")),
         Mode::Fp => {
-            let mask = fp_mask(dtype).ok_or_else(|| CoreError::BadManifest(format!("no mask for {dtype}")))?;
+            let mask =
+                fp_mask(dtype).ok_or(CoreError::Internal("the format-preserving mode on a type without a mask"))?;
             if parallel {
                 ks.apply_masked_par(offset, data, mask)?
             } else {
@@ -111,7 +114,7 @@ pub(crate) fn span_mut<'a>(
 ) -> Result<&'a mut [u8]> {
     bytes
         .get_mut(a as usize..b as usize)
-        .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", model.tensors[target.tensor].name)))
+        .ok_or_else(|| BadManifest::SpanOutOfBounds { tensor: model.tensors[target.tensor].name.clone() }.into())
 }
 
 /// The whole element bytes of a target's tensor with its spans encrypted
@@ -155,7 +158,7 @@ pub(crate) fn new_pieces<'a>(t: &Tensor, target: &Target, bytes: &'a [u8]) -> Re
         for (range, logical) in t.file_pieces(a, b) {
             let lo = logical as usize;
             let hi = lo + (range.end - range.start) as usize;
-            let piece = bytes.get(lo..hi).ok_or_else(|| CoreError::BadManifest("span out of bounds".into()))?;
+            let piece = bytes.get(lo..hi).ok_or_else(|| BadManifest::SpanOutOfBounds { tensor: t.name.clone() })?;
             out.push((range, piece));
         }
     }
@@ -208,7 +211,7 @@ pub(crate) fn edits_with(
             }
             (TensorData::External { .. }, _)
             | (TensorData::Raw { .. } | TensorData::Fixed { .. }, Action::Xor(_) | Action::Reencrypt(_)) => {}
-            _ => return Err(CoreError::BadManifest(format!("tensor '{}' has no data to transform", t.name))),
+            _ => return Err(BadManifest::NoData { tensor: t.name.clone() }.into()),
         }
     }
     Ok(edits)

@@ -20,7 +20,7 @@
 //! Whatever the policy, a model fails when it is not protected (unless
 //! [`CheckOptions::allow_unprotected`]) or when nothing in it is still encrypted. With
 //! [`CheckOptions::require_encrypted`], only bytes whose every bit is under the keystream
-//! ([`Protection::Encrypted`]: `ctr`, and `fp` on integer types) count as encrypted,
+//! ([`ProtectionKind::Encrypted`]: `ctr`, and `fp` on integer types) count as encrypted,
 //! unless the policy given accepts `fp` (then float `fp` bytes count) or `dp`.
 //!
 //! The check never fails as a function: every problem becomes a [`Failure`] in
@@ -32,10 +32,10 @@ use std::path::Path;
 use onnx_protect_format::{discover, Model, Progress};
 use onnx_protect_select::{select, subsequence_bounds, Chosen, Mode, Policy, Selection, Split};
 
-use crate::envelope::manifest_version;
 use crate::error::{CoreError, ErrorKind};
-use crate::manifest::{is_manifest_key, Protection, Target};
-use crate::protect::{protection_view, verify_signed, ProtectionView};
+use crate::protection::{open_protected, Protection, ProtectionView};
+use crate::summary::ProtectionKind;
+use crate::target::Target;
 
 /// Stable reason names of a [`Failure`] (used in JSON output and documented in `docs/ci.md`).
 pub mod reasons {
@@ -70,7 +70,7 @@ pub struct CheckOptions<'a> {
     /// Compare the protection with this policy; `None` checks only protection and integrity.
     pub policy: Option<&'a Policy>,
     /// Require encrypted bytes in the strict sense: every bit under the keystream
-    /// ([`Protection::Encrypted`]), or a mode the policy accepts (`fp`, `dp`).
+    /// ([`ProtectionKind::Encrypted`]), or a mode the policy accepts (`fp`, `dp`).
     pub require_encrypted: bool,
     /// Let a model without a manifest (or with nothing encrypted) pass; by default it
     /// fails. A policy that selects weights still fails it.
@@ -105,7 +105,7 @@ pub struct OpCoverage {
     pub op_type: String,
     pub coefficient: f64,
     pub mode: &'static str,
-    /// What that mode does to this operator type's weights, in words ([`Protection::label`]).
+    /// What that mode does to this operator type's weights, in words ([`ProtectionKind::label`]).
     pub label: &'static str,
     /// Tensors the policy selects for this operator type.
     pub tensors: usize,
@@ -141,7 +141,7 @@ pub struct ModelCheck {
     pub failures: Vec<Failure>,
     /// Empty without a policy.
     pub ops: Vec<OpCoverage>,
-    /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 model.
+    /// [`FORMAT_1_WARNING`](crate::format1::FORMAT_1_WARNING) for a format-1 model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<&'static str>,
 }
@@ -177,7 +177,8 @@ fn error_reason(e: &CoreError) -> &'static str {
         | ErrorKind::Policy
         | ErrorKind::AlreadyProtected
         | ErrorKind::AlreadyDecrypted
-        | ErrorKind::Output => reasons::BAD_MODEL,
+        | ErrorKind::Output
+        | ErrorKind::Internal => reasons::BAD_MODEL,
     }
 }
 
@@ -220,7 +221,7 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
         warning: None,
     };
     // A protected model that no longer parses is "modified", as `verify` reports it.
-    let model = match crate::format2::open_protected(path, opts.progress) {
+    let model = match open_protected(path, opts.progress) {
         Ok(m) => m,
         Err(e) => {
             out.protected = e.kind() == ErrorKind::Modified;
@@ -228,47 +229,42 @@ pub fn check_model(path: &Path, opts: &CheckOptions) -> ModelCheck {
             return out;
         }
     };
-    check_opened(path, &model, opts, &mut out);
+    check_opened(&model, opts, &mut out);
     out.passed = out.failures.is_empty();
     out
 }
 
-fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut ModelCheck) {
-    let view = match manifest_version(model) {
-        Ok(Some(_)) => match protection_view(model) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                out.protected = true;
-                out.failures.push(failure(error_reason(&e), e.to_string()));
-                return;
-            }
-        },
-        Ok(None) => None,
+fn check_opened(model: &Model, opts: &CheckOptions, out: &mut ModelCheck) {
+    // The entry is read once: a model whose entry cannot be read carries one all the same.
+    let protection = match Protection::read(model) {
+        Ok(p) => p,
         Err(e) => {
-            out.protected = model.metadata.iter().any(|m| is_manifest_key(&m.key));
+            out.protected = true;
             out.failures.push(failure(error_reason(&e), e.to_string()));
             return;
         }
     };
-    match &view {
-        Some(v) => {
+    // The check of `onnx-protect verify`: without a key the manifest's form and the
+    // keyless digest, with one the MACs; the signers asked for.
+    let verified = protection.as_ref().map(|p| p.verify(model, opts.key, opts.signers));
+    let view = protection.map(Protection::view);
+    match (&view, verified) {
+        (Some(v), Some(verified)) => {
             out.protected = true;
-            out.warning = crate::protect::warning_for(v.format_version);
+            out.warning = crate::format1::warning_for(v.format_version);
             if v.format_version == 1 && !opts.allow_format_1 {
                 out.failures.push(failure(
                     reasons::FORMAT_1,
                     format!(
                         "{} (a changed clear byte goes unnoticed; pass --allow-format-1 to let such models pass)",
-                        crate::protect::FORMAT_1_WARNING
+                        crate::format1::FORMAT_1_WARNING
                     ),
                 ));
             }
             out.tensors = v.targets.len();
-            out.encrypted_bytes = v.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum();
+            out.encrypted_bytes = v.targets.iter().map(Target::bytes).sum();
             out.bytes_by_protection = still_encrypted_by_protection(model, v);
-            // The check of `onnx-protect verify`: without a key the manifest's form and the
-            // keyless digest, with one the MACs; the signers asked for.
-            match verify_signed(path, opts.key, opts.signers, opts.progress) {
+            match verified {
                 Ok(_) => {
                     out.integrity = Some(match (opts.key.is_some(), opts.signers.is_empty()) {
                         (true, true) => "mac",
@@ -281,13 +277,13 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
             }
             check_encrypted_bytes(opts, out);
         }
-        None if !opts.allow_unprotected => {
+        _ if !opts.allow_unprotected => {
             out.failures.push(failure(
                 reasons::NOT_PROTECTED,
                 "the model has no onnx-protect manifest (pass --allow-unprotected to let such models pass)",
             ));
         }
-        None => {}
+        _ => {}
     }
     if let Some(policy) = opts.policy {
         compare_with_policy(model, view.as_ref().map(|v| v.targets.as_slice()), policy, opts, out);
@@ -296,11 +292,10 @@ fn check_opened(path: &Path, model: &Model, opts: &CheckOptions, out: &mut Model
 
 /// Bytes still under a key in the file (tiers not decrypted in it), per kind of protection.
 fn still_encrypted_by_protection(model: &Model, v: &ProtectionView) -> BTreeMap<&'static str, u64> {
-    let mut by: BTreeMap<&'static str, u64> =
-        [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted].iter().map(|p| (p.id(), 0)).collect();
+    let mut by: BTreeMap<&'static str, u64> = ProtectionKind::ALL.iter().map(|p| (p.id(), 0)).collect();
     for t in v.still_encrypted() {
-        let kind = Protection::of(t.mode, model.tensors[t.tensor].data_type);
-        *by.entry(kind.id()).or_default() += t.spans.iter().map(|(a, b)| b - a).sum::<u64>();
+        let kind = ProtectionKind::of(t.mode, model.tensors[t.tensor].data_type);
+        *by.entry(kind.id()).or_default() += t.bytes();
     }
     by
 }
@@ -314,8 +309,9 @@ fn accepted_modes(policy: &Policy) -> Vec<Mode> {
 /// unprotected models are allowed), or, with `require_encrypted`, no byte that counts:
 /// fully encrypted bytes, and `fp`/`dp` bytes only if the policy asks for those modes.
 fn check_encrypted_bytes(opts: &CheckOptions, out: &mut ModelCheck) {
-    let get = |p: Protection| out.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
-    let (full, fp, dp) = (get(Protection::Encrypted), get(Protection::ExponentClear), get(Protection::Permuted));
+    let get = |p: ProtectionKind| out.bytes_by_protection.get(p.id()).copied().unwrap_or(0);
+    let (full, fp, dp) =
+        (get(ProtectionKind::Encrypted), get(ProtectionKind::ExponentClear), get(ProtectionKind::Permuted));
     if full + fp + dp == 0 {
         if !opts.allow_unprotected || opts.require_encrypted {
             out.failures.push(failure(
@@ -337,8 +333,8 @@ fn check_encrypted_bytes(opts: &CheckOptions, out: &mut ModelCheck) {
             format!(
                 "no byte is encrypted (every bit under the keystream): {fp} bytes are {} and {dp} {}, which count \
                  only when the policy given asks for fp or dp",
-                Protection::ExponentClear.label(),
-                Protection::Permuted.label()
+                ProtectionKind::ExponentClear.label(),
+                ProtectionKind::Permuted.label()
             ),
         ));
     }
@@ -375,7 +371,7 @@ fn compare_with_policy(
             op_type: c.op_type.clone(),
             coefficient: rule.map(|r| r.coefficient).unwrap_or(0.0),
             mode: c.mode.name(),
-            label: Protection::of(c.mode, model.tensors[c.tensor].data_type).label(),
+            label: ProtectionKind::of(c.mode, model.tensors[c.tensor].data_type).label(),
             tensors: 0,
             tensors_encrypted: 0,
             weight_bytes: 0,

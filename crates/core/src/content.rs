@@ -1,7 +1,9 @@
-//! A model's covered files (docs/format.md §9) as the pass sees them: the plan of each
-//! file (the model's content, then its external data files) from the targets' actions,
-//! the transformer that applies those actions, and the content digests of a protected
-//! model computed without writing (as stored, or in canonical form).
+//! A model's covered files (docs/format.md §9) as one pass sees them: [`Pass`] describes
+//! a pass (which targets become what, which extra edits, which side is hashed, where it
+//! writes), and runs it: the plan of each file (the model's content, then its external
+//! data files) from the targets' actions, the transformer that applies those actions, and
+//! `pass::run`. The content digests of a protected model computed without writing (as
+//! stored, or in canonical form) are passes too.
 
 use std::ops::Range;
 
@@ -11,8 +13,81 @@ use onnx_protect_format::{Model, NoProgress, Progress, TensorData};
 
 use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
-use crate::manifest::Target;
-use crate::pass::{self, FileJob, Hash, Out, PassLeaves, Transformer};
+use crate::pass::{self, FileJob, Hash, Out, PassLeaves};
+use crate::target::Target;
+
+/// One pass over the covered files of a model: each output is its input (the model's
+/// first `content_len` bytes, then each external data file) with every target's action
+/// and the `extra` edits of the model file applied.
+pub(crate) struct Pass<'a> {
+    pub model: &'a Model,
+    /// The model file's covered bytes: everything before a manifest entry that ends the file.
+    pub content_len: u64,
+    pub targets: &'a [Target],
+    /// One per target (same order).
+    pub actions: &'a [Action],
+    /// Edits of the model file beyond the targets' (new external data locations, a
+    /// manifest entry removed).
+    pub extra: Vec<Edit>,
+    /// Which side's content leaves are computed.
+    pub hash: Hash,
+    /// The content-digest chunk size.
+    pub chunk: u64,
+    /// Flush outputs for durability as the pass goes (see `pass::run`).
+    pub durable: bool,
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass that applies nothing: every output is its input (for hashing or copying).
+    pub(crate) fn unchanged(model: &'a Model, content_len: u64, hash: Hash, chunk: u64) -> Pass<'a> {
+        Pass {
+            model,
+            content_len,
+            targets: &[],
+            actions: &[],
+            extra: Vec::new(),
+            hash,
+            chunk,
+            durable: false,
+            progress: &NoProgress,
+        }
+    }
+
+    /// Runs the pass, writing to `outputs` (in covered-file order; `None` or an empty
+    /// list: hash only).
+    pub(crate) fn run(self, outputs: &[Option<Out<'_>>]) -> Result<PassLeaves> {
+        let Pass { model, content_len, targets, actions, extra, hash, chunk, durable, progress } = self;
+        let plans = plans(model, content_len, targets, actions, extra)?;
+        let xf = move |tag: usize, logical: u64, buf: &mut [u8]| -> Result<()> {
+            let target = targets.get(tag).ok_or(CoreError::Internal("a transform of no target"))?;
+            let action = actions.get(tag).ok_or(CoreError::Internal("a transform of no action"))?;
+            action.apply_chunk(target, model.tensors[target.tensor].data_type, logical, buf, false)
+        };
+        let sources = covered_sources(model, content_len)?;
+        let releasers: Vec<_> = (0..sources.len()).map(|i| releaser(model, i)).collect();
+        let jobs: Vec<FileJob> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| FileJob {
+                src: sources[i],
+                release: &releasers[i],
+                plan,
+                index: i as u32,
+                out: outputs.get(i).copied().flatten(),
+            })
+            .collect();
+        let lens: Vec<u64> = jobs.iter().map(|j| j.plan.output_len()).collect();
+        pass::run(&jobs, &xf, hash, chunk, &lens, durable, progress)
+    }
+
+    /// Runs the pass without writing and returns the digest of the side it hashes.
+    pub(crate) fn digest(self) -> Result<[u8; 32]> {
+        let side = self.hash;
+        let leaves = self.run(&[])?;
+        Ok(content_digest(if side == Hash::Output { &leaves.output } else { &leaves.input }))
+    }
+}
 
 /// The plan of every covered file: index 0 the model file's first `content_len` bytes
 /// (with `extra` edits), then each external data file in the model's order.
@@ -53,26 +128,20 @@ pub(crate) fn plans(
     Ok(plans)
 }
 
-/// Applies `actions[tag]` to a piece of target `tag`.
-pub(crate) fn transformer<'a>(
-    model: &'a Model,
-    targets: &'a [Target],
-    actions: &'a [Action],
-) -> impl Fn(usize, u64, &mut [u8]) -> Result<()> + Sync + 'a {
-    move |tag, logical, buf| {
-        let target = targets.get(tag).ok_or_else(|| CoreError::Internal("no such target".into()))?;
-        let dtype = model.tensors[target.tensor].data_type;
-        actions[tag].apply_chunk(target, dtype, logical, buf, false)
+/// The edits that write `names` (one per external data file, if given) as the model's
+/// external data locations (docs/format.md §3, `original_external_files`).
+pub(crate) fn relocations(model: &Model, names: Option<&[String]>) -> Result<Vec<Edit>> {
+    let mut edits = Vec::new();
+    for (i, name) in names.unwrap_or_default().iter().enumerate() {
+        edits.extend(model.relocation_edits(i, name)?);
     }
+    Ok(edits)
 }
 
 /// The bytes of every covered file: the model's first `content_len` bytes, then each
 /// external data file.
 pub(crate) fn covered_sources(model: &Model, content_len: u64) -> Result<Vec<&[u8]>> {
-    let content = model
-        .bytes()
-        .get(..content_len as usize)
-        .ok_or_else(|| CoreError::Internal("content beyond the model".into()))?;
+    let content = model.bytes().get(..content_len as usize).ok_or(CoreError::Internal("content beyond the model"))?;
     let mut out = vec![content];
     for f in &model.external_files {
         out.push(f.bytes()?);
@@ -81,7 +150,7 @@ pub(crate) fn covered_sources(model: &Model, content_len: u64) -> Result<Vec<&[u
 }
 
 /// Releases pages of the model's map (index 0) or of an external file's map.
-pub(crate) fn releaser(model: &Model, file: usize) -> impl Fn(Range<u64>) + Sync + '_ {
+fn releaser(model: &Model, file: usize) -> impl Fn(Range<u64>) + Sync + '_ {
     move |r| {
         if file == 0 {
             model.release(r)
@@ -91,63 +160,9 @@ pub(crate) fn releaser(model: &Model, file: usize) -> impl Fn(Range<u64>) + Sync
     }
 }
 
-/// Runs one pass over the covered files of `model` with `plans`, writing to `outputs`
-/// (same order; `None` or an empty list: hash only).
-#[allow(clippy::too_many_arguments)] // the pass's whole input, named at each call
-pub(crate) fn run_covered(
-    model: &Model,
-    content_len: u64,
-    plans: Vec<Plan>,
-    xf: &dyn Transformer,
-    hash: Hash,
-    chunk: u64,
-    outputs: &[Option<Out<'_>>],
-    durable: bool,
-    progress: &dyn Progress,
-) -> Result<PassLeaves> {
-    let sources = covered_sources(model, content_len)?;
-    let releasers: Vec<_> = (0..sources.len()).map(|i| releaser(model, i)).collect();
-    let jobs: Vec<FileJob> = plans
-        .into_iter()
-        .enumerate()
-        .map(|(i, plan)| FileJob {
-            src: sources[i],
-            release: &releasers[i],
-            plan,
-            index: i as u32,
-            out: outputs.get(i).copied().flatten(),
-        })
-        .collect();
-    let lens: Vec<u64> = jobs.iter().map(|j| j.plan.output_len()).collect();
-    pass::run(&jobs, xf, hash, chunk, &lens, durable, progress)
-}
-
 /// The digest of the covered files as stored (docs/format.md §9).
 pub(crate) fn stored_digest(model: &Model, content_len: u64, chunk: u64) -> Result<[u8; 32]> {
-    let n = 1 + model.external_files.len();
-    let mut plans = vec![Plan::new(content_len, Vec::new(), Vec::new())?];
-    for f in &model.external_files {
-        plans.push(Plan::new(f.size, Vec::new(), Vec::new())?);
-    }
-    let none = |_: usize, _: u64, _: &mut [u8]| Ok(());
-    let leaves = run_covered(model, content_len, plans, &none, Hash::Input, chunk, &vec![None; n], false, &NoProgress)?;
-    Ok(content_digest(&leaves.input))
-}
-
-/// The digest of the covered files with `actions` applied (the canonical form of a
-/// partially decrypted model: its restored tiers encrypted again).
-pub(crate) fn transformed_digest(
-    model: &Model,
-    content_len: u64,
-    targets: &[Target],
-    actions: &[Action],
-    chunk: u64,
-) -> Result<[u8; 32]> {
-    let plans = plans(model, content_len, targets, actions, Vec::new())?;
-    let n = plans.len();
-    let xf = transformer(model, targets, actions);
-    let leaves = run_covered(model, content_len, plans, &xf, Hash::Output, chunk, &vec![None; n], false, &NoProgress)?;
-    Ok(content_digest(&leaves.output))
+    Pass::unchanged(model, content_len, Hash::Input, chunk).digest()
 }
 
 /// The digest of one side of a pass.

@@ -1,7 +1,7 @@
 //! The manifest of format version 2 (docs/format.md §1–§3, §10, §11): finding the
 //! trailing entry, decoding the envelope, header and recipient stanzas with their
-//! canonical-encoding checks, the keyless checksum, matching the header to the model,
-//! and building a new entry.
+//! canonical-encoding checks, the keyless checksum, matching the header to the model
+//! ([`read`]: §12 steps 1–3), and the bytes of a new entry.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -15,8 +15,9 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 use onnx_protect_select::MAX_TIERS;
 
-use crate::error::{CoreError, Result};
-use crate::manifest::{b64, is_manifest_key, match_targets, EntryFacts, EntryRules, Target, METADATA_KEY};
+use crate::error::{BadManifest, CoreError, Modified, Result};
+use crate::metadata::{b64, is_manifest_key};
+use crate::target::{check_disjoint_in_files, match_targets, EntryFacts, EntryRules, Target};
 
 /// The `metadata_props` key of a format-2 manifest.
 pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
@@ -24,14 +25,15 @@ pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
 pub const FORMAT_VERSION_V2: u32 = 2;
 /// The content-digest chunk size this version writes.
 pub const CONTENT_CHUNK: u64 = 4 << 20;
-/// The fewest elements a distribution-preserving span has (fewer hides too little).
-pub use onnx_protect_select::DP_MIN_ELEMENTS;
 /// Caps on what a header may list (a hostile file cannot make a reader do more).
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// The most recipient stanzas a model may carry.
 pub const MAX_STANZAS: usize = 1024;
 /// The most signatures a model may carry.
 pub const MAX_SIGNATURES: usize = 64;
+/// The largest encoded `Recipients` message (docs/format.md §8), refused before a stanza
+/// is decoded.
+pub const MAX_RECIPIENTS_LEN: usize = 1 << 20;
 
 /// A decoded, shape-checked version-2 entry, before it is matched to the model.
 #[derive(Debug, Clone)]
@@ -54,8 +56,8 @@ pub struct ProtectedV2 {
     pub targets: Vec<Target>,
 }
 
-fn bad(s: impl Into<String>) -> CoreError {
-    CoreError::BadManifest(s.into())
+fn bad(e: BadManifest) -> CoreError {
+    CoreError::BadManifest(e)
 }
 
 fn varint_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
@@ -105,10 +107,10 @@ pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> 
 }
 
 /// Decodes `bytes` as `M` and refuses any encoding other than the canonical one.
-fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
-    let m = M::decode(bytes).map_err(|e| bad(format!("{what}: {e}")))?;
+fn canonical<M: Message + Default>(bytes: &[u8], message: &'static str) -> Result<M> {
+    let m = M::decode(bytes).map_err(|cause| bad(BadManifest::Decode { message, cause }))?;
     if m.encode_to_vec() != bytes {
-        return Err(bad(format!("{what} is not canonically encoded (unknown or repeated fields)")));
+        return Err(bad(BadManifest::NotCanonical { message }));
     }
     Ok(m)
 }
@@ -116,85 +118,85 @@ fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
 /// Decodes and shape-checks the value of a version-2 entry found at `entry` (§2, §3,
 /// §12 step 1), and checks its keyless checksum (§10).
 pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
-    let raw = b64().decode(value.as_bytes()).map_err(|e| bad(format!("metadata value is not base64: {e}")))?;
+    let raw = b64().decode(value.as_bytes()).map_err(|cause| bad(BadManifest::NotBase64 { cause }))?;
     if b64().encode(&raw) != value {
-        return Err(bad("metadata value is not canonical base64"));
+        return Err(bad(BadManifest::NotCanonicalBase64));
     }
     let envelope: pb::Envelope = canonical(&raw, "envelope")?;
     let header: pb::Header = canonical(&envelope.header, "header")?;
     // The version is the entry's key; a version-2 header of another format_version
     // breaks a header rule (§3).
     if header.format_version != FORMAT_VERSION_V2 {
-        return Err(bad(format!(
-            "the header of an {METADATA_KEY_V2} entry has format_version {}",
-            header.format_version
-        )));
+        return Err(bad(BadManifest::HeaderVersion { version: header.format_version }));
+    }
+    if envelope.recipients.len() > MAX_RECIPIENTS_LEN {
+        return Err(bad(BadManifest::RecipientsTooLong { len: envelope.recipients.len(), max: MAX_RECIPIENTS_LEN }));
     }
     let recipients: pb::Recipients = canonical(&envelope.recipients, "recipients")?;
     check_shape(&envelope, &header, &recipients)?;
     let mut prefix = envelope.clone();
     prefix.checksum.clear();
     if envelope_checksum(&prefix.encode_to_vec()).as_slice() != envelope.checksum.as_slice() {
-        return Err(CoreError::Modified("the manifest's checksum does not match".into()));
+        return Err(Modified::Checksum.into());
     }
     let stanzas: Vec<Stanza> =
         recipients.stanzas.iter().enumerate().map(|(i, s)| stanza_from_pb(i, s.clone())).collect::<Result<_>>()?;
-    onnx_protect_keys::check_stanzas(&stanzas).map_err(|e| bad(e.to_string()))?;
+    onnx_protect_keys::check_stanzas(&stanzas).map_err(|cause| bad(BadManifest::Stanza { cause }))?;
     Ok(Sealed { entry, envelope, header, stanzas, raw_stanzas: recipients.stanzas })
 }
 
 fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result<()> {
     let tiers = h.tiers;
     if tiers == 0 || tiers > MAX_TIERS {
-        return Err(bad(format!("{tiers} tiers (1 to {MAX_TIERS} allowed)")));
+        return Err(bad(BadManifest::Tiers { tiers, max: MAX_TIERS }));
     }
     let n = tiers as usize;
     if h.key_checks.len() != n || h.key_checks.iter().any(|k| k.len() != 16) {
-        return Err(bad("the key check values do not match the tiers"));
+        return Err(bad(BadManifest::KeyChecks));
     }
     if !h.chunk_size.is_power_of_two() || !(1 << 16..=1 << 30).contains(&h.chunk_size) {
-        return Err(bad(format!("chunk size {} is not a power of two in [2^16, 2^30]", h.chunk_size)));
+        return Err(bad(BadManifest::ChunkSize { size: h.chunk_size }));
     }
     if h.tensors.len() > MAX_ENTRIES || r.stanzas.len() > MAX_STANZAS || env.signatures.len() > MAX_SIGNATURES {
-        return Err(bad("too many entries, stanzas or signatures"));
+        return Err(bad(BadManifest::TooMany));
     }
     if r.stanzas.is_empty() {
-        return Err(bad("no recipient stanza"));
+        return Err(bad(BadManifest::NoStanza));
     }
     if !h.external_sizes.is_empty() && h.external_sizes.len() != h.external_files.len() {
-        return Err(bad("the header records the sizes of some external data files but not of all"));
+        return Err(bad(BadManifest::ExternalSizes));
     }
     if !h.licence_authority.is_empty() && h.licence_authority.len() != 32 {
-        return Err(bad("the licence authority is not 32 bytes"));
+        return Err(bad(BadManifest::LicenceAuthorityLength));
     }
     if h.licence_authority.is_empty() && !h.model_id.is_empty() {
-        return Err(bad("a model id without a licence authority"));
+        return Err(bad(BadManifest::ModelIdWithoutAuthority));
     }
     if h.model_id.len() > crate::licence::MAX_MODEL_ID_LEN {
-        return Err(bad("a model id over 1024 bytes"));
+        return Err(bad(BadManifest::ModelIdTooLong { max: crate::licence::MAX_MODEL_ID_LEN }));
     }
-    check_original_names(h).map_err(bad)?;
+    check_original_names(h)?;
     if env.content_digest.len() != 32 || env.checksum.len() != 32 {
-        return Err(bad("the content digest or the checksum is not 32 bytes"));
+        return Err(bad(BadManifest::DigestLength));
     }
     if env.macs.len() != n || env.macs.iter().any(|m| m.len() != 32) {
-        return Err(bad("the MACs do not match the tiers"));
+        return Err(bad(BadManifest::Macs));
     }
     if env.restored_tiers >= tiers || (env.restored_tiers > 0) != (env.stored_digest.len() == 32) {
-        return Err(bad("restored tiers and the stored digest disagree"));
+        return Err(bad(BadManifest::RestoredTiers));
     }
     if env.restored_tiers == 0 && !env.stored_digest.is_empty() {
-        return Err(bad("a stored digest without restored tiers"));
+        return Err(bad(BadManifest::StoredDigest));
     }
     let mut keys = HashSet::new();
     for s in &env.signatures {
         if s.public_key.len() != 32 || s.signature.len() != 64 || !keys.insert(s.public_key.clone()) {
-            return Err(bad("a signature has the wrong length or its key appears twice"));
+            return Err(bad(BadManifest::Signature));
         }
     }
     for (i, s) in r.stanzas.iter().enumerate() {
         if !(1..=tiers).contains(&s.tier) {
-            return Err(bad(format!("stanza {i} is for tier {}, which the model does not have", s.tier)));
+            return Err(bad(BadManifest::StanzaTier { index: i, tier: s.tier }));
         }
     }
     Ok(())
@@ -208,16 +210,16 @@ fn stanza_from_pb(i: usize, s: pb::Stanza) -> Result<Stanza> {
         None => None,
         Some(_) if s.kind != onnx_protect_keys::KIND_PASSPHRASE => {
             if onnx_protect_keys::is_known_kind(&s.kind) {
-                return Err(bad(format!("stanza {i}: a {} stanza has no kdf", s.kind)));
+                return Err(bad(BadManifest::StanzaKdf { index: i, kind: s.kind }));
             }
             None
         }
         Some(k) => {
             if k.algorithm != "argon2id" {
-                return Err(bad(format!("stanza {i}: unknown KDF '{}'", k.algorithm)));
+                return Err(bad(BadManifest::UnknownKdf { index: Some(i), algorithm: k.algorithm }));
             }
             let salt: [u8; KDF_SALT_LEN] =
-                k.salt.as_slice().try_into().map_err(|_| bad(format!("stanza {i}: KDF salt is not 16 bytes")))?;
+                k.salt.as_slice().try_into().map_err(|_| bad(BadManifest::KdfSalt { index: Some(i) }))?;
             Some(KdfParams { salt, m_cost_kib: k.m_cost_kib, t_cost: k.t_cost, p_cost: k.p_cost })
         }
     };
@@ -250,45 +252,27 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
     let secret = match sealed.header.positions {
         0 => false,
         1 => true,
-        n => return Err(bad(format!("unknown positions mode {n}"))),
+        mode => return Err(bad(BadManifest::Positions { mode })),
     };
     for e in &sealed.header.tensors {
         if secret == e.sealed_spans.is_empty() || (secret && !e.spans.is_empty()) {
-            return Err(bad(format!(
-                "tensor '{}': its spans must be {}",
-                e.name,
-                if secret { "sealed" } else { "public" }
-            )));
+            return Err(bad(BadManifest::SpansVisibility { tensor: e.name.clone(), sealed: secret }));
         }
     }
-    let rules = EntryRules {
-        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
-        dp_min_elements: DP_MIN_ELEMENTS,
-        sealed: secret,
-    };
-    let facts = sealed.header.tensors.iter().map(|e| EntryFacts {
-        name: &e.name,
-        locator: &e.locator,
-        data_type: e.data_type,
-        storage: e.storage,
-        nbytes: e.nbytes,
-        mode: e.mode,
-        spans: &e.spans,
-        tier: e.tier,
-        stream_id: e.stream_id,
-    });
+    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: secret };
+    let facts = sealed.header.tensors.iter().map(|e| EntryFacts::from((e, e.spans.as_slice())));
     let targets = match_targets(model, facts, &rules)?;
     let mut varint_tensors = HashSet::new();
     for t in &targets {
         let tensor = &model.tensors[t.tensor];
         if matches!(tensor.data, TensorData::Varint { .. }) && (t.tier != tiers || !varint_tensors.insert(t.tensor)) {
-            return Err(bad(format!("varint-stored tensor '{}' must have one entry, in the top tier", tensor.name)));
+            return Err(bad(BadManifest::VarintTier { tensor: tensor.name.clone() }));
         }
     }
     check_disjoint_in_files(model, &targets)?;
     let used: Vec<&str> = model.external_files.iter().map(|f| f.location.as_str()).collect();
     if used != sealed.header.external_files.iter().map(String::as_str).collect::<Vec<_>>() {
-        return Err(CoreError::Modified("the model's external data files are not those of its header".into()));
+        return Err(Modified::ExternalFiles.into());
     }
     crate::lock::read(model, &sealed.header)?;
     Ok(ProtectedV2 { sealed, targets })
@@ -296,19 +280,19 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
 
 /// `original_external_files` (docs/format.md §3): empty, or one name per external data
 /// file, each a location §5 allows, no two alike.
-fn check_original_names(h: &pb::Header) -> std::result::Result<(), String> {
+fn check_original_names(h: &pb::Header) -> Result<()> {
     let names = &h.original_external_files;
     if names.is_empty() {
         return Ok(());
     }
     if names.len() != h.external_files.len() {
-        return Err("the header records the original names of some external data files but not of all".into());
+        return Err(bad(BadManifest::OriginalNames));
     }
     for (i, n) in names.iter().enumerate() {
         onnx_protect_format::model::check_location(n)
-            .map_err(|why| format!("the original name '{n}' of an external data file is refused: {why}"))?;
+            .map_err(|why| bad(BadManifest::OriginalName { name: n.clone(), why: why.to_string() }))?;
         if names[..i].contains(n) {
-            return Err(format!("two external data files have the original name '{n}'"));
+            return Err(bad(BadManifest::OriginalNameTwice { name: n.clone() }));
         }
     }
     Ok(())
@@ -323,9 +307,7 @@ fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
         let actual = model.external_files.iter().find(|f| f.location == location).map(|f| f.size);
         match actual {
             Some(actual) if actual != expected => {
-                return Err(CoreError::Modified(format!(
-                    "external data file '{location}' is {actual} bytes; the header records {expected}"
-                )))
+                return Err(Modified::ExternalSize { location: location.to_string(), actual, expected }.into())
             }
             _ => {}
         }
@@ -348,57 +330,17 @@ pub(crate) fn unseal(model: &Model, p: &mut ProtectedV2, keys: &[onnx_protect_cr
         }
         let spans = keys[e.tier as usize - 1]
             .unseal_spans(e.stream_id, &e.sealed_spans)
-            .ok_or_else(|| CoreError::Modified(format!("the sealed positions of tensor '{}' do not open", e.name)))?;
+            .ok_or_else(|| Modified::SealedSpans { tensor: e.name.clone() })?;
         opened.push((i, spans));
     }
     let tiers = p.sealed.header.tiers;
-    let rules = EntryRules {
-        tier_ok: Box::new(move |t| (1..=tiers).contains(&t)),
-        dp_min_elements: DP_MIN_ELEMENTS,
-        sealed: false,
-    };
-    let facts = opened.iter().map(|(i, spans)| {
-        let e = &p.sealed.header.tensors[*i];
-        EntryFacts {
-            name: &e.name,
-            locator: &e.locator,
-            data_type: e.data_type,
-            storage: e.storage,
-            nbytes: e.nbytes,
-            mode: e.mode,
-            spans,
-            tier: e.tier,
-            stream_id: e.stream_id,
-        }
-    });
+    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: false };
+    let facts = opened.iter().map(|(i, spans)| EntryFacts::from((&p.sealed.header.tensors[*i], spans.as_slice())));
     let targets = match_targets(model, facts, &rules)?;
     for ((i, _), t) in opened.iter().zip(targets) {
         p.targets[*i] = t;
     }
     check_disjoint_in_files(model, &p.targets)
-}
-
-/// Refuses spans of different entries that share bytes of a file (tensors that share
-/// external data): encrypting one would change the other.
-pub(crate) fn check_disjoint_in_files(model: &Model, targets: &[Target]) -> Result<()> {
-    let mut pieces: Vec<(Option<usize>, u64, u64)> = Vec::new();
-    for t in targets {
-        let tensor = &model.tensors[t.tensor];
-        let file = match &tensor.data {
-            TensorData::External { file, .. } => Some(*file),
-            _ => None,
-        };
-        for &(a, b) in &t.spans {
-            for (r, _) in tensor.file_pieces(a, b) {
-                pieces.push((file, r.start, r.end));
-            }
-        }
-    }
-    pieces.sort_unstable();
-    if pieces.windows(2).any(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2) {
-        return Err(bad("encrypted spans of different tensors share bytes of a file"));
-    }
-    Ok(())
 }
 
 /// The `metadata_props` field that stores `envelope`, its checksum filled in.
@@ -408,16 +350,16 @@ pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
     metadata_field(METADATA_KEY_V2, &b64().encode(envelope.encode_to_vec()))
 }
 
-/// The format version of a model's manifest: `None` for an unprotected model.
-pub fn manifest_version(model: &Model) -> Result<Option<u32>> {
-    let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
-    match keys.as_slice() {
-        [] => Ok(None),
-        [k] if *k == METADATA_KEY_V2 => Ok(Some(2)),
-        [k] if *k == METADATA_KEY => Ok(Some(1)),
-        [k] => Err(CoreError::UnsupportedVersion { key: k.to_string() }),
-        _ => Err(CoreError::Modified("more than one onnx-protect manifest entry".into())),
+/// The version-2 manifest of an open model, read and matched to it (docs/format.md §12
+/// steps 1–3): the entry must be the file's last field and its only manifest entry.
+pub fn read(model: &Model) -> Result<ProtectedV2> {
+    let (range, value) = trailing_entry(model.bytes()).ok_or(Modified::NotLast)?;
+    let last = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).count();
+    if last != 1 || !model.metadata.iter().any(|m| m.range == range) {
+        return Err(Modified::NotTopLevel.into());
     }
+    let sealed = parse_entry(value, range)?;
+    match_model(model, sealed)
 }
 
 #[cfg(test)]

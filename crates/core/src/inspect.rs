@@ -36,7 +36,7 @@ pub struct Report {
     pub external_files: Vec<ExternalReport>,
     pub metadata_keys: Vec<String>,
     /// What onnx-protect encrypted, when the model carries a manifest (`null` otherwise).
-    pub protection: Option<crate::manifest::ProtectionInfo>,
+    pub protection: Option<crate::summary::ProtectionInfo>,
     /// Why the manifest could not be read, when it is present but invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protection_error: Option<String>,
@@ -197,10 +197,11 @@ pub fn inspect(model: &Model) -> Report {
             uses: uses_of.remove(&t.id).unwrap_or_default(),
         })
         .collect();
-    let (protection, protection_error) = match crate::protect::protection_info(model) {
-        Ok(p) => (p, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let (protection, protection_error) =
+        match crate::protection::Protection::read(model).and_then(|p| p.map(|p| p.info(model)).transpose()) {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
     Report {
         schema: SCHEMA,
         file: model.path.as_ref().map(|p| p.display().to_string()),
@@ -295,8 +296,7 @@ fn human(n: u64) -> String {
 /// One line of what the bytes under a key get, for people: "1.2 KiB encrypted, 3.4 KiB
 /// sign and mantissa encrypted (exponent clear), 0 B permuted".
 pub fn protection_breakdown(by: &BTreeMap<&'static str, u64>) -> String {
-    use crate::manifest::Protection;
-    [Protection::Encrypted, Protection::ExponentClear, Protection::Permuted]
+    crate::summary::ProtectionKind::ALL
         .iter()
         .map(|p| format!("{} {}", human(by.get(p.id()).copied().unwrap_or(0)), p.label()))
         .collect::<Vec<_>>()
@@ -364,7 +364,7 @@ impl Report {
     }
 
     /// The protection section of [`Report::to_text`].
-    fn protection_text(&self, p: &crate::manifest::ProtectionInfo, s: &mut String) {
+    fn protection_text(&self, p: &crate::summary::ProtectionInfo, s: &mut String) {
         use std::fmt::Write;
         let pct =
             if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };

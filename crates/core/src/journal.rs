@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::crash;
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, OutputRefused, Result};
 
 const MAGIC: &str = "onnx-protect-tail-v2";
 
@@ -158,12 +158,7 @@ pub fn recover(path: &Path) -> Result<Recovery> {
     let f = OpenOptions::new().read(true).write(true).open(path).map_err(io(path))?;
     let len = f.metadata().map_err(io(path))?.len();
     if !consistent(&f, len, &j).map_err(io(path))? {
-        return Err(CoreError::Output(format!(
-            "{} changed after an interrupted rewrite of its tail; its journal {} no longer matches it and is left \
-             as it is",
-            path.display(),
-            jpath.display()
-        )));
+        return Err(OutputRefused::JournalMismatch { path: path.to_path_buf(), journal: jpath }.into());
     }
     write_tail(&f, &j, path)?;
     std::fs::remove_file(&jpath).map_err(io(&jpath))?;
@@ -192,11 +187,7 @@ pub fn rewrite_tail(path: &Path, start: u64, old: &[u8], new: &[u8]) -> Result<(
     staged.close_writer().map_err(io(&jpath))?;
     staged.publish(&jpath, false).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            CoreError::Output(format!(
-                "another rewrite of {} is running (its journal {} exists)",
-                path.display(),
-                jpath.display()
-            ))
+            OutputRefused::RewriteRunning { path: path.to_path_buf(), journal: jpath.clone() }.into()
         } else {
             io(&jpath)(e)
         }
@@ -209,14 +200,14 @@ pub fn rewrite_tail(path: &Path, start: u64, old: &[u8], new: &[u8]) -> Result<(
         let mut now = vec![0u8; usize::try_from(len.saturating_sub(start)).unwrap_or(usize::MAX).min(old.len() + 1)];
         onnx_protect_fsio::file::read_exact_at(&f, &mut now, start).map_err(io(path))?;
         if len != start + old.len() as u64 || now != old {
-            return Err(CoreError::Output(format!("{} changed while its tail was being rewritten", path.display())));
+            return Err(OutputRefused::TailChanged { path: path.to_path_buf() }.into());
         }
         write_tail(&f, &j, path)
     })();
     if let Err(e) = done {
         // The file's tail is the old one (it was checked before anything was written) or
         // a write failed: the journal stays for `recover` in the latter case only.
-        if matches!(e, CoreError::Output(_)) {
+        if matches!(e, CoreError::Output(OutputRefused::TailChanged { .. })) {
             let _ = std::fs::remove_file(&jpath);
         }
         return Err(e);
@@ -248,7 +239,7 @@ mod tests {
         assert_eq!(recover(&path).unwrap(), Recovery::Nothing);
         // A tail that is not the one read is not overwritten.
         let e = rewrite_tail(&path, j.start, &j.old, &j.new).unwrap_err();
-        assert!(e.to_string().contains("changed while"), "{e}");
+        assert!(matches!(e, CoreError::Output(OutputRefused::TailChanged { .. })), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"contentnewer tail!");
         assert!(!journal_path(&path).exists());
     }
@@ -280,7 +271,7 @@ mod tests {
         std::fs::write(&path, b"contentXXXXXXX").unwrap();
         std::fs::write(journal_path(&path), &full).unwrap();
         let e = recover(&path).unwrap_err();
-        assert!(e.to_string().contains("no longer matches"), "{e}");
+        assert!(matches!(e, CoreError::Output(OutputRefused::JournalMismatch { .. })), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"contentXXXXXXX");
         assert!(journal_path(&path).exists());
     }

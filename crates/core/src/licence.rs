@@ -9,9 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use onnx_protect_keys::SignerKey;
 use onnx_protect_licence::{evaluate, ModelFacts, Opener};
 pub use onnx_protect_licence::{ClockFile, Licence, LicenceError, TpmReading, MAX_LICENCE_LEN};
+use onnx_protect_proto::v2 as pb;
 
-use crate::envelope::Sealed;
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, Result, UnusableKey};
 
 /// The longest model id recorded in a header.
 pub const MAX_MODEL_ID_LEN: usize = 1024;
@@ -47,25 +47,17 @@ pub fn check_model_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(CoreError::Key(format!(
-            "model id {id:?}: 1 to {MAX_MODEL_ID_LEN} bytes of printable text without surrounding spaces"
-        )))
+        Err(UnusableKey::ModelId { id: id.to_string(), max: MAX_MODEL_ID_LEN }.into())
     }
 }
 
 /// The requirement a header records, if any (its shape checked when the header was read).
-pub(crate) fn requirement(sealed: &Sealed) -> Result<Option<LicenceRequirement>> {
-    let h = &sealed.header;
+pub(crate) fn requirement(h: &pb::Header) -> Result<Option<LicenceRequirement>> {
     if h.licence_authority.is_empty() {
         return Ok(None);
     }
-    let bytes: [u8; 32] = h
-        .licence_authority
-        .as_slice()
-        .try_into()
-        .map_err(|_| CoreError::BadManifest("the licence authority is not 32 bytes".into()))?;
-    let authority = SignerKey::from_bytes(&bytes)
-        .map_err(|_| CoreError::BadManifest("the licence authority is not an Ed25519 public key".into()))?;
+    let bytes: [u8; 32] = h.licence_authority.as_slice().try_into().map_err(|_| BadManifest::LicenceAuthorityLength)?;
+    let authority = SignerKey::from_bytes(&bytes).map_err(|_| BadManifest::LicenceAuthorityKey)?;
     let model_id = (!h.model_id.is_empty()).then(|| h.model_id.clone());
     Ok(Some(LicenceRequirement { authority, model_id }))
 }
@@ -78,25 +70,21 @@ pub(crate) fn header_fields(req: Option<&LicenceRequirement>) -> (Vec<u8>, Strin
     }
 }
 
-/// The highest tier the model opens to, `tier` being what the key reaches through the
-/// stanza (`kind`, `label`): `tier` for a model without a licence authority; otherwise
-/// what a valid licence grants, at most `tier`.
+/// The highest tier the model of header `h` and recorded content `digest` opens to,
+/// `tier` being what the key reaches through the stanza (`kind`, `label`): `tier` for a
+/// model without a licence authority; otherwise what a valid licence grants, at most `tier`.
 pub(crate) fn granted_tier(
-    sealed: &Sealed,
+    h: &pb::Header,
+    digest: &[u8],
     check: Option<&LicenceCheck>,
     opener: (&str, &str),
     tier: u32,
 ) -> Result<u32> {
-    let Some(req) = requirement(sealed)? else { return Ok(tier) };
+    let Some(req) = requirement(h)? else { return Ok(tier) };
     let Some(check) = check else {
         return Err(LicenceError::Missing { authority: req.authority.to_text() }.into());
     };
-    let digest: [u8; 32] = sealed
-        .envelope
-        .content_digest
-        .as_slice()
-        .try_into()
-        .map_err(|_| CoreError::BadManifest("the content digest is not 32 bytes".into()))?;
+    let digest: [u8; 32] = digest.try_into().map_err(|_| BadManifest::DigestLength)?;
     let facts = ModelFacts { authority: req.authority, content_digest: digest, model_id: req.model_id };
     // The signature and the names first: a licence for another model or device does not
     // move the recorded clock.
@@ -109,12 +97,4 @@ pub(crate) fn granted_tier(
     };
     let grant = evaluate(&check.licence, &facts, opener, now)?;
     Ok(tier.min(grant.tiers))
-}
-
-/// The content digest and licence requirement of the protected (format 2) model at
-/// `path`: what a publisher's licence names (`model: digest:…`, `model: id:…`).
-pub fn licence_facts(path: &std::path::Path) -> Result<([u8; 32], Option<LicenceRequirement>)> {
-    let model = crate::format2::open_protected(path, &onnx_protect_format::NoProgress)?;
-    let p = crate::format2::read_v2(&model)?;
-    Ok((crate::format2::recorded_digest(&p)?, requirement(&p.sealed)?))
 }

@@ -17,17 +17,16 @@ use onnx_protect_crypto::TierKeys;
 use onnx_protect_format::{Locator, Model, TensorData, TensorId};
 use onnx_protect_lock::find::MAX_CLASSES;
 use onnx_protect_lock::{
-    find_output_layer, permute_elements, ClassPermutation, Direction, LockError, LockSeed, OutputKind, OutputLayer,
-    MIN_CLASSES, SEED_LEN,
+    find_output_layer, permute_elements, ClassPermutation, Direction, LockSeed, OutputKind, OutputLayer, MIN_CLASSES,
+    SEED_LEN,
 };
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
-use crate::action::{apply, span_mut, Action};
-use crate::error::{CoreError, Result};
-use crate::format2::{complement, Rewrite};
-use crate::manifest::Target;
+use crate::action::{apply, span_mut, Action, Rewrite};
+use crate::error::{BadManifest, CoreError, LabelLockProblem, Modified, Result};
+use crate::target::{complement, Target};
 
 /// Most tensors a lock may name (a weight, two biases and their quantisation parameters
 /// need far fewer).
@@ -69,23 +68,14 @@ pub(crate) struct Planned {
     pub seed: LockSeed,
 }
 
-/// The error of a model that cannot be locked, naming what was found.
-pub(crate) fn lock_error(e: LockError) -> CoreError {
-    match e {
-        LockError::Format(f) => CoreError::Format(f),
-        LockError::Crypto(c) => CoreError::Crypto(c),
-        other => CoreError::Lock(other.to_string()),
-    }
-}
-
 /// Finds the output layer of `model` and the class order of the lock.
 pub(crate) fn plan(model: &Model, req: &LockOutputs) -> Result<Planned> {
-    let layer = find_output_layer(model, req.node.as_deref()).map_err(lock_error)?;
+    let layer = find_output_layer(model, req.node.as_deref()).map_err(CoreError::from)?;
     let seed = match &req.seed {
         Some(s) => LockSeed::from_bytes(*s.as_bytes()),
-        None => LockSeed::generate().map_err(lock_error)?,
+        None => LockSeed::generate().map_err(CoreError::from)?,
     };
-    let perm = ClassPermutation::derive(&seed, layer.classes).map_err(lock_error)?;
+    let perm = ClassPermutation::derive(&seed, layer.classes).map_err(CoreError::from)?;
     Ok(Planned { layer, perm, seed })
 }
 
@@ -103,7 +93,7 @@ pub(crate) fn locked_bytes(
         let base = rewrite.and_then(|h| h(t, &original));
         let base = Zeroizing::new(base.unwrap_or_else(|| original.into_owned()));
         let locked = permute_elements(&base, t.data_type, &t.dims, l.axis, &planned.perm, Direction::Lock)
-            .map_err(lock_error)?;
+            .map_err(CoreError::from)?;
         out.insert(t.id, locked);
     }
     Ok(out)
@@ -182,8 +172,8 @@ pub struct HeaderLock {
     sealed_seed: Vec<u8>,
 }
 
-fn bad(m: String) -> CoreError {
-    CoreError::BadManifest(format!("label lock: {m}"))
+fn bad(problem: LabelLockProblem) -> CoreError {
+    BadManifest::LabelLock(problem).into()
 }
 
 /// The label lock of header `h`, checked against `model` (docs/format.md §15): every
@@ -194,40 +184,35 @@ pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
     let Some(lock) = &h.label_lock else { return Ok(None) };
     let classes = lock.classes as usize;
     if !(MIN_CLASSES..=MAX_CLASSES).contains(&classes) {
-        return Err(bad(format!("{classes} classes ({MIN_CLASSES} to {MAX_CLASSES} allowed)")));
+        return Err(bad(LabelLockProblem::Classes { classes, min: MIN_CLASSES, max: MAX_CLASSES }));
     }
     if lock.sealed_seed.len() != SEALED_SEED_LEN {
-        return Err(bad(format!("the sealed seed is {} bytes, not {SEALED_SEED_LEN}", lock.sealed_seed.len())));
+        return Err(bad(LabelLockProblem::SealedSeed { len: lock.sealed_seed.len(), expected: SEALED_SEED_LEN }));
     }
     if lock.tensors.is_empty() || lock.tensors.len() > MAX_LOCKED_TENSORS || lock.outputs.is_empty() {
-        return Err(bad(format!(
-            "{} tensors and {} outputs (1 to {MAX_LOCKED_TENSORS} tensors and at least one output needed)",
-            lock.tensors.len(),
-            lock.outputs.len()
-        )));
+        return Err(bad(LabelLockProblem::Counts {
+            tensors: lock.tensors.len(),
+            outputs: lock.outputs.len(),
+            max: MAX_LOCKED_TENSORS,
+        }));
     }
     let mut seen = HashSet::new();
     let mut tensors = Vec::with_capacity(lock.tensors.len());
     for e in &lock.tensors {
-        let loc: Locator = e.locator.parse().map_err(|s: String| bad(format!("tensor '{}': {s}", e.name)))?;
-        let t = model.tensor_by_locator(&loc).ok_or_else(|| {
-            CoreError::Modified(format!("locked tensor '{}' at {} is not in the model", e.name, e.locator))
-        })?;
+        let loc: Locator =
+            e.locator.parse().map_err(|why| bad(LabelLockProblem::Locator { tensor: e.name.clone(), why }))?;
+        let t = model
+            .tensor_by_locator(&loc)
+            .ok_or_else(|| Modified::LockedTensorMissing { tensor: e.name.clone(), locator: e.locator.clone() })?;
         let axis = e.axis as usize;
         if t.name != e.name || t.data_type.to_i32() != e.data_type || t.dims != e.dims {
-            return Err(CoreError::Modified(format!(
-                "locked tensor '{}' at {} is not the one the header records",
-                e.name, e.locator
-            )));
+            return Err(Modified::LockedTensorChanged { tensor: e.name.clone(), locator: e.locator.clone() }.into());
         }
         if t.dims.get(axis) != Some(&(classes as u64)) {
-            return Err(bad(format!(
-                "tensor '{}' has no axis {axis} of {classes} classes (dims {:?})",
-                e.name, t.dims
-            )));
+            return Err(bad(LabelLockProblem::Axis { tensor: e.name.clone(), axis, classes, dims: t.dims.clone() }));
         }
         if !seen.insert(t.id) {
-            return Err(bad(format!("tensor '{}' is named twice", e.name)));
+            return Err(bad(LabelLockProblem::TensorTwice { tensor: e.name.clone() }));
         }
         tensors.push((t.id, axis));
     }
@@ -238,10 +223,10 @@ pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
         let kind = match pb::OutputKind::try_from(o.kind) {
             Ok(pb::OutputKind::Scores) => OutputKind::Scores,
             Ok(pb::OutputKind::Indices) => OutputKind::Indices,
-            _ => return Err(bad(format!("output '{}' has unknown kind {}", o.name, o.kind))),
+            _ => return Err(bad(LabelLockProblem::OutputKind { output: o.name.clone(), kind: o.kind })),
         };
         if !graph_outputs.contains(o.name.as_str()) {
-            return Err(bad(format!("'{}' is not an output of the graph", o.name)));
+            return Err(bad(LabelLockProblem::NotAnOutput { output: o.name.clone() }));
         }
         outputs.push((o.name.clone(), kind));
     }
@@ -251,17 +236,13 @@ pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
 /// The class order of `lock`, its seed opened with the tier-1 keys (which every key of
 /// the model reaches).
 pub fn permutation(lock: &HeaderLock, tier1: &TierKeys) -> Result<ClassPermutation> {
-    let seed = tier1
-        .unseal_lock_seed(&lock.sealed_seed)
-        .ok_or_else(|| CoreError::Modified("the sealed seed of the label lock does not open".into()))?;
-    ClassPermutation::derive(&LockSeed::from_bytes(*seed), lock.classes).map_err(lock_error)
+    let seed = tier1.unseal_lock_seed(&lock.sealed_seed).ok_or(Modified::LockSeed)?;
+    ClassPermutation::derive(&LockSeed::from_bytes(*seed), lock.classes).map_err(CoreError::from)
 }
 
 /// The seed of `lock`, opened with the tier-1 keys `old` and sealed again with `new`.
 pub(crate) fn reseal(lock: &HeaderLock, old: &TierKeys, new: &TierKeys) -> Result<Vec<u8>> {
-    let seed = old
-        .unseal_lock_seed(&lock.sealed_seed)
-        .ok_or_else(|| CoreError::Modified("the sealed seed of the label lock does not open".into()))?;
+    let seed = old.unseal_lock_seed(&lock.sealed_seed).ok_or(Modified::LockSeed)?;
     Ok(new.seal_lock_seed(&seed))
 }
 
@@ -289,16 +270,16 @@ pub(crate) fn unlock_targets(
                     Action::Skip => {}
                     Action::Xor(ks) => apply(ks, target.mode, t.data_type, a, span, false)?,
                     Action::Bytes(whole) => span.copy_from_slice(
-                        whole.get(a as usize..b as usize).ok_or_else(|| bad(format!("span of '{}'", t.name)))?,
+                        whole
+                            .get(a as usize..b as usize)
+                            .ok_or_else(|| bad(LabelLockProblem::Span { tensor: t.name.clone() }))?,
                     ),
-                    Action::Reencrypt(_) => {
-                        return Err(CoreError::Output("internal: re-encryption in an unlock".into()))
-                    }
+                    Action::Reencrypt(_) => return Err(CoreError::Internal("re-encryption in an unlock")),
                 }
             }
         }
         let plain =
-            permute_elements(&bytes, t.data_type, &t.dims, axis, perm, Direction::Unlock).map_err(lock_error)?;
+            permute_elements(&bytes, t.data_type, &t.dims, axis, perm, Direction::Unlock).map_err(CoreError::from)?;
         for &i in &mine {
             actions[i] = Action::Bytes(plain.clone());
         }

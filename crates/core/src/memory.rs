@@ -6,19 +6,26 @@
 //!
 //! # Cost
 //!
-//! Format 2 (every byte authenticated): the model file and each external data file
-//! are copied once into a private anonymous map (transparent huge pages where the
-//! system gives them) while every byte is hashed and the encrypted spans are
-//! decrypted in place, in one parallel pass over content chunks; the bytes are
-//! handed out only after the content digest, the MACs and any required signature
-//! match (otherwise the decrypted spans are wiped first). The manifest entry is the
-//! file's last top-level field, so the original model is the prefix of the buffer.
-//! A model whose decryption changes a length (varint-stored tensors) or that has
-//! tiers restored in the file is rebuilt in an owned buffer ([`Method::Copied`]).
+//! Format 2 with no tier restored in the file (every byte authenticated): the model file
+//! and each external data file are copied once into a private anonymous map (transparent
+//! huge pages where the system gives them) while every byte is hashed and the encrypted
+//! spans are decrypted in place, in one parallel pass over content chunks; the bytes are
+//! handed out only after the content digest, the MACs and any required signature match
+//! (otherwise the decrypted spans are wiped first). The manifest entry is the file's last
+//! top-level field, so the original model is the prefix of the buffer. A decryption that
+//! changes a length (varint-stored tensors, external data files given back their
+//! original names) checks the digest first and rebuilds the model in an owned buffer
+//! ([`Method::Copied`]).
 //!
-//! Format 1 (read-only): the key check and the MAC over the encrypted spans are
-//! verified, and the file is mapped privately copy-on-write (`MAP_PRIVATE`) so that
-//! only the pages the encrypted spans touch are copied.
+//! Format 1 (read-only), and format 2 with tiers restored in the file: the key check and
+//! the MACs (and, for format 2, the digest of the content as stored and in canonical
+//! form) are verified first; then a model read from a file is mapped privately
+//! copy-on-write (`MAP_PRIVATE`), so that only the pages the encrypted spans touch are
+//! copied. A decryption below the top tier ends with its manifest entry rewritten, in an
+//! owned buffer. A key whose tiers are all in clear in the file gets the file as it is.
+//!
+//! This is the memory sink of the one decryption plan a protected model's reader makes;
+//! the other sink writes files ([`crate::protect::decrypt`]).
 //!
 //! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does. The
 //! external data buffers are returned by `location` in [`DecryptedModel::external`],
@@ -41,8 +48,10 @@
 //! # Example
 //!
 //! ```
+//! use onnx_protect_core::keys::KeySource;
 //! use onnx_protect_core::memory::{decrypt_in_memory, Method};
-//! use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, KeySource};
+//! use onnx_protect_core::protect::{encrypt, EncryptOptions};
+//! use onnx_protect_core::recipients::EncryptTo;
 //! use onnx_protect_crypto::MasterKey;
 //! use onnx_protect_select::Policy;
 //!
@@ -67,24 +76,24 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::Path;
 
-use onnx_protect_crypto::{content_digest, leaves_of, Keystream};
-use onnx_protect_format::write::{Content, Edit, Plan};
+use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream};
+use onnx_protect_format::write::{Content, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
 use onnx_protect_fsio::file::file_id;
 use onnx_protect_fsio::PrivateMap;
+use onnx_protect_keys::SignerKey;
+use onnx_protect_proto::v2 as pb;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::action::{apply, edits_for, prepare, Action};
-use crate::envelope::{entry_bytes, ProtectedV2};
-use crate::error::{CoreError, Result, Unsigned};
-use crate::format2::{canonical_digest, check_digest, check_seals, restore_actions, target_tier};
+use crate::action::{apply, edits_for, Action};
+use crate::content::stored_digest;
+use crate::decryption::{Decryption, NewEntry};
+use crate::envelope::entry_bytes;
+use crate::error::{BadManifest, CoreError, Modified, OutputRefused, Result};
 use crate::keys::KeySource;
-use crate::manifest::{Protected, Target};
-use crate::protection::Protection;
-use crate::restore::{plan_restore, restored_model_bytes};
-use crate::unlock::authenticate;
-use onnx_protect_keys::SignerKey;
+use crate::protection::{open_protected, Protection};
+use crate::target::Target;
 
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
@@ -212,10 +221,10 @@ impl DecryptedModel {
         self.format_version
     }
 
-    /// [`FORMAT_1_WARNING`](crate::protect::FORMAT_1_WARNING) for a format-1 model: its
+    /// [`FORMAT_1_WARNING`](crate::format1::FORMAT_1_WARNING) for a format-1 model: its
     /// clear bytes were not authenticated.
     pub fn warning(&self) -> Option<&'static str> {
-        crate::protect::warning_for(self.format_version)
+        crate::format1::warning_for(self.format_version)
     }
 
     /// The original model file's bytes.
@@ -280,10 +289,85 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
         Some(p) => Some(open(p)?),
         None => None,
     };
-    match Protection::of(model)? {
-        Protection::V2(p) => decrypt_v2(model, p, file, key, None, &[]),
-        Protection::V1(p) => decrypt_opened(model, &p, file, key),
+    load(Protection::of(model)?.reader().decryption(model, key, None, &[])?, file)
+}
+
+/// Decrypts a protected model that is already open into memory, for tiered models
+/// up to tier `tier` (default: the key's own tier), as `decrypt --tier` does to a
+/// file: below the top tier the model bytes are a valid model whose higher tiers stay
+/// encrypted, with the manifest recording the restored tiers. A key whose tiers are all
+/// in clear in the file already (and no `tier` asked for) gets the file as it is.
+///
+/// The model bytes are a copy unless the decryption changes no length and the model
+/// was read from a file; external data files are private maps patched in place, as with
+/// [`decrypt_in_memory`]. The key check value and every MAC the key allows are verified
+/// before anything is decrypted.
+pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
+    decrypt_model_signed_in_memory(model, key, tier, &[])
+}
+
+/// [`decrypt_tier_in_memory`] that also requires a valid signature of one of `signers`
+/// (format 2; a format-1 model is refused when signers are given).
+pub fn decrypt_model_signed_in_memory(
+    model: &Model,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    load(Protection::of(model)?.reader().decryption(model, key, tier, signers)?, None)
+}
+
+/// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
+/// (format 2), and stops at `tier` (default: the key's own).
+pub fn decrypt_signed_in_memory(
+    path: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    let file = open(path)?;
+    let model = open_protected(path, &onnx_protect_format::NoProgress)?;
+    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
+    if id(&file)? != id(&open(path)?)? {
+        return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
     }
+    load(Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?, Some(file))
+}
+
+/// The memory sink of a decryption: the model file (from `file`, the one it was read
+/// from, when given) and its external data files with every action applied, released
+/// only after the pending digest matched (computed in the same pass as the copy where
+/// the decryption changes no length; else before it).
+pub(crate) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedModel> {
+    let model = d.model;
+    let sources = sources_of(&d.actions)?;
+    let patcher = Patcher { model, targets: &d.targets, sources: &sources };
+    let fused = match (d.pending, &d.names) {
+        (Some(expected), None) => patcher.fused(&d, expected)?,
+        _ => None,
+    };
+    let (bytes, mut external) = match fused {
+        Some(done) => done,
+        None => {
+            if let Some(expected) = d.pending {
+                if stored_digest(model, d.content_len(), d.chunk)? != expected {
+                    return Err(Modified::Content.into());
+                }
+            }
+            (patcher.model_image(&d, file.as_ref())?, patcher.external_patched()?)
+        }
+    };
+    for (f, name) in model.external_files.iter().zip(d.names.as_deref().unwrap_or_default()) {
+        if let Some(b) = external.remove(&f.location) {
+            external.insert(name.clone(), b);
+        }
+    }
+    let bytes = match d.new_entry {
+        NewEntry::Restored(env) => with_partial_entry(model, env, d.chunk, bytes, &external)?,
+        NewEntry::Remove | NewEntry::Bytes(_) => bytes,
+    };
+    let (tensors, decrypted_bytes, format_version) = (d.tensors, d.decrypted_bytes, d.format_version);
+    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version })
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -349,409 +433,6 @@ enum SpanSource<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Applies the patches to `buf` in parallel: a decrypted range becomes the
-/// authenticated ciphertext of `reference` (the bytes the MAC was checked over)
-/// with the keystream of `sources[tag]` applied.
-fn patch(
-    model: &Model,
-    targets: &[Target],
-    sources: &[SpanSource<'_>],
-    buf: &mut [u8],
-    reference: &[u8],
-    patches: &[Patch<'_>],
-) -> Result<()> {
-    // Split the buffer into disjoint mutable pieces, one per patch (patches are sorted and disjoint).
-    let mut pieces: Vec<(&mut [u8], &Patch)> = Vec::with_capacity(patches.len());
-    let mut rest: &mut [u8] = buf;
-    let mut offset = 0u64;
-    for p in patches {
-        if p.range.start < offset || p.range.end < p.range.start {
-            return Err(CoreError::Format(FormatError::Invalid("patches overlap".into())));
-        }
-        let skip = (p.range.start - offset) as usize;
-        let len = (p.range.end - p.range.start) as usize;
-        if skip + len > rest.len() {
-            return Err(CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range))));
-        }
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
-        let (piece, tail) = tail.split_at_mut(len);
-        pieces.push((piece, p));
-        rest = tail;
-        offset = p.range.end;
-    }
-    pieces.into_par_iter().try_for_each(|(piece, p)| -> Result<()> {
-        match p.what {
-            PatchKind::Bytes(b) => piece.copy_from_slice(b),
-            PatchKind::Decrypt { tag, logical } => {
-                // The ciphertext comes from `reference`, the map that was hashed for the MAC,
-                // not from the private map. Writing first also means each page of the private
-                // map takes one copy-on-write fault, not a read fault and then a write fault.
-                let authentic = reference.get(p.range.start as usize..p.range.end as usize).ok_or_else(|| {
-                    CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
-                })?;
-                let SpanSource::Decrypt(ks) = sources[tag] else {
-                    return Err(CoreError::Internal("a decrypt patch for a target without a keystream".into()));
-                };
-                piece.copy_from_slice(authentic);
-                let target = &targets[tag];
-                let t = &model.tensors[target.tensor];
-                apply(ks, target.mode, t.data_type, logical, piece, piece.len() >= PARALLEL_SPAN)?;
-            }
-        }
-        Ok(())
-    })
-}
-
-fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
-    patches.iter().map(|p| p.range.start as usize..p.range.end as usize).collect()
-}
-
-/// Every external data file of `model`, with the encrypted spans of each target
-/// restored from `sources`: one private copy-on-write map (or an owned copy) per file.
-fn external_patched(
-    model: &Model,
-    targets: &[Target],
-    sources: &[SpanSource<'_>],
-) -> Result<BTreeMap<String, DecryptedBytes>> {
-    let mut per_file = external_patches(model, targets, sources)?;
-    let mut external = BTreeMap::new();
-    for (fi, f) in model.external_files.iter().enumerate() {
-        let reference = f.bytes()?;
-        let patches = per_file.remove(&fi).unwrap_or_default();
-        let handle = open(&f.path)?;
-        let bytes = match map_copy(&handle, reference.len(), &f.path)? {
-            Some(mut map) => {
-                patch(model, targets, sources, &mut map, reference, &patches)?;
-                let len = map.len();
-                DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
-            }
-            None => {
-                let mut v = reference.to_vec();
-                patch(model, targets, sources, &mut v, reference, &patches)?;
-                DecryptedBytes::owned(v)
-            }
-        };
-        external.insert(f.location.clone(), bytes);
-    }
-    Ok(external)
-}
-
-/// The patches of each external data file (by index), sorted.
-fn external_patches<'s>(
-    model: &Model,
-    targets: &[Target],
-    sources: &'s [SpanSource<'_>],
-) -> Result<BTreeMap<usize, Vec<Patch<'s>>>> {
-    let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
-    for (ti, target) in targets.iter().enumerate() {
-        let t = &model.tensors[target.tensor];
-        let TensorData::External { file, .. } = &t.data else { continue };
-        for &(a, b) in &target.spans {
-            for (range, logical) in t.file_pieces(a, b) {
-                let what = match sources[ti] {
-                    SpanSource::Keep => continue,
-                    SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
-                    SpanSource::Bytes(whole) => {
-                        let lo = logical as usize;
-                        let hi = lo + (range.end - range.start) as usize;
-                        PatchKind::Bytes(
-                            whole
-                                .get(lo..hi)
-                                .ok_or_else(|| CoreError::BadManifest(format!("span of '{}' out of bounds", t.name)))?,
-                        )
-                    }
-                };
-                per_file.entry(*file).or_default().push(Patch { range, what });
-            }
-        }
-    }
-    for patches in per_file.values_mut() {
-        patches.sort_by_key(|p| p.range.start);
-    }
-    Ok(per_file)
-}
-
-/// Hashes the first `hashed` bytes of `reference` into the content leaves of covered
-/// file `index` (chunks of `chunk` bytes) and applies `patches` to `buf`, a private copy
-/// of `reference`, one chunk per worker: every byte is read once, and a decrypted range
-/// is written from the bytes that were hashed.
-#[allow(clippy::too_many_arguments)] // the file, its patches and where its leaves go
-fn hash_and_patch(
-    model: &Model,
-    targets: &[Target],
-    sources: &[SpanSource<'_>],
-    buf: &mut [u8],
-    reference: &[u8],
-    patches: &[Patch<'_>],
-    index: u32,
-    hashed: u64,
-    chunk: u64,
-    fill: bool,
-) -> Result<onnx_protect_crypto::FileLeaves> {
-    let c = chunk.max(4096) as usize;
-    let work = |(j, out): (usize, &mut [u8])| -> Result<Option<[u8; 32]>> {
-        let start = (j * c) as u64;
-        let end = start + out.len() as u64;
-        if fill {
-            out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
-                CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
-            })?);
-        }
-        let first = patches.partition_point(|p| p.range.end <= start);
-        for p in patches[first..].iter().take_while(|p| p.range.start < end) {
-            let lo = p.range.start.max(start);
-            let hi = p.range.end.min(end);
-            let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
-            let off = lo - p.range.start;
-            match p.what {
-                PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
-                PatchKind::Decrypt { tag, logical } => {
-                    if !fill {
-                        dst.copy_from_slice(reference.get(lo as usize..hi as usize).ok_or_else(|| {
-                            CoreError::Format(FormatError::Invalid(format!("patch {:?} is out of bounds", p.range)))
-                        })?);
-                    }
-                    let SpanSource::Decrypt(ks) = sources[tag] else {
-                        return Err(CoreError::Internal("a decrypt patch without a keystream".into()));
-                    };
-                    let target = &targets[tag];
-                    apply(ks, target.mode, model.tensors[target.tensor].data_type, logical + off, dst, false)?;
-                }
-            }
-        }
-        if start >= hashed {
-            return Ok(None);
-        }
-        let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
-        leaf.update(&reference[start as usize..end.min(hashed) as usize]);
-        Ok(Some(leaf.finalize()))
-    };
-    // A small file is done on this thread: waking the pool costs more than it saves
-    // (and its first use starts the pool's threads).
-    let leaves = if buf.len() <= SMALL {
-        buf.chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
-    } else {
-        buf.par_chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
-    };
-    Ok(onnx_protect_crypto::FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
-}
-
-/// The one-read path of a format-2 model with no tier restored in the file, whose
-/// decryption changes no length: the model and each external file are copied into
-/// private anonymous buffers (huge pages where the system gives them), hashed and
-/// patched in one parallel pass, and released only if
-/// the digest, the MACs and the signers asked for match (else every patched range is
-/// wiped). `None` when the path does not apply.
-fn decrypt_v2_fused(
-    model: &Model,
-    p: &crate::envelope::ProtectedV2,
-    actions: &[Action],
-    sources: &[SpanSource<'_>],
-    check: impl FnOnce(&[u8; 32]) -> Result<()>,
-) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
-    let src = model.bytes();
-    let edits = edits_for(model, &p.targets, actions, Vec::new())?;
-    let plan = Plan::new(src.len() as u64, edits, Vec::new())?;
-    if p.sealed.envelope.restored_tiers != 0 || !plan.is_in_place() || p.sealed.entry.end != src.len() as u64 {
-        return Ok(None);
-    }
-    let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-    let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
-    let patches: Vec<Patch> = plan
-        .edits()
-        .map(|(r, c)| Patch {
-            range: r.clone(),
-            what: match c {
-                Content::Transform { tag, logical_start } => PatchKind::Decrypt { tag: *tag, logical: *logical_start },
-                Content::Bytes(b) => PatchKind::Bytes(b),
-            },
-        })
-        .collect();
-    let chunk = p.sealed.header.chunk_size;
-    let mut leaves = Vec::with_capacity(1 + model.external_files.len());
-    let first =
-        hash_and_patch(model, &p.targets, sources, &mut map, src, &patches, 0, p.sealed.entry.start, chunk, true);
-    let model_bytes = DecryptedBytes {
-        backing: Backing::Map(map),
-        len: p.sealed.entry.start as usize,
-        plaintext: plaintext_ranges(&patches),
-    };
-    leaves.push(first?);
-    let mut per_file = external_patches(model, &p.targets, sources)?;
-    let mut external = BTreeMap::new();
-    for (fi, f) in model.external_files.iter().enumerate() {
-        let reference = f.bytes()?;
-        let patches = per_file.remove(&fi).unwrap_or_default();
-        let Some(mut map) = anonymous(reference.len(), &f.path)? else { return Ok(None) };
-        let l = hash_and_patch(
-            model,
-            &p.targets,
-            sources,
-            &mut map,
-            reference,
-            &patches,
-            fi as u32 + 1,
-            f.size,
-            chunk,
-            true,
-        );
-        let len = map.len();
-        external.insert(
-            f.location.clone(),
-            DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) },
-        );
-        leaves.push(l?);
-    }
-    check(&onnx_protect_crypto::content_digest(&leaves))?;
-    Ok(Some((model_bytes, external)))
-}
-
-/// Decrypts a protected model that is already open into memory, for tiered models
-/// up to tier `tier` (default: the key's own tier), as `decrypt --tier` does to a
-/// file: below the top tier the model bytes are a valid model whose higher tiers stay
-/// encrypted, with the manifest recording the restored tiers.
-///
-/// The model bytes are always a copy ([`Method::Copied`]); external data files are
-/// private copy-on-write maps patched in place, as with [`decrypt_in_memory`]. The key
-/// check value and every MAC the key allows are verified before anything is decrypted.
-pub fn decrypt_tier_in_memory(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    match Protection::of(model)? {
-        Protection::V2(p) => decrypt_v2(model, p, None, key, tier, &[]),
-        Protection::V1(p) => restore_copied(model, &p, key, tier),
-    }
-}
-
-/// [`decrypt_tier_in_memory`] of a format-2 model whose entry is read already.
-pub(crate) fn decrypt_v2_in_memory(
-    model: &Model,
-    p: ProtectedV2,
-    key: &KeySource,
-    tier: Option<u32>,
-) -> Result<DecryptedModel> {
-    decrypt_v2(model, p, None, key, tier, &[])
-}
-
-/// [`decrypt_tier_in_memory`] that also requires a valid signature of one of `signers`
-/// (format 2; a format-1 model is refused when signers are given).
-pub fn decrypt_model_signed_in_memory(
-    model: &Model,
-    key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
-) -> Result<DecryptedModel> {
-    if signers.is_empty() {
-        return decrypt_tier_in_memory(model, key, tier);
-    }
-    match Protection::of(model)? {
-        Protection::V2(p) => decrypt_v2(model, p, None, key, tier, signers),
-        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
-    }
-}
-
-/// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
-/// (format 2), and stops at `tier` (default: the key's own).
-pub fn decrypt_signed_in_memory(
-    path: &Path,
-    key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
-) -> Result<DecryptedModel> {
-    let file = open(path)?;
-    let model = crate::format2::open_protected(path, &onnx_protect_format::NoProgress)?;
-    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
-    if id(&file)? != id(&open(path)?)? {
-        return Err(CoreError::Output(format!("{} was replaced while it was being read", path.display())));
-    }
-    match Protection::of(&model)? {
-        Protection::V2(p) => decrypt_v2(&model, p, Some(file), key, tier, signers),
-        Protection::V1(p) if signers.is_empty() && tier.is_none() => decrypt_opened(&model, &p, Some(file), key),
-        Protection::V1(p) if signers.is_empty() => restore_copied(&model, &p, key, tier),
-        Protection::V1(_) => Err(CoreError::NotSigned(Unsigned::Format1)),
-    }
-}
-
-/// A format-2 model into memory: the stanza opened, the canonical digest of every
-/// covered byte, the MACs (and signers) checked, then the spans of the tiers from the
-/// file's restored ones up to `tier` decrypted into a private map (or a copy).
-fn decrypt_v2(
-    model: &Model,
-    mut p: ProtectedV2,
-    file: Option<File>,
-    key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
-) -> Result<DecryptedModel> {
-    let opened = crate::format2::unlock(model, &mut p, key)?;
-    let r = p.sealed.envelope.restored_tiers;
-    // A key whose tiers are all in clear in the file already serves the file as it is.
-    let to = if opened.tier <= r && tier.is_none() { r } else { target_tier(&p, &opened, tier)? };
-    let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
-    check_seals(&p, &opened, signers)?;
-    // A full decryption of a label-locked model restores the class order too; one of a
-    // model whose external files were renamed writes the original names back
-    // (docs/format.md §12 step 7): lengths change, so no fused pass.
-    let full = to == p.sealed.header.tiers;
-    let (targets, actions) = crate::format2::with_unlock(model, &p, &opened, full, actions)?;
-    let sources = sources_of(&actions)?;
-    let image = ProtectedV2 { sealed: p.sealed.clone(), targets };
-    let names = crate::format2::restored_names(&p, full);
-    let fused = match names {
-        None => decrypt_v2_fused(model, &image, &actions, &sources, |digest| check_digest(&p, digest))?,
-        Some(_) => None,
-    };
-    let (bytes, mut external) = match fused {
-        Some(done) => done,
-        None => {
-            check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
-            let renames = crate::format2::relocations(model, names)?;
-            let (t, entry) = (&image.targets, p.sealed.entry.clone());
-            let bytes = model_image(model, file.as_ref(), t, &actions, &sources, entry, renames)?;
-            (bytes, external_patched(model, t, &sources)?)
-        }
-    };
-    for (f, name) in model.external_files.iter().zip(names.unwrap_or_default()) {
-        if let Some(b) = external.remove(&f.location) {
-            external.insert(name.clone(), b);
-        }
-    }
-    let bytes = if to < p.sealed.header.tiers { with_partial_entry(model, &p, to, bytes, &external)? } else { bytes };
-    let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
-    let (tensors, decrypted_bytes) =
-        done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version: 2 })
-}
-
-/// A decryption up to tier `to` below the top stays a protected model (docs/format.md
-/// §11), as `decrypt --tier` writes it: `content` (the model file's content with tiers up
-/// to `to` decrypted) followed by the entry whose envelope records `restored_tiers = to`
-/// and the digest of the new content (`external` holds its external data files).
-fn with_partial_entry(
-    model: &Model,
-    p: &ProtectedV2,
-    to: u32,
-    content: DecryptedBytes,
-    external: &BTreeMap<String, DecryptedBytes>,
-) -> Result<DecryptedBytes> {
-    let chunk = p.sealed.header.chunk_size;
-    let mut files = vec![leaves_of(0, &content, chunk)];
-    for (i, f) in model.external_files.iter().enumerate() {
-        let bytes = external
-            .get(&f.location)
-            .ok_or_else(|| CoreError::Internal(format!("no decrypted copy of {}", f.location)))?;
-        let index = u32::try_from(i + 1).map_err(|_| CoreError::BadManifest("too many external files".into()))?;
-        files.push(leaves_of(index, bytes, chunk));
-    }
-    let mut env = p.sealed.envelope.clone();
-    env.restored_tiers = to;
-    env.stored_digest = content_digest(&files).to_vec();
-    let entry = entry_bytes(env);
-    let mut out = Vec::with_capacity(content.len() + entry.len());
-    out.extend_from_slice(&content);
-    out.extend_from_slice(&entry);
-    // `content` is dropped here, its decrypted spans wiped; `out` is wiped when dropped.
-    Ok(DecryptedBytes::owned(out))
-}
-
 /// What each target's spans become, from its action.
 fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
     actions
@@ -760,99 +441,299 @@ fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
             Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
             Action::Skip => Ok(SpanSource::Keep),
-            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting".into())),
+            Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting")),
         })
         .collect()
 }
 
-/// The model file's bytes with the targets' actions applied and the manifest entry at
-/// `entry` removed: a private copy-on-write map patched in place when the entry is the
-/// last field and no edit changes a length, else an owned copy.
-fn model_image(
-    model: &Model,
-    file: Option<&File>,
-    targets: &[Target],
-    actions: &[Action],
-    sources: &[SpanSource<'_>],
-    entry: Range<u64>,
-    extra: Vec<Edit>,
-) -> Result<DecryptedBytes> {
-    let src = model.bytes();
-    let edits = edits_for(model, targets, actions, extra)?;
-    let plan = Plan::new(src.len() as u64, edits.clone(), Vec::new())?;
-    if let (Some(file), true, true) = (file, entry.end == src.len() as u64, plan.is_in_place()) {
-        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-        if let Some(mut map) = map_copy(file, src.len(), path)? {
-            let patches: Vec<Patch> = plan
-                .edits()
-                .map(|(r, c)| Patch {
-                    range: r.clone(),
-                    what: match c {
-                        Content::Transform { tag, logical_start } => {
-                            PatchKind::Decrypt { tag: *tag, logical: *logical_start }
-                        }
-                        Content::Bytes(b) => PatchKind::Bytes(b),
-                    },
-                })
-                .collect();
-            patch(model, targets, sources, &mut map, src, &patches)?;
-            let plaintext = plaintext_ranges(&patches);
-            return Ok(DecryptedBytes { backing: Backing::Map(map), len: entry.start as usize, plaintext });
-        }
-    }
-    // The fallback: stream the plan (with the entry removed) into an owned buffer.
-    let remove = Edit { range: entry, content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let mut all = edits;
-    all.push(remove);
-    let plan = Plan::new(src.len() as u64, all, Vec::new())?;
-    let mut out = Vec::with_capacity(plan.output_len() as usize);
-    let mut err = None;
-    plan.write(src, &mut out, &mut |tag, logical, chunk| {
-        let target = &targets[tag];
-        let t = &model.tensors[target.tensor];
-        actions[tag].apply_chunk(target, t.data_type, logical, chunk, chunk.len() >= PARALLEL_SPAN).map_err(|e| {
-            err = Some(e);
-            FormatError::Invalid("keystream failed".into())
+/// The patches of an in-place plan of the model file.
+fn plan_patches(plan: &Plan) -> Vec<Patch<'_>> {
+    plan.edits()
+        .map(|(r, c)| Patch {
+            range: r.clone(),
+            what: match c {
+                Content::Transform { tag, logical_start } => PatchKind::Decrypt { tag: *tag, logical: *logical_start },
+                Content::Bytes(b) => PatchKind::Bytes(b),
+            },
         })
-    })
-    .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
-    Ok(DecryptedBytes::owned(out))
+        .collect()
 }
 
-/// The general in-memory decryption (access tiers, the distribution-preserving mode).
-fn restore_copied(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<DecryptedModel> {
-    let r = plan_restore(model, p, key, tier, true)?;
-    let bytes = restored_model_bytes(model, p, &r)?;
-    let sources = sources_of(&r.actions)?;
-    let external = external_patched(model, &p.targets, &sources)?;
-    let done = p.targets.iter().zip(&sources).filter(|(_, s)| !matches!(s, SpanSource::Keep)).map(|(t, _)| t);
-    let (tensors, decrypted_bytes) =
-        done.fold((0, 0), |(n, b), t| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>()));
-    Ok(DecryptedModel { model: DecryptedBytes::owned(bytes), external, tensors, decrypted_bytes, format_version: 1 })
+fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
+    patches.iter().map(|p| p.range.start as usize..p.range.end as usize).collect()
 }
 
-fn decrypt_opened(model: &Model, p: &Protected, file: Option<File>, key: &KeySource) -> Result<DecryptedModel> {
-    if p.manifest.tiers > 1 || p.targets.iter().any(|t| t.mode.whole_spans()) {
-        // Access tiers and the distribution-preserving mode (whole-span permutations) are
-        // restored by the general decryption path, into copies.
-        return restore_copied(model, p, key, None);
+fn out_of_bounds(range: &Range<u64>) -> CoreError {
+    CoreError::Format(FormatError::Invalid(format!("patch {range:?} is out of bounds")))
+}
+
+/// The targets of a decryption and what their spans become: applies patches to copies
+/// of the files they come from.
+struct Patcher<'a> {
+    model: &'a Model,
+    targets: &'a [Target],
+    sources: &'a [SpanSource<'a>],
+}
+
+impl Patcher<'_> {
+    /// Decrypts `piece`, a copy of `reference`'s bytes at the patch, with target `tag`'s
+    /// keystream from tensor offset `logical`.
+    fn decrypt(&self, tag: usize, logical: u64, piece: &mut [u8], parallel: bool) -> Result<()> {
+        let SpanSource::Decrypt(ks) = self.sources[tag] else {
+            return Err(CoreError::Internal("a decrypt patch for a target without a keystream"));
+        };
+        let target = &self.targets[tag];
+        apply(ks, target.mode, self.model.tensors[target.tensor].data_type, logical, piece, parallel)
     }
-    let keys = authenticate(model, p, key)?;
-    // Varint-stored tensors are decrypted whole (their re-encoded fields change length);
-    // the other spans are patched with their keystream.
-    let streams = p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect();
-    let actions = prepare(model, &p.targets, streams, true)?;
-    let sources = sources_of(&actions)?;
-    let model_bytes =
-        model_image(model, file.as_ref(), &p.targets, &actions, &sources, p.entry.range.clone(), Vec::new())?;
-    let external = external_patched(model, &p.targets, &sources)?;
-    Ok(DecryptedModel {
-        model: model_bytes,
-        external,
-        tensors: p.targets.len(),
-        decrypted_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
-        format_version: 1,
-    })
+
+    /// Applies the patches to `buf` in parallel: a decrypted range becomes the
+    /// authenticated ciphertext of `reference` (the bytes the MAC was checked over)
+    /// with the keystream of its target applied.
+    fn patch(&self, buf: &mut [u8], reference: &[u8], patches: &[Patch<'_>]) -> Result<()> {
+        // Split the buffer into disjoint mutable pieces, one per patch (patches are sorted and disjoint).
+        let mut pieces: Vec<(&mut [u8], &Patch)> = Vec::with_capacity(patches.len());
+        let mut rest: &mut [u8] = buf;
+        let mut offset = 0u64;
+        for p in patches {
+            if p.range.start < offset || p.range.end < p.range.start {
+                return Err(CoreError::Format(FormatError::Invalid("patches overlap".into())));
+            }
+            let skip = (p.range.start - offset) as usize;
+            let len = (p.range.end - p.range.start) as usize;
+            if skip + len > rest.len() {
+                return Err(out_of_bounds(&p.range));
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+            let (piece, tail) = tail.split_at_mut(len);
+            pieces.push((piece, p));
+            rest = tail;
+            offset = p.range.end;
+        }
+        pieces.into_par_iter().try_for_each(|(piece, p)| -> Result<()> {
+            match p.what {
+                PatchKind::Bytes(b) => piece.copy_from_slice(b),
+                PatchKind::Decrypt { tag, logical } => {
+                    // The ciphertext comes from `reference`, the map that was hashed for the MAC,
+                    // not from the private map. Writing first also means each page of the private
+                    // map takes one copy-on-write fault, not a read fault and then a write fault.
+                    let authentic = reference
+                        .get(p.range.start as usize..p.range.end as usize)
+                        .ok_or_else(|| out_of_bounds(&p.range))?;
+                    piece.copy_from_slice(authentic);
+                    self.decrypt(tag, logical, piece, piece.len() >= PARALLEL_SPAN)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The model file's covered content with the decryption's actions applied and the
+    /// manifest entry removed or replaced: a private copy-on-write map of `file` patched
+    /// in place when no edit changes a length, else an owned copy.
+    fn model_image(&self, d: &Decryption<'_>, file: Option<&File>) -> Result<DecryptedBytes> {
+        let model = self.model;
+        let content_len = d.content_len();
+        let src = model.bytes();
+        let edits = edits_for(model, self.targets, &d.actions, d.extra_edits()?)?;
+        let plan = Plan::new(content_len, edits, Vec::new())?;
+        if let (Some(file), true) = (file, plan.is_in_place()) {
+            let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+            if let Some(mut map) = map_copy(file, src.len(), path)? {
+                let patches = plan_patches(&plan);
+                self.patch(&mut map, src, &patches)?;
+                let plaintext = plaintext_ranges(&patches);
+                return Ok(DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext });
+            }
+        }
+        // The fallback: stream the plan into an owned buffer.
+        let content = src.get(..content_len as usize).ok_or_else(|| out_of_bounds(&(0..content_len)))?;
+        let mut out = Vec::with_capacity(plan.output_len() as usize);
+        let mut err = None;
+        plan.write(content, &mut out, &mut |tag, logical, chunk| {
+            let target = &self.targets[tag];
+            let t = &model.tensors[target.tensor];
+            d.actions[tag].apply_chunk(target, t.data_type, logical, chunk, chunk.len() >= PARALLEL_SPAN).map_err(|e| {
+                err = Some(e);
+                FormatError::Invalid("keystream failed".into())
+            })
+        })
+        .map_err(|e| err.take().unwrap_or(CoreError::Format(e)))?;
+        Ok(DecryptedBytes::owned(out))
+    }
+
+    /// Every external data file of the model, with the spans of each target restored:
+    /// one private copy-on-write map (or an owned copy) per file.
+    fn external_patched(&self) -> Result<BTreeMap<String, DecryptedBytes>> {
+        let mut per_file = self.external_patches()?;
+        let mut external = BTreeMap::new();
+        for (fi, f) in self.model.external_files.iter().enumerate() {
+            let reference = f.bytes()?;
+            let patches = per_file.remove(&fi).unwrap_or_default();
+            let handle = open(&f.path)?;
+            let bytes = match map_copy(&handle, reference.len(), &f.path)? {
+                Some(mut map) => {
+                    self.patch(&mut map, reference, &patches)?;
+                    let len = map.len();
+                    DecryptedBytes { backing: Backing::Map(map), len, plaintext: plaintext_ranges(&patches) }
+                }
+                None => {
+                    let mut v = reference.to_vec();
+                    self.patch(&mut v, reference, &patches)?;
+                    DecryptedBytes::owned(v)
+                }
+            };
+            external.insert(f.location.clone(), bytes);
+        }
+        Ok(external)
+    }
+
+    /// The patches of each external data file (by index), sorted.
+    fn external_patches(&self) -> Result<BTreeMap<usize, Vec<Patch<'_>>>> {
+        let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
+        for (ti, target) in self.targets.iter().enumerate() {
+            let t = &self.model.tensors[target.tensor];
+            let TensorData::External { file, .. } = &t.data else { continue };
+            for &(a, b) in &target.spans {
+                for (range, logical) in t.file_pieces(a, b) {
+                    let what = match self.sources[ti] {
+                        SpanSource::Keep => continue,
+                        SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
+                        SpanSource::Bytes(whole) => {
+                            let lo = logical as usize;
+                            let hi = lo + (range.end - range.start) as usize;
+                            let tensor = || BadManifest::SpanOutOfBounds { tensor: t.name.clone() };
+                            PatchKind::Bytes(whole.get(lo..hi).ok_or_else(tensor)?)
+                        }
+                    };
+                    per_file.entry(*file).or_default().push(Patch { range, what });
+                }
+            }
+        }
+        for patches in per_file.values_mut() {
+            patches.sort_by_key(|p| p.range.start);
+        }
+        Ok(per_file)
+    }
+
+    /// Copies the first bytes of `reference` into `buf` (as long), hashes the first `hashed`
+    /// of them into the content leaves of covered file `index` (chunks of `chunk` bytes) and
+    /// applies `patches` to `buf`, one chunk per worker: every byte is read once, and a
+    /// decrypted range is written from the bytes that were hashed.
+    fn hash_and_patch(
+        &self,
+        buf: &mut [u8],
+        reference: &[u8],
+        patches: &[Patch<'_>],
+        index: u32,
+        hashed: u64,
+        chunk: u64,
+    ) -> Result<FileLeaves> {
+        let c = chunk.max(4096) as usize;
+        let work = |(j, out): (usize, &mut [u8])| -> Result<Option<[u8; 32]>> {
+            let start = (j * c) as u64;
+            let end = start + out.len() as u64;
+            out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
+                CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
+            })?);
+            let first = patches.partition_point(|p| p.range.end <= start);
+            for p in patches[first..].iter().take_while(|p| p.range.start < end) {
+                let lo = p.range.start.max(start);
+                let hi = p.range.end.min(end);
+                let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
+                let off = lo - p.range.start;
+                match p.what {
+                    PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
+                    PatchKind::Decrypt { tag, logical } => self.decrypt(tag, logical + off, dst, false)?,
+                }
+            }
+            if start >= hashed {
+                return Ok(None);
+            }
+            let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
+            leaf.update(&reference[start as usize..end.min(hashed) as usize]);
+            Ok(Some(leaf.finalize()))
+        };
+        // A small file is done on this thread: waking the pool costs more than it saves
+        // (and its first use starts the pool's threads).
+        let leaves = if buf.len() <= SMALL {
+            buf.chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
+        } else {
+            buf.par_chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
+        };
+        Ok(FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
+    }
+
+    /// The one-read path of a decryption whose digest is still to be checked and which
+    /// changes no length: the model and each external file are copied into private
+    /// anonymous buffers (huge pages where the system gives them), hashed and patched in
+    /// one parallel pass, and released only if the digest is `expected` (else every
+    /// patched range is wiped). `None` when the path does not apply.
+    #[allow(clippy::type_complexity)] // the model's bytes and its external files'
+    fn fused(
+        &self,
+        d: &Decryption<'_>,
+        expected: [u8; 32],
+    ) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
+        let model = self.model;
+        let src = model.bytes();
+        let content_len = d.content_len();
+        let edits = edits_for(model, self.targets, &d.actions, d.extra_edits()?)?;
+        let plan = Plan::new(content_len, edits, Vec::new())?;
+        if !plan.is_in_place() || !d.entry_cut() {
+            return Ok(None);
+        }
+        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+        let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
+        let patches = plan_patches(&plan);
+        let mut leaves = Vec::with_capacity(1 + model.external_files.len());
+        let first = self.hash_and_patch(&mut map, src, &patches, 0, content_len, d.chunk);
+        let plaintext = plaintext_ranges(&patches);
+        let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
+        leaves.push(first?);
+        let mut per_file = self.external_patches()?;
+        let mut external = BTreeMap::new();
+        for (fi, f) in model.external_files.iter().enumerate() {
+            let reference = f.bytes()?;
+            let patches = per_file.remove(&fi).unwrap_or_default();
+            let Some(mut map) = anonymous(reference.len(), &f.path)? else { return Ok(None) };
+            let l = self.hash_and_patch(&mut map, reference, &patches, fi as u32 + 1, f.size, d.chunk);
+            let len = map.len();
+            let plaintext = plaintext_ranges(&patches);
+            external.insert(f.location.clone(), DecryptedBytes { backing: Backing::Map(map), len, plaintext });
+            leaves.push(l?);
+        }
+        if content_digest(&leaves) != expected {
+            return Err(Modified::Content.into());
+        }
+        Ok(Some((model_bytes, external)))
+    }
+}
+
+/// A decryption up to a tier below the top stays a protected model (docs/format.md §11),
+/// as `decrypt --tier` writes it: `content` (the model file's content with the tiers
+/// decrypted) followed by the entry of `env` (which records the restored tiers) with the
+/// digest of the new content as its stored digest (`external` holds its external data files).
+fn with_partial_entry(
+    model: &Model,
+    mut env: pb::Envelope,
+    chunk: u64,
+    content: DecryptedBytes,
+    external: &BTreeMap<String, DecryptedBytes>,
+) -> Result<DecryptedBytes> {
+    let mut files = vec![leaves_of(0, &content, chunk)];
+    for (i, f) in model.external_files.iter().enumerate() {
+        let bytes =
+            external.get(&f.location).ok_or(CoreError::Internal("an external data file without its decrypted copy"))?;
+        let index = u32::try_from(i + 1).map_err(|_| BadManifest::TooManyExternalFiles)?;
+        files.push(leaves_of(index, bytes, chunk));
+    }
+    env.stored_digest = content_digest(&files).to_vec();
+    let entry = entry_bytes(env);
+    let mut out = Vec::with_capacity(content.len() + entry.len());
+    out.extend_from_slice(&content);
+    out.extend_from_slice(&entry);
+    // `content` is dropped here, its decrypted spans wiped; `out` is wiped when dropped.
+    Ok(DecryptedBytes::owned(out))
 }
 
 #[cfg(test)]
@@ -920,13 +801,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, protected, key) = protect(dir.path(), "ctr");
         let model = Model::open(&protected).unwrap();
-        let p = crate::format2::read_v2(&model).unwrap();
+        let p = crate::envelope::read(&model).unwrap();
         let t = &model.tensors[p.targets[0].tensor];
         let (range, _) = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
         drop(model);
         let mut bytes = std::fs::read(&protected).unwrap();
         bytes[range.start as usize] ^= 1;
         std::fs::write(&protected, bytes).unwrap();
-        assert!(matches!(decrypt_in_memory(&protected, &key), Err(CoreError::Modified(_))));
+        let e = decrypt_in_memory(&protected, &key).unwrap_err();
+        assert!(matches!(e, CoreError::Modified(crate::error::Modified::Content)), "{e}");
     }
 }

@@ -168,7 +168,7 @@ pub(crate) fn run(
     let segs: Vec<Vec<Seg>> = files.iter().map(|f| segments(&f.plan, f.src.len() as u64)).collect();
     for (i, f) in files.iter().enumerate() {
         if hash == Hash::Both && segs[i].iter().any(|s| s.src.end - s.src.start != s.out.end - s.out.start) {
-            return Err(CoreError::Internal("a pass hashing both sides must not change lengths".into()));
+            return Err(CoreError::Internal("a pass hashing both sides must not change lengths"));
         }
         if let Some(out) = f.out {
             let len = out_len.get(i).copied().unwrap_or(0).max(f.plan.output_len());
@@ -250,9 +250,7 @@ fn put(f: &FileJob<'_>, data: &[u8], offset: u64) -> Result<()> {
 }
 
 fn src_slice<'a>(f: &FileJob<'a>, r: Range<u64>) -> Result<&'a [u8]> {
-    f.src
-        .get(r.start as usize..r.end as usize)
-        .ok_or_else(|| CoreError::Internal(format!("range {r:?} outside the input")))
+    f.src.get(r.start as usize..r.end as usize).ok_or(CoreError::Internal("a range outside the input"))
 }
 
 /// The segments of `segs` (sorted by both sides) that overlap `range` on the output side.

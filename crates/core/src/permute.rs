@@ -11,7 +11,11 @@
 
 use onnx_protect_crypto::{CryptoError, KeyedShuffle, Keystream, WordOrder};
 
-use crate::error::{CoreError, Result};
+use crate::error::{BadManifest, CoreError, PermutationProblem, Result};
+
+fn bad(problem: PermutationProblem) -> CoreError {
+    BadManifest::Permutation(problem).into()
+}
 
 /// Offset multiplier of the randomness of a span (see the module docs).
 pub const SPAN_STREAM_SHIFT: u32 = 24;
@@ -20,17 +24,13 @@ pub const SPAN_STREAM_SHIFT: u32 = 24;
 /// bytes of one span starting at element-byte offset `span_start`.
 pub fn permute_span(ks: &Keystream, span_start: u64, span: &mut [u8], elem: usize, inverse: bool) -> Result<()> {
     if elem == 0 || span.len() % elem != 0 {
-        return Err(CoreError::BadManifest("span is not a whole number of elements".into()));
+        return Err(bad(PermutationProblem::PartElement));
     }
     let n = span.len() / elem;
-    let start = span_start
-        .checked_mul(1u64 << SPAN_STREAM_SHIFT)
-        .ok_or_else(|| CoreError::BadManifest("span offset too large for the distribution-preserving mode".into()))?;
+    let start = span_start.checked_mul(1u64 << SPAN_STREAM_SHIFT).ok_or_else(|| bad(PermutationProblem::Offset))?;
     let shuffle = KeyedShuffle::draw(ks, start, WordOrder::LittleEndian, n).map_err(|e| match e {
-        CryptoError::ShuffleTooLong { .. } => {
-            CoreError::BadManifest("a distribution-preserving span has too many elements".into())
-        }
-        _ => CoreError::BadManifest("permutation stream offset overflows".into()),
+        CryptoError::ShuffleTooLong { .. } => bad(PermutationProblem::TooLong),
+        _ => bad(PermutationProblem::StreamOffset),
     })?;
     let mut swap = |(i, j): (usize, usize)| {
         if i != j {

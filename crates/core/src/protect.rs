@@ -1,60 +1,44 @@
-//! Encrypting, decrypting and verifying models (docs/format.md).
+//! Encrypting, decrypting and verifying model files (docs/format.md).
 //!
 //! New files are written in format 2; format-1 files are still verified and decrypted
-//! (read-only). Each verb is a short pipeline:
+//! (read-only). Each verb is a short pipeline over a model file:
 //!
 //! * [`encrypt`]: open the model, refuse a protected one, check and stage the outputs,
 //!   select what to encrypt (no key), draw a data key and wrap it for every recipient,
 //!   then one pass encrypts the chosen ranges and hashes every byte it writes; the
-//!   manifest entry, sealed over that digest, is appended last.
-//! * [`decrypt`], [`decrypt_tier`]: open a recipient stanza with the key, then one pass
-//!   hashes every byte it reads while it writes the decrypted output into private
-//!   staging; the output appears only if the digest, the MACs (and the signatures asked
-//!   for) match. A full decryption gives back the original file byte for byte.
+//!   manifest entry, sealed over that digest, is appended last (`encrypt`).
+//! * [`decrypt`], [`decrypt_tier`]: read the protection once ([`Protection`]), open a
+//!   recipient stanza with the key, then one pass hashes every byte it reads while it
+//!   writes the decrypted output into private staging; the output appears only if the
+//!   digest, the MACs (and the signatures asked for) match. A full decryption gives back
+//!   the original file byte for byte.
 //! * [`verify`], [`verify_signed`]: the content digest without a key; with a key, the
 //!   MACs too; the signatures of trusted signers when asked.
 //! * [`sign`]: adds a publisher signature to a protected model.
-//!
-//! The key source, the error type and the manifest readers are re-exported here.
 
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
 
-use onnx_protect_crypto::LeafHash;
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_format::write::{Content, Edit};
 use onnx_protect_format::{Model, NoProgress, Progress};
 use onnx_protect_keys::{SignerKey, SigningKey};
 use onnx_protect_select::Policy;
 
-use crate::content::{plans, run_covered, transformer};
-use crate::format2::{self, EncryptSpec};
-use crate::pass::Hash;
-use crate::protection::Protection;
-use crate::restore::{plan_restore, restored_model_bytes};
-use crate::staged::{check_output, check_output_as, durable, protected_names, OutputRules, Outputs};
-use crate::unlock::unlock;
-
-pub use crate::envelope::{manifest_version, ProtectedV2, METADATA_KEY_V2};
-use crate::error::Unsigned;
-pub use crate::error::{CoreError, ErrorKind, Result};
-pub use crate::format2::{open_protected, Rewrite};
-pub use crate::keys::KeySource;
-pub use crate::manifest::{
-    is_manifest_key, read_protected, Protected, ProtectionInfo, Target, TensorSummary, CHECKSUM_LABEL, CHUNK_LABEL,
-    CHUNK_SIZE, FORMAT_VERSION, LEAF_HASH, MAC_INPUT_LABEL, METADATA_KEY, METADATA_PREFIX,
-};
-pub use crate::recipients::EncryptTo;
-
-/// What every use of a format-1 file reports (docs/format.md Appendix B): its MAC covers
-/// the manifest and the encrypted spans, not the clear bytes.
-pub const FORMAT_1_WARNING: &str = "format 1: only encrypted spans authenticated";
-
-/// [`FORMAT_1_WARNING`] for a file of format `version`, else nothing.
-pub fn warning_for(version: u32) -> Option<&'static str> {
-    (version == 1).then_some(FORMAT_1_WARNING)
-}
+use crate::action::Rewrite;
+use crate::decryption::FileSink;
+use crate::encrypt::{self, EncryptSpec};
+use crate::error::{CoreError, OutputRefused, Result, UnusableKey};
+use crate::format1::warning_for;
+use crate::format2::signer_texts;
+use crate::keys::KeySource;
+use crate::metadata::is_manifest_key;
+use crate::protection::{open_protected, Protection, ProtectionView};
+use crate::recipients::EncryptTo;
+use crate::seal::{recorded_digest, with_signatures};
+use crate::staged::{check_output, check_output_as, protected_names, OutputRules};
+use crate::summary::{summaries, ProtectionInfo, TensorSummary};
+use crate::target::Target;
 
 /// What `encrypt` did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -102,7 +86,7 @@ pub struct DecryptReport {
     pub decrypted_bytes: u64,
     /// The manifest's format version.
     pub format_version: u32,
-    /// [`FORMAT_1_WARNING`] for a format-1 file.
+    /// [`FORMAT_1_WARNING`](crate::format1::FORMAT_1_WARNING) for a format-1 file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<&'static str>,
 }
@@ -122,7 +106,7 @@ pub struct VerifyReport {
     pub restored_bytes: u64,
     /// Trusted signers whose signatures were verified.
     pub signers: Vec<String>,
-    /// [`FORMAT_1_WARNING`] for a format-1 file.
+    /// [`FORMAT_1_WARNING`](crate::format1::FORMAT_1_WARNING) for a format-1 file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<&'static str>,
 }
@@ -147,7 +131,7 @@ pub struct EncryptOptions<'a> {
     pub signing_keys: &'a [SigningKey],
     /// A change of the plaintext weights made while encrypting (for example a recipient's
     /// fingerprint); the decrypted model then holds the changed weights.
-    pub rewrite: Option<&'a crate::format2::Rewrite>,
+    pub rewrite: Option<&'a Rewrite>,
     /// Opening the model will need a licence of this authority (docs/shipping.md#licences).
     pub licence: Option<crate::licence::LicenceRequirement>,
     /// Lock the class order of the output layer (`--lock-outputs`, docs/format.md §15);
@@ -225,7 +209,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
         crate::licence::check_model_id(id)?;
     }
-    let done = format2::encrypt(&model, output, to, &spec)?;
+    let done = encrypt::encrypt(&model, output, to, &spec)?;
     let encrypted_bytes = done.selection.bytes();
     let warnings = onnx_protect_select::risk::relearning_warning(
         &model,
@@ -240,7 +224,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         output: output.display().to_string(),
         weight_bytes: done.weight_bytes,
         encrypted_bytes,
-        tensors: crate::manifest::summaries_v2(&model, &done.header, &done.targets),
+        tensors: summaries(&model, &done.header.tensors, &done.targets),
         skipped: skipped_of(&model, &done.selection),
         clear: clear_of(&model, &done.selection),
         external_files: done.external,
@@ -277,7 +261,7 @@ pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
     }
-    let (weight_bytes, selection, header, targets) = format2::plan(&model, opts.policy, opts.allow_empty)?;
+    let (weight_bytes, selection, header, targets) = encrypt::plan(&model, opts.policy, opts.allow_empty)?;
     let clear_bytes = weight_bytes.saturating_sub(selection.bytes());
     let weights = onnx_protect_format::discover(&model);
     let warnings = onnx_protect_select::risk::relearning_warning(&model, &weights, clear_bytes, weight_bytes)
@@ -288,7 +272,7 @@ pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport
         output: String::new(),
         weight_bytes,
         encrypted_bytes: selection.bytes(),
-        tensors: crate::manifest::summaries_v2(&model, &header, &targets),
+        tensors: summaries(&model, &header.tensors, &targets),
         skipped: skipped_of(&model, &selection),
         clear: clear_of(&model, &selection),
         external_files: Vec::new(),
@@ -316,80 +300,31 @@ pub fn decrypt_tier(
     opts: &DecryptOptions,
 ) -> Result<DecryptReport> {
     let model = open_protected(input, opts.progress)?;
-    let report = |tensors, decrypted_bytes, format_version| DecryptReport {
+    let protection = Protection::of(&model)?;
+    // The outputs are checked before the key opens the model, when their names do not
+    // depend on the tier the key reaches (and again once the decryption is planned).
+    if let Some(names) = protection.reader().names_without_key(tier) {
+        check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
+    }
+    let d = protection.reader().decryption(&model, key, tier, opts.signers)?;
+    let (tensors, decrypted_bytes, format_version) = (d.tensors, d.decrypted_bytes, d.format_version);
+    let sink = FileSink {
+        input,
+        output,
+        in_place: opts.in_place,
+        sync: opts.sync,
+        rules: &opts.outputs,
+        progress: opts.progress,
+    };
+    d.write(&sink)?;
+    Ok(DecryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         tensors,
         decrypted_bytes,
         format_version,
         warning: warning_for(format_version),
-    };
-    match Protection::of(&model)? {
-        Protection::V2(p) => {
-            // Where a full and a partial decryption name the external files differently and
-            // the key decides which it is, the check waits for the key (format2::decrypt).
-            let top = p.sealed.header.tiers;
-            let full = top <= 1 || tier == Some(top);
-            if full || p.sealed.header.original_external_files.is_empty() || tier.is_some() {
-                let names = format2::restored_names(&p, full);
-                check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
-            }
-            let spec = format2::DecryptSpec {
-                tier,
-                signers: opts.signers,
-                in_place: opts.in_place,
-                sync: opts.sync,
-                progress: opts.progress,
-                input,
-                rules: &opts.outputs,
-            };
-            let d = format2::decrypt(&model, &p, key, output, &spec)?;
-            Ok(report(d.tensors, d.decrypted_bytes, 2))
-        }
-        Protection::V1(p) => {
-            if !opts.signers.is_empty() {
-                return Err(CoreError::NotSigned(Unsigned::Format1));
-            }
-            check_output(&model, input, output, opts.in_place, &opts.outputs)?;
-            let (tensors, bytes) =
-                decrypt_v1(&model, &p, key, tier, output, durable(opts.in_place, opts.sync), opts.progress)?;
-            Ok(report(tensors, bytes, 1))
-        }
-    }
-}
-
-/// A format-1 decryption: the key check and every MAC first, then one pass that writes
-/// the model with every span decrypted and the manifest entry removed. Format 1 is
-/// read-only: a decryption that would leave tiers encrypted (and so write a format-1
-/// file) is refused.
-fn decrypt_v1(
-    model: &Model,
-    p: &Protected,
-    key: &KeySource,
-    tier: Option<u32>,
-    output: &Path,
-    durable: bool,
-    progress: &dyn Progress,
-) -> Result<(usize, u64)> {
-    let r = plan_restore(model, p, key, tier, false)?;
-    if !r.entry.is_empty() {
-        return Err(CoreError::Key(
-            "format-1 files are read-only: a partial decryption would write one; decrypt with the top-tier key \
-             and encrypt again, or run the model in memory"
-                .into(),
-        ));
-    }
-    let outputs = Outputs::stage(model, output)?;
-    let entry = Edit { range: p.entry.range.clone(), content: Content::Bytes(Vec::new()), ancestors: Vec::new() };
-    let len = model.bytes().len() as u64;
-    let plans = plans(model, len, &p.targets, &r.actions, vec![entry])?;
-    let files = outputs.covered_files();
-    let xf = transformer(model, &p.targets, &r.actions);
-    run_covered(model, len, plans, &xf, Hash::None, CHUNK_SIZE, &files, durable, progress)?;
-    drop(files);
-    outputs.staged.commit(durable)?;
-    let done = p.targets.iter().zip(&r.actions).filter(|(_, a)| !matches!(a, crate::action::Action::Skip));
-    Ok(done.fold((0, 0), |(n, b), (t, _)| (n + 1, b + t.spans.iter().map(|(a, b)| b - a).sum::<u64>())))
+    })
 }
 
 /// Decrypts a protected model into memory: the returned bytes are the original
@@ -402,55 +337,24 @@ pub fn decrypt_to_vec(model: &Model, key: &KeySource) -> Result<Vec<u8>> {
 /// Like [`decrypt_to_vec`], up to tier `tier` (default: the key's own tier).
 pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) -> Result<Vec<u8>> {
     if !model.external_files.is_empty() {
-        return Err(CoreError::Output(
-            "the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory".into(),
-        ));
+        return Err(OutputRefused::ExternalData.into());
     }
-    match Protection::of(model)? {
-        Protection::V2(p) => Ok(crate::memory::decrypt_v2_in_memory(model, p, key, tier)?.bytes().to_vec()),
-        Protection::V1(p) => {
-            let r = plan_restore(model, &p, key, tier, false)?;
-            restored_model_bytes(model, &p, &r)
-        }
-    }
+    let d = Protection::of(model)?.reader().decryption(model, key, tier, &[])?;
+    Ok(crate::memory::load(d, None)?.bytes().to_vec())
 }
 
 /// The top-tier key that `key` stands for in `model` (for a passphrase: its Argon2id
 /// output under the model's parameters), after every check the key allows; and the
 /// model's number of tiers. Lower tier keys derive from it as from a key file's.
 pub fn top_master_key(model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
-    match Protection::of(model)? {
-        Protection::V2(p) => {
-            format2::verify(model, &p, Some(key), &[])?;
-            format2::top_key(&p, key)
-        }
-        Protection::V1(p) => {
-            let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?;
-            let unlocked = crate::unlock::unlock_master(model, &p, &master)?;
-            let tiers = p.manifest.tiers.max(1);
-            if p.manifest.tiers > 1 && unlocked.key_tier < p.manifest.tiers {
-                return Err(CoreError::NotTopKey {
-                    key_tier: unlocked.key_tier,
-                    tiers,
-                    operation: "deriving tier keys",
-                });
-            }
-            Ok((master, tiers))
-        }
-    }
+    Protection::of(model)?.top_key(model, key)
 }
 
 /// The access tier of `key` for a protected model, after every check the key allows:
 /// the number of tiers for the top key (1 for an untiered format-2 model, 0 for an
 /// untiered format-1 model).
 pub fn key_tier(model: &Model, key: &KeySource) -> Result<u32> {
-    match Protection::of(model)? {
-        Protection::V2(p) => {
-            format2::verify(model, &p, Some(key), &[])?;
-            Ok(crate::recipients::open(&p.sealed, key)?.tier)
-        }
-        Protection::V1(p) => Ok(unlock(model, &p, key)?.key_tier),
-    }
+    Protection::of(model)?.key_tier(model, key)
 }
 
 /// Verifies a protected model: with a key, every MAC the key allows; without, the
@@ -467,169 +371,39 @@ pub fn verify_signed(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let model = open_protected(input, progress)?;
-    let check = if key.is_some() { "mac" } else { "checksum" };
-    let bytes = |t: &Target| t.spans.iter().map(|(a, b)| b - a).sum::<u64>();
-    let split = |targets: &[Target], restored: u32| {
-        let in_clear = |t: &&Target| t.tier > 0 && t.tier <= restored;
-        (targets.iter().filter(|t| !in_clear(t)).map(bytes).sum(), targets.iter().filter(in_clear).map(bytes).sum())
-    };
-    match Protection::of(&model)? {
-        Protection::V2(p) => {
-            let targets = format2::verify(&model, &p, key, signers)?;
-            let (encrypted_bytes, restored_bytes) = split(&targets, p.sealed.envelope.restored_tiers);
-            Ok(VerifyReport {
-                input: input.display().to_string(),
-                check,
-                format_version: 2,
-                tensors: p.targets.len(),
-                encrypted_bytes,
-                restored_bytes,
-                signers: signers.iter().map(SignerKey::to_text).collect(),
-                warning: None,
-            })
-        }
-        Protection::V1(p) => {
-            if !signers.is_empty() {
-                return Err(CoreError::NotSigned(Unsigned::Format1));
-            }
-            match key {
-                Some(k) => {
-                    unlock(&model, &p, k)?;
-                }
-                None => {
-                    let leaves =
-                        crate::seal::leaf_digests(&model, &p.targets, p.manifest.chunk_size, p.leaf_hash, &[])?;
-                    crate::seal::check_checksums(&p, &leaves)?;
-                }
-            }
-            let (encrypted_bytes, restored_bytes) = split(&p.targets, p.envelope.restored_tiers);
-            Ok(VerifyReport {
-                input: input.display().to_string(),
-                check,
-                format_version: 1,
-                tensors: p.targets.len(),
-                encrypted_bytes,
-                restored_bytes,
-                signers: Vec::new(),
-                warning: Some(FORMAT_1_WARNING),
-            })
-        }
-    }
+    let protection = Protection::of(&model)?;
+    let targets = protection.verify(&model, key, signers)?;
+    let warning = protection.warning();
+    let view = protection.view();
+    let in_clear = |t: &&Target| t.tier > 0 && t.tier <= view.restored_tiers;
+    Ok(VerifyReport {
+        input: input.display().to_string(),
+        check: if key.is_some() { "mac" } else { "checksum" },
+        format_version: view.format_version,
+        tensors: view.targets.len(),
+        encrypted_bytes: targets.iter().filter(|t| !in_clear(t)).map(Target::bytes).sum(),
+        restored_bytes: targets.iter().filter(in_clear).map(Target::bytes).sum(),
+        signers: signers.iter().map(SignerKey::to_text).collect(),
+        warning,
+    })
 }
 
 /// Reads the protection manifest, if any, for display.
 pub fn protection_info(model: &Model) -> Result<Option<ProtectionInfo>> {
-    let p = match Protection::read(model)? {
-        None => return Ok(None),
-        Some(Protection::V2(p)) => return Ok(Some(protection_info_v2(model, &p)?)),
-        Some(Protection::V1(p)) => p,
-    };
-    let tensors = crate::manifest::summaries(model, &p.manifest, &p.targets);
-    Ok(Some(ProtectionInfo {
-        key: p.entry.key.clone(),
-        format_version: p.manifest.format_version,
-        tool: p.manifest.tool.clone(),
-        passphrase: p.manifest.kdf.is_some(),
-        policy_summary: p.manifest.policy_summary.clone(),
-        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
-        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
-        tiers: p.manifest.tiers,
-        restored_tiers: p.envelope.restored_tiers,
-        leaf_hash: match p.leaf_hash {
-            LeafHash::Sha256 => "sha256",
-            LeafHash::Blake3 => "blake3",
-        },
-        tensors,
-        recipients: Vec::new(),
-        signatures: Vec::new(),
-        positions: "public",
-        label_lock: None,
-        warning: Some(FORMAT_1_WARNING),
-    }))
-}
-
-fn protection_info_v2(model: &Model, p: &ProtectedV2) -> Result<ProtectionInfo, CoreError> {
-    let h = &p.sealed.header;
-    let tensors = crate::manifest::summaries_v2(model, h, &p.targets);
-    Ok(ProtectionInfo {
-        key: METADATA_KEY_V2.to_string(),
-        format_version: h.format_version,
-        tool: h.tool.clone(),
-        passphrase: p.sealed.stanzas.iter().any(|s| s.kind == onnx_protect_keys::KIND_PASSPHRASE),
-        policy_summary: h.policy_summary.clone(),
-        encrypted_bytes: tensors.iter().map(|t| t.encrypted_bytes).sum(),
-        bytes_by_protection: crate::manifest::bytes_by_protection(&tensors),
-        tiers: h.tiers,
-        restored_tiers: p.sealed.envelope.restored_tiers,
-        leaf_hash: "blake3",
-        tensors,
-        positions: if h.positions != 0 { "secret" } else { "public" },
-        label_lock: crate::lock::info(model, h)?,
-        warning: None,
-        recipients: p
-            .sealed
-            .stanzas
-            .iter()
-            .map(|s| {
-                if s.label.is_empty() {
-                    format!("{} (tier {})", s.kind, s.tier)
-                } else {
-                    format!("{} {} (tier {})", s.kind, s.label, s.tier)
-                }
-            })
-            .collect(),
-        signatures: p
-            .sealed
-            .envelope
-            .signatures
-            .iter()
-            .filter_map(|s| <[u8; 32]>::try_from(s.public_key.as_slice()).ok())
-            .map(|k| SignerKey::from_bytes(&k).map(|k| k.to_text()).unwrap_or_else(|_| "(invalid key)".into()))
-            .collect(),
-    })
-}
-
-/// The key-independent facts of a protected model, whatever its format version: what is
-/// encrypted (the targets), the access tiers, those already decrypted in the file.
-#[derive(Debug, Clone)]
-pub struct ProtectionView {
-    pub format_version: u32,
-    pub targets: Vec<Target>,
-    /// Number of access tiers (0 or 1: untiered).
-    pub tiers: u32,
-    pub restored_tiers: u32,
-    pub policy_summary: String,
-    /// The positions are secret (sealed): `targets` list the tensors, without spans.
-    pub secret_positions: bool,
-}
-
-impl ProtectionView {
-    /// The targets whose spans are still encrypted in the file (every tier not restored).
-    pub fn still_encrypted(&self) -> impl Iterator<Item = &Target> {
-        self.targets.iter().filter(move |t| t.tier == 0 || t.tier > self.restored_tiers)
-    }
+    Protection::read(model)?.map(|p| p.info(model)).transpose()
 }
 
 /// The [`ProtectionView`] of a protected model (its manifest validated against the model).
 pub fn protection_view(model: &Model) -> Result<ProtectionView> {
-    match Protection::of(model)? {
-        Protection::V2(p) => Ok(ProtectionView {
-            format_version: 2,
-            tiers: p.sealed.header.tiers,
-            restored_tiers: p.sealed.envelope.restored_tiers,
-            policy_summary: p.sealed.header.policy_summary.clone(),
-            secret_positions: p.sealed.header.positions != 0,
-            targets: p.targets,
-        }),
-        Protection::V1(p) => Ok(ProtectionView {
-            format_version: 1,
-            tiers: p.manifest.tiers,
-            restored_tiers: p.envelope.restored_tiers,
-            policy_summary: p.manifest.policy_summary.clone(),
-            secret_positions: false,
-            targets: p.targets,
-        }),
-    }
+    Ok(Protection::of(model)?.view())
+}
+
+/// The content digest and licence requirement of the protected (format 2) model at
+/// `path`: what a publisher's licence names (`model: digest:…`, `model: id:…`).
+pub fn licence_facts(path: &Path) -> Result<([u8; 32], Option<crate::licence::LicenceRequirement>)> {
+    let model = open_protected(path, &NoProgress)?;
+    let p = Protection::of(&model)?.writable("licensed")?;
+    Ok((recorded_digest(&p)?, crate::licence::requirement(&p.sealed.header)?))
 }
 
 /// What `sign` did.
@@ -653,21 +427,15 @@ pub fn sign(
     progress: &dyn Progress,
 ) -> Result<SignReport> {
     let model = open_protected(input, progress)?;
-    let p = crate::protection::Protection::writable(&model, "signed")?;
+    let p = Protection::of(&model)?.writable("signed")?;
     check_output(&model, input, output, in_place, outputs)?;
-    format2::verify(&model, &p, None, &[])?;
+    p.verify_opened(&model, None, &[])?;
     if p.sealed.envelope.restored_tiers > 0 {
-        return Err(CoreError::Key("a partially decrypted model cannot be signed; sign the encrypted model".into()));
+        return Err(UnusableKey::PartialSign.into());
     }
-    let env = format2::with_signatures(&p, keys);
-    let signers = env
-        .signatures
-        .iter()
-        .filter_map(|s| <[u8; 32]>::try_from(s.public_key.as_slice()).ok())
-        .filter_map(|k| SignerKey::from_bytes(&k).ok())
-        .map(|k| k.to_text())
-        .collect();
-    format2::rewrite_entry(&model, &p, env, output, in_place)?;
+    let env = with_signatures(&p, keys)?;
+    let signers = signer_texts(&env, "").into_iter().filter(|s| !s.is_empty()).collect();
+    p.rewrite_entry(&model, env, output, in_place)?;
     Ok(SignReport { input: input.display().to_string(), output: output.display().to_string(), signers })
 }
 
@@ -691,7 +459,8 @@ pub(crate) fn encrypt_tiny(dir: &Path, key_byte: u8, policy: &Policy) -> (PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::entry_field;
+    use crate::error::{BadManifest, Modified};
+    use crate::format1::manifest::{entry_field, read_protected};
     use onnx_protect_crypto::LeafHash;
     use onnx_protect_proto::v1 as pb;
     use onnx_protect_proto::Message;
@@ -726,9 +495,10 @@ mod tests {
             LeafHash::Sha256 => onnx_protect_proto::v1::LeafHash::Blake3 as i32,
             LeafHash::Blake3 => onnx_protect_proto::v1::LeafHash::Sha256 as i32,
         };
-        assert!(matches!(decrypt_to_vec(&with_leaf_hash(&path, other), &key), Err(CoreError::Modified(_))));
+        let e = decrypt_to_vec(&with_leaf_hash(&path, other), &key).unwrap_err();
+        assert!(matches!(e, CoreError::Modified(Modified::Format1Mac)), "{e}");
         let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
-        assert!(matches!(&err, CoreError::BadManifest(m) if m.contains("unknown leaf hash 7")), "{err}");
+        assert!(matches!(&err, CoreError::BadManifest(BadManifest::LeafHash { value: 7 })), "{err}");
     }
 
     #[test]
@@ -736,7 +506,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (plain, out, key) = encrypt_tiny(dir.path(), 9, &Policy::default());
         let model = Model::open(&out).unwrap();
-        assert_eq!(manifest_version(&model).unwrap(), Some(2));
+        assert_eq!(Protection::of(&model).unwrap().format_version(), 2);
         assert_eq!(decrypt_to_vec(&model, &key).unwrap(), std::fs::read(&plain).unwrap());
         assert_eq!(key_tier(&model, &key).unwrap(), 1);
         let back = dir.path().join("back.onnx");

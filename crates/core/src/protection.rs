@@ -1,42 +1,190 @@
-//! A protected model's entry, read once, in the format it was written in: every verb
-//! matches on [`Protection`] once and passes the parsed value on (as age's `Header`
-//! does), instead of asking for the format version and reading the entry again.
+//! A protected model's entry, read once, in the format it was written in (as age's
+//! `Header` is): [`Protection::read`] finds the manifest entry, decodes and validates
+//! it and matches it to the model; every verb is a method of the parsed value, which
+//! dispatches to its format (`format2`, or the read-only `format1`) in one place.
 
-use onnx_protect_format::Model;
+use std::path::Path;
 
-use crate::envelope::{manifest_version, ProtectedV2};
-use crate::error::{CoreError, Result};
-use crate::manifest::{read_protected, Protected};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::{FormatError, Model, Progress};
+use onnx_protect_keys::SignerKey;
+
+use crate::envelope::{parse_entry, trailing_entry_bytes, ProtectedV2, METADATA_KEY_V2};
+use crate::error::{CoreError, Modified, Result};
+use crate::format1::manifest::{read_protected, Protected, METADATA_KEY};
+use crate::keys::KeySource;
+use crate::metadata::is_manifest_key;
+use crate::reader::Reader;
+use crate::summary::ProtectionInfo;
+use crate::target::Target;
 
 /// The protection of a model, decoded, validated and matched to the model.
-pub(crate) enum Protection {
+pub enum Protection {
     /// Format 2 (docs/format.md), which every encryption writes.
     V2(ProtectedV2),
     /// Format 1 (docs/format.md Appendix B), read only.
     V1(Protected),
 }
 
+/// The key-independent facts of a protected model, whatever its format version: what is
+/// encrypted (the targets), the access tiers, those already decrypted in the file.
+#[derive(Debug, Clone)]
+pub struct ProtectionView {
+    pub format_version: u32,
+    pub targets: Vec<Target>,
+    /// Number of access tiers (0 or 1: untiered).
+    pub tiers: u32,
+    pub restored_tiers: u32,
+    pub policy_summary: String,
+    /// The positions are secret (sealed): `targets` list the tensors, without spans.
+    pub secret_positions: bool,
+}
+
+impl ProtectionView {
+    /// The targets whose spans are still encrypted in the file (every tier not restored).
+    pub fn still_encrypted(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(move |t| t.tier == 0 || t.tier > self.restored_tiers)
+    }
+}
+
 impl Protection {
-    /// The protection of `model`; `None` if it is not protected.
-    pub(crate) fn read(model: &Model) -> Result<Option<Protection>> {
-        Ok(match manifest_version(model)? {
-            None => None,
-            Some(2) => Some(Protection::V2(crate::format2::read_v2(model)?)),
-            Some(_) => Some(Protection::V1(read_protected(model)?)),
-        })
+    /// The protection of `model`; `None` if it carries no manifest entry. An entry of a
+    /// version this build does not read is [`CoreError::UnsupportedVersion`]; two entries
+    /// are "modified" (docs/format.md §1).
+    pub fn read(model: &Model) -> Result<Option<Protection>> {
+        let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
+        match keys.as_slice() {
+            [] => Ok(None),
+            [k] if *k == METADATA_KEY_V2 => Ok(Some(Protection::V2(crate::envelope::read(model)?))),
+            [k] if *k == METADATA_KEY => Ok(Some(Protection::V1(read_protected(model)?))),
+            [k] => Err(CoreError::UnsupportedVersion { key: k.to_string(), format_version: None }),
+            _ => Err(Modified::TwoEntries.into()),
+        }
     }
 
     /// The protection of a model that must be protected ([`CoreError::NotProtected`]).
-    pub(crate) fn of(model: &Model) -> Result<Protection> {
+    pub fn of(model: &Model) -> Result<Protection> {
         Self::read(model)?.ok_or(CoreError::NotProtected)
     }
 
     /// The format-2 entry of a model that `operation` (a past participle: "signed")
     /// rewrites: format 1 is [`CoreError::ReadOnlyFormat`].
-    pub(crate) fn writable(model: &Model, operation: &'static str) -> Result<ProtectedV2> {
-        match Self::of(model)? {
+    pub fn writable(self, operation: &'static str) -> Result<ProtectedV2> {
+        match self {
             Protection::V2(p) => Ok(p),
             Protection::V1(_) => Err(CoreError::ReadOnlyFormat { version: 1, operation }),
         }
     }
+
+    /// The format version of the entry.
+    pub fn format_version(&self) -> u32 {
+        match self {
+            Protection::V2(_) => 2,
+            Protection::V1(_) => 1,
+        }
+    }
+
+    /// What every use of the model must report ([`FORMAT_1_WARNING`](crate::format1::FORMAT_1_WARNING)
+    /// for format 1).
+    pub fn warning(&self) -> Option<&'static str> {
+        crate::format1::warning_for(self.format_version())
+    }
+
+    /// The number of access tiers (1 for an untiered model).
+    pub fn tiers(&self) -> u32 {
+        match self {
+            Protection::V2(p) => p.sealed.header.tiers,
+            Protection::V1(p) => p.manifest.tiers.max(1),
+        }
+    }
+
+    /// The key-independent facts of the protection.
+    pub fn view(self) -> ProtectionView {
+        match self {
+            Protection::V2(p) => ProtectionView {
+                format_version: 2,
+                tiers: p.sealed.header.tiers,
+                restored_tiers: p.sealed.envelope.restored_tiers,
+                policy_summary: p.sealed.header.policy_summary,
+                secret_positions: p.sealed.header.positions != 0,
+                targets: p.targets,
+            },
+            Protection::V1(p) => ProtectionView {
+                format_version: 1,
+                tiers: p.manifest.tiers,
+                restored_tiers: p.envelope.restored_tiers,
+                policy_summary: p.manifest.policy_summary,
+                secret_positions: false,
+                targets: p.targets,
+            },
+        }
+    }
+
+    /// The reader of the entry's format: every verb is one of its methods (the
+    /// decryption among them, which `protect` and `memory` carry out).
+    pub(crate) fn reader(&self) -> &dyn Reader {
+        match self {
+            Protection::V2(p) => p,
+            Protection::V1(p) => p,
+        }
+    }
+
+    /// What `inspect` shows of the protection.
+    pub fn info(&self, model: &Model) -> Result<ProtectionInfo> {
+        self.reader().info(model)
+    }
+
+    /// Verifies the model: with a key, every MAC the key allows; without, the keyless
+    /// digest (format 2) or checksums (format 1); and the signatures of `signers`, when
+    /// any are given. Returns the targets checked (secret positions unsealed as far as
+    /// the key reaches).
+    pub fn verify(&self, model: &Model, key: Option<&KeySource>, signers: &[SignerKey]) -> Result<Vec<Target>> {
+        self.reader().verify(model, key, signers)
+    }
+
+    /// The access tier of `key`, after every check the key allows: the number of tiers
+    /// for the top key (1 for an untiered format-2 model, 0 for an untiered format-1 model).
+    pub fn key_tier(&self, model: &Model, key: &KeySource) -> Result<u32> {
+        self.reader().key_tier(model, key)
+    }
+
+    /// The top-tier key that `key` stands for (for a passphrase: its Argon2id output
+    /// under the model's parameters), after every check the key allows; and the number of
+    /// tiers. Lower tier keys derive from it as from a key file's.
+    pub fn top_key(&self, model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
+        self.reader().top_key(model, key)
+    }
+}
+
+/// Opens a model file that should be protected: a file that no longer parses but ends
+/// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
+pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
+    Model::open_with_progress(input, progress).map_err(|e| triage(input, e))
+}
+
+/// The error for a model file that does not parse: "modified" when it ends in a sound
+/// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
+/// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
+/// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
+/// be read, or whose external data file is missing: a packaging slip, not a
+/// modification) the parser's error.
+fn triage(path: &Path, e: FormatError) -> CoreError {
+    use onnx_protect_format::ErrorKind as K;
+    if e.kind() == K::Io {
+        return e.into();
+    }
+    let Ok(bytes) = std::fs::read(path) else { return e.into() };
+    let Some((range, raw)) = trailing_entry_bytes(&bytes) else { return e.into() };
+    let Ok(value) = std::str::from_utf8(raw) else {
+        return Modified::EntryNotText { cause: Box::new(e) }.into();
+    };
+    let Ok(sealed) = parse_entry(value, range) else { return e.into() };
+    // A file the header lists that is not there is missing; a location the header does not
+    // list is a change of the model.
+    if let FormatError::ExternalMissing { location, .. } = &e {
+        if sealed.header.external_files.contains(location) {
+            return e.into();
+        }
+    }
+    Modified::NoLongerParses { cause: Box::new(e) }.into()
 }

@@ -4,9 +4,11 @@
 
 use onnx_protect_crypto::{DataKey, KdfParams, MasterKey, TierKeys};
 use onnx_protect_keys::{passphrase_stanza, Identity, Recipient, Stanza};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
 
-use crate::envelope::Sealed;
-use crate::error::{CoreError, Result};
+use crate::envelope::{stanza_to_pb, Sealed, MAX_RECIPIENTS_LEN, MAX_STANZAS};
+use crate::error::{BadManifest, CoreError, Modified, Result, UnusableKey};
 use crate::keys::{tier_chain, KeySource};
 
 /// Everyone a new model is encrypted to.
@@ -15,6 +17,10 @@ pub struct EncryptTo {
     /// A key or passphrase. With access tiers it is the top tier's, and every lower
     /// tier's stanza is wrapped under the key derived from it (docs/format.md App. A).
     pub master: Option<KeySource>,
+    /// The number of access tiers `master`'s key file records (`master tiers=N`,
+    /// docs/format.md Appendix A), if it records one: then a model of another number of
+    /// tiers, above one, is refused ([`check_recorded_tiers`]).
+    pub master_tiers: Option<u32>,
     /// Public-key and provider recipients, each for a tier (0: the top tier).
     pub recipients: Vec<(Recipient, u32)>,
 }
@@ -22,15 +28,28 @@ pub struct EncryptTo {
 impl EncryptTo {
     /// Encrypts to one key or passphrase.
     pub fn key(source: KeySource) -> EncryptTo {
-        EncryptTo { master: Some(source), recipients: Vec::new() }
+        EncryptTo { master: Some(source), master_tiers: None, recipients: Vec::new() }
     }
+}
+
+/// Refuses a master key that records `recorded` access tiers (`master tiers=N`) as the
+/// key of a model of `tiers > 1` tiers, unless they agree (docs/format.md Appendix A): its
+/// key would become another tier's key. An untiered model takes any master key.
+pub fn check_recorded_tiers(recorded: u32, tiers: u32) -> Result<()> {
+    if recorded == tiers || tiers == 1 {
+        return Ok(());
+    }
+    Err(UnusableKey::RecordedTiers { recorded, tiers }.into())
 }
 
 /// The stanzas of a new model with data keys `data_keys` (tier 1 first).
 pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stanza>> {
     let tiers = data_keys.len() as u32;
     if to.master.is_none() && to.recipients.is_empty() {
-        return Err(CoreError::Key("no recipient: give a key, a passphrase or a recipient to encrypt to".into()));
+        return Err(UnusableKey::NoRecipient.into());
+    }
+    if let (Some(recorded), Some(_)) = (to.master_tiers, &to.master) {
+        check_recorded_tiers(recorded, tiers)?;
     }
     let dk = |t: u32| &data_keys[t as usize - 1];
     let mut stanzas = Vec::new();
@@ -57,19 +76,12 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
         Some(KeySource::Identity(Identity::Provider(p))) => {
             stanzas.push(Recipient::Provider(p.clone()).wrap(tiers, dk(tiers))?);
         }
-        Some(KeySource::Identity(_) | KeySource::Licensed(..)) => {
-            return Err(CoreError::Key(
-                "an identity opens models; to encrypt for it, give its public recipient (--recipient)".into(),
-            ))
-        }
+        Some(KeySource::Identity(_) | KeySource::Licensed(..)) => return Err(UnusableKey::IdentityToEncrypt.into()),
     }
     for (r, tier) in &to.recipients {
         let t = if *tier == 0 { tiers } else { *tier };
         if t > tiers {
-            return Err(CoreError::Key(format!(
-                "recipient {} is for tier {t}, but the model has {tiers}",
-                r.describe()
-            )));
+            return Err(UnusableKey::RecipientTier { recipient: r.describe(), tier: t, tiers }.into());
         }
         stanzas.push(r.wrap(t, dk(t))?);
     }
@@ -77,17 +89,27 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
 }
 
 /// Refuses a stanza list a reader would refuse (docs/format.md §3, §8), before it is
-/// written: 1 to [`MAX_STANZAS`](crate::envelope::MAX_STANZAS) stanzas, each as its kind
-/// requires, at most eight of each costly kind.
+/// written: 1 to [`MAX_STANZAS`] stanzas, each as its kind requires, at most eight of
+/// each costly kind, [`MAX_RECIPIENTS_LEN`] bytes at most in all.
 pub(crate) fn check_new(stanzas: &[Stanza]) -> Result<()> {
-    if stanzas.is_empty() || stanzas.len() > crate::envelope::MAX_STANZAS {
-        return Err(CoreError::Key(format!(
-            "{} recipient stanzas (1 to {} allowed)",
-            stanzas.len(),
-            crate::envelope::MAX_STANZAS
-        )));
+    if stanzas.is_empty() || stanzas.len() > MAX_STANZAS {
+        return Err(UnusableKey::StanzaCount { count: stanzas.len(), max: MAX_STANZAS }.into());
     }
-    onnx_protect_keys::check_stanzas(stanzas).map_err(|e| CoreError::Key(e.to_string()))
+    onnx_protect_keys::check_stanzas(stanzas).map_err(UnusableKey::NewStanzas)?;
+    let len = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encoded_len();
+    if len > MAX_RECIPIENTS_LEN {
+        return Err(UnusableKey::RecipientsTooLong { len, max: MAX_RECIPIENTS_LEN }.into());
+    }
+    Ok(())
+}
+
+/// A stanza as reports show it: its kind, public label (if any) and tier.
+pub(crate) fn describe(s: &Stanza) -> String {
+    if s.label.is_empty() {
+        format!("{} (tier {})", s.kind, s.tier)
+    } else {
+        format!("{} {} (tier {})", s.kind, s.label, s.tier)
+    }
 }
 
 /// The tiers a caller's key material opens: its own tier, and the keys of every tier
@@ -115,7 +137,7 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
         KeySource::Key(k) => Identity::Key(k.clone()),
         KeySource::Passphrase(p) => Identity::Passphrase(p.clone()),
         KeySource::Identity(i) => i.clone(),
-        KeySource::Licensed(..) => return Err(CoreError::Key("internal: a licence inside a licence".into())),
+        KeySource::Licensed(..) => return Err(CoreError::Internal("a licence inside a licence")),
     };
     let mut best: Option<(u32, DataKey)> = None;
     let mut opener = 0;
@@ -131,10 +153,7 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
                     // fault and not a "modified" model.
                     let kcv = sealed.header.key_checks.get(s.tier as usize - 1);
                     if !kcv.is_some_and(|c| dk.tier_keys().key_check_matches(c)) {
-                        return Err(CoreError::Key(format!(
-                            "key provider {}: the data key it returned for stanza {i} does not match the model's key check",
-                            p.describe()
-                        )));
+                        return Err(UnusableKey::ProviderAnswer { provider: p.describe(), index: i }.into());
                     }
                 }
                 best = Some((s.tier, dk));
@@ -151,7 +170,7 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
             Err(
                 e
                 @ (onnx_protect_keys::KeysError::BadStanza { .. } | onnx_protect_keys::KeysError::KdfOverLimit { .. }),
-            ) => return Err(CoreError::BadManifest(e.to_string())),
+            ) => return Err(BadManifest::Stanza { cause: e }.into()),
             Err(e) => return Err(e.into()),
         }
     }
@@ -164,12 +183,13 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
     let keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     for (i, k) in keys.iter().enumerate() {
         if !k.key_check_matches(&sealed.header.key_checks[i]) {
-            return Err(CoreError::Modified(format!("the data key of tier {} does not match its key check", i + 1)));
+            return Err(Modified::KeyCheck { tier: i as u32 + 1 }.into());
         }
     }
     // A model with a licence authority opens only as far as a valid licence grants.
     let by = &sealed.stanzas[opener];
-    let tier = crate::licence::granted_tier(sealed, key.licence(), (&by.kind, &by.label), tier)?;
+    let digest = &sealed.envelope.content_digest;
+    let tier = crate::licence::granted_tier(&sealed.header, digest, key.licence(), (&by.kind, &by.label), tier)?;
     let mut keys = keys;
     keys.truncate(tier as usize);
     data_keys.truncate(tier as usize);

@@ -24,19 +24,18 @@ use std::path::{Path, PathBuf};
 use onnx_protect_crypto::{DataKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
-use onnx_protect_proto::v2 as pb;
-use onnx_protect_proto::Message;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
-use crate::content::{digest_of, plans, run_covered, stored_digest, transformer};
-use crate::envelope::{stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result};
-use crate::format2::{check_digest, check_seals, open_protected, sign_all, tier_macs};
+use crate::content::{stored_digest, Pass};
+use crate::envelope::ProtectedV2;
+use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::KeySource;
-use crate::manifest::tool_name;
+use crate::metadata::tool_name;
 use crate::pass::Hash;
+use crate::protection::{open_protected, Protection};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
+use crate::seal::{check_digest, check_seals, write_sealed};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
@@ -73,7 +72,7 @@ pub struct RekeyReport {
 ///
 /// The old key must open a top-tier stanza before anything is written, and the whole
 /// model must verify; a wrong key gives [`CoreError::WrongKey`], a modified model
-/// [`CoreError::Modified`], the key of a tier below the top [`CoreError::Key`], and in
+/// [`CoreError::Modified`], the key of a tier below the top [`CoreError::NotTopKey`], and in
 /// each case no output file appears.
 pub fn rekey(
     input: &Path,
@@ -83,15 +82,15 @@ pub fn rekey(
     opts: &RekeyOptions,
 ) -> Result<RekeyReport> {
     let model = open_protected(input, opts.progress)?;
-    let mut p = crate::protection::Protection::writable(&model, "re-keyed")?;
+    let mut p = Protection::of(&model)?.writable("re-keyed")?;
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
-    let old_keys = crate::format2::unlock(&model, &mut p, old)?;
+    let old_keys = p.unlock(&model, old)?;
     if old_keys.tier < tiers {
         return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
     }
     if p.sealed.envelope.restored_tiers > 0 {
-        return Err(CoreError::Key("tiers of this model are decrypted in the file; decrypt it whole first".into()));
+        return Err(UnusableKey::PartialRekey.into());
     }
     let content_len = p.sealed.entry.start;
     check_seals(&p, &old_keys, &[])?;
@@ -116,38 +115,33 @@ pub fn rekey(
     if let (Some(lock), Some(label_lock)) = (crate::lock::read(&model, &header)?, header.label_lock.as_mut()) {
         // The seed of a label lock is sealed under the tier-1 key: sealed again under the
         // new one (the class order, and so the stored bytes, stay as they are).
-        let old1 = old_keys.tier(1).ok_or_else(|| CoreError::Key("the old key cannot open tier 1".into()))?;
+        let old1 = old_keys.tier(1).ok_or(UnusableKey::OldKeyTier1)?;
         label_lock.sealed_seed = crate::lock::reseal(&lock, old1, &new_keys[0])?;
     }
     let actions = rekey_actions(&model, &p, &old_keys, &new_keys)?;
-    let plans = plans(&model, content_len, &p.targets, &actions, Vec::new())?;
     let files = outputs.covered_files();
-    let xf = transformer(&model, &p.targets, &actions);
     let durable = durable(opts.in_place, opts.sync);
-    let chunk = header.chunk_size;
-    let leaves = run_covered(&model, content_len, plans, &xf, Hash::Output, chunk, &files, durable, opts.progress)?;
-    let digest = digest_of(&leaves.output);
-    let h = header.encode_to_vec();
-    let r = pb::Recipients { stanzas: stanzas.iter().map(stanza_to_pb).collect() }.encode_to_vec();
-    let envelope = pb::Envelope {
-        macs: tier_macs(&new_keys, &h, &r, &digest),
-        signatures: sign_all(opts.signing_keys, &h, &r, &digest),
-        header: h,
-        recipients: r,
-        content_digest: digest.to_vec(),
-        ..Default::default()
+    let pass = Pass {
+        model: &model,
+        content_len,
+        targets: &p.targets,
+        actions: &actions,
+        extra: Vec::new(),
+        hash: Hash::Output,
+        chunk: header.chunk_size,
+        durable,
+        progress: opts.progress,
     };
-    let tail_at = leaves.output.first().map(|f| f.len).unwrap_or(0);
-    crate::format2::write_entry(&files, output, envelope, tail_at)?;
-    drop(xf);
+    write_sealed(pass, &files, output, &header, &stanzas, &new_keys, opts.signing_keys)?;
     drop(files);
+    drop(actions);
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     outputs.staged.commit(durable)?;
     Ok(RekeyReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         tensors: p.targets.len(),
-        rekeyed_bytes: p.targets.iter().flat_map(|t| &t.spans).map(|(a, b)| b - a).sum(),
+        rekeyed_bytes: p.targets.iter().map(crate::target::Target::bytes).sum(),
         tiers,
         recipients: stanzas.len(),
         external_files: external,
@@ -160,10 +154,7 @@ pub fn rekey(
 fn rekey_actions(model: &Model, p: &ProtectedV2, old: &Opened, new: &[TierKeys]) -> Result<Vec<Action>> {
     let mut actions = Vec::with_capacity(p.targets.len());
     for target in &p.targets {
-        let old_ks = old
-            .tier(target.tier)
-            .ok_or_else(|| CoreError::Key("the old key cannot decrypt every tier".into()))?
-            .keystream(target.stream_id);
+        let old_ks = old.tier(target.tier).ok_or(UnusableKey::OldKeyTiers)?.keystream(target.stream_id);
         let new_ks = new[target.tier as usize - 1].keystream(target.stream_id);
         let t = &model.tensors[target.tensor];
         actions.push(if target.mode.whole_spans() || matches!(t.data, TensorData::Varint { .. }) {

@@ -21,12 +21,12 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
 use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
-use crate::error::{CoreError, Result, Unsigned};
-use crate::format2::{check_seals, open_protected, rewrite_entry, sign_all, tier_macs};
-pub use crate::journal::Recovery;
-use crate::keys::tier_chain;
-use crate::keys::KeySource;
-use crate::recipients::{open, EncryptTo, Opened};
+use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
+use crate::journal::Recovery;
+use crate::keys::{tier_chain, KeySource};
+use crate::protection::{open_protected, Protection};
+use crate::recipients::{describe, open, EncryptTo, Opened};
+use crate::seal::{check_seals, recorded_digest, seal};
 
 /// Which stanzas to remove.
 #[derive(Debug, Clone)]
@@ -82,24 +82,18 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let recovered =
         if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
     let model = open_protected(input, opts.progress)?;
-    let p = crate::protection::Protection::writable(&model, "re-wrapped")?;
+    let p = Protection::of(&model)?.writable("re-wrapped")?;
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
         return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "rewrap (every tier's MAC)" });
     }
-    let digest: [u8; 32] = p
-        .sealed
-        .envelope
-        .content_digest
-        .as_slice()
-        .try_into()
-        .map_err(|_| CoreError::BadManifest("content digest".into()))?;
+    let digest = recorded_digest(&p)?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.
     check_seals(&p, &opened, &[])?;
     let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
     if stanzas.is_empty() {
-        return Err(CoreError::Key("every recipient would be removed: the model could never be opened again".into()));
+        return Err(UnusableKey::RemoveAll.into());
     }
     let parsed: Vec<Stanza> = stanzas.iter().map(|(s, _)| s.clone()).collect();
     crate::recipients::check_new(&parsed)?;
@@ -109,7 +103,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         rewrite_tail(input, &p, entry_bytes(env))?
     } else {
         crate::staged::check_output(&model, input, output, opts.in_place, &opts.outputs)?;
-        rewrite_entry(&model, &p, env, output, opts.in_place)?;
+        p.rewrite_entry(&model, env, output, opts.in_place)?;
         std::fs::metadata(output).map(|m| m.len()).unwrap_or(0)
     };
     Ok(RewrapReport {
@@ -121,14 +115,6 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         bytes_written,
         recovered,
     })
-}
-
-fn describe(s: &Stanza) -> String {
-    if s.label.is_empty() {
-        format!("{} (tier {})", s.kind, s.tier)
-    } else {
-        format!("{} {} (tier {})", s.kind, s.label, s.tier)
-    }
 }
 
 /// Each stanza with its encoding as stored.
@@ -163,7 +149,7 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
         .collect();
     let removed = before - stanzas.len();
     if removed == 0 && !opts.remove.is_empty() {
-        return Err(CoreError::Key("no recipient of the model matches what should be removed".into()));
+        return Err(UnusableKey::NothingToRemove.into());
     }
     let data_keys: Vec<onnx_protect_crypto::DataKey> = opened.data_keys.clone();
     let add = if opts.add.master.is_none() && opts.add.recipients.is_empty() {
@@ -188,15 +174,16 @@ fn new_envelope(
     digest: &[u8; 32],
     opts: &RewrapOptions,
 ) -> Result<pb::Envelope> {
-    let mut env = p.sealed.envelope.clone();
-    env.recipients = pb::Recipients { stanzas: stanzas.iter().map(|(_, raw)| raw.clone()).collect() }.encode_to_vec();
-    env.macs = tier_macs(&opened.keys, &env.header, &env.recipients, digest);
+    let old = &p.sealed.envelope;
     let renewed: Vec<Vec<u8>> = opts.signing_keys.iter().map(|k| k.public().to_bytes().to_vec()).collect();
-    let stale: Vec<&pb::Signature> = env.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).collect();
-    if !stale.is_empty() && !opts.drop_signatures {
-        return Err(CoreError::NotSigned(Unsigned::Stale { count: stale.len() }));
+    let stale = old.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).count();
+    if stale > 0 && !opts.drop_signatures {
+        return Err(CoreError::NotSigned(Unsigned::Stale { count: stale }));
     }
-    env.signatures = sign_all(opts.signing_keys, &env.header, &env.recipients, digest);
+    let recipients = pb::Recipients { stanzas: stanzas.iter().map(|(_, raw)| raw.clone()).collect() }.encode_to_vec();
+    let mut env = seal(old.header.clone(), recipients, digest, &opened.keys, opts.signing_keys);
+    env.restored_tiers = old.restored_tiers;
+    env.stored_digest = old.stored_digest.clone();
     Ok(env)
 }
 
@@ -215,10 +202,7 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     // Only the tail is read: the time does not grow with the model.
     let f = std::fs::File::open(path).map_err(err)?;
     let len = f.metadata().map_err(err)?.len();
-    let tail_len = len
-        .checked_sub(start)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| CoreError::Modified("the file changed".into()))?;
+    let tail_len = len.checked_sub(start).and_then(|n| usize::try_from(n).ok()).ok_or(Modified::FileChanged)?;
     let mut old_tail = vec![0u8; tail_len];
     onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
     crate::journal::rewrite_tail(path, start, &old_tail, &entry)?;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use onnx_protect_format::write::{check_destination, Destination, StagedOutput};
 use onnx_protect_format::Model;
 
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, OutputRefused, Result};
 use crate::pass::Out;
 
 /// How a command may treat the places it writes its outputs to (the model file and its
@@ -174,11 +174,7 @@ pub(crate) fn protected_names(model: &Model, output: &Path, in_place: bool) -> R
         _ => return Ok(None),
     }
     let Some(base) = output.file_name().and_then(|n| n.to_str()) else {
-        return Err(CoreError::Output(format!(
-            "the output name {} is not UTF-8, so its external data files cannot be named after it; write the \
-             output to another directory",
-            output.display()
-        )));
+        return Err(OutputRefused::NonUtf8Name { path: output.to_path_buf() }.into());
     };
     let n = model.external_files.len();
     Ok(Some((1..=n).map(|i| if n == 1 { format!("{base}.data") } else { format!("{base}.{i}.data") }).collect()))
@@ -250,41 +246,28 @@ pub(crate) fn check_output_as(
         _ => false,
     };
     if same && !in_place {
-        return Err(CoreError::Output(format!(
-            "output {} is the input; pass --in-place to overwrite it",
-            output.display()
-        )));
+        return Err(OutputRefused::IsInput { path: output.to_path_buf() }.into());
     }
     let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let (true, Some(n)) = (in_place, names) {
-        let pairs: Vec<String> =
-            model.external_files.iter().zip(n).map(|(f, n)| format!("'{}' as '{n}'", f.location)).collect();
-        return Err(CoreError::Output(format!(
-            "the external data files would be written under other names ({}), which --in-place cannot do; write \
-             the output to a new file",
-            pairs.join(", ")
-        )));
+        let renames = model.external_files.iter().zip(n).map(|(f, n)| (f.location.clone(), n.clone())).collect();
+        return Err(OutputRefused::RenamedInPlace { renames }.into());
     }
     if !model.external_files.is_empty() && !in_place && names.is_none() {
         let in_dir = model.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&in_dir), std::fs::canonicalize(out_dir)) {
             if a == b {
-                return Err(CoreError::Output(format!(
-                    "the model keeps external data in {}; write the output to another directory (or use --in-place)",
-                    a.display()
-                )));
+                return Err(OutputRefused::ExternalInInputDir { dir: a }.into());
             }
         }
     }
     if !in_place && !rules.make_dirs && !out_dir.is_dir() {
-        return Err(CoreError::Output(format!("the output directory {} does not exist", out_dir.display())));
+        return Err(OutputRefused::NoDirectory { dir: out_dir.to_path_buf() }.into());
     }
-    if model.metadata.iter().all(|m| !crate::manifest::is_manifest_key(&m.key)) {
+    if model.metadata.iter().all(|m| !crate::metadata::is_manifest_key(&m.key)) {
         if let Some((a, b)) = model.shared_external_bytes() {
-            return Err(CoreError::Output(format!(
-                "tensors '{}' and '{}' share bytes of an external data file: encrypting one would change the other",
-                model.tensors[a].name, model.tensors[b].name
-            )));
+            let (first, second) = (model.tensors[a].name.clone(), model.tensors[b].name.clone());
+            return Err(OutputRefused::SharedExternal { first, second }.into());
         }
     }
     // Every destination: what it is now, and which file it names.
@@ -302,26 +285,21 @@ pub(crate) fn check_output_as(
         .filter_map(|p| key_of_existing(&p))
         .collect();
     for (path, name) in dests.iter().zip(&names) {
-        let d = check_destination(path)
-            .map_err(|e| CoreError::Output(format!("cannot write the {name} to {}: {e}", path.display())))?;
+        let d = check_destination(path).map_err(|cause| OutputRefused::Destination {
+            what: name.clone(),
+            path: path.clone(),
+            cause,
+        })?;
         if d.exists && !in_place && !rules.force {
-            return Err(CoreError::Output(format!(
-                "{} exists; pass --force to replace it (the {name})",
-                path.display()
-            )));
+            return Err(OutputRefused::Exists { what: name.clone(), path: path.clone() }.into());
         }
         let key = key_of(&d);
         if let Some((_, other)) = keys.iter().find(|(k, _)| *k == key) {
-            return Err(CoreError::Output(format!(
-                "the {name} and the {other} would both be written to {}",
-                d.path.display()
-            )));
+            let (what, other) = (name.clone(), other.to_string());
+            return Err(OutputRefused::TwoOutputs { what, other, path: d.path }.into());
         }
         if !in_place && inputs.contains(&key) {
-            return Err(CoreError::Output(format!(
-                "the {name} would be written over a file of the input model ({})",
-                d.path.display()
-            )));
+            return Err(OutputRefused::OverInput { what: name.clone(), path: d.path }.into());
         }
         keys.push((key, name));
     }

@@ -8,11 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::lock::LockOutputs;
 use onnx_protect_core::memory::decrypt_in_memory;
-use onnx_protect_core::protect::{
-    decrypt, decrypt_tier, encrypt, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource,
-};
+use onnx_protect_core::protect::{decrypt, decrypt_tier, encrypt, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};

@@ -10,7 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use onnx_protect_core::protect::{decrypt_to_vec, encrypt, verify, EncryptOptions, EncryptTo, ErrorKind, KeySource};
+use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{decrypt_to_vec, encrypt, verify, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
@@ -25,7 +28,7 @@ fn key(b: u8) -> KeySource {
 }
 
 /// Replaces key `from` by key `to` in the model at `path`, in place.
-fn swap(path: &Path, from: u8, to: u8) -> onnx_protect_core::protect::Result<()> {
+fn swap(path: &Path, from: u8, to: u8) -> onnx_protect_core::error::Result<()> {
     let add = EncryptTo::key(key(to));
     let remove = [Remove::Key(MasterKey::from_bytes([from; 32]))];
     let opts = RewrapOptions {

@@ -27,6 +27,8 @@ mod command;
 mod error;
 mod pkcs11;
 mod plugin;
+mod recipient;
+mod rules;
 mod sign;
 mod stanza;
 
@@ -39,12 +41,16 @@ pub use pkcs11::{Pkcs11Key, Pkcs11Uri, KIND_PKCS11};
 pub use plugin::{
     is_plugin_recipient, NoPrompt, PluginIdentity, PluginPrompt, PluginRecipient, KIND_AGE_PLUGIN, MAX_PLUGIN_BODY,
 };
-pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
-pub use stanza::{
-    check_kdf_limits, check_stanzas, costly_kind, is_known_kind, new_x25519_identity_file, passphrase_stanza, Identity,
-    Provider, Recipient, Stanza, Wrapped, KIND_KEY, KIND_PASSPHRASE, KIND_X25519, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST,
-    MAX_KDF_T_COST, MAX_X25519_BODY, PASSPHRASE_SALT_LEN,
+pub use recipient::{
+    check_kdf_limits, new_x25519_identity_file, passphrase_stanza, Identity, Recipient, KIND_KEY, KIND_PASSPHRASE,
+    KIND_X25519, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, PASSPHRASE_SALT_LEN,
 };
+pub use rules::{
+    check_stanzas, costly_kind, is_known_kind, KIND_TPM, MAX_COSTLY_STANZAS, MAX_KIND_LEN, MAX_STANZA_BODY_LEN,
+    MAX_STANZA_LABEL_LEN, MAX_X25519_BODY, TPM_BODY_LEN,
+};
+pub use sign::{SignerKey, SigningKey, SIGNER_HRP, SIGNING_KEY_HRP};
+pub use stanza::{Provider, Stanza, Wrapped};
 
 /// Re-exported so callers can generate and name age identities without depending on `age`.
 pub use age::x25519::{Identity as X25519Identity, Recipient as X25519Recipient};

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes, Method};
-use onnx_protect_core::protect::{open_protected, CoreError, ErrorKind};
-use onnx_protect_format::{DataType, Model, NoProgress};
+use onnx_protect_core::protection::open_protected;
+use onnx_protect_format::{DataType, FormatError, Model, NoProgress};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
@@ -41,7 +42,7 @@ use ort::sys::ONNXTensorElementDataType as Elem;
 use ort::value::DynValue;
 use ort::AsPointer;
 
-pub use onnx_protect_core::protect::KeySource;
+pub use onnx_protect_core::keys::KeySource;
 pub use onnx_protect_keys::SignerKey;
 
 /// What went wrong, and where.
@@ -194,12 +195,10 @@ impl DerefMut for ProtectedSession {
 
 /// Reads a key file written by `onnx-protect keygen` (or 64 hex digits, or 32 raw bytes).
 pub fn key_file(path: &Path) -> Result<KeySource, Error> {
-    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| Error::Model {
-        path: path.to_path_buf(),
-        source: CoreError::Key(format!("cannot read key file: {e}")),
-    })?);
-    let file = onnx_protect_crypto::KeyFile::parse(&bytes)
-        .map_err(|e| Error::Model { path: path.to_path_buf(), source: CoreError::Key(format!("key file: {e}")) })?;
+    let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
+    let read = std::fs::read(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source });
+    let bytes = zeroize::Zeroizing::new(read.map_err(|e| at(e.into()))?);
+    let file = onnx_protect_crypto::KeyFile::parse(&bytes).map_err(|e| at(e.into()))?;
     Ok(KeySource::Key(file.into_key()))
 }
 

@@ -12,7 +12,10 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::protect::{encrypt, EncryptOptions, EncryptTo, ErrorKind, KeySource};
+use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::protect::{encrypt, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_npy::{Dtype, NpyArray};
 use onnx_protect_ort::{commit_from_file, environment, Error, ProtectedSession};

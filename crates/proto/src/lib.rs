@@ -24,4 +24,4 @@ pub mod v2 {
     include!("generated/onnx_protect.v2.rs");
 }
 
-pub use prost::Message;
+pub use prost::{DecodeError, Message};

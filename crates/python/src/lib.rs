@@ -17,8 +17,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::LicenceKind;
+use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
-use onnx_protect_core::protect::{self, CoreError, DecryptOptions, EncryptOptions, EncryptTo, ErrorKind, KeySource};
+use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
 use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
 use std::sync::Arc;
@@ -171,7 +174,11 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
             msg = format!("{name}: {msg}");
         }
     }
-    let msg = pythonize(msg);
+    exception(kind, pythonize(msg))
+}
+
+/// The package's exception for an error of `kind`, with its message and its `kind`.
+pub(crate) fn exception(kind: ErrorKind, msg: String) -> PyErr {
     let err = match kind {
         ErrorKind::Io => FileError::new_err(msg),
         ErrorKind::Model(_) => MalformedModel::new_err(msg),
@@ -183,7 +190,8 @@ fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
         ErrorKind::BadManifest => BadManifest::new_err(msg),
         ErrorKind::WrongKey => WrongKey::new_err(msg),
         ErrorKind::Modified => Modified::new_err(msg),
-        ErrorKind::Output => OutputError::new_err(msg),
+        // A broken invariant keeps the exception it had as an output error (its `kind` tells).
+        ErrorKind::Output | ErrorKind::Internal => OutputError::new_err(msg),
         ErrorKind::NotSigned => NotSigned::new_err(msg),
         ErrorKind::AlreadyDecrypted => AlreadyDecrypted::new_err(msg),
         ErrorKind::Licence(l) => licence_exception(l, msg),
@@ -203,7 +211,7 @@ fn py_err_at(path: &Path, e: CoreError) -> PyErr {
 }
 
 fn key_err(msg: impl Into<String>) -> PyErr {
-    py_err(CoreError::Key(msg.into()))
+    exception(ErrorKind::Key, msg.into())
 }
 
 /// The shortest passphrase that protects a model unless allowed explicitly, in
@@ -254,6 +262,14 @@ impl Key {
             )));
         }
         Ok(self.source.clone())
+    }
+
+    /// The number of access tiers the key file records (`master tiers=N`), if it is one.
+    fn recorded_tiers(&self) -> Option<u32> {
+        match self.kind {
+            Some(KeyKind::Master { tiers }) => Some(tiers),
+            _ => None,
+        }
     }
 
     fn from_key_file(file: KeyFile, what: String) -> Key {
@@ -431,7 +447,7 @@ fn trace_err(e: onnx_protect_trace::TraceError) -> PyErr {
     use onnx_protect_trace::TraceError as T;
     match e {
         T::RecipientId { .. } | T::Parameter(_) => PyValueError::new_err(e.to_string()),
-        T::Secret { .. } | T::Key(_) => py_err(CoreError::Key(e.to_string())),
+        T::Secret { .. } | T::Key(_) => key_err(e.to_string()),
         T::Model { source, .. } => py_err(CoreError::Format(source)),
         T::TooFewWeights { .. } | T::NoCommonWeights { .. } => {
             py_err(CoreError::Format(onnx_protect_format::FormatError::Invalid(e.to_string())))
@@ -457,7 +473,7 @@ fn fingerprint_marker(
         .map_err(|e| FileError::new_err(format!("cannot read fingerprint secret {}: {e}", secret.display())))?;
     let key = FingerprintKey::parse(&bytes, &secret.display().to_string()).map_err(trace_err)?;
     let model = Model::open(src).map_err(|e| py_err_at(src, CoreError::Format(e)))?;
-    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::manifest::is_manifest_key(&m.key)) {
+    if let Some(m) = model.metadata.iter().find(|m| onnx_protect_core::metadata::is_manifest_key(&m.key)) {
         return Err(py_err_at(src, CoreError::AlreadyProtected { key: m.key.clone() }));
     }
     let marker = Marker::new(&model, &key, &recipient, alpha).map_err(trace_err)?;
@@ -512,7 +528,7 @@ fn encrypt(
             r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
         })
         .collect::<PyResult<Vec<_>>>()?;
-    let to = EncryptTo { master, recipients };
+    let to = EncryptTo { master, master_tiers: key.as_ref().and_then(|k| k.recorded_tiers()), recipients };
     let marker = match &fingerprint {
         Some((id, secret, ledger, alpha)) => {
             Some(Arc::new(py.detach(|| fingerprint_marker(&src, id, secret, ledger, *alpha))?))
@@ -528,7 +544,7 @@ fn encrypt(
         let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares)?;
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
-        opts.rewrite = hook.as_ref().map(|f| f as &protect::Rewrite);
+        opts.rewrite = hook.as_ref().map(|f| f as &onnx_protect_core::Rewrite);
         opts.licence = licence;
         protect::encrypt(&src, &dst, &to, &opts)
     });
@@ -536,11 +552,7 @@ fn encrypt(
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     if let (Some(m), Some((_, _, ledger, _))) = (&marker, &fingerprint) {
         if m.rewritten() != m.tensors() {
-            return Err(py_err(CoreError::Output(format!(
-                "internal: the fingerprint changed {} of {} planned tensors",
-                m.rewritten(),
-                m.tensors()
-            ))));
+            return Err(py_err(CoreError::Internal("the fingerprint changed another number of tensors than planned")));
         }
         report["fingerprint"] = serde_json::json!({
             "recipient": m.recipient().to_string(),
@@ -559,7 +571,7 @@ fn encrypt(
 #[pyfunction]
 fn fingerprint_secret(path: PathBuf) -> PyResult<String> {
     if path.exists() {
-        return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", path.display()))));
+        return Err(exception(ErrorKind::Output, format!("{} exists; keygen never overwrites a key", path.display())));
     }
     let (key, text) = onnx_protect_trace::FingerprintKey::generate().map_err(trace_err)?;
     write_key_file(&path, text.as_bytes())?;
@@ -640,7 +652,7 @@ fn keygen(path: PathBuf, tiers: u32) -> PyResult<String> {
     let lower: Vec<PathBuf> = (1..tiers).map(tier_path).collect();
     for p in lower.iter().chain(std::iter::once(&path)) {
         if p.exists() {
-            return Err(py_err(CoreError::Output(format!("{} exists; keygen never overwrites a key", p.display()))));
+            return Err(exception(ErrorKind::Output, format!("{} exists; keygen never overwrites a key", p.display())));
         }
     }
     write_key_file(&path, text.as_bytes())?;

@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes, Method};
-use onnx_protect_core::protect::CoreError;
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source};
 use pyo3::exceptions::PyBufferError;
@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{ffi, IntoPyObjectExt};
 
-use crate::{py_err, py_err_at, Key};
+use crate::{exception, py_err, py_err_at, Key};
 
 /// The decrypted buffers that shared tensors point into; freed (and wiped) when the
 /// last [`TensorView`] and the [`SessionModel`] are gone.
@@ -137,15 +137,18 @@ impl SessionModel {
     fn graph(&self, py: Python<'_>, share: bool) -> PyResult<Py<PyBytes>> {
         let held = Arc::clone(&self.held);
         let opts = Options { share, ..Options::default() };
+        // `None`: the decrypted model was released.
         let plan = py.detach(|| -> Result<_, CoreError> {
             let index = lock(&held.index);
-            let index = index.as_ref().ok_or_else(|| CoreError::Output("the decrypted model was released".into()))?;
             let model = lock(&held.model);
             let external = lock(&held.external);
-            let bytes = model.as_deref().ok_or_else(|| CoreError::Output("the decrypted model was released".into()))?;
-            Ok(prepare(index, bytes, |l| external.get(l).map(|d| &d[..]), &opts)?.graph)
+            let (Some(index), Some(bytes)) = (index.as_ref(), model.as_deref()) else { return Ok(None) };
+            Ok(Some(prepare(index, bytes, |l| external.get(l).map(|d| &d[..]), &opts)?.graph))
         });
-        Ok(PyBytes::new(py, &plan.map_err(py_err)?).unbind())
+        let graph = plan
+            .map_err(py_err)?
+            .ok_or_else(|| exception(ErrorKind::Output, "the decrypted model was released".into()))?;
+        Ok(PyBytes::new(py, &graph).unbind())
     }
 
     /// Drops (and wipes) every decrypted byte that no shared tensor points into; the
@@ -188,7 +191,7 @@ pub fn session_model(
             let (index, d) = match input {
                 Err(path) => {
                     let d = decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?;
-                    (onnx_protect_core::protect::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
+                    (onnx_protect_core::protection::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
                 }
                 Ok(bytes) => {
                     let cwd = std::env::current_dir().ok();
@@ -227,7 +230,7 @@ pub fn session_model(
     let mut shared = Vec::with_capacity(plan.shared.len());
     for s in plan.shared {
         let dtype = numpy_dtype(s.data_type)
-            .ok_or_else(|| py_err(CoreError::Output(format!("internal: {} cannot be shared", s.name))))?;
+            .ok_or_else(|| py_err(CoreError::Internal("a shared tensor of a type numpy has not")))?;
         let view = Py::new(py, TensorView { held: Arc::clone(&held), source: s.source, range: s.range })?;
         shared.push((s.name, dtype, s.dims, view));
     }

@@ -32,8 +32,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
-use onnx_protect_core::protect::{key_tier, protection_view, KeySource};
+use onnx_protect_core::protect::{key_tier, protection_view};
 use onnx_protect_format::{discover, Model};
 
 use crate::attack::{repair_exposed, Exposure, Fill};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use onnx_protect_core::protect::CoreError;
+use onnx_protect_core::error::CoreError;
 use onnx_protect_format::FormatError;
 
 /// What went wrong.

@@ -294,7 +294,7 @@ fn unencryptable(t: &onnx_protect_format::Tensor, mode: Mode) -> Option<&'static
     if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
         return Some("the distribution-preserving mode needs whole-byte elements");
     }
-    if mode.whole_spans() && t.numel < DP_MIN_ELEMENTS {
+    if mode.whole_spans() && t.numel < mode.min_span_elements() {
         return Some("the distribution-preserving mode needs at least 16 elements to permute");
     }
     None

@@ -79,11 +79,22 @@ impl Mode {
     /// Whether a span is transformed as a whole (dp: a permutation of its elements), not
     /// byte by byte: a tensor in this mode is transformed in memory, whole, never streamed
     /// chunk by chunk; each span is one unit (spans may touch and are never merged); its
-    /// elements are whole bytes and a span holds at least `DP_MIN_ELEMENTS` of them.
+    /// elements are whole bytes and a span holds at least [`Mode::min_span_elements`] of them.
     pub fn whole_spans(self) -> bool {
         match self {
             Mode::Ctr | Mode::Fp => false,
             Mode::Dp => true,
+        }
+    }
+
+    /// The fewest elements one span may hold in this mode: [`DP_MIN_ELEMENTS`](crate::DP_MIN_ELEMENTS)
+    /// in `dp`, whose shorter permutations hide too little (one element permuted is no change
+    /// at all); 1 in the modes that work byte by byte.
+    pub fn min_span_elements(self) -> u64 {
+        if self.whole_spans() {
+            crate::DP_MIN_ELEMENTS
+        } else {
+            1
         }
     }
 }

@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use crate::TpmError;
 
-/// The stanza kind of a TPM recipient.
-pub const KIND_TPM: &str = "tpm";
+/// The stanza kind of a TPM recipient (the one name `onnx_protect_keys` checks stanzas by).
+pub const KIND_TPM: &str = onnx_protect_keys::KIND_TPM;
 /// Human-readable part of a TPM recipient string (`onnx-protect-tpm1…`).
 pub const TPM_RECIPIENT_HRP: &str = "onnx-protect-tpm";
 /// HKDF `info` prefix of a `tpm` stanza's key-encryption key (the tier follows, u32be).
@@ -31,6 +31,8 @@ pub const TPM_WRAP_LABEL: &[u8] = b"onnx-protect/v2/wrap/tpm";
 pub const POINT_LEN: usize = 33;
 /// Length of a `tpm` stanza body: the ephemeral point, the wrapped key and its tag.
 pub const TPM_BODY_LEN: usize = POINT_LEN + 32 + 16;
+// The length every reader checks without a key (docs/format.md §8) is this one.
+const _: () = assert!(TPM_BODY_LEN == onnx_protect_keys::TPM_BODY_LEN);
 
 /// The public half of a TPM-resident P-256 key: whoever has it can wrap data keys that only
 /// that TPM opens.

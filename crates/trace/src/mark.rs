@@ -29,7 +29,7 @@ struct Marked {
 /// The fingerprint of one recipient for one model, ready to be applied to its weights.
 ///
 /// [`Marker::rewrite`] has the shape of the encryption's plaintext rewrite hook
-/// (`onnx_protect_core::protect::Rewrite`, docs/tracing.md §2): the patterns are derived when the marker is
+/// (`onnx_protect_core::Rewrite`, docs/tracing.md §2): the patterns are derived when the marker is
 /// made, so applying them cannot fail, and a tensor the marker was not planned for (or
 /// whose name, type or length differ) is left as it is.
 pub struct Marker {

@@ -1,19 +1,38 @@
-//! From a key to the keystreams of a protected model, after every check the key
-//! allows (docs/format.md §7, §8, §11): the key check value first (a wrong key is
-//! refused before anything else), then the MACs and checksums over the ciphertext.
-//!
-//! Either the seals are checked here, before any output is started ([`unlock`]), or
-//! the caller leaves a [`PendingCheck`] to the pass that reads the ciphertext anyway
-//! (a full decryption, a key rotation), which checks it before any output appears.
+//! From a key to the keystreams of a format-1 model, after every check the key allows
+//! (docs/format.md Appendix B.3, B.6): the master key from a key or a passphrase, the
+//! key check value first (a wrong key is refused before anything else), then the MACs
+//! and checksums over the ciphertext (B.4), all before any output is started.
 
 use onnx_protect_crypto::{Keystream, MasterKey, SessionKeys};
 use onnx_protect_format::{Model, TensorData};
+use onnx_protect_proto::v1 as pb;
 
+use super::manifest::{kdf_from_pb, salt_of, Protected};
+use super::seal::{check_tiers, check_untiered, leaf_digests, LeafSrc};
 use crate::action::transform_tensor;
-use crate::error::{CoreError, Result};
-use crate::keys::{tier_sessions, KeySource};
-use crate::manifest::{salt_of, Protected};
-use crate::seal::{check_tiers, check_untiered, leaf_digests, LeafSrc};
+use crate::error::{CoreError, Result, UnusableKey};
+use crate::keys::{tier_chain, KeySource};
+
+/// The master key `key` gives for a manifest with `kdf` (a passphrase model) or without
+/// (B.3). A key is accepted for a tiered passphrase model: it is a tier key, derived from
+/// the passphrase's master (`derive-tier-key --passphrase-env`), checked like any key (B.6).
+pub(crate) fn master_key(key: &KeySource, kdf: Option<&pb::KdfParams>, tiered: bool) -> Result<MasterKey> {
+    match (key, kdf) {
+        (KeySource::Key(k), None) => Ok(k.clone()),
+        (KeySource::Key(k), Some(_)) if tiered => Ok(k.clone()),
+        (KeySource::Key(_), Some(_)) => Err(UnusableKey::PassphraseModel.into()),
+        (KeySource::Passphrase(_), None) => Err(UnusableKey::KeyFileModel.into()),
+        (KeySource::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
+        (KeySource::Licensed(k, _), _) => master_key(k, kdf, tiered),
+        (KeySource::Identity(_), _) => Err(UnusableKey::Format1Identity.into()),
+    }
+}
+
+/// The session keys of tiers `1 ..= top` of a file with `salt`, from the key of tier
+/// `top` (index `t − 1`; one entry for an untiered file, `top` = 1).
+fn tier_sessions(key: &MasterKey, top: u32, salt: &[u8; 32]) -> Vec<SessionKeys> {
+    tier_chain(key, top).iter().map(|k| SessionKeys::derive(k, salt)).collect()
+}
 
 /// The keys a caller holds for a protected model, after every check they allow.
 pub(crate) struct Unlocked {
@@ -25,7 +44,7 @@ pub(crate) struct Unlocked {
 
 /// Checks the key, then every MAC and checksum the key allows.
 pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Unlocked> {
-    unlock_master(model, p, &key.master_for_decrypt(p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?)
+    unlock_master(model, p, &master_key(key, p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?)
 }
 
 /// [`unlock`] with the master key already derived (a passphrase is stretched once).
@@ -116,12 +135,31 @@ pub(crate) fn tier_keys_of(master: &MasterKey, p: &Protected) -> Result<TierKeys
     Ok(TierKeys { key_tier, sessions, streams })
 }
 
-/// Checks the key and the MAC of an untiered protected model; returns the session keys.
-pub(crate) fn authenticate(model: &Model, p: &Protected, key: &KeySource) -> Result<SessionKeys> {
-    if p.manifest.tiers > 1 {
-        return Err(CoreError::Output("this operation does not support tiered models yet".into()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protect_crypto::CryptoError;
+    use zeroize::Zeroizing;
+
+    #[test]
+    fn format_1_argon2_parameters_over_the_caps_are_refused_before_argon2_runs() {
+        let pass = KeySource::Passphrase(Zeroizing::new(b"a long enough passphrase".to_vec()));
+        let kdf = |m_cost_kib, t_cost, p_cost| pb::KdfParams {
+            algorithm: "argon2id".into(),
+            salt: vec![3; 16],
+            m_cost_kib,
+            t_cost,
+            p_cost,
+        };
+        // The file: 1 GiB and 64 passes (minutes and 1 GiB per attempt if it ran).
+        for (m, t, p, field) in
+            [(1_048_576, 64, 1, "t_cost"), (1_048_576, 3, 1, "m_cost_kib"), (65_536, 3, 16, "p_cost")]
+        {
+            let e = master_key(&pass, Some(&kdf(m, t, p)), false).err();
+            let refused = matches!(&e, Some(CoreError::Crypto(CryptoError::KdfParam { field: f, .. })) if *f == field);
+            assert!(refused, "{m} {t} {p}: {e:?}");
+        }
+        // At the caps it runs (kept small here: m = 32 KiB, t = 6, p = 4 are within them).
+        assert!(master_key(&pass, Some(&kdf(32, 6, 4)), false).is_ok());
     }
-    let master = key.master_for_decrypt(p.manifest.kdf.as_ref(), false)?;
-    unlock_master(model, p, &master)?;
-    Ok(SessionKeys::derive(&master, &salt_of(p)?))
 }

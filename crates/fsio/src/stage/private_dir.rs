@@ -121,14 +121,8 @@ pub(super) fn remove_if_stale(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::tests::entries;
     use crate::stage::{remove_stale, PREFIX};
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        v.sort();
-        v
-    }
 
     #[cfg(unix)]
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests of the library crates and the `onnx-protect` binary.
 
+mod architecture;
 mod batch;
 mod bundle;
 mod cli;

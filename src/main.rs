@@ -165,7 +165,10 @@ fn main() -> ExitCode {
     if cfg!(feature = "tpm") && std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(e),
+    };
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Keygen(a) => cmd_keygen::run(a),

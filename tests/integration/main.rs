@@ -7,6 +7,7 @@ mod cli;
 mod conventions;
 mod corpus;
 mod device_keys;
+mod error_paths;
 mod fixtures;
 mod float6;
 mod key_files;

@@ -110,7 +110,7 @@ fn one_line(text: &str) -> (String, Option<String>) {
         }
     }
     if !items.is_empty() {
-        line = format!("{} {}", line.trim_end_matches(':').to_string() + ":", items.join(", "));
+        line = format!("{}: {}", line.trim_end_matches(':'), items.join(", "));
     }
     (line, tip.or(usage))
 }

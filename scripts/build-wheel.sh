@@ -3,24 +3,27 @@
 # with --sdist, a source distribution; checks them with twine and maturin's
 # manylinux audit (auditwheel show prints the result).
 #
-#   bash scripts/build-wheel.sh [--release | --dev] [--sdist] [-o DIR]
+#   bash scripts/build-wheel.sh [--release | --dev] [--sdist | --tpm] [-o DIR]
 #
 # --release (default): the wheel users install (release profile, stripped). --dev: the
 # dev profile (scripts/test.sh: it shares `cargo test`'s compiled dependencies). Both are
 # audited (maturin's --auditwheel check fails if the library links anything a manylinux
-# wheel may not; auditwheel show prints the policy). Output: DIR (default $CARGO_TARGET_DIR/wheels, else
-# target/wheels).
+# wheel may not; auditwheel show prints the policy). --tpm: the package with the cargo
+# feature tpm (TPM key files as identities), for this machine only: it links the
+# system's TSS 2.0 libraries, so it is neither audited nor checked for upload. Output: DIR
+# (default $CARGO_TARGET_DIR/wheels, else target/wheels).
 # maturin, twine and auditwheel are installed into target/build-venv when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=release sdist=0 out=${CARGO_TARGET_DIR:-target}/wheels
+profile=release sdist=0 tpm=0 out=${CARGO_TARGET_DIR:-target}/wheels
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) profile=release ;;
     --dev) profile=dev ;;
     --sdist) sdist=1 ;;
+    --tpm) tpm=1 ;;
     -o) out=$2; shift ;;
-    *) echo "usage: $0 [--release | --dev] [--sdist] [-o DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--release | --dev] [--sdist | --tpm] [-o DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -29,15 +32,28 @@ if [ ! -x "$venv/bin/maturin" ] || [ ! -x "$venv/bin/twine" ] || [ ! -x "$venv/b
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9,<2" twine auditwheel
 fi
+if [ "$tpm" = 1 ] && [ "$sdist" = 1 ]; then
+  echo "$0: --tpm builds a wheel for this machine only; build the sdist without it" >&2
+  exit 2
+fi
 mkdir -p "$out"
 rm -f "$out"/onnx_protect-*.whl "$out"/onnx_protect-*.tar.gz
-args=(build --manifest-path crates/python/Cargo.toml --out "$out" --interpreter python3 --auditwheel check)
+args=(build --manifest-path crates/python/Cargo.toml --out "$out" --interpreter python3)
+if [ "$tpm" = 1 ]; then
+  args+=(--features tpm --auditwheel skip)
+else
+  args+=(--auditwheel check)
+fi
 if [ "$profile" = release ]; then
   args+=(--release --strip)
 else
   args+=(--profile dev)
 fi
 "$venv/bin/maturin" "${args[@]}"
+if [ "$tpm" = 1 ]; then
+  ls -l "$out"/onnx_protect-*
+  exit 0
+fi
 if [ "$sdist" = 1 ]; then
   "$venv/bin/maturin" sdist --manifest-path crates/python/Cargo.toml --out "$out"
 fi

@@ -4,37 +4,40 @@
 # integration, corpus, doc) and the onnxruntime cross-checks.
 #
 # One build, in the debug profile: `cargo test --workspace` compiles every crate,
-# test and example once (what scripts/demo.sh built is reused), and the Python
-# tests run the binary that build produced (target/debug/onnx-protect, with the
-# default features, tract included).
+# test and example once (what scripts/demo.sh built is reused), with the default
+# features (tract included) and, where swtpm and the TSS are installed, the feature tpm;
+# the Python tests run the binary and the C library that build produced
+# (target/debug/onnx-protect, target/debug/libonnx_protect.{so,a}).
 # Then it builds the Python package's wheel, installs it and runs the Python tests
 # (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
-step "system packages (softhsm2: the PKCS#11 tests' token)"
-if ! command -v softhsm2-util >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2
-  else
-    echo "softhsm2 is missing and cannot be installed here (not root, or no apt-get): the PKCS#11 tests will skip" >&2
-  fi
+step "system packages (softhsm2: PKCS#11 tests; swtpm, libtss2-dev: TPM tests; chromium: JS tests)"
+# softhsm2 is the PKCS#11 tests' token; swtpm the software TPM the TPM tests start on local
+# ports (each its own state); libtss2-dev the TSS 2.0 the cargo features tss/tpm link to;
+# chromium runs the JavaScript package's browser test. Whatever is missing is installed
+# with one `apt-get update` and one `apt-get install` (without recommended packages).
+missing=()
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
+command -v pkg-config >/dev/null 2>&1 && pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev pkg-config)
+if command -v node >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
 fi
-step "system packages (swtpm, libtss2-dev: the TPM tests)"
-# swtpm is the software TPM the TPM tests start on local ports (each its own state);
-# libtss2-dev is the TSS 2.0 the cargo features tss/tpm link to.
-if ! command -v swtpm >/dev/null 2>&1 || ! pkg-config --exists tss2-esys 2>/dev/null; then
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools libtss2-dev pkg-config
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "${missing[*]} missing and cannot be installed here (not root, or no apt-get): the tests that need them skip" >&2
   fi
 fi
 if command -v swtpm >/dev/null 2>&1 && pkg-config --exists tss2-esys 2>/dev/null; then
   TPM_TESTS=1
 else
   TPM_TESTS=0
-  echo "swtpm or libtss2-dev is missing and cannot be installed here (not root, or no apt-get): the TPM tests will skip" >&2
+  echo "swtpm or libtss2-dev is missing: the TPM tests will skip" >&2
 fi
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
@@ -53,15 +56,34 @@ step "cargo test --workspace (unit, integration, corpus and doc tests)"
 # here a missing library is a failure, not a skip. The test plugin age-plugin-onnxtest is a
 # binary of the workspace: its absence is a failure.
 export ONNX_PROTECT_REQUIRE_ORT=1
-ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace
+features=()
 if [ "$TPM_TESTS" = 1 ]; then
-  step "TPM: onnx-protect-tpm against swtpm (feature tss); the binary and the C ABI with feature tpm"
-  # The Python tests below then run a binary and a libonnx_protect with TPM support
-  # (tests/python/test_tpm_cli.py, test_package_device_keys.py).
+  # One build with the final features: onnx-protect-tpm's tests run against swtpm (feature
+  # tss), and the binary and libonnx_protect that the Python tests below use
+  # (tests/python/test_tpm_cli.py, test_package_device_keys.py, test_package_capi.py) are
+  # this build's, with the feature tpm. A second cargo command with other features (or
+  # only some packages) would compile most of the workspace again.
+  features=(--features onnx-protect/tpm,onnx-protect-capi/tpm)
   export ONNX_PROTECT_REQUIRE_SWTPM=1
-  cargo test -p onnx-protect-tpm --features tss
-  cargo build -p onnx-protect -p onnx-protect-capi --features onnx-protect/tpm,onnx-protect-capi/tpm
 fi
+ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}"
+# The C library that build made (cargo test leaves it in target/debug/deps, where its
+# JSON messages name it), for the C tests below: a copy in target/capi-test.
+capi_dir=${CARGO_TARGET_DIR:-target}/capi-test
+mkdir -p "$capi_dir"
+cargo test --workspace "${features[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["package_id"].find("crates/capi") >= 0 \
+            and "cdylib" in m["target"]["kind"] and not m["profile"]["test"]:
+        for f in m["filenames"]:
+            if f.endswith((".so", ".a")):
+                shutil.copy(f, sys.argv[1])
+' "$capi_dir"
+[ -f "$capi_dir/libonnx_protect.so" ] && [ -f "$capi_dir/libonnx_protect.a" ] \
+  || { echo "cargo test built no libonnx_protect" >&2; exit 1; }
+export ONNX_PROTECT_CAPI_LIBDIR=$(realpath "$capi_dir")
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/onnx-protect")
 [ -x "$ONNX_PROTECT_BIN" ] || { echo "no $ONNX_PROTECT_BIN after cargo test" >&2; exit 1; }
@@ -70,8 +92,6 @@ step "python package (wheel and sdist: scripts/build-wheel.sh --dev --sdist)"
 # the dev profile so it reuses what `cargo test` just compiled (users get the release
 # build), and installed into the test interpreter; tests/python/test_package*.py import
 # it, and tests/python/test_wheel.py installs it again into a fresh venv without Rust.
-# A folder of its own: the TPM build below goes through maturin's PEP 517 backend,
-# which leaves its (non-manylinux) wheel in target/wheels.
 export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels-test
 bash scripts/build-wheel.sh --dev --sdist -o "$ONNX_PROTECT_WHEEL_DIR"
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
@@ -79,17 +99,17 @@ python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --n
 if [ "$TPM_TESTS" = 1 ]; then
   # With the TPM tests, the package under test is then the same build with the feature tpm
   # (TPM key files as identities; it links the system's TSS, so it is not the wheel).
-  MATURIN_PEP517_ARGS="--profile dev --features tpm" python3 -m pip install --quiet \
-    --disable-pip-version-check --force-reinstall --no-deps ./crates/python
+  tpm_wheels=${CARGO_TARGET_DIR:-target}/wheels-tpm
+  bash scripts/build-wheel.sh --dev --tpm -o "$tpm_wheels"
+  python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+    "$tpm_wheels"/onnx_protect-*.whl
 fi
 step "pytest"
 export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
-python3 -m pytest -q tests/python
+# -rs names each skip and its reason; --durations the slowest tests.
+python3 -m pytest -q -rs --durations=15 tests/python
 step "javascript package (js/: npm ci, node tests, headless Chromium)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
   # onnxruntime-node bundles its CPU binaries; js/.npmrc skips its CUDA download.
   (cd js && npm ci --no-audit --no-fund --loglevel=error && npm test && node test-browser/run.mjs)
 else

@@ -16,11 +16,11 @@ use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Op
 use onnx_protect_format::write::check_destination;
 use serde::Serialize;
 
-use crate::cmd_protect::PolicyArgs;
 use crate::cmd_rekey::NewKeyArgs;
 use crate::exit::{self, usage};
 use crate::keys::KeyArgs;
 use crate::output::OutputArgs;
+use crate::policy_args::PolicyArgs;
 use crate::stdio::file_path;
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]

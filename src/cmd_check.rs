@@ -7,9 +7,9 @@ use anyhow::Result;
 use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
 use onnx_protect_core::summary::ProtectionKind;
 
-use crate::cmd_protect::load_policy;
 use crate::exit;
 use crate::output::OutputArgs;
+use crate::policy_args::load_policy;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]

@@ -67,7 +67,7 @@ fn open_plain(path: &Path, role: &str, clear_ok: bool) -> Result<Model> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     onnx_protect_trace::detect::check_false_positive(a.false_positive)?;
-    let key = crate::cmd_protect::read_fingerprint_secret(&a.fingerprint_secret)?;
+    let key = crate::fingerprint::read_fingerprint_secret(&a.fingerprint_secret)?;
     let ledger = Ledger::read(&a.ledger)?;
     let original = open_plain(&a.original, "original", false)?;
     let suspect = open_plain(&a.suspect, "suspect", true)?;

@@ -10,7 +10,8 @@ use onnx_protect_format::Model;
 use onnx_protect_transform::io::{self, FileKind};
 use onnx_protect_transform::patch::TransformRecord;
 use onnx_protect_transform::{
-    encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformSpec, ValueRange, METADATA_KEY,
+    encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformError, TransformSpec,
+    ValueRange, METADATA_KEY,
 };
 
 use crate::exit::UsageError;
@@ -119,7 +120,7 @@ fn master_key(k: &KeyArgs) -> Result<MasterKey> {
 }
 
 /// An error in an option's value, found after parsing: a usage error (exit 2).
-fn bad_option(e: onnx_protect_transform::TransformError) -> anyhow::Error {
+fn bad_option(e: TransformError) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
@@ -139,13 +140,13 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     let key = master_key(&a.key)?;
     a.write.check_file(&a.output)?;
     let created = crate::dest::missing(crate::dest::dir_of(&a.output));
-    let mut loaded = io::load(&a.input, layout).with_context(|| format!("{}", a.input.display()))?;
+    let mut loaded = naming(io::load(&a.input, layout), &a.input)?;
     let dir = if a.inverse { Direction::Inverse } else { Direction::Forward };
-    transform_images(&key, &spec, &mut loaded.images, range, dir).with_context(|| format!("{}", a.input.display()))?;
-    io::save(&a.output, &loaded).with_context(|| format!("{}", a.output.display()))?;
+    naming(transform_images(&key, &spec, &mut loaded.images, range, dir), &a.input)?;
+    naming(io::save(&a.output, &loaded), &a.output)?;
     crate::dest::note_created(created, a.out.quiet);
     let im = &loaded.images;
-    let fp = hex_fp(&key);
+    let fp = crate::key_files::fingerprint_hex(&key);
     if a.out.quiet {
         return Ok(ExitCode::SUCCESS);
     }
@@ -183,8 +184,17 @@ pub fn transform_input(a: TransformInputArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn hex_fp(key: &MasterKey) -> String {
-    key.fingerprint().iter().map(|b| format!("{b:02x}")).collect()
+/// `r`, its error naming the file `path` (the library's errors of reading and writing
+/// files name it already; the others are given its name).
+fn naming<T>(r: std::result::Result<T, TransformError>, path: &std::path::Path) -> Result<T> {
+    r.map_err(|e| {
+        let name = path.display().to_string();
+        if e.to_string().contains(&name) {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(name)
+        }
+    })
 }
 
 pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitCode> {

@@ -75,6 +75,46 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct KeyFileError(pub String);
 
+/// Reports an error of clap's (an unknown option, a missing or bad value) as every
+/// other error is reported: one `error:` line (clap's message, with the items it lists
+/// below it joined to it) and a `hint:` line (clap's tip, or the command's usage), exit
+/// 2. `--help` and `--version` print as clap prints them.
+pub fn clap_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let (line, hint) = one_line(&e.render().to_string());
+    eprintln!("{line}");
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+    std::process::ExitCode::from(USAGE)
+}
+
+/// clap's rendered error as (the `error:` line, a hint): the lines indented below the
+/// first are joined to it, `tip:` becomes the hint, else `Usage:` does.
+fn one_line(text: &str) -> (String, Option<String>) {
+    let mut lines = text.lines();
+    let mut line = lines.next().unwrap_or("error: invalid arguments").trim_end().to_string();
+    let (mut tip, mut usage) = (None, None);
+    let mut items = Vec::new();
+    for l in lines {
+        let t = l.trim();
+        if let Some(rest) = t.strip_prefix("tip: ") {
+            tip.get_or_insert_with(|| rest.to_string());
+        } else if let Some(rest) = t.strip_prefix("Usage: ") {
+            usage.get_or_insert_with(|| format!("usage: {rest} (--help for more)"));
+        } else if !t.is_empty() && !t.starts_with("For more information") && tip.is_none() && usage.is_none() {
+            items.push(t.to_string());
+        }
+    }
+    if !items.is_empty() {
+        line = format!("{}: {}", line.trim_end_matches(':'), items.join(", "));
+    }
+    (line, tip.or(usage))
+}
+
 /// Returns early with a [`UsageError`] built like `format!`.
 macro_rules! usage {
     ($($arg:tt)*) => {
@@ -307,6 +347,29 @@ pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clap_error_is_one_line_and_a_hint() {
+        let missing = "error: the following required arguments were not provided:\n  <INPUT>\n  --tier <TIER>\n\n\
+                       Usage: onnx-protect verify <INPUT>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(missing),
+            (
+                "error: the following required arguments were not provided: <INPUT>, --tier <TIER>".to_string(),
+                Some("usage: onnx-protect verify <INPUT> (--help for more)".to_string())
+            )
+        );
+        let unknown = "error: unexpected argument '--bogus' found\n\n  tip: to pass '--bogus' as a value, use \
+                       '-- --bogus'\n\nUsage: onnx-protect encrypt [OPTIONS] <INPUT>\n\nFor more information, try \
+                       '--help'.\n";
+        assert_eq!(
+            one_line(unknown),
+            (
+                "error: unexpected argument '--bogus' found".to_string(),
+                Some("to pass '--bogus' as a value, use '-- --bogus'".to_string())
+            )
+        );
+    }
 
     #[test]
     fn every_core_error_kind_has_an_exit_code() {

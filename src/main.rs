@@ -11,20 +11,28 @@ mod cmd_assess;
 mod cmd_batch;
 mod cmd_bundle;
 mod cmd_check;
+mod cmd_decrypt;
+mod cmd_derive_tier_key;
+mod cmd_encrypt;
 mod cmd_inspect;
+mod cmd_keygen;
 mod cmd_licence;
 mod cmd_policy;
-mod cmd_protect;
 mod cmd_rekey;
 mod cmd_rewrap;
 mod cmd_run;
+mod cmd_sign;
 mod cmd_trace;
 mod cmd_transform;
+mod cmd_verify;
 mod dest;
 mod exit;
+mod fingerprint;
 mod fingerprint_check;
+mod key_files;
 mod keys;
 mod output;
+mod policy_args;
 mod progress;
 mod stdio;
 
@@ -51,15 +59,15 @@ enum Command {
     /// Summarise a model: versions, operators, weights and where they are stored.
     Inspect(cmd_inspect::Args),
     /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing), an age X25519 identity (--recipient) or a fingerprint secret (--fingerprint-secret).
-    Keygen(cmd_protect::KeygenArgs),
+    Keygen(cmd_keygen::Args),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
-    Encrypt(Box<cmd_protect::EncryptArgs>),
+    Encrypt(Box<cmd_encrypt::Args>),
     /// Verify and decrypt a protected model, restoring the original bytes.
-    Decrypt(cmd_protect::DecryptArgs),
+    Decrypt(cmd_decrypt::Args),
     /// Check a protected model: every byte against its digest without a key, the MACs with one, signers if asked.
-    Verify(cmd_protect::VerifyArgs),
+    Verify(cmd_verify::Args),
     /// Add a publisher signature (Ed25519) to a protected model.
-    Sign(cmd_protect::SignArgsCmd),
+    Sign(cmd_sign::Args),
     /// Signed licences for models encrypted with --licence-authority: issue (docs/shipping.md).
     Licence(cmd_licence::Args),
     /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
@@ -67,7 +75,7 @@ enum Command {
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
     Rewrap(cmd_rewrap::Args),
     /// Write the key of a lower access tier, derived one way from a higher tier's key.
-    DeriveTierKey(cmd_protect::DeriveTierKeyArgs),
+    DeriveTierKey(cmd_derive_tier_key::Args),
     /// Re-encrypt a protected model under new data keys (verifies the old key and every byte first).
     Rekey(cmd_rekey::Args),
     /// Encrypt, decrypt, rekey or verify many models: parallel, resumable, shardable (docs/batch.md).
@@ -157,18 +165,21 @@ fn main() -> ExitCode {
     if cfg!(feature = "tpm") && std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(e),
+    };
     let result = match cli.command {
         Command::Inspect(a) => cmd_inspect::run(a),
-        Command::Keygen(a) => cmd_protect::keygen(a),
-        Command::Encrypt(a) => cmd_protect::encrypt(*a),
-        Command::Decrypt(a) => cmd_protect::decrypt(a),
-        Command::Verify(a) => cmd_protect::verify(a),
-        Command::Sign(a) => cmd_protect::sign(a),
+        Command::Keygen(a) => cmd_keygen::run(a),
+        Command::Encrypt(a) => cmd_encrypt::run(*a),
+        Command::Decrypt(a) => cmd_decrypt::run(a),
+        Command::Verify(a) => cmd_verify::run(a),
+        Command::Sign(a) => cmd_sign::run(a),
         Command::Bundle(a) => cmd_bundle::run(a),
         Command::Licence(a) => cmd_licence::run(a),
         Command::Rewrap(a) => cmd_rewrap::run(a),
-        Command::DeriveTierKey(a) => cmd_protect::derive_tier_key(a),
+        Command::DeriveTierKey(a) => cmd_derive_tier_key::run(a),
         Command::Rekey(a) => cmd_rekey::run(a),
         Command::Batch(a) => cmd_batch::run(*a),
         Command::Check(a) => cmd_check::run(a),

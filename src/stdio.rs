@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use onnx_protect_format::Model;
-use onnx_protect_fsio::Staging;
+use onnx_protect_fsio::{PrivateDir, Staging};
 
 use crate::exit::usage;
 
@@ -96,11 +96,19 @@ impl Input {
     }
 }
 
+/// The name of the output in its private directory, for `-o -`.
+const STDOUT_NAME: &str = "stdout.onnx";
+
 /// Where a command writes its output model: the path itself, or for `-` a file in a
-/// private temporary directory that [`Output::finish`] copies to standard output.
+/// private directory under `$TMPDIR` ([`onnx_protect_fsio::PrivateDir`]: mode 0700,
+/// removed with its files by the next run if this process dies) that [`Output::finish`]
+/// streams to standard output. The library stages the output there as it stages every
+/// output (a private file without a name on Linux) and gives it its name only when it is
+/// complete; `finish` removes that name before the first byte is written out, so a
+/// process killed while a slow reader holds it up leaves nothing behind.
 pub struct Output {
     path: PathBuf,
-    staged: Option<tempfile::TempDir>,
+    staged: Option<PrivateDir>,
 }
 
 impl Output {
@@ -110,8 +118,15 @@ impl Output {
             return Ok(Output { path: p.to_path_buf(), staged: None });
         }
         refuse_terminal()?;
-        let dir = private_tempdir().context("cannot create a temporary directory for the output")?;
-        Ok(Output { path: dir.path().join("stdout.onnx"), staged: Some(dir) })
+        Output::staged_in(&std::env::temp_dir())
+    }
+
+    /// An output for standard output, staged in a private directory under `tmp`.
+    fn staged_in(tmp: &Path) -> Result<Output> {
+        onnx_protect_fsio::stage::remove_stale_once(tmp);
+        let dir = PrivateDir::new(tmp)
+            .with_context(|| format!("cannot create a private directory for the output in {}", tmp.display()))?;
+        Ok(Output { path: dir.path().join(STDOUT_NAME), staged: Some(dir) })
     }
 
     pub fn path(&self) -> &Path {
@@ -132,12 +147,11 @@ impl Output {
         self.staged.is_some()
     }
 
-    /// Copies a staged output to standard output (a closed pipe is not an error).
+    /// Copies a staged output to standard output (a closed pipe is not an error), after
+    /// removing its name.
     pub fn finish(self) -> Result<()> {
-        if self.staged.is_none() {
-            return Ok(());
-        }
-        let mut f = std::fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        let Some(dir) = self.staged else { return Ok(()) };
+        let mut f = dir.take(STDOUT_NAME).with_context(|| format!("cannot read {}", self.path.display()))?;
         let mut out = std::io::stdout().lock();
         match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -146,18 +160,6 @@ impl Output {
             _ => Ok(()),
         }
     }
-}
-
-/// A temporary directory under `$TMPDIR` that only its owner can enter (mode 0700 from
-/// its creation), for an output written to standard output.
-fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
-    let mut b = tempfile::Builder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o700));
-    }
-    b.prefix(".onnx-protect-").tempdir()
 }
 
 /// The output path: `-o OUTPUT`, or the input itself with `--in-place`.
@@ -251,5 +253,24 @@ mod tests {
         assert!(entries(tmp.path()).is_empty(), "the staged copy has a name: {:?}", entries(tmp.path()));
         drop(input);
         assert!(entries(tmp.path()).is_empty());
+    }
+
+    /// For `-o -`, the library writes the output into a directory only its owner can
+    /// enter, which is gone, with the file, once dropped (a run that fails).
+    #[test]
+    fn an_output_to_standard_output_is_staged_in_a_private_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Output::staged_in(tmp.path()).unwrap();
+        assert!(out.is_stdout());
+        let dir = out.path().parent().unwrap().to_path_buf();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", dir.display());
+        }
+        std::fs::write(out.path(), b"the output").unwrap();
+        drop(out);
+        assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
     }
 }

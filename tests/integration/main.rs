@@ -1,11 +1,13 @@
 //! End-to-end tests of the library crates and the `onnx-protect` binary.
 
+mod architecture;
 mod batch;
 mod bundle;
 mod cli;
 mod conventions;
 mod corpus;
 mod device_keys;
+mod error_paths;
 mod fixtures;
 mod float6;
 mod key_files;

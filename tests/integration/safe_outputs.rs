@@ -1,8 +1,9 @@
 //! Outputs are safe by default (docs/cli.md, "Outputs"): devices, FIFOs and sockets are
 //! never replaced, an existing file only with `--force`, a missing directory is created
 //! with a note, staging files are private and unnamed (a killed run leaves nothing),
-//! named staging files of dead processes are removed by the next run, and an external
-//! data location is never written over the model or another output.
+//! named staging files of dead processes are removed by the next run, an output to
+//! standard output has no name while it is written out, and an external data location
+//! is never written over the model or another output.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -298,6 +299,64 @@ fn a_killed_encryption_leaves_nothing_on_tmpfs() {
     let shm = Path::new("/dev/shm");
     assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for this test");
     a_killed_encryption_leaves_nothing_in(shm);
+}
+
+/// Everything under `dir`, as paths relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry")) {
+        out.push(e.path());
+        if e.file_type().expect("type").is_dir() {
+            out.extend(tree(&e.path()));
+        }
+    }
+    out
+}
+
+/// `encrypt -o -` and `rekey -o -` stage their output as every output is staged, and
+/// the name it gets once complete is gone before its first byte leaves: while a reader
+/// holds the command up (a full pipe), `$TMPDIR` holds nothing (what a process killed
+/// before that point left there is removed), and `kill -9` then leaves nothing behind.
+#[test]
+fn an_output_to_standard_output_has_no_name_while_it_is_written_out() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let model = dir.path().join("big.onnx");
+    write_big_model(&model, 1024); // 4 MiB of weights: far more than a pipe holds
+    let protected = dir.path().join("protected.onnx");
+    let (code, _, err) = run(&["encrypt", s(&model), "-o", s(&protected), "--key-file", s(&key), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let new_key = dir.path().join("new-key");
+    let (code, _, err) = run(&["keygen", "-o", s(&new_key), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        vec!["encrypt", s(&model), "-o", "-", "--key-file", s(&key), "-q"],
+        vec!["rekey", s(&protected), "-o", "-", "--key-file", s(&key), "--new-key-file", s(&new_key), "-q"],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp.path().join(".onnx-protect-4000000-0-1a2b.dir");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("stdout.onnx"), b"a dead process's output").unwrap();
+        let mut child = Command::new(bin())
+            .args(&args)
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The first byte: the output is complete and being written out, until the pipe
+        // is full.
+        let mut first = [0u8; 1];
+        child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+        let named = tree(tmp.path());
+        assert!(child.try_wait().unwrap().is_none(), "{}: ended with a full pipe", args[0]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(named.is_empty(), "{}: named while written out: {named:?}", args[0]);
+        assert!(tree(tmp.path()).is_empty(), "{}: left behind: {:?}", args[0], tree(tmp.path()));
+    }
 }
 
 #[test]

@@ -81,11 +81,17 @@ def test_capi_build_lines_run_verbatim(tmp_path):
     code = capi_block()
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PKG_CONFIG_PATH")}
     # HOME is a temporary directory; cargo and rustup keep theirs, and the dev build that
-    # `cargo test` made is installed (the release build is the same code, minutes longer).
+    # `cargo test` made is installed (the release build is the same code, minutes longer):
+    # as it is (ONNX_PROTECT_CAPI_BUILT) when scripts/test.sh names it and it has the default
+    # features, which these lines are for (with the feature tpm, a static link also needs the
+    # TSS); else install-capi.sh builds it.
     home = pathlib.Path.home()
     env.setdefault("CARGO_HOME", str(home / ".cargo"))
     env.setdefault("RUSTUP_HOME", str(home / ".rustup"))
     env.setdefault("ONNX_PROTECT_CAPI_PROFILE", "dev")
+    built = os.environ.get("ONNX_PROTECT_CAPI_LIBDIR")
+    if built and b"libtss2-esys.so" not in (pathlib.Path(built) / "libonnx_protect.so").read_bytes():
+        env.setdefault("ONNX_PROTECT_CAPI_BUILT", built)
     env["HOME"] = str(tmp_path)
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=1200)

@@ -4,8 +4,9 @@ static library, and run on protected models (made by the package and by the CLI)
 with every key source and every failure a C caller meets. examples/c/session_ctypes.py then creates an
 onnxruntime session from bytes decrypted through the same ABI.
 
-Uses target/debug/libonnx_protect.{so,a} (built by `cargo build --workspace
---all-targets` in scripts/test.sh, or here if missing) and the CLI binary.
+Uses libonnx_protect.{so,a} from $ONNX_PROTECT_CAPI_LIBDIR (scripts/test.sh: the library
+`cargo test --workspace` built), else from target/debug (built here if missing), and the
+CLI binary.
 """
 import os
 import pathlib
@@ -22,7 +23,7 @@ import onnx_protect as op
 from test_package import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-LIBDIR = ROOT / "target" / "debug"
+LIBDIR = pathlib.Path(os.environ.get("ONNX_PROTECT_CAPI_LIBDIR", ROOT / "target" / "debug"))
 EXAMPLE = ROOT / "examples" / "c" / "decrypt_model.c"
 CC = os.environ.get("CC", "gcc")
 
@@ -34,6 +35,7 @@ IO, MALFORMED, KEY, NOT_PROTECTED, WRONG_KEY, MODIFIED, NOT_SIGNED = 2, 3, 4, 5,
 def programs(tmp_path_factory):
     """The example linked to the shared library and to the static one."""
     if not (LIBDIR / "libonnx_protect.so").exists() or not (LIBDIR / "libonnx_protect.a").exists():
+        assert "ONNX_PROTECT_CAPI_LIBDIR" not in os.environ, f"no libonnx_protect in {LIBDIR}"
         subprocess.run(["cargo", "build", "-q", "-p", "onnx-protect-capi"], cwd=ROOT, check=True)
     out = tmp_path_factory.mktemp("c")
     flags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(ROOT / "crates/capi/include")]

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
-    #[error("cannot read {path}: {source}")]
+    /// A file that cannot be read (the system's error is the source, which every
+    /// error chain prints after this).
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     /// A key file that is not an ECDSA P-256 or P-384 key in PEM.
     #[error("{path}: {reason}")]

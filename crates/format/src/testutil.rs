@@ -104,3 +104,11 @@ pub fn matmul_chain(initializers: &[Vec<u8>]) -> Vec<u8> {
     put_len_field(&mut g, 12, &vo);
     model_with_graph(&g)
 }
+
+/// A length-delimited field `number` holding `payload` (tag and length included).
+#[cfg(test)]
+pub(crate) fn len_field(number: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    put_len_field(&mut f, number, payload);
+    f
+}

@@ -14,8 +14,9 @@
 //!   `close`, and the identity of an open file.
 //! * [`stage`](mod@stage): private staging files that become outputs only when complete
 //!   (unnamed `O_TMPFILE` files on Linux, locked named files elsewhere), published
-//!   with or without replacing the destination, and the removal of the named staging
-//!   files of dead processes.
+//!   with or without replacing the destination, private directories for outputs that
+//!   go to standard output, and the removal of the named staging files and private
+//!   directories of dead processes.
 //! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
 //! * [`process`](mod@process): ending a child's whole process group (a key command
 //!   that timed out, with whatever it started).
@@ -46,4 +47,4 @@ pub mod tty;
 
 pub use file::FileId;
 pub use map::{PrivateMap, ReadMap};
-pub use stage::Staging;
+pub use stage::{PrivateDir, Staging};

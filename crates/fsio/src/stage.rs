@@ -11,6 +11,11 @@
 //! long as this process may use it; [`remove_stale`] deletes the named staging files
 //! whose lock nobody holds any more, that is, those of processes that died.
 //!
+//! A [`PrivateDir`] is a directory for an output that leaves through another door
+//! (standard output): mode 0700 from its creation, named
+//! `.onnx-protect-<pid>-<n>-<nonce>.dir` and locked while this process uses it, so that
+//! [`remove_stale`] removes those of dead processes with what they hold.
+//!
 //! Publishing never replaces what it must not: with `replace == false` the file is
 //! linked (or renamed with `RENAME_NOREPLACE`) to a destination that must not exist,
 //! atomically, so a file that appeared meanwhile is never overwritten.
@@ -25,6 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const PREFIX: &str = ".onnx-protect-";
 /// And ends with this.
 pub const SUFFIX: &str = ".tmp";
+/// A [`PrivateDir`]'s name starts with [`PREFIX`] and ends with this.
+pub const DIR_SUFFIX: &str = ".dir";
+
+mod private_dir;
+pub use private_dir::PrivateDir;
 
 /// A private file being written in a destination's directory (see the module
 /// documentation). Dropping it unpublished removes it.
@@ -44,10 +54,15 @@ impl std::fmt::Debug for Staging {
 /// A fresh name for a staging file in `dir`: unique within this process, and tagged
 /// with its id for a person who lists the directory.
 fn fresh_name(dir: &Path) -> PathBuf {
+    fresh_name_with(dir, SUFFIX)
+}
+
+/// [`fresh_name`] ending with `suffix`.
+fn fresh_name_with(dir: &Path, suffix: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    dir.join(format!("{PREFIX}{}-{n}-{:x}{SUFFIX}", std::process::id(), nonce & 0xffff_ffff))
+    dir.join(format!("{PREFIX}{}-{n}-{:x}{suffix}", std::process::id(), nonce & 0xffff_ffff))
 }
 
 impl Staging {
@@ -336,8 +351,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Removes the named staging files in `dir` that no live process holds (their lock is
-/// free: the process that made them died), and returns their paths. Files of live
-/// processes, and entries that are not regular files, are left alone.
+/// free: the process that made them died), and the [`PrivateDir`]s of dead processes
+/// with the files in them, and returns their paths. Those of live processes, and
+/// entries of any other type (a directory with a staging file's name, a link), are left
+/// alone.
 #[cfg(unix)]
 pub fn remove_stale(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -346,10 +363,14 @@ pub fn remove_stale(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
         let Some(s) = name.to_str() else { continue };
-        if !(s.starts_with(PREFIX) && s.ends_with(SUFFIX)) {
+        if !s.starts_with(PREFIX) {
             continue;
         }
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+        if s.ends_with(DIR_SUFFIX) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            removed.extend(private_dir::remove_if_stale(&entry.path()));
+            continue;
+        }
+        if !s.ends_with(SUFFIX) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let path = entry.path();
@@ -422,7 +443,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn entries(dir: &Path) -> Vec<String> {
+    /// The names in `dir`, sorted.
+    pub(super) fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> =
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();

@@ -42,7 +42,7 @@ pub enum LicenceError {
         opener: String,
     },
     /// The validity window has not started.
-    #[error("licence: not yet valid: valid from {not_before}, the time is {now}")]
+    #[error("licence: not yet valid: its validity starts at {not_before}, the time is {now}")]
     NotYetValid {
         /// Its `not-before`.
         not_before: String,

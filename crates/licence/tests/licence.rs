@@ -53,7 +53,7 @@ fn each_refusal_has_its_own_kind() {
     let june = t("2025-06-01T00:00:00Z");
     let e = evaluate(&l, &model(&k), TPM, t("2024-12-31T23:59:59Z")).unwrap_err();
     assert!(matches!(e, LicenceError::NotYetValid { .. }), "{e}");
-    assert!(e.to_string().contains("valid from 2025-01-01T00:00:00Z"), "{e}");
+    assert!(e.to_string().contains("starts at 2025-01-01T00:00:00Z"), "{e}");
     let e = evaluate(&l, &model(&k), TPM, t("2026-01-01T00:00:00Z")).unwrap_err();
     assert!(matches!(e, LicenceError::Expired { .. }), "{e}");
     let other_model = ModelFacts { content_digest: [0xcd; 32], model_id: Some("other".into()), ..model(&k) };

@@ -21,8 +21,9 @@ pub enum TransformError {
     /// A value lies outside the declared value range (needed by neg/pos flip and FFX).
     #[error("value {value} at element {index} is outside the declared range [{lo}, {hi}]")]
     OutOfRange { index: usize, value: f64, lo: f64, hi: f64 },
-    /// A `.npy` file that this crate cannot read or write.
-    #[error("npy: {0}")]
+    /// A `.npy` file that this crate cannot read or write (the npy error says which file
+    /// and what is wrong; it is said once in a chain of causes).
+    #[error(transparent)]
     Npy(#[from] onnx_protect_npy::NpyError),
     /// An image that cannot be decoded or encoded.
     #[error("image: {0}")]

@@ -1,0 +1,87 @@
+//! `decrypt`: the original model back from a protected one, verified before it is renamed
+//! into place (or written to standard output).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use onnx_protect_core::protect::{self, DecryptOptions};
+
+use crate::dest::WriteArgs;
+use crate::exit::usage;
+use crate::keys::{KeyArgs, LicenceArgs, SignerArgs};
+use crate::output::OutputArgs;
+use crate::progress::Bar;
+use crate::stdio::{self, input_name, is_stdio};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected model; `-` reads it from standard input (no external data).
+    input: PathBuf,
+    /// Where to write the restored model; `-` is the same as --stdout.
+    #[arg(short, long, required_unless_present_any = ["in_place", "stdout"])]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    licence: LicenceArgs,
+    /// Overwrite the input (and its external data files).
+    #[arg(long)]
+    in_place: bool,
+    /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
+    #[arg(long)]
+    sync: bool,
+    /// Tiered models: decrypt tiers up to T only (default: the key's own tier).
+    #[arg(long, value_name = "T")]
+    tier: Option<u32>,
+    /// Decrypt in memory and write the model to standard output, which must be a pipe (docs/runtime.md).
+    #[arg(long, conflicts_with_all = ["output", "in_place", "json"])]
+    stdout: bool,
+    /// With --stdout or -o -: write this external data file (by its location) instead of the model.
+    #[arg(long, value_name = "LOCATION")]
+    external: Option<String>,
+    #[command(flatten)]
+    signers: SignerArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `decrypt`.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let key = a.licence.apply(a.key.required()?)?;
+    let signers = a.signers.signers()?;
+    let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
+    if is_stdio(&target) {
+        a.out.refuse_json_with_stdout(true)?;
+        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
+    }
+    if a.external.is_some() {
+        usage!("--external picks the file written to standard output; it needs --stdout or -o -");
+    }
+    let input = stdio::Input::new(&a.input)?;
+    let created = crate::dest::missing(crate::dest::dir_of(&target));
+    let bar = Bar::new(a.out.quiet);
+    let mut r = protect::decrypt_tier(
+        input.path(),
+        &target,
+        &key,
+        a.tier,
+        &DecryptOptions {
+            in_place: a.in_place,
+            sync: a.sync,
+            outputs: a.write.rules(),
+            signers: &signers,
+            progress: &bar,
+        },
+    )
+    .with_context(|| format!("decrypt {}", input_name(&a.input)))?;
+    crate::dest::note_created(created, a.out.quiet);
+    r.input = a.input.display().to_string();
+    a.out.warn(r.warning);
+    a.out.report(&r, false, || {
+        format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,261 @@
+//! `encrypt`: a protected model from a plain one (or `--dry-run`: the plan only).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use onnx_protect_core::protect::{self, EncryptOptions};
+use onnx_protect_core::recipients::EncryptTo;
+
+use crate::dest::WriteArgs;
+use crate::exit::usage;
+use crate::fingerprint::{prepare_fingerprint, FingerprintArgs, FingerprintReport};
+use crate::keys::{KeyArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs};
+use crate::output::OutputArgs;
+use crate::policy_args::PolicyArgs;
+use crate::progress::Bar;
+use crate::stdio::{self, input_name, is_stdio};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to protect; `-` reads it from standard input (no external data).
+    input: PathBuf,
+    /// Where to write the protected model (external data files go next to it, under names of
+    /// their own when it is the input's directory); `-` writes it to standard output.
+    #[arg(short, long, required_unless_present_any = ["in_place", "dry_run"])]
+    output: Option<PathBuf>,
+    /// Show what would be encrypted and its share of the weight bytes, and write nothing (no key
+    /// needed; with --positions secret the rows are chosen with the key, so they are not shown).
+    #[arg(long, conflicts_with_all = ["output", "in_place"])]
+    dry_run: bool,
+    /// List every weight left clear (by default, a summary by operator).
+    #[arg(long, short)]
+    verbose: bool,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    recipients: RecipientArgs,
+    #[command(flatten)]
+    sign: SignArgs,
+    #[command(flatten)]
+    licence_authority: LicenceAuthorityArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Write the model even if the policy encrypts none of its bytes (refused by default).
+    #[arg(long)]
+    allow_empty: bool,
+    /// `secret`: choose which subsequences are encrypted with the key (among twice as many
+    /// candidates as the policy encrypts) and seal their positions, so no key-less party can
+    /// tell which rows are encrypted. Needs the fp or dp mode and no access tiers (docs/protection.md).
+    #[arg(long, value_name = "public|secret", default_value = "public", value_parser = ["public", "secret"])]
+    positions: String,
+    /// Accept a passphrase shorter than 12 characters.
+    #[arg(long)]
+    allow_short_passphrase: bool,
+    /// Overwrite the input (and its external data files).
+    #[arg(long)]
+    in_place: bool,
+    /// Flush the outputs to the disk before renaming them into place (done anyway with --in-place).
+    #[arg(long)]
+    sync: bool,
+    #[command(flatten)]
+    fingerprint: FingerprintArgs,
+    #[command(flatten)]
+    lock: LockArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `encrypt --lock-outputs`: outputs readable only with a key (docs/protection.md).
+#[derive(clap::Args)]
+pub struct LockArgs {
+    /// Lock the class order of the output layer (a classifier's final Gemm or MatMul, with an
+    /// optional Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
+    /// order, so the model run without the key reports wrong classes; run, the Python session,
+    /// the C library and decrypt undo it with the key. With --fingerprint, each recipient's copy
+    /// gets its own order, which trace reads.
+    #[arg(long)]
+    pub lock_outputs: bool,
+    /// With --lock-outputs: the name of the output layer's Gemm or MatMul, for a model with several.
+    #[arg(long, value_name = "NODE", requires = "lock_outputs")]
+    pub lock_node: Option<String>,
+    /// With --lock-outputs: encrypt no weight (the labels alone are locked; the model then runs
+    /// anywhere without a loader, and only its answers need the key).
+    #[arg(long, requires = "lock_outputs")]
+    pub clear_weights: bool,
+}
+
+#[derive(serde::Serialize)]
+struct EncryptOutput {
+    #[serde(flatten)]
+    report: protect::EncryptReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<FingerprintReport>,
+    /// `--dry-run`: nothing was written (`output` is empty).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
+}
+
+impl LockArgs {
+    /// The lock asked for, keyed by `seed` (a recipient's) or a fresh one.
+    fn request(&self, seed: Option<onnx_protect_lock::LockSeed>) -> Option<onnx_protect_core::lock::LockOutputs> {
+        self.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
+            node: self.lock_node.clone(),
+            seed,
+            only: self.clear_weights,
+        })
+    }
+}
+
+/// The line of `encrypt`'s report on the label lock, if any.
+fn lock_text(lock: Option<&onnx_protect_core::lock::LockReport>) -> String {
+    let Some(l) = lock else { return String::new() };
+    let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+    format!(
+        "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
+        l.classes,
+        l.node,
+        l.tensors.join(", "),
+        outs.join(", "),
+        if l.only { "; weights left in clear" } else { "" }
+    )
+}
+
+/// `encrypt --dry-run`: the selection and its share, nothing written.
+fn encrypt_dry_run(a: &Args, policy: &onnx_protect_select::Policy) -> Result<ExitCode> {
+    if is_stdio(&a.input) {
+        usage!("--dry-run reads the model from a file; give its path instead of -");
+    }
+    if a.lock.lock_outputs {
+        usage!("--dry-run plans the weights' encryption only; run it without --lock-outputs");
+    }
+    let bar = Bar::new(a.out.quiet);
+    let opts = EncryptOptions { allow_empty: a.allow_empty, progress: &bar, ..EncryptOptions::new(policy) };
+    let r = protect::encrypt_plan(&a.input, &opts).with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
+    let r = EncryptOutput { report: r, fingerprint: None, dry_run: true };
+    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text report of an encryption (or of a dry run): what was encrypted, then the weights
+/// left clear, summed by operator unless `verbose`.
+fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool) -> String {
+    let pct = if r.weight_bytes > 0 { 100.0 * r.encrypted_bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
+    let (verb, dest) = if dry_run {
+        ("would protect", " (dry run: nothing written)".to_string())
+    } else {
+        ("protected", format!(" -> {}", r.output))
+    };
+    let mut t = format!(
+        "{verb} {} bytes in {} tensors ({pct:.2}% of {} weight bytes){dest}\n  {}",
+        r.encrypted_bytes,
+        r.tensors.len(),
+        r.weight_bytes,
+        onnx_protect_core::inspect::protection_breakdown(&onnx_protect_core::summary::bytes_by_protection(&r.tensors))
+    );
+    if dry_run || verbose {
+        for e in &r.tensors {
+            t += &format!(
+                "\n  {} {} of {} bytes ({} {}, {})",
+                e.name, e.encrypted_bytes, e.nbytes, e.op_type, e.role, e.mode
+            );
+        }
+    }
+    for (name, why) in &r.skipped {
+        t += &format!("\n  skipped {name}: {why}");
+    }
+    if !r.clear.is_empty() {
+        let bytes: u64 = r.clear.iter().map(|c| c.bytes).sum();
+        let share = if r.weight_bytes > 0 { 100.0 * bytes as f64 / r.weight_bytes as f64 } else { 0.0 };
+        t += &format!("\n  left clear: {} weights, {bytes} bytes ({share:.2}% of the weight bytes)", r.clear.len());
+        if verbose {
+            t += ":";
+            for c in &r.clear {
+                t += &format!("\n    {} {} bytes ({} {})", c.name, c.bytes, c.op_type, c.role);
+            }
+        } else {
+            let mut by_op: std::collections::BTreeMap<&str, (usize, u64)> = std::collections::BTreeMap::new();
+            for c in &r.clear {
+                let e = by_op.entry(c.op_type.as_str()).or_default();
+                *e = (e.0 + 1, e.1 + c.bytes);
+            }
+            let parts: Vec<String> = by_op.iter().map(|(op, (n, b))| format!("{op} {n} ({b} bytes)")).collect();
+            t += &format!(":\n    {} (--verbose lists them)", parts.join(", "));
+        }
+    }
+    t + &lock_text(r.lock.as_ref())
+}
+
+/// `encrypt`.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let policy = a.policy.build()?;
+    if a.dry_run {
+        return encrypt_dry_run(&a, &policy);
+    }
+    let to = EncryptTo {
+        master: a.key.optional_master_for(policy.tiers)?,
+        recipients: a.recipients.recipients()?,
+        ..Default::default()
+    };
+    if let Some(m) = &to.master {
+        crate::keys::check_new_passphrase(m, a.allow_short_passphrase, "the passphrase")?;
+    }
+    if to.master.is_none() && to.recipients.is_empty() {
+        usage!(
+            "give a key (--key-file, --key-env, --passphrase-env, --passphrase-file) or a --recipient to encrypt to"
+        );
+    }
+    let signing_keys = a.sign.keys()?;
+    let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
+    let mut fingerprint = prepare_fingerprint(&a.fingerprint, &a.lock, input.path(), &input_name(&a.input))?;
+    let lock = a.lock.request(fingerprint.as_mut().and_then(|f| f.2.take()));
+    // The hook type is `'static`: it owns a handle on the marker.
+    let rewrite = fingerprint.as_ref().map(|(m, _, _)| {
+        let m = std::sync::Arc::clone(m);
+        move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
+    });
+    let created = crate::dest::missing(crate::dest::dir_of(output.path()));
+    let bar = Bar::new(a.out.quiet);
+    let opts = EncryptOptions {
+        rewrite: rewrite.as_ref().map(|f| f as &onnx_protect_core::Rewrite),
+        in_place: a.in_place,
+        sync: a.sync,
+        allow_empty: a.allow_empty,
+        secret_positions: a.positions == "secret",
+        lock: lock.as_ref(),
+        outputs: a.write.rules(),
+        signing_keys: &signing_keys,
+        licence: a.licence_authority.requirement()?,
+        progress: &bar,
+        ..EncryptOptions::new(&policy)
+    };
+    let mut r = protect::encrypt(input.path(), output.path(), &to, &opts)
+        .with_context(|| format!("encrypt {}", input_name(&a.input)))?;
+    if let Some((m, _, _)) = &fingerprint {
+        if m.rewritten() != m.tensors() {
+            bail!(
+                "internal: the fingerprint changed {} of {} planned tensors of {}",
+                m.rewritten(),
+                m.tensors(),
+                input_name(&a.input)
+            );
+        }
+    }
+    crate::dest::note_created(created, a.out.quiet);
+    let to_stdout = output.is_stdout();
+    (r.input, r.output) = (a.input.display().to_string(), output.name());
+    output.finish()?;
+    let fp = fingerprint.map(|(_, f, _)| f);
+    let fp_text = fp.as_ref().map(FingerprintReport::text);
+    for w in &r.warnings {
+        a.out.warn(Some(w));
+    }
+    let r = EncryptOutput { report: r, fingerprint: fp, dry_run: false };
+    a.out.report(&r, to_stdout, || encrypt_text(&r.report, a.verbose, false) + fp_text.as_deref().unwrap_or(""))?;
+    Ok(ExitCode::SUCCESS)
+}

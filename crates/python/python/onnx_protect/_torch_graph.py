@@ -93,6 +93,9 @@ class TorchGraph(torch.nn.Module):
         self.stat_names: dict[str, str] = {}
         # BatchNormalization statistics (value names) that stay as stored in training mode.
         self.frozen_stats: set[str] = set()
+        # (parameter, mask of the elements that train, stored values): the other elements
+        # are put back after each optimiser step (assess's relearn on partly encrypted tensors).
+        self.restore: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(g.node):

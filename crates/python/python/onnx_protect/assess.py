@@ -228,6 +228,7 @@ def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.
     hooks that zero the clear elements of partly encrypted tensors. Clear BN
     statistics stay as stored (their layers run in inference mode)."""
     params = []
+    g.restore = []
     for p in g.params.values():
         p.requires_grad_(False)
     clear_stats = set()
@@ -241,8 +242,11 @@ def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.
         p = g.tensor(loc)
         p.requires_grad_(True)
         if not mask.all():
-            keep = torch.from_numpy(mask.reshape(tuple(p.shape))).to(p.dtype)
-            p.register_hook(lambda grad, keep=keep: grad * keep)
+            keep = torch.from_numpy(mask.reshape(tuple(p.shape)))
+            p.register_hook(lambda grad, keep=keep.to(p.dtype): grad * keep)
+            # AdamW's decoupled weight decay moves every element; train() puts the clear
+            # ones back after each step.
+            g.restore.append((p, keep, p.detach().clone()))
         params.append(p)
     return params
 
@@ -295,6 +299,10 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if g.restore:
+                with torch.no_grad():
+                    for p, keep, stored in g.restore:
+                        p.copy_(torch.where(keep, p, stored))
             sched.step()
             step += 1
     g.eval()
@@ -457,63 +465,111 @@ def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
 
 # Candidate policies, cheapest first (docs/policy.md). Each is TOML for `encrypt --policy`.
 _ROLES_ALL = ("weight", "recurrent", "embedding", "bias", "norm", "position-embedding", "scale", "other")
+_ROLES_MAIN = ("weight", "recurrent", "embedding")
+_ROLES_SMALL = ("bias", "norm", "position-embedding", "scale")
 
 
 def policy_toml(point: str) -> str:
-    """The TOML of a search point: ``last``, ``first``, ``small`` (biases, normalisation
-    parameters, position embeddings, scales), a share of every other weight's rows
-    (``0.25``), ``weights`` (every main weight whole) or ``all`` (every floating-point
-    constant whole), joined by ``+``."""
+    """The TOML of a search point: parts joined by ``+``, each adding whole tensors
+    (``ctr``) to what the others encrypt:
+
+    * ``first``, ``last``: that layer (docs/policy.md: its nodes' main and bias weights);
+    * ``small``: biases, normalisation parameters, position embeddings and scales;
+    * a role name (``norm``, ``bias``, ``position-embedding``, ``scale``, ``weight``,
+      ``recurrent``, ``embedding``): every constant of that role;
+    * an operator type (``MatMul``, ``Conv``, ``LSTM``): every weight it reads;
+    * a number (``0.25``): that share of every main weight's rows, largest L1 first;
+    * ``weights``: every main weight (roles ``weight``, ``recurrent``, ``embedding``);
+    * ``all``: every floating-point constant.
+
+    ``builtin`` alone is the built-in policy. An unknown part raises :class:`AttackError`."""
+    if point == "builtin":
+        return "version = 1\n"
     parts = point.split("+")
     text = 'version = 1\ninherit_builtin = false\n\n[defaults]\nmode = "ctr"\n'
     roles: dict[str, float] = {}
-    if "all" in parts:
-        roles = {r: 1.0 for r in _ROLES_ALL}
-    if "small" in parts:
-        roles.update({r: 1.0 for r in ("bias", "norm", "position-embedding", "scale")})
-    if "weights" in parts:
-        roles.update({r: 1.0 for r in ("weight", "recurrent", "embedding")})
-    share = next((float(p) for p in parts if p.replace(".", "", 1).isdigit()), None)
+    ops: list[str] = []
+    share = None
+    for p in parts:
+        if p == "all":
+            roles.update({r: 1.0 for r in _ROLES_ALL})
+        elif p == "small":
+            roles.update({r: 1.0 for r in _ROLES_SMALL})
+        elif p == "weights":
+            roles.update({r: 1.0 for r in _ROLES_MAIN})
+        elif p in _ROLES_ALL:
+            roles[p] = 1.0
+        elif p.replace(".", "", 1).isdigit() and 0 < float(p) < 1:
+            share = float(p)
+        elif p[:1].isupper() and p.isalnum():
+            ops.append(p)
+        elif p not in ("first", "last"):
+            raise AttackError(f"unknown policy point part {p!r} in {point!r}")
     if share is not None:
-        for r in ("weight", "recurrent", "embedding"):
+        for r in _ROLES_MAIN:
             roles.setdefault(r, share)
     for r, c in roles.items():
         extra = '\nselection = "l1"' if c < 1 else ""
         text += f"\n[roles.{r}]\ncoefficient = {c}{extra}\n"
+    for op in ops:
+        text += f"\n[ops.{op}]\ncoefficient = 1.0\n"
     for layer in ("first", "last"):
         if layer in parts:
             text += f"\n[layers.{layer}]\ncoefficient = 1.0\n"
     return text
 
 
-SEARCH = ("last+first", "last+first+small", "last+first+small+0.25", "last+first+small+0.5", "weights+small",
-          "all")
+# The search's candidates. Which is cheapest depends on the model (the first layer of an
+# MLP is most of it): plan() orders them by the share they encrypt.
+SEARCH = ("first", "last", "last+first", "last+first+norm", "last+first+small", "last+first+small+0.25",
+          "last+first+small+0.5", "weights", "all")
+
+
+def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.PathLike, key=None,
+         ) -> list[dict[str, Any]]:
+    """Encrypts the plain ``model`` with each point (``key``, or a throwaway one) into
+    ``directory`` and returns them cheapest first: dicts with ``point``, ``path`` (the
+    protected copy), ``share`` (of the weight bytes) and ``same`` (later points that
+    encrypt exactly the same spans, left out of the list). A point that encrypts nothing
+    is left out."""
+    from . import encrypt, inspect, new_key
+
+    key = key if key is not None else new_key()
+    by_spans: dict[tuple, dict[str, Any]] = {}
+    for i, point in enumerate(points):
+        pol = os.path.join(directory, f"policy-{i}.toml")
+        with open(pol, "w") as f:
+            f.write(policy_toml(point))
+        out = os.path.join(directory, f"protected-{i}.onnx")
+        if os.path.exists(out):
+            os.remove(out)
+        encrypt(model, out, key=key, policy=pol, allow_empty=True)
+        info = inspect(out)
+        tensors = (info.get("protection") or {}).get("tensors", [])
+        spans = tuple(sorted((t["locator"], tuple(map(tuple, t["spans"]))) for t in tensors))
+        if not spans:
+            continue
+        if spans in by_spans:
+            by_spans[spans]["same"].append(point)
+            continue
+        by_spans[spans] = {"point": point, "path": out, "share": weight_share(info), "same": []}
+    return sorted(by_spans.values(), key=lambda p: p["share"])
 
 
 def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
                   target: float = TARGET, progress: Callable[[str], None] | None = None,
                   **kwargs) -> dict[str, Any]:
-    """Encrypts the plain ``model`` with each search point (cheapest first, a throwaway
-    key), runs :func:`attack` on it, and returns every point's report and the first
-    that holds (``chosen``, ``None`` if none does)."""
-    from . import encrypt, new_key
-
+    """Encrypts the plain ``model`` with each search point (a throwaway key), runs
+    :func:`attack` on them cheapest first (:func:`plan`) and stops at the first that
+    holds: returns every report run and that point (``chosen``, ``None`` if none holds)."""
     results = []
     chosen = None
     kwargs.setdefault("scratch_cache", {})
     with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
-        key = new_key()
-        for point in points:
-            pol = os.path.join(d, "policy.toml")
-            with open(pol, "w") as f:
-                f.write(policy_toml(point))
-            out = os.path.join(d, "protected.onnx")
-            if os.path.exists(out):
-                os.remove(out)
-            encrypt(model, out, key=key, policy=pol)
-            r = attack(out, x, y, x_test, y_test, target=target, progress=progress, **kwargs)
-            r["point"] = point
-            r["policy"] = policy_toml(point)
+        for p in plan(model, points, d):
+            point = p["point"]
+            r = attack(p["path"], x, y, x_test, y_test, target=target, progress=progress, **kwargs)
+            r.update(point=point, same=p["same"], policy=policy_toml(point))
             results.append(r)
             if progress:
                 progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points")

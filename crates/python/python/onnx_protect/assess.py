@@ -337,19 +337,34 @@ def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, step
     return {"accuracy": accuracy(g, xt, yt), "lr": best, "validation": {str(k): v for k, v in by_lr.items()}}
 
 
-def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-           sizes: Sequence[float] = SIZES, seeds: int = SEEDS, steps: int = STEPS, lrs: Sequence[float] = LRS,
-           attacks: Sequence[str] = ATTACKS, target: float = TARGET, check: bool = True,
-           scratch_cache: dict | None = None,
-           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Runs the training attacks on a protected model (module docs) and returns the
-    report: per data size the mean test accuracy of scratch and each attack, the best
-    attack and its gap over scratch; the headline gap; the encrypted byte share.
+def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+           **options: Any) -> dict[str, Any]:
+    """Runs the training attacks on a protected model (module docs) at the public
+    positions of its encrypted elements and returns the report of :func:`attack_masks`
+    with the protected file's name (``model``) and encrypted byte share (``share``)."""
+    from . import inspect as _inspect
+
+    info = _inspect(protected)
+    model = onnx.load(os.fspath(protected))
+    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
+    masks = encrypted_masks(info, tg.TorchGraph(model, trainable=encrypted))
+    return {"model": os.fspath(protected), "share": weight_share(info),
+            **attack_masks(model, masks, x, y, x_test, y_test, **options)}
+
+
+def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                 x_test: np.ndarray, y_test: np.ndarray, *, sizes: Sequence[float] = SIZES, seeds: int = SEEDS,
+                 steps: int = STEPS, lrs: Sequence[float] = LRS, attacks: Sequence[str] = ATTACKS,
+                 target: float = TARGET, check: bool = True, scratch_cache: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs the training attacks on ``model`` with the elements of ``masks`` (locator ->
+    boolean mask over the constant's elements) unknown to the attacker: the encrypted
+    ones, or an attacker's guess of them. Returns the report: per data size the mean
+    test accuracy of scratch and each attack, the best attack and its gap over scratch;
+    the headline gap.
 
     Scratch does not depend on what is encrypted: ``scratch_cache`` (a dict, filled
     here) lets several protected copies of one model share its runs."""
-    from . import inspect as _inspect
-
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
     x, x_test = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(x_test, dtype=np.float32)
     y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
@@ -358,11 +373,11 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
-    info = _inspect(protected)
-    model = onnx.load(os.fspath(protected))
-    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
-    graph = tg.TorchGraph(model, trainable=encrypted)
-    masks = encrypted_masks(info, graph)
+    graph = tg.TorchGraph(model, trainable=frozenset(masks))
+    for loc, mask in masks.items():
+        c = graph.constants.get(loc)
+        if c is None or mask.shape != (c.array.size,):
+            raise AttackError(f"{loc}: not a floating-point constant of the main graph with {mask.size} elements")
     if check:
         zero = _zero_filled(model, graph, masks)
         tg.check(zero, x_test[:64])
@@ -372,8 +387,7 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
     # Scratch depends on the model and on which of its one-element constants are encrypted.
     scalars = tuple(sorted(loc for loc, c in graph.constants.items() if c.array.size == 1))
     report: dict[str, Any] = {
-        "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
-        "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
+        "steps": steps, "lrs": list(lrs), "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
         "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
         "sizes": []}
     for fraction in sizes:

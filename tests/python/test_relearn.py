@@ -103,3 +103,23 @@ def test_a_reused_run_is_the_run_it_replaces(tmp_path, data, monkeypatch):
     assert reused["sizes"][0]["reused"] == ["relearn", "finetune"] and ran["sizes"][0]["reused"] == []
     for name in ("scratch", "relearn", "finetune"):
         assert reused["sizes"][0][name] == ran["sizes"][0][name], name
+
+
+def test_the_search_tries_the_cheapest_points_first_and_stops_at_the_first_that_holds(data):
+    """Order and stopping only: a budget of a few steps, targets that every point meets or none."""
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    tiny = dict(sizes=(0.02,), seeds=1, steps=3, lrs=(3e-3,))
+    every = assess.policy_search(mlp, *data, target=1.0, **tiny)
+    # The MLP's first layer is half of its bytes: its last layer alone is the cheapest point.
+    assert every["chosen"] == "last" and [p["point"] for p in every["points"]] == ["last"], every["chosen"]
+    assert every["points"][0]["share"] < 0.05
+    none = assess.policy_search(mlp, *data, target=-1.0, **tiny)
+    assert none["chosen"] is None
+    points = [p["point"] for p in none["points"]]
+    shares = [p["share"] for p in none["points"]]
+    assert points[:3] == ["last", "first", "last+first"] and points[-1] == "all", points
+    assert shares == sorted(shares) and len(set(shares)) == len(shares), shares
+    # A point that encrypts the same spans as a cheaper one is not run again.
+    same = {q: p["point"] for p in none["points"] for q in p["same"]}
+    assert same == {"last+first+norm": "last+first"}, same
+    assert set(points) | set(same) == set(assess.SEARCH)

@@ -9,7 +9,8 @@ reference they must beat:
 * ``relearn``: every encrypted element is reset with PyTorch's default
   initialisation of its layer (drawn from a generator independent of any training
   seed), then only the encrypted elements are trained, every clear weight and every
-  clear normalisation statistic frozen as stored;
+  clear normalisation statistic frozen as stored (with the head alone encrypted, this
+  is linear probing of the clear feature extractor);
 * ``finetune``: the same reset, then every parameter is trained;
 * ``scratch``: the same graph with every parameter freshly initialised, trained on
   the same data with the same budget.
@@ -30,6 +31,11 @@ drawn ``seeds`` times (stratified, at least one sample per class). The headline 
 **gap over scratch**: the best attack's mean test accuracy minus scratch's, in points,
 at the worst data size. A protection holds when the gap is at most ``target`` (2
 points by default).
+
+:func:`attack_masks` runs the same on given unknown elements (an attacker's guess of
+secret positions). :func:`policy_search` encrypts a plain model with the points of
+:data:`SEARCH`, cheapest first for that model (:func:`plan`: ``first``, ``last``, both,
+…, ``all``), and stops at the first that holds on the given data.
 
 Needs ``torch`` and ``onnx`` (``pip install 'onnx-protect[torch]'``). Which models are
 covered: :mod:`onnx_protect._torch_graph`. Command line::
@@ -642,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say)
         if args.search:
             r = policy_search(args.model, x, y, xt, yt, **kw)
-            text = "\n\n".join(f"{p['point']}:\n{_summary(p)}" for p in r["points"])
+            text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])}:\n{_summary(p)}"
+                                 for p in r["points"])
             text += f"\n\nchosen: {r['chosen'] or 'none of the points holds'}"
             if r["chosen"]:
                 text += "\n" + r["points"][-1]["policy"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the training attacks need torch (tests/requirements.txt)")
-pytest.importorskip("onnx", reason="the training attacks need onnx (tests/requirements.txt)")
+onnx = pytest.importorskip("onnx", reason="the training attacks need onnx (tests/requirements.txt)")
 
 import onnx_protect  # noqa: E402
 from onnx_protect import assess  # noqa: E402
@@ -123,3 +123,22 @@ def test_the_search_tries_the_cheapest_points_first_and_stops_at_the_first_that_
     same = {q: p["point"] for p in none["points"] for q in p["same"]}
     assert same == {"last+first+norm": "last+first"}, same
     assert set(points) | set(same) == set(assess.SEARCH)
+
+
+def test_the_attacks_run_on_a_gru_whose_encrypted_initial_state_is_reset_to_zero(tmp_path):
+    """The built-in policy encrypts the zero scalar the GRU's initial state is expanded from."""
+    vowels = ROOT / "fixtures" / "zoo" / "vowels"
+    x, y, xt, yt = (np.load(vowels / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y"))
+    out = tmp_path / "gru.enc.onnx"
+    onnx_protect.encrypt(vowels / "gru.onnx", out, key=onnx_protect.new_key())
+    info = onnx_protect.inspect(out)
+    scalars = [t["locator"] for t in info["protection"]["tensors"] if t["nbytes"] == 4]
+    assert scalars, info["protection"]["tensors"]
+    model = onnx.load(out)
+    graph = assess.tg.TorchGraph(model, trainable=frozenset(scalars))
+    for loc in scalars:
+        assert ("GRU", 5) in graph.constants[loc].users, graph.constants[loc].users
+        reset = assess.default_init(graph, {}, loc, torch.Generator().manual_seed(0))
+        assert float(reset) == 0.0
+    r = assess.attack(out, x, y, xt, yt, sizes=(0.05,), seeds=1, steps=3, lrs=(3e-3,))
+    assert r["share"] == 1.0 and r["sizes"][0]["reused"] == ["relearn", "finetune"], r["sizes"][0]

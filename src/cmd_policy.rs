@@ -182,12 +182,15 @@ pub(crate) mod with_tract {
 
     fn table(model: &Path, r: &SearchReport, written: Option<&Path>, report: &Path) -> String {
         let mut s = format!(
-            "model     {}\ndata      {} samples, chance {}; calibration {} samples\ntarget    best key-less attack at most {}\n\n",
+            "model     {}\ndata      {} samples, chance {}; calibration {} samples\ntarget    best key-less attack at most {}\n\
+             attacks   key-less fills only; against the training attacks (re-learning, fine-tuning): python3 -m \
+             onnx_protect.assess --search {} --data train.npz --test test.npz\n\n",
             model.display(),
             r.samples,
             pct(r.chance),
             r.calibration_samples,
-            pct(r.threshold)
+            pct(r.threshold),
+            model.display()
         );
         s.push_str(&format!("{:<24} {:>7} {:>10}  {:<14} {}\n", "policy", "share", "best", "attack", "result"));
         for p in r.points.iter().filter(|p| p.status != "not_reached") {

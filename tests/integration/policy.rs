@@ -29,6 +29,8 @@ fn the_policy_found_meets_the_target_once_the_model_is_encrypted_with_it() {
     let (code, out, err) = run(&["policy", "search", s(&cnn()), "--data", &digits("test.npz"), "-o", s(&pol)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("chosen: "), "{out}");
+    assert!(out.contains("key-less fills only; against the training attacks"), "{out}");
+    assert!(out.contains(&format!("python3 -m onnx_protect.assess --search {}", s(&cnn()))), "{out}");
     let report = json(&dir.path().join("cnn.report.json"));
     let chosen = report["chosen"].as_u64().unwrap() as usize;
     let points = report["points"].as_array().unwrap();

@@ -14,9 +14,11 @@ domain. A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functio
 other domains, several data inputs, or an operator outside that list is refused
 before anything is trained (:class:`Unsupported`, naming every offending operator).
 
-``onnx2torch`` (1.5) was not used: it converts none of the zoo's exports (opset 18+
-``Reshape``, ``ReduceMean``, ``Gelu``). :func:`check` compares this interpreter with
-onnxruntime on the user's own inputs before any result is reported.
+``onnx2torch`` is not used: 1.5.15 (with torch 2.9.1) converts none of the fourteen
+classifiers of fixtures/zoo, having no converter for ``Reshape`` and ``Shape`` at opset
+19, ``ReduceMean`` at 18 or ``Gelu`` at 20, the versions the current PyTorch exporter
+writes. :func:`check` compares this interpreter with onnxruntime on the user's own
+inputs before any result is reported.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class TorchGraph(torch.nn.Module):
         self.stat_names: dict[str, str] = {}
         # BatchNormalization statistics (value names) that stay as stored in training mode.
         self.frozen_stats: set[str] = set()
+        # (parameter, mask of the elements that train, stored values): the other elements
+        # are put back after each optimiser step (assess's relearn on partly encrypted tensors).
+        self.restore: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(g.node):

@@ -9,7 +9,8 @@ reference they must beat:
 * ``relearn``: every encrypted element is reset with PyTorch's default
   initialisation of its layer (drawn from a generator independent of any training
   seed), then only the encrypted elements are trained, every clear weight and every
-  clear normalisation statistic frozen as stored;
+  clear normalisation statistic frozen as stored (with the head alone encrypted, this
+  is linear probing of the clear feature extractor);
 * ``finetune``: the same reset, then every parameter is trained;
 * ``scratch``: the same graph with every parameter freshly initialised, trained on
   the same data with the same budget.
@@ -30,6 +31,11 @@ drawn ``seeds`` times (stratified, at least one sample per class). The headline 
 **gap over scratch**: the best attack's mean test accuracy minus scratch's, in points,
 at the worst data size. A protection holds when the gap is at most ``target`` (2
 points by default).
+
+:func:`attack_masks` runs the same on given unknown elements (an attacker's guess of
+secret positions). :func:`policy_search` encrypts a plain model with the points of
+:data:`SEARCH`, cheapest first for that model (:func:`plan`: ``first``, ``last``, both,
+…, ``all``), and stops at the first that holds on the given data.
 
 Needs ``torch`` and ``onnx`` (``pip install 'onnx-protect[torch]'``). Which models are
 covered: :mod:`onnx_protect._torch_graph`. Command line::
@@ -165,7 +171,8 @@ def default_init(graph: tg.TorchGraph, bias_fans: dict[str, int], locator: str, 
     if graph.is_stat(locator):
         return torch.zeros_like(t)
     first = users[0] if users else ("", 0)
-    if first[0] in ("LSTM", "GRU"):
+    if first[0] in ("LSTM", "GRU") and first[1] in (1, 2, 3):
+        # W, R, B: PyTorch's U(±1/sqrt(hidden)). An initial state (input 5, 6) starts at 0.
         gates = 4 if first[0] == "LSTM" else 3
         per = shape[-1] // (2 * gates) if first[1] == 3 else shape[-2] // gates
         bound = 1 / math.sqrt(max(per, 1))
@@ -228,6 +235,7 @@ def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.
     hooks that zero the clear elements of partly encrypted tensors. Clear BN
     statistics stay as stored (their layers run in inference mode)."""
     params = []
+    g.restore = []
     for p in g.params.values():
         p.requires_grad_(False)
     clear_stats = set()
@@ -241,8 +249,11 @@ def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.
         p = g.tensor(loc)
         p.requires_grad_(True)
         if not mask.all():
-            keep = torch.from_numpy(mask.reshape(tuple(p.shape))).to(p.dtype)
-            p.register_hook(lambda grad, keep=keep: grad * keep)
+            keep = torch.from_numpy(mask.reshape(tuple(p.shape)))
+            p.register_hook(lambda grad, keep=keep.to(p.dtype): grad * keep)
+            # AdamW's decoupled weight decay moves every element; train() puts the clear
+            # ones back after each step.
+            g.restore.append((p, keep, p.detach().clone()))
         params.append(p)
     return params
 
@@ -295,6 +306,10 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if g.restore:
+                with torch.no_grad():
+                    for p, keep, stored in g.restore:
+                        p.copy_(torch.where(keep, p, stored))
             sched.step()
             step += 1
     g.eval()
@@ -329,19 +344,34 @@ def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, step
     return {"accuracy": accuracy(g, xt, yt), "lr": best, "validation": {str(k): v for k, v in by_lr.items()}}
 
 
-def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-           sizes: Sequence[float] = SIZES, seeds: int = SEEDS, steps: int = STEPS, lrs: Sequence[float] = LRS,
-           attacks: Sequence[str] = ATTACKS, target: float = TARGET, check: bool = True,
-           scratch_cache: dict | None = None,
-           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Runs the training attacks on a protected model (module docs) and returns the
-    report: per data size the mean test accuracy of scratch and each attack, the best
-    attack and its gap over scratch; the headline gap; the encrypted byte share.
+def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+           **options: Any) -> dict[str, Any]:
+    """Runs the training attacks on a protected model (module docs) at the public
+    positions of its encrypted elements and returns the report of :func:`attack_masks`
+    with the protected file's name (``model``) and encrypted byte share (``share``)."""
+    from . import inspect as _inspect
+
+    info = _inspect(protected)
+    model = onnx.load(os.fspath(protected))
+    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
+    masks = encrypted_masks(info, tg.TorchGraph(model, trainable=encrypted))
+    return {"model": os.fspath(protected), "share": weight_share(info),
+            **attack_masks(model, masks, x, y, x_test, y_test, **options)}
+
+
+def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                 x_test: np.ndarray, y_test: np.ndarray, *, sizes: Sequence[float] = SIZES, seeds: int = SEEDS,
+                 steps: int = STEPS, lrs: Sequence[float] = LRS, attacks: Sequence[str] = ATTACKS,
+                 target: float = TARGET, check: bool = True, scratch_cache: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs the training attacks on ``model`` with the elements of ``masks`` (locator ->
+    boolean mask over the constant's elements) unknown to the attacker: the encrypted
+    ones, or an attacker's guess of them. Returns the report: per data size the mean
+    test accuracy of scratch and each attack, the best attack and its gap over scratch;
+    the headline gap.
 
     Scratch does not depend on what is encrypted: ``scratch_cache`` (a dict, filled
     here) lets several protected copies of one model share its runs."""
-    from . import inspect as _inspect
-
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
     x, x_test = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(x_test, dtype=np.float32)
     y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
@@ -350,11 +380,11 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
-    info = _inspect(protected)
-    model = onnx.load(os.fspath(protected))
-    encrypted = frozenset(t["locator"] for t in (info.get("protection") or {}).get("tensors", []))
-    graph = tg.TorchGraph(model, trainable=encrypted)
-    masks = encrypted_masks(info, graph)
+    graph = tg.TorchGraph(model, trainable=frozenset(masks))
+    for loc, mask in masks.items():
+        c = graph.constants.get(loc)
+        if c is None or mask.shape != (c.array.size,):
+            raise AttackError(f"{loc}: not a floating-point constant of the main graph with {mask.size} elements")
     if check:
         zero = _zero_filled(model, graph, masks)
         tg.check(zero, x_test[:64])
@@ -364,8 +394,7 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
     # Scratch depends on the model and on which of its one-element constants are encrypted.
     scalars = tuple(sorted(loc for loc, c in graph.constants.items() if c.array.size == 1))
     report: dict[str, Any] = {
-        "model": os.fspath(protected), "share": weight_share(info), "steps": steps, "lrs": list(lrs),
-        "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
+        "steps": steps, "lrs": list(lrs), "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
         "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
         "sizes": []}
     for fraction in sizes:
@@ -457,63 +486,111 @@ def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
 
 # Candidate policies, cheapest first (docs/policy.md). Each is TOML for `encrypt --policy`.
 _ROLES_ALL = ("weight", "recurrent", "embedding", "bias", "norm", "position-embedding", "scale", "other")
+_ROLES_MAIN = ("weight", "recurrent", "embedding")
+_ROLES_SMALL = ("bias", "norm", "position-embedding", "scale")
 
 
 def policy_toml(point: str) -> str:
-    """The TOML of a search point: ``last``, ``first``, ``small`` (biases, normalisation
-    parameters, position embeddings, scales), a share of every other weight's rows
-    (``0.25``), ``weights`` (every main weight whole) or ``all`` (every floating-point
-    constant whole), joined by ``+``."""
+    """The TOML of a search point: parts joined by ``+``, each adding whole tensors
+    (``ctr``) to what the others encrypt:
+
+    * ``first``, ``last``: that layer (docs/policy.md: its nodes' main and bias weights);
+    * ``small``: biases, normalisation parameters, position embeddings and scales;
+    * a role name (``norm``, ``bias``, ``position-embedding``, ``scale``, ``weight``,
+      ``recurrent``, ``embedding``): every constant of that role;
+    * an operator type (``MatMul``, ``Conv``, ``LSTM``): every weight it reads;
+    * a number (``0.25``): that share of every main weight's rows, largest L1 first;
+    * ``weights``: every main weight (roles ``weight``, ``recurrent``, ``embedding``);
+    * ``all``: every floating-point constant.
+
+    ``builtin`` alone is the built-in policy. An unknown part raises :class:`AttackError`."""
+    if point == "builtin":
+        return "version = 1\n"
     parts = point.split("+")
     text = 'version = 1\ninherit_builtin = false\n\n[defaults]\nmode = "ctr"\n'
     roles: dict[str, float] = {}
-    if "all" in parts:
-        roles = {r: 1.0 for r in _ROLES_ALL}
-    if "small" in parts:
-        roles.update({r: 1.0 for r in ("bias", "norm", "position-embedding", "scale")})
-    if "weights" in parts:
-        roles.update({r: 1.0 for r in ("weight", "recurrent", "embedding")})
-    share = next((float(p) for p in parts if p.replace(".", "", 1).isdigit()), None)
+    ops: list[str] = []
+    share = None
+    for p in parts:
+        if p == "all":
+            roles.update({r: 1.0 for r in _ROLES_ALL})
+        elif p == "small":
+            roles.update({r: 1.0 for r in _ROLES_SMALL})
+        elif p == "weights":
+            roles.update({r: 1.0 for r in _ROLES_MAIN})
+        elif p in _ROLES_ALL:
+            roles[p] = 1.0
+        elif p.replace(".", "", 1).isdigit() and 0 < float(p) < 1:
+            share = float(p)
+        elif p[:1].isupper() and p.isalnum():
+            ops.append(p)
+        elif p not in ("first", "last"):
+            raise AttackError(f"unknown policy point part {p!r} in {point!r}")
     if share is not None:
-        for r in ("weight", "recurrent", "embedding"):
+        for r in _ROLES_MAIN:
             roles.setdefault(r, share)
     for r, c in roles.items():
         extra = '\nselection = "l1"' if c < 1 else ""
         text += f"\n[roles.{r}]\ncoefficient = {c}{extra}\n"
+    for op in ops:
+        text += f"\n[ops.{op}]\ncoefficient = 1.0\n"
     for layer in ("first", "last"):
         if layer in parts:
             text += f"\n[layers.{layer}]\ncoefficient = 1.0\n"
     return text
 
 
-SEARCH = ("last+first", "last+first+small", "last+first+small+0.25", "last+first+small+0.5", "weights+small",
-          "all")
+# The search's candidates. Which is cheapest depends on the model (the first layer of an
+# MLP is most of it): plan() orders them by the share they encrypt.
+SEARCH = ("first", "last", "last+first", "last+first+norm", "last+first+small", "last+first+small+0.25",
+          "last+first+small+0.5", "weights", "all")
+
+
+def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.PathLike, key=None,
+         ) -> list[dict[str, Any]]:
+    """Encrypts the plain ``model`` with each point (``key``, or a throwaway one) into
+    ``directory`` and returns them cheapest first: dicts with ``point``, ``path`` (the
+    protected copy), ``share`` (of the weight bytes) and ``same`` (later points that
+    encrypt exactly the same spans, left out of the list). A point that encrypts nothing
+    is left out."""
+    from . import encrypt, inspect, new_key
+
+    key = key if key is not None else new_key()
+    by_spans: dict[tuple, dict[str, Any]] = {}
+    for i, point in enumerate(points):
+        pol = os.path.join(directory, f"policy-{i}.toml")
+        with open(pol, "w") as f:
+            f.write(policy_toml(point))
+        out = os.path.join(directory, f"protected-{i}.onnx")
+        if os.path.exists(out):
+            os.remove(out)
+        encrypt(model, out, key=key, policy=pol, allow_empty=True)
+        info = inspect(out)
+        tensors = (info.get("protection") or {}).get("tensors", [])
+        spans = tuple(sorted((t["locator"], tuple(map(tuple, t["spans"]))) for t in tensors))
+        if not spans:
+            continue
+        if spans in by_spans:
+            by_spans[spans]["same"].append(point)
+            continue
+        by_spans[spans] = {"point": point, "path": out, "share": weight_share(info), "same": []}
+    return sorted(by_spans.values(), key=lambda p: p["share"])
 
 
 def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
                   target: float = TARGET, progress: Callable[[str], None] | None = None,
                   **kwargs) -> dict[str, Any]:
-    """Encrypts the plain ``model`` with each search point (cheapest first, a throwaway
-    key), runs :func:`attack` on it, and returns every point's report and the first
-    that holds (``chosen``, ``None`` if none does)."""
-    from . import encrypt, new_key
-
+    """Encrypts the plain ``model`` with each search point (a throwaway key), runs
+    :func:`attack` on them cheapest first (:func:`plan`) and stops at the first that
+    holds: returns every report run and that point (``chosen``, ``None`` if none holds)."""
     results = []
     chosen = None
     kwargs.setdefault("scratch_cache", {})
     with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
-        key = new_key()
-        for point in points:
-            pol = os.path.join(d, "policy.toml")
-            with open(pol, "w") as f:
-                f.write(policy_toml(point))
-            out = os.path.join(d, "protected.onnx")
-            if os.path.exists(out):
-                os.remove(out)
-            encrypt(model, out, key=key, policy=pol)
-            r = attack(out, x, y, x_test, y_test, target=target, progress=progress, **kwargs)
-            r["point"] = point
-            r["policy"] = policy_toml(point)
+        for p in plan(model, points, d):
+            point = p["point"]
+            r = attack(p["path"], x, y, x_test, y_test, target=target, progress=progress, **kwargs)
+            r.update(point=point, same=p["same"], policy=policy_toml(point))
             results.append(r)
             if progress:
                 progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points")
@@ -572,7 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say)
         if args.search:
             r = policy_search(args.model, x, y, xt, yt, **kw)
-            text = "\n\n".join(f"{p['point']}:\n{_summary(p)}" for p in r["points"])
+            text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])}:\n{_summary(p)}"
+                                 for p in r["points"])
             text += f"\n\nchosen: {r['chosen'] or 'none of the points holds'}"
             if r["chosen"]:
                 text += "\n" + r["points"][-1]["policy"]

@@ -198,6 +198,7 @@ fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
     let (code, err) =
         run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "--tier", "2", "-q"]);
     assert_eq!(code, 4, "{err}");
+    assert!(err.contains("the licence grants this key tier 1; it cannot decrypt tier 2"), "{err}");
     let (code, err) = run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&one), "-q"]);
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(&out).expect("read"), std::fs::read(model()).expect("read"));
@@ -209,7 +210,10 @@ fn a_licence_grants_its_tiers_only_and_the_authority_is_authenticated() {
         let args = [op, s(&p), "-o", s(&to), "--key-file", s(&key), new_option, s(&new_key), "-q"];
         let (code, err) = with_licence(d, &args, Some(&one));
         assert_eq!(code, 4, "{op}: {err}");
-        assert!(err.contains("tier 1 of 2") && err.contains("needs the top-tier key"), "{op}: {err}");
+        assert!(
+            err.contains("the licence grants this key tier 1 of 2; ") && err.contains("needs the top-tier key"),
+            "{op}: {err}"
+        );
         assert!(!to.exists(), "{op}");
     }
     // The authority is part of the authenticated header: a model whose recorded authority

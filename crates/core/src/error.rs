@@ -53,12 +53,14 @@ pub enum CoreError {
     /// The key material is unusable for what is asked.
     #[error("{0}")]
     Key(UnusableKey),
-    /// The key opens tier `key_tier` of `tiers`, and `operation` needs the top tier's.
-    #[error("this key is for tier {key_tier} of {tiers}; {operation} needs the top-tier key (tier {tiers})")]
-    NotTopKey { key_tier: u32, tiers: u32, operation: &'static str },
-    /// The key reaches tier `key_tier`, below the tier `asked` for.
-    #[error("this key is for tier {key_tier}; it cannot decrypt tier {asked}")]
-    TierOutOfReach { key_tier: u32, asked: u32 },
+    /// The key opens tier `key_tier` of `tiers` (`by_licence`: the key reaches further, and
+    /// its licence grants no more), and `operation` needs the top tier's.
+    #[error("{} tier {key_tier} of {tiers}; {operation} needs the top-tier key (tier {tiers})", reach(*by_licence))]
+    NotTopKey { key_tier: u32, tiers: u32, operation: &'static str, by_licence: bool },
+    /// The key reaches tier `key_tier` (`by_licence`: as far as its licence grants), below
+    /// the tier `asked` for.
+    #[error("{} tier {key_tier}; it cannot decrypt tier {asked}", reach(*by_licence))]
+    TierOutOfReach { key_tier: u32, asked: u32, by_licence: bool },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     /// An output cannot be written as asked.
@@ -691,8 +693,8 @@ mod tests {
             (CoreError::Write { path: "o".into(), source: io() }, "io"),
             (UnusableKey::NoRecipient.into(), "key"),
             (UnusableKey::RecordedTiers { recorded: 2, tiers: 3 }.into(), "key"),
-            (CoreError::NotTopKey { key_tier: 1, tiers: 2, operation: "rekey" }, "key"),
-            (CoreError::TierOutOfReach { key_tier: 1, asked: 2 }, "key"),
+            (CoreError::NotTopKey { key_tier: 1, tiers: 2, operation: "rekey", by_licence: false }, "key"),
+            (CoreError::TierOutOfReach { key_tier: 1, asked: 2, by_licence: false }, "key"),
             (CoreError::Policy(PolicyError::Invalid("p".into())), "policy"),
             (CoreError::Lock(LockError::Mismatch("m".into())), "policy"),
             (CoreError::AlreadyProtected { key: "k".into() }, "already_protected"),
@@ -756,5 +758,13 @@ mod tests {
             e.to_string(),
             "the model was protected with format 'onnx-protect/v1' (format_version 3), which this version does not support"
         );
+    }
+}
+
+/// How a tier error names what limits the key: the key itself, or its licence.
+fn reach(by_licence: bool) -> &'static str {
+    match by_licence {
+        true => "the licence grants this key",
+        false => "this key is for",
     }
 }

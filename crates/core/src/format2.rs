@@ -25,6 +25,12 @@ use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
 use crate::target::Target;
 
 impl ProtectedV2 {
+    /// The tier `key` opens, and whether its licence is what stops it there.
+    fn opened_tier(&self, model: &Model, key: &KeySource) -> Result<(u32, bool)> {
+        let (_, opened) = self.verify_opened(model, Some(key), &[])?;
+        opened.map(|o| (o.tier, o.by_licence)).ok_or(CoreError::Internal("a key that opened nothing"))
+    }
+
     /// Opens a stanza with `key` (docs/format.md §12 step 4) and unseals the secret
     /// positions of the tiers it reaches.
     pub(crate) fn unlock(&mut self, model: &Model, key: &KeySource) -> Result<Opened> {
@@ -105,8 +111,7 @@ impl Reader for ProtectedV2 {
 
     /// The tier `key` opens, after every check it allows.
     fn key_tier(&self, model: &Model, key: &KeySource) -> Result<u32> {
-        let (_, opened) = self.verify_opened(model, Some(key), &[])?;
-        opened.map(|o| o.tier).ok_or(CoreError::Internal("a key that opened nothing"))
+        self.opened_tier(model, key).map(|(tier, _)| tier)
     }
 
     /// The top-tier key that `key` stands for (for a passphrase: its Argon2id output under
@@ -114,9 +119,9 @@ impl Reader for ProtectedV2 {
     /// refused below the top tier.
     fn top_key(&self, model: &Model, key: &KeySource) -> Result<(MasterKey, u32)> {
         let tiers = self.sealed.header.tiers;
-        let key_tier = self.key_tier(model, key)?;
+        let (key_tier, by_licence) = self.opened_tier(model, key)?;
         if key_tier < tiers {
-            return Err(CoreError::NotTopKey { key_tier, tiers, operation: "deriving tier keys" });
+            return Err(CoreError::NotTopKey { key_tier, tiers, operation: "deriving tier keys", by_licence });
         }
         match key.without_licence() {
             KeySource::Key(k) => Ok((k.clone(), tiers)),
@@ -242,7 +247,7 @@ fn decryption_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) -> Resu
     }
     let t = asked.unwrap_or(opened.tier);
     if t > opened.tier || t == 0 {
-        return Err(CoreError::TierOutOfReach { key_tier: opened.tier, asked: t });
+        return Err(CoreError::TierOutOfReach { key_tier: opened.tier, asked: t, by_licence: opened.by_licence });
     }
     if t <= r {
         return Err(CoreError::AlreadyDecrypted { restored: r, key_tier: t });

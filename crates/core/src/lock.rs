@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use onnx_protect_crypto::TierKeys;
+use onnx_protect_format::model::GraphKind;
 use onnx_protect_format::{Locator, Model, TensorData, TensorId};
 use onnx_protect_lock::find::MAX_CLASSES;
 use onnx_protect_lock::{
@@ -179,7 +180,7 @@ fn bad(problem: LabelLockProblem) -> CoreError {
 /// The label lock of header `h`, checked against `model` (docs/format.md §15): every
 /// tensor it names is at its locator with the recorded name, type and dimensions, its
 /// class axis has `classes` elements, no tensor is named twice, and every output it
-/// names is a graph output. `None` when the header has no lock.
+/// names is an output of the main graph. `None` when the header has no lock.
 pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
     let Some(lock) = &h.label_lock else { return Ok(None) };
     let classes = lock.classes as usize;
@@ -216,8 +217,13 @@ pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
         }
         tensors.push((t.id, axis));
     }
-    let graph_outputs: HashSet<&str> =
-        model.graphs.iter().filter(|g| g.depth == 0).flat_map(|g| g.outputs.iter().map(String::as_str)).collect();
+    // The main graph's outputs only: functions and training graphs are at depth 0 too.
+    let graph_outputs: HashSet<&str> = model
+        .graphs
+        .iter()
+        .filter(|g| g.kind == GraphKind::Main)
+        .flat_map(|g| g.outputs.iter().map(String::as_str))
+        .collect();
     let mut outputs = Vec::with_capacity(lock.outputs.len());
     for o in &lock.outputs {
         let kind = match pb::OutputKind::try_from(o.kind) {
@@ -301,4 +307,61 @@ pub(crate) fn unlock_targets(
         }
     }
     Ok((all, actions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protect_format::testutil::{node, tiny_model};
+    use onnx_protect_format::wire::put_len_field;
+
+    /// `tiny_model` (`y = x · W`, W 2×3) with a model-local function whose output is `fy`.
+    fn model_with_function() -> Model {
+        let mut f = Vec::new();
+        put_len_field(&mut f, 1, b"f");
+        put_len_field(&mut f, 4, b"fx");
+        put_len_field(&mut f, 5, b"fy");
+        put_len_field(&mut f, 7, &node("Relu", &["fx"], &["fy"], "r"));
+        put_len_field(&mut f, 10, b"local");
+        let mut bytes = tiny_model();
+        put_len_field(&mut bytes, 25, &f);
+        Model::from_vec(bytes, None).unwrap()
+    }
+
+    fn header(output: &str) -> pb::Header {
+        let model = model_with_function();
+        let w = model.tensors.iter().find(|t| t.name == "W").unwrap();
+        pb::Header {
+            label_lock: Some(pb::LabelLock {
+                classes: 3,
+                sealed_seed: vec![0; SEALED_SEED_LEN],
+                tensors: vec![pb::LockedTensor {
+                    locator: w.locator.to_string(),
+                    name: "W".into(),
+                    data_type: w.data_type.to_i32(),
+                    dims: w.dims.clone(),
+                    axis: 1,
+                    part: "weight".into(),
+                }],
+                outputs: vec![pb::LockedOutput { name: output.into(), kind: pb::OutputKind::Scores as i32 }],
+                node: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_locked_output_must_be_an_output_of_the_main_graph() {
+        let model = model_with_function();
+        assert!(model.graphs.iter().any(|g| g.kind != GraphKind::Main && g.outputs.iter().any(|o| o == "fy")));
+        let lock = read(&model, &header("y")).unwrap().unwrap();
+        assert_eq!(lock.outputs, vec![("y".to_string(), OutputKind::Scores)]);
+        for name in ["fy", "fx", "nothing"] {
+            let err = read(&model, &header(name)).unwrap_err();
+            assert!(
+                matches!(&err, CoreError::BadManifest(BadManifest::LabelLock(LabelLockProblem::NotAnOutput { output })) if output == name),
+                "{name}: {err:?}"
+            );
+        }
+    }
 }

@@ -116,6 +116,8 @@ pub(crate) fn describe(s: &Stanza) -> String {
 /// at and below it (index `t − 1`).
 pub(crate) struct Opened {
     pub tier: u32,
+    /// Whether a licence granted fewer tiers than the key reaches.
+    pub by_licence: bool,
     pub keys: Vec<TierKeys>,
     /// The data keys of tiers `1 ..= tier` (for wrapping them again).
     pub data_keys: Vec<DataKey>,
@@ -189,9 +191,9 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
     // A model with a licence authority opens only as far as a valid licence grants.
     let by = &sealed.stanzas[opener];
     let digest = &sealed.envelope.content_digest;
-    let tier = crate::licence::granted_tier(&sealed.header, digest, key.licence(), (&by.kind, &by.label), tier)?;
+    let granted = crate::licence::granted_tier(&sealed.header, digest, key.licence(), (&by.kind, &by.label), tier)?;
     let mut keys = keys;
-    keys.truncate(tier as usize);
-    data_keys.truncate(tier as usize);
-    Ok(Opened { tier, keys, data_keys })
+    keys.truncate(granted as usize);
+    data_keys.truncate(granted as usize);
+    Ok(Opened { tier: granted, by_licence: granted < tier, keys, data_keys })
 }

@@ -87,7 +87,12 @@ pub fn rekey(
     let tiers = p.sealed.header.tiers;
     let old_keys = p.unlock(&model, old)?;
     if old_keys.tier < tiers {
-        return Err(CoreError::NotTopKey { key_tier: old_keys.tier, tiers, operation: "rekey (every tier)" });
+        return Err(CoreError::NotTopKey {
+            key_tier: old_keys.tier,
+            tiers,
+            operation: "rekey (every tier)",
+            by_licence: old_keys.by_licence,
+        });
     }
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(UnusableKey::PartialRekey.into());

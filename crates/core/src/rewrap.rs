@@ -86,7 +86,12 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
     if opened.tier < tiers {
-        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation: "rewrap (every tier's MAC)" });
+        return Err(CoreError::NotTopKey {
+            key_tier: opened.tier,
+            tiers,
+            operation: "rewrap (every tier's MAC)",
+            by_licence: opened.by_licence,
+        });
     }
     let digest = recorded_digest(&p)?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.

@@ -63,7 +63,12 @@ impl Reader for Protected {
         let unlocked = unlock::unlock_master(model, self, &master)?;
         let tiers = self.manifest.tiers.max(1);
         if self.manifest.tiers > 1 && unlocked.key_tier < self.manifest.tiers {
-            return Err(CoreError::NotTopKey { key_tier: unlocked.key_tier, tiers, operation: "deriving tier keys" });
+            return Err(CoreError::NotTopKey {
+                key_tier: unlocked.key_tier,
+                tiers,
+                operation: "deriving tier keys",
+                by_licence: false,
+            });
         }
         Ok((master, tiers))
     }

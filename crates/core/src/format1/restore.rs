@@ -64,7 +64,7 @@ fn restore_bound(p: &Protected, key_tier: u32, tier: Option<u32>) -> Result<(u32
     }
     let upto = tier.unwrap_or(key_tier);
     if upto > key_tier {
-        return Err(CoreError::TierOutOfReach { key_tier, asked: upto });
+        return Err(CoreError::TierOutOfReach { key_tier, asked: upto, by_licence: false });
     }
     if upto <= restored {
         return Err(CoreError::AlreadyDecrypted { restored, key_tier: upto });

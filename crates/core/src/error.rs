@@ -667,6 +667,14 @@ impl CoreError {
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
+/// How a tier error names what limits the key: the key itself, or its licence.
+fn reach(by_licence: bool) -> &'static str {
+    match by_licence {
+        true => "the licence grants this key",
+        false => "this key is for",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,13 +766,5 @@ mod tests {
             e.to_string(),
             "the model was protected with format 'onnx-protect/v1' (format_version 3), which this version does not support"
         );
-    }
-}
-
-/// How a tier error names what limits the key: the key itself, or its licence.
-fn reach(by_licence: bool) -> &'static str {
-    match by_licence {
-        true => "the licence grants this key",
-        false => "this key is for",
     }
 }

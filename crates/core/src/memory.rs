@@ -243,6 +243,23 @@ impl DecryptedModel {
         &self.external
     }
 
+    /// The index of the decrypted model: its offsets are those of
+    /// [`DecryptedModel::bytes`], its external files those of
+    /// [`DecryptedModel::external`]. `protected` is the index of the protected model this
+    /// was decrypted from: returned as it is for a mapped result without external data
+    /// (a decryption in place moves no byte); otherwise the decrypted bytes are indexed
+    /// anew ([`Model::from_vec_in_memory`], a copy of the model file's bytes), their
+    /// external data resolved among the decrypted files, never on disk, where a file of
+    /// the original name may be missing, or another file.
+    pub fn index(&self, protected: Model) -> Result<Model> {
+        if self.method() == Method::Mapped && protected.external_files.is_empty() {
+            return Ok(protected);
+        }
+        drop(protected);
+        let sizes = |l: &str| self.external.get(l).map(|d| d.len() as u64);
+        Ok(Model::from_vec_in_memory(self.model.to_vec(), &sizes)?)
+    }
+
     /// Splits the result into the model bytes and the external files.
     pub fn into_parts(self) -> (DecryptedBytes, BTreeMap<String, DecryptedBytes>) {
         (self.model, self.external)

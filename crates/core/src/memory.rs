@@ -79,7 +79,7 @@ use std::path::Path;
 use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream};
 use onnx_protect_format::write::{Content, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
-use onnx_protect_fsio::file::file_id;
+use onnx_protect_fsio::file::{file_id, read_exact_at};
 use onnx_protect_fsio::PrivateMap;
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
@@ -423,6 +423,29 @@ fn anonymous(len: usize, path: &Path) -> Result<Option<PrivateMap>> {
     Ok(Some(map))
 }
 
+/// Where [`Patcher::hash_and_patch`] reads a file's bytes.
+enum Source<'a> {
+    /// A model held in memory.
+    Slice(&'a [u8]),
+    /// An open file, by positional reads (`pread`): the bytes go straight into the
+    /// decrypted buffer, and no map of the file adds to the resident set.
+    File(&'a File, &'a Path),
+}
+
+impl Source<'_> {
+    /// Fills `out` with the bytes at `start`.
+    fn read(&self, out: &mut [u8], start: u64) -> Result<()> {
+        match self {
+            Source::Slice(s) => {
+                let r = start as usize..(start as usize).saturating_add(out.len());
+                out.copy_from_slice(s.get(r).ok_or_else(|| out_of_bounds(&(start..start + out.len() as u64)))?);
+                Ok(())
+            }
+            Source::File(f, path) => read_exact_at(f, out, start).map_err(|e| io_error(path, e)),
+        }
+    }
+}
+
 /// Files up to this many bytes are hashed and patched without the thread pool.
 const SMALL: usize = 4 << 20;
 
@@ -632,14 +655,15 @@ impl Patcher<'_> {
         Ok(per_file)
     }
 
-    /// Copies the first bytes of `reference` into `buf` (as long), hashes the first `hashed`
+    /// Reads the first bytes of `source` into `buf` (as long), hashes the first `hashed`
     /// of them into the content leaves of covered file `index` (chunks of `chunk` bytes) and
     /// applies `patches` to `buf`, one chunk per worker: every byte is read once, and a
-    /// decrypted range is written from the bytes that were hashed.
+    /// decrypted range is written over the very bytes that were hashed (this process's
+    /// own memory, which nothing else changes).
     fn hash_and_patch(
         &self,
         buf: &mut [u8],
-        reference: &[u8],
+        source: &Source<'_>,
         patches: &[Patch<'_>],
         index: u32,
         hashed: u64,
@@ -649,9 +673,12 @@ impl Patcher<'_> {
         let work = |(j, out): (usize, &mut [u8])| -> Result<Option<[u8; 32]>> {
             let start = (j * c) as u64;
             let end = start + out.len() as u64;
-            out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
-                CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
-            })?);
+            source.read(out, start)?;
+            let leaf = (start < hashed).then(|| {
+                let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
+                leaf.update(&out[..(end.min(hashed) - start) as usize]);
+                leaf.finalize()
+            });
             let first = patches.partition_point(|p| p.range.end <= start);
             for p in patches[first..].iter().take_while(|p| p.range.start < end) {
                 let lo = p.range.start.max(start);
@@ -663,12 +690,7 @@ impl Patcher<'_> {
                     PatchKind::Decrypt { tag, logical } => self.decrypt(tag, logical + off, dst, false)?,
                 }
             }
-            if start >= hashed {
-                return Ok(None);
-            }
-            let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
-            leaf.update(&reference[start as usize..end.min(hashed) as usize]);
-            Ok(Some(leaf.finalize()))
+            Ok(leaf)
         };
         // A small file is done on this thread: waking the pool costs more than it saves
         // (and its first use starts the pool's threads).
@@ -703,17 +725,23 @@ impl Patcher<'_> {
         let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
         let patches = plan_patches(&plan);
         let mut leaves = Vec::with_capacity(1 + model.external_files.len());
-        let first = self.hash_and_patch(&mut map, src, &patches, 0, content_len, d.chunk);
+        let source = match model.source_file() {
+            Some(file) => Source::File(file, path),
+            None => Source::Slice(src),
+        };
+        let first = self.hash_and_patch(&mut map, &source, &patches, 0, content_len, d.chunk);
         let plaintext = plaintext_ranges(&patches);
         let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
         leaves.push(first?);
         let mut per_file = self.external_patches()?;
         let mut external = BTreeMap::new();
         for (fi, f) in model.external_files.iter().enumerate() {
-            let reference = f.bytes()?;
+            let file = f.file()?;
             let patches = per_file.remove(&fi).unwrap_or_default();
-            let Some(mut map) = anonymous(reference.len(), &f.path)? else { return Ok(None) };
-            let l = self.hash_and_patch(&mut map, reference, &patches, fi as u32 + 1, f.size, d.chunk);
+            let len = usize::try_from(f.size).map_err(|_| out_of_bounds(&(0..f.size)))?;
+            let Some(mut map) = anonymous(len, &f.path)? else { return Ok(None) };
+            let l =
+                self.hash_and_patch(&mut map, &Source::File(file, &f.path), &patches, fi as u32 + 1, f.size, d.chunk);
             let len = map.len();
             let plaintext = plaintext_ranges(&patches);
             external.insert(f.location.clone(), DecryptedBytes { backing: Backing::Map(map), len, plaintext });

@@ -7,9 +7,10 @@
 //! # Cost
 //!
 //! Format 2 with no tier restored in the file (every byte authenticated): the model file
-//! and each external data file are copied once into a private anonymous map (transparent
-//! huge pages where the system gives them) while every byte is hashed and the encrypted
-//! spans are decrypted in place, in one parallel pass over content chunks; the bytes are
+//! and each external data file are read once (`pread`, chunk by chunk: no map of the file
+//! adds to the resident set) into a private anonymous map (transparent huge pages where
+//! the system gives them), where every byte is hashed and the encrypted spans are then
+//! decrypted in place, in one parallel pass over content chunks; the bytes are
 //! handed out only after the content digest, the MACs and any required signature match
 //! (otherwise the decrypted spans are wiped first). The manifest entry is the file's last
 //! top-level field, so the original model is the prefix of the buffer. A decryption that

@@ -1,7 +1,8 @@
 """Cost of `onnx_protect.InferenceSession` (protected model, decrypted in memory) against
 `onnxruntime.InferenceSession` (the plain file), side by side.
 
-    python3 bench/python_session.py [--runs N] [--dir DIR] [--big-mib MIB] [--json OUT]
+    python3 bench/python_session.py [--runs N] [--dir DIR] [--big-mib MIB] [--json OUT] [--no-prepacking]
+                                    [--other PYTHON]
 
 Models: every fixtures/digits model, and a generated MLP of MIB MiB of float32 weights
 in one external data file (default 512 MiB; generated once into DIR, which defaults to
@@ -15,7 +16,11 @@ external files, read before the timer starts, handed over with
 in-memory path), `protected` (onnx_protect.InferenceSession: large weights used in place,
 the default), `protected-copy` (`in_place=False`: every tensor in the graph handed over,
 which onnxruntime copies) and `load only` (`onnx_protect.load` of the protected model, no
-session: the decryption's share of `protected`).
+session: the decryption's share of `protected`). With --no-prepacking, also `plain` and
+`protected` with onnxruntime's `session.disable_prepacking` (onnxruntime then keeps no packed
+copy of MatMul weights beside the ones it is given). With --other PYTHON, also `protected`
+and `load only` run by that interpreter (a virtual environment with another build of
+onnx_protect), interleaved with the rest: two builds side by side.
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -51,6 +56,9 @@ def status(field):
 variant, model, key = sys.argv[1:4]
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
+if variant.endswith(", no prepacking"):
+    variant = variant[: -len(", no prepacking")]
+    so.add_session_config_entry("session.disable_prepacking", "1")
 if variant == "plain-in-memory":
     import os
     import numpy as np
@@ -108,8 +116,12 @@ def big_model(path, mib):
     return layers * layer_bytes
 
 
-def measure(variant, model, key):
-    r = subprocess.run([sys.executable, "-c", CHILD, variant, str(model), str(key)],
+def measure(variant, model, key, other=None):
+    """One fresh process; a variant ending in " (other)" runs on the interpreter `other`."""
+    python = sys.executable
+    if variant.endswith(" (other)"):
+        variant, python = variant[: -len(" (other)")], other
+    r = subprocess.run([python, "-c", CHILD, variant, str(model), str(key)],
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -120,6 +132,10 @@ def main():
     ap.add_argument("--dir", type=pathlib.Path, default=ROOT / "bench-data" / "python-session")
     ap.add_argument("--big-mib", type=int, default=512)
     ap.add_argument("--json", type=pathlib.Path)
+    ap.add_argument("--other", metavar="PYTHON",
+                    help="also `protected` and `load only` with another interpreter's onnx_protect (another build)")
+    ap.add_argument("--no-prepacking", action="store_true",
+                    help="also `plain` and `protected` with onnxruntime's session.disable_prepacking")
     a = ap.parse_args()
     import onnx_protect
 
@@ -143,13 +159,17 @@ def main():
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
         variants = ["plain", "plain-in-memory", "protected", "protected-copy", "load only"]
+        if a.no_prepacking:
+            variants += ["plain, no prepacking", "protected, no prepacking"]
+        if a.other:
+            variants += ["protected (other)", "load only (other)"]
         runs = {v: [] for v in variants}
         model_of = {v: plain if v.startswith("plain") else protected for v in variants}
         for v in variants:  # warm-up (page cache, imports)
-            measure(v, model_of[v], key)
+            measure(v, model_of[v], key, a.other)
         for _ in range(a.runs):
             for v in variants:
-                runs[v].append(measure(v, model_of[v], key))
+                runs[v].append(measure(v, model_of[v], key, a.other))
         med = {}
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}

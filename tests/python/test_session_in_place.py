@@ -113,6 +113,35 @@ def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext
     assert wrong.tobytes() != want.tobytes()
 
 
+@pytest.mark.parametrize("name", ["model.enc.onnx", "m.onnx"], ids=["renamed", "renamed-same-length"])
+def test_a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone(name, tmp_path, monkeypatch):
+    """Protected next to the plain model, the side file is renamed ('<name>.data'); the
+    decrypted model names 'weights.bin' again. Its external data comes from the decrypted
+    files in memory, never from disk: neither the plain files' absence nor a stranger's
+    'weights.bin' in their place changes anything. 'm.onnx.data' has the length of
+    'weights.bin', so that decryption changes no length (a result patched in place)."""
+    plain = transposed_model(tmp_path / "folder")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in ("model.onnx", "weights.bin"):
+        copy.joinpath(f).write_bytes(plain.parent.joinpath(f).read_bytes())
+    key = op.new_key()
+    enc = plain.parent / name
+    op.encrypt(plain, enc, key=key, coefficient=1)
+    assert sorted(p.name for p in enc.parent.iterdir()) == sorted(["model.onnx", "weights.bin", name, name + ".data"])
+    x = np.random.default_rng(3).standard_normal((1, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(copy / "model.onnx"), providers=CPU).run(None, {"x": x})[0].tobytes()
+    plain.unlink()
+    plain.with_name("weights.bin").unlink()
+    monkeypatch.chdir(enc.parent)
+    for source in (enc, enc.read_bytes()):
+        s = op.InferenceSession(source, key=key, providers=CPU)
+        assert s.run(None, {"x": x})[0].tobytes() == want
+        assert [n for n, *_ in s._onnx_protect_buffers[0].shared] == ["V"]
+    enc.with_name("weights.bin").write_bytes(b"\0" * 7)
+    assert op.InferenceSession(enc, key=key, providers=CPU).run(None, {"x": x})[0].tobytes() == want
+
+
 def test_a_graph_naming_the_sentinel_makes_onnxruntime_fail_not_guess(tmp_path):
     """The property the design rests on: an optimiser that reads a tensor whose data is
     at '.' gets an error, so a wrong prediction cannot give wrong outputs."""

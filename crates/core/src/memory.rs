@@ -7,9 +7,10 @@
 //! # Cost
 //!
 //! Format 2 with no tier restored in the file (every byte authenticated): the model file
-//! and each external data file are copied once into a private anonymous map (transparent
-//! huge pages where the system gives them) while every byte is hashed and the encrypted
-//! spans are decrypted in place, in one parallel pass over content chunks; the bytes are
+//! and each external data file are read once (`pread`, chunk by chunk: no map of the file
+//! adds to the resident set) into a private anonymous map (transparent huge pages where
+//! the system gives them), where every byte is hashed and the encrypted spans are then
+//! decrypted in place, in one parallel pass over content chunks; the bytes are
 //! handed out only after the content digest, the MACs and any required signature match
 //! (otherwise the decrypted spans are wiped first). The manifest entry is the file's last
 //! top-level field, so the original model is the prefix of the buffer. A decryption that
@@ -79,7 +80,7 @@ use std::path::Path;
 use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream};
 use onnx_protect_format::write::{Content, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
-use onnx_protect_fsio::file::file_id;
+use onnx_protect_fsio::file::{file_id, read_exact_at};
 use onnx_protect_fsio::PrivateMap;
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
@@ -243,6 +244,23 @@ impl DecryptedModel {
         &self.external
     }
 
+    /// The index of the decrypted model: its offsets are those of
+    /// [`DecryptedModel::bytes`], its external files those of
+    /// [`DecryptedModel::external`]. `protected` is the index of the protected model this
+    /// was decrypted from: returned as it is for a mapped result without external data
+    /// (a decryption in place moves no byte); otherwise the decrypted bytes are indexed
+    /// anew ([`Model::from_vec_in_memory`], a copy of the model file's bytes), their
+    /// external data resolved among the decrypted files, never on disk, where a file of
+    /// the original name may be missing, or another file.
+    pub fn index(&self, protected: Model) -> Result<Model> {
+        if self.method() == Method::Mapped && protected.external_files.is_empty() {
+            return Ok(protected);
+        }
+        drop(protected);
+        let sizes = |l: &str| self.external.get(l).map(|d| d.len() as u64);
+        Ok(Model::from_vec_in_memory(self.model.to_vec(), &sizes)?)
+    }
+
     /// Splits the result into the model bytes and the external files.
     pub fn into_parts(self) -> (DecryptedBytes, BTreeMap<String, DecryptedBytes>) {
         (self.model, self.external)
@@ -404,6 +422,29 @@ fn anonymous(len: usize, path: &Path) -> Result<Option<PrivateMap>> {
     let map = PrivateMap::anonymous(len).map_err(|e| io_error(path, e))?;
     map.exclude_from_core_dumps();
     Ok(Some(map))
+}
+
+/// Where [`Patcher::hash_and_patch`] reads a file's bytes.
+enum Source<'a> {
+    /// A model held in memory.
+    Slice(&'a [u8]),
+    /// An open file, by positional reads (`pread`): the bytes go straight into the
+    /// decrypted buffer, and no map of the file adds to the resident set.
+    File(&'a File, &'a Path),
+}
+
+impl Source<'_> {
+    /// Fills `out` with the bytes at `start`.
+    fn read(&self, out: &mut [u8], start: u64) -> Result<()> {
+        match self {
+            Source::Slice(s) => {
+                let r = start as usize..(start as usize).saturating_add(out.len());
+                out.copy_from_slice(s.get(r).ok_or_else(|| out_of_bounds(&(start..start + out.len() as u64)))?);
+                Ok(())
+            }
+            Source::File(f, path) => read_exact_at(f, out, start).map_err(|e| io_error(path, e)),
+        }
+    }
 }
 
 /// Files up to this many bytes are hashed and patched without the thread pool.
@@ -615,14 +656,15 @@ impl Patcher<'_> {
         Ok(per_file)
     }
 
-    /// Copies the first bytes of `reference` into `buf` (as long), hashes the first `hashed`
+    /// Reads the first bytes of `source` into `buf` (as long), hashes the first `hashed`
     /// of them into the content leaves of covered file `index` (chunks of `chunk` bytes) and
     /// applies `patches` to `buf`, one chunk per worker: every byte is read once, and a
-    /// decrypted range is written from the bytes that were hashed.
+    /// decrypted range is written over the very bytes that were hashed (this process's
+    /// own memory, which nothing else changes).
     fn hash_and_patch(
         &self,
         buf: &mut [u8],
-        reference: &[u8],
+        source: &Source<'_>,
         patches: &[Patch<'_>],
         index: u32,
         hashed: u64,
@@ -632,9 +674,12 @@ impl Patcher<'_> {
         let work = |(j, out): (usize, &mut [u8])| -> Result<Option<[u8; 32]>> {
             let start = (j * c) as u64;
             let end = start + out.len() as u64;
-            out.copy_from_slice(reference.get(start as usize..end as usize).ok_or_else(|| {
-                CoreError::Format(FormatError::Invalid(format!("chunk {start}..{end} is out of bounds")))
-            })?);
+            source.read(out, start)?;
+            let leaf = (start < hashed).then(|| {
+                let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
+                leaf.update(&out[..(end.min(hashed) - start) as usize]);
+                leaf.finalize()
+            });
             let first = patches.partition_point(|p| p.range.end <= start);
             for p in patches[first..].iter().take_while(|p| p.range.start < end) {
                 let lo = p.range.start.max(start);
@@ -646,12 +691,7 @@ impl Patcher<'_> {
                     PatchKind::Decrypt { tag, logical } => self.decrypt(tag, logical + off, dst, false)?,
                 }
             }
-            if start >= hashed {
-                return Ok(None);
-            }
-            let mut leaf = onnx_protect_crypto::ContentLeaf::new(index, j as u64);
-            leaf.update(&reference[start as usize..end.min(hashed) as usize]);
-            Ok(Some(leaf.finalize()))
+            Ok(leaf)
         };
         // A small file is done on this thread: waking the pool costs more than it saves
         // (and its first use starts the pool's threads).
@@ -686,17 +726,23 @@ impl Patcher<'_> {
         let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
         let patches = plan_patches(&plan);
         let mut leaves = Vec::with_capacity(1 + model.external_files.len());
-        let first = self.hash_and_patch(&mut map, src, &patches, 0, content_len, d.chunk);
+        let source = match model.source_file() {
+            Some(file) => Source::File(file, path),
+            None => Source::Slice(src),
+        };
+        let first = self.hash_and_patch(&mut map, &source, &patches, 0, content_len, d.chunk);
         let plaintext = plaintext_ranges(&patches);
         let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
         leaves.push(first?);
         let mut per_file = self.external_patches()?;
         let mut external = BTreeMap::new();
         for (fi, f) in model.external_files.iter().enumerate() {
-            let reference = f.bytes()?;
+            let file = f.file()?;
             let patches = per_file.remove(&fi).unwrap_or_default();
-            let Some(mut map) = anonymous(reference.len(), &f.path)? else { return Ok(None) };
-            let l = self.hash_and_patch(&mut map, reference, &patches, fi as u32 + 1, f.size, d.chunk);
+            let len = usize::try_from(f.size).map_err(|_| out_of_bounds(&(0..f.size)))?;
+            let Some(mut map) = anonymous(len, &f.path)? else { return Ok(None) };
+            let l =
+                self.hash_and_patch(&mut map, &Source::File(file, &f.path), &patches, fi as u32 + 1, f.size, d.chunk);
             let len = map.len();
             let plaintext = plaintext_ranges(&patches);
             external.insert(f.location.clone(), DecryptedBytes { backing: Backing::Map(map), len, plaintext });

@@ -32,6 +32,10 @@ pub type NodeId = usize;
 /// Index of a tensor in [`Model::tensors`].
 pub type TensorId = usize;
 
+/// The sizes of external data files held in memory, by `location`
+/// ([`Model::from_vec_in_memory`]).
+type Sizes<'a> = dyn Fn(&str) -> Option<u64> + 'a;
+
 mod external;
 mod graph;
 mod locator;
@@ -126,7 +130,7 @@ impl Model {
             Backing::Mapped(ReadMap::new(&file).map_err(io)?)
         };
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
-        let mut model = Model::parse(backing, Some(path.to_path_buf()), dir, progress)?;
+        let mut model = Model::parse(backing, Some(path.to_path_buf()), dir, None, progress)?;
         if matches!(model.backing, Backing::Mapped(_)) {
             model.file = Some(file);
         }
@@ -136,7 +140,17 @@ impl Model {
     /// Parses model bytes held in memory. `dir` is where external data lives
     /// (`None` refuses external data).
     pub fn from_vec(bytes: Vec<u8>, dir: Option<PathBuf>) -> Result<Model> {
-        Model::parse(Backing::Owned(bytes), None, dir, &NoProgress)
+        Model::parse(Backing::Owned(bytes), None, dir, None, &NoProgress)
+    }
+
+    /// Parses model bytes held in memory whose external data files are held in memory
+    /// too (a decrypted model's): `sizes(location)` is the size of the file a `location`
+    /// names (`None`: there is none). Nothing is read from disk: locations are checked
+    /// ([`check_location`]) and matched by name (`./w.bin` is `w.bin`), ranges are
+    /// checked against the sizes, and [`ExternalFile::bytes`] is an error; the caller
+    /// holds the files' bytes.
+    pub fn from_vec_in_memory(bytes: Vec<u8>, sizes: &dyn Fn(&str) -> Option<u64>) -> Result<Model> {
+        Model::parse(Backing::Owned(bytes), None, None, Some(sizes), &NoProgress)
     }
 
     /// The open file that [`Model::bytes`] maps (`None` for models held in memory):

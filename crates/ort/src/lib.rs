@@ -30,9 +30,9 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes, Method};
+use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protection::open_protected;
-use onnx_protect_format::{DataType, FormatError, Model, NoProgress};
+use onnx_protect_format::{DataType, FormatError, NoProgress};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
@@ -220,13 +220,8 @@ pub fn commit_from_file_with(
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
     let decrypted = decrypt_signed_in_memory(path, key, tier, signers).map_err(at)?;
     let index = open_protected(path, &NoProgress).map_err(at)?;
-    // Encryption edits bytes in place: a mapped result has the protected file's layout;
-    // a rebuilt one is indexed anew.
-    let index = if decrypted.method() == Method::Mapped {
-        index
-    } else {
-        Model::from_vec(decrypted.to_vec(), index.dir.clone()).map_err(|e| at(e.into()))?
-    };
+    // External data from the decrypted files, never from disk.
+    let index = decrypted.index(index).map_err(at)?;
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;
     let fallback = builder.clone();

@@ -268,6 +268,39 @@ fn a_transposed_external_weight_is_right() {
 }
 
 #[test]
+fn a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone() {
+    // Protected next to the plain model, the side file is renamed ('<name>.data') and the
+    // decrypted model names 'weights.bin' again: its external data comes from the
+    // decrypted files in memory, whether 'weights.bin' is gone or a stranger's file.
+    // 'm.onnx.data' has the length of 'weights.bin': that decryption changes no length.
+    let Some(env) = env() else { return };
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/transposed/model.onnx");
+    let mut plain = plain_session(&env, &model);
+    let feeds = inputs(&plain, &model);
+    let want = run(&mut plain, &feeds);
+    let mut policy = Policy::default();
+    policy.apply_override("coefficient", "*=1").unwrap();
+    let opts = EncryptOptions::new(&policy);
+    for name in ["model.enc.onnx", "m.onnx"] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["model.onnx", "weights.bin"] {
+            std::fs::copy(model.with_file_name(f), dir.path().join(f)).unwrap();
+        }
+        let k = key();
+        let enc = dir.path().join(name);
+        encrypt(&dir.path().join("model.onnx"), &enc, &EncryptTo::key(k.clone()), &opts).unwrap();
+        assert!(dir.path().join(format!("{name}.data")).exists(), "{name}: the side file is renamed");
+        std::fs::remove_file(dir.path().join("model.onnx")).unwrap();
+        std::fs::remove_file(dir.path().join("weights.bin")).unwrap();
+        let mut s = protected_session(&env, &enc, &k);
+        assert_eq!(run(&mut s, &feeds), want, "{name}");
+        assert_eq!(s.shared_initializers(), 1, "{name}: V in place");
+        std::fs::write(dir.path().join("weights.bin"), [0u8; 7]).unwrap();
+        assert_eq!(run(&mut protected_session(&env, &enc, &k), &feeds), want, "{name}, another weights.bin");
+    }
+}
+
+#[test]
 fn a_changed_byte_and_a_wrong_key_are_refused_with_their_kind() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/digits/mlp.onnx");

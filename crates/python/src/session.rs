@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes, Method};
+use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source};
 use pyo3::exceptions::PyBufferError;
@@ -200,11 +200,8 @@ pub fn session_model(
                     (model, d)
                 }
             };
-            // Encryption edits bytes in place: a mapped result has the protected file's
-            // layout. A rebuilt one is indexed anew.
-            let index =
-                if d.method() == Method::Mapped { index } else { Model::from_vec(d.to_vec(), index.dir.clone())? };
-            Ok((index, d))
+            // External data from the decrypted files, never from disk.
+            Ok((d.index(index)?, d))
         })
         .map_err(|e| py_err_at(&what, e))?;
     let (index, d) = decrypted;

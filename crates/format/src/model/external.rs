@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use onnx_protect_fsio::ReadMap;
 
-use super::{Model, TensorData, TensorId};
+use super::{Model, Sizes, TensorData, TensorId};
 use crate::error::{FormatError, Result};
 use crate::wire::{self, Container};
 
@@ -18,7 +18,8 @@ use crate::wire::{self, Container};
 pub struct ExternalFile {
     /// The `location` string as written in the model.
     pub location: String,
-    /// The resolved path (inside the model's directory).
+    /// The resolved path (inside the model's directory); for a file held in memory
+    /// ([`Model::from_vec_in_memory`]), the location's normal components.
     pub path: PathBuf,
     pub size: u64,
     pub tensors: Vec<TensorId>,
@@ -166,7 +167,10 @@ impl Model {
         Ok(edits)
     }
 
-    pub(super) fn resolve_external(&mut self, pending: Vec<PendingExternal>) -> Result<()> {
+    /// Resolves every external tensor: on disk, inside [`Model::dir`] (`sizes` is `None`);
+    /// or, with `sizes`, among files held in memory, whose size `sizes(location)` gives
+    /// (`None`: no such file), without touching the disk.
+    pub(super) fn resolve_external(&mut self, pending: Vec<PendingExternal>, sizes: Option<&Sizes<'_>>) -> Result<()> {
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         // The model file itself, as external data paths are resolved (canonical).
         let model_file = match (&self.path, pending.is_empty()) {
@@ -175,31 +179,46 @@ impl Model {
         };
         for pe in pending {
             let tensor_name = self.tensors[pe.tensor].name.clone();
-            let Some(dir) = self.dir.clone() else {
-                return Err(FormatError::ExternalWithoutDir { tensor: tensor_name, location: pe.location });
+            let (path, size) = match sizes {
+                Some(sizes) => {
+                    let (key, size) = in_memory(&pe.location, &tensor_name, sizes)?;
+                    (key, Some(size))
+                }
+                None => {
+                    let Some(dir) = self.dir.clone() else {
+                        return Err(FormatError::ExternalWithoutDir { tensor: tensor_name, location: pe.location });
+                    };
+                    let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+                    if model_file.as_ref() == Some(&path) {
+                        // Its bytes would be read as weights, and writing the side file next to
+                        // an output would overwrite the output model.
+                        return Err(FormatError::ExternalPath {
+                            tensor: tensor_name,
+                            location: pe.location,
+                            reason: "it names the model file itself".into(),
+                        });
+                    }
+                    (path, None)
+                }
             };
-            let path = resolve_location(&dir, &pe.location, &tensor_name)?;
-            if model_file.as_ref() == Some(&path) {
-                // Its bytes would be read as weights, and writing the side file next to
-                // an output would overwrite the output model.
-                return Err(FormatError::ExternalPath {
-                    tensor: tensor_name,
-                    location: pe.location,
-                    reason: "it names the model file itself".into(),
-                });
-            }
             let idx = match by_path.get(&path) {
                 Some(&i) => i,
                 None => {
-                    let meta =
-                        std::fs::metadata(&path).map_err(|e| FormatError::Io { path: path.clone(), source: e })?;
+                    let (size, map) = match size {
+                        Some(size) => (size, OnceLock::from(Err(IN_MEMORY.to_string()))),
+                        None => {
+                            let meta = std::fs::metadata(&path)
+                                .map_err(|e| FormatError::Io { path: path.clone(), source: e })?;
+                            (meta.len(), OnceLock::new())
+                        }
+                    };
                     self.external_files.push(ExternalFile {
                         location: pe.location.clone(),
                         path: path.clone(),
-                        size: meta.len(),
+                        size,
                         tensors: Vec::new(),
                         sites: Vec::new(),
-                        map: OnceLock::new(),
+                        map,
                     });
                     by_path.insert(path, self.external_files.len() - 1);
                     self.external_files.len() - 1
@@ -291,6 +310,33 @@ pub fn check_location(location: &str) -> std::result::Result<(), &'static str> {
         return Err("'..' would leave the model's directory");
     }
     Ok(())
+}
+
+/// What [`ExternalFile::bytes`] says of a file held in memory.
+const IN_MEMORY: &str = "this external data file is held in memory, not read from disk";
+
+/// A `location` among external data files held in memory: the key that identifies its
+/// file (its normal components joined by `/`, so that `./w.bin` and `w.bin` are one
+/// file) and the file's size, given by `sizes` for the `location` as written or for that
+/// key.
+fn in_memory(location: &str, tensor: &str, sizes: &Sizes<'_>) -> Result<(PathBuf, u64)> {
+    let refuse = |reason: &str| FormatError::ExternalPath {
+        tensor: tensor.to_string(),
+        location: location.to_string(),
+        reason: reason.to_string(),
+    };
+    check_location(location).map_err(refuse)?;
+    let key: PathBuf = Path::new(location)
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let size = sizes(location)
+        .or_else(|| key.to_str().and_then(sizes))
+        .ok_or_else(|| refuse("no external data file of that name is held in memory"))?;
+    Ok((key, size))
 }
 
 /// Resolves an external-data `location` inside `dir`, refusing absolute paths,
@@ -405,5 +451,47 @@ mod tests {
             external_float_tensor("W2", &[2, 2], "w.bin", 40, 16),
         ]);
         assert_eq!(m.shared_external_bytes(), Some((0, 2)));
+    }
+
+    /// `Model::from_vec_in_memory` resolves locations among the sizes it is given, with
+    /// no directory to read from, and its index hands out no bytes of its own (the
+    /// caller holds them): no file is opened.
+    #[test]
+    fn external_data_held_in_memory_is_resolved_by_name_without_the_disk() {
+        let bytes = matmul_chain(&[
+            external_float_tensor("W0", &[2, 2], "w.bin", 0, 16),
+            external_float_tensor("W1", &[2, 2], "./w.bin", 16, 16),
+            external_float_tensor("W2", &[2, 2], "sub/v.bin", 0, 16),
+        ]);
+        let sizes = |l: &str| match l {
+            "w.bin" => Some(32),
+            "sub/v.bin" => Some(16),
+            _ => None,
+        };
+        let m = Model::from_vec_in_memory(bytes.clone(), &sizes).unwrap();
+        let files: Vec<(&str, u64, usize)> =
+            m.external_files.iter().map(|f| (f.location.as_str(), f.size, f.tensors.len())).collect();
+        assert_eq!(files, [("w.bin", 32, 2), ("sub/v.bin", 16, 1)], "`./w.bin` is the file `w.bin`");
+        assert!(m.dir.is_none());
+        let e = m.external_files[0].bytes().unwrap_err();
+        assert!(matches!(&e, FormatError::Io { source, .. } if source.to_string().contains("held in memory")), "{e}");
+        assert!(matches!(m.tensor_bytes(0), Err(FormatError::Io { .. })));
+
+        // A location that no file held in memory has.
+        let e = Model::from_vec_in_memory(bytes.clone(), &|l| (l == "w.bin").then_some(32)).unwrap_err();
+        assert!(
+            matches!(&e, FormatError::ExternalPath { tensor, location, reason }
+                if tensor == "W2" && location == "sub/v.bin" && reason.contains("held in memory")),
+            "{e}"
+        );
+        // A range past the end of the size given.
+        let e = Model::from_vec_in_memory(bytes, &|l| Some(if l == "w.bin" { 31 } else { 16 })).unwrap_err();
+        assert!(matches!(&e, FormatError::ExternalRange { tensor, .. } if tensor == "W1"), "{e}");
+        // Locations leaving the directory are refused, as on disk.
+        for bad in ["../w.bin", "/w.bin", "a/../../w.bin"] {
+            let bytes = matmul_chain(&[external_float_tensor("W0", &[2, 2], bad, 0, 16)]);
+            let e = Model::from_vec_in_memory(bytes, &|_| Some(16)).unwrap_err();
+            assert!(matches!(&e, FormatError::ExternalPath { location, .. } if location == bad), "{bad}: {e}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::external::PendingExternal;
 use super::{
-    Attribute, Backing, Dim, Graph, GraphId, GraphKind, MetadataEntry, Model, Node, NodeId, Opset, Origin, Step,
+    Attribute, Backing, Dim, Graph, GraphId, GraphKind, MetadataEntry, Model, Node, NodeId, Opset, Origin, Sizes, Step,
     Tensor, TensorId, ValueType, MAX_GRAPH_DEPTH,
 };
 use crate::error::{FormatError, Result};
@@ -22,6 +22,7 @@ impl Model {
         backing: Backing,
         path: Option<PathBuf>,
         dir: Option<PathBuf>,
+        external: Option<&Sizes<'_>>,
         progress: &dyn Progress,
     ) -> Result<Model> {
         let mut model = Model {
@@ -70,7 +71,7 @@ impl Model {
         if !top {
             return Err(crate::sniff::explain(model.bytes(), FormatError::NoGraph));
         }
-        model.resolve_external(pending_external)?;
+        model.resolve_external(pending_external, external)?;
         model.check_duplicates()?;
         Ok(model)
     }

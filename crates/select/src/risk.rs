@@ -63,7 +63,7 @@ impl Family {
         match self {
             Family::VisionTransformer => f("digits/vit", "weights", 95.0, 15.8),
             Family::TransformerEncoder => f("families/vowels-transformer", "first", 1.5, 4.4),
-            Family::Recurrent => f("vowels/gru", "last", 3.8, 34.3),
+            Family::Recurrent => f("vowels/gru", "first", 17.3, 6.8),
             Family::ResidualConvNet => f("families/digits-resnet", "last+first+small+0.5", 50.6, 3.3),
             Family::ConvMixer => None,
             Family::ConvNet => f("digits/cnn", "last", 8.4, 17.8),

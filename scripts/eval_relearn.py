@@ -206,6 +206,9 @@ def gap(row):
 def table(cache):
     """The generated block: the built-in policy per model; every other point measured
     per model, cheapest first; mean accuracies per point and size."""
+    from onnx_protect import assess
+
+    ladder_points = [p for p in assess.SEARCH if p != "all"]
     builtin, ladder, detail = [], [], []
     results = []
     for fam, models in FAMILIES.items():
@@ -238,10 +241,10 @@ def table(cache):
                 smallest = "not measured"
             elif held:
                 smallest = f"`{held[0]['point']}` ({pct(held[0]['share'])}%)"
-            elif any(not r.get("complete", True) for r in partial):
-                smallest = "none so far (measurement unfinished)"
-            else:
+            elif {q for r in rs for q in [r["point"], *r["same"]]} >= set(ladder_points):
                 smallest = "none below 100%"
+            else:
+                smallest = "none of those measured (the rest not measured)"
             ladder.append(f"| {fam} | {model} | {'; '.join(cells) or '—'} | {smallest} |")
             for r in rs:
                 for row in r["sizes"] if r["point"] != "builtin" else []:

@@ -52,8 +52,8 @@ fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
         ("digits/mlp", Some(("multilayer perceptron", "digits/mlp"))),
         ("digits/convmixer", Some(("ConvMixer", "osuleaf/convmixer"))),
         ("osuleaf/convmixer", Some(("ConvMixer", "osuleaf/convmixer"))),
-        ("vowels/gru", Some(("recurrent network", "vowels/gru"))),
-        ("vowels/lstm", Some(("recurrent network", "vowels/gru"))),
+        ("vowels/gru", Some(("recurrent network", "vowels/lstm"))),
+        ("vowels/lstm", Some(("recurrent network", "vowels/lstm"))),
     ] {
         for partial in [true, false] {
             let out = dir.path().join("p.onnx");

@@ -62,7 +62,7 @@ impl Family {
         match self {
             Family::VisionTransformer => f("digits/vit", "weights", 95.0, 15.8),
             Family::TransformerEncoder => f("families/vowels-transformer", "first", 1.5, 4.4),
-            Family::Recurrent => f("vowels/gru", "first", 17.3, 6.8),
+            Family::Recurrent => f("vowels/lstm", "first", 17.4, 3.2),
             Family::ResidualConvNet => f("families/digits-resnet", "last+first+small+0.5", 50.6, 3.3),
             Family::ConvMixer => f("osuleaf/convmixer", "last+first", 4.3, 2.8),
             Family::ConvNet => f("digits/cnn", "last", 8.4, 17.8),

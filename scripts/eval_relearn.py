@@ -194,9 +194,21 @@ def pct(v):
     return f"{100 * v:.1f}"
 
 
+def sizes_of(r, key):
+    """`key` of each data size of ``r`` joined as 1% / 5% / 10% (`·`: not run)."""
+    return " / ".join([key(row) for row in r["sizes"]] + ["·"] * (len(SIZES) - len(r["sizes"])))
+
+
+def gap(row):
+    return f"{100 * row['gap']:+.1f}"
+
+
 def table(cache):
-    """The generated block: the built-in policy per model, size and draw; every point
-    measured per model, cheapest first; mean accuracies per point and size."""
+    """The generated block: the built-in policy per model; every other point measured
+    per model, cheapest first; mean accuracies per point and size."""
+    from onnx_protect import assess
+
+    ladder_points = [p for p in assess.SEARCH if p != "all"]
     builtin, ladder, detail = [], [], []
     results = []
     for fam, models in FAMILIES.items():
@@ -206,26 +218,36 @@ def table(cache):
             for r in rs:
                 if r["point"] != "builtin":
                     continue
-                for row in r["sizes"]:
-                    best = row["best_attack"]
-                    builtin.append(
-                        f"| {fam} | {model} | {row['fraction']:.0%} ({int(np.mean(row['samples']))}) | "
-                        f"{pct(row['mean']['scratch'])} ({', '.join(pct(v) for v in row['scratch'])}) | "
-                        f"{pct(row['mean'][best])} ({', '.join(pct(v) for v in row[best])}) | "
-                        f"{100 * row['gap']:+.1f} | {', '.join(row.get('reused', [])) or 'none'} |")
+                runs = sum(len(row["scratch"]) * 2 for row in r["sizes"])
+                reused = sum(len(row.get("reused", [])) for row in r["sizes"])
+                builtin.append(
+                    f"| {fam} | {model} | {sizes_of(r, lambda row: str(int(np.mean(row['samples']))))} | "
+                    f"{sizes_of(r, lambda row: pct(row['mean']['scratch']))} | "
+                    f"{sizes_of(r, lambda row: pct(row['mean'][row['best_attack']]))} | "
+                    f"{sizes_of(r, gap)} | "
+                    f"{reused} of {runs} |")
+            partial = [r for r in rs if r["point"] != "builtin" and r["share"] < 1]
             if not rs:
                 continue
             cells = []
             for r in rs:
-                gaps = " / ".join([f"{100 * row['gap']:+.1f}" for row in r["sizes"]]
-                                  + ["·"] * (len(SIZES) - len(r["sizes"])))
+                if r["point"] == "builtin":
+                    continue
+                gaps = sizes_of(r, gap)
                 name = " = ".join(f"`{p}`" for p in [r["point"], *r["same"]])
                 cells.append(f"{name} {pct(r['share'])}%: {gaps}{' ✓' if r['holds'] else ''}")
-            held = [r for r in rs if r["holds"]]
-            smallest = f"`{held[0]['point']}` ({pct(held[0]['share'])}%)" if held else "none measured"
-            ladder.append(f"| {fam} | {model} | {'; '.join(cells)} | {smallest} |")
+            held = [r for r in partial if r["holds"]]
+            if not partial:
+                smallest = "not measured"
+            elif held:
+                smallest = f"`{held[0]['point']}` ({pct(held[0]['share'])}%)"
+            elif {q for r in rs for q in [r["point"], *r["same"]]} >= set(ladder_points):
+                smallest = "none below 100%"
+            else:
+                smallest = "none of those measured (the rest not measured)"
+            ladder.append(f"| {fam} | {model} | {'; '.join(cells) or '—'} | {smallest} |")
             for r in rs:
-                for row in r["sizes"]:
+                for row in r["sizes"] if r["point"] != "builtin" else []:
                     m = row["mean"]
                     detail.append(f"| {model} | {r['point']} | {row['fraction']:.0%} ({int(np.mean(row['samples']))}) | "
                                   f"{pct(m['start'])} | {pct(m['scratch'])} | {pct(m['relearn'])} | "
@@ -234,20 +256,22 @@ def table(cache):
     versions = sorted({r.get("torch", "not recorded") for r in results})
     commits = sorted({r.get("attack_code", "not recorded") for r in results})
     return (
-        f"Measured with `onnx_protect.assess` (attack code of commit {', '.join(commits)}; {cpu}, {cores} cores; "
-        f"torch {', '.join(versions)}) by `scripts/eval_relearn.py`: 300 steps, three draws per data size.\n\n"
-        "**The built-in policy** (every weight whole): mean test accuracy (%) of scratch and of the best training "
-        "attack, per draw in brackets; *reused*: the attacks that started from exactly scratch's state and took "
-        "its result (every weight encrypted: nothing of the file is left to start from).\n\n"
-        "| family | model | data (samples) | scratch | best attack | gap | reused |\n|---|---|---|---|---|---|---|\n"
+        f"Measured with `onnx_protect.assess` (attack code of commits {', '.join(commits)}; {cpu}, {cores} cores "
+        f"shared with other builds; torch {', '.join(versions)}) by `scripts/eval_relearn.py`: 300 steps, three "
+        "draws per data size, one thread per process.\n\n"
+        "**The built-in policy** (every weight whole): per data size (1% / 5% / 10% of the training split), "
+        "samples, mean test accuracy (%) of scratch and of the best training attack, and the gap in points; "
+        "*reused*: attack runs that started from exactly scratch's state and took its result, of all attack runs.\n\n"
+        "| family | model | samples | scratch | best attack | gap | reused |\n|---|---|---|---|---|---|---|\n"
         + "\n".join(builtin)
         + "\n\n**Smaller policies**, cheapest first (points of `onnx_protect.assess.SEARCH`, joined by `=` when they "
         "encrypt the same spans): encrypted share of the weight bytes: gap of the best attack over scratch in points "
         "at 1% / 5% / 10% of the training split (mean of three draws); **✓**: every gap at most 2 points; `·`: not "
-        "run, the point had failed at a smaller size. A model's points stop at the first that holds.\n\n"
+        "run, the point had failed at a smaller size. A model's points stop at the first that holds; *not measured*: "
+        "no point below the built-in policy was run on that model.\n\n"
         "| family | model | points measured | smallest that holds |\n|---|---|---|---|\n"
         + "\n".join(ladder)
-        + "\n\nMean test accuracy (%) per point and data size (samples): `start` is the reset model before "
+        + "\n\nMean test accuracy (%) per smaller point and data size (samples): `start` is the reset model before "
         "training; `relearn` trains only the encrypted elements (clear weights and statistics frozen), "
         "`finetune` trains everything after the reset, `scratch` the same graph freshly initialised.\n\n"
         "| model | point | data | start | scratch | relearn | finetune | gap |\n|---|---|---|---|---|---|---|---|\n"

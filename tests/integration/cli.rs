@@ -30,8 +30,9 @@ fn inspect_of_a_missing_file_fails_with_one_line() {
     assert!(err.starts_with("error: "), "{err}");
 }
 
-/// The built-in policy encrypts every weight; a policy that leaves most of a ViT or a
-/// ResNet clear gets a one-line warning (docs/protection.md#training-attacks), a CNN none.
+/// The built-in policy encrypts every weight; a policy that leaves weight bytes clear on a
+/// family where a partial policy was measured to fail gets a one-line warning
+/// (docs/protection.md#training-attacks); a graph of no family it knows, none.
 #[test]
 fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,11 +40,20 @@ fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
     assert_eq!(run(&["keygen", "-o", key.to_str().unwrap(), "-q"]).0, 0);
     let zoo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
     let last_first = ["--coefficient", "*=0", "--coefficient", "layer:first=1", "--coefficient", "layer:last=1"];
+    // Each family (a partial policy was measured to fail on each) warns, naming the zoo
+    // model of the costliest failure.
     for (model, family) in [
-        ("digits/vit", Some("vision transformer")),
-        ("families/digits-resnet", Some("residual convolutional network")),
-        ("digits/cnn", None),
-        ("digits/convmixer", None),
+        ("digits/vit", Some(("vision transformer", "digits/vit"))),
+        ("families/digits-resnet", Some(("residual convolutional network", "families/digits-resnet"))),
+        ("families/vowels-transformer", Some(("transformer encoder", "families/vowels-transformer"))),
+        ("vowels/vit", Some(("transformer encoder", "families/vowels-transformer"))),
+        ("digits/cnn", Some(("a convolutional network", "vowels/cnn"))),
+        ("osuleaf/conv1d", Some(("a convolutional network", "vowels/cnn"))),
+        ("digits/mlp", Some(("multilayer perceptron", "vowels/mlp"))),
+        ("digits/convmixer", Some(("ConvMixer", "osuleaf/convmixer"))),
+        ("osuleaf/convmixer", Some(("ConvMixer", "osuleaf/convmixer"))),
+        ("vowels/gru", Some(("recurrent network", "vowels/lstm"))),
+        ("vowels/lstm", Some(("recurrent network", "vowels/lstm"))),
     ] {
         for partial in [true, false] {
             let out = dir.path().join("p.onnx");
@@ -58,9 +68,11 @@ fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
             assert_eq!(code, 0, "{model}: {err}");
             let warned = err.lines().filter(|l| l.starts_with("warning:")).collect::<Vec<_>>();
             match (family, partial) {
-                (Some(f), true) => {
+                (Some((f, measured)), true) => {
                     assert_eq!(warned.len(), 1, "{model}: {err}");
-                    assert!(warned[0].contains(f) && warned[0].contains("training-attacks"), "{model}: {err}");
+                    let w = warned[0];
+                    assert!(w.contains(f) && w.contains("training-attacks"), "{model}: {err}");
+                    assert!(w.contains(&format!("on the zoo's {measured},")), "{model}: {err}");
                 }
                 _ => assert!(warned.is_empty(), "{model} partial={partial}: {err}"),
             }
@@ -69,4 +81,27 @@ fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
             }
         }
     }
+    // Every weight but the biases (0.5% clear, measured to fail on the vowels CNN) warns.
+    let weights = dir.path().join("weights.toml");
+    let roles = "[roles.weight]\ncoefficient = 1.0\n[roles.recurrent]\ncoefficient = 1.0\n";
+    std::fs::write(&weights, format!("version = 1\ninherit_builtin = false\n{roles}")).unwrap();
+    let out = dir.path().join("w.onnx");
+    let (src, o, k) = (zoo.join("vowels/cnn.onnx"), out.to_str().unwrap(), key.to_str().unwrap());
+    let (code, stdout, err) =
+        run(&["encrypt", src.to_str().unwrap(), "-o", o, "--key-file", k, "--policy", weights.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("(99.49% of") && err.starts_with("warning: 0.5% of the weight bytes"), "{stdout} {err}");
+    // The built-in policy on a quantised CNN leaves only scales and zero points clear: no warning.
+    let quant = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/quant_uint8/model.onnx");
+    let out = dir.path().join("q.onnx");
+    let (code, stdout, err) = run(&["encrypt", quant.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", k]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!stdout.contains("(100.00% of") && !err.contains("warning:"), "{stdout} {err}");
+    // A graph of no family it knows (a lone ConvTranspose) gets no warning, even half clear.
+    let src = zoo.join("ops/conv_transpose.onnx");
+    let out = dir.path().join("t.onnx");
+    let (s, o, k) = (src.to_str().unwrap(), out.to_str().unwrap(), key.to_str().unwrap());
+    let (code, stdout, err) = run(&["encrypt", s, "-o", o, "--key-file", k, "--coefficient", "*=0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("(50.68% of") && !err.contains("warning:"), "{stdout} {err}");
 }

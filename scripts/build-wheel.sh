@@ -4,6 +4,7 @@
 # manylinux audit (auditwheel show prints the result).
 #
 #   bash scripts/build-wheel.sh [--release | --dev] [--sdist | --tpm] [-o DIR]
+#   bash scripts/build-wheel.sh --tools-only
 #
 # --release (default): the wheel users install (release profile, stripped). --dev: the
 # dev profile (scripts/test.sh: it shares `cargo test`'s compiled dependencies). Both are
@@ -12,10 +13,11 @@
 # feature tpm (TPM key files as identities), for this machine only: it links the
 # system's TSS 2.0 libraries, so it is neither audited nor checked for upload. Output: DIR
 # (default $CARGO_TARGET_DIR/wheels, else target/wheels).
-# maturin, twine and auditwheel are installed into target/build-venv when missing.
+# maturin, twine and auditwheel are installed into target/build-venv when missing
+# (--tools-only: only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=release sdist=0 tpm=0 out=${CARGO_TARGET_DIR:-target}/wheels
+profile=release sdist=0 tpm=0 tools_only=0 out=${CARGO_TARGET_DIR:-target}/wheels
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) profile=release ;;
@@ -23,7 +25,8 @@ while [ $# -gt 0 ]; do
     --sdist) sdist=1 ;;
     --tpm) tpm=1 ;;
     -o) out=$2; shift ;;
-    *) echo "usage: $0 [--release | --dev] [--sdist | --tpm] [-o DIR]" >&2; exit 2 ;;
+    --tools-only) tools_only=1 ;;
+    *) echo "usage: $0 [--release | --dev] [--sdist | --tpm] [-o DIR] | --tools-only" >&2; exit 2 ;;
   esac
   shift
 done
@@ -32,6 +35,7 @@ if [ ! -x "$venv/bin/maturin" ] || [ ! -x "$venv/bin/twine" ] || [ ! -x "$venv/b
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9,<2" twine auditwheel
 fi
+[ "$tools_only" = 1 ] && exit 0
 if [ "$tpm" = 1 ] && [ "$sdist" = 1 ]; then
   echo "$0: --tpm builds a wheel for this machine only; build the sdist without it" >&2
   exit 2

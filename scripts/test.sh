@@ -13,6 +13,53 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
+# What only waits on the network (Python packages and torch, the corpus, npm packages, the
+# wheel tools, crates) runs in the background while the system packages install and the
+# tests compile: the build keeps both cores busy, the downloads do not. Each background job
+# logs to $logs/NAME.log; `await NAME` waits for it and, if it failed, prints its log and
+# stops here.
+logs=${CARGO_TARGET_DIR:-target}/test-logs
+mkdir -p "$logs"
+declare -A bg_pid=()
+# A failed step stops the background jobs too.
+trap 'kill "${bg_pid[@]}" 2>/dev/null || true' EXIT
+background() {
+  local name=$1; shift
+  ( set -euo pipefail; "$@" ) >"$logs/$name.log" 2>&1 &
+  bg_pid[$name]=$!
+}
+await() {
+  local name=$1
+  if ! wait "${bg_pid[$name]}"; then
+    echo "== $name failed (log: $logs/$name.log):" >&2
+    tail -n 40 "$logs/$name.log" >&2
+    exit 1
+  fi
+  echo "   ($name ready at ${SECONDS}s)"
+}
+python_packages() {
+  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+  # The corpus is described with the onnx package installed just above.
+  bash scripts/fetch-corpus.sh
+  # torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
+  # torch for Linux x86-64 brings its CUDA libraries (about 4 GB). To use the CPU-only build,
+  # install it first from PyTorch's CPU index (README); an installed torch is kept.
+  if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
+    echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
+  else
+    python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-torch.txt
+  fi
+}
+step "background: crates, python test packages, corpus, wheel tools, npm packages (logs in $logs)"
+background crates cargo fetch --locked
+background python python_packages
+background wheel-tools bash scripts/build-wheel.sh --tools-only
+have_node=0
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  have_node=1
+  # onnxruntime-node bundles its CPU binaries; js/.npmrc skips its CUDA download.
+  background npm bash -c 'cd js && npm ci --no-audit --no-fund --loglevel=error'
+fi
 step "system packages (softhsm2: PKCS#11 tests; swtpm, libtss2-dev: TPM tests; chromium: JS tests)"
 # softhsm2 is the PKCS#11 tests' token; swtpm the software TPM the TPM tests start on local
 # ports (each its own state); libtss2-dev the TSS 2.0 the cargo features tss/tpm link to;
@@ -22,7 +69,7 @@ missing=()
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
 command -v pkg-config >/dev/null 2>&1 && pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev pkg-config)
-if command -v node >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+if [ "$have_node" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   missing+=(chromium)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,18 +86,6 @@ else
   TPM_TESTS=0
   echo "swtpm or libtss2-dev is missing: the TPM tests will skip" >&2
 fi
-step "python test dependencies"
-python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-# torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
-# torch for Linux x86-64 brings its CUDA libraries (about 4 GB). To use the CPU-only build,
-# install it first from PyTorch's CPU index (README); an installed torch is kept.
-if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
-  echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
-else
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-torch.txt
-fi
-step "corpus"
-bash scripts/fetch-corpus.sh
 step "cargo test --workspace (unit, integration, corpus and doc tests)"
 # crates/ort's tests open the libonnxruntime of the onnxruntime wheel installed above:
 # here a missing library is a failure, not a skip. The test plugin age-plugin-onnxtest is a
@@ -66,6 +101,10 @@ if [ "$TPM_TESTS" = 1 ]; then
   features=(--features onnx-protect/tpm,onnx-protect-capi/tpm)
   export ONNX_PROTECT_REQUIRE_SWTPM=1
 fi
+await crates
+cargo test --workspace "${features[@]}" --no-run
+step "cargo test: running"
+await python
 ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}"
 # The C library that build made (cargo test leaves it in target/debug/deps, where its
 # JSON messages name it), for the C tests below: a copy in target/capi-test.
@@ -93,6 +132,7 @@ step "python package (wheel and sdist: scripts/build-wheel.sh --dev --sdist)"
 # build), and installed into the test interpreter; tests/python/test_package*.py import
 # it, and tests/python/test_wheel.py installs it again into a fresh venv without Rust.
 export ONNX_PROTECT_WHEEL_DIR=${CARGO_TARGET_DIR:-target}/wheels-test
+await wheel-tools
 bash scripts/build-wheel.sh --dev --sdist -o "$ONNX_PROTECT_WHEEL_DIR"
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "$ONNX_PROTECT_WHEEL_DIR"/onnx_protect-*.whl
@@ -107,11 +147,12 @@ fi
 step "pytest"
 export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
 # -rs names each skip and its reason; --durations the slowest tests.
-python3 -m pytest -q -rs --durations=15 tests/python
-step "javascript package (js/: npm ci, node tests, headless Chromium)"
-if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-  # onnxruntime-node bundles its CPU binaries; js/.npmrc skips its CUDA download.
-  (cd js && npm ci --no-audit --no-fund --loglevel=error && npm test && node test-browser/run.mjs)
+# -n: one pytest worker per core (pytest-xdist).
+python3 -m pytest -q -n auto -rs --durations=15 tests/python
+step "javascript package (js/: node tests, headless Chromium)"
+if [ "$have_node" = 1 ]; then
+  await npm
+  (cd js && npm test && node test-browser/run.mjs)
 else
   echo "SKIP javascript tests: node and npm are not installed" >&2
 fi

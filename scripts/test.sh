@@ -3,13 +3,15 @@
 # dependencies, fetches the ONNX backend corpus, runs the Rust tests (unit,
 # integration, corpus, doc) and the onnxruntime cross-checks.
 #
-# One build, in the debug profile: `cargo test --workspace` compiles every crate,
+# One build, in the debug profile: `cargo test --workspace --no-run` compiles every crate,
 # test and example once (what scripts/demo.sh built is reused), with the default
 # features (tract included) and, where swtpm and the TSS are installed, the feature tpm;
-# the Python tests run the binary and the C library that build produced
-# (target/debug/onnx-protect, target/debug/libonnx_protect.{so,a}).
+# the tests run with cargo-nextest where it is installed (else `cargo test`), and the
+# Python tests run the binary and the C library that build produced
+# (target/debug/onnx-protect, target/capi-test/libonnx_protect.{so,a}).
 # Then it builds the Python package's wheel, installs it and runs the Python tests
-# (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example).
+# (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example),
+# with the JavaScript package's tests beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*   [${SECONDS}s so far]"; }
@@ -37,8 +39,14 @@ await() {
   fi
   echo "   ($name ready at ${SECONDS}s)"
 }
+# The packages are installed by uv (from PyPI, into the interpreter the tests run): it
+# downloads in parallel and unpacks the 4 GB of torch's wheels in a third of pip's time.
+pip_install() {
+  python3 -m uv pip install --quiet --system --python "$(python3 -c 'import sys; print(sys.executable)')" "$@"
+}
 python_packages() {
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+  python3 -m pip install --quiet --disable-pip-version-check uv==0.13.9
+  pip_install -r tests/requirements.txt
   # The corpus is described with the onnx package installed just above.
   bash scripts/fetch-corpus.sh
   # torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
@@ -47,7 +55,7 @@ python_packages() {
   if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
     echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
   else
-    python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-torch.txt
+    pip_install -r tests/requirements-torch.txt
   fi
 }
 step "background: crates, python test packages, corpus, wheel tools, npm packages (logs in $logs)"
@@ -105,7 +113,14 @@ await crates
 cargo test --workspace "${features[@]}" --no-run
 step "cargo test: running"
 await python
-ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}"
+# cargo-nextest, where installed, runs the tests of every test binary in one pool (one per
+# core) rather than binary after binary; then the doc tests, which it does not run.
+if cargo nextest --version >/dev/null 2>&1; then
+  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo nextest run --workspace "${features[@]}" --no-fail-fast --status-level fail
+  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}" --doc
+else
+  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}"
+fi
 # The C library that build made (cargo test leaves it in target/debug/deps, where its
 # JSON messages name it), for the C tests below: a copy in target/capi-test.
 capi_dir=${CARGO_TARGET_DIR:-target}/capi-test
@@ -144,16 +159,20 @@ if [ "$TPM_TESTS" = 1 ]; then
   python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
     "$tpm_wheels"/onnx_protect-*.whl
 fi
-step "pytest"
-export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
-# -rs names each skip and its reason; --durations the slowest tests.
-# -n: one pytest worker per core (pytest-xdist).
-python3 -m pytest -q -n auto -rs --durations=15 tests/python
-step "javascript package (js/: node tests, headless Chromium)"
+step "pytest, and the javascript package's tests beside it (js/: Node, headless Chromium)"
+# The JavaScript tests (mostly one core) run in the background while pytest runs one worker
+# per core (pytest-xdist); their output is printed once pytest is done.
 if [ "$have_node" = 1 ]; then
   await npm
-  (cd js && npm test && node test-browser/run.mjs)
+  background js bash -c 'cd js && npm test && node test-browser/run.mjs'
 else
   echo "SKIP javascript tests: node and npm are not installed" >&2
+fi
+export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
+# -rs names each skip and its reason; --durations the slowest tests.
+python3 -m pytest -q -n auto -rs --durations=15 tests/python
+if [ "$have_node" = 1 ]; then
+  await js
+  cat "$logs/js.log"
 fi
 step "done"

@@ -115,11 +115,12 @@ step "cargo test: running"
 await python
 # cargo-nextest, where installed, runs the tests of every test binary in one pool (one per
 # core) rather than binary after binary; then the doc tests, which it does not run.
+export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
 if cargo nextest --version >/dev/null 2>&1; then
-  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo nextest run --workspace "${features[@]}" --no-fail-fast --status-level fail
-  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}" --doc
+  cargo nextest run --workspace "${features[@]}" --no-fail-fast --status-level fail
+  cargo test --workspace "${features[@]}" --doc
 else
-  ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1 cargo test --workspace "${features[@]}"
+  cargo test --workspace "${features[@]}"
 fi
 # The C library that build made (cargo test leaves it in target/debug/deps, where its
 # JSON messages name it), for the C tests below: a copy in target/capi-test.
@@ -168,7 +169,6 @@ if [ "$have_node" = 1 ]; then
 else
   echo "SKIP javascript tests: node and npm are not installed" >&2
 fi
-export ONNX_PROTECT_REQUIRE_TEST_PLUGIN=1
 # -rs names each skip and its reason; --durations the slowest tests.
 python3 -m pytest -q -n auto -rs --durations=15 tests/python
 if [ "$have_node" = 1 ]; then

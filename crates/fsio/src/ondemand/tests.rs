@@ -1,0 +1,143 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::*;
+
+const BLOCK: usize = 64 << 10;
+
+/// The byte at `offset` of the test pattern.
+fn byte(offset: usize) -> u8 {
+    (offset.wrapping_mul(2654435761) >> 13) as u8
+}
+
+/// A region of `len` bytes of the pattern; the counter counts the fills.
+fn region(len: usize, budget: usize) -> (OnDemand, Arc<AtomicUsize>) {
+    let fills = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&fills);
+    let filler: Filler = Box::new(move |b, out| {
+        f.fetch_add(1, Ordering::SeqCst);
+        let start = b * BLOCK;
+        for (i, x) in out.iter_mut().enumerate().take(len.saturating_sub(start)) {
+            *x = byte(start + i);
+        }
+        Ok(())
+    });
+    match OnDemand::new(len, BLOCK, budget, filler) {
+        Ok(r) => (r, fills),
+        Err(e) => panic!("userfaultfd is needed for these tests: {e}"),
+    }
+}
+
+fn check(r: &OnDemand, len: usize) {
+    let bytes = r.bytes();
+    assert_eq!(bytes.len(), len.div_ceil(BLOCK) * BLOCK);
+    for (i, &x) in bytes.iter().enumerate() {
+        let want = if i < len { byte(i) } else { 0 };
+        assert_eq!(x, want, "byte {i}");
+    }
+}
+
+#[test]
+fn reads_fill_each_block_once_when_within_budget() {
+    let len = 20 * BLOCK + 123;
+    let (r, fills) = region(len, 64 * BLOCK);
+    assert_eq!(r.resident(), 0, "nothing is filled before it is read");
+    check(&r, len);
+    check(&r, len);
+    assert_eq!(fills.load(Ordering::SeqCst), 21);
+    assert_eq!(r.resident(), 21 * BLOCK);
+}
+
+#[test]
+fn over_budget_old_blocks_are_dropped_and_filled_again_with_the_same_bytes() {
+    let len = 64 * BLOCK;
+    let budget = 8 * BLOCK;
+    let (r, fills) = region(len, budget);
+    check(&r, len);
+    assert!(r.resident() <= budget, "{} resident", r.resident());
+    let first = fills.load(Ordering::SeqCst);
+    assert_eq!(first, 64);
+    // Block 0 was dropped: reading it again fills it again, with the same bytes.
+    assert_eq!(r.bytes()[5], byte(5));
+    assert_eq!(fills.load(Ordering::SeqCst), first + 1);
+    check(&r, len);
+}
+
+#[test]
+fn settled_regions_keep_what_they_fill() {
+    let len = 32 * BLOCK;
+    let (r, fills) = region(len, 8 * BLOCK);
+    r.settle();
+    check(&r, len);
+    check(&r, len);
+    assert_eq!(fills.load(Ordering::SeqCst), 32);
+    assert_eq!(r.resident(), 32 * BLOCK);
+}
+
+#[test]
+fn readers_on_many_threads_see_the_same_bytes() {
+    let len = 48 * BLOCK + 7;
+    let (r, _) = region(len, 6 * BLOCK);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let r = &r;
+            s.spawn(move || {
+                let bytes = r.bytes();
+                // Scattered reads: most land on a block dropped since, filled again.
+                for k in 0..20_000 {
+                    let i = (k * 7919 + t * 104729) % len;
+                    assert_eq!(bytes[i], byte(i), "byte {i}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_forked_child_sees_every_byte() {
+    let len = 40 * BLOCK;
+    let (r, _) = region(len, 4 * BLOCK);
+    assert_eq!(r.bytes()[0], byte(0));
+    // SAFETY: the child only reads memory and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = r.bytes()[..len].iter().enumerate().all(|(i, &x)| x == byte(i));
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just made.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    check(&r, len);
+}
+
+/// Run by `a_failing_filler_ends_the_process` in a child process.
+#[test]
+#[ignore = "run in a child process by a_failing_filler_ends_the_process"]
+fn failing_filler_child() {
+    if std::env::var_os("ONNX_PROTECT_ONDEMAND_CHILD").is_none() {
+        return;
+    }
+    let filler: Filler = Box::new(|b, _| if b == 3 { Err("block 3 changed on disk".into()) } else { Ok(()) });
+    let r = OnDemand::new(8 * BLOCK, BLOCK, 8 * BLOCK, filler).expect("userfaultfd");
+    let sum: u64 = r.bytes().iter().map(|&x| u64::from(x)).sum();
+    println!("read every byte: {sum}");
+}
+
+#[test]
+fn a_failing_filler_ends_the_process() {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "ondemand::tests::failing_filler_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("ONNX_PROTECT_ONDEMAND_CHILD", "1")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child finished: {stdout}");
+    assert!(!stdout.contains("read every byte"), "{stdout}");
+    assert!(stderr.contains("onnx-protect: block 3 changed on disk; stopping the process"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}", out.status);
+}

@@ -96,6 +96,9 @@ use crate::keys::KeySource;
 use crate::protection::{open_protected, Protection};
 use crate::target::Target;
 
+mod ondemand;
+pub use ondemand::decrypt_signed_on_demand;
+
 /// Spans at least this long are decrypted on all cores.
 const PARALLEL_SPAN: usize = 1 << 20;
 
@@ -109,11 +112,15 @@ pub enum Method {
     Mapped,
     /// An owned buffer holding a full copy (the fallback).
     Copied,
+    /// Memory filled on demand: each chunk is read, checked against the hash verified
+    /// before and decrypted the first time it is read ([`decrypt_signed_on_demand`]).
+    OnDemand,
 }
 
 enum Backing {
     Map(PrivateMap),
     Owned(Vec<u8>),
+    OnDemand { region: std::sync::Arc<onnx_protect_fsio::ondemand::OnDemand>, offset: usize },
 }
 
 /// Decrypted bytes held in memory (a patched private map or an owned buffer).
@@ -132,6 +139,15 @@ impl DecryptedBytes {
         match self.backing {
             Backing::Map(_) => Method::Mapped,
             Backing::Owned(_) => Method::Copied,
+            Backing::OnDemand { .. } => Method::OnDemand,
+        }
+    }
+
+    /// For memory filled on demand: stop dropping filled chunks over the budget (each
+    /// chunk is then filled at most once more). A no-op for other buffers.
+    pub fn settle(&self) {
+        if let Backing::OnDemand { region, .. } = &self.backing {
+            region.settle();
         }
     }
 
@@ -152,6 +168,7 @@ impl Deref for DecryptedBytes {
         match &self.backing {
             Backing::Map(m) => &m[..self.len],
             Backing::Owned(v) => &v[..self.len],
+            Backing::OnDemand { region, offset } => &region.bytes()[*offset..*offset + self.len],
         }
     }
 }
@@ -173,6 +190,8 @@ impl Drop for DecryptedBytes {
         match &mut self.backing {
             Backing::Map(m) => wipe(m, &self.plaintext),
             Backing::Owned(v) => v.zeroize(),
+            // Wiped by the region when its last file is dropped.
+            Backing::OnDemand { .. } => {}
         }
     }
 }
@@ -474,6 +493,15 @@ enum SpanSource<'a> {
     Bytes(&'a [u8]),
 }
 
+/// A piece of a target's spans in an external data file: `range` of the file holds the
+/// target's bytes from tensor offset `logical` (what they become: [`SpanSource`]).
+#[derive(Debug, Clone)]
+struct Piece {
+    range: Range<u64>,
+    tag: usize,
+    logical: u64,
+}
+
 /// What each target's spans become, from its action.
 fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
     actions
@@ -630,28 +658,49 @@ impl Patcher<'_> {
 
     /// The patches of each external data file (by index), sorted.
     fn external_patches(&self) -> Result<BTreeMap<usize, Vec<Patch<'_>>>> {
-        let mut per_file: BTreeMap<usize, Vec<Patch>> = BTreeMap::new();
+        let patch = |p: Piece| Patch {
+            what: match self.sources[p.tag] {
+                SpanSource::Bytes(whole) => {
+                    let lo = p.logical as usize;
+                    PatchKind::Bytes(&whole[lo..lo + (p.range.end - p.range.start) as usize])
+                }
+                _ => PatchKind::Decrypt { tag: p.tag, logical: p.logical },
+            },
+            range: p.range,
+        };
+        Ok(self
+            .external_pieces()?
+            .into_iter()
+            .map(|(f, pieces)| (f, pieces.into_iter().map(patch).collect()))
+            .collect())
+    }
+
+    /// What becomes of each external data file (by index): the pieces of the targets'
+    /// spans in it that change, sorted, with the bytes of a restored tensor checked to
+    /// cover them.
+    fn external_pieces(&self) -> Result<BTreeMap<usize, Vec<Piece>>> {
+        let mut per_file: BTreeMap<usize, Vec<Piece>> = BTreeMap::new();
         for (ti, target) in self.targets.iter().enumerate() {
             let t = &self.model.tensors[target.tensor];
             let TensorData::External { file, .. } = &t.data else { continue };
             for &(a, b) in &target.spans {
                 for (range, logical) in t.file_pieces(a, b) {
-                    let what = match self.sources[ti] {
+                    match self.sources[ti] {
                         SpanSource::Keep => continue,
-                        SpanSource::Decrypt(_) => PatchKind::Decrypt { tag: ti, logical },
+                        SpanSource::Decrypt(_) => {}
                         SpanSource::Bytes(whole) => {
-                            let lo = logical as usize;
-                            let hi = lo + (range.end - range.start) as usize;
-                            let tensor = || BadManifest::SpanOutOfBounds { tensor: t.name.clone() };
-                            PatchKind::Bytes(whole.get(lo..hi).ok_or_else(tensor)?)
+                            let hi = logical as usize + (range.end - range.start) as usize;
+                            if whole.len() < hi {
+                                return Err(BadManifest::SpanOutOfBounds { tensor: t.name.clone() }.into());
+                            }
                         }
-                    };
-                    per_file.entry(*file).or_default().push(Patch { range, what });
+                    }
+                    per_file.entry(*file).or_default().push(Piece { range, tag: ti, logical });
                 }
             }
         }
-        for patches in per_file.values_mut() {
-            patches.sort_by_key(|p| p.range.start);
+        for pieces in per_file.values_mut() {
+            pieces.sort_by_key(|p| p.range.start);
         }
         Ok(per_file)
     }

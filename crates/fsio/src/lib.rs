@@ -17,7 +17,7 @@
 //!   with or without replacing the destination, private directories for outputs that
 //!   go to standard output, and the removal of the named staging files and private
 //!   directories of dead processes.
-//! * `ondemand` (Linux): memory whose blocks a handler thread fills the first time they
+//! * [`ondemand`](mod@ondemand) (Linux; elsewhere [`ondemand::available`] is false): memory whose blocks a handler thread fills the first time they
 //!   are read (`userfaultfd`), for decrypted weights that are verified and decrypted as
 //!   they are used.
 //! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
@@ -45,6 +45,9 @@
 pub mod file;
 pub mod map;
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
+pub mod ondemand;
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))))]
+#[path = "ondemand_unsupported.rs"]
 pub mod ondemand;
 pub mod process;
 pub mod stage;

@@ -145,6 +145,13 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether regions filled on demand can be made here: a `userfaultfd` opens and
+/// completes its handshake (checked once per process).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| open_uffd().is_ok())
+}
+
 impl OnDemand {
     /// A region of `len` bytes (rounded up to whole blocks) of `block` bytes each, filled
     /// by `filler`; at most `budget` bytes of filled blocks stay until [`Self::settle`].
@@ -157,9 +164,8 @@ impl OnDemand {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "block size is not a multiple of the page size"));
         }
         let blocks = len.div_ceil(block);
-        let map_len = blocks
-            .checked_mul(block)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        let map_len =
+            blocks.checked_mul(block).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         let uffd = open_uffd()?;
         let map = Map::new(map_len)?;
         let mut reg = abi::Register {
@@ -182,7 +188,14 @@ impl OnDemand {
         }
         // SAFETY: `stop` is a new descriptor that nothing else owns.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        let state = State { filler, scratch: vec![0; block], filled: vec![false; blocks], order: VecDeque::new(), resident: 0, gone: false };
+        let state = State {
+            filler,
+            scratch: vec![0; block],
+            filled: vec![false; blocks],
+            order: VecDeque::new(),
+            resident: 0,
+            gone: false,
+        };
         let region = Arc::new(Region {
             base: map.into_addr(),
             map_len,

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{
+    decrypt_model_signed_in_memory, decrypt_signed_in_memory, decrypt_signed_on_demand, DecryptedBytes,
+};
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source};
 use pyo3::exceptions::PyBufferError;
@@ -151,14 +153,27 @@ impl SessionModel {
         Ok(PyBytes::new(py, &graph).unbind())
     }
 
-    /// Drops (and wipes) every decrypted byte that no shared tensor points into; the
-    /// graph cannot be built again afterwards.
+    /// Drops (and wipes) every decrypted byte that no shared tensor points into, and
+    /// keeps from now on what is filled of external files filled on demand (the session
+    /// is built); the graph cannot be built again afterwards.
     fn release(&self) {
         *lock(&self.held.index) = None;
         if !self.used.contains(&Source::Model) {
             *lock(&self.held.model) = None;
         }
-        lock(&self.held.external).retain(|l, _| self.used.contains(&Source::External(l.clone())));
+        let mut external = lock(&self.held.external);
+        external.retain(|l, _| self.used.contains(&Source::External(l.clone())));
+        external.values().for_each(DecryptedBytes::settle);
+    }
+
+    /// How the external data files are held: `"on_demand"` (filled as read), `"memory"`
+    /// (decrypted whole), or `None` for a model without external data.
+    #[getter]
+    fn external_method(&self) -> Option<&'static str> {
+        lock(&self.held.external).values().next().map(|d| match d.method() {
+            onnx_protect_core::memory::Method::OnDemand => "on_demand",
+            _ => "memory",
+        })
     }
 }
 
@@ -190,7 +205,13 @@ pub fn session_model(
         .detach(|| -> Result<_, CoreError> {
             let (index, d) = match input {
                 Err(path) => {
-                    let d = decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?;
+                    // Shared tensors stay in the decrypted buffers for the session's life:
+                    // external files are then filled on demand where the system can.
+                    let d = if share {
+                        decrypt_signed_on_demand(&path, &key_source, tier, &trusted)?
+                    } else {
+                        decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?
+                    };
                     (onnx_protect_core::protection::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
                 }
                 Ok(bytes) => {

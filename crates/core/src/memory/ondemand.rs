@@ -1,0 +1,230 @@
+//! Decryption into memory filled on demand ([`decrypt_signed_on_demand`]).
+//!
+//! The model file is decrypted as by [`decrypt_signed_in_memory`]. Each external data file
+//! is read once and only hashed (chunk by chunk, no buffer of its size), and the content
+//! digest is checked before anything is handed over, as docs/format.md §12 step 6 requires.
+//! The external files then become one region of memory filled on demand
+//! ([`onnx_protect_fsio::ondemand`]): the first read of a chunk makes a handler thread read
+//! it from the file again, check it against the chunk's hash from the verified pass (the
+//! file may have changed since), decrypt it and install it. While a session is being
+//! built, the chunks filled longest ago are dropped beyond a budget (a little more than
+//! the largest external tensor), so weights that the runtime copied into buffers of its
+//! own (onnxruntime's prepacked `MatMul` weights) stop counting; [`DecryptedBytes::settle`]
+//! ends that, after which every chunk read stays. A chunk whose bytes changed on disk
+//! ends the process (see the fsio module): nothing unverified is handed over.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use onnx_protect_crypto::{content_digest, ContentLeaf, FileLeaves};
+use onnx_protect_format::write::Plan;
+use onnx_protect_format::{DataType, TensorData};
+use onnx_protect_fsio::file::read_exact_at;
+use onnx_protect_fsio::ondemand::{self, OnDemand};
+use rayon::prelude::*;
+
+use super::{
+    anonymous, decrypt_signed_in_memory, io_error, load, out_of_bounds, plaintext_ranges, plan_patches, sources_of,
+    Backing, DecryptedBytes, DecryptedModel, Patcher, Piece, Source, SMALL,
+};
+use crate::action::{apply, edits_for, Action};
+use crate::decryption::{Decryption, NewEntry};
+use crate::error::{CoreError, Modified, OutputRefused, Result};
+use crate::keys::KeySource;
+use crate::protection::{open_protected, Protection};
+use crate::target::Target;
+use onnx_protect_fsio::file::file_id;
+use onnx_protect_keys::SignerKey;
+
+/// Chunks filled ahead of the reader, and slack, beyond the largest tensor: the budget.
+const BUDGET_SLACK: u64 = 6;
+
+/// [`decrypt_signed_in_memory`] whose external data files are filled on demand (see
+/// the module documentation), where this system has `userfaultfd` and the decryption
+/// is a full one that changes no length (format 2, nothing restored in the file, no
+/// external file renamed); otherwise exactly [`decrypt_signed_in_memory`]. The result's
+/// external files report [`Method::OnDemand`](super::Method::OnDemand) when filled on
+/// demand; call [`DecryptedBytes::settle`] on them once the runtime has built what it
+/// keeps.
+///
+/// A system call handed a pointer into a chunk not yet read fails with `EFAULT`;
+/// a process forked while the result lives first fills it completely.
+pub fn decrypt_signed_on_demand(
+    path: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+) -> Result<DecryptedModel> {
+    if !ondemand::available() {
+        return decrypt_signed_in_memory(path, key, tier, signers);
+    }
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let model = open_protected(path, &onnx_protect_format::NoProgress)?;
+    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
+    if id(&file)? != id(&File::open(path).map_err(|e| io_error(path, e))?)? {
+        return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
+    }
+    let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
+    match on_demand(d, &file)? {
+        Ok(done) => Ok(done),
+        Err(d) => load(d, Some(file)),
+    }
+}
+
+/// The on-demand load of `d`, or `d` back when it does not apply.
+fn on_demand<'m>(d: Decryption<'m>, file: &File) -> Result<std::result::Result<DecryptedModel, Decryption<'m>>> {
+    let model = d.model;
+    let total: u64 = model.external_files.iter().map(|f| f.size).sum();
+    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
+    if total == 0 || !d.entry_cut() || model.bytes().is_empty() {
+        return Ok(Err(d));
+    }
+    let content_len = d.content_len();
+    let plan = Plan::new(content_len, edits_for(model, &d.targets, &d.actions, d.extra_edits()?)?, Vec::new())?;
+    if !plan.is_in_place() {
+        return Ok(Err(d));
+    }
+    let chunk = usize::try_from(d.chunk).map_err(|_| CoreError::Internal("chunk size"))?;
+    let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+
+    // The model file, hashed and decrypted as by the one-read path.
+    let sources = sources_of(&d.actions)?;
+    let patcher = Patcher { model, targets: &d.targets, sources: &sources };
+    let mut map = anonymous(model.bytes().len(), path)?.ok_or(CoreError::Internal("an empty model file"))?;
+    let patches = plan_patches(&plan);
+    let first = patcher.hash_and_patch(&mut map, &Source::File(file, path), &patches, 0, content_len, d.chunk);
+    let plaintext = plaintext_ranges(&patches);
+    let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
+    let mut leaves = vec![first?];
+
+    // The external files: hashed only, then checked with everything else.
+    let mut pieces = patcher.external_pieces()?;
+    let mut files = Vec::with_capacity(model.external_files.len());
+    let mut block = 0usize;
+    for (fi, f) in model.external_files.iter().enumerate() {
+        let handle = f.file()?.try_clone().map_err(|e| io_error(&f.path, e))?;
+        let l = hash_file(&handle, &f.path, f.size, fi as u32 + 1, chunk)?;
+        let blocks = usize::try_from(f.size.div_ceil(d.chunk)).map_err(|_| out_of_bounds(&(0..f.size)))?;
+        files.push(Fill {
+            file: handle,
+            path: f.path.clone(),
+            size: f.size,
+            first: block,
+            index: fi as u32 + 1,
+            leaves: l.leaves.clone(),
+            pieces: pieces.remove(&fi).unwrap_or_default(),
+        });
+        leaves.push(l);
+        block += blocks;
+    }
+    if content_digest(&leaves) != expected {
+        return Err(Modified::Content.into());
+    }
+
+    // The budget: the largest external tensor (in whole chunks, either side), and slack.
+    let largest = model
+        .tensors
+        .iter()
+        .filter_map(|t| match &t.data {
+            TensorData::External { range, .. } => Some(range.end - range.start),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let budget = usize::try_from((largest.div_ceil(d.chunk) + BUDGET_SLACK) * d.chunk).unwrap_or(usize::MAX);
+    let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
+    let Decryption { targets, actions, tensors, decrypted_bytes, format_version, .. } = d;
+    let mut filler = Filler { files, targets, actions, dtypes, chunk };
+    let region = OnDemand::new(block * chunk, chunk, budget, Box::new(move |b, out| filler.fill(b, out)))
+        .map_err(|e| io_error(path, e))?;
+    let region = Arc::new(region);
+    let external: BTreeMap<String, DecryptedBytes> = model
+        .external_files
+        .iter()
+        .scan(0usize, |first, f| {
+            let offset = *first * chunk;
+            *first += f.size.div_ceil(d.chunk) as usize;
+            let backing = Backing::OnDemand { region: Arc::clone(&region), offset };
+            Some((f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() }))
+        })
+        .collect();
+    Ok(Ok(DecryptedModel { model: model_bytes, external, tensors, decrypted_bytes, format_version }))
+}
+
+/// The leaves of covered file `index` (`size` bytes of `file`), read chunk by chunk.
+fn hash_file(file: &File, path: &Path, size: u64, index: u32, chunk: usize) -> Result<FileLeaves> {
+    let n = usize::try_from(size.div_ceil(chunk as u64)).map_err(|_| out_of_bounds(&(0..size)))?;
+    let leaf = |buf: &mut Vec<u8>, j: usize| -> Result<[u8; 32]> {
+        let start = (j * chunk) as u64;
+        let len = (size - start).min(chunk as u64) as usize;
+        read_exact_at(file, &mut buf[..len], start).map_err(|e| io_error(path, e))?;
+        let mut l = ContentLeaf::new(index, j as u64);
+        l.update(&buf[..len]);
+        Ok(l.finalize())
+    };
+    let leaves = if size as usize <= SMALL {
+        let mut buf = vec![0u8; chunk.min(size as usize)];
+        (0..n).map(|j| leaf(&mut buf, j)).collect::<Result<Vec<_>>>()?
+    } else {
+        (0..n).into_par_iter().map_init(|| vec![0u8; chunk], |buf, j| leaf(buf, j)).collect::<Result<Vec<_>>>()?
+    };
+    Ok(FileLeaves { len: size, leaves })
+}
+
+/// One external file of the region.
+struct Fill {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    /// Its first block in the region.
+    first: usize,
+    /// Its number among the covered files (docs/format.md §9).
+    index: u32,
+    /// The hash of each of its chunks, from the verified pass.
+    leaves: Vec<[u8; 32]>,
+    pieces: Vec<Piece>,
+}
+
+/// What fills the region: the files, and what each target's pieces become.
+struct Filler {
+    files: Vec<Fill>,
+    targets: Vec<Target>,
+    actions: Vec<Action>,
+    dtypes: Vec<DataType>,
+    chunk: usize,
+}
+
+impl Filler {
+    /// Block `b`: the chunk of its file, read again, checked against its verified hash,
+    /// with the pieces in it decrypted (or replaced by restored bytes).
+    fn fill(&mut self, b: usize, out: &mut [u8]) -> std::result::Result<(), String> {
+        let f = &self.files[self.files.partition_point(|f| f.first <= b).saturating_sub(1)];
+        let j = b - f.first;
+        let start = (j * self.chunk) as u64;
+        let len = f.size.saturating_sub(start).min(self.chunk as u64) as usize;
+        let at = |what: &str| format!("{}: bytes {start}..{} {what}", f.path.display(), start + len as u64);
+        read_exact_at(&f.file, &mut out[..len], start).map_err(|e| at(&format!("could not be read again: {e}")))?;
+        let mut leaf = ContentLeaf::new(f.index, j as u64);
+        leaf.update(&out[..len]);
+        if f.leaves.get(j) != Some(&leaf.finalize()) {
+            return Err(at("changed on disk after the model was verified"));
+        }
+        let end = start + len as u64;
+        let first = f.pieces.partition_point(|p| p.range.end <= start);
+        for p in f.pieces[first..].iter().take_while(|p| p.range.start < end) {
+            let (lo, hi) = (p.range.start.max(start), p.range.end.min(end));
+            let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
+            let logical = p.logical + (lo - p.range.start);
+            let t = &self.targets[p.tag];
+            match &self.actions[p.tag] {
+                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)
+                    .map_err(|e| at(&format!("could not be decrypted: {e}")))?,
+                Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
+                Action::Skip | Action::Reencrypt(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -266,3 +266,56 @@ def test_profiling_is_allowed(tmp_path, monkeypatch):
     s.run(None, {"input": np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:1]})
     profile = pathlib.Path(s.end_profiling())
     assert profile.exists() and b"model_run" in profile.read_bytes()
+
+
+def chain_model(folder, count, dim, seed=0):
+    """y = x · W0 · … · W{count-1}, every weight dim² float32 in one external file."""
+    rng = np.random.default_rng(seed)
+    names = [f"W{i}" for i in range(count)]
+    inits = [numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), n) for n in names]
+    values = ["x"] + [f"h{i}" for i in range(1, count)] + ["y"]
+    nodes = [helper.make_node("MatMul", [values[i], n], [values[i + 1]]) for i, n in enumerate(names)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, dim])], inits)
+    folder.mkdir(parents=True)
+    path = folder / "model.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    return path
+
+
+def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outputs_also_in_a_forked_child(tmp_path):
+    """12 weights of 4 MiB: more than the chunks kept while the session is built (the
+    largest tensor and slack), so onnxruntime's prepacking reads chunks that are dropped
+    and filled again. The session's outputs are the plain session's, before and after a
+    fork, and in the forked child, whose copy of the weights was filled before the fork."""
+    import os
+
+    plain = chain_model(tmp_path / "plain", 12, 1024)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    x = np.random.default_rng(3).standard_normal((2, 1024)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0].tobytes()
+    s = op.InferenceSession(enc, key=key, providers=CPU)
+    sm = s._onnx_protect_buffers[0]
+    if not hasattr(os, "fork") or sm.external_method != "on_demand":
+        pytest.skip(f"external data not filled on demand here ({sm.external_method}: no userfaultfd)")
+    assert s.run(None, {"x": x})[0].tobytes() == want
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run the session, send the output back, leave at once
+        try:
+            os.write(w, s.run(None, {"x": x})[0].tobytes())
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = b""
+    while chunk := os.read(r, 1 << 16):
+        got += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert got == want, "the forked child's outputs"
+    assert s.run(None, {"x": x})[0].tobytes() == want

@@ -30,7 +30,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{decrypt_signed_on_demand, DecryptedBytes};
 use onnx_protect_core::protection::open_protected;
 use onnx_protect_format::{DataType, FormatError, NoProgress};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
@@ -218,7 +218,8 @@ pub fn commit_from_file_with(
     signers: &[SignerKey],
 ) -> Result<ProtectedSession, Error> {
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
-    let decrypted = decrypt_signed_in_memory(path, key, tier, signers).map_err(at)?;
+    // External data files are filled on demand where the system can (docs/runtime.md).
+    let decrypted = decrypt_signed_on_demand(path, key, tier, signers).map_err(at)?;
     let index = open_protected(path, &NoProgress).map_err(at)?;
     // External data from the decrypted files, never from disk.
     let index = decrypted.index(index).map_err(at)?;
@@ -237,6 +238,8 @@ pub fn commit_from_file_with(
                 held.model = None;
             }
             held.external.retain(|l, _| shared.iter().any(|s| s.source == Source::External(l.clone())));
+            // The session is built: what it reads from now on stays.
+            held.external.values().for_each(DecryptedBytes::settle);
             let shared_bytes = shared.iter().map(|s| s.range.len() as u64).sum();
             Ok(ProtectedSession { session, _held: held, shared: shared.len(), shared_bytes })
         }

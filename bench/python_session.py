@@ -14,9 +14,10 @@ external data), `plain-in-memory` (onnxruntime from memory: the plain model's by
 external files, read before the timer starts, handed over with
 `add_external_initializers_from_files_in_memory`, which copies them: onnxruntime's own
 in-memory path), `protected` (onnx_protect.InferenceSession: large weights used in place,
-the default), `protected-copy` (`in_place=False`: every tensor in the graph handed over,
-which onnxruntime copies) and `load only` (`onnx_protect.load` of the protected model, no
-session: the decryption's share of `protected`). With --no-prepacking, also `plain` and
+the default; on Linux, external data filled on demand as onnxruntime reads it),
+`protected-copy` (`in_place=False`: every tensor in the graph handed over, which onnxruntime
+copies) and `load only` (`onnx_protect.load` of the protected model, no session: every byte
+verified and decrypted whole into memory). With --no-prepacking, also `plain` and
 `protected` with onnxruntime's `session.disable_prepacking` (onnxruntime then keeps no packed
 copy of MatMul weights beside the ones it is given). With --other PYTHON, also `protected`
 and `load only` run by that interpreter (a virtual environment with another build of

@@ -28,6 +28,11 @@
 //! This is the memory sink of the one decryption plan a protected model's reader makes;
 //! the other sink writes files ([`crate::protect::decrypt`]).
 //!
+//! [`decrypt_signed_on_demand`] (Linux) verifies the external data files in a pass that
+//! only hashes them, then hands them over as memory filled chunk by chunk when first read
+//! (each chunk read again and checked against its verified hash): what the onnxruntime
+//! loaders use, so that weights the runtime copies into its own buffers do not stay.
+//!
 //! [`decrypt_tier_in_memory`] stops at a chosen tier, as `decrypt --tier` does. The
 //! external data buffers are returned by `location` in [`DecryptedModel::external`],
 //! which is what onnxruntime needs to take external initializers from memory.

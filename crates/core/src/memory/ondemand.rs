@@ -70,22 +70,28 @@ pub fn decrypt_signed_on_demand(
     let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
     match on_demand(d, &file)? {
         Ok(done) => Ok(done),
-        Err(d) => load(d, Some(file)),
+        Err(Some(d)) => load(d, Some(file)),
+        // The region could not be made after all (memory, map limits): decrypted whole.
+        Err(None) => decrypt_signed_in_memory(path, key, tier, signers),
     }
 }
 
-/// The on-demand load of `d`, or `d` back when it does not apply.
-fn on_demand<'m>(d: Decryption<'m>, file: &File) -> Result<std::result::Result<DecryptedModel, Decryption<'m>>> {
+/// The on-demand load of `d`; `d` back when it does not apply, `None` when the region
+/// could not be made.
+fn on_demand<'m>(
+    d: Decryption<'m>,
+    file: &File,
+) -> Result<std::result::Result<DecryptedModel, Option<Decryption<'m>>>> {
     let model = d.model;
     let total: u64 = model.external_files.iter().map(|f| f.size).sum();
-    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
+    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(Some(d))) };
     if total == 0 || !d.entry_cut() || model.bytes().is_empty() {
-        return Ok(Err(d));
+        return Ok(Err(Some(d)));
     }
     let content_len = d.content_len();
     let plan = Plan::new(content_len, edits_for(model, &d.targets, &d.actions, d.extra_edits()?)?, Vec::new())?;
     if !plan.is_in_place() {
-        return Ok(Err(d));
+        return Ok(Err(Some(d)));
     }
     let chunk = usize::try_from(d.chunk).map_err(|_| CoreError::Internal("chunk size"))?;
     let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
@@ -138,8 +144,9 @@ fn on_demand<'m>(d: Decryption<'m>, file: &File) -> Result<std::result::Result<D
     let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, .. } = d;
     let mut filler = Filler { files, targets, actions, dtypes, chunk };
-    let region = OnDemand::new(block * chunk, chunk, budget, Box::new(move |b, out| filler.fill(b, out)))
-        .map_err(|e| io_error(path, e))?;
+    let Ok(region) = OnDemand::new(block * chunk, chunk, budget, Box::new(move |b, out| filler.fill(b, out))) else {
+        return Ok(Err(None));
+    };
     let region = Arc::new(region);
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files

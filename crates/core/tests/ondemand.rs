@@ -95,6 +95,12 @@ fn over_its_budget_it_drops_and_fills_again_the_same_bytes() {
             assert!(a[r.clone()] == b[r], "round {round}, weight {i}");
         }
     }
+    // Read by every thread of the rayon pool at once: the handler must not need the pool.
+    use rayon::prelude::*;
+    (0..12usize).into_par_iter().rev().for_each(|i| {
+        let r = i * DIM * DIM * 4..(i + 1) * DIM * DIM * 4;
+        assert!(a[r.clone()] == b[r], "in parallel, weight {i}");
+    });
     a.settle();
     assert_same(&lazy, &eager, "settled");
 }

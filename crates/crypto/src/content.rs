@@ -47,11 +47,6 @@ impl ContentLeaf {
         self.0.update(data);
     }
 
-    /// Appends bytes of the chunk, hashed on every core (for large pieces).
-    pub fn update_par(&mut self, data: &[u8]) {
-        self.0.update_rayon(data);
-    }
-
     /// The 32-byte leaf.
     pub fn finalize(&self) -> [u8; 32] {
         *self.0.finalize().as_bytes()

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::{
     anonymous, decrypt_signed_in_memory, io_error, load, out_of_bounds, plaintext_ranges, plan_patches, sources_of,
-    Backing, DecryptedBytes, DecryptedModel, Patcher, Piece, Source, PARALLEL_SPAN, SMALL,
+    Backing, DecryptedBytes, DecryptedModel, Patcher, Piece, Source, SMALL,
 };
 use crate::action::{apply, edits_for, Action};
 use crate::decryption::{Decryption, NewEntry};
@@ -213,14 +213,11 @@ impl Filler {
         let start = (j * self.chunk) as u64;
         let len = f.size.saturating_sub(start).min(self.chunk as u64) as usize;
         let at = |what: &str| format!("{}: bytes {start}..{} {what}", f.path.display(), start + len as u64);
-        // A reader waits for this block: both halves are read, and the chunk hashed, on
-        // every core.
-        let (a, b) = out[..len].split_at_mut(len / 2);
-        let (ra, rb) =
-            rayon::join(|| read_exact_at(&f.file, a, start), || read_exact_at(&f.file, b, start + len as u64 / 2));
-        ra.and(rb).map_err(|e| at(&format!("could not be read again: {e}")))?;
+        // On this thread only: a thread of the rayon pool may be the reader waiting for
+        // this block, so waiting for the pool here could wait forever.
+        read_exact_at(&f.file, &mut out[..len], start).map_err(|e| at(&format!("could not be read again: {e}")))?;
         let mut leaf = ContentLeaf::new(f.index, j as u64);
-        leaf.update_par(&out[..len]);
+        leaf.update(&out[..len]);
         if f.leaves.get(j) != Some(&leaf.finalize()) {
             return Err(at("changed on disk after the model was verified"));
         }
@@ -232,7 +229,7 @@ impl Filler {
             let logical = p.logical + (lo - p.range.start);
             let t = &self.targets[p.tag];
             match &self.actions[p.tag] {
-                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, dst.len() >= PARALLEL_SPAN)
+                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)
                     .map_err(|e| at(&format!("could not be decrypted: {e}")))?,
                 Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
                 Action::Skip | Action::Reencrypt(_) => {}

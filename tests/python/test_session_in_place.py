@@ -3,7 +3,11 @@
 session on every fixture and zoo model, a Transpose'd external weight is right (the
 graph handed over names no ciphertext file), onnxruntime's signature and habits hold,
 and options that would write the decrypted model to disk are refused."""
+import os
 import pathlib
+import select
+import signal
+import time
 
 import numpy as np
 import onnx
@@ -197,8 +201,6 @@ def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
     assert a.run(None, {"x": x})[0].tobytes() == want and b.run(None, {"x": x})[0].tobytes() == want
     assert a.get_session_options().intra_op_num_threads == 1
     # The protected model as bytes (external data found in the current directory).
-    import os
-
     cwd = os.getcwd()
     os.chdir(enc.parent)
     try:
@@ -289,16 +291,20 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
     largest tensor and slack), so onnxruntime's prepacking reads chunks that are dropped
     and filled again. The session's outputs are the plain session's, before and after a
     fork, and in the forked child, whose copy of the weights was filled before the fork."""
-    import os
-
     plain = chain_model(tmp_path / "plain", 12, 1024)
     key = op.new_key()
     enc = tmp_path / "enc" / "model.onnx"
     enc.parent.mkdir()
     op.encrypt(plain, enc, key=key)
     x = np.random.default_rng(3).standard_normal((2, 1024)).astype(np.float32)
-    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0].tobytes()
-    s = op.InferenceSession(enc, key=key, providers=CPU)
+    def options():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1  # no thread pool: a forked child has none of the parent's threads
+        so.inter_op_num_threads = 1
+        return so
+
+    want = ort.InferenceSession(str(plain), options(), CPU).run(None, {"x": x})[0].tobytes()
+    s = op.InferenceSession(enc, options(), CPU, key=key)
     sm = s._onnx_protect_buffers[0]
     if not hasattr(os, "fork") or sm.external_method != "on_demand":
         pytest.skip(f"external data not filled on demand here ({sm.external_method}: no userfaultfd)")
@@ -311,11 +317,21 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
         finally:
             os._exit(0)
     os.close(w)
-    got = b""
-    while chunk := os.read(r, 1 << 16):
+    got, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([r], [], [], 1)[0]:
+            continue
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
         got += chunk
     os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish within 120 s")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert got == want, "the forked child's outputs"
     assert s.run(None, {"x": x})[0].tobytes() == want

@@ -23,14 +23,14 @@ fn key(b: u8) -> KeySource {
     KeySource::Key(MasterKey::from_bytes([b; 32]))
 }
 
-/// A chain of `n` MatMul weights of `DIM`² floats in one external file `w.bin` (plus a
-/// small one at an offset that is not a chunk boundary), protected with `policy` into
-/// `dir/enc`.
+/// A chain of `n` MatMul weights of `DIM`² floats in one external file `w.bin`, from
+/// offset 3, protected with `policy` into `dir/enc`.
 fn chain(dir: &Path, n: usize, policy: &Policy, k: &KeySource) -> PathBuf {
     let plain = dir.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     let len = (DIM * DIM * 4) as u64;
-    let mut data = Vec::with_capacity(n * len as usize + 64);
+    // Three bytes first: every element straddles the boundaries of chunks and slices.
+    let mut data = vec![0xA5; 3];
     let mut tensors = Vec::new();
     for i in 0..n {
         let offset = data.len() as u64;
@@ -91,14 +91,14 @@ fn over_its_budget_it_drops_and_fills_again_the_same_bytes() {
         // Backwards, then forwards: chunks dropped in the first round are filled again.
         let order: Vec<usize> = if round == 0 { (0..12).rev().collect() } else { (0..12).collect() };
         for i in order {
-            let r = i * DIM * DIM * 4..(i + 1) * DIM * DIM * 4;
+            let r = 3 + i * DIM * DIM * 4..3 + (i + 1) * DIM * DIM * 4;
             assert!(a[r.clone()] == b[r], "round {round}, weight {i}");
         }
     }
     // Read by every thread of the rayon pool at once: the handler must not need the pool.
     use rayon::prelude::*;
     (0..12usize).into_par_iter().rev().for_each(|i| {
-        let r = i * DIM * DIM * 4..(i + 1) * DIM * DIM * 4;
+        let r = 3 + i * DIM * DIM * 4..3 + (i + 1) * DIM * DIM * 4;
         assert!(a[r.clone()] == b[r], "in parallel, weight {i}");
     });
     a.settle();
@@ -148,9 +148,9 @@ fn changed_after_verification_child() {
     // The last weight, not read yet, changes on disk (in place, same length).
     let side = protected.parent().unwrap().join("w.bin");
     let f = std::fs::OpenOptions::new().write(true).open(&side).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 16], (2 * DIM * DIM * 4 + 100) as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 16], (3 + 2 * DIM * DIM * 4 + 100) as u64).unwrap();
     drop(f);
-    println!("weight 2 starts with {}", w[2 * DIM * DIM * 4]);
+    println!("weight 2 starts with {}", w[3 + 2 * DIM * DIM * 4 + 100]);
 }
 
 #[test]

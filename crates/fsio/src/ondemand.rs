@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
-/// Fills block `index` of the region: writes its bytes into the buffer (one block long,
-/// zeroed beyond what the caller's data covers) or says why it cannot.
+/// Fills block `index` of the region: writes every byte of the buffer (one block long,
+/// holding whatever the last call left) or says why it cannot.
 pub type Filler = Box<dyn FnMut(usize, &mut [u8]) -> Result<(), String> + Send>;
 
 /// How many blocks past a fault the handler fills ahead of the reader (at most), while
@@ -442,7 +442,6 @@ impl Region {
 
     fn fill(&self, st: &mut State, b: usize) {
         let State { filler, scratch, .. } = st;
-        scratch.fill(0);
         if let Err(e) = filler(b, scratch) {
             fatal(&e);
         }

@@ -38,6 +38,10 @@ use crate::target::Target;
 use onnx_protect_fsio::file::file_id;
 use onnx_protect_keys::SignerKey;
 
+/// A chunk is read, hashed and decrypted in slices this long (they stay in the core's
+/// cache between the three).
+const SLICE: usize = 256 << 10;
+
 /// The budget is the largest external tensor and this many chunks more (the chunks it
 /// starts and ends in, and room for filling ahead of the reader).
 const BUDGET_SLACK: u64 = 6;
@@ -206,31 +210,44 @@ struct Filler {
 
 impl Filler {
     /// Block `b`: the chunk of its file, read again, checked against its verified hash,
-    /// with the pieces in it decrypted (or replaced by restored bytes).
+    /// with the pieces in it decrypted (or replaced by restored bytes); zeros past the
+    /// file's end. The chunk goes through in slices of [`SLICE`] bytes, each read, hashed
+    /// and decrypted while it is in the core's cache; the block is installed only once the
+    /// whole chunk matched its hash (until then the decrypted bytes are this buffer's only).
     fn fill(&mut self, b: usize, out: &mut [u8]) -> std::result::Result<(), String> {
         let f = &self.files[self.files.partition_point(|f| f.first <= b).saturating_sub(1)];
         let j = b - f.first;
         let start = (j * self.chunk) as u64;
         let len = f.size.saturating_sub(start).min(self.chunk as u64) as usize;
         let at = |what: &str| format!("{}: bytes {start}..{} {what}", f.path.display(), start + len as u64);
+        let mut leaf = ContentLeaf::new(f.index, j as u64);
         // On this thread only: a thread of the rayon pool may be the reader waiting for
         // this block, so waiting for the pool here could wait forever.
-        read_exact_at(&f.file, &mut out[..len], start).map_err(|e| at(&format!("could not be read again: {e}")))?;
-        let mut leaf = ContentLeaf::new(f.index, j as u64);
-        leaf.update(&out[..len]);
+        for (k, slice) in out[..len].chunks_mut(SLICE).enumerate() {
+            let lo = start + (k * SLICE) as u64;
+            read_exact_at(&f.file, slice, lo).map_err(|e| at(&format!("could not be read again: {e}")))?;
+            leaf.update(slice);
+            self.restore(f, lo, slice).map_err(|e| at(&format!("could not be decrypted: {e}")))?;
+        }
+        out[len..].fill(0);
         if f.leaves.get(j) != Some(&leaf.finalize()) {
             return Err(at("changed on disk after the model was verified"));
         }
-        let end = start + len as u64;
+        Ok(())
+    }
+
+    /// Decrypts (or replaces by restored bytes) the pieces of `f` inside `data`, the
+    /// file's bytes from offset `start`.
+    fn restore(&self, f: &Fill, start: u64, data: &mut [u8]) -> Result<()> {
+        let end = start + data.len() as u64;
         let first = f.pieces.partition_point(|p| p.range.end <= start);
         for p in f.pieces[first..].iter().take_while(|p| p.range.start < end) {
             let (lo, hi) = (p.range.start.max(start), p.range.end.min(end));
-            let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
+            let dst = &mut data[(lo - start) as usize..(hi - start) as usize];
             let logical = p.logical + (lo - p.range.start);
             let t = &self.targets[p.tag];
             match &self.actions[p.tag] {
-                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)
-                    .map_err(|e| at(&format!("could not be decrypted: {e}")))?,
+                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)?,
                 Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
                 Action::Skip | Action::Reencrypt(_) => {}
             }

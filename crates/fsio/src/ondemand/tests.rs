@@ -17,8 +17,8 @@ fn region(len: usize, budget: usize) -> (OnDemand, Arc<AtomicUsize>) {
     let filler: Filler = Box::new(move |b, out| {
         f.fetch_add(1, Ordering::SeqCst);
         let start = b * BLOCK;
-        for (i, x) in out.iter_mut().enumerate().take(len.saturating_sub(start)) {
-            *x = byte(start + i);
+        for (i, x) in out.iter_mut().enumerate() {
+            *x = if start + i < len { byte(start + i) } else { 0 };
         }
         Ok(())
     });
@@ -120,7 +120,14 @@ fn failing_filler_child() {
     if std::env::var_os("ONNX_PROTECT_ONDEMAND_CHILD").is_none() {
         return;
     }
-    let filler: Filler = Box::new(|b, _| if b == 3 { Err("block 3 changed on disk".into()) } else { Ok(()) });
+    let filler: Filler = Box::new(|b, out| {
+        out.fill(1);
+        if b == 3 {
+            Err("block 3 changed on disk".into())
+        } else {
+            Ok(())
+        }
+    });
     let r = OnDemand::new(8 * BLOCK, BLOCK, 8 * BLOCK, filler).expect("userfaultfd");
     let sum: u64 = r.bytes().iter().map(|&x| u64::from(x)).sum();
     println!("read every byte: {sum}");

@@ -15,7 +15,7 @@ external files, read before the timer starts, handed over with
 `add_external_initializers_from_files_in_memory`, which copies them: onnxruntime's own
 in-memory path), `protected` (onnx_protect.InferenceSession: large weights used in place,
 the default; on Linux, external data filled on demand as onnxruntime reads it),
-`protected-copy` (`in_place=False`: every tensor in the graph handed over, which onnxruntime
+`protected, whole` (`on_demand=False`: external data decrypted whole first), `protected-copy` (`in_place=False`: every tensor in the graph handed over, which onnxruntime
 copies) and `load only` (`onnx_protect.load` of the protected model, no session: every byte
 verified and decrypted whole into memory). With --no-prepacking, also `plain` and
 `protected` with onnxruntime's `session.disable_prepacking` (onnxruntime then keeps no packed
@@ -77,6 +77,8 @@ elif variant == "load only":
     s = onnx_protect.load(model, key_file=key)
 elif variant == "plain":
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+elif variant == "protected, whole":
+    s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key, on_demand=False)
 else:
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key,
                                       in_place=(variant == "protected"))
@@ -159,7 +161,7 @@ def main():
             onnx_protect.encrypt(plain, protected, key_file=key)
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
-        variants = ["plain", "plain-in-memory", "protected", "protected-copy", "load only"]
+        variants = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
         if a.no_prepacking:
             variants += ["plain, no prepacking", "protected, no prepacking"]
         if a.other:

@@ -335,3 +335,19 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert got == want, "the forked child's outputs"
     assert s.run(None, {"x": x})[0].tobytes() == want
+
+
+def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_path):
+    plain = chain_model(tmp_path / "plain", 3, 256, seed=1)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0].tobytes()
+    whole = op.InferenceSession(enc, key=key, providers=CPU, on_demand=False)
+    assert whole._onnx_protect_buffers[0].external_method == "memory"
+    assert whole.run(None, {"x": x})[0].tobytes() == want
+    lazy = op.InferenceSession(enc, key=key, providers=CPU)
+    assert lazy._onnx_protect_buffers[0].external_method in ("on_demand", "memory")
+    assert lazy.run(None, {"x": x})[0].tobytes() == want

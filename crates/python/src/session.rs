@@ -179,9 +179,10 @@ impl SessionModel {
 
 /// Decrypts `source` (a path, or the protected model's bytes with external data
 /// resolved in the current directory, as onnxruntime does for models given as bytes)
-/// and plans the session.
+/// and plans the session. With `share` and `on_demand`, the external data files of a
+/// model read from a path are filled on demand where the system can.
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true))]
 pub fn session_model(
     py: Python<'_>,
     source: Bound<'_, PyAny>,
@@ -189,6 +190,7 @@ pub fn session_model(
     tier: Option<u32>,
     signers: Vec<String>,
     share: bool,
+    on_demand: bool,
 ) -> PyResult<SessionModel> {
     let trusted = crate::signers(signers)?;
     let key_source = key.source.clone();
@@ -207,7 +209,7 @@ pub fn session_model(
                 Err(path) => {
                     // Shared tensors stay in the decrypted buffers for the session's life:
                     // external files are then filled on demand where the system can.
-                    let d = if share {
+                    let d = if share && on_demand {
                         decrypt_signed_on_demand(&path, &key_source, tier, &trusted)?
                     } else {
                         decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use onnx_protect_crypto::{content_digest, ContentLeaf, FileLeaves};
 use onnx_protect_format::write::Plan;
@@ -74,28 +74,23 @@ pub fn decrypt_signed_on_demand(
     let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
     match on_demand(d, &file)? {
         Ok(done) => Ok(done),
-        Err(Some(d)) => load(d, Some(file)),
-        // The region could not be made after all (memory, map limits): decrypted whole.
-        Err(None) => decrypt_signed_in_memory(path, key, tier, signers),
+        Err(d) => load(d, Some(file)),
     }
 }
 
-/// The on-demand load of `d`; `d` back when it does not apply, `None` when the region
-/// could not be made.
-fn on_demand<'m>(
-    d: Decryption<'m>,
-    file: &File,
-) -> Result<std::result::Result<DecryptedModel, Option<Decryption<'m>>>> {
+/// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
+/// made (memory, map limits).
+fn on_demand<'m>(d: Decryption<'m>, file: &File) -> Result<std::result::Result<DecryptedModel, Decryption<'m>>> {
     let model = d.model;
     let total: u64 = model.external_files.iter().map(|f| f.size).sum();
-    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(Some(d))) };
+    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
     if total == 0 || !d.entry_cut() || model.bytes().is_empty() {
-        return Ok(Err(Some(d)));
+        return Ok(Err(d));
     }
     let content_len = d.content_len();
     let plan = Plan::new(content_len, edits_for(model, &d.targets, &d.actions, d.extra_edits()?)?, Vec::new())?;
     if !plan.is_in_place() {
-        return Ok(Err(Some(d)));
+        return Ok(Err(d));
     }
     let chunk = usize::try_from(d.chunk).map_err(|_| CoreError::Internal("chunk size"))?;
     let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
@@ -145,12 +140,23 @@ fn on_demand<'m>(
         .max()
         .unwrap_or(0);
     let budget = usize::try_from((largest.div_ceil(d.chunk) + BUDGET_SLACK) * d.chunk).unwrap_or(usize::MAX);
+    // The region first, then what fills it: `d` is still whole if the region cannot be made.
+    // Nothing can read the region before it is handed out below, after the filler is in.
+    let slot: Arc<Mutex<Option<Filler>>> = Arc::new(Mutex::new(None));
+    let filling = Arc::clone(&slot);
+    let made = OnDemand::new(
+        block * chunk,
+        chunk,
+        budget,
+        Box::new(move |b, out| match filling.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            Some(f) => f.fill(b, out),
+            None => Err("a region read before its filler was set".into()),
+        }),
+    );
+    let Ok(region) = made else { return Ok(Err(d)) };
     let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, .. } = d;
-    let mut filler = Filler { files, targets, actions, dtypes, chunk };
-    let Ok(region) = OnDemand::new(block * chunk, chunk, budget, Box::new(move |b, out| filler.fill(b, out))) else {
-        return Ok(Err(None));
-    };
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Filler { files, targets, actions, dtypes, chunk });
     let region = Arc::new(region);
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files

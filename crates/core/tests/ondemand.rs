@@ -79,6 +79,33 @@ fn filled_on_demand_equals_decrypted_in_memory_in_every_mode() {
 }
 
 #[test]
+fn one_external_file_per_tensor_is_filled_on_demand_like_one_file() {
+    // As `onnx.save_model(..., all_tensors_to_one_file=False)` writes them: small files,
+    // each in a block of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let mut tensors = Vec::new();
+    for i in 0..40usize {
+        let dim = 8 + i % 5;
+        let data: Vec<u8> = (0..dim * dim).flat_map(|j| ((i * 31 + j) as f32 / 97.0).to_le_bytes()).collect();
+        let name = format!("w{i}.bin");
+        std::fs::write(plain.join(&name), &data).unwrap();
+        tensors.push(external_float_tensor(&format!("W{i}"), &[dim as i64, dim as i64], &name, 0, data.len() as u64));
+    }
+    std::fs::write(plain.join("model.onnx"), matmul_chain(&tensors)).unwrap();
+    let k = key(4);
+    let out = dir.path().join("enc").join("model.onnx");
+    encrypt(&plain.join("model.onnx"), &out, &EncryptTo::key(k.clone()), &EncryptOptions::new(&Policy::default()))
+        .unwrap();
+    let lazy = decrypt_signed_on_demand(&out, &k, None, &[]).unwrap();
+    let eager = decrypt_signed_in_memory(&out, &k, None, &[]).unwrap();
+    assert_eq!(lazy.external().len(), 40);
+    assert!(lazy.external().values().all(|d| d.method() == Method::OnDemand));
+    assert_same(&lazy, &eager, "one file per tensor");
+}
+
+#[test]
 fn over_its_budget_it_drops_and_fills_again_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let k = key(6);

@@ -35,9 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
-/// Fills block `index` of the region: writes every byte of the buffer (one block long,
-/// holding whatever the last call left) or says why it cannot.
-pub type Filler = Box<dyn FnMut(usize, &mut [u8]) -> Result<(), String> + Send>;
+/// Fills block `index` of the region: writes the block's first bytes into the buffer (one
+/// block long, holding whatever the last call left) and returns how many it wrote, or says
+/// why it cannot. Only the pages those bytes touch are installed (the rest of a page is
+/// zeroed); a page of the block past them reads as zeros when something reads it.
+pub type Filler = Box<dyn FnMut(usize, &mut [u8]) -> Result<usize, String> + Send>;
 
 /// How many blocks past a fault the handler fills ahead of the reader (at most), while
 /// no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one 4096² float
@@ -110,7 +112,8 @@ mod abi {
 struct State {
     filler: Filler,
     scratch: Vec<u8>,
-    filled: Vec<bool>,
+    /// Bytes installed at the start of each block (whole pages; 0: not filled).
+    filled: Vec<usize>,
     order: VecDeque<usize>,
     resident: usize,
     /// The map is gone (the owner dropped it): nothing may be filled.
@@ -123,6 +126,7 @@ struct Region {
     base: usize,
     map_len: usize,
     block: usize,
+    page: usize,
     budget: usize,
     settled: AtomicBool,
     uffd: OwnedFd,
@@ -193,7 +197,7 @@ impl OnDemand {
         let state = State {
             filler,
             scratch: vec![0; block],
-            filled: vec![false; blocks],
+            filled: vec![0; blocks],
             order: VecDeque::new(),
             resident: 0,
             gone: false,
@@ -202,6 +206,7 @@ impl OnDemand {
             base: map.into_addr(),
             map_len,
             block,
+            page,
             budget: budget.max(block * 3),
             settled: AtomicBool::new(false),
             uffd,
@@ -253,12 +258,12 @@ impl Drop for OnDemand {
         // touching them would wait for a handler forever), then unmap.
         let mut st = lock(&self.region.state);
         st.gone = true;
-        for (b, &f) in st.filled.iter().enumerate() {
-            if f {
+        for (b, &n) in st.filled.iter().enumerate() {
+            if n > 0 {
                 let p = (self.region.base + b * self.region.block) as *mut u8;
-                // SAFETY: a filled block of the live map, which nothing else reads now
-                // (`self` is being dropped, and the borrows of `bytes()` ended).
-                unsafe { zero(p, self.region.block) };
+                // SAFETY: the installed pages of a block of the live map, which nothing else
+                // reads now (`self` is being dropped, and the borrows of `bytes()` ended).
+                unsafe { zero(p, n) };
             }
         }
         drop(st);
@@ -403,13 +408,13 @@ impl Region {
                         continue;
                     };
                     if b < self.blocks() {
-                        self.serve_block(b, true);
+                        self.serve_block(b, Some(m.address as usize));
                         ahead = Some((b + 1, self.ahead()));
                     }
                 }
             } else if let Some((b, left)) = ahead {
                 if b < self.blocks() && left > 0 {
-                    self.serve_block(b, false);
+                    self.serve_block(b, None);
                     ahead = Some((b + 1, left - 1));
                 } else {
                     ahead = None;
@@ -418,17 +423,26 @@ impl Region {
         }
     }
 
-    /// Makes block `b` present; a fault's reader (`wake`) is woken even if it already was.
-    fn serve_block(&self, b: usize, wake: bool) {
+    /// Makes block `b` present; the reader of a fault at `fault` is woken even if it
+    /// already was, and a page it reads past the block's bytes is installed as zeros.
+    fn serve_block(&self, b: usize, fault: Option<usize>) {
         let mut st = lock(&self.state);
-        if st.filled[b] {
-            if wake {
-                self.wake(b);
-            }
-            return;
+        let filled_now = st.filled[b] == 0;
+        if filled_now {
+            self.fill(&mut st, b);
         }
-        self.fill(&mut st, b);
-        if !self.settled.load(Ordering::Acquire) {
+        if let Some(addr) = fault {
+            let page_end = (addr - self.base - b * self.block) / self.page * self.page + self.page;
+            if page_end > st.filled[b] {
+                let zeros = vec![0u8; page_end - st.filled[b]];
+                self.install(b, st.filled[b], &zeros);
+                st.resident += zeros.len();
+                st.filled[b] = page_end;
+            } else if !filled_now {
+                self.wake(b, st.filled[b]);
+            }
+        }
+        if filled_now && !self.settled.load(Ordering::Acquire) {
             while st.resident > self.budget {
                 let Some(old) = st.order.pop_front() else { break };
                 if old == b {
@@ -442,22 +456,33 @@ impl Region {
 
     fn fill(&self, st: &mut State, b: usize) {
         let State { filler, scratch, .. } = st;
-        if let Err(e) = filler(b, scratch) {
-            fatal(&e);
-        }
+        let n = match filler(b, scratch) {
+            Ok(n) => n.min(self.block),
+            Err(e) => fatal(&e),
+        };
+        // Whole pages: the tail of the last one zeroed; at least one page (a reader waits).
+        let end = n.div_ceil(self.page).max(1) * self.page;
+        scratch[n..end].fill(0);
+        self.install(b, 0, &scratch[..end]);
+        st.filled[b] = end;
+        st.order.push_back(b);
+        st.resident += end;
+    }
 
-        let dst = self.base + b * self.block;
+    /// Installs `data` (whole pages) at `offset` of block `b`, waking its readers.
+    fn install(&self, b: usize, offset: usize, data: &[u8]) {
+        let dst = self.base + b * self.block + offset;
         let mut done = 0usize;
-        while done < self.block {
+        while done < data.len() {
             let mut c = abi::Copy {
                 dst: (dst + done) as u64,
-                src: st.scratch[done..].as_ptr() as u64,
-                len: (self.block - done) as u64,
+                src: data[done..].as_ptr() as u64,
+                len: (data.len() - done) as u64,
                 mode: 0,
                 copy: 0,
             };
-            // SAFETY: `c` is a valid `uffdio_copy`; the source is `scratch` (live, long
-            // enough), the destination a block of the registered region.
+            // SAFETY: `c` is a valid `uffdio_copy`; the source is `data` (live, long enough),
+            // the destination whole pages of a block of the registered region.
             let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_COPY as _, &mut c) };
             if r == 0 {
                 break;
@@ -466,30 +491,28 @@ impl Region {
             match e.raw_os_error() {
                 Some(libc::EAGAIN) if c.copy > 0 => done += c.copy as usize,
                 Some(libc::EAGAIN) => {}
-                // Part of the block is there already (cannot happen under the lock, but a
-                // page that is there holds the same bytes): wake its readers.
+                // A page is there already (cannot happen under the lock, but a page that is
+                // there holds the same bytes): wake its readers.
                 Some(libc::EEXIST) => {
-                    self.wake(b);
+                    self.wake(b, offset + data.len());
                     break;
                 }
                 _ => fatal(&format!("installing a block of decrypted memory failed: {e}")),
             }
         }
-        st.filled[b] = true;
-        st.order.push_back(b);
-        st.resident += self.block;
     }
 
     fn drop_block(&self, st: &mut State, b: usize) {
-        // SAFETY: advice on a block of the region; a reader of it meanwhile faults and
-        // is served the same bytes again.
-        unsafe { libc::madvise((self.base + b * self.block) as *mut libc::c_void, self.block, libc::MADV_DONTNEED) };
-        st.filled[b] = false;
-        st.resident -= self.block;
+        // SAFETY: advice on the installed pages of a block of the region; a reader of them
+        // meanwhile faults and is served the same bytes again.
+        unsafe { libc::madvise((self.base + b * self.block) as *mut libc::c_void, st.filled[b], libc::MADV_DONTNEED) };
+        st.resident -= st.filled[b];
+        st.filled[b] = 0;
     }
 
-    fn wake(&self, b: usize) {
-        let mut r = abi::Range { start: (self.base + b * self.block) as u64, len: self.block as u64 };
+    /// Wakes the readers of the first `len` bytes of block `b`.
+    fn wake(&self, b: usize, len: usize) {
+        let mut r = abi::Range { start: (self.base + b * self.block) as u64, len: len as u64 };
         // SAFETY: `r` is a valid `uffdio_range` of the registered region.
         unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_WAKE as _, &mut r) };
     }
@@ -499,7 +522,7 @@ impl Region {
         self.settled.store(true, Ordering::Release);
         let mut st = lock(&self.state);
         for b in 0..self.blocks() {
-            if !st.filled[b] && !st.gone {
+            if st.filled[b] == 0 && !st.gone {
                 self.fill(&mut st, b);
             }
         }

@@ -216,11 +216,11 @@ struct Filler {
 
 impl Filler {
     /// Block `b`: the chunk of its file, read again, checked against its verified hash,
-    /// with the pieces in it decrypted (or replaced by restored bytes); zeros past the
-    /// file's end. The chunk goes through in slices of [`SLICE`] bytes, each read, hashed
+    /// with the pieces in it decrypted (or replaced by restored bytes): its length. The
+    /// chunk goes through in slices of [`SLICE`] bytes, each read, hashed
     /// and decrypted while it is in the core's cache; the block is installed only once the
     /// whole chunk matched its hash (until then the decrypted bytes are this buffer's only).
-    fn fill(&mut self, b: usize, out: &mut [u8]) -> std::result::Result<(), String> {
+    fn fill(&mut self, b: usize, out: &mut [u8]) -> std::result::Result<usize, String> {
         let f = &self.files[self.files.partition_point(|f| f.first <= b).saturating_sub(1)];
         let j = b - f.first;
         let start = (j * self.chunk) as u64;
@@ -235,11 +235,10 @@ impl Filler {
             leaf.update(slice);
             self.restore(f, lo, slice).map_err(|e| at(&format!("could not be decrypted: {e}")))?;
         }
-        out[len..].fill(0);
         if f.leaves.get(j) != Some(&leaf.finalize()) {
             return Err(at("changed on disk after the model was verified"));
         }
-        Ok(())
+        Ok(len)
     }
 
     /// Decrypts (or replaces by restored bytes) the pieces of `f` inside `data`, the

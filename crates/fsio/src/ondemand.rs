@@ -5,10 +5,10 @@
 //! [`OnDemand::new`] maps `len` bytes of anonymous memory and registers them with a
 //! `userfaultfd` object (`UFFD_USER_MODE_ONLY`, which needs no privilege on Linux ≥ 5.11).
 //! A read of a page that is not there stops the reading thread; the handler thread
-//! calls the [`Filler`] for the page's block (a fixed power-of-two size, a multiple of
-//! the page size) into a private buffer, installs the block atomically
-//! (`UFFDIO_COPY`, which wakes the reader) and then fills a few blocks beyond it ahead
-//! of the reader while no other fault waits. Until [`OnDemand::settle`] is called, the
+//! calls the [`Filler`] for the page's block (a fixed size, a multiple of the page size)
+//! into a private buffer, installs the pages its bytes cover atomically (`UFFDIO_COPY`,
+//! which wakes the reader; a page read past them is installed as zeros) and then fills a
+//! few blocks beyond it ahead of the reader while no other fault waits. Until [`OnDemand::settle`] is called, the
 //! oldest filled blocks are dropped (`MADV_DONTNEED`) whenever more than `budget` bytes
 //! are filled; a block dropped and read again is filled again by the same call. After
 //! `settle`, filled blocks stay.

@@ -38,10 +38,24 @@ fn chain(dir: &Path, n: usize, policy: &Policy, k: &KeySource) -> PathBuf {
         tensors.push(external_float_tensor(&format!("W{i}"), &[DIM as i64, DIM as i64], "w.bin", offset, len));
     }
     std::fs::write(plain.join("w.bin"), &data).unwrap();
-    std::fs::write(plain.join("model.onnx"), matmul_chain(&tensors)).unwrap();
+    protect(dir, &matmul_chain(&tensors), policy, k)
+}
+
+/// Writes `model` as `dir/plain/model.onnx` (its external files are there already) and
+/// protects it into `dir/enc`.
+fn protect(dir: &Path, model: &[u8], policy: &Policy, k: &KeySource) -> PathBuf {
+    let plain = dir.join("plain").join("model.onnx");
+    std::fs::write(&plain, model).unwrap();
     let out = dir.join("enc").join("model.onnx");
-    encrypt(&plain.join("model.onnx"), &out, &EncryptTo::key(k.clone()), &EncryptOptions::new(policy)).unwrap();
+    encrypt(&plain, &out, &EncryptTo::key(k.clone()), &EncryptOptions::new(policy)).unwrap();
     out
+}
+
+/// `protected` decrypted on demand and whole, with the same key.
+fn both(protected: &Path, k: &KeySource) -> (DecryptedModel, DecryptedModel) {
+    let lazy = decrypt_signed_on_demand(protected, k, None, &[]).unwrap();
+    let eager = decrypt_signed_in_memory(protected, k, None, &[]).unwrap();
+    (lazy, eager)
 }
 
 fn assert_same(a: &DecryptedModel, b: &DecryptedModel, what: &str) {
@@ -70,9 +84,7 @@ fn filled_on_demand_equals_decrypted_in_memory_in_every_mode() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let k = key(5);
-        let protected = chain(dir.path(), 3, &p, &k);
-        let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
-        let eager = decrypt_signed_in_memory(&protected, &k, None, &[]).unwrap();
+        let (lazy, eager) = both(&chain(dir.path(), 3, &p, &k), &k);
         assert_eq!(lazy.external()["w.bin"].method(), Method::OnDemand, "{what}");
         assert_same(&lazy, &eager, what);
     }
@@ -93,13 +105,9 @@ fn one_external_file_per_tensor_is_filled_on_demand_like_one_file() {
         std::fs::write(plain.join(&name), &data).unwrap();
         tensors.push(external_float_tensor(&format!("W{i}"), &[dim as i64, dim as i64], &name, 0, data.len() as u64));
     }
-    std::fs::write(plain.join("model.onnx"), matmul_chain(&tensors)).unwrap();
     let k = key(4);
-    let out = dir.path().join("enc").join("model.onnx");
-    encrypt(&plain.join("model.onnx"), &out, &EncryptTo::key(k.clone()), &EncryptOptions::new(&Policy::default()))
-        .unwrap();
-    let lazy = decrypt_signed_on_demand(&out, &k, None, &[]).unwrap();
-    let eager = decrypt_signed_in_memory(&out, &k, None, &[]).unwrap();
+    let out = protect(dir.path(), &matmul_chain(&tensors), &Policy::default(), &k);
+    let (lazy, eager) = both(&out, &k);
     assert_eq!(lazy.external().len(), 40);
     assert!(lazy.external().values().all(|d| d.method() == Method::OnDemand));
     assert_same(&lazy, &eager, "one file per tensor");
@@ -110,9 +118,7 @@ fn over_its_budget_it_drops_and_fills_again_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let k = key(6);
     // 12 weights of one chunk each: more than the budget (the largest tensor and slack).
-    let protected = chain(dir.path(), 12, &Policy::default(), &k);
-    let eager = decrypt_signed_in_memory(&protected, &k, None, &[]).unwrap();
-    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    let (lazy, eager) = both(&chain(dir.path(), 12, &Policy::default(), &k), &k);
     let (a, b) = (&lazy.external()["w.bin"], &eager.external()["w.bin"]);
     for round in 0..2 {
         // Backwards, then forwards: chunks dropped in the first round are filled again.
@@ -139,9 +145,7 @@ fn partial_and_unsupported_decryptions_are_decrypted_in_memory() {
     let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
     p.set_tiers(3).unwrap();
     let protected = chain(dir.path(), 2, &p, &KeySource::Key(master.clone()));
-    let tier2 = KeySource::Key(master.tier_down());
-    let lazy = decrypt_signed_on_demand(&protected, &tier2, None, &[]).unwrap();
-    let eager = decrypt_signed_in_memory(&protected, &tier2, None, &[]).unwrap();
+    let (lazy, eager) = both(&protected, &KeySource::Key(master.tier_down()));
     assert_ne!(lazy.external()["w.bin"].method(), Method::OnDemand);
     assert_same(&lazy, &eager, "tier 2 of 3");
 }

@@ -169,3 +169,36 @@ fn blocks_with_little_data_install_only_the_pages_it_covers() {
     assert_eq!(r.bytes()[3 * BLOCK + 5 * page + 1], 0);
     assert_eq!(r.resident(), 10 * page + 5 * page);
 }
+
+#[test]
+fn a_system_call_given_an_unread_block_fails_until_it_is_read_in_user_space() {
+    let len = 4 * BLOCK;
+    let (r, _) = region(len, 64 * BLOCK);
+    let mut fds = [0; 2];
+    // SAFETY: a pipe into a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let send = |at: usize| -> Result<Vec<u8>, i32> {
+        // SAFETY: writes 256 bytes of the live region into the pipe (whose buffer holds them).
+        let n = unsafe { libc::write(fds[1], r.bytes()[at..].as_ptr().cast(), 256) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        }
+        let mut back = vec![0u8; n as usize];
+        // SAFETY: reads what was just written into a buffer as long.
+        assert_eq!(unsafe { libc::read(fds[0], back.as_mut_ptr().cast(), back.len()) }, n);
+        Ok(back)
+    };
+    let want: Vec<u8> = (2 * BLOCK..2 * BLOCK + 256).map(byte).collect();
+    // Inside the kernel the fault is not served (user-mode-only); on kernels before 5.11,
+    // which have no such mode, it is, with the true bytes.
+    match send(2 * BLOCK) {
+        Err(e) => assert_eq!(e, libc::EFAULT),
+        Ok(got) => assert_eq!(got, want),
+    }
+    assert_eq!(r.bytes()[2 * BLOCK], byte(2 * BLOCK)); // read in user space: filled
+    assert_eq!(send(2 * BLOCK), Ok(want));
+    // SAFETY: closes the pipe made above.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: as above.
+    unsafe { libc::close(fds[1]) };
+}

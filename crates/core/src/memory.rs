@@ -367,13 +367,40 @@ pub fn decrypt_signed_in_memory(
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
+    let (file, model) = open_checked(path)?;
+    load(Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?, Some(file))
+}
+
+/// The protected model at `path`, parsed, and an open handle of the same file (refused if
+/// the path was replaced meanwhile).
+fn open_checked(path: &Path) -> Result<(File, Model)> {
     let file = open(path)?;
     let model = open_protected(path, &onnx_protect_format::NoProgress)?;
     let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
     if id(&file)? != id(&open(path)?)? {
         return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
     }
-    load(Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?, Some(file))
+    Ok((file, model))
+}
+
+/// Calls `f` for each of the sorted, disjoint `items` whose file range overlaps `data`, the
+/// file's bytes from offset `start`: with the item, the offset of the overlap inside the
+/// item's range, and the overlapping part of `data`.
+fn for_overlaps<T>(
+    items: &[T],
+    range: impl Fn(&T) -> &Range<u64>,
+    start: u64,
+    data: &mut [u8],
+    mut f: impl FnMut(&T, u64, &mut [u8]) -> Result<()>,
+) -> Result<()> {
+    let end = start + data.len() as u64;
+    let first = items.partition_point(|p| range(p).end <= start);
+    for p in items[first..].iter().take_while(|p| range(p).start < end) {
+        let r = range(p);
+        let (lo, hi) = (r.start.max(start), r.end.min(end));
+        f(p, lo - r.start, &mut data[(lo - start) as usize..(hi - start) as usize])?;
+    }
+    Ok(())
 }
 
 /// The memory sink of a decryption: the model file (from `file`, the one it was read
@@ -734,17 +761,19 @@ impl Patcher<'_> {
                 leaf.update(&out[..(end.min(hashed) - start) as usize]);
                 leaf.finalize()
             });
-            let first = patches.partition_point(|p| p.range.end <= start);
-            for p in patches[first..].iter().take_while(|p| p.range.start < end) {
-                let lo = p.range.start.max(start);
-                let hi = p.range.end.min(end);
-                let dst = &mut out[(lo - start) as usize..(hi - start) as usize];
-                let off = lo - p.range.start;
-                match p.what {
-                    PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..(hi - p.range.start) as usize]),
-                    PatchKind::Decrypt { tag, logical } => self.decrypt(tag, logical + off, dst, false)?,
-                }
-            }
+            for_overlaps(
+                patches,
+                |p| &p.range,
+                start,
+                out,
+                |p, off, dst| {
+                    match p.what {
+                        PatchKind::Bytes(b) => dst.copy_from_slice(&b[off as usize..off as usize + dst.len()]),
+                        PatchKind::Decrypt { tag, logical } => self.decrypt(tag, logical + off, dst, false)?,
+                    }
+                    Ok(())
+                },
+            )?;
             Ok(leaf)
         };
         // A small file is done on this thread: waking the pool costs more than it saves
@@ -755,6 +784,31 @@ impl Patcher<'_> {
             buf.par_chunks_mut(c).enumerate().map(work).collect::<Result<Vec<_>>>()?
         };
         Ok(FileLeaves { len: hashed, leaves: leaves.into_iter().flatten().collect() })
+    }
+
+    /// The model file of the one-read path: copied into a private anonymous buffer, hashed
+    /// (its content leaves) and patched in one pass; `None` when the decryption changes a
+    /// length or edits the manifest entry in place.
+    fn model_file_fused(&self, d: &Decryption<'_>) -> Result<Option<(DecryptedBytes, FileLeaves)>> {
+        let model = self.model;
+        let src = model.bytes();
+        let content_len = d.content_len();
+        let edits = edits_for(model, self.targets, &d.actions, d.extra_edits()?)?;
+        let plan = Plan::new(content_len, edits, Vec::new())?;
+        if !plan.is_in_place() || !d.entry_cut() {
+            return Ok(None);
+        }
+        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+        let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
+        let patches = plan_patches(&plan);
+        let source = match model.source_file() {
+            Some(file) => Source::File(file, path),
+            None => Source::Slice(src),
+        };
+        let leaves = self.hash_and_patch(&mut map, &source, &patches, 0, content_len, d.chunk);
+        let plaintext = plaintext_ranges(&patches);
+        let bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
+        Ok(Some((bytes, leaves?)))
     }
 
     /// The one-read path of a decryption whose digest is still to be checked and which
@@ -769,25 +823,9 @@ impl Patcher<'_> {
         expected: [u8; 32],
     ) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
         let model = self.model;
-        let src = model.bytes();
-        let content_len = d.content_len();
-        let edits = edits_for(model, self.targets, &d.actions, d.extra_edits()?)?;
-        let plan = Plan::new(content_len, edits, Vec::new())?;
-        if !plan.is_in_place() || !d.entry_cut() {
-            return Ok(None);
-        }
-        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-        let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
-        let patches = plan_patches(&plan);
+        let Some((model_bytes, first)) = self.model_file_fused(d)? else { return Ok(None) };
         let mut leaves = Vec::with_capacity(1 + model.external_files.len());
-        let source = match model.source_file() {
-            Some(file) => Source::File(file, path),
-            None => Source::Slice(src),
-        };
-        let first = self.hash_and_patch(&mut map, &source, &patches, 0, content_len, d.chunk);
-        let plaintext = plaintext_ranges(&patches);
-        let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
-        leaves.push(first?);
+        leaves.push(first);
         let mut per_file = self.external_patches()?;
         let mut external = BTreeMap::new();
         for (fi, f) in model.external_files.iter().enumerate() {

@@ -19,23 +19,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use onnx_protect_crypto::{content_digest, ContentLeaf, FileLeaves};
-use onnx_protect_format::write::Plan;
 use onnx_protect_format::{DataType, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::ondemand::{self, OnDemand};
 use rayon::prelude::*;
 
 use super::{
-    anonymous, decrypt_signed_in_memory, io_error, load, out_of_bounds, plaintext_ranges, plan_patches, sources_of,
-    Backing, DecryptedBytes, DecryptedModel, Patcher, Piece, Source, SMALL,
+    decrypt_signed_in_memory, for_overlaps, io_error, load, open_checked, out_of_bounds, sources_of, Backing,
+    DecryptedBytes, DecryptedModel, Patcher, Piece, SMALL,
 };
-use crate::action::{apply, edits_for, Action};
+use crate::action::{apply, Action};
 use crate::decryption::{Decryption, NewEntry};
-use crate::error::{CoreError, Modified, OutputRefused, Result};
+use crate::error::{CoreError, Modified, Result};
 use crate::keys::KeySource;
-use crate::protection::{open_protected, Protection};
+use crate::protection::Protection;
 use crate::target::Target;
-use onnx_protect_fsio::file::file_id;
 use onnx_protect_keys::SignerKey;
 
 /// A chunk is read, hashed and decrypted in slices this long (they stay in the core's
@@ -65,14 +63,9 @@ pub fn decrypt_signed_on_demand(
     if !ondemand::available() {
         return decrypt_signed_in_memory(path, key, tier, signers);
     }
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let model = open_protected(path, &onnx_protect_format::NoProgress)?;
-    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
-    if id(&file)? != id(&File::open(path).map_err(|e| io_error(path, e))?)? {
-        return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
-    }
+    let (file, model) = open_checked(path)?;
     let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
-    match on_demand(d, &file)? {
+    match on_demand(d)? {
         Ok(done) => Ok(done),
         Err(d) => load(d, Some(file)),
     }
@@ -80,30 +73,20 @@ pub fn decrypt_signed_on_demand(
 
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
 /// made (memory, map limits).
-fn on_demand<'m>(d: Decryption<'m>, file: &File) -> Result<std::result::Result<DecryptedModel, Decryption<'m>>> {
+fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model = d.model;
     let total: u64 = model.external_files.iter().map(|f| f.size).sum();
     let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
-    if total == 0 || !d.entry_cut() || model.bytes().is_empty() {
-        return Ok(Err(d));
-    }
-    let content_len = d.content_len();
-    let plan = Plan::new(content_len, edits_for(model, &d.targets, &d.actions, d.extra_edits()?)?, Vec::new())?;
-    if !plan.is_in_place() {
+    if total == 0 {
         return Ok(Err(d));
     }
     let chunk = usize::try_from(d.chunk).map_err(|_| CoreError::Internal("chunk size"))?;
-    let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
 
     // The model file, hashed and decrypted as by the one-read path.
     let sources = sources_of(&d.actions)?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
-    let mut map = anonymous(model.bytes().len(), path)?.ok_or(CoreError::Internal("an empty model file"))?;
-    let patches = plan_patches(&plan);
-    let first = patcher.hash_and_patch(&mut map, &Source::File(file, path), &patches, 0, content_len, d.chunk);
-    let plaintext = plaintext_ranges(&patches);
-    let model_bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
-    let mut leaves = vec![first?];
+    let Some((model_bytes, first)) = patcher.model_file_fused(&d)? else { return Ok(Err(d)) };
+    let mut leaves = vec![first];
 
     // The external files: hashed only, then checked with everything else.
     let mut pieces = patcher.external_pieces()?;
@@ -244,19 +227,20 @@ impl Filler {
     /// Decrypts (or replaces by restored bytes) the pieces of `f` inside `data`, the
     /// file's bytes from offset `start`.
     fn restore(&self, f: &Fill, start: u64, data: &mut [u8]) -> Result<()> {
-        let end = start + data.len() as u64;
-        let first = f.pieces.partition_point(|p| p.range.end <= start);
-        for p in f.pieces[first..].iter().take_while(|p| p.range.start < end) {
-            let (lo, hi) = (p.range.start.max(start), p.range.end.min(end));
-            let dst = &mut data[(lo - start) as usize..(hi - start) as usize];
-            let logical = p.logical + (lo - p.range.start);
-            let t = &self.targets[p.tag];
-            match &self.actions[p.tag] {
-                Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)?,
-                Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
-                Action::Skip | Action::Reencrypt(_) => {}
-            }
-        }
-        Ok(())
+        for_overlaps(
+            &f.pieces,
+            |p| &p.range,
+            start,
+            data,
+            |p, off, dst| {
+                let (t, logical) = (&self.targets[p.tag], p.logical + off);
+                match &self.actions[p.tag] {
+                    Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)?,
+                    Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
+                    Action::Skip | Action::Reencrypt(_) => {}
+                }
+                Ok(())
+            },
+        )
     }
 }

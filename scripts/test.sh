@@ -122,22 +122,38 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace "${features[@]}"
 fi
-# The C library that build made (cargo test leaves it in target/debug/deps, where its
-# JSON messages name it), for the C tests below: a copy in target/capi-test.
+# The C library and the Node addon that build made (cargo test leaves them in
+# target/debug/deps, where its JSON messages name them): the C library copied to
+# target/capi-test for the C tests below, the addon (crates/node, the JavaScript package's
+# native engine) to js/native/ as js/scripts/build-native.sh puts it.
 capi_dir=${CARGO_TARGET_DIR:-target}/capi-test
 mkdir -p "$capi_dir"
+addon=
+if [ "$have_node" = 1 ]; then
+  mkdir -p js/native
+  addon=js/native/onnx_protect.$(node -p 'process.platform + "-" + process.arch').node
+fi
 cargo test --workspace "${features[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["package_id"].find("crates/capi") >= 0 \
-            and "cdylib" in m["target"]["kind"] and not m["profile"]["test"]:
-        for f in m["filenames"]:
-            if f.endswith((".so", ".a")):
-                shutil.copy(f, sys.argv[1])
-' "$capi_dir"
+    if m.get("reason") != "compiler-artifact" or "cdylib" not in m["target"]["kind"] or m["profile"]["test"]:
+        continue
+    for f in m["filenames"]:
+        if m["package_id"].find("crates/capi") >= 0 and f.endswith((".so", ".a")):
+            shutil.copy(f, sys.argv[1])
+        elif sys.argv[2] and m["package_id"].find("crates/node") >= 0 and f.endswith(".so"):
+            shutil.copy(f, sys.argv[2] + ".tmp")
+            shutil.move(sys.argv[2] + ".tmp", sys.argv[2])
+' "$capi_dir" "$addon"
 [ -f "$capi_dir/libonnx_protect.so" ] && [ -f "$capi_dir/libonnx_protect.a" ] \
   || { echo "cargo test built no libonnx_protect" >&2; exit 1; }
+if [ -n "$addon" ]; then
+  [ -f "$addon" ] || { echo "cargo test built no Node addon ($addon)" >&2; exit 1; }
+  # The JavaScript tests compare the native engine with the package's own: here a missing
+  # addon is a failure, not a skip.
+  export ONNX_PROTECT_REQUIRE_NATIVE=1
+fi
 export ONNX_PROTECT_CAPI_LIBDIR=$(realpath "$capi_dir")
 step "onnxruntime cross-checks"
 export ONNX_PROTECT_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/onnx-protect")

@@ -1,6 +1,8 @@
 // One timed decryption (every byte verified, the key given) of a protected model:
-//   node bench/decrypt.mjs file MODEL KEY_FILE     decryptFile (read, hashed while read,
-//                                                  decrypted in place)
+//   node bench/decrypt.mjs native MODEL KEY_FILE   decryptFile by the native engine (the
+//                                                  Rust core: mapped, decrypted on all cores)
+//   node bench/decrypt.mjs file MODEL KEY_FILE     decryptFile by the JavaScript engine (read,
+//                                                  hashed while read, decrypted in place)
 //   node bench/decrypt.mjs memory MODEL KEY_FILE   readModelFiles, then decrypt
 // Prints "js_KIND SECONDS bytes=N decrypted=N", from the start of reading to the result, as
 // the Rust example times mapping the file and decrypting it.
@@ -13,8 +15,8 @@ const [kind, model, keyFile] = process.argv.slice(2);
 const key = fs.readFileSync(keyFile, "utf8");
 const t0 = performance.now();
 let d;
-if (kind === "file") {
-  d = await decryptFile(model, { key });
+if (kind === "native" || kind === "file") {
+  d = await decryptFile(model, { key, engine: kind === "native" ? "native" : "js" });
 } else {
   const files = await readModelFiles(model);
   d = await decrypt(files.model, { key, externalData: files.externalData });

@@ -10,6 +10,7 @@ import { leavesOf } from "./blake3-node.js";
 import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./engine-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
+import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeTakes } from "./native.js";
 import { Decrypted, decryptWith, externalFilesOf, ReadOptions } from "./reader.js";
 import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
 import { concat } from "./wire.js";
@@ -110,20 +111,38 @@ export async function readModelFiles(file: string): Promise<ModelFiles> {
   return { model: model.bytes, externalData: new Map([...external].map(([l, e]) => [l, e.bytes])) };
 }
 
-/** `decrypt` of the protected model at `file` and its external data files (read as
- * `readModelFiles` reads them), with less work: each file is read once into the memory the
- * result is made in, hashed by the worker threads while it is read, and decrypted in place
- * (the bytes as read are seen by no one before every check has passed). */
-export async function decryptFile(file: string, opts: Omit<ReadOptions, "externalData"> = {}): Promise<Decrypted> {
+export { nativeAddonPath, nativeEngine, nativeEngineError } from "./native.js";
+export type { Engine } from "./native.js";
+
+/** Options of `decryptFile`: those of `decrypt`, and the engine. */
+export type FileOptions = Omit<ReadOptions, "externalData"> & { engine?: Engine };
+
+/** `decrypt` of the protected model at `file` and its external data files. By the native
+ * engine where it is loaded (`nativeEngine()`) and the options are ones it takes (no
+ * licence): the Rust core maps, verifies and decrypts the files on every core, and the
+ * result's buffers are the decrypted memory itself. Otherwise by this package's engine,
+ * with less work than `readModelFiles` + `decrypt`: each file is read once into the
+ * memory the result is made in, hashed by the worker threads while it is read, and
+ * decrypted in place. Either way the bytes as read are seen by no one before every check
+ * has passed. `engine`: "auto" (default), "native" (refused where the native engine cannot
+ * be used) or "js". */
+export async function decryptFile(file: string, opts: FileOptions = {}): Promise<Decrypted> {
   if ((opts as ReadOptions).externalData) throw new UsageError("decryptFile reads the external data files itself");
+  const { engine = "auto", ...read } = opts;
+  if (engine !== "auto" && engine !== "native" && engine !== "js") throw new UsageError(`engine '${engine}' is not auto, native or js`);
+  if (engine !== "js") {
+    const refused = nativeTakes(read) || (nativeEngine() ? "" : nativeEngineError());
+    if (!refused) return nativeDecryptFile(file, read);
+    if (engine === "native") throw new UsageError(`the native engine cannot be used: ${refused}`);
+  }
   const { model, external } = await readAll(file, readHashing);
   const externalData = new Map([...external].map(([l, e]) => [l, e.bytes]));
-  return decryptWith(model.bytes, { ...opts, externalData }, { chunk: READ_CHUNK, leaves: [model.leaves, ...[...external.values()].map((e) => e.leaves)] });
+  return decryptWith(model.bytes, { ...read, externalData }, { chunk: READ_CHUNK, leaves: [model.leaves, ...[...external.values()].map((e) => e.leaves)] });
 }
 
 /** `createSession` from the protected model at `file` (read as `decryptFile` reads it). */
 export async function createSessionFromFile<S>(
-  ort: OrtLike<S>, file: string, opts: Omit<ReadOptions, "externalData"> = {}, sessionOptions?: Record<string, unknown>,
+  ort: OrtLike<S>, file: string, opts: FileOptions = {}, sessionOptions?: Record<string, unknown>,
 ): Promise<SessionResult<S>> {
   checkSessionOptions(sessionOptions);
   return sessionOf(ort, await decryptFile(file, opts), sessionOptions);

@@ -12,10 +12,12 @@ import { test } from "node:test";
 import * as ort from "onnxruntime-node";
 
 import { createSession, decrypt, verify, Modified } from "../dist/index.js";
-import { createSessionFromFile, decryptFile, readModelFiles } from "../dist/node.js";
+import { createSessionFromFile, decryptFile, nativeEngine, readModelFiles } from "../dist/node.js";
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
 import { binary, run, tempDir } from "./util.mjs";
 
+/** decryptFile by each engine: this package's, and the native one where it is built. */
+const ENGINES = nativeEngine() ? ["js", "native"] : ["js"];
 const BIN = binary();
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
 const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
@@ -83,10 +85,12 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         assert.ok(same(d.externalData.get("w2.bin"), w2), `${name} ${how}: w2.bin`);
         await verify(f.model, { externalData: f.externalData });
       }
-      // Read, hashed and decrypted in place by decryptFile.
-      const df = await decryptFile(prot, { key: keyText });
-      assert.ok(same(df.model, original), `${name} decryptFile: model`);
-      assert.ok(same(df.externalData.get("w2.bin"), w2), `${name} decryptFile: w2.bin`);
+      // decryptFile: read, hashed and decrypted in place (js); mapped by the Rust core (native).
+      for (const engine of ENGINES) {
+        const df = await decryptFile(prot, { key: keyText, engine });
+        assert.ok(same(df.model, original), `${name} decryptFile (${engine}): model`);
+        assert.ok(same(df.externalData.get("w2.bin"), w2), `${name} decryptFile (${engine}): w2.bin`);
+      }
       if (name === "ctr") {
         // onnxruntime-node takes the result (ordinary memory) and gives the plain model's outputs.
         const feeds = { X: new ort.Tensor("float32", Float32Array.from({ length: 1024 }, (_, i) => Math.cos(i)), [1, 1024]) };
@@ -110,12 +114,12 @@ test("large models: decrypted byte for byte through the worker threads, from sha
       fs.mkdirSync(changedDir);
       fs.writeFileSync(path.join(changedDir, "model.onnx"), model);
       fs.copyFileSync(path.join(outDir, "w2.bin"), path.join(changedDir, "w2.bin"));
-      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
+      for (const engine of ENGINES) await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText, engine }), Modified);
       fs.writeFileSync(path.join(changedDir, "model.onnx"), shared.model);
       const w2changed = fs.readFileSync(path.join(outDir, "w2.bin"));
       w2changed[12_345_678] ^= 2;
       fs.writeFileSync(path.join(changedDir, "w2.bin"), w2changed);
-      await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText }), Modified);
+      for (const engine of ENGINES) await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText, engine }), Modified);
       const data = new Uint8Array(new SharedArrayBuffer(w2.length));
       data.set(shared.externalData.get("w2.bin"));
       data[w2.length - 5] ^= 1;
@@ -129,7 +133,9 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         run(BIN, ["decrypt", prot, "-o", part, "--key-file", t1, "-q"]);
         const d = await decrypt(shared.model, { key: fs.readFileSync(t1, "utf8"), externalData: shared.externalData });
         assert.equal(d.tier, 1);
-        assert.ok(same((await decryptFile(prot, { key: fs.readFileSync(t1, "utf8") })).model, fs.readFileSync(part)), "tier 1 decryptFile");
+        for (const engine of ENGINES) {
+          assert.ok(same((await decryptFile(prot, { key: fs.readFileSync(t1, "utf8"), engine })).model, fs.readFileSync(part)), `tier 1 decryptFile (${engine})`);
+        }
         assert.ok(same(d.model, fs.readFileSync(part)), "tier 1: model");
         assert.ok(same(d.externalData.get("w2.bin"), fs.readFileSync(path.join(path.dirname(part), "w2.bin"))), "tier 1: w2.bin");
       }

@@ -54,6 +54,10 @@ pub(crate) struct Decryption<'m> {
     pub pending: Option<[u8; 32]>,
     /// The content-digest chunk size (docs/format.md §9).
     pub chunk: u64,
+    /// The tier the result is decrypted to, and the model's number of tiers (equal for a
+    /// full decryption).
+    pub tier: u32,
+    pub tiers: u32,
 }
 
 /// Where [`Decryption::write`] writes, and how.

@@ -221,6 +221,8 @@ impl Reader for ProtectedV2 {
             names: p.restored_names(full).map(<[String]>::to_vec),
             pending,
             chunk: p.sealed.header.chunk_size,
+            tier: to,
+            tiers: p.sealed.header.tiers,
         })
     }
 }

@@ -238,6 +238,8 @@ pub struct DecryptedModel {
     tensors: usize,
     decrypted_bytes: u64,
     format_version: u32,
+    tier: u32,
+    tiers: u32,
 }
 
 impl DecryptedModel {
@@ -298,6 +300,17 @@ impl DecryptedModel {
     /// Number of bytes that were decrypted.
     pub fn decrypted_bytes(&self) -> u64 {
         self.decrypted_bytes
+    }
+
+    /// The tier the result is decrypted to: [`DecryptedModel::tiers`] for a full
+    /// decryption (1 for an untiered model).
+    pub fn tier(&self) -> u32 {
+        self.tier
+    }
+
+    /// The model's number of access tiers (1: untiered).
+    pub fn tiers(&self) -> u32 {
+        self.tiers
     }
 }
 
@@ -367,8 +380,23 @@ pub fn decrypt_signed_in_memory(
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
+    decrypt_signed_in_memory_if(path, key, tier, signers, |_| Ok(()))
+}
+
+/// [`decrypt_signed_in_memory`] of a model whose protection `accept` accepts: it is called
+/// once the manifest is read, before any key is tried (a loader that reads one format
+/// version refuses the others there).
+pub fn decrypt_signed_in_memory_if(
+    path: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+    accept: impl FnOnce(&Protection) -> Result<()>,
+) -> Result<DecryptedModel> {
     let (file, model) = open_checked(path)?;
-    load(Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?, Some(file))
+    let protection = Protection::of(&model)?;
+    accept(&protection)?;
+    load(protection.reader().decryption(&model, key, tier, signers)?, Some(file))
 }
 
 /// The protected model at `path`, parsed, and an open handle of the same file (refused if
@@ -435,8 +463,9 @@ pub(crate) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedMod
         NewEntry::Restored(env) => with_partial_entry(model, env, d.chunk, bytes, &external)?,
         NewEntry::Remove | NewEntry::Bytes(_) => bytes,
     };
-    let (tensors, decrypted_bytes, format_version) = (d.tensors, d.decrypted_bytes, d.format_version);
-    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version })
+    let (tensors, decrypted_bytes, format_version, tier, tiers) =
+        (d.tensors, d.decrypted_bytes, d.format_version, d.tier, d.tiers);
+    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version, tier, tiers })
 }
 
 fn open(path: &Path) -> Result<File> {

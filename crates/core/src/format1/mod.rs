@@ -131,6 +131,8 @@ impl Reader for Protected {
             names: None,
             pending: None,
             chunk: self.manifest.chunk_size,
+            tier: r.tier,
+            tiers: self.manifest.tiers.max(1),
         })
     }
 }

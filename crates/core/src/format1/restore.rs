@@ -16,6 +16,8 @@ pub(crate) struct Restore {
     pub(crate) actions: Vec<Action>,
     /// Replacement of the manifest entry (empty: remove it).
     pub(crate) entry: Vec<u8>,
+    /// The tier the result is decrypted to.
+    pub(crate) tier: u32,
 }
 
 /// Checks the key (and every MAC it allows) and chooses what decryption up to `tier` does:
@@ -31,7 +33,7 @@ pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: 
             .get(p.entry.range.start as usize..p.entry.range.end as usize)
             .ok_or(BadManifest::EntryOutOfBounds)?
             .to_vec();
-        return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry });
+        return Ok(Restore { actions: p.targets.iter().map(|_| Action::Skip).collect(), entry, tier: restored });
     }
     let (upto, full) = restore_bound(p, unlocked.key_tier, tier)?;
     let streams: Vec<Option<Keystream>> = p
@@ -48,7 +50,7 @@ pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: 
         env.restored_tiers = upto;
         entry_field(&env)
     };
-    Ok(Restore { actions, entry })
+    Ok(Restore { actions, entry, tier: if tiers <= 1 { 1 } else { upto } })
 }
 
 /// The highest tier a decryption with the key of `key_tier` restores when `tier` is

@@ -138,7 +138,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     );
     let Ok(region) = made else { return Ok(Err(d)) };
     let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
-    let Decryption { targets, actions, tensors, decrypted_bytes, format_version, .. } = d;
+    let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
     *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Filler { files, targets, actions, dtypes, chunk });
     let region = Arc::new(region);
     let external: BTreeMap<String, DecryptedBytes> = model
@@ -151,7 +151,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
             Some((f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() }))
         })
         .collect();
-    Ok(Ok(DecryptedModel { model: model_bytes, external, tensors, decrypted_bytes, format_version }))
+    Ok(Ok(DecryptedModel { model: model_bytes, external, tensors, decrypted_bytes, format_version, tier, tiers }))
 }
 
 /// The leaves of covered file `index` (`size` bytes of `file`), read chunk by chunk.

@@ -1,0 +1,185 @@
+// The native engine (crates/node) against the JavaScript engine: decryptFile gives the same
+// bytes, tier and counts for every vector and key material, and the same typed refusals
+// (wrong key, changed bytes anywhere in the file, unsigned, format 1, tiers out of reach).
+// Skips, with the reason, where the addon is not built, unless ONNX_PROTECT_REQUIRE_NATIVE=1
+// (the README's test command builds it and sets that).
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+
+import {
+  AlreadyDecrypted, KeyError, Modified, NotSigned, OnnxProtectError, UnsupportedVersion, UsageError, WrongKey,
+} from "../dist/index.js";
+import { createSessionFromFile, decryptFile, nativeEngine, nativeEngineError } from "../dist/node.js";
+import { keyOf, tempDir, vectors, VECTORS } from "./util.mjs";
+
+const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+const engine = nativeEngine();
+const skip = engine ? false : `native engine not available: ${nativeEngineError()}`;
+if (!engine && process.env.ONNX_PROTECT_REQUIRE_NATIVE === "1") throw new Error(`ONNX_PROTECT_REQUIRE_NATIVE=1: ${nativeEngineError()}`);
+
+/** decryptFile by both engines: the same bytes, external files, tier and counts. */
+async function bothAlike(file, opts, what) {
+  const n = await decryptFile(file, { ...opts, engine: "native" });
+  const j = await decryptFile(file, { ...opts, engine: "js" });
+  assert.ok(same(n.model, j.model), `${what}: model bytes`);
+  assert.deepEqual([...n.externalData.keys()].sort(), [...j.externalData.keys()].sort(), `${what}: external files`);
+  for (const [loc, data] of j.externalData) assert.ok(same(n.externalData.get(loc), data), `${what}: ${loc}`);
+  for (const k of ["tier", "tiers", "tensors", "decryptedBytes"]) assert.equal(n[k], j[k], `${what}: ${k}`);
+  return n;
+}
+
+/** Both engines refuse with the same class. */
+async function bothRefuse(file, opts, cls, what) {
+  await assert.rejects(decryptFile(file, { ...opts, engine: "js" }), cls, `${what} (js)`);
+  await assert.rejects(decryptFile(file, { ...opts, engine: "native" }), cls, `${what} (native)`);
+}
+
+test("every format-2 vector decrypts alike by both engines", { skip }, async () => {
+  for (const v of vectors()) {
+    const n = await bothAlike(v.protected, keyOf(v.dir), v.name);
+    assert.ok(same(n.model, fs.readFileSync(v.original)), `${v.name}: the original`);
+    const other = keyOf(v.dir).key ? { key: new Uint8Array(32).fill(7) } : { passphrase: "not the passphrase of this model" };
+    await bothRefuse(v.protected, other, WrongKey, `${v.name}: other key material`);
+  }
+});
+
+test("key material of every kind: raw bytes, key file text, passphrase, age identity", { skip }, async () => {
+  const v = vectors().find((x) => x.name === "cnn_torch_v2_ctr");
+  const hex = fs.readFileSync(path.join(v.dir, "key.hex"), "utf8");
+  await bothAlike(v.protected, { key: Uint8Array.from(Buffer.from(hex.trim(), "hex")) }, "raw key");
+  await bothAlike(v.protected, { key: Buffer.from(hex) }, "key text as bytes");
+  const x = path.join(VECTORS, "roles_mix_v2_x25519");
+  await bothAlike(path.join(x, "protected.onnx"), { identity: fs.readFileSync(path.join(x, "identity.txt"), "utf8") }, "identity");
+  const other = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+  await bothRefuse(path.join(x, "protected.onnx"), { identity: other }, WrongKey, "another identity");
+  await bothRefuse(v.protected, { key: "not a key" }, KeyError, "malformed key");
+  await assert.rejects(decryptFile(v.protected, { key: hex, passphrase: "x", engine: "native" }), UsageError);
+});
+
+test("tiers: each tier key, a tier asked for, a tier out of reach, a tier already in clear", { skip }, async () => {
+  const dir = path.join(VECTORS, "cnn_torch_v2_tiers");
+  const prot = path.join(dir, "protected.onnx");
+  const keyT = (t) => ({ key: fs.readFileSync(path.join(dir, `tier${t}.hex`), "utf8") });
+  for (const t of [1, 2, 3]) {
+    const n = await bothAlike(prot, keyT(t), `tier ${t}`);
+    assert.equal(n.tier, t);
+    assert.ok(same(n.model, fs.readFileSync(path.join(dir, t === 3 ? "original.onnx" : `partial-t${t}.onnx`))), `tier ${t}`);
+  }
+  await bothAlike(prot, { ...keyT(3), tier: 1 }, "tier 1 asked of the top key");
+  await bothAlike(path.join(dir, "partial-t1.onnx"), keyT(3), "on from a partial file");
+  await bothRefuse(prot, { ...keyT(1), tier: 2 }, UsageError, "a tier beyond the key's");
+  await bothRefuse(prot, { ...keyT(3), tier: 0 }, UsageError, "tier 0");
+  await bothRefuse(path.join(dir, "partial-t1.onnx"), { ...keyT(3), tier: 1 }, AlreadyDecrypted, "a tier in clear already");
+});
+
+test("signers, format 1, files that are not models", { skip }, async () => {
+  const dir = path.join(VECTORS, "fp16_v2_fp_signed");
+  const signer = fs.readFileSync(path.join(dir, "signer.pub"), "utf8").trim();
+  await bothAlike(path.join(dir, "protected.onnx"), { ...keyOf(dir), signers: [signer] }, "signed");
+  const unsigned = vectors().find((x) => x.name === "cnn_torch_v2_ctr");
+  await bothRefuse(unsigned.protected, { ...keyOf(unsigned.dir), signers: [signer] }, NotSigned, "unsigned");
+  for (const d of fs.readdirSync(VECTORS).filter((d) => !d.includes("_v2_") && fs.statSync(path.join(VECTORS, d)).isDirectory())) {
+    const f = fs.existsSync(path.join(VECTORS, d, "protected.onnx")) ? path.join(VECTORS, d, "protected.onnx") : path.join(VECTORS, d, "protected/model.onnx");
+    await assert.rejects(decryptFile(f, { key: new Uint8Array(32), engine: "native" }), UnsupportedVersion, d);
+  }
+  const t = tempDir();
+  fs.writeFileSync(path.join(t, "junk.onnx"), "not a model at all");
+  await assert.rejects(decryptFile(path.join(t, "junk.onnx"), { key: new Uint8Array(32), engine: "native" }), OnnxProtectError);
+  await assert.rejects(decryptFile(path.join(t, "missing.onnx"), { key: new Uint8Array(32), engine: "native" }), (e) => /missing\.onnx/.test(e.message));
+});
+
+test("a change of any one byte of a protected file (model or external data) is refused", { skip }, async () => {
+  // Every byte of a small model, then every 97th byte of a model with external data and of
+  // its data file: each copy changed in one byte, decrypted from disk by the native engine.
+  const t = tempDir();
+  const cases = [
+    [vectors().find((x) => x.name === "cnn_torch_v2_ctr"), "model", 1],
+    [vectors().find((x) => x.ext), "model", 97],
+    [vectors().find((x) => x.ext), "data", 97],
+  ];
+  for (const [v, which, step] of cases) {
+    const dst = path.join(t, v.name + which);
+    fs.mkdirSync(dst);
+    const srcDir = path.dirname(v.protected);
+    for (const f of fs.readdirSync(srcDir)) fs.copyFileSync(path.join(srcDir, f), path.join(dst, f));
+    const model = path.join(dst, path.basename(v.protected));
+    const target = which === "model" ? model : path.join(dst, fs.readdirSync(dst).find((f) => f !== path.basename(v.protected)));
+    const orig = fs.readFileSync(target);
+    let refused = 0;
+    for (let i = 0; i < orig.length; i += step) {
+      const copy = Buffer.from(orig);
+      copy[i] ^= 0x01;
+      fs.writeFileSync(target, copy);
+      await assert.rejects(decryptFile(model, { ...keyOf(v.dir), engine: "native" }), OnnxProtectError, `${v.name} ${which} byte ${i}`);
+      refused++;
+    }
+    fs.writeFileSync(target, orig);
+    await decryptFile(model, { ...keyOf(v.dir), engine: "native" });
+    assert.ok(refused > 0);
+  }
+});
+
+test("a changed byte is refused as Modified, as by the JavaScript engine", { skip }, async () => {
+  const v = vectors().find((x) => x.name === "cnn_torch_v2_ctr");
+  const t = tempDir();
+  const copy = Buffer.from(fs.readFileSync(v.protected));
+  copy[Math.floor(copy.length / 2)] ^= 0x10;
+  const f = path.join(t, "model.onnx");
+  fs.writeFileSync(f, copy);
+  await bothRefuse(f, keyOf(v.dir), Modified, "a weight byte");
+});
+
+test("options the native engine does not take go to the JavaScript engine, or are refused with engine 'native'", { skip }, async () => {
+  const v = vectors().find((x) => x.name === "cnn_torch_v2_ctr");
+  await assert.rejects(decryptFile(v.protected, { ...keyOf(v.dir), licence: "x", engine: "native" }), UsageError);
+  await assert.rejects(decryptFile(v.protected, { ...keyOf(v.dir), engine: "rust" }), UsageError);
+  // "auto" with a licence: the JavaScript engine, which (as for any model that names no
+  // licence authority) opens it with the key alone.
+  assert.ok(same((await decryptFile(v.protected, { ...keyOf(v.dir), licence: "x" })).model, fs.readFileSync(v.original)));
+});
+
+test("the session from a file by the native engine gives the plain model's outputs", { skip }, async (t) => {
+  let ort;
+  try {
+    ort = await import("onnxruntime-node");
+  } catch {
+    t.skip("onnxruntime-node is not installed");
+    return;
+  }
+  for (const name of ["cnn_torch_v2_ctr", "external_data_v2_ctr"]) {
+    const v = vectors().find((x) => x.name === name);
+    if (!v) continue;
+    const plain = await ort.InferenceSession.create(v.original);
+    const { session } = await createSessionFromFile(ort, v.protected, { ...keyOf(v.dir), engine: "native" });
+    const feeds = {};
+    for (const input of plain.inputNames) {
+      const meta = plain.inputMetadata.find((m) => m.name === input);
+      const shape = meta.shape.map((d) => (typeof d === "number" && d > 0 ? d : 1));
+      const n = shape.reduce((a, b) => a * b, 1);
+      feeds[input] = new ort.Tensor("float32", Float32Array.from({ length: n }, (_, i) => Math.sin(i)), shape);
+    }
+    const a = await plain.run(feeds), b = await session.run(feeds);
+    for (const k of plain.outputNames) assert.deepEqual(Array.from(b[k].data), Array.from(a[k].data), `${name}: ${k}`);
+  }
+});
+
+test("engine 'native' without the addon is a usage error that says why; 'auto' falls back", async () => {
+  const v = vectors().find((x) => x.name === "cnn_torch_v2_ctr");
+  const script = `
+    import { decryptFile, nativeEngine } from ${JSON.stringify(new URL("../dist/node.js", import.meta.url).href)};
+    const key = ${JSON.stringify(keyOf(v.dir))};
+    const d = await decryptFile(${JSON.stringify(v.protected)}, key);
+    let refused = "";
+    try { await decryptFile(${JSON.stringify(v.protected)}, { ...key, engine: "native" }); } catch (e) { refused = e.constructor.name + ": " + e.message; }
+    console.log(JSON.stringify({ engine: nativeEngine(), bytes: d.model.length, refused }));`;
+  const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], {
+    env: { ...process.env, ONNX_PROTECT_NODE_ADDON: "/nonexistent/onnx_protect.node" },
+  });
+  const r = JSON.parse(out.toString());
+  assert.equal(r.engine, null);
+  assert.equal(r.bytes, fs.readFileSync(v.original).length);
+  assert.match(r.refused, /^UsageError: .*\/nonexistent\/onnx_protect\.node/);
+});

@@ -5,6 +5,7 @@
 // (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
 // onnxruntime-node; a changed byte is refused.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
@@ -90,6 +91,21 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         const df = await decryptFile(prot, { key: keyText, engine });
         assert.ok(same(df.model, original), `${name} decryptFile (${engine}): model`);
         assert.ok(same(df.externalData.get("w2.bin"), w2), `${name} decryptFile (${engine}): w2.bin`);
+      }
+      if (name === "ctr" && ENGINES.includes("native")) {
+        // The native engine's buffers are the decrypted memory itself: in a fresh process the
+        // resident set grows by about the decrypted bytes once (a copy into JavaScript memory
+        // would make it twice).
+        const total = original.length + w2.length;
+        const script = `
+          import { decryptFile } from ${JSON.stringify(new URL("../dist/node.js", import.meta.url).href)};
+          const before = process.memoryUsage().rss;
+          const d = await decryptFile(${JSON.stringify(prot)}, { key: ${JSON.stringify(keyText)}, engine: "native" });
+          const after = process.memoryUsage().rss;
+          console.log(JSON.stringify({ grew: after - before, bytes: d.model.length + d.externalData.get("w2.bin").length }));`;
+        const r = JSON.parse(execFileSync(process.execPath, ["--input-type=module", "-e", script]).toString());
+        assert.equal(r.bytes, total);
+        assert.ok(r.grew > 0.8 * total && r.grew < 1.4 * total, `the resident set grew by ${r.grew} bytes for ${total} decrypted`);
       }
       if (name === "ctr") {
         // onnxruntime-node takes the result (ordinary memory) and gives the plain model's outputs.

@@ -71,7 +71,7 @@ pub enum FileError {
     /// The [`CoreError`] is also this error's source, so callers that walk the
     /// source chain find it. The message carries the causes too (the operating
     /// system's reason for a failed write, as the single-file commands print it).
-    #[error("{}", with_causes(.0))]
+    #[error("{}", onnx_protect_core::error::with_causes(.0))]
     Core(#[from] CoreError),
     /// Another model of the same run writes this output (models that share external data files).
     #[error("{} is also written by {other} (models that share external data files are not supported)", .path.display())]
@@ -83,22 +83,6 @@ pub enum FileError {
     /// Signing the model (a bundle beside it) failed.
     #[error("{0}")]
     Bundle(#[from] onnx_protect_bundle::BundleError),
-}
-
-/// `e` and each cause in its source chain that it does not already say, joined by ": "
-/// (a report line is one line).
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 /// The kind of a [`FileError`]. Exhaustive on purpose.

@@ -142,17 +142,7 @@ impl From<CoreError> for Failure {
             },
             _ => OnnxProtectStatus::Other,
         };
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = s.source();
-        }
-        Failure { status, message }
+        Failure { status, message: onnx_protect_core::error::with_causes(&e) }
     }
 }
 

@@ -637,6 +637,22 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
+/// `e` and each cause in its source chain that it does not already say, joined by ": "
+/// (an error reported on one line: the command line's, the bindings').
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 impl CoreError {
     /// The kind of the error.
     pub fn kind(&self) -> ErrorKind {

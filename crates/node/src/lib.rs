@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use napi::bindgen_prelude::{AsyncTask, Buffer, BufferSlice};
 use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
-use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::error::{with_causes, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory_if, DecryptedBytes};
 use onnx_protect_core::protection::Protection;
@@ -49,17 +49,7 @@ fn failure(kind: &str, message: impl std::fmt::Display) -> Error {
 fn core_failure(e: CoreError) -> Error {
     // The JavaScript engine's error for a tier beyond the key's is a usage error.
     let kind = if matches!(e, CoreError::TierOutOfReach { .. }) { "usage" } else { js_kind(e.kind()) };
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    failure(kind, message)
+    failure(kind, with_causes(&e))
 }
 
 /// The key material of a call: exactly one of `key` (32 raw bytes, 64 hex digits or a key

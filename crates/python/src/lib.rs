@@ -159,16 +159,7 @@ fn pythonize(msg: String) -> String {
 
 fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
     let kind = e.kind();
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
+    let mut msg = onnx_protect_core::error::with_causes(&e);
     if let Some(name) = path.map(|p| p.display().to_string()) {
         if !msg.contains(&name) {
             msg = format!("{name}: {msg}");

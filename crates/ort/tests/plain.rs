@@ -18,7 +18,7 @@ use onnx_protect_core::protect::{encrypt, EncryptOptions};
 use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_npy::{Dtype, NpyArray};
-use onnx_protect_ort::{commit_from_file, environment, Error, ProtectedSession};
+use onnx_protect_ort::{commit_from_file, commit_from_file_as, environment, Error, Load, ProtectedSession};
 use onnx_protect_select::Policy;
 use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
@@ -236,6 +236,29 @@ fn the_external_data_model_s_weights_are_used_in_place() {
     let enc = protect(&model, dir.path(), &k);
     let s = protected_session(&env, &enc, &k);
     assert!(s.shared_initializers() > 0 && s.shared_bytes() > 0);
+}
+
+#[test]
+fn external_data_filled_on_demand_or_decrypted_whole_gives_the_plain_outputs() {
+    let Some(env) = env() else { return };
+    let model = root().join("fixtures/models/external_data/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let k = key();
+    let enc = protect(&model, dir.path(), &k);
+    let mut plain = plain_session(&env, &model);
+    let feeds = inputs(&plain, &model);
+    let want = run(&mut plain, &feeds);
+    for on_demand in [true, false] {
+        let load = Load { on_demand, ..Load::default() };
+        let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();
+        // Filled on demand wherever the kernel lets this process use userfaultfd.
+        assert_eq!(
+            s.filled_on_demand(),
+            on_demand && onnx_protect_fsio::ondemand::available(),
+            "on_demand {on_demand}"
+        );
+        assert_eq!(run(&mut s, &feeds), want, "on_demand {on_demand}");
+    }
 }
 
 #[test]

@@ -228,18 +228,7 @@ fn every_fixture_and_zoo_model_gives_the_plain_session_s_outputs() {
 }
 
 #[test]
-fn the_external_data_model_s_weights_are_used_in_place() {
-    let Some(env) = env() else { return };
-    let model = root().join("fixtures/models/external_data/model.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let k = key();
-    let enc = protect(&model, dir.path(), &k);
-    let s = protected_session(&env, &enc, &k);
-    assert!(s.shared_initializers() > 0 && s.shared_bytes() > 0);
-}
-
-#[test]
-fn external_data_filled_on_demand_or_decrypted_whole_gives_the_plain_outputs() {
+fn the_external_data_model_s_weights_are_used_in_place_filled_on_demand_or_decrypted_whole() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/models/external_data/model.onnx");
     let dir = tempfile::tempdir().unwrap();
@@ -251,6 +240,7 @@ fn external_data_filled_on_demand_or_decrypted_whole_gives_the_plain_outputs() {
     for on_demand in [true, false] {
         let load = Load { on_demand, ..Load::default() };
         let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();
+        assert!(s.shared_initializers() > 0 && s.shared_bytes() > 0, "on_demand {on_demand}");
         // Filled on demand wherever the kernel lets this process use userfaultfd.
         assert_eq!(
             s.filled_on_demand(),

@@ -148,12 +148,8 @@ impl From<CoreError> for Failure {
 
 /// A failure about the model at `path`, whose message names the file (once).
 fn at(path: &std::path::Path, e: CoreError) -> Failure {
-    let mut f = Failure::from(e);
-    let name = path.display().to_string();
-    if !f.message.contains(&name) {
-        f.message = format!("{name}: {}", f.message);
-    }
-    f
+    let message = onnx_protect_core::error::with_causes_at(&e, Some(path));
+    Failure { message, ..Failure::from(e) }
 }
 
 fn key_failure(message: String) -> Failure {

@@ -653,6 +653,16 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// [`with_causes`] of an error about the file at `path` (if any), which the message names
+/// once: prefixed when the error does not already say it.
+pub fn with_causes_at(e: &(dyn std::error::Error + 'static), path: Option<&std::path::Path>) -> String {
+    let s = with_causes(e);
+    match path.map(|p| p.display().to_string()) {
+        Some(name) if !s.contains(&name) => format!("{name}: {s}"),
+        _ => s,
+    }
+}
+
 impl CoreError {
     /// The kind of the error.
     pub fn kind(&self) -> ErrorKind {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use napi::bindgen_prelude::{AsyncTask, Buffer, BufferSlice};
 use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
-use onnx_protect_core::error::{with_causes, CoreError, ErrorKind};
+use onnx_protect_core::error::{with_causes_at, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory_if, DecryptedBytes};
 use onnx_protect_core::protection::Protection;
@@ -45,11 +45,12 @@ fn failure(kind: &str, message: impl std::fmt::Display) -> Error {
     Error::new(Status::GenericFailure, format!("{kind}{SEP}{message}"))
 }
 
-/// A core error as a rejection: its kind, and its message with its sources' messages.
-fn core_failure(e: CoreError) -> Error {
+/// A core error about the model at `path` as a rejection: its kind, and its message with
+/// its sources' messages, naming the file once.
+fn core_failure(e: CoreError, path: &std::path::Path) -> Error {
     // The JavaScript engine's error for a tier beyond the key's is a usage error.
     let kind = if matches!(e, CoreError::TierOutOfReach { .. }) { "usage" } else { js_kind(e.kind()) };
-    failure(kind, with_causes(&e))
+    failure(kind, with_causes_at(&e, Some(path)))
 }
 
 /// The key material of a call: exactly one of `key` (32 raw bytes, 64 hex digits or a key
@@ -116,14 +117,8 @@ impl Task for Decrypt {
                 Err(CoreError::UnsupportedVersion { key: "onnx-protect/v1".into(), format_version: Some(1) })
             }
         };
-        let m = decrypt_signed_in_memory_if(&self.path, &self.key, self.tier, &self.signers, accept).map_err(|e| {
-            let f = core_failure(e);
-            let name = self.path.display().to_string();
-            match f.reason.split_once(SEP) {
-                Some((kind, message)) if !message.contains(&name) => failure(kind, format!("{name}: {message}")),
-                _ => f,
-            }
-        })?;
+        let m = decrypt_signed_in_memory_if(&self.path, &self.key, self.tier, &self.signers, accept)
+            .map_err(|e| core_failure(e, &self.path))?;
         let (tier, tiers, tensors, decrypted_bytes) =
             (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);
         let (model, external) = m.into_parts();

@@ -158,14 +158,7 @@ fn pythonize(msg: String) -> String {
 }
 
 fn raise(e: CoreError, path: Option<&Path>) -> PyErr {
-    let kind = e.kind();
-    let mut msg = onnx_protect_core::error::with_causes(&e);
-    if let Some(name) = path.map(|p| p.display().to_string()) {
-        if !msg.contains(&name) {
-            msg = format!("{name}: {msg}");
-        }
-    }
-    exception(kind, pythonize(msg))
+    exception(e.kind(), pythonize(onnx_protect_core::error::with_causes_at(&e, path)))
 }
 
 /// The package's exception for an error of `kind`, with its message and its `kind`.

@@ -81,11 +81,11 @@ impl<'a> Pass<'a> {
         pass::run(&jobs, &xf, hash, chunk, &lens, durable, progress)
     }
 
-    /// Runs the pass without writing and returns the digest of the side it hashes.
-    pub(crate) fn digest(self) -> Result<[u8; 32]> {
+    /// Runs the pass without writing and returns the leaves of the side it hashes.
+    pub(crate) fn leaves(self) -> Result<Vec<FileLeaves>> {
         let side = self.hash;
         let leaves = self.run(&[])?;
-        Ok(content_digest(if side == Hash::Output { &leaves.output } else { &leaves.input }))
+        Ok(if side == Hash::Output { leaves.output } else { leaves.input })
     }
 }
 
@@ -160,9 +160,9 @@ fn releaser(model: &Model, file: usize) -> impl Fn(Range<u64>) + Sync + '_ {
     }
 }
 
-/// The digest of the covered files as stored (docs/format.md §9).
-pub(crate) fn stored_digest(model: &Model, content_len: u64, chunk: u64) -> Result<[u8; 32]> {
-    Pass::unchanged(model, content_len, Hash::Input, chunk).digest()
+/// The content leaves of the covered files as stored (docs/format.md §9), file 0 first.
+pub(crate) fn stored_leaves(model: &Model, content_len: u64, chunk: u64) -> Result<Vec<FileLeaves>> {
+    Pass::unchanged(model, content_len, Hash::Input, chunk).leaves()
 }
 
 /// The digest of one side of a pass.

@@ -15,9 +15,9 @@ use onnx_protect_proto::v2 as pb;
 
 use crate::action::Action;
 use crate::content::{digest_of, relocations, Pass};
-use crate::error::{CoreError, Modified, Result, UnusableKey};
+use crate::error::{CoreError, Result, UnusableKey};
 use crate::pass::Hash;
-use crate::seal::write_entry;
+use crate::seal::{write_entry, Expected};
 use crate::staged::{check_output_as, durable, OutputRules, Outputs};
 use crate::target::Target;
 
@@ -48,10 +48,10 @@ pub(crate) struct Decryption<'m> {
     pub new_entry: NewEntry,
     /// The names the external data files are written under (their locations when `None`).
     pub names: Option<Vec<String>>,
-    /// The digest the covered files as stored must have (format 2 with nothing restored:
+    /// What the covered files as stored must hash to (format 2 with nothing restored:
     /// checked while they are read, before anything is released); `None` when every check
     /// is done already.
-    pub pending: Option<[u8; 32]>,
+    pub pending: Option<Expected>,
     /// The content-digest chunk size (docs/format.md §9).
     pub chunk: u64,
     /// The tier the result is decrypted to, and the model's number of tiers (equal for a
@@ -144,10 +144,8 @@ impl<'m> Decryption<'m> {
             progress: sink.progress,
         };
         let leaves = pass.run(&files)?;
-        if let Some(expected) = self.pending {
-            if digest_of(&leaves.input) != expected {
-                return Err(Modified::Content.into());
-            }
+        if let Some(expected) = &self.pending {
+            expected.check(&leaves.input)?;
         }
         if let NewEntry::Restored(mut env) = self.new_entry {
             env.stored_digest = digest_of(&leaves.output).to_vec();

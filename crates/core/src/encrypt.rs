@@ -267,7 +267,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         durable,
         progress: spec.progress,
     };
-    write_sealed(pass, &files, output, &header, &stanzas, &tier_keys, spec.signing_keys)?;
+    write_sealed(pass, &files, output, &mut header, &stanzas, &tier_keys, spec.signing_keys)?;
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(files);
     drop(actions);
@@ -372,6 +372,8 @@ fn build_header(
         model_id,
         label_lock: None,
         original_external_files: Vec::new(),
+        // Set from what the encryption writes (`write_sealed`).
+        external_leaves: Vec::new(),
     };
     (header, targets)
 }

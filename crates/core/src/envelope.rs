@@ -145,6 +145,16 @@ pub fn parse_entry(value: &str, entry: Range<u64>) -> Result<Sealed> {
     Ok(Sealed { entry, envelope, header, stanzas, raw_stanzas: recipients.stanzas })
 }
 
+/// The byte length `external_leaves` must have: 32 per chunk of each external file whose
+/// size the header records (`None` when it records none, or the count overflows).
+fn listed_leaves_len(h: &pb::Header) -> Option<u64> {
+    if h.external_sizes.is_empty() {
+        return None;
+    }
+    let chunks = h.external_sizes.iter().try_fold(0u64, |n, &len| n.checked_add(len.div_ceil(h.chunk_size)))?;
+    chunks.checked_mul(32)
+}
+
 fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result<()> {
     let tiers = h.tiers;
     if tiers == 0 || tiers > MAX_TIERS {
@@ -165,6 +175,9 @@ fn check_shape(env: &pb::Envelope, h: &pb::Header, r: &pb::Recipients) -> Result
     }
     if !h.external_sizes.is_empty() && h.external_sizes.len() != h.external_files.len() {
         return Err(bad(BadManifest::ExternalSizes));
+    }
+    if !h.external_leaves.is_empty() && Some(h.external_leaves.len() as u64) != listed_leaves_len(h) {
+        return Err(bad(BadManifest::ExternalLeaves));
     }
     if !h.licence_authority.is_empty() && h.licence_authority.len() != 32 {
         return Err(bad(BadManifest::LicenceAuthorityLength));

@@ -147,6 +147,8 @@ pub enum BadManifest {
     RecipientsTooLong { len: usize, max: usize },
     #[error("the header records the sizes of some external data files but not of all")]
     ExternalSizes,
+    #[error("the header's external chunk hashes are not 32 bytes for each chunk of the external data files it records the sizes of")]
+    ExternalLeaves,
     #[error("the licence authority is not 32 bytes")]
     LicenceAuthorityLength,
     #[error("the licence authority is not an Ed25519 public key")]
@@ -317,6 +319,8 @@ pub enum Modified {
     ExternalSize { location: String, actual: u64, expected: u64 },
     #[error("the model's external data files are not those of its header")]
     ExternalFiles,
+    #[error("the chunk hashes of the external data files in the header do not match their content")]
+    ExternalLeaves,
     #[error("tensor '{tensor}' at {locator} is not in the model")]
     TensorMissing { tensor: String, locator: String },
     #[error("tensor at {locator} does not match the manifest (name, type, size or storage changed)")]

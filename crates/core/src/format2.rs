@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use onnx_protect_crypto::MasterKey;
+use onnx_protect_crypto::{content_digest, FileLeaves, MasterKey};
 use onnx_protect_format::Model;
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
 
 use crate::action::{prepare, Action};
-use crate::content::{stored_digest, Pass};
+use crate::content::{stored_leaves, Pass};
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::{unseal, ProtectedV2, METADATA_KEY_V2};
 use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
@@ -19,7 +19,7 @@ use crate::keys::KeySource;
 use crate::pass::{Hash, Out};
 use crate::reader::Reader;
 use crate::recipients::{describe, open, Opened};
-use crate::seal::{check_digest, check_seals, check_signatures, recorded_digest, write_entry};
+use crate::seal::{check_seals, check_signatures, recorded_digest, write_entry, Expected};
 use crate::staged::{durable, Outputs};
 use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
 use crate::target::Target;
@@ -52,9 +52,11 @@ impl ProtectedV2 {
     ) -> Result<(Vec<Target>, Option<Opened>)> {
         let env = &self.sealed.envelope;
         let stored_matches = || -> Result<()> {
-            let stored = stored_digest(model, self.sealed.entry.start, self.sealed.header.chunk_size)?;
-            let expect = if env.restored_tiers > 0 { &env.stored_digest } else { &env.content_digest };
-            if stored.as_slice() != expect.as_slice() {
+            let stored = stored_leaves(model, self.sealed.entry.start, self.sealed.header.chunk_size)?;
+            if env.restored_tiers == 0 {
+                return Expected::of(self)?.check(&stored);
+            }
+            if content_digest(&stored).as_slice() != env.stored_digest.as_slice() {
                 return Err(Modified::Content.into());
             }
             Ok(())
@@ -66,7 +68,7 @@ impl ProtectedV2 {
                 check_seals(&p, &opened, signers)?;
                 stored_matches()?;
                 if env.restored_tiers > 0 {
-                    check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
+                    Expected::of(&p)?.check(&canonical_leaves(model, &p, &opened)?)?;
                 }
                 Ok((p.targets, Some(opened)))
             }
@@ -193,10 +195,10 @@ impl Reader for ProtectedV2 {
         check_seals(&p, &opened, signers)?;
         let pending = if r > 0 {
             // The canonical digest needs the restored tiers encrypted again: checked first.
-            check_digest(&p, &canonical_digest(model, &p, &opened)?)?;
+            Expected::of(&p)?.check(&canonical_leaves(model, &p, &opened)?)?;
             None
         } else {
-            Some(recorded_digest(&p)?)
+            Some(Expected::of(&p)?)
         };
         let full = to == p.sealed.header.tiers;
         let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;
@@ -257,20 +259,20 @@ fn decryption_tier(p: &ProtectedV2, opened: &Opened, asked: Option<u32>) -> Resu
     Ok(t)
 }
 
-/// The digest of the content in canonical form (docs/format.md §11): the stored digest
-/// when no tier is restored, else the content with the restored tiers encrypted again
-/// with `opened`'s keys.
-fn canonical_digest(model: &Model, p: &ProtectedV2, opened: &Opened) -> Result<[u8; 32]> {
+/// The leaves of the content in canonical form (docs/format.md §11): those of the files as
+/// stored when no tier is restored, else of the content with the restored tiers encrypted
+/// again with `opened`'s keys.
+fn canonical_leaves(model: &Model, p: &ProtectedV2, opened: &Opened) -> Result<Vec<FileLeaves>> {
     let r = p.sealed.envelope.restored_tiers;
     let content_len = p.sealed.entry.start;
     let chunk = p.sealed.header.chunk_size;
     if r == 0 {
-        return stored_digest(model, content_len, chunk);
+        return stored_leaves(model, content_len, chunk);
     }
     let actions = restore_actions(model, p, opened, |t| t <= r, false)?;
     let pass =
         Pass { targets: &p.targets, actions: &actions, ..Pass::unchanged(model, content_len, Hash::Output, chunk) };
-    pass.digest()
+    pass.leaves()
 }
 
 /// The action of every target: tiers for which `which` holds get the keystream of their

@@ -93,10 +93,11 @@ use rayon::prelude::*;
 use zeroize::Zeroize;
 
 use crate::action::{apply, edits_for, Action};
-use crate::content::stored_digest;
+use crate::content::stored_leaves;
+use crate::seal::Expected;
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::entry_bytes;
-use crate::error::{BadManifest, CoreError, Modified, OutputRefused, Result};
+use crate::error::{BadManifest, CoreError, OutputRefused, Result};
 use crate::keys::KeySource;
 use crate::protection::{open_protected, Protection};
 use crate::target::Target;
@@ -125,7 +126,7 @@ pub enum Method {
 enum Backing {
     Map(PrivateMap),
     Owned(Vec<u8>),
-    OnDemand { region: std::sync::Arc<onnx_protect_fsio::ondemand::OnDemand>, offset: usize },
+    OnDemand { region: std::sync::Arc<ondemand::Region>, offset: usize },
 }
 
 /// Decrypted bytes held in memory (a patched private map or an owned buffer).
@@ -149,10 +150,15 @@ impl DecryptedBytes {
     }
 
     /// For memory filled on demand: stop dropping filled chunks over the budget (each
-    /// chunk is then filled at most once more). A no-op for other buffers.
-    pub fn settle(&self) {
-        if let Backing::OnDemand { region, .. } = &self.backing {
-            region.settle();
+    /// chunk is then filled at most once more) and verify every chunk not read so far. An
+    /// error ([`CoreError::Modified`], or the file that could not be read) when a chunk did
+    /// not match its hash: it was read as zeros, and whatever was built from these bytes
+    /// must be thrown away. Every buffer of the same region gives the same answer. A no-op
+    /// for other buffers.
+    pub fn settle(&self) -> Result<()> {
+        match &self.backing {
+            Backing::OnDemand { region, .. } => region.settle(),
+            _ => Ok(()),
         }
     }
 
@@ -278,8 +284,16 @@ impl DecryptedModel {
     /// anew ([`Model::from_vec_in_memory`], a copy of the model file's bytes), their
     /// external data resolved among the decrypted files, never on disk, where a file of
     /// the original name may be missing, or another file.
-    pub fn index(&self, protected: Model) -> Result<Model> {
-        if self.method() == Method::Mapped && protected.external_files.is_empty() {
+    ///
+    /// A mapped result whose external files keep their locations has the layout of the
+    /// protected model's content: `protected` is returned with its external files
+    /// detached (`ExternalFile::detach`: nothing can read them
+    /// from disk through the index).
+    pub fn index(&self, mut protected: Model) -> Result<Model> {
+        let same_files = protected.external_files.len() == self.external.len()
+            && protected.external_files.iter().all(|f| self.external.contains_key(&f.location));
+        if self.method() == Method::Mapped && same_files {
+            protected.external_files.iter_mut().for_each(|f| f.detach());
             return Ok(protected);
         }
         drop(protected);
@@ -372,6 +386,27 @@ pub fn decrypt_model_signed_in_memory(
     load(Protection::of(model)?.reader().decryption(model, key, tier, signers)?, None)
 }
 
+/// What a runtime session is built from: the protected model at `path` decrypted as by
+/// [`decrypt_signed_on_demand`] (with `on_demand`) or [`decrypt_signed_in_memory`], and the
+/// index of the decrypted bytes ([`DecryptedModel::index`]), made from the one parse of the
+/// protected model.
+pub fn decrypt_for_session(
+    path: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+    on_demand: bool,
+) -> Result<(DecryptedModel, Model)> {
+    let (file, model) = open_checked(path)?;
+    let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
+    let decrypted = match ondemand::on_demand_if(on_demand, d)? {
+        Ok(done) => done,
+        Err(d) => load(d, Some(file))?,
+    };
+    let index = decrypted.index(model)?;
+    Ok((decrypted, index))
+}
+
 /// [`decrypt_in_memory`] that also requires a valid signature of one of `signers`
 /// (format 2), and stops at `tier` (default: the key's own).
 pub fn decrypt_signed_in_memory(
@@ -439,17 +474,15 @@ pub(crate) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedMod
     let model = d.model;
     let sources = sources_of(&d.actions)?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
-    let fused = match (d.pending, &d.names) {
+    let fused = match (&d.pending, &d.names) {
         (Some(expected), None) => patcher.fused(&d, expected)?,
         _ => None,
     };
     let (bytes, mut external) = match fused {
         Some(done) => done,
         None => {
-            if let Some(expected) = d.pending {
-                if stored_digest(model, d.content_len(), d.chunk)? != expected {
-                    return Err(Modified::Content.into());
-                }
+            if let Some(expected) = &d.pending {
+                expected.check(&stored_leaves(model, d.content_len(), d.chunk)?)?;
             }
             (patcher.model_image(&d, file.as_ref())?, patcher.external_patched()?)
         }
@@ -849,7 +882,7 @@ impl Patcher<'_> {
     fn fused(
         &self,
         d: &Decryption<'_>,
-        expected: [u8; 32],
+        expected: &Expected,
     ) -> Result<Option<(DecryptedBytes, BTreeMap<String, DecryptedBytes>)>> {
         let model = self.model;
         let Some((model_bytes, first)) = self.model_file_fused(d)? else { return Ok(None) };
@@ -869,9 +902,7 @@ impl Patcher<'_> {
             external.insert(f.location.clone(), DecryptedBytes { backing: Backing::Map(map), len, plaintext });
             leaves.push(l?);
         }
-        if content_digest(&leaves) != expected {
-            return Err(Modified::Content.into());
-        }
+        expected.check(&leaves)?;
         Ok(Some((model_bytes, external)))
     }
 }

@@ -27,7 +27,7 @@ use onnx_protect_keys::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
-use crate::content::{stored_digest, Pass};
+use crate::content::{stored_leaves, Pass};
 use crate::envelope::ProtectedV2;
 use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::KeySource;
@@ -35,7 +35,7 @@ use crate::metadata::tool_name;
 use crate::pass::Hash;
 use crate::protection::{open_protected, Protection};
 use crate::recipients::{wrap_all, EncryptTo, Opened};
-use crate::seal::{check_digest, check_seals, write_sealed};
+use crate::seal::{check_seals, write_sealed, Expected};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
@@ -99,7 +99,7 @@ pub fn rekey(
     }
     let content_len = p.sealed.entry.start;
     check_seals(&p, &old_keys, &[])?;
-    check_digest(&p, &stored_digest(&model, content_len, p.sealed.header.chunk_size)?)?;
+    Expected::of(&p)?.check(&stored_leaves(&model, content_len, p.sealed.header.chunk_size)?)?;
 
     let outputs = Outputs::stage(&model, output)?;
     let data_keys = DataKey::generate()?.chain_down(tiers);
@@ -137,7 +137,7 @@ pub fn rekey(
         durable,
         progress: opts.progress,
     };
-    write_sealed(pass, &files, output, &header, &stanzas, &new_keys, opts.signing_keys)?;
+    write_sealed(pass, &files, output, &mut header, &stanzas, &new_keys, opts.signing_keys)?;
     drop(files);
     drop(actions);
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();

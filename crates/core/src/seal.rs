@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use onnx_protect_crypto::{signed_message, tier_mac, tier_mac_matches, TierKeys};
+use onnx_protect_crypto::{content_digest, signed_message, tier_mac, tier_mac_matches, FileLeaves, TierKeys};
 use onnx_protect_keys::{SignerKey, SigningKey, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
@@ -61,14 +61,15 @@ pub(crate) fn with_signatures(p: &ProtectedV2, keys: &[SigningKey]) -> Result<pb
 }
 
 /// Runs `pass` (which hashes what it writes) into `files`, the staged outputs of
-/// `output`, then writes after the model the entry of `header` and `stanzas` sealed over
-/// the digest of what was written, with the MACs of `keys` and the signatures of
-/// `signers`: how every writing of a new protection ends (docs/format.md §9, §10).
+/// `output`, then writes after the model the entry of `header` (its `external_leaves` set
+/// to those of the external files written) and `stanzas` sealed over the digest of what
+/// was written, with the MACs of `keys` and the signatures of `signers`: how every
+/// writing of a new protection ends (docs/format.md §3, §9, §10).
 pub(crate) fn write_sealed(
     pass: Pass<'_>,
     files: &[Option<Out<'_>>],
     output: &Path,
-    header: &pb::Header,
+    header: &mut pb::Header,
     stanzas: &[Stanza],
     keys: &[TierKeys],
     signers: &[SigningKey],
@@ -77,6 +78,7 @@ pub(crate) fn write_sealed(
         return Err(CoreError::Internal("a sealed pass that does not hash what it writes"));
     }
     let leaves = pass.run(files)?;
+    header.external_leaves = leaves.output.iter().skip(1).flat_map(|f| f.leaves.iter().flatten().copied()).collect();
     let envelope = seal(header.encode_to_vec(), encode_recipients(stanzas), &digest_of(&leaves.output), keys, signers);
     write_entry(files, output, envelope, leaves.output.first().map(|f| f.len).unwrap_or(0))
 }
@@ -111,13 +113,55 @@ pub(crate) fn recorded_digest(p: &ProtectedV2) -> Result<[u8; 32]> {
     p.sealed.envelope.content_digest.as_slice().try_into().map_err(|_| BadManifest::DigestLength.into())
 }
 
-/// Compares `digest`, the content's in canonical form (docs/format.md §11), with the one
-/// the envelope records.
-pub(crate) fn check_digest(p: &ProtectedV2, digest: &[u8; 32]) -> Result<()> {
-    if digest.as_slice() != p.sealed.envelope.content_digest.as_slice() {
-        return Err(Modified::Content.into());
+/// What the covered files in canonical form must hash to (docs/format.md §3, §9, §11):
+/// the content digest the envelope records and, when the header lists them, the leaves of
+/// the external data files.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    pub digest: [u8; 32],
+    /// The header's `external_leaves`, file 1's chunks first (empty: not listed).
+    pub external: Vec<[u8; 32]>,
+}
+
+impl Expected {
+    /// What `p`'s content must hash to.
+    pub(crate) fn of(p: &ProtectedV2) -> Result<Expected> {
+        let external = p.sealed.header.external_leaves.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32]));
+        Ok(Expected { digest: recorded_digest(p)?, external: external.collect() })
     }
-    Ok(())
+
+    /// Checks the leaves of the covered files (file 0 first): their digest, and the
+    /// external files' leaves when the header lists them.
+    pub(crate) fn check(&self, leaves: &[FileLeaves]) -> Result<()> {
+        if content_digest(leaves) != self.digest {
+            return Err(Modified::Content.into());
+        }
+        if !self.external.is_empty() && !leaves.iter().skip(1).flat_map(|f| &f.leaves).eq(self.external.iter()) {
+            return Err(Modified::ExternalLeaves.into());
+        }
+        Ok(())
+    }
+
+    /// Checks the model file's leaves and the external files' leaves listed in the header:
+    /// their digest (`None` when the header lists none). The external leaves are then
+    /// those of the external files if each chunk hashes to its own.
+    pub(crate) fn check_listed(&self, model_file: &FileLeaves, sizes: &[u64], chunk: u64) -> Option<Result<()>> {
+        if self.external.is_empty() {
+            return None;
+        }
+        let mut files = vec![model_file.clone()];
+        let mut rest = &self.external[..];
+        for &len in sizes {
+            let n = usize::try_from(onnx_protect_crypto::chunk_count(len, chunk)).unwrap_or(usize::MAX);
+            let Some((these, more)) = rest.split_at_checked(n) else { return Some(Err(Modified::ExternalLeaves.into())) };
+            files.push(FileLeaves { len, leaves: these.to_vec() });
+            rest = more;
+        }
+        if !rest.is_empty() {
+            return Some(Err(Modified::ExternalLeaves.into()));
+        }
+        Some(if content_digest(&files) == self.digest { Ok(()) } else { Err(Modified::Content.into()) })
+    }
 }
 
 /// Checks the signatures of `signers` over the canonical `digest`: at least one trusted

@@ -1,7 +1,10 @@
 //! Decryption into memory filled on demand gives the bytes of the decryption into memory
 //! for every mode and tier, drops and fills again beyond its budget with the same bytes,
-//! refuses a changed file before handing anything over, and ends the process rather than
-//! hand over a chunk that changed on disk after it was verified.
+//! checks each chunk against the header's list of chunk hashes when it is read (a changed
+//! chunk reads as zeros and `settle` refuses the load; `settle` also finds a change in a
+//! chunk never read), refuses a changed file before handing anything over when the header
+//! lists no chunk hashes, and ends the process rather than hand over a chunk that changed
+//! on disk after it was verified.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -134,7 +137,7 @@ fn over_its_budget_it_drops_and_fills_again_the_same_bytes() {
         let r = 3 + i * DIM * DIM * 4..3 + (i + 1) * DIM * DIM * 4;
         assert!(a[r.clone()] == b[r], "in parallel, weight {i}");
     });
-    a.settle();
+    a.settle().unwrap();
     assert_same(&lazy, &eager, "settled");
 }
 
@@ -151,13 +154,72 @@ fn partial_and_unsupported_decryptions_are_decrypted_in_memory() {
 }
 
 #[test]
-fn a_changed_external_byte_is_refused_before_anything_is_handed_over() {
+fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let k = key(7);
     let protected = chain(dir.path(), 2, &Policy::default(), &k);
     let side = protected.parent().unwrap().join("w.bin");
     let original = std::fs::read(&side).unwrap();
-    for i in (0..original.len()).step_by(original.len() / 97) {
+    let clean = decrypt_signed_in_memory(&protected, &k, None, &[]).unwrap();
+    let plain = &clean.external()["w.bin"];
+    let chunk = 4 << 20;
+    for i in (0..original.len()).step_by(original.len() / 41) {
+        let mut b = original.clone();
+        b[i] ^= 0x10;
+        std::fs::write(&side, &b).unwrap();
+        // The header lists every chunk's hash: nothing is read before the load returns.
+        let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+        let w = &lazy.external()["w.bin"];
+        assert_eq!(w.method(), Method::OnDemand);
+        let bad = i / chunk * chunk..((i / chunk + 1) * chunk).min(w.len());
+        for (at, (&got, &want)) in w.iter().zip(plain.iter()).enumerate() {
+            if bad.contains(&at) {
+                assert_eq!(got, 0, "byte {at} of the changed chunk (byte {i} changed) is not zero");
+            } else {
+                assert_eq!(got, want, "byte {at} (byte {i} changed)");
+            }
+        }
+        let e = w.settle().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Modified, "byte {i}: {e}");
+        assert_eq!(w.settle().unwrap_err().kind(), ErrorKind::Modified, "settled again");
+    }
+    // A chunk never read before settle is checked by it.
+    let mut b = original.clone();
+    let last = original.len() - 1;
+    b[last] ^= 1;
+    std::fs::write(&side, &b).unwrap();
+    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    assert_eq!(lazy.external()["w.bin"].settle().unwrap_err().kind(), ErrorKind::Modified);
+    // (The file may not change while a result of it lives.)
+    drop(lazy);
+    std::fs::write(&side, &original).unwrap();
+    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    lazy.external()["w.bin"].settle().unwrap();
+    assert_same(&lazy, &clean, "unchanged");
+}
+
+/// The committed vector with external data, written before headers listed chunk hashes.
+fn vector_without_listed_hashes(dir: &Path) -> (PathBuf, KeySource) {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vectors/external_data_v2_ctr");
+    for f in ["model.onnx", "weights.bin", "extra.bin"] {
+        std::fs::copy(case.join("protected").join(f), dir.join(f)).unwrap();
+    }
+    let hex = std::fs::read_to_string(case.join("key.hex")).unwrap();
+    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap()).collect();
+    (dir.join("model.onnx"), KeySource::Key(MasterKey::from_bytes(bytes.try_into().unwrap())))
+}
+
+#[test]
+fn without_listed_chunk_hashes_a_changed_byte_is_refused_before_anything_is_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (protected, k) = vector_without_listed_hashes(dir.path());
+    let (lazy, eager) = both(&protected, &k);
+    assert_eq!(lazy.external()["weights.bin"].method(), Method::OnDemand);
+    assert_same(&lazy, &eager, "the vector");
+    drop((lazy, eager));
+    let side = dir.path().join("weights.bin");
+    let original = std::fs::read(&side).unwrap();
+    for i in (0..original.len()).step_by((original.len() / 37).max(1)) {
         let mut b = original.clone();
         b[i] ^= 0x10;
         std::fs::write(&side, &b).unwrap();
@@ -172,16 +234,19 @@ fn a_changed_external_byte_is_refused_before_anything_is_handed_over() {
 fn changed_after_verification_child() {
     let Some(dir) = std::env::var_os("ONNX_PROTECT_ONDEMAND_DIR") else { return };
     let k = key(8);
-    let protected = chain(Path::new(&dir), 3, &Policy::default(), &k);
+    // More weights than the handler fills ahead: the last is first filled when read.
+    let protected = chain(Path::new(&dir), 12, &Policy::default(), &k);
     let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
     let w = &lazy.external()["w.bin"];
     println!("weight 0 starts with {}", w[0]);
-    // The last weight, not read yet, changes on disk (in place, same length).
+    // Every chunk is verified now; then the last weight changes on disk (in place, same
+    // length) before it is read.
+    w.settle().unwrap();
     let side = protected.parent().unwrap().join("w.bin");
     let f = std::fs::OpenOptions::new().write(true).open(&side).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 16], (3 + 2 * DIM * DIM * 4 + 100) as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 16], (3 + 11 * DIM * DIM * 4 + 100) as u64).unwrap();
     drop(f);
-    println!("weight 2 starts with {}", w[3 + 2 * DIM * DIM * 4 + 100]);
+    println!("weight 11 starts with {}", w[3 + 11 * DIM * DIM * 4 + 100]);
 }
 
 #[test]
@@ -195,8 +260,8 @@ fn a_chunk_changed_after_verification_ends_the_process() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("weight 0 starts with"), "{stdout}\n{stderr}");
-    assert!(!stdout.contains("weight 2 starts with"), "a changed chunk was handed over: {stdout}");
-    assert!(stderr.contains("w.bin: bytes 8388608..12582912 changed on disk after the model was verified"), "{stderr}");
+    assert!(!stdout.contains("weight 11 starts with"), "a changed chunk was handed over: {stdout}");
+    assert!(stderr.contains("w.bin: bytes 46137344..50331648 does not match its hash"), "{stderr}");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc_sigabrt()), "{:?}", out.status);
 }

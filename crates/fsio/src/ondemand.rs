@@ -4,18 +4,35 @@
 //!
 //! [`OnDemand::new`] maps `len` bytes of anonymous memory and registers them with a
 //! `userfaultfd` object (`UFFD_USER_MODE_ONLY`, which needs no privilege on Linux ≥ 5.11).
-//! A read of a page that is not there stops the reading thread; the handler thread
-//! calls the [`Filler`] for the page's block (a fixed size, a multiple of the page size)
-//! into a private buffer, installs the pages its bytes cover atomically (`UFFDIO_COPY`,
-//! which wakes the reader; a page read past them is installed as zeros) and then fills a
-//! few blocks beyond it ahead of the reader while no other fault waits. Until [`OnDemand::settle`] is called, the
-//! oldest filled blocks are dropped (`MADV_DONTNEED`) whenever more than `budget` bytes
-//! are filled; a block dropped and read again is filled again by the same call. After
-//! `settle`, filled blocks stay.
+//! A read of a page that is not there stops the reading thread; the handler thread calls
+//! the [`Filler`] for the page's block (a fixed size, a multiple of the page size), which
+//! writes the block's bytes into a page-aligned buffer of the handler's ([`Fill::buf`])
+//! and hands them over a prefix at a time ([`Fill::install`]): the pages of a prefix
+//! appear in the block atomically and wake their readers; a page read past the data is
+//! installed as zeros.
 //!
-//! A [`Filler`] that fails ends the process (`abort`, after one line on standard error):
-//! the reading thread is inside an arbitrary instruction and cannot be handed an error,
-//! and handing it anything but the block's true bytes is not an option.
+//! **Filling ahead.** Until [`OnDemand::settle`], the handler fills up to [`AHEAD`]
+//! blocks past the last block it saw read, while no fault waits; it starts with the first
+//! blocks before anything is read. A block filled ahead keeps its first page back (in the handler's memory) until
+//! that page is read: that read, served at once, tells the handler where the reader is,
+//! so it fills further ahead without the reader ever catching up with it. Faults that
+//! arrive while a block is being filled are looked at between its installs: a kept-back
+//! page is installed at once, other faults wait for the block.
+//!
+//! **Installs.** Where the kernel has `UFFDIO_MOVE` (Linux ≥ 6.8), the buffer's pages are
+//! moved into the block (no copy, no new page), and the buffer gets its pages back from
+//! blocks dropped over the budget (no page freed and allocated again); otherwise, or when
+//! a move fails, the bytes are copied in (`UFFDIO_COPY`) and dropped blocks are freed
+//! (`MADV_DONTNEED`). Until [`OnDemand::settle`] is called, the oldest filled blocks are
+//! dropped whenever more than `budget` bytes are filled; a block dropped and read again
+//! is filled again by the same call. After `settle`, filled blocks stay.
+//!
+//! **Failures.** A [`Filler`] that fails before `settle` leaves its block reading as
+//! zeros (past what it installed) and the failure is returned by `settle`: whatever was
+//! built from the region meanwhile must be thrown away. After `settle` a failure ends the
+//! process (`abort`, after one line on standard error): the reading thread is inside an
+//! arbitrary instruction and cannot be handed an error, and handing it anything but the
+//! block's true bytes is not an option.
 //!
 //! What the region cannot do:
 //! * a system call given a pointer into a block not yet filled fails with `EFAULT`
@@ -26,36 +43,49 @@
 //!   region is plain memory, sees every byte; the child has no handler thread.
 //!
 //! Pages of the region are left out of core dumps (`MADV_DONTDUMP`) and zeroed when the
-//! region is dropped.
+//! region is dropped, and so are the handler's buffer and the pages it keeps back.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
-/// Fills block `index` of the region: writes the block's first bytes into the buffer (one
-/// block long, holding whatever the last call left) and returns how many it wrote, or says
-/// why it cannot. Only the pages those bytes touch are installed (the rest of a page is
-/// zeroed); a page of the block past them reads as zeros when something reads it.
-pub type Filler = Box<dyn FnMut(usize, &mut [u8]) -> Result<usize, String> + Send>;
+/// Fills block `index` of the region: writes its bytes into [`Fill::buf`] and hands them
+/// over with [`Fill::install`], or says why it cannot (see the module documentation for
+/// what a failure does).
+pub type Filler = Box<dyn FnMut(usize, &mut Fill<'_>) -> Result<(), String> + Send>;
 
-/// How many blocks past a fault the handler fills ahead of the reader (at most), while
-/// no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one 4096² float
-/// weight reads that much, and was measured fastest with 16 or more).
-const AHEAD: usize = 16;
+/// How many blocks past the last block seen read the handler fills ahead (at most),
+/// while no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one
+/// 4096² float weight reads that much).
+pub const AHEAD: usize = 16;
+
+/// The shape of a region.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Bytes per block: a multiple of the page size.
+    pub block: usize,
+    /// Bytes of filled blocks that stay until [`OnDemand::settle`] (at least three blocks).
+    pub budget: usize,
+    /// Move pages into blocks where the kernel can (`UFFDIO_MOVE`); `false` copies them
+    /// (`UFFDIO_COPY`), as older kernels must.
+    pub move_pages: bool,
+}
 
 /// The kernel's `userfaultfd` ABI (`include/uapi/linux/userfaultfd.h`), for the
 /// architectures whose `ioctl` numbers use the generic encoding.
 mod abi {
     pub const UFFD_API: u64 = 0xAA;
     pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
     pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
     pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-    /// Bits of `uffdio_register.ioctls`: `_UFFDIO_WAKE` and `_UFFDIO_COPY`.
+    /// Bits of `uffdio_register.ioctls`: `_UFFDIO_WAKE`, `_UFFDIO_COPY`, `_UFFDIO_MOVE`.
     pub const IOCTL_WAKE: u64 = 1 << 2;
     pub const IOCTL_COPY: u64 = 1 << 3;
+    pub const IOCTL_MOVE: u64 = 1 << 5;
 
     const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
         (dir << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
@@ -66,6 +96,7 @@ mod abi {
     pub const UFFDIO_REGISTER: u64 = ioc(READ_WRITE, 0x00, size_of::<Register>());
     pub const UFFDIO_WAKE: u64 = ioc(READ, 0x02, size_of::<Range>());
     pub const UFFDIO_COPY: u64 = ioc(READ_WRITE, 0x03, size_of::<Copy>());
+    pub const UFFDIO_MOVE: u64 = ioc(READ_WRITE, 0x05, size_of::<Move>());
 
     #[repr(C)]
     pub struct Api {
@@ -92,6 +123,14 @@ mod abi {
         pub mode: u64,
         pub copy: i64,
     }
+    #[repr(C)]
+    pub struct Move {
+        pub dst: u64,
+        pub src: u64,
+        pub len: u64,
+        pub mode: u64,
+        pub moved: i64,
+    }
     /// `struct uffd_msg` with the page-fault member of its union.
     #[repr(C)]
     #[derive(Clone, Copy, Default)]
@@ -108,28 +147,58 @@ mod abi {
     const _: () = assert!(size_of::<Msg>() == 32);
 }
 
-/// Blocks filled and in what order, with the filler: every fill happens under this lock.
-struct State {
-    filler: Filler,
-    scratch: Vec<u8>,
-    /// Bytes installed at the start of each block (whole pages; 0: not filled).
+/// A page kept back from a block filled ahead (plaintext: zeroed when dropped).
+struct Kept(Box<[u8]>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // SAFETY: the box's own bytes, which nothing else references.
+        unsafe { zero(self.0.as_mut_ptr(), self.0.len()) };
+    }
+}
+
+/// The handler's bookkeeping; every fill happens under the state lock.
+struct Book {
+    /// Bytes installed from the start of each block (whole pages; 0: not filled). A block
+    /// whose first page is kept back counts it.
     filled: Vec<usize>,
+    /// First pages kept back, by block.
+    kept: HashMap<usize, Kept>,
     order: VecDeque<usize>,
     resident: usize,
+    /// Which pages of the buffer block are present (moves leave holes behind them).
+    scratch: Vec<bool>,
+    /// Faults read while a block was being filled, served after it.
+    pending: Vec<usize>,
+    /// The block of the last kept-back page served while a block was being filled.
+    hint: Option<usize>,
+    /// The first failure of a fill before `settle`.
+    failed: Option<String>,
+    /// Installs move pages (else they copy).
+    moving: bool,
     /// The map is gone (the owner dropped it): nothing may be filled.
     gone: bool,
 }
 
-/// The region, shared by its owner, the handler thread and the fork handler.
+struct State {
+    filler: Filler,
+    book: Book,
+}
+
+/// The region, shared by its owner, the handler thread and the fork handler. The map is
+/// `blocks` blocks handed out, then one block the handler fills (its buffer), all of it
+/// registered with the `userfaultfd`.
 struct Region {
     /// Address of the map (kept as an integer: the map outlives every user of it).
     base: usize,
-    map_len: usize,
+    blocks: usize,
     block: usize,
     page: usize,
     budget: usize,
     settled: AtomicBool,
     uffd: OwnedFd,
+    /// A readable map of one block of zeros (never written), the source of zero installs.
+    zeros: usize,
     state: Mutex<State>,
 }
 
@@ -140,6 +209,19 @@ pub struct OnDemand {
     owner: u32,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What a [`Filler`] writes a block into and hands it over with.
+pub struct Fill<'a> {
+    region: &'a Region,
+    book: &'a mut Book,
+    block: usize,
+    /// Bytes handed over so far, from the block's start (whole pages).
+    done: usize,
+    /// Keep the first page back (a block filled ahead).
+    keep_first: bool,
+    /// The data ended (an install that was not of whole pages).
+    ended: bool,
 }
 
 fn last_error<T>(what: &str) -> io::Result<T> {
@@ -155,25 +237,32 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 /// completes its handshake (checked once per process).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| open_uffd().is_ok())
+    *AVAILABLE.get_or_init(|| open_uffd(false).is_ok())
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0)
 }
 
 impl OnDemand {
-    /// A region of `len` bytes (rounded up to whole blocks) of `block` bytes each, filled
-    /// by `filler`; at most `budget` bytes of filled blocks stay until [`Self::settle`].
-    /// An error when the system has no usable `userfaultfd` (older kernels, a sandbox
-    /// that forbids it) or `block` is not a multiple of the page size.
-    pub fn new(len: usize, block: usize, budget: usize, filler: Filler) -> io::Result<OnDemand> {
-        // SAFETY: sysconf with a valid name has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+    /// A region of `len` bytes (rounded up to whole blocks) filled by `filler`; see
+    /// [`Options`]. An error when the system has no usable `userfaultfd` (older kernels, a
+    /// sandbox that forbids it) or the block is not a multiple of the page size.
+    pub fn new(len: usize, opts: Options, filler: Filler) -> io::Result<OnDemand> {
+        let page = page_size();
+        let block = opts.block;
         if page == 0 || block == 0 || block % page != 0 || len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "block size is not a multiple of the page size"));
         }
         let blocks = len.div_ceil(block);
-        let map_len =
-            blocks.checked_mul(block).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        let uffd = open_uffd()?;
+        let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "region too large");
+        let map_len = blocks.checked_add(1).and_then(|n| n.checked_mul(block)).ok_or_else(too_large)?;
+        let (uffd, can_move) = open_uffd(opts.move_pages)?;
         let map = Map::new(map_len)?;
+        map.advise(libc::MADV_NOHUGEPAGE);
+        map.advise(libc::MADV_DONTDUMP);
+        let zeros = Map::new(block)?;
         let mut reg = abi::Register {
             range: abi::Range { start: map.addr as u64, len: map_len as u64 },
             mode: abi::UFFDIO_REGISTER_MODE_MISSING,
@@ -187,6 +276,7 @@ impl OnDemand {
         if reg.ioctls & (abi::IOCTL_COPY | abi::IOCTL_WAKE) != abi::IOCTL_COPY | abi::IOCTL_WAKE {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd cannot copy into this region"));
         }
+        let moving = can_move && reg.ioctls & abi::IOCTL_MOVE != 0;
         // SAFETY: eventfd with valid flags has no preconditions; the descriptor is owned below.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if stop < 0 {
@@ -194,53 +284,69 @@ impl OnDemand {
         }
         // SAFETY: `stop` is a new descriptor that nothing else owns.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        let state = State {
-            filler,
-            scratch: vec![0; block],
+        let book = Book {
             filled: vec![0; blocks],
+            kept: HashMap::new(),
             order: VecDeque::new(),
             resident: 0,
+            scratch: vec![false; block / page],
+            pending: Vec::new(),
+            hint: None,
+            failed: None,
+            moving,
             gone: false,
         };
         let region = Arc::new(Region {
-            base: map.into_addr(),
-            map_len,
+            base: map.addr,
+            blocks,
             block,
             page,
-            budget: budget.max(block * 3),
+            budget: opts.budget.max(block * 3),
             settled: AtomicBool::new(false),
             uffd,
-            state: Mutex::new(state),
+            zeros: zeros.addr,
+            state: Mutex::new(State { filler, book }),
         });
+        // The buffer block is made present before the handler (or anything) can touch it.
+        region.try_copy_in(blocks, 0, region.zeros as *const u8, block)?;
+        lock(&region.state).book.scratch.iter_mut().for_each(|p| *p = true);
         let (r, s) = (Arc::clone(&region), stop.as_raw_fd());
-        let thread = std::thread::Builder::new().name("onnx-protect-fill".into()).spawn(move || r.serve(s));
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                region.unmap();
-                return Err(e);
-            }
-        };
+        let thread = std::thread::Builder::new().name("onnx-protect-fill".into()).spawn(move || r.serve(s))?;
+        // From here the region owns both maps (unmapped when it is dropped).
+        let (_, _) = (map.into_addr(), zeros.into_addr());
         register_for_fork(&region);
         Ok(OnDemand { region, owner: std::process::id(), stop, thread: Some(thread) })
     }
 
     /// The whole region (rounded up to whole blocks); reading it fills it.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the map lives as long as `self` and is only written by the handler
-        // through `UFFDIO_COPY` into pages that were missing (never under a reader) or
-        // dropped with `MADV_DONTNEED` (a reader then faults and gets the same bytes).
-        unsafe { std::slice::from_raw_parts(self.region.base as *const u8, self.region.map_len) }
+        // SAFETY: the first `blocks` blocks of the map live as long as `self` and are only
+        // written by the handler through `UFFDIO_COPY`/`UFFDIO_MOVE` into pages that were
+        // missing (never under a reader) or dropped (a reader then faults and gets the same
+        // bytes).
+        unsafe { std::slice::from_raw_parts(self.region.base as *const u8, self.region.blocks * self.region.block) }
     }
 
-    /// Stops dropping filled blocks: from now on a block is filled at most once more.
-    pub fn settle(&self) {
+    /// Stops dropping filled blocks (from now on a block is filled at most once more) and
+    /// returns the first failure of a fill so far, if any: the bytes read from the region
+    /// until now may then be zeros where the failed block's data should be.
+    pub fn settle(&self) -> Result<(), String> {
         self.region.settled.store(true, Ordering::Release);
+        match &lock(&self.region.state).book.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Bytes of filled blocks now in the region.
     pub fn resident(&self) -> usize {
-        lock(&self.region.state).resident
+        lock(&self.region.state).book.resident
+    }
+
+    /// Whether installs move pages (`UFFDIO_MOVE`) rather than copy them: asked for, given
+    /// by the kernel, and no move has failed.
+    pub fn moves_pages(&self) -> bool {
+        lock(&self.region.state).book.moving
     }
 }
 
@@ -254,20 +360,27 @@ impl Drop for OnDemand {
                 let _ = t.join();
             }
         }
-        // No handler runs now: wipe the filled blocks (the others are not there, and
-        // touching them would wait for a handler forever), then unmap.
-        let mut st = lock(&self.region.state);
-        st.gone = true;
-        for (b, &n) in st.filled.iter().enumerate() {
-            if n > 0 {
-                let p = (self.region.base + b * self.region.block) as *mut u8;
+        // No handler runs now: wipe what is present (touching a missing page would wait
+        // for a handler forever), then unmap.
+        let r = &self.region;
+        let mut st = lock(&r.state);
+        let book = &mut st.book;
+        book.gone = true;
+        for (b, &n) in book.filled.iter().enumerate() {
+            let from = if book.kept.contains_key(&b) { r.page } else { 0 };
+            if n > from {
                 // SAFETY: the installed pages of a block of the live map, which nothing else
                 // reads now (`self` is being dropped, and the borrows of `bytes()` ended).
-                unsafe { zero(p, n) };
+                unsafe { zero(r.at(b, from), n - from) };
             }
         }
+        for (i, _) in book.scratch.iter().enumerate().filter(|(_, &present)| present) {
+            // SAFETY: a present page of the handler's buffer, which no thread uses now.
+            unsafe { zero(r.at(r.blocks, i * r.page), r.page) };
+        }
+        book.kept.clear();
         drop(st);
-        self.region.unmap();
+        r.unmap();
     }
 }
 
@@ -279,8 +392,10 @@ unsafe fn zero(p: *mut u8, len: usize) {
     // SAFETY: as the caller promises.
     unsafe { std::ptr::write_bytes(p, 0, len) };
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    // SAFETY: a volatile read of the first byte, written above, keeps the writes.
-    unsafe { std::ptr::read_volatile(p) };
+    if len > 0 {
+        // SAFETY: a volatile read of the first byte, written above, keeps the writes.
+        unsafe { std::ptr::read_volatile(p) };
+    }
 }
 
 /// An anonymous map owned until [`Map::into_addr`].
@@ -305,13 +420,12 @@ impl Map {
         if p == libc::MAP_FAILED {
             return last_error("mmap");
         }
-        let map = Map { addr: p as usize, len };
-        // SAFETY: advice on the map just made; failures only lose the advice.
-        unsafe {
-            libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
-            libc::madvise(p, len, libc::MADV_DONTDUMP);
-        }
-        Ok(map)
+        Ok(Map { addr: p as usize, len })
+    }
+
+    fn advise(&self, advice: libc::c_int) {
+        // SAFETY: advice on the map this value owns; a failure only loses the advice.
+        unsafe { libc::madvise(self.addr as *mut libc::c_void, self.len, advice) };
     }
 
     fn into_addr(self) -> usize {
@@ -328,7 +442,18 @@ impl Drop for Map {
     }
 }
 
-fn open_uffd() -> io::Result<OwnedFd> {
+/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
+/// `want_move` and granted).
+fn open_uffd(want_move: bool) -> io::Result<(OwnedFd, bool)> {
+    if want_move {
+        if let Ok(fd) = handshake(abi::UFFD_FEATURE_MOVE) {
+            return Ok((fd, true));
+        }
+    }
+    handshake(0).map(|fd| (fd, false))
+}
+
+fn handshake(features: u64) -> io::Result<OwnedFd> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: the userfaultfd system call with flags only; the descriptor is owned below.
     let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | abi::UFFD_USER_MODE_ONLY) };
@@ -342,36 +467,67 @@ fn open_uffd() -> io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor that nothing else owns.
     let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let mut api = abi::Api { api: abi::UFFD_API, features: 0, ioctls: 0 };
+    let mut api = abi::Api { api: abi::UFFD_API, features, ioctls: 0 };
     // SAFETY: `api` is a valid `uffdio_api` for the duration of the call.
     if unsafe { libc::ioctl(uffd.as_raw_fd(), abi::UFFDIO_API as _, &mut api) } != 0 {
         return last_error("userfaultfd handshake");
     }
+    if api.features & features != features {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd feature not granted"));
+    }
     Ok(uffd)
 }
 
+/// Where the read-ahead stands: the next block to look at and the block before which it stops.
+#[derive(Clone, Copy)]
+struct Ahead {
+    next: usize,
+    stop: usize,
+}
+
 impl Region {
-    fn unmap(&self) {
-        // SAFETY: the map this region owns; every user is gone (the handler was joined,
-        // or never started, or this is a forked child without one).
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
+    /// The address of byte `offset` of block `b` (block `blocks` is the handler's buffer).
+    fn at(&self, b: usize, offset: usize) -> *mut u8 {
+        (self.base + b * self.block + offset) as *mut u8
     }
 
-    /// Blocks filled ahead of a fault: [`AHEAD`], or fewer where the budget is smaller
+    fn unmap(&self) {
+        // SAFETY: the maps this region owns; every user is gone (the handler was joined,
+        // or never started, or this is a forked child without one).
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, (self.blocks + 1) * self.block);
+            libc::munmap(self.zeros as *mut libc::c_void, self.block);
+        }
+    }
+
+    /// Blocks filled ahead of the reader: [`AHEAD`], or fewer where the budget is smaller
     /// (two blocks stay for the reader).
     fn ahead(&self) -> usize {
         AHEAD.min((self.budget / self.block).saturating_sub(2)).max(1)
     }
 
-    fn blocks(&self) -> usize {
-        self.map_len / self.block
+    /// The read-ahead after the reader was seen in block `b`.
+    fn reader_at(&self, b: usize, ahead: Option<Ahead>) -> Option<Ahead> {
+        let next = ahead.map_or(b + 1, |a| a.next.max(b + 1));
+        Some(Ahead { next, stop: b + 1 + self.ahead() })
     }
 
     /// The handler thread: serves faults, fills ahead while none waits, until `stop`.
     fn serve(&self, stop: libc::c_int) {
-        let mut ahead: Option<(usize, usize)> = None;
+        // The first blocks are filled before anything reads them.
+        let mut ahead = Some(Ahead { next: 0, stop: self.ahead() });
         let mut msgs = [abi::Msg::default(); 16];
         loop {
+            let (pending, hint) = {
+                let mut st = lock(&self.state);
+                (std::mem::take(&mut st.book.pending), st.book.hint.take())
+            };
+            if let Some(b) = hint {
+                ahead = self.reader_at(b, ahead);
+            }
+            for addr in pending {
+                ahead = self.on_fault(addr, ahead);
+            }
             let mut fds = [
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
@@ -389,33 +545,14 @@ impl Region {
                 return;
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                // SAFETY: reads at most `size_of_val(&msgs)` bytes into `msgs`, plain data.
-                let got = unsafe {
-                    libc::read(self.uffd.as_raw_fd(), msgs.as_mut_ptr().cast(), std::mem::size_of_val(&msgs))
-                };
-                if got < 0 {
-                    let e = io::Error::last_os_error();
-                    if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                        continue;
-                    }
-                    fatal(&format!("reading the userfaultfd failed: {e}"));
+                for addr in self.read_faults(&mut msgs) {
+                    ahead = self.on_fault(addr, ahead);
                 }
-                for m in &msgs[..got as usize / size_of::<abi::Msg>()] {
-                    if m.event != abi::UFFD_EVENT_PAGEFAULT {
-                        continue;
-                    }
-                    let Some(b) = (m.address as usize).checked_sub(self.base).map(|o| o / self.block) else {
-                        continue;
-                    };
-                    if b < self.blocks() {
-                        self.serve_block(b, Some(m.address as usize));
-                        ahead = Some((b + 1, self.ahead()));
-                    }
-                }
-            } else if let Some((b, left)) = ahead {
-                if b < self.blocks() && left > 0 {
-                    self.serve_block(b, None);
-                    ahead = Some((b + 1, left - 1));
+            } else if let Some(a) = ahead {
+                // Once settled, blocks filled stay: only what is read is filled.
+                if a.next < self.blocks && a.next < a.stop && !self.settled.load(Ordering::Acquire) {
+                    self.serve_block(a.next, None);
+                    ahead = Some(Ahead { next: a.next + 1, ..a });
                 } else {
                     ahead = None;
                 }
@@ -423,69 +560,213 @@ impl Region {
         }
     }
 
+    /// The addresses of the page faults waiting in the `userfaultfd` (none if none waits).
+    fn read_faults(&self, msgs: &mut [abi::Msg; 16]) -> Vec<usize> {
+        // SAFETY: reads at most `size_of_val(msgs)` bytes into `msgs`, plain data.
+        let got = unsafe { libc::read(self.uffd.as_raw_fd(), msgs.as_mut_ptr().cast(), std::mem::size_of_val(msgs)) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                return Vec::new();
+            }
+            fatal(&format!("reading the userfaultfd failed: {e}"));
+        }
+        msgs[..got as usize / size_of::<abi::Msg>()]
+            .iter()
+            .filter(|m| m.event == abi::UFFD_EVENT_PAGEFAULT)
+            .map(|m| m.address as usize)
+            .collect()
+    }
+
+    /// The block of a fault at `addr`, if it is in a block handed out.
+    fn block_of(&self, addr: usize) -> Option<usize> {
+        let b = addr.checked_sub(self.base)? / self.block;
+        (b < self.blocks).then_some(b)
+    }
+
+    /// Serves a fault at `addr`: a kept-back page at once, anything else by filling its
+    /// block; returns the read-ahead from there.
+    fn on_fault(&self, addr: usize, ahead: Option<Ahead>) -> Option<Ahead> {
+        let Some(b) = self.block_of(addr) else { return ahead };
+        if !self.give_kept(&mut lock(&self.state).book, b, addr) {
+            self.serve_block(b, Some(addr));
+        }
+        self.reader_at(b, ahead)
+    }
+
+    /// Installs the kept-back first page of block `b` if `addr` is in it: whether it did.
+    fn give_kept(&self, book: &mut Book, b: usize, addr: usize) -> bool {
+        if addr - self.base - b * self.block >= self.page {
+            return false;
+        }
+        let Some(kept) = book.kept.remove(&b) else { return false };
+        self.copy_in(b, 0, kept.0.as_ptr(), self.page);
+        true
+    }
+
     /// Makes block `b` present; the reader of a fault at `fault` is woken even if it
     /// already was, and a page it reads past the block's bytes is installed as zeros.
     fn serve_block(&self, b: usize, fault: Option<usize>) {
         let mut st = lock(&self.state);
-        let filled_now = st.filled[b] == 0;
+        let filled_now = st.book.filled[b] == 0;
         if filled_now {
-            self.fill(&mut st, b);
+            let State { filler, book } = &mut *st;
+            self.fill(filler, book, b, fault.is_none());
         }
+        let book = &mut st.book;
         if let Some(addr) = fault {
             let page_end = (addr - self.base - b * self.block) / self.page * self.page + self.page;
-            if page_end > st.filled[b] {
-                let zeros = vec![0u8; page_end - st.filled[b]];
-                self.install(b, st.filled[b], &zeros);
-                st.resident += zeros.len();
-                st.filled[b] = page_end;
-            } else if !filled_now {
-                self.wake(b, st.filled[b]);
-            }
-        }
-        if filled_now && !self.settled.load(Ordering::Acquire) {
-            while st.resident > self.budget {
-                let Some(old) = st.order.pop_front() else { break };
-                if old == b {
-                    st.order.push_back(old);
-                    break;
-                }
-                self.drop_block(&mut st, old);
+            if page_end > book.filled[b] {
+                let from = book.filled[b];
+                self.copy_in(b, from, self.zeros as *const u8, page_end - from);
+                book.resident += page_end - from;
+                book.filled[b] = page_end;
+            } else if !filled_now && !self.give_kept(book, b, addr) {
+                self.wake(b, book.filled[b]);
             }
         }
     }
 
-    fn fill(&self, st: &mut State, b: usize) {
-        let State { filler, scratch, .. } = st;
-        let n = match filler(b, scratch) {
-            Ok(n) => n.min(self.block),
+    /// Fills block `b` (keeping its first page back if `keep_first`), after making room
+    /// within the budget.
+    fn fill(&self, filler: &mut Filler, book: &mut Book, b: usize, keep_first: bool) {
+        self.prepare_scratch(book, b);
+        let mut f = Fill { region: self, book, block: b, done: 0, keep_first, ended: false };
+        let result = filler(b, &mut f);
+        let Fill { done, .. } = f;
+        let n = match result {
+            Ok(()) if done == 0 => {
+                // Nothing to install: one page of zeros (a reader may wait for it).
+                self.copy_in(b, 0, self.zeros as *const u8, self.page);
+                self.page
+            }
+            Ok(()) => done,
+            Err(e) if !self.settled.load(Ordering::Acquire) => {
+                // The block reads as zeros past what was installed; `settle` reports it.
+                book.failed.get_or_insert(e);
+                if done < self.block {
+                    self.copy_in(b, done, self.zeros as *const u8, self.block - done);
+                }
+                self.block
+            }
             Err(e) => fatal(&e),
         };
-        // Whole pages: the tail of the last one zeroed; at least one page (a reader waits).
-        let end = n.div_ceil(self.page).max(1) * self.page;
-        scratch[n..end].fill(0);
-        self.install(b, 0, &scratch[..end]);
-        st.filled[b] = end;
-        st.order.push_back(b);
-        st.resident += end;
+        book.filled[b] = n;
+        book.order.push_back(b);
+        book.resident += n;
     }
 
-    /// Installs `data` (whole pages) at `offset` of block `b`, waking its readers.
-    fn install(&self, b: usize, offset: usize, data: &[u8]) {
-        let dst = self.base + b * self.block + offset;
+    /// Makes every page of the handler's buffer present before block `b` is filled: pages
+    /// of the blocks dropped over the budget (oldest first, never `b`) are moved into its
+    /// holes where pages move, the rest freed; remaining holes get new zero pages.
+    fn prepare_scratch(&self, book: &mut Book, b: usize) {
+        if !self.settled.load(Ordering::Acquire) {
+            while book.resident + self.block > self.budget {
+                let Some(old) = book.order.pop_front() else { break };
+                if old == b {
+                    book.order.push_back(old);
+                    break;
+                }
+                self.drop_block(book, old);
+            }
+        }
+        let pages = self.block / self.page;
+        let mut i = 0;
+        while i < pages {
+            if book.scratch[i] {
+                i += 1;
+                continue;
+            }
+            let run = book.scratch[i..].iter().take_while(|&&p| !p).count();
+            self.copy_in(self.blocks, i * self.page, self.zeros as *const u8, run * self.page);
+            book.scratch[i..i + run].iter_mut().for_each(|p| *p = true);
+            i += run;
+        }
+    }
+
+    /// Drops block `b`: its pages go to the holes of the handler's buffer (same offsets)
+    /// where pages move; what remains is freed.
+    fn drop_block(&self, book: &mut Book, b: usize) {
+        let from = if book.kept.remove(&b).is_some() { self.page } else { 0 };
+        let end = book.filled[b];
+        if book.moving {
+            let mut p = from / self.page;
+            while p < end / self.page {
+                if book.scratch[p] {
+                    p += 1;
+                    continue;
+                }
+                let run = book.scratch[p..end / self.page].iter().take_while(|&&x| !x).count();
+                let moved = self.move_pages(self.at(self.blocks, p * self.page), self.at(b, p * self.page), run);
+                book.scratch[p..p + moved].iter_mut().for_each(|x| *x = true);
+                if moved < run {
+                    book.moving = false;
+                    break;
+                }
+                p += run;
+            }
+        }
+        // SAFETY: advice on pages of a block of the region; a reader of them meanwhile faults
+        // and is served the same bytes again. Pages moved away are holes already.
+        unsafe { libc::madvise(self.at(b, 0).cast(), end, libc::MADV_DONTNEED) };
+        book.resident -= end;
+        book.filled[b] = 0;
+    }
+
+    /// Moves `pages` pages from `src` to `dst` (both in the map), waking readers of `dst`:
+    /// how many moved before a failure.
+    fn move_pages(&self, dst: *mut u8, src: *mut u8, pages: usize) -> usize {
+        let len = pages * self.page;
         let mut done = 0usize;
-        while done < data.len() {
+        while done < len {
+            let mut m = abi::Move {
+                dst: dst as u64 + done as u64,
+                src: src as u64 + done as u64,
+                len: (len - done) as u64,
+                mode: 0,
+                moved: 0,
+            };
+            // SAFETY: `m` is a valid `uffdio_move`; both ranges are whole pages of the
+            // registered map; the source pages are present and only the handler (this
+            // thread, holding the state lock) uses them; the destination pages are missing.
+            let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_MOVE as _, &mut m) };
+            if r == 0 {
+                return pages;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) if m.moved > 0 => done += m.moved as usize,
+                Some(libc::EAGAIN) => {}
+                _ => return done / self.page,
+            }
+        }
+        pages
+    }
+
+    /// Installs `len` bytes (whole pages) from `src` at `offset` of block `b` (which may be
+    /// the handler's buffer) by copying, waking its readers.
+    fn copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) {
+        if let Err(e) = self.try_copy_in(b, offset, src, len) {
+            fatal(&format!("installing a block of decrypted memory failed: {e}"))
+        }
+    }
+
+    /// [`Self::copy_in`], or why it failed.
+    fn try_copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) -> io::Result<()> {
+        let dst = self.at(b, offset) as usize;
+        let mut done = 0usize;
+        while done < len {
             let mut c = abi::Copy {
                 dst: (dst + done) as u64,
-                src: data[done..].as_ptr() as u64,
-                len: (data.len() - done) as u64,
+                src: src as u64 + done as u64,
+                len: (len - done) as u64,
                 mode: 0,
                 copy: 0,
             };
-            // SAFETY: `c` is a valid `uffdio_copy`; the source is `data` (live, long enough),
-            // the destination whole pages of a block of the registered region.
+            // SAFETY: `c` is a valid `uffdio_copy`; the source is `len` readable bytes (the
+            // caller's), the destination whole pages of the registered map.
             let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_COPY as _, &mut c) };
             if r == 0 {
-                break;
+                return Ok(());
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -494,37 +775,123 @@ impl Region {
                 // A page is there already (cannot happen under the lock, but a page that is
                 // there holds the same bytes): wake its readers.
                 Some(libc::EEXIST) => {
-                    self.wake(b, offset + data.len());
-                    break;
+                    self.wake(b, offset + len);
+                    return Ok(());
                 }
-                _ => fatal(&format!("installing a block of decrypted memory failed: {e}")),
+                _ => return Err(e),
             }
         }
-    }
-
-    fn drop_block(&self, st: &mut State, b: usize) {
-        // SAFETY: advice on the installed pages of a block of the region; a reader of them
-        // meanwhile faults and is served the same bytes again.
-        unsafe { libc::madvise((self.base + b * self.block) as *mut libc::c_void, st.filled[b], libc::MADV_DONTNEED) };
-        st.resident -= st.filled[b];
-        st.filled[b] = 0;
+        Ok(())
     }
 
     /// Wakes the readers of the first `len` bytes of block `b`.
     fn wake(&self, b: usize, len: usize) {
-        let mut r = abi::Range { start: (self.base + b * self.block) as u64, len: len as u64 };
+        let mut r = abi::Range { start: self.at(b, 0) as u64, len: len as u64 };
         // SAFETY: `r` is a valid `uffdio_range` of the registered region.
         unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_WAKE as _, &mut r) };
     }
 
-    /// Fills every block and stops dropping them (before a fork).
+    /// Serves kept-back pages that readers wait for now; queues their other faults.
+    fn look_at_faults(&self, book: &mut Book) {
+        let mut msgs = [abi::Msg::default(); 16];
+        loop {
+            let faults = self.read_faults(&mut msgs);
+            if faults.is_empty() {
+                return;
+            }
+            for addr in faults {
+                match self.block_of(addr) {
+                    Some(b) if self.give_kept(book, b, addr) => book.hint = Some(b),
+                    Some(_) => book.pending.push(addr),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Fills every block, hands over every kept-back page and stops dropping them (before a
+    /// fork).
     fn fill_all(&self) {
         self.settled.store(true, Ordering::Release);
         let mut st = lock(&self.state);
-        for b in 0..self.blocks() {
-            if st.filled[b] == 0 && !st.gone {
-                self.fill(&mut st, b);
+        let State { filler, book } = &mut *st;
+        if book.gone {
+            return;
+        }
+        for b in book.kept.keys().copied().collect::<Vec<_>>() {
+            if let Some(kept) = book.kept.remove(&b) {
+                self.copy_in(b, 0, kept.0.as_ptr(), self.page);
             }
+        }
+        for b in 0..self.blocks {
+            if book.filled[b] == 0 {
+                self.fill(filler, book, b, false);
+            }
+        }
+    }
+}
+
+impl Fill<'_> {
+    /// The block's buffer (one block long, page-aligned, holding whatever the last fill
+    /// left): write the block's bytes here before handing them over.
+    pub fn buf(&mut self) -> &mut [u8] {
+        let r = self.region;
+        // SAFETY: the handler's buffer block of the live map, every page of it present
+        // (`prepare_scratch`), used only by the handler thread, which holds the state lock
+        // (borrowed by `self`) while this borrow lives.
+        unsafe { std::slice::from_raw_parts_mut(r.at(r.blocks, 0), r.block) }
+    }
+
+    /// Hands over the buffer's bytes up to `end` (from where the last call stopped): they
+    /// become the block's bytes. `end` is a multiple of the page size, except for the last
+    /// call, at the end of the block's data (the rest of that page reads as zeros).
+    pub fn install(&mut self, end: usize) {
+        let r = self.region;
+        let end = end.min(r.block);
+        if self.ended || end <= self.done {
+            return;
+        }
+        let page_end = end.div_ceil(r.page) * r.page;
+        if page_end != end {
+            self.buf()[end..page_end].fill(0);
+            self.ended = true;
+        }
+        let mut from = self.done;
+        if from == 0 && self.keep_first && page_end > r.page {
+            let first: Box<[u8]> = self.buf()[..r.page].into();
+            self.book.kept.insert(self.block, Kept(first));
+            from = r.page;
+        }
+        self.put(from, page_end);
+        self.done = page_end;
+        r.look_at_faults(self.book);
+    }
+
+    /// Serves readers waiting for a kept-back page now (each has its page at once, and
+    /// tells the handler where it reads); their other faults wait for this block. A filler
+    /// calls it between pieces of work on a block, so such a reader never waits for a
+    /// whole block.
+    pub fn poll(&mut self) {
+        self.region.look_at_faults(self.book);
+    }
+
+    /// Installs the buffer's pages `[from, to)` at the same offsets of the block.
+    fn put(&mut self, from: usize, to: usize) {
+        let r = self.region;
+        let book = &mut *self.book;
+        let pages = (to - from) / r.page;
+        let first = from / r.page;
+        let mut moved = 0;
+        if book.moving {
+            moved = r.move_pages(r.at(self.block, from), r.at(r.blocks, from), pages);
+            book.scratch[first..first + moved].iter_mut().for_each(|p| *p = false);
+            if moved < pages {
+                book.moving = false;
+            }
+        }
+        if moved < pages {
+            let at = from + moved * r.page;
+            r.copy_in(self.block, at, r.at(r.blocks, at), to - at);
         }
     }
 }

@@ -6,7 +6,44 @@ use std::convert::Infallible;
 use std::io;
 
 /// Fills block `index` of the region (see the Linux module).
-pub type Filler = Box<dyn FnMut(usize, &mut [u8]) -> Result<(), String> + Send>;
+pub type Filler = Box<dyn FnMut(usize, &mut Fill<'_>) -> Result<(), String> + Send>;
+
+/// How many blocks the Linux handler fills ahead of the reader.
+pub const AHEAD: usize = 16;
+
+/// The shape of a region (see the Linux module).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Bytes per block.
+    pub block: usize,
+    /// Bytes of filled blocks that stay until `settle`.
+    pub budget: usize,
+    /// Move pages into blocks where the kernel can.
+    pub move_pages: bool,
+}
+
+/// What a filler writes a block into (never made on this system).
+pub struct Fill<'a> {
+    never: Infallible,
+    _buf: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl Fill<'_> {
+    /// The block's buffer.
+    pub fn buf(&mut self) -> &mut [u8] {
+        match self.never {}
+    }
+
+    /// Hands over the buffer's bytes up to `end`.
+    pub fn install(&mut self, _end: usize) {
+        match self.never {}
+    }
+
+    /// Serves readers waiting for a kept-back page.
+    pub fn poll(&mut self) {
+        match self.never {}
+    }
+}
 
 /// Never made on this system.
 pub struct OnDemand {
@@ -20,7 +57,7 @@ pub fn available() -> bool {
 
 impl OnDemand {
     /// Fails: this system has no `userfaultfd`.
-    pub fn new(_len: usize, _block: usize, _budget: usize, _filler: Filler) -> io::Result<OnDemand> {
+    pub fn new(_len: usize, _opts: Options, _filler: Filler) -> io::Result<OnDemand> {
         Err(io::Error::new(io::ErrorKind::Unsupported, "memory filled on demand needs Linux userfaultfd"))
     }
 
@@ -29,13 +66,18 @@ impl OnDemand {
         match self.never {}
     }
 
-    /// Stops dropping filled blocks.
-    pub fn settle(&self) {
+    /// Stops dropping filled blocks; the first failure of a fill.
+    pub fn settle(&self) -> Result<(), String> {
         match self.never {}
     }
 
     /// Bytes of filled blocks now in the region.
     pub fn resident(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Whether installs move pages.
+    pub fn moves_pages(&self) -> bool {
         match self.never {}
     }
 }

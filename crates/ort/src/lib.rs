@@ -30,9 +30,8 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_signed_in_memory, decrypt_signed_on_demand, DecryptedBytes, Method};
-use onnx_protect_core::protection::open_protected;
-use onnx_protect_format::{DataType, FormatError, NoProgress};
+use onnx_protect_core::memory::{decrypt_for_session, DecryptedBytes, Method};
+use onnx_protect_format::{DataType, FormatError};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
@@ -255,16 +254,9 @@ pub fn commit_from_file_as(
 ) -> Result<ProtectedSession, Error> {
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
     let Load { tier, signers, on_demand } = *load;
-    let decrypted = if on_demand {
-        decrypt_signed_on_demand(path, key, tier, signers)
-    } else {
-        decrypt_signed_in_memory(path, key, tier, signers)
-    }
-    .map_err(at)?;
+    // External data from the decrypted files, never from disk (the index reads none).
+    let (decrypted, index) = decrypt_for_session(path, key, tier, signers, on_demand).map_err(at)?;
     let on_demand = decrypted.external().values().any(|d| d.method() == Method::OnDemand);
-    let index = open_protected(path, &NoProgress).map_err(at)?;
-    // External data from the decrypted files, never from disk.
-    let index = decrypted.index(index).map_err(at)?;
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;
     let fallback = builder.clone();
@@ -275,13 +267,15 @@ pub fn commit_from_file_as(
     match in_place(builder, &graph, &shared, &held) {
         Ok(session) => {
             drop(graph);
+            // The session is built: what it reads from now on stays, and every chunk it did
+            // not read is verified now (a chunk that did not match was read as zeros: the
+            // session is thrown away).
+            held.external.values().try_for_each(DecryptedBytes::settle).map_err(at)?;
             // Only the buffers that shared tensors point into stay.
             if !shared.iter().any(|s| s.source == Source::Model) {
                 held.model = None;
             }
             held.external.retain(|l, _| shared.iter().any(|s| s.source == Source::External(l.clone())));
-            // The session is built: what it reads from now on stays.
-            held.external.values().for_each(DecryptedBytes::settle);
             let shared_bytes = shared.iter().map(|s| s.range.len() as u64).sum();
             Ok(ProtectedSession { session, _held: held, shared: shared.len(), shared_bytes, on_demand })
         }
@@ -292,6 +286,8 @@ pub fn commit_from_file_as(
             let full = prepare(&index, &model, |l| held.external.get(l).map(|d| &d[..]), &opts(false))
                 .map_err(|e| at(e.into()))?
                 .graph;
+            // Every chunk the graph holds was checked as it was read; the rest now.
+            held.external.values().try_for_each(DecryptedBytes::settle).map_err(at)?;
             drop((model, std::mem::take(&mut held.external), held.arena.take()));
             let mut fallback = fallback;
             let session = fallback.commit_from_memory(&full).map_err(ort_err)?;

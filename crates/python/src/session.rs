@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{
-    decrypt_model_signed_in_memory, decrypt_signed_in_memory, decrypt_signed_on_demand, DecryptedBytes,
-};
+use onnx_protect_core::memory::{decrypt_for_session, decrypt_model_signed_in_memory, DecryptedBytes};
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source};
 use pyo3::exceptions::PyBufferError;
@@ -104,6 +102,8 @@ pub struct SessionModel {
     /// Names of the model's initializers (any graph) that are not shared.
     #[pyo3(get)]
     unshared_initializers: Vec<String>,
+    /// The model's path (or "the model bytes"), for errors.
+    what: PathBuf,
 }
 
 /// The numpy dtype of an element type that onnx_protect_session may share.
@@ -153,17 +153,21 @@ impl SessionModel {
         Ok(PyBytes::new(py, &graph).unbind())
     }
 
-    /// Drops (and wipes) every decrypted byte that no shared tensor points into, and
-    /// keeps from now on what is filled of external files filled on demand (the session
-    /// is built); the graph cannot be built again afterwards.
-    fn release(&self) {
+    /// Keeps from now on what is filled of external files filled on demand (the session
+    /// is built) and verifies every chunk of them not read so far: an error if a chunk did
+    /// not match (it was read as zeros: the session must be thrown away). Then drops (and
+    /// wipes) every decrypted byte that no shared tensor points into; the graph cannot be
+    /// built again afterwards.
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let held = Arc::clone(&self.held);
+        py.detach(|| lock(&held.external).values().try_for_each(DecryptedBytes::settle))
+            .map_err(|e| py_err_at(&self.what, e))?;
         *lock(&self.held.index) = None;
         if !self.used.contains(&Source::Model) {
             *lock(&self.held.model) = None;
         }
-        let mut external = lock(&self.held.external);
-        external.retain(|l, _| self.used.contains(&Source::External(l.clone())));
-        external.values().for_each(DecryptedBytes::settle);
+        lock(&self.held.external).retain(|l, _| self.used.contains(&Source::External(l.clone())));
+        Ok(())
     }
 
     /// How the external data files are held: `"on_demand"` (filled as read), `"memory"`
@@ -205,26 +209,21 @@ pub fn session_model(
     };
     let decrypted = py
         .detach(|| -> Result<_, CoreError> {
-            let (index, d) = match input {
+            match input {
                 Err(path) => {
                     // Shared tensors stay in the decrypted buffers for the session's life:
                     // external files are then filled on demand where the system can.
-                    let d = if share && on_demand {
-                        decrypt_signed_on_demand(&path, &key_source, tier, &trusted)?
-                    } else {
-                        decrypt_signed_in_memory(&path, &key_source, tier, &trusted)?
-                    };
-                    (onnx_protect_core::protection::open_protected(&path, &onnx_protect_format::NoProgress)?, d)
+                    let (d, index) = decrypt_for_session(&path, &key_source, tier, &trusted, share && on_demand)?;
+                    Ok((index, d))
                 }
                 Ok(bytes) => {
                     let cwd = std::env::current_dir().ok();
                     let model = Model::from_vec(bytes, cwd)?;
                     let d = decrypt_model_signed_in_memory(&model, &key_source, tier, &trusted)?;
-                    (model, d)
+                    // External data from the decrypted files, never from disk.
+                    Ok((d.index(model)?, d))
                 }
-            };
-            // External data from the decrypted files, never from disk.
-            Ok((d.index(index)?, d))
+            }
         })
         .map_err(|e| py_err_at(&what, e))?;
     let (index, d) = decrypted;
@@ -254,5 +253,5 @@ pub fn session_model(
         let view = Py::new(py, TensorView { held: Arc::clone(&held), source: s.source, range: s.range })?;
         shared.push((s.name, dtype, s.dims, view));
     }
-    Ok(SessionModel { held, shared, used, unshared_initializers })
+    Ok(SessionModel { held, shared, used, unshared_initializers, what })
 }

@@ -1,27 +1,39 @@
 //! Decryption into memory filled on demand ([`decrypt_signed_on_demand`]).
 //!
-//! The model file is decrypted as by [`decrypt_signed_in_memory`]. Each external data file
-//! is read once and only hashed (chunk by chunk, no buffer of its size), and the content
-//! digest is checked before anything is handed over, as docs/format.md §12 step 6 requires.
-//! The external files then become one region of memory filled on demand
-//! ([`onnx_protect_fsio::ondemand`]): the first read of a chunk makes a handler thread read
-//! it from the file again, check it against the chunk's hash from the verified pass (the
-//! file may have changed since), decrypt it and install it. While a session is being
-//! built, the chunks filled longest ago are dropped beyond a budget (a little more than
-//! the largest external tensor), so weights that the runtime copied into buffers of its
-//! own (onnxruntime's prepacked `MatMul` weights) stop counting; [`DecryptedBytes::settle`]
-//! ends that, after which every chunk read stays. A chunk whose bytes changed on disk
-//! ends the process (see the fsio module): nothing unverified is handed over.
+//! The model file is decrypted as by [`decrypt_signed_in_memory`]. The external data files
+//! become one region of memory filled on demand ([`onnx_protect_fsio::ondemand`]): the
+//! first read of a block makes a handler thread read its chunks from the file, hash and
+//! decrypt them, and install each chunk once its hash is the one expected for it
+//! (docs/format.md §9). Nothing unverified is handed over:
+//!
+//! * A header that lists the external files' chunk hashes (`external_leaves`, §3) is
+//!   checked against the content digest first (with the model file's own chunk hashes),
+//!   and each chunk is checked against its listed hash when it is filled. No pass over
+//!   the external files comes first. A chunk that does not match is filled with zeros
+//!   instead, and [`DecryptedBytes::settle`] refuses the whole load: what was built from
+//!   the region must be thrown away.
+//! * Without the list (files written before it existed), the external files are read
+//!   once and only hashed, the digest is checked, and the chunks are checked against the
+//!   hashes of that pass when filled.
+//!
+//! While a session is being built, the blocks filled longest ago are dropped beyond a
+//! budget (a little more than the largest external tensor), so weights that the runtime
+//! copied into buffers of its own (onnxruntime's prepacked `MatMul` weights) stop counting.
+//! [`DecryptedBytes::settle`] ends that, after hashing every chunk that was never filled
+//! (so the whole content is verified when it returns); every block read after it stays. A
+//! chunk that no longer matches after `settle` (its file changed on disk) ends the process
+//! (see the fsio module).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use onnx_protect_crypto::{content_digest, ContentLeaf, FileLeaves};
+use onnx_protect_crypto::{ContentLeaf, FileLeaves};
 use onnx_protect_format::{DataType, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
-use onnx_protect_fsio::ondemand::{self, OnDemand};
+use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
+use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
 use super::{
@@ -40,7 +52,13 @@ use onnx_protect_keys::SignerKey;
 /// cache between the three).
 const SLICE: usize = 256 << 10;
 
-/// The budget is the largest external tensor and this many chunks more (the chunks it
+/// The region's block: the digest chunk, and at least this much.
+const BLOCK: u64 = 4 << 20;
+
+/// Digest chunks larger than this are not filled on demand (a block holds a whole chunk).
+const MAX_CHUNK: u64 = 64 << 20;
+
+/// The budget is the largest external tensor and this many blocks more (the blocks it
 /// starts and ends in, and room for filling ahead of the reader).
 const BUDGET_SLACK: u64 = 6;
 
@@ -50,7 +68,7 @@ const BUDGET_SLACK: u64 = 6;
 /// external file renamed); otherwise exactly [`decrypt_signed_in_memory`]. The result's
 /// external files report [`Method::OnDemand`](super::Method::OnDemand) when filled on
 /// demand; call [`DecryptedBytes::settle`] on them once the runtime has built what it
-/// keeps.
+/// keeps, and throw that away if it fails.
 ///
 /// A system call handed a pointer into a chunk not yet read fails with `EFAULT`;
 /// a process forked while the result lives first fills it completely.
@@ -71,48 +89,76 @@ pub fn decrypt_signed_on_demand(
     }
 }
 
+/// The on-demand load of `d` when `wanted` and the system can, or `d` back.
+pub(super) fn on_demand_if(
+    wanted: bool,
+    d: Decryption<'_>,
+) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
+    if wanted && ondemand::available() {
+        on_demand(d)
+    } else {
+        Ok(Err(d))
+    }
+}
+
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
 /// made (memory, map limits).
 fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model = d.model;
     let total: u64 = model.external_files.iter().map(|f| f.size).sum();
-    let (Some(expected), None, NewEntry::Remove) = (d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
-    if total == 0 {
+    let (Some(expected), None, NewEntry::Remove) = (&d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
+    if total == 0 || d.chunk > MAX_CHUNK {
         return Ok(Err(d));
     }
-    let chunk = usize::try_from(d.chunk).map_err(|_| CoreError::Internal("chunk size"))?;
+    let chunk = d.chunk;
+    let block = chunk.max(BLOCK);
 
     // The model file, hashed and decrypted as by the one-read path.
     let sources = sources_of(&d.actions)?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
     let Some((model_bytes, first)) = patcher.model_file_fused(&d)? else { return Ok(Err(d)) };
-    let mut leaves = vec![first];
 
-    // The external files: hashed only, then checked with everything else.
-    let mut pieces = patcher.external_pieces()?;
+    // The external files' chunk hashes: listed in the header (checked against the digest
+    // here, each chunk when it is read), or from a pass that hashes the files.
+    let sizes: Vec<u64> = model.external_files.iter().map(|f| f.size).collect();
     let mut files = Vec::with_capacity(model.external_files.len());
-    let mut block = 0usize;
+    let listed = expected.check_listed(&first, &sizes, chunk).transpose()?.is_some();
+    let mut listed_leaves = expected.external.iter().copied();
+    let mut all = vec![first];
+    let mut pieces = patcher.external_pieces()?;
+    let mut first_block = 0usize;
     for (fi, f) in model.external_files.iter().enumerate() {
         let handle = f.file()?.try_clone().map_err(|e| io_error(&f.path, e))?;
-        let l = hash_file(&handle, &f.path, f.size, fi as u32 + 1, chunk)?;
-        let blocks = usize::try_from(f.size.div_ceil(d.chunk)).map_err(|_| out_of_bounds(&(0..f.size)))?;
-        files.push(Fill {
+        let index = fi as u32 + 1;
+        let n = usize::try_from(f.size.div_ceil(chunk)).map_err(|_| out_of_bounds(&(0..f.size)))?;
+        let leaves = if listed {
+            listed_leaves.by_ref().take(n).collect()
+        } else {
+            hash_leaves(&handle, &f.path, f.size, index, chunk, &(0..n as u64).collect::<Vec<_>>())?
+        };
+        all.push(FileLeaves { len: f.size, leaves: leaves.clone() });
+        let blocks = usize::try_from(f.size.div_ceil(block)).map_err(|_| out_of_bounds(&(0..f.size)))?;
+        files.push(ExternalFile {
             file: handle,
             path: f.path.clone(),
             size: f.size,
-            first: block,
-            index: fi as u32 + 1,
-            leaves: l.leaves.clone(),
+            first_block,
+            index,
+            leaves,
             pieces: pieces.remove(&fi).unwrap_or_default(),
         });
-        leaves.push(l);
-        block += blocks;
+        first_block += blocks;
     }
-    if content_digest(&leaves) != expected {
-        return Err(Modified::Content.into());
+    if !listed {
+        expected.check(&all)?;
     }
+    let check = Arc::new(Check {
+        verified: Mutex::new(files.iter().map(|f| vec![!listed; f.leaves.len()]).collect()),
+        failed: Mutex::new(None),
+        chunk,
+    });
 
-    // The budget: the largest external tensor (in whole chunks, either side), and slack.
+    // The budget: the largest external tensor (in whole blocks, either side), and slack.
     let largest = model
         .tensors
         .iter()
@@ -122,111 +168,232 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
         })
         .max()
         .unwrap_or(0);
-    let budget = usize::try_from((largest.div_ceil(d.chunk) + BUDGET_SLACK) * d.chunk).unwrap_or(usize::MAX);
+    let budget = usize::try_from((largest.div_ceil(block) + BUDGET_SLACK) * block).unwrap_or(usize::MAX);
+    let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
+    let region_len = first_block.checked_mul(block_len).ok_or_else(|| out_of_bounds(&(0..total)))?;
     // The region first, then what fills it: `d` is still whole if the region cannot be made.
-    // Nothing can read the region before it is handed out below, after the filler is in.
+    // Nothing can read the region before it is handed out below, after the filler is in;
+    // the handler's head start waits for the filler's lock until then.
     let slot: Arc<Mutex<Option<Filler>>> = Arc::new(Mutex::new(None));
-    let filling = Arc::clone(&slot);
+    let mut filling = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
-        block * chunk,
-        chunk,
-        budget,
-        Box::new(move |b, out| match filling.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-            Some(f) => f.fill(b, out),
+        region_len,
+        Options { block: block_len, budget, move_pages: true },
+        Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),
         }),
     );
-    let Ok(region) = made else { return Ok(Err(d)) };
+    let Ok(region) = made else {
+        drop(filling);
+        return Ok(Err(d));
+    };
     let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
-    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Filler { files, targets, actions, dtypes, chunk });
-    let region = Arc::new(region);
+    let files = Arc::new(files);
+    *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
+    drop(filling);
+    let region = Arc::new(Region { region, files, check, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files
         .iter()
-        .scan(0usize, |first, f| {
-            let offset = *first * chunk;
-            *first += f.size.div_ceil(d.chunk) as usize;
-            let backing = Backing::OnDemand { region: Arc::clone(&region), offset };
-            Some((f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() }))
+        .zip(region.files.iter())
+        .map(|(f, e)| {
+            let backing = Backing::OnDemand { region: Arc::clone(&region), offset: e.first_block * block_len };
+            (f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() })
         })
         .collect();
     Ok(Ok(DecryptedModel { model: model_bytes, external, tensors, decrypted_bytes, format_version, tier, tiers }))
 }
 
-/// The leaves of covered file `index` (`size` bytes of `file`), read chunk by chunk.
-fn hash_file(file: &File, path: &Path, size: u64, index: u32, chunk: usize) -> Result<FileLeaves> {
-    let n = usize::try_from(size.div_ceil(chunk as u64)).map_err(|_| out_of_bounds(&(0..size)))?;
-    let leaf = |buf: &mut Vec<u8>, j: usize| -> Result<[u8; 32]> {
-        let start = (j * chunk) as u64;
-        let len = (size - start).min(chunk as u64) as usize;
+/// The leaves `which` of covered file `index` (`size` bytes of `file`, chunks of `chunk`
+/// bytes), each read into a page-aligned buffer and hashed (on the thread pool for a large
+/// file).
+fn hash_leaves(file: &File, path: &Path, size: u64, index: u32, chunk: u64, which: &[u64]) -> Result<Vec<[u8; 32]>> {
+    let leaf = |slot: &mut Option<PrivateMap>, j: u64| -> Result<[u8; 32]> {
+        let buf = match slot {
+            Some(b) => b,
+            None => slot.insert(PrivateMap::anonymous(chunk.min(size) as usize).map_err(|e| io_error(path, e))?),
+        };
+        let start = j * chunk;
+        let len = (size - start).min(chunk) as usize;
         read_exact_at(file, &mut buf[..len], start).map_err(|e| io_error(path, e))?;
-        let mut l = ContentLeaf::new(index, j as u64);
+        let mut l = ContentLeaf::new(index, j);
         l.update(&buf[..len]);
         Ok(l.finalize())
     };
-    let leaves = if size as usize <= SMALL {
-        let mut buf = vec![0u8; chunk.min(size as usize)];
-        (0..n).map(|j| leaf(&mut buf, j)).collect::<Result<Vec<_>>>()?
+    if size as usize <= SMALL || which.len() <= 1 {
+        let mut buf = None;
+        which.iter().map(|&j| leaf(&mut buf, j)).collect()
     } else {
-        (0..n).into_par_iter().map_init(|| vec![0u8; chunk], |buf, j| leaf(buf, j)).collect::<Result<Vec<_>>>()?
-    };
-    Ok(FileLeaves { len: size, leaves })
+        which.par_iter().map_init(|| None, |buf, &j| leaf(buf, j)).collect()
+    }
 }
 
 /// One external file of the region.
-struct Fill {
+struct ExternalFile {
     file: File,
     path: PathBuf,
     size: u64,
     /// Its first block in the region.
-    first: usize,
+    first_block: usize,
     /// Its number among the covered files (docs/format.md §9).
     index: u32,
-    /// The hash of each of its chunks, from the verified pass.
+    /// The hash of each of its chunks: listed in the header (checked against the content
+    /// digest), or from the pass that checked the digest.
     leaves: Vec<[u8; 32]>,
     pieces: Vec<Piece>,
 }
 
+/// Why a fill or the verification at `settle` failed (kept to be reported again).
+#[derive(Debug, Clone)]
+enum Failure {
+    /// A chunk does not match its hash.
+    Modified,
+    /// A file could not be read (or a chunk decrypted): the file and why.
+    Io { path: PathBuf, kind: std::io::ErrorKind, message: String },
+}
+
+impl Failure {
+    fn of(e: &CoreError, path: &Path) -> Failure {
+        match e {
+            CoreError::Modified(_) => Failure::Modified,
+            CoreError::Format(onnx_protect_format::FormatError::Io { path, source }) => {
+                Failure::Io { path: path.clone(), kind: source.kind(), message: source.to_string() }
+            }
+            other => Failure::Io { path: path.to_path_buf(), kind: std::io::ErrorKind::Other, message: other.to_string() },
+        }
+    }
+
+    fn error(&self) -> CoreError {
+        match self {
+            Failure::Modified => Modified::Content.into(),
+            Failure::Io { path, kind, message } => io_error(path, std::io::Error::new(*kind, message.clone())),
+        }
+    }
+}
+
+/// Which chunks have been checked against their hash, and the first failure of a fill.
+struct Check {
+    /// Per external file, per chunk.
+    verified: Mutex<Vec<Vec<bool>>>,
+    failed: Mutex<Option<Failure>>,
+    chunk: u64,
+}
+
+/// The region with what `settle` needs to finish the verification.
+pub(crate) struct Region {
+    region: OnDemand,
+    files: Arc<Vec<ExternalFile>>,
+    check: Arc<Check>,
+    /// The outcome of `settle` (kept: every file of the region settles it).
+    settled: OnceLock<Option<Failure>>,
+}
+
+impl Region {
+    /// The region's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.region.bytes()
+    }
+
+    /// Stops dropping blocks; then every chunk never filled is hashed and checked, so the
+    /// whole content is verified. Refused (and refused again on every call) if a chunk did
+    /// not match or could not be read.
+    pub(crate) fn settle(&self) -> Result<()> {
+        match self.settled.get_or_init(|| self.finish().err()) {
+            None => Ok(()),
+            Some(f) => Err(f.error()),
+        }
+    }
+
+    fn finish(&self) -> std::result::Result<(), Failure> {
+        if self.region.settle().is_err() {
+            let failed = self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            return Err(failed.unwrap_or(Failure::Modified));
+        }
+        let unverified: Vec<Vec<u64>> = {
+            let v = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            v.iter().map(|f| f.iter().enumerate().filter(|(_, &ok)| !ok).map(|(j, _)| j as u64).collect()).collect()
+        };
+        for (f, which) in self.files.iter().zip(unverified) {
+            if which.is_empty() {
+                continue;
+            }
+            let got = hash_leaves(&f.file, &f.path, f.size, f.index, self.check.chunk, &which)
+                .map_err(|e| Failure::of(&e, &f.path))?;
+            if which.iter().zip(got).any(|(&j, l)| f.leaves.get(j as usize) != Some(&l)) {
+                return Err(Failure::Modified);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What fills the region: the files, and what each target's pieces become.
 struct Filler {
-    files: Vec<Fill>,
+    files: Arc<Vec<ExternalFile>>,
     targets: Vec<Target>,
     actions: Vec<Action>,
     dtypes: Vec<DataType>,
-    chunk: usize,
+    block: u64,
+    check: Arc<Check>,
 }
 
 impl Filler {
-    /// Block `b`: the chunk of its file, read again, checked against its verified hash,
-    /// with the pieces in it decrypted (or replaced by restored bytes): its length. The
-    /// chunk goes through in slices of [`SLICE`] bytes, each read, hashed
-    /// and decrypted while it is in the core's cache; the block is installed only once the
-    /// whole chunk matched its hash (until then the decrypted bytes are this buffer's only).
-    fn fill(&mut self, b: usize, out: &mut [u8]) -> std::result::Result<usize, String> {
-        let f = &self.files[self.files.partition_point(|f| f.first <= b).saturating_sub(1)];
-        let j = b - f.first;
-        let start = (j * self.chunk) as u64;
-        let len = f.size.saturating_sub(start).min(self.chunk as u64) as usize;
-        let at = |what: &str| format!("{}: bytes {start}..{} {what}", f.path.display(), start + len as u64);
-        let mut leaf = ContentLeaf::new(f.index, j as u64);
-        // On this thread only: a thread of the rayon pool may be the reader waiting for
-        // this block, so waiting for the pool here could wait forever.
-        for (k, slice) in out[..len].chunks_mut(SLICE).enumerate() {
-            let lo = start + (k * SLICE) as u64;
-            read_exact_at(&f.file, slice, lo).map_err(|e| at(&format!("could not be read again: {e}")))?;
-            leaf.update(slice);
-            self.restore(f, lo, slice).map_err(|e| at(&format!("could not be decrypted: {e}")))?;
+    /// Block `b`: its chunks read from the file, each hashed and decrypted in slices of
+    /// [`SLICE`] bytes while they are in the core's cache, and handed over once it matches
+    /// its hash (until then its decrypted bytes are the handler's only).
+    fn fill(&mut self, b: usize, fill: &mut Fill<'_>) -> std::result::Result<(), String> {
+        let fi = self.files.partition_point(|f| f.first_block <= b).saturating_sub(1);
+        let f = &self.files[fi];
+        let chunk = self.check.chunk;
+        let start = (b - f.first_block) as u64 * self.block;
+        let len = f.size.saturating_sub(start).min(self.block);
+        let mut at = 0u64;
+        while at < len {
+            let end = (at + chunk).min(len);
+            let j = (start + at) / chunk;
+            let range = start + at..start + end;
+            let mut leaf = ContentLeaf::new(f.index, j);
+            // On this thread only: a thread of the rayon pool may be the reader waiting for
+            // this block, so waiting for the pool here could wait forever.
+            let mut lo = at;
+            while lo < end {
+                let hi = (lo + SLICE as u64).min(end);
+                let slice = &mut fill.buf()[lo as usize..hi as usize];
+                if let Err(e) = read_exact_at(&f.file, slice, start + lo) {
+                    return Err(self.failed(io_error(&f.path, e), &f.path, &range, "could not be read"));
+                }
+                leaf.update(slice);
+                if let Err(e) = self.restore(f, start + lo, slice) {
+                    return Err(self.failed(e, &f.path, &range, "could not be decrypted"));
+                }
+                fill.poll();
+                lo = hi;
+            }
+            if f.leaves.get(j as usize) != Some(&leaf.finalize()) {
+                let e = Modified::Content.into();
+                return Err(self.failed(e, &f.path, &range, "does not match its hash (changed on disk?)"));
+            }
+            if let Some(v) = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner)[fi].get_mut(j as usize) {
+                *v = true;
+            }
+            fill.install(end as usize);
+            at = end;
         }
-        if f.leaves.get(j) != Some(&leaf.finalize()) {
-            return Err(at("changed on disk after the model was verified"));
-        }
-        Ok(len)
+        Ok(())
+    }
+
+    /// Keeps the first failure (for `settle`) and says what failed, for the region.
+    fn failed(&self, e: CoreError, path: &Path, range: &std::ops::Range<u64>, what: &str) -> String {
+        self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(Failure::of(&e, path));
+        format!("{}: bytes {}..{} {what}", path.display(), range.start, range.end)
     }
 
     /// Decrypts (or replaces by restored bytes) the pieces of `f` inside `data`, the
     /// file's bytes from offset `start`.
-    fn restore(&self, f: &Fill, start: u64, data: &mut [u8]) -> Result<()> {
+    fn restore(&self, f: &ExternalFile, start: u64, data: &mut [u8]) -> Result<()> {
         for_overlaps(
             &f.pieces,
             |p| &p.range,

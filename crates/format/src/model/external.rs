@@ -68,6 +68,14 @@ impl ExternalFile {
         }
     }
 
+    /// Forgets the file on disk: from now on [`ExternalFile::bytes`] and
+    /// [`ExternalFile::file`] fail (for an index whose external data its user holds
+    /// elsewhere, so that no read can reach the file).
+    pub fn detach(&mut self) {
+        let gone = Err(format!("external data file '{}' is not read from disk here", self.location));
+        self.map = OnceLock::from(gone);
+    }
+
     /// Tells the kernel that this process is done with `range` of the file for now:
     /// the pages inside it stop counting toward the process's resident set (they stay
     /// in the page cache and fault back in, unchanged, if read again). Streaming a

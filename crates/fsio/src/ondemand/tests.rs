@@ -1,5 +1,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -10,23 +11,42 @@ fn byte(offset: usize) -> u8 {
     (offset.wrapping_mul(2654435761) >> 13) as u8
 }
 
-/// A region of `len` bytes of the pattern; the counter counts the fills.
-fn region(len: usize, budget: usize) -> (OnDemand, Arc<AtomicUsize>) {
-    let fills = Arc::new(AtomicUsize::new(0));
-    let f = Arc::clone(&fills);
-    let filler: Filler = Box::new(move |b, out| {
-        f.fetch_add(1, Ordering::SeqCst);
+fn opts(budget: usize, move_pages: bool) -> Options {
+    Options { block: BLOCK, budget, move_pages }
+}
+
+/// A filler of the pattern for a region of `len` bytes, handing each block over in
+/// pieces of `piece` bytes; the counter counts the fills.
+fn pattern(len: usize, piece: usize, fills: Arc<AtomicUsize>) -> Filler {
+    Box::new(move |b, fill| {
+        fills.fetch_add(1, Ordering::SeqCst);
         let start = b * BLOCK;
         let n = (len - start).min(BLOCK);
-        for (i, x) in out[..n].iter_mut().enumerate() {
+        for (i, x) in fill.buf()[..n].iter_mut().enumerate() {
             *x = byte(start + i);
         }
-        Ok(n)
-    });
-    match OnDemand::new(len, BLOCK, budget, filler) {
+        let mut at = 0;
+        while at < n {
+            at = (at + piece).min(n);
+            fill.install(at);
+        }
+        Ok(())
+    })
+}
+
+/// A region of `len` bytes of the pattern; the counter counts the fills.
+fn region(len: usize, budget: usize, move_pages: bool) -> (OnDemand, Arc<AtomicUsize>) {
+    let fills = Arc::new(AtomicUsize::new(0));
+    match OnDemand::new(len, opts(budget, move_pages), pattern(len, 16 << 10, Arc::clone(&fills))) {
         Ok(r) => (r, fills),
         Err(e) => panic!("userfaultfd is needed for these tests: {e}"),
     }
+}
+
+/// Runs `test` with pages copied in, and moved in where the kernel can.
+fn both(test: impl Fn(bool)) {
+    test(false);
+    test(true);
 }
 
 fn check(r: &OnDemand, len: usize) {
@@ -38,105 +58,189 @@ fn check(r: &OnDemand, len: usize) {
     }
 }
 
+/// Waits (up to 20 s) until `cond` holds.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn pages_move_where_the_kernel_can_and_are_copied_when_asked() {
+    let (r, _) = region(8 * BLOCK, 64 * BLOCK, false);
+    assert!(!r.moves_pages());
+    let (r, _) = region(8 * BLOCK, 64 * BLOCK, true);
+    // Linux 6.8 and later move pages (UFFDIO_MOVE); older kernels copy.
+    check(&r, 8 * BLOCK);
+    eprintln!("this kernel moves pages: {}", r.moves_pages());
+}
+
 #[test]
 fn reads_fill_each_block_once_when_within_budget() {
-    let len = 20 * BLOCK + 123;
-    let (r, fills) = region(len, 64 * BLOCK);
-    assert_eq!(r.resident(), 0, "nothing is filled before it is read");
-    check(&r, len);
-    check(&r, len);
-    assert_eq!(fills.load(Ordering::SeqCst), 21);
-    assert_eq!(r.resident(), 21 * BLOCK);
+    both(|moving| {
+        let len = 40 * BLOCK + 123;
+        let (r, fills) = region(len, 64 * BLOCK, moving);
+        assert!(r.resident() <= AHEAD * BLOCK, "only the first blocks are filled before anything is read");
+        check(&r, len);
+        check(&r, len);
+        assert_eq!(fills.load(Ordering::SeqCst), 41);
+        assert_eq!(r.resident(), 41 * BLOCK);
+    });
+}
+
+#[test]
+fn blocks_are_filled_ahead_of_the_reader_and_their_kept_pages_read_true() {
+    both(|moving| {
+        let len = 60 * BLOCK;
+        let (r, fills) = region(len, 64 * BLOCK, moving);
+        // The first blocks are filled before anything reads them.
+        eventually("the head start", || fills.load(Ordering::SeqCst) >= AHEAD);
+        assert_eq!(r.bytes()[0], byte(0));
+        // Reading block 0 (its first page was kept back) moves the read-ahead on.
+        eventually("the read-ahead", || fills.load(Ordering::SeqCst) >= AHEAD + 1);
+        let before = fills.load(Ordering::SeqCst);
+        // Every block filled so far reads true, its kept-back first page included, with
+        // no fill more than the read-ahead's.
+        for b in 0..before.min(AHEAD) {
+            let page = page_size();
+            for i in [b * BLOCK, b * BLOCK + page - 1, b * BLOCK + page, (b + 1) * BLOCK - 1] {
+                assert_eq!(r.bytes()[i], byte(i), "byte {i}");
+            }
+        }
+        check(&r, len);
+        assert_eq!(fills.load(Ordering::SeqCst), 60, "each block filled once");
+    });
 }
 
 #[test]
 fn over_budget_old_blocks_are_dropped_and_filled_again_with_the_same_bytes() {
-    let len = 64 * BLOCK;
-    let budget = 8 * BLOCK;
-    let (r, fills) = region(len, budget);
-    check(&r, len);
-    assert!(r.resident() <= budget, "{} resident", r.resident());
-    let first = fills.load(Ordering::SeqCst);
-    assert_eq!(first, 64);
-    // Block 0 was dropped: reading it again fills it again, with the same bytes (and the
-    // handler may be filling the blocks after it meanwhile).
-    assert_eq!(r.bytes()[5], byte(5));
-    assert!(fills.load(Ordering::SeqCst) > first);
-    check(&r, len);
+    both(|moving| {
+        let len = 64 * BLOCK;
+        let budget = 8 * BLOCK;
+        let (r, fills) = region(len, budget, moving);
+        check(&r, len);
+        assert!(r.resident() <= budget, "{} resident", r.resident());
+        let first = fills.load(Ordering::SeqCst);
+        assert_eq!(first, 64);
+        // Block 0 was dropped: reading it again fills it again, with the same bytes (and the
+        // handler may be filling the blocks after it meanwhile).
+        assert_eq!(r.bytes()[5], byte(5));
+        assert!(fills.load(Ordering::SeqCst) > first);
+        check(&r, len);
+        if moving {
+            // Moving pages out of dropped blocks into new ones never made a move fail.
+            assert_eq!(r.moves_pages(), fills_move(), "moves stayed possible");
+        }
+    });
+}
+
+/// Whether this kernel moves pages (a fresh region that asks for it).
+fn fills_move() -> bool {
+    region(4 * BLOCK, 64 * BLOCK, true).0.moves_pages()
 }
 
 #[test]
 fn settled_regions_keep_what_they_fill() {
-    let len = 32 * BLOCK;
-    let (r, fills) = region(len, 8 * BLOCK);
-    r.settle();
-    check(&r, len);
-    check(&r, len);
-    assert_eq!(fills.load(Ordering::SeqCst), 32);
-    assert_eq!(r.resident(), 32 * BLOCK);
+    both(|moving| {
+        let len = 32 * BLOCK;
+        let (r, fills) = region(len, 8 * BLOCK, moving);
+        assert_eq!(r.settle(), Ok(()));
+        check(&r, len);
+        check(&r, len);
+        assert_eq!(fills.load(Ordering::SeqCst), 32);
+        assert_eq!(r.resident(), 32 * BLOCK);
+    });
 }
 
 #[test]
 fn readers_on_many_threads_see_the_same_bytes() {
-    let len = 48 * BLOCK + 7;
-    let (r, _) = region(len, 6 * BLOCK);
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let r = &r;
-            s.spawn(move || {
-                let bytes = r.bytes();
-                // Scattered reads: most land on a block dropped since, filled again.
-                for k in 0..20_000 {
-                    let i = (k * 7919 + t * 104729) % len;
-                    assert_eq!(bytes[i], byte(i), "byte {i}");
-                }
-            });
-        }
+    both(|moving| {
+        let len = 48 * BLOCK + 7;
+        let (r, _) = region(len, 6 * BLOCK, moving);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let r = &r;
+                s.spawn(move || {
+                    let bytes = r.bytes();
+                    // Scattered reads: most land on a block dropped since, filled again.
+                    for k in 0..20_000 {
+                        let i = (k * 7919 + t * 104729) % len;
+                        assert_eq!(bytes[i], byte(i), "byte {i}");
+                    }
+                });
+            }
+        });
     });
 }
 
 #[test]
 fn a_forked_child_sees_every_byte() {
-    let len = 40 * BLOCK;
-    let (r, _) = region(len, 4 * BLOCK);
-    assert_eq!(r.bytes()[0], byte(0));
-    // SAFETY: the child only reads memory and leaves with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let ok = r.bytes()[..len].iter().enumerate().all(|(i, &x)| x == byte(i));
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(if ok { 0 } else { 3 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just made.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
-    check(&r, len);
+    both(|moving| {
+        let len = 40 * BLOCK;
+        let (r, _) = region(len, 4 * BLOCK, moving);
+        assert_eq!(r.bytes()[0], byte(0));
+        // SAFETY: the child only reads memory and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = r.bytes()[..len].iter().enumerate().all(|(i, &x)| x == byte(i));
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just made.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        check(&r, len);
+    });
 }
 
-/// Run by `a_failing_filler_ends_the_process` in a child process.
+/// A filler whose block 3 fails (after handing over its first half).
+fn failing_at_3() -> Filler {
+    Box::new(|b, fill| {
+        fill.buf().fill(1);
+        if b == 3 {
+            fill.install(BLOCK / 2);
+            Err("block 3 changed on disk".into())
+        } else {
+            fill.install(BLOCK);
+            Ok(())
+        }
+    })
+}
+
 #[test]
-#[ignore = "run in a child process by a_failing_filler_ends_the_process"]
+fn a_fill_failing_before_settle_reads_as_zeros_and_settle_reports_it() {
+    both(|moving| {
+        let r = OnDemand::new(8 * BLOCK, opts(8 * BLOCK, moving), failing_at_3()).expect("userfaultfd");
+        let bytes = r.bytes();
+        assert!(bytes[..3 * BLOCK].iter().all(|&x| x == 1));
+        assert!(bytes[3 * BLOCK..3 * BLOCK + BLOCK / 2].iter().all(|&x| x == 1), "what was handed over stays");
+        assert!(bytes[3 * BLOCK + BLOCK / 2..4 * BLOCK].iter().all(|&x| x == 0), "the rest reads as zeros");
+        assert!(bytes[4 * BLOCK..].iter().all(|&x| x == 1));
+        assert_eq!(r.settle(), Err("block 3 changed on disk".to_string()));
+        assert_eq!(r.settle(), Err("block 3 changed on disk".to_string()), "and again");
+    });
+}
+
+/// Run by `a_fill_failing_after_settle_ends_the_process` in a child process.
+#[test]
+#[ignore = "run in a child process by a_fill_failing_after_settle_ends_the_process"]
 fn failing_filler_child() {
     if std::env::var_os("ONNX_PROTECT_ONDEMAND_CHILD").is_none() {
         return;
     }
-    let filler: Filler = Box::new(|b, out| {
-        out.fill(1);
-        if b == 3 {
-            Err("block 3 changed on disk".into())
-        } else {
-            Ok(out.len())
-        }
-    });
-    let r = OnDemand::new(8 * BLOCK, BLOCK, 8 * BLOCK, filler).expect("userfaultfd");
+    // A budget of three blocks: block 3 is not filled before the region settles.
+    let r = OnDemand::new(8 * BLOCK, opts(3 * BLOCK, true), failing_at_3()).expect("userfaultfd");
+    assert_eq!(r.settle(), Ok(()));
     let sum: u64 = r.bytes().iter().map(|&x| u64::from(x)).sum();
     println!("read every byte: {sum}");
 }
 
 #[test]
-fn a_failing_filler_ends_the_process() {
+fn a_fill_failing_after_settle_ends_the_process() {
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "ondemand::tests::failing_filler_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("ONNX_PROTECT_ONDEMAND_CHILD", "1")
@@ -153,27 +257,31 @@ fn a_failing_filler_ends_the_process() {
 
 #[test]
 fn blocks_with_little_data_install_only_the_pages_it_covers() {
-    // SAFETY: sysconf with a valid name.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let filler: Filler = Box::new(|b, out| {
-        out[..100].fill(b as u8 + 1);
-        Ok(100)
+    both(|moving| {
+        let page = page_size();
+        let filler: Filler = Box::new(|b, fill| {
+            fill.buf()[..100].fill(b as u8 + 1);
+            fill.install(100);
+            Ok(())
+        });
+        let r = OnDemand::new(10 * BLOCK, opts(100 * BLOCK, moving), filler).expect("userfaultfd");
+        for b in 0..10 {
+            assert_eq!(r.bytes()[b * BLOCK + 99], b as u8 + 1);
+            assert_eq!(r.bytes()[b * BLOCK + 100], 0, "the rest of the page is zeros");
+        }
+        assert_eq!(r.resident(), 10 * page, "one page per block, not a block");
+        // A page past the data reads as zeros, and costs one page more.
+        assert_eq!(r.bytes()[3 * BLOCK + 5 * page + 1], 0);
+        assert_eq!(r.resident(), 10 * page + 5 * page);
     });
-    let r = OnDemand::new(10 * BLOCK, BLOCK, 100 * BLOCK, filler).expect("userfaultfd");
-    for b in 0..10 {
-        assert_eq!(r.bytes()[b * BLOCK + 99], b as u8 + 1);
-        assert_eq!(r.bytes()[b * BLOCK + 100], 0, "the rest of the page is zeros");
-    }
-    assert_eq!(r.resident(), 10 * page, "one page per block, not a block");
-    // A page past the data reads as zeros, and costs one page more.
-    assert_eq!(r.bytes()[3 * BLOCK + 5 * page + 1], 0);
-    assert_eq!(r.resident(), 10 * page + 5 * page);
 }
 
 #[test]
 fn a_system_call_given_an_unread_block_fails_until_it_is_read_in_user_space() {
-    let len = 4 * BLOCK;
-    let (r, _) = region(len, 64 * BLOCK);
+    // Past the blocks filled ahead at the start.
+    let len = (AHEAD + 8) * BLOCK;
+    let at = (AHEAD + 4) * BLOCK;
+    let (r, _) = region(len, 64 * BLOCK, true);
     let mut fds = [0; 2];
     // SAFETY: a pipe into a valid array of two descriptors.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -188,15 +296,15 @@ fn a_system_call_given_an_unread_block_fails_until_it_is_read_in_user_space() {
         assert_eq!(unsafe { libc::read(fds[0], back.as_mut_ptr().cast(), back.len()) }, n);
         Ok(back)
     };
-    let want: Vec<u8> = (2 * BLOCK..2 * BLOCK + 256).map(byte).collect();
+    let want: Vec<u8> = (at..at + 256).map(byte).collect();
     // Inside the kernel the fault is not served (user-mode-only); on kernels before 5.11,
     // which have no such mode, it is, with the true bytes.
-    match send(2 * BLOCK) {
+    match send(at) {
         Err(e) => assert_eq!(e, libc::EFAULT),
         Ok(got) => assert_eq!(got, want),
     }
-    assert_eq!(r.bytes()[2 * BLOCK], byte(2 * BLOCK)); // read in user space: filled
-    assert_eq!(send(2 * BLOCK), Ok(want));
+    assert_eq!(r.bytes()[at], byte(at)); // read in user space: filled
+    assert_eq!(send(at), Ok(want));
     // SAFETY: closes the pipe made above.
     unsafe { libc::close(fds[0]) };
     // SAFETY: as above.

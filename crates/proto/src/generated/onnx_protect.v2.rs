@@ -103,6 +103,11 @@ pub struct Header {
     pub original_external_files: ::prost::alloc::vec::Vec<
         ::prost::alloc::string::String,
     >,
+    /// The content leaves (docs/format.md §9) of the external data files in canonical form,
+    /// 32 bytes each, file 1's chunks first (empty in files written before they were
+    /// recorded): each chunk can be checked when it is read, before the whole file is (§3).
+    #[prost(bytes = "vec", tag = "15")]
+    pub external_leaves: ::prost::alloc::vec::Vec<u8>,
 }
 /// A tensor whose slices along `axis` are the classes, stored in locked order.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

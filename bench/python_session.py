@@ -21,7 +21,8 @@ verified and decrypted whole into memory). With --no-prepacking, also `plain` an
 `protected` with onnxruntime's `session.disable_prepacking` (onnxruntime then keeps no packed
 copy of MatMul weights beside the ones it is given). With --other PYTHON, also `protected`
 and `load only` run by that interpreter (a virtual environment with another build of
-onnx_protect), interleaved with the rest: two builds side by side.
+onnx_protect), interleaved with the rest: two builds side by side. Each build reads a protected copy
+that it wrote itself (a build may not read what a newer one writes).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -159,6 +160,11 @@ def main():
         if not protected.exists():
             protected.parent.mkdir(parents=True, exist_ok=True)
             onnx_protect.encrypt(plain, protected, key_file=key)
+        other_copy = a.dir / "protected-other" / plain.parent.name / plain.name
+        if a.other and not other_copy.exists():
+            other_copy.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([a.other, "-c", "import sys, onnx_protect; onnx_protect.encrypt(*sys.argv[1:3], key_file=sys.argv[3])",
+                            str(plain), str(other_copy), str(key)], check=True)
         enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
         size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
         variants = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
@@ -167,7 +173,8 @@ def main():
         if a.other:
             variants += ["protected (other)", "load only (other)"]
         runs = {v: [] for v in variants}
-        model_of = {v: plain if v.startswith("plain") else protected for v in variants}
+        model_of = {v: plain if v.startswith("plain") else other_copy if v.endswith(" (other)") else protected
+                    for v in variants}
         for v in variants:  # warm-up (page cache, imports)
             measure(v, model_of[v], key, a.other)
         for _ in range(a.runs):

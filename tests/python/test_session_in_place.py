@@ -351,3 +351,28 @@ def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_
     lazy = op.InferenceSession(enc, key=key, providers=CPU)
     assert lazy._onnx_protect_buffers[0].external_method in ("on_demand", "memory")
     assert lazy.run(None, {"x": x})[0].tobytes() == want
+
+
+@pytest.mark.parametrize("how", ["on demand", "whole", "no prepacking"])
+def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_path):
+    """The header lists every external chunk's hash: filled on demand, a changed chunk is
+    read as zeros while the session is built and the load then fails as modified (the
+    session is thrown away); with prepacking off the chunk is not read while the session is
+    built and the check when the session is settled finds it; decrypted whole, the load
+    fails before the session. No session is returned either way."""
+    plain = chain_model(tmp_path / "plain", 3, 1024, seed=2)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    side = enc.parent / "w.bin"
+    data = bytearray(side.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    side.write_bytes(bytes(data))
+    so = ort.SessionOptions()
+    if how == "no prepacking":
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    with pytest.raises(op.OnnxProtectError) as e:
+        op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"))
+    assert e.value.kind == "modified", e.value
+    assert str(enc) in str(e.value)

@@ -29,6 +29,9 @@ struct Held {
     model: Mutex<Option<DecryptedBytes>>,
     external: Mutex<BTreeMap<String, DecryptedBytes>>,
     arena: Arena,
+    /// The graph planned by `session_model` (with shared tensors if any), until `graph()`
+    /// hands it out.
+    planned: Mutex<Option<Vec<u8>>>,
 }
 
 impl Held {
@@ -137,6 +140,13 @@ impl SessionModel {
     /// Refused after `release()`.
     #[pyo3(signature = (*, share))]
     fn graph(&self, py: Python<'_>, share: bool) -> PyResult<Py<PyBytes>> {
+        // The graph planned first is this one when it shares what is asked (with nothing
+        // shared, both graphs are the same).
+        if share || self.shared.is_empty() {
+            if let Some(graph) = lock(&self.held.planned).take() {
+                return Ok(PyBytes::new(py, &graph).unbind());
+            }
+        }
         let held = Arc::clone(&self.held);
         let opts = Options { share, ..Options::default() };
         // `None`: the decrypted model was released.
@@ -162,6 +172,7 @@ impl SessionModel {
         let held = Arc::clone(&self.held);
         py.detach(|| lock(&held.external).values().try_for_each(DecryptedBytes::settle))
             .map_err(|e| py_err_at(&self.what, e))?;
+        *lock(&self.held.planned) = None;
         *lock(&self.held.index) = None;
         if !self.used.contains(&Source::Model) {
             *lock(&self.held.model) = None;
@@ -245,6 +256,7 @@ pub fn session_model(
         model: Mutex::new(Some(model_bytes)),
         external: Mutex::new(external),
         arena: plan.arena,
+        planned: Mutex::new(Some(plan.graph)),
     });
     let mut shared = Vec::with_capacity(plan.shared.len());
     for s in plan.shared {

@@ -379,6 +379,44 @@ pub fn read(model: &Model) -> Result<ProtectedV2> {
 mod tests {
     use super::*;
 
+    /// A header of one tier, with external files of `sizes` bytes and `leaves` bytes of
+    /// listed chunk hashes, and an envelope of the right shape around it.
+    fn shape(sizes: &[u64], leaves: usize) -> Result<()> {
+        let h = pb::Header {
+            format_version: FORMAT_VERSION_V2,
+            tiers: 1,
+            key_checks: vec![vec![0; 16]],
+            chunk_size: 1 << 16,
+            external_files: (0..sizes.len()).map(|i| format!("f{i}.bin")).collect(),
+            external_sizes: sizes.to_vec(),
+            external_leaves: vec![7; leaves],
+            ..Default::default()
+        };
+        let env = pb::Envelope {
+            content_digest: vec![0; 32],
+            checksum: vec![0; 32],
+            macs: vec![vec![0; 32]],
+            ..Default::default()
+        };
+        let r = pb::Recipients { stanzas: vec![pb::Stanza { kind: "key".into(), tier: 1, ..Default::default() }] };
+        check_shape(&env, &h, &r)
+    }
+
+    #[test]
+    fn listed_chunk_hashes_are_32_bytes_per_chunk_of_the_recorded_sizes() {
+        // 2 chunks of 64 KiB, then 1 (a file of one byte), then none (an empty file).
+        let sizes = [(1 << 16) + 1, 1, 0];
+        assert!(shape(&sizes, 0).is_ok(), "none listed");
+        assert!(shape(&sizes, 3 * 32).is_ok(), "one per chunk");
+        for wrong in [32, 2 * 32, 3 * 32 - 1, 3 * 32 + 1, 4 * 32] {
+            let e = shape(&sizes, wrong).unwrap_err();
+            assert!(matches!(e, CoreError::BadManifest(BadManifest::ExternalLeaves)), "{wrong}: {e}");
+        }
+        // Listed hashes need the recorded sizes.
+        let e = shape(&[], 32).unwrap_err();
+        assert!(matches!(e, CoreError::BadManifest(BadManifest::ExternalLeaves)), "{e}");
+    }
+
     #[test]
     fn the_trailing_entry_is_found_only_at_the_very_end() {
         let mut model = vec![0x3a, 3, 1, 2, 3];

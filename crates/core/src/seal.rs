@@ -191,3 +191,44 @@ pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[Si
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(len: u64, tags: &[u8]) -> FileLeaves {
+        FileLeaves { len, leaves: tags.iter().map(|&t| [t; 32]).collect() }
+    }
+
+    #[test]
+    fn listed_chunk_hashes_must_be_those_of_the_content_and_give_its_digest() {
+        let files = [leaves(10, &[1]), leaves(70_000, &[2, 3]), leaves(5, &[4])];
+        let digest = content_digest(&files);
+        let listed = Expected { digest, external: vec![[2; 32], [3; 32], [4; 32]] };
+        assert!(listed.check(&files).is_ok());
+        assert_eq!(listed.check_listed(&files[0], &[70_000, 5], 65_536).map(|r| r.is_ok()), Some(true));
+        // Not listed: the digest alone.
+        let none = Expected { digest, external: Vec::new() };
+        assert!(none.check(&files).is_ok());
+        assert!(none.check_listed(&files[0], &[70_000, 5], 65_536).is_none());
+        // A listed hash that is not the content's, with the right digest: modified, by both
+        // ways of checking.
+        let wrong = Expected { digest, external: vec![[2; 32], [9; 32], [4; 32]] };
+        assert!(matches!(wrong.check(&files), Err(CoreError::Modified(Modified::ExternalLeaves))));
+        assert!(matches!(
+            wrong.check_listed(&files[0], &[70_000, 5], 65_536),
+            Some(Err(CoreError::Modified(Modified::Content)))
+        ));
+        // Too few or too many for the sizes.
+        for n in [2, 4] {
+            let e = Expected { digest, external: vec![[2; 32]; n] };
+            assert!(matches!(
+                e.check_listed(&files[0], &[70_000, 5], 65_536),
+                Some(Err(CoreError::Modified(Modified::ExternalLeaves)))
+            ), "{n}");
+        }
+        // Another digest.
+        let other = Expected { digest: [0; 32], external: listed.external.clone() };
+        assert!(matches!(other.check(&files), Err(CoreError::Modified(Modified::Content))));
+    }
+}

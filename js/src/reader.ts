@@ -204,6 +204,7 @@ function checkHeader(h: Message): void {
   if (h.external_sizes.length !== 0 && h.external_sizes.length !== h.external_files.length) {
     throw new Modified("external_sizes does not hold one length per external file");
   }
+  checkListedLeavesLength(h);
   checkOriginalNames(h);
   const streams = new Set<bigint>();
   const pairs = new Set<string>();
@@ -239,6 +240,30 @@ function checkHeader(h: Message): void {
       if (es.length !== 1 || first.tier !== n) throw new Modified(`${loc}: a varint-stored tensor has one entry, of the top tier`);
       if (varintWidth(first.data_type) === null) throw new Modified(`${loc}: FLOAT6 in int32_data is never encrypted`);
     }
+  }
+}
+
+/** §3: `external_leaves` is empty or holds 32 bytes for each chunk of the external files,
+ * their lengths those `external_sizes` gives (which it needs). Checked at step 1, without a
+ * key; the leaves themselves at step 6 ([`checkListedLeaves`]). */
+function checkListedLeavesLength(h: Message): void {
+  const listed = h.external_leaves as Uint8Array;
+  if (!listed.length) return;
+  const sizes = h.external_sizes as bigint[];
+  if (!sizes.length) throw new Modified("external_leaves without external_sizes");
+  const c = h.chunk_size as bigint;
+  const chunks = sizes.reduce((n, len) => n + (len + c - 1n) / c, 0n);
+  if (BigInt(listed.length) !== 32n * chunks) {
+    throw new Modified(`external_leaves holds ${listed.length} bytes, not 32 for each of the ${chunks} chunks of the external files`);
+  }
+}
+
+/** §3, §12 step 6: the leaves of the external files in canonical form (covered files 1 … n
+ * of `leaves`, file 0 the model file) are those the header lists, when it lists them. */
+function checkListedLeaves(h: Message, leaves: Uint8Array[]): void {
+  const listed = h.external_leaves as Uint8Array;
+  if (listed.length && !constantTimeEqual(concat(leaves.slice(1)), listed)) {
+    throw new Modified("the external files' chunk hashes in the header (external_leaves) do not match their content");
   }
 }
 
@@ -365,10 +390,14 @@ function checkEnvelope(env: Message, h: Message, stanzas: Message[]): void {
 
 // ---------------------------------------------------------------- §9 digest
 
+/** §9: the leaves of each covered file. */
+function coveredLeaves(files: Uint8Array[], chunk: number): Promise<Uint8Array[]> {
+  return Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+}
+
 /** §9: `D` of the covered files. */
 async function contentDigest(files: Uint8Array[], chunk: number): Promise<Uint8Array> {
-  const leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
-  return digestOfLeaves(files.map((f) => f.length), leaves);
+  return digestOfLeaves(files.map((f) => f.length), await coveredLeaves(files, chunk));
 }
 
 /** The external data files a protected model's header lists (§3), each location checked
@@ -402,9 +431,13 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
   const op = openManifest(input, externalData);
   const files = [op.content, ...(op.header.external_files as string[]).map((l) => op.external.get(l)!)];
   const want = op.restored ? op.env.stored_digest : op.env.content_digest;
-  if (!constantTimeEqual(await contentDigest(files, Number(op.header.chunk_size)), want)) {
+  const leaves = await coveredLeaves(files, Number(op.header.chunk_size));
+  if (!constantTimeEqual(await digestOfLeaves(files.map((f) => f.length), leaves), want)) {
     throw new Modified("the model's content does not match its manifest");
   }
+  // The listed leaves are those of the canonical content: of a partially decrypted file,
+  // checked with a key (`unlock`).
+  if (!op.restored) checkListedLeaves(op.header, leaves);
   return op;
 }
 
@@ -603,9 +636,11 @@ async function unlock(op: Opened, opts: ReadOptions): Promise<Unlocked> {
   if (op.restored) {
     const [content, ext] = await transformed(op, keys, (t) => t <= op.restored, true);
     const files = [content, ...(op.header.external_files as string[]).map((l) => ext.get(l)!)];
-    if (!constantTimeEqual(await contentDigest(files, Number(op.header.chunk_size)), op.env.content_digest)) {
+    const leaves = await coveredLeaves(files, Number(op.header.chunk_size));
+    if (!constantTimeEqual(await digestOfLeaves(files.map((f) => f.length), leaves), op.env.content_digest)) {
       throw new Modified("the model's content does not match its manifest");
     }
+    checkListedLeaves(op.header, leaves);
   }
   const T = op.macInput();
   for (let t = 1; t <= k; t++) {
@@ -640,6 +675,9 @@ interface Transform {
   rename?: Map<string, string>;
   unlockClasses?: { order: Uint32Array; lock: HeaderLock };
   stored?: Uint8Array;
+  /** With `stored`: the files as given are in canonical form (no tier restored), so their
+   * external files' leaves must also be those the header lists (§3). */
+  canonical?: boolean;
   owned?: Owned;
 }
 
@@ -689,10 +727,14 @@ async function transformed(
   const done = how.owned ? await inPlace(files, chunk, pieces, streamKeys, how.owned)
     : await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
   if (how.stored) {
-    const digest = await digestOfLeaves(files.map((f) => f.length), done.map((d) => d.leaves));
-    if (!constantTimeEqual(digest, how.stored)) {
+    const leaves = done.map((d) => d.leaves);
+    const digest = await digestOfLeaves(files.map((f) => f.length), leaves);
+    try {
+      if (!constantTimeEqual(digest, how.stored)) throw new Modified("the model's content does not match its manifest");
+      if (how.canonical) checkListedLeaves(op.header, leaves);
+    } catch (e) {
       for (const d of done) d.out.fill(0);
-      throw new Modified("the model's content does not match its manifest");
+      throw e;
     }
   }
   let content = done[0].out;
@@ -794,7 +836,10 @@ export async function decryptWith(model: Uint8Array, opts: ReadOptions, owned?: 
   // §15: a full decryption puts a label lock's classes back in true order.
   const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
   const stored = op.restored ? op.env.stored_digest : op.env.content_digest;
-  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored, owned });
+  // Of a partially decrypted file, `unlock` checked the listed leaves against the canonical
+  // content; else the files as given are the canonical content.
+  const canonical = op.restored === 0;
+  const [content, ext, tensors, bytes] = await transformed(op, u.keys, (t) => t > op.restored && t <= to, false, { rename, unlockClasses, stored, canonical, owned });
   if (to === op.tiers) {
     const externalData = rename ? new Map([...ext].map(([l, d]) => [rename.get(l)!, d])) : ext;
     return { model: content, externalData, tier: to, tiers: op.tiers, tensors, decryptedBytes: bytes };

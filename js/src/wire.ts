@@ -170,6 +170,7 @@ const SCHEMAS: Record<string, Array<[number, string, Kind]>> = {
     [5, "chunk_size", "u64"], [6, "external_files", "rstring"], [7, "tool", "string"], [8, "policy_summary", "string"],
     [9, "positions", "u32"], [10, "external_sizes", "ru64"], [11, "label_lock", "msg:LabelLock"],
     [12, "licence_authority", "bytes"], [13, "model_id", "string"], [14, "original_external_files", "rstring"],
+    [15, "external_leaves", "bytes"],
   ],
   TensorEntry: [
     [1, "stream_id", "u64"], [2, "locator", "string"], [3, "name", "string"], [4, "data_type", "i32"],

@@ -91,13 +91,44 @@ export async function inTempDir(fn) {
 }
 
 /** The opened protected model `op` (from `open`) with its header replaced by `header`, the
- * manifest entry rebuilt and its checksum sealed again (the MACs left as they were). */
-export async function resealed(op, header) {
+ * manifest entry rebuilt and its checksum sealed again (the MACs left as they were, unless
+ * `macs` are given). */
+export async function resealed(op, header, macs = op.env.macs) {
   const { sha256 } = await import("../dist/crypto.js");
   const { concat, encode, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
-  const env = { ...op.env, header: encode("Header", header), checksum: new Uint8Array(0) };
+  const env = { ...op.env, header: encode("Header", header), macs, checksum: new Uint8Array(0) };
   env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
   const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
   const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
   return concat([op.model.subarray(0, op.entryStart), entry]);
+}
+
+/** [`resealed`] by a key holder: the MACs of every tier `key` (a key stanza's `W`, key file
+ * text or hex) reaches computed again over the new header (format.md §7, §8, §10), as a
+ * forger holding the key would; the other tiers' MACs left as they were. */
+export async function resealedWithKey(op, header, key) {
+  const { hkdf, hkdfExpand, hkdfExtract, hmacSha256, sha256, unwrapChaCha, u32be, u64be } = await import("../dist/crypto.js");
+  const { concat, encode, encodeUtf8 } = await import("../dist/wire.js");
+  const { parseKey } = await import("../dist/keys.js");
+  const label = (s) => encodeUtf8(s);
+  const w = parseKey(key).key;
+  // The data key of the highest tier whose key stanza the key opens (§8).
+  let top = null;
+  for (const st of op.stanzas) {
+    if (st.kind !== "key") continue;
+    const kek = hkdf(sha256, w, st.salt, concat([label("onnx-protect/v2/wrap/key"), u32be(st.tier)]), 32);
+    const dk = unwrapChaCha(kek, st.body);
+    if (dk && (!top || st.tier > top.tier)) top = { tier: st.tier, dk };
+  }
+  if (!top) throw new Error("the key opens no key stanza of the model");
+  const h = encode("Header", header), r = op.env.recipients;
+  const t = concat([u64be(h.length), h, u64be(r.length), r, op.env.content_digest]);
+  const macs = [...op.env.macs];
+  for (let tier = top.tier, dk = top.dk; tier >= 1; tier--) {
+    const prk = hkdfExtract(sha256, dk, label("onnx-protect/v2/data-key"));
+    const macKey = hkdfExpand(sha256, prk, label("onnx-protect/v2/mac"), 32);
+    macs[tier - 1] = hmacSha256(macKey, concat([label("onnx-protect/v2/mac"), u32be(tier), t]));
+    dk = hkdf(sha256, dk, label("onnx-protect/v2/tier-salt"), label("onnx-protect/v2/tier-down"), 32);
+  }
+  return resealed(op, header, macs);
 }

@@ -133,7 +133,7 @@ SCHEMAS = {
     "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
                (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
                (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64"),
-               (14, "original_external_files", "rstring")],
+               (14, "original_external_files", "rstring"), (15, "external_leaves", "bytes")],
     "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
                     (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
                     (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
@@ -847,14 +847,47 @@ def _blake3(data=b""):
     return blake3.blake3(data)
 
 
+def file_leaves(i: int, data: bytes, chunk_size: int) -> list[bytes]:
+    """§9: leaf(i, j) of every chunk j of covered file i (none for an empty file)."""
+    mv = memoryview(data)
+    return [_blake3(L_CHUNK + u32be(i) + u64be(j) + bytes(mv[off:off + chunk_size])).digest()
+            for j, off in enumerate(range(0, len(mv), chunk_size))]
+
+
 def content_digest(content: bytes, ext: list[bytes], chunk_size: int) -> bytes:
     h = _blake3(L_CONTENT + u32be(len(ext) + 1))
     for i, data in enumerate([content, *ext]):
-        mv = memoryview(data)
-        h.update(u64be(len(mv)))
-        for j, off in enumerate(range(0, len(mv), chunk_size)):
-            h.update(_blake3(L_CHUNK + u32be(i) + u64be(j) + bytes(mv[off:off + chunk_size])).digest())
+        h.update(u64be(len(data)))
+        for leaf in file_leaves(i, data, chunk_size):
+            h.update(leaf)
     return h.digest()
+
+
+def external_leaves(ext: list[bytes], chunk_size: int) -> bytes:
+    """§3 `Header.external_leaves`: the leaves of the external files i = 1 … n (not of file
+    0, the model), 32 bytes each, file 1's chunks first and, within a file, in order of j."""
+    return b"".join(leaf for i, data in enumerate(ext, 1) for leaf in file_leaves(i, data, chunk_size))
+
+
+def listed_leaves_len(h: dict) -> int | None:
+    """§3: the length a non-empty `external_leaves` must have, 32 · Σ ⌈external_sizes[i − 1] /
+    chunk_size⌉; None without `external_sizes` (then only an empty list is allowed)."""
+    if not h["external_sizes"]:
+        return None
+    c = h["chunk_size"]
+    return 32 * sum((size + c - 1) // c for size in h["external_sizes"])
+
+
+def check_listed_leaves(h: dict, ext: list[bytes], canonical: str = ""):
+    """§3, §12 step 6: the listed leaves, if any, are those of the external files `ext` in
+    canonical form (§11). This reader hashes every covered file, so it compares the leaves
+    it computed with the listed ones; a difference is "modified".
+    CHOICE: §3 also allows checking D from the model file's leaves and the listed ones, then
+    each chunk against its leaf as it is read; this reader reads and hashes whole files, so
+    it takes the first way."""
+    if h["external_leaves"] and not hmac.compare_digest(external_leaves(ext, h["chunk_size"]),
+                                                       h["external_leaves"]):
+        raise Modified(f"external_leaves: the listed leaves are not those of the external files{canonical}")
 
 
 def mac_input(h: bytes, r: bytes, d: bytes) -> bytes:
@@ -1126,6 +1159,16 @@ def check_envelope(env: dict, h: dict, rec: dict):
         check_stanza_shape(st)
     if h["external_sizes"] and len(h["external_sizes"]) != len(h["external_files"]):
         raise Modified("external_sizes: not one value per external file")
+    # §3: `external_leaves` is empty or exactly 32 bytes per chunk of the external files whose
+    # sizes `external_sizes` records; it needs `external_sizes`. Any other length is
+    # "modified" here, at step 1, without a key (and before any file is read).
+    if h["external_leaves"]:
+        want = listed_leaves_len(h)
+        if want is None:
+            raise Modified("external_leaves without external_sizes")
+        if len(h["external_leaves"]) != want:
+            raise Modified(f"external_leaves: {len(h['external_leaves'])} bytes, not 32 per chunk of the "
+                           f"external files ({want} bytes)")
     names = h["original_external_files"]
     if names and len(names) != len(h["external_files"]):
         raise Modified("original_external_files: not one name per external file")
@@ -1306,6 +1349,14 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     want = env["stored_digest"] if op.restored else env["content_digest"]
     if not hmac.compare_digest(content_digest(op.content, op.ext_list(), header["chunk_size"]), want):
         raise Modified("content digest mismatch" + (" (stored_digest)" if op.restored else ""))
+    # §3, step 6: the listed leaves are those of the external files in canonical form. With
+    # restored_tiers = 0 the files as stored are canonical: compared here, without a key. Of a
+    # partially decrypted file the canonical form needs the key (§11; keyless verification
+    # checks stored_digest only, §12): compared in `unlock`.
+    # CHOICE: the digest is compared first, then the leaves (a file whose digest matches but
+    # whose listed leaves differ gets a message of its own).
+    if not op.restored:
+        check_listed_leaves(header, op.ext_list())
     return op
 
 
@@ -1383,7 +1434,9 @@ def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None,
         d = content_digest(bytes(content), op.ext_list(files), op.header["chunk_size"])
         if not hmac.compare_digest(d, op.env["content_digest"]):
             raise Modified("canonical content digest mismatch")
-    # (restored_tiers = 0: the stored digest was already compared with content_digest)
+        # §3, step 6: the listed leaves against the canonical external files (§11).
+        check_listed_leaves(op.header, op.ext_list(files), " in canonical form")
+    # (restored_tiers = 0: the stored digest and the listed leaves were already compared)
     T = op.T()
     for t in range(1, k + 1):
         if not hmac.compare_digest(tier_mac(keys[t], t, T), op.env["macs"][t - 1]):
@@ -1451,8 +1504,9 @@ def decrypt(model_bytes: bytes, out_dir: str | None = None, **kw) -> bytes:
 
 def verify(model_bytes: bytes, model_dir: str | None = None, model_name: str | None = None,
            signers: list[bytes] | None = None, key=None, passphrase=None, identities=None, tpm_keys=None) -> dict:
-    """Keyless verification (checksum and stored digest, and signatures when asked and
-    the file is not partially decrypted); with key material, the MACs as well."""
+    """Keyless verification (checksum and stored digest, the listed external leaves when the
+    file is not partially decrypted, and signatures when asked and the file is not partially
+    decrypted); with key material, the MACs (and the canonical digest and leaves) as well."""
     op = open_model(model_bytes, model_dir, model_name)
     info = {"tiers": op.tiers, "restored_tiers": op.restored, "entries": len(op.entries),
             "signers": [signer_string(s["public_key"]) for s in op.env["signatures"]]}
@@ -1598,6 +1652,9 @@ def spec_encrypt_v2(original: bytes, plan, recipients: list, *, tiers: int = 1, 
         out = rewrite_varint(out, e["locator"], e["storage"], e["data_type"], data)
     side = {loc: bytes(files.data[files.load(loc)]) for loc in ext_files}
     digest = content_digest(out, list(side.values()), chunk_size)
+    # §3: the leaves of the external files as written, whenever the model has external data
+    # (what onnx-protect does; the field is optional, a reader accepts a header without it).
+    header["external_leaves"] = external_leaves(list(side.values()), chunk_size)
     stanzas = []
     for r in recipients:
         tier = r.tier or tiers

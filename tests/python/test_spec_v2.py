@@ -555,6 +555,172 @@ def test_an_external_file_of_another_length_is_modified_before_it_is_read(tmp_pa
         v2.verify(p.model, model_dir=str(p.dir), model_name="model.onnx")
 
 
+# --------------------------------------------------------------------------
+# §3 `external_leaves`: the external files' content leaves (§9), listed in the header
+
+
+def external_tensor(name, nbytes, location, offset=0):
+    """An initializer (FLOAT, 1-D) whose `nbytes` bytes are in `location` from `offset`."""
+    kv = lambda k, v: _ld(13, _ld(1, k.encode()) + _ld(2, v.encode()))  # noqa: E731
+    return (name, 1, [nbytes // 4], 0, b"", kv("location", location), kv("offset", str(offset)),
+            kv("length", str(nbytes)), _vi(14, 1))
+
+
+def test_the_writer_lists_the_leaves_of_the_external_files_as_written(tmp_path):
+    p = Protected(tmp_path, "external_data")
+    h = envelope_parts(p.model)[2]
+    side = [p.side[loc] for loc in h["external_files"]]
+    assert side != [p.originals[loc] for loc in h["external_files"]], "the external files are encrypted"
+    assert h["external_leaves"] == v2.external_leaves(side, h["chunk_size"])
+    assert h["external_leaves"] == b"".join(v2.file_leaves(i, d, h["chunk_size"])[0]
+                                            for i, d in enumerate(side, 1))
+    assert len(h["external_leaves"]) == 32 * 2 and h["external_sizes"] == [len(d) for d in side]
+    assert p.decrypt(key=p.top)[0] == p.original
+    v2.verify(p.model, model_dir=str(p.dir))
+    # without external data there is nothing to list
+    assert envelope_parts(Protected(tmp_path / "q", "cnn_torch").model)[2]["external_leaves"] == b""
+
+
+def test_leaves_of_several_chunks_and_files_in_order(tmp_path):
+    """File 1's chunks first, then file 2's, each in order of j (§3), with §9's leaf(i, j)."""
+    rng = random.Random(11)
+    a, b = rng.randbytes(3 * 65536 + 100), rng.randbytes(65536 + 4)  # 4 and 2 chunks of 2^16
+    (tmp_path / "a.bin").write_bytes(a)
+    (tmp_path / "b.bin").write_bytes(b)
+    model = synth_model([external_tensor("wb", len(b), "b.bin"), external_tensor("wa", len(a), "a.bin")])
+    plan = {"7.0/5.0": [(0, 65536 + 4)], "7.0/5.1": [(4, len(a) - 4)]}
+    prot, side = v2.spec_encrypt_v2(model, plan, [v2.KeyRecipient(b"k" * 32)], chunk_size=1 << 16,
+                                    model_dir=str(tmp_path), model_name="model.onnx")
+    h = envelope_parts(prot)[2]
+    assert h["external_files"] == ["b.bin", "a.bin"]  # model order, the order of i
+    leaves = h["external_leaves"]
+    assert len(leaves) == 32 * (2 + 4)
+    want = []
+    for i, loc in enumerate(h["external_files"], 1):
+        data = side[loc]
+        for j in range(0, (len(data) + 65535) // 65536):
+            chunk = data[j * 65536:(j + 1) * 65536]
+            want.append(v2._blake3(b"onnx-protect/v2/chunk" + struct.pack(">IQ", i, j) + chunk).digest())
+    assert leaves == b"".join(want)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_side(out, side)
+    assert v2.decrypt_all(prot, key=b"k" * 32, model_dir=str(out))[0] == model
+    # a leaf of file 2 moved before file 1's, the MACs recomputed: "modified"
+    keys = v2.unlock(v2.open_model(prot, str(out)), key=b"k" * 32).keys
+    swapped = reseal(prot, header=lambda h: h.update(external_leaves=leaves[64:] + leaves[:64]), macs_with=keys)
+    with pytest.raises(v2.Modified, match="external_leaves"):
+        v2.verify(swapped, model_dir=str(out))
+
+
+LEAF_LENGTH_MUTATIONS = {
+    "one-leaf-more": lambda h: h.update(external_leaves=h["external_leaves"] + bytes(32)),
+    "one-leaf-fewer": lambda h: h.update(external_leaves=h["external_leaves"][:-32]),
+    "one-byte-short": lambda h: h.update(external_leaves=h["external_leaves"][:-1]),
+    "one-byte-more": lambda h: h.update(external_leaves=h["external_leaves"] + b"\0"),
+    "without-external_sizes": lambda h: h.update(external_sizes=[]),
+}
+
+
+@pytest.mark.parametrize("name", list(LEAF_LENGTH_MUTATIONS))
+def test_external_leaves_of_another_length_are_modified_without_a_key(name, tmp_path, monkeypatch):
+    p = Protected(tmp_path, "external_data")
+    model = reseal(p.model, header=LEAF_LENGTH_MUTATIONS[name])  # keyless: the MACs are not recomputed
+    monkeypatch.setattr(v2.Files, "load", lambda *a, **k: pytest.fail("a file was read"))
+    with pytest.raises(v2.Modified, match="external_leaves"):
+        v2.verify(model, model_dir=str(p.dir), model_name="model.onnx")  # step 1, before any file
+    with pytest.raises(v2.Modified, match="external_leaves"):
+        p.decrypt(model, key=p.top)
+
+
+def test_external_leaves_without_external_data_are_modified(tmp_path):
+    p = Protected(tmp_path, "cnn_torch")
+    keys = v2.unlock(v2.open_model(p.model), key=p.top).keys
+    for leaves in (bytes(32), bytes(64)):
+        model = reseal(p.model, header=lambda h: h.update(external_leaves=leaves), macs_with=keys)
+        with pytest.raises(v2.Modified, match="external_leaves without external_sizes"):
+            p.decrypt(model, key=p.top)
+
+
+def test_a_wrong_listed_leaf_is_modified_even_with_the_macs_recomputed(tmp_path):
+    p = Protected(tmp_path, "external_data")
+    keys = v2.unlock(v2.open_model(p.model, str(p.dir)), key=p.top).keys
+    leaves = envelope_parts(p.model)[2]["external_leaves"]
+    for at in (0, 31, 32, 63):  # a bit of each leaf, first and last byte
+        model = reseal(p.model, header=lambda h: h.update(external_leaves=flip(leaves, at)), macs_with=keys)
+        with pytest.raises(v2.Modified, match="external_leaves"):
+            p.decrypt(model, key=p.top)
+        with pytest.raises(v2.Modified, match="external_leaves"):
+            v2.verify(model, model_dir=str(p.dir))  # restored_tiers = 0: the files as stored are canonical
+
+
+def test_a_header_without_listed_leaves_is_accepted(tmp_path):
+    """Older files have none (§3): removed and re-sealed by the key holder, the file is
+    still accepted; removed without the key, the MACs no longer match (it is authenticated)."""
+    p = Protected(tmp_path, "external_data")
+    keys = v2.unlock(v2.open_model(p.model, str(p.dir)), key=p.top).keys
+    drop = lambda h: h.update(external_leaves=b"")  # noqa: E731
+    model = reseal(p.model, header=drop, macs_with=keys)
+    assert envelope_parts(model)[2]["external_leaves"] == b""
+    v2.verify(model, model_dir=str(p.dir))
+    assert p.decrypt(model, key=p.top)[0] == p.original
+    with pytest.raises(v2.Modified, match="MAC"):
+        p.decrypt(reseal(p.model, header=drop), key=p.top)
+    # the side files are still covered by the content digest
+    side = p.dir / "weights.bin"
+    side.write_bytes(flip(side.read_bytes(), 7))
+    with pytest.raises(v2.Modified, match="digest"):
+        p.decrypt(model, key=p.top)
+
+
+# One tier-1 span in each external file (and inline), tier 2 elsewhere.
+EXT_TIERED_PLAN = [
+    {"locator": "7.0/5.0", "mode": "fp", "spans": [(0, 64)], "tier": 1},
+    {"locator": "7.0/5.0", "mode": "fp", "spans": [(128, 192)], "tier": 2},
+    {"locator": "7.0/5.1", "mode": "fp", "spans": [(0, 16)], "tier": 1},
+    {"locator": "7.0/5.3", "mode": "fp", "spans": [(0, 256)], "tier": 2},
+    {"locator": "7.0/5.5", "mode": "fp", "spans": [(0, 32)], "tier": 1},
+]
+
+
+def partial_folder(p, tier, dest):
+    """The partial decryption of `p` to `tier` by spec_v2.py, written as model.onnx and side files."""
+    partial, side = p.decrypt(key=p.keys[tier])
+    dest.mkdir(parents=True)
+    (dest / "model.onnx").write_bytes(partial)
+    write_side(dest, side)
+    return dest / "model.onnx"
+
+
+def test_a_partial_decryption_keeps_the_canonical_leaves(tmp_path):
+    """§11: the listed leaves are of the canonical form; a partially decrypted file's files
+    as stored differ, and the key rebuilds the canonical form to compare them."""
+    p = Protected(tmp_path, "external_data", tiers=2, plan=EXT_TIERED_PLAN)
+    h = envelope_parts(p.model)[2]
+    pm = partial_folder(p, 1, tmp_path / "partial")
+    partial = pm.read_bytes()
+    ph = envelope_parts(partial)[2]
+    assert ph == h, "the header is kept whole (§11)"
+    stored = [(pm.parent / loc).read_bytes() for loc in h["external_files"]]
+    assert stored != [p.side[loc] for loc in h["external_files"]], "tier 1 has spans in both files"
+    stored_leaves = v2.external_leaves(stored, h["chunk_size"])
+    assert stored_leaves != h["external_leaves"]
+    v2.verify(partial, model_dir=str(pm.parent))  # keyless: stored_digest only (§12)
+    assert v2.decrypt_all(partial, key=p.keys[2], model_dir=str(pm.parent))[0] == p.original
+    # the key holder lists the leaves of the files as stored: keyless verification cannot
+    # tell, the key's canonical form can
+    keys = v2.unlock(v2.open_model(p.model, str(p.dir)), key=p.top).keys
+    forged = reseal(partial, header=lambda h: h.update(external_leaves=stored_leaves), macs_with=keys)
+    v2.verify(forged, model_dir=str(pm.parent))
+    with pytest.raises(v2.Modified, match="external_leaves: .* in canonical form"):
+        v2.decrypt_all(forged, key=p.keys[2], model_dir=str(pm.parent))
+    # one wrong canonical leaf likewise
+    forged = reseal(partial, header=lambda h: h.update(external_leaves=flip(h["external_leaves"], 40)),
+                    macs_with=keys)
+    with pytest.raises(v2.Modified, match="canonical form"):
+        v2.decrypt_all(forged, key=p.keys[2], model_dir=str(pm.parent))
+
+
 def test_known_stanza_kinds_have_their_shape_and_unknown_kinds_are_skipped_whole(tmp_path):
     k = os.urandom(32)
     p = Protected(tmp_path, "quant_uint8", recipients=[v2.KeyRecipient(k)])
@@ -1364,6 +1530,9 @@ def test_v2_vectors_cover_the_issue_list():
     assert any(v.signer for v in vecs), "a signed vector"
     assert any(v.partials for v in vecs), "a tiered vector with a partial decryption"
     assert any((v.dir / "protected").is_dir() for v in vecs), "an external-data vector"
+    ext = {v.name: envelope_parts(v.protected)[2]["external_leaves"] for v in vecs if (v.dir / "protected").is_dir()}
+    assert any(ext.values()), "an external-data vector with listed leaves (§3 external_leaves)"
+    assert not all(ext.values()), "an external-data vector without them (written before the field)"
     modes = set()
     for v in vecs:
         modes |= {e["mode"] for e in v2.decode("Header", envelope_parts(v.protected)[1]["header"])["tensors"]}
@@ -1450,6 +1619,33 @@ def test_v2_vector_tiers_and_partials(v2vec):
         pdir = str(f if f.is_dir() else f.parent)
         v2.verify(pm, model_dir=pdir)
         assert v2.decrypt_all(pm, key=v2vec.tier_keys[top], model_dir=pdir)[0] == v2vec.original
+
+
+def test_v2_vector_external_leaves(v2vec):
+    """§3: a vector's listed leaves are those of its protected external files; a wrong
+    length is refused without a key, a wrong leaf with the MACs recomputed with one, and
+    the vector without them re-sealed is accepted."""
+    h = envelope_parts(v2vec.protected)[2]
+    if not h["external_files"]:
+        assert h["external_leaves"] == b""
+        pytest.skip("no external data")
+    model_dir = str(v2vec.protected_path.parent)
+    op = v2.open_model(v2vec.protected, model_dir, "model.onnx")
+    if not h["external_leaves"]:
+        pytest.skip("written before headers listed the external files' leaves")
+    assert h["external_leaves"] == v2.external_leaves(op.ext_list(), h["chunk_size"])
+    assert len(h["external_leaves"]) == v2.listed_leaves_len(h)
+    with pytest.raises(v2.Modified, match="external_leaves"):
+        v2.verify(reseal(v2vec.protected, header=lambda h: h.update(external_leaves=h["external_leaves"][:-32])),
+                  model_dir=model_dir)
+    key, kw = v2vec.materials()[0]
+    keys = v2.unlock(op, **kw).keys
+    wrong = reseal(v2vec.protected, header=lambda h: h.update(external_leaves=flip(h["external_leaves"], 5)),
+                   macs_with=keys)
+    with pytest.raises(v2.Modified, match="external_leaves"):
+        v2.decrypt_all(wrong, model_dir=model_dir, **kw)
+    without = reseal(v2vec.protected, header=lambda h: h.update(external_leaves=b""), macs_with=keys)
+    assert v2.decrypt_all(without, model_dir=model_dir, **kw)[0] == v2vec.original
 
 
 def test_v2_vector_every_byte_flip_is_refused_keyless(v2vec):

@@ -29,7 +29,7 @@ async function refused(p) {
   assert.fail("a changed byte was accepted");
 }
 
-for (const name of ["cnn_torch_v2_ctr", "fp16_v2_fp_signed", "external_data_v2_ctr", "cnn_torch_v2_dp"]) {
+for (const name of ["cnn_torch_v2_ctr", "fp16_v2_fp_signed", "external_data_v2_ctr", "external_data_v2_leaves", "cnn_torch_v2_dp"]) {
   test(`${name}: every changed byte is refused, with the key and without`, async () => {
     const v = vectors().find((x) => x.name === name);
     const { model, externalData } = await readModelFiles(v.protected);
@@ -67,8 +67,8 @@ for (const name of ["cnn_torch_v2_ctr", "fp16_v2_fp_signed", "external_data_v2_c
 // Format 2 authenticates every byte (format.md §9, §10): for a small model with two external
 // files, each byte of the model and of both files, changed one bit, is refused with the key
 // and without it.
-test("external_data_v2_ctr: every byte of the model and of its external files changed is refused, with the key and without", async () => {
-  const v = vectors().find((x) => x.name === "external_data_v2_ctr");
+for (const name of ["external_data_v2_ctr", "external_data_v2_leaves"]) test(`${name}: every byte of the model and of its external files changed is refused, with the key and without`, async () => {
+  const v = vectors().find((x) => x.name === name);
   const { model, externalData } = await readModelFiles(v.protected);
   const key = keyOf(v.dir);
   const kinds = new Map();

@@ -9,7 +9,8 @@
 //! Format 2 with no tier restored in the file (every byte authenticated): the model file
 //! and each external data file are read once (`pread`, chunk by chunk: no map of the file
 //! adds to the resident set) into a private anonymous map (transparent huge pages where
-//! the system gives them), where every byte is hashed and the encrypted spans are then
+//! the system gives them; a model file of at most 4 MiB is copied from the map the parser
+//! read it through into the heap), where every byte is hashed and the encrypted spans are then
 //! decrypted in place, in one parallel pass over content chunks; the bytes are
 //! handed out only after the content digest, the MACs and any required signature match
 //! (otherwise the decrypted spans are wiped first). The manifest entry is the file's last
@@ -112,9 +113,9 @@ const PARALLEL_SPAN: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// A private map patched in place: an anonymous copy of the file (format 2), or a
-    /// copy-on-write map of it in which only the pages holding encrypted bytes were
-    /// copied (format 1).
+    /// A private copy patched in place: an anonymous map holding a copy of the file (a
+    /// heap buffer for a file of at most 4 MiB) (format 2), or a copy-on-write map of it in
+    /// which only the pages holding encrypted bytes were copied (format 1).
     Mapped,
     /// An owned buffer holding a full copy (the fallback).
     Copied,
@@ -125,6 +126,8 @@ pub enum Method {
 
 enum Backing {
     Map(PrivateMap),
+    /// A small file's private copy, patched in place (reported as [`Method::Mapped`]).
+    Heap(Vec<u8>),
     Owned(Vec<u8>),
     OnDemand { region: std::sync::Arc<ondemand::Region>, offset: usize },
 }
@@ -143,7 +146,7 @@ impl DecryptedBytes {
     /// How the buffer was produced.
     pub fn method(&self) -> Method {
         match self.backing {
-            Backing::Map(_) => Method::Mapped,
+            Backing::Map(_) | Backing::Heap(_) => Method::Mapped,
             Backing::Owned(_) => Method::Copied,
             Backing::OnDemand { .. } => Method::OnDemand,
         }
@@ -178,7 +181,7 @@ impl Deref for DecryptedBytes {
     fn deref(&self) -> &[u8] {
         match &self.backing {
             Backing::Map(m) => &m[..self.len],
-            Backing::Owned(v) => &v[..self.len],
+            Backing::Owned(v) | Backing::Heap(v) => &v[..self.len],
             Backing::OnDemand { region, offset } => &region.bytes()[*offset..*offset + self.len],
         }
     }
@@ -200,7 +203,7 @@ impl Drop for DecryptedBytes {
     fn drop(&mut self) {
         match &mut self.backing {
             Backing::Map(m) => wipe(m, &self.plaintext),
-            Backing::Owned(v) => v.zeroize(),
+            Backing::Owned(v) | Backing::Heap(v) => v.zeroize(),
             // Wiped by the region when its last file is dropped.
             Backing::OnDemand { .. } => {}
         }
@@ -861,14 +864,22 @@ impl Patcher<'_> {
             return Ok(None);
         }
         let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
-        let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
         let patches = plan_patches(&plan);
+        let plaintext = plaintext_ranges(&patches);
+        if src.len() <= SMALL {
+            // A small file: copied from the model's map (read once already by the parser)
+            // into the heap, which costs no map, no page fault and no unmap.
+            let mut buf = vec![0u8; src.len()];
+            let leaves = self.hash_and_patch(&mut buf, &Source::Slice(src), &patches, 0, content_len, d.chunk);
+            let bytes = DecryptedBytes { backing: Backing::Heap(buf), len: content_len as usize, plaintext };
+            return Ok(Some((bytes, leaves?)));
+        }
+        let Some(mut map) = anonymous(src.len(), path)? else { return Ok(None) };
         let source = match model.source_file() {
             Some(file) => Source::File(file, path),
             None => Source::Slice(src),
         };
         let leaves = self.hash_and_patch(&mut map, &source, &patches, 0, content_len, d.chunk);
-        let plaintext = plaintext_ranges(&patches);
         let bytes = DecryptedBytes { backing: Backing::Map(map), len: content_len as usize, plaintext };
         Ok(Some((bytes, leaves?)))
     }

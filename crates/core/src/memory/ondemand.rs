@@ -94,7 +94,7 @@ pub(super) fn on_demand_if(
     wanted: bool,
     d: Decryption<'_>,
 ) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
-    if wanted && ondemand::available() {
+    if wanted && !d.model.external_files.is_empty() && ondemand::available() {
         on_demand(d)
     } else {
         Ok(Err(d))

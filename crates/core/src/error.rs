@@ -442,8 +442,6 @@ pub enum OutputRefused {
     OverInput { what: String, path: PathBuf },
     #[error("the output name {} is not UTF-8, so its external data files cannot be named after it; write the output to another directory", .path.display())]
     NonUtf8Name { path: PathBuf },
-    #[error("{} was replaced while it was being read", .path.display())]
-    Replaced { path: PathBuf },
     #[error("the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory")]
     ExternalData,
     #[error("this model has no tiers; omit --tier")]

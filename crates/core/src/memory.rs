@@ -86,7 +86,7 @@ use std::path::Path;
 use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream};
 use onnx_protect_format::write::{Content, Plan};
 use onnx_protect_format::{FormatError, Model, TensorData};
-use onnx_protect_fsio::file::{file_id, read_exact_at};
+use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::PrivateMap;
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
@@ -98,7 +98,7 @@ use crate::content::stored_leaves;
 use crate::seal::Expected;
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::entry_bytes;
-use crate::error::{BadManifest, CoreError, OutputRefused, Result};
+use crate::error::{BadManifest, CoreError, Result};
 use crate::keys::KeySource;
 use crate::protection::{open_protected, Protection};
 use crate::target::Target;
@@ -437,15 +437,14 @@ pub fn decrypt_signed_in_memory_if(
     load(protection.reader().decryption(&model, key, tier, signers)?, Some(file))
 }
 
-/// The protected model at `path`, parsed, and an open handle of the same file (refused if
-/// the path was replaced meanwhile).
+/// The protected model at `path`, parsed, and an open handle of the very file it was
+/// parsed from (the one the parser mapped).
 fn open_checked(path: &Path) -> Result<(File, Model)> {
-    let file = open(path)?;
     let model = open_protected(path, &onnx_protect_format::NoProgress)?;
-    let id = |f: &File| file_id(f).map_err(|e| io_error(path, e));
-    if id(&file)? != id(&open(path)?)? {
-        return Err(OutputRefused::Replaced { path: path.to_path_buf() }.into());
-    }
+    let file = match model.source_file() {
+        Some(f) => f.try_clone().map_err(|e| io_error(path, e))?,
+        None => open(path)?,
+    };
     Ok((file, model))
 }
 

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, DecryptedBytes, Method};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source};
+use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -260,7 +260,10 @@ pub fn commit_from_file_as(
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;
     let fallback = builder.clone();
-    let opts = |share: bool| Options { share, ..Options::default() };
+    // Handing a tensor over in place costs a few microseconds here: every shareable
+    // tensor is shared (the Python loader's default threshold is larger, for its own
+    // per-tensor cost).
+    let opts = |share: bool| Options { share, min_bytes: MIN_SHAREABLE, ..Options::default() };
     let Prepared { graph, shared, arena } =
         prepare(&index, &model, |l| external.get(l).map(|d| &d[..]), &opts(true)).map_err(|e| at(e.into()))?;
     let mut held = Held { model: Some(model), external, arena: Some(arena) };

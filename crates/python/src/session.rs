@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, decrypt_model_signed_in_memory, DecryptedBytes};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{prepare, Arena, Options, Source};
+use onnx_protect_session::{prepare, Arena, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -32,6 +32,8 @@ struct Held {
     /// The graph planned by `session_model` (with shared tensors if any), until `graph()`
     /// hands it out.
     planned: Mutex<Option<Vec<u8>>>,
+    /// The smallest tensor shared.
+    min_shared: u64,
 }
 
 impl Held {
@@ -148,7 +150,7 @@ impl SessionModel {
             }
         }
         let held = Arc::clone(&self.held);
-        let opts = Options { share, ..Options::default() };
+        let opts = Options { share, min_bytes: held.min_shared, ..Options::default() };
         // `None`: the decrypted model was released.
         let plan = py.detach(|| -> Result<_, CoreError> {
             let index = lock(&held.index);
@@ -194,10 +196,12 @@ impl SessionModel {
 
 /// Decrypts `source` (a path, or the protected model's bytes with external data
 /// resolved in the current directory, as onnxruntime does for models given as bytes)
-/// and plans the session. With `share` and `on_demand`, the external data files of a
-/// model read from a path are filled on demand where the system can.
+/// and plans the session. With `share`, tensors of at least `min_shared` bytes are shared
+/// where no optimiser reads them; with `share` and `on_demand`, the external data files of
+/// a model read from a path are filled on demand where the system can.
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true, min_shared=MIN_SHARED))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of InferenceSession
 pub fn session_model(
     py: Python<'_>,
     source: Bound<'_, PyAny>,
@@ -206,6 +210,7 @@ pub fn session_model(
     signers: Vec<String>,
     share: bool,
     on_demand: bool,
+    min_shared: u64,
 ) -> PyResult<SessionModel> {
     let trusted = crate::signers(signers)?;
     let key_source = key.source.clone();
@@ -239,7 +244,7 @@ pub fn session_model(
         .map_err(|e| py_err_at(&what, e))?;
     let (index, d) = decrypted;
     let (model_bytes, external) = d.into_parts();
-    let opts = Options { share, ..Options::default() };
+    let opts = Options { share, min_bytes: min_shared, ..Options::default() };
     let plan = py
         .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
         .map_err(|e| py_err_at(&what, CoreError::Format(e)))?;
@@ -257,6 +262,7 @@ pub fn session_model(
         external: Mutex::new(external),
         arena: plan.arena,
         planned: Mutex::new(Some(plan.graph)),
+        min_shared,
     });
     let mut shared = Vec::with_capacity(plan.shared.len());
     for s in plan.shared {

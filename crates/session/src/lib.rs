@@ -45,6 +45,14 @@ pub const SENTINEL: &str = ".";
 /// to 64 bytes); a tensor not aligned in its buffer is copied into an aligned arena.
 pub const ALIGN: usize = 64;
 
+/// The smallest tensor the loaders share by default ([`Options::min_bytes`]): below it,
+/// handing a tensor to onnxruntime in place costs more time than onnxruntime's copy of it
+/// (docs/performance.md), and saves little memory.
+pub const MIN_SHARED: u64 = 64 << 10;
+
+/// The smallest tensor ever shared: tiny tensors (shapes, axes) must stay in the graph.
+pub const MIN_SHAREABLE: u64 = 1024;
+
 /// The largest graph protobuf can hold (2 GiB), less room for what onnxruntime adds.
 pub const MAX_GRAPH: u64 = (2 << 30) - (1 << 20);
 
@@ -86,8 +94,8 @@ pub struct Options {
     /// Share tensors (the in-place path); `false` writes every tensor into the graph
     /// (the fallback when onnxruntime refused the shared graph).
     pub share: bool,
-    /// Smaller tensors stay in the graph (tiny shape tensors must, and sharing them
-    /// saves nothing).
+    /// Smaller tensors stay in the graph ([`MIN_SHARED`] by default; never below
+    /// [`MIN_SHAREABLE`]: tiny shape tensors must stay).
     pub min_bytes: u64,
     /// The largest graph to build.
     pub max_graph: u64,
@@ -95,7 +103,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { share: true, min_bytes: 1024, max_graph: MAX_GRAPH }
+        Options { share: true, min_bytes: MIN_SHARED, max_graph: MAX_GRAPH }
     }
 }
 
@@ -197,7 +205,7 @@ fn shareable(
     opts: &Options,
 ) -> bool {
     let main = model.graphs.first().map(|g| g.id);
-    if !opts.share || t.origin != Origin::Initializer || Some(t.graph) != main || t.nbytes < opts.min_bytes {
+    if !opts.share || t.origin != Origin::Initializer || Some(t.graph) != main || t.nbytes < opts.min_bytes.max(MIN_SHAREABLE) {
         return false;
     }
     if !matches!(t.data, TensorData::Raw { .. } | TensorData::External { .. }) {

@@ -6,6 +6,11 @@ fn big(name: &str) -> Vec<u8> {
     float_tensor(name, &[16, 16], &(0..256).map(|i| i as f32).collect::<Vec<_>>())
 }
 
+/// Every tensor big enough to be shared at all is (the tests' weights are small).
+fn any_size() -> Options {
+    Options { min_bytes: MIN_SHAREABLE, ..Options::default() }
+}
+
 fn reparse(graph: &[u8]) -> Model {
     Model::from_vec(graph.to_vec(), None).expect("the graph parses")
 }
@@ -14,7 +19,7 @@ fn reparse(graph: &[u8]) -> Model {
 fn a_matmul_weight_is_shared_and_the_graph_names_only_the_sentinel() {
     let bytes = matmul_chain(&[big("W0")]);
     let model = Model::from_vec(bytes.clone(), None).unwrap();
-    let p = prepare(&model, &bytes, |_| None, &Options::default()).unwrap();
+    let p = prepare(&model, &bytes, |_| None, &any_size()).unwrap();
     assert_eq!(p.shared.len(), 1);
     let s = &p.shared[0];
     assert_eq!((s.name.as_str(), s.dims.as_slice()), ("W0", &[16u64, 16][..]));
@@ -39,16 +44,27 @@ fn a_matmul_weight_is_shared_and_the_graph_names_only_the_sentinel() {
 fn without_sharing_the_graph_is_the_model() {
     let bytes = matmul_chain(&[big("W0")]);
     let model = Model::from_vec(bytes.clone(), None).unwrap();
-    let p = prepare(&model, &bytes, |_| None, &Options { share: false, ..Options::default() }).unwrap();
+    let p = prepare(&model, &bytes, |_| None, &Options { share: false, ..any_size() }).unwrap();
     assert!(p.shared.is_empty());
     assert_eq!(p.graph, bytes);
+}
+
+#[test]
+fn by_default_tensors_under_64_kib_stay_in_the_graph() {
+    let small = matmul_chain(&[big("W0")]);
+    let model = Model::from_vec(small.clone(), None).unwrap();
+    assert!(prepare(&model, &small, |_| None, &Options::default()).unwrap().shared.is_empty());
+    let w: Vec<f32> = (0..128 * 128).map(|i| i as f32).collect();
+    let large = matmul_chain(&[float_tensor("W0", &[128, 128], &w)]);
+    let model = Model::from_vec(large.clone(), None).unwrap();
+    assert_eq!(prepare(&model, &large, |_| None, &Options::default()).unwrap().shared.len(), 1);
 }
 
 #[test]
 fn small_tensors_stay_in_the_graph() {
     let bytes = matmul_chain(&[float_tensor("W0", &[2, 2], &[1.0; 4])]);
     let model = Model::from_vec(bytes.clone(), None).unwrap();
-    assert!(prepare(&model, &bytes, |_| None, &Options::default()).unwrap().shared.is_empty());
+    assert!(prepare(&model, &bytes, |_| None, &any_size()).unwrap().shared.is_empty());
 }
 
 /// `y = x · Transpose(W)`: the Transpose is folded from the graph's data, so W stays in it.
@@ -60,7 +76,7 @@ fn a_weight_an_optimiser_folds_is_not_shared() {
     put_len_field(&mut g, 5, &big("W"));
     let bytes = model_with_graph(&g);
     let model = Model::from_vec(bytes.clone(), None).unwrap();
-    let p = prepare(&model, &bytes, |_| None, &Options::default()).unwrap();
+    let p = prepare(&model, &bytes, |_| None, &any_size()).unwrap();
     assert!(p.shared.is_empty(), "{:?}", p.shared);
     assert_eq!(p.graph, bytes);
 }
@@ -73,7 +89,7 @@ fn a_weight_with_another_use_is_not_shared() {
     put_len_field(&mut g, 5, &big("W"));
     let bytes = model_with_graph(&g);
     let model = Model::from_vec(bytes.clone(), None).unwrap();
-    assert!(prepare(&model, &bytes, |_| None, &Options::default()).unwrap().shared.is_empty());
+    assert!(prepare(&model, &bytes, |_| None, &any_size()).unwrap().shared.is_empty());
 }
 
 #[test]
@@ -85,13 +101,13 @@ fn unshared_external_data_is_written_into_the_graph() {
     let bytes = matmul_chain(&[external_float_tensor("W0", &[4, 4], "w.bin", 0, 64)]);
     std::fs::write(dir.path().join("m.onnx"), &bytes).unwrap();
     let model = Model::open(dir.path().join("m.onnx")).unwrap();
-    let p = prepare(&model, &bytes, |l| (l == "w.bin").then_some(&values[..]), &Options::default()).unwrap();
+    let p = prepare(&model, &bytes, |l| (l == "w.bin").then_some(&values[..]), &any_size()).unwrap();
     assert!(p.shared.is_empty());
     let g = reparse(&p.graph);
     assert!(g.external_files.is_empty());
     assert_eq!(&g.tensor_bytes(0).unwrap()[..], &values[..]);
     // A missing external buffer is an error, not a graph that names the file.
-    assert!(prepare(&model, &bytes, |_| None, &Options::default()).is_err());
+    assert!(prepare(&model, &bytes, |_| None, &any_size()).is_err());
 }
 
 #[test]
@@ -102,9 +118,9 @@ fn shared_external_tensors_point_into_their_file_and_oversized_graphs_are_refuse
     let bytes = matmul_chain(&[external_float_tensor("W0", &[32, 32], "w.bin", 0, 4096)]);
     std::fs::write(dir.path().join("m.onnx"), &bytes).unwrap();
     let model = Model::open(dir.path().join("m.onnx")).unwrap();
-    let p = prepare(&model, &bytes, |_| Some(&values[..]), &Options::default()).unwrap();
+    let p = prepare(&model, &bytes, |_| Some(&values[..]), &any_size()).unwrap();
     assert_eq!(p.shared.len(), 1);
     assert!(matches!(&p.shared[0].source, Source::External(l) if l == "w.bin") || p.shared[0].source == Source::Arena);
-    let small = Options { share: false, max_graph: 1000, ..Options::default() };
+    let small = Options { share: false, max_graph: 1000, ..any_size() };
     assert!(prepare(&model, &bytes, |_| Some(&values[..]), &small).is_err());
 }

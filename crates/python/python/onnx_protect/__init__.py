@@ -436,18 +436,19 @@ _PROVIDER_CACHES = {
 
 def _refuse_disk_writes(so: Any, providers: Any, provider_options: Any) -> None:
     """Raises :class:`UnsafeSessionOptions` for options that write the decrypted model,
-    its initializers or an EP context to disk. Profiling (timings only) is allowed."""
+    its initializers or an EP context to disk. Profiling (timings only) is allowed. The
+    names given to such files (``session.optimized_model_external_initializers_file_name``,
+    ``ep.context_file_path``) write nothing unless the option that saves them is set, and
+    are named in the refusal when it is."""
     why = []
     if so.optimized_model_filepath:
-        why.append(f"optimized_model_filepath ({so.optimized_model_filepath!r}) saves the optimized model with its weights")
-    name = _config_entry(so, "session.optimized_model_external_initializers_file_name")
-    if name:
-        why.append(f"session.optimized_model_external_initializers_file_name ({name!r}) saves the weights")
+        name = _config_entry(so, "session.optimized_model_external_initializers_file_name")
+        why.append(f"optimized_model_filepath ({so.optimized_model_filepath!r}) saves the optimized model with its weights"
+                   + (f" (session.optimized_model_external_initializers_file_name: {name!r})" if name else ""))
     if _config_entry(so, "ep.context_enable") not in ("", "0"):
-        why.append("ep.context_enable saves an EP context model (with the weights unless embedded elsewhere)")
-    path = _config_entry(so, "ep.context_file_path")
-    if path:
-        why.append(f"ep.context_file_path ({path!r}) names where an EP context model is saved")
+        path = _config_entry(so, "ep.context_file_path")
+        why.append("ep.context_enable saves an EP context model (with the weights unless embedded elsewhere)"
+                   + (f" at ep.context_file_path ({path!r})" if path else ""))
     pairs = []
     for i, p in enumerate(providers or ()):
         if isinstance(p, (tuple, list)) and len(p) == 2:
@@ -591,19 +592,21 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     written. The positional arguments are onnxruntime's; the key is one keyword
     argument as elsewhere in this package.
 
-    Large float ``MatMul``/``Gemm`` weights, recurrent weights and embedding tables
-    reach onnxruntime in place (``SessionOptions.add_initializer`` over views of the
-    decrypted memory, kept alive with the session and the options); every other tensor
-    is in the graph handed over as bytes, which onnxruntime copies. ``in_place``:
-    ``None`` (default) shares tensors when every provider is the CPU's, ``True``
-    always tries, ``False`` never. If onnxruntime refuses the shared graph, the session
-    is created again with every tensor in the graph. ``on_demand`` (default ``True``):
-    external data files of a model read from a path are filled on demand where the
-    system can (Linux ``userfaultfd``): verified whole, then each chunk decrypted when
-    onnxruntime first reads it, so the session's peak memory stays near that of the
-    plain file; ``False`` decrypts them whole first (faster on one model measured,
-    about 1.6 times the memory). Options that would write the decrypted model to disk
-    raise :class:`UnsafeSessionOptions`. See docs/python.md.
+    Float ``MatMul``/``Gemm`` weights, recurrent weights and embedding tables of at least
+    64 KiB reach onnxruntime in place (``SessionOptions.add_initializer`` over views of
+    the decrypted memory, kept alive with the session and the options); every other
+    tensor is in the graph handed over as bytes, which onnxruntime copies. ``in_place``:
+    ``None`` (default) shares such tensors when every provider is the CPU's, ``True``
+    always tries and shares them from 1 KiB, ``False`` never. If onnxruntime refuses
+    the shared graph, the session is created again with every tensor in the graph.
+    ``on_demand`` (default ``True``): external data files of a model read from a path
+    are filled on demand where the system can (Linux ``userfaultfd``): each chunk
+    checked against its hash and decrypted when onnxruntime first reads it, or a little
+    before, so the session's time and peak memory stay near those of the plain file;
+    ``False`` decrypts them whole first (about 1.7 times the memory). A chunk that does
+    not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
+    is returned. Options that would write the decrypted model to disk raise
+    :class:`UnsafeSessionOptions`. See docs/python.md.
     """
     import numpy as np
     import onnxruntime as ort
@@ -615,20 +618,25 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     k = _licensed(k, licence, licence_clock)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     _refuse_disk_writes(so, providers, provider_options)
-    if in_place is None:
-        in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
     if isinstance(path_or_bytes, (bytearray, memoryview)):
         path_or_bytes = bytes(path_or_bytes)
     source = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+    # By default tensors under 64 KiB stay in the graph (onnxruntime copies them faster
+    # than it takes them in place); in_place=True shares every eligible tensor.
+    min_shared = 1024 if in_place is True else 64 << 10
+    if in_place is None:
+        in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
     try:
         sm = _native.session_model(
-            source, key=k, tier=tier, signers=list(signers), share=bool(in_place), on_demand=bool(on_demand)
+            source, key=k, tier=tier, signers=list(signers), share=bool(in_place), on_demand=bool(on_demand),
+            min_shared=min_shared,
         )
     except MalformedModel as e:
         if "more than a graph can hold" not in str(e):
             raise
         return _session_with_external_files(ort, np, source, k, tier, signers, so, providers, provider_options, onnxruntime_kwargs)
-    _check_reuse(so, sm.unshared_initializers)
+    if _added is not None and so in _added:
+        _check_reuse(so, sm.unshared_initializers)
     cls = _session_class(ort)
     keep = _add_shared(ort, np, so, sm) if sm.shared else []
     weights = "in_place" if sm.shared else "graph"

@@ -126,6 +126,7 @@ def session_model(
     signers: list[str] = ...,
     share: bool = True,
     on_demand: bool = True,
+    min_shared: int = 65536,
 ) -> SessionModel: ...
 def encrypt(
     src: str,

@@ -50,26 +50,32 @@ def files_in(folder):
 
 
 def check_refusals(protected, key, folder):
-    """Each option that writes the decrypted model is refused, and no file appears."""
+    """Each option that writes the decrypted model is refused; the names of the files they
+    write, given without them, write nothing and are not refused; no file appears."""
     before = files_in(folder)
-    cases = []
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(folder / "optimized.onnx")
-    cases.append(("optimized_model_filepath", so))
-    for entry, value in (("session.optimized_model_external_initializers_file_name", "weights.out"),
-                         ("ep.context_enable", "1"), ("ep.context_file_path", str(folder / "ctx.onnx"))):
+    opt, ext = str(folder / "optimized.onnx"), ("session.optimized_model_external_initializers_file_name", "weights.out")
+    ctx, ctx_path = ("ep.context_enable", "1"), ("ep.context_file_path", str(folder / "ctx.onnx"))
+    refused = [("optimized_model_filepath", opt, []), ("optimized_model_filepath", opt, [ext]),
+               ("ep.context_enable", None, [ctx]), ("ep.context_enable", None, [ctx, ctx_path])]
+    for name, path, entries in refused:
         so = ort.SessionOptions()
-        so.add_session_config_entry(entry, value)
-        cases.append((entry, so))
-    for name, so in cases:
+        if path:
+            so.optimized_model_filepath = path
+        for entry, value in entries:
+            so.add_session_config_entry(entry, value)
         try:
             op.InferenceSession(protected, so, CPU, key=key)
         except op.UnsafeSessionOptions as e:
             assert name in str(e), (name, str(e))
+            assert all(entry in str(e) for entry, _ in entries), (entries, str(e))
         else:
-            raise AssertionError(f"{name}: not refused")
+            raise AssertionError(f"{name} {entries}: not refused")
+    for entry, value in (ext, ctx_path):
+        so = ort.SessionOptions()
+        so.add_session_config_entry(entry, value)
+        op.InferenceSession(protected, so, CPU, key=key)
     assert files_in(folder) == before, f"files written: {sorted(set(files_in(folder)) - set(before))}"
-    return [name for name, _ in cases]
+    return [name for name, _, _ in refused] + [ext[0], ctx_path[0]]
 
 
 def check_sentinel_fails(work):
@@ -118,6 +124,9 @@ def main(root, work):
         assert isinstance(s, ort.InferenceSession)
         same_outputs(s, plain, plain_path, name)
         got = {"default": s.onnx_protect_weights}
+        s = op.InferenceSession(protected, providers=CPU, key=key, in_place=True)
+        same_outputs(s, plain, plain_path, f"{name}, in_place=True")
+        got["in_place=True"] = s.onnx_protect_weights
         s = op.InferenceSession(protected, providers=CPU, key=key, in_place=False)
         same_outputs(s, plain, plain_path, f"{name}, in_place=False")
         got["in_place=False"] = s.onnx_protect_weights

@@ -455,12 +455,12 @@ def test_sessions_from_protected_digits_models_match_the_original(model, mode, t
 def test_sessions_take_external_data_from_memory_in_place(ext):
     plain, enc, key = ext
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    s = op.InferenceSession(enc, key_file=key, providers=PROVIDERS)
+    s = op.InferenceSession(enc, key_file=key, providers=PROVIDERS, in_place=True)
     got = s.run(None, {"x": x})[0]
     want = ort.InferenceSession(str(plain), providers=PROVIDERS).run(None, {"x": x})[0]
     assert got.tobytes() == want.tobytes()
     sm, kept = s._onnx_protect_buffers
-    assert [name for name, *_ in sm.shared] == ["mm_W"], "the 2 KiB MatMul weight is used in place"
+    assert [name for name, *_ in sm.shared] == ["mm_W"], "the 2 KiB MatMul weight is used in place when asked"
     assert kept and kept[0][0].base is not None, "a view of the decrypted memory, not a copy"
     # onnxruntime re-creates the session from the options, which still hold the views.
     s.set_providers(PROVIDERS)

@@ -56,11 +56,14 @@ def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, tm
     plain = ort.InferenceSession(str(model), providers=CPU)
     feeds = inputs_for(plain, model)
     want = plain.run(None, feeds)
-    s = op.InferenceSession(enc, key=key, providers=CPU)
-    got = s.run(None, feeds)
-    assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
-    if model.parent.name == "digits":
-        assert s._onnx_protect_buffers[0].shared, "the digits models' MatMul/Gemm weights are used in place"
+    for in_place in (None, True):
+        s = op.InferenceSession(enc, key=key, providers=CPU, in_place=in_place)
+        got = s.run(None, feeds)
+        assert [g.tobytes() for g in got] == [w.tobytes() for w in want], f"in_place={in_place}"
+        if model.parent.name == "digits":
+            # Every weight of these models is under 64 KiB: shared only when asked.
+            shared = s._onnx_protect_buffers[0].shared
+            assert bool(shared) == bool(in_place), "the digits models' MatMul/Gemm weights are used in place when asked"
 
 
 def transposed_model(folder):
@@ -95,7 +98,7 @@ def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext
     want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
     # The ciphertext file is where onnxruntime would resolve it for a model given as bytes.
     monkeypatch.chdir(enc.parent)
-    s = op.InferenceSession(enc, key=key, providers=CPU)
+    s = op.InferenceSession(enc, key=key, providers=CPU, in_place=True)
     assert s.run(None, {"x": x})[0].tobytes() == want.tobytes()
     sm = s._onnx_protect_buffers[0]
     assert [name for name, *_ in sm.shared] == ["V"], "W feeds a Transpose (folded): not shared"
@@ -139,7 +142,7 @@ def test_a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gon
     plain.with_name("weights.bin").unlink()
     monkeypatch.chdir(enc.parent)
     for source in (enc, enc.read_bytes()):
-        s = op.InferenceSession(source, key=key, providers=CPU)
+        s = op.InferenceSession(source, key=key, providers=CPU, in_place=True)
         assert s.run(None, {"x": x})[0].tobytes() == want
         assert [n for n, *_ in s._onnx_protect_buffers[0].shared] == ["V"]
     enc.with_name("weights.bin").write_bytes(b"\0" * 7)
@@ -180,7 +183,7 @@ def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monke
             super().__init__(graph, *a, **kw)
 
     monkeypatch.setattr(op, "_session_class", lambda _ort: RefusesSentinel)
-    s = op.InferenceSession(enc, key=key, providers=CPU)
+    s = op.InferenceSession(enc, key=key, providers=CPU, in_place=True)
     x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:32]
     want = ort.InferenceSession(str(model), providers=CPU).run(None, {"input": x})[0]
     assert s.run(None, {"input": x})[0].tobytes() == want.tobytes()
@@ -196,8 +199,8 @@ def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
     want = plain.run(None, {"x": x})[0].tobytes()
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    a = op.InferenceSession(enc, so, CPU, key=key)  # positional sess_options and providers
-    b = op.InferenceSession(enc, so, CPU, key=key)  # the same options again
+    a = op.InferenceSession(enc, so, CPU, key=key, in_place=True)  # positional sess_options and providers
+    b = op.InferenceSession(enc, so, CPU, key=key, in_place=True)  # the same options again
     assert a.run(None, {"x": x})[0].tobytes() == want and b.run(None, {"x": x})[0].tobytes() == want
     assert a.get_session_options().intra_op_num_threads == 1
     # The protected model as bytes (external data found in the current directory).
@@ -212,15 +215,16 @@ def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
     other = tmp_path / "other.onnx"
     op.encrypt(transposed_model(tmp_path / "t"), other, key=key)
     so2 = ort.SessionOptions()
-    op.InferenceSession(other, so2, CPU, key=key)
+    op.InferenceSession(other, so2, CPU, key=key, in_place=True)
     clash = tmp_path / "clash"
     plain_clash = transposed_model(clash)
     m = onnx.load(str(plain_clash))
     m.graph.initializer[1].raw_data = (numpy_helper.to_array(m.graph.initializer[1]) + 1).tobytes()
     onnx.save_model(m, str(clash / "model2.onnx"), save_as_external_data=True, location="w2.bin", size_threshold=0)
     op.encrypt(clash / "model2.onnx", tmp_path / "clash.onnx", key=key)
-    with pytest.raises(op.OnnxProtectError, match="new onnxruntime.SessionOptions"):
-        op.InferenceSession(tmp_path / "clash.onnx", so2, CPU, key=key)
+    for in_place in (None, True):  # the clashing tensor shared, or in the graph
+        with pytest.raises(op.OnnxProtectError, match="new onnxruntime.SessionOptions"):
+            op.InferenceSession(tmp_path / "clash.onnx", so2, CPU, key=key, in_place=in_place)
 
 
 def test_in_place_false_and_other_providers_copy(tmp_path):
@@ -234,28 +238,51 @@ def test_in_place_false_and_other_providers_copy(tmp_path):
     assert s.run(None, {"input": x})[0].tobytes() == want.tobytes()
 
 
-@pytest.mark.parametrize("setting", [
-    ("optimized_model_filepath", "opt.onnx"),
-    ("session.optimized_model_external_initializers_file_name", "w.bin"),
-    ("ep.context_enable", "1"),
-    ("ep.context_file_path", "ctx.onnx"),
-])
-def test_options_that_write_the_decrypted_model_are_refused(setting, tmp_path, monkeypatch):
+@pytest.mark.parametrize("settings", [
+    [("optimized_model_filepath", "opt.onnx")],
+    [("optimized_model_filepath", "opt.onnx"), ("session.optimized_model_external_initializers_file_name", "w.bin")],
+    [("ep.context_enable", "1")],
+    [("ep.context_enable", "1"), ("ep.context_file_path", "ctx.onnx")],
+], ids=lambda s: "+".join(n for n, _ in s))
+def test_options_that_write_the_decrypted_model_are_refused(settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     key = op.new_key()
     enc = protect(ROOT / "fixtures" / "digits" / "mlp.onnx", tmp_path, key)
     so = ort.SessionOptions()
-    name, value = setting
-    if name == "optimized_model_filepath":
-        so.optimized_model_filepath = str(tmp_path / value)
-    else:
-        so.add_session_config_entry(name, value)
+    for name, value in settings:
+        if name == "optimized_model_filepath":
+            so.optimized_model_filepath = str(tmp_path / value)
+        else:
+            so.add_session_config_entry(name, value)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    with pytest.raises(op.UnsafeSessionOptions, match=name.split(".")[-1] if "." in name else name):
+    with pytest.raises(op.UnsafeSessionOptions) as e:
         op.InferenceSession(enc, so, CPU, key=key)
+    for name, value in settings:
+        assert name in str(e.value), (name, str(e.value))
+        assert value == "1" or value in str(e.value), (value, str(e.value))
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
     with pytest.raises(op.UnsafeSessionOptions, match="trt_engine_cache_enable"):
         op.InferenceSession(enc, providers=[("TensorrtExecutionProvider", {"trt_engine_cache_enable": True})], key=key)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("session.optimized_model_external_initializers_file_name", "w.bin"),
+    ("ep.context_file_path", "ctx.onnx"),
+    ("ep.context_enable", "0"),
+])
+def test_file_names_without_the_option_that_writes_them_are_harmless(name, value, tmp_path, monkeypatch):
+    """Names given to files that only optimized_model_filepath or ep.context_enable write
+    make onnxruntime write nothing on their own: the session is made, and no file appears."""
+    monkeypatch.chdir(tmp_path)
+    key = op.new_key()
+    enc = protect(ROOT / "fixtures" / "digits" / "mlp.onnx", tmp_path, key)
+    so = ort.SessionOptions()
+    so.add_session_config_entry(name, value)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    s = op.InferenceSession(enc, so, CPU, key=key)
+    x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:4]
+    s.run(None, {"input": x})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
 
 
 def test_profiling_is_allowed(tmp_path, monkeypatch):

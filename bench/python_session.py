@@ -82,7 +82,7 @@ elif variant == "protected, whole":
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key, on_demand=False)
 else:
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key,
-                                      in_place=(variant == "protected"))
+                                      in_place=None if variant == "protected" else False)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
 """

@@ -104,9 +104,6 @@ pub struct SessionModel {
     shared: Vec<(String, &'static str, Vec<u64>, Py<TensorView>)>,
     /// The sources shared tensors point into (kept by `release()`).
     used: Vec<Source>,
-    /// Names of the model's initializers (any graph) that are not shared.
-    #[pyo3(get)]
-    unshared_initializers: Vec<String>,
     /// The model's path (or "the model bytes"), for errors.
     what: PathBuf,
 }
@@ -183,6 +180,21 @@ impl SessionModel {
         Ok(())
     }
 
+    /// Names of the model's initializers (any graph) that are not shared; refused after
+    /// `release()`.
+    #[getter]
+    fn unshared_initializers(&self) -> PyResult<Vec<String>> {
+        let index = lock(&self.held.index);
+        let index = index.as_ref().ok_or_else(|| exception(ErrorKind::Output, "the decrypted model was released".into()))?;
+        let shared: std::collections::HashSet<&str> = self.shared.iter().map(|s| s.0.as_str()).collect();
+        Ok(index
+            .tensors
+            .iter()
+            .filter(|t| t.origin == onnx_protect_format::Origin::Initializer && !shared.contains(t.name.as_str()))
+            .map(|t| t.name.clone())
+            .collect())
+    }
+
     /// How the external data files are held: `"on_demand"` (filled as read), `"memory"`
     /// (decrypted whole), or `None` for a model without external data.
     #[getter]
@@ -249,13 +261,6 @@ pub fn session_model(
         .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
         .map_err(|e| py_err_at(&what, CoreError::Format(e)))?;
     let used: Vec<Source> = plan.shared.iter().map(|s| s.source.clone()).collect();
-    let shared_names: std::collections::HashSet<&str> = plan.shared.iter().map(|s| s.name.as_str()).collect();
-    let unshared_initializers = index
-        .tensors
-        .iter()
-        .filter(|t| t.origin == onnx_protect_format::Origin::Initializer && !shared_names.contains(t.name.as_str()))
-        .map(|t| t.name.clone())
-        .collect();
     let held = Arc::new(Held {
         index: Mutex::new(Some(index)),
         model: Mutex::new(Some(model_bytes)),
@@ -271,5 +276,5 @@ pub fn session_model(
         let view = Py::new(py, TensorView { held: Arc::clone(&held), source: s.source, range: s.range })?;
         shared.push((s.name, dtype, s.dims, view));
     }
-    Ok(SessionModel { held, shared, used, unshared_initializers, what })
+    Ok(SessionModel { held, shared, used, what })
 }

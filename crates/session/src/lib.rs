@@ -291,6 +291,18 @@ pub fn prepare<'a>(
     external: impl Fn(&str) -> Option<&'a [u8]>,
     opts: &Options,
 ) -> Result<Prepared, FormatError> {
+    // Nothing large enough to share and no external data: the graph is the model.
+    let min = opts.min_bytes.max(MIN_SHAREABLE);
+    let large = |t: &Tensor| opts.share && t.origin == Origin::Initializer && t.nbytes >= min;
+    if model.external_files.is_empty() && !model.tensors.iter().any(large) {
+        if bytes.len() as u64 > opts.max_graph {
+            return Err(FormatError::Invalid(format!(
+                "the model would be {} bytes, more than a graph can hold",
+                bytes.len()
+            )));
+        }
+        return Ok(Prepared { graph: bytes.to_vec(), shared: Vec::new(), arena: Arena::with_capacity(0) });
+    }
     let consts = constants(model);
     let mut users: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, n) in model.nodes.iter().enumerate() {

@@ -399,8 +399,7 @@ impl<'a> Parser<'a> {
                 }
                 7 => {
                     self.expect(&g, WireType::Len, &ctx, "node")?;
-                    let p = path.child(&g, i, format!("{ctx} node #{i}"));
-                    self.parse_node(&g, &p, gid, 0)?;
+                    self.parse_node(&g, path, i, format!("{ctx} node #{i}"), gid, 0)?;
                 }
                 _ => {}
             }
@@ -429,8 +428,7 @@ impl<'a> Parser<'a> {
             match g.number {
                 1 => {
                     self.expect(&g, WireType::Len, &ctx, "node")?;
-                    let p = path.child(&g, i, format!("{ctx} node #{i}"));
-                    self.parse_node(&g, &p, gid, depth)?;
+                    self.parse_node(&g, path, i, format!("{ctx} node #{i}"), gid, depth)?;
                 }
                 2 => {
                     let s = self.string(&g, &ctx, "name")?;
@@ -520,7 +518,16 @@ impl<'a> Parser<'a> {
         Ok((values, indices))
     }
 
-    fn parse_node(&mut self, f: &Field, path: &Path2, gid: GraphId, depth: usize) -> Result<()> {
+    /// Node `f`, the `index`th node field of `parent` (described as `ctx0` in errors).
+    fn parse_node(
+        &mut self,
+        f: &Field,
+        parent: &Path2,
+        index: u32,
+        ctx0: String,
+        gid: GraphId,
+        depth: usize,
+    ) -> Result<()> {
         let nid = self.nodes.len();
         self.nodes.push(Node {
             id: nid,
@@ -533,8 +540,8 @@ impl<'a> Parser<'a> {
             attributes: Vec::new(),
         });
         self.graphs[gid].nodes.push(nid);
-        let ctx0 = path.context.clone();
         // First pass: identity, for readable contexts below.
+        let mut attributes = false;
         let mut rr = self.reader(f.value_range(), &ctx0)?;
         while let Some(g) = self.next(&mut rr, &ctx0)? {
             match g.number {
@@ -549,9 +556,15 @@ impl<'a> Parser<'a> {
                 3 => self.nodes[nid].name = self.string(&g, &ctx0, "name")?,
                 4 => self.nodes[nid].op_type = self.string(&g, &ctx0, "op_type")?,
                 7 => self.nodes[nid].domain = self.string(&g, &ctx0, "domain")?,
+                5 => attributes = true,
                 _ => {}
             }
         }
+        if !attributes {
+            return Ok(());
+        }
+        // The node's path, for the tensors and graphs its attributes hold.
+        let path = &parent.child(f, index, ctx0);
         let gpath = self.graphs[gid].path.clone();
         let ctx = format!("graph {gpath} > node {}", self.nodes[nid].label());
         let mut occ = Occurrences::default();

@@ -91,7 +91,6 @@ use onnx_protect_fsio::PrivateMap;
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
 use rayon::prelude::*;
-use zeroize::Zeroize;
 
 use crate::action::{apply, edits_for, Action};
 use crate::content::stored_leaves;
@@ -203,7 +202,7 @@ impl Drop for DecryptedBytes {
     fn drop(&mut self) {
         match &mut self.backing {
             Backing::Map(m) => wipe(m, &self.plaintext),
-            Backing::Owned(v) | Backing::Heap(v) => v.zeroize(),
+            Backing::Owned(v) | Backing::Heap(v) => onnx_protect_fsio::wipe(v),
             // Wiped by the region when its last file is dropped.
             Backing::OnDemand { .. } => {}
         }
@@ -220,7 +219,7 @@ fn wipe(buf: &mut [u8], ranges: &[Range<usize>]) {
     if total <= SMALL || !ordered {
         for r in ranges {
             if let Some(s) = buf.get_mut(r.clone()) {
-                s.zeroize();
+                onnx_protect_fsio::wipe(s);
             }
         }
         return;
@@ -233,7 +232,7 @@ fn wipe(buf: &mut [u8], ranges: &[Range<usize>]) {
         pieces.push(piece);
         (rest, offset) = (tail, r.end);
     }
-    pieces.into_par_iter().for_each(|p| p.par_chunks_mut(1 << 20).for_each(|c| c.zeroize()));
+    pieces.into_par_iter().for_each(|p| p.par_chunks_mut(1 << 20).for_each(onnx_protect_fsio::wipe));
 }
 
 /// A protected model decrypted into memory.

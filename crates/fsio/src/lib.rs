@@ -23,6 +23,8 @@
 //! * [`tty`](mod@tty): a secret line read at the terminal with echo off before the prompt.
 //! * [`process`](mod@process): ending a child's whole process group (a key command
 //!   that timed out, with whatever it started).
+//! * [`wipe`]: zeroing memory that held secrets, at `memset` speed, in a way the compiler
+//!   keeps.
 //!
 //! ```
 //! use onnx_protect_fsio::{file, ReadMap};
@@ -52,6 +54,15 @@ pub mod ondemand;
 pub mod process;
 pub mod stage;
 pub mod tty;
+
+/// Overwrites `buf` with zeros before it is freed (memory that held plaintext), at the
+/// speed of `memset`, where byte-by-byte volatile writes take several times as long. The
+/// slice escapes to an opaque use afterwards, so the stores are not removed as dead.
+pub fn wipe(buf: &mut [u8]) {
+    buf.fill(0);
+    std::hint::black_box(&*buf);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
 
 pub use file::FileId;
 pub use map::{PrivateMap, ReadMap};

@@ -172,7 +172,7 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.buf);
+        onnx_protect_fsio::wipe(&mut self.buf);
     }
 }
 

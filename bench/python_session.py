@@ -27,8 +27,8 @@ that it wrote itself (a build may not read what a newer one writes).
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
 set (VmHWM) and its resident set before the session (VmRSS). Runs of the variants
-are interleaved (plain, protected, ..., plain, protected, ...) after one warm-up run
-of each, so the page cache is warm for all; the table gives medians and the ratio to
+are interleaved (plain, protected, ..., then the next round starting one variant later)
+after one warm-up run of each, so the page cache is warm for all; the table gives medians and the ratio to
 `plain`. "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
 and the installed onnx_protect package.
 """
@@ -177,8 +177,10 @@ def main():
                     for v in variants}
         for v in variants:  # warm-up (page cache, imports)
             measure(v, model_of[v], key, a.other)
-        for _ in range(a.runs):
-            for v in variants:
+        for r in range(a.runs):
+            # Each round starts one variant later, so that no variant always follows the
+            # same one (the machine's state after a process differs by what it ran).
+            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
                 runs[v].append(measure(v, model_of[v], key, a.other))
         med = {}
         for v, rs in runs.items():

@@ -94,12 +94,12 @@ use rayon::prelude::*;
 
 use crate::action::{apply, edits_for, Action};
 use crate::content::stored_leaves;
-use crate::seal::Expected;
 use crate::decryption::{Decryption, NewEntry};
 use crate::envelope::entry_bytes;
 use crate::error::{BadManifest, CoreError, Result};
 use crate::keys::KeySource;
 use crate::protection::{open_protected, Protection};
+use crate::seal::Expected;
 use crate::target::Target;
 
 mod ondemand;
@@ -128,7 +128,10 @@ enum Backing {
     /// A small file's private copy, patched in place (reported as [`Method::Mapped`]).
     Heap(Vec<u8>),
     Owned(Vec<u8>),
-    OnDemand { region: std::sync::Arc<ondemand::Region>, offset: usize },
+    OnDemand {
+        region: std::sync::Arc<ondemand::Region>,
+        offset: usize,
+    },
 }
 
 /// Decrypted bytes held in memory (a patched private map or an owned buffer).

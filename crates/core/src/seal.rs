@@ -153,7 +153,9 @@ impl Expected {
         let mut rest = &self.external[..];
         for &len in sizes {
             let n = usize::try_from(onnx_protect_crypto::chunk_count(len, chunk)).unwrap_or(usize::MAX);
-            let Some((these, more)) = rest.split_at_checked(n) else { return Some(Err(Modified::ExternalLeaves.into())) };
+            let Some((these, more)) = rest.split_at_checked(n) else {
+                return Some(Err(Modified::ExternalLeaves.into()));
+            };
             files.push(FileLeaves { len, leaves: these.to_vec() });
             rest = more;
         }
@@ -222,10 +224,13 @@ mod tests {
         // Too few or too many for the sizes.
         for n in [2, 4] {
             let e = Expected { digest, external: vec![[2; 32]; n] };
-            assert!(matches!(
-                e.check_listed(&files[0], &[70_000, 5], 65_536),
-                Some(Err(CoreError::Modified(Modified::ExternalLeaves)))
-            ), "{n}");
+            assert!(
+                matches!(
+                    e.check_listed(&files[0], &[70_000, 5], 65_536),
+                    Some(Err(CoreError::Modified(Modified::ExternalLeaves)))
+                ),
+                "{n}"
+            );
         }
         // Another digest.
         let other = Expected { digest: [0; 32], external: listed.external.clone() };

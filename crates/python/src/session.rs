@@ -185,7 +185,8 @@ impl SessionModel {
     #[getter]
     fn unshared_initializers(&self) -> PyResult<Vec<String>> {
         let index = lock(&self.held.index);
-        let index = index.as_ref().ok_or_else(|| exception(ErrorKind::Output, "the decrypted model was released".into()))?;
+        let index =
+            index.as_ref().ok_or_else(|| exception(ErrorKind::Output, "the decrypted model was released".into()))?;
         let shared: std::collections::HashSet<&str> = self.shared.iter().map(|s| s.0.as_str()).collect();
         Ok(index
             .tensors

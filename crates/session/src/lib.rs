@@ -205,7 +205,11 @@ fn shareable(
     opts: &Options,
 ) -> bool {
     let main = model.graphs.first().map(|g| g.id);
-    if !opts.share || t.origin != Origin::Initializer || Some(t.graph) != main || t.nbytes < opts.min_bytes.max(MIN_SHAREABLE) {
+    if !opts.share
+        || t.origin != Origin::Initializer
+        || Some(t.graph) != main
+        || t.nbytes < opts.min_bytes.max(MIN_SHAREABLE)
+    {
         return false;
     }
     if !matches!(t.data, TensorData::Raw { .. } | TensorData::External { .. }) {

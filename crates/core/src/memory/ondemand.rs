@@ -262,7 +262,9 @@ impl Failure {
             CoreError::Format(onnx_protect_format::FormatError::Io { path, source }) => {
                 Failure::Io { path: path.clone(), kind: source.kind(), message: source.to_string() }
             }
-            other => Failure::Io { path: path.to_path_buf(), kind: std::io::ErrorKind::Other, message: other.to_string() },
+            other => {
+                Failure::Io { path: path.to_path_buf(), kind: std::io::ErrorKind::Other, message: other.to_string() }
+            }
         }
     }
 
@@ -376,7 +378,8 @@ impl Filler {
                 let e = Modified::Content.into();
                 return Err(self.failed(e, &f.path, &range, "does not match its hash (changed on disk?)"));
             }
-            if let Some(v) = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner)[fi].get_mut(j as usize) {
+            if let Some(v) = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner)[fi].get_mut(j as usize)
+            {
                 *v = true;
             }
             fill.install(end as usize);

@@ -57,22 +57,8 @@ use std::thread::JoinHandle;
 /// what a failure does).
 pub type Filler = Box<dyn FnMut(usize, &mut Fill<'_>) -> Result<(), String> + Send>;
 
-/// How many blocks past the last block seen read the handler fills ahead (at most),
-/// while no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one
-/// 4096² float weight reads that much).
-pub const AHEAD: usize = 16;
-
-/// The shape of a region.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Bytes per block: a multiple of the page size.
-    pub block: usize,
-    /// Bytes of filled blocks that stay until [`OnDemand::settle`] (at least three blocks).
-    pub budget: usize,
-    /// Move pages into blocks where the kernel can (`UFFDIO_MOVE`); `false` copies them
-    /// (`UFFDIO_COPY`), as older kernels must.
-    pub move_pages: bool,
-}
+mod options;
+pub use options::{Options, AHEAD};
 
 /// The kernel's `userfaultfd` ABI (`include/uapi/linux/userfaultfd.h`), for the
 /// architectures whose `ioctl` numbers use the generic encoding.
@@ -95,8 +81,8 @@ mod abi {
     pub const UFFDIO_API: u64 = ioc(READ_WRITE, 0x3F, size_of::<Api>());
     pub const UFFDIO_REGISTER: u64 = ioc(READ_WRITE, 0x00, size_of::<Register>());
     pub const UFFDIO_WAKE: u64 = ioc(READ, 0x02, size_of::<Range>());
-    pub const UFFDIO_COPY: u64 = ioc(READ_WRITE, 0x03, size_of::<Copy>());
-    pub const UFFDIO_MOVE: u64 = ioc(READ_WRITE, 0x05, size_of::<Move>());
+    pub const UFFDIO_COPY: u64 = ioc(READ_WRITE, 0x03, size_of::<Transfer>());
+    pub const UFFDIO_MOVE: u64 = ioc(READ_WRITE, 0x05, size_of::<Transfer>());
 
     #[repr(C)]
     pub struct Api {
@@ -115,21 +101,15 @@ mod abi {
         pub mode: u64,
         pub ioctls: u64,
     }
+    /// `struct uffdio_copy` and `struct uffdio_move`, which share this layout: the
+    /// destination, the source, the length, the mode, and what was done (or `-errno`).
     #[repr(C)]
-    pub struct Copy {
+    pub struct Transfer {
         pub dst: u64,
         pub src: u64,
         pub len: u64,
         pub mode: u64,
-        pub copy: i64,
-    }
-    #[repr(C)]
-    pub struct Move {
-        pub dst: u64,
-        pub src: u64,
-        pub len: u64,
-        pub mode: u64,
-        pub moved: i64,
+        pub done: i64,
     }
     /// `struct uffd_msg` with the page-fault member of its union.
     #[repr(C)]
@@ -716,30 +696,7 @@ impl Region {
     /// Moves `pages` pages from `src` to `dst` (both in the map), waking readers of `dst`:
     /// how many moved before a failure.
     fn move_pages(&self, dst: *mut u8, src: *mut u8, pages: usize) -> usize {
-        let len = pages * self.page;
-        let mut done = 0usize;
-        while done < len {
-            let mut m = abi::Move {
-                dst: dst as u64 + done as u64,
-                src: src as u64 + done as u64,
-                len: (len - done) as u64,
-                mode: 0,
-                moved: 0,
-            };
-            // SAFETY: `m` is a valid `uffdio_move`; both ranges are whole pages of the
-            // registered map; the source pages are present and only the handler (this
-            // thread, holding the state lock) uses them; the destination pages are missing.
-            let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_MOVE as _, &mut m) };
-            if r == 0 {
-                return pages;
-            }
-            match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) if m.moved > 0 => done += m.moved as usize,
-                Some(libc::EAGAIN) => {}
-                _ => return done / self.page,
-            }
-        }
-        pages
+        self.transfer(abi::UFFDIO_MOVE, dst as usize, src as usize, pages * self.page).0 / self.page
     }
 
     /// Installs `len` bytes (whole pages) from `src` at `offset` of block `b` (which may be
@@ -752,36 +709,48 @@ impl Region {
 
     /// [`Self::copy_in`], or why it failed.
     fn try_copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) -> io::Result<()> {
-        let dst = self.at(b, offset) as usize;
+        match self.transfer(abi::UFFDIO_COPY, self.at(b, offset) as usize, src as usize, len) {
+            (_, None) => Ok(()),
+            // A page is there already (cannot happen under the lock, but a page that is
+            // there holds the same bytes): wake its readers.
+            (_, Some(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.wake(b, offset + len);
+                Ok(())
+            }
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// `request` (`UFFDIO_COPY` or `UFFDIO_MOVE`) of `len` bytes (whole pages) from `src` to
+    /// `dst`, waking the readers of `dst`, asked again while the kernel does part of it:
+    /// the bytes done, and the failure that stopped it.
+    fn transfer(&self, request: u64, dst: usize, src: usize, len: usize) -> (usize, Option<io::Error>) {
         let mut done = 0usize;
         while done < len {
-            let mut c = abi::Copy {
+            let mut t = abi::Transfer {
                 dst: (dst + done) as u64,
-                src: src as u64 + done as u64,
+                src: (src + done) as u64,
                 len: (len - done) as u64,
                 mode: 0,
-                copy: 0,
+                done: 0,
             };
-            // SAFETY: `c` is a valid `uffdio_copy`; the source is `len` readable bytes (the
-            // caller's), the destination whole pages of the registered map.
-            let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_COPY as _, &mut c) };
+            // SAFETY: `t` is a valid `uffdio_copy` / `uffdio_move` (one layout); the
+            // destination is whole pages of the registered map, missing (installs happen
+            // under the state lock); the source is `len` readable bytes: the caller's for a
+            // copy, and for a move present pages of the map that only the handler (this
+            // thread, holding the state lock) uses.
+            let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), request as _, &mut t) };
             if r == 0 {
-                return Ok(());
+                return (len, None);
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EAGAIN) if c.copy > 0 => done += c.copy as usize,
+                Some(libc::EAGAIN) if t.done > 0 => done += t.done as usize,
                 Some(libc::EAGAIN) => {}
-                // A page is there already (cannot happen under the lock, but a page that is
-                // there holds the same bytes): wake its readers.
-                Some(libc::EEXIST) => {
-                    self.wake(b, offset + len);
-                    return Ok(());
-                }
-                _ => return Err(e),
+                _ => return (done, Some(e)),
             }
         }
-        Ok(())
+        (len, None)
     }
 
     /// Wakes the readers of the first `len` bytes of block `b`.

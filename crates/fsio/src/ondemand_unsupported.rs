@@ -8,19 +8,9 @@ use std::io;
 /// Fills block `index` of the region (see the Linux module).
 pub type Filler = Box<dyn FnMut(usize, &mut Fill<'_>) -> Result<(), String> + Send>;
 
-/// How many blocks the Linux handler fills ahead of the reader.
-pub const AHEAD: usize = 16;
-
-/// The shape of a region (see the Linux module).
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Bytes per block.
-    pub block: usize,
-    /// Bytes of filled blocks that stay until `settle`.
-    pub budget: usize,
-    /// Move pages into blocks where the kernel can.
-    pub move_pages: bool,
-}
+#[path = "ondemand/options.rs"]
+mod options;
+pub use options::{Options, AHEAD};
 
 /// What a filler writes a block into (never made on this system).
 pub struct Fill<'a> {

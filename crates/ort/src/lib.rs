@@ -233,9 +233,10 @@ pub struct Load<'a> {
     /// Signers of which one must have signed the model (none: no signature required).
     pub signers: &'a [SignerKey],
     /// External data files filled on demand where the system can (Linux `userfaultfd`,
-    /// docs/runtime.md): verified whole, then each chunk decrypted when onnxruntime first
-    /// reads it, so the peak memory stays near the plain file's. `false`: decrypted whole
-    /// first (faster on the model measured, about 1.6 times the memory). Default `true`.
+    /// docs/runtime.md): each chunk checked against its hash and decrypted when onnxruntime
+    /// first reads it, or a little before, so the time and peak memory stay near the plain
+    /// file's; a chunk that does not match makes the load fail as modified. `false`:
+    /// decrypted whole first (about 1.7 times the memory). Default `true`.
     pub on_demand: bool,
 }
 

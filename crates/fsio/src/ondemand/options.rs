@@ -1,0 +1,18 @@
+//! The shape of a region filled on demand (the same on every system).
+
+/// How many blocks past the last block seen read the handler fills ahead (at most),
+/// while no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one
+/// 4096² float weight reads that much).
+pub const AHEAD: usize = 16;
+
+/// The shape of a region.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Bytes per block: a multiple of the page size.
+    pub block: usize,
+    /// Bytes of filled blocks that stay until [`super::OnDemand::settle`] (at least three blocks).
+    pub budget: usize,
+    /// Move pages into blocks where the kernel can (`UFFDIO_MOVE`); `false` copies them
+    /// (`UFFDIO_COPY`), as older kernels must.
+    pub move_pages: bool,
+}

@@ -307,12 +307,21 @@ impl OnDemand {
         unsafe { std::slice::from_raw_parts(self.region.base as *const u8, self.region.blocks * self.region.block) }
     }
 
-    /// Stops dropping filled blocks (from now on a block is filled at most once more) and
-    /// returns the first failure of a fill so far, if any: the bytes read from the region
-    /// until now may then be zeros where the failed block's data should be.
+    /// Stops dropping filled blocks (from now on a block is filled at most once more; the
+    /// blocks filled ahead that nothing read are dropped now) and returns the first failure
+    /// of a fill so far, if any: the bytes read from the region until now may then be zeros
+    /// where the failed block's data should be.
     pub fn settle(&self) -> Result<(), String> {
         self.region.settled.store(true, Ordering::Release);
-        match &lock(&self.region.state).book.failed {
+        let mut st = lock(&self.region.state);
+        // Blocks filled ahead whose kept-back first page was never read were not needed:
+        // they go (a later read fills them again).
+        let unread: Vec<usize> = st.book.kept.keys().copied().collect();
+        for &b in &unread {
+            self.region.drop_block(&mut st.book, b);
+        }
+        st.book.order.retain(|b| !unread.contains(b));
+        match &st.book.failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }

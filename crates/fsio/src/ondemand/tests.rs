@@ -155,6 +155,23 @@ fn settled_regions_keep_what_they_fill() {
 }
 
 #[test]
+fn settling_drops_the_blocks_filled_ahead_that_nothing_read() {
+    both(|moving| {
+        let len = 40 * BLOCK;
+        let (r, fills) = region(len, 64 * BLOCK, moving);
+        eventually("the head start", || fills.load(Ordering::SeqCst) >= AHEAD);
+        // Block 0 read whole; the blocks after it were filled ahead, and nothing read them.
+        assert!(r.bytes()[..BLOCK].iter().enumerate().all(|(i, &x)| x == byte(i)));
+        assert!(r.resident() > BLOCK);
+        assert_eq!(r.settle(), Ok(()));
+        assert_eq!(r.resident(), BLOCK, "only the block that was read stays");
+        // A dropped block read later is filled again, with the same bytes, and stays.
+        check(&r, len);
+        assert_eq!(r.resident(), 40 * BLOCK);
+    });
+}
+
+#[test]
 fn readers_on_many_threads_see_the_same_bytes() {
     both(|moving| {
         let len = 48 * BLOCK + 7;

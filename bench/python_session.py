@@ -1,7 +1,7 @@
 """Cost of `onnx_protect.InferenceSession` (protected model, decrypted in memory) against
 `onnxruntime.InferenceSession` (the plain file), side by side.
 
-    python3 bench/python_session.py [--runs N] [--dir DIR] [--big-mib MIB] [--json OUT] [--no-prepacking]
+    python3 bench/python_session.py [--runs N] [--small-runs N] [--dir DIR] [--big-mib MIB] [--json OUT] [--no-prepacking]
                                     [--other PYTHON]
 
 Models: every fixtures/digits model, and a generated MLP of MIB MiB of float32 weights
@@ -29,7 +29,8 @@ then times the session creation alone (`time.perf_counter`) and reads its peak r
 set (VmHWM) and its resident set before the session (VmRSS). Runs of the variants
 are interleaved (plain, protected, ..., then the next round starting one variant later)
 after one warm-up run of each, so the page cache is warm for all; the table gives medians and the ratio to
-`plain`. "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
+`plain` (and, as "paired ratio", the median of each round's time over the plain file's time
+in the same round). "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
 and the installed onnx_protect package.
 """
 import argparse
@@ -133,6 +134,8 @@ def measure(variant, model, key, other=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--small-runs", type=int,
+                    help="rounds for the models under 1 MiB, whose sessions take milliseconds (default: 3 × --runs)")
     ap.add_argument("--dir", type=pathlib.Path, default=ROOT / "bench-data" / "python-session")
     ap.add_argument("--big-mib", type=int, default=512)
     ap.add_argument("--json", type=pathlib.Path)
@@ -177,7 +180,8 @@ def main():
                     for v in variants}
         for v in variants:  # warm-up (page cache, imports)
             measure(v, model_of[v], key, a.other)
-        for r in range(a.runs):
+        rounds = a.runs if size >= 1 << 20 else (a.small_runs or 3 * a.runs)
+        for r in range(rounds):
             # Each round starts one variant later, so that no variant always follows the
             # same one (the machine's state after a process differs by what it ran).
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
@@ -186,18 +190,22 @@ def main():
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
             m["above_start"] = statistics.median(r["peak_rss"] - r["start_rss"] for r in rs)
+            # The time against the plain file's in the same round: slow drifts of the
+            # machine's speed cancel out.
+            m["paired"] = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(rs, runs["plain"]))
             med[v] = m
-        rows.append({"model": name, "bytes": size, "encrypted_bytes": enc_bytes, "runs": a.runs, "median": med, "all": runs})
+        rows.append({"model": name, "bytes": size, "encrypted_bytes": enc_bytes, "runs": rounds, "median": med, "all": runs})
         print(f"{name}: done", file=sys.stderr)
     mib = 2**20
-    print("| model | size | encrypted | variant | session creation | ratio | peak RSS | ratio | peak above start | ratio |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | size | encrypted | rounds | variant | session creation | ratio | paired ratio | peak RSS | ratio "
+          "| peak above start | ratio |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         p = r["median"]["plain"]
         for v, q in r["median"].items():
             print(
-                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB | {v} "
-                f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× "
+                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB | {r['runs']} | {v} "
+                f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× | {q['paired']:.2f}× "
                 f"| {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
                 f"| {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
             )

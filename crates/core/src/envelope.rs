@@ -94,7 +94,7 @@ pub(crate) fn trailing_entry_bytes(bytes: &[u8]) -> Option<(Range<u64>, &[u8])> 
     key.push(0x12);
     // The value is base64 text, which never holds 0x0A, and the varint before it never
     // ends in 0x0A followed by 0x0F: the last occurrence is the entry's key.
-    let at = bytes.windows(key.len()).rposition(|w| w == key.as_slice())?;
+    let at = memchr::memmem::rfind(bytes, &key)?;
     let (vlen, vl) = varint_at(bytes, at + key.len())?;
     let value_start = at + key.len() + vl;
     if value_start as u64 + vlen != bytes.len() as u64 {

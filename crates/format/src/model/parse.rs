@@ -2,7 +2,6 @@
 //! attributes, with the locator, the enclosing length prefixes and a readable context of
 //! every field it descends into. `TensorProto` fields are read in [`tensor_proto`].
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -106,16 +105,23 @@ struct Parser<'a> {
     pending_external: Vec<PendingExternal>,
 }
 
-/// Per-field occurrence counter used to build locators.
+/// Per-field occurrence counter used to build locators (a message has few distinct
+/// field numbers: a list searched in order).
 #[derive(Default)]
-struct Occurrences(HashMap<u32, u32>);
+struct Occurrences(Vec<(u32, u32)>);
 
 impl Occurrences {
     fn next(&mut self, field: u32) -> u32 {
-        let c = self.0.entry(field).or_insert(0);
-        let v = *c;
-        *c += 1;
-        v
+        match self.0.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, c)) => {
+                *c += 1;
+                *c - 1
+            }
+            None => {
+                self.0.push((field, 1));
+                0
+            }
+        }
     }
 }
 
@@ -556,10 +562,11 @@ impl<'a> Parser<'a> {
                 3 => self.nodes[nid].name = self.string(&g, &ctx0, "name")?,
                 4 => self.nodes[nid].op_type = self.string(&g, &ctx0, "op_type")?,
                 7 => self.nodes[nid].domain = self.string(&g, &ctx0, "domain")?,
-                5 => attributes = true,
+                5 => attributes |= self.attribute_needs_parse(&g),
                 _ => {}
             }
         }
+        // Attributes without tensors or graphs (and well-formed) need no path: skip them.
         if !attributes {
             return Ok(());
         }
@@ -578,6 +585,30 @@ impl<'a> Parser<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether attribute field `f` holds a tensor or a graph, or is not well formed (the
+    /// full parse then reports where): any other attribute is skipped.
+    fn attribute_needs_parse(&self, f: &Field) -> bool {
+        if f.wire != WireType::Len {
+            return true;
+        }
+        let Ok(mut rr) = FieldReader::new(self.buf, f.value_range()) else { return true };
+        loop {
+            match rr.next_field() {
+                Ok(None) => return false,
+                Ok(Some(g)) => match g.number {
+                    5 | 6 | 10 | 11 | 22 | 23 => return true,
+                    1 if g.wire != WireType::Len
+                        || std::str::from_utf8(&self.buf[g.value_start as usize..g.end as usize]).is_err() =>
+                    {
+                        return true
+                    }
+                    _ => {}
+                },
+                Err(_) => return true,
+            }
+        }
     }
 
     fn parse_attribute(

@@ -13,17 +13,17 @@ use crate::wire::{self, Container, Field, WireType};
 
 impl<'a> Parser<'a> {
     pub(super) fn parse_tensor(&mut self, f: &Field, path: &Path2, gid: GraphId, origin: Origin) -> Result<TensorId> {
-        let ctx = path.context.clone();
-        let fields = self.tensor_fields(f, &ctx)?;
-        let tname = if fields.name.is_empty() { ctx.clone() } else { fields.name.clone() };
-        let (data_type, dims, numel, nbytes) = tensor_shape(&tname, &fields)?;
-        fields.check_one_storage(f, &ctx, &tname)?;
-        let len = Extent { tname: &tname, data_type, numel, nbytes, dims: &dims };
+        let ctx = path.context.as_str();
+        let fields = self.tensor_fields(f, ctx)?;
+        let tname = if fields.name.is_empty() { ctx } else { fields.name.as_str() };
+        let (data_type, dims, numel, nbytes) = tensor_shape(tname, &fields)?;
+        fields.check_one_storage(f, ctx, tname)?;
+        let len = Extent { tname, data_type, numel, nbytes, dims: &dims };
         let data = if fields.location_external {
             if data_type == DataType::String {
                 return Err(FormatError::Malformed {
                     at: f.start,
-                    context: ctx.clone(),
+                    context: ctx.to_string(),
                     reason: format!("STRING tensor '{tname}' uses external data"),
                 });
             }
@@ -70,7 +70,6 @@ impl<'a> Parser<'a> {
     /// validated here, so later decoding cannot fail.
     fn tensor_fields(&mut self, f: &Field, ctx: &str) -> Result<TensorFields> {
         let mut t = TensorFields::default();
-        let ctx = ctx.to_string();
         let mut rr = self.reader(f.value_range(), &ctx)?;
         while let Some(g) = self.next(&mut rr, &ctx)? {
             match g.number {
@@ -93,7 +92,7 @@ impl<'a> Parser<'a> {
                         if (g.end - g.value_start) % size != 0 {
                             return Err(FormatError::Malformed {
                                 at: g.start,
-                                context: ctx.clone(),
+                                context: ctx.to_string(),
                                 reason: format!("packed {} length is not a multiple of {size}", tf.name()),
                             });
                         }

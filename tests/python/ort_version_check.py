@@ -10,7 +10,8 @@ for bit: a single-file model, and a model with external data protected into anot
 folder and into its own. It also builds each external-data model through the fallback
 for models whose unshared data exceeds one graph, checks that a graph naming the
 sentinel '.' for a tensor that onnxruntime reads fails to load, and that options which
-would write the decrypted model to disk are refused before anything is written. Prints one
+would write the decrypted model to disk are refused before anything is written (EP context
+models switched off). Prints one
 JSON object: the onnxruntime version and, per case, how the weights reached onnxruntime
 (the session's ``onnx_protect_weights``); any failed check exits non-zero with a traceback.
 """
@@ -50,13 +51,13 @@ def files_in(folder):
 
 
 def check_refusals(protected, key, folder):
-    """Each option that writes the decrypted model is refused; the names of the files they
+    """Each option that writes the decrypted model is refused; EP context models are
+    switched off (the session has ep.context_enable "0"); the names of the files they
     write, given without them, write nothing and are not refused; no file appears."""
     before = files_in(folder)
     opt, ext = str(folder / "optimized.onnx"), ("session.optimized_model_external_initializers_file_name", "weights.out")
     ctx, ctx_path = ("ep.context_enable", "1"), ("ep.context_file_path", str(folder / "ctx.onnx"))
-    refused = [("optimized_model_filepath", opt, []), ("optimized_model_filepath", opt, [ext]),
-               ("ep.context_enable", None, [ctx]), ("ep.context_enable", None, [ctx, ctx_path])]
+    refused = [("optimized_model_filepath", opt, []), ("optimized_model_filepath", opt, [ext])]
     for name, path, entries in refused:
         so = ort.SessionOptions()
         if path:
@@ -70,12 +71,18 @@ def check_refusals(protected, key, folder):
             assert all(entry in str(e) for entry, _ in entries), (entries, str(e))
         else:
             raise AssertionError(f"{name} {entries}: not refused")
+    for entries in ([ctx], [ctx, ctx_path]):
+        so = ort.SessionOptions()
+        for entry, value in entries:
+            so.add_session_config_entry(entry, value)
+        s = op.InferenceSession(protected, so, CPU, key=key)
+        assert s.get_session_options().get_session_config_entry("ep.context_enable") == "0", entries
     for entry, value in (ext, ctx_path):
         so = ort.SessionOptions()
         so.add_session_config_entry(entry, value)
         op.InferenceSession(protected, so, CPU, key=key)
     assert files_in(folder) == before, f"files written: {sorted(set(files_in(folder)) - set(before))}"
-    return [name for name, _, _ in refused] + [ext[0], ctx_path[0]]
+    return [name for name, _, _ in refused] + ["ep.context_enable (switched off)", ext[0], ctx_path[0]]
 
 
 def check_sentinel_fails(work):

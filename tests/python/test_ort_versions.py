@@ -9,7 +9,8 @@ by test_wheel.py), and runs tests/python/ort_version_check.py there: protected m
 onnxruntime's outputs on the plain models bit for bit, weights in place; the fallback for
 unshared data over 2 GiB takes the files from memory where the version has the call and one
 OrtValue per initializer where it does not; a graph naming the sentinel '.' fails to load
-rather than read something; options that write the decrypted model are refused.
+rather than read something; options that write the decrypted model are refused (EP context
+models switched off).
 Skipped when there is no wheel, or when a virtual environment has to be made and PyPI
 cannot be reached. The last test runs that fallback on the test interpreter, on a model
 protected into its own folder whose plain files are gone."""

@@ -241,8 +241,6 @@ def test_in_place_false_and_other_providers_copy(tmp_path):
 @pytest.mark.parametrize("settings", [
     [("optimized_model_filepath", "opt.onnx")],
     [("optimized_model_filepath", "opt.onnx"), ("session.optimized_model_external_initializers_file_name", "w.bin")],
-    [("ep.context_enable", "1")],
-    [("ep.context_enable", "1"), ("ep.context_file_path", "ctx.onnx")],
 ], ids=lambda s: "+".join(n for n, _ in s))
 def test_options_that_write_the_decrypted_model_are_refused(settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -263,6 +261,30 @@ def test_options_that_write_the_decrypted_model_are_refused(settings, tmp_path, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
     with pytest.raises(op.UnsafeSessionOptions, match="trt_engine_cache_enable"):
         op.InferenceSession(enc, providers=[("TensorrtExecutionProvider", {"trt_engine_cache_enable": True})], key=key)
+
+
+@pytest.mark.parametrize("settings", [
+    [("ep.context_enable", "1")],
+    [("ep.context_enable", "1"), ("ep.context_file_path", "ctx.onnx")],
+], ids=lambda s: "+".join(n for n, _ in s))
+def test_ep_context_models_are_switched_off(settings, tmp_path, monkeypatch):
+    """ep.context_enable is set to "0" on the options given (onnxruntime warns that it
+    overwrote "1"): the session onnxruntime builds has it off, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    key = op.new_key()
+    model = ROOT / "fixtures" / "digits" / "mlp.onnx"
+    enc = protect(model, tmp_path, key)
+    so = ort.SessionOptions()
+    for name, value in settings:
+        so.add_session_config_entry(name, value)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    s = op.InferenceSession(enc, so, CPU, key=key)
+    assert so.get_session_config_entry("ep.context_enable") == "0"
+    assert s.get_session_options().get_session_config_entry("ep.context_enable") == "0"
+    x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:4]
+    want = ort.InferenceSession(str(model), providers=CPU).run(None, {"input": x})[0]
+    assert s.run(None, {"input": x})[0].tobytes() == want.tobytes()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
 
 
 @pytest.mark.parametrize("name, value", [

@@ -435,20 +435,18 @@ _PROVIDER_CACHES = {
 
 
 def _refuse_disk_writes(so: Any, providers: Any, provider_options: Any) -> None:
-    """Raises :class:`UnsafeSessionOptions` for options that write the decrypted model,
-    its initializers or an EP context to disk. Profiling (timings only) is allowed. The
-    names given to such files (``session.optimized_model_external_initializers_file_name``,
-    ``ep.context_file_path``) write nothing unless the option that saves them is set, and
-    are named in the refusal when it is."""
+    """Raises :class:`UnsafeSessionOptions` for options that write the decrypted model or
+    its initializers to disk: ``optimized_model_filepath`` (named in the refusal with
+    ``session.optimized_model_external_initializers_file_name`` if given) and providers'
+    compiled-model caches. Then switches EP context models off on ``so``
+    (``ep.context_enable`` set to ``"0"``; onnxruntime logs a warning when it was on), as
+    the Rust loader does: reading the entry first would cost the process's first C++
+    exception (onnxruntime raises for an entry never set). Profiling is allowed."""
     why = []
     if so.optimized_model_filepath:
         name = _config_entry(so, "session.optimized_model_external_initializers_file_name")
         why.append(f"optimized_model_filepath ({so.optimized_model_filepath!r}) saves the optimized model with its weights"
                    + (f" (session.optimized_model_external_initializers_file_name: {name!r})" if name else ""))
-    if _config_entry(so, "ep.context_enable") not in ("", "0"):
-        path = _config_entry(so, "ep.context_file_path")
-        why.append("ep.context_enable saves an EP context model (with the weights unless embedded elsewhere)"
-                   + (f" at ep.context_file_path ({path!r})" if path else ""))
     pairs = []
     for i, p in enumerate(providers or ()):
         if isinstance(p, (tuple, list)) and len(p) == 2:
@@ -465,6 +463,7 @@ def _refuse_disk_writes(so: Any, providers: Any, provider_options: Any) -> None:
             "refused: these options would make onnxruntime write the decrypted model to disk: "
             + "; ".join(why) + " (clear them; profiling is allowed)"
         )
+    so.add_session_config_entry("ep.context_enable", "0")
 
 
 def _ort_supports_files_in_memory(ort: Any) -> bool:
@@ -606,7 +605,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     ``False`` decrypts them whole first (about 1.7 times the memory). A chunk that does
     not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
     is returned. Options that would write the decrypted model to disk raise
-    :class:`UnsafeSessionOptions`. See docs/python.md.
+    :class:`UnsafeSessionOptions`; EP context models are switched off
+    (``ep.context_enable`` set to ``"0"`` on ``sess_options``). See docs/python.md.
     """
     import numpy as np
     import onnxruntime as ort

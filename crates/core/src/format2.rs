@@ -188,7 +188,21 @@ impl Reader for ProtectedV2 {
         tier: Option<u32>,
         signers: &[SignerKey],
     ) -> Result<Decryption<'m>> {
-        let mut p = self.clone();
+        self.clone().into_decryption(model, key, tier, signers)
+    }
+}
+
+impl ProtectedV2 {
+    /// [`Reader::decryption`] that takes the protection (which the unlocking changes)
+    /// rather than copying it.
+    pub(crate) fn into_decryption<'m>(
+        self,
+        model: &'m Model,
+        key: &KeySource,
+        tier: Option<u32>,
+        signers: &[SignerKey],
+    ) -> Result<Decryption<'m>> {
+        let mut p = self;
         let opened = p.unlock(model, key)?;
         let r = p.sealed.envelope.restored_tiers;
         let to = decryption_tier(&p, &opened, tier)?;

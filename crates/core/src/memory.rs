@@ -363,7 +363,7 @@ pub fn decrypt_model_in_memory(model: &Model, key: &KeySource) -> Result<Decrypt
         Some(p) => Some(open(p)?),
         None => None,
     };
-    load(Protection::of(model)?.reader().decryption(model, key, None, &[])?, file)
+    load(Protection::of(model)?.into_decryption(model, key, None, &[])?, file)
 }
 
 /// Decrypts a protected model that is already open into memory, for tiered models
@@ -388,7 +388,7 @@ pub fn decrypt_model_signed_in_memory(
     tier: Option<u32>,
     signers: &[SignerKey],
 ) -> Result<DecryptedModel> {
-    load(Protection::of(model)?.reader().decryption(model, key, tier, signers)?, None)
+    load(Protection::of(model)?.into_decryption(model, key, tier, signers)?, None)
 }
 
 /// What a runtime session is built from: the protected model at `path` decrypted as by
@@ -403,7 +403,7 @@ pub fn decrypt_for_session(
     on_demand: bool,
 ) -> Result<(DecryptedModel, Model)> {
     let (file, model) = open_checked(path)?;
-    let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
+    let d = Protection::of(&model)?.into_decryption(&model, key, tier, signers)?;
     let decrypted = match ondemand::on_demand_if(on_demand, d)? {
         Ok(done) => done,
         Err(d) => load(d, Some(file))?,
@@ -436,7 +436,7 @@ pub fn decrypt_signed_in_memory_if(
     let (file, model) = open_checked(path)?;
     let protection = Protection::of(&model)?;
     accept(&protection)?;
-    load(protection.reader().decryption(&model, key, tier, signers)?, Some(file))
+    load(protection.into_decryption(&model, key, tier, signers)?, Some(file))
 }
 
 /// The protected model at `path`, parsed, and an open handle of the very file it was

@@ -306,7 +306,7 @@ pub fn decrypt_tier(
     if let Some(names) = protection.reader().names_without_key(tier) {
         check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
     }
-    let d = protection.reader().decryption(&model, key, tier, opts.signers)?;
+    let d = protection.into_decryption(&model, key, tier, opts.signers)?;
     let (tensors, decrypted_bytes, format_version) = (d.tensors, d.decrypted_bytes, d.format_version);
     let sink = FileSink {
         input,
@@ -339,7 +339,7 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
     if !model.external_files.is_empty() {
         return Err(OutputRefused::ExternalData.into());
     }
-    let d = Protection::of(model)?.reader().decryption(model, key, tier, &[])?;
+    let d = Protection::of(model)?.into_decryption(model, key, tier, &[])?;
     Ok(crate::memory::load(d, None)?.bytes().to_vec())
 }
 

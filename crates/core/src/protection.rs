@@ -9,6 +9,7 @@ use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{FormatError, Model, Progress};
 use onnx_protect_keys::SignerKey;
 
+use crate::decryption::Decryption;
 use crate::envelope::{parse_entry, trailing_entry_bytes, ProtectedV2, METADATA_KEY_V2};
 use crate::error::{CoreError, Modified, Result};
 use crate::format1::manifest::{read_protected, Protected, METADATA_KEY};
@@ -126,6 +127,21 @@ impl Protection {
         match self {
             Protection::V2(p) => p,
             Protection::V1(p) => p,
+        }
+    }
+
+    /// [`Reader::decryption`] by a protection that is not needed afterwards (format 2's is
+    /// taken rather than copied).
+    pub(crate) fn into_decryption<'m>(
+        self,
+        model: &'m Model,
+        key: &KeySource,
+        tier: Option<u32>,
+        signers: &[SignerKey],
+    ) -> Result<Decryption<'m>> {
+        match self {
+            Protection::V2(p) => p.into_decryption(model, key, tier, signers),
+            Protection::V1(p) => p.decryption(model, key, tier, signers),
         }
     }
 

@@ -64,16 +64,42 @@ pub struct MetadataEntry {
     pub range: Range<u64>,
 }
 
-/// Holds the model bytes: a read-only map of the file or an owned buffer.
+/// Holds the model bytes: a read-only map of the file or an owned buffer (a small file
+/// read whole, or bytes given in memory).
 enum Backing {
     Mapped(ReadMap),
     Owned(Vec<u8>),
 }
 
+/// Model files up to this size are read whole rather than mapped: the map costs more
+/// than the copy (its page faults, and an unmap that interrupts every core the process
+/// has run on).
+const READ_WHOLE_MAX: u64 = 1 << 20;
+
+/// The whole of `file` (`len` bytes, as its metadata says) when it is small enough to read
+/// rather than map; `None` otherwise. A file that is not `len` bytes long fails.
+fn read_small(file: &File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        if len > READ_WHOLE_MAX {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(Some(bytes))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, len);
+        Ok(None)
+    }
+}
+
 /// A parsed ONNX model.
 pub struct Model {
     backing: Backing,
-    /// The open model file when the bytes are mapped from it.
+    /// The open model file when the bytes are mapped or read from it.
     file: Option<File>,
     /// The file the model was read from, if any.
     pub path: Option<PathBuf>,
@@ -124,6 +150,8 @@ impl Model {
         }
         let backing = if meta.len() == 0 {
             Backing::Owned(Vec::new())
+        } else if let Some(bytes) = read_small(&file, meta.len()).map_err(io)? {
+            Backing::Owned(bytes)
         } else {
             // The file must not be truncated or written while the model is open (the
             // contract of `ReadMap`). All access goes through bounds-checked slices.
@@ -131,7 +159,7 @@ impl Model {
         };
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
         let mut model = Model::parse(backing, Some(path.to_path_buf()), dir, None, progress)?;
-        if matches!(model.backing, Backing::Mapped(_)) {
+        if meta.len() > 0 {
             model.file = Some(file);
         }
         Ok(model)
@@ -153,8 +181,8 @@ impl Model {
         Model::parse(Backing::Owned(bytes), None, None, Some(sizes), &NoProgress)
     }
 
-    /// The open file that [`Model::bytes`] maps (`None` for models held in memory):
-    /// for positional reads and in-kernel copies of the same bytes.
+    /// The open file that [`Model::bytes`] maps or was read from (`None` for models
+    /// given in memory): for positional reads and in-kernel copies of the same bytes.
     pub fn source_file(&self) -> Option<&File> {
         self.file.as_ref()
     }

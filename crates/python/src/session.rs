@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, decrypt_model_signed_in_memory, DecryptedBytes};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{prepare, Arena, Options, Source, MIN_SHARED};
+use onnx_protect_session::{graph_is_model, prepare, Arena, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -30,8 +30,11 @@ struct Held {
     external: Mutex<BTreeMap<String, DecryptedBytes>>,
     arena: Arena,
     /// The graph planned by `session_model` (with shared tensors if any), until `graph()`
-    /// hands it out.
+    /// hands it out; `None` from the start when the graph is the model's bytes as they are
+    /// (`whole`).
     planned: Mutex<Option<Vec<u8>>>,
+    /// The graph is the decrypted model's bytes (nothing shared, no external data).
+    whole: bool,
     /// The smallest tensor shared.
     min_shared: u64,
 }
@@ -144,6 +147,13 @@ impl SessionModel {
         if share || self.shared.is_empty() {
             if let Some(graph) = lock(&self.held.planned).take() {
                 return Ok(PyBytes::new(py, &graph).unbind());
+            }
+            if self.held.whole {
+                let model = lock(&self.held.model);
+                let bytes = model
+                    .as_deref()
+                    .ok_or_else(|| exception(ErrorKind::Output, "the decrypted model was released".into()))?;
+                return Ok(PyBytes::new(py, bytes).unbind());
             }
         }
         let held = Arc::clone(&self.held);
@@ -258,16 +268,22 @@ pub fn session_model(
     let (index, d) = decrypted;
     let (model_bytes, external) = d.into_parts();
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
-    let plan = py
-        .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
-        .map_err(|e| py_err_at(&what, CoreError::Format(e)))?;
+    // The graph is the model's bytes as they are: handed over from them, not copied first.
+    let whole = graph_is_model(&index, &opts) && model_bytes.len() as u64 <= opts.max_graph;
+    let plan = if whole {
+        onnx_protect_session::Prepared { graph: Vec::new(), shared: Vec::new(), arena: Arena::default() }
+    } else {
+        py.detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
+            .map_err(|e| py_err_at(&what, CoreError::Format(e)))?
+    };
     let used: Vec<Source> = plan.shared.iter().map(|s| s.source.clone()).collect();
     let held = Arc::new(Held {
         index: Mutex::new(Some(index)),
         model: Mutex::new(Some(model_bytes)),
         external: Mutex::new(external),
         arena: plan.arena,
-        planned: Mutex::new(Some(plan.graph)),
+        planned: Mutex::new((!whole).then_some(plan.graph)),
+        whole,
         min_shared,
     });
     let mut shared = Vec::with_capacity(plan.shared.len());

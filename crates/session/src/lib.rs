@@ -170,6 +170,13 @@ impl Arena {
     }
 }
 
+/// An empty arena (nothing shared).
+impl Default for Arena {
+    fn default() -> Arena {
+        Arena { buf: Vec::new(), start: 0, len: 0 }
+    }
+}
+
 impl Drop for Arena {
     fn drop(&mut self) {
         onnx_protect_fsio::wipe(&mut self.buf);
@@ -282,6 +289,15 @@ fn usize_range(r: &Range<u64>) -> Result<Range<usize>, FormatError> {
     Ok(conv(r.start)?..conv(r.end)?)
 }
 
+/// Whether the graph [`prepare`] makes is the model's bytes as they are: no external data,
+/// and nothing large enough to share under `opts` (a caller holding those bytes can hand
+/// them over without the copy in [`Prepared::graph`]).
+pub fn graph_is_model(model: &Model, opts: &Options) -> bool {
+    let min = opts.min_bytes.max(MIN_SHAREABLE);
+    let large = |t: &Tensor| opts.share && t.origin == Origin::Initializer && t.nbytes >= min;
+    model.external_files.is_empty() && !model.tensors.iter().any(large)
+}
+
 /// Builds what onnxruntime is handed for the decrypted model `bytes`, indexed by
 /// `model` (whose byte offsets are those of `bytes`); `external(location)` gives each
 /// decrypted external data file.
@@ -295,17 +311,14 @@ pub fn prepare<'a>(
     external: impl Fn(&str) -> Option<&'a [u8]>,
     opts: &Options,
 ) -> Result<Prepared, FormatError> {
-    // Nothing large enough to share and no external data: the graph is the model.
-    let min = opts.min_bytes.max(MIN_SHAREABLE);
-    let large = |t: &Tensor| opts.share && t.origin == Origin::Initializer && t.nbytes >= min;
-    if model.external_files.is_empty() && !model.tensors.iter().any(large) {
+    if graph_is_model(model, opts) {
         if bytes.len() as u64 > opts.max_graph {
             return Err(FormatError::Invalid(format!(
                 "the model would be {} bytes, more than a graph can hold",
                 bytes.len()
             )));
         }
-        return Ok(Prepared { graph: bytes.to_vec(), shared: Vec::new(), arena: Arena::with_capacity(0) });
+        return Ok(Prepared { graph: bytes.to_vec(), shared: Vec::new(), arena: Arena::default() });
     }
     let consts = constants(model);
     let mut users: HashMap<&str, Vec<usize>> = HashMap::new();

@@ -47,6 +47,7 @@ fn without_sharing_the_graph_is_the_model() {
     let p = prepare(&model, &bytes, |_| None, &Options { share: false, ..any_size() }).unwrap();
     assert!(p.shared.is_empty());
     assert_eq!(p.graph, bytes);
+    assert!(graph_is_model(&model, &Options { share: false, ..any_size() }));
 }
 
 #[test]
@@ -54,10 +55,12 @@ fn by_default_tensors_under_64_kib_stay_in_the_graph() {
     let small = matmul_chain(&[big("W0")]);
     let model = Model::from_vec(small.clone(), None).unwrap();
     assert!(prepare(&model, &small, |_| None, &Options::default()).unwrap().shared.is_empty());
+    assert!(graph_is_model(&model, &Options::default()));
     let w: Vec<f32> = (0..128 * 128).map(|i| i as f32).collect();
     let large = matmul_chain(&[float_tensor("W0", &[128, 128], &w)]);
     let model = Model::from_vec(large.clone(), None).unwrap();
     assert_eq!(prepare(&model, &large, |_| None, &Options::default()).unwrap().shared.len(), 1);
+    assert!(!graph_is_model(&model, &Options::default()));
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub fn decrypt_signed_on_demand(
         return decrypt_signed_in_memory(path, key, tier, signers);
     }
     let (file, model) = open_checked(path)?;
-    let d = Protection::of(&model)?.reader().decryption(&model, key, tier, signers)?;
+    let d = Protection::of(&model)?.into_decryption(&model, key, tier, signers)?;
     match on_demand(d)? {
         Ok(done) => Ok(done),
         Err(d) => load(d, Some(file)),

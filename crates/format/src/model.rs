@@ -77,23 +77,19 @@ enum Backing {
 const READ_WHOLE_MAX: u64 = 1 << 20;
 
 /// The whole of `file` (`len` bytes, as its metadata says) when it is small enough to read
-/// rather than map; `None` otherwise. A file that is not `len` bytes long fails.
-fn read_small(file: &File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        if len > READ_WHOLE_MAX {
-            return Ok(None);
-        }
-        let mut bytes = vec![0u8; len as usize];
-        file.read_exact_at(&mut bytes, 0)?;
-        Ok(Some(bytes))
+/// rather than map; `None` otherwise. A file that is no longer `len` bytes long fails.
+/// The file's offset moves (every other read of it is positional).
+fn read_small(mut file: &File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    if len > READ_WHOLE_MAX {
+        return Ok(None);
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (file, len);
-        Ok(None)
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        return Err(std::io::Error::other("the file changed size while it was read"));
     }
+    Ok(Some(bytes))
 }
 
 /// A parsed ONNX model.

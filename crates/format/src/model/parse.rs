@@ -135,9 +135,11 @@ struct Path2 {
 
 impl Path2 {
     fn child(&self, f: &Field, index: u32, context: String) -> Path2 {
-        let mut steps = self.steps.clone();
+        let mut steps = Vec::with_capacity(self.steps.len() + 1);
+        steps.extend_from_slice(&self.steps);
         steps.push(Step { field: f.number, index });
-        let mut ancestors = self.ancestors.clone();
+        let mut ancestors = Vec::with_capacity(self.ancestors.len() + 1);
+        ancestors.extend_from_slice(&self.ancestors);
         ancestors.push(Container::from(f));
         Path2 { steps, ancestors, context }
     }
@@ -160,6 +162,16 @@ impl<'a> Parser<'a> {
             context: ctx.to_string(),
             reason: format!("{what} is not valid UTF-8"),
         })
+    }
+
+    /// [`Parser::string`] whose context `ctx()` is made only for an error.
+    fn string_lazy(&self, f: &Field, ctx: &dyn Fn() -> String, what: &str) -> Result<String> {
+        if f.wire == WireType::Len {
+            if let Ok(s) = std::str::from_utf8(&self.buf[f.value_start as usize..f.end as usize]) {
+                return Ok(s.to_string());
+            }
+        }
+        self.string(f, &ctx(), what)
     }
 
     fn expect(&self, f: &Field, wire: WireType, ctx: &str, what: &str) -> Result<()> {
@@ -405,7 +417,7 @@ impl<'a> Parser<'a> {
                 }
                 7 => {
                     self.expect(&g, WireType::Len, &ctx, "node")?;
-                    self.parse_node(&g, path, i, format!("{ctx} node #{i}"), gid, 0)?;
+                    self.parse_node(&g, path, i, &ctx, gid, 0)?;
                 }
                 _ => {}
             }
@@ -434,7 +446,7 @@ impl<'a> Parser<'a> {
             match g.number {
                 1 => {
                     self.expect(&g, WireType::Len, &ctx, "node")?;
-                    self.parse_node(&g, path, i, format!("{ctx} node #{i}"), gid, depth)?;
+                    self.parse_node(&g, path, i, &ctx, gid, depth)?;
                 }
                 2 => {
                     let s = self.string(&g, &ctx, "name")?;
@@ -524,16 +536,18 @@ impl<'a> Parser<'a> {
         Ok((values, indices))
     }
 
-    /// Node `f`, the `index`th node field of `parent` (described as `ctx0` in errors).
+    /// Node `f`, the `index`th node field of `parent` (described as "`gctx` node #`index`"
+    /// in errors: the text is made only when needed).
     fn parse_node(
         &mut self,
         f: &Field,
         parent: &Path2,
         index: u32,
-        ctx0: String,
+        gctx: &str,
         gid: GraphId,
         depth: usize,
     ) -> Result<()> {
+        let ctx0 = || format!("{gctx} node #{index}");
         let nid = self.nodes.len();
         self.nodes.push(Node {
             id: nid,
@@ -548,20 +562,20 @@ impl<'a> Parser<'a> {
         self.graphs[gid].nodes.push(nid);
         // First pass: identity, for readable contexts below.
         let mut attributes = false;
-        let mut rr = self.reader(f.value_range(), &ctx0)?;
-        while let Some(g) = self.next(&mut rr, &ctx0)? {
+        let mut rr = FieldReader::new(self.buf, f.value_range()).map_err(|e| wire_err(e, &ctx0()))?;
+        while let Some(g) = rr.next_field().map_err(|e| wire_err(e, &ctx0()))? {
             match g.number {
                 1 => {
-                    let s = self.string(&g, &ctx0, "input")?;
+                    let s = self.string_lazy(&g, &ctx0, "input")?;
                     self.nodes[nid].inputs.push(s);
                 }
                 2 => {
-                    let s = self.string(&g, &ctx0, "output")?;
+                    let s = self.string_lazy(&g, &ctx0, "output")?;
                     self.nodes[nid].outputs.push(s);
                 }
-                3 => self.nodes[nid].name = self.string(&g, &ctx0, "name")?,
-                4 => self.nodes[nid].op_type = self.string(&g, &ctx0, "op_type")?,
-                7 => self.nodes[nid].domain = self.string(&g, &ctx0, "domain")?,
+                3 => self.nodes[nid].name = self.string_lazy(&g, &ctx0, "name")?,
+                4 => self.nodes[nid].op_type = self.string_lazy(&g, &ctx0, "op_type")?,
+                7 => self.nodes[nid].domain = self.string_lazy(&g, &ctx0, "domain")?,
                 5 => attributes |= self.attribute_needs_parse(&g),
                 _ => {}
             }
@@ -571,7 +585,7 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         // The node's path, for the tensors and graphs its attributes hold.
-        let path = &parent.child(f, index, ctx0);
+        let path = &parent.child(f, index, ctx0());
         let gpath = self.graphs[gid].path.clone();
         let ctx = format!("graph {gpath} > node {}", self.nodes[nid].label());
         let mut occ = Occurrences::default();

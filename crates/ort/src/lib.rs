@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, DecryptedBytes, Method};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
+use onnx_protect_session::{graph_is_model, prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -265,10 +265,19 @@ pub fn commit_from_file_as(
     // tensor is shared (the Python loader's default threshold is larger, for its own
     // per-tensor cost).
     let opts = |share: bool| Options { share, min_bytes: MIN_SHAREABLE, ..Options::default() };
-    let Prepared { graph, shared, arena } =
-        prepare(&index, &model, |l| external.get(l).map(|d| &d[..]), &opts(true)).map_err(|e| at(e.into()))?;
+    // A graph that is the model's bytes as they are is handed over from them, not copied.
+    let whole = graph_is_model(&index, &opts(true)) && model.len() as u64 <= opts(true).max_graph;
+    let Prepared { graph, shared, arena } = if whole {
+        Prepared { graph: Vec::new(), shared: Vec::new(), arena: Arena::default() }
+    } else {
+        prepare(&index, &model, |l| external.get(l).map(|d| &d[..]), &opts(true)).map_err(|e| at(e.into()))?
+    };
     let mut held = Held { model: Some(model), external, arena: Some(arena) };
-    match in_place(builder, &graph, &shared, &held) {
+    let attempt = match &held.model {
+        Some(m) if whole => in_place(builder, m, &shared, &held),
+        _ => in_place(builder, &graph, &shared, &held),
+    };
+    match attempt {
         Ok(session) => {
             drop(graph);
             // The session is built: what it reads from now on stays, and every chunk it did

@@ -27,22 +27,22 @@ impl<'a> Parser<'a> {
                     reason: format!("STRING tensor '{tname}' uses external data"),
                 });
             }
-            self.pending_external_data(&tname, fields.ext_entries)?
+            self.pending_external_data(tname, fields.ext_entries)?
         } else if let Some(r) = fields.raw {
-            raw_data(f, &ctx, &len, r)?
+            raw_data(f, ctx, &len, r)?
         } else if !fields.fixed.is_empty() {
             fixed_data(&len, fields.fixed)?
         } else if !fields.varints.is_empty() {
-            self.varint_data(&ctx, &len, fields.varints)?
+            self.varint_data(ctx, &len, fields.varints)?
         } else if fields.strings > 0 {
             if data_type != DataType::String {
-                return Err(wrong_field(&tname, TypedField::String, data_type));
+                return Err(wrong_field(tname, TypedField::String, data_type));
             }
-            check_len(&tname, "string_data", numel, fields.strings, "values")?;
+            check_len(tname, "string_data", numel, fields.strings, "values")?;
             TensorData::Strings { count: fields.strings }
         } else {
             if nbytes != 0 || (data_type == DataType::String && numel != 0) {
-                check_len(&tname, "tensor data", nbytes.max(numel), 0, "bytes")?;
+                check_len(tname, "tensor data", nbytes.max(numel), 0, "bytes")?;
             }
             TensorData::Empty
         };
@@ -70,19 +70,19 @@ impl<'a> Parser<'a> {
     /// validated here, so later decoding cannot fail.
     fn tensor_fields(&mut self, f: &Field, ctx: &str) -> Result<TensorFields> {
         let mut t = TensorFields::default();
-        let mut rr = self.reader(f.value_range(), &ctx)?;
-        while let Some(g) = self.next(&mut rr, &ctx)? {
+        let mut rr = self.reader(f.value_range(), ctx)?;
+        while let Some(g) = self.next(&mut rr, ctx)? {
             match g.number {
                 1 => match g.wire {
                     WireType::Varint => t.dims.push(g.scalar as i64),
                     WireType::Len => wire::for_each_packed_varint(self.buf, g.value_range(), |v| t.dims.push(v as i64))
-                        .map_err(|e| wire_err(e, &ctx))?,
-                    _ => self.expect(&g, WireType::Varint, &ctx, "dims")?,
+                        .map_err(|e| wire_err(e, ctx))?,
+                    _ => self.expect(&g, WireType::Varint, ctx, "dims")?,
                 },
-                2 => t.data_type = Some(self.varint_field(&g, &ctx, "data_type")? as i64),
-                8 => t.name = self.string(&g, &ctx, "name")?,
+                2 => t.data_type = Some(self.varint_field(&g, ctx, "data_type")? as i64),
+                8 => t.name = self.string(&g, ctx, "name")?,
                 9 => {
-                    self.expect(&g, WireType::Len, &ctx, "raw_data")?;
+                    self.expect(&g, WireType::Len, ctx, "raw_data")?;
                     t.raw = Some(g.value_range());
                 }
                 4 | 10 => {
@@ -100,7 +100,7 @@ impl<'a> Parser<'a> {
                             t.fixed.push((tf, g.value_range()));
                         }
                     } else {
-                        self.expect(&g, w, &ctx, tf.name())?;
+                        self.expect(&g, w, ctx, tf.name())?;
                         t.fixed.push((tf, g.value_range()));
                     }
                 }
@@ -113,22 +113,22 @@ impl<'a> Parser<'a> {
                         WireType::Len if g.end == g.value_start => {}
                         WireType::Len => {
                             wire::for_each_packed_varint(self.buf, g.value_range(), |_| {})
-                                .map_err(|e| wire_err(e, &ctx))?;
+                                .map_err(|e| wire_err(e, ctx))?;
                             t.varints.push((tf, g.range()));
                         }
-                        _ => self.expect(&g, WireType::Varint, &ctx, tf.name())?,
+                        _ => self.expect(&g, WireType::Varint, ctx, tf.name())?,
                     }
                 }
                 6 => {
-                    self.expect(&g, WireType::Len, &ctx, "string_data")?;
+                    self.expect(&g, WireType::Len, ctx, "string_data")?;
                     t.strings += 1;
                 }
                 13 => {
-                    self.expect(&g, WireType::Len, &ctx, "external_data")?;
-                    let (k, v, at) = self.string_pair_at(&g, &ctx)?;
+                    self.expect(&g, WireType::Len, ctx, "external_data")?;
+                    let (k, v, at) = self.string_pair_at(&g, ctx)?;
                     t.ext_entries.push((k, v, Container::from(&g), at));
                 }
-                14 => t.location_external = self.varint_field(&g, &ctx, "data_location")? == 1,
+                14 => t.location_external = self.varint_field(&g, ctx, "data_location")? == 1,
                 _ => {}
             }
         }

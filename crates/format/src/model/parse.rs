@@ -76,6 +76,12 @@ impl Model {
     }
 }
 
+/// Whether `AttributeProto` field `number` holds a tensor or a graph (`t`, `g`, `tensors`,
+/// `graphs`, `sparse_tensor`, `sparse_tensors`).
+fn holds_tensor_or_graph(number: u32) -> bool {
+    matches!(number, 5 | 6 | 10 | 11 | 22 | 23)
+}
+
 pub(super) fn wire_err(e: WireError, context: &str) -> FormatError {
     match e {
         WireError::Truncated { at } => FormatError::Truncated { at, context: context.to_string() },
@@ -155,23 +161,20 @@ impl<'a> Parser<'a> {
     }
 
     fn string(&self, f: &Field, ctx: &str, what: &str) -> Result<String> {
-        self.expect(f, WireType::Len, ctx, what)?;
-        let bytes = &self.buf[f.value_start as usize..f.end as usize];
-        std::str::from_utf8(bytes).map(str::to_string).map_err(|_| FormatError::Malformed {
-            at: f.value_start,
-            context: ctx.to_string(),
-            reason: format!("{what} is not valid UTF-8"),
-        })
+        self.string_lazy(f, &|| ctx.to_string(), what)
     }
 
     /// [`Parser::string`] whose context `ctx()` is made only for an error.
     fn string_lazy(&self, f: &Field, ctx: &dyn Fn() -> String, what: &str) -> Result<String> {
-        if f.wire == WireType::Len {
-            if let Ok(s) = std::str::from_utf8(&self.buf[f.value_start as usize..f.end as usize]) {
-                return Ok(s.to_string());
-            }
+        if f.wire != WireType::Len {
+            self.expect(f, WireType::Len, &ctx(), what)?;
         }
-        self.string(f, &ctx(), what)
+        let bytes = &self.buf[f.value_start as usize..f.end as usize];
+        std::str::from_utf8(bytes).map(str::to_string).map_err(|_| FormatError::Malformed {
+            at: f.value_start,
+            context: ctx(),
+            reason: format!("{what} is not valid UTF-8"),
+        })
     }
 
     fn expect(&self, f: &Field, wire: WireType, ctx: &str, what: &str) -> Result<()> {
@@ -612,7 +615,7 @@ impl<'a> Parser<'a> {
             match rr.next_field() {
                 Ok(None) => return false,
                 Ok(Some(g)) => match g.number {
-                    5 | 6 | 10 | 11 | 22 | 23 => return true,
+                    n if holds_tensor_or_graph(n) => return true,
                     1 if g.wire != WireType::Len
                         || std::str::from_utf8(&self.buf[g.value_start as usize..g.end as usize]).is_err() =>
                     {
@@ -641,7 +644,7 @@ impl<'a> Parser<'a> {
         while let Some(g) = self.next(&mut rr, &ctx0)? {
             match g.number {
                 1 => name = self.string(&g, &ctx0, "attribute name")?,
-                5 | 6 | 10 | 11 | 22 | 23 => interesting = true,
+                n if holds_tensor_or_graph(n) => interesting = true,
                 _ => {}
             }
         }

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, DecryptedBytes, Method};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{graph_is_model, prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
+use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -265,17 +265,14 @@ pub fn commit_from_file_as(
     // tensor is shared (the Python loader's default threshold is larger, for its own
     // per-tensor cost).
     let opts = |share: bool| Options { share, min_bytes: MIN_SHAREABLE, ..Options::default() };
-    // A graph that is the model's bytes as they are is handed over from them, not copied.
-    let whole = graph_is_model(&index, &opts(true)) && model.len() as u64 <= opts(true).max_graph;
-    let Prepared { graph, shared, arena } = if whole {
-        Prepared { graph: Vec::new(), shared: Vec::new(), arena: Arena::default() }
-    } else {
-        prepare(&index, &model, |l| external.get(l).map(|d| &d[..]), &opts(true)).map_err(|e| at(e.into()))?
-    };
+    let Prepared { graph, shared, arena } =
+        prepare(&index, &model, |l| external.get(l).map(|d| &d[..]), &opts(true)).map_err(|e| at(e.into()))?;
     let mut held = Held { model: Some(model), external, arena: Some(arena) };
-    let attempt = match &held.model {
-        Some(m) if whole => in_place(builder, m, &shared, &held),
-        _ => in_place(builder, &graph, &shared, &held),
+    // No graph planned: it is the model's bytes as they are, handed over from them.
+    let attempt = match (&graph, &held.model) {
+        (Some(g), _) => in_place(builder, g, &shared, &held),
+        (None, Some(m)) => in_place(builder, m, &shared, &held),
+        (None, None) => Err(Error::Ort("internal: the model was released".into())),
     };
     match attempt {
         Ok(session) => {
@@ -298,7 +295,8 @@ pub fn commit_from_file_as(
             let model = held.model.take().ok_or_else(|| Error::Ort("internal: the model was released".into()))?;
             let full = prepare(&index, &model, |l| held.external.get(l).map(|d| &d[..]), &opts(false))
                 .map_err(|e| at(e.into()))?
-                .graph;
+                .graph
+                .unwrap_or_else(|| model.to_vec());
             // Every chunk the graph holds was checked as it was read; the rest now.
             held.external.values().try_for_each(DecryptedBytes::settle).map_err(at)?;
             drop((model, std::mem::take(&mut held.external), held.arena.take()));

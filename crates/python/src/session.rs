@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{decrypt_for_session, decrypt_model_signed_in_memory, DecryptedBytes};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{graph_is_model, prepare, Arena, Options, Source, MIN_SHARED};
+use onnx_protect_session::{prepare, Arena, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -164,7 +164,7 @@ impl SessionModel {
             let model = lock(&held.model);
             let external = lock(&held.external);
             let (Some(index), Some(bytes)) = (index.as_ref(), model.as_deref()) else { return Ok(None) };
-            Ok(Some(prepare(index, bytes, |l| external.get(l).map(|d| &d[..]), &opts)?.graph))
+            Ok(Some(prepare(index, bytes, |l| external.get(l).map(|d| &d[..]), &opts)?.graph_bytes(bytes).to_vec()))
         });
         let graph = plan
             .map_err(py_err)?
@@ -268,21 +268,18 @@ pub fn session_model(
     let (index, d) = decrypted;
     let (model_bytes, external) = d.into_parts();
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
-    // The graph is the model's bytes as they are: handed over from them, not copied first.
-    let whole = graph_is_model(&index, &opts) && model_bytes.len() as u64 <= opts.max_graph;
-    let plan = if whole {
-        onnx_protect_session::Prepared { graph: Vec::new(), shared: Vec::new(), arena: Arena::default() }
-    } else {
-        py.detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
-            .map_err(|e| py_err_at(&what, CoreError::Format(e)))?
-    };
+    let plan = py
+        .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
+        .map_err(|e| py_err_at(&what, CoreError::Format(e)))?;
+    // No graph planned: it is the model's bytes as they are, handed over from them.
+    let whole = plan.graph.is_none();
     let used: Vec<Source> = plan.shared.iter().map(|s| s.source.clone()).collect();
     let held = Arc::new(Held {
         index: Mutex::new(Some(index)),
         model: Mutex::new(Some(model_bytes)),
         external: Mutex::new(external),
         arena: plan.arena,
-        planned: Mutex::new((!whole).then_some(plan.graph)),
+        planned: Mutex::new(plan.graph),
         whole,
         min_shared,
     });

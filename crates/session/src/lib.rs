@@ -133,11 +133,21 @@ pub struct Shared {
 /// The graph to load and the tensors to add as initializers.
 pub struct Prepared {
     /// The model protobuf for onnxruntime: shared tensors point at [`SENTINEL`], every
-    /// other tensor's data is in it.
-    pub graph: Vec<u8>,
+    /// other tensor's data is in it. `None` when that is the decrypted bytes given to
+    /// [`prepare`] as they are (nothing shared, no external data): no copy is made
+    /// ([`Prepared::graph_bytes`]).
+    pub graph: Option<Vec<u8>>,
     pub shared: Vec<Shared>,
     /// Copies of shared tensors that were not aligned in their buffer; zeroed on drop.
     pub arena: Arena,
+}
+
+impl Prepared {
+    /// The graph: [`Prepared::graph`], or `bytes` (those given to [`prepare`]) when the
+    /// graph is the model as it is.
+    pub fn graph_bytes<'b>(&'b self, bytes: &'b [u8]) -> &'b [u8] {
+        self.graph.as_deref().unwrap_or(bytes)
+    }
 }
 
 /// A buffer whose shared tensors start at [`ALIGN`]-aligned addresses: `bytes()[0]` is
@@ -290,9 +300,8 @@ fn usize_range(r: &Range<u64>) -> Result<Range<usize>, FormatError> {
 }
 
 /// Whether the graph [`prepare`] makes is the model's bytes as they are: no external data,
-/// and nothing large enough to share under `opts` (a caller holding those bytes can hand
-/// them over without the copy in [`Prepared::graph`]).
-pub fn graph_is_model(model: &Model, opts: &Options) -> bool {
+/// and nothing large enough to share under `opts`.
+fn graph_is_model(model: &Model, opts: &Options) -> bool {
     let min = opts.min_bytes.max(MIN_SHAREABLE);
     let large = |t: &Tensor| opts.share && t.origin == Origin::Initializer && t.nbytes >= min;
     model.external_files.is_empty() && !model.tensors.iter().any(large)
@@ -318,7 +327,7 @@ pub fn prepare<'a>(
                 bytes.len()
             )));
         }
-        return Ok(Prepared { graph: bytes.to_vec(), shared: Vec::new(), arena: Arena::default() });
+        return Ok(Prepared { graph: None, shared: Vec::new(), arena: Arena::default() });
     }
     let consts = constants(model);
     let mut users: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -387,7 +396,7 @@ pub fn prepare<'a>(
     let plan = Plan::new(bytes.len() as u64, edits, Vec::new())?;
     let mut graph = Vec::with_capacity(usize::try_from(plan.output_len()).unwrap_or(0));
     plan.write(bytes, &mut graph, &mut |_, _, _| Ok(()))?;
-    Ok(Prepared { graph, shared, arena })
+    Ok(Prepared { graph: Some(graph), shared, arena })
 }
 
 #[cfg(test)]

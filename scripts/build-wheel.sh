@@ -6,7 +6,8 @@
 #   bash scripts/build-wheel.sh [--release | --dev] [--sdist | --tpm] [-o DIR]
 #   bash scripts/build-wheel.sh --tools-only
 #
-# --release (default): the wheel users install (release profile, stripped). --dev: the
+# --release (default): the wheel users install (the `wheel` profile of Cargo.toml: release,
+# optimised across crates; stripped). --dev: the
 # dev profile (scripts/test.sh: it shares `cargo test`'s compiled dependencies). Both are
 # audited (maturin's --auditwheel check fails if the library links anything a manylinux
 # wheel may not; auditwheel show prints the policy). --tpm: the package with the cargo
@@ -49,7 +50,7 @@ else
   args+=(--auditwheel check)
 fi
 if [ "$profile" = release ]; then
-  args+=(--release --strip)
+  args+=(--profile wheel --strip)
 else
   args+=(--profile dev)
 fi

@@ -548,6 +548,8 @@ enum Source<'a> {
     /// An open file, by positional reads (`pread`): the bytes go straight into the
     /// decrypted buffer, and no map of the file adds to the resident set.
     File(&'a File, &'a Path),
+    /// The buffer already holds the bytes.
+    Filled,
 }
 
 impl Source<'_> {
@@ -560,6 +562,7 @@ impl Source<'_> {
                 Ok(())
             }
             Source::File(f, path) => read_exact_at(f, out, start).map_err(|e| io_error(path, e)),
+            Source::Filled => Ok(()),
         }
     }
 }
@@ -868,10 +871,10 @@ impl Patcher<'_> {
         let patches = plan_patches(&plan);
         let plaintext = plaintext_ranges(&patches);
         if src.len() <= SMALL {
-            // A small file: copied from the model's map (read once already by the parser)
-            // into the heap, which costs no map, no page fault and no unmap.
-            let mut buf = vec![0u8; src.len()];
-            let leaves = self.hash_and_patch(&mut buf, &Source::Slice(src), &patches, 0, content_len, d.chunk);
+            // A small file: copied from the bytes the parser read into the heap (one copy,
+            // no zeroing first), which costs no map, no page fault and no unmap.
+            let mut buf = src.to_vec();
+            let leaves = self.hash_and_patch(&mut buf, &Source::Filled, &patches, 0, content_len, d.chunk);
             let bytes = DecryptedBytes { backing: Backing::Heap(buf), len: content_len as usize, plaintext };
             return Ok(Some((bytes, leaves?)));
         }

@@ -3,7 +3,7 @@
 //! Matching an entry checks it against the tensor it names; the codes of modes and
 //! storages in the manifest messages are converted here, and nowhere else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use onnx_protect_format::{Locator, Model, Tensor, TensorData};
 use onnx_protect_proto::v2 as pb;
@@ -140,10 +140,13 @@ pub(crate) fn match_targets<'a>(
     entries: impl Iterator<Item = EntryFacts<'a>>,
     rules: &EntryRules,
 ) -> Result<Vec<Target>> {
-    let by_locator: HashMap<&Locator, usize> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
-    let mut seen_streams = HashSet::new();
-    let mut seen_tensors = HashSet::new();
-    let mut spans_of: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
+    // Sorted lists and ordered sets: no hashing of what the file says (a model has tens to
+    // thousands of tensors, each looked up once).
+    let mut by_locator: Vec<(&Locator, usize)> = model.tensors.iter().map(|t| (&t.locator, t.id)).collect();
+    by_locator.sort_unstable();
+    let mut seen_streams = BTreeSet::new();
+    let mut seen_tensors = BTreeSet::new();
+    let mut spans_of: Vec<Vec<(u64, u64)>> = vec![Vec::new(); model.tensors.len()];
     let mut targets = Vec::new();
     for e in entries {
         let tid = entry_tensor(model, &by_locator, &e, rules)?;
@@ -151,7 +154,7 @@ pub(crate) fn match_targets<'a>(
             return Err(BadManifest::TensorTwice { tensor: e.name.to_string() }.into());
         }
         let (mode, spans) = entry_spans(&model.tensors[tid], &e, rules)?;
-        let all = spans_of.entry(tid).or_default();
+        let all = &mut spans_of[tid];
         all.extend(spans.iter().copied());
         all.sort_unstable();
         if all.windows(2).any(|w| w[1].0 < w[0].1) {
@@ -166,14 +169,15 @@ pub(crate) fn match_targets<'a>(
 /// storage it had, in a tier the manifest has.
 fn entry_tensor(
     model: &Model,
-    by_locator: &HashMap<&Locator, usize>,
+    by_locator: &[(&Locator, usize)],
     e: &EntryFacts<'_>,
     rules: &EntryRules,
 ) -> Result<usize> {
     let loc: Locator = e.locator.parse().map_err(|why| BadManifest::Locator { tensor: e.name.to_string(), why })?;
-    let &tid = by_locator
-        .get(&loc)
-        .ok_or_else(|| Modified::TensorMissing { tensor: e.name.to_string(), locator: e.locator.to_string() })?;
+    let tid = by_locator
+        .binary_search_by(|&(l, _)| l.cmp(&loc))
+        .map(|i| by_locator[i].1)
+        .map_err(|_| Modified::TensorMissing { tensor: e.name.to_string(), locator: e.locator.to_string() })?;
     let t = &model.tensors[tid];
     if t.name != e.name || t.data_type.to_i32() != e.data_type || t.nbytes != e.nbytes || storage_code(t) != e.storage {
         return Err(Modified::TensorChanged { locator: e.locator.to_string() }.into());

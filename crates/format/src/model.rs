@@ -11,7 +11,6 @@
 //! `tensor`, graphs and nodes in `graph`, locators in `locator`, and external data
 //! (confinement, ranges, renaming) in `external`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -247,21 +246,32 @@ impl Model {
     pub fn metadata_value(&self, key: &str) -> Option<&MetadataEntry> {
         self.metadata.iter().rev().find(|m| m.key == key)
     }
+    /// Refuses a name given twice in one graph (initializers, sparse initializers and node
+    /// outputs), reporting the first repetition in the file's order. Names are sorted, not
+    /// hashed: what the file says decides no hash table's work.
     fn check_duplicates(&self) -> Result<()> {
         for g in &self.graphs {
-            let mut seen: HashMap<&str, &'static str> = HashMap::new();
-            let mut names: Vec<(&str, &'static str)> = Vec::new();
-            names.extend(g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), "initializer")));
+            let mut names: Vec<(&str, usize, &'static str)> = Vec::new();
+            names.extend(g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), 0, "initializer")));
             names.extend(
-                g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), "sparse initializer")),
+                g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), 0, "sparse initializer")),
             );
             for &n in &g.nodes {
-                names.extend(self.nodes[n].outputs.iter().map(|o| (o.as_str(), "node output")));
+                names.extend(self.nodes[n].outputs.iter().map(|o| (o.as_str(), 0, "node output")));
             }
-            for (name, what) in names {
-                if !name.is_empty() && seen.insert(name, what).is_some() {
-                    return Err(FormatError::DuplicateName { name: name.to_string(), graph: g.path.clone(), what });
-                }
+            for (i, n) in names.iter_mut().enumerate() {
+                n.1 = i;
+            }
+            names.retain(|n| !n.0.is_empty());
+            names.sort_unstable();
+            // Within a run of one name, the second in the file's order is its first repetition.
+            let repeated = names.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| w[1]);
+            let first = repeated.fold(None, |best: Option<(&str, usize, &str)>, r| match best {
+                Some(b) if b.1 <= r.1 => Some(b),
+                _ => Some(r),
+            });
+            if let Some((name, _, what)) = first {
+                return Err(FormatError::DuplicateName { name: name.to_string(), graph: g.path.clone(), what });
             }
         }
         Ok(())

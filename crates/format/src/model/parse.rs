@@ -2,6 +2,7 @@
 //! attributes, with the locator, the enclosing length prefixes and a readable context of
 //! every field it descends into. `TensorProto` fields are read in [`tensor_proto`].
 
+use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -82,7 +83,7 @@ fn holds_tensor_or_graph(number: u32) -> bool {
     matches!(number, 5 | 6 | 10 | 11 | 22 | 23)
 }
 
-pub(super) fn wire_err(e: WireError, context: &str) -> FormatError {
+pub(super) fn wire_err(e: WireError, context: &dyn fmt::Display) -> FormatError {
     match e {
         WireError::Truncated { at } => FormatError::Truncated { at, context: context.to_string() },
         WireError::Malformed { at, reason } => {
@@ -133,14 +134,14 @@ impl Occurrences {
 
 /// Where we are, for locators, length-prefix rewriting and error messages.
 #[derive(Clone)]
-struct Path2 {
+struct Path2<'c> {
     steps: Vec<Step>,
     ancestors: Vec<Container>,
-    context: String,
+    context: Ctx<'c>,
 }
 
-impl Path2 {
-    fn child(&self, f: &Field, index: u32, context: String) -> Path2 {
+impl Path2<'_> {
+    fn child<'c>(&self, f: &Field, index: u32, context: Ctx<'c>) -> Path2<'c> {
         let mut steps = Vec::with_capacity(self.steps.len() + 1);
         steps.extend_from_slice(&self.steps);
         steps.push(Step { field: f.number, index });
@@ -151,16 +152,41 @@ impl Path2 {
     }
 }
 
+/// The readable context of a place in the model, made into text only for an error (most
+/// places never need theirs, and a model has many).
+#[derive(Clone, Copy)]
+enum Ctx<'c> {
+    /// The text as it is.
+    Text(&'c str),
+    /// `"{within} {what} #{index}"`: the `index`th field of one kind (`initializer`, `node`).
+    Item { within: &'c Ctx<'c>, what: &'static str, index: u32 },
+    /// `"{within} {what}"`: a part (a sparse tensor's `values` or `indices`).
+    Part { within: &'c Ctx<'c>, what: &'static str },
+    /// `"{within} > attribute '{name}'"`.
+    Attribute { within: &'c Ctx<'c>, name: &'c str },
+}
+
+impl fmt::Display for Ctx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ctx::Text(t) => f.write_str(t),
+            Ctx::Item { within, what, index } => write!(f, "{within} {what} #{index}"),
+            Ctx::Part { within, what } => write!(f, "{within} {what}"),
+            Ctx::Attribute { within, name } => write!(f, "{within} > attribute '{name}'"),
+        }
+    }
+}
+
 impl<'a> Parser<'a> {
-    fn reader(&self, range: Range<u64>, ctx: &str) -> Result<FieldReader<'a>> {
+    fn reader(&self, range: Range<u64>, ctx: &dyn fmt::Display) -> Result<FieldReader<'a>> {
         FieldReader::new(self.buf, range).map_err(|e| wire_err(e, ctx))
     }
 
-    fn next(&self, r: &mut FieldReader<'a>, ctx: &str) -> Result<Option<Field>> {
+    fn next(&self, r: &mut FieldReader<'a>, ctx: &dyn fmt::Display) -> Result<Option<Field>> {
         r.next_field().map_err(|e| wire_err(e, ctx))
     }
 
-    fn string(&self, f: &Field, ctx: &str, what: &str) -> Result<String> {
+    fn string(&self, f: &Field, ctx: &dyn fmt::Display, what: &str) -> Result<String> {
         self.string_lazy(f, &|| ctx.to_string(), what)
     }
 
@@ -177,7 +203,7 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn expect(&self, f: &Field, wire: WireType, ctx: &str, what: &str) -> Result<()> {
+    fn expect(&self, f: &Field, wire: WireType, ctx: &dyn fmt::Display, what: &str) -> Result<()> {
         if f.wire != wire {
             return Err(FormatError::Malformed {
                 at: f.start,
@@ -188,16 +214,16 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn varint_field(&self, f: &Field, ctx: &str, what: &str) -> Result<u64> {
+    fn varint_field(&self, f: &Field, ctx: &dyn fmt::Display, what: &str) -> Result<u64> {
         self.expect(f, WireType::Varint, ctx, what)?;
         Ok(f.scalar)
     }
 
     /// Returns whether a graph was found.
     fn parse_model(&mut self, model: &mut Header) -> Result<bool> {
-        let ctx = "ModelProto";
+        let ctx: &dyn fmt::Display = &"ModelProto";
         let mut r = self.reader(0..self.buf.len() as u64, ctx)?;
-        let root = Path2 { steps: Vec::new(), ancestors: Vec::new(), context: "model".into() };
+        let root = Path2 { steps: Vec::new(), ancestors: Vec::new(), context: Ctx::Text("model") };
         let mut occ = Occurrences::default();
         let mut graph_field: Option<(Field, u32)> = None;
         let mut functions = Vec::new();
@@ -215,7 +241,7 @@ impl<'a> Parser<'a> {
                     if graph_field.is_some() {
                         return Err(FormatError::Malformed {
                             at: f.start,
-                            context: ctx.into(),
+                            context: ctx.to_string(),
                             reason: "the graph field appears twice".into(),
                         });
                     }
@@ -228,7 +254,7 @@ impl<'a> Parser<'a> {
                 }
                 14 => {
                     self.expect(&f, WireType::Len, ctx, "metadata_props")?;
-                    let (key, value) = self.string_pair(&f, "ModelProto.metadata_props")?;
+                    let (key, value) = self.string_pair(&f, &"ModelProto.metadata_props")?;
                     model.metadata.push(MetadataEntry { key, value, range: f.range() });
                 }
                 20 => {
@@ -245,14 +271,16 @@ impl<'a> Parser<'a> {
         let Some((gf, gidx)) = graph_field else {
             return Ok(false);
         };
-        let path = root.child(&gf, gidx, "graph main".into());
+        let path = root.child(&gf, gidx, Ctx::Text("graph main"));
         self.parse_graph(&gf, &path, None, GraphKind::Main, 0, "main".into())?;
         let main = 0;
         for (f, idx) in functions {
-            self.parse_function(&f, &root.child(&f, idx, format!("function #{idx}")), idx)?;
+            let c = format!("function #{idx}");
+            self.parse_function(&f, &root.child(&f, idx, Ctx::Text(&c)), idx)?;
         }
         for (n, (f, idx)) in training.into_iter().enumerate() {
-            self.parse_training(&f, &root.child(&f, idx, format!("training_info #{n}")), n, main)?;
+            let c = format!("training_info #{n}");
+            self.parse_training(&f, &root.child(&f, idx, Ctx::Text(&c)), n, main)?;
         }
         Ok(true)
     }
@@ -260,7 +288,7 @@ impl<'a> Parser<'a> {
     /// An `opset_import` entry (`OperatorSetIdProto`).
     fn opset(&self, f: &Field) -> Result<Opset> {
         let mut op = Opset { domain: String::new(), version: 0 };
-        let c = "ModelProto.opset_import";
+        let c: &dyn fmt::Display = &"ModelProto.opset_import";
         let mut rr = self.reader(f.value_range(), c)?;
         while let Some(g) = self.next(&mut rr, c)? {
             match g.number {
@@ -275,7 +303,7 @@ impl<'a> Parser<'a> {
     /// The `n`-th `TrainingInfoProto`: its `initialization` and `algorithm` graphs, at
     /// level 1 below the main graph `main`, whose names they see.
     fn parse_training(&mut self, f: &Field, tpath: &Path2, n: usize, main: GraphId) -> Result<()> {
-        let c = "TrainingInfoProto";
+        let c: &dyn fmt::Display = &"TrainingInfoProto";
         let mut rr = self.reader(f.value_range(), c)?;
         let mut occ = Occurrences::default();
         while let Some(g) = self.next(&mut rr, c)? {
@@ -286,19 +314,20 @@ impl<'a> Parser<'a> {
                 _ => continue,
             };
             self.expect(&g, WireType::Len, c, part)?;
-            let p = tpath.child(&g, i, format!("training_info #{n} {part}"));
+            let c = format!("training_info #{n} {part}");
+            let p = tpath.child(&g, i, Ctx::Text(&c));
             let kind = GraphKind::Training { index: n, part };
             self.parse_graph(&g, &p, Some(main), kind, 1, format!("training{n}.{part}"))?;
         }
         Ok(())
     }
 
-    fn string_pair(&self, f: &Field, ctx: &str) -> Result<(String, String)> {
+    fn string_pair(&self, f: &Field, ctx: &dyn fmt::Display) -> Result<(String, String)> {
         self.string_pair_at(f, ctx).map(|(k, v, _)| (k, v))
     }
 
     /// A `StringStringEntryProto`: key, value, and the range of the (last) `value` field.
-    fn string_pair_at(&self, f: &Field, ctx: &str) -> Result<(String, String, Option<Range<u64>>)> {
+    fn string_pair_at(&self, f: &Field, ctx: &dyn fmt::Display) -> Result<(String, String, Option<Range<u64>>)> {
         let mut key = String::new();
         let mut value = String::new();
         let mut at = None;
@@ -338,7 +367,7 @@ impl<'a> Parser<'a> {
 
     /// `ValueInfoProto.type` (`TypeProto`): a tensor's element type and shape. Fields
     /// of the wrong wire type are left out (the type is informational).
-    fn value_type(&self, f: &Field, ctx: &str) -> Result<ValueType> {
+    fn value_type(&self, f: &Field, ctx: &dyn fmt::Display) -> Result<ValueType> {
         let mut out = ValueType::Unknown;
         let mut rr = self.reader(f.value_range(), ctx)?;
         while let Some(g) = self.next(&mut rr, ctx)? {
@@ -363,7 +392,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `TensorShapeProto`: its dimensions.
-    fn shape(&self, f: &Field, ctx: &str) -> Result<Vec<Dim>> {
+    fn shape(&self, f: &Field, ctx: &dyn fmt::Display) -> Result<Vec<Dim>> {
         let mut dims = Vec::new();
         let mut rr = self.reader(f.value_range(), ctx)?;
         while let Some(g) = self.next(&mut rr, ctx)? {
@@ -438,10 +467,11 @@ impl<'a> Parser<'a> {
         gpath: String,
     ) -> Result<GraphId> {
         if depth > MAX_GRAPH_DEPTH {
-            return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: path.context.clone() });
+            return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: path.context.to_string() });
         }
         let gid = self.new_graph(parent, kind, depth, gpath.clone());
         let ctx = format!("graph {gpath}");
+        let within = Ctx::Text(&ctx);
         let mut occ = Occurrences::default();
         let mut rr = self.reader(f.value_range(), &ctx)?;
         while let Some(g) = self.next(&mut rr, &ctx)? {
@@ -457,13 +487,13 @@ impl<'a> Parser<'a> {
                 }
                 5 => {
                     self.expect(&g, WireType::Len, &ctx, "initializer")?;
-                    let p = path.child(&g, i, format!("{ctx} initializer #{i}"));
-                    let t = self.parse_tensor(&g, &p, gid, Origin::Initializer)?;
+                    let p = path.child(&g, i, Ctx::Item { within: &within, what: "initializer", index: i });
+                    let t = self.parse_tensor(&g, p, gid, Origin::Initializer)?;
                     self.graphs[gid].initializers.push(t);
                 }
                 15 => {
                     self.expect(&g, WireType::Len, &ctx, "sparse_initializer")?;
-                    let p = path.child(&g, i, format!("{ctx} sparse_initializer #{i}"));
+                    let p = path.child(&g, i, Ctx::Item { within: &within, what: "sparse_initializer", index: i });
                     let pair = self.parse_sparse(&g, &p, gid, None)?;
                     self.graphs[gid].sparse_initializers.push(pair);
                 }
@@ -501,7 +531,7 @@ impl<'a> Parser<'a> {
         gid: GraphId,
         attr: Option<(NodeId, &str)>,
     ) -> Result<(TensorId, Option<TensorId>)> {
-        let ctx = path.context.clone();
+        let ctx = path.context;
         let mut values = None;
         let mut indices = None;
         let mut occ = Occurrences::default();
@@ -520,8 +550,8 @@ impl<'a> Parser<'a> {
                         Some((node, name)) => Origin::Attribute { node, attribute: format!("{name}.{what}") },
                         None => origin,
                     };
-                    let p = path.child(&g, i, format!("{ctx} {what}"));
-                    let t = self.parse_tensor(&g, &p, gid, origin)?;
+                    let p = path.child(&g, i, Ctx::Part { within: &path.context, what });
+                    let t = self.parse_tensor(&g, p, gid, origin)?;
                     if g.number == 1 {
                         values = Some(t);
                     } else {
@@ -533,7 +563,7 @@ impl<'a> Parser<'a> {
         }
         let values = values.ok_or_else(|| FormatError::Malformed {
             at: f.start,
-            context: ctx.clone(),
+            context: ctx.to_string(),
             reason: "sparse tensor has no values".into(),
         })?;
         Ok((values, indices))
@@ -588,7 +618,8 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         // The node's path, for the tensors and graphs its attributes hold.
-        let path = &parent.child(f, index, ctx0());
+        let node = Ctx::Item { within: &Ctx::Text(gctx), what: "node", index };
+        let path = &parent.child(f, index, node);
         let gpath = self.graphs[gid].path.clone();
         let ctx = format!("graph {gpath} > node {}", self.nodes[nid].label());
         let mut occ = Occurrences::default();
@@ -597,7 +628,7 @@ impl<'a> Parser<'a> {
             let i = occ.next(g.number);
             if g.number == 5 {
                 self.expect(&g, WireType::Len, &ctx, "attribute")?;
-                let p = path.child(&g, i, ctx.clone());
+                let p = path.child(&g, i, Ctx::Text(&ctx));
                 self.parse_attribute(&g, &p, gid, nid, depth, &gpath)?;
             }
         }
@@ -637,7 +668,7 @@ impl<'a> Parser<'a> {
         depth: usize,
         gpath: &str,
     ) -> Result<()> {
-        let ctx0 = path.context.clone();
+        let ctx0 = path.context;
         let mut name = String::new();
         let mut rr = self.reader(f.value_range(), &ctx0)?;
         let mut interesting = false;
@@ -651,39 +682,40 @@ impl<'a> Parser<'a> {
         if !interesting {
             return Ok(());
         }
-        let ctx = format!("{ctx0} > attribute '{name}'");
-        let mut attr = Attribute { name: name.clone(), tensors: Vec::new(), graphs: Vec::new() };
+        let ctx = Ctx::Attribute { within: &path.context, name: &name };
+        let (mut tensors, mut graphs) = (Vec::new(), Vec::new());
         let mut occ = Occurrences::default();
         let mut rr = self.reader(f.value_range(), &ctx)?;
-        let node_label = self.nodes[nid].name.clone();
         while let Some(g) = self.next(&mut rr, &ctx)? {
             let i = occ.next(g.number);
             match g.number {
                 5 | 10 => {
                     self.expect(&g, WireType::Len, &ctx, "tensor")?;
-                    let p = path.child(&g, i, ctx.clone());
-                    let t = self.parse_tensor(&g, &p, gid, Origin::Attribute { node: nid, attribute: name.clone() })?;
-                    attr.tensors.push(t);
+                    let p = path.child(&g, i, ctx);
+                    let t = self.parse_tensor(&g, p, gid, Origin::Attribute { node: nid, attribute: name.clone() })?;
+                    tensors.push(t);
                 }
                 22 | 23 => {
                     self.expect(&g, WireType::Len, &ctx, "sparse tensor")?;
-                    let p = path.child(&g, i, ctx.clone());
+                    let p = path.child(&g, i, ctx);
                     let (v, ix) = self.parse_sparse(&g, &p, gid, Some((nid, &name)))?;
-                    attr.tensors.push(v);
-                    attr.tensors.extend(ix);
+                    tensors.push(v);
+                    tensors.extend(ix);
                 }
                 6 | 11 => {
                     self.expect(&g, WireType::Len, &ctx, "graph")?;
                     if depth + 1 > MAX_GRAPH_DEPTH {
-                        return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: ctx.clone() });
+                        return Err(FormatError::TooDeep { limit: MAX_GRAPH_DEPTH, context: ctx.to_string() });
                     }
-                    let label = if node_label.is_empty() { format!("#{nid}") } else { node_label.clone() };
+                    let node_name = &self.nodes[nid].name;
+                    let label = if node_name.is_empty() { format!("#{nid}") } else { node_name.clone() };
                     let sub = if g.number == 6 {
                         format!("{gpath}/{label}.{name}")
                     } else {
                         format!("{gpath}/{label}.{name}[{i}]")
                     };
-                    let p = path.child(&g, i, format!("graph {sub}"));
+                    let c = format!("graph {sub}");
+                    let p = path.child(&g, i, Ctx::Text(&c));
                     let sg = self.parse_graph(
                         &g,
                         &p,
@@ -692,12 +724,12 @@ impl<'a> Parser<'a> {
                         depth + 1,
                         sub,
                     )?;
-                    attr.graphs.push(sg);
+                    graphs.push(sg);
                 }
                 _ => {}
             }
         }
-        self.nodes[nid].attributes.push(attr);
+        self.nodes[nid].attributes.push(Attribute { name, tensors, graphs });
         Ok(())
     }
 }
@@ -755,5 +787,87 @@ mod tests {
             assert!(ok(at_64), "{what} at level 64");
             assert!(!ok(at_65), "{what} at level 65");
         }
+    }
+
+    /// A FLOAT `TensorProto` named `name` (none if empty) with `dims` and `raw` as raw_data.
+    fn tensor(name: &str, dims: &[i64], raw: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for &d in dims {
+            put_tag(&mut t, 1, WireType::Varint);
+            put_varint(&mut t, d as u64);
+        }
+        put_tag(&mut t, 2, WireType::Varint);
+        put_varint(&mut t, 1);
+        if !name.is_empty() {
+            t.extend_from_slice(&field(8, name.as_bytes()));
+        }
+        [t, field(9, raw)].concat()
+    }
+
+    /// The error of a model whose main graph's fields are `graph`.
+    fn error_of(graph: &[u8]) -> String {
+        match Model::from_vec(crate::testutil::model_with_graph(graph), None) {
+            Ok(_) => panic!("the model was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Errors say where they are: the graph, the field and its index, the node and its
+    /// attribute; an unnamed tensor is called by that place.
+    #[test]
+    fn errors_name_the_place_of_the_field() {
+        let w = field(5, &tensor("w", &[1], &[0; 4]));
+        let g = [w.clone(), field(5, &tensor("", &[-1], &[]))].concat();
+        assert_eq!(error_of(&g), "tensor 'graph main initializer #1' has a negative dimension -1");
+
+        let constant =
+            |attr: &[u8]| field(1, &[field(2, b"c"), field(3, b"k"), field(4, b"Constant"), field(5, attr)].concat());
+        let value = [field(1, b"value"), field(5, &tensor("", &[2], &[0; 4]))].concat();
+        assert_eq!(
+            error_of(&constant(&value)),
+            "tensor 'graph main > node k (Constant) > attribute 'value'': raw_data holds 4 bytes but dims × dtype need 8"
+        );
+        // A truncated field inside the attribute's tensor.
+        let cut = [field(1, b"value"), field(5, &[0x4a, 0x08, 0])].concat();
+        assert_eq!(
+            error_of(&constant(&cut)),
+            "truncated protobuf: input ends inside a field at byte 40 (in graph main > node k (Constant) > attribute 'value')"
+        );
+
+        let sparse = [field(1, &tensor("", &[2], &[0; 4])), field(2, &tensor("i", &[2], &[0; 16]))].concat();
+        assert_eq!(
+            error_of(&[w.clone(), field(15, &sparse)].concat()),
+            "tensor 'graph main sparse_initializer #0 values': raw_data holds 4 bytes but dims × dtype need 8"
+        );
+
+        // A node whose output field is cut short.
+        assert_eq!(
+            error_of(&[w.clone(), field(1, &[0x12, 0x05, b'y'])].concat()),
+            "truncated protobuf: input ends inside a field at byte 28 (in graph main node #0)"
+        );
+
+        // An initializer of a subgraph.
+        let then =
+            [field(1, b"then_branch"), vec![0xa0, 0x01, 5], field(6, &field(5, &tensor("", &[-2], &[])))].concat();
+        let node = [field(3, b"k"), field(4, b"If"), field(5, &then)].concat();
+        assert_eq!(
+            error_of(&field(1, &node)),
+            "tensor 'graph main/k.then_branch initializer #0' has a negative dimension -2"
+        );
+    }
+
+    /// A name given twice in one graph is refused, the first repetition in the file's
+    /// order reported; unnamed values are not names.
+    #[test]
+    fn a_name_given_twice_is_refused_at_its_first_repetition() {
+        let init = |n: &str| field(5, &tensor(n, &[1], &[0; 4]));
+        let out = |n: &str| field(1, &[field(2, n.as_bytes()), field(4, b"Relu")].concat());
+        // x, y (initializers), then y and x again (node outputs): y is repeated first.
+        let g = [init("x"), init("y"), out("y"), out("x")].concat();
+        assert_eq!(error_of(&g), "node output name 'y' is defined twice in graph main");
+        let g = [init("x"), init("y"), init("x"), out("y")].concat();
+        assert_eq!(error_of(&g), "initializer name 'x' is defined twice in graph main");
+        let g = [init("x"), out(""), out(""), out("z")].concat();
+        assert!(Model::from_vec(crate::testutil::model_with_graph(&g), None).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! One `TensorProto`: its fields read and checked against each other (one storage, the
 //! length its type and dims imply), giving a [`Tensor`] whose data is a range of the file.
 
+use std::fmt;
 use std::ops::Range;
 
 use super::super::external::PendingExternal;
@@ -12,10 +13,18 @@ use crate::model::{GraphId, Locator, Origin, Tensor, TensorData, TensorId};
 use crate::wire::{self, Container, Field, WireType};
 
 impl<'a> Parser<'a> {
-    pub(super) fn parse_tensor(&mut self, f: &Field, path: &Path2, gid: GraphId, origin: Origin) -> Result<TensorId> {
-        let ctx = path.context.as_str();
+    pub(super) fn parse_tensor(&mut self, f: &Field, path: Path2, gid: GraphId, origin: Origin) -> Result<TensorId> {
+        let Path2 { steps, ancestors, context } = path;
+        let ctx: &dyn fmt::Display = &context;
         let fields = self.tensor_fields(f, ctx)?;
-        let tname = if fields.name.is_empty() { ctx } else { fields.name.as_str() };
+        // An unnamed tensor is called by its context in errors.
+        let unnamed;
+        let tname = if fields.name.is_empty() {
+            unnamed = context.to_string();
+            unnamed.as_str()
+        } else {
+            fields.name.as_str()
+        };
         let (data_type, dims, numel, nbytes) = tensor_shape(tname, &fields)?;
         fields.check_one_storage(f, ctx, tname)?;
         let len = Extent { tname, data_type, numel, nbytes, dims: &dims };
@@ -57,8 +66,8 @@ impl<'a> Parser<'a> {
             nbytes,
             origin,
             graph: gid,
-            locator: Locator(path.steps.clone()),
-            ancestors: path.ancestors.clone(),
+            locator: Locator(steps),
+            ancestors,
             data,
         };
         self.mark_canonical(&mut tensor)?;
@@ -68,7 +77,7 @@ impl<'a> Parser<'a> {
 
     /// The fields of a `TensorProto`, checked for their wire types; packed varints are
     /// validated here, so later decoding cannot fail.
-    fn tensor_fields(&mut self, f: &Field, ctx: &str) -> Result<TensorFields> {
+    fn tensor_fields(&mut self, f: &Field, ctx: &dyn fmt::Display) -> Result<TensorFields> {
         let mut t = TensorFields::default();
         let mut rr = self.reader(f.value_range(), ctx)?;
         while let Some(g) = self.next(&mut rr, ctx)? {
@@ -164,7 +173,12 @@ impl<'a> Parser<'a> {
     }
 
     /// Varint-typed field occurrences holding as many values as the tensor has.
-    fn varint_data(&mut self, ctx: &str, len: &Extent, varints: Vec<(TypedField, Range<u64>)>) -> Result<TensorData> {
+    fn varint_data(
+        &mut self,
+        ctx: &dyn fmt::Display,
+        len: &Extent,
+        varints: Vec<(TypedField, Range<u64>)>,
+    ) -> Result<TensorData> {
         let tf = varints[0].0;
         if tf != len.data_type.typed_field() {
             return Err(wrong_field(len.tname, tf, len.data_type));
@@ -223,7 +237,7 @@ struct TensorFields {
 
 impl TensorFields {
     /// A tensor keeps its data in one place: raw_data, external data, or one typed field.
-    fn check_one_storage(&self, f: &Field, ctx: &str, tname: &str) -> Result<()> {
+    fn check_one_storage(&self, f: &Field, ctx: &dyn fmt::Display, tname: &str) -> Result<()> {
         let mut kinds = Vec::new();
         if self.raw.is_some() {
             kinds.push("raw_data");
@@ -291,7 +305,7 @@ fn tensor_shape(tname: &str, t: &TensorFields) -> Result<(DataType, Vec<u64>, u6
 }
 
 /// `raw_data` of exactly the tensor's byte length (never for STRING tensors).
-fn raw_data(f: &Field, ctx: &str, len: &Extent, r: Range<u64>) -> Result<TensorData> {
+fn raw_data(f: &Field, ctx: &dyn fmt::Display, len: &Extent, r: Range<u64>) -> Result<TensorData> {
     if len.data_type == DataType::String {
         return Err(FormatError::Malformed {
             at: f.start,

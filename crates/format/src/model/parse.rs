@@ -737,7 +737,7 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::len_field as field;
+    use crate::testutil::{float_tensor, len_field as field};
     use crate::wire::{put_tag, put_varint, WireType};
 
     /// An `If` node whose `then_branch` is `graph`.
@@ -789,21 +789,6 @@ mod tests {
         }
     }
 
-    /// A FLOAT `TensorProto` named `name` (none if empty) with `dims` and `raw` as raw_data.
-    fn tensor(name: &str, dims: &[i64], raw: &[u8]) -> Vec<u8> {
-        let mut t = Vec::new();
-        for &d in dims {
-            put_tag(&mut t, 1, WireType::Varint);
-            put_varint(&mut t, d as u64);
-        }
-        put_tag(&mut t, 2, WireType::Varint);
-        put_varint(&mut t, 1);
-        if !name.is_empty() {
-            t.extend_from_slice(&field(8, name.as_bytes()));
-        }
-        [t, field(9, raw)].concat()
-    }
-
     /// The error of a model whose main graph's fields are `graph`.
     fn error_of(graph: &[u8]) -> String {
         match Model::from_vec(crate::testutil::model_with_graph(graph), None) {
@@ -816,13 +801,13 @@ mod tests {
     /// attribute; an unnamed tensor is called by that place.
     #[test]
     fn errors_name_the_place_of_the_field() {
-        let w = field(5, &tensor("w", &[1], &[0; 4]));
-        let g = [w.clone(), field(5, &tensor("", &[-1], &[]))].concat();
+        let w = field(5, &float_tensor("w", &[1], &[0.0]));
+        let g = [w.clone(), field(5, &float_tensor("", &[-1], &[]))].concat();
         assert_eq!(error_of(&g), "tensor 'graph main initializer #1' has a negative dimension -1");
 
         let constant =
             |attr: &[u8]| field(1, &[field(2, b"c"), field(3, b"k"), field(4, b"Constant"), field(5, attr)].concat());
-        let value = [field(1, b"value"), field(5, &tensor("", &[2], &[0; 4]))].concat();
+        let value = [field(1, b"value"), field(5, &float_tensor("", &[2], &[0.0]))].concat();
         assert_eq!(
             error_of(&constant(&value)),
             "tensor 'graph main > node k (Constant) > attribute 'value'': raw_data holds 4 bytes but dims × dtype need 8"
@@ -834,7 +819,8 @@ mod tests {
             "truncated protobuf: input ends inside a field at byte 40 (in graph main > node k (Constant) > attribute 'value')"
         );
 
-        let sparse = [field(1, &tensor("", &[2], &[0; 4])), field(2, &tensor("i", &[2], &[0; 16]))].concat();
+        let sparse =
+            [field(1, &float_tensor("", &[2], &[0.0])), field(2, &float_tensor("i", &[2], &[0.0; 4]))].concat();
         assert_eq!(
             error_of(&[w.clone(), field(15, &sparse)].concat()),
             "tensor 'graph main sparse_initializer #0 values': raw_data holds 4 bytes but dims × dtype need 8"
@@ -847,8 +833,8 @@ mod tests {
         );
 
         // An initializer of a subgraph.
-        let then =
-            [field(1, b"then_branch"), vec![0xa0, 0x01, 5], field(6, &field(5, &tensor("", &[-2], &[])))].concat();
+        let then = [field(1, b"then_branch"), vec![0xa0, 0x01, 5], field(6, &field(5, &float_tensor("", &[-2], &[])))]
+            .concat();
         let node = [field(3, b"k"), field(4, b"If"), field(5, &then)].concat();
         assert_eq!(
             error_of(&field(1, &node)),
@@ -860,7 +846,7 @@ mod tests {
     /// order reported; unnamed values are not names.
     #[test]
     fn a_name_given_twice_is_refused_at_its_first_repetition() {
-        let init = |n: &str| field(5, &tensor(n, &[1], &[0; 4]));
+        let init = |n: &str| field(5, &float_tensor(n, &[1], &[0.0]));
         let out = |n: &str| field(1, &[field(2, n.as_bytes()), field(4, b"Relu")].concat());
         // x, y (initializers), then y and x again (node outputs): y is repeated first.
         let g = [init("x"), init("y"), out("y"), out("x")].concat();

@@ -28,7 +28,9 @@ const SEP: char = '\u{1f}';
 pub fn js_kind(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::Io => "io",
-        ErrorKind::Model(_) | ErrorKind::BadManifest => "invalid_model",
+        ErrorKind::Model(_) => "invalid_model",
+        // Header rules broken: "modified" (docs/format.md §3), as the JavaScript engine says.
+        ErrorKind::BadManifest => "modified",
         ErrorKind::Key => "key",
         ErrorKind::NotProtected => "not_protected",
         ErrorKind::UnsupportedVersion => "unsupported_version",

@@ -251,25 +251,22 @@ impl Model {
     /// hashed: what the file says decides no hash table's work.
     fn check_duplicates(&self) -> Result<()> {
         for g in &self.graphs {
-            let mut names: Vec<(&str, usize, &'static str)> = Vec::new();
-            names.extend(g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), 0, "initializer")));
-            names.extend(
-                g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), 0, "sparse initializer")),
-            );
-            for &n in &g.nodes {
-                names.extend(self.nodes[n].outputs.iter().map(|o| (o.as_str(), 0, "node output")));
-            }
-            for (i, n) in names.iter_mut().enumerate() {
-                n.1 = i;
-            }
-            names.retain(|n| !n.0.is_empty());
+            let initializers = g.initializers.iter().map(|&t| (self.tensors[t].name.as_str(), "initializer"));
+            let sparse =
+                g.sparse_initializers.iter().map(|&(v, _)| (self.tensors[v].name.as_str(), "sparse initializer"));
+            let outputs =
+                g.nodes.iter().flat_map(|&n| self.nodes[n].outputs.iter().map(|o| (o.as_str(), "node output")));
+            // (name, place in the file's order, what it names), sorted by name then place.
+            let mut names: Vec<(&str, usize, &'static str)> = initializers
+                .chain(sparse)
+                .chain(outputs)
+                .enumerate()
+                .filter(|(_, (name, _))| !name.is_empty())
+                .map(|(i, (name, what))| (name, i, what))
+                .collect();
             names.sort_unstable();
-            // Within a run of one name, the second in the file's order is its first repetition.
-            let repeated = names.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| w[1]);
-            let first = repeated.fold(None, |best: Option<(&str, usize, &str)>, r| match best {
-                Some(b) if b.1 <= r.1 => Some(b),
-                _ => Some(r),
-            });
+            // Within a run of one name, the second is its first repetition in the file's order.
+            let first = names.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| w[1]).min_by_key(|r| r.1);
             if let Some((name, _, what)) = first {
                 return Err(FormatError::DuplicateName { name: name.to_string(), graph: g.path.clone(), what });
             }

@@ -187,18 +187,11 @@ impl<'a> Parser<'a> {
     }
 
     fn string(&self, f: &Field, ctx: &dyn fmt::Display, what: &str) -> Result<String> {
-        self.string_lazy(f, &|| ctx.to_string(), what)
-    }
-
-    /// [`Parser::string`] whose context `ctx()` is made only for an error.
-    fn string_lazy(&self, f: &Field, ctx: &dyn Fn() -> String, what: &str) -> Result<String> {
-        if f.wire != WireType::Len {
-            self.expect(f, WireType::Len, &ctx(), what)?;
-        }
+        self.expect(f, WireType::Len, ctx, what)?;
         let bytes = &self.buf[f.value_start as usize..f.end as usize];
         std::str::from_utf8(bytes).map(str::to_string).map_err(|_| FormatError::Malformed {
             at: f.value_start,
-            context: ctx(),
+            context: ctx.to_string(),
             reason: format!("{what} is not valid UTF-8"),
         })
     }
@@ -580,7 +573,7 @@ impl<'a> Parser<'a> {
         gid: GraphId,
         depth: usize,
     ) -> Result<()> {
-        let ctx0 = || format!("{gctx} node #{index}");
+        let node = Ctx::Item { within: &Ctx::Text(gctx), what: "node", index };
         let nid = self.nodes.len();
         self.nodes.push(Node {
             id: nid,
@@ -595,20 +588,20 @@ impl<'a> Parser<'a> {
         self.graphs[gid].nodes.push(nid);
         // First pass: identity, for readable contexts below.
         let mut attributes = false;
-        let mut rr = FieldReader::new(self.buf, f.value_range()).map_err(|e| wire_err(e, &ctx0()))?;
-        while let Some(g) = rr.next_field().map_err(|e| wire_err(e, &ctx0()))? {
+        let mut rr = self.reader(f.value_range(), &node)?;
+        while let Some(g) = self.next(&mut rr, &node)? {
             match g.number {
                 1 => {
-                    let s = self.string_lazy(&g, &ctx0, "input")?;
+                    let s = self.string(&g, &node, "input")?;
                     self.nodes[nid].inputs.push(s);
                 }
                 2 => {
-                    let s = self.string_lazy(&g, &ctx0, "output")?;
+                    let s = self.string(&g, &node, "output")?;
                     self.nodes[nid].outputs.push(s);
                 }
-                3 => self.nodes[nid].name = self.string_lazy(&g, &ctx0, "name")?,
-                4 => self.nodes[nid].op_type = self.string_lazy(&g, &ctx0, "op_type")?,
-                7 => self.nodes[nid].domain = self.string_lazy(&g, &ctx0, "domain")?,
+                3 => self.nodes[nid].name = self.string(&g, &node, "name")?,
+                4 => self.nodes[nid].op_type = self.string(&g, &node, "op_type")?,
+                7 => self.nodes[nid].domain = self.string(&g, &node, "domain")?,
                 5 => attributes |= self.attribute_needs_parse(&g),
                 _ => {}
             }
@@ -618,7 +611,6 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         // The node's path, for the tensors and graphs its attributes hold.
-        let node = Ctx::Item { within: &Ctx::Text(gctx), what: "node", index };
         let path = &parent.child(f, index, node);
         let gpath = self.graphs[gid].path.clone();
         let ctx = format!("graph {gpath} > node {}", self.nodes[nid].label());

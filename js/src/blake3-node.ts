@@ -1,6 +1,9 @@
 // BLAKE3 in Node from `blake3-wasm` (the BLAKE3 team's C implementation compiled to
 // WebAssembly with SIMD, about twice hash-wasm's speed here), falling back to hash-wasm where
-// it cannot be loaded. Used for the leaf digests of docs/format.md §9.
+// it cannot be loaded. Used for the leaf digests of docs/format.md §9. Its Emscripten glue
+// adds process-wide `uncaughtException` and `unhandledRejection` listeners (which rethrow,
+// so a crash of the caller's own code would be reported at the glue's line); they are
+// removed as soon as the glue has added them, and the process keeps only its own.
 
 import { createRequire } from "node:module";
 
@@ -16,9 +19,25 @@ interface Blake3Module {
   _hash_oneshot(input: number, length: number, out: number, outLength: number): void;
 }
 
+/** `create()` with every listener it adds to `process` removed before anything else runs
+ * (the glue adds them synchronously, while the module is set up). */
+function withoutProcessListeners<T>(create: () => T): T {
+  const before = new Map(process.eventNames().map((e) => [e, process.rawListeners(e)]));
+  try {
+    return create();
+  } finally {
+    for (const e of process.eventNames()) {
+      const had = before.get(e) ?? [];
+      for (const l of process.rawListeners(e)) {
+        if (!had.includes(l)) process.removeListener(e, l as (...a: unknown[]) => void);
+      }
+    }
+  }
+}
+
 async function simdHash(): Promise<PrefixedHash> {
   const create = createRequire(import.meta.url)("blake3-wasm/dist/wasm/blake3.js") as () => Promise<Blake3Module>;
-  const m = await create();
+  const m = await withoutProcessListeners(create);
   const out = m._malloc(32);
   let input = 0, capacity = 0;
   return (prefix, data) => {

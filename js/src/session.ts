@@ -17,13 +17,55 @@ const WRITING_CONFIG_KEYS = [
   "ep.context_file_path",
 ];
 
+/** Execution providers' options that make the provider write a compiled copy of the model
+ * (with its weights) to disk, as docs/runtime.md lists them: by provider, its names (the
+ * onnxruntime JavaScript name, the provider's class name, lower case) and the options. */
+const PROVIDER_CACHES: Array<{ provider: string; names: string[]; options: string[] }> = [
+  { provider: "TensorRT", names: ["tensorrt", "tensorrtexecutionprovider"], options: ["trt_engine_cache_enable", "trt_dump_ep_context_model", "trt_timing_cache_enable"] },
+  { provider: "NvTensorRTRTX", names: ["nvtensorrtrtx", "nvtensorrtrtxexecutionprovider"], options: ["nv_dump_ep_context_model", "ep.context_enable"] },
+  { provider: "OpenVINO", names: ["openvino", "openvinoexecutionprovider"], options: ["cache_dir"] },
+  { provider: "CoreML", names: ["coreml", "coremlexecutionprovider"], options: ["ModelCacheDirectory"] },
+  { provider: "QNN", names: ["qnn", "qnnexecutionprovider"], options: ["qnn_context_cache_enable"] },
+  { provider: "MIGraphX", names: ["migraphx", "migraphxexecutionprovider"], options: ["migraphx_save_compiled_model"] },
+];
+
+/** An option's name as compared: lower case, without `_` and `.` (`trt_engine_cache_enable` and
+ * `trtEngineCacheEnable` are one option). */
+const fold = (name: string) => name.toLowerCase().replace(/[_.]/g, "");
+
+/** The provider option `option` (folded) of the provider named `name`, if it is one that
+ * writes to disk. */
+function writingOption(name: string, option: string): { provider: string; option: string } | null {
+  const p = PROVIDER_CACHES.find((c) => c.names.includes(name.toLowerCase()));
+  const o = p?.options.find((k) => fold(k) === fold(option));
+  return p && o ? { provider: p.provider, option: o } : null;
+}
+
+/** Off, as onnxruntime reads a provider option: unset, empty, 0 or false. */
+const off = (v: unknown) => v === undefined || v === null || v === "" || v === 0 || v === false || v === "0" || /^false$/i.test(String(v));
+
 /** Refuses session options that would write the decrypted model to disk:
- * `optimizedModelFilePath`, the optimized model's external initializers file, and EP
- * context dumps (`ep.context_enable`, `ep.context_file_path`). Profiling is allowed. */
+ * `optimizedModelFilePath`, the optimized model's external initializers file, EP context
+ * dumps (`ep.context_enable`, `ep.context_file_path`), and execution providers' compiled
+ * caches (TensorRT engine, context and timing caches, NvTensorRTRTX context dumps, OpenVINO
+ * `cache_dir`, CoreML `ModelCacheDirectory`, QNN context caches, MIGraphX saved models),
+ * whether given in an `executionProviders` entry or as a config entry `ep.<provider>.<option>`
+ * in `extra`. Profiling is allowed. */
 export function checkSessionOptions(options: Record<string, unknown> | undefined): void {
   if (!options) return;
   if (options.optimizedModelFilePath) {
     throw new UsageError("optimizedModelFilePath would make onnxruntime write the decrypted model to disk; it is refused for protected models");
+  }
+  const providers = Array.isArray(options.executionProviders) ? options.executionProviders : [];
+  for (const [i, ep] of providers.entries()) {
+    if (!ep || typeof ep !== "object" || typeof (ep as { name?: unknown }).name !== "string") continue;
+    const name = (ep as { name: string }).name;
+    for (const [k, v] of Object.entries(ep)) {
+      const w = writingOption(name, k);
+      if (w && !off(v)) {
+        throw new UsageError(`executionProviders[${i}] (${name}) option ${k}=${JSON.stringify(v)} would make the ${w.provider} execution provider write a compiled copy of the decrypted model to disk; it is refused for protected models`);
+      }
+    }
   }
   const entries = (options.extra as Record<string, unknown> | undefined) ?? {};
   const flat: Record<string, unknown> = {};
@@ -41,6 +83,14 @@ export function checkSessionOptions(options: Record<string, unknown> | undefined
   const ctx = flat["ep.context_enable"];
   if (ctx !== undefined && String(ctx) !== "0") {
     throw new UsageError("session config 'ep.context_enable' would make onnxruntime write an EP context holding the decrypted model; it is refused for protected models");
+  }
+  // Provider options given as config entries: `ep.<provider name, lower case>.<option>`.
+  for (const [k, v] of Object.entries(flat)) {
+    const m = /^ep\.([^.]+)\.(.+)$/.exec(k);
+    const w = m && writingOption(m[1], m[2]);
+    if (w && !off(v)) {
+      throw new UsageError(`session config '${k}' = ${JSON.stringify(v)} would make the ${w.provider} execution provider write a compiled copy of the decrypted model to disk; it is refused for protected models`);
+    }
   }
 }
 

@@ -26,6 +26,46 @@ test("options writing the model to disk are refused", async () => {
   }
 });
 
+// Execution providers' options that write a compiled copy of the model to disk (the list of
+// docs/runtime.md), each refused in an `executionProviders` entry (under its own name and in
+// camel case) and as a config entry `ep.<provider>.<option>` in `extra` (nested and dotted);
+// the same option switched off passes.
+for (const [provider, option, value] of [
+  ["tensorrt", "trt_engine_cache_enable", "1"],
+  ["tensorrt", "trt_dump_ep_context_model", true],
+  ["tensorrt", "trt_timing_cache_enable", "True"],
+  ["NvTensorRTRTXExecutionProvider", "nv_dump_ep_context_model", "1"],
+  ["nvtensorrtrtx", "ep.context_enable", "1"],
+  ["openvino", "cache_dir", "/tmp/ov-cache"],
+  ["coreml", "ModelCacheDirectory", "/tmp/coreml-cache"],
+  ["qnn", "qnn_context_cache_enable", 1],
+  ["migraphx", "migraphx_save_compiled_model", "1"],
+]) {
+  test(`${provider} option ${option} is refused`, async () => {
+    const camel = option.replace(/[._]([a-z])/g, (_, c) => c.toUpperCase());
+    const lower = provider.toLowerCase();
+    // Each refusal names the option as it was given.
+    const refused = [
+      [{ executionProviders: ["cpu", { name: provider, [option]: value }] }, option],
+      [{ executionProviders: [{ name: provider, [camel]: value }] }, camel],
+      [{ extra: { ep: { [lower]: { [option]: String(value) } } } }, `ep.${lower}.${option}`],
+      [{ extra: { [`ep.${lower}.${option}`]: String(value) } }, `ep.${lower}.${option}`],
+    ];
+    for (const [opts, named] of refused) {
+      assert.throws(() => checkSessionOptions(opts), (e) => e instanceof UsageError && e.message.includes(named), JSON.stringify(opts));
+    }
+    const fake = { InferenceSession: { create: async () => assert.fail("onnxruntime was called") } };
+    const dir = path.join(VECTORS, "cnn_torch_v2_ctr");
+    await assert.rejects(createSession(fake, fs.readFileSync(path.join(dir, "protected.onnx")), keyOf(dir), refused[0][0]), UsageError);
+    for (const v of ["", "0", 0, false, "false", undefined]) {
+      checkSessionOptions({ executionProviders: [{ name: provider, [option]: v }] });
+      checkSessionOptions({ extra: { [`ep.${lower}.${option}`]: v === undefined ? "" : String(v) } });
+    }
+    // Another provider's option of that name is not this provider's cache.
+    checkSessionOptions({ executionProviders: [{ name: "cpu", [option]: value }] });
+  });
+}
+
 test("the session gets the original model's bytes, and the package's copy is zeroed after", async () => {
   const dir = path.join(VECTORS, "cnn_torch_v2_ctr");
   let seen = null;

@@ -11,7 +11,7 @@ import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./engine
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
 import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeTakes } from "./native.js";
-import { Decrypted, decryptWith, externalFilesOf, ReadOptions } from "./reader.js";
+import { checkExternalSize, Decrypted, decryptWith, externalFilesWithSizes, ReadOptions } from "./reader.js";
 import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
 import { concat } from "./wire.js";
 
@@ -87,7 +87,9 @@ async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: 
   const dir = await realpath(path.dirname(file));
   const self = await realpath(file);
   const external = new Map<string, T>();
-  for (const [i, location] of externalFilesOf(model.bytes).entries()) {
+  // Each file's length is compared with the header's before any file is read.
+  const found: Array<{ location: string; real: string }> = [];
+  for (const { location, size } of externalFilesWithSizes(model.bytes)) {
     const joined = path.join(dir, ...location.split(/[/\\]/));
     let real: string;
     try {
@@ -97,9 +99,12 @@ async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: 
     }
     if (!real.startsWith(dir + path.sep)) throw new InvalidModel(`external data location '${location}' leaves the model's directory`);
     if (real === self) throw new InvalidModel(`external data location '${location}' names the model file itself`);
-    if (!(await stat(real)).isFile()) throw new InvalidModel(`external data location '${location}' is not a file`);
-    external.set(location, await read(real, i + 1));
+    const st = await stat(real);
+    if (!st.isFile()) throw new InvalidModel(`external data location '${location}' is not a file`);
+    checkExternalSize(location, st.size, size);
+    found.push({ location, real });
   }
+  for (const [i, { location, real }] of found.entries()) external.set(location, await read(real, i + 1));
   return { model, external };
 }
 

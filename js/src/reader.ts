@@ -403,17 +403,34 @@ async function contentDigest(files: Uint8Array[], chunk: number): Promise<Uint8A
 /** The external data files a protected model's header lists (§3), each location checked
  * as §5 says; for a caller that must fetch them before [`open`]. */
 export function externalFilesOf(model: Uint8Array): string[] {
+  return externalFilesWithSizes(model).map((f) => f.location);
+}
+
+/** [`externalFilesOf`] with each file's length as the header records it (`external_sizes`,
+ * §3; `null` in a header without them), for a reader that compares a file's length with it
+ * before reading the file. */
+export function externalFilesWithSizes(model: Uint8Array): Array<{ location: string; size: bigint | null }> {
   const [, value] = findEntry(plain(model));
   const env = decodeCanonical("Envelope", b64decode(value));
   const header = decodeCanonical("Header", env.header);
-  for (const loc of header.external_files as string[]) {
+  const files = header.external_files as string[], sizes = header.external_sizes as bigint[];
+  if (sizes.length !== 0 && sizes.length !== files.length) throw new Modified("external_sizes does not hold one length per external file");
+  for (const loc of files) {
     try {
       checkLocation(loc);
     } catch (e) {
       throw new Modified(`external file '${loc}' of the header: ${(e as Error).message}`);
     }
   }
-  return header.external_files;
+  return files.map((location, i) => ({ location, size: sizes.length ? sizes[i] : null }));
+}
+
+/** Refuses an external data file whose length is not the one the header records (§3), with
+ * the words `open` uses for it. */
+export function checkExternalSize(location: string, actual: number | bigint, recorded: bigint | null): void {
+  if (recorded !== null && BigInt(actual) !== recorded) {
+    throw new Modified(`external file '${location}' is ${actual} bytes, its header says ${recorded}`);
+  }
 }
 
 // ---------------------------------------------------------------- opening (§12 steps 1–3)
@@ -471,11 +488,7 @@ function openManifest(input: Uint8Array, externalData?: ReadOptions["externalDat
     files.push(d);
   }
   const sizes = header.external_sizes as bigint[];
-  sizes.forEach((n, i) => {
-    if (BigInt(files[i + 1].length) !== n) {
-      throw new Modified(`external file '${header.external_files[i]}' is ${files[i + 1].length} bytes, its header says ${n}`);
-    }
-  });
+  sizes.forEach((n, i) => checkExternalSize(header.external_files[i], files[i + 1].length, n));
   let tensors: Tensor[];
   try {
     tensors = walk(model.subarray(0, entryStart), ext);

@@ -1,6 +1,6 @@
 // CPU time per GiB of each part of a decryption in Node, on this thread, from 512 MiB of
 // random bytes (medians of 3): a fresh buffer filled (page faults + copy), a copy into memory
-// already touched, AES-256-CTR in place (node:crypto, as the Node engine runs it), and BLAKE3
+// already touched, AES-256-CTR in place (node:crypto, as the Node byte backend runs it), and BLAKE3
 // leaves of 4 MiB chunks from blake3-wasm (SIMD) and from hash-wasm.
 //   node bench/parts.mjs
 import nc from "node:crypto";

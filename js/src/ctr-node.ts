@@ -1,4 +1,4 @@
-// AES-256-CTR keystreams (docs/format.md §7) from Node's OpenSSL, for the Node engine.
+// AES-256-CTR keystreams (docs/format.md §7) from Node's OpenSSL, for the Node byte backend.
 
 import { createCipheriv } from "node:crypto";
 

@@ -1,7 +1,7 @@
 // The native engine in Node: crates/node, the Rust core built as a Node addon, verifies
 // and decrypts a model file on every core and hands back `Buffer`s over the decrypted
 // memory. `decryptFile` uses it when it is there and the options are ones it takes;
-// otherwise this package's own engine (WebCrypto, WebAssembly) does the work.
+// otherwise the JavaScript engine (reader.ts, over the byte backend) does the work.
 
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -87,7 +87,7 @@ function typed(e: unknown): unknown {
 }
 
 /** The options the native engine takes: key material, `tier`, a non-empty `signers`; a
- * licence and its clock are for this package's engine. */
+ * licence and its clock are for the JavaScript engine. */
 export function nativeTakes(opts: Omit<ReadOptions, "externalData">): string {
   if (opts.licence !== undefined || opts.now !== undefined || opts.licenceClock !== undefined) return "a licence is checked by the JavaScript engine";
   if (opts.signers !== undefined && opts.signers.length === 0) return "an empty signers list is checked by the JavaScript engine";

@@ -7,7 +7,7 @@ import { FileHandle, mkdir, open, realpath, rename, rm, stat, writeFile } from "
 import path from "node:path";
 
 import { leavesOf } from "./blake3-node.js";
-import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./engine-node.js";
+import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./backend-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
 import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeTakes } from "./native.js";
@@ -125,7 +125,7 @@ export type FileOptions = Omit<ReadOptions, "externalData"> & { engine?: Engine 
 /** `decrypt` of the protected model at `file` and its external data files. By the native
  * engine where it is loaded (`nativeEngine()`) and the options are ones it takes (no
  * licence): the Rust core maps, verifies and decrypts the files on every core, and the
- * result's buffers are the decrypted memory itself. Otherwise by this package's engine,
+ * result's buffers are the decrypted memory itself. Otherwise by the JavaScript engine,
  * with less work than `readModelFiles` + `decrypt`: each file is read once into the
  * memory the result is made in, hashed by the worker threads while it is read, and
  * decrypted in place. Either way the bytes as read are seen by no one before every check

@@ -16,8 +16,8 @@ import {
 import { parseIdentities, parseKey, passphraseBytes, parseSigner, KeyInput, signerString } from "./keys.js";
 import { grantedTier, LicenceOptions } from "./licence.js";
 import { classOrder, HeaderLock, readLock, unlockElements } from "./lock.js";
-import { digestOfLeaves, Piece } from "./engine.js";
-import { engine } from "#engine";
+import { digestOfLeaves, Piece } from "./backend.js";
+import { backend } from "#backend";
 import {
   applyEdits, BITS, checkLocation, Edit, elementBytes, elementSize, elementViews, ExternalFiles, FP_MASKS, graphOutputs, locationEdit, STRING,
   Tensor, VARINT_STORAGES, varintEdits, varintWidth, walk,
@@ -392,7 +392,7 @@ function checkEnvelope(env: Message, h: Message, stanzas: Message[]): void {
 
 /** §9: the leaves of each covered file. */
 function coveredLeaves(files: Uint8Array[], chunk: number): Promise<Uint8Array[]> {
-  return Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+  return Promise.all(files.map((f, i) => backend.leaves(i, f, chunk)));
 }
 
 /** §9: `D` of the covered files. */
@@ -704,7 +704,7 @@ export interface Owned {
 
 /** Copies of the content and external files with the spans of tiers `which` encrypted
  * (`encrypt`) or decrypted, the varint-stored tensors rewritten when decrypting. The CTR and
- * format-preserving spans of raw, float, double and external storage go to the engine as
+ * format-preserving spans of raw, float, double and external storage go to the byte backend as
  * pieces of the files (copied, hashed and XORed in one pass); the others are done here. */
 async function transformed(
   op: Opened, keys: Map<number, TierKeys>, which: (tier: number) => boolean, encrypt: boolean, how: Transform = {},
@@ -738,7 +738,7 @@ async function transformed(
   for (const p of pieces) p.sort((x, y) => x.offset - y.offset);
   const chunk = Number(op.header.chunk_size);
   const done = how.owned ? await inPlace(files, chunk, pieces, streamKeys, how.owned)
-    : await Promise.all(files.map((f, i) => engine.copyXor(i, f, chunk, pieces[i], streamKeys)));
+    : await Promise.all(files.map((f, i) => backend.copyXor(i, f, chunk, pieces[i], streamKeys)));
   if (how.stored) {
     const leaves = done.map((d) => d.leaves);
     const digest = await digestOfLeaves(files.map((f) => f.length), leaves);
@@ -785,9 +785,9 @@ async function inPlace(files: Uint8Array[], chunk: number, pieces: Piece[][], ke
     const tail = content.length % chunk ? [(await blake3())([label("onnx-protect/v2/chunk"), u32be(0), u64be(whole), content.subarray(whole * chunk)])] : [];
     leaves = [owned.leaves[0].then((l) => concat([l.subarray(0, 32 * whole), ...tail])), ...owned.leaves.slice(1)];
   } else {
-    leaves = await Promise.all(files.map((f, i) => engine.leaves(i, f, chunk)));
+    leaves = await Promise.all(files.map((f, i) => backend.leaves(i, f, chunk)));
   }
-  for (let i = 0; i < files.length; i++) await engine.xor(files[i], pieces[i], keys);
+  for (let i = 0; i < files.length; i++) await backend.xor(files[i], pieces[i], keys);
   return Promise.all(files.map(async (out, i) => ({ out, leaves: await leaves[i] })));
 }
 

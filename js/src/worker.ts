@@ -1,4 +1,4 @@
-// A worker thread of the Node engine (engine-node.ts): the leaf digests (docs/format.md §9)
+// A worker thread of the Node byte backend (backend-node.ts): the leaf digests (docs/format.md §9)
 // of a range of whole chunks of a covered file held in shared memory.
 
 import { parentPort } from "node:worker_threads";

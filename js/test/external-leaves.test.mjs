@@ -16,13 +16,13 @@ import { binary, keyOf, resealed, resealedWithKey, ROOT, run, tempDir, vectors }
 
 const BIN = binary();
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";
-/** decryptFile by each engine: this package's, and the native one where it is built. */
+/** decryptFile by each engine: the JavaScript one, and the native one where it is built. */
 const ENGINES = nativeEngine() ? ["js", "native"] : ["js"];
 const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
-/** This package's refusal of the listed leaves (the native engine's words are its own). */
+/** The JavaScript engine's refusal of the listed leaves (the native engine's words are its own). */
 const isLeaves = (e) => e instanceof Modified && /external_leaves/.test(e.message);
 const OTHER_KEY = new Uint8Array(32).fill(7);
-/** The refusal of a header breaking §3 at step 1: `Modified` by this package's engine; the
+/** The refusal of a header breaking §3 at step 1: `Modified` by the JavaScript engine; the
  * native engine (crates/node) reports the core's bad-manifest errors as `InvalidModel`,
  * its message saying "modified". */
 const headerRefused = (engine) => (e) => (engine === "js" ? e instanceof Modified : e instanceof OnnxProtectError && /modified/.test(e.message));

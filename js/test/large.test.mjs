@@ -17,7 +17,7 @@ import { createSessionFromFile, decryptFile, nativeEngine, readModelFiles } from
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
 import { binary, run, tempDir } from "./util.mjs";
 
-/** decryptFile by each engine: this package's, and the native one where it is built. */
+/** decryptFile by each engine: the JavaScript one, and the native one where it is built. */
 const ENGINES = nativeEngine() ? ["js", "native"] : ["js"];
 const BIN = binary();
 const skip = BIN ? false : "no onnx-protect binary (build it with cargo, or set ONNX_PROTECT_BIN)";

@@ -22,7 +22,7 @@ for (const v of vectors()) {
     }
     const rep = await verify(model, { externalData });
     assert.equal(rep.tensors > 0, true);
-    // decryptFile by this package's engine: the same result, read and decrypted in place
+    // decryptFile by the JavaScript engine: the same result, read and decrypted in place
     // (native.test.mjs compares the native engine with it).
     const f = await decryptFile(v.protected, { ...keyOf(v.dir), engine: "js" });
     assert.ok(same(f.model, r.model), "decryptFile: model bytes differ");

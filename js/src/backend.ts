@@ -1,8 +1,10 @@
-// The byte-heavy work of a decryption, behind one interface: the leaf digests of a covered
-// file (docs/format.md §9) and a copy of a file with keystream pieces XORed in (§6, §7). This
-// module's engine runs on the calling thread with WebCrypto and hash-wasm (browsers, and small
-// models in Node); `engine-node.ts` spreads large files over worker threads. The package's
-// `#engine` import picks one per platform (package.json `imports`).
+// The byte backend: the byte-heavy work of a decryption, behind one interface: the leaf
+// digests of a covered file (docs/format.md §9) and a copy of a file with keystream pieces
+// XORed in (§6, §7). This module's backend runs on the calling thread with WebCrypto and
+// hash-wasm (browsers); `backend-node.ts` uses Node's OpenSSL and spreads large files over
+// worker threads. The package's `#backend` import picks one per platform (package.json
+// `imports`). The engines of `decryptFile` (native.ts) are another matter: the JavaScript
+// engine does its byte work through this backend, the native engine in Rust.
 
 import { blake3, Keystream, label, u32be, u64be } from "./crypto.js";
 import { copyOf } from "./wire.js";
@@ -18,7 +20,7 @@ export interface Piece {
   mask: Uint8Array | null;
 }
 
-export interface Engine {
+export interface Backend {
   /** The leaves `leaf(file, j)` of `data`'s chunks, concatenated (32 bytes each). */
   leaves(file: number, data: Uint8Array, chunk: number): Promise<Uint8Array>;
   /** A copy of `data` with `pieces` (sorted, disjoint) XORed in, and the leaves of `data`
@@ -30,8 +32,8 @@ export interface Engine {
 
 const CHUNK_LABEL = label("onnx-protect/v2/chunk");
 
-/** The engine on the calling thread. */
-export const portableEngine: Engine = {
+/** The backend on the calling thread. */
+export const portableBackend: Backend = {
   async leaves(file, data, chunk) {
     const b3 = await blake3();
     const n = Math.ceil(data.length / chunk);
@@ -43,9 +45,9 @@ export const portableEngine: Engine = {
     return out;
   },
   async copyXor(file, data, chunk, pieces, keys) {
-    const leaves = await portableEngine.leaves(file, data, chunk);
+    const leaves = await portableBackend.leaves(file, data, chunk);
     const out = copyOf(data);
-    await portableEngine.xor(out, pieces, keys);
+    await portableBackend.xor(out, pieces, keys);
     return { out, leaves };
   },
   async xor(data, pieces, keys) {

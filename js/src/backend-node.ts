@@ -1,4 +1,4 @@
-// `#engine` in Node: this thread copies each covered file into the result (ordinary memory,
+// `#backend` in Node: this thread copies each covered file into the result (ordinary memory,
 // which onnxruntime-node requires) with the pieces decrypted by Node's AES-256-CTR, while the
 // leaves of a large file are hashed by worker threads (worker.ts, one per available core),
 // ranges of whole chunks at a time, from shared memory: a file given in a `SharedArrayBuffer`
@@ -10,7 +10,7 @@ import { Worker } from "node:worker_threads";
 
 import { leavesOf } from "./blake3-node.js";
 import { xorStream } from "./ctr-node.js";
-import { Engine } from "./engine.js";
+import { Backend } from "./backend.js";
 import type { Task } from "./worker.js";
 
 /** Files below this size are hashed on the calling thread. */
@@ -137,7 +137,7 @@ function leaves(file: number, data: Uint8Array, chunk: number): Promise<Uint8Arr
   return leavesOf(data, file, chunk);
 }
 
-export const engine: Engine = {
+export const backend: Backend = {
   leaves,
   async copyXor(file, data, chunk, pieces, keys) {
     // The leaves of the bytes as stored are hashed (by the workers, for a large file: a

@@ -1,7 +1,8 @@
 // The browser test: headless Chromium (the system's, driven by playwright-core; no browser
 // download) loads a page served on localhost that fetches protected models, decrypts them
 // and runs them in onnxruntime-web (WebAssembly); outputs are compared with onnxruntime-node
-// on the plain models. Skips, with a message, where Chromium or the binary is missing.
+// on the plain models; then the bundler recipe of docs/js.md (recipe.mjs). Skips, with a
+// message, where Chromium or the binary is missing.
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
@@ -10,6 +11,7 @@ import * as ortNode from "onnxruntime-node";
 import { chromium } from "playwright-core";
 
 import { binary, issueLicence, publisher, readNpy, ROOT, run, tempDir, WINDOW } from "../test/util.mjs";
+import { recipeCase } from "./recipe.mjs";
 
 const JS = path.join(ROOT, "js");
 const CHROMIUM = process.env.CHROMIUM ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => fs.existsSync(p));
@@ -143,6 +145,10 @@ try {
     const lic = licensed ? `, without the licence ${l?.missing}, clock set back ${l?.setBack}, high-water mark ${l?.mark}` : "";
     console.log(`${ok ? "ok" : "FAIL"} ${name}: decrypted byte for byte ${r.sameBytes}${names ? `, side files ${r.names.join(", ")}` : ""}, outputs within ${worst.toExponential(1)} of onnxruntime-node, a changed byte ${r.refused ?? "accepted"}${lic}`);
   }
+  // The bundler recipe of docs/js.md (js/examples/browser), built and loaded as a user would.
+  const recipe = await recipeCase(browser);
+  for (const line of recipe.lines) console.log(line);
+  if (!recipe.ok) failed++;
 } finally {
   await browser.close();
   server.close();

@@ -98,6 +98,8 @@ class TorchGraph(torch.nn.Module):
         # (parameter, mask of the elements that train, stored values): the other elements
         # are put back after each optimiser step (assess's relearn on partly encrypted tensors).
         self.restore: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Conv output name -> index of a BatchNormalization inserted after it (insert_batchnorm).
+        self.inserted: dict[str, int] = {}
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(g.node):
@@ -109,12 +111,14 @@ class TorchGraph(torch.nn.Module):
         self._resolve_users()
 
     def _add(self, locator: str, value: str, t: onnx.TensorProto, is_stat: bool) -> None:
-        a = numpy_helper.to_array(t).copy()
+        # A copy in C order of the tensor's own shape: a 0-d constant (a scalar index of
+        # Gather, a GELU divisor) stays 0-d (np.ascontiguousarray would make it (1,)).
+        a = np.array(numpy_helper.to_array(t), order="C", copy=True)
         if t.data_type in FLOAT_TYPES:
-            a = a.astype(np.float32)
+            a = a.astype(np.float32, copy=False)
             c = Constant(locator, t.name or value, a)
             key = f"c{len(self.constants)}"
-            tensor = torch.from_numpy(np.ascontiguousarray(a))
+            tensor = torch.from_numpy(a)
             if is_stat:
                 self.register_buffer(key, tensor)
                 self.stat_names[locator] = key
@@ -127,7 +131,7 @@ class TorchGraph(torch.nn.Module):
             self.constants[locator] = c
             self.by_value[value] = locator
         else:
-            self.fixed[value] = torch.from_numpy(np.ascontiguousarray(a))
+            self.fixed[value] = torch.from_numpy(a)
 
     def _resolve_users(self) -> None:
         consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
@@ -148,6 +152,33 @@ class TorchGraph(torch.nn.Module):
                             self.constants[locator].gemm_trans_b = bool(attrs(n).get("transB", 0))
                         users.append((op, i))
             self.constants[locator].users = users
+
+    def insert_batchnorm(self, outputs: list[str]) -> None:
+        """Adds a batch normalisation after each of these Conv outputs: fresh statistics
+        (mean 0, variance 1, PyTorch's momentum 0.1 and epsilon 1e-5) and an affine
+        weight 1 and bias 0 that are parameters (``bn{i}_weight``, ``bn{i}_bias``), as
+        ``torch.nn.BatchNorm2d`` starts. For scratch references of graphs whose export
+        folded the normalisation into the convolutions (:func:`folded_batchnorm_convs`)."""
+        weights = {n.output[0]: n.input[1] for n in self.graph.node if n.op_type == "Conv"}
+        for v in outputs:
+            w = weights.get(v)
+            if w is None:
+                raise Unsupported(f"{v!r} is not the output of a Conv")
+            if v in self.inserted:
+                continue
+            shape = self.tensor(self.by_value[w]).shape if w in self.by_value else self.fixed[w].shape
+            channels = int(shape[0])
+            i = len(self.inserted)
+            self.params[f"bn{i}_weight"] = torch.nn.Parameter(torch.ones(channels))
+            self.params[f"bn{i}_bias"] = torch.nn.Parameter(torch.zeros(channels))
+            self.register_buffer(f"bn{i}_mean", torch.zeros(channels))
+            self.register_buffer(f"bn{i}_var", torch.ones(channels))
+            self.inserted[v] = i
+
+    def _inserted_bn(self, i: int, v: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(v, getattr(self, f"bn{i}_mean"), getattr(self, f"bn{i}_var"),
+                            self.params[f"bn{i}_weight"], self.params[f"bn{i}_bias"], training=self.training,
+                            momentum=0.1, eps=1e-5)
 
     def tensor(self, locator: str) -> torch.Tensor:
         """The parameter or buffer of a constant."""
@@ -177,10 +208,19 @@ class TorchGraph(torch.nn.Module):
             training = self.training
             if node.op_type == "BatchNormalization" and node.input[3] in self.frozen_stats:
                 training = False
-            outs = run_op(node.op_type, ins, attrs(node), training, self.opset)
+            try:
+                outs = run_op(node.op_type, ins, attrs(node), training, self.opset)
+            except Unsupported:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                where = f"{node.op_type} node {node.name!r}" if node.name else f"a {node.op_type} node"
+                shapes = ", ".join(str(tuple(t.shape)) if t is not None else "-" for t in ins)
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise Unsupported(f"the PyTorch interpreter cannot run {where} on inputs of shapes {shapes}: "
+                                  f"{first}") from e
             for name, v in zip(node.output, outs):
                 if name:
-                    env[name] = v
+                    env[name] = self._inserted_bn(self.inserted[name], v) if name in self.inserted else v
         return env[self.graph.output[0].name]
 
 
@@ -191,6 +231,40 @@ def constant_node(node: onnx.NodeProto) -> torch.Tensor:
     v = onnx.helper.get_attribute_value(a)
     dtype = torch.float32 if a.name.startswith("value_float") else torch.int64
     return torch.tensor(v, dtype=dtype)
+
+
+# Activations after which a convolution's BatchNormalization sits in the usual block
+# (Conv, BatchNorm, activation): what is left of it once the export folded the norm.
+ACTIVATIONS = {"Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Mish",
+               "Softplus", "Clip"}
+
+
+def folded_batchnorm_convs(model: onnx.ModelProto) -> list[str]:
+    """Output names of the Conv nodes whose normalisation the export folded: a Conv read
+    by an activation, or by an ``Add`` (a residual sum) that an activation reads, with
+    no normalisation on the way. A Conv read by a normalisation, or whose activation
+    feeds one (a ConvMixer's Conv, Gelu, BatchNorm), is not one. A network that never
+    had a norm there (Conv, Relu) looks the same and is counted too."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+
+    def activated(value: str) -> bool:
+        acts = [u for u in consumers.get(value, []) if u.op_type in ACTIVATIONS]
+        return bool(acts) and not any(v.op_type in NORM_OPS for a in acts for o in a.output
+                                      for v in consumers.get(o, []))
+
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Conv" or not n.output or not n.output[0]:
+            continue
+        users = consumers.get(n.output[0], [])
+        if not users or any(u.op_type in NORM_OPS for u in users):
+            continue
+        if activated(n.output[0]) or any(u.op_type == "Add" and activated(u.output[0]) for u in users):
+            out.append(n.output[0])
+    return out
 
 
 def refuse_unsupported(model: onnx.ModelProto) -> None:
@@ -439,7 +513,7 @@ def _shape_ops(op, ins, a):
     if op == "ConstantOfShape":
         value = a.get("value")
         fill = torch.from_numpy(numpy_helper.to_array(value).copy()) if value is not None else torch.zeros(1)
-        return fill.reshape(()).expand(*ints(x)).clone()
+        return fill.reshape(()).expand(tuple(ints(x))).clone()
     if op == "Range":
         return torch.arange(ins[0].item(), ins[1].item(), ins[2].item())
     raise Unsupported(op)
@@ -517,7 +591,9 @@ SUPPORTED_OPS = frozenset(
 def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> float:
     """Runs the model in this interpreter and in onnxruntime on ``x``; raises
     :class:`Unsupported` when they differ by more than ``tolerance`` (relative to the
-    largest output), returns the difference otherwise."""
+    largest finite output) or in where their outputs are not finite, returns the
+    difference otherwise. A model whose onnxruntime output has no finite value cannot be
+    checked and is refused."""
     import onnxruntime as ort
 
     m = TorchGraph(model)
@@ -528,7 +604,15 @@ def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> flo
         got = m(torch.from_numpy(x)).numpy()
     if got.shape != want.shape:
         raise Unsupported(f"the PyTorch interpreter's output has shape {got.shape}, onnxruntime's {want.shape}")
-    err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+    finite = np.isfinite(want)
+    if not finite.any():
+        raise Unsupported("onnxruntime's output has no finite value on the check's weights: "
+                          "the PyTorch interpreter cannot be checked on this model")
+    same_nonfinite = np.array_equal(np.isfinite(got), finite) and np.array_equal(
+        got[~finite], want[~finite], equal_nan=True)
+    if not same_nonfinite:
+        raise Unsupported("the PyTorch interpreter's output is not finite where onnxruntime's is, or the reverse")
+    err = float(np.abs(got[finite] - want[finite]).max() / max(1.0, float(np.abs(want[finite]).max())))
     if not err <= tolerance:
         raise Unsupported(f"the PyTorch interpreter differs from onnxruntime by {err:.2e} on this model")
     return err

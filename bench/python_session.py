@@ -2,12 +2,20 @@
 `onnxruntime.InferenceSession` (the plain file), side by side.
 
     python3 bench/python_session.py [--runs N] [--small-runs N] [--dir DIR] [--big-mib MIB] [--json OUT] [--no-prepacking]
-                                    [--other PYTHON]
+                                    [--other PYTHON] [--set default|session-models] [--models ID,...]
+                                    [--variants VARIANT ...] [--session-models-dir DIR]
 
-Models: every fixtures/digits model, and a generated MLP of MIB MiB of float32 weights
-in one external data file (default 512 MiB; generated once into DIR, which defaults to
-bench-data/python-session, ignored by git). Each model is protected with the default
-policy and a key file.
+Models: every fixtures/digits model (ids digits/cnn, ...) and, with `--set default` (the
+default), a generated MLP of MIB MiB of float32 weights in one external data file (id
+big-mlp; default 512 MiB; generated once into DIR, which defaults to
+bench-data/python-session, ignored by git); with `--set session-models`, instead of the MLP,
+the models of bench/make_session_models.py (VGG16, ResNet-50 and its float16 and int8 QDQ
+variants, ViT-B/16 and its MatMulInteger variant, MobileNetV2, each as one file and with
+external data, ids vgg16/single, vgg16/external, ...; and the int4 MatMulNBits decoder
+stacks llm_2g/external and llm_8g/external), read from --session-models-dir (default
+bench-data/session-models), the missing ones generated first. `--models` keeps the models
+whose id is one of the given ones or starts with one of them and "/" (`--models
+vgg16,digits/cnn`). Each model is protected with the default policy and a key file.
 
 Variants: `plain` (onnxruntime.InferenceSession of the plain file: onnxruntime maps its
 external data), `plain-in-memory` (onnxruntime from memory: the plain model's bytes and
@@ -22,7 +30,9 @@ verified and decrypted whole into memory). With --no-prepacking, also `plain` an
 copy of MatMul weights beside the ones it is given). With --other PYTHON, also `protected`
 and `load only` run by that interpreter (a virtual environment with another build of
 onnx_protect), interleaved with the rest: two builds side by side. Each build reads a protected copy
-that it wrote itself (a build may not read what a newer one writes).
+that it wrote itself (a build may not read what a newer one writes). `--variants` names the
+variants to run instead (one of them `plain`, the reference of the ratios; e.g. `--variants
+plain "plain, no prepacking"`, which needs no onnx_protect installed).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -30,8 +40,13 @@ set (VmHWM) and its resident set before the session (VmRSS). Runs of the variant
 are interleaved (plain, protected, ..., then the next round starting one variant later)
 after one warm-up run of each, so the page cache is warm for all; the table gives medians and the ratio to
 `plain` (and, as "paired ratio", the median of each round's time over the plain file's time
-in the same round). "peak above start" is VmHWM minus the VmRSS before the session. Needs onnx, onnxruntime, numpy
-and the installed onnx_protect package.
+in the same round). "peak above start" is VmHWM minus the VmRSS before the session. The
+machine's load average (1, 5 and 15 minutes, `os.getloadavg`) is taken before and after each
+model and the whole run, in the table and the JSON. A variant that holds two or three copies
+of the weights at once (`plain-in-memory`, `protected-copy`, `protected, whole`) is skipped,
+with a note, for a model too large for that in 80% of the machine's memory (llm_8g on 24
+GiB). Needs onnx, onnxruntime, numpy and the
+installed onnx_protect package.
 """
 import argparse
 import json
@@ -47,7 +62,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 import onnxruntime as ort
-import onnx_protect
+try:  # imported by every variant when installed, so that all start alike
+    import onnx_protect
+except ImportError:
+    if not sys.argv[1].startswith("plain"):
+        raise
 
 def status(field):
     with open("/proc/self/status") as f:
@@ -56,7 +75,7 @@ def status(field):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
 
-variant, model, key = sys.argv[1:4]
+variant, model, key, data_files = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
 if variant.endswith(", no prepacking"):
@@ -68,7 +87,7 @@ if variant == "plain-in-memory":
     folder = os.path.dirname(model)
     with open(model, "rb") as f:
         model_bytes = f.read()
-    files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in os.listdir(folder) if n.endswith(".bin")}
+    files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in data_files}
 start_rss = status("VmRSS")
 t = time.perf_counter()
 if variant == "plain-in-memory":
@@ -121,18 +140,79 @@ def big_model(path, mib):
     return layers * layer_bytes
 
 
-def measure(variant, model, key, other=None):
+def data_files(model):
+    """The external data files a model names (paths relative to its folder), sorted."""
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    names = set()
+    graphs = [m.graph]
+    while graphs:
+        g = graphs.pop()
+        for t in g.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                names.update(e.value for e in t.external_data if e.key == "location")
+        for n in g.node:
+            for a in n.attribute:
+                graphs.extend([a.g] if a.HasField("g") else list(a.graphs))
+    return sorted(names)
+
+
+def measure(variant, model, key, files, other=None):
     """One fresh process; a variant ending in " (other)" runs on the interpreter `other`."""
     python = sys.executable
     if variant.endswith(" (other)"):
         variant, python = variant[: -len(" (other)")], other
-    r = subprocess.run([python, "-c", CHILD, variant, str(model), str(key)],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([python, "-c", CHILD, variant, str(model), str(key), json.dumps(files)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: {model}: variant {variant!r} failed (exit {r.returncode}): {last}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+VARIANTS = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
+NO_PREPACKING = ["plain, no prepacking", "protected, no prepacking"]
+OTHER = ["protected (other)", "load only (other)"]
+
+
+def session_models(folder, selected):
+    """(id, path) of the models of bench/make_session_models.py in `folder` that `selected`
+    keeps, the missing ones generated first."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import make_session_models as gen
+
+    models, missing = [], []
+    for name in gen.NAMES:
+        for storage in ["external"] if name in gen.LLM_SHAPES else ["single", "external"]:
+            mid = f"{name}/{storage}"
+            if selected(mid):
+                models.append((mid, folder / name / storage / "model.onnx"))
+                if not models[-1][1].exists() and name not in missing:
+                    missing.append(name)
+    if missing:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "make_session_models.py"), "--out", str(folder),
+                        "--only", ",".join(missing)], check=True)
+    return models
+
+
+# Variants that hold more than one copy of the weights at once, and about how many (from
+# peak RSS over the weights' size: plain-in-memory 2.8 for llm_2g, whole 2.1 for the MLP).
+# A model for which that exceeds 80% of the machine's memory skips them.
+COPIES = {"plain-in-memory": 3, "protected-copy": 3, "protected, whole": 2.5}
+
+
+def mem_total():
+    with open("/proc/meminfo") as f:
+        return int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+
+
+def loadavg():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--small-runs", type=int,
                     help="rounds for the models under 1 MiB, whose sessions take milliseconds (default: 3 × --runs)")
@@ -143,49 +223,96 @@ def main():
                     help="also `protected` and `load only` with another interpreter's onnx_protect (another build)")
     ap.add_argument("--no-prepacking", action="store_true",
                     help="also `plain` and `protected` with onnxruntime's session.disable_prepacking")
+    ap.add_argument("--set", choices=["default", "session-models"], default="default",
+                    help="default: the digits models and the generated MLP; session-models: the digits models and "
+                         "those of bench/make_session_models.py")
+    ap.add_argument("--session-models-dir", type=pathlib.Path, default=ROOT / "bench-data" / "session-models")
+    ap.add_argument("--models", metavar="ID,...",
+                    help="only these models: ids such as digits/cnn, big-mlp, vgg16/single, or their first part "
+                         "(digits, vgg16)")
+    ap.add_argument("--variants", nargs="+", metavar="VARIANT",
+                    help="run these variants instead, `plain` among them: "
+                         + ", ".join(f'"{v}"' for v in VARIANTS + NO_PREPACKING + OTHER))
     a = ap.parse_args()
-    import onnx_protect
+
+    if a.variants:
+        variants = list(dict.fromkeys(a.variants))
+        known = VARIANTS + NO_PREPACKING + (OTHER if a.other else [])
+        bad = [v for v in variants if v not in known]
+        if bad:
+            ap.error(f"--variants: unknown variant {bad[0]!r} (known: {', '.join(repr(v) for v in known)})")
+        if "plain" not in variants:
+            ap.error("--variants: `plain` is needed, the reference of the ratios")
+    else:
+        variants = VARIANTS + (NO_PREPACKING if a.no_prepacking else []) + (OTHER if a.other else [])
+    needs_protect = any(not v.startswith("plain") for v in variants)
+    wanted = [w.strip().rstrip("/") for w in a.models.split(",") if w.strip()] if a.models else None
+
+    def selected(mid):
+        return wanted is None or any(mid == w or mid.startswith(w + "/") for w in wanted)
 
     a.dir.mkdir(parents=True, exist_ok=True)
     key = a.dir / "bench.key"
-    if not key.exists():
-        onnx_protect.keygen(key)
-    models = [(p.stem, p) for p in sorted((ROOT / "fixtures" / "digits").glob("*.onnx"))]
-    big = a.dir / "big" / "model.onnx"
-    if not big.exists():
-        t = time.perf_counter()
-        n = big_model(big, a.big_mib)
-        print(f"generated {big} ({n / 2**20:.0f} MiB of weights) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    models.append((f"mlp {a.big_mib} MiB, external data", big))
+    if needs_protect:
+        import onnx_protect
+
+        if not key.exists():
+            onnx_protect.keygen(key)
+    # (id, display name, plain model, protected copy's path under DIR/protected)
+    models = [(f"digits/{p.stem}", p.stem, p, pathlib.Path(p.parent.name) / p.name)
+              for p in sorted((ROOT / "fixtures" / "digits").glob("*.onnx"))]
+    if a.set == "default" and selected("big-mlp"):
+        big = a.dir / "big" / "model.onnx"
+        if not big.exists():
+            t = time.perf_counter()
+            n = big_model(big, a.big_mib)
+            print(f"generated {big} ({n / 2**20:.0f} MiB of weights) in {time.perf_counter() - t:.1f} s",
+                  file=sys.stderr)
+        models.append(("big-mlp", f"mlp {a.big_mib} MiB, external data", big, pathlib.Path("big") / "model.onnx"))
+    if a.set == "session-models":
+        models += [(mid, mid, p, pathlib.Path("session-models") / mid / p.name)
+                   for mid, p in session_models(a.session_models_dir, selected)]
+    models = [m for m in models if selected(m[0])]
+    if not models:
+        ap.error(f"--models: no model of the set {a.set!r} is called {a.models!r}")
+    load_start = loadavg()
     rows = []
-    for name, plain in models:
-        protected = a.dir / "protected" / plain.parent.name / plain.name
-        if not protected.exists():
-            protected.parent.mkdir(parents=True, exist_ok=True)
-            onnx_protect.encrypt(plain, protected, key_file=key)
-        other_copy = a.dir / "protected-other" / plain.parent.name / plain.name
-        if a.other and not other_copy.exists():
-            other_copy.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([a.other, "-c", "import sys, onnx_protect; onnx_protect.encrypt(*sys.argv[1:3], key_file=sys.argv[3])",
-                            str(plain), str(other_copy), str(key)], check=True)
-        enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
-        size = plain.stat().st_size + sum(f.stat().st_size for f in plain.parent.glob("*.bin"))
-        variants = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
-        if a.no_prepacking:
-            variants += ["plain, no prepacking", "protected, no prepacking"]
-        if a.other:
-            variants += ["protected (other)", "load only (other)"]
-        runs = {v: [] for v in variants}
+    for mid, name, plain, rel in models:
+        load_before = loadavg()
+        files = data_files(plain)
+        protected = a.dir / "protected" / rel
+        other_copy = a.dir / "protected-other" / rel
+        enc_bytes = None
+        if needs_protect:
+            if not protected.exists():
+                protected.parent.mkdir(parents=True, exist_ok=True)
+                onnx_protect.encrypt(plain, protected, key_file=key)
+            if a.other and not other_copy.exists():
+                other_copy.parent.mkdir(parents=True, exist_ok=True)
+                subprocess.run([a.other, "-c",
+                                "import sys, onnx_protect; onnx_protect.encrypt(*sys.argv[1:3], key_file=sys.argv[3])",
+                                str(plain), str(other_copy), str(key)], check=True)
+            enc_bytes = onnx_protect.inspect(protected)["protection"]["encrypted_bytes"]
+        size = plain.stat().st_size + sum((plain.parent / f).stat().st_size for f in files)
+        skipped = [v for v in variants if COPIES.get(v, 0) * size > 0.8 * mem_total()]
+        for v in skipped:
+            print(f"{mid}: {v!r} skipped: it needs about {COPIES[v]} × {size / 2**30:.2f} GiB of memory, "
+                  f"{mem_total() / 2**30:.1f} GiB here", file=sys.stderr)
+        model_variants = [v for v in variants if v not in skipped]
+        runs = {v: [] for v in model_variants}
         model_of = {v: plain if v.startswith("plain") else other_copy if v.endswith(" (other)") else protected
                     for v in variants}
-        for v in variants:  # warm-up (page cache, imports)
-            measure(v, model_of[v], key, a.other)
+        # The plain model's data files; a protected copy's are found by onnx_protect itself.
+        files_of = {v: files if v.startswith("plain") else [] for v in variants}
+        for v in model_variants:  # warm-up (page cache, imports)
+            measure(v, model_of[v], key, files_of[v], a.other)
         rounds = a.runs if size >= 1 << 20 else (a.small_runs or 3 * a.runs)
+        n = len(model_variants)
         for r in range(rounds):
             # Each round starts one variant later, so that no variant always follows the
             # same one (the machine's state after a process differs by what it ran).
-            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-                runs[v].append(measure(v, model_of[v], key, a.other))
+            for v in model_variants[r % n:] + model_variants[:r % n]:
+                runs[v].append(measure(v, model_of[v], key, files_of[v], a.other))
         med = {}
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
@@ -194,24 +321,34 @@ def main():
             # machine's speed cancel out.
             m["paired"] = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(rs, runs["plain"]))
             med[v] = m
-        rows.append({"model": name, "bytes": size, "encrypted_bytes": enc_bytes, "runs": rounds, "median": med, "all": runs})
+        rows.append({"id": mid, "model": name, "bytes": size, "data_files": files, "encrypted_bytes": enc_bytes,
+                     "runs": rounds, "load_before": load_before, "load_after": loadavg(), "skipped": skipped,
+                     "median": med, "all": runs})
         print(f"{name}: done", file=sys.stderr)
     mib = 2**20
-    print("| model | size | encrypted | rounds | variant | session creation | ratio | paired ratio | peak RSS | ratio "
-          "| peak above start | ratio |")
-    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    load_end = loadavg()
+    print(f"load average (1, 5, 15 min): {' '.join(map(str, load_start))} before, "
+          f"{' '.join(map(str, load_end))} after; {os.cpu_count()} CPUs")
+    print()
+    print("| model | size | encrypted | rounds | load before, after | variant | session creation | ratio | paired ratio "
+          "| peak RSS | ratio | peak above start | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         p = r["median"]["plain"]
+        enc = "-" if r["encrypted_bytes"] is None else f"{r['encrypted_bytes'] / mib:.2f} MiB"
         for v, q in r["median"].items():
             print(
-                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {r['encrypted_bytes'] / mib:.2f} MiB | {r['runs']} | {v} "
+                f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {enc} | {r['runs']} "
+                f"| {r['load_before'][0]:.2f}, {r['load_after'][0]:.2f} | {v} "
                 f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× | {q['paired']:.2f}× "
                 f"| {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
                 f"| {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
             )
     if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
+        import onnxruntime
 
+        a.json.write_text(json.dumps({"onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
+                                      "load_before": load_start, "load_after": load_end, "rows": rows}, indent=1))
 
 if __name__ == "__main__":
     main()

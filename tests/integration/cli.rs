@@ -105,3 +105,38 @@ fn encrypt_warns_when_a_partial_policy_meets_a_family_where_it_fails() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("(50.68% of") && !err.contains("warning:"), "{stdout} {err}");
 }
+
+/// `rewrap` of a signed model names the two ways out (`--sign-key`, `--drop-signatures`),
+/// and each of them then works.
+#[test]
+fn rewrap_of_a_signed_model_names_the_options_that_resolve_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for args in [
+        vec!["keygen", "-o", &p("k.key"), "-q"],
+        vec!["keygen", "-o", &p("other.key"), "-q"],
+        vec!["keygen", "--signing", "-o", &p("sign.sk"), "-q"],
+    ] {
+        assert_eq!(run(&args).0, 0, "{args:?}");
+    }
+    let (model, signed) = (crate::util::mlp(), p("signed.onnx"));
+    let (key, other, sign_key) = (p("k.key"), p("other.key"), p("sign.sk"));
+    let (code, _, err) =
+        run(&["encrypt", model.to_str().unwrap(), "-o", &signed, "--key-file", &key, "--sign-key", &sign_key, "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let rewrap = |out: &str, extra: &[&str]| {
+        let mut args = vec!["rewrap", &signed, "-o", out, "--key-file", &key, "--add-key-file", &other];
+        args.extend(extra);
+        args.push("-q");
+        run(&args)
+    };
+    let (code, _, err) = rewrap(&p("refused.onnx"), &[]);
+    assert_eq!(code, 5, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("--sign-key") && first.contains("--drop-signatures"), "{err}");
+    assert!(!dir.path().join("refused.onnx").exists());
+    let (code, _, err) = rewrap(&p("resigned.onnx"), &["--sign-key", &sign_key]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = rewrap(&p("dropped.onnx"), &["--drop-signatures"]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -479,8 +479,8 @@ impl std::fmt::Display for Unsigned {
             }
             Unsigned::Stale { count } => write!(
                 f,
-                "the model carries {count} signature(s) that cover the old recipients; re-sign with their keys or \
-                 drop them"
+                "the model carries {count} signature(s) that cover the old recipients; re-sign with their keys \
+                 (--sign-key) or drop them (--drop-signatures)"
             ),
         }
     }

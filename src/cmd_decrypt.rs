@@ -50,6 +50,13 @@ pub struct Args {
 
 /// `decrypt`.
 pub fn run(a: Args) -> Result<ExitCode> {
+    if !is_stdio(&a.input) && a.input.is_dir() {
+        let dir = a.input.display();
+        usage!(
+            "{dir} is a directory; decrypt takes one model file (every model under a directory: \
+             onnx-protect batch decrypt --dir {dir} --out-dir OUT, with the same key option)"
+        );
+    }
     let key = a.licence.apply(a.key.required()?)?;
     let signers = a.signers.signers()?;
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };

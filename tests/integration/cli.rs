@@ -140,3 +140,22 @@ fn rewrap_of_a_signed_model_names_the_options_that_resolve_it() {
     let (code, _, err) = rewrap(&p("dropped.onnx"), &["--drop-signatures"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `decrypt` of a directory says it takes one model and points to `batch decrypt --dir`,
+/// exit 2, writing nothing.
+#[test]
+fn decrypt_of_a_directory_points_to_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let key = dir.path().join("k.key");
+    assert_eq!(run(&["keygen", "-o", key.to_str().unwrap(), "-q"]).0, 0);
+    let out = dir.path().join("out.onnx");
+    let (code, _, err) =
+        run(&["decrypt", models.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(models.to_str().unwrap()), "{err}");
+    assert!(err.contains(&format!("batch decrypt --dir {}", models.display())), "{err}");
+    assert!(!out.exists());
+}

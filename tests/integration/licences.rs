@@ -372,3 +372,28 @@ fn run_on_a_licensed_model_needs_its_licence() {
     let read = |dir: &Path| std::fs::read(dir.join("logits.npy")).expect("read the outputs");
     assert!(read(&out) == read(&d.join("orig")), "run with the licence differs from the original");
 }
+
+#[test]
+fn a_model_opened_with_a_key_file_keeps_the_tpm_anchors_of_the_clock_state() {
+    // The state a check through a TPM key left (its anchor names the key by a digest), then
+    // another licensed model opened with a key file: the anchor stays as it was.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = d.join("p.onnx");
+    let (key, pk, _) = licensed(d, &p);
+    let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let clock = d.join("clock");
+    let out = d.join("out.onnx");
+    // An anchor as a check through a TPM key records it, and one of a single-anchor state.
+    let id = onnx_protect_licence::source_id("onnx-protect-tpm1x");
+    for anchor in [format!("tpm: 2021-01-01T00:00:00Z 1234 {id}"), "tpm: 2021-01-01T00:00:00Z 1234".to_string()] {
+        let state = format!("onnx-protect-clock-v1\nhigh-water: 2021-01-01T00:00:00Z\n{anchor}\n");
+        std::fs::write(&clock, state).expect("write");
+        let (code, err) = run(d, &["decrypt", s(&p), "-o", s(&out), "--key-file", s(&key), "--licence", s(&ok), "-q"]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::remove_file(&out).expect("remove");
+        let state = std::fs::read_to_string(&clock).expect("read");
+        assert!(!state.contains("high-water: 2021-01-01T00:00:00Z"), "the mark moved: {state}");
+        assert!(state.ends_with(&format!("\n{anchor}\n")), "{state}");
+    }
+}

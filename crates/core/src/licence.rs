@@ -30,7 +30,7 @@ pub struct LicenceRequirement {
 pub struct LicenceCheck {
     /// The licence (parsed, not yet verified).
     pub licence: Licence,
-    /// The recorded high-water mark (and TPM anchor) that detects a clock set back; `None`:
+    /// The recorded high-water mark (and TPM anchors) that detects a clock set back; `None`:
     /// the system clock alone.
     pub clock: Option<ClockFile>,
     /// A reading of the TPM's clock, for the TPM anchor.
@@ -92,7 +92,7 @@ pub(crate) fn granted_tier(
     let system = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     evaluate(&check.licence, &facts, opener, check.licence.terms.not_before)?;
     let now = match &check.clock {
-        Some(c) => c.check(system, check.tpm)?,
+        Some(c) => c.check(system, check.tpm.as_ref())?,
         None => system,
     };
     let grant = evaluate(&check.licence, &facts, opener, now)?;

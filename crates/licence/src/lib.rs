@@ -41,7 +41,10 @@ mod eval;
 mod text;
 mod time;
 
-pub use clock::{ClockFile, ClockState, TpmReading, CLOCK_STATE_ENV, CLOCK_STATE_TAG, SET_BACK_TOLERANCE};
+pub use clock::{
+    source_id, ClockFile, ClockState, TpmAnchor, TpmReading, CLOCK_STATE_ENV, CLOCK_STATE_TAG, MAX_TPM_ANCHORS,
+    SET_BACK_TOLERANCE,
+};
 pub use error::LicenceError;
 pub use eval::{evaluate, Grant, ModelFacts, Opener};
 pub use text::{

@@ -173,32 +173,76 @@ fn a_clock_set_back_below_the_high_water_mark_is_refused() {
     assert_eq!(s.high_water, t0 + day);
 }
 
+fn tpm(source: &str, clock_ms: u64) -> TpmReading {
+    TpmReading { source: source.into(), clock_ms }
+}
+
 #[test]
 fn the_tpm_clock_catches_a_set_back_the_high_water_mark_cannot() {
     let mut s = ClockState::default();
     let t0 = t("2025-06-01T00:00:00Z");
     let day = 86_400u64;
-    s.advance(t0, Some(TpmReading { clock_ms: 1_000_000 })).unwrap();
+    s.advance(t0, Some(&tpm("a", 1_000_000))).unwrap();
     // Thirty days of powered time later, the clock is set to one day after the last check:
     // above the high-water mark, but the TPM has counted (at least 3/4 of) 30 days.
-    let later = TpmReading { clock_ms: 1_000_000 + 30 * day * 1000 };
-    let e = s.advance(t0 + day, Some(later)).unwrap_err();
+    let later = tpm("a", 1_000_000 + 30 * day * 1000);
+    let e = s.advance(t0 + day, Some(&later)).unwrap_err();
     assert!(matches!(e, LicenceError::ClockSetBack { .. }), "{e}");
     assert!(e.to_string().contains("TPM"), "{e}");
     // The honest clock passes; the TPM time counted at 3/4 leaves room for a fast oscillator.
-    assert_eq!(s.advance(t0 + 30 * day, Some(later)).unwrap(), t0 + 30 * day);
+    assert_eq!(s.advance(t0 + 30 * day, Some(&later)).unwrap(), t0 + 30 * day);
     let mut fast = ClockState::default();
-    fast.advance(t0, Some(TpmReading { clock_ms: 0 })).unwrap();
-    let runs_fast = TpmReading { clock_ms: 10 * day * 1000 * 13 / 10 };
-    fast.advance(t0 + 10 * day, Some(runs_fast)).unwrap();
-    // A TPM clock behind its anchor (cleared, or another TPM): a new anchor, no refusal.
-    let mut cleared = s;
-    cleared.advance(t0 + 30 * day + 60, Some(TpmReading { clock_ms: 5 })).unwrap();
-    assert_eq!(cleared.tpm_anchor, Some((t0 + 30 * day + 60, 5)));
-    // Without a TPM this time: the high-water mark alone.
-    let mut no_tpm = s;
-    no_tpm.advance(t0 + 30 * day, None).unwrap();
-    assert_eq!(no_tpm.tpm_anchor, None);
+    fast.advance(t0, Some(&tpm("a", 0))).unwrap();
+    let runs_fast = tpm("a", 10 * day * 1000 * 13 / 10);
+    fast.advance(t0 + 10 * day, Some(&runs_fast)).unwrap();
+    // A TPM clock behind its anchor (cleared): a new anchor, no refusal.
+    let mut cleared = s.clone();
+    cleared.advance(t0 + 30 * day + 60, Some(&tpm("a", 5))).unwrap();
+    let anchor = TpmAnchor { source: Some(source_id("a")), wall: t0 + 30 * day + 60, clock_ms: 5 };
+    assert_eq!(cleared.tpm_anchors, vec![anchor]);
+}
+
+#[test]
+fn a_check_through_one_source_keeps_the_other_sources_anchors() {
+    let t0 = t("2025-06-01T00:00:00Z");
+    let day = 86_400u64;
+    let mut s = ClockState::default();
+    s.advance(t0, Some(&tpm("a", 1_000_000))).unwrap();
+    // Another model opened with a key file (no TPM), then through another TPM whose clock is
+    // far behind and far ahead of the first: neither touches the first TPM's anchor.
+    s.advance(t0 + 60, None).unwrap();
+    s.advance(t0 + 120, Some(&tpm("b", 5))).unwrap();
+    s.advance(t0 + 180, Some(&tpm("c", 900_000_000_000))).unwrap();
+    assert_eq!(s.tpm_anchors.len(), 3);
+    let a = s.tpm_anchors.iter().find(|x| x.source == Some(source_id("a"))).unwrap();
+    assert_eq!((a.wall, a.clock_ms), (t0, 1_000_000));
+    // Through the state file too: the TPM moved 30 days ahead still stops a clock one day on.
+    let text = s.to_text();
+    let mut read = ClockState::parse(&text).unwrap();
+    assert_eq!(read, s);
+    let e = read.advance(t0 + day, Some(&tpm("a", 1_000_000 + 30 * day * 1000))).unwrap_err();
+    assert!(matches!(e, LicenceError::ClockSetBack { .. }) && e.to_string().contains("TPM"), "{e}");
+    // Each source's clock is measured against its own anchor: "c" at its anchor passes.
+    read.advance(t0 + day, Some(&tpm("c", 900_000_000_000))).unwrap();
+    // An anchor recorded without a source is taken over by the first source without one.
+    let legacy = "onnx-protect-clock-v1\nhigh-water: 2025-06-01T00:00:00Z\ntpm: 2025-06-01T00:00:00Z 1000000\n";
+    let mut old = ClockState::parse(legacy).unwrap();
+    assert_eq!(old.to_text(), legacy);
+    old.advance(t0, None).unwrap();
+    assert_eq!(old.to_text(), legacy, "a check without a TPM keeps the anchor");
+    let e = old.advance(t0 + day, Some(&tpm("a", 1_000_000 + 30 * day * 1000))).unwrap_err();
+    assert!(e.to_string().contains("TPM"), "{e}");
+    old.advance(t0 + 30 * day, Some(&tpm("a", 1_000_000 + 30 * day * 1000))).unwrap();
+    assert_eq!(old.tpm_anchors.len(), 1);
+    assert_eq!(old.tpm_anchors[0].source, Some(source_id("a")));
+    // At most MAX_TPM_ANCHORS: the one used longest ago goes.
+    let mut many = ClockState::default();
+    for i in 0..=MAX_TPM_ANCHORS as u64 {
+        many.advance(t0 + i, Some(&tpm(&format!("k{i}"), i))).unwrap();
+    }
+    assert_eq!(many.tpm_anchors.len(), MAX_TPM_ANCHORS);
+    assert!(!many.tpm_anchors.iter().any(|a| a.source == Some(source_id("k0"))));
+    assert_eq!(ClockState::parse(&many.to_text()).unwrap(), many);
 }
 
 #[test]
@@ -207,15 +251,36 @@ fn the_clock_file_persists_and_refuses_a_malformed_state() {
     let path = dir.path().join("state").join("clock");
     let f = ClockFile::new(&path);
     let t0 = t("2025-06-01T00:00:00Z");
-    f.check(t0 + 3600, Some(TpmReading { clock_ms: 7 })).unwrap();
+    f.check(t0 + 3600, Some(&tpm("onnx-protect-tpm1example", 7))).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(text, "onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\ntpm: 2025-06-01T01:00:00Z 7\n");
+    let id = source_id("onnx-protect-tpm1example");
+    assert_eq!(
+        text,
+        format!("onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\ntpm: 2025-06-01T01:00:00Z 7 {id}\n")
+    );
+    // Another licensed model opened with a key file keeps the anchor.
+    f.check(t0 + 7200, None).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        format!("onnx-protect-clock-v1\nhigh-water: 2025-06-01T02:00:00Z\ntpm: 2025-06-01T01:00:00Z 7 {id}\n")
+    );
     assert_eq!(ClockState::parse(&text).unwrap().to_text(), text);
     let e = ClockFile::new(&path).check(t0, None).unwrap_err();
     assert!(matches!(e, LicenceError::ClockSetBack { .. }), "{e}");
-    std::fs::write(&path, "onnx-protect-clock-v1\nhigh-water: yesterday\n").unwrap();
-    let e = f.check(t0, None).unwrap_err();
-    assert!(matches!(e, LicenceError::State { .. }) && e.to_string().contains("malformed"), "{e}");
+    let dup = format!("tpm: 2025-06-01T01:00:00Z 7 {id}\n");
+    for bad in [
+        "onnx-protect-clock-v1\nhigh-water: yesterday\n".to_string(),
+        "onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\ntpm: 2025-06-01T01:00:00Z 7 NOT-A-SOURCE-ID\n".into(),
+        "onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\ntpm: 2025-06-01T01:00:00Z +7\n".into(),
+        format!("onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\n{dup}{dup}"),
+        format!("onnx-protect-clock-v1\nhigh-water: 2025-06-01T01:00:00Z\n{}", dup.replace('\n', " x\n")),
+    ] {
+        std::fs::write(&path, &bad).unwrap();
+        let e = f.check(t0 + 7200, None).unwrap_err();
+        assert!(matches!(e, LicenceError::State { .. }) && e.to_string().contains("malformed"), "{bad:?}: {e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), bad, "never reset");
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -51,7 +51,7 @@ pub fn parse_identity_file(text: &str, tcti: &str, prompt: Arc<dyn PluginPrompt>
 
 /// `key` with the licence `text` (docs/shipping.md#licences): the clock state at `clock`,
 /// else [`ClockFile::default_path`]; with a TPM identity (and TPM support built), the
-/// TPM's clock read through `tcti` for the TPM anchor (none if it cannot be read).
+/// TPM's clock read through `tcti` for the key's TPM anchor (none if it cannot be read).
 pub fn with_licence(
     key: KeySource,
     text: &[u8],
@@ -61,7 +61,7 @@ pub fn with_licence(
     let licence = Licence::parse(text)?;
     let tpm = match key.without_licence() {
         KeySource::Identity(Identity::Provider(p)) if p.kind() == crate::KIND_TPM => {
-            crate::read_clock(tcti).ok().map(|c| TpmReading { clock_ms: c.clock_ms })
+            crate::read_clock(tcti).ok().map(|c| TpmReading { source: p.describe(), clock_ms: c.clock_ms })
         }
         _ => None,
     };

@@ -239,17 +239,20 @@ pub fn hash_files(dir: &Path, names: &[String], hash: HashType, name: &str) -> R
     Ok(ModelManifest { name: name.to_string(), hash, resources, ignore_paths: Vec::new() })
 }
 
-/// Every file of `signed` is in `actual` with the same digest, and no other.
+/// Every file of `signed` is in `actual` with the same digest, and no other. A mismatch names
+/// the files by their paths in the model; the model file itself, whose path in a manifest of
+/// one file is `.`, by the model's name.
 pub fn compare(signed: &ModelManifest, actual: &ModelManifest) -> Result<(), BundleError> {
     let want: BTreeMap<&str, &[u8]> = signed.resources.iter().map(|r| (r.name.as_str(), r.digest.as_slice())).collect();
     let have: BTreeMap<&str, &[u8]> = actual.resources.iter().map(|r| (r.name.as_str(), r.digest.as_slice())).collect();
     if want.len() != signed.resources.len() {
         return Err(BundleError::invalid("predicate.resources", "a name appears twice"));
     }
-    let missing: Vec<String> = want.keys().filter(|k| !have.contains_key(*k)).map(|k| k.to_string()).collect();
-    let extra: Vec<String> = have.keys().filter(|k| !want.contains_key(*k)).map(|k| k.to_string()).collect();
+    let shown = |k: &str| if k == "." && !actual.name.is_empty() { actual.name.clone() } else { k.to_string() };
+    let missing: Vec<String> = want.keys().filter(|k| !have.contains_key(*k)).map(|k| shown(k)).collect();
+    let extra: Vec<String> = have.keys().filter(|k| !want.contains_key(*k)).map(|k| shown(k)).collect();
     let changed: Vec<String> =
-        want.iter().filter(|(k, d)| have.get(*k).is_some_and(|h| h != *d)).map(|(k, _)| k.to_string()).collect();
+        want.iter().filter(|(k, d)| have.get(*k).is_some_and(|h| h != *d)).map(|(k, _)| shown(k)).collect();
     if missing.is_empty() && extra.is_empty() && changed.is_empty() {
         Ok(())
     } else {

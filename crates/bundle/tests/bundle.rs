@@ -89,6 +89,25 @@ fn changed_missing_and_extra_files_are_refused_by_name() {
     assert!(e.is_verification_failure());
 }
 
+/// A model signed as one file: a changed byte names that file, not its path `.` in the
+/// bundle.
+#[test]
+fn a_changed_single_file_is_named() {
+    let (_d, m) = model_dir();
+    let f = m.join("model.onnx");
+    let key = PrivateKey::generate(Curve::P256).unwrap();
+    let b = sign(&f, &key, None).unwrap();
+    std::fs::write(&f, b"graph!").unwrap();
+    let e = verify(&f, &b, &key.public(), None).unwrap_err();
+    assert!(matches!(&e, BundleError::Mismatch { changed, .. } if changed == &["model.onnx"]), "{e}");
+    assert!(e.to_string().ends_with("changed: model.onnx"), "{e}");
+    // The same through verify_model, which also reads a bundle file.
+    let bundle = m.join("model.onnx.sig");
+    std::fs::write(&bundle, &b).unwrap();
+    let e = onnx_protect_bundle::verify_model(&f, &bundle, &key.public()).unwrap_err();
+    assert!(matches!(&e, BundleError::Mismatch { changed, .. } if changed == &["model.onnx"]), "{e}");
+}
+
 #[test]
 fn another_key_is_refused() {
     let (_d, m) = model_dir();

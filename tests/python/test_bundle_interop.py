@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -174,3 +175,17 @@ def test_bundles_verify_both_ways_and_refuse_every_change(tmp_path, keys, signer
         assert r.returncode == 5, r.stderr
         assert not theirs_verify(their_target, sig, other_pub, unsigned_ok)
         both_accept()
+
+
+def test_model_signing_needs_pyopenssl_as_signing_md_says():
+    """model-signing imports OpenSSL (pyOpenSSL) as it starts without listing it as a
+    dependency: signing.md's install line names both, at the version tested here."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("model-signing")
+    assert not any(r.lower().startswith("pyopenssl") for r in importlib.metadata.requires("model-signing") or [])
+    code = "import sys; sys.modules['OpenSSL'] = None; import model_signing._cli"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0 and "OpenSSL" in r.stderr, r.stderr
+    text = (ROOT / "docs" / "signing.md").read_text(encoding="utf-8")
+    assert f"`pip install model-signing=={version} pyopenssl`" in text

@@ -242,8 +242,8 @@ ACTIVATIONS = {"Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "HardSwish
 def folded_batchnorm_convs(model: onnx.ModelProto) -> list[str]:
     """Output names of the Conv nodes whose normalisation the export folded: a Conv read
     by an activation, or by an ``Add`` (a residual sum) that an activation reads, with
-    no normalisation on the way. A Conv read by a normalisation, or whose activation
-    feeds one (a ConvMixer's Conv, Gelu, BatchNorm), is not one. A network that never
+    no normalisation on the way, its weight a constant. A Conv read by a normalisation,
+    or whose activation feeds one (a ConvMixer's Conv, Gelu, BatchNorm), is not one. A network that never
     had a norm there (Conv, Relu) looks the same and is counted too."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -255,9 +255,11 @@ def folded_batchnorm_convs(model: onnx.ModelProto) -> list[str]:
         return bool(acts) and not any(v.op_type in NORM_OPS for a in acts for o in a.output
                                       for v in consumers.get(o, []))
 
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     out = []
     for n in model.graph.node:
-        if n.op_type != "Conv" or not n.output or not n.output[0]:
+        if n.op_type != "Conv" or not n.output or not n.output[0] or n.input[1] not in constants:
             continue
         users = consumers.get(n.output[0], [])
         if not users or any(u.op_type in NORM_OPS for u in users):

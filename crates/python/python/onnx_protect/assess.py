@@ -12,8 +12,11 @@ reference they must beat:
   clear normalisation statistic frozen as stored (with the head alone encrypted, this
   is linear probing of the clear feature extractor);
 * ``finetune``: the same reset, then every parameter is trained;
-* ``scratch``: the same graph with every parameter freshly initialised, trained on
-  the same data with the same budget.
+* ``scratch``: the strongest network the tool builds from the graph, freshly
+  initialised and trained on the same data with the same recipe: the exported graph,
+  with a fresh BatchNorm after each Conv whose normalisation the export folded
+  (:func:`onnx_protect._torch_graph.folded_batchnorm_convs`). The report says which
+  (``scratch_reference``).
 
 One-element float constants (an attention scale, an epsilon) are fixed values of the
 graph; one that the file encrypts is unknown without the key, so it is reset (1 where
@@ -22,9 +25,11 @@ it multiplies) and trained like a weight, by the attacks and by scratch alike.
 An attack that starts from exactly scratch's state (every parameter and statistic value,
 what trains, what is frozen: :func:`start_state`) on the same data and seeds is the same
 computation; its result is scratch's, not run again (listed in the report's ``reused``).
-With every weight encrypted the attacks start from scratch's draws.
+With every weight encrypted and scratch the exported graph itself, the attacks start
+from scratch's draws.
 
-Each run uses AdamW with a one-cycle schedule for ``steps`` steps; its learning rate
+Each run uses AdamW with a one-cycle schedule for ``steps`` steps, image batches
+shifted at random by a few pixels (:func:`image_shift`); its learning rate
 is chosen on a held-out fifth of the attacker's own data (never the test data), then
 the run is repeated on all of the attacker's data with that rate. Each data size is
 drawn ``seeds`` times (stratified, at least one sample per class). The headline is the
@@ -35,7 +40,9 @@ points by default).
 :func:`attack_masks` runs the same on given unknown elements (an attacker's guess of
 secret positions). :func:`policy_search` encrypts a plain model with the points of
 :data:`SEARCH`, cheapest first for that model (:func:`plan`: ``first``, ``last``, both,
-…, ``all``), and stops at the first that holds on the given data.
+…, ``all``), screens each at one draw per size (stopping at the first size over the
+target), confirms a point that passes at ``seeds`` draws, and stops at the first
+confirmed on the given data.
 
 Needs ``torch`` and ``onnx`` (``pip install 'onnx-protect[torch]'``). Which models are
 covered: :mod:`onnx_protect._torch_graph`. Command line::
@@ -199,10 +206,12 @@ def default_init(graph: tg.TorchGraph, bias_fans: dict[str, int], locator: str, 
 class Setup:
     """The model, its masks and the data of one attack study."""
 
-    def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray]):
+    def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray], batchnorm: bool = True):
         self.model = model
         self.masks = masks
         self.bias_fans = _bias_fans(model)
+        # Conv outputs after which scratch gets back the BatchNorm the export folded.
+        self.bn_convs = tg.folded_batchnorm_convs(model) if batchnorm else []
 
     def fresh(self) -> tg.TorchGraph:
         """The protected model: its encrypted one-element constants (an attention scale)
@@ -220,14 +229,26 @@ class Setup:
         return g
 
     def scratch(self, gen: torch.Generator) -> tg.TorchGraph:
-        """The architecture trained from scratch: every weight reset. A one-element
+        """The architecture trained from scratch: every weight reset, and a fresh
+        BatchNorm after each Conv whose normalisation the export folded
+        (:func:`onnx_protect._torch_graph.folded_batchnorm_convs`). A one-element
         constant the file encrypts (an attention scale) is not known without the key:
         reset and trained as in the attacks; the other ones stay as stored."""
         g = self.fresh()
+        g.insert_batchnorm(self.bn_convs)
         with torch.no_grad():
             for loc in g.constants:
                 g.tensor(loc).copy_(default_init(g, self.bias_fans, loc, gen))
         return g
+
+    def reference(self, shift: int) -> str:
+        """What scratch is, in words (the report's ``scratch_reference``)."""
+        text = "exported graph"
+        if self.bn_convs:
+            text += f" + re-inserted BatchNorm after {len(self.bn_convs)} Conv"
+        if shift:
+            text += f", shift augmentation (up to {shift} pixel{'s' if shift > 1 else ''})"
+        return text
 
 
 def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.nn.Parameter]:
@@ -286,7 +307,29 @@ def accuracy(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> float:
     return float((np.concatenate(out) == y).mean())
 
 
-def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int) -> tg.TorchGraph:
+def image_shift(shape: Sequence[int]) -> int:
+    """The largest shift of the training augmentation for inputs of this shape: images
+    (N, C, H, W) with H and W at least 8 are shifted by up to an eighth of their
+    smaller side, 1 to 4 pixels; other inputs are not augmented (0)."""
+    if len(shape) != 4 or min(shape[2], shape[3]) < 8:
+        return 0
+    return int(min(4, max(1, min(shape[2], shape[3]) // 8)))
+
+
+def shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image of the batch moved by its own random offset of at most ``shift``
+    pixels along each axis, zero-filled (a random crop of the zero-padded image)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int,
+          shift: int = 0) -> tg.TorchGraph:
+    """The training recipe of every run: AdamW, a one-cycle schedule over ``steps``
+    batches of :data:`BATCH`, each image batch shifted by up to ``shift`` pixels."""
     if not params:
         return g
     gen = torch.Generator().manual_seed(seed)
@@ -302,7 +345,8 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
             if step == steps:
                 break
             idx = perm[i:i + batch]
-            loss = F.cross_entropy(g(xt[idx]), yt[idx])
+            xb = shifted(xt[idx], shift, gen) if shift else xt[idx]
+            loss = F.cross_entropy(g(xb), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -325,7 +369,7 @@ def draw(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray
     return np.sort(np.array(keep))
 
 
-def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, steps, rng) -> dict:
+def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, steps, rng, shift=0) -> dict:
     """LR chosen on a held-out fifth of (x, y), then retrained on all of it."""
     n = len(y)
     order = rng.permutation(n)
@@ -336,11 +380,11 @@ def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, step
     by_lr = {}
     for lr in lrs:
         g, params = make()
-        train(g, params, x[fit], y[fit], lr, steps, seed=int(rng.integers(2**31)))
+        train(g, params, x[fit], y[fit], lr, steps, seed=int(rng.integers(2**31)), shift=shift)
         by_lr[lr] = accuracy(g, x[val], y[val])
     best = max(lrs, key=lambda lr: (by_lr[lr], -lr))
     g, params = make()
-    train(g, params, x, y, best, steps, seed=int(rng.integers(2**31)))
+    train(g, params, x, y, best, steps, seed=int(rng.integers(2**31)), shift=shift)
     return {"accuracy": accuracy(g, xt, yt), "lr": best, "validation": {str(k): v for k, v in by_lr.items()}}
 
 
@@ -363,15 +407,26 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
                  x_test: np.ndarray, y_test: np.ndarray, *, sizes: Sequence[float] = SIZES, seeds: int = SEEDS,
                  steps: int = STEPS, lrs: Sequence[float] = LRS, attacks: Sequence[str] = ATTACKS,
                  target: float = TARGET, check: bool = True, scratch_cache: dict | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 augment: bool = True, batchnorm: bool = True, run_cache: dict | None = None,
+                 stop_early: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs the training attacks on ``model`` with the elements of ``masks`` (locator ->
     boolean mask over the constant's elements) unknown to the attacker: the encrypted
     ones, or an attacker's guess of them. Returns the report: per data size the mean
     test accuracy of scratch and each attack, the best attack and its gap over scratch;
-    the headline gap.
+    the headline gap; ``scratch_reference``, what scratch is (the exported graph, a
+    BatchNorm re-inserted after each Conv whose normalisation the export folded unless
+    ``batchnorm`` is false, the shift augmentation) and ``augmentation``, which every
+    run gets (image inputs, unless ``augment`` is false).
+
+    ``check``: before anything trains, the interpreter is compared with onnxruntime on
+    the model as the attacks start it (every encrypted element reset, seed of the first
+    draw), on the first 64 test inputs.
 
     Scratch does not depend on what is encrypted: ``scratch_cache`` (a dict, filled
-    here) lets several protected copies of one model share its runs."""
+    here) lets several protected copies of one model share its runs. ``run_cache`` (a
+    dict, filled here) keeps the attack runs of these masks by data size and draw, for
+    a later call on the same masks with more draws. ``stop_early``: stop at the first
+    data size whose gap is above the target (the report then has fewer sizes)."""
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
     x, x_test = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(x_test, dtype=np.float32)
     y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
@@ -385,10 +440,11 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         c = graph.constants.get(loc)
         if c is None or mask.shape != (c.array.size,):
             raise AttackError(f"{loc}: not a floating-point constant of the main graph with {mask.size} elements")
+    setup = Setup(model, masks, batchnorm=batchnorm)
     if check:
-        zero = _zero_filled(model, graph, masks)
-        tg.check(zero, x_test[:64])
-    setup = Setup(model, masks)
+        tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
+    shift = image_shift(x.shape) if augment else 0
+    reference = setup.reference(shift)
     # Relearning trains parts of partly encrypted tensors through gradient hooks.
     partial = any(not m.all() for loc, m in masks.items() if not graph.is_stat(loc))
     # Scratch depends on the model and on which of its one-element constants are encrypted.
@@ -396,6 +452,9 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     report: dict[str, Any] = {
         "steps": steps, "lrs": list(lrs), "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
         "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
+        "scratch_reference": reference, "reinserted_batchnorm": len(setup.bn_convs),
+        "augmentation": f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}" if shift else "none",
+        "stopped_early": False,
         "sizes": []}
     for fraction in sizes:
         row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [], "reused": [],
@@ -421,24 +480,29 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
                 return g, list(g.params.values())
 
             makers = {"scratch": scratch, "relearn": relearn, "finetune": finetune}
-            # A run that starts from the state of one already made (every weight encrypted:
-            # the attacks start from scratch's draws) is that run: its result is reused.
+            # A run that starts from the state of one already made (every weight encrypted,
+            # scratch the exported graph: the attacks start from scratch's draws) is that
+            # run: its result is reused.
             done: dict[str, float] = {}
             for name in ("scratch", *attacks):
                 state = start_state(*makers[name](), hooked=name == "relearn" and partial)
-                cache_key = (fraction, s, steps, tuple(lrs), scalars)
-                if name == "scratch" and scratch_cache is not None and cache_key in scratch_cache:
-                    acc = scratch_cache[cache_key]
-                elif state is not None and state in done:
+                if name == "scratch":
+                    cache, key = scratch_cache, (fraction, s, steps, tuple(lrs), scalars, reference)
+                else:
+                    cache, key = run_cache, (name, fraction, s, steps, tuple(lrs), reference)
+                if state is not None and state in done:
                     acc = done[state]
                     row["reused"].append(name)
+                elif cache is not None and key in cache:
+                    acc = cache[key]
                 else:
-                    r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s))
+                    r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s),
+                             shift=shift)
                     acc = r["accuracy"]
                     if progress:
                         progress(f"{fraction:.0%} seed {s}: {name} {100 * acc:.1f}% (lr {r['lr']:g})")
-                if name == "scratch" and scratch_cache is not None:
-                    scratch_cache[cache_key] = acc
+                if cache is not None:
+                    cache[key] = acc
                 if state is not None:
                     done.setdefault(state, acc)
                 row[name].append(acc)
@@ -446,6 +510,9 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         best = max(attacks, key=lambda a: mean[a])
         row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"])
         report["sizes"].append(row)
+        if stop_early and row["gap"] > target and fraction != sizes[-1]:
+            report["stopped_early"] = True
+            break
     worst = max(report["sizes"], key=lambda r: r["gap"])
     report["gap"] = worst["gap"]
     report["worst_fraction"] = worst["fraction"]
@@ -453,21 +520,23 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     return report
 
 
-def _zero_filled(model: onnx.ModelProto, graph: tg.TorchGraph, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with every encrypted element 0 and no manifest, for
-    checking the interpreter against onnxruntime on finite weights."""
+def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) -> onnx.ModelProto:
+    """A copy of the model with every encrypted element as the attacks reset it (the
+    default initialisation of its layer: 1 where a one-element constant multiplies or
+    divides, so the graph stays finite) and no manifest, for checking the interpreter
+    against onnxruntime on the weights the attacks start from."""
     from onnx import numpy_helper
 
+    g = setup.reset(gen)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.metadata_props[:]
     m.metadata_props.extend(p for p in model.metadata_props if not p.key.startswith("onnx-protect/v"))
-    for loc, mask in masks.items():
+    for loc in setup.masks:
         tensor = _tensor_at(m, loc)
-        a = numpy_helper.to_array(tensor).copy()
-        flat = a.reshape(-1)
-        flat[mask] = 0
-        tensor.CopyFrom(numpy_helper.from_array(a, tensor.name))
+        stored = numpy_helper.to_array(tensor)
+        value = g.tensor(loc).detach().numpy().reshape(stored.shape).astype(stored.dtype)
+        tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
     return m
 
 
@@ -578,26 +647,47 @@ def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.Pa
 
 
 def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
-                  target: float = TARGET, progress: Callable[[str], None] | None = None,
-                  **kwargs) -> dict[str, Any]:
-    """Encrypts the plain ``model`` with each search point (a throwaway key), runs
-    :func:`attack` on them cheapest first (:func:`plan`) and stops at the first that
-    holds: returns every report run and that point (``chosen``, ``None`` if none holds)."""
+                  target: float = TARGET, seeds: int = SEEDS, screen_seeds: int = 1,
+                  progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, Any]:
+    """Encrypts the plain ``model`` with each search point (a throwaway key) and attacks
+    them cheapest first (:func:`plan`) in two passes:
+
+    * screening: :func:`attack` with ``screen_seeds`` draws per data size, stopping at
+      the first size whose gap is above the target;
+    * confirmation, only for a point that holds in screening: ``seeds`` draws (the
+      screening's runs are kept, not run again).
+
+    The first point confirmed is chosen. Returns every point's last report (``stage``:
+    ``screening`` or ``confirmation``; a point that failed confirmation is followed by
+    the next) and that point (``chosen``, ``None`` if none holds)."""
+    if seeds < 1 or screen_seeds < 1:
+        raise AttackError("seeds and screen_seeds must be at least 1")
+    screen_seeds = min(screen_seeds, seeds)
     results = []
     chosen = None
     kwargs.setdefault("scratch_cache", {})
     with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
         for p in plan(model, points, d):
             point = p["point"]
-            r = attack(p["path"], x, y, x_test, y_test, target=target, progress=progress, **kwargs)
+            runs: dict = {}
+            r = attack(p["path"], x, y, x_test, y_test, target=target, seeds=screen_seeds, run_cache=runs,
+                       stop_early=True, progress=progress, **kwargs)
+            r["stage"] = "screening"
+            if r["holds"] and seeds > screen_seeds:
+                if progress:
+                    progress(f"{point}: holds at {screen_seeds} draw(s), gap {100 * r['gap']:+.1f} points: "
+                             f"confirming at {seeds}")
+                r = attack(p["path"], x, y, x_test, y_test, target=target, seeds=seeds, run_cache=runs,
+                           progress=progress, **kwargs)
+                r["stage"] = "confirmation"
             r.update(point=point, same=p["same"], policy=policy_toml(point))
             results.append(r)
             if progress:
-                progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points")
+                progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points ({r['stage']})")
             if r["holds"]:
                 chosen = point
                 break
-    return {"chosen": chosen, "points": results, "target": target}
+    return {"chosen": chosen, "points": results, "target": target, "seeds": seeds, "screen_seeds": screen_seeds}
 
 
 # ---------------------------------------------------------------- command line
@@ -612,7 +702,9 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _summary(r: dict) -> str:
-    lines = [f"encrypted share {100 * r['share']:.2f}% of the weight bytes; test chance {100 * r['chance']:.1f}%"]
+    lines = [f"encrypted share {100 * r['share']:.2f}% of the weight bytes; test chance {100 * r['chance']:.1f}%",
+             f"scratch: {r['scratch_reference']}; every run's augmentation: {r['augmentation']}; "
+             f"{r['seeds']} draw(s) per data size"]
     lines.append("data     samples  scratch  " + "  ".join(f"{a:>8}" for a in r["sizes"][0]["mean"]
                                                         if a not in ("scratch", "start")) + "  best-gap")
     for row in r["sizes"]:
@@ -621,8 +713,9 @@ def _summary(r: dict) -> str:
                      + "  ".join(f"{100 * row['mean'][a]:7.1f}%" for a in attacks)
                      + f"  {100 * row['gap']:+6.1f} ({row['best_attack']})")
     verdict = "holds" if r["holds"] else "does NOT hold"
+    stopped = " (stopped at the first size over the target)" if r.get("stopped_early") else ""
     lines.append(f"gap over scratch: {100 * r['gap']:+.1f} points at {r['worst_fraction']:.0%} of the data: "
-                 f"the protection {verdict} (target: at most {100 * r['target']:.0f} points)")
+                 f"the protection {verdict} (target: at most {100 * r['target']:.0f} points){stopped}")
     return "\n".join(lines)
 
 
@@ -636,21 +729,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--target", type=float, default=TARGET, help="largest acceptable gap (default 0.02)")
     ap.add_argument("--search", action="store_true", help="find the cheapest search point that holds")
+    ap.add_argument("--screen-seeds", type=int, default=1,
+                    help="with --search: draws per size of the screening pass (default 1); --seeds confirm")
+    ap.add_argument("--no-augment", action="store_true", help="no shift augmentation of image inputs")
+    ap.add_argument("--no-batchnorm", action="store_true",
+                    help="scratch without the BatchNorm re-inserted after Conv layers whose norm the export folded")
     ap.add_argument("--json", help="write the report here ('-': standard output)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
         sizes = [float(s) for s in args.sizes.split(",")]
-        if not all(0 < s <= 1 for s in sizes) or args.seeds < 1 or args.steps < 1:
-            raise AttackError("--sizes must be in (0, 1]; --seeds and --steps at least 1")
+        if not all(0 < s <= 1 for s in sizes) or min(args.seeds, args.steps, args.screen_seeds) < 1:
+            raise AttackError("--sizes must be in (0, 1]; --seeds, --screen-seeds and --steps at least 1")
         x, y = _load_npz(args.data)
         xt, yt = _load_npz(args.test)
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-        kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say)
+        kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say,
+                  augment=not args.no_augment, batchnorm=not args.no_batchnorm)
         if args.search:
-            r = policy_search(args.model, x, y, xt, yt, **kw)
-            text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])}:\n{_summary(p)}"
-                                 for p in r["points"])
+            r = policy_search(args.model, x, y, xt, yt, screen_seeds=args.screen_seeds, **kw)
+            text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])} ({p['stage']}):\n"
+                                 f"{_summary(p)}" for p in r["points"])
             text += f"\n\nchosen: {r['chosen'] or 'none of the points holds'}"
             if r["chosen"]:
                 text += "\n" + r["points"][-1]["policy"]

@@ -1,0 +1,364 @@
+"""``onnx_protect.assess`` on models as ``torch.onnx.export(..., dynamo=False)`` writes
+them, with a dynamic batch axis: a small vision transformer (GELU, a class token
+concatenated to the patches, ``x.reshape(B, ...)``) and a small ResNet-style CNN whose
+BatchNorm the export folds into its convolutions. The models are built and briefly
+trained here (random init, a few steps on fixtures/digits); the attack budgets are a
+few dozen steps, one data size, one draw: what is checked is that the attacks run and
+what the report says, not a study's numbers (docs/protection.md#training-attacks).
+"""
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the training attacks need torch (tests/requirements.txt)")
+onnx = pytest.importorskip("onnx", reason="the training attacks need onnx (tests/requirements.txt)")
+ort = pytest.importorskip("onnxruntime", reason="the interpreter check needs onnxruntime")
+
+import onnx_protect  # noqa: E402
+from onnx import helper, numpy_helper, TensorProto  # noqa: E402
+from onnx_protect import assess  # noqa: E402
+from onnx_protect import _torch_graph as tg  # noqa: E402
+
+nn = torch.nn
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "fixtures" / "digits"
+TINY = dict(sizes=(0.05,), seeds=1, steps=60, lrs=(1e-2,))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return [np.load(DIGITS / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = self.qkv(self.n1(x)).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5).softmax(-1)
+        x = x + self.proj((a @ v).transpose(1, 2).reshape(B, N, D))
+        return x + self.mlp(self.n2(x))
+
+
+class ViT(nn.Module):
+    """4x4 patches of the 8x8 digits, a class token, two blocks."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.patch = nn.Conv2d(1, d, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 5, d) * 0.02)
+        self.blocks = nn.Sequential(Block(d, 2), Block(d, 2))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        B = x.shape[0]
+        x = self.patch(x).reshape(B, self.cls.shape[-1], -1).transpose(1, 2)
+        x = torch.cat([self.cls.expand(B, -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.blocks(x)[:, 0]))
+
+
+class Residual(nn.Module):
+    def __init__(self, c_in, c, stride):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c)
+        self.c2, self.b2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+        self.down = None if stride == 1 and c_in == c else nn.Sequential(
+            nn.Conv2d(c_in, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNet(nn.Module):
+    """A stem and two residual blocks (the second with a 1x1 downsampling): 6 Conv,
+    each followed by a BatchNorm."""
+
+    def __init__(self, w=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.blocks = nn.Sequential(Residual(w, w, 1), Residual(w, 2 * w, 2))
+        self.head = nn.Linear(2 * w, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def trained_export(net, data, path, opset=None, steps=30):
+    """A few Adam steps on the digits (BatchNorm statistics move), then the exporter
+    that folds BatchNorm in eval mode, with a dynamic batch axis."""
+    torch.manual_seed(0)
+    x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    for i in range(steps):
+        idx = torch.arange(i * 32, i * 32 + 32) % len(x)
+        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    kwargs = {} if opset is None else {"opset_version": opset}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        torch.onnx.export(net, (x[:2],), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, **kwargs)
+    return path
+
+
+def sensible(r):
+    row = r["sizes"][0]
+    for name in ("start", "scratch", "relearn", "finetune"):
+        assert len(row[name]) == 1 and 0.0 <= row[name][0] <= 1.0, (name, row)
+    assert r["gap"] == pytest.approx(row["gap"]) and row["samples"] == [60], row
+    assert row["scratch"][0] > 0.2, row  # chance is 10%
+    return row
+
+
+# ---------------------------------------------------------------- the interpreter on 0-d constants
+
+
+def scalar_graph():
+    """x (B, 3, 4) -> (B, 12) through the ops that take or give 0-d tensors: a scalar
+    Gather index on Shape, Unsqueeze, Concat into a Reshape target, a 0-d divisor, Range
+    on scalars, ConstantOfShape of an empty shape (a 0-d tensor) whose empty Shape joins
+    the Reshape target, Squeeze back to 0-d."""
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    inits = [i64("zero", 0), i64("two", 2), i64("one", 1), i64("minus_one", [-1]), i64("axes0", [0]),
+             numpy_helper.from_array(np.array(1.4142135, dtype=np.float32), "divisor")]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"]),  # 0-d
+        helper.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"]),  # (1,)
+        helper.make_node("Constant", [], ["empty"], value=numpy_helper.from_array(np.zeros(0, np.int64))),
+        helper.make_node("ConstantOfShape", ["empty"], ["two_f"],
+                         value=numpy_helper.from_array(np.array([2.0], np.float32))),  # 0-d
+        helper.make_node("Shape", ["two_f"], ["no_dims"]),  # (0,)
+        helper.make_node("Concat", ["batch1", "no_dims", "minus_one"], ["target"], axis=0),  # (2,)
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("Div", ["flat", "divisor"], ["divided"]),
+        helper.make_node("Gather", ["shape", "two"], ["last"]),  # 0-d: 4
+        helper.make_node("Range", ["zero", "last", "one"], ["steps"]),  # (4,)
+        helper.make_node("Cast", ["steps"], ["steps_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["steps_f"], ["total"], keepdims=0),  # 0-d: 6
+        helper.make_node("Unsqueeze", ["total", "axes0"], ["total1"]),
+        helper.make_node("Squeeze", ["total1", "axes0"], ["total0"]),  # 0-d again
+        helper.make_node("Mul", ["divided", "two_f"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "total0"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "scalars", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_interpreter_keeps_0d_constants_0d_as_onnxruntime_does(batch):
+    model = scalar_graph()
+    x = np.random.default_rng(0).standard_normal((batch, 3, 4)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    assert want.shape == (batch, 12)
+    g = tg.TorchGraph(model)
+    assert g.fixed["zero"].dim() == 0 and g.fixed["divisor"].dim() == 0
+    with torch.no_grad():
+        got = g(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert tg.check(model, x) <= 1e-6
+    # An encrypted 0-d constant is a trainable parameter: still 0-d.
+    assert assess.tg.TorchGraph(model, trainable=frozenset({"7.0/5.5"})).tensor("7.0/5.5").dim() == 0
+
+
+def test_an_input_the_interpreter_cannot_run_is_a_one_line_refusal_naming_the_node():
+    # A rank-2 input: the Gather of dimension 2 of its shape has no such index.
+    with pytest.raises(tg.Unsupported, match=r"cannot run a Gather node on inputs of shapes \(2,\), \(\): ") as e:
+        tg.TorchGraph(scalar_graph())(torch.zeros(2, 5))
+    assert "\n" not in str(e.value)
+
+
+def test_the_check_compares_non_finite_outputs_by_position():
+    model = scalar_graph()
+    x = np.ones((2, 3, 4), np.float32)
+    x[0, 0, 0] = np.inf
+    # Same inf in both engines: checked on the finite rest.
+    assert tg.check(model, x) <= 1e-6
+    model.graph.initializer[5].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "divisor"))
+    with pytest.raises(tg.Unsupported, match="no finite value"):
+        tg.check(model, np.ones((2, 3, 4), np.float32))
+
+
+# ---------------------------------------------------------------- exported models under assess
+
+
+def test_assess_runs_on_an_exported_vit_with_a_dynamic_batch_reshape(tmp_path, data):
+    """The exporter's Gather of the batch size from Shape has a 0-d index; the batch
+    size then goes through Unsqueeze and Concat into the Reshape of x.reshape(B, ...)."""
+    plain = trained_export(ViT(), data, tmp_path / "vit.onnx")
+    ops = {n.op_type for n in onnx.load(plain).graph.node}
+    assert {"Gelu", "Concat", "Gather", "Shape", "Unsqueeze", "Reshape"} <= ops, ops
+    enc = tmp_path / "vit.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    row = sensible(r)
+    assert r["share"] == 1.0 and r["scratch_reference"] == "exported graph, shift augmentation (up to 1 pixel)"
+    assert r["reinserted_batchnorm"] == 0 and r["augmentation"] == "shifts of up to 1 pixel"
+    # Every weight encrypted, scratch the exported graph: the attacks start from scratch's state.
+    assert row["reused"] == ["relearn", "finetune"] and r["gap"] == 0.0 and r["holds"], row
+    assert max(row["start"]) < 0.3, row
+
+
+def test_the_interpreter_check_survives_the_built_in_policy_on_a_decomposed_gelu(tmp_path, data):
+    """At opset 17 GELU is x * 0.5 * (1 + Erf(x / 1.4142)): the built-in policy encrypts
+    the 0-d divisor; zero-filling it would make the check's reference x / 0. The check
+    runs on the weights the attacks start from (the divisor reset to 1)."""
+    plain = trained_export(ViT(), data, tmp_path / "vit17.onnx", opset=17)
+    model = onnx.load(plain)
+    divisors = [i for i, n in enumerate(model.graph.node) if n.op_type == "Constant"
+                and numpy_helper.to_array(n.attribute[0].t).shape == ()
+                and numpy_helper.to_array(n.attribute[0].t) == np.float32(1.4142135)]
+    assert len(divisors) == 2, "one GELU divisor per block"
+    enc = tmp_path / "vit17.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    info = onnx_protect.inspect(enc)
+    encrypted = {t["locator"] for t in info["protection"]["tensors"]}
+    assert {f"7.0/1.{i}/5.0/5.0" for i in divisors} <= encrypted
+    # The hazard is real: with every encrypted element 0, the divisors too, 0 / 0 makes
+    # onnxruntime's output NaN.
+    zero = onnx.load(enc)
+    for loc in encrypted:
+        t = assess._tensor_at(zero, loc)
+        t.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(t)), t.name))
+    del zero.metadata_props[:]
+    sess = ort.InferenceSession(zero.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.isnan(sess.run(None, {"x": data[2][:64]})[0]).all()
+    r = assess.attack(enc, *data, **TINY)
+    sensible(r)
+    assert r["share"] == 1.0 and r["holds"], r["gap"]
+    assert set(r["scalars"]) >= {f"7.0/1.{i}/5.0/5.0" for i in divisors}
+
+
+def test_folded_batchnorm_is_found_after_convs_read_by_an_activation_or_a_residual_sum():
+    def conv(name, x):
+        return helper.make_node("Conv", [x, f"{name}_w"], [name], kernel_shape=[1, 1])
+
+    nodes = [
+        conv("c_relu", "x"), helper.make_node("Relu", ["c_relu"], ["r1"]),
+        conv("c_bn", "r1"), helper.make_node("BatchNormalization", ["c_bn", "s", "b", "m", "v"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r2"]),
+        conv("c_mixer", "r2"), helper.make_node("Gelu", ["c_mixer"], ["g"]),
+        helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["bn2"]),
+        conv("c_res", "bn2"), helper.make_node("Add", ["c_res", "bn2"], ["sum"]),
+        helper.make_node("Relu", ["sum"], ["r3"]),
+        conv("c_out", "r3"), helper.make_node("Flatten", ["c_out"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), f"{n}_w")
+             for n in ("c_relu", "c_bn", "c_mixer", "c_res", "c_out")]
+    inits += [numpy_helper.from_array(np.full(2, v, np.float32), n) for n, v in
+              (("s", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    # Conv->Relu and Conv->Add->Relu lost their norm; Conv->BatchNorm kept it; a ConvMixer's
+    # Conv->Gelu->BatchNorm normalises after the activation; the last Conv feeds no activation.
+    assert tg.folded_batchnorm_convs(model) == ["c_relu", "c_res"]
+
+
+def test_scratch_gets_back_the_batchnorm_the_export_folded(tmp_path, data):
+    plain = trained_export(ResNet(), data, tmp_path / "resnet.onnx")
+    model = onnx.load(plain)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 6 and "BatchNormalization" not in ops, ops
+    enc = tmp_path / "resnet.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    row = sensible(r)
+    assert r["scratch_reference"] == ("exported graph + re-inserted BatchNorm after 6 Conv, "
+                                      "shift augmentation (up to 1 pixel)")
+    assert r["reinserted_batchnorm"] == 6
+    # Scratch is no longer the graph the attacks train: only finetune reuses relearn's run
+    # (every weight encrypted, both train everything from the same reset).
+    assert row["reused"] == ["finetune"], row
+    # With its BatchNorms back, scratch learns far more than the exported graph from the
+    # same draws (the attacks, every weight reset): 69% against 21% on this budget.
+    assert row["scratch"][0] > row["finetune"][0] + 0.2, row
+    plainer = assess.attack(enc, *data, batchnorm=False, augment=False, **TINY)
+    assert plainer["scratch_reference"] == "exported graph" and plainer["augmentation"] == "none"
+    assert plainer["sizes"][0]["reused"] == ["relearn", "finetune"]
+
+    # The BatchNorm sits after each Conv: in training mode, scaling a Conv's weights
+    # (here the stem's, 10x) changes nothing downstream with it, everything without it.
+    masks = assess.encrypted_masks(onnx_protect.inspect(enc), tg.TorchGraph(onnx.load(enc)))
+    setup = assess.Setup(onnx.load(enc), masks)
+    stem = next(loc for loc, c in tg.TorchGraph(onnx.load(enc)).constants.items()
+                if c.users and c.users[0] == ("Conv", 1) and c.array.size == 8 * 9)
+    x = torch.from_numpy(data[0][:16])
+    for with_bn, changes in ((True, False), (False, True)):
+        gen = torch.Generator().manual_seed(0)
+        # scratch, or the attacks' reset of the exported graph (every weight drawn afresh)
+        g = setup.scratch(gen) if with_bn else setup.reset(gen)
+        assert len(g.inserted) == (6 if with_bn else 0)
+        g.train()
+        before = g(x).detach()
+        with torch.no_grad():
+            g.tensor(stem).mul_(10)
+        after = g(x).detach()
+        assert (not torch.allclose(before, after, rtol=1e-3, atol=1e-4)) == changes, with_bn
+
+
+def test_shifts_move_each_image_by_at_most_the_shift():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 3, 4] = 1.0
+    out = assess.shifted(x, 1, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.all(out.sum((1, 2, 3)) == 1.0)
+    where = out[:, 0].reshape(64, -1).argmax(1)
+    rows, cols = where // 8, where % 8
+    assert set(rows.tolist()) == {2, 3, 4} and set(cols.tolist()) == {3, 4, 5}
+    assert assess.image_shift((10, 1, 8, 8)) == 1 and assess.image_shift((10, 3, 32, 32)) == 4
+    assert assess.image_shift((10, 3, 224, 224)) == 4
+    assert assess.image_shift((10, 12, 16)) == 0 and assess.image_shift((10, 1, 4, 4)) == 0
+
+
+# ---------------------------------------------------------------- the search's two passes
+
+
+def test_the_search_screens_at_one_draw_and_confirms_only_the_candidate(data, monkeypatch):
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    runs = []
+    real = assess._one
+
+    def counted(*a, **k):
+        runs.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(assess, "_one", counted)
+    tiny = dict(sizes=(0.02, 0.05), steps=3, lrs=(3e-3,))
+    every = assess.policy_search(mlp, *data, target=1.0, seeds=3, **tiny)
+    assert every["chosen"] == "last" and [p["point"] for p in every["points"]] == ["last"]
+    last = every["points"][0]
+    assert last["stage"] == "confirmation" and last["seeds"] == 3
+    assert all(len(row["scratch"]) == 3 for row in last["sizes"])
+    # Screening: 2 sizes x 1 draw x (scratch, relearn, finetune); confirmation adds draws
+    # 1 and 2 only (draw 0 is kept from screening).
+    assert len(runs) == 2 * 3 + 2 * 2 * 3, len(runs)
+
+    runs.clear()
+    none = assess.policy_search(mlp, *data, target=-1.0, seeds=3, **tiny)
+    assert none["chosen"] is None and len(none["points"]) > 3
+    assert all(p["stage"] == "screening" and p["seeds"] == 1 for p in none["points"])
+    # Each point fails at its first size and stops there; scratch runs once for all points,
+    # an attack run reused from an identical start is not run.
+    assert all(len(p["sizes"]) == 1 and p["stopped_early"] for p in none["points"])
+    attack_runs = sum(2 - len(p["sizes"][0]["reused"]) for p in none["points"])
+    assert len(runs) == 1 + attack_runs, len(runs)

@@ -28,11 +28,13 @@ kind's stable name, as in the command line's JSON output. See docs/python.md.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, Union, cast
 
 from . import _native
 from ._native import (
@@ -119,6 +121,58 @@ Override = Union[str, float, int, Mapping[str, Any], Sequence[str]]
 
 _OVERRIDES = ("coefficient", "mode", "subsequences", "selection")
 
+#: The keyword arguments ``onnxruntime.InferenceSession`` reads from its ``**kwargs``
+#: (onnxruntime 1.15 to 1.31); tests/python/test_package_keywords.py checks that the
+#: installed onnxruntime reads no other.
+_ORT_SESSION_KWARGS = ("enable_fallback", "read_config_from_model", "disabled_optimizers")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _checked_keywords(passthrough: Callable[[], Iterable[str] | None] = tuple) -> Callable[[_F], _F]:
+    """Makes a function refuse, before it runs, a keyword argument that is neither one of
+    its own parameters nor one of ``passthrough()``, the names it hands on to another
+    function (``None``: that function takes any name): a :class:`TypeError` naming it, and
+    the closest known name if one is close. A mistyped ``keyfile=`` would otherwise end as
+    "a key is required", and a mistyped ``providrs=`` reach onnxruntime, which ignores
+    names it does not read."""
+
+    def decorate(f: _F) -> _F:
+        code = f.__code__
+        own = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+        @functools.wraps(f)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            unknown = [name for name in kwargs if name not in own]
+            if unknown:
+                handed_on = passthrough()
+                known = None if handed_on is None else [*own, *handed_on]
+                for name in unknown:
+                    if known is not None and name not in known:
+                        close = difflib.get_close_matches(name, known, n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        raise TypeError(f"{f.__name__}() got an unexpected keyword argument {name!r}{hint}")
+            return f(*args, **kwargs)
+
+        return cast(_F, checked)
+
+    return decorate
+
+
+def _torch_export_keywords() -> list[str] | None:
+    """The keyword arguments ``torch.onnx.export`` takes (``None``: any, or no torch to ask:
+    :func:`export` then fails importing it)."""
+    import inspect
+
+    try:
+        import torch.onnx
+    except ImportError:
+        return None
+    params = inspect.signature(torch.onnx.export).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params]
+
 
 def _key(
     key: Key | BytesLike | None = None,
@@ -202,6 +256,7 @@ def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
     raise TypeError(f"{what}: unsupported value {value!r}")
 
 
+@_checked_keywords(lambda: _OVERRIDES)
 def encrypt(
     src: PathLike,
     dst: PathLike,
@@ -247,9 +302,6 @@ def encrypt(
     """
     if model_id is not None and licence_authority is None:
         raise TypeError("model_id goes with licence_authority")
-    unknown = sorted(set(overrides) - set(_OVERRIDES))
-    if unknown:
-        raise TypeError(f"unknown argument(s) {', '.join(unknown)}; overrides are {', '.join(_OVERRIDES)}")
     k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
     specs: list[tuple[str, str]] = []
     for what in _OVERRIDES:
@@ -290,6 +342,7 @@ def fingerprint_secret(path: PathLike) -> dict[str, Any]:
     return json.loads(_native.fingerprint_secret(os.fspath(path)))
 
 
+@_checked_keywords()
 def decrypt(
     src: PathLike,
     dst: PathLike,
@@ -317,6 +370,7 @@ def decrypt(
     return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
 
 
+@_checked_keywords()
 def verify(
     path: PathLike,
     *,
@@ -357,6 +411,7 @@ def new_key(*, tiers: int = 1) -> bytes:
     return _native.new_key(tiers=tiers)
 
 
+@_checked_keywords()
 def load(
     path: PathLike,
     *,
@@ -565,6 +620,7 @@ def _check_reuse(so: Any, names: Sequence[str]) -> None:
         )
 
 
+@_checked_keywords(lambda: _ORT_SESSION_KWARGS)
 def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     path_or_bytes: PathLike | bytes,
     sess_options: onnxruntime.SessionOptions | None = None,
@@ -589,7 +645,10 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     path, or the protected model's bytes: external data is then looked up in the
     current directory, as onnxruntime does), built from memory: no plaintext file is
     written. The positional arguments are onnxruntime's; the key is one keyword
-    argument as elsewhere in this package.
+    argument as elsewhere in this package. Other keyword arguments are handed on to
+    onnxruntime when they are ones it reads (``enable_fallback``,
+    ``read_config_from_model``, ``disabled_optimizers``); any other name raises
+    :class:`TypeError` naming it.
 
     Float ``MatMul``/``Gemm`` weights, recurrent weights and embedding tables of at least
     64 KiB reach onnxruntime in place (``SessionOptions.add_initializer`` over views of
@@ -709,6 +768,7 @@ def _memfd(name: str) -> int:
     return os.memfd_create(name, getattr(os, "MFD_CLOEXEC", 0))
 
 
+@_checked_keywords(_torch_export_keywords)
 def export(
     model: Any,
     args: Any,

@@ -1,8 +1,11 @@
 """onnx_protect.InferenceSession hands large decrypted weights to onnxruntime in place
-(crates/session, docs/python.md#inferencesession): outputs equal the plain model's
-session on every fixture and zoo model, a Transpose'd external weight is right (the
-graph handed over names no ciphertext file), onnxruntime's signature and habits hold,
-and options that would write the decrypted model to disk are refused."""
+(crates/session, docs/python.md#inferencesession), both ways: as external data files in
+memory (onnxruntime >= 1.24, "files") and, where onnxruntime has no such files,
+through add_initializer ("initializers", forced here with the fixture of that name):
+outputs equal the plain model's session on every fixture and zoo model, a Transpose'd
+external weight is right (the graph handed over names no ciphertext file), onnxruntime's
+signature and habits hold, and options that would write the decrypted model to disk are
+refused."""
 import os
 import pathlib
 import select
@@ -42,6 +45,32 @@ def inputs_for(session, model):
     return out
 
 
+@pytest.fixture
+def initializers_way(monkeypatch):
+    """The way taken where onnxruntime cannot take external data files from memory
+    (before 1.24): large MatMul/Gemm weights through add_initializer, the rest in the graph."""
+    monkeypatch.setattr(op, "_ort_supports_files_in_memory", lambda _ort: False)
+
+
+def large_tensors_in(graph_bytes):
+    """Names of the tensors of a graph handed to onnxruntime whose bytes are in it and
+    are at least 1 KiB (initializers and Constant values, every graph)."""
+    m = onnx.load_model_from_string(graph_bytes)
+    out = []
+    def walk(g):
+        for t in g.initializer:
+            if len(t.raw_data) >= 1024 and not t.external_data:
+                out.append(t.name)
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and len(a.t.raw_data) >= 1024 and not a.t.external_data:
+                    out.append(a.t.name or n.name)
+                for sub in list(a.graphs) + ([a.g] if a.type == onnx.AttributeProto.GRAPH else []):
+                    walk(sub)
+    walk(m.graph)
+    return out
+
+
 def protect(model, tmp_path, key, **policy):
     out = tmp_path / model.parent.name / model.name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +78,11 @@ def protect(model, tmp_path, key, **policy):
     return out
 
 
+@pytest.mark.parametrize("way", ["files", "initializers"])
 @pytest.mark.parametrize("model", MODELS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, tmp_path):
+def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, way, tmp_path, request):
+    if way == "initializers":
+        request.getfixturevalue("initializers_way")
     key = op.new_key()
     enc = protect(model, tmp_path, key, coefficient=1, allow_empty=True)
     plain = ort.InferenceSession(str(model), providers=CPU)
@@ -60,7 +92,10 @@ def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, tm
         s = op.InferenceSession(enc, key=key, providers=CPU, in_place=in_place)
         got = s.run(None, feeds)
         assert [g.tobytes() for g in got] == [w.tobytes() for w in want], f"in_place={in_place}"
-        if model.parent.name == "digits":
+        if way == "files":
+            assert s.onnx_protect_weights in ("files_in_place", "graph")
+            assert large_tensors_in(s._model_bytes) == [], "every tensor of 1 KiB or more is in a file in memory"
+        elif model.parent.name == "digits":
             # Every weight of these models is under 64 KiB: shared only when asked.
             shared = s._onnx_protect_buffers[0].shared
             assert bool(shared) == bool(in_place), "the digits models' MatMul/Gemm weights are used in place when asked"
@@ -87,7 +122,26 @@ def transposed_model(folder):
     return folder / "model.onnx"
 
 
-def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext(tmp_path, monkeypatch):
+def test_files_a_transposed_external_weight_is_right_and_the_graph_names_only_files_in_memory(tmp_path, monkeypatch):
+    plain = transposed_model(tmp_path / "plain")
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key, coefficient=1)
+    x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
+    monkeypatch.chdir(enc.parent)
+    s = op.InferenceSession(enc, key=key, providers=CPU)
+    assert s.onnx_protect_weights == "files_in_place"
+    assert s.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    graph = onnx.load_model_from_string(s._model_bytes)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    names = [n for n, _ in s._onnx_protect_buffers[0].files]
+    assert locations == set(names) and all(n.startswith("onnx-protect.") for n in names), (locations, names)
+    assert "weights.bin" not in locations
+
+
+def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext(tmp_path, monkeypatch, initializers_way):
     plain = transposed_model(tmp_path / "plain")
     key = op.new_key()
     enc = tmp_path / "enc" / "model.onnx"
@@ -120,8 +174,10 @@ def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext
     assert wrong.tobytes() != want.tobytes()
 
 
+@pytest.mark.parametrize("way", ["files", "initializers"])
 @pytest.mark.parametrize("name", ["model.enc.onnx", "m.onnx"], ids=["renamed", "renamed-same-length"])
-def test_a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone(name, tmp_path, monkeypatch):
+def test_a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone(name, way, tmp_path, monkeypatch,
+                                                                                   request):
     """Protected next to the plain model, the side file is renamed ('<name>.data'); the
     decrypted model names 'weights.bin' again. Its external data comes from the decrypted
     files in memory, never from disk: neither the plain files' absence nor a stranger's
@@ -141,10 +197,13 @@ def test_a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gon
     plain.unlink()
     plain.with_name("weights.bin").unlink()
     monkeypatch.chdir(enc.parent)
+    if way == "initializers":
+        request.getfixturevalue("initializers_way")
     for source in (enc, enc.read_bytes()):
         s = op.InferenceSession(source, key=key, providers=CPU, in_place=True)
         assert s.run(None, {"x": x})[0].tobytes() == want
-        assert [n for n, *_ in s._onnx_protect_buffers[0].shared] == ["V"]
+        if way == "initializers":
+            assert [n for n, *_ in s._onnx_protect_buffers[0].shared] == ["V"]
     enc.with_name("weights.bin").write_bytes(b"\0" * 7)
     assert op.InferenceSession(enc, key=key, providers=CPU).run(None, {"x": x})[0].tobytes() == want
 
@@ -168,7 +227,7 @@ def test_a_graph_naming_the_sentinel_makes_onnxruntime_fail_not_guess(tmp_path):
         ort.InferenceSession(model.SerializeToString(), so, providers=CPU)
 
 
-def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monkeypatch):
+def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monkeypatch, initializers_way):
     key = op.new_key()
     model = ROOT / "fixtures" / "digits" / "mlp.onnx"
     enc = protect(model, tmp_path, key)
@@ -190,7 +249,10 @@ def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monke
     assert len(calls) == 2 and len(calls[1]) > len(calls[0]), "the second graph holds every tensor"
 
 
-def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
+@pytest.mark.parametrize("way", ["files", "initializers"])
+def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(way, tmp_path, request):
+    if way == "initializers":
+        request.getfixturevalue("initializers_way")
     key = op.new_key()
     src = ROOT / "fixtures" / "models" / "external_data"
     enc = protect(src / "model.onnx", tmp_path, key)
@@ -222,6 +284,14 @@ def test_onnxruntime_s_signature_bytes_positional_options_and_reuse(tmp_path):
     m.graph.initializer[1].raw_data = (numpy_helper.to_array(m.graph.initializer[1]) + 1).tobytes()
     onnx.save_model(m, str(clash / "model2.onnx"), save_as_external_data=True, location="w2.bin", size_threshold=0)
     op.encrypt(clash / "model2.onnx", tmp_path / "clash.onnx", key=key)
+    if way == "files":
+        # Each session's files have names of their own: the options serve both models.
+        x2 = np.random.default_rng(5).standard_normal((1, 32)).astype(np.float32)
+        for in_place in (None, True):
+            s = op.InferenceSession(tmp_path / "clash.onnx", so2, CPU, key=key, in_place=in_place)
+            want2 = ort.InferenceSession(str(clash / "model2.onnx"), providers=CPU).run(None, {"x": x2})[0]
+            assert s.run(None, {"x": x2})[0].tobytes() == want2.tobytes()
+        return
     for in_place in (None, True):  # the clashing tensor shared, or in the graph
         with pytest.raises(op.OnnxProtectError, match="new onnxruntime.SessionOptions"):
             op.InferenceSession(tmp_path / "clash.onnx", so2, CPU, key=key, in_place=in_place)

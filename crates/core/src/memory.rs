@@ -167,6 +167,35 @@ impl DecryptedBytes {
         }
     }
 
+    /// Moves bytes within the buffer, each `(source, destination)` in the order given
+    /// (a loader laying tensors out aligned once it no longer needs the bytes around
+    /// them). Each destination must be at most its source and at or after the end of the
+    /// previous destination, so no move overwrites bytes still to be moved; otherwise
+    /// nothing is moved and [`CoreError::Internal`] is returned, as it is for memory filled
+    /// on demand. Afterwards the whole buffer is wiped on drop.
+    pub fn move_within(&mut self, moves: &[(Range<usize>, usize)]) -> Result<()> {
+        let mut end = 0usize;
+        for (src, dest) in moves {
+            let ok = src.start <= src.end && src.end <= self.len && *dest <= src.start && *dest >= end;
+            if !ok {
+                return Err(CoreError::Internal("a move within a decrypted buffer out of order or out of bounds"));
+            }
+            end = dest + src.len();
+        }
+        let buf: &mut [u8] = match &mut self.backing {
+            Backing::Map(m) => &mut m[..self.len],
+            Backing::Owned(v) | Backing::Heap(v) => &mut v[..self.len],
+            Backing::OnDemand { .. } => {
+                return Err(CoreError::Internal("bytes moved within memory filled on demand"));
+            }
+        };
+        for (src, dest) in moves {
+            buf.copy_within(src.clone(), *dest);
+        }
+        self.plaintext = std::iter::once(0..self.len).collect();
+        Ok(())
+    }
+
     /// Copies the bytes into a new `Vec` (for APIs that need owned bytes).
     pub fn to_vec(&self) -> Vec<u8> {
         self.deref().to_vec()
@@ -953,6 +982,23 @@ fn with_partial_entry(
 mod tests {
     use super::*;
     use onnx_protect_crypto::MasterKey;
+
+    #[test]
+    fn moves_within_a_buffer_are_made_in_order_and_refused_out_of_order() {
+        let mut b = DecryptedBytes::owned((0u8..32).collect());
+        b.move_within(&[(4..8, 1), (10..14, 5), (14..20, 14)]).unwrap();
+        assert_eq!(&b[1..9], &[4, 5, 6, 7, 10, 11, 12, 13]);
+        assert_eq!(&b[14..20], &[14, 15, 16, 17, 18, 19]);
+        let before = b.to_vec();
+        for bad in [
+            vec![(4..8, 5)],             // up, not down
+            vec![(4..8, 0), (9..12, 2)], // onto the previous destination
+            vec![(30..40, 0)],           // past the end
+        ] {
+            assert!(matches!(b.move_within(&bad), Err(CoreError::Internal(_))), "{bad:?}");
+            assert_eq!(b.to_vec(), before, "nothing moved for {bad:?}");
+        }
+    }
     use onnx_protect_select::Policy;
 
     #[test]

@@ -938,8 +938,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(check_encrypt_key, m)?)?;
     m.add_function(wrap_pyfunction!(session::session_model, m)?)?;
+    m.add_function(wrap_pyfunction!(session::session_files, m)?)?;
     m.add_class::<session::SessionModel>()?;
     m.add_class::<session::TensorView>()?;
+    m.add_class::<session::SessionFiles>()?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("MalformedModel", py.get_type::<MalformedModel>())?;

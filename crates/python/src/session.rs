@@ -210,10 +210,7 @@ impl SessionModel {
     /// (decrypted whole), or `None` for a model without external data.
     #[getter]
     fn external_method(&self) -> Option<&'static str> {
-        lock(&self.held.external).values().next().map(|d| match d.method() {
-            onnx_protect_core::memory::Method::OnDemand => "on_demand",
-            _ => "memory",
-        })
+        external_method(&self.held)
     }
 }
 
@@ -235,38 +232,9 @@ pub fn session_model(
     on_demand: bool,
     min_shared: u64,
 ) -> PyResult<SessionModel> {
-    let trusted = crate::signers(signers)?;
-    let key_source = key.source.clone();
-    drop(key);
-    let input: Result<Vec<u8>, PathBuf> = match source.cast::<PyBytes>() {
-        Ok(b) => Ok(b.as_bytes().to_vec()),
-        Err(_) => Err(source.extract::<PathBuf>()?),
-    };
-    let what = match &input {
-        Ok(_) => PathBuf::from("the model bytes"),
-        Err(p) => p.clone(),
-    };
-    let decrypted = py
-        .detach(|| -> Result<_, CoreError> {
-            match input {
-                Err(path) => {
-                    // Shared tensors stay in the decrypted buffers for the session's life:
-                    // external files are then filled on demand where the system can.
-                    let (d, index) = decrypt_for_session(&path, &key_source, tier, &trusted, share && on_demand)?;
-                    Ok((index, d))
-                }
-                Ok(bytes) => {
-                    let cwd = std::env::current_dir().ok();
-                    let model = Model::from_vec(bytes, cwd)?;
-                    let d = decrypt_model_signed_in_memory(&model, &key_source, tier, &trusted)?;
-                    // External data from the decrypted files, never from disk.
-                    Ok((d.index(model)?, d))
-                }
-            }
-        })
-        .map_err(|e| py_err_at(&what, e))?;
-    let (index, d) = decrypted;
-    let (model_bytes, external) = d.into_parts();
+    // Shared tensors stay in the decrypted buffers for the session's life: external files
+    // are then filled on demand where the system can.
+    let (what, index, model_bytes, external) = decrypt_source(py, source, key, tier, signers, share && on_demand)?;
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
     let plan = py
         .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
@@ -291,4 +259,154 @@ pub fn session_model(
         shared.push((s.name, dtype, s.dims, view));
     }
     Ok(SessionModel { held, shared, used, what })
+}
+
+/// A protected model decrypted for an onnxruntime session whose large tensors are
+/// external data in files handed over from memory (`onnx_protect_session::files`): the
+/// graph, once, and the files.
+#[pyclass(module = "onnx_protect")]
+pub struct SessionFiles {
+    held: Arc<Held>,
+    /// `(location, view)` of each file onnxruntime is handed.
+    files: Vec<(String, Py<TensorView>)>,
+    /// How many tensors are external in the graph.
+    #[pyo3(get)]
+    tensors: usize,
+    what: PathBuf,
+}
+
+#[pymethods]
+impl SessionFiles {
+    /// `[(location, TensorView)]`: the files to hand onnxruntime from memory.
+    #[getter]
+    fn files(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        self.files.iter().map(|(n, v)| (n.as_str(), v.clone_ref(py)).into_py_any(py)).collect()
+    }
+
+    /// The graph for onnxruntime (handed out once: the object keeps no copy of it).
+    fn graph(&self, py: Python<'_>) -> PyResult<Py<PyBytes>> {
+        let graph = lock(&self.held.planned)
+            .take()
+            .ok_or_else(|| exception(ErrorKind::Output, "the graph was handed out already".into()))?;
+        Ok(PyBytes::new(py, &graph).unbind())
+    }
+
+    /// Keeps from now on what is filled of external files filled on demand (the session
+    /// is built) and verifies every chunk of them not read so far: an error if a chunk did
+    /// not match (it was read as zeros: the session must be thrown away).
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let held = Arc::clone(&self.held);
+        py.detach(|| lock(&held.external).values().try_for_each(DecryptedBytes::settle))
+            .map_err(|e| py_err_at(&self.what, e))?;
+        *lock(&self.held.planned) = None;
+        Ok(())
+    }
+
+    /// How the external data files are held: `"on_demand"` (filled as read), `"memory"`
+    /// (decrypted whole), or `None` for a model without external data.
+    #[getter]
+    fn external_method(&self) -> Option<&'static str> {
+        external_method(&self.held)
+    }
+}
+
+fn external_method(held: &Held) -> Option<&'static str> {
+    lock(&held.external).values().next().map(|d| match d.method() {
+        onnx_protect_core::memory::Method::OnDemand => "on_demand",
+        _ => "memory",
+    })
+}
+
+/// Decrypts `source` as [`session_model`] does and plans a session whose large tensors
+/// are read by onnxruntime from the decrypted buffers as external data files in memory
+/// (the model buffer's tensors moved to aligned offsets first).
+#[pyfunction]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true))]
+pub fn session_files(
+    py: Python<'_>,
+    source: Bound<'_, PyAny>,
+    key: PyRef<'_, Key>,
+    tier: Option<u32>,
+    signers: Vec<String>,
+    on_demand: bool,
+) -> PyResult<SessionFiles> {
+    let (what, index, mut model_bytes, external) = decrypt_source(py, source, key, tier, signers, on_demand)?;
+    let plan = py
+        .detach(|| -> Result<_, CoreError> {
+            // onnxruntime takes the first file of a name given to a SessionOptions: each
+            // session's names are new in the process.
+            static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = format!("onnx-protect.{n}.");
+            let external_bytes = |l: &str| external.get(l).map(|x| &x[..]);
+            let plan = onnx_protect_session::prepare_files(&index, &model_bytes, external_bytes, &prefix)?;
+            model_bytes.move_within(&plan.moves)?;
+            Ok(plan)
+        })
+        .map_err(|e| py_err_at(&what, e))?;
+    let held = Arc::new(Held {
+        index: Mutex::new(None),
+        model: Mutex::new(Some(model_bytes)),
+        external: Mutex::new(external),
+        arena: plan.arena,
+        planned: Mutex::new(Some(plan.graph)),
+        whole: false,
+        min_shared: MIN_SHARED,
+    });
+    let mut files = Vec::with_capacity(plan.files.len());
+    for f in plan.files {
+        let len = match &f.source {
+            Source::Model => plan.model_len,
+            Source::External(l) => lock(&held.external).get(l).map_or(0, |d| d.len()),
+            Source::Arena => held.arena.bytes().len(),
+        };
+        let view = Py::new(py, TensorView { held: Arc::clone(&held), source: f.source, range: 0..len })?;
+        files.push((f.name, view));
+    }
+    Ok(SessionFiles { held, files, tensors: plan.tensors, what })
+}
+
+/// The decrypted model of `source` (a path, or the protected model's bytes with external
+/// data resolved in the current directory): what it is called in errors, its index, the
+/// model's bytes and the external files.
+type Decrypted = (PathBuf, Model, DecryptedBytes, BTreeMap<String, DecryptedBytes>);
+
+fn decrypt_source(
+    py: Python<'_>,
+    source: Bound<'_, PyAny>,
+    key: PyRef<'_, Key>,
+    tier: Option<u32>,
+    signers: Vec<String>,
+    on_demand: bool,
+) -> PyResult<Decrypted> {
+    let trusted = crate::signers(signers)?;
+    let key_source = key.source.clone();
+    drop(key);
+    let input: Result<Vec<u8>, PathBuf> = match source.cast::<PyBytes>() {
+        Ok(b) => Ok(b.as_bytes().to_vec()),
+        Err(_) => Err(source.extract::<PathBuf>()?),
+    };
+    let what = match &input {
+        Ok(_) => PathBuf::from("the model bytes"),
+        Err(p) => p.clone(),
+    };
+    let (index, d) = py
+        .detach(|| -> Result<_, CoreError> {
+            match input {
+                Err(path) => {
+                    let (d, index) = decrypt_for_session(&path, &key_source, tier, &trusted, on_demand)?;
+                    Ok((index, d))
+                }
+                Ok(bytes) => {
+                    let cwd = std::env::current_dir().ok();
+                    let model = Model::from_vec(bytes, cwd)?;
+                    let d = decrypt_model_signed_in_memory(&model, &key_source, tier, &trusted)?;
+                    // External data from the decrypted files, never from disk.
+                    Ok((d.index(model)?, d))
+                }
+            }
+        })
+        .map_err(|e| py_err_at(&what, e))?;
+    let (model_bytes, external) = d.into_parts();
+    Ok((what, index, model_bytes, external))
 }

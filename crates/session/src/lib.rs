@@ -28,6 +28,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod files;
+pub use files::{prepare_files, FilesPlan};
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 

@@ -683,6 +683,9 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     # By default tensors under 64 KiB stay in the graph (onnxruntime copies them faster
     # than it takes them in place); in_place=True shares every eligible tensor.
     min_shared = 1024 if in_place is True else 64 << 10
+    if in_place is not False and _ort_supports_files_in_memory(ort):
+        return _session_from_files(ort, np, source, k, tier, signers, so, providers, provider_options, on_demand,
+                                   onnxruntime_kwargs)
     if in_place is None:
         in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
     try:
@@ -713,6 +716,33 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     session.onnx_protect_weights = weights
     sm.release()
     session._onnx_protect_buffers = (sm, keep)  # type: ignore[attr-defined]
+    return session
+
+
+# The onnxruntime session option under which it reads external data files given from
+# memory in place instead of copying them (onnx_protect_session::files::DIRECT).
+_DIRECT_FILES = "session.use_external_initializer_file_buffers_directly"
+
+
+def _session_from_files(
+    ort: Any, np: Any, source: Any, k: Key, tier: int | None, signers: Sequence[str], so: Any,
+    providers: Any, provider_options: Any, on_demand: bool, kwargs: dict[str, Any],
+) -> Any:
+    """onnxruntime >= 1.24: every large tensor reaches onnxruntime as external data in a
+    file given from memory (the decrypted buffers, read in place), the graph holds none
+    of their bytes, and every graph optimisation reads the real bytes."""
+    sf = _native.session_files(source, key=k, tier=tier, signers=list(signers), on_demand=bool(on_demand))
+    files = sf.files
+    arrays = [np.frombuffer(view, dtype=np.uint8) for _, view in files]
+    if files:
+        so.add_session_config_entry(_DIRECT_FILES, "1")
+        so.add_external_initializers_from_files_in_memory([n for n, _ in files], arrays, [a.size for a in arrays])
+    session = _session_class(ort)(sf.graph(), so, providers, provider_options, **kwargs)
+    sf.release()
+    # onnxruntime reads the buffers for the session's life (and again if set_providers
+    # makes it anew): they live as long as the session.
+    session._onnx_protect_buffers = (sf, arrays)  # type: ignore[attr-defined]
+    session.onnx_protect_weights = "files_in_place" if files else "graph"
     return session
 
 

@@ -1,6 +1,7 @@
 """Every code block of README.md and docs/python.md runs as written: Python blocks in a
-fresh interpreter in an empty directory, shell blocks in bash with the built `onnx-protect`
-on PATH in a directory holding `model.onnx` (the digits MLP). A block that must not run here
+fresh interpreter in an empty directory, then once more there (over the files of the first
+run), shell blocks in bash with the built `onnx-protect` on PATH in a directory holding
+`model.onnx` (the digits MLP). A block that must not run here
 (it installs packages, or is the test command itself) is preceded by a line
 `<!-- not run: REASON -->`; there are at most five. docs/capi.md's build lines run
 verbatim too."""
@@ -57,13 +58,18 @@ def test_few_blocks_are_not_run_and_each_says_why():
 def test_block_runs(doc, lang, code, reason, line, tmp_path):
     if lang == "sh":
         shutil.copy(ROOT / "fixtures" / "digits" / "mlp.onnx", tmp_path / "model.onnx")
-    env = dict(os.environ, PATH=binary_dir() + os.pathsep + os.environ["PATH"])
+    # TMPDIR: what a block writes to a temporary directory stays in the test's own.
+    env = dict(os.environ, PATH=binary_dir() + os.pathsep + os.environ["PATH"], TMPDIR=str(tmp_path))
     if lang == "python":
         cmd = [sys.executable, "-c", code]
     else:
         cmd = ["bash", "-euo", "pipefail", "-c", code]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{doc.name}:{line} failed:\n{r.stdout}\n{r.stderr}"
+    if lang == "python":
+        # Run again where the first run left its files, as a reader trying it twice does.
+        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{doc.name}:{line} failed when run a second time:\n{r.stdout}\n{r.stderr}"
 
 
 def capi_block():

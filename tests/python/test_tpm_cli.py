@@ -10,9 +10,11 @@ scripts/test.sh once it installed both), which makes their absence a failure.
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -316,3 +318,38 @@ def test_rotating_a_licensed_model_from_one_tpm_to_another(tpms, tmp_path, monke
              "--licence", licence("old.lic", f"tpm {old_r}")], old_tpm.tcti, check=False)
     assert p.returncode == 4 and "wrong key" in p.stderr, p.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_software_tpm_lines_of_keys_md_start_a_tpm_that_opens_models(tmp_path):
+    """docs/keys.md's two lines, run as written but for the ports (free ones) and HOME (the
+    test's directory), start a TPM the binary reaches through the variable they set: a key
+    made there opens a model encrypted for it."""
+    if shutil.which("swtpm") is None:
+        unavailable("swtpm is not installed (Debian package swtpm)")
+    if not os.access(BIN, os.X_OK):
+        unavailable(f"no binary at {BIN}")
+    text = (ROOT / "docs" / "keys.md").read_text(encoding="utf-8")
+    section = text.split("### TPM support and a software TPM", 1)[1]
+    lines = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "swtpm socket" in lines and "ONNX_PROTECT_TPM_TCTI=" in lines, lines
+    port = free_port_pair()
+    lines = lines.replace("2321", str(port)).replace("2322", str(port + 1))
+    script = lines + """
+"$BIN" keygen --tpm -o "$HOME/device.tpmkey" --json > "$HOME/key.json"
+r=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recipient"])' "$HOME/key.json")
+"$BIN" encrypt "$MODEL" -o "$HOME/p.onnx" --recipient "$r" -q
+"$BIN" decrypt "$HOME/p.onnx" -o "$HOME/r.onnx" --identity "$HOME/device.tpmkey" -q
+"""
+    env = dict(os.environ, HOME=str(tmp_path), BIN=BIN, MODEL=str(MODEL), PYTHON=sys.executable)
+    env.pop("ONNX_PROTECT_TPM_TCTI", None)
+    try:
+        p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        pid = tmp_path / "swtpm" / "pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+    if p.returncode != 0 and "built without TPM support" in p.stderr:
+        unavailable("the binary was built without the cargo feature tpm")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "r.onnx").read_bytes() == MODEL.read_bytes()

@@ -1,6 +1,6 @@
 """onnx_protect.InferenceSession hands large decrypted weights to onnxruntime in place
 (crates/session, docs/python.md#inferencesession), both ways: as external data files in
-memory (onnxruntime >= 1.24, "files") and, where onnxruntime has no such files,
+memory read in place (onnxruntime >= 1.31, "files") and, before that,
 through add_initializer ("initializers", forced here with the fixture of that name):
 outputs equal the plain model's session on every fixture and zoo model, a Transpose'd
 external weight is right (the graph handed over names no ciphertext file), onnxruntime's
@@ -47,9 +47,10 @@ def inputs_for(session, model):
 
 @pytest.fixture
 def initializers_way(monkeypatch):
-    """The way taken where onnxruntime cannot take external data files from memory
-    (before 1.24): large MatMul/Gemm weights through add_initializer, the rest in the graph."""
-    monkeypatch.setattr(op, "_ort_supports_files_in_memory", lambda _ort: False)
+    """The way taken where onnxruntime does not read external data files from memory in
+    place (before 1.31): large MatMul/Gemm weights through add_initializer, the rest in
+    the graph."""
+    monkeypatch.setattr(op, "_ort_reads_files_in_place", lambda _ort: False)
 
 
 def large_tensors_in(graph_bytes):

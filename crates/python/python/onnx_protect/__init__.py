@@ -525,6 +525,17 @@ def _ort_supports_files_in_memory(ort: Any) -> bool:
     return hasattr(ort.SessionOptions, "add_external_initializers_from_files_in_memory")
 
 
+def _ort_reads_files_in_place(ort: Any) -> bool:
+    """Whether onnxruntime reads external data files given from memory in place (the
+    session option ``session.use_external_initializer_file_buffers_directly``, from 1.31;
+    earlier releases copy them)."""
+    try:
+        version = tuple(int(p) for p in ort.__version__.split("+")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return version >= (1, 31) and _ort_supports_files_in_memory(ort)
+
+
 _session_classes: dict[int, type] = {}
 
 
@@ -683,7 +694,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     # By default tensors under 64 KiB stay in the graph (onnxruntime copies them faster
     # than it takes them in place); in_place=True shares every eligible tensor.
     min_shared = 1024 if in_place is True else 64 << 10
-    if in_place is not False and _ort_supports_files_in_memory(ort):
+    if in_place is not False and _ort_reads_files_in_place(ort):
         return _session_from_files(ort, np, source, k, tier, signers, so, providers, provider_options, on_demand,
                                    onnxruntime_kwargs)
     if in_place is None:
@@ -728,7 +739,7 @@ def _session_from_files(
     ort: Any, np: Any, source: Any, k: Key, tier: int | None, signers: Sequence[str], so: Any,
     providers: Any, provider_options: Any, on_demand: bool, kwargs: dict[str, Any],
 ) -> Any:
-    """onnxruntime >= 1.24: every large tensor reaches onnxruntime as external data in a
+    """onnxruntime >= 1.31: every large tensor reaches onnxruntime as external data in a
     file given from memory (the decrypted buffers, read in place), the graph holds none
     of their bytes, and every graph optimisation reads the real bytes."""
     sf = _native.session_files(source, key=k, tier=tier, signers=list(signers), on_demand=bool(on_demand))

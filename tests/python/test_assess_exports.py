@@ -199,6 +199,17 @@ def test_the_check_compares_non_finite_outputs_by_position():
         tg.check(model, np.ones((2, 3, 4), np.float32))
 
 
+def test_data_of_the_wrong_shape_is_a_one_line_error_and_exit_1(tmp_path, capsys):
+    enc = tmp_path / "mlp.enc.onnx"
+    onnx_protect.encrypt(ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx", enc, key=onnx_protect.new_key())
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((20, 1, 8, 9), np.float32), y=np.arange(20) % 10)
+    assert assess.main([str(enc), "--data", str(bad), "--test", str(bad), "--steps", "2", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: onnxruntime cannot run the model on inputs of shape (20, 1, 8, 9)"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------- exported models under assess
 
 

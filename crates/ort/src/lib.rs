@@ -1,7 +1,12 @@
 //! onnxruntime sessions for Rust's [`ort`] crate from models protected by onnx-protect,
 //! decrypted in memory, with the large weights used in place.
 //!
-//! [`commit_from_file`] decrypts the model (every byte authenticated first), builds with
+//! [`commit_from_file`] decrypts the model (every byte authenticated first). With
+//! onnxruntime 1.31 or later, every large tensor reaches onnxruntime as external data in
+//! files given from memory (`AddExternalInitializersFromMemory` over the decrypted
+//! buffers, read in place under `session.use_external_initializer_file_buffers_directly`;
+//! `onnx_protect_session::files`), so the graph holds no weight bytes. With earlier
+//! releases, which copy such files, it builds with
 //! `onnx_protect_session::prepare` the graph onnxruntime is handed (shared tensors point
 //! at the sentinel `.`, every other tensor's data is in it), and adds each shared tensor
 //! with `SessionBuilder::with_initializer` as an `OrtValue` created over the decrypted
@@ -19,8 +24,9 @@
 //! (`ep.context_enable`) are switched off after the caller's options, so a builder that
 //! set them still writes nothing.
 //!
-//! `unsafe` is used for the two calls ort has no safe form of (an owned `OrtValue` over
-//! memory ort does not own); each states its contract.
+//! `unsafe` is used for the calls ort has no safe form of (an owned `OrtValue` over
+//! memory ort does not own, external data files over memory it does not own); each
+//! states its contract.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -121,6 +127,7 @@ pub fn environment() -> Result<Environment, Error> {
         return Ok(e.clone());
     }
     let lib = find_onnxruntime()?;
+    let _ = LIBRARY_VERSION.set(library_version(&lib));
     let built = ort::init_from(&lib)
         .map_err(|e| Error::Library(format!("cannot load {}: {e}", lib.display())))?
         .with_name("onnx-protect")
@@ -158,12 +165,20 @@ pub struct ProtectedSession {
     shared: usize,
     shared_bytes: u64,
     on_demand: bool,
+    files: bool,
 }
 
 impl ProtectedSession {
     /// Whether the model's external data was filled on demand (see [`Load::on_demand`]).
     pub fn filled_on_demand(&self) -> bool {
         self.on_demand
+    }
+
+    /// Whether every large tensor reached onnxruntime as external data in files given
+    /// from memory and read in place (onnxruntime 1.31 and later); otherwise the large
+    /// `MatMul`/`Gemm` weights were added as initializers and the rest is in the graph.
+    pub fn files_in_place(&self) -> bool {
+        self.files
     }
 
     /// How many initializers onnxruntime uses in place (0 after the fallback).
@@ -260,6 +275,12 @@ pub fn commit_from_file_as(
     let on_demand = decrypted.external().values().any(|d| d.method() == Method::OnDemand);
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;
+    if reads_files_in_place() {
+        return from_files(builder, &index, model, external, on_demand).map_err(|e| match e {
+            FilesError::Core(c) => at(c),
+            FilesError::Ort(o) => o,
+        });
+    }
     let fallback = builder.clone();
     // Handing a tensor over in place costs a few microseconds here: every shareable
     // tensor is shared (the Python loader's default threshold is larger, for its own
@@ -287,7 +308,7 @@ pub fn commit_from_file_as(
             }
             held.external.retain(|l, _| shared.iter().any(|s| s.source == Source::External(l.clone())));
             let shared_bytes = shared.iter().map(|s| s.range.len() as u64).sum();
-            Ok(ProtectedSession { session, _held: held, shared: shared.len(), shared_bytes, on_demand })
+            Ok(ProtectedSession { session, _held: held, shared: shared.len(), shared_bytes, on_demand, files: false })
         }
         // onnxruntime refused the shared graph: every tensor in the graph instead.
         Err(_) if !shared.is_empty() => {
@@ -302,10 +323,131 @@ pub fn commit_from_file_as(
             drop((model, std::mem::take(&mut held.external), held.arena.take()));
             let mut fallback = fallback;
             let session = fallback.commit_from_memory(&full).map_err(ort_err)?;
-            Ok(ProtectedSession { session, _held: held, shared: 0, shared_bytes: 0, on_demand })
+            Ok(ProtectedSession { session, _held: held, shared: 0, shared_bytes: 0, on_demand, files: false })
         }
         Err(e) => Err(e),
     }
+}
+
+/// `(major, minor)` of the libonnxruntime [`environment`] loaded, read from the library
+/// (`OrtGetApiBase()->GetVersionString()`); unset when the environment was built
+/// elsewhere, `None` when the library did not say.
+static LIBRARY_VERSION: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+
+/// The version libonnxruntime at `path` reports.
+fn library_version(path: &Path) -> Option<(u32, u32)> {
+    // SAFETY: loading libonnxruntime runs no code beyond its initialisers (ort loads the
+    // same file next); `OrtGetApiBase` takes no argument and returns a pointer to a static
+    // table whose `GetVersionString` returns a static NUL-terminated string.
+    let text = unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get: libloading::Symbol<'_, unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let v = ((*base).GetVersionString)();
+        if v.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
+    };
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(Some(major)), Some(Some(minor))) => Some((major, minor)),
+        _ => None,
+    }
+}
+
+/// Whether the libonnxruntime loaded reads external data files given from memory in
+/// place ([`onnx_protect_session::files::DIRECT`], onnxruntime 1.31 and later; earlier
+/// releases copy them). Known only for an environment made by [`environment`].
+fn reads_files_in_place() -> bool {
+    matches!(LIBRARY_VERSION.get(), Some(Some(v)) if *v >= (1, 31))
+}
+
+enum FilesError {
+    Core(CoreError),
+    Ort(Error),
+}
+
+impl From<CoreError> for FilesError {
+    fn from(e: CoreError) -> Self {
+        FilesError::Core(e)
+    }
+}
+
+impl From<Error> for FilesError {
+    fn from(e: Error) -> Self {
+        FilesError::Ort(e)
+    }
+}
+
+/// The session with every large tensor as external data in files handed over from
+/// memory and read in place by onnxruntime (`onnx_protect_session::files`); the graph
+/// holds no weight bytes, so no graph optimisation can read ciphertext or a sentinel.
+fn from_files(
+    mut builder: SessionBuilder,
+    index: &onnx_protect_format::Model,
+    mut model: DecryptedBytes,
+    external: BTreeMap<String, DecryptedBytes>,
+    on_demand: bool,
+) -> Result<ProtectedSession, FilesError> {
+    // onnxruntime takes the first file of a name given to a SessionOptions: each
+    // session's names are new in the process.
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("onnx-protect-ort.{n}.");
+    let plan = onnx_protect_session::prepare_files(index, &model, |l| external.get(l).map(|d| &d[..]), &prefix)
+        .map_err(CoreError::from)?;
+    model.move_within(&plan.moves)?;
+    let held = Held { model: Some(model), external, arena: Some(plan.arena) };
+    builder = builder.with_config_entry(onnx_protect_session::files::DIRECT, "1").map_err(ort_err)?;
+    let mut tensors = 0u64;
+    for f in &plan.files {
+        let len = match &f.source {
+            Source::Model => plan.model_len,
+            Source::External(l) => held.external.get(l).map_or(0, |d| d.len()),
+            Source::Arena => held.arena.as_ref().map_or(0, |a| a.bytes().len()),
+        };
+        let data = held
+            .slice(&f.source, &(0..len))
+            .ok_or_else(|| Error::Ort(format!("internal: file '{}' is outside its buffer", f.name)))?;
+        add_file_in_memory(&mut builder, &f.name, data)?;
+        tensors += len as u64;
+    }
+    let session = builder.commit_from_memory(&plan.graph).map_err(ort_err)?;
+    // The session is built: what it reads from now on stays, and every chunk it did not
+    // read is verified now (a chunk that did not match was read as zeros: the session is
+    // thrown away).
+    held.external.values().try_for_each(DecryptedBytes::settle)?;
+    Ok(ProtectedSession { session, _held: held, shared: plan.tensors, shared_bytes: tensors, on_demand, files: true })
+}
+
+/// Gives `data` to the builder's options as the external data file `name`
+/// (`AddExternalInitializersFromMemory`). The caller keeps `data` alive, unmoved and
+/// unchanged for as long as the options or any session made from them live.
+fn add_file_in_memory(builder: &mut SessionBuilder, name: &str, data: &[u8]) -> Result<(), Error> {
+    let name = std::ffi::CString::new(name).map_err(|_| Error::Ort(format!("internal: file name '{name}'")))?;
+    let names = [name.as_ptr()];
+    let buffers = [data.as_ptr().cast_mut().cast::<std::ffi::c_char>()];
+    let lengths = [data.len()];
+    // SAFETY: the options pointer is the builder's live `OrtSessionOptions`; the three
+    // arrays hold one valid element each and live across the call; onnxruntime only reads
+    // the buffer (the caller keeps it alive and unchanged as documented above) and copies
+    // the name.
+    let status = unsafe {
+        (ort::api().AddExternalInitializersFromMemory)(
+            builder.ptr_mut(),
+            names.as_ptr(),
+            buffers.as_ptr(),
+            lengths.as_ptr(),
+            1,
+        )
+    };
+    // SAFETY: `status` was just returned by an ort-sys call.
+    unsafe { ort::Error::result_from_status(status) }.map_err(ort_err)
 }
 
 /// The session of `graph` with each of `shared` added in place from `held`.

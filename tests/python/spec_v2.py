@@ -82,6 +82,14 @@ class AlreadyDecrypted(SpecError):
         super().__init__("already decrypted for this key's tier" + (f": {detail}" if detail else ""))
 
 
+class LicenceRequired(SpecError):
+    """§3: the header names a licence authority; this reader checks no licence, so it
+    opens no stanza of such a model (it still verifies it without a key)."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__("licence required" + (f": {detail}" if detail else ""))
+
+
 class UsageError(SpecError):
     """A caller's mistake (missing key material, a bad plan for the encryptor)."""
 
@@ -102,6 +110,9 @@ L_CHUNK = b"onnx-protect/v2/chunk"
 L_CONTENT = b"onnx-protect/v2/content"
 L_SIGNATURE = b"onnx-protect/v2/signature"
 L_CHECKSUM = b"onnx-protect/v2/checksum"
+L_POSITIONS = b"onnx-protect/v2/positions"
+L_LABEL_LOCK = b"onnx-protect/v2/label-lock"
+L_LABEL_LOCK_PERMUTATION = b"onnx-protect/v2/label-lock/permutation"
 
 ENTRY_KEY = "onnx-protect/v2"
 MANIFEST_KEY_RE = re.compile(r"onnx-protect/v[0-9]+")
@@ -132,12 +143,19 @@ SCHEMAS = {
                  (7, "stored_digest", "bytes"), (8, "checksum", "bytes")],
     "Header": [(1, "format_version", "u32"), (2, "tiers", "u32"), (3, "key_checks", "rbytes"),
                (4, "tensors", "rmsg:TensorEntry"), (5, "chunk_size", "u64"), (6, "external_files", "rstring"),
-               (7, "tool", "string"), (8, "policy_summary", "string"), (10, "external_sizes", "ru64"),
-               (14, "original_external_files", "rstring"), (15, "external_leaves", "bytes")],
+               (7, "tool", "string"), (8, "policy_summary", "string"), (9, "positions", "u32"),
+               (10, "external_sizes", "ru64"), (11, "label_lock", "msg:LabelLock"), (12, "licence_authority", "bytes"),
+               (13, "model_id", "string"), (14, "original_external_files", "rstring"),
+               (15, "external_leaves", "bytes")],
+    "LabelLock": [(1, "classes", "u32"), (2, "sealed_seed", "bytes"), (3, "tensors", "rmsg:LockedTensor"),
+                  (4, "outputs", "rmsg:LockedOutput"), (5, "node", "string")],
+    "LockedTensor": [(1, "locator", "string"), (2, "name", "string"), (3, "data_type", "i32"), (4, "dims", "ru64"),
+                     (5, "axis", "u32"), (6, "part", "string")],
+    "LockedOutput": [(1, "name", "string"), (2, "kind", "i32")],
     "TensorEntry": [(1, "stream_id", "u64"), (2, "locator", "string"), (3, "name", "string"),
                     (4, "data_type", "i32"), (5, "storage", "i32"), (6, "nbytes", "u64"), (7, "mode", "i32"),
                     (8, "spans", "ru64"), (9, "tier", "u32"), (10, "op_type", "string"), (11, "role", "string"),
-                    (12, "subsequences", "u64"), (13, "chosen", "u64")],
+                    (12, "subsequences", "u64"), (13, "chosen", "u64"), (14, "sealed_spans", "bytes")],
     "Recipients": [(1, "stanzas", "rmsg:Stanza")],
     "Stanza": [(1, "kind", "string"), (2, "tier", "u32"), (3, "label", "string"), (4, "salt", "bytes"),
                (5, "kdf", "msg:KdfParams"), (6, "body", "bytes")],
@@ -1096,10 +1114,24 @@ def check_header(h: dict):
     c = h["chunk_size"]
     if not (1 << 16 <= c <= 1 << 30) or c & (c - 1):
         raise Modified(f"chunk_size {c} is not a power of two in [2^16, 2^30]")
+    if h["positions"] not in (0, 1):
+        raise Modified(f"positions {h['positions']} is neither 0 nor 1")
+    secret = h["positions"] == 1
+    if len(h["licence_authority"]) not in (0, 32):
+        raise Modified(f"licence_authority of {len(h['licence_authority'])} bytes (empty or 32)")
+    if h["model_id"] and not h["licence_authority"]:
+        raise Modified("model_id without licence_authority")
+    if len(h["model_id"].encode()) > 1024:
+        raise Modified("model_id over 1024 bytes")
     streams, pairs = set(), set()
     by_locator: dict[str, list[dict]] = {}
     for e in h["tensors"]:
         loc = e["locator"]
+        # §3: positions 0, every entry has spans and no sealed_spans; 1, the reverse.
+        if secret and (e["spans"] or not e["sealed_spans"]):
+            raise Modified(f"{loc}: secret positions: sealed_spans and no spans")
+        if not secret and (not e["spans"] or e["sealed_spans"]):
+            raise Modified(f"{loc}: public positions: spans and no sealed_spans")
         if not 1 <= e["tier"] <= n:
             raise Modified(f"{loc}: tier {e['tier']} outside 1..={n}")
         if e["mode"] not in (MODE_CTR, MODE_FP, MODE_DP):
@@ -1332,6 +1364,7 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
         raise Modified(f"external_files {header['external_files']} but the model's external tensors use "
                        f"{ext_order}")
     by_loc = {t.locator: t for t in op.tensors}
+    check_label_lock(header["label_lock"], by_loc, main_graph_outputs(op.content))
     for e in header["tensors"]:
         t = by_loc.get(e["locator"])
         if t is None:
@@ -1358,6 +1391,142 @@ def open_model(model_bytes: bytes, model_dir: str | None = None, model_name: str
     if not op.restored:
         check_listed_leaves(header, op.ext_list())
     return op
+
+
+LOCATOR_RE = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(/(0|[1-9][0-9]*)\.(0|[1-9][0-9]*))*")
+
+
+def main_graph_outputs(content: bytes) -> set[str]:
+    """The names of the main graph's outputs (GraphProto.output = 12, ValueInfoProto.name = 1)."""
+    names = set()
+    for g in _fields(content, 0, len(content), "model"):
+        if g.number != 7 or g.wire != WT_LEN:
+            continue
+        for o in _fields(content, g.vstart, g.vend, "graph"):
+            if o.number == 12 and o.wire == WT_LEN:
+                for f in _fields(content, o.vstart, o.vend, "graph output"):
+                    if f.number == 1:
+                        names.add(_get_str(content, f, "graph output name"))
+    return names
+
+
+def check_label_lock(lock: dict | None, by_loc: dict, outputs: set[str]):
+    """§15 rules, at §12 step 3 without a key: any failure is "modified"."""
+    if lock is None:
+        return
+    c = lock["classes"]
+    if not 3 <= c <= 1 << 24:
+        raise Modified(f"label_lock: {c} classes (3 to 2^24)")
+    if len(lock["sealed_seed"]) != 48:
+        raise Modified("label_lock: sealed_seed is not 48 bytes")
+    if not 1 <= len(lock["tensors"]) <= 16 or not lock["outputs"]:
+        raise Modified("label_lock: 1 to 16 tensors and at least one output")
+    seen = set()
+    for lt in lock["tensors"]:
+        loc = lt["locator"]
+        if not LOCATOR_RE.fullmatch(loc) or loc not in by_loc:
+            raise Modified(f"label_lock: locator {loc!r} does not name a tensor")
+        if loc in seen:
+            raise Modified(f"label_lock: tensor {loc} twice")
+        seen.add(loc)
+        t = by_loc[loc]
+        if (t.name, t.data_type, list(t.dims)) != (lt["name"], lt["data_type"], list(lt["dims"])):
+            raise Modified(f"label_lock: {loc} is not the tensor recorded (name, data_type, dims)")
+        if not lt["axis"] < len(t.dims) or t.dims[lt["axis"]] != c:
+            raise Modified(f"label_lock: {loc} has no axis {lt['axis']} of {c} classes")
+    for o in lock["outputs"]:
+        if o["name"] not in outputs or o["kind"] not in (1, 2):
+            raise Modified(f"label_lock: output {o['name']!r} (kind {o['kind']}) is not a graph output of kind 1 or 2")
+
+
+def class_order(seed: bytes, c: int) -> list[int]:
+    """§15: the first derangement among the 256 keyed shuffles of 0..C-1."""
+    prk = hkdf_extract(L_LABEL_LOCK, seed)
+    for a in range(256):
+        k_a = hkdf_expand(prk, L_LABEL_LOCK_PERMUTATION + u32be(c) + u32be(a), 32)
+        stream, pos = b"", 0
+        p = list(range(c))
+        for i in range(c - 1, 0, -1):
+            m = i + 1
+            limit = (1 << 32) - ((1 << 32) % m)
+            while True:
+                if pos + 4 > len(stream):
+                    stream += keystream(k_a, len(stream), len(stream) + 4096)
+                r = int.from_bytes(stream[pos:pos + 4], "big")
+                pos += 4
+                if r < limit:
+                    break
+            j = r % m
+            p[i], p[j] = p[j], p[i]
+        if all(p[q] != q for q in range(c)):
+            return p
+    raise Modified("label_lock: no derangement among the 256 shuffles")
+
+
+def open_lock_seed(lock: dict, tier1: "TierKeys") -> bytes:
+    """§15: the seed, sealed under tier 1's K_lock; a seal that does not open is "modified"."""
+    k_lock = hkdf_expand(tier1.prk, L_LABEL_LOCK, 32)
+    try:
+        return ChaCha20Poly1305(k_lock).decrypt(bytes(12), lock["sealed_seed"], L_LABEL_LOCK)
+    except InvalidTag as e:
+        raise Modified("label_lock: the sealed seed does not open") from e
+
+
+def unlock_classes(data: bytes, dims: list[int], axis: int, bits: int, p: list[int]) -> bytes:
+    """§15: stored slice q goes back to position p[q] along `axis`, for every outer index;
+    elements move whole (sub-byte elements bit by bit, LSB first, padding bits kept)."""
+    c = dims[axis]
+    outer = numel_of(dims[:axis]) if axis else 1
+    inner = numel_of(dims[axis + 1:]) if axis + 1 < len(dims) else 1
+    if bits % 8 == 0:
+        e = bits // 8
+        out = bytearray(data)
+        block = inner * e
+        for o in range(outer):
+            base = o * c * block
+            for q in range(c):
+                out[base + p[q] * block:base + (p[q] + 1) * block] = data[base + q * block:base + (q + 1) * block]
+        return bytes(out)
+    src = int.from_bytes(data, "little")
+    dst = src
+    mask = (1 << (bits * inner)) - 1
+    for o in range(outer):
+        for q in range(c):
+            s_at = ((o * c + q) * inner) * bits
+            d_at = ((o * c + p[q]) * inner) * bits
+            dst = (dst & ~(mask << d_at)) | (((src >> s_at) & mask) << d_at)
+    return dst.to_bytes(len(data), "little")
+
+
+def unseal_positions(op: Opened, keys: dict[int, "TierKeys"]):
+    """§6 secret positions: unseal the spans of the entries of the tiers the key reaches
+    (a seal that does not open is "modified") and apply §6 and §3 to them."""
+    if op.header["positions"] != 1:
+        return
+    entries = []
+    for e, t, _ in op.entries:
+        if e["tier"] not in keys:
+            entries.append((e, t, []))
+            continue
+        k_pos = hkdf_expand(keys[e["tier"]].prk, L_POSITIONS, 32)
+        try:
+            plain = ChaCha20Poly1305(k_pos).decrypt(bytes(4) + u64be(e["stream_id"]), e["sealed_spans"], L_POSITIONS)
+        except InvalidTag as ex:
+            raise Modified(f"{e['locator']}: sealed_spans do not open") from ex
+        if not plain or len(plain) % 16:
+            raise Modified(f"{e['locator']}: sealed_spans hold no whole (begin, end) pairs")
+        spans = [int.from_bytes(plain[i:i + 8], "big") for i in range(0, len(plain), 8)]
+        opened = dict(e, spans=spans)
+        entries.append((opened, t, check_entry_spans(opened)))
+    by_loc: dict[str, list] = {}
+    for e, _, pairs in entries:
+        by_loc.setdefault(e["locator"], []).extend(pairs)
+    for loc, pairs in by_loc.items():
+        pairs.sort()
+        for (b0, e0), (b1, _) in zip(pairs, pairs[1:]):
+            if b1 < e0:
+                raise Modified(f"{loc}: spans of different tiers overlap")
+    op.entries = entries
 
 
 def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
@@ -1422,11 +1591,17 @@ class Unlocked:
 
 def unlock(op: Opened, key=None, passphrase=None, identities=None, signers=None, tpm_keys=None) -> Unlocked:
     """§12 steps 3–4."""
+    if op.header["licence_authority"]:
+        # §3: a reader that knows the field and checks no licence refuses rather than opens.
+        raise LicenceRequired("the header names a licence authority; this reader checks no licence")
     k, dk = open_stanza(op, key, passphrase, identities, tpm_keys)
     keys = data_keys_down(dk, k)
     for t, tk in keys.items():
         if not hmac.compare_digest(tk.kcv(), op.header["key_checks"][t - 1]):
             raise Modified(f"key check value of tier {t} does not match")
+    # CHOICE: the MACs (step 5) cover the sealed spans, but the spans are unsealed here,
+    # before the canonical digest of a partial file needs them.
+    unseal_positions(op, keys)
     if k <= op.restored:
         raise AlreadyDecrypted(f"tier {k}, restored_tiers {op.restored}")
     if op.restored:
@@ -1470,6 +1645,28 @@ def decrypt_all(model_bytes: bytes, key: bytes | None = None, passphrase: bytes 
             varint.append((e, bytes(elem)))
         else:
             put_element_bytes(content, t, files, bytes(elem))
+    lock = op.header["label_lock"]
+    if T == op.tiers and lock is not None:
+        # §15, §12 step 7: a full decryption puts every locked tensor's classes back.
+        p = class_order(open_lock_seed(lock, u.keys[1]), lock["classes"])
+        by_loc = {t.locator: t for t in op.tensors}
+        pending = {e["locator"]: i for i, (e, _) in enumerate(varint)}
+        for lt in lock["tensors"]:
+            t = by_loc[lt["locator"]]
+            bits = DTYPES[t.data_type][1]
+            if t.storage is None or not bits:
+                raise Modified(f"label_lock: {t.locator} has no element bytes to restore")
+            if t.storage in VARINT_STORAGES:
+                i = pending.get(t.locator)
+                data = varint[i][1] if i is not None else bytes(element_bytes(content, t, files))
+                data = unlock_classes(data, t.dims, lt["axis"], bits, p)
+                if i is not None:
+                    varint[i] = (varint[i][0], data)
+                else:
+                    varint.append((dict(locator=t.locator, storage=t.storage, data_type=t.data_type), data))
+            else:
+                data = unlock_classes(bytes(element_bytes(content, t, files)), t.dims, lt["axis"], bits, p)
+                put_element_bytes(content, t, files, data)
     side = {loc: bytes(files.data[files.resolve(loc)]) for loc in op.header["external_files"]}
     if T == op.tiers:
         out = bytes(content)

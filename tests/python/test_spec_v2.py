@@ -1674,3 +1674,67 @@ def test_tpm_stanza_opens_with_its_scalar_only_and_every_body_byte_counts():
         assert v2.open_tpm(changed, vec.tpm) is None, f"body byte {i}"
     assert v2.open_tpm(dict(st, tier=st["tier"] + 1), vec.tpm) is None, "the tier is bound"
 
+
+
+# --------------------------------------------------------------------------
+# Header fields 9 (positions), 11 (label_lock), 12 (licence_authority), 13 (model_id)
+
+SECRET_LOCKED = VECTORS / "cnn_torch_v2_secret_locked"
+
+
+def test_secret_positions_and_a_label_lock_are_read_and_undone():
+    """§6 secret positions, §15 label lock: the reader parses the fields, unseals the
+    spans with the key and restores the class order of a full decryption; a changed
+    sealed seed or sealed span list, re-MACed by the key holder, is "modified"."""
+    vec = V2Vector(SECRET_LOCKED)
+    op = v2.open_model(vec.protected)
+    h = op.header
+    assert h["positions"] == 1 and h["label_lock"]["classes"] == 10
+    assert all(e["sealed_spans"] and not e["spans"] for e in h["tensors"])
+    out, _ = v2.decrypt_all(vec.protected, key=vec.key)
+    assert out == vec.original
+    keys = v2.unlock(op, key=vec.key).keys
+    lock_moved = v2.open_model(vec.protected)
+    v2.unseal_positions(lock_moved, keys)
+    assert all(pairs for _, _, pairs in lock_moved.entries)
+    bad_seed = reseal(vec.protected, macs_with=keys, header=lambda h: h["label_lock"].update(
+        sealed_seed=flip(h["label_lock"]["sealed_seed"], 3)))
+    v2.verify(bad_seed, key=vec.key)  # §15: verification does not open the seed
+    with pytest.raises(v2.Modified, match="sealed seed"):
+        v2.decrypt_all(bad_seed, key=vec.key)
+    bad_spans = reseal(vec.protected, macs_with=keys, header=lambda h: h["tensors"][0].update(
+        sealed_spans=flip(h["tensors"][0]["sealed_spans"], 0)))
+    with pytest.raises(v2.Modified, match="sealed_spans"):
+        v2.decrypt_all(bad_spans, key=vec.key)
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda h: h.update(positions=2), "positions"),
+    (lambda h: h["tensors"][0].update(spans=[0, 4]), "secret positions"),
+    (lambda h: h["label_lock"].update(classes=11), "label_lock"),
+    (lambda h: h["label_lock"]["tensors"][0].update(name="other"), "label_lock"),
+    (lambda h: h["label_lock"]["tensors"].append(dict(h["label_lock"]["tensors"][0])), "twice"),
+    (lambda h: h["label_lock"]["tensors"][0].update(locator="7.0/5.08"), "label_lock"),
+    (lambda h: h["label_lock"]["outputs"][0].update(name="nope"), "label_lock"),
+    (lambda h: h["label_lock"].update(sealed_seed=b"x" * 47), "sealed_seed"),
+    (lambda h: h.update(model_id="acme"), "model_id"),
+    (lambda h: h.update(licence_authority=b"k" * 31), "licence_authority"),
+])
+def test_rules_of_the_new_header_fields_are_modified_without_a_key(change, msg):
+    vec = V2Vector(SECRET_LOCKED)
+    with pytest.raises(v2.Modified, match=msg):
+        v2.verify(reseal(vec.protected, header=change))
+
+
+def test_a_licensed_model_is_read_without_a_key_and_no_stanza_of_it_is_opened():
+    """§3: licence_authority and model_id parse; a reader that checks no licence verifies
+    the file without a key and refuses to open it with one."""
+    vec = V2Vector(SECRET_LOCKED)
+    licensed = (SECRET_LOCKED / "licensed.onnx").read_bytes()
+    op = v2.open_model(licensed)
+    authority = (SECRET_LOCKED / "authority.pub").read_text().strip()
+    assert v2.signer_string(op.header["licence_authority"]) == authority
+    assert op.header["model_id"] == "acme/cnn-1"
+    v2.verify(licensed)
+    with pytest.raises(v2.LicenceRequired):
+        v2.decrypt_all(licensed, key=vec.key)

@@ -137,8 +137,10 @@ function manifestEntries(model: Uint8Array, top: Field[]): Array<[string, Field]
     let sub;
     try {
       sub = parseFields(model, f.vstart, f.vend);
-    } catch {
-      continue;
+    } catch (e) {
+      // §1: a metadata entry that does not parse is a file that does not parse.
+      if (endsInEntry(model)) throw new Modified(`the model no longer parses (${(e as Error).message})`);
+      throw new InvalidModel(`a metadata_props entry is not a protobuf message: ${(e as Error).message}`);
     }
     for (const g of sub) {
       if (g.number !== 1 || g.wire !== WT_LEN) continue;
@@ -281,8 +283,10 @@ function checkOriginalNames(h: Message): void {
     } catch (e) {
       throw new Modified(`original_external_files: ${(e as Error).message}`);
     }
-    if (seen.has(name)) throw new Modified(`original_external_files: the name '${name}' occurs twice`);
-    seen.add(name);
+    // §3: alike = naming one file: the same components once empty and "." ones are dropped.
+    const file = name.split(/[/\\]/).filter((p) => p !== "" && p !== ".").join("/");
+    if (seen.has(file)) throw new Modified(`original_external_files: the name '${name}' names a file named before`);
+    seen.add(file);
   }
 }
 

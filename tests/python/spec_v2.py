@@ -391,6 +391,12 @@ class Tensor:
     ext_offset: int = 0
 
 
+def location_key(location: str) -> tuple[str, ...]:
+    """§3: the file a location names: its components, split at `/` and `\\`, without the
+    empty and "." ones."""
+    return tuple(p for p in re.split(r"[/\\]", location) if p not in ("", "."))
+
+
 class Files:
     """External data files, read once, keyed by real path; every byte is kept (§9 covers whole files)."""
 
@@ -412,8 +418,7 @@ class Files:
         parts = re.split(r"[/\\]", location)
         if ".." in parts:
             raise MalformedModel(f"external data location {location!r} has a '..' component")
-        if "" in parts:
-            raise MalformedModel(f"external data location {location!r} has an empty component")
+        # §5: empty and "." components are allowed (`d//w.bin` names `d/w.bin`).
         base = os.path.realpath(self.model_dir)
         real = os.path.realpath(os.path.join(base, *parts))
         if os.path.commonpath([base, real]) != base or real == base:
@@ -1027,18 +1032,25 @@ def find_entry(model: bytes) -> tuple[int, bytes] | None:
 
 def manifest_entries(model) -> list[tuple[str, object, bytes]]:
     """Top-level metadata_props entries whose key is a manifest key: (key, field, value)."""
+    # §1: a file that does not parse (its top-level fields, or the fields of a top-level
+    # metadata_props entry) is "modified" when the search finds an entry at its end, else
+    # an invalid model.
+    def broken(e):
+        if find_entry(model) is not None:
+            return Modified(f"the model no longer parses under its entry: {e}")
+        return MalformedModel(f"not a protobuf message: {e}")
     try:
         top = parse_fields(model)
     except v1.Malformed as e:
-        raise MalformedModel(f"not a protobuf message: {e}") from e
+        raise broken(e) from e
     found = []
     for f in top:
         if f.number != 14 or f.wire != WT_LEN:
             continue
         try:
             sub = parse_fields(model, f.vstart, f.vend)
-        except v1.Malformed:
-            continue  # CHOICE: an undecodable metadata entry is content, not a manifest
+        except v1.Malformed as e:
+            raise broken(f"a metadata_props entry: {e}") from e
         key = value = b""
         for g in sub:
             if g.number == 1 and g.wire == WT_LEN:
@@ -1204,13 +1216,14 @@ def check_envelope(env: dict, h: dict, rec: dict):
     names = h["original_external_files"]
     if names and len(names) != len(h["external_files"]):
         raise Modified("original_external_files: not one name per external file")
-    if len(set(names)) != len(names):
-        raise Modified("original_external_files: a name occurs twice")
     for name in names:
         parts = re.split(r"[/\\]", name)
         if (not name or "\0" in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
-                or ".." in parts or "" in parts):
+                or ".." in parts):
             raise Modified(f"original_external_files: {name!r} is not a location §5 allows")
+    # §3: no two alike, that is naming one file: equal once empty and "." components are dropped.
+    if len({location_key(n) for n in names}) != len(names):
+        raise Modified("original_external_files: two names name one file")
     if len(h["tensors"]) > 1 << 20 or not 1 <= len(rec["stanzas"]) <= 1024 or len(env["signatures"]) > 64:
         raise Modified("too many entries, signatures, or stanzas (or none)")
     for kind in ("passphrase", "pkcs11", "command", "age-plugin", "tpm"):
@@ -1432,6 +1445,10 @@ def check_label_lock(lock: dict | None, by_loc: dict, outputs: set[str]):
         t = by_loc[loc]
         if (t.name, t.data_type, list(t.dims)) != (lt["name"], lt["data_type"], list(lt["dims"])):
             raise Modified(f"label_lock: {loc} is not the tensor recorded (name, data_type, dims)")
+        # §15: a locked tensor has element bytes a reader can permute and store back exactly.
+        if t.data_type == STRING or t.storage is None or (t.storage in VARINT_STORAGES
+                                                          and varint_width(t.data_type) is None):
+            raise Modified(f"label_lock: {loc} has no element bytes that can be locked")
         if not lt["axis"] < len(t.dims) or t.dims[lt["axis"]] != c:
             raise Modified(f"label_lock: {loc} has no axis {lt['axis']} of {c} classes")
     for o in lock["outputs"]:
@@ -1548,10 +1565,8 @@ def open_stanza(op: Opened, key: bytes | None, passphrase: bytes | None,
         elif kind == "x25519" and identities:
             try:
                 dk = spec_age.decrypt(st["body"], identities)
-            except spec_age.NoIdentityMatched:
-                dk = None
-            except spec_age.AgeError as e:
-                raise Modified(f"x25519 stanza: {e}") from e
+            except spec_age.AgeError:
+                dk = None  # §8: a body not a well-formed age file for the identity does not open
             if dk is not None and len(dk) != 32:
                 raise Modified("x25519 stanza: the age payload is not 32 bytes")
         elif kind == "tpm" and tpm_keys:

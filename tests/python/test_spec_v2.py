@@ -1738,3 +1738,81 @@ def test_a_licensed_model_is_read_without_a_key_and_no_stanza_of_it_is_opened():
     v2.verify(licensed)
     with pytest.raises(v2.LicenceRequired):
         v2.decrypt_all(licensed, key=vec.key)
+
+
+# --------------------------------------------------------------------------
+# Issue 49: the answers docs/format.md gives where a reader could go either way
+
+
+def test_empty_and_dot_components_name_the_file_without_them(tmp_path):
+    """§5: `d//w.bin` and `./d/w.bin` are allowed and name `d/w.bin`; `..` is not."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "w.bin").write_bytes(b"x")
+    files = v2.Files(str(tmp_path), None)
+    want = os.path.realpath(tmp_path / "d" / "w.bin")
+    assert files.resolve("d//w.bin") == want
+    assert files.resolve("./d/w.bin") == want
+    with pytest.raises(v2.MalformedModel):
+        files.resolve("d/../../w.bin")
+
+
+@pytest.mark.parametrize("names, ok", [
+    (["a//b.bin", "c.bin"], True),
+    (["a/b.bin", "a//b.bin"], False),
+    (["./c.bin", "c.bin"], False),
+    (["a\\b.bin", "a/b.bin"], False),
+    (["a/../b.bin", "c.bin"], False),
+])
+def test_original_names_alike_when_they_name_one_file(names, ok):
+    """§3: original names follow §5 (empty components allowed) and no two name one file."""
+    vec = V2Vector(VECTORS / "external_data_v2_ctr")
+    model_dir = str(vec.protected_path.parent)
+    changed = reseal(vec.protected, header=lambda h: h.update(original_external_files=names))
+    if ok:
+        v2.verify(changed, model_dir=model_dir)
+    else:
+        with pytest.raises(v2.Modified, match="original_external_files"):
+            v2.verify(changed, model_dir=model_dir)
+
+
+def test_a_broken_frame_is_modified_only_under_an_entry_found_at_the_end():
+    """§1: a file that does not parse is "modified" when the search finds an entry at its
+    end, else an invalid model; a parsing file without a manifest key is not protected."""
+    m = (VECTORS / "cnn_torch_v2_ctr" / "protected.onnx").read_bytes()
+    a = v2.find_entry(m)[0]
+    value_tag = a + m[a:].index(b"onnx-protect/v2") + 15
+    value_len = bytearray(m)
+    value_len[value_tag + 1] += 1  # the value's length runs past its entry
+    with pytest.raises(v2.MalformedModel):
+        v2.verify(bytes(value_len))
+    entry_len = bytearray(m)
+    entry_len[a + 1] += 1  # the entry's length runs past the file
+    with pytest.raises(v2.MalformedModel):
+        v2.verify(bytes(entry_len))
+    with pytest.raises(v2.Modified):  # the content breaks, the entry is intact at the end
+        v2.verify(b"\x3a\xff\xff\x03" + m)
+    with pytest.raises(v2.Modified):  # the value field has another tag
+        v2.verify(flip(m, value_tag, 0x08))
+    with pytest.raises(v2.NotProtected):  # the entry is another field: no manifest key
+        v2.verify(m[:a] + b"\x7a" + m[a + 1:])
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b.replace(b"age-encryption.org/v1", b"age-encryption.org/v9", 1),
+    lambda b: b[:b.index(b"\n---")],
+    lambda b: b.replace(b"\n---", b"\n===", 1),
+])
+def test_an_age_body_that_passes_step_1_but_is_no_age_file_does_not_open(change):
+    """§8 x25519: step 1 looks at the header lines only (not the first line; without a
+    `---` line every line after the first); such a body is not "modified" but does not
+    open: "wrong key"."""
+    vec = V2Vector(VECTORS / "roles_mix_v2_x25519")
+
+    def edit(r):
+        for st in r["stanzas"]:
+            if st["kind"] == "x25519":
+                st["body"] = change(st["body"])
+    changed = reseal(vec.protected, recipients=edit)
+    v2.verify(changed)
+    with pytest.raises(v2.WrongKey):
+        v2.decrypt_all(changed, identities=vec.identities)

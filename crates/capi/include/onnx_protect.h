@@ -61,7 +61,8 @@ typedef struct OnnxProtectFile OnnxProtectFile;
 // Key material: a 32-byte key, a passphrase or age identities. Zeroed when freed.
 typedef struct OnnxProtectKey OnnxProtectKey;
 
-// A model decrypted into memory: its bytes and its external data files.
+// A model decrypted into memory: its bytes and its external data files (for a session,
+// the graph and the files onnxruntime reads the large tensors from).
 typedef struct OnnxProtectModel OnnxProtectModel;
 
 #ifdef __cplusplus
@@ -203,6 +204,37 @@ enum OnnxProtectStatus onnx_protect_file_decrypt(const struct OnnxProtectFile *f
                                                  const struct OnnxProtectKey *key,
                                                  uint32_t tier,
                                                  struct OnnxProtectModel **out);
+
+// Verifies and decrypts an open file for an onnxruntime session: the model data
+// (`onnx_protect_model_data`) is then the graph, which holds no tensor of 1 KiB or more,
+// and the external files (`onnx_protect_model_external`) are the buffers those tensors
+// are read from, each under the name the graph gives it (names new in the process).
+// Hand the files to `AddExternalInitializersFromFilesInMemory` (with the session config
+// entry `session.use_external_initializer_file_buffers_directly` set to `"1"`,
+// onnxruntime 1.31 and later reads them in place; earlier releases copy them) and the
+// graph to `CreateSessionFromArray`, then call `onnx_protect_model_settle`; keep the
+// model until the session is released. External data files are filled on demand where the system allows it
+// (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
+// does not match is read as zeros and makes this call or `onnx_protect_model_settle`
+// fail. `tier` as for `onnx_protect_file_decrypt`.
+//
+// # Safety
+// `file` is an open file and `key` a key, neither freed yet; `out` is valid for a
+// pointer write.
+enum OnnxProtectStatus onnx_protect_file_decrypt_for_session(const struct OnnxProtectFile *file,
+                                                             const struct OnnxProtectKey *key,
+                                                             uint32_t tier,
+                                                             struct OnnxProtectModel **out);
+
+// Once the session is created from a model of `onnx_protect_file_decrypt_for_session`:
+// verifies every chunk of its external files filled on demand that onnxruntime has not
+// read yet, and keeps from then on every chunk read. `ONNX_PROTECT_MODIFIED` when a
+// chunk did not match (it was read as zeros): release that session. `ONNX_PROTECT_OK`
+// for any other model.
+//
+// # Safety
+// `model` is a model not yet freed.
+enum OnnxProtectStatus onnx_protect_model_settle(const struct OnnxProtectModel *model);
 
 // Releases an open file. `NULL` is accepted.
 //

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{decrypt_for_session, decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect;
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
@@ -99,10 +99,31 @@ pub struct OnnxProtectFile {
     signers: Vec<SignerKey>,
 }
 
-/// A model decrypted into memory: its bytes and its external data files.
+/// A model decrypted into memory: its bytes and its external data files (for a session,
+/// the graph and the files onnxruntime reads the large tensors from).
 pub struct OnnxProtectModel {
-    model: DecryptedBytes,
-    external: Vec<(CString, DecryptedBytes)>,
+    model: Held,
+    external: Vec<(CString, Held, usize)>,
+}
+
+/// Bytes an [`OnnxProtectModel`] hands out; every kind is zeroed when dropped.
+enum Held {
+    Decrypted(DecryptedBytes),
+    /// The graph of a session (its small tensors are plaintext).
+    Graph(Zeroizing<Vec<u8>>),
+    /// Tensors copied to be aligned.
+    Arena(onnx_protect_session::Arena),
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Held::Decrypted(d) => d,
+            Held::Graph(g) => g,
+            Held::Arena(a) => a.bytes(),
+        }
+    }
 }
 
 /// Why a call failed: the status and a one-line message.
@@ -649,11 +670,105 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
             .map(|(loc, data)| {
                 let loc =
                     CString::new(loc).map_err(|_| Failure::argument("an external data location holds a NUL byte"))?;
-                Ok((loc, data))
+                let n = data.len();
+                Ok((loc, Held::Decrypted(data), n))
             })
             .collect::<Result<Vec<_>, Failure>>()?;
         // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectModel { model, external }) };
+        unsafe { put(out, OnnxProtectModel { model: Held::Decrypted(model), external }) };
+        Ok(())
+    })
+}
+
+/// Verifies and decrypts an open file for an onnxruntime session: the model data
+/// (`onnx_protect_model_data`) is then the graph, which holds no tensor of 1 KiB or more,
+/// and the external files (`onnx_protect_model_external`) are the buffers those tensors
+/// are read from, each under the name the graph gives it (names new in the process).
+/// Hand the files to `AddExternalInitializersFromFilesInMemory` (with the session config
+/// entry `session.use_external_initializer_file_buffers_directly` set to `"1"`,
+/// onnxruntime 1.31 and later reads them in place; earlier releases copy them) and the
+/// graph to `CreateSessionFromArray`, then call `onnx_protect_model_settle`; keep the
+/// model until the session is released. External data files are filled on demand where the system allows it
+/// (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
+/// does not match is read as zeros and makes this call or `onnx_protect_model_settle`
+/// fail. `tier` as for `onnx_protect_file_decrypt`.
+///
+/// # Safety
+/// `file` is an open file and `key` a key, neither freed yet; `out` is valid for a
+/// pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
+    file: *const OnnxProtectFile,
+    key: *const OnnxProtectKey,
+    tier: u32,
+    out: *mut *mut OnnxProtectModel,
+) -> OnnxProtectStatus {
+    call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(out, "out") }?;
+        // SAFETY: the caller's contract.
+        let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
+        let tier = if tier == 0 { None } else { Some(tier) };
+        let at_file = |e: CoreError| at(&file.path, e);
+        let (m, index) = decrypt_for_session(&file.path, &key.source, tier, &file.signers, true).map_err(at_file)?;
+        let (mut model, mut external) = m.into_parts();
+        static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("onnx-protect-c.{n}.");
+        let plan = onnx_protect_session::prepare_files(&index, &model, |l| external.get(l).map(|d| &d[..]), &prefix)
+            .map_err(|e| at_file(e.into()))?;
+        model.move_within(&plan.moves).map_err(at_file)?;
+        let mut arena = Some(plan.arena);
+        let mut model = Some(model);
+        let mut files = Vec::with_capacity(plan.files.len());
+        for f in plan.files {
+            let name = CString::new(f.name).map_err(|_| Failure::argument("a file name holds a NUL byte"))?;
+            let (held, len) = match f.source {
+                onnx_protect_session::Source::Model => (model.take().map(Held::Decrypted), plan.model_len),
+                onnx_protect_session::Source::External(l) => {
+                    let d = external.remove(&l);
+                    let n = d.as_ref().map_or(0, |d| d.len());
+                    (d.map(Held::Decrypted), n)
+                }
+                onnx_protect_session::Source::Arena => {
+                    let a = arena.take();
+                    let n = a.as_ref().map_or(0, |a| a.bytes().len());
+                    (a.map(Held::Arena), n)
+                }
+            };
+            let held = held.ok_or_else(|| at_file(CoreError::Internal("a file of the session named twice")))?;
+            files.push((name, held, len));
+        }
+        // What the graph does not name is verified and dropped: the graph names every
+        // file onnxruntime reads.
+        external.values().try_for_each(DecryptedBytes::settle).map_err(at_file)?;
+        let graph = Held::Graph(Zeroizing::new(plan.graph));
+        // SAFETY: `out` was checked.
+        unsafe { put(out, OnnxProtectModel { model: graph, external: files }) };
+        Ok(())
+    })
+}
+
+/// Once the session is created from a model of `onnx_protect_file_decrypt_for_session`:
+/// verifies every chunk of its external files filled on demand that onnxruntime has not
+/// read yet, and keeps from then on every chunk read. `ONNX_PROTECT_MODIFIED` when a
+/// chunk did not match (it was read as zeros): release that session. `ONNX_PROTECT_OK`
+/// for any other model.
+///
+/// # Safety
+/// `model` is a model not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn onnx_protect_model_settle(model: *const OnnxProtectModel) -> OnnxProtectStatus {
+    call(|| {
+        // SAFETY: the caller's contract.
+        let m = unsafe { model.as_ref() }.ok_or_else(|| Failure::argument("model is NULL"))?;
+        for (_, held, _) in &m.external {
+            if let Held::Decrypted(d) = held {
+                d.settle().map_err(|e| at(std::path::Path::new("the model's external data"), e))?;
+            }
+        }
         Ok(())
     })
 }
@@ -725,14 +840,14 @@ pub unsafe extern "C" fn onnx_protect_model_external(
         }
         // SAFETY: the caller's contract.
         let m = unsafe { model.as_ref() }.ok_or_else(|| Failure::argument("model is NULL"))?;
-        let (loc, bytes) = m.external.get(index).ok_or_else(|| {
+        let (loc, bytes, n) = m.external.get(index).ok_or_else(|| {
             Failure::argument(format!("external file {index} does not exist (the model has {})", m.external.len()))
         })?;
         // SAFETY: checked above.
         unsafe {
             *location = loc.as_ptr();
             *data = bytes.as_ptr();
-            *len = bytes.len();
+            *len = *n;
         }
         Ok(())
     })

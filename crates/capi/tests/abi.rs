@@ -249,3 +249,93 @@ fn a_trusted_signer_is_required_once_given() {
         onnx_protect_key_free(key);
     }
 }
+
+/// The graph and files of `onnx_protect_file_decrypt_for_session`, copied out, and what
+/// `onnx_protect_model_settle` then says.
+fn decrypt_for_session(
+    path: &Path,
+    key: *const OnnxProtectKey,
+) -> Result<(Decrypted, OnnxProtectStatus), OnnxProtectStatus> {
+    let file = open(path)?;
+    let mut model = null_mut();
+    // SAFETY: handles from this library, valid output pointer.
+    let s = unsafe { onnx_protect_file_decrypt_for_session(file, key, 0, &mut model) };
+    // SAFETY: freed once.
+    unsafe { onnx_protect_file_free(file) };
+    if s != OnnxProtectStatus::Ok {
+        assert!(model.is_null());
+        return Err(s);
+    }
+    let mut len = 0usize;
+    // SAFETY: a live model; the bytes are valid until it is freed.
+    let graph = unsafe { std::slice::from_raw_parts(onnx_protect_model_data(model, &mut len), len).to_vec() };
+    let mut files = Vec::new();
+    // SAFETY: a live model, valid output pointers.
+    for i in 0..unsafe { onnx_protect_model_external_count(model) } {
+        let (mut loc, mut data, mut n): (*const c_char, *const u8, usize) = (std::ptr::null(), std::ptr::null(), 0);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { onnx_protect_model_external(model, i, &mut loc, &mut data, &mut n) },
+            OnnxProtectStatus::Ok
+        );
+        // SAFETY: valid until the model is freed.
+        let (loc, data) = unsafe {
+            (CStr::from_ptr(loc).to_str().unwrap().to_string(), std::slice::from_raw_parts(data, n).to_vec())
+        };
+        files.push((loc, data));
+    }
+    // SAFETY: a live model, then freed once.
+    let settled = unsafe { onnx_protect_model_settle(model) };
+    unsafe { onnx_protect_model_free(model) };
+    Ok(((graph, files), settled))
+}
+
+#[test]
+fn a_session_gets_a_graph_without_large_tensors_and_files_that_hold_their_bytes() {
+    use onnx_protect_format::{Model, TensorData};
+    let dir = tempfile::tempdir().unwrap();
+    let (src, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let key = key_from_bytes(&KEY);
+    let ((graph, files), settled) = decrypt_for_session(&enc, key).unwrap();
+    assert_eq!(settled, OnnxProtectStatus::Ok);
+    assert!(files.iter().all(|(n, _)| n.starts_with("onnx-protect-c.")), "names of the session's own");
+    let sizes: std::collections::BTreeMap<String, u64> =
+        files.iter().map(|(n, d)| (n.clone(), d.len() as u64)).collect();
+    let g = Model::from_vec_in_memory(graph, &|l| sizes.get(l).copied()).unwrap();
+    let plain = Model::open(src.join("model.onnx")).unwrap();
+    let mut external = 0;
+    for t in &g.tensors {
+        let want = plain.tensor_bytes(plain.tensors.iter().position(|p| p.name == t.name).unwrap()).unwrap();
+        match &t.data {
+            TensorData::External { file, range } => {
+                external += 1;
+                assert!(t.nbytes >= 1024, "{}: only large tensors leave the graph", t.name);
+                let data = &files.iter().find(|(n, _)| n == &g.external_files[*file].location).unwrap().1;
+                assert_eq!(&data[range.start as usize..range.end as usize], &want[..], "{}", t.name);
+            }
+            _ => {
+                assert!(t.nbytes < 1024, "{} stays in the graph", t.name);
+                assert_eq!(&g.tensor_bytes(t.id).unwrap()[..], &want[..], "{}", t.name);
+            }
+        }
+    }
+    assert!(external > 0);
+    // A changed byte of an external file: the call or the settling says modified.
+    let side = std::fs::read_dir(enc.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e != "onnx"))
+        .unwrap();
+    let mut bytes = std::fs::read(&side).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&side, bytes).unwrap();
+    let got = decrypt_for_session(&enc, key);
+    assert!(
+        matches!(got, Err(OnnxProtectStatus::Modified) | Ok((_, OnnxProtectStatus::Modified))),
+        "{:?}",
+        got.map(|r| r.1)
+    );
+    // SAFETY: freed once.
+    unsafe { onnx_protect_key_free(key) };
+}

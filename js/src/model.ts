@@ -93,7 +93,9 @@ export function checkLocation(location: string): void {
   if (/^[/\\]/.test(location) || /^[A-Za-z]:/.test(location)) throw new InvalidModel(`external data location '${location}' is absolute`);
   const parts = location.split(/[/\\]/);
   if (parts.includes("..")) throw new InvalidModel(`external data location '${location}' has a '..' component`);
-  if (parts.includes("")) throw new InvalidModel(`external data location '${location}' has an empty component`);
+  // Empty and "." components name nothing (format.md §5: "d//w.bin" is "d/w.bin"); a
+  // location made only of them names no file.
+  if (!parts.some((p) => p !== "" && p !== ".")) throw new InvalidModel(`external data location '${location}' names no file`);
 }
 
 const CHILDREN: Record<string, Record<number, string>> = {

@@ -13,8 +13,13 @@ use onnx_protect_proto::v2 as pb;
 
 use crate::error::{BadManifest, Result, UnusableKey};
 
-/// The longest model id recorded in a header.
+/// The longest model id a header may record (docs/format.md §3); a reader accepts any up to
+/// this length.
 pub const MAX_MODEL_ID_LEN: usize = 1024;
+
+/// The longest model id an encryptor records: `id:` and it make a licence value of at most
+/// 1024 bytes (docs/format.md Appendix C), so that a licence line can name it.
+pub const MAX_NAMEABLE_MODEL_ID_LEN: usize = 1021;
 
 /// What a model records at encryption: opening it will need a licence of `authority`.
 #[derive(Debug, Clone)]
@@ -37,17 +42,19 @@ pub struct LicenceCheck {
     pub tpm: Option<TpmReading>,
 }
 
-/// Checks a model id: 1 to [`MAX_MODEL_ID_LEN`] bytes, printable, no surrounding spaces (a
-/// licence line must be able to name it).
+/// Checks a model id an encryptor is to record: 1 to [`MAX_NAMEABLE_MODEL_ID_LEN`] bytes, no
+/// control character, U+2028 or U+2029, no leading or trailing space (a licence line must be able to
+/// name it, docs/format.md Appendix C).
 pub fn check_model_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
-        && id.len() <= MAX_MODEL_ID_LEN
-        && id.trim() == id
+        && id.len() <= MAX_NAMEABLE_MODEL_ID_LEN
+        && !id.starts_with(' ')
+        && !id.ends_with(' ')
         && !id.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}');
     if ok {
         Ok(())
     } else {
-        Err(UnusableKey::ModelId { id: id.to_string(), max: MAX_MODEL_ID_LEN }.into())
+        Err(UnusableKey::ModelId { id: id.to_string(), max: MAX_NAMEABLE_MODEL_ID_LEN }.into())
     }
 }
 

@@ -29,8 +29,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let report = onnx_protect_core::inspect::inspect(&model);
+    // The model's strings (names, labels, paths) print as text, never as terminal controls.
     if a.out.json {
-        crate::output::emit(&serde_json::to_string_pretty(&report)?)?;
+        crate::output::emit(&onnx_protect_core::inspect::printable_json(&serde_json::to_string_pretty(&report)?))?;
     } else {
         crate::output::emit(report.to_text().trim_end())?;
         crate::cmd_transform::inspect_section(&model)?;

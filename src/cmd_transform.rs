@@ -262,7 +262,14 @@ fn record_lines(r: &TransformRecord) -> String {
 
 /// For `inspect`: a section describing the model's input transform, if it has one.
 pub fn inspect_section(model: &Model) -> Result<()> {
-    let Some(r) = TransformRecord::from_model(model)? else { return Ok(()) };
+    let Some(mut r) = TransformRecord::from_model(model)? else { return Ok(()) };
+    // The record is the model's text: printed as itself, never as terminal controls.
+    let p = |t: &mut String| *t = onnx_protect_core::inspect::printable(t).into_owned();
+    r.transforms
+        .iter_mut()
+        .chain([&mut r.layout, &mut r.input, &mut r.key_fingerprint, &mut r.patch_embedding])
+        .for_each(p);
+    r.position_embedding.iter_mut().for_each(p);
     let mut t = format!("\ninput transform ({METADATA_KEY}): inputs must be key-transformed\n");
     t += &format!("  patch embedding {}\n", r.patch_embedding);
     t += &record_lines(&r);

@@ -303,69 +303,150 @@ pub fn protection_breakdown(by: &BTreeMap<&'static str, u64>) -> String {
         .join("; ")
 }
 
+/// Whether a terminal would act on `c` or not show it: control characters (C0, DEL, C1),
+/// line and paragraph separators, and the invisible format characters (soft hyphen,
+/// zero-width and joiner characters, direction marks, embeddings, overrides and isolates,
+/// the byte order mark, interlinear annotation marks, tag characters).
+pub fn is_non_printing(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+}
+
+/// `text` with every [`is_non_printing`] character written as `\u{HEX}`, so that text a
+/// model carries (names, labels, paths) prints as itself on a terminal: it cannot move the
+/// cursor, change colours, set the window title, start a new line or reorder what follows.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_non_printing) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_non_printing(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A JSON text with every [`is_non_printing`] character that is not a line break between
+/// values written as a JSON escape (`\u007f`, `\u009b`, `\u202e`; a surrogate pair past
+/// U+FFFF): the same document, printable. `serde_json` escapes the C0 controls in strings
+/// but writes DEL, the C1 controls and the format characters as they are; outside strings
+/// a JSON text has none of them.
+pub fn printable_json(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.chars().any(|c| c != '\n' && is_non_printing(c)) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c != '\n' && is_non_printing(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Appends one line of the text report: `args` formatted, made [`printable`] (the model's
+/// strings in it included), and a newline.
+fn push_line(s: &mut String, args: std::fmt::Arguments) {
+    s.push_str(&printable(&args.to_string()));
+    s.push('\n');
+}
+
+/// `writeln!` for the report's lines, through [`push_line`].
+macro_rules! line {
+    ($s:expr, $($arg:tt)*) => {
+        push_line($s, format_args!($($arg)*))
+    };
+}
+
 impl Report {
-    /// The human-readable summary printed by `inspect` without `--json`.
+    /// The human-readable summary printed by `inspect` without `--json`. Every line is
+    /// [`printable`]: text from the model cannot drive the terminal.
     pub fn to_text(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(s, "model        {}", self.file.as_deref().unwrap_or("<memory>"));
-        let _ = writeln!(s, "size         {} ({} bytes)", human(self.file_bytes), self.file_bytes);
-        let _ = writeln!(s, "ir_version   {}", self.ir_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()));
+        let mut out = String::new();
+        let s = &mut out;
+        line!(s, "model        {}", self.file.as_deref().unwrap_or("<memory>"));
+        line!(s, "size         {} ({} bytes)", human(self.file_bytes), self.file_bytes);
+        line!(s, "ir_version   {}", self.ir_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()));
         let opsets: Vec<String> = self
             .opsets
             .iter()
             .map(|o| format!("{}={}", if o.domain.is_empty() { "ai.onnx" } else { &o.domain }, o.version))
             .collect();
-        let _ = writeln!(s, "opsets       {}", opsets.join(", "));
-        let _ = writeln!(s, "producer     {} {}", self.producer_name, self.producer_version);
+        line!(s, "opsets       {}", opsets.join(", "));
+        line!(s, "producer     {} {}", self.producer_name, self.producer_version);
         for (label, values) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
-            let _ = writeln!(s, "{label:<12} {}", values.len());
+            line!(s, "{label:<12} {}", values.len());
             for v in values {
-                let _ = writeln!(s, "  {:<40} {}", v.name, v.value_type);
+                line!(s, "  {:<40} {}", v.name, v.value_type);
             }
         }
-        let _ = writeln!(s, "\nnodes        {} in {} graph(s)", self.node_count, self.graphs.len());
+        s.push('\n');
+        line!(s, "nodes        {} in {} graph(s)", self.node_count, self.graphs.len());
         for (op, n) in &self.op_types {
-            let _ = writeln!(s, "  {op:<28} {n}");
+            line!(s, "  {op:<28} {n}");
         }
-        let _ = writeln!(s, "\nweights      {} tensors, {}", self.weights.count, human(self.weights.bytes));
-        let _ = writeln!(s, "  by op type");
+        s.push('\n');
+        line!(s, "weights      {} tensors, {}", self.weights.count, human(self.weights.bytes));
+        line!(s, "  by op type");
         for (k, t) in &self.weights.by_op_type {
-            let _ = writeln!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
+            line!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
         }
-        let _ = writeln!(s, "  by dtype");
+        line!(s, "  by dtype");
         for (k, t) in &self.weights.by_dtype {
-            let _ = writeln!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
+            line!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
         }
-        let _ = writeln!(s, "  by storage");
+        line!(s, "  by storage");
         for (k, t) in &self.weights.by_storage {
-            let _ = writeln!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
+            line!(s, "    {k:<26} {:>5} {:>12}", t.count, human(t.bytes));
         }
         let subgraphs: Vec<&GraphReport> = self.graphs.iter().filter(|g| g.kind != "main").collect();
-        let _ = writeln!(s, "\nsubgraphs    {}", subgraphs.len());
+        s.push('\n');
+        line!(s, "subgraphs    {}", subgraphs.len());
         for g in subgraphs {
-            let _ = writeln!(s, "  {:<40} {} nodes, depth {}", g.path, g.nodes, g.depth);
+            line!(s, "  {:<40} {} nodes, depth {}", g.path, g.nodes, g.depth);
         }
-        let _ = writeln!(s, "\nexternal data files {}", self.external_files.len());
+        s.push('\n');
+        line!(s, "external data files {}", self.external_files.len());
         for f in &self.external_files {
-            let _ = writeln!(s, "  {:<40} {} tensors, {}", f.location, f.tensors, human(f.bytes));
+            line!(s, "  {:<40} {} tensors, {}", f.location, f.tensors, human(f.bytes));
         }
-        let _ = writeln!(s, "\nmetadata_props keys {}", self.metadata_keys.len());
+        s.push('\n');
+        line!(s, "metadata_props keys {}", self.metadata_keys.len());
         for k in &self.metadata_keys {
-            let _ = writeln!(s, "  {k}");
+            line!(s, "  {k}");
         }
         if let Some(e) = &self.protection_error {
-            let _ = writeln!(s, "\nprotection   INVALID: {e}");
+            s.push('\n');
+            line!(s, "protection   INVALID: {e}");
         }
         if let Some(p) = &self.protection {
-            self.protection_text(p, &mut s);
+            self.protection_text(p, s);
         }
-        s
+        out
     }
 
     /// The protection section of [`Report::to_text`].
     fn protection_text(&self, p: &crate::summary::ProtectionInfo, s: &mut String) {
-        use std::fmt::Write;
         let pct =
             if self.weights.bytes > 0 { 100.0 * p.encrypted_bytes as f64 / self.weights.bytes as f64 } else { 0.0 };
         let amount = if p.positions == "secret" {
@@ -373,25 +454,26 @@ impl Report {
         } else {
             format!("{} under a key ({pct:.2}% of weight bytes)", human(p.encrypted_bytes))
         };
-        let _ = writeln!(
+        s.push('\n');
+        line!(
             s,
-            "\nprotection   {} ({}), {} tensors, {amount}{}",
+            "protection   {} ({}), {} tensors, {amount}{}",
             p.key,
             p.tool,
             p.tensors.len(),
             if p.passphrase { ", passphrase key" } else { "" }
         );
-        let _ = writeln!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
+        line!(s, "  {}", protection_breakdown(&p.bytes_by_protection));
         if let Some(w) = p.warning {
-            let _ = writeln!(s, "  warning: {w}");
+            line!(s, "  warning: {w}");
         }
         if p.format_version >= 2 {
-            let _ = writeln!(
+            line!(
                 s,
                 "  integrity    every byte: BLAKE3 content digest under HMAC-SHA256 (per tier) and a keyless checksum"
             );
         } else {
-            let _ = writeln!(
+            line!(
                 s,
                 "  integrity    HMAC-SHA256 over {} chunk hashes of the encrypted bytes",
                 p.leaf_hash.to_uppercase()
@@ -399,7 +481,7 @@ impl Report {
         }
         if let Some(l) = &p.label_lock {
             let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
-            let _ = writeln!(
+            line!(
                 s,
                 "  label lock   {} classes of {} in a keyed order ({}); outputs {} need the key{}",
                 l.classes,
@@ -410,16 +492,16 @@ impl Report {
             );
         }
         if p.positions == "secret" {
-            let _ = writeln!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
+            line!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");
         }
         for r in &p.recipients {
-            let _ = writeln!(s, "  recipient    {r}");
+            line!(s, "  recipient    {r}");
         }
         for k in &p.signatures {
-            let _ = writeln!(s, "  signed by    {k} (not verified: use verify --signer)");
+            line!(s, "  signed by    {k} (not verified: use verify --signer)");
         }
         if p.tiers > 1 {
-            let _ = writeln!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
+            line!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
         }
         for t in &p.tensors {
             let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();
@@ -428,7 +510,7 @@ impl Report {
             }
             let more = if t.spans.len() > 4 { format!(" +{} more", t.spans.len() - 4) } else { String::new() };
             let tier = if t.tier > 0 { format!(" tier {}", t.tier) } else { String::new() };
-            let _ = writeln!(
+            line!(
                 s,
                 "  {:<28} {:<8} {} ({}){tier}, {}/{} subseq, {} of {} bytes at {}{more}",
                 t.name,
@@ -442,5 +524,29 @@ impl Report {
                 spans.join(" ")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn non_printing_characters_are_escaped_and_the_rest_kept() {
+        assert!(matches!(printable("conv1.weight µ ×"), std::borrow::Cow::Borrowed(_)));
+        let hostile = "a\u{1b}]0;owned\u{7}b\u{7f}\u{9b}31m\nc\r\u{202e}d\u{e0041}";
+        let p = printable(hostile);
+        assert_eq!(p, "a\\u{1b}]0;owned\\u{7}b\\u{7f}\\u{9b}31m\\u{a}c\\u{d}\\u{202e}d\\u{e0041}");
+        assert!(!p.chars().any(is_non_printing));
+    }
+
+    #[test]
+    fn printable_json_is_the_same_document() {
+        let v = serde_json::json!({"name": "x\u{1b}[2J\u{7f}\u{9b}\u{202e}\u{e0041}\n", "n": [1, 2]});
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        let safe = printable_json(&text);
+        assert!(!safe.chars().any(|c| c != '\n' && is_non_printing(c)), "{safe}");
+        assert!(safe.contains("\\u007f") && safe.contains("\\udb40\\udc41"), "{safe}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&safe).unwrap(), v);
     }
 }

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
+use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::summary::ProtectionKind;
 
-use crate::exit;
+use crate::exit::{self, usage};
 use crate::output::OutputArgs;
 use crate::policy_args::load_policy;
 use crate::progress::Bar;
@@ -48,6 +49,9 @@ pub struct Args {
     /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
     #[command(flatten)]
     key: crate::keys::KeyArgs,
+    /// The licence the key needs for a model encrypted with --licence-authority.
+    #[command(flatten)]
+    licence: crate::keys::LicenceArgs,
     #[command(flatten)]
     signers: crate::keys::SignerArgs,
     #[command(flatten)]
@@ -127,9 +131,10 @@ fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::Public
 }
 
 /// The exit code of a set of verdicts: modified beats unreadable beats a key problem beats
-/// any other gate failure.
+/// a licence refusal (its own code, 10 to 16) beats any other gate failure.
 fn code_of(results: &[ModelCheck]) -> u8 {
     let has = |r: &str| results.iter().flat_map(|m| &m.failures).any(|f| f.reason == r);
+    let licence = LicenceKind::ALL.into_iter().find(|k| has(k.as_str()));
     if results.iter().all(|m| m.passed) {
         exit::OK
     } else if has(reasons::MODIFIED) {
@@ -138,6 +143,8 @@ fn code_of(results: &[ModelCheck]) -> u8 {
         exit::BAD_MODEL
     } else if has(reasons::WRONG_KEY) {
         exit::KEY
+    } else if let Some(kind) = licence {
+        exit::licence_code(kind)
     } else {
         exit::GATE
     }
@@ -153,6 +160,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
     let bar = Bar::new(a.out.quiet);
     let key = a.key.source()?;
+    if a.licence.licence.is_some() && key.is_none() {
+        usage!("--licence goes with the key that opens the model: give a key option (--key-file, --identity, ...)");
+    }
+    let key = key.map(|k| a.licence.apply(k)).transpose()?;
     let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
     let signers = crate::keys::SignerArgs { signer: ed25519 }.signers()?;
     let bundle_signers =

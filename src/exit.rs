@@ -272,7 +272,8 @@ fn core_code(kind: CoreKind) -> Option<u8> {
     })
 }
 
-fn licence_code(kind: onnx_protect_core::error::LicenceKind) -> u8 {
+/// The exit code of a licence refusal (10 to 16).
+pub fn licence_code(kind: onnx_protect_core::error::LicenceKind) -> u8 {
     use onnx_protect_core::error::LicenceKind as L;
     match kind {
         L::BadSignature => LICENCE_BAD_SIGNATURE,

@@ -397,3 +397,46 @@ fn a_model_opened_with_a_key_file_keeps_the_tpm_anchors_of_the_clock_state() {
         assert!(state.ends_with(&format!("\n{anchor}\n")), "{state}");
     }
 }
+
+#[test]
+fn check_with_a_key_needs_the_licence_and_exits_with_its_refusal_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = d.join("p.onnx");
+    let (key, pk, _) = licensed(d, &p);
+    let ok = issue(d, &pk, "ok.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &WINDOW].concat());
+    let expired = issue(d, &pk, "exp.lic", &[&["--model", "id:det-v3", "--recipient", "any"][..], &EXPIRED].concat());
+    let check = |extra: &[&str]| {
+        let out = Command::new(bin())
+            .args([&["check", "--json", s(&p), "--key-file", s(&key)][..], extra].concat())
+            .env("ONNX_PROTECT_LICENCE_CLOCK", d.join("clock"))
+            .output()
+            .expect("binary runs");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        let reasons: Vec<String> = doc["models"][0]["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .map(|f| f["reason"].as_str().expect("reason").to_string())
+            .collect();
+        (out.status.code().unwrap_or(-1), reasons, doc)
+    };
+    // No licence: the documented code of a missing licence, not a wrong key.
+    let (code, reasons, doc) = check(&[]);
+    assert_eq!((code, reasons), (10, vec!["licence_missing".to_string()]), "{doc}");
+    assert_eq!(doc["exit_code"], 10);
+    let (code, reasons, doc) = check(&["--licence", s(&ok)]);
+    assert_eq!(code, 0, "{reasons:?} {doc}");
+    assert_eq!(doc["models"][0]["integrity"], "mac");
+    let (code, reasons, _) = check(&["--licence", s(&expired)]);
+    assert_eq!((code, reasons), (12, vec!["licence_expired".to_string()]));
+    let ahead = d.join("ahead.clock");
+    std::fs::write(&ahead, "onnx-protect-clock-v1\nhigh-water: 2090-01-01T00:00:00Z\n").expect("write");
+    let (code, reasons, _) = check(&["--licence", s(&ok), "--licence-clock", s(&ahead)]);
+    assert_eq!((code, reasons), (16, vec!["licence_clock".to_string()]));
+    // Keyless, the licence is not consulted; a licence without a key is a usage error.
+    assert_eq!(run(d, &["check", s(&p), "-q"]).0, 0);
+    let (code, err) = run(d, &["check", s(&p), "--licence", s(&ok)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--licence") && err.contains("key option"), "{err}");
+}

@@ -55,6 +55,10 @@ pub mod reasons {
     pub const MODIFIED: &str = "modified";
     /// The key given opens no recipient stanza of the model, or does not reach what is asked.
     pub const WRONG_KEY: &str = "wrong_key";
+    /// The model needs a licence (`encrypt --licence-authority`) and none was given; the
+    /// other licence refusals have their kind's name as reason (`licence_expired`, ...,
+    /// [`LicenceKind::as_str`](crate::error::LicenceKind::as_str)).
+    pub const LICENCE_MISSING: &str = "licence_missing";
     /// The policy covers an operator type whose weights the model has, but none of them is encrypted.
     pub const OP_NOT_COVERED: &str = "op_not_covered";
     /// A tensor the policy selects is not encrypted (its operator type is otherwise covered).
@@ -171,7 +175,9 @@ fn error_reason(e: &CoreError) -> &'static str {
         ErrorKind::BadManifest | ErrorKind::Modified | ErrorKind::NotSigned => reasons::MODIFIED,
         ErrorKind::UnsupportedVersion => reasons::UNSUPPORTED_VERSION,
         ErrorKind::NotProtected => reasons::NOT_PROTECTED,
-        ErrorKind::WrongKey | ErrorKind::Key | ErrorKind::Licence(_) => reasons::WRONG_KEY,
+        ErrorKind::WrongKey | ErrorKind::Key => reasons::WRONG_KEY,
+        // `licence_missing`, `licence_expired`, ...: each refusal has its own reason.
+        ErrorKind::Licence(l) => l.as_str(),
         ErrorKind::Io
         | ErrorKind::Model(_)
         | ErrorKind::Policy

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::journal::Recovery;
+use onnx_protect_core::journal::{self, Recovery};
 use onnx_protect_core::recipients::EncryptTo;
-use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
+use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions, RewrapReport};
 
 use crate::exit::usage;
 use crate::keys::{check_recorded_tiers, read_key_file, KeyArgs, RecipientArgs, SignArgs};
@@ -133,7 +133,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
         outputs: a.write.rules(),
         progress: &bar,
     };
-    let r = rewrap(&a.input, &output, &key, &opts).with_context(|| format!("rewrap {}", a.input.display()))?;
+    // An earlier in-place rewrap of the model that a crash interrupted is finished (or
+    // undone) first, here, so that it is reported whether this one succeeds or not.
+    let earlier = if a.in_place {
+        journal::recover(&a.input).with_context(|| format!("rewrap {}", a.input.display()))?
+    } else {
+        journal::finish_interrupted(&a.input)
+    };
+    let r = rewrap(&a.input, &output, &key, &opts).with_context(|| {
+        let first = match earlier {
+            Recovery::Nothing => String::new(),
+            Recovery::RolledForward => {
+                " (an earlier in-place rewrap of it, interrupted, was finished first: the model \
+                                        now has the recipients that rewrap gave it)"
+                    .into()
+            }
+            Recovery::RolledBack => {
+                " (an earlier in-place rewrap of it, interrupted before it changed the file, was undone first)".into()
+            }
+        };
+        format!("rewrap {}{first}", a.input.display())
+    })?;
+    let recovered = if earlier == Recovery::Nothing { r.recovered } else { earlier };
+    let r = RewrapReport { recovered, ..r };
     crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || {
         let recovered = match r.recovered {

@@ -693,3 +693,74 @@ fn corpus_models_pass_check_and_rekey_round_trips() {
     assert!(encrypted >= 40, "only {encrypted} corpus models had weights to encrypt");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+// ---------------------------------------------------------------- an interrupted rewrap
+
+#[test]
+fn a_model_left_half_rewrapped_opens_and_the_next_rewrap_says_it_finished_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let s = crate::util::path_str;
+    let (k1, k2, k3) = (crate::util::keygen_in(d), d.join("k2.key"), d.join("k3.key"));
+    for k in [&k2, &k3] {
+        assert_eq!(run(&["keygen", "-o", s(k), "-q"]).0, 0);
+    }
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = d.join("m.onnx");
+    assert_eq!(run(&["encrypt", s(&plain), "-o", s(&m), "--key-file", s(&k1), "-q"]).0, 0);
+    // What `rewrap --in-place` swapping k1 for k2 writes, and the file as a kill in the middle
+    // of its tail's rewrite leaves it, with its complete journal (the form of
+    // crates/core/src/journal.rs): neither the old model nor the new one.
+    let swapped = d.join("swapped.onnx");
+    let swap = ["--key-file", s(&k1), "--remove-key-file", s(&k1), "--add-key-file", s(&k2)];
+    let (code, _, err) = run(&[&["rewrap", s(&m), "-o", s(&swapped)][..], &swap, &["-q"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (old, new) = (std::fs::read(&m).expect("read"), std::fs::read(&swapped).expect("read"));
+    let start = old.iter().zip(&new).position(|(a, b)| a != b).expect("the tails differ");
+    let (old_tail, new_tail) = (&old[start..], &new[start..]);
+    let mut journal = format!("onnx-protect-tail-v2 {start} {} {}\n", old_tail.len(), new_tail.len()).into_bytes();
+    journal.extend_from_slice(old_tail);
+    journal.extend_from_slice(new_tail);
+    let mut sum = onnx_protect_crypto::Checksum::new();
+    sum.update(&journal);
+    journal.extend_from_slice(&sum.finalize());
+    let mut half_done = old.clone();
+    let half = new_tail.len() / 2;
+    half_done.truncate(start + half.max(old_tail.len()));
+    half_done[start..start + half].copy_from_slice(&new_tail[..half]);
+    let jpath = d.join(".m.onnx.onnx-protect-tail");
+    let interrupt = || {
+        std::fs::write(&m, &half_done).expect("write");
+        std::fs::write(&jpath, &journal).expect("write");
+    };
+    let alone = d.join("alone.onnx");
+    std::fs::write(&alone, &half_done).expect("write");
+    assert_eq!(run(&["verify", s(&alone), "-q"]).0, 5, "the half-rewritten file without its journal is modified");
+    interrupt();
+    // A reader finishes the rewrite first: the model opens with the key it gave.
+    let out = d.join("out.onnx");
+    let (code, _, err) = run(&["decrypt", s(&m), "-o", s(&out), "--key-file", s(&k2), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&plain).expect("read"));
+    assert_eq!(std::fs::read(&m).expect("read"), new);
+    assert!(!jpath.exists());
+    // The same rewrap run again: its key was the one removed, so it fails (4), and says that
+    // the earlier rewrap was finished, which is why.
+    interrupt();
+    let (code, _, err) = run(&[&["rewrap", s(&m), "--in-place"][..], &swap, &["-q"]].concat());
+    assert_eq!(code, 4, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("an earlier in-place rewrap of it, interrupted, was finished first"), "{err}");
+    assert!(first.contains("wrong key"), "{err}");
+    assert_eq!(std::fs::read(&m).expect("read"), new);
+    // A rewrap that succeeds says so too (text and JSON).
+    interrupt();
+    let next = ["rewrap", s(&m), "--in-place", "--key-file", s(&k2), "--add-key-file", s(&k3)];
+    let (code, text, err) = run(&next);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.starts_with("finished an earlier in-place rewrap that was interrupted; "), "{text}");
+    interrupt();
+    let (code, json, err) = run(&[&next[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(json.contains("\"recovered\": \"rolled_forward\""), "{json}");
+}

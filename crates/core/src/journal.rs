@@ -17,6 +17,12 @@
 //! what the interrupted rewrite would have made) and an incomplete one back (the file was
 //! never touched: the journal is removed). A journal whose file no longer matches it (the
 //! file changed meanwhile) is left alone with an error that names it.
+//!
+//! Between the first write of the new tail and the flush, the file is neither model: a
+//! reader would refuse it as modified. So every reader that opens a model through this
+//! crate ([`open_protected`](crate::protection::open_protected): `decrypt`, `verify`,
+//! `check`, `rekey`, `rewrap`, the C ABI) first finishes an interrupted rewrite it finds
+//! ([`finish_interrupted`]): after a crash, the next access sees the rewritten model.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -164,6 +170,18 @@ pub fn recover(path: &Path) -> Result<Recovery> {
     std::fs::remove_file(&jpath).map_err(io(&jpath))?;
     sync_dir(&jpath);
     Ok(Recovery::RolledForward)
+}
+
+/// [`recover`] for a reader about to open `path`: a rewrite of its tail that a crash
+/// interrupted is finished (or undone) first, so the reader sees a whole model. Only a
+/// journal beside the file costs anything (one `stat` otherwise). A journal that cannot be
+/// applied (the file changed since, or is not writable here) is left as it is and the file
+/// read as it is: `Recovery::Nothing`.
+pub fn finish_interrupted(path: &Path) -> Recovery {
+    if std::fs::symlink_metadata(journal_path(path)).is_err() {
+        return Recovery::Nothing;
+    }
+    recover(path).unwrap_or(Recovery::Nothing)
 }
 
 /// Replaces everything of `path` from `start` (its current tail, `old`) by `new`, through

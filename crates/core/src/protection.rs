@@ -174,7 +174,10 @@ impl Protection {
 
 /// Opens a model file that should be protected: a file that no longer parses but ends
 /// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
+/// An in-place rewrap of the file that a crash interrupted is finished first
+/// ([`crate::journal::finish_interrupted`]).
 pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
+    crate::journal::finish_interrupted(input);
     Model::open_with_progress(input, progress).map_err(|e| triage(input, e))
 }
 

@@ -1,6 +1,7 @@
-//! `rewrap --in-place` killed (`SIGKILL`) at every step of its rewrite: the next run
-//! recovers without help (a complete journal rolled forward, nothing half-done left) and
-//! the model opens with either the old recipients or the new ones, never a mixture.
+//! `rewrap --in-place` killed (`SIGKILL`) at every step of its rewrite: the next run, or
+//! the next reader, recovers without help (a complete journal rolled forward, nothing
+//! half-done left), the next run says so, and the model opens with either the old
+//! recipients or the new ones, never a mixture.
 //!
 //! Each case runs the rewrap in a child process (this test binary, running the ignored
 //! test `child_rewraps_in_place`) that a crash point of the `test-hooks` feature kills.
@@ -11,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::journal::Recovery;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::protect::{decrypt_to_vec, encrypt, verify, EncryptOptions};
+use onnx_protect_core::protect::{decrypt, decrypt_to_vec, encrypt, verify, DecryptOptions, EncryptOptions};
 use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 use onnx_protect_crypto::MasterKey;
@@ -28,7 +30,7 @@ fn key(b: u8) -> KeySource {
 }
 
 /// Replaces key `from` by key `to` in the model at `path`, in place.
-fn swap(path: &Path, from: u8, to: u8) -> onnx_protect_core::error::Result<()> {
+fn swap(path: &Path, from: u8, to: u8) -> onnx_protect_core::error::Result<Recovery> {
     let add = EncryptTo::key(key(to));
     let remove = [Remove::Key(MasterKey::from_bytes([from; 32]))];
     let opts = RewrapOptions {
@@ -40,7 +42,7 @@ fn swap(path: &Path, from: u8, to: u8) -> onnx_protect_core::error::Result<()> {
         outputs: Default::default(),
         progress: &NoProgress,
     };
-    rewrap(path, path, &key(from), &opts).map(|_| ())
+    rewrap(path, path, &key(from), &opts).map(|r| r.recovered)
 }
 
 fn opens(path: &Path, k: u8) -> bool {
@@ -60,6 +62,15 @@ fn child_rewraps_in_place() {
     swap(Path::new(&model), 1, 2).unwrap();
 }
 
+/// How the model is first accessed after the kill.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// The same in-place rewrap, run again.
+    Rewrap,
+    /// A reader: decrypt to a file, then verify with the key.
+    Decrypt,
+}
+
 #[test]
 fn a_killed_in_place_rewrap_is_recovered_by_the_next_run() {
     // Each crash point, and whether the rewrite had reached the point of no return (its
@@ -72,27 +83,50 @@ fn a_killed_in_place_rewrap_is_recovered_by_the_next_run() {
         ("rewrap:synced", true),
     ];
     for (point, forward) in points {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.onnx");
-        encrypt(&plain(), &path, &EncryptTo::key(key(1)), &EncryptOptions::new(&Policy::default())).unwrap();
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_rewraps_in_place", "--ignored", "--test-threads=1"])
-            .env("CRASH_TEST_MODEL", &path)
-            .env("ONNX_PROTECT_CRASH_AT", point)
-            .output()
-            .unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.status.signal(), Some(9), "{point}: the child was not killed: {status:?}");
+        for next in [Next::Rewrap, Next::Decrypt] {
+            let case = format!("{point}, then {next:?}");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.onnx");
+            encrypt(&plain(), &path, &EncryptTo::key(key(1)), &EncryptOptions::new(&Policy::default())).unwrap();
+            let status = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_rewraps_in_place", "--ignored", "--test-threads=1"])
+                .env("CRASH_TEST_MODEL", &path)
+                .env("ONNX_PROTECT_CRASH_AT", point)
+                .output()
+                .unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.status.signal(), Some(9), "{case}: the child was not killed: {status:?}");
+            }
+            let current = if forward { 2 } else { 1 };
+            match next {
+                // The next run completes or undoes the interrupted one first, says so, then
+                // does its own work.
+                Next::Rewrap => {
+                    let recovered =
+                        swap(&path, current, 3).unwrap_or_else(|e| panic!("{case}: the next run failed: {e}"));
+                    let want = if forward { Recovery::RolledForward } else { Recovery::Nothing };
+                    assert_eq!(recovered, want, "{case}");
+                }
+                // A reader finishes the interrupted rewrite before it reads: the model opens
+                // with the key the rewrite left, wherever the kill fell.
+                Next::Decrypt => {
+                    let out = dir.path().join("out.onnx");
+                    decrypt(&path, &out, &key(current), &DecryptOptions::default())
+                        .unwrap_or_else(|e| panic!("{case}: decrypt after the kill: {e}"));
+                    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(plain()).unwrap(), "{case}");
+                    std::fs::remove_file(&out).unwrap();
+                    assert!(!dir.path().join(".model.onnx.onnx-protect-tail").exists(), "{case}: the journal is left");
+                    verify(&path, Some(&key(current)), &NoProgress).unwrap_or_else(|e| panic!("{case}: {e}"));
+                    swap(&path, current, 3).unwrap_or_else(|e| panic!("{case}: the next run failed: {e}"));
+                }
+            }
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, ["model.onnx"], "{case}: files left next to the model");
+            verify(&path, Some(&key(3)), &NoProgress).unwrap();
+            assert!(opens(&path, 3), "{case}");
+            assert!(!opens(&path, 1) && !opens(&path, 2), "{case}: a replaced key still opens the model");
         }
-        // The next run completes or undoes the interrupted one first, then does its own work.
-        let current = if forward { 2 } else { 1 };
-        swap(&path, current, 3).unwrap_or_else(|e| panic!("{point}: the next run failed: {e}"));
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, ["model.onnx"], "{point}: files left next to the model");
-        verify(&path, Some(&key(3)), &NoProgress).unwrap();
-        assert!(opens(&path, 3), "{point}");
-        assert!(!opens(&path, 1) && !opens(&path, 2), "{point}: a replaced key still opens the model");
     }
 }

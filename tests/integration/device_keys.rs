@@ -108,7 +108,7 @@ fn a_failing_dying_or_missing_plugin_is_exit_4_with_its_reason_and_writes_nothin
     let (_, id) = device(&plugin, dir.path(), "ok");
     let (code, _, err) = run(&["decrypt", s(&protected), "-o", s(&out), "--identity", s(&id)], Some("/nonexistent"));
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains("Could not find 'age-plugin-onnxtest' on the PATH"), "{err}");
+    assert!(err.contains("could not find 'age-plugin-onnxtest' on the PATH"), "{err}");
     let (code, _, err) = run(&["encrypt", s(&model()), "-o", s(&out), "--recipient", &r], Some("/nonexistent"));
     assert_eq!(code, 4, "{err}");
     assert!(!out.exists());

@@ -1,6 +1,7 @@
 //! onnx-protect-keys' age plugin recipients and identities against `age-plugin-onnxtest`
 //! (this crate's binary, found through `PATH` as age finds plugins): a round trip, a plugin
-//! that refuses, one that dies, one that asks for a PIN, and one that is missing.
+//! that refuses, one that dies, one that asks for a PIN, one that is missing, and scripts
+//! that write more than the protocol's lines and commands can hold.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -14,13 +15,37 @@ use zeroize::Zeroizing;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_age-plugin-onnxtest");
 
-/// Puts the plugin's directory first on `PATH`, once for every test of this binary.
+/// Plugins that break the protocol, as shell scripts: `floodline` writes a line of 256 MiB,
+/// `floodbody` a command whose body never ends (64-column lines, forever).
+#[cfg(unix)]
+const SCRIPTS: [(&str, &str); 2] = [
+    ("floodline", "head -c 268435456 /dev/zero | tr '\\0' A\n"),
+    ("floodbody", "printf -- '-> msg\\n'\nyes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"),
+];
+
+/// The directory of [`SCRIPTS`].
+fn scripts_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("age-plugin-scripts")
+}
+
+/// Puts the plugin's directory and [`scripts_dir`] first on `PATH`, once for every test of
+/// this binary.
 fn plugin_on_path() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let dir = Path::new(PLUGIN).parent().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(scripts_dir()).unwrap();
+            for (name, body) in SCRIPTS {
+                let p = scripts_dir().join(format!("age-plugin-{name}"));
+                std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
         let old = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![dir.to_path_buf()];
+        let mut paths = vec![dir.to_path_buf(), scripts_dir()];
         paths.extend(std::env::split_paths(&old));
         std::env::set_var("PATH", std::env::join_paths(paths).unwrap());
     });
@@ -151,4 +176,37 @@ fn bad_strings_are_refused_with_the_line() {
     let e = PluginIdentity::parse_file("# c\nAGE-SECRET-KEY-1XYZ\n", no_prompt()).err().unwrap().to_string();
     assert!(e.contains("line 2") && !e.contains("XYZ"), "{e}");
     assert!(PluginIdentity::parse_file("# nothing\n", no_prompt()).is_err());
+}
+
+/// The recipient string of plugin `name` (its data does not matter to a script).
+fn recipient_of(name: &str) -> String {
+    bech32::encode(&format!("age1{name}"), [0u8; 33].to_base32(), Variant::Bech32).unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_plugin_writing_a_huge_line_or_command_is_refused_with_its_name() {
+    plugin_on_path();
+    for (name, want) in
+        [("floodline", "a line longer than 65536 bytes"), ("floodbody", "a command of more than 1048576 bytes")]
+    {
+        let start = std::time::Instant::now();
+        let e = PluginRecipient::parse(&recipient_of(name), no_prompt()).unwrap().wrap(1, &[0; 32]).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains(&format!("age-plugin-{name}")) && e.contains(want) && e.contains("refused"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // Refused as soon as the limit is passed, not after reading what it writes.
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{name}: {:?}", start.elapsed());
+        // As an identity too: the same limits.
+        let (ok_r, _) = keygen("ok");
+        let mut s = wrap(&ok_r, 1, [5; 32]);
+        s.label = recipient_of(name);
+        let id = bech32::encode(&format!("age-plugin-{name}-"), [7u8; 4].to_base32(), Variant::Bech32)
+            .unwrap()
+            .to_uppercase();
+        let e = identity(&id, no_prompt()).unwrap(&s).unwrap_err().to_string();
+        assert!(e.contains(&format!("age-plugin-{name}")) && e.contains(want), "{e}");
+    }
+    assert_eq!(onnx_protect_keys::MAX_PLUGIN_LINE, 65536);
+    assert_eq!(onnx_protect_keys::MAX_PLUGIN_COMMAND, 1 << 20);
 }

@@ -27,6 +27,7 @@ mod command;
 mod error;
 mod pkcs11;
 mod plugin;
+mod plugin_protocol;
 mod recipient;
 mod rules;
 mod sign;
@@ -41,6 +42,7 @@ pub use pkcs11::{Pkcs11Key, Pkcs11Uri, KIND_PKCS11};
 pub use plugin::{
     is_plugin_recipient, NoPrompt, PluginIdentity, PluginPrompt, PluginRecipient, KIND_AGE_PLUGIN, MAX_PLUGIN_BODY,
 };
+pub use plugin_protocol::{find_plugin_in, MAX_PLUGIN_COMMAND, MAX_PLUGIN_LINE};
 pub use recipient::{
     check_kdf_limits, new_x25519_identity_file, passphrase_stanza, Identity, Recipient, KIND_KEY, KIND_PASSPHRASE,
     KIND_X25519, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, PASSPHRASE_SALT_LEN,

@@ -1,8 +1,13 @@
 //! age plugin recipients and identities (docs/keys.md#age-plugins): `age1NAME1…` and
-//! `AGE-PLUGIN-NAME-1…` strings handled by the program `age-plugin-NAME` on `PATH` through
-//! the age plugin protocol (the `age` crate's `plugin` feature), so hardware tokens
+//! `AGE-PLUGIN-NAME-1…` strings (parsed by the `age` crate's `plugin` feature) handled by
+//! the program `age-plugin-NAME` on `PATH` through the age plugin protocol, so hardware tokens
 //! (age-plugin-yubikey, age-plugin-tpm, age-plugin-se) protect models with no code here
 //! per device kind.
+//!
+//! The protocol's client is this crate's own (`plugin_protocol`): it reads what a
+//! plugin writes within limits ([`MAX_PLUGIN_LINE`](crate::MAX_PLUGIN_LINE),
+//! [`MAX_PLUGIN_COMMAND`](crate::MAX_PLUGIN_COMMAND)) and looks plugins up in `PATH`
+//! ([`find_plugin_in`](crate::find_plugin_in)).
 //!
 //! An `age-plugin` stanza (docs/format.md §8) holds a binary age file whose recipient
 //! stanzas the plugin wrote and whose payload is the tier's data key; its label is the
@@ -12,7 +17,8 @@ use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use age::secrecy::SecretString;
+use age_core::format::{FileKey, Stanza as AgeStanza};
+use std::collections::HashSet;
 use zeroize::Zeroizing;
 
 use crate::error::KeysError;
@@ -49,24 +55,48 @@ pub struct NoPrompt;
 
 impl PluginPrompt for NoPrompt {}
 
-#[derive(Clone)]
-struct Callbacks(Arc<dyn PluginPrompt>);
+/// An age `Recipient` that wraps through the plugin, keeping the plugin's error (age's
+/// error types cannot carry it).
+struct Wrapper<'a> {
+    name: &'a str,
+    recipient: String,
+    prompt: &'a dyn PluginPrompt,
+    error: std::sync::Mutex<Option<KeysError>>,
+}
 
-impl age::Callbacks for Callbacks {
-    fn display_message(&self, message: &str) {
-        self.0.message(message);
+impl age::Recipient for Wrapper<'_> {
+    fn wrap_file_key(&self, file_key: &FileKey) -> Result<(Vec<AgeStanza>, HashSet<String>), age::EncryptError> {
+        crate::plugin_protocol::wrap(self.name, &self.recipient, file_key, self.prompt).map_err(|e| {
+            let text = e.to_string();
+            *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            age::EncryptError::Io(std::io::Error::other(text))
+        })
+    }
+}
+
+/// An age `Identity` that unwraps through the plugin, keeping the plugin's error.
+struct Unwrapper<'a> {
+    name: &'a str,
+    identities: Vec<String>,
+    prompt: &'a dyn PluginPrompt,
+    error: std::sync::Mutex<Option<KeysError>>,
+}
+
+impl age::Identity for Unwrapper<'_> {
+    fn unwrap_stanza(&self, stanza: &AgeStanza) -> Option<Result<FileKey, age::DecryptError>> {
+        self.unwrap_stanzas(std::slice::from_ref(stanza))
     }
 
-    fn confirm(&self, message: &str, yes_string: &str, no_string: Option<&str>) -> Option<bool> {
-        self.0.confirm(message, yes_string, no_string)
-    }
-
-    fn request_public_string(&self, description: &str) -> Option<String> {
-        self.0.public(description)
-    }
-
-    fn request_passphrase(&self, description: &str) -> Option<SecretString> {
-        self.0.secret(description).map(|s| SecretString::from(s.to_string()))
+    /// The whole file's stanzas go to the plugin at once, as the protocol has it.
+    fn unwrap_stanzas(&self, stanzas: &[AgeStanza]) -> Option<Result<FileKey, age::DecryptError>> {
+        match crate::plugin_protocol::unwrap(self.name, &self.identities, stanzas, self.prompt) {
+            Ok(k) => k.map(Ok),
+            Err(e) => {
+                let text = e.to_string();
+                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Some(Err(age::DecryptError::Io(std::io::Error::other(text))))
+            }
+        }
     }
 }
 
@@ -118,15 +148,18 @@ impl Provider for PluginRecipient {
     fn wrap(&self, _tier: u32, data_key: &[u8; 32]) -> Result<Wrapped, KeysError> {
         let name = self.recipient.plugin();
         let err = |e: &dyn std::fmt::Display| provider_err(name, e);
-        let plugin = age::plugin::RecipientPluginV1::new(
+        let plugin = Wrapper {
             name,
-            std::slice::from_ref(&self.recipient),
-            &[],
-            Callbacks(self.prompt.clone()),
-        )
-        .map_err(|e| err(&e))?;
+            recipient: self.recipient.to_string(),
+            prompt: self.prompt.as_ref(),
+            error: std::sync::Mutex::new(None),
+        };
+        let failed = |e: &dyn std::fmt::Display| match plugin.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => e,
+            None => err(e),
+        };
         let enc =
-            age::Encryptor::with_recipients(std::iter::once(&plugin as &dyn age::Recipient)).map_err(|e| err(&e))?;
+            age::Encryptor::with_recipients(std::iter::once(&plugin as &dyn age::Recipient)).map_err(|e| failed(&e))?;
         let mut body = Vec::with_capacity(512);
         let mut w = enc.wrap_output(&mut body).map_err(|e| err(&e))?;
         w.write_all(data_key).map_err(|e| err(&e))?;
@@ -214,15 +247,24 @@ impl Provider for PluginIdentity {
         if dec.is_scrypt() {
             return Ok(None);
         }
-        let err = |e: &dyn std::fmt::Display| provider_err(&self.name, e);
-        let plugin = age::plugin::IdentityPluginV1::new(&self.name, &self.identities, Callbacks(self.prompt.clone()))
-            .map_err(|e| err(&e))?;
+        let plugin = Unwrapper {
+            name: &self.name,
+            identities: self.identities.iter().map(ToString::to_string).collect(),
+            prompt: self.prompt.as_ref(),
+            error: std::sync::Mutex::new(None),
+        };
         let mut reader = match dec.decrypt(std::iter::once(&plugin as &dyn age::Identity)) {
             Ok(r) => r,
-            Err(age::DecryptError::NoMatchingKeys) => return Ok(None),
-            Err(
-                e @ (age::DecryptError::MissingPlugin { .. } | age::DecryptError::Plugin(_) | age::DecryptError::Io(_)),
-            ) => return Err(err(&e)),
+            // The plugin failed, died or broke the protocol: its error.
+            Err(_) if plugin.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() => {
+                return Err(plugin
+                    .error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| provider_err(&self.name, &"failed")));
+            }
+            // Not for these identities, or a body that does not open (changed).
             Err(_) => return Ok(None),
         };
         let mut plain = Zeroizing::new(Vec::with_capacity(33));

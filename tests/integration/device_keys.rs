@@ -120,6 +120,42 @@ fn a_failing_dying_or_missing_plugin_is_exit_4_with_its_reason_and_writes_nothin
     assert!(!out.exists());
 }
 
+#[test]
+fn a_plugin_in_the_current_directory_is_not_run_through_a_relative_path_entry() {
+    let Some(plugin) = plugin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, id) = device(&plugin, dir.path(), "ok");
+    let protected = dir.path().join("p.onnx");
+    let (code, _, err) =
+        run(&["encrypt", s(&model()), "-o", s(&protected), "--recipient", &r], Some(&path_with(&plugin)));
+    assert_eq!(code, 0, "{err}");
+    // The plugin only in the current directory, which PATH names as `.`, as an empty entry
+    // and as a relative directory: not found, to encrypt or to open.
+    let cwd = dir.path().join("work");
+    std::fs::create_dir_all(cwd.join("bin")).expect("mkdir");
+    for place in [cwd.join("age-plugin-onnxtest"), cwd.join("bin").join("age-plugin-onnxtest")] {
+        std::fs::copy(&plugin, &place).expect("copy the plugin");
+    }
+    let out = dir.path().join("out.onnx");
+    let m = model();
+    let attempts: [&[&str]; 2] = [
+        &["encrypt", s(&m), "-o", s(&out), "--recipient", &r],
+        &["decrypt", s(&protected), "-o", s(&out), "--identity", s(&id)],
+    ];
+    for args in attempts {
+        let o = Command::new(bin())
+            .args(args)
+            .current_dir(&cwd)
+            .env("PATH", ".::bin:/nonexistent:")
+            .output()
+            .expect("binary runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {err}");
+        assert!(err.contains("could not find 'age-plugin-onnxtest' on the PATH"), "{err}");
+        assert!(!out.exists(), "{args:?}");
+    }
+}
+
 /// The TPM recipient of tests: the P-256 generator point (private key 1), so the test can
 /// check the stanza opens to the data key without a TPM.
 const TPM_RECIPIENT: &str = "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u";

@@ -6,8 +6,8 @@
 //!
 //! The protocol's client is this crate's own (`plugin_protocol`): it reads what a
 //! plugin writes within limits ([`MAX_PLUGIN_LINE`](crate::MAX_PLUGIN_LINE),
-//! [`MAX_PLUGIN_COMMAND`](crate::MAX_PLUGIN_COMMAND)) and looks plugins up in `PATH`
-//! ([`find_plugin_in`](crate::find_plugin_in)).
+//! [`MAX_PLUGIN_COMMAND`](crate::MAX_PLUGIN_COMMAND)) and looks plugins up in `PATH`'s
+//! absolute directories only ([`find_plugin_in`](crate::find_plugin_in)).
 //!
 //! An `age-plugin` stanza (docs/format.md §8) holds a binary age file whose recipient
 //! stanzas the plugin wrote and whose payload is the tier's data key; its label is the

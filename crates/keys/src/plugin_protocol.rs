@@ -8,7 +8,9 @@
 //! arguments, then base64 body lines of 64 columns), so a plugin that writes more is
 //! refused as broken, with its name, before it can fill the memory.
 //!
-//! The plugin is looked up in the directories of `PATH`, in order.
+//! The plugin is looked up in the directories of `PATH` that are absolute: an empty entry,
+//! `.` or another relative directory (which would name the current directory, wherever the
+//! command runs) is skipped, as git skips them for its helpers.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -47,14 +49,15 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_'))
 }
 
-/// `age-plugin-NAME` in the directories of `path` (the value of `PATH`), the first that
-/// holds it as an executable file.
+/// `age-plugin-NAME` in the absolute directories of `path` (the value of `PATH`), the
+/// first that holds it as an executable file. Relative entries (empty, `.`, `bin`) are
+/// skipped: they name the current directory, which may be anyone's.
 pub fn find_plugin_in(name: &str, path: &OsStr) -> Option<PathBuf> {
     if !valid_name(name) {
         return None;
     }
     let program = binary_name(name);
-    std::env::split_paths(path).find_map(|dir| {
+    std::env::split_paths(path).filter(|dir| dir.is_absolute()).find_map(|dir| {
         let candidate = dir.join(&program);
         if is_executable(&candidate) {
             return Some(candidate);
@@ -109,7 +112,10 @@ impl Connection {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let binary = find_plugin_in(name, &path).ok_or_else(|| KeysError::Provider {
             provider: program.clone(),
-            reason: format!("could not find '{program}' on the PATH"),
+            reason: format!(
+                "could not find '{program}' on the PATH (its absolute directories are searched; an empty entry, '.' \
+                 and other relative ones are not)"
+            ),
         })?;
         let err = |what: &str, e: std::io::Error| KeysError::Provider {
             provider: program.clone(),
@@ -443,3 +449,47 @@ pub(crate) fn unwrap(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absolute_path_entries_are_searched() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("age-plugin-probe");
+        std::fs::write(&plugin, "#!/bin/sh\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let abs = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).unwrap();
+        assert_eq!(find_plugin_in("probe", &abs), Some(plugin.clone()));
+        // Relative entries, even when they would reach the plugin from here.
+        let rel = pathdiff(dir.path());
+        let relative = std::env::join_paths([Path::new(""), Path::new("."), rel.as_path()]).unwrap();
+        assert_eq!(find_plugin_in("probe", &relative), None);
+        // Names that are not plain names are never looked up.
+        for bad in ["", "../probe", "a/b", "probe "] {
+            assert_eq!(find_plugin_in(bad, &abs), None, "{bad:?}");
+        }
+        // A file that is not executable is not a plugin.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(find_plugin_in("probe", &abs), None);
+        }
+    }
+
+    /// `dir` as a path relative to the current directory (through `..` up to the root).
+    fn pathdiff(dir: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let up = cwd.components().count() - 1;
+        let mut p = PathBuf::new();
+        for _ in 0..up {
+            p.push("..");
+        }
+        p.join(dir.strip_prefix("/").unwrap())
+    }
+}

@@ -295,7 +295,7 @@ pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
 }
 
 /// `original_external_files` (docs/format.md §3): empty, or one name per external data
-/// file, each a location §5 allows, no two alike.
+/// file, each a location §5 allows that names a file, no two alike (naming one file).
 fn check_original_names(h: &pb::Header) -> Result<()> {
     let names = &h.original_external_files;
     if names.is_empty() {
@@ -304,14 +304,26 @@ fn check_original_names(h: &pb::Header) -> Result<()> {
     if names.len() != h.external_files.len() {
         return Err(bad(BadManifest::OriginalNames));
     }
-    for (i, n) in names.iter().enumerate() {
-        onnx_protect_format::model::check_location(n)
-            .map_err(|why| bad(BadManifest::OriginalName { name: n.clone(), why: why.to_string() }))?;
-        if names[..i].contains(n) {
-            return Err(bad(BadManifest::OriginalNameTwice { name: n.clone() }));
+    let mut files: Vec<Vec<&str>> = Vec::with_capacity(names.len());
+    for n in names {
+        let refuse = |why: &str| bad(BadManifest::OriginalName { name: n.clone(), why: why.to_string() });
+        onnx_protect_format::model::check_location(n).map_err(|why| refuse(why))?;
+        let file = file_components(n);
+        if file.is_empty() {
+            return Err(refuse("it names no file (only empty and '.' components)"));
         }
+        if files.contains(&file) {
+            return Err(bad(BadManifest::OriginalNameTwice { name: file.join("/") }));
+        }
+        files.push(file);
     }
     Ok(())
+}
+
+/// The file a location names (docs/format.md §3, §5): its components, split at `/` and `\`,
+/// without the empty and `.` ones (`a//b`, `./a/b` and `a/b` name one file).
+fn file_components(location: &str) -> Vec<&str> {
+    location.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".").collect()
 }
 
 /// Compares each external data file's length with the one the header records (files

@@ -1,4 +1,5 @@
-//! `rekey`: re-encrypt a protected model under a new key.
+//! `rekey`: re-encrypt a protected model under new data keys (and a new key), keeping its
+//! other recipients.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,9 @@ use anyhow::{Context, Result};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
+use onnx_protect_core::rewrap::Remove;
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_keys::{Recipient, Stanza, KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519};
 
 use crate::exit::usage;
 use crate::keys::KeyArgs;
@@ -78,6 +82,59 @@ impl NewKeyArgs {
     }
 }
 
+/// Stanzas `rekey` drops instead of wrapping the new data keys for them (every other
+/// recipient is kept), and key files whose stanzas it keeps.
+#[derive(clap::Args, Default)]
+pub struct RemoveArgs {
+    /// Drop the stanzas of this key file (at every tier).
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    remove_key_file: Vec<PathBuf>,
+    /// Drop the stanzas with this public label: a recipient (age1...), a key fingerprint (as
+    /// `inspect` lists them), a provider's label.
+    #[arg(long, value_name = "LABEL")]
+    remove: Vec<String>,
+    /// Drop every stanza of this kind (key, passphrase, x25519, tpm, age-plugin, pkcs11, command).
+    #[arg(long, value_name = "KIND")]
+    remove_kind: Vec<String>,
+    /// Keep this key file's stanzas (at every tier), wrapping the new data keys for it: a key file's
+    /// stanza records only its fingerprint, so rekey needs the key to keep it. Repeatable.
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    keep_key_file: Vec<PathBuf>,
+}
+
+impl RemoveArgs {
+    fn removals(&self) -> Result<Vec<Remove>> {
+        let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
+        remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
+        for p in &self.remove_key_file {
+            remove.push(Remove::Key(crate::keys::read_key_file(p)?.into_key()));
+        }
+        Ok(remove)
+    }
+
+    fn kept_keys(&self) -> Result<Vec<MasterKey>> {
+        self.keep_key_file
+            .iter()
+            .map(|p| crate::keys::read_key_file(p)?.into_master().with_context(|| format!("key file {}", p.display())))
+            .collect()
+    }
+}
+
+/// The public recipient a kept stanza is wrapped again for: its label, for the kinds whose
+/// label is one (`x25519`, `age-plugin`, `tpm`), when it parses as a recipient of that kind.
+fn recipient_of(s: &Stanza) -> Option<Recipient> {
+    if !matches!(s.kind.as_str(), KIND_X25519 | KIND_AGE_PLUGIN | KIND_TPM) {
+        return None;
+    }
+    let r = onnx_protect_tpm::parse_recipient(&s.label, crate::keys::plugin_prompt()).ok()?;
+    let kind = match &r {
+        Recipient::X25519(_) => KIND_X25519,
+        Recipient::Provider(p) => p.kind(),
+        _ => return None,
+    };
+    (kind == s.kind).then_some(r)
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The protected model; `-` reads it from standard input (no external data).
@@ -102,6 +159,13 @@ pub struct Args {
     recipients: crate::keys::RecipientArgs,
     #[command(flatten)]
     sign: crate::keys::SignArgs,
+    /// Drop the signatures of signers not re-signing with --sign-key (the old signatures cover the
+    /// old content and keys; without it they are refused).
+    #[arg(long)]
+    drop_signatures: bool,
+    /// Recipients not to carry over to the re-encrypted model, and key files to keep.
+    #[command(flatten)]
+    remove: RemoveArgs,
     /// Overwrite the input (and its external data files), atomically.
     #[arg(long)]
     in_place: bool,
@@ -118,6 +182,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let old = a.licence.apply(a.key.required()?)?;
     let recipients = a.recipients.recipients()?;
     let signing_keys = a.sign.keys()?;
+    let remove = a.remove.removals()?;
+    let keep_keys = a.remove.kept_keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let master = if a.new_key.any() || recipients.is_empty() {
         Some(a.new_key.required(a.allow_short_passphrase, crate::keys::model_tiers(input.path()))?)
@@ -137,6 +203,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             sync: a.sync,
             outputs: a.write.rules(),
             signing_keys: &signing_keys,
+            drop_signatures: a.drop_signatures,
+            remove: &remove,
+            keep_keys: &keep_keys,
+            recipient_of: &recipient_of,
             progress: &bar,
         },
     )
@@ -146,7 +216,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     (r.input, r.output) = (a.input.display().to_string(), output.name());
     output.finish()?;
     a.out.report(&r, to_stdout, || {
-        format!("re-encrypted {} bytes in {} tensors under the new key -> {}", r.rekeyed_bytes, r.tensors, r.output)
+        let mut text = format!(
+            "re-encrypted {} bytes in {} tensors under new data keys -> {}; {} recipient stanza(s)",
+            r.rekeyed_bytes, r.tensors, r.output, r.recipients
+        );
+        if !r.removed.is_empty() {
+            text.push_str(&format!("; not carried over: {}", r.removed.join(", ")));
+        }
+        if r.signatures_dropped > 0 {
+            text.push_str(&format!("; {} signature(s) dropped", r.signatures_dropped));
+        }
+        onnx_protect_core::inspect::printable(&text).into_owned()
     })?;
     Ok(ExitCode::SUCCESS)
 }

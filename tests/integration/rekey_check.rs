@@ -26,13 +26,7 @@ fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
 }
 
 fn rk(input: &Path, output: &Path, old: &KeySource, new: &KeySource) -> onnx_protect_core::error::Result<()> {
-    let opts = RekeyOptions {
-        in_place: false,
-        sync: false,
-        signing_keys: &[],
-        outputs: Default::default(),
-        progress: &NoProgress,
-    };
+    let opts = RekeyOptions::new(&NoProgress);
     rekey(input, output, old, &EncryptTo::key(new.clone()), &opts).map(|_| ())
 }
 
@@ -763,4 +757,124 @@ fn a_model_left_half_rewrapped_opens_and_the_next_rewrap_says_it_finished_the_fi
     let (code, json, err) = run(&[&next[..], &["--json"]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(json.contains("\"recovered\": \"rolled_forward\""), "{json}");
+}
+
+// ---------------------------------------------------------------- rekey keeps the recipients
+
+#[test]
+fn rekey_keeps_every_recipient_and_refuses_to_drop_one_or_a_signature_unasked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let s = crate::util::path_str;
+    let publisher = crate::util::keygen_in(d);
+    let (new_key, customer_key) = (d.join("new.key"), d.join("customer.key"));
+    for k in [&new_key, &customer_key] {
+        assert_eq!(run(&["keygen", "-o", s(k), "-q"]).0, 0);
+    }
+    let age_id = d.join("age.identity");
+    let (code, out, err) = run(&["keygen", "--recipient", "-o", s(&age_id), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let age = doc["recipient"].as_str().expect("a recipient").to_string();
+    let sk = d.join("pub.sk");
+    assert_eq!(run(&["keygen", "--signing", "-o", s(&sk), "-q"]).0, 0);
+    let signer = std::fs::read_to_string(&sk)
+        .expect("read")
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+        .expect("a public key line");
+    // A TPM recipient wraps without a TPM (the P-256 generator point, as in device_keys.rs).
+    let tpm = "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u";
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = d.join("m.onnx");
+    let enc = ["encrypt", s(&plain), "-o", s(&m), "--key-file", s(&publisher), "-r", &age, "-r", tpm];
+    let (code, _, err) = run(&[&enc[..], &["--sign-key", s(&sk), "-q"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let out = d.join("r.onnx");
+    let rekey = ["rekey", s(&m), "-o", s(&out), "--key-file", s(&publisher), "--new-key-file", s(&new_key)];
+
+    // The signature covers the old content: re-sign or drop it, else exit 5 and nothing written.
+    let (code, _, err) = run(&rekey);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("--sign-key") && err.contains("--drop-signatures"), "{err}");
+    assert!(!out.exists());
+    let (code, text, err) = run(&[&rekey[..], &["--sign-key", s(&sk)]].concat());
+    assert_eq!(code, 0, "{err}");
+    let fp = |k: &Path| {
+        let key = onnx_protect_crypto::KeyFile::parse(&std::fs::read(k).expect("read")).expect("key").into_key();
+        key.fingerprint().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert!(
+        text.contains(&format!("not carried over: key {} (tier 1) (replaced by the new key)", fp(&publisher))),
+        "{text}"
+    );
+    // The customer's identity still opens it, as the new key does; the old key does not; the
+    // TPM recipient is still there; the publisher's signature verifies.
+    let plain_out = d.join("plain.onnx");
+    for (opt, k) in [("--identity", &age_id), ("--key-file", &new_key)] {
+        let (code, _, err) = run(&["decrypt", s(&out), "-o", s(&plain_out), opt, s(k), "--force", "-q"]);
+        assert_eq!(code, 0, "{opt}: {err}");
+        assert_eq!(std::fs::read(&plain_out).expect("read"), std::fs::read(&plain).expect("read"));
+    }
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--key-file", s(&publisher), "--force", "-q"]).0, 4);
+    let (_, listing, _) = run(&["inspect", s(&out)]);
+    assert!(
+        listing.contains(&format!("x25519 {age} (tier 1)")) && listing.contains(&format!("tpm {tpm} (tier 1)")),
+        "{listing}"
+    );
+    assert_eq!(run(&["verify", s(&out), "--signer", &signer, "-q"]).0, 0);
+    // Dropping the signature is said, and the model is then unsigned.
+    let (code, text, err) = run(&[&rekey[..], &["--drop-signatures", "--force"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("1 signature(s) dropped"), "{text}");
+    assert_eq!(run(&["verify", s(&out), "--signer", &signer, "-q"]).0, 5);
+
+    // Another key file's stanza records only its fingerprint: refused (4) unless kept with its
+    // key or removed, each said.
+    let (code, _, err) = run(&[
+        "rewrap",
+        s(&m),
+        "--in-place",
+        "--key-file",
+        s(&publisher),
+        "--add-key-file",
+        s(&customer_key),
+        "--drop-signatures",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&out).expect("remove");
+    let (code, _, err) = run(&rekey);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&format!("cannot be wrapped for key {} (tier 1)", fp(&customer_key))), "{err}");
+    assert!(!out.exists());
+    let (code, _, err) = run(&[&rekey[..], &["--keep-key-file", s(&customer_key), "-q"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--key-file", s(&customer_key), "--force", "-q"]).0, 0);
+    let (code, text, err) = run(&[&rekey[..], &["--remove-key-file", s(&customer_key), "--force"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(&format!("key {} (tier 1) (removed)", fp(&customer_key))), "{text}");
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--key-file", s(&customer_key), "--force", "-q"]).0, 4);
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--identity", s(&age_id), "--force", "-q"]).0, 0);
+    // Without a new key, the old key keeps its access beside the recipients added.
+    let (code, out2, err) = run(&["keygen", "--recipient", "-o", s(&d.join("age2.identity")), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out2).expect("JSON");
+    let age2 = doc["recipient"].as_str().expect("a recipient").to_string();
+    let (code, _, err) = run(&[
+        "rekey",
+        s(&m),
+        "-o",
+        s(&out),
+        "--key-file",
+        s(&publisher),
+        "--remove-key-file",
+        s(&customer_key),
+        "-r",
+        &age2,
+        "--force",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--key-file", s(&publisher), "--force", "-q"]).0, 0);
 }

@@ -39,7 +39,7 @@ fn eopts(policy: &Policy) -> EncryptOptions<'_> {
 }
 
 fn ropts() -> RekeyOptions<'static> {
-    RekeyOptions { in_place: false, sync: false, signing_keys: &[], outputs: Default::default(), progress: &NoProgress }
+    RekeyOptions::new(&NoProgress)
 }
 
 fn tiered(mode: &str, tiers: u32) -> Policy {

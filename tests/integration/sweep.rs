@@ -37,7 +37,7 @@ fn new_key() -> EncryptTo {
 }
 
 fn ropts() -> RekeyOptions<'static> {
-    RekeyOptions { in_place: false, sync: false, signing_keys: &[], outputs: Default::default(), progress: &NoProgress }
+    RekeyOptions::new(&NoProgress)
 }
 
 /// A scratch folder, in memory where the system has a tmpfs (thousands of staged files).

@@ -274,13 +274,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("re").join("model.onnx");
         let new = onnx_protect_core::recipients::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
-        let ropts = RekeyOptions {
-            in_place: false,
-            sync: false,
-            signing_keys: &[],
-            outputs: Default::default(),
-            progress: &NoProgress,
-        };
+        let ropts = RekeyOptions::new(&NoProgress);
         let e = rekey(&protected, &out, &k, &new, &ropts).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsupportedVersion, "{name}: {e}");
         assert!(!dir.path().join("re").exists(), "{name}: rekey left an output");

@@ -415,8 +415,7 @@ impl Job<'_> {
                 protect::decrypt(&item.input, &output, key, &opts)?;
             }
             Operation::Rekey { key, new_key } => {
-                let opts =
-                    RekeyOptions { in_place: false, sync, outputs: rules, signing_keys: &[], progress: &NoProgress };
+                let opts = RekeyOptions { sync, outputs: rules, ..RekeyOptions::new(&NoProgress) };
                 rekey::rekey(&item.input, &output, key, &EncryptTo::key(new_key.clone()), &opts)?;
             }
             Operation::Rewrap { key, add, remove, signing_keys, drop_signatures } => {

@@ -399,6 +399,17 @@ pub enum UnusableKey {
     RemoveAll,
     #[error("no recipient of the model matches what should be removed")]
     NothingToRemove,
+    /// Stanzas `rekey` cannot wrap the new data keys for (their header records no public
+    /// recipient), each as reports show it.
+    #[error(
+        "the new data keys cannot be wrapped for {}: the model records no public recipient for them; give the key \
+         file of a key stanza (--keep-key-file FILE), or drop them (--remove LABEL, --remove-kind KIND, \
+         --remove-key-file FILE) and add them again if need be (--recipient, --recipient-command)",
+        .stanzas.join(", ")
+    )]
+    CannotRewrap { stanzas: Vec<String> },
+    #[error("a key file to keep is not a recipient of the model")]
+    NothingToKeep,
     #[error("model id {id:?}: 1 to {max} bytes of printable text without surrounding spaces")]
     ModelId { id: String, max: usize },
 }
@@ -467,6 +478,8 @@ pub enum Unsigned {
     NeedsKey,
     /// Rewrapping would keep `count` signatures over the old recipients.
     Stale { count: usize },
+    /// Re-encrypting would keep `count` signatures over the old content and recipients.
+    StaleContent { count: usize },
 }
 
 impl std::fmt::Display for Unsigned {
@@ -481,6 +494,11 @@ impl std::fmt::Display for Unsigned {
                 f,
                 "the model carries {count} signature(s) that cover the old recipients; re-sign with their keys \
                  (--sign-key) or drop them (--drop-signatures)"
+            ),
+            Unsigned::StaleContent { count } => write!(
+                f,
+                "the model carries {count} signature(s) over the content and keys that rekey replaces; re-sign with \
+                 their keys (--sign-key) or drop them (--drop-signatures)"
             ),
         }
     }

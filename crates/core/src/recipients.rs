@@ -121,6 +121,8 @@ pub(crate) struct Opened {
     pub keys: Vec<TierKeys>,
     /// The data keys of tiers `1 ..= tier` (for wrapping them again).
     pub data_keys: Vec<DataKey>,
+    /// The index of the stanza that opened the model.
+    pub opener: usize,
 }
 
 impl Opened {
@@ -195,5 +197,5 @@ pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
     let mut keys = keys;
     keys.truncate(granted as usize);
     data_keys.truncate(granted as usize);
-    Ok(Opened { tier: granted, by_licence: granted < tier, keys, data_keys })
+    Ok(Opened { tier: granted, by_licence: granted < tier, keys, data_keys, opener })
 }

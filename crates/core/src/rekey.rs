@@ -16,25 +16,42 @@
 //!    is hashed; the new entry, sealed over that digest, is appended last. Outputs are
 //!    staged and renamed into place only when complete.
 //!
+//! Every recipient stays, under the new data keys: the stanzas whose label is a public
+//! recipient (`x25519`, `age-plugin`, and whatever [`RekeyOptions::recipient_of`] finds,
+//! such as `tpm`) are wrapped again for it, at their tier. The old key's own stanzas (those
+//! of the key, or passphrase, that opens the model, at every tier) are replaced by the new
+//! key when one is given and wrapped again for the old key otherwise. A stanza that is
+//! neither (another key file's, a passphrase that is not the old key, a `pkcs11` or
+//! `command` stanza) is refused ([`UnusableKey::CannotRewrap`]) unless
+//! [`RekeyOptions::remove`] drops it or, for a key file's, [`RekeyOptions::keep_keys`]
+//! gives its key; the report names every stanza dropped. The old
+//! signatures cover the old content: each signer must sign again
+//! ([`RekeyOptions::signing_keys`]) or [`RekeyOptions::drop_signatures`] drops them.
+//!
 //! A partially decrypted model is refused (decrypt it first); format-1 models are
 //! read-only (decrypt, then encrypt again).
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_crypto::{DataKey, TierKeys};
+use std::sync::Arc;
+
+use onnx_protect_crypto::{DataKey, MasterKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
-use onnx_protect_keys::SigningKey;
+use onnx_protect_keys::{
+    NoPrompt, PluginRecipient, Recipient, SigningKey, Stanza, KIND_AGE_PLUGIN, KIND_KEY, KIND_X25519,
+};
 use zeroize::Zeroizing;
 
 use crate::action::{span_mut, transform_span, Action};
 use crate::content::{stored_leaves, Pass};
 use crate::envelope::ProtectedV2;
-use crate::error::{CoreError, Result, UnusableKey};
-use crate::keys::KeySource;
+use crate::error::{CoreError, Result, Unsigned, UnusableKey};
+use crate::keys::{tier_chain, KeySource};
 use crate::metadata::tool_name;
 use crate::pass::Hash;
 use crate::protection::{open_protected, Protection};
-use crate::recipients::{wrap_all, EncryptTo, Opened};
+use crate::recipients::{describe, wrap_all, EncryptTo, Opened};
+use crate::rewrap::Remove;
 use crate::seal::{check_seals, write_sealed, Expected};
 use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
@@ -46,10 +63,54 @@ pub struct RekeyOptions<'a> {
     pub sync: bool,
     /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
     pub outputs: OutputRules,
-    /// Publisher keys that sign the new model (the old signatures cover the old keys
-    /// and are not kept).
+    /// Publisher keys that sign the new model (the old signatures cover the old content
+    /// and keys: each old signer must be among them unless `drop_signatures`).
     pub signing_keys: &'a [SigningKey],
+    /// Drop the signatures of signers not in `signing_keys`; without it they are refused
+    /// ([`Unsigned::StaleContent`]).
+    pub drop_signatures: bool,
+    /// Stanzas not to carry over (as `rewrap`'s removals).
+    pub remove: &'a [Remove],
+    /// Master keys whose `key` stanzas (at every tier) are kept: wrapped again for them (a
+    /// `key` stanza records only a fingerprint, so its key must be given).
+    pub keep_keys: &'a [MasterKey],
+    /// The public recipient a kept stanza is wrapped again for (`None`: the header records
+    /// none this build can use); [`public_recipient`] knows `x25519` and `age-plugin`.
+    pub recipient_of: RecipientOf<'a>,
     pub progress: &'a dyn Progress,
+}
+
+/// How [`rekey`] finds the public recipient of a stanza it keeps.
+pub type RecipientOf<'a> = &'a (dyn Fn(&Stanza) -> Option<Recipient> + Sync);
+
+impl<'a> RekeyOptions<'a> {
+    /// Writing to a new file, no signing key, nothing removed, the recipients
+    /// [`public_recipient`] finds.
+    pub fn new(progress: &'a dyn Progress) -> RekeyOptions<'a> {
+        RekeyOptions {
+            in_place: false,
+            sync: false,
+            outputs: OutputRules::default(),
+            signing_keys: &[],
+            drop_signatures: false,
+            remove: &[],
+            keep_keys: &[],
+            recipient_of: &public_recipient,
+            progress,
+        }
+    }
+}
+
+/// The public recipient a stanza's label names, for the kinds this crate wraps for
+/// itself: `x25519` (`age1…`) and `age-plugin` (`age1NAME1…`, run without a prompt).
+pub fn public_recipient(s: &Stanza) -> Option<Recipient> {
+    match s.kind.as_str() {
+        KIND_X25519 => Recipient::parse_public(&s.label).ok(),
+        KIND_AGE_PLUGIN => {
+            PluginRecipient::parse(&s.label, Arc::new(NoPrompt)).ok().map(|r| Recipient::Provider(Arc::new(r)))
+        }
+        _ => None,
+    }
 }
 
 /// What [`rekey`] did.
@@ -64,6 +125,11 @@ pub struct RekeyReport {
     pub tiers: u32,
     /// Recipient stanzas of the new model.
     pub recipients: usize,
+    /// The stanzas of the old model not carried over, each as reports show it with why
+    /// (`removed`, `replaced by the new key`).
+    pub removed: Vec<String>,
+    /// Signatures of the old model not renewed (dropped).
+    pub signatures_dropped: usize,
     /// External data files written next to the output.
     pub external_files: Vec<String>,
 }
@@ -101,10 +167,13 @@ pub fn rekey(
     check_seals(&p, &old_keys, &[])?;
     Expected::of(&p)?.check(&stored_leaves(&model, content_len, p.sealed.header.chunk_size)?)?;
 
+    let signatures_dropped = stale_signatures(&p, opts)?;
+    let (to, removed) = carried_over(&p, old, &old_keys, new, opts)?;
+
     let outputs = Outputs::stage(&model, output)?;
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let new_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
-    let stanzas = wrap_all(new, &data_keys)?;
+    let stanzas = wrap_all(&to, &data_keys)?;
     crate::recipients::check_new(&stanzas)?;
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
@@ -149,8 +218,105 @@ pub fn rekey(
         rekeyed_bytes: p.targets.iter().map(crate::target::Target::bytes).sum(),
         tiers,
         recipients: stanzas.len(),
+        removed,
+        signatures_dropped,
         external_files: external,
     })
+}
+
+/// The old signatures no signing key renews: refused unless `drop_signatures`.
+fn stale_signatures(p: &ProtectedV2, opts: &RekeyOptions) -> Result<usize> {
+    let renewed: Vec<Vec<u8>> = opts.signing_keys.iter().map(|k| k.public().to_bytes().to_vec()).collect();
+    let stale = p.sealed.envelope.signatures.iter().filter(|s| !renewed.contains(&s.public_key)).count();
+    if stale > 0 && !opts.drop_signatures {
+        return Err(CoreError::NotSigned(Unsigned::StaleContent { count: stale }));
+    }
+    Ok(stale)
+}
+
+/// Everyone the new model is encrypted to: `new`, the old model's recipients wrapped again
+/// (the old key's own stanzas by the old key when `new` has no key), less what
+/// `opts.remove` drops; and the stanzas dropped, described. A stanza that can be neither
+/// kept nor is dropped is refused.
+fn carried_over(
+    p: &ProtectedV2,
+    old: &KeySource,
+    opened: &Opened,
+    new: &EncryptTo,
+    opts: &RekeyOptions,
+) -> Result<(EncryptTo, Vec<String>)> {
+    let stanzas = &p.sealed.stanzas;
+    let tiers = p.sealed.header.tiers;
+    let own = own_stanzas(stanzas, old.without_licence(), opened.opener, tiers)?;
+    let removed_by = crate::rewrap::removal_matcher(opts.remove, tiers);
+    // The keys of `keep_keys` at every tier, by fingerprint.
+    let kept_keys: Vec<(String, MasterKey)> =
+        opts.keep_keys.iter().flat_map(|k| tier_chain(k, tiers)).map(|k| (hex(&k.fingerprint()), k)).collect();
+    let mut kept = vec![false; opts.keep_keys.len()];
+    let mut to = new.clone();
+    let mut removed = Vec::new();
+    let mut cannot = Vec::new();
+    let mut keep_old_key = false;
+    let mut matched = 0;
+    for (i, s) in stanzas.iter().enumerate() {
+        let keep_key = kept_keys.iter().position(|(fp, _)| s.kind == KIND_KEY && *fp == s.label);
+        if removed_by(s) {
+            matched += 1;
+            removed.push(format!("{} (removed)", describe(s)));
+        } else if let Some(k) = keep_key {
+            kept[k / tiers as usize] = true;
+            to.recipients.push((Recipient::Key(kept_keys[k].1.clone()), s.tier));
+        } else if own[i] && new.master.is_some() {
+            removed.push(format!("{} (replaced by the new key)", describe(s)));
+        } else if let Some(r) = (opts.recipient_of)(s) {
+            to.recipients.push((r, s.tier));
+        } else if own[i] {
+            keep_old_key = true;
+        } else {
+            cannot.push(describe(s));
+        }
+    }
+    if matched == 0 && !opts.remove.is_empty() {
+        return Err(UnusableKey::NothingToRemove.into());
+    }
+    if kept.contains(&false) {
+        return Err(UnusableKey::NothingToKeep.into());
+    }
+    if !cannot.is_empty() {
+        return Err(UnusableKey::CannotRewrap { stanzas: cannot }.into());
+    }
+    if keep_old_key {
+        to.master = Some(old.without_licence().clone());
+    }
+    if to.master.is_none() && to.recipients.is_empty() {
+        return Err(UnusableKey::RemoveAll.into());
+    }
+    Ok((to, removed))
+}
+
+/// Which stanzas are the old key's own: for a key, its stanzas at every tier; for a
+/// passphrase, its stanza and the key stanzas of the tiers below (keys derived from the
+/// passphrase's Argon2id output); for an identity, the stanza that opened the model.
+fn own_stanzas(stanzas: &[Stanza], old: &KeySource, opener: usize, tiers: u32) -> Result<Vec<bool>> {
+    let chain_labels =
+        |k: &MasterKey| -> Vec<String> { tier_chain(k, tiers).iter().map(|t| hex(&t.fingerprint())).collect() };
+    let labels = match old {
+        KeySource::Key(k) => chain_labels(k),
+        KeySource::Passphrase(pass) => match stanzas.get(opener).and_then(|s| s.kdf.as_ref()) {
+            Some(params) => chain_labels(&MasterKey::from_passphrase(pass, params)?),
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    Ok(stanzas
+        .iter()
+        .enumerate()
+        .map(|(i, s)| i == opener || (s.kind == KIND_KEY && labels.contains(&s.label)))
+        .collect())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The action of every target, from its old keystream to its new one: streamed targets

@@ -122,6 +122,23 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     })
 }
 
+/// Whether a stanza is one `remove` names (a key's at every tier of a model of `tiers`).
+pub(crate) fn removal_matcher(remove: &[Remove], tiers: u32) -> impl Fn(&Stanza) -> bool + '_ {
+    let mut labels: Vec<String> = Vec::new();
+    for r in remove {
+        if let Remove::Key(k) = r {
+            labels.extend(tier_chain(k, tiers).iter().map(|t| hex(&t.fingerprint())));
+        }
+    }
+    move |s: &Stanza| {
+        remove.iter().any(|r| match r {
+            Remove::Label(l) => &s.label == l,
+            Remove::Kind(k) => &s.kind == k,
+            Remove::Key(_) => s.kind == onnx_protect_keys::KIND_KEY && labels.contains(&s.label),
+        })
+    }
+}
+
 /// Each stanza with its encoding as stored.
 type StanzaPairs = Vec<(Stanza, pb::Stanza)>;
 
@@ -129,20 +146,7 @@ type StanzaPairs = Vec<(Stanza, pb::Stanza)>;
 /// of a kind this build does not know is kept byte for byte) and the new ones; with the
 /// counts.
 fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result<(StanzaPairs, usize, usize)> {
-    let tiers = p.sealed.header.tiers;
-    let mut labels: Vec<String> = Vec::new();
-    for r in opts.remove {
-        if let Remove::Key(k) = r {
-            labels.extend(tier_chain(k, tiers).iter().map(|t| hex(&t.fingerprint())));
-        }
-    }
-    let matches = |s: &Stanza| {
-        opts.remove.iter().any(|r| match r {
-            Remove::Label(l) => &s.label == l,
-            Remove::Kind(k) => &s.kind == k,
-            Remove::Key(_) => s.kind == onnx_protect_keys::KIND_KEY && labels.contains(&s.label),
-        })
-    };
+    let matches = removal_matcher(opts.remove, p.sealed.header.tiers);
     let before = p.sealed.stanzas.len();
     let mut stanzas: Vec<(Stanza, pb::Stanza)> = p
         .sealed

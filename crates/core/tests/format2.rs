@@ -695,13 +695,7 @@ fn a_master_key_recording_another_number_of_tiers_wraps_no_tiered_model() {
     }
     encrypt(&plain, &out("three"), &to(8, Some(3)), &EncryptOptions::new(&tiered)).unwrap();
     encrypt(&plain, &out("untiered"), &to(8, Some(2)), &EncryptOptions::new(&policy(&[]))).unwrap();
-    let opts = RekeyOptions {
-        in_place: false,
-        sync: false,
-        outputs: Default::default(),
-        signing_keys: &[],
-        progress: &NoProgress,
-    };
+    let opts = RekeyOptions::new(&NoProgress);
     let e = rekey(&out("three"), &out("rekeyed"), &key(8), &to(9, Some(2)), &opts).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Key, "{e}");
     assert!(!out("rekeyed").exists());

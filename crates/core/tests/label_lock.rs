@@ -164,13 +164,7 @@ fn rekey_seals_the_seed_again_and_the_new_key_unlocks() {
     let out = dir.path().join("l.onnx");
     lock_encrypt(&plain, &out, &Policy::default(), &key(1), true);
     let again = dir.path().join("r.onnx");
-    let opts = RekeyOptions {
-        in_place: false,
-        sync: false,
-        outputs: Default::default(),
-        signing_keys: &[],
-        progress: &NoProgress,
-    };
+    let opts = RekeyOptions::new(&NoProgress);
     rekey(&out, &again, &key(1), &EncryptTo::key(key(2)), &opts).unwrap();
     let back = dir.path().join("d.onnx");
     assert!(matches!(decrypt(&again, &back, &key(1), &DecryptOptions::default()), Err(CoreError::WrongKey)));

@@ -179,8 +179,9 @@ fn bad(problem: LabelLockProblem) -> CoreError {
 
 /// The label lock of header `h`, checked against `model` (docs/format.md §15): every
 /// tensor it names is at its locator with the recorded name, type and dimensions, its
-/// class axis has `classes` elements, no tensor is named twice, and every output it
-/// names is an output of the main graph. `None` when the header has no lock.
+/// class axis has `classes` elements, no tensor is named twice, its bytes can be stored back
+/// (not STRING, not without stored data, not a 6-bit type in `int32_data`), and every
+/// output it names is an output of the main graph. `None` when the header has no lock.
 pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
     let Some(lock) = &h.label_lock else { return Ok(None) };
     let classes = lock.classes as usize;
@@ -214,6 +215,13 @@ pub fn read(model: &Model, h: &pb::Header) -> Result<Option<HeaderLock>> {
         }
         if !seen.insert(t.id) {
             return Err(bad(LabelLockProblem::TensorTwice { tensor: e.name.clone() }));
+        }
+        // Bytes that could not be stored back after the restore (the encryptor's check).
+        if let Some(why) = onnx_protect_lock::storage_refusal(t) {
+            return Err(bad(LabelLockProblem::Locator {
+                tensor: e.name.clone(),
+                why: format!("it cannot be locked: {why}"),
+            }));
         }
         tensors.push((t.id, axis));
     }

@@ -28,7 +28,7 @@
 use std::collections::{HashMap, HashSet};
 
 use onnx_protect_format::model::NodeId;
-use onnx_protect_format::{DataType, Model, TensorData, TensorId};
+use onnx_protect_format::{DataType, Model, Tensor, TensorData, TensorId};
 use serde::Serialize;
 
 use crate::error::{LockError, Result};
@@ -619,28 +619,39 @@ fn push_once(outputs: &mut Vec<LockedOutput>, name: &str, kind: OutputKind) {
     }
 }
 
-/// Refuses tensors whose bytes cannot be permuted and restored exactly: strings,
-/// non-canonical varint storage, 6-bit types in `int32_data`.
+/// Refuses tensors whose bytes cannot be permuted and restored exactly (docs/format.md §15):
+/// one named twice, non-canonical varint storage, and what [`storage_refusal`] refuses.
 fn check_storage(g: &Graph, layer: &OutputLayer) -> Result<()> {
     let mut seen = HashSet::new();
     for lt in &layer.tensors {
         let t = &g.model.tensors[lt.tensor];
         let why = match &t.data {
             _ if !seen.insert(lt.tensor) => Some("it appears twice in the layer".to_string()),
-            _ if t.data_type == DataType::String => Some("it holds strings".to_string()),
-            TensorData::Varint { canonical: false, field, .. } => Some(format!(
+            TensorData::Varint { canonical: false, field, .. } if t.data_type != DataType::String => Some(format!(
                 "its {} is not stored as one packed field of minimal varints, so it could not be restored byte for byte",
                 field.name()
             )),
-            TensorData::Varint { .. } if t.data_type.bytes_per_typed_value() == 0 => {
-                Some(format!("{} in int32_data is not supported", t.data_type))
-            }
-            TensorData::Strings { .. } | TensorData::Empty => Some(format!("it is stored as {}", t.data.storage_name())),
-            _ => None,
+            _ => storage_refusal(t),
         };
         if let Some(why) = why {
             return Err(refuse(g, layer.node, format!("its {} '{}' cannot be locked: {why}", lt.part.name(), t.name)));
         }
     }
     Ok(())
+}
+
+/// Why the bytes of tensor `t` could not be stored back once its class slices moved
+/// (docs/format.md §15, checked by the encryptor and by every reader of a lock): it holds
+/// strings, it has no stored data, or it is of a 6-bit type in `int32_data` (whose values
+/// map to no whole bytes). `None`: they can (a varint-stored tensor if its encoding is
+/// canonical, which the encryptor checks besides).
+pub fn storage_refusal(t: &Tensor) -> Option<String> {
+    match &t.data {
+        _ if t.data_type == DataType::String => Some("it holds strings".to_string()),
+        TensorData::Varint { .. } if t.data_type.bytes_per_typed_value() == 0 => {
+            Some(format!("{} in int32_data is not supported", t.data_type))
+        }
+        TensorData::Strings { .. } | TensorData::Empty => Some(format!("it is stored as {}", t.data.storage_name())),
+        _ => None,
+    }
 }

@@ -39,6 +39,8 @@ pub mod perm;
 pub mod rewrite;
 
 pub use error::{ErrorKind, LockError, Result};
-pub use find::{find_output_layer, LockedOutput, LockedTensor, OutputKind, OutputLayer, Part, MIN_CLASSES};
+pub use find::{
+    find_output_layer, storage_refusal, LockedOutput, LockedTensor, OutputKind, OutputLayer, Part, MIN_CLASSES,
+};
 pub use perm::{ClassPermutation, LockSeed, SEED_LEN};
 pub use rewrite::{permute_elements, placement, rewrite_model, rewrite_tensors, Direction, ExternalWrite, Rewritten};

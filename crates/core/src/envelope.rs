@@ -307,7 +307,7 @@ fn check_original_names(h: &pb::Header) -> Result<()> {
     let mut files: Vec<Vec<&str>> = Vec::with_capacity(names.len());
     for n in names {
         let refuse = |why: &str| bad(BadManifest::OriginalName { name: n.clone(), why: why.to_string() });
-        onnx_protect_format::model::check_location(n).map_err(|why| refuse(why))?;
+        onnx_protect_format::model::check_location(n).map_err(&refuse)?;
         let file = file_components(n);
         if file.is_empty() {
             return Err(refuse("it names no file (only empty and '.' components)"));

@@ -167,14 +167,15 @@ export function defaultClockPath(): string | null {
 const CLOCK_TAG = "onnx-protect-clock-v1";
 
 /** The high-water-mark store in onnx-protect's clock state file (`onnx-protect-clock-v1`,
- * a `high-water:` line and an optional `tpm:` anchor, which is kept as it was), shared with
+ * a `high-water:` line and up to 64 `tpm:` anchors, one per TPM key, which are kept as they
+ * were: format.md, appendix C), shared with
  * the command line, Python and C: a missing file is a fresh state, a malformed one an error
  * (never silently reset). Written to a temporary file in the same directory (created mode
  * 0700) and renamed into place. Node has no file lock: two checks at the same moment may
  * record the earlier of their two times, never a time not seen. */
 export function clockFile(file: string | null = defaultClockPath()): LicenceClock {
   if (!file) throw new UsageError("no licence clock state file: set ONNX_PROTECT_LICENCE_CLOCK or HOME, or name a file");
-  let anchor: string | null = null;
+  let anchors: string[] = [];
   return {
     async read() {
       let text: string;
@@ -194,10 +195,13 @@ export function clockFile(file: string | null = defaultClockPath()): LicenceCloc
       const lines = text.split("\n");
       if (lines[lines.length - 1] === "") lines.pop();
       const high = lines[0] === CLOCK_TAG && lines[1]?.startsWith("high-water: ") ? parseUtc(lines[1].slice(12)) : null;
-      const tpm = lines[2];
-      const tpmOk = tpm === undefined || /^tpm: \S+ [0-9]+$/.test(tpm) && parseUtc(tpm.split(" ")[1]) !== null;
-      if (high === null || !tpmOk || lines.length > 3) throw new Error(`${file}: not a clock state file (malformed)`);
-      anchor = tpm ?? null;
+      // `tpm: WALL CLOCK_MS SOURCE` (SOURCE: 32 hex digits), one per TPM key, or the older
+      // single `tpm: WALL CLOCK_MS`.
+      const tpm = lines.slice(2);
+      const anchorOk = (l: string) =>
+        /^tpm: \S+ [0-9]+( [0-9a-f]{32})?$/.test(l) && parseUtc(l.split(" ")[1]) !== null;
+      if (high === null || tpm.length > 64 || !tpm.every(anchorOk)) throw new Error(`${file}: not a clock state file (malformed)`);
+      anchors = tpm;
       return high;
     },
     async write(highWater: number) {
@@ -205,7 +209,7 @@ export function clockFile(file: string | null = defaultClockPath()): LicenceCloc
       await mkdir(dir, { recursive: true, mode: 0o700 });
       const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
       try {
-        await writeFile(tmp, `${CLOCK_TAG}\nhigh-water: ${formatUtc(highWater)}\n${anchor ? `${anchor}\n` : ""}`, { mode: 0o600, flag: "wx" });
+        await writeFile(tmp, `${CLOCK_TAG}\nhigh-water: ${formatUtc(highWater)}\n${anchors.map((a) => `${a}\n`).join("")}`, { mode: 0o600, flag: "wx" });
         await rename(tmp, file);
       } catch (e) {
         await rm(tmp, { force: true });

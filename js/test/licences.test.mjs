@@ -138,6 +138,11 @@ test("a clock set back below the recorded high-water mark is refused; the state 
     await decrypt(model, { key, licence: ok, licenceClock: clockFile(state) });
     assert.match(fs.readFileSync(state, "utf8"), /^onnx-protect-clock-v1\nhigh-water: 20[2-9][0-9]-[^\n]+\ntpm: 2021-01-01T00:00:00Z 1234\n$/);
     assert.doesNotMatch(fs.readFileSync(state, "utf8"), /high-water: 2021-01-01/);
+    // One anchor per TPM key (format.md, appendix C), as the command line writes them: all kept.
+    const anchors = "tpm: 2021-01-01T00:00:00Z 1234 0123456789abcdef0123456789abcdef\ntpm: 2021-02-01T00:00:00Z 99 fedcba9876543210fedcba9876543210\n";
+    fs.writeFileSync(state, `onnx-protect-clock-v1\nhigh-water: 2021-01-01T00:00:00Z\n${anchors}`);
+    await decrypt(model, { key, licence: ok, licenceClock: clockFile(state) });
+    assert.ok(fs.readFileSync(state, "utf8").endsWith(`\n${anchors}`), fs.readFileSync(state, "utf8"));
     // A state file that is not one: refused, never reset.
     fs.writeFileSync(state, "not a clock\n");
     await assert.rejects(decrypt(model, { key, licence: ok, licenceClock: clockFile(state) }), ClockSetBack);

@@ -32,7 +32,11 @@ and `load only` run by that interpreter (a virtual environment with another buil
 onnx_protect), interleaved with the rest: two builds side by side. Each build reads a protected copy
 that it wrote itself (a build may not read what a newer one writes). `--variants` names the
 variants to run instead (one of them `plain`, the reference of the ratios; e.g. `--variants
-plain "plain, no prepacking"`, which needs no onnx_protect installed).
+plain "plain, no prepacking"`, which needs no onnx_protect installed). With --ort, also the Rust `ort`
+crate's `ort plain` (ort's own `commit_from_file` of the plain file) and `ort protected`
+(`onnx_protect_ort::commit_from_file`), each a fresh process of examples/ort/session_cost.rs,
+whose ratios are taken against `ort plain`. onnxruntime runs with its default options
+(`--threads N` sets `intra_op_num_threads`).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
 then times the session creation alone (`time.perf_counter`) and reads its peak resident
@@ -75,9 +79,10 @@ def status(field):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
 
-variant, model, key, data_files = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+variant, model, key, data_files, threads = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 so = ort.SessionOptions()
-so.intra_op_num_threads = 1
+if threads:
+    so.intra_op_num_threads = threads
 if variant.endswith(", no prepacking"):
     variant = variant[: -len(", no prepacking")]
     so.add_session_config_entry("session.disable_prepacking", "1")
@@ -158,13 +163,20 @@ def data_files(model):
     return sorted(names)
 
 
-def measure(variant, model, key, files, other=None):
-    """One fresh process; a variant ending in " (other)" runs on the interpreter `other`."""
+def measure(variant, model, key, files, other=None, threads=0, ort_bin=None):
+    """One fresh process; a variant ending in " (other)" runs on the interpreter `other`,
+    one starting with "ort " is the Rust `ort` crate's (examples/ort/session_cost.rs)."""
     python = sys.executable
     if variant.endswith(" (other)"):
         variant, python = variant[: -len(" (other)")], other
-    r = subprocess.run([python, "-c", CHILD, variant, str(model), str(key), json.dumps(files)],
-                       capture_output=True, text=True)
+    if variant.startswith("ort "):
+        v, prepack = variant[4:], "1"
+        if v.endswith(", no prepacking"):
+            v, prepack = v[: -len(", no prepacking")], "0"
+        cmd = [str(ort_bin), v, str(model), str(key), str(threads), prepack]
+    else:
+        cmd = [python, "-c", CHILD, variant, str(model), str(key), json.dumps(files), str(threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"error: {model}: variant {variant!r} failed (exit {r.returncode}): {last}")
@@ -174,6 +186,15 @@ def measure(variant, model, key, files, other=None):
 VARIANTS = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
 NO_PREPACKING = ["plain, no prepacking", "protected, no prepacking"]
 OTHER = ["protected (other)", "load only (other)"]
+# The Rust `ort` crate: the plain file through ort's own commit_from_file, the protected one
+# through onnx_protect_ort (ratios against "ort plain").
+ORT = ["ort plain", "ort protected"]
+
+
+def reference(variant, runs):
+    """The variant a variant's ratios are taken against: "ort plain" for the ort crate's
+    variants where it ran, else "plain"."""
+    return "ort plain" if variant.startswith("ort ") and "ort plain" in runs else "plain"
 
 
 def session_models(folder, selected):
@@ -233,18 +254,28 @@ def main():
     ap.add_argument("--variants", nargs="+", metavar="VARIANT",
                     help="run these variants instead, `plain` among them: "
                          + ", ".join(f'"{v}"' for v in VARIANTS + NO_PREPACKING + OTHER))
+    ap.add_argument("--threads", type=int, default=0,
+                    help="onnxruntime's intra_op_num_threads (default 0: onnxruntime's default, one per core)")
+    ap.add_argument("--ort", action="store_true",
+                    help="also the Rust ort crate's sessions (" + ", ".join(f'"{v}"' for v in ORT)
+                         + "), built with cargo as examples/ort/session_cost (release)")
     a = ap.parse_args()
+    ort_bin = None
+    if a.ort or (a.variants and any(v.startswith("ort ") for v in a.variants)):
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "onnx-protect-ort", "--example", "session_cost"],
+                       cwd=ROOT, check=True)
+        ort_bin = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "examples" / "session_cost"
 
     if a.variants:
         variants = list(dict.fromkeys(a.variants))
-        known = VARIANTS + NO_PREPACKING + (OTHER if a.other else [])
+        known = VARIANTS + NO_PREPACKING + ORT + [v + ", no prepacking" for v in ORT] + (OTHER if a.other else [])
         bad = [v for v in variants if v not in known]
         if bad:
             ap.error(f"--variants: unknown variant {bad[0]!r} (known: {', '.join(repr(v) for v in known)})")
         if "plain" not in variants:
             ap.error("--variants: `plain` is needed, the reference of the ratios")
     else:
-        variants = VARIANTS + (NO_PREPACKING if a.no_prepacking else []) + (OTHER if a.other else [])
+        variants = VARIANTS + (NO_PREPACKING if a.no_prepacking else []) + (OTHER if a.other else []) + (ORT if a.ort else [])
     needs_protect = any(not v.startswith("plain") for v in variants)
     wanted = [w.strip().rstrip("/") for w in a.models.split(",") if w.strip()] if a.models else None
 
@@ -300,26 +331,26 @@ def main():
                   f"{mem_total() / 2**30:.1f} GiB here", file=sys.stderr)
         model_variants = [v for v in variants if v not in skipped]
         runs = {v: [] for v in model_variants}
-        model_of = {v: plain if v.startswith("plain") else other_copy if v.endswith(" (other)") else protected
-                    for v in variants}
+        model_of = {v: plain if v.startswith(("plain", "ort plain")) else other_copy if v.endswith(" (other)")
+                    else protected for v in variants}
         # The plain model's data files; a protected copy's are found by onnx_protect itself.
         files_of = {v: files if v.startswith("plain") else [] for v in variants}
         for v in model_variants:  # warm-up (page cache, imports)
-            measure(v, model_of[v], key, files_of[v], a.other)
+            measure(v, model_of[v], key, files_of[v], a.other, a.threads, ort_bin)
         rounds = a.runs if size >= 1 << 20 else (a.small_runs or 3 * a.runs)
         n = len(model_variants)
         for r in range(rounds):
             # Each round starts one variant later, so that no variant always follows the
             # same one (the machine's state after a process differs by what it ran).
             for v in model_variants[r % n:] + model_variants[:r % n]:
-                runs[v].append(measure(v, model_of[v], key, files_of[v], a.other))
+                runs[v].append(measure(v, model_of[v], key, files_of[v], a.other, a.threads, ort_bin))
         med = {}
         for v, rs in runs.items():
             m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
             m["above_start"] = statistics.median(r["peak_rss"] - r["start_rss"] for r in rs)
             # The time against the plain file's in the same round: slow drifts of the
             # machine's speed cancel out.
-            m["paired"] = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(rs, runs["plain"]))
+            m["paired"] = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(rs, runs[reference(v, runs)]))
             med[v] = m
         rows.append({"id": mid, "model": name, "bytes": size, "data_files": files, "encrypted_bytes": enc_bytes,
                      "runs": rounds, "load_before": load_before, "load_after": loadavg(), "skipped": skipped,
@@ -334,9 +365,9 @@ def main():
           "| peak RSS | ratio | peak above start | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        p = r["median"]["plain"]
         enc = "-" if r["encrypted_bytes"] is None else f"{r['encrypted_bytes'] / mib:.2f} MiB"
         for v, q in r["median"].items():
+            p = r["median"][reference(v, r["median"])]
             print(
                 f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {enc} | {r['runs']} "
                 f"| {r['load_before'][0]:.2f}, {r['load_after'][0]:.2f} | {v} "

@@ -45,7 +45,7 @@ pub const DIRECT: &str = "session.use_external_initializer_file_buffers_directly
 pub struct File {
     /// The location the graph names.
     pub name: String,
-    /// Which buffer; for [`Source::Model`], its first [`FilesPlan::model_len`] bytes.
+    /// Which buffer; for [`crate::Source::Model`], its first [`FilesPlan::model_len`] bytes.
     pub source: crate::Source,
 }
 

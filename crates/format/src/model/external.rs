@@ -292,8 +292,8 @@ fn parse_decimal(s: &str) -> Option<u64> {
 }
 
 /// Why `location` cannot name a file inside the model's directory, judged from the
-/// string alone (docs/format.md §5): empty, a NUL byte, absolute, a drive letter, or a
-/// `..` or root component. Symbolic links are [`resolve_location`]'s part.
+/// string alone (docs/format.md §5): empty, a NUL byte, absolute, a drive letter, a
+/// `..` or root component, or only empty and `.` components. Symbolic links are [`resolve_location`]'s part.
 pub fn check_location(location: &str) -> std::result::Result<(), &'static str> {
     if location.is_empty() {
         return Err("it is empty");
@@ -316,6 +316,11 @@ pub fn check_location(location: &str) -> std::result::Result<(), &'static str> {
     }
     if location.split(['/', '\\']).any(|p| p == "..") {
         return Err("'..' would leave the model's directory");
+    }
+    // Empty and `.` components name nothing (`d//w.bin` is `d/w.bin`): a location made only
+    // of them names no file (format.md §5).
+    if location.split(['/', '\\']).all(|p| p.is_empty() || p == ".") {
+        return Err("it names no file (only empty and '.' components)");
     }
     Ok(())
 }
@@ -428,6 +433,30 @@ mod tests {
         std::os::unix::fs::symlink("m.onnx", dir.path().join("link.onnx")).unwrap();
         let Err(e) = Model::open(dir.path().join("m.onnx")) else { panic!("accepted") };
         assert!(e.to_string().contains("names the model file itself"), "{e}");
+    }
+
+    /// docs/format.md §5: a location made only of empty and `.` components names no file;
+    /// read from a directory or from memory, it is refused and the error says so.
+    #[test]
+    fn a_location_of_only_empty_and_dot_components_names_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.bin"), [0u8; 16]).unwrap();
+        for bad in [".", "./", "././", ".//.", ".\\.", "./\\"] {
+            assert_eq!(check_location(bad), Err("it names no file (only empty and '.' components)"), "{bad}");
+            let bytes = matmul_chain(&[external_float_tensor("W0", &[2, 2], bad, 0, 16)]);
+            let e = Model::from_vec(bytes.clone(), Some(dir.path().to_path_buf())).unwrap_err();
+            assert!(
+                matches!(&e, FormatError::ExternalPath { location, reason, .. }
+                    if location == bad && reason.contains("names no file")),
+                "{bad}: {e}"
+            );
+            let e = Model::from_vec_in_memory(bytes, &|_| Some(16)).unwrap_err();
+            assert!(e.to_string().contains("names no file"), "{bad}: {e}");
+        }
+        // Empty and `.` components around a name are allowed.
+        for fine in ["./w.bin", ".//w.bin", "././w.bin", "w.bin/."] {
+            assert_eq!(check_location(fine), Ok(()), "{fine}");
+        }
     }
 
     #[test]

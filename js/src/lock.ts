@@ -1,11 +1,12 @@
 // The label lock (docs/format.md §15): a classifier's output layer stored with its classes in
 // a keyed order. Its header field is checked against the model without a key; a full
-// decryption opens the seed with the tier-1 key, derives the class order and puts every
+// decryption, once the content matches its digest (§12 step 6), opens the seed with the
+// tier-1 key, derives the class order and puts every
 // locked tensor's class slices back, so the result is the original model byte for byte.
 
 import { concat, hkdfExpand, hkdfExtract, keyedSwaps, Keystream, label, sha256, u32be, unwrapChaCha } from "./crypto.js";
 import { Modified } from "./errors.js";
-import { BITS, Tensor, VARINT_STORAGES, varintWidth } from "./model.js";
+import { BITS, STRING, Tensor, VARINT_STORAGES, varintWidth } from "./model.js";
 import { Message } from "./wire.js";
 
 const MIN_CLASSES = 3;
@@ -50,6 +51,8 @@ export function readLock(header: Message, byLocator: Map<string, Tensor>, graphO
     }
     if (dims[e.axis] !== BigInt(classes)) throw bad(`tensor '${e.name}' has no axis ${e.axis} of ${classes} classes`);
     if (seen.has(t)) throw bad(`tensor '${e.name}' is named twice`);
+    const refusal = storageRefusal(t);
+    if (refusal) throw bad(`tensor '${e.name}' at ${e.locator} cannot be locked: ${refusal}`);
     seen.add(t);
     tensors.push({ tensor: t, axis: e.axis });
   }
@@ -59,6 +62,16 @@ export function readLock(header: Message, byLocator: Map<string, Tensor>, graphO
     if (!outputs.has(o.name)) throw bad(`'${o.name}' is not an output of the graph`);
   }
   return { classes, sealedSeed: lock.sealed_seed, tensors };
+}
+
+/** Why the element bytes of `t` could not be stored back once its class slices moved
+ * (§15): it holds strings, it has no stored data, or it is a 6-bit float in `int32_data`
+ * (whose values map to no whole bytes); `null` when they can. */
+export function storageRefusal(t: Tensor): string | null {
+  if (t.dataType === STRING) return "it holds strings";
+  if (t.storage === null) return "it has no stored data";
+  if (VARINT_STORAGES.has(t.storage) && varintWidth(t.dataType) === null) return `data_type ${t.dataType} in int32_data is not supported`;
+  return null;
 }
 
 /** The class order `p` (locked position `q` holds true class `p[q]`): the seed opened with
@@ -84,8 +97,8 @@ export async function classOrder(lock: HeaderLock, prk1: Uint8Array): Promise<Ui
  * to position `p[q]`. Elements move whole (sub-byte types bit by bit, padding kept). */
 export function unlockElements(bytes: Uint8Array, t: Tensor, axis: number, p: Uint32Array): Uint8Array {
   const bits = BITS[t.dataType];
-  const storable = bits > 0 && !(t.storage !== null && VARINT_STORAGES.has(t.storage) && varintWidth(t.dataType) === null);
-  if (!storable) throw new Modified(`label lock: tensor '${t.name}' of data_type ${t.dataType} cannot hold locked classes`);
+  const refusal = storageRefusal(t);
+  if (refusal) throw new Modified(`label lock: tensor '${t.name}' cannot be locked: ${refusal}`);
   const dims = t.dims.map(Number);
   const c = p.length;
   const outer = dims.slice(0, axis).reduce((x, y) => x * y, 1);

@@ -690,7 +690,7 @@ export function checkSignatures(op: Opened, signers: string[]): void {
  * returned). */
 interface Transform {
   rename?: Map<string, string>;
-  unlockClasses?: { order: Uint32Array; lock: HeaderLock };
+  unlockClasses?: { prk1: Uint8Array; lock: HeaderLock };
   stored?: Uint8Array;
   /** With `stored`: the files as given are in canonical form (no tier restored), so their
    * external files' leaves must also be those the header lists (§3). */
@@ -754,6 +754,17 @@ async function transformed(
       throw e;
     }
   }
+  // §15: the label lock's seed, opened only now (step 7, after step 6); a seal that does
+  // not open leaves nothing behind.
+  let order: Uint32Array | null = null;
+  if (how.unlockClasses) {
+    try {
+      order = await classOrder(how.unlockClasses.lock, how.unlockClasses.prk1);
+    } catch (e) {
+      for (const d of done) d.out.fill(0);
+      throw e;
+    }
+  }
   let content = done[0].out;
   const ext = new Map(locations.map((l, i) => [l, done[i + 1].out]));
   const edits: Edit[] = [];
@@ -767,7 +778,7 @@ async function transformed(
   }
   for (const { tensor: t, axis } of how.unlockClasses?.lock.tensors ?? []) {
     const varint = t.storage !== null && VARINT_STORAGES.has(t.storage);
-    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, how.unlockClasses!.order);
+    const plainBytes = unlockElements(varints.get(t) ?? elementBytes(content, t, ext), t, axis, order!);
     if (varint) varints.set(t, plainBytes);
     else writeViews(elementViews(content, t, ext, 0, t.nbytes), plainBytes);
   }
@@ -851,7 +862,9 @@ export async function decryptWith(model: Uint8Array, opts: ReadOptions, owned?: 
   const locations = op.header.external_files as string[];
   const rename = to === op.tiers && names.length ? new Map(locations.map((l, i) => [l, names[i]])) : undefined;
   // §15: a full decryption puts a label lock's classes back in true order.
-  const unlockClasses = to === op.tiers && op.lock ? { order: await classOrder(op.lock, u.keys.get(1)!.prk), lock: op.lock } : undefined;
+  // The seed is opened at step 7, after step 6 (`transformed`): verification and a partial
+  // decryption never depend on it.
+  const unlockClasses = to === op.tiers && op.lock ? { prk1: u.keys.get(1)!.prk, lock: op.lock } : undefined;
   const stored = op.restored ? op.env.stored_digest : op.env.content_digest;
   // Of a partially decrypted file, `unlock` checked the listed leaves against the canonical
   // content; else the files as given are the canonical content.

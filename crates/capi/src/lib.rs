@@ -639,6 +639,26 @@ pub unsafe extern "C" fn onnx_protect_file_verify(
     })
 }
 
+/// The arguments of a decryption, checked: the file, the key, the tier (`None` for 0).
+///
+/// # Safety
+/// As the decryption calls': `file` and `key` NULL or live handles, `out` valid for a
+/// pointer write or NULL.
+unsafe fn decrypt_args<'h>(
+    file: *const OnnxProtectFile,
+    key: *const OnnxProtectKey,
+    tier: u32,
+    out: *mut *mut OnnxProtectModel,
+) -> Result<(&'h OnnxProtectFile, &'h OnnxProtectKey, Option<u32>), Failure> {
+    // SAFETY: the caller's contract.
+    unsafe { out_arg(out, "out") }?;
+    // SAFETY: the caller's contract.
+    let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
+    // SAFETY: the caller's contract.
+    let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
+    Ok((file, key, if tier == 0 { None } else { Some(tier) }))
+}
+
 /// Verifies and decrypts an open file into memory, as it is now on disk. `tier` 0
 /// decrypts every tier the key reaches; a lower `tier` stops there (tiered models).
 /// The key check and every MAC are verified before anything is decrypted; nothing is
@@ -656,12 +676,7 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
 ) -> OnnxProtectStatus {
     call(|| {
         // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
-        // SAFETY: the caller's contract.
-        let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
-        let tier = if tier == 0 { None } else { Some(tier) };
+        let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
         let m =
             decrypt_signed_in_memory(&file.path, &key.source, tier, &file.signers).map_err(|e| at(&file.path, e))?;
         let (model, external) = m.into_parts();
@@ -705,12 +720,7 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
 ) -> OnnxProtectStatus {
     call(|| {
         // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
-        // SAFETY: the caller's contract.
-        let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
-        let tier = if tier == 0 { None } else { Some(tier) };
+        let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
         let at_file = |e: CoreError| at(&file.path, e);
         let (m, index) = decrypt_for_session(&file.path, &key.source, tier, &file.signers, true).map_err(at_file)?;
         let (mut model, mut external) = m.into_parts();

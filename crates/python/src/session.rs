@@ -178,10 +178,7 @@ impl SessionModel {
     /// wipes) every decrypted byte that no shared tensor points into; the graph cannot be
     /// built again afterwards.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let held = Arc::clone(&self.held);
-        py.detach(|| lock(&held.external).values().try_for_each(DecryptedBytes::settle))
-            .map_err(|e| py_err_at(&self.what, e))?;
-        *lock(&self.held.planned) = None;
+        settle(py, &self.held, &self.what)?;
         *lock(&self.held.index) = None;
         if !self.used.contains(&Source::Model) {
             *lock(&self.held.model) = None;
@@ -295,11 +292,7 @@ impl SessionFiles {
     /// is built) and verifies every chunk of them not read so far: an error if a chunk did
     /// not match (it was read as zeros: the session must be thrown away).
     fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let held = Arc::clone(&self.held);
-        py.detach(|| lock(&held.external).values().try_for_each(DecryptedBytes::settle))
-            .map_err(|e| py_err_at(&self.what, e))?;
-        *lock(&self.held.planned) = None;
-        Ok(())
+        settle(py, &self.held, &self.what)
     }
 
     /// How the external data files are held: `"on_demand"` (filled as read), `"memory"`
@@ -308,6 +301,16 @@ impl SessionFiles {
     fn external_method(&self) -> Option<&'static str> {
         external_method(&self.held)
     }
+}
+
+/// Settles the external files filled on demand (see `release`) and drops the graph not
+/// handed out.
+fn settle(py: Python<'_>, held: &Arc<Held>, what: &std::path::Path) -> PyResult<()> {
+    let held2 = Arc::clone(held);
+    py.detach(|| lock(&held2.external).values().try_for_each(DecryptedBytes::settle))
+        .map_err(|e| py_err_at(what, e))?;
+    *lock(&held.planned) = None;
+    Ok(())
 }
 
 fn external_method(held: &Held) -> Option<&'static str> {

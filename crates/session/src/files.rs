@@ -152,14 +152,7 @@ pub fn prepare_files<'a>(
                 raw.push((i, r));
             }
             TensorData::External { file, range } => {
-                let loc = &model
-                    .external_files
-                    .get(*file)
-                    .ok_or_else(|| FormatError::Invalid(format!("tensor '{}': no external file {file}", t.name)))?
-                    .location;
-                let data = external(loc).ok_or_else(|| {
-                    FormatError::Invalid(format!("tensor '{}': external data file '{loc}' was not given", t.name))
-                })?;
+                let (loc, data) = crate::external_file(model, t, *file, &external)?;
                 let r = usize_range(range)?;
                 let piece = data.get(r.clone()).ok_or_else(|| {
                     FormatError::Invalid(format!("tensor '{}': bytes {range:?} are outside '{loc}'", t.name))

@@ -276,6 +276,25 @@ fn header(bytes: &[u8], t: &Tensor) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
+/// The location of `t`'s external data file `file` and its decrypted bytes, which
+/// `external` gives.
+fn external_file<'m, 'a>(
+    model: &'m Model,
+    t: &Tensor,
+    file: usize,
+    external: &impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<(&'m str, &'a [u8]), FormatError> {
+    let loc = &model
+        .external_files
+        .get(file)
+        .ok_or_else(|| FormatError::Invalid(format!("tensor '{}': no external file {file}", t.name)))?
+        .location;
+    let data = external(loc).ok_or_else(|| {
+        FormatError::Invalid(format!("tensor '{}': external data file '{loc}' was not given", t.name))
+    })?;
+    Ok((loc, data))
+}
+
 /// Appends `external_data` entries naming [`SENTINEL`] and `data_location = EXTERNAL`.
 fn sentinel_fields(out: &mut Vec<u8>, len: u64) {
     for (k, v) in [("location", SENTINEL.to_string()), ("offset", "0".to_string()), ("length", len.to_string())] {
@@ -347,15 +366,8 @@ pub fn prepare<'a>(
         let (buf, source, range): (&[u8], Source, Range<u64>) = match &t.data {
             TensorData::Raw { range } => (bytes, Source::Model, range.clone()),
             TensorData::External { file, range } => {
-                let loc = &model
-                    .external_files
-                    .get(*file)
-                    .ok_or_else(|| FormatError::Invalid(format!("tensor '{}': no external file {file}", t.name)))?
-                    .location;
-                let data = external(loc).ok_or_else(|| {
-                    FormatError::Invalid(format!("tensor '{}': external data file '{loc}' was not given", t.name))
-                })?;
-                (data, Source::External(loc.clone()), range.clone())
+                let (loc, data) = external_file(model, t, *file, &external)?;
+                (data, Source::External(loc.to_string()), range.clone())
             }
             _ => continue,
         };

@@ -12,8 +12,17 @@
 # Then it builds the Python package's wheel, installs it and runs the Python tests
 # (onnxruntime cross-checks, the package, the wheel in a fresh venv, the C ABI example),
 # with the JavaScript package's tests beside them.
+#
+# --quick: a check in a few minutes, of a slice of each (see quick_check below). The Python
+# packages go into the interpreter `python3` names, for both: run it in a venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+case "$*" in
+  "") ;;
+  --quick) quick=1 ;;
+  *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
 step() { echo "== $*   [${SECONDS}s so far]"; }
 # What only waits on the network (Python packages and torch, the corpus, npm packages, the
 # wheel tools, crates) runs in the background while the system packages install and the
@@ -44,9 +53,12 @@ await() {
 pip_install() {
   python3 -m uv pip install --quiet --system --python "$(python3 -c 'import sys; print(sys.executable)')" "$@"
 }
-python_packages() {
+python_test_packages() {
   python3 -m pip install --quiet --disable-pip-version-check uv==0.13.9
   pip_install -r tests/requirements.txt
+}
+python_packages() {
+  python_test_packages
   # The corpus is described with the onnx package installed just above.
   bash scripts/fetch-corpus.sh
   # torch (for onnx_protect.export's tests) only where none >= 2.1 is installed: from PyPI,
@@ -58,6 +70,60 @@ python_packages() {
     pip_install -r tests/requirements-torch.txt
   fi
 }
+# The quick check: one build of the binary as scripts/demo.sh builds it (debug, without default
+# features, so without tract: the tests of `run`, `assess` and policy search are left out), its
+# integration tests and the Python package's wheel (dev profile, into target/wheels-test as
+# below); then the binary's integration tests but the sweeps over every byte of a model and
+# those of the ONNX backend corpus, eight Python test files (no torch is installed for them:
+# where none is, the tests that need it skip) and seven JavaScript test files beside them. No
+# system packages, corpus or TPM.
+quick_check() {
+  step "quick check. background: python test packages (no torch), wheel tools, npm packages (logs in $logs)"
+  background python python_test_packages
+  background wheel-tools bash scripts/build-wheel.sh --tools-only
+  local have_node=0
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    have_node=1
+    # npm ci empties node_modules first: only when the lock file is newer than the install.
+    if [ ! js/node_modules/.package-lock.json -nt js/package-lock.json ]; then
+      background npm bash -c 'cd js && npm ci --no-audit --no-fund --loglevel=error'
+    else
+      background npm true
+    fi
+  fi
+  step "build: the binary (debug, --no-default-features, as scripts/demo.sh) and its integration tests"
+  cargo test --no-default-features -p onnx-protect --test integration --no-run
+  step "build: the python package (scripts/build-wheel.sh --dev)"
+  await wheel-tools
+  local wheels=${CARGO_TARGET_DIR:-target}/wheels-test
+  bash scripts/build-wheel.sh --dev -o "$wheels"
+  await python
+  python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheels"/onnx_protect-*.whl
+  step "rust: the command line's integration tests, but the long byte sweeps and those needing tract or the corpus"
+  cargo test --no-default-features -p onnx-protect --test integration -- \
+    --skip every_changed_byte --skip one_byte_in_every_page --skip a_killed_batch --skip policy:: --skip corpus
+  step "python tests (a slice), and javascript tests (a slice) beside them"
+  export ONNX_PROTECT_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/onnx-protect")
+  if [ "$have_node" = 1 ]; then
+    await npm
+    background js bash -c 'cd js && npm run build && node --test --test-concurrency=1 test/errors.test.mjs \
+      test/vectors.test.mjs test/models.test.mjs test/session.test.mjs test/licences.test.mjs test/original-names.test.mjs test/lock.test.mjs'
+  else
+    echo "SKIP javascript tests: node and npm are not installed" >&2
+  fi
+  python3 -m pytest -q -n auto -rs tests/python/test_package.py tests/python/test_package_keywords.py \
+    tests/python/test_docs.py tests/python/test_cross_v2.py tests/python/test_bundle_interop.py \
+    tests/python/test_spec_decryptor.py tests/python/test_runtime.py tests/python/test_memory.py
+  if [ "$have_node" = 1 ]; then
+    await js
+    cat "$logs/js.log"
+  fi
+  step "done (quick check)"
+}
+if [ "$quick" = 1 ]; then
+  quick_check
+  exit 0
+fi
 step "background: crates, python test packages, corpus, wheel tools, npm packages (logs in $logs)"
 background crates cargo fetch --locked
 background python python_packages

@@ -109,3 +109,21 @@ def test_a_model_without_an_output_layer_is_refused_in_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("hint:")]
     assert len(lines) == 1 and "Conv" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_session_below_the_top_tier_of_a_locked_model_is_refused_not_served_in_locked_order(tmp_path):
+    """Below the top tier the lock stays (format.md §15): the scores would come out in
+    locked order, so the session is refused, naming why; the top tier's session is exact."""
+    src = ROOT / "fixtures" / "digits" / "mlp.onnx"
+    x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:64]
+    key = tmp_path / "k.key"
+    op.keygen(key, tiers=2)
+    enc = tmp_path / "locked.onnx"
+    cli("encrypt", src, "-o", enc, "--key-file", key, "--tiers", "2", "--lock-outputs", "-q")
+    tier1 = tmp_path / "k.key.tier1"
+    assert tier1.exists()
+    for kw in (dict(key_file=tier1), dict(key_file=key, tier=1)):
+        with pytest.raises(op.OnnxProtectError, match="label-locked"):
+            op.InferenceSession(enc, providers=["CPUExecutionProvider"], **kw)
+    sess = op.InferenceSession(enc, key_file=key, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {sess.get_inputs()[0].name: x})[0], run(src, x)[0])

@@ -432,11 +432,23 @@ pub fn decrypt_for_session(
     on_demand: bool,
 ) -> Result<(DecryptedModel, Model)> {
     let (file, model) = open_checked(path)?;
-    let d = Protection::of(&model)?.into_decryption(&model, key, tier, signers)?;
+    let protection = Protection::of(&model)?;
+    let locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
+    let d = protection.into_decryption(&model, key, tier, signers)?;
     let decrypted = match ondemand::on_demand_if(on_demand, d)? {
         Ok(done) => done,
         Err(d) => load(d, Some(file))?,
     };
+    // Below the top tier the label lock stays (format.md §15): a session would give the
+    // scores in locked order, so it is refused rather than served.
+    if locked && decrypted.tier() < decrypted.tiers() {
+        return Err(CoreError::NotTopKey {
+            key_tier: decrypted.tier(),
+            tiers: decrypted.tiers(),
+            operation: "running a model whose outputs are label-locked (below the top tier they come in locked order)",
+            by_licence: false,
+        });
+    }
     let index = decrypted.index(model)?;
     Ok((decrypted, index))
 }

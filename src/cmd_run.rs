@@ -188,11 +188,24 @@ mod with_tract {
             }
         }
         let model = Model::open(&a.model).with_context(|| format!("open {}", a.model.display()))?;
-        let protected = Protection::read(&model).with_context(|| format!("read {}", a.model.display()))?.is_some();
+        let protection = Protection::read(&model).with_context(|| format!("read {}", a.model.display()))?;
+        let protected = protection.is_some();
+        let locked = matches!(&protection, Some(Protection::V2(p)) if p.sealed.header.label_lock.is_some());
         let decrypted;
         let (bytes, external, weights, decrypted_bytes): (&[u8], External, &'static str, Option<u64>) = match &key {
             Some(k) => {
                 decrypted = decrypt_in_memory(&a.model, k).with_context(|| format!("decrypt {}", a.model.display()))?;
+                // Below the top tier the label lock stays (format.md §15): refused rather than
+                // its scores printed in locked order.
+                if locked && decrypted.tier() < decrypted.tiers() {
+                    return Err(anyhow::Error::new(onnx_protect_core::error::CoreError::NotTopKey {
+                        key_tier: decrypted.tier(),
+                        tiers: decrypted.tiers(),
+                        operation: "running a model whose outputs are label-locked (below the top tier they come in locked order)",
+                        by_licence: false,
+                    }))
+                    .with_context(|| format!("run {}", a.model.display()));
+                }
                 if let Some(w) = decrypted.warning() {
                     eprintln!("warning: {w}");
                 }

@@ -295,6 +295,23 @@ mod with_tract {
     }
 
     #[test]
+    fn run_refuses_a_label_locked_model_below_its_top_tier_instead_of_printing_locked_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let (key, locked) = (d.join("k.key"), d.join("locked.onnx"));
+        let x = test_x(d, 4);
+        assert_eq!(run(&["keygen", "-o", &s(&key), "--tiers", "2", "-q"]).0, 0);
+        let enc = ["encrypt", &s(&digits("mlp")), "-o", &s(&locked), "--key-file", &s(&key), "--tiers", "2"];
+        assert_eq!(run(&[&enc[..], &["--lock-outputs", "-q"]].concat()).0, 0);
+        let tier1 = format!("{}.tier1", s(&key));
+        let (code, out, err) = run(&["run", &s(&locked), "--key-file", &tier1, "-i", &s(&x)]);
+        assert_eq!(code, 4, "{err}");
+        assert!(out.is_empty() && err.contains("label-locked"), "{out}{err}");
+        assert_eq!(run(&["run", &s(&locked), "--key-file", &s(&key), "-i", &s(&x)]).0, 0);
+    }
+
+    #[test]
     fn run_with_the_key_gives_the_original_outputs_and_writes_npy() {
         for name in ["cnn", "mlp", "convmixer", "vit"] {
             let dir = tempfile::tempdir().unwrap();

@@ -462,6 +462,12 @@ export async function open(input: Uint8Array, externalData?: ReadOptions["extern
   return op;
 }
 
+/** Whether a decryption result keeps a label lock (§15): a partial decryption of a locked
+ * model, whose scores come out in locked order. */
+export function keepsLabelLock(d: Decrypted): boolean {
+  return d.tier < d.tiers && openManifest(d.model, d.externalData).lock !== null;
+}
+
 /** §12 steps 1–3: the entry, its messages and rules, the checksum, the model matched to
  * the header. The digest of the content is left to the caller. */
 function openManifest(input: Uint8Array, externalData?: ReadOptions["externalData"]): Opened {

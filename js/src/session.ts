@@ -3,8 +3,8 @@
 // its external data as `externalData`; session options that would make onnxruntime write
 // the decrypted model (or an EP context holding it) to disk are refused.
 
-import { UsageError } from "./errors.js";
-import { decrypt, Decrypted, ReadOptions } from "./reader.js";
+import { KeyError, UsageError } from "./errors.js";
+import { decrypt, Decrypted, keepsLabelLock, ReadOptions } from "./reader.js";
 
 /** The part of onnxruntime's API this module uses (onnxruntime-node or onnxruntime-web). */
 export interface OrtLike<S> {
@@ -116,6 +116,11 @@ export async function createSession<S>(
  * taken them (whether or not it succeeded). */
 export async function sessionOf<S>(ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>): Promise<SessionResult<S>> {
   try {
+    // §15: below the top tier a label-locked model's scores come out in locked order;
+    // refused rather than served as if they were true ones.
+    if (keepsLabelLock(d)) {
+      throw new KeyError(`this key opens tier ${d.tier} of ${d.tiers}; running a model whose outputs are label-locked needs the top-tier key (below it they come in locked order)`);
+    }
     const externalData = [...d.externalData].map(([path, data]) => ({ path, data }));
     const options = externalData.length ? { ...sessionOptions, externalData } : { ...sessionOptions };
     const session = await ort.InferenceSession.create(d.model, options);

@@ -5,8 +5,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 
-import { checkSessionOptions, createSession, UsageError } from "../dist/index.js";
-import { keyOf, VECTORS } from "./util.mjs";
+import { checkSessionOptions, createSession, KeyError, UsageError } from "../dist/index.js";
+import { binary, keyOf, ROOT, run, tempDir, VECTORS } from "./util.mjs";
 
 test("options writing the model to disk are refused", async () => {
   for (const opts of [
@@ -74,4 +74,26 @@ test("the session gets the original model's bytes, and the package's copy is zer
   assert.equal(session, "session");
   assert.ok(Buffer.compare(Buffer.from(seen.copy), fs.readFileSync(path.join(dir, "original.onnx"))) === 0);
   assert.ok(seen.ref.every((b) => b === 0), "the decrypted buffer was not zeroed");
+});
+
+test("a label-locked model opened below its top tier is refused, not served in locked order", { skip: binary() ? false : "no onnx-protect binary" }, async () => {
+  const bin = binary();
+  const dir = tempDir();
+  try {
+    const key = path.join(dir, "k.key");
+    const locked = path.join(dir, "locked.onnx");
+    run(bin, ["keygen", "-o", key, "--tiers", "2", "-q"]);
+    run(bin, ["encrypt", path.join(ROOT, "fixtures/digits/mlp.onnx"), "-o", locked, "--key-file", key, "--tiers", "2", "--lock-outputs", "-q"]);
+    const bytes = fs.readFileSync(locked);
+    let created = 0;
+    const fake = { InferenceSession: { create: async () => { created += 1; return "session"; } } };
+    const top = fs.readFileSync(key, "utf8");
+    await assert.rejects(createSession(fake, bytes, { key: fs.readFileSync(`${key}.tier1`, "utf8") }), (e) => e instanceof KeyError && /label-locked/.test(e.message));
+    await assert.rejects(createSession(fake, bytes, { key: top, tier: 1 }), KeyError);
+    assert.equal(created, 0, "onnxruntime was not called below the top tier");
+    const { session } = await createSession(fake, bytes, { key: top });
+    assert.equal(session, "session");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -355,6 +355,9 @@ function checkStanza(st: Message, i: number, tiers: number): void {
     checkAgeBody(st.body, i);
   } else if (kind === "pkcs11") {
     if (st.body.length !== 60 || st.salt.length || st.kdf !== null) throw new Modified(`stanza ${i}: a pkcs11 stanza has a 60-byte body, no salt, no kdf`);
+  } else if (kind === "age-plugin") {
+    // Step 1 looks at nothing else: the label and the body's content are the plugin's (§8).
+    if (st.salt.length || st.kdf !== null || st.body.length > 16384) throw new Modified(`stanza ${i}: an age-plugin stanza has no salt, no kdf and a body of at most 16384 bytes`);
   } else if (kind === "command") {
     const lab = encodeUtf8(st.label);
     // eslint-disable-next-line no-control-regex

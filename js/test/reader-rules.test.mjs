@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 
-import { decrypt, Modified, open, verify, WrongKey } from "../dist/index.js";
+import { decrypt, evaluateLicence, LicenceMalformed, LicenceWrongDevice, Modified, open, parseLicence, verify, WrongKey } from "../dist/index.js";
 import { resealed, VECTORS } from "./util.mjs";
 
 const read = (p) => new Uint8Array(fs.readFileSync(p));
@@ -75,4 +75,34 @@ test("§3, §12 step 3: external_sizes is compared with each file's length befor
   const same = new Map(Object.entries({ ...files, "weights.bin": flipped }));
   await assert.rejects(decrypt(model, { key: wrong, externalData: same }), WrongKey);
   await assert.rejects(decrypt(model, { key, externalData: same }), Modified);
+});
+
+/** A licence signed in the test by a fresh authority: { text, facts } (the facts of a model it
+ * names by id "m"). `lines` go between the authority and the tiers. */
+async function licence(lines) {
+  const { concat, ed25519Public, ed25519Sign } = await import("../dist/crypto.js");
+  const { signerString } = await import("../dist/keys.js");
+  const seed = new Uint8Array(32).fill(7);
+  const pub = ed25519Public(seed);
+  const body = `onnx-protect-licence-v1\nauthority: ${signerString(pub)}\n${lines}tiers: 1\nnot-before: 2020-01-01T00:00:00Z\nnot-after: 2099-01-01T00:00:00Z\n`;
+  const enc = new TextEncoder();
+  const sig = ed25519Sign(seed, concat([enc.encode("onnx-protect/licence/v1"), enc.encode(body)]));
+  return { text: `${body}signature: ${Buffer.from(sig).toString("base64")}\n`, facts: { authority: pub, contentDigest: new Uint8Array(32), modelId: "m" } };
+}
+
+test("Appendix C: 'recipient: KIND' without a label names only the stanzas of that kind whose label is empty", async () => {
+  const now = Date.UTC(2030, 0, 1) / 1000;
+  for (const kind of ["key", "command", "passphrase", "x25519", "tpm"]) {
+    const { text, facts } = await licence(`model: id:m\nrecipient: ${kind}\n`);
+    const l = parseLicence(text);
+    assert.equal(evaluateLicence(l, facts, { kind, label: "" }, now), 1, kind);
+    for (const label of ["0123456789abcdef", " ", "x"]) {
+      assert.throws(() => evaluateLicence(l, facts, { kind, label }, now), LicenceWrongDevice, `${kind} '${label}'`);
+    }
+    const other = kind === "key" ? "command" : "key";
+    assert.throws(() => evaluateLicence(l, facts, { kind: other, label: "" }, now), LicenceWrongDevice, `${other} for ${kind}`);
+  }
+  const { text, facts } = await licence("model: id:m\nrecipient: key 0123456789abcdef\n");
+  assert.equal(evaluateLicence(parseLicence(text), facts, { kind: "key", label: "0123456789abcdef" }, now), 1);
+  assert.throws(() => evaluateLicence(parseLicence(text), facts, { kind: "key", label: "" }, now), LicenceWrongDevice);
 });

@@ -106,3 +106,17 @@ test("Appendix C: 'recipient: KIND' without a label names only the stanzas of th
   assert.equal(evaluateLicence(parseLicence(text), facts, { kind: "key", label: "0123456789abcdef" }, now), 1);
   assert.throws(() => evaluateLicence(parseLicence(text), facts, { kind: "key", label: "" }, now), LicenceWrongDevice);
 });
+
+test("Appendix C: control characters are U+0000–U+001F and U+007F–U+009F, tab included", async () => {
+  const now = Date.UTC(2030, 0, 1) / 1000;
+  for (const c of ["\t", "\u0000", "\u001f", "\u007f", "\u0080", "\u0085", "\u009f"]) {
+    const { text } = await licence(`licensee: a${c}b\nmodel: id:m\nrecipient: any\n`);
+    assert.throws(() => parseLicence(text), (e) => e instanceof LicenceMalformed && e.message.startsWith("licence line 3:"), JSON.stringify(c));
+  }
+  for (const c of ["\u00a0", "\u00ad", "\u2028", "\u2029", "\ufeff"]) {
+    const { text, facts } = await licence(`licensee: a${c}b\nmodel: id:m\nrecipient: any\n`);
+    const l = parseLicence(text);
+    assert.equal(l.terms.licensee, `a${c}b`);
+    assert.equal(evaluateLicence(l, facts, { kind: "key", label: "" }, now), 1, JSON.stringify(c));
+  }
+});

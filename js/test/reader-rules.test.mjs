@@ -8,7 +8,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import { decrypt, evaluateLicence, LicenceMalformed, LicenceWrongDevice, Modified, open, parseLicence, verify, WrongKey } from "../dist/index.js";
-import { resealed, VECTORS } from "./util.mjs";
+import { resealedWithKey, VECTORS } from "./util.mjs";
 
 const read = (p) => new Uint8Array(fs.readFileSync(p));
 
@@ -119,4 +119,22 @@ test("Appendix C: control characters are U+0000–U+001F and U+007F–U+009F, ta
     assert.equal(l.terms.licensee, `a${c}b`);
     assert.equal(evaluateLicence(l, facts, { kind: "key", label: "" }, now), 1, JSON.stringify(c));
   }
+});
+
+test("Appendix C: a reader accepts any model id of at most 1024 bytes; one no licence can name is named by its digest", async () => {
+  const dir = path.join(VECTORS, "cnn_torch_v2_ctr");
+  const key = fs.readFileSync(path.join(dir, "key.hex"), "utf8");
+  const op = await open(read(path.join(dir, "protected.onnx")));
+  const { facts } = await licence("");
+  const digest = Buffer.from(op.env.content_digest).toString("hex");
+  const { text: byDigest } = await licence(`model: digest:${digest}\nrecipient: any\n`);
+  const original = read(path.join(dir, "original.onnx"));
+  for (const id of ["x".repeat(1022), "é".repeat(512), " m", "m ", "a\tb", "a\u0085b", "a\u2028b", "\u0000"]) {
+    const m = await resealedWithKey(op, { ...op.header, licence_authority: facts.authority, model_id: id }, key);
+    await verify(m);
+    const out = await decrypt(m, { key, licence: byDigest });
+    assert.deepEqual(Buffer.from(out.model), Buffer.from(original), JSON.stringify(id));
+  }
+  const over = await resealedWithKey(op, { ...op.header, licence_authority: facts.authority, model_id: "é".repeat(512) + "x" }, key);
+  await assert.rejects(verify(over), Modified);
 });

@@ -78,13 +78,13 @@ test("§3, §12 step 3: external_sizes is compared with each file's length befor
 });
 
 /** A licence signed in the test by a fresh authority: { text, facts } (the facts of a model it
- * names by id "m"). `lines` go between the authority and the tiers. */
-async function licence(lines) {
+ * names by id "m"). `lines` go between the authority and the `tiers` line. */
+async function licence(lines, tiers = 1) {
   const { concat, ed25519Public, ed25519Sign } = await import("../dist/crypto.js");
   const { signerString } = await import("../dist/keys.js");
   const seed = new Uint8Array(32).fill(7);
   const pub = ed25519Public(seed);
-  const body = `onnx-protect-licence-v1\nauthority: ${signerString(pub)}\n${lines}tiers: 1\nnot-before: 2020-01-01T00:00:00Z\nnot-after: 2099-01-01T00:00:00Z\n`;
+  const body = `onnx-protect-licence-v1\nauthority: ${signerString(pub)}\n${lines}tiers: ${tiers}\nnot-before: 2020-01-01T00:00:00Z\nnot-after: 2099-01-01T00:00:00Z\n`;
   const enc = new TextEncoder();
   const sig = ed25519Sign(seed, concat([enc.encode("onnx-protect/licence/v1"), enc.encode(body)]));
   return { text: `${body}signature: ${Buffer.from(sig).toString("base64")}\n`, facts: { authority: pub, contentDigest: new Uint8Array(32), modelId: "m" } };
@@ -137,4 +137,59 @@ test("Appendix C: a reader accepts any model id of at most 1024 bytes; one no li
   }
   const over = await resealedWithKey(op, { ...op.header, licence_authority: facts.authority, model_id: "é".repeat(512) + "x" }, key);
   await assert.rejects(verify(over), Modified);
+});
+
+/** `op` with `header` and `stanzas`, every MAC the key's stanzas reach computed again (as a
+ * forger holding the key would) and the checksum sealed again. */
+async function sealedWithKey(op, header, stanzas, key) {
+  const { hkdf, hkdfExpand, hkdfExtract, hmacSha256, sha256, unwrapChaCha, u32be, u64be } = await import("../dist/crypto.js");
+  const { concat, encode, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
+  const { parseKey } = await import("../dist/keys.js");
+  const w = parseKey(key).key;
+  let top = null;
+  for (const st of stanzas) {
+    const dk = st.kind === "key" && unwrapChaCha(hkdf(sha256, w, st.salt, concat([encodeUtf8("onnx-protect/v2/wrap/key"), u32be(st.tier)]), 32), st.body);
+    if (dk && (!top || st.tier > top.tier)) top = { tier: st.tier, dk };
+  }
+  const h = encode("Header", header), r = encode("Recipients", { stanzas });
+  const t = concat([u64be(h.length), h, u64be(r.length), r, op.env.content_digest]);
+  const macs = [...op.env.macs];
+  for (let tier = top.tier, dk = top.dk; tier >= 1; tier--) {
+    const macKey = hkdfExpand(sha256, hkdfExtract(sha256, dk, encodeUtf8("onnx-protect/v2/data-key")), encodeUtf8("onnx-protect/v2/mac"), 32);
+    macs[tier - 1] = hmacSha256(macKey, concat([encodeUtf8("onnx-protect/v2/mac"), u32be(tier), t]));
+    dk = hkdf(sha256, dk, encodeUtf8("onnx-protect/v2/tier-salt"), encodeUtf8("onnx-protect/v2/tier-down"), 32);
+  }
+  const env = { ...op.env, header: h, recipients: r, macs, checksum: new Uint8Array(0) };
+  env.checksum = sha256(concat([encodeUtf8("onnx-protect/v2/checksum"), encode("Envelope", env)]));
+  const value = encodeUtf8(Buffer.from(encode("Envelope", env)).toString("base64"));
+  const entry = lengthDelimited(14, concat([lengthDelimited(1, encodeUtf8("onnx-protect/v2")), lengthDelimited(2, value)]));
+  return concat([op.model.subarray(0, op.entryStart), entry]);
+}
+
+test("§12 step 4: the licence is checked against the first opening stanza of the top tier alone; no other is tried", async () => {
+  const dir = path.join(VECTORS, "cnn_torch_v2_tiers");
+  const key = fs.readFileSync(path.join(dir, "key.hex"), "utf8");
+  const op = await open(read(path.join(dir, "protected.onnx")));
+  const { facts } = await licence("");
+  const header = { ...op.header, licence_authority: facts.authority };
+  const digest = Buffer.from(op.env.content_digest).toString("hex");
+  const lic = async (label) => (await licence(`model: digest:${digest}\nrecipient: key ${label}\n`, 16)).text;
+  const { hkdf, sha256, unwrapChaCha, u32be, concat } = await import("../dist/crypto.js");
+  const { parseKey } = await import("../dist/keys.js");
+  const w = parseKey(key).key;
+  const opens = (st) => st.kind === "key" && unwrapChaCha(hkdf(sha256, w, st.salt, concat([new TextEncoder().encode("onnx-protect/v2/wrap/key"), u32be(st.tier)]), 32), st.body) !== null;
+  const mine = op.stanzas.filter(opens);
+  assert.ok(mine.length >= 1);
+  const top = mine.reduce((a, b) => (b.tier > a.tier ? b : a));
+  const lower = mine.find((st) => st.tier < top.tier);
+  // Two copies of the top stanza (the same wrap: the key opens both) with other labels.
+  const first = { ...top, label: "1111111111111111" }, second = { ...top, label: "2222222222222222" };
+  for (const [order, opener, other] of [[[first, second], first, second], [[second, first], second, first]]) {
+    const stanzas = [...op.stanzas.filter((st) => st !== top), ...order];
+    const m = await sealedWithKey(op, header, stanzas, key);
+    const out = await decrypt(m, { key, licence: await lic(opener.label) });
+    assert.equal(out.tier, op.tiers);
+    await assert.rejects(decrypt(m, { key, licence: await lic(other.label) }), LicenceWrongDevice, other.label);
+    if (lower) await assert.rejects(decrypt(m, { key, licence: await lic(lower.label) }), LicenceWrongDevice, `tier ${lower.tier}`);
+  }
 });

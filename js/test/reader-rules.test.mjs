@@ -8,7 +8,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import { decrypt, evaluateLicence, LicenceMalformed, LicenceWrongDevice, Modified, open, parseLicence, verify, WrongKey } from "../dist/index.js";
-import { resealedWithKey, VECTORS } from "./util.mjs";
+import { binary, inTempDir, resealedWithKey, ROOT, run, VECTORS } from "./util.mjs";
 
 const read = (p) => new Uint8Array(fs.readFileSync(p));
 
@@ -192,4 +192,42 @@ test("§12 step 4: the licence is checked against the first opening stanza of th
     await assert.rejects(decrypt(m, { key, licence: await lic(other.label) }), LicenceWrongDevice, other.label);
     if (lower) await assert.rejects(decrypt(m, { key, licence: await lic(lower.label) }), LicenceWrongDevice, `tier ${lower.tier}`);
   }
+});
+
+test("§12 step 7: with a repeated location key only the last location entry's last value is renamed", { skip: binary() ? false : "no onnx-protect binary" }, async () => {
+  const { applyEdits, locationEdit, walk } = await import("../dist/model.js");
+  const { concat, encodeUtf8, lengthDelimited } = await import("../dist/wire.js");
+  const { readModelFiles } = await import("../dist/node.js");
+  const src = path.join(ROOT, "fixtures/models/external_data");
+  const files = new Map(["weights.bin", "extra.bin"].map((f) => [f, read(path.join(src, f))]));
+  const plain = read(path.join(src, "model.onnx"));
+  // Each external tensor gets, first, a `location` entry naming another file, and in its
+  // last `location` entry a first `value` naming another file (ahead of the real one).
+  const entry = (...fields) => lengthDelimited(13, concat(fields));
+  const edits = walk(plain, files).filter((t) => t.external).flatMap((t) => {
+    const self = t.chain[t.chain.length - 1];
+    const last = locationEdit(plain, t, "").chain.at(-1);
+    return [
+      { chain: t.chain, start: self.vstart, end: self.vstart, bytes: entry(lengthDelimited(1, encodeUtf8("location")), lengthDelimited(2, encodeUtf8("early.bin"))) },
+      { chain: [...t.chain, last], start: last.vstart, end: last.vstart, bytes: lengthDelimited(2, encodeUtf8("early.bin")) },
+    ];
+  });
+  assert.ok(edits.length >= 4);
+  const model = applyEdits(plain, edits);
+  const tensors = walk(model, files);
+  assert.deepEqual(tensors.filter((t) => t.external).map((t) => t.external.location).sort(), walk(plain, files).filter((t) => t.external).map((t) => t.external.location).sort());
+  await inTempDir(async (dir) => {
+    fs.writeFileSync(path.join(dir, "model.onnx"), model);
+    for (const [f, d] of files) fs.writeFileSync(path.join(dir, f), d);
+    const key = path.join(dir, "k.key");
+    run(binary(), ["keygen", "-o", key, "-q"]);
+    const prot = path.join(dir, "model.protected.onnx");
+    run(binary(), ["encrypt", path.join(dir, "model.onnx"), "-o", prot, "--key-file", key, "-q", "--coefficient", "*=1"]);
+    const { model: pm, externalData } = await readModelFiles(prot);
+    assert.ok([...externalData.keys()].every((l) => !files.has(l)), "the protected files have names of their own");
+    assert.equal(Buffer.from(pm).toString("latin1").split("early.bin").length - 1, edits.length, "the encryptor left the earlier entries");
+    const d = await decrypt(pm, { key: fs.readFileSync(key, "utf8"), externalData });
+    assert.deepEqual(Buffer.from(d.model), Buffer.from(model), "the decrypted model is not the original byte for byte");
+    assert.deepEqual([...d.externalData.keys()].sort(), [...files.keys()].sort());
+  });
 });

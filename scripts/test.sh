@@ -75,7 +75,7 @@ python_packages() {
 # integration tests and the Python package's wheel (dev profile, into target/wheels-test as
 # below); then the binary's integration tests but the sweeps over every byte of a model and
 # those of the ONNX backend corpus, eight Python test files (no torch is installed for them:
-# where none is, the tests that need it skip) and seven JavaScript test files beside them. No
+# the one test that uses it skips without it) and seven JavaScript test files beside them. No
 # system packages, corpus or TPM.
 quick_check() {
   step "quick check. background: python test packages (no torch), wheel tools, npm packages (logs in $logs)"

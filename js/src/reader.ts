@@ -31,9 +31,10 @@ export const ENTRY_KEY = "onnx-protect/v2";
 const MODE_CTR = 1, MODE_FP = 2, MODE_DP = 3;
 const MAX_ENTRIES = 1 << 20;
 const MAX_STANZAS = 1024;
+const MAX_RECIPIENTS = 1 << 20;
 const MAX_SIGNATURES = 64;
 /** Stanza kinds whose opening costs seconds: at most this many of each (§8). */
-const COSTLY = new Set(["passphrase", "pkcs11", "command"]);
+const COSTLY = new Set(["passphrase", "pkcs11", "command", "age-plugin", "tpm"]);
 const MAX_COSTLY = 8;
 const MAX_AGE_BODY = 1024;
 const MAX_MODEL_ID_LEN = 1024;
@@ -340,6 +341,10 @@ function checkAgeBody(body: Uint8Array, i: number): void {
 function checkStanza(st: Message, i: number, tiers: number): void {
   if (!(st.tier >= 1 && st.tier <= tiers)) throw new Modified(`stanza ${i} is for tier ${st.tier}, which the model does not have`);
   const kind = st.kind as string;
+  // Caps on every stanza, whatever its kind (§8).
+  if (encodeUtf8(kind).length > 64 || encodeUtf8(st.label).length > 4096 || st.body.length > 16384) {
+    throw new Modified(`stanza ${i}: a kind over 64 bytes, a label over 4096 or a body over 16384`);
+  }
   if (kind === "key") {
     if (st.salt.length !== 16 || st.kdf !== null || st.body.length !== 48) throw new Modified(`stanza ${i}: a key stanza has a 16-byte salt, a 48-byte body and no kdf`);
   } else if (kind === "passphrase") {
@@ -355,6 +360,9 @@ function checkStanza(st: Message, i: number, tiers: number): void {
     checkAgeBody(st.body, i);
   } else if (kind === "pkcs11") {
     if (st.body.length !== 60 || st.salt.length || st.kdf !== null) throw new Modified(`stanza ${i}: a pkcs11 stanza has a 60-byte body, no salt, no kdf`);
+  } else if (kind === "tpm") {
+    // The label is compared with a recipient only by a reader holding a TPM key (§8).
+    if (st.salt.length || st.kdf !== null || st.body.length !== 81) throw new Modified(`stanza ${i}: a tpm stanza has an 81-byte body, no salt, no kdf`);
   } else if (kind === "age-plugin") {
     // Step 1 looks at nothing else: the label and the body's content are the plugin's (§8).
     if (st.salt.length || st.kdf !== null || st.body.length > 16384) throw new Modified(`stanza ${i}: an age-plugin stanza has no salt, no kdf and a body of at most 16384 bytes`);
@@ -479,6 +487,7 @@ function openManifest(input: Uint8Array, externalData?: ReadOptions["externalDat
   const envBytes = b64decode(value);
   const env = decodeCanonical("Envelope", envBytes);
   const header = decodeCanonical("Header", env.header);
+  if (env.recipients.length > MAX_RECIPIENTS) throw new Modified(`the Recipients message is over ${MAX_RECIPIENTS} bytes`);
   const rec = decodeCanonical("Recipients", env.recipients);
   checkHeader(header);
   checkEnvelope(env, header, rec.stanzas);

@@ -231,3 +231,28 @@ test("§12 step 7: with a repeated location key only the last location entry's l
     assert.deepEqual([...d.externalData.keys()].sort(), [...files.keys()].sort());
   });
 });
+
+test("§8 at step 1: every stanza's caps, a tpm body of 81 bytes, at most 8 tpm and 8 age-plugin stanzas, a Recipients message of at most 1 MiB", async () => {
+  const op = await open(read(path.join(VECTORS, "cnn_torch_v2_ctr/protected.onnx")));
+  const add = (...more) => withStanzas(op, (s) => [...s, ...more]);
+  const tpm = (fields) => stanza("tpm", { body: new Uint8Array(81), label: "onnx-protect-tpm1x", ...fields });
+  const plugin = stanza("age-plugin", { label: "age1yubikey1q" });
+  const future = (fields) => stanza("future", { salt: new Uint8Array(3), kdf: { algorithm: "x", salt: new Uint8Array(1), m_cost_kib: 0, t_cost: 0, p_cost: 0 }, ...fields });
+  for (const [what, more] of Object.entries({
+    "an unknown kind at its caps": [future({ kind: "k".repeat(64), label: "l".repeat(4096), body: new Uint8Array(16384) })],
+    "eight tpm stanzas": Array(8).fill(tpm({})),
+    "eight age-plugin stanzas": Array(8).fill(plugin),
+    "a Recipients message just under 1 MiB": Array(63).fill(future({ body: new Uint8Array(16384) })),
+  })) await verify(await add(...more)).catch((e) => assert.fail(`${what}: ${e.message}`));
+  for (const [what, more] of Object.entries({
+    "a kind of 65 bytes": [future({ kind: "k".repeat(65) })],
+    "a label of 4097 bytes": [future({ label: "l".repeat(4097) })],
+    "a body of 16385 bytes": [future({ body: new Uint8Array(16385) })],
+    "a tpm body of 80 bytes": [tpm({ body: new Uint8Array(80) })],
+    "a tpm body of 82 bytes": [tpm({ body: new Uint8Array(82) })],
+    "a tpm stanza with a salt": [tpm({ salt: new Uint8Array(16) })],
+    "nine tpm stanzas": Array(9).fill(tpm({})),
+    "nine age-plugin stanzas": Array(9).fill(plugin),
+    "a Recipients message over 1 MiB": Array(64).fill(future({ body: new Uint8Array(16384) })),
+  })) await assert.rejects(verify(await add(...more)), Modified, what);
+});

@@ -29,31 +29,7 @@ pub const KIND_AGE_PLUGIN: &str = "age-plugin";
 /// The largest `age-plugin` stanza body read or written.
 pub const MAX_PLUGIN_BODY: usize = 16 * 1024;
 
-/// How a plugin reaches the person at the machine: messages (touch the token), requests
-/// for a PIN or a confirmation. Each method answers `None` where there is no one to ask;
-/// the plugin then fails with its own error. Libraries never print: the binary gives an
-/// implementation that writes to the terminal.
-pub trait PluginPrompt: Send + Sync {
-    /// A message from the plugin (e.g. "touch your YubiKey").
-    fn message(&self, _text: &str) {}
-    /// A secret (a PIN) the plugin asks for.
-    fn secret(&self, _description: &str) -> Option<Zeroizing<String>> {
-        None
-    }
-    /// A public answer the plugin asks for.
-    fn public(&self, _description: &str) -> Option<String> {
-        None
-    }
-    /// A yes/no question.
-    fn confirm(&self, _message: &str, _yes: &str, _no: Option<&str>) -> Option<bool> {
-        None
-    }
-}
-
-/// A [`PluginPrompt`] with no one to ask: messages are dropped, requests answered `None`.
-pub struct NoPrompt;
-
-impl PluginPrompt for NoPrompt {}
+pub use crate::plugin_protocol::{NoPrompt, PluginPrompt};
 
 /// An age `Recipient` that wraps through the plugin, keeping the plugin's error (age's
 /// error types cannot carry it).

@@ -95,7 +95,7 @@ def test_a_missing_or_refusing_plugin_in_the_package(plugin_path, tmp_path, monk
         op.encrypt(MODEL, out, recipients=[bad])
     assert not out.exists()
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(op.InvalidKey, match="Could not find 'age-plugin-onnxtest' on the PATH"):
+    with pytest.raises(op.InvalidKey, match="could not find 'age-plugin-onnxtest' on the PATH"):
         op.load(enc, identity_file=ids)
     with pytest.raises(op.InvalidKey):
         op.encrypt(MODEL, out, recipients=[recipient])

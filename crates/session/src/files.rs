@@ -95,7 +95,7 @@ fn element_align(t: DataType) -> usize {
 
 /// Appends `external_data` entries for `location`, `offset`, `length` and
 /// `data_location = EXTERNAL`.
-fn external_fields(out: &mut Vec<u8>, location: &str, offset: usize, len: u64) {
+pub(crate) fn external_fields(out: &mut Vec<u8>, location: &str, offset: usize, len: u64) {
     for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", len.to_string())] {
         let mut e = Vec::new();
         put_len_field(&mut e, 1, k.as_bytes());

@@ -34,7 +34,7 @@ pub use files::{prepare_files, FilesPlan};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, FieldReader, WireType};
+use onnx_protect_format::wire::{put_len_field, FieldReader};
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{DataType, FormatError, Model, Origin, Tensor, TensorData};
 
@@ -297,14 +297,7 @@ fn external_file<'m, 'a>(
 
 /// Appends `external_data` entries naming [`SENTINEL`] and `data_location = EXTERNAL`.
 fn sentinel_fields(out: &mut Vec<u8>, len: u64) {
-    for (k, v) in [("location", SENTINEL.to_string()), ("offset", "0".to_string()), ("length", len.to_string())] {
-        let mut e = Vec::new();
-        put_len_field(&mut e, 1, k.as_bytes());
-        put_len_field(&mut e, 2, v.as_bytes());
-        put_len_field(out, 13, &e);
-    }
-    put_tag(out, 14, WireType::Varint);
-    put_varint(out, 1);
+    files::external_fields(out, SENTINEL, 0, len);
 }
 
 /// An edit replacing the whole value of `t`'s `TensorProto` with `value`.

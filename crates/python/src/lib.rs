@@ -35,6 +35,7 @@ use pyo3::types::{PyBytes, PyDict};
 use pyo3::{create_exception, ffi};
 use zeroize::Zeroizing;
 
+mod genai;
 mod session;
 
 create_exception!(onnx_protect, OnnxProtectError, PyException, "Base class of every onnx-protect error.");
@@ -942,6 +943,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::SessionModel>()?;
     m.add_class::<session::TensorView>()?;
     m.add_class::<session::SessionFiles>()?;
+    m.add_function(wrap_pyfunction!(genai::genai_stage, m)?)?;
+    m.add_function(wrap_pyfunction!(genai::genai_unstage, m)?)?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("MalformedModel", py.get_type::<MalformedModel>())?;

@@ -21,7 +21,7 @@ use crate::{exception, py_err, py_err_at, Key};
 
 /// The decrypted buffers that shared tensors point into; freed (and wiped) when the
 /// last [`TensorView`] and the [`SessionModel`] are gone.
-struct Held {
+pub(crate) struct Held {
     /// The index of the model, to build the graph again; dropped by `release()`.
     index: Mutex<Option<Model>>,
     /// The decrypted model bytes and external files. `release()` drops those that no
@@ -208,6 +208,24 @@ impl SessionModel {
     #[getter]
     fn external_method(&self) -> Option<&'static str> {
         external_method(&self.held)
+    }
+}
+
+impl SessionFiles {
+    /// `(location, address, length)` of each file, for the onnxruntime C API.
+    pub(crate) fn raw_files(&self) -> Vec<(String, *const u8, usize)> {
+        self.files
+            .iter()
+            .filter_map(|(n, v)| {
+                let v = v.get();
+                self.held.slice(&v.source, &v.range).map(|(p, l)| (n.clone(), p, l))
+            })
+            .collect()
+    }
+
+    /// What keeps the files alive.
+    pub(crate) fn held(&self) -> Arc<Held> {
+        Arc::clone(&self.held)
     }
 }
 

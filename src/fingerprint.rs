@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cmd_encrypt::LockArgs;
+use crate::cmd::encrypt::LockArgs;
 use crate::stdio;
 
 /// `encrypt --fingerprint ID`: a recipient's copy (docs/tracing.md).

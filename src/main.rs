@@ -6,25 +6,7 @@
 // Doc comments on the clap structs are `--help` text, where `<name>` stands for a value.
 #![allow(rustdoc::invalid_html_tags)]
 
-#[cfg(feature = "tract")]
-mod cmd_assess;
-mod cmd_batch;
-mod cmd_bundle;
-mod cmd_check;
-mod cmd_decrypt;
-mod cmd_derive_tier_key;
-mod cmd_encrypt;
-mod cmd_inspect;
-mod cmd_keygen;
-mod cmd_licence;
-mod cmd_policy;
-mod cmd_rekey;
-mod cmd_rewrap;
-mod cmd_run;
-mod cmd_sign;
-mod cmd_trace;
-mod cmd_transform;
-mod cmd_verify;
+mod cmd;
 mod dest;
 mod exit;
 mod fingerprint;
@@ -57,50 +39,50 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Summarise a model: versions, operators, weights and where they are stored.
-    Inspect(cmd_inspect::Args),
+    Inspect(cmd::inspect::Args),
     /// Write a new key: a 256-bit key file, an Ed25519 signing key (--signing), an age X25519 identity (--recipient) or a fingerprint secret (--fingerprint-secret).
-    Keygen(cmd_keygen::Args),
+    Keygen(cmd::keygen::Args),
     /// Encrypt selected weights of a model (policy: docs/policy.md).
-    Encrypt(Box<cmd_encrypt::Args>),
+    Encrypt(Box<cmd::encrypt::Args>),
     /// Verify and decrypt a protected model, restoring the original bytes.
-    Decrypt(cmd_decrypt::Args),
+    Decrypt(cmd::decrypt::Args),
     /// Check a protected model: every byte against its digest without a key, the MACs with one, signers if asked.
-    Verify(cmd_verify::Args),
+    Verify(cmd::verify::Args),
     /// Add a publisher signature (Ed25519) to a protected model.
-    Sign(cmd_sign::Args),
+    Sign(cmd::sign::Args),
     /// Signed licences for models encrypted with --licence-authority: issue (docs/shipping.md).
-    Licence(cmd_licence::Args),
+    Licence(cmd::licence::Args),
     /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
-    Bundle(cmd_bundle::Args),
+    Bundle(cmd::bundle::Args),
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
-    Rewrap(cmd_rewrap::Args),
+    Rewrap(cmd::rewrap::Args),
     /// Write the key of a lower access tier, derived one way from a higher tier's key.
-    DeriveTierKey(cmd_derive_tier_key::Args),
+    DeriveTierKey(cmd::derive_tier_key::Args),
     /// Re-encrypt a protected model under new data keys (verifies the old key and every byte first).
-    Rekey(cmd_rekey::Args),
+    Rekey(cmd::rekey::Args),
     /// Encrypt, decrypt, rekey or verify many models: parallel, resumable, shardable (docs/batch.md).
-    Batch(Box<cmd_batch::Args>),
+    Batch(Box<cmd::batch::Args>),
     /// CI gate: fail unless every model is protected, intact and as strong as a policy asks (docs/ci.md).
-    Check(cmd_check::Args),
+    Check(cmd::check::Args),
     /// Apply (or undo) a key-derived block-wise transform to images or .npy tensors (docs/transforms.md).
-    TransformInput(cmd_transform::TransformInputArgs),
+    TransformInput(cmd::transform::TransformInputArgs),
     /// Rewrite a patch-embedding model (ConvMixer, ViT) to work only on key-transformed inputs.
-    EncryptPatchEmbedding(cmd_transform::EncryptPatchEmbeddingArgs),
+    EncryptPatchEmbedding(cmd::transform::EncryptPatchEmbeddingArgs),
     /// Name the recipient whose fingerprinted copy a suspect model is (docs/tracing.md).
-    Trace(cmd_trace::Args),
+    Trace(cmd::trace::Args),
     /// Run a model in tract, decrypted in memory with the key, or as it is without one.
     #[cfg(feature = "tract")]
     #[command(mut_arg("identity", |a| a.short(None)))]
-    Run(cmd_run::Args),
+    Run(cmd::run::Args),
     /// How strong is the protection? Original, the key-less attacks, decrypted, each access tier: one table.
     ///
     /// The training attacks (re-learning the encrypted tensors with everything clear frozen,
     /// fine-tuning, against training from scratch) need PyTorch: python3 -m onnx_protect.assess
     /// PROTECTED.onnx --data train.npz --test test.npz (docs/protection.md#training-attacks).
     #[cfg(feature = "tract")]
-    Assess(cmd_assess::Args),
+    Assess(cmd::assess::Args),
     /// Policies: `policy search` finds the smallest one that resists the key-less attacks on your data.
-    Policy(cmd_policy::Args),
+    Policy(cmd::policy::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
     Completions(CompletionsArgs),
     /// Write the manual pages (onnx-protect.1 and one per command) into a directory.
@@ -170,27 +152,27 @@ fn main() -> ExitCode {
         Err(e) => return exit::clap_error(e),
     };
     let result = match cli.command {
-        Command::Inspect(a) => cmd_inspect::run(a),
-        Command::Keygen(a) => cmd_keygen::run(a),
-        Command::Encrypt(a) => cmd_encrypt::run(*a),
-        Command::Decrypt(a) => cmd_decrypt::run(a),
-        Command::Verify(a) => cmd_verify::run(a),
-        Command::Sign(a) => cmd_sign::run(a),
-        Command::Bundle(a) => cmd_bundle::run(a),
-        Command::Licence(a) => cmd_licence::run(a),
-        Command::Rewrap(a) => cmd_rewrap::run(a),
-        Command::DeriveTierKey(a) => cmd_derive_tier_key::run(a),
-        Command::Rekey(a) => cmd_rekey::run(a),
-        Command::Batch(a) => cmd_batch::run(*a),
-        Command::Check(a) => cmd_check::run(a),
-        Command::TransformInput(a) => cmd_transform::transform_input(a),
-        Command::EncryptPatchEmbedding(a) => cmd_transform::encrypt_patch_embedding_cmd(a),
-        Command::Trace(a) => cmd_trace::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Encrypt(a) => cmd::encrypt::run(*a),
+        Command::Decrypt(a) => cmd::decrypt::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Sign(a) => cmd::sign::run(a),
+        Command::Bundle(a) => cmd::bundle::run(a),
+        Command::Licence(a) => cmd::licence::run(a),
+        Command::Rewrap(a) => cmd::rewrap::run(a),
+        Command::DeriveTierKey(a) => cmd::derive_tier_key::run(a),
+        Command::Rekey(a) => cmd::rekey::run(a),
+        Command::Batch(a) => cmd::batch::run(*a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::TransformInput(a) => cmd::transform::transform_input(a),
+        Command::EncryptPatchEmbedding(a) => cmd::transform::encrypt_patch_embedding_cmd(a),
+        Command::Trace(a) => cmd::trace::run(a),
         #[cfg(feature = "tract")]
-        Command::Run(a) => cmd_run::run(a),
+        Command::Run(a) => cmd::run::run(a),
         #[cfg(feature = "tract")]
-        Command::Assess(a) => cmd_assess::run(a),
-        Command::Policy(a) => cmd_policy::run(a),
+        Command::Assess(a) => cmd::assess::run(a),
+        Command::Policy(a) => cmd::policy::run(a),
         Command::Completions(a) => completions(a),
         Command::Man(a) => man(a),
     };

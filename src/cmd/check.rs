@@ -104,7 +104,7 @@ fn check_one(
 /// first, then `model.sig` in the model's directory (model_signing's default name); a
 /// bundle that exists and does not verify does not stop the other from being tried.
 fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::PublicKey]) -> Result<PathBuf> {
-    let candidates = [crate::cmd_bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
+    let candidates = [crate::cmd::bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
     let present: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();
     if present.is_empty() {
         anyhow::bail!(
@@ -117,7 +117,7 @@ fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::Public
     for path in present {
         let mut last = None;
         for key in signers {
-            match crate::cmd_bundle::verify_bundle(model, path, key) {
+            match crate::cmd::bundle::verify_bundle(model, path, key) {
                 Ok(_) => return Ok(path.to_path_buf()),
                 Err(e) => last = Some(e),
             }
@@ -167,7 +167,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
     let signers = crate::keys::SignerArgs { signer: ed25519 }.signers()?;
     let bundle_signers =
-        pem.iter().map(|p| crate::cmd_bundle::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
+        pem.iter().map(|p| crate::cmd::bundle::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,

@@ -62,7 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
         a.out.refuse_json_with_stdout(true)?;
-        return crate::cmd_run::decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
+        return crate::cmd::run::decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
     }
     if a.external.is_some() {
         usage!("--external picks the file written to standard output; it needs --stdout or -o -");

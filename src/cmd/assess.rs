@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use onnx_protect_runtime::assess::{assess, AssessOptions, AssessReport, InputSource};
 use onnx_protect_runtime::npy::NpyArray;
 
-use crate::cmd_run::lift;
+use crate::cmd::run::lift;
 use crate::keys::KeyArgs;
 
 #[derive(clap::Args)]

@@ -16,7 +16,7 @@ use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Op
 use onnx_protect_format::write::check_destination;
 use serde::Serialize;
 
-use crate::cmd_rekey::NewKeyArgs;
+use crate::cmd::rekey::NewKeyArgs;
 use crate::exit::{self, usage};
 use crate::keys::KeyArgs;
 use crate::output::OutputArgs;
@@ -75,7 +75,7 @@ pub struct Args {
     new_key: NewKeyArgs,
     /// For rewrap: the recipients to add and remove, and the signatures (as for `rewrap`).
     #[command(flatten)]
-    change: crate::cmd_rewrap::ChangeArgs,
+    change: crate::cmd::rewrap::ChangeArgs,
     /// For encrypt and rekey: accept a (new) passphrase shorter than 12 characters.
     #[arg(long)]
     allow_short_passphrase: bool,
@@ -283,7 +283,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             usage!("batch sign needs --bundle-key KEY.pem (an ECDSA private key, `bundle keygen` writes one)");
         }
     }
-    let bundle_key = a.bundle_key.as_deref().map(crate::cmd_bundle::read_private).transpose()?;
+    let bundle_key = a.bundle_key.as_deref().map(crate::cmd::bundle::read_private).transpose()?;
     let shard = a.shard.as_deref().map(|s| parse_shard(s, a.shard_by)).transpose()?;
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {

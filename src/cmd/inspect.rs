@@ -34,7 +34,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         crate::output::emit(&onnx_protect_core::inspect::printable_json(&serde_json::to_string_pretty(&report)?))?;
     } else {
         crate::output::emit(report.to_text().trim_end())?;
-        crate::cmd_transform::inspect_section(&model)?;
+        crate::cmd::transform::inspect_section(&model)?;
     }
     Ok(ExitCode::SUCCESS)
 }

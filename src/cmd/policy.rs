@@ -92,7 +92,7 @@ pub(crate) mod with_tract {
     use onnx_protect_runtime::npy::{read_npz, NpyArray};
     use onnx_protect_runtime::search::{search as run_search, SearchOptions, SearchReport, Target};
 
-    use crate::cmd_run::lift;
+    use crate::cmd::run::lift;
 
     /// Samples of --data used for calibration when --calibration is not given.
     const DEFAULT_CALIBRATION: usize = 256;

@@ -19,7 +19,7 @@ use crate::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};
 use crate::error::{CoreError, Result};
 use crate::metadata::tool_name;
 use crate::pass::Hash;
-use crate::recipients::{wrap_all, EncryptTo};
+use crate::recipients::{check_new, wrap_all, EncryptTo, SharedKeys};
 use crate::seal::write_sealed;
 use crate::staged::{durable, Outputs};
 use crate::target::{check_disjoint_in_files, complement, mode_code, storage_code, Target};
@@ -41,7 +41,24 @@ pub(crate) struct EncryptSpec<'a> {
     /// The names the external data files get next to the output, when not their own
     /// (an output in the input's directory, [`crate::staged::protected_names`]).
     pub external_names: Option<&'a [String]>,
+    /// Keys drawn and wrapped once for several models, with this model's place among
+    /// them (a model folder); `None`: a data key of its own.
+    pub member: Option<&'a Member<'a>>,
     pub progress: &'a dyn Progress,
+}
+
+/// One model of several encrypted under the same [`SharedKeys`] (the models of a folder,
+/// docs/format.md §16): the data keys and the stanzas are the group's, the header records
+/// `folder`, and the model's stream ids start at `first_stream`.
+pub struct Member<'a> {
+    pub keys: &'a SharedKeys,
+    /// The first stream id of this model's entries. Models under one data key must not
+    /// share a stream id, or their keystreams would repeat (§7, §16): give each model the
+    /// [`MemberReport::next_stream`](crate::protect::MemberReport::next_stream) of the one
+    /// encrypted before it (0 for the first).
+    pub first_stream: u64,
+    /// The header's folder binding (docs/format.md §16).
+    pub folder: Option<pb::FolderBinding>,
 }
 
 /// A [`Rewrite`] that may borrow.
@@ -156,6 +173,8 @@ pub(crate) struct Encrypted {
     pub external: Vec<String>,
     pub stanzas: usize,
     pub lock: Option<crate::lock::LockReport>,
+    /// The stream id after the last one this model's header uses.
+    pub next_stream: u64,
 }
 
 /// The weights of `model`, their bytes, and what `policy` selects of them, after the
@@ -222,28 +241,51 @@ pub(crate) fn plan(
     let (_, weight_bytes, selection) = choose(model, policy, allow_empty, false)?;
     let data_keys = DataKey::generate()?.chain_down(policy.tiers.max(1));
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
-    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false, None);
+    let (header, targets) = build_header(model, &selection, &tier_keys, policy, false, None, 0)?;
     Ok((weight_bytes, selection, header, targets))
 }
 
 /// Encrypts `model` (opened from `input`) into `output` in format 2.
 pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
     // The lock is planned first: a model that cannot be locked is refused before any output exists.
+    if spec.member.is_some() && spec.lock.is_some() {
+        // The lock's seed is sealed under a zero nonce with a key of the data key (§15):
+        // two models under one data key would use that nonce twice.
+        return Err(CoreError::Policy(PolicyError::Invalid(
+            "the outputs of a model that shares its data key with other models (a model folder) cannot be locked"
+                .into(),
+        )));
+    }
     let planned = spec.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
     let lock_only = spec.lock.is_some_and(|l| l.only);
     let relocate = relocations(model, spec.external_names)?;
     let outputs = Outputs::stage_as(model, output, spec.external_names)?;
     let tiers = spec.policy.tiers.max(1);
     let (weights, weight_bytes, mut selection) = choose(model, spec.policy, spec.allow_empty, lock_only)?;
-    let data_keys = DataKey::generate()?.chain_down(tiers);
+    let data_keys = match spec.member {
+        Some(m) if m.keys.tiers() != tiers => {
+            return Err(CoreError::Internal("shared data keys of another number of tiers than the policy's"))
+        }
+        Some(m) => m.keys.data_keys.clone(),
+        None => DataKey::generate()?.chain_down(tiers),
+    };
+    let first_stream = spec.member.map_or(0, |m| m.first_stream);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     if spec.secret_positions {
-        choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys)?;
+        choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys, first_stream)?;
     }
-    let stanzas = wrap_all(to, &data_keys)?;
-    crate::recipients::check_new(&stanzas)?;
+    let stanzas = match spec.member {
+        Some(m) => m.keys.stanzas.clone(),
+        None => {
+            let stanzas = wrap_all(to, &data_keys)?;
+            check_new(&stanzas)?;
+            stanzas
+        }
+    };
     let (mut header, targets) =
-        build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence);
+        build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence, first_stream)?;
+    header.folder = spec.member.and_then(|m| m.folder.clone()).map(Box::new);
+    let next_stream = first_stream.saturating_add(selection.chosen.len() as u64);
     if let Some(names) = spec.external_names {
         header.original_external_files = std::mem::replace(&mut header.external_files, names.to_vec());
     }
@@ -273,7 +315,7 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     drop(actions);
     outputs.staged.commit(durable)?;
     let lock = planned.as_ref().map(|p| crate::lock::report(model, p, lock_only));
-    Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len(), lock })
+    Ok(Encrypted { weight_bytes, selection, header, targets, external, stanzas: stanzas.len(), lock, next_stream })
 }
 
 /// Refuses the `ctr` mode in a tiered encryption: its keystream turns floats into NaN,
@@ -318,7 +360,7 @@ fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()>
 }
 
 /// The header of a new encryption and its targets: one entry per chosen tensor (per
-/// tier), stream ids in selection order.
+/// tier), stream ids in selection order from `first_stream`.
 fn build_header(
     model: &Model,
     selection: &Selection,
@@ -326,15 +368,17 @@ fn build_header(
     policy: &Policy,
     secret: bool,
     licence: Option<&crate::licence::LicenceRequirement>,
-) -> (pb::Header, Vec<Target>) {
+    first_stream: u64,
+) -> Result<(pb::Header, Vec<Target>)> {
     let (licence_authority, model_id) = crate::licence::header_fields(licence);
     let mut entries = Vec::new();
     let mut targets = Vec::new();
     for (i, c) in selection.chosen.iter().enumerate() {
+        let i = stream_id(first_stream, i)?;
         let t = &model.tensors[c.tensor];
         let tier = c.tier.clamp(1, tier_keys.len() as u32);
         entries.push(pb::TensorEntry {
-            stream_id: i as u64,
+            stream_id: i,
             locator: t.locator.to_string(),
             name: t.name.clone(),
             data_type: t.data_type.to_i32(),
@@ -344,7 +388,7 @@ fn build_header(
             spans: if secret { Vec::new() } else { c.spans.iter().flat_map(|&(a, b)| [a, b]).collect() },
             sealed_spans: if secret {
                 let bounds: Vec<u64> = c.spans.iter().flat_map(|&(a, b)| [a, b]).collect();
-                tier_keys[tier as usize - 1].seal_spans(i as u64, &bounds)
+                tier_keys[tier as usize - 1].seal_spans(i, &bounds)
             } else {
                 Vec::new()
             },
@@ -354,7 +398,7 @@ fn build_header(
             subsequences: c.subsequences,
             chosen: c.chosen.len() as u64,
         });
-        targets.push(Target { tensor: c.tensor, stream_id: i as u64, mode: c.mode, spans: c.spans.clone(), tier });
+        targets.push(Target { tensor: c.tensor, stream_id: i, mode: c.mode, spans: c.spans.clone(), tier });
     }
     let header = pb::Header {
         format_version: FORMAT_VERSION_V2,
@@ -374,8 +418,14 @@ fn build_header(
         original_external_files: Vec::new(),
         // Set from what the encryption writes (`write_sealed`).
         external_leaves: Vec::new(),
+        folder: None,
     };
-    (header, targets)
+    Ok((header, targets))
+}
+
+/// The stream id of the `i`-th chosen tensor of a model whose streams start at `first`.
+fn stream_id(first: u64, i: usize) -> Result<u64> {
+    first.checked_add(i as u64).filter(|&s| s != u64::MAX).ok_or(CoreError::Internal("stream ids past 2^64 - 1"))
 }
 
 /// Secret positions (docs/format.md §6): for every chosen tensor, the policy's choice
@@ -388,6 +438,7 @@ fn choose_secret_positions(
     policy: &Policy,
     selection: &mut Selection,
     tier_keys: &[TierKeys],
+    first_stream: u64,
 ) -> Result<()> {
     let invalid = |m: String| CoreError::Policy(PolicyError::Invalid(m));
     if tier_keys.len() > 1 {
@@ -415,7 +466,7 @@ fn choose_secret_positions(
         };
         let pool = candidates.chosen.iter().find(|w| w.tensor == c.tensor).map(|w| w.chosen.clone());
         let pool = pool.unwrap_or_else(|| c.chosen.clone());
-        let picked = tier_keys[0].choose(i as u64, &pool, c.chosen.len());
+        let picked = tier_keys[0].choose(stream_id(first_stream, i)?, &pool, c.chosen.len());
         let mut spans: Vec<(u64, u64)> = Vec::new();
         for &p in &picked {
             let (a, b) = (bounds[p as usize], bounds[p as usize + 1]);

@@ -27,6 +27,7 @@ use onnx_protect_select::Policy;
 
 use crate::action::Rewrite;
 use crate::decryption::FileSink;
+pub use crate::encrypt::Member;
 use crate::encrypt::{self, EncryptSpec};
 use crate::error::{CoreError, OutputRefused, Result, UnusableKey};
 use crate::format1::warning_for;
@@ -187,6 +188,35 @@ impl Default for DecryptOptions<'_> {
 /// Encrypts `input` into `output` (atomically; external side files next to it) for the
 /// recipients in `to`.
 pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOptions) -> Result<EncryptReport> {
+    Ok(encrypt_as(input, output, to, None, opts)?.0)
+}
+
+/// What [`encrypt_member`] did.
+#[derive(Debug, Clone)]
+pub struct MemberReport {
+    pub report: EncryptReport,
+    /// The stream id after the last one the model's header uses: the
+    /// [`Member::first_stream`] of the next model under the same keys.
+    pub next_stream: u64,
+}
+
+/// Encrypts `input` into `output` as [`encrypt`] does, with the data keys and stanzas of
+/// `member.keys` instead of fresh ones, its stream ids from `member.first_stream` and its
+/// header's folder binding `member.folder` (docs/format.md §16). A label lock is refused
+/// (its seal would reuse a nonce under the shared key).
+pub fn encrypt_member(input: &Path, output: &Path, member: &Member, opts: &EncryptOptions) -> Result<MemberReport> {
+    let (report, next_stream) = encrypt_as(input, output, &EncryptTo::default(), Some(member), opts)?;
+    Ok(MemberReport { report, next_stream })
+}
+
+/// [`encrypt`], or [`encrypt_member`] with `member`; with the next stream id.
+fn encrypt_as(
+    input: &Path,
+    output: &Path,
+    to: &EncryptTo,
+    member: Option<&Member>,
+    opts: &EncryptOptions,
+) -> Result<(EncryptReport, u64)> {
     let model = Model::open_with_progress(input, opts.progress)?;
     if let Some(m) = model.metadata.iter().find(|m| is_manifest_key(&m.key)) {
         return Err(CoreError::AlreadyProtected { key: m.key.clone() });
@@ -204,6 +234,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         licence: opts.licence.as_ref(),
         lock: opts.lock,
         external_names: names.as_deref(),
+        member,
         progress: opts.progress,
     };
     if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
@@ -219,7 +250,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     )
     .into_iter()
     .collect();
-    Ok(EncryptReport {
+    let report = EncryptReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         weight_bytes: done.weight_bytes,
@@ -232,7 +263,8 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         signatures: opts.signing_keys.len(),
         lock: done.lock,
         warnings,
-    })
+    };
+    Ok((report, done.next_stream))
 }
 
 fn skipped_of(model: &Model, selection: &onnx_protect_select::Selection) -> Vec<(String, String)> {
@@ -499,6 +531,54 @@ mod tests {
         assert!(matches!(e, CoreError::Modified(Modified::Format1Mac)), "{e}");
         let Err(err) = read_protected(&with_leaf_hash(&path, 7)) else { panic!("leaf_hash 7 was accepted") };
         assert!(matches!(&err, CoreError::BadManifest(BadManifest::LeafHash { value: 7 })), "{err}");
+    }
+
+    /// Two models encrypted as members of one group (a folder, docs/format.md §16) share
+    /// the data key and the stanzas, use disjoint stream ids, record their folder binding,
+    /// and each decrypts alone; a member's outputs cannot be locked.
+    #[test]
+    fn members_share_the_keys_and_not_a_stream() {
+        use crate::recipients::SharedKeys;
+        use onnx_protect_proto::v2 as pb2;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.onnx");
+        std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
+        let key = KeySource::Key(MasterKey::from_bytes([5; 32]));
+        let keys = SharedKeys::new(&EncryptTo::key(key.clone()), 1).unwrap();
+        let policy = Policy::default();
+        let opts = EncryptOptions::new(&policy);
+        let binding = |path: &str| pb2::FolderBinding {
+            folder_id: vec![7; 16],
+            path: path.into(),
+            models: vec!["a.onnx".into(), "b.onnx".into()],
+            files: Vec::new(),
+        };
+        let member = |first_stream, path| Member { keys: &keys, first_stream, folder: Some(binding(path)) };
+        let a = encrypt_member(&plain, &dir.path().join("a.onnx"), &member(0, "a.onnx"), &opts).unwrap();
+        let b = encrypt_member(&plain, &dir.path().join("b.onnx"), &member(a.next_stream, "b.onnx"), &opts).unwrap();
+        assert!(a.next_stream > 0);
+        assert_eq!(b.next_stream, 2 * a.next_stream);
+        let sealed = |name: &str| {
+            let model = Model::open(dir.path().join(name)).unwrap();
+            assert_eq!(decrypt_to_vec(&model, &key).unwrap(), std::fs::read(&plain).unwrap());
+            match Protection::of(&model).unwrap() {
+                Protection::V2(p) => p.sealed,
+                Protection::V1(_) => panic!("format 1"),
+            }
+        };
+        let (sa, sb) = (sealed("a.onnx"), sealed("b.onnx"));
+        assert_eq!(sa.header.folder.as_deref(), Some(&binding("a.onnx")));
+        assert_eq!(sb.header.folder.as_deref(), Some(&binding("b.onnx")));
+        assert_eq!(sa.header.key_checks, sb.header.key_checks);
+        assert_eq!(sa.raw_stanzas, sb.raw_stanzas);
+        let streams = |s: &crate::envelope::Sealed| s.header.tensors.iter().map(|e| e.stream_id).collect::<Vec<_>>();
+        assert!(streams(&sa).iter().all(|s| !streams(&sb).contains(s)), "{:?} {:?}", streams(&sa), streams(&sb));
+        // The lock's seed would be sealed twice under one nonce and key.
+        let lock = crate::lock::LockOutputs { node: None, seed: None, only: false };
+        let locked = EncryptOptions { lock: Some(&lock), ..EncryptOptions::new(&policy) };
+        let e = encrypt_member(&plain, &dir.path().join("c.onnx"), &member(b.next_stream, "c.onnx"), &locked);
+        assert!(matches!(e, Err(CoreError::Policy(_))), "{:?}", e.map(|r| r.next_stream));
+        assert!(!dir.path().join("c.onnx").exists());
     }
 
     #[test]

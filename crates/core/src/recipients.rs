@@ -32,6 +32,30 @@ impl EncryptTo {
     }
 }
 
+/// Data keys drawn once and wrapped once for everyone in `to`, for several models (the
+/// models of a folder, docs/format.md §16): each model encrypted with them
+/// ([`crate::protect::encrypt_member`]) carries the same stanzas and opens with the same
+/// key material. A passphrase is stretched once for all of them.
+pub struct SharedKeys {
+    pub(crate) data_keys: Vec<DataKey>,
+    pub(crate) stanzas: Vec<Stanza>,
+}
+
+impl SharedKeys {
+    /// Fresh data keys for `tiers` access tiers (1: none), wrapped for `to`.
+    pub fn new(to: &EncryptTo, tiers: u32) -> Result<SharedKeys> {
+        let data_keys = DataKey::generate()?.chain_down(tiers.max(1));
+        let stanzas = wrap_all(to, &data_keys)?;
+        check_new(&stanzas)?;
+        Ok(SharedKeys { data_keys, stanzas })
+    }
+
+    /// The number of access tiers.
+    pub fn tiers(&self) -> u32 {
+        self.data_keys.len() as u32
+    }
+}
+
 /// Refuses a master key that records `recorded` access tiers (`master tiers=N`) as the
 /// key of a model of `tiers > 1` tiers, unless they agree (docs/format.md Appendix A): its
 /// key would become another tier's key. An untiered model takes any master key.

@@ -108,6 +108,39 @@ pub struct Header {
     /// recorded): each chunk can be checked when it is read, before the whole file is (§3).
     #[prost(bytes = "vec", tag = "15")]
     pub external_leaves: ::prost::alloc::vec::Vec<u8>,
+    /// The model's place in a protected model folder (docs/format.md §16); absent for a model
+    /// protected alone.
+    #[prost(message, optional, boxed, tag = "16")]
+    pub folder: ::core::option::Option<::prost::alloc::boxed::Box<FolderBinding>>,
+}
+/// A file of a protected model folder that is copied unchanged (docs/format.md §16).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FolderFile {
+    /// relative to the folder, '/'-separated
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// its byte length
+    #[prost(uint64, tag = "2")]
+    pub length: u64,
+    /// BLAKE3("onnx-protect/v2/folder-file" || its bytes), 32 bytes
+    #[prost(bytes = "vec", tag = "3")]
+    pub hash: ::prost::alloc::vec::Vec<u8>,
+}
+/// What binds a model to the other models and files of its folder (docs/format.md §16).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FolderBinding {
+    /// 16 random bytes, drawn once per folder encryption
+    #[prost(bytes = "vec", tag = "1")]
+    pub folder_id: ::prost::alloc::vec::Vec<u8>,
+    /// this model's path, relative to the folder
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+    /// every model of the folder, sorted
+    #[prost(string, repeated, tag = "3")]
+    pub models: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// every file copied unchanged, sorted by path
+    #[prost(message, repeated, tag = "4")]
+    pub files: ::prost::alloc::vec::Vec<FolderFile>,
 }
 /// A tensor whose slices along `axis` are the classes, stored in locked order.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -148,6 +148,7 @@ class _Loaded:
         self.private = private
         self.files = files
         self.token = token
+        self.graphs: list[bytes] = []
         self._done = weakref.finalize(self, _cleanup, str(private), token)
 
 
@@ -216,7 +217,10 @@ def _load(
     config = _classes()[0](str(private))
     config._onnx_protect = keep
     for name, sf in loaded:
-        config.add_model_data(name, sf.graph())
+        # onnxruntime-genai keeps a pointer to the bytes, not a copy: they live with `keep`.
+        graph = sf.graph()
+        keep.graphs.append(graph)
+        config.add_model_data(name, graph)
     config.overlay(_overlay(cfg, f"{token}\t{_native.__file__}"))
     return config
 

@@ -1,37 +1,11 @@
 //! The rules of every command that writes files (docs/cli.md, "Outputs"): only regular
 //! files are ever replaced, an existing one only with `--force`; a missing output
-//! directory is created, and a note says so on standard error (not with `-q`).
+//! directory is created, and a note says so on standard error (not with `-q`). `--force`:
+//! `args::output::WriteArgs`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use onnx_protect_core::OutputRules;
-use onnx_protect_format::write::check_destination;
-
-/// `--force`, shared by the commands that write models and other files.
-#[derive(clap::Args, Clone, Copy, Default)]
-pub struct WriteArgs {
-    /// Replace outputs that exist (regular files only: a device, a FIFO or a socket is never replaced).
-    #[arg(long)]
-    pub force: bool,
-}
-
-impl WriteArgs {
-    /// The rules for the library calls that stage outputs.
-    pub fn rules(&self) -> OutputRules {
-        OutputRules { force: self.force, make_dirs: true }
-    }
-
-    /// For a file a command writes itself: refuses a destination that is not a regular
-    /// file, and an existing one without `--force`.
-    pub fn check_file(&self, path: &Path) -> Result<()> {
-        let d = check_destination(path).with_context(|| format!("cannot write {}", path.display()))?;
-        if d.exists && !self.force {
-            bail!("{} exists; pass --force to replace it", path.display());
-        }
-        Ok(())
-    }
-}
 
 /// The directory of an output file.
 pub fn dir_of(path: &Path) -> &Path {

@@ -1,35 +1,9 @@
-//! `encrypt --fingerprint`: the options, the fingerprint secret, the marker of a
+//! `encrypt --fingerprint`: the fingerprint secret, the marker of a
 //! recipient's copy with its ledger entry, and what the report says about it.
-
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::encrypt::LockArgs;
-use crate::stdio;
-
-/// `encrypt --fingerprint ID`: a recipient's copy (docs/tracing.md).
-#[derive(clap::Args)]
-pub struct FingerprintArgs {
-    /// Embed recipient ID's fingerprint in the weights, so a leaked decrypted copy can be traced
-    /// to ID (docs/tracing.md). Needs --fingerprint-secret and --ledger.
-    #[arg(long, value_name = "ID", requires_all = ["fingerprint_secret", "ledger"])]
-    pub fingerprint: Option<String>,
-    /// The publisher's fingerprint secret (keygen --fingerprint-secret).
-    #[arg(long, value_name = "FILE", requires = "fingerprint", value_parser = stdio::file_path)]
-    pub fingerprint_secret: Option<PathBuf>,
-    /// The ledger that records who got which copy (created if missing; appended atomically).
-    #[arg(long, value_name = "LEDGER", requires = "fingerprint", value_parser = stdio::file_path)]
-    pub ledger: Option<PathBuf>,
-    /// Fingerprint strength A: each marked weight moves by +A or -A times its tensor's standard deviation.
-    #[arg(long, value_name = "ALPHA", requires = "fingerprint", default_value_t = onnx_protect_trace::DEFAULT_ALPHA)]
-    pub fingerprint_strength: f64,
-    /// Inputs (.npy, or .npz by input name) on which the marked copy must predict exactly the
-    /// original's top-1 classes: the first of up to 64 variants of the mark that changes none
-    /// is used (needs the tract feature).
-    #[arg(long, value_name = "DATA", requires = "fingerprint", value_parser = stdio::file_path)]
-    pub fingerprint_check: Option<PathBuf>,
-}
+use crate::args::fingerprint::{FingerprintArgs, LockArgs};
 
 /// What `encrypt --fingerprint` embedded.
 #[derive(serde::Serialize)]

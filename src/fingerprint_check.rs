@@ -38,9 +38,9 @@ pub fn choose(
     use onnx_protect_runtime::assess::{Bench, InputSource};
     use onnx_protect_runtime::attack::TensorEdits;
 
-    use crate::cmd::run::lift;
+    use crate::common::lift;
 
-    let inputs = crate::cmd::policy::with_tract::arrays(data)?;
+    let inputs = crate::common::arrays(data)?;
     let bench = Bench::new(model, &InputSource::Arrays(inputs), None, None).map_err(lift)?;
     let mut fewest = usize::MAX;
     for variant in 0..MAX_VARIANTS {

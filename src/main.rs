@@ -6,7 +6,9 @@
 // Doc comments on the clap structs are `--help` text, where `<name>` stands for a value.
 #![allow(rustdoc::invalid_html_tags)]
 
+mod args;
 mod cmd;
+mod common;
 mod dest;
 mod exit;
 mod fingerprint;
@@ -14,7 +16,6 @@ mod fingerprint_check;
 mod key_files;
 mod keys;
 mod output;
-mod policy_args;
 mod progress;
 mod stdio;
 
@@ -101,7 +102,7 @@ struct ManArgs {
     #[arg(short, long, value_name = "DIR", value_parser = stdio::file_path)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    write: dest::WriteArgs,
+    write: args::output::WriteArgs,
 }
 
 /// `completions SHELL`: the script clap_complete generates from these definitions.

@@ -183,7 +183,7 @@ pub fn rewrite_paths(
     input: &Path,
     output: &Option<PathBuf>,
     in_place: bool,
-    out: &crate::output::OutputArgs,
+    out: &crate::args::output::OutputArgs,
 ) -> Result<(Input, Output)> {
     let target = output_of(input, output, in_place)?;
     out.refuse_json_with_stdout(is_stdio(&target))?;

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use onnx_protect_runtime::assess::{assess, AssessOptions, AssessReport, InputSource};
 use onnx_protect_runtime::npy::NpyArray;
 
-use crate::cmd::run::lift;
-use crate::keys::KeyArgs;
+use crate::args::key::KeyArgs;
+use crate::common::lift;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -16,11 +16,11 @@ use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Op
 use onnx_protect_format::write::check_destination;
 use serde::Serialize;
 
-use crate::cmd::rekey::NewKeyArgs;
+use crate::args::key::KeyArgs;
+use crate::args::key::NewKeyArgs;
+use crate::args::output::OutputArgs;
+use crate::args::policy::PolicyArgs;
 use crate::exit::{self, usage};
-use crate::keys::KeyArgs;
-use crate::output::OutputArgs;
-use crate::policy_args::PolicyArgs;
 use crate::stdio::file_path;
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -69,13 +69,13 @@ pub struct Args {
     /// For decrypt, rekey, rewrap and verify with a key: the licence models encrypted with
     /// --licence-authority need (one licence for every model: it names them all, by id or digest).
     #[command(flatten)]
-    licence: crate::keys::LicenceArgs,
+    licence: crate::args::key::LicenceArgs,
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
     /// For rewrap: the recipients to add and remove, and the signatures (as for `rewrap`).
     #[command(flatten)]
-    change: crate::cmd::rewrap::ChangeArgs,
+    change: crate::args::change::ChangeArgs,
     /// For encrypt and rekey: accept a (new) passphrase shorter than 12 characters.
     #[arg(long)]
     allow_short_passphrase: bool,
@@ -283,7 +283,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             usage!("batch sign needs --bundle-key KEY.pem (an ECDSA private key, `bundle keygen` writes one)");
         }
     }
-    let bundle_key = a.bundle_key.as_deref().map(crate::cmd::bundle::read_private).transpose()?;
+    let bundle_key = a.bundle_key.as_deref().map(crate::common::read_private).transpose()?;
     let shard = a.shard.as_deref().map(|s| parse_shard(s, a.shard_by)).transpose()?;
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_bundle::{Certificates, Curve, ModelManifest, PrivateKey, PublicKey, Trust};
+use onnx_protect_bundle::{default_bundle, Certificates, Curve, PrivateKey, Trust};
 
+use crate::args::output::OutputArgs;
+use crate::common::{read_private, read_public};
 use crate::exit::usage;
-use crate::output::OutputArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,7 +60,7 @@ pub struct SignArgs {
     #[arg(short, long, value_parser = crate::stdio::file_path)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    write: crate::dest::WriteArgs,
+    write: crate::args::output::WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -90,23 +91,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 }
 
-pub use onnx_protect_bundle::default_bundle;
-
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-pub fn read_private(path: &Path) -> Result<PrivateKey> {
-    Ok(PrivateKey::from_pem(&read_text(path)?, &path.display().to_string())?)
-}
-
-pub fn read_public(path: &Path) -> Result<PublicKey> {
-    Ok(PublicKey::from_pem(&read_text(path)?, &path.display().to_string())?)
-}
-
 /// Writes `text` to `path` through a staged file renamed into place (replacing a file only
 /// with `--force`), readable only by its owner when `secret`.
-fn write_atomic(path: &Path, text: &str, write: &crate::dest::WriteArgs, secret: bool) -> Result<()> {
+fn write_atomic(path: &Path, text: &str, write: &crate::args::output::WriteArgs, secret: bool) -> Result<()> {
     write.check_file(path)?;
     let dir = crate::dest::dir_of(path);
     let mut staged =
@@ -135,7 +122,7 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
         usage!("{} or {} exists; keygen never replaces a key", a.output.display(), public_path.display());
     }
     let key = PrivateKey::generate(curve)?;
-    let never = crate::dest::WriteArgs::default();
+    let never = crate::args::output::WriteArgs::default();
     write_atomic(&a.output, &key.to_pem()?, &never, true)?;
     write_atomic(&public_path, &key.public().to_pem(), &never, false)?;
     let report = serde_json::json!({"key": a.output.display().to_string(), "public": public_path.display().to_string(), "curve": a.curve});
@@ -146,7 +133,7 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 }
 
 /// Every certificate of the PEM files, in order.
-pub fn read_certificates(paths: &[PathBuf]) -> Result<Option<Certificates>> {
+fn read_certificates(paths: &[PathBuf]) -> Result<Option<Certificates>> {
     let mut all: Option<Certificates> = None;
     for p in paths {
         let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -210,9 +197,4 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         )
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Verifies the bundle at `bundle` for `model` with `key` ([`onnx_protect_bundle::verify_model`]).
-pub fn verify_bundle(model: &Path, bundle: &Path, key: &PublicKey) -> Result<ModelManifest> {
-    Ok(onnx_protect_bundle::verify_model(model, bundle, key)?)
 }

@@ -8,9 +8,9 @@ use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::summary::ProtectionKind;
 
+use crate::args::output::OutputArgs;
+use crate::args::policy::load_policy;
 use crate::exit::{self, usage};
-use crate::output::OutputArgs;
-use crate::policy_args::load_policy;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
@@ -48,12 +48,12 @@ pub struct Args {
     allow_format_1: bool,
     /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
     #[command(flatten)]
-    key: crate::keys::KeyArgs,
+    key: crate::args::key::KeyArgs,
     /// The licence the key needs for a model encrypted with --licence-authority.
     #[command(flatten)]
-    licence: crate::keys::LicenceArgs,
+    licence: crate::args::key::LicenceArgs,
     #[command(flatten)]
-    signers: crate::keys::SignerArgs,
+    signers: crate::args::key::SignerArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -104,7 +104,7 @@ fn check_one(
 /// first, then `model.sig` in the model's directory (model_signing's default name); a
 /// bundle that exists and does not verify does not stop the other from being tried.
 fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::PublicKey]) -> Result<PathBuf> {
-    let candidates = [crate::cmd::bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
+    let candidates = [onnx_protect_bundle::default_bundle(model), crate::dest::dir_of(model).join("model.sig")];
     let present: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();
     if present.is_empty() {
         anyhow::bail!(
@@ -117,9 +117,9 @@ fn bundle_beside(model: &std::path::Path, signers: &[onnx_protect_bundle::Public
     for path in present {
         let mut last = None;
         for key in signers {
-            match crate::cmd::bundle::verify_bundle(model, path, key) {
+            match onnx_protect_bundle::verify_model(model, path, key) {
                 Ok(_) => return Ok(path.to_path_buf()),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(anyhow::Error::from(e)),
             }
         }
         failures.push(match last {
@@ -165,9 +165,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let key = key.map(|k| a.licence.apply(k)).transpose()?;
     let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
-    let signers = crate::keys::SignerArgs { signer: ed25519 }.signers()?;
+    let signers = crate::args::key::SignerArgs { signer: ed25519 }.signers()?;
     let bundle_signers =
-        pem.iter().map(|p| crate::cmd::bundle::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
+        pem.iter().map(|p| crate::common::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
     let opts = CheckOptions {
         policy: policy.as_ref(),
         require_encrypted: a.require_encrypted,

@@ -1,16 +1,20 @@
 //! `decrypt`: the original model back from a protected one, verified before it is renamed
-//! into place (or written to standard output).
+//! into place; or, with `--stdout`, decrypted in memory and written to a pipe, never to a file.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory};
 use onnx_protect_core::protect::{self, DecryptOptions};
+use onnx_protect_keys::SignerKey;
 
-use crate::dest::WriteArgs;
+use crate::args::key::{KeyArgs, LicenceArgs, SignerArgs};
+use crate::args::output::OutputArgs;
+use crate::args::output::WriteArgs;
 use crate::exit::usage;
-use crate::keys::{KeyArgs, LicenceArgs, SignerArgs};
-use crate::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name, is_stdio};
 
@@ -62,7 +66,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
         a.out.refuse_json_with_stdout(true)?;
-        return crate::cmd::run::decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
+        return decrypt_to_stdout(&a.input, &key, a.tier, &signers, a.external.as_deref());
     }
     if a.external.is_some() {
         usage!("--external picks the file written to standard output; it needs --stdout or -o -");
@@ -91,4 +95,76 @@ pub fn run(a: Args) -> Result<ExitCode> {
         format!("decrypted {} bytes in {} tensors -> {}", r.decrypted_bytes, r.tensors, r.output)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the model decrypted in memory (or one of its external data files) to
+/// standard output, which must be a pipe or a socket: plaintext never goes to a file.
+/// `input` `-` is a model read from standard input into memory.
+/// `tier`: tiered models decrypted up to that tier only (default: the key's own tier).
+pub fn decrypt_to_stdout(
+    input: &Path,
+    key: &KeySource,
+    tier: Option<u32>,
+    signers: &[SignerKey],
+    external: Option<&str>,
+) -> Result<ExitCode> {
+    let out = std::io::stdout();
+    refuse_files_and_terminals(&out)?;
+    let d = if is_stdio(input) {
+        let model = crate::stdio::read_model()?;
+        decrypt_model_signed_in_memory(&model, key, tier, signers)
+    } else {
+        decrypt_signed_in_memory(input, key, tier, signers)
+    }
+    .with_context(|| format!("decrypt {}", input_name(input)))?;
+    if let Some(w) = d.warning() {
+        eprintln!("warning: {w}");
+    }
+    let bytes: &[u8] = match external {
+        None => &d,
+        Some(loc) => match d.external().get(loc) {
+            Some(b) => b,
+            None => {
+                let known: Vec<&str> = d.external().keys().map(String::as_str).collect();
+                crate::exit::usage!(
+                    "{} has no external data file '{loc}' (it has: {})",
+                    input_name(input),
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )
+            }
+        },
+    };
+    let mut lock = out.lock();
+    match lock.write_all(bytes).and_then(|_| lock.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to standard output"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(unix)]
+fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    if out.is_terminal() {
+        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
+    }
+    let fd = out.as_fd().try_clone_to_owned().context("cannot inspect standard output")?;
+    let meta = std::fs::File::from(fd).metadata().context("cannot inspect standard output")?;
+    if meta.is_file() {
+        crate::exit::usage!(
+            "--stdout (-o -) refuses to write plaintext into a file; use `decrypt -o FILE` if a file is what you want"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
+    use std::io::IsTerminal;
+    if out.is_terminal() {
+        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
+    }
+    Ok(())
 }

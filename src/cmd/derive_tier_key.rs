@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use onnx_protect_core::protect;
 use onnx_protect_crypto::KeyKind;
 
+use crate::args::output::OutputArgs;
 use crate::key_files::{fingerprint_hex, write_key_file};
-use crate::output::OutputArgs;
 use crate::stdio;
 
 #[derive(clap::Args)]
@@ -66,7 +66,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         None => {
             let Some(model) = &a.model else { bail!("--model is required with a passphrase") };
-            let source = crate::keys::KeyArgs {
+            let source = crate::args::key::KeyArgs {
                 key_file: None,
                 key_env: None,
                 passphrase_env: a.passphrase_env.clone(),

@@ -7,12 +7,13 @@ use anyhow::{bail, Context, Result};
 use onnx_protect_core::protect::{self, EncryptOptions};
 use onnx_protect_core::recipients::EncryptTo;
 
-use crate::dest::WriteArgs;
+use crate::args::fingerprint::{FingerprintArgs, LockArgs};
+use crate::args::key::{KeyArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs};
+use crate::args::output::OutputArgs;
+use crate::args::output::WriteArgs;
+use crate::args::policy::PolicyArgs;
 use crate::exit::usage;
-use crate::fingerprint::{prepare_fingerprint, FingerprintArgs, FingerprintReport};
-use crate::keys::{KeyArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs};
-use crate::output::OutputArgs;
-use crate::policy_args::PolicyArgs;
+use crate::fingerprint::{prepare_fingerprint, FingerprintReport};
 use crate::progress::Bar;
 use crate::stdio::{self, input_name, is_stdio};
 
@@ -68,25 +69,6 @@ pub struct Args {
     out: OutputArgs,
 }
 
-/// `encrypt --lock-outputs`: outputs readable only with a key (docs/protection.md).
-#[derive(clap::Args)]
-pub struct LockArgs {
-    /// Lock the class order of the output layer (a classifier's final Gemm or MatMul, with an
-    /// optional Add, then Softmax/LogSoftmax/ArgMax/TopK): its rows and bias are stored in a keyed
-    /// order, so the model run without the key reports wrong classes; run, the Python session,
-    /// the C library and decrypt undo it with the key. With --fingerprint, each recipient's copy
-    /// gets its own order, which trace reads.
-    #[arg(long)]
-    pub lock_outputs: bool,
-    /// With --lock-outputs: the name of the output layer's Gemm or MatMul, for a model with several.
-    #[arg(long, value_name = "NODE", requires = "lock_outputs")]
-    pub lock_node: Option<String>,
-    /// With --lock-outputs: encrypt no weight (the labels alone are locked; the model then runs
-    /// anywhere without a loader, and only its answers need the key).
-    #[arg(long, requires = "lock_outputs")]
-    pub clear_weights: bool,
-}
-
 #[derive(serde::Serialize)]
 struct EncryptOutput {
     #[serde(flatten)]
@@ -96,17 +78,6 @@ struct EncryptOutput {
     /// `--dry-run`: nothing was written (`output` is empty).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dry_run: bool,
-}
-
-impl LockArgs {
-    /// The lock asked for, keyed by `seed` (a recipient's) or a fresh one.
-    fn request(&self, seed: Option<onnx_protect_lock::LockSeed>) -> Option<onnx_protect_core::lock::LockOutputs> {
-        self.lock_outputs.then(|| onnx_protect_core::lock::LockOutputs {
-            node: self.lock_node.clone(),
-            seed,
-            only: self.clear_weights,
-        })
-    }
 }
 
 /// The line of `encrypt`'s report on the label lock, if any.

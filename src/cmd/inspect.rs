@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_format::Model;
 
-use crate::output::OutputArgs;
+use crate::args::output::OutputArgs;
 use crate::stdio::is_stdio;
 
 #[derive(clap::Args)]
@@ -34,7 +34,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         crate::output::emit(&onnx_protect_core::inspect::printable_json(&serde_json::to_string_pretty(&report)?))?;
     } else {
         crate::output::emit(report.to_text().trim_end())?;
-        crate::cmd::transform::inspect_section(&model)?;
+        crate::common::inspect_section(&model)?;
     }
     Ok(ExitCode::SUCCESS)
 }

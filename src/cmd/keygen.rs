@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey};
 
+use crate::args::output::OutputArgs;
 use crate::exit::usage;
 use crate::key_files::{fingerprint_hex, write_key_file, write_secret_text};
-use crate::output::OutputArgs;
 use crate::stdio::is_stdio;
 
 #[derive(clap::Args)]

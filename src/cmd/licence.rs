@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_licence::{parse_utc, ModelRef, RecipientRef, Terms, MAX_TIERS};
 
+use crate::args::output::OutputArgs;
 use crate::exit::usage;
-use crate::output::OutputArgs;
 
 #[derive(clap::Args)]
 pub struct Args {

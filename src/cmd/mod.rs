@@ -16,6 +16,7 @@ pub mod licence;
 pub mod policy;
 pub mod rekey;
 pub mod rewrap;
+#[cfg(feature = "tract")]
 pub mod run;
 pub mod sign;
 pub mod trace;

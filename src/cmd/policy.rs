@@ -60,9 +60,9 @@ pub struct SearchArgs {
     #[arg(long)]
     all: bool,
     #[command(flatten)]
-    out: crate::output::OutputArgs,
+    out: crate::args::output::OutputArgs,
     #[command(flatten)]
-    write: crate::dest::WriteArgs,
+    write: crate::args::output::WriteArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -89,10 +89,10 @@ pub(crate) mod with_tract {
 
     use onnx_protect_format::{Model, Progress};
     use onnx_protect_runtime::assess::{Bench, InputSource};
-    use onnx_protect_runtime::npy::{read_npz, NpyArray};
+    use onnx_protect_runtime::npy::NpyArray;
     use onnx_protect_runtime::search::{search as run_search, SearchOptions, SearchReport, Target};
 
-    use crate::cmd::run::lift;
+    use crate::common::{arrays, lift};
 
     /// Samples of --data used for calibration when --calibration is not given.
     const DEFAULT_CALIBRATION: usize = 256;
@@ -127,19 +127,6 @@ pub(crate) mod with_tract {
             if let Some(pb) = &self.0 {
                 pb.finish_and_clear();
             }
-        }
-    }
-
-    /// Arrays of a .npz (by name) or one .npy (under the empty name).
-    pub(crate) fn arrays(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
-        if path.extension().is_some_and(|e| e == "npz") {
-            let all = read_npz(path).map_err(lift)?;
-            if all.is_empty() {
-                bail!("{} holds no arrays", path.display());
-            }
-            Ok(all.into_iter().collect())
-        } else {
-            Ok(BTreeMap::from([(String::new(), NpyArray::read(path).map_err(lift)?)]))
         }
     }
 

@@ -5,82 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_core::rewrap::Remove;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_keys::{Recipient, Stanza, KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519};
 
-use crate::exit::usage;
-use crate::keys::KeyArgs;
-use crate::output::OutputArgs;
+use crate::args::key::{KeyArgs, NewKeyArgs};
+use crate::args::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name};
-
-/// Where the new key comes from: the same choices as the old key, prefixed `--new-`;
-/// at most one (a clap group).
-#[derive(clap::Args, Default, Clone)]
-#[group(id = "new_key", multiple = false)]
-pub struct NewKeyArgs {
-    /// New key file (as written by `keygen`; older files of 64 hex digits or 32 raw bytes are read too).
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
-    pub new_key_file: Option<PathBuf>,
-    /// Environment variable holding the new key as 64 hex digits.
-    #[arg(long, value_name = "VAR")]
-    pub new_key_env: Option<String>,
-    /// Environment variable holding a new passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "VAR")]
-    pub new_passphrase_env: Option<String>,
-    /// File whose first line is a new passphrase (stretched with Argon2id).
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
-    pub new_passphrase_file: Option<PathBuf>,
-    /// Type the new passphrase at a prompt, twice (standard input must be a terminal).
-    #[arg(long)]
-    pub new_passphrase: bool,
-}
-
-impl NewKeyArgs {
-    /// The new key source; a usage error if none was given. A new passphrase shorter
-    /// than the minimum is refused unless `allow_short` (`--allow-short-passphrase`).
-    /// With `tiers` (the model's number of access tiers), a master key recording another
-    /// number is refused.
-    pub fn required(&self, allow_short: bool, tiers: Option<u32>) -> Result<KeySource> {
-        if !self.any() {
-            usage!(
-                "a new key is required: give --new-key-file, --new-key-env, --new-passphrase, --new-passphrase-env or \
-                 --new-passphrase-file"
-            );
-        }
-        let source = if self.new_passphrase {
-            KeySource::Passphrase(crate::keys::prompt_passphrase("new ", true)?)
-        } else {
-            let as_old = KeyArgs {
-                key_file: self.new_key_file.clone(),
-                key_env: self.new_key_env.clone(),
-                passphrase_env: self.new_passphrase_env.clone(),
-                passphrase_file: self.new_passphrase_file.clone(),
-                ..Default::default()
-            };
-            match tiers {
-                Some(t) => as_old.required_master_for(t),
-                None => as_old.required_master(),
-            }
-            .context("new key")?
-        };
-        crate::keys::check_new_passphrase(&source, allow_short, "the new passphrase")?;
-        Ok(source)
-    }
-
-    /// Whether any new-key option was given.
-    pub fn any(&self) -> bool {
-        self.new_key_file.is_some()
-            || self.new_key_env.is_some()
-            || self.new_passphrase_env.is_some()
-            || self.new_passphrase_file.is_some()
-            || self.new_passphrase
-    }
-}
 
 /// Stanzas `rekey` drops instead of wrapping the new data keys for them (every other
 /// recipient is kept), and key files whose stanzas it keeps.
@@ -148,7 +82,7 @@ pub struct Args {
     key: KeyArgs,
     /// The licence the current key needs for a model encrypted with --licence-authority.
     #[command(flatten)]
-    licence: crate::keys::LicenceArgs,
+    licence: crate::args::key::LicenceArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
     /// Accept a new passphrase shorter than 12 characters.
@@ -156,9 +90,9 @@ pub struct Args {
     allow_short_passphrase: bool,
     /// Public recipients of the re-encrypted model (besides the new key), as for `encrypt`.
     #[command(flatten)]
-    recipients: crate::keys::RecipientArgs,
+    recipients: crate::args::key::RecipientArgs,
     #[command(flatten)]
-    sign: crate::keys::SignArgs,
+    sign: crate::args::key::SignArgs,
     /// Drop the signatures of signers not re-signing with --sign-key (the old signatures cover the
     /// old content and keys; without it they are refused).
     #[arg(long)]
@@ -173,7 +107,7 @@ pub struct Args {
     #[arg(long)]
     sync: bool,
     #[command(flatten)]
-    write: crate::dest::WriteArgs,
+    write: crate::args::output::WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }

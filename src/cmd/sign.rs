@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
-use crate::dest::WriteArgs;
+use crate::args::key::SignArgs;
+use crate::args::output::OutputArgs;
+use crate::args::output::WriteArgs;
 use crate::exit::usage;
-use crate::keys::SignArgs;
-use crate::output::OutputArgs;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]

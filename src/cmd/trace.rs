@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use onnx_protect_format::Model;
 use onnx_protect_trace::{Ledger, TraceReport, Tracer};
 
-use crate::output::OutputArgs;
+use crate::args::output::OutputArgs;
 use crate::stdio;
 
 #[derive(clap::Args)]

@@ -8,15 +8,16 @@ use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_transform::io::{self, FileKind};
-use onnx_protect_transform::patch::TransformRecord;
 use onnx_protect_transform::{
     encrypt_patch_embedding, transform_images, Direction, Layout, PatchOptions, TransformError, TransformSpec,
-    ValueRange, METADATA_KEY,
+    ValueRange,
 };
 
+use crate::args::key::KeyArgs;
+use crate::args::output::OutputArgs;
+use crate::common::record_lines;
 use crate::exit::UsageError;
-use crate::keys::{KeyArgs, KeyFileError};
-use crate::output::OutputArgs;
+use crate::keys::KeyFileError;
 
 /// The transforms and the block size, shared by both commands.
 #[derive(clap::Args)]
@@ -72,7 +73,7 @@ pub struct TransformInputArgs {
     #[arg(long, value_name = "LO,HI")]
     range: Option<String>,
     #[command(flatten)]
-    write: crate::dest::WriteArgs,
+    write: crate::args::output::WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -96,7 +97,7 @@ pub struct EncryptPatchEmbeddingArgs {
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
     #[command(flatten)]
-    write: crate::dest::WriteArgs,
+    write: crate::args::output::WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -236,43 +237,4 @@ pub fn encrypt_patch_embedding_cmd(a: EncryptPatchEmbeddingArgs) -> Result<ExitC
         crate::output::emit(&t)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The lines that describe a recorded transform (shared with `inspect`).
-fn record_lines(r: &TransformRecord) -> String {
-    let mut t = String::new();
-    if let Some(p) = &r.position_embedding {
-        t += &format!("  position embedding {p} ({} blocks)\n", r.blocks.unwrap_or(0));
-    }
-    t += &format!(
-        "  transforms {} on {}×{} blocks of input '{}' ({} channels, {})\n",
-        r.transforms.join(", "),
-        r.block,
-        r.block,
-        r.input,
-        r.channels,
-        r.layout
-    );
-    if let Some([lo, hi]) = r.range {
-        t += &format!("  value range [{lo}, {hi}]\n");
-    }
-    t += &format!("  key fingerprint {}\n", r.key_fingerprint);
-    t
-}
-
-/// For `inspect`: a section describing the model's input transform, if it has one.
-pub fn inspect_section(model: &Model) -> Result<()> {
-    let Some(mut r) = TransformRecord::from_model(model)? else { return Ok(()) };
-    // The record is the model's text: printed as itself, never as terminal controls.
-    let p = |t: &mut String| *t = onnx_protect_core::inspect::printable(t).into_owned();
-    r.transforms
-        .iter_mut()
-        .chain([&mut r.layout, &mut r.input, &mut r.key_fingerprint, &mut r.patch_embedding])
-        .for_each(p);
-    r.position_embedding.iter_mut().for_each(p);
-    let mut t = format!("\ninput transform ({METADATA_KEY}): inputs must be key-transformed\n");
-    t += &format!("  patch embedding {}\n", r.patch_embedding);
-    t += &record_lines(&r);
-    t += &format!("  prepare inputs with: {}", r.command_hint());
-    crate::output::emit(&t)
 }

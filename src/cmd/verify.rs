@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
-use crate::keys::{KeyArgs, LicenceArgs, SignerArgs};
-use crate::output::OutputArgs;
+use crate::args::key::{KeyArgs, LicenceArgs, SignerArgs};
+use crate::args::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name};
 

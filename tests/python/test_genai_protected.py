@@ -232,3 +232,24 @@ def test_no_plaintext_reaches_a_file_and_the_private_folder_goes(folders, tmp_pa
     assert res["leaks"] == []
     assert not res["private_left"], "the private folder is removed with the model"
     assert any("onnx-protect-genai-" in p for p in res["seen"]), "the watcher saw the private folder"
+
+
+LIBDIR = pathlib.Path(os.environ.get("ONNX_PROTECT_CAPI_LIBDIR", ROOT / "target" / "debug"))
+
+
+def test_the_c_path_generates_the_plain_folders_tokens(folders, tmp_path):
+    plain, protected, key = folders["int4"]
+    lib = LIBDIR / "libonnx_protect.so"
+    if not lib.exists():
+        pytest.skip(f"{lib} is not built (cargo build -p onnx-protect-capi)")
+    example = ROOT / "examples" / "c" / "genai_ctypes.py"
+    r = subprocess.run([sys.executable, str(example), str(lib), str(protected), str(key)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("tokens:")[1].split() == [str(t) for t in generate(og.Model(str(plain)))]
+    bad = _copy(protected, tmp_path / "bad")
+    data = bytearray((bad / "model.onnx.data").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "model.onnx.data").write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, str(example), str(lib), str(bad), str(key)], capture_output=True, text=True)
+    assert r.returncode != 0 and "tokens:" not in r.stdout
+    assert "modified" in r.stderr.lower() or "MODIFIED" in r.stderr, r.stderr

@@ -267,6 +267,29 @@ enum OnnxProtectStatus onnx_protect_model_external(const struct OnnxProtectModel
                                                    const uint8_t **data,
                                                    size_t *len);
 
+// Stages the external data files of `count` models from
+// [`onnx_protect_file_decrypt_for_session`] for the sessions onnxruntime-genai creates
+// (docs/genai.md): onnxruntime gives them to each session whose options carry the config
+// entry `onnx_protect.genai` = `TOKEN` tab `PATH` and the `custom_ops_library` entry
+// (a copy of this library in the config's folder), `PATH` being the absolute path of this
+// library as loaded. Writes `TOKEN`, NUL-terminated, into `token` (`capacity` bytes: 32
+// are enough). The models stay the caller's: keep them until every session made from
+// them is released and the staging is dropped with [`onnx_protect_genai_unstage`].
+//
+// # Safety
+// `models` points to `count` models not yet freed; `token` to `capacity` writable bytes.
+enum OnnxProtectStatus onnx_protect_genai_stage(const struct OnnxProtectModel *const *models,
+                                                size_t count,
+                                                char *token,
+                                                size_t capacity);
+
+// Drops the staging of `token` (the sessions are created; the models stay the caller's).
+// An unknown token is an `INVALID_ARGUMENT` error.
+//
+// # Safety
+// `token` is a NUL-terminated string.
+enum OnnxProtectStatus onnx_protect_genai_unstage(const char *token);
+
 // Releases a decrypted model: every decrypted byte is overwritten with zeros first.
 // `NULL` is accepted.
 //

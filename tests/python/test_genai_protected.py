@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -39,13 +40,8 @@ def cli(*args):
 
 
 def protect(plain, out, key, *args):
-    """The folder protected model by model (the other files copied)."""
-    out.mkdir()
-    for p in plain.iterdir():
-        if p.suffix == ".onnx":
-            cli("encrypt", p, "-o", out / p.name, "--key-file", key, "-q", *args)
-        elif not p.name.endswith(".onnx.data"):
-            shutil.copyfile(p, out / p.name)
+    """The folder protected in one step."""
+    cli("encrypt", plain, "-o", out, "--key-file", key, "-q", *args)
     return out
 
 
@@ -118,6 +114,38 @@ def test_a_changed_byte_of_a_model_file_is_refused_before_generation(folders, tm
             (bad / name).write_bytes(bytes(data))
             with pytest.raises(op.OnnxProtectError):
                 opg.Model(bad, key_file=key)
+
+
+def test_a_changed_missing_extra_or_swapped_file_of_the_folder_is_refused(folders, tmp_path):
+    _, protected, key = folders["int4"]
+    before = set(pathlib.Path(tempfile.gettempdir()).glob("onnx-protect-genai-*"))
+    bad = _copy(protected, tmp_path / "tok")
+    data = bytearray((bad / "tokenizer.json").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "tokenizer.json").write_bytes(bytes(data))
+    with pytest.raises(op.Modified, match="tokenizer.json"):
+        opg.Model(bad, key_file=key)
+    bad = _copy(protected, tmp_path / "cfg")
+    (bad / "genai_config.json").write_text((bad / "genai_config.json").read_text().replace("24", "25", 1) + " ")
+    with pytest.raises(op.Modified, match="genai_config.json"):
+        opg.Model(bad, key_file=key)
+    bad = _copy(protected, tmp_path / "missing")
+    (bad / "tokenizer_config.json").unlink()
+    with pytest.raises(op.Modified, match="tokenizer_config.json"):
+        opg.Model(bad, key_file=key)
+    bad = _copy(protected, tmp_path / "extra")
+    (bad / "chat_template.jinja").write_text("{{ messages }}")
+    with pytest.raises(op.Modified, match="chat_template.jinja"):
+        opg.Model(bad, key_file=key)
+    # The int4 model in the fp32 folder's place (both under the same key): another
+    # folder encryption.
+    bad = _copy(folders["fp32"][1], tmp_path / "swapped")
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(protected / name, bad / name)
+    with pytest.raises(op.Modified):
+        opg.Model(bad, key_file=key)
+    after = set(pathlib.Path(tempfile.gettempdir()).glob("onnx-protect-genai-*"))
+    assert after == before, "a refused folder leaves no private folder behind"
 
 
 def test_a_wrong_key_and_a_missing_licence_are_refused_as_by_inference_session(folders, tmp_path, monkeypatch):

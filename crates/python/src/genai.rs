@@ -3,9 +3,11 @@
 //! point (`RegisterCustomOps`, `onnx_protect_genai_add_files`: `#[no_mangle]` in that crate,
 //! so this module exports them; onnxruntime opens a copy of it).
 
-use pyo3::prelude::*;
+use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_folder::{ErrorKind as FolderKind, Folder, FolderError};
+use pyo3::prelude::*;
 
 use crate::session::SessionFiles;
 
@@ -23,4 +25,51 @@ pub fn genai_stage(models: Vec<PyRef<'_, SessionFiles>>) -> PyResult<String> {
 #[pyfunction]
 pub fn genai_unstage(token: &str) -> bool {
     onnx_protect_genai::unstage(token)
+}
+
+/// The package's exception for a folder error, its message naming the folder.
+fn folder_err(dir: &Path, e: FolderError) -> PyErr {
+    let at = |m: String| format!("{}: {m}", dir.display());
+    match e {
+        FolderError::Model { path, source } => {
+            let msg = onnx_protect_core::error::with_causes_at(&source, Some(&dir.join(&path)));
+            crate::exception(source.kind(), msg)
+        }
+        e => {
+            let kind = match e.kind() {
+                FolderKind::Io => ErrorKind::Io,
+                FolderKind::Modified => ErrorKind::Modified,
+                FolderKind::Output => ErrorKind::Output,
+                _ => ErrorKind::BadManifest,
+            };
+            crate::exception(kind, at(e.to_string()))
+        }
+    }
+}
+
+/// Opens the protected folder `dir` (its bindings agree with each other and with its
+/// files: none missing, changed, extra or swapped, no model of another encryption),
+/// copies every file of it that is not a model or a model's data file into the empty
+/// folder `private`, each copy checked against the hash its binding records, and returns
+/// `[(relative path, absolute path)]` of the models.
+#[pyfunction]
+pub fn genai_folder(py: Python<'_>, dir: PathBuf, private: PathBuf) -> PyResult<Vec<(String, PathBuf)>> {
+    py.detach(|| -> Result<_, FolderError> {
+        let folder = Folder::open(&dir)?;
+        for f in folder.files() {
+            let dst = private.join(&f.path);
+            let io = |e: std::io::Error| FolderError::Io { path: dst.clone(), source: e };
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::copy(&f.abs, &dst).map_err(io)?;
+            let (length, hash) = onnx_protect_folder::file_hash(&dst)?;
+            if length != f.length || hash != f.hash {
+                let what = "it changed while it was copied".to_string();
+                return Err(FolderError::FileChanged { path: f.path.clone(), what });
+            }
+        }
+        Ok(folder.models().iter().map(|m| (m.path.clone(), m.abs.clone())).collect())
+    })
+    .map_err(|e| folder_err(&dir, e))
 }

@@ -945,6 +945,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::SessionFiles>()?;
     m.add_function(wrap_pyfunction!(genai::genai_stage, m)?)?;
     m.add_function(wrap_pyfunction!(genai::genai_unstage, m)?)?;
+    m.add_function(wrap_pyfunction!(genai::genai_folder, m)?)?;
     m.add("OnnxProtectError", py.get_type::<OnnxProtectError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("MalformedModel", py.get_type::<MalformedModel>())?;

@@ -38,7 +38,6 @@ from . import (
     _native,
     _PROVIDER_CACHES,
     _required_key,
-    inspect,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,61 +156,39 @@ def _cleanup(private: str, token: str) -> None:
     shutil.rmtree(private, ignore_errors=True)
 
 
-def _private_copy(folder: pathlib.Path, skip: set[pathlib.Path]) -> pathlib.Path:
-    """A new private folder with a copy of every file of ``folder`` but ``skip`` (the
-    models and their data files) and of the native module under :data:`_HOOK`."""
+def _load(folder: PathLike, k: Key, tier: int | None, signers: Sequence[str], on_demand: bool) -> Any:
+    folder = pathlib.Path(os.fspath(folder))
     private = pathlib.Path(tempfile.mkdtemp(prefix="onnx-protect-genai-"))
+    token = None
     try:
-        for p in sorted(folder.rglob("*")):
-            if p.is_symlink():
-                raise OnnxProtectError(f"{p}: a symbolic link in a protected folder is refused")
-            if p.is_dir() or p.resolve() in skip:
-                continue
-            dst = private / p.relative_to(folder)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p, dst)
+        # The folder's bindings agree (nothing missing, changed, extra or swapped) and its
+        # other files are copied into the private folder, each copy checked against its hash.
+        models = dict(_native.genai_folder(str(folder), str(private)))
+        cfg_path = private / "genai_config.json"
+        if not cfg_path.is_file():
+            raise OnnxProtectError(f"{folder}: no genai_config.json (not an onnxruntime-genai model folder)")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise OnnxProtectError(f"{folder / 'genai_config.json'}: not JSON: {e}") from None
+        if not isinstance(cfg, dict):
+            raise OnnxProtectError(f"{folder / 'genai_config.json'}: not a JSON object")
+        _refuse_disk_writes(cfg)
+        names = _model_files(cfg)
+        if not names:
+            raise OnnxProtectError(f"{folder / 'genai_config.json'}: names no model file")
+        loaded = []
+        for name in names:
+            if name not in models:
+                raise OnnxProtectError(f"{folder / name}: genai_config.json names a model the protected folder does not hold")
+            sf = _native.session_files(str(models[name]), key=k, tier=tier, signers=list(signers), on_demand=on_demand)
+            loaded.append((name, sf))
+        token = _native.genai_stage([sf for _, sf in loaded])
         shutil.copyfile(_native.__file__, private / _HOOK)
     except BaseException:
+        if token is not None:
+            _native.genai_unstage(token)
         shutil.rmtree(private, ignore_errors=True)
-        raise
-    return private
-
-
-def _load(
-    folder: PathLike, k: Key, tier: int | None, signers: Sequence[str], on_demand: bool,
-) -> Any:
-    folder = pathlib.Path(os.fspath(folder))
-    cfg_path = folder / "genai_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OnnxProtectError(f"{folder}: no genai_config.json (not an onnxruntime-genai model folder)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OnnxProtectError(f"{cfg_path}: not JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise OnnxProtectError(f"{cfg_path}: not a JSON object")
-    _refuse_disk_writes(cfg)
-    names = _model_files(cfg)
-    if not names:
-        raise OnnxProtectError(f"{cfg_path}: names no model file")
-    skip: set[pathlib.Path] = set()
-    loaded = []
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            raise OnnxProtectError(f"{path}: the model genai_config.json names is missing")
-        report = inspect(path)
-        if not report.get("protection"):
-            raise OnnxProtectError(f"{path}: not protected (every model of a protected folder is)")
-        skip.add(path.resolve())
-        for ext in report.get("external_files", []):
-            skip.add((path.parent / ext["location"]).resolve())
-        loaded.append((name, _native.session_files(str(path), key=k, tier=tier, signers=list(signers), on_demand=on_demand)))
-    token = _native.genai_stage([sf for _, sf in loaded])
-    try:
-        private = _private_copy(folder, skip)
-    except BaseException:
-        _native.genai_unstage(token)
         raise
     keep = _Loaded(private, [sf for _, sf in loaded], token)
     config = _classes()[0](str(private))

@@ -17,10 +17,11 @@ where the point fails. A model's points stop at the first that holds unless
 Results are kept per (model, point) in `--cache` (JSON, aliases as `.same`), so a run
 resumes, and cached scratch runs are shared by every point of a model that encrypts the
 same one-element constants. `--write` rewrites the generated block of
-docs/protection.md from the cache.
+docs/protection.md from the cache; `--detail` prints, from the cache, the mean accuracy
+of each attack per point and data size (not written into the docs).
 
     python3 scripts/eval_relearn.py [--models digits/vit,...] [--points first,last,builtin]
-        [--cache bench-data/relearn] [--jobs 1] [--all-points] [--write]
+        [--cache bench-data/relearn] [--jobs 1] [--all-points] [--write] [--detail]
 
 Single-threaded PyTorch per process (ONNX_PROTECT_THREADS, default 1); `--jobs`
 processes run models in parallel.
@@ -203,9 +204,10 @@ def gap(row):
     return f"{100 * row['gap']:+.1f}"
 
 
-def table(cache):
-    """The generated block: the built-in policy per model; every other point measured
-    per model, cheapest first; mean accuracies per point and size."""
+def table(cache, detailed=False):
+    """The generated block: the built-in policy per model and every other point measured
+    per model, cheapest first; with `detailed`, the mean accuracies per point and size
+    instead."""
     from onnx_protect import assess
 
     ladder_points = [p for p in assess.SEARCH if p != "all"]
@@ -252,6 +254,13 @@ def table(cache):
                     detail.append(f"| {model} | {r['point']} | {row['fraction']:.0%} ({int(np.mean(row['samples']))}) | "
                                   f"{pct(m['start'])} | {pct(m['scratch'])} | {pct(m['relearn'])} | "
                                   f"{pct(m['finetune'])} | {100 * row['gap']:+.1f} |")
+    if detailed:
+        return (
+            "Mean test accuracy (%) per smaller point and data size (samples): `start` is the reset model before "
+            "training; `relearn` trains only the encrypted elements (clear weights and statistics frozen), "
+            "`finetune` trains everything after the reset, `scratch` the same graph freshly initialised.\n\n"
+            "| model | point | data | start | scratch | relearn | finetune | gap |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(detail) + "\n")
     cpu, cores = provenance()
     versions = sorted({r.get("torch", "not recorded") for r in results})
     commits = sorted({r.get("attack_code", "not recorded") for r in results})
@@ -270,12 +279,7 @@ def table(cache):
         "run, the point had failed at a smaller size. A model's points stop at the first that holds; *not measured*: "
         "no point below the built-in policy was run on that model.\n\n"
         "| family | model | points measured | smallest that holds |\n|---|---|---|---|\n"
-        + "\n".join(ladder)
-        + "\n\nMean test accuracy (%) per smaller point and data size (samples): `start` is the reset model before "
-        "training; `relearn` trains only the encrypted elements (clear weights and statistics frozen), "
-        "`finetune` trains everything after the reset, `scratch` the same graph freshly initialised.\n\n"
-        "| model | point | data | start | scratch | relearn | finetune | gap |\n|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(detail) + "\n")
+        + "\n".join(ladder) + "\n")
 
 
 def write_docs(cache):
@@ -295,6 +299,7 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--all-points", action="store_true", help="measure every point, not only up to the first that holds")
     ap.add_argument("--write", action="store_true", help="rewrite docs/protection.md's block from the cache")
+    ap.add_argument("--detail", action="store_true", help="print each attack's mean accuracy per point and size")
     args = ap.parse_args()
     cache = pathlib.Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -305,6 +310,9 @@ def main():
         from onnx_protect import assess
 
         points = [p for p in assess.SEARCH if p != "all"] + ["builtin", "all"]
+    if args.detail:
+        print(table(cache, detailed=True))
+        return
     if not args.write or args.models:
         with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futs = [pool.submit(measure, m, points, cache, args.all_points, args.seeds, args.steps) for m in models]

@@ -82,8 +82,8 @@ class Shape:
     sentences: int
 
 
-# tiny: 2.3 MB of fp32 weights (0.8 MB int4); the build takes a fraction of a second once
-# torch, transformers and the builder are imported (about 7 s).
+# tiny: 2.3 MB of fp32 weights (0.8 MB int4); a build takes half a second once torch,
+# transformers and the builder are imported (10 s on the shared 2-core machine).
 # bench: 1-2 GB of model.onnx.data. int4: the shape of Llama 3.2 1B (hidden 2048, MLP 8192,
 # 32 heads, 8 KV heads, a 128256-token vocabulary) with 12 layers instead of 16 and untied
 # embeddings, so the builder keeps the embedding fp32 (1.05 GB, most of the file) and

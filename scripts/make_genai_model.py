@@ -32,6 +32,7 @@ import dataclasses
 import gc
 import importlib
 import io
+import logging
 import os
 import pathlib
 import random
@@ -273,6 +274,10 @@ def make(out_dir, precision, size="tiny", seed=0, arch="llama", log=None):
     shape = SHAPES[(size, precision)]
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     sink = log if log is not None else io.StringIO()
+    # Importing onnxruntime's int4 quantizer calls logging.basicConfig (a root handler on the
+    # stderr of the moment, here the sink, and level INFO): the root logger is put back after.
+    root_logger = logging.getLogger()
+    root_state = (root_logger.level, list(root_logger.handlers))
     try:
         hf_dir = work / "hf"
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
@@ -290,6 +295,8 @@ def make(out_dir, precision, size="tiny", seed=0, arch="llama", log=None):
                 raise BuildError(f"the model builder wrote no {needed} (it wrote {', '.join(made)})")
         os.replace(work / "out", out)
     finally:
+        root_logger.setLevel(root_state[0])
+        root_logger.handlers[:] = root_state[1]
         shutil.rmtree(work, ignore_errors=True)
     return out
 

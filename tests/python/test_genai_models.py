@@ -5,16 +5,21 @@ not repeat a few tokens, every weight is in model.onnx.data, the int4 model's Ma
 MatMulNBits, the same seed gives the same bytes and another seed other weights, and bad
 arguments, a missing package or a failing builder leave no folder behind. Skipped where
 onnxruntime-genai, transformers, tokenizers, torch or onnx_ir is not installed."""
+import fcntl
 import hashlib
 import importlib.util
+import logging
+import os
 import pathlib
 import sys
 
 import pytest
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (tests/requirements.txt)")
+# Looked up, not imported: torch and transformers are imported by the tests that build.
 for _name in ("transformers", "tokenizers", "torch", "onnx_ir"):
-    pytest.importorskip(_name, reason=f"{_name} is not installed (tests/requirements.txt)")
+    if importlib.util.find_spec(_name) is None:
+        pytest.skip(f"{_name} is not installed (tests/requirements.txt)", allow_module_level=True)
 import onnx  # noqa: E402
 import tokenizers  # noqa: E402
 
@@ -29,8 +34,15 @@ MAX_LENGTH = 24
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("genai-models")
-    return {p: gm.make(base / p, p) for p in ("fp32", "int4")}
+    """The tiny fp32 and int4 folders (seed 0), made once for all pytest-xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    shared = base / "genai-models"
+    shared.mkdir(exist_ok=True)
+    with open(base / "genai-models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return {p: shared / p if (shared / p).is_dir() else gm.make(shared / p, p) for p in ("fp32", "int4")}
 
 
 def greedy(folder):
@@ -116,6 +128,21 @@ def test_same_seed_same_bytes_other_seed_other_weights(folders, tmp_path):
     assert (other / "tokenizer.json").read_bytes() != (again / "tokenizer.json").read_bytes()
     # Only the folders asked for: no work folder is left beside them.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "other"]
+
+
+def test_make_puts_the_root_logger_back(tmp_path, monkeypatch):
+    real = gm.run_builder
+
+    def configuring(*args):
+        # What the first import of onnxruntime's int4 quantizer does, in every process.
+        logging.basicConfig(level=logging.DEBUG, force=True)
+        real(*args)
+
+    monkeypatch.setattr(gm, "run_builder", configuring)
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    gm.make(tmp_path / "m", "int4")
+    assert (root.level, list(root.handlers)) == before
 
 
 def test_qwen2_shape(tmp_path):

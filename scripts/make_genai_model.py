@@ -5,8 +5,8 @@
         [--arch llama|qwen2] [--seed N] [--verbose]
 
 Steps, all on this machine (nothing is downloaded: HF_HUB_OFFLINE=1):
-  1. a text of sentences drawn from a fixed English word list and, for the larger vocabularies,
-     made-up words of random syllables (Python's `random`, seeded);
+  1. a text of sentences drawn from a fixed English word list and from made-up words of random
+     syllables, more of them for the larger vocabularies (Python's `random`, seeded);
   2. a byte-level BPE tokenizer trained on it with `tokenizers` and saved through
      `transformers.PreTrainedTokenizerFast` (tokenizer.json, tokenizer_config.json);
   3. a `transformers` LlamaConfig (or Qwen2Config) of the chosen size, a causal LM initialised
@@ -149,7 +149,8 @@ def training_text(shape, seed):
     rng = random.Random(f"text-{seed}")
     syllables = [c + v for c in CONSONANTS for v in VOWELS]
     syllables += [s + e for s in syllables for e in "nrstl"]
-    made_up = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(shape.made_up_words)})
+    made_up = {"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(shape.made_up_words)}
+    made_up = sorted(made_up)
     # Words drawn with a long tail, as in real text: a few are frequent, most are rare.
     def word(pool):
         return pool[min(int(rng.paretovariate(0.8)) - 1, len(pool) - 1)] if rng.random() < 0.5 else rng.choice(pool)

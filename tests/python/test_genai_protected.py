@@ -21,6 +21,8 @@ import onnx_protect as op
 og = pytest.importorskip("onnxruntime_genai")
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
+pytest.importorskip("torch")  # the test models are made with torch and transformers
+pytest.importorskip("onnx_ir")
 import onnx_protect.genai as opg  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

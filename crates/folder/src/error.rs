@@ -144,6 +144,25 @@ impl FolderError {
     }
 }
 
+impl FolderError {
+    /// A short, stable name of the failure for reports: a model's own error's kind
+    /// (`wrong_key`, `modified`, `truncated`, ...), else `modified`, `io`,
+    /// `invalid_folder`, `output` or `options`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FolderError::Model { source, .. } | FolderError::PartlyRewrapped { source, .. } => source.kind().as_str(),
+            FolderError::Format { source, .. } => source.kind().as_str(),
+            e => match e.kind() {
+                ErrorKind::Io => "io",
+                ErrorKind::Modified => "modified",
+                ErrorKind::Output => "output",
+                ErrorKind::Options => "options",
+                ErrorKind::Invalid | ErrorKind::Model => "invalid_folder",
+            },
+        }
+    }
+}
+
 pub type Result<T, E = FolderError> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FolderError {

@@ -13,6 +13,8 @@
 //! assert_eq!(Manifest::decode(&bytes[..]).unwrap().format_version, 1);
 //! ```
 
+#![forbid(unsafe_code)]
+
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!("generated/onnx_protect.v1.rs");

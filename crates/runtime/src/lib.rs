@@ -48,6 +48,8 @@
 //!
 //! [tract]: https://github.com/sonos/tract
 
+#![forbid(unsafe_code)]
+
 pub mod assess;
 pub mod attack;
 pub mod bn;

@@ -11,38 +11,29 @@ use onnx_protect_format::Model;
 use onnx_protect_transform::patch::TransformRecord;
 use onnx_protect_transform::METADATA_KEY;
 
+/// Keeps the library's error types visible to the exit-code mapping.
 #[cfg(feature = "tract")]
-pub use with_tract::{arrays, lift};
-
-#[cfg(feature = "tract")]
-mod with_tract {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
-    use anyhow::{bail, Result};
-    use onnx_protect_runtime::npy::{read_npz, NpyArray};
+pub fn lift(e: impl Into<onnx_protect_runtime::RuntimeError>) -> anyhow::Error {
     use onnx_protect_runtime::RuntimeError;
-
-    /// Keeps the library's error types visible to the exit-code mapping.
-    pub fn lift(e: impl Into<RuntimeError>) -> anyhow::Error {
-        match e.into() {
-            RuntimeError::Core(c) => anyhow::Error::new(c),
-            RuntimeError::Format(f) => anyhow::Error::new(f),
-            other => anyhow::Error::new(other),
-        }
+    match e.into() {
+        RuntimeError::Core(c) => anyhow::Error::new(c),
+        RuntimeError::Format(f) => anyhow::Error::new(f),
+        other => anyhow::Error::new(other),
     }
+}
 
-    /// Arrays of a .npz (by name) or one .npy (under the empty name).
-    pub fn arrays(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
-        if path.extension().is_some_and(|e| e == "npz") {
-            let all = read_npz(path).map_err(lift)?;
-            if all.is_empty() {
-                bail!("{} holds no arrays", path.display());
-            }
-            Ok(all.into_iter().collect())
-        } else {
-            Ok(BTreeMap::from([(String::new(), NpyArray::read(path).map_err(lift)?)]))
+/// Arrays of a .npz (by name) or one .npy (under the empty name).
+#[cfg(feature = "tract")]
+pub fn arrays(path: &Path) -> Result<std::collections::BTreeMap<String, onnx_protect_runtime::npy::NpyArray>> {
+    use onnx_protect_runtime::npy::{read_npz, NpyArray};
+    if path.extension().is_some_and(|e| e == "npz") {
+        let all = read_npz(path).map_err(lift)?;
+        if all.is_empty() {
+            anyhow::bail!("{} holds no arrays", path.display());
         }
+        Ok(all.into_iter().collect())
+    } else {
+        Ok([(String::new(), NpyArray::read(path).map_err(lift)?)].into())
     }
 }
 

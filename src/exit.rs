@@ -144,14 +144,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
 
 /// [`code_for`] of a library error.
 pub fn code_for_error(e: &(dyn Error + 'static)) -> u8 {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(code) = code_of(c) {
-            return code;
-        }
-        cause = c.source();
-    }
-    FAILURE
+    std::iter::successors(Some(e), |&c| c.source()).find_map(code_of).unwrap_or(FAILURE)
 }
 
 /// The code of one cause, if it is one of the typed errors.

@@ -47,11 +47,7 @@ impl FingerprintReport {
 
 /// Reads a fingerprint secret file.
 pub fn read_fingerprint_secret(path: &std::path::Path) -> Result<onnx_protect_trace::FingerprintKey> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read fingerprint secret {}", path.display()))?;
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    f.take(onnx_protect_trace::secret::MAX_SECRET_FILE_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
+    let bytes = crate::keys::read_capped(path, onnx_protect_trace::secret::MAX_SECRET_FILE_LEN)
         .with_context(|| format!("cannot read fingerprint secret {}", path.display()))?;
     Ok(onnx_protect_trace::FingerprintKey::parse(&bytes, &path.display().to_string())?)
 }

@@ -15,7 +15,7 @@ use onnx_protect_keys::{
 };
 use zeroize::Zeroizing;
 
-pub use crate::exit::KeyFileError;
+use crate::exit::KeyFileError;
 
 /// The environment variable that sets how long a key command may run, in seconds.
 pub const KEY_COMMAND_TIMEOUT_ENV: &str = "ONNX_PROTECT_KEY_COMMAND_TIMEOUT";
@@ -101,14 +101,18 @@ pub fn read_signing_key(p: &Path) -> Result<SigningKey> {
     SigningKey::parse_file(&text).map_err(|e| KeyFileError(format!("signing key {}: {e}", p.display())).into())
 }
 
-/// Reads and parses a key file (at most `MAX_KEY_FILE_LEN` bytes are read, so
-/// a huge or endless file is refused without being read whole).
-pub fn read_key_file(path: &Path) -> Result<KeyFile, KeyFileError> {
-    let cannot = |e: std::io::Error| KeyFileError(format!("cannot read key file {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(cannot)?;
+/// The first `max + 1` bytes of the file at `path`: one past the cap, so that a larger
+/// (or endless) file is recognised as such without being read whole.
+pub fn read_capped(path: &Path, max: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
     let mut bytes = Zeroizing::new(Vec::new());
-    // One byte past the cap, so that a larger file is recognised as such.
-    file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    std::fs::File::open(path)?.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads and parses a key file (at most `MAX_KEY_FILE_LEN` bytes are read).
+pub fn read_key_file(path: &Path) -> Result<KeyFile, KeyFileError> {
+    let bytes = read_capped(path, MAX_KEY_FILE_LEN)
+        .map_err(|e| KeyFileError(format!("cannot read key file {}: {e}", path.display())))?;
     KeyFile::parse(&bytes).map_err(|e| KeyFileError(format!("key file {}: {e}", path.display())))
 }
 

@@ -52,9 +52,11 @@ enum Command {
     /// Add a publisher signature (Ed25519) to a protected model.
     Sign(cmd::sign::Args),
     /// Signed licences for models encrypted with --licence-authority: issue (docs/shipping.md).
-    Licence(cmd::licence::Args),
+    #[command(subcommand)]
+    Licence(cmd::licence::Command),
     /// OpenSSF model-signing bundles for any model file or directory: keygen, sign, verify (docs/signing.md).
-    Bundle(cmd::bundle::Args),
+    #[command(subcommand)]
+    Bundle(cmd::bundle::Command),
     /// Add or remove the recipients of a protected model without touching a weight (key rotation by re-wrapping).
     Rewrap(cmd::rewrap::Args),
     /// Write the key of a lower access tier, derived one way from a higher tier's key.
@@ -83,17 +85,15 @@ enum Command {
     #[cfg(feature = "tract")]
     Assess(cmd::assess::Args),
     /// Policies: `policy search` finds the smallest one that resists the key-less attacks on your data.
-    Policy(cmd::policy::Args),
+    #[command(subcommand)]
+    Policy(cmd::policy::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
-    Completions(CompletionsArgs),
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Write the manual pages (onnx-protect.1 and one per command) into a directory.
     Man(ManArgs),
-}
-
-#[derive(clap::Args)]
-struct CompletionsArgs {
-    /// The shell: bash, zsh, fish, elvish or powershell.
-    shell: clap_complete::Shell,
 }
 
 #[derive(clap::Args)]
@@ -106,9 +106,9 @@ struct ManArgs {
 }
 
 /// `completions SHELL`: the script clap_complete generates from these definitions.
-fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     let mut script = Vec::new();
-    clap_complete::generate(a.shell, &mut Cli::command(), "onnx-protect", &mut script);
+    clap_complete::generate(shell, &mut Cli::command(), "onnx-protect", &mut script);
     output::emit(String::from_utf8_lossy(&script).trim_end())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "tract")]
         Command::Assess(a) => cmd::assess::run(a),
         Command::Policy(a) => cmd::policy::run(a),
-        Command::Completions(a) => completions(a),
+        Command::Completions { shell } => completions(shell),
         Command::Man(a) => man(a),
     };
     match result {

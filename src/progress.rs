@@ -34,26 +34,38 @@ pub fn style(template: &str) -> Option<ProgressStyle> {
     ProgressStyle::with_template(template).ok().map(|s| s.with_key("eta", eta).progress_chars("=> "))
 }
 
-/// Draws an indicatif bar per phase.
+/// Draws an indicatif bar per phase, for totals of at least `min`.
 pub struct Bar {
     enabled: bool,
+    min: u64,
+    template: &'static str,
     bar: Mutex<Option<ProgressBar>>,
 }
 
 impl Bar {
-    /// A bar that draws only if stderr is a terminal and `quiet` is false.
+    /// A bar of bytes that draws only if stderr is a terminal and `quiet` is false.
     pub fn new(quiet: bool) -> Bar {
-        Bar { enabled: !quiet && std::io::stderr().is_terminal(), bar: Mutex::new(None) }
+        Bar::drawing(quiet, MIN_BYTES, "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    }
+
+    /// A bar that counts (`policies 12/63`), under the same conditions.
+    #[cfg(feature = "tract")]
+    pub fn counting(quiet: bool) -> Bar {
+        Bar::drawing(quiet, 0, "{msg} [{bar:40}] {pos}/{len} {elapsed}")
+    }
+
+    fn drawing(quiet: bool, min: u64, template: &'static str) -> Bar {
+        Bar { enabled: !quiet && std::io::stderr().is_terminal(), min, template, bar: Mutex::new(None) }
     }
 }
 
 impl Progress for Bar {
     fn start(&self, what: &str, total: u64) {
-        if !self.enabled || total < MIN_BYTES {
+        if !self.enabled || total < self.min {
             return;
         }
         let pb = ProgressBar::new(total);
-        if let Some(style) = style("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}") {
+        if let Some(style) = style(self.template) {
             pb.set_style(style);
         }
         pb.set_message(what.to_string());

@@ -1,5 +1,5 @@
 //! What `rewrap` and `batch rewrap` change: recipients added and removed, signatures
-//! renewed or dropped.
+//! renewed or dropped; the removals `rekey` shares.
 
 use std::path::PathBuf;
 
@@ -20,16 +20,8 @@ pub struct ChangeArgs {
     pub add_key_file: Option<PathBuf>,
     #[command(flatten)]
     add: RecipientArgs,
-    /// Remove the stanzas of this key file (at every tier).
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
-    remove_key_file: Vec<PathBuf>,
-    /// Remove the stanzas with this public label: a recipient (age1...), a key fingerprint (as
-    /// `inspect` lists them), a provider's label.
-    #[arg(long, value_name = "LABEL")]
-    remove: Vec<String>,
-    /// Remove every stanza of this kind (key, passphrase, x25519, pkcs11, command).
-    #[arg(long, value_name = "KIND")]
-    remove_kind: Vec<String>,
+    #[command(flatten)]
+    removal: RemovalArgs,
     #[command(flatten)]
     sign: SignArgs,
     /// Drop the signatures that the new recipient list invalidates (other signers must sign again).
@@ -52,9 +44,9 @@ impl ChangeArgs {
             || !self.add.recipient.is_empty()
             || !self.add.recipients_file.is_empty()
             || !self.add.recipient_command.is_empty()
-            || !self.remove_key_file.is_empty()
-            || !self.remove.is_empty()
-            || !self.remove_kind.is_empty()
+            || !self.removal.remove_key_file.is_empty()
+            || !self.removal.remove.is_empty()
+            || !self.removal.remove_kind.is_empty()
             || !self.sign.sign_key.is_empty()
             || self.drop_signatures
     }
@@ -63,11 +55,7 @@ impl ChangeArgs {
     /// (the model's number of access tiers), a key file to add that records another
     /// number is refused.
     pub fn build(&self, tiers: Option<u32>) -> Result<Change> {
-        let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
-        remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
-        for p in &self.remove_key_file {
-            remove.push(Remove::Key(read_key_file(p)?.into_key()));
-        }
+        let remove = self.removal.removals()?;
         let master = match &self.add_key_file {
             Some(p) => {
                 let file = read_key_file(p)?;
@@ -88,5 +76,33 @@ impl ChangeArgs {
             );
         }
         Ok(Change { add, remove, signing_keys: self.sign.keys()?, drop_signatures: self.drop_signatures })
+    }
+}
+
+/// The stanzas to remove from a protected model (`rewrap`, `batch rewrap`; `rekey` words
+/// them as stanzas it drops).
+#[derive(clap::Args, Default)]
+pub struct RemovalArgs {
+    /// Remove the stanzas of this key file (at every tier).
+    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
+    remove_key_file: Vec<PathBuf>,
+    /// Remove the stanzas with this public label: a recipient (age1...), a key fingerprint (as
+    /// `inspect` lists them), a provider's label.
+    #[arg(long, value_name = "LABEL")]
+    remove: Vec<String>,
+    /// Remove every stanza of this kind (key, passphrase, x25519, pkcs11, command).
+    #[arg(long, value_name = "KIND")]
+    remove_kind: Vec<String>,
+}
+
+impl RemovalArgs {
+    /// The removals, by label, by kind, then by key file (each key file read).
+    pub fn removals(&self) -> Result<Vec<Remove>> {
+        let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
+        remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
+        for p in &self.remove_key_file {
+            remove.push(Remove::Key(read_key_file(p)?.into_key()));
+        }
+        Ok(remove)
     }
 }

@@ -1,7 +1,6 @@
 //! Key options: the key that opens or protects a model (and the new one of `rekey`), the
 //! licence it may need, the recipients and signers of a model.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::exit::{usage, KeyFileError};
 use crate::keys::{
     check_new_passphrase, check_recorded_tiers, key_command, parse_identity_file, parse_recipient, pkcs11_key,
-    prompt_passphrase, read_key_file, read_signing_key, split_tier,
+    prompt_passphrase, read_capped, read_key_file, read_signing_key, split_tier,
 };
 
 /// At most one key option: the group makes clap refuse two (exit 2).
@@ -51,6 +50,28 @@ pub struct KeyArgs {
     /// 'PROGRAM ARGS', run as PROGRAM ARGS wrap|unwrap with the protocol of docs/keys.md.
     #[arg(long, value_name = "'PROGRAM ARGS'")]
     pub key_command: Option<String>,
+}
+
+/// The key that opens a protected model, with the licence it needs for a model encrypted
+/// with `--licence-authority`.
+#[derive(clap::Args, Default)]
+pub struct OpenKeyArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub licence: LicenceArgs,
+}
+
+impl OpenKeyArgs {
+    /// The key with its licence, or `None` if no key option was given.
+    pub fn source(&self) -> Result<Option<KeySource>> {
+        self.key.source()?.map(|k| self.licence.apply(k)).transpose()
+    }
+
+    /// The key with its licence; an error if none was given.
+    pub fn required(&self) -> Result<KeySource> {
+        self.licence.apply(self.key.required()?)
+    }
 }
 
 /// Where the new key comes from: the same choices as the old key, prefixed `--new-`;
@@ -138,10 +159,7 @@ impl LicenceArgs {
             line: 0,
             reason: format!("cannot read {}: {e}", path.display()),
         };
-        let mut text = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(onnx_protect_licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
-            .map_err(unreadable)?;
+        let text = read_capped(path, onnx_protect_licence::MAX_LICENCE_LEN).map_err(unreadable)?;
         let tcti = onnx_protect_tpm::tcti_from_env();
         onnx_protect_tpm::with_licence(key, &text, self.licence_clock.as_deref(), &tcti)
             .with_context(|| format!("licence {}", path.display()))
@@ -322,28 +340,22 @@ impl KeyArgs {
     }
 
     fn source_of(&self, master_only: bool) -> Result<Option<KeySource>> {
-        if let Some(p) = &self.key_file {
-            let file = read_key_file(p)?;
-            let key = if master_only {
-                file.into_master().map_err(|e| KeyFileError(format!("key file {}: {e}", p.display())))?
-            } else {
-                file.into_key()
-            };
-            return Ok(Some(KeySource::Key(key)));
-        }
-        if let Some(v) = &self.key_env {
+        let file = match (&self.key_file, &self.key_env) {
+            (Some(p), _) => Some(read_key_file(p)?),
             // Errors about the variable name it; key-file errors get the name added.
-            let file = KeyFile::from_env(v).map_err(|e| match e {
+            (None, Some(v)) => Some(KeyFile::from_env(v).map_err(|e| match e {
                 CryptoError::EnvKeyMissing { .. }
                 | CryptoError::EnvKeyNotUnicode { .. }
                 | CryptoError::EnvKeyLength { .. }
                 | CryptoError::EnvKeyNotHex { .. } => anyhow::Error::new(e),
                 other => KeyFileError(format!("environment variable {v}: {other}")).into(),
-            })?;
-            let key = if master_only {
-                file.into_master().map_err(|e| KeyFileError(format!("environment variable {v}: {e}")))?
-            } else {
-                file.into_key()
+            })?),
+            (None, None) => None,
+        };
+        if let Some(file) = file {
+            let key = match master_only {
+                true => file.into_master().map_err(|e| KeyFileError(format!("{}: {e}", self.key_name())))?,
+                false => file.into_key(),
             };
             return Ok(Some(KeySource::Key(key)));
         }

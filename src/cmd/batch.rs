@@ -16,8 +16,8 @@ use onnx_protect_batch::{BatchError, FileResult, Inputs, Observer, Operation, Op
 use onnx_protect_format::write::check_destination;
 use serde::Serialize;
 
-use crate::args::key::KeyArgs;
-use crate::args::key::NewKeyArgs;
+use crate::args::change::ChangeArgs;
+use crate::args::key::{NewKeyArgs, OpenKeyArgs};
 use crate::args::output::OutputArgs;
 use crate::args::policy::PolicyArgs;
 use crate::exit::{self, usage};
@@ -64,18 +64,16 @@ pub struct Args {
     /// sign: the ECDSA private key (PEM) the bundles are signed with.
     #[arg(long, value_name = "KEY.pem", value_parser = file_path)]
     bundle_key: Option<PathBuf>,
+    /// The key; for decrypt, rekey, rewrap and verify with a key, the licence models encrypted
+    /// with --licence-authority need (one licence for every model: it names them all, by id or digest).
     #[command(flatten)]
-    key: KeyArgs,
-    /// For decrypt, rekey, rewrap and verify with a key: the licence models encrypted with
-    /// --licence-authority need (one licence for every model: it names them all, by id or digest).
-    #[command(flatten)]
-    licence: crate::args::key::LicenceArgs,
+    key: OpenKeyArgs,
     /// For rekey: the new key.
     #[command(flatten)]
     new_key: NewKeyArgs,
     /// For rewrap: the recipients to add and remove, and the signatures (as for `rewrap`).
     #[command(flatten)]
-    change: crate::args::change::ChangeArgs,
+    change: ChangeArgs,
     /// For encrypt and rekey: accept a (new) passphrase shorter than 12 characters.
     #[arg(long)]
     allow_short_passphrase: bool,
@@ -154,7 +152,7 @@ fn parse_shard(s: &str, by: ShardByArg) -> Result<Shard> {
 #[derive(Serialize)]
 struct Line<'a> {
     path: &'a str,
-    op: &'static str,
+    op: &'a str,
     status: &'static str,
     input: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,7 +168,7 @@ struct Line<'a> {
 
 /// Writes the report lines and moves the bar as files finish.
 struct Reporter {
-    op: &'static str,
+    op: String,
     file: Option<Mutex<File>>,
     stdout: bool,
     bar: Option<ProgressBar>,
@@ -201,7 +199,7 @@ impl Observer for Reporter {
     fn start(&self, files: usize) {
         if let Some(pb) = &self.bar {
             pb.set_length(files as u64);
-            pb.set_prefix(self.op);
+            pb.set_prefix(self.op.clone());
             pb.set_message("0 B");
         }
     }
@@ -209,7 +207,7 @@ impl Observer for Reporter {
     fn done(&self, r: &FileResult<'_>) {
         let line = Line {
             path: &r.item.rel,
-            op: self.op,
+            op: &self.op,
             status: r.status.as_str(),
             input: r.item.input.display().to_string(),
             output: r.output.map(|p| p.display().to_string()),
@@ -250,7 +248,7 @@ fn refuse_other_operations_options(a: &Args) -> Result<()> {
     if a.op != Op::Encrypt && a.policy.any() {
         usage!("the policy options (--policy, --coefficient, --mode, --subsequences, --selection, --seed, --tiers, --tier-shares) apply to batch encrypt only");
     }
-    if matches!(a.op, Op::Encrypt | Op::Sign) && a.licence.licence.is_some() {
+    if matches!(a.op, Op::Encrypt | Op::Sign) && a.key.licence.licence.is_some() {
         usage!("--licence applies to batch decrypt, rekey, rewrap and verify (the operations that open a model)");
     }
     if a.op != Op::Rekey && a.new_key.any() {
@@ -264,14 +262,8 @@ fn refuse_other_operations_options(a: &Args) -> Result<()> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     refuse_other_operations_options(&a)?;
-    let op_name = match a.op {
-        Op::Encrypt => "encrypt",
-        Op::Decrypt => "decrypt",
-        Op::Rekey => "rekey",
-        Op::Rewrap => "rewrap",
-        Op::Verify => "verify",
-        Op::Sign => "sign",
-    };
+    // The operation as it is typed.
+    let op_name = clap::ValueEnum::to_possible_value(&a.op).map(|v| v.get_name().to_string()).unwrap_or_default();
     if a.out_dir.is_none() && a.op != Op::Verify && a.op != Op::Sign {
         usage!("batch {op_name} needs --out-dir");
     }
@@ -287,14 +279,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let shard = a.shard.as_deref().map(|s| parse_shard(s, a.shard_by)).transpose()?;
     let policy = if a.op == Op::Encrypt { Some(a.policy.build()?) } else { None };
     let key = match a.op {
-        Op::Verify => a.key.source()?.map(|k| a.licence.apply(k)).transpose()?,
-        Op::Sign => a.key.source()?,
+        Op::Verify => a.key.source()?,
+        Op::Sign => a.key.key.source()?,
         Op::Encrypt => {
-            let k = a.key.required_master_for(policy.as_ref().map_or(1, |p| p.tiers))?;
+            let k = a.key.key.required_master_for(policy.as_ref().map_or(1, |p| p.tiers))?;
             crate::keys::check_new_passphrase(&k, a.allow_short_passphrase, "the passphrase")?;
             Some(k)
         }
-        Op::Decrypt | Op::Rekey | Op::Rewrap => Some(a.licence.apply(a.key.required()?)?),
+        Op::Decrypt | Op::Rekey | Op::Rewrap => Some(a.key.required()?),
     };
     let new_key = if a.op == Op::Rekey { Some(a.new_key.required(a.allow_short_passphrase, None)?) } else { None };
     let change = if a.op == Op::Rewrap { Some(a.change.build(None)?) } else { None };
@@ -341,7 +333,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => None,
     };
     let reporter = Reporter {
-        op: op_name,
+        op: op_name.clone(),
         file,
         stdout: a.out.json,
         bar: progress_bar(a.out.quiet),
@@ -362,7 +354,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(e) = reporter.error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         return Err(e);
     }
-    summarize(&a, op_name, shard, &summary)
+    summarize(&a, &op_name, shard, &summary)
 }
 
 /// Prints the failed files and the summary line, and chooses the exit code: the failed

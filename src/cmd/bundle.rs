@@ -11,14 +11,8 @@ use crate::args::output::OutputArgs;
 use crate::common::{read_private, read_public};
 use crate::exit::usage;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Write an ECDSA private key (PKCS#8 PEM, mode 0600) and its public key (PEM).
     Keygen(KeygenArgs),
     /// Sign a model file or directory: a Sigstore bundle that `model_signing verify key` checks.
@@ -83,8 +77,8 @@ pub struct VerifyArgs {
     out: OutputArgs,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    match a.command {
+pub fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Keygen(k) => keygen(k),
         Command::Sign(s) => sign(s),
         Command::Verify(v) => verify(v),

@@ -8,6 +8,7 @@ use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::summary::ProtectionKind;
 
+use crate::args::key::{OpenKeyArgs, SignerArgs};
 use crate::args::output::OutputArgs;
 use crate::args::policy::load_policy;
 use crate::exit::{self, usage};
@@ -46,14 +47,12 @@ pub struct Args {
     /// Let a format-1 model pass (only its encrypted spans are authenticated); it fails by default.
     #[arg(long = "allow-format-1")]
     allow_format_1: bool,
-    /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the keyless digest.
+    /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the
+    /// keyless digest; with the licence it needs for a model encrypted with --licence-authority.
     #[command(flatten)]
-    key: crate::args::key::KeyArgs,
-    /// The licence the key needs for a model encrypted with --licence-authority.
+    key: OpenKeyArgs,
     #[command(flatten)]
-    licence: crate::args::key::LicenceArgs,
-    #[command(flatten)]
-    signers: crate::args::key::SignerArgs,
+    signers: SignerArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -159,13 +158,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let policy =
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
     let bar = Bar::new(a.out.quiet);
-    let key = a.key.source()?;
-    if a.licence.licence.is_some() && key.is_none() {
+    let key = a.key.key.source()?;
+    if a.key.licence.licence.is_some() && key.is_none() {
         usage!("--licence goes with the key that opens the model: give a key option (--key-file, --identity, ...)");
     }
-    let key = key.map(|k| a.licence.apply(k)).transpose()?;
+    let key = key.map(|k| a.key.licence.apply(k)).transpose()?;
     let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
-    let signers = crate::args::key::SignerArgs { signer: ed25519 }.signers()?;
+    let signers = SignerArgs { signer: ed25519 }.signers()?;
     let bundle_signers =
         pem.iter().map(|p| crate::common::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;
     let opts = CheckOptions {

@@ -11,7 +11,7 @@ use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_i
 use onnx_protect_core::protect::{self, DecryptOptions};
 use onnx_protect_keys::SignerKey;
 
-use crate::args::key::{KeyArgs, LicenceArgs, SignerArgs};
+use crate::args::key::{OpenKeyArgs, SignerArgs};
 use crate::args::output::OutputArgs;
 use crate::args::output::WriteArgs;
 use crate::exit::usage;
@@ -26,9 +26,7 @@ pub struct Args {
     #[arg(short, long, required_unless_present_any = ["in_place", "stdout"])]
     output: Option<PathBuf>,
     #[command(flatten)]
-    key: KeyArgs,
-    #[command(flatten)]
-    licence: LicenceArgs,
+    key: OpenKeyArgs,
     /// Overwrite the input (and its external data files).
     #[arg(long)]
     in_place: bool,
@@ -61,7 +59,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
              onnx-protect batch decrypt --dir {dir} --out-dir OUT, with the same key option)"
         );
     }
-    let key = a.licence.apply(a.key.required()?)?;
+    let key = a.key.required()?;
     let signers = a.signers.signers()?;
     let target = if a.stdout { PathBuf::from("-") } else { stdio::output_of(&a.input, &a.output, a.in_place)? };
     if is_stdio(&target) {
@@ -111,7 +109,7 @@ pub fn decrypt_to_stdout(
     let out = std::io::stdout();
     refuse_files_and_terminals(&out)?;
     let d = if is_stdio(input) {
-        let model = crate::stdio::read_model()?;
+        let model = stdio::read_model()?;
         decrypt_model_signed_in_memory(&model, key, tier, signers)
     } else {
         decrypt_signed_in_memory(input, key, tier, signers)
@@ -126,7 +124,7 @@ pub fn decrypt_to_stdout(
             Some(b) => b,
             None => {
                 let known: Vec<&str> = d.external().keys().map(String::as_str).collect();
-                crate::exit::usage!(
+                usage!(
                     "{} has no external data file '{loc}' (it has: {})",
                     input_name(input),
                     if known.is_empty() { "none".to_string() } else { known.join(", ") }
@@ -143,28 +141,19 @@ pub fn decrypt_to_stdout(
     }
 }
 
-#[cfg(unix)]
+/// Standard output must be a pipe or a socket: a terminal is refused, and (on Unix) a file.
 fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
     use std::io::IsTerminal;
-    use std::os::fd::AsFd;
     if out.is_terminal() {
-        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
+        usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
     }
-    let fd = out.as_fd().try_clone_to_owned().context("cannot inspect standard output")?;
-    let meta = std::fs::File::from(fd).metadata().context("cannot inspect standard output")?;
-    if meta.is_file() {
-        crate::exit::usage!(
+    #[cfg(unix)]
+    let fd = std::os::fd::AsFd::as_fd(out).try_clone_to_owned().context("cannot inspect standard output")?;
+    #[cfg(unix)]
+    if std::fs::File::from(fd).metadata().context("cannot inspect standard output")?.is_file() {
+        usage!(
             "--stdout (-o -) refuses to write plaintext into a file; use `decrypt -o FILE` if a file is what you want"
         );
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn refuse_files_and_terminals(out: &std::io::Stdout) -> Result<()> {
-    use std::io::IsTerminal;
-    if out.is_terminal() {
-        crate::exit::usage!("--stdout (-o -) writes a binary model; pipe it into a program instead of a terminal");
     }
     Ok(())
 }

@@ -67,8 +67,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => {
             let Some(model) = &a.model else { bail!("--model is required with a passphrase") };
             let source = crate::args::key::KeyArgs {
-                key_file: None,
-                key_env: None,
                 passphrase_env: a.passphrase_env.clone(),
                 passphrase_file: a.passphrase_file.clone(),
                 ..Default::default()

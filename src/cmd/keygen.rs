@@ -62,7 +62,7 @@ fn tpm_key(a: &Args) -> Result<(zeroize::Zeroizing<String>, String)> {
         },
     };
     let tcti = onnx_protect_tpm::tcti_from_env();
-    let tpm_err = |e: onnx_protect_tpm::TpmError| crate::keys::KeyFileError(e.to_string());
+    let tpm_err = |e: onnx_protect_tpm::TpmError| crate::exit::KeyFileError(e.to_string());
     let key = match handle {
         None => onnx_protect_tpm::create_key(&tcti).map_err(tpm_err)?,
         Some(h) => match onnx_protect_tpm::persistent_key(&tcti, h).map_err(tpm_err)? {
@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     const { assert!(onnx_protect_select::MAX_TIERS == onnx_protect_crypto::MAX_TIERS) };
     if let Some(uri) = &a.pkcs11 {
         let key = crate::keys::pkcs11_key(uri)?;
-        key.generate().map_err(|e| crate::keys::KeyFileError(e.to_string()))?;
+        key.generate().map_err(|e| crate::exit::KeyFileError(e.to_string()))?;
         if a.out.json {
             crate::output::emit(&serde_json::json!({"pkcs11": key.label()}).to_string())?;
         } else if !a.out.quiet {

@@ -11,14 +11,8 @@ use onnx_protect_licence::{parse_utc, ModelRef, RecipientRef, Terms, MAX_TIERS};
 use crate::args::output::OutputArgs;
 use crate::exit::usage;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Sign a licence: which models open, for which recipients or devices, with which tiers, and when.
     Issue(IssueArgs),
 }
@@ -57,8 +51,8 @@ pub struct IssueArgs {
     out: OutputArgs,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    match a.command {
+pub fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Issue(i) => issue(i),
     }
 }

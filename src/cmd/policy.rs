@@ -6,14 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Find the smallest policy whose best key-less attack meets a target on labelled data,
     /// evaluated in tract; write it as a policy file with a report of every point tried.
     ///
@@ -65,8 +59,8 @@ pub struct SearchArgs {
     write: crate::args::output::WriteArgs,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    match a.command {
+pub fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Search(s) => search(s),
     }
 }
@@ -87,7 +81,7 @@ pub(crate) mod with_tract {
 
     use anyhow::Context;
 
-    use onnx_protect_format::{Model, Progress};
+    use onnx_protect_format::Model;
     use onnx_protect_runtime::assess::{Bench, InputSource};
     use onnx_protect_runtime::npy::NpyArray;
     use onnx_protect_runtime::search::{search as run_search, SearchOptions, SearchReport, Target};
@@ -96,39 +90,6 @@ pub(crate) mod with_tract {
 
     /// Samples of --data used for calibration when --calibration is not given.
     const DEFAULT_CALIBRATION: usize = 256;
-
-    /// A counting progress bar (`policies 12/63`), drawn only on a terminal.
-    struct Count(Option<indicatif::ProgressBar>);
-
-    impl Count {
-        fn new(quiet: bool) -> Count {
-            use std::io::IsTerminal;
-            Count((!quiet && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::hidden))
-        }
-    }
-
-    impl Progress for Count {
-        fn start(&self, what: &str, total: u64) {
-            if let Some(pb) = &self.0 {
-                pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                pb.set_length(total);
-                if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}") {
-                    pb.set_style(style.progress_chars("=> "));
-                }
-                pb.set_message(what.to_string());
-            }
-        }
-        fn set(&self, done: u64) {
-            if let Some(pb) = &self.0 {
-                pb.set_position(done);
-            }
-        }
-        fn finish(&self) {
-            if let Some(pb) = &self.0 {
-                pb.finish_and_clear();
-            }
-        }
-    }
 
     /// The inputs and labels of --data (and --labels).
     fn labelled(data: &Path, labels: Option<&Path>) -> Result<(BTreeMap<String, NpyArray>, Vec<i64>)> {
@@ -228,7 +189,7 @@ pub(crate) mod with_tract {
         let bench = Bench::new(&model, &InputSource::Arrays(inputs), Some(labels), Some(&calibration))
             .map_err(lift)
             .with_context(|| format!("run {}", a.model.display()))?;
-        let bar = Count::new(a.out.quiet);
+        let bar = crate::progress::Bar::counting(a.out.quiet);
         let (report, policy) = run_search(
             &model,
             &bench,

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
-use onnx_protect_core::rewrap::Remove;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_keys::{Recipient, Stanza, KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519};
 
-use crate::args::key::{KeyArgs, NewKeyArgs};
+use crate::args::change::RemovalArgs;
+use crate::args::key::{NewKeyArgs, OpenKeyArgs};
 use crate::args::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name};
@@ -19,17 +19,21 @@ use crate::stdio::{self, input_name};
 /// Stanzas `rekey` drops instead of wrapping the new data keys for them (every other
 /// recipient is kept), and key files whose stanzas it keeps.
 #[derive(clap::Args, Default)]
+#[command(
+    mut_arg("remove_key_file", |a| a.help("Drop the stanzas of this key file (at every tier)")),
+    mut_arg("remove", |a| a.help(
+        "Drop the stanzas with this public label: a recipient (age1...), a key fingerprint (as `inspect` lists \
+         them), a provider's label"
+    )),
+    mut_arg("remove_kind", |a| a.help(
+        "Drop every stanza of this kind (key, passphrase, x25519, tpm, age-plugin, pkcs11, command)"
+    )),
+    // A changed argument moves to the end of the list: this one follows them, as declared.
+    mut_arg("keep_key_file", |a| a)
+)]
 pub struct RemoveArgs {
-    /// Drop the stanzas of this key file (at every tier).
-    #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
-    remove_key_file: Vec<PathBuf>,
-    /// Drop the stanzas with this public label: a recipient (age1...), a key fingerprint (as
-    /// `inspect` lists them), a provider's label.
-    #[arg(long, value_name = "LABEL")]
-    remove: Vec<String>,
-    /// Drop every stanza of this kind (key, passphrase, x25519, tpm, age-plugin, pkcs11, command).
-    #[arg(long, value_name = "KIND")]
-    remove_kind: Vec<String>,
+    #[command(flatten)]
+    removal: RemovalArgs,
     /// Keep this key file's stanzas (at every tier), wrapping the new data keys for it: a key file's
     /// stanza records only its fingerprint, so rekey needs the key to keep it. Repeatable.
     #[arg(long, value_name = "FILE", value_parser = crate::stdio::file_path)]
@@ -37,15 +41,6 @@ pub struct RemoveArgs {
 }
 
 impl RemoveArgs {
-    fn removals(&self) -> Result<Vec<Remove>> {
-        let mut remove: Vec<Remove> = self.remove.iter().cloned().map(Remove::Label).collect();
-        remove.extend(self.remove_kind.iter().cloned().map(Remove::Kind));
-        for p in &self.remove_key_file {
-            remove.push(Remove::Key(crate::keys::read_key_file(p)?.into_key()));
-        }
-        Ok(remove)
-    }
-
     fn kept_keys(&self) -> Result<Vec<MasterKey>> {
         self.keep_key_file
             .iter()
@@ -77,12 +72,9 @@ pub struct Args {
     /// it to standard output.
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
-    /// The current key (checked, with the MAC, before anything is written).
+    /// The current key (checked, with the MAC, before anything is written), with its licence.
     #[command(flatten)]
-    key: KeyArgs,
-    /// The licence the current key needs for a model encrypted with --licence-authority.
-    #[command(flatten)]
-    licence: crate::args::key::LicenceArgs,
+    key: OpenKeyArgs,
     #[command(flatten)]
     new_key: NewKeyArgs,
     /// Accept a new passphrase shorter than 12 characters.
@@ -113,10 +105,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let old = a.licence.apply(a.key.required()?)?;
+    let old = a.key.required()?;
     let recipients = a.recipients.recipients()?;
     let signing_keys = a.sign.keys()?;
-    let remove = a.remove.removals()?;
+    let remove = a.remove.removal.removals()?;
     let keep_keys = a.remove.kept_keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let master = if a.new_key.any() || recipients.is_empty() {

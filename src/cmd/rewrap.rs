@@ -8,8 +8,8 @@ use onnx_protect_core::journal::{self, Recovery};
 use onnx_protect_core::rewrap::{rewrap, RewrapOptions, RewrapReport};
 
 use crate::args::change::ChangeArgs;
-use crate::args::key::KeyArgs;
-use crate::args::output::OutputArgs;
+use crate::args::key::OpenKeyArgs;
+use crate::args::output::{OutputArgs, WriteArgs};
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
@@ -24,20 +24,17 @@ pub struct Args {
     in_place: bool,
     /// The top-tier key (or passphrase, or identity) that opens the model now.
     #[command(flatten)]
-    key: KeyArgs,
-    /// The licence the key needs for a model encrypted with --licence-authority.
-    #[command(flatten)]
-    licence: crate::args::key::LicenceArgs,
+    key: OpenKeyArgs,
     #[command(flatten)]
     change: ChangeArgs,
     #[command(flatten)]
-    write: crate::args::output::WriteArgs,
+    write: WriteArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let key = a.licence.apply(a.key.required()?)?;
+    let key = a.key.required()?;
     let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.input) } else { None };
     let c = a.change.build(tiers)?;
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());

@@ -11,7 +11,7 @@ use onnx_protect_format::Model;
 use onnx_protect_runtime::engine::{run_once, External};
 use onnx_protect_runtime::npy::{NpyArray, Summary};
 
-use crate::args::key::KeyArgs;
+use crate::args::key::OpenKeyArgs;
 use crate::common::lift;
 
 #[derive(clap::Args)]
@@ -20,9 +20,7 @@ pub struct Args {
     #[arg(value_parser = crate::stdio::file_path)]
     model: PathBuf,
     #[command(flatten)]
-    key: KeyArgs,
-    #[command(flatten)]
-    licence: crate::args::key::LicenceArgs,
+    key: OpenKeyArgs,
     /// An input array: NAME=FILE.npy (repeatable; FILE.npy alone for a one-input model).
     #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy")]
     inputs: Vec<String>,
@@ -75,7 +73,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let key = a.key.source()?.map(|k| a.licence.apply(k)).transpose()?;
+    let key = a.key.source()?;
     let mut arrays: BTreeMap<String, NpyArray> = BTreeMap::new();
     let mut unnamed = Vec::new();
     for spec in &a.inputs {

@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
 use crate::args::key::SignArgs;
-use crate::args::output::OutputArgs;
-use crate::args::output::WriteArgs;
+use crate::args::output::{OutputArgs, WriteArgs};
 use crate::exit::usage;
 use crate::progress::Bar;
 

@@ -16,8 +16,8 @@ use onnx_protect_transform::{
 use crate::args::key::KeyArgs;
 use crate::args::output::OutputArgs;
 use crate::common::record_lines;
+use crate::exit::KeyFileError;
 use crate::exit::UsageError;
-use crate::keys::KeyFileError;
 
 /// The transforms and the block size, shared by both commands.
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
-use crate::args::key::{KeyArgs, LicenceArgs, SignerArgs};
+use crate::args::key::{OpenKeyArgs, SignerArgs};
 use crate::args::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name};
@@ -16,9 +16,7 @@ pub struct Args {
     /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
     #[command(flatten)]
-    key: KeyArgs,
-    #[command(flatten)]
-    licence: LicenceArgs,
+    key: OpenKeyArgs,
     #[command(flatten)]
     signers: SignerArgs,
     #[command(flatten)]
@@ -27,7 +25,7 @@ pub struct Args {
 
 /// `verify`.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let key = a.key.source()?.map(|k| a.licence.apply(k)).transpose()?;
+    let key = a.key.source()?;
     let input = stdio::Input::new(&a.input)?;
     let bar = Bar::new(a.out.quiet);
     let signers = a.signers.signers()?;

@@ -1,7 +1,10 @@
 //! Command-line conventions (docs/cli.md): non-ONNX input named as such, the
 //! truncation hint on every command, `-` for standard input and output, usage
 //! errors exit 2, exit codes listed in `--help` and docs/cli.md alike, `--json`
-//! and `-q` documented and `-q` silent, shell completions and man pages.
+//! and `-q` documented and `-q` silent, shell completions and man pages; and the binary's
+//! modules (`modules`): no command imports another, no circle of imports.
+
+mod modules;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

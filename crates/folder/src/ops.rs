@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::CoreError;
+use onnx_protect_core::journal::Recovery;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{DecryptOptions, DecryptReport, EncryptOptions, EncryptReport, Member, VerifyReport};
 use onnx_protect_core::recipients::{EncryptTo, SharedKeys};
@@ -70,6 +71,9 @@ pub struct RewrappedFolder {
     pub input: String,
     pub folder_id: String,
     pub models: Vec<RewrapReport>,
+    /// The models whose earlier in-place rewrap, interrupted by a crash, was finished or
+    /// undone first (relative path, what was done).
+    pub recovered: Vec<(String, Recovery)>,
 }
 
 /// A model of a folder to encrypt.
@@ -274,6 +278,18 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
     if !opts.in_place {
         return Err(FolderError::Options("a folder is rewrapped in place"));
     }
+    // An earlier rewrap of a model that a crash interrupted is finished (or undone) first,
+    // and said.
+    let mut recovered = Vec::new();
+    if input.is_dir() {
+        let root = input.canonicalize().map_err(io(input))?;
+        for f in walk(&root)?.iter().filter(|f| is_model_name(&f.rel)) {
+            match onnx_protect_core::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
+                Recovery::Nothing => {}
+                r => recovered.push((f.rel.clone(), r)),
+            }
+        }
+    }
     let folder = Folder::open(input)?;
     for m in folder.models() {
         let model = onnx_protect_core::protection::open_protected(&m.abs, opts.progress)
@@ -299,5 +315,5 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
             }
         }
     }
-    Ok(RewrappedFolder { input: input.display().to_string(), folder_id: folder.id_hex(), models: reports })
+    Ok(RewrappedFolder { input: input.display().to_string(), folder_id: folder.id_hex(), models: reports, recovered })
 }

@@ -35,6 +35,14 @@ impl From<&CopiedFile> for FileEntry {
     }
 }
 
+/// One model's report in a folder's, with the model's path relative to the folder.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport<R> {
+    pub path: String,
+    #[serde(flatten)]
+    pub report: R,
+}
+
 /// What [`encrypt`] did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EncryptedFolder {
@@ -42,7 +50,7 @@ pub struct EncryptedFolder {
     pub output: String,
     pub folder_id: String,
     /// One report per model, sorted by path (`input` and `output` are the model files).
-    pub models: Vec<EncryptReport>,
+    pub models: Vec<ModelReport<EncryptReport>>,
     pub files: Vec<FileEntry>,
 }
 
@@ -52,7 +60,7 @@ pub struct DecryptedFolder {
     pub input: String,
     pub output: String,
     pub folder_id: String,
-    pub models: Vec<DecryptReport>,
+    pub models: Vec<ModelReport<DecryptReport>>,
     pub files: Vec<FileEntry>,
 }
 
@@ -61,7 +69,7 @@ pub struct DecryptedFolder {
 pub struct VerifiedFolder {
     pub input: String,
     pub folder_id: String,
-    pub models: Vec<VerifyReport>,
+    pub models: Vec<ModelReport<VerifyReport>>,
     pub files: Vec<FileEntry>,
 }
 
@@ -70,7 +78,7 @@ pub struct VerifiedFolder {
 pub struct RewrappedFolder {
     pub input: String,
     pub folder_id: String,
-    pub models: Vec<RewrapReport>,
+    pub models: Vec<ModelReport<RewrapReport>>,
     /// The models whose earlier in-place rewrap, interrupted by a crash, was finished or
     /// undone first (relative path, what was done).
     pub recovered: Vec<(String, Recovery)>,
@@ -161,7 +169,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         let done = onnx_protect_core::protect::encrypt_member(&m.abs, &out, &member, opts)
             .map_err(|e| model_error(&m.rel, e))?;
         next_stream = done.next_stream;
-        reports.push(renamed(done.report, staging.dir(), output));
+        reports.push(ModelReport { path: m.rel.clone(), report: renamed(done.report, staging.dir(), output) });
     }
     copy_files(&files, &staging, opts.sync)?;
     staging.commit()?;
@@ -231,7 +239,7 @@ pub fn decrypt(
         let mut r = onnx_protect_core::protect::decrypt_tier(&m.abs, &out, key, tier, opts)
             .map_err(|e| model_error(&m.path, e))?;
         r.output = output.join(&m.path).display().to_string();
-        reports.push(r);
+        reports.push(ModelReport { path: m.path.clone(), report: r });
     }
     copy_files(folder.files(), &staging, opts.sync)?;
     staging.commit()?;
@@ -258,7 +266,7 @@ pub fn verify(
     for m in folder.models() {
         let r = onnx_protect_core::protect::verify_signed(&m.abs, key, signers, progress)
             .map_err(|e| model_error(&m.path, e))?;
-        reports.push(r);
+        reports.push(ModelReport { path: m.path.clone(), report: r });
     }
     Ok(VerifiedFolder {
         input: input.display().to_string(),
@@ -301,12 +309,12 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
             return Err(model_error(&m.path, source));
         }
     }
-    let mut reports: Vec<RewrapReport> = Vec::with_capacity(folder.models().len());
+    let mut reports = Vec::with_capacity(folder.models().len());
     let mut done: Vec<String> = Vec::new();
     for m in folder.models() {
         match onnx_protect_core::rewrap::rewrap(&m.abs, &m.abs, key, opts) {
             Ok(r) => {
-                reports.push(r);
+                reports.push(ModelReport { path: m.path.clone(), report: r });
                 done.push(m.path.clone());
             }
             Err(source) if done.is_empty() => return Err(model_error(&m.path, source)),

@@ -240,11 +240,19 @@ ACTIVATIONS = {"Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "HardSwish
 
 
 def folded_batchnorm_convs(model: onnx.ModelProto) -> list[str]:
-    """Output names of the Conv nodes whose normalisation the export folded: a Conv read
-    by an activation, or by an ``Add`` (a residual sum) that an activation reads, with
-    no normalisation on the way, its weight a constant. A Conv read by a normalisation,
-    or whose activation feeds one (a ConvMixer's Conv, Gelu, BatchNorm), is not one. A network that never
-    had a norm there (Conv, Relu) looks the same and is counted too."""
+    """Output names of the Conv nodes whose normalisation the export folded, each with
+    its weight a constant and no normalisation on the way:
+
+    * a Conv read by an activation, or by an ``Add`` (a residual sum) that an
+      activation reads (Conv, BatchNorm, activation: ResNet);
+    * a Conv whose output reaches another Conv's input directly or through ``Add``
+      residual sums only, with no activation (Conv, BatchNorm, linear: the projection
+      of a MobileNet's inverted residual block).
+
+    Not one: a Conv read by a normalisation, or whose activation feeds one (a
+    ConvMixer's Conv, Gelu, BatchNorm); a Conv on a globally pooled map (the
+    squeeze-and-excitation gate: one value per channel, never normalised). A network
+    that never had a norm there (Conv, Relu) looks the same and is counted too."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for x in n.input:
@@ -255,18 +263,64 @@ def folded_batchnorm_convs(model: onnx.ModelProto) -> list[str]:
         return bool(acts) and not any(v.op_type in NORM_OPS for a in acts for o in a.output
                                       for v in consumers.get(o, []))
 
+    outputs = {o.name for o in model.graph.output}
+    linear: dict[str, bool] = {}
+
+    def into_conv(value: str) -> bool:
+        """Every reader of the value a Conv (as its data) or an Add whose sum is one such."""
+        if value not in linear:
+            users = consumers.get(value, [])
+            linear[value] = False  # a cycle (none in a valid graph) ends here
+            linear[value] = bool(users) and value not in outputs and all(
+                (u.op_type == "Conv" and u.input[0] == value) or (u.op_type == "Add" and into_conv(u.output[0]))
+                for u in users)
+        return linear[value]
+
     constants = {t.name for t in model.graph.initializer}
     constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    pooled = _globally_pooled(model, consumers)
     out = []
     for n in model.graph.node:
         if n.op_type != "Conv" or not n.output or not n.output[0] or n.input[1] not in constants:
             continue
+        if n.input[0] in pooled:
+            continue
         users = consumers.get(n.output[0], [])
         if not users or any(u.op_type in NORM_OPS for u in users):
             continue
-        if activated(n.output[0]) or any(u.op_type == "Add" and activated(u.output[0]) for u in users):
+        if (activated(n.output[0]) or any(u.op_type == "Add" and activated(u.output[0]) for u in users)
+                or into_conv(n.output[0])):
             out.append(n.output[0])
     return out
+
+
+def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.NodeProto]]) -> set[str]:
+    """Values that hold one number per channel: a global pooling's output (or a
+    ReduceMean/ReduceMax over spatial axes only, 2 and up, dimensions kept:
+    ``x.mean((2, 3), keepdim=True)``) and what Convs and activations make of it (a
+    squeeze-and-excitation gate)."""
+    known = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    known |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+
+    def spatial(n: onnx.NodeProto) -> bool:
+        a = attrs(n)
+        axes = a.get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1] in known:
+            axes = known[n.input[1]].reshape(-1).tolist()
+        return bool(a.get("keepdims", 1)) and bool(axes) and all(int(ax) >= 2 for ax in axes)
+
+    pooled: set[str] = set()
+    stack = [n.output[0] for n in model.graph.node if n.op_type in ("GlobalAveragePool", "GlobalMaxPool")
+             or (n.op_type in ("ReduceMean", "ReduceMax") and spatial(n))]
+    while stack:
+        v = stack.pop()
+        if v in pooled:
+            continue
+        pooled.add(v)
+        stack.extend(u.output[0] for u in consumers.get(v, [])
+                     if (u.op_type == "Conv" and u.input[0] == v) or u.op_type in ACTIVATIONS)
+    return pooled
 
 
 def refuse_unsupported(model: onnx.ModelProto) -> None:
@@ -290,6 +344,18 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
     if problems:
         raise Unsupported("training attacks cannot run this model: " + "; ".join(problems)
                           + f" (supported operators: {', '.join(sorted(SUPPORTED_OPS))})")
+
+
+def input_dtype(model: onnx.ModelProto) -> np.dtype:
+    """The NumPy type the data input is fed in: float32 for a floating-point input (the
+    interpreter computes in float32), the input's own type for integers and booleans
+    (token ids)."""
+    init_names = {t.name for t in model.graph.initializer}
+    value = next(i for i in model.graph.input if i.name not in init_names)
+    elem = value.type.tensor_type.elem_type
+    if not elem or elem in FLOAT_TYPES:
+        return np.dtype(np.float32)
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
 
 
 def _pads(x: torch.Tensor, a: dict, nd: int, value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
@@ -510,6 +576,10 @@ def _shape_ops(op, ins, a):
         if i.dim() == 0:
             return x.select(ax, int(i))
         return torch.index_select(x, ax, i.reshape(-1)).reshape(x.shape[:ax] + i.shape + x.shape[ax + 1:])
+    if op == "GatherElements":
+        ax = a.get("axis", 0) % x.dim()
+        i = ins[1].long()
+        return torch.gather(x, ax, torch.where(i < 0, i + x.shape[ax], i))
     if op == "Slice":
         return _slice(ins)
     if op == "ConstantOfShape":
@@ -522,7 +592,7 @@ def _shape_ops(op, ins, a):
 
 
 SHAPE_OPS = {"Reshape", "Flatten", "Transpose", "Shape", "Squeeze", "Unsqueeze", "Expand", "Tile", "Concat",
-             "Gather", "Slice", "ConstantOfShape", "Range"}
+             "Gather", "GatherElements", "Slice", "ConstantOfShape", "Range"}
 
 
 def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:

@@ -50,8 +50,8 @@ covered: :mod:`onnx_protect._torch_graph`. Command line::
     python3 -m onnx_protect.assess PROTECTED.onnx --data train.npz --test test.npz [--json OUT]
     python3 -m onnx_protect.assess --search MODEL.onnx --data train.npz --test test.npz
 
-``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs) and ``y`` (integer
-labels). See docs/protection.md.
+``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs: whole numbers for a model
+that reads token ids) and ``y`` (integer labels). See docs/protection.md.
 """
 
 from __future__ import annotations
@@ -403,6 +403,18 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
             **attack_masks(model, masks, x, y, x_test, y_test, **options)}
 
 
+def _as_input(model: onnx.ModelProto, x, what: str) -> np.ndarray:
+    """``x`` in the type the model's data input is fed in (float32, or the integer type
+    of an input of token ids); integer inputs refuse values that are not whole numbers."""
+    dtype = tg.input_dtype(model)
+    x = np.asarray(x)
+    if dtype.kind in "iub" and x.dtype.kind not in "iub":
+        whole = np.isfinite(x).all() and np.array_equal(x, np.round(x))
+        if not whole:
+            raise AttackError(f"{what}: the model's input takes {dtype.name} values, the data has fractions")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
 def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                  x_test: np.ndarray, y_test: np.ndarray, *, sizes: Sequence[float] = SIZES, seeds: int = SEEDS,
                  steps: int = STEPS, lrs: Sequence[float] = LRS, attacks: Sequence[str] = ATTACKS,
@@ -428,10 +440,10 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     a later call on the same masks with more draws. ``stop_early``: stop at the first
     data size whose gap is above the target (the report then has fewer sizes)."""
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
-    x, x_test = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(x_test, dtype=np.float32)
     y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
     if len(x) != len(y) or len(x_test) != len(y_test) or len(y) == 0 or len(y_test) == 0:
         raise AttackError("data and labels differ in length, or are empty")
+    x, x_test = _as_input(model, x, "data"), _as_input(model, x_test, "test data")
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")

@@ -596,7 +596,7 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     assert!(out.contains(&format!("0 ok, {} skipped, 0 failed", rels.len())), "{out}");
     for rel in &rels {
         let (before, after) = (std::fs::read(enc.join(rel)).unwrap(), std::fs::read(re.join(rel)).unwrap());
-        let tail = onnx_protect_core::envelope::trailing_entry(&before).unwrap().0.start as usize;
+        let tail = onnx_protect_core::format2::envelope::trailing_entry(&before).unwrap().0.start as usize;
         assert_eq!(after[..tail], before[..tail], "{rel}: no weight byte changed");
         verify(&re.join(rel), Some(&read_key(&k2)), &NoProgress).unwrap();
         let e = verify(&re.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap_err();

@@ -112,9 +112,9 @@ fn corpus_parses_round_trips_and_matches_onnx_python() {
 
 #[test]
 fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
+    use onnx_protect_core::format2::recipients::EncryptTo;
     use onnx_protect_core::keys::KeySource;
     use onnx_protect_core::protect::{decrypt_to_vec, encrypt, EncryptOptions};
-    use onnx_protect_core::recipients::EncryptTo;
     let lines = lines();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([5; 32]));

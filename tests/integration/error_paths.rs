@@ -130,7 +130,8 @@ fn world() -> World {
         std::fs::copy(d.join("enc.onnx"), d.join(name)).unwrap();
     }
     let enc = std::fs::read(d.join("enc.onnx")).unwrap();
-    let (_, value) = onnx_protect_core::envelope::trailing_entry(&enc).expect("a format-2 entry ends the file");
+    let (_, value) =
+        onnx_protect_core::format2::envelope::trailing_entry(&enc).expect("a format-2 entry ends the file");
     assert!(value.len() > 40);
     flip(&d.join("mod-manifest.onnx"), enc.len() - 20);
     flip(&d.join("mod-tensor.onnx"), tensor_byte(&d.join("enc.onnx")));

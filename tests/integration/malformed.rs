@@ -83,8 +83,8 @@ fn inspect_prints_the_model_s_names_and_stanza_labels_without_terminal_controls(
     // window title, ring the bell, reverse the text and break the line.
     let hostile_label = "\u{1b}]0;owned\u{7}\u{202e}x\ny\u{7f}";
     let bytes = std::fs::read(&p).expect("read");
-    let (range, value) = onnx_protect_core::envelope::trailing_entry(&bytes).expect("a v2 entry");
-    let sealed = onnx_protect_core::envelope::parse_entry(value, range.clone()).expect("the entry");
+    let (range, value) = onnx_protect_core::format2::envelope::trailing_entry(&bytes).expect("a v2 entry");
+    let sealed = onnx_protect_core::format2::envelope::parse_entry(value, range.clone()).expect("the entry");
     let mut env = sealed.envelope.clone();
     let mut recipients = pb::Recipients::decode(env.recipients.as_slice()).expect("recipients");
     recipients.stanzas.push(pb::Stanza {

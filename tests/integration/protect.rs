@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{decrypt_to_vec, encrypt, protection_view, verify, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
@@ -81,7 +81,7 @@ fn encrypted_models_keep_every_non_encrypted_byte_and_existing_metadata() {
     let b = std::fs::read(&out).unwrap();
     // The original's length, then the manifest entry, last; differences only inside
     // encrypted spans.
-    let (entry, _) = onnx_protect_core::envelope::trailing_entry(&b).expect("the entry ends the file");
+    let (entry, _) = onnx_protect_core::format2::envelope::trailing_entry(&b).expect("the entry ends the file");
     assert_eq!(entry.start, a.len() as u64, "the entry is appended right after the original bytes");
     let m = Model::open(&out).unwrap();
     let p = protection_view(&m).unwrap();

@@ -86,7 +86,7 @@ fn key_commands_encrypt_open_and_rotate_on_the_command_line() {
     );
     assert!(out.contains("removed 1 and added 1"), "{out}");
     let after = std::fs::read(&enc).unwrap();
-    let tail = onnx_protect_core::envelope::trailing_entry(&before).unwrap().0.start as usize;
+    let tail = onnx_protect_core::format2::envelope::trailing_entry(&before).unwrap().0.start as usize;
     assert_eq!(after[..tail], before[..tail], "no weight byte changed");
     assert_eq!(opens(&enc, &["--key-command", &toy("kms-b")], &[]).0, 0);
     assert_eq!(opens(&enc, &["--key-command", &toy("kms-a")], &[]).0, 4, "the removed command no longer opens it");

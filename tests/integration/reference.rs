@@ -7,10 +7,10 @@
 //! into owned messages and drops nothing, which is right for a cross-check and wrong
 //! for the product (docs/architecture.md, "Parsing ONNX").
 
-use onnx_protect_core::envelope::METADATA_KEY_V2;
+use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{encrypt, protection_view, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, Origin, TensorData};
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};

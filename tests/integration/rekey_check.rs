@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{decrypt, encrypt, protection_view, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
@@ -704,7 +704,7 @@ fn a_model_left_half_rewrapped_opens_and_the_next_rewrap_says_it_finished_the_fi
     assert_eq!(run(&["encrypt", s(&plain), "-o", s(&m), "--key-file", s(&k1), "-q"]).0, 0);
     // What `rewrap --in-place` swapping k1 for k2 writes, and the file as a kill in the middle
     // of its tail's rewrite leaves it, with its complete journal (the form of
-    // crates/core/src/journal.rs): neither the old model nor the new one.
+    // crates/core/src/pass/journal.rs): neither the old model nor the new one.
     let swapped = d.join("swapped.onnx");
     let swap = ["--key-file", s(&k1), "--remove-key-file", s(&k1), "--add-key-file", s(&k2)];
     let (code, _, err) = run(&[&["rewrap", s(&m), "-o", s(&swapped)][..], &swap, &["-q"]].concat());

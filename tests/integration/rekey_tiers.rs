@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::{CoreError, ErrorKind, UnusableKey};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{
     decrypt_tier, decrypt_to_vec, encrypt, protection_view, verify, DecryptOptions, EncryptOptions,
 };
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};

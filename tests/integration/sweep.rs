@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::envelope::trailing_entry;
 use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::format2::envelope::trailing_entry;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::inspect::inspect;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory};
 use onnx_protect_core::protect::{decrypt, decrypt_tier, protection_info, verify, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};

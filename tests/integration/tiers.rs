@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{
     decrypt, decrypt_tier, decrypt_to_vec, encrypt, protection_view, verify, DecryptOptions, EncryptOptions,
 };
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;

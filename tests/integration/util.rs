@@ -52,14 +52,16 @@ pub fn copy_fixture(model: &Path) -> (tempfile::TempDir, PathBuf) {
 
 /// The format-2 manifest of an open protected model, decoded and matched to the model
 /// (panics on a model without a sound one).
-pub fn manifest_v2(model: &onnx_protect_format::Model) -> onnx_protect_core::envelope::ProtectedV2 {
-    use onnx_protect_core::envelope::{match_model, parse_entry, trailing_entry};
+pub fn manifest_v2(model: &onnx_protect_format::Model) -> onnx_protect_core::format2::ProtectedV2 {
+    use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry};
+    use onnx_protect_core::format2::ProtectedV2;
     let (range, value) = trailing_entry(model.bytes()).expect("a format-2 entry ends the file");
-    match_model(model, parse_entry(value, range).expect("a sound entry")).expect("the entry matches the model")
+    let sealed = parse_entry(value, range).expect("a sound entry");
+    ProtectedV2::match_model(model, sealed).expect("the entry matches the model")
 }
 
 /// The format-2 manifest of the protected model file at `path`.
-pub fn manifest_of(path: &Path) -> onnx_protect_core::envelope::ProtectedV2 {
+pub fn manifest_of(path: &Path) -> onnx_protect_core::format2::ProtectedV2 {
     manifest_v2(&onnx_protect_format::Model::open(path).expect("the model opens"))
 }
 

@@ -273,7 +273,8 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
         assert_eq!(verify_signed(&protected, None, &signer, &NoProgress).unwrap_err().kind(), ErrorKind::NotSigned);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("re").join("model.onnx");
-        let new = onnx_protect_core::recipients::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
+        let new =
+            onnx_protect_core::format2::recipients::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
         let ropts = RekeyOptions::new(&NoProgress);
         let e = rekey(&protected, &out, &k, &new, &ropts).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsupportedVersion, "{name}: {e}");

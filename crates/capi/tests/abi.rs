@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
 
 use onnx_protect::*;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{encrypt, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_select::Policy;
 

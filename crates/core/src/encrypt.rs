@@ -13,15 +13,15 @@ use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
 
-use crate::action::{prepare, Action, Rewrite};
-use crate::content::{relocations, Pass};
-use crate::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};
 use crate::error::{CoreError, Result};
+use crate::format2::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};
+use crate::format2::recipients::{check_new, wrap_all, EncryptTo, SharedKeys};
+use crate::format2::seal::write_sealed;
 use crate::metadata::tool_name;
+use crate::pass::action::{prepare, Action, Rewrite};
+use crate::pass::content::{relocations, Pass};
+use crate::pass::staged::{durable, Outputs};
 use crate::pass::Hash;
-use crate::recipients::{check_new, wrap_all, EncryptTo, SharedKeys};
-use crate::seal::write_sealed;
-use crate::staged::{durable, Outputs};
 use crate::target::{check_disjoint_in_files, complement, mode_code, storage_code, Target};
 
 /// Options of [`encrypt`].
@@ -39,7 +39,7 @@ pub(crate) struct EncryptSpec<'a> {
     /// Lock the class order of the output layer (docs/format.md §15).
     pub lock: Option<&'a crate::lock::LockOutputs>,
     /// The names the external data files get next to the output, when not their own
-    /// (an output in the input's directory, [`crate::staged::protected_names`]).
+    /// (an output in the input's directory, [`crate::pass::staged::protected_names`]).
     pub external_names: Option<&'a [String]>,
     /// Keys drawn and wrapped once for several models, with this model's place among
     /// them (a model folder); `None`: a data key of its own.
@@ -88,8 +88,8 @@ fn rewritten_actions(
             (Some(mut bytes), Some(ks)) => {
                 let clean = bytes.clone();
                 for &(a, b) in &target.spans {
-                    let span = crate::action::span_mut(model, target, &mut bytes, (a, b))?;
-                    crate::action::transform_span(&ks, target, t.data_type, a, span, false)?;
+                    let span = crate::pass::action::span_mut(model, target, &mut bytes, (a, b))?;
+                    crate::pass::action::transform_span(&ks, target, t.data_type, a, span, false)?;
                 }
                 actions.push(Action::Bytes(bytes));
                 // The bytes outside the spans change too (a varint-stored tensor is

@@ -728,8 +728,8 @@ mod tests {
     #[test]
     fn the_not_protected_message_names_the_manifest_keys() {
         let m = CoreError::NotProtected.to_string();
-        assert!(m.contains(&format!("'{}'", crate::format1::manifest::METADATA_KEY)), "{m}");
-        assert!(m.contains(&format!("'{}'", crate::envelope::METADATA_KEY_V2)), "{m}");
+        assert!(m.contains(&format!("'{}'", crate::format1::manifest::METADATA_KEY_V1)), "{m}");
+        assert!(m.contains(&format!("'{}'", crate::format2::envelope::METADATA_KEY_V2)), "{m}");
     }
 
     fn io() -> std::io::Error {

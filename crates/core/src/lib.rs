@@ -13,25 +13,17 @@
 //! * [`inspect`]: the summary of a model;
 //! * [`protection`]: the entry read once, dispatched to its format's reader;
 //! * `reader`: the verbs each format's reader answers;
-//! * `format2`: the format-2 reader (verify, key tier, top key, info, decryption plan);
+//! * [`format2`]: format 2, its entry ([`format2::ProtectedV2`]) and reader, with the
+//!   entry's envelope, seal and recipients;
 //! * [`format1`]: format 1, read only (docs/format.md Appendix B);
-//! * [`envelope`]: the format-2 entry found, decoded, checked and matched to the model;
-//! * `seal`: the MACs and signatures of a format-2 entry, made and checked in one place;
-//! * [`recipients`]: wrapping the data keys for recipients, and opening stanzas;
+//! * [`pass`]: the bytes: the pass that reads, transforms, hashes and writes, what a span
+//!   becomes, decryption plans, staged outputs, the journal of in-place rewrites;
 //! * [`keys`]: the key material a caller gives, and tier keys;
 //! * [`licence`]: licences checked when a stanza opens;
 //! * [`lock`]: the label lock of the output layer;
 //! * [`target`]: a manifest entry matched to a tensor; mode and storage codes;
 //! * [`summary`]: what reports say of encrypted tensors;
 //! * [`metadata`]: the metadata keys and names a protection goes by;
-//! * `action`: what a span becomes (a keystream, a permutation, new bytes);
-//! * `permute`: the keyed permutation of the distribution-preserving mode;
-//! * `content`: one pass over the covered files, described once;
-//! * `pass`: the pass that reads, transforms, hashes and writes;
-//! * `decryption`: one decryption plan, and its file sink;
-//! * `staged`: outputs that appear whole or not at all;
-//! * [`journal`]: replacing a file's tail in place, safe against a crash;
-//! * `crash`: crash points for tests (feature `test-hooks`);
 //! * [`error`]: every error and its kind.
 //!
 //! No two modules import each other in a circle (`tests/modules.rs`). This crate has no
@@ -49,35 +41,25 @@
 
 #![forbid(unsafe_code)]
 
-mod action;
 pub mod check;
-mod content;
-mod crash;
-mod decryption;
 mod encrypt;
-pub mod envelope;
 pub mod error;
 pub mod format1;
-mod format2;
+pub mod format2;
 pub mod inspect;
-pub mod journal;
 pub mod keys;
 pub mod licence;
 pub mod lock;
 pub mod memory;
 pub mod metadata;
-mod pass;
-mod permute;
+pub mod pass;
 pub mod protect;
 pub mod protection;
 mod reader;
-pub mod recipients;
 pub mod rekey;
 pub mod rewrap;
-mod seal;
-mod staged;
 pub mod summary;
 pub mod target;
 
-pub use action::Rewrite;
-pub use staged::OutputRules;
+pub use pass::action::Rewrite;
+pub use pass::staged::OutputRules;

@@ -25,8 +25,8 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::Mode;
 use zeroize::Zeroizing;
 
-use crate::action::{apply, span_mut, Action, Rewrite};
 use crate::error::{BadManifest, CoreError, LabelLockProblem, Modified, Result};
+use crate::pass::action::{apply, span_mut, Action, Rewrite};
 use crate::target::{complement, Target};
 
 /// Most tensors a lock may name (a weight, two biases and their quantisation parameters

@@ -58,7 +58,7 @@
 //! use onnx_protect_core::keys::KeySource;
 //! use onnx_protect_core::memory::{decrypt_in_memory, Method};
 //! use onnx_protect_core::protect::{encrypt, EncryptOptions};
-//! use onnx_protect_core::recipients::EncryptTo;
+//! use onnx_protect_core::format2::recipients::EncryptTo;
 //! use onnx_protect_crypto::MasterKey;
 //! use onnx_protect_select::Policy;
 //!
@@ -92,14 +92,14 @@ use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
 use rayon::prelude::*;
 
-use crate::action::{apply, edits_for, Action};
-use crate::content::stored_leaves;
-use crate::decryption::{Decryption, NewEntry};
-use crate::envelope::entry_bytes;
 use crate::error::{BadManifest, CoreError, Result};
+use crate::format2::envelope::entry_bytes;
+use crate::format2::seal::Expected;
 use crate::keys::KeySource;
+use crate::pass::action::{apply, edits_for, Action};
+use crate::pass::content::stored_leaves;
+use crate::pass::decryption::{Decryption, NewEntry};
 use crate::protection::{open_protected, Protection};
-use crate::seal::Expected;
 use crate::target::Target;
 
 mod ondemand;
@@ -1072,7 +1072,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, protected, key) = protect(dir.path(), "ctr");
         let model = Model::open(&protected).unwrap();
-        let p = crate::envelope::read(&model).unwrap();
+        let p = crate::format2::ProtectedV2::read(&model).unwrap();
         let t = &model.tensors[p.targets[0].tensor];
         let (range, _) = t.file_pieces(p.targets[0].spans[0].0, p.targets[0].spans[0].1)[0].clone();
         drop(model);

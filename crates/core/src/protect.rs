@@ -25,19 +25,19 @@ use onnx_protect_format::{Model, NoProgress, Progress};
 use onnx_protect_keys::{SignerKey, SigningKey};
 use onnx_protect_select::Policy;
 
-use crate::action::Rewrite;
-use crate::decryption::FileSink;
 pub use crate::encrypt::Member;
 use crate::encrypt::{self, EncryptSpec};
 use crate::error::{CoreError, OutputRefused, Result, UnusableKey};
 use crate::format1::warning_for;
+use crate::format2::recipients::EncryptTo;
+use crate::format2::seal::{recorded_digest, with_signatures};
 use crate::format2::signer_texts;
 use crate::keys::KeySource;
 use crate::metadata::is_manifest_key;
+use crate::pass::action::Rewrite;
+use crate::pass::decryption::FileSink;
+use crate::pass::staged::{check_output, check_output_as, protected_names, OutputRules};
 use crate::protection::{open_protected, Protection, ProtectionView};
-use crate::recipients::EncryptTo;
-use crate::seal::{recorded_digest, with_signatures};
-use crate::staged::{check_output, check_output_as, protected_names, OutputRules};
 use crate::summary::{summaries, ProtectionInfo, TensorSummary};
 use crate::target::Target;
 
@@ -435,7 +435,7 @@ pub fn protection_view(model: &Model) -> Result<ProtectionView> {
 pub fn licence_facts(path: &Path) -> Result<([u8; 32], Option<crate::licence::LicenceRequirement>)> {
     let model = open_protected(path, &NoProgress)?;
     let p = Protection::of(&model)?.writable("licensed")?;
-    Ok((recorded_digest(&p)?, crate::licence::requirement(&p.sealed.header)?))
+    Ok((recorded_digest(&p.sealed)?, crate::licence::requirement(&p.sealed.header)?))
 }
 
 /// What `sign` did.
@@ -465,7 +465,7 @@ pub fn sign(
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(UnusableKey::PartialSign.into());
     }
-    let env = with_signatures(&p, keys)?;
+    let env = with_signatures(&p.sealed, keys)?;
     let signers = signer_texts(&env, "").into_iter().filter(|s| !s.is_empty()).collect();
     p.rewrite_entry(&model, env, output, in_place)?;
     Ok(SignReport { input: input.display().to_string(), output: output.display().to_string(), signers })
@@ -538,7 +538,7 @@ mod tests {
     /// and each decrypts alone; a member's outputs cannot be locked.
     #[test]
     fn members_share_the_keys_and_not_a_stream() {
-        use crate::recipients::SharedKeys;
+        use crate::format2::recipients::SharedKeys;
         use onnx_protect_proto::v2 as pb2;
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("plain.onnx");
@@ -571,7 +571,8 @@ mod tests {
         assert_eq!(sb.header.folder.as_deref(), Some(&binding("b.onnx")));
         assert_eq!(sa.header.key_checks, sb.header.key_checks);
         assert_eq!(sa.raw_stanzas, sb.raw_stanzas);
-        let streams = |s: &crate::envelope::Sealed| s.header.tensors.iter().map(|e| e.stream_id).collect::<Vec<_>>();
+        let streams =
+            |s: &crate::format2::envelope::Sealed| s.header.tensors.iter().map(|e| e.stream_id).collect::<Vec<_>>();
         assert!(streams(&sa).iter().all(|s| !streams(&sb).contains(s)), "{:?} {:?}", streams(&sa), streams(&sb));
         // The lock's seed would be sealed twice under one nonce and key.
         let lock = crate::lock::LockOutputs { node: None, seed: None, only: false };

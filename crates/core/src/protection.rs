@@ -9,12 +9,13 @@ use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{FormatError, Model, Progress};
 use onnx_protect_keys::SignerKey;
 
-use crate::decryption::Decryption;
-use crate::envelope::{parse_entry, trailing_entry_bytes, ProtectedV2, METADATA_KEY_V2};
 use crate::error::{CoreError, Modified, Result};
-use crate::format1::manifest::{read_protected, Protected, METADATA_KEY};
+use crate::format1::manifest::{read_protected, ProtectedV1, METADATA_KEY_V1};
+use crate::format2::envelope::{parse_entry, trailing_entry_bytes, METADATA_KEY_V2};
+use crate::format2::ProtectedV2;
 use crate::keys::KeySource;
 use crate::metadata::is_manifest_key;
+use crate::pass::decryption::Decryption;
 use crate::reader::Reader;
 use crate::summary::ProtectionInfo;
 use crate::target::Target;
@@ -24,7 +25,7 @@ pub enum Protection {
     /// Format 2 (docs/format.md), which every encryption writes.
     V2(ProtectedV2),
     /// Format 1 (docs/format.md Appendix B), read only.
-    V1(Protected),
+    V1(ProtectedV1),
 }
 
 /// The key-independent facts of a protected model, whatever its format version: what is
@@ -56,8 +57,8 @@ impl Protection {
         let keys: Vec<&str> = model.metadata.iter().map(|m| m.key.as_str()).filter(|k| is_manifest_key(k)).collect();
         match keys.as_slice() {
             [] => Ok(None),
-            [k] if *k == METADATA_KEY_V2 => Ok(Some(Protection::V2(crate::envelope::read(model)?))),
-            [k] if *k == METADATA_KEY => Ok(Some(Protection::V1(read_protected(model)?))),
+            [k] if *k == METADATA_KEY_V2 => Ok(Some(Protection::V2(ProtectedV2::read(model)?))),
+            [k] if *k == METADATA_KEY_V1 => Ok(Some(Protection::V1(read_protected(model)?))),
             [k] => Err(CoreError::UnsupportedVersion { key: k.to_string(), format_version: None }),
             _ => Err(Modified::TwoEntries.into()),
         }
@@ -175,9 +176,9 @@ impl Protection {
 /// Opens a model file that should be protected: a file that no longer parses but ends
 /// in a sound format-2 entry is "modified" (its content changed), not an invalid model.
 /// An in-place rewrap of the file that a crash interrupted is finished first
-/// ([`crate::journal::finish_interrupted`]).
+/// ([`crate::pass::journal::finish_interrupted`]).
 pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
-    crate::journal::finish_interrupted(input);
+    crate::pass::journal::finish_interrupted(input);
     Model::open_with_progress(input, progress).map_err(|e| triage(input, e))
 }
 

@@ -7,9 +7,9 @@ use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_keys::SignerKey;
 
-use crate::decryption::Decryption;
 use crate::error::Result;
 use crate::keys::KeySource;
+use crate::pass::decryption::Decryption;
 use crate::summary::ProtectionInfo;
 use crate::target::Target;
 

@@ -42,18 +42,18 @@ use onnx_protect_keys::{
 };
 use zeroize::Zeroizing;
 
-use crate::action::{span_mut, transform_span, Action};
-use crate::content::{stored_leaves, Pass};
-use crate::envelope::ProtectedV2;
 use crate::error::{CoreError, Result, Unsigned, UnusableKey};
+use crate::format2::recipients::{describe, wrap_all, EncryptTo, Opened};
+use crate::format2::seal::{check_seals, write_sealed, Expected};
+use crate::format2::ProtectedV2;
 use crate::keys::{tier_chain, KeySource};
 use crate::metadata::tool_name;
+use crate::pass::action::{span_mut, transform_span, Action};
+use crate::pass::content::{stored_leaves, Pass};
+use crate::pass::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 use crate::pass::Hash;
 use crate::protection::{open_protected, Protection};
-use crate::recipients::{describe, wrap_all, EncryptTo, Opened};
 use crate::rewrap::Remove;
-use crate::seal::{check_seals, write_sealed, Expected};
-use crate::staged::{check_output, durable, external_destinations, OutputRules, Outputs};
 
 /// Options of [`rekey`].
 pub struct RekeyOptions<'a> {
@@ -164,8 +164,8 @@ pub fn rekey(
         return Err(UnusableKey::PartialRekey.into());
     }
     let content_len = p.sealed.entry.start;
-    check_seals(&p, &old_keys, &[])?;
-    Expected::of(&p)?.check(&stored_leaves(&model, content_len, p.sealed.header.chunk_size)?)?;
+    check_seals(&p.sealed, &old_keys, &[])?;
+    Expected::of(&p.sealed)?.check(&stored_leaves(&model, content_len, p.sealed.header.chunk_size)?)?;
 
     let signatures_dropped = stale_signatures(&p, opts)?;
     let (to, removed) = carried_over(&p, old, &old_keys, new, opts)?;
@@ -174,7 +174,7 @@ pub fn rekey(
     let data_keys = DataKey::generate()?.chain_down(tiers);
     let new_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
     let stanzas = wrap_all(&to, &data_keys)?;
-    crate::recipients::check_new(&stanzas)?;
+    crate::format2::recipients::check_new(&stanzas)?;
     let mut header = p.sealed.header.clone();
     header.key_checks = new_keys.iter().map(|k| k.key_check().to_vec()).collect();
     header.tool = tool_name();

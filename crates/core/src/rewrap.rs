@@ -20,13 +20,14 @@ use onnx_protect_keys::{SigningKey, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
-use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
 use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
-use crate::journal::Recovery;
+use crate::format2::envelope::{entry_bytes, stanza_to_pb};
+use crate::format2::recipients::{describe, open, EncryptTo, Opened};
+use crate::format2::seal::{check_seals, recorded_digest, seal};
+use crate::format2::ProtectedV2;
 use crate::keys::{tier_chain, KeySource};
+use crate::pass::journal::Recovery;
 use crate::protection::{open_protected, Protection};
-use crate::recipients::{describe, open, EncryptTo, Opened};
-use crate::seal::{check_seals, recorded_digest, seal};
 
 /// Which stanzas to remove.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ pub struct RewrapOptions<'a> {
     /// Rewrite the input's tail in place.
     pub in_place: bool,
     /// As [`EncryptOptions::outputs`](crate::protect::EncryptOptions::outputs).
-    pub outputs: crate::staged::OutputRules,
+    pub outputs: crate::pass::staged::OutputRules,
     pub progress: &'a dyn Progress,
 }
 
@@ -79,8 +80,11 @@ pub struct RewrapReport {
 pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<RewrapReport> {
     // An in-place rewrite of this model that a crash interrupted is finished (or undone)
     // first: the model is read as that rewrite left it.
-    let recovered =
-        if opts.in_place && same_file(input, output) { crate::journal::recover(input)? } else { Recovery::Nothing };
+    let recovered = if opts.in_place && same_file(input, output) {
+        crate::pass::journal::recover(input)?
+    } else {
+        Recovery::Nothing
+    };
     let model = open_protected(input, opts.progress)?;
     let p = Protection::of(&model)?.writable("re-wrapped")?;
     let tiers = p.sealed.header.tiers;
@@ -93,21 +97,21 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
             by_licence: opened.by_licence,
         });
     }
-    let digest = recorded_digest(&p)?;
+    let digest = recorded_digest(&p.sealed)?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.
-    check_seals(&p, &opened, &[])?;
+    check_seals(&p.sealed, &opened, &[])?;
     let (stanzas, removed, added) = new_stanzas(&p, &opened, opts)?;
     if stanzas.is_empty() {
         return Err(UnusableKey::RemoveAll.into());
     }
     let parsed: Vec<Stanza> = stanzas.iter().map(|(s, _)| s.clone()).collect();
-    crate::recipients::check_new(&parsed)?;
+    crate::format2::recipients::check_new(&parsed)?;
     let env = new_envelope(&p, &opened, &stanzas, &digest, opts)?;
     let recipients = parsed.iter().map(describe).collect();
     let bytes_written = if opts.in_place && same_file(input, output) {
         rewrite_tail(input, &p, entry_bytes(env))?
     } else {
-        crate::staged::check_output(&model, input, output, opts.in_place, &opts.outputs)?;
+        crate::pass::staged::check_output(&model, input, output, opts.in_place, &opts.outputs)?;
         p.rewrite_entry(&model, env, output, opts.in_place)?;
         std::fs::metadata(output).map(|m| m.len()).unwrap_or(0)
     };
@@ -164,7 +168,7 @@ fn new_stanzas(p: &ProtectedV2, opened: &Opened, opts: &RewrapOptions) -> Result
     let add = if opts.add.master.is_none() && opts.add.recipients.is_empty() {
         Vec::new()
     } else {
-        crate::recipients::wrap_all(opts.add, &data_keys)?
+        crate::format2::recipients::wrap_all(opts.add, &data_keys)?
     };
     let added = add.len();
     stanzas.extend(add.into_iter().map(|s| {
@@ -204,7 +208,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Replaces the manifest entry at the end of `path` (read as `p`) by `entry`, through the
-/// journal of [`crate::journal`]. Returns the bytes written to the model.
+/// journal of [`crate::pass::journal`]. Returns the bytes written to the model.
 fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     let err = |e| CoreError::Write { path: path.to_path_buf(), source: e };
     let start = p.sealed.entry.start;
@@ -214,7 +218,7 @@ fn rewrite_tail(path: &Path, p: &ProtectedV2, entry: Vec<u8>) -> Result<u64> {
     let tail_len = len.checked_sub(start).and_then(|n| usize::try_from(n).ok()).ok_or(Modified::FileChanged)?;
     let mut old_tail = vec![0u8; tail_len];
     onnx_protect_fsio::file::read_exact_at(&f, &mut old_tail, start).map_err(err)?;
-    crate::journal::rewrite_tail(path, start, &old_tail, &entry)?;
+    crate::pass::journal::rewrite_tail(path, start, &old_tail, &entry)?;
     Ok(entry.len() as u64)
 }
 

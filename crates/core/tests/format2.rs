@@ -7,14 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::envelope::{parse_entry, trailing_entry};
 use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind, Modified, UnusableKey};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::decrypt_in_memory;
 use onnx_protect_core::protect::{
     decrypt, decrypt_tier, decrypt_to_vec, encrypt, verify, DecryptOptions, EncryptOptions,
 };
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, TensorData};
 use onnx_protect_select::Policy;
@@ -212,7 +212,7 @@ fn the_four_edits_of_an_attacker_are_refused() {
 
 #[test]
 fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
-    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_crypto::{content_digest, leaves_of, tier_mac};
     use onnx_protect_keys::Identity;
     use onnx_protect_proto::v2 as pb;
@@ -344,7 +344,7 @@ fn deep_model(depth: usize) -> Vec<u8> {
 /// content digest computed for it) is "modified", not an invalid model (docs/format.md §4).
 #[test]
 fn a_model_too_deep_under_a_sound_entry_is_modified() {
-    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
@@ -382,7 +382,7 @@ fn a_model_too_deep_under_a_sound_entry_is_modified() {
 /// (`7.0/05.0`), a sign or an empty number names no tensor, even where its value would.
 #[test]
 fn a_locator_not_written_exactly_is_modified() {
-    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_proto::v2 as pb;
     use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
@@ -416,7 +416,7 @@ fn a_locator_not_written_exactly_is_modified() {
 /// signers (docs/format.md §10), even when one of them verifies.
 #[test]
 fn two_signatures_of_one_key_are_modified_keyless() {
-    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
@@ -450,7 +450,7 @@ fn two_signatures_of_one_key_are_modified_keyless() {
 /// never "unsupported version" (which names a manifest key this build does not read).
 #[test]
 fn a_version_2_header_of_another_format_version_is_modified() {
-    use onnx_protect_core::envelope::METADATA_KEY_V2;
+    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_proto::v2 as pb;
     use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();

@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::lock::LockOutputs;
 use onnx_protect_core::memory::decrypt_in_memory;
 use onnx_protect_core::protect::{decrypt, decrypt_tier, encrypt, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
@@ -210,8 +210,8 @@ fn every_byte_of_the_manifest_and_of_the_locked_tensors_is_authenticated() {
     let m = Model::open(&out).unwrap();
     let entry = m.metadata.iter().find(|e| e.key == "onnx-protect/v2").unwrap().range.clone();
     let mut positions: Vec<usize> = (entry.start as usize..entry.end as usize).collect();
-    let (range, value) = onnx_protect_core::envelope::trailing_entry(m.bytes()).unwrap();
-    let sealed = onnx_protect_core::envelope::parse_entry(value, range).unwrap();
+    let (range, value) = onnx_protect_core::format2::envelope::trailing_entry(m.bytes()).unwrap();
+    let sealed = onnx_protect_core::format2::envelope::parse_entry(value, range).unwrap();
     let lock = onnx_protect_core::lock::read(&m, &sealed.header).unwrap().unwrap();
     for &(t, _) in &lock.tensors {
         for (range, _) in m.tensors[t].file_pieces(0, m.tensors[t].nbytes) {

@@ -6,11 +6,11 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use base64::Engine;
-use onnx_protect_core::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
 use onnx_protect_core::error::{BadManifest, CoreError, LabelLockProblem};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{encrypt, verify, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_proto::v2 as pb;

@@ -7,12 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::envelope::{parse_entry, trailing_entry};
 use onnx_protect_core::error::{CoreError, UnusableKey};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::licence::LicenceRequirement;
 use onnx_protect_core::protect::{encrypt, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_keys::SigningKey;
 use onnx_protect_select::Policy;

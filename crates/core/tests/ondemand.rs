@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, decrypt_signed_on_demand, DecryptedModel, Method};
 use onnx_protect_core::protect::{encrypt, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::testutil::{external_float_tensor, matmul_chain};
 use onnx_protect_select::Policy;

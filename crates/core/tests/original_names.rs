@@ -8,11 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use onnx_protect_core::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
 use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{encrypt, verify, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::NoProgress;
 use onnx_protect_proto::Message;

@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::envelope::trailing_entry;
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::error::{CoreError, Unsigned, UnusableKey};
+use onnx_protect_core::format2::envelope::trailing_entry;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{decrypt_to_vec, encrypt, sign, verify_signed, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};

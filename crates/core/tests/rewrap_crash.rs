@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use onnx_protect_core::error::ErrorKind;
-use onnx_protect_core::journal::Recovery;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::pass::journal::Recovery;
 use onnx_protect_core::protect::{decrypt, decrypt_to_vec, encrypt, verify, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rewrap::{rewrap, Remove, RewrapOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};

@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
 use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry, METADATA_KEY_V2};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{decrypt, encrypt, verify, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::{Identity, Recipient, X25519Identity};
@@ -327,7 +327,7 @@ fn remac(bytes: &[u8], b: u8) -> Vec<u8> {
 /// read at any size; past a cap the file is modified, keyless too, before any key work.
 #[test]
 fn every_stanza_and_the_recipient_list_are_within_their_caps() {
-    use onnx_protect_core::envelope::MAX_RECIPIENTS_LEN;
+    use onnx_protect_core::format2::envelope::MAX_RECIPIENTS_LEN;
     use onnx_protect_keys::{MAX_KIND_LEN, MAX_STANZA_BODY_LEN, MAX_STANZA_LABEL_LEN};
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = protect_x25519(dir.path());

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::journal::{finish_interrupted, Recovery};
 use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::pass::journal::{finish_interrupted, Recovery};
 use onnx_protect_core::protection::{open_protected, Protection};
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_proto::v2 as pb;

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::CoreError;
-use onnx_protect_core::journal::Recovery;
+use onnx_protect_core::format2::recipients::{EncryptTo, SharedKeys};
 use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::pass::journal::Recovery;
 use onnx_protect_core::protect::{DecryptOptions, DecryptReport, EncryptOptions, EncryptReport, Member, VerifyReport};
-use onnx_protect_core::recipients::{EncryptTo, SharedKeys};
 use onnx_protect_core::rewrap::{RewrapOptions, RewrapReport};
 use onnx_protect_format::{Model, Progress};
 use onnx_protect_keys::SignerKey;
@@ -292,7 +292,7 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
     if input.is_dir() {
         let root = input.canonicalize().map_err(io(input))?;
         for f in walk(&root)?.iter().filter(|f| is_model_name(&f.rel)) {
-            match onnx_protect_core::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
+            match onnx_protect_core::pass::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
                 Recovery::Nothing => {}
                 r => recovered.push((f.rel.clone(), r)),
             }

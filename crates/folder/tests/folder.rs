@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rewrap::RewrapOptions;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_folder::{decrypt, encrypt, rewrap, verify, ErrorKind, Folder, FolderError};

@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{encrypt, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_npy::{Dtype, NpyArray};
 use onnx_protect_ort::{commit_from_file, commit_from_file_as, environment, Error, Load, ProtectedSession};

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::error::{CoreError, ErrorKind};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
 use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
 use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
 use std::sync::Arc;
@@ -893,8 +893,8 @@ fn copy_to_bytes(py: Python<'_>, src: &DecryptedBytes) -> PyResult<Py<PyBytes>> 
 /// it was protected into its own folder names them as the original model did
 /// (docs/format.md §3, `original_external_files`, one per file in the model's order).
 fn external_tensors(model: &Model, decrypted: &BTreeMap<String, DecryptedBytes>) -> Vec<ExternalTensor> {
-    let original = onnx_protect_core::envelope::trailing_entry(model.bytes())
-        .and_then(|(range, value)| onnx_protect_core::envelope::parse_entry(value, range).ok())
+    let original = onnx_protect_core::format2::envelope::trailing_entry(model.bytes())
+        .and_then(|(range, value)| onnx_protect_core::format2::envelope::parse_entry(value, range).ok())
         .map(|s| s.header.original_external_files)
         .unwrap_or_default();
     let location = |file: usize| {

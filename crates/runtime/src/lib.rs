@@ -23,7 +23,7 @@
 //! use onnx_protect_core::memory::decrypt_in_memory;
 //! use onnx_protect_core::protect::{encrypt, EncryptOptions};
 //! use onnx_protect_core::keys::KeySource;
-//! use onnx_protect_core::recipients::EncryptTo;
+//! use onnx_protect_core::format2::recipients::EncryptTo;
 //! use onnx_protect_crypto::MasterKey;
 //! use onnx_protect_runtime::engine::{run_once, External};
 //! use onnx_protect_runtime::npy::{Dtype, NpyArray};

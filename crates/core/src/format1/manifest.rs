@@ -2,7 +2,7 @@
 //! messages and their lengths, and its entries matched to the model.
 //!
 //! The manifest is stored as a top-level `metadata_props` entry under
-//! [`METADATA_KEY`], whose value is the base64 of an `Envelope` holding the encoded
+//! [`METADATA_KEY_V1`], whose value is the base64 of an `Envelope` holding the encoded
 //! `Manifest` and its seals (MACs and checksums, B.4).
 
 use base64::Engine;
@@ -18,7 +18,7 @@ use crate::metadata::{b64, is_manifest_key};
 use crate::target::{match_targets, EntryFacts, EntryRules, Target};
 
 /// The `metadata_props` key of a format-1 manifest.
-pub const METADATA_KEY: &str = "onnx-protect/v1";
+pub const METADATA_KEY_V1: &str = "onnx-protect/v1";
 /// The format version written into [`pb::Manifest::format_version`].
 pub const FORMAT_VERSION: u32 = 1;
 /// Domain-separation labels of the integrity computation (B.4).
@@ -29,7 +29,7 @@ pub const CHECKSUM_LABEL: &[u8] = b"onnx-protect/v1/checksum";
 pub const CHUNK_SIZE: u64 = 4 << 20;
 
 /// A parsed, validated format-1 manifest and where it sits in the model.
-pub struct Protected {
+pub struct ProtectedV1 {
     pub entry: MetadataEntry,
     pub envelope: pb::Envelope,
     pub manifest: pb::Manifest,
@@ -41,7 +41,7 @@ pub struct Protected {
 
 /// The whole `metadata_props` field (tag included) that stores `envelope`.
 pub(crate) fn entry_field(envelope: &pb::Envelope) -> Vec<u8> {
-    metadata_field(METADATA_KEY, &b64().encode(envelope.encode_to_vec()))
+    metadata_field(METADATA_KEY_V1, &b64().encode(envelope.encode_to_vec()))
 }
 
 /// The Argon2id parameters a manifest records (B.3).
@@ -54,7 +54,7 @@ pub(crate) fn kdf_from_pb(k: &pb::KdfParams) -> Result<KdfParams> {
 }
 
 /// The file's salt, as the key schedule takes it.
-pub(crate) fn salt_of(p: &Protected) -> Result<[u8; 32]> {
+pub(crate) fn salt_of(p: &ProtectedV1) -> Result<[u8; 32]> {
     p.manifest.salt.as_slice().try_into().map_err(|_| BadManifest::SaltOrKeyCheck.into())
 }
 
@@ -63,14 +63,14 @@ fn find_manifest_entry(model: &Model) -> Result<Option<MetadataEntry>> {
     let ours: Vec<&MetadataEntry> = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).collect();
     match ours.as_slice() {
         [] => Ok(None),
-        [one] if one.key == METADATA_KEY => Ok(Some((*one).clone())),
+        [one] if one.key == METADATA_KEY_V1 => Ok(Some((*one).clone())),
         [one] => Err(CoreError::UnsupportedVersion { key: one.key.clone(), format_version: None }),
         _ => Err(BadManifest::TwoEntries.into()),
     }
 }
 
 /// Reads and validates the format-1 manifest of a protected model (B.5 steps 1–2).
-pub fn read_protected(model: &Model) -> Result<Protected> {
+pub fn read_protected(model: &Model) -> Result<ProtectedV1> {
     let entry = find_manifest_entry(model)?.ok_or(CoreError::NotProtected)?;
     let (envelope, manifest) = decode_entry(&entry)?;
     check_seal_lengths(&manifest, &envelope)?;
@@ -90,7 +90,7 @@ pub fn read_protected(model: &Model) -> Result<Protected> {
     };
     let facts = manifest.tensors.iter().map(|e| EntryFacts::from((e, e.spans.as_slice())));
     let targets = match_targets(model, facts, &rules)?;
-    Ok(Protected { entry, envelope, manifest, targets, leaf_hash })
+    Ok(ProtectedV1 { entry, envelope, manifest, targets, leaf_hash })
 }
 
 /// The envelope and manifest of a manifest entry, of this format version.
@@ -102,7 +102,7 @@ fn decode_entry(entry: &MetadataEntry) -> Result<(pb::Envelope, pb::Manifest)> {
         .map_err(|cause| BadManifest::Decode { message: "manifest", cause })?;
     if manifest.format_version != FORMAT_VERSION {
         return Err(CoreError::UnsupportedVersion {
-            key: METADATA_KEY.to_string(),
+            key: METADATA_KEY_V1.to_string(),
             format_version: Some(manifest.format_version),
         });
     }

@@ -14,10 +14,10 @@ use onnx_protect_crypto::{LeafHash, MasterKey};
 use onnx_protect_format::Model;
 use onnx_protect_keys::SignerKey;
 
-use self::manifest::Protected;
-use crate::decryption::{Decryption, NewEntry};
+use self::manifest::ProtectedV1;
 use crate::error::{CoreError, Result, Unsigned};
 use crate::keys::KeySource;
+use crate::pass::decryption::{Decryption, NewEntry};
 use crate::reader::Reader;
 use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
 use crate::target::Target;
@@ -31,7 +31,7 @@ pub fn warning_for(version: u32) -> Option<&'static str> {
     (version == 1).then_some(FORMAT_1_WARNING)
 }
 
-impl Reader for Protected {
+impl Reader for ProtectedV1 {
     /// Verifies the model: with a key, its key check and every MAC and checksum it allows
     /// (B.5 step 3); without, the keyless checksums. Format 1 has no signatures: trusted
     /// `signers` are refused.

@@ -5,11 +5,11 @@
 use onnx_protect_crypto::Keystream;
 use onnx_protect_format::Model;
 
-use super::manifest::{entry_field, Protected};
+use super::manifest::{entry_field, ProtectedV1};
 use super::unlock::unlock;
-use crate::action::{prepare, Action};
 use crate::error::{BadManifest, CoreError, OutputRefused, Result};
 use crate::keys::KeySource;
+use crate::pass::action::{prepare, Action};
 
 /// The decryption to perform: which targets, and what becomes of the manifest entry.
 pub(crate) struct Restore {
@@ -23,7 +23,7 @@ pub(crate) struct Restore {
 /// Checks the key (and every MAC it allows) and chooses what decryption up to `tier` does:
 /// a key whose tiers are all decrypted in the file already (and no `tier` asked for) gets
 /// a restore that changes nothing, the file as it is.
-pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
+pub(crate) fn plan_restore(model: &Model, p: &ProtectedV1, key: &KeySource, tier: Option<u32>) -> Result<Restore> {
     let unlocked = unlock(model, p, key)?;
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
@@ -55,7 +55,7 @@ pub(crate) fn plan_restore(model: &Model, p: &Protected, key: &KeySource, tier: 
 
 /// The highest tier a decryption with the key of `key_tier` restores when `tier` is
 /// asked for, and whether that decrypts the model fully (always, untiered: tier 0).
-fn restore_bound(p: &Protected, key_tier: u32, tier: Option<u32>) -> Result<(u32, bool)> {
+fn restore_bound(p: &ProtectedV1, key_tier: u32, tier: Option<u32>) -> Result<(u32, bool)> {
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
     if tiers <= 1 {

@@ -12,9 +12,9 @@ use onnx_protect_format::model::ExternalFile;
 use onnx_protect_format::{Model, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::manifest::{Protected, CHECKSUM_LABEL, MAC_INPUT_LABEL};
-use crate::action::apply;
+use super::manifest::{ProtectedV1, CHECKSUM_LABEL, MAC_INPUT_LABEL};
 use crate::error::{BadManifest, Modified, Result};
+use crate::pass::action::apply;
 use crate::target::Target;
 
 /// One unit of hashing work: a chunk of a tensor's concatenated span bytes.
@@ -266,7 +266,7 @@ fn leaves_by_tier(targets: &[Target], chunk: u64, leaves: &[[u8; 32]], tiers: u3
 
 /// Checks the MAC and the keyless checksum of an untiered model, given the leaves of
 /// its ciphertext (B.4).
-pub(crate) fn check_untiered(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
+pub(crate) fn check_untiered(keys: &SessionKeys, p: &ProtectedV1, leaves: &[[u8; 32]]) -> Result<()> {
     let (mac, checksum) = mac_and_checksum(Some(keys), &p.envelope.manifest, leaves);
     if !mac.is_some_and(|m| bool::from(ct_eq(&m, &p.envelope.mac))) {
         return Err(Modified::Format1Mac.into());
@@ -283,7 +283,7 @@ pub(crate) fn check_untiered(keys: &SessionKeys, p: &Protected, leaves: &[[u8; 3
 /// encrypted again). A restored tier above the key holds plaintext this key cannot
 /// encrypt, so it is not checked (B.6). `key_tier` 0 checks the
 /// checksums of the tiers still encrypted, without a key.
-pub(crate) fn check_tiers(p: &Protected, key_tier: u32, sessions: &[SessionKeys], leaves: &[[u8; 32]]) -> Result<()> {
+pub(crate) fn check_tiers(p: &ProtectedV1, key_tier: u32, sessions: &[SessionKeys], leaves: &[[u8; 32]]) -> Result<()> {
     let tiers = p.manifest.tiers;
     let restored = p.envelope.restored_tiers;
     let by_tier = leaves_by_tier(&p.targets, p.manifest.chunk_size, leaves, tiers);
@@ -308,7 +308,7 @@ pub(crate) fn check_tiers(p: &Protected, key_tier: u32, sessions: &[SessionKeys]
 
 /// Checks the keyless checksums of a model (of the tiers still encrypted, when
 /// tiered), given the leaves of the stored bytes of all targets in chunk-job order.
-pub(crate) fn check_checksums(p: &Protected, leaves: &[[u8; 32]]) -> Result<()> {
+pub(crate) fn check_checksums(p: &ProtectedV1, leaves: &[[u8; 32]]) -> Result<()> {
     if p.manifest.tiers > 1 {
         return check_tiers(p, 0, &[], leaves);
     }

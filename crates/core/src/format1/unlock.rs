@@ -7,11 +7,11 @@ use onnx_protect_crypto::{Keystream, MasterKey, SessionKeys};
 use onnx_protect_format::{Model, TensorData};
 use onnx_protect_proto::v1 as pb;
 
-use super::manifest::{kdf_from_pb, salt_of, Protected};
+use super::manifest::{kdf_from_pb, salt_of, ProtectedV1};
 use super::seal::{check_tiers, check_untiered, leaf_digests, LeafSrc};
-use crate::action::transform_tensor;
 use crate::error::{CoreError, Result, UnusableKey};
 use crate::keys::{tier_chain, KeySource};
+use crate::pass::action::transform_tensor;
 
 /// The master key `key` gives for a manifest with `kdf` (a passphrase model) or without
 /// (B.3). A key is accepted for a tiered passphrase model: it is a tier key, derived from
@@ -43,12 +43,12 @@ pub(crate) struct Unlocked {
 }
 
 /// Checks the key, then every MAC and checksum the key allows.
-pub(crate) fn unlock(model: &Model, p: &Protected, key: &KeySource) -> Result<Unlocked> {
+pub(crate) fn unlock(model: &Model, p: &ProtectedV1, key: &KeySource) -> Result<Unlocked> {
     unlock_master(model, p, &master_key(key, p.manifest.kdf.as_ref(), p.manifest.tiers > 1)?)
 }
 
 /// [`unlock`] with the master key already derived (a passphrase is stretched once).
-pub(crate) fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) -> Result<Unlocked> {
+pub(crate) fn unlock_master(model: &Model, p: &ProtectedV1, master: &MasterKey) -> Result<Unlocked> {
     let chunk = p.manifest.chunk_size;
     if p.manifest.tiers <= 1 {
         let keys = untiered_keys(master, p)?;
@@ -89,7 +89,7 @@ pub(crate) fn unlock_master(model: &Model, p: &Protected, master: &MasterKey) ->
 }
 
 /// The session keys of an untiered model, if `master` passes its key check.
-pub(crate) fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<SessionKeys> {
+pub(crate) fn untiered_keys(master: &MasterKey, p: &ProtectedV1) -> Result<SessionKeys> {
     let keys = SessionKeys::derive(master, &salt_of(p)?);
     if !keys.key_check_matches(&p.manifest.key_check) {
         return Err(CoreError::WrongKey);
@@ -98,7 +98,7 @@ pub(crate) fn untiered_keys(master: &MasterKey, p: &Protected) -> Result<Session
 }
 
 /// The keystream of every target of an untiered model.
-pub(crate) fn untiered_streams(keys: &SessionKeys, p: &Protected) -> Vec<Option<Keystream>> {
+pub(crate) fn untiered_streams(keys: &SessionKeys, p: &ProtectedV1) -> Vec<Option<Keystream>> {
     p.targets.iter().map(|t| Some(keys.keystream(t.stream_id))).collect()
 }
 
@@ -114,7 +114,7 @@ pub(crate) struct TierKeys {
 
 /// Finds the tier of `master` in a tiered manifest by its key check value (none
 /// matches: "wrong key") and derives the keys of that tier and the ones below.
-pub(crate) fn tier_keys_of(master: &MasterKey, p: &Protected) -> Result<TierKeys> {
+pub(crate) fn tier_keys_of(master: &MasterKey, p: &ProtectedV1) -> Result<TierKeys> {
     let salt = salt_of(p)?;
     let given = SessionKeys::derive(master, &salt);
     let mut key_tier = 0;

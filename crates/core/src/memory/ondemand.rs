@@ -40,10 +40,10 @@ use super::{
     decrypt_signed_in_memory, for_overlaps, io_error, load, open_checked, out_of_bounds, sources_of, Backing,
     DecryptedBytes, DecryptedModel, Patcher, Piece, SMALL,
 };
-use crate::action::{apply, Action};
-use crate::decryption::{Decryption, NewEntry};
 use crate::error::{CoreError, Modified, Result};
 use crate::keys::KeySource;
+use crate::pass::action::{apply, Action};
+use crate::pass::decryption::{Decryption, NewEntry};
 use crate::protection::Protection;
 use crate::target::Target;
 use onnx_protect_keys::SignerKey;

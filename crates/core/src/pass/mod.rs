@@ -3,18 +3,18 @@
 //! (docs/format.md §9).
 //!
 //! Each file's output is its input with a [`Plan`] applied: unchanged stretches,
-//! same-length *transforms* (the encrypted spans: the caller's [`Transformer`] gets each
+//! same-length *transforms* (the encrypted spans: the caller's `Transformer` gets each
 //! piece with its tag and logical offset) and new bytes. The work is cut into *items* of
 //! one leaf chunk each, on the side whose leaves are wanted:
 //!
-//! * [`Hash::Output`] (encryption, key rotation): item `j` makes output bytes
+//! * `Hash::Output` (encryption, key rotation): item `j` makes output bytes
 //!   `[jC, (j+1)C)` and hashes them in order, so the leaves are those of the file as
 //!   written;
-//! * [`Hash::Input`] (decryption, verification by the pass): item `j` reads input bytes
+//! * `Hash::Input` (decryption, verification by the pass): item `j` reads input bytes
 //!   `[jC, (j+1)C)`, hashes them as stored, and writes what they become; new bytes of a
 //!   different length than what they replace are written by a last step of their own;
-//! * [`Hash::Both`] (partial decryption, which changes no length): both at once;
-//! * [`Hash::None`]: only writing.
+//! * `Hash::Both` (partial decryption, which changes no length): both at once;
+//! * `Hash::None`: only writing.
 //!
 //! The rayon workers take the items in file order. Every output byte is written once
 //! with a positional write, from the input map or from a worker's buffer; a span's bytes
@@ -24,6 +24,24 @@
 //! started as the pass goes, so the final `fsync` is short. Input map pages are released
 //! after each item, so the resident set stays the workers' buffers whatever the size of
 //! the model.
+//!
+//! Around it, what every verb's bytes go through:
+//!
+//! * `action`: what a span becomes (a keystream, a permutation, new bytes);
+//! * `permute`: the keyed permutation of the distribution-preserving mode;
+//! * `content`: one pass over the covered files, described once;
+//! * `decryption`: one decryption plan, and its file sink;
+//! * `staged`: outputs that appear whole or not at all;
+//! * [`journal`]: replacing a file's tail in place, safe against a crash;
+//! * `crash`: crash points for tests (feature `test-hooks`).
+
+pub(crate) mod action;
+pub(crate) mod content;
+mod crash;
+pub(crate) mod decryption;
+pub mod journal;
+pub(crate) mod permute;
+pub(crate) mod staged;
 
 use std::fs::File;
 use std::ops::Range;

@@ -98,7 +98,7 @@ pub(crate) fn transform_span(
     decrypting: bool,
 ) -> Result<()> {
     if target.mode.whole_spans() {
-        crate::permute::permute_span(ks, a, span, (dtype.bits() / 8).max(1) as usize, decrypting)
+        crate::pass::permute::permute_span(ks, a, span, (dtype.bits() / 8).max(1) as usize, decrypting)
     } else {
         // Large spans on the thread pool; small ones stay on this thread.
         apply(ks, target.mode, dtype, a, span, true)

@@ -1,7 +1,8 @@
 //! The manifest of format version 2 (docs/format.md §1–§3, §10, §11): finding the
 //! trailing entry, decoding the envelope, header and recipient stanzas with their
-//! canonical-encoding checks, the keyless checksum, matching the header to the model
-//! ([`read`]: §12 steps 1–3), and the bytes of a new entry.
+//! canonical-encoding checks, the keyless checksum, and the bytes of a new entry. The
+//! entry is matched to the model by [`ProtectedV2::match_model`](super::ProtectedV2::match_model)
+//! (§12 steps 1–3).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -9,15 +10,14 @@ use std::ops::Range;
 use base64::Engine;
 use onnx_protect_crypto::{envelope_checksum, KdfParams, KDF_SALT_LEN};
 use onnx_protect_format::write::metadata_field;
-use onnx_protect_format::{Model, TensorData};
+use onnx_protect_format::Model;
 use onnx_protect_keys::Stanza;
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 use onnx_protect_select::MAX_TIERS;
 
 use crate::error::{BadManifest, CoreError, Modified, Result};
-use crate::metadata::{b64, is_manifest_key};
-use crate::target::{check_disjoint_in_files, match_targets, EntryFacts, EntryRules, Target};
+use crate::metadata::b64;
 
 /// The `metadata_props` key of a format-2 manifest.
 pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
@@ -47,13 +47,6 @@ pub struct Sealed {
     /// The stanzas as stored (same order), for writing them again unchanged: a stanza of a
     /// kind this build does not know is skipped whole, its fields not examined.
     pub raw_stanzas: Vec<pb::Stanza>,
-}
-
-/// A version-2 protected model: its entry, and every header entry matched to the model.
-#[derive(Debug, Clone)]
-pub struct ProtectedV2 {
-    pub sealed: Sealed,
-    pub targets: Vec<Target>,
 }
 
 fn bad(e: BadManifest) -> CoreError {
@@ -259,41 +252,6 @@ pub(crate) fn stanza_to_pb(s: &Stanza) -> pb::Stanza {
     }
 }
 
-/// Matches the header to `model` (§3–§6): every entry names the tensor it was made for,
-/// varint-stored tensors are whole and in the top tier, spans of different entries never
-/// share file bytes, and the external files are those the model uses.
-pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
-    check_external_sizes(model, &sealed.header)?;
-    let tiers = sealed.header.tiers;
-    let secret = match sealed.header.positions {
-        0 => false,
-        1 => true,
-        mode => return Err(bad(BadManifest::Positions { mode })),
-    };
-    for e in &sealed.header.tensors {
-        if secret == e.sealed_spans.is_empty() || (secret && !e.spans.is_empty()) {
-            return Err(bad(BadManifest::SpansVisibility { tensor: e.name.clone(), sealed: secret }));
-        }
-    }
-    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: secret };
-    let facts = sealed.header.tensors.iter().map(|e| EntryFacts::from((e, e.spans.as_slice())));
-    let targets = match_targets(model, facts, &rules)?;
-    let mut varint_tensors = HashSet::new();
-    for t in &targets {
-        let tensor = &model.tensors[t.tensor];
-        if matches!(tensor.data, TensorData::Varint { .. }) && (t.tier != tiers || !varint_tensors.insert(t.tensor)) {
-            return Err(bad(BadManifest::VarintTier { tensor: tensor.name.clone() }));
-        }
-    }
-    check_disjoint_in_files(model, &targets)?;
-    let used: Vec<&str> = model.external_files.iter().map(|f| f.location.as_str()).collect();
-    if used != sealed.header.external_files.iter().map(String::as_str).collect::<Vec<_>>() {
-        return Err(Modified::ExternalFiles.into());
-    }
-    crate::lock::read(model, &sealed.header)?;
-    Ok(ProtectedV2 { sealed, targets })
-}
-
 /// `original_external_files` (docs/format.md §3): empty, or one name per external data
 /// file, each a location §5 allows that names a file, no two alike (naming one file).
 fn check_original_names(h: &pb::Header) -> Result<()> {
@@ -329,7 +287,7 @@ fn file_components(location: &str) -> Vec<&str> {
 /// Compares each external data file's length with the one the header records (files
 /// written before the lengths were recorded have none), before anything reads the files
 /// (docs/format.md §3): a file grown or cut is refused at once, however large.
-fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
+pub(crate) fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
     for (i, &expected) in h.external_sizes.iter().enumerate() {
         let location = h.external_files.get(i).map(String::as_str).unwrap_or("");
         let actual = model.external_files.iter().find(|f| f.location == location).map(|f| f.size);
@@ -343,51 +301,11 @@ fn check_external_sizes(model: &Model, h: &pb::Header) -> Result<()> {
     Ok(())
 }
 
-/// Unseals the spans of every entry of the tiers `keys` reach (index `t − 1`; secret
-/// positions, docs/format.md §6) and checks them against the model as public spans are
-/// checked; entries of higher tiers keep no spans. A no-op for public positions.
-pub(crate) fn unseal(model: &Model, p: &mut ProtectedV2, keys: &[onnx_protect_crypto::TierKeys]) -> Result<()> {
-    if p.sealed.header.positions == 0 {
-        return Ok(());
-    }
-    let reach = keys.len() as u32;
-    let mut opened: Vec<(usize, Vec<u64>)> = Vec::new();
-    for (i, e) in p.sealed.header.tensors.iter().enumerate() {
-        if e.tier > reach {
-            continue;
-        }
-        let spans = keys[e.tier as usize - 1]
-            .unseal_spans(e.stream_id, &e.sealed_spans)
-            .ok_or_else(|| Modified::SealedSpans { tensor: e.name.clone() })?;
-        opened.push((i, spans));
-    }
-    let tiers = p.sealed.header.tiers;
-    let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: false };
-    let facts = opened.iter().map(|(i, spans)| EntryFacts::from((&p.sealed.header.tensors[*i], spans.as_slice())));
-    let targets = match_targets(model, facts, &rules)?;
-    for ((i, _), t) in opened.iter().zip(targets) {
-        p.targets[*i] = t;
-    }
-    check_disjoint_in_files(model, &p.targets)
-}
-
 /// The `metadata_props` field that stores `envelope`, its checksum filled in.
 pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
     envelope.checksum.clear();
     envelope.checksum = envelope_checksum(&envelope.encode_to_vec()).to_vec();
     metadata_field(METADATA_KEY_V2, &b64().encode(envelope.encode_to_vec()))
-}
-
-/// The version-2 manifest of an open model, read and matched to it (docs/format.md §12
-/// steps 1–3): the entry must be the file's last field and its only manifest entry.
-pub fn read(model: &Model) -> Result<ProtectedV2> {
-    let (range, value) = trailing_entry(model.bytes()).ok_or(Modified::NotLast)?;
-    let last = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).count();
-    if last != 1 || !model.metadata.iter().any(|m| m.range == range) {
-        return Err(Modified::NotTopLevel.into());
-    }
-    let sealed = parse_entry(value, range)?;
-    match_model(model, sealed)
 }
 
 #[cfg(test)]

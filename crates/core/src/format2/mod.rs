@@ -1,30 +1,126 @@
-//! The verbs that read format 2 (docs/format.md §7–§12), as methods of a model's entry
-//! read and matched to it ([`ProtectedV2`], from `envelope`): opening it with a key,
-//! verifying it, the key's tier and top key, what `inspect` shows, and the
-//! [`Decryption`] that the file and memory sinks carry out.
+//! Format 2 (docs/format.md), which every encryption writes: a model's entry read and
+//! matched to the model ([`ProtectedV2`]) and the verbs that read it (§7–§12), as its
+//! methods: opening it with a key, verifying it, the key's tier and top key, what
+//! `inspect` shows, and the decryption plan that the file and memory sinks carry out.
+//!
+//! * [`envelope`]: the entry found, decoded and shape-checked (§1–§3, §10, §11), and the
+//!   bytes of a new one;
+//! * `seal`: the MACs and signatures of an entry, made and checked in one place (§10);
+//! * [`recipients`]: wrapping the data keys for recipients, and opening stanzas (§7, §8).
 
+pub mod envelope;
+pub mod recipients;
+pub(crate) mod seal;
+
+use std::collections::HashSet;
 use std::path::Path;
 
-use onnx_protect_crypto::{content_digest, FileLeaves, MasterKey};
-use onnx_protect_format::Model;
+use onnx_protect_crypto::{content_digest, FileLeaves, MasterKey, TierKeys};
+use onnx_protect_format::{Model, TensorData};
 use onnx_protect_keys::SignerKey;
 use onnx_protect_proto::v2 as pb;
 
-use crate::action::{prepare, Action};
-use crate::content::{stored_leaves, Pass};
-use crate::decryption::{Decryption, NewEntry};
-use crate::envelope::{unseal, ProtectedV2, METADATA_KEY_V2};
-use crate::error::{CoreError, Modified, Result, Unsigned, UnusableKey};
+use self::envelope::{check_external_sizes, parse_entry, trailing_entry, Sealed, METADATA_KEY_V2};
+use self::recipients::{describe, open, Opened};
+use self::seal::{check_seals, check_signatures, recorded_digest, write_entry, Expected};
+use crate::error::{BadManifest, CoreError, Modified, Result, Unsigned, UnusableKey};
 use crate::keys::KeySource;
+use crate::metadata::is_manifest_key;
+use crate::pass::action::{prepare, Action};
+use crate::pass::content::{stored_leaves, Pass};
+use crate::pass::decryption::{Decryption, NewEntry};
+use crate::pass::staged::{durable, Outputs};
 use crate::pass::{Hash, Out};
 use crate::reader::Reader;
-use crate::recipients::{describe, open, Opened};
-use crate::seal::{check_seals, check_signatures, recorded_digest, write_entry, Expected};
-use crate::staged::{durable, Outputs};
 use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
-use crate::target::Target;
+use crate::target::{check_disjoint_in_files, match_targets, EntryFacts, EntryRules, Target};
+
+/// A version-2 protected model: its entry, and every header entry matched to the model.
+#[derive(Debug, Clone)]
+pub struct ProtectedV2 {
+    pub sealed: Sealed,
+    pub targets: Vec<Target>,
+}
 
 impl ProtectedV2 {
+    /// The version-2 manifest of an open model, read and matched to it (docs/format.md §12
+    /// steps 1–3): the entry must be the file's last field and its only manifest entry.
+    pub fn read(model: &Model) -> Result<ProtectedV2> {
+        let (range, value) = trailing_entry(model.bytes()).ok_or(Modified::NotLast)?;
+        let last = model.metadata.iter().filter(|m| is_manifest_key(&m.key)).count();
+        if last != 1 || !model.metadata.iter().any(|m| m.range == range) {
+            return Err(Modified::NotTopLevel.into());
+        }
+        let sealed = parse_entry(value, range)?;
+        ProtectedV2::match_model(model, sealed)
+    }
+
+    /// Matches the header of `sealed` to `model` (§3–§6): every entry names the tensor it
+    /// was made for, varint-stored tensors are whole and in the top tier, spans of
+    /// different entries never share file bytes, and the external files are those the
+    /// model uses.
+    pub fn match_model(model: &Model, sealed: Sealed) -> Result<ProtectedV2> {
+        check_external_sizes(model, &sealed.header)?;
+        let tiers = sealed.header.tiers;
+        let secret = match sealed.header.positions {
+            0 => false,
+            1 => true,
+            mode => return Err(BadManifest::Positions { mode }.into()),
+        };
+        for e in &sealed.header.tensors {
+            if secret == e.sealed_spans.is_empty() || (secret && !e.spans.is_empty()) {
+                return Err(BadManifest::SpansVisibility { tensor: e.name.clone(), sealed: secret }.into());
+            }
+        }
+        let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: secret };
+        let facts = sealed.header.tensors.iter().map(|e| EntryFacts::from((e, e.spans.as_slice())));
+        let targets = match_targets(model, facts, &rules)?;
+        let mut varint_tensors = HashSet::new();
+        for t in &targets {
+            let tensor = &model.tensors[t.tensor];
+            if matches!(tensor.data, TensorData::Varint { .. }) && (t.tier != tiers || !varint_tensors.insert(t.tensor))
+            {
+                return Err(BadManifest::VarintTier { tensor: tensor.name.clone() }.into());
+            }
+        }
+        check_disjoint_in_files(model, &targets)?;
+        let used: Vec<&str> = model.external_files.iter().map(|f| f.location.as_str()).collect();
+        if used != sealed.header.external_files.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(Modified::ExternalFiles.into());
+        }
+        crate::lock::read(model, &sealed.header)?;
+        Ok(ProtectedV2 { sealed, targets })
+    }
+
+    /// Unseals the spans of every entry of the tiers `keys` reach (index `t − 1`; secret
+    /// positions, docs/format.md §6) and checks them against the model as public spans are
+    /// checked; entries of higher tiers keep no spans. A no-op for public positions.
+    fn unseal(&mut self, model: &Model, keys: &[TierKeys]) -> Result<()> {
+        let header = &self.sealed.header;
+        if header.positions == 0 {
+            return Ok(());
+        }
+        let reach = keys.len() as u32;
+        let mut opened: Vec<(usize, Vec<u64>)> = Vec::new();
+        for (i, e) in header.tensors.iter().enumerate() {
+            if e.tier > reach {
+                continue;
+            }
+            let spans = keys[e.tier as usize - 1]
+                .unseal_spans(e.stream_id, &e.sealed_spans)
+                .ok_or_else(|| Modified::SealedSpans { tensor: e.name.clone() })?;
+            opened.push((i, spans));
+        }
+        let tiers = header.tiers;
+        let rules = EntryRules { tier_ok: Box::new(move |t| (1..=tiers).contains(&t)), min_span: true, sealed: false };
+        let facts = opened.iter().map(|(i, spans)| EntryFacts::from((&header.tensors[*i], spans.as_slice())));
+        let targets = match_targets(model, facts, &rules)?;
+        for ((i, _), t) in opened.iter().zip(targets) {
+            self.targets[*i] = t;
+        }
+        check_disjoint_in_files(model, &self.targets)
+    }
+
     /// The tier `key` opens, and whether its licence is what stops it there.
     fn opened_tier(&self, model: &Model, key: &KeySource) -> Result<(u32, bool)> {
         let (_, opened) = self.verify_opened(model, Some(key), &[])?;
@@ -35,7 +131,7 @@ impl ProtectedV2 {
     /// positions of the tiers it reaches.
     pub(crate) fn unlock(&mut self, model: &Model, key: &KeySource) -> Result<Opened> {
         let opened = open(&self.sealed, key)?;
-        unseal(model, self, &opened.keys)?;
+        self.unseal(model, &opened.keys)?;
         Ok(opened)
     }
 
@@ -54,7 +150,7 @@ impl ProtectedV2 {
         let stored_matches = || -> Result<()> {
             let stored = stored_leaves(model, self.sealed.entry.start, self.sealed.header.chunk_size)?;
             if env.restored_tiers == 0 {
-                return Expected::of(self)?.check(&stored);
+                return Expected::of(&self.sealed)?.check(&stored);
             }
             if content_digest(&stored).as_slice() != env.stored_digest.as_slice() {
                 return Err(Modified::Content.into());
@@ -65,16 +161,16 @@ impl ProtectedV2 {
             Some(k) => {
                 let mut p = self.clone();
                 let opened = p.unlock(model, k)?;
-                check_seals(&p, &opened, signers)?;
+                check_seals(&p.sealed, &opened, signers)?;
                 stored_matches()?;
                 if env.restored_tiers > 0 {
-                    Expected::of(&p)?.check(&canonical_leaves(model, &p, &opened)?)?;
+                    Expected::of(&p.sealed)?.check(&canonical_leaves(model, &p, &opened)?)?;
                 }
                 Ok((p.targets, Some(opened)))
             }
             None if !signers.is_empty() && env.restored_tiers > 0 => Err(CoreError::NotSigned(Unsigned::NeedsKey)),
             None => {
-                check_signatures(self, &recorded_digest(self)?, signers)?;
+                check_signatures(&self.sealed, &recorded_digest(&self.sealed)?, signers)?;
                 stored_matches()?;
                 Ok((self.targets.clone(), None))
             }
@@ -206,13 +302,13 @@ impl ProtectedV2 {
         let opened = p.unlock(model, key)?;
         let r = p.sealed.envelope.restored_tiers;
         let to = decryption_tier(&p, &opened, tier)?;
-        check_seals(&p, &opened, signers)?;
+        check_seals(&p.sealed, &opened, signers)?;
         let pending = if r > 0 {
             // The canonical digest needs the restored tiers encrypted again: checked first.
-            Expected::of(&p)?.check(&canonical_leaves(model, &p, &opened)?)?;
+            Expected::of(&p.sealed)?.check(&canonical_leaves(model, &p, &opened)?)?;
             None
         } else {
-            Some(Expected::of(&p)?)
+            Some(Expected::of(&p.sealed)?)
         };
         let full = to == p.sealed.header.tiers;
         let actions = restore_actions(model, &p, &opened, |t| t > r && t <= to, true)?;

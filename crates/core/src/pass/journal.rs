@@ -27,8 +27,8 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use crate::crash;
 use crate::error::{CoreError, OutputRefused, Result};
+use crate::pass::crash;
 
 const MAGIC: &str = "onnx-protect-tail-v2";
 

@@ -7,7 +7,7 @@ use onnx_protect_keys::{passphrase_stanza, Identity, Recipient, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
-use crate::envelope::{stanza_to_pb, Sealed, MAX_RECIPIENTS_LEN, MAX_STANZAS};
+use super::envelope::{stanza_to_pb, Sealed, MAX_RECIPIENTS_LEN, MAX_STANZAS};
 use crate::error::{BadManifest, CoreError, Modified, Result, UnusableKey};
 use crate::keys::{tier_chain, KeySource};
 

@@ -11,11 +11,11 @@ use onnx_protect_keys::{SignerKey, SigningKey, Stanza};
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_proto::Message;
 
-use crate::content::{digest_of, Pass};
-use crate::envelope::{entry_bytes, stanza_to_pb, ProtectedV2};
+use super::envelope::{entry_bytes, stanza_to_pb, Sealed};
+use super::recipients::Opened;
 use crate::error::{BadManifest, CoreError, Modified, Result, Unsigned};
+use crate::pass::content::{digest_of, Pass};
 use crate::pass::{Hash, Out};
-use crate::recipients::Opened;
 
 /// The encoded `Recipients` message of `stanzas`.
 pub(crate) fn encode_recipients(stanzas: &[Stanza]) -> Vec<u8> {
@@ -49,11 +49,11 @@ fn sign_all(keys: &[SigningKey], h: &[u8], r: &[u8], digest: &[u8; 32]) -> Vec<p
         .collect()
 }
 
-/// The envelope of `p` with the signatures of `keys` added (replacing earlier ones of
-/// the same keys).
-pub(crate) fn with_signatures(p: &ProtectedV2, keys: &[SigningKey]) -> Result<pb::Envelope> {
-    let mut env = p.sealed.envelope.clone();
-    let digest = recorded_digest(p)?;
+/// The envelope of `sealed` with the signatures of `keys` added (replacing earlier ones
+/// of the same keys).
+pub(crate) fn with_signatures(sealed: &Sealed, keys: &[SigningKey]) -> Result<pb::Envelope> {
+    let mut env = sealed.envelope.clone();
+    let digest = recorded_digest(sealed)?;
     let new = sign_all(keys, &env.header, &env.recipients, &digest);
     env.signatures.retain(|s| !new.iter().any(|n| n.public_key == s.public_key));
     env.signatures.extend(new);
@@ -95,9 +95,9 @@ pub(crate) fn write_entry(files: &[Option<Out<'_>>], output: &Path, envelope: pb
 /// any are given) over the header, the recipients and the recorded content digest
 /// (docs/format.md §10). They need no content byte, so they are checked before the content
 /// is read: what the header says of it (the external files' lengths) is then authentic.
-pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, signers: &[SignerKey]) -> Result<()> {
-    let env = &p.sealed.envelope;
-    let recorded = recorded_digest(p)?;
+pub(crate) fn check_seals(sealed: &Sealed, opened: &Opened, signers: &[SignerKey]) -> Result<()> {
+    let env = &sealed.envelope;
+    let recorded = recorded_digest(sealed)?;
     for (i, k) in opened.keys.iter().enumerate() {
         let t = i as u32 + 1;
         let mac = env.macs.get(i).ok_or(CoreError::Internal("a tier without a MAC"))?;
@@ -105,12 +105,12 @@ pub(crate) fn check_seals(p: &ProtectedV2, opened: &Opened, signers: &[SignerKey
             return Err(Modified::Mac { tier: t }.into());
         }
     }
-    check_signatures(p, &recorded, signers)
+    check_signatures(sealed, &recorded, signers)
 }
 
 /// The content digest the envelope records (32 bytes: checked when it was parsed).
-pub(crate) fn recorded_digest(p: &ProtectedV2) -> Result<[u8; 32]> {
-    p.sealed.envelope.content_digest.as_slice().try_into().map_err(|_| BadManifest::DigestLength.into())
+pub(crate) fn recorded_digest(sealed: &Sealed) -> Result<[u8; 32]> {
+    sealed.envelope.content_digest.as_slice().try_into().map_err(|_| BadManifest::DigestLength.into())
 }
 
 /// What the covered files in canonical form must hash to (docs/format.md §3, §9, §11):
@@ -124,10 +124,10 @@ pub(crate) struct Expected {
 }
 
 impl Expected {
-    /// What `p`'s content must hash to.
-    pub(crate) fn of(p: &ProtectedV2) -> Result<Expected> {
-        let external = p.sealed.header.external_leaves.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32]));
-        Ok(Expected { digest: recorded_digest(p)?, external: external.collect() })
+    /// What the content of the model `sealed` is the entry of must hash to.
+    pub(crate) fn of(sealed: &Sealed) -> Result<Expected> {
+        let external = sealed.header.external_leaves.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32]));
+        Ok(Expected { digest: recorded_digest(sealed)?, external: external.collect() })
     }
 
     /// Checks the leaves of the covered files (file 0 first): their digest, and the
@@ -168,11 +168,11 @@ impl Expected {
 
 /// Checks the signatures of `signers` over the canonical `digest`: at least one trusted
 /// signer signed, and every signature of a trusted signer verifies.
-pub(crate) fn check_signatures(p: &ProtectedV2, digest: &[u8; 32], signers: &[SignerKey]) -> Result<()> {
+pub(crate) fn check_signatures(sealed: &Sealed, digest: &[u8; 32], signers: &[SignerKey]) -> Result<()> {
     if signers.is_empty() {
         return Ok(());
     }
-    let env = &p.sealed.envelope;
+    let env = &sealed.envelope;
     let msg = signed_message(&env.header, &env.recipients, digest);
     let trusted: HashSet<[u8; 32]> = signers.iter().map(SignerKey::to_bytes).collect();
     let mut found = false;

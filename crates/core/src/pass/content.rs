@@ -11,8 +11,8 @@ use onnx_protect_crypto::{content_digest, FileLeaves};
 use onnx_protect_format::write::{Content, Edit, Plan};
 use onnx_protect_format::{Model, NoProgress, Progress, TensorData};
 
-use crate::action::{edits_with, new_pieces, Action};
 use crate::error::{CoreError, Result};
+use crate::pass::action::{edits_with, new_pieces, Action};
 use crate::pass::{self, FileJob, Hash, Out, PassLeaves};
 use crate::target::Target;
 

@@ -13,12 +13,12 @@ use onnx_protect_format::write::{Content, Edit};
 use onnx_protect_format::{Model, Progress};
 use onnx_protect_proto::v2 as pb;
 
-use crate::action::Action;
-use crate::content::{digest_of, relocations, Pass};
 use crate::error::{CoreError, Result, UnusableKey};
+use crate::format2::seal::{write_entry, Expected};
+use crate::pass::action::Action;
+use crate::pass::content::{digest_of, relocations, Pass};
+use crate::pass::staged::{check_output_as, durable, OutputRules, Outputs};
 use crate::pass::Hash;
-use crate::seal::{write_entry, Expected};
-use crate::staged::{check_output_as, durable, OutputRules, Outputs};
 use crate::target::Target;
 
 /// What becomes of a protected model's manifest entry.

@@ -119,7 +119,7 @@ pub fn read_key_file(path: &Path) -> Result<KeyFile, KeyFileError> {
 /// Refuses a master key recording `recorded` access tiers (`master tiers=N`) for a model
 /// of `tiers` tiers as core's rule does (docs/format.md Appendix A), naming the key (`name`).
 pub fn check_recorded_tiers(name: &str, recorded: u32, tiers: u32) -> Result<(), KeyFileError> {
-    onnx_protect_core::recipients::check_recorded_tiers(recorded, tiers)
+    onnx_protect_core::format2::recipients::check_recorded_tiers(recorded, tiers)
         .map_err(|e| KeyFileError(format!("{name} is {e}")))
 }
 

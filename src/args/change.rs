@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::recipients::EncryptTo;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::rewrap::Remove;
 
 use crate::args::key::{RecipientArgs, SignArgs};

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::protect::{self, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 
 use crate::args::fingerprint::{FingerprintArgs, LockArgs};
 use crate::args::key::{KeyArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::recipients::EncryptTo;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_keys::{Recipient, Stanza, KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519};

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::journal::{self, Recovery};
+use onnx_protect_core::pass::journal::{self, Recovery};
 use onnx_protect_core::rewrap::{rewrap, RewrapOptions, RewrapReport};
 
 use crate::args::change::ChangeArgs;
 use crate::args::key::OpenKeyArgs;
 use crate::args::output::{OutputArgs, WriteArgs};
+use crate::exit::usage;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
@@ -33,7 +34,60 @@ pub struct Args {
     out: OutputArgs,
 }
 
+/// `rewrap DIR --in-place`: every model of a protected model folder rewrapped the same way
+/// (docs/format.md §16).
+fn rewrap_folder(a: &Args) -> Result<ExitCode> {
+    let dir = a.input.display().to_string();
+    if !a.in_place || a.output.is_some() {
+        usage!("{dir} is a model folder, which is rewrapped in place: pass --in-place (and no -o)");
+    }
+    if a.write.force {
+        usage!("{dir} is a model folder, which --force does not apply to; see docs/cli.md#model-folders");
+    }
+    let key = a.key.required()?;
+    let first = onnx_protect_folder::Folder::open(&a.input).ok();
+    let tiers = match (&a.change.add_key_file, &first) {
+        (Some(_), Some(f)) => Some(f.tiers()),
+        _ => None,
+    };
+    let c = a.change.build(tiers)?;
+    let bar = Bar::new(a.out.quiet);
+    let opts = RewrapOptions {
+        add: &c.add,
+        remove: &c.remove,
+        signing_keys: &c.signing_keys,
+        drop_signatures: c.drop_signatures,
+        in_place: true,
+        outputs: a.write.rules(),
+        progress: &bar,
+    };
+    let r = onnx_protect_folder::rewrap(&a.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
+    a.out.report(&r, false, || {
+        let mut t = String::new();
+        for (path, how) in &r.recovered {
+            let what = match how {
+                Recovery::RolledBack => "undid",
+                _ => "finished",
+            };
+            t += &format!("{what} an earlier in-place rewrap of {path} that was interrupted\n");
+        }
+        t += &format!("rewrapped model folder {} (folder id {}):", r.input, r.folder_id);
+        for m in &r.models {
+            let (path, w) = (onnx_protect_core::inspect::printable(&m.path), &m.report);
+            t += &format!("\n  {path}: removed {} and added {} recipient stanza(s)", w.removed, w.added);
+        }
+        if let Some(m) = r.models.first() {
+            t += &format!("\n  recipients now:\n    {}", m.report.recipients.join("\n    "));
+        }
+        t
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.input.is_dir() {
+        return rewrap_folder(&a);
+    }
     let key = a.key.required()?;
     let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.input) } else { None };
     let c = a.change.build(tiers)?;

@@ -60,9 +60,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use onnx_protect_core::error::CoreError;
+use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
-use onnx_protect_core::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
 use onnx_protect_core::OutputRules;

@@ -373,3 +373,33 @@ def test_the_search_screens_at_one_draw_and_confirms_only_the_candidate(data, mo
     assert all(len(p["sizes"]) == 1 and p["stopped_early"] for p in none["points"])
     attack_runs = sum(2 - len(p["sizes"][0]["reused"]) for p in none["points"])
     assert len(runs) == 1 + attack_runs, len(runs)
+
+
+def test_a_point_that_fails_its_confirmation_is_never_recommended(data, monkeypatch):
+    """Screening at one draw only nominates: a point whose confirmation at three draws
+    fails is not chosen and the next point is tried; with none confirmed, none is
+    recommended. The attacks are replaced by a stand-in that holds at one draw and, at
+    three, only from the ``confirmed_from``-th point on (cheapest first)."""
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    points = ("all", "last+first", "last")
+    calls = []
+
+    def stand_in(path, *args, seeds, **kwargs):
+        calls.append((path, seeds))
+        rank = list(dict.fromkeys(p for p, _ in calls)).index(path)
+        holds = seeds == 1 or rank >= confirmed_from
+        return {"holds": holds, "gap": 0.0 if holds else 0.05, "share": 0.5, "seeds": seeds}
+
+    monkeypatch.setattr(assess, "attack", stand_in)
+    confirmed_from = 1
+    r = assess.policy_search(mlp, *data, points=points, seeds=3)
+    assert [(p["point"], p["stage"], p["seeds"], p["holds"]) for p in r["points"]] == [
+        ("last", "confirmation", 3, False), ("last+first", "confirmation", 3, True)]
+    assert r["chosen"] == "last+first" and [s for _, s in calls] == [1, 3, 1, 3]
+
+    calls.clear()
+    confirmed_from = len(points)
+    r = assess.policy_search(mlp, *data, points=points, seeds=3)
+    assert r["chosen"] is None and [s for _, s in calls] == [1, 3] * 3
+    assert [(p["point"], p["stage"], p["holds"]) for p in r["points"]] == [
+        ("last", "confirmation", False), ("last+first", "confirmation", False), ("all", "confirmation", False)]

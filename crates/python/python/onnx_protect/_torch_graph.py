@@ -351,8 +351,8 @@ def input_dtype(model: onnx.ModelProto) -> np.dtype:
     interpreter computes in float32), the input's own type for integers and booleans
     (token ids)."""
     init_names = {t.name for t in model.graph.initializer}
-    value = next(i for i in model.graph.input if i.name not in init_names)
-    elem = value.type.tensor_type.elem_type
+    value = next((i for i in model.graph.input if i.name not in init_names), None)
+    elem = value.type.tensor_type.elem_type if value is not None else 0
     if not elem or elem in FLOAT_TYPES:
         return np.dtype(np.float32)
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))

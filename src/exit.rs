@@ -188,12 +188,30 @@ fn code_of(cause: &(dyn Error + 'static)) -> Option<u8> {
     }
     if let Some(f) = cause.downcast_ref::<FileError>() {
         return match f.kind() {
-            // The core (or bundle) error is the next cause in the chain.
-            FileErrorKind::Core | FileErrorKind::Bundle => None,
+            // The core, bundle or folder error is the next cause in the chain.
+            FileErrorKind::Core | FileErrorKind::Bundle | FileErrorKind::Folder => None,
             FileErrorKind::SharedOutput | FileErrorKind::Io => Some(FAILURE),
+            FileErrorKind::FolderOperation => Some(USAGE),
         };
     }
+    if let Some(f) = cause.downcast_ref::<onnx_protect_folder::FolderError>() {
+        return folder_code(f.kind());
+    }
     None
+}
+
+/// The exit code of a kind of folder error; `None` for a model's own error, the next
+/// cause in the chain (a folder's models are refused as a model alone is).
+fn folder_code(kind: onnx_protect_folder::ErrorKind) -> Option<u8> {
+    use onnx_protect_folder::ErrorKind as K;
+    Some(match kind {
+        K::Model => return None,
+        K::Modified => MODIFIED,
+        K::Invalid => BAD_MODEL,
+        K::Options => USAGE,
+        K::Io | K::Output => FAILURE,
+        _ => FAILURE,
+    })
 }
 
 fn format_code(k: FormatKind) -> u8 {

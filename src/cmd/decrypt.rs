@@ -50,14 +50,61 @@ pub struct Args {
     out: OutputArgs,
 }
 
+/// `decrypt DIR -o OUT`: a protected model folder decrypted into a new folder (docs/format.md §16).
+fn decrypt_folder(a: &Args) -> Result<ExitCode> {
+    let dir = a.input.display().to_string();
+    let refused = [
+        (a.in_place, "--in-place"),
+        (a.stdout, "--stdout"),
+        (a.external.is_some(), "--external"),
+        (a.write.force, "--force"),
+    ];
+    if let Some((_, option)) = refused.iter().find(|(given, _)| *given) {
+        usage!("{dir} is a model folder, which {option} does not apply to; see docs/cli.md#model-folders");
+    }
+    let Some(output) = a.output.as_deref().filter(|o| !is_stdio(o)) else {
+        usage!(
+            "{dir} is a model folder: give the new folder to write with -o OUT (every model under a directory \
+             that is not a protected folder: onnx-protect batch decrypt --dir {dir} --out-dir OUT)"
+        );
+    };
+    let key = a.key.required()?;
+    let signers = a.signers.signers()?;
+    let bar = Bar::new(a.out.quiet);
+    let opts = DecryptOptions { sync: a.sync, signers: &signers, progress: &bar, ..DecryptOptions::default() };
+    let r = onnx_protect_folder::decrypt(&a.input, output, &key, a.tier, &opts).map_err(|e| {
+        // A directory that is no protected folder may hold models protected one by one.
+        use onnx_protect_folder::FolderError as F;
+        let alone = matches!(&e, F::NoModel { .. } | F::NotBound { .. })
+            || matches!(&e, F::Model { source, .. } if source.kind() == onnx_protect_core::error::ErrorKind::NotProtected);
+        let hint = if alone {
+            format!(
+                " (not a protected model folder; models protected one by one: onnx-protect batch decrypt --dir {dir} \
+                 --out-dir OUT)"
+            )
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!("decrypt {dir}{hint}"))
+    })?;
+    for m in &r.models {
+        a.out.warn(m.report.warning);
+    }
+    a.out.report(&r, false, || {
+        let mut t = format!("decrypted model folder {} -> {}", r.input, r.output);
+        for m in &r.models {
+            let (path, d) = (onnx_protect_core::inspect::printable(&m.path), &m.report);
+            t += &format!("\n  {path}: {} bytes in {} tensors", d.decrypted_bytes, d.tensors);
+        }
+        t + &format!("\n  copied {} other file(s), each checked against its hash", r.files.len())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `decrypt`.
 pub fn run(a: Args) -> Result<ExitCode> {
     if !is_stdio(&a.input) && a.input.is_dir() {
-        let dir = a.input.display();
-        usage!(
-            "{dir} is a directory; decrypt takes one model file (every model under a directory: \
-             onnx-protect batch decrypt --dir {dir} --out-dir OUT, with the same key option)"
-        );
+        return decrypt_folder(&a);
     }
     let key = a.key.required()?;
     let signers = a.signers.signers()?;

@@ -162,12 +162,8 @@ fn encrypt_text(r: &protect::EncryptReport, verbose: bool, dry_run: bool) -> Str
     t + &lock_text(r.lock.as_ref())
 }
 
-/// `encrypt`.
-pub fn run(a: Args) -> Result<ExitCode> {
-    let policy = a.policy.build()?;
-    if a.dry_run {
-        return encrypt_dry_run(&a, &policy);
-    }
+/// Everyone the model (or folder) is encrypted to, from the key and recipient options.
+fn encrypt_to(a: &Args, policy: &onnx_protect_select::Policy) -> Result<EncryptTo> {
     let to = EncryptTo {
         master: a.key.optional_master_for(policy.tiers)?,
         recipients: a.recipients.recipients()?,
@@ -181,6 +177,66 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "give a key (--key-file, --key-env, --passphrase-env, --passphrase-file) or a --recipient to encrypt to"
         );
     }
+    Ok(to)
+}
+
+/// `encrypt DIR -o OUT`: every model of a model folder under one data key, the other files
+/// copied (docs/format.md §16).
+fn encrypt_folder(a: &Args, policy: &onnx_protect_select::Policy) -> Result<ExitCode> {
+    let dir = a.input.display().to_string();
+    let refused = [
+        (a.in_place, "--in-place"),
+        (a.dry_run, "--dry-run"),
+        (a.lock.lock_outputs, "--lock-outputs"),
+        (a.fingerprint.fingerprint.is_some(), "--fingerprint"),
+        (a.write.force, "--force"),
+    ];
+    if let Some((_, option)) = refused.iter().find(|(given, _)| *given) {
+        usage!("{dir} is a model folder, which {option} does not apply to; see docs/cli.md#model-folders");
+    }
+    let Some(output) = a.output.as_deref().filter(|o| !is_stdio(o)) else {
+        usage!("{dir} is a model folder: give the new folder to write with -o OUT");
+    };
+    let to = encrypt_to(a, policy)?;
+    let signing_keys = a.sign.keys()?;
+    let bar = Bar::new(a.out.quiet);
+    let opts = EncryptOptions {
+        sync: a.sync,
+        allow_empty: a.allow_empty,
+        secret_positions: a.positions == "secret",
+        signing_keys: &signing_keys,
+        licence: a.licence_authority.requirement()?,
+        progress: &bar,
+        ..EncryptOptions::new(policy)
+    };
+    let r = onnx_protect_folder::encrypt(&a.input, output, &to, &opts).with_context(|| format!("encrypt {dir}"))?;
+    for m in &r.models {
+        for w in &m.report.warnings {
+            a.out.warn(Some(&format!("{}: {w}", m.path)));
+        }
+    }
+    a.out.report(&r, false, || {
+        let mut t = format!("protected model folder {} -> {} (folder id {})", r.input, r.output, r.folder_id);
+        for m in &r.models {
+            let text = encrypt_text(&m.report, a.verbose, false).replace('\n', "\n    ");
+            t += &format!("\n  {}: {text}", onnx_protect_core::inspect::printable(&m.path));
+        }
+        let bytes: u64 = r.files.iter().map(|f| f.length).sum();
+        t + &format!("\n  copied {} other file(s) unchanged ({bytes} bytes)", r.files.len())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `encrypt`.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let policy = a.policy.build()?;
+    if !is_stdio(&a.input) && a.input.is_dir() {
+        return encrypt_folder(&a, &policy);
+    }
+    if a.dry_run {
+        return encrypt_dry_run(&a, &policy);
+    }
+    let to = encrypt_to(&a, &policy)?;
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
     let mut fingerprint = prepare_fingerprint(&a.fingerprint, &a.lock, input.path(), &input_name(&a.input))?;

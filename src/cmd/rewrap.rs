@@ -45,6 +45,8 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
         usage!("{dir} is a model folder, which --force does not apply to; see docs/cli.md#model-folders");
     }
     let key = a.key.required()?;
+    // Interrupted rewraps are finished first, and said (opening the folder does it silently).
+    let recovered = onnx_protect_folder::recover(&a.input).with_context(|| format!("rewrap {dir}"))?;
     let first = onnx_protect_folder::Folder::open(&a.input).ok();
     let tiers = match (&a.change.add_key_file, &first) {
         (Some(_), Some(f)) => Some(f.tiers()),
@@ -61,7 +63,8 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
         outputs: a.write.rules(),
         progress: &bar,
     };
-    let r = onnx_protect_folder::rewrap(&a.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
+    let mut r = onnx_protect_folder::rewrap(&a.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
+    r.recovered.splice(0..0, recovered);
     a.out.report(&r, false, || {
         let mut t = String::new();
         for (path, how) in &r.recovered {

@@ -23,8 +23,40 @@ pub struct Args {
     out: OutputArgs,
 }
 
+/// `verify DIR`: a protected model folder (docs/format.md §16).
+fn verify_folder(a: &Args) -> Result<ExitCode> {
+    let key = a.key.source()?;
+    let bar = Bar::new(a.out.quiet);
+    let signers = a.signers.signers()?;
+    let r = onnx_protect_folder::verify(&a.input, key.as_ref(), &signers, &bar)
+        .with_context(|| format!("verify {}", a.input.display()))?;
+    for m in &r.models {
+        a.out.warn(m.report.warning);
+    }
+    a.out.report(&r, false, || {
+        let how = if key.is_some() {
+            "every byte and the MACs verified with the key"
+        } else {
+            "every byte matches the digests (keyless)"
+        };
+        let mut t = format!("ok: model folder {} (folder id {}): its bindings agree; {how}", r.input, r.folder_id);
+        for m in &r.models {
+            let (path, v) = (onnx_protect_core::inspect::printable(&m.path), &m.report);
+            t += &format!("\n  {path}: {} tensors, {} encrypted bytes", v.tensors, v.encrypted_bytes);
+            if !v.signers.is_empty() {
+                t += &format!("; signed by {}", v.signers.join(", "));
+            }
+        }
+        t + &format!("\n  {} other file(s) match their hashes", r.files.len())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `verify`.
 pub fn run(a: Args) -> Result<ExitCode> {
+    if !stdio::is_stdio(&a.input) && a.input.is_dir() {
+        return verify_folder(&a);
+    }
     let key = a.key.source()?;
     let input = stdio::Input::new(&a.input)?;
     let bar = Bar::new(a.out.quiet);

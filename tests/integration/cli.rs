@@ -141,8 +141,8 @@ fn rewrap_of_a_signed_model_names_the_options_that_resolve_it() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// `decrypt` of a directory says it takes one model and points to `batch decrypt --dir`,
-/// exit 2, writing nothing.
+/// `decrypt` of a directory that is no protected model folder (docs/cli.md#model-folders)
+/// says so and points to `batch decrypt --dir`, exit 3 (no model in it), writing nothing.
 #[test]
 fn decrypt_of_a_directory_points_to_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,9 +153,10 @@ fn decrypt_of_a_directory_points_to_batch() {
     let out = dir.path().join("out.onnx");
     let (code, _, err) =
         run(&["decrypt", models.to_str().unwrap(), "-o", out.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 3, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: ") && err.contains(models.to_str().unwrap()), "{err}");
+    assert!(err.contains("not a protected model folder"), "{err}");
     assert!(err.contains(&format!("batch decrypt --dir {}", models.display())), "{err}");
     assert!(!out.exists());
 }

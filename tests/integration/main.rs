@@ -10,6 +10,7 @@ mod device_keys;
 mod error_paths;
 mod fixtures;
 mod float6;
+mod folder;
 mod key_files;
 mod licences;
 mod malformed;

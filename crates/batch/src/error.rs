@@ -83,6 +83,13 @@ pub enum FileError {
     /// Signing the model (a bundle beside it) failed.
     #[error("{0}")]
     Bundle(#[from] onnx_protect_bundle::BundleError),
+    /// Encrypting, decrypting or verifying a model folder failed (the
+    /// [`onnx_protect_folder::FolderError`] is also the source).
+    #[error("{}", onnx_protect_core::error::with_causes(.0))]
+    Folder(#[from] onnx_protect_folder::FolderError),
+    /// An operation that does not take a model folder was given one.
+    #[error("batch {op} does not take a model folder; run {op} on each of its models instead")]
+    FolderOperation { op: &'static str },
 }
 
 /// The kind of a [`FileError`]. Exhaustive on purpose.
@@ -94,6 +101,10 @@ pub enum FileErrorKind {
     Io,
     /// A [`onnx_protect_bundle::BundleError`] (its source).
     Bundle,
+    /// A [`onnx_protect_folder::FolderError`] (its source).
+    Folder,
+    /// A model folder given to an operation that does not take one.
+    FolderOperation,
 }
 
 impl FileError {
@@ -104,17 +115,23 @@ impl FileError {
             FileError::SharedOutput { .. } => FileErrorKind::SharedOutput,
             FileError::Io { .. } => FileErrorKind::Io,
             FileError::Bundle(_) => FileErrorKind::Bundle,
+            FileError::Folder(_) => FileErrorKind::Folder,
+            FileError::FolderOperation { .. } => FileErrorKind::FolderOperation,
         }
     }
 
     /// A short, stable name of the failure for reports: the core error's kind
-    /// (`wrong_key`, `modified`, `truncated`, ...), `shared_output` or `io`.
+    /// (`wrong_key`, `modified`, `truncated`, ...), a folder error's
+    /// ([`onnx_protect_folder::FolderError::name`]), `shared_output`, `folder_operation` or
+    /// `io`.
     pub fn name(&self) -> &'static str {
         match self {
             FileError::Core(c) => c.kind().as_str(),
             FileError::SharedOutput { .. } => "shared_output",
             FileError::Io { .. } => "io",
             FileError::Bundle(_) => "bundle",
+            FileError::Folder(f) => f.name(),
+            FileError::FolderOperation { .. } => "folder_operation",
         }
     }
 }

@@ -70,6 +70,7 @@ use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_keys::{Identity, SigningKey};
 use onnx_protect_select::Policy;
 
+use error::file_io;
 pub use error::{BatchError, BatchErrorKind, FileError, FileErrorKind};
 pub use list::{hash_shard, Inputs, Item, Shard, ShardBy};
 pub use record::RECORD_VERSION;
@@ -351,6 +352,9 @@ pub fn run(opts: &Options<'_>, observer: &dyn Observer) -> Result<Summary, Batch
 
 impl Job<'_> {
     fn run(&self, item: &Item, o: &mut Outcome) -> Result<Status, FileError> {
+        if item.input.is_dir() {
+            return self.run_folder(item, o);
+        }
         let model = Model::open(&item.input).map_err(CoreError::from)?;
         let Some(out_dir) = &self.opts.out_dir else {
             // No resume records without an output directory, so no need to hash the whole input.
@@ -460,6 +464,110 @@ impl Job<'_> {
         };
         record::write_record(&record::record_path(out_dir, &item.rel), &rec)?;
         Ok(Status::Ok)
+    }
+
+    /// A model folder (docs/format.md §16): encrypted, decrypted or verified whole, into
+    /// the folder `OUT/<rel>`; its record lists every file of that folder.
+    fn run_folder(&self, item: &Item, o: &mut Outcome) -> Result<Status, FileError> {
+        let op = self.opts.operation.name();
+        if !matches!(
+            self.opts.operation,
+            Operation::Encrypt { .. } | Operation::Decrypt { .. } | Operation::Verify { .. }
+        ) {
+            return Err(FileError::FolderOperation { op });
+        }
+        let (input_bytes, digest) = record::folder_digest(&item.input)?;
+        o.input_bytes = input_bytes;
+        let sync = self.opts.sync;
+        let Some(out_dir) = &self.opts.out_dir else {
+            if let Operation::Verify { key } = self.opts.operation {
+                onnx_protect_folder::verify(&item.input, key, &[], &NoProgress)?;
+                return Ok(Status::Ok);
+            }
+            return Err(CoreError::Internal("a batch operation that writes outputs without an output directory").into());
+        };
+        let output = out_dir.join(&item.rel);
+        let writes = !matches!(self.opts.operation, Operation::Verify { .. });
+        if writes {
+            o.output = Some(output.clone());
+        }
+        if !self.opts.force && record::finished(out_dir, &item.rel, op, &self.settings, &digest) {
+            o.output_bytes = match writes {
+                true => {
+                    record::files_under(&output)?.iter().filter_map(|(_, p)| p.metadata().ok()).map(|m| m.len()).sum()
+                }
+                false => 0,
+            };
+            return Ok(Status::Skipped);
+        }
+        if writes {
+            self.claim(std::slice::from_ref(&output), &item.rel)?;
+            if let Some(parent) = output.parent() {
+                std::fs::create_dir_all(parent).map_err(file_io("create the directory", parent))?;
+            }
+        }
+        let aside = if writes { self.set_aside(out_dir, &output, &item.rel)? } else { None };
+        let done = match self.opts.operation {
+            Operation::Encrypt { key, policy } => {
+                let opts = EncryptOptions { sync, ..EncryptOptions::new(policy) };
+                onnx_protect_folder::encrypt(&item.input, &output, &EncryptTo::key(key.clone()), &opts).map(drop)
+            }
+            Operation::Decrypt { key } => {
+                let opts = DecryptOptions { sync, ..DecryptOptions::default() };
+                onnx_protect_folder::decrypt(&item.input, &output, key, None, &opts).map(drop)
+            }
+            Operation::Verify { key } => onnx_protect_folder::verify(&item.input, key, &[], &NoProgress).map(drop),
+            _ => return Err(FileError::FolderOperation { op }),
+        };
+        if let Some(old) = aside {
+            // The earlier output goes back when the new one failed (nothing of it is left),
+            // and is removed once the new one is in place.
+            match &done {
+                Err(_) => std::fs::rename(&old, &output).map_err(file_io("restore", &output))?,
+                Ok(()) => std::fs::remove_dir_all(&old).map_err(file_io("remove", &old))?,
+            }
+        }
+        done?;
+        let mut records = Vec::new();
+        if writes {
+            for (rel, p) in record::files_under(&output)? {
+                let (bytes, blake3) = record::blake3_file(&p)?;
+                o.output_bytes += bytes;
+                records.push(record::OutputRecord { path: format!("{}/{rel}", item.rel), bytes, blake3 });
+            }
+        }
+        let rec = record::Record {
+            version: RECORD_VERSION,
+            op: op.to_string(),
+            settings: self.settings.clone(),
+            input_blake3: digest,
+            input_bytes,
+            outputs: records,
+        };
+        record::write_record(&record::record_path(out_dir, &item.rel), &rec)?;
+        Ok(Status::Ok)
+    }
+
+    /// Moves an existing output folder of `rel` out of the way when an earlier run's record
+    /// names every file in it, or with `force`; its new name (a sibling whose name starts
+    /// with [`STATE_DIR_PREFIX`]) is returned. An empty or missing output stays as it is;
+    /// another one is refused by the folder operation.
+    fn set_aside(&self, out_dir: &Path, output: &Path, rel: &str) -> Result<Option<PathBuf>, FileError> {
+        if !output.is_dir() || std::fs::read_dir(output).map_err(file_io("read directory", output))?.next().is_none() {
+            return Ok(None);
+        }
+        let recorded = record::recorded_outputs(out_dir, rel);
+        let files = record::files_under(output)?;
+        if !self.opts.force && !files.iter().all(|(_, p)| recorded.contains(p)) {
+            return Ok(None);
+        }
+        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let old = output.with_file_name(format!("{STATE_DIR_PREFIX}-old-{name}-{}", std::process::id()));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(file_io("remove", &old))?;
+        }
+        std::fs::rename(output, &old).map_err(file_io("move aside", output))?;
+        Ok(Some(old))
     }
 
     /// Claims `outputs` for `rel`; an output another model of this run writes is refused.

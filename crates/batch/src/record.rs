@@ -80,6 +80,49 @@ pub(crate) fn input_digest(model: &Model) -> Result<(u64, String), FileError> {
     Ok((total, hex(c.finalize().as_bytes())))
 }
 
+/// The regular files under the directory `dir` (recursively), by `/`-separated path
+/// relative to it, sorted by bytes; links and special files are left out.
+pub(crate) fn files_under(dir: &Path) -> Result<Vec<(String, PathBuf)>, FileError> {
+    fn visit(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), FileError> {
+        for e in std::fs::read_dir(dir).map_err(file_io("read directory", dir))? {
+            let e = e.map_err(file_io("read directory", dir))?;
+            let path = e.path();
+            let rel = format!("{prefix}{}", e.file_name().to_string_lossy());
+            let ft = e.file_type().map_err(file_io("stat", &path))?;
+            if ft.is_dir() {
+                visit(&path, &format!("{rel}/"), out)?;
+            } else if ft.is_file() {
+                out.push((rel, path));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    visit(dir, "", &mut out)?;
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(out)
+}
+
+/// Size and BLAKE3 digest over every regular file of a model folder, in path order, each
+/// preceded by the length of its relative path, the path and its length.
+pub(crate) fn folder_digest(dir: &Path) -> Result<(u64, String), FileError> {
+    let mut c = blake3::Hasher::new();
+    let mut total = 0u64;
+    for (rel, path) in files_under(dir)? {
+        let mut f = std::fs::File::open(&path).map_err(file_io("open", &path))?;
+        let len = f.metadata().map_err(file_io("stat", &path))?.len();
+        c.update(&(rel.len() as u64).to_be_bytes());
+        c.update(rel.as_bytes());
+        c.update(&len.to_be_bytes());
+        let n = std::io::copy(&mut f, &mut c).map_err(file_io("read", &path))?;
+        if n != len {
+            return Err(file_io("read", &path)(std::io::Error::other("the file changed while it was read")));
+        }
+        total += n;
+    }
+    Ok((total, hex(c.finalize().as_bytes())))
+}
+
 pub(crate) fn record_path(out_dir: &Path, rel: &str) -> PathBuf {
     out_dir.join(STATE_DIR).join("done").join(format!("{rel}.json"))
 }

@@ -54,8 +54,8 @@ pub use binding::{file_hash, FILE_HASH_DOMAIN, FOLDER_ID_LEN, MAX_MODELS};
 pub use error::{ErrorKind, FolderError, Result};
 pub use folder::{CopiedFile, Folder, FolderModel};
 pub use ops::{
-    decrypt, encrypt, rewrap, verify, DecryptedFolder, EncryptedFolder, FileEntry, ModelReport, RewrappedFolder,
-    VerifiedFolder,
+    decrypt, encrypt, recover, rewrap, verify, DecryptedFolder, EncryptedFolder, FileEntry, ModelReport,
+    RewrappedFolder, VerifiedFolder,
 };
 pub use path::MAX_PATH_LEN;
 pub use walk::{MAX_DEPTH, MAX_FILES};

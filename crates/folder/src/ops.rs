@@ -276,6 +276,26 @@ pub fn verify(
     })
 }
 
+/// Finishes (or undoes) the in-place rewrite of every model of the folder `input` (every
+/// file named `*.onnx`) that a crash interrupted, as
+/// [`onnx_protect_core::pass::journal::recover`] does for one model; returns the models it
+/// acted on (relative path, what was done). [`Folder::open`] does the same silently.
+pub fn recover(input: &Path) -> Result<Vec<(String, Recovery)>> {
+    let meta = std::fs::metadata(input).map_err(io(input))?;
+    if !meta.is_dir() {
+        return Err(FolderError::NotADirectory { path: input.to_path_buf() });
+    }
+    let root = input.canonicalize().map_err(io(input))?;
+    let mut recovered = Vec::new();
+    for f in walk(&root)?.iter().filter(|f| is_model_name(&f.rel)) {
+        match onnx_protect_core::pass::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
+            Recovery::Nothing => {}
+            r => recovered.push((f.rel.clone(), r)),
+        }
+    }
+    Ok(recovered)
+}
+
 /// Rewraps every model of the protected folder `input` in place, the same way (`opts`,
 /// whose `in_place` must be set), after [`Folder::open`]'s checks and a check that `key`
 /// opens every model at its top tier, so that every model keeps the same recipients. Each
@@ -288,16 +308,7 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
     }
     // An earlier rewrap of a model that a crash interrupted is finished (or undone) first,
     // and said.
-    let mut recovered = Vec::new();
-    if input.is_dir() {
-        let root = input.canonicalize().map_err(io(input))?;
-        for f in walk(&root)?.iter().filter(|f| is_model_name(&f.rel)) {
-            match onnx_protect_core::pass::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
-                Recovery::Nothing => {}
-                r => recovered.push((f.rel.clone(), r)),
-            }
-        }
-    }
+    let recovered = recover(input)?;
     let folder = Folder::open(input)?;
     for m in folder.models() {
         let model = onnx_protect_core::protection::open_protected(&m.abs, opts.progress)

@@ -139,11 +139,21 @@ def test_a_changed_missing_extra_or_swapped_file_of_the_folder_is_refused(folder
     (bad / "chat_template.jinja").write_text("{{ messages }}")
     with pytest.raises(op.Modified, match="chat_template.jinja"):
         opg.Model(bad, key_file=key)
-    # The int4 model in the fp32 folder's place (both under the same key): another
-    # folder encryption.
-    bad = _copy(folders["fp32"][1], tmp_path / "swapped")
-    for name in ("model.onnx", "model.onnx.data"):
-        shutil.copyfile(protected / name, bad / name)
+    # A folder of two models (the decoder and another ONNX file beside it), encrypted twice:
+    # the models swapped within one, and one model of the other encryption put in.
+    two = tmp_path / "two-plain"
+    shutil.copytree(folders["int4"][0], two)
+    shutil.copyfile(ROOT / "fixtures" / "models" / "cnn_torch" / "model.onnx", two / "aux.onnx")
+    first, second = protect(two, tmp_path / "two-a", key), protect(two, tmp_path / "two-b", key)
+    generate(opg.Model(first, key_file=key))  # the folder as protected loads
+    bad = _copy(first, tmp_path / "swapped")
+    (bad / "aux.onnx").rename(bad / "tmp.onnx")
+    (bad / "model.onnx").rename(bad / "aux.onnx")
+    (bad / "tmp.onnx").rename(bad / "model.onnx")
+    with pytest.raises(op.Modified):
+        opg.Model(bad, key_file=key)
+    bad = _copy(first, tmp_path / "mixed")
+    shutil.copyfile(second / "aux.onnx", bad / "aux.onnx")
     with pytest.raises(op.Modified):
         opg.Model(bad, key_file=key)
     after = set(pathlib.Path(tempfile.gettempdir()).glob("onnx-protect-genai-*"))
@@ -185,12 +195,19 @@ def test_a_wrong_key_and_a_missing_licence_are_refused_as_by_inference_session(f
     ],
 )
 def test_a_configuration_that_writes_the_model_to_disk_is_refused(folders, tmp_path, entry):
-    _, protected, key = folders["fp32"]
-    bad = _copy(protected, tmp_path / "bad")
+    plain, _, key = folders["fp32"]
+    bad = _copy(plain, tmp_path / "plain")
     cfg = json.loads((bad / "genai_config.json").read_text())
     cfg["model"]["decoder"].setdefault("session_options", {}).update(entry)
     (bad / "genai_config.json").write_text(json.dumps(cfg))
+    protected = protect(bad, tmp_path / "protected", key)
     with pytest.raises(op.UnsafeSessionOptions):
+        opg.Model(protected, key_file=key)
+    # Changed after protection, the configuration is refused as a changed file.
+    _, protected, key = folders["fp32"]
+    bad = _copy(protected, tmp_path / "changed")
+    (bad / "genai_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(op.Modified, match="genai_config.json"):
         opg.Model(bad, key_file=key)
 
 

@@ -170,8 +170,10 @@ const SCHEMAS: Record<string, Array<[number, string, Kind]>> = {
     [5, "chunk_size", "u64"], [6, "external_files", "rstring"], [7, "tool", "string"], [8, "policy_summary", "string"],
     [9, "positions", "u32"], [10, "external_sizes", "ru64"], [11, "label_lock", "msg:LabelLock"],
     [12, "licence_authority", "bytes"], [13, "model_id", "string"], [14, "original_external_files", "rstring"],
-    [15, "external_leaves", "bytes"],
+    [15, "external_leaves", "bytes"], [16, "folder", "msg:FolderBinding"],
   ],
+  FolderBinding: [[1, "folder_id", "bytes"], [2, "path", "string"], [3, "models", "rstring"], [4, "files", "rmsg:FolderFile"]],
+  FolderFile: [[1, "path", "string"], [2, "length", "u64"], [3, "hash", "bytes"]],
   TensorEntry: [
     [1, "stream_id", "u64"], [2, "locator", "string"], [3, "name", "string"], [4, "data_type", "i32"],
     [5, "storage", "i32"], [6, "nbytes", "u64"], [7, "mode", "i32"], [8, "spans", "ru64"], [9, "tier", "u32"],

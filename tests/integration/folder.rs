@@ -282,3 +282,73 @@ fn options_and_inputs_a_folder_cannot_take_are_refused() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(contents(&out).len(), 1);
 }
+
+/// A folder with access tiers: a tier-1 key decrypts tier 1 of every model (`--tier` as for
+/// a model), the result is a folder of partly decrypted models that still verifies, and the
+/// top key gives the original folder back.
+#[test]
+fn a_tier_key_decrypts_its_tier_of_every_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = plain_folder(dir.path());
+    let key = dir.path().join("k.key");
+    assert_eq!(run(&["keygen", "-o", path_str(&key), "--tiers", "2", "-q"]).0, 0);
+    let tier1 = dir.path().join("k.key.tier1");
+    let out = dir.path().join("protected");
+    let (code, _, err) = run(&[
+        "encrypt",
+        path_str(&plain),
+        "-o",
+        path_str(&out),
+        "--key-file",
+        path_str(&key),
+        "--tiers",
+        "2",
+        "--mode",
+        "*=fp",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let part = dir.path().join("part");
+    let (code, _, err) =
+        run(&["decrypt", path_str(&out), "-o", path_str(&part), "--key-file", path_str(&tier1), "--tier", "1", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (stored, partial) = (contents(&out), contents(&part));
+    assert_ne!(stored["vision/model.onnx"], partial["vision/model.onnx"]);
+    assert_eq!(stored["tokenizer.json"], partial["tokenizer.json"]);
+    let (code, _, err) = run(&["verify", path_str(&part), "--key-file", path_str(&tier1)]);
+    assert_eq!(code, 0, "{err}");
+    let back = dir.path().join("back");
+    let (code, _, err) = run(&["decrypt", path_str(&part), "-o", path_str(&back), "--key-file", path_str(&key), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(contents(&back), contents(&plain));
+}
+
+/// The publisher's key signs every model of the folder; `verify --signer` checks each, and
+/// another publisher's key is refused (exit 5).
+#[test]
+fn every_model_of_a_folder_is_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = plain_folder(dir.path());
+    let key = keygen_in(dir.path());
+    let signer = |name: &str| {
+        let sk = dir.path().join(name);
+        assert_eq!(run(&["keygen", "--signing", "-o", path_str(&sk), "-q"]).0, 0);
+        let text = std::fs::read_to_string(&sk).unwrap();
+        let public = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_string();
+        (sk, public)
+    };
+    let ((sk, public), (_, other)) = (signer("a.sign"), signer("b.sign"));
+    let out = dir.path().join("protected");
+    let (p, o, k) = (path_str(&plain), path_str(&out), path_str(&key));
+    let (code, _, err) = run(&["encrypt", p, "-o", o, "--key-file", k, "--sign-key", path_str(&sk), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, json, err) = run(&["verify", o, "--signer", &public, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for m in v["models"].as_array().unwrap() {
+        assert_eq!(m["signers"], serde_json::json!([public.clone()]), "{v}");
+    }
+    let (code, _, err) = run(&["verify", o, "--signer", &other]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("decoder.onnx"), "{err}");
+}

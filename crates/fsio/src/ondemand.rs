@@ -327,6 +327,19 @@ impl OnDemand {
         }
     }
 
+    /// Drops every filled block (after [`settle`](Self::settle): a block read again is
+    /// filled again, with the same bytes, and a fill that fails then ends the process, as
+    /// any fill after `settle` does). For a reader that has taken what it needs from the
+    /// region (a session that packed its own copy of the weights): the memory held falls to
+    /// what is read from now on.
+    pub fn trim(&self) {
+        let mut st = lock(&self.region.state);
+        let filled: Vec<usize> = st.book.order.drain(..).collect();
+        for b in filled {
+            self.region.drop_block(&mut st.book, b);
+        }
+    }
+
     /// Bytes of filled blocks now in the region.
     pub fn resident(&self) -> usize {
         lock(&self.region.state).book.resident

@@ -165,6 +165,26 @@ fn settled_regions_keep_what_they_fill() {
 }
 
 #[test]
+fn trimming_a_settled_region_drops_every_block_and_a_read_fills_it_again() {
+    both(|moving| {
+        let len = 24 * BLOCK + 100;
+        let (r, fills) = region(len, 64 * BLOCK, moving);
+        assert_eq!(r.settle(), Ok(()));
+        check(&r, len);
+        assert_eq!(r.resident(), 25 * BLOCK);
+        let before = fills.load(Ordering::SeqCst);
+        r.trim();
+        assert_eq!(r.resident(), 0);
+        // Read again: the same bytes, each block filled once more, and they stay.
+        check(&r, len);
+        assert_eq!(fills.load(Ordering::SeqCst) - before, 25);
+        assert_eq!(r.resident(), 25 * BLOCK);
+        check(&r, len);
+        assert_eq!(fills.load(Ordering::SeqCst) - before, 25);
+    });
+}
+
+#[test]
 fn settling_drops_the_blocks_filled_ahead_that_nothing_read() {
     both(|moving| {
         let len = 40 * BLOCK;

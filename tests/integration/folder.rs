@@ -352,3 +352,34 @@ fn every_model_of_a_folder_is_signed() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("decoder.onnx"), "{err}");
 }
+
+/// A folder as an item of `batch --list`: encrypted and verified whole; a changed file of
+/// it fails the run with the folder's exit code (5), and `batch rekey` refuses it (2).
+#[test]
+fn batch_takes_a_folder_from_its_list() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_folder(dir.path());
+    let key = keygen_in(dir.path());
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "plain\n").unwrap();
+    let (enc, k) = (dir.path().join("enc"), path_str(&key));
+    let batch = |op: &str, base: &Path, out: &Path, extra: &[&str]| {
+        let mut args =
+            vec!["batch", op, "--list", path_str(&list), "--base", path_str(base), "--out-dir", path_str(out)];
+        args.extend(extra);
+        args.extend(["--key-file", k, "--json"]);
+        run(&args)
+    };
+    let (code, out, err) = batch("encrypt", dir.path(), &enc, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(contents(&enc.join("plain")).len(), contents(&dir.path().join("plain")).len());
+    let (code, out, err) = batch("verify", &enc, &dir.path().join("v"), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(enc.join("plain/tokenizer.json"), b"{}").unwrap();
+    let (code, out, err) = batch("verify", &enc, &dir.path().join("v2"), &[]);
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("\"error_kind\": \"modified\"") || out.contains("\"error_kind\":\"modified\""), "{out}");
+    let (code, out, err) = batch("rekey", &enc, &dir.path().join("r"), &["--new-key-file", k]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("folder_operation"), "{out}");
+}

@@ -401,7 +401,7 @@ fn external_data_encrypted_into_the_same_folder_gets_its_own_names_and_decrypts_
     // In memory too: the original model bytes, the data under the original names.
     let key =
         KeySource::Key(onnx_protect_crypto::KeyFile::parse(&std::fs::read(&keyfile).unwrap()).unwrap().into_key());
-    let mem = onnx_protect_core::memory::decrypt_in_memory(&enc, &key).unwrap();
+    let mem = onnx_protect_core::memory::InMemory::file(&enc, &key).load().unwrap();
     assert_eq!(&mem[..], &before[0][..]);
     let names: Vec<&str> = mem.external().keys().map(String::as_str).collect();
     assert_eq!(names, ["extra.bin", "weights.bin"]);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory, Method};
+use onnx_protect_core::memory::{InMemory, Method};
 use onnx_protect_core::protect::{decrypt_tier, encrypt, protection_view, DecryptOptions, EncryptOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
@@ -43,7 +43,7 @@ fn every_fixture_decrypts_in_memory_byte_identically() {
             let dir = tempfile::tempdir().unwrap();
             let enc = protect(model, dir.path(), &policy(mode, c));
             let before = std::fs::read(&enc).unwrap();
-            let d = decrypt_in_memory(&enc, &key()).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+            let d = InMemory::file(&enc, &key()).load().unwrap_or_else(|e| panic!("{}: {e}", model.display()));
             assert!(&d[..] == std::fs::read(model).unwrap().as_slice(), "{} {mode} {c}", model.display());
             let original = Model::open(model).unwrap();
             assert_eq!(d.external().len(), original.external_files.len());
@@ -56,7 +56,7 @@ fn every_fixture_decrypts_in_memory_byte_identically() {
             }
             // The same through an already-open model.
             let m = Model::open(&enc).unwrap();
-            assert!(decrypt_model_in_memory(&m, &key()).unwrap()[..] == d[..]);
+            assert!(InMemory::model(&m, &key()).load().unwrap()[..] == d[..]);
             drop(d);
             assert!(std::fs::read(&enc).unwrap() == before, "decrypting in memory must not write the file");
         }
@@ -71,7 +71,7 @@ fn external_data_fixture_is_patched_in_private_maps() {
     let (_g, copy) = copy_fixture(&model);
     let dir = tempfile::tempdir().unwrap();
     let enc = protect(&copy, dir.path(), &policy("ctr", "1"));
-    let d = decrypt_in_memory(&enc, &key()).unwrap();
+    let d = InMemory::file(&enc, &key()).load().unwrap();
     assert_eq!(d.method(), Method::Mapped);
     for (loc, bytes) in d.external() {
         assert_eq!(bytes.method(), Method::Mapped, "{loc}");
@@ -106,7 +106,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
             "{name}: no external tensor is encrypted"
         );
         // The top key: the original model and side files.
-        let d = decrypt_in_memory(&enc, &key()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d = InMemory::file(&enc, &key()).load().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(&d[..] == std::fs::read(&copy).unwrap().as_slice(), "{name}");
         assert_eq!(d.external().len(), original.external_files.len(), "{name}");
         for f in &original.external_files {
@@ -119,7 +119,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         // Every tier: the same bytes as the files `decrypt --tier` writes.
         for t in 1..=tiers.max(1) {
             let tier = (tiers > 1).then_some(t);
-            let mem = decrypt_tier_in_memory(&m, &key(), tier).unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
+            let mem = InMemory::model(&m, &key()).tier(tier).load().unwrap_or_else(|e| panic!("{name} tier {t}: {e}"));
             let out = dir.path().join(format!("t{t}")).join("model.onnx");
             decrypt_tier(&enc, &out, &key(), tier, &DecryptOptions::default()).unwrap();
             assert!(&mem[..] == std::fs::read(&out).unwrap().as_slice(), "{name} tier {t}");
@@ -130,7 +130,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         }
         // A wrong key, and a flipped byte of an encrypted span in a side file.
         let wrong = KeySource::Key(MasterKey::from_bytes([1; 32]));
-        assert_eq!(decrypt_tier_in_memory(&m, &wrong, None).unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
+        assert_eq!(InMemory::model(&m, &wrong).load().unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
         let p = protection_view(&m).unwrap();
         let (target, file, at) = p
             .targets
@@ -149,9 +149,9 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
         bytes[at as usize] ^= 0x10;
         std::fs::write(&side, &bytes).unwrap();
         let m = Model::open(&enc).unwrap();
-        let e = decrypt_tier_in_memory(&m, &key(), None).unwrap_err();
+        let e = InMemory::model(&m, &key()).load().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Modified, "{name}: tensor {target}: {e}");
-        assert_eq!(decrypt_in_memory(&enc, &key()).unwrap_err().kind(), ErrorKind::Modified, "{name}");
+        assert_eq!(InMemory::file(&enc, &key()).load().unwrap_err().kind(), ErrorKind::Modified, "{name}");
     }
 }
 
@@ -171,7 +171,7 @@ fn a_key_with_nothing_left_to_decrypt_gets_the_file_as_it_is_in_memory_and_on_di
     let opts = DecryptOptions::default();
     let t1 = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&enc, &t1, &k1, None, &opts).unwrap();
-    let d = decrypt_in_memory(&t1, &k1).unwrap();
+    let d = InMemory::file(&t1, &k1).load().unwrap();
     assert_eq!(d.decrypted_bytes(), 0);
     assert!(d[..] == std::fs::read(&t1).unwrap()[..]);
     for (loc, bytes) in d.external() {
@@ -185,7 +185,7 @@ fn a_key_with_nothing_left_to_decrypt_gets_the_file_as_it_is_in_memory_and_on_di
         assert!(std::fs::read(t1b.with_file_name(loc)).unwrap() == std::fs::read(t1.with_file_name(loc)).unwrap());
     }
     // An explicit tier at or below the restored ones is refused, in memory and on disk.
-    let e = decrypt_tier_in_memory(&Model::open(&t1).unwrap(), &k1, Some(1)).unwrap_err();
+    let e = InMemory::model(&Model::open(&t1).unwrap(), &k1).tier(Some(1)).load().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyDecrypted, "{e}");
     let e = decrypt_tier(&t1, &dir.path().join("t1c").join("model.onnx"), &k1, Some(1), &opts).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyDecrypted, "{e}");

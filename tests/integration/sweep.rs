@@ -19,7 +19,7 @@ use onnx_protect_core::format2::envelope::trailing_entry;
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::inspect::inspect;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_tier_in_memory};
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{decrypt, decrypt_tier, protection_info, verify, DecryptOptions, EncryptOptions};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
@@ -121,7 +121,7 @@ fn assert_every_verb_refuses(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Pat
         ("verify", verify(enc, None, &NoProgress).map(|_| ())),
         ("verify --key", verify(enc, Some(k), &NoProgress).map(|_| ())),
         ("decrypt", decrypt(enc, &out, k, &dopts).map(|_| ())),
-        ("decrypt_in_memory", decrypt_in_memory(enc, k).map(|_| ())),
+        ("InMemory::file", InMemory::file(enc, k).load().map(|_| ())),
     ];
     if top {
         results.push(("rekey", rekey(enc, &out, k, &new_key(), &ropts()).map(|_| ())));
@@ -129,7 +129,7 @@ fn assert_every_verb_refuses(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Pat
     // In memory from a model parsed out of a buffer (a copy, not a map); a buffer that no
     // longer parses never reaches the decryption.
     if let Ok(m) = Model::from_vec(std::fs::read(enc).unwrap(), enc.parent().map(Path::to_path_buf)) {
-        results.push(("decrypt_model_in_memory", decrypt_model_in_memory(&m, k).map(|_| ())));
+        results.push(("InMemory::model", InMemory::model(&m, k).load().map(|_| ())));
     }
     for (verb, r) in results {
         match r {
@@ -148,7 +148,7 @@ fn assert_every_verb_accepts(ctx: &str, enc: &Path, k: &KeySource, out_dir: &Pat
     verify(enc, Some(k), &NoProgress).unwrap_or_else(|e| panic!("{ctx}: verify --key: {e}"));
     decrypt(enc, &out, k, &DecryptOptions::default()).unwrap_or_else(|e| panic!("{ctx}: decrypt: {e}"));
     std::fs::remove_dir_all(out_dir).unwrap();
-    decrypt_in_memory(enc, k).unwrap_or_else(|e| panic!("{ctx}: decrypt_in_memory: {e}"));
+    InMemory::file(enc, k).load().unwrap_or_else(|e| panic!("{ctx}: InMemory::load: {e}"));
     if top {
         rekey(enc, &out, k, &new_key(), &ropts()).unwrap_or_else(|e| panic!("{ctx}: rekey: {e}"));
         std::fs::remove_dir_all(out_dir).unwrap();
@@ -215,14 +215,14 @@ fn every_truncation_of_a_protected_model_is_refused() {
             // In memory, from a parsed model (when the prefix still parses at all)...
             if let Ok(model) = Model::from_vec(bytes[..n].to_vec(), Some(dir.path().join("enc"))) {
                 let _ = (inspect(&model), protection_info(&model));
-                let e = decrypt_model_in_memory(&model, &key()).err();
+                let e = InMemory::model(&model, &key()).load().err();
                 assert!(e.is_some_and(|e| e.kind() != ErrorKind::WrongKey), "{ctx}: truncated to {n} bytes");
             }
             // ...and from the file (every 7th length: a truncation of the entry, and of
             // the content before it).
             if n % 7 == 0 {
                 std::fs::write(&probe, &bytes[..n]).unwrap();
-                let e = decrypt_in_memory(&probe, &key()).err();
+                let e = InMemory::file(&probe, &key()).load().err();
                 assert!(e.is_some_and(|e| e.kind() != ErrorKind::WrongKey), "{ctx}: file truncated to {n} bytes");
                 assert!(verify(&probe, None, &NoProgress).is_err(), "{ctx}: verify, truncated to {n} bytes");
             }
@@ -265,7 +265,7 @@ fn every_changed_byte_of_a_tiered_model_is_refused_with_the_top_and_a_tier_1_key
             let mut changed = bytes.clone();
             changed[i] ^= 1 << (i % 8);
             let Ok(model) = Model::from_vec(changed, None) else { continue };
-            match decrypt_tier_in_memory(&model, &low, None) {
+            match InMemory::model(&model, &low).load() {
                 Ok(_) => panic!("{name}: byte {i}: the tier-1 key decrypted a changed file in memory"),
                 Err(e) => assert!(is_refusal(&e, frame.contains(&i)), "{name}: byte {i}: {e}"),
             }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::format1::manifest::read_protected;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_model_in_memory, decrypt_signed_in_memory};
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{decrypt, decrypt_to_vec, protection_view, verify, verify_signed, DecryptOptions};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
@@ -129,13 +129,13 @@ fn every_format_2_vector_decrypts_to_its_original_with_each_key_material() {
         for (kind, k) in &m {
             let ctx = format!("{name} with {kind}");
             assert!(decrypted(&protected, k, &signers) == want, "{ctx}: decrypt");
-            let mem = decrypt_signed_in_memory(&protected, k, None, &signers).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            let mem = InMemory::file(&protected, k).signers(&signers).load().unwrap_or_else(|e| panic!("{ctx}: {e}"));
             assert!(mem[..] == want["model.onnx"][..], "{ctx}: in memory");
             for (loc, bytes) in mem.external() {
                 assert!(bytes[..] == want[loc][..], "{ctx}: in memory, {loc}");
             }
             verify_signed(&protected, Some(k), &signers, &NoProgress).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-            let e = decrypt_in_memory(&protected, &other_material(kind, k)).unwrap_err();
+            let e = InMemory::file(&protected, &other_material(kind, k)).load().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::WrongKey, "{ctx}: another {kind}: {e}");
         }
         if !signers.is_empty() {
@@ -257,7 +257,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
         let m = Model::open(&protected).unwrap();
         assert_eq!(protection_view(&m).unwrap().format_version, 1, "{name}");
         assert!(decrypted(&protected, &k, &[]) == want, "{name}: decrypt");
-        let mem = decrypt_model_in_memory(&m, &k).unwrap();
+        let mem = InMemory::model(&m, &k).load().unwrap();
         assert!(mem[..] == want["model.onnx"][..], "{name}: in memory");
         for (loc, bytes) in mem.external() {
             assert!(bytes[..] == want[loc][..], "{name}: in memory, {loc}");
@@ -267,7 +267,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
             assert_eq!(r.format_version, 1, "{name}");
         }
         let wrong = KeySource::Key(MasterKey::from_bytes([0xa5; 32]));
-        assert_eq!(decrypt_in_memory(&protected, &wrong).unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
+        assert_eq!(InMemory::file(&protected, &wrong).load().unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
         // Read-only: no signatures to check, no rekey; nothing is written.
         let signer = [SigningKey::generate().unwrap().public()];
         assert_eq!(verify_signed(&protected, None, &signer, &NoProgress).unwrap_err().kind(), ErrorKind::NotSigned);
@@ -375,7 +375,7 @@ fn every_changed_byte_of_a_format_1_vector_is_refused_or_comes_back_as_that_chan
             got
         };
         // The baseline: the unchanged copy decrypts to the original.
-        assert!(in_memory(decrypt_in_memory(&path, &k).unwrap()) == want, "{name}");
+        assert!(in_memory(InMemory::file(&path, &k).load().unwrap()) == want, "{name}");
         let mut accepted = 0;
         for (file, bytes) in outputs(&path) {
             for i in 0..bytes.len() {
@@ -386,7 +386,7 @@ fn every_changed_byte_of_a_format_1_vector_is_refused_or_comes_back_as_that_chan
                 std::fs::write(dir.path().join(&file), &changed).unwrap();
                 let is_guarded = guard.iter().any(|(f, r)| *f == file && r.contains(&i));
                 // (A refusal may name any kind: in format 1 a changed salt is a wrong key.)
-                match decrypt_in_memory(&path, &k) {
+                match InMemory::file(&path, &k).load() {
                     Err(_) => {}
                     Ok(d) => {
                         assert!(!is_guarded, "{ctx}: the MAC covers it, but it was accepted");

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_for_session, decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protect;
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
@@ -677,8 +677,11 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
     call(|| {
         // SAFETY: the caller's contract.
         let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
-        let m =
-            decrypt_signed_in_memory(&file.path, &key.source, tier, &file.signers).map_err(|e| at(&file.path, e))?;
+        let m = InMemory::file(&file.path, &key.source)
+            .tier(tier)
+            .signers(&file.signers)
+            .load()
+            .map_err(|e| at(&file.path, e))?;
         let (model, external) = m.into_parts();
         let external = external
             .into_iter()
@@ -722,7 +725,12 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
         // SAFETY: the caller's contract.
         let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
         let at_file = |e: CoreError| at(&file.path, e);
-        let (m, index) = decrypt_for_session(&file.path, &key.source, tier, &file.signers, true).map_err(at_file)?;
+        let (m, index) = InMemory::file(&file.path, &key.source)
+            .tier(tier)
+            .signers(&file.signers)
+            .on_demand(true)
+            .load_for_session()
+            .map_err(at_file)?;
         let (mut model, mut external) = m.into_parts();
         static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::decrypt_in_memory;
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_crypto::MasterKey;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = PathBuf::from(model);
     for _ in 0..repeats {
         let t = Instant::now();
-        let d = decrypt_in_memory(&model, &key)?;
+        let d = InMemory::file(&model, &key).load()?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "decrypt_in_memory {secs:.6} s method={:?} model_bytes={} decrypted_bytes={} external_files={}",

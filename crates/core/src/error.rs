@@ -453,7 +453,7 @@ pub enum OutputRefused {
     OverInput { what: String, path: PathBuf },
     #[error("the output name {} is not UTF-8, so its external data files cannot be named after it; write the output to another directory", .path.display())]
     NonUtf8Name { path: PathBuf },
-    #[error("the model keeps weights in external files; decrypt it with memory::decrypt_tier_in_memory")]
+    #[error("the model keeps weights in external files; decrypt it into memory with memory::InMemory")]
     ExternalData,
     #[error("this model has no tiers; omit --tier")]
     NoTiers,

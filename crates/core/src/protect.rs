@@ -371,8 +371,7 @@ pub fn decrypt_tier_to_vec(model: &Model, key: &KeySource, tier: Option<u32>) ->
     if !model.external_files.is_empty() {
         return Err(OutputRefused::ExternalData.into());
     }
-    let d = Protection::of(model)?.into_decryption(model, key, tier, &[])?;
-    Ok(crate::memory::load(d, None)?.bytes().to_vec())
+    Ok(crate::memory::InMemory::model(model, key).tier(tier).load()?.bytes().to_vec())
 }
 
 /// The top-tier key that `key` stands for in `model` (for a passphrase: its Argon2id

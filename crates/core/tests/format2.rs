@@ -11,7 +11,7 @@ use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind, Modified, Unus
 use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry};
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::decrypt_in_memory;
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{
     decrypt, decrypt_tier, decrypt_to_vec, encrypt, verify, DecryptOptions, EncryptOptions,
 };
@@ -73,7 +73,7 @@ fn every_changed_byte_of_a_small_protected_model_is_refused_by_every_verb() {
             ("verify", verify(&probe, None, &NoProgress).map(|_| ())),
             ("verify --key", verify(&probe, Some(&k), &NoProgress).map(|_| ())),
             ("decrypt", decrypt(&probe, &out, &k, &DecryptOptions::default()).map(|_| ())),
-            ("decrypt_in_memory", decrypt_in_memory(&probe, &k).map(|_| ())),
+            ("InMemory::load", InMemory::file(&probe, &k).load().map(|_| ())),
         ] {
             let e = r.err().unwrap_or_else(|| panic!("byte {i}: {what} accepted a changed file"));
             // A changed byte is never reported as a wrong key: the key still opens its stanza,
@@ -114,7 +114,7 @@ fn external_data_files_are_covered_byte_by_byte() {
             assert!(e.as_ref().is_some_and(refused), "{side} byte {i}: {e:?}");
             assert!(!out.exists(), "{side} byte {i}: an output appeared");
             assert!(verify(&protected, None, &NoProgress).is_err(), "{side} byte {i}: keyless verify");
-            assert!(decrypt_in_memory(&protected, &k).is_err(), "{side} byte {i}: in memory");
+            assert!(InMemory::file(&protected, &k).load().is_err(), "{side} byte {i}: in memory");
         }
         std::fs::write(&path, &original).unwrap();
         let mut longer = original.clone();
@@ -141,7 +141,7 @@ fn an_external_file_of_another_length_is_refused_before_it_is_read() {
         ("verify", verify(&protected, None, &NoProgress).map(|_| ())),
         ("verify --key", verify(&protected, Some(&k), &NoProgress).map(|_| ())),
         ("decrypt", decrypt(&protected, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("decrypt_in_memory", decrypt_in_memory(&protected, &k).map(|_| ())),
+        ("InMemory::load", InMemory::file(&protected, &k).load().map(|_| ())),
     ] {
         let e = r.expect_err(what);
         let named = matches!(&e, CoreError::Modified(Modified::ExternalSize { location, actual, expected })
@@ -167,7 +167,7 @@ fn assert_every_verb_refuses(path: &Path, k: &KeySource, what: &str) {
     assert!(!out.exists());
     assert_eq!(verify(path, Some(k), &NoProgress).expect_err(what).kind(), ErrorKind::Modified, "{what}");
     assert_eq!(verify(path, None, &NoProgress).expect_err(what).kind(), ErrorKind::Modified, "{what}");
-    assert_eq!(decrypt_in_memory(path, k).expect_err(what).kind(), ErrorKind::Modified, "{what}");
+    assert_eq!(InMemory::file(path, k).load().expect_err(what).kind(), ErrorKind::Modified, "{what}");
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn a_model_too_deep_under_a_sound_entry_is_modified() {
         ("verify", verify(&path, None, &NoProgress).map(|_| ())),
         ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
         ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+        ("InMemory::load", InMemory::file(&path, &k).load().map(|_| ())),
     ] {
         let e = r.expect_err(what);
         assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
@@ -477,7 +477,7 @@ fn a_version_2_header_of_another_format_version_is_modified() {
         ("verify", verify(&path, None, &NoProgress).map(|_| ())),
         ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
         ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("decrypt_in_memory", decrypt_in_memory(&path, &k).map(|_| ())),
+        ("InMemory::load", InMemory::file(&path, &k).load().map(|_| ())),
     ] {
         let e = r.expect_err(what);
         assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{what}: {e}");
@@ -491,7 +491,7 @@ fn a_version_2_header_of_another_format_version_is_modified() {
 /// as it is.
 #[test]
 fn a_partial_decryption_in_memory_is_the_file_decrypt_tier_writes() {
-    use onnx_protect_core::memory::decrypt_tier_in_memory;
+    use onnx_protect_core::memory::InMemory;
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::from_bytes([6; 32]);
     let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
@@ -500,21 +500,21 @@ fn a_partial_decryption_in_memory_is_the_file_decrypt_tier_writes() {
     let k1 = KeySource::Key(master.tier_down().tier_down());
     let out = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&protected, &out, &k1, None, &DecryptOptions::default()).unwrap();
-    let mem = decrypt_tier_in_memory(&Model::open(&protected).unwrap(), &k1, None).unwrap();
+    let mem = InMemory::model(&Model::open(&protected).unwrap(), &k1).load().unwrap();
     assert!(mem[..] == std::fs::read(&out).unwrap()[..], "the model file");
     assert_eq!(mem.external().len(), 2);
     for (loc, b) in mem.external() {
         assert!(b[..] == std::fs::read(out.with_file_name(loc)).unwrap()[..], "{loc}");
     }
-    let mem = decrypt_in_memory(&protected, &k1).unwrap();
+    let mem = InMemory::file(&protected, &k1).load().unwrap();
     assert!(mem[..] == std::fs::read(&out).unwrap()[..], "the model file, from the path");
     // The partial file is still protected, and the top key restores the original from it.
     verify(&out, None, &NoProgress).unwrap();
     let top = KeySource::Key(master);
-    let full = decrypt_in_memory(&out, &top).unwrap();
+    let full = InMemory::file(&out, &top).load().unwrap();
     assert!(full[..] == std::fs::read(fixture("external_data").join("model.onnx")).unwrap()[..]);
     // Nothing left for the tier-1 key: the file as it is.
-    let same = decrypt_in_memory(&out, &k1).unwrap();
+    let same = InMemory::file(&out, &k1).load().unwrap();
     assert_eq!(same.decrypted_bytes(), 0);
     assert!(same[..] == std::fs::read(&out).unwrap()[..]);
 }

@@ -12,7 +12,7 @@ use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::lock::LockOutputs;
-use onnx_protect_core::memory::decrypt_in_memory;
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{decrypt, decrypt_tier, encrypt, DecryptOptions, EncryptOptions};
 use onnx_protect_core::rekey::{rekey, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
@@ -112,7 +112,7 @@ fn every_decryption_gives_back_the_original_bytes() {
             let back = dir.path().join(format!("dec-{only}-{}", label.len())).join("m.onnx");
             decrypt(&out, &back, &k, &DecryptOptions::default()).unwrap();
             assert_eq!(std::fs::read(&back).unwrap(), original, "{} {label}", src.display());
-            let m = decrypt_in_memory(&out, &k).unwrap();
+            let m = InMemory::file(&out, &k).load().unwrap();
             assert_eq!(&m[..], &original[..], "{} {label} in memory", src.display());
             for f in &Model::open(&plain).unwrap().external_files {
                 assert_eq!(&m.external()[&f.location][..], &std::fs::read(&f.path).unwrap()[..]);
@@ -228,6 +228,6 @@ fn every_byte_of_the_manifest_and_of_the_locked_tensors_is_authenticated() {
         let e = decrypt(&probe, &back, &key(1), &DecryptOptions::default()).unwrap_err();
         assert!(refused(&e), "byte {i}: {e}");
         assert!(!back.exists(), "byte {i}: an output was left");
-        assert!(decrypt_in_memory(&probe, &key(1)).is_err(), "byte {i} in memory");
+        assert!(InMemory::file(&probe, &key(1)).load().is_err(), "byte {i} in memory");
     }
 }

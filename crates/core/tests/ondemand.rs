@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use onnx_protect_core::error::ErrorKind;
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_signed_in_memory, decrypt_signed_on_demand, DecryptedModel, Method};
+use onnx_protect_core::memory::{DecryptedModel, InMemory, Method};
 use onnx_protect_core::protect::{encrypt, EncryptOptions};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::testutil::{external_float_tensor, matmul_chain};
@@ -56,8 +56,8 @@ fn protect(dir: &Path, model: &[u8], policy: &Policy, k: &KeySource) -> PathBuf 
 
 /// `protected` decrypted on demand and whole, with the same key.
 fn both(protected: &Path, k: &KeySource) -> (DecryptedModel, DecryptedModel) {
-    let lazy = decrypt_signed_on_demand(protected, k, None, &[]).unwrap();
-    let eager = decrypt_signed_in_memory(protected, k, None, &[]).unwrap();
+    let lazy = InMemory::file(protected, k).on_demand(true).load().unwrap();
+    let eager = InMemory::file(protected, k).load().unwrap();
     (lazy, eager)
 }
 
@@ -160,7 +160,7 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
     let protected = chain(dir.path(), 2, &Policy::default(), &k);
     let side = protected.parent().unwrap().join("w.bin");
     let original = std::fs::read(&side).unwrap();
-    let clean = decrypt_signed_in_memory(&protected, &k, None, &[]).unwrap();
+    let clean = InMemory::file(&protected, &k).load().unwrap();
     let plain = &clean.external()["w.bin"];
     let chunk = 4 << 20;
     for i in (0..original.len()).step_by(original.len() / 41) {
@@ -168,7 +168,7 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
         b[i] ^= 0x10;
         std::fs::write(&side, &b).unwrap();
         // The header lists every chunk's hash: nothing is read before the load returns.
-        let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+        let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
         let w = &lazy.external()["w.bin"];
         assert_eq!(w.method(), Method::OnDemand);
         let bad = i / chunk * chunk..((i / chunk + 1) * chunk).min(w.len());
@@ -188,12 +188,12 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
     let last = original.len() - 1;
     b[last] ^= 1;
     std::fs::write(&side, &b).unwrap();
-    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
     assert_eq!(lazy.external()["w.bin"].settle().unwrap_err().kind(), ErrorKind::Modified);
     // (The file may not change while a result of it lives.)
     drop(lazy);
     std::fs::write(&side, &original).unwrap();
-    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
     lazy.external()["w.bin"].settle().unwrap();
     assert_same(&lazy, &clean, "unchanged");
 }
@@ -223,7 +223,7 @@ fn without_listed_chunk_hashes_a_changed_byte_is_refused_before_anything_is_hand
         let mut b = original.clone();
         b[i] ^= 0x10;
         std::fs::write(&side, &b).unwrap();
-        let e = decrypt_signed_on_demand(&protected, &k, None, &[]).err();
+        let e = InMemory::file(&protected, &k).on_demand(true).load().err();
         assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::Modified), "byte {i}");
     }
 }
@@ -236,7 +236,7 @@ fn changed_after_verification_child() {
     let k = key(8);
     // More weights than the handler fills ahead: the last is first filled when read.
     let protected = chain(Path::new(&dir), 12, &Policy::default(), &k);
-    let lazy = decrypt_signed_on_demand(&protected, &k, None, &[]).unwrap();
+    let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
     let w = &lazy.external()["w.bin"];
     println!("weight 0 starts with {}", w[0]);
     // Every chunk is verified now; then the last weight changes on disk (in place, same

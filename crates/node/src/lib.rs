@@ -1,5 +1,5 @@
 //! The native engine of the JavaScript package (`js/`) in Node: a protected model file is
-//! verified and decrypted by the Rust core (`decrypt_signed_in_memory`: the file mapped,
+//! verified and decrypted by the Rust core (`memory::InMemory`: the file mapped,
 //! hashed and decrypted on every core) on a libuv worker thread, and its bytes are handed
 //! to JavaScript as `Buffer`s over the decrypted memory, without a copy. The package loads
 //! it when it is there (docs/js.md, "The native engine") and falls back to its WebCrypto
@@ -15,7 +15,7 @@ use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
 use onnx_protect_core::error::{with_causes_at, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_signed_in_memory_if, DecryptedBytes};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protection::Protection;
 use onnx_protect_crypto::KeyFile;
 use onnx_protect_keys::SignerKey;
@@ -119,7 +119,11 @@ impl Task for Decrypt {
                 Err(CoreError::UnsupportedVersion { key: "onnx-protect/v1".into(), format_version: Some(1) })
             }
         };
-        let m = decrypt_signed_in_memory_if(&self.path, &self.key, self.tier, &self.signers, accept)
+        let m = InMemory::file(&self.path, &self.key)
+            .tier(self.tier)
+            .signers(&self.signers)
+            .accept(&accept)
+            .load()
             .map_err(|e| core_failure(e, &self.path))?;
         let (tier, tiers, tensors, decrypted_bytes) =
             (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);

@@ -36,7 +36,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_for_session, DecryptedBytes, Method};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method};
 use onnx_protect_format::{DataType, FormatError};
 use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
@@ -271,7 +271,8 @@ pub fn commit_from_file_as(
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
     let Load { tier, signers, on_demand } = *load;
     // External data from the decrypted files, never from disk (the index reads none).
-    let (decrypted, index) = decrypt_for_session(path, key, tier, signers, on_demand).map_err(at)?;
+    let (decrypted, index) =
+        InMemory::file(path, key).tier(tier).signers(signers).on_demand(on_demand).load_for_session().map_err(at)?;
     let on_demand = decrypted.external().values().any(|d| d.method() == Method::OnDemand);
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;

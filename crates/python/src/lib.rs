@@ -20,7 +20,7 @@ use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
 use onnx_protect_crypto::{KeyFile, KeyKind, MasterKey, MAX_KEY_FILE_LEN};
 use onnx_protect_format::{Model, NoProgress, Origin, TensorData};
@@ -850,7 +850,7 @@ fn load(
     drop(key);
     let (decrypted, tensors) = py
         .detach(|| -> Result<_, CoreError> {
-            let m = decrypt_signed_in_memory(&path, &source, tier, &trusted)?;
+            let m = InMemory::file(&path, &source).tier(tier).signers(&trusted).load()?;
             // The layout of external tensors is the same in the protected and the
             // decrypted model (encryption edits bytes in place, never moves them).
             let tensors =

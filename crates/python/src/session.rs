@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{decrypt_for_session, decrypt_model_signed_in_memory, DecryptedBytes};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_format::{DataType, Model};
 use onnx_protect_session::{prepare, Arena, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
@@ -415,13 +415,17 @@ fn decrypt_source(
         .detach(|| -> Result<_, CoreError> {
             match input {
                 Err(path) => {
-                    let (d, index) = decrypt_for_session(&path, &key_source, tier, &trusted, on_demand)?;
+                    let (d, index) = InMemory::file(&path, &key_source)
+                        .tier(tier)
+                        .signers(&trusted)
+                        .on_demand(on_demand)
+                        .load_for_session()?;
                     Ok((index, d))
                 }
                 Ok(bytes) => {
                     let cwd = std::env::current_dir().ok();
                     let model = Model::from_vec(bytes, cwd)?;
-                    let d = decrypt_model_signed_in_memory(&model, &key_source, tier, &trusted)?;
+                    let d = InMemory::model(&model, &key_source).tier(tier).signers(&trusted).load()?;
                     // External data from the decrypted files, never from disk.
                     Ok((d.index(model)?, d))
                 }

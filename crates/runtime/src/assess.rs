@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_in_memory, decrypt_tier_in_memory};
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{key_tier, protection_view};
 use onnx_protect_format::{discover, Model};
 
@@ -599,7 +599,7 @@ fn tier_variants(
         let mut v = blank(format!("tier_{t}"), what, Some(t));
         let rows = match (t == top, decrypted) {
             (true, Some(rows)) => Ok(rows.clone()),
-            _ => decrypt_tier_in_memory(prot, key, Some(t)).map_err(RuntimeError::from).and_then(|d| {
+            _ => InMemory::model(prot, key).tier(Some(t)).load().map_err(RuntimeError::from).and_then(|d| {
                 let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
                 bench.run(&d, &ext)
             }),
@@ -637,7 +637,7 @@ pub fn assess(original: &Path, protected: &Path, opts: &AssessOptions) -> Result
             (_, Some((fill, bn))) => Ok(attack_draws(&bench, &prot, &exposure, name, (fill, bn), opts, &mut v)),
             _ => match opts.key {
                 None => Ok(Err("no key given")),
-                Some(key) => decrypt_in_memory(protected, key).map_err(RuntimeError::from).and_then(|d| {
+                Some(key) => InMemory::file(protected, key).load().map_err(RuntimeError::from).and_then(|d| {
                     let ext: External = d.external().iter().map(|(k, b)| (k.clone(), &b[..])).collect();
                     bench.run(&d, &ext).map(|r| Ok(vec![r]))
                 }),

@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use onnx_protect_core::memory::decrypt_in_memory;
+//! use onnx_protect_core::memory::InMemory;
 //! use onnx_protect_core::protect::{encrypt, EncryptOptions};
 //! use onnx_protect_core::keys::KeySource;
 //! use onnx_protect_core::format2::recipients::EncryptTo;
@@ -37,7 +37,7 @@
 //! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!
 //! // Decrypt in memory and run: no plaintext file is written.
-//! let model = decrypt_in_memory(&protected, &key)?;
+//! let model = InMemory::file(&protected, &key).load()?;
 //! let x = NpyArray::new(Dtype::F32, vec![1, 2], [1.0f32, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect())?;
 //! let outputs = run_once(&model, &External::new(), &BTreeMap::from([("x".to_string(), x)]))?;
 //! let (name, y) = &outputs[0];

@@ -1,6 +1,6 @@
-//! Decryption into memory filled on demand ([`decrypt_signed_on_demand`]).
+//! Decryption into memory filled on demand ([`InMemory::on_demand`](super::InMemory::on_demand)).
 //!
-//! The model file is decrypted as by [`decrypt_signed_in_memory`]. The external data files
+//! The model file is decrypted as by [`InMemory::load`](super::InMemory::load). The external data files
 //! become one region of memory filled on demand ([`onnx_protect_fsio::ondemand`]): the
 //! first read of a block makes a handler thread read its chunks from the file, hash and
 //! decrypt them, and install each chunk once its hash is the one expected for it
@@ -36,17 +36,12 @@ use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
 use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
-use super::{
-    decrypt_signed_in_memory, for_overlaps, io_error, load, open_checked, out_of_bounds, sources_of, Backing,
-    DecryptedBytes, DecryptedModel, Patcher, Piece, SMALL,
-};
+use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, SMALL};
+use super::patch::{for_overlaps, io_error, out_of_bounds, sources_of, Patcher, Piece};
 use crate::error::{CoreError, Modified, Result};
-use crate::keys::KeySource;
 use crate::pass::action::{apply, Action};
 use crate::pass::decryption::{Decryption, NewEntry};
-use crate::protection::Protection;
 use crate::target::Target;
-use onnx_protect_keys::SignerKey;
 
 /// A chunk is read, hashed and decrypted in slices this long (they stay in the core's
 /// cache between the three).
@@ -61,33 +56,6 @@ const MAX_CHUNK: u64 = 64 << 20;
 /// The budget is the largest external tensor and this many blocks more (the blocks it
 /// starts and ends in, and room for filling ahead of the reader).
 const BUDGET_SLACK: u64 = 6;
-
-/// [`decrypt_signed_in_memory`] whose external data files are filled on demand (see
-/// the module documentation), where this system has `userfaultfd` and the decryption
-/// is a full one that changes no length (format 2, nothing restored in the file, no
-/// external file renamed); otherwise exactly [`decrypt_signed_in_memory`]. The result's
-/// external files report [`Method::OnDemand`](super::Method::OnDemand) when filled on
-/// demand; call [`DecryptedBytes::settle`] on them once the runtime has built what it
-/// keeps, and throw that away if it fails.
-///
-/// A system call handed a pointer into a chunk not yet read fails with `EFAULT`;
-/// a process forked while the result lives first fills it completely.
-pub fn decrypt_signed_on_demand(
-    path: &Path,
-    key: &KeySource,
-    tier: Option<u32>,
-    signers: &[SignerKey],
-) -> Result<DecryptedModel> {
-    if !ondemand::available() {
-        return decrypt_signed_in_memory(path, key, tier, signers);
-    }
-    let (file, model) = open_checked(path)?;
-    let d = Protection::of(&model)?.into_decryption(&model, key, tier, signers)?;
-    match on_demand(d)? {
-        Ok(done) => Ok(done),
-        Err(d) => load(d, Some(file)),
-    }
-}
 
 /// The on-demand load of `d` when `wanted` and the system can, or `d` back.
 pub(super) fn on_demand_if(
@@ -200,7 +168,10 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
         .iter()
         .zip(region.files.iter())
         .map(|(f, e)| {
-            let backing = Backing::OnDemand { region: Arc::clone(&region), offset: e.first_block * block_len };
+            let backing = Backing::OnDemand {
+                region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
+                offset: e.first_block * block_len,
+            };
             (f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() })
         })
         .collect();
@@ -285,7 +256,7 @@ struct Check {
 }
 
 /// The region with what `settle` needs to finish the verification.
-pub(crate) struct Region {
+struct Region {
     region: OnDemand,
     files: Arc<Vec<ExternalFile>>,
     check: Arc<Check>,
@@ -293,22 +264,24 @@ pub(crate) struct Region {
     settled: OnceLock<Option<Failure>>,
 }
 
-impl Region {
+impl FilledOnDemand for Region {
     /// The region's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         self.region.bytes()
     }
 
     /// Stops dropping blocks; then every chunk never filled is hashed and checked, so the
     /// whole content is verified. Refused (and refused again on every call) if a chunk did
     /// not match or could not be read.
-    pub(crate) fn settle(&self) -> Result<()> {
+    fn settle(&self) -> Result<()> {
         match self.settled.get_or_init(|| self.finish().err()) {
             None => Ok(()),
             Some(f) => Err(f.error()),
         }
     }
+}
 
+impl Region {
     fn finish(&self) -> std::result::Result<(), Failure> {
         if self.region.settle().is_err() {
             let failed = self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).clone();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{decrypt_model_signed_in_memory, decrypt_signed_in_memory};
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect::{self, DecryptOptions};
 use onnx_protect_keys::SignerKey;
 
@@ -157,9 +157,9 @@ pub fn decrypt_to_stdout(
     refuse_files_and_terminals(&out)?;
     let d = if is_stdio(input) {
         let model = stdio::read_model()?;
-        decrypt_model_signed_in_memory(&model, key, tier, signers)
+        InMemory::model(&model, key).tier(tier).signers(signers).load()
     } else {
-        decrypt_signed_in_memory(input, key, tier, signers)
+        InMemory::file(input, key).tier(tier).signers(signers).load()
     }
     .with_context(|| format!("decrypt {}", input_name(input)))?;
     if let Some(w) = d.warning() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::memory::decrypt_in_memory;
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protection::Protection;
 use onnx_protect_format::Model;
 use onnx_protect_runtime::engine::{run_once, External};
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let decrypted;
     let (bytes, external, weights, decrypted_bytes): (&[u8], External, &'static str, Option<u64>) = match &key {
         Some(k) => {
-            decrypted = decrypt_in_memory(&a.model, k).with_context(|| format!("decrypt {}", a.model.display()))?;
+            decrypted = InMemory::file(&a.model, k).load().with_context(|| format!("decrypt {}", a.model.display()))?;
             // Below the top tier the label lock stays (format.md §15): refused rather than
             // its scores printed in locked order.
             if locked && decrypted.tier() < decrypted.tiers() {

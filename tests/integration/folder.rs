@@ -125,7 +125,7 @@ fn folder_round_trips_and_verifies() {
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("vision/model.onnx") && text.contains("tokenizer.json"), "{text}");
     assert_eq!(p.decrypt(&p.key).0, 0);
-    assert_eq!(contents(&p.base().join("back")), plain);
+    assert!(contents(&p.base().join("back")) == plain, "the decrypted folder is not the original");
 }
 
 /// One byte of every file changed in turn: verify (with and without the key) and decrypt
@@ -251,7 +251,7 @@ fn rewrap_changes_the_recipients_of_every_model() {
     assert!(!journal.exists());
     assert_eq!(p.decrypt(&p.key).0, 4);
     assert_eq!(p.decrypt(&new).0, 0);
-    assert_eq!(contents(&p.base().join("back")), contents(&p.plain));
+    assert!(contents(&p.base().join("back")) == contents(&p.plain), "the decrypted folder is not the original");
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn a_tier_key_decrypts_its_tier_of_every_model() {
     let back = dir.path().join("back");
     let (code, _, err) = run(&["decrypt", path_str(&part), "-o", path_str(&back), "--key-file", path_str(&key), "-q"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(contents(&back), contents(&plain));
+    assert!(contents(&back) == contents(&plain), "the decrypted folder is not the original");
 }
 
 /// The publisher's key signs every model of the folder; `verify --signer` checks each, and
@@ -382,4 +382,34 @@ fn batch_takes_a_folder_from_its_list() {
     let (code, out, err) = batch("rekey", &enc, &dir.path().join("r"), &["--new-key-file", k]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("folder_operation"), "{out}");
+}
+
+/// A rewrap that would fail on one model (a signature that would go stale: the model was
+/// signed alone) is refused before any model is rewritten, naming it; with
+/// `--drop-signatures` every model is rewrapped.
+#[test]
+fn rewrap_refuses_before_writing_anything() {
+    let p = protected();
+    let sk = p.base().join("s.sign");
+    assert_eq!(run(&["keygen", "--signing", "-o", path_str(&sk), "-q"]).0, 0);
+    let model = p.out.join("vision/model.onnx");
+    let (code, _, err) = run(&["sign", path_str(&model), "--in-place", "--sign-key", path_str(&sk), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.verify(None).0, 0);
+    let new = p.base().join("new.key");
+    assert_eq!(run(&["keygen", "-o", path_str(&new), "-q"]).0, 0);
+    let before = contents(&p.out);
+    let rewrap = |extra: &[&str]| {
+        let mut args = vec!["rewrap", path_str(&p.out), "--in-place", "--key-file", path_str(&p.key)];
+        args.extend(["--add-key-file", path_str(&new)]);
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, _, err) = rewrap(&[]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("vision/model.onnx"), "{err}");
+    assert!(contents(&p.out) == before, "a model was rewritten");
+    let (code, _, err) = rewrap(&["--drop-signatures"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.decrypt(&new).0, 0);
 }

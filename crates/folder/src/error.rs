@@ -169,3 +169,25 @@ pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Fol
     let path = path.into();
     move |source| FolderError::Io { path, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rewrap that stopped part way names the model it stopped at and those rewritten
+    /// before it; the model's error is the source, said once.
+    #[test]
+    fn a_partial_rewrap_names_the_models() {
+        let e = FolderError::PartlyRewrapped {
+            path: "vision/model.onnx".into(),
+            done: vec!["decoder.onnx".to_string()].into(),
+            source: CoreError::Write { path: "vision/model.onnx".into(), source: std::io::Error::other("disk full") },
+        };
+        let text = onnx_protect_core::error::with_causes(&e);
+        assert!(text.starts_with("rewrap stopped at vision/model.onnx after rewrapping decoder.onnx"), "{text}");
+        assert!(text.ends_with("disk full"), "{text}");
+        assert_eq!(text.matches("disk full").count(), 1, "{text}");
+        assert_eq!(e.name(), "io");
+        assert_eq!(e.kind(), ErrorKind::Model);
+    }
+}

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use onnx_protect_core::error::CoreError;
+use onnx_protect_core::error::{CoreError, Unsigned};
 use onnx_protect_core::format2::recipients::{EncryptTo, SharedKeys};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::pass::journal::Recovery;
 use onnx_protect_core::protect::{DecryptOptions, DecryptReport, EncryptOptions, EncryptReport, Member, VerifyReport};
+use onnx_protect_core::protection::Protection;
 use onnx_protect_core::rewrap::{RewrapOptions, RewrapReport};
 use onnx_protect_format::{Model, Progress};
 use onnx_protect_keys::SignerKey;
@@ -297,11 +298,13 @@ pub fn recover(input: &Path) -> Result<Vec<(String, Recovery)>> {
 }
 
 /// Rewraps every model of the protected folder `input` in place, the same way (`opts`,
-/// whose `in_place` must be set), after [`Folder::open`]'s checks and a check that `key`
-/// opens every model at its top tier, so that every model keeps the same recipients. Each
-/// model's tail is rewritten as [`onnx_protect_core::rewrap::rewrap`] rewrites it, safe
-/// against a crash (the next access finishes or undoes it). Should a model fail after
-/// others were rewritten, the error names them ([`FolderError::PartlyRewrapped`]).
+/// whose `in_place` must be set), so that every model keeps the same recipients. Before
+/// any model is rewritten: [`Folder::open`]'s checks, and for every model that `key` opens
+/// it at its top tier and that no signature would go stale (a signer not among
+/// `opts.signing_keys`, without `opts.drop_signatures`). Each model's tail is rewritten as
+/// [`onnx_protect_core::rewrap::rewrap`] rewrites it, safe against a crash (the next access
+/// finishes or undoes it). Should a model still fail after others were rewritten (a write
+/// that fails), the error names them ([`FolderError::PartlyRewrapped`]).
 pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<RewrappedFolder> {
     if !opts.in_place {
         return Err(FolderError::Options("a folder is rewrapped in place"));
@@ -318,6 +321,14 @@ pub fn rewrap(input: &Path, key: &KeySource, opts: &RewrapOptions) -> Result<Rew
             let operation = "rewrap (every tier's MAC)";
             let source = CoreError::NotTopKey { key_tier, tiers: folder.tiers(), operation, by_licence: false };
             return Err(model_error(&m.path, source));
+        }
+        if let Protection::V2(p) = Protection::of(&model).map_err(|e| model_error(&m.path, e))? {
+            let renewed: Vec<[u8; 32]> = opts.signing_keys.iter().map(|k| k.public().to_bytes()).collect();
+            let signatures = &p.sealed.envelope.signatures;
+            let count = signatures.iter().filter(|s| !renewed.iter().any(|r| r[..] == s.public_key[..])).count();
+            if count > 0 && !opts.drop_signatures {
+                return Err(model_error(&m.path, CoreError::NotSigned(Unsigned::Stale { count })));
+            }
         }
     }
     let mut reports = Vec::with_capacity(folder.models().len());

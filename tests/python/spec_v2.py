@@ -146,7 +146,10 @@ SCHEMAS = {
                (7, "tool", "string"), (8, "policy_summary", "string"), (9, "positions", "u32"),
                (10, "external_sizes", "ru64"), (11, "label_lock", "msg:LabelLock"), (12, "licence_authority", "bytes"),
                (13, "model_id", "string"), (14, "original_external_files", "rstring"),
-               (15, "external_leaves", "bytes")],
+               (15, "external_leaves", "bytes"), (16, "folder", "msg:FolderBinding")],
+    "FolderBinding": [(1, "folder_id", "bytes"), (2, "path", "string"), (3, "models", "rstring"),
+                      (4, "files", "rmsg:FolderFile")],
+    "FolderFile": [(1, "path", "string"), (2, "length", "u64"), (3, "hash", "bytes")],
     "LabelLock": [(1, "classes", "u32"), (2, "sealed_seed", "bytes"), (3, "tensors", "rmsg:LockedTensor"),
                   (4, "outputs", "rmsg:LockedOutput"), (5, "node", "string")],
     "LockedTensor": [(1, "locator", "string"), (2, "name", "string"), (3, "data_type", "i32"), (4, "dims", "ru64"),
@@ -1114,6 +1117,38 @@ class Opened:
         return mac_input(self.H, self.R, self.env["content_digest"])
 
 
+def _folder_path_ok(p: str) -> bool:
+    """§16: a relative path as a folder binding writes it."""
+    if not p or len(p.encode()) > 4096 or p.startswith("/") or "\\" in p or "\0" in p:
+        return False
+    if len(p) >= 2 and p[1] == ":" and p[0].isascii() and p[0].isalpha():
+        return False
+    return all(c not in ("", ".", "..") for c in p.split("/"))
+
+
+def check_folder_binding(b: dict) -> None:
+    """§16's rules on a header's `folder`; a binding breaking one is "modified"."""
+    if len(b["folder_id"]) != 16:
+        raise Modified(f"folder binding: folder_id of {len(b['folder_id'])} bytes (16)")
+    models, files = b["models"], [f["path"] for f in b["files"]]
+    for what, paths in (("models", models), ("files", files)):
+        if any(not _folder_path_ok(x) for x in paths):
+            raise Modified(f"folder binding: a path of {what} breaks §16's rules")
+        raw = [x.encode() for x in paths]
+        if raw != sorted(raw) or len(set(raw)) != len(raw):
+            raise Modified(f"folder binding: {what} not sorted by bytes without duplicates")
+    if not 1 <= len(models) <= 1024 or len(models) + len(files) > 65536:
+        raise Modified("folder binding: 1 to 1024 models, at most 65536 paths")
+    if any(not m.lower().endswith(".onnx") for m in models):
+        raise Modified("folder binding: a model path not ending in .onnx")
+    if set(models) & set(files):
+        raise Modified("folder binding: a path both a model and a file")
+    if b["path"] not in models:
+        raise Modified("folder binding: path is not one of models")
+    if any(len(f["hash"]) != 32 for f in b["files"]):
+        raise Modified("folder binding: a file hash not of 32 bytes")
+
+
 def check_header(h: dict):
     """§3, the rules that need no model."""
     if h["format_version"] != 2:
@@ -1135,6 +1170,8 @@ def check_header(h: dict):
         raise Modified("model_id without licence_authority")
     if len(h["model_id"].encode()) > 1024:
         raise Modified("model_id over 1024 bytes")
+    if h["folder"] is not None:
+        check_folder_binding(h["folder"])
     streams, pairs = set(), set()
     by_locator: dict[str, list[dict]] = {}
     for e in h["tensors"]:

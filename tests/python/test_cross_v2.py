@@ -435,3 +435,39 @@ def test_leaves_of_several_chunks_and_files_agree(tmp_path):
     last = variant(spec_dir / "model.onnx", "last", t2.reseal(prot, header=lambda h: h.update(
         external_leaves=t2.flip(leaves, len(leaves) - 40)), macs_with=keys))  # big.bin's last chunk
     refused_by_both(last, k, key)
+
+
+def test_the_independent_reader_opens_each_model_of_a_binary_protected_folder(tmp_path):
+    """§16: each model of a folder is read as a model alone; its header's folder binding
+    obeys the rules, and a binding breaking one is refused."""
+    src = tmp_path / "folder"
+    (src / "vision").mkdir(parents=True)
+    shutil.copy(ROOT / "fixtures" / "models" / "cnn_torch" / "model.onnx", src / "decoder.onnx")
+    ext = ROOT / "fixtures" / "models" / "external_data"
+    for f in ext.iterdir():
+        shutil.copy(f, src / "vision" / f.name)
+    (src / "tokenizer.json").write_text('{"model": "bpe"}')
+    k = tmp_path / "k.key"
+    run("keygen", "-o", k)
+    out = tmp_path / "enc"
+    run("encrypt", src, "-o", out, "--key-file", k)
+    key = v2.read_key_file(str(k))
+    ids = set()
+    for rel in ("decoder.onnx", "vision/model.onnx"):
+        model = (out / rel).read_bytes()
+        d = (out / rel).parent
+        back, side = v2.decrypt_all(model, key=key, model_dir=str(d), model_name=pathlib.PurePath(rel).name)
+        assert back == (src / rel).read_bytes()
+        for loc, data in side.items():
+            assert data == ((src / rel).parent / loc).read_bytes(), loc
+        _, env, header, _ = t2.envelope_parts(model)
+        b = header["folder"]
+        assert b["path"] == rel and b["models"] == ["decoder.onnx", "vision/model.onnx"]
+        assert [f["path"] for f in b["files"]] == ["tokenizer.json", "vision/expected.json"]
+        ids.add(b["folder_id"])
+        v2.check_folder_binding(b)
+        for broken in ({"path": "other.onnx"}, {"folder_id": b"x" * 15}, {"models": b["models"][::-1]},
+                       {"models": ["../decoder.onnx", "vision/model.onnx"]}):
+            with pytest.raises(v2.Modified):
+                v2.check_folder_binding({**b, **broken})
+    assert len(ids) == 1

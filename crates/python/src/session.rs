@@ -319,6 +319,13 @@ impl SessionFiles {
     fn external_method(&self) -> Option<&'static str> {
         external_method(&self.held)
     }
+
+    /// After `release()`: drops what is filled of the external files filled on demand (a
+    /// later read fills it again, verified and decrypted anew), for sessions that keep
+    /// their own packed copy of the weights they read.
+    fn trim(&self) {
+        lock(&self.held.external).values().for_each(DecryptedBytes::trim);
+    }
 }
 
 /// Settles the external files filled on demand (see `release`) and drops the graph not

@@ -22,6 +22,8 @@ pub(super) trait FilledOnDemand: Send + Sync {
     fn bytes(&self) -> &[u8];
     /// See [`DecryptedBytes::settle`].
     fn settle(&self) -> Result<()>;
+    /// See [`DecryptedBytes::trim`].
+    fn trim(&self);
 }
 
 /// How a buffer was produced.
@@ -80,6 +82,18 @@ impl DecryptedBytes {
         match &self.backing {
             Backing::OnDemand { region, .. } => region.settle(),
             _ => Ok(()),
+        }
+    }
+
+    /// For memory filled on demand and settled without error: drops every filled chunk, so
+    /// the memory held falls to what is read from now on; a chunk read again is read,
+    /// verified and decrypted again (a chunk that no longer matches then ends the process, as
+    /// any fill after `settle` does). For a reader that no longer needs what it read (a
+    /// session that packed its own copy of the weights). A no-op for other buffers, and
+    /// before a successful `settle`.
+    pub fn trim(&self) {
+        if let Backing::OnDemand { region, .. } = &self.backing {
+            region.trim();
         }
     }
 

@@ -279,6 +279,13 @@ impl FilledOnDemand for Region {
             Some(f) => Err(f.error()),
         }
     }
+
+    /// Drops every filled block once `settle` succeeded.
+    fn trim(&self) {
+        if matches!(self.settled.get(), Some(None)) {
+            self.region.trim();
+        }
+    }
 }
 
 impl Region {

@@ -284,5 +284,8 @@ def Model(  # noqa: N802 (named as the onnxruntime_genai class it returns)
     model = _classes()[1](config)
     for sf in keep.files:
         sf.release()
+        # onnxruntime packed its own copy of what it read (MatMulNBits, MatMul weights):
+        # what stays filled of the decrypted files goes, and is filled again if read.
+        sf.trim()
     model._onnx_protect = keep
     return model

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use onnx_protect_crypto::{DataKey, TierKeys};
-use onnx_protect_format::{discover, Model, Progress, TensorData};
+use onnx_protect_format::{discover, Model, NoProgress, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
@@ -20,31 +20,58 @@ use crate::format2::seal::write_sealed;
 use crate::metadata::tool_name;
 use crate::pass::action::{prepare, Action, Rewrite};
 use crate::pass::content::{relocations, Pass};
-use crate::pass::staged::{durable, Outputs};
+use crate::pass::staged::{durable, OutputRules, Outputs};
 use crate::pass::Hash;
 use crate::target::{check_disjoint_in_files, complement, mode_code, storage_code, Target};
 
-/// Options of [`encrypt`].
-pub(crate) struct EncryptSpec<'a> {
+/// Options of [`encrypt`](crate::protect::encrypt) and
+/// [`encrypt_member`](crate::protect::encrypt_member).
+pub struct EncryptOptions<'a> {
     pub policy: &'a Policy,
     pub in_place: bool,
+    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
+    /// survives a power failure. Always done with `in_place`, whose outputs replace the
+    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
+    /// or not at all).
     pub sync: bool,
+    /// Allow a policy that encrypts no byte of the model (refused by default).
     pub allow_empty: bool,
-    /// Choose which subsequences are encrypted with the key and seal the spans
-    /// (docs/format.md §6): no key-less party can tell which rows are encrypted.
+    /// Choose the encrypted subsequences with the key and keep the positions secret
+    /// (docs/format.md §6; fp or dp modes, no access tiers): no key-less party can tell
+    /// which rows are encrypted.
     pub secret_positions: bool,
+    /// Whether existing outputs may be replaced and a missing output directory created.
+    pub outputs: OutputRules,
+    /// Publisher keys that sign the model (docs/format.md §10).
     pub signing_keys: &'a [SigningKey],
+    /// A change of the plaintext weights made while encrypting (for example a recipient's
+    /// fingerprint); the decrypted model then holds the changed weights.
     pub rewrite: Option<&'a Rewrite>,
-    pub licence: Option<&'a crate::licence::LicenceRequirement>,
-    /// Lock the class order of the output layer (docs/format.md §15).
+    /// Opening the model will need a licence of this authority (docs/shipping.md#licences).
+    pub licence: Option<crate::licence::LicenceRequirement>,
+    /// Lock the class order of the output layer (`--lock-outputs`, docs/format.md §15);
+    /// a full decryption restores it.
     pub lock: Option<&'a crate::lock::LockOutputs>,
-    /// The names the external data files get next to the output, when not their own
-    /// (an output in the input's directory, [`crate::pass::staged::protected_names`]).
-    pub external_names: Option<&'a [String]>,
-    /// Keys drawn and wrapped once for several models, with this model's place among
-    /// them (a model folder); `None`: a data key of its own.
-    pub member: Option<&'a Member<'a>>,
     pub progress: &'a dyn Progress,
+}
+
+impl<'a> EncryptOptions<'a> {
+    /// The defaults: write a new file, no signature, refuse an empty selection.
+    pub fn new(policy: &'a Policy) -> EncryptOptions<'a> {
+        EncryptOptions {
+            policy,
+            in_place: false,
+            sync: false,
+            allow_empty: false,
+            secret_positions: false,
+            outputs: OutputRules::default(),
+            signing_keys: &[],
+            rewrite: None,
+            licence: None,
+            lock: None,
+            progress: &NoProgress,
+        }
+    }
 }
 
 /// One model of several encrypted under the same [`SharedKeys`] (the models of a folder,
@@ -202,23 +229,15 @@ pub(crate) fn choose(
     refuse_ctr_with_tiers(model, &selection, tiers)?;
     refuse_short_permutations(model, &selection)?;
     if selection.bytes() == 0 && !allow_empty && !lock_only {
-        let why = if weights.is_empty() {
-            "the model has no weights to encrypt: no operator reads a floating-point constant tensor or a \
-             weight input (parameters kept in node attribute lists, as the ai.onnx.ml tree, linear and SVM \
-             operators keep them, are not encrypted)"
-                .to_string()
+        let refusal = if weights.is_empty() {
+            PolicyError::NoWeights
         } else if let Some(s) = selection.skipped.first() {
-            format!(
-                "the policy encrypts 0 bytes of this model: the {} weight(s) it selects cannot be encrypted so \
-                 ('{}': {}); choose another mode, or allow it explicitly",
-                selection.skipped.len(),
-                model.tensors[s.tensor].name,
-                s.reason
-            )
+            let (tensor, reason) = (model.tensors[s.tensor].name.clone(), s.reason.clone());
+            PolicyError::NothingEncryptable { count: selection.skipped.len(), tensor, reason }
         } else {
-            "the policy encrypts 0 bytes of this model; raise a coefficient, or allow it explicitly".to_string()
+            PolicyError::NothingSelected
         };
-        return Err(CoreError::Policy(PolicyError::Invalid(why)));
+        return Err(CoreError::Policy(refusal));
     }
     // Varint-stored tensors change length when encrypted: they go whole to the top tier,
     // so a partial decryption never changes a length (docs/format.md §3).
@@ -245,36 +264,43 @@ pub(crate) fn plan(
     Ok((weight_bytes, selection, header, targets))
 }
 
-/// Encrypts `model` (opened from `input`) into `output` in format 2.
-pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &EncryptSpec) -> Result<Encrypted> {
+/// Encrypts `model` (opened from `input`) into `output` in format 2, its external data
+/// files under `external_names` when not their own (an output in the input's directory,
+/// [`crate::pass::staged::protected_names`]), with the keys of `member` (a model folder's:
+/// drawn and wrapped once for several models) or else fresh ones wrapped for `to`.
+pub(crate) fn encrypt(
+    model: &Model,
+    output: &Path,
+    to: &EncryptTo,
+    opts: &EncryptOptions,
+    external_names: Option<&[String]>,
+    member: Option<&Member>,
+) -> Result<Encrypted> {
     // The lock is planned first: a model that cannot be locked is refused before any output exists.
-    if spec.member.is_some() && spec.lock.is_some() {
+    if member.is_some() && opts.lock.is_some() {
         // The lock's seed is sealed under a zero nonce with a key of the data key (§15):
         // two models under one data key would use that nonce twice.
-        return Err(CoreError::Policy(PolicyError::Invalid(
-            "the outputs of a model that shares its data key with other models (a model folder) cannot be locked"
-                .into(),
-        )));
+        return Err(CoreError::Policy(PolicyError::LockSharedKey));
     }
-    let planned = spec.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
-    let lock_only = spec.lock.is_some_and(|l| l.only);
-    let relocate = relocations(model, spec.external_names)?;
-    let outputs = Outputs::stage_as(model, output, spec.external_names)?;
-    let tiers = spec.policy.tiers.max(1);
-    let (weights, weight_bytes, mut selection) = choose(model, spec.policy, spec.allow_empty, lock_only)?;
-    let data_keys = match spec.member {
+    let planned = opts.lock.map(|l| crate::lock::plan(model, l)).transpose()?;
+    let lock_only = opts.lock.is_some_and(|l| l.only);
+    let relocate = relocations(model, external_names)?;
+    let outputs = Outputs::stage_as(model, output, external_names)?;
+    let tiers = opts.policy.tiers.max(1);
+    let (weights, weight_bytes, mut selection) = choose(model, opts.policy, opts.allow_empty, lock_only)?;
+    let data_keys = match member {
         Some(m) if m.keys.tiers() != tiers => {
             return Err(CoreError::Internal("shared data keys of another number of tiers than the policy's"))
         }
         Some(m) => m.keys.data_keys.clone(),
         None => DataKey::generate()?.chain_down(tiers),
     };
-    let first_stream = spec.member.map_or(0, |m| m.first_stream);
+    let first_stream = member.map_or(0, |m| m.first_stream);
     let tier_keys: Vec<TierKeys> = data_keys.iter().map(DataKey::tier_keys).collect();
-    if spec.secret_positions {
-        choose_secret_positions(model, &weights, spec.policy, &mut selection, &tier_keys, first_stream)?;
+    if opts.secret_positions {
+        choose_secret_positions(model, &weights, opts.policy, &mut selection, &tier_keys, first_stream)?;
     }
-    let stanzas = match spec.member {
+    let stanzas = match member {
         Some(m) => m.keys.stanzas.clone(),
         None => {
             let stanzas = wrap_all(to, &data_keys)?;
@@ -282,11 +308,18 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
             stanzas
         }
     };
-    let (mut header, targets) =
-        build_header(model, &selection, &tier_keys, spec.policy, spec.secret_positions, spec.licence, first_stream)?;
-    header.folder = spec.member.and_then(|m| m.folder.clone()).map(Box::new);
+    let (mut header, targets) = build_header(
+        model,
+        &selection,
+        &tier_keys,
+        opts.policy,
+        opts.secret_positions,
+        opts.licence.as_ref(),
+        first_stream,
+    )?;
+    header.folder = member.and_then(|m| m.folder.clone()).map(Box::new);
     let next_stream = first_stream.saturating_add(selection.chosen.len() as u64);
-    if let Some(names) = spec.external_names {
+    if let Some(names) = external_names {
         header.original_external_files = std::mem::replace(&mut header.external_files, names.to_vec());
     }
     check_disjoint_in_files(model, &targets)?;
@@ -294,10 +327,10 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
     if let Some(p) = &planned {
         header.label_lock = Some(crate::lock::header_lock(model, p, &tier_keys[0]));
     }
-    let (all_targets, actions) = encrypt_actions(model, &weights, &targets, streams, planned.as_ref(), spec.rewrite)?;
+    let (all_targets, actions) = encrypt_actions(model, &weights, &targets, streams, planned.as_ref(), opts.rewrite)?;
 
     let files = outputs.covered_files();
-    let durable = durable(spec.in_place, spec.sync);
+    let durable = durable(opts.in_place, opts.sync);
     let pass = Pass {
         model,
         content_len: model.bytes().len() as u64,
@@ -307,9 +340,9 @@ pub(crate) fn encrypt(model: &Model, output: &Path, to: &EncryptTo, spec: &Encry
         hash: Hash::Output,
         chunk: CONTENT_CHUNK,
         durable,
-        progress: spec.progress,
+        progress: opts.progress,
     };
-    write_sealed(pass, &files, output, &mut header, &stanzas, &tier_keys, spec.signing_keys)?;
+    write_sealed(pass, &files, output, &mut header, &stanzas, &tier_keys, opts.signing_keys)?;
     let external = outputs.external.iter().map(|p| p.display().to_string()).collect();
     drop(files);
     drop(actions);
@@ -325,11 +358,11 @@ pub(crate) fn refuse_ctr_with_tiers(model: &Model, selection: &Selection, tiers:
         return Ok(());
     }
     match selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
-        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
-            "access tiers need the fp or dp mode, but '{}' ({} {}) would be encrypted with ctr, which gives NaN \
-             outputs at every partial tier; use --mode '*=fp' or --mode '*=dp'",
-            model.tensors[c.tensor].name, c.op_type, c.role
-        )))),
+        Some(c) => Err(CoreError::Policy(PolicyError::CtrWithTiers {
+            tensor: model.tensors[c.tensor].name.clone(),
+            op_type: c.op_type.clone(),
+            role: c.role.clone(),
+        })),
         None => Ok(()),
     }
 }
@@ -344,17 +377,13 @@ fn refuse_short_permutations(model: &Model, selection: &Selection) -> Result<()>
         c.mode.whole_spans() && c.spans.iter().any(|(a, b)| (b - a) / elem(c) < c.mode.min_span_elements())
     };
     match selection.chosen.iter().find(short) {
-        Some(c) => Err(CoreError::Policy(PolicyError::Invalid(format!(
-            "the dp mode needs subsequences of at least {} elements, but '{}' ({} {}, {} elements) \
-             would be cut shorter (a shorter permutation hides too little); use fewer subsequences, or another \
-             mode for it (for example --mode {}=fp)",
-            c.mode.min_span_elements(),
-            model.tensors[c.tensor].name,
-            c.op_type,
-            c.role,
-            model.tensors[c.tensor].nbytes / elem(c),
-            c.op_type
-        )))),
+        Some(c) => Err(CoreError::Policy(PolicyError::ShortPermutation {
+            min: c.mode.min_span_elements(),
+            tensor: model.tensors[c.tensor].name.clone(),
+            op_type: c.op_type.clone(),
+            role: c.role.clone(),
+            elements: model.tensors[c.tensor].nbytes / elem(c),
+        })),
         None => Ok(()),
     }
 }
@@ -440,16 +469,12 @@ fn choose_secret_positions(
     tier_keys: &[TierKeys],
     first_stream: u64,
 ) -> Result<()> {
-    let invalid = |m: String| CoreError::Policy(PolicyError::Invalid(m));
     if tier_keys.len() > 1 {
-        return Err(invalid("secret positions are not available with access tiers".into()));
+        return Err(CoreError::Policy(PolicyError::SecretPositionsWithTiers));
     }
     if let Some(c) = selection.chosen.iter().find(|c| c.mode == Mode::Ctr) {
-        return Err(invalid(format!(
-            "secret positions need a mode whose ciphertext looks like weights (fp or dp); '{}' would be ctr, \
-             whose values give the encrypted rows away",
-            model.tensors[c.tensor].name
-        )));
+        let tensor = model.tensors[c.tensor].name.clone();
+        return Err(CoreError::Policy(PolicyError::SecretPositionsWithCtr { tensor }));
     }
     // Every kind of rule is widened: a weight may be chosen by its operator, its role,
     // its layer or its name.
@@ -479,4 +504,69 @@ fn choose_secret_positions(
         c.spans = spans;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use onnx_protect_crypto::MasterKey;
+    use onnx_protect_format::testutil::{float_tensor, matmul_chain, model_with_graph, node, tiny_model};
+    use onnx_protect_format::wire::put_len_field;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::keys::KeySource;
+
+    /// What `policy` (with `secret` positions) does to an encryption of `model`: refused,
+    /// with the kind `policy` and a message saying so, no output written; the reason.
+    fn refusal(model: Vec<u8>, policy: &Policy, secret: bool) -> PolicyError {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, out) = (dir.path().join("plain.onnx"), dir.path().join("out.onnx"));
+        std::fs::write(&plain, model).unwrap();
+        let to = EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
+        let opts = EncryptOptions { secret_positions: secret, ..EncryptOptions::new(policy) };
+        let e = crate::protect::encrypt(&plain, &out, &to, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Policy, "{e}");
+        assert!(e.to_string().starts_with("policy: "), "{e}");
+        assert!(!out.exists(), "{e}");
+        match e {
+            CoreError::Policy(p) => p,
+            other => panic!("not a policy error: {other}"),
+        }
+    }
+
+    fn policy(overrides: &[(&str, &str)], tiers: u32) -> Policy {
+        let mut p = Policy::default();
+        for (what, spec) in overrides {
+            p.apply_override(what, spec).unwrap();
+        }
+        p.set_tiers(tiers).unwrap();
+        p
+    }
+
+    /// Each way a policy cannot encrypt a model as asked is its own variant, naming the
+    /// tensor and the operator where there is one.
+    #[test]
+    fn a_policy_that_cannot_encrypt_a_model_as_asked_is_refused_with_its_reason() {
+        let tiny = tiny_model;
+        let e = refusal(tiny(), &policy(&[("coefficient", "*=0")], 1), false);
+        assert!(matches!(e, PolicyError::NothingSelected), "{e}");
+        let e = refusal(tiny(), &policy(&[("mode", "*=dp")], 1), false);
+        assert!(matches!(&e, PolicyError::NothingEncryptable { count: 1, tensor, .. } if tensor == "W"), "{e}");
+        let e = refusal(tiny(), &policy(&[("mode", "*=ctr")], 2), false);
+        assert!(
+            matches!(&e, PolicyError::CtrWithTiers { tensor, op_type, .. } if tensor == "W" && op_type == "MatMul"),
+            "{e}"
+        );
+        let e = refusal(tiny(), &policy(&[("mode", "*=fp")], 2), true);
+        assert!(matches!(e, PolicyError::SecretPositionsWithTiers), "{e}");
+        let e = refusal(tiny(), &policy(&[("mode", "*=ctr")], 1), true);
+        assert!(matches!(&e, PolicyError::SecretPositionsWithCtr { tensor } if tensor == "W"), "{e}");
+        let wide = matmul_chain(&[float_tensor("W0", &[8, 64], &[0.5; 512])]);
+        let e = refusal(wide, &policy(&[("mode", "*=dp"), ("subsequences", "*=1000")], 1), false);
+        assert!(matches!(&e, PolicyError::ShortPermutation { min: 16, tensor, .. } if tensor == "W0"), "{e}");
+        let mut graph = Vec::new();
+        put_len_field(&mut graph, 1, &node("Relu", &["x"], &["y"], "relu"));
+        let e = refusal(model_with_graph(&graph), &policy(&[], 1), false);
+        assert!(matches!(e, PolicyError::NoWeights), "{e}");
+    }
 }

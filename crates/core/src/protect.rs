@@ -23,10 +23,11 @@ use std::path::PathBuf;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, Progress};
 use onnx_protect_keys::{SignerKey, SigningKey};
+#[cfg(test)]
 use onnx_protect_select::Policy;
 
-pub use crate::encrypt::Member;
-use crate::encrypt::{self, EncryptSpec};
+use crate::encrypt;
+pub use crate::encrypt::{EncryptOptions, Member};
 use crate::error::{CoreError, OutputRefused, Result, UnusableKey};
 use crate::format1::warning_for;
 use crate::format2::recipients::EncryptTo;
@@ -34,7 +35,6 @@ use crate::format2::seal::{recorded_digest, with_signatures};
 use crate::format2::signer_texts;
 use crate::keys::KeySource;
 use crate::metadata::is_manifest_key;
-use crate::pass::action::Rewrite;
 use crate::pass::decryption::FileSink;
 use crate::pass::staged::{check_output, check_output_as, protected_names, OutputRules};
 use crate::protection::{open_protected, Protection, ProtectionView};
@@ -112,54 +112,6 @@ pub struct VerifyReport {
     pub warning: Option<&'static str>,
 }
 
-/// Options of [`encrypt`].
-pub struct EncryptOptions<'a> {
-    pub policy: &'a Policy,
-    pub in_place: bool,
-    /// Flush every output to the disk (`fsync`) before renaming it into place, so it
-    /// survives a power failure. Always done with `in_place`, whose outputs replace the
-    /// input; otherwise off, as with `cp` (the rename still makes outputs appear whole
-    /// or not at all).
-    pub sync: bool,
-    /// Allow a policy that encrypts no byte of the model (refused by default).
-    pub allow_empty: bool,
-    /// Choose the encrypted subsequences with the key and keep the positions secret
-    /// (docs/format.md §6; fp or dp modes, no access tiers).
-    pub secret_positions: bool,
-    /// Whether existing outputs may be replaced and a missing output directory created.
-    pub outputs: OutputRules,
-    /// Publisher keys that sign the model (docs/format.md §10).
-    pub signing_keys: &'a [SigningKey],
-    /// A change of the plaintext weights made while encrypting (for example a recipient's
-    /// fingerprint); the decrypted model then holds the changed weights.
-    pub rewrite: Option<&'a Rewrite>,
-    /// Opening the model will need a licence of this authority (docs/shipping.md#licences).
-    pub licence: Option<crate::licence::LicenceRequirement>,
-    /// Lock the class order of the output layer (`--lock-outputs`, docs/format.md §15);
-    /// a full decryption restores it.
-    pub lock: Option<&'a crate::lock::LockOutputs>,
-    pub progress: &'a dyn Progress,
-}
-
-impl<'a> EncryptOptions<'a> {
-    /// The defaults: write a new file, no signature, refuse an empty selection.
-    pub fn new(policy: &'a Policy) -> EncryptOptions<'a> {
-        EncryptOptions {
-            policy,
-            in_place: false,
-            sync: false,
-            allow_empty: false,
-            secret_positions: false,
-            outputs: OutputRules::default(),
-            signing_keys: &[],
-            rewrite: None,
-            licence: None,
-            lock: None,
-            progress: &NoProgress,
-        }
-    }
-}
-
 /// Options of [`decrypt`].
 pub struct DecryptOptions<'a> {
     pub in_place: bool,
@@ -223,24 +175,10 @@ fn encrypt_as(
     }
     let names = protected_names(&model, output, opts.in_place)?;
     check_output_as(&model, input, output, opts.in_place, &opts.outputs, names.as_deref())?;
-    let spec = EncryptSpec {
-        policy: opts.policy,
-        in_place: opts.in_place,
-        sync: opts.sync,
-        allow_empty: opts.allow_empty,
-        secret_positions: opts.secret_positions,
-        signing_keys: opts.signing_keys,
-        rewrite: opts.rewrite,
-        licence: opts.licence.as_ref(),
-        lock: opts.lock,
-        external_names: names.as_deref(),
-        member,
-        progress: opts.progress,
-    };
     if let Some(id) = opts.licence.as_ref().and_then(|l| l.model_id.as_deref()) {
         crate::licence::check_model_id(id)?;
     }
-    let done = encrypt::encrypt(&model, output, to, &spec)?;
+    let done = encrypt::encrypt(&model, output, to, opts, names.as_deref(), member)?;
     let encrypted_bytes = done.selection.bytes();
     let warnings = onnx_protect_select::risk::relearning_warning(
         &model,
@@ -495,6 +433,7 @@ mod tests {
     use onnx_protect_crypto::LeafHash;
     use onnx_protect_proto::v1 as pb;
     use onnx_protect_proto::Message;
+    use onnx_protect_select::PolicyError;
 
     fn vector(name: &str) -> (PathBuf, KeySource) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vectors").join(name);
@@ -577,7 +516,7 @@ mod tests {
         let lock = crate::lock::LockOutputs { node: None, seed: None, only: false };
         let locked = EncryptOptions { lock: Some(&lock), ..EncryptOptions::new(&policy) };
         let e = encrypt_member(&plain, &dir.path().join("c.onnx"), &member(b.next_stream, "c.onnx"), &locked);
-        assert!(matches!(e, Err(CoreError::Policy(_))), "{:?}", e.map(|r| r.next_stream));
+        assert!(matches!(e, Err(CoreError::Policy(PolicyError::LockSharedKey))), "{:?}", e.map(|r| r.next_stream));
         assert!(!dir.path().join("c.onnx").exists());
     }
 

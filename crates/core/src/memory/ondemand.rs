@@ -37,7 +37,7 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
 use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, SMALL};
-use super::patch::{for_overlaps, io_error, out_of_bounds, sources_of, Patcher, Piece};
+use super::patch::{for_overlaps, io_error, sources_of, too_large, Patcher, Piece};
 use crate::error::{CoreError, Modified, Result};
 use crate::pass::action::{apply, Action};
 use crate::pass::decryption::{Decryption, NewEntry};
@@ -98,14 +98,14 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     for (fi, f) in model.external_files.iter().enumerate() {
         let handle = f.file()?.try_clone().map_err(|e| io_error(&f.path, e))?;
         let index = fi as u32 + 1;
-        let n = usize::try_from(f.size.div_ceil(chunk)).map_err(|_| out_of_bounds(&(0..f.size)))?;
+        let n = usize::try_from(f.size.div_ceil(chunk)).map_err(|_| too_large())?;
         let leaves = if listed {
             listed_leaves.by_ref().take(n).collect()
         } else {
             hash_leaves(&handle, &f.path, f.size, index, chunk, &(0..n as u64).collect::<Vec<_>>())?
         };
         all.push(FileLeaves { len: f.size, leaves: leaves.clone() });
-        let blocks = usize::try_from(f.size.div_ceil(block)).map_err(|_| out_of_bounds(&(0..f.size)))?;
+        let blocks = usize::try_from(f.size.div_ceil(block)).map_err(|_| too_large())?;
         files.push(ExternalFile {
             file: handle,
             path: f.path.clone(),
@@ -138,7 +138,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
         .unwrap_or(0);
     let budget = usize::try_from((largest.div_ceil(block) + BUDGET_SLACK) * block).unwrap_or(usize::MAX);
     let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
-    let region_len = first_block.checked_mul(block_len).ok_or_else(|| out_of_bounds(&(0..total)))?;
+    let region_len = first_block.checked_mul(block_len).ok_or_else(too_large)?;
     // The region first, then what fills it: `d` is still whole if the region cannot be made.
     // Nothing can read the region before it is handed out below, after the filler is in;
     // the handler's head start waits for the filler's lock until then.

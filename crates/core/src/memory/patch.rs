@@ -135,7 +135,7 @@ impl Source<'_> {
         match self {
             Source::Slice(s) => {
                 let r = start as usize..(start as usize).saturating_add(out.len());
-                out.copy_from_slice(s.get(r).ok_or_else(|| out_of_bounds(&(start..start + out.len() as u64)))?);
+                out.copy_from_slice(s.get(r).ok_or_else(out_of_bounds)?);
                 Ok(())
             }
             Source::File(f, path) => read_exact_at(f, out, start).map_err(|e| io_error(path, e)),
@@ -207,8 +207,15 @@ fn plaintext_ranges(patches: &[Patch<'_>]) -> Vec<Range<usize>> {
     patches.iter().map(|p| p.range.start as usize..p.range.end as usize).collect()
 }
 
-pub(super) fn out_of_bounds(range: &Range<u64>) -> CoreError {
-    CoreError::Format(FormatError::Invalid(format!("patch {range:?} is out of bounds")))
+/// A patch outside the bytes it patches: the decryption was planned on another model (a
+/// bug, not a fault of the file).
+pub(super) fn out_of_bounds() -> CoreError {
+    CoreError::Internal("a patch outside the bytes it patches")
+}
+
+/// A file whose length this system cannot address.
+pub(super) fn too_large() -> CoreError {
+    CoreError::Internal("a file longer than this system can address")
 }
 
 /// The targets of a decryption and what their spans become: applies patches to copies
@@ -240,12 +247,12 @@ impl Patcher<'_> {
         let mut offset = 0u64;
         for p in patches {
             if p.range.start < offset || p.range.end < p.range.start {
-                return Err(CoreError::Format(FormatError::Invalid("patches overlap".into())));
+                return Err(CoreError::Internal("patches that overlap or are out of order"));
             }
             let skip = (p.range.start - offset) as usize;
             let len = (p.range.end - p.range.start) as usize;
             if skip + len > rest.len() {
-                return Err(out_of_bounds(&p.range));
+                return Err(out_of_bounds());
             }
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
             let (piece, tail) = tail.split_at_mut(len);
@@ -260,9 +267,8 @@ impl Patcher<'_> {
                     // The ciphertext comes from `reference`, the map that was hashed for the MAC,
                     // not from the private map. Writing first also means each page of the private
                     // map takes one copy-on-write fault, not a read fault and then a write fault.
-                    let authentic = reference
-                        .get(p.range.start as usize..p.range.end as usize)
-                        .ok_or_else(|| out_of_bounds(&p.range))?;
+                    let authentic =
+                        reference.get(p.range.start as usize..p.range.end as usize).ok_or_else(out_of_bounds)?;
                     piece.copy_from_slice(authentic);
                     self.decrypt(tag, logical, piece, piece.len() >= PARALLEL_SPAN)?;
                 }
@@ -290,7 +296,7 @@ impl Patcher<'_> {
             }
         }
         // The fallback: stream the plan into an owned buffer.
-        let content = src.get(..content_len as usize).ok_or_else(|| out_of_bounds(&(0..content_len)))?;
+        let content = src.get(..content_len as usize).ok_or_else(out_of_bounds)?;
         let mut out = Vec::with_capacity(plan.output_len() as usize);
         let mut err = None;
         plan.write(content, &mut out, &mut |tag, logical, chunk| {
@@ -482,7 +488,7 @@ impl Patcher<'_> {
         for (fi, f) in model.external_files.iter().enumerate() {
             let file = f.file()?;
             let patches = per_file.remove(&fi).unwrap_or_default();
-            let len = usize::try_from(f.size).map_err(|_| out_of_bounds(&(0..f.size)))?;
+            let len = usize::try_from(f.size).map_err(|_| too_large())?;
             let Some(mut map) = anonymous(len, &f.path)? else { return Ok(None) };
             let l =
                 self.hash_and_patch(&mut map, &Source::File(file, &f.path), &patches, fi as u32 + 1, f.size, d.chunk);
@@ -521,4 +527,33 @@ fn with_partial_entry(
     out.extend_from_slice(&entry);
     // `content` is dropped here, its decrypted spans wiped; `out` is wiped when dropped.
     Ok(DecryptedBytes::owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// Patches that do not fit the buffer they patch come from a plan made for another
+    /// model: a fault of this crate, reported as one, never as an invalid model.
+    #[test]
+    fn patches_out_of_bounds_or_overlapping_are_an_internal_fault() {
+        let model = Model::from_vec(onnx_protect_format::testutil::tiny_model(), None).unwrap();
+        let patcher = Patcher { model: &model, targets: &[], sources: &[] };
+        let reference = [7u8; 16];
+        let bytes = |range: Range<u64>| Patch { range, what: PatchKind::Bytes(&[1; 4]) };
+        for (what, patches) in [
+            ("past the end", vec![bytes(14..18)]),
+            ("overlapping", vec![bytes(2..6), bytes(4..8)]),
+            ("out of order", vec![bytes(8..12), bytes(0..4)]),
+        ] {
+            let mut buf = reference;
+            let e = patcher.patch(&mut buf, &reference, &patches).unwrap_err();
+            assert!(matches!(e, CoreError::Internal(_)) && e.kind() == ErrorKind::Internal, "{what}: {e}");
+            assert_eq!(buf, reference, "{what}: nothing patched");
+        }
+        let mut buf = reference;
+        patcher.patch(&mut buf, &reference, &[bytes(0..4), bytes(12..16)]).unwrap();
+        assert_eq!(buf, [1, 1, 1, 1, 7, 7, 7, 7, 7, 7, 7, 7, 1, 1, 1, 1]);
+    }
 }

@@ -341,9 +341,9 @@ pub unsafe extern "C" fn onnx_protect_key_from_bytes(
         unsafe { out_arg(out, "out") }?;
         // SAFETY: the caller's contract.
         let bytes = unsafe { bytes_arg(data, len, "data") }?;
-        let file = KeyFile::parse(bytes).map_err(|e| key_failure(format!("key bytes: {e}")))?;
+        let (source, _) = KeySource::from_key_file(bytes).map_err(|e| key_failure(format!("key bytes: {e}")))?;
         // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };
+        unsafe { put(out, OnnxProtectKey { source }) };
         Ok(())
     })
 }
@@ -364,9 +364,10 @@ pub unsafe extern "C" fn onnx_protect_key_from_file(
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
         let bytes = read_secret(&path, "key file")?;
-        let file = KeyFile::parse(&bytes).map_err(|e| key_failure(format!("key file {}: {e}", path.display())))?;
+        let (source, _) =
+            KeySource::from_key_file(&bytes).map_err(|e| key_failure(format!("key file {}: {e}", path.display())))?;
         // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };
+        unsafe { put(out, OnnxProtectKey { source }) };
         Ok(())
     })
 }
@@ -447,8 +448,9 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_failure(format!("identity file {} is not UTF-8 text", path.display())))?;
         let tcti = onnx_protect_tpm::tcti_from_env();
-        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
-            .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
+        let id =
+            onnx_protect_core::keys::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
+                .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source: KeySource::Identity(id) }) };
         Ok(())
@@ -485,7 +487,7 @@ pub unsafe extern "C" fn onnx_protect_key_with_licence(
                 })
             })?;
         let tcti = onnx_protect_tpm::tcti_from_env();
-        let source = onnx_protect_tpm::with_licence(key.source.clone(), &text, None, &tcti)
+        let source = onnx_protect_core::keys::with_licence(key.source.clone(), &text, None, &tcti)
             .map_err(|e| Failure::from(CoreError::from(e)))?;
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source }) };

@@ -17,7 +17,6 @@ use onnx_protect_core::error::{with_causes_at, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protection::Protection;
-use onnx_protect_crypto::KeyFile;
 use onnx_protect_keys::SignerKey;
 use zeroize::Zeroizing;
 
@@ -60,15 +59,18 @@ fn core_failure(e: CoreError, path: &std::path::Path) -> Error {
 fn key_source(key: Option<Buffer>, passphrase: Option<Buffer>, identity: Option<String>) -> napi::Result<KeySource> {
     match (key, passphrase, identity) {
         (Some(k), None, None) => {
-            let file = KeyFile::parse(&k).map_err(|e| failure("key", format!("key: {e}")))?;
-            Ok(KeySource::Key(file.into_key()))
+            let (source, _) = KeySource::from_key_file(&k).map_err(|e| failure("key", format!("key: {e}")))?;
+            Ok(source)
         }
         (None, Some(p), None) => Ok(KeySource::Passphrase(Zeroizing::new(p.to_vec()))),
         (None, None, Some(text)) => {
             let tcti = onnx_protect_tpm::tcti_from_env();
-            let id =
-                onnx_protect_tpm::parse_identity_file(&text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
-                    .map_err(|e| failure("key", format!("identity: {e}")))?;
+            let id = onnx_protect_core::keys::parse_identity_file(
+                &text,
+                &tcti,
+                std::sync::Arc::new(onnx_protect_keys::NoPrompt),
+            )
+            .map_err(|e| failure("key", format!("identity: {e}")))?;
             Ok(KeySource::Identity(id))
         }
         _ => Err(failure("usage", "give exactly one of key, passphrase and identity")),

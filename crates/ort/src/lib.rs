@@ -218,8 +218,8 @@ pub fn key_file(path: &Path) -> Result<KeySource, Error> {
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
     let read = std::fs::read(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source });
     let bytes = zeroize::Zeroizing::new(read.map_err(|e| at(e.into()))?);
-    let file = onnx_protect_crypto::KeyFile::parse(&bytes).map_err(|e| at(e.into()))?;
-    Ok(KeySource::Key(file.into_key()))
+    let (source, _) = KeySource::from_key_file(&bytes).map_err(|e| at(e.into()))?;
+    Ok(source)
 }
 
 /// A session of the protected model at `path`, opened with `key`, built by `builder`

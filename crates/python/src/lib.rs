@@ -277,16 +277,17 @@ impl Key {
     /// A key from bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Key> {
-        let file = KeyFile::parse(data).map_err(|e| key_err(format!("key bytes: {e}")))?;
-        Ok(Key::from_key_file(file, "the key bytes".into()))
+        let (source, kind) = KeySource::from_key_file(data).map_err(|e| key_err(format!("key bytes: {e}")))?;
+        Ok(Key { source, kind: Some(kind), what: "the key bytes".into() })
     }
 
     /// A key file written by `keygen` (or 64 hex digits, or 32 raw bytes).
     #[staticmethod]
     fn from_file(path: PathBuf) -> PyResult<Key> {
         let bytes = read_secret_file(&path, "key file")?;
-        let file = KeyFile::parse(&bytes).map_err(|e| key_err(format!("key file {}: {e}", path.display())))?;
-        Ok(Key::from_key_file(file, format!("key file {}", path.display())))
+        let (source, kind) =
+            KeySource::from_key_file(&bytes).map_err(|e| key_err(format!("key file {}: {e}", path.display())))?;
+        Ok(Key { source, kind: Some(kind), what: format!("key file {}", path.display()) })
     }
 
     /// A key in an environment variable: 64 hex digits or the text of a key file.
@@ -328,7 +329,7 @@ impl Key {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| key_err(format!("identity file {} is not UTF-8 text", path.display())))?;
         let tcti = onnx_protect_tpm::tcti_from_env();
-        let id = onnx_protect_tpm::parse_identity_file(text, &tcti, Arc::new(onnx_protect_keys::NoPrompt))
+        let id = onnx_protect_core::keys::parse_identity_file(text, &tcti, Arc::new(onnx_protect_keys::NoPrompt))
             .map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
         Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
     }
@@ -370,7 +371,7 @@ impl Key {
             .and_then(|f| f.take(onnx_protect_core::licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
             .map_err(unreadable)?;
         let tcti = onnx_protect_tpm::tcti_from_env();
-        let source = onnx_protect_tpm::with_licence(self.source.clone(), &text, clock.as_deref(), &tcti)
+        let source = onnx_protect_core::keys::with_licence(self.source.clone(), &text, clock.as_deref(), &tcti)
             .map_err(|e| py_err_at(&path, e.into()))?;
         Ok(Key { source, kind: self.kind, what: format!("{} with licence {}", self.what, path.display()) })
     }
@@ -509,7 +510,7 @@ fn encrypt(
     let recipients = recipients
         .iter()
         .map(|(text, tier)| {
-            let r = onnx_protect_tpm::parse_recipient(text, Arc::new(onnx_protect_keys::NoPrompt));
+            let r = onnx_protect_core::keys::parse_recipient(text, Arc::new(onnx_protect_keys::NoPrompt));
             r.map(|r| (r, *tier)).map_err(|e| py_err(e.into()))
         })
         .collect::<PyResult<Vec<_>>>()?;

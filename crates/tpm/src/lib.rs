@@ -26,7 +26,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod any;
 #[cfg(feature = "tss")]
 mod device;
 mod error;
@@ -34,7 +33,6 @@ mod keyfile;
 mod provider;
 mod recipient;
 
-pub use any::{parse_identity_file, parse_recipient, with_licence};
 #[cfg(feature = "tss")]
 pub use device::Tpm;
 pub use error::TpmError;

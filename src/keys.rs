@@ -55,7 +55,8 @@ pub fn split_tier(text: &str) -> Result<(u32, &str)> {
 /// recipient (`onnx-protect-tpm1…`) or a `pkcs11:` URI.
 pub fn parse_recipient(text: &str) -> Result<(Recipient, u32)> {
     let (tier, r) = split_tier(text)?;
-    let recipient = onnx_protect_tpm::parse_recipient(r, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
+    let recipient =
+        onnx_protect_core::keys::parse_recipient(r, plugin_prompt()).map_err(|e| KeyFileError(e.to_string()))?;
     Ok((recipient, tier))
 }
 
@@ -88,7 +89,7 @@ pub fn plugin_prompt() -> Arc<dyn PluginPrompt> {
 /// the identities of one age plugin (`AGE-PLUGIN-NAME-1…`) or a TPM key
 /// (`onnx-protect-tpm-key-v1`, reached through `ONNX_PROTECT_TPM_TCTI`).
 pub fn parse_identity_file(path: &Path, text: &str) -> Result<Identity> {
-    onnx_protect_tpm::parse_identity_file(text, &onnx_protect_tpm::tcti_from_env(), plugin_prompt())
+    onnx_protect_core::keys::parse_identity_file(text, &onnx_protect_tpm::tcti_from_env(), plugin_prompt())
         .map_err(|e| KeyFileError(format!("identity file {}: {e}", path.display())).into())
 }
 

@@ -161,7 +161,7 @@ impl LicenceArgs {
         };
         let text = read_capped(path, onnx_protect_licence::MAX_LICENCE_LEN).map_err(unreadable)?;
         let tcti = onnx_protect_tpm::tcti_from_env();
-        onnx_protect_tpm::with_licence(key, &text, self.licence_clock.as_deref(), &tcti)
+        onnx_protect_core::keys::with_licence(key, &text, self.licence_clock.as_deref(), &tcti)
             .with_context(|| format!("licence {}", path.display()))
     }
 }

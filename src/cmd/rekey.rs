@@ -55,7 +55,7 @@ fn recipient_of(s: &Stanza) -> Option<Recipient> {
     if !matches!(s.kind.as_str(), KIND_X25519 | KIND_AGE_PLUGIN | KIND_TPM) {
         return None;
     }
-    let r = onnx_protect_tpm::parse_recipient(&s.label, crate::keys::plugin_prompt()).ok()?;
+    let r = onnx_protect_core::keys::parse_recipient(&s.label, crate::keys::plugin_prompt()).ok()?;
     let kind = match &r {
         Recipient::X25519(_) => KIND_X25519,
         Recipient::Provider(p) => p.kind(),

@@ -87,6 +87,8 @@ def test_generation_from_the_protected_folder_is_the_plain_folders(folders, prec
     # A config made first, then the model from it, generates the same.
     config = opg.Config(protected, key_file=key)
     assert isinstance(config, og.Config)
+    with pytest.raises(TypeError):
+        opg.Model(config, key_file=key)  # a config carries its models
     assert generate(opg.Model(config)) == want
 
 

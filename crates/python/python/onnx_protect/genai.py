@@ -248,39 +248,22 @@ def Config(  # noqa: N802 (named as the onnxruntime_genai class it returns)
 
 
 def Model(  # noqa: N802 (named as the onnxruntime_genai class it returns)
-    folder_or_config: PathLike | onnxruntime_genai.Config,
-    *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    tier: int | None = None,
-    signers: Sequence[str] = (),
-    on_demand: bool = True,
+    folder_or_config: PathLike | onnxruntime_genai.Config, **keys: Any,
 ) -> onnxruntime_genai.Model:
-    """An ``onnxruntime_genai.Model`` of the protected folder (or of a config from
-    :func:`Config`, then without key arguments). The decrypted weights are read in place
-    by onnxruntime: they live as long as the returned model object, so keep it while its
-    generators and tokenizers are in use."""
+    """An ``onnxruntime_genai.Model`` of the protected folder, with the keyword arguments
+    of :func:`Config`, or of a config from :func:`Config`, then without any. The
+    decrypted weights are read in place by onnxruntime: they live as long as the returned
+    model object, so keep it while its generators and tokenizers are in use."""
     og = _og()
     if isinstance(folder_or_config, og.Config):
-        keep = getattr(folder_or_config, "_onnx_protect", None)
-        if keep is None:
-            raise OnnxProtectError("this onnxruntime_genai.Config was not made by onnx_protect.genai.Config")
-        if any(a is not None for a in (key, key_file, key_env, passphrase, passphrase_env, identity_file)):
+        if keys:
             raise TypeError("a config from onnx_protect.genai.Config carries its models: no key is taken")
         config = folder_or_config
     else:
-        config = Config(
-            folder_or_config, key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-            passphrase_env=passphrase_env, identity_file=identity_file, licence=licence,
-            licence_clock=licence_clock, tier=tier, signers=signers, on_demand=on_demand,
-        )
-        keep = config._onnx_protect
+        config = Config(folder_or_config, **keys)
+    keep = getattr(config, "_onnx_protect", None)
+    if keep is None:
+        raise OnnxProtectError("this onnxruntime_genai.Config was not made by onnx_protect.genai.Config")
     model = _classes()[1](config)
     for sf in keep.files:
         sf.release()

@@ -66,6 +66,12 @@ python_packages() {
   # install it first from PyTorch's CPU index (README); an installed torch is kept.
   if python3 -c 'import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 1))' 2>/dev/null; then
     echo "torch $(python3 -c 'import torch; print(torch.__version__)') is installed: kept"
+    # torchvision for the assess tests of standard architectures: the pinned build where the
+    # kept torch is the one it was built for (no torch replaced), else those tests skip.
+    if ! python3 -c 'import torchvision' 2>/dev/null \
+      && python3 -c 'import sys, torch; sys.exit(not torch.__version__.startswith("2.9.1"))' 2>/dev/null; then
+      pip_install --no-deps "$(grep '^torchvision==' tests/requirements-torch.txt)" && pip_install pillow==13.0.0
+    fi
   else
     pip_install -r tests/requirements-torch.txt
   fi

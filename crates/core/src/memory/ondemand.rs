@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves};
+use onnx_protect_format::discover::TensorRole;
 use onnx_protect_format::{DataType, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
@@ -127,10 +128,21 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     });
 
     // The budget: the largest external tensor (in whole blocks, either side), and slack.
+    // Tables only gathered from (embeddings) are left out: a runtime reads the rows it
+    // gathers, not the whole table at once, so a table larger than every other tensor
+    // (a language model's) would otherwise keep every block read while the session is
+    // built (a dropped block read again is filled again, verified as before).
+    let tables: std::collections::HashSet<usize> = onnx_protect_format::discover::discover(model)
+        .into_iter()
+        .filter(|w| !w.uses.is_empty() && w.uses.iter().all(|u| u.tensor_role == TensorRole::Embedding))
+        .map(|w| w.tensor)
+        .collect();
     let largest = model
         .tensors
         .iter()
-        .filter_map(|t| match &t.data {
+        .enumerate()
+        .filter(|(i, _)| !tables.contains(i))
+        .filter_map(|(_, t)| match &t.data {
             TensorData::External { range, .. } => Some(range.end - range.start),
             _ => None,
         })

@@ -122,8 +122,9 @@ def test_a_session_below_the_top_tier_of_a_locked_model_is_refused_not_served_in
     cli("encrypt", src, "-o", enc, "--key-file", key, "--tiers", "2", "--lock-outputs", "-q")
     tier1 = tmp_path / "k.key.tier1"
     assert tier1.exists()
-    for kw in (dict(key_file=tier1), dict(key_file=key, tier=1)):
-        with pytest.raises(op.OnnxProtectError, match="label-locked"):
-            op.InferenceSession(enc, providers=["CPUExecutionProvider"], **kw)
+    for source in (enc, enc.read_bytes()):  # a path, and the protected model's bytes
+        for kw in (dict(key_file=tier1), dict(key_file=key, tier=1)):
+            with pytest.raises(op.OnnxProtectError, match="label-locked"):
+                op.InferenceSession(source, providers=["CPUExecutionProvider"], **kw)
     sess = op.InferenceSession(enc, key_file=key, providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {sess.get_inputs()[0].name: x})[0], run(src, x)[0])

@@ -432,9 +432,11 @@ fn decrypt_source(
                 Ok(bytes) => {
                     let cwd = std::env::current_dir().ok();
                     let model = Model::from_vec(bytes, cwd)?;
-                    let d = InMemory::model(&model, &key_source).tier(tier).signers(&trusted).load()?;
+                    // Refused below the top tier of a label-locked model, as from a path.
+                    let (d, index) =
+                        InMemory::model(&model, &key_source).tier(tier).signers(&trusted).load_for_session()?;
                     // External data from the decrypted files, never from disk.
-                    Ok((d.index(model)?, d))
+                    Ok((index, d))
                 }
             }
         })

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! use onnx_protect_folder::Folder;
-//! # fn main() -> Result<(), onnx_protect_folder::FolderError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let folder = Folder::open(std::path::Path::new("protected-model"))?;
 //! for m in folder.models() {
 //!     // `m.path`: relative to the folder ("decoder/model.onnx"); `m.abs`: the file, to
@@ -23,8 +23,8 @@
 //! for f in folder.files() {
 //!     println!("{} {} bytes {}", f.path, f.length, f.hash_hex());
 //! }
-//! # let key: onnx_protect_core::keys::KeySource = unimplemented!();
-//! // Does this key open every model (each under the one data key)?
+//! // Does this key file's key open every model (each under the one data key)?
+//! let (key, _kind) = onnx_protect_core::keys::KeySource::from_key_file(&std::fs::read("model.key")?)?;
 //! let tier = folder.check_key(&key)?;
 //! # Ok(()) }
 //! ```

@@ -454,13 +454,27 @@ impl Job<'_> {
                 })?;
             records.push(record::OutputRecord { path: rel, bytes, blake3 });
         }
+        self.write_record(out_dir, item, op, digest, input_bytes, records)
+    }
+
+    /// The record of `item`'s run: the operation, the settings, the input's digest and size,
+    /// and the outputs written.
+    fn write_record(
+        &self,
+        out_dir: &Path,
+        item: &Item,
+        op: &str,
+        digest: String,
+        input_bytes: u64,
+        outputs: Vec<record::OutputRecord>,
+    ) -> Result<Status, FileError> {
         let rec = record::Record {
             version: RECORD_VERSION,
             op: op.to_string(),
             settings: self.settings.clone(),
             input_blake3: digest,
             input_bytes,
-            outputs: records,
+            outputs,
         };
         record::write_record(&record::record_path(out_dir, &item.rel), &rec)?;
         Ok(Status::Ok)
@@ -536,16 +550,7 @@ impl Job<'_> {
                 records.push(record::OutputRecord { path: format!("{}/{rel}", item.rel), bytes, blake3 });
             }
         }
-        let rec = record::Record {
-            version: RECORD_VERSION,
-            op: op.to_string(),
-            settings: self.settings.clone(),
-            input_blake3: digest,
-            input_bytes,
-            outputs: records,
-        };
-        record::write_record(&record::record_path(out_dir, &item.rel), &rec)?;
-        Ok(Status::Ok)
+        self.write_record(out_dir, item, op, digest, input_bytes, records)
     }
 
     /// Moves an existing output folder of `rel` out of the way when an earlier run's record

@@ -249,8 +249,14 @@ fn changed_after_verification_child() {
     println!("weight 11 starts with {}", w[3 + 11 * DIM * DIM * 4 + 100]);
 }
 
+/// Held by a test that forks (a process about to fork fills every block of every live
+/// region: a changed chunk of a settled region would end this process) and by a test whose
+/// regions hold changed chunks that nothing read.
+static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_chunk_changed_after_verification_ends_the_process() {
+    let _fork = FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "changed_after_verification_child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -269,4 +275,63 @@ fn a_chunk_changed_after_verification_ends_the_process() {
 /// `SIGABRT`, the same on every Linux architecture.
 fn libc_sigabrt() -> i32 {
     6
+}
+
+/// A model `y = Gather(T, ids) · W0`: a table `T` of `rows` × `DIM` floats only gathered
+/// from (an embedding), then a `DIM`² weight, in one external file `w.bin`, protected into
+/// `dir/enc`.
+fn embedding(dir: &Path, rows: usize, k: &KeySource) -> PathBuf {
+    use onnx_protect_format::testutil::{model_with_graph, node};
+    use onnx_protect_format::wire::put_len_field;
+    let plain = dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let table: Vec<u8> = (0..rows * DIM).flat_map(|j| ((j % 997) as f32 / 997.0).to_le_bytes()).collect();
+    let weight: Vec<u8> = (0..DIM * DIM).flat_map(|j| ((j % 89) as f32 - 44.0).to_le_bytes()).collect();
+    let mut g = Vec::new();
+    put_len_field(&mut g, 1, &node("Gather", &["T", "ids"], &["e"], "embed"));
+    put_len_field(&mut g, 1, &node("MatMul", &["e", "W0"], &["y"], "mm"));
+    put_len_field(&mut g, 2, b"embedding");
+    let t_len = table.len() as u64;
+    put_len_field(&mut g, 5, &external_float_tensor("T", &[rows as i64, DIM as i64], "w.bin", 0, t_len));
+    put_len_field(&mut g, 5, &external_float_tensor("W0", &[DIM as i64; 2], "w.bin", t_len, weight.len() as u64));
+    for (field, name) in [(11, "ids"), (12, "y")] {
+        let mut v = Vec::new();
+        put_len_field(&mut v, 1, name.as_bytes());
+        put_len_field(&mut g, field, &v);
+    }
+    std::fs::write(plain.join("w.bin"), [table, weight].concat()).unwrap();
+    protect(dir, &model_with_graph(&g), &Policy::default(), k)
+}
+
+#[test]
+fn a_change_in_a_gathered_table_that_nothing_reads_is_refused_by_settle() {
+    // The table's chunks are hashed on a thread of their own while the load is in use;
+    // `settle` reports what it found, wherever the change is.
+    let _no_fork = FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(9);
+    let rows = 3 * DIM + 17; // 3 chunks and a bit: the last one shared with the weight
+    let protected = embedding(dir.path(), rows, &k);
+    let (lazy, eager) = both(&protected, &k);
+    assert_eq!(lazy.external()["w.bin"].method(), Method::OnDemand);
+    lazy.external()["w.bin"].settle().unwrap();
+    assert_same(&lazy, &eager, "unchanged");
+    drop((lazy, eager));
+    let side = protected.parent().unwrap().join("w.bin");
+    let original = std::fs::read(&side).unwrap();
+    let table_len = rows * DIM * 4;
+    for i in [0, table_len / 2, table_len - 1, original.len() - 1] {
+        let mut b = original.clone();
+        b[i] ^= 0x40;
+        std::fs::write(&side, &b).unwrap();
+        let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
+        let e = lazy.external()["w.bin"].settle().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Modified, "byte {i}: {e}");
+        assert_eq!(lazy.external()["w.bin"].settle().unwrap_err().kind(), ErrorKind::Modified, "byte {i}, again");
+        drop(lazy);
+        // Dropped before `settle`, whatever the thread is doing.
+        let early = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
+        drop(early);
+    }
+    std::fs::write(&side, &original).unwrap();
 }

@@ -29,7 +29,9 @@
 //!
 //! **Failures.** A [`Filler`] that fails before `settle` leaves its block reading as
 //! zeros (past what it installed) and the failure is returned by `settle`: whatever was
-//! built from the region meanwhile must be thrown away. After `settle` a failure ends the
+//! built from the region meanwhile must be thrown away. A block filled ahead whose fill
+//! fails once `settle` was called is dropped (no reader waits for it). After `settle` a
+//! failure of a fill a reader waits for ends the
 //! process (`abort`, after one line on standard error): the reading thread is inside an
 //! arbitrary instruction and cannot be handed an error, and handing it anything but the
 //! block's true bytes is not an option.
@@ -650,6 +652,16 @@ impl Region {
                     self.copy_in(b, done, self.zeros as *const u8, self.block - done);
                 }
                 self.block
+            }
+            Err(e) if keep_first => {
+                // Filled ahead, once `settle` was called meanwhile: no reader waits for this
+                // block, so it is dropped (reported by `settle` if it has not returned); a
+                // reader that fills it again gets its true bytes or ends the process.
+                book.failed.get_or_insert(e);
+                book.filled[b] = done;
+                book.resident += done;
+                self.drop_block(book, b);
+                return;
             }
             Err(e) => fatal(&e),
         };

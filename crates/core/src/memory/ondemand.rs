@@ -20,14 +20,19 @@
 //! budget (a little more than the largest external tensor), so weights that the runtime
 //! copied into buffers of its own (onnxruntime's prepacked `MatMul` weights) stop counting.
 //! [`DecryptedBytes::settle`] ends that, after hashing every chunk that was never filled
-//! (so the whole content is verified when it returns); every block read after it stays. A
+//! (so the whole content is verified when it returns); every block read after it stays.
+//! The chunks of tables only gathered from (embeddings), which a runtime does not read
+//! while it builds a session, are hashed meanwhile on a thread of their own (`Ahead`), so
+//! `settle` finds them done. A
 //! chunk that no longer matches after `settle` (its file changed on disk) ends the process
 //! (see the fsio module).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves};
 use onnx_protect_format::discover::TensorRole;
@@ -132,7 +137,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     // gathers, not the whole table at once, so a table larger than every other tensor
     // (a language model's) would otherwise keep every block read while the session is
     // built (a dropped block read again is filled again, verified as before).
-    let tables: std::collections::HashSet<usize> = onnx_protect_format::discover::discover(model)
+    let tables: HashSet<usize> = onnx_protect_format::discover::discover(model)
         .into_iter()
         .filter(|w| !w.uses.is_empty() && w.uses.iter().all(|u| u.tensor_role == TensorRole::Embedding))
         .map(|w| w.tensor)
@@ -174,7 +179,8 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     let files = Arc::new(files);
     *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
     drop(filling);
-    let region = Arc::new(Region { region, files, check, settled: OnceLock::new() });
+    let ahead = if listed { Ahead::start(&files, &check, table_chunks(model, &tables, chunk)) } else { Ahead::none() };
+    let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files
         .iter()
@@ -194,23 +200,114 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
 /// bytes), each read into a page-aligned buffer and hashed (on the thread pool for a large
 /// file).
 fn hash_leaves(file: &File, path: &Path, size: u64, index: u32, chunk: u64, which: &[u64]) -> Result<Vec<[u8; 32]>> {
-    let leaf = |slot: &mut Option<PrivateMap>, j: u64| -> Result<[u8; 32]> {
-        let buf = match slot {
-            Some(b) => b,
-            None => slot.insert(PrivateMap::anonymous(chunk.min(size) as usize).map_err(|e| io_error(path, e))?),
-        };
-        let start = j * chunk;
-        let len = (size - start).min(chunk) as usize;
-        read_exact_at(file, &mut buf[..len], start).map_err(|e| io_error(path, e))?;
-        let mut l = ContentLeaf::new(index, j);
-        l.update(&buf[..len]);
-        Ok(l.finalize())
-    };
+    let leaf = |slot: &mut Option<PrivateMap>, j: u64| hash_leaf(file, path, size, index, chunk, j, slot);
     if size as usize <= SMALL || which.len() <= 1 {
         let mut buf = None;
         which.iter().map(|&j| leaf(&mut buf, j)).collect()
     } else {
         which.par_iter().map_init(|| None, |buf, &j| leaf(buf, j)).collect()
+    }
+}
+
+/// The leaf of chunk `j` (as [`hash_leaves`]), read into the buffer in `slot` (made on
+/// first use).
+fn hash_leaf(
+    file: &File,
+    path: &Path,
+    size: u64,
+    index: u32,
+    chunk: u64,
+    j: u64,
+    slot: &mut Option<PrivateMap>,
+) -> Result<[u8; 32]> {
+    let buf = match slot {
+        Some(b) => b,
+        None => slot.insert(PrivateMap::anonymous(chunk.min(size) as usize).map_err(|e| io_error(path, e))?),
+    };
+    let start = j * chunk;
+    let len = (size - start).min(chunk) as usize;
+    read_exact_at(file, &mut buf[..len], start).map_err(|e| io_error(path, e))?;
+    let mut l = ContentLeaf::new(index, j);
+    l.update(&buf[..len]);
+    Ok(l.finalize())
+}
+
+/// The chunks `(external file, chunk)` that hold the tables only gathered from: a runtime
+/// reads none of them while it builds a session (it gathers rows later), so [`Ahead`]
+/// hashes them meanwhile.
+fn table_chunks(model: &onnx_protect_format::Model, tables: &HashSet<usize>, chunk: u64) -> Vec<(usize, u64)> {
+    let mut out = std::collections::BTreeSet::new();
+    for &t in tables {
+        if let TensorData::External { file, range } = &model.tensors[t].data {
+            if range.start < range.end {
+                out.extend((range.start / chunk..=(range.end - 1) / chunk).map(|j| (*file, j)));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// A thread that hashes chunks no fill is expected to read before `settle` (the gathered
+/// tables), on a core the session's builder leaves idle, so that `settle` finds them
+/// verified. Each chunk is checked against its hash as `settle` would; the first mismatch
+/// or read failure is kept for `settle`. Stopped (after the chunk it is hashing) by
+/// `settle`, which hashes what is left, and when the region goes.
+struct Ahead {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Ahead {
+    fn none() -> Ahead {
+        Ahead { stop: Arc::new(AtomicBool::new(true)), thread: Mutex::new(None) }
+    }
+
+    /// Starts hashing `todo`; none if there is nothing to do or no thread can be made
+    /// (then `settle` hashes them).
+    fn start(files: &Arc<Vec<ExternalFile>>, check: &Arc<Check>, todo: Vec<(usize, u64)>) -> Ahead {
+        if todo.is_empty() {
+            return Ahead::none();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (files, check, flag) = (Arc::clone(files), Arc::clone(check), Arc::clone(&stop));
+        let spawned = std::thread::Builder::new()
+            .name("onnx-protect-verify".into())
+            .spawn(move || verify_ahead(&files, &check, &todo, &flag));
+        Ahead { stop, thread: Mutex::new(spawned.ok()) }
+    }
+
+    /// Stops the thread and waits for it.
+    fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn verify_ahead(files: &[ExternalFile], check: &Check, todo: &[(usize, u64)], stop: &AtomicBool) {
+    let mut buf = None;
+    for &(fi, j) in todo {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let done = |v: &Vec<Vec<bool>>| v.get(fi).and_then(|f| f.get(j as usize)).copied().unwrap_or(true);
+        if done(&check.verified.lock().unwrap_or_else(PoisonError::into_inner)) {
+            continue;
+        }
+        let f = &files[fi];
+        let failure = match hash_leaf(&f.file, &f.path, f.size, f.index, check.chunk, j, &mut buf) {
+            Ok(l) if f.leaves.get(j as usize) == Some(&l) => {
+                if let Some(v) = check.verified.lock().unwrap_or_else(PoisonError::into_inner)[fi].get_mut(j as usize) {
+                    *v = true;
+                }
+                continue;
+            }
+            Ok(_) => Failure::Modified,
+            Err(e) => Failure::of(&e, &f.path),
+        };
+        check.failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(failure);
+        return;
     }
 }
 
@@ -272,8 +369,16 @@ struct Region {
     region: OnDemand,
     files: Arc<Vec<ExternalFile>>,
     check: Arc<Check>,
+    /// Hashes the gathered tables while the session is built.
+    ahead: Ahead,
     /// The outcome of `settle` (kept: every file of the region settles it).
     settled: OnceLock<Option<Failure>>,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.ahead.finish();
+    }
 }
 
 impl FilledOnDemand for Region {
@@ -305,6 +410,10 @@ impl Region {
         if self.region.settle().is_err() {
             let failed = self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).clone();
             return Err(failed.unwrap_or(Failure::Modified));
+        }
+        self.ahead.finish();
+        if let Some(failed) = self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Err(failed);
         }
         let unverified: Vec<Vec<u64>> = {
             let v = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner);

@@ -3,9 +3,10 @@
     python3 examples/c/genai_ctypes.py LIBONNX_PROTECT.so PROTECTED_DIR KEY_FILE [PROMPT]
 
 Every call is a C call through ctypes, in the order a C or C++ program makes them
-(docs/genai.md, "C and C++"): decrypt each model the folder's genai_config.json names with
-`onnx_protect_file_decrypt_for_session`, copy the folder's other files and the library into
-a private folder, `OgaCreateConfig` on it, `OgaConfigAddModelData` with each graph,
+(docs/genai.md, "C and C++"): `onnx_protect_folder_open` checks the folder (bindings, every
+file's hash, the key opens every model) and copies its other files into a private folder, checked;
+each model of the folder is decrypted with `onnx_protect_file_decrypt_for_session`; a copy of the
+library goes into the private folder; `OgaCreateConfig` on it, `OgaConfigAddModelData` with each graph,
 `onnx_protect_genai_stage` for the files, `OgaConfigOverlay` with the library and the
 staging, `OgaCreateModelFromConfig`, `onnx_protect_model_settle`, `onnx_protect_genai_unstage`;
 then greedy generation (`max_length` 24). Prints the token ids, one line `tokens: 1 2 3`.
@@ -51,6 +52,10 @@ def protect_lib(path):
         "model_free": (None, [p]),
         "file_free": (None, [p]),
         "key_free": (None, [p]),
+        "folder_open": (ctypes.c_int, [ctypes.c_char_p, p, ctypes.c_char_p, ctypes.POINTER(p)]),
+        "folder_model_count": (size, [p]),
+        "folder_model": (ctypes.c_int, [p, size, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]),
+        "folder_free": (None, [p]),
     }, "onnx_protect_")
 
 
@@ -91,25 +96,23 @@ def main():
         if result:
             sys.exit(f"{what}: {og.OgaResultGetError(result).decode()}")
 
-    cfg = json.loads((folder / "genai_config.json").read_text())
-    names = [cfg["model"]["decoder"]["filename"]]
     key = p()
     check(op.key_from_file(key_file.encode(), ctypes.byref(key)), "key")
-    models, skip = [], set()
-    for name in names:
-        f, m = p(), p()
-        check(op.open(str(folder / name).encode(), ctypes.byref(f)), f"open {name}")
-        check(op.file_decrypt_for_session(f, key, 0, ctypes.byref(m)), f"decrypt {name}")
-        op.file_free(f)
-        models.append((name, m))
-        skip |= {name, name + ".data"}  # the model and its data file (as the builder names it)
-    # The private folder: the other files, and this library (onnxruntime-genai opens a
-    # custom-ops library only from the config's folder).
+    # The private folder: the folder's other files, copied and checked by folder_open, and
+    # this library (onnxruntime-genai opens a custom-ops library only from the config's folder).
     private = pathlib.Path(tempfile.mkdtemp(prefix="onnx-protect-genai-"))
     try:
-        for f in folder.iterdir():
-            if f.is_file() and f.name not in skip:
-                shutil.copyfile(f, private / f.name)
+        d = p()
+        check(op.folder_open(str(folder).encode(), key, str(private).encode(), ctypes.byref(d)), "folder")
+        models = []
+        for i in range(op.folder_model_count(d)):
+            name, path, f, m = ctypes.c_char_p(), ctypes.c_char_p(), p(), p()
+            check(op.folder_model(d, i, ctypes.byref(name), ctypes.byref(path)), "folder model")
+            check(op.open(path.value, ctypes.byref(f)), f"open {name.value.decode()}")
+            check(op.file_decrypt_for_session(f, key, 0, ctypes.byref(m)), f"decrypt {name.value.decode()}")
+            op.file_free(f)
+            models.append((name.value.decode(), m))
+        op.folder_free(d)
         shutil.copyfile(lib_path, private / "libonnx_protect.so")
         config = p()
         oga(og.OgaCreateConfig(str(private).encode(), ctypes.byref(config)), "config")

@@ -302,3 +302,14 @@ def test_the_c_path_generates_the_plain_folders_tokens(folders, tmp_path):
     r = subprocess.run([sys.executable, str(example), str(lib), str(bad), str(key)], capture_output=True, text=True)
     assert r.returncode != 0 and "tokens:" not in r.stdout
     assert "modified" in r.stderr.lower() or "MODIFIED" in r.stderr, r.stderr
+    # The folder check in C: a changed tokenizer file and an extra file end it before any
+    # model is opened (status 9, MODIFIED), nothing generated.
+    for what, change in [
+        ("changed tokenizer", lambda d: (d / "tokenizer.json").write_bytes((d / "tokenizer.json").read_bytes() + b" ")),
+        ("extra file", lambda d: (d / "notes.txt").write_text("x")),
+    ]:
+        bad = _copy(protected, tmp_path / what.replace(" ", "-"))
+        change(bad)
+        r = subprocess.run([sys.executable, str(example), str(lib), str(bad), str(key)], capture_output=True, text=True)
+        assert r.returncode != 0 and "tokens:" not in r.stdout, what
+        assert r.stderr.startswith("folder:") and "(status 9)" in r.stderr, f"{what}: {r.stderr}"

@@ -58,6 +58,9 @@ typedef enum OnnxProtectStatus {
 // A protected model file that was opened and found protected.
 typedef struct OnnxProtectFile OnnxProtectFile;
 
+// A protected model folder whose bindings agree with each other and with its files.
+typedef struct OnnxProtectFolder OnnxProtectFolder;
+
 // Key material: a 32-byte key, a passphrase or age identities. Zeroed when freed.
 typedef struct OnnxProtectKey OnnxProtectKey;
 
@@ -267,6 +270,54 @@ enum OnnxProtectStatus onnx_protect_model_external(const struct OnnxProtectModel
                                                    const uint8_t **data,
                                                    size_t *len);
 
+// Releases a decrypted model: every decrypted byte is overwritten with zeros first.
+// `NULL` is accepted.
+//
+// # Safety
+// `model` is `NULL` or a model not yet freed; no pointer into it is used afterwards.
+void onnx_protect_model_free(struct OnnxProtectModel *model);
+
+// Opens the protected folder `dir` and refuses it unless every model's folder binding
+// agrees with the others and with the files there: none missing, changed, extra or
+// swapped, no model of another encryption (the check `onnx-protect verify DIR` starts
+// with; each model's content is verified when it is decrypted). With `key` (may be
+// `NULL`), also checks that the key opens every model under the one data key. With
+// `copy_to` (may be `NULL`: an existing folder, empty or not), copies every file of the
+// folder that is not a model or a model's data file into it, at its relative path, each
+// copy checked against the hash its binding records: read those copies, not the
+// originals, and a file changed after this call cannot reach the application.
+//
+// # Safety
+// `dir` and `copy_to` (unless `NULL`) are NUL-terminated strings; `key` is `NULL` or a
+// key not yet freed; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_folder_open(const char *dir,
+                                                const struct OnnxProtectKey *key,
+                                                const char *copy_to,
+                                                struct OnnxProtectFolder **out);
+
+// The number of models of an open folder; 0 for `NULL`.
+//
+// # Safety
+// `folder` is `NULL` or a folder not yet freed.
+size_t onnx_protect_folder_model_count(const struct OnnxProtectFolder *folder);
+
+// Model `index` of an open folder (sorted by name): `*name`, its path relative to the
+// folder (`/`-separated, the name `genai_config.json` gives it), and `*path`, the model
+// file to open with [`crate::onnx_protect_open`]. Both strings live as long as the folder.
+//
+// # Safety
+// `folder` is a folder not yet freed; `name` and `path` are valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_folder_model(const struct OnnxProtectFolder *folder,
+                                                 size_t index,
+                                                 const char **name,
+                                                 const char **path);
+
+// Releases an open folder. `NULL` is accepted.
+//
+// # Safety
+// `folder` is `NULL` or a folder not yet freed; no string it handed out is used afterwards.
+void onnx_protect_folder_free(struct OnnxProtectFolder *folder);
+
 // Stages the external data files of `count` models from
 // [`onnx_protect_file_decrypt_for_session`] for the sessions onnxruntime-genai creates
 // (docs/genai.md): onnxruntime gives them to each session whose options carry the config
@@ -289,13 +340,6 @@ enum OnnxProtectStatus onnx_protect_genai_stage(const struct OnnxProtectModel *c
 // # Safety
 // `token` is a NUL-terminated string.
 enum OnnxProtectStatus onnx_protect_genai_unstage(const char *token);
-
-// Releases a decrypted model: every decrypted byte is overwritten with zeros first.
-// `NULL` is accepted.
-//
-// # Safety
-// `model` is `NULL` or a model not yet freed; no pointer into it is used afterwards.
-void onnx_protect_model_free(struct OnnxProtectModel *model);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -187,6 +187,27 @@ impl Folder {
         &self.files
     }
 
+    /// Copies every copied file of the folder (config, tokenizer, ...) into the folder
+    /// `to` at its relative path, each copy hashed after it is written and refused
+    /// ([`FolderError::FileChanged`]) unless it is the file the binding records: a loader
+    /// that reads the copies reads what the binding authenticates, whatever happens to the
+    /// folder meanwhile.
+    pub fn copy_files_to(&self, to: &Path) -> Result<()> {
+        for f in &self.files {
+            let dst = to.join(&f.path);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::copy(&f.abs, &dst).map_err(io(&dst))?;
+            let (length, hash) = file_hash(&dst)?;
+            if length != f.length || hash != f.hash {
+                let what = "it changed while it was copied".to_string();
+                return Err(FolderError::FileChanged { path: f.path.clone(), what });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that `key` opens every model of the folder (each model's stanza opened, its
     /// key check values and MACs checked): with [`Folder::open`]'s check that every model
     /// records the same key check values, every model decrypts under one data key. Returns

@@ -56,19 +56,7 @@ fn folder_err(dir: &Path, e: FolderError) -> PyErr {
 pub fn genai_folder(py: Python<'_>, dir: PathBuf, private: PathBuf) -> PyResult<Vec<(String, PathBuf)>> {
     py.detach(|| -> Result<_, FolderError> {
         let folder = Folder::open(&dir)?;
-        for f in folder.files() {
-            let dst = private.join(&f.path);
-            let io = |e: std::io::Error| FolderError::Io { path: dst.clone(), source: e };
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            std::fs::copy(&f.abs, &dst).map_err(io)?;
-            let (length, hash) = onnx_protect_folder::file_hash(&dst)?;
-            if length != f.length || hash != f.hash {
-                let what = "it changed while it was copied".to_string();
-                return Err(FolderError::FileChanged { path: f.path.clone(), what });
-            }
-        }
+        folder.copy_files_to(&private)?;
         Ok(folder.models().iter().map(|m| (m.path.clone(), m.abs.clone())).collect())
     })
     .map_err(|e| folder_err(&dir, e))

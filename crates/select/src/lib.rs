@@ -30,8 +30,9 @@ pub mod risk;
 pub use importance::Norm;
 pub use onnx_ops::ONNX_OPS;
 pub use policy::{
-    glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank, Selector, Split, DEFAULT_COEFFICIENT,
-    DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT, DEFAULT_TIERED_MODE, KNOWN_OPS, MAX_TIERS,
+    check_tier_levels, default_tier_shares, glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank,
+    Selector, Split, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT, DEFAULT_TIER1_STILL_ENCRYPTED,
+    DEFAULT_TIERED_MODE, DEFAULT_TOP_TIER_SHARE, KNOWN_OPS, MAX_TIERS,
 };
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};
@@ -360,7 +361,7 @@ fn tiers_of_pieces(
     let tiers = policy.tiers.max(1);
     let mut tier_of = vec![1u32; pieces.len()];
     if tiers > 1 {
-        let shares = policy.shares().unwrap_or_else(|_| vec![1.0 / f64::from(tiers); tiers as usize]);
+        let shares = policy.shares().unwrap_or_else(|_| policy::default_tier_shares(tiers));
         let mut order: Vec<usize> = (0..pieces.len()).collect();
         order.sort_by(|&a, &b| {
             pieces[a]

@@ -97,3 +97,38 @@ fn overrides_parse() {
     assert!(p.apply_override("coefficient", "Conv").is_err());
     assert!(p.apply_override("mode", "Conv=rot13").is_err());
 }
+
+#[test]
+fn default_tier_shares_leave_a_geometric_share_encrypted_below_the_top() {
+    for n in 2..=MAX_TIERS {
+        let s = default_tier_shares(n);
+        assert_eq!(s.len(), n as usize);
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{s:?}");
+        assert!(s.iter().all(|x| *x > 0.0), "{s:?}");
+        // The holder of tier k lacks F_k = the shares above k: 0.35 for tier 1, 0.2 for N - 1.
+        let still = |k: usize| s[k..].iter().sum::<f64>();
+        if n > 2 {
+            assert!((still(1) - DEFAULT_TIER1_STILL_ENCRYPTED).abs() < 1e-12, "{s:?}");
+        }
+        assert!((s[n as usize - 1] - DEFAULT_TOP_TIER_SHARE).abs() < 1e-12 || n == 2, "{s:?}");
+    }
+    assert_eq!(default_tier_shares(1), vec![1.0]);
+    let three = default_tier_shares(3);
+    assert!((three[0] - 0.65).abs() < 1e-12 && (three[1] - 0.15).abs() < 1e-12, "{three:?}");
+    let mut p = Policy::default();
+    p.set_tiers(3).unwrap();
+    assert_eq!(p.shares().unwrap(), three);
+}
+
+#[test]
+fn tier_levels_are_checked() {
+    assert!(check_tier_levels(3, &[0.3, 0.7]).is_ok());
+    let err = |t, l: &[f64]| check_tier_levels(t, l).unwrap_err().to_string();
+    assert!(err(3, &[0.3]).contains("1 tier levels given for 3 tiers"), "{}", err(3, &[0.3]));
+    assert!(err(3, &[0.7, 0.3]).contains("must increase"));
+    assert!(err(3, &[0.5, 0.5]).contains("must increase"));
+    assert!(err(3, &[0.0, 0.5]).contains("outside (0, 1)"));
+    assert!(err(3, &[0.5, 1.0]).contains("outside (0, 1)"));
+    assert!(err(3, &[0.5, f64::NAN]).contains("outside (0, 1)"));
+    assert!(err(1, &[]).contains("need --tiers"));
+}

@@ -1,0 +1,71 @@
+use tract_onnx::pb;
+use tract_onnx::pb::attribute_proto::AttributeType;
+
+use super::emit::{attribute, parts, Emit};
+use super::Ctx;
+use crate::error::Result;
+
+/// One `BatchNormalization` in its training-mode form (see [`batch_statistics`]).
+pub(crate) struct BatchStatistics {
+    /// Index of the layer in the main graph's node list before the rewrite.
+    pub node: usize,
+    /// Names of the values holding the batch's per-channel mean and variance, `[1, C, 1]`.
+    pub mean: String,
+    pub var: String,
+}
+
+/// Replaces every `BatchNormalization` of the main graph by its training-mode form,
+/// which normalises with the mean and (population) variance of the batch it is given
+/// per channel (over the samples and every axis after the channel axis) instead of its
+/// running statistics, and makes those statistics graph outputs. Run on one batch of
+/// calibration inputs, the outputs are the statistics each layer would be given by
+/// re-estimating the layers one after the other in graph order.
+pub(crate) fn batch_statistics(model: &mut pb::ModelProto) -> Result<Vec<BatchStatistics>> {
+    let mut ctx = Ctx::of(model);
+    let Some(g) = model.graph.as_mut() else { return Ok(Vec::new()) };
+    let nodes = std::mem::take(&mut g.node);
+    let mut out = Vec::with_capacity(nodes.len());
+    let mut found = Vec::new();
+    for (i, n) in nodes.into_iter().enumerate() {
+        let standard = n.domain.is_empty() || n.domain == "ai.onnx";
+        if !(standard && n.op_type == "BatchNormalization") {
+            out.push(n);
+            continue;
+        }
+        let (label, ins, y) = parts(&n, 5, &["epsilon", "momentum", "training_mode", "spatial"])?;
+        let (x, scale, bias) = (ins[0], ins[1], ins[2]);
+        let epsilon = n.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f);
+        let mut e = Emit { ctx: &mut ctx, base: label, nodes: Vec::new() };
+        let shape = e.op("Shape", &[x]);
+        let (zero, two, rest) = (e.ints(&[0]), e.ints(&[2]), e.ints(&[-1]));
+        let leading = e.op("Slice", &[&shape, &zero, &two]);
+        let flat = e.op("Concat", &[&leading, &rest]);
+        if let Some(c) = e.nodes.last_mut() {
+            c.attribute.push(pb::AttributeProto { i: 0, ..attribute("axis", AttributeType::Int) });
+        }
+        let x3 = e.op("Reshape", &[x, &flat]);
+        let mean = e.reduce_mean(&x3, &[0, 2]);
+        let centred = e.op("Sub", &[&x3, &mean]);
+        let squared = e.op("Mul", &[&centred, &centred]);
+        let var = e.reduce_mean(&squared, &[0, 2]);
+        let eps = e.float_like(epsilon, x);
+        let shifted = e.op("Add", &[&var, &eps]);
+        let deviation = e.op("Sqrt", &[&shifted]);
+        let normal = e.op("Div", &[&centred, &deviation]);
+        let column = e.ints(&[-1, 1]);
+        let scale = e.op("Reshape", &[scale, &column]);
+        let bias = e.op("Reshape", &[bias, &column]);
+        let scaled = e.op("Mul", &[&normal, &scale]);
+        let y3 = e.op("Add", &[&scaled, &bias]);
+        e.op_to("Reshape", &[&y3, &shape], y);
+        out.extend(e.nodes);
+        found.push(BatchStatistics { node: i, mean, var });
+    }
+    g.node = out;
+    for s in &found {
+        for name in [&s.mean, &s.var] {
+            g.output.push(pb::ValueInfoProto { name: name.clone(), ..Default::default() });
+        }
+    }
+    Ok(found)
+}

@@ -5,3 +5,4 @@ pub mod fingerprint;
 pub mod key;
 pub mod output;
 pub mod policy;
+pub mod tier_levels;

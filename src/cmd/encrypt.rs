@@ -12,6 +12,7 @@ use crate::args::key::{KeyArgs, LicenceAuthorityArgs, RecipientArgs, SignArgs};
 use crate::args::output::OutputArgs;
 use crate::args::output::WriteArgs;
 use crate::args::policy::PolicyArgs;
+use crate::args::tier_levels::{self, TierLevelArgs};
 use crate::exit::usage;
 use crate::fingerprint::{prepare_fingerprint, FingerprintReport};
 use crate::progress::Bar;
@@ -42,6 +43,8 @@ pub struct Args {
     licence_authority: LicenceAuthorityArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    tier_levels: TierLevelArgs,
     /// Write the model even if the policy encrypts none of its bytes (refused by default).
     #[arg(long)]
     allow_empty: bool,
@@ -75,6 +78,9 @@ struct EncryptOutput {
     report: protect::EncryptReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<FingerprintReport>,
+    /// `--tier-levels` / `--tier-data`: the fitted tier shares and the levels measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier_fit: Option<tier_levels::Fit>,
     /// `--dry-run`: nothing was written (`output` is empty).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dry_run: bool,
@@ -95,21 +101,27 @@ fn lock_text(lock: Option<&onnx_protect_core::lock::LockReport>) -> String {
 }
 
 /// `encrypt --dry-run`: the selection and its share, nothing written.
-fn encrypt_dry_run(a: &Args, policy: &onnx_protect_select::Policy) -> Result<ExitCode> {
+fn encrypt_dry_run(a: &Args, policy: &mut onnx_protect_select::Policy) -> Result<ExitCode> {
     if is_stdio(&a.input) {
         usage!("--dry-run reads the model from a file; give its path instead of -");
     }
     if a.lock.lock_outputs {
         usage!("--dry-run plans the weights' encryption only; run it without --lock-outputs");
     }
+    let fit = tier_levels::fit(&a.tier_levels, policy, &a.input)?;
+    let policy = &*policy;
     let bar = Bar::new(a.out.quiet);
     let opts = EncryptOptions { allow_empty: a.allow_empty, progress: &bar, ..EncryptOptions::new(policy) };
     let r = protect::encrypt_plan(&a.input, &opts).with_context(|| format!("encrypt {}", input_name(&a.input)))?;
     for w in &r.warnings {
         a.out.warn(Some(w));
     }
-    let r = EncryptOutput { report: r, fingerprint: None, dry_run: true };
-    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true))?;
+    let (fit_text, fit_warnings) = fit.as_ref().map(tier_levels::text).unwrap_or_default();
+    for w in &fit_warnings {
+        a.out.warn(Some(w));
+    }
+    let r = EncryptOutput { report: r, fingerprint: None, tier_fit: fit, dry_run: true };
+    a.out.report(&r, false, || encrypt_text(&r.report, a.verbose, true) + &fit_text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -229,13 +241,22 @@ fn encrypt_folder(a: &Args, policy: &onnx_protect_select::Policy) -> Result<Exit
 
 /// `encrypt`.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let policy = a.policy.build()?;
+    let mut policy = a.policy.build()?;
+    a.tier_levels.check(&policy)?;
+    if a.tier_levels.any() && is_stdio(&a.input) {
+        usage!("--tier-levels and --tier-data read the model from a file; give its path instead of -");
+    }
     if !is_stdio(&a.input) && a.input.is_dir() {
+        if a.tier_levels.any() {
+            usage!("{} is a model folder: --tier-levels and --tier-data fit one model", a.input.display());
+        }
         return encrypt_folder(&a, &policy);
     }
     if a.dry_run {
-        return encrypt_dry_run(&a, &policy);
+        return encrypt_dry_run(&a, &mut policy);
     }
+    let fit = tier_levels::fit(&a.tier_levels, &mut policy, &a.input)?;
+    let (fit_text, fit_warnings) = fit.as_ref().map(tier_levels::text).unwrap_or_default();
     let to = encrypt_to(&a, &policy)?;
     let signing_keys = a.sign.keys()?;
     let (input, output) = stdio::rewrite_paths(&a.input, &a.output, a.in_place, &a.out)?;
@@ -279,10 +300,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     output.finish()?;
     let fp = fingerprint.map(|(_, f, _)| f);
     let fp_text = fp.as_ref().map(FingerprintReport::text);
-    for w in &r.warnings {
+    for w in r.warnings.iter().chain(&fit_warnings) {
         a.out.warn(Some(w));
     }
-    let r = EncryptOutput { report: r, fingerprint: fp, dry_run: false };
-    a.out.report(&r, to_stdout, || encrypt_text(&r.report, a.verbose, false) + fp_text.as_deref().unwrap_or(""))?;
+    let r = EncryptOutput { report: r, fingerprint: fp, tier_fit: fit, dry_run: false };
+    a.out.report(&r, to_stdout, || {
+        encrypt_text(&r.report, a.verbose, false) + &fit_text + fp_text.as_deref().unwrap_or("")
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -92,7 +92,7 @@ pub(crate) mod with_tract {
     const DEFAULT_CALIBRATION: usize = 256;
 
     /// The inputs and labels of --data (and --labels).
-    fn labelled(data: &Path, labels: Option<&Path>) -> Result<(BTreeMap<String, NpyArray>, Vec<i64>)> {
+    pub(crate) fn labelled(data: &Path, labels: Option<&Path>) -> Result<(BTreeMap<String, NpyArray>, Vec<i64>)> {
         let mut inputs = arrays(data)?;
         let y = match labels {
             Some(p) => NpyArray::read(p).map_err(lift)?,

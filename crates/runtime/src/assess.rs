@@ -481,6 +481,11 @@ impl Bench {
         Ok(Ok(Measured { rows, notes: r.notes }))
     }
 
+    /// The original model's score: its accuracy with labels (1 without).
+    pub fn original_score(&self) -> f64 {
+        self.score(&self.reference)
+    }
+
     /// The accuracy (with labels) or agreement (without) of `rows`: what the best
     /// attack is judged by.
     pub fn score(&self, rows: &[Vec<f64>]) -> f64 {

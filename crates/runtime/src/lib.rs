@@ -14,6 +14,8 @@
 //!   key-less attack.
 //! * [`search`]: the smallest policy of a family whose best key-less attack meets a
 //!   target, behind `onnx-protect policy search`.
+//! * [`tiers`]: tier shares fitted to asked service levels on labelled data, behind
+//!   `encrypt --tier-levels`.
 //!
 //! This crate is the only one in the workspace that depends on tract; the
 //! `onnx-protect` binary uses it behind its default `tract` feature.
@@ -58,5 +60,6 @@ pub mod error;
 pub mod npy;
 pub mod rewrite;
 pub mod search;
+pub mod tiers;
 
 pub use error::{ErrorKind, Result, RuntimeError};

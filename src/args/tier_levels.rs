@@ -9,6 +9,7 @@ use onnx_protect_select::{check_tier_levels, Policy, PolicyError};
 use crate::stdio;
 
 /// Seeds each fitted accuracy is the mean over.
+#[cfg(feature = "tract")]
 pub const DRAWS: u32 = 3;
 
 /// The options of `encrypt` that fit the tier shares on labelled data.

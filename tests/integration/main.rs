@@ -24,6 +24,7 @@ mod runtime;
 mod safe_checks;
 mod safe_outputs;
 mod sweep;
+mod tier_levels;
 mod tiers;
 mod trace;
 mod transform;

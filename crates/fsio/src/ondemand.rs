@@ -51,7 +51,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// Fills block `index` of the region: writes its bytes into [`Fill::buf`] and hands them
@@ -59,75 +59,13 @@ use std::thread::JoinHandle;
 /// what a failure does).
 pub type Filler = Box<dyn FnMut(usize, &mut Fill<'_>) -> Result<(), String> + Send>;
 
+mod abi;
+mod fork;
 mod options;
+mod sys;
+use fork::register_for_fork;
 pub use options::{Options, AHEAD};
-
-/// The kernel's `userfaultfd` ABI (`include/uapi/linux/userfaultfd.h`), for the
-/// architectures whose `ioctl` numbers use the generic encoding.
-mod abi {
-    pub const UFFD_API: u64 = 0xAA;
-    pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-    pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
-    pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-    pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-    /// Bits of `uffdio_register.ioctls`: `_UFFDIO_WAKE`, `_UFFDIO_COPY`, `_UFFDIO_MOVE`.
-    pub const IOCTL_WAKE: u64 = 1 << 2;
-    pub const IOCTL_COPY: u64 = 1 << 3;
-    pub const IOCTL_MOVE: u64 = 1 << 5;
-
-    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
-        (dir << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
-    }
-    const READ: u64 = 2;
-    const READ_WRITE: u64 = 3;
-    pub const UFFDIO_API: u64 = ioc(READ_WRITE, 0x3F, size_of::<Api>());
-    pub const UFFDIO_REGISTER: u64 = ioc(READ_WRITE, 0x00, size_of::<Register>());
-    pub const UFFDIO_WAKE: u64 = ioc(READ, 0x02, size_of::<Range>());
-    pub const UFFDIO_COPY: u64 = ioc(READ_WRITE, 0x03, size_of::<Transfer>());
-    pub const UFFDIO_MOVE: u64 = ioc(READ_WRITE, 0x05, size_of::<Transfer>());
-
-    #[repr(C)]
-    pub struct Api {
-        pub api: u64,
-        pub features: u64,
-        pub ioctls: u64,
-    }
-    #[repr(C)]
-    pub struct Range {
-        pub start: u64,
-        pub len: u64,
-    }
-    #[repr(C)]
-    pub struct Register {
-        pub range: Range,
-        pub mode: u64,
-        pub ioctls: u64,
-    }
-    /// `struct uffdio_copy` and `struct uffdio_move`, which share this layout: the
-    /// destination, the source, the length, the mode, and what was done (or `-errno`).
-    #[repr(C)]
-    pub struct Transfer {
-        pub dst: u64,
-        pub src: u64,
-        pub len: u64,
-        pub mode: u64,
-        pub done: i64,
-    }
-    /// `struct uffd_msg` with the page-fault member of its union.
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    pub struct Msg {
-        pub event: u8,
-        pub reserved1: u8,
-        pub reserved2: u16,
-        pub reserved3: u32,
-        pub flags: u64,
-        pub address: u64,
-        pub ptid: u32,
-        pub pad: u32,
-    }
-    const _: () = assert!(size_of::<Msg>() == 32);
-}
+use sys::{last_error, open_uffd, page_size, zero, Map};
 
 /// A page kept back from a block filled ahead (plaintext: zeroed when dropped).
 struct Kept(Box<[u8]>);
@@ -158,6 +96,14 @@ struct Book {
     failed: Option<String>,
     /// Installs move pages (else they copy).
     moving: bool,
+    /// Blocks kept within [`Book::cap`] once settled ([`OnDemand::cap_after_settle`]).
+    capped: Vec<bool>,
+    /// The capped blocks filled after `settle`, oldest first, and their bytes.
+    capped_order: VecDeque<usize>,
+    capped_resident: usize,
+    cap: usize,
+    /// Nothing is dropped any more (a fork is coming).
+    keep_all: bool,
     /// The map is gone (the owner dropped it): nothing may be filled.
     gone: bool,
 }
@@ -206,11 +152,6 @@ pub struct Fill<'a> {
     ended: bool,
 }
 
-fn last_error<T>(what: &str) -> io::Result<T> {
-    let e = io::Error::last_os_error();
-    Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-}
-
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -220,11 +161,6 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| open_uffd(false).is_ok())
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf with a valid name has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0)
 }
 
 impl OnDemand {
@@ -276,6 +212,11 @@ impl OnDemand {
             hint: None,
             failed: None,
             moving,
+            capped: vec![false; blocks],
+            capped_order: VecDeque::new(),
+            capped_resident: 0,
+            cap: usize::MAX,
+            keep_all: false,
             gone: false,
         };
         let region = Arc::new(Region {
@@ -336,10 +277,29 @@ impl OnDemand {
     /// what is read from now on.
     pub fn trim(&self) {
         let mut st = lock(&self.region.state);
-        let filled: Vec<usize> = st.book.order.drain(..).collect();
+        let book = &mut st.book;
+        let mut filled: Vec<usize> = book.order.drain(..).collect();
+        filled.extend(book.capped_order.drain(..));
+        book.capped_resident = 0;
         for b in filled {
             self.region.drop_block(&mut st.book, b);
         }
+    }
+
+    /// After [`settle`](Self::settle), keeps the blocks `blocks` (indexes; those out of
+    /// range are ignored) filled after it within `cap` bytes: the oldest of them is dropped
+    /// whenever a fill goes over (a block read again is filled again, as after
+    /// [`trim`](Self::trim)). For blocks read a little at a time, never whole (the rows of
+    /// a table gathered from), which would otherwise stay until every block of them was read.
+    pub fn cap_after_settle(&self, blocks: impl IntoIterator<Item = usize>, cap: usize) {
+        let mut st = lock(&self.region.state);
+        let book = &mut st.book;
+        for b in blocks {
+            if let Some(c) = book.capped.get_mut(b) {
+                *c = true;
+            }
+        }
+        book.cap = cap.max(self.region.block);
     }
 
     /// Bytes of filled blocks now in the region.
@@ -386,100 +346,6 @@ impl Drop for OnDemand {
         drop(st);
         r.unmap();
     }
-}
-
-/// Writes zeros that the compiler may not elide.
-///
-/// # Safety
-/// `p..p + len` is writable memory that nothing else accesses meanwhile.
-unsafe fn zero(p: *mut u8, len: usize) {
-    // SAFETY: as the caller promises.
-    unsafe { std::ptr::write_bytes(p, 0, len) };
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    if len > 0 {
-        // SAFETY: a volatile read of the first byte, written above, keeps the writes.
-        unsafe { std::ptr::read_volatile(p) };
-    }
-}
-
-/// An anonymous map owned until [`Map::into_addr`].
-struct Map {
-    addr: usize,
-    len: usize,
-}
-
-impl Map {
-    fn new(len: usize) -> io::Result<Map> {
-        // SAFETY: a new private anonymous map; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return last_error("mmap");
-        }
-        Ok(Map { addr: p as usize, len })
-    }
-
-    fn advise(&self, advice: libc::c_int) {
-        // SAFETY: advice on the map this value owns; a failure only loses the advice.
-        unsafe { libc::madvise(self.addr as *mut libc::c_void, self.len, advice) };
-    }
-
-    fn into_addr(self) -> usize {
-        let a = self.addr;
-        std::mem::forget(self);
-        a
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the map this value owns, which nothing references.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
-}
-
-/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
-/// `want_move` and granted).
-fn open_uffd(want_move: bool) -> io::Result<(OwnedFd, bool)> {
-    if want_move {
-        if let Ok(fd) = handshake(abi::UFFD_FEATURE_MOVE) {
-            return Ok((fd, true));
-        }
-    }
-    handshake(0).map(|fd| (fd, false))
-}
-
-fn handshake(features: u64) -> io::Result<OwnedFd> {
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: the userfaultfd system call with flags only; the descriptor is owned below.
-    let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | abi::UFFD_USER_MODE_ONLY) };
-    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-        // Kernels before 5.11 know no user-mode-only flag (and need none).
-        // SAFETY: as above.
-        fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    }
-    if fd < 0 {
-        return last_error("userfaultfd");
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let mut api = abi::Api { api: abi::UFFD_API, features, ioctls: 0 };
-    // SAFETY: `api` is a valid `uffdio_api` for the duration of the call.
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), abi::UFFDIO_API as _, &mut api) } != 0 {
-        return last_error("userfaultfd handshake");
-    }
-    if api.features & features != features {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd feature not granted"));
-    }
-    Ok(uffd)
 }
 
 /// Where the read-ahead stands: the next block to look at and the block before which it stops.
@@ -666,8 +532,22 @@ impl Region {
             Err(e) => fatal(&e),
         };
         book.filled[b] = n;
-        book.order.push_back(b);
         book.resident += n;
+        if book.capped[b] && !book.keep_all && self.settled.load(Ordering::Acquire) {
+            book.capped_order.push_back(b);
+            book.capped_resident += n;
+            while book.capped_resident > book.cap {
+                let Some(old) = book.capped_order.pop_front() else { break };
+                if old == b {
+                    book.capped_order.push_back(old);
+                    break;
+                }
+                book.capped_resident -= book.filled[old];
+                self.drop_block(book, old);
+            }
+        } else {
+            book.order.push_back(b);
+        }
     }
 
     /// Makes every page of the handler's buffer present before block `b` is filled: pages
@@ -821,6 +701,7 @@ impl Region {
         if book.gone {
             return;
         }
+        book.keep_all = true;
         for b in book.kept.keys().copied().collect::<Vec<_>>() {
             if let Some(kept) = book.kept.remove(&b) {
                 self.copy_in(b, 0, kept.0.as_ptr(), self.page);
@@ -902,31 +783,6 @@ impl Fill<'_> {
 fn fatal(what: &str) -> ! {
     eprintln!("onnx-protect: {what}; stopping the process rather than hand over unverified bytes");
     std::process::abort()
-}
-
-/// Live regions, for the fork handler.
-static LIVE: Mutex<Vec<Weak<Region>>> = Mutex::new(Vec::new());
-
-fn register_for_fork(region: &Arc<Region>) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a prepare handler that only fills regions (no async-signal
-        // constraints apply before the fork).
-        unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
-    });
-    let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    live.retain(|w| w.strong_count() > 0);
-    live.push(Arc::downgrade(region));
-}
-
-extern "C" fn before_fork() {
-    let live: Vec<Arc<Region>> = {
-        let l = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        l.iter().filter_map(Weak::upgrade).collect()
-    };
-    for r in live {
-        r.fill_all();
-    }
 }
 
 #[cfg(test)]

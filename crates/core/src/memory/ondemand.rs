@@ -23,7 +23,8 @@
 //! (so the whole content is verified when it returns); every block read after it stays.
 //! The chunks of tables only gathered from (embeddings), which a runtime does not read
 //! while it builds a session, are hashed meanwhile on a thread of their own (`Ahead`), so
-//! `settle` finds them done. A
+//! `settle` finds them done; after `settle`, at most `TABLE_CAP_BLOCKS` blocks wholly inside
+//! such tables stay filled (the oldest goes when a row of another block is read). A
 //! chunk that no longer matches after `settle` (its file changed on disk) ends the process
 //! (see the fsio module).
 
@@ -62,6 +63,11 @@ const MAX_CHUNK: u64 = 64 << 20;
 /// The budget is the largest external tensor and this many blocks more (the blocks it
 /// starts and ends in, and room for filling ahead of the reader).
 const BUDGET_SLACK: u64 = 6;
+
+/// Blocks wholly inside a table only gathered from stay filled after `settle` within this
+/// many blocks (a runtime reads rows of them, a block for each new row's block: without a
+/// cap a long generation would keep the whole table).
+const TABLE_CAP_BLOCKS: usize = 16;
 
 /// The on-demand load of `d` when `wanted` and the system can, or `d` back.
 pub(super) fn on_demand_if(
@@ -179,6 +185,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     let files = Arc::new(files);
     *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
     drop(filling);
+    region.cap_after_settle(table_blocks(model, &tables, &files, block), TABLE_CAP_BLOCKS * block_len);
     let ahead = if listed { Ahead::start(&files, &check, table_chunks(model, &tables, chunk)) } else { Ahead::none() };
     let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
@@ -245,6 +252,25 @@ fn table_chunks(model: &onnx_protect_format::Model, tables: &HashSet<usize>, chu
         }
     }
     out.into_iter().collect()
+}
+
+/// The blocks of the region wholly inside a table only gathered from.
+fn table_blocks(
+    model: &onnx_protect_format::Model,
+    tables: &HashSet<usize>,
+    files: &[ExternalFile],
+    block: u64,
+) -> Vec<usize> {
+    let mut out = Vec::new();
+    for &t in tables {
+        let TensorData::External { file, range } = &model.tensors[t].data else { continue };
+        let Some(f) = files.get(*file) else { continue };
+        let first = range.start.div_ceil(block);
+        // A block ends at the next multiple of `block` or at the file's end.
+        let last = if range.end >= f.size { f.size.div_ceil(block) } else { range.end / block };
+        out.extend((first..last).map(|k| f.first_block + k as usize));
+    }
+    out
 }
 
 /// A thread that hashes chunks no fill is expected to read before `settle` (the gathered

@@ -185,6 +185,35 @@ fn trimming_a_settled_region_drops_every_block_and_a_read_fills_it_again() {
 }
 
 #[test]
+fn capped_blocks_stay_within_their_cap_after_settle_and_read_the_same_bytes() {
+    both(|moving| {
+        let len = 24 * BLOCK;
+        let (r, fills) = region(len, 64 * BLOCK, moving);
+        // Blocks 4 .. 20 (a gathered table), at most 3 of them filled at a time.
+        r.cap_after_settle(4..20, 3 * BLOCK);
+        assert_eq!(r.settle(), Ok(()));
+        let bytes = r.bytes();
+        // One byte of each block, as rows are gathered: the blocks outside the cap stay,
+        // the capped ones never hold more than 3 blocks.
+        for b in 0..24 {
+            assert_eq!(bytes[b * BLOCK + 7], byte(b * BLOCK + 7), "block {b}");
+            let capped_now = r.resident() - (0..24).filter(|&c| !(4..20).contains(&c) && c <= b).count() * BLOCK;
+            assert!(capped_now <= 3 * BLOCK, "block {b}: {capped_now} bytes of capped blocks");
+        }
+        assert_eq!(r.resident(), (4 + 4 + 3) * BLOCK);
+        // Every byte again: the dropped blocks are filled again with the same bytes.
+        let before = fills.load(Ordering::SeqCst);
+        check(&r, len);
+        assert!(fills.load(Ordering::SeqCst) - before >= 13, "the 13 dropped blocks are filled again");
+        assert!(r.resident() <= (4 + 4 + 3) * BLOCK);
+        // Trim drops the capped blocks too.
+        r.trim();
+        assert_eq!(r.resident(), 0);
+        check(&r, len);
+    });
+}
+
+#[test]
 fn settling_drops_the_blocks_filled_ahead_that_nothing_read() {
     both(|moving| {
         let len = 40 * BLOCK;

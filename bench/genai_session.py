@@ -5,8 +5,9 @@
 
 Each measurement is a fresh Python process (plain and protected interleaved, after one
 warm-up of each): the time `og.Model(PLAIN_DIR)` or `onnx_protect.genai.Model(PROTECTED_DIR,
-key_file=KEY)` takes, the process's peak RSS and resident memory after it, and greedy generation of `--tokens`
-tokens after a short prompt (tokens per second of the generation loop). Prints medians, the
+key_file=KEY)` takes, the process's peak RSS and resident memory after it, greedy generation of `--tokens`
+tokens after a short prompt (tokens per second of the generation loop) and resident memory after
+it. Prints medians, the
 ratios protected / plain and the load average before and after. The files are read from the
 page cache (each process reads them; the first warm-up fills the cache).
 
@@ -30,8 +31,10 @@ t0 = time.perf_counter()
 m = og.Model(folder) if mode == "plain" else opg.Model(folder, key_file=key)
 load = time.perf_counter() - t0
 rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-with open("/proc/self/status") as f:  # resident right after the load (Linux)
-    resident = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+def vmrss():  # resident memory now (Linux)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+resident = vmrss()
 tok = og.Tokenizer(m)
 p = og.GeneratorParams(m)
 prompt = tok.encode("the cat sat on the mat and")
@@ -45,8 +48,13 @@ while not g.is_done():
     n += 1
 gen = time.perf_counter() - t1
 seq = [int(t) for t in g.get_sequence(0)]
-print(json.dumps({"load_s": load, "rss_mib": rss_load, "resident_mib": resident, "tokens_per_s": n / gen if gen else 0.0, "sequence": seq}))
+resident_gen = vmrss()
+print(json.dumps({"load_s": load, "rss_mib": rss_load, "resident_mib": resident, "tokens_per_s": n / gen if gen else 0.0,
+                  "resident_gen_mib": resident_gen, "sequence": seq}))
 """
+
+
+KEYS = ("load_s", "rss_mib", "resident_mib", "tokens_per_s", "resident_gen_mib")
 
 
 def once(mode, folder, key, tokens):
@@ -73,19 +81,18 @@ def main():
             runs[mode].append(once(mode, folder, a.key_file, a.tokens))
     if runs["plain"][0]["sequence"] != runs["protected"][0]["sequence"]:
         sys.exit("the protected folder generated other tokens than the plain one")
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("load_s", "rss_mib", "resident_mib", "tokens_per_s")}
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in KEYS}
            for m, rs in runs.items()}
     size = sum(os.path.getsize(os.path.join(a.plain, f)) for f in os.listdir(a.plain))
     print(f"plain folder {size / 2**30:.2f} GiB, {a.rounds} rounds, {a.tokens} tokens, load average "
           f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print(f"{'':10} {'load s':>8} {'peak RSS MiB':>13} {'resident MiB':>13} {'tokens/s':>9}")
+    print(f"{'':10} {'load s':>8} {'peak RSS MiB':>13} {'resident MiB':>13} {'tokens/s':>9} {'resident after':>15}")
     for m in ("plain", "protected"):
         print(f"{m:10} {med[m]['load_s']:8.3f} {med[m]['rss_mib']:13.0f} {med[m]['resident_mib']:13.0f} "
-              f"{med[m]['tokens_per_s']:9.1f}")
-    print(f"{'ratio':10} {med['protected']['load_s'] / med['plain']['load_s']:7.2f}x "
-          f"{med['protected']['rss_mib'] / med['plain']['rss_mib']:12.2f}x "
-          f"{med['protected']['resident_mib'] / med['plain']['resident_mib']:12.2f}x "
-          f"{med['protected']['tokens_per_s'] / med['plain']['tokens_per_s']:8.2f}x")
+              f"{med[m]['tokens_per_s']:9.1f} {med[m]['resident_gen_mib']:15.0f}")
+    r = {k: med["protected"][k] / med["plain"][k] for k in KEYS}
+    print(f"{'ratio':10} {r['load_s']:7.2f}x {r['rss_mib']:12.2f}x {r['resident_mib']:12.2f}x {r['tokens_per_s']:8.2f}x "
+          f"{r['resident_gen_mib']:14.2f}x")
     print(json.dumps({"medians": med, "rounds": {m: [{k: v for k, v in r.items() if k != "sequence"} for r in rs]
                                                    for m, rs in runs.items()}}))
 

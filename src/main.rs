@@ -3,6 +3,7 @@
 //! This binary is the only place that prints, draws progress bars and chooses
 //! exit codes (see `docs/cli.md`).
 
+#![forbid(unsafe_code)]
 // Doc comments on the clap structs are `--help` text, where `<name>` stands for a value.
 #![allow(rustdoc::invalid_html_tags)]
 

@@ -59,3 +59,37 @@ fn the_crate_table_lists_each_crates_workspace_dependencies() {
     assert!(missing.is_empty(), "docs/architecture.md has no row for {missing:?}");
     assert!(seen.contains("binary (`src/`)"), "docs/architecture.md has no row for the binary");
 }
+
+/// docs/architecture.md names the crates that hold `unsafe` code; the root of every other
+/// crate (`src/lib.rs`, `src/main.rs`), the binary's included, is `#![forbid(unsafe_code)]`.
+#[test]
+fn crates_the_architecture_does_not_name_forbid_unsafe_code() {
+    let crates: BTreeSet<String> = std::fs::read_dir(root().join("crates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let doc = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let from =
+        doc.find("`unsafe` code lives only in").expect("docs/architecture.md says which crates hold unsafe code");
+    let to = from + doc[from..].find("the other crates").expect("docs/architecture.md says what the other crates do");
+    let allowed = crates_named(&doc[from..to], &crates);
+    assert!(allowed.contains("fsio") && allowed.len() < crates.len(), "{allowed:?}");
+    let mut roots = vec![root().join("src/main.rs")];
+    for c in crates.difference(&allowed) {
+        roots.extend(
+            ["src/lib.rs", "src/main.rs"]
+                .map(|f| root().join("crates").join(c).join(f))
+                .into_iter()
+                .filter(|p| p.exists()),
+        );
+    }
+    let forbids = |p: &std::path::Path| {
+        std::fs::read_to_string(p).unwrap().lines().any(|l| l.trim() == "#![forbid(unsafe_code)]")
+    };
+    let missing: Vec<_> = roots.iter().filter(|p| !forbids(p)).collect();
+    assert!(
+        roots.len() > crates.len() - allowed.len() && missing.is_empty(),
+        "no #![forbid(unsafe_code)] in {missing:?}"
+    );
+}

@@ -153,6 +153,9 @@ mod with_tract {
         let j: serde_json::Value = serde_json::from_str(&out).unwrap();
         let fit = &j["tier_fit"];
         let original = fit["original"].as_f64().unwrap();
+        // Every tier encrypted in the policy's tiered mode (fp): finite outputs near chance.
+        let (no_key, chance) = (fit["no_key"].as_f64().unwrap(), fit["chance"].as_f64().unwrap());
+        assert!(no_key >= 0.5 * chance && no_key <= chance + 0.1, "{fit}");
         let shares: Vec<f64> = fit["shares"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
         assert_eq!(shares.len(), 3);
         assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9 && shares.iter().all(|s| *s > 0.0), "{shares:?}");

@@ -148,18 +148,17 @@ impl Probe<'_> {
         Ok(a)
     }
 
-    /// The chosen subsequences of the top `still` share (all of them for 1), as a
-    /// two-tier split with shares `1 − still`, `still` (the same cut as the `N`-tier split).
+    /// The chosen subsequences of the top `still` share (all of them for 1, in the
+    /// policy's modes for its tier count), as a two-tier split with shares `1 − still`, `still` (the same cut as the `N`-tier split).
     fn still_encrypted(&self, still: f64) -> Result<Selection> {
         let weights = discover(self.model);
-        let mut p = self.policy.clone();
         if still >= 1.0 {
-            p.tiers = 1;
-            p.tier_shares = None;
-        } else {
-            p.set_tiers(2).map_err(|e| RuntimeError::Input(e.to_string()))?;
-            p.set_tier_shares(&[1.0 - still, still]).map_err(|e| RuntimeError::Input(e.to_string()))?;
+            // Every tier: the policy's own selection, in its tiered modes.
+            return Ok(select(self.model, &weights, self.policy));
         }
+        let mut p = self.policy.clone();
+        p.set_tiers(2).map_err(|e| RuntimeError::Input(e.to_string()))?;
+        p.set_tier_shares(&[1.0 - still, still]).map_err(|e| RuntimeError::Input(e.to_string()))?;
         let mut selection = select(self.model, &weights, &p);
         let top = p.tiers;
         selection.chosen.retain(|c| {

@@ -83,64 +83,6 @@ const char *onnx_protect_last_error(void);
 // command line's JSON output names error kinds; `"unknown"` for a value that is no status.
 const char *onnx_protect_status_name(int32_t status);
 
-// A key from `len` bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
-// The library keeps its own copy; the caller may wipe `data` afterwards.
-//
-// # Safety
-// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_from_bytes(const uint8_t *data,
-                                                   size_t len,
-                                                   struct OnnxProtectKey **out);
-
-// A key from a key file (as `onnx-protect keygen` writes it; 64 hex digits or 32 raw
-// bytes are read too).
-//
-// # Safety
-// `path` is a NUL-terminated string; `out` is valid for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_from_file(const char *path, struct OnnxProtectKey **out);
-
-// A key from the environment variable `name`: 64 hex digits or the text of a key file.
-//
-// # Safety
-// `name` is a NUL-terminated string; `out` is valid for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_from_env(const char *name, struct OnnxProtectKey **out);
-
-// A passphrase of `len` bytes (stretched with the model's Argon2id parameters when
-// used). The library keeps its own copy.
-//
-// # Safety
-// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_from_passphrase(const uint8_t *data,
-                                                        size_t len,
-                                                        struct OnnxProtectKey **out);
-
-// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
-// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
-// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
-// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
-//
-// # Safety
-// `path` is a NUL-terminated string; `out` is valid for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_from_identity_file(const char *path,
-                                                           struct OnnxProtectKey **out);
-
-// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
-// licence authority: the licence file at `licence_path`; the latest time a check saw is
-// recorded in `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`.
-//
-// # Safety
-// `key` is a key from this library; `licence_path` a NUL-terminated string; `out` valid
-// for a pointer write.
-enum OnnxProtectStatus onnx_protect_key_with_licence(const struct OnnxProtectKey *key,
-                                                     const char *licence_path,
-                                                     struct OnnxProtectKey **out);
-
-// Releases a key, zeroing it. `NULL` is accepted.
-//
-// # Safety
-// `key` is `NULL` or a key from this library not yet freed.
-void onnx_protect_key_free(struct OnnxProtectKey *key);
-
 // Opens the model at `path` and checks that it is protected (its manifest is read
 // and validated against the model; nothing is decrypted, no key is needed).
 //
@@ -340,6 +282,64 @@ enum OnnxProtectStatus onnx_protect_genai_stage(const struct OnnxProtectModel *c
 // # Safety
 // `token` is a NUL-terminated string.
 enum OnnxProtectStatus onnx_protect_genai_unstage(const char *token);
+
+// A key from `len` bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
+// The library keeps its own copy; the caller may wipe `data` afterwards.
+//
+// # Safety
+// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_from_bytes(const uint8_t *data,
+                                                   size_t len,
+                                                   struct OnnxProtectKey **out);
+
+// A key from a key file (as `onnx-protect keygen` writes it; 64 hex digits or 32 raw
+// bytes are read too).
+//
+// # Safety
+// `path` is a NUL-terminated string; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_from_file(const char *path, struct OnnxProtectKey **out);
+
+// A key from the environment variable `name`: 64 hex digits or the text of a key file.
+//
+// # Safety
+// `name` is a NUL-terminated string; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_from_env(const char *name, struct OnnxProtectKey **out);
+
+// A passphrase of `len` bytes (stretched with the model's Argon2id parameters when
+// used). The library keeps its own copy.
+//
+// # Safety
+// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_from_passphrase(const uint8_t *data,
+                                                        size_t len,
+                                                        struct OnnxProtectKey **out);
+
+// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
+// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
+// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
+// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
+//
+// # Safety
+// `path` is a NUL-terminated string; `out` is valid for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_from_identity_file(const char *path,
+                                                           struct OnnxProtectKey **out);
+
+// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
+// licence authority: the licence file at `licence_path`; the latest time a check saw is
+// recorded in `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`.
+//
+// # Safety
+// `key` is a key from this library; `licence_path` a NUL-terminated string; `out` valid
+// for a pointer write.
+enum OnnxProtectStatus onnx_protect_key_with_licence(const struct OnnxProtectKey *key,
+                                                     const char *licence_path,
+                                                     struct OnnxProtectKey **out);
+
+// Releases a key, zeroing it. `NULL` is accepted.
+//
+// # Safety
+// `key` is `NULL` or a key from this library not yet freed.
+void onnx_protect_key_free(struct OnnxProtectKey *key);
 
 #ifdef __cplusplus
 }  // extern "C"

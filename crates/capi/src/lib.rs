@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString, OsStr};
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
@@ -28,19 +27,23 @@ use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protect;
-use onnx_protect_crypto::KeyFile;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::SignerKey;
 use zeroize::Zeroizing;
 
 mod folder;
 mod genai;
+mod key;
 
 pub use folder::{
     onnx_protect_folder_free, onnx_protect_folder_model, onnx_protect_folder_model_count, onnx_protect_folder_open,
     OnnxProtectFolder,
 };
 pub use genai::{onnx_protect_genai_stage, onnx_protect_genai_unstage};
+pub use key::{
+    onnx_protect_key_free, onnx_protect_key_from_bytes, onnx_protect_key_from_env, onnx_protect_key_from_file,
+    onnx_protect_key_from_identity_file, onnx_protect_key_from_passphrase, onnx_protect_key_with_licence,
+};
 
 /// What a call did. `ONNX_PROTECT_STATUS_OK` is 0; every other value is a failure,
 /// described by `onnx_protect_last_error()`. The kinds after `INVALID_ARGUMENT` are
@@ -332,198 +335,6 @@ pub extern "C" fn onnx_protect_status_name(status: i32) -> *const c_char {
         _ => c"unknown",
     };
     name.as_ptr()
-}
-
-/// A key from `len` bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
-/// The library keeps its own copy; the caller may wipe `data` afterwards.
-///
-/// # Safety
-/// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_from_bytes(
-    data: *const u8,
-    len: usize,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let bytes = unsafe { bytes_arg(data, len, "data") }?;
-        let (source, _) = KeySource::from_key_file(bytes).map_err(|e| key_failure(format!("key bytes: {e}")))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
-}
-
-/// A key from a key file (as `onnx-protect keygen` writes it; 64 hex digits or 32 raw
-/// bytes are read too).
-///
-/// # Safety
-/// `path` is a NUL-terminated string; `out` is valid for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_from_file(
-    path: *const c_char,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let path = unsafe { path_arg(path, "path") }?;
-        let bytes = read_secret(&path, "key file")?;
-        let (source, _) =
-            KeySource::from_key_file(&bytes).map_err(|e| key_failure(format!("key file {}: {e}", path.display())))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
-}
-
-/// A key from the environment variable `name`: 64 hex digits or the text of a key file.
-///
-/// # Safety
-/// `name` is a NUL-terminated string; `out` is valid for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_from_env(
-    name: *const c_char,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let var = unsafe { str_arg(name, "name") }?;
-        // The variable named once: most of these errors name it already.
-        let file = KeyFile::from_env(var).map_err(|e| {
-            let m = e.to_string();
-            key_failure(if m.contains(&format!("variable {var}")) {
-                m
-            } else {
-                format!("environment variable {var}: {m}")
-            })
-        })?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };
-        Ok(())
-    })
-}
-
-/// A passphrase of `len` bytes (stretched with the model's Argon2id parameters when
-/// used). The library keeps its own copy.
-///
-/// # Safety
-/// `data` is valid for reads of `len` bytes; `out` is valid for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_from_passphrase(
-    data: *const u8,
-    len: usize,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let bytes = unsafe { bytes_arg(data, len, "data") }?;
-        if bytes.is_empty() {
-            return Err(key_failure("the passphrase is empty".into()));
-        }
-        let source = KeySource::Passphrase(Zeroizing::new(bytes.to_vec()));
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
-}
-
-/// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
-/// writes them), one age plugin's identities (`AGE-PLUGIN-NAME-1...`, run through
-/// `age-plugin-NAME`) or a TPM key file (`keygen --tpm`, the TPM named by
-/// `ONNX_PROTECT_TPM_TCTI`; needs a build with the feature `tpm`).
-///
-/// # Safety
-/// `path` is a NUL-terminated string; `out` is valid for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
-    path: *const c_char,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let path = unsafe { path_arg(path, "path") }?;
-        let bytes = read_secret(&path, "identity file")?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| key_failure(format!("identity file {} is not UTF-8 text", path.display())))?;
-        let tcti = onnx_protect_tpm::tcti_from_env();
-        let id =
-            onnx_protect_core::keys::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
-                .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Identity(id) }) };
-        Ok(())
-    })
-}
-
-/// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
-/// licence authority: the licence file at `licence_path`; the latest time a check saw is
-/// recorded in `$ONNX_PROTECT_LICENCE_CLOCK`, else `~/.local/state/onnx-protect/licence-clock`.
-///
-/// # Safety
-/// `key` is a key from this library; `licence_path` a NUL-terminated string; `out` valid
-/// for a pointer write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_with_licence(
-    key: *const OnnxProtectKey,
-    licence_path: *const c_char,
-    out: *mut *mut OnnxProtectKey,
-) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
-        // SAFETY: the caller's contract.
-        let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
-        // SAFETY: the caller's contract.
-        let path = unsafe { path_arg(licence_path, "licence_path") }?;
-        let mut text = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(onnx_protect_core::licence::MAX_LICENCE_LEN as u64 + 1).read_to_end(&mut text))
-            .map_err(|e| {
-                CoreError::Licence(onnx_protect_core::licence::LicenceError::Malformed {
-                    line: 0,
-                    reason: format!("cannot read {}: {e}", path.display()),
-                })
-            })?;
-        let tcti = onnx_protect_tpm::tcti_from_env();
-        let source = onnx_protect_core::keys::with_licence(key.source.clone(), &text, None, &tcti)
-            .map_err(|e| Failure::from(CoreError::from(e)))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
-}
-
-/// Releases a key, zeroing it. `NULL` is accepted.
-///
-/// # Safety
-/// `key` is `NULL` or a key from this library not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn onnx_protect_key_free(key: *mut OnnxProtectKey) {
-    if !key.is_null() {
-        // SAFETY: made by `Box::into_raw` in this library and not freed yet (contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(key) })));
-    }
-}
-
-/// Reads a small secret file (key or identities) into wiped memory.
-fn read_secret(path: &std::path::Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let cannot = |e: std::io::Error| key_failure(format!("cannot read {what} {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Zeroizing::new(Vec::new());
-    let cap = onnx_protect_crypto::MAX_KEY_FILE_LEN as u64 + 1;
-    file.take(cap).read_to_end(&mut bytes).map_err(cannot)?;
-    Ok(bytes)
 }
 
 /// Opens the model at `path` and checks that it is protected (its manifest is read

@@ -90,6 +90,10 @@ def main():
     for m in ("plain", "protected"):
         print(f"{m:10} {med[m]['load_s']:8.3f} {med[m]['rss_mib']:13.0f} {med[m]['resident_mib']:13.0f} "
               f"{med[m]['tokens_per_s']:9.1f} {med[m]['resident_gen_mib']:15.0f}")
+    for m in ("plain", "protected"):  # the spread over rounds, to read the ratios against
+        lo, hi = (f(x["tokens_per_s"] for x in runs[m]) for f in (min, max))
+        ld = sorted(x["load_s"] for x in runs[m])
+        print(f"{m:10} rounds: load {ld[0]:.3f}-{ld[-1]:.3f} s, tokens/s {lo:.1f}-{hi:.1f}")
     r = {k: med["protected"][k] / med["plain"][k] for k in KEYS}
     print(f"{'ratio':10} {r['load_s']:7.2f}x {r['rss_mib']:12.2f}x {r['resident_mib']:12.2f}x {r['tokens_per_s']:8.2f}x "
           f"{r['resident_gen_mib']:14.2f}x")

@@ -313,3 +313,24 @@ def test_the_c_path_generates_the_plain_folders_tokens(folders, tmp_path):
         r = subprocess.run([sys.executable, str(example), str(lib), str(bad), str(key)], capture_output=True, text=True)
         assert r.returncode != 0 and "tokens:" not in r.stdout, what
         assert r.stderr.startswith("folder:") and "(status 9)" in r.stderr, f"{what}: {r.stderr}"
+
+
+def test_private_folders_of_killed_processes_are_removed_and_live_ones_kept(folders, tmp_path, monkeypatch):
+    _, protected, key = folders["fp32"]
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        dead_pid = int(gone.stdout)
+        stale = tmp_path / f"onnx-protect-genai-{dead_pid}-abc"
+        live = tmp_path / f"onnx-protect-genai-{os.getppid()}-def"
+        other = tmp_path / "onnx-protect-genai-notapid"
+        for d in (stale, live, other):
+            d.mkdir()
+            (d / "genai_config.json").write_text("{}")
+        model = opg.Model(protected, key_file=key)
+        assert not stale.exists(), "the folder of a process that is gone"
+        assert live.exists() and other.exists(), "a live process's folder and a folder of another name stay"
+        del model
+    finally:
+        tempfile.tempdir = None

@@ -156,9 +156,35 @@ def _cleanup(private: str, token: str) -> None:
     shutil.rmtree(private, ignore_errors=True)
 
 
+_PRIVATE = "onnx-protect-genai-"
+
+
+def _remove_stale() -> None:
+    """Removes the private folders of this user's processes that ended without removing
+    theirs (killed): `onnx-protect-genai-PID-*` whose process is gone."""
+    tmp = pathlib.Path(tempfile.gettempdir())
+    try:
+        entries = list(tmp.iterdir())
+    except OSError:
+        return
+    for d in entries:
+        parts = d.name[len(_PRIVATE):].split("-", 1)
+        if not d.name.startswith(_PRIVATE) or len(parts) != 2 or not parts[0].isdigit():
+            continue
+        try:
+            if d.is_symlink() or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(parts[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, OverflowError):
+            continue  # alive under another user, or unreadable: not ours to remove
+
+
 def _load(folder: PathLike, k: Key, tier: int | None, signers: Sequence[str], on_demand: bool) -> Any:
     folder = pathlib.Path(os.fspath(folder))
-    private = pathlib.Path(tempfile.mkdtemp(prefix="onnx-protect-genai-"))
+    _remove_stale()
+    private = pathlib.Path(tempfile.mkdtemp(prefix=f"{_PRIVATE}{os.getpid()}-"))
     token = None
     try:
         # The folder's bindings agree (nothing missing, changed, extra or swapped) and its

@@ -141,7 +141,7 @@ pub const MIN_PASSPHRASE_CHARS: usize = 12;
 /// Refuses a passphrase shorter than [`MIN_PASSPHRASE_CHARS`] that would protect a model
 /// (`what` names it in the message), unless `allow_short`. Keys and identities pass.
 pub fn check_new_passphrase(source: &KeySource, allow_short: bool, what: &str) -> Result<(), KeyFileError> {
-    let KeySource::Passphrase(p) = source else { return Ok(()) };
+    let (Identity::Passphrase(p), None) = (source.identity(), source.licence()) else { return Ok(()) };
     let n = std::str::from_utf8(p).map(|s| s.chars().count()).unwrap_or(p.len());
     if n < MIN_PASSPHRASE_CHARS && !allow_short {
         return Err(KeyFileError(format!(

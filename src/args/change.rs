@@ -62,7 +62,7 @@ impl ChangeArgs {
                 if let (onnx_protect_crypto::KeyKind::Master { tiers: recorded }, Some(t)) = (file.kind(), tiers) {
                     check_recorded_tiers(&format!("key file {}", p.display()), recorded, t)?;
                 }
-                Some(onnx_protect_core::keys::KeySource::Key(
+                Some(onnx_protect_core::keys::KeySource::key(
                     file.into_master().with_context(|| format!("key file {}", p.display()))?,
                 ))
             }

@@ -109,7 +109,7 @@ impl NewKeyArgs {
             );
         }
         let source = if self.new_passphrase {
-            KeySource::Passphrase(prompt_passphrase("new ", true)?)
+            KeySource::passphrase(prompt_passphrase("new ", true)?)
         } else {
             let as_old = KeyArgs {
                 key_file: self.new_key_file.clone(),
@@ -357,15 +357,15 @@ impl KeyArgs {
                 true => file.into_master().map_err(|e| KeyFileError(format!("{}: {e}", self.key_name())))?,
                 false => file.into_key(),
             };
-            return Ok(Some(KeySource::Key(key)));
+            return Ok(Some(KeySource::key(key)));
         }
         if let Some(v) = &self.passphrase_env {
             let s = std::env::var(v).with_context(|| format!("environment variable {v} is not set"))?;
-            return Ok(Some(KeySource::Passphrase(Zeroizing::new(s.into_bytes()))));
+            return Ok(Some(KeySource::passphrase(Zeroizing::new(s.into_bytes()))));
         }
         if self.passphrase {
             // A new passphrase (one that protects a model) is typed twice.
-            return Ok(Some(KeySource::Passphrase(prompt_passphrase("", master_only)?)));
+            return Ok(Some(KeySource::passphrase(prompt_passphrase("", master_only)?)));
         }
         if let Some(p) = &self.identity {
             if master_only {
@@ -379,13 +379,13 @@ impl KeyArgs {
                 std::fs::read_to_string(p)
                     .map_err(|e| KeyFileError(format!("cannot read identity file {}: {e}", p.display())))?,
             );
-            return Ok(Some(KeySource::Identity(parse_identity_file(p, &text)?)));
+            return Ok(Some(KeySource::new(parse_identity_file(p, &text)?)));
         }
         if let Some(uri) = &self.pkcs11 {
-            return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(pkcs11_key(uri)?)))));
+            return Ok(Some(KeySource::new(Identity::Provider(Arc::new(pkcs11_key(uri)?)))));
         }
         if let Some(line) = &self.key_command {
-            return Ok(Some(KeySource::Identity(Identity::Provider(Arc::new(key_command(line)?)))));
+            return Ok(Some(KeySource::new(Identity::Provider(Arc::new(key_command(line)?)))));
         }
         if let Some(p) = &self.passphrase_file {
             let text = Zeroizing::new(
@@ -394,7 +394,7 @@ impl KeyArgs {
             );
             let line = text.split(|&b| b == b'\n').next().unwrap_or(&[]);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            return Ok(Some(KeySource::Passphrase(Zeroizing::new(line.to_vec()))));
+            return Ok(Some(KeySource::passphrase(Zeroizing::new(line.to_vec()))));
         }
         Ok(None)
     }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_transform::io::{self, FileKind};
@@ -109,15 +108,14 @@ fn master_key(k: &KeyArgs) -> Result<MasterKey> {
             KeyFileError("input transforms need a key (--key-file or --key-env), not a passphrase".into()).into()
         );
     }
-    match k.required_master()? {
-        KeySource::Key(key) => Ok(key),
-        KeySource::Passphrase(_) | KeySource::Identity(_) | KeySource::Licensed(..) => Err(KeyFileError(
+    k.required_master()?.master_key().cloned().ok_or_else(|| {
+        KeyFileError(
             "input transforms need a key (--key-file or --key-env), not a passphrase: they are deterministic \
              and have no place to store a passphrase salt"
                 .into(),
         )
-        .into()),
-    }
+        .into()
+    })
 }
 
 /// An error in an option's value, found after parsing: a usage error (exit 2).

@@ -53,7 +53,7 @@ fn keygen(path: &Path) {
 
 fn read_key(path: &Path) -> KeySource {
     let bytes = std::fs::read(path).unwrap();
-    KeySource::Key(MasterKey::parse_key_file(&bytes).unwrap())
+    KeySource::key(MasterKey::parse_key_file(&bytes).unwrap())
 }
 
 /// The report lines of a run, as (path, status, whole line).
@@ -300,7 +300,7 @@ fn a_killed_batch_resumes_and_skips_finished_files() {
         assert_eq!(status, want, "{path}: {v}");
     }
     // Every output decrypts to its original.
-    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"batch test passphrase".to_vec()));
+    let pass = KeySource::passphrase(zeroize::Zeroizing::new(b"batch test passphrase".to_vec()));
     let dec = dir.path().join("dec");
     let (code, stdout, err) = {
         let o = Command::new(bin())

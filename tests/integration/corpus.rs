@@ -117,7 +117,7 @@ fn corpus_encrypts_and_decrypts_back_byte_for_byte() {
     use onnx_protect_core::protect::{decrypt_to_vec, encrypt, EncryptOptions};
     let lines = lines();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([5; 32]));
+    let key = KeySource::key(onnx_protect_crypto::MasterKey::from_bytes([5; 32]));
     let mut all = crate::util::half_policy();
     all.apply_override("coefficient", "*=1").expect("override");
     let (mut encrypted, mut failures) = (0usize, Vec::new());

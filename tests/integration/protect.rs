@@ -14,7 +14,7 @@ use onnx_protect_select::Policy;
 use crate::util::{copy_fixture, fixture_models, manifest_of, root, run};
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
@@ -142,7 +142,7 @@ fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
     let model = root().join("fixtures/models/fp16/model.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("enc.onnx");
-    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"correct horse battery staple".to_vec()));
+    let pass = KeySource::passphrase(zeroize::Zeroizing::new(b"correct horse battery staple".to_vec()));
     enc(&model, &out, &pass, &crate::util::half_policy());
     let m = Model::open(&out).unwrap();
     let p = manifest_of(&out);
@@ -154,7 +154,7 @@ fn a_passphrase_round_trips_and_stores_its_kdf_parameters() {
     assert_eq!((kdf.m_cost_kib, kdf.t_cost, kdf.p_cost), (65536, 3, 1));
     assert_eq!(stanzas[0].label, "", "a passphrase stanza names no recipient");
     assert_eq!(decrypt_to_vec(&m, &pass).unwrap(), std::fs::read(&model).unwrap());
-    let wrong = KeySource::Passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
+    let wrong = KeySource::passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
     assert_eq!(decrypt_to_vec(&m, &wrong).unwrap_err().kind(), ErrorKind::WrongKey);
 }
 
@@ -400,7 +400,7 @@ fn external_data_encrypted_into_the_same_folder_gets_its_own_names_and_decrypts_
     assert_eq!(code, 0, "{err}");
     // In memory too: the original model bytes, the data under the original names.
     let key =
-        KeySource::Key(onnx_protect_crypto::KeyFile::parse(&std::fs::read(&keyfile).unwrap()).unwrap().into_key());
+        KeySource::key(onnx_protect_crypto::KeyFile::parse(&std::fs::read(&keyfile).unwrap()).unwrap().into_key());
     let mem = onnx_protect_core::memory::InMemory::file(&enc, &key).load().unwrap();
     assert_eq!(&mem[..], &before[0][..]);
     let names: Vec<&str> = mem.external().keys().map(String::as_str).collect();

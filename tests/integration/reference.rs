@@ -142,7 +142,7 @@ fn parser_agrees_with_the_reference_decoder() {
 /// field of every message (nodes, attributes, shapes, names, unknown fields) is equal.
 #[test]
 fn encrypt_changes_only_the_encrypted_data_and_one_metadata_entry() {
-    let key = KeySource::Key(MasterKey::from_bytes([5; 32]));
+    let key = KeySource::key(MasterKey::from_bytes([5; 32]));
     for path in models() {
         for (mode, c) in [("ctr", "0.5"), ("fp", "1"), ("dp", "0.3")] {
             let what = format!("{} {mode} {c}", path.display());

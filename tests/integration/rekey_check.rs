@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::util::{copy_fixture, fixture_models, manifest_of, root, run};
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 fn enc(input: &Path, output: &Path, k: &KeySource, policy: &Policy) {
@@ -111,7 +111,7 @@ fn operations_that_rewrite_the_protection_name_what_they_met() {
     let dir = tempfile::tempdir().unwrap();
     let plain = root().join("fixtures/digits/mlp.onnx");
     let v1 = root().join("fixtures/vectors/cnn_torch_fp");
-    let k1 = KeySource::Key(MasterKey::parse_key_file(&std::fs::read(v1.join("key.hex")).unwrap()).unwrap());
+    let k1 = KeySource::key(MasterKey::parse_key_file(&std::fs::read(v1.join("key.hex")).unwrap()).unwrap());
     let signer = [onnx_protect_keys::SigningKey::generate().unwrap()];
     let out = dir.path().join("out.onnx");
     let remove = [Remove::Kind("passphrase".into())];
@@ -152,7 +152,7 @@ fn operations_that_rewrite_the_protection_name_what_they_met() {
 fn rekey_refuses_a_format_1_file_which_still_decrypts() {
     let dir = tempfile::tempdir().unwrap();
     let vector = root().join("fixtures/vectors/cnn_torch_fp");
-    let old = KeySource::Key(MasterKey::parse_key_file(&std::fs::read(vector.join("key.hex")).unwrap()).unwrap());
+    let old = KeySource::key(MasterKey::parse_key_file(&std::fs::read(vector.join("key.hex")).unwrap()).unwrap());
     let enc = vector.join("protected.onnx");
     let re = dir.path().join("re/model.onnx");
     let e = rk(&enc, &re, &old, &key(9)).unwrap_err();
@@ -192,14 +192,14 @@ fn rekey_refuses_a_format_1_file_which_still_decrypts() {
 fn rekey_switches_between_passphrases_and_keys() {
     let model = root().join("fixtures/models/fp16/model.onnx");
     let dir = tempfile::tempdir().unwrap();
-    let pass = KeySource::Passphrase(Zeroizing::new(b"old passphrase".to_vec()));
+    let pass = KeySource::passphrase(Zeroizing::new(b"old passphrase".to_vec()));
     let (a, b, c) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"), dir.path().join("c.onnx"));
     enc(&model, &a, &pass, &crate::util::half_policy());
     rk(&a, &b, &pass, &key(5)).unwrap();
     let kinds = |p: &Path| manifest_of(p).sealed.stanzas.iter().map(|s| (s.kind.clone(), s.kdf.is_some())).collect();
     let k: Vec<(String, bool)> = kinds(&b);
     assert_eq!(k, [("key".to_string(), false)], "a key needs no KDF parameters");
-    let new_pass = KeySource::Passphrase(Zeroizing::new(b"new passphrase".to_vec()));
+    let new_pass = KeySource::passphrase(Zeroizing::new(b"new passphrase".to_vec()));
     rk(&b, &c, &key(5), &new_pass).unwrap();
     let mc = Model::open(&c).unwrap();
     let k: Vec<(String, bool)> = kinds(&c);

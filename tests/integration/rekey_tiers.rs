@@ -23,7 +23,7 @@ fn key(b: u8) -> MasterKey {
 }
 
 fn src(k: &MasterKey) -> KeySource {
-    KeySource::Key(k.clone())
+    KeySource::key(k.clone())
 }
 
 fn to(k: &MasterKey) -> EncryptTo {

@@ -15,7 +15,7 @@ use onnx_protect_select::Policy;
 use crate::util::{copy_fixture, fixture_models, root, run};
 
 fn key() -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([9; 32]))
+    KeySource::key(MasterKey::from_bytes([9; 32]))
 }
 
 fn policy(mode: &str, coefficient: &str) -> Policy {
@@ -129,7 +129,7 @@ fn tiers_and_dp_decrypt_external_data_in_memory_like_on_disk() {
             }
         }
         // A wrong key, and a flipped byte of an encrypted span in a side file.
-        let wrong = KeySource::Key(MasterKey::from_bytes([1; 32]));
+        let wrong = KeySource::key(MasterKey::from_bytes([1; 32]));
         assert_eq!(InMemory::model(&m, &wrong).load().unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
         let p = protection_view(&m).unwrap();
         let (target, file, at) = p
@@ -166,8 +166,7 @@ fn a_key_with_nothing_left_to_decrypt_gets_the_file_as_it_is_in_memory_and_on_di
     let mut tiered = policy("fp", "0.5");
     tiered.set_tiers(3).unwrap();
     let enc = protect(&copy, dir.path(), &tiered);
-    let KeySource::Key(top) = key() else { unreachable!() };
-    let k1 = KeySource::Key(top.tier_down().tier_down());
+    let k1 = KeySource::key(key().master_key().unwrap().tier_down().tier_down());
     let opts = DecryptOptions::default();
     let t1 = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&enc, &t1, &k1, None, &opts).unwrap();

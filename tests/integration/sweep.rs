@@ -29,11 +29,11 @@ use onnx_protect_select::Policy;
 use crate::util::{fixture_models, root, run};
 
 fn key() -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([0x5a; 32]))
+    KeySource::key(MasterKey::from_bytes([0x5a; 32]))
 }
 
 fn new_key() -> EncryptTo {
-    EncryptTo::key(KeySource::Key(MasterKey::from_bytes([0x77; 32])))
+    EncryptTo::key(KeySource::key(MasterKey::from_bytes([0x77; 32])))
 }
 
 fn ropts() -> RekeyOptions<'static> {
@@ -248,8 +248,8 @@ fn every_changed_byte_of_a_tiered_model_is_refused_with_the_top_and_a_tier_1_key
     // Three tiers (l1 selection): the top key checks every tier's MAC, the tier-1 key
     // the MAC of tier 1, which covers every byte too (docs/format.md §10).
     let top = MasterKey::from_bytes([0x3c; 32]);
-    let low = KeySource::Key(top.tier_down().tier_down());
-    let top = KeySource::Key(top);
+    let low = KeySource::key(top.tier_down().tier_down());
+    let top = KeySource::key(top);
     for (name, mode) in [("cnn_torch", "*=dp"), ("roles_mix", "*=fp"), ("typed_fields", "*=dp")] {
         let path = root().join("fixtures/models").join(name).join("model.onnx");
         let dir = scratch();
@@ -279,8 +279,8 @@ fn every_changed_byte_of_a_partially_decrypted_model_is_refused() {
     // stored digest, the top key's the digest of the content with tier 1 encrypted
     // again (docs/format.md §11), and both see every byte.
     let top = MasterKey::from_bytes([0x3c; 32]);
-    let low = KeySource::Key(top.tier_down().tier_down());
-    let top = KeySource::Key(top);
+    let low = KeySource::key(top.tier_down().tier_down());
+    let top = KeySource::key(top);
     for (name, mode) in [("cnn_torch", "*=fp"), ("external_data", "*=dp")] {
         let path = root().join("fixtures/models").join(name).join("model.onnx");
         let dir = scratch();

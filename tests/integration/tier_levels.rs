@@ -91,7 +91,7 @@ mod with_tract {
         let score = |bytes: &[u8]| b.score(&b.run(bytes, &External::new()).unwrap());
         (0..keys)
             .map(|i| {
-                let key = KeySource::Key(MasterKey::from_bytes([i + 1; 32]));
+                let key = KeySource::key(MasterKey::from_bytes([i + 1; 32]));
                 let out = dir.path().join(format!("p{i}.onnx"));
                 encrypt(model, &out, &EncryptTo::key(key.clone()), &EncryptOptions::new(policy)).unwrap();
                 let m = Model::open(&out).unwrap();

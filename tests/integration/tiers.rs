@@ -19,7 +19,7 @@ fn key(b: u8) -> MasterKey {
 }
 
 fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
-    encrypt(input, output, &EncryptTo::key(KeySource::Key(k.clone())), &EncryptOptions::new(policy))
+    encrypt(input, output, &EncryptTo::key(KeySource::key(k.clone())), &EncryptOptions::new(policy))
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
 }
 
@@ -52,7 +52,7 @@ fn every_fixture_round_trips_with_dp_mode_l1_selection_and_three_tiers() {
         enc(&model, &out, &key(4), &policy);
         verify(&out, None, &NoProgress).unwrap();
         let back = dir.path().join("dec").join("model.onnx");
-        decrypt(&out, &back, &KeySource::Key(key(4)), &dopts()).unwrap();
+        decrypt(&out, &back, &KeySource::key(key(4)), &dopts()).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&model).unwrap(), "{}", model.display());
     }
     assert!(with_dp >= 8, "only {with_dp} fixtures have a tensor in the dp mode");
@@ -76,7 +76,7 @@ fn every_fixture_and_the_digit_models_round_trip_with_fp_mode_ranked_selection_a
             let out = dir.path().join("enc.onnx");
             enc(model, &out, &key(4), &policy);
             let back = dir.path().join("dec").join("model.onnx");
-            decrypt(&out, &back, &KeySource::Key(key(4)), &dopts()).unwrap();
+            decrypt(&out, &back, &KeySource::key(key(4)), &dopts()).unwrap();
             assert!(std::fs::read(&back).unwrap() == std::fs::read(model).unwrap(), "{selection} {}", model.display());
         }
     }
@@ -155,7 +155,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     }
     // Tier 1 key: restores tier 1 only; the result is a valid, still-protected model.
     let t1 = dir.path().join("t1").join("m.onnx");
-    decrypt(&out, &t1, &KeySource::Key(k1.clone()), &dopts()).unwrap();
+    decrypt(&out, &t1, &KeySource::key(k1.clone()), &dopts()).unwrap();
     let m1 = Model::open(&t1).unwrap();
     let p1 = protection_view(&m1).unwrap();
     assert_eq!(p1.restored_tiers, 1);
@@ -166,7 +166,7 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     assert_eq!((r.restored_bytes, r.encrypted_bytes), (tier_bytes(1), tier_bytes(2) + tier_bytes(3)));
     assert!(r.restored_bytes > 0);
     // A tier-1 key cannot decrypt tier 2.
-    let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::Key(k1.clone()), Some(2), &dopts())
+    let e = decrypt_tier(&out, &dir.path().join("x").join("m.onnx"), &KeySource::key(k1.clone()), Some(2), &dopts())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Key);
     assert!(
@@ -175,16 +175,16 @@ fn a_tier_key_decrypts_its_tiers_and_never_higher_ones() {
     );
     // The tier-2 key continues from the tier-1 result; the top key finishes: the original.
     let t2 = dir.path().join("t2").join("m.onnx");
-    decrypt(&t1, &t2, &KeySource::Key(k2.clone()), &dopts()).unwrap();
-    verify(&t2, Some(&KeySource::Key(k2)), &NoProgress).unwrap();
+    decrypt(&t1, &t2, &KeySource::key(k2.clone()), &dopts()).unwrap();
+    verify(&t2, Some(&KeySource::key(k2)), &NoProgress).unwrap();
     verify(&t2, None, &NoProgress).unwrap();
     let full = dir.path().join("full").join("m.onnx");
-    decrypt(&t2, &full, &KeySource::Key(top.clone()), &dopts()).unwrap();
+    decrypt(&t2, &full, &KeySource::key(top.clone()), &dopts()).unwrap();
     assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&model).unwrap());
     // The top key alone restores everything in one step, also in memory.
-    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(top)).unwrap(), std::fs::read(&model).unwrap());
+    assert_eq!(decrypt_to_vec(&m, &KeySource::key(top)).unwrap(), std::fs::read(&model).unwrap());
     // An unrelated key is a wrong key.
-    assert_eq!(decrypt_to_vec(&m, &KeySource::Key(key(9))).unwrap_err().kind(), ErrorKind::WrongKey);
+    assert_eq!(decrypt_to_vec(&m, &KeySource::key(key(9))).unwrap_err().kind(), ErrorKind::WrongKey);
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     let top = key(3);
     enc(&model, &out, &top, &policy);
     let t1 = dir.path().join("t1").join("m.onnx");
-    decrypt(&out, &t1, &KeySource::Key(top.tier_down()), &dopts()).unwrap();
+    decrypt(&out, &t1, &KeySource::key(top.tier_down()), &dopts()).unwrap();
     let m = Model::open(&t1).unwrap();
     let p = protection_view(&m).unwrap();
     let target = p.targets.iter().find(|t| t.tier == 1).unwrap();
@@ -207,12 +207,12 @@ fn a_tampered_restored_tier_is_caught_by_a_key_that_covers_it() {
     let mut bytes = std::fs::read(&t1).unwrap();
     bytes[at] ^= 1;
     std::fs::write(&t1, &bytes).unwrap();
-    let e = verify(&t1, Some(&KeySource::Key(top)), &NoProgress).unwrap_err();
+    let e = verify(&t1, Some(&KeySource::key(top)), &NoProgress).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Modified);
     // Format 2 covers every byte of the partially decrypted file without a key too (its
     // stored digest), and the tier-1 key's own MAC catches it as well.
     assert_eq!(verify(&t1, None, &NoProgress).unwrap_err().kind(), ErrorKind::Modified);
-    let low = KeySource::Key(key(3).tier_down());
+    let low = KeySource::key(key(3).tier_down());
     assert_eq!(verify(&t1, Some(&low), &NoProgress).unwrap_err().kind(), ErrorKind::Modified);
 }
 
@@ -320,7 +320,7 @@ fn tiers_default_to_fp_and_refuse_an_explicit_ctr() {
     assert_eq!(code, 0, "{err}");
     // The library refuses it the same way (policy error), also from a policy file.
     let policy = Policy::from_toml("version = 1\ntiers = 2\n[defaults]\nmode = \"ctr\"\n").unwrap();
-    let to = EncryptTo::key(KeySource::Key(key(1)));
+    let to = EncryptTo::key(KeySource::key(key(1)));
     let e = encrypt(&model, &dir.path().join("lib.onnx"), &to, &EncryptOptions::new(&policy)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy, "{e}");
 }

@@ -63,7 +63,7 @@ fn outputs(model: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn key_file(path: &Path) -> KeySource {
-    KeySource::Key(MasterKey::parse_key_file(&std::fs::read(path).unwrap()).unwrap())
+    KeySource::key(MasterKey::parse_key_file(&std::fs::read(path).unwrap()).unwrap())
 }
 
 /// Each key material of a case, named by its file.
@@ -75,25 +75,21 @@ fn materials(case: &Path) -> Vec<(&'static str, KeySource)> {
     if case.join("passphrase.txt").is_file() {
         let text = std::fs::read(case.join("passphrase.txt")).unwrap();
         let line = text.split(|&b| b == b'\n').next().unwrap().to_vec();
-        out.push(("passphrase.txt", KeySource::Passphrase(Zeroizing::new(line))));
+        out.push(("passphrase.txt", KeySource::passphrase(Zeroizing::new(line))));
     }
     if case.join("identity.txt").is_file() {
         let text = std::fs::read_to_string(case.join("identity.txt")).unwrap();
-        out.push(("identity.txt", KeySource::Identity(Identity::parse_x25519_file(&text).unwrap())));
+        out.push(("identity.txt", KeySource::new(Identity::parse_x25519_file(&text).unwrap())));
     }
     out
 }
 
 /// Key material of the same kind that is not the case's.
 fn other_material(kind: &str, k: &KeySource) -> KeySource {
-    match (kind, k) {
-        (_, KeySource::Key(_)) => KeySource::Key(MasterKey::from_bytes([0xa5; 32])),
-        (_, KeySource::Passphrase(p)) => {
-            let mut q = p.to_vec();
-            q.push(b'x');
-            KeySource::Passphrase(Zeroizing::new(q))
-        }
-        _ => KeySource::Identity(Identity::X25519(vec![X25519Identity::generate()])),
+    match (kind, k.identity()) {
+        (_, Identity::Key(_)) => KeySource::key(MasterKey::from_bytes([0xa5; 32])),
+        (_, Identity::Passphrase(p)) => KeySource::passphrase(Zeroizing::new([&p[..], b"x"].concat())),
+        _ => KeySource::new(Identity::X25519(vec![X25519Identity::generate()])),
     }
 }
 
@@ -159,8 +155,7 @@ fn format_2_key_stanzas_are_labelled_with_the_key_fingerprint() {
             keys.push((t, case.join(format!("tier{t}.hex"))));
         }
         for (tier, path) in keys.into_iter().filter(|(_, p)| p.is_file()) {
-            let KeySource::Key(k) = key_file(&path) else { unreachable!() };
-            let label = hex(&k.fingerprint());
+            let label = hex(&key_file(&path).master_key().unwrap().fingerprint());
             assert!(
                 p.sealed.stanzas.iter().any(|s| s.kind == "key" && s.tier == tier && s.label == label),
                 "{}: no key stanza of tier {tier} labelled {label}",
@@ -266,7 +261,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
             let r = verify(&protected, key, &NoProgress).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.format_version, 1, "{name}");
         }
-        let wrong = KeySource::Key(MasterKey::from_bytes([0xa5; 32]));
+        let wrong = KeySource::key(MasterKey::from_bytes([0xa5; 32]));
         assert_eq!(InMemory::file(&protected, &wrong).load().unwrap_err().kind(), ErrorKind::WrongKey, "{name}");
         // Read-only: no signatures to check, no rekey; nothing is written.
         let signer = [SigningKey::generate().unwrap().public()];
@@ -274,7 +269,7 @@ fn every_format_1_vector_still_decrypts_and_verifies_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("re").join("model.onnx");
         let new =
-            onnx_protect_core::format2::recipients::EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
+            onnx_protect_core::format2::recipients::EncryptTo::key(KeySource::key(MasterKey::from_bytes([1; 32])));
         let ropts = RekeyOptions::new(&NoProgress);
         let e = rekey(&protected, &out, &k, &new, &ropts).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsupportedVersion, "{name}: {e}");

@@ -30,7 +30,7 @@
 //!     fn done(&self, _result: &FileResult<'_>) {}
 //! }
 //!
-//! let key = KeySource::Key(MasterKey::generate()?);
+//! let key = KeySource::key(MasterKey::generate()?);
 //! let opts = Options {
 //!     operation: Operation::Verify { key: Some(&key) },
 //!     inputs: Inputs::Dir("models".into()),
@@ -171,11 +171,11 @@ impl Operation<'_> {
 
 /// A key as a resume record names it: its fingerprint, or `passphrase` or `identity`.
 fn key_id(k: &KeySource) -> String {
-    match k.without_licence() {
-        KeySource::Key(m) => format!("key:{}", record::hex(&m.fingerprint())),
-        KeySource::Passphrase(_) => "passphrase".to_string(),
-        KeySource::Identity(Identity::Provider(p)) => format!("{}:{}", p.kind(), p.describe()),
-        KeySource::Identity(_) | KeySource::Licensed(..) => "identity".to_string(),
+    match k.identity() {
+        Identity::Key(m) => format!("key:{}", record::hex(&m.fingerprint())),
+        Identity::Passphrase(_) => "passphrase".to_string(),
+        Identity::Provider(p) => format!("{}:{}", p.kind(), p.describe()),
+        Identity::X25519(_) => "identity".to_string(),
     }
 }
 

@@ -63,7 +63,7 @@ fn a_folder_item_is_encrypted_decrypted_and_resumed_whole() {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("in");
     make(&base);
-    let key = KeySource::Key(MasterKey::from_bytes([4; 32]));
+    let key = KeySource::key(MasterKey::from_bytes([4; 32]));
     let policy = Policy::default();
     let enc = d.path().join("enc");
     let (s, v) = batch(Operation::Encrypt { key: &key, policy: &policy }, &base, &enc, false);
@@ -95,7 +95,7 @@ fn a_folder_item_is_encrypted_decrypted_and_resumed_whole() {
     let (s, v) = batch(Operation::Verify { key: Some(&key) }, &enc, &d.path().join("v"), false);
     assert_eq!(s.failed.len(), 1, "{v:?}");
     assert_eq!(v[0].2.as_deref(), Some("modified"));
-    let new = KeySource::Key(MasterKey::from_bytes([5; 32]));
+    let new = KeySource::key(MasterKey::from_bytes([5; 32]));
     let (s, v) = batch(Operation::Rekey { key: &key, new_key: &new }, &enc, &d.path().join("r"), false);
     assert_eq!(s.failed.len(), 1, "{v:?}");
     assert_eq!(v[0].2.as_deref(), Some("folder_operation"));

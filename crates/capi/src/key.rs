@@ -85,7 +85,7 @@ pub unsafe extern "C" fn onnx_protect_key_from_env(
             })
         })?;
         // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Key(file.into_key()) }) };
+        unsafe { put(out, OnnxProtectKey { source: KeySource::key(file.into_key()) }) };
         Ok(())
     })
 }
@@ -109,7 +109,7 @@ pub unsafe extern "C" fn onnx_protect_key_from_passphrase(
         if bytes.is_empty() {
             return Err(key_failure("the passphrase is empty".into()));
         }
-        let source = KeySource::Passphrase(Zeroizing::new(bytes.to_vec()));
+        let source = KeySource::passphrase(Zeroizing::new(bytes.to_vec()));
         // SAFETY: `out` was checked.
         unsafe { put(out, OnnxProtectKey { source }) };
         Ok(())
@@ -141,7 +141,7 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
             onnx_protect_core::keys::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
                 .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
         // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::Identity(id) }) };
+        unsafe { put(out, OnnxProtectKey { source: KeySource::new(id) }) };
         Ok(())
     })
 }

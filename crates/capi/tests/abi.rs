@@ -119,7 +119,7 @@ fn check_restored(src: &Path, got: Decrypted) {
 #[test]
 fn a_key_given_as_bytes_hex_or_key_file_text_decrypts_with_external_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (src, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let (src, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
     let text = format!("onnx-protect-key-v1 master tiers=1 {hex}\n");
     for bytes in [&KEY[..], hex.as_bytes(), text.as_bytes()] {
@@ -142,7 +142,7 @@ fn a_key_given_as_bytes_hex_or_key_file_text_decrypts_with_external_data() {
 #[test]
 fn a_key_file_an_environment_variable_and_a_passphrase_decrypt() {
     let dir = tempfile::tempdir().unwrap();
-    let (src, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let (src, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let key_file = dir.path().join("k.key");
     std::fs::write(&key_file, KEY).unwrap();
     let mut key = null_mut();
@@ -177,7 +177,7 @@ fn a_key_file_an_environment_variable_and_a_passphrase_decrypt() {
 
     let dir2 = tempfile::tempdir().unwrap();
     let pass = b"correct horse battery staple";
-    let (src2, enc2) = protected(dir2.path(), KeySource::Passphrase(zeroize::Zeroizing::new(pass.to_vec())));
+    let (src2, enc2) = protected(dir2.path(), KeySource::passphrase(zeroize::Zeroizing::new(pass.to_vec())));
     let mut key = null_mut();
     // SAFETY: valid arguments.
     assert_eq!(unsafe { onnx_protect_key_from_passphrase(pass.as_ptr(), pass.len(), &mut key) }, OnnxProtectStatus::Ok);
@@ -193,7 +193,7 @@ fn a_key_file_an_environment_variable_and_a_passphrase_decrypt() {
 #[test]
 fn failures_have_their_status_and_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    let (src, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let (src, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let wrong = key_from_bytes(&[7; 32]);
     assert_eq!(decrypt(&enc, wrong), Err(OnnxProtectStatus::WrongKey));
     assert!(last_error().contains("wrong key"), "{}", last_error());
@@ -235,7 +235,7 @@ fn failures_have_their_status_and_a_message() {
 #[test]
 fn a_trusted_signer_is_required_once_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let (_, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let signer = onnx_protect_keys::SigningKey::generate().unwrap().public().to_text();
     let file = open(&enc).unwrap();
     let key = key_from_bytes(&KEY);
@@ -294,7 +294,7 @@ fn decrypt_for_session(
 fn a_session_gets_a_graph_without_large_tensors_and_files_that_hold_their_bytes() {
     use onnx_protect_format::{Model, TensorData};
     let dir = tempfile::tempdir().unwrap();
-    let (src, enc) = protected(dir.path(), KeySource::Key(MasterKey::from_bytes(KEY)));
+    let (src, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let key = key_from_bytes(&KEY);
     let ((graph, files), settled) = decrypt_for_session(&enc, key).unwrap();
     assert_eq!(settled, OnnxProtectStatus::Ok);

@@ -44,7 +44,7 @@ fn folder(dir: &Path) -> PathBuf {
     std::fs::write(src.join("tokenizer.json"), b"{\"model\": {\"vocab\": {\"a\": 0}}}").unwrap();
     std::fs::write(src.join("sub/config.json"), b"{\"decoder\": \"model.onnx\"}").unwrap();
     let enc = dir.join("enc");
-    let to = EncryptTo::key(KeySource::Key(MasterKey::from_bytes([7; 32])));
+    let to = EncryptTo::key(KeySource::key(MasterKey::from_bytes([7; 32])));
     onnx_protect_folder::encrypt(&src, &enc, &to, &EncryptOptions::new(&Policy::default())).unwrap();
     enc
 }

@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: decrypt_in_memory MODEL KEY_FILE [REPEATS]".into());
     };
     let repeats: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(5);
-    let key = KeySource::Key(MasterKey::parse_key_file(&std::fs::read(key)?)?);
+    let key = KeySource::key(MasterKey::parse_key_file(&std::fs::read(key)?)?);
     let model = PathBuf::from(model);
     for _ in 0..repeats {
         let t = Instant::now();

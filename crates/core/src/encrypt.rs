@@ -522,7 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (plain, out) = (dir.path().join("plain.onnx"), dir.path().join("out.onnx"));
         std::fs::write(&plain, model).unwrap();
-        let to = EncryptTo::key(KeySource::Key(MasterKey::from_bytes([1; 32])));
+        let to = EncryptTo::key(KeySource::key(MasterKey::from_bytes([1; 32])));
         let opts = EncryptOptions { secret_positions: secret, ..EncryptOptions::new(policy) };
         let e = crate::protect::encrypt(&plain, &out, &to, &opts).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Policy, "{e}");

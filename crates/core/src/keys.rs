@@ -15,50 +15,59 @@ use zeroize::Zeroizing;
 
 use crate::licence::{ClockFile, Licence, LicenceCheck, LicenceError, TpmReading};
 
-/// The key material a caller gives: what a model is encrypted to, or what opens it.
+/// The key material a caller gives (what a model is encrypted to, or what opens it), with the
+/// licence a model needs to open if any (docs/shipping.md#licences).
 #[derive(Clone)]
-pub enum KeySource {
-    /// A 256-bit key (key file, environment variable, tier key).
-    Key(MasterKey),
-    /// A passphrase, stretched with Argon2id; the parameters live in the manifest.
-    Passphrase(Zeroizing<Vec<u8>>),
-    /// Identities that open format-2 recipient stanzas: age X25519 identities or a key
-    /// provider (decryption only).
-    Identity(onnx_protect_keys::Identity),
-    /// A key with the licence a model needs to open (docs/shipping.md#licences); a model
-    /// that names no licence authority opens with the key alone.
-    Licensed(Box<KeySource>, std::sync::Arc<crate::licence::LicenceCheck>),
+pub struct KeySource {
+    identity: Identity,
+    licence: Option<Arc<LicenceCheck>>,
 }
 
 impl KeySource {
+    /// Key material without a licence: a 256-bit key, a passphrase (stretched with Argon2id;
+    /// the parameters live in the manifest), age X25519 identities or a key provider.
+    pub fn new(identity: Identity) -> KeySource {
+        KeySource { identity, licence: None }
+    }
+
+    /// A 256-bit key (key file, environment variable, tier key).
+    pub fn key(key: MasterKey) -> KeySource {
+        KeySource::new(Identity::Key(key))
+    }
+
+    /// A passphrase.
+    pub fn passphrase(passphrase: Zeroizing<Vec<u8>>) -> KeySource {
+        KeySource::new(Identity::Passphrase(passphrase))
+    }
+
     /// The key of a key file's bytes (as `keygen` writes it; 64 hex digits or 32 raw bytes
     /// are read too), and what the file records it as (a master key and its tiers, or a
     /// tier's key): how every front end makes a key from bytes.
     pub fn from_key_file(bytes: &[u8]) -> Result<(KeySource, KeyKind), CryptoError> {
         let file = KeyFile::parse(bytes)?;
         let kind = file.kind();
-        Ok((KeySource::Key(file.into_key()), kind))
+        Ok((KeySource::key(file.into_key()), kind))
     }
 
-    /// This key with `licence`.
-    pub fn with_licence(self, licence: crate::licence::LicenceCheck) -> KeySource {
-        KeySource::Licensed(Box::new(self.without_licence().clone()), std::sync::Arc::new(licence))
+    /// This key with `licence` (in place of any licence it had).
+    pub fn with_licence(self, licence: LicenceCheck) -> KeySource {
+        KeySource { identity: self.identity, licence: Some(Arc::new(licence)) }
     }
 
-    /// The key material without its licence.
-    pub fn without_licence(&self) -> &KeySource {
-        match self {
-            KeySource::Licensed(k, _) => k.without_licence(),
-            k => k,
-        }
+    /// The key material, without its licence.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The 256-bit key, if the key material is one.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        let Identity::Key(k) = &self.identity else { return None };
+        Some(k)
     }
 
     /// The licence given with the key, if any.
-    pub fn licence(&self) -> Option<&crate::licence::LicenceCheck> {
-        match self {
-            KeySource::Licensed(_, l) => Some(l),
-            _ => None,
-        }
+    pub fn licence(&self) -> Option<&LicenceCheck> {
+        self.licence.as_deref()
     }
 }
 
@@ -117,8 +126,8 @@ pub fn parse_identity_file(text: &str, tcti: &str, prompt: Arc<dyn PluginPrompt>
 /// TPM's clock read through `tcti` for the key's TPM anchor (none if it cannot be read).
 pub fn with_licence(key: KeySource, text: &[u8], clock: Option<&Path>, tcti: &str) -> Result<KeySource, LicenceError> {
     let licence = Licence::parse(text)?;
-    let tpm = match key.without_licence() {
-        KeySource::Identity(Identity::Provider(p)) if p.kind() == KIND_TPM => {
+    let tpm = match key.identity() {
+        Identity::Provider(p) if p.kind() == KIND_TPM => {
             read_clock(tcti).ok().map(|c| TpmReading { source: p.describe(), clock_ms: c.clock_ms })
         }
         _ => None,
@@ -143,7 +152,7 @@ mod tests {
         let forms: [&[u8]; 3] = [text.as_bytes(), hex.as_bytes(), &[7; 32]];
         for (i, bytes) in forms.into_iter().enumerate() {
             let (source, kind) = KeySource::from_key_file(bytes).unwrap();
-            assert!(matches!(source, KeySource::Key(k) if k.to_hex() == key.to_hex()), "form {i}");
+            assert!(source.master_key().is_some_and(|k| k.to_hex() == key.to_hex()), "form {i}");
             let recorded = if i == 0 { KeyKind::Master { tiers: 3 } } else { KeyKind::Unlabeled };
             assert_eq!(kind, recorded, "form {i}");
         }

@@ -420,7 +420,7 @@ pub(crate) fn encrypt_tiny(dir: &Path, key_byte: u8, policy: &Policy) -> (PathBu
     let plain = dir.join("plain.onnx");
     std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
     let out = dir.join("protected.onnx");
-    let key = KeySource::Key(MasterKey::from_bytes([key_byte; 32]));
+    let key = KeySource::key(MasterKey::from_bytes([key_byte; 32]));
     encrypt(&plain, &out, &EncryptTo::key(key.clone()), &EncryptOptions::new(policy)).unwrap();
     (plain, out, key)
 }
@@ -438,7 +438,7 @@ mod tests {
     fn vector(name: &str) -> (PathBuf, KeySource) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vectors").join(name);
         let key = onnx_protect_crypto::MasterKey::parse_key_file(&std::fs::read(dir.join("key.hex")).unwrap()).unwrap();
-        (dir.join("protected.onnx"), KeySource::Key(key))
+        (dir.join("protected.onnx"), KeySource::key(key))
     }
 
     /// A format-1 vector with its manifest's `leaf_hash` replaced (the MAC is not recomputed).
@@ -481,7 +481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("plain.onnx");
         std::fs::write(&plain, onnx_protect_format::testutil::tiny_model()).unwrap();
-        let key = KeySource::Key(MasterKey::from_bytes([5; 32]));
+        let key = KeySource::key(MasterKey::from_bytes([5; 32]));
         let keys = SharedKeys::new(&EncryptTo::key(key.clone()), 1).unwrap();
         let policy = Policy::default();
         let opts = EncryptOptions::new(&policy);
@@ -531,7 +531,7 @@ mod tests {
         let back = dir.path().join("back.onnx");
         decrypt(&out, &back, &key, &DecryptOptions::default()).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
-        let wrong = KeySource::Key(onnx_protect_crypto::MasterKey::from_bytes([1; 32]));
+        let wrong = KeySource::key(onnx_protect_crypto::MasterKey::from_bytes([1; 32]));
         assert!(matches!(decrypt_to_vec(&model, &wrong), Err(CoreError::WrongKey)));
         verify(&out, None, &NoProgress).unwrap();
         verify(&out, Some(&key), &NoProgress).unwrap();

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use onnx_protect_crypto::{DataKey, MasterKey, TierKeys};
 use onnx_protect_format::{Model, Progress, TensorData};
 use onnx_protect_keys::{
-    NoPrompt, PluginRecipient, Recipient, SigningKey, Stanza, KIND_AGE_PLUGIN, KIND_KEY, KIND_X25519,
+    Identity, NoPrompt, PluginRecipient, Recipient, SigningKey, Stanza, KIND_AGE_PLUGIN, KIND_KEY, KIND_X25519,
 };
 use zeroize::Zeroizing;
 
@@ -247,7 +247,7 @@ fn carried_over(
 ) -> Result<(EncryptTo, Vec<String>)> {
     let stanzas = &p.sealed.stanzas;
     let tiers = p.sealed.header.tiers;
-    let own = own_stanzas(stanzas, old.without_licence(), opened.opener, tiers)?;
+    let own = own_stanzas(stanzas, old.identity(), opened.opener, tiers)?;
     let removed_by = crate::rewrap::removal_matcher(opts.remove, tiers);
     // The keys of `keep_keys` at every tier, by fingerprint.
     let kept_keys: Vec<(String, MasterKey)> =
@@ -286,7 +286,7 @@ fn carried_over(
         return Err(UnusableKey::CannotRewrap { stanzas: cannot }.into());
     }
     if keep_old_key {
-        to.master = Some(old.without_licence().clone());
+        to.master = Some(KeySource::new(old.identity().clone()));
     }
     if to.master.is_none() && to.recipients.is_empty() {
         return Err(UnusableKey::RemoveAll.into());
@@ -297,12 +297,12 @@ fn carried_over(
 /// Which stanzas are the old key's own: for a key, its stanzas at every tier; for a
 /// passphrase, its stanza and the key stanzas of the tiers below (keys derived from the
 /// passphrase's Argon2id output); for an identity, the stanza that opened the model.
-fn own_stanzas(stanzas: &[Stanza], old: &KeySource, opener: usize, tiers: u32) -> Result<Vec<bool>> {
+fn own_stanzas(stanzas: &[Stanza], old: &Identity, opener: usize, tiers: u32) -> Result<Vec<bool>> {
     let chain_labels =
         |k: &MasterKey| -> Vec<String> { tier_chain(k, tiers).iter().map(|t| hex(&t.fingerprint())).collect() };
     let labels = match old {
-        KeySource::Key(k) => chain_labels(k),
-        KeySource::Passphrase(pass) => match stanzas.get(opener).and_then(|s| s.kdf.as_ref()) {
+        Identity::Key(k) => chain_labels(k),
+        Identity::Passphrase(pass) => match stanzas.get(opener).and_then(|s| s.kdf.as_ref()) {
             Some(params) => chain_labels(&MasterKey::from_passphrase(pass, params)?),
             None => Vec::new(),
         },

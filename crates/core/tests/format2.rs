@@ -24,7 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 fn policy(overrides: &[(&str, &str)]) -> Policy {
@@ -222,7 +222,7 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     let master = MasterKey::from_bytes([9; 32]);
     let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
     p.set_tiers(3).unwrap();
-    let protected = protect(dir.path(), "cnn_torch", &p, &KeySource::Key(master.clone()));
+    let protected = protect(dir.path(), "cnn_torch", &p, &KeySource::key(master.clone()));
     let k2 = master.tier_down();
     let k1 = k2.tier_down();
     let bytes = std::fs::read(&protected).unwrap();
@@ -266,10 +266,10 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     std::fs::write(&path, &forged).unwrap();
     let _: pb::Envelope = env;
     // The tier-1 key accepts its own forgery (a symmetric MAC, docs/threat-model.md)...
-    verify(&path, Some(&KeySource::Key(k1.clone())), &NoProgress).expect("tier 1 accepts what it sealed");
+    verify(&path, Some(&KeySource::key(k1.clone())), &NoProgress).expect("tier 1 accepts what it sealed");
     // ...but the keys of tiers 2 and 3 refuse it, and decrypt nothing.
     for (name, k) in [("tier 2", k2), ("top", master)] {
-        let k = KeySource::Key(k);
+        let k = KeySource::key(k);
         assert_eq!(verify(&path, Some(&k), &NoProgress).unwrap_err().kind(), ErrorKind::Modified, "{name}");
         let out = dir.path().join("out.onnx");
         let e = decrypt_tier(&path, &out, &k, None, &DecryptOptions::default()).unwrap_err();
@@ -496,8 +496,8 @@ fn a_partial_decryption_in_memory_is_the_file_decrypt_tier_writes() {
     let master = MasterKey::from_bytes([6; 32]);
     let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
     p.set_tiers(3).unwrap();
-    let protected = protect(dir.path(), "external_data", &p, &KeySource::Key(master.clone()));
-    let k1 = KeySource::Key(master.tier_down().tier_down());
+    let protected = protect(dir.path(), "external_data", &p, &KeySource::key(master.clone()));
+    let k1 = KeySource::key(master.tier_down().tier_down());
     let out = dir.path().join("t1").join("model.onnx");
     decrypt_tier(&protected, &out, &k1, None, &DecryptOptions::default()).unwrap();
     let mem = InMemory::model(&Model::open(&protected).unwrap(), &k1).load().unwrap();
@@ -510,7 +510,7 @@ fn a_partial_decryption_in_memory_is_the_file_decrypt_tier_writes() {
     assert!(mem[..] == std::fs::read(&out).unwrap()[..], "the model file, from the path");
     // The partial file is still protected, and the top key restores the original from it.
     verify(&out, None, &NoProgress).unwrap();
-    let top = KeySource::Key(master);
+    let top = KeySource::key(master);
     let full = InMemory::file(&out, &top).load().unwrap();
     assert!(full[..] == std::fs::read(fixture("external_data").join("model.onnx")).unwrap()[..]);
     // Nothing left for the tier-1 key: the file as it is.

@@ -24,7 +24,7 @@ fn root() -> PathBuf {
 }
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 fn policy(overrides: &[(&str, &str)]) -> Policy {

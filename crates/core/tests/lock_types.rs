@@ -159,7 +159,7 @@ fn verify_refuses_a_protected_model_whose_lock_names_such_a_tensor() {
     let out = dir.path().join("enc.onnx");
     let policy = Policy::default();
     let opts = EncryptOptions { allow_empty: true, ..EncryptOptions::new(&policy) };
-    encrypt(&plain, &out, &EncryptTo::key(KeySource::Key(MasterKey::from_bytes([5; 32]))), &opts).unwrap();
+    encrypt(&plain, &out, &EncryptTo::key(KeySource::key(MasterKey::from_bytes([5; 32]))), &opts).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let model = Model::open(&out).unwrap();
     let (range, value) = trailing_entry(&bytes).unwrap();

@@ -25,7 +25,7 @@ fn encrypt_with_id(id: &str, out: &Path) -> Result<(), CoreError> {
     let policy = Policy::default();
     let licence = LicenceRequirement { authority: SigningKey::generate().unwrap().public(), model_id: Some(id.into()) };
     let opts = EncryptOptions { licence: Some(licence), ..EncryptOptions::new(&policy) };
-    let to = EncryptTo::key(KeySource::Key(MasterKey::from_bytes([7; 32])));
+    let to = EncryptTo::key(KeySource::key(MasterKey::from_bytes([7; 32])));
     encrypt(&plain(), out, &to, &opts).map(|_| ())
 }
 

@@ -23,7 +23,7 @@ use onnx_protect_select::Policy;
 const DIM: usize = 1024;
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 /// A chain of `n` MatMul weights of `DIM`² floats in one external file `w.bin`, from
@@ -147,8 +147,8 @@ fn partial_and_unsupported_decryptions_are_decrypted_in_memory() {
     let master = MasterKey::from_bytes([9; 32]);
     let mut p = policy(&[("mode", "*=fp"), ("coefficient", "*=0.6")]);
     p.set_tiers(3).unwrap();
-    let protected = chain(dir.path(), 2, &p, &KeySource::Key(master.clone()));
-    let (lazy, eager) = both(&protected, &KeySource::Key(master.tier_down()));
+    let protected = chain(dir.path(), 2, &p, &KeySource::key(master.clone()));
+    let (lazy, eager) = both(&protected, &KeySource::key(master.tier_down()));
     assert_ne!(lazy.external()["w.bin"].method(), Method::OnDemand);
     assert_same(&lazy, &eager, "tier 2 of 3");
 }
@@ -206,7 +206,7 @@ fn vector_without_listed_hashes(dir: &Path) -> (PathBuf, KeySource) {
     }
     let hex = std::fs::read_to_string(case.join("key.hex")).unwrap();
     let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap()).collect();
-    (dir.join("model.onnx"), KeySource::Key(MasterKey::from_bytes(bytes.try_into().unwrap())))
+    (dir.join("model.onnx"), KeySource::key(MasterKey::from_bytes(bytes.try_into().unwrap())))
 }
 
 #[test]

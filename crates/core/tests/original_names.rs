@@ -27,7 +27,7 @@ fn protected(dir: &Path) -> PathBuf {
     }
     let out = dir.join("model.enc.onnx");
     let policy = Policy::default();
-    let to = EncryptTo::key(KeySource::Key(MasterKey::from_bytes([3; 32])));
+    let to = EncryptTo::key(KeySource::key(MasterKey::from_bytes([3; 32])));
     encrypt(&dir.join("model.onnx"), &out, &to, &EncryptOptions::new(&policy)).unwrap();
     out
 }

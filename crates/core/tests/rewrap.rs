@@ -23,7 +23,7 @@ fn plain() -> PathBuf {
 }
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 fn protect(dir: &Path, to: &EncryptTo, policy: &Policy) -> PathBuf {
@@ -82,7 +82,7 @@ fn an_x25519_recipient_added_by_rewrap_opens_the_model_and_a_copy_is_written_els
     o.in_place = false;
     rewrap(&path, &out, &key(1), &o).unwrap();
     assert_eq!(content(&out), content(&path));
-    let ident = KeySource::Identity(Identity::X25519(vec![id]));
+    let ident = KeySource::new(Identity::X25519(vec![id]));
     assert_eq!(opens(&out, &ident).unwrap(), std::fs::read(plain()).unwrap());
     assert_eq!(opens(&out, &key(1)).unwrap(), std::fs::read(plain()).unwrap(), "the old recipient is kept");
 }
@@ -120,7 +120,7 @@ fn rewrap_needs_the_top_tier_key_and_refuses_a_changed_manifest() {
     policy.apply_override("mode", "*=fp").unwrap();
     policy.set_tiers(2).unwrap();
     let path = protect(dir.path(), &EncryptTo::key(key(4)), &policy);
-    let low = KeySource::Key(MasterKey::from_bytes([4; 32]).tier_down());
+    let low = KeySource::key(MasterKey::from_bytes([4; 32]).tier_down());
     let add = EncryptTo::key(key(5));
     let e = rewrap(&path, &path, &low, &opts(&add, &[])).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Key);
@@ -143,7 +143,7 @@ fn toy_kms(name: &str) -> std::sync::Arc<dyn Provider> {
 }
 
 fn provider(p: std::sync::Arc<dyn Provider>) -> KeySource {
-    KeySource::Identity(Identity::Provider(p))
+    KeySource::new(Identity::Provider(p))
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn plain() -> PathBuf {
 }
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 /// Replaces key `from` by key `to` in the model at `path`, in place.

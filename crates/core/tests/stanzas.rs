@@ -47,13 +47,13 @@ fn with_stanzas(bytes: &[u8], f: impl FnOnce(&mut Vec<pb::Stanza>)) -> Vec<u8> {
 fn protect_x25519(dir: &Path) -> (PathBuf, KeySource, KeySource) {
     let id = X25519Identity::generate();
     let to = EncryptTo {
-        master: Some(KeySource::Key(MasterKey::from_bytes([5; 32]))),
+        master: Some(KeySource::key(MasterKey::from_bytes([5; 32]))),
         master_tiers: None,
         recipients: vec![(Recipient::X25519(id.to_public()), 0)],
     };
     let out = dir.join("model.onnx");
     encrypt(&plain(), &out, &to, &EncryptOptions::new(&Policy::default())).unwrap();
-    (out, KeySource::Key(MasterKey::from_bytes([5; 32])), KeySource::Identity(Identity::X25519(vec![id])))
+    (out, KeySource::key(MasterKey::from_bytes([5; 32])), KeySource::new(Identity::X25519(vec![id])))
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -162,7 +162,7 @@ fn a_failing_key_command_is_run_once_whatever_the_number_of_command_stanzas() {
     )
     .unwrap();
     let cmd = KeyCommand::parse(&format!("sh '{}'", script.display()), DEFAULT_COMMAND_TIMEOUT).unwrap();
-    let id = KeySource::Identity(Identity::Provider(std::sync::Arc::new(cmd)));
+    let id = KeySource::new(Identity::Provider(std::sync::Arc::new(cmd)));
     let three = with_stanzas(&bytes, |st| st.extend((0..3).map(|i| junk("command", i))));
     let p = write(dir.path(), "three.onnx", &three);
     let e = decrypt(&p, &dir.path().join("out.onnx"), &id, &DecryptOptions::default()).unwrap_err();
@@ -178,7 +178,7 @@ fn stanzas_breaking_their_kinds_rules_are_modified_keyless() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = protect_x25519(dir.path());
     let bytes = std::fs::read(&path).unwrap();
-    let pass = KeySource::Passphrase(zeroize::Zeroizing::new(b"a passphrase".to_vec()));
+    let pass = KeySource::passphrase(zeroize::Zeroizing::new(b"a passphrase".to_vec()));
     let mut cases: Vec<(String, pb::Stanza, Vec<&KeySource>)> = Vec::new();
     let mut small_m = junk("passphrase", 0);
     if let Some(k) = small_m.kdf.as_mut() {
@@ -204,13 +204,13 @@ fn an_age_payload_other_than_32_bytes_is_modified() {
     let dir = tempfile::tempdir().unwrap();
     let id = X25519Identity::generate();
     let to = EncryptTo {
-        master: Some(KeySource::Key(MasterKey::from_bytes([5; 32]))),
+        master: Some(KeySource::key(MasterKey::from_bytes([5; 32]))),
         master_tiers: None,
         recipients: vec![(Recipient::X25519(id.to_public()), 0)],
     };
     let path = dir.path().join("model.onnx");
     encrypt(&plain(), &path, &to, &EncryptOptions::new(&Policy::default())).unwrap();
-    let identity = KeySource::Identity(Identity::X25519(vec![id.clone()]));
+    let identity = KeySource::new(Identity::X25519(vec![id.clone()]));
     let bytes = std::fs::read(&path).unwrap();
     for len in [31usize, 33] {
         let recipient = id.to_public();

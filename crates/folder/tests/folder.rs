@@ -16,7 +16,7 @@ use onnx_protect_format::NoProgress;
 use onnx_protect_select::Policy;
 
 fn key(b: u8) -> KeySource {
-    KeySource::Key(MasterKey::from_bytes([b; 32]))
+    KeySource::key(MasterKey::from_bytes([b; 32]))
 }
 
 /// A model folder: a decoder with external data, a model in a subdirectory, a config and

@@ -62,7 +62,7 @@ fn key_source(key: Option<Buffer>, passphrase: Option<Buffer>, identity: Option<
             let (source, _) = KeySource::from_key_file(&k).map_err(|e| failure("key", format!("key: {e}")))?;
             Ok(source)
         }
-        (None, Some(p), None) => Ok(KeySource::Passphrase(Zeroizing::new(p.to_vec()))),
+        (None, Some(p), None) => Ok(KeySource::passphrase(Zeroizing::new(p.to_vec()))),
         (None, None, Some(text)) => {
             let tcti = onnx_protect_tpm::tcti_from_env();
             let id = onnx_protect_core::keys::parse_identity_file(
@@ -71,7 +71,7 @@ fn key_source(key: Option<Buffer>, passphrase: Option<Buffer>, identity: Option<
                 std::sync::Arc::new(onnx_protect_keys::NoPrompt),
             )
             .map_err(|e| failure("key", format!("identity: {e}")))?;
-            Ok(KeySource::Identity(id))
+            Ok(KeySource::new(id))
         }
         _ => Err(failure("usage", "give exactly one of key, passphrase and identity")),
     }

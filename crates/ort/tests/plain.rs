@@ -40,7 +40,7 @@ fn env() -> Option<Environment> {
 }
 
 fn key() -> KeySource {
-    KeySource::Key(MasterKey::generate().unwrap())
+    KeySource::key(MasterKey::generate().unwrap())
 }
 
 /// Copies `model` (and the files beside it) into `dir`/plain and encrypts every

@@ -19,7 +19,7 @@ const MIN_PASSPHRASE_CHARS: usize = 12;
 /// Refuses a passphrase under [`MIN_PASSPHRASE_CHARS`] that would protect a model,
 /// unless `allow_short`; keys and identities pass.
 pub(crate) fn check_passphrase(source: &KeySource, allow_short: bool) -> PyResult<()> {
-    let KeySource::Passphrase(p) = source else { return Ok(()) };
+    let (Identity::Passphrase(p), None) = (source.identity(), source.licence()) else { return Ok(()) };
     let n = std::str::from_utf8(p).map(|s| s.chars().count()).unwrap_or(p.len());
     if n < MIN_PASSPHRASE_CHARS && !allow_short {
         return Err(key_err(format!(
@@ -72,7 +72,7 @@ impl Key {
 
     fn from_key_file(file: KeyFile, what: String) -> Key {
         let kind = Some(file.kind());
-        Key { source: KeySource::Key(file.into_key()), kind, what }
+        Key { source: KeySource::key(file.into_key()), kind, what }
     }
 }
 
@@ -117,7 +117,7 @@ impl Key {
             return Err(key_err("the passphrase is empty"));
         }
         Ok(Key {
-            source: KeySource::Passphrase(Zeroizing::new(passphrase.to_vec())),
+            source: KeySource::passphrase(Zeroizing::new(passphrase.to_vec())),
             kind: None,
             what: "the passphrase".into(),
         })
@@ -144,7 +144,7 @@ impl Key {
         let tcti = onnx_protect_tpm::tcti_from_env();
         let id = onnx_protect_core::keys::parse_identity_file(text, &tcti, Arc::new(onnx_protect_keys::NoPrompt))
             .map_err(|e| key_err(format!("identity file {}: {e}", path.display())))?;
-        Ok(Key { source: KeySource::Identity(id), kind: None, what: format!("identity file {}", path.display()) })
+        Ok(Key { source: KeySource::new(id), kind: None, what: format!("identity file {}", path.display()) })
     }
 
     /// A secret key in a PKCS#11 token, by its RFC 7512 URI (docs/keys.md): opens models
@@ -153,7 +153,7 @@ impl Key {
     fn from_pkcs11(uri: &str) -> PyResult<Key> {
         let k = Pkcs11Key::parse(uri).map_err(|e| py_err(e.into()))?;
         let what = k.label();
-        Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(k))), kind: None, what })
+        Ok(Key { source: KeySource::new(Identity::Provider(Arc::new(k))), kind: None, what })
     }
 
     /// A key command, 'PROGRAM ARGS' (docs/keys.md), given `timeout` seconds per call.
@@ -165,7 +165,7 @@ impl Key {
         }
         let c = KeyCommand::parse(command, Duration::from_secs_f64(timeout)).map_err(|e| py_err(e.into()))?;
         let what = format!("key command '{command}'");
-        Ok(Key { source: KeySource::Identity(Identity::Provider(Arc::new(c))), kind: None, what })
+        Ok(Key { source: KeySource::new(Identity::Provider(Arc::new(c))), kind: None, what })
     }
 
     /// This key with a licence (docs/shipping.md#licences) for a model encrypted with a

@@ -34,7 +34,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let (plain, protected) = (dir.path().join("m.onnx"), dir.path().join("p.onnx"));
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
-//! let key = KeySource::Key(MasterKey::from_bytes([1; 32]));
+//! let key = KeySource::key(MasterKey::from_bytes([1; 32]));
 //! let policy = onnx_protect_select::Policy::default();
 //! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!

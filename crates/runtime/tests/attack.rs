@@ -63,7 +63,7 @@ fn check_mean_fill(protected: &Model, original: &Model, unknown: &BTreeMap<Strin
 #[test]
 fn mean_fill_of_a_tiered_model_treats_every_encrypted_tier_as_unknown() {
     let dir = tempfile::tempdir().unwrap();
-    let key = KeySource::Key(MasterKey::from_bytes([3; 32]));
+    let key = KeySource::key(MasterKey::from_bytes([3; 32]));
     let mut policy = Policy::default();
     // fp ciphertext is finite and weight-like: counted as clear, it would move the mean.
     policy.apply_override("mode", "*=fp").unwrap();

@@ -130,7 +130,7 @@ fn every_zoo_model_gives_the_outputs_of_onnxruntime_in_tract() {
 
 #[test]
 fn assess_runs_every_variant_of_every_zoo_model() {
-    let key = KeySource::Key(MasterKey::from_bytes([7; 32]));
+    let key = KeySource::key(MasterKey::from_bytes([7; 32]));
     let policy = Policy::default();
     let mut failures = Vec::new();
     for model in models() {

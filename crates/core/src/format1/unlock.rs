@@ -5,6 +5,7 @@
 
 use onnx_protect_crypto::{Keystream, MasterKey, SessionKeys};
 use onnx_protect_format::{Model, TensorData};
+use onnx_protect_keys::Identity;
 use onnx_protect_proto::v1 as pb;
 
 use super::manifest::{kdf_from_pb, salt_of, ProtectedV1};
@@ -17,14 +18,13 @@ use crate::pass::action::transform_tensor;
 /// (B.3). A key is accepted for a tiered passphrase model: it is a tier key, derived from
 /// the passphrase's master (`derive-tier-key --passphrase-env`), checked like any key (B.6).
 pub(crate) fn master_key(key: &KeySource, kdf: Option<&pb::KdfParams>, tiered: bool) -> Result<MasterKey> {
-    match (key, kdf) {
-        (KeySource::Key(k), None) => Ok(k.clone()),
-        (KeySource::Key(k), Some(_)) if tiered => Ok(k.clone()),
-        (KeySource::Key(_), Some(_)) => Err(UnusableKey::PassphraseModel.into()),
-        (KeySource::Passphrase(_), None) => Err(UnusableKey::KeyFileModel.into()),
-        (KeySource::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
-        (KeySource::Licensed(k, _), _) => master_key(k, kdf, tiered),
-        (KeySource::Identity(_), _) => Err(UnusableKey::Format1Identity.into()),
+    match (key.identity(), kdf) {
+        (Identity::Key(k), None) => Ok(k.clone()),
+        (Identity::Key(k), Some(_)) if tiered => Ok(k.clone()),
+        (Identity::Key(_), Some(_)) => Err(UnusableKey::PassphraseModel.into()),
+        (Identity::Passphrase(_), None) => Err(UnusableKey::KeyFileModel.into()),
+        (Identity::Passphrase(p), Some(k)) => Ok(MasterKey::from_passphrase(p, &kdf_from_pb(k)?)?),
+        (Identity::X25519(_) | Identity::Provider(_), _) => Err(UnusableKey::Format1Identity.into()),
     }
 }
 
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn format_1_argon2_parameters_over_the_caps_are_refused_before_argon2_runs() {
-        let pass = KeySource::Passphrase(Zeroizing::new(b"a long enough passphrase".to_vec()));
+        let pass = KeySource::passphrase(Zeroizing::new(b"a long enough passphrase".to_vec()));
         let kdf = |m_cost_kib, t_cost, p_cost| pb::KdfParams {
             algorithm: "argon2id".into(),
             salt: vec![3; 16],

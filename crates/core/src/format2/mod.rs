@@ -17,7 +17,7 @@ use std::path::Path;
 
 use onnx_protect_crypto::{content_digest, FileLeaves, MasterKey, TierKeys};
 use onnx_protect_format::{Model, TensorData};
-use onnx_protect_keys::SignerKey;
+use onnx_protect_keys::{Identity, SignerKey};
 use onnx_protect_proto::v2 as pb;
 
 use self::envelope::{check_external_sizes, parse_entry, trailing_entry, Sealed, METADATA_KEY_V2};
@@ -221,9 +221,9 @@ impl Reader for ProtectedV2 {
         if key_tier < tiers {
             return Err(CoreError::NotTopKey { key_tier, tiers, operation: "deriving tier keys", by_licence });
         }
-        match key.without_licence() {
-            KeySource::Key(k) => Ok((k.clone(), tiers)),
-            KeySource::Passphrase(pass) => {
+        match key.identity() {
+            Identity::Key(k) => Ok((k.clone(), tiers)),
+            Identity::Passphrase(pass) => {
                 let s = self
                     .sealed
                     .stanzas
@@ -234,7 +234,7 @@ impl Reader for ProtectedV2 {
                 onnx_protect_keys::check_kdf_limits(&s)?;
                 Ok((MasterKey::from_passphrase(pass, &s)?, tiers))
             }
-            KeySource::Identity(_) | KeySource::Licensed(..) => Err(UnusableKey::IdentityTierKeys.into()),
+            Identity::X25519(_) | Identity::Provider(_) => Err(UnusableKey::IdentityTierKeys.into()),
         }
     }
 

@@ -77,15 +77,15 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
     }
     let dk = |t: u32| &data_keys[t as usize - 1];
     let mut stanzas = Vec::new();
-    match &to.master {
+    match to.master.as_ref().map(|m| (m.identity(), m.licence())) {
         None => {}
-        Some(KeySource::Key(k)) => {
+        Some((Identity::Key(k), None)) => {
             for (i, w) in tier_chain(k, tiers).into_iter().enumerate() {
                 let t = i as u32 + 1;
                 stanzas.push(Recipient::Key(w).wrap(t, dk(t))?);
             }
         }
-        Some(KeySource::Passphrase(p)) => {
+        Some((Identity::Passphrase(p), None)) => {
             let params = KdfParams::new_random()?;
             let stretched = MasterKey::from_passphrase(p, &params)?;
             let chain = tier_chain(&stretched, tiers);
@@ -97,10 +97,11 @@ pub(crate) fn wrap_all(to: &EncryptTo, data_keys: &[DataKey]) -> Result<Vec<Stan
         }
         // A key provider both wraps and opens: the top tier's data key is wrapped for it
         // (the lower tiers' keys derive from it).
-        Some(KeySource::Identity(Identity::Provider(p))) => {
+        Some((Identity::Provider(p), None)) => {
             stanzas.push(Recipient::Provider(p.clone()).wrap(tiers, dk(tiers))?);
         }
-        Some(KeySource::Identity(_) | KeySource::Licensed(..)) => return Err(UnusableKey::IdentityToEncrypt.into()),
+        // X25519 identities, or a key with a licence.
+        Some(_) => return Err(UnusableKey::IdentityToEncrypt.into()),
     }
     for (r, tier) in &to.recipients {
         let t = if *tier == 0 { tiers } else { *tier };
@@ -161,12 +162,7 @@ impl Opened {
 /// or the first error of a key provider that failed (a token or command that could not
 /// answer is not a wrong key).
 pub(crate) fn open(sealed: &Sealed, key: &KeySource) -> Result<Opened> {
-    let identity = match key.without_licence() {
-        KeySource::Key(k) => Identity::Key(k.clone()),
-        KeySource::Passphrase(p) => Identity::Passphrase(p.clone()),
-        KeySource::Identity(i) => i.clone(),
-        KeySource::Licensed(..) => return Err(CoreError::Internal("a licence inside a licence")),
-    };
+    let identity = key.identity();
     let mut best: Option<(u32, DataKey)> = None;
     let mut opener = 0;
     let mut provider_error = None;

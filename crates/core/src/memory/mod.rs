@@ -70,7 +70,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let (plain, protected) = (dir.path().join("model.onnx"), dir.path().join("protected.onnx"));
 //! # std::fs::write(&plain, onnx_protect_format::testutil::tiny_model())?;
-//! let key = KeySource::Key(MasterKey::from_bytes([7; 32]));
+//! let key = KeySource::key(MasterKey::from_bytes([7; 32]));
 //! let policy = Policy::default();
 //! encrypt(&plain, &protected, &EncryptTo::key(key.clone()), &EncryptOptions::new(&policy))?;
 //!
@@ -306,7 +306,7 @@ mod tests {
     fn wrong_key_and_unprotected_models_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (plain, protected, _) = protect(dir.path(), "fp");
-        let wrong = KeySource::Key(MasterKey::from_bytes([4; 32]));
+        let wrong = KeySource::key(MasterKey::from_bytes([4; 32]));
         assert!(matches!(InMemory::file(&protected, &wrong).load(), Err(CoreError::WrongKey)));
         assert!(matches!(InMemory::file(&plain, &wrong).load(), Err(CoreError::NotProtected)));
     }
@@ -351,7 +351,7 @@ mod tests {
     fn accept_is_asked_before_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let (_, protected, key) = protect(dir.path(), "fp");
-        let wrong = KeySource::Key(MasterKey::from_bytes([4; 32]));
+        let wrong = KeySource::key(MasterKey::from_bytes([4; 32]));
         let refuse = |p: &Protection| -> Result<()> {
             assert_eq!(p.format_version(), 2);
             Err(CoreError::ReadOnlyFormat { version: 2, operation: "refused by the caller" })

@@ -3,9 +3,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::{call, Failure, OnnxProtectModel, OnnxProtectStatus};
 #[cfg(doc)]
 use crate::onnx_protect_file_decrypt_for_session;
+use crate::{call, Failure, OnnxProtectModel, OnnxProtectStatus};
 
 /// Stages the external data files of `count` models from
 /// [`onnx_protect_file_decrypt_for_session`] for the sessions onnxruntime-genai creates

@@ -45,39 +45,22 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ZOO = ROOT / "fixtures" / "zoo"
-DATA = {"digits": ROOT / "fixtures" / "digits", "vowels": ZOO / "vowels", "osuleaf": ZOO / "osuleaf"}
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import eval_tiers  # noqa: E402  (the zoo's data, the CLI runner and the accuracy measure)
+from eval_tiers import ROOT, ZOO, accuracy, cli, data_dir  # noqa: E402
 MODELS = ("digits/cnn", "digits/mlp", "digits/convmixer", "digits/vit", "vowels/lstm")
 TIERS = 3
 SIZES = (0.01, 0.05, 0.10)
 
 
 def data_of(model):
-    ds, name = model.split("/")
-    if ds == "families":
-        ds = name.split("-")[0]
-    return [np.load(DATA[ds] / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
-
-
-def cli(binary, *args):
-    r = subprocess.run([binary, *map(str, args)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"onnx-protect {' '.join(map(str, args))}: exit {r.returncode}: {r.stderr.strip()}")
-    return r.stdout
+    d = data_dir(eval_tiers.MODELS[model])
+    return [np.load(d / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
 
 
 def ort_accuracy(path, x, y):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    logits = sess.run([sess.get_outputs()[0].name], {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
-    # A row with a non-finite logit counts as wrong (as in scripts/eval_tiers.py).
-    return float(((logits.argmax(axis=1) == y) & np.isfinite(logits).all(axis=1)).mean())
+    # A row with a non-finite logit counts as wrong (scripts/eval_tiers.py's measure).
+    return accuracy(path, x.astype(np.float32), y)
 
 
 def tier_files(binary, model, tmp, tag):

@@ -92,7 +92,7 @@ struct Book {
     pending: Vec<usize>,
     /// The block of the last kept-back page served while a block was being filled.
     hint: Option<usize>,
-    /// The first failure of a fill before `settle`.
+    /// The first failure of a fill before `settle` (or of a fill ahead that `settle` met).
     failed: Option<String>,
     /// Installs move pages (else they copy).
     moving: bool,

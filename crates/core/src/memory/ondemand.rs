@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -185,8 +186,9 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     let files = Arc::new(files);
     *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
     drop(filling);
-    region.cap_after_settle(table_blocks(model, &tables, &files, block), TABLE_CAP_BLOCKS * block_len);
-    let ahead = if listed { Ahead::start(&files, &check, table_chunks(model, &tables, chunk)) } else { Ahead::none() };
+    let ranges = table_ranges(model, &tables);
+    region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
+    let ahead = if listed { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
     let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files
@@ -239,36 +241,33 @@ fn hash_leaf(
     Ok(l.finalize())
 }
 
-/// The chunks `(external file, chunk)` that hold the tables only gathered from: a runtime
-/// reads none of them while it builds a session (it gathers rows later), so [`Ahead`]
-/// hashes them meanwhile.
-fn table_chunks(model: &onnx_protect_format::Model, tables: &HashSet<usize>, chunk: u64) -> Vec<(usize, u64)> {
-    let mut out = std::collections::BTreeSet::new();
-    for &t in tables {
-        if let TensorData::External { file, range } = &model.tensors[t].data {
-            if range.start < range.end {
-                out.extend((range.start / chunk..=(range.end - 1) / chunk).map(|j| (*file, j)));
-            }
-        }
-    }
-    out.into_iter().collect()
+/// The bytes `(external file, range)` of the tables only gathered from: a runtime reads
+/// none of them while it builds a session (it gathers rows later).
+fn table_ranges(model: &onnx_protect_format::Model, tables: &HashSet<usize>) -> Vec<(usize, Range<u64>)> {
+    tables
+        .iter()
+        .filter_map(|&t| match &model.tensors[t].data {
+            TensorData::External { file, range } if range.start < range.end => Some((*file, range.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
-/// The blocks of the region wholly inside a table only gathered from.
-fn table_blocks(
-    model: &onnx_protect_format::Model,
-    tables: &HashSet<usize>,
-    files: &[ExternalFile],
-    block: u64,
-) -> Vec<usize> {
+/// The chunks `(external file, chunk)` holding any byte of `ranges`, for [`Ahead`].
+fn table_chunks(ranges: &[(usize, Range<u64>)], chunk: u64) -> Vec<(usize, u64)> {
+    let all: std::collections::BTreeSet<(usize, u64)> =
+        ranges.iter().flat_map(|(f, r)| (r.start / chunk..=(r.end - 1) / chunk).map(move |j| (*f, j))).collect();
+    all.into_iter().collect()
+}
+
+/// The blocks of the region wholly inside one of `ranges` (a block ends at the next
+/// multiple of `block` or at its file's end).
+fn table_blocks(ranges: &[(usize, Range<u64>)], files: &[ExternalFile], block: u64) -> Vec<usize> {
     let mut out = Vec::new();
-    for &t in tables {
-        let TensorData::External { file, range } = &model.tensors[t].data else { continue };
+    for (file, range) in ranges {
         let Some(f) = files.get(*file) else { continue };
-        let first = range.start.div_ceil(block);
-        // A block ends at the next multiple of `block` or at the file's end.
         let last = if range.end >= f.size { f.size.div_ceil(block) } else { range.end / block };
-        out.extend((first..last).map(|k| f.first_block + k as usize));
+        out.extend((range.start.div_ceil(block)..last).map(|k| f.first_block + k as usize));
     }
     out
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, CString};
 
-use onnx_protect_folder::{ErrorKind as FolderKind, Folder, FolderError};
+use onnx_protect_folder::{Folder, FolderError};
 
 use crate::{at, call, out_arg, path_arg, put, Failure, OnnxProtectKey, OnnxProtectStatus};
 
@@ -14,20 +14,12 @@ pub struct OnnxProtectFolder {
     models: Vec<(CString, CString)>,
 }
 
-/// A folder failure: a model's own error keeps its status, the folder's own ones map to
-/// `IO`, `MODIFIED`, `OUTPUT` or `BAD_MANIFEST`.
+/// A folder failure: a model's own error keeps its status and names the model, the
+/// folder's own ones take the status of [`FolderError::core_kind`].
 fn failure(dir: &std::path::Path, e: FolderError) -> Failure {
     match e {
         FolderError::Model { path, source } => at(&dir.join(path), source),
-        e => {
-            let status = match e.kind() {
-                FolderKind::Io => OnnxProtectStatus::Io,
-                FolderKind::Modified => OnnxProtectStatus::Modified,
-                FolderKind::Output => OnnxProtectStatus::Output,
-                _ => OnnxProtectStatus::BadManifest,
-            };
-            Failure { status, message: format!("{}: {e}", dir.display()) }
-        }
+        e => Failure { status: crate::status_of(e.core_kind()), message: format!("{}: {e}", dir.display()) },
     }
 }
 

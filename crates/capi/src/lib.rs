@@ -152,30 +152,34 @@ impl Failure {
 
 impl From<CoreError> for Failure {
     fn from(e: CoreError) -> Failure {
-        let status = match e.kind() {
-            ErrorKind::Io => OnnxProtectStatus::Io,
-            ErrorKind::Model(_) => OnnxProtectStatus::MalformedModel,
-            ErrorKind::Key => OnnxProtectStatus::Key,
-            ErrorKind::NotProtected => OnnxProtectStatus::NotProtected,
-            ErrorKind::UnsupportedVersion => OnnxProtectStatus::UnsupportedVersion,
-            ErrorKind::BadManifest => OnnxProtectStatus::BadManifest,
-            ErrorKind::WrongKey => OnnxProtectStatus::WrongKey,
-            ErrorKind::Modified => OnnxProtectStatus::Modified,
-            ErrorKind::NotSigned => OnnxProtectStatus::NotSigned,
-            // A broken invariant keeps the status it had as an output error.
-            ErrorKind::Output | ErrorKind::Internal => OnnxProtectStatus::Output,
-            ErrorKind::Licence(l) => match l {
-                LicenceKind::BadSignature => OnnxProtectStatus::LicenceBadSignature,
-                LicenceKind::Expired => OnnxProtectStatus::LicenceExpired,
-                LicenceKind::NotYetValid => OnnxProtectStatus::LicenceNotYetValid,
-                LicenceKind::WrongModel => OnnxProtectStatus::LicenceWrongModel,
-                LicenceKind::WrongDevice => OnnxProtectStatus::LicenceWrongDevice,
-                LicenceKind::Clock => OnnxProtectStatus::LicenceClock,
-                _ => OnnxProtectStatus::LicenceMissing,
-            },
-            _ => OnnxProtectStatus::Other,
-        };
-        Failure { status, message: onnx_protect_core::error::with_causes(&e) }
+        Failure { status: status_of(e.kind()), message: onnx_protect_core::error::with_causes(&e) }
+    }
+}
+
+/// The status of a library error kind.
+fn status_of(kind: ErrorKind) -> OnnxProtectStatus {
+    match kind {
+        ErrorKind::Io => OnnxProtectStatus::Io,
+        ErrorKind::Model(_) => OnnxProtectStatus::MalformedModel,
+        ErrorKind::Key => OnnxProtectStatus::Key,
+        ErrorKind::NotProtected => OnnxProtectStatus::NotProtected,
+        ErrorKind::UnsupportedVersion => OnnxProtectStatus::UnsupportedVersion,
+        ErrorKind::BadManifest => OnnxProtectStatus::BadManifest,
+        ErrorKind::WrongKey => OnnxProtectStatus::WrongKey,
+        ErrorKind::Modified => OnnxProtectStatus::Modified,
+        ErrorKind::NotSigned => OnnxProtectStatus::NotSigned,
+        // A broken invariant keeps the status it had as an output error.
+        ErrorKind::Output | ErrorKind::Internal => OnnxProtectStatus::Output,
+        ErrorKind::Licence(l) => match l {
+            LicenceKind::BadSignature => OnnxProtectStatus::LicenceBadSignature,
+            LicenceKind::Expired => OnnxProtectStatus::LicenceExpired,
+            LicenceKind::NotYetValid => OnnxProtectStatus::LicenceNotYetValid,
+            LicenceKind::WrongModel => OnnxProtectStatus::LicenceWrongModel,
+            LicenceKind::WrongDevice => OnnxProtectStatus::LicenceWrongDevice,
+            LicenceKind::Clock => OnnxProtectStatus::LicenceClock,
+            _ => OnnxProtectStatus::LicenceMissing,
+        },
+        _ => OnnxProtectStatus::Other,
     }
 }
 

@@ -145,6 +145,24 @@ impl FolderError {
 }
 
 impl FolderError {
+    /// The library's error kind a front end (Python, C) reports this as: a model's own
+    /// error keeps its kind; otherwise `Io`, `Modified`, `Output`, and `BadManifest` for a
+    /// folder that cannot be read as a protected one.
+    pub fn core_kind(&self) -> onnx_protect_core::error::ErrorKind {
+        use onnx_protect_core::error::ErrorKind as Core;
+        match self {
+            FolderError::Model { source, .. } => source.kind(),
+            e => match e.kind() {
+                ErrorKind::Io => Core::Io,
+                ErrorKind::Modified => Core::Modified,
+                ErrorKind::Output => Core::Output,
+                _ => Core::BadManifest,
+            },
+        }
+    }
+}
+
+impl FolderError {
     /// A short, stable name of the failure for reports: a model's own error's kind
     /// (`wrong_key`, `modified`, `truncated`, ...), else `modified`, `io`,
     /// `invalid_folder`, `output` or `options`.

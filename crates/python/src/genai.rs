@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::ErrorKind;
-use onnx_protect_folder::{ErrorKind as FolderKind, Folder, FolderError};
+use onnx_protect_folder::{Folder, FolderError};
 use pyo3::prelude::*;
 
 use crate::session::SessionFiles;
@@ -35,15 +35,7 @@ fn folder_err(dir: &Path, e: FolderError) -> PyErr {
             let msg = onnx_protect_core::error::with_causes_at(&source, Some(&dir.join(&path)));
             crate::exception(source.kind(), msg)
         }
-        e => {
-            let kind = match e.kind() {
-                FolderKind::Io => ErrorKind::Io,
-                FolderKind::Modified => ErrorKind::Modified,
-                FolderKind::Output => ErrorKind::Output,
-                _ => ErrorKind::BadManifest,
-            };
-            crate::exception(kind, at(e.to_string()))
-        }
+        e => crate::exception(e.core_kind(), at(e.to_string())),
     }
 }
 

@@ -65,7 +65,7 @@ mod options;
 mod sys;
 use fork::register_for_fork;
 pub use options::{Options, AHEAD};
-use sys::{last_error, open_uffd, page_size, zero, Map};
+use sys::{last_error, open_uffd, page_size, present, zero, Map};
 
 /// A page kept back from a block filled ahead (plaintext: zeroed when dropped).
 struct Kept(Box<[u8]>);
@@ -625,12 +625,6 @@ impl Region {
     fn try_copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) -> io::Result<()> {
         match self.transfer(abi::UFFDIO_COPY, self.at(b, offset) as usize, src as usize, len) {
             (_, None) => Ok(()),
-            // A page is there already (cannot happen under the lock, but a page that is
-            // there holds the same bytes): wake its readers.
-            (_, Some(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                self.wake(b, offset + len);
-                Ok(())
-            }
             (_, Some(e)) => Err(e),
         }
     }
@@ -661,17 +655,31 @@ impl Region {
             match e.raw_os_error() {
                 Some(libc::EAGAIN) if t.done > 0 => done += t.done as usize,
                 Some(libc::EAGAIN) => {}
+                // The next destination page is present. Under the state lock that is a
+                // page this transfer put there although the kernel did not count it: a
+                // move that page migration interrupted can report `EEXIST` for the page
+                // it moved (seen on Linux 6.18), its source then gone. Counted as done,
+                // and its readers woken (the failed call woke none).
+                Some(libc::EEXIST) if request != abi::UFFDIO_MOVE || !present(src + done) => {
+                    self.wake_at(dst + done, self.page);
+                    done += self.page;
+                }
                 _ => return (done, Some(e)),
             }
         }
         (len, None)
     }
 
-    /// Wakes the readers of the first `len` bytes of block `b`.
-    fn wake(&self, b: usize, len: usize) {
-        let mut r = abi::Range { start: self.at(b, 0) as u64, len: len as u64 };
+    /// Wakes the readers of `len` bytes at `addr` (in the map).
+    fn wake_at(&self, addr: usize, len: usize) {
+        let mut r = abi::Range { start: addr as u64, len: len as u64 };
         // SAFETY: `r` is a valid `uffdio_range` of the registered region.
         unsafe { libc::ioctl(self.uffd.as_raw_fd(), abi::UFFDIO_WAKE as _, &mut r) };
+    }
+
+    /// Wakes the readers of the first `len` bytes of block `b`.
+    fn wake(&self, b: usize, len: usize) {
+        self.wake_at(self.at(b, 0) as usize, len);
     }
 
     /// Serves kept-back pages that readers wait for now; queues their other faults.

@@ -77,6 +77,16 @@ impl Drop for Map {
 
 /// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
 /// `want_move` and granted).
+/// Whether the page at `addr` (a page of a map of this process) is present (`mincore`;
+/// anonymous memory here has no swap copy to count).
+pub(super) fn present(addr: usize) -> bool {
+    let page = page_size();
+    let mut v = 0u8;
+    // SAFETY: `mincore` of one page-aligned page writes one byte into `v`; it reads no memory.
+    let r = unsafe { libc::mincore((addr / page * page) as *mut libc::c_void, page, &mut v) };
+    r == 0 && v & 1 == 1
+}
+
 pub(super) fn open_uffd(want_move: bool) -> io::Result<(OwnedFd, bool)> {
     if want_move {
         if let Ok(fd) = handshake(abi::UFFD_FEATURE_MOVE) {

@@ -386,3 +386,39 @@ fn a_system_call_given_an_unread_block_fails_until_it_is_read_in_user_space() {
     // SAFETY: as above.
     unsafe { libc::close(fds[1]) };
 }
+
+/// Page migration (compaction) moves the pages of the region and of the handler's buffer
+/// while blocks are installed and dropped: a move it interrupts can report `EEXIST` for a
+/// page it did move, which the handler once took for a page still in its buffer (the next
+/// copy from there failed with `EFAULT` and ended the process; a drop could then wipe a
+/// missing page and wait forever). Compaction is asked for all along where this process may
+/// (`/proc/sys/vm/compact_memory`, root); elsewhere the test runs without it.
+#[test]
+fn pages_stay_right_while_the_kernel_migrates_them() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let compacting = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::write("/proc/sys/vm/compact_memory", "1").is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            true
+        })
+    };
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        let len = 256 * BLOCK;
+        let (r, _) = region(len, 8 * BLOCK, true);
+        for _ in 0..3 {
+            check(&r, len);
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let compacted = compacting.join().unwrap_or(false);
+    eprintln!("{rounds} rounds, compaction asked for: {compacted}");
+}

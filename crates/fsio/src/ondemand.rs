@@ -323,9 +323,14 @@ impl Drop for OnDemand {
             if let Some(t) = self.thread.take() {
                 let _ = t.join();
             }
+            // Unregistered, a page missing against the book (which must not happen) reads
+            // as zeros below instead of waiting for a handler forever.
+            let r = &self.region;
+            let mut range = abi::Range { start: r.base as u64, len: ((r.blocks + 1) * r.block) as u64 };
+            // SAFETY: `range` is a valid `uffdio_range`: the whole map, registered by `new`.
+            unsafe { libc::ioctl(r.uffd.as_raw_fd(), abi::UFFDIO_UNREGISTER as _, &mut range) };
         }
-        // No handler runs now: wipe what is present (touching a missing page would wait
-        // for a handler forever), then unmap.
+        // No handler runs now: wipe what is present, then unmap.
         let r = &self.region;
         let mut st = lock(&r.state);
         let book = &mut st.book;

@@ -18,6 +18,7 @@ const READ: u64 = 2;
 const READ_WRITE: u64 = 3;
 pub const UFFDIO_API: u64 = ioc(READ_WRITE, 0x3F, size_of::<Api>());
 pub const UFFDIO_REGISTER: u64 = ioc(READ_WRITE, 0x00, size_of::<Register>());
+pub const UFFDIO_UNREGISTER: u64 = ioc(READ, 0x01, size_of::<Range>());
 pub const UFFDIO_WAKE: u64 = ioc(READ, 0x02, size_of::<Range>());
 pub const UFFDIO_COPY: u64 = ioc(READ_WRITE, 0x03, size_of::<Transfer>());
 pub const UFFDIO_MOVE: u64 = ioc(READ_WRITE, 0x05, size_of::<Transfer>());

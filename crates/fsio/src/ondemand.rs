@@ -23,9 +23,11 @@
 //! moved into the block (no copy, no new page), and the buffer gets its pages back from
 //! blocks dropped over the budget (no page freed and allocated again); otherwise, or when
 //! a move fails, the bytes are copied in (`UFFDIO_COPY`) and dropped blocks are freed
-//! (`MADV_DONTNEED`). Until [`OnDemand::settle`] is called, the oldest filled blocks are
-//! dropped whenever more than `budget` bytes are filled; a block dropped and read again
-//! is filled again by the same call. After `settle`, filled blocks stay.
+//! (`MADV_DONTNEED`). Until [`OnDemand::settle`] is called, filled blocks are dropped
+//! whenever more than `budget` bytes are filled, the oldest first, but those of the groups
+//! being read last ([`OnDemand::group_blocks`]); a block dropped and read again is filled
+//! again by the same call. After `settle`, filled blocks stay. With [`Options::fill_idle`]
+//! the handler also fills blocks nothing asked for yet while it is idle, within the budget.
 //!
 //! **Failures.** A [`Filler`] that fails before `settle` leaves its block reading as
 //! zeros (past what it installed) and the failure is returned by `settle`: whatever was
@@ -104,8 +106,24 @@ struct Book {
     cap: usize,
     /// Nothing is dropped any more (a fork is coming).
     keep_all: bool,
+    /// The group of each block ([`OnDemand::group_blocks`]; empty: none).
+    group: Vec<u32>,
+    /// The groups of the blocks last seen read: the latest, and the one before it.
+    read_groups: [Option<u32>; 2],
+    /// Blocks before this one were looked at by the idle fill ([`Options::fill_idle`]).
+    idle_from: usize,
     /// The map is gone (the owner dropped it): nothing may be filled.
     gone: bool,
+}
+
+impl Book {
+    /// Notes a read of block `b` (its group, if it is not the latest already).
+    fn saw_read(&mut self, b: usize) {
+        let g = self.group.get(b).copied();
+        if g.is_some() && self.read_groups[0] != g {
+            self.read_groups = [g, self.read_groups[0]];
+        }
+    }
 }
 
 struct State {
@@ -123,6 +141,7 @@ struct Region {
     block: usize,
     page: usize,
     budget: usize,
+    fill_idle: bool,
     settled: AtomicBool,
     uffd: OwnedFd,
     /// A readable map of one block of zeros (never written), the source of zero installs.
@@ -217,6 +236,9 @@ impl OnDemand {
             capped_resident: 0,
             cap: usize::MAX,
             keep_all: false,
+            group: Vec::new(),
+            read_groups: [None; 2],
+            idle_from: 0,
             gone: false,
         };
         let region = Arc::new(Region {
@@ -225,6 +247,7 @@ impl OnDemand {
             block,
             page,
             budget: opts.budget.max(block * 3),
+            fill_idle: opts.fill_idle,
             settled: AtomicBool::new(false),
             uffd,
             zeros: zeros.addr,
@@ -300,6 +323,17 @@ impl OnDemand {
             }
         }
         book.cap = cap.max(self.region.block);
+    }
+
+    /// Gives each block a group (`groups[b]`; the tensor it holds, say): until
+    /// [`settle`](Self::settle), a block of the group being read, or of the block being
+    /// filled, is dropped only when no block of another group is left to drop, and a block
+    /// is not filled ahead at such a cost. A reader that reads one tensor several times in a
+    /// row (onnxruntime's prepacking) then finds it filled each time while the tensor fits in
+    /// the budget, where dropping the oldest block first would drop each block just before
+    /// it is read again.
+    pub fn group_blocks(&self, groups: Vec<u32>) {
+        lock(&self.region.state).book.group = groups;
     }
 
     /// Bytes of filled blocks now in the region.
@@ -381,6 +415,22 @@ impl Region {
         AHEAD.min((self.budget / self.block).saturating_sub(2)).max(1)
     }
 
+    /// The next block for the idle fill ([`Options::fill_idle`]): the first not filled at or
+    /// after the last one, if it fits in the budget without dropping any.
+    fn idle_block(&self) -> Option<usize> {
+        if !self.fill_idle || self.settled.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = lock(&self.state);
+        let book = &mut st.book;
+        if book.gone || book.resident + self.block > self.budget {
+            return None;
+        }
+        let b = (book.idle_from..self.blocks).find(|&b| book.filled[b] == 0)?;
+        book.idle_from = b + 1;
+        Some(b)
+    }
+
     /// The read-ahead after the reader was seen in block `b`.
     fn reader_at(&self, b: usize, ahead: Option<Ahead>) -> Option<Ahead> {
         let next = ahead.map_or(b + 1, |a| a.next.max(b + 1));
@@ -407,6 +457,9 @@ impl Region {
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
             ];
+            if ahead.is_none() {
+                ahead = self.idle_block().map(|b| Ahead { next: b, stop: b + 1 });
+            }
             let timeout = if ahead.is_some() { 0 } else { -1 };
             // SAFETY: `fds` is a valid array of two pollfd for the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
@@ -425,8 +478,11 @@ impl Region {
                 }
             } else if let Some(a) = ahead {
                 // Once settled, blocks filled stay: only what is read is filled.
-                if a.next < self.blocks && a.next < a.stop && !self.settled.load(Ordering::Acquire) {
-                    self.serve_block(a.next, None);
+                if a.next < self.blocks
+                    && a.next < a.stop
+                    && !self.settled.load(Ordering::Acquire)
+                    && self.serve_block(a.next, None)
+                {
                     ahead = Some(Ahead { next: a.next + 1, ..a });
                 } else {
                     ahead = None;
@@ -476,17 +532,25 @@ impl Region {
         }
         let Some(kept) = book.kept.remove(&b) else { return false };
         self.copy_in(b, 0, kept.0.as_ptr(), self.page);
+        book.saw_read(b);
         true
     }
 
     /// Makes block `b` present; the reader of a fault at `fault` is woken even if it
     /// already was, and a page it reads past the block's bytes is installed as zeros.
-    fn serve_block(&self, b: usize, fault: Option<usize>) {
+    /// False when `b` was to be filled ahead (no fault) but that would drop a block of the
+    /// group being read.
+    fn serve_block(&self, b: usize, fault: Option<usize>) -> bool {
         let mut st = lock(&self.state);
+        if fault.is_some() {
+            st.book.saw_read(b);
+        }
         let filled_now = st.book.filled[b] == 0;
         if filled_now {
             let State { filler, book } = &mut *st;
-            self.fill(filler, book, b, fault.is_none());
+            if !self.fill(filler, book, b, fault.is_none()) {
+                return false;
+            }
         }
         let book = &mut st.book;
         if let Some(addr) = fault {
@@ -500,12 +564,17 @@ impl Region {
                 self.wake(b, book.filled[b]);
             }
         }
+        true
     }
 
-    /// Fills block `b` (keeping its first page back if `keep_first`), after making room
-    /// within the budget.
-    fn fill(&self, filler: &mut Filler, book: &mut Book, b: usize, keep_first: bool) {
-        self.prepare_scratch(book, b);
+    /// Fills block `b` (keeping its first page back if `keep_first`: a block filled
+    /// ahead), after making room within the budget; false if a block filled ahead would
+    /// need room that only blocks of the group being read can make.
+    fn fill(&self, filler: &mut Filler, book: &mut Book, b: usize, keep_first: bool) -> bool {
+        if !self.make_room(book, b, keep_first) {
+            return false;
+        }
+        self.prepare_scratch(book);
         let mut f = Fill { region: self, book, block: b, done: 0, keep_first, ended: false };
         let result = filler(b, &mut f);
         let Fill { done, .. } = f;
@@ -532,7 +601,7 @@ impl Region {
                 book.filled[b] = done;
                 book.resident += done;
                 self.drop_block(book, b);
-                return;
+                return true;
             }
             Err(e) => fatal(&e),
         };
@@ -553,22 +622,46 @@ impl Region {
         } else {
             book.order.push_back(b);
         }
+        true
     }
 
-    /// Makes every page of the handler's buffer present before block `b` is filled: pages
-    /// of the blocks dropped over the budget (oldest first, never `b`) are moved into its
-    /// holes where pages move, the rest freed; remaining holes get new zero pages.
-    fn prepare_scratch(&self, book: &mut Book, b: usize) {
-        if !self.settled.load(Ordering::Acquire) {
-            while book.resident + self.block > self.budget {
-                let Some(old) = book.order.pop_front() else { break };
-                if old == b {
-                    book.order.push_back(old);
-                    break;
-                }
-                self.drop_block(book, old);
-            }
+    /// Before `settle`, drops filled blocks (never `b`) while filling `b` would go over the
+    /// budget: the oldest first, but first those of other groups than `b`'s and the last
+    /// two read ([`OnDemand::group_blocks`]: a tensor read again after a look at another
+    /// one stays). A block filled `ahead` drops no block of those groups: false if it
+    /// would have to.
+    fn make_room(&self, book: &mut Book, b: usize, ahead: bool) -> bool {
+        if self.settled.load(Ordering::Acquire) {
+            return true;
         }
+        let groups = std::mem::take(&mut book.group);
+        let group = |x: usize| groups.get(x).copied();
+        let kept = [group(b), book.read_groups[0], book.read_groups[1]];
+        let mut room = true;
+        while book.resident + self.block > self.budget {
+            let first = |keep: &dyn Fn(Option<u32>) -> bool| book.order.iter().position(|&x| x != b && !keep(group(x)));
+            let at = match groups.is_empty() {
+                true => first(&|_| false),
+                false if ahead => first(&|g| kept.contains(&g)),
+                false => {
+                    first(&|g| kept.contains(&g)).or_else(|| first(&|g| g == kept[0])).or_else(|| first(&|_| false))
+                }
+            };
+            let Some(at) = at else {
+                room = !ahead || groups.is_empty();
+                break;
+            };
+            let Some(old) = book.order.remove(at) else { break };
+            self.drop_block(book, old);
+        }
+        book.group = groups;
+        room
+    }
+
+    /// Makes every page of the handler's buffer present before a block is filled: holes
+    /// (left by pages moved out) get the pages of blocks dropped, where pages move, else
+    /// new zero pages.
+    fn prepare_scratch(&self, book: &mut Book) {
         let pages = self.block / self.page;
         let mut i = 0;
         while i < pages {

@@ -171,7 +171,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options { block: block_len, budget, move_pages: true },
+        Options { block: block_len, budget, move_pages: true, fill_idle: true },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),
@@ -188,6 +188,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     drop(filling);
     let ranges = table_ranges(model, &tables);
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
+    region.group_blocks(block_groups(model, &files, block, first_block));
     let ahead = if listed { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
     let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
@@ -270,6 +271,25 @@ fn table_blocks(ranges: &[(usize, Range<u64>)], files: &[ExternalFile], block: u
         out.extend((range.start.div_ceil(block)..last).map(|k| f.first_block + k as usize));
     }
     out
+}
+
+/// The group of each of the region's `blocks` blocks: the external tensor with the most
+/// bytes in it (its index + 1; 0 for none), so that a tensor read several times while the
+/// session is built stays filled ([`OnDemand::group_blocks`]).
+fn block_groups(model: &onnx_protect_format::Model, files: &[ExternalFile], block: u64, blocks: usize) -> Vec<u32> {
+    let mut best = vec![(0u64, 0u32); blocks];
+    for (i, t) in model.tensors.iter().enumerate() {
+        let TensorData::External { file, range } = &t.data else { continue };
+        let Some(f) = files.get(*file) else { continue };
+        for k in range.start / block..range.end.div_ceil(block) {
+            let bytes = range.end.min((k + 1) * block) - range.start.max(k * block);
+            let slot = usize::try_from(k).ok().and_then(|k| best.get_mut(f.first_block + k));
+            if let Some(slot) = slot.filter(|s| bytes > s.0) {
+                *slot = (bytes, u32::try_from(i + 1).unwrap_or(u32::MAX));
+            }
+        }
+    }
+    best.into_iter().map(|(_, g)| g).collect()
 }
 
 /// A thread that hashes chunks no fill is expected to read before `settle` (the gathered

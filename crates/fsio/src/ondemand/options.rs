@@ -15,4 +15,9 @@ pub struct Options {
     /// Move pages into blocks where the kernel can (`UFFDIO_MOVE`); `false` copies them
     /// (`UFFDIO_COPY`), as older kernels must.
     pub move_pages: bool,
+    /// Until [`super::OnDemand::settle`], while no fault waits and nothing is left to fill
+    /// ahead of the reader, fill the blocks not filled yet in order, as long as they fit in
+    /// the budget without dropping any (a reader that comes to them later finds them there;
+    /// the handler's core is otherwise idle then).
+    pub fill_idle: bool,
 }

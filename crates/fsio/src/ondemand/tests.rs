@@ -6,13 +6,21 @@ use super::*;
 
 const BLOCK: usize = 64 << 10;
 
+/// Held by the test that forks, and by those that count drops: a fork fills every block of
+/// every live region of the process and stops its drops.
+static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn no_fork() -> std::sync::MutexGuard<'static, ()> {
+    FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The byte at `offset` of the test pattern.
 fn byte(offset: usize) -> u8 {
     (offset.wrapping_mul(2654435761) >> 13) as u8
 }
 
 fn opts(budget: usize, move_pages: bool) -> Options {
-    Options { block: BLOCK, budget, move_pages }
+    Options { block: BLOCK, budget, move_pages, fill_idle: false }
 }
 
 /// A filler of the pattern for a region of `len` bytes, handing each block over in
@@ -116,6 +124,7 @@ fn blocks_are_filled_ahead_of_the_reader_and_their_kept_pages_read_true() {
 
 #[test]
 fn over_budget_old_blocks_are_dropped_and_filled_again_with_the_same_bytes() {
+    let _no_fork = no_fork();
     both(|moving| {
         let len = 64 * BLOCK;
         let budget = 8 * BLOCK;
@@ -253,6 +262,7 @@ fn readers_on_many_threads_see_the_same_bytes() {
 
 #[test]
 fn a_forked_child_sees_every_byte() {
+    let _forking = no_fork();
     both(|moving| {
         let len = 40 * BLOCK;
         let (r, _) = region(len, 4 * BLOCK, moving);
@@ -421,4 +431,84 @@ fn pages_stay_right_while_the_kernel_migrates_them() {
     stop.store(true, Ordering::Relaxed);
     let compacted = compacting.join().unwrap_or(false);
     eprintln!("{rounds} rounds, compaction asked for: {compacted}");
+}
+
+/// A tensor read three times, a block of another read between (onnxruntime packing a
+/// weight, then reading a bias): with the blocks grouped by tensor, the tensor's blocks
+/// stay filled while it fits in the budget (the block read between costs at most one of
+/// them per pass); dropping the oldest block first fills every one of them again.
+#[test]
+fn a_group_read_again_stays_filled_while_it_fits() {
+    let _no_fork = no_fork();
+    for grouped in [true, false] {
+        let len = 40 * BLOCK;
+        let per_block: Arc<Vec<AtomicUsize>> = Arc::new((0..40).map(|_| AtomicUsize::new(0)).collect());
+        let (counts, inner) = (Arc::clone(&per_block), Arc::new(AtomicUsize::new(0)));
+        let mut fill_pattern = pattern(len, 16 << 10, inner);
+        let filler: Filler = Box::new(move |b, fill| {
+            counts[b].fetch_add(1, Ordering::SeqCst);
+            fill_pattern(b, fill)
+        });
+        let r = OnDemand::new(len, opts(22 * BLOCK, true), filler).expect("userfaultfd");
+        if grouped {
+            // Blocks 0..10 one tensor, 10..31 another, the rest a third.
+            r.group_blocks(
+                (0..40)
+                    .map(|b| {
+                        if b < 10 {
+                            1
+                        } else if b < 31 {
+                            2
+                        } else {
+                            3
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        let bytes = r.bytes();
+        for i in (0..10 * BLOCK).step_by(4096) {
+            assert_eq!(bytes[i], byte(i));
+        }
+        for pass in 0..3 {
+            for i in (10 * BLOCK..31 * BLOCK).step_by(4096) {
+                assert_eq!(bytes[i], byte(i), "byte {i}");
+            }
+            let other = (34 + pass) * BLOCK;
+            assert_eq!(bytes[other], byte(other));
+        }
+        let refills: usize = (10..31).map(|b| per_block[b].load(Ordering::SeqCst).saturating_sub(1)).sum();
+        if grouped {
+            assert!(refills <= 2, "{refills} fills again of the tensor read three times");
+        } else {
+            assert!(refills >= 10, "without groups the oldest blocks go first: {refills} fills again");
+        }
+        assert!(r.resident() <= 22 * BLOCK, "{} blocks resident", r.resident() / BLOCK);
+        check(&r, len);
+    }
+}
+
+/// With `fill_idle`, the handler fills blocks nothing has read yet, in order, up to the
+/// budget and never past it; what is read afterwards reads true.
+#[test]
+fn an_idle_handler_fills_blocks_up_to_the_budget() {
+    let _no_fork = no_fork();
+    let len = 40 * BLOCK;
+    let fills = Arc::new(AtomicUsize::new(0));
+    let opts = Options { fill_idle: true, ..opts(24 * BLOCK, true) };
+    let r = OnDemand::new(len, opts, pattern(len, 16 << 10, Arc::clone(&fills))).expect("userfaultfd");
+    eventually("the idle fill", || r.resident() == 24 * BLOCK);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(r.resident(), 24 * BLOCK, "no block past the budget");
+    assert_eq!(fills.load(Ordering::SeqCst), 24, "none dropped");
+    check(&r, len);
+    assert!(r.resident() <= 24 * BLOCK);
+    // Settled, the handler fills only what is read.
+    let fills = Arc::new(AtomicUsize::new(0));
+    let r = OnDemand::new(len, opts, pattern(len, 16 << 10, Arc::clone(&fills))).expect("userfaultfd");
+    assert_eq!(r.settle(), Ok(()));
+    std::thread::sleep(Duration::from_millis(50));
+    let after = fills.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(fills.load(Ordering::SeqCst), after);
 }

@@ -416,7 +416,8 @@ impl Region {
     }
 
     /// The next block for the idle fill ([`Options::fill_idle`]): the first not filled at or
-    /// after the last one, if it fits in the budget without dropping any.
+    /// after the last one, if it fits in the budget without dropping any (blocks capped
+    /// after `settle`, read a row at a time, are left to their readers).
     fn idle_block(&self) -> Option<usize> {
         if !self.fill_idle || self.settled.load(Ordering::Acquire) {
             return None;
@@ -426,7 +427,7 @@ impl Region {
         if book.gone || book.resident + self.block > self.budget {
             return None;
         }
-        let b = (book.idle_from..self.blocks).find(|&b| book.filled[b] == 0)?;
+        let b = (book.idle_from..self.blocks).find(|&b| book.filled[b] == 0 && !book.capped[b])?;
         book.idle_from = b + 1;
         Some(b)
     }

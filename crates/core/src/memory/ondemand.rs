@@ -186,6 +186,7 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
     let files = Arc::new(files);
     *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
     drop(filling);
+    // The handler holds the region's lock while it fills: these wait for its first fill.
     let ranges = table_ranges(model, &tables);
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
     region.group_blocks(block_groups(model, &files, block, first_block));

@@ -503,6 +503,21 @@ fn an_idle_handler_fills_blocks_up_to_the_budget() {
     assert_eq!(fills.load(Ordering::SeqCst), 24, "none dropped");
     check(&r, len);
     assert!(r.resident() <= 24 * BLOCK);
+    // Blocks capped after settle (a table read a row at a time) are not filled idly.
+    // (The first blocks, filled ahead, take a while: the caps are set before the idle fill.)
+    let mut inner = pattern(len, 16 << 10, Arc::new(AtomicUsize::new(0)));
+    let slow_start: Filler = Box::new(move |b, fill| {
+        if b < AHEAD {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        inner(b, fill)
+    });
+    let r = OnDemand::new(len, Options { budget: 64 * BLOCK, ..opts }, slow_start).expect("userfaultfd");
+    r.cap_after_settle(20..40, 4 * BLOCK);
+    eventually("the idle fill", || r.resident() == 20 * BLOCK);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(r.resident(), 20 * BLOCK, "the capped blocks are left");
+    check(&r, len);
     // Settled, the handler fills only what is read.
     let fills = Arc::new(AtomicUsize::new(0));
     let r = OnDemand::new(len, opts, pattern(len, 16 << 10, Arc::clone(&fills))).expect("userfaultfd");

@@ -95,7 +95,7 @@ pub struct Decrypted {
     decrypted_bytes: f64,
 }
 
-/// A decrypted model as JavaScript sees it (`Decrypted` of js/src/reader.ts, the external
+/// A decrypted model as JavaScript sees it (`Decrypted` of js/src/reader/opened.ts, the external
 /// files as two lists).
 #[napi(object)]
 pub struct DecryptedModel {

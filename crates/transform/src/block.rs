@@ -364,7 +364,7 @@ pub fn transform_images(
     KeyedTransform::derive(master, spec, images.c, blocks)?.apply(images, range, dir)
 }
 
-/// Index arithmetic: element offset = origin(image, block) + rel[p].
+/// Index arithmetic: element offset = origin(image, block) + `rel[p]`.
 struct Geometry {
     n: usize,
     blocks: usize,

@@ -3,7 +3,7 @@
 
     python3 bench/python_session.py [--runs N] [--small-runs N] [--dir DIR] [--big-mib MIB] [--json OUT] [--no-prepacking]
                                     [--other PYTHON] [--set default|session-models] [--models ID,...]
-                                    [--variants VARIANT ...] [--session-models-dir DIR]
+                                    [--variants VARIANT ...] [--session-models-dir DIR] [--busy] [--crypto-rate]
 
 Models: every fixtures/digits model (ids digits/cnn, ...) and, with `--set default` (the
 default), a generated MLP of MIB MiB of float32 weights in one external data file (id
@@ -35,11 +35,15 @@ variants to run instead (one of them `plain`, the reference of the ratios; e.g. 
 plain "plain, no prepacking"`, which needs no onnx_protect installed). With --ort, also the Rust `ort`
 crate's `ort plain` (ort's own `commit_from_file` of the plain file) and `ort protected`
 (`onnx_protect_ort::commit_from_file`), each a fresh process of examples/ort/session_cost.rs,
-whose ratios are taken against `ort plain`. onnxruntime runs with its default options
+whose ratios are taken against `ort plain`. With --node, also onnxruntime-node's `node plain`
+(`InferenceSession.create` of the plain file) and `node protected` (the package's
+`createSessionFromFile`, native engine), each a fresh process of js/bench/session.mjs (the
+package and its native engine built first, release), ratios against `node plain`. onnxruntime runs with its default options
 (`--threads N` sets `intra_op_num_threads`).
 
 Each measurement is one fresh Python process: it imports onnxruntime and onnx_protect,
-then times the session creation alone (`time.perf_counter`) and reads its peak resident
+then times the session creation alone (`time.perf_counter`), takes the CPU time its threads
+ran meanwhile (`/proc/self/task/*/schedstat`), and reads its peak resident
 set (VmHWM) and its resident set before the session (VmRSS). Runs of the variants
 are interleaved (plain, protected, ..., then the next round starting one variant later)
 after one warm-up run of each, so the page cache is warm for all; the table gives medians and the ratio to
@@ -51,6 +55,13 @@ of the weights at once (`plain-in-memory`, `protected-copy`, `protected, whole`)
 with a note, for a model too large for that in 80% of the machine's memory (llm_8g on 24
 GiB). Needs onnx, onnxruntime, numpy and the
 installed onnx_protect package.
+
+With --busy, a process that spins on one core runs through each model's measurements (the
+machine with one core busy). With --crypto-rate, the crypto crate's single-core
+throughput (`--example throughput`, release) runs before and after the models, and each
+protected variant's CPU time above its reference's is given per encrypted byte as a
+multiple of BLAKE3 (4 MiB chunks) plus AES-CTR in place over the same bytes at those rates
+("extra CPU ÷ crypto").
 """
 import argparse
 import json
@@ -79,6 +90,17 @@ def status(field):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
 
+def cpu_seconds():  # every thread's run time so far (schedstat, nanoseconds)
+    import os
+    total = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total / 1e9
+
 variant, model, key, data_files, threads = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 so = ort.SessionOptions()
 if threads:
@@ -94,6 +116,7 @@ if variant == "plain-in-memory":
         model_bytes = f.read()
     files = {n: np.fromfile(os.path.join(folder, n), dtype=np.uint8) for n in data_files}
 start_rss = status("VmRSS")
+cpu = cpu_seconds()
 t = time.perf_counter()
 if variant == "plain-in-memory":
     if files:
@@ -109,7 +132,8 @@ else:
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key,
                                       in_place=None if variant == "protected" else False)
 seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
+cpu = cpu_seconds() - cpu
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
 """
 
 
@@ -174,6 +198,8 @@ def measure(variant, model, key, files, other=None, threads=0, ort_bin=None):
         if v.endswith(", no prepacking"):
             v, prepack = v[: -len(", no prepacking")], "0"
         cmd = [str(ort_bin), v, str(model), str(key), str(threads), prepack]
+    elif variant.startswith("node "):
+        cmd = ["node", str(ROOT / "js" / "bench" / "session.mjs"), variant[5:], str(model), str(key), "--json"]
     else:
         cmd = [python, "-c", CHILD, variant, str(model), str(key), json.dumps(files), str(threads)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -189,12 +215,17 @@ OTHER = ["protected (other)", "load only (other)"]
 # The Rust `ort` crate: the plain file through ort's own commit_from_file, the protected one
 # through onnx_protect_ort (ratios against "ort plain").
 ORT = ["ort plain", "ort protected"]
+# onnxruntime-node: the plain file, and the package's createSessionFromFile (against "node plain").
+NODE = ["node plain", "node protected"]
 
 
 def reference(variant, runs):
     """The variant a variant's ratios are taken against: "ort plain" for the ort crate's
-    variants where it ran, else "plain"."""
-    return "ort plain" if variant.startswith("ort ") and "ort plain" in runs else "plain"
+    variants and "node plain" for onnxruntime-node's where they ran, else "plain"."""
+    for runtime in ("ort", "node"):
+        if variant.startswith(runtime + " ") and f"{runtime} plain" in runs:
+            return f"{runtime} plain"
+    return "plain"
 
 
 def session_models(folder, selected):
@@ -221,6 +252,21 @@ def session_models(folder, selected):
 # peak RSS over the weights' size: plain-in-memory 2.8 for llm_2g, whole 2.1 for the MLP).
 # A model for which that exceeds 80% of the machine's memory skips them.
 COPIES = {"plain-in-memory": 3, "protected-copy": 3, "protected, whole": 2.5}
+
+
+def crypto_rate():
+    """Seconds per byte of AES-CTR in place and of BLAKE3 over 1 MiB leaves, one core, from
+    the crypto crate's throughput example (256 MiB, median of 5)."""
+    out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "onnx-protect-crypto", "--example", "throughput",
+                          "256", "5"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rate = {}
+    for line in out.splitlines():
+        for name in ("aes-ctr in place", "blake3 leaf (1 MiB leaves)"):
+            if line.startswith(name + " "):
+                rate[name] = 1 / (float(line.split()[-2]) * 1e9)
+    if len(rate) != 2:
+        raise SystemExit(f"error: the throughput example printed no rate for {sorted({'aes-ctr in place', 'blake3 leaf (1 MiB leaves)'} - set(rate))}")
+    return rate
 
 
 def mem_total():
@@ -256,26 +302,39 @@ def main():
                          + ", ".join(f'"{v}"' for v in VARIANTS + NO_PREPACKING + OTHER))
     ap.add_argument("--threads", type=int, default=0,
                     help="onnxruntime's intra_op_num_threads (default 0: onnxruntime's default, one per core)")
+    ap.add_argument("--busy", action="store_true", help="one core kept busy by a spinning process meanwhile")
+    ap.add_argument("--crypto-rate", action="store_true",
+                    help="measure BLAKE3 and AES-CTR on one core (cargo, release) and compare the extra CPU with them")
     ap.add_argument("--ort", action="store_true",
                     help="also the Rust ort crate's sessions (" + ", ".join(f'"{v}"' for v in ORT)
                          + "), built with cargo as examples/ort/session_cost (release)")
+    ap.add_argument("--node", action="store_true",
+                    help="also onnxruntime-node's sessions (" + ", ".join(f'"{v}"' for v in NODE)
+                         + "), js/bench/session.mjs with the package and its native engine built (release)")
     a = ap.parse_args()
     ort_bin = None
     if a.ort or (a.variants and any(v.startswith("ort ") for v in a.variants)):
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "onnx-protect-ort", "--example", "session_cost"],
                        cwd=ROOT, check=True)
         ort_bin = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "examples" / "session_cost"
+    if a.node or (a.variants and any(v.startswith("node ") for v in a.variants)):
+        js = ROOT / "js"
+        if not (js / "node_modules").exists():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=js, check=True)
+        subprocess.run(["npm", "run", "-s", "build"], cwd=js, check=True)
+        subprocess.run(["bash", "scripts/build-native.sh", "--release"], cwd=js, check=True, stdout=subprocess.DEVNULL)
 
     if a.variants:
         variants = list(dict.fromkeys(a.variants))
-        known = VARIANTS + NO_PREPACKING + ORT + [v + ", no prepacking" for v in ORT] + (OTHER if a.other else [])
+        known = VARIANTS + NO_PREPACKING + ORT + [v + ", no prepacking" for v in ORT] + NODE + (OTHER if a.other else [])
         bad = [v for v in variants if v not in known]
         if bad:
             ap.error(f"--variants: unknown variant {bad[0]!r} (known: {', '.join(repr(v) for v in known)})")
         if "plain" not in variants:
             ap.error("--variants: `plain` is needed, the reference of the ratios")
     else:
-        variants = VARIANTS + (NO_PREPACKING if a.no_prepacking else []) + (OTHER if a.other else []) + (ORT if a.ort else [])
+        variants = (VARIANTS + (NO_PREPACKING if a.no_prepacking else []) + (OTHER if a.other else [])
+                    + (ORT if a.ort else []) + (NODE if a.node else []))
     needs_protect = any(not v.startswith("plain") for v in variants)
     wanted = [w.strip().rstrip("/") for w in a.models.split(",") if w.strip()] if a.models else None
 
@@ -306,6 +365,7 @@ def main():
     models = [m for m in models if selected(m[0])]
     if not models:
         ap.error(f"--models: no model of the set {a.set!r} is called {a.models!r}")
+    rates = [crypto_rate()] if a.crypto_rate else []
     load_start = loadavg()
     rows = []
     for mid, name, plain, rel in models:
@@ -331,10 +391,11 @@ def main():
                   f"{mem_total() / 2**30:.1f} GiB here", file=sys.stderr)
         model_variants = [v for v in variants if v not in skipped]
         runs = {v: [] for v in model_variants}
-        model_of = {v: plain if v.startswith(("plain", "ort plain")) else other_copy if v.endswith(" (other)")
+        model_of = {v: plain if v.startswith(("plain", "ort plain", "node plain")) else other_copy if v.endswith(" (other)")
                     else protected for v in variants}
         # The plain model's data files; a protected copy's are found by onnx_protect itself.
         files_of = {v: files if v.startswith("plain") else [] for v in variants}
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.busy else None
         for v in model_variants:  # warm-up (page cache, imports)
             measure(v, model_of[v], key, files_of[v], a.other, a.threads, ort_bin)
         rounds = a.runs if size >= 1 << 20 else (a.small_runs or 3 * a.runs)
@@ -344,34 +405,46 @@ def main():
             # same one (the machine's state after a process differs by what it ran).
             for v in model_variants[r % n:] + model_variants[:r % n]:
                 runs[v].append(measure(v, model_of[v], key, files_of[v], a.other, a.threads, ort_bin))
+        if busy:
+            busy.kill()
+            busy.wait()
         med = {}
         for v, rs in runs.items():
-            m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "start_rss", "peak_rss")}
+            m = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu_seconds", "start_rss", "peak_rss")}
             m["above_start"] = statistics.median(r["peak_rss"] - r["start_rss"] for r in rs)
             # The time against the plain file's in the same round: slow drifts of the
             # machine's speed cancel out.
             m["paired"] = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(rs, runs[reference(v, runs)]))
             med[v] = m
         rows.append({"id": mid, "model": name, "bytes": size, "data_files": files, "encrypted_bytes": enc_bytes,
-                     "runs": rounds, "load_before": load_before, "load_after": loadavg(), "skipped": skipped,
+                     "runs": rounds, "busy": a.busy, "load_before": load_before, "load_after": loadavg(), "skipped": skipped,
                      "median": med, "all": runs})
         print(f"{name}: done", file=sys.stderr)
     mib = 2**20
     load_end = loadavg()
+    if a.crypto_rate:
+        rates.append(crypto_rate())
+        per_byte = statistics.mean(sum(r.values()) for r in rates)
+        print(f"BLAKE3 + AES-CTR on one core: {1 / per_byte / 1e9:.2f} GB/s "
+              f"({', '.join(f'{n} {1 / r[n] / 1e9:.2f}' for r in rates for n in r)} GB/s, before and after)")
     print(f"load average (1, 5, 15 min): {' '.join(map(str, load_start))} before, "
           f"{' '.join(map(str, load_end))} after; {os.cpu_count()} CPUs")
     print()
     print("| model | size | encrypted | rounds | load before, after | variant | session creation | ratio | paired ratio "
-          "| peak RSS | ratio | peak above start | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| CPU | extra CPU ÷ crypto | peak RSS | ratio | peak above start | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         enc = "-" if r["encrypted_bytes"] is None else f"{r['encrypted_bytes'] / mib:.2f} MiB"
         for v, q in r["median"].items():
             p = r["median"][reference(v, r["median"])]
+            extra = "-"
+            if a.crypto_rate and (r["encrypted_bytes"] or 0) >= 1 << 20 and not v.startswith(("plain", "ort plain", "node plain")):
+                extra = f"{(q['cpu_seconds'] - p['cpu_seconds']) / (r['encrypted_bytes'] * per_byte):.2f}×"
             print(
                 f"| {r['model']} | {r['bytes'] / mib:.2f} MiB | {enc} | {r['runs']} "
                 f"| {r['load_before'][0]:.2f}, {r['load_after'][0]:.2f} | {v} "
                 f"| {q['seconds'] * 1e3:.1f} ms | {q['seconds'] / p['seconds']:.2f}× | {q['paired']:.2f}× "
+                f"| {q['cpu_seconds'] * 1e3:.0f} ms | {extra} "
                 f"| {q['peak_rss'] / mib:.0f} MiB | {q['peak_rss'] / p['peak_rss']:.2f}× "
                 f"| {q['above_start'] / mib:.1f} MiB | {q['above_start'] / max(p['above_start'], 1):.2f}× |"
             )
@@ -379,6 +452,7 @@ def main():
         import onnxruntime
 
         a.json.write_text(json.dumps({"onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
+                                      "crypto_rate": rates, "busy": a.busy,
                                       "load_before": load_start, "load_after": load_end, "rows": rows}, indent=1))
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 //!
 //!     session_cost plain|protected MODEL KEY_FILE THREADS PREPACK
 //!
-//! Prints one JSON line: `seconds` (session creation), `start_rss` and `peak_rss` (bytes,
-//! `/proc/self/status` VmRSS before, VmHWM after).
+//! Prints one JSON line: `seconds` (session creation), `cpu_seconds` (the CPU time all the
+//! process's threads ran during it, from `/proc/self/task/*/schedstat`), `start_rss` and
+//! `peak_rss` (bytes, `/proc/self/status` VmRSS before, VmHWM after).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,6 +22,18 @@ fn status(field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// The CPU time the process's threads have run so far, in seconds (the first field of each
+/// thread's `schedstat`, nanoseconds); 0 where that is not readable.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 fn main() -> ExitCode {
@@ -56,6 +69,7 @@ fn run(
         builder = builder.with_config_entry("session.disable_prepacking", "1")?;
     }
     let start_rss = status("VmRSS");
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let kept: Box<dyn std::any::Any> = match variant {
         "plain" => Box::new(builder.commit_from_file(model)?),
@@ -63,7 +77,11 @@ fn run(
         other => return Err(format!("unknown variant {other}").into()),
     };
     let seconds = t.elapsed().as_secs_f64();
-    println!("{{\"seconds\": {seconds}, \"start_rss\": {start_rss}, \"peak_rss\": {}}}", status("VmHWM"));
+    let cpu = cpu_seconds() - cpu;
+    println!(
+        "{{\"seconds\": {seconds}, \"cpu_seconds\": {cpu}, \"start_rss\": {start_rss}, \"peak_rss\": {}}}",
+        status("VmHWM")
+    );
     drop(kept);
     Ok(())
 }

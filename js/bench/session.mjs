@@ -3,22 +3,41 @@
 //   node bench/session.mjs plain-bytes MODEL      (the file read into memory, then the bytes)
 //   node bench/session.mjs protected MODEL KEY_FILE   (createSessionFromFile, native engine)
 //   node bench/session.mjs protected-js MODEL KEY_FILE   (the same by the JavaScript engine)
-// Prints "session_KIND SECONDS" (from the start of reading to a ready session).
+// Prints "session_KIND SECONDS" (from the start of reading to a ready session), with
+// `intraOpNumThreads: 1`. With `--json` last, onnxruntime-node's default options instead, and
+// one JSON line as bench/python_session.py reads it: `seconds`, `cpu_seconds` (the process's
+// user + system time meanwhile), `start_rss` and `peak_rss` (bytes: the resident set before,
+// the process's maximum resident set after).
 import fs from "node:fs";
 
 import * as ort from "onnxruntime-node";
 
 import { createSessionFromFile } from "../dist/node.js";
 
-const [kind, model, keyFile] = process.argv.slice(2);
-const opts = { intraOpNumThreads: 1, interOpNumThreads: 1 };
+const args = process.argv.slice(2);
+const json = args.at(-1) === "--json";
+const [kind, model, keyFile] = json ? args.slice(0, -1) : args;
+const opts = json ? {} : { intraOpNumThreads: 1, interOpNumThreads: 1 };
+const startRss = process.memoryUsage().rss;
+const cpu0 = process.cpuUsage();
 const t0 = performance.now();
+let session;
 if (kind === "plain") {
-  await ort.InferenceSession.create(model, opts);
+  session = await ort.InferenceSession.create(model, opts);
 } else if (kind === "plain-bytes") {
-  await ort.InferenceSession.create(new Uint8Array(fs.readFileSync(model)), opts);
-} else {
+  session = await ort.InferenceSession.create(new Uint8Array(fs.readFileSync(model)), opts);
+} else if (kind === "protected" || kind === "protected-js") {
   const engine = kind === "protected" ? "native" : "js";
-  await createSessionFromFile(ort, model, { key: fs.readFileSync(keyFile, "utf8"), engine }, opts);
+  ({ session } = await createSessionFromFile(ort, model, { key: fs.readFileSync(keyFile, "utf8"), engine }, opts));
+} else {
+  throw new Error(`unknown kind ${kind}: plain, plain-bytes, protected or protected-js`);
 }
-console.log(`session_${kind} ${((performance.now() - t0) / 1000).toFixed(4)}`);
+const seconds = (performance.now() - t0) / 1000;
+if (json) {
+  const cpu = process.cpuUsage(cpu0);
+  const peak = process.resourceUsage().maxRSS * 1024;
+  console.log(JSON.stringify({ seconds, cpu_seconds: (cpu.user + cpu.system) / 1e6, start_rss: startRss, peak_rss: peak }));
+} else {
+  console.log(`session_${kind} ${seconds.toFixed(4)}`);
+}
+await session.release();

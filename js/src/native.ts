@@ -14,12 +14,23 @@ import {
 } from "./errors.js";
 import type { Decrypted, ReadOptions } from "./reader.js";
 
+/** External data filled on demand by the native engine (crates/node `Region`): `settle`
+ * verifies every chunk not read yet (throws if one did not match: what was built from the
+ * buffers must be thrown away), `trim` then drops the chunks read so far. */
+export interface Region {
+  settle(): void;
+  trim(): void;
+}
+
 interface Addon {
   decryptFile(
     path: string, key: Uint8Array | null, passphrase: Uint8Array | null, identity: string | null, tier: number, signers: string[],
+    onDemand: boolean,
   ): Promise<{
     model: Uint8Array; externalNames: string[]; externalData: Uint8Array[]; tier: number; tiers: number; tensors: number; decryptedBytes: number;
+    region?: Region | null;
   }>;
+  onDemandAvailable(): boolean;
   version(): string;
 }
 
@@ -96,6 +107,31 @@ export function nativeTakes(opts: Omit<ReadOptions, "externalData">): string {
 
 /** `decryptFile` by the native engine (which must be loaded, and take `opts`). */
 export async function nativeDecryptFile(file: string, opts: Omit<ReadOptions, "externalData">): Promise<Decrypted> {
+  return (await nativeOpen(file, opts, false)).decrypted;
+}
+
+/** For a session: as `nativeDecryptFile`, the external data filled on demand where the
+ * system allows it (then `region` is set, and must be settled with `settleRegion` once the
+ * session is built, before anything is run). */
+export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions, "externalData">): Promise<{ decrypted: Decrypted; region: Region | null }> {
+  return nativeOpen(file, opts, true);
+}
+
+/** Whether the native engine is loaded and can fill external data on demand here. */
+export function nativeOnDemand(): boolean {
+  return load().addon?.onDemandAvailable() ?? false;
+}
+
+/** `region.settle()`, its failure as the package's typed exception. */
+export function settleRegion(region: Region): void {
+  try {
+    region.settle();
+  } catch (e) {
+    throw typed(e);
+  }
+}
+
+async function nativeOpen(file: string, opts: Omit<ReadOptions, "externalData">, onDemand: boolean): Promise<{ decrypted: Decrypted; region: Region | null }> {
   const { addon } = load();
   if (!addon) throw new UsageError(nativeEngineError());
   const given = [opts.key, opts.passphrase, opts.identity].filter((k) => k !== undefined).length;
@@ -106,10 +142,11 @@ export async function nativeDecryptFile(file: string, opts: Omit<ReadOptions, "e
   const bytes = (v: string | Uint8Array | undefined) => (v === undefined ? null : typeof v === "string" ? Buffer.from(v, "utf8") : v);
   let d;
   try {
-    d = await addon.decryptFile(file, bytes(opts.key), bytes(opts.passphrase), opts.identity ?? null, opts.tier ?? 0, opts.signers ?? []);
+    d = await addon.decryptFile(file, bytes(opts.key), bytes(opts.passphrase), opts.identity ?? null, opts.tier ?? 0, opts.signers ?? [], onDemand);
   } catch (e) {
     throw typed(e);
   }
   const externalData = new Map(d.externalNames.map((n, i) => [n, d.externalData[i]]));
-  return { model: d.model, externalData, tier: d.tier, tiers: d.tiers, tensors: d.tensors, decryptedBytes: d.decryptedBytes };
+  const decrypted = { model: d.model, externalData, tier: d.tier, tiers: d.tiers, tensors: d.tensors, decryptedBytes: d.decryptedBytes };
+  return { decrypted, region: d.region ?? null };
 }

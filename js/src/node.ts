@@ -10,7 +10,7 @@ import { leavesOf } from "./blake3-node.js";
 import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./backend-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
-import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeTakes } from "./native.js";
+import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeOpenForSession, nativeTakes, settleRegion } from "./native.js";
 import { checkExternalSize, Decrypted, decryptWith, externalFilesWithSizes, ReadOptions } from "./reader.js";
 import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
 import { concat } from "./wire.js";
@@ -145,11 +145,20 @@ export async function decryptFile(file: string, opts: FileOptions = {}): Promise
   return decryptWith(model.bytes, { ...read, externalData }, { chunk: READ_CHUNK, leaves: [model.leaves, ...[...external.values()].map((e) => e.leaves)] });
 }
 
-/** `createSession` from the protected model at `file` (read as `decryptFile` reads it). */
+/** `createSession` from the protected model at `file` (read as `decryptFile` reads it). By
+ * the native engine, where the system allows it the external data is memory filled on
+ * demand as onnxruntime reads it (every chunk checked against its hash first), and every
+ * chunk is verified before the session is returned. */
 export async function createSessionFromFile<S>(
   ort: OrtLike<S>, file: string, opts: FileOptions = {}, sessionOptions?: Record<string, unknown>,
 ): Promise<SessionResult<S>> {
   checkSessionOptions(sessionOptions);
+  const { engine = "auto", ...read } = opts;
+  if (engine !== "js" && !(read as ReadOptions).externalData && !nativeTakes(read) && nativeEngine()) {
+    const { decrypted, region } = await nativeOpenForSession(file, read);
+    const filled = region ? { settle: () => settleRegion(region), trim: () => region.trim() } : undefined;
+    return sessionOf(ort, decrypted, sessionOptions, filled);
+  }
   return sessionOf(ort, await decryptFile(file, opts), sessionOptions);
 }
 

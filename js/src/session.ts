@@ -6,6 +6,12 @@
 import { KeyError, UsageError } from "./errors.js";
 import { decrypt, Decrypted, keepsLabelLock, ReadOptions } from "./reader.js";
 
+/** External data filled on demand (the native engine's region, native.ts `Region`). */
+export interface Filled {
+  settle(): void;
+  trim(): void;
+}
+
 /** The part of onnxruntime's API this module uses (onnxruntime-node or onnxruntime-web). */
 export interface OrtLike<S> {
   InferenceSession: { create(model: Uint8Array, options?: Record<string, unknown>): Promise<S> };
@@ -113,8 +119,14 @@ export async function createSession<S>(
 }
 
 /** The session of a decrypted model; the decrypted buffers are zeroed once onnxruntime has
- * taken them (whether or not it succeeded). */
-export async function sessionOf<S>(ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>): Promise<SessionResult<S>> {
+ * taken them (whether or not it succeeded). With `filled`, the external data is memory
+ * filled on demand: it is settled once the session is built (a chunk that did not match its
+ * hash throws, after the session is released) and then trimmed instead of zeroed (the
+ * region wipes what it holds when it is collected). */
+export async function sessionOf<S>(
+  ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>, filled?: Filled,
+): Promise<SessionResult<S>> {
+  let settled = false;
   try {
     // §15: below the top tier a label-locked model's scores come out in locked order;
     // refused rather than served as if they were true ones.
@@ -124,9 +136,22 @@ export async function sessionOf<S>(ort: OrtLike<S>, d: Decrypted, sessionOptions
     const externalData = [...d.externalData].map(([path, data]) => ({ path, data }));
     const options = externalData.length ? { ...sessionOptions, externalData } : { ...sessionOptions };
     const session = await ort.InferenceSession.create(d.model, options);
+    if (filled) {
+      try {
+        filled.settle();
+      } catch (e) {
+        await (session as { release?: () => Promise<void> }).release?.();
+        throw e;
+      }
+      settled = true;
+    }
     return { session, decrypted: { tier: d.tier, tiers: d.tiers, tensors: d.tensors, decryptedBytes: d.decryptedBytes } };
   } finally {
     d.model.fill(0);
-    for (const b of d.externalData.values()) b.fill(0);
+    if (!filled) {
+      for (const b of d.externalData.values()) b.fill(0);
+    } else if (settled) {
+      filled.trim();
+    }
   }
 }

@@ -13,6 +13,7 @@ import {
   AlreadyDecrypted, KeyError, Modified, NotSigned, OnnxProtectError, UnsupportedVersion, UsageError, WrongKey,
 } from "../dist/index.js";
 import { createSessionFromFile, decryptFile, nativeEngine, nativeEngineError } from "../dist/node.js";
+import { nativeOnDemand, nativeOpenForSession } from "../dist/native.js";
 import { keyOf, tempDir, vectors, VECTORS } from "./util.mjs";
 
 const same = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
@@ -149,7 +150,7 @@ test("the session from a file by the native engine gives the plain model's outpu
     t.skip("onnxruntime-node is not installed");
     return;
   }
-  for (const name of ["cnn_torch_v2_ctr", "external_data_v2_ctr"]) {
+  for (const name of ["cnn_torch_v2_ctr", "external_data_v2_ctr", "external_data_v2_leaves"]) {
     const v = vectors().find((x) => x.name === name);
     if (!v) continue;
     const plain = await ort.InferenceSession.create(v.original);
@@ -163,6 +164,68 @@ test("the session from a file by the native engine gives the plain model's outpu
     }
     const a = await plain.run(feeds), b = await session.run(feeds);
     for (const k of plain.outputNames) assert.deepEqual(Array.from(b[k].data), Array.from(a[k].data), `${name}: ${k}`);
+  }
+});
+
+/** An onnxruntime stand-in that copies every external data buffer it is given, as
+ * onnxruntime-node does, and keeps the copies (what a session built from them would hold). */
+function copyingOrt() {
+  const made = [];
+  return {
+    made,
+    InferenceSession: {
+      async create(model, options = {}) {
+        const copies = new Map((options.externalData ?? []).map(({ path: p, data }) => [p, Buffer.from(data)]));
+        const s = { model: Buffer.from(model), copies, released: false, async release() { s.released = true; } };
+        made.push(s);
+        return s;
+      },
+    },
+  };
+}
+
+test("a session by the native engine fills external data on demand and settles it before it is returned", { skip }, async () => {
+  const v = vectors().find((x) => x.name === "external_data_v2_leaves");
+  const key = keyOf(v.dir);
+  const { decrypted, region } = await nativeOpenForSession(v.protected, key);
+  // Where the system has userfaultfd (Linux), the external data is a region filled on demand.
+  assert.equal(region !== null, nativeOnDemand(), "a region exactly where on-demand filling is available");
+  region?.settle();
+  const ort = copyingOrt();
+  const { session } = await createSessionFromFile(ort, v.protected, { ...key, engine: "native" });
+  const whole = await decryptFile(v.protected, { ...key, engine: "js" });
+  for (const [loc, data] of whole.externalData) assert.ok(same(session.copies.get(loc), data), `${loc}: the bytes handed over`);
+  assert.ok(!session.released);
+  assert.ok(decrypted.externalData.size > 0);
+});
+
+test("every changed byte of external data filled on demand is refused, after the session it was read into is released", { skip }, async () => {
+  const v = vectors().find((x) => x.name === "external_data_v2_leaves");
+  const key = keyOf(v.dir);
+  const dir = tempDir();
+  try {
+    fs.cpSync(path.join(v.dir, "protected"), dir, { recursive: true });
+    const model = path.join(dir, "model.onnx");
+    for (const name of fs.readdirSync(dir).filter((f) => f !== "model.onnx")) {
+      const file = path.join(dir, name);
+      const good = fs.readFileSync(file);
+      for (let i = 0; i < good.length; i++) {
+        const bad = Buffer.from(good);
+        bad[i] ^= 0x01;
+        fs.writeFileSync(file, bad);
+        const ort = copyingOrt();
+        await assert.rejects(createSessionFromFile(ort, model, { ...key, engine: "native" }), Modified, `${name} byte ${i}`);
+        // Filled on demand, the change is found as the session is built (its chunk read as
+        // zeros) and reported when the region settles, after which the session is released.
+        if (nativeOnDemand()) assert.equal(ort.made.length, 1, `${name} byte ${i}: found after the session was built`);
+        assert.ok(ort.made.every((s) => s.released), `${name} byte ${i}: a session built is released`);
+      }
+      fs.writeFileSync(file, good);
+    }
+    const { session } = await createSessionFromFile(copyingOrt(), model, { ...key, engine: "native" });
+    assert.ok(!session.released, "the restored files open");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

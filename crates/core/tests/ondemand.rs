@@ -1,5 +1,6 @@
 //! Decryption into memory filled on demand gives the bytes of the decryption into memory
-//! for every mode and tier, drops and fills again beyond its budget with the same bytes,
+//! for every mode and tier, drops and fills again beyond its budget with the same bytes
+//! (a budget of a few blocks for a reader that copies each byte once),
 //! checks each chunk against the header's list of chunk hashes when it is read (a changed
 //! chunk reads as zeros and `settle` refuses the load; `settle` also finds a change in a
 //! chunk never read), refuses a changed file before handing anything over when the header
@@ -334,4 +335,52 @@ fn a_change_in_a_gathered_table_that_nothing_reads_is_refused_by_settle() {
         drop(early);
     }
     std::fs::write(&side, &original).unwrap();
+}
+
+/// Kibibytes resident in the mapping that holds `p` (`/proc/self/smaps`).
+fn resident_kib(p: *const u8) -> u64 {
+    let at = p as u64;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-') && !r.ends_with(':')) {
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap(), u64::from_str_radix(hi, 16).unwrap());
+            inside = (lo..hi).contains(&at);
+        } else if let Some(kib) = line.strip_prefix("Rss:").filter(|_| inside) {
+            return kib.trim().trim_end_matches(" kB").trim().parse().unwrap();
+        }
+    }
+    panic!("no mapping holds {p:?}")
+}
+
+#[test]
+fn for_a_reader_that_copies_once_the_region_holds_a_few_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(7);
+    // One weight of 12 chunks: a reader of whole tensors keeps it all while the session is
+    // built; one that copies each byte once needs only the slack.
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let rows = 12 * DIM;
+    let data: Vec<u8> = (0..rows * DIM).flat_map(|j| (((j % 1013) as f32 - 506.0) / 512.0).to_le_bytes()).collect();
+    std::fs::write(plain.join("w.bin"), &data).unwrap();
+    let w = external_float_tensor("W0", &[rows as i64, DIM as i64], "w.bin", 0, data.len() as u64);
+    let protected = protect(dir.path(), &matmul_chain(&[w]), &Policy::default(), &k);
+    let eager = InMemory::file(&protected, &k).load().unwrap();
+    let mut held = Vec::new();
+    for read_once in [false, true] {
+        let m = InMemory::file(&protected, &k).on_demand(true).read_once(read_once).load().unwrap();
+        let a = &m.external()["w.bin"];
+        assert_eq!(a.method(), Method::OnDemand);
+        for (i, (x, y)) in a.chunks(1 << 20).zip(eager.external()["w.bin"].chunks(1 << 20)).enumerate() {
+            assert!(x == y, "read_once {read_once}: MiB {i}");
+        }
+        held.push(resident_kib(a.as_ptr()));
+        a.settle().unwrap();
+        assert_same(&m, &eager, "settled");
+    }
+    let block_kib = 4 << 10;
+    assert!(held[0] >= 12 * block_kib, "a reader of whole tensors: {} KiB held", held[0]);
+    assert!(held[1] <= 7 * block_kib, "a reader that copies once: {} KiB held", held[1]);
 }

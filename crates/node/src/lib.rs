@@ -5,17 +5,23 @@
 //! it when it is there (docs/js.md, "The native engine") and falls back to its WebCrypto
 //! engine otherwise.
 //!
+//! For a session (`createSessionFromFile`), the external data files can instead be memory
+//! filled on demand (`InMemory::on_demand`): each chunk is read, checked and decrypted
+//! when onnxruntime first reads it, and the [`Region`] handed back beside the buffers
+//! settles them (every chunk verified) once the session is built.
+//!
 //! Failures reject with an `Error` whose message is `KIND` + U+001F + the message; the
 //! package turns `KIND` into its typed exception ([`js_kind`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use napi::bindgen_prelude::{AsyncTask, Buffer, BufferSlice};
 use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
 use onnx_protect_core::error::{with_causes_at, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{DecryptedBytes, InMemory};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method};
 use onnx_protect_core::protection::Protection;
 use onnx_protect_keys::SignerKey;
 use zeroize::Zeroizing;
@@ -83,6 +89,7 @@ pub struct Decrypt {
     key: KeySource,
     tier: Option<u32>,
     signers: Vec<SignerKey>,
+    on_demand: bool,
 }
 
 /// What [`Decrypt`] computed, before it is handed to JavaScript.
@@ -96,8 +103,9 @@ pub struct Decrypted {
 }
 
 /// A decrypted model as JavaScript sees it (`Decrypted` of js/src/reader/opened.ts, the external
-/// files as two lists).
-#[napi(object)]
+/// files as two lists), and the region its external data is filled in when it was asked
+/// for on demand and made so.
+#[napi(object, object_from_js = false)]
 pub struct DecryptedModel {
     pub model: Buffer,
     pub external_names: Vec<String>,
@@ -106,6 +114,38 @@ pub struct DecryptedModel {
     pub tiers: u32,
     pub tensors: u32,
     pub decrypted_bytes: f64,
+    pub region: Option<Region>,
+}
+
+/// External data filled on demand (each buffer holds its bytes, which stay until the last
+/// of them and this object are collected).
+#[napi]
+pub struct Region {
+    files: Vec<Arc<DecryptedBytes>>,
+}
+
+#[napi]
+impl Region {
+    /// Verifies every chunk not read so far and stops dropping chunks read; an error (kind
+    /// "modified", or the file that could not be read) when a chunk did not match its hash:
+    /// it was read as zeros, and the session built from the buffers must be thrown away.
+    #[napi]
+    pub fn settle(&self) -> napi::Result<()> {
+        match self.files.first() {
+            Some(f) => f.settle().map_err(|e| failure(js_kind(e.kind()), with_causes_at(&e, None))),
+            None => Ok(()),
+        }
+    }
+
+    /// After a successful `settle`, drops every chunk filled so far (a reader that copied
+    /// what it needs, as onnxruntime-node does with external data given in memory); a chunk
+    /// read again is filled and verified again.
+    #[napi]
+    pub fn trim(&self) {
+        if let Some(f) = self.files.first() {
+            f.trim();
+        }
+    }
 }
 
 impl Task for Decrypt {
@@ -125,6 +165,9 @@ impl Task for Decrypt {
             .tier(self.tier)
             .signers(&self.signers)
             .accept(&accept)
+            .on_demand(self.on_demand)
+            // onnxruntime-node (to 1.30) copies external data given in memory, once.
+            .read_once(true)
             .load()
             .map_err(|e| core_failure(e, &self.path))?;
         let (tier, tiers, tensors, decrypted_bytes) =
@@ -135,30 +178,38 @@ impl Task for Decrypt {
 
     fn resolve(&mut self, env: Env, out: Decrypted) -> napi::Result<DecryptedModel> {
         let Decrypted { model, external, tier, tiers, tensors, decrypted_bytes } = out;
-        let model = buffer_over(&env, model)?;
+        let model = buffer_over(&env, Arc::new(model))?;
         let mut external_names = Vec::with_capacity(external.len());
         let mut external_data = Vec::with_capacity(external.len());
+        let mut filled = Vec::new();
         for (name, bytes) in external {
+            let bytes = Arc::new(bytes);
+            if bytes.method() == Method::OnDemand {
+                filled.push(Arc::clone(&bytes));
+            }
             external_names.push(name);
             external_data.push(buffer_over(&env, bytes)?);
         }
-        Ok(DecryptedModel { model, external_names, external_data, tier, tiers, tensors, decrypted_bytes })
+        let region = (!filled.is_empty()).then_some(Region { files: filled });
+        Ok(DecryptedModel { model, external_names, external_data, tier, tiers, tensors, decrypted_bytes, region })
     }
 }
 
-/// A `Buffer` over the decrypted bytes, which it owns: they are wiped and freed when the
-/// buffer is collected. Where Node forbids buffers over outside memory (Electron), the
-/// bytes are copied and the decrypted memory wiped at once.
-fn buffer_over(env: &Env, bytes: DecryptedBytes) -> napi::Result<Buffer> {
+/// A `Buffer` over the decrypted bytes, which it shares: they are wiped and freed when the
+/// buffer (and any [`Region`] holding them) is collected. Where Node forbids buffers over
+/// outside memory (Electron), the bytes are copied and the decrypted memory wiped at once.
+fn buffer_over(env: &Env, bytes: Arc<DecryptedBytes>) -> napi::Result<Buffer> {
     if bytes.is_empty() {
         return BufferSlice::copy_from(env, [])?.into_buffer(env);
     }
-    // The backing is an owned buffer or a private writable map: JavaScript may write it.
+    // The backing is an owned buffer, a private writable map or a writable region filled
+    // on demand: JavaScript may write it.
     let ptr = bytes.as_ptr().cast_mut();
     let len = bytes.len();
     // SAFETY: `ptr` is valid for `len` bytes for as long as `bytes` lives; `bytes` is the
-    // finalize hint, dropped (wiped and freed) only when the buffer is collected or, if
-    // no external buffer can be made, after the copy.
+    // finalize hint, dropped (and the memory, once no other holder is left, wiped and
+    // freed) only when the buffer is collected or, if no external buffer can be made,
+    // after the copy.
     let slice = unsafe { BufferSlice::from_external(env, ptr, len, bytes, |_, b| drop(b)) }?;
     slice.into_buffer(env)
 }
@@ -166,7 +217,9 @@ fn buffer_over(env: &Env, bytes: DecryptedBytes) -> napi::Result<Buffer> {
 /// Verifies and decrypts the protected model at `path` (and its external data files) into
 /// memory: `key` (32 raw bytes, 64 hex digits or a key file's text), `passphrase` or
 /// `identity` (the text of an age identity file); `tier` 0 for the key's own; `signers`
-/// the trusted publishers (`onnx-protect-signer1…`), none to accept an unsigned model.
+/// the trusted publishers (`onnx-protect-signer1…`), none to accept an unsigned model;
+/// `on_demand` for a session: the external data filled on demand where the system allows
+/// it ([`DecryptedModel::region`] then set, to be settled once the session is built).
 #[napi]
 pub fn decrypt_file(
     path: String,
@@ -175,6 +228,7 @@ pub fn decrypt_file(
     identity: Option<String>,
     tier: u32,
     signers: Vec<String>,
+    on_demand: Option<bool>,
 ) -> napi::Result<AsyncTask<Decrypt>> {
     let key = key_source(key, passphrase, identity)?;
     let signers = signers
@@ -182,7 +236,13 @@ pub fn decrypt_file(
         .map(|s| SignerKey::parse(s).map_err(|e| failure("key", format!("signer {s}: {e}"))))
         .collect::<napi::Result<Vec<_>>>()?;
     let tier = (tier != 0).then_some(tier);
-    Ok(AsyncTask::new(Decrypt { path: PathBuf::from(path), key, tier, signers }))
+    Ok(AsyncTask::new(Decrypt { path: PathBuf::from(path), key, tier, signers, on_demand: on_demand.unwrap_or(false) }))
+}
+
+/// Whether external data can be filled on demand here (`decryptFile` with `on_demand`).
+#[napi]
+pub fn on_demand_available() -> bool {
+    onnx_protect_core::memory::on_demand_available()
 }
 
 /// The version of the Rust core this engine was built from.

@@ -100,6 +100,12 @@ mod patch;
 
 pub use self::decrypted::{DecryptedBytes, DecryptedModel, Method};
 
+/// Whether [`InMemory::on_demand`] can fill memory on demand here (a usable `userfaultfd`;
+/// checked once per process).
+pub fn on_demand_available() -> bool {
+    onnx_protect_fsio::ondemand::available()
+}
+
 /// What a protected model is read from.
 #[derive(Clone, Copy)]
 enum Input<'a> {
@@ -127,6 +133,7 @@ pub struct InMemory<'a> {
     tier: Option<u32>,
     signers: &'a [SignerKey],
     on_demand: bool,
+    read_once: bool,
     accept: Option<&'a Accept>,
 }
 
@@ -134,14 +141,30 @@ impl<'a> InMemory<'a> {
     /// The protected model at `path`, opened with `key`: a full decryption (the key's own
     /// tier), no signer required, every file decrypted before it is handed out.
     pub fn file(path: &'a Path, key: &'a KeySource) -> InMemory<'a> {
-        InMemory { input: Input::File(path), key, tier: None, signers: &[], on_demand: false, accept: None }
+        InMemory {
+            input: Input::File(path),
+            key,
+            tier: None,
+            signers: &[],
+            on_demand: false,
+            read_once: false,
+            accept: None,
+        }
     }
 
     /// A protected model already open, read from a file (`Model::open`) or parsed from
     /// memory (`Model::from_vec`), opened with `key`. A model read from a file is copied
     /// from the very file it was parsed from.
     pub fn model(model: &'a Model, key: &'a KeySource) -> InMemory<'a> {
-        InMemory { input: Input::Model(model), key, tier: None, signers: &[], on_demand: false, accept: None }
+        InMemory {
+            input: Input::Model(model),
+            key,
+            tier: None,
+            signers: &[],
+            on_demand: false,
+            read_once: false,
+            accept: None,
+        }
     }
 
     /// For tiered models, decrypts up to tier `tier` (`None`: the key's own tier), as
@@ -171,6 +194,15 @@ impl<'a> InMemory<'a> {
     /// process forked while the result lives first fills it completely.
     pub fn on_demand(self, on_demand: bool) -> InMemory<'a> {
         InMemory { on_demand, ..self }
+    }
+
+    /// With `read_once`, memory filled on demand is for a reader that copies what it reads,
+    /// each byte once and in order (onnxruntime copying external data given in memory, as
+    /// onnxruntime-node does): while the session is built, the region holds a few blocks
+    /// beyond the one read instead of the largest tensor's worth. A reader that reads a
+    /// tensor again after others then has it filled again.
+    pub fn read_once(self, read_once: bool) -> InMemory<'a> {
+        InMemory { read_once, ..self }
     }
 
     /// Decrypts only a model whose protection `accept` accepts: it is called once the
@@ -222,7 +254,7 @@ impl<'a> InMemory<'a> {
         }
         let label_locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
         let d: Decryption<'_> = protection.into_decryption(model, self.key, self.tier, self.signers)?;
-        let decrypted = match ondemand::on_demand_if(self.on_demand, d)? {
+        let decrypted = match ondemand::on_demand_if(self.on_demand, self.read_once, d)? {
             Ok(done) => done,
             Err(d) => load(d, file)?,
         };

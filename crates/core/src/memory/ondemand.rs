@@ -73,18 +73,19 @@ const TABLE_CAP_BLOCKS: usize = 16;
 /// The on-demand load of `d` when `wanted` and the system can, or `d` back.
 pub(super) fn on_demand_if(
     wanted: bool,
+    read_once: bool,
     d: Decryption<'_>,
 ) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     if wanted && !d.model.external_files.is_empty() && ondemand::available() {
-        on_demand(d)
+        on_demand(d, read_once)
     } else {
         Ok(Err(d))
     }
 }
 
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
-/// made (memory, map limits).
-fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
+/// made (memory, map limits); `read_once`: see [`InMemory::read_once`](super::InMemory::read_once).
+fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model = d.model;
     let total: u64 = model.external_files.iter().map(|f| f.size).sum();
     let (Some(expected), None, NewEntry::Remove) = (&d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
@@ -160,7 +161,9 @@ fn on_demand(d: Decryption<'_>) -> Result<std::result::Result<DecryptedModel, De
         })
         .max()
         .unwrap_or(0);
-    let budget = usize::try_from((largest.div_ceil(block) + BUDGET_SLACK) * block).unwrap_or(usize::MAX);
+    // A reader that copies each byte once needs no tensor kept whole.
+    let kept = if read_once { 0 } else { largest.div_ceil(block) };
+    let budget = usize::try_from((kept + BUDGET_SLACK) * block).unwrap_or(usize::MAX);
     let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
     let region_len = first_block.checked_mul(block_len).ok_or_else(too_large)?;
     // The region first, then what fills it: `d` is still whole if the region cannot be made.

@@ -285,75 +285,55 @@ fn recipient_of(public: &Public) -> Result<TpmRecipient, TpmError> {
 }
 
 fn srk_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    ecc_template(
+        |a| a.with_no_da(true).with_restricted(true).with_decrypt(true),
+        PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        ),
+    )
 }
 
 fn key_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_decrypt(true)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
-                .with_curve(EccCurve::NistP256)
-                .with_is_signing_key(false)
-                .with_is_decryption_key(true)
-                .with_restricted(false)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    ecc_template(
+        |a| a.with_decrypt(true),
+        PublicEccParametersBuilder::new()
+            .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
+            .with_curve(EccCurve::NistP256)
+            .with_is_signing_key(false)
+            .with_is_decryption_key(true)
+            .with_restricted(false)
+            .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null),
+    )
 }
 
 fn signing_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
+    ecc_template(
+        |a| a.with_sign_encrypt(true),
+        PublicEccParametersBuilder::new_unrestricted_signing_key(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        ),
+    )
+}
+
+/// The public template of an ECC key with a SHA-256 name and an empty unique, the ECC
+/// `parameters`, and the attributes `fixedTPM | fixedParent | sensitiveDataOrigin |
+/// userWithAuth` plus those `attributes` sets.
+fn ecc_template(
+    attributes: impl FnOnce(ObjectAttributesBuilder) -> ObjectAttributesBuilder,
+    parameters: PublicEccParametersBuilder,
+) -> tss_esapi::Result<Public> {
+    let common = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_sign_encrypt(true)
-        .build()?;
+        .with_user_with_auth(true);
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
+        .with_object_attributes(attributes(common).build()?)
+        .with_ecc_parameters(parameters.build()?)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
 }

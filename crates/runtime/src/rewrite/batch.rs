@@ -1,7 +1,7 @@
 use tract_onnx::pb;
-use tract_onnx::pb::attribute_proto::AttributeType;
 
-use super::emit::{attribute, parts, Emit};
+use super::emit::{parts, Emit};
+use super::ops::normalise_per_channel;
 use super::Ctx;
 use crate::error::Result;
 
@@ -33,31 +33,8 @@ pub(crate) fn batch_statistics(model: &mut pb::ModelProto) -> Result<Vec<BatchSt
             continue;
         }
         let (label, ins, y) = parts(&n, 5, &["epsilon", "momentum", "training_mode", "spatial"])?;
-        let (x, scale, bias) = (ins[0], ins[1], ins[2]);
-        let epsilon = n.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f);
         let mut e = Emit { ctx: &mut ctx, base: label, nodes: Vec::new() };
-        let shape = e.op("Shape", &[x]);
-        let (zero, two, rest) = (e.ints(&[0]), e.ints(&[2]), e.ints(&[-1]));
-        let leading = e.op("Slice", &[&shape, &zero, &two]);
-        let flat = e.op("Concat", &[&leading, &rest]);
-        if let Some(c) = e.nodes.last_mut() {
-            c.attribute.push(pb::AttributeProto { i: 0, ..attribute("axis", AttributeType::Int) });
-        }
-        let x3 = e.op("Reshape", &[x, &flat]);
-        let mean = e.reduce_mean(&x3, &[0, 2]);
-        let centred = e.op("Sub", &[&x3, &mean]);
-        let squared = e.op("Mul", &[&centred, &centred]);
-        let var = e.reduce_mean(&squared, &[0, 2]);
-        let eps = e.float_like(epsilon, x);
-        let shifted = e.op("Add", &[&var, &eps]);
-        let deviation = e.op("Sqrt", &[&shifted]);
-        let normal = e.op("Div", &[&centred, &deviation]);
-        let column = e.ints(&[-1, 1]);
-        let scale = e.op("Reshape", &[scale, &column]);
-        let bias = e.op("Reshape", &[bias, &column]);
-        let scaled = e.op("Mul", &[&normal, &scale]);
-        let y3 = e.op("Add", &[&scaled, &bias]);
-        e.op_to("Reshape", &[&y3, &shape], y);
+        let (mean, var) = normalise_per_channel(&mut e, &n, &ins, y, &[0, 2]);
         out.extend(e.nodes);
         found.push(BatchStatistics { node: i, mean, var });
     }

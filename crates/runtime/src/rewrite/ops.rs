@@ -82,15 +82,30 @@ pub(super) fn mish(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::NodeProto
     Ok(e.nodes)
 }
 
-/// The nodes that compute `InstanceNormalization` by its definition: `x` viewed as
-/// `[N, C, rest]` (the shape built from `Shape(x)`; a `0` "copy this dimension" in the
-/// Reshape made tract's optimiser fail for a batch of one), normalised per sample and
-/// channel over `rest`, scaled and shifted per channel, given its shape back.
+/// The nodes that compute `InstanceNormalization` by its definition: normalised per
+/// sample and channel (see [`normalise_per_channel`]).
 pub(super) fn instance_norm(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::NodeProto>> {
     let (label, ins, y) = parts(n, 3, &["epsilon"])?;
+    let mut e = Emit { ctx, base: label, nodes: Vec::new() };
+    normalise_per_channel(&mut e, n, &ins, y, &[2]);
+    Ok(e.nodes)
+}
+
+/// Emits the nodes of a normalisation node `n` (inputs `x`, `scale`, `bias`; attribute
+/// `epsilon`, default 1e-5) writing to `y`: `x` viewed as `[N, C, rest]` (the shape built
+/// from `Shape(x)`; a `0` "copy this dimension" in the Reshape made tract's optimiser fail
+/// for a batch of one), normalised by the mean and population variance over `axes` of that
+/// view (`[2]`: per sample and channel; `[0, 2]`: per channel over the batch), scaled and
+/// shifted per channel, given its shape back. Returns the names of the mean and variance.
+pub(super) fn normalise_per_channel(
+    e: &mut Emit,
+    n: &pb::NodeProto,
+    ins: &[&str],
+    y: &str,
+    axes: &[i64],
+) -> (String, String) {
     let (x, scale, bias) = (ins[0], ins[1], ins[2]);
     let epsilon = n.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f);
-    let mut e = Emit { ctx, base: label, nodes: Vec::new() };
     let shape = e.op("Shape", &[x]);
     let (zero, two, rest) = (e.ints(&[0]), e.ints(&[2]), e.ints(&[-1]));
     let leading = e.op("Slice", &[&shape, &zero, &two]);
@@ -99,10 +114,10 @@ pub(super) fn instance_norm(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::
         c.attribute.push(pb::AttributeProto { i: 0, ..attribute("axis", AttributeType::Int) });
     }
     let x3 = e.op("Reshape", &[x, &flat]);
-    let mean = e.reduce_mean(&x3, &[2]);
+    let mean = e.reduce_mean(&x3, axes);
     let centred = e.op("Sub", &[&x3, &mean]);
     let squared = e.op("Mul", &[&centred, &centred]);
-    let variance = e.reduce_mean(&squared, &[2]);
+    let variance = e.reduce_mean(&squared, axes);
     let eps = e.float_like(epsilon, x);
     let shifted = e.op("Add", &[&variance, &eps]);
     let deviation = e.op("Sqrt", &[&shifted]);
@@ -113,5 +128,5 @@ pub(super) fn instance_norm(n: &pb::NodeProto, ctx: &mut Ctx) -> Result<Vec<pb::
     let scaled = e.op("Mul", &[&normal, &scale]);
     let y3 = e.op("Add", &[&scaled, &bias]);
     e.op_to("Reshape", &[&y3, &shape], y);
-    Ok(e.nodes)
+    (mean, variance)
 }

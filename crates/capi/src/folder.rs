@@ -6,7 +6,7 @@ use std::ffi::{c_char, CString};
 
 use onnx_protect_folder::{Folder, FolderError};
 
-use crate::{at, call, out_arg, path_arg, put, Failure, OnnxProtectKey, OnnxProtectStatus};
+use crate::{at, call, call_out, path_arg, Failure, OnnxProtectKey, OnnxProtectStatus};
 
 /// A protected model folder whose bindings agree with each other and with its files.
 pub struct OnnxProtectFolder {
@@ -59,9 +59,7 @@ pub unsafe extern "C" fn onnx_protect_folder_open(
     copy_to: *const c_char,
     out: *mut *mut OnnxProtectFolder,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let dir = unsafe { path_arg(dir, "dir") }?;
         // SAFETY: the caller's contract.
@@ -79,10 +77,10 @@ pub unsafe extern "C" fn onnx_protect_folder_open(
         for m in folder.models() {
             models.push((c_string(m.path.as_bytes(), &m.path)?, c_string(path_bytes(&m.abs), &m.path)?));
         }
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectFolder { models }) };
-        Ok(())
-    })
+        Ok(OnnxProtectFolder { models })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// The number of models of an open folder; 0 for `NULL`.

@@ -10,9 +10,7 @@ use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::KeyFile;
 use zeroize::Zeroizing;
 
-use crate::{
-    bytes_arg, call, key_failure, out_arg, path_arg, put, str_arg, Failure, OnnxProtectKey, OnnxProtectStatus,
-};
+use crate::{bytes_arg, call_out, key_failure, path_arg, str_arg, Failure, OnnxProtectKey, OnnxProtectStatus};
 
 /// A key from `len` bytes: 32 raw bytes, 64 hex digits, or the text of a key file.
 /// The library keeps its own copy; the caller may wipe `data` afterwards.
@@ -25,16 +23,14 @@ pub unsafe extern "C" fn onnx_protect_key_from_bytes(
     len: usize,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let bytes = unsafe { bytes_arg(data, len, "data") }?;
         let (source, _) = KeySource::from_key_file(bytes).map_err(|e| key_failure(format!("key bytes: {e}")))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// A key from a key file (as `onnx-protect keygen` writes it; 64 hex digits or 32 raw
@@ -47,18 +43,16 @@ pub unsafe extern "C" fn onnx_protect_key_from_file(
     path: *const c_char,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
         let bytes = read_secret(&path, "key file")?;
         let (source, _) =
             KeySource::from_key_file(&bytes).map_err(|e| key_failure(format!("key file {}: {e}", path.display())))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// A key from the environment variable `name`: 64 hex digits or the text of a key file.
@@ -70,9 +64,7 @@ pub unsafe extern "C" fn onnx_protect_key_from_env(
     name: *const c_char,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let var = unsafe { str_arg(name, "name") }?;
         // The variable named once: most of these errors name it already.
@@ -84,10 +76,10 @@ pub unsafe extern "C" fn onnx_protect_key_from_env(
                 format!("environment variable {var}: {m}")
             })
         })?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::key(file.into_key()) }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source: KeySource::key(file.into_key()) })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// A passphrase of `len` bytes (stretched with the model's Argon2id parameters when
@@ -101,19 +93,17 @@ pub unsafe extern "C" fn onnx_protect_key_from_passphrase(
     len: usize,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let bytes = unsafe { bytes_arg(data, len, "data") }?;
         if bytes.is_empty() {
             return Err(key_failure("the passphrase is empty".into()));
         }
         let source = KeySource::passphrase(Zeroizing::new(bytes.to_vec()));
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// An identity file: age X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen`
@@ -128,9 +118,7 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
     path: *const c_char,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
         let bytes = read_secret(&path, "identity file")?;
@@ -140,10 +128,10 @@ pub unsafe extern "C" fn onnx_protect_key_from_identity_file(
         let id =
             onnx_protect_core::keys::parse_identity_file(text, &tcti, std::sync::Arc::new(onnx_protect_keys::NoPrompt))
                 .map_err(|e| key_failure(format!("identity file {}: {e}", path.display())))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source: KeySource::new(id) }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source: KeySource::new(id) })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// A copy of `key` with a licence (docs/shipping.md#licences), for models encrypted with a
@@ -159,9 +147,7 @@ pub unsafe extern "C" fn onnx_protect_key_with_licence(
     licence_path: *const c_char,
     out: *mut *mut OnnxProtectKey,
 ) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let key = unsafe { key.as_ref() }.ok_or_else(|| Failure::argument("key is NULL"))?;
         // SAFETY: the caller's contract.
@@ -178,10 +164,10 @@ pub unsafe extern "C" fn onnx_protect_key_with_licence(
         let tcti = onnx_protect_tpm::tcti_from_env();
         let source = onnx_protect_core::keys::with_licence(key.source.clone(), &text, None, &tcti)
             .map_err(|e| Failure::from(CoreError::from(e)))?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectKey { source }) };
-        Ok(())
-    })
+        Ok(OnnxProtectKey { source })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// Releases a key, zeroing it. `NULL` is accepted.

@@ -225,6 +225,22 @@ fn call(f: impl FnOnce() -> Result<(), Failure>) -> OnnxProtectStatus {
     }
 }
 
+/// Runs `make` as [`call`] does, with `out` checked (and set to `NULL`, as it stays on
+/// every failure) first and set to a handle of what `make` returns.
+///
+/// # Safety
+/// `out` is `NULL` or valid for a pointer write.
+unsafe fn call_out<T>(out: *mut *mut T, make: impl FnOnce() -> Result<T, Failure>) -> OnnxProtectStatus {
+    call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(out, "out") }?;
+        let value = make()?;
+        // SAFETY: `out` was checked.
+        unsafe { put(out, value) };
+        Ok(())
+    })
+}
+
 /// The path in a C string.
 ///
 /// # Safety
@@ -348,9 +364,7 @@ pub extern "C" fn onnx_protect_status_name(status: i32) -> *const c_char {
 /// `path` is a NUL-terminated string; `out` is valid for a pointer write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn onnx_protect_open(path: *const c_char, out: *mut *mut OnnxProtectFile) -> OnnxProtectStatus {
-    call(|| {
-        // SAFETY: the caller's contract.
-        unsafe { out_arg(out, "out") }?;
+    let make = || {
         // SAFETY: the caller's contract.
         let path = unsafe { path_arg(path, "path") }?;
         let model = onnx_protect_core::protection::open_protected(&path, &NoProgress).map_err(|e| at(&path, e))?;
@@ -367,10 +381,10 @@ pub unsafe extern "C" fn onnx_protect_open(path: *const c_char, out: *mut *mut O
             encrypted_bytes: info.encrypted_bytes,
             signers: Vec::new(),
         };
-        // SAFETY: `out` was checked.
-        unsafe { put(out, file) };
-        Ok(())
-    })
+        Ok(file)
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// The format version of an open file's manifest (1 or 2); 0 for `NULL`.
@@ -468,16 +482,12 @@ pub unsafe extern "C" fn onnx_protect_file_verify(
 /// The arguments of a decryption, checked: the file, the key, the tier (`None` for 0).
 ///
 /// # Safety
-/// As the decryption calls': `file` and `key` NULL or live handles, `out` valid for a
-/// pointer write or NULL.
+/// As the decryption calls': `file` and `key` NULL or live handles.
 unsafe fn decrypt_args<'h>(
     file: *const OnnxProtectFile,
     key: *const OnnxProtectKey,
     tier: u32,
-    out: *mut *mut OnnxProtectModel,
 ) -> Result<(&'h OnnxProtectFile, &'h OnnxProtectKey, Option<u32>), Failure> {
-    // SAFETY: the caller's contract.
-    unsafe { out_arg(out, "out") }?;
     // SAFETY: the caller's contract.
     let file = unsafe { file.as_ref() }.ok_or_else(|| Failure::argument("file is NULL"))?;
     // SAFETY: the caller's contract.
@@ -500,9 +510,9 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
     tier: u32,
     out: *mut *mut OnnxProtectModel,
 ) -> OnnxProtectStatus {
-    call(|| {
+    let make = || {
         // SAFETY: the caller's contract.
-        let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
+        let (file, key, tier) = unsafe { decrypt_args(file, key, tier) }?;
         let m = InMemory::file(&file.path, &key.source)
             .tier(tier)
             .signers(&file.signers)
@@ -518,10 +528,10 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
                 Ok((loc, Held::Decrypted(data), n))
             })
             .collect::<Result<Vec<_>, Failure>>()?;
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectModel { model: Held::Decrypted(model), external }) };
-        Ok(())
-    })
+        Ok(OnnxProtectModel { model: Held::Decrypted(model), external })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// Verifies and decrypts an open file for an onnxruntime session: the model data
@@ -547,9 +557,9 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
     tier: u32,
     out: *mut *mut OnnxProtectModel,
 ) -> OnnxProtectStatus {
-    call(|| {
+    let make = || {
         // SAFETY: the caller's contract.
-        let (file, key, tier) = unsafe { decrypt_args(file, key, tier, out) }?;
+        let (file, key, tier) = unsafe { decrypt_args(file, key, tier) }?;
         let at_file = |e: CoreError| at(&file.path, e);
         let (m, index) = InMemory::file(&file.path, &key.source)
             .tier(tier)
@@ -589,10 +599,10 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
         // file onnxruntime reads.
         external.values().try_for_each(DecryptedBytes::settle).map_err(at_file)?;
         let graph = Held::Graph(Zeroizing::new(plan.graph));
-        // SAFETY: `out` was checked.
-        unsafe { put(out, OnnxProtectModel { model: graph, external: files }) };
-        Ok(())
-    })
+        Ok(OnnxProtectModel { model: graph, external: files })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { call_out(out, make) }
 }
 
 /// Once the session is created from a model of `onnx_protect_file_decrypt_for_session`:

@@ -236,6 +236,24 @@ def _licensed(k: Key | None, licence: PathLike | None, licence_clock: PathLike |
     return k.with_licence(os.fspath(licence), clock=None if licence_clock is None else os.fspath(licence_clock))
 
 
+def _opening_key(
+    key: Key | BytesLike | None,
+    key_file: PathLike | None,
+    key_env: str | None,
+    passphrase: str | BytesLike | None,
+    passphrase_env: str | None,
+    identity_file: PathLike | None,
+    licence: PathLike | None,
+    licence_clock: PathLike | None,
+    required: bool = True,
+) -> Key | None:
+    """The one key given (an error if none was and it is ``required``), with the licence if
+    one was given: the key arguments of the functions that open a model."""
+    keys = dict(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
+                passphrase_env=passphrase_env, identity_file=identity_file)
+    return _licensed(_required_key(**keys) if required else _key(**keys), licence, licence_clock)
+
+
 def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
     """``(what, "OP=VALUE")`` pairs for one override argument."""
     if isinstance(value, str):
@@ -362,11 +380,7 @@ def decrypt(
     ``tier``; default: the key's own tier). ``signers`` are trusted publishers
     (``onnx-protect-signer1...``): when given, a model without a valid signature of
     one of them is refused. Returns the decryption report."""
-    k = _required_key(
-        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file,
-    )
-    k = _licensed(k, licence, licence_clock)
+    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
     return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
 
 
@@ -386,11 +400,8 @@ def verify(
 ) -> dict[str, Any]:
     """Verifies a protected model: with a key, every MAC the key allows; without,
     the keyless content digest. Raises on failure; returns the report."""
-    k = _key(
-        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file,
-    )
-    k = _licensed(k, licence, licence_clock)
+    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock,
+                     required=False)
     return json.loads(_native.verify(os.fspath(path), key=k, signers=list(signers)))
 
 
@@ -433,11 +444,7 @@ def load(
     :class:`Buffer`; ``.close()`` (or ``with``) zeroes the buffers. The GIL is
     released while the model is verified and decrypted.
     """
-    k = _required_key(
-        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file,
-    )
-    k = _licensed(k, licence, licence_clock)
+    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
     return _native.load(os.fspath(path), key=k, tier=tier, signers=list(signers))
 
 
@@ -681,11 +688,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     import numpy as np
     import onnxruntime as ort
 
-    k = _required_key(
-        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file,
-    )
-    k = _licensed(k, licence, licence_clock)
+    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     _refuse_disk_writes(so, providers, provider_options)
     if isinstance(path_or_bytes, (bytearray, memoryview)):

@@ -34,10 +34,9 @@ from . import (
     OnnxProtectError,
     PathLike,
     UnsafeSessionOptions,
-    _licensed,
     _native,
+    _opening_key,
     _PROVIDER_CACHES,
-    _required_key,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,11 +264,7 @@ def Config(  # noqa: N802 (named as the onnxruntime_genai class it returns)
     """An ``onnxruntime_genai.Config`` of the protected folder ``folder``, its models
     verified, decrypted into memory and registered: set providers or options on it, then
     ``onnx_protect.genai.Model(config)``. Keys as for ``onnx_protect.InferenceSession``."""
-    k = _required_key(
-        key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-        passphrase_env=passphrase_env, identity_file=identity_file,
-    )
-    k = _licensed(k, licence, licence_clock)
+    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
     return _load(folder, k, tier, signers, on_demand)
 
 

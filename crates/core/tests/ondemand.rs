@@ -325,11 +325,14 @@ fn a_change_in_a_gathered_table_that_nothing_reads_is_refused_by_settle() {
         let mut b = original.clone();
         b[i] ^= 0x40;
         std::fs::write(&side, &b).unwrap();
-        let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
-        let e = lazy.external()["w.bin"].settle().unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Modified, "byte {i}: {e}");
-        assert_eq!(lazy.external()["w.bin"].settle().unwrap_err().kind(), ErrorKind::Modified, "byte {i}, again");
-        drop(lazy);
+        // Also for a reader that copies once, whose tables are hashed by `settle` itself.
+        for read_once in [false, true] {
+            let lazy = InMemory::file(&protected, &k).on_demand(true).read_once(read_once).load().unwrap();
+            let e = lazy.external()["w.bin"].settle().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Modified, "byte {i}, read_once {read_once}: {e}");
+            let again = lazy.external()["w.bin"].settle().unwrap_err();
+            assert_eq!(again.kind(), ErrorKind::Modified, "byte {i}, read_once {read_once}, again");
+        }
         // Dropped before `settle`, whatever the thread is doing.
         let early = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
         drop(early);

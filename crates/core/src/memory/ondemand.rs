@@ -193,7 +193,9 @@ fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<D
     let ranges = table_ranges(model, &tables);
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
     region.group_blocks(block_groups(model, &files, block, first_block));
-    let ahead = if listed { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
+    // A reader that copies once reads the tables whole too: their chunks are hashed as filled.
+    let ahead =
+        if listed && !read_once { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
     let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use onnx_protect_core::format2::recipients::EncryptTo;
-use onnx_protect_core::rewrap::Remove;
+use onnx_protect_core::rewrap::{Remove, RewrapOptions};
+use onnx_protect_core::OutputRules;
+use onnx_protect_format::Progress;
 
 use crate::args::key::{RecipientArgs, SignArgs};
 use crate::exit::usage;
@@ -35,6 +37,26 @@ pub struct Change {
     pub remove: Vec<Remove>,
     pub signing_keys: Vec<onnx_protect_keys::SigningKey>,
     pub drop_signatures: bool,
+}
+
+impl Change {
+    /// The options of a rewrap that makes this change.
+    pub fn options<'a>(
+        &'a self,
+        in_place: bool,
+        outputs: OutputRules,
+        progress: &'a dyn Progress,
+    ) -> RewrapOptions<'a> {
+        RewrapOptions {
+            add: &self.add,
+            remove: &self.remove,
+            signing_keys: &self.signing_keys,
+            drop_signatures: self.drop_signatures,
+            in_place,
+            outputs,
+            progress,
+        }
+    }
 }
 
 impl ChangeArgs {

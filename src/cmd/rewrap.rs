@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use onnx_protect_core::pass::journal::{self, Recovery};
-use onnx_protect_core::rewrap::{rewrap, RewrapOptions, RewrapReport};
+use onnx_protect_core::rewrap::{rewrap, RewrapReport};
 
 use crate::args::change::ChangeArgs;
 use crate::args::key::OpenKeyArgs;
@@ -54,15 +54,7 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
     };
     let c = a.change.build(tiers)?;
     let bar = Bar::new(a.out.quiet);
-    let opts = RewrapOptions {
-        add: &c.add,
-        remove: &c.remove,
-        signing_keys: &c.signing_keys,
-        drop_signatures: c.drop_signatures,
-        in_place: true,
-        outputs: a.write.rules(),
-        progress: &bar,
-    };
+    let opts = c.options(true, a.write.rules(), &bar);
     let mut r = onnx_protect_folder::rewrap(&a.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
     r.recovered.splice(0..0, recovered);
     a.out.report(&r, false, || {
@@ -97,15 +89,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
-    let opts = RewrapOptions {
-        add: &c.add,
-        remove: &c.remove,
-        signing_keys: &c.signing_keys,
-        drop_signatures: c.drop_signatures,
-        in_place: a.in_place,
-        outputs: a.write.rules(),
-        progress: &bar,
-    };
+    let opts = c.options(a.in_place, a.write.rules(), &bar);
     // An earlier in-place rewrap of the model that a crash interrupted is finished (or
     // undone) first, here, so that it is reported whether this one succeeds or not.
     let earlier = if a.in_place {

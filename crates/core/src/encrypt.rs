@@ -7,11 +7,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use onnx_protect_crypto::{DataKey, TierKeys};
+use onnx_protect_crypto::{DataKey, Mode, TierKeys};
 use onnx_protect_format::{discover, Model, NoProgress, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
-use onnx_protect_select::{select, Mode, Policy, PolicyError, Selection};
+use onnx_protect_select::{select, Policy, PolicyError, Selection};
 
 use crate::error::{CoreError, Result};
 use crate::format2::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use onnx_protect_crypto::{fp_mask, Mode};
 use onnx_protect_format::{Locator, Model, Tensor, TensorData};
 use onnx_protect_proto::v2 as pb;
-use onnx_protect_select::{fp_mask, Mode};
 
 use crate::error::{BadManifest, Modified, Result};
 
@@ -216,7 +216,7 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     if let TensorData::Varint { canonical: false, .. } | TensorData::Strings { .. } | TensorData::Empty = t.data {
         return Err(Modified::Storage { tensor: tensor() }.into());
     }
-    if mode == Mode::Fp && fp_mask(t.data_type).is_none() {
+    if mode == Mode::Fp && fp_mask(t.data_type.to_i32()).is_none() {
         return Err(BadManifest::NoFpMask { tensor: tensor(), dtype: t.data_type }.into());
     }
     if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {

@@ -3,7 +3,7 @@
 //! items left out), collects every `crate::`, `super::` and child-module path, and fails
 //! on any strongly connected component of more than one module, naming it. A path to an
 //! item the crate root re-exports (`crate::Name`) fails too: modules name the module that
-//! defines what they use.
+//! defines what they use. Core's byte pass and entry matching use nothing of selection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -335,6 +335,25 @@ fn core_modules_import_one_another_without_a_circle() {
 #[test]
 fn keys_modules_import_one_another_without_a_circle() {
     check_crate("../keys/src");
+}
+
+/// The byte pass (`src/pass/`) and the matching of manifest entries (`src/target.rs`) ask
+/// the cipher (`onnx_protect_crypto::Mode`, `fp_mask`) what a mode does, never selection:
+/// their code names nothing of `onnx_protect_select`.
+#[test]
+fn the_byte_pass_and_entry_matching_import_nothing_from_selection() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.join("target.rs")];
+    rust_files(&src.join("pass"), &mut files);
+    assert!(files.len() > 3, "{files:?}");
+    let importing: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| {
+            let code = without_tests(&code_only(&std::fs::read_to_string(f).expect("a source file")));
+            code.contains("onnx_protect_select")
+        })
+        .collect();
+    assert!(importing.is_empty(), "modules of the byte pass that use selection: {importing:?}");
 }
 
 #[test]

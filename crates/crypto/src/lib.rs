@@ -23,6 +23,11 @@
 //! are read and written by [`KeyFile`], which records what kind of key a file
 //! holds.
 //!
+//! What each [`Mode`] means to the cipher (docs/format.md §6) is here too: the bits of an
+//! element the format-preserving mode reaches ([`fp_mask`], by `data_type` code), and
+//! which modes transform a span as a whole and how many elements such a span holds at
+//! least ([`Mode::whole_spans`], [`Mode::min_span_elements`]).
+//!
 //! [`Checksum`] is a keyless SHA-256 for integrity checks.
 //!
 //! Invariants kept throughout: secret keys are wiped on drop and never
@@ -74,6 +79,7 @@ mod error;
 mod key_file;
 mod keystream;
 mod master;
+mod mode;
 mod schedule;
 mod session;
 mod shuffle;
@@ -95,6 +101,7 @@ pub use error::CryptoError;
 pub use key_file::{KeyFile, KeyKind, KEY_LINE_TAG, MAX_KEY_FILE_LEN, MAX_TIERS};
 pub use keystream::{aes256_ctr_xor, Keystream, MAX_MASK_LEN};
 pub use master::{KdfParams, MasterKey, FINGERPRINT_LABEL, KDF_SALT_LEN, TIER_DOWN_LABEL, TIER_SALT};
+pub use mode::{fp_mask, Mode, DP_MIN_ELEMENTS};
 pub use schedule::KeySchedule;
 pub use session::{random_salt, SessionKeys, KEY_CHECK_LABEL, MAC_KEY_LABEL, TENSOR_KEY_LABEL};
 pub use shuffle::{KeyedShuffle, WordOrder, MAX_SHUFFLE_LEN};

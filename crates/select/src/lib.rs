@@ -121,9 +121,9 @@ pub fn chosen_count(coefficient_ppm: u32, n: u64) -> u64 {
     (k as u64).clamp(1, n)
 }
 
-/// Fewest elements a distribution-preserving subsequence holds: a shorter permutation
-/// hides too little.
-pub const DP_MIN_ELEMENTS: u64 = 16;
+/// Fewest elements a distribution-preserving subsequence holds (the cipher's
+/// [`Mode::min_span_elements`] of `dp`).
+pub use onnx_protect_crypto::DP_MIN_ELEMENTS;
 
 /// The split a rule's subsequences get in `mode`: in the distribution-preserving mode, a
 /// first-dimension split whose rows hold fewer than [`DP_MIN_ELEMENTS`] elements becomes

@@ -6,10 +6,9 @@
 
 use std::ops::Range;
 
-use onnx_protect_crypto::Keystream;
+use onnx_protect_crypto::{fp_mask, Keystream, Mode};
 use onnx_protect_format::write::{Content, Edit};
 use onnx_protect_format::{DataType, Model, Tensor, TensorData};
-use onnx_protect_select::{fp_mask, Mode};
 
 use crate::error::{BadManifest, CoreError, Result};
 use crate::target::Target;
@@ -40,8 +39,8 @@ pub(crate) fn apply(
         }
         Mode::Dp => return Err(CoreError::Internal("the distribution-preserving mode applied chunk by chunk")),
         Mode::Fp => {
-            let mask =
-                fp_mask(dtype).ok_or(CoreError::Internal("the format-preserving mode on a type without a mask"))?;
+            let mask = fp_mask(dtype.to_i32())
+                .ok_or(CoreError::Internal("the format-preserving mode on a type without a mask"))?;
             if parallel {
                 ks.apply_masked_par(offset, data, mask)?
             } else {

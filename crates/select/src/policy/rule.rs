@@ -1,25 +1,13 @@
 use onnx_protect_format::discover::roles;
 use onnx_protect_format::{DataType, Layers, Model, Origin, TensorRole, Weight, WeightKind, WeightUse};
-use serde::Deserialize;
 
 use super::error::PolicyError;
 use super::{DEFAULT_COEFFICIENT, DEFAULT_MODE, KNOWN_OPS};
 use crate::importance::Norm;
 
-/// How an operator's weights are encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// AES-256-CTR over every bit.
-    Ctr,
-    /// Keystream on sign and mantissa bits only (floats), every bit (8-bit integers).
-    #[serde(alias = "format-preserving", alias = "format_preserving")]
-    Fp,
-    /// Keyed permutation of the elements inside each chosen subsequence: the
-    /// encrypted values are the layer's own values (docs/format.md §5).
-    #[serde(alias = "distribution-preserving", alias = "distribution_preserving")]
-    Dp,
-}
+/// How an operator's weights are encrypted; what each mode does to the bytes is the
+/// cipher's ([`onnx_protect_crypto::Mode`]).
+pub use onnx_protect_crypto::Mode;
 
 /// How the chosen subsequences of a weight are picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,46 +42,6 @@ impl Rank {
     }
 }
 
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Ctr => "ctr",
-            Mode::Fp => "fp",
-            Mode::Dp => "dp",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "ctr" => Some(Mode::Ctr),
-            "fp" | "format-preserving" | "format_preserving" => Some(Mode::Fp),
-            "dp" | "distribution-preserving" | "distribution_preserving" => Some(Mode::Dp),
-            _ => None,
-        }
-    }
-
-    /// Whether a span is transformed as a whole (dp: a permutation of its elements), not
-    /// byte by byte: a tensor in this mode is transformed in memory, whole, never streamed
-    /// chunk by chunk; each span is one unit (spans may touch and are never merged); its
-    /// elements are whole bytes and a span holds at least [`Mode::min_span_elements`] of them.
-    pub fn whole_spans(self) -> bool {
-        match self {
-            Mode::Ctr | Mode::Fp => false,
-            Mode::Dp => true,
-        }
-    }
-
-    /// The fewest elements one span may hold in this mode: [`DP_MIN_ELEMENTS`](crate::DP_MIN_ELEMENTS)
-    /// in `dp`, whose shorter permutations hide too little (one element permuted is no change
-    /// at all); 1 in the modes that work byte by byte.
-    pub fn min_span_elements(self) -> u64 {
-        if self.whole_spans() {
-            crate::DP_MIN_ELEMENTS
-        } else {
-            1
-        }
-    }
-}
-
 /// How a weight's element bytes are split into subsequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -104,24 +52,10 @@ pub enum Split {
 }
 
 /// The bits the format-preserving mode may change, per little-endian byte of one
-/// element; `None` for types it does not support.
+/// element of type `dtype`; `None` for types it does not support
+/// ([`onnx_protect_crypto::fp_mask`] by the type's code).
 pub fn fp_mask(dtype: DataType) -> Option<&'static [u8]> {
-    use DataType::*;
-    Some(match dtype {
-        Float | Complex64 => &[0xFF, 0xFF, 0x7F, 0x80],
-        Double | Complex128 => &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x80],
-        Float16 => &[0xFF, 0x83],
-        Bfloat16 => &[0x7F, 0x80],
-        Float8E4M3Fn | Float8E4M3Fnuz => &[0x87],
-        Float8E5M2 | Float8E5M2Fnuz => &[0x83],
-        Float4E2M1 => &[0x99],
-        Bool => &[0x01],
-        Uint8 | Int8 | Uint4 | Int4 | Uint2 | Int2 => &[0xFF],
-        Uint16 | Int16 => &[0xFF, 0xFF],
-        Int32 | Uint32 => &[0xFF; 4],
-        Int64 | Uint64 => &[0xFF; 8],
-        String | Float8E8M0 | Float6E2M3 | Float6E3M2 => return None,
-    })
+    onnx_protect_crypto::fp_mask(dtype.to_i32())
 }
 
 /// The policy for one operator type.

@@ -12,11 +12,12 @@ use serde::Deserialize;
 pub enum Mode {
     /// AES-256-CTR over every bit.
     Ctr,
-    /// Keystream on sign and mantissa bits only (floats), every bit (8-bit integers).
+    /// Keystream on sign and mantissa bits only (floats), every bit (integers), the low
+    /// bit (BOOL): [`fp_mask`].
     #[serde(alias = "format-preserving", alias = "format_preserving")]
     Fp,
     /// Keyed permutation of the elements inside each chosen subsequence: the
-    /// encrypted values are the layer's own values (docs/format.md §5).
+    /// encrypted values are the layer's own values (docs/format.md §6).
     #[serde(alias = "distribution-preserving", alias = "distribution_preserving")]
     Dp,
 }

@@ -90,7 +90,8 @@ mod kat_tests;
 
 pub use content::{
     chunk_count, content_digest, envelope_checksum, leaves_of, signed_message, tier_mac, tier_mac_matches, ContentLeaf,
-    FileLeaves, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL, V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
+    FileLeaves, LeafTail, CONTENT_CHUNK_LABEL, CONTENT_LABEL, LEAF_SPLIT, SIGNATURE_LABEL, SPLIT_CHUNK_LEN,
+    V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
 };
 pub use data_key::{
     DataKey, TierKeys, V2_CHOICE_LABEL, V2_KEY_CHECK_LABEL, V2_LABEL_LOCK_LABEL, V2_MAC_LABEL, V2_POSITIONS_AAD,

@@ -858,6 +858,12 @@ impl Fill<'_> {
         r.look_at_faults(self.book);
     }
 
+    /// Whether a reader waits for this block (a fault, not a fill ahead): its thread then
+    /// uses no CPU until the block's pages are in, so a filler may put a second thread to work.
+    pub fn reader_waits(&self) -> bool {
+        !self.keep_first
+    }
+
     /// Serves readers waiting for a kept-back page now (each has its page at once, and
     /// tells the handler where it reads); their other faults wait for this block. A filler
     /// calls it between pieces of work on a block, so such a reader never waits for a

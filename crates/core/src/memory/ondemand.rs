@@ -34,9 +34,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{Builder, JoinHandle};
 
-use onnx_protect_crypto::{ContentLeaf, FileLeaves};
+use onnx_protect_crypto::{ContentLeaf, FileLeaves, LEAF_SPLIT, SPLIT_CHUNK_LEN};
 use onnx_protect_format::discover::TensorRole;
 use onnx_protect_format::{DataType, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
@@ -484,6 +484,9 @@ impl Region {
     }
 }
 
+/// A step of a fill: its result, or the error and what failed ("could not be read", …).
+type Step<T> = std::result::Result<T, (CoreError, &'static str)>;
+
 /// What fills the region: the files, and what each target's pieces become.
 struct Filler {
     files: Arc<Vec<ExternalFile>>,
@@ -509,24 +512,30 @@ impl Filler {
             let end = (at + chunk).min(len);
             let j = (start + at) / chunk;
             let range = start + at..start + end;
-            let mut leaf = ContentLeaf::new(f.index, j);
-            // On this thread only: a thread of the rayon pool may be the reader waiting for
-            // this block, so waiting for the pool here could wait forever.
-            let mut lo = at;
-            while lo < end {
-                let hi = (lo + SLICE as u64).min(end);
-                let slice = &mut fill.buf()[lo as usize..hi as usize];
-                if let Err(e) = read_exact_at(&f.file, slice, start + lo) {
-                    return Err(self.failed(io_error(&f.path, e), &f.path, &range, "could not be read"));
+            // Not on the rayon pool: a thread of it may be the reader waiting for this block,
+            // so waiting for the pool here could wait forever.
+            // The reader's thread waits: a thread of our own takes the chunk's second half.
+            let two = fill.reader_waits() && end - at == SPLIT_CHUNK_LEN as u64;
+            let split = two.then(|| self.in_two(f, start + at, &mut fill.buf()[at as usize..end as usize], j));
+            let leaf = match split.flatten() {
+                Some(Ok(leaf)) => leaf,
+                Some(Err((e, what))) => return Err(self.failed(e, &f.path, &range, what)),
+                None => {
+                    let mut leaf = ContentLeaf::new(f.index, j);
+                    let mut lo = at;
+                    while lo < end {
+                        let hi = (lo + SLICE as u64).min(end);
+                        let buf = &mut fill.buf()[lo as usize..hi as usize];
+                        if let Err((e, what)) = self.slices(f, start + lo, buf, |d| leaf.update(d)) {
+                            return Err(self.failed(e, &f.path, &range, what));
+                        }
+                        fill.poll();
+                        lo = hi;
+                    }
+                    Some(leaf.finalize())
                 }
-                leaf.update(slice);
-                if let Err(e) = self.restore(f, start + lo, slice) {
-                    return Err(self.failed(e, &f.path, &range, "could not be decrypted"));
-                }
-                fill.poll();
-                lo = hi;
-            }
-            if f.leaves.get(j as usize) != Some(&leaf.finalize()) {
+            };
+            if leaf.is_none() || f.leaves.get(j as usize) != leaf.as_ref() {
                 let e = Modified::Content.into();
                 return Err(self.failed(e, &f.path, &range, "does not match its hash (changed on disk?)"));
             }
@@ -536,6 +545,38 @@ impl Filler {
             }
             fill.install(end as usize);
             at = end;
+        }
+        Ok(())
+    }
+
+    /// Chunk `j` of `f` (at file offset `pos`, [`SPLIT_CHUNK_LEN`] bytes) read, hashed and
+    /// decrypted into `buf` by this thread and a second one, half each (not threads of the
+    /// rayon pool: one of them may be the reader waiting for this block). Its leaf (`None`
+    /// if the halves did not add up), or the failure; `None` if no thread could be started.
+    fn in_two(&self, f: &ExternalFile, pos: u64, buf: &mut [u8], j: u64) -> Option<Step<Option<[u8; 32]>>> {
+        let (a, b) = buf.split_at_mut(LEAF_SPLIT);
+        let (mut first, mut tail) = ContentLeaf::split(f.index, j);
+        let done = std::thread::scope(|s| {
+            let second = Builder::new()
+                .name("onnx-protect-fill".into())
+                .spawn_scoped(s, || self.slices(f, pos + LEAF_SPLIT as u64, b, |d| tail.update(d)))
+                .ok()?;
+            let x = self.slices(f, pos, a, |d| first.update(d));
+            let y = second.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            Some(x.and(y))
+        })?;
+        Some(done.map(|()| first.join(tail)))
+    }
+
+    /// The file's bytes from offset `pos` read into `buf`, a slice of [`SLICE`] bytes at a
+    /// time: each hashed by `hash` and decrypted while it is in the core's cache. On failure,
+    /// the error and what failed.
+    fn slices(&self, f: &ExternalFile, pos: u64, buf: &mut [u8], mut hash: impl FnMut(&[u8])) -> Step<()> {
+        for (i, slice) in buf.chunks_mut(SLICE).enumerate() {
+            let at = pos + (i * SLICE) as u64;
+            read_exact_at(&f.file, slice, at).map_err(|e| (io_error(&f.path, e), "could not be read"))?;
+            hash(slice);
+            self.restore(f, at, slice).map_err(|e| (e, "could not be decrypted"))?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 // `intraOpNumThreads: 1`. With `--json` last, onnxruntime-node's default options instead, and
 // one JSON line as bench/python_session.py reads it: `seconds`, `cpu_seconds` (the process's
 // user + system time meanwhile), `start_rss` and `peak_rss` (bytes: the resident set before,
-// the process's maximum resident set after).
+// the process's peak resident set, VmHWM, after).
 import fs from "node:fs";
 
 import * as ort from "onnxruntime-node";
@@ -35,7 +35,16 @@ if (kind === "plain") {
 const seconds = (performance.now() - t0) / 1000;
 if (json) {
   const cpu = process.cpuUsage(cpu0);
-  const peak = process.resourceUsage().maxRSS * 1024;
+  // VmHWM of this process image (the rusage maximum also counts the parent's memory
+  // before exec, where Linux has /proc); elsewhere that maximum.
+  const hwm = (() => {
+    try {
+      return Number(/^VmHWM:\s+(\d+)/m.exec(fs.readFileSync("/proc/self/status", "utf8"))[1]) * 1024;
+    } catch {
+      return process.resourceUsage().maxRSS * 1024;
+    }
+  })();
+  const peak = hwm;
   console.log(JSON.stringify({ seconds, cpu_seconds: (cpu.user + cpu.system) / 1e6, start_rss: startRss, peak_rss: peak }));
 } else {
   console.log(`session_${kind} ${seconds.toFixed(4)}`);

@@ -141,30 +141,19 @@ impl<'a> InMemory<'a> {
     /// The protected model at `path`, opened with `key`: a full decryption (the key's own
     /// tier), no signer required, every file decrypted before it is handed out.
     pub fn file(path: &'a Path, key: &'a KeySource) -> InMemory<'a> {
-        InMemory {
-            input: Input::File(path),
-            key,
-            tier: None,
-            signers: &[],
-            on_demand: false,
-            read_once: false,
-            accept: None,
-        }
+        InMemory::of(Input::File(path), key)
     }
 
     /// A protected model already open, read from a file (`Model::open`) or parsed from
     /// memory (`Model::from_vec`), opened with `key`. A model read from a file is copied
     /// from the very file it was parsed from.
     pub fn model(model: &'a Model, key: &'a KeySource) -> InMemory<'a> {
-        InMemory {
-            input: Input::Model(model),
-            key,
-            tier: None,
-            signers: &[],
-            on_demand: false,
-            read_once: false,
-            accept: None,
-        }
+        InMemory::of(Input::Model(model), key)
+    }
+
+    /// `input` with `key` and every option at its default.
+    fn of(input: Input<'a>, key: &'a KeySource) -> InMemory<'a> {
+        InMemory { input, key, tier: None, signers: &[], on_demand: false, read_once: false, accept: None }
     }
 
     /// For tiered models, decrypts up to tier `tier` (`None`: the key's own tier), as

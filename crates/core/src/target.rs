@@ -219,7 +219,7 @@ fn entry_spans(t: &Tensor, e: &EntryFacts<'_>, rules: &EntryRules) -> Result<(Mo
     if mode == Mode::Fp && fp_mask(t.data_type.to_i32()).is_none() {
         return Err(BadManifest::NoFpMask { tensor: tensor(), dtype: t.data_type }.into());
     }
-    if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+    if !mode.takes_element_bits(t.data_type.bits()) {
         return Err(BadManifest::DpElements { tensor: tensor() }.into());
     }
     Ok((mode, spans))

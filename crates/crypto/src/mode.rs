@@ -58,6 +58,12 @@ impl Mode {
         }
     }
 
+    /// Whether this mode can transform elements of `bits` bits: every size byte by byte; in
+    /// a mode of whole spans only whole bytes (a permutation moves elements, not bits).
+    pub fn takes_element_bits(self, bits: u64) -> bool {
+        !self.whole_spans() || (bits >= 8 && bits % 8 == 0)
+    }
+
     /// The fewest elements one span may hold in this mode: [`DP_MIN_ELEMENTS`] in `dp`,
     /// whose shorter permutations hide too little; 1 in the modes that work byte by byte.
     pub fn min_span_elements(self) -> u64 {
@@ -182,6 +188,14 @@ mod tests {
     fn only_the_distribution_preserving_mode_takes_whole_spans_of_sixteen_elements() {
         assert_eq!([Mode::Ctr, Mode::Fp, Mode::Dp].map(Mode::whole_spans), [false, false, true]);
         assert_eq!([Mode::Ctr, Mode::Fp, Mode::Dp].map(Mode::min_span_elements), [1, 1, 16]);
+        for bits in [1, 2, 4, 8, 12, 16, 32, 64] {
+            let whole = bits % 8 == 0;
+            assert_eq!(
+                [Mode::Ctr, Mode::Fp, Mode::Dp].map(|m| m.takes_element_bits(bits)),
+                [true, true, whole],
+                "{bits}"
+            );
+        }
         for m in [Mode::Ctr, Mode::Fp, Mode::Dp] {
             assert_eq!(Mode::parse(m.name()), Some(m));
         }

@@ -294,7 +294,7 @@ fn unencryptable(t: &onnx_protect_format::Tensor, mode: Mode) -> Option<&'static
     if mode == Mode::Fp && policy::fp_mask(t.data_type).is_none() {
         return Some("no format-preserving mask for its data type");
     }
-    if mode.whole_spans() && (t.data_type.bits() < 8 || t.data_type.bits() % 8 != 0) {
+    if !mode.takes_element_bits(t.data_type.bits()) {
         return Some("the distribution-preserving mode needs whole-byte elements");
     }
     if mode.whole_spans() && t.numel < mode.min_span_elements() {
@@ -474,6 +474,34 @@ mod tests {
         assert_eq!(v, vec![0, 20]);
         let c = subsequence_bounds(DataType::Float16, &[7], 7, Split::Count(3)).unwrap();
         assert_eq!(c, vec![0, 4, 8, 14]);
+    }
+
+    #[test]
+    fn the_distribution_preserving_mode_skips_sub_byte_elements_and_takes_whole_bytes() {
+        use onnx_protect_format::testutil::{float_tensor, matmul_chain};
+        use onnx_protect_format::wire::{put_len_field, put_varint};
+        // W0 INT4 (data_type 22) 32×32, W1 FLOAT 32×32, both MatMul weights.
+        let mut int4 = Vec::new();
+        for d in [32u64, 32] {
+            put_varint(&mut int4, 1 << 3);
+            put_varint(&mut int4, d);
+        }
+        put_varint(&mut int4, 2 << 3);
+        put_varint(&mut int4, 22);
+        put_len_field(&mut int4, 8, b"W0");
+        put_len_field(&mut int4, 9, &[0x5a; 512]);
+        let float = float_tensor("W1", &[32, 32], &[0.5; 1024]);
+        let model = onnx_protect_format::Model::from_vec(matmul_chain(&[int4, float]), None).unwrap();
+        let mut policy = Policy::default();
+        policy.apply_override("mode", "*=dp").unwrap();
+        let sel = select(&model, &onnx_protect_format::discover::discover(&model), &policy);
+        let name = |t: usize| model.tensors[t].name.clone();
+        let skipped: Vec<(String, String)> = sel.skipped.iter().map(|s| (name(s.tensor), s.reason.clone())).collect();
+        assert_eq!(
+            skipped,
+            [("W0".to_string(), "the distribution-preserving mode needs whole-byte elements".to_string())]
+        );
+        assert_eq!(sel.chosen.iter().map(|c| name(c.tensor)).collect::<Vec<_>>(), ["W1"]);
     }
 
     #[test]

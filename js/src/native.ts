@@ -13,11 +13,11 @@ import {
   OnnxProtectError, UnsupportedVersion, UsageError, WrongKey,
 } from "./errors.js";
 import type { Decrypted, ReadOptions } from "./reader.js";
+import type { Filled } from "./session.js";
 
-/** External data filled on demand by the native engine (crates/node `Region`): `settle`
- * verifies every chunk not read yet (throws if one did not match: what was built from the
- * buffers must be thrown away), `trim` then drops the chunks read so far. */
-export interface Region {
+/** The addon's region (crates/node `Region`): `settle` verifies every chunk not read yet,
+ * `trim` then drops the chunks read so far. */
+interface Region {
   settle(): void;
   trim(): void;
 }
@@ -111,24 +111,24 @@ export async function nativeDecryptFile(file: string, opts: Omit<ReadOptions, "e
 }
 
 /** For a session: as `nativeDecryptFile`, the external data filled on demand where the
- * system allows it (then `region` is set, and must be settled with `settleRegion` once the
- * session is built, before anything is run). */
-export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions, "externalData">): Promise<{ decrypted: Decrypted; region: Region | null }> {
-  return nativeOpen(file, opts, true);
+ * system allows it (then `region` is set, and must be settled once the session is built,
+ * before anything is run: its `settle` throws the package's typed exception). */
+export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions, "externalData">): Promise<{ decrypted: Decrypted; region: Filled | null }> {
+  const { decrypted, region } = await nativeOpen(file, opts, true);
+  if (!region) return { decrypted, region: null };
+  const settle = () => {
+    try {
+      region.settle();
+    } catch (e) {
+      throw typed(e);
+    }
+  };
+  return { decrypted, region: { settle, trim: () => region.trim() } };
 }
 
 /** Whether the native engine is loaded and can fill external data on demand here. */
 export function nativeOnDemand(): boolean {
   return load().addon?.onDemandAvailable() ?? false;
-}
-
-/** `region.settle()`, its failure as the package's typed exception. */
-export function settleRegion(region: Region): void {
-  try {
-    region.settle();
-  } catch (e) {
-    throw typed(e);
-  }
 }
 
 async function nativeOpen(file: string, opts: Omit<ReadOptions, "externalData">, onDemand: boolean): Promise<{ decrypted: Decrypted; region: Region | null }> {

@@ -10,7 +10,7 @@ import { leavesOf } from "./blake3-node.js";
 import { hashOnWorker, PARALLEL_FROM, startWorkers, workerCount } from "./backend-node.js";
 import { InvalidModel, UsageError } from "./errors.js";
 import { formatUtc, LicenceClock, parseUtc } from "./licence.js";
-import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeOpenForSession, nativeTakes, settleRegion } from "./native.js";
+import { Engine, nativeDecryptFile, nativeEngine, nativeEngineError, nativeOpenForSession, nativeTakes } from "./native.js";
 import { checkExternalSize, Decrypted, decryptWith, externalFilesWithSizes, ReadOptions } from "./reader.js";
 import { checkSessionOptions, OrtLike, SessionResult, sessionOf } from "./session.js";
 import { concat } from "./wire.js";
@@ -156,8 +156,7 @@ export async function createSessionFromFile<S>(
   const { engine = "auto", ...read } = opts;
   if (engine !== "js" && !(read as ReadOptions).externalData && !nativeTakes(read) && nativeEngine()) {
     const { decrypted, region } = await nativeOpenForSession(file, read);
-    const filled = region ? { settle: () => settleRegion(region), trim: () => region.trim() } : undefined;
-    return sessionOf(ort, decrypted, sessionOptions, filled);
+    return sessionOf(ort, decrypted, sessionOptions, region ?? undefined);
   }
   return sessionOf(ort, await decryptFile(file, opts), sessionOptions);
 }

@@ -117,11 +117,12 @@ pub struct DecryptedModel {
     pub region: Option<Region>,
 }
 
-/// External data filled on demand (each buffer holds its bytes, which stay until the last
-/// of them and this object are collected).
+/// External data filled on demand: one region holds every external file, so one of its
+/// buffers answers for all (the region stays until it and every buffer are collected).
 #[napi]
 pub struct Region {
-    files: Vec<Arc<DecryptedBytes>>,
+    path: PathBuf,
+    any: Arc<DecryptedBytes>,
 }
 
 #[napi]
@@ -131,10 +132,7 @@ impl Region {
     /// it was read as zeros, and the session built from the buffers must be thrown away.
     #[napi]
     pub fn settle(&self) -> napi::Result<()> {
-        match self.files.first() {
-            Some(f) => f.settle().map_err(|e| failure(js_kind(e.kind()), with_causes_at(&e, None))),
-            None => Ok(()),
-        }
+        self.any.settle().map_err(|e| core_failure(e, &self.path))
     }
 
     /// After a successful `settle`, drops every chunk filled so far (a reader that copied
@@ -142,9 +140,7 @@ impl Region {
     /// read again is filled and verified again.
     #[napi]
     pub fn trim(&self) {
-        if let Some(f) = self.files.first() {
-            f.trim();
-        }
+        self.any.trim();
     }
 }
 
@@ -181,16 +177,15 @@ impl Task for Decrypt {
         let model = buffer_over(&env, Arc::new(model))?;
         let mut external_names = Vec::with_capacity(external.len());
         let mut external_data = Vec::with_capacity(external.len());
-        let mut filled = Vec::new();
+        let mut region = None;
         for (name, bytes) in external {
             let bytes = Arc::new(bytes);
-            if bytes.method() == Method::OnDemand {
-                filled.push(Arc::clone(&bytes));
+            if region.is_none() && bytes.method() == Method::OnDemand {
+                region = Some(Region { path: self.path.clone(), any: Arc::clone(&bytes) });
             }
             external_names.push(name);
             external_data.push(buffer_over(&env, bytes)?);
         }
-        let region = (!filled.is_empty()).then_some(Region { files: filled });
         Ok(DecryptedModel { model, external_names, external_data, tier, tiers, tensors, decrypted_bytes, region })
     }
 }

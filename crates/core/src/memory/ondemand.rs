@@ -513,8 +513,8 @@ impl Filler {
             let j = (start + at) / chunk;
             let range = start + at..start + end;
             // Not on the rayon pool: a thread of it may be the reader waiting for this block,
-            // so waiting for the pool here could wait forever.
-            // The reader's thread waits: a thread of our own takes the chunk's second half.
+            // so waiting for the pool here could wait forever. While a reader waits (its core
+            // idle), a thread of our own takes a whole chunk's second half.
             let two = fill.reader_waits() && end - at == SPLIT_CHUNK_LEN as u64;
             let split = two.then(|| self.in_two(f, start + at, &mut fill.buf()[at as usize..end as usize], j));
             let leaf = match split.flatten() {

@@ -141,7 +141,7 @@ def main(root, work):
             # The fallback for models whose unshared data exceeds one graph (2 GiB), on
             # this small model: the same function InferenceSession calls for them.
             so = ort.SessionOptions()
-            s = op._session_with_external_files(ort, np, os.fspath(protected), key, None, (), so, CPU, None, {})
+            s = op._session._session_with_external_files(ort, np, os.fspath(protected), key, None, (), so, CPU, None, {})
             same_outputs(s, plain, plain_path, f"{name}, over-2-GiB fallback")
             got["over 2 GiB"] = s.onnx_protect_weights
             if s.onnx_protect_weights == "files_in_memory":

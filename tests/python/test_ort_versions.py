@@ -194,10 +194,10 @@ def test_the_fallback_without_files_in_memory_on_a_model_protected_into_its_own_
     with op.load(folder / "model.protected.onnx", key=key) as m:
         assert sorted(m.external) == ["extra.bin", "weights.bin"]
         assert {t.location for t in m.external_tensors} == set(m.external)
-    monkeypatch.setattr(op, "_ort_supports_files_in_memory", lambda _ort: False)
+    monkeypatch.setattr(op._session, "_ort_supports_files_in_memory", lambda _ort: False)
     monkeypatch.chdir(tmp_path)  # the model is handed over as bytes: no data file here either
-    s = op._session_with_external_files(ort, np, str(folder / "model.protected.onnx"), key, None, (),
-                                        ort.SessionOptions(), ["CPUExecutionProvider"], None, {})
+    s = op._session._session_with_external_files(ort, np, str(folder / "model.protected.onnx"), key, None, (),
+                                                 ort.SessionOptions(), ["CPUExecutionProvider"], None, {})
     assert s.onnx_protect_weights == "initializers"
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     want = ort.InferenceSession(str(src / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})

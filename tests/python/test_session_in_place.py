@@ -50,7 +50,7 @@ def initializers_way(monkeypatch):
     """The way taken where onnxruntime does not read external data files from memory in
     place (before 1.31): large MatMul/Gemm weights through add_initializer, the rest in
     the graph."""
-    monkeypatch.setattr(op, "_ort_reads_files_in_place", lambda _ort: False)
+    monkeypatch.setattr(op._session, "_ort_reads_files_in_place", lambda _ort: False)
 
 
 def large_tensors_in(graph_bytes):
@@ -232,7 +232,7 @@ def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monke
     key = op.new_key()
     model = ROOT / "fixtures" / "digits" / "mlp.onnx"
     enc = protect(model, tmp_path, key)
-    real = op._session_class(ort)
+    real = op._session._session_class(ort)
     calls = []
 
     class RefusesSentinel(real):
@@ -242,7 +242,7 @@ def test_a_refused_shared_graph_is_built_again_with_every_tensor(tmp_path, monke
                 raise RuntimeError("simulated: Random-access reads require a regular file: .")
             super().__init__(graph, *a, **kw)
 
-    monkeypatch.setattr(op, "_session_class", lambda _ort: RefusesSentinel)
+    monkeypatch.setattr(op._session, "_session_class", lambda _ort: RefusesSentinel)
     s = op.InferenceSession(enc, key=key, providers=CPU, in_place=True)
     x = np.load(ROOT / "fixtures" / "digits" / "test_x.npy")[:32]
     want = ort.InferenceSession(str(model), providers=CPU).run(None, {"input": x})[0]

@@ -36,8 +36,8 @@ from . import (
     UnsafeSessionOptions,
     _native,
     _opening_key,
-    _PROVIDER_CACHES,
 )
+from ._session import _PROVIDER_CACHES
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime_genai

@@ -25,8 +25,9 @@
 //! a move fails, the bytes are copied in (`UFFDIO_COPY`) and dropped blocks are freed
 //! (`MADV_DONTNEED`). Until [`OnDemand::settle`] is called, filled blocks are dropped
 //! whenever more than `budget` bytes are filled, the oldest first, but those of the groups
-//! being read last ([`OnDemand::group_blocks`]); a block dropped and read again is filled
-//! again by the same call. After `settle`, filled blocks stay. With [`Options::fill_idle`]
+//! being read last ([`OnDemand::group_blocks`]); a fill ahead drops none of the last
+//! [`AHEAD`] (or fewer) blocks filled ahead that nothing read yet, and waits instead. A
+//! block dropped and read again is filled again by the same call. After `settle`, filled blocks stay. With [`Options::fill_idle`]
 //! the handler also fills blocks nothing asked for yet while it is idle, within the budget.
 //!
 //! **Failures.** A [`Filler`] that fails before `settle` leaves its block reading as

@@ -235,7 +235,9 @@ impl Region {
     /// Before `settle`, drops filled blocks (never `b`) while filling `b` would go over the
     /// budget: the oldest first, but first those of other groups than `b`'s and the last
     /// two read ([`OnDemand::group_blocks`](super::OnDemand::group_blocks): a tensor read again after a look at another
-    /// one stays). A block filled `ahead` drops no block of those groups: false if it
+    /// one stays). A block filled `ahead` drops no block of those groups and none of the
+    /// last blocks filled ahead and not read yet, as many as are filled ahead of a reader
+    /// (it would wait for them again; older ones, which it skipped, may go): false if it
     /// would have to.
     fn make_room(&self, book: &mut Book, b: usize, ahead: bool) -> bool {
         if self.settled.load(Ordering::Acquire) {
@@ -245,8 +247,15 @@ impl Region {
         let group = |x: usize| groups.get(x).copied();
         let kept = [group(b), book.read_groups[0], book.read_groups[1]];
         let mut room = true;
+        let unread: Vec<usize> = match ahead {
+            true => book.order.iter().rev().filter(|x| book.kept.contains_key(x)).take(self.ahead()).copied().collect(),
+            false => Vec::new(),
+        };
         while book.resident + self.block > self.budget {
-            let first = |keep: &dyn Fn(Option<u32>) -> bool| book.order.iter().position(|&x| x != b && !keep(group(x)));
+            let unread = |x: usize| unread.contains(&x);
+            let first = |keep: &dyn Fn(Option<u32>) -> bool| {
+                book.order.iter().position(|&x| x != b && !unread(x) && !keep(group(x)))
+            };
             let at = match groups.is_empty() {
                 true => first(&|_| false),
                 false if ahead => first(&|g| kept.contains(&g)),
@@ -255,7 +264,7 @@ impl Region {
                 }
             };
             let Some(at) = at else {
-                room = !ahead || groups.is_empty();
+                room = !ahead;
                 break;
             };
             let Some(old) = book.order.remove(at) else { break };

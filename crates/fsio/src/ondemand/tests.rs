@@ -527,3 +527,38 @@ fn an_idle_handler_fills_blocks_up_to_the_budget() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(fills.load(Ordering::SeqCst), after);
 }
+
+/// A reader that keeps reading one tensor (a weight packed in several passes) while the
+/// read-ahead has filled the blocks after it: filling further ahead never drops a block
+/// filled ahead that nothing read yet, so none of them is filled twice.
+#[test]
+fn blocks_filled_ahead_and_not_read_yet_stay_while_the_reader_lingers() {
+    let _no_fork = no_fork();
+    let len = 40 * BLOCK;
+    let per_block: Arc<Vec<AtomicUsize>> = Arc::new((0..40).map(|_| AtomicUsize::new(0)).collect());
+    let counts = Arc::clone(&per_block);
+    let mut fill_pattern = pattern(len, 16 << 10, Arc::new(AtomicUsize::new(0)));
+    let filler: Filler = Box::new(move |b, fill| {
+        counts[b].fetch_add(1, Ordering::SeqCst);
+        fill_pattern(b, fill)
+    });
+    // Nine blocks of budget: seven filled ahead, two for the reader.
+    let r = OnDemand::new(len, opts(9 * BLOCK, true), filler).expect("userfaultfd");
+    // Blocks 0..4 one tensor, every other block a tensor of its own.
+    r.group_blocks((0..40).map(|b| if b < 4 { 1 } else { b as u32 + 1 }).collect());
+    eventually("the head start", || r.resident() >= 7 * BLOCK);
+    let bytes = r.bytes();
+    for _pass in 0..3 {
+        for i in (0..4 * BLOCK).step_by(4096) {
+            assert_eq!(bytes[i], byte(i), "byte {i}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in (4 * BLOCK..len).step_by(4096) {
+        assert_eq!(bytes[i], byte(i), "byte {i}");
+    }
+    let twice: Vec<usize> = (4..40).filter(|&b| per_block[b].load(Ordering::SeqCst) > 1).collect();
+    assert!(twice.is_empty(), "blocks filled again: {twice:?}");
+    assert!(r.resident() <= 9 * BLOCK, "{} blocks resident", r.resident() / BLOCK);
+    check(&r, len);
+}

@@ -152,14 +152,7 @@ pub fn rekey(
     check_output(&model, input, output, opts.in_place, &opts.outputs)?;
     let tiers = p.sealed.header.tiers;
     let old_keys = p.unlock(&model, old)?;
-    if old_keys.tier < tiers {
-        return Err(CoreError::NotTopKey {
-            key_tier: old_keys.tier,
-            tiers,
-            operation: "rekey (every tier)",
-            by_licence: old_keys.by_licence,
-        });
-    }
+    crate::rewrap::require_top_tier(&old_keys, tiers, "rekey (every tier)")?;
     if p.sealed.envelope.restored_tiers > 0 {
         return Err(UnusableKey::PartialRekey.into());
     }

@@ -89,14 +89,7 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
     let p = Protection::of(&model)?.writable("re-wrapped")?;
     let tiers = p.sealed.header.tiers;
     let opened = open(&p.sealed, key)?;
-    if opened.tier < tiers {
-        return Err(CoreError::NotTopKey {
-            key_tier: opened.tier,
-            tiers,
-            operation: "rewrap (every tier's MAC)",
-            by_licence: opened.by_licence,
-        });
-    }
+    require_top_tier(&opened, tiers, "rewrap (every tier's MAC)")?;
     let digest = recorded_digest(&p.sealed)?;
     // What is kept is authenticated first: the header, the stanzas and the stored digest.
     check_seals(&p.sealed, &opened, &[])?;
@@ -124,6 +117,14 @@ pub fn rewrap(input: &Path, output: &Path, key: &KeySource, opts: &RewrapOptions
         bytes_written,
         recovered,
     })
+}
+
+/// Refuses a key that opens a model of `tiers` below its top tier: `operation` needs them all.
+pub(crate) fn require_top_tier(opened: &Opened, tiers: u32, operation: &'static str) -> Result<()> {
+    if opened.tier < tiers {
+        return Err(CoreError::NotTopKey { key_tier: opened.tier, tiers, operation, by_licence: opened.by_licence });
+    }
+    Ok(())
 }
 
 /// Whether a stanza is one `remove` names (a key's at every tier of a model of `tiers`).

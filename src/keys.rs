@@ -11,7 +11,8 @@ use anyhow::Result;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_crypto::{KeyFile, MAX_KEY_FILE_LEN};
 use onnx_protect_keys::{
-    Identity, KeyCommand, Pkcs11Key, PluginPrompt, Recipient, SigningKey, DEFAULT_COMMAND_TIMEOUT,
+    Identity, KeyCommand, Pkcs11Key, PluginPrompt, Recipient, SigningKey, Stanza, DEFAULT_COMMAND_TIMEOUT,
+    KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519,
 };
 use zeroize::Zeroizing;
 
@@ -186,4 +187,20 @@ pub fn prompt_passphrase(prefix: &str, confirm: bool) -> Result<Zeroizing<Vec<u8
 /// `new-` for the prompt prefix `new `.
 fn flag(prefix: &str) -> String {
     prefix.trim().chars().chain((!prefix.is_empty()).then_some('-')).collect()
+}
+
+/// The public recipient a stanza that `rekey` and `batch rekey` keep is wrapped again for:
+/// its label, for the kinds whose label is one (`x25519`, `age-plugin`, `tpm`), when it
+/// parses as a recipient of that kind.
+pub fn kept_recipient(s: &Stanza) -> Option<Recipient> {
+    if !matches!(s.kind.as_str(), KIND_X25519 | KIND_AGE_PLUGIN | KIND_TPM) {
+        return None;
+    }
+    let r = onnx_protect_core::keys::parse_recipient(&s.label, plugin_prompt()).ok()?;
+    let kind = match &r {
+        Recipient::X25519(_) => KIND_X25519,
+        Recipient::Provider(p) => p.kind(),
+        _ => return None,
+    };
+    (kind == s.kind).then_some(r)
 }

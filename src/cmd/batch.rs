@@ -293,7 +293,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let operation = match (a.op, &key, &new_key, &policy) {
         (Op::Encrypt, Some(key), _, Some(policy)) => Operation::Encrypt { key, policy },
         (Op::Decrypt, Some(key), _, _) => Operation::Decrypt { key },
-        (Op::Rekey, Some(key), Some(new_key), _) => Operation::Rekey { key, new_key },
+        (Op::Rekey, Some(key), Some(new_key), _) => {
+            Operation::Rekey { key, new_key, recipient_of: &crate::keys::kept_recipient }
+        }
         (Op::Rewrap, Some(key), _, _) => match &change {
             Some(c) => Operation::Rewrap {
                 key,

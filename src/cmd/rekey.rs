@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::rekey::{self, RekeyOptions};
 use onnx_protect_crypto::MasterKey;
-use onnx_protect_keys::{Recipient, Stanza, KIND_AGE_PLUGIN, KIND_TPM, KIND_X25519};
 
 use crate::args::change::RemovalArgs;
 use crate::args::key::{NewKeyArgs, OpenKeyArgs};
@@ -47,21 +46,6 @@ impl RemoveArgs {
             .map(|p| crate::keys::read_key_file(p)?.into_master().with_context(|| format!("key file {}", p.display())))
             .collect()
     }
-}
-
-/// The public recipient a kept stanza is wrapped again for: its label, for the kinds whose
-/// label is one (`x25519`, `age-plugin`, `tpm`), when it parses as a recipient of that kind.
-fn recipient_of(s: &Stanza) -> Option<Recipient> {
-    if !matches!(s.kind.as_str(), KIND_X25519 | KIND_AGE_PLUGIN | KIND_TPM) {
-        return None;
-    }
-    let r = onnx_protect_core::keys::parse_recipient(&s.label, crate::keys::plugin_prompt()).ok()?;
-    let kind = match &r {
-        Recipient::X25519(_) => KIND_X25519,
-        Recipient::Provider(p) => p.kind(),
-        _ => return None,
-    };
-    (kind == s.kind).then_some(r)
 }
 
 #[derive(clap::Args)]
@@ -132,7 +116,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             drop_signatures: a.drop_signatures,
             remove: &remove,
             keep_keys: &keep_keys,
-            recipient_of: &recipient_of,
+            recipient_of: &crate::keys::kept_recipient,
             progress: &bar,
         },
     )

@@ -633,3 +633,51 @@ fn a_report_replaces_only_an_earlier_report_unless_forced() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(report(&rep)[0].1, "skipped", "{:?}", report(&rep));
 }
+
+/// `batch rekey` keeps a model's TPM recipient as `rekey` does: its stanza is wrapped
+/// again for the recipient its label names (no TPM needed to wrap).
+#[test]
+fn batch_rekey_keeps_a_tpm_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
+    for k in [&k1, &k2] {
+        assert_eq!(run(&["keygen", "-o", k.to_str().unwrap(), "-q"]).0, 0);
+    }
+    // The P-256 generator point as a TPM recipient (as in device_keys.rs).
+    let tpm = "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u";
+    let (enc, re) = (dir.path().join("enc"), dir.path().join("re"));
+    let plain = root().join("fixtures/models/cnn_torch/model.onnx");
+    let m = enc.join("m.onnx");
+    std::fs::create_dir_all(&enc).unwrap();
+    let (code, _, err) = run(&[
+        "encrypt",
+        plain.to_str().unwrap(),
+        "-o",
+        m.to_str().unwrap(),
+        "--key-file",
+        k1.to_str().unwrap(),
+        "-r",
+        tpm,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (e, r) = (enc.to_str().unwrap(), re.to_str().unwrap());
+    let (code, out, err) = run(&[
+        "batch",
+        "rekey",
+        "--dir",
+        e,
+        "--out-dir",
+        r,
+        "--key-file",
+        k1.to_str().unwrap(),
+        "--new-key-file",
+        k2.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("1 ok, 0 skipped, 0 failed"), "{out}");
+    let (_, listing, _) = run(&["inspect", re.join("m.onnx").to_str().unwrap()]);
+    assert!(listing.contains(&format!("tpm {tpm} (tier 1)")), "{listing}");
+    let key = KeySource::key(onnx_protect_crypto::KeyFile::parse(&std::fs::read(&k2).unwrap()).unwrap().into_key());
+    let model = Model::open(re.join("m.onnx")).unwrap();
+    assert_eq!(decrypt_to_vec(&model, &key).unwrap(), std::fs::read(&plain).unwrap());
+}

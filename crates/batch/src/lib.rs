@@ -63,7 +63,7 @@ use onnx_protect_core::error::CoreError;
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::protect::{self, DecryptOptions, EncryptOptions};
-use onnx_protect_core::rekey::{self, RekeyOptions};
+use onnx_protect_core::rekey::{self, RecipientOf, RekeyOptions};
 use onnx_protect_core::rewrap::{self, Remove, RewrapOptions};
 use onnx_protect_core::OutputRules;
 use onnx_protect_format::{Model, NoProgress};
@@ -90,10 +90,13 @@ pub enum Operation<'a> {
     Decrypt {
         key: &'a KeySource,
     },
-    /// The old key, then the new one (both top-tier keys for tiered models).
+    /// The old key, then the new one (both top-tier keys for tiered models); the public
+    /// recipient each kept stanza is wrapped again for ([`RekeyOptions::recipient_of`]:
+    /// [`rekey::public_recipient`] knows `x25519` and `age-plugin`).
     Rekey {
         key: &'a KeySource,
         new_key: &'a KeySource,
+        recipient_of: RecipientOf<'a>,
     },
     /// Re-wraps the data keys of format-2 models (docs/keys.md): `key` (the top tier's)
     /// opens each model; the stanzas `remove` matches are removed, the recipients of
@@ -418,8 +421,8 @@ impl Job<'_> {
                 let opts = DecryptOptions { sync, outputs: rules, ..DecryptOptions::default() };
                 protect::decrypt(&item.input, &output, key, &opts)?;
             }
-            Operation::Rekey { key, new_key } => {
-                let opts = RekeyOptions { sync, outputs: rules, ..RekeyOptions::new(&NoProgress) };
+            Operation::Rekey { key, new_key, recipient_of } => {
+                let opts = RekeyOptions { sync, outputs: rules, recipient_of, ..RekeyOptions::new(&NoProgress) };
                 rekey::rekey(&item.input, &output, key, &EncryptTo::key(new_key.clone()), &opts)?;
             }
             Operation::Rewrap { key, add, remove, signing_keys, drop_signatures } => {

@@ -96,7 +96,12 @@ fn a_folder_item_is_encrypted_decrypted_and_resumed_whole() {
     assert_eq!(s.failed.len(), 1, "{v:?}");
     assert_eq!(v[0].2.as_deref(), Some("modified"));
     let new = KeySource::key(MasterKey::from_bytes([5; 32]));
-    let (s, v) = batch(Operation::Rekey { key: &key, new_key: &new }, &enc, &d.path().join("r"), false);
+    let (s, v) = batch(
+        Operation::Rekey { key: &key, new_key: &new, recipient_of: &onnx_protect_core::rekey::public_recipient },
+        &enc,
+        &d.path().join("r"),
+        false,
+    );
     assert_eq!(s.failed.len(), 1, "{v:?}");
     assert_eq!(v[0].2.as_deref(), Some("folder_operation"));
 }

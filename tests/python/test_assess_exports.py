@@ -403,3 +403,24 @@ def test_a_point_that_fails_its_confirmation_is_never_recommended(data, monkeypa
     assert r["chosen"] is None and [s for _, s in calls] == [1, 3] * 3
     assert [(p["point"], p["stage"], p["holds"]) for p in r["points"]] == [
         ("last", "confirmation", False), ("last+first", "confirmation", False), ("all", "confirmation", False)]
+
+
+def test_the_learning_rate_is_chosen_by_held_out_accuracy_then_cross_entropy():
+    # A fifth of a small draw holds a few samples: accuracies tie often. The tie goes to
+    # the lower cross-entropy, not to the smallest rate.
+    assert assess.best_lr({1e-3: (2 / 3, 0.9), 3e-3: (2 / 3, 0.4), 1e-2: (1 / 3, 0.1)}) == 3e-3
+    assert assess.best_lr({1e-3: (1.0, 0.9), 3e-3: (2 / 3, 0.1), 1e-2: (2 / 3, 0.05)}) == 1e-3
+    assert assess.best_lr({1e-3: (0.5, 0.3), 3e-3: (0.5, float("inf")), 1e-2: (0.5, 0.3)}) == 1e-3
+
+
+def test_scores_give_accuracy_and_cross_entropy():
+    x = np.eye(3, dtype=np.float32)
+    node = helper.make_node("Identity", ["x"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    graph = tg.TorchGraph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    acc, loss = assess.scores(graph, x, np.array([0, 1, 0]))
+    assert acc == pytest.approx(2 / 3)
+    want = -np.mean([np.log(np.exp(1) / (np.exp(1) + 2)), np.log(np.exp(1) / (np.exp(1) + 2)),
+                     np.log(1 / (np.exp(1) + 2))])
+    assert loss == pytest.approx(want, rel=1e-5)

@@ -250,8 +250,8 @@ FAMILIES = [
         "the search's first (conv1 whole, 0.7% of the weight bytes) is refused: relearn reaches 94.1 / 94.3 / 91.9% "
         "against scratch's 73.5 / 74.9 / 64.6%, gaps +20.5 / +19.5 / +27.3, mean +22.4 points")]),
     pytest.param("gru", GRU, id="gru", marks=[over_a_minute("gru", 220), refused(
-        "the search's first (the GRU's W and B whole, 17.3% of the weight bytes) is refused: relearn reaches "
-        "84.6 / 87.6 / 83.2% against scratch's 70.0 / 68.4 / 64.3%, gaps +14.6 / +19.2 / +18.9, mean +17.6 points")]),
+        "the search's last+first (21.0% of the weight bytes) is refused: relearn reaches 74.1 / 72.2 / 73.0% "
+        "against scratch's 70.0 / 68.4 / 64.3%, gaps +4.1 / +3.8 / +8.6, mean +5.5 points")]),
     pytest.param("vit", ViT, id="vit", marks=over_a_minute("vit", 270)),
 ]
 

@@ -109,14 +109,16 @@ mod with_tract {
     }
 
     /// `--tiers 3` alone (the built-in policy, every weight in fp, default shares): on the
-    /// digits CNN the mean levels over 6 keys climb no key < tier 1 < tier 2 < top by at least
-    /// 15% of the range each, and no key's level falls below the one two tiers down. Equal
+    /// digits CNN the mean levels over 20 keys (each encryption draws its own data keys, so
+    /// levels vary by run: a key's tier 1 scored 0.10 to 0.62) climb no key < tier 1 < tier 2
+    /// < top by at least 15% of the range each, and no key's level falls below the one two
+    /// tiers down. Equal
     /// shares (the most important third still encrypted at tier 2) leave tiers 1 and 2 at chance.
     #[test]
     fn three_default_tiers_grade_the_digits_cnn_in_steps_of_15_percent() {
         let mut policy = Policy::default();
         policy.set_tiers(3).unwrap();
-        let runs = ladders(&cnn(), &policy, 6);
+        let runs = ladders(&cnn(), &policy, 20);
         let m = means(&runs);
         let range = m[3] - m[0];
         assert!(m[3] > 0.98 && range > 0.8, "{m:?}");

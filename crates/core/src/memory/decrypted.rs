@@ -204,12 +204,28 @@ fn wipe(buf: &mut [u8], ranges: &[Range<usize>]) {
 #[derive(Debug)]
 pub struct DecryptedModel {
     pub(super) model: DecryptedBytes,
+    pub(super) skeleton: Option<Skeleton>,
     pub(super) external: BTreeMap<String, DecryptedBytes>,
     pub(super) tensors: usize,
     pub(super) decrypted_bytes: u64,
     pub(super) format_version: u32,
     pub(super) tier: u32,
     pub(super) tiers: u32,
+}
+
+/// The model file's bytes without its large tensors, for a model file filled on demand
+/// ([`InMemory::model_on_demand`](super::InMemory::model_on_demand)): what a loader reads
+/// to build the graph it hands to a runtime, which then reads those tensors from
+/// [`DecryptedModel::bytes`] (external data from memory), so that building the graph
+/// fills none of them.
+#[derive(Debug)]
+pub struct Skeleton {
+    /// The model file's bytes, every byte verified and decrypted except those inside
+    /// `holes`, which are zero.
+    pub bytes: DecryptedBytes,
+    /// The `raw_data` ranges of the initializers left out (sorted, disjoint): each must be
+    /// read from the model's bytes, never from the skeleton.
+    pub holes: Vec<Range<usize>>,
 }
 
 impl DecryptedModel {
@@ -234,6 +250,11 @@ impl DecryptedModel {
         self.model.method()
     }
 
+    /// Takes the skeleton of a model file filled on demand (`None` for any other).
+    pub fn take_skeleton(&mut self) -> Option<Skeleton> {
+        self.skeleton.take()
+    }
+
     /// Every external data file of the model, decrypted, keyed by the `location`
     /// string written in the model (empty for a self-contained model).
     pub fn external(&self) -> &BTreeMap<String, DecryptedBytes> {
@@ -249,14 +270,14 @@ impl DecryptedModel {
     /// external data resolved among the decrypted files, never on disk, where a file of
     /// the original name may be missing, or another file.
     ///
-    /// A mapped result whose external files keep their locations has the layout of the
-    /// protected model's content: `protected` is returned with its external files
+    /// A mapped result or a model file filled on demand whose external files keep their
+    /// locations has the layout of the protected model's content: `protected` is returned with its external files
     /// detached (`ExternalFile::detach`: nothing can read them
     /// from disk through the index).
     pub fn index(&self, mut protected: Model) -> Result<Model> {
         let same_files = protected.external_files.len() == self.external.len()
             && protected.external_files.iter().all(|f| self.external.contains_key(&f.location));
-        if self.method() == Method::Mapped && same_files {
+        if matches!(self.method(), Method::Mapped | Method::OnDemand) && same_files {
             protected.external_files.iter_mut().for_each(|f| f.detach());
             return Ok(protected);
         }

@@ -98,7 +98,7 @@ mod decrypted;
 mod ondemand;
 mod patch;
 
-pub use self::decrypted::{DecryptedBytes, DecryptedModel, Method};
+pub use self::decrypted::{DecryptedBytes, DecryptedModel, Method, Skeleton};
 
 /// Whether [`InMemory::on_demand`] can fill memory on demand here (a usable `userfaultfd`;
 /// checked once per process).
@@ -133,6 +133,7 @@ pub struct InMemory<'a> {
     tier: Option<u32>,
     signers: &'a [SignerKey],
     on_demand: bool,
+    model_on_demand: bool,
     read_once: bool,
     accept: Option<&'a Accept>,
 }
@@ -153,7 +154,16 @@ impl<'a> InMemory<'a> {
 
     /// `input` with `key` and every option at its default.
     fn of(input: Input<'a>, key: &'a KeySource) -> InMemory<'a> {
-        InMemory { input, key, tier: None, signers: &[], on_demand: false, read_once: false, accept: None }
+        InMemory {
+            input,
+            key,
+            tier: None,
+            signers: &[],
+            on_demand: false,
+            model_on_demand: false,
+            read_once: false,
+            accept: None,
+        }
     }
 
     /// For tiered models, decrypts up to tier `tier` (`None`: the key's own tier), as
@@ -183,6 +193,18 @@ impl<'a> InMemory<'a> {
     /// process forked while the result lives first fills it completely.
     pub fn on_demand(self, on_demand: bool) -> InMemory<'a> {
         InMemory { on_demand, ..self }
+    }
+
+    /// With `model_on_demand` (and [`InMemory::on_demand`]), the model file's initializers of
+    /// at least 64 KiB stored in it (`raw_data`) are filled on demand too, when the model
+    /// file is at least 16 MiB and was read from a file: the model's bytes are then memory
+    /// filled on demand ([`Method::OnDemand`]), settled with the external files, and
+    /// [`DecryptedModel::take_skeleton`] gives the rest of the file, read and verified up
+    /// front, to build a graph from without reading those tensors. For a loader that hands
+    /// them to the runtime as external data from memory (`onnx_protect_session::files`);
+    /// the bytes cannot be moved ([`DecryptedBytes::move_within`]).
+    pub fn model_on_demand(self, model_on_demand: bool) -> InMemory<'a> {
+        InMemory { model_on_demand, ..self }
     }
 
     /// With `read_once`, memory filled on demand is for a reader that copies what it reads,
@@ -243,7 +265,7 @@ impl<'a> InMemory<'a> {
         }
         let label_locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
         let d: Decryption<'_> = protection.into_decryption(model, self.key, self.tier, self.signers)?;
-        let decrypted = match ondemand::on_demand_if(self.on_demand, self.read_once, d)? {
+        let decrypted = match ondemand::on_demand_if(self.on_demand, self.read_once, self.model_on_demand, d)? {
             Ok(done) => done,
             Err(d) => load(d, file)?,
         };

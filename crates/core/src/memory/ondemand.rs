@@ -38,13 +38,13 @@ use std::thread::{Builder, JoinHandle};
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves, LEAF_SPLIT, SPLIT_CHUNK_LEN};
 use onnx_protect_format::discover::TensorRole;
-use onnx_protect_format::{DataType, TensorData};
+use onnx_protect_format::{DataType, Origin, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
 use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
-use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, SMALL};
+use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton, SMALL};
 use super::patch::{for_overlaps, io_error, sources_of, too_large, Patcher, Piece};
 use crate::error::{CoreError, Modified, Result};
 use crate::pass::action::{apply, Action};
@@ -58,6 +58,13 @@ const SLICE: usize = 256 << 10;
 /// The region's block: the digest chunk, and at least this much.
 const BLOCK: u64 = 4 << 20;
 
+/// A model file shorter than this is decrypted whole, even when asked to be filled on
+/// demand ([`InMemory::model_on_demand`](super::InMemory::model_on_demand)).
+const MODEL_MIN: u64 = 16 << 20;
+
+/// The model file's initializers at least this long are filled on demand with it.
+const HOLE_MIN: u64 = 64 << 10;
+
 /// Digest chunks larger than this are not filled on demand (a block holds a whole chunk).
 const MAX_CHUNK: u64 = 64 << 20;
 
@@ -70,45 +77,111 @@ const BUDGET_SLACK: u64 = 6;
 /// cap a long generation would keep the whole table).
 const TABLE_CAP_BLOCKS: usize = 16;
 
-/// The on-demand load of `d` when `wanted` and the system can, or `d` back.
+/// The on-demand load of `d` when `wanted` and the system can, or `d` back; with
+/// `model_too`, the model file's large tensors are filled on demand as well.
 pub(super) fn on_demand_if(
     wanted: bool,
     read_once: bool,
+    model_too: bool,
     d: Decryption<'_>,
 ) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
-    if wanted && !d.model.external_files.is_empty() && ondemand::available() {
-        on_demand(d, read_once)
+    let model_fills = model_too && d.model.bytes().len() as u64 >= MODEL_MIN;
+    if wanted && (model_fills || !d.model.external_files.is_empty()) && ondemand::available() {
+        on_demand(d, read_once, model_fills)
     } else {
         Ok(Err(d))
     }
 }
 
+/// The model file's tensors the region fills when the model file is filled on demand:
+/// the `raw_data` of initializers of at least [`HOLE_MIN`] bytes (a loader hands each of
+/// them to the runtime as external data: `onnx_protect_session::files`), sorted and
+/// disjoint, inside the content.
+fn model_holes(model: &onnx_protect_format::Model, content_len: u64) -> Vec<Range<u64>> {
+    let mut holes: Vec<Range<u64>> = model
+        .tensors
+        .iter()
+        .filter(|t| t.origin == Origin::Initializer && t.data_type != DataType::String)
+        .filter_map(|t| match &t.data {
+            TensorData::Raw { range } if range.end - range.start >= HOLE_MIN && range.end <= content_len => {
+                Some(range.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    holes.sort_by_key(|r| r.start);
+    holes.dedup_by(|b, a| b.start < a.end);
+    holes
+}
+
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
-/// made (memory, map limits); `read_once`: see [`InMemory::read_once`](super::InMemory::read_once).
-fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
+/// made (memory, map limits); `read_once`: see [`InMemory::read_once`](super::InMemory::read_once);
+/// `model_too`: the model file's large tensors in the region too (its other bytes in a
+/// skeleton, [`DecryptedModel::skeleton`]).
+fn on_demand(
+    d: Decryption<'_>,
+    read_once: bool,
+    model_too: bool,
+) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model = d.model;
-    let total: u64 = model.external_files.iter().map(|f| f.size).sum();
     let (Some(expected), None, NewEntry::Remove) = (&d.pending, &d.names, &d.new_entry) else { return Ok(Err(d)) };
-    if total == 0 || d.chunk > MAX_CHUNK {
+    if d.chunk > MAX_CHUNK {
         return Ok(Err(d));
     }
     let chunk = d.chunk;
     let block = chunk.max(BLOCK);
 
-    // The model file, hashed and decrypted as by the one-read path.
+    // The model file: its large tensors left to the region and the rest in a skeleton, or
+    // all of it hashed and decrypted as by the one-read path.
     let sources = sources_of(&d.actions)?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
-    let Some((model_bytes, first)) = patcher.model_file_fused(&d)? else { return Ok(Err(d)) };
+    let holes = if model_too { model_holes(model, d.content_len()) } else { Vec::new() };
+    let in_region = match holes.is_empty() {
+        true => None,
+        false => patcher.model_skeleton(&d, &holes)?,
+    };
+    let external_total: u64 = model.external_files.iter().map(|f| f.size).sum();
+    if external_total == 0 && in_region.is_none() {
+        return Ok(Err(d));
+    }
+    let (model_bytes, first, skeleton) = match in_region {
+        Some((skeleton, first, pieces)) => {
+            let path = model.path.clone().unwrap_or_else(|| PathBuf::from("<model>"));
+            let source = model.source_file().ok_or(CoreError::Internal("a skeleton of a model read from no file"))?;
+            let handle = source.try_clone().map_err(|e| io_error(&path, e))?;
+            let leaves = first.leaves.clone();
+            let size = first.len;
+            (
+                Err(ExternalFile { file: handle, path, size, first_block: 0, index: 0, leaves, pieces }),
+                first,
+                Some(skeleton),
+            )
+        }
+        None => match patcher.model_file_fused(&d)? {
+            Some((bytes, first)) => (Ok(bytes), first, None),
+            None => return Ok(Err(d)),
+        },
+    };
 
     // The external files' chunk hashes: listed in the header (checked against the digest
     // here, each chunk when it is read), or from a pass that hashes the files.
     let sizes: Vec<u64> = model.external_files.iter().map(|f| f.size).collect();
-    let mut files = Vec::with_capacity(model.external_files.len());
+    let mut files = Vec::with_capacity(model.external_files.len() + 1);
+    let mut first_block = 0usize;
+    let own = match model_bytes {
+        Ok(bytes) => Some(bytes),
+        Err(f) => {
+            first_block = usize::try_from(f.size.div_ceil(block)).map_err(|_| too_large())?;
+            files.push(f);
+            None
+        }
+    };
+    // The region's file of external file `i`.
+    let shift = files.len();
     let listed = expected.check_listed(&first, &sizes, chunk).transpose()?.is_some();
     let mut listed_leaves = expected.external.iter().copied();
     let mut all = vec![first];
     let mut pieces = patcher.external_pieces()?;
-    let mut first_block = 0usize;
     for (fi, f) in model.external_files.iter().enumerate() {
         let handle = f.file()?.try_clone().map_err(|e| io_error(&f.path, e))?;
         let index = fi as u32 + 1;
@@ -134,13 +207,16 @@ fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<D
     if !listed {
         expected.check(&all)?;
     }
+    // A chunk of the model file was hashed in the pass that checked the digest, as are
+    // the external files' when their hashes are not listed.
     let check = Arc::new(Check {
-        verified: Mutex::new(files.iter().map(|f| vec![!listed; f.leaves.len()]).collect()),
+        verified: Mutex::new(files.iter().map(|f| vec![f.index == 0 || !listed; f.leaves.len()]).collect()),
         failed: Mutex::new(None),
         chunk,
     });
+    let located = Located { shift, holes: &holes };
 
-    // The budget: the largest external tensor (in whole blocks, either side), and slack.
+    // The budget: the largest tensor of the region (in whole blocks, either side), and slack.
     // Tables only gathered from (embeddings) are left out: a runtime reads the rows it
     // gathers, not the whole table at once, so a table larger than every other tensor
     // (a language model's) would otherwise keep every block read while the session is
@@ -155,10 +231,7 @@ fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<D
         .iter()
         .enumerate()
         .filter(|(i, _)| !tables.contains(i))
-        .filter_map(|(_, t)| match &t.data {
-            TensorData::External { range, .. } => Some(range.end - range.start),
-            _ => None,
-        })
+        .filter_map(|(_, t)| located.of(t).map(|(_, r)| r.end - r.start))
         .max()
         .unwrap_or(0);
     // A reader that copies each byte once needs no tensor kept whole.
@@ -185,31 +258,68 @@ fn on_demand(d: Decryption<'_>, read_once: bool) -> Result<std::result::Result<D
         return Ok(Err(d));
     };
     let dtypes = d.targets.iter().map(|t| model.tensors[t.tensor].data_type).collect();
+    let ranges = table_ranges(model, &tables, &located);
+    let groups = block_groups(model, &files, block, first_block, &located);
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
     let files = Arc::new(files);
     *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
     drop(filling);
     // The handler holds the region's lock while it fills: these wait for its first fill.
-    let ranges = table_ranges(model, &tables);
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
-    region.group_blocks(block_groups(model, &files, block, first_block));
+    region.group_blocks(groups);
     // A reader that copies once reads the tables whole too: their chunks are hashed as filled.
     let ahead =
         if listed && !read_once { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
     let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
+    let on_demand = |e: &ExternalFile| {
+        let backing = Backing::OnDemand {
+            region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
+            offset: e.first_block * block_len,
+        };
+        DecryptedBytes { backing, len: e.size as usize, plaintext: Vec::new() }
+    };
     let external: BTreeMap<String, DecryptedBytes> = model
         .external_files
         .iter()
-        .zip(region.files.iter())
-        .map(|(f, e)| {
-            let backing = Backing::OnDemand {
-                region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
-                offset: e.first_block * block_len,
-            };
-            (f.location.clone(), DecryptedBytes { backing, len: f.size as usize, plaintext: Vec::new() })
-        })
+        .zip(region.files[shift..].iter())
+        .map(|(f, e)| (f.location.clone(), on_demand(e)))
         .collect();
-    Ok(Ok(DecryptedModel { model: model_bytes, external, tensors, decrypted_bytes, format_version, tier, tiers }))
+    let model_bytes = match own {
+        Some(bytes) => bytes,
+        None => on_demand(&region.files[0]),
+    };
+    let skeleton = skeleton
+        .map(|bytes| Skeleton { bytes, holes: holes.iter().map(|h| h.start as usize..h.end as usize).collect() });
+    Ok(Ok(DecryptedModel {
+        model: model_bytes,
+        skeleton,
+        external,
+        tensors,
+        decrypted_bytes,
+        format_version,
+        tier,
+        tiers,
+    }))
+}
+
+/// Where the region holds a tensor's bytes: its file in the region and the range there.
+struct Located<'a> {
+    /// The region's file of external file 0 (1 when the model file is the region's first).
+    shift: usize,
+    /// The model file's tensors in the region (sorted; empty when the model file is not).
+    holes: &'a [Range<u64>],
+}
+
+impl Located<'_> {
+    fn of(&self, t: &onnx_protect_format::Tensor) -> Option<(usize, Range<u64>)> {
+        match &t.data {
+            TensorData::External { file, range } => Some((file + self.shift, range.clone())),
+            TensorData::Raw { range } if self.holes.binary_search_by_key(&range.start, |h| h.start).is_ok() => {
+                Some((0, range.clone()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The leaves `which` of covered file `index` (`size` bytes of `file`, chunks of `chunk`
@@ -248,16 +358,14 @@ fn hash_leaf(
     Ok(l.finalize())
 }
 
-/// The bytes `(external file, range)` of the tables only gathered from: a runtime reads
+/// The bytes `(region file, range)` of the tables only gathered from: a runtime reads
 /// none of them while it builds a session (it gathers rows later).
-fn table_ranges(model: &onnx_protect_format::Model, tables: &HashSet<usize>) -> Vec<(usize, Range<u64>)> {
-    tables
-        .iter()
-        .filter_map(|&t| match &model.tensors[t].data {
-            TensorData::External { file, range } if range.start < range.end => Some((*file, range.clone())),
-            _ => None,
-        })
-        .collect()
+fn table_ranges(
+    model: &onnx_protect_format::Model,
+    tables: &HashSet<usize>,
+    at: &Located<'_>,
+) -> Vec<(usize, Range<u64>)> {
+    tables.iter().filter_map(|&t| at.of(&model.tensors[t])).filter(|(_, r)| r.start < r.end).collect()
 }
 
 /// The chunks `(external file, chunk)` holding any byte of `ranges`, for [`Ahead`].
@@ -279,14 +387,20 @@ fn table_blocks(ranges: &[(usize, Range<u64>)], files: &[ExternalFile], block: u
     out
 }
 
-/// The group of each of the region's `blocks` blocks: the external tensor with the most
-/// bytes in it (its index + 1; 0 for none), so that a tensor read several times while the
-/// session is built stays filled ([`OnDemand::group_blocks`]).
-fn block_groups(model: &onnx_protect_format::Model, files: &[ExternalFile], block: u64, blocks: usize) -> Vec<u32> {
+/// The group of each of the region's `blocks` blocks: the tensor of the region with the
+/// most bytes in it (its index + 1; 0 for none), so that a tensor read several times while
+/// the session is built stays filled ([`OnDemand::group_blocks`]).
+fn block_groups(
+    model: &onnx_protect_format::Model,
+    files: &[ExternalFile],
+    block: u64,
+    blocks: usize,
+    at: &Located<'_>,
+) -> Vec<u32> {
     let mut best = vec![(0u64, 0u32); blocks];
     for (i, t) in model.tensors.iter().enumerate() {
-        let TensorData::External { file, range } = &t.data else { continue };
-        let Some(f) = files.get(*file) else { continue };
+        let Some((file, range)) = at.of(t) else { continue };
+        let Some(f) = files.get(file) else { continue };
         for k in range.start / block..range.end.div_ceil(block) {
             let bytes = range.end.min((k + 1) * block) - range.start.max(k * block);
             let slot = usize::try_from(k).ok().and_then(|k| best.get_mut(f.first_block + k));
@@ -362,7 +476,7 @@ fn verify_ahead(files: &[ExternalFile], check: &Check, todo: &[(usize, u64)], st
     }
 }
 
-/// One external file of the region.
+/// One file of the region: an external data file, or the model file itself (index 0).
 struct ExternalFile {
     file: File,
     path: PathBuf,

@@ -79,7 +79,7 @@ pub(super) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedMod
     };
     let (tensors, decrypted_bytes, format_version, tier, tiers) =
         (d.tensors, d.decrypted_bytes, d.format_version, d.tier, d.tiers);
-    Ok(DecryptedModel { model: bytes, external, tensors, decrypted_bytes, format_version, tier, tiers })
+    Ok(DecryptedModel { model: bytes, skeleton: None, external, tensors, decrypted_bytes, format_version, tier, tiers })
 }
 
 pub(super) fn open(path: &Path) -> Result<File> {
@@ -360,10 +360,34 @@ impl Patcher<'_> {
     /// spans in it that change, sorted, with the bytes of a restored tensor checked to
     /// cover them.
     pub(super) fn external_pieces(&self) -> Result<BTreeMap<usize, Vec<Piece>>> {
+        self.pieces(|data| match data {
+            TensorData::External { file, .. } => Some(*file),
+            _ => None,
+        })
+    }
+
+    /// The pieces of the targets' spans in the model file itself (`raw_data` and typed
+    /// fields, which keep their length), sorted; `None` if a target stored otherwise
+    /// (varint fields) changes.
+    fn model_pieces(&self) -> Result<Option<Vec<Piece>>> {
+        let varint = self.targets.iter().zip(self.sources).any(|(t, s)| {
+            !matches!(s, SpanSource::Keep) && matches!(self.model.tensors[t.tensor].data, TensorData::Varint { .. })
+        });
+        if varint {
+            return Ok(None);
+        }
+        let mut all =
+            self.pieces(|data| matches!(data, TensorData::Raw { .. } | TensorData::Fixed { .. }).then_some(0))?;
+        Ok(Some(all.remove(&0).unwrap_or_default()))
+    }
+
+    /// The pieces of the targets' spans that change, per file as `file_of` places each
+    /// tensor's data (`None`: not one of the files), sorted.
+    fn pieces(&self, file_of: impl Fn(&TensorData) -> Option<usize>) -> Result<BTreeMap<usize, Vec<Piece>>> {
         let mut per_file: BTreeMap<usize, Vec<Piece>> = BTreeMap::new();
         for (ti, target) in self.targets.iter().enumerate() {
             let t = &self.model.tensors[target.tensor];
-            let TensorData::External { file, .. } = &t.data else { continue };
+            let Some(file) = file_of(&t.data) else { continue };
             for &(a, b) in &target.spans {
                 for (range, logical) in t.file_pieces(a, b) {
                     match self.sources[ti] {
@@ -376,7 +400,7 @@ impl Patcher<'_> {
                             }
                         }
                     }
-                    per_file.entry(*file).or_default().push(Piece { range, tag: ti, logical });
+                    per_file.entry(file).or_default().push(Piece { range, tag: ti, logical });
                 }
             }
         }
@@ -468,6 +492,79 @@ impl Patcher<'_> {
         Ok(Some((bytes, leaves?)))
     }
 
+    /// The model file of a model whose large tensors are filled on demand: its content
+    /// read by positional reads and hashed (its content leaves) in one parallel pass, and
+    /// copied with the decryption applied into a private anonymous buffer except the bytes
+    /// inside `holes` (sorted, disjoint ranges of the content: the tensors the region
+    /// fills), which stay zero and never become resident. With the model file's pieces,
+    /// for the region's filler. `None` when the decryption changes a length or edits the
+    /// manifest entry in place, or the model was not read from a file.
+    pub(super) fn model_skeleton(
+        &self,
+        d: &Decryption<'_>,
+        holes: &[Range<u64>],
+    ) -> Result<Option<(DecryptedBytes, FileLeaves, Vec<Piece>)>> {
+        let model = self.model;
+        let content_len = d.content_len();
+        let plan = Plan::new(content_len, edits_for(model, self.targets, &d.actions, d.extra_edits()?)?, Vec::new())?;
+        let (Some(file), true, Some(pieces)) =
+            (model.source_file(), plan.is_in_place() && d.entry_cut(), self.model_pieces()?)
+        else {
+            return Ok(None);
+        };
+        let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
+        let len = usize::try_from(content_len).map_err(|_| too_large())?;
+        let Some(mut map) = anonymous(len, path)? else { return Ok(None) };
+        let c = usize::try_from(d.chunk.max(4096)).map_err(|_| too_large())?;
+        let work = |scratch: &mut Option<PrivateMap>, (j, out): (usize, &mut [u8])| -> Result<[u8; 32]> {
+            let buf = match scratch {
+                Some(b) => b,
+                None => scratch.insert(PrivateMap::anonymous(c).map_err(|e| io_error(path, e))?),
+            };
+            let start = (j * c) as u64;
+            let data = &mut buf[..out.len()];
+            read_exact_at(file, data, start).map_err(|e| io_error(path, e))?;
+            let mut leaf = onnx_protect_crypto::ContentLeaf::new(0, j as u64);
+            leaf.update(data);
+            for kept in outside(holes, start..start + out.len() as u64) {
+                let r = (kept.start - start) as usize..(kept.end - start) as usize;
+                out[r.clone()].copy_from_slice(&data[r.clone()]);
+                self.restore(&pieces, kept.start, &mut out[r])?;
+            }
+            Ok(leaf.finalize())
+        };
+        let leaves = map.par_chunks_mut(c).enumerate().map_init(|| None, work).collect::<Result<Vec<_>>>()?;
+        let plaintext = pieces
+            .iter()
+            .flat_map(|p| outside(holes, p.range.clone()))
+            .map(|r| r.start as usize..r.end as usize)
+            .collect();
+        let skeleton = DecryptedBytes { backing: Backing::Map(map), len, plaintext };
+        Ok(Some((skeleton, FileLeaves { len: content_len, leaves }, pieces)))
+    }
+
+    /// Applies the `pieces` inside `data`, the file's bytes from offset `start`: each
+    /// decrypted with its target's keystream, or replaced by its restored bytes.
+    fn restore(&self, pieces: &[Piece], start: u64, data: &mut [u8]) -> Result<()> {
+        for_overlaps(
+            pieces,
+            |p| &p.range,
+            start,
+            data,
+            |p, off, dst| {
+                match self.sources[p.tag] {
+                    SpanSource::Decrypt(_) => self.decrypt(p.tag, p.logical + off, dst, false)?,
+                    SpanSource::Bytes(whole) => {
+                        let at = (p.logical + off) as usize;
+                        dst.copy_from_slice(whole.get(at..at + dst.len()).ok_or_else(out_of_bounds)?)
+                    }
+                    SpanSource::Keep => {}
+                }
+                Ok(())
+            },
+        )
+    }
+
     /// The one-read path of a decryption whose digest is still to be checked and which
     /// changes no length: the model and each external file are copied into private
     /// anonymous buffers (huge pages where the system gives them), hashed and patched in
@@ -502,6 +599,23 @@ impl Patcher<'_> {
     }
 }
 
+/// The parts of `range` outside the sorted, disjoint `holes`.
+pub(super) fn outside(holes: &[Range<u64>], range: Range<u64>) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = range.start;
+    let first = holes.partition_point(|h| h.end <= range.start);
+    for h in holes[first..].iter().take_while(|h| h.start < range.end) {
+        if h.start > at {
+            out.push(at..h.start);
+        }
+        at = at.max(h.end);
+    }
+    if at < range.end {
+        out.push(at..range.end);
+    }
+    out
+}
+
 /// A decryption up to a tier below the top stays a protected model (docs/format.md §11),
 /// as `decrypt --tier` writes it: `content` (the model file's content with the tiers
 /// decrypted) followed by the entry of `env` (which records the restored tiers) with the
@@ -533,6 +647,16 @@ fn with_partial_entry(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn outside_leaves_the_parts_of_a_range_between_the_holes() {
+        let holes = [10..20, 30..40, 40..45, 60..70];
+        assert_eq!(outside(&holes, 0..100), vec![0..10, 20..30, 45..60, 70..100]);
+        assert_eq!(outside(&holes, 12..18), Vec::<Range<u64>>::new());
+        assert_eq!(outside(&holes, 15..35), vec![20..30]);
+        assert_eq!(outside(&holes, 45..60), vec![45..60]);
+        assert_eq!(outside(&[], 3..9), vec![3..9]);
+    }
 
     /// Patches that do not fit the buffer they patch come from a plan made for another
     /// model: a fault of this crate, reported as one, never as an invalid model.

@@ -1,0 +1,159 @@
+//! A model file filled on demand (`InMemory::model_on_demand`): its large initializers
+//! come from memory filled on demand and equal the whole decryption's bytes in every mode,
+//! the skeleton holds every other byte (and none of theirs), a byte changed anywhere in the
+//! file is refused before anything is handed over, and a chunk that changes on disk after
+//! that reads as zeros and makes `settle` refuse the load.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use std::path::{Path, PathBuf};
+
+use onnx_protect_core::error::ErrorKind;
+use onnx_protect_core::format2::recipients::EncryptTo;
+use onnx_protect_core::keys::KeySource;
+use onnx_protect_core::memory::{InMemory, Method};
+use onnx_protect_core::protect::{encrypt, EncryptOptions};
+use onnx_protect_crypto::MasterKey;
+use onnx_protect_format::testutil::{float_tensor, matmul_chain};
+use onnx_protect_format::{Model, TensorData};
+use onnx_protect_select::Policy;
+
+/// Each large weight is `DIM`² floats (4 MiB).
+const DIM: usize = 1024;
+
+fn key() -> KeySource {
+    KeySource::key(MasterKey::from_bytes([9; 32]))
+}
+
+fn policy(overrides: &[(&str, &str)]) -> Policy {
+    let mut p = Policy::default();
+    for (k, v) in overrides {
+        p.apply_override(k, v).unwrap();
+    }
+    p
+}
+
+/// A chain of `n` weights in `raw_data`, every other one `DIM`² floats and the others
+/// 300 floats (under the 64 KiB the region takes), protected with `policy`; the plain
+/// and the protected model's paths.
+fn single_file(dir: &Path, n: usize, policy: &Policy) -> (PathBuf, PathBuf) {
+    let tensors: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let len = if i % 2 == 0 { DIM * DIM } else { 300 };
+            let values: Vec<f32> = (0..len).map(|j| (((i * 7 + j) % 1013) as f32 - 506.0) / 512.0).collect();
+            let dims: Vec<i64> = if len == 300 { vec![300] } else { vec![DIM as i64, DIM as i64] };
+            float_tensor(&format!("W{i}"), &dims, &values)
+        })
+        .collect();
+    let plain = dir.join("model.onnx");
+    std::fs::write(&plain, matmul_chain(&tensors)).unwrap();
+    let protected = dir.join("protected.onnx");
+    encrypt(&plain, &protected, &EncryptTo::key(key()), &EncryptOptions::new(policy)).unwrap();
+    (plain, protected)
+}
+
+/// The `raw_data` ranges of the model's initializers of at least 64 KiB.
+fn large(plain: &Path) -> Vec<std::ops::Range<usize>> {
+    let m = Model::open(plain).unwrap();
+    let mut out: Vec<_> = m
+        .tensors
+        .iter()
+        .filter_map(|t| match &t.data {
+            TensorData::Raw { range } if range.end - range.start >= 64 << 10 => {
+                Some(range.start as usize..range.end as usize)
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|r| r.start);
+    out
+}
+
+#[test]
+fn the_model_files_large_tensors_are_filled_on_demand_with_the_bytes_of_the_whole_decryption() {
+    for (what, p) in [
+        ("built-in", policy(&[])),
+        ("ctr, half", policy(&[("mode", "*=ctr"), ("coefficient", "*=0.5")])),
+        ("fp, 0.3", policy(&[("mode", "*=fp"), ("coefficient", "*=0.3")])),
+        ("dp", policy(&[("mode", "*=dp"), ("coefficient", "*=0.4")])),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, protected) = single_file(dir.path(), 9, &p);
+        let original = std::fs::read(&plain).unwrap();
+        let k = key();
+        let (mut lazy, index) =
+            InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).load_for_session().unwrap();
+        assert_eq!(lazy.method(), Method::OnDemand, "{what}");
+        let skeleton = lazy.take_skeleton().expect("a skeleton");
+        assert_eq!(skeleton.holes, large(&plain), "{what}: the large initializers are the holes");
+        assert_eq!(index.tensors.len(), 9, "{what}: the index is the protected file's");
+        // Every byte outside the holes is there, decrypted; inside, nothing was written.
+        let mut at = 0;
+        for h in skeleton.holes.iter().chain(std::iter::once(&(original.len()..original.len()))) {
+            assert!(skeleton.bytes[at..h.start] == original[at..h.start], "{what}: bytes {at}..{}", h.start);
+            assert!(skeleton.bytes[h.clone()].iter().all(|&b| b == 0), "{what}: hole {h:?} written");
+            at = h.end;
+        }
+        assert!(lazy.bytes()[..] == original[..], "{what}: the model's bytes filled on demand");
+        lazy.bytes().settle().unwrap();
+    }
+}
+
+#[test]
+fn a_changed_byte_anywhere_in_the_model_file_is_refused_before_anything_is_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, protected) = single_file(dir.path(), 9, &Policy::default());
+    let original = std::fs::read(&protected).unwrap();
+    let holes = large(&plain);
+    let k = key();
+    let mut inside = 0;
+    for i in (0..original.len()).step_by(original.len() / 23).chain([holes[4].end - 1]) {
+        let mut b = original.clone();
+        b[i] ^= 0x04;
+        std::fs::write(&protected, &b).unwrap();
+        // Outside the tensors a change may also make the file unreadable or its header invalid.
+        let e = InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).load_for_session().unwrap_err();
+        if holes.iter().any(|h| h.contains(&i)) {
+            assert_eq!(e.kind(), ErrorKind::Modified, "byte {i}: {e}");
+            inside += 1;
+        }
+    }
+    assert!(inside >= 10, "{inside} changes inside the large tensors");
+}
+
+#[test]
+fn a_chunk_changed_on_disk_after_the_load_reads_as_zeros_and_settle_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, protected) = single_file(dir.path(), 17, &Policy::default());
+    let original = std::fs::read(&protected).unwrap();
+    let k = key();
+    // Reading once, the budget is 6 blocks: the handler's idle fill stops there, so the
+    // last tensor (blocks 8 and 9) is not read before it is changed.
+    let mut lazy =
+        InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).read_once(true).load().unwrap();
+    let holes = lazy.take_skeleton().unwrap().holes;
+    assert_eq!(holes.len(), 9);
+    // The same file (inode) changed in place inside the last large tensor.
+    let i = holes[8].end - 100;
+    // One byte written in place (a whole rewrite would truncate the file under reads ahead).
+    let file = std::fs::OpenOptions::new().write(true).open(&protected).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[original[i] ^ 0x10], i as u64).unwrap();
+    let chunk = 4 << 20;
+    let bad = i / chunk * chunk..((i / chunk + 1) * chunk).min(lazy.bytes().len());
+    let want = std::fs::read(&plain).unwrap();
+    for (at, (&got, &w)) in lazy.bytes().iter().zip(want.iter()).enumerate() {
+        assert_eq!(got, if bad.contains(&at) { 0 } else { w }, "byte {at}");
+    }
+    assert_eq!(lazy.bytes().settle().unwrap_err().kind(), ErrorKind::Modified);
+}
+
+#[test]
+fn a_model_file_under_16_mib_is_decrypted_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, protected) = single_file(dir.path(), 3, &Policy::default());
+    let k = key();
+    let mut m = InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).load().unwrap();
+    assert_eq!(m.method(), Method::Mapped);
+    assert!(m.take_skeleton().is_none());
+    assert!(m[..] == std::fs::read(&plain).unwrap()[..]);
+}

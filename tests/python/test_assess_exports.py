@@ -413,6 +413,100 @@ def test_the_learning_rate_is_chosen_by_held_out_accuracy_then_cross_entropy():
     assert assess.best_lr({1e-3: (0.5, 0.3), 3e-3: (0.5, float("inf")), 1e-2: (0.5, 0.3)}) == 1e-3
 
 
+def test_best_keeps_the_highest_test_accuracy_of_every_rate_and_recipe_for_attacks_and_scratch(
+        tmp_path, data, monkeypatch):
+    """``lr_choice="best"``: each run trains at every rate with every recipe on the whole
+    draw (no held-out fifth, no retraining), records each training's test accuracy, and
+    keeps the highest; scratch gets the same. The recorded accuracies are those of the
+    trainings, measured here on the graphs they trained."""
+    pol = tmp_path / "last.toml"
+    pol.write_text(assess.policy_toml("last"))
+    enc = tmp_path / "mlp.enc.onnx"
+    onnx_protect.encrypt(ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx", enc, key=onnx_protect.new_key(), policy=pol)
+    trained = []
+    real = assess.train
+
+    def measured(g, params, x, y, lr, steps, seed, shift=0, recipe="one-cycle"):
+        real(g, params, x, y, lr, steps, seed, shift=shift, recipe=recipe)
+        trained.append((len(x), f"{recipe}@{lr:g}", assess.accuracy(g, data[2], data[3].astype(np.int64))))
+        return g
+
+    monkeypatch.setattr(assess, "train", measured)
+    lrs, recipes = (1e-3, 3e-2), ("one-cycle", "constant")
+    r = assess.attack(enc, *data, sizes=(0.05,), seeds=1, steps=15, lrs=lrs, lr_choice="best", recipes=recipes)
+    assert r["lr_choice"] == "best" and r["recipes"] == list(recipes)
+    row = r["sizes"][0]
+    assert row["reused"] == []
+    names = ["one-cycle@0.001", "one-cycle@0.03", "constant@0.001", "constant@0.03"]
+    # Four trainings per run, in order scratch, relearn, finetune, each on the whole draw.
+    assert [n for _, n, _ in trained] == names * 3 and {k for k, _, _ in trained} == {row["samples"][0]}
+    for i, name in enumerate(("scratch", "relearn", "finetune")):
+        run = row["runs"][name][0]
+        assert run["test"] == {n: a for _, n, a in trained[4 * i:4 * i + 4]}, name
+        assert row[name] == [max(run["test"].values())], name
+        assert run["test"][f"{run['recipe']}@{run['lr']:g}"] == row[name][0]
+    # The trainings differ: the maximum is a choice among different accuracies.
+    assert len({a for _, _, a in trained}) > 3
+
+    trained.clear()
+    held = assess.attack(enc, *data, sizes=(0.05,), seeds=1, steps=15, lrs=lrs, recipes=recipes)
+    assert held["lr_choice"] == "held_out"
+    n = row["samples"][0]
+    # Held out: each run trains four on four fifths of the draw, then the chosen one on all of it.
+    assert [k for k, _, _ in trained] == ([n - n // 5] * 4 + [n]) * 3
+    assert set(held["sizes"][0]["runs"]["relearn"][0]["validation"]) == set(names)
+
+
+def test_the_constant_recipe_trains_the_encrypted_elements_alone_at_a_constant_rate(monkeypatch):
+    """``constant``: Adam at the given rate every step (no schedule, no weight decay); with
+    a partly encrypted tensor, relearning moves its encrypted elements and no clear one."""
+    model = onnx.load(ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx")
+    graph = tg.TorchGraph(model)
+    loc = max((k for k, c in graph.constants.items() if c.array.ndim == 2), key=lambda k: graph.constants[k].array.size)
+    mask = np.zeros(graph.constants[loc].array.size, bool)
+    mask[::3] = True
+    setup = assess.Setup(model, {loc: mask}, batchnorm=False)
+    rates = []
+    real_step = torch.optim.Adam.step
+
+    def step(opt, *a, **k):
+        rates.append((type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]))
+        return real_step(opt, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    g = setup.reset(torch.Generator().manual_seed(1))
+    params = assess._relearn_only(g, setup.masks)
+    before = g.tensor(loc).detach().clone().flatten()
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    assess.train(g, params, x, np.arange(40) % 10, 0.02, 7, seed=3, recipe="constant")
+    after = g.tensor(loc).detach().flatten()
+    assert rates == [("Adam", 0.02, 0)] * 7
+    assert torch.equal(after[~torch.from_numpy(mask)], before[~torch.from_numpy(mask)])
+    assert (after[torch.from_numpy(mask)] != before[torch.from_numpy(mask)]).float().mean() > 0.9
+    with pytest.raises(assess.AttackError, match="unknown recipe 'sgd'; recipes are one-cycle, constant"):
+        assess.train(g, params, x, np.arange(40) % 10, 0.02, 1, seed=3, recipe="sgd")
+
+
+def test_the_search_attacks_with_every_recipe_at_the_best_rate(data, monkeypatch):
+    """``policy_search``'s attacks (both passes) keep the best test accuracy over the rates
+    and both recipes, unless told otherwise; a bad choice is refused in one line."""
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    seen = []
+
+    def stand_in(path, *args, seeds, **kwargs):
+        seen.append((seeds, kwargs["lr_choice"], kwargs["recipes"]))
+        return {"holds": True, "gap": 0.0, "share": 0.5, "seeds": seeds}
+
+    monkeypatch.setattr(assess, "attack", stand_in)
+    assert assess.policy_search(mlp, *data, points=("last",), seeds=3)["chosen"] == "last"
+    assert seen == [(1, "best", ("one-cycle", "constant")), (3, "best", ("one-cycle", "constant"))]
+    monkeypatch.undo()
+    with pytest.raises(assess.AttackError, match="unknown lr_choice 'test'"):
+        assess.attack_masks(onnx.load(mlp), {}, *data, lr_choice="test")
+    with pytest.raises(assess.AttackError, match="recipes must be some of one-cycle, constant"):
+        assess.attack_masks(onnx.load(mlp), {}, *data, recipes=("adam",))
+
+
 def test_scores_give_accuracy_and_cross_entropy():
     x = np.eye(3, dtype=np.float32)
     node = helper.make_node("Identity", ["x"], ["y"])

@@ -28,28 +28,38 @@ computation; its result is scratch's, not run again (listed in the report's ``re
 With every weight encrypted and scratch the exported graph itself, the attacks start
 from scratch's draws.
 
-Each run uses AdamW with a one-cycle schedule for ``steps`` steps, image batches
-shifted at random by a few pixels (:func:`image_shift`); its learning rate
-is chosen on a held-out fifth of the attacker's own data (never the test data: the
-highest accuracy, equal ones told apart by the cross-entropy, :func:`best_lr`), then
-the run is repeated on all of the attacker's data with that rate. Each data size is
-drawn ``seeds`` times (stratified, at least one sample per class). The headline is the
-**gap over scratch**: the best attack's mean test accuracy minus scratch's, in points,
-at the worst data size. A protection holds when the gap is at most ``target`` (2
-points by default).
+Each run trains for ``steps`` steps on batches of 32 (the whole draw when smaller),
+image batches shifted at random by a few pixels (:func:`image_shift`), at each
+learning rate of ``lrs`` with each recipe of ``recipes`` (:func:`train`: ``one-cycle``,
+AdamW with a one-cycle schedule; ``constant``, Adam at a constant rate), and keeps one
+test accuracy (``lr_choice``, the same for scratch and the attacks):
+
+* ``held_out`` (:func:`attack`'s default, one-cycle alone): the training of the highest
+  accuracy on a held-out fifth of the attacker's own data (never the test data; equal
+  ones told apart by the cross-entropy, :func:`best_lr`), repeated on all of it;
+* ``best`` (:func:`policy_search`'s, both recipes): every training on all of the data,
+  the highest test accuracy kept: an upper bound on what an attacker who tunes the rate
+  and the recipe reaches. The report records each training's accuracy (``runs``).
+
+Each data size is drawn ``seeds`` times (stratified, at least one sample per class).
+The headline is the **gap over scratch**: the best attack's mean test accuracy minus
+scratch's, in points, at the worst data size. A protection holds when the gap is at
+most ``target`` (2 points by default).
 
 :func:`attack_masks` runs the same on given unknown elements (an attacker's guess of
 secret positions). :func:`policy_search` encrypts a plain model with the points of
 :data:`SEARCH`, cheapest first for that model (:func:`plan`: ``first``, ``last``, both,
 …, ``all``), screens each at one draw per size (stopping at the first size over the
 target), confirms a point that passes at ``seeds`` draws, and stops at the first
-confirmed on the given data.
+confirmed on the given data; every run of both passes takes ``lr_choice="best"`` over
+both recipes.
 
 Needs ``torch`` and ``onnx`` (``pip install 'onnx-protect[torch]'``). Which models are
 covered: :mod:`onnx_protect._torch_graph`. Command line::
 
     python3 -m onnx_protect.assess PROTECTED.onnx --data train.npz --test test.npz [--json OUT]
     python3 -m onnx_protect.assess --search MODEL.onnx --data train.npz --test test.npz
+    (--lr-choice held_out|best, --recipes one-cycle,constant: the choice and the recipes)
 
 ``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs: whole numbers for a model
 that reads token ids) and ``y`` (integer labels). See docs/protection.md.
@@ -86,6 +96,9 @@ LRS = (1e-3, 3e-3, 1e-2)
 WEIGHT_DECAY = 1e-4
 TARGET = 0.02
 ATTACKS = ("relearn", "finetune")
+# How a run trains (train()) and how its learning rate is chosen (_one()).
+RECIPES = ("one-cycle", "constant")
+LR_CHOICES = ("held_out", "best")
 ELEMENT_BYTES = {"FLOAT": 4, "FLOAT16": 2, "BFLOAT16": 2, "DOUBLE": 8}
 # Reset draws are offset from the data draws so that no seed is shared with anything
 # the model was trained from.
@@ -338,15 +351,23 @@ def shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int,
-          shift: int = 0) -> tg.TorchGraph:
-    """The training recipe of every run: AdamW, a one-cycle schedule over ``steps``
-    batches of :data:`BATCH`, each image batch shifted by up to ``shift`` pixels."""
+          shift: int = 0, recipe: str = "one-cycle") -> tg.TorchGraph:
+    """The training of every run: ``steps`` batches of :data:`BATCH` (the whole data
+    when it is smaller), each image batch shifted by up to ``shift`` pixels, with the
+    optimiser of ``recipe`` (:data:`RECIPES`): ``one-cycle``, AdamW (weight decay
+    :data:`WEIGHT_DECAY`) with a one-cycle schedule peaking at ``lr``; ``constant``,
+    Adam at the constant rate ``lr``."""
+    if recipe not in RECIPES:
+        raise AttackError(f"unknown recipe {recipe!r}; recipes are {', '.join(RECIPES)}")
     if not params:
         return g
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    if recipe == "one-cycle":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    else:
+        opt, sched = torch.optim.Adam(params, lr=lr), None
     batch = min(BATCH, len(xt))
     g.train()
     step = 0
@@ -365,7 +386,8 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
                 with torch.no_grad():
                     for p, keep, stored in g.restore:
                         p.copy_(torch.where(keep, p, stored))
-            sched.step()
+            if sched is not None:
+                sched.step()
             step += 1
     g.eval()
     return g
@@ -386,26 +408,54 @@ def best_lr(by_lr: dict[float, tuple[float, float]]) -> float:
     return max(by_lr, key=lambda lr: (by_lr[lr][0], -by_lr[lr][1], -lr))
 
 
-def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, steps, rng, shift=0) -> dict:
-    """LR chosen on a held-out fifth of (x, y), then retrained on all of it: the highest
-    held-out accuracy, ties (a fifth of a small draw has a few samples) broken by the
-    lower held-out cross-entropy."""
+def _run_name(recipe: str, lr: float) -> str:
+    """A training's name in the report: ``one-cycle@0.003``."""
+    return f"{recipe}@{lr:g}"
+
+
+def _one(make: Callable[[], tuple[tg.TorchGraph, list]], x, y, xt, yt, lrs, steps, rng, shift=0,
+         lr_choice: str = "held_out", recipes: Sequence[str] = ("one-cycle",)) -> dict:
+    """One run: a training at each recipe and rate, and the test accuracy kept.
+
+    * ``held_out``: each on four fifths of (x, y), the one of the highest held-out
+      accuracy (ties, common when a fifth of a small draw has a few samples, to the lower
+      held-out cross-entropy, then the smaller rate, then the earlier recipe) retrained
+      on all of it and tested;
+    * ``best``: each on all of (x, y), tested; the highest test accuracy is kept (an
+      upper bound on what an attacker who tunes the rate reaches). ``test`` gives every
+      training's test accuracy."""
+    if lr_choice not in LR_CHOICES:
+        raise AttackError(f"unknown lr_choice {lr_choice!r}; choices are {', '.join(LR_CHOICES)}")
+    runs = [(recipe, lr) for recipe in recipes for lr in lrs]
+    if not runs:
+        raise AttackError("no learning rate or no recipe to train with")
+    if lr_choice == "best":
+        test = {}
+        for recipe, lr in runs:
+            g, params = make()
+            train(g, params, x, y, lr, steps, seed=int(rng.integers(2**31)), shift=shift, recipe=recipe)
+            test[(recipe, lr)] = accuracy(g, xt, yt)
+        recipe, lr = max(runs, key=lambda r: test[r])  # the first of equal accuracies
+        return {"accuracy": test[(recipe, lr)], "lr": lr, "recipe": recipe,
+                "test": {_run_name(*r): a for r, a in test.items()}}
     n = len(y)
     order = rng.permutation(n)
     n_val = max(1, n // 5)
     val, fit = order[:n_val], order[n_val:]
     if len(fit) == 0:
         fit = val
-    by_lr = {}
-    for lr in lrs:
+    by_run = {}
+    for recipe, lr in runs:
         g, params = make()
-        train(g, params, x[fit], y[fit], lr, steps, seed=int(rng.integers(2**31)), shift=shift)
-        by_lr[lr] = scores(g, x[val], y[val])
-    best = best_lr(by_lr)
+        train(g, params, x[fit], y[fit], lr, steps, seed=int(rng.integers(2**31)), shift=shift, recipe=recipe)
+        by_run[(recipe, lr)] = scores(g, x[val], y[val])
+    order_of = {r: i for i, r in enumerate(runs)}
+    recipe, lr = max(runs, key=lambda r: (by_run[r][0], -by_run[r][1], -r[1], -order_of[r]))
     g, params = make()
-    train(g, params, x, y, best, steps, seed=int(rng.integers(2**31)), shift=shift)
-    return {"accuracy": accuracy(g, xt, yt), "lr": best, "validation": {str(k): v[0] for k, v in by_lr.items()},
-            "validation_loss": {str(k): v[1] for k, v in by_lr.items()}}
+    train(g, params, x, y, lr, steps, seed=int(rng.integers(2**31)), shift=shift, recipe=recipe)
+    return {"accuracy": accuracy(g, xt, yt), "lr": lr, "recipe": recipe,
+            "validation": {_run_name(*r): v[0] for r, v in by_run.items()},
+            "validation_loss": {_run_name(*r): v[1] for r, v in by_run.items()}}
 
 
 def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -440,7 +490,8 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
                  steps: int = STEPS, lrs: Sequence[float] = LRS, attacks: Sequence[str] = ATTACKS,
                  target: float = TARGET, check: bool = True, scratch_cache: dict | None = None,
                  augment: bool = True, batchnorm: bool = True, run_cache: dict | None = None,
-                 stop_early: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 stop_early: bool = False, progress: Callable[[str], None] | None = None,
+                 lr_choice: str = "held_out", recipes: Sequence[str] = ("one-cycle",)) -> dict[str, Any]:
     """Runs the training attacks on ``model`` with the elements of ``masks`` (locator ->
     boolean mask over the constant's elements) unknown to the attacker: the encrypted
     ones, or an attacker's guess of them. Returns the report: per data size the mean
@@ -449,6 +500,14 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     BatchNorm re-inserted after each Conv whose normalisation the export folded unless
     ``batchnorm`` is false, the shift augmentation) and ``augmentation``, which every
     run gets (image inputs, unless ``augment`` is false).
+
+    Each run trains at every rate of ``lrs`` with every recipe of ``recipes``
+    (:func:`train`: ``one-cycle``, ``constant``) and keeps one test accuracy:
+    ``lr_choice="held_out"`` that of the training chosen on a held-out fifth of the draw,
+    retrained on all of it; ``"best"`` the highest test accuracy of the trainings on all
+    of the draw, for scratch and the attacks alike. Per size, ``runs`` gives each run's
+    record per draw (``lr``, ``recipe``, and ``test`` or ``validation``: every training's
+    accuracy, named ``recipe@rate``).
 
     ``check``: before anything trains, the interpreter is compared with onnxruntime on
     the model as the attacks start it (every encrypted element reset, seed of the first
@@ -467,6 +526,13 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
+    if lr_choice not in LR_CHOICES:
+        raise AttackError(f"unknown lr_choice {lr_choice!r}; choices are {', '.join(LR_CHOICES)}")
+    recipes = tuple(recipes)
+    unknown = set(recipes) - set(RECIPES)
+    if unknown or not recipes or not len(lrs):
+        raise AttackError(f"recipes must be some of {', '.join(RECIPES)} (got {', '.join(recipes) or 'none'}) "
+                          "and lrs not empty")
     graph = tg.TorchGraph(model, trainable=frozenset(masks))
     for loc, mask in masks.items():
         c = graph.constants.get(loc)
@@ -482,7 +548,8 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     # Scratch depends on the model and on which of its one-element constants are encrypted.
     scalars = tuple(sorted(loc for loc, c in graph.constants.items() if c.array.size == 1))
     report: dict[str, Any] = {
-        "steps": steps, "lrs": list(lrs), "seeds": seeds, "pool": int(len(y)), "test": int(len(y_test)),
+        "steps": steps, "lrs": list(lrs), "lr_choice": lr_choice, "recipes": list(recipes), "seeds": seeds,
+        "pool": int(len(y)), "test": int(len(y_test)),
         "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
         "scratch_reference": reference, "reinserted_batchnorm": len(setup.bn_convs),
         "augmentation": f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}" if shift else "none",
@@ -490,7 +557,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         "sizes": []}
     for fraction in sizes:
         row: dict[str, Any] = {"fraction": fraction, "samples": [], "start": [], "scratch": [], "reused": [],
-                               **{a: [] for a in attacks}}
+                               **{a: [] for a in attacks}, "runs": {a: [] for a in ("scratch", *attacks)}}
         for s in range(seeds):
             rng = np.random.default_rng(1_000 + s)
             idx = draw(y, fraction, rng)
@@ -515,29 +582,31 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
             # A run that starts from the state of one already made (every weight encrypted,
             # scratch the exported graph: the attacks start from scratch's draws) is that
             # run: its result is reused.
-            done: dict[str, float] = {}
+            done: dict[str, dict] = {}
+            recipe_key = (tuple(lrs), lr_choice, recipes)
             for name in ("scratch", *attacks):
                 state = start_state(*makers[name](), hooked=name == "relearn" and partial)
                 if name == "scratch":
-                    cache, key = scratch_cache, (fraction, s, steps, tuple(lrs), scalars, reference)
+                    cache, key = scratch_cache, (fraction, s, steps, recipe_key, scalars, reference)
                 else:
-                    cache, key = run_cache, (name, fraction, s, steps, tuple(lrs), reference)
+                    cache, key = run_cache, (name, fraction, s, steps, recipe_key, reference)
                 if state is not None and state in done:
-                    acc = done[state]
+                    r = done[state]
                     row["reused"].append(name)
                 elif cache is not None and key in cache:
-                    acc = cache[key]
+                    r = cache[key]
                 else:
                     r = _one(makers[name], xs, ys, x_test, y_test, lrs, steps, np.random.default_rng(2_000 + s),
-                             shift=shift)
-                    acc = r["accuracy"]
+                             shift=shift, lr_choice=lr_choice, recipes=recipes)
                     if progress:
-                        progress(f"{fraction:.0%} seed {s}: {name} {100 * acc:.1f}% (lr {r['lr']:g})")
+                        progress(f"{fraction:.0%} seed {s}: {name} {100 * r['accuracy']:.1f}% "
+                                 f"({r['recipe']}, lr {r['lr']:g})")
                 if cache is not None:
-                    cache[key] = acc
+                    cache[key] = r
                 if state is not None:
-                    done.setdefault(state, acc)
-                row[name].append(acc)
+                    done.setdefault(state, r)
+                row[name].append(r["accuracy"])
+                row["runs"][name].append(r)
         mean = {k: float(np.mean(row[k])) for k in ("start", "scratch", *attacks)}
         best = max(attacks, key=lambda a: mean[a])
         row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"])
@@ -680,9 +749,12 @@ def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.Pa
 
 def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
                   target: float = TARGET, seeds: int = SEEDS, screen_seeds: int = 1,
+                  lr_choice: str = "best", recipes: Sequence[str] = RECIPES,
                   progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, Any]:
     """Encrypts the plain ``model`` with each search point (a throwaway key) and attacks
-    them cheapest first (:func:`plan`) in two passes:
+    them cheapest first (:func:`plan`) in two passes, every run (attacks and scratch)
+    trained at each rate with each of ``recipes`` and kept at its best test accuracy
+    (``lr_choice``, :func:`attack_masks`; both passes alike, the screening's runs reused):
 
     * screening: :func:`attack` with ``screen_seeds`` draws per data size, stopping at
       the first size whose gap is above the target;
@@ -698,6 +770,7 @@ def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Seq
     results = []
     chosen = None
     kwargs.setdefault("scratch_cache", {})
+    kwargs.update(lr_choice=lr_choice, recipes=tuple(recipes))
     with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
         for p in plan(model, points, d):
             point = p["point"]
@@ -736,7 +809,10 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 def _summary(r: dict) -> str:
     lines = [f"encrypted share {100 * r['share']:.2f}% of the weight bytes; test chance {100 * r['chance']:.1f}%",
              f"scratch: {r['scratch_reference']}; every run's augmentation: {r['augmentation']}; "
-             f"{r['seeds']} draw(s) per data size"]
+             f"{r['seeds']} draw(s) per data size",
+             f"every run: {'+'.join(r['recipes'])} at rates {', '.join(f'{lr:g}' for lr in r['lrs'])}, "
+             + ("the best test accuracy kept" if r["lr_choice"] == "best"
+                else "the one chosen on a held-out fifth of the draw retrained")]
     lines.append("data     samples  scratch  " + "  ".join(f"{a:>8}" for a in r["sizes"][0]["mean"]
                                                         if a not in ("scratch", "start")) + "  best-gap")
     for row in r["sizes"]:
@@ -763,6 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--search", action="store_true", help="find the cheapest search point that holds")
     ap.add_argument("--screen-seeds", type=int, default=1,
                     help="with --search: draws per size of the screening pass (default 1); --seeds confirm")
+    ap.add_argument("--lr-choice", choices=LR_CHOICES,
+                    help="held_out: each run's rate chosen on a held-out fifth of the draw; best: the best test "
+                         "accuracy over the rates (default: held_out; with --search best)")
+    ap.add_argument("--recipes", help=f"comma-separated, of {', '.join(RECIPES)} (default: one-cycle; "
+                                      "with --search both)")
     ap.add_argument("--no-augment", action="store_true", help="no shift augmentation of image inputs")
     ap.add_argument("--no-batchnorm", action="store_true",
                     help="scratch without the BatchNorm re-inserted after Conv layers whose norm the export folded")
@@ -778,6 +859,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         kw = dict(sizes=sizes, seeds=args.seeds, steps=args.steps, target=args.target, progress=say,
                   augment=not args.no_augment, batchnorm=not args.no_batchnorm)
+        if args.lr_choice:
+            kw["lr_choice"] = args.lr_choice
+        if args.recipes:
+            kw["recipes"] = tuple(r.strip() for r in args.recipes.split(","))
+            bad = [r for r in kw["recipes"] if r not in RECIPES]
+            if bad:
+                raise AttackError(f"--recipes: unknown recipe {bad[0]!r}; recipes are {', '.join(RECIPES)}")
         if args.search:
             r = policy_search(args.model, x, y, xt, yt, screen_seeds=args.screen_seeds, **kw)
             text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])} ({p['stage']}):\n"

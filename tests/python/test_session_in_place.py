@@ -496,3 +496,55 @@ def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_
         op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"))
     assert e.value.kind == "modified", e.value
     assert str(enc) in str(e.value)
+
+
+def single_file_chain(folder, count, dim, seed=0):
+    """`chain_model` with every weight in the model file itself."""
+    path = chain_model(folder, count, dim, seed)
+    model = onnx.load(path)
+    (folder / "w.bin").unlink()
+    path.unlink()
+    onnx.save_model(model, path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["default", "no prepacking", "whole"])
+def test_a_single_file_model_of_16_mib_or_more_has_its_weights_filled_on_demand_with_the_plain_outputs(how, tmp_path):
+    """Six weights of 4 MiB in the model file: onnxruntime reads them from memory filled on
+    demand (the graph handed over is built from the rest of the file); outputs equal the
+    plain session's, with prepacking on or off, and decrypted whole (`on_demand=False`)."""
+    plain = single_file_chain(tmp_path / "plain", 6, 1024, seed=5)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    x = np.random.default_rng(6).standard_normal((2, 1024)).astype(np.float32)
+    so = ort.SessionOptions()
+    if how == "no prepacking":
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    want = ort.InferenceSession(str(plain), so, CPU).run(None, {"x": x})[0].tobytes()
+    s = op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"))
+    if s.onnx_protect_weights != "files_in_place":
+        pytest.skip("onnxruntime < 1.31 takes no external data files from memory in place")
+    sf = s._onnx_protect_buffers[0]
+    if how == "whole":
+        assert sf.model_method == "memory"
+    elif sf.model_method != "on_demand":
+        pytest.skip(f"the model file is not filled on demand here ({sf.model_method}: no userfaultfd)")
+    assert s.run(None, {"x": x})[0].tobytes() == want
+
+
+def test_a_changed_byte_of_a_single_file_model_filled_on_demand_gives_no_session(tmp_path):
+    """The model file's chunks are hashed before anything is handed over: a byte changed
+    inside a weight is refused as modified, and no session is returned."""
+    plain = single_file_chain(tmp_path / "plain", 6, 1024, seed=7)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    data = bytearray(enc.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    enc.write_bytes(bytes(data))
+    with pytest.raises(op.OnnxProtectError) as e:
+        op.InferenceSession(enc, providers=CPU, key=key)
+    assert e.value.kind == "modified", e.value

@@ -94,8 +94,14 @@ fn the_model_files_large_tensors_are_filled_on_demand_with_the_bytes_of_the_whol
             assert!(skeleton.bytes[h.clone()].iter().all(|&b| b == 0), "{what}: hole {h:?} written");
             at = h.end;
         }
-        assert!(lazy.bytes()[..] == original[..], "{what}: the model's bytes filled on demand");
-        lazy.bytes().settle().unwrap();
+        // Each large tensor, filled on demand, at its aligned place in the model's bytes.
+        let region = lazy.bytes();
+        assert_eq!(region.as_ptr() as usize % 4096, 0, "{what}: the region starts on a page");
+        for (h, &at) in skeleton.holes.iter().zip(&skeleton.at) {
+            assert_eq!(at % 64, 0, "{what}: tensor at {at}");
+            assert!(region[at..at + h.len()] == original[h.clone()], "{what}: tensor {h:?} at {at}");
+        }
+        region.settle().unwrap();
     }
 }
 
@@ -129,20 +135,31 @@ fn a_chunk_changed_on_disk_after_the_load_reads_as_zeros_and_settle_refuses() {
     let k = key();
     // Reading once, the budget is 6 blocks: the handler's idle fill stops there, so the
     // last tensor (blocks 8 and 9) is not read before it is changed.
-    let mut lazy =
-        InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).read_once(true).load().unwrap();
-    let holes = lazy.take_skeleton().unwrap().holes;
-    assert_eq!(holes.len(), 9);
+    let mut lazy = InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).read_once(true).load().unwrap();
+    let skeleton = lazy.take_skeleton().unwrap();
+    assert_eq!(skeleton.holes.len(), 9);
     // The same file (inode) changed in place inside the last large tensor.
-    let i = holes[8].end - 100;
+    let i = skeleton.holes[8].end - 100;
     // One byte written in place (a whole rewrite would truncate the file under reads ahead).
     let file = std::fs::OpenOptions::new().write(true).open(&protected).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[original[i] ^ 0x10], i as u64).unwrap();
-    let chunk = 4 << 20;
-    let bad = i / chunk * chunk..((i / chunk + 1) * chunk).min(lazy.bytes().len());
+    // The region's blocks (4 MiB) holding bytes of the file's chunk (4 MiB) with byte `i`
+    // read as zeros; every other byte is right.
+    let (chunk, block) = (4 << 20, 4 << 20);
+    let bad = i / chunk * chunk..(i / chunk + 1) * chunk;
+    let place = |p: usize| {
+        let k = skeleton.holes.iter().position(|h| h.contains(&p)).unwrap();
+        skeleton.at[k] + (p - skeleton.holes[k].start)
+    };
+    let blocks: std::collections::BTreeSet<usize> =
+        bad.clone().filter(|p| skeleton.holes.iter().any(|h| h.contains(p))).map(|p| place(p) / block).collect();
+    assert!(!blocks.is_empty() && blocks.contains(&(place(i) / block)));
     let want = std::fs::read(&plain).unwrap();
-    for (at, (&got, &w)) in lazy.bytes().iter().zip(want.iter()).enumerate() {
-        assert_eq!(got, if bad.contains(&at) { 0 } else { w }, "byte {at}");
+    for (h, &at) in skeleton.holes.iter().zip(&skeleton.at) {
+        for (k, p) in h.clone().enumerate() {
+            let expected = if blocks.contains(&((at + k) / block)) { 0 } else { want[p] };
+            assert_eq!(lazy.bytes()[at + k], expected, "file byte {p}");
+        }
     }
     assert_eq!(lazy.bytes().settle().unwrap_err().kind(), ErrorKind::Modified);
 }

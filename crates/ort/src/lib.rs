@@ -400,8 +400,10 @@ fn from_files(
     static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let prefix = format!("onnx-protect-ort.{n}.");
-    let plan = onnx_protect_session::prepare_files(index, &model, |l| external.get(l).map(|d| &d[..]), &prefix)
-        .map_err(CoreError::from)?;
+    let movable = onnx_protect_session::ModelBuffer::Movable;
+    let plan =
+        onnx_protect_session::prepare_files(index, &model, movable, |l| external.get(l).map(|d| &d[..]), &prefix)
+            .map_err(CoreError::from)?;
     model.move_within(&plan.moves)?;
     let held = Held { model: Some(model), external, arena: Some(plan.arena) };
     builder = builder.with_config_entry(onnx_protect_session::files::DIRECT, "1").map_err(ort_err)?;

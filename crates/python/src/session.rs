@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{DecryptedBytes, InMemory};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory, Skeleton};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{prepare, Arena, Options, Source, MIN_SHARED};
+use onnx_protect_session::{prepare, Arena, ModelBuffer, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -249,7 +249,8 @@ pub fn session_model(
 ) -> PyResult<SessionModel> {
     // Shared tensors stay in the decrypted buffers for the session's life: external files
     // are then filled on demand where the system can.
-    let (what, index, model_bytes, external) = decrypt_source(py, source, key, tier, signers, share && on_demand)?;
+    let (what, index, model_bytes, external, _) =
+        decrypt_source(py, source, key, tier, signers, share && on_demand, false)?;
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
     let plan = py
         .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
@@ -324,16 +325,30 @@ impl SessionFiles {
     /// later read fills it again, verified and decrypted anew), for sessions that keep
     /// their own packed copy of the weights they read.
     fn trim(&self) {
+        lock(&self.held.model).iter().for_each(DecryptedBytes::trim);
         lock(&self.held.external).values().for_each(DecryptedBytes::trim);
+    }
+
+    /// How the model file's large tensors are held: `"on_demand"` (filled as read, the
+    /// graph built from the rest of the file) or `"memory"` (decrypted whole).
+    #[getter]
+    fn model_method(&self) -> &'static str {
+        match lock(&self.held.model).as_ref().map(DecryptedBytes::method) {
+            Some(onnx_protect_core::memory::Method::OnDemand) => "on_demand",
+            _ => "memory",
+        }
     }
 }
 
-/// Settles the external files filled on demand (see `release`) and drops the graph not
-/// handed out.
+/// Settles the model file and external files filled on demand (see `release`) and drops
+/// the graph not handed out.
 fn settle(py: Python<'_>, held: &Arc<Held>, what: &std::path::Path) -> PyResult<()> {
     let held2 = Arc::clone(held);
-    py.detach(|| lock(&held2.external).values().try_for_each(DecryptedBytes::settle))
-        .map_err(|e| py_err_at(what, e))?;
+    py.detach(|| {
+        lock(&held2.model).iter().try_for_each(DecryptedBytes::settle)?;
+        lock(&held2.external).values().try_for_each(DecryptedBytes::settle)
+    })
+    .map_err(|e| py_err_at(what, e))?;
     *lock(&held.planned) = None;
     Ok(())
 }
@@ -358,7 +373,8 @@ pub fn session_files(
     signers: Vec<String>,
     on_demand: bool,
 ) -> PyResult<SessionFiles> {
-    let (what, index, mut model_bytes, external) = decrypt_source(py, source, key, tier, signers, on_demand)?;
+    let (what, index, mut model_bytes, external, skeleton) =
+        decrypt_source(py, source, key, tier, signers, on_demand, on_demand)?;
     let plan = py
         .detach(|| -> Result<_, CoreError> {
             // onnxruntime takes the first file of a name given to a SessionOptions: each
@@ -367,8 +383,21 @@ pub fn session_files(
             let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let prefix = format!("onnx-protect.{n}.");
             let external_bytes = |l: &str| external.get(l).map(|x| &x[..]);
-            let plan = onnx_protect_session::prepare_files(&index, &model_bytes, external_bytes, &prefix)?;
-            model_bytes.move_within(&plan.moves)?;
+            // A model file filled on demand: the graph from its skeleton, its tensors where
+            // they are; otherwise its tensors moved to aligned offsets.
+            let plan = match skeleton {
+                Some(s) => {
+                    let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
+                    onnx_protect_session::prepare_files(&index, &s.bytes, fixed, external_bytes, &prefix)?
+                }
+                None => {
+                    let movable = ModelBuffer::Movable;
+                    let plan =
+                        onnx_protect_session::prepare_files(&index, &model_bytes, movable, external_bytes, &prefix)?;
+                    model_bytes.move_within(&plan.moves)?;
+                    plan
+                }
+            };
             Ok(plan)
         })
         .map_err(|e| py_err_at(&what, e))?;
@@ -396,8 +425,8 @@ pub fn session_files(
 
 /// The decrypted model of `source` (a path, or the protected model's bytes with external
 /// data resolved in the current directory): what it is called in errors, its index, the
-/// model's bytes and the external files.
-type Decrypted = (PathBuf, Model, DecryptedBytes, BTreeMap<String, DecryptedBytes>);
+/// model's bytes, the external files, and the skeleton of a model file filled on demand.
+type Decrypted = (PathBuf, Model, DecryptedBytes, BTreeMap<String, DecryptedBytes>, Option<Skeleton>);
 
 fn decrypt_source(
     py: Python<'_>,
@@ -406,6 +435,7 @@ fn decrypt_source(
     tier: Option<u32>,
     signers: Vec<String>,
     on_demand: bool,
+    model_on_demand: bool,
 ) -> PyResult<Decrypted> {
     let trusted = crate::signers(signers)?;
     let key_source = key.source.clone();
@@ -426,6 +456,7 @@ fn decrypt_source(
                         .tier(tier)
                         .signers(&trusted)
                         .on_demand(on_demand)
+                        .model_on_demand(model_on_demand)
                         .load_for_session()?;
                     Ok((index, d))
                 }
@@ -441,6 +472,8 @@ fn decrypt_source(
             }
         })
         .map_err(|e| py_err_at(&what, e))?;
+    let mut d = d;
+    let skeleton = d.take_skeleton();
     let (model_bytes, external) = d.into_parts();
-    Ok((what, index, model_bytes, external))
+    Ok((what, index, model_bytes, external, skeleton))
 }

@@ -116,10 +116,24 @@ enum Place {
     Arena(usize),
 }
 
+/// What the model buffer handed to onnxruntime as `{prefix}model` allows.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelBuffer<'h> {
+    /// The decrypted model, which the caller rearranges: each large tensor is moved to an
+    /// aligned offset ([`FilesPlan::moves`]).
+    Movable,
+    /// A model file filled on demand: the `bytes` given are its skeleton, without the
+    /// bytes inside `holes` (sorted `raw_data` ranges of large initializers), which the
+    /// model buffer holds at `at` (one offset per hole, aligned), and holds nothing else:
+    /// every other tensor stays in the graph. A tensor inside a hole that would be written
+    /// into the graph is an error (its bytes are not in the skeleton).
+    Fixed { holes: &'h [Range<usize>], at: &'h [usize] },
+}
+
 /// Builds the graph and the files for the decrypted model `bytes`, indexed by `model`;
 /// `external(location)` gives each decrypted external data file; `prefix` starts the
-/// name of every file (see the module's documentation). The caller makes the
-/// [`FilesPlan::moves`] in its (mutable) model buffer after this returns and before
+/// name of every file (see the module's documentation). For a [`ModelBuffer::Movable`]
+/// buffer the caller makes the [`FilesPlan::moves`] in it after this returns and before
 /// onnxruntime reads it.
 ///
 /// Fails when a tensor's bytes are missing or out of range, or when the graph would
@@ -127,6 +141,7 @@ enum Place {
 pub fn prepare_files<'a>(
     model: &Model,
     bytes: &[u8],
+    buffer: ModelBuffer<'_>,
     external: impl Fn(&str) -> Option<&'a [u8]>,
     prefix: &str,
 ) -> Result<FilesPlan, FormatError> {
@@ -149,7 +164,38 @@ pub fn prepare_files<'a>(
                         t.name
                     )));
                 }
-                raw.push((i, r));
+                match buffer {
+                    ModelBuffer::Movable => raw.push((i, r)),
+                    // A tensor in no hole stays in the graph: the model buffer holds only the holes.
+                    ModelBuffer::Fixed { holes, at } => match holes.binary_search_by_key(&r.start, |h| h.start) {
+                        Ok(k) if holes[k] == r => {
+                            let to = at.get(k).copied().ok_or_else(|| {
+                                FormatError::Invalid(format!(
+                                    "tensor '{}': no place for it in the model buffer",
+                                    t.name
+                                ))
+                            })?;
+                            places.insert(i, Place::Model(to));
+                        }
+                        _ if holes.iter().any(|h| h.start < r.end && r.start < h.end) => {
+                            return Err(FormatError::Invalid(format!(
+                                "tensor '{}': its bytes overlap a tensor left to be filled on demand",
+                                t.name
+                            )))
+                        }
+                        _ => {}
+                    },
+                }
+            }
+            TensorData::Raw { range } => {
+                let ModelBuffer::Fixed { holes, .. } = buffer else { continue };
+                let r = usize_range(range)?;
+                if holes.iter().any(|h| h.start < r.end && r.start < h.end) {
+                    return Err(FormatError::Invalid(format!(
+                        "tensor '{}': its bytes were left to be filled on demand, and it would be written into the graph",
+                        t.name
+                    )));
+                }
             }
             TensorData::External { file, range } => {
                 let (loc, data) = crate::external_file(model, t, *file, &external)?;
@@ -241,7 +287,11 @@ pub fn prepare_files<'a>(
     if used.1 {
         files.push(File { name: arena_file, source: crate::Source::Arena });
     }
-    Ok(FilesPlan { graph, files, moves, model_len: cursor, arena, tensors: places.len() })
+    let model_len = match buffer {
+        ModelBuffer::Movable => cursor,
+        ModelBuffer::Fixed { holes, at } => holes.iter().zip(at).map(|(h, a)| a + h.len()).max().unwrap_or(0),
+    };
+    Ok(FilesPlan { graph, files, moves, model_len, arena, tensors: places.len() })
 }
 
 #[cfg(test)]
@@ -334,7 +384,7 @@ mod tests {
         // Odd sizes and names put the raw_data of most tensors at unaligned offsets.
         let bytes = matmul_chain(&[floats("W0", 300, 1.0), floats("W1", 10, 2.0), floats("W2", 513, 3.0)]);
         let model = Model::from_vec(bytes.clone(), None).unwrap();
-        let plan = prepare_files(&model, &bytes, |_| None, "p.").unwrap();
+        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, "p.").unwrap();
         assert_eq!(plan.tensors, 2, "W0 and W2 (over 1 KiB); W1 stays in the graph");
         assert_eq!(plan.files, vec![File { name: "p.model".into(), source: crate::Source::Model }]);
         assert!(plan.graph.len() + 3000 < bytes.len(), "the graph holds no large tensor's bytes");
@@ -352,6 +402,37 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_buffer_keeps_every_large_tensor_where_it_is_and_builds_the_graph_from_the_skeleton() {
+        let bytes = matmul_chain(&[floats("W0", 300, 1.0), floats("W1", 10, 2.0), floats("W2", 513, 3.0)]);
+        let model = Model::from_vec(bytes.clone(), None).unwrap();
+        let raw = |name: &str| match &model.tensors.iter().find(|t| t.name == name).unwrap().data {
+            TensorData::Raw { range } => range.start as usize..range.end as usize,
+            _ => unreachable!(),
+        };
+        let holes = [raw("W0"), raw("W2")];
+        let mut skeleton = bytes.clone();
+        holes.iter().for_each(|h| skeleton[h.clone()].fill(0));
+        // The model buffer holds W0 at 0 and W2 at 1280 (as the region lays them out).
+        let at = [0, 1280];
+        let mut buffer = vec![0u8; 1280 + holes[1].len()];
+        buffer[..holes[0].len()].copy_from_slice(&bytes[holes[0].clone()]);
+        buffer[1280..].copy_from_slice(&bytes[holes[1].clone()]);
+        let fixed = ModelBuffer::Fixed { holes: &holes, at: &at };
+        let plan = prepare_files(&model, &skeleton, fixed, |_| None, "f.").unwrap();
+        assert!(plan.moves.is_empty() && plan.arena.bytes().is_empty(), "nothing moved or copied");
+        assert_eq!((plan.tensors, plan.model_len), (2, buffer.len()));
+        assert_eq!(plan.files, vec![File { name: "f.model".into(), source: crate::Source::Model }]);
+        // onnxruntime reads the tensors from the model buffer, not the skeleton.
+        let external = BTreeMap::new();
+        assert_eq!(read_back(&plan, &buffer, &external), original(&model, &external, &bytes));
+        // A hole over a tensor that stays in the graph (W1, under 1 KiB) is refused.
+        let wrong = [raw("W0"), raw("W1")];
+        let fixed = ModelBuffer::Fixed { holes: &wrong, at: &at };
+        let e = prepare_files(&model, &skeleton, fixed, |_| None, "g.").err().unwrap();
+        assert!(e.to_string().contains("'W1'"), "{e}");
+    }
+
+    #[test]
     fn external_files_keep_their_bytes_where_they_are_under_new_names() {
         let data: Vec<u8> = (0..8192u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let bytes = matmul_chain(&[
@@ -361,7 +442,8 @@ mod tests {
         ]);
         let external: BTreeMap<String, Vec<u8>> = [("w.bin".to_string(), data)].into();
         let model = index(&bytes, &lens(&external));
-        let plan = prepare_files(&model, &bytes, |l| external.get(l).map(|v| &v[..]), "q.").unwrap();
+        let plan =
+            prepare_files(&model, &bytes, ModelBuffer::Movable, |l| external.get(l).map(|v| &v[..]), "q.").unwrap();
         assert!(plan.moves.is_empty());
         assert_eq!(plan.files, vec![File { name: "q.0".into(), source: crate::Source::External("w.bin".into()) }]);
         assert_eq!(read_back(&plan, &bytes, &external), original(&model, &external, &bytes));
@@ -380,7 +462,7 @@ mod tests {
         let skew = (4 - store.as_ptr() as usize % 4) % 4;
         store[skew..skew + 4200].copy_from_slice(&data);
         let buf = &store[skew..skew + 4200];
-        let plan = prepare_files(&model, &bytes, |_| Some(buf), "r.").unwrap();
+        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(buf), "r.").unwrap();
         assert_eq!(plan.files, vec![File { name: "r.arena".into(), source: crate::Source::Arena }]);
         assert_eq!(&plan.arena.bytes()[..4096], &data[3..4099]);
         assert_eq!(plan.arena.bytes().as_ptr() as usize % ALIGN, 0);
@@ -390,10 +472,11 @@ mod tests {
     fn a_missing_external_file_or_bytes_past_its_end_are_errors() {
         let bytes = matmul_chain(&[external_float_tensor("W0", &[1024], "w.bin", 0, 4096)]);
         let model = index(&bytes, &[("w.bin".to_string(), 4096)].into());
-        let err = prepare_files(&model, &bytes, |_| None, "s.").err().expect("no file given");
+        let err = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, "s.").err().expect("no file given");
         assert!(err.to_string().contains("'w.bin' was not given"), "{err}");
         let short = [0u8; 100];
-        let err = prepare_files(&model, &bytes, |_| Some(&short[..]), "s.").err().expect("too short");
+        let err =
+            prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(&short[..]), "s.").err().expect("too short");
         assert!(err.to_string().contains("outside 'w.bin'"), "{err}");
     }
 }

@@ -29,7 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
-pub use files::{prepare_files, FilesPlan};
+pub use files::{prepare_files, FilesPlan, ModelBuffer};
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

@@ -216,8 +216,8 @@ pub struct DecryptedModel {
 /// The model file's bytes without its large tensors, for a model file filled on demand
 /// ([`InMemory::model_on_demand`](super::InMemory::model_on_demand)): what a loader reads
 /// to build the graph it hands to a runtime, which then reads those tensors from
-/// [`DecryptedModel::bytes`] (external data from memory), so that building the graph
-/// fills none of them.
+/// [`DecryptedModel::bytes`] (external data from memory, each tensor aligned there at
+/// [`Skeleton::at`]), so that building the graph fills none of them.
 #[derive(Debug)]
 pub struct Skeleton {
     /// The model file's bytes, every byte verified and decrypted except those inside
@@ -226,6 +226,9 @@ pub struct Skeleton {
     /// The `raw_data` ranges of the initializers left out (sorted, disjoint): each must be
     /// read from the model's bytes, never from the skeleton.
     pub holes: Vec<Range<usize>>,
+    /// Where the bytes of each of `holes` start in [`DecryptedModel::bytes`] (each a
+    /// multiple of 64 bytes from its start, which is page-aligned).
+    pub at: Vec<usize>,
 }
 
 impl DecryptedModel {

@@ -17,7 +17,8 @@
 //!   hashes of that pass when filled.
 //!
 //! While a session is being built, the blocks filled longest ago are dropped beyond a
-//! budget (a little more than the largest external tensor), so weights that the runtime
+//! budget (a little more than the largest tensor of the region aligned to its element
+//! type: one that is not is copied in one pass before it is read), so weights that the runtime
 //! copied into buffers of its own (onnxruntime's prepacked `MatMul` weights) stop counting.
 //! [`DecryptedBytes::settle`] ends that, after hashing every chunk that was never filled
 //! (so the whole content is verified when it returns); every block read after it stays.
@@ -64,6 +65,10 @@ const MODEL_MIN: u64 = 16 << 20;
 
 /// The model file's initializers at least this long are filled on demand with it.
 const HOLE_MIN: u64 = 64 << 10;
+
+/// Each of the model file's tensors starts at a multiple of this in the region (as
+/// onnxruntime's own allocations do), so that a runtime reads it in place.
+const TENSOR_ALIGN: u64 = 64;
 
 /// Digest chunks larger than this are not filled on demand (a block holds a whole chunk).
 const MAX_CHUNK: u64 = 64 << 20;
@@ -144,18 +149,18 @@ fn on_demand(
     if external_total == 0 && in_region.is_none() {
         return Ok(Err(d));
     }
+    let at = relocate(&holes);
     let (model_bytes, first, skeleton) = match in_region {
         Some((skeleton, first, pieces)) => {
             let path = model.path.clone().unwrap_or_else(|| PathBuf::from("<model>"));
             let source = model.source_file().ok_or(CoreError::Internal("a skeleton of a model read from no file"))?;
             let handle = source.try_clone().map_err(|e| io_error(&path, e))?;
             let leaves = first.leaves.clone();
-            let size = first.len;
-            (
-                Err(ExternalFile { file: handle, path, size, first_block: 0, index: 0, leaves, pieces }),
-                first,
-                Some(skeleton),
-            )
+            let size = holes.iter().zip(&at).map(|(h, a)| a + (h.end - h.start)).max().unwrap_or(0);
+            let tensors = holes.iter().cloned().zip(at.iter().copied()).collect();
+            let moved = Some(Relocated { content_len: first.len, tensors });
+            let f = ExternalFile { file: handle, path, size, first_block: 0, index: 0, leaves, pieces, moved };
+            (Err(f), first, Some(skeleton))
         }
         None => match patcher.model_file_fused(&d)? {
             Some((bytes, first)) => (Ok(bytes), first, None),
@@ -201,6 +206,7 @@ fn on_demand(
             index,
             leaves,
             pieces: pieces.remove(&fi).unwrap_or_default(),
+            moved: None,
         });
         first_block += blocks;
     }
@@ -214,7 +220,7 @@ fn on_demand(
         failed: Mutex::new(None),
         chunk,
     });
-    let located = Located { shift, holes: &holes };
+    let located = Located { shift, holes: &holes, at: &at };
 
     // The budget: the largest tensor of the region (in whole blocks, either side), and slack.
     // Tables only gathered from (embeddings) are left out: a runtime reads the rows it
@@ -226,12 +232,16 @@ fn on_demand(
         .filter(|w| !w.uses.is_empty() && w.uses.iter().all(|u| u.tensor_role == TensorRole::Embedding))
         .map(|w| w.tensor)
         .collect();
+    // A tensor not aligned to its element type is copied by onnxruntime (and by the
+    // loaders) in one pass before anything else reads it, so it needs no room either.
     let largest = model
         .tensors
         .iter()
         .enumerate()
         .filter(|(i, _)| !tables.contains(i))
-        .filter_map(|(_, t)| located.of(t).map(|(_, r)| r.end - r.start))
+        .filter_map(|(_, t)| located.of(t).map(|(_, r)| (t, r)))
+        .filter(|(t, r)| r.start % t.data_type.bits().div_ceil(8).clamp(1, 16) == 0)
+        .map(|(_, r)| r.end - r.start)
         .max()
         .unwrap_or(0);
     // A reader that copies each byte once needs no tensor kept whole.
@@ -262,7 +272,15 @@ fn on_demand(
     let groups = block_groups(model, &files, block, first_block, &located);
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
     let files = Arc::new(files);
-    *filling = Some(Filler { files: Arc::clone(&files), targets, actions, dtypes, block, check: Arc::clone(&check) });
+    *filling = Some(Filler {
+        files: Arc::clone(&files),
+        targets,
+        actions,
+        dtypes,
+        block,
+        check: Arc::clone(&check),
+        chunk: None,
+    });
     drop(filling);
     // The handler holds the region's lock while it fills: these wait for its first fill.
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
@@ -288,8 +306,11 @@ fn on_demand(
         Some(bytes) => bytes,
         None => on_demand(&region.files[0]),
     };
-    let skeleton = skeleton
-        .map(|bytes| Skeleton { bytes, holes: holes.iter().map(|h| h.start as usize..h.end as usize).collect() });
+    let skeleton = skeleton.map(|bytes| Skeleton {
+        bytes,
+        holes: holes.iter().map(|h| h.start as usize..h.end as usize).collect(),
+        at: at.iter().map(|&a| a as usize).collect(),
+    });
     Ok(Ok(DecryptedModel {
         model: model_bytes,
         skeleton,
@@ -306,20 +327,46 @@ fn on_demand(
 struct Located<'a> {
     /// The region's file of external file 0 (1 when the model file is the region's first).
     shift: usize,
-    /// The model file's tensors in the region (sorted; empty when the model file is not).
+    /// The model file's tensors in the region (sorted; empty when the model file is not),
+    /// and where each starts in it.
     holes: &'a [Range<u64>],
+    at: &'a [u64],
 }
 
 impl Located<'_> {
     fn of(&self, t: &onnx_protect_format::Tensor) -> Option<(usize, Range<u64>)> {
         match &t.data {
             TensorData::External { file, range } => Some((file + self.shift, range.clone())),
-            TensorData::Raw { range } if self.holes.binary_search_by_key(&range.start, |h| h.start).is_ok() => {
-                Some((0, range.clone()))
+            TensorData::Raw { range } => {
+                let k = self.holes.binary_search_by_key(&range.start, |h| h.start).ok()?;
+                Some((0, self.at[k]..self.at[k] + (range.end - range.start)))
             }
             _ => None,
         }
     }
+}
+
+/// Where each of the model file's tensors `holes` (sorted, disjoint) starts in the region:
+/// at or after its offset in the file and after the previous one, at a multiple of
+/// [`TENSOR_ALIGN`].
+fn relocate(holes: &[Range<u64>]) -> Vec<u64> {
+    let mut end = 0u64;
+    holes
+        .iter()
+        .map(|h| {
+            let at = h.start.max(end).next_multiple_of(TENSOR_ALIGN);
+            end = at + (h.end - h.start);
+            at
+        })
+        .collect()
+}
+
+/// The model file's tensors laid out in the region ([`relocate`]).
+struct Relocated {
+    /// The model file's content (the chunks hashed).
+    content_len: u64,
+    /// Each tensor's bytes in the file and where they start in the region, sorted.
+    tensors: Vec<(Range<u64>, u64)>,
 }
 
 /// The leaves `which` of covered file `index` (`size` bytes of `file`, chunks of `chunk`
@@ -489,6 +536,8 @@ struct ExternalFile {
     /// digest), or from the pass that checked the digest.
     leaves: Vec<[u8; 32]>,
     pieces: Vec<Piece>,
+    /// The model file's tensors at other offsets in the region than in the file.
+    moved: Option<Relocated>,
 }
 
 /// Why a fill or the verification at `settle` failed (kept to be reported again).
@@ -609,6 +658,9 @@ struct Filler {
     dtypes: Vec<DataType>,
     block: u64,
     check: Arc<Check>,
+    /// The model file's chunk last verified and decrypted, for blocks of tensors moved in
+    /// the region ([`Relocated`]): `(chunk, its bytes)`.
+    chunk: Option<(u64, PrivateMap)>,
 }
 
 impl Filler {
@@ -617,7 +669,11 @@ impl Filler {
     /// its hash (until then its decrypted bytes are the handler's only).
     fn fill(&mut self, b: usize, fill: &mut Fill<'_>) -> std::result::Result<(), String> {
         let fi = self.files.partition_point(|f| f.first_block <= b).saturating_sub(1);
-        let f = &self.files[fi];
+        let files = Arc::clone(&self.files);
+        let f = &files[fi];
+        if let Some(moved) = &f.moved {
+            return self.fill_moved(f, moved, b, fill);
+        }
         let chunk = self.check.chunk;
         let start = (b - f.first_block) as u64 * self.block;
         let len = f.size.saturating_sub(start).min(self.block);
@@ -660,6 +716,76 @@ impl Filler {
             fill.install(end as usize);
             at = end;
         }
+        Ok(())
+    }
+
+    /// Block `b` of the model file's tensors moved in the region: each tensor's bytes in
+    /// it copied from its file chunks, each chunk read, hashed and decrypted (or kept from
+    /// the last fill) and used only if it matches its hash; the gaps between tensors zero.
+    fn fill_moved(
+        &mut self,
+        f: &ExternalFile,
+        moved: &Relocated,
+        b: usize,
+        fill: &mut Fill<'_>,
+    ) -> std::result::Result<(), String> {
+        let start = (b - f.first_block) as u64 * self.block;
+        let len = f.size.saturating_sub(start).min(self.block);
+        let end = start + len;
+        let mut at = start;
+        let first = moved.tensors.partition_point(|(r, to)| to + (r.end - r.start) <= start);
+        for (r, to) in moved.tensors[first..].iter().take_while(|(_, to)| *to < end) {
+            let (lo, hi) = (start.max(*to), end.min(to + (r.end - r.start)));
+            fill.buf()[(at - start) as usize..(lo - start) as usize].fill(0);
+            // The file's bytes `src` go to the region's `lo..hi`.
+            let src = r.start + (lo - to)..r.start + (hi - to);
+            let chunk = self.check.chunk;
+            let mut pos = src.start;
+            while pos < src.end {
+                let j = pos / chunk;
+                if let Err((e, what)) = self.chunk_of(f, moved, j) {
+                    return Err(self.failed(e, &f.path, &(j * chunk..(j + 1) * chunk), what));
+                }
+                let Some((_, data)) = &self.chunk else { return Err("no chunk kept".into()) };
+                let upto = src.end.min((j + 1) * chunk);
+                let from = (pos - j * chunk) as usize;
+                let dst = (lo + (pos - src.start) - start) as usize;
+                let n = (upto - pos) as usize;
+                fill.buf()[dst..dst + n].copy_from_slice(&data[from..from + n]);
+                pos = upto;
+            }
+            fill.poll();
+            at = hi;
+        }
+        fill.buf()[(at - start) as usize..len as usize].fill(0);
+        fill.install(len as usize);
+        Ok(())
+    }
+
+    /// Makes `self.chunk` chunk `j` of the model file `f`, verified and decrypted: kept from
+    /// the last fill (a block's first bytes come from the chunk the block before ended in),
+    /// or read, hashed and decrypted now.
+    fn chunk_of(&mut self, f: &ExternalFile, moved: &Relocated, j: u64) -> Step<()> {
+        if matches!(&self.chunk, Some((c, _)) if *c == j) {
+            return Ok(());
+        }
+        let mut buf = match self.chunk.take() {
+            Some((_, b)) => b,
+            None => {
+                let b = PrivateMap::anonymous(self.check.chunk as usize)
+                    .map_err(|e| (io_error(&f.path, e), "could not be read"))?;
+                b.exclude_from_core_dumps();
+                b
+            }
+        };
+        let pos = j * self.check.chunk;
+        let len = moved.content_len.saturating_sub(pos).min(self.check.chunk) as usize;
+        let mut leaf = ContentLeaf::new(f.index, j);
+        self.slices(f, pos, &mut buf[..len], |d| leaf.update(d))?;
+        if f.leaves.get(j as usize) != Some(&leaf.finalize()) {
+            return Err((Modified::Content.into(), "does not match its hash (changed on disk?)"));
+        }
+        self.chunk = Some((j, buf));
         Ok(())
     }
 

@@ -36,9 +36,9 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use onnx_protect_core::error::{CoreError, ErrorKind};
-use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method};
+use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method, Skeleton};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{prepare, Arena, Options, Prepared, Shared, Source, MIN_SHAREABLE};
+use onnx_protect_session::{prepare, Arena, ModelBuffer, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -271,13 +271,23 @@ pub fn commit_from_file_as(
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
     let Load { tier, signers, on_demand } = *load;
     // External data from the decrypted files, never from disk (the index reads none).
-    let (decrypted, index) =
-        InMemory::file(path, key).tier(tier).signers(signers).on_demand(on_demand).load_for_session().map_err(at)?;
-    let on_demand = decrypted.external().values().any(|d| d.method() == Method::OnDemand);
+    // A model file's own large weights are filled on demand too where onnxruntime reads
+    // them in place from files given from memory.
+    let files = reads_files_in_place();
+    let (mut decrypted, index) = InMemory::file(path, key)
+        .tier(tier)
+        .signers(signers)
+        .on_demand(on_demand)
+        .model_on_demand(on_demand && files)
+        .load_for_session()
+        .map_err(at)?;
+    let on_demand =
+        decrypted.method() == Method::OnDemand || decrypted.external().values().any(|d| d.method() == Method::OnDemand);
+    let skeleton = decrypted.take_skeleton();
     let (model, external) = decrypted.into_parts();
     let builder = without_plaintext_writes(builder)?;
-    if reads_files_in_place() {
-        return from_files(builder, &index, model, external, on_demand).map_err(|e| match e {
+    if files {
+        return from_files(builder, &index, model, skeleton, external, on_demand).map_err(|e| match e {
             FilesError::Core(c) => at(c),
             FilesError::Ort(o) => o,
         });
@@ -392,6 +402,7 @@ fn from_files(
     mut builder: SessionBuilder,
     index: &onnx_protect_format::Model,
     mut model: DecryptedBytes,
+    skeleton: Option<Skeleton>,
     external: BTreeMap<String, DecryptedBytes>,
     on_demand: bool,
 ) -> Result<ProtectedSession, FilesError> {
@@ -400,11 +411,21 @@ fn from_files(
     static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let prefix = format!("onnx-protect-ort.{n}.");
-    let movable = onnx_protect_session::ModelBuffer::Movable;
-    let plan =
-        onnx_protect_session::prepare_files(index, &model, movable, |l| external.get(l).map(|d| &d[..]), &prefix)
-            .map_err(CoreError::from)?;
-    model.move_within(&plan.moves)?;
+    let bytes = |l: &str| external.get(l).map(|d| &d[..]);
+    // A model file filled on demand: the graph from its skeleton, its tensors where they
+    // are; otherwise its tensors moved to aligned offsets.
+    let plan = match skeleton {
+        Some(s) => {
+            let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
+            onnx_protect_session::prepare_files(index, &s.bytes, fixed, bytes, &prefix).map_err(CoreError::from)?
+        }
+        None => {
+            let plan = onnx_protect_session::prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix)
+                .map_err(CoreError::from)?;
+            model.move_within(&plan.moves)?;
+            plan
+        }
+    };
     let held = Held { model: Some(model), external, arena: Some(plan.arena) };
     builder = builder.with_config_entry(onnx_protect_session::files::DIRECT, "1").map_err(ort_err)?;
     let mut tensors = 0u64;
@@ -424,7 +445,7 @@ fn from_files(
     // The session is built: what it reads from now on stays, and every chunk it did not
     // read is verified now (a chunk that did not match was read as zeros: the session is
     // thrown away).
-    held.external.values().try_for_each(DecryptedBytes::settle)?;
+    held.model.iter().chain(held.external.values()).try_for_each(DecryptedBytes::settle)?;
     Ok(ProtectedSession { session, _held: held, shared: plan.tensors, shared_bytes: tensors, on_demand, files: true })
 }
 

@@ -375,3 +375,66 @@ fn options_that_would_write_the_decrypted_model_are_switched_off() {
     drop(builder.commit_from_file(&model).unwrap());
     assert!(out.join("optimized.onnx").exists());
 }
+
+/// `y = x · W0 · … · W5`, each weight 1024² float32 in the model file (24 MiB): typed
+/// input and output, encoded here.
+fn single_file_chain(path: &Path) {
+    use onnx_protect_format::testutil::{float_tensor, model_with_graph, node};
+    use onnx_protect_format::wire::{put_len_field, put_tag, put_varint, WireType};
+    let dim = 1024usize;
+    let typed = |name: &str| {
+        let mut shape = Vec::new();
+        for d in [2, dim as u64] {
+            let mut dimension = Vec::new();
+            put_tag(&mut dimension, 1, WireType::Varint);
+            put_varint(&mut dimension, d);
+            put_len_field(&mut shape, 1, &dimension);
+        }
+        let mut tensor = Vec::new();
+        put_tag(&mut tensor, 1, WireType::Varint);
+        put_varint(&mut tensor, 1);
+        put_len_field(&mut tensor, 2, &shape);
+        let mut ty = Vec::new();
+        put_len_field(&mut ty, 1, &tensor);
+        let mut vi = Vec::new();
+        put_len_field(&mut vi, 1, name.as_bytes());
+        put_len_field(&mut vi, 2, &ty);
+        vi
+    };
+    let mut g = Vec::new();
+    for i in 0..6 {
+        let (x, y) = (
+            if i == 0 { "x".to_string() } else { format!("h{i}") },
+            if i == 5 { "y".to_string() } else { format!("h{}", i + 1) },
+        );
+        put_len_field(&mut g, 1, &node("MatMul", &[x.as_str(), &format!("W{i}")], &[y.as_str()], &format!("mm{i}")));
+    }
+    put_len_field(&mut g, 2, b"chain");
+    for i in 0..6 {
+        let w: Vec<f32> = (0..dim * dim).map(|j| (((i * 31 + j) % 977) as f32 - 488.0) / (488.0 * 32.0)).collect();
+        put_len_field(&mut g, 5, &float_tensor(&format!("W{i}"), &[dim as i64, dim as i64], &w));
+    }
+    put_len_field(&mut g, 11, &typed("x"));
+    put_len_field(&mut g, 12, &typed("y"));
+    std::fs::write(path, model_with_graph(&g)).unwrap();
+}
+
+#[test]
+fn a_single_file_model_s_weights_are_filled_on_demand_with_the_plain_outputs() {
+    let Some(env) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    single_file_chain(&model);
+    let k = key();
+    let enc = protect(&model, &dir.path().join("p"), &k);
+    let mut plain = plain_session(&env, &model);
+    let feeds = inputs(&plain, &model);
+    let want = run(&mut plain, &feeds);
+    for on_demand in [true, false] {
+        let load = Load { on_demand, ..Load::default() };
+        let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();
+        let expected = on_demand && reads_files_in_place() && onnx_protect_fsio::ondemand::available();
+        assert_eq!(s.filled_on_demand(), expected, "on_demand {on_demand}");
+        assert_eq!(run(&mut s, &feeds), want, "on_demand {on_demand}");
+    }
+}

@@ -158,8 +158,9 @@ enum OnnxProtectStatus onnx_protect_file_decrypt(const struct OnnxProtectFile *f
 // entry `session.use_external_initializer_file_buffers_directly` set to `"1"`,
 // onnxruntime 1.31 and later reads them in place; earlier releases copy them) and the
 // graph to `CreateSessionFromArray`, then call `onnx_protect_model_settle`; keep the
-// model until the session is released. External data files are filled on demand where the system allows it
-// (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
+// model until the session is released. External data files, and the model file's own
+// weights of 64 KiB or more when it is at least 16 MiB, are filled on demand where the
+// system allows it (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
 // does not match is read as zeros and makes this call or `onnx_protect_model_settle`
 // fail. `tier` as for `onnx_protect_file_decrypt`.
 //

@@ -9,6 +9,7 @@ use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protect;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::SignerKey;
+use onnx_protect_session::ModelBuffer;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -201,8 +202,9 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt(
 /// entry `session.use_external_initializer_file_buffers_directly` set to `"1"`,
 /// onnxruntime 1.31 and later reads them in place; earlier releases copy them) and the
 /// graph to `CreateSessionFromArray`, then call `onnx_protect_model_settle`; keep the
-/// model until the session is released. External data files are filled on demand where the system allows it
-/// (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
+/// model until the session is released. External data files, and the model file's own
+/// weights of 64 KiB or more when it is at least 16 MiB, are filled on demand where the
+/// system allows it (Linux `userfaultfd`); every byte is verified before onnxruntime uses it, and one that
 /// does not match is read as zeros and makes this call or `onnx_protect_model_settle`
 /// fail. `tier` as for `onnx_protect_file_decrypt`.
 ///
@@ -224,15 +226,31 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
             .tier(tier)
             .signers(&file.signers)
             .on_demand(true)
+            .model_on_demand(true)
             .load_for_session()
             .map_err(at_file)?;
+        let mut m = m;
+        let skeleton = m.take_skeleton();
         let (mut model, mut external) = m.into_parts();
         static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("onnx-protect-c.{n}.");
-        let plan = onnx_protect_session::prepare_files(&index, &model, |l| external.get(l).map(|d| &d[..]), &prefix)
-            .map_err(|e| at_file(e.into()))?;
-        model.move_within(&plan.moves).map_err(at_file)?;
+        let bytes = |l: &str| external.get(l).map(|d| &d[..]);
+        // A model file filled on demand: the graph from its skeleton, its tensors where they
+        // are; otherwise its tensors moved to aligned offsets.
+        let plan = match skeleton {
+            Some(s) => {
+                let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
+                onnx_protect_session::prepare_files(&index, &s.bytes, fixed, bytes, &prefix)
+                    .map_err(|e| at_file(e.into()))?
+            }
+            None => {
+                let plan = onnx_protect_session::prepare_files(&index, &model, ModelBuffer::Movable, bytes, &prefix)
+                    .map_err(|e| at_file(e.into()))?;
+                model.move_within(&plan.moves).map_err(at_file)?;
+                plan
+            }
+        };
         let mut arena = Some(plan.arena);
         let mut model = Some(model);
         let mut files = Vec::with_capacity(plan.files.len());

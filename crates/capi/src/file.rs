@@ -9,7 +9,7 @@ use onnx_protect_core::memory::{DecryptedBytes, InMemory};
 use onnx_protect_core::protect;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::SignerKey;
-use onnx_protect_session::ModelBuffer;
+use onnx_protect_session::{prepare_files, ModelBuffer};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -238,19 +238,14 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
         let bytes = |l: &str| external.get(l).map(|d| &d[..]);
         // A model file filled on demand: the graph from its skeleton, its tensors where they
         // are; otherwise its tensors moved to aligned offsets.
-        let plan = match skeleton {
+        let plan = match &skeleton {
             Some(s) => {
-                let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
-                onnx_protect_session::prepare_files(&index, &s.bytes, fixed, bytes, &prefix)
-                    .map_err(|e| at_file(e.into()))?
+                prepare_files(&index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix)
             }
-            None => {
-                let plan = onnx_protect_session::prepare_files(&index, &model, ModelBuffer::Movable, bytes, &prefix)
-                    .map_err(|e| at_file(e.into()))?;
-                model.move_within(&plan.moves).map_err(at_file)?;
-                plan
-            }
-        };
+            None => prepare_files(&index, &model, ModelBuffer::Movable, bytes, &prefix),
+        }
+        .map_err(|e| at_file(e.into()))?;
+        model.move_within(&plan.moves).map_err(at_file)?;
         let mut arena = Some(plan.arena);
         let mut model = Some(model);
         let mut files = Vec::with_capacity(plan.files.len());

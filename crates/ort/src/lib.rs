@@ -38,7 +38,9 @@ use std::sync::Mutex;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method, Skeleton};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{prepare, Arena, ModelBuffer, Options, Prepared, Shared, Source, MIN_SHAREABLE};
+use onnx_protect_session::{
+    prepare, prepare_files, Arena, ModelBuffer, Options, Prepared, Shared, Source, MIN_SHAREABLE,
+};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -414,18 +416,12 @@ fn from_files(
     let bytes = |l: &str| external.get(l).map(|d| &d[..]);
     // A model file filled on demand: the graph from its skeleton, its tensors where they
     // are; otherwise its tensors moved to aligned offsets.
-    let plan = match skeleton {
-        Some(s) => {
-            let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
-            onnx_protect_session::prepare_files(index, &s.bytes, fixed, bytes, &prefix).map_err(CoreError::from)?
-        }
-        None => {
-            let plan = onnx_protect_session::prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix)
-                .map_err(CoreError::from)?;
-            model.move_within(&plan.moves)?;
-            plan
-        }
-    };
+    let plan = match &skeleton {
+        Some(s) => prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix),
+        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix),
+    }
+    .map_err(CoreError::from)?;
+    model.move_within(&plan.moves)?;
     let held = Held { model: Some(model), external, arena: Some(plan.arena) };
     builder = builder.with_config_entry(onnx_protect_session::files::DIRECT, "1").map_err(ort_err)?;
     let mut tensors = 0u64;

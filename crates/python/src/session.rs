@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{DecryptedBytes, InMemory, Skeleton};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{prepare, Arena, ModelBuffer, Options, Source, MIN_SHARED};
+use onnx_protect_session::{prepare, prepare_files, Arena, ModelBuffer, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -385,19 +385,17 @@ pub fn session_files(
             let external_bytes = |l: &str| external.get(l).map(|x| &x[..]);
             // A model file filled on demand: the graph from its skeleton, its tensors where
             // they are; otherwise its tensors moved to aligned offsets.
-            let plan = match skeleton {
-                Some(s) => {
-                    let fixed = ModelBuffer::Fixed { holes: &s.holes, at: &s.at };
-                    onnx_protect_session::prepare_files(&index, &s.bytes, fixed, external_bytes, &prefix)?
-                }
-                None => {
-                    let movable = ModelBuffer::Movable;
-                    let plan =
-                        onnx_protect_session::prepare_files(&index, &model_bytes, movable, external_bytes, &prefix)?;
-                    model_bytes.move_within(&plan.moves)?;
-                    plan
-                }
-            };
+            let plan = match &skeleton {
+                Some(s) => prepare_files(
+                    &index,
+                    &s.bytes,
+                    ModelBuffer::Fixed { holes: &s.holes, at: &s.at },
+                    external_bytes,
+                    &prefix,
+                ),
+                None => prepare_files(&index, &model_bytes, ModelBuffer::Movable, external_bytes, &prefix),
+            }?;
+            model_bytes.move_within(&plan.moves)?;
             Ok(plan)
         })
         .map_err(|e| py_err_at(&what, e))?;

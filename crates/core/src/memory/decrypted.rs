@@ -102,8 +102,12 @@ impl DecryptedBytes {
     /// them). Each destination must be at most its source and at or after the end of the
     /// previous destination, so no move overwrites bytes still to be moved; otherwise
     /// nothing is moved and [`CoreError::Internal`] is returned, as it is for memory filled
-    /// on demand. Afterwards the whole buffer is wiped on drop.
+    /// on demand (unless there is nothing to move). Afterwards the whole buffer is wiped on
+    /// drop.
     pub fn move_within(&mut self, moves: &[(Range<usize>, usize)]) -> Result<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
         let mut end = 0usize;
         for (src, dest) in moves {
             let ok = src.start <= src.end && src.end <= self.len && *dest <= src.start && *dest >= end;

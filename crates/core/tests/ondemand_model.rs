@@ -18,6 +18,9 @@ use onnx_protect_format::testutil::{float_tensor, matmul_chain};
 use onnx_protect_format::{Model, TensorData};
 use onnx_protect_select::Policy;
 
+mod common;
+use common::resident_kib;
+
 /// Each large weight is `DIM`² floats (4 MiB).
 const DIM: usize = 1024;
 
@@ -94,6 +97,9 @@ fn the_model_files_large_tensors_are_filled_on_demand_with_the_bytes_of_the_whol
             assert!(skeleton.bytes[h.clone()].iter().all(|&b| b == 0), "{what}: hole {h:?} written");
             at = h.end;
         }
+        // The skeleton's pages under the tensors were never touched.
+        let resident = resident_kib(skeleton.bytes.as_ptr());
+        assert!(resident <= 64, "{what}: {resident} KiB of the skeleton resident");
         // Each large tensor, filled on demand, at its aligned place in the model's bytes.
         let region = lazy.bytes();
         assert_eq!(region.as_ptr() as usize % 4096, 0, "{what}: the region starts on a page");

@@ -112,6 +112,18 @@ impl PrivateMap {
         Ok(PrivateMap { map })
     }
 
+    /// A private anonymous map of `len` zero bytes of which only a few pages are written:
+    /// small pages only (`MADV_NOHUGEPAGE`, Linux; best effort), so that a page written
+    /// makes 4 KiB resident, not 2 MiB.
+    pub fn sparse(len: usize) -> std::io::Result<PrivateMap> {
+        let map = memmap2::MmapMut::map_anon(len)?;
+        #[cfg(target_os = "linux")]
+        {
+            let _ = map.advise(memmap2::Advice::NoHugePage);
+        }
+        Ok(PrivateMap { map })
+    }
+
     /// Asks the kernel to leave the map out of core dumps (`MADV_DONTDUMP`), for pages
     /// that will hold secrets. Best effort: an error is ignored. Linux only; elsewhere a
     /// no-op.

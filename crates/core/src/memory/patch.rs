@@ -514,7 +514,11 @@ impl Patcher<'_> {
         };
         let path = model.path.as_deref().unwrap_or(Path::new("<model>"));
         let len = usize::try_from(content_len).map_err(|_| too_large())?;
-        let Some(mut map) = anonymous(len, path)? else { return Ok(None) };
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut map = PrivateMap::sparse(len).map_err(|e| io_error(path, e))?;
+        map.exclude_from_core_dumps();
         let c = usize::try_from(d.chunk.max(4096)).map_err(|_| too_large())?;
         let work = |scratch: &mut Option<PrivateMap>, (j, out): (usize, &mut [u8])| -> Result<[u8; 32]> {
             let buf = match scratch {

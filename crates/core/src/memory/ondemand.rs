@@ -75,7 +75,7 @@ const MAX_CHUNK: u64 = 64 << 20;
 
 /// The budget is the largest external tensor and this many blocks more (the blocks it
 /// starts and ends in, and room for filling ahead of the reader).
-const BUDGET_SLACK: u64 = 6;
+const BUDGET_SLACK: u64 = 4;
 
 /// Blocks wholly inside a table only gathered from stay filled after `settle` within this
 /// many blocks (a runtime reads rows of them, a block for each new row's block: without a

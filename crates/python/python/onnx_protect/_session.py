@@ -249,7 +249,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     ``None`` (default) shares such tensors when every provider is the CPU's, ``True``
     always tries and shares them from 1 KiB, ``False`` never. If onnxruntime refuses
     the shared graph, the session is created again with every tensor in the graph.
-    ``on_demand`` (default ``True``): external data files of a model read from a path
+    ``on_demand`` (default ``True``): external data files of a model read from a path,
+    and with onnxruntime >= 1.31 the weights stored in a model file of 16 MiB or more,
     are filled on demand where the system can (Linux ``userfaultfd``): each chunk
     checked against its hash and decrypted when onnxruntime first reads it, or a little
     before, so the session's time and peak memory stay near those of the plain file;

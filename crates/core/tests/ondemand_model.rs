@@ -180,3 +180,34 @@ fn a_model_file_under_16_mib_is_decrypted_whole() {
     assert!(m.take_skeleton().is_none());
     assert!(m[..] == std::fs::read(&plain).unwrap()[..]);
 }
+
+#[test]
+fn a_model_file_with_external_data_too_has_both_filled_on_demand_in_one_region() {
+    use onnx_protect_format::testutil::external_float_tensor;
+    let dir = tempfile::tempdir().unwrap();
+    let values =
+        |i: usize| -> Vec<f32> { (0..DIM * DIM).map(|j| (((i * 5 + j) % 997) as f32 - 498.0) / 512.0).collect() };
+    let side: Vec<u8> = (0..2).flat_map(|i| values(10 + i)).flat_map(f32::to_le_bytes).collect();
+    std::fs::write(dir.path().join("w.bin"), &side).unwrap();
+    let len = (DIM * DIM * 4) as u64;
+    let dims = [DIM as i64, DIM as i64];
+    let mut tensors: Vec<Vec<u8>> = (0..5).map(|i| float_tensor(&format!("W{i}"), &dims, &values(i))).collect();
+    tensors.push(external_float_tensor("W5", &dims, "w.bin", 0, len));
+    tensors.push(external_float_tensor("W6", &dims, "w.bin", len, len));
+    let plain = dir.path().join("model.onnx");
+    std::fs::write(&plain, matmul_chain(&tensors)).unwrap();
+    let out = dir.path().join("enc").join("model.onnx");
+    encrypt(&plain, &out, &EncryptTo::key(key()), &EncryptOptions::new(&Policy::default())).unwrap();
+    let k = key();
+    let mut lazy = InMemory::file(&out, &k).on_demand(true).model_on_demand(true).load().unwrap();
+    let skeleton = lazy.take_skeleton().expect("the model file's five weights in the region");
+    assert_eq!(skeleton.holes.len(), 5);
+    let original = std::fs::read(&plain).unwrap();
+    for (h, &at) in skeleton.holes.iter().zip(&skeleton.at) {
+        assert!(lazy.bytes()[at..at + h.len()] == original[h.clone()], "tensor {h:?}");
+    }
+    let w = &lazy.external()["w.bin"];
+    assert_eq!(w.method(), Method::OnDemand);
+    assert!(w[..] == side[..], "the external file");
+    lazy.bytes().settle().unwrap();
+}

@@ -140,11 +140,15 @@ fn on_demand(
     // all of it hashed and decrypted as by the one-read path.
     let sources = sources_of(&d.actions)?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
-    let holes = if model_too { model_holes(model, d.content_len()) } else { Vec::new() };
+    let mut holes = if model_too { model_holes(model, d.content_len()) } else { Vec::new() };
     let in_region = match holes.is_empty() {
         true => None,
         false => patcher.model_skeleton(&d, &holes)?,
     };
+    if in_region.is_none() {
+        // The model file is decrypted whole: none of its tensors is in the region.
+        holes.clear();
+    }
     let external_total: u64 = model.external_files.iter().map(|f| f.size).sum();
     if external_total == 0 && in_region.is_none() {
         return Ok(Err(d));

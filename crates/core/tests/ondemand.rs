@@ -21,7 +21,7 @@ use onnx_protect_format::testutil::{external_float_tensor, matmul_chain};
 use onnx_protect_select::Policy;
 
 mod common;
-use common::resident_kib;
+use common::{every_mode, policy, resident_kib};
 
 /// Every MatMul weight is `DIM`²; 4 MiB each, one content chunk.
 const DIM: usize = 1024;
@@ -73,22 +73,9 @@ fn assert_same(a: &DecryptedModel, b: &DecryptedModel, what: &str) {
     }
 }
 
-fn policy(overrides: &[(&str, &str)]) -> Policy {
-    let mut p = Policy::default();
-    for (k, v) in overrides {
-        p.apply_override(k, v).unwrap();
-    }
-    p
-}
-
 #[test]
 fn filled_on_demand_equals_decrypted_in_memory_in_every_mode() {
-    for (what, p) in [
-        ("built-in", policy(&[])),
-        ("ctr, half", policy(&[("mode", "*=ctr"), ("coefficient", "*=0.5")])),
-        ("fp, 0.3", policy(&[("mode", "*=fp"), ("coefficient", "*=0.3")])),
-        ("dp", policy(&[("mode", "*=dp"), ("coefficient", "*=0.4")])),
-    ] {
+    for (what, p) in every_mode() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(5);
         let (lazy, eager) = both(&chain(dir.path(), 3, &p, &k), &k);

@@ -19,21 +19,13 @@ use onnx_protect_format::{Model, TensorData};
 use onnx_protect_select::Policy;
 
 mod common;
-use common::resident_kib;
+use common::{every_mode, resident_kib};
 
 /// Each large weight is `DIM`² floats (4 MiB).
 const DIM: usize = 1024;
 
 fn key() -> KeySource {
     KeySource::key(MasterKey::from_bytes([9; 32]))
-}
-
-fn policy(overrides: &[(&str, &str)]) -> Policy {
-    let mut p = Policy::default();
-    for (k, v) in overrides {
-        p.apply_override(k, v).unwrap();
-    }
-    p
 }
 
 /// A chain of `n` weights in `raw_data`, every other one `DIM`² floats and the others
@@ -74,12 +66,7 @@ fn large(plain: &Path) -> Vec<std::ops::Range<usize>> {
 
 #[test]
 fn the_model_files_large_tensors_are_filled_on_demand_with_the_bytes_of_the_whole_decryption() {
-    for (what, p) in [
-        ("built-in", policy(&[])),
-        ("ctr, half", policy(&[("mode", "*=ctr"), ("coefficient", "*=0.5")])),
-        ("fp, 0.3", policy(&[("mode", "*=fp"), ("coefficient", "*=0.3")])),
-        ("dp", policy(&[("mode", "*=dp"), ("coefficient", "*=0.4")])),
-    ] {
+    for (what, p) in every_mode() {
         let dir = tempfile::tempdir().unwrap();
         let (plain, protected) = single_file(dir.path(), 9, &p);
         let original = std::fs::read(&plain).unwrap();

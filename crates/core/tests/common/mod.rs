@@ -1,5 +1,26 @@
 //! Helpers shared by the integration tests of memory filled on demand.
 
+use onnx_protect_select::Policy;
+
+/// The built-in policy with `overrides` applied.
+pub fn policy(overrides: &[(&str, &str)]) -> Policy {
+    let mut p = Policy::default();
+    for (k, v) in overrides {
+        p.apply_override(k, v).unwrap();
+    }
+    p
+}
+
+/// A policy of every mode, each named.
+pub fn every_mode() -> Vec<(&'static str, Policy)> {
+    vec![
+        ("built-in", policy(&[])),
+        ("ctr, half", policy(&[("mode", "*=ctr"), ("coefficient", "*=0.5")])),
+        ("fp, 0.3", policy(&[("mode", "*=fp"), ("coefficient", "*=0.3")])),
+        ("dp", policy(&[("mode", "*=dp"), ("coefficient", "*=0.4")])),
+    ]
+}
+
 /// Kibibytes resident in the mapping that holds `p` (`/proc/self/smaps`).
 pub fn resident_kib(p: *const u8) -> u64 {
     let at = p as u64;

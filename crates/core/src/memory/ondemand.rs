@@ -46,9 +46,9 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
 use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton, SMALL};
-use super::patch::{for_overlaps, io_error, sources_of, too_large, Patcher, Piece};
+use super::patch::{io_error, restore, sources_of, too_large, Patcher, Piece, SpanSource};
 use crate::error::{CoreError, Modified, Result};
-use crate::pass::action::{apply, Action};
+use crate::pass::action::Action;
 use crate::pass::decryption::{Decryption, NewEntry};
 use crate::target::Target;
 
@@ -820,7 +820,8 @@ impl Filler {
             let at = pos + (i * SLICE) as u64;
             read_exact_at(&f.file, slice, at).map_err(|e| (io_error(&f.path, e), "could not be read"))?;
             hash(slice);
-            self.restore(f, at, slice).map_err(|e| (e, "could not be decrypted"))?;
+            let of = |tag: usize| Ok((SpanSource::of(&self.actions[tag])?, self.targets[tag].mode, self.dtypes[tag]));
+            restore(&f.pieces, at, slice, of).map_err(|e| (e, "could not be decrypted"))?;
         }
         Ok(())
     }
@@ -829,25 +830,5 @@ impl Filler {
     fn failed(&self, e: CoreError, path: &Path, range: &std::ops::Range<u64>, what: &str) -> String {
         self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(Failure::of(&e, path));
         format!("{}: bytes {}..{} {what}", path.display(), range.start, range.end)
-    }
-
-    /// Decrypts (or replaces by restored bytes) the pieces of `f` inside `data`, the
-    /// file's bytes from offset `start`.
-    fn restore(&self, f: &ExternalFile, start: u64, data: &mut [u8]) -> Result<()> {
-        for_overlaps(
-            &f.pieces,
-            |p| &p.range,
-            start,
-            data,
-            |p, off, dst| {
-                let (t, logical) = (&self.targets[p.tag], p.logical + off);
-                match &self.actions[p.tag] {
-                    Action::Xor(ks) => apply(ks, t.mode, self.dtypes[p.tag], logical, dst, false)?,
-                    Action::Bytes(whole) => dst.copy_from_slice(&whole[logical as usize..logical as usize + dst.len()]),
-                    Action::Skip | Action::Reencrypt(_) => {}
-                }
-                Ok(())
-            },
-        )
     }
 }

@@ -7,9 +7,9 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
-use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream};
+use onnx_protect_crypto::{content_digest, leaves_of, FileLeaves, Keystream, Mode};
 use onnx_protect_format::write::{Content, Plan};
-use onnx_protect_format::{FormatError, Model, TensorData};
+use onnx_protect_format::{DataType, FormatError, Model, TensorData};
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::PrivateMap;
 use onnx_protect_proto::v2 as pb;
@@ -30,7 +30,7 @@ const PARALLEL_SPAN: usize = 1 << 20;
 /// Calls `f` for each of the sorted, disjoint `items` whose file range overlaps `data`, the
 /// file's bytes from offset `start`: with the item, the offset of the overlap inside the
 /// item's range, and the overlapping part of `data`.
-pub(super) fn for_overlaps<T>(
+fn for_overlaps<T>(
     items: &[T],
     range: impl Fn(&T) -> &Range<u64>,
     start: u64,
@@ -158,6 +158,7 @@ enum PatchKind<'a> {
 }
 
 /// What the encrypted spans of one target become in memory.
+#[derive(Clone, Copy)]
 pub(super) enum SpanSource<'a> {
     /// Left as they are (a tier the key does not reach, or one already restored).
     Keep,
@@ -177,17 +178,46 @@ pub(super) struct Piece {
     pub(super) logical: u64,
 }
 
-/// What each target's spans become, from its action.
-pub(super) fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
-    actions
-        .iter()
-        .map(|a| match a {
+impl SpanSource<'_> {
+    /// What the spans of a target with `action` become.
+    pub(super) fn of(action: &Action) -> Result<SpanSource<'_>> {
+        match action {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
             Action::Bytes(b) => Ok(SpanSource::Bytes(b)),
             Action::Skip => Ok(SpanSource::Keep),
             Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting")),
-        })
-        .collect()
+        }
+    }
+}
+
+/// What each target's spans become, from its action.
+pub(super) fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
+    actions.iter().map(SpanSource::of).collect()
+}
+
+/// Applies the `pieces` inside `data`, the file's bytes from offset `start`: each
+/// decrypted with its target's keystream, or replaced by its restored bytes; `of(tag)`
+/// is what target `tag`'s spans become, its mode and its tensor's element type.
+pub(super) fn restore<'s>(
+    pieces: &[Piece],
+    start: u64,
+    data: &mut [u8],
+    of: impl Fn(usize) -> Result<(SpanSource<'s>, Mode, DataType)>,
+) -> Result<()> {
+    let restore = |p: &Piece, off: u64, dst: &mut [u8]| {
+        let (source, mode, dtype) = of(p.tag)?;
+        let logical = p.logical + off;
+        match source {
+            SpanSource::Decrypt(ks) => apply(ks, mode, dtype, logical, dst, false),
+            SpanSource::Bytes(whole) => {
+                let at = logical as usize;
+                dst.copy_from_slice(whole.get(at..at + dst.len()).ok_or_else(out_of_bounds)?);
+                Ok(())
+            }
+            SpanSource::Keep => Ok(()),
+        }
+    };
+    for_overlaps(pieces, |p| &p.range, start, data, restore)
 }
 
 /// The patches of an in-place plan of the model file.
@@ -533,7 +563,10 @@ impl Patcher<'_> {
             for kept in outside(holes, start..start + out.len() as u64) {
                 let r = (kept.start - start) as usize..(kept.end - start) as usize;
                 out[r.clone()].copy_from_slice(&data[r.clone()]);
-                self.restore(&pieces, kept.start, &mut out[r])?;
+                restore(&pieces, kept.start, &mut out[r], |tag| {
+                    let t = &self.targets[tag];
+                    Ok((self.sources[tag], t.mode, self.model.tensors[t.tensor].data_type))
+                })?;
             }
             Ok(leaf.finalize())
         };
@@ -545,28 +578,6 @@ impl Patcher<'_> {
             .collect();
         let skeleton = DecryptedBytes { backing: Backing::Map(map), len, plaintext };
         Ok(Some((skeleton, FileLeaves { len: content_len, leaves }, pieces)))
-    }
-
-    /// Applies the `pieces` inside `data`, the file's bytes from offset `start`: each
-    /// decrypted with its target's keystream, or replaced by its restored bytes.
-    fn restore(&self, pieces: &[Piece], start: u64, data: &mut [u8]) -> Result<()> {
-        for_overlaps(
-            pieces,
-            |p| &p.range,
-            start,
-            data,
-            |p, off, dst| {
-                match self.sources[p.tag] {
-                    SpanSource::Decrypt(_) => self.decrypt(p.tag, p.logical + off, dst, false)?,
-                    SpanSource::Bytes(whole) => {
-                        let at = (p.logical + off) as usize;
-                        dst.copy_from_slice(whole.get(at..at + dst.len()).ok_or_else(out_of_bounds)?)
-                    }
-                    SpanSource::Keep => {}
-                }
-                Ok(())
-            },
-        )
     }
 
     /// The one-read path of a decryption whose digest is still to be checked and which

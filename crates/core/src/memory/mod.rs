@@ -97,6 +97,7 @@ use crate::protection::{open_protected, Protection};
 mod decrypted;
 mod ondemand;
 mod patch;
+mod relocate;
 
 pub use self::decrypted::{DecryptedBytes, DecryptedModel, Method, Skeleton};
 

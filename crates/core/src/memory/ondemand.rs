@@ -39,7 +39,7 @@ use std::thread::{Builder, JoinHandle};
 
 use onnx_protect_crypto::{ContentLeaf, FileLeaves, LEAF_SPLIT, SPLIT_CHUNK_LEN};
 use onnx_protect_format::discover::TensorRole;
-use onnx_protect_format::{DataType, Origin, TensorData};
+use onnx_protect_format::DataType;
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
 use onnx_protect_fsio::PrivateMap;
@@ -47,6 +47,7 @@ use rayon::prelude::*;
 
 use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton, SMALL};
 use super::patch::{io_error, restore, sources_of, too_large, Patcher, Piece, SpanSource};
+use super::relocate::{model_holes, relocate, Located, Relocated};
 use crate::error::{CoreError, Modified, Result};
 use crate::pass::action::Action;
 use crate::pass::decryption::{Decryption, NewEntry};
@@ -62,13 +63,6 @@ const BLOCK: u64 = 4 << 20;
 /// A model file shorter than this is decrypted whole, even when asked to be filled on
 /// demand ([`InMemory::model_on_demand`](super::InMemory::model_on_demand)).
 const MODEL_MIN: u64 = 16 << 20;
-
-/// The model file's initializers at least this long are filled on demand with it.
-const HOLE_MIN: u64 = 64 << 10;
-
-/// Each of the model file's tensors starts at a multiple of this in the region (as
-/// onnxruntime's own allocations do), so that a runtime reads it in place.
-const TENSOR_ALIGN: u64 = 64;
 
 /// Digest chunks larger than this are not filled on demand (a block holds a whole chunk).
 const MAX_CHUNK: u64 = 64 << 20;
@@ -96,27 +90,6 @@ pub(super) fn on_demand_if(
     } else {
         Ok(Err(d))
     }
-}
-
-/// The model file's tensors the region fills when the model file is filled on demand:
-/// the `raw_data` of initializers of at least [`HOLE_MIN`] bytes (a loader hands each of
-/// them to the runtime as external data: `onnx_protect_session::files`), sorted and
-/// disjoint, inside the content.
-fn model_holes(model: &onnx_protect_format::Model, content_len: u64) -> Vec<Range<u64>> {
-    let mut holes: Vec<Range<u64>> = model
-        .tensors
-        .iter()
-        .filter(|t| t.origin == Origin::Initializer && t.data_type != DataType::String)
-        .filter_map(|t| match &t.data {
-            TensorData::Raw { range } if range.end - range.start >= HOLE_MIN && range.end <= content_len => {
-                Some(range.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    holes.sort_by_key(|r| r.start);
-    holes.dedup_by(|b, a| b.start < a.end);
-    holes
 }
 
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
@@ -325,52 +298,6 @@ fn on_demand(
         tier,
         tiers,
     }))
-}
-
-/// Where the region holds a tensor's bytes: its file in the region and the range there.
-struct Located<'a> {
-    /// The region's file of external file 0 (1 when the model file is the region's first).
-    shift: usize,
-    /// The model file's tensors in the region (sorted; empty when the model file is not),
-    /// and where each starts in it.
-    holes: &'a [Range<u64>],
-    at: &'a [u64],
-}
-
-impl Located<'_> {
-    fn of(&self, t: &onnx_protect_format::Tensor) -> Option<(usize, Range<u64>)> {
-        match &t.data {
-            TensorData::External { file, range } => Some((file + self.shift, range.clone())),
-            TensorData::Raw { range } => {
-                let k = self.holes.binary_search_by_key(&range.start, |h| h.start).ok()?;
-                Some((0, self.at[k]..self.at[k] + (range.end - range.start)))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Where each of the model file's tensors `holes` (sorted, disjoint) starts in the region:
-/// at or after its offset in the file and after the previous one, at a multiple of
-/// [`TENSOR_ALIGN`].
-fn relocate(holes: &[Range<u64>]) -> Vec<u64> {
-    let mut end = 0u64;
-    holes
-        .iter()
-        .map(|h| {
-            let at = h.start.max(end).next_multiple_of(TENSOR_ALIGN);
-            end = at + (h.end - h.start);
-            at
-        })
-        .collect()
-}
-
-/// The model file's tensors laid out in the region ([`relocate`]).
-struct Relocated {
-    /// The model file's content (the chunks hashed).
-    content_len: u64,
-    /// Each tensor's bytes in the file and where they start in the region, sorted.
-    tensors: Vec<(Range<u64>, u64)>,
 }
 
 /// The leaves `which` of covered file `index` (`size` bytes of `file`, chunks of `chunk`

@@ -46,7 +46,7 @@ use onnx_protect_fsio::PrivateMap;
 use rayon::prelude::*;
 
 use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton, SMALL};
-use super::patch::{io_error, restore, sources_of, too_large, Patcher, Piece, SpanSource};
+use super::patch::{io_error, restore, too_large, Patcher, Piece, SpanSource};
 use super::relocate::{model_holes, relocate, Located, Relocated};
 use crate::error::{CoreError, Modified, Result};
 use crate::pass::action::Action;
@@ -111,7 +111,7 @@ fn on_demand(
 
     // The model file: its large tensors left to the region and the rest in a skeleton, or
     // all of it hashed and decrypted as by the one-read path.
-    let sources = sources_of(&d.actions)?;
+    let sources = d.actions.iter().map(SpanSource::of).collect::<Result<Vec<_>>>()?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
     let mut holes = if model_too { model_holes(model, d.content_len()) } else { Vec::new() };
     let in_region = match holes.is_empty() {

@@ -53,7 +53,7 @@ fn for_overlaps<T>(
 /// the decryption changes no length; else before it).
 pub(super) fn load(d: Decryption<'_>, file: Option<File>) -> Result<DecryptedModel> {
     let model = d.model;
-    let sources = sources_of(&d.actions)?;
+    let sources = d.actions.iter().map(SpanSource::of).collect::<Result<Vec<_>>>()?;
     let patcher = Patcher { model, targets: &d.targets, sources: &sources };
     let fused = match (&d.pending, &d.names) {
         (Some(expected), None) => patcher.fused(&d, expected)?,
@@ -179,7 +179,7 @@ pub(super) struct Piece {
 }
 
 impl SpanSource<'_> {
-    /// What the spans of a target with `action` become.
+    /// What the spans of a target with `action` become (refused for a re-encryption).
     pub(super) fn of(action: &Action) -> Result<SpanSource<'_>> {
         match action {
             Action::Xor(ks) => Ok(SpanSource::Decrypt(ks)),
@@ -188,11 +188,6 @@ impl SpanSource<'_> {
             Action::Reencrypt(_) => Err(CoreError::Internal("re-encryption while decrypting")),
         }
     }
-}
-
-/// What each target's spans become, from its action.
-pub(super) fn sources_of(actions: &[Action]) -> Result<Vec<SpanSource<'_>>> {
-    actions.iter().map(SpanSource::of).collect()
 }
 
 /// Applies the `pieces` inside `data`, the file's bytes from offset `start`: each

@@ -284,10 +284,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def recheck(model, cls, policy_text, data, tmp_path):
+def recheck(model, cls, policy_text, data, tmp_path, draws=3):
     """The independent attacks on ``model`` encrypted under ``policy_text``: per draw of
-    the data, the best test accuracy of scratch, finetune and relearn, and the best
-    attack's gap over scratch."""
+    the data (``draws`` of them), the best test accuracy of scratch, finetune and relearn,
+    and the best attack's gap over scratch."""
     key = onnx_protect.new_key()
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text)
@@ -310,7 +310,7 @@ def recheck(model, cls, policy_text, data, tmp_path):
     assert accuracy(p.attacked(1), xt, yt) < 0.5
 
     gaps, runs = [], []
-    for draw in range(3):
+    for draw in range(draws):
         rng = np.random.default_rng(500 + draw)  # draws of this test's own, not the search's
         idx = np.sort(np.concatenate([
             rng.choice(np.flatnonzero(data[1] == c), max(1, round(0.05 * np.sum(data[1] == c))), replace=False)

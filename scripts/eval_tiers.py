@@ -14,9 +14,10 @@ as is (no key), D_1 … D_(N-1) and D_N (checked to be the original byte for byt
 
 Ladders (--ladders):
     default      no share option: the default tier shares;
-    fit          shares fitted to an even ladder on the training split
+    fit          tier order and shares fitted to an even ladder on the training split
                  (`encrypt --dry-run --json --tiers N --tier-data TRAIN_X --tier-labels TRAIN_Y`,
-                 once per model: the fit is key-independent), then `--tier-shares` of the fit;
+                 once per model: the fit is key-independent), then `--policy` of a file with
+                 the fit's `tiers`, `tier_shares` and `tier_order` (the built-in rules);
     levels=L,…   likewise with `--tier-levels L,…`;
     equal        `--tier-shares` 1/N each.
 
@@ -92,7 +93,10 @@ def shares_of(binary, model, ladder, tiers, tmp):
               "--tier-data", data_dir(ds) / "train_x.npy", "--tier-labels", data_dir(ds) / "train_y.npy", *extra)
     fit = json.loads(out)["tier_fit"]
     fit["seconds"] = time.monotonic() - t0
-    return ["--tier-shares", ",".join(f"{s:.17g}" for s in fit["shares"])], fit
+    policy = tmp / f"{model.replace('/', '_')}-{ladder}.toml"
+    policy.write_text(f"version = 1\ntiers = {tiers}\ntier_shares = [{', '.join(f'{s:.17g}' for s in fit['shares'])}]\n"
+                      f"tier_order = \"{fit['order']}\"\n")
+    return ["--policy", policy], fit
 
 
 def one_key(binary, model, tiers, share_args, tmp, x, y, i):
@@ -154,12 +158,15 @@ def main():
                                   range(args.keys)))
             runs = [r for r, _ in out]
             s = summarise(runs, args.tiers)
-            s.update({"model": model, "ladder": ladder, "shares": share_args[1:] or None, "fit": fit,
+            s.update({"model": model, "ladder": ladder, "shares": fit["shares"] if fit else share_args[1:] or None,
+                      "order": fit["order"] if fit else "importance", "fit": fit,
                       "top_exact": all(e for _, e in out), "runs": runs})
             results["rows"].append(s)
             cells = " | ".join(f"{m:.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(s["mean"], s["min"], s["max"]))
             print(f"{model:28} | {cells} | {s['min_step_of_range']:8.2f} | {s['inversions_two_apart']:4} | "
-                  f"{s['keys_with_adjacent_swap']:5}" + ("" if s["top_exact"] else "  TOP NOT EXACT"), flush=True)
+                  f"{s['keys_with_adjacent_swap']:5}" + ("" if s["top_exact"] else "  TOP NOT EXACT")
+                  + (f"  fit: {fit['order']} order, shares {','.join(f'{x:.4f}' for x in fit['shares'])}, "
+                     f"{fit['seconds']:.1f} s" if fit else ""), flush=True)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:

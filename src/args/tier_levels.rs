@@ -100,7 +100,7 @@ pub fn fit(a: &TierLevelArgs, policy: &mut Policy, model: &Path) -> Result<Optio
         None => even_targets(policy.tiers, chance, original),
     };
     let f = fit_tier_shares(&m, policy, &bench, &targets, DRAWS).map_err(lift).context("fitting the tier shares")?;
-    policy.set_tier_shares(&f.shares)?;
+    f.apply(policy).map_err(lift)?;
     Ok(Some(f))
 }
 
@@ -109,9 +109,11 @@ pub fn fit(a: &TierLevelArgs, policy: &mut Policy, model: &Path) -> Result<Optio
 pub fn text(f: &Fit) -> (String, Vec<String>) {
     let shares: Vec<String> = f.shares.iter().map(|s| format!("{s:.4}")).collect();
     let mut t = format!(
-        "\n  tier shares fitted on {} samples: {} (original {:.3}, every tier encrypted {:.3}, chance {:.3})",
+        "\n  tier shares fitted on {} samples: {} in the {} order (original {:.3}, every tier encrypted {:.3}, chance \
+         {:.3})",
         f.samples,
         shares.join(","),
+        f.order,
         f.original,
         f.no_key,
         f.chance

@@ -31,8 +31,8 @@ pub use importance::Norm;
 pub use onnx_ops::ONNX_OPS;
 pub use policy::{
     check_tier_levels, default_tier_shares, glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank,
-    Selector, Split, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT, DEFAULT_TIER1_STILL_ENCRYPTED,
-    DEFAULT_TIERED_MODE, DEFAULT_TOP_TIER_SHARE, KNOWN_OPS, MAX_TIERS,
+    Selector, Split, TierOrder, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT,
+    DEFAULT_TIER1_STILL_ENCRYPTED, DEFAULT_TIERED_MODE, DEFAULT_TOP_TIER_SHARE, KNOWN_OPS, MAX_TIERS,
 };
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};
@@ -201,9 +201,9 @@ struct Piece {
 ///
 /// With `policy.tiers > 1`, the chosen subsequences of all tensors are ranked by
 /// their importance relative to their own tensor (L2 score ÷ the tensor's mean
-/// L2 score; 1 for types without a numeric reading), least important first, and cut
-/// into tiers holding the policy's shares of the encrypted bytes. A tensor then
-/// appears once per tier it has subsequences in.
+/// L2 score; 1 for types without a numeric reading), least important first (most
+/// important first with [`TierOrder::Inverse`]), and cut into tiers holding the policy's
+/// shares of the encrypted bytes. A tensor then appears once per tier it has subsequences in.
 pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     let mut sel = Selection::default();
     let mut pieces: Vec<Piece> = Vec::new();
@@ -348,9 +348,10 @@ fn pick(
     Some((n, positions))
 }
 
-/// The access tier of each piece: with several tiers, the pieces from least to most
-/// important fill the tiers' byte shares in order; a varint-stored tensor, rewritten as
-/// a whole field, sits whole in the highest tier of its pieces.
+/// The access tier of each piece: with several tiers, the pieces in the policy's tier
+/// order (least to most important, or the inverse) fill the tiers' byte shares in order;
+/// a varint-stored tensor, rewritten as a whole field, sits whole in the highest tier of
+/// its pieces.
 fn tiers_of_pieces(
     model: &Model,
     heads: &[Chosen],
@@ -364,11 +365,13 @@ fn tiers_of_pieces(
         let shares = policy.shares().unwrap_or_else(|_| policy::default_tier_shares(tiers));
         let mut order: Vec<usize> = (0..pieces.len()).collect();
         order.sort_by(|&a, &b| {
-            pieces[a]
-                .relative
-                .total_cmp(&pieces[b].relative)
-                .then(pieces[a].tensor_index.cmp(&pieces[b].tensor_index))
-                .then(pieces[a].range.0.cmp(&pieces[b].range.0))
+            let by_importance = pieces[a].relative.total_cmp(&pieces[b].relative);
+            match policy.tier_order {
+                policy::TierOrder::Importance => by_importance,
+                policy::TierOrder::Inverse => by_importance.reverse(),
+            }
+            .then(pieces[a].tensor_index.cmp(&pieces[b].tensor_index))
+            .then(pieces[a].range.0.cmp(&pieces[b].range.0))
         });
         let total: u64 = pieces.iter().map(|p| p.range.1 - p.range.0).sum();
         let mut bounds = Vec::with_capacity(shares.len());

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use onnx_protect_format::{discover, Model, TensorRole};
-use onnx_protect_select::{select, Policy, Selection};
+use onnx_protect_select::{select, Policy, Selection, TierOrder};
 
 fn zoo(path: &str) -> Model {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/zoo").join(path);
@@ -173,6 +173,46 @@ fn a_policy_written_as_toml_reads_back_the_same() {
     let back = Policy::from_toml(&p.to_toml()).unwrap();
     assert_eq!(back, p, "{}", p.to_toml());
     assert_eq!(back.summary(), p.summary());
+}
+
+/// `tier_order = "inverse"` fills tier 1 with the most important rows and the top tier with
+/// the least important: on the osuleaf Conv1d (3 tiers, top share 0.01) the top tier's rows
+/// are those of tier 1 under the importance order's reading, reversed; both orders encrypt the
+/// same bytes, and the order reads back from TOML and shows in the summary.
+#[test]
+fn the_inverse_tier_order_puts_the_least_important_rows_in_the_top_tier() {
+    let m = zoo("osuleaf/conv1d.onnx");
+    let toml = "version = 1\ntiers = 3\ntier_shares = [0.01, 0.98, 0.01]\n";
+    let importance = run(&m, toml);
+    let inverse = run(&m, &format!("{toml}tier_order = \"inverse\"\n"));
+    // (tensor, subsequence) of one tier.
+    let tier = |s: &Selection, t: u32| -> Vec<(usize, u64)> {
+        let mut v: Vec<_> = s
+            .chosen
+            .iter()
+            .filter(|c| c.tier == t)
+            .flat_map(|c| c.chosen.iter().map(move |&i| (c.tensor, i)))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let all = |s: &Selection| -> u64 { s.chosen.iter().map(|c| c.bytes()).sum() };
+    assert_eq!(all(&importance), all(&inverse));
+    let (top_imp, top_inv) = (tier(&importance, 3), tier(&inverse, 3));
+    assert!(!top_imp.is_empty() && !top_inv.is_empty());
+    // The importance order's top-tier rows (the most important, features.0.weight's row 16
+    // first) sit in tier 1 of the inverse order, and no top-tier row of one order is in the
+    // other's top tier.
+    assert!(top_imp.iter().all(|x| !top_inv.contains(x)), "{top_imp:?} / {top_inv:?}");
+    let first = tier(&inverse, 1);
+    assert!(top_imp.iter().all(|x| first.contains(x)), "{top_imp:?} not in tier 1 of {first:?}");
+    let p = Policy::from_toml(&format!("{toml}tier_order = \"inverse\"\n")).unwrap();
+    assert_eq!(p.tier_order, TierOrder::Inverse);
+    assert!(p.summary().ends_with(";order=inverse"), "{}", p.summary());
+    assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p);
+    assert!(!Policy::from_toml(toml).unwrap().summary().contains("order="));
+    let e = Policy::from_toml(&format!("{toml}tier_order = \"random\"\n")).unwrap_err().to_string();
+    assert!(e.contains("tier_order 'random' must be importance or inverse"), "{e}");
 }
 
 #[test]

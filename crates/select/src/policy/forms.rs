@@ -4,7 +4,7 @@ use onnx_protect_format::discover::{is_role_of, roles};
 use serde::Deserialize;
 
 use super::rule::{check_op, layer_name, layer_of, Mode, OpRule, Rank, Selector, Split};
-use super::{Policy, PolicyError};
+use super::{Policy, PolicyError, TierOrder};
 
 /// A TOML error as "line L, column C: message" (1-based, columns in characters) when
 /// the parser says where it is.
@@ -42,6 +42,8 @@ struct FileForm {
     tiers: Option<u32>,
     #[serde(default)]
     tier_shares: Option<Vec<f64>>,
+    #[serde(default)]
+    tier_order: Option<String>,
 }
 
 fn yes() -> bool {
@@ -125,6 +127,10 @@ impl Policy {
         }
         if let Some(shares) = f.tier_shares {
             p.set_tier_shares(&shares)?;
+        }
+        if let Some(order) = &f.tier_order {
+            p.tier_order = TierOrder::parse(order)
+                .ok_or_else(|| PolicyError::Invalid(format!("tier_order '{order}' must be importance or inverse")))?;
         }
         if let Some(d) = &f.defaults {
             if d.roles.is_some() {
@@ -251,6 +257,9 @@ impl Policy {
         if let Some(shares) = &self.tier_shares {
             let shares: Vec<String> = shares.iter().map(|x| format!("{x:?}")).collect();
             s.push_str(&format!("tier_shares = [{}]\n", shares.join(", ")));
+        }
+        if self.tier_order != TierOrder::Importance {
+            s.push_str(&format!("tier_order = \"{}\"\n", self.tier_order.name()));
         }
         for (sel, r) in self.all_rules() {
             let header = match &sel {

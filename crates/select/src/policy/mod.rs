@@ -41,6 +41,41 @@ pub struct Policy {
     /// Share of the encrypted bytes in each tier, least important first (sums to 1);
     /// `None` means [`default_tier_shares`].
     pub tier_shares: Option<Vec<f64>>,
+    /// Which chosen subsequences fill tier 1 first.
+    pub tier_order: TierOrder,
+}
+
+/// The order in which the ranked subsequences fill the tiers (docs/format.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TierOrder {
+    /// Least important first: tier 1 holds the least important subsequences, the top tier
+    /// the most important (the default).
+    #[default]
+    Importance,
+    /// Most important first: tier 1 holds the most important subsequences, the top tier the
+    /// least important, so a lower tier's holder lacks many of the least important rows
+    /// rather than a few of the most important (`encrypt --tier-data` chooses it where it
+    /// grades the service more evenly).
+    Inverse,
+}
+
+impl TierOrder {
+    /// The name in a policy file (`tier_order`) and in the manifest's policy summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            TierOrder::Importance => "importance",
+            TierOrder::Inverse => "inverse",
+        }
+    }
+
+    /// The order named `s`, if any.
+    pub fn parse(s: &str) -> Option<TierOrder> {
+        match s {
+            "importance" => Some(TierOrder::Importance),
+            "inverse" => Some(TierOrder::Inverse),
+            _ => None,
+        }
+    }
 }
 
 /// Most tiers a policy may ask for.
@@ -204,6 +239,7 @@ impl Policy {
             seed: 0,
             tiers: 1,
             tier_shares: None,
+            tier_order: TierOrder::Importance,
         }
     }
 }
@@ -307,6 +343,9 @@ impl Policy {
             if let Some(shares) = &self.tier_shares {
                 let shares: Vec<String> = shares.iter().map(f64::to_string).collect();
                 s.push_str(&format!(";shares={}", shares.join(",")));
+            }
+            if self.tier_order != TierOrder::Importance {
+                s.push_str(&format!(";order={}", self.tier_order.name()));
             }
         }
         if self.all_rules().iter().any(|(_, r)| matches!(r.rank, Rank::Sample(_))) {

@@ -73,7 +73,7 @@ mod with_tract {
     use onnx_protect_runtime::assess::{Bench, InputSource};
     use onnx_protect_runtime::engine::External;
     use onnx_protect_runtime::npy::NpyArray;
-    use onnx_protect_select::Policy;
+    use onnx_protect_select::{Policy, TierOrder};
 
     /// The digits test split, scored with tract (a row with a non-finite logit is wrong).
     fn bench(model: &Path) -> Bench {
@@ -169,6 +169,7 @@ mod with_tract {
         let mut policy = Policy::default();
         policy.set_tiers(3).unwrap();
         policy.set_tier_shares(&shares).unwrap();
+        policy.tier_order = TierOrder::parse(fit["order"].as_str().unwrap()).unwrap();
         let m = means(&ladders(&cnn(), &policy, 6));
         for (t, level) in [(1, 0.3), (2, 0.7)] {
             assert!((m[t] - level * m[3]).abs() <= 0.15, "tier {t}: {m:?}, asked {level} of {}", m[3]);

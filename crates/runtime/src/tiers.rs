@@ -308,8 +308,8 @@ impl Probe<'_> {
         Ok(a)
     }
 
-    /// Mean accuracy as [`Probe::accuracy`] over [`MEASURE`] times as many seeds (those of
-    /// the probes and as many again, twice): a fitted tier's level.
+    /// Mean accuracy as [`Probe::accuracy`] over [`MEASURE`] times as many seeds (the probes'
+    /// seeds `0 … draws − 1`, then `draws … MEASURE · draws − 1`): a fitted tier's level.
     fn measured(&mut self, still: f64) -> Result<f64> {
         let probed = self.accuracy(still)?;
         let more = self.mean_over(still, u64::from(self.draws)..u64::from(MEASURE * self.draws))?;

@@ -44,14 +44,14 @@ const GRID: u32 = 16;
 const STEPS: u32 = 4;
 
 /// A fitted tier's level is measured over this many times the probes' draws.
-const MEASURE: u32 = 3;
+pub const MEASURE: u32 = 3;
 
 /// The smallest share of the encrypted bytes a tier above `k` may hold.
 const MIN_STILL: f64 = 1e-5;
 
 /// The importance order is kept without trying the inverse one when its fitted ladder's
 /// smallest step is at least this share of the even step (`1 / N` of the range).
-const GOOD_STEP: f64 = 0.75;
+pub const GOOD_STEP: f64 = 0.75;
 
 /// How much larger (as a share of the range) the inverse order's smallest step must be
 /// for the fit to choose it over the importance order.

@@ -2,7 +2,9 @@
 """The tier-k holder's best training attack: does it reach tier k+1's level?
 
 For each model (default: the four digits classifiers of fixtures/zoo and vowels/lstm), one
-fresh key, 3 tiers with the default shares:
+fresh key, 3 tiers with the default shares (with `--ladder fit`, the tier order and shares
+fitted once per model on its training split, `scripts/eval_tiers.py`'s `fit` ladder, given to
+every encryption as a policy file):
 
     onnx-protect keygen -o K --tiers 3
     onnx-protect encrypt MODEL -o P --key-file K --tiers 3 -q
@@ -24,7 +26,7 @@ best attack's accuracy is at least that mean.
 
 Usage:
     python3 scripts/eval_tier_attacks.py [--bin PATH] [--models digits/cnn,…] [--seeds 1]
-        [--steps 300] [--level-keys 10] [--jobs 2] [--json bench-data/tier-attacks.json] [--quick]
+        [--steps 300] [--level-keys 10] [--jobs 2] [--ladder default|fit] [--json bench-data/tier-attacks.json] [--quick]
     python3 scripts/eval_tier_attacks.py --table bench-data/tier-attacks.json
 
 `--quick`: digits/mlp only, 1% and 5% of the data, 100 steps, 3 level keys (a check that the
@@ -63,14 +65,14 @@ def ort_accuracy(path, x, y):
     return accuracy(path, x.astype(np.float32), y)
 
 
-def tier_files(binary, model, tmp, tag):
-    """keygen + encrypt + decrypt at every tier: [P, D_1, …, D_(N-1), D_N] and whether D_N is
-    the original byte for byte."""
+def tier_files(binary, model, tmp, tag, share_args=()):
+    """keygen + encrypt (with `share_args`) + decrypt at every tier: [P, D_1, …, D_(N-1), D_N]
+    and whether D_N is the original byte for byte."""
     src = ZOO / f"{model}.onnx"
     key = tmp / f"{tag}.key"
     cli(binary, "keygen", "-o", key, "--tiers", TIERS)
     files = [tmp / f"{tag}.t0.onnx"]
-    cli(binary, "encrypt", src, "-o", files[0], "--key-file", key, "--tiers", TIERS, "-q")
+    cli(binary, "encrypt", src, "-o", files[0], "--key-file", key, "--tiers", TIERS, *share_args, "-q")
     for t in range(1, TIERS):
         files.append(tmp / f"{tag}.t{t}.onnx")
         cli(binary, "decrypt", files[0], "-o", files[t], "--key-file", f"{key}.tier{t}", "--tier", t, "-q")
@@ -107,10 +109,11 @@ def run_model(model, args):
     try:
         x, y, xt, yt = data_of(model)
         xt = xt.astype(np.float32)
+        share_args, fit = eval_tiers.shares_of(args.bin, model, args.ladder, TIERS, tmp)
         # Tier levels over the level keys; key 0 is the attack key (its files are kept).
         levels, exact, attack_files, recipients = [], True, None, None
         for i in range(args.level_keys):
-            files, same, rec = tier_files(args.bin, model, tmp, f"k{i}")
+            files, same, rec = tier_files(args.bin, model, tmp, f"k{i}", share_args)
             levels.append([ort_accuracy(f, xt, yt) for f in files])
             exact &= same
             if i == 0:
@@ -119,7 +122,7 @@ def run_model(model, args):
                 for f in files:
                     f.unlink()
         levels = np.array(levels)
-        row = {"model": model, "recipients": recipients, "top_exact": exact,
+        row = {"model": model, "ladder": args.ladder, "fit": fit, "recipients": recipients, "top_exact": exact,
                "levels_attack_key": levels[0].tolist(), "levels_mean": levels.mean(axis=0).tolist(),
                "levels_min": levels.min(axis=0).tolist(), "levels_max": levels.max(axis=0).tolist(),
                "tiers": []}
@@ -176,6 +179,8 @@ def main():
     ap.add_argument("--level-keys", type=int, default=10, help="fresh keys for the tier levels (default 10)")
     ap.add_argument("--jobs", type=int, default=2, help="models run in parallel (processes)")
     ap.add_argument("--json", default=str(ROOT / "bench-data" / "tier-attacks.json"))
+    ap.add_argument("--ladder", choices=("default", "fit"), default="default",
+                    help="the tier shares: the default ones, or order and shares fitted on the training split")
     ap.add_argument("--quick", action="store_true", help="digits/mlp, 1%% and 5%%, 100 steps, 3 level keys")
     ap.add_argument("--table", metavar="JSON", help="print the table of a saved run (runs nothing)")
     args = ap.parse_args()
@@ -206,7 +211,7 @@ def main():
             rows.append(futures[m].result())
             print(f"{m}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "binary": args.bin, "tiers": TIERS,
-           "shares": "default", "seeds": args.seeds, "steps": args.steps, "sizes": list(args.sizes),
+           "shares": args.ladder, "seeds": args.seeds, "steps": args.steps, "sizes": list(args.sizes),
            "level_keys": args.level_keys, "seconds": round(time.time() - t0, 1), "rows": rows}
     print(table(rows, args.sizes))
     print(f"\n{len(models)} model(s) in {out['seconds']} s; {args.seeds} draw(s) per size, {args.steps} steps "

@@ -38,6 +38,7 @@ use crate::metadata::is_manifest_key;
 use crate::pass::decryption::FileSink;
 use crate::pass::staged::{check_output, check_output_as, protected_names, OutputRules};
 use crate::protection::{open_protected, Protection, ProtectionView};
+use crate::reader::Ask;
 use crate::summary::{summaries, ProtectionInfo, TensorSummary};
 use crate::target::Target;
 
@@ -276,7 +277,7 @@ pub fn decrypt_tier(
     if let Some(names) = protection.reader().names_without_key(tier) {
         check_output_as(&model, input, output, opts.in_place, &opts.outputs, names)?;
     }
-    let d = protection.into_decryption(&model, key, tier, opts.signers)?;
+    let d = protection.into_decryption(&model, Ask { key, tier, signers: opts.signers })?;
     let (tensors, decrypted_bytes, format_version) = (d.tensors, d.decrypted_bytes, d.format_version);
     let sink = FileSink {
         input,

@@ -16,7 +16,7 @@ use crate::format2::ProtectedV2;
 use crate::keys::KeySource;
 use crate::metadata::is_manifest_key;
 use crate::pass::decryption::Decryption;
-use crate::reader::Reader;
+use crate::reader::{Ask, Reader};
 use crate::summary::ProtectionInfo;
 use crate::target::Target;
 
@@ -133,16 +133,10 @@ impl Protection {
 
     /// [`Reader::decryption`] by a protection that is not needed afterwards (format 2's is
     /// taken rather than copied).
-    pub(crate) fn into_decryption<'m>(
-        self,
-        model: &'m Model,
-        key: &KeySource,
-        tier: Option<u32>,
-        signers: &[SignerKey],
-    ) -> Result<Decryption<'m>> {
+    pub(crate) fn into_decryption<'m>(self, model: &'m Model, ask: Ask<'_>) -> Result<Decryption<'m>> {
         match self {
-            Protection::V2(p) => p.into_decryption(model, key, tier, signers),
-            Protection::V1(p) => p.decryption(model, key, tier, signers),
+            Protection::V2(p) => p.into_decryption(model, ask),
+            Protection::V1(p) => p.decryption(model, ask),
         }
     }
 

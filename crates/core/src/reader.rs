@@ -36,14 +36,17 @@ pub(crate) trait Reader {
     /// locations as they are).
     fn names_without_key(&self, tier: Option<u32>) -> Option<Option<&[String]>>;
 
-    /// The decryption of `model` with `key` up to `tier` (default: the key's own), after
-    /// every check that needs no output: a key whose tiers are all in clear in the file
-    /// already, with no tier asked for, gets the file as it is.
-    fn decryption<'m>(
-        &self,
-        model: &'m Model,
-        key: &KeySource,
-        tier: Option<u32>,
-        signers: &[SignerKey],
-    ) -> Result<Decryption<'m>>;
+    /// The decryption of `model` asked for by `ask`, after every check that needs no
+    /// output: a key whose tiers are all in clear in the file already, with no tier asked
+    /// for, gets the file as it is.
+    fn decryption<'m>(&self, model: &'m Model, ask: Ask<'_>) -> Result<Decryption<'m>>;
+}
+
+/// What a decryption is asked for: the key that opens the model, the tier to restore up to
+/// (default: the key's own) and the publishers whose signatures must be on the model.
+#[derive(Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    pub key: &'a KeySource,
+    pub tier: Option<u32>,
+    pub signers: &'a [SignerKey],
 }

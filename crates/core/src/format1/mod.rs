@@ -18,7 +18,7 @@ use self::manifest::ProtectedV1;
 use crate::error::{CoreError, Result, Unsigned};
 use crate::keys::KeySource;
 use crate::pass::decryption::{Decryption, NewEntry};
-use crate::reader::Reader;
+use crate::reader::{Ask, Reader};
 use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
 use crate::target::Target;
 
@@ -107,17 +107,11 @@ impl Reader for ProtectedV1 {
     /// its key and every MAC checked first (B.5): a key whose tiers are all in clear in the
     /// file already, with no tier asked for, gets the file as it is. A decryption below the
     /// top tier keeps a format-1 entry, which only memory takes (the format is read-only).
-    fn decryption<'m>(
-        &self,
-        model: &'m Model,
-        key: &KeySource,
-        tier: Option<u32>,
-        signers: &[SignerKey],
-    ) -> Result<Decryption<'m>> {
-        if !signers.is_empty() {
+    fn decryption<'m>(&self, model: &'m Model, ask: Ask<'_>) -> Result<Decryption<'m>> {
+        if !ask.signers.is_empty() {
             return Err(CoreError::NotSigned(Unsigned::Format1));
         }
-        let r = restore::plan_restore(model, self, key, tier)?;
+        let r = restore::plan_restore(model, self, ask.key, ask.tier)?;
         let (tensors, decrypted_bytes) = Decryption::count(&self.targets, &r.actions);
         Ok(Decryption {
             model,

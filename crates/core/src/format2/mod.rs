@@ -31,7 +31,7 @@ use crate::pass::content::{stored_leaves, Pass};
 use crate::pass::decryption::{Decryption, NewEntry};
 use crate::pass::staged::{durable, Outputs};
 use crate::pass::{Hash, Out};
-use crate::reader::Reader;
+use crate::reader::{Ask, Reader};
 use crate::summary::{bytes_by_protection, summaries, ProtectionInfo};
 use crate::target::{check_disjoint_in_files, match_targets, EntryFacts, EntryRules, Target};
 
@@ -277,32 +277,20 @@ impl Reader for ProtectedV2 {
     /// the file, step 6 for the canonical content too). A key whose tiers are all in clear
     /// in the file already, with no tier asked for, gets the file as it is; a tier asked for
     /// that is in clear already is [`CoreError::AlreadyDecrypted`].
-    fn decryption<'m>(
-        &self,
-        model: &'m Model,
-        key: &KeySource,
-        tier: Option<u32>,
-        signers: &[SignerKey],
-    ) -> Result<Decryption<'m>> {
-        self.clone().into_decryption(model, key, tier, signers)
+    fn decryption<'m>(&self, model: &'m Model, ask: Ask<'_>) -> Result<Decryption<'m>> {
+        self.clone().into_decryption(model, ask)
     }
 }
 
 impl ProtectedV2 {
     /// [`Reader::decryption`] that takes the protection (which the unlocking changes)
     /// rather than copying it.
-    pub(crate) fn into_decryption<'m>(
-        self,
-        model: &'m Model,
-        key: &KeySource,
-        tier: Option<u32>,
-        signers: &[SignerKey],
-    ) -> Result<Decryption<'m>> {
+    pub(crate) fn into_decryption<'m>(self, model: &'m Model, ask: Ask<'_>) -> Result<Decryption<'m>> {
         let mut p = self;
-        let opened = p.unlock(model, key)?;
+        let opened = p.unlock(model, ask.key)?;
         let r = p.sealed.envelope.restored_tiers;
-        let to = decryption_tier(&p, &opened, tier)?;
-        check_seals(&p.sealed, &opened, signers)?;
+        let to = decryption_tier(&p, &opened, ask.tier)?;
+        check_seals(&p.sealed, &opened, ask.signers)?;
         let pending = if r > 0 {
             // The canonical digest needs the restored tiers encrypted again: checked first.
             Expected::of(&p.sealed)?.check(&canonical_leaves(model, &p, &opened)?)?;

@@ -93,6 +93,7 @@ use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
 use crate::pass::decryption::Decryption;
 use crate::protection::{open_protected, Protection};
+use crate::reader::Ask;
 
 mod decrypted;
 mod ondemand;
@@ -265,7 +266,8 @@ impl<'a> InMemory<'a> {
             accept(&protection)?;
         }
         let label_locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
-        let d: Decryption<'_> = protection.into_decryption(model, self.key, self.tier, self.signers)?;
+        let d: Decryption<'_> =
+            protection.into_decryption(model, Ask { key: self.key, tier: self.tier, signers: self.signers })?;
         let decrypted = match ondemand::on_demand_if(self.on_demand, self.read_once, self.model_on_demand, d)? {
             Ok(done) => done,
             Err(d) => load(d, file)?,

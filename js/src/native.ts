@@ -27,7 +27,7 @@ interface Addon {
     path: string, key: Uint8Array | null, passphrase: Uint8Array | null, identity: string | null, tier: number, signers: string[],
     onDemand: boolean,
   ): Promise<{
-    model: Uint8Array; externalNames: string[]; externalData: Uint8Array[]; tier: number; tiers: number; tensors: number; decryptedBytes: number;
+    model: Uint8Array; externalNames: string[]; externalData: Uint8Array[]; tier: number; tiers: number; tensors: number; decryptedBytes: number; graph: boolean;
     region?: Region | null;
   }>;
   onDemandAvailable(): boolean;
@@ -112,10 +112,12 @@ export async function nativeDecryptFile(file: string, opts: Omit<ReadOptions, "e
 
 /** For a session: as `nativeDecryptFile`, the external data filled on demand where the
  * system allows it (then `region` is set, and must be settled once the session is built,
- * before anything is run: its `settle` throws the package's typed exception). */
-export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions, "externalData">): Promise<{ decrypted: Decrypted; region: Filled | null }> {
-  const { decrypted, region } = await nativeOpen(file, opts, true);
-  if (!region) return { decrypted, region: null };
+ * before anything is run: its `settle` throws the package's typed exception). With `graph`,
+ * `decrypted.model` is a graph built for the session (its large tensors in
+ * `decrypted.externalData`) and a label lock was checked. */
+export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions, "externalData">): Promise<{ decrypted: Decrypted; region: Filled | null; graph: boolean }> {
+  const { decrypted, region, graph } = await nativeOpen(file, opts, true);
+  if (!region) return { decrypted, region: null, graph };
   const settle = () => {
     try {
       region.settle();
@@ -123,7 +125,7 @@ export async function nativeOpenForSession(file: string, opts: Omit<ReadOptions,
       throw typed(e);
     }
   };
-  return { decrypted, region: { settle, trim: () => region.trim() } };
+  return { decrypted, region: { settle, trim: () => region.trim() }, graph };
 }
 
 /** Whether the native engine is loaded and can fill external data on demand here. */
@@ -131,7 +133,7 @@ export function nativeOnDemand(): boolean {
   return load().addon?.onDemandAvailable() ?? false;
 }
 
-async function nativeOpen(file: string, opts: Omit<ReadOptions, "externalData">, onDemand: boolean): Promise<{ decrypted: Decrypted; region: Region | null }> {
+async function nativeOpen(file: string, opts: Omit<ReadOptions, "externalData">, onDemand: boolean): Promise<{ decrypted: Decrypted; region: Region | null; graph: boolean }> {
   const { addon } = load();
   if (!addon) throw new UsageError(nativeEngineError());
   const given = [opts.key, opts.passphrase, opts.identity].filter((k) => k !== undefined).length;
@@ -148,5 +150,5 @@ async function nativeOpen(file: string, opts: Omit<ReadOptions, "externalData">,
   }
   const externalData = new Map(d.externalNames.map((n, i) => [n, d.externalData[i]]));
   const decrypted = { model: d.model, externalData, tier: d.tier, tiers: d.tiers, tensors: d.tensors, decryptedBytes: d.decryptedBytes };
-  return { decrypted, region: d.region ?? null };
+  return { decrypted, region: d.region ?? null, graph: d.graph === true };
 }

@@ -147,16 +147,18 @@ export async function decryptFile(file: string, opts: FileOptions = {}): Promise
 
 /** `createSession` from the protected model at `file` (read as `decryptFile` reads it). By
  * the native engine, where the system allows it the external data is memory filled on
- * demand as onnxruntime reads it (every chunk checked against its hash first), and every
- * chunk is verified before the session is returned. */
+ * demand as onnxruntime reads it (every chunk checked against its hash first), and so are
+ * the model file's own weights when tensors of 16 MiB or more hold most of them (onnxruntime
+ * then gets a graph without those bytes); every chunk is verified before the session is
+ * returned. */
 export async function createSessionFromFile<S>(
   ort: OrtLike<S>, file: string, opts: FileOptions = {}, sessionOptions?: Record<string, unknown>,
 ): Promise<SessionResult<S>> {
   checkSessionOptions(sessionOptions);
   const { engine = "auto", ...read } = opts;
   if (engine !== "js" && !(read as ReadOptions).externalData && !nativeTakes(read) && nativeEngine()) {
-    const { decrypted, region } = await nativeOpenForSession(file, read);
-    return sessionOf(ort, decrypted, sessionOptions, region ?? undefined);
+    const { decrypted, region, graph } = await nativeOpenForSession(file, read);
+    return sessionOf(ort, decrypted, sessionOptions, region ?? undefined, graph);
   }
   return sessionOf(ort, await decryptFile(file, opts), sessionOptions);
 }

@@ -124,13 +124,14 @@ export async function createSession<S>(
  * hash throws, after the session is released) and then trimmed instead of zeroed (the
  * region wipes what it holds when it is collected). */
 export async function sessionOf<S>(
-  ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>, filled?: Filled,
+  ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>, filled?: Filled, lockChecked = false,
 ): Promise<SessionResult<S>> {
   let settled = false;
   try {
     // §15: below the top tier a label-locked model's scores come out in locked order;
-    // refused rather than served as if they were true ones.
-    if (keepsLabelLock(d)) {
+    // refused rather than served as if they were true ones (`lockChecked`: the native
+    // engine refused it already, and `d.model` is the graph it built, not the model).
+    if (!lockChecked && keepsLabelLock(d)) {
       throw new KeyError(`this key opens tier ${d.tier} of ${d.tiers}; running a model whose outputs are label-locked needs the top-tier key (below it they come in locked order)`);
     }
     const externalData = [...d.externalData].map(([path, data]) => ({ path, data }));

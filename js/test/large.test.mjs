@@ -131,6 +131,18 @@ test("large models: decrypted byte for byte through the worker threads, from sha
       fs.writeFileSync(path.join(changedDir, "model.onnx"), model);
       fs.copyFileSync(path.join(outDir, "w2.bin"), path.join(changedDir, "w2.bin"));
       for (const engine of ENGINES) await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText, engine }), Modified);
+      if (name === "ctr") {
+        // A session from the file as well (by the native engine, W1's 24 MiB are filled on
+        // demand for it: byte 10,000,000 is inside them, 30,000,000 inside W3).
+        for (const at of [10_000_000, 30_000_000]) {
+          const m = Uint8Array.from(shared.model);
+          m[at] ^= 4;
+          fs.writeFileSync(path.join(changedDir, "model.onnx"), m);
+          for (const engine of ENGINES) {
+            await assert.rejects(createSessionFromFile(ort, path.join(changedDir, "model.onnx"), { key: keyText, engine }), Modified, `${engine}, byte ${at}`);
+          }
+        }
+      }
       fs.writeFileSync(path.join(changedDir, "model.onnx"), shared.model);
       const w2changed = fs.readFileSync(path.join(outDir, "w2.bin"));
       w2changed[12_345_678] ^= 2;

@@ -6,6 +6,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import { checkSessionOptions, createSession, KeyError, UsageError } from "../dist/index.js";
+import { createSessionFromFile, nativeEngine } from "../dist/node.js";
 import { binary, keyOf, ROOT, run, tempDir, VECTORS } from "./util.mjs";
 
 test("options writing the model to disk are refused", async () => {
@@ -93,6 +94,14 @@ test("a label-locked model opened below its top tier is refused, not served in l
     assert.equal(created, 0, "onnxruntime was not called below the top tier");
     const { session } = await createSession(fake, bytes, { key: top });
     assert.equal(session, "session");
+    // From the file by the native engine: refused by the Rust core before the graph is built.
+    if (nativeEngine()) {
+      for (const opts of [{ key: fs.readFileSync(`${key}.tier1`, "utf8") }, { key: top, tier: 1 }]) {
+        await assert.rejects(createSessionFromFile(fake, locked, { ...opts, engine: "native" }), (e) => e instanceof KeyError && /label-locked/.test(e.message));
+      }
+      assert.equal(created, 1, "onnxruntime was not called below the top tier");
+      assert.equal((await createSessionFromFile(fake, locked, { key: top, engine: "native" })).session, "session");
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -8,7 +8,12 @@
 //! For a session (`createSessionFromFile`), the external data files can instead be memory
 //! filled on demand (`InMemory::on_demand`): each chunk is read, checked and decrypted
 //! when onnxruntime first reads it, and the [`Region`] handed back beside the buffers
-//! settles them (every chunk verified) once the session is built.
+//! settles them (every chunk verified) once the session is built. When tensors of 16 MiB or
+//! more hold most of the model file's weights, those weights are filled on demand as well:
+//! the session gets a graph without weight bytes and every large tensor as external data in
+//! buffers (`onnx_protect_session::files`, as the C library and `ort` hand them over), which
+//! onnxruntime-node copies once, where a whole decrypted model would be parsed beside the
+//! decrypted bytes.
 //!
 //! Failures reject with an `Error` whose message is `KIND` + U+001F + the message; the
 //! package turns `KIND` into its typed exception ([`js_kind`]).
@@ -21,9 +26,11 @@ use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
 use onnx_protect_core::error::{with_causes_at, CoreError, ErrorKind};
 use onnx_protect_core::keys::KeySource;
-use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method};
+use onnx_protect_core::memory::{DecryptedBytes, DecryptedModel as Loaded, InMemory, Method};
 use onnx_protect_core::protection::Protection;
+use onnx_protect_format::{Model, TensorData};
 use onnx_protect_keys::SignerKey;
+use onnx_protect_session::{prepare_files, Arena, ModelBuffer, Source};
 use zeroize::Zeroizing;
 
 /// Separates the kind from the message in a rejection's message.
@@ -92,14 +99,45 @@ pub struct Decrypt {
     on_demand: bool,
 }
 
+/// One buffer handed to JavaScript: decrypted bytes (the first `len` of them), the graph
+/// built for a session, or the tensors copied to be aligned.
+enum Held {
+    Decrypted(DecryptedBytes, usize),
+    Graph(Zeroizing<Vec<u8>>),
+    Arena(Arena),
+}
+
+impl Held {
+    fn whole(bytes: DecryptedBytes) -> Held {
+        let len = bytes.len();
+        Held::Decrypted(bytes, len)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Decrypted(d, len) => &d[..*len],
+            Held::Graph(g) => g,
+            Held::Arena(a) => a.bytes(),
+        }
+    }
+
+    fn filled_on_demand(&self) -> Option<&DecryptedBytes> {
+        match self {
+            Held::Decrypted(d, _) if d.method() == Method::OnDemand => Some(d),
+            _ => None,
+        }
+    }
+}
+
 /// What [`Decrypt`] computed, before it is handed to JavaScript.
 pub struct Decrypted {
-    model: DecryptedBytes,
-    external: Vec<(String, DecryptedBytes)>,
+    model: Held,
+    external: Vec<(String, Held)>,
     tier: u32,
     tiers: u32,
     tensors: u32,
     decrypted_bytes: f64,
+    graph: bool,
 }
 
 /// A decrypted model as JavaScript sees it (`Decrypted` of js/src/reader/opened.ts, the external
@@ -115,14 +153,27 @@ pub struct DecryptedModel {
     pub tensors: u32,
     pub decrypted_bytes: f64,
     pub region: Option<Region>,
+    /// `model` is a graph built for a session (its large tensors in `external_data`, a label
+    /// lock checked), not the model file's bytes.
+    pub graph: bool,
 }
 
-/// External data filled on demand: one region holds every external file, so one of its
-/// buffers answers for all (the region stays until it and every buffer are collected).
+/// Memory filled on demand: one region holds every external file (and, for a session, the
+/// model file's large weights), so one of its buffers answers for all (the region stays
+/// until it and every buffer are collected).
 #[napi]
 pub struct Region {
     path: PathBuf,
-    any: Arc<DecryptedBytes>,
+    any: Arc<Held>,
+}
+
+impl Region {
+    fn bytes(&self) -> &DecryptedBytes {
+        match self.any.filled_on_demand() {
+            Some(d) => d,
+            None => unreachable!("a region is made only over memory filled on demand"),
+        }
+    }
 }
 
 #[napi]
@@ -132,7 +183,7 @@ impl Region {
     /// it was read as zeros, and the session built from the buffers must be thrown away.
     #[napi]
     pub fn settle(&self) -> napi::Result<()> {
-        self.any.settle().map_err(|e| core_failure(e, &self.path))
+        self.bytes().settle().map_err(|e| core_failure(e, &self.path))
     }
 
     /// After a successful `settle`, drops every chunk filled so far (a reader that copied
@@ -140,7 +191,7 @@ impl Region {
     /// read again is filled and verified again.
     #[napi]
     pub fn trim(&self) {
-        self.any.trim();
+        self.bytes().trim();
     }
 }
 
@@ -157,43 +208,61 @@ impl Task for Decrypt {
                 Err(CoreError::UnsupportedVersion { key: "onnx-protect/v1".into(), format_version: Some(1) })
             }
         };
-        let m = InMemory::file(&self.path, &self.key)
+        let at = |e: CoreError| core_failure(e, &self.path);
+        let opening = InMemory::file(&self.path, &self.key)
             .tier(self.tier)
             .signers(&self.signers)
             .accept(&accept)
             .on_demand(self.on_demand)
             // onnxruntime-node (to 1.30) copies external data given in memory, once.
-            .read_once(true)
-            .load()
-            .map_err(|e| core_failure(e, &self.path))?;
+            .read_once(true);
+        if self.on_demand && weights_mostly_large(&self.path) {
+            // A session: the graph and its buffers (a label-locked model below its top tier
+            // is refused here, as its scores would come in locked order).
+            let (m, index) = opening.model_on_demand(true).load_for_session().map_err(at)?;
+            return session_files(m, &index).map_err(at);
+        }
+        let m = opening.load().map_err(at)?;
         let (tier, tiers, tensors, decrypted_bytes) =
             (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);
         let (model, external) = m.into_parts();
-        Ok(Decrypted { model, external: external.into_iter().collect(), tier, tiers, tensors, decrypted_bytes })
+        let external = external.into_iter().map(|(n, b)| (n, Held::whole(b))).collect();
+        Ok(Decrypted { model: Held::whole(model), external, tier, tiers, tensors, decrypted_bytes, graph: false })
     }
 
     fn resolve(&mut self, env: Env, out: Decrypted) -> napi::Result<DecryptedModel> {
-        let Decrypted { model, external, tier, tiers, tensors, decrypted_bytes } = out;
+        let Decrypted { model, external, tier, tiers, tensors, decrypted_bytes, graph } = out;
         let model = buffer_over(&env, Arc::new(model))?;
         let mut external_names = Vec::with_capacity(external.len());
         let mut external_data = Vec::with_capacity(external.len());
         let mut region = None;
         for (name, bytes) in external {
             let bytes = Arc::new(bytes);
-            if region.is_none() && bytes.method() == Method::OnDemand {
+            if region.is_none() && bytes.filled_on_demand().is_some() {
                 region = Some(Region { path: self.path.clone(), any: Arc::clone(&bytes) });
             }
             external_names.push(name);
             external_data.push(buffer_over(&env, bytes)?);
         }
-        Ok(DecryptedModel { model, external_names, external_data, tier, tiers, tensors, decrypted_bytes, region })
+        Ok(DecryptedModel {
+            model,
+            external_names,
+            external_data,
+            tier,
+            tiers,
+            tensors,
+            decrypted_bytes,
+            region,
+            graph,
+        })
     }
 }
 
 /// A `Buffer` over the decrypted bytes, which it shares: they are wiped and freed when the
 /// buffer (and any [`Region`] holding them) is collected. Where Node forbids buffers over
 /// outside memory (Electron), the bytes are copied and the decrypted memory wiped at once.
-fn buffer_over(env: &Env, bytes: Arc<DecryptedBytes>) -> napi::Result<Buffer> {
+fn buffer_over(env: &Env, held: Arc<Held>) -> napi::Result<Buffer> {
+    let bytes = held.bytes();
     if bytes.is_empty() {
         return BufferSlice::copy_from(env, [])?.into_buffer(env);
     }
@@ -201,6 +270,7 @@ fn buffer_over(env: &Env, bytes: Arc<DecryptedBytes>) -> napi::Result<Buffer> {
     // on demand: JavaScript may write it.
     let ptr = bytes.as_ptr().cast_mut();
     let len = bytes.len();
+    let bytes = held;
     // SAFETY: `ptr` is valid for `len` bytes for as long as `bytes` lives; `bytes` is the
     // finalize hint, dropped (and the memory, once no other holder is left, wiped and
     // freed) only when the buffer is collected or, if no external buffer can be made,
@@ -244,4 +314,65 @@ pub fn on_demand_available() -> bool {
 #[napi]
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
+}
+
+/// A tensor at least this long is large for [`weights_mostly_large`] (four region blocks).
+const LARGE: u64 = 16 << 20;
+
+/// Whether tensors of at least [`LARGE`] bytes hold most of the bytes of the model file's
+/// tensors of 64 KiB or more (`false` for a file that cannot be read: the load then says
+/// why). Only then are the model file's weights filled on demand for a session:
+/// onnxruntime-node (1.30) copies tensors given in memory in an order of its own, not the
+/// file's, and a block dropped after one tensor is filled again for the next tensor in it,
+/// which costs more time than it saves memory when most tensors span a block or two
+/// (docs/performance.md).
+fn weights_mostly_large(path: &std::path::Path) -> bool {
+    let Ok(model) = Model::open(path) else { return false };
+    let (mut all, mut large) = (0u64, 0u64);
+    for t in &model.tensors {
+        if let TensorData::Raw { range } = &t.data {
+            let n = range.end - range.start;
+            if n >= 64 << 10 {
+                all += n;
+                if n >= LARGE {
+                    large += n;
+                }
+            }
+        }
+    }
+    large > all / 2
+}
+
+/// The graph and the buffers of a session from `m` (indexed by `index`): every large tensor
+/// external data in buffers named anew in the process, the model file's tensors where the
+/// region holds them or moved to aligned offsets; external files the graph does not name
+/// are verified and dropped.
+fn session_files(m: Loaded, index: &Model) -> Result<Decrypted, CoreError> {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("onnx-protect-node.{n}.");
+    let mut m = m;
+    let skeleton = m.take_skeleton();
+    let (tier, tiers, tensors, decrypted_bytes) = (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);
+    let (mut model, mut external) = m.into_parts();
+    let bytes = |l: &str| external.get(l).map(|d| &d[..]);
+    let plan = match &skeleton {
+        Some(s) => prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix),
+        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix),
+    }?;
+    model.move_within(&plan.moves)?;
+    let mut model = Some(model);
+    let mut arena = Some(plan.arena);
+    let mut files = Vec::with_capacity(plan.files.len());
+    for f in plan.files {
+        let held = match f.source {
+            Source::Model => model.take().map(|m| Held::Decrypted(m, plan.model_len)),
+            Source::External(l) => external.remove(&l).map(Held::whole),
+            Source::Arena => arena.take().map(Held::Arena),
+        };
+        files.push((f.name, held.ok_or(CoreError::Internal("a file of the session named twice"))?));
+    }
+    external.values().try_for_each(DecryptedBytes::settle)?;
+    let model = Held::Graph(Zeroizing::new(plan.graph));
+    Ok(Decrypted { model, external: files, tier, tiers, tensors, decrypted_bytes, graph: true })
 }

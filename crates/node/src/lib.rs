@@ -216,7 +216,7 @@ impl Task for Decrypt {
             .on_demand(self.on_demand)
             // onnxruntime-node (to 1.30) copies external data given in memory, once.
             .read_once(true);
-        if self.on_demand && weights_mostly_large(&self.path) {
+        if self.on_demand && onnx_protect_core::memory::on_demand_available() && weights_mostly_large(&self.path) {
             // A session: the graph and its buffers (a label-locked model below its top tier
             // is refused here, as its scores would come in locked order).
             let (m, index) = opening.model_on_demand(true).load_for_session().map_err(at)?;
@@ -321,7 +321,9 @@ const LARGE: u64 = 16 << 20;
 
 /// Whether tensors of at least [`LARGE`] bytes hold most of the bytes of the model file's
 /// tensors of 64 KiB or more (`false` for a file that cannot be read: the load then says
-/// why). Only then are the model file's weights filled on demand for a session:
+/// why). Only then, and where memory can be filled on demand (decrypted whole first, the
+/// weights would sit beside onnxruntime-node's copies of them, as when it parses the model),
+/// are the model file's weights filled on demand for a session:
 /// onnxruntime-node (1.30) copies tensors given in memory in an order of its own, not the
 /// file's, and a block dropped after one tensor is filled again for the next tensor in it,
 /// which costs more time than it saves memory when most tensors span a block or two

@@ -12,8 +12,9 @@ import { test } from "node:test";
 
 import * as ort from "onnxruntime-node";
 
-import { createSession, decrypt, verify, Modified } from "../dist/index.js";
+import { createSession, decrypt, verify, KeyError, Modified } from "../dist/index.js";
 import { createSessionFromFile, decryptFile, nativeEngine, readModelFiles } from "../dist/node.js";
+import { nativeOnDemand } from "../dist/native.js";
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
 import { binary, run, tempDir } from "./util.mjs";
 
@@ -168,6 +169,43 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         assert.ok(same(d.externalData.get("w2.bin"), fs.readFileSync(path.join(path.dirname(part), "w2.bin"))), "tier 1: w2.bin");
       }
     }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// A label-locked model whose weights are mostly one tensor of 24 MiB: the native engine hands
+// onnxruntime-node a graph without weight bytes (the tensor filled on demand), and below the
+// top tier the Rust core refuses it before anything reaches onnxruntime.
+test("a label-locked model opened as a graph is refused below its top tier by the native engine", {
+  skip: skip || (nativeEngine() && nativeOnDemand() ? false : "no native engine filling memory on demand"),
+}, async () => {
+  const dir = tempDir();
+  try {
+    const K = 1024, N = 6144;
+    const w1 = concat([packed(1, [K, N]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N, 1))]);
+    const node = lengthDelimited(1, concat([str(1, "X"), str(1, "W1"), str(2, "Y"), str(3, "head"), str(4, "MatMul")]));
+    const graph = concat([node, str(2, "head"), lengthDelimited(5, w1), lengthDelimited(11, valueInfo("X", [1, K])), lengthDelimited(12, valueInfo("Y", [1, N]))]);
+    const src = path.join(dir, "model.onnx");
+    fs.writeFileSync(src, concat([varintField(1, 8), lengthDelimited(7, graph), lengthDelimited(8, concat([str(1, ""), varintField(2, 13)]))]));
+    const key = path.join(dir, "k.key");
+    const locked = path.join(dir, "locked.onnx");
+    run(BIN, ["keygen", "-o", key, "--tiers", "2", "-q"]);
+    run(BIN, ["encrypt", src, "-o", locked, "--key-file", key, "--tiers", "2", "--lock-outputs", "-q"]);
+    const top = fs.readFileSync(key, "utf8");
+    const seen = [];
+    const fake = { InferenceSession: { create: async (model, options) => { seen.push(options); return "session"; } } };
+    for (const opts of [{ key: fs.readFileSync(`${key}.tier1`, "utf8") }, { key: top, tier: 1 }]) {
+      await assert.rejects(createSessionFromFile(fake, locked, { ...opts, engine: "native" }), (e) => e instanceof KeyError && /label-locked/.test(e.message));
+    }
+    assert.equal(seen.length, 0, "onnxruntime was not called below the top tier");
+    assert.equal((await createSessionFromFile(fake, locked, { key: top, engine: "native" })).session, "session");
+    assert.ok(seen[0].externalData.some((f) => f.path.startsWith("onnx-protect-node.")), "the graph path was taken");
+    // And onnxruntime-node gives the plain model's outputs from it.
+    const feeds = { X: new ort.Tensor("float32", Float32Array.from({ length: K }, (_, i) => Math.sin(i)), [1, K]) };
+    const plain = await (await ort.InferenceSession.create(src)).run(feeds);
+    const got = await (await createSessionFromFile(ort, locked, { key: top, engine: "native" })).session.run(feeds);
+    assert.deepEqual(Array.from(got.Y.data), Array.from(plain.Y.data));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

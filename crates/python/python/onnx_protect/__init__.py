@@ -34,7 +34,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Sequence, TypeVar, Union, cast
+from typing import Any, Callable, Iterable, Sequence, TypedDict, TypeVar, Union, Unpack, cast
 
 from . import _native
 from ._native import (
@@ -116,27 +116,114 @@ BytesLike = Union[bytes, bytearray, memoryview]
 #: a mapping operator -> value, or a sequence of ``"OP=VALUE"`` strings.
 Override = Union[str, float, int, Mapping[str, Any], Sequence[str]]
 
-_OVERRIDES = ("coefficient", "mode", "subsequences", "selection")
 
-#: The keyword arguments ``onnxruntime.InferenceSession`` reads from its ``**kwargs``
-#: (onnxruntime 1.15 to 1.31); tests/python/test_package_keywords.py checks that the
-#: installed onnxruntime reads no other.
-_ORT_SESSION_KWARGS = ("enable_fallback", "read_config_from_model", "disabled_optimizers")
+# The keyword arguments several functions take, each group written once as a TypedDict:
+# a function takes one as ``**kw: Unpack[...]`` under _checked_keywords(takes=...), which
+# hands each to it (its default when not given) and shows them in its signature.
+
+
+class _Keys(TypedDict, total=False):
+    """The key arguments (give one; the module's docstring)."""
+
+    key: Key | BytesLike | None
+    key_file: PathLike | None
+    key_env: str | None
+    passphrase: str | BytesLike | None
+    passphrase_env: str | None
+
+
+class _EncryptArgs(_Keys, total=False):
+    """The keyword arguments :func:`encrypt` and :func:`export` share."""
+
+    recipients: Sequence[str | tuple[str, int]]
+    policy: PathLike | None
+    seed: int | None
+    tiers: int | None
+    tier_shares: Sequence[float] | None
+
+
+class _Opening(_Keys, total=False):
+    """The key arguments of the functions that open a model, with a licence."""
+
+    identity_file: PathLike | None
+    licence: PathLike | None
+    licence_clock: PathLike | None
+
+
+class _VerifyArgs(_Opening, total=False):
+    """:func:`verify`'s keyword arguments."""
+
+    signers: Sequence[str]
+
+
+class _OpenArgs(_Opening, total=False):
+    """The keyword arguments of the functions that decrypt a model: :func:`decrypt`,
+    :func:`load`, ``InferenceSession`` and ``genai.Config``."""
+
+    tier: int | None
+    signers: Sequence[str]
+
+
+#: The defaults of the keyword arguments above that are not ``None``.
+_DEFAULTS: dict[str, Any] = {"recipients": (), "signers": ()}
+
+#: The names of the key arguments, in the order :func:`_key` reads them.
+_KEY_NAMES = (*_Keys.__annotations__, "identity_file")
+
+
+class _Overrides(TypedDict, total=False):
+    """:func:`encrypt`'s policy overrides, as the command line's options."""
+
+    coefficient: Override
+    mode: Override
+    subsequences: Override
+    selection: Override
+
+
+_OVERRIDES = tuple(_Overrides.__annotations__)
+
+
+class _EncryptKeywords(_EncryptArgs, _Overrides, total=False):
+    """:func:`encrypt`'s ``**kw``."""
+
+
+class _OrtSessionArgs(TypedDict, total=False):
+    """The keyword arguments ``onnxruntime.InferenceSession`` reads from its ``**kwargs``
+    (onnxruntime 1.15 to 1.31); tests/python/test_package_keywords.py checks that the
+    installed onnxruntime reads no other."""
+
+    enable_fallback: int
+    read_config_from_model: int
+    disabled_optimizers: Iterable[str]
+
+
+_ORT_SESSION_KWARGS = tuple(_OrtSessionArgs.__annotations__)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _checked_keywords(passthrough: Callable[[], Iterable[str] | None] = tuple) -> Callable[[_F], _F]:
+def _checked_keywords(
+    passthrough: Callable[[], Iterable[str] | None] = tuple,
+    takes: Any = None,
+    rest: tuple[str, str] | None = None,
+) -> Callable[[_F], _F]:
     """Makes a function refuse, before it runs, a keyword argument that is neither one of
-    its own parameters nor one of ``passthrough()``, the names it hands on to another
-    function (``None``: that function takes any name): a :class:`TypeError` naming it, and
-    the closest known name if one is close. A mistyped ``keyfile=`` would otherwise end as
-    "a key is required", and a mistyped ``providrs=`` reach onnxruntime, which ignores
-    names it does not read."""
+    its own parameters, nor one of ``takes``, nor one of ``passthrough()``, the names it
+    hands on to another function (``None``: that function takes any name): a
+    :class:`TypeError` naming it, and the closest known name if one is close. A mistyped
+    ``keyfile=`` would otherwise end as "a key is required", and a mistyped ``providrs=``
+    reach onnxruntime, which ignores names it does not read.
+
+    ``takes`` (a TypedDict above) names the keyword arguments the function's ``**kw``
+    takes: each reaches it, its default (``_DEFAULTS``, else ``None``) when not given, and
+    the function's signature (``help``, ``inspect.signature``) shows them before its own
+    keyword-only parameters, and its ``**kw`` as ``rest`` (name, annotation), or not at all
+    if it hands no names on."""
 
     def decorate(f: _F) -> _F:
         code = f.__code__
-        own = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        group = {} if takes is None else {name: _DEFAULTS.get(name) for name in takes.__annotations__}
+        own = (*code.co_varnames[: code.co_argcount + code.co_kwonlyargcount], *group)
 
         @functools.wraps(f)
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -149,11 +236,30 @@ def _checked_keywords(passthrough: Callable[[], Iterable[str] | None] = tuple) -
                         close = difflib.get_close_matches(name, known, n=1)
                         hint = f"; did you mean {close[0]!r}?" if close else ""
                         raise TypeError(f"{f.__name__}() got an unexpected keyword argument {name!r}{hint}")
-            return f(*args, **kwargs)
+            return f(*args, **{**group, **kwargs})
 
+        if takes is not None:
+            checked.__signature__ = _signature_with(f, takes, rest)  # type: ignore[attr-defined]
         return cast(_F, checked)
 
     return decorate
+
+
+def _signature_with(f: Callable[..., Any], takes: Any, rest: tuple[str, str] | None) -> Any:
+    """``f``'s signature with the keyword arguments of ``takes`` (a TypedDict) before its
+    own keyword-only ones, and its ``**kw`` as ``rest`` (name, annotation) or dropped."""
+    from inspect import Parameter, signature
+
+    sig = signature(f)
+    params = [p for p in sig.parameters.values() if p.kind is not Parameter.VAR_KEYWORD]
+    at = next((i for i, p in enumerate(params) if p.kind is Parameter.KEYWORD_ONLY), len(params))
+    taken = [
+        # Under `from __future__ import annotations` each type is a ForwardRef of its text.
+        Parameter(name, Parameter.KEYWORD_ONLY, default=_DEFAULTS.get(name), annotation=getattr(t, "__forward_arg__", t))
+        for name, t in takes.__annotations__.items()
+    ]
+    tail = [] if rest is None else [Parameter(rest[0], Parameter.VAR_KEYWORD, annotation=rest[1])]
+    return sig.replace(parameters=[*params[:at], *taken, *params[at:], *tail])
 
 
 def _torch_export_keywords() -> list[str] | None:
@@ -171,29 +277,13 @@ def _torch_export_keywords() -> list[str] | None:
     return [p.name for p in params]
 
 
-def _key(
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-) -> Key | None:
-    """The one key given, as a :class:`Key`; ``None`` if none was given."""
-    given = {
-        name: value
-        for name, value in (
-            ("key", key),
-            ("key_file", key_file),
-            ("key_env", key_env),
-            ("passphrase", passphrase),
-            ("passphrase_env", passphrase_env),
-            ("identity_file", identity_file),
-        )
-        if value is not None
-    }
+def _key(**kw: Any) -> Key | None:
+    """The one key given among the key arguments in ``kw`` (other names are not read), as
+    a :class:`Key`; ``None`` if none was given."""
+    given = {name: kw[name] for name in _KEY_NAMES if kw.get(name) is not None}
     if len(given) > 1:
-        raise ValueError(f"give only one of key, key_file, key_env, passphrase, passphrase_env, identity_file (got {', '.join(given)})")
+        raise ValueError(f"give only one of {', '.join(_KEY_NAMES)} (got {', '.join(given)})")
+    key, key_file, key_env, passphrase, passphrase_env, identity_file = (given.get(name) for name in _KEY_NAMES)
     if key is not None:
         if isinstance(key, Key):
             return key
@@ -215,13 +305,6 @@ def _key(
     return None
 
 
-def _required_key(**kw: Any) -> Key:
-    k = _key(**kw)
-    if k is None:
-        raise ValueError("a key is required: give key, key_file, key_env, passphrase, passphrase_env or identity_file")
-    return k
-
-
 def _licensed(k: Key | None, licence: PathLike | None, licence_clock: PathLike | None) -> Key | None:
     """``k`` with the licence, if one was given."""
     if licence is None:
@@ -233,22 +316,13 @@ def _licensed(k: Key | None, licence: PathLike | None, licence_clock: PathLike |
     return k.with_licence(os.fspath(licence), clock=None if licence_clock is None else os.fspath(licence_clock))
 
 
-def _opening_key(
-    key: Key | BytesLike | None,
-    key_file: PathLike | None,
-    key_env: str | None,
-    passphrase: str | BytesLike | None,
-    passphrase_env: str | None,
-    identity_file: PathLike | None,
-    licence: PathLike | None,
-    licence_clock: PathLike | None,
-    required: bool = True,
-) -> Key | None:
-    """The one key given (an error if none was and it is ``required``), with the licence if
-    one was given: the key arguments of the functions that open a model."""
-    keys = dict(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase,
-                passphrase_env=passphrase_env, identity_file=identity_file)
-    return _licensed(_required_key(**keys) if required else _key(**keys), licence, licence_clock)
+def _opening_key(kw: Mapping[str, Any], required: bool = True) -> Key | None:
+    """The one key given in ``kw`` (an error if none was and it is ``required``), with the
+    licence if one was given: ``kw`` holds the keyword arguments of :class:`_Opening`."""
+    k = _key(**kw)
+    if k is None and required:
+        raise ValueError("a key is required: give key, key_file, key_env, passphrase, passphrase_env or identity_file")
+    return _licensed(k, kw["licence"], kw["licence_clock"])
 
 
 def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
@@ -271,21 +345,11 @@ def _override_specs(what: str, value: Override) -> list[tuple[str, str]]:
     raise TypeError(f"{what}: unsupported value {value!r}")
 
 
-@_checked_keywords(lambda: _OVERRIDES)
+@_checked_keywords(lambda: _OVERRIDES, takes=_EncryptArgs, rest=("overrides", "Override"))
 def encrypt(
     src: PathLike,
     dst: PathLike,
     *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    recipients: Sequence[str | tuple[str, int]] = (),
-    policy: PathLike | None = None,
-    seed: int | None = None,
-    tiers: int | None = None,
-    tier_shares: Sequence[float] | None = None,
     allow_empty: bool = False,
     fingerprint: str | None = None,
     fingerprint_secret: PathLike | None = None,
@@ -294,7 +358,7 @@ def encrypt(
     allow_short_passphrase: bool = False,
     licence_authority: str | None = None,
     model_id: str | None = None,
-    **overrides: Override,
+    **kw: Unpack[_EncryptKeywords],
 ) -> dict[str, Any]:
     """Encrypts the model ``src`` into ``dst`` (external data files next to it).
 
@@ -317,12 +381,13 @@ def encrypt(
     """
     if model_id is not None and licence_authority is None:
         raise TypeError("model_id goes with licence_authority")
-    k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
+    k = _key(**kw)
+    given: dict[str, Any] = dict(kw)
     specs: list[tuple[str, str]] = []
     for what in _OVERRIDES:
-        if what in overrides:
-            specs += _override_specs(what, overrides[what])
-    recips = [(r, 0) if isinstance(r, str) else (str(r[0]), int(r[1])) for r in recipients]
+        if what in given:
+            specs += _override_specs(what, given[what])
+    recips = [(r, 0) if isinstance(r, str) else (str(r[0]), int(r[1])) for r in kw["recipients"]]
     mark = None
     if fingerprint is not None or fingerprint_secret is not None or ledger is not None:
         if fingerprint is None or fingerprint_secret is None or ledger is None:
@@ -333,11 +398,11 @@ def encrypt(
         os.fspath(dst),
         key=k,
         recipients=recips,
-        policy_file=None if policy is None else os.fspath(policy),
+        policy_file=None if (policy := kw["policy"]) is None else os.fspath(policy),
         overrides=specs,
-        seed=seed,
-        tiers=tiers,
-        tier_shares=None if tier_shares is None else [float(s) for s in tier_shares],
+        seed=kw["seed"],
+        tiers=kw["tiers"],
+        tier_shares=None if (shares := kw["tier_shares"]) is None else [float(s) for s in shares],
         allow_empty=allow_empty,
         fingerprint=mark,
         allow_short_passphrase=allow_short_passphrase,
@@ -357,49 +422,22 @@ def fingerprint_secret(path: PathLike) -> dict[str, Any]:
     return json.loads(_native.fingerprint_secret(os.fspath(path)))
 
 
-@_checked_keywords()
-def decrypt(
-    src: PathLike,
-    dst: PathLike,
-    *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    tier: int | None = None,
-    signers: Sequence[str] = (),
-) -> dict[str, Any]:
+@_checked_keywords(takes=_OpenArgs)
+def decrypt(src: PathLike, dst: PathLike, **kw: Unpack[_OpenArgs]) -> dict[str, Any]:
     """Verifies and decrypts ``src`` into the file ``dst`` (for a tiered model, up to
     ``tier``; default: the key's own tier). ``signers`` are trusted publishers
     (``onnx-protect-signer1...``): when given, a model without a valid signature of
     one of them is refused. Returns the decryption report."""
-    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
-    return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=tier, signers=list(signers)))
+    k = _opening_key(kw)
+    return json.loads(_native.decrypt(os.fspath(src), os.fspath(dst), key=k, tier=kw["tier"], signers=list(kw["signers"])))
 
 
-@_checked_keywords()
-def verify(
-    path: PathLike,
-    *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    signers: Sequence[str] = (),
-) -> dict[str, Any]:
+@_checked_keywords(takes=_VerifyArgs)
+def verify(path: PathLike, **kw: Unpack[_VerifyArgs]) -> dict[str, Any]:
     """Verifies a protected model: with a key, every MAC the key allows; without,
     the keyless content digest. Raises on failure; returns the report."""
-    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock,
-                     required=False)
-    return json.loads(_native.verify(os.fspath(path), key=k, signers=list(signers)))
+    k = _opening_key(kw, required=False)
+    return json.loads(_native.verify(os.fspath(path), key=k, signers=list(kw["signers"])))
 
 
 def inspect(path: PathLike) -> dict[str, Any]:
@@ -419,21 +457,8 @@ def new_key(*, tiers: int = 1) -> bytes:
     return _native.new_key(tiers=tiers)
 
 
-@_checked_keywords()
-def load(
-    path: PathLike,
-    *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    tier: int | None = None,
-    signers: Sequence[str] = (),
-) -> DecryptedModel:
+@_checked_keywords(takes=_OpenArgs)
+def load(path: PathLike, **kw: Unpack[_OpenArgs]) -> DecryptedModel:
     """Decrypts the protected model at ``path`` into memory; nothing is written.
 
     Returns a :class:`DecryptedModel`: ``.model`` is the original model file as
@@ -441,8 +466,7 @@ def load(
     :class:`Buffer`; ``.close()`` (or ``with``) zeroes the buffers. The GIL is
     released while the model is verified and decrypted.
     """
-    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
-    return _native.load(os.fspath(path), key=k, tier=tier, signers=list(signers))
+    return _native.load(os.fspath(path), key=_opening_key(kw), tier=kw["tier"], signers=list(kw["signers"]))
 
 
 # The onnxruntime sessions (_session.py) use the key arguments and load above.
@@ -456,25 +480,17 @@ def _memfd(name: str) -> int:
     return os.memfd_create(name, getattr(os, "MFD_CLOEXEC", 0))
 
 
-@_checked_keywords(_torch_export_keywords)
+@_checked_keywords(_torch_export_keywords, takes=_EncryptArgs, rest=("torch_onnx_export_kwargs", "Any"))
 def export(
     model: Any,
     args: Any,
     path: PathLike,
     *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    recipients: Sequence[str | tuple[str, int]] = (),
-    policy: PathLike | None = None,
-    seed: int | None = None,
-    tiers: int | None = None,
-    tier_shares: Sequence[float] | None = None,
     overrides: Mapping[str, Override] | None = None,
     allow_short_passphrase: bool = False,
-    **torch_onnx_export_kwargs: Any,
+    # _EncryptArgs and any keyword argument of torch.onnx.export: typed Any, as a TypedDict
+    # open to other names (PEP 728's extra_items) is not read by every type checker.
+    **kw: Any,
 ) -> dict[str, Any]:
     """Exports the PyTorch ``model`` with ``torch.onnx.export`` and writes it
     protected to ``path``; no plaintext model is ever written to a file system.
@@ -486,27 +502,28 @@ def export(
     :func:`encrypt` (``overrides`` maps ``coefficient``/``mode``/... to values).
     torch is imported here only. Returns the encryption report.
     """
-    kw = dict(torch_onnx_export_kwargs)
-    if kw.get("external_data"):
+    torch_kw: dict[str, Any] = dict(kw)
+    encrypt_args = {name: torch_kw.pop(name) for name in _EncryptArgs.__annotations__}
+    if torch_kw.get("external_data"):
         raise ValueError("export keeps the model in memory: external_data=True is not supported")
-    kw["external_data"] = False
-    if "f" in kw:
+    torch_kw["external_data"] = False
+    if "f" in torch_kw:
         raise TypeError("export writes to path; do not pass f")
     import torch
 
-    k = _key(key=key, key_file=key_file, key_env=key_env, passphrase=passphrase, passphrase_env=passphrase_env)
-    policy_args = dict(policy=policy, seed=seed, tiers=tiers, tier_shares=tier_shares)
+    k = _key(**encrypt_args)
+    policy_args = {name: value for name, value in encrypt_args.items() if name not in _Keys.__annotations__}
     if k is not None:
         # Checks the key (and the passphrase's length) before torch runs.
         _native.check_encrypt_key(key=k, allow_short_passphrase=allow_short_passphrase)
     fd = _memfd("onnx-protect-export")
     plain = f"/proc/self/fd/{fd}"
     try:
-        program = torch.onnx.export(model, args, plain, **kw)
+        program = torch.onnx.export(model, args, plain, **torch_kw)
         del program
         try:
             return encrypt(
-                plain, path, key=k, recipients=recipients, allow_short_passphrase=allow_short_passphrase,
+                plain, path, key=k, allow_short_passphrase=allow_short_passphrase,
                 **policy_args, **dict(overrides or {}),
             )
         except OnnxProtectError as e:

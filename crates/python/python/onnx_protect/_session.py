@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Unpack
 
 from . import (
     _ORT_SESSION_KWARGS,
-    BytesLike,
     PathLike,
     _checked_keywords,
     _native,
     _opening_key,
+    _OpenArgs,
+    _OrtSessionArgs,
     load,
 )
 from ._native import Key, MalformedModel, OnnxProtectError
@@ -199,6 +200,10 @@ def _add_shared(ort: Any, np: Any, so: Any, sm: Any) -> list[Any]:
     return keep
 
 
+class _SessionKeywords(_OpenArgs, _OrtSessionArgs, total=False):
+    """:func:`InferenceSession`'s ``**kw``: the key arguments and onnxruntime's own."""
+
+
 def _check_reuse(so: Any, names: Sequence[str]) -> None:
     """Refuses options that already supply (for another model) an initializer this
     model has but does not share: onnxruntime would use the stale one."""
@@ -212,26 +217,16 @@ def _check_reuse(so: Any, names: Sequence[str]) -> None:
         )
 
 
-@_checked_keywords(lambda: _ORT_SESSION_KWARGS)
+@_checked_keywords(lambda: _ORT_SESSION_KWARGS, takes=_OpenArgs, rest=("onnxruntime_kwargs", "Any"))
 def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     path_or_bytes: PathLike | bytes,
     sess_options: onnxruntime.SessionOptions | None = None,
     providers: Sequence[Any] | None = None,
     provider_options: Sequence[dict[Any, Any]] | None = None,
     *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    tier: int | None = None,
-    signers: Sequence[str] = (),
     in_place: bool | None = None,
     on_demand: bool = True,
-    **onnxruntime_kwargs: Any,
+    **kw: Unpack[_SessionKeywords],
 ) -> onnxruntime.InferenceSession:
     """An ``onnxruntime.InferenceSession`` of the protected model ``path_or_bytes`` (a
     path, or the protected model's bytes: external data is then looked up in the
@@ -263,7 +258,9 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     import numpy as np
     import onnxruntime as ort
 
-    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
+    k = _opening_key(kw)
+    tier, signers = kw["tier"], kw["signers"]
+    onnxruntime_kwargs = {name: kw[name] for name in _ORT_SESSION_KWARGS if name in kw}  # type: ignore[literal-required]
     so = sess_options if sess_options is not None else ort.SessionOptions()
     _refuse_disk_writes(so, providers, provider_options)
     if isinstance(path_or_bytes, (bytearray, memoryview)):

@@ -26,16 +26,17 @@ import shutil
 import tempfile
 import functools
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Unpack
 
 from . import (
-    BytesLike,
     Key,
     OnnxProtectError,
     PathLike,
     UnsafeSessionOptions,
+    _checked_keywords,
     _native,
     _opening_key,
+    _OpenArgs,
 )
 from ._session import _PROVIDER_CACHES
 
@@ -246,26 +247,14 @@ def _classes() -> tuple[type, type]:
     return ProtectedConfig, ProtectedModel
 
 
+@_checked_keywords(takes=_OpenArgs)
 def Config(  # noqa: N802 (named as the onnxruntime_genai class it returns)
-    folder: PathLike,
-    *,
-    key: Key | BytesLike | None = None,
-    key_file: PathLike | None = None,
-    key_env: str | None = None,
-    passphrase: str | BytesLike | None = None,
-    passphrase_env: str | None = None,
-    identity_file: PathLike | None = None,
-    licence: PathLike | None = None,
-    licence_clock: PathLike | None = None,
-    tier: int | None = None,
-    signers: Sequence[str] = (),
-    on_demand: bool = True,
+    folder: PathLike, *, on_demand: bool = True, **kw: Unpack[_OpenArgs],
 ) -> onnxruntime_genai.Config:
     """An ``onnxruntime_genai.Config`` of the protected folder ``folder``, its models
     verified, decrypted into memory and registered: set providers or options on it, then
     ``onnx_protect.genai.Model(config)``. Keys as for ``onnx_protect.InferenceSession``."""
-    k = _opening_key(key, key_file, key_env, passphrase, passphrase_env, identity_file, licence, licence_clock)
-    return _load(folder, k, tier, signers, on_demand)
+    return _load(folder, _opening_key(kw), kw["tier"], kw["signers"], on_demand)
 
 
 def Model(  # noqa: N802 (named as the onnxruntime_genai class it returns)

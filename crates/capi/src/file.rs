@@ -5,11 +5,11 @@ use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use onnx_protect_core::error::CoreError;
-use onnx_protect_core::memory::{DecryptedBytes, InMemory};
+use onnx_protect_core::memory::InMemory;
 use onnx_protect_core::protect;
 use onnx_protect_format::NoProgress;
 use onnx_protect_keys::SignerKey;
-use onnx_protect_session::{prepare_files, ModelBuffer};
+use onnx_protect_session::{lay_out, FileBuffer, LaidOut};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -231,46 +231,17 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
             .map_err(at_file)?;
         let mut m = m;
         let skeleton = m.take_skeleton();
-        let (mut model, mut external) = m.into_parts();
-        static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("onnx-protect-c.{n}.");
-        let bytes = |l: &str| external.get(l).map(|d| &d[..]);
-        // A model file filled on demand: the graph from its skeleton, its tensors where they
-        // are; otherwise its tensors moved to aligned offsets.
-        let plan = match &skeleton {
-            Some(s) => {
-                prepare_files(&index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix)
-            }
-            None => prepare_files(&index, &model, ModelBuffer::Movable, bytes, &prefix),
+        let (model, external) = m.into_parts();
+        let (graph, buffers) = lay_out(&index, model, skeleton, external, "onnx-protect-c")
+            .and_then(LaidOut::into_buffers)
+            .map_err(at_file)?;
+        let mut files = Vec::with_capacity(buffers.len());
+        for (name, b) in buffers {
+            let name = CString::new(name).map_err(|_| Failure::argument("a file name holds a NUL byte"))?;
+            let len = b.bytes().len();
+            files.push((name, Held::File(b), len));
         }
-        .map_err(|e| at_file(e.into()))?;
-        model.move_within(&plan.moves).map_err(at_file)?;
-        let mut arena = Some(plan.arena);
-        let mut model = Some(model);
-        let mut files = Vec::with_capacity(plan.files.len());
-        for f in plan.files {
-            let name = CString::new(f.name).map_err(|_| Failure::argument("a file name holds a NUL byte"))?;
-            let (held, len) = match f.source {
-                onnx_protect_session::Source::Model => (model.take().map(Held::Decrypted), plan.model_len),
-                onnx_protect_session::Source::External(l) => {
-                    let d = external.remove(&l);
-                    let n = d.as_ref().map_or(0, |d| d.len());
-                    (d.map(Held::Decrypted), n)
-                }
-                onnx_protect_session::Source::Arena => {
-                    let a = arena.take();
-                    let n = a.as_ref().map_or(0, |a| a.bytes().len());
-                    (a.map(Held::Arena), n)
-                }
-            };
-            let held = held.ok_or_else(|| at_file(CoreError::Internal("a file of the session named twice")))?;
-            files.push((name, held, len));
-        }
-        // What the graph does not name is verified and dropped: the graph names every
-        // file onnxruntime reads.
-        external.values().try_for_each(DecryptedBytes::settle).map_err(at_file)?;
-        let graph = Held::Graph(Zeroizing::new(plan.graph));
+        let graph = Held::Graph(Zeroizing::new(graph));
         Ok(OnnxProtectModel { model: graph, external: files })
     };
     // SAFETY: the caller's contract.
@@ -291,7 +262,7 @@ pub unsafe extern "C" fn onnx_protect_model_settle(model: *const OnnxProtectMode
         // SAFETY: the caller's contract.
         let m = unsafe { model.as_ref() }.ok_or_else(|| Failure::argument("model is NULL"))?;
         for (_, held, _) in &m.external {
-            if let Held::Decrypted(d) = held {
+            if let Held::Decrypted(d) | Held::File(FileBuffer::Decrypted(d, _)) = held {
                 d.settle().map_err(|e| at(std::path::Path::new("the model's external data"), e))?;
             }
         }

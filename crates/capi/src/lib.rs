@@ -129,8 +129,8 @@ enum Held {
     Decrypted(DecryptedBytes),
     /// The graph of a session (its small tensors are plaintext).
     Graph(Zeroizing<Vec<u8>>),
-    /// Tensors copied to be aligned.
-    Arena(onnx_protect_session::Arena),
+    /// A file of a session's ([`onnx_protect_session::lay_out`]).
+    File(onnx_protect_session::FileBuffer),
 }
 
 impl std::ops::Deref for Held {
@@ -139,7 +139,7 @@ impl std::ops::Deref for Held {
         match self {
             Held::Decrypted(d) => d,
             Held::Graph(g) => g,
-            Held::Arena(a) => a.bytes(),
+            Held::File(b) => b.bytes(),
         }
     }
 }

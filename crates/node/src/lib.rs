@@ -30,7 +30,7 @@ use onnx_protect_core::memory::{DecryptedBytes, DecryptedModel as Loaded, InMemo
 use onnx_protect_core::protection::Protection;
 use onnx_protect_format::{Model, TensorData};
 use onnx_protect_keys::SignerKey;
-use onnx_protect_session::{prepare_files, Arena, ModelBuffer, Source};
+use onnx_protect_session::{lay_out, Arena, FileBuffer};
 use zeroize::Zeroizing;
 
 /// Separates the kind from the message in a rejection's message.
@@ -346,35 +346,23 @@ fn weights_mostly_large(path: &std::path::Path) -> bool {
 }
 
 /// The graph and the buffers of a session from `m` (indexed by `index`): every large tensor
-/// external data in buffers named anew in the process, the model file's tensors where the
-/// region holds them or moved to aligned offsets; external files the graph does not name
-/// are verified and dropped.
+/// external data in buffers named anew in the process (`onnx_protect_session::lay_out`).
 fn session_files(m: Loaded, index: &Model) -> Result<Decrypted, CoreError> {
-    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = format!("onnx-protect-node.{n}.");
     let mut m = m;
     let skeleton = m.take_skeleton();
     let (tier, tiers, tensors, decrypted_bytes) = (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);
-    let (mut model, mut external) = m.into_parts();
-    let bytes = |l: &str| external.get(l).map(|d| &d[..]);
-    let plan = match &skeleton {
-        Some(s) => prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix),
-        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix),
-    }?;
-    model.move_within(&plan.moves)?;
-    let mut model = Some(model);
-    let mut arena = Some(plan.arena);
-    let mut files = Vec::with_capacity(plan.files.len());
-    for f in plan.files {
-        let held = match f.source {
-            Source::Model => model.take().map(|m| Held::Decrypted(m, plan.model_len)),
-            Source::External(l) => external.remove(&l).map(Held::whole),
-            Source::Arena => arena.take().map(Held::Arena),
-        };
-        files.push((f.name, held.ok_or(CoreError::Internal("a file of the session named twice"))?));
-    }
-    external.values().try_for_each(DecryptedBytes::settle)?;
-    let model = Held::Graph(Zeroizing::new(plan.graph));
-    Ok(Decrypted { model, external: files, tier, tiers, tensors, decrypted_bytes, graph: true })
+    let (model, external) = m.into_parts();
+    let (graph, files) = lay_out(index, model, skeleton, external, "onnx-protect-node")?.into_buffers()?;
+    let external = files
+        .into_iter()
+        .map(|(name, b)| {
+            let held = match b {
+                FileBuffer::Decrypted(d, len) => Held::Decrypted(d, len),
+                FileBuffer::Arena(a) => Held::Arena(a),
+            };
+            (name, held)
+        })
+        .collect();
+    let model = Held::Graph(Zeroizing::new(graph));
+    Ok(Decrypted { model, external, tier, tiers, tensors, decrypted_bytes, graph: true })
 }

@@ -38,9 +38,7 @@ use std::sync::Mutex;
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{DecryptedBytes, InMemory, Method, Skeleton};
 use onnx_protect_format::{DataType, FormatError};
-use onnx_protect_session::{
-    prepare, prepare_files, Arena, ModelBuffer, Options, Prepared, Shared, Source, MIN_SHAREABLE,
-};
+use onnx_protect_session::{lay_out, prepare, Arena, LaidOut, Options, Prepared, Shared, Source, MIN_SHAREABLE};
 use ort::environment::Environment;
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::builder::SessionBuilder;
@@ -403,34 +401,18 @@ impl From<Error> for FilesError {
 fn from_files(
     mut builder: SessionBuilder,
     index: &onnx_protect_format::Model,
-    mut model: DecryptedBytes,
+    model: DecryptedBytes,
     skeleton: Option<Skeleton>,
     external: BTreeMap<String, DecryptedBytes>,
     on_demand: bool,
 ) -> Result<ProtectedSession, FilesError> {
-    // onnxruntime takes the first file of a name given to a SessionOptions: each
-    // session's names are new in the process.
-    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = format!("onnx-protect-ort.{n}.");
-    let bytes = |l: &str| external.get(l).map(|d| &d[..]);
-    // A model file filled on demand: the graph from its skeleton, its tensors where they
-    // are; otherwise its tensors moved to aligned offsets.
-    let plan = match &skeleton {
-        Some(s) => prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix),
-        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix),
-    }
-    .map_err(CoreError::from)?;
-    model.move_within(&plan.moves)?;
+    let laid = lay_out(index, model, skeleton, external, "onnx-protect-ort")?;
+    let lens: Vec<usize> = laid.plan.files.iter().map(|f| laid.len(&f.source)).collect();
+    let LaidOut { plan, model, external } = laid;
     let held = Held { model: Some(model), external, arena: Some(plan.arena) };
     builder = builder.with_config_entry(onnx_protect_session::files::DIRECT, "1").map_err(ort_err)?;
     let mut tensors = 0u64;
-    for f in &plan.files {
-        let len = match &f.source {
-            Source::Model => plan.model_len,
-            Source::External(l) => held.external.get(l).map_or(0, |d| d.len()),
-            Source::Arena => held.arena.as_ref().map_or(0, |a| a.bytes().len()),
-        };
+    for (f, len) in plan.files.iter().zip(lens) {
         let data = held
             .slice(&f.source, &(0..len))
             .ok_or_else(|| Error::Ort(format!("internal: file '{}' is outside its buffer", f.name)))?;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use onnx_protect_core::error::{CoreError, ErrorKind};
 use onnx_protect_core::memory::{DecryptedBytes, InMemory, Skeleton};
 use onnx_protect_format::{DataType, Model};
-use onnx_protect_session::{prepare, prepare_files, Arena, ModelBuffer, Options, Source, MIN_SHARED};
+use onnx_protect_session::{lay_out, prepare, Arena, LaidOut, Options, Source, MIN_SHARED};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -373,35 +373,16 @@ pub fn session_files(
     signers: Vec<String>,
     on_demand: bool,
 ) -> PyResult<SessionFiles> {
-    let (what, index, mut model_bytes, external, skeleton) =
+    let (what, index, model_bytes, external, skeleton) =
         decrypt_source(py, source, key, tier, signers, on_demand, on_demand)?;
-    let plan = py
-        .detach(|| -> Result<_, CoreError> {
-            // onnxruntime takes the first file of a name given to a SessionOptions: each
-            // session's names are new in the process.
-            static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let prefix = format!("onnx-protect.{n}.");
-            let external_bytes = |l: &str| external.get(l).map(|x| &x[..]);
-            // A model file filled on demand: the graph from its skeleton, its tensors where
-            // they are; otherwise its tensors moved to aligned offsets.
-            let plan = match &skeleton {
-                Some(s) => prepare_files(
-                    &index,
-                    &s.bytes,
-                    ModelBuffer::Fixed { holes: &s.holes, at: &s.at },
-                    external_bytes,
-                    &prefix,
-                ),
-                None => prepare_files(&index, &model_bytes, ModelBuffer::Movable, external_bytes, &prefix),
-            }?;
-            model_bytes.move_within(&plan.moves)?;
-            Ok(plan)
-        })
+    let laid = py
+        .detach(|| lay_out(&index, model_bytes, skeleton, external, "onnx-protect"))
         .map_err(|e| py_err_at(&what, e))?;
+    let lens: Vec<usize> = laid.plan.files.iter().map(|f| laid.len(&f.source)).collect();
+    let LaidOut { plan, model, external } = laid;
     let held = Arc::new(Held {
         index: Mutex::new(None),
-        model: Mutex::new(Some(model_bytes)),
+        model: Mutex::new(Some(model)),
         external: Mutex::new(external),
         arena: plan.arena,
         planned: Mutex::new(Some(plan.graph)),
@@ -409,12 +390,7 @@ pub fn session_files(
         min_shared: MIN_SHARED,
     });
     let mut files = Vec::with_capacity(plan.files.len());
-    for f in plan.files {
-        let len = match &f.source {
-            Source::Model => plan.model_len,
-            Source::External(l) => lock(&held.external).get(l).map_or(0, |d| d.len()),
-            Source::Arena => held.arena.bytes().len(),
-        };
+    for (f, len) in plan.files.into_iter().zip(lens) {
         let view = Py::new(py, TensorView { held: Arc::clone(&held), source: f.source, range: 0..len })?;
         files.push((f.name, view));
     }

@@ -28,7 +28,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod decrypted;
 pub mod files;
+pub use decrypted::{lay_out, FileBuffer, LaidOut};
 pub use files::{prepare_files, FilesPlan, ModelBuffer};
 
 use std::collections::{HashMap, HashSet};

@@ -88,16 +88,7 @@ struct EncryptOutput {
 
 /// The line of `encrypt`'s report on the label lock, if any.
 fn lock_text(lock: Option<&onnx_protect_core::lock::LockReport>) -> String {
-    let Some(l) = lock else { return String::new() };
-    let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
-    format!(
-        "\n  label lock: {} classes of {} ({}) in a keyed order; outputs {}{}",
-        l.classes,
-        l.node,
-        l.tensors.join(", "),
-        outs.join(", "),
-        if l.only { "; weights left in clear" } else { "" }
-    )
+    lock.map(|l| format!("\n  label lock: {l}")).unwrap_or_default()
 }
 
 /// `encrypt --dry-run`: the selection and its share, nothing written.

@@ -1,6 +1,5 @@
 //! `rewrap`: add and remove the recipients of a protected model without touching a weight.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -9,17 +8,14 @@ use onnx_protect_core::rewrap::{rewrap, RewrapReport};
 
 use crate::args::change::ChangeArgs;
 use crate::args::key::OpenKeyArgs;
-use crate::args::output::{OutputArgs, WriteArgs};
+use crate::args::output::{EntryArgs, OutputArgs, WriteArgs};
 use crate::exit::usage;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The protected model (format 2).
-    input: PathBuf,
-    /// Where to write the re-wrapped model (external data files are copied next to it).
-    #[arg(short, long, required_unless_present = "in_place", value_parser = crate::stdio::file_path)]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    entry: EntryArgs,
     /// Rewrite the input in place: only its manifest entry, at the end of the file, is rewritten.
     #[arg(long)]
     in_place: bool,
@@ -37,8 +33,8 @@ pub struct Args {
 /// `rewrap DIR --in-place`: every model of a protected model folder rewrapped the same way
 /// (docs/format.md §16).
 fn rewrap_folder(a: &Args) -> Result<ExitCode> {
-    let dir = a.input.display().to_string();
-    if !a.in_place || a.output.is_some() {
+    let dir = a.entry.input.display().to_string();
+    if !a.in_place || a.entry.output.is_some() {
         usage!("{dir} is a model folder, which is rewrapped in place: pass --in-place (and no -o)");
     }
     if a.write.force {
@@ -46,8 +42,8 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
     }
     let key = a.key.required()?;
     // Interrupted rewraps are finished first, and said (opening the folder does it silently).
-    let recovered = onnx_protect_folder::recover(&a.input).with_context(|| format!("rewrap {dir}"))?;
-    let first = onnx_protect_folder::Folder::open(&a.input).ok();
+    let recovered = onnx_protect_folder::recover(&a.entry.input).with_context(|| format!("rewrap {dir}"))?;
+    let first = onnx_protect_folder::Folder::open(&a.entry.input).ok();
     let tiers = match (&a.change.add_key_file, &first) {
         (Some(_), Some(f)) => Some(f.tiers()),
         _ => None,
@@ -55,7 +51,7 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
     let c = a.change.build(tiers)?;
     let bar = Bar::new(a.out.quiet);
     let opts = c.options(true, a.write.rules(), &bar);
-    let mut r = onnx_protect_folder::rewrap(&a.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
+    let mut r = onnx_protect_folder::rewrap(&a.entry.input, &key, &opts).with_context(|| format!("rewrap {dir}"))?;
     r.recovered.splice(0..0, recovered);
     a.out.report(&r, false, || {
         let mut t = String::new();
@@ -80,24 +76,24 @@ fn rewrap_folder(a: &Args) -> Result<ExitCode> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if a.input.is_dir() {
+    if a.entry.input.is_dir() {
         return rewrap_folder(&a);
     }
     let key = a.key.required()?;
-    let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.input) } else { None };
+    let tiers = if a.change.add_key_file.is_some() { crate::keys::model_tiers(&a.entry.input) } else { None };
     let c = a.change.build(tiers)?;
-    let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let output = a.entry.target();
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
     let opts = c.options(a.in_place, a.write.rules(), &bar);
     // An earlier in-place rewrap of the model that a crash interrupted is finished (or
     // undone) first, here, so that it is reported whether this one succeeds or not.
     let earlier = if a.in_place {
-        journal::recover(&a.input).with_context(|| format!("rewrap {}", a.input.display()))?
+        journal::recover(&a.entry.input).with_context(|| format!("rewrap {}", a.entry.input.display()))?
     } else {
-        journal::finish_interrupted(&a.input)
+        journal::finish_interrupted(&a.entry.input)
     };
-    let r = rewrap(&a.input, &output, &key, &opts).with_context(|| {
+    let r = rewrap(&a.entry.input, &output, &key, &opts).with_context(|| {
         let first = match earlier {
             Recovery::Nothing => String::new(),
             Recovery::RolledForward => {
@@ -109,7 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 " (an earlier in-place rewrap of it, interrupted before it changed the file, was undone first)".into()
             }
         };
-        format!("rewrap {}{first}", a.input.display())
+        format!("rewrap {}{first}", a.entry.input.display())
     })?;
     let recovered = if earlier == Recovery::Nothing { r.recovered } else { earlier };
     let r = RewrapReport { recovered, ..r };

@@ -1,23 +1,19 @@
 //! `sign`: publisher signatures added to a protected model.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
 use crate::args::key::SignArgs;
-use crate::args::output::{OutputArgs, WriteArgs};
+use crate::args::output::{EntryArgs, OutputArgs, WriteArgs};
 use crate::exit::usage;
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The protected model (format 2).
-    input: PathBuf,
-    /// Where to write the signed model; with --in-place, the input's manifest is replaced.
-    #[arg(short, long, required_unless_present = "in_place", value_parser = crate::stdio::file_path)]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    entry: EntryArgs,
     /// Replace the input's manifest entry (only the file's tail is written... a copy is staged and renamed).
     #[arg(long)]
     in_place: bool,
@@ -35,11 +31,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if keys.is_empty() {
         usage!("give the signing key with --sign-key FILE (keygen --signing writes one)");
     }
-    let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    let output = a.entry.target();
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
-    let r = protect::sign(&a.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
-        .with_context(|| format!("sign {}", a.input.display()))?;
+    let r = protect::sign(&a.entry.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
+        .with_context(|| format!("sign {}", a.entry.input.display()))?;
     crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;
     Ok(ExitCode::SUCCESS)

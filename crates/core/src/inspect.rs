@@ -480,16 +480,7 @@ impl Report {
             );
         }
         if let Some(l) = &p.label_lock {
-            let outs: Vec<String> = l.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
-            line!(
-                s,
-                "  label lock   {} classes of {} in a keyed order ({}); outputs {} need the key{}",
-                l.classes,
-                l.node,
-                l.tensors.join(", "),
-                outs.join(", "),
-                if l.only { "; weights in clear" } else { "" }
-            );
+            line!(s, "  label lock   {l}");
         }
         if p.positions == "secret" {
             line!(s, "  positions    secret: which subsequences are encrypted is sealed (key holders only)");

@@ -62,6 +62,23 @@ pub struct LockReport {
     pub only: bool,
 }
 
+/// The lock in one line of a report: `C classes of NODE (TENSORS) in a keyed order;
+/// outputs O (how) need the key`, and whether the weights are in clear.
+impl std::fmt::Display for LockReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outs: Vec<String> = self.outputs.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+        write!(
+            f,
+            "{} classes of {} ({}) in a keyed order; outputs {} need the key{}",
+            self.classes,
+            self.node,
+            self.tensors.join(", "),
+            outs.join(", "),
+            if self.only { "; weights in clear" } else { "" }
+        )
+    }
+}
+
 /// A lock about to be written.
 pub(crate) struct Planned {
     pub layer: OutputLayer,

@@ -6,70 +6,42 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-create_exception!(onnx_protect, OnnxProtectError, PyException, "Base class of every onnx-protect error.");
-create_exception!(onnx_protect, FileError, OnnxProtectError, "Reading or writing a file failed (kind `io`).");
-create_exception!(
-    onnx_protect,
-    MalformedModel,
-    OnnxProtectError,
-    "The model or its external data is invalid or unsafe to read (kind: the reader's own, e.g. `truncated`)."
-);
-create_exception!(onnx_protect, InvalidKey, OnnxProtectError, "The key is unusable or of the wrong sort (kind `key`).");
-create_exception!(
-    onnx_protect,
-    InvalidPolicy,
-    OnnxProtectError,
-    "The policy or an override is invalid (kind `policy`)."
-);
-create_exception!(onnx_protect, AlreadyProtected, OnnxProtectError, "The model is protected already.");
-create_exception!(onnx_protect, NotProtected, OnnxProtectError, "The model carries no onnx-protect manifest.");
-create_exception!(
-    onnx_protect,
-    UnsupportedVersion,
-    OnnxProtectError,
-    "The manifest's format version is not read here."
-);
-create_exception!(onnx_protect, BadManifest, OnnxProtectError, "The protection manifest is malformed.");
-create_exception!(onnx_protect, WrongKey, OnnxProtectError, "No recipient of the model matches the key given.");
-create_exception!(
-    onnx_protect,
-    Modified,
-    OnnxProtectError,
-    "A MAC, digest or checksum does not match: the model changed after it was protected."
-);
-create_exception!(onnx_protect, OutputError, OnnxProtectError, "The output cannot be written as asked.");
-create_exception!(onnx_protect, NotSigned, OnnxProtectError, "No valid signature of a trusted signer is on the model.");
-create_exception!(
-    onnx_protect,
-    AlreadyDecrypted,
-    OnnxProtectError,
-    "The key's tiers are already in clear in this file."
-);
+/// The package's exception classes, each `Name(Base) => "docstring"`: a class of the module
+/// `onnx_protect` (pyo3's `create_exception!`).
+macro_rules! exceptions {
+    ($($name:ident($base:ty) => $doc:literal;)*) => {
+        $(create_exception!(onnx_protect, $name, $base, $doc);)*
+    };
+}
 
-create_exception!(
-    onnx_protect,
-    LicenceError,
-    OnnxProtectError,
-    "The model needs a licence of its publisher and the one given does not let it open."
-);
-create_exception!(onnx_protect, LicenceMissing, LicenceError, "The model needs a licence and none was given.");
-create_exception!(onnx_protect, LicenceMalformed, LicenceError, "The licence text is malformed or unreadable.");
-create_exception!(
-    onnx_protect,
-    LicenceBadSignature,
-    LicenceError,
-    "The licence's signature does not verify, or it is by another authority."
-);
-create_exception!(onnx_protect, LicenceExpired, LicenceError, "The licence has expired.");
-create_exception!(onnx_protect, LicenceNotYetValid, LicenceError, "The licence is not valid yet.");
-create_exception!(onnx_protect, LicenceWrongModel, LicenceError, "The licence names other models.");
-create_exception!(onnx_protect, LicenceWrongDevice, LicenceError, "The licence is for another recipient or device.");
-create_exception!(
-    onnx_protect,
-    ClockSetBack,
-    LicenceError,
-    "The system clock is behind a time already reached, or the recorded clock state is unusable."
-);
+exceptions! {
+    OnnxProtectError(PyException) => "Base class of every onnx-protect error.";
+    FileError(OnnxProtectError) => "Reading or writing a file failed (kind `io`).";
+    MalformedModel(OnnxProtectError) =>
+        "The model or its external data is invalid or unsafe to read (kind: the reader's own, e.g. `truncated`).";
+    InvalidKey(OnnxProtectError) => "The key is unusable or of the wrong sort (kind `key`).";
+    InvalidPolicy(OnnxProtectError) => "The policy or an override is invalid (kind `policy`).";
+    AlreadyProtected(OnnxProtectError) => "The model is protected already.";
+    NotProtected(OnnxProtectError) => "The model carries no onnx-protect manifest.";
+    UnsupportedVersion(OnnxProtectError) => "The manifest's format version is not read here.";
+    BadManifest(OnnxProtectError) => "The protection manifest is malformed.";
+    WrongKey(OnnxProtectError) => "No recipient of the model matches the key given.";
+    Modified(OnnxProtectError) => "A MAC, digest or checksum does not match: the model changed after it was protected.";
+    OutputError(OnnxProtectError) => "The output cannot be written as asked.";
+    NotSigned(OnnxProtectError) => "No valid signature of a trusted signer is on the model.";
+    AlreadyDecrypted(OnnxProtectError) => "The key's tiers are already in clear in this file.";
+    LicenceError(OnnxProtectError) =>
+        "The model needs a licence of its publisher and the one given does not let it open.";
+    LicenceMissing(LicenceError) => "The model needs a licence and none was given.";
+    LicenceMalformed(LicenceError) => "The licence text is malformed or unreadable.";
+    LicenceBadSignature(LicenceError) => "The licence's signature does not verify, or it is by another authority.";
+    LicenceExpired(LicenceError) => "The licence has expired.";
+    LicenceNotYetValid(LicenceError) => "The licence is not valid yet.";
+    LicenceWrongModel(LicenceError) => "The licence names other models.";
+    LicenceWrongDevice(LicenceError) => "The licence is for another recipient or device.";
+    ClockSetBack(LicenceError) =>
+        "The system clock is behind a time already reached, or the recorded clock state is unusable.";
+}
 
 fn licence_exception(kind: LicenceKind, msg: String) -> PyErr {
     match kind {

@@ -48,6 +48,15 @@ def test_a_mistyped_key_argument_is_named_in_every_function(protected, tmp_path)
     assert not (tmp_path / "d.onnx").exists() and not (tmp_path / "e.onnx").exists()
 
 
+def test_genai_config_names_a_mistyped_key_argument(tmp_path):
+    """genai.Config (and Model, which calls it) refuses a name it does not take before
+    reading the folder."""
+    from onnx_protect import genai
+
+    refused(lambda: genai.Config(tmp_path / "absent", keyfile=tmp_path / "k.key"), "keyfile", "key_file")
+    refused(lambda: genai.Model(tmp_path / "absent", key_file=tmp_path / "k.key", teir=1), "teir", "tier")
+
+
 def test_inference_session_hands_on_only_onnxruntimes_own_names(protected):
     p, k = protected
     refused(lambda: op.InferenceSession(p, key_file=k, providrs=["CPUExecutionProvider"]), "providrs", "providers")

@@ -368,17 +368,7 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     let row = |r: &serde_json::Value, name: &str| -> serde_json::Value {
         r["variants"].as_array().unwrap().iter().find(|v| v["variant"] == name).unwrap().clone()
     };
-    let base = [
-        "original",
-        "no_key",
-        "zero_fill",
-        "mean_fill",
-        "init_fill",
-        "zero_fill_bn",
-        "mean_fill_bn",
-        "init_fill_bn",
-        "decrypted",
-    ];
+    let base = crate::util::assess_variants();
 
     // The top key: tiers 1..3; the top tier is the original.
     let top = assess(Some(&k));

@@ -171,3 +171,11 @@ pub fn half_policy_file(dir: &Path) -> PathBuf {
     std::fs::write(&path, half_policy().to_toml()).expect("the policy file is written");
     path
 }
+
+/// `assess`'s variant rows in report order: the tests' own expectation, written apart from
+/// the crate's list.
+pub fn assess_variants() -> Vec<&'static str> {
+    "original no_key zero_fill mean_fill init_fill zero_fill_bn mean_fill_bn init_fill_bn decrypted"
+        .split(' ')
+        .collect()
+}

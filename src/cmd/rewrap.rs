@@ -7,8 +7,9 @@ use onnx_protect_core::pass::journal::{self, Recovery};
 use onnx_protect_core::rewrap::{rewrap, RewrapReport};
 
 use crate::args::change::ChangeArgs;
+use crate::args::entry::EntryArgs;
 use crate::args::key::OpenKeyArgs;
-use crate::args::output::{EntryArgs, OutputArgs, WriteArgs};
+use crate::args::output::{OutputArgs, WriteArgs};
 use crate::exit::usage;
 use crate::progress::Bar;
 

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
+use crate::args::entry::EntryArgs;
 use crate::args::key::SignArgs;
-use crate::args::output::{EntryArgs, OutputArgs, WriteArgs};
+use crate::args::output::{OutputArgs, WriteArgs};
 use crate::exit::usage;
 use crate::progress::Bar;
 

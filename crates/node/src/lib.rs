@@ -30,7 +30,7 @@ use onnx_protect_core::memory::{DecryptedBytes, DecryptedModel as Loaded, InMemo
 use onnx_protect_core::protection::Protection;
 use onnx_protect_format::{Model, TensorData};
 use onnx_protect_keys::SignerKey;
-use onnx_protect_session::{lay_out, Arena, FileBuffer};
+use onnx_protect_session::{lay_out, FileBuffer};
 use zeroize::Zeroizing;
 
 /// Separates the kind from the message in a rejection's message.
@@ -99,31 +99,29 @@ pub struct Decrypt {
     on_demand: bool,
 }
 
-/// One buffer handed to JavaScript: decrypted bytes (the first `len` of them), the graph
-/// built for a session, or the tensors copied to be aligned.
+/// One buffer handed to JavaScript: decrypted bytes, the graph built for a session, or a
+/// session's file ([`onnx_protect_session::lay_out`]).
 enum Held {
-    Decrypted(DecryptedBytes, usize),
+    File(FileBuffer),
     Graph(Zeroizing<Vec<u8>>),
-    Arena(Arena),
 }
 
 impl Held {
     fn whole(bytes: DecryptedBytes) -> Held {
         let len = bytes.len();
-        Held::Decrypted(bytes, len)
+        Held::File(FileBuffer::Decrypted(bytes, len))
     }
 
     fn bytes(&self) -> &[u8] {
         match self {
-            Held::Decrypted(d, len) => &d[..*len],
+            Held::File(b) => b.bytes(),
             Held::Graph(g) => g,
-            Held::Arena(a) => a.bytes(),
         }
     }
 
     fn filled_on_demand(&self) -> Option<&DecryptedBytes> {
         match self {
-            Held::Decrypted(d, _) if d.method() == Method::OnDemand => Some(d),
+            Held::File(FileBuffer::Decrypted(d, _)) if d.method() == Method::OnDemand => Some(d),
             _ => None,
         }
     }
@@ -353,16 +351,7 @@ fn session_files(m: Loaded, index: &Model) -> Result<Decrypted, CoreError> {
     let (tier, tiers, tensors, decrypted_bytes) = (m.tier(), m.tiers(), m.tensors() as u32, m.decrypted_bytes() as f64);
     let (model, external) = m.into_parts();
     let (graph, files) = lay_out(index, model, skeleton, external, "onnx-protect-node")?.into_buffers()?;
-    let external = files
-        .into_iter()
-        .map(|(name, b)| {
-            let held = match b {
-                FileBuffer::Decrypted(d, len) => Held::Decrypted(d, len),
-                FileBuffer::Arena(a) => Held::Arena(a),
-            };
-            (name, held)
-        })
-        .collect();
+    let external = files.into_iter().map(|(name, b)| (name, Held::File(b))).collect();
     let model = Held::Graph(Zeroizing::new(graph));
     Ok(Decrypted { model, external, tier, tiers, tensors, decrypted_bytes, graph: true })
 }

@@ -12,7 +12,7 @@ use onnx_protect_core::protect::{decrypt_to_vec, verify};
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 
-use crate::util::{bin, fixture_models, root, run};
+use crate::util::{bin, fixture_models, path_str, root, run};
 
 /// Copies every fixture folder to `dir/<case>/`, plus `copies` extra copies of
 /// small single-file fixtures under `dir/bulk/<n>/<case>.onnx`. Returns the relative paths of the models.
@@ -20,14 +20,7 @@ fn make_tree(dir: &Path, copies: usize) -> Vec<String> {
     let mut rels = Vec::new();
     for m in fixture_models() {
         let case = m.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
-        let dest = dir.join(&case);
-        std::fs::create_dir_all(&dest).unwrap();
-        for e in std::fs::read_dir(m.parent().unwrap()).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
-            }
-        }
+        copy_files(m.parent().unwrap(), &dir.join(&case));
         rels.push(format!("{case}/model.onnx"));
     }
     let small: Vec<PathBuf> = ["cnn_torch", "fp16", "roles_mix", "typed_fields"]
@@ -46,9 +39,42 @@ fn make_tree(dir: &Path, copies: usize) -> Vec<String> {
     rels
 }
 
+/// Copies the files of folder `from` into `to` (created).
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 fn keygen(path: &Path) {
-    let (code, _, err) = run(&["keygen", "-o", path.to_str().unwrap()]);
+    keygen_with(path, &[]);
+}
+
+fn keygen_with(path: &Path, extra: &[&str]) {
+    let (code, _, err) = run(&[&["keygen", "-o", path_str(path)], extra].concat());
     assert_eq!(code, 0, "{err}");
+}
+
+/// Key files `dir/1.key` and `dir/2.key`, made by `keygen` with `extra` options.
+fn two_keys(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (k1, k2) = (dir.join("1.key"), dir.join("2.key"));
+    keygen_with(&k1, extra);
+    keygen_with(&k2, extra);
+    (k1, k2)
+}
+
+/// The arguments `batch <op> --dir <dir> --out-dir <out> <extra...>`.
+fn batch_args<'a>(op: &'a str, dir: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&["batch", op, "--dir", dir, "--out-dir", out], extra].concat()
+}
+
+/// Runs `batch <op> --dir <dir> --out-dir <out> <extra...>`.
+fn batch(op: &str, dir: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+    run(&batch_args(op, dir, out, extra))
 }
 
 fn read_key(path: &Path) -> KeySource {
@@ -85,30 +111,13 @@ fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let rels = make_tree(&src, 4);
-    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
-    keygen(&k1);
-    keygen(&k2);
-    let (s, k1s, k2s) = (src.to_str().unwrap(), k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (k1, k2) = two_keys(dir.path(), &[]);
+    let (s, k1s, k2s) = (path_str(&src), path_str(&k1), path_str(&k2));
     let (enc, re, dec) = (dir.path().join("enc"), dir.path().join("re"), dir.path().join("dec"));
-    let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
+    let (e, r, d) = (path_str(&enc), path_str(&re), path_str(&dec));
     let rep = dir.path().join("r.jsonl");
-    let rp = rep.to_str().unwrap();
-    let (code, out, err) = run(&[
-        "batch",
-        "encrypt",
-        "--dir",
-        s,
-        "--out-dir",
-        e,
-        "--key-file",
-        k1s,
-        "-j",
-        "2",
-        "--report",
-        rp,
-        "--coefficient",
-        "*=0.5",
-    ]);
+    let extra = ["--key-file", k1s, "-j", "2", "--report", path_str(&rep), "--coefficient", "*=0.5"];
+    let (code, out, err) = batch("encrypt", s, e, &extra);
     assert_eq!(code, 0, "{out} {err}");
     let lines = report(&rep);
     assert_eq!(lines.iter().map(|l| l.0.clone()).collect::<Vec<_>>(), {
@@ -129,21 +138,7 @@ fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
     for rel in &rels {
         verify(&enc.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap();
     }
-    let (code, out, err) = run(&[
-        "batch",
-        "rekey",
-        "--dir",
-        e,
-        "--out-dir",
-        r,
-        "--key-file",
-        k1s,
-        "--new-key-file",
-        k2s,
-        "-j",
-        "2",
-        "--sync",
-    ]);
+    let (code, out, err) = batch("rekey", e, r, &["--key-file", k1s, "--new-key-file", k2s, "-j", "2", "--sync"]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains(&format!("{} ok, 0 skipped, 0 failed", rels.len())), "{out}");
     let (code, out, err) = run(&["batch", "verify", "--dir", r, "--key-file", k2s, "--json"]);
@@ -151,7 +146,7 @@ fn batch_encrypt_rekey_decrypt_round_trips_a_tree_with_external_data() {
     assert_eq!(out.lines().count(), rels.len());
     let (code, _, err) = run(&["batch", "verify", "--dir", r, "--key-file", k1s]);
     assert_eq!(code, 4, "every file fails with a wrong key: {err}");
-    let (code, out, err) = run(&["batch", "decrypt", "--dir", r, "--out-dir", d, "--key-file", k2s]);
+    let (code, out, err) = batch("decrypt", r, d, &["--key-file", k2s]);
     assert_eq!(code, 0, "{out} {err}");
     assert_same_tree(&src, &dec, &rels);
     // The state directory is never taken for input.
@@ -174,17 +169,8 @@ fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
             .map(|i| {
                 let rep = dir.path().join(format!("{by}-{i}.jsonl"));
                 let child = Command::new(bin())
-                    .args([
-                        "batch",
-                        "encrypt",
-                        "--dir",
-                        src.to_str().unwrap(),
-                        "--out-dir",
-                        out.to_str().unwrap(),
-                        "--coefficient",
-                        "*=0.5",
-                    ])
-                    .args(["--key-file", key.to_str().unwrap(), "--jobs", "1", "--shard", &format!("{i}/{n}")])
+                    .args(batch_args("encrypt", path_str(&src), path_str(&out), &["--coefficient", "*=0.5"]))
+                    .args(["--key-file", path_str(&key), "--jobs", "1", "--shard", &format!("{i}/{n}")])
                     .args(["--shard-by", by, "--report", rep.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
@@ -211,22 +197,8 @@ fn shards_run_as_separate_processes_cover_every_file_exactly_once() {
             assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
         }
         // A shard is deterministic: the same shard again finds all its files finished.
-        let (code, stdout, err) = run(&[
-            "batch",
-            "encrypt",
-            "--dir",
-            src.to_str().unwrap(),
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "--shard",
-            "1/3",
-            "--shard-by",
-            by,
-            "--coefficient",
-            "*=0.5",
-        ]);
+        let extra = ["--key-file", path_str(&key), "--shard", "1/3", "--shard-by", by, "--coefficient", "*=0.5"];
+        let (code, stdout, err) = batch("encrypt", path_str(&src), path_str(&out), &extra);
         assert_eq!(code, 0, "{err}");
         assert!(
             stdout.contains(&format!("{} files (shard 1/3 of {}): 0 ok, {} skipped", sizes[1], rels.len(), sizes[1])),
@@ -252,16 +224,7 @@ fn a_killed_batch_resumes_and_skips_finished_files() {
     // A passphrase makes every file cost one Argon2id derivation, so the run is slow enough to interrupt.
     let spawn = |rep: &Path, jobs: &str| {
         Command::new(bin())
-            .args([
-                "batch",
-                "encrypt",
-                "--dir",
-                src.to_str().unwrap(),
-                "--out-dir",
-                out.to_str().unwrap(),
-                "--coefficient",
-                "*=0.5",
-            ])
+            .args(batch_args("encrypt", path_str(&src), path_str(&out), &["--coefficient", "*=0.5"]))
             .args(["--passphrase-env", "OP_TEST_PASS", "--jobs", jobs, "--report", rep.to_str().unwrap()])
             .env("OP_TEST_PASS", "batch test passphrase")
             .stdout(Stdio::null())
@@ -302,20 +265,18 @@ fn a_killed_batch_resumes_and_skips_finished_files() {
     // Every output decrypts to its original.
     let pass = KeySource::passphrase(zeroize::Zeroizing::new(b"batch test passphrase".to_vec()));
     let dec = dir.path().join("dec");
-    let (code, stdout, err) = {
-        let o = Command::new(bin())
-            .args(["batch", "decrypt", "--dir", out.to_str().unwrap(), "--out-dir", dec.to_str().unwrap()])
-            .args(["--passphrase-env", "OP_TEST_PASS", "--jobs", "2"])
-            .env("OP_TEST_PASS", "batch test passphrase")
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    assert_eq!(code, Some(0), "{stdout} {err}");
+    let o = Command::new(bin())
+        .args(batch_args(
+            "decrypt",
+            path_str(&out),
+            path_str(&dec),
+            &["--passphrase-env", "OP_TEST_PASS", "--jobs", "2"],
+        ))
+        .env("OP_TEST_PASS", "batch test passphrase")
+        .output()
+        .unwrap();
+    let (stdout, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{stdout} {err}");
     assert_same_tree(&src, &dec, &rels);
     let one = Model::open(out.join(&rels[0])).unwrap();
     if one.external_files.is_empty() {
@@ -341,33 +302,13 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
     let list = dir.path().join("models.txt");
     std::fs::write(&list, "# models\na/one.onnx\n\ntwo.onnx\nthree.onnx\nbad.onnx\nmissing.onnx\n").unwrap();
     let rep = dir.path().join("r.jsonl");
-    let args = |extra: &[&str]| {
-        let mut v: Vec<String> = [
-            "batch",
-            "encrypt",
-            "--list",
-            list.to_str().unwrap(),
-            "--base",
-            src.to_str().unwrap(),
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "--report",
-            rep.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let run_v = |v: Vec<String>| {
-        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        run(&refs)
+    let (l, b, o, ks, r) = (path_str(&list), path_str(&src), path_str(&out), path_str(&key), path_str(&rep));
+    let run_v = |extra: &[&str]| {
+        run(&[&["batch", "encrypt", "--list", l, "--base", b, "--out-dir", o, "--key-file", ks, "--report", r], extra]
+            .concat())
     };
     let status = || report(&rep).into_iter().map(|(p, s, _)| (p, s)).collect::<BTreeMap<_, _>>();
-    let (code, stdout, err) = run_v(args(&[]));
+    let (code, stdout, err) = run_v(&[]);
     assert_eq!(code, 1, "two failures of different kinds exit 1: {stdout} {err}");
     assert!(err.lines().any(|l| l.starts_with("error: batch encrypt: 2 of 5 files failed (see the report)")), "{err}");
     assert!(stdout.contains("failed bad.onnx: "), "{stdout}");
@@ -385,7 +326,7 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
     let mut damaged = std::fs::read(out.join("three.onnx")).unwrap();
     damaged.truncate(damaged.len() - 1);
     std::fs::write(out.join("three.onnx"), &damaged).unwrap();
-    let (code, stdout, err) = run_v(args(&[]));
+    let (code, stdout, err) = run_v(&[]);
     assert_eq!(code, 0, "{stdout} {err}");
     let s = status();
     assert_eq!(s["a/one.onnx"], "skipped");
@@ -397,19 +338,17 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
         assert_eq!(decrypt_to_vec(&m, &k).unwrap(), std::fs::read(orig).unwrap(), "{name}");
     }
     // Another key or policy is other settings: nothing is skipped. --force redoes everything too.
-    let (code, _, err) = run_v(args(&["--coefficient", "*=0.3"]));
+    let (code, _, err) = run_v(&["--coefficient", "*=0.3"]);
     assert_eq!(code, 0, "{err}");
     assert!(status().values().all(|s| s == "ok"));
-    let (code, _, err) = run_v(args(&["--coefficient", "*=0.3", "--force"]));
+    let (code, _, err) = run_v(&["--coefficient", "*=0.3", "--force"]);
     assert_eq!(code, 0, "{err}");
     assert!(status().values().all(|s| s == "ok"));
     // Usage mistakes are refused before any work (exit 2, docs/cli.md).
-    let (code, _, err) =
-        run(&["batch", "decrypt", "--dir", src.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    let (code, _, err) = run(&["batch", "decrypt", "--dir", b, "--key-file", ks]);
     assert_eq!(code, 2);
     assert!(err.starts_with("error: batch decrypt needs --out-dir"), "{err}");
-    let s = src.to_str().unwrap();
-    let (code, _, err) = run(&["batch", "encrypt", "--dir", s, "--out-dir", s, "--key-file", key.to_str().unwrap()]);
+    let (code, _, err) = batch("encrypt", b, b, &["--key-file", ks]);
     assert_eq!(code, 2);
     assert!(err.contains("--out-dir is the input directory"), "{err}");
 }
@@ -419,12 +358,8 @@ fn a_changed_input_or_a_damaged_output_is_redone_and_failures_are_reported() {
 #[test]
 fn batch_rekey_handles_tiered_and_dp_models() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
-    for k in [&k1, &k2] {
-        let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
-        assert_eq!(code, 0, "{err}");
-    }
-    let (k1s, k2s) = (k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (k1, k2) = two_keys(dir.path(), &["--tiers", "3"]);
+    let (k1s, k2s) = (path_str(&k1), path_str(&k2));
     let (enc, re, dec) = (dir.path().join("enc"), dir.path().join("re"), dir.path().join("dec"));
     let dp = crate::util::dp_policy_file(dir.path());
     let cases: [(&str, &str, &[&str]); 3] = [
@@ -445,21 +380,19 @@ fn batch_rekey_handles_tiered_and_dp_models() {
     let (e, r, d) = (enc.to_str().unwrap(), re.to_str().unwrap(), dec.to_str().unwrap());
     // A tier-1 key: every file fails (the untiered one with a wrong key), nothing is written.
     let low = format!("{k1s}.tier1");
-    let (code, out, err) =
-        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", &low, "--new-key-file", k2s]);
+    let (code, out, err) = batch("rekey", e, r, &["--key-file", &low, "--new-key-file", k2s]);
     assert_ne!(code, 0, "{out} {err}");
     assert!(out.contains("0 ok, 0 skipped, 3 failed"), "{out}");
     assert!(out.contains("top-tier key"), "{out}");
     for (rel, _) in &rels {
         assert!(!re.join(rel).exists(), "{rel} written with a lower-tier key");
     }
-    let (code, out, err) =
-        run(&["batch", "rekey", "--dir", e, "--out-dir", r, "--key-file", k1s, "--new-key-file", k2s]);
+    let (code, out, err) = batch("rekey", e, r, &["--key-file", k1s, "--new-key-file", k2s]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("3 ok, 0 skipped, 0 failed"), "{out}");
     let (code, _, err) = run(&["batch", "verify", "--dir", r, "--key-file", k1s]);
     assert_eq!(code, 4, "the old key no longer opens any file: {err}");
-    let (code, out, err) = run(&["batch", "decrypt", "--dir", r, "--out-dir", d, "--key-file", k2s]);
+    let (code, out, err) = batch("decrypt", r, d, &["--key-file", k2s]);
     assert_eq!(code, 0, "{out} {err}");
     for (rel, model) in &rels {
         assert_eq!(std::fs::read(dec.join(rel)).unwrap(), std::fs::read(model).unwrap(), "{rel}");
@@ -479,51 +412,23 @@ fn batch_encrypt_takes_the_policy_options_of_encrypt() {
     let src = dir.path().join("src");
     let mut rels = Vec::new();
     for case in ["cnn_torch", "external_data"] {
-        let from = root().join("fixtures/models").join(case);
-        std::fs::create_dir_all(src.join(case)).unwrap();
-        for e in std::fs::read_dir(&from).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), src.join(case).join(e.file_name())).unwrap();
-        }
+        copy_files(&root().join("fixtures/models").join(case), &src.join(case));
         rels.push(format!("{case}/model.onnx"));
     }
     let k = dir.path().join("k.key");
-    let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "2"]);
-    assert_eq!(code, 0, "{err}");
+    keygen_with(&k, &["--tiers", "2"]);
     let policy: &[&str] = &["--tiers", "2", "--tier-shares", "0.7,0.3", "--selection", "*=sample-l1", "--seed", "5"];
-    let (s, ks) = (src.to_str().unwrap(), k.to_str().unwrap());
+    let (s, ks) = (path_str(&src), path_str(&k));
     let enc = dir.path().join("enc");
-    let mut args = vec![
-        "batch",
-        "encrypt",
-        "--dir",
-        s,
-        "--out-dir",
-        enc.to_str().unwrap(),
-        "--key-file",
-        ks,
-        "--coefficient",
-        "*=0.5",
-    ];
-    args.extend_from_slice(policy);
-    let (code, out, err) = run(&args);
+    let (code, out, err) =
+        batch("encrypt", s, path_str(&enc), &[&["--key-file", ks, "--coefficient", "*=0.5"], policy].concat());
     assert_eq!(code, 0, "{out} {err}");
     for rel in &rels {
         let single = dir.path().join("single").join(rel);
-        let (input, output) = (src.join(rel), single.clone());
-        let mut args = vec![
-            "encrypt",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-            "--key-file",
-            ks,
-            "-q",
-            "--coefficient",
-            "*=0.5",
-        ];
-        args.extend_from_slice(policy);
-        let (code, _, err) = run(&args);
+        let input = src.join(rel);
+        let args =
+            ["encrypt", path_str(&input), "-o", path_str(&single), "--key-file", ks, "-q", "--coefficient", "*=0.5"];
+        let (code, _, err) = run(&[&args[..], policy].concat());
         assert_eq!(code, 0, "{err}");
         let summary = |p: &Path| {
             let m = Model::open(p).unwrap();
@@ -540,16 +445,7 @@ fn batch_encrypt_takes_the_policy_options_of_encrypt() {
         assert_eq!(batch, one, "{rel}: batch and encrypt chose differently");
     }
     let dec = dir.path().join("dec");
-    let (code, out, err) = run(&[
-        "batch",
-        "decrypt",
-        "--dir",
-        enc.to_str().unwrap(),
-        "--out-dir",
-        dec.to_str().unwrap(),
-        "--key-file",
-        ks,
-    ]);
+    let (code, out, err) = batch("decrypt", path_str(&enc), path_str(&dec), &["--key-file", ks]);
     assert_eq!(code, 0, "{out} {err}");
     assert_same_tree(&src, &dec, &rels);
     let (code, _, err) = run(&["batch", "verify", "--dir", enc.to_str().unwrap(), "--key-file", ks, "--tiers", "2"]);
@@ -565,21 +461,14 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let rels = make_tree(&src, 2);
-    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
-    keygen(&k1);
-    keygen(&k2);
-    let (s, k1s, k2s) = (src.to_str().unwrap(), k1.to_str().unwrap(), k2.to_str().unwrap());
+    let (k1, k2) = two_keys(dir.path(), &[]);
+    let (s, k1s, k2s) = (path_str(&src), path_str(&k1), path_str(&k2));
     let (enc, re) = (dir.path().join("enc"), dir.path().join("re"));
-    let (e, r) = (enc.to_str().unwrap(), re.to_str().unwrap());
-    let (code, out, err) =
-        run(&["batch", "encrypt", "--dir", s, "--out-dir", e, "--key-file", k1s, "--coefficient", "*=0.5"]);
+    let (e, r) = (path_str(&enc), path_str(&re));
+    let (code, out, err) = batch("encrypt", s, e, &["--key-file", k1s, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{out} {err}");
-    let rewrap = |extra: &[&str]| {
-        let mut args = vec!["batch", "rewrap", "--dir", e, "--out-dir", r, "--key-file", k1s, "--add-key-file", k2s];
-        args.extend_from_slice(&["--remove-key-file", k1s]);
-        args.extend_from_slice(extra);
-        run(&args)
-    };
+    let recipients = ["--key-file", k1s, "--add-key-file", k2s, "--remove-key-file", k1s];
+    let rewrap = |extra: &[&str]| batch("rewrap", e, r, &[&recipients[..], extra].concat());
     let mut done = 0;
     for shard in ["0/2", "1/2"] {
         let (code, out, err) = rewrap(&["--shard", shard]);
@@ -602,7 +491,7 @@ fn batch_rewrap_swaps_a_recipient_over_a_fleet_in_shards_and_resumes() {
         let e = verify(&re.join(rel), Some(&read_key(&k1)), &NoProgress).unwrap_err();
         assert_eq!(e.kind(), onnx_protect_core::error::ErrorKind::WrongKey, "{rel}: {e}");
     }
-    let (code, _, err) = run(&["batch", "decrypt", "--dir", e, "--out-dir", r, "--key-file", k1s, "--remove", "x"]);
+    let (code, _, err) = batch("decrypt", e, r, &["--key-file", k1s, "--remove", "x"]);
     assert_eq!(code, 2, "recipient options belong to batch rewrap only: {err}");
 }
 
@@ -617,8 +506,12 @@ fn a_report_replaces_only_an_earlier_report_unless_forced() {
     let rep = dir.path().join("notes.txt");
     std::fs::write(&rep, "my notes\n").unwrap();
     let out = dir.path().join("enc");
-    let (s, o, k, r) = (src.to_str().unwrap(), out.to_str().unwrap(), key.to_str().unwrap(), rep.to_str().unwrap());
-    let args = ["batch", "encrypt", "--dir", s, "--out-dir", o, "--key-file", k, "--report", r];
+    let args = batch_args(
+        "encrypt",
+        path_str(&src),
+        path_str(&out),
+        &["--key-file", path_str(&key), "--report", path_str(&rep)],
+    );
     let forced = [&args[..], &["--force"]].concat();
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");
@@ -639,40 +532,18 @@ fn a_report_replaces_only_an_earlier_report_unless_forced() {
 #[test]
 fn batch_rekey_keeps_a_tpm_recipient() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (dir.path().join("1.key"), dir.path().join("2.key"));
-    for k in [&k1, &k2] {
-        assert_eq!(run(&["keygen", "-o", k.to_str().unwrap(), "-q"]).0, 0);
-    }
+    let (k1, k2) = two_keys(dir.path(), &["-q"]);
     // The P-256 generator point as a TPM recipient (as in device_keys.rs).
     let tpm = "onnx-protect-tpm1qd43050juykyy3lchnnw2caygre8wqmasyk7kvaq7jsnj3wcnrpfvm7cs3u";
     let (enc, re) = (dir.path().join("enc"), dir.path().join("re"));
     let plain = root().join("fixtures/models/cnn_torch/model.onnx");
     let m = enc.join("m.onnx");
     std::fs::create_dir_all(&enc).unwrap();
-    let (code, _, err) = run(&[
-        "encrypt",
-        plain.to_str().unwrap(),
-        "-o",
-        m.to_str().unwrap(),
-        "--key-file",
-        k1.to_str().unwrap(),
-        "-r",
-        tpm,
-    ]);
+    let (code, _, err) =
+        run(&["encrypt", path_str(&plain), "-o", path_str(&m), "--key-file", path_str(&k1), "-r", tpm]);
     assert_eq!(code, 0, "{err}");
-    let (e, r) = (enc.to_str().unwrap(), re.to_str().unwrap());
-    let (code, out, err) = run(&[
-        "batch",
-        "rekey",
-        "--dir",
-        e,
-        "--out-dir",
-        r,
-        "--key-file",
-        k1.to_str().unwrap(),
-        "--new-key-file",
-        k2.to_str().unwrap(),
-    ]);
+    let extra = ["--key-file", path_str(&k1), "--new-key-file", path_str(&k2)];
+    let (code, out, err) = batch("rekey", path_str(&enc), path_str(&re), &extra);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("1 ok, 0 skipped, 0 failed"), "{out}");
     let (_, listing, _) = run(&["inspect", re.join("m.onnx").to_str().unwrap()]);

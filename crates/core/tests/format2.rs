@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use onnx_protect_core::error::{BadManifest, CoreError, ErrorKind, Modified, UnusableKey};
-use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry};
+use onnx_protect_core::format2::envelope::{parse_entry, trailing_entry, Sealed, METADATA_KEY_V2};
 use onnx_protect_core::format2::recipients::EncryptTo;
 use onnx_protect_core::keys::KeySource;
 use onnx_protect_core::memory::InMemory;
@@ -17,6 +17,8 @@ use onnx_protect_core::protect::{
 };
 use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress, TensorData};
+use onnx_protect_proto::v2 as pb;
+use onnx_protect_proto::Message;
 use onnx_protect_select::Policy;
 
 fn fixture(name: &str) -> PathBuf {
@@ -40,6 +42,34 @@ fn protect(dir: &Path, name: &str, p: &Policy, k: &KeySource) -> PathBuf {
     let out = dir.join("enc").join("model.onnx");
     encrypt(&fixture(name).join("model.onnx"), &out, &EncryptTo::key(k.clone()), &EncryptOptions::new(p)).unwrap();
     out
+}
+
+/// The bytes of the protected file at `path` and its sound version-2 entry.
+fn entry_of(path: &Path) -> (Vec<u8>, Sealed) {
+    let bytes = std::fs::read(path).unwrap();
+    let (range, value) = trailing_entry(&bytes).unwrap();
+    let sealed = parse_entry(value, range).unwrap();
+    (bytes, sealed)
+}
+
+/// `content` followed by a version-2 entry holding `env`, its checksum computed again.
+fn with_entry(mut content: Vec<u8>, env: &mut pb::Envelope) -> Vec<u8> {
+    env.checksum.clear();
+    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
+    let b64 = base64_encode(&env.encode_to_vec());
+    content.extend_from_slice(&onnx_protect_format::write::metadata_field(METADATA_KEY_V2, &b64));
+    content
+}
+
+/// What each reader makes of `path`: verify without and with `k`, decrypt to `out`, and
+/// loading in memory.
+fn every_verb(path: &Path, out: &Path, k: &KeySource) -> [(&'static str, Result<(), CoreError>); 4] {
+    [
+        ("verify", verify(path, None, &NoProgress).map(|_| ())),
+        ("verify --key", verify(path, Some(k), &NoProgress).map(|_| ())),
+        ("decrypt", decrypt(path, out, k, &DecryptOptions::default()).map(|_| ())),
+        ("InMemory::load", InMemory::file(path, k).load().map(|_| ())),
+    ]
 }
 
 /// Refusals that a changed byte may give: the file's content or manifest no longer match,
@@ -69,12 +99,7 @@ fn every_changed_byte_of_a_small_protected_model_is_refused_by_every_verb() {
             Err(e) => e,
         };
         assert!(refused(&mem), "byte {i}: in memory: {mem}");
-        for (what, r) in [
-            ("verify", verify(&probe, None, &NoProgress).map(|_| ())),
-            ("verify --key", verify(&probe, Some(&k), &NoProgress).map(|_| ())),
-            ("decrypt", decrypt(&probe, &out, &k, &DecryptOptions::default()).map(|_| ())),
-            ("InMemory::load", InMemory::file(&probe, &k).load().map(|_| ())),
-        ] {
+        for (what, r) in every_verb(&probe, &out, &k) {
             let e = r.err().unwrap_or_else(|| panic!("byte {i}: {what} accepted a changed file"));
             // A changed byte is never reported as a wrong key: the key still opens its stanza,
             // or the manifest no longer parses.
@@ -137,12 +162,7 @@ fn an_external_file_of_another_length_is_refused_before_it_is_read() {
     let len = std::fs::metadata(&side).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&side).unwrap().set_len(1 << 40).unwrap();
     let out = dir.path().join("out").join("model.onnx");
-    for (what, r) in [
-        ("verify", verify(&protected, None, &NoProgress).map(|_| ())),
-        ("verify --key", verify(&protected, Some(&k), &NoProgress).map(|_| ())),
-        ("decrypt", decrypt(&protected, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("InMemory::load", InMemory::file(&protected, &k).load().map(|_| ())),
-    ] {
+    for (what, r) in every_verb(&protected, &out, &k) {
         let e = r.expect_err(what);
         let named = matches!(&e, CoreError::Modified(Modified::ExternalSize { location, actual, expected })
             if location == "weights.bin" && *actual == 1u64 << 40 && *expected == len);
@@ -212,11 +232,8 @@ fn the_four_edits_of_an_attacker_are_refused() {
 
 #[test]
 fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
-    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
     use onnx_protect_crypto::{content_digest, leaves_of, tier_mac};
     use onnx_protect_keys::Identity;
-    use onnx_protect_proto::v2 as pb;
-    use onnx_protect_proto::Message;
 
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::from_bytes([9; 32]);
@@ -225,9 +242,7 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     let protected = protect(dir.path(), "cnn_torch", &p, &KeySource::key(master.clone()));
     let k2 = master.tier_down();
     let k1 = k2.tier_down();
-    let bytes = std::fs::read(&protected).unwrap();
-    let (range, value) = trailing_entry(&bytes).unwrap();
-    let sealed = parse_entry(value, range.clone()).unwrap();
+    let (bytes, sealed) = entry_of(&protected);
     // The tier-1 holder opens their stanza: they know DK_1 and so K_mac,1.
     let dk1 = sealed
         .stanzas
@@ -238,7 +253,7 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     // They negate every tier-1 weight (fp keeps the sign bit's XOR: flipping it in the
     // ciphertext negates the plaintext) and re-seal tier 1.
     let model = Model::open(&protected).unwrap();
-    let mut forged = bytes[..range.start as usize].to_vec();
+    let mut forged = bytes[..sealed.entry.start as usize].to_vec();
     let mut flipped = 0;
     for e in &sealed.header.tensors {
         if e.tier != 1 || e.data_type != 1 {
@@ -258,10 +273,7 @@ fn a_tier_key_cannot_forge_what_a_higher_tier_accepts() {
     let mut env = sealed.envelope.clone();
     env.content_digest = digest.to_vec();
     env.macs[0] = tier_mac(&dk1.tier_keys(), 1, &env.header, &env.recipients, &digest).to_vec();
-    env.checksum.clear();
-    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
-    let b64 = base64_encode(&env.encode_to_vec());
-    forged.extend_from_slice(&onnx_protect_format::write::metadata_field(METADATA_KEY_V2, &b64));
+    let forged = with_entry(forged, &mut env);
     let path = dir.path().join("forged.onnx");
     std::fs::write(&path, &forged).unwrap();
     let _: pb::Envelope = env;
@@ -344,35 +356,19 @@ fn deep_model(depth: usize) -> Vec<u8> {
 /// content digest computed for it) is "modified", not an invalid model (docs/format.md §4).
 #[test]
 fn a_model_too_deep_under_a_sound_entry_is_modified() {
-    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
-    use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
-    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
-    let bytes = std::fs::read(&protected).unwrap();
-    let (range, value) = trailing_entry(&bytes).unwrap();
-    let sealed = parse_entry(value, range).unwrap();
+    let (_, sealed) = entry_of(&protect(dir.path(), "cnn_torch", &Policy::default(), &k));
     let content = deep_model(100);
     let mut env = sealed.envelope.clone();
     let leaves = onnx_protect_crypto::leaves_of(0, &content, sealed.header.chunk_size);
     env.content_digest = onnx_protect_crypto::content_digest(&[leaves]).to_vec();
-    env.checksum.clear();
-    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
-    let mut changed = content;
-    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
-        METADATA_KEY_V2,
-        &base64_encode(&env.encode_to_vec()),
-    ));
+    let changed = with_entry(content, &mut env);
     let path = dir.path().join("deep.onnx");
     std::fs::write(&path, &changed).unwrap();
     assert!(Model::open(&path).is_err());
     let out = dir.path().join("out.onnx");
-    for (what, r) in [
-        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
-        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
-        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("InMemory::load", InMemory::file(&path, &k).load().map(|_| ())),
-    ] {
+    for (what, r) in every_verb(&path, &out, &k) {
         let e = r.expect_err(what);
         assert_eq!(e.kind(), ErrorKind::Modified, "{what}: {e}");
     }
@@ -382,15 +378,9 @@ fn a_model_too_deep_under_a_sound_entry_is_modified() {
 /// (`7.0/05.0`), a sign or an empty number names no tensor, even where its value would.
 #[test]
 fn a_locator_not_written_exactly_is_modified() {
-    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
-    use onnx_protect_proto::v2 as pb;
-    use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
-    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
-    let bytes = std::fs::read(&protected).unwrap();
-    let (range, value) = trailing_entry(&bytes).unwrap();
-    let sealed = parse_entry(value, range.clone()).unwrap();
+    let (bytes, sealed) = entry_of(&protect(dir.path(), "cnn_torch", &Policy::default(), &k));
     let original = sealed.header.tensors[0].locator.clone();
     let (head, last) = original.rsplit_once('.').unwrap();
     for changed_locator in [format!("{head}.0{last}"), format!("{head}.+{last}"), format!("0{original}")] {
@@ -398,13 +388,7 @@ fn a_locator_not_written_exactly_is_modified() {
         header.tensors[0].locator = changed_locator.clone();
         let mut env = sealed.envelope.clone();
         env.header = header.encode_to_vec();
-        env.checksum.clear();
-        env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
-        let mut changed = bytes[..range.start as usize].to_vec();
-        changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
-            METADATA_KEY_V2,
-            &base64_encode(&env.encode_to_vec()),
-        ));
+        let changed = with_entry(bytes[..sealed.entry.start as usize].to_vec(), &mut env);
         let path = dir.path().join("changed.onnx");
         std::fs::write(&path, &changed).unwrap();
         let e = verify(&path, None, &NoProgress).unwrap_err();
@@ -416,8 +400,6 @@ fn a_locator_not_written_exactly_is_modified() {
 /// signers (docs/format.md §10), even when one of them verifies.
 #[test]
 fn two_signatures_of_one_key_are_modified_keyless() {
-    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
-    use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
     let signer = onnx_protect_keys::SigningKey::generate().unwrap();
@@ -427,19 +409,12 @@ fn two_signatures_of_one_key_are_modified_keyless() {
     let signers = [signer];
     opts.signing_keys = &signers;
     encrypt(&fixture("cnn_torch").join("model.onnx"), &out, &EncryptTo::key(k.clone()), &opts).unwrap();
-    let bytes = std::fs::read(&out).unwrap();
-    let (range, value) = trailing_entry(&bytes).unwrap();
-    let mut env = parse_entry(value, range.clone()).unwrap().envelope;
+    let (bytes, sealed) = entry_of(&out);
+    let mut env = sealed.envelope;
     let mut twin = env.signatures[0].clone();
     twin.signature[0] ^= 1;
     env.signatures.push(twin);
-    env.checksum.clear();
-    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
-    let mut changed = bytes[..range.start as usize].to_vec();
-    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
-        METADATA_KEY_V2,
-        &base64_encode(&env.encode_to_vec()),
-    ));
+    let changed = with_entry(bytes[..sealed.entry.start as usize].to_vec(), &mut env);
     std::fs::write(&out, &changed).unwrap();
     let e = verify(&out, None, &NoProgress).unwrap_err();
     assert!(matches!(e, CoreError::BadManifest(BadManifest::Signature)), "{e}");
@@ -450,35 +425,18 @@ fn two_signatures_of_one_key_are_modified_keyless() {
 /// never "unsupported version" (which names a manifest key this build does not read).
 #[test]
 fn a_version_2_header_of_another_format_version_is_modified() {
-    use onnx_protect_core::format2::envelope::METADATA_KEY_V2;
-    use onnx_protect_proto::v2 as pb;
-    use onnx_protect_proto::Message;
     let dir = tempfile::tempdir().unwrap();
     let k = key(4);
-    let protected = protect(dir.path(), "cnn_torch", &Policy::default(), &k);
-    let bytes = std::fs::read(&protected).unwrap();
-    let (range, value) = trailing_entry(&bytes).unwrap();
-    let sealed = parse_entry(value, range.clone()).unwrap();
+    let (bytes, sealed) = entry_of(&protect(dir.path(), "cnn_torch", &Policy::default(), &k));
     let mut header = sealed.header.clone();
     header.format_version = 3;
     let mut env: pb::Envelope = sealed.envelope.clone();
     env.header = header.encode_to_vec();
-    env.checksum.clear();
-    env.checksum = onnx_protect_crypto::envelope_checksum(&env.encode_to_vec()).to_vec();
-    let mut changed = bytes[..range.start as usize].to_vec();
-    changed.extend_from_slice(&onnx_protect_format::write::metadata_field(
-        METADATA_KEY_V2,
-        &base64_encode(&env.encode_to_vec()),
-    ));
+    let changed = with_entry(bytes[..sealed.entry.start as usize].to_vec(), &mut env);
     let path = dir.path().join("v3.onnx");
     std::fs::write(&path, &changed).unwrap();
     let out = dir.path().join("out.onnx");
-    for (what, r) in [
-        ("verify", verify(&path, None, &NoProgress).map(|_| ())),
-        ("verify --key", verify(&path, Some(&k), &NoProgress).map(|_| ())),
-        ("decrypt", decrypt(&path, &out, &k, &DecryptOptions::default()).map(|_| ())),
-        ("InMemory::load", InMemory::file(&path, &k).load().map(|_| ())),
-    ] {
+    for (what, r) in every_verb(&path, &out, &k) {
         let e = r.expect_err(what);
         assert!(matches!(e.kind(), ErrorKind::Modified | ErrorKind::BadManifest), "{what}: {e}");
     }

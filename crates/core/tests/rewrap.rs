@@ -146,15 +146,16 @@ fn provider(p: std::sync::Arc<dyn Provider>) -> KeySource {
     KeySource::new(Identity::Provider(p))
 }
 
+/// A model protected for key 1 and the toy key command `kms-a`.
+fn protect_for_kms_a(dir: &Path) -> PathBuf {
+    let recipients = vec![(Recipient::Provider(toy_kms("kms-a")), 0)];
+    protect(dir, &EncryptTo { master: Some(key(1)), master_tiers: None, recipients }, &Policy::default())
+}
+
 #[test]
 fn key_commands_are_added_removed_and_rotated_by_rewrap() {
     let dir = tempfile::tempdir().unwrap();
-    let to = EncryptTo {
-        master: Some(key(1)),
-        master_tiers: None,
-        recipients: vec![(Recipient::Provider(toy_kms("kms-a")), 0)],
-    };
-    let path = protect(dir.path(), &to, &Policy::default());
+    let path = protect_for_kms_a(dir.path());
     let before = content(&path);
     let clear = std::fs::read(plain()).unwrap();
     assert_eq!(opens(&path, &provider(toy_kms("kms-a"))).unwrap(), clear);
@@ -184,12 +185,7 @@ fn key_commands_are_added_removed_and_rotated_by_rewrap() {
 #[test]
 fn a_failing_key_command_is_its_own_error_and_a_lying_one_is_not_a_modified_model() {
     let dir = tempfile::tempdir().unwrap();
-    let to = EncryptTo {
-        master: Some(key(1)),
-        master_tiers: None,
-        recipients: vec![(Recipient::Provider(toy_kms("kms-a")), 0)],
-    };
-    let path = protect(dir.path(), &to, &Policy::default());
+    let path = protect_for_kms_a(dir.path());
     let script = |name: &str, body: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).unwrap();

@@ -65,6 +65,14 @@ fn protect(model: &Path, dir: &Path, key: &KeySource) -> PathBuf {
     enc.join(name)
 }
 
+/// `model` protected under a new key in a new folder: (the folder, the key, the model).
+fn protected(model: &Path) -> (tempfile::TempDir, KeySource, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key();
+    let enc = protect(model, dir.path(), &k);
+    (dir, k, enc)
+}
+
 fn models() -> Vec<PathBuf> {
     let mut out = Vec::new();
     let r = root();
@@ -94,6 +102,10 @@ fn models() -> Vec<PathBuf> {
     out
 }
 
+/// A model's inputs by name, and its outputs as their types and bytes.
+type Feeds = Vec<(String, DynValue)>;
+type Outputs = Vec<(T, Vec<u8>)>;
+
 fn le<const N: usize, X>(bytes: &[u8], f: fn([u8; N]) -> X) -> Vec<X> {
     bytes.chunks_exact(N).map(|c| f(c.try_into().unwrap())).collect()
 }
@@ -116,7 +128,7 @@ fn tensor(ty: T, shape: Vec<i64>, bytes: &[u8]) -> DynValue {
 
 /// The stored input of a zoo model (its first 64 rows), else seeded inputs of the
 /// declared types (dynamic dimensions 2; floats in [-1, 1), integers 0 or 1).
-fn inputs(session: &Session, model: &Path) -> Vec<(String, DynValue)> {
+fn inputs(session: &Session, model: &Path) -> Feeds {
     let stem = model.file_stem().unwrap().to_str().unwrap();
     let dir = model.parent().unwrap();
     let stored = [dir.join(format!("{stem}.x.npy")), dir.join("ref_x.npy"), dir.join("test_x.npy")];
@@ -175,7 +187,7 @@ fn inputs(session: &Session, model: &Path) -> Vec<(String, DynValue)> {
 }
 
 /// Every output of one run, as its type and little-endian bytes.
-fn run(session: &mut Session, feeds: &[(String, DynValue)]) -> Vec<(T, Vec<u8>)> {
+fn run(session: &mut Session, feeds: &[(String, DynValue)]) -> Outputs {
     let feeds: Vec<(String, SessionInputValue<'_>)> = feeds.iter().map(|(n, v)| (n.clone(), v.into())).collect();
     let outputs = session.run(feeds).unwrap();
     outputs
@@ -207,18 +219,22 @@ fn protected_session(env: &Environment, model: &Path, key: &KeySource) -> Protec
     commit_from_file(Session::builder(env).unwrap(), model, key).unwrap_or_else(|e| panic!("{}: {e}", model.display()))
 }
 
+/// The plain model's test inputs and its outputs for them.
+fn plain_outputs(env: &Environment, model: &Path) -> (Feeds, Outputs) {
+    let mut plain = plain_session(env, model);
+    let feeds = inputs(&plain, model);
+    let want = run(&mut plain, &feeds);
+    (feeds, want)
+}
+
 #[test]
 fn every_fixture_and_zoo_model_gives_the_plain_session_s_outputs() {
     let Some(env) = env() else { return };
     let models = models();
     assert!(models.len() >= 20, "the fixtures are there: {models:?}");
     for model in models {
-        let dir = tempfile::tempdir().unwrap();
-        let k = key();
-        let enc = protect(&model, dir.path(), &k);
-        let mut plain = plain_session(&env, &model);
-        let feeds = inputs(&plain, &model);
-        let want = run(&mut plain, &feeds);
+        let (_dir, k, enc) = protected(&model);
+        let (feeds, want) = plain_outputs(&env, &model);
         let mut s = protected_session(&env, &enc, &k);
         assert_eq!(run(&mut s, &feeds), want, "{}", model.display());
         if model.parent().unwrap().ends_with("fixtures/digits") {
@@ -231,12 +247,8 @@ fn every_fixture_and_zoo_model_gives_the_plain_session_s_outputs() {
 fn the_external_data_model_s_weights_are_used_in_place_filled_on_demand_or_decrypted_whole() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/models/external_data/model.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let k = key();
-    let enc = protect(&model, dir.path(), &k);
-    let mut plain = plain_session(&env, &model);
-    let feeds = inputs(&plain, &model);
-    let want = run(&mut plain, &feeds);
+    let (_dir, k, enc) = protected(&model);
+    let (feeds, want) = plain_outputs(&env, &model);
     for on_demand in [true, false] {
         let load = Load { on_demand, ..Load::default() };
         let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();
@@ -269,17 +281,13 @@ fn a_transposed_external_weight_is_right() {
     // file for W would fold ciphertext and give other outputs.
     let Some(env) = env() else { return };
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/transposed/model.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let k = key();
-    let enc = protect(&model, dir.path(), &k);
+    let (_dir, k, enc) = protected(&model);
     let (a, b) = (
         std::fs::read(model.with_file_name("weights.bin")).unwrap(),
         std::fs::read(enc.with_file_name("weights.bin")).unwrap(),
     );
     assert_ne!(a, b, "the weights are encrypted");
-    let mut plain = plain_session(&env, &model);
-    let feeds = inputs(&plain, &model);
-    let want = run(&mut plain, &feeds);
+    let (feeds, want) = plain_outputs(&env, &model);
     // onnxruntime resolves external data of a model given as bytes in the current
     // directory: run where the ciphertext file is.
     let cwd = std::env::current_dir().unwrap();
@@ -301,9 +309,7 @@ fn a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone() {
     // 'm.onnx.data' has the length of 'weights.bin': that decryption changes no length.
     let Some(env) = env() else { return };
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/transposed/model.onnx");
-    let mut plain = plain_session(&env, &model);
-    let feeds = inputs(&plain, &model);
-    let want = run(&mut plain, &feeds);
+    let (feeds, want) = plain_outputs(&env, &model);
     let mut policy = Policy::default();
     policy.apply_override("coefficient", "*=1").unwrap();
     let opts = EncryptOptions::new(&policy);
@@ -330,9 +336,7 @@ fn a_model_protected_into_its_own_folder_runs_once_the_plain_files_are_gone() {
 fn a_changed_byte_and_a_wrong_key_are_refused_with_their_kind() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/digits/mlp.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let k = key();
-    let enc = protect(&model, dir.path(), &k);
+    let (dir, k, enc) = protected(&model);
     let e = commit_from_file(Session::builder(&env).unwrap(), &enc, &key()).err().expect("another key is refused");
     assert_eq!(e.kind(), Some(ErrorKind::WrongKey), "{e}");
     assert!(e.to_string().starts_with(&enc.display().to_string()), "the error names the file: {e}");
@@ -351,9 +355,7 @@ fn a_changed_byte_and_a_wrong_key_are_refused_with_their_kind() {
 fn options_that_would_write_the_decrypted_model_are_switched_off() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/digits/mlp.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let k = key();
-    let enc = protect(&model, dir.path(), &k);
+    let (dir, k, enc) = protected(&model);
     let out = dir.path().join("written");
     std::fs::create_dir(&out).unwrap();
     let builder = Session::builder(&env)
@@ -427,9 +429,7 @@ fn a_single_file_model_s_weights_are_filled_on_demand_with_the_plain_outputs() {
     single_file_chain(&model);
     let k = key();
     let enc = protect(&model, &dir.path().join("p"), &k);
-    let mut plain = plain_session(&env, &model);
-    let feeds = inputs(&plain, &model);
-    let want = run(&mut plain, &feeds);
+    let (feeds, want) = plain_outputs(&env, &model);
     for on_demand in [true, false] {
         let load = Load { on_demand, ..Load::default() };
         let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();

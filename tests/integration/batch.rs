@@ -506,12 +506,8 @@ fn a_report_replaces_only_an_earlier_report_unless_forced() {
     let rep = dir.path().join("notes.txt");
     std::fs::write(&rep, "my notes\n").unwrap();
     let out = dir.path().join("enc");
-    let args = batch_args(
-        "encrypt",
-        path_str(&src),
-        path_str(&out),
-        &["--key-file", path_str(&key), "--report", path_str(&rep)],
-    );
+    let extra = ["--key-file", path_str(&key), "--report", path_str(&rep)];
+    let args = batch_args("encrypt", path_str(&src), path_str(&out), &extra);
     let forced = [&args[..], &["--force"]].concat();
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");

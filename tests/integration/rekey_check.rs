@@ -16,7 +16,7 @@ use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 use zeroize::Zeroizing;
 
-use crate::util::{copy_fixture, fixture_models, manifest_of, root, run};
+use crate::util::{copy_fixture, fixture_models, manifest_of, path_str, root, run, run_keyed};
 
 fn key(b: u8) -> KeySource {
     KeySource::key(MasterKey::from_bytes([b; 32]))
@@ -161,14 +161,9 @@ fn rekey_refuses_a_format_1_file_which_still_decrypts() {
     assert!(!re.exists() && temp_files(&dir.path().join("re")).is_empty());
     let new = dir.path().join("new.key");
     std::fs::write(&new, format!("{}\n", "09".repeat(32))).unwrap();
-    let (e, o, k, n) =
-        (enc.to_str().unwrap(), re.to_str().unwrap(), vector.join("key.hex"), new.to_str().unwrap().to_string());
-    assert_refused(
-        &["rekey", e, "-o", o, "--key-file", k.to_str().unwrap(), "--new-key-file", &n],
-        6,
-        "read-only",
-        &re,
-    );
+    let key_hex = vector.join("key.hex");
+    let (e, o, k, n) = (path_str(&enc), path_str(&re), path_str(&key_hex), path_str(&new));
+    assert_refused(&["rekey", e, "-o", o, "--key-file", k, "--new-key-file", n], 6, "read-only", &re);
 
     let out = dir.path().join("d/model.onnx");
     dec(&enc, &out, &old).unwrap();
@@ -217,17 +212,7 @@ fn cli_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         assert_eq!(code, 0, "{err}");
     }
     let enc = dir.join("enc.onnx");
-    let (code, _, err) = run(&[
-        "encrypt",
-        model.to_str().unwrap(),
-        "-o",
-        enc.to_str().unwrap(),
-        "--key-file",
-        old.to_str().unwrap(),
-        "--coefficient",
-        "*=0.5",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    run_keyed("encrypt", &model, &enc, &old, &["--coefficient", "*=0.5"]);
     (enc, old, new)
 }
 
@@ -304,12 +289,8 @@ fn rekey_refuses_a_wrong_old_key_and_a_tampered_model_without_writing() {
     assert!(temp_files(dir.path()).is_empty());
     // Not protected at all.
     let plain = root().join("fixtures/models/cnn_torch/model.onnx");
-    assert_refused(
-        &["rekey", plain.to_str().unwrap(), "-o", o, "--key-file", k, "--new-key-file", n],
-        6,
-        "not protected",
-        &out,
-    );
+    let p = path_str(&plain);
+    assert_refused(&["rekey", p, "-o", o, "--key-file", k, "--new-key-file", n], 6, "not protected", &out);
 }
 
 #[test]
@@ -483,17 +464,8 @@ fn rekey_keeps_every_recipient_and_refuses_to_drop_one_or_a_signature_unasked() 
 
     // Another key file's stanza records only its fingerprint: refused (4) unless kept with its
     // key or removed, each said.
-    let (code, _, err) = run(&[
-        "rewrap",
-        s(&m),
-        "--in-place",
-        "--key-file",
-        s(&publisher),
-        "--add-key-file",
-        s(&customer_key),
-        "--drop-signatures",
-        "-q",
-    ]);
+    let add = ["rewrap", s(&m), "--in-place", "--key-file", s(&publisher), "--add-key-file", s(&customer_key)];
+    let (code, _, err) = run(&[&add[..], &["--drop-signatures", "-q"]].concat());
     assert_eq!(code, 0, "{err}");
     std::fs::remove_file(&out).expect("remove");
     let (code, _, err) = run(&rekey);
@@ -513,20 +485,8 @@ fn rekey_keeps_every_recipient_and_refuses_to_drop_one_or_a_signature_unasked() 
     assert_eq!(code, 0, "{err}");
     let doc: serde_json::Value = serde_json::from_str(&out2).expect("JSON");
     let age2 = doc["recipient"].as_str().expect("a recipient").to_string();
-    let (code, _, err) = run(&[
-        "rekey",
-        s(&m),
-        "-o",
-        s(&out),
-        "--key-file",
-        s(&publisher),
-        "--remove-key-file",
-        s(&customer_key),
-        "-r",
-        &age2,
-        "--force",
-        "-q",
-    ]);
+    let keep = ["rekey", s(&m), "-o", s(&out), "--key-file", s(&publisher), "--remove-key-file", s(&customer_key)];
+    let (code, _, err) = run(&[&keep[..], &["-r", &age2, "--force", "-q"]].concat());
     assert_eq!(code, 0, "{err}");
     assert_eq!(run(&["decrypt", s(&out), "-o", s(&plain_out), "--key-file", s(&publisher), "--force", "-q"]).0, 0);
 }

@@ -12,7 +12,7 @@ use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::Model;
 use onnx_protect_select::Policy;
 
-use crate::util::{copy_fixture, fixture_models, root, run};
+use crate::util::{copy_fixture, fixture_models, path_str, root, run, run_keyed};
 
 fn key() -> KeySource {
     KeySource::key(MasterKey::from_bytes([9; 32]))
@@ -231,34 +231,14 @@ fn decrypt_stdout_refuses_terminals_and_files_but_not_pipes() {
     let tdir = dir.path().join("tiered");
     let tenc = protect(&model, &tdir, &tiered);
     let file = tdir.join("t1").join("m.onnx");
-    let (code, _, err) = run(&[
-        "decrypt",
-        tenc.to_str().unwrap(),
-        "--key-file",
-        k.to_str().unwrap(),
-        "--tier",
-        "1",
-        "-o",
-        file.to_str().unwrap(),
-        "-q",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    run_keyed("decrypt", &tenc, &file, &k, &["--tier", "1", "-q"]);
     let (code, stdout) = piped(&tenc, &k, &["--tier", "1"]);
     assert_eq!(code, Some(0));
     assert!(stdout == std::fs::read(&file).unwrap());
     assert!(stdout != std::fs::read(&model).unwrap(), "tier 1 of 2 is not the whole model");
     let k1 = dir.path().join("k1.key");
-    let (code, _, err) = run(&[
-        "derive-tier-key",
-        "--key-file",
-        k.to_str().unwrap(),
-        "--from",
-        "2",
-        "--tier",
-        "1",
-        "-o",
-        k1.to_str().unwrap(),
-    ]);
+    let (code, _, err) =
+        run(&["derive-tier-key", "--key-file", path_str(&k), "--from", "2", "--tier", "1", "-o", path_str(&k1)]);
     assert_eq!(code, 0, "{err}");
     let (code, stdout) = piped(&tenc, &k1, &["--tier", "2"]);
     assert_eq!(code, Some(4));
@@ -319,27 +299,10 @@ mod with_tract {
             let x = test_x(dir.path(), 32);
             let input = format!("input={}", x.display());
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            let plain = json(&[
-                "run",
-                digits(name).to_str().unwrap(),
-                "--input",
-                &input,
-                "--output-dir",
-                a.to_str().unwrap(),
-                "--json",
-            ]);
+            let (m, e, ks) = (digits(name), path_str(&enc), path_str(&k));
+            let plain = json(&["run", path_str(&m), "--input", &input, "--output-dir", path_str(&a), "--json"]);
             assert_eq!(plain["weights"], "plain");
-            let dec = json(&[
-                "run",
-                enc.to_str().unwrap(),
-                "--key-file",
-                k.to_str().unwrap(),
-                "--input",
-                &input,
-                "--output-dir",
-                b.to_str().unwrap(),
-                "--json",
-            ]);
+            let dec = json(&["run", e, "--key-file", ks, "--input", &input, "--output-dir", path_str(&b), "--json"]);
             assert_eq!(dec["weights"], "decrypted");
             assert_eq!(dec["outputs"][0]["name"], "logits");
             assert_eq!(dec["outputs"][0]["shape"], serde_json::json!([32, 10]));
@@ -387,31 +350,13 @@ mod with_tract {
             let sub = dir.path().join(name);
             let enc = protect(&copy, &sub, &p);
             let b = sub.join("b");
-            let d = json(&[
-                "run",
-                enc.to_str().unwrap(),
-                "--key-file",
-                k.to_str().unwrap(),
-                "-i",
-                &input,
-                "--output-dir",
-                b.to_str().unwrap(),
-                "--json",
-            ]);
+            let (e, ks) = (path_str(&enc), path_str(&k));
+            let d = json(&["run", e, "--key-file", ks, "-i", &input, "--output-dir", path_str(&b), "--json"]);
             assert_eq!(d["weights"], "decrypted", "{name}");
             assert!(std::fs::read(a.join("y.npy")).unwrap() == std::fs::read(b.join("y.npy")).unwrap(), "{name}");
             if name == "tiers" {
                 // `assess` decrypts each tier in memory, side files included.
-                let r = json(&[
-                    "assess",
-                    copy.to_str().unwrap(),
-                    enc.to_str().unwrap(),
-                    "--key-file",
-                    k.to_str().unwrap(),
-                    "--inputs",
-                    x.to_str().unwrap(),
-                    "--json",
-                ]);
+                let r = json(&["assess", path_str(&copy), e, "--key-file", ks, "--inputs", path_str(&x), "--json"]);
                 let rows = r["variants"].as_array().unwrap();
                 for t in ["tier_1", "tier_2"] {
                     let v = rows.iter().find(|v| v["variant"] == t).unwrap_or_else(|| panic!("no {t} row: {r}"));
@@ -452,18 +397,9 @@ mod with_tract {
         let k = write_key(dir.path());
         let x = root().join("fixtures/digits/test_x.npy");
         let y = root().join("fixtures/digits/test_y.npy");
-        let r = json(&[
-            "assess",
-            digits("cnn").to_str().unwrap(),
-            enc.to_str().unwrap(),
-            "--key-file",
-            k.to_str().unwrap(),
-            "--inputs",
-            x.to_str().unwrap(),
-            "--labels",
-            y.to_str().unwrap(),
-            "--json",
-        ]);
+        let (m, e) = (digits("cnn"), path_str(&enc));
+        let data = ["--inputs", path_str(&x), "--labels", path_str(&y), "--json"];
+        let r = json(&[&["assess", path_str(&m), e, "--key-file", path_str(&k)][..], &data].concat());
         assert_eq!(r["samples"], 540);
         let v = r["variants"].as_array().unwrap();
         let names: Vec<&str> = v.iter().map(|v| v["variant"].as_str().unwrap()).collect();
@@ -491,8 +427,7 @@ mod with_tract {
             assert!(r.get(field).is_none(), "{field} on an untiered model");
         }
         // The text table.
-        let (code, out, err) =
-            run(&["assess", digits("cnn").to_str().unwrap(), enc.to_str().unwrap(), "--random", "20"]);
+        let (code, out, err) = run(&["assess", path_str(&m), e, "--random", "20"]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("zero_fill") && out.contains("init_fill"), "{out}");
         assert!(out.contains("best key-less attack: "), "{out}");
@@ -505,15 +440,9 @@ mod with_tract {
         let enc = protect(&digits("mlp"), dir.path(), &policy("fp", "0.1"));
         let k = dir.path().join("wrong.key");
         std::fs::write(&k, format!("{}\n", "0a".repeat(32))).unwrap();
-        let (code, _, err) = run(&[
-            "assess",
-            digits("mlp").to_str().unwrap(),
-            enc.to_str().unwrap(),
-            "--key-file",
-            k.to_str().unwrap(),
-            "--random",
-            "8",
-        ]);
+        let m = digits("mlp");
+        let (code, _, err) =
+            run(&["assess", path_str(&m), path_str(&enc), "--key-file", path_str(&k), "--random", "8"]);
         assert_eq!(code, 4, "{err}");
     }
 }

@@ -12,7 +12,7 @@ use onnx_protect_crypto::MasterKey;
 use onnx_protect_format::{Model, NoProgress};
 use onnx_protect_select::Policy;
 
-use crate::util::{dp_policy_file, dp_where_possible, fixture_models, manifest_of, root, run};
+use crate::util::{dp_policy_file, dp_where_possible, fixture_models, manifest_of, path_str, root, run, run_keyed};
 
 fn key(b: u8) -> MasterKey {
     MasterKey::from_bytes([b; 32])
@@ -229,25 +229,15 @@ fn keygen_tiers_and_derive_tier_key_agree() {
     assert_eq!(made["tiers"], 3);
     assert_eq!(made["tier_key_files"][0], tier1.to_str().unwrap());
     let derived = dir.path().join("d.key");
-    let (code, out, err) = run(&[
-        "derive-tier-key",
-        "--key-file",
-        k.to_str().unwrap(),
-        "--from",
-        "3",
-        "--tier",
-        "1",
-        "-o",
-        derived.to_str().unwrap(),
-        "--json",
-    ]);
+    let (ks, ds) = (path_str(&k), path_str(&derived));
+    let (code, out, err) =
+        run(&["derive-tier-key", "--key-file", ks, "--from", "3", "--tier", "1", "-o", ds, "--json"]);
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((d["tier"].as_u64(), d["key_file"].as_str()), (Some(1), derived.to_str()));
     assert_ne!(d["fingerprint"], made["fingerprint"], "a tier key is another key");
     assert_eq!(std::fs::read(&derived).unwrap(), std::fs::read(&tier1).unwrap());
-    let (code, _, _) =
-        run(&["derive-tier-key", "--key-file", k.to_str().unwrap(), "--from", "1", "--tier", "2", "-o", "/tmp/x"]);
+    let (code, _, _) = run(&["derive-tier-key", "--key-file", ks, "--from", "1", "--tier", "2", "-o", "/tmp/x"]);
     assert_ne!(code, 0, "a key must not yield a higher tier");
 }
 
@@ -334,24 +324,8 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     let dir = tempfile::tempdir().unwrap();
     let k = tier_key_file(dir.path());
     let enc = dir.path().join("enc.onnx");
-    let (code, _, err) = run(&[
-        "encrypt",
-        model.to_str().unwrap(),
-        "-o",
-        enc.to_str().unwrap(),
-        "--key-file",
-        k.to_str().unwrap(),
-        "--tiers",
-        "3",
-        "--mode",
-        "*=fp",
-        "--selection",
-        "*=l1",
-        "--coefficient",
-        "*=0.5",
-        "-q",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let tiers = ["--tiers", "3", "--mode", "*=fp", "--selection", "*=l1", "--coefficient", "*=0.5", "-q"];
+    run_keyed("encrypt", &model, &enc, &k, &tiers);
     let assess = |key: Option<&Path>| -> serde_json::Value {
         let mut args = vec!["assess", model.to_str().unwrap(), enc.to_str().unwrap()];
         args.extend(["--inputs", x.to_str().unwrap(), "--labels", y.to_str().unwrap(), "--json"]);
@@ -416,15 +390,8 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     assert!(none.get("key_tier").is_none());
 
     // The text table.
-    let (code, out, err) = run(&[
-        "assess",
-        model.to_str().unwrap(),
-        enc.to_str().unwrap(),
-        "--key-file",
-        k.to_str().unwrap(),
-        "--random",
-        "16",
-    ]);
+    let (m, e, ks) = (path_str(&model), path_str(&enc), path_str(&k));
+    let (code, out, err) = run(&["assess", m, e, "--key-file", ks, "--random", "16"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("3 access tiers (key of tier 3)") && out.contains("\ntier_3 "), "{out}");
 }
@@ -474,23 +441,8 @@ fn check_counts_every_tier_of_a_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let k = tier_key_file(dir.path());
     let enc = dir.path().join("enc.onnx");
-    let (m, e, ks) = (model.to_str().unwrap(), enc.to_str().unwrap(), k.to_str().unwrap());
-    let (code, _, err) = run(&[
-        "encrypt",
-        m,
-        "-o",
-        e,
-        "--key-file",
-        ks,
-        "--tiers",
-        "3",
-        "--mode",
-        "*=fp",
-        "--coefficient",
-        "*=0.5",
-        "-q",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    run_keyed("encrypt", &model, &enc, &k, &["--tiers", "3", "--mode", "*=fp", "--coefficient", "*=0.5", "-q"]);
+    let e = path_str(&enc);
     let policy = dir.path().join("p.toml");
     std::fs::write(&policy, "version = 1\ntiers = 3\n[defaults]\nmode = \"fp\"\ncoefficient = 0.5\n").unwrap();
     let p = policy.to_str().unwrap();
@@ -531,17 +483,9 @@ fn tier_keys_of_a_passphrase_model() {
     );
     assert_eq!(code, 0, "{err}");
     let k1 = d("t1.key");
-    let derive = args(&[
-        "derive-tier-key",
-        "--passphrase-env",
-        "OP_TIER_PASS",
-        "--model",
-        &s(&enc),
-        "--tier",
-        "1",
-        "-o",
-        &s(&k1),
-    ]);
+    let (e, k1s) = (s(&enc), s(&k1));
+    let derive =
+        args(&["derive-tier-key", "--passphrase-env", "OP_TIER_PASS", "--model", &e, "--tier", "1", "-o", &k1s]);
     let (code, err) = cli(&derive, "not the pass");
     assert_eq!(code, 4, "{err}");
     assert!(!k1.exists(), "a wrong passphrase wrote a key");

@@ -140,6 +140,13 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
+/// Runs `<verb> <input> -o <output> --key-file <key> <extra...>` and asserts that it exits 0.
+pub fn run_keyed(verb: &str, input: &Path, output: &Path, key: &Path, extra: &[&str]) {
+    let (code, _, err) =
+        run(&[&[verb, path_str(input), "-o", path_str(output), "--key-file", path_str(key)], extra].concat());
+    assert_eq!(code, 0, "{verb} {}: {err}", input.display());
+}
+
 /// The digits MLP fixture.
 pub fn mlp() -> PathBuf {
     root().join("fixtures/digits/mlp.onnx")

@@ -26,6 +26,8 @@ keeps the activations in range; the LLMs' 4-bit values are random bytes.
                   weights) + Cast + Mul by the scales; the patch Conv stays float32; ~85 MiB
   mobilenet_v2    MobileNetV2: inverted residual blocks (pointwise Conv, depthwise Conv with
                   group = channels, BatchNormalization, ReLU6 as Clip); float32, ~13.5 MiB
+  mobilenet_v2_21k  the same with a head of 21,843 classes (as ImageNet-21k classifiers): one
+                  107 MiB Gemm weight beside 9 MiB of small tensors; float32, ~116 MiB
   llm_2g          a decoder stack shaped like Phi-3-mini (d 3072, 32 layers, 32 heads of 96,
                   MLP 8192, vocabulary 32064): float16 embedding Gather, per layer
                   SimplifiedLayerNormalization (RMSNorm), Q/K/V/O and gate/up/down as
@@ -130,11 +132,11 @@ def image_input(g, dtype):
     return vi, x
 
 
-def logits_output(g, y, dtype):
+def logits_output(g, y, dtype, classes=1000):
     if dtype != F32:
         y = g.op("Cast", [y], name="output_cast", to=TensorProto.FLOAT)
     g.nodes[-1].output[0] = "logits"
-    return helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])
+    return helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])
 
 
 # ---- float32 / float16 CNN pieces ---------------------------------------------------------
@@ -282,7 +284,7 @@ def resnet50_int8(name="resnet50_int8"):
     return g.model([vi], [logits_output(g, y, F32)], 17, 8)
 
 
-def mobilenet_v2(name="mobilenet_v2"):
+def mobilenet_v2(name="mobilenet_v2", classes=1000):
     g = Graph(name)
     vi, x = image_input(g, F32)
     x = conv_bn(g, x, 3, 32, 3, 2, act="relu6", name="features.0")
@@ -302,8 +304,8 @@ def mobilenet_v2(name="mobilenet_v2"):
             cin, i = c, i + 1
     x = conv_bn(g, x, cin, 1280, 1, act="relu6", name=f"features.{i}")
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x], name="avgpool")], name="flatten", axis=1)
-    gemm(g, x, 1280, 1000, "classifier.1")
-    return g.model([vi], [logits_output(g, None, F32)], 17, 8)
+    gemm(g, x, 1280, classes, "classifier.1")
+    return g.model([vi], [logits_output(g, None, F32, classes)], 17, 8)
 
 
 def vit_b16(name="vit_b16", int8=False):
@@ -550,11 +552,12 @@ BUILDERS = {
     "vit_b16": vit_b16,
     "vit_b16_int8": lambda: vit_b16("vit_b16_int8", int8=True),
     "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v2_21k": lambda: mobilenet_v2("mobilenet_v2_21k", 21843),
 }
 NAMES = list(BUILDERS) + list(LLM_SHAPES)
 # Bytes of weights, for the disk check (both storages: twice).
 APPROX = {"vgg16": 553e6, "resnet50": 102e6, "resnet50_fp16": 51e6, "resnet50_int8": 26e6, "vit_b16": 346e6,
-          "vit_b16_int8": 88e6, "mobilenet_v2": 14e6}
+          "vit_b16_int8": 88e6, "mobilenet_v2": 14e6, "mobilenet_v2_21k": 126e6}
 
 
 def du(folder):

@@ -28,6 +28,8 @@ keeps the activations in range; the LLMs' 4-bit values are random bytes.
                   group = channels, BatchNormalization, ReLU6 as Clip); float32, ~13.5 MiB
   mobilenet_v2_21k  the same with a head of 21,843 classes (as ImageNet-21k classifiers): one
                   107 MiB Gemm weight beside 9 MiB of small tensors; float32, ~116 MiB
+  mobilenet_v2_10k, mobilenet_v2_4k  heads of 10,000 and 4,096 classes (49 and 20 MiB
+                  weights); ~58 and ~29 MiB
   llm_2g          a decoder stack shaped like Phi-3-mini (d 3072, 32 layers, 32 heads of 96,
                   MLP 8192, vocabulary 32064): float16 embedding Gather, per layer
                   SimplifiedLayerNormalization (RMSNorm), Q/K/V/O and gate/up/down as
@@ -553,11 +555,14 @@ BUILDERS = {
     "vit_b16_int8": lambda: vit_b16("vit_b16_int8", int8=True),
     "mobilenet_v2": mobilenet_v2,
     "mobilenet_v2_21k": lambda: mobilenet_v2("mobilenet_v2_21k", 21843),
+    "mobilenet_v2_10k": lambda: mobilenet_v2("mobilenet_v2_10k", 10000),
+    "mobilenet_v2_4k": lambda: mobilenet_v2("mobilenet_v2_4k", 4096),
 }
 NAMES = list(BUILDERS) + list(LLM_SHAPES)
 # Bytes of weights, for the disk check (both storages: twice).
 APPROX = {"vgg16": 553e6, "resnet50": 102e6, "resnet50_fp16": 51e6, "resnet50_int8": 26e6, "vit_b16": 346e6,
-          "vit_b16_int8": 88e6, "mobilenet_v2": 14e6, "mobilenet_v2_21k": 126e6}
+          "vit_b16_int8": 88e6, "mobilenet_v2": 14e6, "mobilenet_v2_21k": 126e6,
+          "mobilenet_v2_10k": 60e6, "mobilenet_v2_4k": 30e6}
 
 
 def du(folder):

@@ -1,5 +1,5 @@
 // Models over the size from which Node spreads the work over worker threads (16 MiB per
-// covered file): a ~70 MB model written here (a raw_data weight, a float_data weight and an
+// covered file): a ~95 MB model written here (a raw_data weight, a float_data weight and an
 // external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
 // format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
 // (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
@@ -43,8 +43,8 @@ function valueInfo(name, dims) {
 /** model.onnx and w2.bin in `dir`: Y_i = MatMul(X, W_i) for a raw_data W1, an external W2
  * and a float_data W3. */
 function writeModel(dir) {
-  const K = 1024, N = 6144, N3 = 4160;
-  const w1 = concat([packed(1, [K, N]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N, 1))]);
+  const K = 1024, N1 = 12800, N = 6144, N3 = 4160;
+  const w1 = concat([packed(1, [K, N1]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N1, 1))]);
   const w2data = floats(K * N, 2);
   fs.writeFileSync(path.join(dir, "w2.bin"), w2data);
   const entry = (k, v) => lengthDelimited(13, concat([str(1, k), str(2, v)]));
@@ -55,7 +55,7 @@ function writeModel(dir) {
     node("W1", "Y1"), node("W2", "Y2"), node("W3", "Y3"), str(2, "large"),
     lengthDelimited(5, w1), lengthDelimited(5, w2), lengthDelimited(5, w3),
     lengthDelimited(11, valueInfo("X", [1, K])),
-    lengthDelimited(12, valueInfo("Y1", [1, N])), lengthDelimited(12, valueInfo("Y2", [1, N])), lengthDelimited(12, valueInfo("Y3", [1, N3])),
+    lengthDelimited(12, valueInfo("Y1", [1, N1])), lengthDelimited(12, valueInfo("Y2", [1, N])), lengthDelimited(12, valueInfo("Y3", [1, N3])),
   ]);
   const model = concat([varintField(1, 8), lengthDelimited(7, graph), lengthDelimited(8, concat([str(1, ""), varintField(2, 13)]))]);
   fs.writeFileSync(path.join(dir, "model.onnx"), model);
@@ -133,9 +133,9 @@ test("large models: decrypted byte for byte through the worker threads, from sha
       fs.copyFileSync(path.join(outDir, "w2.bin"), path.join(changedDir, "w2.bin"));
       for (const engine of ENGINES) await assert.rejects(decryptFile(path.join(changedDir, "model.onnx"), { key: keyText, engine }), Modified);
       if (name === "ctr") {
-        // A session from the file as well (by the native engine, W1's 24 MiB are filled on
-        // demand for it: byte 10,000,000 is inside them, 30,000,000 inside W3).
-        for (const at of [10_000_000, 30_000_000]) {
+        // A session from the file as well (by the native engine, W1's 50 MiB are filled on
+        // demand for it: byte 10,000,000 is inside them, 60,000,000 inside W3).
+        for (const at of [10_000_000, 60_000_000]) {
           const m = Uint8Array.from(shared.model);
           m[at] ^= 4;
           fs.writeFileSync(path.join(changedDir, "model.onnx"), m);
@@ -174,7 +174,7 @@ test("large models: decrypted byte for byte through the worker threads, from sha
   }
 });
 
-// A label-locked model whose weights are mostly one tensor of 24 MiB: the native engine hands
+// A label-locked model whose weights are one tensor of 50 MiB: the native engine hands
 // onnxruntime-node a graph without weight bytes (the tensor filled on demand), and below the
 // top tier the Rust core refuses it before anything reaches onnxruntime.
 test("a label-locked model opened as a graph is refused below its top tier by the native engine", {
@@ -182,7 +182,7 @@ test("a label-locked model opened as a graph is refused below its top tier by th
 }, async () => {
   const dir = tempDir();
   try {
-    const K = 1024, N = 6144;
+    const K = 1024, N = 12800;
     const w1 = concat([packed(1, [K, N]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N, 1))]);
     const node = lengthDelimited(1, concat([str(1, "X"), str(1, "W1"), str(2, "Y"), str(3, "head"), str(4, "MatMul")]));
     const graph = concat([node, str(2, "head"), lengthDelimited(5, w1), lengthDelimited(11, valueInfo("X", [1, K])), lengthDelimited(12, valueInfo("Y", [1, N]))]);

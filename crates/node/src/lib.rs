@@ -317,14 +317,20 @@ pub fn version() -> &'static str {
 /// A tensor at least this long is large for [`weights_mostly_large`] (four region blocks).
 const LARGE: u64 = 16 << 20;
 
+/// Large tensors holding fewer bytes than this do not repay the region's fixed cost (about
+/// 70 ms of a session): a MobileNetV2 with one 20 MiB weight opened at 1.43× onnxruntime-node's
+/// time filled on demand, 0.98× decrypted whole; with one 49 MiB weight 1.11× and 0.90×, at
+/// 1.09× and 1.28× its peak RSS (docs/performance.md).
+const LARGE_MIN_TOTAL: u64 = 48 << 20;
+
 /// Whether tensors of at least [`LARGE`] bytes hold most of the bytes of the model file's
-/// tensors of 64 KiB or more (`false` for a file that cannot be read: the load then says
-/// why). Only then, and where memory can be filled on demand (decrypted whole first, the
-/// weights would sit beside onnxruntime-node's copies of them, as when it parses the model),
-/// are the model file's weights filled on demand for a session:
-/// onnxruntime-node (1.30) copies tensors given in memory in an order of its own, not the
-/// file's, and a block dropped after one tensor is filled again for the next tensor in it,
-/// which costs more time than it saves memory when most tensors span a block or two
+/// tensors of 64 KiB or more, and [`LARGE_MIN_TOTAL`] at least (`false` for a file that
+/// cannot be read: the load then says why). Only then, and where memory can be filled on
+/// demand (decrypted whole first, the weights would sit beside onnxruntime-node's copies of
+/// them, as when it parses the model), are the model file's weights filled on demand for a
+/// session: onnxruntime-node (1.30) copies tensors given in memory in an order of its own,
+/// not the file's, and a block dropped after one tensor is filled again for the next tensor
+/// in it, which costs more time than it saves memory when most tensors span a block or two
 /// (docs/performance.md).
 fn weights_mostly_large(path: &std::path::Path) -> bool {
     let Ok(model) = Model::open(path) else { return false };
@@ -340,7 +346,7 @@ fn weights_mostly_large(path: &std::path::Path) -> bool {
             }
         }
     }
-    large > all / 2
+    large > all / 2 && large >= LARGE_MIN_TOTAL
 }
 
 /// The graph and the buffers of a session from `m` (indexed by `index`): every large tensor

@@ -244,6 +244,16 @@ impl SignArgs {
     }
 }
 
+/// What a model is checked with (`verify`, `check`): a key, if any (with the licence it
+/// needs), and the publishers whose signature it must carry.
+#[derive(clap::Args)]
+pub struct VerifyWith {
+    #[command(flatten)]
+    pub key: OpenKeyArgs,
+    #[command(flatten)]
+    pub signers: SignerArgs,
+}
+
 /// Publishers whose signature a model must carry.
 #[derive(clap::Args, Default)]
 pub struct SignerArgs {

@@ -8,7 +8,7 @@ use onnx_protect_core::check::{check_model, reasons, CheckOptions, ModelCheck};
 use onnx_protect_core::error::LicenceKind;
 use onnx_protect_core::summary::ProtectionKind;
 
-use crate::args::key::{OpenKeyArgs, SignerArgs};
+use crate::args::key::{SignerArgs, VerifyWith};
 use crate::args::output::OutputArgs;
 use crate::args::policy::load_policy;
 use crate::exit::{self, usage};
@@ -47,12 +47,11 @@ pub struct Args {
     /// Let a format-1 model pass (only its encrypted spans are authenticated); it fails by default.
     #[arg(long = "allow-format-1")]
     allow_format_1: bool,
-    /// Verify the MACs with this key (every byte, as `verify --key-file` does), not only the
-    /// keyless digest; with the licence it needs for a model encrypted with --licence-authority.
+    /// The key to verify the MACs with (every byte, as `verify --key-file` does), not only the
+    /// keyless digest, with the licence it needs for a model encrypted with
+    /// --licence-authority; the signers required.
     #[command(flatten)]
-    key: OpenKeyArgs,
-    #[command(flatten)]
-    signers: SignerArgs,
+    with: VerifyWith,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -158,12 +157,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let policy =
         if use_policy { Some(load_policy(a.policy.as_ref(), &a.coefficient, &a.mode, &a.subsequences)?) } else { None };
     let bar = Bar::new(a.out.quiet);
-    let key = a.key.key.source()?;
-    if a.key.licence.licence.is_some() && key.is_none() {
+    let key = a.with.key.key.source()?;
+    if a.with.key.licence.licence.is_some() && key.is_none() {
         usage!("--licence goes with the key that opens the model: give a key option (--key-file, --identity, ...)");
     }
-    let key = key.map(|k| a.key.licence.apply(k)).transpose()?;
-    let (ed25519, pem): (Vec<String>, Vec<String>) = a.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
+    let key = key.map(|k| a.with.key.licence.apply(k)).transpose()?;
+    let (ed25519, pem): (Vec<String>, Vec<String>) =
+        a.with.signers.signer.iter().cloned().partition(|s| !is_pem_file(s));
     let signers = SignerArgs { signer: ed25519 }.signers()?;
     let bundle_signers =
         pem.iter().map(|p| crate::common::read_public(std::path::Path::new(p))).collect::<Result<Vec<_>>>()?;

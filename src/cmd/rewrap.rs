@@ -17,9 +17,6 @@ use crate::progress::Bar;
 pub struct Args {
     #[command(flatten)]
     entry: EntryArgs,
-    /// Rewrite the input in place: only its manifest entry, at the end of the file, is rewritten.
-    #[arg(long)]
-    in_place: bool,
     /// The top-tier key (or passphrase, or identity) that opens the model now.
     #[command(flatten)]
     key: OpenKeyArgs,
@@ -35,7 +32,7 @@ pub struct Args {
 /// (docs/format.md §16).
 fn rewrap_folder(a: &Args) -> Result<ExitCode> {
     let dir = a.entry.input.display().to_string();
-    if !a.in_place || a.entry.output.is_some() {
+    if !a.entry.in_place || a.entry.output.is_some() {
         usage!("{dir} is a model folder, which is rewrapped in place: pass --in-place (and no -o)");
     }
     if a.write.force {
@@ -86,10 +83,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let output = a.entry.target();
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
-    let opts = c.options(a.in_place, a.write.rules(), &bar);
+    let opts = c.options(a.entry.in_place, a.write.rules(), &bar);
     // An earlier in-place rewrap of the model that a crash interrupted is finished (or
     // undone) first, here, so that it is reported whether this one succeeds or not.
-    let earlier = if a.in_place {
+    let earlier = if a.entry.in_place {
         journal::recover(&a.entry.input).with_context(|| format!("rewrap {}", a.entry.input.display()))?
     } else {
         journal::finish_interrupted(&a.entry.input)

@@ -15,9 +15,6 @@ use crate::progress::Bar;
 pub struct Args {
     #[command(flatten)]
     entry: EntryArgs,
-    /// Replace the input's manifest entry (only the file's tail is written... a copy is staged and renamed).
-    #[arg(long)]
-    in_place: bool,
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
@@ -35,7 +32,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let output = a.entry.target();
     let created = crate::dest::missing(crate::dest::dir_of(&output));
     let bar = Bar::new(a.out.quiet);
-    let r = protect::sign(&a.entry.input, &output, &keys, a.in_place, &a.write.rules(), &bar)
+    let r = protect::sign(&a.entry.input, &output, &keys, a.entry.in_place, &a.write.rules(), &bar)
         .with_context(|| format!("sign {}", a.entry.input.display()))?;
     crate::dest::note_created(created, a.out.quiet);
     a.out.report(&r, false, || format!("signed -> {} (signers: {})", r.output, r.signers.join(", ")))?;

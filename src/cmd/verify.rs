@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use onnx_protect_core::protect;
 
-use crate::args::key::{OpenKeyArgs, SignerArgs};
+use crate::args::key::VerifyWith;
 use crate::args::output::OutputArgs;
 use crate::progress::Bar;
 use crate::stdio::{self, input_name};
@@ -16,18 +16,16 @@ pub struct Args {
     /// The protected model; `-` reads it from standard input (no external data).
     input: PathBuf,
     #[command(flatten)]
-    key: OpenKeyArgs,
-    #[command(flatten)]
-    signers: SignerArgs,
+    with: VerifyWith,
     #[command(flatten)]
     out: OutputArgs,
 }
 
 /// `verify DIR`: a protected model folder (docs/format.md §16).
 fn verify_folder(a: &Args) -> Result<ExitCode> {
-    let key = a.key.source()?;
+    let key = a.with.key.source()?;
     let bar = Bar::new(a.out.quiet);
-    let signers = a.signers.signers()?;
+    let signers = a.with.signers.signers()?;
     let r = onnx_protect_folder::verify(&a.input, key.as_ref(), &signers, &bar)
         .with_context(|| format!("verify {}", a.input.display()))?;
     for m in &r.models {
@@ -57,10 +55,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if !stdio::is_stdio(&a.input) && a.input.is_dir() {
         return verify_folder(&a);
     }
-    let key = a.key.source()?;
+    let key = a.with.key.source()?;
     let input = stdio::Input::new(&a.input)?;
     let bar = Bar::new(a.out.quiet);
-    let signers = a.signers.signers()?;
+    let signers = a.with.signers.signers()?;
     let mut r = protect::verify_signed(input.path(), key.as_ref(), &signers, &bar)
         .with_context(|| format!("verify {}", input_name(&a.input)))?;
     r.input = a.input.display().to_string();

@@ -132,7 +132,8 @@ mod with_tract {
 
     /// `--tier-levels 0.3,0.7` fitted on the training split: the fit reports levels within
     /// 0.05 of the asked accuracies on that split, and encryptions with the fitted shares land
-    /// within 0.15 of them on the test split (mean over 6 keys).
+    /// within 0.15 of them on the test split (mean over 40 keys: each encryption draws its own
+    /// data keys, and over 6 one run in several missed tier 1 by 0.16).
     #[test]
     fn tier_levels_land_near_the_asked_accuracy() {
         let x = root().join("fixtures/digits/train_x.npy");
@@ -170,7 +171,8 @@ mod with_tract {
         policy.set_tiers(3).unwrap();
         policy.set_tier_shares(&shares).unwrap();
         policy.tier_order = TierOrder::parse(fit["order"].as_str().unwrap()).unwrap();
-        let m = means(&ladders(&cnn(), &policy, 6));
+        let m = means(&ladders(&cnn(), &policy, 40));
+        eprintln!("fitted tier levels, mean over 40 keys: {m:?}");
         for (t, level) in [(1, 0.3), (2, 0.7)] {
             assert!((m[t] - level * m[3]).abs() <= 0.15, "tier {t}: {m:?}, asked {level} of {}", m[3]);
         }

@@ -317,7 +317,7 @@ pub fn version() -> &'static str {
 /// A tensor at least this long is large for [`weights_mostly_large`] (four region blocks).
 const LARGE: u64 = 16 << 20;
 
-/// Large tensors holding fewer bytes than this do not repay the region's fixed cost (40–75 ms
+/// Large tensors holding fewer bytes than this do not repay this path's fixed cost in Node (40–75 ms
 /// of a session): a MobileNetV2 with one 20 MiB weight opened at 1.43× onnxruntime-node's
 /// time filled on demand, 0.98× decrypted whole; with one 49 MiB weight 1.11× and 0.90×, at
 /// 1.09× and 1.28× its peak RSS (docs/performance.md).

@@ -146,11 +146,11 @@ export async function decryptFile(file: string, opts: FileOptions = {}): Promise
 }
 
 /** `createSession` from the protected model at `file` (read as `decryptFile` reads it). By
- * the native engine, where the system allows it the external data is memory filled on
- * demand as onnxruntime reads it (every chunk checked against its hash first), and so are
- * the model file's own weights when tensors of 16 MiB or more hold most of them (onnxruntime
- * then gets a graph without those bytes); every chunk is verified before the session is
- * returned. */
+ * the native engine onnxruntime gets a graph without weight bytes and the tensors as external
+ * data in memory; where the system allows it the external data is memory filled on demand as
+ * onnxruntime reads it (every chunk checked against its hash first), and so are the model
+ * file's own weights when tensors of 16 MiB or more hold most of them; every chunk is
+ * verified before the session is returned. */
 export async function createSessionFromFile<S>(
   ort: OrtLike<S>, file: string, opts: FileOptions = {}, sessionOptions?: Record<string, unknown>,
 ): Promise<SessionResult<S>> {

@@ -214,10 +214,14 @@ impl Task for Decrypt {
             .on_demand(self.on_demand)
             // onnxruntime-node (to 1.30) copies external data given in memory, once.
             .read_once(true);
-        if self.on_demand && onnx_protect_core::memory::on_demand_available() && weights_mostly_large(&self.path) {
+        if self.on_demand {
             // A session: the graph and its buffers (a label-locked model below its top tier
-            // is refused here, as its scores would come in locked order).
-            let (m, index) = opening.model_on_demand(true).load_for_session().map_err(at)?;
+            // is refused here, as its scores would come in locked order). A graph without
+            // weight bytes spares onnxruntime-node a parse holding a copy of every tensor
+            // beside the decrypted ones (ViT-B/16: 1.22× onnxruntime-node's peak RSS
+            // against 1.53× for the decrypted model parsed, docs/performance.md).
+            let large = onnx_protect_core::memory::on_demand_available() && weights_mostly_large(&self.path);
+            let (m, index) = opening.model_on_demand(large).load_for_session().map_err(at)?;
             return session_files(m, &index).map_err(at);
         }
         let m = opening.load().map_err(at)?;
@@ -319,16 +323,16 @@ const LARGE: u64 = 16 << 20;
 
 /// Large tensors holding fewer bytes than this do not repay this path's fixed cost in Node (40–75 ms
 /// of a session): a MobileNetV2 with one 20 MiB weight opened at 1.43× onnxruntime-node's
-/// time filled on demand, 0.98× decrypted whole; with one 49 MiB weight 1.11× and 0.90×, at
+/// time filled on demand, 0.98× decrypted whole and parsed; with one 49 MiB weight 1.11× and 0.90×, at
 /// 1.09× and 1.28× its peak RSS (docs/performance.md).
 const LARGE_MIN_TOTAL: u64 = 48 << 20;
 
 /// Whether tensors of at least [`LARGE`] bytes hold most of the bytes of the model file's
 /// tensors of 64 KiB or more, and [`LARGE_MIN_TOTAL`] at least (`false` for a file that
 /// cannot be read: the load then says why). Only then, and where memory can be filled on
-/// demand (decrypted whole first, the weights would sit beside onnxruntime-node's copies of
-/// them, as when it parses the model), are the model file's weights filled on demand for a
-/// session: onnxruntime-node (1.30) copies tensors given in memory in an order of its own,
+/// demand, are the model file's weights filled on demand for a session (else the file is
+/// decrypted whole and its tensors handed over from that buffer, which stays until the
+/// session is built): onnxruntime-node (1.30) copies tensors given in memory in an order of its own,
 /// not the file's, and a block dropped after one tensor is filled again for the next tensor
 /// in it, which costs more time than it saves memory when most tensors span a block or two
 /// (docs/performance.md).

@@ -299,10 +299,8 @@ fn rekey_in_place_rewrites_external_data_too() {
     let names = ["model.onnx", "weights.bin", "extra.bin"];
     let read_all = || names.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect::<Vec<_>>();
     let original = read_all();
-    let keys = tempfile::tempdir().unwrap();
-    let (old, new) = (keys.path().join("old.key"), keys.path().join("new.key"));
-    run(&["keygen", "-o", old.to_str().unwrap()]);
-    run(&["keygen", "-o", new.to_str().unwrap()]);
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (old, new) = (crate::util::keygen_in(old_dir.path()), crate::util::keygen_in(new_dir.path()));
     let (m, k, n) = (model.to_str().unwrap(), old.to_str().unwrap(), new.to_str().unwrap());
     let (code, _, err) = run(&["encrypt", m, "--in-place", "--key-file", k, "--coefficient", "*=0.5"]);
     assert_eq!(code, 0, "{err}");

@@ -67,9 +67,21 @@ const MODEL_MIN: u64 = 16 << 20;
 /// Digest chunks larger than this are not filled on demand (a block holds a whole chunk).
 const MAX_CHUNK: u64 = 64 << 20;
 
-/// The budget is the largest external tensor and this many blocks more (the blocks it
-/// starts and ends in, and room for filling ahead of the reader).
+/// The budget is the largest external tensor and this many blocks more at most (the block
+/// it ends in past its length, and room for filling ahead of the reader); see [`slack`].
 const BUDGET_SLACK: u64 = 4;
+
+/// The budget's blocks past the largest tensor in a region of `blocks` blocks: an eighth of
+/// them, two at least (the block the tensor ends in, and one ahead), [`BUDGET_SLACK`] at
+/// most. In a small region a fixed slack would keep most of it filled while onnxruntime
+/// holds its own copies (a 25 MiB int8 ResNet-50 with external data: 1.24× the plain
+/// session's peak RSS with four, 1.15× with two), and a reader that spends longer on each
+/// byte (int8, fp16) needs less room ahead; a large one read at onnxruntime's fp32 pace does
+/// (ViT-B/16, 330 MiB: 1.02–1.03× the plain session's time with four, 1.12–1.13× with two;
+/// docs/performance.md). A reader that copies each byte once keeps [`BUDGET_SLACK`].
+fn slack(blocks: usize) -> u64 {
+    (blocks as u64 / 8).clamp(2, BUDGET_SLACK)
+}
 
 /// Blocks wholly inside a table only gathered from stay filled after `settle` within this
 /// many blocks (a runtime reads rows of them, a block for each new row's block: without a
@@ -223,7 +235,8 @@ fn on_demand(
         .unwrap_or(0);
     // A reader that copies each byte once needs no tensor kept whole.
     let kept = if read_once { 0 } else { largest.div_ceil(block) };
-    let budget = usize::try_from((kept + BUDGET_SLACK) * block).unwrap_or(usize::MAX);
+    let slack = if read_once { BUDGET_SLACK } else { slack(first_block) };
+    let budget = usize::try_from((kept + slack) * block).unwrap_or(usize::MAX);
     let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
     let region_len = first_block.checked_mul(block_len).ok_or_else(too_large)?;
     // The region first, then what fills it: `d` is still whole if the region cannot be made.

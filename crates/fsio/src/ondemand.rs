@@ -202,6 +202,10 @@ impl OnDemand {
         map.advise(libc::MADV_NOHUGEPAGE);
         map.advise(libc::MADV_DONTDUMP);
         let zeros = Map::new(block)?;
+        // The handler's buffer (the block after the last) is made present before the map is
+        // registered, as ordinary pages, so that nothing touching it waits for the handler
+        // (sooner than copying a block of zeros in through the `userfaultfd`).
+        map.populate(blocks * block, block);
         let mut reg = abi::Register {
             range: abi::Range { start: map.addr as u64, len: map_len as u64 },
             mode: abi::UFFDIO_REGISTER_MODE_MISSING,
@@ -255,8 +259,6 @@ impl OnDemand {
             zeros: zeros.addr,
             state: Mutex::new(State { filler, book }),
         });
-        // The buffer block is made present before the handler (or anything) can touch it.
-        region.try_copy_in(blocks, 0, region.zeros as *const u8, block)?;
         lock(&region.state).book.scratch.iter_mut().for_each(|p| *p = true);
         let (r, s) = (Arc::clone(&region), stop.as_raw_fd());
         let thread = std::thread::Builder::new().name("onnx-protect-fill".into()).spawn(move || r.serve(s))?;
@@ -460,16 +462,8 @@ impl Region {
     /// Installs `len` bytes (whole pages) from `src` at `offset` of block `b` (which may be
     /// the handler's buffer) by copying, waking its readers.
     fn copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) {
-        if let Err(e) = self.try_copy_in(b, offset, src, len) {
+        if let (_, Some(e)) = self.transfer(abi::UFFDIO_COPY, self.at(b, offset) as usize, src as usize, len) {
             fatal(&format!("installing a block of decrypted memory failed: {e}"))
-        }
-    }
-
-    /// [`Self::copy_in`], or why it failed.
-    fn try_copy_in(&self, b: usize, offset: usize, src: *const u8, len: usize) -> io::Result<()> {
-        match self.transfer(abi::UFFDIO_COPY, self.at(b, offset) as usize, src as usize, len) {
-            (_, None) => Ok(()),
-            (_, Some(e)) => Err(e),
         }
     }
 

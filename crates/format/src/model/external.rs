@@ -180,6 +180,9 @@ impl Model {
     /// (`None`: no such file), without touching the disk.
     pub(super) fn resolve_external(&mut self, pending: Vec<PendingExternal>, sizes: Option<&Sizes<'_>>) -> Result<()> {
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        // Each location is resolved once: a file holds many tensors, and resolving walks
+        // every component of the path (a `readlink` each).
+        let mut resolved: HashMap<String, PathBuf> = HashMap::new();
         // The model file itself, as external data paths are resolved (canonical).
         let model_file = match (&self.path, pending.is_empty()) {
             (Some(p), false) => std::fs::canonicalize(p).ok(),
@@ -196,7 +199,14 @@ impl Model {
                     let Some(dir) = self.dir.clone() else {
                         return Err(FormatError::ExternalWithoutDir { tensor: tensor_name, location: pe.location });
                     };
-                    let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+                    let path = match resolved.get(&pe.location) {
+                        Some(path) => path.clone(),
+                        None => {
+                            let path = resolve_location(&dir, &pe.location, &tensor_name)?;
+                            resolved.insert(pe.location.clone(), path.clone());
+                            path
+                        }
+                    };
                     if model_file.as_ref() == Some(&path) {
                         // Its bytes would be read as weights, and writing the side file next to
                         // an output would overwrite the output model.

@@ -61,6 +61,20 @@ impl Map {
         unsafe { libc::madvise(self.addr as *mut libc::c_void, self.len, advice) };
     }
 
+    /// Makes the `len` bytes from `offset` (whole pages of the map) present, as zeros.
+    pub(super) fn populate(&self, offset: usize, len: usize) {
+        let start = self.addr + offset;
+        // SAFETY: advice on whole pages of the map this value owns.
+        let done = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } == 0;
+        if !done {
+            // Kernels before 5.14: a write to each page.
+            for p in (start..start + len).step_by(page_size()) {
+                // SAFETY: `p` is inside the map this value owns, readable and writable.
+                unsafe { std::ptr::write_volatile(p as *mut u8, 0) };
+            }
+        }
+    }
+
     pub(super) fn into_addr(self) -> usize {
         let a = self.addr;
         std::mem::forget(self);

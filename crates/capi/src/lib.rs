@@ -358,6 +358,13 @@ pub extern "C" fn onnx_protect_status_name(status: i32) -> *const c_char {
         11 => c"output",
         12 => c"other",
         13 => c"panic",
+        14 => c"licence_missing",
+        15 => c"licence_bad_signature",
+        16 => c"licence_expired",
+        17 => c"licence_not_yet_valid",
+        18 => c"licence_wrong_model",
+        19 => c"licence_wrong_device",
+        20 => c"licence_clock",
         _ => c"unknown",
     };
     name.as_ptr()
@@ -410,6 +417,14 @@ mod tests {
             (OnnxProtectStatus::Output, "output"),
             (OnnxProtectStatus::Other, "other"),
             (OnnxProtectStatus::Panic, "panic"),
+            // The licence refusals, named as the command line's JSON names their kinds.
+            (OnnxProtectStatus::LicenceMissing, "licence_missing"),
+            (OnnxProtectStatus::LicenceBadSignature, "licence_bad_signature"),
+            (OnnxProtectStatus::LicenceExpired, "licence_expired"),
+            (OnnxProtectStatus::LicenceNotYetValid, "licence_not_yet_valid"),
+            (OnnxProtectStatus::LicenceWrongModel, "licence_wrong_model"),
+            (OnnxProtectStatus::LicenceWrongDevice, "licence_wrong_device"),
+            (OnnxProtectStatus::LicenceClock, "licence_clock"),
         ];
         for (s, name) in all {
             // SAFETY: status names are static C strings.

@@ -5,9 +5,9 @@
 //! (innermost scope first). A constant passed through a *pass-through* operator is
 //! still that constant: its data input flows to the output rearranged, converted
 //! or cut, never combined with other values. The pass-through operators and their
-//! data inputs are `DequantizeLinear`, `Cast`, `Transpose`, `Reshape`, `Identity`,
-//! `Squeeze`, `Unsqueeze`, `Flatten`, `Slice`, `Split`, `Expand`, `Tile` (input 0)
-//! and `Concat` (every input). So a recurrent weight `R` that an exporter builds at
+//! data inputs are `DequantizeLinear`, `QuantizeLinear`, `Cast`, `Transpose`,
+//! `Reshape`, `Identity`, `Squeeze`, `Unsqueeze`, `Flatten`, `Slice`, `Split`,
+//! `Expand`, `Tile` (input 0) and `Concat` (every input). So a recurrent weight `R` that an exporter builds at
 //! run time from a constant with `Slice`, `Concat` and `Unsqueeze` is that constant.
 //!
 //! A *weight* is a constant that an operator consumes, other than through a

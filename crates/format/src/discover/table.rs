@@ -35,7 +35,7 @@ impl WeightKind {
 /// | --- | --- |
 /// | `weight` | the main operand of `Conv`, `ConvTranspose`, `Gemm`, `MatMul` and their quantized forms |
 /// | `embedding` | the table of a `Gather` |
-/// | `recurrent` | the `W` or `R` of an `LSTM`, `GRU` or `RNN` |
+/// | `recurrent` | the `W` or `R` of an `LSTM`, `GRU`, `RNN` or `DynamicQuantizeLSTM` |
 /// | `bias` | a bias input (`Conv`/`ConvTranspose` `B`, `Gemm` `C`, recurrent `B`, `QLinearConv` `B`), or a constant of more than one element fed to `Add` or `Sub` with at most one dimension above 1 (a PyTorch Linear bias after `MatMul`) |
 /// | `position-embedding` | a constant fed to `Add` with two or more dimensions above 1 (`[1, T, D]`: added to a token sequence) |
 /// | `norm` | a parameter of `BatchNormalization`, `LayerNormalization`, `InstanceNormalization`, `GroupNormalization` or `RMSNormalization` |

@@ -27,7 +27,8 @@ the default; on Linux, external data filled on demand as onnxruntime reads it),
 copies) and `load only` (`onnx_protect.load` of the protected model, no session: every byte
 verified and decrypted whole into memory). With --no-prepacking, also `plain` and
 `protected` with onnxruntime's `session.disable_prepacking` (onnxruntime then keeps no packed
-copy of MatMul weights beside the ones it is given). With --other PYTHON, also `protected`
+copy of MatMul weights beside the ones it is given), whose ratios are taken against
+`plain, no prepacking` (`ort protected, no prepacking` against `ort plain, no prepacking`). With --other PYTHON, also `protected`
 and `load only` run by that interpreter (a virtual environment with another build of
 onnx_protect), interleaved with the rest: two builds side by side. Each build reads a protected copy
 that it wrote itself (a build may not read what a newer one writes). `--variants` names the
@@ -221,11 +222,14 @@ NODE = ["node plain", "node protected"]
 
 def reference(variant, runs):
     """The variant a variant's ratios are taken against: "ort plain" for the ort crate's
-    variants and "node plain" for onnxruntime-node's where they ran, else "plain"."""
+    variants and "node plain" for onnxruntime-node's where they ran, else "plain"; for a
+    variant with prepacking off, that plain variant with prepacking off where it ran."""
+    plain = "plain"
     for runtime in ("ort", "node"):
         if variant.startswith(runtime + " ") and f"{runtime} plain" in runs:
-            return f"{runtime} plain"
-    return "plain"
+            plain = f"{runtime} plain"
+    off = f"{plain}, no prepacking"
+    return off if variant.endswith(", no prepacking") and off in runs else plain
 
 
 def session_models(folder, selected):

@@ -473,6 +473,29 @@ def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_
     assert lazy.run(None, {"x": x})[0].tobytes() == want
 
 
+def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_read_with_the_plain_outputs(tmp_path):
+    """With prepacking off onnxruntime reads most weights only in its first run, after the
+    region settled (27 MiB of weights here, more than the budget while the session is
+    built): every run gives the plain file's outputs with the same options."""
+    plain = chain_model(tmp_path / "plain", 3, 1536, seed=5)
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key)
+    x = np.random.default_rng(6).standard_normal((2, 1536)).astype(np.float32)
+
+    def options():
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        return so
+
+    want = ort.InferenceSession(str(plain), options(), providers=CPU).run(None, {"x": x})[0].tobytes()
+    s = op.InferenceSession(enc, options(), CPU, key=key)
+    assert s._onnx_protect_buffers[0].external_method in ("on_demand", "memory")
+    assert s.run(None, {"x": x})[0].tobytes() == want
+    assert s.run(None, {"x": x})[0].tobytes() == want
+
+
 @pytest.mark.parametrize("how", ["on demand", "whole", "no prepacking"])
 def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_path):
     """The header lists every external chunk's hash: filled on demand, a changed chunk is

@@ -102,6 +102,15 @@ def test_every_fixture_and_zoo_model_gives_the_plain_session_s_outputs(model, wa
             assert bool(shared) == bool(in_place), "the digits models' MatMul/Gemm weights are used in place when asked"
 
 
+def encrypted(plain, tmp_path, **kw):
+    """`plain` protected with a new key into tmp_path/enc/model.onnx: (that path, the key)."""
+    key = op.new_key()
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key=key, **kw)
+    return enc, key
+
+
 def transposed_model(folder):
     """y = x · Transpose(W) · V, W and V float32 in an external file: onnxruntime folds
     Transpose(W) into a constant while it optimises the graph."""
@@ -125,10 +134,7 @@ def transposed_model(folder):
 
 def test_files_a_transposed_external_weight_is_right_and_the_graph_names_only_files_in_memory(tmp_path, monkeypatch):
     plain = transposed_model(tmp_path / "plain")
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key, coefficient=1)
+    enc, key = encrypted(plain, tmp_path, coefficient=1)
     x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
     want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
     monkeypatch.chdir(enc.parent)
@@ -144,10 +150,7 @@ def test_files_a_transposed_external_weight_is_right_and_the_graph_names_only_fi
 
 def test_a_transposed_external_weight_is_right_and_the_graph_names_no_ciphertext(tmp_path, monkeypatch, initializers_way):
     plain = transposed_model(tmp_path / "plain")
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key, coefficient=1)
+    enc, key = encrypted(plain, tmp_path, coefficient=1)
     assert enc.parent.joinpath("weights.bin").read_bytes() != plain.parent.joinpath("weights.bin").read_bytes()
     x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
     want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
@@ -412,10 +415,7 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
     and filled again. The session's outputs are the plain session's, before and after a
     fork, and in the forked child, whose copy of the weights was filled before the fork."""
     plain = chain_model(tmp_path / "plain", 12, 1024)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     x = np.random.default_rng(3).standard_normal((2, 1024)).astype(np.float32)
     def options():
         so = ort.SessionOptions()
@@ -459,10 +459,7 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
 
 def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_path):
     plain = chain_model(tmp_path / "plain", 3, 256, seed=1)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
     want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0].tobytes()
     whole = op.InferenceSession(enc, key=key, providers=CPU, on_demand=False)
@@ -478,10 +475,7 @@ def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_
     region settled (27 MiB of weights here, more than the budget while the session is
     built): every run gives the plain file's outputs with the same options."""
     plain = chain_model(tmp_path / "plain", 3, 1536, seed=5)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     x = np.random.default_rng(6).standard_normal((2, 1536)).astype(np.float32)
 
     def options():
@@ -504,10 +498,7 @@ def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_
     built and the check when the session is settled finds it; decrypted whole, the load
     fails before the session. No session is returned either way."""
     plain = chain_model(tmp_path / "plain", 3, 1024, seed=2)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     side = enc.parent / "w.bin"
     data = bytearray(side.read_bytes())
     data[len(data) // 2] ^= 0x04
@@ -537,10 +528,7 @@ def test_a_single_file_model_of_16_mib_or_more_has_its_weights_filled_on_demand_
     demand (the graph handed over is built from the rest of the file); outputs equal the
     plain session's, with prepacking on or off, and decrypted whole (`on_demand=False`)."""
     plain = single_file_chain(tmp_path / "plain", 6, 1024, seed=5)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     x = np.random.default_rng(6).standard_normal((2, 1024)).astype(np.float32)
     so = ort.SessionOptions()
     if how == "no prepacking":
@@ -561,10 +549,7 @@ def test_a_changed_byte_of_a_single_file_model_filled_on_demand_gives_no_session
     """The model file's chunks are hashed before anything is handed over: a byte changed
     inside a weight is refused as modified, and no session is returned."""
     plain = single_file_chain(tmp_path / "plain", 6, 1024, seed=7)
-    key = op.new_key()
-    enc = tmp_path / "enc" / "model.onnx"
-    enc.parent.mkdir()
-    op.encrypt(plain, enc, key=key)
+    enc, key = encrypted(plain, tmp_path)
     data = bytearray(enc.read_bytes())
     data[len(data) // 2] ^= 0x04
     enc.write_bytes(bytes(data))

@@ -205,7 +205,7 @@ impl OnDemand {
         // The handler's buffer (the block after the last) is made present before the map is
         // registered, as ordinary pages, so that nothing touching it waits for the handler
         // (sooner than copying a block of zeros in through the `userfaultfd`).
-        map.populate(blocks * block, block);
+        map.populate(blocks * block, block)?;
         let mut reg = abi::Register {
             range: abi::Range { start: map.addr as u64, len: map_len as u64 },
             mode: abi::UFFDIO_REGISTER_MODE_MISSING,

@@ -7,8 +7,9 @@
 //! or cut, never combined with other values. The pass-through operators and their
 //! data inputs are `DequantizeLinear`, `QuantizeLinear`, `Cast`, `Transpose`,
 //! `Reshape`, `Identity`, `Squeeze`, `Unsqueeze`, `Flatten`, `Slice`, `Split`,
-//! `Expand`, `Tile` (input 0) and `Concat` (every input). So a recurrent weight `R` that an exporter builds at
-//! run time from a constant with `Slice`, `Concat` and `Unsqueeze` is that constant.
+//! `Expand`, `Tile` (input 0) and `Concat` (every input). So a recurrent weight `R`
+//! that an exporter builds at run time from a constant with `Slice`, `Concat` and
+//! `Unsqueeze` is that constant.
 //!
 //! A *weight* is a constant that an operator consumes, other than through a
 //! pass-through operator, and that is either

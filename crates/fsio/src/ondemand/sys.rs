@@ -62,17 +62,23 @@ impl Map {
     }
 
     /// Makes the `len` bytes from `offset` (whole pages of the map) present, as zeros.
-    pub(super) fn populate(&self, offset: usize, len: usize) {
+    pub(super) fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
         let start = self.addr + offset;
         // SAFETY: advice on whole pages of the map this value owns.
-        let done = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } == 0;
-        if !done {
-            // Kernels before 5.14: a write to each page.
-            for p in (start..start + len).step_by(page_size()) {
-                // SAFETY: `p` is inside the map this value owns, readable and writable.
-                unsafe { std::ptr::write_volatile(p as *mut u8, 0) };
-            }
+        if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
+            return Ok(());
         }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            // Out of memory, say: the region is not made (its caller decrypts whole instead).
+            return Err(e);
+        }
+        // Kernels before 5.14 do not know the advice: a write to each page.
+        for p in (start..start + len).step_by(page_size()) {
+            // SAFETY: `p` is inside the map this value owns, readable and writable.
+            unsafe { std::ptr::write_volatile(p as *mut u8, 0) };
+        }
+        Ok(())
     }
 
     pub(super) fn into_addr(self) -> usize {

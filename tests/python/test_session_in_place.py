@@ -490,13 +490,14 @@ def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_
     assert s.run(None, {"x": x})[0].tobytes() == want
 
 
-@pytest.mark.parametrize("how", ["on demand", "whole", "no prepacking"])
+@pytest.mark.parametrize("how", ["on demand", "whole", "no prepacking", "verified on read"])
 def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_path):
     """The header lists every external chunk's hash: filled on demand, a changed chunk is
     read as zeros while the session is built and the load then fails as modified (the
-    session is thrown away); with prepacking off the chunk is not read while the session is
-    built and the check when the session is settled finds it; decrypted whole, the load
-    fails before the session. No session is returned either way."""
+    session is thrown away), also when chunks are verified on read (prepacking reads every
+    weight while the session is built); with prepacking off the chunk is not read while the
+    session is built and the check when the session is settled finds it; decrypted whole,
+    the load fails before the session. No session is returned either way."""
     plain = chain_model(tmp_path / "plain", 3, 1024, seed=2)
     enc, key = encrypted(plain, tmp_path)
     side = enc.parent / "w.bin"
@@ -507,9 +508,65 @@ def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_
     if how == "no prepacking":
         so.add_session_config_entry("session.disable_prepacking", "1")
     with pytest.raises(op.OnnxProtectError) as e:
-        op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"))
+        op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"), verify_on_read=(how == "verified on read"))
     assert e.value.kind == "modified", e.value
     assert str(enc) in str(e.value)
+
+
+def test_verified_on_read_with_prepacking_off_gives_the_plain_outputs(tmp_path):
+    plain = chain_model(tmp_path / "plain", 3, 1536, seed=7)
+    enc, key = encrypted(plain, tmp_path)
+    x = np.random.default_rng(8).standard_normal((2, 1536)).astype(np.float32)
+
+    def options():
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        return so
+
+    want = ort.InferenceSession(str(plain), options(), providers=CPU).run(None, {"x": x})[0].tobytes()
+    s = op.InferenceSession(enc, options(), CPU, key=key, verify_on_read=True)
+    assert s.run(None, {"x": x})[0].tobytes() == want
+    assert s.run(None, {"x": x})[0].tobytes() == want
+
+
+# Run by the next test in a child process: a session verified on read, with prepacking
+# off, of a model whose changed chunk nothing read while the session was built.
+VERIFIED_ON_READ_CHILD = """
+import sys
+import numpy as np, onnxruntime as ort, onnx_protect as op
+so = ort.SessionOptions()
+so.add_session_config_entry("session.disable_prepacking", "1")
+s = op.InferenceSession(sys.argv[1], so, ["CPUExecutionProvider"], key_file=sys.argv[2], verify_on_read=True)
+print("opened", s._onnx_protect_buffers[0].external_method, flush=True)
+y = s.run(None, {"x": np.ones((2, 1024), np.float32)})[0]
+print("ran", float(y.sum()), flush=True)
+"""
+
+
+def test_verified_on_read_a_changed_chunk_first_read_in_a_run_ends_the_process_with_one_line(tmp_path):
+    """With prepacking off onnxruntime reads the weights in its first run: the changed
+    chunk is found there, and the process ends (abort) after one line naming the file and
+    the bytes, before any output is computed from it."""
+    import subprocess
+    import sys
+
+    plain = chain_model(tmp_path / "plain", 3, 1024, seed=2)
+    enc, key = encrypted(plain, tmp_path)
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(key)
+    side = enc.parent / "w.bin"
+    data = bytearray(side.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    side.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-c", VERIFIED_ON_READ_CHILD, str(enc), str(key_file)],
+                       capture_output=True, text=True, timeout=300)
+    if "opened memory" in r.stdout or "opened None" in r.stdout:
+        pytest.skip("external data not filled on demand here (no userfaultfd)")
+    assert "opened on_demand" in r.stdout, (r.stdout, r.stderr)
+    assert "ran" not in r.stdout, "outputs were computed from a changed chunk"
+    assert r.returncode == -signal.SIGABRT, (r.returncode, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("onnx-protect:")]
+    assert len(lines) == 1 and "w.bin" in lines[0] and "does not match its hash" in lines[0], r.stderr
 
 
 def single_file_chain(folder, count, dim, seed=0):

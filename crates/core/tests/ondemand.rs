@@ -263,6 +263,74 @@ fn a_chunk_changed_after_verification_ends_the_process() {
     assert_eq!(out.status.signal(), Some(libc_sigabrt()), "{:?}", out.status);
 }
 
+/// Run by `verified_on_read_a_changed_chunk_read_after_settle_ends_the_process` in a child
+/// process.
+#[test]
+#[ignore = "run in a child process by verified_on_read_a_changed_chunk_read_after_settle_ends_the_process"]
+fn changed_before_the_load_verified_on_read_child() {
+    let Some(dir) = std::env::var_os("ONNX_PROTECT_ONDEMAND_DIR") else { return };
+    let k = key(9);
+    let protected = chain(Path::new(&dir), 12, &Policy::default(), &k);
+    // The last weight changes on disk before the load.
+    let side = protected.parent().unwrap().join("w.bin");
+    let f = std::fs::OpenOptions::new().write(true).open(&side).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 16], (3 + 11 * DIM * DIM * 4 + 100) as u64).unwrap();
+    drop(f);
+    let lazy = InMemory::file(&protected, &k).on_demand(true).verify_on_read(true).load().unwrap();
+    let w = &lazy.external()["w.bin"];
+    println!("weight 0 starts with {}", w[0]);
+    // Nothing read the changed chunk: the load stands.
+    w.settle().unwrap();
+    println!("settled");
+    println!("weight 11 starts with {}", w[3 + 11 * DIM * DIM * 4 + 100]);
+}
+
+#[test]
+fn verified_on_read_a_changed_chunk_read_after_settle_ends_the_process() {
+    let _fork = FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "changed_before_the_load_verified_on_read_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ONNX_PROTECT_ONDEMAND_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("weight 0 starts with") && stdout.contains("settled"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("weight 11 starts with"), "a changed chunk was handed over: {stdout}");
+    assert!(stderr.contains("w.bin: bytes 46137344..50331648 does not match its hash"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc_sigabrt()), "{:?}", out.status);
+}
+
+#[test]
+fn verified_on_read_a_changed_chunk_read_before_settle_refuses_the_load_and_unchanged_bytes_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(10);
+    let protected = chain(dir.path(), 3, &Policy::default(), &k);
+    let clean = InMemory::file(&protected, &k).load().unwrap();
+    let lazy = InMemory::file(&protected, &k).on_demand(true).verify_on_read(true).load().unwrap();
+    assert_eq!(lazy.external()["w.bin"].method(), Method::OnDemand);
+    lazy.external()["w.bin"].settle().unwrap();
+    assert_same(&lazy, &clean, "verified on read");
+    drop(lazy);
+    let side = protected.parent().unwrap().join("w.bin");
+    let original = std::fs::read(&side).unwrap();
+    let mut b = original.clone();
+    b[5] ^= 0x10;
+    std::fs::write(&side, &b).unwrap();
+    let lazy = InMemory::file(&protected, &k).on_demand(true).verify_on_read(true).load().unwrap();
+    let w = &lazy.external()["w.bin"];
+    assert_eq!(w[0], 0, "the changed chunk reads as zeros");
+    assert_eq!(w.settle().unwrap_err().kind(), ErrorKind::Modified);
+}
+
 /// `SIGABRT`, the same on every Linux architecture.
 fn libc_sigabrt() -> i32 {
     6

@@ -253,11 +253,18 @@ pub struct Load<'a> {
     /// file's; a chunk that does not match makes the load fail as modified. `false`:
     /// decrypted whole first (about 1.7 times the memory). Default `true`.
     pub on_demand: bool,
+    /// With `on_demand`: each chunk of the external data files is verified when onnxruntime
+    /// first reads it, and only the chunks read while the session is built before it is
+    /// returned (`InMemory::verify_on_read`): with prepacking off the session then costs
+    /// about what the plain file's does, and a chunk that does not match, first read in a
+    /// run, ends the process (one line on standard error), as a chunk changed on disk after
+    /// the session was built always does. Default `false`.
+    pub verify_on_read: bool,
 }
 
 impl Default for Load<'_> {
     fn default() -> Self {
-        Load { tier: None, signers: &[], on_demand: true }
+        Load { tier: None, signers: &[], on_demand: true, verify_on_read: false }
     }
 }
 
@@ -269,7 +276,7 @@ pub fn commit_from_file_as(
     load: &Load<'_>,
 ) -> Result<ProtectedSession, Error> {
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
-    let Load { tier, signers, on_demand } = *load;
+    let Load { tier, signers, on_demand, verify_on_read } = *load;
     // External data from the decrypted files, never from disk (the index reads none).
     // A model file's own large weights are filled on demand too where onnxruntime reads
     // them in place from files given from memory.
@@ -279,6 +286,7 @@ pub fn commit_from_file_as(
         .signers(signers)
         .on_demand(on_demand)
         .model_on_demand(on_demand && files)
+        .verify_on_read(verify_on_read)
         .load_for_session()
         .map_err(at)?;
     let on_demand =

@@ -233,9 +233,11 @@ impl SessionFiles {
 /// resolved in the current directory, as onnxruntime does for models given as bytes)
 /// and plans the session. With `share`, tensors of at least `min_shared` bytes are shared
 /// where no optimiser reads them; with `share` and `on_demand`, the external data files of
-/// a model read from a path are filled on demand where the system can.
+/// a model read from a path are filled on demand where the system can, each chunk
+/// verified before the session is returned or, with `verify_on_read`, when first read
+/// (`InMemory::verify_on_read`).
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true, min_shared=MIN_SHARED))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true, min_shared=MIN_SHARED, verify_on_read=false))]
 #[allow(clippy::too_many_arguments)] // the keyword arguments of InferenceSession
 pub fn session_model(
     py: Python<'_>,
@@ -246,11 +248,18 @@ pub fn session_model(
     share: bool,
     on_demand: bool,
     min_shared: u64,
+    verify_on_read: bool,
 ) -> PyResult<SessionModel> {
     // Shared tensors stay in the decrypted buffers for the session's life: external files
     // are then filled on demand where the system can.
-    let (what, index, model_bytes, external, _) =
-        decrypt_source(py, source, key, tier, signers, share && on_demand, false)?;
+    let (what, index, model_bytes, external, _) = decrypt_source(
+        py,
+        source,
+        key,
+        tier,
+        signers,
+        Filling { on_demand: share && on_demand, model: false, verify_on_read },
+    )?;
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
     let plan = py
         .detach(|| prepare(&index, &model_bytes, |l| external.get(l).map(|x| &x[..]), &opts))
@@ -364,7 +373,7 @@ fn external_method(held: &Held) -> Option<&'static str> {
 /// are read by onnxruntime from the decrypted buffers as external data files in memory
 /// (the model buffer's tensors moved to aligned offsets first).
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true, verify_on_read=false))]
 pub fn session_files(
     py: Python<'_>,
     source: Bound<'_, PyAny>,
@@ -372,9 +381,10 @@ pub fn session_files(
     tier: Option<u32>,
     signers: Vec<String>,
     on_demand: bool,
+    verify_on_read: bool,
 ) -> PyResult<SessionFiles> {
     let (what, index, model_bytes, external, skeleton) =
-        decrypt_source(py, source, key, tier, signers, on_demand, on_demand)?;
+        decrypt_source(py, source, key, tier, signers, Filling { on_demand, model: on_demand, verify_on_read })?;
     let laid = py
         .detach(|| lay_out(&index, model_bytes, skeleton, external, "onnx-protect"))
         .map_err(|e| py_err_at(&what, e))?;
@@ -402,14 +412,22 @@ pub fn session_files(
 /// model's bytes, the external files, and the skeleton of a model file filled on demand.
 type Decrypted = (PathBuf, Model, DecryptedBytes, BTreeMap<String, DecryptedBytes>, Option<Skeleton>);
 
+/// What of a model read from a path is filled on demand: its external data files
+/// (`on_demand`), its own large tensors (`model`), each chunk verified when first read
+/// (`verify_on_read`) rather than all before the session is returned.
+struct Filling {
+    on_demand: bool,
+    model: bool,
+    verify_on_read: bool,
+}
+
 fn decrypt_source(
     py: Python<'_>,
     source: Bound<'_, PyAny>,
     key: PyRef<'_, Key>,
     tier: Option<u32>,
     signers: Vec<String>,
-    on_demand: bool,
-    model_on_demand: bool,
+    filling: Filling,
 ) -> PyResult<Decrypted> {
     let trusted = crate::signers(signers)?;
     let key_source = key.source.clone();
@@ -429,8 +447,9 @@ fn decrypt_source(
                     let (d, index) = InMemory::file(&path, &key_source)
                         .tier(tier)
                         .signers(&trusted)
-                        .on_demand(on_demand)
-                        .model_on_demand(model_on_demand)
+                        .on_demand(filling.on_demand)
+                        .model_on_demand(filling.model)
+                        .verify_on_read(filling.verify_on_read)
                         .load_for_session()?;
                     Ok((index, d))
                 }

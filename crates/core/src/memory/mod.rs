@@ -137,6 +137,7 @@ pub struct InMemory<'a> {
     on_demand: bool,
     model_on_demand: bool,
     read_once: bool,
+    verify_on_read: bool,
     accept: Option<&'a Accept>,
 }
 
@@ -164,6 +165,7 @@ impl<'a> InMemory<'a> {
             on_demand: false,
             model_on_demand: false,
             read_once: false,
+            verify_on_read: false,
             accept: None,
         }
     }
@@ -218,11 +220,31 @@ impl<'a> InMemory<'a> {
         InMemory { read_once, ..self }
     }
 
+    /// With `verify_on_read`, memory filled on demand verifies a chunk of an external data
+    /// file only when it is first read, as every fill does: [`DecryptedBytes::settle`] then
+    /// refuses the load only for a chunk read before it (those never read are not hashed),
+    /// and nothing is filled ahead while the handler is idle. For a runtime that reads few
+    /// weights while it builds a session (onnxruntime with prepacking off), which then costs
+    /// about what the plain file's does. A chunk that does not match its hash and is first
+    /// read after `settle` ends the process (one line on standard error, then `abort`), as
+    /// a chunk changed on disk after the load does without this option: a changed file is
+    /// found when its bytes are needed, not when the load returns. No effect on a model
+    /// whose header lists no chunk hashes (verified whole first) or on the model file's own
+    /// tensors (hashed whole for the content digest before anything is handed over).
+    pub fn verify_on_read(self, verify_on_read: bool) -> InMemory<'a> {
+        InMemory { verify_on_read, ..self }
+    }
+
     /// Decrypts only a model whose protection `accept` accepts: it is called once the
     /// manifest is read, before any key is tried (a loader that reads one format version
     /// refuses the others there).
     pub fn accept(self, accept: &'a Accept) -> InMemory<'a> {
         InMemory { accept: Some(accept), ..self }
+    }
+
+    /// How the runtime reads memory filled on demand.
+    fn reader(&self) -> ondemand::Reader {
+        ondemand::Reader { once: self.read_once, verify_on_read: self.verify_on_read }
     }
 
     /// Verifies and decrypts the model into memory (see the module documentation for how
@@ -268,7 +290,7 @@ impl<'a> InMemory<'a> {
         let label_locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
         let d: Decryption<'_> =
             protection.into_decryption(model, Ask { key: self.key, tier: self.tier, signers: self.signers })?;
-        let decrypted = match ondemand::on_demand_if(self.on_demand, self.read_once, self.model_on_demand, d)? {
+        let decrypted = match ondemand::on_demand_if(self.on_demand, self.reader(), self.model_on_demand, d)? {
             Ok(done) => done,
             Err(d) => load(d, file)?,
         };

@@ -88,29 +88,37 @@ fn slack(blocks: usize) -> u64 {
 /// cap a long generation would keep the whole table).
 const TABLE_CAP_BLOCKS: usize = 16;
 
+/// How the runtime reads the region: [`InMemory::read_once`](super::InMemory::read_once),
+/// [`InMemory::verify_on_read`](super::InMemory::verify_on_read).
+#[derive(Clone, Copy)]
+pub(super) struct Reader {
+    pub once: bool,
+    pub verify_on_read: bool,
+}
+
 /// The on-demand load of `d` when `wanted` and the system can, or `d` back; with
 /// `model_too`, the model file's large tensors are filled on demand as well.
 pub(super) fn on_demand_if(
     wanted: bool,
-    read_once: bool,
+    reader: Reader,
     model_too: bool,
     d: Decryption<'_>,
 ) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model_fills = model_too && d.model.bytes().len() as u64 >= MODEL_MIN;
     if wanted && (model_fills || !d.model.external_files.is_empty()) && ondemand::available() {
-        on_demand(d, read_once, model_fills)
+        on_demand(d, reader, model_fills)
     } else {
         Ok(Err(d))
     }
 }
 
 /// The on-demand load of `d`, or `d` back when it does not apply or the region cannot be
-/// made (memory, map limits); `read_once`: see [`InMemory::read_once`](super::InMemory::read_once);
+/// made (memory, map limits); `reader`: how the runtime reads it ([`Reader`]);
 /// `model_too`: the model file's large tensors in the region too (its other bytes in a
 /// skeleton, [`DecryptedModel::skeleton`]).
 fn on_demand(
     d: Decryption<'_>,
-    read_once: bool,
+    reader: Reader,
     model_too: bool,
 ) -> Result<std::result::Result<DecryptedModel, Decryption<'_>>> {
     let model = d.model;
@@ -234,8 +242,8 @@ fn on_demand(
         .max()
         .unwrap_or(0);
     // A reader that copies each byte once needs no tensor kept whole.
-    let kept = if read_once { 0 } else { largest.div_ceil(block) };
-    let slack = if read_once { BUDGET_SLACK } else { slack(first_block) };
+    let kept = if reader.once { 0 } else { largest.div_ceil(block) };
+    let slack = if reader.once { BUDGET_SLACK } else { slack(first_block) };
     let budget = usize::try_from((kept + slack) * block).unwrap_or(usize::MAX);
     let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
     let region_len = first_block.checked_mul(block_len).ok_or_else(too_large)?;
@@ -247,7 +255,7 @@ fn on_demand(
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options { block: block_len, budget, move_pages: true, fill_idle: true },
+        Options { block: block_len, budget, move_pages: true, fill_idle: !reader.verify_on_read },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),
@@ -276,9 +284,14 @@ fn on_demand(
     region.cap_after_settle(table_blocks(&ranges, &files, block), TABLE_CAP_BLOCKS * block_len);
     region.group_blocks(groups);
     // A reader that copies once reads the tables whole too: their chunks are hashed as filled.
-    let ahead =
-        if listed && !read_once { Ahead::start(&files, &check, table_chunks(&ranges, chunk)) } else { Ahead::none() };
-    let region = Arc::new(Region { region, files, check, ahead, settled: OnceLock::new() });
+    // Verified when read, the tables need no thread either.
+    let ahead = if listed && !reader.once && !reader.verify_on_read {
+        Ahead::start(&files, &check, table_chunks(&ranges, chunk))
+    } else {
+        Ahead::none()
+    };
+    let verify_unread = !(listed && reader.verify_on_read);
+    let region = Arc::new(Region { region, files, check, ahead, verify_unread, settled: OnceLock::new() });
     let on_demand = |e: &ExternalFile| {
         let backing = Backing::OnDemand {
             region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
@@ -529,6 +542,9 @@ struct Region {
     check: Arc<Check>,
     /// Hashes the gathered tables while the session is built.
     ahead: Ahead,
+    /// Whether `settle` hashes the chunks never filled (else each is checked when first
+    /// read, [`InMemory::verify_on_read`](super::InMemory::verify_on_read)).
+    verify_unread: bool,
     /// The outcome of `settle` (kept: every file of the region settles it).
     settled: OnceLock<Option<Failure>>,
 }
@@ -572,6 +588,9 @@ impl Region {
         self.ahead.finish();
         if let Some(failed) = self.check.failed.lock().unwrap_or_else(PoisonError::into_inner).clone() {
             return Err(failed);
+        }
+        if !self.verify_unread {
+            return Ok(());
         }
         let unverified: Vec<Vec<u64>> = {
             let v = self.check.verified.lock().unwrap_or_else(PoisonError::into_inner);

@@ -142,6 +142,7 @@ def session_files(
     tier: int | None = None,
     signers: list[str] = ...,
     on_demand: bool = True,
+    verify_on_read: bool = False,
 ) -> SessionFiles: ...
 def genai_stage(models: list[SessionFiles]) -> str: ...
 def genai_unstage(token: str) -> bool: ...
@@ -155,6 +156,7 @@ def session_model(
     share: bool = True,
     on_demand: bool = True,
     min_shared: int = 65536,
+    verify_on_read: bool = False,
 ) -> SessionModel: ...
 def encrypt(
     src: str,

@@ -226,6 +226,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     *,
     in_place: bool | None = None,
     on_demand: bool = True,
+    verify_on_read: bool = False,
     **kw: Unpack[_SessionKeywords],
 ) -> onnxruntime.InferenceSession:
     """An ``onnxruntime.InferenceSession`` of the protected model ``path_or_bytes`` (a
@@ -251,7 +252,14 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     before, so the session's time and peak memory stay near those of the plain file;
     ``False`` decrypts them whole first (about 1.7 times the memory). A chunk that does
     not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
-    is returned. Options that would write the decrypted model to disk raise
+    is returned. ``verify_on_read`` (default ``False``): a chunk of the external data
+    files filled on demand is verified when onnxruntime first reads it, and only the
+    chunks read while the session is built are verified before it is returned: with
+    prepacking off (``session.disable_prepacking``), when onnxruntime reads few weights
+    while it builds, the session then costs about what the plain file's does; a chunk
+    that does not match and is first read later (in a run) ends the process with one line
+    on standard error, as a chunk changed on disk after the session was built always
+    does. Options that would write the decrypted model to disk raise
     :class:`UnsafeSessionOptions`; EP context models are switched off
     (``ep.context_enable`` set to ``"0"`` on ``sess_options``). See docs/python.md.
     """
@@ -270,14 +278,14 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     # than it takes them in place); in_place=True shares every eligible tensor.
     min_shared = 1024 if in_place is True else 64 << 10
     if in_place is not False and _ort_reads_files_in_place(ort):
-        return _session_from_files(ort, np, source, k, tier, signers, so, providers, provider_options, on_demand,
-                                   onnxruntime_kwargs)
+        return _session_from_files(ort, np, source, k, tier, signers, so, providers, provider_options,
+                                   (bool(on_demand), bool(verify_on_read)), onnxruntime_kwargs)
     if in_place is None:
         in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
     try:
         sm = _native.session_model(
             source, key=k, tier=tier, signers=list(signers), share=bool(in_place), on_demand=bool(on_demand),
-            min_shared=min_shared,
+            min_shared=min_shared, verify_on_read=bool(verify_on_read),
         )
     except MalformedModel as e:
         if "more than a graph can hold" not in str(e):
@@ -312,12 +320,15 @@ _DIRECT_FILES = "session.use_external_initializer_file_buffers_directly"
 
 def _session_from_files(
     ort: Any, np: Any, source: Any, k: Key, tier: int | None, signers: Sequence[str], so: Any,
-    providers: Any, provider_options: Any, on_demand: bool, kwargs: dict[str, Any],
+    providers: Any, provider_options: Any, filling: tuple[bool, bool], kwargs: dict[str, Any],
 ) -> Any:
     """onnxruntime >= 1.31: every large tensor reaches onnxruntime as external data in a
     file given from memory (the decrypted buffers, read in place), the graph holds none
-    of their bytes, and every graph optimisation reads the real bytes."""
-    sf = _native.session_files(source, key=k, tier=tier, signers=list(signers), on_demand=bool(on_demand))
+    of their bytes, and every graph optimisation reads the real bytes. ``filling``:
+    ``(on_demand, verify_on_read)``."""
+    on_demand, verify_on_read = filling
+    sf = _native.session_files(source, key=k, tier=tier, signers=list(signers), on_demand=on_demand,
+                               verify_on_read=verify_on_read)
     files = sf.files
     arrays = [np.frombuffer(view, dtype=np.uint8) for _, view in files]
     if files:

@@ -33,7 +33,10 @@ and `load only` run by that interpreter (a virtual environment with another buil
 onnx_protect), interleaved with the rest: two builds side by side. Each build reads a protected copy
 that it wrote itself (a build may not read what a newer one writes). `--variants` names the
 variants to run instead (one of them `plain`, the reference of the ratios; e.g. `--variants
-plain "plain, no prepacking"`, which needs no onnx_protect installed). With --ort, also the Rust `ort`
+plain "plain, no prepacking"`, which needs no onnx_protect installed); only there
+`protected, verified on read` (`verify_on_read=True`: external chunks verified when
+onnxruntime first reads them; also `ort protected, verified on read`, and either with
+", no prepacking"). With --ort, also the Rust `ort`
 crate's `ort plain` (ort's own `commit_from_file` of the plain file) and `ort protected`
 (`onnx_protect_ort::commit_from_file`), each a fresh process of examples/ort/session_cost.rs,
 whose ratios are taken against `ort plain`. With --node, also onnxruntime-node's `node plain`
@@ -129,6 +132,8 @@ elif variant == "plain":
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 elif variant == "protected, whole":
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key, on_demand=False)
+elif variant == "protected, verified on read":
+    s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key, verify_on_read=True)
 else:
     s = onnx_protect.InferenceSession(model, so, ["CPUExecutionProvider"], key_file=key,
                                       in_place=None if variant == "protected" else False)
@@ -212,6 +217,8 @@ def measure(variant, model, key, files, other=None, threads=0, ort_bin=None):
 
 VARIANTS = ["plain", "plain-in-memory", "protected", "protected, whole", "protected-copy", "load only"]
 NO_PREPACKING = ["plain, no prepacking", "protected, no prepacking"]
+# Run only when named in --variants (also with ", no prepacking", and after "ort ").
+ON_READ = ["protected, verified on read"]
 OTHER = ["protected (other)", "load only (other)"]
 # The Rust `ort` crate: the plain file through ort's own commit_from_file, the protected one
 # through onnx_protect_ort (ratios against "ort plain").
@@ -330,7 +337,9 @@ def main():
 
     if a.variants:
         variants = list(dict.fromkeys(a.variants))
-        known = VARIANTS + NO_PREPACKING + ORT + [v + ", no prepacking" for v in ORT] + NODE + (OTHER if a.other else [])
+        ort = ORT + ["ort " + v for v in ON_READ]
+        known = (VARIANTS + NO_PREPACKING + ON_READ + [v + ", no prepacking" for v in ON_READ] + ort
+                 + [v + ", no prepacking" for v in ort] + NODE + (OTHER if a.other else []))
         bad = [v for v in variants if v not in known]
         if bad:
             ap.error(f"--variants: unknown variant {bad[0]!r} (known: {', '.join(repr(v) for v in known)})")

@@ -1,9 +1,11 @@
 //! One session's creation time and peak memory, for bench/python_session.py's `ort`
-//! variants: `plain` (the plain model through `ort`'s `commit_from_file`) or `protected`
-//! (the protected model through `onnx_protect_ort::commit_from_file`), with onnxruntime's
+//! variants: `plain` (the plain model through `ort`'s `commit_from_file`), `protected`
+//! (the protected model through `onnx_protect_ort::commit_from_file_as`, with
+//! `Load::reads_few` when prepacking is off) or `protected, verified on read` (the same with
+//! `Load::verify_on_read`), with onnxruntime's
 //! default options, or `intra_op_num_threads` and prepacking off as asked.
 //!
-//!     session_cost plain|protected MODEL KEY_FILE THREADS PREPACK
+//!     session_cost plain|protected|"protected, verified on read" MODEL KEY_FILE THREADS PREPACK
 //!
 //! Prints one JSON line: `seconds` (session creation), `cpu_seconds` (the CPU time all the
 //! process's threads ran during it, from `/proc/self/task/*/schedstat`), `start_rss` and
@@ -13,7 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use onnx_protect_ort::{commit_from_file, environment, key_file};
+use onnx_protect_ort::{commit_from_file_as, environment, key_file, Load};
 use ort::session::Session;
 
 fn status(field: &str) -> u64 {
@@ -39,7 +41,9 @@ fn cpu_seconds() -> f64 {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [variant, model, key, threads, prepack] = args.as_slice() else {
-        eprintln!("usage: session_cost plain|protected MODEL KEY_FILE THREADS PREPACK(0|1)");
+        eprintln!(
+            "usage: session_cost plain|protected|\"protected, verified on read\" MODEL KEY_FILE THREADS PREPACK(0|1)"
+        );
         return ExitCode::from(2);
     };
     match run(variant, Path::new(model), Path::new(key), threads, prepack == "1") {
@@ -73,7 +77,11 @@ fn run(
     let t = Instant::now();
     let kept: Box<dyn std::any::Any> = match variant {
         "plain" => Box::new(builder.commit_from_file(model)?),
-        "protected" => Box::new(commit_from_file(builder, model, &key)?),
+        "protected" | "protected, verified on read" => {
+            let verify_on_read = variant != "protected";
+            let load = Load { verify_on_read, reads_few: !prepack, ..Load::default() };
+            Box::new(commit_from_file_as(builder, model, &key, &load)?)
+        }
         other => return Err(format!("unknown variant {other}").into()),
     };
     let seconds = t.elapsed().as_secs_f64();

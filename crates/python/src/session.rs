@@ -375,6 +375,7 @@ fn external_method(held: &Held) -> Option<&'static str> {
 /// (the model buffer's tensors moved to aligned offsets first).
 #[pyfunction]
 #[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true, verify_on_read=false, reads_few=false))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of InferenceSession
 pub fn session_files(
     py: Python<'_>,
     source: Bound<'_, PyAny>,

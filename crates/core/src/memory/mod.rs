@@ -222,8 +222,8 @@ impl<'a> InMemory<'a> {
 
     /// With `verify_on_read`, memory filled on demand verifies a chunk of an external data
     /// file only when it is first read, as every fill does: [`DecryptedBytes::settle`] then
-    /// refuses the load only for a chunk read before it (those never read are not hashed),
-    /// and nothing is filled ahead while the handler is idle. For a runtime that reads few
+    /// refuses the load only for a chunk read before it (those never read are not hashed).
+    /// For a runtime that reads few
     /// weights while it builds a session (onnxruntime with prepacking off), which then costs
     /// about what the plain file's does. A chunk that does not match its hash and is first
     /// read after `settle` ends the process (one line on standard error, then `abort`), as

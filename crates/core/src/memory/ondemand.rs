@@ -255,7 +255,7 @@ fn on_demand(
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options { block: block_len, budget, move_pages: true, fill_idle: !reader.verify_on_read },
+        Options { block: block_len, budget, move_pages: true, fill_idle: true },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),

@@ -470,10 +470,14 @@ def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_
     assert lazy.run(None, {"x": x})[0].tobytes() == want
 
 
-def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_read_with_the_plain_outputs(tmp_path):
+@pytest.mark.parametrize("verify_on_read", [False, True])
+def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_read_with_the_plain_outputs(
+    verify_on_read, tmp_path
+):
     """With prepacking off onnxruntime reads most weights only in its first run, after the
     region settled (27 MiB of weights here, more than the budget while the session is
-    built): every run gives the plain file's outputs with the same options."""
+    built): every run gives the plain file's outputs with the same options, also with the
+    chunks verified when first read."""
     plain = chain_model(tmp_path / "plain", 3, 1536, seed=5)
     enc, key = encrypted(plain, tmp_path)
     x = np.random.default_rng(6).standard_normal((2, 1536)).astype(np.float32)
@@ -484,7 +488,7 @@ def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_
         return so
 
     want = ort.InferenceSession(str(plain), options(), providers=CPU).run(None, {"x": x})[0].tobytes()
-    s = op.InferenceSession(enc, options(), CPU, key=key)
+    s = op.InferenceSession(enc, options(), CPU, key=key, verify_on_read=verify_on_read)
     assert s._onnx_protect_buffers[0].external_method in ("on_demand", "memory")
     assert s.run(None, {"x": x})[0].tobytes() == want
     assert s.run(None, {"x": x})[0].tobytes() == want
@@ -511,22 +515,6 @@ def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_
         op.InferenceSession(enc, so, CPU, key=key, on_demand=(how != "whole"), verify_on_read=(how == "verified on read"))
     assert e.value.kind == "modified", e.value
     assert str(enc) in str(e.value)
-
-
-def test_verified_on_read_with_prepacking_off_gives_the_plain_outputs(tmp_path):
-    plain = chain_model(tmp_path / "plain", 3, 1536, seed=7)
-    enc, key = encrypted(plain, tmp_path)
-    x = np.random.default_rng(8).standard_normal((2, 1536)).astype(np.float32)
-
-    def options():
-        so = ort.SessionOptions()
-        so.add_session_config_entry("session.disable_prepacking", "1")
-        return so
-
-    want = ort.InferenceSession(str(plain), options(), providers=CPU).run(None, {"x": x})[0].tobytes()
-    s = op.InferenceSession(enc, options(), CPU, key=key, verify_on_read=True)
-    assert s.run(None, {"x": x})[0].tobytes() == want
-    assert s.run(None, {"x": x})[0].tobytes() == want
 
 
 # Run by the next test in a child process: a session verified on read, with prepacking

@@ -533,18 +533,19 @@ print("ran", float(y.sum()), flush=True)
 
 def test_verified_on_read_a_changed_chunk_first_read_in_a_run_ends_the_process_with_one_line(tmp_path):
     """With prepacking off onnxruntime reads the weights in its first run: the changed
-    chunk is found there, and the process ends (abort) after one line naming the file and
-    the bytes, before any output is computed from it."""
+    chunk (in the last of 12 weights of 4 MiB, past the blocks the handler fills before the
+    session is returned) is found there, and the process ends (abort) after one line naming
+    the file and the bytes, before any output is computed from it."""
     import subprocess
     import sys
 
-    plain = chain_model(tmp_path / "plain", 3, 1024, seed=2)
+    plain = chain_model(tmp_path / "plain", 12, 1024, seed=2)
     enc, key = encrypted(plain, tmp_path)
     key_file = tmp_path / "k.key"
     key_file.write_bytes(key)
     side = enc.parent / "w.bin"
     data = bytearray(side.read_bytes())
-    data[len(data) // 2] ^= 0x04
+    data[-100] ^= 0x04
     side.write_bytes(bytes(data))
     r = subprocess.run([sys.executable, "-c", VERIFIED_ON_READ_CHILD, str(enc), str(key_file)],
                        capture_output=True, text=True, timeout=300)

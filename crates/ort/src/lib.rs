@@ -255,8 +255,8 @@ pub struct Load<'a> {
     pub on_demand: bool,
     /// With `on_demand`: each chunk of the external data files is verified when onnxruntime
     /// first reads it, and only the chunks read while the session is built before it is
-    /// returned (`InMemory::verify_on_read`): with prepacking off the session then costs
-    /// about what the plain file's does, and a chunk that does not match, first read in a
+    /// returned (`InMemory::verify_on_read`): with prepacking off the session then takes
+    /// less time (docs/performance.md), and a chunk that does not match, first read in a
     /// run, ends the process (one line on standard error), as a chunk changed on disk after
     /// the session was built always does. Default `false`.
     pub verify_on_read: bool,

@@ -224,8 +224,9 @@ impl<'a> InMemory<'a> {
     /// file only when it is first read, as every fill does: [`DecryptedBytes::settle`] then
     /// refuses the load only for a chunk read before it (those never read are not hashed).
     /// For a runtime that reads few weights while it builds a session (onnxruntime with
-    /// prepacking off), which then costs about what the plain file's does. A chunk that does not match its hash and is first
-    /// read after `settle` ends the process (one line on standard error, then `abort`), as
+    /// prepacking off), whose session then takes less of the time verifying
+    /// (docs/performance.md). A chunk that does not match its hash and is first read after
+    /// `settle` ends the process (one line on standard error, then `abort`), as
     /// a chunk changed on disk after the load does without this option: a changed file is
     /// found when its bytes are needed, not when the load returns. No effect on a model
     /// whose header lists no chunk hashes (verified whole first) or on the model file's own

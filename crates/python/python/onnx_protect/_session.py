@@ -256,7 +256,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     files filled on demand is verified when onnxruntime first reads it, and only the
     chunks read while the session is built are verified before it is returned: with
     prepacking off (``session.disable_prepacking``), when onnxruntime reads few weights
-    while it builds, the session then costs about what the plain file's does; a chunk
+    while it builds, the session then takes less time (docs/performance.md); a chunk
     that does not match and is first read later (in a run) ends the process with one line
     on standard error, as a chunk changed on disk after the session was built always
     does. Options that would write the decrypted model to disk raise

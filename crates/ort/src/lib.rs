@@ -254,8 +254,8 @@ pub struct Load<'a> {
     /// decrypted whole first (about 1.7 times the memory). Default `true`.
     pub on_demand: bool,
     /// With `on_demand`: each chunk of the external data files is verified when onnxruntime
-    /// first reads it, and only the chunks read while the session is built before it is
-    /// returned (`InMemory::verify_on_read`): with prepacking off the session then takes
+    /// first reads it, and only the chunks filled while the session is built (read, or
+    /// filled ahead) before it is returned (`InMemory::verify_on_read`): with prepacking off the session then takes
     /// less time (docs/performance.md), and a chunk that does not match, first read in a
     /// run, ends the process (one line on standard error), as a chunk changed on disk after
     /// the session was built always does. Default `false`.

@@ -222,7 +222,8 @@ impl<'a> InMemory<'a> {
 
     /// With `verify_on_read`, memory filled on demand verifies a chunk of an external data
     /// file only when it is first read, as every fill does: [`DecryptedBytes::settle`] then
-    /// refuses the load only for a chunk read before it (those never read are not hashed).
+    /// refuses the load only for a chunk filled before it (read, or filled ahead; those
+    /// never filled are not hashed).
     /// For a runtime that reads few weights while it builds a session (onnxruntime with
     /// prepacking off), whose session then takes less of the time verifying
     /// (docs/performance.md). A chunk that does not match its hash and is first read after

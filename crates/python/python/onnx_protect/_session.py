@@ -254,7 +254,8 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
     is returned. ``verify_on_read`` (default ``False``): a chunk of the external data
     files filled on demand is verified when onnxruntime first reads it, and only the
-    chunks read while the session is built are verified before it is returned: with
+    chunks filled while the session is built (read, or filled ahead) are verified before
+    it is returned: with
     prepacking off (``session.disable_prepacking``), when onnxruntime reads few weights
     while it builds, the session then takes less time (docs/performance.md); a chunk
     that does not match and is first read later (in a run) ends the process with one line

@@ -245,17 +245,24 @@ fn changed_after_verification_child() {
 /// regions hold changed chunks that nothing read.
 static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn a_chunk_changed_after_verification_ends_the_process() {
+/// Runs the ignored test `name` of this binary in a child process (holding [`FORKS`]),
+/// with a fresh directory in `ONNX_PROTECT_ONDEMAND_DIR`: its status, stdout and stderr.
+fn run_child(name: &str) -> (std::process::Output, String, String) {
     let _fork = FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "changed_after_verification_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
         .env("ONNX_PROTECT_ONDEMAND_DIR", dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+#[test]
+fn a_chunk_changed_after_verification_ends_the_process() {
+    let (out, stdout, stderr) = run_child("changed_after_verification_child");
     assert!(stdout.contains("weight 0 starts with"), "{stdout}\n{stderr}");
     assert!(!stdout.contains("weight 11 starts with"), "a changed chunk was handed over: {stdout}");
     assert!(stderr.contains("w.bin: bytes 46137344..50331648 does not match its hash"), "{stderr}");
@@ -287,21 +294,7 @@ fn changed_before_the_load_verified_on_read_child() {
 
 #[test]
 fn verified_on_read_a_changed_chunk_read_after_settle_ends_the_process() {
-    let _fork = FORKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "changed_before_the_load_verified_on_read_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ONNX_PROTECT_ONDEMAND_DIR", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stdout, stderr) = run_child("changed_before_the_load_verified_on_read_child");
     assert!(stdout.contains("weight 0 starts with") && stdout.contains("settled"), "{stdout}\n{stderr}");
     assert!(!stdout.contains("weight 11 starts with"), "a changed chunk was handed over: {stdout}");
     assert!(stderr.contains("w.bin: bytes 46137344..50331648 does not match its hash"), "{stderr}");

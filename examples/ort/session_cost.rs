@@ -1,7 +1,8 @@
 //! One session's creation time and peak memory, for bench/python_session.py's `ort`
 //! variants: `plain` (the plain model through `ort`'s `commit_from_file`), `protected`
-//! (the protected model through `onnx_protect_ort::commit_from_file_as`) or `protected,
-//! verified on read` (the same with `Load::verify_on_read`), with onnxruntime's
+//! (the protected model through `onnx_protect_ort::commit_from_file_as`, with
+//! `Load::reads_few` when prepacking is off) or `protected, verified on read` (the same with
+//! `Load::verify_on_read`), with onnxruntime's
 //! default options, or `intra_op_num_threads` and prepacking off as asked.
 //!
 //!     session_cost plain|protected|"protected, verified on read" MODEL KEY_FILE THREADS PREPACK
@@ -78,7 +79,7 @@ fn run(
         "plain" => Box::new(builder.commit_from_file(model)?),
         "protected" | "protected, verified on read" => {
             let verify_on_read = variant != "protected";
-            let load = Load { verify_on_read, ..Load::default() };
+            let load = Load { verify_on_read, reads_few: !prepack, ..Load::default() };
             Box::new(commit_from_file_as(builder, model, &key, &load)?)
         }
         other => return Err(format!("unknown variant {other}").into()),

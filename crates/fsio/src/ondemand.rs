@@ -144,6 +144,7 @@ struct Region {
     page: usize,
     budget: usize,
     fill_idle: bool,
+    in_order_only: bool,
     settled: AtomicBool,
     uffd: OwnedFd,
     /// A readable map of one block of zeros (never written), the source of zero installs.
@@ -254,6 +255,7 @@ impl OnDemand {
             page,
             budget: opts.budget.max(block * 3),
             fill_idle: opts.fill_idle,
+            in_order_only: opts.in_order_only,
             settled: AtomicBool::new(false),
             uffd,
             zeros: zeros.addr,

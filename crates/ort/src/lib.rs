@@ -260,11 +260,15 @@ pub struct Load<'a> {
     /// run, ends the process (one line on standard error), as a chunk changed on disk after
     /// the session was built always does. Default `false`.
     pub verify_on_read: bool,
+    /// With `on_demand`: onnxruntime reads few weights while it builds the session (set it
+    /// with `session.disable_prepacking` = `1`): only the blocks read, and read ahead of a
+    /// reader in order, are filled (`InMemory::reads_few`). Default `false`.
+    pub reads_few: bool,
 }
 
 impl Default for Load<'_> {
     fn default() -> Self {
-        Load { tier: None, signers: &[], on_demand: true, verify_on_read: false }
+        Load { tier: None, signers: &[], on_demand: true, verify_on_read: false, reads_few: false }
     }
 }
 
@@ -276,7 +280,7 @@ pub fn commit_from_file_as(
     load: &Load<'_>,
 ) -> Result<ProtectedSession, Error> {
     let at = |source: CoreError| Error::Model { path: path.to_path_buf(), source };
-    let Load { tier, signers, on_demand, verify_on_read } = *load;
+    let Load { tier, signers, on_demand, verify_on_read, reads_few } = *load;
     // External data from the decrypted files, never from disk (the index reads none).
     // A model file's own large weights are filled on demand too where onnxruntime reads
     // them in place from files given from memory.
@@ -287,6 +291,7 @@ pub fn commit_from_file_as(
         .on_demand(on_demand)
         .model_on_demand(on_demand && files)
         .verify_on_read(verify_on_read)
+        .reads_few(reads_few)
         .load_for_session()
         .map_err(at)?;
     let on_demand =

@@ -237,7 +237,7 @@ impl SessionFiles {
 /// verified before the session is returned or, with `verify_on_read`, when first read
 /// (`InMemory::verify_on_read`).
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true, min_shared=MIN_SHARED, verify_on_read=false))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), share=true, on_demand=true, min_shared=MIN_SHARED, verify_on_read=false, reads_few=false))]
 #[allow(clippy::too_many_arguments)] // the keyword arguments of InferenceSession
 pub fn session_model(
     py: Python<'_>,
@@ -249,6 +249,7 @@ pub fn session_model(
     on_demand: bool,
     min_shared: u64,
     verify_on_read: bool,
+    reads_few: bool,
 ) -> PyResult<SessionModel> {
     // Shared tensors stay in the decrypted buffers for the session's life: external files
     // are then filled on demand where the system can.
@@ -258,7 +259,7 @@ pub fn session_model(
         key,
         tier,
         signers,
-        Filling { on_demand: share && on_demand, model: false, verify_on_read },
+        Filling { on_demand: share && on_demand, model: false, verify_on_read, reads_few },
     )?;
     let opts = Options { share, min_bytes: min_shared, ..Options::default() };
     let plan = py
@@ -373,7 +374,8 @@ fn external_method(held: &Held) -> Option<&'static str> {
 /// are read by onnxruntime from the decrypted buffers as external data files in memory
 /// (the model buffer's tensors moved to aligned offsets first).
 #[pyfunction]
-#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true, verify_on_read=false))]
+#[pyo3(signature = (source, *, key, tier=None, signers=Vec::new(), on_demand=true, verify_on_read=false, reads_few=false))]
+#[allow(clippy::too_many_arguments)] // the keyword arguments of InferenceSession
 pub fn session_files(
     py: Python<'_>,
     source: Bound<'_, PyAny>,
@@ -382,9 +384,16 @@ pub fn session_files(
     signers: Vec<String>,
     on_demand: bool,
     verify_on_read: bool,
+    reads_few: bool,
 ) -> PyResult<SessionFiles> {
-    let (what, index, model_bytes, external, skeleton) =
-        decrypt_source(py, source, key, tier, signers, Filling { on_demand, model: on_demand, verify_on_read })?;
+    let (what, index, model_bytes, external, skeleton) = decrypt_source(
+        py,
+        source,
+        key,
+        tier,
+        signers,
+        Filling { on_demand, model: on_demand, verify_on_read, reads_few },
+    )?;
     let laid = py
         .detach(|| lay_out(&index, model_bytes, skeleton, external, "onnx-protect"))
         .map_err(|e| py_err_at(&what, e))?;
@@ -414,11 +423,13 @@ type Decrypted = (PathBuf, Model, DecryptedBytes, BTreeMap<String, DecryptedByte
 
 /// What of a model read from a path is filled on demand: its external data files
 /// (`on_demand`), its own large tensors (`model`), each chunk verified when first read
-/// (`verify_on_read`) rather than all before the session is returned.
+/// (`verify_on_read`) rather than all before the session is returned, for a runtime that
+/// reads few weights while it builds (`reads_few`, `InMemory::reads_few`).
 struct Filling {
     on_demand: bool,
     model: bool,
     verify_on_read: bool,
+    reads_few: bool,
 }
 
 fn decrypt_source(
@@ -450,6 +461,7 @@ fn decrypt_source(
                         .on_demand(filling.on_demand)
                         .model_on_demand(filling.model)
                         .verify_on_read(filling.verify_on_read)
+                        .reads_few(filling.reads_few)
                         .load_for_session()?;
                     Ok((index, d))
                 }

@@ -138,6 +138,7 @@ pub struct InMemory<'a> {
     model_on_demand: bool,
     read_once: bool,
     verify_on_read: bool,
+    reads_few: bool,
     accept: Option<&'a Accept>,
 }
 
@@ -166,6 +167,7 @@ impl<'a> InMemory<'a> {
             model_on_demand: false,
             read_once: false,
             verify_on_read: false,
+            reads_few: false,
             accept: None,
         }
     }
@@ -236,6 +238,15 @@ impl<'a> InMemory<'a> {
         InMemory { verify_on_read, ..self }
     }
 
+    /// With `reads_few`, memory filled on demand is for a runtime that reads few weights
+    /// while it builds a session (onnxruntime with prepacking off keeps views of most and
+    /// reads them in its first run): nothing is filled before it is read or ahead of a
+    /// reader that does not read blocks in order, and nothing while the handler is idle, so
+    /// the blocks filled are those read (and read ahead of a reader in order).
+    pub fn reads_few(self, reads_few: bool) -> InMemory<'a> {
+        InMemory { reads_few, ..self }
+    }
+
     /// Decrypts only a model whose protection `accept` accepts: it is called once the
     /// manifest is read, before any key is tried (a loader that reads one format version
     /// refuses the others there).
@@ -245,7 +256,7 @@ impl<'a> InMemory<'a> {
 
     /// How the runtime reads memory filled on demand.
     fn reader(&self) -> ondemand::Reader {
-        ondemand::Reader { once: self.read_once, verify_on_read: self.verify_on_read }
+        ondemand::Reader { once: self.read_once, verify_on_read: self.verify_on_read, few: self.reads_few }
     }
 
     /// Verifies and decrypts the model into memory (see the module documentation for how

@@ -89,11 +89,13 @@ fn slack(blocks: usize) -> u64 {
 const TABLE_CAP_BLOCKS: usize = 16;
 
 /// How the runtime reads the region: [`InMemory::read_once`](super::InMemory::read_once),
-/// [`InMemory::verify_on_read`](super::InMemory::verify_on_read).
+/// [`InMemory::verify_on_read`](super::InMemory::verify_on_read),
+/// [`InMemory::reads_few`](super::InMemory::reads_few).
 #[derive(Clone, Copy)]
 pub(super) struct Reader {
     pub once: bool,
     pub verify_on_read: bool,
+    pub few: bool,
 }
 
 /// The on-demand load of `d` when `wanted` and the system can, or `d` back; with
@@ -255,7 +257,7 @@ fn on_demand(
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options { block: block_len, budget, move_pages: true, fill_idle: true },
+        Options { block: block_len, budget, move_pages: true, fill_idle: !reader.few, in_order_only: reader.few },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),

@@ -38,27 +38,41 @@ impl Region {
         Some(b)
     }
 
-    /// The read-ahead after the reader was seen in block `b`.
-    fn reader_at(&self, b: usize, ahead: Option<Ahead>) -> Option<Ahead> {
+    /// The read-ahead after the reader was seen in block `b` (`in_order`: the block follows
+    /// the last one seen, or was filled ahead).
+    fn reader_at(&self, b: usize, ahead: Option<Ahead>, in_order: bool) -> Option<Ahead> {
+        if self.in_order_only && !in_order {
+            return ahead.filter(|a| a.next > b && a.next < a.stop);
+        }
         let next = ahead.map_or(b + 1, |a| a.next.max(b + 1));
         Some(Ahead { next, stop: b + 1 + self.ahead() })
     }
 
     /// The handler thread: serves faults, fills ahead while none waits, until `stop`.
     pub(super) fn serve(&self, stop: libc::c_int) {
-        // The first blocks are filled before anything reads them.
-        let mut ahead = Some(Ahead { next: 0, stop: self.ahead() });
+        // The first blocks are filled before anything reads them (unless only a reader in
+        // order is read ahead of).
+        let mut ahead = (!self.in_order_only).then(|| Ahead { next: 0, stop: self.ahead() });
+        let mut last = None;
         let mut msgs = [abi::Msg::default(); 16];
         loop {
-            let (pending, hint) = {
-                let mut st = lock(&self.state);
-                (std::mem::take(&mut st.book.pending), st.book.hint.take())
-            };
-            if let Some(b) = hint {
-                ahead = self.reader_at(b, ahead);
-            }
-            for addr in pending {
-                ahead = self.on_fault(addr, ahead);
+            // Faults read while a block was being filled wait in `pending`: the userfaultfd
+            // will not report them again, so none may be left there before `poll`, and
+            // serving them can queue more.
+            loop {
+                let (pending, hint) = {
+                    let mut st = lock(&self.state);
+                    (std::mem::take(&mut st.book.pending), st.book.hint.take())
+                };
+                if let Some(b) = hint {
+                    ahead = self.reader_at(b, ahead, true);
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                for addr in pending {
+                    ahead = self.on_fault(addr, ahead, &mut last);
+                }
             }
             let mut fds = [
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -81,7 +95,7 @@ impl Region {
             }
             if fds[0].revents & libc::POLLIN != 0 {
                 for addr in self.read_faults(&mut msgs) {
-                    ahead = self.on_fault(addr, ahead);
+                    ahead = self.on_fault(addr, ahead, &mut last);
                 }
             } else if let Some(a) = ahead {
                 // Once settled, blocks filled stay: only what is read is filled.
@@ -123,13 +137,16 @@ impl Region {
     }
 
     /// Serves a fault at `addr`: a kept-back page at once, anything else by filling its
-    /// block; returns the read-ahead from there.
-    fn on_fault(&self, addr: usize, ahead: Option<Ahead>) -> Option<Ahead> {
+    /// block; returns the read-ahead from there. `last`: the block of the last fault.
+    fn on_fault(&self, addr: usize, ahead: Option<Ahead>, last: &mut Option<usize>) -> Option<Ahead> {
         let Some(b) = self.block_of(addr) else { return ahead };
-        if !self.give_kept(&mut lock(&self.state).book, b, addr) {
+        let kept = self.give_kept(&mut lock(&self.state).book, b, addr);
+        if !kept {
             self.serve_block(b, Some(addr));
         }
-        self.reader_at(b, ahead)
+        let in_order = kept || last.is_some_and(|l| b == l || b == l + 1);
+        *last = Some(b);
+        self.reader_at(b, ahead, in_order)
     }
 
     /// Installs the kept-back first page of block `b` if `addr` is in it: whether it did.
@@ -312,5 +329,9 @@ impl Region {
                 self.fill(filler, book, b, false);
             }
         }
+        // The fills above may have read faults into `pending` while the handler waits in
+        // `poll` for new ones: their readers are woken here, and fault again (a new message)
+        // where their page is still missing.
+        self.wake_at(self.base, self.blocks * self.block);
     }
 }

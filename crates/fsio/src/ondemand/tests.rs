@@ -20,7 +20,7 @@ fn byte(offset: usize) -> u8 {
 }
 
 fn opts(budget: usize, move_pages: bool) -> Options {
-    Options { block: BLOCK, budget, move_pages, fill_idle: false }
+    Options { block: BLOCK, budget, move_pages, fill_idle: false, in_order_only: false }
 }
 
 /// A filler of the pattern for a region of `len` bytes, handing each block over in
@@ -561,4 +561,60 @@ fn blocks_filled_ahead_and_not_read_yet_stay_while_the_reader_lingers() {
     assert!(twice.is_empty(), "blocks filled again: {twice:?}");
     assert!(r.resident() <= 9 * BLOCK, "{} blocks resident", r.resident() / BLOCK);
     check(&r, len);
+}
+
+/// With `in_order_only`, nothing is filled before it is read, a read that does not follow
+/// the last one fills its block alone, and a reader in order is read ahead of.
+#[test]
+fn only_a_reader_in_order_is_read_ahead_of() {
+    let _no_fork = no_fork();
+    let len = 48 * BLOCK;
+    let fills = Arc::new(AtomicUsize::new(0));
+    let opts = Options { in_order_only: true, ..opts(48 * BLOCK, true) };
+    let r = OnDemand::new(len, opts, pattern(len, 16 << 10, Arc::clone(&fills))).expect("userfaultfd");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(fills.load(Ordering::SeqCst), 0, "nothing filled before a read");
+    // Scattered reads: each fills its own block and no other.
+    for (i, b) in [30, 3, 17, 41].into_iter().enumerate() {
+        assert_eq!(r.bytes()[b * BLOCK + 100], byte(b * BLOCK + 100));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(fills.load(Ordering::SeqCst), i + 1, "block {b} alone");
+    }
+    // The block after the last one read: the reader is in order, blocks ahead are filled.
+    assert_eq!(r.bytes()[42 * BLOCK], byte(42 * BLOCK));
+    eventually("the read-ahead", || fills.load(Ordering::SeqCst) >= 6);
+    check(&r, len);
+}
+
+/// Faults that arrive while a block is filled are read then (to serve kept-back pages at
+/// once) and queued: each is served, also when serving the queue queues more and nothing
+/// is left to fill ahead (readers of scattered blocks, one after another, each arriving
+/// while the block before is filled).
+#[test]
+fn faults_read_while_a_block_is_filled_are_all_served() {
+    let _no_fork = no_fork();
+    let len = 48 * BLOCK;
+    let fills = Arc::new(AtomicUsize::new(0));
+    let mut inner = pattern(len, 4 << 10, Arc::clone(&fills));
+    let slow: Filler = Box::new(move |b, fill| {
+        std::thread::sleep(Duration::from_millis(12));
+        inner(b, fill)
+    });
+    let opts = Options { in_order_only: true, ..opts(48 * BLOCK, true) };
+    let r = Arc::new(OnDemand::new(len, opts, slow).expect("userfaultfd"));
+    let (done, finished) = std::sync::mpsc::channel();
+    let blocks = [40, 5, 29, 13, 47, 21, 35, 9, 25, 1];
+    for (i, b) in blocks.into_iter().enumerate() {
+        let (r, done) = (Arc::clone(&r), done.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5 * i as u64));
+            let got = r.bytes()[b * BLOCK + 4096 + 7];
+            let _ = done.send((b, got));
+        });
+    }
+    for _ in blocks {
+        let (b, got) = finished.recv_timeout(Duration::from_secs(20)).expect("a reader was never served");
+        assert_eq!(got, byte(b * BLOCK + 4096 + 7), "block {b}");
+    }
+    assert_eq!(fills.load(Ordering::SeqCst), blocks.len(), "each block filled once, no other");
 }

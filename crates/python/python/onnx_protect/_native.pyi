@@ -143,6 +143,7 @@ def session_files(
     signers: list[str] = ...,
     on_demand: bool = True,
     verify_on_read: bool = False,
+    reads_few: bool = False,
 ) -> SessionFiles: ...
 def genai_stage(models: list[SessionFiles]) -> str: ...
 def genai_unstage(token: str) -> bool: ...
@@ -157,6 +158,7 @@ def session_model(
     on_demand: bool = True,
     min_shared: int = 65536,
     verify_on_read: bool = False,
+    reads_few: bool = False,
 ) -> SessionModel: ...
 def encrypt(
     src: str,

@@ -250,7 +250,10 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     are filled on demand where the system can (Linux ``userfaultfd``): each chunk
     checked against its hash and decrypted when onnxruntime first reads it, or a little
     before, so the session's time and peak memory stay near those of the plain file;
-    ``False`` decrypts them whole first (about 1.7 times the memory). A chunk that does
+    ``False`` decrypts them whole first (about 1.7 times the memory). With prepacking off
+    (``session.disable_prepacking`` set to ``"1"`` on ``sess_options``), when onnxruntime
+    reads few weights while it builds, only what it reads (and what it reads in order,
+    ahead) is filled. A chunk that does
     not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
     is returned. ``verify_on_read`` (default ``False``): a chunk of the external data
     files filled on demand is verified when onnxruntime first reads it, and only the
@@ -280,13 +283,13 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     min_shared = 1024 if in_place is True else 64 << 10
     if in_place is not False and _ort_reads_files_in_place(ort):
         return _session_from_files(ort, np, source, k, tier, signers, so, providers, provider_options,
-                                   (bool(on_demand), bool(verify_on_read)), onnxruntime_kwargs)
+                                   (bool(on_demand), bool(verify_on_read), _reads_few(so)), onnxruntime_kwargs)
     if in_place is None:
         in_place = set(_provider_names(ort, providers)) <= _IN_PLACE_PROVIDERS
     try:
         sm = _native.session_model(
             source, key=k, tier=tier, signers=list(signers), share=bool(in_place), on_demand=bool(on_demand),
-            min_shared=min_shared, verify_on_read=bool(verify_on_read),
+            min_shared=min_shared, verify_on_read=bool(verify_on_read), reads_few=_reads_few(so),
         )
     except MalformedModel as e:
         if "more than a graph can hold" not in str(e):
@@ -314,6 +317,16 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     return session
 
 
+def _reads_few(so: Any) -> bool:
+    """Whether onnxruntime reads few weights while it builds a session with the options
+    ``so``: prepacking off (``session.disable_prepacking`` = ``"1"``), when it keeps views
+    of most weights and reads them in its first run."""
+    try:
+        return bool(so.get_session_config_entry("session.disable_prepacking") == "1")
+    except RuntimeError:  # not set
+        return False
+
+
 # The onnxruntime session option under which it reads external data files given from
 # memory in place instead of copying them (onnx_protect_session::files::DIRECT).
 _DIRECT_FILES = "session.use_external_initializer_file_buffers_directly"
@@ -321,15 +334,15 @@ _DIRECT_FILES = "session.use_external_initializer_file_buffers_directly"
 
 def _session_from_files(
     ort: Any, np: Any, source: Any, k: Key, tier: int | None, signers: Sequence[str], so: Any,
-    providers: Any, provider_options: Any, filling: tuple[bool, bool], kwargs: dict[str, Any],
+    providers: Any, provider_options: Any, filling: tuple[bool, bool, bool], kwargs: dict[str, Any],
 ) -> Any:
     """onnxruntime >= 1.31: every large tensor reaches onnxruntime as external data in a
     file given from memory (the decrypted buffers, read in place), the graph holds none
     of their bytes, and every graph optimisation reads the real bytes. ``filling``:
-    ``(on_demand, verify_on_read)``."""
-    on_demand, verify_on_read = filling
+    ``(on_demand, verify_on_read, reads_few)``."""
+    on_demand, verify_on_read, reads_few = filling
     sf = _native.session_files(source, key=k, tier=tier, signers=list(signers), on_demand=on_demand,
-                               verify_on_read=verify_on_read)
+                               verify_on_read=verify_on_read, reads_few=reads_few)
     files = sf.files
     arrays = [np.frombuffer(view, dtype=np.uint8) for _, view in files]
     if files:

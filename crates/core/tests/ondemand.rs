@@ -391,19 +391,25 @@ fn a_change_in_a_gathered_table_that_nothing_reads_is_refused_by_settle() {
     std::fs::write(&side, &original).unwrap();
 }
 
-#[test]
-fn for_a_reader_that_copies_once_the_region_holds_a_few_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = key(7);
-    // One weight of 12 chunks: a reader of whole tensors keeps it all while the session is
-    // built; one that copies each byte once needs only the slack.
-    let plain = dir.path().join("plain");
+/// One weight of 12 chunks (48 MiB, as `w.bin`), protected with the built-in policy: the
+/// region's budget holds all of it.
+fn one_weight(dir: &Path, k: &KeySource) -> PathBuf {
+    let plain = dir.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     let rows = 12 * DIM;
     let data: Vec<u8> = (0..rows * DIM).flat_map(|j| (((j % 1013) as f32 - 506.0) / 512.0).to_le_bytes()).collect();
     std::fs::write(plain.join("w.bin"), &data).unwrap();
     let w = external_float_tensor("W0", &[rows as i64, DIM as i64], "w.bin", 0, data.len() as u64);
-    let protected = protect(dir.path(), &matmul_chain(&[w]), &Policy::default(), &k);
+    protect(dir, &matmul_chain(&[w]), &Policy::default(), k)
+}
+
+#[test]
+fn for_a_reader_that_copies_once_the_region_holds_a_few_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(7);
+    // A reader of whole tensors keeps it all while the session is built; one that copies
+    // each byte once needs only the slack.
+    let protected = one_weight(dir.path(), &k);
     let eager = InMemory::file(&protected, &k).load().unwrap();
     let mut held = Vec::new();
     for read_once in [false, true] {
@@ -420,4 +426,39 @@ fn for_a_reader_that_copies_once_the_region_holds_a_few_blocks() {
     let block_kib = 4 << 10;
     assert!(held[0] >= 12 * block_kib, "a reader of whole tensors: {} KiB held", held[0]);
     assert!(held[1] <= 7 * block_kib, "a reader that copies once: {} KiB held", held[1]);
+}
+
+#[test]
+fn for_a_reader_of_few_weights_only_the_blocks_read_are_filled() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(8);
+    let protected = one_weight(dir.path(), &k);
+    let eager = InMemory::file(&protected, &k).load().unwrap();
+    let block = 4 << 20;
+    let mut held = Vec::new();
+    for reads_few in [false, true] {
+        let m = InMemory::file(&protected, &k).on_demand(true).reads_few(reads_few).load().unwrap();
+        let (a, b) = (&m.external()["w.bin"], &eager.external()["w.bin"]);
+        assert_eq!(a.method(), Method::OnDemand);
+        // A MiB from the middle of three blocks far apart.
+        for i in [9, 2, 6] {
+            let r = i * block + block / 2..i * block + block / 2 + (1 << 20);
+            assert!(a[r.clone()] == b[r], "reads_few {reads_few}: block {i}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        held.push(resident_kib(a.as_ptr()));
+        // Every block read at once by the rayon pool, in no order: every fault is served.
+        use rayon::prelude::*;
+        (0..12usize).into_par_iter().rev().for_each(|i| {
+            let r = i * block..(i + 1) * block;
+            assert!(a[r.clone()] == b[r], "reads_few {reads_few}: in parallel, block {i}");
+        });
+        a.settle().unwrap();
+        assert_same(&m, &eager, "settled");
+    }
+    // By default the handler fills ahead and while idle; for a reader of few weights it
+    // fills the three blocks read (and holds its own block).
+    let block_kib = 4 << 10;
+    assert!(held[0] >= 8 * block_kib, "by default: {} KiB held", held[0]);
+    assert!(held[1] <= 4 * block_kib, "reads_few: {} KiB held after reading three blocks", held[1]);
 }

@@ -244,13 +244,15 @@ fn every_fixture_and_zoo_model_gives_the_plain_session_s_outputs() {
 }
 
 #[test]
-fn the_external_data_model_s_weights_are_used_in_place_filled_on_demand_verified_on_read_or_decrypted_whole() {
+fn the_external_data_model_s_weights_are_used_in_place_filled_on_demand_verified_on_read_read_few_or_decrypted_whole() {
     let Some(env) = env() else { return };
     let model = root().join("fixtures/models/external_data/model.onnx");
     let (_dir, k, enc) = protected(&model);
     let (feeds, want) = plain_outputs(&env, &model);
-    for (on_demand, verify_on_read) in [(true, false), (false, false), (true, true)] {
-        let load = Load { on_demand, verify_on_read, ..Load::default() };
+    for (on_demand, verify_on_read, reads_few) in
+        [(true, false, false), (false, false, false), (true, true, false), (true, false, true), (true, true, true)]
+    {
+        let load = Load { on_demand, verify_on_read, reads_few, ..Load::default() };
         let mut s = commit_from_file_as(Session::builder(&env).unwrap(), &enc, &k, &load).unwrap();
         assert!(s.shared_initializers() > 0 && s.shared_bytes() > 0, "on_demand {on_demand}");
         assert_eq!(s.files_in_place(), reads_files_in_place(), "files in memory where onnxruntime reads them in place");

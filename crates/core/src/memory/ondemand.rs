@@ -243,9 +243,12 @@ fn on_demand(
         .map(|(_, r)| r.end - r.start)
         .max()
         .unwrap_or(0);
-    // A reader that copies each byte once needs no tensor kept whole.
-    let kept = if reader.once { 0 } else { largest.div_ceil(block) };
-    let slack = if reader.once { BUDGET_SLACK } else { slack(first_block) };
+    // A reader that copies each byte once needs no tensor kept whole, nor one that reads few
+    // (onnxruntime with prepacking off reads a weight while it builds to make its own copy:
+    // NCHWc filters, a folded cast).
+    let once = reader.once || reader.few;
+    let kept = if once { 0 } else { largest.div_ceil(block) };
+    let slack = if once { BUDGET_SLACK } else { slack(first_block) };
     let budget = usize::try_from((kept + slack) * block).unwrap_or(usize::MAX);
     let block_len = usize::try_from(block).map_err(|_| CoreError::Internal("block size"))?;
     let region_len = first_block.checked_mul(block_len).ok_or_else(too_large)?;

@@ -38,8 +38,8 @@ impl Region {
         Some(b)
     }
 
-    /// The read-ahead after the reader was seen in block `b` (`in_order`: the block follows
-    /// the last one seen, or was filled ahead).
+    /// The read-ahead after the reader was seen in block `b` (`in_order`: read from its first
+    /// page on, after the block before it, or filled ahead).
     fn reader_at(&self, b: usize, ahead: Option<Ahead>, in_order: bool) -> Option<Ahead> {
         if self.in_order_only && !in_order {
             return ahead.filter(|a| a.next > b && a.next < a.stop);
@@ -144,7 +144,10 @@ impl Region {
         if !kept {
             self.serve_block(b, Some(addr));
         }
-        let in_order = kept || last.is_some_and(|l| b == l || b == l + 1);
+        // A reader in order crosses into the block after the last one at its first page (a
+        // look at a small tensor in the next block lands anywhere in it).
+        let first_page = addr - self.base - b * self.block < self.page;
+        let in_order = kept || (first_page && last.is_some_and(|l| b == l + 1));
         *last = Some(b);
         self.reader_at(b, ahead, in_order)
     }

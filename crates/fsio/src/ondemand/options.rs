@@ -21,8 +21,9 @@ pub struct Options {
     /// the handler's core is otherwise idle then).
     pub fill_idle: bool,
     /// Read ahead only of a reader that reads blocks in order: nothing is filled before the
-    /// first fault, and a fault in a block that does not follow the last one read fills that
-    /// block alone (a reader of a few scattered tensors, such as onnxruntime building a
-    /// session with prepacking off, gets no 64 MiB read-ahead per tensor).
+    /// first fault, and a fault other than one in the first page of the block after the
+    /// last one read fills its block alone (a reader of a few scattered tensors, such as
+    /// onnxruntime building a session with prepacking off, gets no 64 MiB read-ahead per
+    /// tensor).
     pub in_order_only: bool,
 }

@@ -361,8 +361,9 @@ fn assess_reports_one_row_per_tier_the_key_reaches() {
     assert_eq!(acc(&top, "tier_3"), acc(&top, "original"));
     assert_eq!(row(&top, "decrypted")["agreement"].as_f64(), Some(1.0));
     // Accuracy rises with the tier, but adjacent tiers can swap for some keys: over 60
-    // fresh keys with these settings (docs/protection-tiers.md, "Three tiers, cnn"), no key
-    // -> tier 1 and tier 1 -> tier 2 were each negative at least once (down to -0.054).
+    // fresh keys with these settings (`--mode '*=fp' --selection '*=l1' --coefficient
+    // '*=0.5'`, not the defaults docs/protection-tiers.md measures), no key -> tier 1 and
+    // tier 1 -> tier 2 were each negative at least once (down to -0.054).
     // What held with a wide margin for every key: no key -> tier 2 rose by at least 0.370
     // (mean 0.57), tier 2 -> tier 3 by at least 0.189 (mean 0.31), and every partial tier
     // stayed below the original. Only that is asserted.

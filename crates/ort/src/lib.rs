@@ -262,7 +262,8 @@ pub struct Load<'a> {
     pub verify_on_read: bool,
     /// With `on_demand`: onnxruntime reads few weights while it builds the session (set it
     /// with `session.disable_prepacking` = `1`): only the blocks read, and read ahead of a
-    /// reader in order, are filled (`InMemory::reads_few`). Default `false`.
+    /// reader in order, are filled, and a few stay before the session exists
+    /// (`InMemory::reads_few`). Default `false`.
     pub reads_few: bool,
 }
 

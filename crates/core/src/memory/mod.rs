@@ -239,10 +239,11 @@ impl<'a> InMemory<'a> {
     }
 
     /// With `reads_few`, memory filled on demand is for a runtime that reads few weights
-    /// while it builds a session (onnxruntime with prepacking off keeps views of most and
-    /// reads them in its first run): nothing is filled before it is read or ahead of a
-    /// reader that does not read blocks in order, and nothing while the handler is idle, so
-    /// the blocks filled are those read (and read ahead of a reader in order).
+    /// while it builds a session, each once to make its own copy (onnxruntime with
+    /// prepacking off: NCHWc filters, a folded cast; it keeps views of the others and reads
+    /// them in its first run): nothing is filled before it is read or while the handler is
+    /// idle, a read-ahead starts only where a reader crosses into the next block at its
+    /// first page, and a few blocks stay filled before `settle`, as with `read_once`.
     pub fn reads_few(self, reads_few: bool) -> InMemory<'a> {
         InMemory { reads_few, ..self }
     }

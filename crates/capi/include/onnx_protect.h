@@ -7,6 +7,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Flag of `onnx_protect_file_decrypt_for_session_with`: a chunk of the external files
+// filled on demand is verified when onnxruntime first reads it, and
+// `onnx_protect_model_settle` hashes none it has not read; a changed chunk first read
+// after settling ends the process (one line on standard error), as one changed on disk
+// after the session was built does (docs/runtime.md).
+#define ONNX_PROTECT_VERIFY_ON_READ 1
+
+// Flag of `onnx_protect_file_decrypt_for_session_with`: onnxruntime reads few weights
+// while it builds the session (the session config entry `session.disable_prepacking` set
+// to `"1"`): only what it reads is filled, and a few chunks stay until settling.
+#define ONNX_PROTECT_READS_FEW 2
+
 // What a call did. `ONNX_PROTECT_STATUS_OK` is 0; every other value is a failure,
 // described by `onnx_protect_last_error()`. The kinds after `INVALID_ARGUMENT` are
 // those of the library's error kinds (docs/cli.md, "Exit codes").
@@ -171,6 +183,17 @@ enum OnnxProtectStatus onnx_protect_file_decrypt_for_session(const struct OnnxPr
                                                              const struct OnnxProtectKey *key,
                                                              uint32_t tier,
                                                              struct OnnxProtectModel **out);
+
+// `onnx_protect_file_decrypt_for_session` with `flags`: 0, or `ONNX_PROTECT_VERIFY_ON_READ`
+// and `ONNX_PROTECT_READS_FEW` or'ed together (any other bit is an invalid argument).
+//
+// # Safety
+// As `onnx_protect_file_decrypt_for_session`.
+enum OnnxProtectStatus onnx_protect_file_decrypt_for_session_with(const struct OnnxProtectFile *file,
+                                                                  const struct OnnxProtectKey *key,
+                                                                  uint32_t tier,
+                                                                  uint32_t flags,
+                                                                  struct OnnxProtectModel **out);
 
 // Once the session is created from a model of `onnx_protect_file_decrypt_for_session`:
 // verifies every chunk of its external files filled on demand that onnxruntime has not

@@ -218,7 +218,39 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
     tier: u32,
     out: *mut *mut OnnxProtectModel,
 ) -> OnnxProtectStatus {
+    // SAFETY: the caller's contract, the same.
+    unsafe { onnx_protect_file_decrypt_for_session_with(file, key, tier, 0, out) }
+}
+
+/// Flag of `onnx_protect_file_decrypt_for_session_with`: a chunk of the external files
+/// filled on demand is verified when onnxruntime first reads it, and
+/// `onnx_protect_model_settle` hashes none it has not read; a changed chunk first read
+/// after settling ends the process (one line on standard error), as one changed on disk
+/// after the session was built does (docs/runtime.md).
+pub const ONNX_PROTECT_VERIFY_ON_READ: u32 = 1;
+
+/// Flag of `onnx_protect_file_decrypt_for_session_with`: onnxruntime reads few weights
+/// while it builds the session (the session config entry `session.disable_prepacking` set
+/// to `"1"`): only what it reads is filled, and a few chunks stay until settling.
+pub const ONNX_PROTECT_READS_FEW: u32 = 2;
+
+/// `onnx_protect_file_decrypt_for_session` with `flags`: 0, or `ONNX_PROTECT_VERIFY_ON_READ`
+/// and `ONNX_PROTECT_READS_FEW` or'ed together (any other bit is an invalid argument).
+///
+/// # Safety
+/// As `onnx_protect_file_decrypt_for_session`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session_with(
+    file: *const OnnxProtectFile,
+    key: *const OnnxProtectKey,
+    tier: u32,
+    flags: u32,
+    out: *mut *mut OnnxProtectModel,
+) -> OnnxProtectStatus {
     let make = || {
+        if flags & !(ONNX_PROTECT_VERIFY_ON_READ | ONNX_PROTECT_READS_FEW) != 0 {
+            return Err(Failure::argument(format!("flags {flags:#x}: unknown bits")));
+        }
         // SAFETY: the caller's contract.
         let (file, key, tier) = unsafe { decrypt_args(file, key, tier) }?;
         let at_file = |e: CoreError| at(&file.path, e);
@@ -227,6 +259,8 @@ pub unsafe extern "C" fn onnx_protect_file_decrypt_for_session(
             .signers(&file.signers)
             .on_demand(true)
             .model_on_demand(true)
+            .verify_on_read(flags & ONNX_PROTECT_VERIFY_ON_READ != 0)
+            .reads_few(flags & ONNX_PROTECT_READS_FEW != 0)
             .load_for_session()
             .map_err(at_file)?;
         let mut m = m;

@@ -35,11 +35,12 @@ mod genai;
 mod key;
 
 pub use file::{
-    onnx_protect_file_decrypt, onnx_protect_file_decrypt_for_session, onnx_protect_file_encrypted_bytes,
-    onnx_protect_file_format_version, onnx_protect_file_free, onnx_protect_file_restored_tiers,
-    onnx_protect_file_tensors, onnx_protect_file_tiers, onnx_protect_file_trust_signer, onnx_protect_file_verify,
-    onnx_protect_model_data, onnx_protect_model_external, onnx_protect_model_external_count, onnx_protect_model_free,
-    onnx_protect_model_settle, onnx_protect_open,
+    onnx_protect_file_decrypt, onnx_protect_file_decrypt_for_session, onnx_protect_file_decrypt_for_session_with,
+    onnx_protect_file_encrypted_bytes, onnx_protect_file_format_version, onnx_protect_file_free,
+    onnx_protect_file_restored_tiers, onnx_protect_file_tensors, onnx_protect_file_tiers,
+    onnx_protect_file_trust_signer, onnx_protect_file_verify, onnx_protect_model_data, onnx_protect_model_external,
+    onnx_protect_model_external_count, onnx_protect_model_free, onnx_protect_model_settle, onnx_protect_open,
+    ONNX_PROTECT_READS_FEW, ONNX_PROTECT_VERIFY_ON_READ,
 };
 pub use folder::{
     onnx_protect_folder_free, onnx_protect_folder_model, onnx_protect_folder_model_count, onnx_protect_folder_open,

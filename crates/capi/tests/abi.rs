@@ -250,16 +250,23 @@ fn a_trusted_signer_is_required_once_given() {
     }
 }
 
-/// The graph and files of `onnx_protect_file_decrypt_for_session`, copied out, and what
-/// `onnx_protect_model_settle` then says.
+/// The graph and files of `onnx_protect_file_decrypt_for_session_with` (`flags` 0:
+/// `onnx_protect_file_decrypt_for_session`), copied out, and what `onnx_protect_model_settle`
+/// then says.
 fn decrypt_for_session(
     path: &Path,
     key: *const OnnxProtectKey,
+    flags: u32,
 ) -> Result<(Decrypted, OnnxProtectStatus), OnnxProtectStatus> {
     let file = open(path)?;
     let mut model = null_mut();
     // SAFETY: handles from this library, valid output pointer.
-    let s = unsafe { onnx_protect_file_decrypt_for_session(file, key, 0, &mut model) };
+    let s = unsafe {
+        match flags {
+            0 => onnx_protect_file_decrypt_for_session(file, key, 0, &mut model),
+            _ => onnx_protect_file_decrypt_for_session_with(file, key, 0, flags, &mut model),
+        }
+    };
     // SAFETY: freed once.
     unsafe { onnx_protect_file_free(file) };
     if s != OnnxProtectStatus::Ok {
@@ -296,8 +303,21 @@ fn a_session_gets_a_graph_without_large_tensors_and_files_that_hold_their_bytes(
     let dir = tempfile::tempdir().unwrap();
     let (src, enc) = protected(dir.path(), KeySource::key(MasterKey::from_bytes(KEY)));
     let key = key_from_bytes(&KEY);
-    let ((graph, files), settled) = decrypt_for_session(&enc, key).unwrap();
+    let flags =
+        [0, ONNX_PROTECT_VERIFY_ON_READ, ONNX_PROTECT_READS_FEW, ONNX_PROTECT_VERIFY_ON_READ | ONNX_PROTECT_READS_FEW];
+    let ((graph, files), settled) = decrypt_for_session(&enc, key, 0).unwrap();
     assert_eq!(settled, OnnxProtectStatus::Ok);
+    // The same bytes with every flag (the files' names are new for each call).
+    let data = |files: &[(String, Vec<u8>)]| files.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>();
+    for f in flags {
+        let ((_, again), settled) = decrypt_for_session(&enc, key, f).unwrap();
+        assert_eq!((data(&again), settled), (data(&files), OnnxProtectStatus::Ok), "flags {f}");
+    }
+    assert_eq!(
+        decrypt_for_session(&enc, key, 4).map(|r| r.1),
+        Err(OnnxProtectStatus::InvalidArgument),
+        "an unknown flag"
+    );
     assert!(files.iter().all(|(n, _)| n.starts_with("onnx-protect-c.")), "names of the session's own");
     let sizes: std::collections::BTreeMap<String, u64> =
         files.iter().map(|(n, d)| (n.clone(), d.len() as u64)).collect();
@@ -330,12 +350,16 @@ fn a_session_gets_a_graph_without_large_tensors_and_files_that_hold_their_bytes(
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&side, bytes).unwrap();
-    let got = decrypt_for_session(&enc, key);
-    assert!(
-        matches!(got, Err(OnnxProtectStatus::Modified) | Ok((_, OnnxProtectStatus::Modified))),
-        "{:?}",
-        got.map(|r| r.1)
-    );
+    // Verified on read too: every byte is copied out before settling, so the changed chunk
+    // is read (as zeros) first.
+    for f in flags {
+        let got = decrypt_for_session(&enc, key, f);
+        assert!(
+            matches!(got, Err(OnnxProtectStatus::Modified) | Ok((_, OnnxProtectStatus::Modified))),
+            "flags {f}: {:?}",
+            got.map(|r| r.1)
+        );
+    }
     // SAFETY: freed once.
     unsafe { onnx_protect_key_free(key) };
 }

@@ -494,6 +494,21 @@ def test_with_prepacking_off_external_data_beyond_the_budget_is_filled_as_it_is_
     assert s.run(None, {"x": x})[0].tobytes() == want
 
 
+def test_prepacking_off_in_the_session_options_makes_the_region_one_for_a_reader_of_few_weights():
+    """``session.disable_prepacking`` = ``"1"`` on the options: the loader asks for a region
+    for a runtime that reads few weights (``InMemory::reads_few``; the region's behaviour is
+    tested in crates/fsio and crates/core); any other value or none: the default region."""
+    from onnx_protect._session import _reads_few
+
+    so = ort.SessionOptions()
+    assert not _reads_few(so)
+    so.add_session_config_entry("session.disable_prepacking", "0")
+    assert not _reads_few(so)
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    assert _reads_few(so)
+
+
 @pytest.mark.parametrize("how", ["on demand", "whole", "no prepacking", "verified on read"])
 def test_a_changed_external_byte_gives_no_session_but_a_modified_error(how, tmp_path):
     """The header lists every external chunk's hash: filled on demand, a changed chunk is

@@ -136,6 +136,11 @@ impl Region {
         (b < self.blocks).then_some(b)
     }
 
+    /// The offset of `addr` in block `b` (an address in it).
+    fn offset_in(&self, b: usize, addr: usize) -> usize {
+        addr - self.base - b * self.block
+    }
+
     /// Serves a fault at `addr`: a kept-back page at once, anything else by filling its
     /// block; returns the read-ahead from there. `last`: the block of the last fault.
     fn on_fault(&self, addr: usize, ahead: Option<Ahead>, last: &mut Option<usize>) -> Option<Ahead> {
@@ -146,15 +151,14 @@ impl Region {
         }
         // A reader in order crosses into the block after the last one at its first page (a
         // look at a small tensor in the next block lands anywhere in it).
-        let first_page = addr - self.base - b * self.block < self.page;
-        let in_order = kept || (first_page && last.is_some_and(|l| b == l + 1));
+        let in_order = kept || (self.offset_in(b, addr) < self.page && last.is_some_and(|l| b == l + 1));
         *last = Some(b);
         self.reader_at(b, ahead, in_order)
     }
 
     /// Installs the kept-back first page of block `b` if `addr` is in it: whether it did.
     fn give_kept(&self, book: &mut Book, b: usize, addr: usize) -> bool {
-        if addr - self.base - b * self.block >= self.page {
+        if self.offset_in(b, addr) >= self.page {
             return false;
         }
         let Some(kept) = book.kept.remove(&b) else { return false };
@@ -181,7 +185,7 @@ impl Region {
         }
         let book = &mut st.book;
         if let Some(addr) = fault {
-            let page_end = (addr - self.base - b * self.block) / self.page * self.page + self.page;
+            let page_end = self.offset_in(b, addr) / self.page * self.page + self.page;
             if page_end > book.filled[b] {
                 let from = book.filled[b];
                 self.copy_in(b, from, self.zeros as *const u8, page_end - from);

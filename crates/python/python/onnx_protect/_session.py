@@ -253,7 +253,7 @@ def InferenceSession(  # noqa: N802 (named as the onnxruntime class it returns)
     ``False`` decrypts them whole first (about 1.7 times the memory). With prepacking off
     (``session.disable_prepacking`` set to ``"1"`` on ``sess_options``), when onnxruntime
     reads few weights while it builds, only what it reads (and what it reads in order,
-    ahead) is filled. A chunk that does
+    ahead) is filled, and a few blocks of it stay until the session exists. A chunk that does
     not match raises :class:`OnnxProtectError` (``kind`` ``"modified"``) and no session
     is returned. ``verify_on_read`` (default ``False``): a chunk of the external data
     files filled on demand is verified when onnxruntime first reads it, and only the
@@ -321,10 +321,7 @@ def _reads_few(so: Any) -> bool:
     """Whether onnxruntime reads few weights while it builds a session with the options
     ``so``: prepacking off (``session.disable_prepacking`` = ``"1"``), when it keeps views
     of most weights and reads them in its first run."""
-    try:
-        return bool(so.get_session_config_entry("session.disable_prepacking") == "1")
-    except RuntimeError:  # not set
-        return False
+    return _config_entry(so, "session.disable_prepacking") == "1"
 
 
 # The onnxruntime session option under which it reads external data files given from

@@ -405,6 +405,42 @@ def test_a_point_that_fails_its_confirmation_is_never_recommended(data, monkeypa
         ("last", "confirmation", False), ("last+first", "confirmation", False), ("all", "confirmation", False)]
 
 
+def test_confirmation_decides_on_the_upper_bound_and_adds_draws_while_the_draws_cannot_tell(data, monkeypatch):
+    """A confirmed point holds when the one-sided 95% upper bound of its gap is within
+    the target, fails when its mean gap is over it, and in between gets three more draws,
+    up to nine, where a point still undecided is not recommended. The attacks are
+    replaced by a stand-in whose per-draw gaps are given."""
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    calls = []
+
+    def stand_in(path, *args, seeds, target, **kwargs):
+        calls.append(seeds)
+        g = per_draw[:seeds]
+        mean = float(np.mean(g))
+        return {"holds": mean <= target, "gap": mean, "bound": assess.upper_bound(g), "share": 0.5, "seeds": seeds}
+
+    monkeypatch.setattr(assess, "attack", stand_in)
+    cases = [
+        ([0.0, 0.001, -0.001], [1, 3], "last"),  # tight: holds at three
+        ([0.0, 0.05, -0.05, -0.01, 0.0, -0.01, -0.01, 0.0, -0.01], [1, 3, 6, 9], "last"),  # tells at nine
+        ([0.0, 0.1, -0.1] * 3, [1, 3, 6, 9], None),  # never tells: not recommended
+        ([0.0, 0.04, 0.05], [1, 3], None),  # mean over the target: fails at once
+    ]
+    for (per_draw, draws, chosen), undecided in zip(cases, (False, False, True, False)):
+        calls.clear()
+        r = assess.policy_search(mlp, *data, points=("last",), seeds=3)
+        assert (calls, r["chosen"]) == (draws, chosen), per_draw
+        last = r["points"][-1]
+        assert last["seeds"] == draws[-1] and last.get("undecided", False) is undecided
+    # The bound: mean + t(n - 1) * sd / sqrt(n); one draw has none.
+    assert assess.upper_bound([0.0, 0.02, 0.04]) == pytest.approx(0.02 + 2.920 * 0.02 / np.sqrt(3))
+    assert assess.upper_bound([0.01]) is None
+    calls.clear()
+    per_draw = [0.0, 0.05, -0.05] * 3
+    assert assess.policy_search(mlp, *data, points=("last",), seeds=3, max_seeds=3)["chosen"] is None
+    assert calls == [1, 3]
+
+
 def test_the_learning_rate_is_chosen_by_held_out_accuracy_then_cross_entropy():
     # A fifth of a small draw holds a few samples: accuracies tie often. The tie goes to
     # the lower cross-entropy, not to the smallest rate.

@@ -95,6 +95,13 @@ BATCH = 32
 LRS = (1e-3, 3e-3, 1e-2)
 WEIGHT_DECAY = 1e-4
 TARGET = 0.02
+# policy_search: draws added at a time to a point whose mean gap is under the target
+# but whose upper bound is not, and the most it gets.
+MORE_SEEDS = 3
+MAX_SEEDS = 9
+# One-sided 95% quantiles of Student's t by degrees of freedom (1 to 10; beyond, 1.8):
+# the upper bound of a mean gap over n paired draws is mean + t[n - 1] * sd / sqrt(n).
+T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 ATTACKS = ("relearn", "finetune")
 # How a run trains (train()) and how its learning rate is chosen (_one()).
 RECIPES = ("one-cycle", "constant")
@@ -609,7 +616,8 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
                 row["runs"][name].append(r)
         mean = {k: float(np.mean(row[k])) for k in ("start", "scratch", *attacks)}
         best = max(attacks, key=lambda a: mean[a])
-        row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"])
+        row.update(mean=mean, best_attack=best, gap=mean[best] - mean["scratch"],
+                   bound=upper_bound(np.subtract(row[best], row["scratch"])))
         report["sizes"].append(row)
         if stop_early and row["gap"] > target and fraction != sizes[-1]:
             report["stopped_early"] = True
@@ -618,7 +626,21 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     report["gap"] = worst["gap"]
     report["worst_fraction"] = worst["fraction"]
     report["holds"] = bool(report["gap"] <= target)
+    bounds = [r["bound"] for r in report["sizes"]]
+    report["bound"] = None if None in bounds else max(bounds)
     return report
+
+
+def upper_bound(gaps: Sequence[float]) -> float | None:
+    """The one-sided 95% upper confidence bound of the mean of ``gaps`` (one per draw,
+    each the best attack's accuracy minus scratch's on that draw's data): mean + t * sd /
+    sqrt(n) with Student's t at n - 1 degrees of freedom (:data:`T95`). One draw has no
+    spread to measure: no bound (``None``)."""
+    gaps = np.asarray(gaps, dtype=float)
+    if len(gaps) < 2:
+        return None
+    t = T95[len(gaps) - 2] if len(gaps) - 1 <= len(T95) else 1.8
+    return float(gaps.mean() + t * gaps.std(ddof=1) / np.sqrt(len(gaps)))
 
 
 def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) -> onnx.ModelProto:
@@ -654,145 +676,7 @@ def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
 
 # ---------------------------------------------------------------- policy search
 
-# Candidate policies, cheapest first (docs/policy.md). Each is TOML for `encrypt --policy`.
-_ROLES_ALL = ("weight", "recurrent", "embedding", "bias", "norm", "position-embedding", "scale", "other")
-_ROLES_MAIN = ("weight", "recurrent", "embedding")
-_ROLES_SMALL = ("bias", "norm", "position-embedding", "scale")
-
-
-def policy_toml(point: str) -> str:
-    """The TOML of a search point: parts joined by ``+``, each adding whole tensors
-    (``ctr``) to what the others encrypt:
-
-    * ``first``, ``last``: that layer (docs/policy.md: its nodes' main and bias weights);
-    * ``small``: biases, normalisation parameters, position embeddings and scales;
-    * a role name (``norm``, ``bias``, ``position-embedding``, ``scale``, ``weight``,
-      ``recurrent``, ``embedding``): every constant of that role;
-    * an operator type (``MatMul``, ``Conv``, ``LSTM``): every weight it reads;
-    * a number (``0.25``): that share of every main weight's rows, largest L1 first;
-    * ``weights``: every main weight (roles ``weight``, ``recurrent``, ``embedding``);
-    * ``all``: every floating-point constant.
-
-    ``builtin`` alone is the built-in policy. An unknown part raises :class:`AttackError`."""
-    if point == "builtin":
-        return "version = 1\n"
-    parts = point.split("+")
-    text = 'version = 1\ninherit_builtin = false\n\n[defaults]\nmode = "ctr"\n'
-    roles: dict[str, float] = {}
-    ops: list[str] = []
-    share = None
-    for p in parts:
-        if p == "all":
-            roles.update({r: 1.0 for r in _ROLES_ALL})
-        elif p == "small":
-            roles.update({r: 1.0 for r in _ROLES_SMALL})
-        elif p == "weights":
-            roles.update({r: 1.0 for r in _ROLES_MAIN})
-        elif p in _ROLES_ALL:
-            roles[p] = 1.0
-        elif p.replace(".", "", 1).isdigit() and 0 < float(p) < 1:
-            share = float(p)
-        elif p[:1].isupper() and p.isalnum():
-            ops.append(p)
-        elif p not in ("first", "last"):
-            raise AttackError(f"unknown policy point part {p!r} in {point!r}")
-    if share is not None:
-        for r in _ROLES_MAIN:
-            roles.setdefault(r, share)
-    for r, c in roles.items():
-        extra = '\nselection = "l1"' if c < 1 else ""
-        text += f"\n[roles.{r}]\ncoefficient = {c}{extra}\n"
-    for op in ops:
-        text += f"\n[ops.{op}]\ncoefficient = 1.0\n"
-    for layer in ("first", "last"):
-        if layer in parts:
-            text += f"\n[layers.{layer}]\ncoefficient = 1.0\n"
-    return text
-
-
-# The search's candidates. Which is cheapest depends on the model (the first layer of an
-# MLP is most of it): plan() orders them by the share they encrypt.
-SEARCH = ("first", "last", "last+first", "last+first+norm", "last+first+small", "last+first+small+0.25",
-          "last+first+small+0.5", "weights", "all")
-
-
-def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.PathLike, key=None,
-         ) -> list[dict[str, Any]]:
-    """Encrypts the plain ``model`` with each point (``key``, or a throwaway one) into
-    ``directory`` and returns them cheapest first: dicts with ``point``, ``path`` (the
-    protected copy), ``share`` (of the weight bytes) and ``same`` (later points that
-    encrypt exactly the same spans, left out of the list). A point that encrypts nothing
-    is left out."""
-    from . import encrypt, inspect, new_key
-
-    key = key if key is not None else new_key()
-    by_spans: dict[tuple, dict[str, Any]] = {}
-    for i, point in enumerate(points):
-        pol = os.path.join(directory, f"policy-{i}.toml")
-        with open(pol, "w") as f:
-            f.write(policy_toml(point))
-        out = os.path.join(directory, f"protected-{i}.onnx")
-        if os.path.exists(out):
-            os.remove(out)
-        encrypt(model, out, key=key, policy=pol, allow_empty=True)
-        info = inspect(out)
-        tensors = (info.get("protection") or {}).get("tensors", [])
-        spans = tuple(sorted((t["locator"], tuple(map(tuple, t["spans"]))) for t in tensors))
-        if not spans:
-            continue
-        if spans in by_spans:
-            by_spans[spans]["same"].append(point)
-            continue
-        by_spans[spans] = {"point": point, "path": out, "share": weight_share(info), "same": []}
-    return sorted(by_spans.values(), key=lambda p: p["share"])
-
-
-def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
-                  target: float = TARGET, seeds: int = SEEDS, screen_seeds: int = 1,
-                  lr_choice: str = "best", recipes: Sequence[str] = RECIPES,
-                  progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, Any]:
-    """Encrypts the plain ``model`` with each search point (a throwaway key) and attacks
-    them cheapest first (:func:`plan`) in two passes, every run (attacks and scratch)
-    trained at each rate with each of ``recipes`` and kept at its best test accuracy
-    (``lr_choice``, :func:`attack_masks`; both passes alike, the screening's runs reused):
-
-    * screening: :func:`attack` with ``screen_seeds`` draws per data size, stopping at
-      the first size whose gap is above the target;
-    * confirmation, only for a point that holds in screening: ``seeds`` draws (the
-      screening's runs are kept, not run again).
-
-    The first point confirmed is chosen. Returns every point's last report (``stage``:
-    ``screening`` or ``confirmation``; a point that failed confirmation is followed by
-    the next) and that point (``chosen``, ``None`` if none holds)."""
-    if seeds < 1 or screen_seeds < 1:
-        raise AttackError("seeds and screen_seeds must be at least 1")
-    screen_seeds = min(screen_seeds, seeds)
-    results = []
-    chosen = None
-    kwargs.setdefault("scratch_cache", {})
-    kwargs.update(lr_choice=lr_choice, recipes=tuple(recipes))
-    with tempfile.TemporaryDirectory(prefix="onnx-protect-search-") as d:
-        for p in plan(model, points, d):
-            point = p["point"]
-            runs: dict = {}
-            r = attack(p["path"], x, y, x_test, y_test, target=target, seeds=screen_seeds, run_cache=runs,
-                       stop_early=True, progress=progress, **kwargs)
-            r["stage"] = "screening"
-            if r["holds"] and seeds > screen_seeds:
-                if progress:
-                    progress(f"{point}: holds at {screen_seeds} draw(s), gap {100 * r['gap']:+.1f} points: "
-                             f"confirming at {seeds}")
-                r = attack(p["path"], x, y, x_test, y_test, target=target, seeds=seeds, run_cache=runs,
-                           progress=progress, **kwargs)
-                r["stage"] = "confirmation"
-            r.update(point=point, same=p["same"], policy=policy_toml(point))
-            results.append(r)
-            if progress:
-                progress(f"{point}: share {100 * r['share']:.1f}%, gap {100 * r['gap']:+.1f} points ({r['stage']})")
-            if r["holds"]:
-                chosen = point
-                break
-    return {"chosen": chosen, "points": results, "target": target, "seeds": seeds, "screen_seeds": screen_seeds}
+from ._policy_search import SEARCH, plan, policy_search, policy_toml  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- command line
@@ -822,8 +706,14 @@ def _summary(r: dict) -> str:
                      + f"  {100 * row['gap']:+6.1f} ({row['best_attack']})")
     verdict = "holds" if r["holds"] else "does NOT hold"
     stopped = " (stopped at the first size over the target)" if r.get("stopped_early") else ""
-    lines.append(f"gap over scratch: {100 * r['gap']:+.1f} points at {r['worst_fraction']:.0%} of the data: "
+    bound = r.get("bound")
+    spread = "" if bound is None else f"; upper bound {100 * bound:+.1f} (one-sided 95%, {r['seeds']} draws)"
+    lines.append(f"gap over scratch: {100 * r['gap']:+.1f} points at {r['worst_fraction']:.0%} of the data{spread}: "
                  f"the protection {verdict} (target: at most {100 * r['target']:.0f} points){stopped}")
+    if r.get("undecided"):
+        lines.append("the mean gap is under the target, its bound is not: the draws cannot tell, so it does not hold")
+    elif r["holds"] and bound is not None and bound > r["target"]:
+        lines.append("the mean gap is under the target, its bound is not: more draws (--seeds) would tell")
     return "\n".join(lines)
 
 
@@ -839,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--search", action="store_true", help="find the cheapest search point that holds")
     ap.add_argument("--screen-seeds", type=int, default=1,
                     help="with --search: draws per size of the screening pass (default 1); --seeds confirm")
+    ap.add_argument("--max-seeds", type=int, default=MAX_SEEDS,
+                    help=f"with --search: most draws for a point whose gap's bound is above the target and "
+                         f"mean under it (default {MAX_SEEDS})")
     ap.add_argument("--lr-choice", choices=LR_CHOICES,
                     help="held_out: each run's rate chosen on a held-out fifth of the draw; best: the best test "
                          "accuracy over the rates (default: held_out; with --search best)")
@@ -867,7 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if bad:
                 raise AttackError(f"--recipes: unknown recipe {bad[0]!r}; recipes are {', '.join(RECIPES)}")
         if args.search:
-            r = policy_search(args.model, x, y, xt, yt, screen_seeds=args.screen_seeds, **kw)
+            r = policy_search(args.model, x, y, xt, yt, screen_seeds=args.screen_seeds, max_seeds=args.max_seeds,
+                              **kw)
             text = "\n\n".join(f"{p['point']}{''.join(f' = {q}' for q in p['same'])} ({p['stage']}):\n"
                                  f"{_summary(p)}" for p in r["points"])
             text += f"\n\nchosen: {r['chosen'] or 'none of the points holds'}"

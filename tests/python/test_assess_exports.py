@@ -6,6 +6,7 @@ trained here (random init, a few steps on fixtures/digits); the attack budgets a
 few dozen steps, one data size, one draw: what is checked is that the attacks run and
 what the report says, not a study's numbers (docs/protection.md#training-attacks).
 """
+import json
 import pathlib
 import warnings
 
@@ -439,6 +440,31 @@ def test_confirmation_decides_on_the_upper_bound_and_adds_draws_while_the_draws_
     per_draw = [0.0, 0.05, -0.05] * 3
     assert assess.policy_search(mlp, *data, points=("last",), seeds=3, max_seeds=3)["chosen"] is None
     assert calls == [1, 3]
+
+
+def test_the_report_bounds_the_gap_over_its_draws_and_says_so(tmp_path, capsys):
+    """With two or more draws the report gives, per size and overall, the upper bound of
+    the gap (:func:`assess.upper_bound` of the per-draw differences best attack - scratch),
+    and the summary prints it; with one draw there is none."""
+    pol = tmp_path / "last.toml"
+    pol.write_text(assess.policy_toml("last"))
+    enc = tmp_path / "mlp.enc.onnx"
+    onnx_protect.encrypt(ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx", enc, key=onnx_protect.new_key(), policy=pol)
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, x=np.load(DIGITS / "train_x.npy"), y=np.load(DIGITS / "train_y.npy"))
+    np.savez(test, x=np.load(DIGITS / "test_x.npy")[:100], y=np.load(DIGITS / "test_y.npy")[:100])
+    out = tmp_path / "r.json"
+    common = [str(enc), "--data", str(train), "--test", str(test), "--steps", "2", "--sizes", "0.02,0.05", "-q"]
+    assert assess.main([*common, "--seeds", "2", "--json", str(out)]) in (0, 3)
+    r = json.loads(out.read_text())
+    for row in r["sizes"]:
+        diffs = np.subtract(row[row["best_attack"]], row["scratch"])
+        assert row["bound"] == pytest.approx(assess.upper_bound(diffs))
+        assert row["bound"] >= row["gap"]
+    assert r["bound"] == max(row["bound"] for row in r["sizes"])
+    assert f"upper bound {100 * r['bound']:+.1f} (one-sided 95%, 2 draws)" in capsys.readouterr().out
+    assert assess.main([*common, "--seeds", "1", "--json", str(out)]) in (0, 3)
+    assert json.loads(out.read_text())["bound"] is None and "upper bound" not in capsys.readouterr().out
 
 
 def test_the_learning_rate_is_chosen_by_held_out_accuracy_then_cross_entropy():

@@ -390,14 +390,14 @@ def refused(text):
 
 FAMILIES = [
     pytest.param("vowels/mlp", MLP, id="mlp"),
-    pytest.param("vowels/cnn", CNN, id="cnn", marks=over_a_minute("cnn", 440)),
-    pytest.param("vowels/gru", GRU, id="gru", marks=over_a_minute("gru", 490)),
-    pytest.param("vowels/vit", ViT, id="vit", marks=over_a_minute("vit", 470)),
-    pytest.param("digits/convmixer", ConvMixer, id="convmixer", marks=over_a_minute("convmixer", 600)),
-    pytest.param("families/digits-resnet", ResNet, id="resnet", marks=over_a_minute("resnet", 600)),
+    pytest.param("vowels/cnn", CNN, id="cnn", marks=over_a_minute("cnn", 290)),
+    pytest.param("vowels/gru", GRU, id="gru", marks=over_a_minute("gru", 1950)),
+    pytest.param("vowels/vit", ViT, id="vit", marks=over_a_minute("vit", 1110)),
+    pytest.param("digits/convmixer", ConvMixer, id="convmixer", marks=over_a_minute("convmixer", 450)),
+    pytest.param("families/digits-resnet", ResNet, id="resnet", marks=over_a_minute("resnet", 350)),
     pytest.param("families/vowels-transformer", Transformer, id="transformer",
-                 marks=over_a_minute("transformer", 600)),
-    pytest.param("osuleaf/conv1d", Conv1D, id="conv1d", marks=over_a_minute("conv1d", 600)),
+                 marks=over_a_minute("transformer", 380)),
+    pytest.param("osuleaf/conv1d", Conv1D, id="conv1d", marks=over_a_minute("conv1d", 270)),
 ]
 # The splits each model was trained and is tested on.
 DIGITS = ROOT / "fixtures" / "digits"

@@ -105,22 +105,24 @@ def plan(model: str | os.PathLike, points: Sequence[str], directory: str | os.Pa
 
 def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Sequence[str] = SEARCH,
                   target: float = _assess.TARGET, seeds: int = _assess.SEEDS, screen_seeds: int = 1,
-                  max_seeds: int = _assess.MAX_SEEDS, lr_choice: str = "best", recipes: Sequence[str] = _assess.RECIPES,
-                  progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, Any]:
+                  max_seeds: int = _assess.MAX_SEEDS, lr_choice: str = "best",
+                  recipes: Sequence[str] = _assess.RECIPES, progress: Callable[[str], None] | None = None,
+                  **kwargs) -> dict[str, Any]:
     """Encrypts the plain ``model`` with each search point (a throwaway key) and attacks
     them cheapest first (:func:`plan`) in two passes, every run (attacks and scratch)
     trained at each rate with each of ``recipes`` and kept at its best test accuracy
-    (``lr_choice``, :func:`~onnx_protect.assess.attack_masks`; both passes alike, the screening's runs reused):
+    (``lr_choice``, ``assess.attack_masks``; both passes alike, the screening's runs
+    reused):
 
-    * screening: :func:`~onnx_protect.assess.attack` with ``screen_seeds`` draws per data size, stopping at
+    * screening: ``assess.attack`` with ``screen_seeds`` draws per data size, stopping at
       the first size whose gap is above the target;
     * confirmation, only for a point that holds in screening: ``seeds`` draws (the
-      screening's runs are kept, not run again). The point holds when the upper bound
-      of its gap (:func:`~onnx_protect.assess.upper_bound`, one-sided 95%, at every data size) is at most
-      the target, and fails when its mean gap is above it; in between, the draws cannot
-      tell, and the point gets :data:`~onnx_protect.assess.MORE_SEEDS` more draws, up to ``max_seeds``, where
-      a point still undecided fails (``undecided`` in its report). With ``seeds=1``
-      there is no spread to bound: the mean decides.
+      screening's runs are kept, not run again). The point holds when the upper bound of
+      its gap (``assess.upper_bound``, one-sided 95%, at every data size) is at most the
+      target, and fails when its mean gap is above it; in between, the draws cannot tell,
+      and the point gets ``assess.MORE_SEEDS`` more draws, up to ``max_seeds``, where a
+      point still undecided fails (``undecided`` in its report). With ``seeds=1`` there is
+      no spread to bound: the mean decides.
 
     The first point confirmed is chosen. Returns every point's last report (``stage``:
     ``screening`` or ``confirmation``; a point that failed confirmation is followed by
@@ -137,8 +139,8 @@ def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Seq
         for p in plan(model, points, d):
             point = p["point"]
             runs: dict = {}
-            r = _assess.attack(p["path"], x, y, x_test, y_test, target=target, seeds=screen_seeds, run_cache=runs,
-                       stop_early=True, progress=progress, **kwargs)
+            r = _assess.attack(p["path"], x, y, x_test, y_test, target=target, seeds=screen_seeds,
+                               run_cache=runs, stop_early=True, progress=progress, **kwargs)
             r["stage"] = "screening"
             n = seeds
             while r["holds"]:
@@ -147,8 +149,8 @@ def policy_search(model: str | os.PathLike, x, y, x_test, y_test, *, points: Seq
                     if progress:
                         progress(f"{point}: gap {100 * r['gap']:+.1f} points at {r['seeds']} draw(s)"
                                  f"{'' if bound is None else f', bound {100 * bound:+.1f}'}: confirming at {n}")
-                    r = _assess.attack(p["path"], x, y, x_test, y_test, target=target, seeds=n, run_cache=runs,
-                               progress=progress, **kwargs)
+                    r = _assess.attack(p["path"], x, y, x_test, y_test, target=target, seeds=n,
+                                       run_cache=runs, progress=progress, **kwargs)
                     r["stage"] = "confirmation"
                 elif bound is not None and bound > target and n < max_seeds:
                     n = min(n + _assess.MORE_SEEDS, max_seeds)

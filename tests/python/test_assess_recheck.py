@@ -101,8 +101,6 @@ class CNNWithBatchNorm(CNN):
         return self.fc(F.relu(self.bn3(self.conv3(h))).mean((2, 3)))
 
 
-
-
 class GRU(nn.Module):
     """vowels/gru: a GRU (hidden 64, zero initial state) over the 29 frames, the mean of
     its outputs, a linear head."""
@@ -191,7 +189,6 @@ class ResNet(nn.Module):
 
     def __init__(self, norm=False):
         super().__init__()
-        self.norm = norm
         self.stem = nn.Conv2d(1, 24, 3, padding=1)
         self.bn = nn.BatchNorm2d(24) if norm else nn.Identity()
         self.blocks = nn.Sequential(ResBlock(24, 24, 1, norm), ResBlock(24, 24, 1, norm),
@@ -263,6 +260,7 @@ class Conv1DWithBatchNorm(Conv1D):
 # Scratch is the best of these networks trained from a fresh start (the architecture
 # itself always among them).
 SCRATCH = {CNN: (CNN, CNNWithBatchNorm), ResNet: (ResNet, ResNetWithBatchNorm), Conv1D: (Conv1D, Conv1DWithBatchNorm)}
+
 
 def module_arrays(model, arrays, keys):
     """The module's parameters (``keys``: state-dict name -> shape) from arrays named as
@@ -445,6 +443,7 @@ def recheck(model, cls, policy_text, data, tmp_path, draws=3):
     # The reset is real: the protected network starts near chance.
     assert accuracy(p.attacked(1), xt, yt) < 0.5
 
+    chance = np.bincount(data[3]).max() / len(data[3])
     gaps, runs = [], []
     for draw in range(draws):
         rng = np.random.default_rng(500 + draw)  # draws of this test's own, not the search's
@@ -466,7 +465,6 @@ def recheck(model, cls, policy_text, data, tmp_path, draws=3):
                 net = fit(p.attacked(init), x[idx], y[idx], lr, masks=p.masks if kind == "relearn" else None)
                 acc.append(accuracy(net, xt, yt))
             best[kind] = max(acc)
-        chance = np.bincount(data[3]).max() / len(data[3])
         assert best["scratch"] > chance + 0.15, best  # scratch learns: the comparison means something
         runs.append(best)
         gaps.append(max(best["finetune"], best["relearn"]) - best["scratch"])

@@ -53,22 +53,26 @@ def initializers_way(monkeypatch):
     monkeypatch.setattr(op._session, "_ort_reads_files_in_place", lambda _ort: False)
 
 
-def large_tensors_in(graph_bytes):
+def large_tensors_in(graph_bytes, subgraphs=False):
     """Names of the tensors of a graph handed to onnxruntime whose bytes are in it and
-    are at least 1 KiB (initializers and Constant values, every graph)."""
+    are at least 1 KiB (initializers and Constant values of the main graph; with
+    `subgraphs`, of every graph and function body)."""
     m = onnx.load_model_from_string(graph_bytes)
     out = []
-    def walk(g):
-        for t in g.initializer:
+    def walk(g, nodes):
+        for t in getattr(g, "initializer", []):
             if len(t.raw_data) >= 1024 and not t.external_data:
                 out.append(t.name)
-        for n in g.node:
+        for n in nodes:
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.TENSOR and len(a.t.raw_data) >= 1024 and not a.t.external_data:
                     out.append(a.t.name or n.name)
                 for sub in list(a.graphs) + ([a.g] if a.type == onnx.AttributeProto.GRAPH else []):
-                    walk(sub)
-    walk(m.graph)
+                    if subgraphs:
+                        walk(sub, sub.node)
+    walk(m.graph, m.graph.node)
+    for f in m.functions if subgraphs else []:
+        walk(f, f.node)
     return out
 
 
@@ -617,3 +621,63 @@ def test_a_changed_byte_of_a_single_file_model_filled_on_demand_gives_no_session
     with pytest.raises(op.OnnxProtectError) as e:
         op.InferenceSession(enc, providers=CPU, key=key)
     assert e.value.kind == "modified", e.value
+
+
+def nested_model(folder, storage):
+    """A main-graph chain of `x · W_i` (4 MiB each, 16 MiB in all), then an `If` whose
+    branches multiply by weights of their own, a `Loop` whose body does, and a model-local
+    function with a `Constant` weight: every weight stored as `storage` says (in the model
+    file, or all in one external file)."""
+    rng = np.random.default_rng(11)
+    w = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+    vi = lambda name, shape=None: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    branch = lambda name: helper.make_graph([helper.make_node("MatMul", ["h", name], [name + "_y"])], name, [],
+                                            [vi(name + "_y")], [numpy_helper.from_array(w(1024, 64), name)])
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["acc", "L"], ["acc_out"]), helper.make_node("Identity", ["cond"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []), vi("acc", [1, 64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), vi("acc_out", [1, 64])],
+        [numpy_helper.from_array(w(64, 64), "L")])
+    fn = helper.make_function("local", "Head", ["a"], ["b"], [
+        helper.make_node("Constant", [], ["F"], value=numpy_helper.from_array(w(64, 16), "F")),
+        helper.make_node("MatMul", ["a", "F"], ["b"])], [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}"]) for i in range(4)]
+    nodes += [helper.make_node("Identity", ["h4"], ["h"]),
+              helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+              helper.make_node("If", ["c"], ["b"], then_branch=branch("T"), else_branch=branch("E")),
+              helper.make_node("Loop", ["n", "true", "b"], ["l"], body=body),
+              helper.make_node("Head", ["l"], ["y"], domain="local")]
+    inits = [numpy_helper.from_array(w(1024, 1024), f"W{i}") for i in range(4)] + [
+        numpy_helper.from_array(np.array(0, np.float32), "zero"), numpy_helper.from_array(np.array(2, np.int64), "n"),
+        numpy_helper.from_array(np.array(True), "true")]
+    graph = helper.make_graph(nodes, "nested", [vi("x", [1, 1024])], [vi("y")], inits)
+    m = helper.make_model(graph, functions=[fn],
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    if storage == "external":
+        onnx.save_model(m, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0,
+                        convert_attribute=True)
+    else:
+        onnx.save_model(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("storage", ["single file", "external"])
+def test_weights_of_subgraphs_and_functions_stay_in_the_graph_with_the_plain_outputs(storage, tmp_path):
+    """onnxruntime looks for the external data of an `If` branch's, a `Loop` body's or a
+    function's tensor on disk, never among the files it was given in memory: those tensors
+    stay in the graph handed over (decrypted), the main graph's large weights go to files
+    in memory (here filled on demand: 16 MiB in the model file, or external), and the
+    outputs are the plain model's on both branches of the `If`."""
+    plain = nested_model(tmp_path / "plain", storage)
+    enc, key = encrypted(plain, tmp_path)
+    want_session = ort.InferenceSession(str(plain), providers=CPU)
+    s = op.InferenceSession(enc, providers=CPU, key=key)
+    for sign in (1, -1):
+        x = {"x": sign * np.abs(np.random.default_rng(12).standard_normal((1, 1024))).astype(np.float32)}
+        assert s.run(None, x)[0].tobytes() == want_session.run(None, x)[0].tobytes()
+    if s.onnx_protect_weights == "files_in_place":
+        assert large_tensors_in(s._model_bytes) == []
+        assert sorted(large_tensors_in(s._model_bytes, subgraphs=True)) == ["E", "F", "L", "T"]

@@ -242,6 +242,12 @@ impl Model {
         self.tensors.iter().find(|t| &t.locator == loc)
     }
 
+    /// Whether `t` belongs to the main graph (`ModelProto.graph`), not to a subgraph (an
+    /// `If` branch, a `Loop` body), a function body or a training graph.
+    pub fn in_main_graph(&self, t: &Tensor) -> bool {
+        self.graphs.get(t.graph).is_some_and(|g| g.kind == GraphKind::Main)
+    }
+
     /// The top-level metadata value for `key`, if present (the last one wins, as in protobuf maps).
     pub fn metadata_value(&self, key: &str) -> Option<&MetadataEntry> {
         self.metadata.iter().rev().find(|m| m.key == key)

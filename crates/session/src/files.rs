@@ -70,10 +70,15 @@ pub struct FilesPlan {
 }
 
 /// Whether `t` becomes external data: an initializer or the value of a `Constant` node
-/// of at least [`MIN_SHAREABLE`] bytes, stored in `raw_data` or external data, of a type
-/// with a fixed size. Smaller tensors stay in the graph (onnxruntime's shape inference
-/// reads small shape tensors from it).
+/// of the main graph, of at least [`MIN_SHAREABLE`] bytes, stored in `raw_data` or
+/// external data, of a type with a fixed size. Smaller tensors stay in the graph
+/// (onnxruntime's shape inference reads small shape tensors from it), and so do those of
+/// subgraphs and function bodies: onnxruntime (1.31) looks for their external data on
+/// disk, never among the files it was given in memory.
 fn external_candidate(model: &Model, t: &Tensor) -> bool {
+    if !model.in_main_graph(t) {
+        return false;
+    }
     let origin = match &t.origin {
         Origin::Initializer => true,
         Origin::Attribute { node, attribute } => model

@@ -14,14 +14,14 @@ const HOLE_MIN: u64 = 64 << 10;
 const TENSOR_ALIGN: u64 = 64;
 
 /// The model file's tensors the region fills when the model file is filled on demand:
-/// the `raw_data` of initializers of at least [`HOLE_MIN`] bytes (a loader hands each of
-/// them to the runtime as external data: `onnx_protect_session::files`), sorted and
-/// disjoint, inside the content.
+/// the `raw_data` of the main graph's initializers of at least [`HOLE_MIN`] bytes (a
+/// loader hands each of them to the runtime as external data:
+/// `onnx_protect_session::files`), sorted and disjoint, inside the content.
 pub(super) fn model_holes(model: &Model, content_len: u64) -> Vec<Range<u64>> {
     let mut holes: Vec<Range<u64>> = model
         .tensors
         .iter()
-        .filter(|t| t.origin == Origin::Initializer && t.data_type != DataType::String)
+        .filter(|t| t.origin == Origin::Initializer && t.data_type != DataType::String && model.in_main_graph(t))
         .filter_map(|t| match &t.data {
             TensorData::Raw { range } if range.end - range.start >= HOLE_MIN && range.end <= content_len => {
                 Some(range.clone())

@@ -368,6 +368,32 @@ export function locationEdit(buf: Uint8Array, t: Tensor, name: string): Edit {
   return { chain: [...t.chain, entry], start: value.start, end: value.vend, bytes: lengthDelimited(2, encodeUtf8(name)) };
 }
 
+/** Whether a tensor (by its chain of fields from the model down) belongs to a subgraph (a
+ * graph-valued attribute: `If` branches, `Loop`/`Scan` bodies), a function body or a
+ * training graph rather than the main graph. */
+function nested(chain: Field[]): boolean {
+  return chain[0].number !== 7 || (chain.length > 3 && (chain[3].number === 6 || chain[3].number === 11));
+}
+
+/** The model with the external data of every tensor outside the main graph written into
+ * it as `raw_data` (its `external_data` and `data_location` fields removed): onnxruntime
+ * looks for those tensors' files on disk, never among the files handed to it in memory.
+ * `buf` itself when there is none (else a new buffer, holding those tensors' bytes). */
+export function inlineNested(buf: Uint8Array, external: ExternalFiles): Uint8Array {
+  const edits: Edit[] = [];
+  for (const t of walk(buf, external)) {
+    if (t.storage !== S_EXTERNAL || !nested(t.chain)) continue;
+    const self = t.chain[t.chain.length - 1];
+    let data: Uint8Array | null = elementBytes(buf, t, external);
+    for (const f of modelFields(buf, self.vstart, self.vend, t.locator)) {
+      if (f.number !== TP.externalData && f.number !== TP.dataLocation) continue;
+      edits.push({ chain: t.chain, start: f.start, end: f.vend, bytes: data ? lengthDelimited(TP.raw, data) : new Uint8Array(0) });
+      data = null;
+    }
+  }
+  return applyEdits(buf, edits);
+}
+
 /** The model with every edit made (edits never overlap), each length prefix enclosing an
  * edit re-encoded as a minimal varint, every other byte as it was. One pass. */
 export function applyEdits(buf: Uint8Array, edits: Edit[]): Uint8Array {

@@ -4,6 +4,7 @@
 // the decrypted model (or an EP context holding it) to disk are refused.
 
 import { KeyError, UsageError } from "./errors.js";
+import { inlineNested } from "./model.js";
 import { decrypt, Decrypted, keepsLabelLock, ReadOptions } from "./reader.js";
 
 /** External data filled on demand (the native engine's region, native.ts `Region`). */
@@ -127,6 +128,7 @@ export async function sessionOf<S>(
   ort: OrtLike<S>, d: Decrypted, sessionOptions?: Record<string, unknown>, filled?: Filled, lockChecked = false,
 ): Promise<SessionResult<S>> {
   let settled = false;
+  let model = d.model;
   try {
     // §15: below the top tier a label-locked model's scores come out in locked order;
     // refused rather than served as if they were true ones (`lockChecked`: the native
@@ -136,7 +138,9 @@ export async function sessionOf<S>(
     }
     const externalData = [...d.externalData].map(([path, data]) => ({ path, data }));
     const options = externalData.length ? { ...sessionOptions, externalData } : { ...sessionOptions };
-    const session = await ort.InferenceSession.create(d.model, options);
+    // The native engine's graph (`lockChecked`) holds those tensors already.
+    if (!lockChecked) model = inlineNested(d.model, d.externalData);
+    const session = await ort.InferenceSession.create(model, options);
     if (filled) {
       try {
         filled.settle();
@@ -149,6 +153,7 @@ export async function sessionOf<S>(
     return { session, decrypted: { tier: d.tier, tiers: d.tiers, tensors: d.tensors, decryptedBytes: d.decryptedBytes } };
   } finally {
     d.model.fill(0);
+    model.fill(0);
     if (!filled) {
       for (const b of d.externalData.values()) b.fill(0);
     } else if (settled) {

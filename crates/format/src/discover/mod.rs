@@ -17,8 +17,10 @@
 //! * in a weight role of the role table ([`roles`]): the kernel of a `Conv`, the `B`
 //!   of a `Gemm`, the `R` of an `LSTM`, ... (any element type), or
 //! * a floating-point tensor, in any input of any operator (the bias a PyTorch
-//!   export adds with `Add`, a position embedding, a scale fed to `Mul`, ...); its
-//!   use has [`WeightKind::Other`] and the input's generic role name `input<i>`.
+//!   export adds with `Add`, a position embedding, a scale fed to `Mul`, ...), or an
+//!   integer one that reaches it dequantized (`DequantizeLinear` on the way and no
+//!   `QuantizeLinear` after it: the `Add` bias of a QDQ-quantized model); its use has
+//!   [`WeightKind::Other`] and the input's generic role name `input<i>`.
 //!
 //! Integer constants outside the role table (shapes, axes, indices) are not weights, nor
 //! are the floating-point inputs that only give an output's shape (a `Resize`'s `roi` and
@@ -112,6 +114,17 @@ fn gives_a_shape(n: &crate::model::Node, idx: usize) -> bool {
     n.is_onnx() && matches!((n.op_type.as_str(), idx), ("Resize", 1 | 2) | ("Upsample", 1))
 }
 
+/// Whether the constant `t` reaches its consumer as floating-point values through the
+/// pass-through nodes `via` (nearest the constant first): its own type, else dequantized
+/// on the way (a `QuantizeLinear` after that makes it integer again).
+fn arrives_as_float(model: &Model, t: &crate::model::Tensor, via: &[NodeId]) -> bool {
+    via.iter().fold(t.data_type.is_float(), |float, &n| match model.nodes[n].op_type.as_str() {
+        "DequantizeLinear" => true,
+        "QuantizeLinear" => false,
+        _ => float,
+    })
+}
+
 /// Finds every weight in the model. Each tensor appears once, with all its uses in
 /// graph order (one use per consuming node and input, whatever the number of paths).
 pub fn discover(model: &Model) -> Vec<Weight> {
@@ -127,7 +140,9 @@ pub fn discover(model: &Model) -> Vec<Weight> {
             let t = &model.tensors[tensor];
             let (role, kind) = match named {
                 Some(&(_, role, kind)) => (role, kind),
-                None if t.data_type.is_float() && !gives_a_shape(n, idx) => (generic_role(idx), WeightKind::Other),
+                None if arrives_as_float(model, t, &via) && !gives_a_shape(n, idx) => {
+                    (generic_role(idx), WeightKind::Other)
+                }
                 None => continue,
             };
             let uses = found.entry(tensor).or_default();

@@ -323,6 +323,34 @@ fn integer_constants_outside_the_role_table_are_not_weights() {
     assert!(discover(&m).is_empty());
 }
 
+/// An INT8 TensorProto `name` of dims `[n]` in `raw_data`.
+fn int8_tensor(name: &str, values: &[i8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    put_len_field(&mut t, 8, name.as_bytes());
+    t.extend_from_slice(&[0x08, values.len() as u8, 0x10, 0x03]); // dims [n], data_type INT8
+    put_len_field(&mut t, 9, &values.iter().map(|&v| v as u8).collect::<Vec<_>>());
+    t
+}
+
+#[test]
+fn an_integer_constant_dequantized_on_its_way_is_a_weight_and_one_used_as_it_is_not() {
+    // A QDQ model's Add bias: b_q (INT8) -> DequantizeLinear -> Add; c_q (INT8) added as
+    // it is (an integer Add: no weight).
+    let m = model(
+        &[
+            node("DequantizeLinear", &["b_q", "s"], &["b"], "dq"),
+            node("Add", &["x", "b"], &["y"], "add"),
+            node("Add", &["n", "c_q"], &["z"], "add2"),
+        ],
+        &[int8_tensor("b_q", &[1, -2, 3]), int8_tensor("c_q", &[4, 5, 6]), float_tensor("s", &[], &[0.1])],
+    );
+    let w = by_name(&m);
+    let u = &w["b_q"].uses[0];
+    assert_eq!((u.op_type.as_str(), u.role, u.kind), ("Add", "input1", WeightKind::Other));
+    assert_eq!(u.via.iter().map(|&n| m.nodes[n].name.as_str()).collect::<Vec<_>>(), ["dq"]);
+    assert!(!w.contains_key("c_q"), "{:?}", w.keys().collect::<Vec<_>>());
+}
+
 #[test]
 fn a_constant_only_a_pass_through_consumes_is_still_found() {
     let m = model(&[node("Concat", &["x", "tok"], &["y"], "cat")], &[float_tensor("tok", &[1, 4], &[0.0; 4])]);

@@ -16,7 +16,7 @@ use crate::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The models to check.
+    /// The models to check; a directory stands for every `*.onnx` file under it (recursively).
     #[arg(required = true, value_name = "MODEL", value_parser = crate::stdio::file_path)]
     models: Vec<PathBuf>,
     /// Require at least the protection this TOML policy (docs/policy.md) would give.
@@ -57,6 +57,24 @@ pub struct Args {
 }
 
 /// Whether a `--signer` value names a PEM public key file (an ECDSA signer of bundles).
+/// The models named, each directory replaced by the `*.onnx` files under it (recursively,
+/// sorted by path, as `batch --dir` walks it); a directory without one is a usage error.
+fn expand_directories(models: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(models.len());
+    for m in models {
+        if !m.is_dir() {
+            out.push(m.clone());
+            continue;
+        }
+        let found = onnx_protect_batch::collect(&onnx_protect_batch::Inputs::Dir(m.clone()), None)?;
+        if found.is_empty() {
+            usage!("{}: no *.onnx file under this directory", m.display());
+        }
+        out.extend(found.into_iter().map(|item| item.input));
+    }
+    Ok(out)
+}
+
 fn is_pem_file(s: &str) -> bool {
     std::fs::read_to_string(s).is_ok_and(|t| t.contains("-----BEGIN PUBLIC KEY-----"))
 }
@@ -177,7 +195,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signers: &signers,
         progress: &bar,
     };
-    let results: Vec<ModelCheck> = a.models.iter().map(|m| check_one(m, &opts, &bundle_signers)).collect();
+    let models = expand_directories(&a.models)?;
+    let results: Vec<ModelCheck> = models.iter().map(|m| check_one(m, &opts, &bundle_signers)).collect();
     let code = code_of(&results);
     let failed = results.iter().filter(|m| !m.passed).count();
     if a.out.quiet {

@@ -72,7 +72,7 @@ use onnx_protect_select::Policy;
 
 use error::file_io;
 pub use error::{BatchError, BatchErrorKind, FileError, FileErrorKind};
-pub use list::{hash_shard, Inputs, Item, Shard, ShardBy};
+pub use list::{collect, hash_shard, Inputs, Item, Shard, ShardBy};
 pub use record::RECORD_VERSION;
 
 /// Name of the state directory inside the output directory.

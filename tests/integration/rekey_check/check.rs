@@ -161,6 +161,32 @@ fn check_fails_an_unprotected_model() {
 }
 
 #[test]
+fn a_directory_stands_for_every_model_under_it_and_one_without_any_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("b");
+    std::fs::create_dir(&sub).unwrap();
+    let protected = protect_with(&sub, "model.onnx", &[]);
+    let plain = dir.path().join("a.ONNX");
+    std::fs::copy(root().join("fixtures/models/cnn_torch/model.onnx"), &plain).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a model").unwrap();
+    let (code, doc, err) = check_json(&[dir.path().to_str().unwrap(), "--builtin-policy"]);
+    assert_eq!(code, 8, "{doc} {err}");
+    let paths: Vec<&str> = doc["models"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [plain.to_str().unwrap(), protected.to_str().unwrap()],
+        "sorted, the key file and notes left out"
+    );
+    assert_eq!((doc["models"][0]["passed"].as_bool(), doc["models"][1]["passed"].as_bool()), (Some(false), Some(true)));
+    assert!(err.starts_with("error: check failed for 1 of 2 models (not_protected)"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(&["check", empty.path().to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no *.onnx file under this directory"), "{err}");
+}
+
+#[test]
 fn check_fails_a_coefficient_below_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let p = protect_with(dir.path(), "low.onnx", &["--coefficient", "Conv=0.1"]);

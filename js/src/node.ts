@@ -80,8 +80,8 @@ async function readHashing(file: string, index: number): Promise<{ bytes: Uint8A
 }
 
 /** Reads the model at `file` with `read`, then every external data file its header lists
- * (each under the model's directory, through no symbolic link that leaves it), as covered
- * files 1, 2, … */
+ * (each named under the model's directory; a symbolic link there is followed wherever it
+ * leads, as onnxruntime follows it), as covered files 1, 2, … */
 async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: string, index: number) => Promise<T>): Promise<{ model: T; external: Map<string, T> }> {
   const model = await read(file, 0);
   const dir = await realpath(path.dirname(file));
@@ -97,7 +97,6 @@ async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: 
     } catch {
       throw new UsageError(`the external data file '${location}' of ${file} is missing`);
     }
-    if (!real.startsWith(dir + path.sep)) throw new InvalidModel(`external data location '${location}' leaves the model's directory`);
     if (real === self) throw new InvalidModel(`external data location '${location}' names the model file itself`);
     const st = await stat(real);
     if (!st.isFile()) throw new InvalidModel(`external data location '${location}' is not a file`);

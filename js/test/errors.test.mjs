@@ -79,7 +79,7 @@ for (const [name, [kind, call]] of Object.entries(CASES)) {
   });
 }
 
-test("an external data location that leaves the model's folder is an invalid model (readModelFiles)", async () => {
+test("an external data file linked from outside the model's folder is followed (readModelFiles)", async () => {
   const dir = tempDir();
   try {
     const v = vector("external_data_v2_ctr");
@@ -87,9 +87,11 @@ test("an external data location that leaves the model's folder is an invalid mod
     fs.mkdirSync(inner);
     fs.copyFileSync(v.protected, path.join(inner, "model.onnx"));
     for (const f of fs.readdirSync(path.dirname(v.protected))) if (f !== "model.onnx") fs.copyFileSync(path.join(path.dirname(v.protected), f), path.join(dir, f));
-    const [loc] = api.externalFilesOf(read(v.protected));
-    fs.symlinkSync(path.join(dir, loc), path.join(inner, loc));
-    await assert.rejects(readModelFiles(path.join(inner, "model.onnx")), api.InvalidModel);
+    const locations = api.externalFilesOf(read(v.protected));
+    for (const loc of locations) fs.symlinkSync(path.join(dir, loc), path.join(inner, loc));
+    const { model, externalData } = await readModelFiles(path.join(inner, "model.onnx"));
+    assert.deepEqual([...externalData.keys()], locations);
+    await api.verify(model, { externalData });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

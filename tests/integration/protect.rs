@@ -599,9 +599,7 @@ fn replaced_files_keep_their_mode_and_new_files_get_the_usual_one() {
 
 /// Outputs written through a symbolic link replace the file it points to and keep the
 /// link (as `cp` does; model caches link snapshots to blobs): in-place encryption must
-/// not leave the plaintext behind the link. A link to a missing file is refused. (Side
-/// files behind links that leave the model's folder are refused on reading, so here the
-/// links stay inside it.)
+/// not leave the plaintext behind the link. A link to a missing file is refused.
 #[cfg(unix)]
 #[test]
 fn in_place_through_symbolic_links_replaces_the_files_behind_them() {

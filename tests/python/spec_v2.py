@@ -424,8 +424,8 @@ class Files:
         # §5: empty and "." components are allowed (`d//w.bin` names `d/w.bin`).
         base = os.path.realpath(self.model_dir)
         real = os.path.realpath(os.path.join(base, *parts))
-        if os.path.commonpath([base, real]) != base or real == base:
-            raise MalformedModel(f"external data location {location!r} leaves the model directory")
+        if real == base:
+            raise MalformedModel(f"external data location {location!r} names the model directory")
         if self.model_real is not None and real == self.model_real:
             raise MalformedModel(f"external data location {location!r} names the model file itself")
         return real

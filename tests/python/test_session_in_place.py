@@ -681,3 +681,28 @@ def test_weights_of_subgraphs_and_functions_stay_in_the_graph_with_the_plain_out
     if s.onnx_protect_weights == "files_in_place":
         assert large_tensors_in(s._model_bytes) == []
         assert sorted(large_tensors_in(s._model_bytes, subgraphs=True)) == ["E", "F", "L", "T"]
+
+
+def test_a_protected_model_in_a_model_cache_snapshot_linked_to_blobs_is_verified_decrypted_and_run(tmp_path):
+    """The layout of a Hugging Face Hub cache: the snapshot's files are symbolic links to
+    blobs kept outside it, named by their hash. onnxruntime follows them, and so does
+    every reader here (docs/format.md §5): verify, decrypt and the session."""
+    plain = chain_model(tmp_path / "plain", 3, 256, seed=9)
+    enc, key = encrypted(plain, tmp_path)
+    snapshot, blobs = tmp_path / "hub" / "snapshots" / "0123abc", tmp_path / "hub" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted(enc.parent.iterdir())):
+        blob = blobs / f"{i:040x}"
+        f.rename(blob)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    model = snapshot / enc.name
+    op.verify(model, key=key)
+    out = tmp_path / "back" / "model.onnx"
+    out.parent.mkdir()
+    op.decrypt(model, out, key=key)
+    for f in plain.parent.iterdir():
+        assert (out.parent / f.name).read_bytes() == f.read_bytes(), f.name
+    x = np.random.default_rng(10).standard_normal((2, 256)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
+    assert op.InferenceSession(model, providers=CPU, key=key).run(None, {"x": x})[0].tobytes() == want.tobytes()

@@ -128,6 +128,31 @@ fn folder_round_trips_and_verifies() {
     assert!(contents(&p.base().join("back")) == plain, "the decrypted folder is not the original");
 }
 
+/// A protected folder read from a model cache's snapshot, each file a symbolic link to a
+/// blob kept beside the snapshot (the Hugging Face Hub's layout): verify and decrypt follow
+/// the links and give the original folder back; a link to a directory is refused.
+#[cfg(unix)]
+#[test]
+fn a_protected_folder_in_a_cache_snapshot_of_links_to_blobs_is_read_through_them() {
+    let mut p = protected();
+    let (snapshot, blobs) = (p.base().join("hub/snapshots/rev"), p.base().join("hub/blobs"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    for (i, rel) in contents(&p.out).keys().enumerate() {
+        let (blob, link) = (blobs.join(format!("{i:040x}")), snapshot.join(rel));
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::fs::rename(p.out.join(rel), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, &link).unwrap();
+    }
+    p.out = snapshot;
+    assert_eq!(p.verify(Some(&p.key)), (0, String::new()));
+    assert_eq!(p.decrypt(&p.key).0, 0);
+    assert!(contents(&p.base().join("back")) == contents(&p.plain), "the decrypted folder is not the original");
+    std::os::unix::fs::symlink(&blobs, p.out.join("blobs")).unwrap();
+    let (code, err) = p.verify(None);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("blobs: a symbolic link inside the folder"), "{err}");
+}
+
 /// One byte of every file changed in turn: verify (with and without the key) and decrypt
 /// refuse with exit 5 and write nothing, naming the file (a data file's model: its digest
 /// covers the model with its data files).

@@ -16,7 +16,8 @@ pub enum FolderError {
     /// The input is not a directory.
     #[error("{} is not a directory", .path.display())]
     NotADirectory { path: PathBuf },
-    /// A symbolic link inside the folder (refused: it could lead outside it).
+    /// A symbolic link inside a folder being encrypted, or one not leading to a regular
+    /// file in a folder read.
     #[error("{path}: a symbolic link inside the folder (refused)")]
     Link { path: String },
     /// Something that is neither a regular file nor a directory.

@@ -13,7 +13,7 @@ use onnx_protect_proto::v2 as pb;
 use crate::binding::{file_hash, problem};
 use crate::error::{io, FolderError, Result};
 use crate::path::is_model_name;
-use crate::walk::{walk, Found};
+use crate::walk::{walk, Found, Links};
 
 /// A model of a protected folder.
 #[derive(Debug, Clone)]
@@ -84,19 +84,19 @@ impl Folder {
             return Err(FolderError::NotADirectory { path: dir.to_path_buf() });
         }
         let root = dir.canonicalize().map_err(io(dir))?;
-        let mut found = walk(&root)?;
+        let mut found = walk(&root, Links::FollowToFiles)?;
         // Every model's journal is looked at (no short cut).
         let recovered: Vec<Recovery> =
             found.iter().filter(|f| is_model_name(&f.rel)).map(|f| finish_interrupted(&f.abs)).collect();
         let interrupted = recovered.iter().any(|r| *r != Recovery::Nothing);
         if interrupted {
-            found = walk(&root)?;
+            found = walk(&root, Links::FollowToFiles)?;
         }
         let by_rel: HashMap<&str, &Found> = found.iter().map(|f| (f.rel.as_str(), f)).collect();
         let Some(first) = found.iter().find(|f| is_model_name(&f.rel)) else {
             return Err(FolderError::NoModel { path: dir.to_path_buf() });
         };
-        let reference = bound(&root, &first.rel, &first.abs)?;
+        let reference = bound(&first.rel, &first.abs)?;
         let b = &reference.binding;
         let mut models = Vec::new();
         let mut streams: HashMap<u64, String> = HashMap::new();
@@ -107,7 +107,7 @@ impl Folder {
             let m = if *rel == first.rel {
                 &reference
             } else {
-                other = bound(&root, rel, &f.abs)?;
+                other = bound(rel, &f.abs)?;
                 agree(&other, &reference, rel, &first.rel)?;
                 &other
             };
@@ -228,8 +228,8 @@ pub(crate) fn model_error(path: &str, source: onnx_protect_core::error::CoreErro
     FolderError::Model { path: path.to_string(), source }
 }
 
-/// The folder facts of the model `rel` at `abs` in the folder `root`.
-fn bound(root: &Path, rel: &str, abs: &Path) -> Result<Bound> {
+/// The folder facts of the model `rel` of the folder, at `abs`.
+fn bound(rel: &str, abs: &Path) -> Result<Bound> {
     let model = open_protected(abs, &NoProgress).map_err(|e| model_error(rel, e))?;
     let p = match Protection::of(&model).map_err(|e| model_error(rel, e))? {
         Protection::V2(p) => p,
@@ -249,21 +249,19 @@ fn bound(root: &Path, rel: &str, abs: &Path) -> Result<Bound> {
         tiers: h.tiers,
         recipients: p.sealed.stanzas.iter().map(|s| (s.kind.clone(), s.tier, s.label.clone())).collect(),
         streams: h.tensors.iter().map(|e| e.stream_id).collect(),
-        data_files: data_files(root, rel, &model)?,
+        data_files: data_files(rel, &model)?,
     })
 }
 
-/// The external data files of `model` (the file `rel` of the folder `root`), relative to
-/// the folder.
-pub(crate) fn data_files(root: &Path, rel: &str, model: &Model) -> Result<Vec<String>> {
+/// The external data files of `model` (the file `rel` of the folder), relative to the
+/// folder: where each location names it (a location never leaves the model's directory,
+/// docs/format.md §5; the file there may be a link, which a folder read follows).
+pub(crate) fn data_files(rel: &str, model: &Model) -> Result<Vec<String>> {
+    let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
     let mut out = Vec::new();
     for f in &model.external_files {
-        let inside = f.path.strip_prefix(root).ok().and_then(|p| p.to_str());
-        let Some(inside) = inside else {
-            let reason = format!("an external data file of {rel} outside the folder");
-            return Err(FolderError::DataFile { path: f.location.clone(), reason });
-        };
-        let inside = inside.replace(std::path::MAIN_SEPARATOR, "/");
+        let parts = f.location.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".");
+        let inside = dir.split('/').filter(|c| !c.is_empty()).chain(parts).collect::<Vec<_>>().join("/");
         if is_model_name(&inside) {
             let reason = format!("an external data file of {rel}, and named as a model (*.onnx)");
             return Err(FolderError::DataFile { path: inside, reason });

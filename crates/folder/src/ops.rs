@@ -19,7 +19,7 @@ use crate::error::{io, FolderError, Result};
 use crate::folder::{data_files, hex, model_error, CopiedFile, Folder};
 use crate::path::is_model_name;
 use crate::stage::{check_output, Staging};
-use crate::walk::walk;
+use crate::walk::{walk, Links};
 
 /// A copied file as reports show it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -114,7 +114,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
         return Err(FolderError::NotADirectory { path: input.to_path_buf() });
     }
     let root = input.canonicalize().map_err(io(input))?;
-    let found = walk(&root)?;
+    let found = walk(&root, Links::Refuse)?;
     let plain: Vec<Plain> = found
         .iter()
         .filter(|f| is_model_name(&f.rel))
@@ -129,7 +129,7 @@ pub fn encrypt(input: &Path, output: &Path, to: &EncryptTo, opts: &EncryptOption
     let mut data_of: BTreeMap<String, String> = BTreeMap::new();
     for m in &plain {
         let model = Model::open(&m.abs).map_err(|e| FolderError::Format { path: m.rel.clone(), source: e })?;
-        for d in data_files(&root, &m.rel, &model)? {
+        for d in data_files(&m.rel, &model)? {
             if let Some(prev) = data_of.insert(d.clone(), m.rel.clone()) {
                 if prev != m.rel {
                     let reason = format!(
@@ -288,7 +288,7 @@ pub fn recover(input: &Path) -> Result<Vec<(String, Recovery)>> {
     }
     let root = input.canonicalize().map_err(io(input))?;
     let mut recovered = Vec::new();
-    for f in walk(&root)?.iter().filter(|f| is_model_name(&f.rel)) {
+    for f in walk(&root, Links::FollowToFiles)?.iter().filter(|f| is_model_name(&f.rel)) {
         match onnx_protect_core::pass::journal::recover(&f.abs).map_err(|e| model_error(&f.rel, e))? {
             Recovery::Nothing => {}
             r => recovered.push((f.rel.clone(), r)),

@@ -108,7 +108,7 @@ async function readAll<T extends { bytes: Uint8Array }>(file: string, read: (f: 
 }
 
 /** Reads the protected model at `file` and every external data file its header lists
- * (each under the model's directory, through no symbolic link that leaves it), into
+ * (each named under the model's directory; a symbolic link there is followed), into
  * shared memory. */
 export async function readModelFiles(file: string): Promise<ModelFiles> {
   const { model, external } = await readAll(file, async (f) => ({ bytes: await readShared(f) }));

@@ -56,7 +56,6 @@ pub struct Args {
     out: OutputArgs,
 }
 
-/// Whether a `--signer` value names a PEM public key file (an ECDSA signer of bundles).
 /// The models named, each directory replaced by the `*.onnx` files under it (recursively,
 /// sorted by path, as `batch --dir` walks it); a directory without one is a usage error.
 fn expand_directories(models: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -75,6 +74,7 @@ fn expand_directories(models: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Whether a `--signer` value names a PEM public key file (an ECDSA signer of bundles).
 fn is_pem_file(s: &str) -> bool {
     std::fs::read_to_string(s).is_ok_and(|t| t.contains("-----BEGIN PUBLIC KEY-----"))
 }

@@ -226,10 +226,9 @@ fn shareable(
     users: &HashMap<&str, Vec<usize>>,
     opts: &Options,
 ) -> bool {
-    let main = model.graphs.first().map(|g| g.id);
     if !opts.share
         || t.origin != Origin::Initializer
-        || Some(t.graph) != main
+        || !model.in_main_graph(t)
         || t.nbytes < opts.min_bytes.max(MIN_SHAREABLE)
     {
         return false;

@@ -1,6 +1,6 @@
 // Models over the size from which Node spreads the work over worker threads (16 MiB per
 // covered file): a ~95 MB model written here (a raw_data weight, a float_data weight and an
-// external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
+// external one, each crossing many 1 MiB chunks), protected by the binary in the CTR and
 // format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
 // (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
 // onnxruntime-node; a changed byte is refused.

@@ -372,8 +372,8 @@ def test_partial_decryptions_with_external_data_list_the_canonical_leaves(writer
 
 
 def two_file_model(d):
-    """A model whose weights are in two external files, the first over 4 MiB (two chunks of
-    the binary's chunk size): (model path)."""
+    """A model whose weights are in two external files, the first over 4 MiB (five chunks of
+    the binary's chunk size for a model under 256 MiB, 1 MiB): (model path)."""
     onnx = pytest.importorskip("onnx")
     import numpy as np
     from onnx import external_data_helper, helper, numpy_helper
@@ -401,7 +401,7 @@ def two_file_model(d):
 
 
 def test_leaves_of_several_chunks_and_files_agree(tmp_path):
-    """File 1's chunks first, then file 2's (§3): the binary's list, over two 4 MiB chunks of
+    """File 1's chunks first, then file 2's (§3): the binary's list, over five 1 MiB chunks of
     one file and one of the other, is the reader's; the reader's, over 2^16-byte chunks, is
     accepted by the binary."""
     src = two_file_model(tmp_path / "src")
@@ -413,8 +413,8 @@ def test_leaves_of_several_chunks_and_files_agree(tmp_path):
     run("encrypt", src, "-o", model, "--key-file", k)
     op = v2.open_model(model.read_bytes(), str(model.parent), "model.onnx")
     h = op.header
-    assert h["external_files"] == ["big.bin", "small.bin"] and h["chunk_size"] == 4 << 20
-    assert len(h["external_leaves"]) == 32 * 3
+    assert h["external_files"] == ["big.bin", "small.bin"] and h["chunk_size"] == 1 << 20
+    assert len(h["external_leaves"]) == 32 * 6
     assert h["external_leaves"] == v2.external_leaves(op.ext_list(), h["chunk_size"])
     back, side = v2.decrypt_all(model.read_bytes(), key=key, model_dir=str(model.parent))
     assert back == originals["model.onnx"] and all(side[loc] == originals[loc] for loc in side)

@@ -14,7 +14,7 @@ use onnx_protect_proto::v2 as pb;
 use onnx_protect_select::{select, Policy, PolicyError, Selection};
 
 use crate::error::{CoreError, Result};
-use crate::format2::envelope::{CONTENT_CHUNK, FORMAT_VERSION_V2};
+use crate::format2::envelope::{content_chunk, FORMAT_VERSION_V2};
 use crate::format2::recipients::{check_new, wrap_all, EncryptTo, SharedKeys};
 use crate::format2::seal::write_sealed;
 use crate::metadata::tool_name;
@@ -338,7 +338,7 @@ pub(crate) fn encrypt(
         actions: &actions,
         extra: relocate,
         hash: Hash::Output,
-        chunk: CONTENT_CHUNK,
+        chunk: header.chunk_size,
         durable,
         progress: opts.progress,
     };
@@ -434,7 +434,9 @@ fn build_header(
         tiers: tier_keys.len() as u32,
         key_checks: tier_keys.iter().map(|k| k.key_check().to_vec()).collect(),
         tensors: entries,
-        chunk_size: CONTENT_CHUNK,
+        chunk_size: content_chunk(
+            model.external_files.iter().fold(model.bytes().len() as u64, |n, f| n.saturating_add(f.size)),
+        ),
         external_files: model.external_files.iter().map(|f| f.location.clone()).collect(),
         tool: tool_name(),
         policy_summary: policy.summary(),

@@ -126,8 +126,8 @@ fn a_chunk_changed_on_disk_after_the_load_reads_as_zeros_and_settle_refuses() {
     let (plain, protected) = single_file(dir.path(), 17, &Policy::default());
     let original = std::fs::read(&protected).unwrap();
     let k = key();
-    // Reading once, the budget is 6 blocks: the handler's idle fill stops there, so the
-    // last tensor (blocks 8 and 9) is not read before it is changed.
+    // Reading once, the budget is 4 blocks (of 1 MiB): the handler's idle fill stops there,
+    // so the last tensor is not read before it is changed.
     let mut lazy = InMemory::file(&protected, &k).on_demand(true).model_on_demand(true).read_once(true).load().unwrap();
     let skeleton = lazy.take_skeleton().unwrap();
     assert_eq!(skeleton.holes.len(), 9);
@@ -136,9 +136,9 @@ fn a_chunk_changed_on_disk_after_the_load_reads_as_zeros_and_settle_refuses() {
     // One byte written in place (a whole rewrite would truncate the file under reads ahead).
     let file = std::fs::OpenOptions::new().write(true).open(&protected).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[original[i] ^ 0x10], i as u64).unwrap();
-    // The region's blocks (4 MiB) holding bytes of the file's chunk (4 MiB) with byte `i`
-    // read as zeros; every other byte is right.
-    let (chunk, block) = (4 << 20, 4 << 20);
+    // The region's blocks (1 MiB) holding bytes of the file's chunk (1 MiB: a model under
+    // 256 MiB) with byte `i` read as zeros; every other byte is right.
+    let (chunk, block) = (1 << 20, 1 << 20);
     let bad = i / chunk * chunk..(i / chunk + 1) * chunk;
     let place = |p: usize| {
         let k = skeleton.holes.iter().position(|h| h.contains(&p)).unwrap();

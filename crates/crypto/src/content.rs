@@ -53,24 +53,29 @@ impl ContentLeaf {
         *self.0.finalize().as_bytes()
     }
 
-    /// Leaf `index` of file `file` for a chunk of exactly [`SPLIT_CHUNK_LEN`] bytes, hashed in
-    /// two parts that may run on two threads: this leaf takes the chunk's bytes before
-    /// [`LEAF_SPLIT`], the [`LeafTail`] the rest, each in order; [`ContentLeaf::join`] gives
-    /// the leaf one `ContentLeaf` fed the whole chunk gives. BLAKE3 hashes a tree of 1 KiB
-    /// chunks (`blake3::hazmat`): the leaf's input (the 33-byte prefix, then the chunk) is
-    /// two 2 MiB subtrees and the last 33 bytes, so the parts are those subtrees, merged.
-    pub fn split(file: u32, index: u64) -> (ContentLeaf, LeafTail) {
+    /// Leaf `index` of file `file` for a chunk of exactly `chunk` bytes (a power of two, 2 KiB
+    /// or more: `None` otherwise), hashed in two parts that may run on two threads: this
+    /// leaf takes the chunk's bytes before [`leaf_split`]`(chunk)`, the [`LeafTail`] the
+    /// rest, each in order; [`ContentLeaf::join`] gives the leaf one `ContentLeaf` fed the
+    /// whole chunk gives. BLAKE3 hashes a tree of 1 KiB chunks (`blake3::hazmat`): the
+    /// leaf's input (the 33-byte prefix, then the chunk) is two subtrees of `chunk / 2`
+    /// bytes and the last 33 bytes, so the parts are those subtrees, merged.
+    pub fn split(file: u32, index: u64, chunk: usize) -> Option<(ContentLeaf, LeafTail)> {
+        if !chunk.is_power_of_two() || chunk < 2 * 1024 {
+            return None;
+        }
+        let half = (chunk / 2) as u64;
         let mut mid = blake3::Hasher::new();
-        mid.set_input_offset(HALF_TREE);
+        mid.set_input_offset(half);
         let mut end = blake3::Hasher::new();
-        end.set_input_offset(2 * HALF_TREE);
-        (ContentLeaf::new(file, index), LeafTail { mid, end, seen: 0 })
+        end.set_input_offset(2 * half);
+        Some((ContentLeaf::new(file, index), LeafTail { mid, end, half, seen: 0 }))
     }
 
     /// The leaf of a split chunk ([`ContentLeaf::split`]); `None` if either part was not fed
     /// exactly its bytes.
     pub fn join(self, tail: LeafTail) -> Option<[u8; 32]> {
-        if self.0.count() != HALF_TREE || tail.seen != (SPLIT_CHUNK_LEN - LEAF_SPLIT) as u64 {
+        if self.0.count() != tail.half || tail.seen != tail.half + LEAF_PREFIX as u64 {
             return None;
         }
         let left = merge_subtrees_non_root(&self.0.finalize_non_root(), &tail.mid.finalize_non_root(), Mode::Hash);
@@ -78,26 +83,24 @@ impl ContentLeaf {
     }
 }
 
-/// The length of a chunk [`ContentLeaf::split`] hashes in two parts (4 MiB, format 2's
-/// content chunk).
-pub const SPLIT_CHUNK_LEN: usize = 4 << 20;
-
 /// A leaf's input before the chunk's bytes: the label, `u32be(file)`, `u64be(index)`.
 const LEAF_PREFIX: usize = CONTENT_CHUNK_LABEL.len() + 4 + 8;
 
-/// Half of BLAKE3's tree over a split chunk's leaf input (a power of two of its 1 KiB chunks).
-const HALF_TREE: u64 = (SPLIT_CHUNK_LEN / 2) as u64;
-
-/// Where a split chunk's bytes pass from the [`ContentLeaf`] to the [`LeafTail`].
-pub const LEAF_SPLIT: usize = SPLIT_CHUNK_LEN / 2 - LEAF_PREFIX;
+/// Where the bytes of a split chunk of `chunk` bytes pass from the [`ContentLeaf`] to the
+/// [`LeafTail`] ([`ContentLeaf::split`]).
+pub fn leaf_split(chunk: usize) -> usize {
+    (chunk / 2).saturating_sub(LEAF_PREFIX)
+}
 
 /// The second part of a split leaf ([`ContentLeaf::split`]): the chunk's bytes from
-/// [`LEAF_SPLIT`] on, in order.
+/// [`leaf_split`] on, in order.
 pub struct LeafTail {
-    /// The second 2 MiB subtree of the leaf's input.
+    /// The second half subtree of the leaf's input.
     mid: blake3::Hasher,
     /// The input's last 33 bytes (as many as its prefix), past both subtrees.
     end: blake3::Hasher,
+    /// Bytes in each half subtree.
+    half: u64,
     /// Bytes taken so far.
     seen: u64,
 }
@@ -105,7 +108,7 @@ pub struct LeafTail {
 impl LeafTail {
     /// Appends bytes of the chunk.
     pub fn update(&mut self, data: &[u8]) {
-        let in_mid = (HALF_TREE.saturating_sub(self.seen) as usize).min(data.len());
+        let in_mid = (self.half.saturating_sub(self.seen) as usize).min(data.len());
         self.mid.update(&data[..in_mid]);
         self.end.update(&data[in_mid..]);
         self.seen += data.len() as u64;
@@ -210,25 +213,32 @@ pub fn envelope_checksum(envelope_prefix: &[u8]) -> [u8; 32] {
 mod tests {
     #[test]
     fn a_leaf_hashed_in_two_parts_is_the_leaf_hashed_whole() {
-        let chunk: Vec<u8> = (0..super::SPLIT_CHUNK_LEN).map(|i| (i * 131 % 251) as u8).collect();
-        for (file, index, piece) in [(0u32, 0u64, 1 << 20), (3, 7, 4096), (u32::MAX, u64::MAX, 333_333)] {
-            let mut whole = super::ContentLeaf::new(file, index);
-            whole.update(&chunk);
-            let (mut first, mut tail) = super::ContentLeaf::split(file, index);
-            let (a, b) = chunk.split_at(super::LEAF_SPLIT);
-            a.chunks(piece).for_each(|p| first.update(p));
-            b.chunks(piece).for_each(|p| tail.update(p));
-            assert_eq!(first.join(tail), Some(whole.finalize()), "file {file}, index {index}, pieces of {piece}");
+        for len in [4 << 20, 1 << 20, 2048] {
+            let chunk: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+            let split = super::leaf_split(len);
+            for (file, index, piece) in [(0u32, 0u64, 1 << 20), (3, 7, 4096), (u32::MAX, u64::MAX, 333_333), (1, 2, 7)] {
+                let mut whole = super::ContentLeaf::new(file, index);
+                whole.update(&chunk);
+                let (mut first, mut tail) = super::ContentLeaf::split(file, index, len).unwrap();
+                let (a, b) = chunk.split_at(split);
+                a.chunks(piece).for_each(|p| first.update(p));
+                b.chunks(piece).for_each(|p| tail.update(p));
+                assert_eq!(first.join(tail), Some(whole.finalize()), "{len} bytes, file {file}, index {index}, pieces of {piece}");
+            }
+            // A part fed one byte too few or too many gives no leaf.
+            let (mut first, mut tail) = super::ContentLeaf::split(1, 1, len).unwrap();
+            first.update(&chunk[..split - 1]);
+            tail.update(&chunk[split - 1..]);
+            assert_eq!(first.join(tail), None);
+            let (mut first, mut tail) = super::ContentLeaf::split(1, 1, len).unwrap();
+            first.update(&chunk[..split]);
+            tail.update(&chunk[split..len - 1]);
+            assert_eq!(first.join(tail), None);
         }
-        // A part fed one byte too few or too many gives no leaf.
-        let (mut first, mut tail) = super::ContentLeaf::split(1, 1);
-        first.update(&chunk[..super::LEAF_SPLIT - 1]);
-        tail.update(&chunk[super::LEAF_SPLIT - 1..]);
-        assert_eq!(first.join(tail), None);
-        let (mut first, mut tail) = super::ContentLeaf::split(1, 1);
-        first.update(&chunk[..super::LEAF_SPLIT]);
-        tail.update(&chunk[super::LEAF_SPLIT..super::SPLIT_CHUNK_LEN - 1]);
-        assert_eq!(first.join(tail), None);
+        // Only a power of two of 2 KiB or more splits.
+        for len in [0, 1024, 3 << 20, (4 << 20) + 1] {
+            assert!(super::ContentLeaf::split(0, 0, len).is_none(), "{len}");
+        }
     }
 
     use super::*;

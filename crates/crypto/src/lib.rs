@@ -90,7 +90,7 @@ mod kat_tests;
 
 pub use content::{
     chunk_count, content_digest, envelope_checksum, leaves_of, signed_message, tier_mac, tier_mac_matches, ContentLeaf,
-    FileLeaves, LeafTail, CONTENT_CHUNK_LABEL, CONTENT_LABEL, LEAF_SPLIT, SIGNATURE_LABEL, SPLIT_CHUNK_LEN,
+    leaf_split, FileLeaves, LeafTail, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL,
     V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
 };
 pub use data_key::{

@@ -23,8 +23,24 @@ use crate::metadata::b64;
 pub const METADATA_KEY_V2: &str = "onnx-protect/v2";
 /// The format version a version-2 header records.
 pub const FORMAT_VERSION_V2: u32 = 2;
-/// The content-digest chunk size this version writes.
+/// The content-digest chunk size this version writes for models of
+/// [`SMALL_CONTENT`] bytes or more.
 pub const CONTENT_CHUNK: u64 = 4 << 20;
+/// The chunk size written for smaller models.
+pub const SMALL_CONTENT_CHUNK: u64 = 1 << 20;
+/// Models (the model file and its external files) under this many bytes get
+/// [`SMALL_CONTENT_CHUNK`].
+pub const SMALL_CONTENT: u64 = 256 << 20;
+
+/// The content-digest chunk size written for a model of `bytes` bytes (model file and
+/// external files).
+pub fn content_chunk(bytes: u64) -> u64 {
+    if bytes < SMALL_CONTENT {
+        SMALL_CONTENT_CHUNK
+    } else {
+        CONTENT_CHUNK
+    }
+}
 /// Caps on what a header may list (a hostile file cannot make a reader do more).
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// The most recipient stanzas a model may carry.
@@ -311,6 +327,14 @@ pub(crate) fn entry_bytes(mut envelope: pb::Envelope) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_under_256_mib_are_hashed_in_1_mib_chunks_and_larger_ones_in_4_mib() {
+        assert_eq!(content_chunk(0), 1 << 20);
+        assert_eq!(content_chunk((256 << 20) - 1), 1 << 20);
+        assert_eq!(content_chunk(256 << 20), 4 << 20);
+        assert_eq!(content_chunk(u64::MAX), 4 << 20);
+    }
 
     /// A header of one tier, with external files of `sizes` bytes and `leaves` bytes of
     /// listed chunk hashes, and an envelope of the right shape around it.

@@ -43,7 +43,7 @@ function valueInfo(name, dims) {
 }
 
 /** model.onnx, a.bin and b.bin in `dir`: Y_i = MatMul(X, W_i), W_a and W_b external, each
- * file 4.5 MiB (five chunks of the 1 MiB the binary writes for a model under 256 MiB). */
+ * file 4.5 MiB (five chunks of the 1 MiB the binary writes for a model under 64 MiB). */
 function writeTwoFileModel(dir) {
   const K = 1024, N = 1152;
   const weight = (name, file, seed) => {

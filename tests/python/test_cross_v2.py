@@ -373,7 +373,7 @@ def test_partial_decryptions_with_external_data_list_the_canonical_leaves(writer
 
 def two_file_model(d):
     """A model whose weights are in two external files, the first over 4 MiB (five chunks of
-    the binary's chunk size for a model under 256 MiB, 1 MiB): (model path)."""
+    the binary's chunk size for a model under 64 MiB, 1 MiB): (model path)."""
     onnx = pytest.importorskip("onnx")
     import numpy as np
     from onnx import external_data_helper, helper, numpy_helper

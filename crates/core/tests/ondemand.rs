@@ -23,7 +23,7 @@ use onnx_protect_select::Policy;
 mod common;
 use common::{every_mode, policy, resident_kib};
 
-/// Every MatMul weight is `DIM`²; 4 MiB each, four content chunks (a model under 256 MiB is
+/// Every MatMul weight is `DIM`²; 4 MiB each, four content chunks (a model under 64 MiB is
 /// hashed in 1 MiB chunks, and its region has blocks of 1 MiB).
 const DIM: usize = 1024;
 
@@ -154,7 +154,7 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
     let original = std::fs::read(&side).unwrap();
     let clean = InMemory::file(&protected, &k).load().unwrap();
     let plain = &clean.external()["w.bin"];
-    // A model under 256 MiB is hashed in chunks of 1 MiB.
+    // A model under 64 MiB is hashed in chunks of 1 MiB.
     let chunk = 1 << 20;
     for i in (0..original.len()).step_by(original.len() / 41) {
         let mut b = original.clone();

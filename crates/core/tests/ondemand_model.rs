@@ -137,7 +137,7 @@ fn a_chunk_changed_on_disk_after_the_load_reads_as_zeros_and_settle_refuses() {
     let file = std::fs::OpenOptions::new().write(true).open(&protected).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[original[i] ^ 0x10], i as u64).unwrap();
     // The region's blocks (1 MiB) holding bytes of the file's chunk (1 MiB: a model under
-    // 256 MiB) with byte `i` read as zeros; every other byte is right.
+    // 64 MiB) with byte `i` read as zeros; every other byte is right.
     let (chunk, block) = (1 << 20, 1 << 20);
     let bad = i / chunk * chunk..(i / chunk + 1) * chunk;
     let place = |p: usize| {

@@ -30,7 +30,7 @@ pub const CONTENT_CHUNK: u64 = 4 << 20;
 pub const SMALL_CONTENT_CHUNK: u64 = 1 << 20;
 /// Models (the model file and its external files) under this many bytes get
 /// [`SMALL_CONTENT_CHUNK`].
-pub const SMALL_CONTENT: u64 = 256 << 20;
+pub const SMALL_CONTENT: u64 = 64 << 20;
 
 /// The content-digest chunk size written for a model of `bytes` bytes (model file and
 /// external files).
@@ -329,10 +329,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn models_under_256_mib_are_hashed_in_1_mib_chunks_and_larger_ones_in_4_mib() {
+    fn models_under_64_mib_are_hashed_in_1_mib_chunks_and_larger_ones_in_4_mib() {
         assert_eq!(content_chunk(0), 1 << 20);
-        assert_eq!(content_chunk((256 << 20) - 1), 1 << 20);
-        assert_eq!(content_chunk(256 << 20), 4 << 20);
+        assert_eq!(content_chunk((64 << 20) - 1), 1 << 20);
+        assert_eq!(content_chunk(64 << 20), 4 << 20);
         assert_eq!(content_chunk(u64::MAX), 4 << 20);
     }
 

@@ -475,7 +475,8 @@ fn renamed_or_changed_data_files_of_a_same_folder_copy_are_refused() {
 }
 
 /// A protected model whose external data file is missing (the usual layout, another
-/// folder) is a missing file, exit 3, named; not "modified".
+/// folder), or is a folder or a pipe where the file should be, is a bad model, exit 3,
+/// named; not "modified".
 #[test]
 fn a_missing_external_data_file_is_missing_not_modified() {
     let (dir, model) = copy_fixture(&root().join("fixtures/models/external_data/model.onnx"));
@@ -493,6 +494,14 @@ fn a_missing_external_data_file_is_missing_not_modified() {
     let (code, stdout, err) = run(&["check", e]);
     assert_ne!(code, 0, "{stdout}{err}");
     assert!(!stdout.contains("modified: modified"), "{stdout}");
+    std::fs::create_dir(enc_dir.join("extra.bin")).unwrap();
+    let refused = "external data location 'extra.bin' is refused: it is not a regular file";
+    assert_refused(&["decrypt", e, "-o", o, "--key-file", k], 3, refused, &out);
+    assert_refused(&["verify", e, "--key-file", k], 3, refused, &out);
+    std::fs::remove_dir(enc_dir.join("extra.bin")).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(enc_dir.join("extra.bin")).status().unwrap();
+    assert!(made.success());
+    assert_refused(&["verify", e, "--key-file", k], 3, refused, &out);
 }
 
 #[test]

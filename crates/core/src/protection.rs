@@ -180,8 +180,8 @@ pub fn open_protected(input: &Path, progress: &dyn Progress) -> Result<Model> {
 /// version-2 entry, or in an entry whose value is not text (a manifest entry not encoded as
 /// docs/format.md §1 says): under a well-formed entry every reason the model is invalid
 /// (§4) is a modification, whatever its content digest. Else (and for a file that cannot
-/// be read, or whose external data file is missing: a packaging slip, not a
-/// modification) the parser's error.
+/// be read, or whose listed external data file is missing or not a regular file: a
+/// packaging slip, not a modification) the parser's error.
 fn triage(path: &Path, e: FormatError) -> CoreError {
     use onnx_protect_format::ErrorKind as K;
     if e.kind() == K::Io {
@@ -193,9 +193,10 @@ fn triage(path: &Path, e: FormatError) -> CoreError {
         return Modified::EntryNotText { cause: Box::new(e) }.into();
     };
     let Ok(sealed) = parse_entry(value, range) else { return e.into() };
-    // A file the header lists that is not there is missing; a location the header does not
-    // list is a change of the model.
-    if let FormatError::ExternalMissing { location, .. } = &e {
+    // A file the header lists that is not there, or not a regular file there (a folder, a
+    // pipe), is a packaging slip; a location the header does not list is a change of the
+    // model.
+    if let FormatError::ExternalMissing { location, .. } | FormatError::ExternalPath { location, .. } = &e {
         if sealed.header.external_files.contains(location) {
             return e.into();
         }

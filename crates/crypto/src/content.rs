@@ -216,14 +216,19 @@ mod tests {
         for len in [4 << 20, 1 << 20, 2048] {
             let chunk: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
             let split = super::leaf_split(len);
-            for (file, index, piece) in [(0u32, 0u64, 1 << 20), (3, 7, 4096), (u32::MAX, u64::MAX, 333_333), (1, 2, 7)] {
+            for (file, index, piece) in [(0u32, 0u64, 1 << 20), (3, 7, 4096), (u32::MAX, u64::MAX, 333_333), (1, 2, 7)]
+            {
                 let mut whole = super::ContentLeaf::new(file, index);
                 whole.update(&chunk);
                 let (mut first, mut tail) = super::ContentLeaf::split(file, index, len).unwrap();
                 let (a, b) = chunk.split_at(split);
                 a.chunks(piece).for_each(|p| first.update(p));
                 b.chunks(piece).for_each(|p| tail.update(p));
-                assert_eq!(first.join(tail), Some(whole.finalize()), "{len} bytes, file {file}, index {index}, pieces of {piece}");
+                assert_eq!(
+                    first.join(tail),
+                    Some(whole.finalize()),
+                    "{len} bytes, file {file}, index {index}, pieces of {piece}"
+                );
             }
             // A part fed one byte too few or too many gives no leaf.
             let (mut first, mut tail) = super::ContentLeaf::split(1, 1, len).unwrap();

@@ -89,9 +89,9 @@ mod wrap;
 mod kat_tests;
 
 pub use content::{
-    chunk_count, content_digest, envelope_checksum, leaves_of, signed_message, tier_mac, tier_mac_matches, ContentLeaf,
-    leaf_split, FileLeaves, LeafTail, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL,
-    V2_CHECKSUM_LABEL, V2_MAC_INPUT_LABEL,
+    chunk_count, content_digest, envelope_checksum, leaf_split, leaves_of, signed_message, tier_mac, tier_mac_matches,
+    ContentLeaf, FileLeaves, LeafTail, CONTENT_CHUNK_LABEL, CONTENT_LABEL, SIGNATURE_LABEL, V2_CHECKSUM_LABEL,
+    V2_MAC_INPUT_LABEL,
 };
 pub use data_key::{
     DataKey, TierKeys, V2_CHOICE_LABEL, V2_KEY_CHECK_LABEL, V2_LABEL_LOCK_LABEL, V2_MAC_LABEL, V2_POSITIONS_AAD,

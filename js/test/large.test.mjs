@@ -1,6 +1,6 @@
 // Models over the size from which Node spreads the work over worker threads (16 MiB per
 // covered file): a ~95 MB model written here (a raw_data weight, a float_data weight and an
-// external one, each crossing many 1 MiB chunks), protected by the binary in the CTR and
+// external one, each crossing many 4 MiB chunks), protected by the binary in the CTR and
 // format-preserving modes and with two tiers, decrypts byte for byte, from shared memory
 // (readModelFiles), from a private buffer and from the file (decryptFile) alike, and runs in
 // onnxruntime-node; a changed byte is refused.
@@ -12,7 +12,7 @@ import { test } from "node:test";
 
 import * as ort from "onnxruntime-node";
 
-import { createSession, decrypt, verify, KeyError, Modified } from "../dist/index.js";
+import { createSession, decrypt, open, verify, KeyError, Modified } from "../dist/index.js";
 import { createSessionFromFile, decryptFile, nativeEngine, readModelFiles } from "../dist/node.js";
 import { nativeOnDemand } from "../dist/native.js";
 import { concat, encodeUtf8, encodeVarint, lengthDelimited } from "../dist/wire.js";
@@ -40,10 +40,10 @@ function valueInfo(name, dims) {
   return concat([str(1, name), lengthDelimited(2, tensorType)]);
 }
 
-/** model.onnx and w2.bin in `dir`: Y_i = MatMul(X, W_i) for a raw_data W1, an external W2
- * and a float_data W3. */
-function writeModel(dir) {
-  const K = 1024, N1 = 12800, N = 6144, N3 = 4160;
+/** model.onnx and w2.bin in `dir`: Y_i = MatMul(X, W_i) for a raw_data W1 (`N1` columns), an
+ * external W2 (`N`) and a float_data W3 (`N3`). */
+function writeModel(dir, { N1, N, N3 } = { N1: 12800, N: 6144, N3: 4160 }) {
+  const K = 1024;
   const w1 = concat([packed(1, [K, N1]), varintField(2, 1), str(8, "W1"), lengthDelimited(9, floats(K * N1, 1))]);
   const w2data = floats(K * N, 2);
   fs.writeFileSync(path.join(dir, "w2.bin"), w2data);
@@ -182,6 +182,43 @@ test("large models: decrypted byte for byte through the worker threads, from sha
         assert.ok(same(d.model, fs.readFileSync(part)), "tier 1: model");
         assert.ok(same(d.externalData.get("w2.bin"), fs.readFileSync(path.join(path.dirname(part), "w2.bin"))), "tier 1: w2.bin");
       }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a model under 64 MiB with files over 16 MiB: its 1 MiB chunks hashed by the worker threads, decrypted byte for byte; a changed byte is refused", { skip }, async () => {
+  const dir = tempDir();
+  try {
+    const srcDir = path.join(dir, "src");
+    fs.mkdirSync(srcDir);
+    // A 20 MiB raw_data W1 and 2 MiB float_data W3 in the model file, an 18 MiB W2 beside it.
+    const src = writeModel(srcDir, { N1: 5120, N: 4608, N3: 512 });
+    const key = path.join(dir, "k.key");
+    run(BIN, ["keygen", "-o", key, "-q"]);
+    const keyText = fs.readFileSync(key, "utf8");
+    const original = fs.readFileSync(src), w2 = fs.readFileSync(path.join(srcDir, "w2.bin"));
+    assert.ok(original.length > 16 << 20 && w2.length > 16 << 20 && original.length + w2.length < 64 << 20);
+    const prot = path.join(dir, "out", "model.onnx");
+    fs.mkdirSync(path.dirname(prot));
+    run(BIN, ["encrypt", src, "-o", prot, "--key-file", key, "-q"]);
+    const shared = await readModelFiles(prot);
+    assert.equal(Number((await open(shared.model, shared.externalData)).header.chunk_size), 1 << 20);
+    const d = await decrypt(shared.model, { key: keyText, externalData: shared.externalData });
+    assert.ok(same(d.model, original) && same(d.externalData.get("w2.bin"), w2));
+    for (const engine of ENGINES) {
+      const df = await decryptFile(prot, { key: keyText, engine });
+      assert.ok(same(df.model, original) && same(df.externalData.get("w2.bin"), w2), engine);
+    }
+    for (const [file, at] of [["model", 15_000_000], ["w2.bin", 9_000_001]]) {
+      const m = Uint8Array.from(shared.model), w = Uint8Array.from(shared.externalData.get("w2.bin"));
+      (file === "model" ? m : w)[at] ^= 8;
+      const model = new Uint8Array(new SharedArrayBuffer(m.length)), data = new Uint8Array(new SharedArrayBuffer(w.length));
+      model.set(m);
+      data.set(w);
+      await assert.rejects(decrypt(model, { key: keyText, externalData: new Map([["w2.bin", data]]) }), Modified, file);
+      await assert.rejects(verify(model, { externalData: new Map([["w2.bin", data]]) }), Modified, file);
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

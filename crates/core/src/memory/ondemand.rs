@@ -43,15 +43,17 @@ use onnx_protect_format::DataType;
 use onnx_protect_fsio::file::read_exact_at;
 use onnx_protect_fsio::ondemand::{self, Fill, OnDemand, Options};
 use onnx_protect_fsio::PrivateMap;
-use rayon::prelude::*;
 
-use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton, SMALL};
+use super::decrypted::{Backing, DecryptedBytes, DecryptedModel, FilledOnDemand, Skeleton};
 use super::patch::{io_error, restore, too_large, Patcher, Piece, SpanSource};
 use super::relocate::{model_holes, relocate, Located, Relocated};
 use crate::error::{CoreError, Modified, Result};
 use crate::pass::action::Action;
 use crate::pass::decryption::{Decryption, NewEntry};
 use crate::target::Target;
+
+mod read;
+use read::{hash_leaf, hash_leaves};
 
 /// A chunk is read, hashed and decrypted in slices this long (they stay in the core's
 /// cache between the three).
@@ -281,11 +283,10 @@ fn on_demand(
     let groups = block_groups(model, &files, block, first_block, &located);
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
     let files = Arc::new(files);
+    let decrypt = Arc::new(Decrypt { targets, actions, dtypes });
     *filling = Some(Filler {
         files: Arc::clone(&files),
-        targets,
-        actions,
-        dtypes,
+        decrypt: Arc::clone(&decrypt),
         block,
         check: Arc::clone(&check),
         chunk: None,
@@ -302,7 +303,18 @@ fn on_demand(
         Ahead::none()
     };
     let verify_unread = !(listed && reader.verify_on_read);
-    let region = Arc::new(Region { region, files, check, ahead, verify_unread, settled: OnceLock::new() });
+    let keeps_all = region_len <= budget.max(3 * block_len);
+    let region = Arc::new(Region {
+        region,
+        files,
+        decrypt,
+        block,
+        keeps_all,
+        check,
+        ahead,
+        verify_unread,
+        settled: OnceLock::new(),
+    });
     let on_demand = |e: &ExternalFile| {
         let backing = Backing::OnDemand {
             region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
@@ -335,42 +347,6 @@ fn on_demand(
         tier,
         tiers,
     }))
-}
-
-/// The leaves `which` of covered file `index` (`size` bytes of `file`, chunks of `chunk`
-/// bytes), each read into a page-aligned buffer and hashed (on the thread pool for a large
-/// file).
-fn hash_leaves(file: &File, path: &Path, size: u64, index: u32, chunk: u64, which: &[u64]) -> Result<Vec<[u8; 32]>> {
-    let leaf = |slot: &mut Option<PrivateMap>, j: u64| hash_leaf(file, path, size, index, chunk, j, slot);
-    if size as usize <= SMALL || which.len() <= 1 {
-        let mut buf = None;
-        which.iter().map(|&j| leaf(&mut buf, j)).collect()
-    } else {
-        which.par_iter().map_init(|| None, |buf, &j| leaf(buf, j)).collect()
-    }
-}
-
-/// The leaf of chunk `j` (as [`hash_leaves`]), read into the buffer in `slot` (made on
-/// first use).
-fn hash_leaf(
-    file: &File,
-    path: &Path,
-    size: u64,
-    index: u32,
-    chunk: u64,
-    j: u64,
-    slot: &mut Option<PrivateMap>,
-) -> Result<[u8; 32]> {
-    let buf = match slot {
-        Some(b) => b,
-        None => slot.insert(PrivateMap::anonymous(chunk.min(size) as usize).map_err(|e| io_error(path, e))?),
-    };
-    let start = j * chunk;
-    let len = (size - start).min(chunk) as usize;
-    read_exact_at(file, &mut buf[..len], start).map_err(|e| io_error(path, e))?;
-    let mut l = ContentLeaf::new(index, j);
-    l.update(&buf[..len]);
-    Ok(l.finalize())
 }
 
 /// The bytes `(region file, range)` of the tables only gathered from: a runtime reads
@@ -546,10 +522,31 @@ struct Check {
     chunk: u64,
 }
 
-/// The region with what `settle` needs to finish the verification.
+/// What each target's pieces become: its action, mode and element type.
+struct Decrypt {
+    targets: Vec<Target>,
+    actions: Vec<Action>,
+    dtypes: Vec<DataType>,
+}
+
+impl Decrypt {
+    /// Decrypts in `slice` (the file's bytes from offset `at`) the pieces of targets it holds.
+    fn restore(&self, pieces: &[Piece], at: u64, slice: &mut [u8]) -> Result<()> {
+        let of = |tag: usize| Ok((SpanSource::of(&self.actions[tag])?, self.targets[tag].mode, self.dtypes[tag]));
+        restore(pieces, at, slice, of)
+    }
+}
+
+/// The region with what `settle` needs to finish the verification, and what a read that
+/// does not fill it needs ([`read`]).
 struct Region {
     region: OnDemand,
     files: Arc<Vec<ExternalFile>>,
+    decrypt: Arc<Decrypt>,
+    /// The region's block, in bytes.
+    block: u64,
+    /// The budget holds the whole region (no block is dropped while a session is built).
+    keeps_all: bool,
     check: Arc<Check>,
     /// Hashes the gathered tables while the session is built.
     ahead: Ahead,
@@ -587,6 +584,10 @@ impl FilledOnDemand for Region {
         if matches!(self.settled.get(), Some(None)) {
             self.region.trim();
         }
+    }
+
+    fn read_verified(&self, offset: usize, ranges: &[Range<usize>]) -> Option<Result<Vec<Vec<u8>>>> {
+        self.read_ranges(offset, ranges)
     }
 }
 
@@ -627,9 +628,7 @@ type Step<T> = std::result::Result<T, (CoreError, &'static str)>;
 /// What fills the region: the files, and what each target's pieces become.
 struct Filler {
     files: Arc<Vec<ExternalFile>>,
-    targets: Vec<Target>,
-    actions: Vec<Action>,
-    dtypes: Vec<DataType>,
+    decrypt: Arc<Decrypt>,
     block: u64,
     check: Arc<Check>,
     /// The model file's chunk last verified and decrypted, for blocks of tensors moved in
@@ -792,8 +791,7 @@ impl Filler {
             let at = pos + (i * SLICE) as u64;
             read_exact_at(&f.file, slice, at).map_err(|e| (io_error(&f.path, e), "could not be read"))?;
             hash(slice);
-            let of = |tag: usize| Ok((SpanSource::of(&self.actions[tag])?, self.targets[tag].mode, self.dtypes[tag]));
-            restore(&f.pieces, at, slice, of).map_err(|e| (e, "could not be decrypted"))?;
+            self.decrypt.restore(&f.pieces, at, slice).map_err(|e| (e, "could not be decrypted"))?;
         }
         Ok(())
     }

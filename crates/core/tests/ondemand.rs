@@ -464,39 +464,3 @@ fn for_a_reader_of_few_weights_only_the_blocks_read_are_filled() {
     assert!(held[0] >= 8 * block_kib, "by default: {} KiB held", held[0]);
     assert!(held[1] <= 4 * block_kib, "reads_few: {} KiB held after reading three blocks", held[1]);
 }
-
-#[test]
-fn pieces_read_verified_are_the_decrypted_bytes_and_fill_nothing_and_a_changed_chunk_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = key(11);
-    let protected = chain(dir.path(), 3, &Policy::default(), &k);
-    let eager = InMemory::file(&protected, &k).load().unwrap();
-    let want = &eager.external()["w.bin"];
-    assert!(
-        want.read_verified(std::slice::from_ref(&(0..3))).is_none(),
-        "a buffer not filled on demand is read directly"
-    );
-    let len = want.len();
-    // Pieces in one chunk, across chunks, at both ends, and an empty one.
-    let ranges = [0..3, 5..70_000, (1 << 20) - 10..(1 << 20) + 10, (2 << 20) - 5..(4 << 20) + 5, len - 100..len, 7..7];
-    // A reader of few weights: nothing is filled before it is read.
-    let m = InMemory::file(&protected, &k).on_demand(true).reads_few(true).load().unwrap();
-    let w = &m.external()["w.bin"];
-    let held = resident_kib(w.as_ptr());
-    let got = w.read_verified(&ranges).unwrap().unwrap();
-    for (r, g) in ranges.iter().zip(&got) {
-        assert!(g[..] == want[r.clone()], "{r:?}");
-    }
-    assert_eq!(resident_kib(w.as_ptr()), held, "the region was filled");
-    assert!(w.read_verified(std::slice::from_ref(&(len - 1..len + 1))).is_none(), "past the end");
-    // One byte of chunk 2 changed on disk: a piece in it is refused, one elsewhere is not.
-    let side = protected.parent().unwrap().join("w.bin");
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&side).unwrap();
-    let mut b = [0u8];
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, (2 << 20) + 77).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x40], (2 << 20) + 77).unwrap();
-    drop(f);
-    let e = w.read_verified(std::slice::from_ref(&((2 << 20) + 1_000..(2 << 20) + 2_000))).unwrap().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Modified, "{e}");
-    assert!(w.read_verified(std::slice::from_ref(&(5..70_000))).unwrap().unwrap()[0][..] == want[5..70_000]);
-}

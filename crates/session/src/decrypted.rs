@@ -2,16 +2,15 @@
 //! files in memory ([`crate::files`]): what the Python package, the C library, the `ort`
 //! crate and the Node engine hand onnxruntime, planned once here.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use onnx_protect_core::error::CoreError;
-use onnx_protect_core::memory::{DecryptedBytes, Method, Skeleton};
-use onnx_protect_format::{Model, TensorData};
+use onnx_protect_core::memory::{DecryptedBytes, Skeleton};
+use onnx_protect_format::Model;
 
 use crate::files::{prepare_files, FilesPlan, ModelBuffer};
-use crate::{Arena, Source, MIN_SHARED};
+use crate::{Arena, Source};
 
 /// The decrypted buffers and the plan that names them: the model buffer after
 /// [`FilesPlan::moves`], the external data files as decrypted.
@@ -57,49 +56,14 @@ pub fn lay_out(
     static SESSIONS: AtomicU64 = AtomicU64::new(0);
     let prefix = format!("{tag}.{}.", SESSIONS.fetch_add(1, Ordering::Relaxed));
     let bytes = |l: &str| external.get(l).map(|d| &d[..]);
-    let ahead = read_ahead(index, &external)?;
     // A model file filled on demand: the graph from its skeleton, its tensors where they
     // are; otherwise its tensors moved to aligned offsets.
     let plan = match &skeleton {
-        Some(s) => {
-            prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &ahead, &prefix)
-        }
-        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &ahead, &prefix),
+        Some(s) => prepare_files(index, &s.bytes, ModelBuffer::Fixed { holes: &s.holes, at: &s.at }, bytes, &prefix),
+        None => prepare_files(index, &model, ModelBuffer::Movable, bytes, &prefix),
     }?;
     model.move_within(&plan.moves)?;
     Ok(LaidOut { plan, model, external })
-}
-
-/// The external tensors of fewer than [`MIN_SHARED`] bytes in files filled on demand, by
-/// index, read and verified without filling the files' memory ([`DecryptedBytes::read_verified`]):
-/// onnxruntime reads such tensors (quantisation scales and zero points) in a pass over the
-/// graph before it reads the weights, and reading them through the memory would fill every
-/// block it touches then, and again for the weights (an int8 ResNet-50's 25 blocks of 1 MiB:
-/// 50 fills, with them read ahead 29).
-fn read_ahead(
-    index: &Model,
-    external: &BTreeMap<String, DecryptedBytes>,
-) -> Result<HashMap<usize, Vec<u8>>, CoreError> {
-    let mut wanted: BTreeMap<usize, Vec<(usize, Range<usize>)>> = BTreeMap::new();
-    for (i, t) in index.tensors.iter().enumerate() {
-        let TensorData::External { file, range } = &t.data else { continue };
-        let (Ok(start), Ok(end)) = (usize::try_from(range.start), usize::try_from(range.end)) else { continue };
-        if t.nbytes < MIN_SHARED && start < end {
-            wanted.entry(*file).or_default().push((i, start..end));
-        }
-    }
-    let mut out = HashMap::new();
-    for (file, tensors) in wanted {
-        let Some(d) = index.external_files.get(file).and_then(|f| external.get(&f.location)) else { continue };
-        if d.method() != Method::OnDemand {
-            continue;
-        }
-        let ranges: Vec<Range<usize>> = tensors.iter().map(|(_, r)| r.clone()).collect();
-        if let Some(read) = d.read_verified(&ranges) {
-            out.extend(tensors.into_iter().map(|(i, _)| i).zip(read?));
-        }
-    }
-    Ok(out)
 }
 
 impl LaidOut {

@@ -141,9 +141,6 @@ pub enum ModelBuffer<'h> {
 /// buffer the caller makes the [`FilesPlan::moves`] in it after this returns and before
 /// onnxruntime reads it.
 ///
-/// External tensors in `read_ahead` (by index, their bytes) are written into the graph with
-/// those bytes; the files' buffers are not read for them.
-///
 /// Fails when a tensor's bytes are missing or out of range, or when the graph would
 /// exceed [`MAX_GRAPH`].
 pub fn prepare_files<'a>(
@@ -151,7 +148,6 @@ pub fn prepare_files<'a>(
     bytes: &[u8],
     buffer: ModelBuffer<'_>,
     external: impl Fn(&str) -> Option<&'a [u8]>,
-    read_ahead: &HashMap<usize, Vec<u8>>,
     prefix: &str,
 ) -> Result<FilesPlan, FormatError> {
     let model_file = format!("{prefix}model");
@@ -212,13 +208,7 @@ pub fn prepare_files<'a>(
                 let piece = data.get(r.clone()).ok_or_else(|| {
                     FormatError::Invalid(format!("tensor '{}': bytes {range:?} are outside '{loc}'", t.name))
                 })?;
-                if let Some(read) = read_ahead.get(&i).filter(|b| b.len() == piece.len()) {
-                    // Read by the caller (the file's buffer is not read): written into the graph.
-                    let mut value = header(bytes, t)?;
-                    put_len_field(&mut value, 9, read);
-                    added += read.len() as u64;
-                    edits.push(replace(t, value)?);
-                } else if !external_candidate(model, t) {
+                if !external_candidate(model, t) {
                     // Small: written into the graph, which then names no file of the model.
                     let mut value = header(bytes, t)?;
                     put_len_field(&mut value, 9, piece);
@@ -399,7 +389,7 @@ mod tests {
         // Odd sizes and names put the raw_data of most tensors at unaligned offsets.
         let bytes = matmul_chain(&[floats("W0", 300, 1.0), floats("W1", 10, 2.0), floats("W2", 513, 3.0)]);
         let model = Model::from_vec(bytes.clone(), None).unwrap();
-        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, &HashMap::new(), "p.").unwrap();
+        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, "p.").unwrap();
         assert_eq!(plan.tensors, 2, "W0 and W2 (over 1 KiB); W1 stays in the graph");
         assert_eq!(plan.files, vec![File { name: "p.model".into(), source: crate::Source::Model }]);
         assert!(plan.graph.len() + 3000 < bytes.len(), "the graph holds no large tensor's bytes");
@@ -433,7 +423,7 @@ mod tests {
         buffer[..holes[0].len()].copy_from_slice(&bytes[holes[0].clone()]);
         buffer[1280..].copy_from_slice(&bytes[holes[1].clone()]);
         let fixed = ModelBuffer::Fixed { holes: &holes, at: &at };
-        let plan = prepare_files(&model, &skeleton, fixed, |_| None, &HashMap::new(), "f.").unwrap();
+        let plan = prepare_files(&model, &skeleton, fixed, |_| None, "f.").unwrap();
         assert!(plan.moves.is_empty() && plan.arena.bytes().is_empty(), "nothing moved or copied");
         assert_eq!((plan.tensors, plan.model_len), (2, buffer.len()));
         assert_eq!(plan.files, vec![File { name: "f.model".into(), source: crate::Source::Model }]);
@@ -443,7 +433,7 @@ mod tests {
         // A hole over a tensor that stays in the graph (W1, under 1 KiB) is refused.
         let wrong = [raw("W0"), raw("W1")];
         let fixed = ModelBuffer::Fixed { holes: &wrong, at: &at };
-        let e = prepare_files(&model, &skeleton, fixed, |_| None, &HashMap::new(), "g.").err().unwrap();
+        let e = prepare_files(&model, &skeleton, fixed, |_| None, "g.").err().unwrap();
         assert!(e.to_string().contains("'W1'"), "{e}");
     }
 
@@ -457,15 +447,8 @@ mod tests {
         ]);
         let external: BTreeMap<String, Vec<u8>> = [("w.bin".to_string(), data)].into();
         let model = index(&bytes, &lens(&external));
-        let plan = prepare_files(
-            &model,
-            &bytes,
-            ModelBuffer::Movable,
-            |l| external.get(l).map(|v| &v[..]),
-            &HashMap::new(),
-            "q.",
-        )
-        .unwrap();
+        let plan =
+            prepare_files(&model, &bytes, ModelBuffer::Movable, |l| external.get(l).map(|v| &v[..]), "q.").unwrap();
         assert!(plan.moves.is_empty());
         assert_eq!(plan.files, vec![File { name: "q.0".into(), source: crate::Source::External("w.bin".into()) }]);
         assert_eq!(read_back(&plan, &bytes, &external), original(&model, &external, &bytes));
@@ -484,7 +467,7 @@ mod tests {
         let skew = (4 - store.as_ptr() as usize % 4) % 4;
         store[skew..skew + 4200].copy_from_slice(&data);
         let buf = &store[skew..skew + 4200];
-        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(buf), &HashMap::new(), "r.").unwrap();
+        let plan = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(buf), "r.").unwrap();
         assert_eq!(plan.files, vec![File { name: "r.arena".into(), source: crate::Source::Arena }]);
         assert_eq!(&plan.arena.bytes()[..4096], &data[3..4099]);
         assert_eq!(plan.arena.bytes().as_ptr() as usize % ALIGN, 0);
@@ -494,14 +477,11 @@ mod tests {
     fn a_missing_external_file_or_bytes_past_its_end_are_errors() {
         let bytes = matmul_chain(&[external_float_tensor("W0", &[1024], "w.bin", 0, 4096)]);
         let model = index(&bytes, &[("w.bin".to_string(), 4096)].into());
-        let err = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, &HashMap::new(), "s.")
-            .err()
-            .expect("no file given");
+        let err = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| None, "s.").err().expect("no file given");
         assert!(err.to_string().contains("'w.bin' was not given"), "{err}");
         let short = [0u8; 100];
-        let err = prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(&short[..]), &HashMap::new(), "s.")
-            .err()
-            .expect("too short");
+        let err =
+            prepare_files(&model, &bytes, ModelBuffer::Movable, |_| Some(&short[..]), "s.").err().expect("too short");
         assert!(err.to_string().contains("outside 'w.bin'"), "{err}");
     }
 }

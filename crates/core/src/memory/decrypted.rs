@@ -24,8 +24,6 @@ pub(super) trait FilledOnDemand: Send + Sync {
     fn settle(&self) -> Result<()>;
     /// See [`DecryptedBytes::trim`].
     fn trim(&self);
-    /// See [`DecryptedBytes::read_verified`]; `offset`: the buffer's in the region.
-    fn read_verified(&self, offset: usize, ranges: &[Range<usize>]) -> Option<Result<Vec<Vec<u8>>>>;
 }
 
 /// How a buffer was produced.
@@ -96,19 +94,6 @@ impl DecryptedBytes {
     pub fn trim(&self) {
         if let Backing::OnDemand { region, .. } = &self.backing {
             region.trim();
-        }
-    }
-
-    /// For memory filled on demand: the bytes of `ranges`, read from the file, each chunk
-    /// holding any of them checked against its hash and decrypted, without filling the
-    /// memory (for a reader that needs a few small pieces first and then reads the rest in
-    /// order: it fills each chunk once). A chunk that does not match is an error
-    /// ([`CoreError::Modified`]). `None` for other buffers (read them directly) and where the
-    /// region cannot (the model file's tensors moved in it, a range past the end).
-    pub fn read_verified(&self, ranges: &[Range<usize>]) -> Option<Result<Vec<Vec<u8>>>> {
-        match &self.backing {
-            Backing::OnDemand { region, offset } => region.read_verified(*offset, ranges),
-            _ => None,
         }
     }
 

@@ -283,10 +283,11 @@ fn on_demand(
     let groups = block_groups(model, &files, block, first_block, &located);
     let Decryption { targets, actions, tensors, decrypted_bytes, format_version, tier, tiers, .. } = d;
     let files = Arc::new(files);
-    let decrypt = Arc::new(Decrypt { targets, actions, dtypes });
     *filling = Some(Filler {
         files: Arc::clone(&files),
-        decrypt: Arc::clone(&decrypt),
+        targets,
+        actions,
+        dtypes,
         block,
         check: Arc::clone(&check),
         chunk: None,
@@ -303,18 +304,7 @@ fn on_demand(
         Ahead::none()
     };
     let verify_unread = !(listed && reader.verify_on_read);
-    let keeps_all = region_len <= budget.max(3 * block_len);
-    let region = Arc::new(Region {
-        region,
-        files,
-        decrypt,
-        block,
-        keeps_all,
-        check,
-        ahead,
-        verify_unread,
-        settled: OnceLock::new(),
-    });
+    let region = Arc::new(Region { region, files, check, ahead, verify_unread, settled: OnceLock::new() });
     let on_demand = |e: &ExternalFile| {
         let backing = Backing::OnDemand {
             region: Arc::clone(&region) as Arc<dyn FilledOnDemand>,
@@ -522,31 +512,10 @@ struct Check {
     chunk: u64,
 }
 
-/// What each target's pieces become: its action, mode and element type.
-struct Decrypt {
-    targets: Vec<Target>,
-    actions: Vec<Action>,
-    dtypes: Vec<DataType>,
-}
-
-impl Decrypt {
-    /// Decrypts in `slice` (the file's bytes from offset `at`) the pieces of targets it holds.
-    fn restore(&self, pieces: &[Piece], at: u64, slice: &mut [u8]) -> Result<()> {
-        let of = |tag: usize| Ok((SpanSource::of(&self.actions[tag])?, self.targets[tag].mode, self.dtypes[tag]));
-        restore(pieces, at, slice, of)
-    }
-}
-
-/// The region with what `settle` needs to finish the verification, and what a read that
-/// does not fill it needs ([`read`]).
+/// The region with what `settle` needs to finish the verification.
 struct Region {
     region: OnDemand,
     files: Arc<Vec<ExternalFile>>,
-    decrypt: Arc<Decrypt>,
-    /// The region's block, in bytes.
-    block: u64,
-    /// The budget holds the whole region (no block is dropped while a session is built).
-    keeps_all: bool,
     check: Arc<Check>,
     /// Hashes the gathered tables while the session is built.
     ahead: Ahead,
@@ -584,10 +553,6 @@ impl FilledOnDemand for Region {
         if matches!(self.settled.get(), Some(None)) {
             self.region.trim();
         }
-    }
-
-    fn read_verified(&self, offset: usize, ranges: &[Range<usize>]) -> Option<Result<Vec<Vec<u8>>>> {
-        self.read_ranges(offset, ranges)
     }
 }
 
@@ -628,7 +593,9 @@ type Step<T> = std::result::Result<T, (CoreError, &'static str)>;
 /// What fills the region: the files, and what each target's pieces become.
 struct Filler {
     files: Arc<Vec<ExternalFile>>,
-    decrypt: Arc<Decrypt>,
+    targets: Vec<Target>,
+    actions: Vec<Action>,
+    dtypes: Vec<DataType>,
     block: u64,
     check: Arc<Check>,
     /// The model file's chunk last verified and decrypted, for blocks of tensors moved in
@@ -791,7 +758,8 @@ impl Filler {
             let at = pos + (i * SLICE) as u64;
             read_exact_at(&f.file, slice, at).map_err(|e| (io_error(&f.path, e), "could not be read"))?;
             hash(slice);
-            self.decrypt.restore(&f.pieces, at, slice).map_err(|e| (e, "could not be decrypted"))?;
+            let of = |tag: usize| Ok((SpanSource::of(&self.actions[tag])?, self.targets[tag].mode, self.dtypes[tag]));
+            restore(&f.pieces, at, slice, of).map_err(|e| (e, "could not be decrypted"))?;
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! The shape of a region filled on demand (the same on every system).
 
 /// How many blocks past the last block seen read the handler fills ahead (at most),
-/// while no other fault waits (64 MiB of 4 MiB blocks: onnxruntime's prepacking of one
-/// 4096² float weight reads that much).
+/// while no other fault waits (64 MiB of the 4 MiB blocks of a model of 64 MiB or more:
+/// onnxruntime's prepacking of one 4096² float weight reads that much; 16 MiB of a smaller
+/// model's 1 MiB blocks).
 pub const AHEAD: usize = 16;
 
 /// The shape of a region.

@@ -13,7 +13,9 @@ taken between the start and the end of the session's creation are counted (`perf
 installs, onnxruntime, Python, the rest), summed over the runs (plain and protected
 interleaved), and given as CPU milliseconds per run and as nanoseconds per encrypted
 byte of the protected model (`onnx_protect.inspect`). Needs `perf` (Debian: linux-perf)
-and permission to use it (root, or kernel.perf_event_paranoid <= 1).
+and permission to use it (root, or kernel.perf_event_paranoid <= 1), and a wheel that keeps
+its symbols (`scripts/build-wheel.sh --release --keep-symbols`): in the stripped one users
+install, AES-CTR and BLAKE3 have no names and are counted under "other" (the script says so).
 """
 import argparse
 import json
@@ -80,6 +82,18 @@ def profile(variant, model, key, freq):
     return groups, t1 - t0
 
 
+def native_symbols(package):
+    """Whether the package's native library names its functions (`nm` finds a symbol
+    table; True when `nm` is missing, as nothing can be said)."""
+    import glob
+    libs = glob.glob(os.path.join(os.path.dirname(package.__file__), "_native*.so"))
+    try:
+        out = subprocess.run(["nm", libs[0]], capture_output=True, text=True)
+    except (OSError, IndexError):
+        return True
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("plain")
@@ -93,6 +107,10 @@ def main():
         raise SystemExit("error: --runs must be at least 1")
     import onnx_protect
 
+    stripped = not native_symbols(onnx_protect)
+    if stripped:
+        print("note: onnx_protect's native library has no symbols (a stripped wheel): AES-CTR and BLAKE3 "
+              "are counted under 'other'; build with scripts/build-wheel.sh --release --keep-symbols", file=sys.stderr)
     encrypted = (onnx_protect.inspect(a.protected).get("protection") or {}).get("encrypted_bytes", 0)
     if not encrypted:
         raise SystemExit(f"error: {a.protected}: no encrypted bytes")
@@ -122,7 +140,7 @@ def main():
     print(f"session creation (median wall): plain {med['plain']:.3f} s, protected {med['protected']:.3f} s")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"protected": a.protected, "encrypted_bytes": encrypted, "runs": n, "load": load,
+            json.dump({"protected": a.protected, "encrypted_bytes": encrypted, "runs": n, "load": load, "stripped": stripped,
                        "rows": rows, "wall_median": med, "time": time.time()}, f, indent=1)
 
 

@@ -3,7 +3,7 @@
 # with --sdist, a source distribution; checks them with twine and maturin's
 # manylinux audit (auditwheel show prints the result).
 #
-#   bash scripts/build-wheel.sh [--release | --dev] [--sdist | --tpm] [-o DIR]
+#   bash scripts/build-wheel.sh [--release | --dev] [--sdist | --tpm] [--keep-symbols] [-o DIR]
 #   bash scripts/build-wheel.sh --tools-only
 #
 # --release (default): the wheel users install (the `wheel` profile of Cargo.toml: release,
@@ -12,22 +12,25 @@
 # audited (maturin's --auditwheel check fails if the library links anything a manylinux
 # wheel may not; auditwheel show prints the policy). --tpm: the package with the cargo
 # feature tpm (TPM key files as identities), for this machine only: it links the
-# system's TSS 2.0 libraries, so it is neither audited nor checked for upload. Output: DIR
+# system's TSS 2.0 libraries, so it is neither audited nor checked for upload.
+# --keep-symbols: the release wheel not stripped, for profiles that name its functions
+# (bench/session_profile.py; about 7% larger). Output: DIR
 # (default $CARGO_TARGET_DIR/wheels, else target/wheels).
 # maturin, twine and auditwheel are installed into target/build-venv when missing
 # (--tools-only: only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=release sdist=0 tpm=0 tools_only=0 out=${CARGO_TARGET_DIR:-target}/wheels
+profile=release sdist=0 tpm=0 tools_only=0 strip=true out=${CARGO_TARGET_DIR:-target}/wheels
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) profile=release ;;
     --dev) profile=dev ;;
     --sdist) sdist=1 ;;
     --tpm) tpm=1 ;;
+    --keep-symbols) strip=false ;;
     -o) out=$2; shift ;;
     --tools-only) tools_only=1 ;;
-    *) echo "usage: $0 [--release | --dev] [--sdist | --tpm] [-o DIR] | --tools-only" >&2; exit 2 ;;
+    *) echo "usage: $0 [--release | --dev] [--sdist | --tpm] [--keep-symbols] [-o DIR] | --tools-only" >&2; exit 2 ;;
   esac
   shift
 done
@@ -50,7 +53,7 @@ else
   args+=(--auditwheel check)
 fi
 if [ "$profile" = release ]; then
-  args+=(--profile wheel --strip)
+  args+=(--profile wheel --strip "$strip")
 else
   args+=(--profile dev)
 fi

@@ -18,6 +18,7 @@ its symbols (`scripts/build-wheel.sh --release --keep-symbols`): in the stripped
 install, AES-CTR and BLAKE3 have no names and are counted under "other" (the script says so).
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -85,7 +86,6 @@ def profile(variant, model, key, freq):
 def native_symbols(package):
     """Whether the package's native library names its functions (`nm` finds a symbol
     table; True when `nm` is missing, as nothing can be said)."""
-    import glob
     libs = glob.glob(os.path.join(os.path.dirname(package.__file__), "_native*.so"))
     try:
         out = subprocess.run(["nm", libs[0]], capture_output=True, text=True)

@@ -268,7 +268,14 @@ fn on_demand(
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options { block: block_len, budget, move_pages: true, fill_idle: !reader.few, in_order_only: reader.few },
+        Options {
+            block: block_len,
+            budget,
+            move_pages: true,
+            fill_idle: !reader.few,
+            in_order_only: reader.few,
+            huge_pages: true,
+        },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),

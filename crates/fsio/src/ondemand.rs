@@ -75,7 +75,8 @@ mod options;
 mod sys;
 use fork::register_for_fork;
 pub use options::{Options, AHEAD};
-use sys::{huge_page_size, last_error, open_uffd, page_size, present, zero, Map};
+pub use sys::huge_page_size;
+use sys::{last_error, open_uffd, page_size, present, zero, Map};
 
 /// A page kept back from a block filled ahead (plaintext: zeroed when dropped).
 struct Kept(Box<[u8]>);
@@ -184,6 +185,9 @@ pub struct Fill<'a> {
     keep_first: bool,
     /// The data ended (an install that was not of whole pages).
     ended: bool,
+    /// Bytes handed over but not installed yet: an install that ends inside a huge page
+    /// waits for the next one, or for the filler to return ([`Fill::flush`]).
+    deferred: usize,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -590,7 +594,8 @@ impl Fill<'_> {
     }
 
     /// Hands over the buffer's bytes up to `end` (from where the last call stopped): they
-    /// become the block's bytes. `end` is a multiple of the page size, except for the last
+    /// become the block's bytes (where the region uses huge pages, bytes that end inside
+    /// one with the next call, or when the filler returns). `end` is a multiple of the page size, except for the last
     /// call, at the end of the block's data (the rest of that page reads as zeros).
     pub fn install(&mut self, end: usize) {
         let r = self.region;
@@ -598,6 +603,25 @@ impl Fill<'_> {
         if self.ended || end <= self.done {
             return;
         }
+        if r.huge > 0 && self.book.moving && end % r.huge != 0 && end % r.page == 0 && end < r.block {
+            // Installed with the rest of its huge page, which then moves whole.
+            self.deferred = end;
+            r.look_at_faults(self.book);
+            return;
+        }
+        self.install_now(end);
+    }
+
+    /// Installs what [`Fill::install`] deferred (the filler returned).
+    pub(crate) fn flush(&mut self) {
+        if self.deferred > self.done {
+            self.install_now(self.deferred);
+        }
+    }
+
+    fn install_now(&mut self, end: usize) {
+        let r = self.region;
+        self.deferred = 0;
         let page_end = end.div_ceil(r.page) * r.page;
         if page_end != end {
             self.buf()[end..page_end].fill(0);

@@ -137,7 +137,10 @@ fn on_demand(
         return Ok(Err(d));
     }
     let chunk = d.chunk;
-    let block = chunk.max(BLOCK);
+    // A whole huge page at least where the system has them: 4 KiB pages cost more to make
+    // than the bytes' share of a huge page ([`Options::huge_pages`]).
+    let huge = onnx_protect_fsio::ondemand::huge_page_size().map_or(0, |h| h as u64);
+    let block = chunk.max(BLOCK).max(if huge <= MAX_CHUNK { huge } else { 0 });
 
     // The model file: its large tensors left to the region and the rest in a skeleton, or
     // all of it hashed and decrypted as by the one-read path.

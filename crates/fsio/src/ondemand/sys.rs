@@ -117,8 +117,9 @@ impl Drop for Map {
 }
 
 /// The size of a transparent huge page when the kernel gives them to maps that ask
-/// (`MADV_HUGEPAGE`), else `None`.
-pub(super) fn huge_page_size() -> Option<usize> {
+/// (`MADV_HUGEPAGE`), else `None`: regions whose blocks are a multiple of it use them
+/// ([`super::Options::huge_pages`]).
+pub fn huge_page_size() -> Option<usize> {
     let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
     if enabled.contains("[never]") {
         return None;

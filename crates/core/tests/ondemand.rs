@@ -154,9 +154,8 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
     let original = std::fs::read(&side).unwrap();
     let clean = InMemory::file(&protected, &k).load().unwrap();
     let plain = &clean.external()["w.bin"];
-    // A model under 64 MiB is hashed in chunks of 1 MiB, filled in blocks of one or more:
-    // a block whose chunk does not match its hash reads as zeros.
-    let block = region_block();
+    // A model under 64 MiB is hashed in chunks of 1 MiB.
+    let chunk = 1 << 20;
     for i in (0..original.len()).step_by(original.len() / 41) {
         let mut b = original.clone();
         b[i] ^= 0x10;
@@ -165,7 +164,7 @@ fn a_changed_chunk_reads_as_zeros_and_settle_refuses_the_load() {
         let lazy = InMemory::file(&protected, &k).on_demand(true).load().unwrap();
         let w = &lazy.external()["w.bin"];
         assert_eq!(w.method(), Method::OnDemand);
-        let bad = i / block * block..((i / block + 1) * block).min(w.len());
+        let bad = i / chunk * chunk..((i / chunk + 1) * chunk).min(w.len());
         for (at, (&got, &want)) in w.iter().zip(plain.iter()).enumerate() {
             if bad.contains(&at) {
                 assert_eq!(got, 0, "byte {at} of the changed chunk (byte {i} changed) is not zero");
@@ -394,12 +393,6 @@ fn a_change_in_a_gathered_table_that_nothing_reads_is_refused_by_settle() {
     std::fs::write(&side, &original).unwrap();
 }
 
-/// The block of the region of a model under 64 MiB: 1 MiB, or a huge page where the
-/// system has larger ones.
-fn region_block() -> usize {
-    onnx_protect_fsio::ondemand::huge_page_size().unwrap_or(0).max(1 << 20)
-}
-
 /// One weight of 48 chunks (48 MiB, as `w.bin`), protected with the built-in policy: the
 /// region's budget holds all of it.
 fn one_weight(dir: &Path, k: &KeySource) -> PathBuf {
@@ -432,8 +425,8 @@ fn for_a_reader_that_copies_once_the_region_holds_a_few_blocks() {
         a.settle().unwrap();
         assert_same(&m, &eager, "settled");
     }
-    let block_kib = (region_block() >> 10) as u64;
-    assert!(held[0] >= 48 << 10, "a reader of whole tensors: {} KiB held", held[0]);
+    let block_kib = 1 << 10;
+    assert!(held[0] >= 48 * block_kib, "a reader of whole tensors: {} KiB held", held[0]);
     assert!(held[1] <= 7 * block_kib, "a reader that copies once: {} KiB held", held[1]);
 }
 
@@ -467,7 +460,7 @@ fn for_a_reader_of_few_weights_only_the_blocks_read_are_filled() {
     }
     // By default the handler fills ahead and while idle; for a reader of few weights it
     // fills the three blocks read (and holds its own block).
-    let block_kib = (region_block() >> 10) as u64;
+    let block_kib = 1 << 10;
     assert!(held[0] >= 8 * block_kib, "by default: {} KiB held", held[0]);
     assert!(held[1] <= 4 * block_kib, "reads_few: {} KiB held after reading three blocks", held[1]);
 }

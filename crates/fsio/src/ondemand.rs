@@ -23,13 +23,7 @@
 //! moved into the block (no copy, no new page), and the buffer gets its pages back from
 //! blocks dropped over the budget (no page freed and allocated again); otherwise, or when
 //! a move fails, the bytes are copied in (`UFFDIO_COPY`) and dropped blocks are freed
-//! (`MADV_DONTNEED`). With [`Options::huge_pages`], where a block is a whole number of
-//! transparent huge pages and pages move, the buffer's missing huge pages are made as huge
-//! pages (in a map of one huge page that is not registered, then moved in), whole huge
-//! pages move into blocks, and a part of one (past a block's kept-back first page, a short
-//! last block) is copied, which leaves the huge page whole.
-//!
-//! **Budget.** Until [`OnDemand::settle`] is called, filled blocks are dropped
+//! (`MADV_DONTNEED`). Until [`OnDemand::settle`] is called, filled blocks are dropped
 //! whenever more than `budget` bytes are filled, the oldest first, but those of the groups
 //! being read last ([`OnDemand::group_blocks`]); a fill ahead drops none of the last
 //! [`AHEAD`] (or fewer) blocks filled ahead that nothing read yet, and waits instead. A
@@ -75,7 +69,6 @@ mod options;
 mod sys;
 use fork::register_for_fork;
 pub use options::{Options, AHEAD};
-pub use sys::huge_page_size;
 use sys::{last_error, open_uffd, page_size, present, zero, Map};
 
 /// A page kept back from a block filled ahead (plaintext: zeroed when dropped).
@@ -156,12 +149,6 @@ struct Region {
     uffd: OwnedFd,
     /// A readable map of one block of zeros (never written), the source of zero installs.
     zeros: usize,
-    /// The size of a huge page where the buffer gets huge pages ([`Options::huge_pages`]),
-    /// else 0.
-    huge: usize,
-    /// A map of one huge page (not registered) whose new pages move into the buffer's
-    /// holes, when `huge` is not 0; it never holds a byte but zeros.
-    staging: usize,
     state: Mutex<State>,
 }
 
@@ -185,9 +172,6 @@ pub struct Fill<'a> {
     keep_first: bool,
     /// The data ended (an install that was not of whole pages).
     ended: bool,
-    /// Bytes handed over but not installed yet: an install that ends inside a huge page
-    /// waits for the next one, or for the filler to return ([`Fill::flush`]).
-    deferred: usize,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -215,19 +199,9 @@ impl OnDemand {
         let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "region too large");
         let map_len = blocks.checked_add(1).and_then(|n| n.checked_mul(block)).ok_or_else(too_large)?;
         let (uffd, can_move) = open_uffd(opts.move_pages)?;
-        let huge = match huge_page_size() {
-            Some(h) if opts.huge_pages && can_move && block % h == 0 => h,
-            _ => 0,
-        };
-        let (map, staging) = match huge {
-            0 => (Map::new(map_len)?, None),
-            h => (Map::aligned(map_len, h)?, Some(Map::aligned(h, h)?)),
-        };
-        map.advise(if huge > 0 { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE });
+        let map = Map::new(map_len)?;
+        map.advise(libc::MADV_NOHUGEPAGE);
         map.advise(libc::MADV_DONTDUMP);
-        if let Some(s) = &staging {
-            s.advise(libc::MADV_HUGEPAGE);
-        }
         let zeros = Map::new(block)?;
         // The handler's buffer (the block after the last) is made present before the map is
         // registered, as ordinary pages, so that nothing touching it waits for the handler
@@ -247,13 +221,6 @@ impl OnDemand {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd cannot copy into this region"));
         }
         let moving = can_move && reg.ioctls & abi::IOCTL_MOVE != 0;
-        let (huge, staging) = match moving {
-            true => (huge, staging),
-            false => {
-                map.advise(libc::MADV_NOHUGEPAGE);
-                (0, None)
-            }
-        };
         // SAFETY: eventfd with valid flags has no preconditions; the descriptor is owned below.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if stop < 0 {
@@ -292,8 +259,6 @@ impl OnDemand {
             settled: AtomicBool::new(false),
             uffd,
             zeros: zeros.addr,
-            huge,
-            staging: staging.map_or(0, Map::into_addr),
             state: Mutex::new(State { filler, book }),
         });
         lock(&region.state).book.scratch.iter_mut().for_each(|p| *p = true);
@@ -440,27 +405,14 @@ impl Region {
         unsafe {
             libc::munmap(self.base as *mut libc::c_void, (self.blocks + 1) * self.block);
             libc::munmap(self.zeros as *mut libc::c_void, self.block);
-            if self.staging != 0 {
-                libc::munmap(self.staging as *mut libc::c_void, self.huge);
-            }
         }
     }
 
     /// Makes every page of the handler's buffer present before a block is filled: holes
     /// (left by pages moved out) get the pages of blocks dropped, where pages move, else
-    /// new zero pages: a huge page moved in from the staging map where a whole huge page
-    /// is missing and the region uses them, else pages of zeros copied in.
+    /// new zero pages.
     fn prepare_scratch(&self, book: &mut Book) {
         let pages = self.block / self.page;
-        if self.huge > 0 && book.moving {
-            let per = self.huge / self.page;
-            for first in (0..pages).step_by(per) {
-                if book.scratch[first..first + per].iter().all(|&p| !p) {
-                    let moved = self.stage_huge(self.at(self.blocks, first * self.page));
-                    book.scratch[first..first + moved].iter_mut().for_each(|p| *p = true);
-                }
-            }
-        }
         let mut i = 0;
         while i < pages {
             if book.scratch[i] {
@@ -472,17 +424,6 @@ impl Region {
             book.scratch[i..i + run].iter_mut().for_each(|p| *p = true);
             i += run;
         }
-    }
-
-    /// Moves a new huge page of zeros to `dst` (a huge page's worth of holes in the
-    /// buffer): how many pages moved (0 if the staging map could not be filled).
-    fn stage_huge(&self, dst: *mut u8) -> usize {
-        // SAFETY: advice on the staging map, which only the handler (holding the state
-        // lock) uses; it is not registered, so the kernel fills it with zeros itself.
-        if unsafe { libc::madvise(self.staging as *mut libc::c_void, self.huge, libc::MADV_POPULATE_WRITE) } != 0 {
-            return 0;
-        }
-        self.move_pages(dst, self.staging as *mut u8, self.huge / self.page)
     }
 
     /// Drops block `b`: its pages go to the holes of the handler's buffer (same offsets)
@@ -594,8 +535,7 @@ impl Fill<'_> {
     }
 
     /// Hands over the buffer's bytes up to `end` (from where the last call stopped): they
-    /// become the block's bytes (where the region uses huge pages, bytes that end inside
-    /// one with the next call, or when the filler returns). `end` is a multiple of the page size, except for the last
+    /// become the block's bytes. `end` is a multiple of the page size, except for the last
     /// call, at the end of the block's data (the rest of that page reads as zeros).
     pub fn install(&mut self, end: usize) {
         let r = self.region;
@@ -603,25 +543,6 @@ impl Fill<'_> {
         if self.ended || end <= self.done {
             return;
         }
-        if r.huge > 0 && self.book.moving && end % r.huge != 0 && end % r.page == 0 && end < r.block {
-            // Installed with the rest of its huge page, which then moves whole.
-            self.deferred = end;
-            r.look_at_faults(self.book);
-            return;
-        }
-        self.install_now(end);
-    }
-
-    /// Installs what [`Fill::install`] deferred (the filler returned).
-    pub(crate) fn flush(&mut self) {
-        if self.deferred > self.done {
-            self.install_now(self.deferred);
-        }
-    }
-
-    fn install_now(&mut self, end: usize) {
-        let r = self.region;
-        self.deferred = 0;
         let page_end = end.div_ceil(r.page) * r.page;
         if page_end != end {
             self.buf()[end..page_end].fill(0);
@@ -652,32 +573,8 @@ impl Fill<'_> {
         self.region.look_at_faults(self.book);
     }
 
-    /// Installs the buffer's pages `[from, to)` at the same offsets of the block. Where
-    /// the region uses huge pages, only whole huge pages move; the pages of a huge page
-    /// installed in part are copied (moving part of a huge page would split it, which costs
-    /// more than the copy), and stay in the buffer.
+    /// Installs the buffer's pages `[from, to)` at the same offsets of the block.
     fn put(&mut self, from: usize, to: usize) {
-        let h = self.region.huge;
-        if h > 0 && self.book.moving {
-            let (lo, hi) = (from.next_multiple_of(h).min(to), to / h * h);
-            if lo >= hi {
-                return self.region.copy_in(self.block, from, self.region.at(self.region.blocks, from), to - from);
-            }
-            if from < lo {
-                self.region.copy_in(self.block, from, self.region.at(self.region.blocks, from), lo - from);
-            }
-            self.put_pages(lo, hi);
-            if hi < to {
-                self.region.copy_in(self.block, hi, self.region.at(self.region.blocks, hi), to - hi);
-            }
-            return;
-        }
-        self.put_pages(from, to);
-    }
-
-    /// Installs the buffer's pages `[from, to)` at the same offsets of the block: moved
-    /// where pages move, else copied.
-    fn put_pages(&mut self, from: usize, to: usize) {
         let r = self.region;
         let book = &mut *self.book;
         let pages = (to - from) / r.page;

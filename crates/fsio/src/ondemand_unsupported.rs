@@ -45,11 +45,6 @@ pub fn available() -> bool {
     false
 }
 
-/// The size of a transparent huge page regions use: none on this system.
-pub fn huge_page_size() -> Option<usize> {
-    None
-}
-
 impl OnDemand {
     /// Fails: this system has no `userfaultfd`.
     pub fn new(_len: usize, _opts: Options, _filler: Filler) -> io::Result<OnDemand> {

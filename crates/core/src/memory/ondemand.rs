@@ -137,10 +137,7 @@ fn on_demand(
         return Ok(Err(d));
     }
     let chunk = d.chunk;
-    // A whole huge page at least where the system has them: 4 KiB pages cost more to make
-    // than the bytes' share of a huge page ([`Options::huge_pages`]).
-    let huge = onnx_protect_fsio::ondemand::huge_page_size().map_or(0, |h| h as u64);
-    let block = chunk.max(BLOCK).max(if huge <= MAX_CHUNK { huge } else { 0 });
+    let block = chunk.max(BLOCK);
 
     // The model file: its large tensors left to the region and the rest in a skeleton, or
     // all of it hashed and decrypted as by the one-read path.
@@ -271,14 +268,7 @@ fn on_demand(
     let from_slot = Arc::clone(&slot);
     let made = OnDemand::new(
         region_len,
-        Options {
-            block: block_len,
-            budget,
-            move_pages: true,
-            fill_idle: !reader.few,
-            in_order_only: reader.few,
-            huge_pages: true,
-        },
+        Options { block: block_len, budget, move_pages: true, fill_idle: !reader.few, in_order_only: reader.few },
         Box::new(move |b, fill| match from_slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             Some(f) => f.fill(b, fill),
             None => Err("a region read before its filler was set".into()),

@@ -206,11 +206,8 @@ impl Region {
             return false;
         }
         self.prepare_scratch(book);
-        let mut f = Fill { region: self, book, block: b, done: 0, keep_first, ended: false, deferred: 0 };
+        let mut f = Fill { region: self, book, block: b, done: 0, keep_first, ended: false };
         let result = filler(b, &mut f);
-        if result.is_ok() {
-            f.flush();
-        }
         let Fill { done, .. } = f;
         let n = match result {
             Ok(()) if done == 0 => {

@@ -27,9 +27,4 @@ pub struct Options {
     /// onnxruntime building a session with prepacking off, gets no 64 MiB read-ahead per
     /// tensor).
     pub in_order_only: bool,
-    /// Where blocks are a whole number of transparent huge pages and pages move: the
-    /// handler's buffer gets new memory as huge pages, and whole huge pages move into
-    /// blocks (a 4 KiB page costs several times its bytes' share of a huge page to fault
-    /// in; [`super::OnDemand::new`]).
-    pub huge_pages: bool,
 }

@@ -56,27 +56,6 @@ impl Map {
         Ok(Map { addr: p as usize, len })
     }
 
-    /// A map of `len` bytes starting at a multiple of `align` (a power of two, a multiple
-    /// of the page size): `len + align` bytes mapped, the unaligned ends given back.
-    pub(super) fn aligned(len: usize, align: usize) -> io::Result<Map> {
-        let over =
-            len.checked_add(align).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        let map = Map::new(over)?;
-        let start = map.addr.next_multiple_of(align);
-        let (head, tail) = (start - map.addr, map.addr + over - (start + len));
-        let addr = map.into_addr();
-        // SAFETY: the head and tail of the map just made, which nothing references.
-        unsafe {
-            if head > 0 {
-                libc::munmap(addr as *mut libc::c_void, head);
-            }
-            if tail > 0 {
-                libc::munmap((start + len) as *mut libc::c_void, tail);
-            }
-        }
-        Ok(Map { addr: start, len })
-    }
-
     pub(super) fn advise(&self, advice: libc::c_int) {
         // SAFETY: advice on the map this value owns; a failure only loses the advice.
         unsafe { libc::madvise(self.addr as *mut libc::c_void, self.len, advice) };
@@ -116,18 +95,8 @@ impl Drop for Map {
     }
 }
 
-/// The size of a transparent huge page when the kernel gives them to maps that ask
-/// (`MADV_HUGEPAGE`), else `None`: regions whose blocks are a multiple of it use them
-/// ([`super::Options::huge_pages`]).
-pub fn huge_page_size() -> Option<usize> {
-    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
-    if enabled.contains("[never]") {
-        return None;
-    }
-    let size = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size").ok()?;
-    size.trim().parse().ok().filter(|&s: &usize| s.is_power_of_two() && s > page_size())
-}
-
+/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
+/// `want_move` and granted).
 /// Whether the page at `addr` (a page of a map of this process) is present (`mincore`;
 /// anonymous memory here has no swap copy to count).
 pub(super) fn present(addr: usize) -> bool {
@@ -138,8 +107,6 @@ pub(super) fn present(addr: usize) -> bool {
     r == 0 && v & 1 == 1
 }
 
-/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
-/// `want_move` and granted).
 pub(super) fn open_uffd(want_move: bool) -> io::Result<(OwnedFd, bool)> {
     if want_move {
         if let Ok(fd) = handshake(abi::UFFD_FEATURE_MOVE) {

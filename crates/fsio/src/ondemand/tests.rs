@@ -20,21 +20,16 @@ fn byte(offset: usize) -> u8 {
 }
 
 fn opts(budget: usize, move_pages: bool) -> Options {
-    Options { block: BLOCK, budget, move_pages, fill_idle: false, in_order_only: false, huge_pages: false }
+    Options { block: BLOCK, budget, move_pages, fill_idle: false, in_order_only: false }
 }
 
 /// A filler of the pattern for a region of `len` bytes, handing each block over in
 /// pieces of `piece` bytes; the counter counts the fills.
 fn pattern(len: usize, piece: usize, fills: Arc<AtomicUsize>) -> Filler {
-    pattern_in(len, BLOCK, piece, fills)
-}
-
-/// [`pattern`] in blocks of `block` bytes.
-fn pattern_in(len: usize, block: usize, piece: usize, fills: Arc<AtomicUsize>) -> Filler {
     Box::new(move |b, fill| {
         fills.fetch_add(1, Ordering::SeqCst);
-        let start = b * block;
-        let n = (len - start).min(block);
+        let start = b * BLOCK;
+        let n = (len - start).min(BLOCK);
         for (i, x) in fill.buf()[..n].iter_mut().enumerate() {
             *x = byte(start + i);
         }
@@ -627,62 +622,4 @@ fn faults_read_while_a_block_is_filled_are_all_served() {
         assert_eq!(got, byte(b * BLOCK + 4096 + 7), "block {b}");
     }
     assert_eq!(fills.load(Ordering::SeqCst), blocks.len(), "each block filled once, no other");
-}
-
-/// A region of `len` bytes of the pattern in blocks of `block` bytes, each handed over in
-/// pieces of `piece` bytes, with huge pages where the system has them.
-fn huge_region(len: usize, block: usize, budget: usize, piece: usize) -> OnDemand {
-    let opts = Options { block, budget, move_pages: true, fill_idle: false, in_order_only: false, huge_pages: true };
-    OnDemand::new(len, opts, pattern_in(len, block, piece, Arc::default())).expect("userfaultfd")
-}
-
-/// The `AnonHugePages` of the map holding `addr` (`/proc/self/smaps`), in KiB.
-fn huge_kib_at(addr: usize) -> usize {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
-    let mut inside = false;
-    for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-') && !r.ends_with(':')) {
-            let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
-            let parse = |h: &str| usize::from_str_radix(h, 16).unwrap_or(0);
-            inside = (parse(lo)..parse(hi)).contains(&addr);
-        } else if inside && line.starts_with("AnonHugePages:") {
-            return line.split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or(0);
-        }
-    }
-    0
-}
-
-#[test]
-fn blocks_of_huge_pages_read_the_same_bytes_however_they_are_handed_over() {
-    let Some(huge) = huge_page_size() else {
-        eprintln!("no transparent huge pages here: the region uses small pages (the other tests)");
-        return;
-    };
-    let _counting = no_fork();
-    let block = 2 * huge;
-    // Ahead fills (first page kept back), a tail of a few pages, over the budget (drops and
-    // fills again), in whole blocks, in pieces of a quarter huge page and of one page.
-    let len = 7 * block + 3 * page_size() + 100;
-    for piece in [block, huge / 4, page_size()] {
-        let r = huge_region(len, block, 3 * block, piece);
-        let bytes = r.bytes();
-        for i in (0..len).step_by(509).chain((0..len).rev().step_by(4093)) {
-            assert_eq!(bytes[i], byte(i), "byte {i}, pieces of {piece}");
-        }
-        std::thread::scope(|s| {
-            for t in 0..2 {
-                s.spawn(move || {
-                    for k in 0..20_000 {
-                        let i = (k * 7919 + t * 104729) % len;
-                        assert_eq!(bytes[i], byte(i), "byte {i}, pieces of {piece}");
-                    }
-                });
-            }
-        });
-        r.settle().expect("settle");
-        assert!(bytes[len..].iter().all(|&x| x == 0), "past the data, pieces of {piece}");
-        if piece == block && r.moves_pages() {
-            assert!(huge_kib_at(bytes.as_ptr() as usize) > 0, "no huge page moved into the region");
-        }
-    }
 }

@@ -71,6 +71,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -378,6 +379,11 @@ def main():
     models = [m for m in models if selected(m[0])]
     if not models:
         ap.error(f"--models: no model of the set {a.set!r} is called {a.models!r}")
+    if needs_protect:
+        # Every protected copy made afresh, by the build measured: one left from an earlier
+        # run may come from another build's `encrypt` (another chunk size, say).
+        for d in ("protected", "protected-other"):
+            shutil.rmtree(a.dir / d, ignore_errors=True)
     rates = [crypto_rate()] if a.crypto_rate else []
     load_start = loadavg()
     rows = []

@@ -95,8 +95,6 @@ impl Drop for Map {
     }
 }
 
-/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
-/// `want_move` and granted).
 /// Whether the page at `addr` (a page of a map of this process) is present (`mincore`;
 /// anonymous memory here has no swap copy to count).
 pub(super) fn present(addr: usize) -> bool {
@@ -107,6 +105,8 @@ pub(super) fn present(addr: usize) -> bool {
     r == 0 && v & 1 == 1
 }
 
+/// A `userfaultfd` after its handshake, and whether it can move pages (asked for with
+/// `want_move` and granted).
 pub(super) fn open_uffd(want_move: bool) -> io::Result<(OwnedFd, bool)> {
     if want_move {
         if let Ok(fd) = handshake(abi::UFFD_FEATURE_MOVE) {

@@ -300,6 +300,8 @@ def main():
     ap.add_argument("--json", type=pathlib.Path)
     ap.add_argument("--other", metavar="PYTHON",
                     help="also `protected` and `load only` with another interpreter's onnx_protect (another build)")
+    ap.add_argument("--debug-build", action="store_true",
+                    help="time an onnx_protect built without optimisation (refused otherwise)")
     ap.add_argument("--no-prepacking", action="store_true",
                     help="also `plain` and `protected` with onnxruntime's session.disable_prepacking")
     ap.add_argument("--set", choices=["default", "session-models"], default="default",
@@ -379,6 +381,14 @@ def main():
     models = [m for m in models if selected(m[0])]
     if not models:
         ap.error(f"--models: no model of the set {a.set!r} is called {a.models!r}")
+    if needs_protect and not a.debug_build:
+        for python in [sys.executable] + ([a.other] if a.other else []):
+            probe = "import onnx_protect._native as n; print(getattr(n, 'RELEASE_BUILD', 'unknown'))"
+            built = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip()
+            if built == "False":
+                ap.error(f"{python}'s onnx_protect is a debug build (scripts/test.sh installs one into "
+                         "the Python it runs): install a release wheel (scripts/build-wheel.sh --release), "
+                         "or pass --debug-build to time it anyway")
     if needs_protect:
         # Every protected copy made afresh, by the build measured: one left from an earlier
         # run may come from another build's `encrypt` (another chunk size, say).

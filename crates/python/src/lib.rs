@@ -53,6 +53,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(genai::genai_stage, m)?)?;
     m.add_function(wrap_pyfunction!(genai::genai_unstage, m)?)?;
     m.add_function(wrap_pyfunction!(genai::genai_folder, m)?)?;
+    // Whether this library was built optimised (a release or wheel profile), for benchmarks
+    // that must not time a debug build (bench/python_session.py).
+    m.add("RELEASE_BUILD", !cfg!(debug_assertions))?;
     m.add("OnnxProtectError", py.get_type::<errors::OnnxProtectError>())?;
     m.add("FileError", py.get_type::<errors::FileError>())?;
     m.add("MalformedModel", py.get_type::<errors::MalformedModel>())?;

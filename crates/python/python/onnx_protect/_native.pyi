@@ -4,6 +4,8 @@ import pathlib
 from typing import final
 
 __version__: str
+# Whether the library was built optimised (release or wheel profile); a debug build is slow.
+RELEASE_BUILD: bool
 
 class OnnxProtectError(Exception):
     """Base class of every onnx-protect error; ``kind`` is the kind's stable name."""

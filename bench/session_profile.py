@@ -107,6 +107,9 @@ def main():
         raise SystemExit("error: --runs must be at least 1")
     import onnx_protect
 
+    if getattr(onnx_protect._native, "RELEASE_BUILD", True) is False:
+        raise SystemExit("error: onnx_protect here is a debug build (scripts/test.sh installs one into the Python "
+                         "it runs): install scripts/build-wheel.sh --release --keep-symbols's wheel")
     stripped = not native_symbols(onnx_protect)
     if stripped:
         print("note: onnx_protect's native library has no symbols (a stripped wheel): AES-CTR and BLAKE3 "

@@ -516,3 +516,67 @@ fn tier_keys_of_a_passphrase_model() {
     assert!(err.contains("wrong key: no recipient"), "{err}");
     assert!(!d("y.onnx").exists());
 }
+
+/// `--tiers 3` alone on a classifier (the digits MLP, 10 classes) tiers by class through the
+/// binary: the holder of tier 1 gets every weight back but the class layer's rows of classes
+/// 4–9, the holder of tier 2 all but those of classes 7–9, the top key the original; the
+/// manifest's summary says `order=classes`. On a model with no class layer an explicit
+/// `tier_order = "classes"` is refused (exit 7) and writes nothing.
+#[test]
+fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = tier_key_file(dir.path());
+    let src = root().join("fixtures/zoo/digits/mlp.onnx");
+    let prot = dir.path().join("p.onnx");
+    let (code, _, err) =
+        run(&["encrypt", path_str(&src), "-o", path_str(&prot), "--key-file", path_str(&k), "--tiers", "3", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let summary = manifest_of(&prot).sealed.header.policy_summary;
+    assert!(summary.ends_with(";tiers=3;order=classes"), "{summary}");
+    let original = Model::open(&src).unwrap();
+    let head = original.tensors.iter().find(|t| t.dims == [10, 64]).expect("the class layer [10, 64]");
+    let row = head.nbytes as usize / 10;
+    for (tier, served) in [(1u32, 4usize), (2, 7)] {
+        let out = dir.path().join(format!("t{tier}.onnx"));
+        let key = format!("{}.tier{tier}", k.display());
+        let (code, _, err) = run(&[
+            "decrypt",
+            path_str(&prot),
+            "-o",
+            path_str(&out),
+            "--key-file",
+            &key,
+            "--tier",
+            &tier.to_string(),
+            "-q",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let m = Model::open(&out).unwrap();
+        for t in &original.tensors {
+            let (a, b) = (original.tensor_bytes(t.id).unwrap(), m.tensor_bytes(t.id).unwrap());
+            if t.id != head.id {
+                assert!(a == b, "tier {tier}: {} differs", t.name);
+                continue;
+            }
+            for c in 0..10 {
+                let (x, y) = (&a[c * row..(c + 1) * row], &b[c * row..(c + 1) * row]);
+                assert_eq!(x == y, c < served, "tier {tier}, class {c}");
+            }
+        }
+    }
+    let policy = dir.path().join("classes.toml");
+    std::fs::write(&policy, "version = 1\ntiers = 3\ntier_order = \"classes\"\n").unwrap();
+    let other = dir.path().join("rnn.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        path_str(&root().join("fixtures/zoo/ops/rnn_tanh.onnx")),
+        "-o",
+        path_str(&other),
+        "--key-file",
+        path_str(&k),
+        "--policy",
+        path_str(&policy),
+    ]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("tier_order \"classes\" needs a classifier") && !other.exists(), "{err}");
+}

@@ -11,7 +11,7 @@ use onnx_protect_crypto::{DataKey, Mode, TierKeys};
 use onnx_protect_format::{discover, Model, NoProgress, Progress, TensorData};
 use onnx_protect_keys::SigningKey;
 use onnx_protect_proto::v2 as pb;
-use onnx_protect_select::{select, Policy, PolicyError, Selection};
+use onnx_protect_select::{select, Policy, PolicyError, Selection, TierOrder};
 
 use crate::error::{CoreError, Result};
 use crate::format2::envelope::{content_chunk, FORMAT_VERSION_V2};
@@ -218,6 +218,9 @@ pub(crate) fn choose(
     let weights = discover(model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, policy);
+    if policy.tier_order == TierOrder::Classes && tiers > 1 && selection.tier_order != TierOrder::Classes {
+        return Err(PolicyError::NoClassLayer.into());
+    }
     if lock_only {
         for c in selection.chosen.drain(..) {
             let t = &model.tensors[c.tensor];
@@ -439,7 +442,8 @@ fn build_header(
         ),
         external_files: model.external_files.iter().map(|f| f.location.clone()).collect(),
         tool: tool_name(),
-        policy_summary: policy.summary(),
+        // The tier order as followed (`auto` resolved).
+        policy_summary: Policy { tier_order: selection.tier_order, ..policy.clone() }.summary(),
         positions: u32::from(secret),
         // The external files are written with their lengths unchanged.
         external_sizes: model.external_files.iter().map(|f| f.size).collect(),

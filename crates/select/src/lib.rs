@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod classes;
 pub mod importance;
 mod onnx_ops;
 mod policy;
@@ -98,6 +99,8 @@ pub struct Selection {
     /// order; skipped weights are here too. The encrypted share of a model is
     /// `bytes()` over the bytes of `chosen` tensors plus those of `clear`.
     pub clear: Vec<Clear>,
+    /// The order the tiers were filled in ([`TierOrder::Auto`] resolved; `Auto` without tiers).
+    pub tier_order: TierOrder,
 }
 
 impl Selection {
@@ -252,7 +255,14 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
     for (i, p) in pieces.iter().enumerate() {
         of_head[p.tensor_index].push(i);
     }
-    let tier_of = tiers_of_pieces(model, &heads, &pieces, &of_head, policy);
+    let tiering = tiering(model, weights, &heads, policy);
+    let tier_of = tiers_of_pieces(model, &heads, &pieces, &of_head, policy, tiering.as_ref());
+    sel.tier_order = match (&tiering, policy.tiers > 1) {
+        (Some(t), true) => t.order(),
+        // An explicit `classes` this model cannot follow (refused by the encryption).
+        (None, true) => TierOrder::Importance,
+        (_, false) => TierOrder::Auto,
+    };
     let mut out = per_tier(&heads, &pieces, &of_head, &tier_of, policy.tiers.max(1));
     out.sort_by_key(|c| (c.tensor, c.tier));
     sel.chosen = out;
@@ -348,27 +358,77 @@ fn pick(
     Some((n, positions))
 }
 
-/// The access tier of each piece: with several tiers, the pieces in the policy's tier
-/// order (least to most important, or the inverse) fill the tiers' byte shares in order;
-/// a varint-stored tensor, rewritten as a whole field, sits whole in the highest tier of
-/// its pieces.
+/// How the chosen pieces are shared out over the tiers.
+enum Tiering {
+    /// By byte shares, in this order of importance.
+    Shares(TierOrder),
+    /// By class: the rows of `layer`, the class layer, by [`classes::tier_of_class`] of `served`.
+    Classes { layer: TensorId, served: Vec<u64> },
+}
+
+impl Tiering {
+    fn order(&self) -> TierOrder {
+        match self {
+            Tiering::Shares(order) => *order,
+            Tiering::Classes { .. } => TierOrder::Classes,
+        }
+    }
+}
+
+/// The tiering of `policy` for this model: `Auto` is by class when the policy gives no tier
+/// shares and every row of the class layer ([`classes::class_layer`]) is chosen, one per class,
+/// with a class for every tier, else by importance; an explicit `Classes` that cannot be followed is
+/// `None` (the encryption refuses it: [`PolicyError::NoClassLayer`]).
+fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy) -> Option<Tiering> {
+    let by_class = || {
+        let layer = classes::class_layer(model, weights)?;
+        let chosen_by_row = heads.iter().any(|h| {
+            h.tensor == layer.tensor
+                && h.split == Split::FirstDim
+                && h.subsequences == layer.classes
+                && h.chosen.len() as u64 == layer.classes
+        });
+        let served = classes::classes_per_tier(layer.classes, policy.tiers).filter(|_| chosen_by_row)?;
+        Some(Tiering::Classes { layer: layer.tensor, served })
+    };
+    match policy.tier_order {
+        _ if policy.tiers < 2 => Some(Tiering::Shares(TierOrder::Importance)),
+        TierOrder::Auto if policy.tier_shares.is_none() => by_class().or(Some(Tiering::Shares(TierOrder::Importance))),
+        TierOrder::Auto => Some(Tiering::Shares(TierOrder::Importance)),
+        TierOrder::Classes => by_class(),
+        order => Some(Tiering::Shares(order)),
+    }
+}
+
+/// The access tier of each piece: with several tiers, the pieces in the tier order (least to
+/// most important, or the inverse) fill the tiers' byte shares in order, or, by class, each row
+/// of the class layer goes to the tier of its class and every other piece to tier 1; a
+/// varint-stored tensor, rewritten as a whole field, sits whole in the highest tier of its
+/// pieces.
 fn tiers_of_pieces(
     model: &Model,
     heads: &[Chosen],
     pieces: &[Piece],
     of_head: &[Vec<usize>],
     policy: &Policy,
+    tiering: Option<&Tiering>,
 ) -> Vec<u32> {
     let tiers = policy.tiers.max(1);
     let mut tier_of = vec![1u32; pieces.len()];
-    if tiers > 1 {
+    if let (true, Some(Tiering::Classes { layer, served })) = (tiers > 1, tiering) {
+        for (i, p) in pieces.iter().enumerate() {
+            if heads[p.tensor_index].tensor == *layer {
+                tier_of[i] = classes::tier_of_class(served, p.position);
+            }
+        }
+    } else if tiers > 1 {
         let shares = policy.shares().unwrap_or_else(|_| policy::default_tier_shares(tiers));
         let mut order: Vec<usize> = (0..pieces.len()).collect();
         order.sort_by(|&a, &b| {
             let by_importance = pieces[a].relative.total_cmp(&pieces[b].relative);
-            match policy.tier_order {
-                policy::TierOrder::Importance => by_importance,
-                policy::TierOrder::Inverse => by_importance.reverse(),
+            match tiering.map(Tiering::order) {
+                Some(TierOrder::Inverse) => by_importance.reverse(),
+                _ => by_importance,
             }
             .then(pieces[a].tensor_index.cmp(&pieces[b].tensor_index))
             .then(pieces[a].range.0.cmp(&pieces[b].range.0))

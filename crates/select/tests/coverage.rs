@@ -212,7 +212,7 @@ fn the_inverse_tier_order_puts_the_least_important_rows_in_the_top_tier() {
     assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p);
     assert!(!Policy::from_toml(toml).unwrap().summary().contains("order="));
     let e = Policy::from_toml(&format!("{toml}tier_order = \"random\"\n")).unwrap_err().to_string();
-    assert!(e.contains("tier_order 'random' must be importance or inverse"), "{e}");
+    assert!(e.contains("tier_order 'random' must be auto, importance, inverse or classes"), "{e}");
 }
 
 #[test]
@@ -268,4 +268,84 @@ fn the_first_and_last_layers_are_found_in_every_zoo_model() {
         &run(&m, "version = 1\ninherit_builtin = false\n[layers.last]\ncoefficient = 1\n[ops.Gemm]\ncoefficient = 0\n"),
     );
     assert_eq!(c.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+}
+
+/// `--tiers N` alone on a classifier tiers by class: its class layer (the last `Gemm`, one row
+/// per class) is shared out so that tier `k` serves the first `round(1 + k·(C − 1)/N)` classes,
+/// and every other chosen row sits in tier 1; the same bytes are encrypted as without tiers,
+/// and the summary names the order followed.
+#[test]
+fn default_tiers_of_a_classifier_serve_more_classes_at_each_tier() {
+    use onnx_protect_select::classes::{class_layer, classes_per_tier};
+    for (path, classes, served) in
+        [("digits/mlp.onnx", 10, [4, 7, 10]), ("vowels/gru.onnx", 9, [4, 6, 9]), ("osuleaf/vit.onnx", 6, [3, 4, 6])]
+    {
+        let m = zoo(path);
+        let layer = class_layer(&m, &discover(&m)).unwrap();
+        assert_eq!(layer.classes, classes, "{path}");
+        assert_eq!(classes_per_tier(classes, 3).unwrap(), served, "{path}");
+        let s = run(&m, "version = 1\ntiers = 3\n");
+        assert_eq!(s.tier_order, TierOrder::Classes, "{path}");
+        let untiered = run(&m, "version = 1\n");
+        assert_eq!(s.bytes(), untiered.bytes(), "{path}");
+        let row_bytes = m.tensors[layer.tensor].nbytes / classes;
+        for c in &s.chosen {
+            if c.tensor == layer.tensor {
+                let lo = if c.tier == 1 { 0 } else { served[c.tier as usize - 2] };
+                let hi = served[c.tier as usize - 1];
+                assert_eq!(c.chosen, (lo..hi).collect::<Vec<_>>(), "{path} tier {}", c.tier);
+                assert_eq!(c.spans, vec![(lo * row_bytes, hi * row_bytes)], "{path} tier {}", c.tier);
+            } else {
+                assert_eq!(c.tier, 1, "{path}: {} is not the class layer", m.tensors[c.tensor].name);
+            }
+        }
+        // Shares or an order asked for keep the importance ladder.
+        let shares = run(&m, "version = 1\ntiers = 3\ntier_shares = [0.5, 0.25, 0.25]\n");
+        assert_eq!(shares.tier_order, TierOrder::Importance, "{path}");
+        let p = Policy::from_toml("version = 1\ntiers = 3\ntier_order = \"importance\"\n").unwrap();
+        assert_eq!(select(&m, &discover(&m), &p).tier_order, TierOrder::Importance, "{path}");
+        assert!(p.summary().ends_with(";order=importance"), "{}", p.summary());
+    }
+    let e = Policy::from_toml("version = 1\ntiers = 3\ntier_order = \"classes\"\ntier_shares = [0.5, 0.25, 0.25]\n")
+        .and_then(|p| p.shares())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tier shares are for the importance and inverse tier orders"), "{e}");
+}
+
+/// Models that are not classifiers as the class order reads them keep the importance order:
+/// a `MatMul` head (rows are features), a square `Gemm` (rows or columns?), outputs that are not
+/// `[batch, classes]`; and the class counts need a class of their own at every tier.
+#[test]
+fn tiers_by_class_need_a_class_layer_with_a_class_for_every_tier() {
+    use onnx_protect_select::classes::{class_layer, classes_per_tier};
+    for path in [
+        "ops/rnn_tanh.onnx",
+        "ops/multihead_attention.onnx",
+        "ops/lstm_bidirectional_2.onnx",
+        "ops/conv_transpose.onnx",
+    ] {
+        let m = zoo(path);
+        assert_eq!(class_layer(&m, &discover(&m)), None, "{path}");
+        assert_eq!(run(&m, "version = 1\ntiers = 3\n").tier_order, TierOrder::Importance, "{path}");
+        let p = Policy::from_toml("version = 1\ntiers = 3\ntier_order = \"classes\"\n").unwrap();
+        // Refused by the encryption (PolicyError::NoClassLayer): the selection says it fell back.
+        assert_eq!(select(&m, &discover(&m), &p).tier_order, TierOrder::Importance, "{path}");
+    }
+    assert_eq!(classes_per_tier(10, 2), Some(vec![6, 10]));
+    assert_eq!(classes_per_tier(6, 5), Some(vec![2, 3, 4, 5, 6]));
+    assert_eq!(classes_per_tier(2, 2), None);
+    assert_eq!(classes_per_tier(6, 6), None);
+    assert_eq!(classes_per_tier(2, 3), None);
+    assert_eq!(classes_per_tier(10, 1), None);
+}
+
+/// A policy that leaves rows of the class layer clear (`*=0.5`) keeps the importance order:
+/// a class whose row is clear would be served at every tier.
+#[test]
+fn tiers_by_class_need_every_row_of_the_class_layer() {
+    let m = zoo("digits/mlp.onnx");
+    let mut p = Policy::from_toml("version = 1\ntiers = 3\n").unwrap();
+    p.apply_override("coefficient", "*=0.5").unwrap();
+    assert_eq!(select(&m, &discover(&m), &p).tier_order, TierOrder::Importance);
 }

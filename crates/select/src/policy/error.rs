@@ -38,6 +38,13 @@ pub enum PolicyError {
          subsequences, or another mode for it (for example --mode {op_type}=fp)"
     )]
     ShortPermutation { min: u64, tensor: String, op_type: String, role: String, elements: u64 },
+    /// `tier_order = "classes"` for a model whose class layer cannot give every tier a class.
+    #[error(
+        "policy: tier_order \"classes\" needs a classifier whose last layer (the kernel of a Gemm or Conv, one \
+         row per class of a [batch, classes] output, every row encrypted) has a class for each tier, and this \
+         model has none; use tier_order \"importance\""
+    )]
+    NoClassLayer,
     /// Secret positions asked for with access tiers.
     #[error("policy: secret positions are not available with access tiers")]
     SecretPositionsWithTiers,

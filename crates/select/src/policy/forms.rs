@@ -129,8 +129,9 @@ impl Policy {
             p.set_tier_shares(&shares)?;
         }
         if let Some(order) = &f.tier_order {
-            p.tier_order = TierOrder::parse(order)
-                .ok_or_else(|| PolicyError::Invalid(format!("tier_order '{order}' must be importance or inverse")))?;
+            p.tier_order = TierOrder::parse(order).ok_or_else(|| {
+                PolicyError::Invalid(format!("tier_order '{order}' must be auto, importance, inverse or classes"))
+            })?;
         }
         if let Some(d) = &f.defaults {
             if d.roles.is_some() {
@@ -258,7 +259,7 @@ impl Policy {
             let shares: Vec<String> = shares.iter().map(|x| format!("{x:?}")).collect();
             s.push_str(&format!("tier_shares = [{}]\n", shares.join(", ")));
         }
-        if self.tier_order != TierOrder::Importance {
+        if self.tier_order != TierOrder::Auto {
             s.push_str(&format!("tier_order = \"{}\"\n", self.tier_order.name()));
         }
         for (sel, r) in self.all_rules() {

@@ -45,34 +45,46 @@ pub struct Policy {
     pub tier_order: TierOrder,
 }
 
-/// The order in which the ranked subsequences fill the tiers (docs/format.md §13).
+/// The order in which the chosen subsequences fill the tiers (docs/format.md §13).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TierOrder {
-    /// Least important first: tier 1 holds the least important subsequences, the top tier
-    /// the most important (the default).
+    /// [`TierOrder::Classes`] for a classifier whose class layer gives every tier a class of
+    /// its own and a policy with no tier shares; [`TierOrder::Importance`] otherwise (the
+    /// default: `--tiers N` alone).
     #[default]
+    Auto,
+    /// Least important first: tier 1 holds the least important subsequences, the top tier
+    /// the most important.
     Importance,
     /// Most important first: tier 1 holds the most important subsequences, the top tier the
     /// least important, so a lower tier's holder lacks many of the least important rows
     /// rather than a few of the most important (`encrypt --tier-data` chooses it where it
     /// grades the service more evenly).
     Inverse,
+    /// By class: every subsequence in tier 1 but the rows of the classifier's class layer,
+    /// shared out so that the holder of tier `k` is served `round(1 + k·(C − 1)/N)` of the
+    /// `C` classes (the first ones), the top tier all of them ([`crate::classes`]).
+    Classes,
 }
 
 impl TierOrder {
     /// The name in a policy file (`tier_order`) and in the manifest's policy summary.
     pub fn name(self) -> &'static str {
         match self {
+            TierOrder::Auto => "auto",
             TierOrder::Importance => "importance",
             TierOrder::Inverse => "inverse",
+            TierOrder::Classes => "classes",
         }
     }
 
     /// The order named `s`, if any.
     pub fn parse(s: &str) -> Option<TierOrder> {
         match s {
+            "auto" => Some(TierOrder::Auto),
             "importance" => Some(TierOrder::Importance),
             "inverse" => Some(TierOrder::Inverse),
+            "classes" => Some(TierOrder::Classes),
             _ => None,
         }
     }
@@ -239,7 +251,7 @@ impl Policy {
             seed: 0,
             tiers: 1,
             tier_shares: None,
-            tier_order: TierOrder::Importance,
+            tier_order: TierOrder::Auto,
         }
     }
 }
@@ -311,6 +323,9 @@ impl Policy {
     /// The shares per tier, least important first.
     pub fn shares(&self) -> Result<Vec<f64>, PolicyError> {
         match &self.tier_shares {
+            Some(_) if self.tier_order == TierOrder::Classes => Err(PolicyError::Invalid(
+                "tier shares are for the importance and inverse tier orders, not classes".into(),
+            )),
             Some(s) if s.len() as u32 == self.tiers => Ok(s.clone()),
             Some(s) => Err(PolicyError::Invalid(format!("{} tier shares given for {} tiers", s.len(), self.tiers))),
             None => Ok(default_tier_shares(self.tiers)),
@@ -344,7 +359,7 @@ impl Policy {
                 let shares: Vec<String> = shares.iter().map(f64::to_string).collect();
                 s.push_str(&format!(";shares={}", shares.join(",")));
             }
-            if self.tier_order != TierOrder::Importance {
+            if self.tier_order != TierOrder::Auto {
                 s.push_str(&format!(";order={}", self.tier_order.name()));
             }
         }

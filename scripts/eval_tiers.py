@@ -13,7 +13,10 @@ and records the onnxruntime accuracy on the model's test split of: the protected
 as is (no key), D_1 … D_(N-1) and D_N (checked to be the original byte for byte).
 
 Ladders (--ladders):
-    default      no share option: the default tier shares;
+    default      no share option: by class on a classifier (every zoo model), else the default
+                 tier shares;
+    importance   the default tier shares in the importance order (a policy file with
+                 `tier_order = "importance"`);
     fit          tier order and shares fitted to an even ladder on the training split
                  (`encrypt --dry-run --json --tiers N --tier-data TRAIN_X --tier-labels TRAIN_Y`,
                  once per model: the fit is key-independent), then `--policy` of a file with
@@ -84,6 +87,10 @@ def shares_of(binary, model, ladder, tiers, tmp):
     """The share option of a ladder (fitted once per model for `fit` and `levels=`)."""
     if ladder == "default":
         return [], None
+    if ladder == "importance":
+        policy = tmp / "importance.toml"
+        policy.write_text(f"version = 1\ntiers = {tiers}\ntier_order = \"importance\"\n")
+        return ["--policy", policy], None
     if ladder == "equal":
         return ["--tier-shares", ",".join([f"{1 / tiers:.17g}"] * tiers)], None
     ds = MODELS[model]
@@ -158,8 +165,9 @@ def main():
                                   range(args.keys)))
             runs = [r for r, _ in out]
             s = summarise(runs, args.tiers)
-            s.update({"model": model, "ladder": ladder, "shares": fit["shares"] if fit else share_args[1:] or None,
-                      "order": fit["order"] if fit else "importance", "fit": fit,
+            shares = fit["shares"] if fit else (share_args[1] if ladder == "equal" else None)
+            order = fit["order"] if fit else {"default": "auto", "equal": "importance"}.get(ladder, ladder)
+            s.update({"model": model, "ladder": ladder, "shares": shares, "order": order, "fit": fit,
                       "top_exact": all(e for _, e in out), "runs": runs})
             results["rows"].append(s)
             cells = " | ".join(f"{m:.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(s["mean"], s["min"], s["max"]))

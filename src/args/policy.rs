@@ -29,7 +29,7 @@ pub struct PolicyArgs {
     /// Public seed of the sample-* selection rules.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Split the encrypted set into N nested access tiers by importance (N > 1: default mode fp; ctr refused).
+    /// Split the encrypted set into N nested access tiers: by class on a classifier, else by importance (docs/policy.md; N > 1: default mode fp; ctr refused).
     #[arg(long, value_name = "N")]
     pub tiers: Option<u32>,
     /// Share of the encrypted bytes per tier, least important first, e.g. 0.5,0.3,0.2.

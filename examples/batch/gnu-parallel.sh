@@ -3,7 +3,7 @@
 # N separate processes on this machine (or, with --sshlogin host1,host2 and a
 # shared file system, on several machines).
 #
-#   MODELS=models OUT=protected KEY=prod.key N=4 docs/examples/gnu-parallel.sh
+#   MODELS=models OUT=protected KEY=prod.key N=4 examples/batch/gnu-parallel.sh
 #
 # parallel fills in {} with 0..N-1; each process handles shard {}/N. Its exit
 # status is onnx-protect's (non-zero when any file of that shard failed), and

@@ -11,10 +11,8 @@ convolution holds 80 of its 73,000 parameters, the head 2,570.
 
     python3 scripts/make_deep_cnn.py [--out bench-data/deep-cnn/digits-deep-cnn.onnx]
 
-Needs torch. Then, for example:
-
-    python3 scripts/finetune_study.py --model-file digits/deep-cnn=bench-data/deep-cnn/digits-deep-cnn.onnx \\
-        --policies last,last+first,1,last+first+small+1
+Needs torch. Then protect it and run the training attacks of `onnx_protect.assess` on it
+(docs/protection.md#training-attacks).
 """
 import argparse
 import os

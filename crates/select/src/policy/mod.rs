@@ -94,7 +94,8 @@ impl TierOrder {
 pub const MAX_TIERS: u32 = 16;
 
 /// Share of the encrypted bytes still encrypted for the holder of tier 1 (tiers 2 … N) under
-/// the default tier shares: the holder of tier `k` lacks a share falling geometrically
+/// the default tier shares of the importance order (a model [`TierOrder::Auto`] does not tier by
+/// class, or `tier_order = "importance"`): the holder of tier `k` lacks a share falling geometrically
 /// from this at `k = 1` to [`DEFAULT_TOP_TIER_SHARE`] at `k = N − 1`.
 ///
 /// Measured under the built-in policy (every weight, `fp`, docs/protection-tiers.md): on

@@ -17,8 +17,7 @@ Ladders (--ladders):
                  tier shares;
     importance   the default tier shares in the importance order (a policy file with
                  `tier_order = "importance"`);
-    fit          tier order and shares fitted to an even ladder on the training split (or tiers
-                 by class, where they grade it more evenly)
+    fit          tier order and shares fitted to an even ladder on the training split
                  (`encrypt --dry-run --json --tiers N --tier-data TRAIN_X --tier-labels TRAIN_Y`,
                  once per model: the fit is key-independent), then `--policy` of a file with
                  the fit's `tiers`, `tier_shares` and `tier_order` (the built-in rules);
@@ -102,9 +101,8 @@ def shares_of(binary, model, ladder, tiers, tmp):
     fit = json.loads(out)["tier_fit"]
     fit["seconds"] = time.monotonic() - t0
     policy = tmp / f"{model.replace('/', '_')}-{ladder}.toml"
-    # Tiers by class follow the classes: their shares are what the classes come to, not a setting.
-    shares = "" if fit["order"] == "classes" else f"tier_shares = [{', '.join(f'{s:.17g}' for s in fit['shares'])}]\n"
-    policy.write_text(f"version = 1\ntiers = {tiers}\n{shares}tier_order = \"{fit['order']}\"\n")
+    policy.write_text(f"version = 1\ntiers = {tiers}\ntier_shares = [{', '.join(f'{s:.17g}' for s in fit['shares'])}]\n"
+                      f"tier_order = \"{fit['order']}\"\n")
     return ["--policy", policy], fit
 
 

@@ -108,14 +108,15 @@ pub fn fit(a: &TierLevelArgs, policy: &mut Policy, model: &Path) -> Result<Optio
 #[cfg(feature = "tract")]
 pub fn text(f: &Fit) -> (String, Vec<String>) {
     let shares: Vec<String> = f.shares.iter().map(|s| format!("{s:.4}")).collect();
-    let fitted = if f.order == "classes" {
-        format!("tiers by class, measured on {} samples (shares {})", f.samples, shares.join(","))
-    } else {
-        format!("tier shares fitted on {} samples: {} in the {} order", f.samples, shares.join(","), f.order)
-    };
     let mut t = format!(
-        "\n  {fitted} (original {:.3}, every tier encrypted {:.3}, chance {:.3})",
-        f.original, f.no_key, f.chance
+        "\n  tier shares fitted on {} samples: {} in the {} order (original {:.3}, every tier encrypted {:.3}, chance \
+         {:.3})",
+        f.samples,
+        shares.join(","),
+        f.order,
+        f.original,
+        f.no_key,
+        f.chance
     );
     let mut warnings = Vec::new();
     for tier in &f.tiers {

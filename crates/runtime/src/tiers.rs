@@ -27,9 +27,6 @@
 //! the mean accuracy over a few seeds. Everything is deterministic and independent of the
 //! key the model is then encrypted with: the split depends only on the model, the policy,
 //! the data and the asked levels.
-//!
-//! For the even ladder of a classifier the fit also measures its tiers by class
-//! ([`TierOrder::Classes`], nothing to fit) and keeps them where they grade more evenly still.
 
 use std::collections::BTreeMap;
 
@@ -75,9 +72,9 @@ pub struct FittedTier {
 /// The fitted shares and what was measured with them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TierFit {
-    /// Shares per tier, in the tier order (sum 1); by class, the shares the classes come to.
+    /// Shares per tier, in the tier order (sum 1).
     pub shares: Vec<f64>,
-    /// The tier order kept (`importance`, `inverse` or `classes`, [`TierOrder::name`]).
+    /// The tier order the shares are for (`importance` or `inverse`, [`TierOrder::name`]).
     pub order: &'static str,
     /// Tiers 1 … N − 1.
     pub tiers: Vec<FittedTier>,
@@ -92,7 +89,7 @@ pub struct TierFit {
     /// Seeds each accuracy is the mean over.
     pub draws: u32,
     /// The smallest step of the fitted ladder (no key, tiers 1 … N − 1, original) as a
-    /// share of its range, per order tried (`importance`, `inverse`, `classes`).
+    /// share of its range, per order tried (`importance`, `inverse`).
     pub smallest_steps: Vec<(&'static str, f64)>,
 }
 
@@ -100,11 +97,6 @@ impl TierFit {
     /// Sets the fitted order and shares on `policy` (the policy the fit was given).
     pub fn apply(&self, policy: &mut Policy) -> Result<()> {
         policy.tier_order = TierOrder::parse(self.order).unwrap_or_default();
-        if policy.tier_order == TierOrder::Classes {
-            // The tiers follow the classes; the shares are what they come to (not set).
-            policy.tier_shares = None;
-            return Ok(());
-        }
         policy.set_tier_shares(&self.shares).map_err(|e| RuntimeError::Input(e.to_string()))
     }
 }
@@ -118,9 +110,7 @@ pub fn even_targets(tiers: u32, chance: f64, original: f64) -> Vec<f64> {
 /// Fits the tier order and shares of `policy` (which must have `targets.len() + 1` tiers) so
 /// that the holder of tier `k` gets about accuracy `targets[k − 1]` on `bench`'s data (which
 /// must have labels); each accuracy is the mean over `draws` seeds. The policy's own
-/// `tier_order` is ignored: both orders are fitted and the one grading more evenly kept; for
-/// the even ladder ([`even_targets`]) of a classifier, tiers by class too, where they grade more
-/// evenly still (by more than [`ORDER_MARGIN`]).
+/// `tier_order` is ignored: both orders are fitted and the one grading more evenly kept.
 pub fn fit_tier_shares(model: &Model, policy: &Policy, bench: &Bench, targets: &[f64], draws: u32) -> Result<TierFit> {
     let tiers = targets.len() as u32 + 1;
     if tiers < 2 || policy.tiers != tiers {
@@ -163,30 +153,7 @@ pub fn fit_tier_shares(model: &Model, policy: &Policy, bench: &Bench, targets: &
             break;
         }
     }
-    let (step, order, fitted, no_key) = best.expect("two orders were fitted");
-    // By class (the default of `--tiers N` alone on a classifier): nothing to fit, the ladder is
-    // measured as it is, for the even ladder only, and kept if it grades more evenly.
-    let even = even_targets(tiers, chance, original);
-    let by_class = if targets.iter().zip(&even).all(|(a, b)| (a - b).abs() < 1e-12) {
-        class_ladder(model, policy, bench, targets, draws)?
-    } else {
-        None
-    };
-    let (order, fitted) = match by_class {
-        Some(by_class) => {
-            let mut ladder = vec![no_key];
-            ladder.extend(by_class.iter().map(|t| t.accuracy));
-            ladder.push(original);
-            let class_step = smallest_step(&ladder);
-            smallest_steps.push((TierOrder::Classes.name(), class_step));
-            if class_step > step + ORDER_MARGIN {
-                (TierOrder::Classes, by_class)
-            } else {
-                (order, fitted)
-            }
-        }
-        None => (order, fitted),
-    };
+    let (_, order, fitted, no_key) = best.expect("two orders were fitted");
     let mut shares = Vec::with_capacity(tiers as usize);
     let mut prev = 1.0;
     for t in &fitted {
@@ -205,45 +172,6 @@ pub fn fit_tier_shares(model: &Model, policy: &Policy, bench: &Bench, targets: &
         draws,
         smallest_steps,
     })
-}
-
-/// The tiers 1 … N − 1 of `policy` by class, each measured as [`Probe::measured`] measures a
-/// fitted tier; `None` when the model is not tiered by class ([`TierOrder::Classes`]).
-fn class_ladder(
-    model: &Model,
-    policy: &Policy,
-    bench: &Bench,
-    targets: &[f64],
-    draws: u32,
-) -> Result<Option<Vec<FittedTier>>> {
-    let mut p = policy.clone();
-    p.tier_order = TierOrder::Classes;
-    p.tier_shares = None;
-    let selection = select(model, &discover(model), &p);
-    if selection.tier_order != TierOrder::Classes {
-        return Ok(None);
-    }
-    let total = selection.bytes().max(1) as f64;
-    let mut out = Vec::with_capacity(targets.len());
-    for (k, &target) in (1u32..).zip(targets) {
-        let mut still = selection.clone();
-        still.chosen.retain(|c| c.tier > k);
-        let accuracy = mean_score(model, bench, &still, 0..u64::from(MEASURE * draws.max(1)))?;
-        out.push(FittedTier { tier: k, target, accuracy, still_encrypted: still.bytes() as f64 / total });
-    }
-    Ok(Some(out))
-}
-
-/// Mean score on `bench` over `seeds` of `model` with `selection` encrypted ([`simulate`]).
-fn mean_score(model: &Model, bench: &Bench, selection: &Selection, seeds: std::ops::Range<u64>) -> Result<f64> {
-    let n = (seeds.end - seeds.start).max(1);
-    let mut sum = 0.0;
-    for seed in seeds {
-        let r = simulate(model, selection, seed)?;
-        let ext: crate::engine::External = r.external.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
-        sum += bench.score(&bench.run(&r.model, &ext)?);
-    }
-    Ok(sum / n as f64)
 }
 
 /// The smallest step of `ladder` as a share of its range (last − first); 0 without a range.
@@ -391,7 +319,15 @@ impl Probe<'_> {
     /// Mean accuracy over `seeds` when the last `still` of the encrypted bytes in the tier
     /// order stay encrypted.
     fn mean_over(&mut self, still: f64, seeds: std::ops::Range<u64>) -> Result<f64> {
-        mean_score(self.model, self.bench, &self.still_encrypted(still)?, seeds)
+        let n = (seeds.end - seeds.start).max(1);
+        let selection = self.still_encrypted(still)?;
+        let mut sum = 0.0;
+        for seed in seeds {
+            let r = simulate(self.model, &selection, seed)?;
+            let ext: crate::engine::External = r.external.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
+            sum += self.bench.score(&self.bench.run(&r.model, &ext)?);
+        }
+        Ok(sum / n as f64)
     }
 
     /// The chosen subsequences of the last `still` share in the policy's tier order (all of
@@ -496,13 +432,19 @@ mod tests {
     fn ladder(model: &Model, policy: &Policy, fit: &TierFit, bench: &Bench, seeds: u64) -> Vec<f64> {
         let mut p = policy.clone();
         fit.apply(&mut p).unwrap();
-        let tiered = select(model, &discover(model), &p);
+        let mut probe = Probe { model, policy: &p, bench, draws: 1, cache: BTreeMap::new() };
         let mut out = Vec::new();
-        for k in 0..p.tiers {
-            let mut still = tiered.clone();
-            still.chosen.retain(|c| c.tier > k);
-            out.push(mean_score(model, bench, &still, 100..100 + seeds).unwrap());
+        for still in std::iter::once(1.0).chain(fit.tiers.iter().map(|t| t.still_encrypted)) {
+            let selection = probe.still_encrypted(still).unwrap();
+            let mut sum = 0.0;
+            for seed in 100..100 + seeds {
+                let r = simulate(model, &selection, seed).unwrap();
+                let ext: crate::engine::External = r.external.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
+                sum += bench.score(&bench.run(&r.model, &ext).unwrap());
+            }
+            out.push(sum / seeds as f64);
         }
+        probe.cache.clear();
         out.push(bench.original_score());
         out
     }
@@ -532,11 +474,10 @@ mod tests {
     /// encrypting it alone takes the model from the original to chance, so no share of the
     /// importance order gives a middle level (its fitted ladder has a step ≤ 0; the fit
     /// measured in docs/protection-tiers.md gave this model shares 1, 0, 0 and a tier 1 at
-    /// chance). Fitted on 24 training samples with one draw, the inverse order grades it (its
-    /// smallest step well above the importance order's) and the tiers by class more evenly still,
-    /// so the fit keeps them; on 60 test samples (mean of 4 simulated encryptions) the kept tiers
-    /// climb strictly from the key-less level to the original, tier 1 at least 15% of the range
-    /// above the key-less level.
+    /// chance). Fitted on 24 training samples with one draw, the fit keeps the inverse order,
+    /// and on 60 test samples (mean of 4 simulated encryptions) its tiers climb strictly from
+    /// the key-less level to the original, tier 1 at least 15% of the range above the key-less
+    /// level.
     #[test]
     fn the_fit_grades_the_osuleaf_conv1d_whose_most_important_row_is_a_cliff() {
         let model = Model::open(zoo().join("osuleaf/conv1d.onnx")).unwrap();
@@ -545,22 +486,14 @@ mod tests {
         let train = bench(&model, "osuleaf", "train", Some(24));
         let targets = even_targets(3, train.chance().unwrap(), train.original_score());
         let fit = fit_tier_shares(&model, &policy, &train, &targets, 1).unwrap();
-        assert_eq!(fit.order, "classes", "{fit:?}");
-        let step = |order: &str| fit.smallest_steps.iter().find(|(o, _)| *o == order).unwrap().1;
-        assert!(step("importance") <= 0.05 && step("inverse") >= 0.1, "{fit:?}");
-        assert!(step("classes") > step("inverse") + ORDER_MARGIN, "{fit:?}");
+        assert_eq!(fit.order, "inverse", "{fit:?}");
+        let importance = fit.smallest_steps.iter().find(|(o, _)| *o == "importance").unwrap().1;
+        assert!(importance <= 0.05, "{fit:?}");
         let test = bench(&model, "osuleaf", "test", Some(60));
         let l = ladder(&model, &policy, &fit, &test, 4);
         assert!(l[3] > 0.95 && l[0] < 0.3, "{l:?}");
         assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?} ({fit:?})");
         assert!(l[1] - l[0] >= 0.15 * (l[3] - l[0]), "{l:?} ({fit:?})");
-        // Levels other than the even ladder are fitted by share only: the inverse order is kept.
-        let asked: Vec<f64> = targets.iter().map(|t| t + 0.01).collect();
-        let fit = fit_tier_shares(&model, &policy, &train, &asked, 1).unwrap();
-        assert_eq!(fit.order, "inverse", "{fit:?}");
-        assert!(fit.smallest_steps.iter().all(|(o, _)| *o != "classes"), "{fit:?}");
-        let l = ladder(&model, &policy, &fit, &test, 4);
-        assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?} ({fit:?})");
     }
 
     /// A curve probed with noise, so not monotone (as the probes of the zoo's vision

@@ -13,8 +13,8 @@ pub struct ClassLayer {
     pub classes: u64,
 }
 
-/// The class layer of `model`, if it has one: every output of the main graph is declared with
-/// rank 2 (`[batch, classes]`), the last layer holds exactly one weight in a main role, that
+/// The class layer of `model`, if it has one: every output of the main graph whose shape is
+/// declared has rank 2 (`[batch, classes]`), the last layer holds exactly one weight in a main role, that
 /// weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so `transB = 1`)
 /// or a `Conv` (input `W`, `[classes, …]`) reached directly, and the number of classes (the
 /// layer's one-dimensional bias, else the outputs' declared last dimension) is its first
@@ -26,10 +26,12 @@ pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
         return None;
     }
     for t in &main.output_types {
-        let ValueType::Tensor { shape: Some(dims), .. } = t else { return None };
-        if dims.len() != 2 {
-            return None;
-        }
+        let dims = match t {
+            ValueType::Tensor { shape: Some(dims), .. } if dims.len() == 2 => dims,
+            // Rank not declared: the layer's shape decides.
+            ValueType::Tensor { shape: None, .. } | ValueType::Unknown => continue,
+            _ => return None,
+        };
         if let Dim::Value(c) = dims[1] {
             if declared.is_some_and(|d| d != c) {
                 return None;

@@ -376,18 +376,21 @@ impl Tiering {
 }
 
 /// The tiering of `policy` for this model: `Auto` is by class when the policy gives no tier
-/// shares and every row of the class layer ([`classes::class_layer`]) is chosen, one per class,
-/// with a class for every tier, else by importance; an explicit `Classes` that cannot be followed is
+/// shares and every row of the class layer ([`classes::class_layer`], stored as bytes) is
+/// chosen, one per class, with a class for every tier, else by importance; an explicit `Classes` that cannot be followed is
 /// `None` (the encryption refuses it: [`PolicyError::NoClassLayer`]).
 fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy) -> Option<Tiering> {
     let by_class = || {
         let layer = classes::class_layer(model, weights)?;
-        let chosen_by_row = heads.iter().any(|h| {
-            h.tensor == layer.tensor
-                && h.split == Split::FirstDim
-                && h.subsequences == layer.classes
-                && h.chosen.len() as u64 == layer.classes
-        });
+        // A varint-stored tensor is rewritten whole, in the highest tier of its pieces.
+        let whole = matches!(model.tensors[layer.tensor].data, TensorData::Varint { .. });
+        let chosen_by_row = !whole
+            && heads.iter().any(|h| {
+                h.tensor == layer.tensor
+                    && h.split == Split::FirstDim
+                    && h.subsequences == layer.classes
+                    && h.chosen.len() as u64 == layer.classes
+            });
         let served = classes::classes_per_tier(layer.classes, policy.tiers).filter(|_| chosen_by_row)?;
         Some(Tiering::Classes { layer: layer.tensor, served })
     };

@@ -349,3 +349,33 @@ fn tiers_by_class_need_every_row_of_the_class_layer() {
     p.apply_override("coefficient", "*=0.5").unwrap();
     assert_eq!(select(&m, &discover(&m), &p).tier_order, TierOrder::Importance);
 }
+
+/// The class layer over the label lock's head cases (fixtures/lock, outputs declared without a
+/// shape): found where the rows of a `Gemm` kernel are the classes, whatever their storage (raw,
+/// `float_data`, fp16, external data) and whatever follows the logits (`TopK`); not where the
+/// rows are features (`transB = 0`, `MatMul`), behind a `Transpose`, shared, one of two heads or
+/// not a constant, nor without a layer.
+#[test]
+fn the_class_layer_of_each_head_shape() {
+    use onnx_protect_select::classes::class_layer;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/lock");
+    let order = |case: &str| {
+        let m = Model::open(dir.join(case).join("model.onnx")).unwrap();
+        let layer = class_layer(&m, &discover(&m)).map(|l| l.classes);
+        (layer, run(&m, "version = 1\ntiers = 3\n").tier_order)
+    };
+    for case in ["gemm_transb1", "float_data", "fp16_raw_and_int32_data", "external_data", "topk_unsorted"] {
+        assert_eq!(order(case), (Some(5), TierOrder::Classes), "{case}");
+    }
+    for case in [
+        "gemm_transb0_softmax",
+        "matmul_add_logsoftmax",
+        "constant_transpose",
+        "weight_shared",
+        "two_heads",
+        "weight_is_input",
+        "no_head_conv",
+    ] {
+        assert_eq!(order(case), (None, TierOrder::Importance), "{case}");
+    }
+}

@@ -16,7 +16,8 @@ pub struct ClassLayer {
 /// The class layer of `model`, if it has one: every output of the main graph whose shape is
 /// declared has rank 2 (`[batch, classes]`), the last layer holds exactly one weight in a main role, that
 /// weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so `transB = 1`)
-/// or a `Conv` (input `W`, `[classes, …]`) reached directly, and the number of classes (the
+/// or a `Conv` (input `W`, `[classes, …]`) reached directly or through (de)quantisation and
+/// casts, and the number of classes (the
 /// layer's one-dimensional bias, else the outputs' declared last dimension) is its first
 /// dimension (for `Gemm`, and not its second, which would make the rows features).
 pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
@@ -43,16 +44,22 @@ pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
     let (w, None) = (last.next()?, last.next()) else { return None };
     let [u] = w.uses.as_slice() else { return None };
     let dims = &model.tensors[w.tensor].dims;
-    if u.input_index != 1 || !u.via.is_empty() || !matches!(u.op_type.as_str(), "Gemm" | "Conv") {
+    // Nodes on the way that keep each row a row: (de)quantisation, casts.
+    let keeps_rows = |n: &usize| {
+        matches!(model.nodes[*n].op_type.as_str(), "DequantizeLinear" | "QuantizeLinear" | "Cast" | "Identity")
+    };
+    if u.input_index != 1 || !u.via.iter().all(keeps_rows) || !matches!(u.op_type.as_str(), "Gemm" | "Conv") {
         return None;
     }
     let node = &model.nodes[u.node];
     if !node.is_onnx() || model.graphs.get(node.graph).map(|g| g.kind != GraphKind::Main).unwrap_or(true) {
         return None;
     }
-    let bias = node.inputs.get(2).filter(|n| !n.is_empty()).and_then(|name| {
-        weights.iter().map(|b| &model.tensors[b.tensor]).find(|t| &t.name == name && t.dims.len() == 1)
-    });
+    let bias = weights
+        .iter()
+        .find(|b| b.uses.iter().any(|b| b.node == u.node && b.input_index == 2))
+        .map(|b| &model.tensors[b.tensor])
+        .filter(|t| t.dims.len() == 1);
     let classes = match (bias, declared) {
         (Some(b), Some(d)) if b.dims[0] as i64 != d => return None,
         (Some(b), _) => b.dims[0],

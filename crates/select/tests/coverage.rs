@@ -352,8 +352,8 @@ fn tiers_by_class_need_every_row_of_the_class_layer() {
 
 /// The class layer over the label lock's head cases (fixtures/lock, outputs declared without a
 /// shape): found where the rows of a `Gemm` kernel are the classes, whatever their storage (raw,
-/// `float_data`, fp16, external data) and whatever follows the logits (`TopK`); not where the
-/// rows are features (`transB = 0`, `MatMul`), behind a `Transpose`, shared, one of two heads or
+/// `float_data`, fp16, external data, uint8 through `DequantizeLinear`) and whatever follows the
+/// logits (`TopK`, a quantisation); not where the rows are features (`transB = 0`, `MatMul`), behind a `Transpose`, shared, one of two heads or
 /// not a constant, nor without a layer.
 #[test]
 fn the_class_layer_of_each_head_shape() {
@@ -364,11 +364,19 @@ fn the_class_layer_of_each_head_shape() {
         let layer = class_layer(&m, &discover(&m)).map(|l| l.classes);
         (layer, run(&m, "version = 1\ntiers = 3\n").tier_order)
     };
-    for case in ["gemm_transb1", "float_data", "fp16_raw_and_int32_data", "external_data", "topk_unsorted"] {
+    for case in [
+        "gemm_transb1",
+        "float_data",
+        "fp16_raw_and_int32_data",
+        "external_data",
+        "topk_unsorted",
+        "qdq_uint8_bias_int32",
+    ] {
         assert_eq!(order(case), (Some(5), TierOrder::Classes), "{case}");
     }
     for case in [
         "gemm_transb0_softmax",
+        "dq_int8_per_class",
         "matmul_add_logsoftmax",
         "constant_transpose",
         "weight_shared",

@@ -35,6 +35,9 @@ pub struct PolicyArgs {
     /// Share of the encrypted bytes per tier, least important first, e.g. 0.5,0.3,0.2.
     #[arg(long, value_name = "S1,S2,...", value_delimiter = ',')]
     pub tier_shares: Option<Vec<f64>>,
+    /// Tiers by class: the classes each tier below the top adds, tiers by ';', classes by ',', runs as a-b (e.g. 0-3;4-6 with --tiers 3: the top tier adds the rest).
+    #[arg(long, value_name = "C,..;C,..")]
+    pub tier_classes: Option<String>,
 }
 
 impl PolicyArgs {
@@ -48,6 +51,7 @@ impl PolicyArgs {
             || self.seed.is_some()
             || self.tiers.is_some()
             || self.tier_shares.is_some()
+            || self.tier_classes.is_some()
     }
 
     /// The policy file (or the built-in default) with the overrides applied.
@@ -64,6 +68,10 @@ impl PolicyArgs {
         }
         if let Some(s) = &self.tier_shares {
             policy.set_tier_shares(s)?;
+            policy.shares()?;
+        }
+        if let Some(text) = &self.tier_classes {
+            policy.set_tier_classes(onnx_protect_select::parse_class_groups(text)?)?;
             policy.shares()?;
         }
         Ok(policy)

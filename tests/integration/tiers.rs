@@ -578,5 +578,58 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
         path_str(&policy),
     ]);
     assert_eq!(code, 7, "{err}");
-    assert!(err.contains("tier_order \"classes\" needs a classifier") && !other.exists(), "{err}");
+    assert!(
+        err.contains("tiers by class (tier_order \"classes\", tier classes) need a classifier") && !other.exists(),
+        "{err}"
+    );
+    // Classes asked for by number: tier 1 serves 9 and 0, tier 2 adds 5; a class the layer does
+    // not have is refused and writes nothing.
+    let chosen = dir.path().join("chosen.onnx");
+    let key = path_str(&k);
+    let (code, _, err) = run(&[
+        "encrypt",
+        path_str(&src),
+        "-o",
+        path_str(&chosen),
+        "--key-file",
+        key,
+        "--tiers",
+        "3",
+        "--tier-classes",
+        "9,0;5",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary = manifest_of(&chosen).sealed.header.policy_summary;
+    assert!(summary.ends_with(";tiers=3;order=classes;classes=9,0;5"), "{summary}");
+    let t1 = dir.path().join("chosen-t1.onnx");
+    let k1 = format!("{}.tier1", k.display());
+    let (code, _, err) =
+        run(&["decrypt", path_str(&chosen), "-o", path_str(&t1), "--key-file", &k1, "--tier", "1", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (a, b) = (
+        original.tensor_bytes(head.id).unwrap(),
+        Model::open(&t1).unwrap().tensor_bytes(head.id).unwrap().into_owned(),
+    );
+    for c in 0..10 {
+        assert_eq!(a[c * row..(c + 1) * row] == b[c * row..(c + 1) * row], c == 0 || c == 9, "class {c}");
+    }
+    let none = dir.path().join("none.onnx");
+    let (code, _, err) = run(&[
+        "encrypt",
+        path_str(&src),
+        "-o",
+        path_str(&none),
+        "--key-file",
+        key,
+        "--tiers",
+        "3",
+        "--tier-classes",
+        "0-3;10",
+    ]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("tier classes name class 10, and the model's class layer has 10 classes") && !none.exists(),
+        "{err}"
+    );
 }

@@ -218,8 +218,17 @@ pub(crate) fn choose(
     let weights = discover(model);
     let weight_bytes: u64 = weights.iter().map(|w| model.tensors[w.tensor].nbytes).sum();
     let mut selection = select(model, &weights, policy);
-    if policy.tier_order == TierOrder::Classes && tiers > 1 && selection.tier_order != TierOrder::Classes {
-        return Err(PolicyError::NoClassLayer.into());
+    let by_class = policy.tier_order == TierOrder::Classes || policy.tier_classes.is_some();
+    if by_class && tiers > 1 && selection.tier_order != TierOrder::Classes {
+        let layer = onnx_protect_select::classes::class_layer(model, &weights);
+        let named = policy.tier_classes.iter().flatten().flatten().max();
+        return Err(match (layer, named) {
+            (Some(l), Some(&class)) if class >= l.classes => {
+                PolicyError::TierClassOutOfRange { class, classes: l.classes }
+            }
+            _ => PolicyError::NoClassLayer,
+        }
+        .into());
     }
     if lock_only {
         for c in selection.chosen.drain(..) {

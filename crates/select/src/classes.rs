@@ -85,7 +85,26 @@ pub fn classes_per_tier(classes: u64, tiers: u32) -> Option<Vec<u64>> {
     (rising && tiers > 1).then_some(served)
 }
 
-/// The tier of class `class` (a row of the class layer) given [`classes_per_tier`]'s counts.
-pub fn tier_of_class(served: &[u64], class: u64) -> u32 {
-    served.iter().position(|&m| class < m).unwrap_or(served.len() - 1) as u32 + 1
+/// The tier of each of `classes` classes with `tiers` tiers: the groups asked for (tier `k` of
+/// `groups[k − 1]`, every class not in them the top tier's), else [`classes_per_tier`]'s; `None`
+/// when a group names a class the layer does not have, or with the counts, when a tier would
+/// add none.
+pub fn class_tiers(classes: u64, tiers: u32, groups: Option<&[Vec<u64>]>) -> Option<Vec<u32>> {
+    let mut out = vec![tiers.max(1); usize::try_from(classes).ok()?];
+    match groups {
+        Some(groups) => {
+            for (tier, g) in (1u32..).zip(groups) {
+                for &c in g {
+                    *out.get_mut(usize::try_from(c).ok()?)? = tier;
+                }
+            }
+        }
+        None => {
+            let served = classes_per_tier(classes, tiers)?;
+            for (c, t) in out.iter_mut().enumerate() {
+                *t = served.iter().position(|&m| (c as u64) < m).map_or(tiers, |k| k as u32 + 1);
+            }
+        }
+    }
+    Some(out)
 }

@@ -31,9 +31,10 @@ pub mod risk;
 pub use importance::Norm;
 pub use onnx_ops::ONNX_OPS;
 pub use policy::{
-    check_tier_levels, default_tier_shares, glob_match, weight_name, Applied, Mode, OpRule, Policy, PolicyError, Rank,
-    Selector, Split, TierOrder, DEFAULT_COEFFICIENT, DEFAULT_MODE, DEFAULT_ROLE_COEFFICIENT,
-    DEFAULT_TIER1_STILL_ENCRYPTED, DEFAULT_TIERED_MODE, DEFAULT_TOP_TIER_SHARE, KNOWN_OPS, MAX_TIERS,
+    check_tier_levels, class_groups_text, default_tier_shares, glob_match, parse_class_groups, weight_name, Applied,
+    Mode, OpRule, Policy, PolicyError, Rank, Selector, Split, TierOrder, DEFAULT_COEFFICIENT, DEFAULT_MODE,
+    DEFAULT_ROLE_COEFFICIENT, DEFAULT_TIER1_STILL_ENCRYPTED, DEFAULT_TIERED_MODE, DEFAULT_TOP_TIER_SHARE, KNOWN_OPS,
+    MAX_TIERS,
 };
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};
@@ -362,8 +363,8 @@ fn pick(
 enum Tiering {
     /// By byte shares, in this order of importance.
     Shares(TierOrder),
-    /// By class: the rows of `layer`, the class layer, by [`classes::tier_of_class`] of `served`.
-    Classes { layer: TensorId, served: Vec<u64> },
+    /// By class: row `c` of `layer`, the class layer, in tier `tier_of_class[c]`.
+    Classes { layer: TensorId, tier_of_class: Vec<u32> },
 }
 
 impl Tiering {
@@ -377,8 +378,9 @@ impl Tiering {
 
 /// The tiering of `policy` for this model: `Auto` is by class when the policy gives no tier
 /// shares and every row of the class layer ([`classes::class_layer`], stored as bytes) is
-/// chosen, one per class, with a class for every tier, else by importance; an explicit `Classes` that cannot be followed is
-/// `None` (the encryption refuses it: [`PolicyError::NoClassLayer`]).
+/// chosen, one per class, with a class for every tier (or the policy's tier classes), else by
+/// importance; an explicit `Classes`, or tier classes, that cannot be followed is `None` (the
+/// encryption refuses it: [`PolicyError::NoClassLayer`]).
 fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy) -> Option<Tiering> {
     let by_class = || {
         let layer = classes::class_layer(model, weights)?;
@@ -391,11 +393,13 @@ fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy)
                     && h.subsequences == layer.classes
                     && h.chosen.len() as u64 == layer.classes
             });
-        let served = classes::classes_per_tier(layer.classes, policy.tiers).filter(|_| chosen_by_row)?;
-        Some(Tiering::Classes { layer: layer.tensor, served })
+        let groups = policy.tier_classes.as_deref();
+        let tier_of_class = classes::class_tiers(layer.classes, policy.tiers, groups).filter(|_| chosen_by_row)?;
+        Some(Tiering::Classes { layer: layer.tensor, tier_of_class })
     };
     match policy.tier_order {
         _ if policy.tiers < 2 => Some(Tiering::Shares(TierOrder::Importance)),
+        TierOrder::Auto if policy.tier_classes.is_some() => by_class(),
         TierOrder::Auto if policy.tier_shares.is_none() => by_class().or(Some(Tiering::Shares(TierOrder::Importance))),
         TierOrder::Auto => Some(Tiering::Shares(TierOrder::Importance)),
         TierOrder::Classes => by_class(),
@@ -418,10 +422,10 @@ fn tiers_of_pieces(
 ) -> Vec<u32> {
     let tiers = policy.tiers.max(1);
     let mut tier_of = vec![1u32; pieces.len()];
-    if let (true, Some(Tiering::Classes { layer, served })) = (tiers > 1, tiering) {
+    if let (true, Some(Tiering::Classes { layer, tier_of_class })) = (tiers > 1, tiering) {
         for (i, p) in pieces.iter().enumerate() {
             if heads[p.tensor_index].tensor == *layer {
-                tier_of[i] = classes::tier_of_class(served, p.position);
+                tier_of[i] = tier_of_class[p.position as usize];
             }
         }
     } else if tiers > 1 {

@@ -387,3 +387,42 @@ fn the_class_layer_of_each_head_shape() {
         assert_eq!(order(case), (None, TierOrder::Importance), "{case}");
     }
 }
+
+/// Tier classes chosen by the policy (`tier_classes`, `--tier-classes`): each tier below the top
+/// gets the rows of the classes it adds, the top tier the rest; the groups read back from TOML
+/// and the summary, their text form parses back, and bad groups are refused.
+#[test]
+fn tier_classes_put_the_rows_of_the_classes_asked_in_their_tiers() {
+    use onnx_protect_select::{class_groups_text, classes::class_tiers, parse_class_groups};
+    let m = zoo("digits/mlp.onnx");
+    let p = Policy::from_toml("version = 1\ntiers = 3\ntier_classes = [[9, 0, 2], [5, 6, 7]]\n").unwrap();
+    p.shares().unwrap();
+    let s = select(&m, &discover(&m), &p);
+    assert_eq!(s.tier_order, TierOrder::Classes);
+    let head = s.chosen.iter().find(|c| c.tier == 3).unwrap().tensor;
+    let rows = |t: u32| s.chosen.iter().find(|c| c.tensor == head && c.tier == t).unwrap().chosen.clone();
+    assert_eq!((rows(1), rows(2), rows(3)), (vec![0, 2, 9], vec![5, 6, 7], vec![1, 3, 4, 8]));
+    assert!(p.summary().ends_with(";tiers=3;classes=9,0,2;5-7"), "{}", p.summary());
+    assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p, "{}", p.to_toml());
+    assert_eq!(parse_class_groups("9,0,2;5-7").unwrap(), vec![vec![9, 0, 2], vec![5, 6, 7]]);
+    assert_eq!(class_groups_text(&[vec![0, 1, 2, 3], vec![5], vec![7, 8, 10]]), "0-3;5;7-8,10");
+    assert_eq!(class_tiers(4, 3, Some(&[vec![3], vec![0]])), Some(vec![2, 3, 3, 1]));
+    assert_eq!(class_tiers(4, 3, Some(&[vec![4], vec![0]])), None, "class 4 of 4");
+    for bad in ["", "1;;2", "a", "3-1", "1-2-3", "0-2000000"] {
+        assert!(parse_class_groups(bad).and_then(|g| Policy::default().set_tier_classes(g)).is_err(), "{bad}");
+    }
+    let mut twice = Policy::default();
+    assert!(twice
+        .set_tier_classes(vec![vec![1, 2], vec![2]])
+        .unwrap_err()
+        .to_string()
+        .contains("class 2 is given to two tiers"));
+    for (toml, why) in [
+        ("tiers = 2\ntier_classes = [[0], [1]]\n", "2 tier class groups given for 2 tiers"),
+        ("tiers = 3\ntier_classes = [[0], [1]]\ntier_shares = [0.5, 0.25, 0.25]\n", "without tier shares"),
+        ("tiers = 3\ntier_classes = [[0], [1]]\ntier_order = \"inverse\"\n", "without tier shares"),
+    ] {
+        let e = Policy::from_toml(&format!("version = 1\n{toml}")).and_then(|p| p.shares()).unwrap_err().to_string();
+        assert!(e.contains(why), "{toml}: {e}");
+    }
+}

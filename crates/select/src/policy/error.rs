@@ -40,11 +40,14 @@ pub enum PolicyError {
     ShortPermutation { min: u64, tensor: String, op_type: String, role: String, elements: u64 },
     /// `tier_order = "classes"` for a model whose class layer cannot give every tier a class.
     #[error(
-        "policy: tier_order \"classes\" needs a classifier whose last layer (the kernel of a Gemm or Conv, one \
+        "policy: tiers by class (tier_order \"classes\", tier classes) need a classifier whose last layer (the kernel of a Gemm or Conv, one \
          row per class of a [batch, classes] output, every row encrypted) has a class for each tier, and this \
          model has none; use tier_order \"importance\""
     )]
     NoClassLayer,
+    /// Tier classes name `class`, and the class layer has `classes` rows.
+    #[error("policy: tier classes name class {class}, and the model's class layer has {classes} classes (0 to {last})", last = classes - 1)]
+    TierClassOutOfRange { class: u64, classes: u64 },
     /// Secret positions asked for with access tiers.
     #[error("policy: secret positions are not available with access tiers")]
     SecretPositionsWithTiers,

@@ -44,6 +44,8 @@ struct FileForm {
     tier_shares: Option<Vec<f64>>,
     #[serde(default)]
     tier_order: Option<String>,
+    #[serde(default)]
+    tier_classes: Option<Vec<Vec<u64>>>,
 }
 
 fn yes() -> bool {
@@ -127,6 +129,9 @@ impl Policy {
         }
         if let Some(shares) = f.tier_shares {
             p.set_tier_shares(&shares)?;
+        }
+        if let Some(groups) = f.tier_classes {
+            p.set_tier_classes(groups)?;
         }
         if let Some(order) = &f.tier_order {
             p.tier_order = TierOrder::parse(order).ok_or_else(|| {
@@ -261,6 +266,10 @@ impl Policy {
         }
         if self.tier_order != TierOrder::Auto {
             s.push_str(&format!("tier_order = \"{}\"\n", self.tier_order.name()));
+        }
+        if let Some(groups) = &self.tier_classes {
+            let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+            s.push_str(&format!("tier_classes = [{}]\n", groups.join(", ")));
         }
         for (sel, r) in self.all_rules() {
             let header = match &sel {

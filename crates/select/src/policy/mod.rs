@@ -43,6 +43,9 @@ pub struct Policy {
     pub tier_shares: Option<Vec<f64>>,
     /// Which chosen subsequences fill tier 1 first.
     pub tier_order: TierOrder,
+    /// By class: the classes (rows of the class layer) each tier 1 … N − 1 adds; the others are
+    /// the top tier's. `None`: the first `round(1 + k·(C − 1)/N)` classes at tier `k`.
+    pub tier_classes: Option<Vec<Vec<u64>>>,
 }
 
 /// The order in which the chosen subsequences fill the tiers (docs/format.md §13).
@@ -131,6 +134,50 @@ pub fn default_tier_shares(tiers: u32) -> Vec<f64> {
     }
     shares.push(above);
     shares
+}
+
+/// Tier class groups as `--tier-classes` takes them: classes by commas, runs as `a-b`, groups
+/// by semicolons (`0-3;4,5,6`).
+pub fn class_groups_text(groups: &[Vec<u64>]) -> String {
+    let group = |g: &Vec<u64>| {
+        let mut parts: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < g.len() {
+            let mut j = i;
+            while j + 1 < g.len() && g[j + 1] == g[j] + 1 {
+                j += 1;
+            }
+            parts.push(if j > i { format!("{}-{}", g[i], g[j]) } else { g[i].to_string() });
+            i = j + 1;
+        }
+        parts.join(",")
+    };
+    groups.iter().map(group).collect::<Vec<_>>().join(";")
+}
+
+/// Parses [`class_groups_text`]'s form.
+pub fn parse_class_groups(text: &str) -> Result<Vec<Vec<u64>>, PolicyError> {
+    let bad =
+        || PolicyError::Invalid(format!("tier classes '{text}': give classes by commas, runs as a-b, tiers by ';'"));
+    let number = |t: &str| t.trim().parse::<u64>().map_err(|_| bad());
+    text.split(';')
+        .map(|g| {
+            let mut out = Vec::new();
+            for part in g.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (number(a)?, number(b)?);
+                        if a > b || b - a >= 1 << 20 {
+                            return Err(bad());
+                        }
+                        out.extend(a..=b);
+                    }
+                    None => out.push(number(part)?),
+                }
+            }
+            Ok(out)
+        })
+        .collect()
 }
 
 /// Checks tier levels asked for a policy of `tiers` tiers (`encrypt --tier-levels`): one
@@ -252,6 +299,7 @@ impl Policy {
             seed: 0,
             tiers: 1,
             tier_shares: None,
+            tier_classes: None,
             tier_order: TierOrder::Auto,
         }
     }
@@ -311,6 +359,22 @@ impl Policy {
         Ok(())
     }
 
+    /// Sets the classes each tier below the top adds (tiers by class): every group non-empty, no
+    /// class in two groups.
+    pub fn set_tier_classes(&mut self, groups: Vec<Vec<u64>>) -> Result<(), PolicyError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for g in &groups {
+            if g.is_empty() {
+                return Err(PolicyError::Invalid("every tier below the top must add at least one class".into()));
+            }
+            if let Some(c) = g.iter().find(|c| !seen.insert(**c)) {
+                return Err(PolicyError::Invalid(format!("class {c} is given to two tiers")));
+            }
+        }
+        self.tier_classes = Some(groups);
+        Ok(())
+    }
+
     /// Sets the tier shares (positive, summing to 1 within 1e-6, one per tier).
     pub fn set_tier_shares(&mut self, shares: &[f64]) -> Result<(), PolicyError> {
         let sum: f64 = shares.iter().sum();
@@ -323,6 +387,18 @@ impl Policy {
 
     /// The shares per tier, least important first.
     pub fn shares(&self) -> Result<Vec<f64>, PolicyError> {
+        if let Some(groups) = &self.tier_classes {
+            if self.tier_shares.is_some() || !matches!(self.tier_order, TierOrder::Auto | TierOrder::Classes) {
+                return Err(PolicyError::Invalid("tier classes are for tiers by class, without tier shares".into()));
+            }
+            if groups.len() as u32 + 1 != self.tiers {
+                return Err(PolicyError::Invalid(format!(
+                    "{} tier class groups given for {} tiers (one per tier below the top)",
+                    groups.len(),
+                    self.tiers
+                )));
+            }
+        }
         match &self.tier_shares {
             Some(_) if self.tier_order == TierOrder::Classes => Err(PolicyError::Invalid(
                 "tier shares are for the importance and inverse tier orders, not classes".into(),
@@ -362,6 +438,9 @@ impl Policy {
             }
             if self.tier_order != TierOrder::Auto {
                 s.push_str(&format!(";order={}", self.tier_order.name()));
+            }
+            if let Some(groups) = &self.tier_classes {
+                s.push_str(&format!(";classes={}", class_groups_text(groups)));
             }
         }
         if self.all_rules().iter().any(|(_, r)| matches!(r.rank, Rank::Sample(_))) {

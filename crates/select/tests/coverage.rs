@@ -304,7 +304,7 @@ fn default_tiers_of_a_classifier_serve_more_classes_at_each_tier() {
         assert_eq!(shares.tier_order, TierOrder::Importance, "{path}");
         let p = Policy::from_toml("version = 1\ntiers = 3\ntier_order = \"importance\"\n").unwrap();
         assert_eq!(select(&m, &discover(&m), &p).tier_order, TierOrder::Importance, "{path}");
-        assert!(p.summary().ends_with(";order=importance"), "{}", p.summary());
+        assert!(!p.summary().contains("order="), "{}", p.summary());
     }
     let e = Policy::from_toml("version = 1\ntiers = 3\ntier_order = \"classes\"\ntier_shares = [0.5, 0.25, 0.25]\n")
         .and_then(|p| p.shares())

@@ -436,7 +436,8 @@ impl Policy {
                 let shares: Vec<String> = shares.iter().map(f64::to_string).collect();
                 s.push_str(&format!(";shares={}", shares.join(",")));
             }
-            if self.tier_order != TierOrder::Auto {
+            // By importance, the order before tiers by class, is not named.
+            if !matches!(self.tier_order, TierOrder::Auto | TierOrder::Importance) {
                 s.push_str(&format!(";order={}", self.tier_order.name()));
             }
             if let Some(groups) = &self.tier_classes {

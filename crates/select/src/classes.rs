@@ -14,12 +14,12 @@ pub struct ClassLayer {
 }
 
 /// The class layer of `model`, if it has one: every output of the main graph whose shape is
-/// declared has rank 2 (`[batch, classes]`), the last layer holds exactly one weight in a main role, that
-/// weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so `transB = 1`)
-/// or a `Conv` (input `W`, `[classes, …]`) reached directly or through (de)quantisation and
-/// casts, and the number of classes (the
-/// layer's one-dimensional bias, else the outputs' declared last dimension) is its first
-/// dimension (for `Gemm`, and not its second, which would make the rows features).
+/// declared has rank 2 (`[batch, classes]`); the last layer holds exactly one weight in a main
+/// role; that weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so
+/// `transB = 1`) or a `Conv` (input `W`, `[classes, …]`), reached directly or through
+/// (de)quantisation and casts; and the number of classes (the layer's one-dimensional bias, else
+/// the outputs' declared last dimension) is its first dimension (for `Gemm`, and not its second,
+/// which would make the rows features).
 pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
     let main = model.graphs.iter().find(|g| g.kind == GraphKind::Main)?;
     let mut declared = None;

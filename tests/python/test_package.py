@@ -419,6 +419,25 @@ def test_tiers_restore_what_each_key_reaches(tmp_path):
     assert op.verify(py_out)["restored_bytes"] > 0
 
 
+def test_tier_classes_choose_the_classes_each_tier_serves(tmp_path):
+    """``tier_classes`` as ``--tier-classes``: the same file as the command line's (for the same
+    key), the groups in the manifest's policy summary; a class the model does not have is an
+    ``InvalidPolicy`` and writes nothing."""
+    mlp = ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx"
+    key = tmp_path / "k.key"
+    op.keygen(key, tiers=3)
+    py_out, cli_out = tmp_path / "py.onnx", tmp_path / "cli.onnx"
+    op.encrypt(mlp, py_out, key_file=key, tiers=3, tier_classes=[[9, 0], [5]])
+    summary = op.inspect(py_out)["protection"]["policy_summary"]
+    assert summary.endswith(";tiers=3;order=classes;classes=9,0;5"), summary
+    cli("encrypt", mlp, "-o", cli_out, "--key-file", key, "--tiers", "3", "--tier-classes", "9,0;5", "-q")
+    tiers = lambda p: sorted((t["name"], t["tier"], tuple(map(tuple, t["spans"]))) for t in op.inspect(p)["protection"]["tensors"])
+    assert tiers(py_out) == tiers(cli_out)
+    with pytest.raises(op.InvalidPolicy, match="class 10"):
+        op.encrypt(mlp, tmp_path / "bad.onnx", key_file=key, tiers=3, tier_classes=[[0], [10]])
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_python_and_the_cli_write_the_same_tier_1_file(tmp_path):
     plain, enc, key = tiered(tmp_path)
     py_out = tmp_path / "py" / "model.onnx"

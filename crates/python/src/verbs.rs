@@ -23,13 +23,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 
 /// The policy: a TOML file (or the built-in default), then the overrides in order
 /// (`what` is `coefficient`, `mode`, `subsequences` or `selection`, `spec` is `OP=VALUE`),
-/// then the seed, tiers and tier shares; as the command line builds it.
+/// then the seed, tiers, tier shares and tier classes; as the command line builds it.
 fn build_policy(
     policy_file: Option<PathBuf>,
     overrides: Vec<(String, String)>,
     seed: Option<u64>,
     tiers: Option<u32>,
     tier_shares: Option<Vec<f64>>,
+    tier_classes: Option<Vec<Vec<u64>>>,
 ) -> Result<Policy, CoreError> {
     let mut policy = match &policy_file {
         Some(p) => {
@@ -52,6 +53,10 @@ fn build_policy(
     }
     if let Some(s) = &tier_shares {
         policy.set_tier_shares(s)?;
+        policy.shares()?;
+    }
+    if let Some(groups) = tier_classes {
+        policy.set_tier_classes(groups)?;
         policy.shares()?;
     }
     Ok(policy)
@@ -103,7 +108,7 @@ fn fingerprint_marker(
 /// (recipient ID, fingerprint secret file, ledger, strength).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, key=None, recipients=Vec::new(), policy_file=None, overrides=Vec::new(),
-    seed=None, tiers=None, tier_shares=None, allow_empty=false, fingerprint=None, allow_short_passphrase=false,
+    seed=None, tiers=None, tier_shares=None, tier_classes=None, allow_empty=false, fingerprint=None, allow_short_passphrase=false,
     licence=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encrypt(
@@ -117,6 +122,7 @@ pub(crate) fn encrypt(
     seed: Option<u64>,
     tiers: Option<u32>,
     tier_shares: Option<Vec<f64>>,
+    tier_classes: Option<Vec<Vec<u64>>>,
     allow_empty: bool,
     fingerprint: Option<(String, PathBuf, PathBuf, f64)>,
     allow_short_passphrase: bool,
@@ -158,7 +164,7 @@ pub(crate) fn encrypt(
         move |t: &onnx_protect_format::Tensor, b: &[u8]| m.rewrite(t, b)
     });
     let report = py.detach(|| {
-        let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares)?;
+        let policy = build_policy(policy_file, overrides, seed, tiers, tier_shares, tier_classes)?;
         let mut opts = EncryptOptions::new(&policy);
         opts.allow_empty = allow_empty;
         opts.rewrite = hook.as_ref().map(|f| f as &onnx_protect_core::Rewrite);

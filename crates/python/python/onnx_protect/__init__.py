@@ -140,6 +140,7 @@ class _EncryptArgs(_Keys, total=False):
     seed: int | None
     tiers: int | None
     tier_shares: Sequence[float] | None
+    tier_classes: Sequence[Sequence[int]] | None
 
 
 class _Opening(_Keys, total=False):
@@ -403,6 +404,7 @@ def encrypt(
         seed=kw["seed"],
         tiers=kw["tiers"],
         tier_shares=None if (shares := kw["tier_shares"]) is None else [float(s) for s in shares],
+        tier_classes=None if (groups := kw["tier_classes"]) is None else [[int(c) for c in g] for g in groups],
         allow_empty=allow_empty,
         fingerprint=mark,
         allow_short_passphrase=allow_short_passphrase,

@@ -173,6 +173,7 @@ def encrypt(
     seed: int | None = None,
     tiers: int | None = None,
     tier_shares: list[float] | None = None,
+    tier_classes: list[list[int]] | None = None,
     allow_empty: bool = False,
     fingerprint: tuple[str, str, str, float] | None = None,
     allow_short_passphrase: bool = False,

@@ -533,6 +533,8 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
     assert_eq!(code, 0, "{err}");
     let summary = manifest_of(&prot).sealed.header.policy_summary;
     assert!(summary.ends_with(";tiers=3;order=classes"), "{summary}");
+    let (code, out, err) = run(&["inspect", path_str(&prot)]);
+    assert!(code == 0 && out.contains("  tiers        3, by class (0 restored in this file)"), "{out}{err}");
     let original = Model::open(&src).unwrap();
     let head = original.tensors.iter().find(|t| t.dims == [10, 64]).expect("the class layer [10, 64]");
     let row = head.nbytes as usize / 10;

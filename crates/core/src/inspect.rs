@@ -492,7 +492,13 @@ impl Report {
             line!(s, "  signed by    {k} (not verified: use verify --signer)");
         }
         if p.tiers > 1 {
-            line!(s, "  tiers        {} ({} restored in this file)", p.tiers, p.restored_tiers);
+            // The order the encryptor recorded (docs/policy.md, "Access tiers").
+            let by = match p.policy_summary.split(';').find_map(|part| part.strip_prefix("order=")) {
+                Some("classes") => ", by class",
+                Some("inverse") => ", most important first",
+                _ => "",
+            };
+            line!(s, "  tiers        {}{by} ({} restored in this file)", p.tiers, p.restored_tiers);
         }
         for t in &p.tensors {
             let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();

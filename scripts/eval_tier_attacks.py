@@ -2,8 +2,8 @@
 """The tier-k holder's best training attack: does it reach tier k+1's level?
 
 For each model (default: the four digits classifiers of fixtures/zoo and vowels/lstm), one
-fresh key, 3 tiers with the default shares (with `--ladder fit`, the tier order and shares
-fitted once per model on its training split, `scripts/eval_tiers.py`'s `fit` ladder, given to
+fresh key, 3 tiers as `--tiers 3` alone gives them (by class on the zoo classifiers; with
+`--ladder fit`, the tier order and shares fitted once per model on its training split, `scripts/eval_tiers.py`'s `fit` ladder, given to
 every encryption as a policy file):
 
     onnx-protect keygen -o K --tiers 3
@@ -180,7 +180,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=2, help="models run in parallel (processes)")
     ap.add_argument("--json", default=str(ROOT / "bench-data" / "tier-attacks.json"))
     ap.add_argument("--ladder", choices=("default", "fit"), default="default",
-                    help="the tier shares: the default ones, or order and shares fitted on the training split")
+                    help="the tiers: as --tiers 3 alone gives them, or order and shares fitted on the training split")
     ap.add_argument("--quick", action="store_true", help="digits/mlp, 1%% and 5%%, 100 steps, 3 level keys")
     ap.add_argument("--table", metavar="JSON", help="print the table of a saved run (runs nothing)")
     args = ap.parse_args()

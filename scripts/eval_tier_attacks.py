@@ -3,8 +3,8 @@
 
 For each model (default: the four digits classifiers of fixtures/zoo and vowels/lstm), one
 fresh key, 3 tiers as `--tiers 3` alone gives them (by class on the zoo classifiers; with
-`--ladder fit`, the tier order and shares fitted once per model on its training split, `scripts/eval_tiers.py`'s `fit` ladder, given to
-every encryption as a policy file):
+`--ladder fit`, the tier order and shares fitted once per model on its training split,
+`scripts/eval_tiers.py`'s `fit` ladder, given to every encryption as a policy file):
 
     onnx-protect keygen -o K --tiers 3
     onnx-protect encrypt MODEL -o P --key-file K --tiers 3 -q

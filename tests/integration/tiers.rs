@@ -535,6 +535,7 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
     assert!(summary.ends_with(";tiers=3;order=classes"), "{summary}");
     let (code, out, err) = run(&["inspect", path_str(&prot)]);
     assert!(code == 0 && out.contains("  tiers        3, by class (0 restored in this file)"), "{out}{err}");
+    assert!(out.contains("  classes      tier 1: 0-3, tier 2: 4-6, tier 3: 7-9"), "{out}");
     let original = Model::open(&src).unwrap();
     let head = original.tensors.iter().find(|t| t.dims == [10, 64]).expect("the class layer [10, 64]");
     let row = head.nbytes as usize / 10;
@@ -604,6 +605,10 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
     assert_eq!(code, 0, "{err}");
     let summary = manifest_of(&chosen).sealed.header.policy_summary;
     assert!(summary.ends_with(";tiers=3;order=classes;classes=9,0;5"), "{summary}");
+    let (code, out, err) = run(&["inspect", path_str(&chosen), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(code, 0);
+    assert_eq!(report["protection"]["tier_classes"], serde_json::json!([[0, 9], [5], [1, 2, 3, 4, 6, 7, 8]]));
     let t1 = dir.path().join("chosen-t1.onnx");
     let k1 = format!("{}.tier1", k.display());
     let (code, _, err) =

@@ -499,6 +499,15 @@ impl Report {
                 _ => "",
             };
             line!(s, "  tiers        {}{by} ({} restored in this file)", p.tiers, p.restored_tiers);
+            if let Some(groups) = &p.tier_classes {
+                let served: Vec<String> = (1..)
+                    .zip(groups)
+                    .map(|(t, g)| {
+                        format!("tier {t}: {}", onnx_protect_select::class_groups_text(std::slice::from_ref(g)))
+                    })
+                    .collect();
+                line!(s, "  classes      {}", served.join(", "));
+            }
         }
         for t in &p.tensors {
             let mut spans: Vec<String> = t.spans.iter().take(4).map(|(a, b)| format!("[{a},{b})")).collect();

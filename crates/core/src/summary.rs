@@ -71,6 +71,32 @@ pub fn bytes_by_protection(tensors: &[TensorSummary]) -> BTreeMap<&'static str, 
     out
 }
 
+/// The classes each of `tiers` tiers serves first when the summary records tiers by class: the
+/// rows of the model's class layer, read from the spans of its `tensors` (each row in one tier).
+pub fn tier_classes(
+    model: &Model,
+    tiers: u32,
+    policy_summary: &str,
+    tensors: &[TensorSummary],
+) -> Option<Vec<Vec<u64>>> {
+    if !policy_summary.split(';').any(|p| p == "order=classes") {
+        return None;
+    }
+    let layer = onnx_protect_select::classes::class_layer(model, &onnx_protect_format::discover(model))?;
+    let t = &model.tensors[layer.tensor];
+    let row = t.nbytes / layer.classes;
+    let locator = t.locator.to_string();
+    let mut out = vec![Vec::new(); tiers as usize];
+    for s in tensors.iter().filter(|s| s.locator == locator) {
+        let group = out.get_mut((s.tier as usize).checked_sub(1)?)?;
+        for &(a, b) in &s.spans {
+            group.extend((row > 0).then_some(a / row..b.div_ceil(row)).into_iter().flatten());
+        }
+    }
+    out.iter_mut().for_each(|g| g.sort_unstable());
+    Some(out)
+}
+
 /// One encrypted tensor, as reported to callers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TensorSummary {
@@ -121,6 +147,10 @@ pub struct ProtectionInfo {
     /// `"public"`, or `"secret"` when the encrypted positions are sealed (only key
     /// holders know them; the tensors' spans and encrypted bytes are then not shown).
     pub positions: &'static str,
+    /// Tiers by class (format 2, the manifest's summary recording `order=classes`): the classes
+    /// (rows of the class layer) each tier serves first, tier 1 first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_classes: Option<Vec<Vec<u64>>>,
     /// The label lock (`encrypt --lock-outputs`, format 2), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_lock: Option<crate::lock::LockReport>,

@@ -95,6 +95,7 @@ impl Reader for ProtectedV1 {
             signatures: Vec::new(),
             positions: "public",
             label_lock: None,
+            tier_classes: None,
             warning: Some(FORMAT_1_WARNING),
         })
     }

@@ -242,6 +242,7 @@ impl Reader for ProtectedV2 {
     fn info(&self, model: &Model) -> Result<ProtectionInfo> {
         let h = &self.sealed.header;
         let tensors = summaries(model, &h.tensors, &self.targets);
+        let tier_classes = crate::summary::tier_classes(model, h.tiers, &h.policy_summary, &tensors);
         Ok(ProtectionInfo {
             key: METADATA_KEY_V2.to_string(),
             format_version: h.format_version,
@@ -256,6 +257,7 @@ impl Reader for ProtectedV2 {
             tensors,
             positions: if h.positions != 0 { "secret" } else { "public" },
             label_lock: crate::lock::info(model, h)?,
+            tier_classes,
             warning: None,
             recipients: self.sealed.stanzas.iter().map(describe).collect(),
             signatures: signer_texts(&self.sealed.envelope, "(invalid key)"),

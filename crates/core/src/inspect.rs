@@ -493,7 +493,7 @@ impl Report {
         }
         if p.tiers > 1 {
             // The order the encryptor recorded (docs/policy.md, "Access tiers").
-            let by = match p.policy_summary.split(';').find_map(|part| part.strip_prefix("order=")) {
+            let by = match crate::summary::recorded_order(&p.policy_summary) {
                 Some("classes") => ", by class",
                 Some("inverse") => ", most important first",
                 _ => "",

@@ -71,6 +71,11 @@ pub fn bytes_by_protection(tensors: &[TensorSummary]) -> BTreeMap<&'static str, 
     out
 }
 
+/// The tier order a policy summary records (`order=NAME`; none for importance).
+pub fn recorded_order(policy_summary: &str) -> Option<&str> {
+    policy_summary.split(';').find_map(|part| part.strip_prefix("order="))
+}
+
 /// The classes each of `tiers` tiers serves first when the summary records tiers by class: the
 /// rows of the model's class layer, read from the spans of its `tensors` (each row in one tier).
 pub fn tier_classes(
@@ -79,7 +84,7 @@ pub fn tier_classes(
     policy_summary: &str,
     tensors: &[TensorSummary],
 ) -> Option<Vec<Vec<u64>>> {
-    if !policy_summary.split(';').any(|p| p == "order=classes") {
+    if recorded_order(policy_summary) != Some("classes") {
         return None;
     }
     let layer = onnx_protect_select::classes::class_layer(model, &onnx_protect_format::discover(model))?;

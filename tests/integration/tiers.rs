@@ -640,3 +640,45 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
         "{err}"
     );
 }
+
+/// A head stored `[features, classes]` (`Gemm` with `transB = 0`) tiers by class along its
+/// columns: `inspect` names the classes of each tier, a tier's key restores exactly the
+/// elements of the classes it serves in every row (and the rest of the model), and the top
+/// key the file byte for byte.
+#[test]
+fn a_head_stored_features_by_classes_is_tiered_by_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = tier_key_file(dir.path());
+    let src = root().join("fixtures/lock/gemm_transb0_softmax/model.onnx");
+    let prot = dir.path().join("p.onnx");
+    let (code, _, err) =
+        run(&["encrypt", path_str(&src), "-o", path_str(&prot), "--key-file", path_str(&k), "--tiers", "3", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["inspect", path_str(&prot)]);
+    assert!(code == 0 && out.contains("  classes      tier 1: 0-1, tier 2: 2-3, tier 3: 4"), "{out}{err}");
+    let original = Model::open(&src).unwrap();
+    let head = original.tensors.iter().find(|t| t.name == "W" && t.dims == [6, 5]).expect("W [6, 5]");
+    for (tier, served) in [(1u32, 2usize), (2, 4), (3, 5)] {
+        let out = dir.path().join(format!("t{tier}.onnx"));
+        let key = if tier == 3 { path_str(&k).to_string() } else { format!("{}.tier{tier}", k.display()) };
+        let args = ["decrypt", path_str(&prot), "-o", path_str(&out), "--key-file", &key, "-q"];
+        let tier_arg = tier.to_string();
+        let (code, _, err) = if tier == 3 { run(&args) } else { run(&[&args[..], &["--tier", &tier_arg]].concat()) };
+        assert_eq!(code, 0, "{err}");
+        if tier == 3 {
+            assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+            continue;
+        }
+        let m = Model::open(&out).unwrap();
+        for t in &original.tensors {
+            let (a, b) = (original.tensor_bytes(t.id).unwrap(), m.tensor_bytes(t.id).unwrap());
+            if t.id != head.id {
+                assert!(a == b, "tier {tier}: {} differs", t.name);
+                continue;
+            }
+            for (e, (x, y)) in a.chunks(4).zip(b.chunks(4)).enumerate() {
+                assert_eq!(x == y, e % 5 < served, "tier {tier}, row {}, class {}", e / 5, e % 5);
+            }
+        }
+    }
+}

@@ -5,7 +5,9 @@ optimizer fusing SkipLayerNormalization and BiasGelu (com.microsoft); the fused 
 and outputs; `MatMulNBits` 4-bit weights). Each is protected with the built-in policy, verified,
 decrypted back byte for byte, and run by onnx_protect.InferenceSession with the plain session's
 outputs bit for bit. The QDQ classifier is also tiered by class (`--tiers 3` alone): tier 1's
-holder gets the first classes' logits exactly and not the last one's."""
+holder gets the first classes' logits exactly and not the last one's; so is a classifier whose
+head is a `MatMul` over a `[features, classes]` weight plus a bias (as tf2onnx and hand-written
+`x @ W + b` export it), each class a column of that weight."""
 import json
 import os
 import pathlib
@@ -54,6 +56,19 @@ class Encoder(torch.nn.Module):
 
     def forward(self, ids, mask):
         return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+class Dense(torch.nn.Module):
+    """A classifier whose head is `x @ W + b`, W stored [features, classes]."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(20, 32)
+        self.w = torch.nn.Parameter(torch.randn(32, 9))
+        self.b = torch.nn.Parameter(torch.randn(9))
+
+    def forward(self, x):
+        return torch.relu(self.hidden(x)) @ self.w + self.b
 
 
 def feeds(session):
@@ -154,3 +169,25 @@ def test_the_qdq_classifier_is_tiered_by_class(made, tmp_path):
     assert np.array_equal(low[:, :4], ref[:, :4])
     differs = (low[:, 4:] != ref[:, 4:]).mean()
     assert differs > 0.5, differs
+
+
+def test_a_matmul_head_is_tiered_by_its_columns(tmp_path):
+    torch.manual_seed(3)
+    src = tmp_path / "dense.onnx"
+    torch.onnx.export(Dense().eval(), (torch.randn(1, 20),), str(src), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    assert "MatMul" in {n.op_type for n in onnx.load(str(src)).graph.node}
+    key = tmp_path / "k.key"
+    op.keygen(key, tiers=3)
+    enc = tmp_path / "enc.onnx"
+    cli("encrypt", src, "-o", enc, "--key-file", key, "--tiers", "3", "-q")
+    # 9 classes over 3 tiers: round(1 + 8/3) = 4, round(1 + 16/3) = 6.
+    assert "classes      tier 1: 0-3, tier 2: 4-5, tier 3: 6-8" in cli("inspect", enc)
+    x = {"x": np.random.default_rng(4).standard_normal((32, 20)).astype(np.float32)}
+    ref = ort.InferenceSession(str(src), providers=CPU).run(None, x)[0]
+    for tier, served in [(1, 4), (2, 6)]:
+        got = op.InferenceSession(enc, key_file=f"{key}.tier{tier}", providers=CPU).run(None, x)[0]
+        assert np.array_equal(got[:, :served], ref[:, :served]), tier
+        assert (got[:, served:] != ref[:, served:]).all(), tier
+    top = op.InferenceSession(enc, key_file=key, providers=CPU).run(None, x)[0]
+    assert np.array_equal(top, ref)

@@ -445,6 +445,9 @@ fn required_by_tensor(required: &Selection) -> Vec<Chosen> {
     }
     for n in &mut need {
         n.spans = union(std::mem::take(&mut n.spans));
+        // Tiers by class along a layer's last axis cut each row over several tiers.
+        n.chosen.sort_unstable();
+        n.chosen.dedup();
     }
     need
 }

@@ -89,16 +89,18 @@ pub fn tier_classes(
     }
     let layer = onnx_protect_select::classes::class_layer(model, &onnx_protect_format::discover(model))?;
     let t = &model.tensors[layer.tensor];
-    let row = t.nbytes / layer.classes;
     let locator = t.locator.to_string();
     let mut out = vec![Vec::new(); tiers as usize];
     for s in tensors.iter().filter(|s| s.locator == locator) {
         let group = out.get_mut((s.tier as usize).checked_sub(1)?)?;
-        for &(a, b) in &s.spans {
-            group.extend((row > 0).then_some(a / row..b.div_ceil(row)).into_iter().flatten());
+        for &span in &s.spans {
+            group.extend(layer.classes_in(t, span));
         }
     }
-    out.iter_mut().for_each(|g| g.sort_unstable());
+    out.iter_mut().for_each(|g| {
+        g.sort_unstable();
+        g.dedup();
+    });
     Some(out)
 }
 

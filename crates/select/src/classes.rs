@@ -3,24 +3,80 @@
 //! ([`TierOrder::Classes`](crate::TierOrder::Classes)).
 
 use onnx_protect_format::model::GraphKind;
-use onnx_protect_format::{Dim, Model, TensorId, ValueType, Weight, WeightKind};
+use onnx_protect_format::{Dim, Model, Tensor, TensorId, ValueType, Weight, WeightKind};
 
-/// The last layer of a classifier: a weight whose first dimension indexes the classes of the
-/// model's outputs.
+/// The last layer of a classifier: a weight whose first or last dimension indexes the classes
+/// of the model's outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassLayer {
     pub tensor: TensorId,
     pub classes: u64,
+    pub axis: ClassAxis,
 }
 
-/// The class layer of `model`, if it has one: every output of the main graph whose shape is
-/// declared has rank 2 (`[batch, classes]`); the last layer holds exactly one weight in a main
-/// role; that weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so
-/// `transB = 1`) or a `Conv` (input `W`, `[classes, …]`), reached directly or through
-/// (de)quantisation and casts; and the number of classes (the layer's one-dimensional bias, else
-/// the outputs' declared last dimension) is its first dimension (for `Gemm`, and not its second,
-/// which would make the rows features).
+/// Which stored dimension of the class layer's weight indexes the classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassAxis {
+    /// The first: each class is one contiguous row (`Gemm` with `transB = 1`, `Conv`).
+    Rows,
+    /// The last: each class is every `classes`-th element, one per row of the other
+    /// dimensions (`MatMul`, `Gemm` with `transB = 0`: `[features, classes]`).
+    Columns,
+}
+
+impl ClassLayer {
+    /// The classes whose bytes lie in `span` of the layer's weight `t`, in order.
+    pub fn classes_in(&self, t: &Tensor, (a, b): (u64, u64)) -> Vec<u64> {
+        let c = self.classes.max(1);
+        let (unit, wraps) = match self.axis {
+            ClassAxis::Rows => (t.nbytes / c, false),
+            ClassAxis::Columns => (t.data_type.bits() / 8, true),
+        };
+        if unit == 0 || a >= b {
+            return Vec::new();
+        }
+        let (first, end) = (a / unit, b.div_ceil(unit));
+        if !wraps {
+            return (first..end.min(c)).collect();
+        }
+        if end - first >= c {
+            return (0..c).collect();
+        }
+        let mut out: Vec<u64> = (first..end).map(|e| e % c).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// The class layer of `model`, if it has one (every output whose shape is declared being
+/// `[batch, classes]`): the kernel of a last `Gemm` or `Conv` with one row per class
+/// ([`gemm_or_conv_rows`]), else the weight of the output layer the label lock
+/// finds ([`onnx_protect_lock::find_output_layer`]: a `Gemm` or `MatMul` whose scores reach
+/// the outputs through operators that keep each class's value its own) when its class axis is
+/// the weight's first stored dimension or, for elements of whole bytes, its last.
 pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
+    gemm_or_conv_rows(model, weights).or_else(|| {
+        let declared = declared_classes(model)?;
+        let layer = onnx_protect_lock::find_output_layer(model, None).ok()?;
+        if declared.is_some_and(|d| i64::try_from(layer.classes).ok() != Some(d)) {
+            return None;
+        }
+        let w = layer.tensors.iter().find(|t| t.part == onnx_protect_lock::Part::Weight)?;
+        let t = &model.tensors[w.tensor];
+        let axis = match w.axis {
+            0 => ClassAxis::Rows,
+            a if a + 1 == t.dims.len() && t.data_type.bits() % 8 == 0 && t.data_type.bits() > 0 => ClassAxis::Columns,
+            _ => return None,
+        };
+        let classes = u64::try_from(layer.classes).ok()?;
+        weights.iter().any(|x| x.tensor == w.tensor).then_some(ClassLayer { tensor: w.tensor, classes, axis })
+    })
+}
+
+/// The number of classes the main graph's outputs declare: `None` unless every output whose
+/// shape is declared has rank 2 (`[batch, classes]`), and they agree on `classes`;
+/// `Some(None)` when none declares it.
+fn declared_classes(model: &Model) -> Option<Option<i64>> {
     let main = model.graphs.iter().find(|g| g.kind == GraphKind::Main)?;
     let mut declared = None;
     if main.output_types.is_empty() {
@@ -40,6 +96,18 @@ pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
             declared = Some(c);
         }
     }
+    Some(declared)
+}
+
+/// The class layer found without the lock's walk: every output of the main graph whose shape is
+/// declared has rank 2 (`[batch, classes]`); the last layer holds exactly one weight in a main
+/// role; that weight is the kernel of a `Gemm` (input `B`, stored `[classes, features]`, so
+/// `transB = 1`) or a `Conv` (input `W`, `[classes, …]`), reached directly or through
+/// (de)quantisation and casts; and the number of classes (the layer's one-dimensional bias, else
+/// the outputs' declared last dimension) is its first dimension (for `Gemm`, and not its second,
+/// which would make the rows features).
+fn gemm_or_conv_rows(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
+    let declared = declared_classes(model)?;
     let mut last = weights.iter().filter(|w| w.last_layer && w.uses.iter().any(|u| u.kind == WeightKind::Main));
     let (w, None) = (last.next()?, last.next()) else { return None };
     let [u] = w.uses.as_slice() else { return None };
@@ -70,7 +138,11 @@ pub fn class_layer(model: &Model, weights: &[Weight]) -> Option<ClassLayer> {
         "Gemm" => dims.len() == 2 && dims[1] != classes,
         _ => dims.len() >= 3,
     };
-    (shaped && classes >= 2 && dims.first() == Some(&classes)).then_some(ClassLayer { tensor: w.tensor, classes })
+    (shaped && classes >= 2 && dims.first() == Some(&classes)).then_some(ClassLayer {
+        tensor: w.tensor,
+        classes,
+        axis: ClassAxis::Rows,
+    })
 }
 
 /// How many classes the holder of each tier `1..=tiers` is served: `m_k = round(1 + k·(C − 1)/N)`

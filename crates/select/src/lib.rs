@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod classes;
+use classes::{ClassAxis, ClassLayer};
 pub mod importance;
 mod onnx_ops;
 mod policy;
@@ -251,12 +252,13 @@ pub fn select(model: &Model, weights: &[Weight], policy: &Policy) -> Selection {
             tier: 1,
         });
     }
+    let tiering = tiering(model, weights, &heads, policy);
+    cut_at_class_tiers(model, &heads, &mut pieces, tiering.as_ref());
     // The pieces of each tensor (indices into `pieces`).
     let mut of_head: Vec<Vec<usize>> = vec![Vec::new(); heads.len()];
     for (i, p) in pieces.iter().enumerate() {
         of_head[p.tensor_index].push(i);
     }
-    let tiering = tiering(model, weights, &heads, policy);
     let tier_of = tiers_of_pieces(model, &heads, &pieces, &of_head, policy, tiering.as_ref());
     sel.tier_order = match (&tiering, policy.tiers > 1) {
         (Some(t), true) => t.order(),
@@ -363,8 +365,8 @@ fn pick(
 enum Tiering {
     /// By byte shares, in this order of importance.
     Shares(TierOrder),
-    /// By class: row `c` of `layer`, the class layer, in tier `tier_of_class[c]`.
-    Classes { layer: TensorId, tier_of_class: Vec<u32> },
+    /// By class: the bytes of class `c` of `layer`, the class layer, in tier `tier_of_class[c]`.
+    Classes { layer: ClassLayer, tier_of_class: Vec<u32> },
 }
 
 impl Tiering {
@@ -377,8 +379,9 @@ impl Tiering {
 }
 
 /// The tiering of `policy` for this model: `Auto` is by class when the policy gives no tier
-/// shares and every row of the class layer ([`classes::class_layer`], stored as bytes) is
-/// chosen, one per class, with a class for every tier (or the policy's tier classes), else by
+/// shares and every byte of the class layer ([`classes::class_layer`], stored as bytes) is
+/// chosen, one row per class (or, for classes along the last axis, in a mode whose spans may be
+/// one element), with a class for every tier (or the policy's tier classes), else by
 /// importance; an explicit `Classes`, or tier classes, that cannot be followed is `None` (the
 /// encryption refuses it: [`PolicyError::NoClassLayer`]).
 fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy) -> Option<Tiering> {
@@ -386,16 +389,18 @@ fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy)
         let layer = classes::class_layer(model, weights)?;
         // A varint-stored tensor is rewritten whole, in the highest tier of its pieces.
         let whole = matches!(model.tensors[layer.tensor].data, TensorData::Varint { .. });
-        let chosen_by_row = !whole
+        let chosen_whole = !whole
             && heads.iter().any(|h| {
+                let every = h.chosen.len() as u64 == h.subsequences;
                 h.tensor == layer.tensor
-                    && h.split == Split::FirstDim
-                    && h.subsequences == layer.classes
-                    && h.chosen.len() as u64 == layer.classes
+                    && match layer.axis {
+                        ClassAxis::Rows => h.split == Split::FirstDim && h.subsequences == layer.classes && every,
+                        ClassAxis::Columns => every && !h.mode.whole_spans(),
+                    }
             });
         let groups = policy.tier_classes.as_deref();
-        let tier_of_class = classes::class_tiers(layer.classes, policy.tiers, groups).filter(|_| chosen_by_row)?;
-        Some(Tiering::Classes { layer: layer.tensor, tier_of_class })
+        let tier_of_class = classes::class_tiers(layer.classes, policy.tiers, groups).filter(|_| chosen_whole)?;
+        Some(Tiering::Classes { layer, tier_of_class })
     };
     match policy.tier_order {
         _ if policy.tiers < 2 => Some(Tiering::Shares(TierOrder::Importance)),
@@ -405,6 +410,34 @@ fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy)
         TierOrder::Classes => by_class(),
         order => Some(Tiering::Shares(order)),
     }
+}
+
+/// With classes along the last axis of the class layer, each of its pieces cut where the
+/// tier of the class changes, so that every piece holds classes of one tier.
+fn cut_at_class_tiers(model: &Model, heads: &[Chosen], pieces: &mut Vec<Piece>, tiering: Option<&Tiering>) {
+    let Some(Tiering::Classes { layer, tier_of_class }) = tiering else { return };
+    if layer.axis != ClassAxis::Columns {
+        return;
+    }
+    let t = &model.tensors[layer.tensor];
+    let (elem, c) = (t.data_type.bits() / 8, layer.classes);
+    let tier = |byte: u64| tier_of_class[((byte / elem) % c) as usize];
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces.drain(..) {
+        if heads[p.tensor_index].tensor != layer.tensor {
+            out.push(p);
+            continue;
+        }
+        let mut start = p.range.0;
+        for at in (p.range.0..p.range.1).step_by(elem as usize).skip(1) {
+            if tier(at) != tier(start) {
+                out.push(Piece { range: (start, at), ..p });
+                start = at;
+            }
+        }
+        out.push(Piece { range: (start, p.range.1), ..p });
+    }
+    *pieces = out;
 }
 
 /// The access tier of each piece: with several tiers, the pieces in the tier order (least to
@@ -423,9 +456,12 @@ fn tiers_of_pieces(
     let tiers = policy.tiers.max(1);
     let mut tier_of = vec![1u32; pieces.len()];
     if let (true, Some(Tiering::Classes { layer, tier_of_class })) = (tiers > 1, tiering) {
+        let t = &model.tensors[layer.tensor];
         for (i, p) in pieces.iter().enumerate() {
-            if heads[p.tensor_index].tensor == *layer {
-                tier_of[i] = tier_of_class[p.position as usize];
+            if heads[p.tensor_index].tensor == layer.tensor {
+                // Every piece holds classes of one tier (`cut_at_class_tiers`).
+                let class = layer.classes_in(t, p.range).first().copied().unwrap_or(0);
+                tier_of[i] = tier_of_class[class as usize];
             }
         }
     } else if tiers > 1 {
@@ -493,6 +529,8 @@ fn per_tier(heads: &[Chosen], pieces: &[Piece], of_head: &[Vec<usize>], tier_of:
                 // This tier's own subsequences.
                 c.chosen = mine.iter().map(|&i| pieces[i].position).collect();
                 c.chosen.sort_unstable();
+                // A row of classes along the last axis is cut over several tiers.
+                c.chosen.dedup();
             }
             out.push(c);
         }

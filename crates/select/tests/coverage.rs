@@ -353,15 +353,17 @@ fn tiers_by_class_need_every_row_of_the_class_layer() {
 /// The class layer over the label lock's head cases (fixtures/lock, outputs declared without a
 /// shape): found where the rows of a `Gemm` kernel are the classes, whatever their storage (raw,
 /// `float_data`, fp16, external data, uint8 through `DequantizeLinear`) and whatever follows the
-/// logits (`TopK`, a quantisation); not where the rows are features (`transB = 0`, `MatMul`), behind a `Transpose`, shared, one of two heads or
-/// not a constant, nor without a layer.
+/// logits (`TopK`, a quantisation), behind a `Transpose` too; found along the last axis where the
+/// columns are the classes (`transB = 0`, `MatMul`, per-class int8, a rank-3 `MatMul` input, a
+/// batched weight); not where a class is neither a row nor a column of whole bytes (int4), nor
+/// where the weight is shared, one of two heads or not a constant, nor without a layer.
 #[test]
 fn the_class_layer_of_each_head_shape() {
-    use onnx_protect_select::classes::class_layer;
+    use onnx_protect_select::classes::{class_layer, ClassAxis};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/lock");
     let order = |case: &str| {
         let m = Model::open(dir.join(case).join("model.onnx")).unwrap();
-        let layer = class_layer(&m, &discover(&m)).map(|l| l.classes);
+        let layer = class_layer(&m, &discover(&m)).map(|l| (l.classes, l.axis));
         (layer, run(&m, "version = 1\ntiers = 3\n").tier_order)
     };
     for case in [
@@ -371,20 +373,66 @@ fn the_class_layer_of_each_head_shape() {
         "external_data",
         "topk_unsorted",
         "qdq_uint8_bias_int32",
+        "constant_transpose",
     ] {
-        assert_eq!(order(case), (Some(5), TierOrder::Classes), "{case}");
+        assert_eq!(order(case), (Some((5, ClassAxis::Rows)), TierOrder::Classes), "{case}");
     }
     for case in [
         "gemm_transb0_softmax",
         "dq_int8_per_class",
         "matmul_add_logsoftmax",
-        "constant_transpose",
-        "weight_shared",
-        "two_heads",
-        "weight_is_input",
-        "no_head_conv",
+        "matmul_bias_first_topk",
+        "matmul_nobias_identity_cast",
+        "matmul_rank3_reshape",
+        "double_data",
+        "bf16_cast",
+        "matmul_batched_weight",
     ] {
+        assert_eq!(order(case), (Some((5, ClassAxis::Columns)), TierOrder::Classes), "{case}");
+    }
+    for case in ["dq_int4_blocked", "weight_shared", "two_heads", "weight_is_input", "no_head_conv"] {
         assert_eq!(order(case), (None, TierOrder::Importance), "{case}");
+    }
+}
+
+/// Tiers by class along the last axis (`MatMul` `[features, classes]`): each row of the
+/// weight is cut where the tier of its class changes, so tier `k` holds the elements of its
+/// classes in every row, the same bytes are encrypted as without tiers, and the classes each
+/// tier holds read back from its spans.
+#[test]
+fn tiers_by_class_along_the_last_axis_cut_every_row() {
+    use onnx_protect_select::classes::class_layer;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/lock");
+    for (case, text, groups) in [
+        ("matmul_add_logsoftmax", "", vec![vec![0, 1], vec![2, 3], vec![4]]),
+        ("gemm_transb0_softmax", "tier_classes = [[4], [0, 2]]\n", vec![vec![4], vec![0, 2], vec![1, 3]]),
+    ] {
+        let m = Model::open(dir.join(case).join("model.onnx")).unwrap();
+        let layer = class_layer(&m, &discover(&m)).unwrap();
+        let t = &m.tensors[layer.tensor];
+        let (rows, elem) = (t.dims[0], t.data_type.bits() / 8);
+        let s = run(&m, &format!("version = 1\ntiers = 3\n{text}"));
+        assert_eq!(s.tier_order, TierOrder::Classes, "{case}");
+        assert_eq!(s.bytes(), run(&m, "version = 1\n").bytes(), "{case}");
+        for (tier, classes) in (1u32..).zip(&groups) {
+            let c = s.chosen.iter().find(|c| c.tensor == layer.tensor && c.tier == tier).unwrap();
+            let mut want: Vec<(u64, u64)> = Vec::new();
+            for r in 0..rows {
+                for &k in classes {
+                    let a = (r * layer.classes + k) * elem;
+                    match want.last_mut() {
+                        Some(last) if last.1 == a => last.1 = a + elem,
+                        _ => want.push((a, a + elem)),
+                    }
+                }
+            }
+            assert_eq!(c.spans, want, "{case} tier {tier}");
+            assert_eq!(c.chosen, (0..rows).collect::<Vec<_>>(), "{case} tier {tier}");
+            let mut read: Vec<u64> = c.spans.iter().flat_map(|&sp| layer.classes_in(t, sp)).collect();
+            read.sort_unstable();
+            read.dedup();
+            assert_eq!(&read, classes, "{case} tier {tier}");
+        }
     }
 }
 

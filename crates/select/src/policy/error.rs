@@ -40,9 +40,9 @@ pub enum PolicyError {
     ShortPermutation { min: u64, tensor: String, op_type: String, role: String, elements: u64 },
     /// `tier_order = "classes"` for a model whose class layer cannot give every tier a class.
     #[error(
-        "policy: tiers by class (tier_order \"classes\", tier classes) need a classifier whose last layer (the kernel of a Gemm or Conv, one \
-         row per class of a [batch, classes] output, every row encrypted) has a class for each tier, and this \
-         model has none; use tier_order \"importance\""
+        "policy: tiers by class (tier_order \"classes\", tier classes) need a classifier whose last layer (the kernel of a Gemm, Conv or \
+         MatMul, one row or column per class of a [batch, classes] output, every byte encrypted) has a class for \
+         each tier, and this model has none; use tier_order \"importance\""
     )]
     NoClassLayer,
     /// Tier classes name `class`, and the class layer has `classes` rows.

@@ -50,7 +50,7 @@ impl ClassLayer {
 
 /// The class layer of `model`, if it has one (every output whose shape is declared being
 /// `[batch, classes]`): the kernel of a last `Gemm` or `Conv` with one row per class
-/// ([`gemm_or_conv_rows`]), else the weight of the output layer the label lock
+/// (`gemm_or_conv_rows`), else the weight of the output layer the label lock
 /// finds ([`onnx_protect_lock::find_output_layer`]: a `Gemm` or `MatMul` whose scores reach
 /// the outputs through operators that keep each class's value its own) when its class axis is
 /// the weight's first stored dimension or, for elements of whole bytes, its last.

@@ -251,6 +251,31 @@ def test_assess_runs_on_a_transformers_bert_encoder_reading_token_ids(tmp_path, 
     ran(r, reused=[])
 
 
+def test_assess_runs_on_the_default_exporters_bert(tmp_path):
+    """The same BERT (default attention) as ``torch.onnx.export`` writes it by default from
+    torch 2.9 (``dynamo=True``: opset 18, external data, the masked softmax guarded with
+    ``IsNaN``), with a dynamic batch."""
+    transformers = pytest.importorskip("transformers", reason="tests/requirements.txt")
+    rng = np.random.default_rng(0)
+    data = [*planted(1200, rng), *planted(500, rng)]
+    config = transformers.BertConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=33, num_labels=10,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    net = Logits(transformers.BertForSequenceClassification(config)).eval()
+    plain = tmp_path / "bert.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(data[0][:2]),), str(plain), input_names=["ids"],
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), dynamo=True)
+    model = onnx.load(plain)
+    assert {"IsNaN", "Gelu", "LayerNormalization"} <= {n.op_type for n in model.graph.node}
+    interpreter_matches_onnxruntime(model, data[2])
+    r = assess.attack(protect(plain, tmp_path), *data, **TINY)
+    assert r["share"] == 1.0 and r["scratch_reference"] == "exported graph"
+    ran(r, reused=["relearn", "finetune"])
+
+
 def test_token_ids_given_as_floats_are_taken_whole_and_refused_with_fractions(tmp_path, bert, capsys):
     plain, data = bert
     enc = protect(plain, tmp_path)

@@ -10,7 +10,8 @@ buffers; every other constant stays constant. The graph runs with PyTorch operat
 What is covered is listed in :data:`SUPPORTED_OPS`: the operators of feed-forward and
 convolutional networks, transformers (attention written out with MatMul/Softmax, or
 ``LayerNormalization``/``Gelu``), and forward ``LSTM``/``GRU`` layers, in the default
-domain. A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
+domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
+``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
 other domains, several data inputs, or an operator outside that list is refused
 before anything is trained (:class:`Unsupported`, naming every offending operator).
 
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from ._torch_ops import MORE_OPS, Unsupported, ints
+
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
@@ -45,20 +48,12 @@ PASS_THROUGH = {
 }
 
 
-class Unsupported(ValueError):
-    """The model cannot be run as a trainable PyTorch module (the message says why)."""
-
-
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
-
-
-def ints(t: torch.Tensor) -> list[int]:
-    return [int(v) for v in t.reshape(-1).tolist()]
 
 
 class Constant:
@@ -607,7 +602,12 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
         return [y]
     if op == "MatMul":
         return [ins[0] @ ins[1]]
-    if op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Max", "Min"):
+    if op in ("Max", "Min"):  # variadic
+        y = ins[0]
+        for t in ins[1:]:
+            y = _binary(op)(y, t)
+        return [y]
+    if op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater"):
         return [_binary(op)(ins[0], ins[1])]
     if op in UNARY:
         return [UNARY[op](ins[0])]
@@ -649,6 +649,8 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
         return [_shape_ops(op, ins, a)]
     if op in ("LSTM", "GRU"):
         return recurrent(op, ins, a)
+    if op in MORE_OPS:
+        return MORE_OPS[op](ins, a, opset)
     raise Unsupported(op)
 
 
@@ -657,7 +659,7 @@ SUPPORTED_OPS = frozenset(
      "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
      "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
      "ReduceMin", "Split", "Cast", "LSTM", "GRU", "Constant"}
-    | set(UNARY) | NORM_OPS | SHAPE_OPS)
+    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS))
 
 
 def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> float:

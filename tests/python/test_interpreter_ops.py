@@ -1,0 +1,191 @@
+"""The operators of ``onnx_protect._torch_ops`` (the training attacks' interpreter beyond its
+core set) against onnxruntime: each in a small graph on random inputs through
+``_torch_graph.check`` (the comparison ``assess`` runs before any attack), values within
+1e-4 of the largest output and non-finite values at the same places; boolean and integer
+results are turned into floats by the graph so that they are compared too. Attributes each
+case does not cover are refused by name, and gradients reach a constant through the new
+operators (the attacks train them)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the interpreter is PyTorch (tests/requirements-torch.txt)")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from onnx_protect import _torch_graph as tg  # noqa: E402
+
+F32 = TensorProto.FLOAT
+RNG = np.random.default_rng(5)
+
+
+def init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def model(nodes, inits=(), shape=(2, 3, 4, 5), opset=18):
+    x = helper.make_tensor_value_info("x", F32, list(shape))
+    y = helper.make_tensor_value_info("y", F32, None)
+    g = helper.make_graph(nodes, "op", [x], [y], list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def n(op, ins, outs, **kw):
+    return helper.make_node(op, ins, outs, **kw)
+
+
+def cast(src, dst="y"):
+    return n("Cast", [src], [dst], to=F32)
+
+
+def where(cond, dst="y"):
+    """y = cond ? x : 0."""
+    return n("Where", [cond, "x", "zero"], [dst])
+
+
+ZERO = init("zero", np.float32(0))
+W56 = init("w56", RNG.standard_normal((5, 6)).astype(np.float32))
+C1 = init("c1", RNG.standard_normal((4, 5)).astype(np.float32))
+C2 = init("c2", RNG.standard_normal((5,)).astype(np.float32))
+
+CASES = {
+    "IsNaN": ([n("Log", ["x"], ["l"]), n("IsNaN", ["l"], ["b"]), where("b")], [ZERO]),
+    "IsInf": ([n("Div", ["x", "z"], ["d"]), n("IsInf", ["d"], ["b"], detect_negative=0), cast("b")],
+              [init("z", np.where(RNG.random((5,)) < 0.5, 0.0, 1.0).astype(np.float32))]),
+    "Sign": ([n("Sign", ["x"], ["y"])], []),
+    "Round": ([n("Mul", ["x", "k"], ["m"]), n("Round", ["m"], ["y"])], [init("k", np.float32(4.0))]),
+    "Tan": ([n("Tan", ["x"], ["y"])], []),
+    "Asin": ([n("Tanh", ["x"], ["t"]), n("Asin", ["t"], ["y"])], []),
+    "Acos": ([n("Tanh", ["x"], ["t"]), n("Acos", ["t"], ["y"])], []),
+    "Atan": ([n("Atan", ["x"], ["y"])], []),
+    "Sinh": ([n("Sinh", ["x"], ["y"])], []),
+    "Cosh": ([n("Cosh", ["x"], ["y"])], []),
+    "Selu": ([n("Selu", ["x"], ["y"], alpha=1.5, gamma=0.9)], []),
+    "Celu": ([n("Celu", ["x"], ["y"], alpha=0.7)], []),
+    "ThresholdedRelu": ([n("ThresholdedRelu", ["x"], ["y"], alpha=0.3)], []),
+    "PRelu": ([n("PRelu", ["x", "s"], ["y"])], [init("s", RNG.random((3, 1, 1)).astype(np.float32))]),
+    "And": ([n("Greater", ["x", "zero"], ["p"]), n("Less", ["x", "h"], ["q"]), n("And", ["p", "q"], ["b"]),
+             where("b")], [ZERO, init("h", np.float32(0.5))]),
+    "Or": ([n("Greater", ["x", "h"], ["p"]), n("Less", ["x", "zero"], ["q"]), n("Or", ["p", "q"], ["b"]),
+            where("b")], [ZERO, init("h", np.float32(0.5))]),
+    "Xor": ([n("Greater", ["x", "zero"], ["p"]), n("Greater", ["x", "h"], ["q"]), n("Xor", ["p", "q"], ["b"]),
+             where("b")], [ZERO, init("h", np.float32(0.5))]),
+    "LessOrEqual": ([n("LessOrEqual", ["x", "c2"], ["b"]), where("b")], [ZERO, C2]),
+    "GreaterOrEqual": ([n("GreaterOrEqual", ["x", "c2"], ["b"]), where("b")], [ZERO, C2]),
+    "Mod": ([n("Mod", ["x", "m"], ["y"], fmod=1)], [init("m", np.float32(0.7))]),
+    "Sum": ([n("Sum", ["x", "c1", "c2"], ["y"])], [C1, C2]),
+    "Mean": ([n("Mean", ["x", "c1", "c2"], ["y"])], [C1, C2]),
+    "Max": ([n("Max", ["x", "c1", "c2"], ["y"])], [C1, C2]),
+    "Min": ([n("Min", ["x", "c1", "c2"], ["y"])], [C1, C2]),
+    "CastLike": ([n("Cast", ["x"], ["i"], to=TensorProto.INT32), n("CastLike", ["i", "x"], ["y"])], []),
+    "Size": ([n("Size", ["x"], ["s"]), cast("s", "f"), n("Mul", ["x", "f"], ["y"])], []),
+    "Einsum": ([n("Einsum", ["x", "w56"], ["y"], equation="bcij,jk->bcik")], [W56]),
+    "CumSum": ([n("CumSum", ["x", "ax"], ["y"])], [init("ax", np.int64(2))]),
+    "CumSum exclusive reverse": ([n("CumSum", ["x", "ax"], ["y"], exclusive=1, reverse=1)],
+                                 [init("ax", np.int64(-1))]),
+    "Trilu": ([n("Trilu", ["x", "k"], ["y"], upper=0)], [init("k", np.int64(1))]),
+    "Trilu upper": ([n("Trilu", ["x"], ["y"])], []),
+    "Pad": ([n("Pad", ["x", "p", "v"], ["y"])],
+            [init("p", np.array([0, 1, 2, -1, 1, 0, 1, 2], np.int64)), init("v", np.float32(0.25))]),
+    "Pad reflect": ([n("Pad", ["x", "p"], ["y"], mode="reflect")],
+                    [init("p", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))]),
+    "Pad edge, axes": ([n("Pad", ["x", "p", "", "a"], ["y"], mode="edge")],
+                       [init("p", np.array([2, 1, 0, 3], np.int64)), init("a", np.array([2, 3], np.int64))]),
+    "Pad wrap": ([n("Pad", ["x", "p"], ["y"], mode="wrap")],
+                 [init("p", np.array([0, 0, 0, 1, 0, 0, 0, 2], np.int64))]),
+    "Pad opset 10": ([n("Pad", ["x"], ["y"], pads=[0, 0, 1, 1, 0, 0, 2, 0], value=1.5)], []),
+    "ConvTranspose": ([n("ConvTranspose", ["x", "wt", "bt"], ["y"], strides=[2, 2], pads=[1, 0, 1, 1],
+                         output_padding=[1, 1])],
+                      [init("wt", RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)),
+                       init("bt", RNG.standard_normal((2,)).astype(np.float32))]),
+    "ConvTranspose grouped, dilated": ([n("ConvTranspose", ["x", "wg"], ["y"], group=3, dilations=[2, 1])],
+                                       [init("wg", RNG.standard_normal((3, 1, 2, 2)).astype(np.float32))]),
+    "Resize nearest": ([n("Resize", ["x", "", "s"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric",
+                          nearest_mode="floor")], [init("s", np.array([1, 1, 2, 3], np.float32))]),
+    "Resize linear": ([n("Resize", ["x", "", "", "z"], ["y"], mode="linear")],
+                      [init("z", np.array([2, 3, 7, 9], np.int64))]),
+    "Resize linear, align corners": ([n("Resize", ["x", "", "s"], ["y"], mode="linear",
+                                        coordinate_transformation_mode="align_corners")],
+                                     [init("s", np.array([1, 1, 2, 2], np.float32))]),
+    "Resize cubic": ([n("Resize", ["x", "", "s"], ["y"], mode="cubic")],
+                     [init("s", np.array([1, 1, 2, 1.5], np.float32))]),
+    "ArgMax": ([n("ArgMax", ["x"], ["i"], axis=2, select_last_index=1), cast("i")], []),
+    "ArgMin": ([n("ArgMin", ["x"], ["i"], axis=-1, keepdims=0), cast("i")], []),
+    "TopK": ([n("TopK", ["x", "k"], ["v", "i"], axis=-1), cast("i", "f"), n("Add", ["v", "f"], ["y"])],
+             [init("k", np.array([3], np.int64))]),
+    "ScatterND": ([n("ScatterND", ["x", "si", "su"], ["y"])],
+                  [init("si", np.array([[0, 1], [1, 2]], np.int64)),
+                   init("su", RNG.standard_normal((2, 4, 5)).astype(np.float32))]),
+    "ScatterElements": ([n("ScatterElements", ["x", "ei", "eu"], ["y"], axis=1)],
+                        [init("ei", np.array([[[[2, 0, 1, 2, 0]]], [[[1, -1, 0, 0, 2]]]], np.int64)),
+                         init("eu", RNG.standard_normal((2, 1, 1, 5)).astype(np.float32))]),
+    "NonZero": ([n("Greater", ["x", "zero"], ["b"]), n("NonZero", ["b"], ["i"]), cast("i")], [ZERO]),
+}
+for op in ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceProd", "ReduceLogSumExp"):
+    CASES[op] = ([n(op, ["x", "axes"], ["y"], keepdims=0)], [init("axes", np.array([1, 3], np.int64))])
+CASES["ReduceLogSum"] = ([n("Abs", ["x"], ["a"]), n("ReduceLogSum", ["a", "axes"], ["y"])],
+                         [init("axes", np.array([-1], np.int64))])
+CASES["ReduceL2 opset 13"] = ([n("ReduceL2", ["x"], ["y"], axes=[0, 2])], [])
+
+SHAPES = {"DepthToSpace": (2, 8, 3, 2), "DepthToSpace CRD": (2, 8, 3, 2), "SpaceToDepth": (2, 3, 4, 6)}
+CASES["DepthToSpace"] = ([n("DepthToSpace", ["x"], ["y"], blocksize=2)], [])
+CASES["DepthToSpace CRD"] = ([n("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD")], [])
+CASES["SpaceToDepth"] = ([n("SpaceToDepth", ["x"], ["y"], blocksize=2)], [])
+OPSETS = {"Pad opset 10": 10, "ReduceL2 opset 13": 13}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_operator_runs_as_onnxruntime_runs_it(case):
+    nodes, inits = CASES[case]
+    shape = SHAPES.get(case, (2, 3, 4, 5))
+    m = model(nodes, inits, shape=shape, opset=OPSETS.get(case, 18))
+    x = RNG.standard_normal(shape).astype(np.float32)
+    assert tg.check(m, x) <= 1e-4
+
+
+def test_every_new_operator_is_checked_here():
+    from onnx_protect._torch_ops import MORE_OPS
+    covered = {op for nodes, _ in CASES.values() for op in (nd.op_type for nd in nodes)}
+    assert set(MORE_OPS) - covered == set()
+    assert set(MORE_OPS) <= tg.SUPPORTED_OPS
+
+
+@pytest.mark.parametrize("node, inits, what", [
+    (n("Resize", ["x", "", "s"], ["y"], mode="cubic", coordinate_transformation_mode="tf_crop_and_resize"),
+     [init("s", np.array([1, 1, 2, 2], np.float32))], "Resize in mode cubic"),
+    (n("Pad", ["x", "p"], ["y"], mode="reflect"), [init("p", np.array([1, 0, 0, 0, 0, 0, 0, 0], np.int64))],
+     "Pad in mode reflect"),
+    (n("ConvTranspose", ["x", "wt"], ["y"], auto_pad="SAME_UPPER"),
+     [init("wt", np.ones((3, 2, 3, 3), np.float32))], "ConvTranspose with auto_pad"),
+    (n("Mod", ["x", "m"], ["y"]), [init("m", np.float32(0.7))], "Mod of floating-point values"),
+])
+def test_what_a_case_does_not_cover_is_refused_by_name(node, inits, what):
+    m = model([node], inits)
+    with pytest.raises(tg.Unsupported, match=what):
+        tg.TorchGraph(m)(torch.from_numpy(RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)))
+
+
+def test_gradients_reach_constants_through_the_new_operators():
+    """Weights read through Einsum, Pad, ConvTranspose, Resize, CumSum and ScatterND get a
+    gradient (the attacks train every encrypted weight)."""
+    wt = RNG.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    nodes = [n("Einsum", ["x", "w55"], ["e"], equation="bcij,jk->bcik"),
+             n("Pad", ["e", "p"], ["pd"]),
+             n("ConvTranspose", ["pd", "wt"], ["ct"], strides=[2, 2]),
+             n("Resize", ["ct", "", "s"], ["rs"], mode="linear"),
+             n("CumSum", ["rs", "ax"], ["cs"]),
+             n("ScatterND", ["cs", "si", "su"], ["y"])]
+    inits = [init("w55", RNG.standard_normal((5, 5)).astype(np.float32)), init("p", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+             init("wt", wt), init("s", np.array([1, 1, 0.5, 0.5], np.float32)), init("ax", np.int64(3)),
+             init("si", np.array([[0, 0]], np.int64)), init("su", RNG.standard_normal((1, 6, 7)).astype(np.float32))]
+    m = model(nodes, inits)
+    g = tg.TorchGraph(m)
+    g.train()
+    out = g(torch.from_numpy(RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)))
+    out.square().sum().backward()
+    grads = {c.name: g.params[c.key].grad for c in g.constants.values()}
+    for name in ("w55", "wt", "su"):  # Resize's scales are a shape: no gradient
+        assert grads[name] is not None and torch.isfinite(grads[name]).all() and grads[name].abs().sum() > 0, name

@@ -1,5 +1,6 @@
-"""The operators of ``onnx_protect._torch_ops`` (the training attacks' interpreter beyond its
-core set) against onnxruntime: each in a small graph on random inputs through
+"""The operators of ``onnx_protect._torch_ops`` and ``_torch_rnn`` (the training attacks'
+interpreter beyond its core set; the recurrent ones in every direction and layout) against
+onnxruntime: each in a small graph on random inputs through
 ``_torch_graph.check`` (the comparison ``assess`` runs before any attack), values within
 1e-4 of the largest output and non-finite values at the same places; boolean and integer
 results are turned into floats by the graph so that they are compared too. Attributes each
@@ -137,6 +138,36 @@ CASES["SpaceToDepth"] = ([n("SpaceToDepth", ["x"], ["y"], blocksize=2)], [])
 OPSETS = {"Pad opset 10": 10, "ReduceL2 opset 13": 13}
 
 
+def recurrent_case(kind, direction, output, gru_lbr=0):
+    """A recurrent node over x ([seq 4, batch 2, input 5]), hidden 3, every weight and an
+    initial state given; ``output``: 0 (Y), 1 (Y_h), 2 (Y_c)."""
+    g = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+    d = 2 if direction == "bidirectional" else 1
+    h0 = (d, 2, 3)
+    inits = [init("W", RNG.standard_normal((d, g * 3, 5)).astype(np.float32)),
+             init("R", RNG.standard_normal((d, g * 3, 3)).astype(np.float32)),
+             init("B", RNG.standard_normal((d, 2 * g * 3)).astype(np.float32)),
+             init("h0", RNG.standard_normal(h0).astype(np.float32))]
+    ins = ["x", "W", "R", "B", "", "h0"]
+    if kind == "LSTM":
+        inits.append(init("c0", RNG.standard_normal(h0).astype(np.float32)))
+        ins.append("c0")
+    outs = ["Y", "Y_h", "Y_c"][: 3 if kind == "LSTM" else 2]
+    kw = {"linear_before_reset": gru_lbr} if kind == "GRU" else {}
+    node = n(kind, ins, outs, hidden_size=3, direction=direction, **kw)
+    return [node, n("Identity", [outs[output]], ["y"])], inits
+
+
+for kind in ("LSTM", "GRU", "RNN"):
+    for direction in ("forward", "reverse", "bidirectional"):
+        for output in range(3 if kind == "LSTM" else 2):
+            for lbr in (0, 1) if kind == "GRU" else (0,):
+                case = f"{kind} {direction} output {output}" + (" linear_before_reset" if lbr else "")
+                CASES[case] = recurrent_case(kind, direction, output, gru_lbr=lbr)
+                SHAPES[case] = (4, 2, 5)
+                OPSETS[case] = 14
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_operator_runs_as_onnxruntime_runs_it(case):
     nodes, inits = CASES[case]
@@ -148,9 +179,10 @@ def test_each_operator_runs_as_onnxruntime_runs_it(case):
 
 def test_every_new_operator_is_checked_here():
     from onnx_protect._torch_ops import MORE_OPS
+    from onnx_protect._torch_rnn import GATES
     covered = {op for nodes, _ in CASES.values() for op in (nd.op_type for nd in nodes)}
-    assert set(MORE_OPS) - covered == set()
-    assert set(MORE_OPS) <= tg.SUPPORTED_OPS
+    assert (set(MORE_OPS) | set(GATES)) - covered == set()
+    assert set(MORE_OPS) | set(GATES) <= tg.SUPPORTED_OPS
 
 
 @pytest.mark.parametrize("node, inits, what", [

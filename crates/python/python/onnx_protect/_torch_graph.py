@@ -9,7 +9,7 @@ buffers; every other constant stays constant. The graph runs with PyTorch operat
 
 What is covered is listed in :data:`SUPPORTED_OPS`: the operators of feed-forward and
 convolutional networks, transformers (attention written out with MatMul/Softmax, or
-``LayerNormalization``/``Gelu``), and forward ``LSTM``/``GRU`` layers, in the default
+``LayerNormalization``/``Gelu``), and ``LSTM``/``GRU``/``RNN`` layers (:mod:`onnx_protect._torch_rnn`), in the default
 domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
 ``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
 other domains, several data inputs, or an operator outside that list is refused
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from ._torch_ops import MORE_OPS, Unsupported, ints
+from ._torch_rnn import recurrent
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -388,43 +389,6 @@ def pool(kind, x, a):
              count_include_pad=bool(a.get("count_include_pad", 0)))
 
 
-def recurrent(kind, ins, a):
-    x, w, r = ins[0], ins[1], ins[2]
-    b = ins[3] if len(ins) > 3 else None
-    if a.get("direction", "forward") != "forward" or a.get("layout", 0) != 0 or len(ins) > 4 and ins[4] is not None:
-        raise Unsupported(f"{kind}: only forward, layout 0, without sequence_lens")
-    if kind == "LSTM" and len(ins) > 7 and ins[7] is not None:
-        raise Unsupported("LSTM: peepholes")
-    hs = a["hidden_size"]
-    batch = x.shape[1]
-    h = ins[5][0] if len(ins) > 5 and ins[5] is not None else x.new_zeros(batch, hs)
-    c = ins[6][0] if len(ins) > 6 and ins[6] is not None else x.new_zeros(batch, hs)
-    w, r = w[0], r[0]
-    g = 4 if kind == "LSTM" else 3
-    wb, rb = (b[0][: g * hs], b[0][g * hs:]) if b is not None else (x.new_zeros(g * hs), x.new_zeros(g * hs))
-    ys = []
-    for t in range(x.shape[0]):
-        xw = x[t] @ w.t() + wb
-        if kind == "LSTM":
-            z = xw + h @ r.t() + rb
-            i, o, f, cc = z.split(hs, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cc)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        else:
-            xz, xr, xh = xw.split(hs, dim=1)
-            rz, rr, rh = r.split(hs, dim=0)
-            bz, br, bh = rb.split(hs)
-            zt = torch.sigmoid(xz + h @ rz.t() + bz)
-            rt = torch.sigmoid(xr + h @ rr.t() + br)
-            if a.get("linear_before_reset", 0):
-                ht = torch.tanh(xh + rt * (h @ rh.t() + bh))
-            else:
-                ht = torch.tanh(xh + (rt * h) @ rh.t() + bh)
-            h = (1 - zt) * ht + zt * h
-        ys.append(h)
-    return [torch.stack(ys).unsqueeze(1), h.unsqueeze(0), c.unsqueeze(0)]
-
-
 def _axes(ins, a, idx=1):
     if len(ins) > idx and ins[idx] is not None:
         return ints(ins[idx])
@@ -647,7 +611,7 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
         return [_cast(ins[0], a["to"])]
     if op in SHAPE_OPS:
         return [_shape_ops(op, ins, a)]
-    if op in ("LSTM", "GRU"):
+    if op in ("LSTM", "GRU", "RNN"):
         return recurrent(op, ins, a)
     if op in MORE_OPS:
         return MORE_OPS[op](ins, a, opset)
@@ -658,7 +622,7 @@ SUPPORTED_OPS = frozenset(
     {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Max", "Min",
      "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
      "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
-     "ReduceMin", "Split", "Cast", "LSTM", "GRU", "Constant"}
+     "ReduceMin", "Split", "Cast", "LSTM", "GRU", "RNN", "Constant"}
     | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS))
 
 

@@ -199,9 +199,9 @@ def default_init(graph: tg.TorchGraph, bias_fans: dict[str, int], locator: str, 
     if graph.is_stat(locator):
         return torch.zeros_like(t)
     first = users[0] if users else ("", 0)
-    if first[0] in ("LSTM", "GRU") and first[1] in (1, 2, 3):
+    if first[0] in ("LSTM", "GRU", "RNN") and first[1] in (1, 2, 3):
         # W, R, B: PyTorch's U(±1/sqrt(hidden)). An initial state (input 5, 6) starts at 0.
-        gates = 4 if first[0] == "LSTM" else 3
+        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[first[0]]
         per = shape[-1] // (2 * gates) if first[1] == 3 else shape[-2] // gates
         bound = 1 / math.sqrt(max(per, 1))
         return (torch.rand(t.shape, generator=gen) * 2 - 1) * bound

@@ -190,8 +190,9 @@ def test_every_new_operator_is_checked_here():
      [init("s", np.array([1, 1, 2, 2], np.float32))], "Resize in mode cubic"),
     (n("Pad", ["x", "p"], ["y"], mode="reflect"), [init("p", np.array([1, 0, 0, 0, 0, 0, 0, 0], np.int64))],
      "Pad in mode reflect"),
-    (n("ConvTranspose", ["x", "wt"], ["y"], auto_pad="SAME_UPPER"),
-     [init("wt", np.ones((3, 2, 3, 3), np.float32))], "ConvTranspose with auto_pad"),
+    (n("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]), [], "AveragePool with dilations"),
+    (n("Resize", ["x", "", "s"], ["y"], mode="linear", antialias=1),
+     [init("s", np.array([1, 1, 0.5, 0.5], np.float32))], "Resize with these attributes"),
     (n("Mod", ["x", "m"], ["y"]), [init("m", np.float32(0.7))], "Mod of floating-point values"),
 ])
 def test_what_a_case_does_not_cover_is_refused_by_name(node, inits, what):

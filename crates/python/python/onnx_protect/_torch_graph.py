@@ -127,7 +127,11 @@ class TorchGraph(torch.nn.Module):
             self.constants[locator] = c
             self.by_value[value] = locator
         else:
-            self.fixed[value] = torch.from_numpy(a)
+            try:
+                self.fixed[value] = torch.from_numpy(a)
+            except TypeError as e:  # float8, int4, ...: no torch type
+                raise Unsupported(f"the constant '{t.name or value}' is of ONNX type {t.data_type}, which PyTorch "
+                                  f"has no type for") from e
 
     def _resolve_users(self) -> None:
         consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
@@ -205,7 +209,10 @@ class TorchGraph(torch.nn.Module):
             if node.op_type == "BatchNormalization" and node.input[3] in self.frozen_stats:
                 training = False
             try:
-                outs = run_op(node.op_type, ins, attrs(node), training, self.opset)
+                a = attrs(node)
+                if node.op_type == "Split":  # opset 13-17: as many equal parts as outputs
+                    a.setdefault("num_outputs", len(node.output))
+                outs = run_op(node.op_type, ins, a, training, self.opset)
             except Unsupported:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
@@ -354,12 +361,25 @@ def input_dtype(model: onnx.ModelProto) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
 
 
-def _pads(x: torch.Tensor, a: dict, nd: int, value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
-    """Applies asymmetric ONNX pads itself; returns the symmetric remainder (zero)."""
-    pads = a.get("pads", [0] * (2 * nd))
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise Unsupported(f"auto_pad {a['auto_pad']}")
-    if pads[:nd] == pads[nd:]:
+def _pads(x: torch.Tensor, a: dict, kernel: list[int], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Applies ONNX pads (``auto_pad`` ``SAME_*`` worked out from the input, the kernel, the
+    strides and dilations) itself where torch cannot (asymmetric, or more than half the
+    kernel); returns what is left for torch's symmetric ``padding``."""
+    nd = len(kernel)
+    stride, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        size = x.shape[2:]
+        total = [max((-(-n // s) - 1) * s + e - n, 0) for n, s, e in zip(size, stride, eff)]
+        small = [t // 2 for t in total]
+        big = [t - h for t, h in zip(total, small)]
+        pads = small + big if auto == "SAME_UPPER" else big + small
+    elif auto in ("NOTSET", "VALID"):
+        pads = a.get("pads", [0] * (2 * nd)) if auto == "NOTSET" else [0] * (2 * nd)
+    else:
+        raise Unsupported(f"auto_pad {auto}")
+    if pads[:nd] == pads[nd:] and all(p <= e // 2 for p, e in zip(pads, eff)):
         return x, list(pads[:nd])
     spec: list[int] = []
     for i in reversed(range(nd)):
@@ -369,7 +389,7 @@ def _pads(x: torch.Tensor, a: dict, nd: int, value: float = 0.0) -> tuple[torch.
 
 def conv(x, w, b, a):
     nd = w.dim() - 2
-    x, pad = _pads(x, a, nd)
+    x, pad = _pads(x, a, list(w.shape[2:]))
     f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return f(x, w, b, stride=a.get("strides", [1] * nd), padding=pad,
              dilation=a.get("dilations", [1] * nd), groups=a.get("group", 1))
@@ -378,15 +398,23 @@ def conv(x, w, b, a):
 def pool(kind, x, a):
     k = a["kernel_shape"]
     nd = len(k)
-    x, pad = _pads(x, a, nd, value=-math.inf if kind == "max" else 0.0)
+    padded, pad = _pads(x, a, k, value=-math.inf if kind == "max" else 0.0)
     stride = a.get("strides", [1] * nd)
     ceil = bool(a.get("ceil_mode", 0))
     if kind == "max":
         f = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
-        return f(x, k, stride=stride, padding=pad, ceil_mode=ceil, dilation=a.get("dilations", [1] * nd))
+        return f(padded, k, stride=stride, padding=pad, ceil_mode=ceil, dilation=a.get("dilations", [1] * nd))
+    if any(d != 1 for d in a.get("dilations", [1] * nd)):
+        raise Unsupported("AveragePool with dilations")
     f = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    return f(x, k, stride=stride, padding=pad, ceil_mode=ceil,
-             count_include_pad=bool(a.get("count_include_pad", 0)))
+    include = bool(a.get("count_include_pad", 0))
+    y = f(padded, k, stride=stride, padding=pad, ceil_mode=ceil, count_include_pad=include)
+    if padded is x or include:
+        return y
+    # Pads applied here count as elements for torch: divide by the share of real ones.
+    ones = torch.ones_like(x[:1, :1])
+    mask, _ = _pads(ones, a, k)
+    return y / f(mask, k, stride=stride, padding=pad, ceil_mode=ceil, count_include_pad=include)
 
 
 def _axes(ins, a, idx=1):
@@ -412,20 +440,26 @@ def reduce(op, ins, a):
     return y
 
 
-def _slice(ins):
+def _slice(ins, a):
     x = ins[0]
-    starts, ends = ints(ins[1]), ints(ins[2])
-    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
-    steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-    idx = [slice(None)] * x.dim()
+    if len(ins) == 1:  # opset 1-9: attributes
+        starts, ends = a["starts"], a["ends"]
+        axes, steps = a.get("axes") or list(range(len(starts))), [1] * len(starts)
+    else:
+        starts, ends = ints(ins[1]), ints(ins[2])
+        axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
     for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st <= 0:
-            raise Unsupported("Slice with a negative step")
         n = x.shape[ax]
-        s = max(min(s + n if s < 0 else s, n), 0)
-        e = max(min(e + n if e < 0 else e, n), 0)
-        idx[ax] = slice(s, e, st)
-    return x[tuple(idx)]
+        s, e = s + n if s < 0 else s, e + n if e < 0 else e
+        if st > 0:
+            s, e = max(min(s, n), 0), max(min(e, n), 0)
+        elif st < 0:
+            s, e = max(min(s, n - 1), -1), max(min(e, n - 1), -1)
+        else:
+            raise Unsupported("Slice with a step of 0")
+        x = x.index_select(ax % x.dim(), torch.arange(s, e, st, dtype=torch.int64))
+    return x
 
 
 def _softmax(f, x, a, opset):
@@ -540,7 +574,7 @@ def _shape_ops(op, ins, a):
         i = ins[1].long()
         return torch.gather(x, ax, torch.where(i < 0, i + x.shape[ax], i))
     if op == "Slice":
-        return _slice(ins)
+        return _slice(ins, a)
     if op == "ConstantOfShape":
         value = a.get("value")
         fill = torch.from_numpy(numpy_helper.to_array(value).copy()) if value is not None else torch.zeros(1)
@@ -571,6 +605,8 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
         for t in ins[1:]:
             y = _binary(op)(y, t)
         return [y]
+    if op == "Div" and not ins[0].is_floating_point():  # integers: truncated
+        return [torch.div(ins[0], ins[1], rounding_mode="trunc")]
     if op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater"):
         return [_binary(op)(ins[0], ins[1])]
     if op in UNARY:
@@ -586,7 +622,7 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
     if op == "Clip":
         lo = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("min")
         hi = ins[2] if len(ins) > 2 and ins[2] is not None else a.get("max")
-        return [torch.clamp(ins[0], lo, hi)]
+        return [ins[0] if lo is None and hi is None else torch.clamp(ins[0], lo, hi)]
     if op == "Where":
         return [torch.where(ins[0].bool(), ins[1], ins[2])]
     if op == "Softmax":

@@ -123,46 +123,123 @@ def _conv_transpose(ins, a, opset):
     x, w = ins[0], ins[1]
     b = _given(ins, 2)
     nd = w.dim() - 2
-    if a.get("auto_pad", "NOTSET") != "NOTSET" or "output_shape" in a or nd not in (1, 2, 3):
-        raise Unsupported("ConvTranspose with auto_pad or output_shape")
-    pads = a.get("pads", [0] * 2 * nd)
+    if nd not in (1, 2, 3):
+        raise Unsupported(f"ConvTranspose over {nd} spatial axes")
+    stride, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
+    outpad = list(a.get("output_padding", [0] * nd))
+    auto = a.get("auto_pad", "NOTSET")
+    if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
+        # The pads that give the asked output shape (SAME: input × stride), as the operator
+        # specification works them out.
+        want = list(a["output_shape"])[-nd:] if "output_shape" in a else [n * s for n, s in zip(x.shape[2:], stride)]
+        total = [s * (n - 1) + op + (k - 1) * d + 1 - o
+                 for s, n, op, k, d, o in zip(stride, x.shape[2:], outpad, w.shape[2:], dil, want)]
+        if any(t < 0 for t in total):
+            outpad = [op - min(t, 0) for op, t in zip(outpad, total)]
+            total = [max(t, 0) for t in total]
+        if auto == "SAME_UPPER":
+            pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            pads = [t - t // 2 for t in total] + [t // 2 for t in total]
+    elif auto in ("NOTSET", "VALID"):
+        pads = a.get("pads", [0] * 2 * nd) if auto == "NOTSET" else [0] * 2 * nd
+    else:
+        raise Unsupported(f"ConvTranspose with auto_pad {auto}")
     f = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-    y = f(x, w, b, stride=a.get("strides", [1] * nd), output_padding=a.get("output_padding", [0] * nd),
-          groups=a.get("group", 1), dilation=a.get("dilations", [1] * nd))
+    extra = [max(op - (max(s, d) - 1), 0) for op, s, d in zip(outpad, stride, dil)]  # beyond torch's limit
+    y = f(x, w, b, stride=stride, output_padding=[op - e for op, e in zip(outpad, extra)], groups=a.get("group", 1),
+          dilation=dil)
+    if any(extra):
+        spec = [p for i in reversed(range(nd)) for p in (0, extra[i])]
+        y = F.pad(y, spec) + (F.pad(torch.zeros_like(y), spec) if b is None else
+                              F.pad(torch.zeros_like(y), spec, value=1.0) * b.reshape(1, -1, *[1] * nd))
     crop = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[nd + i]) for i in range(nd)]
     return [y[tuple(crop)]]
+
+
+def _source(ctm: str, out_len: int, in_len: int, scale: float) -> torch.Tensor:
+    """Where each output position of one axis samples the input (Resize's
+    ``coordinate_transformation_mode``), in float32 as onnxruntime computes it."""
+    o = torch.arange(out_len, dtype=torch.float32)
+    scale = torch.tensor(scale, dtype=torch.float32)
+    if ctm == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if ctm == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if out_len > 1 else torch.zeros(out_len)
+    if ctm == "align_corners":  # over the unrounded resized length, in × scale
+        span = in_len * scale - 1
+        return o * (in_len - 1) / span if span > 0 else torch.zeros(out_len)
+    if ctm == "asymmetric":
+        return o / scale
+    if ctm == "tf_half_pixel_for_nn":
+        return (o + 0.5) / scale
+    if ctm == "half_pixel_symmetric":
+        adjustment = out_len / (scale * in_len)
+        return in_len / 2 * (1 - adjustment) + (o + 0.5) / scale - 0.5
+    raise Unsupported(f"Resize with coordinate_transformation_mode {ctm}")
+
+
+def _nearest(xo: torch.Tensor, mode: str, in_len: int) -> torch.Tensor:
+    if mode == "round_prefer_floor":
+        i = torch.ceil(xo - 0.5)
+    elif mode == "round_prefer_ceil":
+        i = torch.floor(xo + 0.5)
+    elif mode in ("floor", "ceil"):
+        i = torch.floor(xo) if mode == "floor" else torch.ceil(xo)
+    else:
+        raise Unsupported(f"Resize with nearest_mode {mode}")
+    return i.clamp(0, in_len - 1).to(torch.int64)
 
 
 def _resize(ins, a, opset):
     x = ins[0]
     nd = x.dim() - 2
-    if opset < 11 or nd not in (1, 2, 3) or a.get("antialias", 0) or a.get("axes") is not None \
-            or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+    if opset < 11 or nd < 1 or a.get("antialias", 0) \
+            or a.get("keep_aspect_ratio_policy", "stretch") != "stretch" or a.get("exclude_outside", 0):
         raise Unsupported("Resize with these attributes")
     scales, sizes = _given(ins, 2), _given(ins, 3)
+    axes = [ax % x.dim() for ax in a.get("axes") or range(x.dim())]
     if sizes is not None:
-        out = ints(sizes)
-        if out[:2] != list(x.shape[:2]):
-            raise Unsupported("Resize of the batch or channel axis")
-        kw = {"size": out[2:]}
+        out = list(x.shape)
+        for ax, o in zip(axes, ints(sizes)):
+            out[ax] = o
+        sc = [o / n for o, n in zip(out, x.shape)]
     elif scales is not None:
-        sc = [float(s) for s in scales.reshape(-1).tolist()]
-        if sc[:2] != [1.0, 1.0]:
-            raise Unsupported("Resize of the batch or channel axis")
-        kw = {"scale_factor": sc[2:]}
+        sc = [1.0] * x.dim()
+        for ax, f in zip(axes, torch.tensor(scales.reshape(-1).tolist(), dtype=torch.float32).tolist()):
+            sc[ax] = f
+        out = [int(n * f) for n, f in zip(x.shape, sc)]
     else:
         raise Unsupported("Resize without scales or sizes")
+    if out[:2] != list(x.shape[:2]):
+        raise Unsupported("Resize of the batch or channel axis")
     mode = a.get("mode", "nearest")
     ctm = a.get("coordinate_transformation_mode", "half_pixel")
-    if mode == "nearest" and ctm == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor":
-        return [F.interpolate(x, mode="nearest", **kw)]
-    linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
-    if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-        return [F.interpolate(x, mode=linear, align_corners=ctm == "align_corners", **kw)]
-    if mode == "cubic" and nd == 2 and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners") \
-            and a.get("cubic_coeff_a", -0.75) == -0.75:
+    if mode == "cubic":
+        # torch's bicubic (a = -0.75) samples as half_pixel with the given scales, and as
+        # align_corners over the output size.
+        ok = ctm in ("half_pixel", "pytorch_half_pixel") or ctm == "align_corners" and sizes is not None
+        if nd != 2 or not ok or a.get("cubic_coeff_a", -0.75) != -0.75:
+            raise Unsupported(f"Resize in mode cubic with coordinate_transformation_mode {ctm}")
+        kw = {"size": out[2:]} if sizes is not None else {"scale_factor": sc[2:]}
         return [F.interpolate(x, mode="bicubic", align_corners=ctm == "align_corners", **kw)]
-    raise Unsupported(f"Resize in mode {mode} with coordinate_transformation_mode {ctm}")
+    if mode not in ("nearest", "linear"):
+        raise Unsupported(f"Resize in mode {mode}")
+    y = x
+    for ax in range(2, x.dim()):
+        n = x.shape[ax]
+        xo = _source(ctm, out[ax], n, sc[ax])
+        if mode == "nearest":
+            y = y.index_select(ax, _nearest(xo, a.get("nearest_mode", "round_prefer_floor"), n))
+            continue
+        xo = xo.clamp(0, n - 1)
+        lo = torch.floor(xo).to(torch.int64)
+        hi = (lo + 1).clamp(max=n - 1)
+        shape = [1] * y.dim()
+        shape[ax] = -1
+        w = (xo - lo.to(xo.dtype)).reshape(shape).to(y.dtype)
+        y = y.index_select(ax, lo) * (1 - w) + y.index_select(ax, hi) * w
+    return [y]
 
 
 def _depth_to_space(ins, a, opset):

@@ -1,6 +1,7 @@
 """The training attacks' interpreter (``onnx_protect._torch_graph``) on the ONNX backend
-test corpus (``scripts/fetch-corpus.sh``: the node tests of onnx 1.22.0, each one operator
-with given inputs and the reference outputs): every node test whose operators the
+test corpus (``scripts/fetch-corpus.sh``: the tests of onnx 1.22.0, each a model with given
+inputs and the reference outputs: one operator (node), PyTorch-converted layers, simple
+graphs; and the light ImageNet models, against onnxruntime): every test whose operators the
 interpreter lists either gives the reference's first output (within 1e-3 relative, 1e-4
 absolute; NaN where it has NaN) or is refused by name (``Unsupported``), never another
 exception. Inputs after the first are made constants (the interpreter takes one data input),
@@ -19,7 +20,9 @@ from onnx import numpy_helper  # noqa: E402
 
 from onnx_protect import _torch_graph as tg  # noqa: E402
 
-NODE = pathlib.Path(__file__).resolve().parents[2] / "corpus" / "data" / "node"
+DATA = pathlib.Path(__file__).resolve().parents[2] / "corpus" / "data"
+# Folders of one-model tests with inputs and reference outputs.
+FOLDERS = ("node", "pytorch-converted", "pytorch-operator", "simple")
 
 # Reference outputs the interpreter does not reproduce, and why that does not touch the attacks.
 DIFFERENT = {
@@ -39,14 +42,13 @@ def tensors(folder, kind):
 
 
 def cases():
-    if not NODE.is_dir():
-        return []
-    return sorted(p.name for p in NODE.iterdir() if (p / "model.onnx").is_file())
+    return sorted(f"{f}/{p.name}" for f in FOLDERS if (DATA / f).is_dir()
+                  for p in (DATA / f).iterdir() if (p / "model.onnx").is_file())
 
 
 def run(name):
     """'match', 'refused: ...', 'skipped', or what went wrong."""
-    d = NODE / name
+    d = DATA / name
     m = onnx.load(str(d / "model.onnx"))
     if any(n.domain not in ("", "ai.onnx") or n.op_type not in tg.SUPPORTED_OPS for n in m.graph.node):
         return "skipped"
@@ -81,10 +83,26 @@ def run(name):
 def test_every_node_test_of_a_listed_operator_matches_the_reference_or_is_refused_by_name():
     outcomes = {name: run(name) for name in cases()}
     wrong = {n: o for n, o in outcomes.items() if o not in ("match", "skipped") and not o.startswith("refused: ")
-             and n not in DIFFERENT}
+             and n.split("/")[1] not in DIFFERENT}
     assert not wrong, wrong
     matched = sum(o == "match" for o in outcomes.values())
-    # onnx 1.22.0's node tests: 961 match with this interpreter; the count guards against a
+    # onnx 1.22.0's tests: 1,090 match with this interpreter; the count guards against a
     # corpus read wrongly (every test skipped).
-    assert matched >= 950, matched
-    assert all(outcomes[n] != "match" for n in DIFFERENT if n in outcomes), "listed as different but matches"
+    assert matched >= 1080, matched
+    assert all(outcomes.get(f"node/{n}") != "match" for n in DIFFERENT), "listed as different but matches"
+
+
+@pytest.mark.skipif(not (DATA / "light").is_dir(), reason="the corpus is fetched by scripts/fetch-corpus.sh")
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
+                                  "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+def test_the_corpus_light_models_run_as_onnxruntime_runs_them(name):
+    """The corpus's classic ImageNet architectures (LRN, Sum, Dropout, initializers listed as
+    graph inputs, opset 8-9), on random images, against onnxruntime."""
+    m = onnx.load(str(DATA / "light" / f"light_{name}.onnx"))
+    inits = {t.name for t in m.graph.initializer}
+    data = next(i for i in m.graph.input if i.name not in inits)
+    shape = [d.dim_value or 1 for d in data.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert tg.check(m, x) <= 1e-4

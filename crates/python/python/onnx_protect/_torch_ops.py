@@ -62,6 +62,24 @@ def _selu(x, a):
     return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
 
 
+def _prelu(ins, a, opset):
+    x, slope = ins[0], ins[1]
+    if slope.dim() == 1 and x.dim() > 2 and slope.numel() == x.shape[1] != x.shape[-1]:
+        slope = slope.reshape(-1, *[1] * (x.dim() - 2))  # one slope per channel (before opset 7)
+    return [torch.where(x < 0, slope * x, x)]
+
+
+def _lrn(ins, a, opset):
+    """Local response normalisation over a window of ``size`` channels, ``floor((size - 1) / 2)``
+    before each and the rest after."""
+    x, size = ins[0], a["size"]
+    before = (size - 1) // 2
+    sq = x * x
+    pad = [sq.new_zeros(sq.shape[0], n, *sq.shape[2:]) for n in (before, size - 1 - before)]
+    window = torch.cat([pad[0], sq, pad[1]], 1).unfold(1, size, 1).sum(-1)
+    return [x / (a.get("bias", 1.0) + a.get("alpha", 1e-4) / size * window) ** a.get("beta", 0.75)]
+
+
 def _mod(ins, a, opset):
     x, y = ins[0], ins[1]
     if a.get("fmod", 0):
@@ -339,7 +357,8 @@ MORE_OPS: dict[str, Callable] = {
     "Selu": _unary(_selu),
     "Celu": _unary(lambda x, a: F.celu(x, a.get("alpha", 1.0))),
     "ThresholdedRelu": _unary(lambda x, a: torch.where(x > a.get("alpha", 1.0), x, torch.zeros_like(x))),
-    "PRelu": lambda ins, a, opset: [torch.where(ins[0] < 0, ins[1] * ins[0], ins[0])],
+    "PRelu": _prelu,
+    "LRN": _lrn,
     "And": _logical(torch.logical_and),
     "Or": _logical(torch.logical_or),
     "Xor": _logical(torch.logical_xor),

@@ -340,6 +340,13 @@ def test_shifts_move_each_image_by_at_most_the_shift():
     assert assess.image_shift((10, 1, 8, 8)) == 1 and assess.image_shift((10, 3, 32, 32)) == 4
     assert assess.image_shift((10, 3, 224, 224)) == 4
     assert assess.image_shift((10, 12, 16)) == 0 and assess.image_shift((10, 1, 4, 4)) == 0
+    # Channels last (tf2onnx): the same shifts along H and W.
+    assert assess.image_shift((10, 8, 8, 1)) == 1 and assess.image_shift((10, 32, 32, 3)) == 4
+    assert not assess.channels_last((10, 3, 32, 3)) and assess.image_shift((10, 8, 8, 8)) == 1
+    nchw = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    a = assess.shifted(nchw, 2, torch.Generator().manual_seed(3))
+    b = assess.shifted(nchw.permute(0, 2, 3, 1), 2, torch.Generator().manual_seed(3))
+    assert torch.equal(a.permute(0, 2, 3, 1), b)
 
 
 # ---------------------------------------------------------------- the search's two passes

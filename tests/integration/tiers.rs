@@ -24,6 +24,27 @@ fn enc(input: &Path, output: &Path, k: &MasterKey, policy: &Policy) {
 }
 
 /// A top key of three tiers, made by `keygen --tiers 3` as `dir/k.key`.
+/// `src` encrypted with `--tiers 3` alone under a fresh 3-tier key file: (key file, output).
+fn encrypt_in_3_tiers(dir: &Path, src: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let k = tier_key_file(dir);
+    let prot = dir.join("p.onnx");
+    let (code, _, err) =
+        run(&["encrypt", path_str(src), "-o", path_str(&prot), "--key-file", path_str(&k), "--tiers", "3", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    (k, prot)
+}
+
+/// `prot` decrypted by the binary with the key of `tier` (of `tiers`; the top one is `k`).
+fn decrypt_at_tier(prot: &Path, k: &Path, tier: u32, tiers: u32) -> Model {
+    let out = prot.with_file_name(format!("t{tier}.onnx"));
+    let key = if tier == tiers { k.display().to_string() } else { format!("{}.tier{tier}", k.display()) };
+    let tier_arg = tier.to_string();
+    let args = ["decrypt", path_str(prot), "-o", path_str(&out), "--key-file", &key, "--tier", &tier_arg, "-q"];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    Model::open(&out).unwrap()
+}
+
 fn tier_key_file(dir: &Path) -> std::path::PathBuf {
     let k = dir.join("k.key");
     let (code, _, err) = run(&["keygen", "-o", k.to_str().unwrap(), "--tiers", "3"]);
@@ -525,12 +546,8 @@ fn tier_keys_of_a_passphrase_model() {
 #[test]
 fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let k = tier_key_file(dir.path());
     let src = root().join("fixtures/zoo/digits/mlp.onnx");
-    let prot = dir.path().join("p.onnx");
-    let (code, _, err) =
-        run(&["encrypt", path_str(&src), "-o", path_str(&prot), "--key-file", path_str(&k), "--tiers", "3", "-q"]);
-    assert_eq!(code, 0, "{err}");
+    let (k, prot) = encrypt_in_3_tiers(dir.path(), &src);
     let summary = manifest_of(&prot).sealed.header.policy_summary;
     assert!(summary.ends_with(";tiers=3;order=classes"), "{summary}");
     let (code, out, err) = run(&["inspect", path_str(&prot)]);
@@ -540,21 +557,7 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
     let head = original.tensors.iter().find(|t| t.dims == [10, 64]).expect("the class layer [10, 64]");
     let row = head.nbytes as usize / 10;
     for (tier, served) in [(1u32, 4usize), (2, 7)] {
-        let out = dir.path().join(format!("t{tier}.onnx"));
-        let key = format!("{}.tier{tier}", k.display());
-        let (code, _, err) = run(&[
-            "decrypt",
-            path_str(&prot),
-            "-o",
-            path_str(&out),
-            "--key-file",
-            &key,
-            "--tier",
-            &tier.to_string(),
-            "-q",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let m = Model::open(&out).unwrap();
+        let m = decrypt_at_tier(&prot, &k, tier, 3);
         for t in &original.tensors {
             let (a, b) = (original.tensor_bytes(t.id).unwrap(), m.tensor_bytes(t.id).unwrap());
             if t.id != head.id {
@@ -648,28 +651,18 @@ fn default_tiers_of_a_classifier_are_by_class_through_the_binary() {
 #[test]
 fn a_head_stored_features_by_classes_is_tiered_by_its_columns() {
     let dir = tempfile::tempdir().unwrap();
-    let k = tier_key_file(dir.path());
     let src = root().join("fixtures/lock/gemm_transb0_softmax/model.onnx");
-    let prot = dir.path().join("p.onnx");
-    let (code, _, err) =
-        run(&["encrypt", path_str(&src), "-o", path_str(&prot), "--key-file", path_str(&k), "--tiers", "3", "-q"]);
-    assert_eq!(code, 0, "{err}");
+    let (k, prot) = encrypt_in_3_tiers(dir.path(), &src);
     let (code, out, err) = run(&["inspect", path_str(&prot)]);
     assert!(code == 0 && out.contains("  classes      tier 1: 0-1, tier 2: 2-3, tier 3: 4"), "{out}{err}");
     let original = Model::open(&src).unwrap();
     let head = original.tensors.iter().find(|t| t.name == "W" && t.dims == [6, 5]).expect("W [6, 5]");
     for (tier, served) in [(1u32, 2usize), (2, 4), (3, 5)] {
-        let out = dir.path().join(format!("t{tier}.onnx"));
-        let key = if tier == 3 { path_str(&k).to_string() } else { format!("{}.tier{tier}", k.display()) };
-        let args = ["decrypt", path_str(&prot), "-o", path_str(&out), "--key-file", &key, "-q"];
-        let tier_arg = tier.to_string();
-        let (code, _, err) = if tier == 3 { run(&args) } else { run(&[&args[..], &["--tier", &tier_arg]].concat()) };
-        assert_eq!(code, 0, "{err}");
+        let m = decrypt_at_tier(&prot, &k, tier, 3);
         if tier == 3 {
-            assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+            assert_eq!(m.bytes(), std::fs::read(&src).unwrap().as_slice());
             continue;
         }
-        let m = Model::open(&out).unwrap();
         for t in &original.tensors {
             let (a, b) = (original.tensor_bytes(t.id).unwrap(), m.tensor_bytes(t.id).unwrap());
             if t.id != head.id {

@@ -276,6 +276,55 @@ def test_assess_runs_on_the_default_exporters_bert(tmp_path):
     ran(r, reused=["relearn", "finetune"])
 
 
+class Hub(nn.Module):
+    """A ``transformers`` classifier called as Hugging Face exports call it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
+    """BERT exported with ``input_ids``, ``attention_mask`` and ``token_type_ids`` (as
+    ``optimum`` exports it): the data gives the ids; the mask is all ones and the segment
+    ids zeros, the values the model takes when they are not passed. Another second input is
+    refused in one line naming the ones filled."""
+    transformers = pytest.importorskip("transformers", reason="tests/requirements.txt")
+    rng = np.random.default_rng(0)
+    data = [*planted(1200, rng), *planted(500, rng)]
+    config = transformers.BertConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=33, num_labels=10,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                     attn_implementation="eager")
+    torch.manual_seed(0)
+    net = Hub(transformers.BertForSequenceClassification(config)).eval()
+    plain = tmp_path / "hub.onnx"
+    ids = torch.from_numpy(data[0][:2])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain), input_names=names,
+                          output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
+                          opset_version=17, dynamo=False)
+    model = onnx.load(plain)
+    assert [i.name for i in model.graph.input] == names
+    interpreter_matches_onnxruntime(model, data[2])
+    r = assess.attack(protect(plain, tmp_path), *data, **TINY)
+    assert r["share"] == 1.0
+    ran(r, reused=["relearn", "finetune"])
+
+    other = onnx.load(plain)
+    other.graph.input[2].name = "segment"
+    for n in other.graph.node:
+        n.input[:] = ["segment" if i == "token_type_ids" else i for i in n.input]
+    with pytest.raises(tg.Unsupported, match="3 data inputs .one is supported, followed by any of attention_mask, "
+                                             "token_type_ids, position_ids."):
+        tg.TorchGraph(other)
+
+
 def test_token_ids_given_as_floats_are_taken_whole_and_refused_with_fractions(tmp_path, bert, capsys):
     plain, data = bert
     enc = protect(plain, tmp_path)

@@ -69,6 +69,8 @@ CASES = {
     "ThresholdedRelu": ([n("ThresholdedRelu", ["x"], ["y"], alpha=0.3)], []),
     "PRelu": ([n("PRelu", ["x", "s"], ["y"])], [init("s", RNG.random((3, 1, 1)).astype(np.float32))]),
     "LRN": ([n("LRN", ["x"], ["y"], size=3, alpha=0.01, beta=0.6, bias=2.0)], []),  # onnxruntime: odd sizes
+    "Flatten at the rank": ([n("Flatten", ["x"], ["y"], axis=4)], []),
+    "Flatten from the end": ([n("Flatten", ["x"], ["y"], axis=-1)], []),
     "And": ([n("Greater", ["x", "zero"], ["p"]), n("Less", ["x", "h"], ["q"]), n("And", ["p", "q"], ["b"]),
              where("b")], [ZERO, init("h", np.float32(0.5))]),
     "Or": ([n("Greater", ["x", "h"], ["p"]), n("Less", ["x", "zero"], ["q"]), n("Or", ["p", "q"], ["b"]),

@@ -12,7 +12,8 @@ convolutional networks, transformers (attention written out with MatMul/Softmax,
 ``LayerNormalization``/``Gelu``), and ``LSTM``/``GRU``/``RNN`` layers (:mod:`onnx_protect._torch_rnn`), in the default
 domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
 ``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
-other domains, several data inputs, or an operator outside that list is refused
+other domains, data inputs after the first but the Hugging Face ones it fills
+(:data:`FILLED_INPUTS`), or an operator outside that list is refused
 before anything is trained (:class:`Unsupported`, naming every offending operator).
 
 ``onnx2torch`` is not used: 1.5.15 (with torch 2.9.1) converts none of the fourteen
@@ -83,6 +84,7 @@ class TorchGraph(torch.nn.Module):
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         init_names = {t.name for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in init_names]
+        self.filled = filled_input_types(model)
         self.constants: dict[str, Constant] = {}  # locator -> constant
         self.by_value: dict[str, str] = {}  # value name -> locator (float constants)
         self.fixed: dict[str, torch.Tensor] = {}  # value name -> non-float or scalar constant
@@ -190,6 +192,7 @@ class TorchGraph(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, torch.Tensor] = {self.inputs[0]: x}
+        env.update(filled_inputs(self.filled, x))
 
         def get(name: str) -> torch.Tensor:
             if name in env:
@@ -326,6 +329,35 @@ def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.Node
     return pooled
 
 
+def _filled(name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if name == "position_ids":
+        return torch.arange(x.shape[1], dtype=dtype).expand(x.shape[0], -1)
+    return (torch.ones if name == "attention_mask" else torch.zeros)(x.shape[:2], dtype=dtype)
+
+
+# Inputs a Hugging Face export (``optimum``, ``transformers``) takes after ``input_ids``, given
+# the values the model itself uses when they are not passed: every token attended, one
+# segment, positions 0, 1, ...
+FILLED_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
+
+
+def filled_input_types(model: onnx.ModelProto) -> list[tuple[str, torch.dtype]]:
+    """The data inputs after the first (:data:`FILLED_INPUTS`) with the type each is fed in."""
+    init_names = {t.name for t in model.graph.initializer}
+    out = []
+    for i in [i for i in model.graph.input if i.name not in init_names][1:]:
+        elem = i.type.tensor_type.elem_type
+        dtype = torch.int32 if elem == onnx.TensorProto.INT32 else torch.float32 if elem in FLOAT_TYPES \
+            else torch.bool if elem == onnx.TensorProto.BOOL else torch.int64
+        out.append((i.name, dtype))
+    return out
+
+
+def filled_inputs(types: list[tuple[str, torch.dtype]], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Those inputs' values for the batch ``x`` of the first input."""
+    return {name: _filled(name, x, dtype) for name, dtype in types}
+
+
 def refuse_unsupported(model: onnx.ModelProto) -> None:
     g = model.graph
     problems = []
@@ -340,8 +372,10 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
         problems.append("subgraphs")
     init_names = {t.name for t in g.initializer}
     inputs = [i.name for i in g.input if i.name not in init_names]
-    if len(inputs) != 1:
-        problems.append(f"{len(inputs)} data inputs (one is supported)")
+    others = [n for n in inputs[1:] if n not in FILLED_INPUTS]
+    if not inputs or inputs[0] in FILLED_INPUTS or others:
+        problems.append(f"{len(inputs)} data inputs (one is supported, followed by any of "
+                        f"{', '.join(FILLED_INPUTS)})")
     if g.sparse_initializer:
         problems.append("sparse initializers")
     if problems:
@@ -535,9 +569,10 @@ def _shape_ops(op, ins, a):
         shape = ints(ins[1])
         shape = [x.shape[i] if s == 0 and not a.get("allowzero", 0) else s for i, s in enumerate(shape)]
         return x.reshape(shape)
-    if op == "Flatten":
-        ax = a.get("axis", 1) % max(x.dim(), 1)
-        return x.reshape(int(np.prod(x.shape[:ax])), -1)
+    if op == "Flatten":  # axis in [-rank, rank]: [prod(dims before), prod(dims from)]
+        ax = a.get("axis", 1)
+        ax = ax + x.dim() if ax < 0 else ax
+        return x.reshape(int(np.prod(x.shape[:ax])), int(np.prod(x.shape[ax:])))
     if op == "Transpose":
         return x.permute(*a.get("perm", list(range(x.dim()))[::-1]))
     if op == "Shape":
@@ -673,7 +708,8 @@ def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> flo
     m = TorchGraph(model)
     try:
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), torch.from_numpy(x)).items()}
+        want = sess.run(None, {sess.get_inputs()[0].name: x, **feeds})[0]
     except Exception as e:  # onnxruntime raises its own exception types
         raise Unsupported(f"onnxruntime cannot run the model on inputs of shape {x.shape} to check the PyTorch "
                           f"interpreter: {' '.join(str(e).split())}") from e

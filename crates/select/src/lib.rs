@@ -361,6 +361,10 @@ fn pick(
     Some((n, positions))
 }
 
+/// Most spans tiers by class along a layer's last axis may cut it into (a header of a few
+/// megabytes); tier classes that would cut more are not followed.
+pub const MAX_CLASS_SPANS: u64 = 1 << 20;
+
 /// How the chosen pieces are shared out over the tiers.
 enum Tiering {
     /// By byte shares, in this order of importance.
@@ -400,6 +404,14 @@ fn tiering(model: &Model, weights: &[Weight], heads: &[Chosen], policy: &Policy)
             });
         let groups = policy.tier_classes.as_deref();
         let tier_of_class = classes::class_tiers(layer.classes, policy.tiers, groups).filter(|_| chosen_whole)?;
+        if layer.axis == ClassAxis::Columns {
+            // Each row is cut where the tier changes: at most MAX_CLASS_SPANS spans in all.
+            let runs = 1 + tier_of_class.windows(2).filter(|w| w[0] != w[1]).count() as u64;
+            let rows = model.tensors[layer.tensor].numel / layer.classes.max(1);
+            if runs.saturating_mul(rows) > MAX_CLASS_SPANS {
+                return None;
+            }
+        }
         Some(Tiering::Classes { layer, tier_of_class })
     };
     match policy.tier_order {

@@ -474,3 +474,24 @@ fn tier_classes_put_the_rows_of_the_classes_asked_in_their_tiers() {
         assert!(e.contains(why), "{toml}: {e}");
     }
 }
+
+/// Tier classes that would cut a `[features, classes]` head into more than
+/// `MAX_CLASS_SPANS` spans (every other class of 1,024 in 1,025 rows) are not followed (the
+/// encryption refuses them), where the default tiers of the same head are.
+#[test]
+fn tier_classes_cutting_a_column_head_into_too_many_spans_are_not_followed() {
+    use onnx_protect_format::testutil::{float_tensor, matmul_chain};
+    use onnx_protect_select::MAX_CLASS_SPANS;
+    let (rows, classes) = (1025usize, 1024usize);
+    let w = float_tensor("W0", &[rows as i64, classes as i64], &vec![0.5; rows * classes]);
+    let m = Model::from_vec(matmul_chain(&[w]), None).unwrap();
+    assert_eq!(run(&m, "version = 1\ntiers = 3\n").tier_order, TierOrder::Classes);
+    let even: Vec<String> = (0..classes).step_by(2).map(|c| c.to_string()).collect();
+    let alternating = format!("version = 1\ntiers = 2\ntier_classes = [[{}]]\n", even.join(", "));
+    assert!((rows * classes) as u64 > MAX_CLASS_SPANS);
+    assert_eq!(run(&m, &alternating).tier_order, TierOrder::Importance);
+    // Half as many rows: followed.
+    let w = float_tensor("W0", &[512, classes as i64], &vec![0.5; 512 * classes]);
+    let m = Model::from_vec(matmul_chain(&[w]), None).unwrap();
+    assert_eq!(run(&m, &alternating).tier_order, TierOrder::Classes);
+}

@@ -42,7 +42,7 @@ pub enum PolicyError {
     #[error(
         "policy: tiers by class (tier_order \"classes\", tier classes) need a classifier whose last layer (the kernel of a Gemm, Conv or \
          MatMul, one row or column per class of a [batch, classes] output, every byte encrypted) has a class for \
-         each tier, and this model has none; use tier_order \"importance\""
+         each tier (columns cut into at most 2^20 spans), and this model has none; use tier_order \"importance\""
     )]
     NoClassLayer,
     /// Tier classes name `class`, and the class layer has `classes` rows.

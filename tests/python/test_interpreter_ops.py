@@ -180,11 +180,55 @@ def test_each_operator_runs_as_onnxruntime_runs_it(case):
     assert tg.check(m, x) <= 1e-4
 
 
+def contrib(node, inits=(), shape=(2, 3, 8)):
+    """A model of one com.microsoft node (onnxruntime's contrib operators)."""
+    x = helper.make_tensor_value_info("x", F32, list(shape))
+    outs = [helper.make_tensor_value_info(o, F32, None) for o in node.output if o]
+    g = helper.make_graph([node], "contrib", [x], outs, list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m
+
+
+def vec(name, n=8):
+    return init(name, RNG.standard_normal((n,)).astype(np.float32))
+
+
+def cm(op, ins, outs=("y",), **kw):
+    return helper.make_node(op, ins, list(outs), domain="com.microsoft", **kw)
+
+
+CONTRIB = {
+    "Gelu": (cm("Gelu", ["x"]), []),
+    "FastGelu": (cm("FastGelu", ["x", "b"]), [vec("b")]),
+    "FastGelu without bias": (cm("FastGelu", ["x"]), []),
+    "BiasGelu": (cm("BiasGelu", ["x", "b"]), [vec("b")]),
+    "QuickGelu": (cm("QuickGelu", ["x"], alpha=1.5), []),
+    "SkipLayerNormalization": (cm("SkipLayerNormalization", ["x", "s", "g", "be", "bi"], epsilon=1e-5),
+                               [init("s", RNG.standard_normal((2, 3, 8)).astype(np.float32)), vec("g"), vec("be"),
+                                vec("bi")]),
+    "SkipLayerNormalization, sum output": (cm("SkipLayerNormalization", ["x", "s", "g"], ("n", "", "", "y")),
+                                           [init("s", RNG.standard_normal((2, 3, 8)).astype(np.float32)), vec("g")]),
+    "SkipSimplifiedLayerNormalization": (cm("SkipSimplifiedLayerNormalization", ["x", "s", "g"], epsilon=1e-6),
+                                         [init("s", RNG.standard_normal((2, 3, 8)).astype(np.float32)), vec("g")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTRIB))
+def test_each_contrib_operator_runs_as_onnxruntime_runs_it(case):
+    node, inits = CONTRIB[case]
+    m = contrib(node, inits)
+    if node.output[0] != "y":  # the graph's first output is the one compared
+        m.graph.output.sort(key=lambda o: o.name != "y")
+    assert tg.check(m, RNG.standard_normal((2, 3, 8)).astype(np.float32)) <= 1e-4
+
+
 def test_every_new_operator_is_checked_here():
-    from onnx_protect._torch_ops import MORE_OPS
+    from onnx_protect._torch_ops import CONTRIB_OPS, MORE_OPS
     from onnx_protect._torch_rnn import GATES
     covered = {op for nodes, _ in CASES.values() for op in (nd.op_type for nd in nodes)}
-    assert (set(MORE_OPS) | set(GATES)) - covered == set()
+    assert (set(MORE_OPS) | set(GATES)) - covered - CONTRIB_OPS == set()
+    assert {nd.op_type for nd, _ in CONTRIB.values()} == CONTRIB_OPS
     assert set(MORE_OPS) | set(GATES) <= tg.SUPPORTED_OPS
 
 

@@ -191,3 +191,14 @@ def test_a_matmul_head_is_tiered_by_its_columns(tmp_path):
         assert (got[:, served:] != ref[:, served:]).all(), tier
     top = op.InferenceSession(enc, key_file=key, providers=CPU).run(None, x)[0]
     assert np.array_equal(top, ref)
+
+
+def test_the_optimizers_fused_bert_runs_in_the_attacks_interpreter(made):
+    """`assess`'s interpreter runs what onnxruntime's transformer optimizer writes
+    (SkipLayerNormalization and BiasGelu of com.microsoft; the attention mask filled with
+    ones), as onnxruntime runs it."""
+    from onnx_protect import _torch_graph as tg
+    m = onnx.load(str(made["bert_fused"]))
+    assert {"SkipLayerNormalization", "BiasGelu"} <= {n.op_type for n in m.graph.node if n.domain == "com.microsoft"}
+    ids = np.random.default_rng(3).integers(0, 300, (3, 12)).astype(np.int64)
+    assert tg.check(m, ids) <= 1e-4

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ._torch_ops import MORE_OPS, Unsupported, ints
+from ._torch_ops import CONTRIB_OPS, MORE_OPS, Unsupported, ints
 from ._torch_rnn import recurrent
 
 FLOAT_TYPES = {
@@ -358,14 +358,21 @@ def filled_inputs(types: list[tuple[str, torch.dtype]], x: torch.Tensor) -> dict
     return {name: _filled(name, x, dtype) for name, dtype in types}
 
 
+def runs(n: onnx.NodeProto) -> bool:
+    """Whether the interpreter runs node ``n``: an operator of :data:`SUPPORTED_OPS` in the
+    default domain, or of :data:`CONTRIB_OPS` in onnxruntime's com.microsoft."""
+    if n.domain == "com.microsoft":
+        return n.op_type in CONTRIB_OPS
+    return n.domain in ("", "ai.onnx") and n.op_type in SUPPORTED_OPS
+
+
 def refuse_unsupported(model: onnx.ModelProto) -> None:
     g = model.graph
     problems = []
     if model.functions:
         problems.append("model-local functions")
     bad = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                  for n in g.node
-                  if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS})
+                  for n in g.node if not runs(n)})
     if bad:
         problems.append("operators " + ", ".join(bad))
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):

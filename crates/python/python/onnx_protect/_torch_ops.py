@@ -339,9 +339,31 @@ def _scatter_elements(ins, a, opset):
     return [torch.scatter(x, ax, idx, ins[2])]
 
 
+def _skip_norm(rms):
+    """``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` (com.microsoft):
+    ``s = input + skip (+ bias)`` normalised over the last axis; outputs the result, the mean
+    and inverse standard deviation, and ``s``."""
+    def run(ins, a, opset):
+        gamma = ins[2]
+        beta = _given(ins, 3) if not rms else None
+        bias = _given(ins, 4 if not rms else 3)
+        s = ins[0] + ins[1] + (bias if bias is not None else 0)
+        eps = a.get("epsilon", 1e-12 if not rms else 1e-6)
+        mean = s.mean(-1, keepdim=True) if not rms else torch.zeros_like(s[..., :1])
+        inv_std = torch.rsqrt((s - mean).square().mean(-1, keepdim=True) + eps)
+        y = (s - mean) * inv_std * gamma + (beta if beta is not None else 0)
+        return [y, mean, inv_std, s]
+    return run
+
+
 def _logical(f):
     return lambda ins, a, opset: [f(ins[0].bool(), ins[1].bool())]
 
+
+# Operators of onnxruntime's com.microsoft domain that its transformer optimizer writes, by name
+# (com.microsoft's Gelu is the default domain's without attributes).
+CONTRIB_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization",
+               "SkipSimplifiedLayerNormalization"}
 
 MORE_OPS: dict[str, Callable] = {
     "IsNaN": _unary(lambda x, a: torch.isnan(x)),
@@ -383,6 +405,12 @@ MORE_OPS: dict[str, Callable] = {
     "ScatterND": _scatter_nd,
     "ScatterElements": _scatter_elements,
     "NonZero": lambda ins, a, opset: [torch.nonzero(ins[0]).t().to(torch.int64)],
+    "FastGelu": lambda ins, a, opset: [F.gelu(ins[0] + (_given(ins, 1) if _given(ins, 1) is not None else 0),
+                                              approximate="tanh")],
+    "BiasGelu": lambda ins, a, opset: [F.gelu(ins[0] + ins[1])],
+    "QuickGelu": lambda ins, a, opset: [ins[0] * torch.sigmoid(a.get("alpha", 1.702) * ins[0])],
+    "SkipLayerNormalization": _skip_norm(rms=False),
+    "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
     **{op: _reduce_more(op) for op in
        ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp")},
 }

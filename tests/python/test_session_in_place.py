@@ -461,6 +461,32 @@ def test_external_weights_filled_on_demand_beyond_the_budget_give_the_plain_outp
     assert s.run(None, {"x": x})[0].tobytes() == want
 
 
+def test_a_key_below_the_top_tier_fills_external_data_on_demand_as_the_top_key_does(tmp_path):
+    """A chain whose last `MatMul` is `[features, 256]` tiered by class (`tiers=3` alone): a
+    session with a tier's key takes the on-demand path as the top key's does (the manifest a
+    file would keep is not handed to onnxruntime), serves that tier's classes exactly and the
+    others not; the top key gives the plain outputs."""
+    plain = chain_model(tmp_path / "plain", 3, 256, seed=2)
+    key = tmp_path / "k.key"
+    op.keygen(key, tiers=3)
+    enc = tmp_path / "enc" / "model.onnx"
+    enc.parent.mkdir()
+    op.encrypt(plain, enc, key_file=key, tiers=3)
+    x = np.random.default_rng(5).standard_normal((2, 256)).astype(np.float32)
+    want = ort.InferenceSession(str(plain), providers=CPU).run(None, {"x": x})[0]
+    methods = set()
+    for tier, served in [(1, 86), (2, 171)]:  # round(1 + k * 255 / 3)
+        s = op.InferenceSession(enc, key_file=f"{key}.tier{tier}", providers=CPU)
+        methods.add(s._onnx_protect_buffers[0].external_method)
+        got = s.run(None, {"x": x})[0]
+        assert np.array_equal(got[:, :served], want[:, :served]), tier
+        assert (got[:, served:] != want[:, served:]).all(), tier
+    top = op.InferenceSession(enc, key_file=key, providers=CPU)
+    methods.add(top._onnx_protect_buffers[0].external_method)
+    assert top.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    assert len(methods) == 1, methods  # every key the same way: on demand where the system can
+
+
 def test_on_demand_false_decrypts_external_data_whole_with_the_same_outputs(tmp_path):
     plain = chain_model(tmp_path / "plain", 3, 256, seed=1)
     enc, key = encrypted(plain, tmp_path)

@@ -91,7 +91,7 @@ use onnx_protect_keys::SignerKey;
 use self::patch::{io_error, load, open};
 use crate::error::{CoreError, Result};
 use crate::keys::KeySource;
-use crate::pass::decryption::Decryption;
+use crate::pass::decryption::{Decryption, NewEntry};
 use crate::protection::{open_protected, Protection};
 use crate::reader::Ask;
 
@@ -266,9 +266,9 @@ impl<'a> InMemory<'a> {
         match self.input {
             Input::File(path) => {
                 let (file, model) = open_checked(path)?;
-                Ok(self.decrypt(&model, Some(file))?.0)
+                Ok(self.decrypt(&model, Some(file), false)?.0)
             }
-            Input::Model(model) => Ok(self.decrypt(model, source_file(model)?)?.0),
+            Input::Model(model) => Ok(self.decrypt(model, source_file(model)?, false)?.0),
         }
     }
 
@@ -281,12 +281,12 @@ impl<'a> InMemory<'a> {
         match self.input {
             Input::File(path) => {
                 let (file, model) = open_checked(path)?;
-                let decrypted = self.decrypt(&model, Some(file)).and_then(for_session)?;
+                let decrypted = self.decrypt(&model, Some(file), true).and_then(for_session)?;
                 let index = decrypted.index(model)?;
                 Ok((decrypted, index))
             }
             Input::Model(model) => {
-                let decrypted = self.decrypt(model, source_file(model)?).and_then(for_session)?;
+                let decrypted = self.decrypt(model, source_file(model)?, true).and_then(for_session)?;
                 let index = decrypted.index_anew()?;
                 Ok((decrypted, index))
             }
@@ -294,15 +294,20 @@ impl<'a> InMemory<'a> {
     }
 
     /// The decryption of `model` (read from `file`, when given), after `accept`; and whether
-    /// the model's outputs are label-locked.
-    fn decrypt(&self, model: &Model, file: Option<File>) -> Result<(DecryptedModel, bool)> {
+    /// the model's outputs are label-locked. For a `session`, a decryption below the top tier
+    /// hands the runtime no manifest (one recording the restored tiers is for a file), so it
+    /// takes the on-demand path as a full one does.
+    fn decrypt(&self, model: &Model, file: Option<File>, session: bool) -> Result<(DecryptedModel, bool)> {
         let protection = Protection::of(model)?;
         if let Some(accept) = self.accept {
             accept(&protection)?;
         }
         let label_locked = matches!(&protection, Protection::V2(p) if p.sealed.header.label_lock.is_some());
-        let d: Decryption<'_> =
+        let mut d: Decryption<'_> =
             protection.into_decryption(model, Ask { key: self.key, tier: self.tier, signers: self.signers })?;
+        if session && matches!(d.new_entry, NewEntry::Restored(_)) {
+            d.new_entry = NewEntry::Remove;
+        }
         let decrypted = match ondemand::on_demand_if(self.on_demand, self.reader(), self.model_on_demand, d)? {
             Ok(done) => done,
             Err(d) => load(d, file)?,

@@ -204,22 +204,28 @@ class Logits(nn.Module):
         return self.model(input_ids=ids).logits
 
 
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    """A 2-layer BERT (hidden 32, 2 heads, eager attention) trained 60 steps on the
-    planted-token task (about 70% of the test set right), exported: the plain file and
-    the task's data (1200 training, 500 test sequences)."""
+def tiny_bert(**attention):
+    """A 2-layer BERT classifier (hidden 32, 2 heads, 10 labels, no dropout), random from seed
+    0, and the planted-token task's data (1200 training, 500 test sequences)."""
     transformers = pytest.importorskip("transformers", reason="tests/requirements.txt")
     rng = np.random.default_rng(0)
     data = [*planted(1200, rng), *planted(500, rng)]
     config = transformers.BertConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=33, num_labels=10,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                     attn_implementation="eager")
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **attention)
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config), data
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """A 2-layer BERT (hidden 32, 2 heads, eager attention) trained 60 steps on the
+    planted-token task (about 70% of the test set right), exported: the plain file and
+    the task's data (1200 training, 500 test sequences)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = Logits(transformers.BertForSequenceClassification(config))
+    bert, data = tiny_bert(attn_implementation="eager")
+    net = Logits(bert)
     path = tmp_path_factory.mktemp("bert") / "bert.onnx"
     export(net, data, path, steps=60)
     torch.set_num_threads(before)
@@ -255,14 +261,8 @@ def test_assess_runs_on_the_default_exporters_bert(tmp_path):
     """The same BERT (default attention) as ``torch.onnx.export`` writes it by default from
     torch 2.9 (``dynamo=True``: opset 18, external data, the masked softmax guarded with
     ``IsNaN``), with a dynamic batch."""
-    transformers = pytest.importorskip("transformers", reason="tests/requirements.txt")
-    rng = np.random.default_rng(0)
-    data = [*planted(1200, rng), *planted(500, rng)]
-    config = transformers.BertConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=33, num_labels=10,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    net = Logits(transformers.BertForSequenceClassification(config)).eval()
+    bert, data = tiny_bert()
+    net = Logits(bert).eval()
     plain = tmp_path / "bert.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -292,15 +292,8 @@ def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
     ``optimum`` exports it): the data gives the ids; the mask is all ones and the segment
     ids zeros, the values the model takes when they are not passed. Another second input is
     refused in one line naming the ones filled."""
-    transformers = pytest.importorskip("transformers", reason="tests/requirements.txt")
-    rng = np.random.default_rng(0)
-    data = [*planted(1200, rng), *planted(500, rng)]
-    config = transformers.BertConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=33, num_labels=10,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                     attn_implementation="eager")
-    torch.manual_seed(0)
-    net = Hub(transformers.BertForSequenceClassification(config)).eval()
+    bert, data = tiny_bert(attn_implementation="eager")
+    net = Hub(bert).eval()
     plain = tmp_path / "hub.onnx"
     ids = torch.from_numpy(data[0][:2])
     names = ["input_ids", "attention_mask", "token_type_ids"]

@@ -23,7 +23,6 @@
 #![forbid(unsafe_code)]
 
 pub mod classes;
-use classes::{ClassAxis, ClassLayer};
 pub mod importance;
 mod onnx_ops;
 mod policy;
@@ -39,6 +38,8 @@ pub use policy::{
 };
 
 use onnx_protect_format::{DataType, Model, TensorData, TensorId, TensorRole, Weight};
+
+use crate::classes::{ClassAxis, ClassLayer};
 
 /// One tensor chosen for encryption.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -587,3 +587,26 @@ def test_scores_give_accuracy_and_cross_entropy():
     want = -np.mean([np.log(np.exp(1) / (np.exp(1) + 2)), np.log(np.exp(1) / (np.exp(1) + 2)),
                      np.log(1 / (np.exp(1) + 2))])
     assert loss == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("net", ["vit", "resnet"])
+def test_assess_runs_on_exports_with_the_batch_size_fixed(net, dynamo, tmp_path, data):
+    """`torch.onnx.export(model, example, path)` with no dynamic axis fixes the batch size (1
+    here) in the input and in the graph's shapes (`Reshape` constants, a class token left
+    unexpanded): onnxruntime runs such a model one sample at a time, and the interpreter runs
+    it at any batch size with the export's batch size in those shapes made the batch's."""
+    torch.manual_seed(0)
+    model = {"vit": ViT, "resnet": ResNet}[net]().eval()
+    plain = tmp_path / f"{net}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(data[0][:1]),), str(plain), input_names=["x"], output_names=["y"],
+                          dynamo=dynamo)
+    m = onnx.load(plain)
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][0] == 1
+    assert tg.check(m, data[2][:64]) <= 1e-4
+    enc = tmp_path / f"{net}.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    assert r["share"] == 1.0 and 0.0 <= r["sizes"][0]["scratch"][0] <= 1.0

@@ -276,6 +276,21 @@ def test_assess_runs_on_the_default_exporters_bert(tmp_path):
     ran(r, reused=["relearn", "finetune"])
 
 
+def test_the_interpreter_runs_bert_exported_at_a_fixed_batch_size_at_any_batch_size(tmp_path):
+    """BERT exported by the default exporter with no dynamic axis: its attention reshapes
+    hold the batch size 1 merged with the heads ([1 × heads, ...] read back as [1, heads,
+    ...]); the interpreter runs 64 sequences as onnxruntime runs them one at a time."""
+    bert, data = tiny_bert()
+    plain = tmp_path / "bert1.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(bert).eval(), (torch.from_numpy(data[0][:1]),), str(plain), input_names=["ids"],
+                          output_names=["logits"], dynamo=True)
+    model = onnx.load(plain)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert tg.check(model, data[2][:64]) <= 1e-4
+
+
 class Hub(nn.Module):
     """A ``transformers`` classifier called as Hugging Face exports call it."""
 

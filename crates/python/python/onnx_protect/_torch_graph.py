@@ -85,6 +85,7 @@ class TorchGraph(torch.nn.Module):
         init_names = {t.name for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in init_names]
         self.filled = filled_input_types(model)
+        self.batch = static_batch(model)
         self.constants: dict[str, Constant] = {}  # locator -> constant
         self.by_value: dict[str, str] = {}  # value name -> locator (float constants)
         self.fixed: dict[str, torch.Tensor] = {}  # value name -> non-float or scalar constant
@@ -208,6 +209,10 @@ class TorchGraph(torch.nn.Module):
                 env[node.output[0]] = constant_node(node)
                 continue
             ins = [get(i) if i else None for i in node.input]
+            if self.batch and node.op_type in BATCHED_SHAPES and len(ins) > 1 and node.input[1] not in env:
+                ins[1] = with_batch(node.op_type, ins, self.batch, x.shape[0])
+            elif self.batch and node.op_type == "Concat":
+                ins = concat_batch(ins, attrs(node).get("axis", 0), self.batch, x.shape[0])
             training = self.training
             if node.op_type == "BatchNormalization" and node.input[3] in self.frozen_stats:
                 training = False
@@ -327,6 +332,53 @@ def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.Node
         stack.extend(u.output[0] for u in consumers.get(v, [])
                      if (u.op_type == "Conv" and u.input[0] == v) or u.op_type in ACTIVATIONS)
     return pooled
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The first data input's first dimension when the export fixed it (``torch.onnx.export``
+    without a dynamic axis): shapes in the graph then hold it as a constant."""
+    init_names = {t.name for t in model.graph.initializer}
+    first = next((i for i in model.graph.input if i.name not in init_names), None)
+    dims = first.type.tensor_type.shape.dim if first is not None else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+# Operators whose constant shape (input 1) a static export writes with the batch size first.
+BATCHED_SHAPES = {"Reshape", "Expand", "ConstantOfShape"}
+
+
+def with_batch(op: str, ins: list, fixed: int, batch: int) -> torch.Tensor:
+    """The constant shape of ``op`` with the export's batch size ``fixed`` in its first place
+    made the batch being run (``Reshape``: only when what it reshapes holds that many batches);
+    :func:`check` compares the result with onnxruntime run at the export's batch size."""
+    shape = ins[1]
+    if batch == fixed or shape.dim() != 1 or len(shape) == 0 or int(shape[0]) != fixed:
+        return shape
+    if op == "Reshape":
+        rest = shape[1:]
+        if bool((rest < 1).any()):  # a -1 or 0 elsewhere: the batch must lead what is reshaped
+            fits = ins[0].dim() > 0 and ins[0].shape[0] == batch
+        else:  # else the element count tells (the batch may be merged with heads)
+            fits = ins[0].numel() * fixed == batch * int(torch.prod(shape))
+        if not fits:
+            return shape
+    shape = shape.clone()
+    shape[0] = batch
+    return shape
+
+
+def concat_batch(ins: list, axis: int, fixed: int, batch: int) -> list:
+    """The inputs of a ``Concat`` along another axis than the first, those holding the export's
+    batch size ``fixed`` first (a class token the export left unexpanded at batch 1) expanded
+    to the batch being run when the others hold it."""
+    present = [t for t in ins if t is not None and t.dim() > 0]
+    if batch == fixed or not present or axis % present[0].dim() == 0:
+        return ins
+    firsts = {t.shape[0] for t in present}
+    if firsts != {fixed, batch}:
+        return ins
+    return [t.expand(batch, *t.shape[1:]) if t is not None and t.dim() > 0 and t.shape[0] == fixed else t
+            for t in ins]
 
 
 def _filled(name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -715,8 +767,15 @@ def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> flo
     m = TorchGraph(model)
     try:
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), torch.from_numpy(x)).items()}
-        want = sess.run(None, {sess.get_inputs()[0].name: x, **feeds})[0]
+        # An export's fixed batch size: onnxruntime runs the inputs that many at a time.
+        step = static_batch(model) or len(x)
+        x = x[: len(x) // step * step] if len(x) >= step else x
+        parts = []
+        for i in range(0, len(x), step):
+            xb = x[i:i + step]
+            feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), torch.from_numpy(xb)).items()}
+            parts.append(sess.run(None, {sess.get_inputs()[0].name: xb, **feeds})[0])
+        want = np.concatenate(parts) if len(parts) > 1 else parts[0]
     except Exception as e:  # onnxruntime raises its own exception types
         raise Unsupported(f"onnxruntime cannot run the model on inputs of shape {x.shape} to check the PyTorch "
                           f"interpreter: {' '.join(str(e).split())}") from e

@@ -34,15 +34,11 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES, concat_batch, filled_input_types,
+                            filled_inputs, static_batch, with_batch)
 from ._torch_ops import CONTRIB_OPS, MORE_OPS, Unsupported, ints
 from ._torch_rnn import recurrent
 
-FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}
 NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
 PASS_THROUGH = {
     "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
@@ -332,82 +328,6 @@ def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.Node
         stack.extend(u.output[0] for u in consumers.get(v, [])
                      if (u.op_type == "Conv" and u.input[0] == v) or u.op_type in ACTIVATIONS)
     return pooled
-
-
-def static_batch(model: onnx.ModelProto) -> int | None:
-    """The first data input's first dimension when the export fixed it (``torch.onnx.export``
-    without a dynamic axis): shapes in the graph then hold it as a constant."""
-    init_names = {t.name for t in model.graph.initializer}
-    first = next((i for i in model.graph.input if i.name not in init_names), None)
-    dims = first.type.tensor_type.shape.dim if first is not None else []
-    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-
-
-# Operators whose constant shape (input 1) a static export writes with the batch size first.
-BATCHED_SHAPES = {"Reshape", "Expand", "ConstantOfShape"}
-
-
-def with_batch(op: str, ins: list, fixed: int, batch: int) -> torch.Tensor:
-    """The constant shape of ``op`` with the export's batch size ``fixed`` in its first place
-    made the batch being run (``Reshape``: only when what it reshapes holds that many batches);
-    :func:`check` compares the result with onnxruntime run at the export's batch size."""
-    shape = ins[1]
-    if batch == fixed or shape.dim() != 1 or len(shape) == 0 or int(shape[0]) != fixed:
-        return shape
-    if op == "Reshape":
-        rest = shape[1:]
-        if bool((rest < 1).any()):  # a -1 or 0 elsewhere: the batch must lead what is reshaped
-            fits = ins[0].dim() > 0 and ins[0].shape[0] == batch
-        else:  # else the element count tells (the batch may be merged with heads)
-            fits = ins[0].numel() * fixed == batch * int(torch.prod(shape))
-        if not fits:
-            return shape
-    shape = shape.clone()
-    shape[0] = batch
-    return shape
-
-
-def concat_batch(ins: list, axis: int, fixed: int, batch: int) -> list:
-    """The inputs of a ``Concat`` along another axis than the first, those holding the export's
-    batch size ``fixed`` first (a class token the export left unexpanded at batch 1) expanded
-    to the batch being run when the others hold it."""
-    present = [t for t in ins if t is not None and t.dim() > 0]
-    if batch == fixed or not present or axis % present[0].dim() == 0:
-        return ins
-    firsts = {t.shape[0] for t in present}
-    if firsts != {fixed, batch}:
-        return ins
-    return [t.expand(batch, *t.shape[1:]) if t is not None and t.dim() > 0 and t.shape[0] == fixed else t
-            for t in ins]
-
-
-def _filled(name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if name == "position_ids":
-        return torch.arange(x.shape[1], dtype=dtype).expand(x.shape[0], -1)
-    return (torch.ones if name == "attention_mask" else torch.zeros)(x.shape[:2], dtype=dtype)
-
-
-# Inputs a Hugging Face export (``optimum``, ``transformers``) takes after ``input_ids``, given
-# the values the model itself uses when they are not passed: every token attended, one
-# segment, positions 0, 1, ...
-FILLED_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
-
-
-def filled_input_types(model: onnx.ModelProto) -> list[tuple[str, torch.dtype]]:
-    """The data inputs after the first (:data:`FILLED_INPUTS`) with the type each is fed in."""
-    init_names = {t.name for t in model.graph.initializer}
-    out = []
-    for i in [i for i in model.graph.input if i.name not in init_names][1:]:
-        elem = i.type.tensor_type.elem_type
-        dtype = torch.int32 if elem == onnx.TensorProto.INT32 else torch.float32 if elem in FLOAT_TYPES \
-            else torch.bool if elem == onnx.TensorProto.BOOL else torch.int64
-        out.append((i.name, dtype))
-    return out
-
-
-def filled_inputs(types: list[tuple[str, torch.dtype]], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Those inputs' values for the batch ``x`` of the first input."""
-    return {name: _filled(name, x, dtype) for name, dtype in types}
 
 
 def runs(n: onnx.NodeProto) -> bool:

@@ -211,6 +211,23 @@ def test_data_of_the_wrong_shape_is_a_one_line_error_and_exit_1(tmp_path, capsys
     assert err.count("\n") == 1 and "Traceback" not in err, err
 
 
+def test_the_module_runs_as_the_docs_give_it(tmp_path, data):
+    """`python3 -m onnx_protect.assess PROTECTED --data --test` (protection.md's command), in a
+    fresh interpreter: a report and the verdict's exit code (0 holds, 3 not), no traceback."""
+    import subprocess
+    import sys
+    enc = tmp_path / "mlp.enc.onnx"
+    onnx_protect.encrypt(ROOT / "fixtures" / "zoo" / "digits" / "mlp.onnx", enc, key=onnx_protect.new_key())
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, x=data[0], y=data[1])
+    np.savez(test, x=data[2], y=data[3])
+    r = subprocess.run([sys.executable, "-m", "onnx_protect.assess", str(enc), "--data", str(train), "--test",
+                        str(test), "--sizes", "0.05", "--seeds", "1", "--steps", "10"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 3) and "gap over scratch" in r.stdout, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
 # ---------------------------------------------------------------- exported models under assess
 
 

@@ -88,6 +88,13 @@ except ImportError as e:  # pragma: no cover - import guard
 
 from . import _torch_graph as tg
 
+if __name__ == "__main__":
+    # `python -m onnx_protect.assess`: the package's own module runs, not this second copy (the
+    # search, imported below, imports that module by name).
+    from onnx_protect.assess import main as _package_main
+
+    sys.exit(_package_main())
+
 SIZES = (0.01, 0.05, 0.10)
 SEEDS = 3
 STEPS = 300
@@ -796,6 +803,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if r["chosen"] else 3
     return 0 if r["holds"] else 3
 
-
-if __name__ == "__main__":
-    sys.exit(main())

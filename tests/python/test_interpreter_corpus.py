@@ -64,6 +64,7 @@ def run(name):
     try:
         g = tg.TorchGraph(m)
         g.eval()
+        g.logits = False  # the graph's own output, a final Softmax included
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             got = g(x)

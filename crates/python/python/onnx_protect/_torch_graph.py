@@ -82,6 +82,9 @@ class TorchGraph(torch.nn.Module):
         self.inputs = [i.name for i in g.input if i.name not in init_names]
         self.filled = filled_input_types(model)
         self.batch = static_batch(model)
+        # Training and scoring read the scores before a final Softmax (cross-entropy on
+        # probabilities barely trains); `check` reads the output itself.
+        self.read, self.logits = scores_before_softmax(model), True
         self.constants: dict[str, Constant] = {}  # locator -> constant
         self.by_value: dict[str, str] = {}  # value name -> locator (float constants)
         self.fixed: dict[str, torch.Tensor] = {}  # value name -> non-float or scalar constant
@@ -228,7 +231,7 @@ class TorchGraph(torch.nn.Module):
             for name, v in zip(node.output, outs):
                 if name:
                     env[name] = self._inserted_bn(self.inserted[name], v) if name in self.inserted else v
-        return env[self.graph.output[0].name]
+        return env[self.read if self.logits else self.graph.output[0].name]
 
 
 def constant_node(node: onnx.NodeProto) -> torch.Tensor:
@@ -328,6 +331,26 @@ def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.Node
         stack.extend(u.output[0] for u in consumers.get(v, [])
                      if (u.op_type == "Conv" and u.input[0] == v) or u.op_type in ACTIVATIONS)
     return pooled
+
+
+def scores_before_softmax(model: onnx.ModelProto) -> str:
+    """The value the first graph output is a ``Softmax`` of over its last axis (through
+    ``Identity``), else that output."""
+    out = model.graph.output[0].name
+    producer = {o: n for n in model.graph.node for o in n.output}
+    name = out
+    while (n := producer.get(name)) is not None and n.domain in ("", "ai.onnx"):
+        if n.op_type == "Identity":
+            name = n.input[0]
+            continue
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+        axis = next((a.i for a in n.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+        rank = next((len(v.type.tensor_type.shape.dim) for v in model.graph.output if v.name == out
+                     and v.type.tensor_type.HasField("shape")), 2)
+        if n.op_type == "Softmax" and axis in (-1, rank - 1) and (opset >= 13 or rank == 2):
+            return n.input[0]
+        break
+    return out
 
 
 def runs(n: onnx.NodeProto) -> bool:
@@ -685,6 +708,7 @@ def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> flo
     import onnxruntime as ort
 
     m = TorchGraph(model)
+    m.logits = False
     try:
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         # An export's fixed batch size: onnxruntime runs the inputs that many at a time.

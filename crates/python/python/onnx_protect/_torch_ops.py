@@ -1,10 +1,11 @@
 """Operators of :mod:`onnx_protect._torch_graph` beyond the core set: logical and
 comparison operators, variadic sums, ``Einsum``, ``CumSum``, ``Trilu``, ``Pad``,
 ``ConvTranspose``, ``Resize`` (the modes exporters write), ``DepthToSpace`` and
-``SpaceToDepth``, the other reductions, ``ArgMax``/``ArgMin``, ``TopK``, the scatters and
-``NonZero``: what the PyTorch exporters (``dynamo=True``, the default from torch 2.9, and
-the TorchScript one) and tf2onnx write for common classifiers, segmenters and
-transformers. Each follows the ONNX operator specification; what a case does not cover
+``SpaceToDepth``, the other reductions, ``ArgMax``/``ArgMin``, ``TopK``, the scatters,
+``NonZero``, ``LRN``, and the com.microsoft operators onnxruntime's transformer optimizer
+writes (:data:`CONTRIB_OPS`): what the PyTorch exporters (``dynamo=True``, the default from
+torch 2.9, and the TorchScript one), tf2onnx and that optimizer write for common classifiers,
+segmenters and transformers. Each follows the ONNX operator specification; what a case does not cover
 (an attribute value, a mode) is refused by name rather than approximated, and
 :func:`onnx_protect._torch_graph.check` compares the whole graph with onnxruntime on the
 user's inputs before any attack runs.

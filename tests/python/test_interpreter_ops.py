@@ -141,9 +141,10 @@ CASES["SpaceToDepth"] = ([n("SpaceToDepth", ["x"], ["y"], blocksize=2)], [])
 OPSETS = {"Pad opset 10": 10, "ReduceL2 opset 13": 13}
 
 
-def recurrent_case(kind, direction, output, gru_lbr=0):
+def recurrent_case(kind, direction, output, gru_lbr=0, peepholes=False):
     """A recurrent node over x ([seq 4, batch 2, input 5]), hidden 3, every weight and an
-    initial state given; ``output``: 0 (Y), 1 (Y_h), 2 (Y_c)."""
+    initial state given; ``output``: 0 (Y), 1 (Y_h), 2 (Y_c); with ``peepholes`` an LSTM
+    has them and every sequence length given (the input's)."""
     g = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     d = 2 if direction == "bidirectional" else 1
     h0 = (d, 2, 3)
@@ -151,10 +152,13 @@ def recurrent_case(kind, direction, output, gru_lbr=0):
              init("R", RNG.standard_normal((d, g * 3, 3)).astype(np.float32)),
              init("B", RNG.standard_normal((d, 2 * g * 3)).astype(np.float32)),
              init("h0", RNG.standard_normal(h0).astype(np.float32))]
-    ins = ["x", "W", "R", "B", "", "h0"]
+    ins = ["x", "W", "R", "B", "lens" if peepholes else "", "h0"]
     if kind == "LSTM":
         inits.append(init("c0", RNG.standard_normal(h0).astype(np.float32)))
         ins.append("c0")
+    if peepholes:
+        inits += [init("lens", np.full(2, 4, np.int32)), init("P", RNG.standard_normal((d, 9)).astype(np.float32))]
+        ins.append("P")
     outs = ["Y", "Y_h", "Y_c"][: 3 if kind == "LSTM" else 2]
     kw = {"linear_before_reset": gru_lbr} if kind == "GRU" else {}
     node = n(kind, ins, outs, hidden_size=3, direction=direction, **kw)
@@ -169,6 +173,10 @@ for kind in ("LSTM", "GRU", "RNN"):
                 CASES[case] = recurrent_case(kind, direction, output, gru_lbr=lbr)
                 SHAPES[case] = (4, 2, 5)
                 OPSETS[case] = 14
+        for output in range(3) if kind == "LSTM" else ():
+            case = f"LSTM {direction} output {output} peepholes"
+            CASES[case] = recurrent_case(kind, direction, output, peepholes=True)
+            SHAPES[case], OPSETS[case] = (4, 2, 5), 14
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

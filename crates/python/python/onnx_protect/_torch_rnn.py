@@ -1,8 +1,9 @@
 """The recurrent operators of :mod:`onnx_protect._torch_graph` (``LSTM``, ``GRU``, ``RNN``):
 forward, reverse and bidirectional, layout 0 (``[seq, batch, ...]``: onnxruntime runs no
 other), with the default activations, as the ONNX operator specification
-computes them (gate orders ``iofc`` and ``zrh``; a GRU's ``linear_before_reset``). Sequence
-lengths, layout 1, peepholes, other activations and clipping are refused by name."""
+computes them (gate orders ``iofc`` and ``zrh``; a GRU's ``linear_before_reset``; an LSTM's
+peepholes; sequence lengths that are the input's). Shorter sequences, layout 1, other
+activations and clipping are refused by name."""
 
 from __future__ import annotations
 
@@ -18,11 +19,17 @@ def _given(ins, i):
     return ins[i] if len(ins) > i and ins[i] is not None else None
 
 
-def _step(kind, xw, h, c, r, rb, hs, linear_before_reset):
-    """One time step of one direction: the new hidden (and for LSTM cell) state."""
+def _step(kind, xw, h, c, r, rb, hs, linear_before_reset, peep=None):
+    """One time step of one direction: the new hidden (and for LSTM cell) state; ``peep``: an
+    LSTM's peephole weights ``[3 × hidden]`` (input, output, forget)."""
     if kind == "LSTM":
         i, o, f, cc = (xw + h @ r.t() + rb).split(hs, dim=1)
+        if peep is not None:
+            pi, po, pf = peep.split(hs)
+            i, f = i + pi * c, f + pf * c
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cc)
+        if peep is not None:
+            o = o + po * c
         return torch.sigmoid(o) * torch.tanh(c), c
     if kind == "RNN":
         return torch.tanh(xw + h @ r.t() + rb), c
@@ -43,12 +50,12 @@ def recurrent(kind: str, ins: list, a: dict) -> list:
     x, w, r = ins[0], ins[1], ins[2]
     b = _given(ins, 3)
     direction = a.get("direction", "forward")
-    if _given(ins, 4) is not None or a.get("layout", 0) != 0:
-        raise Unsupported(f"{kind}: sequence_lens or layout 1")
+    lens = _given(ins, 4)
+    if lens is not None and bool((lens != x.shape[0]).any()) or a.get("layout", 0) != 0:
+        raise Unsupported(f"{kind}: sequences shorter than the input (sequence_lens) or layout 1")
     if direction not in ("forward", "reverse", "bidirectional"):
         raise Unsupported(f"{kind}: direction {direction}")
-    if kind == "LSTM" and _given(ins, 7) is not None:
-        raise Unsupported("LSTM: peepholes")
+    peep = _given(ins, 7) if kind == "LSTM" else None
     dirs = 2 if direction == "bidirectional" else 1
     acts = [str(f).lower() for f in a.get("activations") or []]
     if "clip" in a or acts and acts != DEFAULT_ACTIVATIONS[kind] * dirs:
@@ -65,7 +72,8 @@ def recurrent(kind: str, ins: list, a: dict) -> list:
         out = [None] * x.shape[0]
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
         for t in steps:
-            h, c = _step(kind, x[t] @ w[d].t() + wb, h, c, r[d], rb, hs, a.get("linear_before_reset", 0))
+            h, c = _step(kind, x[t] @ w[d].t() + wb, h, c, r[d], rb, hs, a.get("linear_before_reset", 0),
+                         None if peep is None else peep[d])
             out[t] = h
         ys.append(torch.stack(out))
         hn.append(h)

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ._torch_ops import Unsupported
+from ._torch_ops import Unsupported, _given
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
-
-
-def _given(ins, i):
-    return ins[i] if len(ins) > i and ins[i] is not None else None
 
 
 def _step(kind, xw, h, c, r, rb, hs, linear_before_reset, peep=None):

@@ -434,7 +434,11 @@ fn cut_at_class_tiers(model: &Model, heads: &[Chosen], pieces: &mut Vec<Piece>, 
     }
     let t = &model.tensors[layer.tensor];
     let (elem, c) = (t.data_type.bits() / 8, layer.classes);
-    let tier = |byte: u64| tier_of_class[((byte / elem) % c) as usize];
+    // The class after the run of same-tier classes that class `k` starts (`c` at the row's end).
+    let mut run_end = vec![c; tier_of_class.len()];
+    for k in (0..tier_of_class.len().saturating_sub(1)).rev() {
+        run_end[k] = if tier_of_class[k] == tier_of_class[k + 1] { run_end[k + 1] } else { k as u64 + 1 };
+    }
     let mut out = Vec::with_capacity(pieces.len());
     for p in pieces.drain(..) {
         if heads[p.tensor_index].tensor != layer.tensor {
@@ -442,13 +446,12 @@ fn cut_at_class_tiers(model: &Model, heads: &[Chosen], pieces: &mut Vec<Piece>, 
             continue;
         }
         let mut start = p.range.0;
-        for at in (p.range.0..p.range.1).step_by(elem as usize).skip(1) {
-            if tier(at) != tier(start) {
-                out.push(Piece { range: (start, at), ..p });
-                start = at;
-            }
+        while start < p.range.1 {
+            let (e, k) = (start / elem, (start / elem) % c);
+            let end = ((e - k + run_end[k as usize]) * elem).min(p.range.1);
+            out.push(Piece { range: (start, end), ..p });
+            start = end;
         }
-        out.push(Piece { range: (start, p.range.1), ..p });
     }
     *pieces = out;
 }

@@ -334,8 +334,8 @@ def _globally_pooled(model: onnx.ModelProto, consumers: dict[str, list[onnx.Node
 
 
 def scores_before_softmax(model: onnx.ModelProto) -> str:
-    """The value the first graph output is a ``Softmax`` of over its last axis (through
-    ``Identity``), else that output."""
+    """The value the first graph output is a ``Softmax`` of over its last or second axis
+    (through ``Identity``), else that output."""
     out = model.graph.output[0].name
     producer = {o: n for n in model.graph.node for o in n.output}
     name = out
@@ -347,7 +347,9 @@ def scores_before_softmax(model: onnx.ModelProto) -> str:
         axis = next((a.i for a in n.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
         rank = next((len(v.type.tensor_type.shape.dim) for v in model.graph.output if v.name == out
                      and v.type.tensor_type.HasField("shape")), 2)
-        if n.op_type == "Softmax" and axis in (-1, rank - 1) and (opset >= 13 or rank == 2):
+        # The last axis (a classifier, a token classifier) or the second (a segmentation
+        # map's classes); before opset 13 Softmax flattens from its axis: rank 2 only.
+        if n.op_type == "Softmax" and axis in (-1, 1, rank - 1) and (opset >= 13 or rank == 2):
             return n.input[0]
         break
     return out

@@ -41,7 +41,8 @@ test accuracy (``lr_choice``, the same for scratch and the attacks):
   the highest test accuracy kept: an upper bound on what an attacker who tunes the rate
   and the recipe reaches. The report records each training's accuracy (``runs``).
 
-Each data size is drawn ``seeds`` times (stratified, at least one sample per class).
+Each data size is drawn ``seeds`` times (stratified, at least one sample per class, with
+one label per sample).
 The headline is the **gap over scratch**: the best attack's mean test accuracy minus
 scratch's, in points, at the worst data size. A protection holds when the gap is at
 most ``target`` (2 points by default).
@@ -62,7 +63,8 @@ covered: :mod:`onnx_protect._torch_graph`. Command line::
     (--lr-choice held_out|best, --recipes one-cycle,constant: the choice and the recipes)
 
 ``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs: whole numbers for a model
-that reads token ids) and ``y`` (integer labels). See docs/protection.md.
+that reads token ids) and ``y`` (integer labels: one per sample, or one per position of the
+scores, :mod:`onnx_protect._labels`). See docs/protection.md.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,6 +88,8 @@ except ImportError as e:  # pragma: no cover - import guard
     raise ImportError("onnx_protect.assess needs torch and onnx: pip install 'onnx-protect[torch]'") from e
 
 from . import _torch_graph as tg
+from ._labels import LabelError, chance, check_labels, draw, scores  # noqa: F401 (draw, scores: API)
+from ._labels import loss as _loss
 
 if __name__ == "__main__":
     # `python -m onnx_protect.assess`: the package's own module runs, not this second copy (the
@@ -330,21 +333,6 @@ def accuracy(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> float:
     return scores(g, x, y)[0]
 
 
-def scores(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``g`` on ``(x, y)`` (a non-finite loss counts
-    as infinite)."""
-    g.eval()
-    hits, loss = 0, 0.0
-    with torch.no_grad():
-        for i in range(0, len(x), 512):
-            logits = g(torch.from_numpy(x[i:i + 512]))
-            target = torch.from_numpy(y[i:i + 512]).long()
-            hits += int((logits.argmax(-1) == target).sum())
-            loss += float(F.cross_entropy(logits, target, reduction="sum"))
-    loss = loss / len(y)
-    return hits / len(y), (loss if math.isfinite(loss) else math.inf)
-
-
 def channels_last(shape: Sequence[int]) -> bool:
     """Whether inputs of this shape are images stored (N, H, W, C), as TensorFlow and tf2onnx
     lay them out: 1, 3 or 4 channels last, H and W at least 8, and no such channel count
@@ -404,7 +392,7 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
                 break
             idx = perm[i:i + batch]
             xb = shifted(xt[idx], shift, gen) if shift else xt[idx]
-            loss = F.cross_entropy(g(xb), yt[idx])
+            loss = _loss(g(xb), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -417,15 +405,6 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
             step += 1
     g.eval()
     return g
-
-
-def draw(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A stratified draw of ``fraction`` of the indices, at least one per class."""
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        keep.extend(rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False).tolist())
-    return np.sort(np.array(keep))
 
 
 def best_lr(by_lr: dict[float, tuple[float, float]]) -> float:
@@ -567,7 +546,12 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     setup = Setup(model, masks, batchnorm=batchnorm)
     if check:
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
-    shift = image_shift(x.shape) if augment else 0
+    with torch.no_grad():
+        shape = tuple(setup.fresh().eval()(torch.from_numpy(x_test[:2])).shape)
+    check_labels(shape, y, "labels of the data")
+    check_labels(shape, y_test, "labels of the test data")
+    # Labels per position (a segmentation map) would have to move with the image.
+    shift = image_shift(x.shape) if augment and y.ndim == 1 else 0
     reference = setup.reference(shift)
     # Relearning trains parts of partly encrypted tensors through gradient hooks.
     partial = any(not m.all() for loc, m in masks.items() if not graph.is_stat(loc))
@@ -576,7 +560,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     report: dict[str, Any] = {
         "steps": steps, "lrs": list(lrs), "lr_choice": lr_choice, "recipes": list(recipes), "seeds": seeds,
         "pool": int(len(y)), "test": int(len(y_test)),
-        "chance": float(np.bincount(y_test).max() / len(y_test)), "target": target, "scalars": list(scalars),
+        "chance": chance(y_test), "target": target, "scalars": list(scalars),
         "scratch_reference": reference, "reinserted_batchnorm": len(setup.bn_convs),
         "augmentation": f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}" if shift else "none",
         "stopped_early": False,
@@ -789,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             r = attack(args.model, x, y, xt, yt, **kw)
             text = _summary(r)
-    except (AttackError, tg.Unsupported, OSError) as e:
+    except (AttackError, LabelError, tg.Unsupported, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json == "-":

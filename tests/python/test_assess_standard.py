@@ -333,6 +333,40 @@ def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
         tg.TorchGraph(other)
 
 
+def test_assess_runs_on_a_bert_fused_by_onnxruntimes_transformer_optimizer(tmp_path):
+    """The Hugging Face export fused by ``onnxruntime.transformers.optimizer`` (model type
+    ``bert``): its embeddings in one ``EmbedLayerNormalization``, each self-attention in one
+    ``Attention`` reading the key lengths from the mask, ``SkipLayerNormalization``,
+    ``BiasGelu``: the interpreter matches onnxruntime with padded sequences too, and the
+    attacks run on the protected file."""
+    optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
+    bert, data = tiny_bert(attn_implementation="eager")
+    ids = torch.from_numpy(data[0][:2])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    plain, fused = tmp_path / "hub.onnx", tmp_path / "fused.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hub(bert).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain),
+                          input_names=names, output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, opset_version=17, dynamo=False)
+        optimizer.optimize_model(str(plain), model_type="bert", num_heads=2, hidden_size=32).save_model_to_file(
+            str(fused))
+    model = onnx.load(fused)
+    ops = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization"} <= ops, ops
+    interpreter_matches_onnxruntime(model, data[2])
+    # The filled mask is all ones; zeros after each sequence's first 5 tokens reach Attention as
+    # key lengths: the graph filled so is compared with onnxruntime given the same mask.
+    masked = onnx.load(fused)
+    mask = np.tile((np.arange(data[2].shape[1]) < 5).astype(np.int64), (7, 1))
+    masked.graph.initializer.append(onnx.numpy_helper.from_array(mask, "attention_mask"))
+    masked.graph.input.remove(next(i for i in masked.graph.input if i.name == "attention_mask"))
+    assert tg.check(masked, np.ascontiguousarray(data[2][:7])) <= 1e-4
+    r = assess.attack(protect(fused, tmp_path), *data, **TINY)
+    assert r["share"] == 1.0
+    ran(r, reused=["relearn", "finetune"])
+
+
 def test_token_ids_given_as_floats_are_taken_whole_and_refused_with_fractions(tmp_path, bert, capsys):
     plain, data = bert
     enc = protect(plain, tmp_path)

@@ -219,7 +219,70 @@ CONTRIB = {
                                            [init("s", RNG.standard_normal((2, 3, 8)).astype(np.float32)), vec("g")]),
     "SkipSimplifiedLayerNormalization": (cm("SkipSimplifiedLayerNormalization", ["x", "s", "g"], epsilon=1e-6),
                                          [init("s", RNG.standard_normal((2, 3, 8)).astype(np.float32)), vec("g")]),
+    **{f"Attention{name}": (cm("Attention", ["x", "aw", "ab", *extra], **kw),
+                            [init("aw", RNG.standard_normal((8, width)).astype(np.float32)), vec("ab", width), *inits])
+       for name, extra, inits, width, kw in [
+           ("", [], [], 24, dict(num_heads=2)),
+           (", key lengths", ["m"], [init("m", np.array([3, 1], np.int32))], 24, dict(num_heads=2)),
+           (", key ends and starts", ["m"], [init("m", np.array([3, 2, 0, 1], np.int32))], 24, dict(num_heads=2)),
+           (", 2-D mask", ["m"], [init("m", np.array([[1, 1, 0], [1, 0, 1]], np.int32))], 24,
+            dict(num_heads=2, mask_filter_value=-50.0)),
+           (", 3-D mask", ["m"], [init("m", np.array([[[1, 0, 0], [1, 1, 0], [0, 1, 1]]] * 2, np.int32))], 24,
+            dict(num_heads=4)),
+           (", unidirectional", [], [], 24, dict(num_heads=2, unidirectional=1)),
+           (", Q K V sizes and scale", [], [], 20, dict(num_heads=2, qkv_hidden_sizes=[8, 8, 4], scale=0.3)),
+           (", attention bias", ["", "", "bias"], [init("bias", RNG.standard_normal((1, 2, 3, 3)).astype(np.float32))],
+            24, dict(num_heads=2)),
+       ]},
 }
+
+
+def embed(extra_nodes=(), segments=True, mask=True, positions=False, outs=("y",)):
+    """A model of ``EmbedLayerNormalization`` on int32 token ids ``[2, 5]`` (vocabulary 7)."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT32, [2, 5])
+    inits = [init("word", RNG.standard_normal((7, 8)).astype(np.float32)),
+             init("pos", RNG.standard_normal((6, 8)).astype(np.float32)), vec("g"), vec("be"),
+             init("seg", np.array([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], np.int32)),
+             init("segw", RNG.standard_normal((2, 8)).astype(np.float32)),
+             init("mask", np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)),
+             init("pid", np.array([[1, 2, 3, 4, 5]], np.int32))]
+    ins = ["ids", "seg" if segments else "", "word", "pos", "segw" if segments else "", "g", "be",
+           "mask" if mask else "", "pid" if positions else ""]
+    node = cm("EmbedLayerNormalization", ins, ("e", "mi", "sum"), epsilon=1e-5)
+    out = [helper.make_tensor_value_info(o, F32, None) for o in outs]
+    g = helper.make_graph([node, *extra_nodes], "embed", [ids], out, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m
+
+
+EMBED = {
+    "segments and mask": embed([n("Identity", ["e"], ["y"])]),
+    "no segments, position ids": embed([n("Identity", ["e"], ["y"])], segments=False, positions=True),
+    "the sum before normalising": embed([n("Identity", ["sum"], ["y"])]),
+    "mask_index": embed([cast("mi")]),
+    "into Attention's key lengths, as the optimizer fuses a BERT":
+        embed([cm("Attention", ["e", "aw", "ab", "mi"], num_heads=2)]),
+}
+EMBED["into Attention's key lengths, as the optimizer fuses a BERT"].graph.initializer.extend(
+    [init("aw", RNG.standard_normal((8, 24)).astype(np.float32)), vec("ab", 24)])
+
+
+@pytest.mark.parametrize("case", sorted(EMBED))
+def test_embed_layer_normalization_runs_as_onnxruntime_runs_it(case):
+    ids = RNG.integers(0, 7, size=(2, 5)).astype(np.int32)
+    assert tg.check(EMBED[case], ids) <= 1e-4
+
+
+@pytest.mark.parametrize("extra, inits, what", [
+    (["", "past"], [init("past", np.zeros((2, 2, 2, 1, 4), np.float32))], "Attention with past state"),
+    (["m"], [init("m", np.ones((2, 1, 4, 4), np.int32))], r"Attention with a mask_index of shape \(2, 1, 4, 4\)"),
+])
+def test_what_attention_does_not_cover_is_refused_by_name(extra, inits, what):
+    m = contrib(cm("Attention", ["x", "aw", "ab", *extra], num_heads=2),
+                [init("aw", RNG.standard_normal((8, 24)).astype(np.float32)), vec("ab", 24), *inits])
+    with pytest.raises(tg.Unsupported, match=what):
+        tg.TorchGraph(m)(torch.from_numpy(RNG.standard_normal((2, 3, 8)).astype(np.float32)))
 
 
 @pytest.mark.parametrize("case", sorted(CONTRIB))
@@ -232,11 +295,13 @@ def test_each_contrib_operator_runs_as_onnxruntime_runs_it(case):
 
 
 def test_every_new_operator_is_checked_here():
-    from onnx_protect._torch_ops import CONTRIB_OPS, MORE_OPS
+    from onnx_protect._torch_contrib import CONTRIB_OPS
+    from onnx_protect._torch_ops import MORE_OPS
     from onnx_protect._torch_rnn import GATES
     covered = {op for nodes, _ in CASES.values() for op in (nd.op_type for nd in nodes)}
-    assert (set(MORE_OPS) | set(GATES)) - covered - CONTRIB_OPS == set()
-    assert {nd.op_type for nd, _ in CONTRIB.values()} == CONTRIB_OPS
+    assert (set(MORE_OPS) | set(GATES)) - covered == set()
+    embedded = {nd.op_type for m in EMBED.values() for nd in m.graph.node if nd.domain == "com.microsoft"}
+    assert {nd.op_type for nd, _ in CONTRIB.values()} | embedded == CONTRIB_OPS
     assert set(MORE_OPS) | set(GATES) <= tg.SUPPORTED_OPS
 
 

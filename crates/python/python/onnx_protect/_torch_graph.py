@@ -11,7 +11,9 @@ What is covered is listed in :data:`SUPPORTED_OPS`: the operators of feed-forwar
 convolutional networks, transformers (attention written out with MatMul/Softmax, or
 ``LayerNormalization``/``Gelu``), and ``LSTM``/``GRU``/``RNN`` layers (:mod:`onnx_protect._torch_rnn`), in the default
 domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
-``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
+``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...) and, in onnxruntime's
+com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
+optimizer). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
 other domains, data inputs after the first but the Hugging Face ones it fills
 (:data:`FILLED_INPUTS`), or an operator outside that list is refused
 before anything is trained (:class:`Unsupported`, naming every offending operator).
@@ -36,7 +38,8 @@ from onnx import numpy_helper
 
 from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES, concat_batch, filled_input_types,
                             filled_inputs, static_batch, with_batch)
-from ._torch_ops import CONTRIB_OPS, MORE_OPS, Unsupported, ints
+from ._torch_contrib import CONTRIB, CONTRIB_OPS
+from ._torch_ops import MORE_OPS, Unsupported, ints
 from ._torch_rnn import recurrent
 
 NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
@@ -219,7 +222,10 @@ class TorchGraph(torch.nn.Module):
                 a = attrs(node)
                 if node.op_type == "Split":  # opset 13-17: as many equal parts as outputs
                     a.setdefault("num_outputs", len(node.output))
-                outs = run_op(node.op_type, ins, a, training, self.opset)
+                if node.domain == "com.microsoft" and node.op_type in CONTRIB:
+                    outs = CONTRIB[node.op_type](ins, a, self.opset)
+                else:
+                    outs = run_op(node.op_type, ins, a, training, self.opset)
             except Unsupported:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError) as e:

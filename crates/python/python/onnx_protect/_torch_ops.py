@@ -2,8 +2,8 @@
 comparison operators, variadic sums, ``Einsum``, ``CumSum``, ``Trilu``, ``Pad``,
 ``ConvTranspose``, ``Resize`` (the modes exporters write), ``DepthToSpace`` and
 ``SpaceToDepth``, the other reductions, ``ArgMax``/``ArgMin``, ``TopK``, the scatters,
-``NonZero``, ``LRN``, and the com.microsoft operators onnxruntime's transformer optimizer
-writes (:data:`CONTRIB_OPS`): what the PyTorch exporters (``dynamo=True``, the default from
+``NonZero``, ``LRN`` (and in :mod:`onnx_protect._torch_contrib`, the com.microsoft operators
+onnxruntime's transformer optimizer writes): what the PyTorch exporters (``dynamo=True``, the default from
 torch 2.9, and the TorchScript one), tf2onnx and that optimizer write for common classifiers,
 segmenters and transformers. Each follows the ONNX operator specification; what a case does not cover
 (an attribute value, a mode) is refused by name rather than approximated, and
@@ -340,31 +340,9 @@ def _scatter_elements(ins, a, opset):
     return [torch.scatter(x, ax, idx, ins[2])]
 
 
-def _skip_norm(rms):
-    """``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` (com.microsoft):
-    ``s = input + skip (+ bias)`` normalised over the last axis; outputs the result, the mean
-    and inverse standard deviation, and ``s``."""
-    def run(ins, a, opset):
-        gamma = ins[2]
-        beta = _given(ins, 3) if not rms else None
-        bias = _given(ins, 4 if not rms else 3)
-        s = ins[0] + ins[1] + (bias if bias is not None else 0)
-        eps = a.get("epsilon", 1e-12 if not rms else 1e-6)
-        mean = s.mean(-1, keepdim=True) if not rms else torch.zeros_like(s[..., :1])
-        inv_std = torch.rsqrt((s - mean).square().mean(-1, keepdim=True) + eps)
-        y = (s - mean) * inv_std * gamma + (beta if beta is not None else 0)
-        return [y, mean, inv_std, s]
-    return run
-
-
 def _logical(f):
     return lambda ins, a, opset: [f(ins[0].bool(), ins[1].bool())]
 
-
-# Operators of onnxruntime's com.microsoft domain that its transformer optimizer writes, by name
-# (com.microsoft's Gelu is the default domain's without attributes).
-CONTRIB_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization",
-               "SkipSimplifiedLayerNormalization"}
 
 MORE_OPS: dict[str, Callable] = {
     "IsNaN": _unary(lambda x, a: torch.isnan(x)),
@@ -406,12 +384,6 @@ MORE_OPS: dict[str, Callable] = {
     "ScatterND": _scatter_nd,
     "ScatterElements": _scatter_elements,
     "NonZero": lambda ins, a, opset: [torch.nonzero(ins[0]).t().to(torch.int64)],
-    "FastGelu": lambda ins, a, opset: [F.gelu(ins[0] + (_given(ins, 1) if _given(ins, 1) is not None else 0),
-                                              approximate="tanh")],
-    "BiasGelu": lambda ins, a, opset: [F.gelu(ins[0] + ins[1])],
-    "QuickGelu": lambda ins, a, opset: [ins[0] * torch.sigmoid(a.get("alpha", 1.702) * ins[0])],
-    "SkipLayerNormalization": _skip_norm(rms=False),
-    "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
     **{op: _reduce_more(op) for op in
        ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp")},
 }

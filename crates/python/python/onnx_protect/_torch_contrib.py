@@ -1,0 +1,108 @@
+"""onnxruntime's com.microsoft operators that its transformer optimizer writes (``python -m
+onnxruntime.transformers.optimizer``), for :mod:`onnx_protect._torch_graph`: the GELU
+variants, ``SkipLayerNormalization``, and a BERT's fused ``EmbedLayerNormalization`` and
+``Attention`` (without past state or rotary embeddings, refused by name). Each follows
+onnxruntime's operator documentation (docs/ContribOperators.md); the tests compare each with
+onnxruntime, and :func:`onnx_protect._torch_graph.check` the whole graph on the user's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ._torch_ops import Unsupported, _given
+
+
+def _skip_norm(rms):
+    """``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization``: ``s = input + skip
+    (+ bias)`` normalised over the last axis; outputs the result, the mean and inverse
+    standard deviation, and ``s``."""
+    def run(ins, a, opset):
+        gamma = ins[2]
+        beta = _given(ins, 3) if not rms else None
+        bias = _given(ins, 4 if not rms else 3)
+        s = ins[0] + ins[1] + (bias if bias is not None else 0)
+        eps = a.get("epsilon", 1e-12 if not rms else 1e-6)
+        mean = s.mean(-1, keepdim=True) if not rms else torch.zeros_like(s[..., :1])
+        inv_std = torch.rsqrt((s - mean).square().mean(-1, keepdim=True) + eps)
+        y = (s - mean) * inv_std * gamma + (beta if beta is not None else 0)
+        return [y, mean, inv_std, s]
+    return run
+
+
+def _embed_layer_norm(ins, a, opset):
+    """``EmbedLayerNormalization``: word, position (``position_ids``, else 0 … S − 1) and
+    segment embeddings summed and layer-normalised; outputs the result, each row's count of
+    mask ones (``mask_index``, 0 without a mask) and the sum before normalising."""
+    ids, segments = ins[0].long(), _given(ins, 1)
+    word, position, segment = ins[2], ins[3], _given(ins, 4)
+    gamma, beta, mask, pos_ids = ins[5], ins[6], _given(ins, 7), _given(ins, 8)
+    b, s = ids.shape
+    pos = pos_ids.long() if pos_ids is not None else torch.arange(s).unsqueeze(0)
+    e = word[ids] + position[pos].expand(b, s, -1)
+    if segment is not None and segments is not None:
+        e = e + segment[segments.long()]
+    y = F.layer_norm(e, (e.shape[-1],), gamma, beta, a.get("epsilon", 1e-12))
+    mask_index = mask.sum(1).to(torch.int32) if mask is not None else torch.zeros(b, dtype=torch.int32)
+    return [y, mask_index, e]
+
+
+def _attention_mask(mask: torch.Tensor, b: int, s: int, total: int) -> torch.Tensor:
+    """Which (query, key) pairs ``mask_index`` hides, broadcast to ``[B, 1, S, total]``:
+    ``[B]`` key lengths, ``[2B]`` key ends then starts, ``[B, total]`` ones to attend,
+    ``[B, S, total]`` per query (onnxruntime's CPU kernel refuses a 4-D mask: so is it here)."""
+    keys = torch.arange(total)
+    if mask.dim() == 1 and mask.shape[0] in (b, 2 * b):
+        end = mask[:b].long().view(b, 1)
+        start = mask[b:].long().view(b, 1) if mask.shape[0] == 2 * b else torch.zeros(b, 1, dtype=torch.long)
+        return ((keys >= end) | (keys < start)).view(b, 1, 1, total)
+    if mask.dim() == 2:
+        return (mask == 0).view(b, 1, 1, total)
+    if mask.dim() == 3:
+        return (mask == 0).view(b, 1, s, total)
+    raise Unsupported(f"Attention with a mask_index of shape {tuple(mask.shape)}")
+
+
+def _attention(ins, a, opset):
+    """``Attention``: multi-head self-attention of ``input @ weights + bias`` split into Q, K,
+    V (``qkv_hidden_sizes``, else thirds), scaled by ``scale`` (else 1/√head size), hidden
+    pairs (``mask_index``, ``unidirectional``) given ``mask_filter_value`` (default −10000)
+    added, ``attention_bias`` added; outputs the result and, when K and V have one size,
+    ``present`` (the two stacked)."""
+    if _given(ins, 4) is not None or _given(ins, 6) is not None or a.get("do_rotary", 0):
+        raise Unsupported("Attention with past state or rotary embeddings")
+    x, w, bias, mask = ins[0], ins[1], _given(ins, 2), _given(ins, 3)
+    heads, (b, s) = int(a["num_heads"]), x.shape[:2]
+    qkv = x @ w + (bias if bias is not None else 0)
+    sizes = [int(v) for v in a.get("qkv_hidden_sizes", [])] or [w.shape[1] // 3] * 3
+    q, k, v = (t.reshape(b, s, heads, -1).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
+    scores = q @ k.transpose(-1, -2) * (a.get("scale", 0.0) or 1.0 / math.sqrt(q.shape[-1]))
+    hidden = torch.zeros(b, 1, s, s, dtype=torch.bool)
+    if mask is not None:
+        hidden = hidden | _attention_mask(mask, b, s, s)
+    if a.get("unidirectional", 0):
+        hidden = hidden | torch.ones(s, s, dtype=torch.bool).triu(1)
+    scores = scores + hidden.to(scores.dtype) * a.get("mask_filter_value", -10000.0)
+    if _given(ins, 5) is not None:
+        scores = scores + ins[5]
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, -1)
+    return [out, torch.stack([k, v])] if k.shape == v.shape else [out]
+
+
+CONTRIB: dict[str, Callable] = {
+    "FastGelu": lambda ins, a, opset: [F.gelu(ins[0] + (_given(ins, 1) if _given(ins, 1) is not None else 0),
+                                              approximate="tanh")],
+    "BiasGelu": lambda ins, a, opset: [F.gelu(ins[0] + ins[1])],
+    "QuickGelu": lambda ins, a, opset: [ins[0] * torch.sigmoid(a.get("alpha", 1.702) * ins[0])],
+    "SkipLayerNormalization": _skip_norm(rms=False),
+    "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
+    "EmbedLayerNormalization": _embed_layer_norm,
+    "Attention": _attention,
+}
+
+# The com.microsoft operators run, by name (com.microsoft's Gelu is the default domain's).
+CONTRIB_OPS = frozenset(CONTRIB) | {"Gelu"}

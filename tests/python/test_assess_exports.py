@@ -649,3 +649,81 @@ def test_a_final_softmax_is_left_out_of_training_and_scoring_but_not_of_the_chec
         scores = g(torch.from_numpy(data[2][:16]))
     assert not torch.allclose(scores.sum(1), torch.ones(16))
     assert tg.check(model, data[2][:16]) <= 1e-4
+
+
+class FunctionBlock(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.lin, self.norm = nn.Linear(d, d), nn.LayerNorm(d)
+
+    def forward(self, x):
+        return self.norm(torch.relu(self.lin(x)) + x * 0.5)
+
+
+def test_assess_runs_a_model_whose_blocks_are_local_functions(tmp_path, data):
+    """`torch.onnx.export(..., export_modules_as_functions={Block})`: each block a model-local
+    function whose weights the call passes. The interpreter runs it inlined and matches
+    onnxruntime; every constant keeps the file's locator (its value is the one stored there);
+    the weights read by a Gemm inside a function are reset as a Linear's; the attacks run."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), FunctionBlock(), FunctionBlock(), nn.Linear(16, 10))
+    plain = tmp_path / "functions.onnx"
+    x = torch.from_numpy(data[0][:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), str(plain), dynamo=False, export_modules_as_functions={FunctionBlock},
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = onnx.load(plain)
+    assert len(model.functions) == 1 and sum(n.domain == model.functions[0].domain for n in model.graph.node) == 2
+    assert tg.check(model, data[2][:64]) <= 1e-4
+    g = tg.TorchGraph(model)
+    assert {n.op_type for n in g.graph.node} >= {"Gemm", "LayerNormalization"} and not any(
+        n.domain == model.functions[0].domain for n in g.graph.node)
+    for loc, c in g.constants.items():
+        assert np.array_equal(numpy_helper.to_array(assess._tensor_at(model, loc)).ravel(), c.array.ravel()), loc
+    inner = [c for c in g.constants.values() if c.name.startswith("2.lin.weight")]
+    assert inner and inner[0].users == [("Gemm", 1)], [(c.name, c.users) for c in g.constants.values()]
+    # The body's 0.5, encrypted by the built-in policy at its one place in the file: one
+    # parameter that both calls read.
+    half = next(f"25.0/7.{i}/5.0/5.0" for i, n in enumerate(model.functions[0].node) if n.op_type == "Constant")
+    g = tg.TorchGraph(model, trainable=frozenset({half}))
+    assert len([v for v, loc in g.by_value.items() if loc == half]) == 2
+    assert g.tensor(half).item() == 0.5 and sum(p.numel() == 1 for p in g.params.values()) == 1
+    enc = tmp_path / "functions.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    assert r["share"] == 1.0
+    sensible(r)
+
+
+def test_nested_functions_with_attribute_references_run_as_onnxruntime_runs_them():
+    """`Outer(x; alpha)` calls `Inner(x; alpha)` twice (LeakyRelu's alpha a reference to the
+    caller's, given once and left to the function's default once), then adds a constant of its
+    own body: values renamed per call, references resolved, defaults taken."""
+    leaky = helper.make_node("LeakyRelu", ["a"], ["b"])
+    leaky.attribute.append(onnx.AttributeProto(name="alpha", ref_attr_name="alpha", type=onnx.AttributeProto.FLOAT))
+    inner = helper.make_function("local", "Inner", ["a"], ["b"], [leaky], [helper.make_opsetid("", 17)],
+                                 attributes=[])
+    inner.attribute_proto.append(helper.make_attribute("alpha", 0.3))
+    call = helper.make_node("Inner", ["p"], ["q"], domain="local")
+    call.attribute.append(onnx.AttributeProto(name="alpha", ref_attr_name="alpha", type=onnx.AttributeProto.FLOAT))
+    outer = helper.make_function("local", "Outer", ["p"], ["r"], [
+        call, helper.make_node("Inner", ["q"], ["q2"], domain="local"),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.float32([0.25, -1.0]))),
+        helper.make_node("Add", ["q2", "k"], ["r"])], [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        attributes=["alpha"])
+    nodes = [helper.make_node("Outer", ["x"], ["h"], domain="local", alpha=0.01),
+             helper.make_node("Outer", ["h"], ["y"], domain="local", alpha=2.0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    m = helper.make_model(g, functions=[inner, outer],
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    m.ir_version = 9
+    x = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
+    assert tg.check(m, x) <= 1e-6
+    flat, origins = tg.inline(m)
+    assert [n.op_type for n in flat.graph.node] == ["LeakyRelu", "LeakyRelu", "Constant", "Add"] * 2
+    assert [a.f for n in flat.graph.node if n.op_type == "LeakyRelu" for a in n.attribute] == [
+        pytest.approx(0.01), pytest.approx(0.3), pytest.approx(2.0), pytest.approx(0.3)]
+    assert sorted(set(origins.values())) == ["25.1/7.2/5.0/5.0"] and len(origins) == 2

@@ -141,10 +141,10 @@ CASES["SpaceToDepth"] = ([n("SpaceToDepth", ["x"], ["y"], blocksize=2)], [])
 OPSETS = {"Pad opset 10": 10, "ReduceL2 opset 13": 13}
 
 
-def recurrent_case(kind, direction, output, gru_lbr=0, peepholes=False):
+def recurrent_case(kind, direction, output, gru_lbr=0, peepholes=False, lens=None):
     """A recurrent node over x ([seq 4, batch 2, input 5]), hidden 3, every weight and an
     initial state given; ``output``: 0 (Y), 1 (Y_h), 2 (Y_c); with ``peepholes`` an LSTM
-    has them and every sequence length given (the input's)."""
+    has them and every sequence length given (the input's); ``lens``: the samples' lengths."""
     g = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     d = 2 if direction == "bidirectional" else 1
     h0 = (d, 2, 3)
@@ -159,6 +159,9 @@ def recurrent_case(kind, direction, output, gru_lbr=0, peepholes=False):
     if peepholes:
         inits += [init("lens", np.full(2, 4, np.int32)), init("P", RNG.standard_normal((d, 9)).astype(np.float32))]
         ins.append("P")
+    if lens is not None:
+        inits.append(init("lens", np.array(lens, np.int32)))
+        ins[4] = "lens"
     outs = ["Y", "Y_h", "Y_c"][: 3 if kind == "LSTM" else 2]
     kw = {"linear_before_reset": gru_lbr} if kind == "GRU" else {}
     node = n(kind, ins, outs, hidden_size=3, direction=direction, **kw)
@@ -173,6 +176,10 @@ for kind in ("LSTM", "GRU", "RNN"):
                 CASES[case] = recurrent_case(kind, direction, output, gru_lbr=lbr)
                 SHAPES[case] = (4, 2, 5)
                 OPSETS[case] = 14
+        for output in range(3 if kind == "LSTM" else 2):
+            case = f"{kind} {direction} output {output} sequences of 2 and 3 steps"
+            CASES[case] = recurrent_case(kind, direction, output, lens=[2, 3])
+            SHAPES[case], OPSETS[case] = (4, 2, 5), 14
         for output in range(3) if kind == "LSTM" else ():
             case = f"LSTM {direction} output {output} peepholes"
             CASES[case] = recurrent_case(kind, direction, output, peepholes=True)

@@ -13,8 +13,8 @@ convolutional networks, transformers (attention written out with MatMul/Softmax,
 domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
 ``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...) and, in onnxruntime's
 com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
-optimizer). A graph with subgraphs (``If``, ``Loop``, ``Scan``), model-local functions,
-other domains, data inputs after the first but the Hugging Face ones it fills
+optimizer). Model-local functions run inlined. A graph with subgraphs (``If``, ``Loop``,
+``Scan``), other domains, data inputs after the first but the Hugging Face ones it fills
 (:data:`FILLED_INPUTS`), or an operator outside that list is refused
 before anything is trained (:class:`Unsupported`, naming every offending operator).
 
@@ -27,6 +27,7 @@ inputs before any result is reported.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -47,6 +48,80 @@ PASS_THROUGH = {
     "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
     "Expand", "Tile", "Concat",
 }
+
+
+_INLINED: list[tuple[onnx.ModelProto, tuple[onnx.ModelProto, dict[str, str]]]] = []
+
+
+def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each call of a model-local function replaced by the function's body
+    (:func:`inline`), or ``model`` itself without any."""
+    return _inline_cached(model)[0]
+
+
+def _inline_cached(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    if not model.functions:
+        return model, {}
+    for src, out in _INLINED:
+        if src is model:
+            return out
+    out = inline(model)
+    _INLINED[:] = [(model, out), *_INLINED[:3]]  # the attacks build a graph per run
+    return out
+
+
+def inline(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """``model`` with every call of a model-local function (nested ones too) replaced by the
+    function's body: the call's inputs and outputs for the function's, its attributes (else
+    the function's defaults) for references, every other value of the body renamed per call;
+    and, for each ``Constant`` of a body, the locator of its value in the file
+    (``25.F/7.N/5.A/5.0``) by the value's name in the result (one per call). The main graph's
+    values keep their names and its initializers their order, so its locators still match."""
+    funcs = {(f.domain, f.name): (k, f) for k, f in enumerate(model.functions)}
+    origins: dict[str, str] = {}
+    calls = itertools.count()
+
+    def resolved(n, given):
+        """The node's attributes, a reference replaced by the caller's value (dropped without one)."""
+        out = []
+        for a in n.attribute:
+            if not a.ref_attr_name:
+                out.append(a)
+            elif given is not None and a.ref_attr_name in given:
+                out.append(onnx.AttributeProto())
+                out[-1].CopyFrom(given[a.ref_attr_name])
+                out[-1].name = a.name
+        return out
+
+    def expand(nodes, rename, given, fidx):
+        out = []
+        for n_idx, n in enumerate(nodes):
+            ins, outs = [rename(v) for v in n.input], [rename(v) for v in n.output]
+            if (n.domain, n.op_type) in funcs:
+                k, f = funcs[(n.domain, n.op_type)]
+                tag, names = next(calls), {**dict(zip(f.input, ins)), **dict(zip(f.output, outs))}
+                own = {a.name: a for a in f.attribute_proto} | {a.name: a for a in resolved(n, given)}
+                out.extend(expand(f.node, lambda v, t=tag, m=names: m.get(v, v and f"{v}__call{t}"), own, k))
+                continue
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            m.input[:], m.output[:] = ins, outs
+            del m.attribute[:]
+            m.attribute.extend(resolved(n, given))
+            if fidx is not None and n.op_type == "Constant":
+                for a_idx, a in enumerate(n.attribute):
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        origins[outs[0]] = f"25.{fidx}/7.{n_idx}/5.{a_idx}/5.0"
+            out.append(m)
+        return out
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    nodes = expand(model.graph.node, lambda v: v, None, None)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.functions[:]
+    return m, origins
 
 
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -74,8 +149,10 @@ class TorchGraph(torch.nn.Module):
 
     def __init__(self, model: onnx.ModelProto, trainable: frozenset[str] = frozenset()):
         """``trainable``: locators of one-element float constants that become parameters
-        too (others stay fixed values: an attention scale, an epsilon)."""
+        too (others stay fixed values: an attention scale, an epsilon). Local functions run
+        inlined (:func:`inlined`); locators are the file's."""
         super().__init__()
+        source, (model, origins) = model, _inline_cached(model)
         refuse_unsupported(model)
         self.trainable = trainable
         g = model.graph
@@ -103,12 +180,19 @@ class TorchGraph(torch.nn.Module):
         self.inserted: dict[str, int] = {}
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
-        for n_idx, node in enumerate(g.node):
+        for n_idx, node in enumerate(source.graph.node):
             if node.op_type != "Constant":
                 continue
             for a_idx, a in enumerate(node.attribute):
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     self._add(f"7.0/1.{n_idx}/5.{a_idx}/5.0", node.output[0], a.t, node.output[0] in stats)
+        # A function's constant, once per call: one parameter for all (a fixed value per call).
+        body = {o: n.attribute for n in model.graph.node if n.op_type == "Constant" for o in n.output[:1]}
+        for value, locator in origins.items():
+            if locator in self.constants:
+                self.by_value[value] = locator
+            else:
+                self._add(locator, value, next(a.t for a in body[value] if a.name == "value"), value in stats)
         self._resolve_users()
 
     def _add(self, locator: str, value: str, t: onnx.TensorProto, is_stat: bool) -> None:
@@ -372,8 +456,6 @@ def runs(n: onnx.NodeProto) -> bool:
 def refuse_unsupported(model: onnx.ModelProto) -> None:
     g = model.graph
     problems = []
-    if model.functions:
-        problems.append("model-local functions")
     bad = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
                   for n in g.node if not runs(n)})
     if bad:

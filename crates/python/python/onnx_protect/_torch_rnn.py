@@ -2,8 +2,9 @@
 forward, reverse and bidirectional, layout 0 (``[seq, batch, ...]``: onnxruntime runs no
 other), with the default activations, as the ONNX operator specification
 computes them (gate orders ``iofc`` and ``zrh``; a GRU's ``linear_before_reset``; an LSTM's
-peepholes; sequence lengths that are the input's). Shorter sequences, layout 1, other
-activations and clipping are refused by name."""
+peepholes; ``sequence_lens``: a sample's steps past its length leave its state as it was
+and output zeros, a reverse direction starting at its last step). Layout 1, other activations
+and clipping are refused by name."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ def recurrent(kind: str, ins: list, a: dict) -> list:
     b = _given(ins, 3)
     direction = a.get("direction", "forward")
     lens = _given(ins, 4)
-    if lens is not None and bool((lens != x.shape[0]).any()) or a.get("layout", 0) != 0:
-        raise Unsupported(f"{kind}: sequences shorter than the input (sequence_lens) or layout 1")
+    if a.get("layout", 0) != 0:
+        raise Unsupported(f"{kind}: layout 1")
+    # Which samples step at each time (None: every sample at every step).
+    live = None if lens is None or bool((lens >= x.shape[0]).all()) else \
+        (torch.arange(x.shape[0]).view(-1, 1, 1) < lens.long().view(1, -1, 1)).to(x.dtype)
     if direction not in ("forward", "reverse", "bidirectional"):
         raise Unsupported(f"{kind}: direction {direction}")
     peep = _given(ins, 7) if kind == "LSTM" else None
@@ -68,9 +72,13 @@ def recurrent(kind: str, ins: list, a: dict) -> list:
         out = [None] * x.shape[0]
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
         for t in steps:
-            h, c = _step(kind, x[t] @ w[d].t() + wb, h, c, r[d], rb, hs, a.get("linear_before_reset", 0),
-                         None if peep is None else peep[d])
-            out[t] = h
+            h1, c1 = _step(kind, x[t] @ w[d].t() + wb, h, c, r[d], rb, hs, a.get("linear_before_reset", 0),
+                           None if peep is None else peep[d])
+            if live is None:
+                h, c, out[t] = h1, c1, h1
+            else:
+                m = live[t]
+                h, c, out[t] = m * h1 + (1 - m) * h, m * c1 + (1 - m) * c, m * h1
         ys.append(torch.stack(out))
         hn.append(h)
         cn.append(c)

@@ -143,7 +143,7 @@ def encrypted_masks(info: dict, graph: tg.TorchGraph) -> dict[str, np.ndarray]:
         if size is None or c is None:
             raise AttackError(
                 f"encrypted tensor {t['name']!r} ({t['data_type']}, {t['locator']}) is not a floating-point "
-                "constant of the main graph: training attacks cover float weights only")
+                "constant of the main graph or a local function: training attacks cover float weights only")
         mask = out.get(t["locator"], np.zeros(c.array.size, dtype=bool))
         for a, b in t["spans"]:
             mask[a // size:-(-b // size)] = True
@@ -240,9 +240,9 @@ class Setup:
     def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray], batchnorm: bool = True):
         self.model = model
         self.masks = masks
-        self.bias_fans = _bias_fans(model)
+        self.bias_fans = _bias_fans(tg.inlined(model))
         # Conv outputs after which scratch gets back the BatchNorm the export folded.
-        self.bn_convs = tg.folded_batchnorm_convs(model) if batchnorm else []
+        self.bn_convs = tg.folded_batchnorm_convs(tg.inlined(model)) if batchnorm else []
 
     def fresh(self) -> tg.TorchGraph:
         """The protected model: its encrypted one-element constants (an attention scale)
@@ -542,7 +542,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     for loc, mask in masks.items():
         c = graph.constants.get(loc)
         if c is None or mask.shape != (c.array.size,):
-            raise AttackError(f"{loc}: not a floating-point constant of the main graph with {mask.size} elements")
+            raise AttackError(f"{loc}: not a floating-point constant of the model with {mask.size} elements")
     setup = Setup(model, masks, batchnorm=batchnorm)
     if check:
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
@@ -668,13 +668,15 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
 
 def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
     steps = [tuple(int(v) for v in s.split(".")) for s in locator.split("/")]
-    if steps[0] != (7, 0):
-        raise AttackError(f"locator {locator} is not in the main graph")
-    if len(steps) == 2 and steps[1][0] == 5:
+    if steps[0] == (7, 0) and len(steps) == 2 and steps[1][0] == 5:
         return m.graph.initializer[steps[1][1]]
-    if len(steps) == 4 and steps[1][0] == 1 and steps[2][0] == 5 and steps[3] == (5, 0):
-        return m.graph.node[steps[1][1]].attribute[steps[2][1]].t
-    raise AttackError(f"locator {locator} is not an initializer or a Constant value")
+    if len(steps) == 4 and steps[2][0] == 5 and steps[3] == (5, 0):
+        if steps[0] == (7, 0) and steps[1][0] == 1:
+            return m.graph.node[steps[1][1]].attribute[steps[2][1]].t
+        if steps[0][0] == 25 and steps[1][0] == 7:
+            return m.functions[steps[0][1]].node[steps[1][1]].attribute[steps[2][1]].t
+    raise AttackError(f"locator {locator} is not an initializer or a Constant value of the main graph or a "
+                      "local function")
 
 
 # ---------------------------------------------------------------- policy search

@@ -305,8 +305,8 @@ class Hub(nn.Module):
 def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
     """BERT exported with ``input_ids``, ``attention_mask`` and ``token_type_ids`` (as
     ``optimum`` exports it): the data gives the ids; the mask is all ones and the segment
-    ids zeros, the values the model takes when they are not passed. Another second input is
-    refused in one line naming the ones filled."""
+    ids zeros, the values the model takes when they are not passed; given by name, they are
+    fed as given. Another second input is fed from the data by name, or refused in one line."""
     bert, data = tiny_bert(attn_implementation="eager")
     net = Hub(bert).eval()
     plain = tmp_path / "hub.onnx"
@@ -320,17 +320,38 @@ def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
     model = onnx.load(plain)
     assert [i.name for i in model.graph.input] == names
     interpreter_matches_onnxruntime(model, data[2])
-    r = assess.attack(protect(plain, tmp_path), *data, **TINY)
+    enc = protect(plain, tmp_path)
+    r = assess.attack(enc, *data, **TINY)
     assert r["share"] == 1.0
     ran(r, reused=["relearn", "finetune"])
 
+    # Padded sequences: the data gives the mask (`np.savez(..., input_ids=, attention_mask=,
+    # y=)`), which the interpreter follows as onnxruntime does.
+    rng = np.random.default_rng(1)
+    mask = (np.arange(data[0].shape[1]) < rng.integers(6, data[0].shape[1] + 1, (len(data[0]), 1))).astype(np.int64)
+    given = tg.Inputs({"input_ids": np.where(mask == 1, data[0], 0), "attention_mask": mask})
+    assert tg.check(model, given[:16]) <= 1e-4
+    g = tg.TorchGraph(model).eval()
+    with torch.no_grad():
+        assert not torch.allclose(g(tg.as_torch(given[:16])), g(torch.from_numpy(given.arrays["input_ids"][:16])))
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, y=data[1], **given.arrays)
+    np.savez(test, y=data[1][:200], input_ids=given.arrays["input_ids"][:200], attention_mask=mask[:200])
+    assert assess.main([str(enc), "--data", str(train), "--test", str(test), "--sizes", "0.05", "--seeds", "1",
+                        "--steps", "5", "-q"]) in (0, 3)
+
+    # Another second input: given by name, or refused in one line naming it.
     other = onnx.load(plain)
     other.graph.input[2].name = "segment"
     for n in other.graph.node:
         n.input[:] = ["segment" if i == "token_type_ids" else i for i in n.input]
-    with pytest.raises(tg.Unsupported, match="3 data inputs .one is supported, followed by any of attention_mask, "
-                                             "token_type_ids, position_ids."):
-        tg.TorchGraph(other)
+    with pytest.raises(tg.Unsupported, match="no data for the model's input 'segment'"):
+        tg.TorchGraph(other)(torch.from_numpy(data[2][:4]))
+    assert tg.check(other, tg.Inputs({"input_ids": data[2][:8], "segment": np.zeros_like(data[2][:8])})) <= 1e-4
+    with pytest.raises(assess.AttackError, match="^data: no array for the model's input 'segment' .arrays: x.$"):
+        assess.attack_masks(other, {}, {"x": data[0]}, data[1], data[2], data[3], **TINY)
+    with pytest.raises(assess.AttackError, match="^data: array 'mask' is not a data input of the model"):
+        assess.attack_masks(other, {}, {"x": data[0], "segment": data[0], "mask": data[0]}, *data[1:], **TINY)
 
 
 def test_assess_runs_on_a_bert_fused_by_onnxruntimes_transformer_optimizer(tmp_path):

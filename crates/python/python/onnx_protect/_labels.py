@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._torch_inputs import as_torch
+
 IGNORE = -100
 
 
@@ -84,7 +86,7 @@ def scores(g: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
     hits, loss_sum, n = 0, 0.0, 0
     with torch.no_grad():
         for i in range(0, len(x), 512):
-            h, s, k = hits_and_loss(g(torch.from_numpy(x[i:i + 512])), torch.from_numpy(y[i:i + 512]).long())
+            h, s, k = hits_and_loss(g(as_torch(x[i:i + 512])), torch.from_numpy(y[i:i + 512]).long())
             hits, loss_sum, n = hits + h, loss_sum + s, n + k
     mean = loss_sum / max(1, n)
     return hits / max(1, n), (mean if math.isfinite(mean) else math.inf)

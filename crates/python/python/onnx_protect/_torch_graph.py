@@ -14,9 +14,10 @@ domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsu
 ``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...) and, in onnxruntime's
 com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
 optimizer). Model-local functions run inlined. A graph with subgraphs (``If``, ``Loop``,
-``Scan``), other domains, data inputs after the first but the Hugging Face ones it fills
-(:data:`FILLED_INPUTS`), or an operator outside that list is refused
-before anything is trained (:class:`Unsupported`, naming every offending operator).
+``Scan``), other domains or an operator outside that list is refused before anything is trained
+(:class:`Unsupported`, naming every offending operator). A model with several data inputs runs
+on :class:`onnx_protect._torch_inputs.Inputs`; the Hugging Face ones after the first that the
+data does not give are filled (:data:`FILLED_INPUTS`).
 
 ``onnx2torch`` is not used: 1.5.15 (with torch 2.9.1) converts none of the fourteen
 classifiers of fixtures/zoo, having no converter for ``Reshape`` and ``Shape`` at opset
@@ -37,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES, concat_batch, filled_input_types,
-                            filled_inputs, static_batch, with_batch)
+from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES, Inputs, as_torch, concat_batch,
+                            data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
 from ._torch_contrib import CONTRIB, CONTRIB_OPS
 from ._torch_ops import MORE_OPS, Unsupported, ints
 from ._torch_rnn import recurrent
@@ -277,9 +278,16 @@ class TorchGraph(torch.nn.Module):
     def is_stat(self, locator: str) -> bool:
         return locator in self.stat_names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, torch.Tensor] = {self.inputs[0]: x}
-        env.update(filled_inputs(self.filled, x))
+    def forward(self, x: torch.Tensor | Inputs) -> torch.Tensor:
+        """The scores (or with ``logits`` false the first output) for ``x``: the first data
+        input's batch, or :class:`Inputs` of several (those of :data:`FILLED_INPUTS` not given
+        are filled)."""
+        env: dict[str, torch.Tensor] = dict(x.arrays) if isinstance(x, Inputs) else {self.inputs[0]: x}
+        x = env[self.inputs[0]]
+        env.update(filled_inputs(self.filled, x, env))
+        missing = [n for n in self.inputs if n not in env]
+        if missing:
+            raise Unsupported(f"no data for the model's input {missing[0]!r}")
 
         def get(name: str) -> torch.Tensor:
             if name in env:
@@ -462,12 +470,8 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
         problems.append("operators " + ", ".join(bad))
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         problems.append("subgraphs")
-    init_names = {t.name for t in g.initializer}
-    inputs = [i.name for i in g.input if i.name not in init_names]
-    others = [n for n in inputs[1:] if n not in FILLED_INPUTS]
-    if not inputs or inputs[0] in FILLED_INPUTS or others:
-        problems.append(f"{len(inputs)} data inputs (one is supported, followed by any of "
-                        f"{', '.join(FILLED_INPUTS)})")
+    if not data_inputs(model):
+        problems.append("no data input")
     if g.sparse_initializer:
         problems.append("sparse initializers")
     if problems:
@@ -475,12 +479,11 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
                           + f" (supported operators: {', '.join(sorted(SUPPORTED_OPS))})")
 
 
-def input_dtype(model: onnx.ModelProto) -> np.dtype:
-    """The NumPy type the data input is fed in: float32 for a floating-point input (the
-    interpreter computes in float32), the input's own type for integers and booleans
-    (token ids)."""
-    init_names = {t.name for t in model.graph.initializer}
-    value = next((i for i in model.graph.input if i.name not in init_names), None)
+def input_dtype(model: onnx.ModelProto, name: str | None = None) -> np.dtype:
+    """The NumPy type a data input (the first, or ``name``) is fed in: float32 for a
+    floating-point input (the interpreter computes in float32), the input's own type for
+    integers and booleans (token ids, masks)."""
+    value = next((i for i in data_inputs(model) if name is None or i.name == name), None)
     elem = value.type.tensor_type.elem_type if value is not None else 0
     if not elem or elem in FLOAT_TYPES:
         return np.dtype(np.float32)
@@ -789,8 +792,9 @@ SUPPORTED_OPS = frozenset(
     | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS))
 
 
-def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> float:
-    """Runs the model in this interpreter and in onnxruntime on ``x``; raises
+def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-4) -> float:
+    """Runs the model in this interpreter and in onnxruntime on ``x`` (the first data input's
+    batch, or :class:`Inputs`, the :data:`FILLED_INPUTS` not given filled); raises
     :class:`Unsupported` when they differ by more than ``tolerance`` (relative to the
     largest finite output) or in where their outputs are not finite, returns the
     difference otherwise. A model whose onnxruntime output has no finite value cannot be
@@ -807,15 +811,17 @@ def check(model: onnx.ModelProto, x: np.ndarray, tolerance: float = 1e-4) -> flo
         parts = []
         for i in range(0, len(x), step):
             xb = x[i:i + step]
-            feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), torch.from_numpy(xb)).items()}
-            parts.append(sess.run(None, {sess.get_inputs()[0].name: xb, **feeds})[0])
+            given = xb.arrays if isinstance(xb, Inputs) else {sess.get_inputs()[0].name: xb}
+            first = torch.from_numpy(given[sess.get_inputs()[0].name])
+            feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), first, given).items()}
+            parts.append(sess.run(None, {**given, **feeds})[0])
         want = np.concatenate(parts) if len(parts) > 1 else parts[0]
     except Exception as e:  # onnxruntime raises its own exception types
         raise Unsupported(f"onnxruntime cannot run the model on inputs of shape {x.shape} to check the PyTorch "
                           f"interpreter: {' '.join(str(e).split())}") from e
     m.eval()
     with torch.no_grad():
-        got = m(torch.from_numpy(x)).numpy()
+        got = m(as_torch(x)).numpy()
     if got.shape != want.shape:
         raise Unsupported(f"the PyTorch interpreter's output has shape {got.shape}, onnxruntime's {want.shape}")
     finite = np.isfinite(want)

@@ -1,9 +1,13 @@
-"""What :mod:`onnx_protect._torch_graph` feeds a model besides its data: the inputs a Hugging
-Face export takes after the token ids (:data:`FILLED_INPUTS`), and an export's fixed batch size
-made the batch being run (:func:`static_batch`, :func:`with_batch`, :func:`concat_batch`)."""
+"""What :mod:`onnx_protect._torch_graph` feeds a model: the data of several inputs
+(:class:`Inputs`), the inputs a Hugging Face export takes after the token ids when the data does
+not give them (:data:`FILLED_INPUTS`), and an export's fixed batch size made the batch being run
+(:func:`static_batch`, :func:`with_batch`, :func:`concat_batch`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
+import numpy as np
 import onnx
 import torch
 
@@ -13,6 +17,66 @@ FLOAT_TYPES = {
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.DOUBLE,
 }
+
+
+class Inputs:
+    """Arrays (NumPy or torch) of a model's data inputs by name, each batch first, the model's
+    first data input first; indexed and sliced along the batch like one array (``len``,
+    ``shape`` and ``dtype`` are the first's)."""
+
+    def __init__(self, arrays: Mapping):
+        self.arrays = dict(arrays)
+
+    @property
+    def first(self):
+        return next(iter(self.arrays.values()))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.first.shape)
+
+    @property
+    def dtype(self):
+        return self.first.dtype
+
+    def __getitem__(self, idx) -> Inputs:
+        return Inputs({k: v[idx] for k, v in self.arrays.items()})
+
+    def map(self, f: Callable) -> Inputs:
+        return Inputs({k: f(v) for k, v in self.arrays.items()})
+
+
+def as_torch(x):
+    """``x`` (an array or :class:`Inputs`) as torch tensors sharing its memory."""
+    return x.map(torch.from_numpy) if isinstance(x, Inputs) else torch.from_numpy(x)
+
+
+def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers, in order."""
+    init_names = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init_names]
+
+
+def as_inputs(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], what: str) -> Inputs:
+    """Named arrays as the model's :class:`Inputs`: ``x`` stands for the first data input;
+    every data input must be given but the :data:`FILLED_INPUTS` after the first; a name the
+    model has no data input for, or arrays of different lengths, are refused (``ValueError``)."""
+    names = [i.name for i in data_inputs(model)]
+    given = {(names[0] if k == "x" and names else k): v for k, v in arrays.items()}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: array {unknown[0]!r} is not a data input of the model (inputs: "
+                         f"{', '.join(names)}; 'x' stands for the first)")
+    missing = [n for k, n in enumerate(names) if n not in given and (k == 0 or n not in FILLED_INPUTS)]
+    if missing:
+        raise ValueError(f"{what}: no array for the model's input {missing[0]!r} (arrays: {', '.join(arrays)})")
+    if len({len(v) for v in given.values()}) > 1:
+        raise ValueError(f"{what}: the arrays differ in length: "
+                         + ", ".join(f"{k} {len(v)}" for k, v in given.items()))
+    return Inputs({n: np.asarray(given[n]) for n in names if n in given})
 
 
 def static_batch(model: onnx.ModelProto) -> int | None:
@@ -75,10 +139,12 @@ FILLED_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
 
 
 def filled_input_types(model: onnx.ModelProto) -> list[tuple[str, torch.dtype]]:
-    """The data inputs after the first (:data:`FILLED_INPUTS`) with the type each is fed in."""
-    init_names = {t.name for t in model.graph.initializer}
+    """The data inputs after the first that can be filled (:data:`FILLED_INPUTS`) with the type
+    each is fed in."""
     out = []
-    for i in [i for i in model.graph.input if i.name not in init_names][1:]:
+    for i in data_inputs(model)[1:]:
+        if i.name not in FILLED_INPUTS:
+            continue
         elem = i.type.tensor_type.elem_type
         dtype = torch.int32 if elem == onnx.TensorProto.INT32 else torch.float32 if elem in FLOAT_TYPES \
             else torch.bool if elem == onnx.TensorProto.BOOL else torch.int64
@@ -86,6 +152,7 @@ def filled_input_types(model: onnx.ModelProto) -> list[tuple[str, torch.dtype]]:
     return out
 
 
-def filled_inputs(types: list[tuple[str, torch.dtype]], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Those inputs' values for the batch ``x`` of the first input."""
-    return {name: _filled(name, x, dtype) for name, dtype in types}
+def filled_inputs(types: list[tuple[str, torch.dtype]], x: torch.Tensor,
+                  given: Mapping = {}) -> dict[str, torch.Tensor]:  # noqa: B006 (read only)
+    """Those inputs' values for the batch ``x`` of the first input, but the ``given`` ones."""
+    return {name: _filled(name, x, dtype) for name, dtype in types if name not in given}

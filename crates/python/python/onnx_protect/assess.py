@@ -63,8 +63,10 @@ covered: :mod:`onnx_protect._torch_graph`. Command line::
     (--lr-choice held_out|best, --recipes one-cycle,constant: the choice and the recipes)
 
 ``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs: whole numbers for a model
-that reads token ids) and ``y`` (integer labels: one per sample, or one per position of the
-scores, :mod:`onnx_protect._labels`). See docs/protection.md.
+that reads token ids; for a model with several inputs, one array per input by name, ``x``
+the first, the Hugging Face ones after it filled when absent) and ``y`` (integer labels: one
+per sample, or one per position of the scores, :mod:`onnx_protect._labels`). See
+docs/protection.md.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ except ImportError as e:  # pragma: no cover - import guard
 from . import _torch_graph as tg
 from ._labels import LabelError, chance, check_labels, draw, scores  # noqa: F401 (draw, scores: API)
 from ._labels import loss as _loss
+from ._torch_inputs import Inputs, as_inputs, as_torch
 
 if __name__ == "__main__":
     # `python -m onnx_protect.assess`: the package's own module runs, not this second copy (the
@@ -352,9 +355,13 @@ def image_shift(shape: Sequence[int]) -> int:
     return int(min(4, max(1, min(shape[2], shape[3]) // 8)))
 
 
-def shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+def shifted(x: torch.Tensor | Inputs, shift: int, gen: torch.Generator) -> torch.Tensor | Inputs:
     """Each image of the batch moved by its own random offset of at most ``shift``
-    pixels along each axis, zero-filled (a random crop of the zero-padded image)."""
+    pixels along each axis, zero-filled (a random crop of the zero-padded image); of
+    :class:`Inputs`, the first (the others as they are)."""
+    if isinstance(x, Inputs):
+        first = next(iter(x.arrays))
+        return Inputs({**x.arrays, first: shifted(x.arrays[first], shift, gen)})
     if channels_last(x.shape):
         return shifted(x.permute(0, 3, 1, 2), shift, gen).permute(0, 2, 3, 1).contiguous()
     n, _, h, w = x.shape
@@ -376,7 +383,7 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
     if not params:
         return g
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = as_torch(x), torch.from_numpy(y)
     if recipe == "one-cycle":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -478,10 +485,22 @@ def attack(protected: str | os.PathLike, x: np.ndarray, y: np.ndarray, x_test: n
             **attack_masks(model, masks, x, y, x_test, y_test, **options)}
 
 
-def _as_input(model: onnx.ModelProto, x, what: str) -> np.ndarray:
-    """``x`` in the type the model's data input is fed in (float32, or the integer type
-    of an input of token ids); integer inputs refuse values that are not whole numbers."""
-    dtype = tg.input_dtype(model)
+def _as_input(model: onnx.ModelProto, x, what: str) -> np.ndarray | Inputs:
+    """``x`` in the types the model's data inputs are fed in (float32, or the integer type
+    of an input of token ids or a mask; integer inputs refuse values that are not whole
+    numbers): an array for the first data input, or arrays by input name (a mapping or
+    :class:`Inputs`: ``x`` stands for the first; :func:`onnx_protect._torch_inputs.as_inputs`)."""
+    if isinstance(x, (Inputs, dict)):
+        try:
+            named = as_inputs(model, x.arrays if isinstance(x, Inputs) else x, what)
+        except ValueError as e:
+            raise AttackError(str(e)) from None
+        return Inputs({n: _as_type(model, n, v, f"{what} ({n})") for n, v in named.arrays.items()})
+    return _as_type(model, None, x, what)
+
+
+def _as_type(model: onnx.ModelProto, name: str | None, x, what: str) -> np.ndarray:
+    dtype = tg.input_dtype(model, name)
     x = np.asarray(x)
     if dtype.kind in "iub" and x.dtype.kind not in "iub":
         whole = np.isfinite(x).all() and np.array_equal(x, np.round(x))
@@ -525,9 +544,9 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     data size whose gap is above the target (the report then has fewer sizes)."""
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
     y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
+    x, x_test = _as_input(model, x, "data"), _as_input(model, x_test, "test data")
     if len(x) != len(y) or len(x_test) != len(y_test) or len(y) == 0 or len(y_test) == 0:
         raise AttackError("data and labels differ in length, or are empty")
-    x, x_test = _as_input(model, x, "data"), _as_input(model, x_test, "test data")
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise AttackError(f"unknown attack(s) {', '.join(sorted(unknown))}; attacks are {', '.join(ATTACKS)}")
@@ -547,7 +566,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     if check:
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
     with torch.no_grad():
-        shape = tuple(setup.fresh().eval()(torch.from_numpy(x_test[:2])).shape)
+        shape = tuple(setup.fresh().eval()(as_torch(x_test[:2])).shape)
     check_labels(shape, y, "labels of the data")
     check_labels(shape, y_test, "labels of the test data")
     # Labels per position (a segmentation map) would have to move with the image.
@@ -687,12 +706,16 @@ from ._policy_search import SEARCH, plan, policy_search, policy_toml  # noqa: E4
 # ---------------------------------------------------------------- command line
 
 
-def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: str) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
+    """The inputs (``x`` alone: an array; else every array but ``y`` by name) and the labels."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return z["x"], z["y"]
+            x = {k: z[k] for k in z.files if k != "y"}
+            if not x:
+                raise KeyError("no input array")
+            return (x["x"] if list(x) == ["x"] else x), z["y"]
     except (OSError, KeyError, ValueError) as e:
-        raise AttackError(f"{path}: not an .npz file with arrays x and y ({e})") from e
+        raise AttackError(f"{path}: not an .npz file with arrays x (or one per input) and y ({e})") from e
 
 
 def _summary(r: dict) -> str:
@@ -725,8 +748,9 @@ def _summary(r: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m onnx_protect.assess", description=__doc__.splitlines()[0])
     ap.add_argument("model", help="the protected model (with --search: the plain model)")
-    ap.add_argument("--data", required=True, help="the attacker's labelled data: .npz with x and y")
-    ap.add_argument("--test", required=True, help="labelled test data: .npz with x and y")
+    ap.add_argument("--data", required=True,
+                    help="the attacker's labelled data: .npz with y and x (or one array per model input, by name)")
+    ap.add_argument("--test", required=True, help="labelled test data: .npz as --data")
     ap.add_argument("--sizes", default=",".join(str(s) for s in SIZES), help="fractions of --data (default 0.01,0.05,0.1)")
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--steps", type=int, default=STEPS)

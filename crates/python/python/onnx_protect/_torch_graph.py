@@ -13,9 +13,10 @@ convolutional networks, transformers (attention written out with MatMul/Softmax,
 domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
 ``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...) and, in onnxruntime's
 com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
-optimizer). Model-local functions run inlined. A graph with subgraphs (``If``, ``Loop``,
-``Scan``), other domains or an operator outside that list is refused before anything is trained
-(:class:`Unsupported`, naming every offending operator). A model with several data inputs runs
+optimizer). Model-local functions run inlined; ``If``, ``Loop`` and ``Scan`` run their
+subgraphs (:mod:`onnx_protect._torch_control`), whose constants are located and trained as the
+main graph's. A graph with another domain or an operator outside that list is refused before
+anything is trained (:class:`Unsupported`, naming every offending operator). A model with several data inputs runs
 on :class:`onnx_protect._torch_inputs.Inputs`; the Hugging Face ones after the first that the
 data does not give are filled (:data:`FILLED_INPUTS`).
 
@@ -28,8 +29,9 @@ inputs before any result is reported.
 
 from __future__ import annotations
 
-import itertools
+import collections
 import math
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -38,9 +40,12 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES, Inputs, as_torch, concat_batch,
+from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES,  # noqa: F401 (FILLED_INPUTS: API)
+                            Inputs, as_torch, concat_batch,
                             data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
 from ._torch_contrib import CONTRIB, CONTRIB_OPS
+from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
+from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
 from ._torch_ops import MORE_OPS, Unsupported, ints
 from ._torch_rnn import recurrent
 
@@ -49,80 +54,6 @@ PASS_THROUGH = {
     "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
     "Expand", "Tile", "Concat",
 }
-
-
-_INLINED: list[tuple[onnx.ModelProto, tuple[onnx.ModelProto, dict[str, str]]]] = []
-
-
-def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with each call of a model-local function replaced by the function's body
-    (:func:`inline`), or ``model`` itself without any."""
-    return _inline_cached(model)[0]
-
-
-def _inline_cached(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
-    if not model.functions:
-        return model, {}
-    for src, out in _INLINED:
-        if src is model:
-            return out
-    out = inline(model)
-    _INLINED[:] = [(model, out), *_INLINED[:3]]  # the attacks build a graph per run
-    return out
-
-
-def inline(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """``model`` with every call of a model-local function (nested ones too) replaced by the
-    function's body: the call's inputs and outputs for the function's, its attributes (else
-    the function's defaults) for references, every other value of the body renamed per call;
-    and, for each ``Constant`` of a body, the locator of its value in the file
-    (``25.F/7.N/5.A/5.0``) by the value's name in the result (one per call). The main graph's
-    values keep their names and its initializers their order, so its locators still match."""
-    funcs = {(f.domain, f.name): (k, f) for k, f in enumerate(model.functions)}
-    origins: dict[str, str] = {}
-    calls = itertools.count()
-
-    def resolved(n, given):
-        """The node's attributes, a reference replaced by the caller's value (dropped without one)."""
-        out = []
-        for a in n.attribute:
-            if not a.ref_attr_name:
-                out.append(a)
-            elif given is not None and a.ref_attr_name in given:
-                out.append(onnx.AttributeProto())
-                out[-1].CopyFrom(given[a.ref_attr_name])
-                out[-1].name = a.name
-        return out
-
-    def expand(nodes, rename, given, fidx):
-        out = []
-        for n_idx, n in enumerate(nodes):
-            ins, outs = [rename(v) for v in n.input], [rename(v) for v in n.output]
-            if (n.domain, n.op_type) in funcs:
-                k, f = funcs[(n.domain, n.op_type)]
-                tag, names = next(calls), {**dict(zip(f.input, ins)), **dict(zip(f.output, outs))}
-                own = {a.name: a for a in f.attribute_proto} | {a.name: a for a in resolved(n, given)}
-                out.extend(expand(f.node, lambda v, t=tag, m=names: m.get(v, v and f"{v}__call{t}"), own, k))
-                continue
-            m = onnx.NodeProto()
-            m.CopyFrom(n)
-            m.input[:], m.output[:] = ins, outs
-            del m.attribute[:]
-            m.attribute.extend(resolved(n, given))
-            if fidx is not None and n.op_type == "Constant":
-                for a_idx, a in enumerate(n.attribute):
-                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                        origins[outs[0]] = f"25.{fidx}/7.{n_idx}/5.{a_idx}/5.0"
-            out.append(m)
-        return out
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    nodes = expand(model.graph.node, lambda v: v, None, None)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    del m.functions[:]
-    return m, origins
 
 
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -169,7 +100,8 @@ class TorchGraph(torch.nn.Module):
         self.constants: dict[str, Constant] = {}  # locator -> constant
         self.by_value: dict[str, str] = {}  # value name -> locator (float constants)
         self.fixed: dict[str, torch.Tensor] = {}  # value name -> non-float or scalar constant
-        stats = {n.input[i] for n in g.node if n.op_type == "BatchNormalization" for i in (3, 4) if len(n.input) > i}
+        stats = {n.input[i] for n in all_nodes(g) if n.op_type == "BatchNormalization" for i in (3, 4)
+                 if len(n.input) > i}
         self.params = torch.nn.ParameterDict()
         self.stat_names: dict[str, str] = {}
         # BatchNormalization statistics (value names) that stay as stored in training mode.
@@ -187,6 +119,13 @@ class TorchGraph(torch.nn.Module):
             for a_idx, a in enumerate(node.attribute):
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     self._add(f"7.0/1.{n_idx}/5.{a_idx}/5.0", node.output[0], a.t, node.output[0] in stats)
+        for where, sub in subgraphs(source.graph):
+            for k, t in enumerate(sub.initializer):
+                self._add(f"{where}/5.{k}", t.name, t, t.name in stats)
+            for n_idx, node in enumerate(sub.node):
+                for a_idx, a in enumerate(node.attribute if node.op_type == "Constant" else []):
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        self._add(f"{where}/1.{n_idx}/5.{a_idx}/5.0", node.output[0], a.t, node.output[0] in stats)
         # A function's constant, once per call: one parameter for all (a fixed value per call).
         body = {o: n.attribute for n in model.graph.node if n.op_type == "Constant" for o in n.output[:1]}
         for value, locator in origins.items():
@@ -225,7 +164,7 @@ class TorchGraph(torch.nn.Module):
 
     def _resolve_users(self) -> None:
         consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
-        for n in self.graph.node:
+        for n in all_nodes(self.graph):
             for i, x in enumerate(n.input):
                 consumers.setdefault(x, []).append((n.op_type, i, n))
         for value, locator in self.by_value.items():
@@ -288,15 +227,32 @@ class TorchGraph(torch.nn.Module):
         missing = [n for n in self.inputs if n not in env]
         if missing:
             raise Unsupported(f"no data for the model's input {missing[0]!r}")
+        self._run(self.graph.node, env, x.shape[0] if x.dim() else 1)
+        return env[self.read if self.logits else self.graph.output[0].name]
 
+    def _get(self, env: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+        if name in env:
+            return env[name]
+        if name in self.by_value:
+            return self.tensor(self.by_value[name])
+        return self.fixed[name]
+
+    def _subgraph(self, g: onnx.GraphProto, env: Mapping, bound: dict, batch: int) -> list:
+        """Runs subgraph ``g`` with its inputs ``bound`` and the enclosing values of ``env``;
+        its outputs. Initializers not located in the file (a function's subgraph) are fixed."""
+        inner = collections.ChainMap(dict(bound), env)
+        for t in g.initializer:
+            if t.name not in self.by_value and t.name not in self.fixed:
+                inner[t.name] = torch.from_numpy(numpy_helper.to_array(t).copy())
+        self._run(g.node, inner, batch)
+        return [self._get(inner, o.name) for o in g.output]
+
+    def _run(self, nodes, env: MutableMapping[str, torch.Tensor], batch: int) -> None:
+        """Runs ``nodes`` in order, their outputs put in ``env``."""
         def get(name: str) -> torch.Tensor:
-            if name in env:
-                return env[name]
-            if name in self.by_value:
-                return self.tensor(self.by_value[name])
-            return self.fixed[name]
+            return self._get(env, name)
 
-        for node in self.graph.node:
+        for node in nodes:
             if node.op_type == "Constant":
                 if node.output[0] in self.by_value or node.output[0] in self.fixed:
                     continue
@@ -304,9 +260,9 @@ class TorchGraph(torch.nn.Module):
                 continue
             ins = [get(i) if i else None for i in node.input]
             if self.batch and node.op_type in BATCHED_SHAPES and len(ins) > 1 and node.input[1] not in env:
-                ins[1] = with_batch(node.op_type, ins, self.batch, x.shape[0])
+                ins[1] = with_batch(node.op_type, ins, self.batch, batch)
             elif self.batch and node.op_type == "Concat":
-                ins = concat_batch(ins, attrs(node).get("axis", 0), self.batch, x.shape[0])
+                ins = concat_batch(ins, attrs(node).get("axis", 0), self.batch, batch)
             training = self.training
             if node.op_type == "BatchNormalization" and node.input[3] in self.frozen_stats:
                 training = False
@@ -316,6 +272,9 @@ class TorchGraph(torch.nn.Module):
                     a.setdefault("num_outputs", len(node.output))
                 if node.domain == "com.microsoft" and node.op_type in CONTRIB:
                     outs = CONTRIB[node.op_type](ins, a, self.opset)
+                elif node.op_type in CONTROL:
+                    outs = CONTROL[node.op_type](ins, a, lambda g, bound: self._subgraph(g, env, bound, batch),
+                                                 self.opset)
                 else:
                     outs = run_op(node.op_type, ins, a, training, self.opset)
             except Unsupported:
@@ -329,7 +288,6 @@ class TorchGraph(torch.nn.Module):
             for name, v in zip(node.output, outs):
                 if name:
                     env[name] = self._inserted_bn(self.inserted[name], v) if name in self.inserted else v
-        return env[self.read if self.logits else self.graph.output[0].name]
 
 
 def constant_node(node: onnx.NodeProto) -> torch.Tensor:
@@ -465,11 +423,9 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
     g = model.graph
     problems = []
     bad = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                  for n in g.node if not runs(n)})
+                  for n in all_nodes(g) if not runs(n)})
     if bad:
         problems.append("operators " + ", ".join(bad))
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        problems.append("subgraphs")
     if not data_inputs(model):
         problems.append("no data input")
     if g.sparse_initializer:
@@ -789,7 +745,7 @@ SUPPORTED_OPS = frozenset(
      "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
      "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
      "ReduceMin", "Split", "Cast", "LSTM", "GRU", "RNN", "Constant"}
-    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS))
+    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS) | CONTROL_OPS)
 
 
 def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-4) -> float:
@@ -821,7 +777,7 @@ def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-
                           f"interpreter: {' '.join(str(e).split())}") from e
     m.eval()
     with torch.no_grad():
-        got = m(as_torch(x)).numpy()
+        got = m(as_torch(x)).detach().numpy()
     if got.shape != want.shape:
         raise Unsupported(f"the PyTorch interpreter's output has shape {got.shape}, onnxruntime's {want.shape}")
     finite = np.isfinite(want)

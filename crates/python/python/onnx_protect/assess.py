@@ -85,13 +85,13 @@ import numpy as np
 try:
     import onnx
     import torch
-    import torch.nn.functional as F
 except ImportError as e:  # pragma: no cover - import guard
     raise ImportError("onnx_protect.assess needs torch and onnx: pip install 'onnx-protect[torch]'") from e
 
 from . import _torch_graph as tg
 from ._labels import LabelError, chance, check_labels, draw, scores  # noqa: F401 (draw, scores: API)
 from ._labels import loss as _loss
+from ._augment import channels_last, image_shift, shifted  # noqa: F401 (channels_last: API)
 from ._torch_inputs import Inputs, as_inputs, as_torch
 
 if __name__ == "__main__":
@@ -334,41 +334,6 @@ def start_state(g: tg.TorchGraph, params: list, hooked: bool) -> str | None:
 
 def accuracy(g: tg.TorchGraph, x: np.ndarray, y: np.ndarray) -> float:
     return scores(g, x, y)[0]
-
-
-def channels_last(shape: Sequence[int]) -> bool:
-    """Whether inputs of this shape are images stored (N, H, W, C), as TensorFlow and tf2onnx
-    lay them out: 1, 3 or 4 channels last, H and W at least 8, and no such channel count
-    second."""
-    return len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) and min(shape[1], shape[2]) >= 8
-
-
-def image_shift(shape: Sequence[int]) -> int:
-    """The largest shift of the training augmentation for inputs of this shape: images
-    (N, C, H, W), or (N, H, W, C) (:func:`channels_last`), with H and W at least 8 are
-    shifted by up to an eighth of their smaller side, 1 to 4 pixels; other inputs are not
-    augmented (0)."""
-    if channels_last(shape):
-        shape = (shape[0], shape[3], shape[1], shape[2])
-    if len(shape) != 4 or min(shape[2], shape[3]) < 8:
-        return 0
-    return int(min(4, max(1, min(shape[2], shape[3]) // 8)))
-
-
-def shifted(x: torch.Tensor | Inputs, shift: int, gen: torch.Generator) -> torch.Tensor | Inputs:
-    """Each image of the batch moved by its own random offset of at most ``shift``
-    pixels along each axis, zero-filled (a random crop of the zero-padded image); of
-    :class:`Inputs`, the first (the others as they are)."""
-    if isinstance(x, Inputs):
-        first = next(iter(x.arrays))
-        return Inputs({**x.arrays, first: shifted(x.arrays[first], shift, gen)})
-    if channels_last(x.shape):
-        return shifted(x.permute(0, 3, 1, 2), shift, gen).permute(0, 2, 3, 1).contiguous()
-    n, _, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift))
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int,
@@ -685,17 +650,25 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
     return m
 
 
+# The repeated message fields a locator steps through, by message and field number.
+_FIELDS = {"ModelProto": {7: "graph", 25: "functions"}, "GraphProto": {1: "node", 5: "initializer"},
+           "FunctionProto": {7: "node"}, "NodeProto": {5: "attribute"}, "AttributeProto": {5: "t", 6: "g", 11: "graphs"}}
+
+
 def _tensor_at(m: onnx.ModelProto, locator: str) -> onnx.TensorProto:
-    steps = [tuple(int(v) for v in s.split(".")) for s in locator.split("/")]
-    if steps[0] == (7, 0) and len(steps) == 2 and steps[1][0] == 5:
-        return m.graph.initializer[steps[1][1]]
-    if len(steps) == 4 and steps[2][0] == 5 and steps[3] == (5, 0):
-        if steps[0] == (7, 0) and steps[1][0] == 1:
-            return m.graph.node[steps[1][1]].attribute[steps[2][1]].t
-        if steps[0][0] == 25 and steps[1][0] == 7:
-            return m.functions[steps[0][1]].node[steps[1][1]].attribute[steps[2][1]].t
-    raise AttackError(f"locator {locator} is not an initializer or a Constant value of the main graph or a "
-                      "local function")
+    """The tensor a locator (docs/format.md §4: field.index steps) names in ``m``: an
+    initializer or a ``Constant``'s value, of the main graph, a subgraph or a local function."""
+    at = m
+    try:
+        for step in locator.split("/"):
+            field, index = (int(v) for v in step.split("."))
+            value = getattr(at, _FIELDS[type(at).__name__][field])
+            at = value if isinstance(value, onnx.TensorProto | onnx.GraphProto) and index == 0 else value[index]
+    except (KeyError, IndexError, ValueError, TypeError):
+        at = None
+    if not isinstance(at, onnx.TensorProto):
+        raise AttackError(f"locator {locator} is not an initializer or a Constant value of the model")
+    return at
 
 
 # ---------------------------------------------------------------- policy search

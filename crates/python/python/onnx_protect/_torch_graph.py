@@ -15,7 +15,8 @@ domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsu
 com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
 optimizer). Model-local functions run inlined; ``If``, ``Loop`` and ``Scan`` run their
 subgraphs (:mod:`onnx_protect._torch_control`), whose constants are located and trained as the
-main graph's. A graph with another domain or an operator outside that list is refused before
+main graph's; ``QuantizeLinear``/``DequantizeLinear`` and the weights stored as integers behind
+them: :mod:`onnx_protect._torch_quant`. A graph with another domain or an operator outside that list is refused before
 anything is trained (:class:`Unsupported`, naming every offending operator). A model with several data inputs runs
 on :class:`onnx_protect._torch_inputs.Inputs`; the Hugging Face ones after the first that the
 data does not give are filled (:data:`FILLED_INPUTS`).
@@ -48,6 +49,7 @@ from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
 from ._torch_ops import MORE_OPS, Unsupported, ints
+from ._torch_quant import QUANT_OPS, Quantized, quantized_weights
 from ._torch_rnn import recurrent
 
 PASS_THROUGH = {
@@ -65,7 +67,8 @@ def attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 class Constant:
-    """One floating-point constant of the graph: where it is and how it is used."""
+    """One floating-point constant of the graph (or a quantised weight, as its float values):
+    where it is and how it is used."""
 
     def __init__(self, locator: str, name: str, array: np.ndarray):
         self.locator = locator
@@ -74,6 +77,7 @@ class Constant:
         self.users: list[tuple[str, int]] = []  # (op_type, input index), through pass-throughs
         self.gemm_trans_b = True  # transB of the first Gemm reading it as B
         self.key = ""
+        self.quant: Quantized | None = None  # a weight stored as integers: how it is dequantised
 
 
 class TorchGraph(torch.nn.Module):
@@ -111,6 +115,11 @@ class TorchGraph(torch.nn.Module):
         self.restore: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # Conv output name -> index of a BatchNormalization inserted after it (insert_batchnorm).
         self.inserted: dict[str, int] = {}
+        # Weights stored as integers behind a DequantizeLinear: trained as their float values.
+        named = {t.name: t for t in g.initializer}
+        named |= {n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute[:1]
+                  if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
+        self.quantized = quantized_weights(g, named)
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(source.graph.node):
@@ -139,9 +148,13 @@ class TorchGraph(torch.nn.Module):
         # A copy in C order of the tensor's own shape: a 0-d constant (a scalar index of
         # Gather, a GELU divisor) stays 0-d (np.ascontiguousarray would make it (1,)).
         a = np.array(numpy_helper.to_array(t), order="C", copy=True)
-        if t.data_type in FLOAT_TYPES:
+        quant = self.quantized.get(value)
+        if quant is not None:  # read as its DequantizeLinear's output, which is not run
+            a, value = quant.floats(a), quant.output
+        if t.data_type in FLOAT_TYPES or quant is not None:
             a = a.astype(np.float32, copy=False)
             c = Constant(locator, t.name or value, a)
+            c.quant = quant
             key = f"c{len(self.constants)}"
             tensor = torch.from_numpy(a)
             if is_stat:
@@ -253,8 +266,10 @@ class TorchGraph(torch.nn.Module):
             return self._get(env, name)
 
         for node in nodes:
+            if node.op_type in ("Constant", "DequantizeLinear") and node.output[0] in self.by_value:
+                continue  # a weight (a DequantizeLinear's: a quantised weight's float values)
             if node.op_type == "Constant":
-                if node.output[0] in self.by_value or node.output[0] in self.fixed:
+                if node.output[0] in self.fixed:
                     continue
                 env[node.output[0]] = constant_node(node)
                 continue
@@ -481,6 +496,8 @@ def _cast(x, to):
         onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float32,
         onnx.TensorProto.DOUBLE: torch.float32, onnx.TensorProto.BFLOAT16: torch.float32,
         onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int64,
+        onnx.TensorProto.INT16: torch.int64, onnx.TensorProto.INT8: torch.int64,
+        onnx.TensorProto.UINT16: torch.int64, onnx.TensorProto.UINT8: torch.int64,
         onnx.TensorProto.BOOL: torch.bool,
     }.get(to)
     if dtype is None:
@@ -647,6 +664,8 @@ def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
         return recurrent(op, ins, a)
     if op in MORE_OPS:
         return MORE_OPS[op](ins, a, opset)
+    if op in QUANT_OPS:
+        return QUANT_OPS[op](ins, a, opset)
     raise Unsupported(op)
 
 
@@ -655,7 +674,7 @@ SUPPORTED_OPS = frozenset(
      "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
      "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
      "ReduceMin", "Split", "Cast", "LSTM", "GRU", "RNN", "Constant"}
-    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS) | CONTROL_OPS)
+    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS) | CONTROL_OPS | set(QUANT_OPS))
 
 
 def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-4) -> float:

@@ -120,6 +120,8 @@ ATTACKS = ("relearn", "finetune")
 RECIPES = ("one-cycle", "constant")
 LR_CHOICES = ("held_out", "best")
 ELEMENT_BYTES = {"FLOAT": 4, "FLOAT16": 2, "BFLOAT16": 2, "DOUBLE": 8}
+# Integer types of quantised weights (trained as their float values: onnx_protect._torch_quant).
+QUANT_BYTES = {"INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "INT32": 4}
 # Reset draws are offset from the data draws so that no seed is shared with anything
 # the model was trained from.
 RESET_SEED_BASE = 7_919_000
@@ -141,12 +143,13 @@ def encrypted_masks(info: dict, graph: tg.TorchGraph) -> dict[str, np.ndarray]:
         raise AttackError("the positions are sealed (--positions secret): these attacks need public positions")
     out: dict[str, np.ndarray] = {}
     for t in prot["tensors"]:
-        size = ELEMENT_BYTES.get(t["data_type"])
         c = graph.constants.get(t["locator"])
+        size = ELEMENT_BYTES.get(t["data_type"]) or (QUANT_BYTES.get(t["data_type"]) if c and c.quant else None)
         if size is None or c is None:
             raise AttackError(
                 f"encrypted tensor {t['name']!r} ({t['data_type']}, {t['locator']}) is not a floating-point "
-                "constant of the main graph or a local function: training attacks cover float weights only")
+                "constant or a weight a DequantizeLinear reads: training attacks cover float and quantised "
+                "weights only")
         mask = out.get(t["locator"], np.zeros(c.array.size, dtype=bool))
         for a, b in t["spans"]:
             mask[a // size:-(-b // size)] = True
@@ -155,8 +158,10 @@ def encrypted_masks(info: dict, graph: tg.TorchGraph) -> dict[str, np.ndarray]:
 
 
 def weight_share(info: dict) -> float:
-    """Encrypted share of the floating-point constant bytes (docs/protection.md)."""
-    total = sum(t.get("nbytes", 0) for t in info.get("tensors", []) if t.get("data_type") in ELEMENT_BYTES) or 1
+    """Encrypted share of the weight bytes (``inspect``'s ``weights``: every floating-point
+    constant the model reads and every constant in a weight role, quantised weights too)."""
+    total = (info.get("weights") or {}).get("bytes") or sum(
+        t.get("nbytes", 0) for t in info.get("tensors", []) if t.get("data_type") in ELEMENT_BYTES) or 1
     enc = sum(t["encrypted_bytes"] for t in info["protection"]["tensors"])
     return min(1.0, enc / total)
 
@@ -645,7 +650,9 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
     for loc in setup.masks:
         tensor = _tensor_at(m, loc)
         stored = numpy_helper.to_array(tensor)
-        value = g.tensor(loc).detach().numpy().reshape(stored.shape).astype(stored.dtype)
+        value = g.tensor(loc).detach().numpy().reshape(stored.shape)
+        quant = g.constants[loc].quant
+        value = quant.integers(value) if quant is not None else value.astype(stored.dtype)
         tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
     return m
 

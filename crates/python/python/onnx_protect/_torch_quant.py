@@ -1,0 +1,121 @@
+"""Quantised models in QDQ form (onnxruntime's ``quantize_static``, quantisation-aware exports)
+for :mod:`onnx_protect._torch_graph`: ``DequantizeLinear`` and ``QuantizeLinear`` as the ONNX
+operator specification computes them (per tensor, per axis, per block), and the weights they
+read.
+
+A weight stored as integers and read by a ``DequantizeLinear`` whose scale and zero point are
+constants (:func:`quantized_weights`) is trained as the float values it stands for, the
+``DequantizeLinear``'s output: an attacker trains the real-valued weights and quantises them at
+the end, as quantisation-aware training does. Activations' ``QuantizeLinear`` rounds with a
+straight-through gradient (the rounding's gradient taken as 1) and returns its integers as
+floats, which the ``DequantizeLinear`` after it reads. :func:`requantize` turns trained values
+back into the stored integers, for onnxruntime to check the interpreter on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ._torch_ops import Unsupported, _given
+
+# Integer types a quantised tensor is stored in, with their ranges.
+RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
+          onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535),
+          onnx.TensorProto.INT32: (-2**31, 2**31 - 1)}
+
+
+def _along(v: torch.Tensor, x: torch.Tensor, axis: int, block: int) -> torch.Tensor:
+    """A scale or zero point ``v`` broadcast to ``x``: a scalar as it is, a vector along
+    ``axis``, a block-quantised one (same rank as ``x``) repeated ``block`` times along it."""
+    if v.dim() == 0 or v.numel() == 1 and x.dim() == 0:
+        return v.reshape(())
+    axis %= max(x.dim(), 1)
+    if block:
+        return v.repeat_interleave(block, dim=axis).narrow(axis, 0, x.shape[axis])
+    if v.dim() != 1:
+        raise Unsupported(f"a quantisation scale of shape {tuple(v.shape)} without block_size")
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def dequantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, a: dict) -> torch.Tensor:
+    axis, block = a.get("axis", 1), a.get("block_size", 0)
+    s = _along(scale.float(), x, axis, block)
+    z = _along(zp.float(), x, axis, block) if zp is not None else 0.0
+    return (x.float() - z) * s
+
+
+def _dequantize_op(ins, a, opset):
+    return [dequantize(ins[0], ins[1], _given(ins, 2), a)]
+
+
+def _quantize_op(ins, a, opset):
+    x, scale, zp = ins[0], ins[1], _given(ins, 2)
+    kind = a.get("output_dtype") or (_TORCH_TO_ONNX.get(zp.dtype) if zp is not None else onnx.TensorProto.UINT8)
+    if kind not in RANGES or kind == onnx.TensorProto.INT32:
+        raise Unsupported(f"QuantizeLinear to ONNX type {kind}")
+    lo, hi = RANGES[kind]
+    axis, block = a.get("axis", 1), a.get("block_size", 0)
+    v = x.float() / _along(scale.float(), x, axis, block)
+    z = _along(zp.float(), x, axis, block) if zp is not None else 0.0
+    q = torch.clamp(torch.round(v) + z, lo, hi)  # rounded (half to even) before the zero point
+    return [q + (v - v.detach())]  # the integers exactly, with the gradient of v
+
+
+_TORCH_TO_ONNX = {torch.int8: onnx.TensorProto.INT8, torch.uint8: onnx.TensorProto.UINT8,
+                  torch.int16: onnx.TensorProto.INT16, torch.uint16: onnx.TensorProto.UINT16,
+                  torch.int32: onnx.TensorProto.INT32}
+
+QUANT_OPS = {"DequantizeLinear": _dequantize_op, "QuantizeLinear": _quantize_op}
+
+
+class Quantized:
+    """How a weight stored as integers is dequantised: its ``DequantizeLinear``'s output name,
+    scale, zero point, attributes and the stored type."""
+
+    def __init__(self, output: str, scale: np.ndarray, zp: np.ndarray | None, a: dict, data_type: int):
+        self.output, self.scale, self.zp, self.a, self.data_type = output, scale, zp, a, data_type
+
+    def floats(self, stored: np.ndarray) -> np.ndarray:
+        """The float values the stored integers stand for."""
+        zp = None if self.zp is None else torch.from_numpy(np.array(self.zp))
+        return dequantize(torch.from_numpy(np.array(stored)), torch.from_numpy(self.scale), zp, self.a).numpy()
+
+    def integers(self, values: np.ndarray) -> np.ndarray:
+        """Float values quantised to the stored type (round half to even, saturated)."""
+        x = torch.from_numpy(np.asarray(values, np.float32))
+        axis, block = self.a.get("axis", 1), self.a.get("block_size", 0)
+        v = torch.round(x / _along(torch.from_numpy(self.scale).float(), x, axis, block)).double()
+        if self.zp is not None:
+            v = v + _along(torch.from_numpy(np.array(self.zp)).double(), x, axis, block)
+        lo, hi = RANGES[self.data_type]
+        return torch.clamp(v, lo, hi).numpy().astype(
+            onnx.helper.tensor_dtype_to_np_dtype(self.data_type))
+
+
+def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:
+    """The integer constants (by value name) that a ``DequantizeLinear`` reads with a constant
+    scale and zero point, and how: each is a weight the attacks train as floats. One read by
+    several, or by anything else, is left as stored."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for v in n.input:
+            readers.setdefault(v, []).append(n)
+    out = {}
+    for name, t in constants.items():
+        users = readers.get(name, [])
+        if t.data_type not in RANGES or len(users) != 1 or users[0].op_type != "DequantizeLinear" \
+                or users[0].domain not in ("", "ai.onnx") or users[0].input[0] != name:
+            continue
+        dq = users[0]
+        scale = constants.get(dq.input[1])
+        zp = constants.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if scale is None or (len(dq.input) > 2 and dq.input[2] and zp is None):
+            continue
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in dq.attribute}
+        out[name] = Quantized(dq.output[0], numpy_helper.to_array(scale).astype(np.float32),
+                              None if zp is None else numpy_helper.to_array(zp), a, t.data_type)
+    return out

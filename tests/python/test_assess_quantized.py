@@ -1,0 +1,109 @@
+"""``onnx_protect.assess`` on quantised models in QDQ form, as onnxruntime's
+``quantize_static`` writes them (int8 weights per output channel, int32 biases, every
+activation quantised and dequantised): the digits CNN and MLP of fixtures/zoo, calibrated on
+64 training images. The interpreter runs them as onnxruntime does, trains each stored-integer
+weight as the float values its DequantizeLinear gives, and the attacks run on the protected
+files; a dynamically quantised model (``MatMulInteger``) is refused by name."""
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the training attacks need torch (tests/requirements.txt)")
+onnx = pytest.importorskip("onnx")
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+import onnx_protect  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_protect import _torch_graph as tg  # noqa: E402
+from onnx_protect import assess  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "fixtures" / "digits"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return [np.load(DIGITS / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
+
+
+class Calibration(quantization.CalibrationDataReader):
+    def __init__(self, name, x):
+        self.batches = iter([{name: x[i:i + 8]} for i in range(0, 64, 8)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantized(tmp, name, x, static=True):
+    """The zoo's digits model quantised (its stale shape annotations dropped first)."""
+    src = onnx.load(ROOT / "fixtures" / "zoo" / "digits" / f"{name}.onnx")
+    del src.graph.value_info[:]
+    plain, out = tmp / f"{name}.onnx", tmp / f"{name}.{'qdq' if static else 'dyn'}.onnx"
+    onnx.save(src, plain)
+    if static:
+        quantization.quantize_static(str(plain), str(out), Calibration(src.graph.input[0].name, x),
+                                     quant_format=quantization.QuantFormat.QDQ, per_channel=True)
+    else:
+        quantization.quantize_dynamic(str(plain), str(out), weight_type=quantization.QuantType.QInt8)
+    return out
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_a_qdq_model_runs_as_onnxruntime_runs_it_and_is_attacked(name, tmp_path, data):
+    path = quantized(tmp_path, name, data[0])
+    model = onnx.load(path)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    assert tg.check(model, data[2][:64]) <= 1e-4
+    g = tg.TorchGraph(model)
+    weights = [c for c in g.constants.values() if c.quant is not None]
+    ints = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.data_type in (TensorProto.INT8, TensorProto.INT32) and t.name.endswith("_quantized")}
+    assert sorted(c.name for c in weights) == sorted(ints), (sorted(c.name for c in weights), sorted(ints))
+    for c in weights:
+        assert np.array_equal(c.quant.integers(c.array), ints[c.name]), c.name  # floats and back
+        assert c.users and c.users[0][0] in ("Conv", "Gemm"), (c.name, c.users)
+    # The interpreter's accuracy is onnxruntime's (the check's outputs agree to 1e-4).
+    sess = __import__("onnxruntime").InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = float((sess.run(None, {sess.get_inputs()[0].name: data[2]})[0].argmax(1) == data[3]).mean())
+    assert abs(assess.accuracy(g, data[2], data[3]) - want) <= 2 / len(data[3])
+
+    enc = tmp_path / f"{name}.enc.onnx"
+    onnx_protect.encrypt(path, enc, key=onnx_protect.new_key())
+    kinds = {t["data_type"] for t in onnx_protect.inspect(enc)["protection"]["tensors"]}
+    assert {"INT8", "INT32"} <= kinds, kinds
+    r = assess.attack(enc, *data, sizes=(0.05,), seeds=1, steps=40, lrs=(1e-2,))
+    assert r["share"] == pytest.approx(1.0)
+    row = r["sizes"][0]
+    for k in ("start", "scratch", "relearn", "finetune"):
+        assert 0.0 <= row[k][0] <= 1.0, row
+    assert row["scratch"][0] > 0.2, row  # a trained reference, chance is 10%
+
+
+def test_quantize_linear_passes_gradients_straight_through():
+    """x -> QuantizeLinear -> DequantizeLinear -> MatMul(w): the output as onnxruntime gives
+    it, and a gradient reaching w and the input through the rounding."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("MatMul", ["d", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(3), "z"),
+             numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")]
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    assert tg.check(m, x) <= 1e-5
+    graph = tg.TorchGraph(m)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    graph(xt).sum().backward()
+    w = graph.tensor("7.0/5.2")
+    assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_a_dynamically_quantised_model_is_refused_by_name(tmp_path, data):
+    model = onnx.load(quantized(tmp_path, "mlp", data[0], static=False))
+    with pytest.raises(tg.Unsupported, match="DynamicQuantizeLinear, MatMulInteger"):
+        tg.TorchGraph(model)

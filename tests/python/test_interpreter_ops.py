@@ -302,13 +302,13 @@ def test_each_contrib_operator_runs_as_onnxruntime_runs_it(case):
 
 
 def test_every_new_operator_is_checked_here():
-    from onnx_protect._torch_contrib import CONTRIB_OPS
+    from onnx_protect._torch_contrib import CONTRIB_OPS, FUSED  # FUSED: test_assess_optimized.py
     from onnx_protect._torch_ops import MORE_OPS
     from onnx_protect._torch_rnn import GATES
     covered = {op for nodes, _ in CASES.values() for op in (nd.op_type for nd in nodes)}
     assert (set(MORE_OPS) | set(GATES)) - covered == set()
     embedded = {nd.op_type for m in EMBED.values() for nd in m.graph.node if nd.domain == "com.microsoft"}
-    assert {nd.op_type for nd, _ in CONTRIB.values()} | embedded == CONTRIB_OPS
+    assert {nd.op_type for nd, _ in CONTRIB.values()} | embedded | set(FUSED) == CONTRIB_OPS
     assert set(MORE_OPS) | set(GATES) <= tg.SUPPORTED_OPS
 
 

@@ -1,7 +1,9 @@
 """onnxruntime's com.microsoft operators that its transformer optimizer writes (``python -m
 onnxruntime.transformers.optimizer``), for :mod:`onnx_protect._torch_graph`: the GELU
-variants, ``SkipLayerNormalization``, and a BERT's fused ``EmbedLayerNormalization`` and
-``Attention`` (without past state or rotary embeddings, refused by name). Each follows
+variants, ``SkipLayerNormalization``, a BERT's fused ``EmbedLayerNormalization`` and
+``Attention`` (without past state or rotary embeddings, refused by name), and the
+``FusedConv``, ``FusedGemm`` and ``FusedMatMul`` of a model onnxruntime saved optimised
+(``optimized_model_filepath`` at the extended level). Each follows
 onnxruntime's operator documentation (docs/ContribOperators.md); the tests compare each with
 onnxruntime, and :func:`onnx_protect._torch_graph.check` the whole graph on the user's inputs.
 """
@@ -93,6 +95,48 @@ def _attention(ins, a, opset):
     return [out, torch.stack([k, v])] if k.shape == v.shape else [out]
 
 
+def _activation(name: str, params: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation a fused node applies after its operation (onnxruntime's MLAS kinds)."""
+    p = list(params)
+    kinds = {"": lambda x: x, "Relu": F.relu, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid,
+             "LeakyRelu": lambda x: F.leaky_relu(x, p[0] if p else 0.01),
+             "Clip": lambda x: torch.clamp(x, p[0], p[1]) if len(p) > 1 else x,
+             "HardSigmoid": lambda x: torch.clamp((p[0] if p else 0.2) * x + (p[1] if len(p) > 1 else 0.5), 0, 1)}
+    if name not in kinds:
+        raise Unsupported(f"a fused activation {name!r}")
+    return kinds[name]
+
+
+def _base(op: str, ins: list, a: dict, opset: int) -> torch.Tensor:
+    from ._torch_graph import run_op  # the default domain's operator (imported when first run)
+
+    return run_op(op, ins, a, False, opset)[0]
+
+
+def _fused_conv(ins, a, opset):
+    """``FusedConv``: ``Conv``, plus input 3 when given, then the activation."""
+    y = _base("Conv", ins[:3], a, opset)
+    if _given(ins, 3) is not None:
+        y = y + ins[3]
+    return [_activation(a.get("activation", ""), a.get("activation_params", []))(y)]
+
+
+def _fused_gemm(ins, a, opset):
+    """``FusedGemm``: ``Gemm``, then the activation (``activation_alpha``, ``_beta``)."""
+    params = [a[k] for k in ("activation_alpha", "activation_beta") if k in a]
+    return [_activation(a.get("activation", ""), params)(_base("Gemm", ins, a, opset))]
+
+
+def _fused_matmul(ins, a, opset):
+    """``FusedMatMul``: ``alpha · A @ B`` with ``transA``/``transB`` on the last two axes."""
+    if a.get("transBatchA", 0) or a.get("transBatchB", 0):
+        raise Unsupported("FusedMatMul with transBatchA or transBatchB")
+    x, y = ins[0], ins[1]
+    x = x.transpose(-1, -2) if a.get("transA", 0) else x
+    y = y.transpose(-1, -2) if a.get("transB", 0) else y
+    return [a.get("alpha", 1.0) * (x @ y)]
+
+
 CONTRIB: dict[str, Callable] = {
     "FastGelu": lambda ins, a, opset: [F.gelu(ins[0] + (_given(ins, 1) if _given(ins, 1) is not None else 0),
                                               approximate="tanh")],
@@ -102,7 +146,13 @@ CONTRIB: dict[str, Callable] = {
     "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
     "EmbedLayerNormalization": _embed_layer_norm,
     "Attention": _attention,
+    "FusedConv": _fused_conv,
+    "FusedGemm": _fused_gemm,
+    "FusedMatMul": _fused_matmul,
 }
+
+# The default domain's operator each fused one performs (what its weights are initialised as).
+FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm", "FusedMatMul": "MatMul"}
 
 # The com.microsoft operators run, by name (com.microsoft's Gelu is the default domain's).
 CONTRIB_OPS = frozenset(CONTRIB) | {"Gelu"}

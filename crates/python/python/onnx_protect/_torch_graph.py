@@ -44,7 +44,7 @@ from onnx import numpy_helper
 from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES,  # noqa: F401 (FILLED_INPUTS: API)
                             Inputs, as_torch, concat_batch,
                             data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
-from ._torch_contrib import CONTRIB, CONTRIB_OPS
+from ._torch_contrib import CONTRIB, CONTRIB_OPS, FUSED
 from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
@@ -178,8 +178,9 @@ class TorchGraph(torch.nn.Module):
     def _resolve_users(self) -> None:
         consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
         for n in all_nodes(self.graph):
+            op = FUSED.get(n.op_type, n.op_type) if n.domain == "com.microsoft" else n.op_type
             for i, x in enumerate(n.input):
-                consumers.setdefault(x, []).append((n.op_type, i, n))
+                consumers.setdefault(x, []).append((op, i, n))
         for value, locator in self.by_value.items():
             seen, stack, users = set(), [value], []
             while stack:

@@ -193,11 +193,12 @@ def _bias_fans(model: onnx.ModelProto) -> dict[str, int]:
         w = shapes.get(n.input[1]) if len(n.input) > 1 else None
         if w is None or len(w) < 2:
             continue
-        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
+        op = tg.FUSED.get(n.op_type, n.op_type) if n.domain == "com.microsoft" else n.op_type
+        if op in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
             trans_b = any(a.name == "transB" and a.i for a in n.attribute)
-            fan = w[0] if n.op_type == "Gemm" and not trans_b else int(np.prod(w[1:]))
+            fan = w[0] if op == "Gemm" and not trans_b else int(np.prod(w[1:]))
             out[n.input[2]] = fan
-        if n.op_type == "MatMul":
+        if op == "MatMul":
             for add in consumers.get(n.output[0], []):
                 if add.op_type == "Add":
                     other = add.input[1] if add.input[0] == n.output[0] else add.input[0]

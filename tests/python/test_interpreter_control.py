@@ -16,21 +16,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import onnx_protect  # noqa: E402
 from onnx_protect import _torch_graph as tg  # noqa: E402
 from onnx_protect import assess  # noqa: E402
+from test_interpreter_ops import F32, init, n  # noqa: E402
 
-F32 = TensorProto.FLOAT
 RNG = np.random.default_rng(11)
-
-
-def init(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
 
 
 def w(name, *shape):
     return init(name, (RNG.standard_normal(shape) * 0.5).astype(np.float32))
-
-
-def n(op, ins, outs, **kw):
-    return helper.make_node(op, ins, outs, **kw)
 
 
 def vi(name, shape=None, elem=F32):

@@ -95,7 +95,8 @@ def run_scan(ins: list, a: dict, run: Run, opset: int) -> list:
     m = len(scans)
     out_axes = a.get("scan_output_axes") or [0] * m
     out_dirs = a.get("scan_output_directions") or [0] * m
-    stacked = [torch.stack(s[::-1] if d else s, dim=ax % (s[0].dim() + 1)) for s, ax, d in zip(scans, out_axes, out_dirs)]
+    stacked = [torch.stack(s[::-1] if d else s, dim=ax % (s[0].dim() + 1))
+               for s, ax, d in zip(scans, out_axes, out_dirs)]
     return [*state, *stacked]
 
 

@@ -9,17 +9,19 @@ buffers; every other constant stays constant. The graph runs with PyTorch operat
 
 What is covered is listed in :data:`SUPPORTED_OPS`: the operators of feed-forward and
 convolutional networks, transformers (attention written out with MatMul/Softmax, or
-``LayerNormalization``/``Gelu``), and ``LSTM``/``GRU``/``RNN`` layers (:mod:`onnx_protect._torch_rnn`), in the default
-domain, with those of :mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``,
-``Pad``, ``ConvTranspose``, ``Resize``, the other reductions, scatters, ...) and, in onnxruntime's
-com.microsoft domain, :mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer
-optimizer). Model-local functions run inlined; ``If``, ``Loop`` and ``Scan`` run their
-subgraphs (:mod:`onnx_protect._torch_control`), whose constants are located and trained as the
-main graph's; ``QuantizeLinear``/``DequantizeLinear`` and the weights stored as integers behind
-them: :mod:`onnx_protect._torch_quant`. A graph with another domain or an operator outside that list is refused before
-anything is trained (:class:`Unsupported`, naming every offending operator). A model with several data inputs runs
-on :class:`onnx_protect._torch_inputs.Inputs`; the Hugging Face ones after the first that the
-data does not give are filled (:data:`FILLED_INPUTS`).
+``LayerNormalization``/``Gelu``), and ``LSTM``/``GRU``/``RNN`` layers
+(:mod:`onnx_protect._torch_rnn`), in the default domain, with those of
+:mod:`onnx_protect._torch_ops` (logical operators, ``Einsum``, ``Pad``, ``ConvTranspose``,
+``Resize``, the other reductions, scatters, ...) and, in onnxruntime's com.microsoft domain,
+:mod:`onnx_protect._torch_contrib`'s (a BERT fused by its transformer optimizer). Model-local
+functions run inlined; ``If``, ``Loop`` and ``Scan`` run their subgraphs
+(:mod:`onnx_protect._torch_control`), whose constants are located and trained as the main
+graph's; ``QuantizeLinear``/``DequantizeLinear`` and the weights stored as integers behind
+them: :mod:`onnx_protect._torch_quant`. A graph with another domain or an operator outside that
+list is refused before anything is trained (:class:`Unsupported`, naming every offending
+operator). A model with several data inputs runs on :class:`onnx_protect._torch_inputs.Inputs`;
+the Hugging Face ones after the first that the data does not give are filled
+(:data:`FILLED_INPUTS`).
 
 ``onnx2torch`` is not used: 1.5.15 (with torch 2.9.1) converts none of the fourteen
 classifiers of fixtures/zoo, having no converter for ``Reshape`` and ``Shape`` at opset

@@ -203,3 +203,36 @@ def test_labels_that_do_not_fit_the_scores_are_a_one_line_error_and_exit_1(tmp_p
         err = capsys.readouterr().err
         assert err.startswith("error: labels of the data") and want in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_assess_runs_on_torchvisions_lraspp_segmenter(tmp_path):
+    """torchvision's LR-ASPP MobileNetV3 (random initialisation, 3 classes, 64 × 64 images:
+    Resize, HardSwish, a squeeze-and-excitation gate), its `out` map exported with a dynamic
+    batch: the interpreter matches onnxruntime and the attacks score it per pixel."""
+    torchvision = pytest.importorskip("torchvision", reason="tests/requirements-torch.txt")
+
+    class Out(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)["out"]
+
+    torch.manual_seed(0)
+    net = Out(torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                          num_classes=3)).eval()
+    plain = tmp_path / "lraspp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 64, 64),), str(plain), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17)
+    x = np.random.default_rng(0).standard_normal((40, 3, 64, 64)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    assert tg.check(onnx.load(plain), x[:4]) <= 1e-4
+    enc = tmp_path / "lraspp.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, x, y, x[:8], y[:8], sizes=(0.5,), seeds=1, steps=3, lrs=(1e-2,))
+    assert r["share"] == 1.0 and r["augmentation"] == "none"
+    assert r["chance"] == pytest.approx(_labels.chance(y[:8]))
+    assert all(0.0 <= r["sizes"][0][k][0] <= 1.0 for k in ("scratch", "relearn", "finetune"))

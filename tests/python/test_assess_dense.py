@@ -1,9 +1,9 @@
 """``onnx_protect.assess`` on models whose scores have a class per position: a segmentation
 net (``[N, C, H, W]`` scores, ``[N, H, W]`` labels) and a token classifier (``[N, S, C]``
-scores, ``[N, S]`` labels with ``-100`` on padding), both exported by
-``torch.onnx.export`` and briefly trained here on data made from fixtures/digits and a
-seeded generator. Budgets are a few dozen steps and one draw: what is checked is what is
-scored and how, not a study's numbers.
+scores, ``[N, S]`` labels with ``-100`` on padding); and on a regressor (float targets, scored
+by R²). Each is exported by ``torch.onnx.export`` and briefly trained here on data made from
+fixtures/digits and a seeded generator. Budgets are a few dozen steps and one draw: what is
+checked is what is scored and how, not a study's numbers.
 """
 import pathlib
 import warnings
@@ -236,3 +236,44 @@ def test_assess_runs_on_torchvisions_lraspp_segmenter(tmp_path):
     assert r["share"] == 1.0 and r["augmentation"] == "none"
     assert r["chance"] == pytest.approx(_labels.chance(y[:8]))
     assert all(0.0 <= r["sizes"][0][k][0] <= 1.0 for k in ("scratch", "relearn", "finetune"))
+
+
+def test_assess_scores_a_regressor_by_r2(tmp_path, seg_data, capsys):
+    """Float labels are regression targets: a digits MLP predicting each image's ink share and
+    its top row's mean (2 outputs) is scored by R² over both, clipped at 0, trained on the mean
+    squared error; chance is 0 (the targets' mean); targets of another shape, or labels of
+    two kinds, are refused in one line."""
+    tr_x, _, te_x, _ = seg_data
+
+    def targets(x):
+        return np.stack([(x > 0.5).mean(axis=(1, 2, 3)), x[:, 0, 0].mean(axis=1)], 1).astype(np.float32)
+
+    tr_y, te_y = targets(tr_x), targets(te_x)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+    plain = export(net, tr_x, tr_y, tmp_path / "reg.onnx", steps=200)
+    g = tg.TorchGraph(onnx.load(plain))
+    s = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    pred = s.run(None, {"x": te_x})[0]
+    want = 1 - np.square(pred - te_y).sum() / np.square(te_y - te_y.mean(axis=0)).sum()
+    r2, mse = assess.scores(g, te_x, te_y)
+    assert want > 0.5 and r2 == pytest.approx(want, abs=1e-5), (r2, want)
+    assert mse == pytest.approx(np.square(pred - te_y).mean(), rel=1e-4)
+    enc = tmp_path / "reg.enc.onnx"
+    onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, tr_x, tr_y, te_x, te_y, **TINY)
+    assert r["metric"] == "r2" and r["chance"] == 0.0 and r["share"] == 1.0
+    row = r["sizes"][0]
+    assert row["samples"] == [int(round(0.1 * len(tr_y)))]
+    assert all(0.0 <= row[k][0] <= 1.0 for k in ("start", "scratch", "relearn", "finetune")), row
+    assert row["scratch"][0] > 0.2, row  # trained on the squared error: better than the mean
+
+    for y, y_test, want in [(tr_y[:, :1], te_y, "regression targets of shape [1257, 1] do not fit the model's "
+                                                 "outputs of shape ['N', 2]"),
+                            (tr_y, (te_y > 0.2).astype(np.int64)[:, 0], "differ in kind")]:
+        data, test = tmp_path / "d.npz", tmp_path / "t.npz"
+        np.savez(data, x=tr_x, y=y)
+        np.savez(test, x=te_x, y=y_test)
+        assert assess.main([str(enc), "--data", str(data), "--test", str(test), "--steps", "2", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and want in err and err.count("\n") == 1, err

@@ -64,9 +64,9 @@ covered: :mod:`onnx_protect._torch_graph`. Command line::
 
 ``--data``/``--test``: ``.npz`` files with arrays ``x`` (inputs: whole numbers for a model
 that reads token ids; for a model with several inputs, one array per input by name, ``x``
-the first, the Hugging Face ones after it filled when absent) and ``y`` (integer labels: one
-per sample, or one per position of the scores, :mod:`onnx_protect._labels`). See
-docs/protection.md.
+the first, the Hugging Face ones after it filled when absent) and ``y`` (integer classes, one
+per sample or one per position of the scores, or float regression targets:
+:mod:`onnx_protect._labels`). See docs/protection.md.
 """
 
 from __future__ import annotations
@@ -89,9 +89,10 @@ except ImportError as e:  # pragma: no cover - import guard
     raise ImportError("onnx_protect.assess needs torch and onnx: pip install 'onnx-protect[torch]'") from e
 
 from . import _torch_graph as tg
-from ._labels import LabelError, chance, check_labels, draw, scores  # noqa: F401 (draw, scores: API)
+from ._labels import LabelError, chance, check_labels, draw, is_regression, scores  # noqa: F401 (draw, scores: API)
 from ._labels import loss as _loss
 from ._augment import channels_last, image_shift, shifted  # noqa: F401 (channels_last: API)
+from ._report import summary as _summary
 from ._torch_inputs import Inputs, as_inputs, as_torch
 
 if __name__ == "__main__":
@@ -514,7 +515,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     a later call on the same masks with more draws. ``stop_early``: stop at the first
     data size whose gap is above the target (the report then has fewer sizes)."""
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
-    y, y_test = np.asarray(y).astype(np.int64), np.asarray(y_test).astype(np.int64)
+    y, y_test = (np.asarray(v).astype(np.float32 if is_regression(np.asarray(v)) else np.int64) for v in (y, y_test))
     x, x_test = _as_input(model, x, "data"), _as_input(model, x_test, "test data")
     if len(x) != len(y) or len(x_test) != len(y_test) or len(y) == 0 or len(y_test) == 0:
         raise AttackError("data and labels differ in length, or are empty")
@@ -538,6 +539,8 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
     with torch.no_grad():
         shape = tuple(setup.fresh().eval()(as_torch(x_test[:2])).shape)
+    if is_regression(y) != is_regression(y_test):
+        raise AttackError("the data's labels and the test data's differ in kind (classes, regression targets)")
     check_labels(shape, y, "labels of the data")
     check_labels(shape, y_test, "labels of the test data")
     # Labels per position (a segmentation map) would have to move with the image.
@@ -550,7 +553,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     report: dict[str, Any] = {
         "steps": steps, "lrs": list(lrs), "lr_choice": lr_choice, "recipes": list(recipes), "seeds": seeds,
         "pool": int(len(y)), "test": int(len(y_test)),
-        "chance": chance(y_test), "target": target, "scalars": list(scalars),
+        "metric": "r2" if is_regression(y) else "accuracy", "chance": chance(y_test), "target": target, "scalars": list(scalars),
         "scratch_reference": reference, "reinserted_batchnorm": len(setup.bn_convs),
         "augmentation": f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}" if shift else "none",
         "stopped_early": False,
@@ -697,33 +700,6 @@ def _load_npz(path: str) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray
             return (x["x"] if list(x) == ["x"] else x), z["y"]
     except (OSError, KeyError, ValueError) as e:
         raise AttackError(f"{path}: not an .npz file with arrays x (or one per input) and y ({e})") from e
-
-
-def _summary(r: dict) -> str:
-    lines = [f"encrypted share {100 * r['share']:.2f}% of the weight bytes; test chance {100 * r['chance']:.1f}%",
-             f"scratch: {r['scratch_reference']}; every run's augmentation: {r['augmentation']}; "
-             f"{r['seeds']} draw(s) per data size",
-             f"every run: {'+'.join(r['recipes'])} at rates {', '.join(f'{lr:g}' for lr in r['lrs'])}, "
-             + ("the best test accuracy kept" if r["lr_choice"] == "best"
-                else "the one chosen on a held-out fifth of the draw retrained")]
-    lines.append("data     samples  scratch  " + "  ".join(f"{a:>8}" for a in r["sizes"][0]["mean"]
-                                                        if a not in ("scratch", "start")) + "  best-gap")
-    for row in r["sizes"]:
-        attacks = [a for a in row["mean"] if a not in ("scratch", "start")]
-        lines.append(f"{row['fraction']:>5.0%}  {int(np.mean(row['samples'])):>8}  {100 * row['mean']['scratch']:6.1f}%  "
-                     + "  ".join(f"{100 * row['mean'][a]:7.1f}%" for a in attacks)
-                     + f"  {100 * row['gap']:+6.1f} ({row['best_attack']})")
-    verdict = "holds" if r["holds"] else "does NOT hold"
-    stopped = " (stopped at the first size over the target)" if r.get("stopped_early") else ""
-    bound = r.get("bound")
-    spread = "" if bound is None else f"; upper bound {100 * bound:+.1f} (one-sided 95%, {r['seeds']} draws)"
-    lines.append(f"gap over scratch: {100 * r['gap']:+.1f} points at {r['worst_fraction']:.0%} of the data{spread}: "
-                 f"the protection {verdict} (target: at most {100 * r['target']:.0f} points){stopped}")
-    if r.get("undecided"):
-        lines.append("the mean gap is under the target, its bound is not: the draws cannot tell, so it does not hold")
-    elif r["holds"] and bound is not None and bound > r["target"]:
-        lines.append("the mean gap is under the target, its bound is not: more draws (--seeds) would tell")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

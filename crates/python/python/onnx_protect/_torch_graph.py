@@ -50,8 +50,8 @@ from ._torch_contrib import CONTRIB, CONTRIB_OPS, FUSED
 from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
-from ._torch_ops import MORE_OPS, Unsupported, ints
-from ._torch_quant import QUANT_OPS, Quantized, quantized_weights
+from ._torch_ops import MORE_OPS, Unsupported, _given, ints
+from ._torch_quant import INTEGER_OPS, QUANT_OPS, Quantized, dynamic_weights, quantized_weights, scaled
 from ._torch_rnn import recurrent
 
 PASS_THROUGH = {
@@ -121,7 +121,8 @@ class TorchGraph(torch.nn.Module):
         named = {t.name: t for t in g.initializer}
         named |= {n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute[:1]
                   if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
-        self.quantized = quantized_weights(g, named)
+        self.quantized = quantized_weights(g, named) | dynamic_weights(g, named)
+        self.dynamic = {name: q for name, q in self.quantized.items() if q.scale_name}
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(source.graph.node):
@@ -180,7 +181,7 @@ class TorchGraph(torch.nn.Module):
     def _resolve_users(self) -> None:
         consumers: dict[str, list[tuple[str, int, onnx.NodeProto]]] = {}
         for n in all_nodes(self.graph):
-            op = FUSED.get(n.op_type, n.op_type) if n.domain == "com.microsoft" else n.op_type
+            op = FUSED.get(n.op_type, n.op_type) if n.domain == "com.microsoft" else INTEGER_OPS.get(n.op_type, n.op_type)
             for i, x in enumerate(n.input):
                 consumers.setdefault(x, []).append((op, i, n))
         for value, locator in self.by_value.items():
@@ -277,6 +278,9 @@ class TorchGraph(torch.nn.Module):
                 env[node.output[0]] = constant_node(node)
                 continue
             ins = [get(i) if i else None for i in node.input]
+            if node.op_type in INTEGER_OPS and node.input[1] in self.dynamic:
+                q = self.dynamic[node.input[1]]  # its float values: the product reads them scaled back
+                ins = [ins[0], scaled(ins[1], get(q.scale_name), q), *ins[2:3]]
             if self.batch and node.op_type in BATCHED_SHAPES and len(ins) > 1 and node.input[1] not in env:
                 ins[1] = with_batch(node.op_type, ins, self.batch, batch)
             elif self.batch and node.op_type == "Concat":
@@ -607,6 +611,11 @@ SHAPE_OPS = {"Reshape", "Flatten", "Transpose", "Shape", "Squeeze", "Unsqueeze",
 def run_op(op: str, ins: list, a: dict, training: bool, opset: int) -> list:
     if op == "Conv":
         return [conv(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a)]
+    if op == "ConvInteger":  # (x − x_zero_point) ∗ (w − w_zero_point, one per output channel), in floats
+        x, w, xzp, wzp = ins[0].float(), ins[1].float(), _given(ins, 2), _given(ins, 3)
+        x = x - xzp.float().reshape(()) if xzp is not None else x
+        w = w - wzp.float().reshape(-1, *[1] * (w.dim() - 1)) if wzp is not None else w
+        return [conv(x, w, None, a)]
     if op == "Gemm":
         A = ins[0].t() if a.get("transA", 0) else ins[0]
         B = ins[1].t() if a.get("transB", 0) else ins[1]
@@ -677,7 +686,7 @@ SUPPORTED_OPS = frozenset(
      "LeakyRelu", "HardSigmoid", "Elu", "Gelu", "Clip", "Where", "Softmax", "LogSoftmax", "MaxPool",
      "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
      "ReduceMin", "Split", "Cast", "LSTM", "GRU", "RNN", "Constant"}
-    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS) | CONTROL_OPS | set(QUANT_OPS))
+    | set(UNARY) | NORM_OPS | SHAPE_OPS | set(MORE_OPS) | CONTROL_OPS | set(QUANT_OPS) | set(INTEGER_OPS))
 
 
 def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-4) -> float:

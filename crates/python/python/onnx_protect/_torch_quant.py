@@ -1,15 +1,22 @@
-"""Quantised models in QDQ form (onnxruntime's ``quantize_static``, quantisation-aware exports)
-for :mod:`onnx_protect._torch_graph`: ``DequantizeLinear`` and ``QuantizeLinear`` as the ONNX
-operator specification computes them (per tensor, per axis, per block), and the weights they
-read.
+"""Quantised models for :mod:`onnx_protect._torch_graph`: in QDQ form (onnxruntime's
+``quantize_static``, quantisation-aware exports), ``DequantizeLinear`` and ``QuantizeLinear``
+as the ONNX operator specification computes them (per tensor, per axis, per block), and the
+weights they read; dynamically quantised (``quantize_dynamic``), ``DynamicQuantizeLinear``,
+``MatMulInteger`` and ``ConvInteger`` and their weights.
 
 A weight stored as integers and read by a ``DequantizeLinear`` whose scale and zero point are
 constants (:func:`quantized_weights`) is trained as the float values it stands for, the
 ``DequantizeLinear``'s output: an attacker trains the real-valued weights and quantises them at
 the end, as quantisation-aware training does. Activations' ``QuantizeLinear`` rounds with a
 straight-through gradient (the rounding's gradient taken as 1) and returns its integers as
-floats, which the ``DequantizeLinear`` after it reads. :func:`requantize` turns trained values
-back into the stored integers, for onnxruntime to check the interpreter on them."""
+floats, which the ``DequantizeLinear`` after it reads. :meth:`Quantized.integers` turns
+trained values back into the stored integers, for onnxruntime to check the interpreter on them.
+
+A weight a ``MatMulInteger`` or ``ConvInteger`` reads, whose scale is a constant that the
+``Mul`` after the product applies (``quantize_dynamic``'s form: ``Cast``, then ``Mul`` by the
+input's scale times the weight's), is trained the same way: as its float values, divided by
+the scale's current value where the product reads it (:func:`dynamic_weights`). An attacker
+who trains that scale too changes nothing: it cancels."""
 
 from __future__ import annotations
 
@@ -69,31 +76,112 @@ _TORCH_TO_ONNX = {torch.int8: onnx.TensorProto.INT8, torch.uint8: onnx.TensorPro
                   torch.int16: onnx.TensorProto.INT16, torch.uint16: onnx.TensorProto.UINT16,
                   torch.int32: onnx.TensorProto.INT32}
 
-QUANT_OPS = {"DequantizeLinear": _dequantize_op, "QuantizeLinear": _quantize_op}
+def _dynamic_quantize_op(ins, a, opset):
+    """``DynamicQuantizeLinear``: uint8 over the input's range widened to hold 0; the integers
+    with a straight-through gradient, the scale and the zero point."""
+    x = ins[0].float()
+    lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.round(torch.clamp(-lo / safe, 0, 255))
+    v = x / safe
+    q = torch.clamp(torch.round(v) + zp, 0, 255)
+    return [q + (v - v.detach()), scale, zp]
+
+
+def _matmul_integer_op(ins, a, opset):
+    """``MatMulInteger``: ``(A − a_zero_point) @ (B − b_zero_point)``, a zero point per row of A
+    or per column of B, in floats."""
+    x, w = ins[0].float(), ins[1].float()
+    azp, bzp = _given(ins, 2), _given(ins, 3)
+    if azp is not None:
+        x = x - (azp.float().reshape(-1, 1) if azp.numel() > 1 else azp.float().reshape(()))
+    if bzp is not None:
+        w = w - bzp.float()
+    return [x @ w]
+
+
+QUANT_OPS = {"DequantizeLinear": _dequantize_op, "QuantizeLinear": _quantize_op,
+             "DynamicQuantizeLinear": _dynamic_quantize_op, "MatMulInteger": _matmul_integer_op}
+# The operator whose weights an integer one's are (for their initialisation).
+INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
+
+
+def scaled(weight: torch.Tensor, scale: torch.Tensor, q: Quantized) -> torch.Tensor:
+    """A dynamically quantised weight's float values as its product reads them: divided by
+    its scale's current value (its zero point already taken off)."""
+    return weight / _along(scale.float(), weight, q.a.get("axis", 1), 0)
 
 
 class Quantized:
     """How a weight stored as integers is dequantised: its ``DequantizeLinear``'s output name,
     scale, zero point, attributes and the stored type."""
 
-    def __init__(self, output: str, scale: np.ndarray, zp: np.ndarray | None, a: dict, data_type: int):
+    def __init__(self, output: str, scale: np.ndarray, zp: np.ndarray | None, a: dict, data_type: int,
+                 scale_name: str = ""):
         self.output, self.scale, self.zp, self.a, self.data_type = output, scale, zp, a, data_type
+        # For a weight of MatMulInteger/ConvInteger: the value name of its scale.
+        self.scale_name = scale_name
 
     def floats(self, stored: np.ndarray) -> np.ndarray:
         """The float values the stored integers stand for."""
         zp = None if self.zp is None else torch.from_numpy(np.array(self.zp))
         return dequantize(torch.from_numpy(np.array(stored)), torch.from_numpy(self.scale), zp, self.a).numpy()
 
-    def integers(self, values: np.ndarray) -> np.ndarray:
-        """Float values quantised to the stored type (round half to even, saturated)."""
+    def integers(self, values: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+        """Float values quantised to the stored type (round half to even, saturated), with the
+        stored scale or ``scale``."""
         x = torch.from_numpy(np.asarray(values, np.float32))
         axis, block = self.a.get("axis", 1), self.a.get("block_size", 0)
-        v = torch.round(x / _along(torch.from_numpy(self.scale).float(), x, axis, block)).double()
+        s = torch.from_numpy(np.asarray(self.scale if scale is None else scale, np.float32))
+        v = torch.round(x / _along(s, x, axis, block)).double()
         if self.zp is not None:
             v = v + _along(torch.from_numpy(np.array(self.zp)).double(), x, axis, block)
         lo, hi = RANGES[self.data_type]
         return torch.clamp(v, lo, hi).numpy().astype(
             onnx.helper.tensor_dtype_to_np_dtype(self.data_type))
+
+
+def _scale_after(node: onnx.NodeProto, readers: dict, producer: dict, constants: dict) -> str | None:
+    """The constant weight scale a ``MatMulInteger``/``ConvInteger``'s product is multiplied
+    by: its ``Cast`` read by a ``Mul`` whose other input a ``Mul`` of one constant makes."""
+    casts = [u for u in readers.get(node.output[0], []) if u.op_type == "Cast"]
+    if len(casts) != 1:
+        return None
+    for m in readers.get(casts[0].output[0], []):
+        if m.op_type != "Mul":
+            continue
+        other = producer.get(m.input[1] if m.input[0] == casts[0].output[0] else m.input[0])
+        names = [i for i in other.input if i in constants] if other is not None and other.op_type == "Mul" else []
+        if len(names) == 1:
+            return names[0]
+    return None
+
+
+def dynamic_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:
+    """The integer constants (by value name) that a ``MatMulInteger`` (as B) or
+    ``ConvInteger`` (as W) alone reads, with a constant zero point and a constant scale
+    found after the product (:func:`_scale_after`), and how they dequantise."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for v in n.input:
+            readers.setdefault(v, []).append(n)
+    producer = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for n in graph.node:
+        if n.op_type not in INTEGER_OPS or n.domain not in ("", "ai.onnx") or len(n.input) < 2:
+            continue
+        name, zp_name = n.input[1], n.input[3] if len(n.input) > 3 else ""
+        t, zp = constants.get(name), constants.get(zp_name) if zp_name else None
+        if t is None or t.data_type not in RANGES or len(readers.get(name, [])) != 1 or (zp_name and zp is None):
+            continue
+        scale = _scale_after(n, readers, producer, constants)
+        if scale is None:
+            continue
+        axis = 1 if n.op_type == "MatMulInteger" else 0
+        out[name] = Quantized(name, numpy_helper.to_array(constants[scale]).astype(np.float32),
+                              None if zp is None else numpy_helper.to_array(zp), {"axis": axis}, t.data_type, scale)
+    return out
 
 
 def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:

@@ -651,13 +651,22 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
     m.CopyFrom(model)
     del m.metadata_props[:]
     m.metadata_props.extend(p for p in model.metadata_props if not p.key.startswith("onnx-protect/v"))
+    scales = {}  # a dynamically quantised weight's encrypted scale -> the one its integers get
     for loc in setup.masks:
         tensor = _tensor_at(m, loc)
         stored = numpy_helper.to_array(tensor)
         value = g.tensor(loc).detach().numpy().reshape(stored.shape)
         quant = g.constants[loc].quant
-        value = quant.integers(value) if quant is not None else value.astype(stored.dtype)
+        if quant is not None and quant.scale_name and g.by_value.get(quant.scale_name) in setup.masks:
+            scales[quant.scale_name] = np.full(quant.scale.shape, max(float(np.abs(value).max()) / 127, 1e-8),
+                                               np.float32)
+            value = quant.integers(value, scales[quant.scale_name])
+        else:
+            value = quant.integers(value) if quant is not None else value.astype(stored.dtype)
         tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    for t in m.graph.initializer:
+        if t.name in scales:
+            t.CopyFrom(numpy_helper.from_array(scales[t.name].reshape(tuple(t.dims)), t.name))
     return m
 
 

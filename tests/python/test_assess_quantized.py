@@ -113,3 +113,34 @@ def test_quantize_linear_passes_gradients_straight_through():
     w = graph.tensor("7.0/5.2")
     assert w.grad is not None and float(w.grad.abs().sum()) > 0
     assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_a_dynamically_quantised_bert_runs_as_onnxruntime_runs_it_and_is_attacked(tmp_path):
+    """The Hugging Face BERT export through `quantize_dynamic`: every weight MatMul a
+    `MatMulInteger`, the word, position and segment embeddings stored as integers, gathered, then
+    dequantised (the rows trained as floats); onnxruntime and the interpreter agree, the attacks run."""
+    import warnings
+
+    from test_assess_standard import TINY, Hub, ran, tiny_bert
+
+    bert, data = tiny_bert(attn_implementation="eager")
+    ids = torch.from_numpy(data[0][:2])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    plain, dyn = tmp_path / "hub.onnx", tmp_path / "hub.dyn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hub(bert).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain),
+                          input_names=names, output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, opset_version=17, dynamo=False)
+    quantization.quantize_dynamic(str(plain), str(dyn), weight_type=quantization.QuantType.QInt8)
+    model = onnx.load(dyn)
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in model.graph.node}
+    assert tg.check(model, data[2][:16]) <= 1e-4
+    g = tg.TorchGraph(model)
+    rows = [c for c in g.constants.values() if c.quant is not None and c.quant.passthrough]
+    assert len(rows) == 3 and all(c.users == [("Gather", 0)] for c in rows), [(c.name, c.users) for c in rows]
+    enc = tmp_path / "hub.dyn.enc.onnx"
+    onnx_protect.encrypt(dyn, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    assert r["share"] >= 0.99
+    ran(r, reused=["relearn", "finetune"])

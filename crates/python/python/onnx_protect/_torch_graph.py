@@ -123,6 +123,7 @@ class TorchGraph(torch.nn.Module):
                   if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
         self.quantized = quantized_weights(g, named) | dynamic_weights(g, named)
         self.dynamic = {name: q for name, q in self.quantized.items() if q.scale_name}
+        self.passthrough = {q.passthrough for q in self.quantized.values() if q.passthrough}
         for k, t in enumerate(g.initializer):
             self._add(f"7.0/5.{k}", t.name, t, t.name in stats)
         for n_idx, node in enumerate(source.graph.node):
@@ -272,6 +273,9 @@ class TorchGraph(torch.nn.Module):
         for node in nodes:
             if node.op_type in ("Constant", "DequantizeLinear") and node.output[0] in self.by_value:
                 continue  # a weight (a DequantizeLinear's: a quantised weight's float values)
+            if node.op_type == "DequantizeLinear" and node.output[0] in self.passthrough:
+                env[node.output[0]] = get(node.input[0])  # rows of a quantised weight, gathered as floats
+                continue
             if node.op_type == "Constant":
                 if node.output[0] in self.fixed:
                     continue

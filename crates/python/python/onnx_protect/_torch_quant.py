@@ -114,14 +114,17 @@ def scaled(weight: torch.Tensor, scale: torch.Tensor, q: Quantized) -> torch.Ten
 
 
 class Quantized:
-    """How a weight stored as integers is dequantised: its ``DequantizeLinear``'s output name,
-    scale, zero point, attributes and the stored type."""
+    """How a weight stored as integers is dequantised: the value name its float values stand
+    for (its ``DequantizeLinear``'s output, or itself where a ``Gather`` or an integer product
+    reads it), scale, zero point, attributes and the stored type."""
 
     def __init__(self, output: str, scale: np.ndarray, zp: np.ndarray | None, a: dict, data_type: int,
-                 scale_name: str = ""):
+                 scale_name: str = "", passthrough: str = ""):
         self.output, self.scale, self.zp, self.a, self.data_type = output, scale, zp, a, data_type
         # For a weight of MatMulInteger/ConvInteger: the value name of its scale.
         self.scale_name = scale_name
+        # For rows gathered before their DequantizeLinear: its output, the gathered floats as they are.
+        self.passthrough = passthrough
 
     def floats(self, stored: np.ndarray) -> np.ndarray:
         """The float values the stored integers stand for."""
@@ -186,8 +189,9 @@ def dynamic_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProt
 
 def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:
     """The integer constants (by value name) that a ``DequantizeLinear`` reads with a constant
-    scale and zero point, and how: each is a weight the attacks train as floats. One read by
-    several, or by anything else, is left as stored."""
+    scale and zero point, directly or after a ``Gather`` of rows (a quantised embedding, with
+    one scale or one per column), and how: each is a weight the attacks train as floats. One
+    read by several, or by anything else, is left as stored."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for v in n.input:
@@ -195,8 +199,15 @@ def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorPr
     out = {}
     for name, t in constants.items():
         users = readers.get(name, [])
-        if t.data_type not in RANGES or len(users) != 1 or users[0].op_type != "DequantizeLinear" \
-                or users[0].domain not in ("", "ai.onnx") or users[0].input[0] != name:
+        if t.data_type not in RANGES or len(users) != 1 or users[0].domain not in ("", "ai.onnx") \
+                or users[0].input[0] != name:
+            continue
+        gather = None
+        if users[0].op_type == "Gather" and not any(x.name == "axis" and x.i for x in users[0].attribute):
+            gather, users = users[0], readers.get(users[0].output[0], [])
+            if len(users) != 1 or users[0].input[0] != gather.output[0]:
+                continue
+        if users[0].op_type != "DequantizeLinear":
             continue
         dq = users[0]
         scale = constants.get(dq.input[1])
@@ -204,6 +215,11 @@ def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorPr
         if scale is None or (len(dq.input) > 2 and dq.input[2] and zp is None):
             continue
         a = {x.name: onnx.helper.get_attribute_value(x) for x in dq.attribute}
-        out[name] = Quantized(dq.output[0], numpy_helper.to_array(scale).astype(np.float32),
-                              None if zp is None else numpy_helper.to_array(zp), a, t.data_type)
+        s = numpy_helper.to_array(scale).astype(np.float32)
+        if gather is not None:
+            if s.size > 1 and (a.get("block_size", 0) or s.ndim != 1 or s.size != t.dims[-1]):
+                continue  # one scale, or one per column of the rows gathered
+            a = {"axis": len(t.dims) - 1}
+        out[name] = Quantized(name if gather else dq.output[0], s, None if zp is None else numpy_helper.to_array(zp),
+                              a, t.data_type, passthrough=dq.output[0] if gather else "")
     return out

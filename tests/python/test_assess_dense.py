@@ -277,3 +277,16 @@ def test_assess_scores_a_regressor_by_r2(tmp_path, seg_data, capsys):
         assert assess.main([str(enc), "--data", str(data), "--test", str(test), "--steps", "2", "-q"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and want in err and err.count("\n") == 1, err
+
+
+def test_classes_saved_as_floats_stay_classes(tmp_path):
+    """Whole-number float labels that do not have the output's shape (a classifier's labels
+    written by a float pipeline) are classes, not regression targets; strings are refused."""
+    digits = [np.load(DIGITS / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
+    enc = tmp_path / "mlp.enc.onnx"
+    onnx_protect.encrypt(DIGITS.parent / "zoo" / "digits" / "mlp.onnx", enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, digits[0], digits[1].astype(np.float64), digits[2], digits[3].astype(np.float32),
+                      sizes=(0.05,), seeds=1, steps=5, lrs=(1e-2,))
+    assert r["metric"] == "accuracy" and r["chance"] == pytest.approx(np.bincount(digits[3]).max() / len(digits[3]))
+    with pytest.raises(_labels.LabelError, match="labels of type <U1"):
+        _labels.as_labels((2, 10), np.array(list("abc")))

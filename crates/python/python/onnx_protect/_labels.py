@@ -55,6 +55,19 @@ def is_regression(y: np.ndarray | torch.Tensor) -> bool:
     return y.dtype.is_floating_point if isinstance(y, torch.Tensor) else np.asarray(y).dtype.kind == "f"
 
 
+def as_labels(scores: Sequence[int], y: np.ndarray) -> np.ndarray:
+    """Labels as the attacks read them for outputs of shape ``scores``: float32 regression
+    targets when they are floats of the output's shape (or floats that are not whole
+    numbers), else int64 classes (classes saved as floats included)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iufb":
+        raise LabelError(f"labels of type {y.dtype}: give integer classes or float regression targets")
+    if y.dtype.kind == "f" and (tuple(y.shape[1:]) == tuple(scores[1:])
+                                or not (np.isfinite(y).all() and np.array_equal(y, np.round(y)))):
+        return y.astype(np.float32)
+    return y.astype(np.int64)
+
+
 def check_labels(scores: Sequence[int], y: np.ndarray, what: str) -> None:
     """Refuses labels ``y`` (every sample's, batch first) that do not fit scores of shape
     ``scores`` (of a batch of the same inputs), or name a class the scores lack."""

@@ -89,7 +89,8 @@ except ImportError as e:  # pragma: no cover - import guard
     raise ImportError("onnx_protect.assess needs torch and onnx: pip install 'onnx-protect[torch]'") from e
 
 from . import _torch_graph as tg
-from ._labels import LabelError, chance, check_labels, draw, is_regression, scores  # noqa: F401 (draw, scores: API)
+from ._labels import (LabelError, as_labels, chance, check_labels, draw, is_regression,  # noqa: F401 (API)
+                      scores)
 from ._labels import loss as _loss
 from ._augment import channels_last, image_shift, shifted  # noqa: F401 (channels_last: API)
 from ._report import summary as _summary
@@ -515,7 +516,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
     a later call on the same masks with more draws. ``stop_early``: stop at the first
     data size whose gap is above the target (the report then has fewer sizes)."""
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
-    y, y_test = (np.asarray(v).astype(np.float32 if is_regression(np.asarray(v)) else np.int64) for v in (y, y_test))
+    y, y_test = np.asarray(y), np.asarray(y_test)
     x, x_test = _as_input(model, x, "data"), _as_input(model, x_test, "test data")
     if len(x) != len(y) or len(x_test) != len(y_test) or len(y) == 0 or len(y_test) == 0:
         raise AttackError("data and labels differ in length, or are empty")
@@ -539,6 +540,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
     with torch.no_grad():
         shape = tuple(setup.fresh().eval()(as_torch(x_test[:2])).shape)
+    y, y_test = as_labels(shape, y), as_labels(shape, y_test)
     if is_regression(y) != is_regression(y_test):
         raise AttackError("the data's labels and the test data's differ in kind (classes, regression targets)")
     check_labels(shape, y, "labels of the data")

@@ -76,6 +76,7 @@ _TORCH_TO_ONNX = {torch.int8: onnx.TensorProto.INT8, torch.uint8: onnx.TensorPro
                   torch.int16: onnx.TensorProto.INT16, torch.uint16: onnx.TensorProto.UINT16,
                   torch.int32: onnx.TensorProto.INT32}
 
+
 def _dynamic_quantize_op(ins, a, opset):
     """``DynamicQuantizeLinear``: uint8 over the input's range widened to hold 0; the integers
     with a straight-through gradient, the scale and the zero point."""

@@ -119,19 +119,10 @@ def test_a_dynamically_quantised_bert_runs_as_onnxruntime_runs_it_and_is_attacke
     """The Hugging Face BERT export through `quantize_dynamic`: every weight MatMul a
     `MatMulInteger`, the word, position and segment embeddings stored as integers, gathered, then
     dequantised (the rows trained as floats); onnxruntime and the interpreter agree, the attacks run."""
-    import warnings
+    from test_assess_standard import TINY, hub_bert, ran
 
-    from test_assess_standard import TINY, Hub, ran, tiny_bert
-
-    bert, data = tiny_bert(attn_implementation="eager")
-    ids = torch.from_numpy(data[0][:2])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    plain, dyn = tmp_path / "hub.onnx", tmp_path / "hub.dyn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Hub(bert).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain),
-                          input_names=names, output_names=["logits"],
-                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, opset_version=17, dynamo=False)
+    plain, data = hub_bert(tmp_path / "hub.onnx")
+    dyn = tmp_path / "hub.dyn.onnx"
     quantization.quantize_dynamic(str(plain), str(dyn), weight_type=quantization.QuantType.QInt8)
     model = onnx.load(dyn)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in model.graph.node}

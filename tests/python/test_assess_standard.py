@@ -302,23 +302,30 @@ class Hub(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 
 
+HUB_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def hub_bert(path):
+    """:func:`tiny_bert` (eager attention) exported at ``path`` as ``optimum`` exports it (the
+    three :data:`HUB_INPUTS`, dynamic batch and length, opset 17), and its data."""
+    bert, data = tiny_bert(attn_implementation="eager")
+    ids = torch.from_numpy(data[0][:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hub(bert).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
+                          input_names=HUB_INPUTS, output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in HUB_INPUTS}, opset_version=17, dynamo=False)
+    return path, data
+
+
 def test_assess_fills_the_hugging_face_inputs_after_the_token_ids(tmp_path):
     """BERT exported with ``input_ids``, ``attention_mask`` and ``token_type_ids`` (as
     ``optimum`` exports it): the data gives the ids; the mask is all ones and the segment
     ids zeros, the values the model takes when they are not passed; given by name, they are
     fed as given. Another second input is fed from the data by name, or refused in one line."""
-    bert, data = tiny_bert(attn_implementation="eager")
-    net = Hub(bert).eval()
-    plain = tmp_path / "hub.onnx"
-    ids = torch.from_numpy(data[0][:2])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain), input_names=names,
-                          output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
-                          opset_version=17, dynamo=False)
+    plain, data = hub_bert(tmp_path / "hub.onnx")
     model = onnx.load(plain)
-    assert [i.name for i in model.graph.input] == names
+    assert [i.name for i in model.graph.input] == HUB_INPUTS
     interpreter_matches_onnxruntime(model, data[2])
     enc = protect(plain, tmp_path)
     r = assess.attack(enc, *data, **TINY)
@@ -361,15 +368,10 @@ def test_assess_runs_on_a_bert_fused_by_onnxruntimes_transformer_optimizer(tmp_p
     ``BiasGelu``: the interpreter matches onnxruntime with padded sequences too, and the
     attacks run on the protected file."""
     optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
-    bert, data = tiny_bert(attn_implementation="eager")
-    ids = torch.from_numpy(data[0][:2])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    plain, fused = tmp_path / "hub.onnx", tmp_path / "fused.onnx"
+    plain, data = hub_bert(tmp_path / "hub.onnx")
+    fused = tmp_path / "fused.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Hub(bert).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(plain),
-                          input_names=names, output_names=["logits"],
-                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, opset_version=17, dynamo=False)
         optimizer.optimize_model(str(plain), model_type="bert", num_heads=2, hidden_size=32).save_model_to_file(
             str(fused))
     model = onnx.load(fused)

@@ -135,3 +135,17 @@ def test_a_dynamically_quantised_bert_runs_as_onnxruntime_runs_it_and_is_attacke
     r = assess.attack(enc, *data, **TINY)
     assert r["share"] >= 0.99
     ran(r, reused=["relearn", "finetune"])
+
+
+def test_qoperator_quantisation_is_refused_naming_its_operators_and_the_qdq_form(tmp_path, data):
+    """``quantize_static(quant_format=QOperator)`` writes ``QLinearConv`` and com.microsoft
+    ``QGemm``, which the interpreter does not run: refused by name, with the form that runs."""
+    src = onnx.load(ROOT / "fixtures" / "zoo" / "digits" / "cnn.onnx")
+    del src.graph.value_info[:]
+    plain, out = tmp_path / "cnn.onnx", tmp_path / "cnn.qop.onnx"
+    onnx.save(src, plain)
+    quantization.quantize_static(str(plain), str(out), Calibration(src.graph.input[0].name, data[0]),
+                                 quant_format=quantization.QuantFormat.QOperator, per_channel=True)
+    with pytest.raises(tg.Unsupported, match=r"operators QLinearConv, com.microsoft.QGemm; onnxruntime's QOperator "
+                                             r"quantisation runs in QDQ form"):
+        tg.TorchGraph(onnx.load(out))

@@ -362,6 +362,9 @@ def refuse_unsupported(model: onnx.ModelProto) -> None:
                   for n in all_nodes(g) if not runs(n)})
     if bad:
         problems.append("operators " + ", ".join(bad))
+    if any(op.split(".")[-1].startswith(("QLinear", "QGemm")) for op in bad):
+        problems.append("onnxruntime's QOperator quantisation runs in QDQ form: quantise with "
+                        "quantize_static(quant_format=QuantFormat.QDQ), its default")
     if not data_inputs(model):
         problems.append("no data input")
     if g.sparse_initializer:

@@ -145,8 +145,8 @@ def test_scores_count_every_labelled_position_and_skip_the_ignored():
 
 def test_assess_scores_a_segmentation_net_per_pixel(tmp_path, seg_data):
     """Scored before the final Softmax over axis 1, per pixel: the interpreter's accuracy of the
-    plain export is onnxruntime's; the attacks run on the protected file, with no shift
-    augmentation (the map would have to move with the image), chance the background's share."""
+    plain export is onnxruntime's; the attacks run on the protected file, the shift augmentation
+    moving each label map with its image, chance the background's share."""
     tr_x, tr_y, te_x, te_y = seg_data
     torch.manual_seed(0)
     plain = export(Segmenter(), tr_x, tr_y, tmp_path / "seg.onnx")
@@ -159,7 +159,7 @@ def test_assess_scores_a_segmentation_net_per_pixel(tmp_path, seg_data):
     enc = tmp_path / "seg.enc.onnx"
     onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
     r = assess.attack(enc, tr_x, tr_y, te_x, te_y, **TINY)
-    assert r["share"] == 1.0 and r["augmentation"] == "none", r["augmentation"]
+    assert r["share"] == 1.0 and r["augmentation"] == "shifts of up to 1 pixel, label maps moved with the images"
     assert r["chance"] == pytest.approx(float((te_y == 0).mean()))
     row = r["sizes"][0]
     assert row["samples"] == [int(round(0.1 * len(tr_y)))]
@@ -233,7 +233,7 @@ def test_assess_runs_on_torchvisions_lraspp_segmenter(tmp_path):
     enc = tmp_path / "lraspp.enc.onnx"
     onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
     r = assess.attack(enc, x, y, x[:8], y[:8], sizes=(0.5,), seeds=1, steps=3, lrs=(1e-2,))
-    assert r["share"] == 1.0 and r["augmentation"] == "none"
+    assert r["share"] == 1.0 and r["augmentation"] == "shifts of up to 4 pixels, label maps moved with the images"
     assert r["chance"] == pytest.approx(_labels.chance(y[:8]))
     assert all(0.0 <= r["sizes"][0][k][0] <= 1.0 for k in ("scratch", "relearn", "finetune"))
 
@@ -290,3 +290,21 @@ def test_classes_saved_as_floats_stay_classes(tmp_path):
     assert r["metric"] == "accuracy" and r["chance"] == pytest.approx(np.bincount(digits[3]).max() / len(digits[3]))
     with pytest.raises(_labels.LabelError, match="labels of type <U1"):
         _labels.as_labels((2, 10), np.array(list("abc")))
+
+
+def test_a_label_map_moves_with_its_image_and_uncovered_pixels_are_not_scored():
+    """Shifting an image whose pixels are their own labels (NCHW and NHWC alike): every
+    shifted pixel still carries its label, and the pixels the shift uncovers are -100."""
+    from onnx_protect import _augment
+
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randint(1, 5, (6, 12, 12))
+    x = y[:, None].float()
+    xs, ys = _augment.shifted_with(x, y, 3, gen)
+    assert _augment.label_map(x.shape, y.numpy()) and not _augment.label_map(x.shape, y.numpy().astype(np.float32))
+    covered = ys != _labels.IGNORE
+    assert bool((xs[:, 0][covered] == ys[covered].float()).all()) and bool((xs[:, 0][~covered] == 0).all())
+    assert 0 < int((~covered).sum()) < ys.numel()
+    gen = torch.Generator().manual_seed(4)
+    xl, yl = _augment.shifted_with(x.permute(0, 2, 3, 1), y, 3, gen)  # channels last: the same offsets
+    assert torch.equal(xl.permute(0, 3, 1, 2), xs) and torch.equal(yl, ys)

@@ -33,13 +33,34 @@ def shifted(x: torch.Tensor | Inputs, shift: int, gen: torch.Generator) -> torch
     """Each image of the batch moved by its own random offset of at most ``shift``
     pixels along each axis, zero-filled (a random crop of the zero-padded image); of
     :class:`Inputs`, the first (the others as they are)."""
+    return shifted_with(x, None, shift, gen)[0]
+
+
+def label_map(shape: Sequence[int], y) -> bool:
+    """Whether labels ``y`` are a class per pixel of the images of input shape ``shape``
+    (integer labels ``[N, H, W]``): shifted with them."""
+    if channels_last(shape):
+        shape = (shape[0], shape[3], shape[1], shape[2])
+    return (image_shift(shape) > 0 and y.ndim == 3 and y.dtype.kind in "iu"
+            and tuple(y.shape[1:]) == tuple(shape[2:]))
+
+
+def shifted_with(x, y, shift: int, gen: torch.Generator, fill: int = -100):
+    """:func:`shifted`, and the label maps ``y`` (``[N, H, W]``, or ``None``) moved by the same
+    offsets, the uncovered positions ``fill`` (not scored)."""
     if isinstance(x, Inputs):
         first = next(iter(x.arrays))
-        return Inputs({**x.arrays, first: shifted(x.arrays[first], shift, gen)})
+        moved, y = shifted_with(x.arrays[first], y, shift, gen, fill)
+        return Inputs({**x.arrays, first: moved}), y
     if channels_last(x.shape):
-        return shifted(x.permute(0, 3, 1, 2), shift, gen).permute(0, 2, 3, 1).contiguous()
+        moved, y = shifted_with(x.permute(0, 3, 1, 2), y, shift, gen, fill)
+        return moved.permute(0, 2, 3, 1).contiguous(), y
     n, _, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift))
     dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
     dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+    def crop(t, value):
+        padded = F.pad(t, (shift, shift, shift, shift), value=value)
+        return torch.stack([padded[i, ..., dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+    return crop(x, 0.0), None if y is None else crop(y, fill)

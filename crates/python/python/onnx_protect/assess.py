@@ -92,7 +92,7 @@ from . import _torch_graph as tg
 from ._labels import (LabelError, as_labels, chance, check_labels, draw, is_regression,  # noqa: F401 (API)
                       scores)
 from ._labels import loss as _loss
-from ._augment import channels_last, image_shift, shifted  # noqa: F401 (channels_last: API)
+from ._augment import channels_last, image_shift, label_map, shifted, shifted_with  # noqa: F401 (API)
 from ._report import summary as _summary
 from ._torch_inputs import Inputs, as_inputs, as_torch
 
@@ -357,6 +357,7 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
         return g
     gen = torch.Generator().manual_seed(seed)
     xt, yt = as_torch(x), torch.from_numpy(y)
+    maps = bool(shift) and label_map(x.shape, y)  # class maps move with their images
     if recipe == "one-cycle":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -371,8 +372,8 @@ def train(g: tg.TorchGraph, params: list, x: np.ndarray, y: np.ndarray, lr: floa
             if step == steps:
                 break
             idx = perm[i:i + batch]
-            xb = shifted(xt[idx], shift, gen) if shift else xt[idx]
-            loss = _loss(g(xb), yt[idx])
+            xb, yb = shifted_with(xt[idx], yt[idx] if maps else None, shift, gen) if shift else (xt[idx], None)
+            loss = _loss(g(xb), yt[idx] if yb is None else yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -545,8 +546,9 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         raise AttackError("the data's labels and the test data's differ in kind (classes, regression targets)")
     check_labels(shape, y, "labels of the data")
     check_labels(shape, y_test, "labels of the test data")
-    # Labels per position (a segmentation map) would have to move with the image.
-    shift = image_shift(x.shape) if augment and y.ndim == 1 else 0
+    # Labels per position move with the image only as a class map of its pixels.
+    maps = label_map(x.shape, y)
+    shift = image_shift(x.shape) if augment and (y.ndim == 1 or maps) else 0
     reference = setup.reference(shift)
     # Relearning trains parts of partly encrypted tensors through gradient hooks.
     partial = any(not m.all() for loc, m in masks.items() if not graph.is_stat(loc))
@@ -557,7 +559,8 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         "pool": int(len(y)), "test": int(len(y_test)),
         "metric": "r2" if is_regression(y) else "accuracy", "chance": chance(y_test), "target": target, "scalars": list(scalars),
         "scratch_reference": reference, "reinserted_batchnorm": len(setup.bn_convs),
-        "augmentation": f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}" if shift else "none",
+        "augmentation": (f"shifts of up to {shift} pixel{'s' if shift > 1 else ''}"
+                         + (", label maps moved with the images" if maps else "")) if shift else "none",
         "stopped_early": False,
         "sizes": []}
     for fraction in sizes:

@@ -45,9 +45,7 @@ def class_axis(scores: Sequence[int], labels: Sequence[int]) -> int:
     for axis in order:
         if len(scores) >= 2 and scores[:axis] + scores[axis + 1:] == labels:
             return axis
-    raise LabelError(f"labels of shape {list(labels)} do not fit the model's scores of shape {list(scores)}: give "
-                     "one label per sample for [N, C] scores, or one per position for scores whose class axis is "
-                     "the second or the last")
+    raise LabelError(f"labels of shape {list(labels)} do not fit the model's scores of shape {list(scores)}")
 
 
 def is_regression(y: np.ndarray | torch.Tensor) -> bool:
@@ -80,7 +78,7 @@ def check_labels(scores: Sequence[int], y: np.ndarray, what: str) -> None:
         return
     try:
         axis = class_axis(scores, (scores[0], *y.shape[1:]))
-    except LabelError:
+    except LabelError:  # said with the labels' own shape, and what would fit
         raise LabelError(f"{what}: labels of shape {list(y.shape)} do not fit the model's scores of shape "
                          f"{['N', *scores[1:]]}: give one label per sample for [N, C] scores, or one per position "
                          "for scores whose class axis is the second or the last") from None

@@ -51,7 +51,7 @@ from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
 from ._torch_ops import MORE_OPS, Unsupported, _given, ints
-from ._torch_quant import INTEGER_OPS, QUANT_OPS, Quantized, dynamic_weights, quantized_weights, scaled
+from ._torch_quant import INTEGER_OPS, QUANT_OPS, Quantized, quantized_weights, scaled
 from ._torch_rnn import recurrent
 
 PASS_THROUGH = {
@@ -121,7 +121,7 @@ class TorchGraph(torch.nn.Module):
         named = {t.name: t for t in g.initializer}
         named |= {n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute[:1]
                   if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
-        self.quantized = quantized_weights(g, named) | dynamic_weights(g, named)
+        self.quantized = quantized_weights(g, named)
         self.dynamic = {name: q for name, q in self.quantized.items() if q.scale_name}
         self.passthrough = {q.passthrough for q in self.quantized.values() if q.passthrough}
         for k, t in enumerate(g.initializer):

@@ -15,7 +15,7 @@ trained values back into the stored integers, for onnxruntime to check the inter
 A weight a ``MatMulInteger`` or ``ConvInteger`` reads, whose scale is a constant that the
 ``Mul`` after the product applies (``quantize_dynamic``'s form: ``Cast``, then ``Mul`` by the
 input's scale times the weight's), is trained the same way: as its float values, divided by
-the scale's current value where the product reads it (:func:`dynamic_weights`). An attacker
+the scale's current value where the product reads it (:func:`quantized_weights`). An attacker
 who trains that scale too changes nothing: it cancels."""
 
 from __future__ import annotations
@@ -162,14 +162,10 @@ def _scale_after(node: onnx.NodeProto, readers: dict, producer: dict, constants:
     return None
 
 
-def dynamic_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:
+def _dynamic_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> dict[str, Quantized]:
     """The integer constants (by value name) that a ``MatMulInteger`` (as B) or
     ``ConvInteger`` (as W) alone reads, with a constant zero point and a constant scale
     found after the product (:func:`_scale_after`), and how they dequantise."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for v in n.input:
-            readers.setdefault(v, []).append(n)
     producer = {o: n for n in graph.node for o in n.output}
     out = {}
     for n in graph.node:
@@ -189,15 +185,16 @@ def dynamic_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProt
 
 
 def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> dict[str, Quantized]:
-    """The integer constants (by value name) that a ``DequantizeLinear`` reads with a constant
-    scale and zero point, directly or after a ``Gather`` of rows (a quantised embedding, with
-    one scale or one per column), and how: each is a weight the attacks train as floats. One
-    read by several, or by anything else, is left as stored."""
+    """The integer constants (by value name) that are weights the attacks train as floats,
+    and how each dequantises: read by a ``DequantizeLinear`` with a constant scale and zero
+    point, directly or after a ``Gather`` of rows (a quantised embedding, with one scale or one
+    per column), or by an integer product (:func:`_dynamic_weights`). One read by several, or
+    by anything else, is left as stored."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for v in n.input:
             readers.setdefault(v, []).append(n)
-    out = {}
+    out = _dynamic_weights(graph, readers, constants)
     for name, t in constants.items():
         users = readers.get(name, [])
         if t.data_type not in RANGES or len(users) != 1 or users[0].domain not in ("", "ai.onnx") \

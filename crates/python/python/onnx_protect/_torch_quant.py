@@ -55,12 +55,40 @@ def dequantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, a:
     return (x.float() - z) * s
 
 
+# Scales (by the identity of their parameter) that a calibration pass fits to the values
+# quantised with them (:meth:`onnx_protect._torch_graph.TorchGraph.calibrate`), each once.
+FITTING: set[int] = set()
+
+
+def fit(scale: torch.Tensor, real: torch.Tensor, zp: torch.Tensor | None, axis: int | None = None) -> None:
+    """In a calibration pass, a scale being fitted becomes the one that maps ``real`` (the
+    real values it quantises; per channel along ``axis`` for a scale of several) onto the
+    integers of ``zp``'s type (uint8 without one) around the zero point, as onnxruntime's
+    calibration sets a scale from the range it saw."""
+    if id(scale) not in FITTING:
+        return
+    FITTING.discard(id(scale))
+    kind = _TORCH_TO_ONNX.get(zp.dtype) if zp is not None else onnx.TensorProto.UINT8
+    lo, hi = RANGES.get(kind, RANGES[onnx.TensorProto.UINT8])
+    r = real.detach().float()
+    if scale.numel() > 1 and axis is not None:
+        r = r.movedim(axis % r.dim(), 0).reshape(scale.numel(), -1)
+        top, bottom = r.max(dim=1).values, r.min(dim=1).values
+    else:
+        top, bottom = r.max(), r.min()
+    z = zp.detach().float().reshape(top.shape) if zp is not None else torch.zeros_like(top)
+    up = torch.where(hi > z, top.clamp(min=0) / (hi - z).clamp(min=1), torch.zeros_like(top))
+    down = torch.where(lo < z, bottom.clamp(max=0) / (lo - z).clamp(max=-1), torch.zeros_like(top))
+    scale.data.copy_(torch.maximum(torch.maximum(up, down), torch.full_like(up, 1e-8)).reshape(scale.shape))
+
+
 def _dequantize_op(ins, a, opset):
     return [dequantize(ins[0], ins[1], _given(ins, 2), a)]
 
 
 def _quantize_op(ins, a, opset):
     x, scale, zp = ins[0], ins[1], _given(ins, 2)
+    fit(scale, x, zp, a.get("axis", 1))
     kind = a.get("output_dtype") or (_TORCH_TO_ONNX.get(zp.dtype) if zp is not None else onnx.TensorProto.UINT8)
     if kind not in RANGES or kind == onnx.TensorProto.INT32:
         raise Unsupported(f"QuantizeLinear to ONNX type {kind}")
@@ -120,12 +148,18 @@ class Quantized:
     reads it), scale, zero point, attributes and the stored type."""
 
     def __init__(self, output: str, scale: np.ndarray, zp: np.ndarray | None, a: dict, data_type: int,
-                 scale_name: str = "", passthrough: str = ""):
+                 scale_name: str = "", passthrough: str = "", bias_of: tuple[str, str] | None = None,
+                 rounds: bool = False):
         self.output, self.scale, self.zp, self.a, self.data_type = output, scale, zp, a, data_type
         # For a weight of MatMulInteger/ConvInteger: the value name of its scale.
         self.scale_name = scale_name
         # For rows gathered before their DequantizeLinear: its output, the gathered floats as they are.
         self.passthrough = passthrough
+        # For an int32 bias of a QLinear product: the value names of its input's scale and
+        # its weight's, whose product is its scale.
+        self.bias_of = bias_of
+        # Whether its product reads it rounded to integers (a QLinear operator's weight, bias).
+        self.rounds = rounds
 
     def floats(self, stored: np.ndarray) -> np.ndarray:
         """The float values the stored integers stand for."""
@@ -188,13 +222,16 @@ def quantized_weights(graph: onnx.GraphProto, constants: dict[str, onnx.TensorPr
     """The integer constants (by value name) that are weights the attacks train as floats,
     and how each dequantises: read by a ``DequantizeLinear`` with a constant scale and zero
     point, directly or after a ``Gather`` of rows (a quantised embedding, with one scale or one
-    per column), or by an integer product (:func:`_dynamic_weights`). One read by several, or
+    per column), or by an integer product (:func:`_dynamic_weights`,
+    :func:`onnx_protect._torch_qop.qlinear_weights`). One read by several, or
     by anything else, is left as stored."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for v in n.input:
             readers.setdefault(v, []).append(n)
-    out = _dynamic_weights(graph, readers, constants)
+    from ._torch_qop import qlinear_weights
+
+    out = _dynamic_weights(graph, readers, constants) | qlinear_weights(graph, readers, constants)
     for name, t in constants.items():
         users = readers.get(name, [])
         if t.data_type not in RANGES or len(users) != 1 or users[0].domain not in ("", "ai.onnx") \

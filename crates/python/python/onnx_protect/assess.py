@@ -74,10 +74,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +94,8 @@ from ._labels import loss as _loss
 from ._augment import channels_last, image_shift, label_map, shifted, shifted_with  # noqa: F401 (API)
 from ._report import summary as _summary
 from ._torch_inputs import Inputs, as_inputs, as_torch
+from ._init import _bias_fans, default_init  # noqa: F401 (API)
+from ._torch_qop import is_scale
 
 if __name__ == "__main__":
     # `python -m onnx_protect.assess`: the package's own module runs, not this second copy (the
@@ -124,6 +125,9 @@ LR_CHOICES = ("held_out", "best")
 ELEMENT_BYTES = {"FLOAT": 4, "FLOAT16": 2, "BFLOAT16": 2, "DOUBLE": 8}
 # Integer types of quantised weights (trained as their float values: onnx_protect._torch_quant).
 QUANT_BYTES = {"INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "INT32": 4}
+# Training inputs that a reset quantisation scale is fitted to (onnxruntime's quantiser
+# calibrates on a few batches).
+CALIBRATION = 64
 # Reset draws are offset from the data draws so that no seed is shared with anything
 # the model was trained from.
 RESET_SEED_BASE = 7_919_000
@@ -168,80 +172,6 @@ def weight_share(info: dict) -> float:
     return min(1.0, enc / total)
 
 
-# ---------------------------------------------------------------- initialisation
-
-
-def _fan_in(shape: Sequence[int], c: tg.Constant) -> int | None:
-    op, idx = c.users[0] if c.users else ("", 0)
-    if op == "Gemm" and idx == 1 and len(shape) == 2:
-        return int(shape[1] if c.gemm_trans_b else shape[0])
-    if op == "Conv" and idx == 1 and len(shape) >= 2:
-        return int(np.prod(shape[1:]))
-    if op == "MatMul" and len(shape) >= 2:
-        return int(shape[-2])
-    return None
-
-
-def _bias_fans(model: onnx.ModelProto) -> dict[str, int]:
-    """value name of a layer's bias -> fan-in of its layer (Conv/Gemm input 2, the Add
-    after a MatMul with a constant weight)."""
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for x in n.input:
-            consumers.setdefault(x, []).append(n)
-    out = {}
-    for n in model.graph.node:
-        w = shapes.get(n.input[1]) if len(n.input) > 1 else None
-        if w is None or len(w) < 2:
-            continue
-        op = tg.FUSED.get(n.op_type, n.op_type) if n.domain == "com.microsoft" else n.op_type
-        if op in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
-            trans_b = any(a.name == "transB" and a.i for a in n.attribute)
-            fan = w[0] if op == "Gemm" and not trans_b else int(np.prod(w[1:]))
-            out[n.input[2]] = fan
-        if op == "MatMul":
-            for add in consumers.get(n.output[0], []):
-                if add.op_type == "Add":
-                    other = add.input[1] if add.input[0] == n.output[0] else add.input[0]
-                    out[other] = w[-2]
-    return out
-
-
-def default_init(graph: tg.TorchGraph, bias_fans: dict[str, int], locator: str, gen: torch.Generator) -> torch.Tensor:
-    """A fresh value of a constant as PyTorch initialises the layer that uses it."""
-    c = graph.constants[locator]
-    t = graph.tensor(locator)
-    shape = list(t.shape)
-    users = c.users
-    for op, idx in users:
-        if op in tg.NORM_OPS:
-            return torch.full_like(t, 1.0 if idx in (1, 4) else 0.0)
-    if graph.is_stat(locator):
-        return torch.zeros_like(t)
-    first = users[0] if users else ("", 0)
-    if first[0] in ("LSTM", "GRU", "RNN") and first[1] in (1, 2, 3):
-        # W, R, B: PyTorch's U(±1/sqrt(hidden)). An initial state (input 5, 6) starts at 0.
-        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[first[0]]
-        per = shape[-1] // (2 * gates) if first[1] == 3 else shape[-2] // gates
-        bound = 1 / math.sqrt(max(per, 1))
-        return (torch.rand(t.shape, generator=gen) * 2 - 1) * bound
-    fan = next((bias_fans[v] for v, loc in graph.by_value.items() if loc == locator and v in bias_fans), None)
-    if fan:
-        return (torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan)
-    if any(op in ("Mul", "Div") for op, _ in users):
-        return torch.ones_like(t)
-    fan = _fan_in(shape, c)
-    if fan:
-        # Kaiming-uniform with a = sqrt(5), PyTorch's Conv/Linear default: bound 1/sqrt(fan_in).
-        return (torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan)
-    if first[0] == "Gather" and first[1] == 0:
-        return torch.randn(t.shape, generator=gen)
-    if first[0] == "Add" and sum(1 for d in shape if d > 1) >= 2:
-        return (torch.randn(t.shape, generator=gen) * 0.02).clamp(-0.04, 0.04)
-    return torch.zeros_like(t)
-
-
 # ---------------------------------------------------------------- runs
 
 
@@ -254,6 +184,8 @@ class Setup:
         self.bias_fans = _bias_fans(tg.inlined(model))
         # Conv outputs after which scratch gets back the BatchNorm the export folded.
         self.bn_convs = tg.folded_batchnorm_convs(tg.inlined(model)) if batchnorm else []
+        # Training inputs that reset quantisation scales are fitted to (Setup.calibrate).
+        self.calibration: torch.Tensor | Inputs | None = None
 
     def fresh(self) -> tg.TorchGraph:
         """The protected model: its encrypted one-element constants (an attention scale)
@@ -261,13 +193,25 @@ class Setup:
         return tg.TorchGraph(self.model, trainable=frozenset(self.masks))
 
     def reset(self, gen: torch.Generator) -> tg.TorchGraph:
-        """The protected model with every encrypted element reset."""
+        """The protected model with every encrypted element reset (quantisation scales
+        calibrated: :meth:`calibrate`)."""
         g = self.fresh()
         with torch.no_grad():
             for loc, mask in self.masks.items():
                 t = g.tensor(loc)
                 m = torch.from_numpy(mask.reshape(tuple(t.shape)))
                 t.copy_(torch.where(m, default_init(g, self.bias_fans, loc, gen), t))
+        return self.calibrate(g, self.masks)
+
+    def calibrate(self, g: tg.TorchGraph, reset: Iterable[str]) -> tg.TorchGraph:
+        """``g`` with the quantisation scales among the ``reset`` constants (locators) fitted
+        to the calibration batch, as onnxruntime's calibration sets them: a scale reset to 1
+        would round most values to 0."""
+        reset = set(reset)
+        scales = [v for v, loc in g.by_value.items()
+                  if loc in reset and any(is_scale(op, i) for op, i in g.constants[loc].users)]
+        if scales and self.calibration is not None:
+            g.calibrate(self.calibration, scales)
         return g
 
     def scratch(self, gen: torch.Generator) -> tg.TorchGraph:
@@ -281,7 +225,7 @@ class Setup:
         with torch.no_grad():
             for loc in g.constants:
                 g.tensor(loc).copy_(default_init(g, self.bias_fans, loc, gen))
-        return g
+        return self.calibrate(g, g.constants)
 
     def reference(self, shift: int) -> str:
         """What scratch is, in words (the report's ``scratch_reference``)."""
@@ -291,6 +235,20 @@ class Setup:
         if shift:
             text += f", shift augmentation (up to {shift} pixel{'s' if shift > 1 else ''})"
         return text
+
+
+def _trained(g: tg.TorchGraph, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The parameters a run trains: all of ``params`` but quantisation scales, which stay as
+    calibrated (:meth:`Setup.calibrate`; an optimiser's steps would soon make one 0 or
+    negative)."""
+    scales = {id(g.tensor(loc)) for loc, c in g.constants.items() if any(is_scale(op, i) for op, i in c.users)}
+    out = []
+    for p in params:
+        if id(p) in scales:
+            p.requires_grad_(False)
+        else:
+            out.append(p)
+    return out
 
 
 def _relearn_only(g: tg.TorchGraph, masks: dict[str, np.ndarray]) -> list[torch.nn.Parameter]:
@@ -537,6 +495,7 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
         if c is None or mask.shape != (c.array.size,):
             raise AttackError(f"{loc}: not a floating-point constant of the model with {mask.size} elements")
     setup = Setup(model, masks, batchnorm=batchnorm)
+    setup.calibration = as_torch(x[:CALIBRATION])
     if check:
         tg.check(_reset_filled(model, setup, torch.Generator().manual_seed(RESET_SEED_BASE)), x_test[:64])
     with torch.no_grad():
@@ -576,15 +535,15 @@ def attack_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray], x: np.nda
 
             def scratch():
                 g = setup.scratch(reset_gen())
-                return g, list(g.params.values())
+                return g, _trained(g, g.params.values())
 
             def relearn():
                 g = setup.reset(reset_gen())
-                return g, _relearn_only(g, masks)
+                return g, _trained(g, _relearn_only(g, masks))
 
             def finetune():
                 g = setup.reset(reset_gen())
-                return g, list(g.params.values())
+                return g, _trained(g, g.params.values())
 
             makers = {"scratch": scratch, "relearn": relearn, "finetune": finetune}
             # A run that starts from the state of one already made (every weight encrypted,
@@ -662,7 +621,11 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
         stored = numpy_helper.to_array(tensor)
         value = g.tensor(loc).detach().numpy().reshape(stored.shape)
         quant = g.constants[loc].quant
-        if quant is not None and quant.scale_name and g.by_value.get(quant.scale_name) in setup.masks:
+        if quant is not None and quant.bias_of is not None:
+            continue  # after the scales it is quantised with (below)
+        if quant is not None and quant.rounds and quant.scale_name:
+            value = quant.integers(value, g._get({}, quant.scale_name).detach().numpy())  # the scale it is read with
+        elif quant is not None and quant.scale_name and g.by_value.get(quant.scale_name) in setup.masks:
             scales[quant.scale_name] = np.full(quant.scale.shape, max(float(np.abs(value).max()) / 127, 1e-8),
                                                np.float32)
             value = quant.integers(value, scales[quant.scale_name])
@@ -672,6 +635,13 @@ def _reset_filled(model: onnx.ModelProto, setup: Setup, gen: torch.Generator) ->
     for t in m.graph.initializer:
         if t.name in scales:
             t.CopyFrom(numpy_helper.from_array(scales[t.name].reshape(tuple(t.dims)), t.name))
+    # A QLinear product's int32 bias, with its input's scale times its weight's as they are now.
+    for loc, c in g.constants.items():
+        if c.quant is not None and c.quant.bias_of is not None:
+            tensor = _tensor_at(m, loc)
+            xs, ws = (g._get({}, v).detach().numpy().astype(np.float32) for v in c.quant.bias_of)
+            value = g.tensor(loc).detach().numpy().reshape(tuple(tensor.dims))
+            tensor.CopyFrom(numpy_helper.from_array(c.quant.integers(value, (xs * ws).reshape(-1)), tensor.name))
     return m
 
 

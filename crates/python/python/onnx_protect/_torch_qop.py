@@ -1,0 +1,258 @@
+"""onnxruntime's QOperator quantisation for :mod:`onnx_protect._torch_graph`
+(``quantize_static(quant_format=QuantFormat.QOperator)``, and the int8 models of the ONNX
+model zoo): ``QLinearConv`` and ``QLinearMatMul``, and com.microsoft's ``QGemm``,
+``QLinearAdd``, ``QLinearMul``, ``QLinearConcat``, ``QLinearGlobalAveragePool``,
+``QLinearAveragePool``, ``QLinearSigmoid``, ``QLinearLeakyRelu`` and ``QLinearSoftmax``.
+
+Quantised values travel as floats holding whole numbers, as after ``QuantizeLinear``
+(:mod:`onnx_protect._torch_quant`). A product accumulates ``(x − x_zero_point)·(w −
+w_zero_point)`` (exact in float32 below 2^24, as onnxruntime's int32 sums are), adds the int32
+bias, and requantises as onnxruntime's kernels do: times the float32 multiplier ``x_scale ·
+w_scale / y_scale``, rounded half to even (a straight-through gradient), plus the output's
+zero point, saturated to its type. The element-wise and pooling operators that onnxruntime
+computes through a table or in floats are computed as ``QuantizeLinear(f(DequantizeLinear(x)))``.
+
+Their constant weights and int32 biases are trained as the float values they stand for
+(:func:`qlinear_weights`), as :mod:`onnx_protect._torch_quant` trains dynamically quantised
+weights: a weight's values divided by its scale's current value where the product reads them,
+a bias's by the input's scale times the weight's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ._torch_ops import Unsupported, _given
+from ._torch_quant import _TORCH_TO_ONNX, RANGES, Quantized, _along, fit
+
+# Operators with a constant weight: (input of the weight, of its scale, of its zero point,
+# of the int32 bias or -1), and the default domain's operator whose weights theirs are.
+WEIGHTED = {"QLinearConv": (3, 4, 5, 8, "Conv"), "QLinearMatMul": (3, 4, 5, -1, "MatMul"),
+            "QGemm": (3, 4, 5, 6, "Gemm")}
+
+
+def _round(v: torch.Tensor) -> torch.Tensor:
+    """Rounded half to even, with the gradient of ``v``."""
+    return v + (torch.round(v) - v).detach()
+
+
+def _range(zp: torch.Tensor | None) -> tuple[int, int]:
+    kind = _TORCH_TO_ONNX.get(zp.dtype) if zp is not None else onnx.TensorProto.UINT8
+    if kind not in RANGES or kind == onnx.TensorProto.INT32:
+        raise Unsupported(f"a quantised output of type {zp.dtype if zp is not None else None}")
+    return RANGES[kind]
+
+
+def _zp(zp: torch.Tensor | None) -> torch.Tensor | float:
+    return zp.float() if zp is not None else 0.0
+
+
+def _requantize(v: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    """``v`` (already divided by the output's scale) rounded, shifted and saturated."""
+    lo, hi = _range(zp)
+    return torch.clamp(_round(v) + _zp(zp), lo, hi)
+
+
+def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    return _requantize(x / scale.float(), zp)
+
+
+def _dequantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    return (x.float() - _zp(zp)) * scale.float()
+
+
+def _channels(v: torch.Tensor, rank: int, axis: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast along ``axis`` of a rank-``rank`` value."""
+    if v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * rank
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _centred(w: torch.Tensor, zp: torch.Tensor | None, axis: int) -> torch.Tensor:
+    return w.float() - (_channels(zp.float(), w.dim(), axis) if zp is not None else 0.0)
+
+
+def _qlinear_conv(ins, a, opset):
+    from ._torch_graph import run_op
+
+    x, xs, xzp, w, ws, wzp, ys, yzp = ins[:8]
+    acc = run_op("Conv", [_centred(x, xzp, 0), _centred(w, wzp, 0), None], a, False, opset)[0]
+    if _given(ins, 8) is not None:
+        acc = acc + _channels(ins[8].float(), acc.dim(), 1)
+    fit(ys, acc * (xs.float() * _channels(ws.float(), acc.dim(), 1)), yzp)
+    mult = (xs.float() * _channels(ws.float(), acc.dim(), 1)) / ys.float()
+    return [_requantize(acc * mult, yzp)]
+
+
+def _qlinear_matmul(ins, a, opset):
+    x, xs, xzp, w, ws, wzp, ys, yzp = ins[:8]
+    acc = _centred(x, xzp, -1) @ _centred(w, wzp, w.dim() - 1)
+    fit(ys, acc * (xs.float() * _channels(ws.float(), acc.dim(), acc.dim() - 1)), yzp)
+    mult = (xs.float() * _channels(ws.float(), acc.dim(), acc.dim() - 1)) / ys.float()
+    return [_requantize(acc * mult, yzp)]
+
+
+def _qgemm(ins, a, opset):
+    """``QGemm``: ``alpha · A'·B'`` on centred integers plus the int32 bias ``C``, requantised
+    to ``y_scale`` when given, else as floats."""
+    x, xs, xzp, w, ws = ins[:5]
+    trans_b = a.get("transB", 0)
+    xc = _centred(x, xzp, 0)
+    wc = _centred(w, _given(ins, 5), 0 if trans_b else 1)
+    acc = (xc.t() if a.get("transA", 0) else xc) @ (wc.t() if trans_b else wc)
+    if _given(ins, 6) is not None:
+        acc = acc + ins[6].float()
+    scale = a.get("alpha", 1.0) * xs.float() * _channels(ws.float(), 2, 1)
+    if _given(ins, 7) is None:
+        return [acc * scale]
+    fit(ins[7], acc * scale, _given(ins, 8))
+    return [_requantize(acc * (scale / ins[7].float()), _given(ins, 8))]
+
+
+def _qlinear_add(ins, a, opset):
+    x, xs, xzp, y, ys, yzp, cs = ins[:7]
+    czp = _given(ins, 7)
+    fit(cs, _centred(x, xzp, 0) * xs.float() + _centred(y, yzp, 0) * ys.float(), czp)
+    # As onnxruntime's kernel: a · (a_scale / c_scale) + (b · (b_scale / c_scale) + k), the zero
+    # points folded into k, each step one fused multiply-add (float64, then float32).
+    ra, rb = xs.float() / cs.float(), ys.float() / cs.float()
+    k = (_zp(czp) - ra * _zp(xzp)) - rb * _zp(yzp)
+    inner = (y.double() * rb.double() + k.double()).float()
+    lo, hi = _range(czp)
+    return [torch.clamp(_round((x.double() * ra.double() + inner.double()).float()), lo, hi)]
+
+
+def _qlinear_mul(ins, a, opset):
+    x, xs, xzp, y, ys, yzp, cs = ins[:7]
+    fit(cs, _centred(x, xzp, 0) * _centred(y, yzp, 0) * (xs.float() * ys.float()), _given(ins, 7))
+    v = _centred(x, xzp, 0) * _centred(y, yzp, 0) * (xs.float() * ys.float() / cs.float())
+    return [_requantize(v, _given(ins, 7))]
+
+
+def _qlinear_concat(ins, a, opset):
+    ys, yzp = ins[0], _given(ins, 1)
+    real = [_dequantize(ins[i], ins[i + 1], _given(ins, i + 2)) for i in range(2, len(ins), 3)]
+    fit(ys, torch.cat(real, dim=a.get("axis", 0)), yzp)
+    return [torch.cat([_quantize(r, ys, yzp) for r in real], dim=a.get("axis", 0))]
+
+
+def _qlinear_global_pool(ins, a, opset):
+    """``QLinearGlobalAveragePool``: the sum of each channel's centred integers times
+    ``x_scale / (y_scale · pixels)``."""
+    x, xs, xzp, ys = ins[:4]
+    last = a.get("channels_last", 0)
+    dims = list(range(1, x.dim() - 1)) if last else list(range(2, x.dim()))
+    pixels = int(np.prod([x.shape[d] for d in dims]))
+    acc = _centred(x, xzp, 0).sum(dim=dims, keepdim=True)
+    fit(ys, acc * xs.float() / pixels, _given(ins, 4))
+    return [_requantize(acc * (xs.float() / (ys.float() * pixels)), _given(ins, 4))]
+
+
+def _through_floats(op: str, **fixed):
+    """An operator onnxruntime computes in floats or through a table: ``op`` (of the default
+    domain) on the dequantised input, quantised to the output's scale and zero point."""
+    def run(ins, a, opset):
+        from ._torch_graph import run_op
+
+        if a.get("channels_last", 0):
+            raise Unsupported(f"QLinear{op} with channels_last")
+        attrs = {k: v for k, v in a.items() if k not in ("opset", "channels_last")} | fixed
+        y = run_op(op, [_dequantize(ins[0], ins[1], _given(ins, 2))], attrs, False, a.get("opset", opset))[0]
+        fit(ins[3], y, _given(ins, 4))
+        return [_quantize(y, ins[3], _given(ins, 4))]
+    return run
+
+
+QOP_OPS = {"QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul}
+QOP_CONTRIB = {"QGemm": _qgemm, "QLinearAdd": _qlinear_add, "QLinearMul": _qlinear_mul,
+               "QLinearConcat": _qlinear_concat, "QLinearGlobalAveragePool": _qlinear_global_pool,
+               "QLinearAveragePool": _through_floats("AveragePool"), "QLinearSigmoid": _through_floats("Sigmoid"),
+               "QLinearLeakyRelu": _through_floats("LeakyRelu"), "QLinearSoftmax": _through_floats("Softmax")}
+
+
+# The inputs that are scales, by operator (QLinearConcat: its first and every third from the fourth).
+SCALES = {"QuantizeLinear": {1}, "DequantizeLinear": {1}, "QLinearConv": {1, 4, 6}, "QLinearMatMul": {1, 4, 6},
+          "QGemm": {1, 4, 7}, "QLinearAdd": {1, 4, 6}, "QLinearMul": {1, 4, 6}}
+
+
+def is_scale(op: str, i: int) -> bool:
+    """Whether input ``i`` of ``op`` is a quantisation scale."""
+    if op == "QLinearConcat":
+        return i == 0 or i >= 3 and i % 3 == 0
+    if op.startswith("QLinear") and op not in SCALES:
+        return i in (1, 3)
+    return i in SCALES.get(op, ())
+
+
+def role(op: str, i: int) -> tuple[str, int]:
+    """Input ``i`` of ``op`` as the default domain's operator and input it is a weight of
+    (a QLinear product's weight and bias as its float operator's), for initialisation."""
+    spec = WEIGHTED.get(op)
+    if spec is not None and i in (spec[0], spec[3]):
+        return spec[4], 1 if i == spec[0] else 2
+    return op, i
+
+
+def weight_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The axis of a weight a per-channel scale runs along."""
+    if node.op_type == "QLinearConv":
+        return 0
+    if node.op_type == "QGemm":
+        return 0 if any(x.name == "transB" and x.i for x in node.attribute) else 1
+    return rank - 1
+
+
+def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> dict[str, Quantized]:
+    """The integer constants that a ``QLinearConv``, ``QLinearMatMul`` or ``QGemm`` alone
+    reads as its weight (constant scale and zero point) or as its int32 bias (constant input
+    and weight scales), and how each dequantises (a weight's zero point is taken off)."""
+    out = {}
+    for n in graph.node:
+        spec = WEIGHTED.get(n.op_type)
+        if spec is None or n.domain not in (("", "ai.onnx") if n.op_type != "QGemm" else ("com.microsoft",)):
+            continue
+        wi, si, zi, bi, _ = spec
+        name = n.input[wi] if len(n.input) > wi else ""
+        scale = n.input[si] if len(n.input) > si else ""
+        zp_name = n.input[zi] if len(n.input) > zi else ""
+        t, s, zp = constants.get(name), constants.get(scale), constants.get(zp_name) if zp_name else None
+        if t is None or s is None or t.data_type not in RANGES or len(readers.get(name, [])) != 1 \
+                or (zp_name and zp is None):
+            continue
+        ws = numpy_helper.to_array(s).astype(np.float32)
+        axis = weight_axis(n, len(t.dims))
+        out[name] = Quantized(name, ws, None if zp is None else numpy_helper.to_array(zp), {"axis": axis},
+                              t.data_type, scale, rounds=True)
+        bias = n.input[bi] if bi >= 0 and len(n.input) > bi else ""
+        b, xs = constants.get(bias), constants.get(n.input[1])
+        if b is None or xs is None or b.data_type != onnx.TensorProto.INT32 or len(b.dims) > 1 \
+                or len(readers.get(bias, [])) != 1:
+            continue
+        bs = (numpy_helper.to_array(xs).astype(np.float32) * ws).reshape(-1).astype(np.float32)
+        out[bias] = Quantized(bias, bs, None, {"axis": 0}, onnx.TensorProto.INT32, bias_of=(n.input[1], scale),
+                              rounds=True)
+    return out
+
+
+def as_integers(op: str, ins: list, q: dict, get) -> list:
+    """The inputs of a QLinear operator whose weight (and bias) are trained as floats: the
+    weight's values divided by its scale's current value (zero point off), the bias's by the
+    input's scale times the weight's."""
+    wi, si, zi, bi, _ = WEIGHTED[op]
+    ins = list(ins)
+    w = q.get(wi)
+    if w is not None:
+        zp = None if w.zp is None else torch.from_numpy(np.array(w.zp))
+        fit(ins[si], ins[wi], zp, w.a["axis"])
+        ins[wi] = _round(ins[wi] / _along(ins[si].float(), ins[wi], w.a["axis"], 0))
+        if len(ins) > zi:
+            ins[zi] = None
+    b = q.get(bi)
+    if b is not None:
+        xs, ws = (get(v).float() for v in b.bias_of)
+        ins[bi] = _round(ins[bi] / (xs * ws).reshape(-1 if ws.numel() > 1 else ()))
+    return ins

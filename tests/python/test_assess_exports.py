@@ -182,6 +182,27 @@ def test_the_interpreter_keeps_0d_constants_0d_as_onnxruntime_does(batch):
     assert assess.tg.TorchGraph(model, trainable=frozenset({"7.0/5.5"})).tensor("7.0/5.5").dim() == 0
 
 
+def test_a_normalisation_statistic_shared_with_a_trained_bias_trains_as_onnxruntime_runs_it():
+    """The TorchScript exporter merges equal initializers of a fresh model (torchvision's
+    DenseNet: a BatchNormalization's zero running mean is another layer's zero bias, read
+    through Identity): the graph trains (the statistic is not updated in place) and runs as
+    onnxruntime runs it."""
+    zeros, ones = np.zeros(4, np.float32), np.ones(4, np.float32)
+    w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Identity", ["b"], ["mean"]), helper.make_node("Identity", ["g"], ["var"]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "mean", "var"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (zeros, "b"), (ones, "g"))]
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    assert tg.check(m, x) <= 1e-5
+    graph = tg.TorchGraph(m).train()
+    graph(torch.from_numpy(x)).sum().backward()
+    assert graph.tensor("7.0/5.0").grad is not None and float(graph.tensor("7.0/5.1").abs().sum()) == 0.0
+
+
 def test_an_input_the_interpreter_cannot_run_is_a_one_line_refusal_naming_the_node():
     # A rank-2 input: the Gather of dimension 2 of its shape has no such index.
     with pytest.raises(tg.Unsupported, match=r"cannot run a Gather node on inputs of shapes \(2,\), \(\): ") as e:
@@ -606,23 +627,32 @@ def test_scores_give_accuracy_and_cross_entropy():
     assert loss == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("net", ["vit", "resnet"])
-def test_assess_runs_on_exports_with_the_batch_size_fixed(net, dynamo, tmp_path, data):
+def test_assess_runs_on_exports_with_the_batch_size_fixed(net, dynamo, batch, tmp_path, data):
     """`torch.onnx.export(model, example, path)` with no dynamic axis fixes the batch size (1
-    here) in the input and in the graph's shapes (`Reshape` constants, a class token left
-    unexpanded): onnxruntime runs such a model one sample at a time, and the interpreter runs
-    it at any batch size with the export's batch size in those shapes made the batch's."""
+    or 3 here) in the input and in the graph's shapes (`Reshape` constants, a class token left
+    unexpanded or expanded to that batch and folded): onnxruntime runs such a model that many
+    samples at a time. The interpreter runs a batch-1 export at any batch size with the
+    export's batch size in those shapes made the batch's, and a larger one that many at a
+    time too (the last step padded: 64 is not a multiple of 3)."""
     torch.manual_seed(0)
     model = {"vit": ViT, "resnet": ResNet}[net]().eval()
     plain = tmp_path / f"{net}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.from_numpy(data[0][:1]),), str(plain), input_names=["x"], output_names=["y"],
-                          dynamo=dynamo)
+        torch.onnx.export(model, (torch.from_numpy(data[0][:batch]),), str(plain), input_names=["x"],
+                          output_names=["y"], dynamo=dynamo)
     m = onnx.load(plain)
-    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][0] == 1
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][0] == batch
     assert tg.check(m, data[2][:64]) <= 1e-4
+    g = tg.TorchGraph(m).eval()
+    with torch.no_grad():
+        got = g(torch.from_numpy(data[2][:64])).numpy()
+    sess = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    want = np.concatenate([sess.run(None, {"x": data[2][i:i + batch]})[0] for i in range(0, 63, batch)])
+    assert got.shape[0] == 64 and np.allclose(got[:63], want, atol=1e-4)
     enc = tmp_path / f"{net}.enc.onnx"
     onnx_protect.encrypt(plain, enc, key=onnx_protect.new_key())
     r = assess.attack(enc, *data, **TINY)

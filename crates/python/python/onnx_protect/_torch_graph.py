@@ -254,6 +254,16 @@ class TorchGraph(torch.nn.Module):
         """The scores (or with ``logits`` false the first output) for ``x``: the first data
         input's batch, or :class:`Inputs` of several (those of :data:`FILLED_INPUTS` not given
         are filled)."""
+        n = len(x) if isinstance(x, Inputs) else x.shape[0] if x.dim() else 1
+        if self.batch and self.batch > 1 and n != self.batch:
+            # An export whose shapes hold its batch size (torch.export's at a batch over 1) runs
+            # that many at a time, as onnxruntime does; the last step padded with its first row.
+            parts = []
+            for i in range(0, n, self.batch):
+                k = min(self.batch, n - i)
+                idx = torch.tensor(list(range(i, i + k)) + [i] * (self.batch - k))
+                parts.append(self(x[idx])[:k])
+            return torch.cat(parts)
         env: dict[str, torch.Tensor] = dict(x.arrays) if isinstance(x, Inputs) else {self.inputs[0]: x}
         x = env[self.inputs[0]]
         env.update(filled_inputs(self.filled, x, env))
@@ -558,7 +568,10 @@ def _norm(op, ins, a, training):
     x = ins[0]
     eps = a.get("epsilon", 1e-5)
     if op == "BatchNormalization":
-        return F.batch_norm(x, ins[3], ins[4], ins[1], ins[2], training=training,
+        # A statistic that is also a trained weight (an export that merged equal initializers,
+        # a zero bias and a zero mean, behind Identity) is not updated in place in training.
+        mean, var = (v.detach().clone() if training and v.requires_grad else v for v in ins[3:5])
+        return F.batch_norm(x, mean, var, ins[1], ins[2], training=training,
                             momentum=1 - a.get("momentum", 0.9), eps=eps)
     if op == "LayerNormalization":
         axis = a.get("axis", -1) % x.dim()

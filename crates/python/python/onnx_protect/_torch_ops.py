@@ -331,6 +331,19 @@ def _scatter_nd(ins, a, opset):
     return [y]
 
 
+def _gather_nd(ins, a, opset):
+    """``GatherND``: the slices of ``data`` that the last axis of ``indices`` points at, the
+    first ``batch_dims`` axes of both walked together."""
+    data, idx, b = ins[0], ins[1].long(), a.get("batch_dims", 0)
+    k, lead = idx.shape[-1], data.shape[:b]
+    n = int(torch.tensor(lead).prod()) if b else 1
+    d = data.reshape(n, *data.shape[b:])
+    i = idx.reshape(n, -1, k)
+    i = torch.where(i < 0, i + torch.tensor(data.shape[b:b + k]), i)
+    out = d[(torch.arange(n).reshape(-1, 1),) + tuple(i[..., j] for j in range(k))]
+    return [out.reshape(*idx.shape[:-1], *data.shape[b + k:])]
+
+
 def _scatter_elements(ins, a, opset):
     if a.get("reduction", "none") != "none":
         raise Unsupported("ScatterElements with a reduction")
@@ -382,6 +395,7 @@ MORE_OPS: dict[str, Callable] = {
     "ArgMin": _arg("ArgMin"),
     "TopK": _topk,
     "ScatterND": _scatter_nd,
+    "GatherND": _gather_nd,
     "ScatterElements": _scatter_elements,
     "NonZero": lambda ins, a, opset: [torch.nonzero(ins[0]).t().to(torch.int64)],
     **{op: _reduce_more(op) for op in

@@ -10,6 +10,7 @@ check's one-line reason, or ``EXPORT`` when PyTorch itself cannot export the mod
     python3 scripts/eval_exports.py [--only NAME,...] [--exporter torchscript|dynamo]
 """
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -78,13 +79,33 @@ class Scores(torch.nn.Module):
         return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
+@contextlib.contextmanager
+def quiet():
+    """PyTorch's exporters write their progress and failed graphs to the process's stdout and
+    stderr: both go to /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def one(name, exporter, folder):
     torch.manual_seed(0)
     net, x = vision(name) if name in VISION else text(name)
     net = Scores(net.eval()).eval()
     path = os.path.join(folder, f"{name}.{exporter}.onnx")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 torch.onnx.export(net, (x[:2],), path, input_names=["x"], dynamo=True, external_data=False,

@@ -152,6 +152,34 @@ def test_a_dynamically_quantised_bert_runs_as_onnxruntime_runs_it_and_is_attacke
     ran(r, reused=["relearn", "finetune"])
 
 
+def test_a_dynamically_quantised_bert_onnxruntime_optimised_runs_as_onnxruntime_runs_it_and_is_attacked(tmp_path):
+    """The same BERT saved by onnxruntime at its extended optimisation level: its products become
+    com.microsoft ``DynamicQuantizeMatMul`` and ``MatMulIntegerToFloat``, whose int8 weights
+    train as floats; the interpreter agrees with onnxruntime and the attacks run."""
+    import onnxruntime as ort
+    from test_assess_standard import TINY, hub_bert, ran
+
+    plain, data = hub_bert(tmp_path / "hub.onnx")
+    dyn, saved = tmp_path / "hub.dyn.onnx", tmp_path / "hub.dyn.opt.onnx"
+    quantization.quantize_dynamic(str(plain), str(dyn), weight_type=quantization.QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(saved)
+    ort.InferenceSession(str(dyn), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(saved)
+    ops = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} <= ops, ops
+    assert tg.check(model, data[2][:16]) <= 1e-4
+    g = tg.TorchGraph(model)
+    products = [c for c in g.constants.values() if c.quant is not None and c.quant.rounds]
+    assert products and all(c.users[0] == ("MatMul", 1) and c.quant.scale_name for c in products)
+    enc = tmp_path / "hub.dyn.opt.enc.onnx"
+    onnx_protect.encrypt(saved, enc, key=onnx_protect.new_key())
+    r = assess.attack(enc, *data, **TINY)
+    assert r["share"] >= 0.99
+    ran(r, reused=["relearn", "finetune"])
+
+
 def test_a_qoperator_operator_the_interpreter_lacks_is_refused_naming_it_and_the_qdq_form():
     """A QOperator operator outside those run (com.microsoft ``QLinearWhere``): refused by name,
     with the form that runs."""

@@ -2,7 +2,9 @@
 (``quantize_static(quant_format=QuantFormat.QOperator)``, and the int8 models of the ONNX
 model zoo): ``QLinearConv`` and ``QLinearMatMul``, and com.microsoft's ``QGemm``,
 ``QLinearAdd``, ``QLinearMul``, ``QLinearConcat``, ``QLinearGlobalAveragePool``,
-``QLinearAveragePool``, ``QLinearSigmoid``, ``QLinearLeakyRelu`` and ``QLinearSoftmax``.
+``QLinearAveragePool``, ``QLinearSigmoid``, ``QLinearLeakyRelu`` and ``QLinearSoftmax``; and
+the ``DynamicQuantizeMatMul`` and ``MatMulIntegerToFloat`` that onnxruntime's extended
+optimisation makes of a dynamically quantised model's products.
 
 Quantised values travel as floats holding whole numbers, as after ``QuantizeLinear``
 (:mod:`onnx_protect._torch_quant`). A product accumulates ``(x − x_zero_point)·(w −
@@ -30,7 +32,10 @@ from ._torch_quant import _TORCH_TO_ONNX, RANGES, Quantized, _along, fit
 # Operators with a constant weight: (input of the weight, of its scale, of its zero point,
 # of the int32 bias or -1), and the default domain's operator whose weights theirs are.
 WEIGHTED = {"QLinearConv": (3, 4, 5, 8, "Conv"), "QLinearMatMul": (3, 4, 5, -1, "MatMul"),
-            "QGemm": (3, 4, 5, 6, "Gemm")}
+            "QGemm": (3, 4, 5, 6, "Gemm"), "DynamicQuantizeMatMul": (1, 2, 3, -1, "MatMul"),
+            "MatMulIntegerToFloat": (1, 3, 5, -1, "MatMul")}
+# Those of them in onnxruntime's com.microsoft domain (the others are the default domain's).
+CONTRIB_WEIGHTED = {"QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 
 
 def _round(v: torch.Tensor) -> torch.Tensor:
@@ -113,6 +118,31 @@ def _qgemm(ins, a, opset):
     return [_requantize(acc * (scale / ins[7].float()), _given(ins, 8))]
 
 
+def _integer_product(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """``x @ w`` on centred integers, summed exactly (float64, as onnxruntime's int32 sums), times
+    ``scale`` (per column or one), plus the float ``bias``."""
+    acc = (x.double() @ w.double()).float()
+    y = acc * _channels(scale.float(), acc.dim(), acc.dim() - 1)
+    return y + bias if bias is not None else y
+
+
+def _dynamic_quantize_matmul(ins, a, opset):
+    """``DynamicQuantizeMatMul``: A quantised as ``DynamicQuantizeLinear`` does (uint8 over its
+    range widened to hold 0), times the integer B less its zero points, scaled to floats."""
+    from ._torch_quant import _dynamic_quantize_op
+
+    q, xs, xzp = _dynamic_quantize_op([ins[0]], {}, opset)
+    w = _centred(ins[1], _given(ins, 3), ins[1].dim() - 1)
+    return [_integer_product(q - xzp, w, xs * ins[2].float(), _given(ins, 4))]
+
+
+def _matmul_integer_to_float(ins, a, opset):
+    """``MatMulIntegerToFloat``: ``(A − a_zero_point) @ (B − b_zero_point)`` times
+    ``a_scale · b_scale``, plus the bias."""
+    x, w = _centred(ins[0], _given(ins, 4), -1), _centred(ins[1], _given(ins, 5), ins[1].dim() - 1)
+    return [_integer_product(x, w, ins[2].float() * ins[3].float(), _given(ins, 6))]
+
+
 def _qlinear_add(ins, a, opset):
     x, xs, xzp, y, ys, yzp, cs = ins[:7]
     czp = _given(ins, 7)
@@ -168,7 +198,8 @@ def _through_floats(op: str, **fixed):
 
 
 QOP_OPS = {"QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul}
-QOP_CONTRIB = {"QGemm": _qgemm, "QLinearAdd": _qlinear_add, "QLinearMul": _qlinear_mul,
+QOP_CONTRIB = {"QGemm": _qgemm, "DynamicQuantizeMatMul": _dynamic_quantize_matmul,
+               "MatMulIntegerToFloat": _matmul_integer_to_float, "QLinearAdd": _qlinear_add, "QLinearMul": _qlinear_mul,
                "QLinearConcat": _qlinear_concat, "QLinearGlobalAveragePool": _qlinear_global_pool,
                "QLinearAveragePool": _through_floats("AveragePool"), "QLinearSigmoid": _through_floats("Sigmoid"),
                "QLinearLeakyRelu": _through_floats("LeakyRelu"), "QLinearSoftmax": _through_floats("Softmax")}
@@ -176,7 +207,8 @@ QOP_CONTRIB = {"QGemm": _qgemm, "QLinearAdd": _qlinear_add, "QLinearMul": _qline
 
 # The inputs that are scales, by operator (QLinearConcat: its first and every third from the fourth).
 SCALES = {"QuantizeLinear": {1}, "DequantizeLinear": {1}, "QLinearConv": {1, 4, 6}, "QLinearMatMul": {1, 4, 6},
-          "QGemm": {1, 4, 7}, "QLinearAdd": {1, 4, 6}, "QLinearMul": {1, 4, 6}}
+          "QGemm": {1, 4, 7}, "QLinearAdd": {1, 4, 6}, "QLinearMul": {1, 4, 6}, "DynamicQuantizeMatMul": {2},
+          "MatMulIntegerToFloat": {2, 3}}
 
 
 def is_scale(op: str, i: int) -> bool:
@@ -213,7 +245,7 @@ def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> d
     out = {}
     for n in graph.node:
         spec = WEIGHTED.get(n.op_type)
-        if spec is None or n.domain not in (("", "ai.onnx") if n.op_type != "QGemm" else ("com.microsoft",)):
+        if spec is None or n.domain not in (("com.microsoft",) if n.op_type in CONTRIB_WEIGHTED else ("", "ai.onnx")):
             continue
         wi, si, zi, bi, _ = spec
         name = n.input[wi] if len(n.input) > wi else ""
@@ -228,7 +260,7 @@ def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> d
         out[name] = Quantized(name, ws, None if zp is None else numpy_helper.to_array(zp), {"axis": axis},
                               t.data_type, scale, rounds=True)
         bias = n.input[bi] if bi >= 0 and len(n.input) > bi else ""
-        b, xs = constants.get(bias), constants.get(n.input[1])
+        b, xs = constants.get(bias), constants.get(n.input[1]) if bias else None
         if b is None or xs is None or b.data_type != onnx.TensorProto.INT32 or len(b.dims) > 1 \
                 or len(readers.get(bias, [])) != 1:
             continue

@@ -137,6 +137,12 @@ CASES["ReduceLogSum"] = ([n("Abs", ["x"], ["a"]), n("ReduceLogSum", ["a", "axes"
                          [init("axes", np.array([-1], np.int64))])
 CASES["ReduceL2 opset 13"] = ([n("ReduceL2", ["x"], ["y"], axes=[0, 2])], [])
 
+# onnxruntime's RMS normalisation (its domain "": T5 and Llama exports its optimizer fused), over
+# the last two axes; the ONNX operator (opset 23) is checked by the node tests of
+# test_interpreter_corpus.py.
+CASES["SimplifiedLayerNormalization"] = ([n("SimplifiedLayerNormalization", ["x", "g"], ["y"], axis=-2,
+                                            epsilon=1e-3)],
+                                         [init("g", RNG.standard_normal((4, 5)).astype(np.float32))])
 SHAPES = {"DepthToSpace": (2, 8, 3, 2), "DepthToSpace CRD": (2, 8, 3, 2), "SpaceToDepth": (2, 3, 4, 6)}
 CASES["DepthToSpace"] = ([n("DepthToSpace", ["x"], ["y"], blocksize=2)], [])
 CASES["DepthToSpace CRD"] = ([n("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD")], [])

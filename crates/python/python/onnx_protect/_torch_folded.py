@@ -6,7 +6,8 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
+NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+            "RMSNormalization", "SimplifiedLayerNormalization"}
 
 
 # Activations after which a convolution's BatchNormalization sits in the usual block

@@ -578,6 +578,10 @@ def _norm(op, ins, a, training):
         return F.layer_norm(x, x.shape[axis:], ins[1], ins[2] if len(ins) > 2 else None, eps)
     if op == "InstanceNormalization":
         return F.instance_norm(x, weight=ins[1], bias=ins[2], eps=eps)
+    if op in ("RMSNormalization", "SimplifiedLayerNormalization"):  # onnxruntime's name, its domain ""
+        axis = a.get("axis", -1) % x.dim()
+        inv = torch.rsqrt(x.square().mean(dim=list(range(axis, x.dim())), keepdim=True) + eps)
+        return x * inv * ins[1]
     groups = a["num_groups"]
     y = F.group_norm(x, groups, eps=eps)
     shape = [1, -1] + [1] * (x.dim() - 2)

@@ -47,6 +47,7 @@ from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES,  # noqa:
                             Inputs, as_torch, concat_batch,
                             data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
 from ._torch_contrib import CONTRIB, CONTRIB_OPS, FUSED
+from ._torch_order import in_order
 from ._torch_qop import QOP_CONTRIB, QOP_OPS, WEIGHTED, as_integers, role
 from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
@@ -96,6 +97,7 @@ class TorchGraph(torch.nn.Module):
         self.trainable = trainable
         g = model.graph
         self.graph = g
+        self._orders: dict[int, list[onnx.NodeProto]] = {}  # id of a node list -> the order it runs in
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         init_names = {t.name for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in init_names]
@@ -291,11 +293,16 @@ class TorchGraph(torch.nn.Module):
         return [self._get(inner, o.name) for o in g.output]
 
     def _run(self, nodes, env: MutableMapping[str, torch.Tensor], batch: int) -> None:
-        """Runs ``nodes`` in order, their outputs put in ``env``."""
+        """Runs ``nodes`` in an order that has every value made before it is read (as
+        onnxruntime does: tools such as onnxruntime's float16 conversion append nodes out of
+        order), their outputs put in ``env``."""
         def get(name: str) -> torch.Tensor:
             return self._get(env, name)
 
-        for node in nodes:
+        order = self._orders.get(id(nodes))
+        if order is None:
+            order = self._orders[id(nodes)] = in_order(nodes)
+        for node in order:
             if node.op_type in ("Constant", "DequantizeLinear") and node.output[0] in self.by_value:
                 continue  # a weight (a DequantizeLinear's: a quantised weight's float values)
             if node.op_type == "DequantizeLinear" and node.output[0] in self.passthrough:
@@ -736,63 +743,5 @@ SUPPORTED_OPS = frozenset(
     | set(QOP_OPS))
 
 
-# The check's tolerance for a model that quantises values that float operators computed: a
-# last-bit difference there (an erf, a normalisation) can round to the next integer, and the
-# step propagates (the digits ConvMixer quantised by onnxruntime, QOperator form: 6.1e-3).
-QUANTISED_TOLERANCE = 2e-2
-
-
-def requantises(model: onnx.ModelProto) -> bool:
-    """Whether the model rounds values to integers as it runs (quantises activations)."""
-    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") or n.op_type in QOP_OPS
-               or n.domain == "com.microsoft" and n.op_type in QOP_CONTRIB for n in all_nodes(model.graph))
-
-
-def check(model: onnx.ModelProto, x: np.ndarray | Inputs, tolerance: float = 1e-4) -> float:
-    """Runs the model in this interpreter and in onnxruntime on ``x`` (the first data input's
-    batch, or :class:`Inputs`, the :data:`FILLED_INPUTS` not given filled); raises
-    :class:`Unsupported` when they differ by more than ``tolerance`` (relative to the
-    largest finite output; :data:`QUANTISED_TOLERANCE` at least for a model that
-    :func:`requantises`) or in where their outputs are not finite, returns the difference
-    otherwise. A model whose onnxruntime output has no finite value cannot be checked and
-    is refused."""
-    import onnxruntime as ort
-
-    if requantises(model):
-        tolerance = max(tolerance, QUANTISED_TOLERANCE)
-
-    m = TorchGraph(model)
-    m.logits = False
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        # An export's fixed batch size: onnxruntime runs the inputs that many at a time.
-        step = static_batch(model) or len(x)
-        x = x[: len(x) // step * step] if len(x) >= step else x
-        parts = []
-        for i in range(0, len(x), step):
-            xb = x[i:i + step]
-            given = xb.arrays if isinstance(xb, Inputs) else {sess.get_inputs()[0].name: xb}
-            first = torch.from_numpy(given[sess.get_inputs()[0].name])
-            feeds = {k: v.numpy() for k, v in filled_inputs(filled_input_types(model), first, given).items()}
-            parts.append(sess.run(None, {**given, **feeds})[0])
-        want = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise Unsupported(f"onnxruntime cannot run the model on inputs of shape {x.shape} to check the PyTorch "
-                          f"interpreter: {' '.join(str(e).split())}") from e
-    m.eval()
-    with torch.no_grad():
-        got = m(as_torch(x)).detach().numpy()
-    if got.shape != want.shape:
-        raise Unsupported(f"the PyTorch interpreter's output has shape {got.shape}, onnxruntime's {want.shape}")
-    finite = np.isfinite(want)
-    if not finite.any():
-        raise Unsupported("onnxruntime's output has no finite value on the check's weights: "
-                          "the PyTorch interpreter cannot be checked on this model")
-    same_nonfinite = np.array_equal(np.isfinite(got), finite) and np.array_equal(
-        got[~finite], want[~finite], equal_nan=True)
-    if not same_nonfinite:
-        raise Unsupported("the PyTorch interpreter's output is not finite where onnxruntime's is, or the reverse")
-    err = float(np.abs(got[finite] - want[finite]).max() / max(1.0, float(np.abs(want[finite]).max())))
-    if not err <= tolerance:
-        raise Unsupported(f"the PyTorch interpreter differs from onnxruntime by {err:.2e} on this model")
-    return err
+# The check against onnxruntime (imported last: it runs this module's TorchGraph).
+from ._torch_check import QUANTISED_TOLERANCE, HALF_TOLERANCE, check, requantises  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The PyTorch interpreter of ``onnx_protect.assess`` on architectures as users export them:
-torchvision classifiers and Hugging Face ``transformers`` models (random initialisation, small
-configurations), exported by ``torch.onnx.export`` with the TorchScript exporter
+torchvision classifiers, Hugging Face ``transformers`` models and, where ``timm`` is installed
+(``pip install timm``), ``timm`` classifiers (random initialisation, small configurations), exported by ``torch.onnx.export`` with the TorchScript exporter
 (``dynamo=False``, a dynamic batch axis) and with ``torch.export`` (``dynamo=True``, the batch
 fixed at 2), then run by the interpreter and by onnxruntime (``_torch_graph.check``) and trained
 one step (a backward pass reaches the weights). One line per model and exporter: ``OK`` with
@@ -27,6 +27,19 @@ VISION = ["resnet50", "densenet121", "squeezenet1_1", "shufflenet_v2_x0_5", "goo
           "swin_t", "alexnet", "vgg11_bn", "wide_resnet50_2", "resnext50_32x4d", "mobilenet_v2",
           "mobilenet_v3_large"]
 TEXT = ["gpt2", "distilbert", "roberta", "llama", "t5-encoder", "hf-vit", "whisper-encoder"]
+TIMM = ["timm:" + n for n in ("efficientnet_lite0", "mobilevit_xs", "deit_tiny_patch16_224", "levit_128s",
+                              "mixer_s16_224", "poolformer_s12", "ghostnet_100", "rexnet_100", "hrnet_w18_small",
+                              "dla34", "cspresnet50", "convnextv2_atto", "fastvit_t8", "repvit_m1",
+                              "edgenext_xx_small", "tinynet_a", "mobilenetv4_conv_small")]
+
+
+def timm_model(name):
+    import timm
+
+    name = name.split(":", 1)[1]
+    sized = name.startswith(("mobilevit", "deit", "levit", "mixer"))
+    net = timm.create_model(name, pretrained=False, num_classes=10, **({"img_size": 64} if sized else {}))
+    return net, torch.randn(4, 3, 64, 64)
 
 
 def vision(name):
@@ -101,7 +114,7 @@ def quiet():
 
 def one(name, exporter, folder):
     torch.manual_seed(0)
-    net, x = vision(name) if name in VISION else text(name)
+    net, x = vision(name) if name in VISION else timm_model(name) if name in TIMM else text(name)
     net = Scores(net.eval()).eval()
     path = os.path.join(folder, f"{name}.{exporter}.onnx")
     try:
@@ -131,10 +144,17 @@ def main(argv=None):
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--exporter", choices=["torchscript", "dynamo"], action="append")
     args = ap.parse_args(argv)
-    names = args.only.split(",") if args.only else VISION + TEXT
-    unknown = [n for n in names if n not in VISION + TEXT]
+    known = VISION + TEXT + TIMM
+    names = args.only.split(",") if args.only else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        sys.exit(f"eval_exports: unknown model(s) {', '.join(unknown)}; known: {', '.join(VISION + TEXT)}")
+        sys.exit(f"eval_exports: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        if any(n in TIMM for n in names):
+            print("timm is not installed: its models are left out (pip install timm)", flush=True)
+        names = [n for n in names if n not in TIMM]
     torch.set_num_threads(int(os.environ.get("ONNX_PROTECT_THREADS", "1")))
     with tempfile.TemporaryDirectory() as folder:
         for name in names:

@@ -11,6 +11,7 @@ check's one-line reason, or ``EXPORT`` when PyTorch itself cannot export the mod
 """
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -149,9 +150,7 @@ def main(argv=None):
     unknown = [n for n in names if n not in known]
     if unknown:
         sys.exit(f"eval_exports: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    try:
-        import timm  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("timm") is None:
         if any(n in TIMM for n in names):
             print("timm is not installed: its models are left out (pip install timm)", flush=True)
         names = [n for n in names if n not in TIMM]

@@ -142,7 +142,7 @@ mod tests {
             }
         }
         let mut codes = Vec::new();
-        for row in section("**Bits per element**", "`numel` is").lines().filter(|l| l.starts_with("| ")) {
+        for row in section("**Bits per element**", "`numel` is").lines().filter(|l| l.starts_with('|')) {
             let Some(cell) = row.split('|').nth(2) else { continue };
             for entry in cell.split(',') {
                 if let Some((code, name)) = entry.trim().split_once(' ') {

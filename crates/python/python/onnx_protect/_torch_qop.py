@@ -95,9 +95,11 @@ def _qlinear_conv(ins, a, opset):
 
 def _qlinear_matmul(ins, a, opset):
     x, xs, xzp, w, ws, wzp, ys, yzp = ins[:8]
-    acc = _centred(x, xzp, -1) @ _centred(w, wzp, w.dim() - 1)
-    fit(ys, acc * (xs.float() * _channels(ws.float(), acc.dim(), acc.dim() - 1)), yzp)
-    mult = (xs.float() * _channels(ws.float(), acc.dim(), acc.dim() - 1)) / ys.float()
+    # A's scale and zero point are one or one per row; B's one or one per column.
+    acc = _centred(x, xzp, x.dim() - 2) @ _centred(w, wzp, w.dim() - 1)
+    scale = _channels(xs.float(), acc.dim(), acc.dim() - 2) * _channels(ws.float(), acc.dim(), acc.dim() - 1)
+    fit(ys, acc * scale, yzp)
+    mult = scale / ys.float()
     return [_requantize(acc * mult, yzp)]
 
 

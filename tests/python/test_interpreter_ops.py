@@ -250,6 +250,18 @@ CONTRIB = {
            (", attention bias", ["", "", "bias"], [init("bias", RNG.standard_normal((1, 2, 3, 3)).astype(np.float32))],
             24, dict(num_heads=2)),
        ]},
+    # Past state ([2, B, heads, 2 steps, head size]): the output, and the present state.
+    **{f"Attention, past state{name}": (cm("Attention", ["x", "aw", "ab", *extra], outs, num_heads=2, **kw),
+                                        [init("aw", RNG.standard_normal((8, 24)).astype(np.float32)), vec("ab", 24),
+                                         init("past", RNG.standard_normal((2, 2, 2, 2, 4)).astype(np.float32)),
+                                         *inits])
+       for name, extra, inits, outs, kw in [
+           ("", ["", "past"], [], ("y", "present"), {}),
+           (", unidirectional, 2-D mask", ["m", "past"], [init("m", np.array([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]],
+                                                                          np.int32))], ("y", "present"),
+            dict(unidirectional=1)),
+           (", present", ["", "past"], [], ("a", "y"), dict(unidirectional=1)),
+       ]},
 }
 
 
@@ -291,7 +303,8 @@ def test_embed_layer_normalization_runs_as_onnxruntime_runs_it(case):
 
 
 @pytest.mark.parametrize("extra, inits, what", [
-    (["", "past"], [init("past", np.zeros((2, 2, 2, 1, 4), np.float32))], "Attention with past state"),
+    (["", "past", "", "psl"], [init("past", np.zeros((2, 2, 2, 1, 4), np.float32)), init("psl", np.int32(1))],
+     "Attention with a shared past buffer"),
     (["m"], [init("m", np.ones((2, 1, 4, 4), np.int32))], r"Attention with a mask_index of shape \(2, 1, 4, 4\)"),
 ])
 def test_what_attention_does_not_cover_is_refused_by_name(extra, inits, what):

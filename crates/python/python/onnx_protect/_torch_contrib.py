@@ -1,7 +1,7 @@
 """onnxruntime's com.microsoft operators that its transformer optimizer writes (``python -m
 onnxruntime.transformers.optimizer``), for :mod:`onnx_protect._torch_graph`: the GELU
 variants, ``SkipLayerNormalization``, a BERT's fused ``EmbedLayerNormalization`` and
-``Attention`` (without past state or rotary embeddings, refused by name), and the
+``Attention`` (past state too; a shared past buffer or rotary embeddings refused by name), and the
 ``FusedConv``, ``FusedGemm`` and ``FusedMatMul`` of a model onnxruntime saved optimised
 (``optimized_model_filepath`` at the extended level). Each follows
 onnxruntime's operator documentation (docs/ContribOperators.md); the tests compare each with
@@ -73,21 +73,26 @@ def _attention(ins, a, opset):
     """``Attention``: multi-head self-attention of ``input @ weights + bias`` split into Q, K,
     V (``qkv_hidden_sizes``, else thirds), scaled by ``scale`` (else 1/√head size), hidden
     pairs (``mask_index``, ``unidirectional``) given ``mask_filter_value`` (default −10000)
-    added, ``attention_bias`` added; outputs the result and, when K and V have one size,
-    ``present`` (the two stacked)."""
-    if _given(ins, 4) is not None or _given(ins, 6) is not None or a.get("do_rotary", 0):
-        raise Unsupported("Attention with past state or rotary embeddings")
-    x, w, bias, mask = ins[0], ins[1], _given(ins, 2), _given(ins, 3)
+    added, ``attention_bias`` added; with ``past`` (``[2, B, heads, P, head size]``) its keys and
+    values come before the input's, the input's queries at positions ``P …``; outputs the result
+    and, when K and V have one size, ``present`` (past and the input's keys and values)."""
+    if _given(ins, 6) is not None or a.get("past_present_share_buffer", 0) or a.get("do_rotary", 0):
+        raise Unsupported("Attention with a shared past buffer or rotary embeddings")
+    x, w, bias, mask, past = ins[0], ins[1], _given(ins, 2), _given(ins, 3), _given(ins, 4)
     heads, (b, s) = int(a["num_heads"]), x.shape[:2]
     qkv = x @ w + (bias if bias is not None else 0)
     sizes = [int(v) for v in a.get("qkv_hidden_sizes", [])] or [w.shape[1] // 3] * 3
     q, k, v = (t.reshape(b, s, heads, -1).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
+    p = past.shape[3] if past is not None else 0
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    total = p + s
     scores = q @ k.transpose(-1, -2) * (a.get("scale", 0.0) or 1.0 / math.sqrt(q.shape[-1]))
-    hidden = torch.zeros(b, 1, s, s, dtype=torch.bool)
+    hidden = torch.zeros(b, 1, s, total, dtype=torch.bool)
     if mask is not None:
-        hidden = hidden | _attention_mask(mask, b, s, s)
+        hidden = hidden | _attention_mask(mask, b, s, total)
     if a.get("unidirectional", 0):
-        hidden = hidden | torch.ones(s, s, dtype=torch.bool).triu(1)
+        hidden = hidden | torch.ones(s, total, dtype=torch.bool).triu(p + 1)
     scores = scores + hidden.to(scores.dtype) * a.get("mask_filter_value", -10000.0)
     if _given(ins, 5) is not None:
         scores = scores + ins[5]

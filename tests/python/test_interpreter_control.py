@@ -82,6 +82,27 @@ def scan_model(output, reverse=1, out_axis=1):
     return model(nodes, [init("one", np.int64([1])), init("zero", np.float32(0))])
 
 
+def scan8_model(output, reverse=0, lens=None):
+    """The running sum of ``scan_model`` with opset 8's ``Scan``: batch first, each of the 6
+    samples scanned along its 4 features (read backwards with ``reverse``) for its length in
+    ``lens`` (all of them without), its stacked states zero past it."""
+    body = helper.make_graph(
+        [n("Constant", [], ["v"], value=init("vv", (RNG.standard_normal(()) + 1).astype(np.float32))),
+         n("Mul", ["xt", "v"], ["xv"]), n("Add", ["s", "xv"], ["s2"]), n("Identity", ["s2"], ["o"])],
+        "body", [vi("s", []), vi("xt", [])], [vi("s2", []), vi("o", [])], [])
+    inits = [init("zero", np.float32(0))]
+    if lens is not None:
+        inits.append(init("lens", np.array(lens, np.int64)))
+    nodes = [n("ReduceSum", ["x"], ["s0"], axes=[1], keepdims=0), n("Mul", ["s0", "zero"], ["s00"]),
+             n("Scan", ["lens" if lens is not None else "", "s00", "x"], ["s_last", "states"], body=body,
+               num_scan_inputs=1, directions=[reverse]),
+             n("Identity", [["s_last", "states"][output]], ["y"])]
+    g = helper.make_graph(nodes, "control", [vi("x", [6, 4])], [vi("y")], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)])
+    m.ir_version = 3
+    return m
+
+
 CASES = {
     "If": if_model(),
     "Loop, last state": loop_model(0),
@@ -89,6 +110,10 @@ CASES = {
     "Scan reversed, last state": scan_model(0),
     "Scan reversed, stacked along axis 1": scan_model(1),
     "Scan forward, stacked along axis 0": scan_model(1, reverse=0, out_axis=0),
+    "Scan opset 8, last state": scan8_model(0),
+    "Scan opset 8 reversed, stacked": scan8_model(1, reverse=1),
+    "Scan opset 8 with lengths, last state": scan8_model(0, lens=[4, 3, 2, 4, 1, 4]),
+    "Scan opset 8 reversed with lengths, stacked": scan8_model(1, reverse=1, lens=[4, 3, 2, 4, 1, 4]),
 }
 
 

@@ -71,12 +71,12 @@ def run_loop(ins: list, a: dict, run: Run, opset: int) -> list:
 
 
 def run_scan(ins: list, a: dict, run: Run, opset: int) -> list:
-    """``Scan`` (opset 9 on): the body runs once per slice of the scan inputs along their axes
+    """``Scan`` (opset 9 on; opset 8: :func:`_scan_8`): the body runs once per slice of the scan inputs along their axes
     (``scan_input_axes``, ``scan_input_directions``), threading the state; outputs the final
     state, then each scan output's slices stacked along ``scan_output_axes`` (reversed where
     ``scan_output_directions`` says)."""
     if opset < 9:
-        raise Unsupported("Scan before opset 9 (batched, with sequence lengths)")
+        return _scan_8(ins, a, run)
     body, k = a["body"], int(a["num_scan_inputs"])
     state, xs = list(ins[:len(ins) - k]), ins[len(ins) - k:]
     in_axes = [ax % x.dim() for ax, x in zip(a.get("scan_input_axes") or [0] * k, xs)]
@@ -98,6 +98,32 @@ def run_scan(ins: list, a: dict, run: Run, opset: int) -> list:
     stacked = [torch.stack(s[::-1] if d else s, dim=ax % (s[0].dim() + 1))
                for s, ax, d in zip(scans, out_axes, out_dirs)]
     return [*state, *stacked]
+
+
+def _scan_8(ins: list, a: dict, run: Run) -> list:
+    """``Scan`` of opset 8: the first input the sequence lengths (optional), then the state and
+    the scan inputs, each batch first (scanned along their second axis, ``directions``); each
+    batch element runs apart for its length, its scan outputs zero past it."""
+    body, k = a["body"], int(a["num_scan_inputs"])
+    lens, rest = ins[0], ins[1:]
+    state, xs = rest[:len(rest) - k], rest[len(rest) - k:]
+    dirs = a.get("directions") or [0] * k
+    names, seq = _names(body), xs[0].shape[1]
+    finals, outs_b = [], []
+    for b in range(xs[0].shape[0]):
+        n = seq if lens is None or lens.numel() == 0 else int(lens.reshape(-1)[b])
+        st, per = [v[b] for v in state], None
+        for t in range(n):
+            outs = run(body, dict(zip(names, [*st, *(x[b, n - 1 - t if d else t] for x, d in zip(xs, dirs))])))
+            st = outs[:len(st)]
+            per = [[] for _ in outs[len(st):]] if per is None else per
+            for s_, v in zip(per, outs[len(st):]):
+                s_.append(v)
+        if per is None:
+            raise Unsupported("Scan over no slice")
+        finals.append(st)
+        outs_b.append([torch.cat([torch.stack(s_), s_[0].new_zeros(seq - n, *s_[0].shape)]) for s_ in per])
+    return [*(torch.stack(v) for v in zip(*finals)), *(torch.stack(v) for v in zip(*outs_b))]
 
 
 CONTROL: dict[str, Callable[[list, dict, Run, int], list]] = {"If": run_if, "Loop": run_loop, "Scan": run_scan}

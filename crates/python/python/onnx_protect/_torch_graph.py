@@ -97,7 +97,7 @@ class TorchGraph(torch.nn.Module):
         self.trainable = trainable
         g = model.graph
         self.graph = g
-        self._orders: dict[int, list[onnx.NodeProto]] = {}  # id of a node list -> the order it runs in
+        self._orders: dict[int, tuple] = {}  # id of a node list -> (the list, the order it runs in)
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         init_names = {t.name for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in init_names]
@@ -299,9 +299,12 @@ class TorchGraph(torch.nn.Module):
         def get(name: str) -> torch.Tensor:
             return self._get(env, name)
 
-        order = self._orders.get(id(nodes))
-        if order is None:
-            order = self._orders[id(nodes)] = in_order(nodes)
+        # Keyed by the node list's identity, which the entry keeps alive (a subgraph's list,
+        # reached through a node attribute, would otherwise be freed and its id reused).
+        kept, order = self._orders.get(id(nodes), (None, None))
+        if kept is not nodes:
+            order = in_order(nodes)
+            self._orders[id(nodes)] = (nodes, order)
         for node in order:
             if node.op_type in ("Constant", "DequantizeLinear") and node.output[0] in self.by_value:
                 continue  # a weight (a DequantizeLinear's: a quantised weight's float values)

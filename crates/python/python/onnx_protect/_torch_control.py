@@ -102,28 +102,20 @@ def run_scan(ins: list, a: dict, run: Run, opset: int) -> list:
 
 def _scan_8(ins: list, a: dict, run: Run) -> list:
     """``Scan`` of opset 8: the first input the sequence lengths (optional), then the state and
-    the scan inputs, each batch first (scanned along their second axis, ``directions``); each
-    batch element runs apart for its length, its scan outputs zero past it."""
-    body, k = a["body"], int(a["num_scan_inputs"])
+    the scan inputs, each batch first: each batch element is scanned apart, as opset 9 scans,
+    for its length (along the scan inputs' second axis, ``directions``), its scan outputs zero
+    past it."""
+    k = int(a["num_scan_inputs"])
     lens, rest = ins[0], ins[1:]
     state, xs = rest[:len(rest) - k], rest[len(rest) - k:]
-    dirs = a.get("directions") or [0] * k
-    names, seq = _names(body), xs[0].shape[1]
-    finals, outs_b = [], []
+    each = {"body": a["body"], "num_scan_inputs": k, "scan_input_directions": a.get("directions") or [0] * k}
+    seq, finals, scans = xs[0].shape[1], [], []
     for b in range(xs[0].shape[0]):
         n = seq if lens is None or lens.numel() == 0 else int(lens.reshape(-1)[b])
-        st, per = [v[b] for v in state], None
-        for t in range(n):
-            outs = run(body, dict(zip(names, [*st, *(x[b, n - 1 - t if d else t] for x, d in zip(xs, dirs))])))
-            st = outs[:len(st)]
-            per = [[] for _ in outs[len(st):]] if per is None else per
-            for s_, v in zip(per, outs[len(st):]):
-                s_.append(v)
-        if per is None:
-            raise Unsupported("Scan over no slice")
-        finals.append(st)
-        outs_b.append([torch.cat([torch.stack(s_), s_[0].new_zeros(seq - n, *s_[0].shape)]) for s_ in per])
-    return [*(torch.stack(v) for v in zip(*finals)), *(torch.stack(v) for v in zip(*outs_b))]
+        outs = run_scan([*(v[b] for v in state), *(x[b, :n] for x in xs)], each, run, 9)
+        finals.append(outs[:len(state)])
+        scans.append([torch.cat([o, o.new_zeros(seq - n, *o.shape[1:])]) for o in outs[len(state):]])
+    return [*(torch.stack(v) for v in zip(*finals)), *(torch.stack(v) for v in zip(*scans))]
 
 
 CONTROL: dict[str, Callable[[list, dict, Run, int], list]] = {"If": run_if, "Loop": run_loop, "Scan": run_scan}

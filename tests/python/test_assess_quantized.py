@@ -180,6 +180,37 @@ def test_a_dynamically_quantised_bert_onnxruntime_optimised_runs_as_onnxruntime_
     ran(r, reused=["relearn", "finetune"])
 
 
+def test_the_int8_bert_of_onnxruntime_s_recipe_is_protected_whole_and_attacked(tmp_path):
+    """onnxruntime's int8 BERT recipe: the transformer optimizer's fused model through
+    ``quantize_dynamic`` gives com.microsoft ``QAttention`` and ``QEmbedLayerNormalization``.
+    The built-in policy encrypts its uint8 embedding tables too (every weight); the interpreter
+    runs both operators as onnxruntime does, trains the tables and the weights as floats, and
+    the attacks run."""
+    from onnxruntime.transformers import optimizer
+    from test_assess_standard import TINY, hub_bert, ran
+
+    plain, data = hub_bert(tmp_path / "hub.onnx")
+    fused, q = tmp_path / "hub.opt.onnx", tmp_path / "hub.opt.int8.onnx"
+    optimizer.optimize_model(str(plain), model_type="bert", num_heads=2, hidden_size=32).save_model_to_file(str(fused))
+    quantization.quantize_dynamic(str(fused), str(q), weight_type=quantization.QuantType.QInt8,
+                                  extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    model = onnx.load(q)
+    ops = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert {"QAttention", "QEmbedLayerNormalization"} <= ops, ops
+    assert tg.check(model, data[2][:16]) <= 1e-4
+    g = tg.TorchGraph(model)
+    tables = [c for c in g.constants.values() if c.quant is not None and c.users[:1] == [("EmbedLayerNormalization", 2)]]
+    assert len(tables) == 1
+    enc = tmp_path / "hub.opt.int8.enc.onnx"
+    onnx_protect.encrypt(q, enc, key=onnx_protect.new_key())
+    embed = next(n for n in model.graph.node if n.op_type == "QEmbedLayerNormalization")
+    encrypted = {t["name"] for t in onnx_protect.inspect(enc)["protection"]["tensors"]}
+    assert set(embed.input[2:5]) <= encrypted, sorted(encrypted)
+    r = assess.attack(enc, *data, **TINY)
+    assert r["share"] >= 0.99
+    ran(r, reused=["relearn", "finetune"])
+
+
 def test_a_qoperator_operator_the_interpreter_lacks_is_refused_naming_it_and_the_qdq_form():
     """A QOperator operator outside those run (com.microsoft ``QLinearWhere``): refused by name,
     with the form that runs."""

@@ -145,6 +145,25 @@ fn contrib_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] 
             (5, "gamma", Norm),
             (6, "beta", Norm),
         ],
+        // quantize_dynamic's form of the above (a BERT the transformer optimizer fused): uint8
+        // tables and normalisation, each with its scale and zero point.
+        "QEmbedLayerNormalization" => &[
+            (2, "word_embedding_quant", Main),
+            (3, "position_embedding_quant", Main),
+            (4, "segment_embedding_quant", Main),
+            (5, "gamma_quant", Norm),
+            (6, "beta_quant", Norm),
+            (8, "word_embedding_scale", Quant),
+            (9, "position_embedding_scale", Quant),
+            (10, "segment_embedding_scale", Quant),
+            (11, "gamma_scale", Quant),
+            (12, "beta_scale", Quant),
+            (13, "word_embedding_zero_point", Quant),
+            (14, "position_embedding_zero_point", Quant),
+            (15, "segment_embedding_zero_point", Quant),
+            (16, "gamma_zero_point", Quant),
+            (17, "beta_zero_point", Quant),
+        ],
         "SkipLayerNormalization" => &[(2, "gamma", Norm), (3, "beta", Norm), (4, "bias", Bias)],
         "BiasGelu" | "FastGelu" => &[(1, "bias", Bias)],
         _ => &[],
@@ -228,7 +247,9 @@ pub(super) fn data_inputs(op_type: &str, n_inputs: usize) -> std::ops::Range<usi
 pub(super) fn role_of(model: &Model, onnx: bool, op: &str, kind: WeightKind, tensor: TensorId) -> TensorRole {
     match kind {
         WeightKind::Main => match op {
-            "Gather" | "GatherBlockQuantized" | "EmbedLayerNormalization" => TensorRole::Embedding,
+            "Gather" | "GatherBlockQuantized" | "EmbedLayerNormalization" | "QEmbedLayerNormalization" => {
+                TensorRole::Embedding
+            }
             "LSTM" | "GRU" | "RNN" | "DynamicQuantizeLSTM" => TensorRole::Recurrent,
             _ => TensorRole::Weight,
         },

@@ -218,6 +218,7 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             ms("MatMulNBits", &["x", "Wq", "scales"], "h"),
             node("Attention", &["h", "K", "V"], &["y"], "onnx_attention"),
             ms("DynamicQuantizeLSTM", &["x", "Wl", "Rl", "Bl", "", "", "", "", "Wls"], "l"),
+            ms("QEmbedLayerNormalization", &["ids", "", "Eq", "Pq", "", "Gq", "Bq", "", "Es"], "e"),
         ],
         &[
             packed,
@@ -227,6 +228,11 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             float_tensor("Rl", &[1, 2, 8], &[0.5; 16]),
             float_tensor("Bl", &[1, 16], &[0.0; 16]),
             float_tensor("Wls", &[1], &[0.1]),
+            uint8_tensor("Eq", &[2, 2]),
+            uint8_tensor("Pq", &[2, 2]),
+            uint8_tensor("Gq", &[2]),
+            uint8_tensor("Bq", &[2]),
+            float_tensor("Es", &[1], &[0.1]),
         ],
     );
     let w = by_name(&m);
@@ -249,6 +255,37 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             ("W_scale", WeightKind::Quant, TensorRole::Quant)
         ]
     );
+    // quantize_dynamic's fused BERT embedding: its uint8 tables are embeddings (an integer
+    // constant outside the table would not be a weight at all).
+    let roles: Vec<_> = ["Eq", "Pq", "Gq", "Bq", "Es"]
+        .iter()
+        .map(|n| (w[*n].uses[0].role, w[*n].uses[0].kind, w[*n].uses[0].tensor_role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("word_embedding_quant", WeightKind::Main, TensorRole::Embedding),
+            ("position_embedding_quant", WeightKind::Main, TensorRole::Embedding),
+            ("gamma_quant", WeightKind::Norm, TensorRole::Norm),
+            ("beta_quant", WeightKind::Norm, TensorRole::Norm),
+            ("word_embedding_scale", WeightKind::Quant, TensorRole::Quant)
+        ]
+    );
+}
+
+/// A UINT8 tensor of `dims` (raw data 1, 2, 3, …).
+fn uint8_tensor(name: &str, dims: &[i64]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        crate::wire::put_tag(&mut t, 1, crate::wire::WireType::Varint);
+        crate::wire::put_varint(&mut t, d as u64);
+    }
+    crate::wire::put_tag(&mut t, 2, crate::wire::WireType::Varint);
+    crate::wire::put_varint(&mut t, 2); // UINT8
+    put_len_field(&mut t, 8, name.as_bytes());
+    let n: i64 = dims.iter().product();
+    put_len_field(&mut t, 9, &(1..=n as u8).collect::<Vec<_>>());
+    t
 }
 
 #[test]

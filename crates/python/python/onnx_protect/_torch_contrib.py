@@ -76,12 +76,19 @@ def _attention(ins, a, opset):
     added, ``attention_bias`` added; with ``past`` (``[2, B, heads, P, head size]``) its keys and
     values come before the input's, the input's queries at positions ``P …``; outputs the result
     and, when K and V have one size, ``present`` (past and the input's keys and values)."""
-    if _given(ins, 6) is not None or a.get("past_present_share_buffer", 0) or a.get("do_rotary", 0):
+    if _given(ins, 6) is not None:
+        raise Unsupported("Attention with a shared past buffer")
+    x, w, bias = ins[0], ins[1], _given(ins, 2)
+    return attend(x @ w + (bias if bias is not None else 0), a, _given(ins, 3), _given(ins, 4), _given(ins, 5))
+
+
+def attend(qkv, a, mask, past, attention_bias):
+    """Attention's heads over ``qkv`` (``[B, S, Q + K + V]``, the input's projection): as
+    :func:`_attention` says, for it and for the quantised ``QAttention``."""
+    if a.get("past_present_share_buffer", 0) or a.get("do_rotary", 0):
         raise Unsupported("Attention with a shared past buffer or rotary embeddings")
-    x, w, bias, mask, past = ins[0], ins[1], _given(ins, 2), _given(ins, 3), _given(ins, 4)
-    heads, (b, s) = int(a["num_heads"]), x.shape[:2]
-    qkv = x @ w + (bias if bias is not None else 0)
-    sizes = [int(v) for v in a.get("qkv_hidden_sizes", [])] or [w.shape[1] // 3] * 3
+    heads, (b, s) = int(a["num_heads"]), qkv.shape[:2]
+    sizes = [int(v) for v in a.get("qkv_hidden_sizes", [])] or [qkv.shape[-1] // 3] * 3
     q, k, v = (t.reshape(b, s, heads, -1).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
     p = past.shape[3] if past is not None else 0
     if past is not None:
@@ -94,8 +101,8 @@ def _attention(ins, a, opset):
     if a.get("unidirectional", 0):
         hidden = hidden | torch.ones(s, total, dtype=torch.bool).triu(p + 1)
     scores = scores + hidden.to(scores.dtype) * a.get("mask_filter_value", -10000.0)
-    if _given(ins, 5) is not None:
-        scores = scores + ins[5]
+    if attention_bias is not None:
+        scores = scores + attention_bias
     out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, -1)
     return [out, torch.stack([k, v])] if k.shape == v.shape else [out]
 

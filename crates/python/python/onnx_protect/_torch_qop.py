@@ -33,9 +33,11 @@ from ._torch_quant import _TORCH_TO_ONNX, RANGES, Quantized, _along, fit
 # of the int32 bias or -1), and the default domain's operator whose weights theirs are.
 WEIGHTED = {"QLinearConv": (3, 4, 5, 8, "Conv"), "QLinearMatMul": (3, 4, 5, -1, "MatMul"),
             "QGemm": (3, 4, 5, 6, "Gemm"), "DynamicQuantizeMatMul": (1, 2, 3, -1, "MatMul"),
-            "MatMulIntegerToFloat": (1, 3, 5, -1, "MatMul")}
+            "MatMulIntegerToFloat": (1, 3, 5, -1, "MatMul"), "QAttention": (1, 4, 7, -1, "MatMul")}
 # Those of them in onnxruntime's com.microsoft domain (the others are the default domain's).
-CONTRIB_WEIGHTED = {"QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+CONTRIB_WEIGHTED = {"QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
+# QEmbedLayerNormalization's tables: (input, its scale, its zero point).
+EMBED_TABLES = [(2, 8, 13), (3, 9, 14), (4, 10, 15), (5, 11, 16), (6, 12, 17)]
 
 
 def _round(v: torch.Tensor) -> torch.Tensor:
@@ -145,6 +147,37 @@ def _matmul_integer_to_float(ins, a, opset):
     return [_integer_product(x, w, ins[2].float() * ins[3].float(), _given(ins, 6))]
 
 
+def _qattention(ins, a, opset):
+    """``QAttention``: the quantised input's product with the integer weight (zero points off)
+    times ``input_scale · weight_scale``, plus the bias, then ``Attention``'s heads (past
+    state as input 8)."""
+    from ._torch_contrib import attend
+
+    x = _centred(ins[0], _given(ins, 6), 0)
+    w = _centred(ins[1], _given(ins, 7), 1)
+    qkv = _integer_product(x, w, ins[3].float() * ins[4].float(), _given(ins, 2))
+    return attend(qkv, a, _given(ins, 5), _given(ins, 8), None)
+
+
+def _qembed_layer_norm(ins, a, opset):
+    """``QEmbedLayerNormalization``: ``EmbedLayerNormalization`` over its tables dequantised
+    (:func:`embed_tables`)."""
+    from ._torch_contrib import _embed_layer_norm
+
+    return _embed_layer_norm(ins[:8], a, opset)
+
+
+def embed_tables(ins: list, trained: set[int]) -> list:
+    """The inputs of a ``QEmbedLayerNormalization`` with each table in floats: dequantised with
+    its scale and zero point, or as it is where it is a weight trained as floats (``trained``:
+    those inputs)."""
+    ins = list(ins)
+    for t, sc, zp in EMBED_TABLES:
+        if _given(ins, t) is not None and t not in trained:
+            ins[t] = _dequantize(ins[t], ins[sc], _given(ins, zp))
+    return ins
+
+
 def _qlinear_add(ins, a, opset):
     x, xs, xzp, y, ys, yzp, cs = ins[:7]
     czp = _given(ins, 7)
@@ -201,7 +234,8 @@ def _through_floats(op: str, **fixed):
 
 QOP_OPS = {"QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul}
 QOP_CONTRIB = {"QGemm": _qgemm, "DynamicQuantizeMatMul": _dynamic_quantize_matmul,
-               "MatMulIntegerToFloat": _matmul_integer_to_float, "QLinearAdd": _qlinear_add, "QLinearMul": _qlinear_mul,
+               "MatMulIntegerToFloat": _matmul_integer_to_float, "QAttention": _qattention,
+               "QEmbedLayerNormalization": _qembed_layer_norm, "QLinearAdd": _qlinear_add, "QLinearMul": _qlinear_mul,
                "QLinearConcat": _qlinear_concat, "QLinearGlobalAveragePool": _qlinear_global_pool,
                "QLinearAveragePool": _through_floats("AveragePool"), "QLinearSigmoid": _through_floats("Sigmoid"),
                "QLinearLeakyRelu": _through_floats("LeakyRelu"), "QLinearSoftmax": _through_floats("Softmax")}
@@ -210,7 +244,7 @@ QOP_CONTRIB = {"QGemm": _qgemm, "DynamicQuantizeMatMul": _dynamic_quantize_matmu
 # The inputs that are scales, by operator (QLinearConcat: its first and every third from the fourth).
 SCALES = {"QuantizeLinear": {1}, "DequantizeLinear": {1}, "QLinearConv": {1, 4, 6}, "QLinearMatMul": {1, 4, 6},
           "QGemm": {1, 4, 7}, "QLinearAdd": {1, 4, 6}, "QLinearMul": {1, 4, 6}, "DynamicQuantizeMatMul": {2},
-          "MatMulIntegerToFloat": {2, 3}}
+          "MatMulIntegerToFloat": {2, 3}, "QAttention": {3, 4}, "QEmbedLayerNormalization": {8, 9, 10, 11, 12}}
 
 
 def is_scale(op: str, i: int) -> bool:
@@ -228,6 +262,8 @@ def role(op: str, i: int) -> tuple[str, int]:
     spec = WEIGHTED.get(op)
     if spec is not None and i in (spec[0], spec[3]):
         return spec[4], 1 if i == spec[0] else 2
+    if op == "QEmbedLayerNormalization" and 2 <= i <= 6:
+        return "EmbedLayerNormalization", i
     return op, i
 
 
@@ -246,6 +282,9 @@ def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> d
     and weight scales), and how each dequantises (a weight's zero point is taken off)."""
     out = {}
     for n in graph.node:
+        if n.op_type == "QEmbedLayerNormalization" and n.domain == "com.microsoft":
+            out |= _embed_weights(n, readers, constants)
+            continue
         spec = WEIGHTED.get(n.op_type)
         if spec is None or n.domain not in (("com.microsoft",) if n.op_type in CONTRIB_WEIGHTED else ("", "ai.onnx")):
             continue
@@ -269,6 +308,28 @@ def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> d
         bs = (numpy_helper.to_array(xs).astype(np.float32) * ws).reshape(-1).astype(np.float32)
         out[bias] = Quantized(bias, bs, None, {"axis": 0}, onnx.TensorProto.INT32, bias_of=(n.input[1], scale),
                               rounds=True)
+    return out
+
+
+def _embed_weights(n: onnx.NodeProto, readers: dict, constants: dict) -> dict[str, Quantized]:
+    """The integer tables a ``QEmbedLayerNormalization`` reads, with a constant scale and zero
+    point, read by nothing else but (the normalisation's, as ``quantize_dynamic`` writes it) a
+    ``DequantizeLinear`` with the same scale and zero point: trained as the floats they stand
+    for (:func:`embed_tables` passes them on, as does that ``DequantizeLinear``)."""
+    out = {}
+    for t, sc, zp in EMBED_TABLES:
+        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
+        table, scale = constants.get(names[0]), constants.get(names[1])
+        zero = constants.get(names[2]) if names[2] else None
+        others = [u for u in readers.get(names[0], []) if u is not n]
+        same = all(u.op_type == "DequantizeLinear" and list(u.input) + [""] * (3 - len(u.input)) == names
+                   for u in others)
+        if table is None or scale is None or table.data_type not in RANGES or (names[2] and zero is None) \
+                or len(others) > 1 or not same:
+            continue
+        out[names[0]] = Quantized(names[0], numpy_helper.to_array(scale).astype(np.float32),
+                                  None if zero is None else numpy_helper.to_array(zero), {"axis": 0}, table.data_type,
+                                  passthrough=others[0].output[0] if others else "")
     return out
 
 

@@ -233,6 +233,7 @@ pub const KNOWN_OPS: &[&str] = &[
     "Attention",
     "QAttention",
     "EmbedLayerNormalization",
+    "QEmbedLayerNormalization",
     "SkipLayerNormalization",
 ];
 

@@ -180,6 +180,28 @@ def test_a_dynamically_quantised_bert_onnxruntime_optimised_runs_as_onnxruntime_
     ran(r, reused=["relearn", "finetune"])
 
 
+def test_a_qoperator_vit_s_constant_operands_are_encrypted_and_trained(tmp_path, data):
+    """The zoo's digits ViT in QOperator form adds its position embedding and its projections'
+    biases with ``QLinearAdd`` and multiplies by one attention scale in every head with
+    ``QLinearMul``, each an int8 constant: the built-in policy encrypts them, the interpreter
+    trains them as floats (read back as integers under their scales), and the attacks run."""
+    path = quantized(tmp_path, "vit", data[0], "qop")
+    model = onnx.load(path)
+    g = tg.TorchGraph(model)
+    trained = {k for k, q in g.quantized.items() if q.rounds}
+    adds = {n.input[i] for n in model.graph.node if n.op_type == "QLinearAdd" for i in (0, 3)} & trained
+    muls = {n.input[i] for n in model.graph.node if n.op_type == "QLinearMul" for i in (0, 3)} & trained
+    assert "pos_embed_quantized" in adds and muls, (adds, muls)
+    operands = adds | muls
+    enc = tmp_path / "vit.qop.enc.onnx"
+    onnx_protect.encrypt(path, enc, key=onnx_protect.new_key())
+    encrypted = {t["name"] for t in onnx_protect.inspect(enc)["protection"]["tensors"]}
+    assert set(operands) <= encrypted, sorted(set(operands) - encrypted)
+    r = assess.attack(enc, *data, sizes=(0.05,), seeds=1, steps=40, lrs=(1e-2,))
+    row = r["sizes"][0]
+    assert row["scratch"][0] > 0.2, row
+
+
 def test_the_int8_bert_of_onnxruntime_s_recipe_is_protected_whole_and_attacked(tmp_path):
     """onnxruntime's int8 BERT recipe: the transformer optimizer's fused model through
     ``quantize_dynamic`` gives com.microsoft ``QAttention`` and ``QEmbedLayerNormalization``.
@@ -295,7 +317,7 @@ def test_qoperator_models_run_as_onnxruntime_runs_them(source, ops, tmp_path, da
     err = tg.check(model, x)
     assert err <= (0.0 if source != "convmixer" else tg.QUANTISED_TOLERANCE), err
     g = tg.TorchGraph(model)
-    assert all(c.users and c.users[0][0] in ("Conv", "Gemm", "MatMul") for c in g.constants.values()
+    assert all(c.users and c.users[0][0] in ("Conv", "Gemm", "MatMul", "Add", "Mul") for c in g.constants.values()
                if c.quant is not None), [(c.name, c.users) for c in g.constants.values() if c.quant is not None]
     # Training reaches every weight through the rounding of the products.
     g.train()

@@ -166,9 +166,26 @@ fn contrib_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] 
         ],
         "SkipLayerNormalization" => &[(2, "gamma", Norm), (3, "beta", Norm), (4, "bias", Bias)],
         "BiasGelu" | "FastGelu" => &[(1, "bias", Bias)],
+        // QOperator quantisation's element-wise operators: a constant operand (a position
+        // embedding, a bias added after a QLinearMatMul, a class token concatenated) is a
+        // weight stored as integers.
+        "QLinearAdd" | "QLinearMul" => &[(0, "A", Other), (3, "B", Other)],
+        "QLinearConcat" => &QLINEAR_CONCAT,
         _ => &[],
     }
 }
+
+/// `QLinearConcat`'s inputs: `Y_scale`, `Y_zero_point`, then (tensor, scale, zero point) for
+/// each input; the tensors of its first 32 inputs.
+const QLINEAR_CONCAT: [(usize, &str, WeightKind); 32] = {
+    let mut table = [(0, "X", WeightKind::Other); 32];
+    let mut i = 0;
+    while i < table.len() {
+        table[i].0 = 2 + 3 * i;
+        i += 1;
+    }
+    table
+};
 
 /// The weight inputs of default-domain operators.
 fn onnx_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] {

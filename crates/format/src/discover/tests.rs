@@ -219,6 +219,8 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             node("Attention", &["h", "K", "V"], &["y"], "onnx_attention"),
             ms("DynamicQuantizeLSTM", &["x", "Wl", "Rl", "Bl", "", "", "", "", "Wls"], "l"),
             ms("QEmbedLayerNormalization", &["ids", "", "Eq", "Pq", "", "Gq", "Bq", "", "Es"], "e"),
+            ms("QLinearAdd", &["h", "hs", "hz", "Aq", "As", "Az", "ys", "yz"], "a"),
+            ms("QLinearConcat", &["ys", "yz", "h", "hs", "hz", "Cq", "Cs", "Cz"], "c"),
         ],
         &[
             packed,
@@ -233,6 +235,9 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             uint8_tensor("Gq", &[2]),
             uint8_tensor("Bq", &[2]),
             float_tensor("Es", &[1], &[0.1]),
+            uint8_tensor("Aq", &[2, 2]),
+            uint8_tensor("Az", &[1]),
+            uint8_tensor("Cq", &[1, 2]),
         ],
     );
     let w = by_name(&m);
@@ -271,6 +276,11 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             ("word_embedding_scale", WeightKind::Quant, TensorRole::Quant)
         ]
     );
+    // QOperator quantisation's constant operands (a position embedding added, a class token
+    // concatenated) are weights; their zero points are not.
+    assert_eq!((w["Aq"].uses[0].role, w["Aq"].uses[0].kind), ("B", WeightKind::Other));
+    assert_eq!((w["Cq"].uses[0].role, w["Cq"].uses[0].kind), ("X", WeightKind::Other));
+    assert!(!w.contains_key("Az"));
 }
 
 /// A UINT8 tensor of `dims` (raw data 1, 2, 3, …).

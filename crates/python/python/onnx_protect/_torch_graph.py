@@ -48,7 +48,8 @@ from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES,  # noqa:
                             data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
 from ._torch_contrib import CONTRIB, CONTRIB_OPS, FUSED
 from ._torch_order import in_order
-from ._torch_qop import QOP_CONTRIB, QOP_OPS, WEIGHTED, as_integers, embed_tables, role
+from ._torch_qop import (OPERANDS, QOP_CONTRIB, QOP_OPS, WEIGHTED, as_integers, embed_tables,
+                        operands_as_integers, role)
 from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
@@ -325,6 +326,9 @@ class TorchGraph(torch.nn.Module):
                 ins = as_integers(node.op_type, ins, q, get) if q else ins
             elif node.op_type == "QEmbedLayerNormalization":
                 ins = embed_tables(ins, {i for i, v in enumerate(node.input) if v in self.quantized})
+            elif node.op_type in OPERANDS:
+                q = {i: self.quantized[v] for i, v in enumerate(node.input) if v in self.quantized}
+                ins = operands_as_integers(node.op_type, ins, q) if q else ins
             if self.batch and node.op_type in BATCHED_SHAPES and len(ins) > 1 and node.input[1] not in env:
                 ins[1] = with_batch(node.op_type, ins, self.batch, batch)
             elif self.batch and node.op_type == "Concat":

@@ -36,6 +36,18 @@ WEIGHTED = {"QLinearConv": (3, 4, 5, 8, "Conv"), "QLinearMatMul": (3, 4, 5, -1, 
             "MatMulIntegerToFloat": (1, 3, 5, -1, "MatMul"), "QAttention": (1, 4, 7, -1, "MatMul")}
 # Those of them in onnxruntime's com.microsoft domain (the others are the default domain's).
 CONTRIB_WEIGHTED = {"QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
+# Element-wise operators whose operands may be constants (a position embedding, a bias added
+# after a QLinearMatMul, a class token): (input, its scale, its zero point) of each.
+OPERANDS = {"QLinearAdd": [(0, 1, 2), (3, 4, 5)], "QLinearMul": [(0, 1, 2), (3, 4, 5)], "QLinearConcat": []}
+
+
+def operands(op: str, inputs: int) -> list[tuple[int, int, int]]:
+    """The (operand, scale, zero point) inputs of an element-wise QOperator operator."""
+    if op == "QLinearConcat":
+        return [(i, i + 1, i + 2) for i in range(2, inputs, 3)]
+    return OPERANDS.get(op, [])
+
+
 # QEmbedLayerNormalization's tables: (input, its scale, its zero point).
 EMBED_TABLES = [(2, 8, 13), (3, 9, 14), (4, 10, 15), (5, 11, 16), (6, 12, 17)]
 
@@ -264,6 +276,10 @@ def role(op: str, i: int) -> tuple[str, int]:
         return spec[4], 1 if i == spec[0] else 2
     if op == "QEmbedLayerNormalization" and 2 <= i <= 6:
         return "EmbedLayerNormalization", i
+    if op in ("QLinearAdd", "QLinearMul") and i in (0, 3):
+        return op[7:], i // 3
+    if op == "QLinearConcat" and i >= 2 and i % 3 == 2:
+        return "Concat", (i - 2) // 3
     return op, i
 
 
@@ -284,6 +300,9 @@ def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> d
     for n in graph.node:
         if n.op_type == "QEmbedLayerNormalization" and n.domain == "com.microsoft":
             out |= _embed_weights(n, readers, constants)
+            continue
+        if n.op_type in OPERANDS and n.domain == "com.microsoft":
+            out |= _operand_weights(n, readers, constants)
             continue
         spec = WEIGHTED.get(n.op_type)
         if spec is None or n.domain not in (("com.microsoft",) if n.op_type in CONTRIB_WEIGHTED else ("", "ai.onnx")):
@@ -331,6 +350,51 @@ def _embed_weights(n: onnx.NodeProto, readers: dict, constants: dict) -> dict[st
                                   None if zero is None else numpy_helper.to_array(zero), {"axis": 0}, table.data_type,
                                   passthrough=others[0].output[0] if others else "")
     return out
+
+
+def _operand_of(n: onnx.NodeProto, name: str) -> list[str] | None:
+    """The (operand, scale, zero point) names where node ``n`` reads ``name`` as an operand of
+    an element-wise QOperator operator, else ``None``."""
+    if n.domain != "com.microsoft" or n.op_type not in OPERANDS:
+        return None
+    for t, sc, zp in operands(n.op_type, len(n.input)):
+        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
+        if names[0] == name:
+            return names
+    return None
+
+
+def _operand_weights(n: onnx.NodeProto, readers: dict, constants: dict) -> dict[str, Quantized]:
+    """The integer constants an element-wise QOperator operator reads as an operand, with a
+    constant scale and zero point, read by nothing else but such operands with the same scale
+    and zero point (one constant multiplier of every attention head): trained as floats, read
+    back as integers under the scale's current value (:func:`operands_as_integers`)."""
+    out = {}
+    for t, sc, zp in operands(n.op_type, len(n.input)):
+        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
+        table, scale = constants.get(names[0]), constants.get(names[1])
+        zero = constants.get(names[2]) if names[2] else None
+        if table is None or scale is None or table.data_type not in RANGES or (names[2] and zero is None) \
+                or any(_operand_of(u, names[0]) != names for u in readers.get(names[0], [])):
+            continue
+        s = numpy_helper.to_array(scale).astype(np.float32)
+        out[names[0]] = Quantized(names[0], s, None if zero is None else numpy_helper.to_array(zero), {"axis": 0},
+                                  table.data_type, names[1], rounds=True)
+    return out
+
+
+def operands_as_integers(op: str, ins: list, q: dict) -> list:
+    """The inputs of an element-wise QOperator operator whose constant operands are trained as
+    floats: each divided by its scale's current value and rounded (zero point off)."""
+    ins = list(ins)
+    for t, sc, zp in operands(op, len(ins)):
+        w = q.get(t)
+        if w is not None:
+            fit(ins[sc], ins[t], None if w.zp is None else torch.from_numpy(np.array(w.zp)))
+            ins[t] = _round(ins[t] / ins[sc].float())
+            if len(ins) > zp:
+                ins[zp] = None
+    return ins
 
 
 def as_integers(op: str, ins: list, q: dict, get) -> list:

@@ -235,6 +235,9 @@ pub const KNOWN_OPS: &[&str] = &[
     "EmbedLayerNormalization",
     "QEmbedLayerNormalization",
     "SkipLayerNormalization",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearConcat",
 ];
 
 /// Coefficient of a rule that a policy file or an override adds without giving one

@@ -188,6 +188,7 @@ fn encrypt_as(
         done.weight_bytes,
     )
     .into_iter()
+    .chain(onnx_protect_select::risk::attribute_parameters_warning(&model))
     .collect();
     let report = EncryptReport {
         input: input.display().to_string(),
@@ -237,6 +238,7 @@ pub fn encrypt_plan(input: &Path, opts: &EncryptOptions) -> Result<EncryptReport
     let weights = onnx_protect_format::discover(&model);
     let warnings = onnx_protect_select::risk::relearning_warning(&model, &weights, clear_bytes, weight_bytes)
         .into_iter()
+        .chain(onnx_protect_select::risk::attribute_parameters_warning(&model))
         .collect();
     Ok(EncryptReport {
         input: input.display().to_string(),

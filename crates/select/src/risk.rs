@@ -179,3 +179,42 @@ pub fn relearning_warning(model: &Model, weights: &[Weight], clear_bytes: u64, w
         m.gap,
     ))
 }
+
+/// `ai.onnx.ml` operators that keep learnt parameters in node attribute lists (coefficients,
+/// intercepts, support vectors, tree thresholds and leaf values, offsets and scales, imputed
+/// values, thresholds): the format encrypts tensors, so these stay clear.
+const ATTRIBUTE_PARAMETERS: &[&str] = &[
+    "LinearClassifier",
+    "LinearRegressor",
+    "SVMClassifier",
+    "SVMRegressor",
+    "TreeEnsembleClassifier",
+    "TreeEnsembleRegressor",
+    "TreeEnsemble",
+    "Scaler",
+    "Imputer",
+    "Binarizer",
+];
+
+/// A warning naming the nodes (up to five) that keep learnt parameters in attribute lists,
+/// which no policy encrypts; `None` when the model has none.
+pub fn attribute_parameters_warning(model: &Model) -> Option<String> {
+    let nodes: Vec<String> = model
+        .nodes
+        .iter()
+        .filter(|n| n.domain == "ai.onnx.ml" && ATTRIBUTE_PARAMETERS.contains(&n.op_type.as_str()))
+        .map(|n| n.label())
+        .collect();
+    let (first, more) = nodes.split_at(nodes.len().min(5));
+    let more = if more.is_empty() { String::new() } else { format!(" and {} more", more.len()) };
+    (!nodes.is_empty()).then(|| {
+        format!(
+            "{} ai.onnx.ml node{} keep{} learnt parameters in attribute lists, which are not encrypted (whoever \
+             has the file has them): {}{more}",
+            nodes.len(),
+            if nodes.len() == 1 { "" } else { "s" },
+            if nodes.len() == 1 { "s" } else { "" },
+            first.join(", ")
+        )
+    })
+}

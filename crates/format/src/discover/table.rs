@@ -170,6 +170,18 @@ fn contrib_roles(op_type: &str) -> &'static [(usize, &'static str, WeightKind)] 
         // embedding, a bias added after a QLinearMatMul, a class token concatenated) is a
         // weight stored as integers.
         "QLinearAdd" | "QLinearMul" => &[(0, "A", Other), (3, "B", Other)],
+        // A mixture of experts with 8-bit or 4-bit expert weights (onnxruntime-genai's MoE models).
+        "QMoE" => &[
+            (2, "fc1_experts_weights", Main),
+            (3, "fc1_scales", Quant),
+            (4, "fc1_experts_bias", Bias),
+            (5, "fc2_experts_weights", Main),
+            (6, "fc2_scales", Quant),
+            (7, "fc2_experts_bias", Bias),
+            (8, "fc3_experts_weights", Main),
+            (9, "fc3_scales", Quant),
+            (10, "fc3_experts_bias", Bias),
+        ],
         "QLinearConcat" => &QLINEAR_CONCAT,
         _ => &[],
     }

@@ -221,6 +221,7 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             ms("QEmbedLayerNormalization", &["ids", "", "Eq", "Pq", "", "Gq", "Bq", "", "Es"], "e"),
             ms("QLinearAdd", &["h", "hs", "hz", "Aq", "As", "Az", "ys", "yz"], "a"),
             ms("QLinearConcat", &["ys", "yz", "h", "hs", "hz", "Cq", "Cs", "Cz"], "c"),
+            ms("QMoE", &["h", "r", "F1", "F1s", "", "F2", "F2s"], "moe"),
         ],
         &[
             packed,
@@ -238,6 +239,10 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
             uint8_tensor("Aq", &[2, 2]),
             uint8_tensor("Az", &[1]),
             uint8_tensor("Cq", &[1, 2]),
+            uint8_tensor("F1", &[2, 2, 2]),
+            uint8_tensor("F2", &[2, 2, 2]),
+            float_tensor("F1s", &[2, 2], &[0.1; 4]),
+            float_tensor("F2s", &[2, 2], &[0.1; 4]),
         ],
     );
     let w = by_name(&m);
@@ -281,6 +286,16 @@ fn onnxruntime_contrib_operators_have_weights_and_other_domains_do_not() {
     assert_eq!((w["Aq"].uses[0].role, w["Aq"].uses[0].kind), ("B", WeightKind::Other));
     assert_eq!((w["Cq"].uses[0].role, w["Cq"].uses[0].kind), ("X", WeightKind::Other));
     assert!(!w.contains_key("Az"));
+    // A quantised mixture of experts' uint8 expert weights, and their scales.
+    let moe: Vec<_> = ["F1", "F2", "F1s"].iter().map(|n| (w[*n].uses[0].role, w[*n].uses[0].kind)).collect();
+    assert_eq!(
+        moe,
+        [
+            ("fc1_experts_weights", WeightKind::Main),
+            ("fc2_experts_weights", WeightKind::Main),
+            ("fc1_scales", WeightKind::Quant)
+        ]
+    );
 }
 
 /// A UINT8 tensor of `dims` (raw data 1, 2, 3, …).

@@ -238,6 +238,7 @@ pub const KNOWN_OPS: &[&str] = &[
     "QLinearAdd",
     "QLinearMul",
     "QLinearConcat",
+    "QMoE",
 ];
 
 /// Coefficient of a rule that a policy file or an override adds without giving one

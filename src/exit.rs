@@ -334,6 +334,15 @@ fn format_error<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a FormatError>
 /// An optional hint line for the user.
 pub fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
+        #[cfg(feature = "tract")]
+        if let Some(onnx_protect_runtime::RuntimeError::UnsupportedOps { .. }) =
+            cause.downcast_ref::<onnx_protect_runtime::RuntimeError>()
+        {
+            return Some(
+                "onnxruntime runs it: the Python package's InferenceSession opens the protected model, and python3 -m \
+                 onnx_protect.assess runs the training attacks (docs/protection.md#training-attacks)",
+            );
+        }
         if let Some(c) = cause.downcast_ref::<CoreError>() {
             match c.kind() {
                 CoreKind::WrongKey => {

@@ -388,6 +388,7 @@ mod with_tract {
         let (code, _, err) = run(&["run", m.to_str().unwrap(), "--input", &format!("x={}", x.display())]);
         assert_ne!(code, 0);
         assert!(err.contains("tract cannot run operator FrobnicateTensor (node 'frob')"), "{err}");
+        assert!(err.contains("hint: onnxruntime runs it: the Python package's InferenceSession"), "{err}");
     }
 
     #[test]

@@ -48,8 +48,7 @@ from ._torch_inputs import (BATCHED_SHAPES, FILLED_INPUTS, FLOAT_TYPES,  # noqa:
                             data_inputs, filled_input_types, filled_inputs, static_batch, with_batch)
 from ._torch_contrib import CONTRIB, CONTRIB_OPS, FUSED
 from ._torch_order import in_order
-from ._torch_qop import (OPERANDS, QOP_CONTRIB, QOP_OPS, WEIGHTED, as_integers, embed_tables,
-                        operands_as_integers, role)
+from ._torch_qop import OPERANDS, QOP_CONTRIB, QOP_OPS, WEIGHTED, as_integers, embed_tables, role
 from ._torch_control import CONTROL, CONTROL_OPS, all_nodes, subgraphs
 from ._torch_folded import ACTIVATIONS, NORM_OPS, folded_batchnorm_convs  # noqa: F401 (API)
 from ._torch_inline import _inline_cached, inline, inlined  # noqa: F401 (inline, inlined: API)
@@ -321,14 +320,11 @@ class TorchGraph(torch.nn.Module):
             if node.op_type in INTEGER_OPS and node.input[1] in self.dynamic:
                 q = self.dynamic[node.input[1]]  # its float values: the product reads them scaled back
                 ins = [ins[0], scaled(ins[1], get(q.scale_name), q), *ins[2:3]]
-            elif node.op_type in WEIGHTED:
+            elif node.op_type in WEIGHTED or node.op_type in OPERANDS:
                 q = {i: self.quantized[v] for i, v in enumerate(node.input) if v in self.quantized}
                 ins = as_integers(node.op_type, ins, q, get) if q else ins
             elif node.op_type == "QEmbedLayerNormalization":
                 ins = embed_tables(ins, {i for i, v in enumerate(node.input) if v in self.quantized})
-            elif node.op_type in OPERANDS:
-                q = {i: self.quantized[v] for i, v in enumerate(node.input) if v in self.quantized}
-                ins = operands_as_integers(node.op_type, ins, q) if q else ins
             if self.batch and node.op_type in BATCHED_SHAPES and len(ins) > 1 and node.input[1] not in env:
                 ins[1] = with_batch(node.op_type, ins, self.batch, batch)
             elif self.batch and node.op_type == "Concat":

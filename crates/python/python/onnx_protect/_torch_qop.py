@@ -48,6 +48,21 @@ def operands(op: str, inputs: int) -> list[tuple[int, int, int]]:
     return OPERANDS.get(op, [])
 
 
+def slots(op: str, inputs: int) -> list[tuple[int, int, int]]:
+    """The (integer input, its scale, its zero point) inputs of a QOperator operator that a
+    constant weight or operand can fill: a product's weight, an element-wise operator's operands."""
+    if op in WEIGHTED:
+        return [WEIGHTED[op][:3]]
+    return operands(op, inputs)
+
+
+def _reads_integers(n: onnx.NodeProto) -> bool:
+    """Whether node ``n`` is a QOperator operator with :func:`slots`, in its own domain."""
+    if n.op_type in OPERANDS or n.op_type in CONTRIB_WEIGHTED:
+        return n.domain == "com.microsoft"
+    return n.op_type in WEIGHTED and n.domain in ("", "ai.onnx")
+
+
 # QEmbedLayerNormalization's tables: (input, its scale, its zero point).
 EMBED_TABLES = [(2, 8, 13), (3, 9, 14), (4, 10, 15), (5, 11, 16), (6, 12, 17)]
 
@@ -292,40 +307,62 @@ def weight_axis(node: onnx.NodeProto, rank: int) -> int:
     return rank - 1
 
 
+def _triple(n: onnx.NodeProto, slot: tuple[int, int, int], constants: dict):
+    """The names of ``slot``'s inputs of node ``n``, with the integer constant in the first, its
+    constant scale and its constant zero point (``None`` without one); ``None`` if the first two
+    are not such constants or a zero point named is not constant."""
+    names = [n.input[i] if len(n.input) > i else "" for i in slot]
+    table, scale = constants.get(names[0]), constants.get(names[1])
+    zero = constants.get(names[2]) if names[2] else None
+    if table is None or scale is None or table.data_type not in RANGES or (names[2] and zero is None):
+        return None
+    return names, table, numpy_helper.to_array(scale).astype(np.float32), \
+        None if zero is None else numpy_helper.to_array(zero)
+
+
+def _slot_names(n: onnx.NodeProto, name: str) -> list[str] | None:
+    """The names of the slot (:func:`slots`) in which node ``n`` reads ``name``, else ``None``."""
+    if not _reads_integers(n):
+        return None
+    for slot in slots(n.op_type, len(n.input)):
+        names = [n.input[i] if len(n.input) > i else "" for i in slot]
+        if names[0] == name:
+            return names
+    return None
+
+
 def qlinear_weights(graph: onnx.GraphProto, readers: dict, constants: dict) -> dict[str, Quantized]:
-    """The integer constants that a ``QLinearConv``, ``QLinearMatMul`` or ``QGemm`` alone
-    reads as its weight (constant scale and zero point) or as its int32 bias (constant input
-    and weight scales), and how each dequantises (a weight's zero point is taken off)."""
+    """The integer constants that QOperator operators read in their :func:`slots` (a product's
+    weight, an element-wise operator's operand), each with a constant scale and zero point and
+    read by nothing else but slots with the same scale and zero point (one attention scale for
+    every head); a product's int32 bias (constant input and weight scales); a
+    ``QEmbedLayerNormalization``'s tables (:func:`_embed_weights`). All are trained as the
+    floats they stand for; where a product reads them, :func:`as_integers` reads them back."""
     out = {}
     for n in graph.node:
         if n.op_type == "QEmbedLayerNormalization" and n.domain == "com.microsoft":
             out |= _embed_weights(n, readers, constants)
             continue
-        if n.op_type in OPERANDS and n.domain == "com.microsoft":
-            out |= _operand_weights(n, readers, constants)
+        if not _reads_integers(n):
             continue
-        spec = WEIGHTED.get(n.op_type)
-        if spec is None or n.domain not in (("com.microsoft",) if n.op_type in CONTRIB_WEIGHTED else ("", "ai.onnx")):
-            continue
-        wi, si, zi, bi, _ = spec
-        name = n.input[wi] if len(n.input) > wi else ""
-        scale = n.input[si] if len(n.input) > si else ""
-        zp_name = n.input[zi] if len(n.input) > zi else ""
-        t, s, zp = constants.get(name), constants.get(scale), constants.get(zp_name) if zp_name else None
-        if t is None or s is None or t.data_type not in RANGES or len(readers.get(name, [])) != 1 \
-                or (zp_name and zp is None):
-            continue
-        ws = numpy_helper.to_array(s).astype(np.float32)
-        axis = weight_axis(n, len(t.dims))
-        out[name] = Quantized(name, ws, None if zp is None else numpy_helper.to_array(zp), {"axis": axis},
-                              t.data_type, scale, rounds=True)
+        for slot in slots(n.op_type, len(n.input)):
+            found = _triple(n, slot, constants)
+            if found is None:
+                continue
+            names, t, scale, zero = found
+            if any(_slot_names(u, names[0]) != names for u in readers.get(names[0], [])):
+                continue
+            axis = weight_axis(n, len(t.dims)) if n.op_type in WEIGHTED else 0
+            out[names[0]] = Quantized(names[0], scale, zero, {"axis": axis}, t.data_type, names[1], rounds=True)
+        bi = WEIGHTED[n.op_type][3] if n.op_type in WEIGHTED else -1
+        w = out.get(n.input[WEIGHTED[n.op_type][0]]) if n.op_type in WEIGHTED else None
         bias = n.input[bi] if bi >= 0 and len(n.input) > bi else ""
         b, xs = constants.get(bias), constants.get(n.input[1]) if bias else None
-        if b is None or xs is None or b.data_type != onnx.TensorProto.INT32 or len(b.dims) > 1 \
+        if w is None or b is None or xs is None or b.data_type != onnx.TensorProto.INT32 or len(b.dims) > 1 \
                 or len(readers.get(bias, [])) != 1:
             continue
-        bs = (numpy_helper.to_array(xs).astype(np.float32) * ws).reshape(-1).astype(np.float32)
-        out[bias] = Quantized(bias, bs, None, {"axis": 0}, onnx.TensorProto.INT32, bias_of=(n.input[1], scale),
+        bs = (numpy_helper.to_array(xs).astype(np.float32) * w.scale).reshape(-1).astype(np.float32)
+        out[bias] = Quantized(bias, bs, None, {"axis": 0}, onnx.TensorProto.INT32, bias_of=(n.input[1], w.scale_name),
                               rounds=True)
     return out
 
@@ -336,82 +373,36 @@ def _embed_weights(n: onnx.NodeProto, readers: dict, constants: dict) -> dict[st
     ``DequantizeLinear`` with the same scale and zero point: trained as the floats they stand
     for (:func:`embed_tables` passes them on, as does that ``DequantizeLinear``)."""
     out = {}
-    for t, sc, zp in EMBED_TABLES:
-        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
-        table, scale = constants.get(names[0]), constants.get(names[1])
-        zero = constants.get(names[2]) if names[2] else None
-        others = [u for u in readers.get(names[0], []) if u is not n]
-        same = all(u.op_type == "DequantizeLinear" and list(u.input) + [""] * (3 - len(u.input)) == names
-                   for u in others)
-        if table is None or scale is None or table.data_type not in RANGES or (names[2] and zero is None) \
-                or len(others) > 1 or not same:
+    for slot in EMBED_TABLES:
+        found = _triple(n, slot, constants)
+        if found is None:
             continue
-        out[names[0]] = Quantized(names[0], numpy_helper.to_array(scale).astype(np.float32),
-                                  None if zero is None else numpy_helper.to_array(zero), {"axis": 0}, table.data_type,
+        names, table, scale, zero = found
+        others = [u for u in readers.get(names[0], []) if u is not n]
+        if len(others) > 1 or any(u.op_type != "DequantizeLinear" or list(u.input) + [""] * (3 - len(u.input)) != names
+                                  for u in others):
+            continue
+        out[names[0]] = Quantized(names[0], scale, zero, {"axis": 0}, table.data_type,
                                   passthrough=others[0].output[0] if others else "")
     return out
 
 
-def _operand_of(n: onnx.NodeProto, name: str) -> list[str] | None:
-    """The (operand, scale, zero point) names where node ``n`` reads ``name`` as an operand of
-    an element-wise QOperator operator, else ``None``."""
-    if n.domain != "com.microsoft" or n.op_type not in OPERANDS:
-        return None
-    for t, sc, zp in operands(n.op_type, len(n.input)):
-        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
-        if names[0] == name:
-            return names
-    return None
-
-
-def _operand_weights(n: onnx.NodeProto, readers: dict, constants: dict) -> dict[str, Quantized]:
-    """The integer constants an element-wise QOperator operator reads as an operand, with a
-    constant scale and zero point, read by nothing else but such operands with the same scale
-    and zero point (one constant multiplier of every attention head): trained as floats, read
-    back as integers under the scale's current value (:func:`operands_as_integers`)."""
-    out = {}
-    for t, sc, zp in operands(n.op_type, len(n.input)):
-        names = [n.input[i] if len(n.input) > i else "" for i in (t, sc, zp)]
-        table, scale = constants.get(names[0]), constants.get(names[1])
-        zero = constants.get(names[2]) if names[2] else None
-        if table is None or scale is None or table.data_type not in RANGES or (names[2] and zero is None) \
-                or any(_operand_of(u, names[0]) != names for u in readers.get(names[0], [])):
-            continue
-        s = numpy_helper.to_array(scale).astype(np.float32)
-        out[names[0]] = Quantized(names[0], s, None if zero is None else numpy_helper.to_array(zero), {"axis": 0},
-                                  table.data_type, names[1], rounds=True)
-    return out
-
-
-def operands_as_integers(op: str, ins: list, q: dict) -> list:
-    """The inputs of an element-wise QOperator operator whose constant operands are trained as
-    floats: each divided by its scale's current value and rounded (zero point off)."""
-    ins = list(ins)
-    for t, sc, zp in operands(op, len(ins)):
-        w = q.get(t)
-        if w is not None:
-            fit(ins[sc], ins[t], None if w.zp is None else torch.from_numpy(np.array(w.zp)))
-            ins[t] = _round(ins[t] / ins[sc].float())
-            if len(ins) > zp:
-                ins[zp] = None
-    return ins
-
-
 def as_integers(op: str, ins: list, q: dict, get) -> list:
-    """The inputs of a QLinear operator whose weight (and bias) are trained as floats: the
-    weight's values divided by its scale's current value (zero point off), the bias's by the
-    input's scale times the weight's."""
-    wi, si, zi, bi, _ = WEIGHTED[op]
+    """The inputs of a QOperator operator whose constants in :func:`slots` are trained as
+    floats (``q``: those of them, by input): each divided by its scale's current value and
+    rounded, its zero point off; a product's int32 bias divided by the input's scale times the
+    weight's."""
     ins = list(ins)
-    w = q.get(wi)
-    if w is not None:
-        zp = None if w.zp is None else torch.from_numpy(np.array(w.zp))
-        fit(ins[si], ins[wi], zp, w.a["axis"])
-        ins[wi] = _round(ins[wi] / _along(ins[si].float(), ins[wi], w.a["axis"], 0))
-        if len(ins) > zi:
-            ins[zi] = None
-    b = q.get(bi)
+    for t, sc, zp in slots(op, len(ins)):
+        w = q.get(t)
+        if w is None:
+            continue
+        fit(ins[sc], ins[t], None if w.zp is None else torch.from_numpy(np.array(w.zp)), w.a["axis"])
+        ins[t] = _round(ins[t] / _along(ins[sc].float(), ins[t], w.a["axis"], 0))
+        if len(ins) > zp:
+            ins[zp] = None
+    b = q.get(WEIGHTED[op][3]) if op in WEIGHTED else None
     if b is not None:
         xs, ws = (get(v).float() for v in b.bias_of)
-        ins[bi] = _round(ins[bi] / (xs * ws).reshape(-1 if ws.numel() > 1 else ()))
+        ins[WEIGHTED[op][3]] = _round(ins[WEIGHTED[op][3]] / (xs * ws).reshape(-1 if ws.numel() > 1 else ()))
     return ins

@@ -71,10 +71,10 @@ def run_loop(ins: list, a: dict, run: Run, opset: int) -> list:
 
 
 def run_scan(ins: list, a: dict, run: Run, opset: int) -> list:
-    """``Scan`` (opset 9 on; opset 8: :func:`_scan_8`): the body runs once per slice of the scan inputs along their axes
-    (``scan_input_axes``, ``scan_input_directions``), threading the state; outputs the final
-    state, then each scan output's slices stacked along ``scan_output_axes`` (reversed where
-    ``scan_output_directions`` says)."""
+    """``Scan`` (opset 9 on; opset 8: :func:`_scan_8`): the body runs once per slice of the
+    scan inputs along their axes (``scan_input_axes``, ``scan_input_directions``), threading
+    the state; outputs the final state, then each scan output's slices stacked along
+    ``scan_output_axes`` (reversed where ``scan_output_directions`` says)."""
     if opset < 9:
         return _scan_8(ins, a, run)
     body, k = a["body"], int(a["num_scan_inputs"])

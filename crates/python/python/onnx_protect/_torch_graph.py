@@ -56,6 +56,10 @@ from ._torch_ops import MORE_OPS, Unsupported, _given, ints
 from ._torch_quant import FITTING, INTEGER_OPS, QUANT_OPS, Quantized, quantized_weights, scaled
 from ._torch_rnn import recurrent
 
+# onnxruntime's com.microsoft operators the interpreter runs: the transformer optimizer's, the
+# quantisation's.
+MICROSOFT = {**CONTRIB, **QOP_CONTRIB}
+
 PASS_THROUGH = {
     "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
     "Expand", "Tile", "Concat",
@@ -336,10 +340,8 @@ class TorchGraph(torch.nn.Module):
                 a = attrs(node)
                 if node.op_type == "Split":  # opset 13-17: as many equal parts as outputs
                     a.setdefault("num_outputs", len(node.output))
-                if node.domain == "com.microsoft" and node.op_type in QOP_CONTRIB:
-                    outs = QOP_CONTRIB[node.op_type](ins, a, self.opset)
-                elif node.domain == "com.microsoft" and node.op_type in CONTRIB:
-                    outs = CONTRIB[node.op_type](ins, a, self.opset)
+                if node.domain == "com.microsoft" and node.op_type in MICROSOFT:
+                    outs = MICROSOFT[node.op_type](ins, a, self.opset)
                 elif node.op_type in CONTROL:
                     outs = CONTROL[node.op_type](ins, a, lambda g, bound: self._subgraph(g, env, bound, batch),
                                                  self.opset)
@@ -393,7 +395,7 @@ def runs(n: onnx.NodeProto) -> bool:
     """Whether the interpreter runs node ``n``: an operator of :data:`SUPPORTED_OPS` in the
     default domain, or of :data:`CONTRIB_OPS` in onnxruntime's com.microsoft."""
     if n.domain == "com.microsoft":
-        return n.op_type in CONTRIB_OPS or n.op_type in QOP_CONTRIB
+        return n.op_type in CONTRIB_OPS or n.op_type in MICROSOFT
     return n.domain in ("", "ai.onnx") and n.op_type in SUPPORTED_OPS
 
 

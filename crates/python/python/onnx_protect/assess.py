@@ -207,9 +207,8 @@ class Setup:
         """``g`` with the quantisation scales among the ``reset`` constants (locators) fitted
         to the calibration batch, as onnxruntime's calibration sets them: a scale reset to 1
         would round most values to 0."""
-        reset = set(reset)
-        scales = [v for v, loc in g.by_value.items()
-                  if loc in reset and any(is_scale(op, i) for op, i in g.constants[loc].users)]
+        reset = set(reset) & _scales(g)
+        scales = [v for v, loc in g.by_value.items() if loc in reset]
         if scales and self.calibration is not None:
             g.calibrate(self.calibration, scales)
         return g
@@ -237,11 +236,16 @@ class Setup:
         return text
 
 
+def _scales(g: tg.TorchGraph) -> set[str]:
+    """The locators of the constants that quantisers read as scales."""
+    return {loc for loc, c in g.constants.items() if any(is_scale(op, i) for op, i in c.users)}
+
+
 def _trained(g: tg.TorchGraph, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
     """The parameters a run trains: all of ``params`` but quantisation scales, which stay as
     calibrated (:meth:`Setup.calibrate`; an optimiser's steps would soon make one 0 or
     negative)."""
-    scales = {id(g.tensor(loc)) for loc, c in g.constants.items() if any(is_scale(op, i) for op, i in c.users)}
+    scales = {id(g.tensor(loc)) for loc in _scales(g)}
     out = []
     for p in params:
         if id(p) in scales:

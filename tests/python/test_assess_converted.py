@@ -5,8 +5,6 @@ read them, out of the order the ONNX specification asks for (onnxruntime runs su
 The interpreter computes in float32, runs the nodes in an order where each value is made
 before it is read, and is checked against onnxruntime within the check's tolerance for models
 that compute in 16-bit floats; the attacks run on the protected file."""
-import pathlib
-
 import numpy as np
 import pytest
 
@@ -19,13 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_protect import _torch_graph as tg  # noqa: E402
 from onnx_protect import assess  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "fixtures" / "digits"
-
-
-@pytest.fixture(scope="module")
-def data():
-    return [np.load(DIGITS / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")]
+from test_assess_quantized import ROOT, data  # noqa: E402,F401 (data: the digits splits, a fixture)
 
 
 def half(path, out, keep_io):
